@@ -1,0 +1,50 @@
+namespace Tessera.Models;
+
+/// <summary>Named configurations: the GPT-2 sizes, Llama-shape 1B and 8B, and a tiny debug model per family.</summary>
+public static class ModelPresets
+{
+    private static TransformerConfig Gpt2(int layers, int embedding, int heads) => new()
+    {
+        Family = ModelFamily.Gpt2, VocabSize = 50257, PaddedVocabSize = 50304, MaxSequenceLength = 1024,
+        Layers = layers, Embedding = embedding, Heads = heads, Bias = true, TiedEmbeddings = true,
+    };
+
+    private static TransformerConfig Llama(int layers, int embedding, int heads, int kvHeads, int hidden, int vocab, double theta, bool tied) => new()
+    {
+        Family = ModelFamily.Llama, VocabSize = vocab, MaxSequenceLength = 8192, Layers = layers, Embedding = embedding,
+        Heads = heads, KvHeads = kvHeads, Hidden = hidden, Bias = false, TiedEmbeddings = tied, RopeTheta = theta,
+    };
+
+    /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
+    public static IReadOnlyList<string> Names { get; } =
+        ["gpt2-debug", "gpt2-tiny", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-1b", "llama-8b"];
+
+    /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
+    public static TransformerConfig Get(string name) => name.ToLowerInvariant() switch
+    {
+        // A few thousand parameters: gradient checks and golden files.
+        "gpt2-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Gpt2, VocabSize = 96, MaxSequenceLength = 32, Layers = 2, Embedding = 32, Heads = 4,
+        },
+        // The embedded default: byte-level vocabulary, trains in minutes on two cores.
+        "gpt2-tiny" => new TransformerConfig
+        {
+            Family = ModelFamily.Gpt2, VocabSize = 256, MaxSequenceLength = 128, Layers = 4, Embedding = 128, Heads = 4,
+        },
+        "gpt2-124m" => Gpt2(12, 768, 12),
+        "gpt2-350m" => Gpt2(24, 1024, 16),
+        "gpt2-774m" => Gpt2(36, 1280, 20),
+        "gpt2-1.5b" => Gpt2(48, 1600, 25),
+        "llama-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
+            KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 10000,
+        },
+        // Llama 3.2 1B shape.
+        "llama-1b" => Llama(16, 2048, 32, 8, 8192, 128256, 500000, tied: true),
+        // Llama 3 8B shape.
+        "llama-8b" => Llama(32, 4096, 32, 8, 14336, 128256, 500000, tied: false),
+        _ => throw new ArgumentException($"unknown model preset '{name}'; known: {string.Join(", ", Names)}"),
+    };
+}

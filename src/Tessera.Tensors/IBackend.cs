@@ -1,0 +1,166 @@
+namespace Tessera.Tensors;
+
+/// <summary>
+/// The op set every backend implements. Ops are enqueued in order and may run asynchronously
+/// (the CUDA backend enqueues on a stream); only <see cref="CopyToHost{T}"/> and
+/// <see cref="Synchronize"/> wait. All tensors passed to one call live on this backend.
+///
+/// Conventions:
+/// <list type="bullet">
+/// <item>Shapes in the docs use B batch, T query length, S key length, H query heads, K key/value
+/// heads, D head size, C channels, F hidden (MLP) size, V vocabulary, N rows (B*T).</item>
+/// <item>Unless an op says otherwise its tensors are contiguous. Attention and RoPE accept views
+/// whose last dimension is contiguous (e.g. Q, K, V sliced out of one fused QKV projection).</item>
+/// <item>Parameter gradients (dWeight, dBias, dTable) always accumulate (+=), so gradient
+/// accumulation over micro-batches needs no extra op. Activation gradients overwrite, except
+/// where an op says "accumulates".</item>
+/// <item>Floating-point ops accept F32 and F64 on every backend; BF16 where the backend says so
+/// (the CUDA backend computes in BF16 with F32 accumulation). Norm statistics, log-sum-exp and
+/// losses are F32 (F64 when the inputs are F64).</item>
+/// </list>
+/// </summary>
+public interface IBackend
+{
+    /// <summary>The device this backend computes on.</summary>
+    Device Device { get; }
+
+    // ---------------------------------------------------------------- memory
+
+    /// <summary>A new contiguous tensor; its contents are undefined.</summary>
+    Tensor Allocate(Shape shape, DType dtype);
+
+    /// <summary>Copies host data into a contiguous tensor; <paramref name="source"/> length must equal its element count.</summary>
+    void CopyFromHost<T>(ReadOnlySpan<T> source, Tensor destination) where T : unmanaged;
+
+    /// <summary>Copies a tensor (any layout) to host memory in row-major order; waits for pending work.</summary>
+    void CopyToHost<T>(Tensor source, Span<T> destination) where T : unmanaged;
+
+    /// <summary>destination = source, element by element; shapes equal, layouts arbitrary, dtypes may differ (a cast).</summary>
+    void Copy(Tensor source, Tensor destination);
+
+    /// <summary>Sets every element of a contiguous tensor to <paramref name="value"/>.</summary>
+    void Fill(Tensor tensor, double value);
+
+    /// <summary>Waits until every enqueued op has finished.</summary>
+    void Synchronize();
+
+    // ---------------------------------------------------------------- matrix products
+
+    /// <summary>
+    /// c = alpha * op(a) @ op(b) + beta * c (+ bias broadcast over rows), where op transposes when asked.
+    /// Rank 2: a (M,K) or (K,M) when <paramref name="transposeA"/>; b (K,N) or (N,K) when <paramref name="transposeB"/>; c (M,N).
+    /// Rank 3: a leading batch dimension on a, b and c (a batched, strided product).
+    /// <paramref name="bias"/> (N) is added after scaling. beta = 1 accumulates (weight gradients).
+    /// </summary>
+    void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
+        double alpha = 1.0, double beta = 0.0, Tensor? bias = null);
+
+    /// <summary>sums (C) += column sums of x (N,C): the bias gradient of a linear layer.</summary>
+    void SumRows(Tensor x, Tensor sums);
+
+    // ---------------------------------------------------------------- elementwise
+
+    /// <summary>output = a + b; same shapes. <paramref name="output"/> may alias a or b.</summary>
+    void Add(Tensor a, Tensor b, Tensor output);
+
+    /// <summary>accumulator += alpha * x; same shapes.</summary>
+    void Accumulate(Tensor accumulator, Tensor x, double alpha = 1.0);
+
+    /// <summary>x *= factor, in place.</summary>
+    void Scale(Tensor x, double factor);
+
+    /// <summary>output = GELU(x), tanh approximation (GPT-2's "gelu_new").</summary>
+    void GeluForward(Tensor x, Tensor output);
+
+    /// <summary>dx = dOutput * GELU'(x).</summary>
+    void GeluBackward(Tensor x, Tensor dOutput, Tensor dx);
+
+    /// <summary>output (N,F) = SiLU(gate) * up, gate and up (N,F).</summary>
+    void SwiGluForward(Tensor gate, Tensor up, Tensor output);
+
+    /// <summary>Gradients of <see cref="SwiGluForward"/>: dGate, dUp (N,F) from dOutput (N,F).</summary>
+    void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp);
+
+    /// <summary>Row-wise softmax of x (N,V) into output (N,V).</summary>
+    void Softmax(Tensor x, Tensor output);
+
+    // ---------------------------------------------------------------- embedding
+
+    /// <summary>output (N,C) = table[ids] (or += when <paramref name="accumulate"/>); ids (N) I32, table (V,C).</summary>
+    void EmbeddingForward(Tensor ids, Tensor table, Tensor output, bool accumulate = false);
+
+    /// <summary>dTable (V,C) += scatter of dOutput (N,C) rows by ids (N).</summary>
+    void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dTable);
+
+    // ---------------------------------------------------------------- normalization
+
+    /// <summary>
+    /// output (N,C) = (x - mean) * rstd * weight + bias; saves mean (N) and rstd (N) for backward.
+    /// <paramref name="bias"/> may be null.
+    /// </summary>
+    void LayerNormForward(Tensor x, Tensor weight, Tensor? bias, Tensor output, Tensor mean, Tensor rstd, double epsilon);
+
+    /// <summary>Accumulates dx (N,C) += dL/dx; dWeight, dBias (C) += their gradients (dBias may be null).</summary>
+    void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
+        Tensor dx, Tensor dWeight, Tensor? dBias);
+
+    /// <summary>output (N,C) = x * rstd * weight with rstd = 1/sqrt(mean(x^2) + eps); saves rstd (N).</summary>
+    void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon);
+
+    /// <summary>Accumulates dx (N,C) += dL/dx and dWeight (C) += its gradient.</summary>
+    void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dx, Tensor dWeight);
+
+    // ---------------------------------------------------------------- attention
+
+    /// <summary>
+    /// Rotary position embedding, in place, on x (B,T,H,D) (last dimension contiguous), the
+    /// "rotate half" convention of Hugging Face Llama: pairs (i, i + D/2), angle
+    /// (startPosition + t) * theta^(-2i/D). <paramref name="inverse"/> rotates by the negative
+    /// angle, which is the backward pass.
+    /// </summary>
+    void Rope(Tensor x, int startPosition, double theta, bool inverse = false);
+
+    /// <summary>
+    /// Causal scaled-dot-product attention with grouped-query heads.
+    /// q (B,T,H,D), k and v (B,S,K,D) with H a multiple of K (query head h reads kv head h / (H/K));
+    /// output (B,T,H,D) contiguous; logSumExp (B,H,T) saved for backward (may be null at inference).
+    /// Query t sits at position S - T + t and sees keys 0 .. S - T + t: S = T in training,
+    /// S &gt; T when decoding with a KV cache. Views with a contiguous last dimension are accepted.
+    /// </summary>
+    void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale);
+
+    /// <summary>
+    /// Gradients of <see cref="AttentionForward"/> (S = T): writes dq (B,T,H,D), dk and dv (B,T,K,D),
+    /// summing over the query heads that share a kv head. Views with a contiguous last dimension are accepted.
+    /// </summary>
+    void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
+        Tensor dq, Tensor dk, Tensor dv, double scale);
+
+    // ---------------------------------------------------------------- loss
+
+    /// <summary>
+    /// Fused softmax cross-entropy over logits (N,V) and targets (N) I32: losses (N) = -log softmax[target].
+    /// When <paramref name="dLogits"/> is given it receives (softmax - onehot) * lossScale; it may alias
+    /// <paramref name="logits"/>. Rows whose target is negative are ignored: loss 0, gradient 0.
+    /// </summary>
+    void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor? dLogits, double lossScale);
+
+    /// <summary>result (scalar) = scale * sum(x) (or += when <paramref name="accumulate"/>).</summary>
+    void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false);
+
+    // ---------------------------------------------------------------- optimizer
+
+    /// <summary>result (scalar) += sum(x^2): the pieces of a global gradient norm, kept on the device.</summary>
+    void SumOfSquares(Tensor x, Tensor result);
+
+    /// <summary>
+    /// One AdamW step over a contiguous range (typically an arena slice), with decoupled weight decay:
+    /// g = grad * clip; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    /// p -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd * p).
+    /// clip = min(1, maxNorm / sqrt(gradSumOfSquares)) when <paramref name="gradSumOfSquares"/> (scalar) is given.
+    /// When <paramref name="lowPrecisionCopy"/> is given it receives the updated parameters cast to its dtype
+    /// (bf16 compute weights beside f32 masters).
+    /// </summary>
+    void AdamW(Tensor parameters, Tensor gradients, Tensor m, Tensor v, in AdamWStep step,
+        Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null);
+}
