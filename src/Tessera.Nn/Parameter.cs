@@ -1,0 +1,43 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn;
+
+/// <summary>
+/// A named trainable tensor and its gradient: both are views into a <see cref="ParameterArena"/>,
+/// so a data-parallel all-reduce or a ZeRO shard is an offset and a length over the arena.
+/// Names are Tessera's canonical ones (e.g. "blocks.3.attn.qkv.weight"); Hugging Face names are
+/// mapped to them by the model's name map.
+/// </summary>
+public sealed class Parameter
+{
+    internal Parameter(string name, Shape shape, bool weightDecay, long offset)
+    {
+        Name = name;
+        Shape = shape;
+        WeightDecay = weightDecay;
+        Offset = offset;
+    }
+
+    /// <summary>Canonical name.</summary>
+    public string Name { get; }
+
+    /// <summary>Shape of the value and the gradient.</summary>
+    public Shape Shape { get; }
+
+    /// <summary>Whether AdamW applies decoupled weight decay (true for matrices, false for norms and biases).</summary>
+    public bool WeightDecay { get; }
+
+    /// <summary>Element offset of this parameter inside the arena.</summary>
+    public long Offset { get; }
+
+    /// <summary>Number of elements.</summary>
+    public long NumElements => Shape.NumElements;
+
+    /// <summary>The value: a view into the arena's value buffer (available once the arena is built).</summary>
+    public Tensor Value { get; internal set; } = null!;
+
+    /// <summary>The gradient: a view into the arena's gradient buffer (available once the arena is built).</summary>
+    public Tensor Grad { get; internal set; } = null!;
+
+    public override string ToString() => $"{Name} {Shape}";
+}

@@ -1,0 +1,88 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn;
+
+/// <summary>
+/// All parameters of a model in one contiguous value buffer and one contiguous gradient buffer
+/// (llm.c's arena, Megatron's grad buffer). Parameters are declared first, then
+/// <see cref="Build"/> allocates both buffers once and hands every parameter its views.
+/// Each parameter starts at a multiple of <see cref="Alignment"/> elements so that vectorized
+/// and GPU kernels see aligned rows.
+/// </summary>
+public sealed class ParameterArena
+{
+    /// <summary>Alignment of each parameter's offset, in elements.</summary>
+    public const int Alignment = 64;
+
+    private readonly List<Parameter> _parameters = [];
+    private readonly Dictionary<string, Parameter> _byName = new(StringComparer.Ordinal);
+    private long _length;
+
+    /// <summary>Creates an empty arena whose buffers will live on <paramref name="backend"/> in <paramref name="dtype"/>.</summary>
+    public ParameterArena(IBackend backend, DType dtype)
+    {
+        Backend = backend;
+        DType = dtype;
+    }
+
+    /// <summary>Backend that holds the buffers.</summary>
+    public IBackend Backend { get; }
+
+    /// <summary>Element type of values and gradients (F32 masters; F64 for gradient checks).</summary>
+    public DType DType { get; }
+
+    /// <summary>Parameters in declaration order.</summary>
+    public IReadOnlyList<Parameter> Parameters => _parameters;
+
+    /// <summary>Total elements of the buffers, alignment padding included.</summary>
+    public long Length => _length;
+
+    /// <summary>Elements that belong to parameters (padding excluded).</summary>
+    public long ParameterCount => _parameters.Sum(p => p.NumElements);
+
+    /// <summary>The value buffer (Length / Alignment, Alignment) once built.</summary>
+    public Tensor Values { get; private set; } = null!;
+
+    /// <summary>The gradient buffer (Length / Alignment, Alignment) once built.</summary>
+    public Tensor Grads { get; private set; } = null!;
+
+    /// <summary>Whether <see cref="Build"/> has run.</summary>
+    public bool IsBuilt => Values is not null;
+
+    /// <summary>Declares a parameter; its tensors exist after <see cref="Build"/>.</summary>
+    public Parameter Declare(string name, Shape shape, bool weightDecay)
+    {
+        if (IsBuilt) throw new InvalidOperationException($"cannot declare '{name}': the arena is already built");
+        if (_byName.ContainsKey(name)) throw new ArgumentException($"parameter '{name}' is declared twice");
+        var p = new Parameter(name, shape, weightDecay, _length);
+        _length += (shape.NumElements + Alignment - 1) / Alignment * Alignment;
+        _parameters.Add(p);
+        _byName.Add(name, p);
+        return p;
+    }
+
+    /// <summary>Allocates the buffers (values and gradients zeroed) and binds every parameter's views.</summary>
+    public void Build()
+    {
+        if (IsBuilt) throw new InvalidOperationException("the arena is already built");
+        // Shaped (rows, Alignment) so that arenas past 2^31 elements (Llama 8B) fit int dimensions.
+        var shape = new Shape(checked((int)Math.Max(_length / Alignment, 1)), Alignment);
+        Values = Backend.Zeros(shape, DType);
+        Grads = Backend.Zeros(shape, DType);
+        foreach (var p in _parameters)
+        {
+            p.Value = Values.Narrow(p.Offset, p.Shape);
+            p.Grad = Grads.Narrow(p.Offset, p.Shape);
+        }
+    }
+
+    /// <summary>The parameter called <paramref name="name"/>.</summary>
+    public Parameter this[string name] =>
+        _byName.TryGetValue(name, out var p) ? p : throw new KeyNotFoundException($"no parameter named '{name}'");
+
+    /// <summary>Whether a parameter called <paramref name="name"/> exists.</summary>
+    public bool Contains(string name) => _byName.ContainsKey(name);
+
+    /// <summary>Sets every gradient to zero.</summary>
+    public void ZeroGrad() => Backend.Fill(Grads, 0);
+}
