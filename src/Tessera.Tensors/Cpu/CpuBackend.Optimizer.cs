@@ -32,7 +32,8 @@ public sealed unsafe partial class CpuBackend
             if (step.MaxGradNorm > 0)
             {
                 double norm = Math.Sqrt(ReadScalarValue(gradSumOfSquares));
-                clip = Math.Min(1.0, step.MaxGradNorm / norm);
+                // PyTorch clip_grad_norm_: coefficient max_norm / (norm + 1e-6), capped at 1.
+                clip = Math.Min(1.0, step.MaxGradNorm / (norm + 1e-6));
             }
         }
         if (lowPrecisionCopy is not null)
