@@ -38,8 +38,27 @@ public static class TokenizerLoader
     }
 
     /// <summary>
-    /// Loads a Hugging Face tokenizer.json whose model is byte-level BPE with GPT-2 pre-tokenization
-    /// (pre_tokenizer "ByteLevel" with its regex); other kinds are rejected naming what was found.
+    /// The regex that splits text before BPE: GPT-2's for pre_tokenizer ByteLevel (use_regex true); the Split
+    /// pattern for Sequence [Split(Regex), ByteLevel(use_regex false)], as Llama 3 writes it.
+    /// </summary>
+    private static string PreTokenizationPattern(JsonObject? pre, string path)
+    {
+        string? type = pre?["type"]?.GetValue<string>();
+        if (type == "ByteLevel" && pre!["use_regex"]?.GetValue<bool>() != false) return Gpt2BpeTokenizer.Gpt2Pattern;
+        if (type == "Sequence" && pre!["pretokenizers"] is JsonArray steps && steps.Count == 2
+            && steps[0] is JsonObject split && split["type"]?.GetValue<string>() == "Split"
+            && split["pattern"]?["Regex"]?.GetValue<string>() is string regex
+            && split["behavior"]?.GetValue<string>() is "Isolated" or null
+            && steps[1] is JsonObject byteLevel && byteLevel["type"]?.GetValue<string>() == "ByteLevel"
+            && byteLevel["use_regex"]?.GetValue<bool>() == false)
+            return regex;
+        throw new TokenizerFormatException(path,
+            $"pre_tokenizer '{type ?? "none"}' is not supported: only ByteLevel, or Sequence [Split(Regex), ByteLevel] (provide vocab.json + merges.txt or a tiktoken file instead)");
+    }
+
+    /// <summary>
+    /// Loads a Hugging Face tokenizer.json whose model is byte-level BPE, pre-tokenized by GPT-2's regex or by a
+    /// Split regex (Llama 3); other kinds are rejected naming what was found.
     /// </summary>
     public static Gpt2BpeTokenizer FromTokenizerJson(string path)
     {
@@ -55,11 +74,7 @@ public static class TokenizerLoader
         var model = root["model"] as JsonObject ?? throw new TokenizerFormatException(path, "missing object 'model'");
         string? type = model["type"]?.GetValue<string>();
         if (type != "BPE") throw new TokenizerFormatException(path, $"model type '{type}' is not supported (only byte-level BPE)");
-        var pre = root["pre_tokenizer"] as JsonObject;
-        string? preType = pre?["type"]?.GetValue<string>();
-        if (preType != "ByteLevel" || pre!["use_regex"]?.GetValue<bool>() == false)
-            throw new TokenizerFormatException(path,
-                $"pre_tokenizer '{preType ?? "none"}' is not supported: only GPT-2's ByteLevel pre-tokenization (provide vocab.json + merges.txt or a tiktoken file instead)");
+        string pattern = PreTokenizationPattern(root["pre_tokenizer"] as JsonObject, path);
         var vocab = model["vocab"] as JsonObject ?? throw new TokenizerFormatException(path, "missing object 'model.vocab'");
         var merges = model["merges"] as JsonArray ?? throw new TokenizerFormatException(path, "missing array 'model.merges'");
 
@@ -81,6 +96,6 @@ public static class TokenizerLoader
             };
             mergesOut.Append(line).Append('\n');
         }
-        return Gpt2BpeTokenizer.FromBytes(Encoding.UTF8.GetBytes(vocabOut.ToJsonString()), Encoding.UTF8.GetBytes(mergesOut.ToString()), path);
+        return Gpt2BpeTokenizer.FromBytes(Encoding.UTF8.GetBytes(vocabOut.ToJsonString()), Encoding.UTF8.GetBytes(mergesOut.ToString()), path, pattern);
     }
 }

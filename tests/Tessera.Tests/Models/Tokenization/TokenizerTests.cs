@@ -134,6 +134,43 @@ public sealed class TokenizerTests : IDisposable
     }
 
     [Fact]
+    public void TokenizerJsonWithSplitRegexPreTokenizerUsesThatRegex()
+    {
+        string dir = Path.Combine(_dir, "split");
+        Directory.CreateDirectory(dir);
+        // Splitting on single characters (regex ".") means no merge can cross a character: "hello" stays 5 tokens.
+        var json = new
+        {
+            pre_tokenizer = new
+            {
+                type = "Sequence",
+                pretokenizers = new object[]
+                {
+                    new { type = "Split", pattern = new { Regex = "." }, behavior = "Isolated", invert = false },
+                    new { type = "ByteLevel", add_prefix_space = false, trim_offsets = true, use_regex = false },
+                },
+            },
+            model = new { type = "BPE", vocab = Vocab(), merges = Merges },
+        };
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), JsonSerializer.Serialize(json));
+        var tok = TokenizerLoader.FromDirectory(dir);
+        var vocab = Vocab();
+        Assert.Equal("hello".Select(c => vocab[c.ToString()]), tok.Encode("hello"));
+        Assert.Equal("日本語 ok", tok.Decode(tok.Encode("日本語 ok")));
+    }
+
+    [Fact]
+    public void UnsupportedPreTokenizerIsRejectedNamingIt()
+    {
+        string dir = Path.Combine(_dir, "metaspace");
+        Directory.CreateDirectory(dir);
+        var json = new { pre_tokenizer = new { type = "Metaspace" }, model = new { type = "BPE", vocab = Vocab(), merges = Merges } };
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), JsonSerializer.Serialize(json));
+        var e = Assert.Throws<TokenizerFormatException>(() => TokenizerLoader.FromDirectory(dir));
+        Assert.Contains("tokenizer.json: pre_tokenizer 'Metaspace' is not supported", e.Message);
+    }
+
+    [Fact]
     public void TiktokenFileMergesByRankAndRoundTrips()
     {
         string dir = Path.Combine(_dir, "tt");
