@@ -103,7 +103,7 @@ public static class HuggingFaceConfig
             KvHeads = f.Int("num_key_value_heads") ?? heads,
             Hidden = f.RequiredInt("intermediate_size"),
             NormEpsilon = f.Double("rms_norm_eps") ?? 1e-6,
-            RopeTheta = f.Double("rope_theta") ?? 10000,
+            RopeTheta = f.Double("rope_theta") ?? RopeParametersTheta(f) ?? 10000,
             TiedEmbeddings = f.Bool("tie_word_embeddings") ?? false,
             InitStd = f.Double("initializer_range") ?? 0.02,
             Bias = false,
@@ -179,10 +179,32 @@ public static class HuggingFaceConfig
         };
     }
 
+    // transformers 5 writes "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}.
+    private static double? RopeParametersTheta(Fields f)
+    {
+        var rope = f.Object("rope_parameters");
+        if (rope is null) return null;
+        var sub = new Fields(rope, f.Path);
+        string type = sub.String("rope_type") ?? "default";
+        if (type != "default")
+            throw f.Error("rope_parameters", $"rope_type '{type}' is not supported (only plain RoPE, rope_type 'default')");
+        return sub.Double("rope_theta");
+    }
+
     /// <summary>Typed access to config.json fields with errors naming the file and the field.</summary>
     private sealed class Fields(JsonObject root, string path)
     {
         public HuggingFaceFormatException Error(string field, string problem) => new(path, $"field '{field}': {problem}");
+
+        /// <summary>The config.json path, for messages.</summary>
+        public string Path => path;
+
+        /// <summary>A nested object, or null when absent.</summary>
+        public JsonObject? Object(string field)
+        {
+            if (!root.TryGetPropertyValue(field, out var node) || node is null) return null;
+            return node as JsonObject ?? throw Error(field, $"must be an object, got {node.GetValueKind()}");
+        }
 
         /// <summary>Present and not null.</summary>
         public bool Has(string field) => root.TryGetPropertyValue(field, out var n) && n is not null;

@@ -58,6 +58,46 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         }
     }
 
+    /// <summary>
+    /// Opens <paramref name="directory"/> for a model of configuration <paramref name="expected"/> (e.g. a checkpoint
+    /// of a run whose embedding is padded): config.json must describe the same architecture.
+    /// </summary>
+    /// <exception cref="HuggingFaceFormatException">config.json describes another architecture, or the files are malformed.</exception>
+    public static HuggingFaceModelDirectory Open(string directory, TransformerConfig expected)
+    {
+        if (!Directory.Exists(directory)) throw new HuggingFaceFormatException(directory, "model directory not found");
+        var configPath = System.IO.Path.Combine(directory, ConfigFile);
+        var found = HuggingFaceConfig.Load(configPath);
+        var mismatch = ArchitectureMismatch(found, expected);
+        if (mismatch is not null) throw new HuggingFaceFormatException(configPath, $"{mismatch}; the weights belong to another model");
+        var source = SafetensorsShardSource.Open(directory);
+        try
+        {
+            return new HuggingFaceModelDirectory(directory, expected, source);
+        }
+        catch
+        {
+            source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The first architectural field in which two configurations differ, or null.</summary>
+    public static string? ArchitectureMismatch(TransformerConfig found, TransformerConfig expected)
+    {
+        (string Name, object Found, object Expected)[] fields =
+        [
+            ("family", found.Family, expected.Family), ("vocab_size", found.VocabSize, expected.VocabSize),
+            ("layers", found.Layers, expected.Layers), ("hidden size", found.Embedding, expected.Embedding),
+            ("heads", found.Heads, expected.Heads), ("kv heads", found.EffectiveKvHeads, expected.EffectiveKvHeads),
+            ("MLP width", found.EffectiveHidden, expected.EffectiveHidden), ("context", found.MaxSequenceLength, expected.MaxSequenceLength),
+            ("tied embeddings", found.TiedEmbeddings, expected.TiedEmbeddings), ("biases", found.Bias, expected.Bias),
+        ];
+        foreach (var (name, f, e) in fields)
+            if (!Equals(f, e)) return $"{name} is {f} but {e} was expected";
+        return null;
+    }
+
     /// <summary>Reads one Tessera parameter (canonical name) from the files, converted to Tessera's layout.</summary>
     public HostTensor ReadCanonical(string canonicalName)
     {
