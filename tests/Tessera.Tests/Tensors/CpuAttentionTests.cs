@@ -111,6 +111,58 @@ public class CpuAttentionTests
         GradientCheck.Assert(Loss, v, TestTensors.ToDoubles(_cpu, dv), "attention dv");
     }
 
+    [Theory]
+    [InlineData(DType.F64, 40, 40)]
+    [InlineData(DType.F32, 33, 50)]
+    public void ForwardOnLongSequencesThroughGemmMatchesNaiveReference(DType dtype, int t, int s)
+    {
+        // T >= 32 takes the per-head Gemm path.
+        var rng = new Random(47);
+        int b = 1, h = 4, kh = 1, d = 8;
+        var q = TestTensors.Normal(rng, b * t * h * d); var k = TestTensors.Normal(rng, b * s * kh * d); var v = TestTensors.Normal(rng, b * s * kh * d);
+        var o = _cpu.Allocate(new Shape(b, t, h, d), dtype); var lse = _cpu.Allocate(new Shape(b, h, t), dtype);
+        TestTensors.Poison(_cpu, o); TestTensors.Poison(_cpu, lse);
+        _cpu.AttentionForward(TestTensors.FromDoubles(_cpu, q, dtype, b, t, h, d), TestTensors.FromDoubles(_cpu, k, dtype, b, s, kh, d),
+            TestTensors.FromDoubles(_cpu, v, dtype, b, s, kh, d), o, lse, 0.35);
+        var (eo, el) = Reference(q, k, v, b, t, h, s, kh, d, 0.35);
+        double tol = dtype == DType.F32 ? 1e-5 : 1e-13;
+        NumericAssert.Close(eo, TestTensors.ToDoubles(_cpu, o), tol, "gemm attention output");
+        NumericAssert.Close(el, TestTensors.ToDoubles(_cpu, lse), tol, "gemm attention logsumexp");
+    }
+
+    [Fact]
+    public void BackwardOnLongSequencesThroughGemmPassesDirectionalGradientChecks()
+    {
+        // T = 36 takes the Gemm path; a per-element check would need 2 * 3456 forward passes, so check
+        // three random directions per input instead (each a 1e-6-relative agreement of <grad, u>).
+        var rng = new Random(48);
+        int b = 1, t = 36, h = 4, kh = 2, d = 8;
+        var q = TestTensors.Normal(rng, b * t * h * d); var k = TestTensors.Normal(rng, b * t * kh * d); var v = TestTensors.Normal(rng, b * t * kh * d);
+        var w = TestTensors.Normal(rng, b * t * h * d);
+        var o = _cpu.Allocate(new Shape(b, t, h, d), DType.F64); var lse = _cpu.Allocate(new Shape(b, h, t), DType.F64);
+        double Loss()
+        {
+            var (tq, tk, tv) = FusedViews(q, k, v, DType.F64, b, t, h, kh, d);
+            _cpu.AttentionForward(tq, tk, tv, o, lse, 0.4);
+            return TestTensors.Dot(w, _cpu.ToArray<double>(o));
+        }
+        Loss();
+        var (fq, fk, fv) = FusedViews(q, k, v, DType.F64, b, t, h, kh, d);
+        var dFused = _cpu.Allocate(new Shape(b, t, h + 2 * kh, d), DType.F64);
+        TestTensors.Poison(_cpu, dFused);
+        Tensor dq = dFused.Slice(2, 0, h), dk = dFused.Slice(2, h, kh), dv = dFused.Slice(2, h + kh, kh);
+        _cpu.AttentionBackward(fq, fk, fv, o, TestTensors.FromDoubles(_cpu, w, DType.F64, b, t, h, d), lse, dq, dk, dv, 0.4);
+        foreach (var (input, grad, name) in new[] { (q, dq, "dq"), (k, dk, "dk"), (v, dv, "dv") })
+        {
+            var g = TestTensors.ToDoubles(_cpu, grad);
+            for (int r = 0; r < 3; r++)
+            {
+                double err = GradientCheck.CheckDirection(Loss, input, g, TestTensors.Normal(rng, input.Length));
+                Assert.True(err < 1e-6, $"gemm attention {name}: directional relative error {err:E2}");
+            }
+        }
+    }
+
     [Fact]
     public void BackwardOverwritesRatherThanAccumulates()
     {
