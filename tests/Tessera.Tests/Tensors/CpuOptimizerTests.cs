@@ -53,7 +53,7 @@ public class CpuOptimizerTests
             var s = new AdamWStep(1e-2, 0.9, 0.95, 1e-8, 0.1, step, clipped ? 1.0 : 0.0);
             double sumsq = g.Sum(x => x * x);
             // ||g|| is about sqrt(1001) * 0.1 = 3.2 > 1, so clipping scales gradients by about 0.3.
-            double clip = clipped ? Math.Min(1, 1.0 / Math.Sqrt(sumsq)) : 1;
+            double clip = clipped ? Math.Min(1, 1.0 / (Math.Sqrt(sumsq) + 1e-6)) : 1;   // PyTorch clip_grad_norm_ coefficient
             AdamWReference(p, g, m, v, s, clip);
             var sq = TestTensors.FromDoubles(_cpu, new[] { sumsq }, dtype, 1);
             _cpu.AdamW(tp, TestTensors.FromDoubles(_cpu, g, dtype, n), tm, tv, s, sq, low);
