@@ -154,6 +154,12 @@ public class TransformerTests
         var recomputed = Gradients(true);
         Assert.Contains(plain, g => g != 0);
         Assert.Equal(plain, recomputed);                          // same ops, same order, same inputs: exact
+
+        // A checkpointed forward that never got its backward must not leak into the next step of that micro-batch.
+        var (otherTokens, otherTargets, otherCounted) = RandomBatch(config, 43);
+        model.RecomputeActivations = true;
+        model.Loss(otherTokens, otherTargets, 0, 1.0 / otherCounted);
+        Assert.Equal(plain, Gradients(false));
     }
 
     [Theory]
