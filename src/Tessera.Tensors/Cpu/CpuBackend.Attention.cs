@@ -6,6 +6,9 @@ namespace Tessera.Tensors.Cpu;
 // Rotary embedding and causal grouped-query attention, forward and backward.
 public sealed unsafe partial class CpuBackend
 {
+    /// <summary>From this query length on, attention computes scores and products per head with Gemm; below it, dot-product loops.</summary>
+    private const int GemmAttentionMinLength = 32;
+
     /// <inheritdoc/>
     public void Rope(Tensor x, int startPosition, double theta, bool inverse = false)
     {
@@ -92,6 +95,11 @@ public sealed unsafe partial class CpuBackend
         long kb = k.Stride(0), ks = k.Stride(1), khs = k.Stride(2);
         long vb = v.Stride(0), vs = v.Stride(1), vhs = v.Stride(2);
         T sc = T.CreateTruncating(scale);
+        if (t >= GemmAttentionMinLength)
+        {
+            AttentionForwardGemm(pq, pk, pv, po, pl, b, t, h, s, kh, d, qb, qt, qh, kb, ks, khs, vb, vs, vhs, sc);
+            return;
+        }
         ParallelChunks((long)b * h, (long)t * s * d, (i0, i1) =>
         {
             var scores = new T[s];
@@ -160,6 +168,11 @@ public sealed unsafe partial class CpuBackend
         T* pq = Ptr<T>(q), pk = Ptr<T>(k), pv = Ptr<T>(v), po = Ptr<T>(output), pdo = Ptr<T>(dOutput);
         T* pl = Ptr<T>(logSumExp), pdq = Ptr<T>(dq), pdk = Ptr<T>(dk), pdv = Ptr<T>(dv);
         T sc = T.CreateTruncating(scale);
+        if (t >= GemmAttentionMinLength)
+        {
+            AttentionBackwardGemm(q, k, v, output, dOutput, pq, pk, pv, po, pdo, pl, pdq, pdk, pdv, dq, dk, dv, sc);
+            return;
+        }
         // Work items are (batch, kv head): the query heads of one group add into the same dk, dv rows.
         ParallelChunks((long)b * kh, (long)group * t * t * d * 2, (i0, i1) =>
         {

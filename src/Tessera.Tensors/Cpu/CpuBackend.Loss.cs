@@ -59,9 +59,8 @@ public sealed unsafe partial class CpuBackend
                 T xt = xr[target];
                 if (pd == null)
                 {
-                    double sum = 0;
-                    for (int i = 0; i < v; i++) sum += double.CreateTruncating(T.Exp(xr[i] - max));
-                    pl[r] = T.CreateTruncating(Math.Log(sum)) + max - xt;
+                    T sum = RowKernels.SumExpShifted(xr, max, v);
+                    pl[r] = T.Log(sum) + max - xt;
                 }
                 else
                 {

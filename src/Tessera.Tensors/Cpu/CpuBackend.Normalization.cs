@@ -1,4 +1,5 @@
 using System.Numerics;
+using Tessera.Tensors.Cpu.Kernels;
 
 namespace Tessera.Tensors.Cpu;
 
@@ -24,24 +25,12 @@ public sealed unsafe partial class CpuBackend
         T* pm = Ptr<T>(mean), pr = Ptr<T>(rstd);
         int c = x.Shape[^1];
         long n = x.NumElements / Math.Max(1, c);
+        T eps = T.CreateTruncating(epsilon);
         ParallelChunks(n, 6L * c, (r0, r1) =>
         {
             for (long r = r0; r < r1; r++)
             {
-                T* xr = px + r * c, or = po + r * c;
-                // Two passes in double: the variance of a row with a large mean stays accurate.
-                double sum = 0;
-                for (int i = 0; i < c; i++) sum += double.CreateTruncating(xr[i]);
-                double mu = sum / c;
-                double sq = 0;
-                for (int i = 0; i < c; i++) { double d = double.CreateTruncating(xr[i]) - mu; sq += d * d; }
-                double rs = 1.0 / Math.Sqrt(sq / c + epsilon);
-                T m = T.CreateTruncating(mu), s = T.CreateTruncating(rs);
-                for (int i = 0; i < c; i++)
-                {
-                    T norm = (xr[i] - m) * s;
-                    or[i] = pb == null ? norm * pw[i] : norm * pw[i] + pb[i];
-                }
+                var (m, s) = NormKernels.LayerNormRow(px + r * c, pw, pb, po + r * c, c, eps);
                 pm[r] = m; pr[r] = s;
             }
         });
@@ -78,29 +67,8 @@ public sealed unsafe partial class CpuBackend
             fixed (T* gbBase = partB)
             {
                 T* gb = gbBase == null ? null : gbBase + chunk * (long)c;
-                T invC = T.One / T.CreateTruncating(c);
                 for (long r = r0; r < r1; r++)
-                {
-                    T* xr = px + r * c, dor = pdo + r * c, dxr = pdx + r * c;
-                    T m = pm[r], s = pr[r];
-                    T dnormMean = T.Zero, dnormNormMean = T.Zero;
-                    for (int i = 0; i < c; i++)
-                    {
-                        T norm = (xr[i] - m) * s;
-                        T dnorm = pw[i] * dor[i];
-                        dnormMean += dnorm;
-                        dnormNormMean += dnorm * norm;
-                    }
-                    dnormMean *= invC; dnormNormMean *= invC;
-                    for (int i = 0; i < c; i++)
-                    {
-                        T norm = (xr[i] - m) * s;
-                        T dnorm = pw[i] * dor[i];
-                        if (gb != null) gb[i] += dor[i];
-                        gw[i] += norm * dor[i];
-                        dxr[i] += (dnorm - dnormMean - norm * dnormNormMean) * s;
-                    }
-                }
+                    NormKernels.LayerNormBackwardRow(px + r * c, pdo + r * c, pw, pm[r], pr[r], pdx + r * c, gw, gb, c);
             }
         });
         for (int k = 0; k < chunks; k++)
@@ -127,16 +95,12 @@ public sealed unsafe partial class CpuBackend
         T* px = Ptr<T>(x), pw = Ptr<T>(weight), po = Ptr<T>(output), pr = Ptr<T>(rstd);
         int c = x.Shape[^1];
         long n = x.NumElements / Math.Max(1, c);
+        T eps = T.CreateTruncating(epsilon);
         ParallelChunks(n, 4L * c, (r0, r1) =>
         {
             for (long r = r0; r < r1; r++)
             {
-                T* xr = px + r * c, or = po + r * c;
-                double sq = 0;
-                for (int i = 0; i < c; i++) { double v = double.CreateTruncating(xr[i]); sq += v * v; }
-                T s = T.CreateTruncating(1.0 / Math.Sqrt(sq / c + epsilon));
-                for (int i = 0; i < c; i++) or[i] = xr[i] * s * pw[i];
-                pr[r] = s;
+                pr[r] = NormKernels.RmsNormRow(px + r * c, pw, po + r * c, c, eps);
             }
         });
     }
@@ -165,21 +129,8 @@ public sealed unsafe partial class CpuBackend
         {
             fixed (T* gw = &partW[chunk * (long)c])
             {
-                T invC = T.One / T.CreateTruncating(c);
                 for (long r = r0; r < r1; r++)
-                {
-                    T* xr = px + r * c, dor = pdo + r * c, dxr = pdx + r * c;
-                    T s = pr[r];
-                    // dL/dx_j = s * w_j dy_j - s^3 x_j / C * sum_i w_i dy_i x_i
-                    T dot = T.Zero;
-                    for (int i = 0; i < c; i++) dot += pw[i] * dor[i] * xr[i];
-                    T coef = s * s * s * dot * invC;
-                    for (int i = 0; i < c; i++)
-                    {
-                        gw[i] += xr[i] * s * dor[i];
-                        dxr[i] += s * pw[i] * dor[i] - coef * xr[i];
-                    }
-                }
+                    NormKernels.RmsNormBackwardRow(px + r * c, pdo + r * c, pw, pr[r], pdx + r * c, gw, c);
             }
         });
         for (int k = 0; k < chunks; k++)

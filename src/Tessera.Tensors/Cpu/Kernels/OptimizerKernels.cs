@@ -28,7 +28,26 @@ internal static unsafe class OptimizerKernels
     /// <summary>One AdamW step with decoupled weight decay, as documented on IBackend.AdamW.</summary>
     public static void AdamW<T>(T* p, T* g, T* m, T* v, long n, in AdamWConstants<T> k) where T : unmanaged, IFloatingPointIeee754<T>
     {
-        for (long i = 0; i < n; i++)
+        long i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var b1 = new Vector<T>(k.Beta1); var ob1 = new Vector<T>(k.OneMinusBeta1);
+            var b2 = new Vector<T>(k.Beta2); var ob2 = new Vector<T>(k.OneMinusBeta2);
+            var c1 = new Vector<T>(k.Correction1); var c2 = new Vector<T>(k.Correction2);
+            var eps = new Vector<T>(k.Epsilon); var lr = new Vector<T>(k.LearningRate);
+            var wd = new Vector<T>(k.Decay); var clip = new Vector<T>(k.Clip);
+            for (; i <= n - Vector<T>.Count; i += Vector<T>.Count)
+            {
+                var gi = ElementwiseKernels.Load(g + i) * clip;
+                var mi = b1 * ElementwiseKernels.Load(m + i) + ob1 * gi;
+                var vi = b2 * ElementwiseKernels.Load(v + i) + ob2 * gi * gi;
+                ElementwiseKernels.Store(m + i, mi);
+                ElementwiseKernels.Store(v + i, vi);
+                var pi = ElementwiseKernels.Load(p + i);
+                ElementwiseKernels.Store(p + i, pi - lr * (mi * c1 / (Vector.SquareRoot(vi * c2) + eps) + wd * pi));
+            }
+        }
+        for (; i < n; i++)
         {
             T gi = g[i] * k.Clip;
             T mi = k.Beta1 * m[i] + k.OneMinusBeta1 * gi;

@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 
 namespace Tessera.Tensors.Cpu.Kernels;
 
@@ -6,18 +7,39 @@ namespace Tessera.Tensors.Cpu.Kernels;
 internal static unsafe class ReduceKernels
 {
     /// <summary>Sum of <paramref name="n"/> elements.</summary>
-    public static double Sum<T>(T* x, long n) where T : unmanaged, IFloatingPointIeee754<T>
-    {
-        double s = 0;
-        for (long i = 0; i < n; i++) s += double.CreateTruncating(x[i]);
-        return s;
-    }
+    public static double Sum<T>(T* x, long n) where T : unmanaged, IFloatingPointIeee754<T> => Reduce(x, n, squares: false);
 
     /// <summary>Sum of the squares of <paramref name="n"/> elements.</summary>
-    public static double SumOfSquares<T>(T* x, long n) where T : unmanaged, IFloatingPointIeee754<T>
+    public static double SumOfSquares<T>(T* x, long n) where T : unmanaged, IFloatingPointIeee754<T> => Reduce(x, n, squares: true);
+
+    private static double Reduce<T>(T* x, long n, bool squares) where T : unmanaged, IFloatingPointIeee754<T>
     {
+        long i = 0;
         double s = 0;
-        for (long i = 0; i < n; i++) { double v = double.CreateTruncating(x[i]); s += v * v; }
+        if (Vector.IsHardwareAccelerated)
+        {
+            var acc = Vector<double>.Zero;
+            if (typeof(T) == typeof(float))
+            {
+                float* f = (float*)x;
+                for (; i <= n - Vector<float>.Count; i += Vector<float>.Count)
+                {
+                    Vector.Widen(Unsafe.ReadUnaligned<Vector<float>>(f + i), out var lo, out var hi);
+                    acc += squares ? lo * lo + hi * hi : lo + hi;
+                }
+            }
+            else if (typeof(T) == typeof(double))
+            {
+                double* d = (double*)x;
+                for (; i <= n - Vector<double>.Count; i += Vector<double>.Count)
+                {
+                    var v = Unsafe.ReadUnaligned<Vector<double>>(d + i);
+                    acc += squares ? v * v : v;
+                }
+            }
+            s = Vector.Sum(acc);
+        }
+        for (; i < n; i++) { double v = double.CreateTruncating(x[i]); s += squares ? v * v : v; }
         return s;
     }
 }

@@ -20,17 +20,62 @@ internal static unsafe class RowKernels
         return m;
     }
 
-    /// <summary>o = exp(x - shift); returns the sum of o, accumulated in double. o may alias x.</summary>
+    /// <summary>o = exp(x - shift); returns the sum of o. o may alias x.</summary>
     public static T ExpShiftedAndSum<T>(T* x, T* o, T shift, long n) where T : unmanaged, IFloatingPointIeee754<T>
     {
-        double sum = 0;
-        for (long i = 0; i < n; i++)
+        long i = 0;
+        T sum = T.Zero;
+        if (Vector.IsHardwareAccelerated && n >= Vector<T>.Count)
+        {
+            var vs = new Vector<T>(shift);
+            var acc = Vector<T>.Zero;
+            for (; i <= n - Vector<T>.Count; i += Vector<T>.Count)
+            {
+                var e = VectorMath.Exp(ElementwiseKernels.Load(x + i) - vs);
+                ElementwiseKernels.Store(o + i, e);
+                acc += e;
+            }
+            sum = Vector.Sum(acc);
+        }
+        for (; i < n; i++)
         {
             T e = T.Exp(x[i] - shift);
             o[i] = e;
-            sum += double.CreateTruncating(e);
+            sum += e;
         }
-        return T.CreateTruncating(sum);
+        return sum;
+    }
+
+    /// <summary>Sum of exp(x - shift) without storing the exponentials.</summary>
+    public static T SumExpShifted<T>(T* x, T shift, long n) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        long i = 0;
+        T sum = T.Zero;
+        if (Vector.IsHardwareAccelerated && n >= Vector<T>.Count)
+        {
+            var vs = new Vector<T>(shift);
+            var acc = Vector<T>.Zero;
+            for (; i <= n - Vector<T>.Count; i += Vector<T>.Count)
+                acc += VectorMath.Exp(ElementwiseKernels.Load(x + i) - vs);
+            sum = Vector.Sum(acc);
+        }
+        for (; i < n; i++) sum += T.Exp(x[i] - shift);
+        return sum;
+    }
+
+    /// <summary>Sum of a row.</summary>
+    public static T Sum<T>(T* x, long n) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        long i = 0;
+        T s = T.Zero;
+        if (Vector.IsHardwareAccelerated && n >= Vector<T>.Count)
+        {
+            var acc = Vector<T>.Zero;
+            for (; i <= n - Vector<T>.Count; i += Vector<T>.Count) acc += ElementwiseKernels.Load(x + i);
+            s = Vector.Sum(acc);
+        }
+        for (; i < n; i++) s += x[i];
+        return s;
     }
 
     /// <summary>x *= factor.</summary>
