@@ -136,6 +136,7 @@ public sealed class Transformer
     {
         var ctx = PassContext.Training(Activations, microBatch);
         var (b, t) = CheckTokens(tokens, "tokens", 0, null);
+        Activations.Release(microBatch);                             // nothing stale from an earlier forward of this slot
         var x = Embed(ctx, tokens, b, t, startPosition: 0);          // (B, T, C)
         foreach (var block in Blocks) x = block.Forward(ctx, x, RecomputeActivations);
         if (RecomputeActivations)

@@ -74,7 +74,12 @@ public sealed class TransformerBlock
     {
         if (x.Rank != 3 || x.Size(2) != Channels)
             throw new ArgumentException($"{Name}: input {x.Shape} must be (B, T, {Channels})");
-        if (!checkpoint || !ctx.SaveForBackward) return Run(ctx, x);
+        if (!checkpoint || !ctx.SaveForBackward)
+        {
+            // A checkpoint left by an earlier forward of this slot would make Backward recompute from stale input.
+            if (ctx.SaveForBackward && !ctx.IsShared) ctx.Store.Remove(ctx.Slot, _checkpoint.Name);
+            return Run(ctx, x);
+        }
         var saved = ctx.Buffer(_checkpoint, x.Shape, x.DType);
         x.Backend.Copy(x, saved);
         ctx.Save(_checkpoint, saved);

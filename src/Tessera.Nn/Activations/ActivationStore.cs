@@ -78,6 +78,9 @@ public sealed class ActivationStore
     /// <summary>Whether a tensor is saved under <paramref name="key"/> for <paramref name="slot"/>.</summary>
     public bool Contains(int slot, string key) => _saved.ContainsKey((slot, key));
 
+    /// <summary>Forgets the tensor saved under <paramref name="key"/> for <paramref name="slot"/>, if any.</summary>
+    public void Remove(int slot, string key) => _saved.Remove((slot, key));
+
     /// <summary>Forgets every tensor saved for <paramref name="slot"/>; its buffers stay pooled for the next step.</summary>
     public void Release(int slot)
     {

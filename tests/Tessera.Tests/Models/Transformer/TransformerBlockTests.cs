@@ -33,7 +33,8 @@ public class TransformerBlockTests
         var dy = check.OutputGradient(rng, block.Forward(ctx, x));
         block.Backward(ctx, dy);                                  // in place: dy becomes dx
         check.Assert(x, dy, "dx");
-        check.AssertParameters(arena);
+        // Every element of dx; 40 random elements of each parameter keep the test well under a second.
+        check.AssertParameters(arena, sample: 40, rng);
     }
 
     [Theory]
