@@ -31,7 +31,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// <summary>The directory.</summary>
     public string Path { get; }
 
-    /// <summary>The configuration read from config.json (vocabulary padded as asked in <see cref="Open"/>).</summary>
+    /// <summary>The configuration read from config.json (vocabulary padded as asked when opened).</summary>
     public TransformerConfig Config { get; }
 
     /// <summary>The name map expanded for <see cref="Config"/>.</summary>
