@@ -148,7 +148,7 @@ public abstract class ProcessGroup : IDisposable
     protected abstract bool CanReduce(DType dtype, ReduceOp op);
 
     /// <summary>"group 'tp' rank 1 (global rank 5)": how messages name this member.</summary>
-    public string Describe() => Size == 1 && _globalRanks[0] == Rank
+    public string Describe() => _globalRanks[Rank] == Rank
         ? $"group '{Name}' rank {Rank}"
         : $"group '{Name}' rank {Rank} (global rank {_globalRanks[Rank]})";
 
