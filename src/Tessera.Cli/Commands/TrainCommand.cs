@@ -79,6 +79,9 @@ internal static class TrainCommand
             trainShards = ShardWriter.Expand(dataGlob);
             valShards = valGlob is null ? [] : ShardWriter.Expand(valGlob);
         }
+        // Open (and validate) the data before anything is built or written.
+        var train = new TokenDataLoader(trainShards, options.BatchSize, options.SequenceLength);
+        var validation = valShards.Count > 0 ? new TokenDataLoader(valShards, options.BatchSize, options.SequenceLength) : null;
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
 
         // Model.
@@ -102,8 +105,6 @@ internal static class TrainCommand
         var cfg = model.Config;
         output.WriteLine($"model {modelSpec}: {cfg.Family}, {cfg.Layers} layers, {cfg.Embedding} wide, {cfg.Heads} heads, {model.Parameters.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
 
-        var train = new TokenDataLoader(trainShards, options.BatchSize, options.SequenceLength);
-        var validation = valShards.Count > 0 ? new TokenDataLoader(valShards, options.BatchSize, options.SequenceLength) : null;
         output.WriteLine($"data: {train.TotalTokens:N0} training tokens in {trainShards.Count} shard(s); {(validation is null ? "no validation" : $"{validation.TotalTokens:N0} validation tokens")}");
         var optimizer = new AdamWOptimizer(model.Parameters, adam);
         var trainer = new Trainer(model, optimizer, train, validation, options);
