@@ -8,6 +8,7 @@ const string usage = """
       train      train a model (no options: the embedded default, a tiny GPT-2 on the SDK's API docs)
       generate   continue a prompt from a checkpoint or a Hugging Face model directory
       prepare    tokenize text files into llm.c token shards
+      launch     start one process per GPU (torchrun-style) running a command
       info       list model presets
     'tessera COMMAND --help' describes a command's options.
     """;
@@ -26,6 +27,7 @@ var rest = new CommandLineArguments(args[1..]);
     "generate" => (GenerateCommand.Run, GenerateCommand.Usage),
     "prepare" => (PrepareCommand.Run, PrepareCommand.Usage),
     "info" => (InfoCommand.Run, InfoCommand.Usage),
+    "launch" => (LaunchCommand.Run, LaunchCommand.Usage),
     _ => (null!, ""),
 };
 if (run is null)
