@@ -38,7 +38,7 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
     filters=("$@"); [ ${#filters[@]} -eq 0 ] && filters=(-namespace Tessera.Tests.Cuda)
     start=$(date +%s)
-    /tmp/dotnet/dotnet "$dir/tests/Tessera.Tests.dll" "${filters[@]}" -parallel none -verbose -stopOnFail- \
+    /tmp/dotnet/dotnet "$dir/tests/Tessera.Tests.dll" "${filters[@]}" -parallel none -reporter verbose \
         -xml "$out/results.xml" 2>&1 | tee "$out/tests.log"
     rc=${PIPESTATUS[0]}
     end=$(date +%s)
