@@ -35,6 +35,7 @@ run)
     fi
     export DOTNET_ROOT=/tmp/dotnet DOTNET_CLI_TELEMETRY_OPTOUT=1
     export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+    export TESSERA_CUDA_TIMINGS="${TESSERA_CUDA_TIMINGS:-1}" TESSERA_CUDA_TIMINGS_OUT="$out/timings.md"
     nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
     filters=("$@"); [ ${#filters[@]} -eq 0 ] && filters=(-namespace Tessera.Tests.Cuda)
     start=$(date +%s)
@@ -64,6 +65,7 @@ n = {k: sum(1 for r in rows if r[0] == k) for k in ("Pass", "Fail", "Skip")}
 print(f"TOTAL pass={n['Pass']} fail={n['Fail']} skip={n['Skip']}")
 PY
     fi
+    [ -f "$out/timings.md" ] && { echo; cat "$out/timings.md"; }
     echo "exit code $rc, $((end - start)) s"
     exit $rc
     ;;
