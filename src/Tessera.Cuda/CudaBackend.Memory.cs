@@ -125,6 +125,13 @@ public sealed unsafe partial class CudaBackend
             Check(cuMemcpyDtoDAsync(Ptr(destination), Ptr(source), (nuint)(n * source.DType.SizeInBytes()), Stream.Handle), "cuMemcpyDtoDAsync");
             return;
         }
+        if (source.IsContiguous && destination.IsContiguous)
+        {
+            ulong s = Ptr(source), d = Ptr(destination);
+            void** a = stackalloc void*[] { &s, &d, &n };
+            Launch("copy.cu", $"cast_{CastName(source.DType)}_to_{CastName(destination.DType)}", GridFor(n), Threads, a);
+            return;
+        }
         // Drop size-1 dimensions and merge dimensions that are contiguous in both views.
         var dims = new List<(long Size, long Src, long Dst)>();
         for (int i = 0; i < source.Rank; i++)

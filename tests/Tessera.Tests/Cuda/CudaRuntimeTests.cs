@@ -95,6 +95,10 @@ public sealed class CudaRuntimeTests(CudaFixture fixture) : CudaTestBase(fixture
         // And a non-contiguous source straight to the host.
         var host = Download(view);
         Assert.Equal(got, host);
+        // A strided cast takes the other kernel path: widening to f64 is exact.
+        var wide = Poisoned(DType.F64, 2, 7, 5, 3);
+        Gpu.Copy(view, wide);
+        Assert.Equal(got, Download(wide));
     }
 
     [Theory]
