@@ -157,7 +157,8 @@ public interface IBackend
     /// One AdamW step over a contiguous range (typically an arena slice), with decoupled weight decay:
     /// g = grad * clip; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
     /// p -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd * p).
-    /// clip = min(1, maxNorm / sqrt(gradSumOfSquares)) when <paramref name="gradSumOfSquares"/> (scalar) is given.
+    /// clip = min(1, maxNorm / (sqrt(gradSumOfSquares) + 1e-6)) when <paramref name="gradSumOfSquares"/> (scalar) is given
+    /// (PyTorch's clip_grad_norm_ coefficient, so runs match it to rounding).
     /// When <paramref name="lowPrecisionCopy"/> is given it receives the updated parameters cast to its dtype
     /// (bf16 compute weights beside f32 masters).
     /// </summary>

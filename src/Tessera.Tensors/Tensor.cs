@@ -138,7 +138,7 @@ public sealed class Tensor
         return new Tensor(Storage, new Shape(dims.ToArray()), strides.ToArray(), Offset + index * _strides[dim]);
     }
 
-    /// <summary>A contiguous view of <paramref name="count"/> elements at <paramref name="elementOffset"/> of a contiguous tensor, as <paramref name="shape"/>.</summary>
+    /// <summary>A contiguous view of shape.NumElements elements at <paramref name="elementOffset"/> of a contiguous tensor, as <paramref name="shape"/>.</summary>
     public Tensor Narrow(long elementOffset, Shape shape)
     {
         if (!IsContiguous) throw new InvalidOperationException("Narrow needs a contiguous tensor");

@@ -1,0 +1,178 @@
+using System.Diagnostics;
+using Tessera.Inference;
+using Tessera.Inference.Sampling;
+using Tessera.Models;
+using Tessera.Models.Tokenization;
+using Tessera.Tensors;
+using Tessera.Training;
+using Tessera.Training.Checkpoints;
+using Tessera.Training.Data;
+using Tessera.Training.Optim;
+
+namespace Tessera.Cli.Commands;
+
+/// <summary>tessera train: trains a model from token shards, or the embedded default.</summary>
+internal static class TrainCommand
+{
+    public const string Usage = """
+        tessera train [options]
+          With no --data: trains the gpt2-tiny preset on the .NET SDK's XML API documentation (byte tokens).
+          --model NAME|HF_DIR     preset (gpt2-tiny, gpt2-124m, llama-debug, ...) or a Hugging Face directory to fine-tune  [gpt2-tiny]
+          --data GLOB             training shards (llm.c format), e.g. data/train_*.bin
+          --val-data GLOB         validation shards
+          --tokenizer byte|DIR    tokenizer of the shards (for the sample at the end)  [byte]
+          --out DIR               run directory: data/, checkpoints/, metrics.jsonl  [runs/default]
+          --steps N [300]  --batch B [16]  --seq T [128]  --accum N [1]  --lr X [2e-3]  --warmup N [20]
+          --min-lr-fraction X [0.1]  --weight-decay X [0.1]  --clip X [1.0]  --seed N [1337]
+          --eval-every N [50]  --eval-batches N [4]  --checkpoint-every N [0: at the end]  --log-every N [10]
+          --device cpu|cuda[:N] [cpu]  --threads N [all cores]  --dtype f32|f64 [f32]  --recompute
+          --resume                continue from OUT/checkpoints/latest
+          --sample-tokens N       tokens to sample from the final model [200]
+        """;
+
+    public static int Run(CommandLineArguments args, TextWriter output)
+    {
+        string modelSpec = args.String("model", "gpt2-tiny")!;
+        string? dataGlob = args.String("data");
+        string? valGlob = args.String("val-data");
+        string tokenizerSpec = args.String("tokenizer", "byte")!;
+        string outDir = args.String("out", "runs/default")!;
+        var options = new TrainerOptions
+        {
+            Steps = args.Int("steps", 300),
+            BatchSize = args.Int("batch", 16),
+            SequenceLength = args.Int("seq", 128),
+            GradientAccumulationSteps = args.Int("accum", 1),
+            LearningRate = args.Double("lr", 2e-3),
+            WarmupSteps = args.Int("warmup", 20),
+            MinLearningRateFraction = args.Double("min-lr-fraction", 0.1),
+            Seed = args.Int("seed", 1337),
+            EvalEvery = args.Int("eval-every", 50),
+            EvalBatches = args.Int("eval-batches", 4),
+            CheckpointEvery = args.Int("checkpoint-every", 0),
+            LogEvery = args.Int("log-every", 10),
+        };
+        var adam = new AdamWOptions { WeightDecay = args.Double("weight-decay", 0.1), MaxGradNorm = args.Double("clip", 1.0) };
+        string device = args.String("device", "cpu")!;
+        int threads = args.Int("threads", Environment.ProcessorCount);
+        var dtype = args.String("dtype", "f32") switch
+        {
+            "f32" => DType.F32,
+            "f64" => DType.F64,
+            var other => throw new UsageException($"--dtype {other}: expected f32 or f64"),
+        };
+        bool recompute = args.Flag("recompute");
+        bool resume = args.Flag("resume");
+        int sampleTokens = args.Int("sample-tokens", 200);
+        args.ThrowOnUnknown("train");
+        options.Validate();
+
+        // Data: given shards, or the embedded corpus written once into OUT/data.
+        List<string> trainShards, valShards;
+        if (dataGlob is null)
+        {
+            if (tokenizerSpec != "byte") throw new UsageException("the embedded corpus uses byte tokens; give --data for another tokenizer");
+            (trainShards, valShards) = PrepareEmbeddedCorpus(Path.Combine(outDir, "data"), output);
+        }
+        else
+        {
+            trainShards = ShardWriter.Expand(dataGlob);
+            valShards = valGlob is null ? [] : ShardWriter.Expand(valGlob);
+        }
+        // Open (and validate) the data before anything is built or written.
+        var train = new TokenDataLoader(trainShards, options.BatchSize, options.SequenceLength);
+        var validation = valShards.Count > 0 ? new TokenDataLoader(valShards, options.BatchSize, options.SequenceLength) : null;
+        var tokenizer = TokenizerFactory.Create(tokenizerSpec);
+
+        // Model.
+        var backend = BackendFactory.Create(device, threads);
+        Transformer model;
+        string? initDir = Directory.Exists(modelSpec) ? modelSpec : null;
+        if (initDir is not null)
+        {
+            model = PretrainedModel.Load(initDir, backend, dtype);
+            output.WriteLine($"fine-tuning {initDir}");
+        }
+        else
+        {
+            var config = ModelPresets.Get(modelSpec);
+            if (tokenizer.VocabSize > config.VocabSize)
+                throw new UsageException($"tokenizer has {tokenizer.VocabSize} tokens but model {modelSpec} only {config.VocabSize}");
+            model = new Transformer(config, backend, dtype);
+            model.InitializeWeights(options.Seed);
+        }
+        model.RecomputeActivations = recompute;
+        var cfg = model.Config;
+        output.WriteLine($"model {modelSpec}: {cfg.Family}, {cfg.Layers} layers, {cfg.Embedding} wide, {cfg.Heads} heads, {model.Parameters.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
+
+        output.WriteLine($"data: {train.TotalTokens:N0} training tokens in {trainShards.Count} shard(s); {(validation is null ? "no validation" : $"{validation.TotalTokens:N0} validation tokens")}");
+        var optimizer = new AdamWOptimizer(model.Parameters, adam);
+        var trainer = new Trainer(model, optimizer, train, validation, options);
+
+        var store = new CheckpointStore(Path.Combine(outDir, "checkpoints"));
+        if (resume)
+        {
+            var latest = store.Latest() ?? throw new CheckpointException($"--resume: no checkpoint in {store.Root}");
+            TrainingCheckpoint.Restore(latest, model, trainer);
+            output.WriteLine($"resumed from {latest} at step {trainer.Step}");
+        }
+
+        output.WriteLine($"training {options.Steps} steps of {options.BatchSize} x {options.SequenceLength} tokens (x{options.GradientAccumulationSteps} accumulation)");
+        var progress = new ConsoleProgress(output, trainer.Step);
+        using var metrics = new MetricsLog(Path.Combine(outDir, "metrics.jsonl"));
+        var clock = Stopwatch.StartNew();
+        string? saved = null;
+        trainer.Run(progress.Report, t =>
+        {
+            saved = TrainingCheckpoint.Save(store, model, t, tokenizerSpec);
+            output.WriteLine($"checkpoint {saved}");
+        }, metrics);
+        output.WriteLine($"done in {ConsoleProgress.FormatDuration(clock.Elapsed.TotalSeconds)}");
+
+        if (sampleTokens > 0)
+        {
+            var prompt = tokenizer.Encode("The ");
+            var generator = new TextGenerator(model);
+            var gen = new GenerationOptions
+            {
+                MaxNewTokens = sampleTokens,
+                Sampling = new SamplingOptions { Temperature = 0.8, TopK = 40, Seed = (ulong)options.Seed },
+            };
+            output.WriteLine("sample:");
+            output.Write("The ");
+            var decoder = tokenizer.CreateIncrementalDecoder();
+            foreach (var id in generator.Generate(prompt, gen)) output.Write(decoder.Push(id));
+            output.Write(decoder.Flush());
+            output.WriteLine();
+        }
+        return 0;
+    }
+
+    private static (List<string> Train, List<string> Val) PrepareEmbeddedCorpus(string dataDir, TextWriter output)
+    {
+        var trainPath = Path.Combine(dataDir, "train_000.bin");
+        var valPath = Path.Combine(dataDir, "val_000.bin");
+        if (!File.Exists(trainPath) || !File.Exists(valPath))
+        {
+            var text = EmbeddedCorpus.Load(4_000_000, out var source);
+            var bytes = System.Text.Encoding.UTF8.GetBytes(text);
+            var tokens = Array.ConvertAll(bytes, b => (int)b);
+            ShardWriter.WriteSplit(tokens, dataDir, 0.05, int.MaxValue);
+            output.WriteLine($"corpus: {source}, {bytes.Length:N0} bytes -> {dataDir}");
+        }
+        var trainTokens = TokenShard.ReadTokens(trainPath);
+        output.WriteLine($"corpus unigram entropy: {UnigramEntropy(trainTokens):F3} nats/token (a model that learns nothing beyond byte frequencies stays near this)");
+        return ([trainPath], [valPath]);
+    }
+
+    /// <summary>Entropy of the token frequency distribution, in nats.</summary>
+    internal static double UnigramEntropy(ReadOnlySpan<ushort> tokens)
+    {
+        var counts = new long[65536];
+        foreach (var t in tokens) counts[t]++;
+        double h = 0;
+        foreach (var c in counts)
+            if (c > 0) { double p = (double)c / tokens.Length; h -= p * Math.Log(p); }
+        return h;
+    }
+}

@@ -1,0 +1,88 @@
+using Tessera.Tensors;
+
+namespace Tessera.Distributed.InProcess;
+
+/// <summary>
+/// A process group whose ranks are threads of one process (CPU ranks, tests of every parallel
+/// layout on one machine). The last rank to issue an operation executes it for all ranks, staging
+/// through pooled host buffers with each tensor's backend, so it works for tensors of any backend.
+/// Reductions sum in rank order 0 .. Size-1: results are bit-identical on every rank.
+/// Reductions support F32, F64 and I32 (Average: F32, F64); data movement supports every dtype.
+/// </summary>
+public sealed class InProcessProcessGroup : ProcessGroup
+{
+    private readonly InProcessRendezvous _rendezvous;
+    private readonly Dictionary<int, long> _sent = [];
+    private readonly Dictionary<int, long> _received = [];
+
+    internal InProcessProcessGroup(InProcessWorld world, InProcessRendezvous rendezvous, int rank)
+        : base(rendezvous.Name, rank, rendezvous.GlobalRanks, rendezvous.Timeout)
+    {
+        World = world;
+        _rendezvous = rendezvous;
+    }
+
+    /// <summary>
+    /// Creates a world of <paramref name="worldSize"/> thread ranks and returns each rank's world
+    /// group (index = rank); hand group r to the thread of rank r.
+    /// </summary>
+    public static InProcessProcessGroup[] Create(int worldSize, TimeSpan timeout)
+    {
+        var world = new InProcessWorld(worldSize, timeout);
+        return Enumerable.Range(0, worldSize).Select(world.WorldGroup).ToArray();
+    }
+
+    /// <summary>The world this group belongs to (to create sub-groups).</summary>
+    public InProcessWorld World { get; }
+
+    /// <inheritdoc/>
+    protected override bool CanReduce(DType dtype, ReduceOp op) =>
+        dtype is DType.F32 or DType.F64 || (dtype is DType.I32 && op != ReduceOp.Average);
+
+    /// <inheritdoc/>
+    protected override CollectiveHandle AllReduceCore(Tensor tensor, ReduceOp op, long sequenceNumber) =>
+        Collective(sequenceNumber, CollectiveKind.AllReduce, tensor, tensor, op, 0);
+
+    /// <inheritdoc/>
+    protected override CollectiveHandle ReduceScatterCore(Tensor input, Tensor output, ReduceOp op, long sequenceNumber) =>
+        Collective(sequenceNumber, CollectiveKind.ReduceScatter, input, output, op, 0);
+
+    /// <inheritdoc/>
+    protected override CollectiveHandle AllGatherCore(Tensor input, Tensor output, long sequenceNumber) =>
+        Collective(sequenceNumber, CollectiveKind.AllGather, input, output, ReduceOp.Sum, 0);
+
+    /// <inheritdoc/>
+    protected override CollectiveHandle BroadcastCore(Tensor tensor, int root, long sequenceNumber) =>
+        Collective(sequenceNumber, CollectiveKind.Broadcast, tensor, tensor, ReduceOp.Sum, root);
+
+    /// <inheritdoc/>
+    protected override CollectiveHandle BarrierCore(long sequenceNumber) =>
+        Collective(sequenceNumber, CollectiveKind.Barrier, null, null, ReduceOp.Sum, 0);
+
+    /// <inheritdoc/>
+    protected override CollectiveHandle SendCore(Tensor tensor, int peer)
+    {
+        long number = _sent[peer] = _sent.GetValueOrDefault(peer) + 1;
+        long now = Environment.TickCount64;
+        var op = _rendezvous.ArriveMessage(Rank, peer, number,
+            new Contribution(Rank, CollectiveKind.Send, tensor, null, ReduceOp.Sum, 0, now));
+        return new InProcessHandle(op, _rendezvous, Rank, now);
+    }
+
+    /// <inheritdoc/>
+    protected override CollectiveHandle RecvCore(Tensor tensor, int peer)
+    {
+        long number = _received[peer] = _received.GetValueOrDefault(peer) + 1;
+        long now = Environment.TickCount64;
+        var op = _rendezvous.ArriveMessage(peer, Rank, number,
+            new Contribution(Rank, CollectiveKind.Recv, null, tensor, ReduceOp.Sum, 0, now));
+        return new InProcessHandle(op, _rendezvous, Rank, now);
+    }
+
+    private InProcessHandle Collective(long sequenceNumber, CollectiveKind kind, Tensor? input, Tensor? output, ReduceOp op, int root)
+    {
+        long now = Environment.TickCount64;
+        var pending = _rendezvous.ArriveCollective(sequenceNumber, new Contribution(Rank, kind, input, output, op, root, now));
+        return new InProcessHandle(pending, _rendezvous, Rank, now);
+    }
+}

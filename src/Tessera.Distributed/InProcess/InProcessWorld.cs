@@ -1,0 +1,67 @@
+using System.Collections.Concurrent;
+
+namespace Tessera.Distributed.InProcess;
+
+/// <summary>
+/// The shared state of a set of thread ranks: one rendezvous per group of ranks. Create one per
+/// test or run (nothing is static), then give each rank's thread its groups
+/// (<see cref="WorldGroup"/>, <see cref="Group"/>) or a factory (<see cref="FactoryFor"/>).
+/// </summary>
+public sealed class InProcessWorld
+{
+    private readonly ConcurrentDictionary<string, InProcessRendezvous> _rendezvous = new(StringComparer.Ordinal);
+
+    /// <summary>A world of <paramref name="size"/> ranks whose groups time out after <paramref name="timeout"/>.</summary>
+    public InProcessWorld(int size, TimeSpan timeout)
+    {
+        if (size < 1) throw new ArgumentOutOfRangeException(nameof(size), $"world size must be at least 1, got {size}");
+        if (timeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(timeout), $"timeout must be positive, got {timeout}");
+        Size = size;
+        Timeout = timeout;
+    }
+
+    /// <summary>Number of ranks.</summary>
+    public int Size { get; }
+
+    /// <summary>Timeout of every group of this world.</summary>
+    public TimeSpan Timeout { get; }
+
+    /// <summary>Rank <paramref name="rank"/>'s member of the group over all ranks, named "world".</summary>
+    public InProcessProcessGroup WorldGroup(int rank) => Group(rank, "world", Enumerable.Range(0, Size).ToArray());
+
+    /// <summary>
+    /// Global rank <paramref name="globalRank"/>'s member of the group over <paramref name="globalRanks"/>
+    /// (group rank i is globalRanks[i]). Members that pass the same name and ranks share one group.
+    /// </summary>
+    public InProcessProcessGroup Group(int globalRank, string name, IReadOnlyList<int> globalRanks)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        ArgumentNullException.ThrowIfNull(globalRanks);
+        foreach (var g in globalRanks)
+            if (g < 0 || g >= Size)
+                throw new ArgumentOutOfRangeException(nameof(globalRanks), $"group '{name}': rank {g} is outside the world [0, {Size})");
+        if (globalRanks.Distinct().Count() != globalRanks.Count)
+            throw new ArgumentException($"group '{name}': ranks ({string.Join(", ", globalRanks)}) repeat a rank", nameof(globalRanks));
+        int rank = globalRanks.ToList().IndexOf(globalRank);
+        if (rank < 0)
+            throw new ArgumentException($"group '{name}': global rank {globalRank} is not one of its ranks ({string.Join(", ", globalRanks)})", nameof(globalRank));
+        string key = name + "|" + string.Join(",", globalRanks);
+        var rendezvous = _rendezvous.GetOrAdd(key, _ => new InProcessRendezvous(name, [.. globalRanks], Timeout));
+        return new InProcessProcessGroup(this, rendezvous, rank);
+    }
+
+    /// <summary>A factory that creates <paramref name="globalRank"/>'s groups (for <see cref="Mesh.DeviceMesh"/>).</summary>
+    public IProcessGroupFactory FactoryFor(int globalRank)
+    {
+        if (globalRank < 0 || globalRank >= Size)
+            throw new ArgumentOutOfRangeException(nameof(globalRank), $"rank {globalRank} is outside the world [0, {Size})");
+        return new InProcessGroupFactory(this, globalRank);
+    }
+
+    private sealed class InProcessGroupFactory(InProcessWorld world, int globalRank) : IProcessGroupFactory
+    {
+        public int GlobalRank => globalRank;
+
+        public ProcessGroup CreateGroup(string name, IReadOnlyList<int> globalRanks) => world.Group(globalRank, name, globalRanks);
+    }
+}

@@ -1,0 +1,44 @@
+namespace Tessera.Distributed.InProcess;
+
+/// <summary>
+/// One collective (or one point-to-point message) that ranks arrive at; the last rank to arrive
+/// executes it for everyone, then releases the waiters.
+/// </summary>
+internal sealed class PendingOperation
+{
+    public PendingOperation(string label, CollectiveKind kind, long sequenceNumber, int[] participants, int groupSize)
+    {
+        Label = label;
+        Kind = kind;
+        SequenceNumber = sequenceNumber;
+        Participants = participants;
+        Contributions = new Contribution?[groupSize];
+    }
+
+    /// <summary>"AllReduce #3" or "Send/Recv #2 (rank 0 -> rank 1)".</summary>
+    public string Label { get; }
+
+    /// <summary>The kind the first arriving rank issued.</summary>
+    public CollectiveKind Kind { get; }
+
+    public long SequenceNumber { get; }
+
+    /// <summary>Group ranks expected to arrive.</summary>
+    public int[] Participants { get; }
+
+    /// <summary>Indexed by group rank; null until that rank arrives.</summary>
+    public Contribution?[] Contributions { get; }
+
+    public int Arrived { get; set; }
+
+    public ManualResetEventSlim Done { get; } = new(false);
+
+    /// <summary>Set before <see cref="Done"/> when the operation failed: makes the exception a given rank throws.</summary>
+    public Func<int, Exception>? Error { get; set; }
+
+    /// <summary>Participants that have not arrived (call under the rendezvous lock or after completion).</summary>
+    public int[] Missing() => Participants.Where(r => Contributions[r] is null).ToArray();
+
+    /// <summary>Participants that have arrived.</summary>
+    public int[] Present() => Participants.Where(r => Contributions[r] is not null).ToArray();
+}

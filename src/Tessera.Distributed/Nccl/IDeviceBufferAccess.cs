@@ -1,0 +1,23 @@
+using Tessera.Tensors;
+
+namespace Tessera.Distributed.Nccl;
+
+/// <summary>
+/// What <see cref="NcclProcessGroup"/> needs from the GPU backend, provided by the caller so that
+/// Tessera.Distributed does not depend on Tessera.Cuda. The communication stream must be ordered
+/// after the work that produces the tensors (the simplest correct choice is the compute stream itself).
+/// </summary>
+public interface IDeviceBufferAccess
+{
+    /// <summary>The backend whose tensors the group communicates (allocates the barrier's scratch element).</summary>
+    IBackend Backend { get; }
+
+    /// <summary>Device address of the first element of a contiguous <paramref name="tensor"/> of <see cref="Backend"/> (its offset included).</summary>
+    IntPtr DevicePointer(Tensor tensor);
+
+    /// <summary>The cudaStream_t on which NCCL operations are enqueued.</summary>
+    IntPtr CommunicationStream { get; }
+
+    /// <summary>True when all work enqueued on <see cref="CommunicationStream"/> so far has finished (cuStreamQuery); never blocks.</summary>
+    bool IsCommunicationStreamIdle();
+}

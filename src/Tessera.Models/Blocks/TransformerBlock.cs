@@ -1,0 +1,149 @@
+using Tessera.Nn;
+using Tessera.Nn.Layers;
+using Tessera.Tensors;
+
+namespace Tessera.Models.Blocks;
+
+/// <summary>
+/// One pre-norm decoder block: r = x + attn(norm1(x)); y = r + mlp(norm2(r)). LayerNorm, learned
+/// positions and a GELU MLP for GPT-2; RMSNorm, RoPE and a SwiGLU MLP for Llama.
+/// <para>
+/// With checkpointing (selective recomputation) the forward pass keeps only a copy of the block's
+/// input for the micro-batch and computes in shared buffers; the backward pass first recomputes
+/// the block's activations from that input, then runs the ordinary backward.
+/// </para>
+/// </summary>
+public sealed class TransformerBlock
+{
+    private readonly ActivationKey _checkpoint, _residual1, _output, _dNorm1, _dNorm2;
+
+    /// <summary>Declares the block's parameters, named "blocks.{<paramref name="index"/>}.*", in canonical order.</summary>
+    public TransformerBlock(ParameterArena arena, TransformerConfig config, int index)
+    {
+        config.Validate();
+        Index = index;
+        Name = $"blocks.{index}";
+        int c = config.Embedding;
+        bool llama = config.Family == ModelFamily.Llama;
+        Norm1 = llama
+            ? new RmsNorm(arena, Name + ".norm1", c, config.NormEpsilon)
+            : new LayerNorm(arena, Name + ".norm1", c, config.NormEpsilon, config.Bias);
+        Attention = new CausalSelfAttention(arena, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
+            llama ? config.RopeTheta : null);
+        Norm2 = llama
+            ? new RmsNorm(arena, Name + ".norm2", c, config.NormEpsilon)
+            : new LayerNorm(arena, Name + ".norm2", c, config.NormEpsilon, config.Bias);
+        Mlp = llama
+            ? new SwiGluMlp(arena, Name + ".mlp", c, config.EffectiveHidden, config.Bias)
+            : new GeluMlp(arena, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
+        Channels = c;
+        _checkpoint = new ActivationKey(Name + ".checkpoint");
+        _residual1 = new ActivationKey(Name + ".residual1");
+        _output = new ActivationKey(Name + ".residual2");
+        _dNorm1 = new ActivationKey(Name + ".norm1.dy");
+        _dNorm2 = new ActivationKey(Name + ".norm2.dy");
+    }
+
+    /// <summary>Position of the block in the stack.</summary>
+    public int Index { get; }
+
+    /// <summary>"blocks.{Index}".</summary>
+    public string Name { get; }
+
+    /// <summary>Residual width C.</summary>
+    public int Channels { get; }
+
+    /// <summary>Norm before attention.</summary>
+    public INormalization Norm1 { get; }
+
+    /// <summary>Causal self-attention.</summary>
+    public CausalSelfAttention Attention { get; }
+
+    /// <summary>Norm before the MLP.</summary>
+    public INormalization Norm2 { get; }
+
+    /// <summary>The MLP.</summary>
+    public IFeedForward Mlp { get; }
+
+    /// <summary>
+    /// y (B, T, C) from x (B, T, C). When <paramref name="checkpoint"/> and the pass saves for backward,
+    /// keeps only a copy of x and recomputes the rest in <see cref="Backward"/>; the returned
+    /// tensor then lives in a shared buffer that the next block's forward overwrites.
+    /// </summary>
+    public Tensor Forward(in PassContext ctx, Tensor x, bool checkpoint = false)
+    {
+        if (x.Rank != 3 || x.Size(2) != Channels)
+            throw new ArgumentException($"{Name}: input {x.Shape} must be (B, T, {Channels})");
+        if (!checkpoint || !ctx.SaveForBackward)
+        {
+            // A checkpoint left by an earlier forward of this slot would make Backward recompute from stale input.
+            if (ctx.SaveForBackward && !ctx.IsShared) ctx.Store.Remove(ctx.Slot, _checkpoint.Name);
+            return Run(ctx, x);
+        }
+        var saved = ctx.Buffer(_checkpoint, x.Shape, x.DType);
+        x.Backend.Copy(x, saved);
+        ctx.Save(_checkpoint, saved);
+        return Run(PassContext.Transient(ctx.Store), saved);
+    }
+
+    /// <summary>
+    /// Backward in place: on entry <paramref name="dResidual"/> (B, T, C) holds dL/dy, on return dL/dx.
+    /// Parameter gradients accumulate. Recomputes first when the forward pass was checkpointed.
+    /// </summary>
+    public void Backward(in PassContext ctx, Tensor dResidual)
+    {
+        if (!ctx.IsShared && ctx.Store.Contains(ctx.Slot, _checkpoint.Name))
+        {
+            var recompute = PassContext.Recompute(ctx.Store);
+            Run(recompute, ctx.Get(_checkpoint));
+            BackwardCore(recompute, dResidual);
+        }
+        else
+        {
+            BackwardCore(ctx, dResidual);
+        }
+    }
+
+    /// <summary>Inference: y (B, T, C) for T new positions after those in <paramref name="cache"/>; writes this block's keys and values.</summary>
+    public Tensor ForwardCached(in PassContext ctx, Tensor x, KvCache cache)
+    {
+        int b = x.Size(0), t = x.Size(1), n = b * t;
+        var backend = x.Backend;
+        var xf = x.Reshape(n, Channels);
+        var h1 = Norm1.Forward(ctx, xf);
+        var a = Attention.ForwardCached(ctx, h1.Reshape(b, t, Channels), cache, Index);
+        var r1 = ctx.Buffer(_residual1, xf.Shape, x.DType);
+        backend.Add(xf, a.Reshape(n, Channels), r1);
+        var m = Mlp.Forward(ctx, Norm2.Forward(ctx, r1));
+        var y = ctx.Buffer(_output, xf.Shape, x.DType);
+        backend.Add(r1, m, y);
+        return y.Reshape(b, t, Channels);
+    }
+
+    private Tensor Run(in PassContext ctx, Tensor x)
+    {
+        int b = x.Size(0), t = x.Size(1), n = b * t;
+        var backend = x.Backend;
+        var xf = x.Reshape(n, Channels);                              // (N, C)
+        var h1 = Norm1.Forward(ctx, xf);
+        var a = Attention.Forward(ctx, h1.Reshape(b, t, Channels));  // (B, T, C)
+        var r1 = ctx.Buffer(_residual1, xf.Shape, x.DType);           // (N, C)
+        backend.Add(xf, a.Reshape(n, Channels), r1);
+        var m = Mlp.Forward(ctx, Norm2.Forward(ctx, r1));             // (N, C)
+        var y = ctx.Buffer(_output, xf.Shape, x.DType);               // (N, C)
+        backend.Add(r1, m, y);
+        return y.Reshape(b, t, Channels);
+    }
+
+    private void BackwardCore(in PassContext ctx, Tensor dResidual)
+    {
+        int b = dResidual.Size(0), t = dResidual.Size(1), n = b * t;
+        var d = dResidual.Reshape(n, Channels);                       // (N, C): dL/dy, becomes dL/dr, then dL/dx
+        var dh2 = ctx.Scratch(_dNorm2, d.Shape, d.DType);
+        Mlp.Backward(ctx, d, dh2);
+        Norm2.Backward(ctx, dh2, d);                                  // dL/dr = dL/dy + norm2's path
+        var dh1 = ctx.Scratch(_dNorm1, d.Shape, d.DType);
+        Attention.Backward(ctx, dResidual, dh1.Reshape(b, t, Channels));
+        Norm1.Backward(ctx, dh1, d);                                  // dL/dx = dL/dr + norm1's path
+    }
+}

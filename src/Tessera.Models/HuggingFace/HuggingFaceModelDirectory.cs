@@ -1,0 +1,187 @@
+using System.Runtime.InteropServices;
+using Tessera.Models.Safetensors;
+using Tessera.Nn;
+using Tessera.Tensors;
+
+namespace Tessera.Models.HuggingFace;
+
+/// <summary>
+/// A Hugging Face model directory (config.json plus model.safetensors, or model.safetensors.index.json and its
+/// shards) opened for loading into Tessera parameters; and the export of Tessera parameters to such a directory.
+/// The whole directory is checked (config, shard index, every tensor's presence and shape) when opened,
+/// before any weight is read.
+/// </summary>
+public sealed class HuggingFaceModelDirectory : IDisposable
+{
+    /// <summary>Configuration file name.</summary>
+    public const string ConfigFile = "config.json";
+
+    private readonly SafetensorsShardSource _source;
+    private readonly Dictionary<string, string> _resolved;
+
+    private HuggingFaceModelDirectory(string path, TransformerConfig config, SafetensorsShardSource source)
+    {
+        Path = path;
+        Config = config;
+        _source = source;
+        Map = HuggingFaceWeightMap.For(config);
+        _resolved = Map.Check(source);
+    }
+
+    /// <summary>The directory.</summary>
+    public string Path { get; }
+
+    /// <summary>The configuration read from config.json (vocabulary padded as asked when opened).</summary>
+    public TransformerConfig Config { get; }
+
+    /// <summary>The name map expanded for <see cref="Config"/>.</summary>
+    public HuggingFaceWeightMap Map { get; }
+
+    /// <summary>
+    /// Opens <paramref name="directory"/>; the embedding rows are padded to a multiple of <paramref name="paddedVocabMultiple"/>.
+    /// </summary>
+    /// <exception cref="HuggingFaceFormatException">config.json, the index or a tensor is missing, unexpected or malformed.</exception>
+    /// <exception cref="SafetensorsFormatException">A weights file breaks the safetensors format.</exception>
+    public static HuggingFaceModelDirectory Open(string directory, int paddedVocabMultiple = 1)
+    {
+        if (!Directory.Exists(directory)) throw new HuggingFaceFormatException(directory, "model directory not found");
+        var config = HuggingFaceConfig.Load(System.IO.Path.Combine(directory, ConfigFile), paddedVocabMultiple);
+        var source = SafetensorsShardSource.Open(directory);
+        try
+        {
+            return new HuggingFaceModelDirectory(directory, config, source);
+        }
+        catch
+        {
+            source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Opens <paramref name="directory"/> for a model of configuration <paramref name="expected"/> (e.g. a checkpoint
+    /// of a run whose embedding is padded): config.json must describe the same architecture.
+    /// </summary>
+    /// <exception cref="HuggingFaceFormatException">config.json describes another architecture, or the files are malformed.</exception>
+    public static HuggingFaceModelDirectory Open(string directory, TransformerConfig expected)
+    {
+        if (!Directory.Exists(directory)) throw new HuggingFaceFormatException(directory, "model directory not found");
+        var configPath = System.IO.Path.Combine(directory, ConfigFile);
+        var found = HuggingFaceConfig.Load(configPath);
+        var mismatch = ArchitectureMismatch(found, expected);
+        if (mismatch is not null) throw new HuggingFaceFormatException(configPath, $"{mismatch}; the weights belong to another model");
+        var source = SafetensorsShardSource.Open(directory);
+        try
+        {
+            return new HuggingFaceModelDirectory(directory, expected, source);
+        }
+        catch
+        {
+            source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The first architectural field in which two configurations differ, or null.</summary>
+    public static string? ArchitectureMismatch(TransformerConfig found, TransformerConfig expected)
+    {
+        (string Name, object Found, object Expected)[] fields =
+        [
+            ("family", found.Family, expected.Family), ("vocab_size", found.VocabSize, expected.VocabSize),
+            ("layers", found.Layers, expected.Layers), ("hidden size", found.Embedding, expected.Embedding),
+            ("heads", found.Heads, expected.Heads), ("kv heads", found.EffectiveKvHeads, expected.EffectiveKvHeads),
+            ("MLP width", found.EffectiveHidden, expected.EffectiveHidden), ("context", found.MaxSequenceLength, expected.MaxSequenceLength),
+            ("tied embeddings", found.TiedEmbeddings, expected.TiedEmbeddings), ("biases", found.Bias, expected.Bias),
+        ];
+        foreach (var (name, f, e) in fields)
+            if (!Equals(f, e)) return $"{name} is {f} but {e} was expected";
+        return null;
+    }
+
+    /// <summary>Reads one Tessera parameter (canonical name) from the files, converted to Tessera's layout.</summary>
+    public HostTensor ReadCanonical(string canonicalName)
+    {
+        var entry = Map.Entries.FirstOrDefault(e => e.Canonical == canonicalName)
+            ?? throw new KeyNotFoundException($"{Path}: no Tessera parameter '{canonicalName}' in a {Config.Family} model");
+        return Map.ReadCanonical(entry, _source, _resolved);
+    }
+
+    /// <summary>Every Tessera parameter, read and converted (holds the whole model in host memory as F32).</summary>
+    public Dictionary<string, HostTensor> ReadAllCanonical() =>
+        Map.Entries.ToDictionary(e => e.Canonical, e => Map.ReadCanonical(e, _source, _resolved), StringComparer.Ordinal);
+
+    /// <summary>
+    /// Copies the weights into <paramref name="parameters"/> (values of dtype F32, F64, BF16 or F16), one tensor at
+    /// a time. The parameter set must be exactly the map's (names and shapes); this is checked before any copy.
+    /// </summary>
+    public void LoadInto(IReadOnlyList<Parameter> parameters, IBackend backend)
+    {
+        var expected = Map.Entries.ToDictionary(e => e.Canonical, StringComparer.Ordinal);
+        foreach (var p in parameters)
+        {
+            if (!expected.TryGetValue(p.Name, out var e))
+                throw new ArgumentException($"{Path}: parameter '{p.Name}' has no counterpart in a {Config.Family} Hugging Face model with this config.json");
+            if (p.Shape != e.Shape)
+                throw new ArgumentException($"{Path}: parameter '{p.Name}' has shape {p.Shape} but config.json implies {e.Shape}");
+        }
+        var given = parameters.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
+        foreach (var e in Map.Entries)
+            if (!given.Contains(e.Canonical))
+                throw new ArgumentException($"{Path}: the model declares no parameter '{e.Canonical}', which the weights provide");
+        foreach (var p in parameters)
+            CopyToParameter(ReadCanonical(p.Name).Data, p.Value, backend);
+    }
+
+    private static void CopyToParameter(float[] data, Tensor value, IBackend backend)
+    {
+        switch (value.DType)
+        {
+            case DType.F32: backend.CopyFromHost<float>(data, value); break;
+            case DType.F64: backend.CopyFromHost<double>(Array.ConvertAll(data, x => (double)x), value); break;
+            case DType.BF16: backend.CopyFromHost<BFloat16>(Array.ConvertAll(data, BFloat16.FromSingle), value); break;
+            case DType.F16: backend.CopyFromHost<Half>(Array.ConvertAll(data, x => (Half)x), value); break;
+            default: throw new NotSupportedException($"parameter dtype {value.DType} cannot hold weights");
+        }
+    }
+
+    private static float[] CopyFromParameter(Tensor value, IBackend backend)
+    {
+        int n = checked((int)value.Shape.NumElements);
+        switch (value.DType)
+        {
+            case DType.F32: { var f = new float[n]; backend.CopyToHost<float>(value, f); return f; }
+            case DType.F64: { var d = new double[n]; backend.CopyToHost<double>(value, d); return Array.ConvertAll(d, x => (float)x); }
+            case DType.BF16: { var b = new BFloat16[n]; backend.CopyToHost<BFloat16>(value, b); return Array.ConvertAll(b, x => x.ToSingle()); }
+            case DType.F16: { var h = new Half[n]; backend.CopyToHost<Half>(value, h); return Array.ConvertAll(h, x => (float)x); }
+            default: throw new NotSupportedException($"parameter dtype {value.DType} cannot be exported");
+        }
+    }
+
+    /// <summary>
+    /// Writes <paramref name="parameters"/> as a Hugging Face model directory: config.json and model.safetensors (F32,
+    /// metadata format=pt, unpadded vocabulary, tied head omitted) that transformers' from_pretrained loads.
+    /// </summary>
+    public static void Export(string directory, TransformerConfig config, IReadOnlyList<Parameter> parameters, IBackend backend)
+    {
+        var canonical = parameters.ToDictionary(p => p.Name, p => new HostTensor(p.Shape, CopyFromParameter(p.Value, backend)), StringComparer.Ordinal);
+        Export(directory, config, canonical);
+    }
+
+    /// <summary>Writes canonical host tensors as a Hugging Face model directory (see the other overload).</summary>
+    public static void Export(string directory, TransformerConfig config, IReadOnlyDictionary<string, HostTensor> canonical)
+    {
+        var map = HuggingFaceWeightMap.For(config);
+        var hf = map.ToHuggingFace(canonical);
+        string configJson = HuggingFaceConfig.ToJson(config);
+        Directory.CreateDirectory(directory);
+        var writer = new SafetensorsWriter();
+        writer.Metadata["format"] = "pt";
+        foreach (var (name, t) in hf)
+            writer.Add(name, DType.F32, t.Shape, MemoryMarshal.AsBytes(t.Data.AsSpan()).ToArray());
+        writer.Write(System.IO.Path.Combine(directory, SafetensorsShardSource.SingleFile));
+        File.WriteAllText(System.IO.Path.Combine(directory, ConfigFile), configJson + "\n");
+    }
+
+    /// <summary>Closes the weight files.</summary>
+    public void Dispose() => _source.Dispose();
+}

@@ -1,0 +1,266 @@
+using Tessera.Tensors;
+
+namespace Tessera.Models.HuggingFace;
+
+/// <summary>
+/// The Hugging Face name map of a model family, kept as data (torchtitan's state-dict adapter): one
+/// <see cref="WeightMapRow"/> per Tessera parameter pattern, expanded for a configuration into
+/// <see cref="Entries"/>. Converts host tensors between Hugging Face names/layouts and Tessera's canonical
+/// ones, checking that nothing is missing, nothing unexpected is present (known buffers aside) and every
+/// shape matches the configuration.
+/// </summary>
+public sealed class HuggingFaceWeightMap
+{
+    private static HuggingFaceTensorPattern Hf(string name, Func<TransformerConfig, int[]> shape) => new(name, shape);
+
+    private static WeightMapRow Row(string canonical, Func<TransformerConfig, int[]> shape, WeightTransform transform,
+        params HuggingFaceTensorPattern[] sources) => new(canonical, shape, transform, sources);
+
+    // Shapes: V vocab, Vp padded vocab, T positions, C width, F MLP width, H/K query/kv heads, D head size.
+    private static int[] VpC(TransformerConfig c) => [c.EffectivePaddedVocab, c.Embedding];
+    private static int[] VC(TransformerConfig c) => [c.VocabSize, c.Embedding];
+    private static int[] C(TransformerConfig c) => [c.Embedding];
+    private static int[] CC(TransformerConfig c) => [c.Embedding, c.Embedding];
+    private static int[] FC(TransformerConfig c) => [c.EffectiveHidden, c.Embedding];
+    private static int[] CF(TransformerConfig c) => [c.Embedding, c.EffectiveHidden];
+    private static int[] F(TransformerConfig c) => [c.EffectiveHidden];
+    private static int[] Qkv(TransformerConfig c) => [(c.Heads + 2 * c.EffectiveKvHeads) * c.HeadSize, c.Embedding];
+
+    /// <summary>GPT-2 (GPT2LMHeadModel.save_pretrained): Conv1D weights are stored (in, out), hence the transposes.</summary>
+    public static IReadOnlyList<WeightMapRow> Gpt2Rows { get; } =
+    [
+        Row("tok_emb.weight", VpC, WeightTransform.PadRows, Hf("transformer.wte.weight", VC)),
+        Row("pos_emb.weight", c => [c.MaxSequenceLength, c.Embedding], WeightTransform.Identity, Hf("transformer.wpe.weight", c => [c.MaxSequenceLength, c.Embedding])),
+        Row("blocks.{i}.norm1.weight", C, WeightTransform.Identity, Hf("transformer.h.{i}.ln_1.weight", C)),
+        Row("blocks.{i}.norm1.bias", C, WeightTransform.Identity, Hf("transformer.h.{i}.ln_1.bias", C)),
+        Row("blocks.{i}.attn.qkv.weight", Qkv, WeightTransform.Transpose, Hf("transformer.h.{i}.attn.c_attn.weight", c => [c.Embedding, 3 * c.Embedding])),
+        Row("blocks.{i}.attn.qkv.bias", c => [3 * c.Embedding], WeightTransform.Identity, Hf("transformer.h.{i}.attn.c_attn.bias", c => [3 * c.Embedding])),
+        Row("blocks.{i}.attn.proj.weight", CC, WeightTransform.Transpose, Hf("transformer.h.{i}.attn.c_proj.weight", CC)),
+        Row("blocks.{i}.attn.proj.bias", C, WeightTransform.Identity, Hf("transformer.h.{i}.attn.c_proj.bias", C)),
+        Row("blocks.{i}.norm2.weight", C, WeightTransform.Identity, Hf("transformer.h.{i}.ln_2.weight", C)),
+        Row("blocks.{i}.norm2.bias", C, WeightTransform.Identity, Hf("transformer.h.{i}.ln_2.bias", C)),
+        Row("blocks.{i}.mlp.fc.weight", FC, WeightTransform.Transpose, Hf("transformer.h.{i}.mlp.c_fc.weight", CF)),
+        Row("blocks.{i}.mlp.fc.bias", F, WeightTransform.Identity, Hf("transformer.h.{i}.mlp.c_fc.bias", F)),
+        Row("blocks.{i}.mlp.proj.weight", CF, WeightTransform.Transpose, Hf("transformer.h.{i}.mlp.c_proj.weight", FC)),
+        Row("blocks.{i}.mlp.proj.bias", C, WeightTransform.Identity, Hf("transformer.h.{i}.mlp.c_proj.bias", C)),
+        Row("final_norm.weight", C, WeightTransform.Identity, Hf("transformer.ln_f.weight", C)),
+        Row("final_norm.bias", C, WeightTransform.Identity, Hf("transformer.ln_f.bias", C)),
+        Row("lm_head.weight", VpC, WeightTransform.PadRows, Hf("lm_head.weight", VC)) with { UntiedOnly = true },
+    ];
+
+    /// <summary>Llama (LlamaForCausalLM): q, k, v projections are stacked by rows into Tessera's fused qkv.</summary>
+    public static IReadOnlyList<WeightMapRow> LlamaRows { get; } =
+    [
+        Row("tok_emb.weight", VpC, WeightTransform.PadRows, Hf("model.embed_tokens.weight", VC)),
+        Row("blocks.{i}.norm1.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.input_layernorm.weight", C)),
+        Row("blocks.{i}.attn.qkv.weight", Qkv, WeightTransform.ConcatRows,
+            Hf("model.layers.{i}.self_attn.q_proj.weight", c => [c.Heads * c.HeadSize, c.Embedding]),
+            Hf("model.layers.{i}.self_attn.k_proj.weight", c => [c.EffectiveKvHeads * c.HeadSize, c.Embedding]),
+            Hf("model.layers.{i}.self_attn.v_proj.weight", c => [c.EffectiveKvHeads * c.HeadSize, c.Embedding])),
+        Row("blocks.{i}.attn.proj.weight", CC, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.o_proj.weight", CC)),
+        Row("blocks.{i}.norm2.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.post_attention_layernorm.weight", C)),
+        Row("blocks.{i}.mlp.gate.weight", FC, WeightTransform.Identity, Hf("model.layers.{i}.mlp.gate_proj.weight", FC)),
+        Row("blocks.{i}.mlp.up.weight", FC, WeightTransform.Identity, Hf("model.layers.{i}.mlp.up_proj.weight", FC)),
+        Row("blocks.{i}.mlp.proj.weight", CF, WeightTransform.Identity, Hf("model.layers.{i}.mlp.down_proj.weight", CF)),
+        Row("final_norm.weight", C, WeightTransform.Identity, Hf("model.norm.weight", C)),
+        Row("lm_head.weight", VpC, WeightTransform.PadRows, Hf("lm_head.weight", VC)) with { UntiedOnly = true },
+    ];
+
+    /// <summary>Non-parameter buffers some GPT-2 checkpoints carry (causal masks); ignored on load.</summary>
+    public static IReadOnlyList<string> Gpt2IgnoredBuffers { get; } =
+        ["transformer.h.{i}.attn.bias", "transformer.h.{i}.attn.masked_bias"];
+
+    /// <summary>Non-parameter buffers some Llama checkpoints carry (RoPE frequencies); ignored on load.</summary>
+    public static IReadOnlyList<string> LlamaIgnoredBuffers { get; } = ["model.layers.{i}.self_attn.rotary_emb.inv_freq"];
+
+    /// <summary>GPT-2 files saved from GPT2Model (not the LM-head model) lack this prefix; both spellings load.</summary>
+    private const string Gpt2OptionalPrefix = "transformer.";
+
+    private readonly string? _optionalPrefix;
+    private readonly HashSet<string> _ignored = new(StringComparer.Ordinal);
+
+    private HuggingFaceWeightMap(TransformerConfig config, IReadOnlyList<WeightMapRow> rows, IReadOnlyList<string> ignored, string? optionalPrefix)
+    {
+        Config = config;
+        _optionalPrefix = optionalPrefix;
+        var entries = new List<WeightMapEntry>();
+        foreach (var row in rows)
+        {
+            if (row.UntiedOnly && config.TiedEmbeddings) continue;
+            int count = row.PerLayer ? config.Layers : 1;
+            for (int i = 0; i < count; i++)
+            {
+                string Expand(string pattern) => pattern.Replace("{i}", i.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
+                entries.Add(new WeightMapEntry(Expand(row.Canonical), new Shape(row.Shape(config)), row.Transform,
+                    row.Sources.Select(s => (Expand(s.Name), new Shape(s.Shape(config)))).ToList()));
+            }
+        }
+        Entries = entries;
+        foreach (var pattern in ignored)
+            for (int i = 0; i < config.Layers; i++)
+                _ignored.Add(pattern.Replace("{i}", i.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal));
+        // A tied head is sometimes saved anyway; it duplicates the embedding and is ignored.
+        if (config.TiedEmbeddings) _ignored.Add("lm_head.weight");
+    }
+
+    /// <summary>The configuration the map was expanded for.</summary>
+    public TransformerConfig Config { get; }
+
+    /// <summary>Every Tessera parameter of the configuration with its Hugging Face sources, in table order.</summary>
+    public IReadOnlyList<WeightMapEntry> Entries { get; }
+
+    /// <summary>The map for <paramref name="config"/>'s family, expanded over its layers.</summary>
+    public static HuggingFaceWeightMap For(TransformerConfig config)
+    {
+        config.Validate();
+        if (config.Family == ModelFamily.Gpt2 && (!config.Bias || config.EffectiveKvHeads != config.Heads))
+            throw new ArgumentException("TransformerConfig: Hugging Face GPT-2 needs Bias = true and KvHeads = Heads");
+        if (config.Family == ModelFamily.Llama && config.Bias)
+            throw new ArgumentException("TransformerConfig: Hugging Face Llama (as mapped here) needs Bias = false");
+        return config.Family switch
+        {
+            ModelFamily.Gpt2 => new HuggingFaceWeightMap(config, Gpt2Rows, Gpt2IgnoredBuffers, Gpt2OptionalPrefix),
+            ModelFamily.Llama => new HuggingFaceWeightMap(config, LlamaRows, LlamaIgnoredBuffers, null),
+            _ => throw new ArgumentOutOfRangeException(nameof(config), config.Family, "no Hugging Face map for this family"),
+        };
+    }
+
+    /// <summary>Converts Hugging Face tensors (names as saved) to Tessera's canonical names and layouts.</summary>
+    /// <exception cref="HuggingFaceFormatException">A tensor is missing, unexpected, or of the wrong shape.</exception>
+    public Dictionary<string, HostTensor> ToCanonical(IReadOnlyDictionary<string, HostTensor> huggingFace, string description = "tensors")
+    {
+        var source = new DictionaryTensorSource(huggingFace, description);
+        var resolved = Check(source);
+        return Entries.ToDictionary(e => e.Canonical, e => ReadCanonical(e, source, resolved), StringComparer.Ordinal);
+    }
+
+    /// <summary>Converts canonical tensors to Hugging Face names and layouts (unpadded vocabulary), ready to save.</summary>
+    public Dictionary<string, HostTensor> ToHuggingFace(IReadOnlyDictionary<string, HostTensor> canonical)
+    {
+        var result = new Dictionary<string, HostTensor>(StringComparer.Ordinal);
+        var known = Entries.Select(e => e.Canonical).ToHashSet(StringComparer.Ordinal);
+        foreach (var name in canonical.Keys)
+            if (!known.Contains(name))
+                throw new ArgumentException($"parameter '{name}' has no Hugging Face name for a {Config.Family} model with this configuration");
+        foreach (var e in Entries)
+        {
+            if (!canonical.TryGetValue(e.Canonical, out var t))
+                throw new ArgumentException($"parameter '{e.Canonical}' is missing; a {Config.Family} export needs all of: {string.Join(", ", Entries.Select(x => x.Canonical))}");
+            t.Validate();
+            if (t.Shape != e.Shape)
+                throw new ArgumentException($"parameter '{e.Canonical}' has shape {t.Shape}, the configuration implies {e.Shape}");
+            var parts = FromCanonical(e, t.Data);
+            for (int j = 0; j < parts.Length; j++) result.Add(e.Sources[j].Name, new HostTensor(e.Sources[j].Shape, parts[j]));
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Checks <paramref name="source"/> against the map before any data is read: every source tensor present with
+    /// the expected shape, nothing else but known buffers. Returns each expected name's spelling in the source.
+    /// </summary>
+    internal Dictionary<string, string> Check(ITensorSource source)
+    {
+        var resolved = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var e in Entries)
+        {
+            foreach (var (name, shape) in e.Sources)
+            {
+                string actual = Resolve(name, source)
+                    ?? throw new HuggingFaceFormatException(source.Description, $"tensor '{name}' (for Tessera parameter '{e.Canonical}') is missing");
+                var got = source.ShapeOf(actual)!;
+                if (got != shape)
+                    throw new HuggingFaceFormatException(source.FileOf(actual),
+                        $"tensor '{actual}' has shape {got}, but the configuration implies {shape} (Tessera parameter '{e.Canonical}')");
+                resolved[name] = actual;
+            }
+        }
+        var used = resolved.Values.ToHashSet(StringComparer.Ordinal);
+        foreach (var name in source.Names.OrderBy(n => n, StringComparer.Ordinal))
+        {
+            if (used.Contains(name) || _ignored.Contains(name)) continue;
+            if (_optionalPrefix is not null && _ignored.Contains(_optionalPrefix + name)) continue;
+            throw new HuggingFaceFormatException(source.FileOf(name),
+                $"unexpected tensor '{name}': it is not a {Config.Family} parameter of this configuration (check n_layer/num_hidden_layers and tie_word_embeddings)");
+        }
+        return resolved;
+    }
+
+    private string? Resolve(string name, ITensorSource source)
+    {
+        if (source.ShapeOf(name) is not null) return name;
+        if (_optionalPrefix is not null && name.StartsWith(_optionalPrefix, StringComparison.Ordinal))
+        {
+            string bare = name[_optionalPrefix.Length..];
+            if (source.ShapeOf(bare) is not null) return bare;
+        }
+        return null;
+    }
+
+    /// <summary>Reads one entry's sources and builds the canonical tensor (after <see cref="Check"/>).</summary>
+    internal HostTensor ReadCanonical(WeightMapEntry e, ITensorSource source, IReadOnlyDictionary<string, string> resolved)
+    {
+        var parts = e.Sources.Select(s => source.Read(resolved[s.Name])).ToArray();
+        return new HostTensor(e.Shape, ToCanonicalData(e, parts));
+    }
+
+    private static float[] ToCanonicalData(WeightMapEntry e, float[][] parts)
+    {
+        switch (e.Transform)
+        {
+            case WeightTransform.Identity:
+                return (float[])parts[0].Clone();
+            case WeightTransform.Transpose:
+                return Transpose(parts[0], e.Sources[0].Shape[0], e.Sources[0].Shape[1]);
+            case WeightTransform.ConcatRows:
+            {
+                var result = new float[e.Shape.NumElements];
+                long at = 0;
+                foreach (var p in parts) { p.CopyTo(result, at); at += p.Length; }
+                return result;
+            }
+            case WeightTransform.PadRows:
+            {
+                var result = new float[e.Shape.NumElements];
+                parts[0].CopyTo(result, 0);
+                return result;
+            }
+            default: throw new ArgumentOutOfRangeException(nameof(e), e.Transform, "unknown transform");
+        }
+    }
+
+    private static float[][] FromCanonical(WeightMapEntry e, float[] data)
+    {
+        switch (e.Transform)
+        {
+            case WeightTransform.Identity:
+                return [(float[])data.Clone()];
+            case WeightTransform.Transpose:
+                return [Transpose(data, e.Shape[0], e.Shape[1])];
+            case WeightTransform.ConcatRows:
+            {
+                var parts = new float[e.Sources.Count][];
+                long at = 0;
+                for (int j = 0; j < parts.Length; j++)
+                {
+                    parts[j] = data.AsSpan((int)at, (int)e.Sources[j].Shape.NumElements).ToArray();
+                    at += parts[j].Length;
+                }
+                return parts;
+            }
+            case WeightTransform.PadRows:
+                return [data.AsSpan(0, (int)e.Sources[0].Shape.NumElements).ToArray()];
+            default: throw new ArgumentOutOfRangeException(nameof(e), e.Transform, "unknown transform");
+        }
+    }
+
+    /// <summary>(rows, cols) row-major to (cols, rows) row-major.</summary>
+    private static float[] Transpose(float[] a, int rows, int cols)
+    {
+        var t = new float[a.Length];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                t[(long)c * rows + r] = a[(long)r * cols + c];
+        return t;
+    }
+}

@@ -1,0 +1,302 @@
+using Tessera.Models.Blocks;
+using Tessera.Nn;
+using Tessera.Nn.Layers;
+using Tessera.Tensors;
+
+namespace Tessera.Models;
+
+/// <summary>
+/// A decoder-only transformer, GPT-2 or Llama by its <see cref="TransformerConfig"/>: token
+/// embedding (+ learned positions for GPT-2), <see cref="TransformerConfig.Layers"/> pre-norm blocks,
+/// a final norm and an LM head (tied to the token embedding or not), with an explicit backward pass.
+/// <para>
+/// Training: <see cref="Loss"/> (forward + cross-entropy, keeps dlogits) then <see cref="Backward"/>
+/// for each micro-batch; gradients accumulate in <see cref="Parameters"/>. Activations of each
+/// micro-batch live in <see cref="Activations"/> under its id, so a pipeline schedule may interleave
+/// micro-batches. Inference: <see cref="ForwardWithCache"/> with a <see cref="KvCache"/>.
+/// </para>
+/// </summary>
+public sealed class Transformer
+{
+    private readonly ActivationKey _tokens = new("tokens"), _tokenIds = new("tok_emb.input"), _positionIds = new("pos_emb.input"),
+        _blocksOut = new("blocks.out"), _targets = new("loss.targets"), _losses = new("loss.out"), _dLogits = new("loss.dlogits"),
+        _lossLogits = new("loss.logits"), _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy");
+    private int[] _host = [];
+
+    /// <summary>Declares and allocates the parameters (values and gradients zeroed; call <see cref="InitializeWeights"/> or load weights).</summary>
+    /// <param name="config">Shape of the model; validated.</param>
+    /// <param name="backend">Where parameters and activations live.</param>
+    /// <param name="dtype">F32 (training) or F64 (gradient checks).</param>
+    public Transformer(TransformerConfig config, IBackend backend, DType dtype)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(backend);
+        config.Validate();
+        if (dtype is not (DType.F32 or DType.F64))
+            throw new ArgumentException($"Transformer: dtype {dtype} is not supported; use F32 or F64");
+        Config = config;
+        Backend = backend;
+        DType = dtype;
+        Parameters = new ParameterArena(backend, dtype);
+        Activations = new ActivationStore(backend);
+
+        int c = config.Embedding, vPad = config.EffectivePaddedVocab;
+        TokenEmbedding = new Embedding(Parameters, "tok_emb", vPad, c);
+        if (config.Family == ModelFamily.Gpt2)
+            PositionEmbedding = new Embedding(Parameters, "pos_emb", config.MaxSequenceLength, c);
+        var blocks = new TransformerBlock[config.Layers];
+        for (int i = 0; i < blocks.Length; i++) blocks[i] = new TransformerBlock(Parameters, config, i);
+        Blocks = blocks;
+        FinalNorm = config.Family == ModelFamily.Llama
+            ? new RmsNorm(Parameters, "final_norm", c, config.NormEpsilon)
+            : new LayerNorm(Parameters, "final_norm", c, config.NormEpsilon, config.Bias);
+        Head = config.TiedEmbeddings
+            ? new Linear("lm_head", TokenEmbedding.Weight, bias: null)
+            : new Linear(Parameters, "lm_head", c, vPad, bias: false);
+        Parameters.Build();
+    }
+
+    /// <summary>The configuration.</summary>
+    public TransformerConfig Config { get; }
+
+    /// <summary>Where parameters and activations live.</summary>
+    public IBackend Backend { get; }
+
+    /// <summary>Element type of parameters and activations.</summary>
+    public DType DType { get; }
+
+    /// <summary>All parameters and gradients, in canonical order and names.</summary>
+    public ParameterArena Parameters { get; }
+
+    /// <summary>Saved activations per micro-batch and the pooled buffers.</summary>
+    public ActivationStore Activations { get; }
+
+    /// <summary>Token embedding "tok_emb" (Vpad, C).</summary>
+    public Embedding TokenEmbedding { get; }
+
+    /// <summary>Learned positions "pos_emb" (MaxSeq, C) for GPT-2; null for Llama.</summary>
+    public Embedding? PositionEmbedding { get; }
+
+    /// <summary>The decoder blocks.</summary>
+    public IReadOnlyList<TransformerBlock> Blocks { get; }
+
+    /// <summary>Norm after the last block, "final_norm".</summary>
+    public INormalization FinalNorm { get; }
+
+    /// <summary>LM head C to Vpad: "lm_head" when untied, else over tok_emb.weight.</summary>
+    public Linear Head { get; }
+
+    /// <summary>
+    /// Selective recomputation: when true, each block keeps only its input during a training forward
+    /// and recomputes its activations at the start of its backward (less memory, one more block forward).
+    /// Gradients are bit-identical either way. Default false.
+    /// </summary>
+    public bool RecomputeActivations { get; set; }
+
+    /// <summary>
+    /// Whether forward passes read token ids (and targets) to the host to check their range
+    /// (one synchronization per call on a GPU). Default true.
+    /// </summary>
+    public bool ValidateInputs { get; set; } = true;
+
+    /// <summary>
+    /// GPT-2 initialization, deterministic for <paramref name="seed"/>: normal(0, InitStd) for matrices and
+    /// embeddings, InitStd / sqrt(2 * Layers) for the residual projections (attn.proj, mlp.proj), ones for
+    /// norm weights, zeros for biases and for the padding rows of the vocabulary.
+    /// </summary>
+    public void InitializeWeights(int seed)
+    {
+        var rng = new Random(seed);
+        double std = Config.InitStd, residualStd = std / Math.Sqrt(2.0 * Config.Layers);
+        foreach (var p in Parameters.Parameters)
+        {
+            var values = new double[p.NumElements];
+            bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);
+            if (isBias) { /* zeros */ }
+            else if (!p.WeightDecay) Array.Fill(values, 1.0);          // norm scales
+            else
+            {
+                double s = p.Name.EndsWith("attn.proj.weight", StringComparison.Ordinal) || p.Name.EndsWith("mlp.proj.weight", StringComparison.Ordinal)
+                    ? residualStd : std;
+                long rows = p.Name is "tok_emb.weight" or "lm_head.weight" ? Config.VocabSize : p.Shape[0];
+                long filled = rows * (p.Shape.Rank == 2 ? p.Shape[1] : 1);
+                for (long i = 0; i < filled; i++) values[i] = s * NextNormal(rng);
+            }
+            if (DType == DType.F64) Backend.CopyFromHost<double>(values, p.Value);
+            else Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), p.Value);
+        }
+    }
+
+    /// <summary>
+    /// Training forward of micro-batch <paramref name="microBatch"/>: logits (B, T, Vpad) for tokens (B, T) I32,
+    /// saving activations for <see cref="Backward"/>. Columns from VocabSize on are padding. The logits live in
+    /// the micro-batch's pooled buffer until its next forward (and <see cref="Loss"/> turns them into dlogits).
+    /// </summary>
+    public Tensor Forward(Tensor tokens, int microBatch = 0)
+    {
+        var ctx = PassContext.Training(Activations, microBatch);
+        var (b, t) = CheckTokens(tokens, "tokens", 0, null);
+        Activations.Release(microBatch);                             // nothing stale from an earlier forward of this slot
+        var x = Embed(ctx, tokens, b, t, startPosition: 0);          // (B, T, C)
+        foreach (var block in Blocks) x = block.Forward(ctx, x, RecomputeActivations);
+        if (RecomputeActivations)
+        {
+            // The last checkpointed block left its output in a shared buffer; the final norm keeps its input.
+            var kept = ctx.Buffer(_blocksOut, x.Shape, DType);
+            Backend.Copy(x, kept);
+            x = kept;
+        }
+        var logits = Head.Forward(ctx, FinalNorm.Forward(ctx, x.Reshape(b * t, Config.Embedding)));  // (N, Vpad)
+        ctx.Save(_tokens, tokens.IsContiguous ? tokens : Backend.Contiguous(tokens));
+        return logits.Reshape(b, t, Config.EffectivePaddedVocab);
+    }
+
+    /// <summary>
+    /// Forward plus softmax cross-entropy over the first VocabSize logit columns, for tokens and targets (B, T) I32
+    /// (target -1: ignored, loss 0). Keeps dlogits = (softmax - onehot) * <paramref name="lossScale"/> for
+    /// <see cref="Backward"/>; pass lossScale = 1 / (number of counted targets over all micro-batches) for the
+    /// gradient of the mean loss. Returns the per-token losses (B*T) on the device (unscaled), valid until
+    /// this micro-batch's next forward.
+    /// </summary>
+    public Tensor Loss(Tensor tokens, Tensor targets, int microBatch = 0, double lossScale = 1.0)
+    {
+        var logits = Forward(tokens, microBatch);                    // (B, T, Vpad)
+        int b = logits.Size(0), t = logits.Size(1), n = b * t, v = Config.VocabSize, vPad = Config.EffectivePaddedVocab;
+        var (tb, tt) = CheckTokens(targets, "targets", -1, null);
+        if (tb != b || tt != t) throw new ArgumentException($"Transformer.Loss: targets {targets.Shape} must have the shape of tokens ({b}, {t})");
+        var ctx = PassContext.Training(Activations, microBatch);
+        var target = ctx.Buffer(_targets, new Shape(n), DType.I32);  // (N)
+        Backend.Copy(targets, target.Reshape(b, t));
+        var losses = ctx.Buffer(_losses, new Shape(n), DType);       // (N)
+        var l2 = logits.Reshape(n, vPad);
+        if (vPad == v)
+        {
+            Backend.CrossEntropy(l2, target, losses, l2, lossScale);
+        }
+        else
+        {
+            // The op wants contiguous logits: work on a copy of the real columns, write the gradient back, zero the padding.
+            var real = ctx.Scratch(_lossLogits, new Shape(n, v), DType);
+            Backend.Copy(l2.Slice(1, 0, v), real);
+            Backend.CrossEntropy(real, target, losses, real, lossScale);
+            Backend.Copy(real, l2.Slice(1, 0, v));
+            var zeros = ctx.Scratch(_lossPadding, new Shape(n, vPad - v), DType);
+            Backend.Fill(zeros, 0);
+            Backend.Copy(zeros, l2.Slice(1, v, vPad - v));
+        }
+        ctx.Save(_dLogits, l2);
+        return losses;
+    }
+
+    /// <summary>
+    /// Backward of micro-batch <paramref name="microBatch"/> from the dlogits kept by <see cref="Loss"/>:
+    /// accumulates into every parameter's Grad, then releases the micro-batch's saved activations.
+    /// </summary>
+    public void Backward(int microBatch = 0)
+    {
+        var ctx = PassContext.Training(Activations, microBatch);
+        if (!Activations.Contains(microBatch, _dLogits.Name))
+            throw new InvalidOperationException($"Transformer.Backward: micro-batch {microBatch} has no loss gradient; call Loss(tokens, targets, {microBatch}, scale) first");
+        var dLogits = ctx.Get(_dLogits);                             // (N, Vpad)
+        var tokens = ctx.Get(_tokens);                               // (B, T)
+        int b = tokens.Size(0), t = tokens.Size(1), n = b * t, c = Config.Embedding;
+        var dFinal = ctx.Scratch(_dFinal, new Shape(n, c), DType);
+        Head.Backward(ctx, dLogits, dFinal);
+        var dResidual = ctx.Scratch(_dResidual, new Shape(n, c), DType);
+        Backend.Fill(dResidual, 0);
+        FinalNorm.Backward(ctx, dFinal, dResidual);
+        var d3 = dResidual.Reshape(b, t, c);
+        for (int i = Blocks.Count - 1; i >= 0; i--) Blocks[i].Backward(ctx, d3);
+        TokenEmbedding.Backward(ctx, dResidual);
+        PositionEmbedding?.Backward(ctx, dResidual);
+        Activations.Release(microBatch);
+    }
+
+    /// <summary>Forgets the activations saved for <paramref name="microBatch"/> (e.g. after an evaluation forward).</summary>
+    public void ReleaseActivations(int microBatch) => Activations.Release(microBatch);
+
+    /// <summary>A KV cache for <paramref name="batch"/> sequences of up to <paramref name="maxSequence"/> (default MaxSequenceLength) positions.</summary>
+    public KvCache CreateKvCache(int batch, int? maxSequence = null)
+    {
+        int s = maxSequence ?? Config.MaxSequenceLength;
+        if (s <= 0 || s > Config.MaxSequenceLength)
+            throw new ArgumentOutOfRangeException(nameof(maxSequence), $"KV cache length {s} must be in [1, MaxSequenceLength = {Config.MaxSequenceLength}]");
+        return new KvCache(Backend, DType, Config.Layers, batch, s, Config.EffectiveKvHeads, Config.HeadSize);
+    }
+
+    /// <summary>
+    /// Inference: logits (B, T, Vpad) for T new tokens (B, T) I32 that follow the positions already in
+    /// <paramref name="cache"/>, whose keys and values it appends (the cache advances by T). Saves nothing;
+    /// the logits live in a shared buffer until the next inference call.
+    /// </summary>
+    public Tensor ForwardWithCache(Tensor tokens, KvCache cache)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        var (b, t) = CheckTokens(tokens, "tokens", 0, cache);
+        if (cache.Batch != b)
+            throw new ArgumentException($"Transformer.ForwardWithCache: tokens have batch {b} but the cache was made for batch {cache.Batch}");
+        if (cache.Layers != Config.Layers)
+            throw new ArgumentException($"Transformer.ForwardWithCache: the cache has {cache.Layers} layers, the model {Config.Layers}");
+        var ctx = PassContext.Transient(Activations);
+        var x = Embed(ctx, tokens, b, t, cache.Length);
+        foreach (var block in Blocks) x = block.ForwardCached(ctx, x, cache);
+        var logits = Head.Forward(ctx, FinalNorm.Forward(ctx, x.Reshape(b * t, Config.Embedding)));
+        cache.Advance(t);
+        return logits.Reshape(b, t, Config.EffectivePaddedVocab);
+    }
+
+    private Tensor Embed(in PassContext ctx, Tensor tokens, int b, int t, int startPosition)
+    {
+        int n = b * t;
+        var ids = ctx.Buffer(_tokenIds, new Shape(n), DType.I32);   // (N): the caller may reuse its tokens tensor
+        Backend.Copy(tokens, ids.Reshape(b, t));
+        var x = TokenEmbedding.Forward(ctx, ids);                    // (N, C)
+        if (PositionEmbedding is not null)
+        {
+            var positions = ctx.Buffer(_positionIds, new Shape(n), DType.I32);
+            var host = HostInts(n);
+            for (int i = 0; i < n; i++) host[i] = startPosition + i % t;
+            Backend.CopyFromHost<int>(host.AsSpan(0, n), positions);
+            PositionEmbedding.Forward(ctx, positions, x, accumulate: true);
+        }
+        return x.Reshape(b, t, Config.Embedding);
+    }
+
+    private (int B, int T) CheckTokens(Tensor tokens, string what, int minimum, KvCache? cache)
+    {
+        ArgumentNullException.ThrowIfNull(tokens, what);
+        if (tokens.Rank != 2 || tokens.DType != DType.I32)
+            throw new ArgumentException($"Transformer: {what} must be (B, T) I32, got {tokens.Shape} {tokens.DType}");
+        int b = tokens.Size(0), t = tokens.Size(1);
+        if (b == 0 || t == 0) throw new ArgumentException($"Transformer: {what} {tokens.Shape} is empty");
+        int start = cache?.Length ?? 0;
+        if (start + t > Config.MaxSequenceLength)
+            throw new ArgumentException($"Transformer: {start} cached + {t} new positions exceed MaxSequenceLength ({Config.MaxSequenceLength})");
+        cache?.EnsureRoom(t);
+        if (ValidateInputs)
+        {
+            var host = HostInts(b * t);
+            Backend.CopyToHost<int>(tokens, host.AsSpan(0, b * t));
+            for (int i = 0; i < b * t; i++)
+            {
+                if (host[i] >= Config.VocabSize || host[i] < minimum)
+                    throw new ArgumentException(
+                        $"Transformer: {what}[{i / t}, {i % t}] = {host[i]} is outside [{minimum}, VocabSize = {Config.VocabSize})");
+            }
+        }
+        return (b, t);
+    }
+
+    private int[] HostInts(int count)
+    {
+        if (_host.Length < count) _host = new int[count];
+        return _host;
+    }
+
+    private static double NextNormal(Random rng)
+    {
+        // Box-Muller; 1 - u keeps the logarithm finite.
+        double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
+        return Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2);
+    }
+}

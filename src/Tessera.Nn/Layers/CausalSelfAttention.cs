@@ -1,0 +1,150 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Layers;
+
+/// <summary>
+/// Multi-head causal self-attention with grouped-query heads: one fused QKV projection C to
+/// (H + 2K) D whose rows are the query heads, then the key heads, then the value heads; optional
+/// rotary position embedding on q and k (Llama); causal attention with scale 1/sqrt(D); an
+/// output projection C to C.
+/// </summary>
+public sealed class CausalSelfAttention
+{
+    private readonly ActivationKey _qkv, _attention, _logSumExp, _dAttention, _dQkv;
+
+    /// <summary>
+    /// Declares "<paramref name="name"/>.qkv" ((H+2K) D, C) and "<paramref name="name"/>.proj" (C, C), with biases when
+    /// <paramref name="bias"/>; <paramref name="ropeTheta"/> is the RoPE base, or null for no rotary embedding (GPT-2).
+    /// </summary>
+    public CausalSelfAttention(ParameterArena arena, string name, int channels, int heads, int kvHeads, bool bias, double? ropeTheta)
+    {
+        if (heads <= 0 || channels % heads != 0)
+            throw new ArgumentException($"{name}: heads ({heads}) must divide channels ({channels})");
+        if (kvHeads <= 0 || heads % kvHeads != 0)
+            throw new ArgumentException($"{name}: kvHeads ({kvHeads}) must divide heads ({heads})");
+        Name = name;
+        Channels = channels;
+        Heads = heads;
+        KvHeads = kvHeads;
+        HeadSize = channels / heads;
+        if (ropeTheta is not null && HeadSize % 2 != 0)
+            throw new ArgumentException($"{name}: RoPE needs an even head size, got {HeadSize}");
+        RopeTheta = ropeTheta;
+        Qkv = new Linear(arena, name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias);
+        Projection = new Linear(arena, name + ".proj", channels, channels, bias);
+        _qkv = new ActivationKey(name + ".qkv.out");
+        _attention = new ActivationKey(name + ".att.out");
+        _logSumExp = new ActivationKey(name + ".att.lse");
+        _dAttention = new ActivationKey(name + ".att.dy");
+        _dQkv = new ActivationKey(name + ".qkv.dy");
+    }
+
+    /// <summary>Name prefix of the parameters and activations.</summary>
+    public string Name { get; }
+
+    /// <summary>Channels C.</summary>
+    public int Channels { get; }
+
+    /// <summary>Query heads H.</summary>
+    public int Heads { get; }
+
+    /// <summary>Key/value heads K.</summary>
+    public int KvHeads { get; }
+
+    /// <summary>Head size D.</summary>
+    public int HeadSize { get; }
+
+    /// <summary>RoPE base theta, or null without rotary embedding.</summary>
+    public double? RopeTheta { get; }
+
+    /// <summary>Fused QKV projection C to (H + 2K) D.</summary>
+    public Linear Qkv { get; }
+
+    /// <summary>Output projection C to C.</summary>
+    public Linear Projection { get; }
+
+    private double Scale => 1.0 / Math.Sqrt(HeadSize);
+
+    /// <summary>y (B, T, C) from x (B, T, C) attending causally within the T positions; saves what backward needs.</summary>
+    public Tensor Forward(in PassContext ctx, Tensor x)
+    {
+        CheckInput(x);
+        int b = x.Size(0), t = x.Size(1), n = b * t;
+        var backend = x.Backend;
+        var qkv = Qkv.Forward(ctx, x.Reshape(n, Channels)).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
+        var (q, k, v) = Split(qkv);
+        if (RopeTheta is double theta)
+        {
+            backend.Rope(q, 0, theta);
+            backend.Rope(k, 0, theta);
+        }
+        var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
+        var lse = ctx.Buffer(_logSumExp, new Shape(b, Heads, t), x.DType == DType.F64 ? DType.F64 : DType.F32); // (B, H, T)
+        backend.AttentionForward(q, k, v, att, lse, Scale);
+        ctx.Save(_qkv, qkv);
+        ctx.Save(_attention, att);
+        ctx.Save(_logSumExp, lse);
+        return Projection.Forward(ctx, att.Reshape(n, Channels)).Reshape(b, t, Channels);
+    }
+
+    /// <summary>dx (B, T, C) from dy (B, T, C) (= or +=, when <paramref name="accumulateDx"/>); parameter gradients accumulate.</summary>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
+    {
+        var qkv = ctx.Get(_qkv);                                     // (B, T, H+2K, D), q and k rotated
+        var att = ctx.Get(_attention);                               // (B, T, H, D)
+        var lse = ctx.Get(_logSumExp);                               // (B, H, T)
+        int b = qkv.Size(0), t = qkv.Size(1), n = b * t;
+        var backend = dy.Backend;
+        var dAtt = ctx.Scratch(_dAttention, att.Shape, att.DType);  // (B, T, H, D)
+        Projection.Backward(ctx, dy.Reshape(n, Channels), dAtt.Reshape(n, Channels));
+        var dQkv = ctx.Scratch(_dQkv, qkv.Shape, qkv.DType);        // (B, T, H+2K, D)
+        var (q, k, v) = Split(qkv);
+        var (dq, dk, dv) = Split(dQkv);
+        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale);
+        if (RopeTheta is double theta)
+        {
+            // RoPE is a rotation: its backward is the inverse rotation of the gradient.
+            backend.Rope(dq, 0, theta, inverse: true);
+            backend.Rope(dk, 0, theta, inverse: true);
+        }
+        Qkv.Backward(ctx, dQkv.Reshape(n, (Heads + 2 * KvHeads) * HeadSize), dx.Reshape(n, Channels), accumulateDx);
+    }
+
+    /// <summary>
+    /// Inference: y (B, T, C) for T new positions of x (B, T, C) that follow the <see cref="KvCache.Length"/>
+    /// cached ones; writes their keys and values into <paramref name="cache"/> layer <paramref name="layer"/>
+    /// (the caller advances the cache after the last layer). Saves nothing.
+    /// </summary>
+    public Tensor ForwardCached(in PassContext ctx, Tensor x, KvCache cache, int layer)
+    {
+        CheckInput(x);
+        int b = x.Size(0), t = x.Size(1), n = b * t, start = cache.Length;
+        if (cache.Batch != b || cache.KvHeads != KvHeads || cache.HeadSize != HeadSize)
+            throw new ArgumentException($"{Name}: cache (batch {cache.Batch}, {cache.KvHeads} kv heads of size {cache.HeadSize}) does not fit input {x.Shape} with {KvHeads} kv heads of size {HeadSize}");
+        cache.EnsureRoom(t);
+        var backend = x.Backend;
+        var qkv = Qkv.Forward(ctx, x.Reshape(n, Channels)).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
+        var (q, k, v) = Split(qkv);
+        if (RopeTheta is double theta)
+        {
+            backend.Rope(q, start, theta);
+            backend.Rope(k, start, theta);
+        }
+        var keys = cache.Keys(layer);                                // (B, MaxSeq, K, D)
+        var values = cache.Values(layer);
+        backend.Copy(k, keys.Slice(1, start, t));
+        backend.Copy(v, values.Slice(1, start, t));
+        var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
+        backend.AttentionForward(q, keys.Slice(1, 0, start + t), values.Slice(1, 0, start + t), att, null, Scale);
+        return Projection.Forward(ctx, att.Reshape(n, Channels)).Reshape(b, t, Channels);
+    }
+
+    private (Tensor Q, Tensor K, Tensor V) Split(Tensor qkv) =>
+        (qkv.Slice(2, 0, Heads), qkv.Slice(2, Heads, KvHeads), qkv.Slice(2, Heads + KvHeads, KvHeads));
+
+    private void CheckInput(Tensor x)
+    {
+        if (x.Rank != 3 || x.Size(2) != Channels)
+            throw new ArgumentException($"{Name}: input {x.Shape} must be (B, T, {Channels})");
+    }
+}

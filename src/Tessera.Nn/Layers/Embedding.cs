@@ -1,0 +1,53 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Layers;
+
+/// <summary>A lookup table: row ids[n] of weight (rows, C) for each n. Token embeddings, and GPT-2's learned positions.</summary>
+public sealed class Embedding
+{
+    private readonly ActivationKey _ids, _output;
+
+    /// <summary>Declares "<paramref name="name"/>.weight" (rows, dim), decayed.</summary>
+    public Embedding(ParameterArena arena, string name, int rows, int dim)
+    {
+        Name = name;
+        Weight = arena.Declare(name + ".weight", new Shape(rows, dim), weightDecay: true);
+        _ids = new ActivationKey(name + ".ids");
+        _output = new ActivationKey(name + ".out");
+    }
+
+    /// <summary>Name prefix of the parameter and activations.</summary>
+    public string Name { get; }
+
+    /// <summary>Table (rows, C).</summary>
+    public Parameter Weight { get; }
+
+    /// <summary>Rows of the table.</summary>
+    public int Rows => Weight.Shape[0];
+
+    /// <summary>Width C of a row.</summary>
+    public int Dim => Weight.Shape[1];
+
+    /// <summary>A pooled (N, C) buffer filled with the rows of ids (N) I32; saves ids (the caller keeps them unchanged until backward).</summary>
+    public Tensor Forward(in PassContext ctx, Tensor ids)
+    {
+        var y = ctx.Buffer(_output, new Shape(ids.Size(0), Dim), Weight.Value.DType);
+        Forward(ctx, ids, y, accumulate: false);
+        return y;
+    }
+
+    /// <summary>output (N, C) = (or +=, when <paramref name="accumulate"/>) the rows of ids (N) I32; saves ids.</summary>
+    public void Forward(in PassContext ctx, Tensor ids, Tensor output, bool accumulate)
+    {
+        if (ids.Rank != 1 || ids.DType != DType.I32)
+            throw new ArgumentException($"{Name}: ids must be (N) I32, got {ids.Shape} {ids.DType}");
+        if (output.Rank != 2 || output.Size(0) != ids.Size(0) || output.Size(1) != Dim)
+            throw new ArgumentException($"{Name}: output {output.Shape} must be ({ids.Size(0)}, {Dim})");
+        ids.Backend.EmbeddingForward(ids, Weight.Value, output, accumulate);
+        ctx.Save(_ids, ids);
+    }
+
+    /// <summary>weight.Grad += scatter of dy (N, C) by the saved ids.</summary>
+    public void Backward(in PassContext ctx, Tensor dy) =>
+        dy.Backend.EmbeddingBackward(ctx.Get(_ids), dy, Weight.Grad);
+}

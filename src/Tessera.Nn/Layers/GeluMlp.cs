@@ -1,0 +1,51 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Layers;
+
+/// <summary>GPT-2's MLP: proj(GELU(fc(x))), fc C to F, proj F to C, tanh-approximated GELU.</summary>
+public sealed class GeluMlp : IFeedForward
+{
+    private readonly ActivationKey _hidden, _activated, _dActivated, _dHidden;
+
+    /// <summary>Declares "<paramref name="name"/>.fc" (F, C) and "<paramref name="name"/>.proj" (C, F), with biases when <paramref name="bias"/>.</summary>
+    public GeluMlp(ParameterArena arena, string name, int channels, int hidden, bool bias)
+    {
+        Name = name;
+        Fc = new Linear(arena, name + ".fc", channels, hidden, bias);
+        Projection = new Linear(arena, name + ".proj", hidden, channels, bias);
+        _hidden = new ActivationKey(name + ".fc.out");
+        _activated = new ActivationKey(name + ".gelu.out");
+        _dActivated = new ActivationKey(name + ".gelu.dy");
+        _dHidden = new ActivationKey(name + ".fc.dy");
+    }
+
+    /// <inheritdoc/>
+    public string Name { get; }
+
+    /// <summary>Up projection C to F.</summary>
+    public Linear Fc { get; }
+
+    /// <inheritdoc/>
+    public Linear Projection { get; }
+
+    /// <inheritdoc/>
+    public Tensor Forward(in PassContext ctx, Tensor x)
+    {
+        var h = Fc.Forward(ctx, x);                                  // (N, F)
+        var a = ctx.Buffer(_activated, h.Shape, h.DType);            // (N, F)
+        x.Backend.GeluForward(h, a);
+        ctx.Save(_hidden, h);
+        return Projection.Forward(ctx, a);                           // (N, C)
+    }
+
+    /// <inheritdoc/>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
+    {
+        var h = ctx.Get(_hidden);
+        var da = ctx.Scratch(_dActivated, h.Shape, h.DType);
+        Projection.Backward(ctx, dy, da);
+        var dh = ctx.Scratch(_dHidden, h.Shape, h.DType);
+        dy.Backend.GeluBackward(h, da, dh);
+        Fc.Backward(ctx, dh, dx, accumulateDx);
+    }
+}

@@ -1,0 +1,19 @@
+namespace Tessera.Nn.Layers;
+
+using Tessera.Tensors;
+
+/// <summary>The position-wise MLP of a transformer block (GELU for GPT-2, SwiGLU for Llama).</summary>
+public interface IFeedForward
+{
+    /// <summary>Name prefix of the parameters and activations.</summary>
+    string Name { get; }
+
+    /// <summary>The output projection (F to C), whose initialization is scaled down with depth.</summary>
+    Linear Projection { get; }
+
+    /// <summary>y (N, C) from x (N, C), in a pooled buffer; saves what backward needs.</summary>
+    Tensor Forward(in PassContext ctx, Tensor x);
+
+    /// <summary>dx (N, C) from dy (N, C) (= or +=, when <paramref name="accumulateDx"/>); parameter gradients accumulate.</summary>
+    void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false);
+}

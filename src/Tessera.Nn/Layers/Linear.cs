@@ -1,0 +1,91 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Layers;
+
+/// <summary>
+/// y = x W^T + b with W (out, in), the layout of PyTorch's nn.Linear and of Hugging Face weights.
+/// Backward: dx = dy W, dW += dy^T x, db += column sums of dy.
+/// </summary>
+public sealed class Linear
+{
+    private readonly ActivationKey _input, _output, _inputGrad;
+
+    /// <summary>Declares "<paramref name="name"/>.weight" (out, in), decayed, and "<paramref name="name"/>.bias" (out) when <paramref name="bias"/>.</summary>
+    public Linear(ParameterArena arena, string name, int inFeatures, int outFeatures, bool bias)
+        : this(name,
+            arena.Declare(name + ".weight", new Shape(outFeatures, inFeatures), weightDecay: true),
+            bias ? arena.Declare(name + ".bias", new Shape(outFeatures), weightDecay: false) : null)
+    {
+    }
+
+    /// <summary>A linear layer over existing parameters (e.g. an LM head tied to the token embedding).</summary>
+    public Linear(string name, Parameter weight, Parameter? bias)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.Shape.Rank != 2)
+            throw new ArgumentException($"{name}: weight '{weight.Name}' must be (out, in), got {weight.Shape}");
+        if (bias is not null && (bias.Shape.Rank != 1 || bias.Shape[0] != weight.Shape[0]))
+            throw new ArgumentException($"{name}: bias '{bias.Name}' {bias.Shape} does not match weight {weight.Shape}");
+        Name = name;
+        Weight = weight;
+        Bias = bias;
+        _input = new ActivationKey(name + ".x");
+        _output = new ActivationKey(name + ".out");
+        _inputGrad = new ActivationKey(name + ".dx");
+    }
+
+    /// <summary>Name prefix of the parameters and activations.</summary>
+    public string Name { get; }
+
+    /// <summary>Weight (out, in).</summary>
+    public Parameter Weight { get; }
+
+    /// <summary>Bias (out), or null.</summary>
+    public Parameter? Bias { get; }
+
+    /// <summary>Input features.</summary>
+    public int InFeatures => Weight.Shape[1];
+
+    /// <summary>Output features.</summary>
+    public int OutFeatures => Weight.Shape[0];
+
+    /// <summary>y (N, out) = x (N, in) W^T + b, in a pooled buffer of <paramref name="ctx"/>; saves x.</summary>
+    public Tensor Forward(in PassContext ctx, Tensor x)
+    {
+        CheckInput(x);
+        var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
+        x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value);
+        ctx.Save(_input, x);
+        return y;
+    }
+
+    /// <summary>
+    /// From dy (N, out): dW += dy^T x, db += sum of dy's rows, and, when <paramref name="dx"/> (N, in) is given,
+    /// dx = dy W (or += when <paramref name="accumulateDx"/>).
+    /// </summary>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false)
+    {
+        var x = ctx.Get(_input);
+        var backend = dy.Backend;
+        if (dy.Rank != 2 || dy.Size(0) != x.Size(0) || dy.Size(1) != OutFeatures)
+            throw new ArgumentException($"{Name}: output gradient {dy.Shape} must be ({x.Size(0)}, {OutFeatures})");
+        if (dx is not null)
+            backend.MatMul(dy, Weight.Value, dx, beta: accumulateDx ? 1.0 : 0.0);
+        backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0);
+        if (Bias is not null) backend.SumRows(dy, Bias.Grad);
+    }
+
+    /// <summary>From dy (N, out): returns dx (N, in) in a pooled gradient buffer, accumulating parameter gradients.</summary>
+    public Tensor Backward(in PassContext ctx, Tensor dy)
+    {
+        var dx = ctx.Scratch(_inputGrad, new Shape(dy.Size(0), InFeatures), dy.DType);
+        Backward(ctx, dy, dx);
+        return dx;
+    }
+
+    private void CheckInput(Tensor x)
+    {
+        if (x.Rank != 2 || x.Size(1) != InFeatures)
+            throw new ArgumentException($"{Name}: input {x.Shape} must be (N, {InFeatures})");
+    }
+}

@@ -1,0 +1,47 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Layers;
+
+/// <summary>y = x / sqrt(mean(x^2) + eps) * weight over the last dimension (Llama).</summary>
+public sealed class RmsNorm : INormalization
+{
+    private readonly ActivationKey _input, _output, _rstd;
+
+    /// <summary>Declares "<paramref name="name"/>.weight" (C), not decayed.</summary>
+    public RmsNorm(ParameterArena arena, string name, int channels, double epsilon)
+    {
+        if (!(epsilon > 0)) throw new ArgumentOutOfRangeException(nameof(epsilon), $"{name}: epsilon ({epsilon}) must be positive");
+        Name = name;
+        Epsilon = epsilon;
+        Weight = arena.Declare(name + ".weight", new Shape(channels), weightDecay: false);
+        _input = new ActivationKey(name + ".x");
+        _output = new ActivationKey(name + ".out");
+        _rstd = new ActivationKey(name + ".rstd");
+    }
+
+    /// <inheritdoc/>
+    public string Name { get; }
+
+    /// <inheritdoc/>
+    public Parameter Weight { get; }
+
+    /// <summary>Added to the mean square.</summary>
+    public double Epsilon { get; }
+
+    /// <inheritdoc/>
+    public Tensor Forward(in PassContext ctx, Tensor x)
+    {
+        int n = x.Size(0), c = Weight.Shape[0];
+        if (x.Rank != 2 || x.Size(1) != c) throw new ArgumentException($"{Name}: input {x.Shape} must be (N, {c})");
+        var y = ctx.Buffer(_output, x.Shape, x.DType);
+        var rstd = ctx.Buffer(_rstd, new Shape(n), x.DType == DType.F64 ? DType.F64 : DType.F32); // (N)
+        x.Backend.RmsNormForward(x, Weight.Value, y, rstd, Epsilon);
+        ctx.Save(_input, x);
+        ctx.Save(_rstd, rstd);
+        return y;
+    }
+
+    /// <inheritdoc/>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx) =>
+        dy.Backend.RmsNormBackward(dy, ctx.Get(_input), Weight.Value, ctx.Get(_rstd), dx, Weight.Grad);
+}

@@ -1,0 +1,62 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Layers;
+
+/// <summary>Llama's MLP: proj(SiLU(gate(x)) * up(x)), gate and up C to F, proj F to C.</summary>
+public sealed class SwiGluMlp : IFeedForward
+{
+    private readonly ActivationKey _gate, _up, _activated, _dActivated, _dGate, _dUp;
+
+    /// <summary>Declares "<paramref name="name"/>.gate" (F, C), ".up" (F, C) and ".proj" (C, F), with biases when <paramref name="bias"/>.</summary>
+    public SwiGluMlp(ParameterArena arena, string name, int channels, int hidden, bool bias)
+    {
+        Name = name;
+        Gate = new Linear(arena, name + ".gate", channels, hidden, bias);
+        Up = new Linear(arena, name + ".up", channels, hidden, bias);
+        Projection = new Linear(arena, name + ".proj", hidden, channels, bias);
+        _gate = new ActivationKey(name + ".gate.out");
+        _up = new ActivationKey(name + ".up.out");
+        _activated = new ActivationKey(name + ".swiglu.out");
+        _dActivated = new ActivationKey(name + ".swiglu.dy");
+        _dGate = new ActivationKey(name + ".gate.dy");
+        _dUp = new ActivationKey(name + ".up.dy");
+    }
+
+    /// <inheritdoc/>
+    public string Name { get; }
+
+    /// <summary>Gate projection C to F (through SiLU).</summary>
+    public Linear Gate { get; }
+
+    /// <summary>Up projection C to F.</summary>
+    public Linear Up { get; }
+
+    /// <inheritdoc/>
+    public Linear Projection { get; }
+
+    /// <inheritdoc/>
+    public Tensor Forward(in PassContext ctx, Tensor x)
+    {
+        var g = Gate.Forward(ctx, x);                                // (N, F)
+        var u = Up.Forward(ctx, x);                                  // (N, F)
+        var a = ctx.Buffer(_activated, g.Shape, g.DType);            // (N, F)
+        x.Backend.SwiGluForward(g, u, a);
+        ctx.Save(_gate, g);
+        ctx.Save(_up, u);
+        return Projection.Forward(ctx, a);                           // (N, C)
+    }
+
+    /// <inheritdoc/>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
+    {
+        var g = ctx.Get(_gate);
+        var u = ctx.Get(_up);
+        var da = ctx.Scratch(_dActivated, g.Shape, g.DType);
+        Projection.Backward(ctx, dy, da);
+        var dg = ctx.Scratch(_dGate, g.Shape, g.DType);
+        var du = ctx.Scratch(_dUp, g.Shape, g.DType);
+        dy.Backend.SwiGluBackward(g, u, da, dg, du);
+        Gate.Backward(ctx, dg, dx, accumulateDx);
+        Up.Backward(ctx, du, dx, accumulateDx: true);
+    }
+}

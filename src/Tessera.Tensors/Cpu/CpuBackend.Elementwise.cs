@@ -1,0 +1,150 @@
+using System.Numerics;
+using Tessera.Tensors.Cpu.Kernels;
+
+namespace Tessera.Tensors.Cpu;
+
+// Elementwise ops and the row-wise softmax.
+public sealed unsafe partial class CpuBackend
+{
+    /// <summary>Checks that each tensor is F32/F64 of the first one's dtype, contiguous, and of its shape.</summary>
+    private static void CheckElementwise(string op, (string Name, Tensor Tensor) first, params (string Name, Tensor Tensor)[] others)
+    {
+        ArgumentNullException.ThrowIfNull(first.Tensor, first.Name);
+        RequireComputeDType(op, first.Name, first.Tensor);
+        RequireContiguous(op, first.Name, first.Tensor);
+        foreach (var (name, t) in others)
+        {
+            ArgumentNullException.ThrowIfNull(t, name);
+            RequireSameShape(op, name, t, first.Name, first.Tensor);
+            RequireDType(op, name, t, first.Tensor.DType);
+            RequireContiguous(op, name, t);
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Add(Tensor a, Tensor b, Tensor output)
+    {
+        CheckElementwise(nameof(Add), (nameof(a), a), (nameof(b), b), (nameof(output), output));
+        if (a.DType == DType.F32) AddTyped<float>(a, b, output); else AddTyped<double>(a, b, output);
+    }
+
+    private void AddTyped<T>(Tensor a, Tensor b, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* pa = Ptr<T>(a), pb = Ptr<T>(b), po = Ptr<T>(output);
+        ParallelChunks(a.NumElements, 1, (s, e) => ElementwiseKernels.Add(pa + s, pb + s, po + s, e - s));
+    }
+
+    /// <inheritdoc/>
+    public void Accumulate(Tensor accumulator, Tensor x, double alpha = 1.0)
+    {
+        CheckElementwise(nameof(Accumulate), (nameof(accumulator), accumulator), (nameof(x), x));
+        if (x.DType == DType.F32) AccumulateTyped<float>(accumulator, x, alpha); else AccumulateTyped<double>(accumulator, x, alpha);
+    }
+
+    private void AccumulateTyped<T>(Tensor accumulator, Tensor x, double alpha) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* pa = Ptr<T>(accumulator), px = Ptr<T>(x);
+        T al = Cast<T>(alpha);
+        ParallelChunks(x.NumElements, 1, (s, e) => ElementwiseKernels.Axpy(al, px + s, pa + s, e - s));
+    }
+
+    /// <inheritdoc/>
+    public void Scale(Tensor x, double factor)
+    {
+        CheckElementwise(nameof(Scale), (nameof(x), x));
+        if (x.DType == DType.F32) ScaleTyped<float>(x, factor); else ScaleTyped<double>(x, factor);
+    }
+
+    private void ScaleTyped<T>(Tensor x, double factor) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* px = Ptr<T>(x);
+        T f = Cast<T>(factor);
+        ParallelChunks(x.NumElements, 1, (s, e) => ElementwiseKernels.Scale(px + s, f, e - s));
+    }
+
+    /// <inheritdoc/>
+    public void GeluForward(Tensor x, Tensor output)
+    {
+        CheckElementwise(nameof(GeluForward), (nameof(x), x), (nameof(output), output));
+        if (x.DType == DType.F32) GeluForwardTyped<float>(x, output); else GeluForwardTyped<double>(x, output);
+    }
+
+    private void GeluForwardTyped<T>(Tensor x, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* px = Ptr<T>(x), po = Ptr<T>(output);
+        ParallelChunks(x.NumElements, 16, (s, e) => ActivationKernels.GeluForward(px + s, po + s, e - s));
+    }
+
+    /// <inheritdoc/>
+    public void GeluBackward(Tensor x, Tensor dOutput, Tensor dx)
+    {
+        CheckElementwise(nameof(GeluBackward), (nameof(x), x), (nameof(dOutput), dOutput), (nameof(dx), dx));
+        if (x.DType == DType.F32) GeluBackwardTyped<float>(x, dOutput, dx); else GeluBackwardTyped<double>(x, dOutput, dx);
+    }
+
+    private void GeluBackwardTyped<T>(Tensor x, Tensor dOutput, Tensor dx) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* px = Ptr<T>(x), pd = Ptr<T>(dOutput), pdx = Ptr<T>(dx);
+        ParallelChunks(x.NumElements, 16, (s, e) => ActivationKernels.GeluBackward(px + s, pd + s, pdx + s, e - s));
+    }
+
+    /// <inheritdoc/>
+    public void SwiGluForward(Tensor gate, Tensor up, Tensor output)
+    {
+        CheckElementwise(nameof(SwiGluForward), (nameof(gate), gate), (nameof(up), up), (nameof(output), output));
+        if (gate.DType == DType.F32) SwiGluForwardTyped<float>(gate, up, output); else SwiGluForwardTyped<double>(gate, up, output);
+    }
+
+    private void SwiGluForwardTyped<T>(Tensor gate, Tensor up, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* pg = Ptr<T>(gate), pu = Ptr<T>(up), po = Ptr<T>(output);
+        ParallelChunks(gate.NumElements, 16, (s, e) => ActivationKernels.SwiGluForward(pg + s, pu + s, po + s, e - s));
+    }
+
+    /// <inheritdoc/>
+    public void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp)
+    {
+        CheckElementwise(nameof(SwiGluBackward), (nameof(gate), gate), (nameof(up), up), (nameof(dOutput), dOutput),
+            (nameof(dGate), dGate), (nameof(dUp), dUp));
+        if (gate.DType == DType.F32) SwiGluBackwardTyped<float>(gate, up, dOutput, dGate, dUp);
+        else SwiGluBackwardTyped<double>(gate, up, dOutput, dGate, dUp);
+    }
+
+    private void SwiGluBackwardTyped<T>(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* pg = Ptr<T>(gate), pu = Ptr<T>(up), pd = Ptr<T>(dOutput), pdg = Ptr<T>(dGate), pdu = Ptr<T>(dUp);
+        ParallelChunks(gate.NumElements, 16, (s, e) =>
+            ActivationKernels.SwiGluBackward(pg + s, pu + s, pd + s, pdg + s, pdu + s, e - s));
+    }
+
+    /// <inheritdoc/>
+    public void Softmax(Tensor x, Tensor output)
+    {
+        const string op = nameof(Softmax);
+        RequireComputeDType(op, nameof(x), x);
+        RequireRank(op, nameof(x), x, 2, "(N,V)");
+        RequireUnitLastStride(op, nameof(x), x);
+        RequireSameShape(op, nameof(output), output, nameof(x), x);
+        RequireDType(op, nameof(output), output, x.DType);
+        RequireUnitLastStride(op, nameof(output), output);
+        if (x.DType == DType.F32) SoftmaxTyped<float>(x, output); else SoftmaxTyped<double>(x, output);
+    }
+
+    private void SoftmaxTyped<T>(Tensor x, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* px = Ptr<T>(x), po = Ptr<T>(output);
+        long xs = x.Stride(0), os = output.Stride(0);
+        int v = x.Shape[1];
+        ParallelChunks(x.Shape[0], 4L * v, (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++)
+            {
+                T* xr = px + r * xs, or = po + r * os;
+                T max = RowKernels.Max(xr, v);
+                T sum = RowKernels.ExpShiftedAndSum(xr, or, max, v);
+                RowKernels.Scale(or, T.One / sum, v);
+            }
+        });
+    }
+}

@@ -1,0 +1,173 @@
+using System.Numerics;
+using Tessera.Tensors.Cpu.Kernels;
+
+namespace Tessera.Tensors.Cpu;
+
+// LayerNorm and RMSNorm, forward and backward side by side (llm.c's layernorm_forward/backward).
+public sealed unsafe partial class CpuBackend
+{
+    /// <inheritdoc/>
+    public void LayerNormForward(Tensor x, Tensor weight, Tensor? bias, Tensor output, Tensor mean, Tensor rstd, double epsilon)
+    {
+        const string op = nameof(LayerNormForward);
+        CheckNormRows(op, x, weight, (nameof(output), output));
+        if (bias is not null) CheckNormVector(op, nameof(bias), bias, x);
+        CheckNormStat(op, nameof(mean), mean, x);
+        CheckNormStat(op, nameof(rstd), rstd, x);
+        if (x.DType == DType.F32) LayerNormForwardTyped<float>(x, weight, bias, output, mean, rstd, epsilon);
+        else LayerNormForwardTyped<double>(x, weight, bias, output, mean, rstd, epsilon);
+    }
+
+    private void LayerNormForwardTyped<T>(Tensor x, Tensor weight, Tensor? bias, Tensor output, Tensor mean, Tensor rstd, double epsilon)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* px = Ptr<T>(x), pw = Ptr<T>(weight), pb = bias is null ? null : Ptr<T>(bias), po = Ptr<T>(output);
+        T* pm = Ptr<T>(mean), pr = Ptr<T>(rstd);
+        int c = x.Shape[^1];
+        long n = x.NumElements / Math.Max(1, c);
+        T eps = T.CreateTruncating(epsilon);
+        ParallelChunks(n, 6L * c, (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++)
+            {
+                var (m, s) = NormKernels.LayerNormRow(px + r * c, pw, pb, po + r * c, c, eps);
+                pm[r] = m; pr[r] = s;
+            }
+        });
+    }
+
+    /// <inheritdoc/>
+    public void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
+        Tensor dx, Tensor dWeight, Tensor? dBias)
+    {
+        const string op = nameof(LayerNormBackward);
+        CheckNormRows(op, x, weight, (nameof(dOutput), dOutput), (nameof(dx), dx));
+        CheckNormStat(op, nameof(mean), mean, x);
+        CheckNormStat(op, nameof(rstd), rstd, x);
+        CheckNormVector(op, nameof(dWeight), dWeight, x);
+        if (dBias is not null) CheckNormVector(op, nameof(dBias), dBias, x);
+        if (x.DType == DType.F32) LayerNormBackwardTyped<float>(dOutput, x, weight, mean, rstd, dx, dWeight, dBias);
+        else LayerNormBackwardTyped<double>(dOutput, x, weight, mean, rstd, dx, dWeight, dBias);
+    }
+
+    private void LayerNormBackwardTyped<T>(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
+        Tensor dx, Tensor dWeight, Tensor? dBias) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* pdo = Ptr<T>(dOutput), px = Ptr<T>(x), pw = Ptr<T>(weight), pm = Ptr<T>(mean), pr = Ptr<T>(rstd);
+        T* pdx = Ptr<T>(dx), pdw = Ptr<T>(dWeight), pdb = dBias is null ? null : Ptr<T>(dBias);
+        int c = x.Shape[^1];
+        long n = x.NumElements / Math.Max(1, c);
+        int chunks = ChunkCount(n, 8L * c);
+        // Each chunk sums its rows' weight and bias gradients privately; the partials are added in chunk order.
+        var partW = new T[chunks * (long)c];
+        var partB = pdb == null ? null : new T[chunks * (long)c];
+        ParallelFixedChunks(n, chunks, (chunk, r0, r1) =>
+        {
+            fixed (T* gw = &partW[chunk * (long)c])
+            fixed (T* gbBase = partB)
+            {
+                T* gb = gbBase == null ? null : gbBase + chunk * (long)c;
+                for (long r = r0; r < r1; r++)
+                    NormKernels.LayerNormBackwardRow(px + r * c, pdo + r * c, pw, pm[r], pr[r], pdx + r * c, gw, gb, c);
+            }
+        });
+        for (int k = 0; k < chunks; k++)
+            for (int i = 0; i < c; i++)
+            {
+                pdw[i] += partW[k * (long)c + i];
+                if (pdb != null) pdb[i] += partB![k * (long)c + i];
+            }
+    }
+
+    /// <inheritdoc/>
+    public void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon)
+    {
+        const string op = nameof(RmsNormForward);
+        CheckNormRows(op, x, weight, (nameof(output), output));
+        CheckNormStat(op, nameof(rstd), rstd, x);
+        if (x.DType == DType.F32) RmsNormForwardTyped<float>(x, weight, output, rstd, epsilon);
+        else RmsNormForwardTyped<double>(x, weight, output, rstd, epsilon);
+    }
+
+    private void RmsNormForwardTyped<T>(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* px = Ptr<T>(x), pw = Ptr<T>(weight), po = Ptr<T>(output), pr = Ptr<T>(rstd);
+        int c = x.Shape[^1];
+        long n = x.NumElements / Math.Max(1, c);
+        T eps = T.CreateTruncating(epsilon);
+        ParallelChunks(n, 4L * c, (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++)
+            {
+                pr[r] = NormKernels.RmsNormRow(px + r * c, pw, po + r * c, c, eps);
+            }
+        });
+    }
+
+    /// <inheritdoc/>
+    public void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dx, Tensor dWeight)
+    {
+        const string op = nameof(RmsNormBackward);
+        CheckNormRows(op, x, weight, (nameof(dOutput), dOutput), (nameof(dx), dx));
+        CheckNormStat(op, nameof(rstd), rstd, x);
+        CheckNormVector(op, nameof(dWeight), dWeight, x);
+        if (x.DType == DType.F32) RmsNormBackwardTyped<float>(dOutput, x, weight, rstd, dx, dWeight);
+        else RmsNormBackwardTyped<double>(dOutput, x, weight, rstd, dx, dWeight);
+    }
+
+    private void RmsNormBackwardTyped<T>(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dx, Tensor dWeight)
+        where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* pdo = Ptr<T>(dOutput), px = Ptr<T>(x), pw = Ptr<T>(weight), pr = Ptr<T>(rstd);
+        T* pdx = Ptr<T>(dx), pdw = Ptr<T>(dWeight);
+        int c = x.Shape[^1];
+        long n = x.NumElements / Math.Max(1, c);
+        int chunks = ChunkCount(n, 6L * c);
+        var partW = new T[chunks * (long)c];
+        ParallelFixedChunks(n, chunks, (chunk, r0, r1) =>
+        {
+            fixed (T* gw = &partW[chunk * (long)c])
+            {
+                for (long r = r0; r < r1; r++)
+                    NormKernels.RmsNormBackwardRow(px + r * c, pdo + r * c, pw, pr[r], pdx + r * c, gw, c);
+            }
+        });
+        for (int k = 0; k < chunks; k++)
+            for (int i = 0; i < c; i++) pdw[i] += partW[k * (long)c + i];
+    }
+
+    /// <summary>x (N,C) or (B,T,C) contiguous F32/F64; weight (C); each other tensor like x.</summary>
+    private static void CheckNormRows(string op, Tensor x, Tensor weight, params (string Name, Tensor Tensor)[] likeX)
+    {
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight);
+        RequireComputeDType(op, nameof(x), x);
+        if (x.Rank < 1) throw new ArgumentException($"{op}: x must have a channel dimension, got shape {x.Shape}", nameof(x));
+        RequireContiguous(op, nameof(x), x);
+        CheckNormVector(op, nameof(weight), weight, x);
+        foreach (var (name, t) in likeX)
+        {
+            ArgumentNullException.ThrowIfNull(t, name);
+            RequireSameShape(op, name, t, nameof(x), x);
+            RequireDType(op, name, t, x.DType);
+            RequireContiguous(op, name, t);
+        }
+    }
+
+    private static void CheckNormVector(string op, string name, Tensor t, Tensor x)
+    {
+        RequireDType(op, name, t, x.DType);
+        RequireShape(op, name, t, new Shape(x.Shape[^1]));
+        RequireContiguous(op, name, t);
+    }
+
+    /// <summary>Statistics: one per row, in x's dtype (F32 for F32 inputs, F64 for F64).</summary>
+    private static void CheckNormStat(string op, string name, Tensor t, Tensor x)
+    {
+        RequireDType(op, name, t, x.DType);
+        long rows = x.NumElements / Math.Max(1, x.Shape[^1]);
+        if (t.NumElements != rows)
+            throw new ArgumentException($"{op}: {name} has shape {t.Shape} ({t.NumElements} elements) but x {x.Shape} has {rows} rows", name);
+        RequireContiguous(op, name, t);
+    }
+}

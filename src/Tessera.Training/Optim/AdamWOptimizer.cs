@@ -1,0 +1,84 @@
+using Tessera.Nn;
+using Tessera.Tensors;
+
+namespace Tessera.Training.Optim;
+
+/// <summary>
+/// AdamW over a <see cref="ParameterArena"/>: moments m and v are arenas of the same layout,
+/// the global gradient norm is summed on the device and the clipping factor is applied inside
+/// the update, so a step needs no host synchronization. Consecutive parameters with the same
+/// weight-decay setting are updated by one fused call over their arena range.
+/// </summary>
+public sealed class AdamWOptimizer
+{
+    private readonly ParameterArena _arena;
+    private readonly List<(long Offset, long Length, bool Decay)> _ranges = [];
+    private readonly Tensor _flatValues, _flatGrads;
+
+    /// <summary>Creates zeroed moments for <paramref name="arena"/> (which must be built).</summary>
+    public AdamWOptimizer(ParameterArena arena, AdamWOptions options)
+    {
+        if (!arena.IsBuilt) throw new InvalidOperationException("build the parameter arena before creating its optimizer");
+        _arena = arena;
+        Options = options;
+        var backend = arena.Backend;
+        M = backend.Zeros(arena.Values.Shape, arena.DType);
+        V = backend.Zeros(arena.Values.Shape, arena.DType);
+        GradSumOfSquares = backend.Zeros(new Shape(1), arena.DType);
+        _flatValues = arena.Values;
+        _flatGrads = arena.Grads;
+
+        // Merge runs of parameters that share a decay setting; cap a run so its length fits an int dimension.
+        const long maxRun = 1L << 30;
+        foreach (var p in arena.Parameters)
+        {
+            long len = (p.NumElements + ParameterArena.Alignment - 1) / ParameterArena.Alignment * ParameterArena.Alignment;
+            if (_ranges.Count > 0)
+            {
+                var last = _ranges[^1];
+                if (last.Decay == p.WeightDecay && last.Offset + last.Length == p.Offset && last.Length + len <= maxRun)
+                {
+                    _ranges[^1] = (last.Offset, last.Length + len, last.Decay);
+                    continue;
+                }
+            }
+            _ranges.Add((p.Offset, len, p.WeightDecay));
+        }
+    }
+
+    /// <summary>Fixed hyper-parameters.</summary>
+    public AdamWOptions Options { get; }
+
+    /// <summary>First moments, laid out like the arena.</summary>
+    public Tensor M { get; }
+
+    /// <summary>Second moments, laid out like the arena.</summary>
+    public Tensor V { get; }
+
+    /// <summary>Sum of squared gradients of the last step (scalar, on the device).</summary>
+    public Tensor GradSumOfSquares { get; }
+
+    /// <summary>Number of updates taken; the next update uses StepCount + 1 for bias correction.</summary>
+    public long StepCount { get; set; }
+
+    /// <summary>Applies one update with learning rate <paramref name="learningRate"/> using the gradients in the arena.</summary>
+    public void Step(double learningRate)
+    {
+        var backend = _arena.Backend;
+        backend.Fill(GradSumOfSquares, 0);
+        backend.SumOfSquares(_arena.Grads, GradSumOfSquares);
+        StepCount++;
+        foreach (var (offset, length, decay) in _ranges)
+        {
+            var shape = new Shape((int)length);
+            var step = new AdamWStep(learningRate, Options.Beta1, Options.Beta2, Options.Epsilon,
+                decay ? Options.WeightDecay : 0.0, StepCount, Options.MaxGradNorm);
+            backend.AdamW(_flatValues.Narrow(offset, shape), _flatGrads.Narrow(offset, shape),
+                M.Narrow(offset, shape), V.Narrow(offset, shape), step,
+                Options.MaxGradNorm > 0 ? GradSumOfSquares : null);
+        }
+    }
+
+    /// <summary>The gradient norm of the last step (reads the device: call only when logging).</summary>
+    public double LastGradNorm() => Math.Sqrt(_arena.Backend.ReadScalar(GradSumOfSquares));
+}

@@ -1,0 +1,93 @@
+using Tessera.Training.Data;
+using Xunit;
+
+namespace Tessera.Tests.Cli;
+
+/// <summary>Bad input reaches the user as one clear message and a non-zero exit, and changes nothing on disk.</summary>
+public sealed class BadInputTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-cli-").FullName;
+    private static readonly string GoldenGpt2 = Path.Combine(AppContext.BaseDirectory, "Golden", "gpt2-debug");
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private string CopyModel()
+    {
+        var dir = Directory.CreateDirectory(Path.Combine(_dir, "model")).FullName;
+        foreach (var f in new[] { "config.json", "model.safetensors" }) File.Copy(Path.Combine(GoldenGpt2, f), Path.Combine(dir, f));
+        return dir;
+    }
+
+    private static Dictionary<string, byte[]> Snapshot(string dir) =>
+        Directory.GetFiles(dir, "*", SearchOption.AllDirectories).ToDictionary(f => f, File.ReadAllBytes);
+
+    private static void AssertUnchanged(Dictionary<string, byte[]> before, string dir)
+    {
+        var after = Snapshot(dir);
+        Assert.Equal(before.Keys.Order(), after.Keys.Order());
+        foreach (var (f, b) in before) Assert.Equal(b, after[f]);
+    }
+
+    [Fact]
+    public void PromptLongerThanTheContextFails()
+    {
+        var model = CopyModel();
+        // gpt2-debug holds 32 positions; 40 byte tokens ('A' = 65 < vocabulary 96) do not fit.
+        var (code, _, err) = CliProcess.Run("generate", "--model", model, "--tokenizer", "byte", "--prompt", new string('A', 40), "--threads", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("40 tokens", err);
+        Assert.Contains("context", err);
+    }
+
+    [Fact]
+    public void TruncatedWeightsFileFailsNamingTheFile()
+    {
+        var model = CopyModel();
+        var weights = Path.Combine(model, "model.safetensors");
+        var bytes = File.ReadAllBytes(weights);
+        File.WriteAllBytes(weights, bytes[..^100]);
+        var before = Snapshot(model);
+        var (code, _, err) = CliProcess.Run("generate", "--model", model, "--tokenizer", "byte", "--prompt", "AB", "--threads", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("model.safetensors", err);
+        AssertUnchanged(before, model);
+    }
+
+    [Fact]
+    public void ConfigWithAMissingFieldFailsNamingTheField()
+    {
+        var model = CopyModel();
+        var config = Path.Combine(model, "config.json");
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"n_layer\"", "\"n_layers_typo\""));
+        var before = Snapshot(model);
+        var (code, _, err) = CliProcess.Run("generate", "--model", model, "--tokenizer", "byte", "--prompt", "AB", "--threads", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("config.json", err);
+        Assert.Contains("n_layer", err);
+        AssertUnchanged(before, model);
+    }
+
+    [Fact]
+    public void ShardWithABadHeaderFailsBeforeTheRunWritesAnything()
+    {
+        var shard = Path.Combine(_dir, "train_000.bin");
+        TokenShard.Write(shard, Enumerable.Range(0, 5000).Select(i => i % 96).ToArray());
+        var bytes = File.ReadAllBytes(shard);
+        bytes[0] = 0;   // break the magic number
+        File.WriteAllBytes(shard, bytes);
+        var outDir = Path.Combine(_dir, "run");
+        var (code, _, err) = CliProcess.Run("train", "--model", "gpt2-tiny", "--data", shard, "--out", outDir, "--steps", "1", "--seq", "16", "--batch", "2", "--threads", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("train_000.bin", err);
+        Assert.Contains("magic", err);
+        Assert.False(Directory.Exists(outDir), "a failed run must not leave a run directory");
+    }
+
+    [Fact]
+    public void UnknownOptionIsAUsageErrorNamingIt()
+    {
+        var (code, _, err) = CliProcess.Run("train", "--stpes", "3");
+        Assert.Equal(2, code);
+        Assert.Contains("--stpes", err);
+    }
+}

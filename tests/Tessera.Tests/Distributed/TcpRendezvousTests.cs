@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Tessera.Distributed.Launch;
+using Xunit;
+
+namespace Tessera.Tests.Distributed;
+
+public class TcpRendezvousTests
+{
+    private const string Loopback = "127.0.0.1";
+
+    private static int FreePort()
+    {
+        var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    [Fact]
+    public void EveryRankReceivesRankZerosBlob()
+    {
+        const int world = 4;
+        var blob = new byte[128];
+        new Random(7).NextBytes(blob);
+        using var master = TcpRendezvous.Listen(0, world, TimeSpan.FromSeconds(10), IPAddress.Loopback);
+        var received = new byte[world][];
+        RankThreads.Run(world, r =>
+        {
+            received[r] = r == 0
+                ? master.Serve(blob)
+                : TcpRendezvous.Join(Loopback, master.Port, r, world, TimeSpan.FromSeconds(10));
+        });
+        Assert.All(received, b => Assert.Equal(blob, b));
+    }
+
+    [Fact]
+    public void AMismatchedWorldSizeFailsEveryConnectedRankWithTheSameMessage()
+    {
+        using var master = TcpRendezvous.Listen(0, 3, TimeSpan.FromSeconds(10), IPAddress.Loopback);
+        var errors = new Exception?[3];
+        RankThreads.Run(3, r =>
+        {
+            try
+            {
+                if (r == 0) master.Serve([1, 2, 3]);
+                else if (r == 1) TcpRendezvous.Join(Loopback, master.Port, 1, 3, TimeSpan.FromSeconds(10));
+                else { Thread.Sleep(200); TcpRendezvous.Join(Loopback, master.Port, 2, 5, TimeSpan.FromSeconds(10)); }
+            }
+            catch (RendezvousException e) { errors[r] = e; }
+        });
+        Assert.All(errors, e => Assert.NotNull(e));
+        Assert.Contains("rank 2 (from 127.0.0.1:", errors[0]!.Message);
+        Assert.Contains("has WORLD_SIZE 5 but rank 0 has 3", errors[0]!.Message);
+        Assert.Contains("has WORLD_SIZE 5 but rank 0 has 3", errors[1]!.Message);
+        Assert.Contains("has WORLD_SIZE 5 but rank 0 has 3", errors[2]!.Message);
+    }
+
+    [Fact]
+    public void ADuplicateRankIsAnError()
+    {
+        using var master = TcpRendezvous.Listen(0, 3, TimeSpan.FromSeconds(10), IPAddress.Loopback);
+        var serve = Task.Run(() => master.Serve([9]));
+        var a = Task.Run(() => TcpRendezvous.Join(Loopback, master.Port, 1, 3, TimeSpan.FromSeconds(10)));
+        var b = Task.Run(() => TcpRendezvous.Join(Loopback, master.Port, 1, 3, TimeSpan.FromSeconds(10)));
+        var e = Assert.Throws<RendezvousException>(() => serve.GetAwaiter().GetResult());
+        Assert.Contains("rank 1 arrived twice", e.Message);
+        Assert.Throws<RendezvousException>(() => a.GetAwaiter().GetResult());
+        Assert.Throws<RendezvousException>(() => b.GetAwaiter().GetResult());
+    }
+
+    [Fact]
+    public void AMissingRankTimesOutNamingIt()
+    {
+        var timeout = TimeSpan.FromSeconds(1);
+        using var master = TcpRendezvous.Listen(0, 4, timeout, IPAddress.Loopback);
+        var errors = new Exception?[3];
+        var sw = Stopwatch.StartNew();
+        RankThreads.Run(3, r =>
+        {
+            try
+            {
+                if (r == 0) master.Serve([1]);
+                else TcpRendezvous.Join(Loopback, master.Port, r == 1 ? 1 : 3, 4, timeout);
+            }
+            catch (RendezvousException e) { errors[r] = e; }
+        });
+        Assert.True(sw.Elapsed < timeout + TimeSpan.FromSeconds(3), $"took {sw.Elapsed}");
+        Assert.Contains("rank 2 of world size 4 did not arrive", errors[0]!.Message);
+        // The waiting ranks hear rank 0's reason.
+        Assert.Contains("rank 2 of world size 4 did not arrive", errors[1]!.Message);
+        Assert.Contains("rank 2 of world size 4 did not arrive", errors[2]!.Message);
+    }
+
+    [Fact]
+    public void AnUnreachableMasterIsReportedWithItsAddressWithinTheTimeout()
+    {
+        int port = FreePort();
+        var sw = Stopwatch.StartNew();
+        var e = Assert.Throws<RendezvousException>(() => TcpRendezvous.Join(Loopback, port, 1, 2, TimeSpan.FromMilliseconds(800)));
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(3), $"took {sw.Elapsed}");
+        Assert.Contains($"127.0.0.1:{port}", e.Message);
+        Assert.Contains("could not reach", e.Message);
+    }
+
+    [Fact]
+    public void ASingleProcessExchangeNeedsNoNetwork()
+    {
+        Assert.Equal([42], TcpRendezvous.Exchange(DistributedEnvironment.SingleProcess, () => [42], TimeSpan.FromSeconds(1)));
+    }
+}

@@ -1,0 +1,209 @@
+using System.Buffers.Binary;
+using System.Text;
+using Tessera.Models.Safetensors;
+using Tessera.Tensors;
+using Xunit;
+
+namespace Tessera.Tests.Models.Safetensors;
+
+public sealed class SafetensorsTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-st-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private string PathOf(string name) => Path.Combine(_dir, name);
+
+    /// <summary>Writes a file from a literal header and data region, the way a malformed file would be laid out.</summary>
+    private string WriteRaw(string header, byte[] data, ulong? declaredLength = null, string name = "bad.safetensors")
+    {
+        var h = Encoding.UTF8.GetBytes(header);
+        var bytes = new byte[8 + h.Length + data.Length];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, declaredLength ?? (ulong)h.Length);
+        h.CopyTo(bytes, 8);
+        data.CopyTo(bytes, 8 + h.Length);
+        var path = PathOf(name);
+        File.WriteAllBytes(path, bytes);
+        return path;
+    }
+
+    private static SafetensorsFormatException Rejects(string path)
+    {
+        var e = Assert.Throws<SafetensorsFormatException>(() => SafetensorsFile.Open(path).Dispose());
+        Assert.Contains(Path.GetFileName(path), e.Message);
+        return e;
+    }
+
+    [Fact]
+    public void RoundTripPreservesEveryDTypeShapeValueAndMetadata()
+    {
+        var rng = new Random(1);
+        var f32 = Enumerable.Range(0, 12).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
+        var f64 = Enumerable.Range(0, 5).Select(_ => rng.NextDouble() - 0.5).ToArray();
+        var bf16 = Enumerable.Range(0, 6).Select(_ => BFloat16.FromSingle((float)rng.NextDouble() * 4 - 2)).ToArray();
+        var f16 = Enumerable.Range(0, 4).Select(_ => (Half)(rng.NextDouble() * 8 - 4)).ToArray();
+        var w = new SafetensorsWriter();
+        w.Add("b.weight", new Shape(3, 4), f32);
+        w.Add("a.scalar", new Shape(5), f64);
+        w.Add("c.bf16", DType.BF16, new Shape(2, 3), bf16.SelectMany(b => BitConverter.GetBytes(b.Bits)).ToArray());
+        w.Add("d.f16", DType.F16, new Shape(2, 2), f16.SelectMany(h => BitConverter.GetBytes(h)).ToArray());
+        w.Add("e.empty", new Shape(0, 7), Array.Empty<float>());
+        w.Metadata["format"] = "pt";
+        var path = PathOf("rt.safetensors");
+        w.Write(path);
+
+        using var file = SafetensorsFile.Open(path);
+        Assert.Equal("pt", file.Metadata["format"]);
+        Assert.Equal(new Shape(3, 4), file["b.weight"].Shape);
+        Assert.Equal(f32, file.ReadAsSingle("b.weight"));
+        Assert.Equal(f64, file.ReadAsDouble("a.scalar"));
+        // BF16 and F16 widen to float exactly, so equality is exact.
+        Assert.Equal(bf16.Select(b => b.ToSingle()), file.ReadAsSingle("c.bf16"));
+        Assert.Equal(f16.Select(h => (double)h), file.ReadAsDouble("d.f16"));
+        Assert.Empty(file.ReadAsSingle("e.empty"));
+        Assert.Equal(f32.Select(x => (double)x), file.ReadAsDouble("b.weight"));
+        Assert.Empty(Directory.GetFiles(_dir, "*.tmp-*"));
+    }
+
+    [Fact]
+    public void WriterSortsByDescendingDTypeThenNameAndPadsHeaderToEightBytes()
+    {
+        var w = new SafetensorsWriter();
+        w.Add("z", new Shape(1), new float[] { 1 });
+        w.Add("a", new Shape(1), new float[] { 2 });
+        w.Add("m", new Shape(1), new double[] { 3 });
+        w.Add("b", DType.BF16, new Shape(1), new byte[2]);
+        var path = PathOf("order.safetensors");
+        w.Write(path);
+        var bytes = File.ReadAllBytes(path);
+        long n = (long)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+        Assert.Equal(0, n % 8);
+        Assert.Equal(' ', (char)bytes[8 + n - 1]);
+        using var file = SafetensorsFile.Open(path);
+        Assert.Equal(new[] { "m", "a", "z", "b" }, file.Tensors.Select(t => t.Name));
+        Assert.Equal(new long[] { 0, 8, 12, 16 }, file.Tensors.Select(t => t.Begin));
+    }
+
+    [Fact]
+    public void FailedWriteLeavesExistingFileUntouchedAndNoTemporary()
+    {
+        var path = PathOf("keep.safetensors");
+        new SafetensorsWriter().Add("x", new Shape(2), new float[] { 1, 2 }).Write(path);
+        var before = File.ReadAllBytes(path);
+        // A directory in the target's place makes the final rename fail after the temporary was written.
+        var blocked = PathOf("dir.safetensors");
+        Directory.CreateDirectory(blocked);
+        var w = new SafetensorsWriter().Add("y", new Shape(1), new float[] { 3 });
+        Assert.ThrowsAny<Exception>(() => w.Write(blocked));
+        Assert.True(Directory.Exists(blocked));
+        // Invalid tensors are rejected before anything touches the disk.
+        Assert.Throws<ArgumentException>(() => new SafetensorsWriter().Add("x", DType.F32, new Shape(3), new byte[8]));
+        Assert.Throws<ArgumentException>(() => new SafetensorsWriter().Add("x", new Shape(1), new float[] { 1 }).Add("x", new Shape(1), new float[] { 1 }));
+        Assert.Equal(before, File.ReadAllBytes(path));
+        Assert.Empty(Directory.GetFiles(_dir, "*.tmp-*"));
+    }
+
+    [Fact]
+    public void HeaderLengthOverLimitIsRejected() =>
+        Assert.Contains("exceeds the limit", Rejects(WriteRaw("{}", [], declaredLength: 100_000_001)).Message);
+
+    [Fact]
+    public void HeaderLongerThanFileIsRejected() =>
+        Assert.Contains("past the end of the file", Rejects(WriteRaw("{}", [], declaredLength: 64)).Message);
+
+    [Fact]
+    public void FileShorterThanEightBytesIsRejected()
+    {
+        var path = PathOf("tiny.safetensors");
+        File.WriteAllBytes(path, [1, 2, 3]);
+        Assert.Contains("fewer than the 8-byte", Rejects(path).Message);
+    }
+
+    [Fact]
+    public void InvalidUtf8HeaderIsRejected()
+    {
+        var path = PathOf("utf8.safetensors");
+        var h = new byte[] { (byte)'{', (byte)'"', 0xC3, 0x28, (byte)'"', (byte)':', (byte)'1', (byte)'}' };
+        var bytes = new byte[8 + h.Length];
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes, (ulong)h.Length);
+        h.CopyTo(bytes, 8);
+        File.WriteAllBytes(path, bytes);
+        Assert.Contains("not valid UTF-8", Rejects(path).Message);
+    }
+
+    [Fact]
+    public void InvalidJsonIsRejected() => Assert.Contains("not valid JSON", Rejects(WriteRaw("{\"a\": {", [])).Message);
+
+    [Fact]
+    public void NonObjectHeaderIsRejected() => Assert.Contains("not a JSON object", Rejects(WriteRaw("[1, 2]  ", [])).Message);
+
+    [Fact]
+    public void UnknownDTypeIsRejected() =>
+        Assert.Contains("unknown or unsupported dtype 'Q7'",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"Q7\",\"shape\":[1],\"data_offsets\":[0,4]}}", new byte[4])).Message);
+
+    [Fact]
+    public void NegativeShapeIsRejected() =>
+        Assert.Contains("shape entry -2",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", new byte[8])).Message);
+
+    [Fact]
+    public void NonIntegerShapeIsRejected() =>
+        Assert.Contains("shape entry 1.5",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,4]}}", new byte[4])).Message);
+
+    [Fact]
+    public void ByteSizeMismatchIsRejected() =>
+        Assert.Contains("hold 8 bytes but F32 (3) needs 12",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", new byte[8])).Message);
+
+    [Fact]
+    public void ShapeWhoseByteCountOverflowsIsRejected() =>
+        Assert.Contains("overflows",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"F64\",\"shape\":[2147483647,2147483647,2147483647],\"data_offsets\":[0,8]}}", new byte[8])).Message);
+
+    [Fact]
+    public void OffsetsNotStartingAtZeroAreRejected() =>
+        Assert.Contains("leaves a hole",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", new byte[8])).Message);
+
+    [Fact]
+    public void HoleBetweenTensorsIsRejected() =>
+        Assert.Contains("tensor 'b' data [8, 12) leaves a hole",
+            Rejects(WriteRaw("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", new byte[12])).Message);
+
+    [Fact]
+    public void OverlappingTensorsAreRejected() =>
+        Assert.Contains("overlaps the previous tensor",
+            Rejects(WriteRaw("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", new byte[8])).Message);
+
+    [Fact]
+    public void OutOfOrderButContiguousOffsetsAreAccepted()
+    {
+        using var file = SafetensorsFile.Open(WriteRaw(
+            "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+            BitConverter.GetBytes(1.5f).Concat(BitConverter.GetBytes(-2.5f)).ToArray()));
+        Assert.Equal(-2.5f, file.ReadAsSingle("b")[0]);
+        Assert.Equal(1.5f, file.ReadAsSingle("a")[0]);
+    }
+
+    [Fact]
+    public void TrailingBytesAreRejected() =>
+        Assert.Contains("4 trailing bytes",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", new byte[8])).Message);
+
+    [Fact]
+    public void TruncatedDataIsRejected() =>
+        Assert.Contains("truncated",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", new byte[4])).Message);
+
+    [Fact]
+    public void DuplicateTensorNameIsRejected() =>
+        Assert.Contains("key 'w' twice",
+            Rejects(WriteRaw("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", new byte[8])).Message);
+
+    [Fact]
+    public void NonStringMetadataIsRejected() =>
+        Assert.Contains("must be a string",
+            Rejects(WriteRaw("{\"__metadata__\":{\"format\":3}}", [])).Message);
+}

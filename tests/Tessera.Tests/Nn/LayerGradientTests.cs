@@ -1,0 +1,156 @@
+using Tessera.Nn;
+using Tessera.Nn.Layers;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Support;
+using Xunit;
+
+namespace Tessera.Tests.Nn;
+
+/// <summary>Each layer's backward against central finite differences of its forward, in F64 (tolerance: <see cref="LayerCheck.Tolerance"/>).</summary>
+public class LayerGradientTests
+{
+    private const int B = 2, T = 8, N = B * T;
+    private readonly CpuBackend _cpu = new(1);
+
+    private (ParameterArena Arena, ActivationStore Store) Setup() => (new ParameterArena(_cpu, DType.F64), new ActivationStore(_cpu));
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void LinearBackwardMatchesFiniteDifferences(bool bias)
+    {
+        var rng = new Random(1);
+        var (arena, store) = Setup();
+        var layer = new Linear(arena, "fc", 12, 7, bias);
+        arena.Build();
+        LayerCheck.Randomize(_cpu, arena, rng);
+        var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, N, 12);
+        var check = new LayerCheck(_cpu, () => layer.Forward(PassContext.Transient(store), x));
+        var ctx = PassContext.Training(store, 0);
+        var dy = check.OutputGradient(rng, layer.Forward(ctx, x));
+        var dx = layer.Backward(ctx, dy);
+        check.Assert(x, dx, "dx");
+        check.AssertParameters(arena);
+    }
+
+    [Fact]
+    public void LinearBackwardAccumulatesIntoDxWhenAsked()
+    {
+        var rng = new Random(2);
+        var (arena, store) = Setup();
+        var layer = new Linear(arena, "fc", 5, 3, bias: false);
+        arena.Build();
+        LayerCheck.Randomize(_cpu, arena, rng);
+        var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, 4, 5);
+        var ctx = PassContext.Training(store, 0);
+        layer.Forward(ctx, x);
+        var dy = TestTensors.RandomNormal(_cpu, rng, DType.F64, 4, 3);
+        var start = TestTensors.Normal(rng, 20);
+        var dx = TestTensors.FromDoubles(_cpu, start, DType.F64, 4, 5);
+        layer.Backward(ctx, dy, dx, accumulateDx: true);
+        var fresh = _cpu.Allocate(new Shape(4, 5), DType.F64);
+        layer.Backward(ctx, dy, fresh);
+        var expected = TestTensors.ToDoubles(_cpu, fresh).Select((v, i) => v + start[i]).ToArray();
+        // One product and one add per element: equal to within a few ulps.
+        NumericAssert.Close(expected, TestTensors.ToDoubles(_cpu, dx), 1e-14, "accumulated dx");
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void LayerNormBackwardMatchesFiniteDifferences(bool bias)
+    {
+        var rng = new Random(3);
+        var (arena, store) = Setup();
+        var layer = new LayerNorm(arena, "ln", 16, 1e-5, bias);
+        arena.Build();
+        LayerCheck.Randomize(_cpu, arena, rng);
+        CheckNorm(layer, arena, store, rng);
+    }
+
+    [Fact]
+    public void RmsNormBackwardMatchesFiniteDifferences()
+    {
+        var rng = new Random(4);
+        var (arena, store) = Setup();
+        var layer = new RmsNorm(arena, "rms", 16, 1e-5);
+        arena.Build();
+        LayerCheck.Randomize(_cpu, arena, rng);
+        CheckNorm(layer, arena, store, rng);
+    }
+
+    private void CheckNorm(INormalization layer, ParameterArena arena, ActivationStore store, Random rng)
+    {
+        var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, N, 16);
+        var check = new LayerCheck(_cpu, () => layer.Forward(PassContext.Transient(store), x));
+        var ctx = PassContext.Training(store, 0);
+        var dy = check.OutputGradient(rng, layer.Forward(ctx, x));
+        var dx = _cpu.Zeros(x.Shape, DType.F64);
+        layer.Backward(ctx, dy, dx);
+        check.Assert(x, dx, "dx");
+        check.AssertParameters(arena);
+    }
+
+    [Fact]
+    public void EmbeddingBackwardMatchesFiniteDifferencesWithRepeatedIds()
+    {
+        var rng = new Random(5);
+        var (arena, store) = Setup();
+        var layer = new Embedding(arena, "tok_emb", 10, 6);
+        arena.Build();
+        LayerCheck.Randomize(_cpu, arena, rng);
+        int[] idValues = [3, 1, 3, 0, 9, 3, 1, 7];               // repeats must add up; rows 2, 4-6, 8 get none
+        var ids = _cpu.FromArray(idValues, idValues.Length);
+        var check = new LayerCheck(_cpu, () => layer.Forward(PassContext.Transient(store), ids));
+        var ctx = PassContext.Training(store, 0);
+        var dy = check.OutputGradient(rng, layer.Forward(ctx, ids));
+        layer.Backward(ctx, dy);
+        check.AssertParameters(arena);
+        var grad = TestTensors.ToDoubles(_cpu, layer.Weight.Grad);
+        Assert.All(Enumerable.Range(2 * 6, 6), i => Assert.Equal(0.0, grad[i]));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void GeluAndSwiGluMlpBackwardMatchFiniteDifferences(bool swiglu)
+    {
+        var rng = new Random(6);
+        var (arena, store) = Setup();
+        IFeedForward mlp = swiglu ? new SwiGluMlp(arena, "mlp", 8, 20, bias: false) : new GeluMlp(arena, "mlp", 8, 20, bias: true);
+        arena.Build();
+        LayerCheck.Randomize(_cpu, arena, rng);
+        var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, N, 8);
+        var check = new LayerCheck(_cpu, () => mlp.Forward(PassContext.Transient(store), x));
+        var ctx = PassContext.Training(store, 0);
+        var dy = check.OutputGradient(rng, mlp.Forward(ctx, x));
+        var dx = _cpu.Allocate(x.Shape, DType.F64);
+        TestTensors.Poison(_cpu, dx);                             // "=" semantics: every element must be written
+        mlp.Backward(ctx, dy, dx);
+        check.Assert(x, dx, "dx");
+        check.AssertParameters(arena);
+    }
+
+    [Theory]
+    [InlineData(4, 4, null, true)]        // GPT-2: multi-head, biases, no RoPE
+    [InlineData(4, 2, 10000.0, false)]    // Llama: grouped-query (2 query heads per kv head), RoPE
+    [InlineData(4, 1, 500000.0, false)]   // multi-query
+    public void AttentionBackwardMatchesFiniteDifferences(int heads, int kvHeads, double? theta, bool bias)
+    {
+        var rng = new Random(7);
+        var (arena, store) = Setup();
+        var attn = new CausalSelfAttention(arena, "attn", 16, heads, kvHeads, bias, theta);
+        arena.Build();
+        LayerCheck.Randomize(_cpu, arena, rng);
+        var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, 16);
+        var check = new LayerCheck(_cpu, () => attn.Forward(PassContext.Transient(store), x));
+        var ctx = PassContext.Training(store, 0);
+        var dy = check.OutputGradient(rng, attn.Forward(ctx, x));
+        var dx = _cpu.Allocate(x.Shape, DType.F64);
+        TestTensors.Poison(_cpu, dx);
+        attn.Backward(ctx, dy, dx);
+        check.Assert(x, dx, "dx");
+        check.AssertParameters(arena);
+    }
+}
