@@ -1,5 +1,5 @@
 // AdamW over F32 master parameters with decoupled weight decay. The clipping factor
-// min(1, maxNorm / sqrt(sum of squares)) is computed on the device from a scalar, so the
+// min(1, maxNorm / (sqrt(sum of squares) + 1e-6)) is computed on the device from a scalar, so the
 // host never waits for the gradient norm. Optionally writes a bf16 or f16 copy of the result.
 
 template <typename G> __device__ void adamw(float* p, const G* g, float* m, float* v, void* low, int lowKind, i64 n,
@@ -9,8 +9,9 @@ template <typename G> __device__ void adamw(float* p, const G* g, float* m, floa
     float clip = 1.f;
     if (sumsq && maxNorm > 0.f)
     {
-        float norm = sqrtf(*sumsq);
-        if (norm > maxNorm) clip = maxNorm / norm;
+        // PyTorch's clip_grad_norm_ coefficient: maxNorm / (norm + 1e-6), clamped to 1.
+        float coefficient = maxNorm / (sqrtf(*sumsq) + 1e-6f);
+        if (coefficient < 1.f) clip = coefficient;
     }
     GRID_STRIDE(i, n)
     {

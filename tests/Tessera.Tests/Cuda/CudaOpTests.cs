@@ -177,7 +177,7 @@ public sealed class CudaOpTests(CudaFixture fixture) : CudaTestBase(fixture)
         var sumsq = clip ? Upload([ss], DType.F32, 1) : null;
         var low = Poisoned(DType.BF16, n);
         Gpu.AdamW(p, g, m, v, step, sumsq, low);
-        double factor = clip ? Math.Min(1, 0.5 / Math.Sqrt(Stored([ss], DType.F32)[0])) : 1;
+        double factor = clip ? Math.Min(1, 0.5 / (Math.Sqrt(Stored([ss], DType.F32)[0]) + 1e-6)) : 1;
         var ep = new double[n]; var em = new double[n]; var ev = new double[n];
         for (int i = 0; i < n; i++)
         {
