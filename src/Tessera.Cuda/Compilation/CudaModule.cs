@@ -1,0 +1,54 @@
+using Tessera.Cuda.Runtime;
+using static Tessera.Cuda.Interop.CudaDriver;
+
+namespace Tessera.Cuda.Compilation;
+
+/// <summary>A loaded cubin and the kernels looked up in it (by their extern "C" names).</summary>
+public sealed unsafe class CudaModule : IDisposable
+{
+    private readonly CudaDevice _device;
+    private readonly Dictionary<string, IntPtr> _functions = new();
+    private readonly Lock _lock = new();
+    private IntPtr _module;
+
+    private CudaModule(CudaDevice device, IntPtr module, string fileName)
+    {
+        _device = device;
+        _module = module;
+        FileName = fileName;
+    }
+
+    /// <summary>The source file the module was compiled from.</summary>
+    public string FileName { get; }
+
+    /// <summary>Loads a cubin; returns null when the driver rejects the image (a corrupt or foreign cache entry).</summary>
+    internal static CudaModule? TryLoad(CudaDevice device, byte[] cubin, string fileName, out int status)
+    {
+        device.MakeCurrent();
+        IntPtr module;
+        fixed (byte* image = cubin) status = cuModuleLoadData(&module, image);
+        return status == CUDA_SUCCESS ? new CudaModule(device, module, fileName) : null;
+    }
+
+    /// <summary>The kernel named <paramref name="name"/>; throws naming the file when it is not there.</summary>
+    internal IntPtr Function(string name)
+    {
+        lock (_lock)
+        {
+            if (_functions.TryGetValue(name, out var f)) return f;
+            _device.MakeCurrent();
+            Check(cuModuleGetFunction(&f, _module, name), "cuModuleGetFunction", $"kernel '{name}' in {FileName}");
+            _functions[name] = f;
+            return f;
+        }
+    }
+
+    /// <summary>Unloads the module.</summary>
+    public void Dispose()
+    {
+        if (_module == IntPtr.Zero) return;
+        _device.MakeCurrent();
+        cuModuleUnload(_module);
+        _module = IntPtr.Zero;
+    }
+}

@@ -1,0 +1,91 @@
+using System.Reflection;
+using Tessera.Cuda.Runtime;
+
+namespace Tessera.Cuda.Compilation;
+
+/// <summary>
+/// The kernels of one device: .cu files embedded in this assembly, compiled by NVRTC for the
+/// device's architecture on first use and cached on disk (<see cref="KernelCache"/>).
+/// </summary>
+public sealed class KernelLibrary : IDisposable
+{
+    private readonly CudaDevice _device;
+    private readonly Dictionary<string, CudaModule> _modules = new();
+    private readonly Lock _lock = new();
+
+    /// <summary>Kernels for <paramref name="device"/>, cached in <paramref name="cache"/>.</summary>
+    public KernelLibrary(CudaDevice device, KernelCache cache)
+    {
+        _device = device;
+        Cache = cache;
+        Compiler = new NvrtcCompiler();
+    }
+
+    /// <summary>The on-disk cache in use.</summary>
+    public KernelCache Cache { get; }
+
+    /// <summary>The compiler in use.</summary>
+    public NvrtcCompiler Compiler { get; }
+
+    /// <summary>Number of NVRTC compilations this library ran (cache misses).</summary>
+    public int Compilations { get; private set; }
+
+    /// <summary>NVRTC options for this device.</summary>
+    public IReadOnlyList<string> Options => [$"--gpu-architecture={_device.Architecture}", "--std=c++17", "-default-device"];
+
+    /// <summary>The embedded source of kernel file <paramref name="fileName"/> (e.g. "elementwise.cu").</summary>
+    public static string EmbeddedSource(string fileName)
+    {
+        var assembly = typeof(KernelLibrary).Assembly;
+        using var stream = assembly.GetManifestResourceStream("Tessera.Cuda.Kernels." + fileName)
+            ?? throw new FileNotFoundException($"kernel source '{fileName}' is not embedded in {assembly.GetName().Name}; embedded: {string.Join(", ", assembly.GetManifestResourceNames())}");
+        using var reader = new StreamReader(stream);
+        return reader.ReadToEnd();
+    }
+
+    /// <summary>The module compiled from embedded file <paramref name="fileName"/>.</summary>
+    public CudaModule Module(string fileName)
+    {
+        lock (_lock)
+        {
+            if (_modules.TryGetValue(fileName, out var m)) return m;
+            // Every kernel file starts from the shared definitions; #line keeps NVRTC's messages pointing into the file.
+            var source = EmbeddedSource("common.cuh") + $"\n#line 1 \"{fileName}\"\n" + EmbeddedSource(fileName);
+            m = Load(source, fileName);
+            _modules[fileName] = m;
+            return m;
+        }
+    }
+
+    /// <summary>
+    /// Compiles (or takes from the cache) and loads <paramref name="source"/>. A cache entry that
+    /// is invalid or that the driver will not load is rebuilt.
+    /// </summary>
+    public CudaModule Load(string source, string fileName)
+    {
+        var options = Options;
+        var key = KernelCache.Key(source, _device.Architecture, options, Compiler.Version);
+        var cached = Cache.TryRead(key, fileName);
+        if (cached is not null)
+        {
+            var module = CudaModule.TryLoad(_device, cached, fileName, out _);
+            if (module is not null) return module;
+        }
+        var cubin = Compiler.CompileToCubin(source, fileName, options);
+        Compilations++;
+        var fresh = CudaModule.TryLoad(_device, cubin, fileName, out int status)
+            ?? throw Interop.CudaDriver.Error(status, "cuModuleLoadData", $"fresh cubin of {fileName} for {_device.Architecture}");
+        Cache.Write(key, fileName, cubin);
+        return fresh;
+    }
+
+    /// <summary>Unloads every module.</summary>
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            foreach (var m in _modules.Values) m.Dispose();
+            _modules.Clear();
+        }
+    }
+}

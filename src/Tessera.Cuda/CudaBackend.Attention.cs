@@ -1,0 +1,93 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+public sealed unsafe partial class CudaBackend
+{
+    private const int AttentionWarps = 4, AttentionTile = 32, AttentionMaxHeadSize = 128;
+
+    public void Rope(Tensor x, int startPosition, double theta, bool inverse = false)
+    {
+        var s = Strides3.Of("Rope", "x", x);
+        int b = x.Size(0), t = x.Size(1), h = x.Size(2), d = x.Size(3);
+        if (d % 2 != 0) throw new ArgumentException($"CudaBackend.Rope: head size {d} must be even");
+        long pairs = (long)b * t * h * (d / 2);
+        if (pairs == 0) return;
+        ulong px = Ptr(x);
+        int inv = inverse ? 1 : 0;
+        void** args = stackalloc void*[] { &px, &b, &t, &h, &d, &s.B, &s.T, &s.H, &startPosition, &theta, &inv };
+        Launch("rope.cu", "rope_" + Suffix(x.DType, "Rope"), GridFor(pairs), Threads, args);
+    }
+
+    private static void CheckAttention(string op, Tensor q, Tensor k, Tensor v, out int b, out int t, out int s, out int h, out int kh, out int d)
+    {
+        Strides3.Of(op, "q", q); Strides3.Of(op, "k", k); Strides3.Of(op, "v", v);
+        b = q.Size(0); t = q.Size(1); h = q.Size(2); d = q.Size(3);
+        s = k.Size(1); kh = k.Size(2);
+        if (k.Size(0) != b || k.Size(3) != d || v.Shape != k.Shape)
+            throw new ArgumentException($"CudaBackend.{op}: q {q.Shape}, k {k.Shape}, v {v.Shape} do not fit (B,T,H,D) and (B,S,K,D)");
+        if (kh == 0 || h % kh != 0) throw new ArgumentException($"CudaBackend.{op}: query heads {h} must be a multiple of key/value heads {kh}");
+        if (s < t) throw new ArgumentException($"CudaBackend.{op}: {s} keys for {t} queries; causal attention needs S >= T");
+        if (d > AttentionMaxHeadSize) throw new NotSupportedException($"CudaBackend.{op}: head size {d} > {AttentionMaxHeadSize} is not supported by the simple attention kernel");
+        if (q.DType != k.DType || q.DType != v.DType) throw new ArgumentException($"CudaBackend.{op}: q, k, v must share one dtype");
+    }
+
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale)
+    {
+        const string op = "AttentionForward";
+        CheckAttention(op, q, k, v, out int b, out int t, out int s, out int h, out int kh, out int d);
+        RequireSameShape(op, q, "q", output, "output");
+        RequireDType(op, "output", output, q.DType);
+        var so = Strides3.Of(op, "output", output);
+        if (logSumExp is not null)
+        {
+            RequireDType(op, "logSumExp", logSumExp, DType.F32);
+            RequireContiguous(op, "logSumExp", logSumExp);
+            if (logSumExp.NumElements != (long)b * h * t) throw new ArgumentException($"CudaBackend.{op}: logSumExp {logSumExp.Shape} must be (B, H, T) = ({b}, {h}, {t})");
+        }
+        if ((long)b * t * h == 0) return;
+        var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "k", k); var sv = Strides3.Of(op, "v", v);
+        ulong pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(output), pl = PtrOrNull(logSumExp);
+        float sc = (float)scale;
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc };
+        uint shared = (uint)((2 * AttentionTile * (d + 1) + AttentionWarps * d) * sizeof(float));
+        Launch("attention.cu", "attention_forward_" + Suffix(q.DType, op),
+            ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)h, (uint)b), AttentionWarps * 32, args, shared);
+    }
+
+    public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
+        Tensor dq, Tensor dk, Tensor dv, double scale)
+    {
+        const string op = "AttentionBackward";
+        CheckAttention(op, q, k, v, out int b, out int t, out int s, out int h, out int kh, out int d);
+        if (s != t) throw new ArgumentException($"CudaBackend.{op}: backward needs S = T, got S = {s}, T = {t}");
+        RequireSameShape(op, q, "q", output, "output");
+        RequireSameShape(op, q, "q", dOutput, "dOutput");
+        RequireSameShape(op, q, "q", dq, "dq");
+        RequireSameShape(op, k, "k", dk, "dk");
+        RequireSameShape(op, k, "k", dv, "dv");
+        RequireDType(op, "logSumExp", logSumExp, DType.F32);
+        RequireContiguous(op, "logSumExp", logSumExp);
+        if ((long)b * t * h == 0) return;
+        var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "k", k); var sv = Strides3.Of(op, "v", v);
+        var so = Strides3.Of(op, "output", output); var sd = Strides3.Of(op, "dOutput", dOutput);
+        var sdq = Strides3.Of(op, "dq", dq); var sdk = Strides3.Of(op, "dk", dk); var sdv = Strides3.Of(op, "dv", dv);
+        ulong pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(output), pd = Ptr(dOutput), pl = Ptr(logSumExp);
+        ulong pdq = Ptr(dq), pdk = Ptr(dk), pdv = Ptr(dv);
+        string suffix = Suffix(q.DType, op);
+        float sc = (float)scale;
+        long rows = (long)b * t * h;
+        ulong delta = Scratch(rows * sizeof(float));
+        void** a1 = stackalloc void*[] { &po, &pd, &delta, &b, &t, &h, &d, &so, &sd };
+        Launch("attention.cu", "attention_backward_delta_" + suffix, (uint)((rows + 3) / 4), 128, a1);
+        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdq, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdq, &sc };
+        uint sharedDq = (uint)((2 * AttentionTile * (d + 1) + 2 * AttentionWarps * d) * sizeof(float));
+        Launch("attention.cu", "attention_backward_dq_" + suffix,
+            ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)h, (uint)b), AttentionWarps * 32, a2, sharedDq);
+        void** a3 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdk, &pdv, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+        uint sharedDkDv = (uint)((2 * AttentionTile * (d + 1) + 2 * AttentionTile + 2 * AttentionWarps * d) * sizeof(float));
+        Launch("attention.cu", "attention_backward_dkdv_" + suffix,
+            ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)kh, (uint)b), AttentionWarps * 32, a3, sharedDkDv);
+        FreeScratch(delta);
+    }
+}

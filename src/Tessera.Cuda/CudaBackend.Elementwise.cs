@@ -1,0 +1,196 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+public sealed unsafe partial class CudaBackend
+{
+    private void RequireElementwise(string op, Tensor first, params (Tensor T, string Name)[] others)
+    {
+        Suffix(first.DType, op);
+        RequireContiguous(op, "input", first);
+        foreach (var (t, name) in others)
+        {
+            RequireContiguous(op, name, t);
+            if (t.NumElements != first.NumElements)
+                throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} has {t.NumElements} elements, expected {first.NumElements} like {first.Shape}");
+            if (t.DType != first.DType)
+                throw new ArgumentException($"CudaBackend.{op}: {name} is {t.DType}, expected {first.DType}");
+        }
+    }
+
+    public void Add(Tensor a, Tensor b, Tensor output)
+    {
+        RequireElementwise("Add", a, (b, "b"), (output, "output"));
+        ulong pa = Ptr(a), pb = Ptr(b), po = Ptr(output);
+        long n = a.NumElements;
+        if (n == 0) return;
+        void** args = stackalloc void*[] { &pa, &pb, &po, &n };
+        Launch("elementwise.cu", "add_" + Suffix(a.DType, "Add"), GridFor(n), Threads, args);
+    }
+
+    public void Accumulate(Tensor accumulator, Tensor x, double alpha = 1.0)
+    {
+        RequireContiguous("Accumulate", "accumulator", accumulator);
+        RequireContiguous("Accumulate", "x", x);
+        if (x.NumElements != accumulator.NumElements)
+            throw new ArgumentException($"CudaBackend.Accumulate: x {x.Shape} and accumulator {accumulator.Shape} differ in size");
+        bool widening = accumulator.DType == DType.F32 && x.DType is DType.BF16 or DType.F16;
+        if (x.DType != accumulator.DType && !widening)
+            throw new ArgumentException($"CudaBackend.Accumulate: cannot add {x.DType} into {accumulator.DType}");
+        ulong pa = Ptr(accumulator), px = Ptr(x);
+        long n = x.NumElements;
+        if (n == 0) return;
+        float al = (float)alpha;
+        void** args = stackalloc void*[] { &pa, &px, &al, &n };
+        Launch("elementwise.cu", $"accumulate_{Suffix(accumulator.DType, "Accumulate")}_{Suffix(x.DType, "Accumulate")}", GridFor(n), Threads, args);
+    }
+
+    public void Scale(Tensor x, double factor)
+    {
+        RequireElementwise("Scale", x);
+        ulong px = Ptr(x);
+        long n = x.NumElements;
+        if (n == 0) return;
+        float f = (float)factor;
+        void** args = stackalloc void*[] { &px, &f, &n };
+        Launch("elementwise.cu", "scale_" + Suffix(x.DType, "Scale"), GridFor(n), Threads, args);
+    }
+
+    public void GeluForward(Tensor x, Tensor output)
+    {
+        RequireElementwise("GeluForward", x, (output, "output"));
+        ulong px = Ptr(x), po = Ptr(output);
+        long n = x.NumElements;
+        if (n == 0) return;
+        void** args = stackalloc void*[] { &px, &po, &n };
+        Launch("elementwise.cu", "gelu_forward_" + Suffix(x.DType, "GeluForward"), GridFor(n), Threads, args);
+    }
+
+    public void GeluBackward(Tensor x, Tensor dOutput, Tensor dx)
+    {
+        RequireElementwise("GeluBackward", x, (dOutput, "dOutput"), (dx, "dx"));
+        ulong px = Ptr(x), pd = Ptr(dOutput), pdx = Ptr(dx);
+        long n = x.NumElements;
+        if (n == 0) return;
+        void** args = stackalloc void*[] { &px, &pd, &pdx, &n };
+        Launch("elementwise.cu", "gelu_backward_" + Suffix(x.DType, "GeluBackward"), GridFor(n), Threads, args);
+    }
+
+    public void SwiGluForward(Tensor gate, Tensor up, Tensor output)
+    {
+        RequireElementwise("SwiGluForward", gate, (up, "up"), (output, "output"));
+        ulong pg = Ptr(gate), pu = Ptr(up), po = Ptr(output);
+        long n = gate.NumElements;
+        if (n == 0) return;
+        void** args = stackalloc void*[] { &pg, &pu, &po, &n };
+        Launch("elementwise.cu", "swiglu_forward_" + Suffix(gate.DType, "SwiGluForward"), GridFor(n), Threads, args);
+    }
+
+    public void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp)
+    {
+        RequireElementwise("SwiGluBackward", gate, (up, "up"), (dOutput, "dOutput"), (dGate, "dGate"), (dUp, "dUp"));
+        ulong pg = Ptr(gate), pu = Ptr(up), pd = Ptr(dOutput), pdg = Ptr(dGate), pdu = Ptr(dUp);
+        long n = gate.NumElements;
+        if (n == 0) return;
+        void** args = stackalloc void*[] { &pg, &pu, &pd, &pdg, &pdu, &n };
+        Launch("elementwise.cu", "swiglu_backward_" + Suffix(gate.DType, "SwiGluBackward"), GridFor(n), Threads, args);
+    }
+
+    /// <summary>Threads per block for a kernel that gives one block to each row of <paramref name="columns"/> elements.</summary>
+    private static uint RowBlock(long columns) => columns >= 4096 ? 1024u : columns >= 1024 ? 512u : columns >= 256 ? 256u : 128u;
+
+    public void Softmax(Tensor x, Tensor output)
+    {
+        RequireElementwise("Softmax", x, (output, "output"));
+        int v = x.Size(-1);
+        long rows = x.NumElements / Math.Max(v, 1);
+        if (rows == 0 || v == 0) return;
+        ulong px = Ptr(x), po = Ptr(output);
+        void** args = stackalloc void*[] { &px, &po, &v };
+        Launch("softmax.cu", "softmax_" + Suffix(x.DType, "Softmax"), (uint)rows, RowBlock(v), args);
+    }
+
+    public void EmbeddingForward(Tensor ids, Tensor table, Tensor output, bool accumulate = false)
+    {
+        RequireDType("EmbeddingForward", "ids", ids, DType.I32);
+        RequireContiguous("EmbeddingForward", "ids", ids);
+        RequireElementwise("EmbeddingForward", table);
+        RequireContiguous("EmbeddingForward", "output", output);
+        RequireDType("EmbeddingForward", "output", output, table.DType);
+        if (table.Rank != 2) throw new ArgumentException($"CudaBackend.EmbeddingForward: table must be (V, C), got {table.Shape}");
+        long n = ids.NumElements;
+        int c = table.Size(1), v = table.Size(0);
+        if (output.NumElements != n * c) throw new ArgumentException($"CudaBackend.EmbeddingForward: output {output.Shape} must hold {n} x {c} elements");
+        if (n == 0 || c == 0) return;
+        ulong pi = Ptr(ids), pt = Ptr(table), po = Ptr(output);
+        int acc = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &pi, &pt, &po, &n, &c, &v, &acc };
+        Launch("embedding.cu", "embedding_forward_" + Suffix(table.DType, "EmbeddingForward"), GridFor(n * c), Threads, args);
+    }
+
+    public void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dTable)
+    {
+        RequireDType("EmbeddingBackward", "ids", ids, DType.I32);
+        RequireContiguous("EmbeddingBackward", "ids", ids);
+        RequireElementwise("EmbeddingBackward", dTable);
+        RequireContiguous("EmbeddingBackward", "dOutput", dOutput);
+        RequireDType("EmbeddingBackward", "dOutput", dOutput, dTable.DType);
+        if (dTable.Rank != 2) throw new ArgumentException($"CudaBackend.EmbeddingBackward: dTable must be (V, C), got {dTable.Shape}");
+        long n = ids.NumElements;
+        int c = dTable.Size(1), v = dTable.Size(0);
+        if (dOutput.NumElements != n * c) throw new ArgumentException($"CudaBackend.EmbeddingBackward: dOutput {dOutput.Shape} must hold {n} x {c} elements");
+        if (n == 0 || c == 0) return;
+        ulong pi = Ptr(ids), pd = Ptr(dOutput), pt = Ptr(dTable);
+        void** args = stackalloc void*[] { &pi, &pd, &pt, &n, &c, &v };
+        Launch("embedding.cu", "embedding_backward_" + Suffix(dTable.DType, "EmbeddingBackward"), GridFor(n * c), Threads, args);
+    }
+
+    // ---------------------------------------------------------------- reductions
+
+    public void SumRows(Tensor x, Tensor sums)
+    {
+        RequireElementwise("SumRows", x);
+        RequireContiguous("SumRows", "sums", sums);
+        int c = x.Size(-1);
+        if (sums.NumElements != c) throw new ArgumentException($"CudaBackend.SumRows: sums {sums.Shape} must have {c} elements");
+        long rows = x.NumElements / Math.Max(c, 1);
+        if (rows == 0 || c == 0) return;
+        int g = (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
+        ulong partial = Scratch((long)g * c * sizeof(float));
+        ulong px = Ptr(x), ps = Ptr(sums);
+        void** a1 = stackalloc void*[] { &px, &rows, &c, &partial };
+        Launch("reduce.cu", "column_partial_" + Suffix(x.DType, "SumRows"), (uint)g, Threads, a1);
+        ColumnReduce(partial, g, c, c, sums.DType, ps, "SumRows");
+        FreeScratch(partial);
+    }
+
+    /// <summary>target (C) += column sums of a (rows, stride) f32 matrix of partials.</summary>
+    private void ColumnReduce(ulong partial, int rows, long stride, int c, DType targetType, ulong target, string op)
+    {
+        void** args = stackalloc void*[] { &partial, &rows, &stride, &c, &target };
+        Launch("reduce.cu", "column_reduce_" + Suffix(targetType, op), GridFor(c), Threads, args);
+    }
+
+    public void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false) =>
+        Reduce("Sum", x, result, scale, accumulate, square: false);
+
+    public void SumOfSquares(Tensor x, Tensor result) =>
+        Reduce("SumOfSquares", x, result, 1.0, accumulate: true, square: true);
+
+    private void Reduce(string op, Tensor x, Tensor result, double scale, bool accumulate, bool square)
+    {
+        RequireElementwise(op, x);
+        RequireDType(op, "result", result, DType.F32);
+        if (result.NumElements != 1) throw new ArgumentException($"CudaBackend.{op}: result must have one element, got {result.Shape}");
+        long n = x.NumElements;
+        int g = (int)Math.Clamp((n + Threads - 1) / Threads, 1, 1024);
+        ulong partial = Scratch(g * sizeof(double));
+        ulong px = Ptr(x), pr = Ptr(result);
+        int sq = square ? 1 : 0, acc = accumulate ? 1 : 0;
+        void** a1 = stackalloc void*[] { &px, &n, &partial, &sq };
+        Launch("reduce.cu", "sum_partial_" + Suffix(x.DType, op), (uint)g, Threads, a1);
+        void** a2 = stackalloc void*[] { &partial, &g, &pr, &scale, &acc };
+        Launch("reduce.cu", "sum_finish", 1, Threads, a2);
+        FreeScratch(partial);
+    }
+}

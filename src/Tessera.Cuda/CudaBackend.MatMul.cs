@@ -1,0 +1,185 @@
+using Tessera.Cuda.Interop;
+using Tessera.Tensors;
+using static Tessera.Cuda.Interop.CublasLt;
+
+namespace Tessera.Cuda;
+
+public sealed unsafe partial class CudaBackend
+{
+    private const long MatMulWorkspaceBytes = 32L << 20;
+    private IntPtr _cublasLt;
+    private ulong _workspace;
+    private readonly Dictionary<MatMulKey, MatMulPlan> _plans = new();
+
+    /// <summary>What makes two products share descriptors and an algorithm (pointer alignment included, since cuBLASLt's choice depends on it).</summary>
+    private readonly record struct MatMulKey(DType AB, DType C, bool TransA, bool TransB, int M, int N, int K, int Batch,
+        long Lda, long Ldb, long Ldc, long StrideA, long StrideB, long StrideC, uint Epilogue, int Alignment);
+
+    private sealed class MatMulPlan
+    {
+        public IntPtr Operation, LayoutA, LayoutB, LayoutC;
+        public HeuristicResult Heuristic;
+    }
+
+    public void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
+        double alpha = 1.0, double beta = 0.0, Tensor? bias = null)
+    {
+        const string op = "MatMul";
+        int rank = c.Rank;
+        if (rank is not (2 or 3) || a.Rank != rank || b.Rank != rank)
+            throw new ArgumentException($"CudaBackend.MatMul: a {a.Shape}, b {b.Shape}, c {c.Shape} must all be rank 2 or all rank 3");
+        int batch = rank == 3 ? c.Size(0) : 1;
+        if (rank == 3 && (a.Size(0) != batch || b.Size(0) != batch))
+            throw new ArgumentException($"CudaBackend.MatMul: batch sizes of a {a.Shape}, b {b.Shape}, c {c.Shape} differ");
+        int m = c.Size(-2), n = c.Size(-1);
+        int k = transposeA ? a.Size(-2) : a.Size(-1);
+        int am = transposeA ? a.Size(-1) : a.Size(-2);
+        int bk = transposeB ? b.Size(-1) : b.Size(-2), bn = transposeB ? b.Size(-2) : b.Size(-1);
+        if (am != m || bk != k || bn != n)
+            throw new ArgumentException($"CudaBackend.MatMul: op(a) {a.Shape}{(transposeA ? "^T" : "")} @ op(b) {b.Shape}{(transposeB ? "^T" : "")} does not give c {c.Shape}");
+        foreach (var (t, name) in new[] { (a, "a"), (b, "b"), (c, "c") })
+            if (t.Stride(-1) != 1 && t.Size(-1) > 1)
+                throw new ArgumentException($"CudaBackend.MatMul: {name} {t.Shape} needs a contiguous last dimension; pass a transpose flag instead of a transposed view, or copy it");
+        if (a.DType != b.DType)
+            throw new ArgumentException($"CudaBackend.MatMul: a is {a.DType} but b is {b.DType}");
+        bool wideC = c.DType == DType.F32 && a.DType is DType.BF16 or DType.F16;
+        if (c.DType != a.DType && !wideC)
+            throw new ArgumentException($"CudaBackend.MatMul: c must be {a.DType} (or F32 for 16-bit inputs), got {c.DType}");
+        if (a.DType is not (DType.F32 or DType.F64 or DType.BF16 or DType.F16))
+            throw new NotSupportedException($"CudaBackend.MatMul: dtype {a.DType} is not supported");
+        if (bias is not null)
+        {
+            if (bias.NumElements != n || !bias.IsContiguous) throw new ArgumentException($"CudaBackend.MatMul: bias {bias.Shape} must be contiguous with {n} elements");
+            if (bias.DType != c.DType) throw new ArgumentException($"CudaBackend.MatMul: bias must be {c.DType} like c, got {bias.DType}");
+        }
+        if (m == 0 || n == 0 || batch == 0) return;
+        if (k == 0) throw new ArgumentException($"CudaBackend.MatMul: the inner dimension of {a.Shape} @ {b.Shape} is empty");
+        _ = op;
+
+        ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), pbias = PtrOrNull(bias);
+        int alignment = Align(pa) | Align(pb) << 8 | Align(pc) << 16 | Align(pbias) << 24;
+        uint epilogue = bias is null ? CUBLASLT_EPILOGUE_DEFAULT : CUBLASLT_EPILOGUE_BIAS;
+        var key = new MatMulKey(a.DType, c.DType, transposeA, transposeB, m, n, k, batch,
+            a.Stride(-2), b.Stride(-2), c.Stride(-2), rank == 3 ? a.Stride(0) : 0, rank == 3 ? b.Stride(0) : 0, rank == 3 ? c.Stride(0) : 0,
+            epilogue, alignment);
+        EnsureCublasLt();
+        if (!_plans.TryGetValue(key, out var plan))
+        {
+            plan = CreatePlan(key, pbias);
+            _plans[key] = plan;
+        }
+        if (bias is not null)
+            Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pbias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+        CudaDevice.MakeCurrent();
+        // Column-major cuBLASLt sees the row-major c (M, N) as c^T (N, M) = op(b)^T op(a)^T: b goes first.
+        fixed (ulong* algo = plan.Heuristic.Algo)
+        {
+            if (a.DType == DType.F64)
+            {
+                double al = alpha, be = beta;
+                Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, pc, plan.LayoutC, pc, plan.LayoutC,
+                    algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle), "cublasLtMatmul", Describe(key));
+            }
+            else
+            {
+                float al = (float)alpha, be = (float)beta;
+                Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, pc, plan.LayoutC, pc, plan.LayoutC,
+                    algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle), "cublasLtMatmul", Describe(key));
+            }
+        }
+    }
+
+    private static int Align(ulong p) => p == 0 ? 0 : (int)Math.Min(256, p & (~p + 1));
+
+    private static string Describe(MatMulKey k) =>
+        $"{k.AB}->{k.C} M={k.M} N={k.N} K={k.K} batch={k.Batch} transA={k.TransA} transB={k.TransB} epilogue={k.Epilogue}";
+
+    private static int CudaType(DType d) => d switch
+    {
+        DType.F32 => CUDA_R_32F,
+        DType.F64 => CUDA_R_64F,
+        DType.BF16 => CUDA_R_16BF,
+        DType.F16 => CUDA_R_16F,
+        _ => throw new NotSupportedException($"no cuBLASLt type for {d}"),
+    };
+
+    private void EnsureCublasLt()
+    {
+        if (_cublasLt != IntPtr.Zero) return;
+        CudaLibraries.Load(CudaLibraries.CublasLt);
+        CudaDevice.MakeCurrent();
+        IntPtr h;
+        Check(cublasLtCreate(&h), "cublasLtCreate");
+        _cublasLt = h;
+        _workspace = _allocator.Allocate(MatMulWorkspaceBytes);
+    }
+
+    private MatMulPlan CreatePlan(MatMulKey k, ulong biasPointer)
+    {
+        var plan = new MatMulPlan();
+        bool f64 = k.AB == DType.F64;
+        IntPtr operation;
+        // FP32 compute (not FAST_TF32): f32 products keep full f32 precision.
+        Check(cublasLtMatmulDescCreate(&operation, f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F, f64 ? CUDA_R_64F : CUDA_R_32F), "cublasLtMatmulDescCreate");
+        plan.Operation = operation;
+        int opA = k.TransB ? CUBLAS_OP_T : CUBLAS_OP_N, opB = k.TransA ? CUBLAS_OP_T : CUBLAS_OP_N;
+        Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSA)");
+        Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSB)");
+        uint epilogue = k.Epilogue;
+        Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(uint)), "cublasLtMatmulDescSetAttribute(EPILOGUE)");
+        if (epilogue != CUBLASLT_EPILOGUE_DEFAULT)
+        {
+            int biasType = CudaType(k.C);
+            Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &biasType, sizeof(int)), "cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)");
+            Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &biasPointer, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+        }
+        // cuBLASLt's "A" is our b: (N, K) column-major when not transposed, i.e. row-major b (K, N).
+        plan.LayoutB = Layout(k.AB, k.TransB ? k.K : k.N, k.TransB ? k.N : k.K, k.Ldb, k.Batch, k.StrideB);
+        plan.LayoutA = Layout(k.AB, k.TransA ? k.M : k.K, k.TransA ? k.K : k.M, k.Lda, k.Batch, k.StrideA);
+        plan.LayoutC = Layout(k.C, k.N, k.M, k.Ldc, k.Batch, k.StrideC);
+        IntPtr preference;
+        Check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
+        try
+        {
+            ulong workspace = MatMulWorkspaceBytes;
+            Check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
+            HeuristicResult result;
+            int returned = 0;
+            Check(cublasLtMatmulAlgoGetHeuristic(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC,
+                preference, 1, &result, &returned), "cublasLtMatmulAlgoGetHeuristic", Describe(k));
+            if (returned == 0)
+                throw new NotSupportedException($"CudaBackend.MatMul: cuBLASLt has no algorithm for {Describe(k)}");
+            plan.Heuristic = result;
+        }
+        finally
+        {
+            cublasLtMatmulPreferenceDestroy(preference);
+        }
+        return plan;
+    }
+
+    private static IntPtr Layout(DType dtype, int rows, int cols, long ld, int batch, long batchStride)
+    {
+        IntPtr layout;
+        Check(cublasLtMatrixLayoutCreate(&layout, CudaType(dtype), (ulong)rows, (ulong)cols, Math.Max(ld, rows)), "cublasLtMatrixLayoutCreate");
+        if (batch > 1)
+        {
+            Check(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof(int)), "cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)");
+            Check(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &batchStride, sizeof(long)), "cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)");
+        }
+        return layout;
+    }
+
+    private void DisposeMatMul()
+    {
+        foreach (var p in _plans.Values)
+        {
+            cublasLtMatrixLayoutDestroy(p.LayoutA);
+            cublasLtMatrixLayoutDestroy(p.LayoutB);
+            cublasLtMatrixLayoutDestroy(p.LayoutC);
+            cublasLtMatmulDescDestroy(p.Operation);
+        }
+        _plans.Clear();
+        if (_cublasLt != IntPtr.Zero) { cublasLtDestroy(_cublasLt); _cublasLt = IntPtr.Zero; }
+    }
+}

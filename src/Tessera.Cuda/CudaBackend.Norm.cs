@@ -1,0 +1,80 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+public sealed unsafe partial class CudaBackend
+{
+    private (long Rows, int C) NormShape(string op, Tensor x, Tensor weight, params (Tensor? T, string Name, bool Stats)[] others)
+    {
+        RequireElementwise(op, x);
+        RequireContiguous(op, "weight", weight);
+        RequireDType(op, "weight", weight, x.DType);
+        int c = x.Size(-1);
+        long rows = x.NumElements / Math.Max(c, 1);
+        if (weight.NumElements != c) throw new ArgumentException($"CudaBackend.{op}: weight {weight.Shape} must have {c} elements");
+        foreach (var (t, name, stats) in others)
+        {
+            if (t is null) continue;
+            RequireContiguous(op, name, t);
+            long expected = stats ? rows : c;
+            if (t.NumElements != expected) throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must have {expected} elements");
+            if (stats) RequireDType(op, name, t, DType.F32);
+        }
+        return (rows, c);
+    }
+
+    public void LayerNormForward(Tensor x, Tensor weight, Tensor? bias, Tensor output, Tensor mean, Tensor rstd, double epsilon)
+    {
+        var (rows, c) = NormShape("LayerNormForward", x, weight, (bias, "bias", false), (mean, "mean", true), (rstd, "rstd", true));
+        if (bias is not null) RequireDType("LayerNormForward", "bias", bias, x.DType);
+        RequireElementwise("LayerNormForward", x, (output, "output"));
+        if (rows == 0) return;
+        ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), po = Ptr(output), pm = Ptr(mean), pr = Ptr(rstd);
+        float eps = (float)epsilon;
+        void** args = stackalloc void*[] { &px, &pw, &pb, &po, &pm, &pr, &c, &eps };
+        Launch("norm.cu", "layernorm_forward_" + Suffix(x.DType, "LayerNormForward"), (uint)rows, RowBlock(c), args);
+    }
+
+    public void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
+        Tensor dx, Tensor dWeight, Tensor? dBias)
+    {
+        const string op = "LayerNormBackward";
+        var (rows, c) = NormShape(op, x, weight, (mean, "mean", true), (rstd, "rstd", true), (dWeight, "dWeight", false), (dBias, "dBias", false));
+        RequireElementwise(op, x, (dOutput, "dOutput"), (dx, "dx"));
+        if (rows == 0) return;
+        int g = (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
+        ulong scratch = Scratch((long)g * 2 * c * sizeof(float));
+        ulong pd = Ptr(dOutput), px = Ptr(x), pw = Ptr(weight), pm = Ptr(mean), pr = Ptr(rstd), pdx = Ptr(dx);
+        void** args = stackalloc void*[] { &pd, &px, &pw, &pm, &pr, &pdx, &scratch, &rows, &c };
+        Launch("norm.cu", "layernorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
+        ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
+        if (dBias is not null) ColumnReduce(scratch + (ulong)(c * sizeof(float)), g, 2L * c, c, dBias.DType, Ptr(dBias), op);
+        FreeScratch(scratch);
+    }
+
+    public void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon)
+    {
+        var (rows, c) = NormShape("RmsNormForward", x, weight, (rstd, "rstd", true));
+        RequireElementwise("RmsNormForward", x, (output, "output"));
+        if (rows == 0) return;
+        ulong px = Ptr(x), pw = Ptr(weight), po = Ptr(output), pr = Ptr(rstd);
+        float eps = (float)epsilon;
+        void** args = stackalloc void*[] { &px, &pw, &po, &pr, &c, &eps };
+        Launch("norm.cu", "rmsnorm_forward_" + Suffix(x.DType, "RmsNormForward"), (uint)rows, RowBlock(c), args);
+    }
+
+    public void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dx, Tensor dWeight)
+    {
+        const string op = "RmsNormBackward";
+        var (rows, c) = NormShape(op, x, weight, (rstd, "rstd", true), (dWeight, "dWeight", false));
+        RequireElementwise(op, x, (dOutput, "dOutput"), (dx, "dx"));
+        if (rows == 0) return;
+        int g = (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
+        ulong scratch = Scratch((long)g * 2 * c * sizeof(float));
+        ulong pd = Ptr(dOutput), px = Ptr(x), pw = Ptr(weight), pr = Ptr(rstd), pdx = Ptr(dx);
+        void** args = stackalloc void*[] { &pd, &px, &pw, &pr, &pdx, &scratch, &rows, &c };
+        Launch("norm.cu", "rmsnorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
+        ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
+        FreeScratch(scratch);
+    }
+}

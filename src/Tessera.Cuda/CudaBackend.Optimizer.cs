@@ -1,0 +1,63 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+public sealed unsafe partial class CudaBackend
+{
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor? dLogits, double lossScale)
+    {
+        const string op = "CrossEntropy";
+        RequireElementwise(op, logits);
+        RequireDType(op, "targets", targets, DType.I32);
+        RequireDType(op, "losses", losses, DType.F32);
+        RequireContiguous(op, "targets", targets);
+        RequireContiguous(op, "losses", losses);
+        int v = logits.Size(-1);
+        long rows = logits.NumElements / Math.Max(v, 1);
+        if (targets.NumElements != rows || losses.NumElements != rows)
+            throw new ArgumentException($"CudaBackend.{op}: targets {targets.Shape} and losses {losses.Shape} must have {rows} elements for logits {logits.Shape}");
+        if (dLogits is not null) RequireElementwise(op, logits, (dLogits, "dLogits"));
+        if (rows == 0) return;
+        ulong px = Ptr(logits), pt = Ptr(targets), pl = Ptr(losses), pd = PtrOrNull(dLogits);
+        float scale = (float)lossScale;
+        void** args = stackalloc void*[] { &px, &pt, &pl, &pd, &v, &scale };
+        Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, RowBlock(v), args);
+    }
+
+    public void AdamW(Tensor parameters, Tensor gradients, Tensor m, Tensor v, in AdamWStep step,
+        Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null)
+    {
+        const string op = "AdamW";
+        RequireDType(op, "parameters", parameters, DType.F32);
+        RequireDType(op, "m", m, DType.F32);
+        RequireDType(op, "v", v, DType.F32);
+        RequireContiguous(op, "parameters", parameters);
+        long n = parameters.NumElements;
+        foreach (var (t, name) in new[] { (gradients, "gradients"), (m, "m"), (v, "v"), (lowPrecisionCopy, "lowPrecisionCopy") })
+        {
+            if (t is null) continue;
+            RequireContiguous(op, name, t);
+            if (t.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must have {n} elements like parameters {parameters.Shape}");
+        }
+        int lowKind = lowPrecisionCopy?.DType switch
+        {
+            null => 0,
+            DType.BF16 => 1,
+            DType.F16 => 2,
+            var other => throw new ArgumentException($"CudaBackend.{op}: lowPrecisionCopy must be BF16 or F16, got {other}"),
+        };
+        if (gradSumOfSquares is not null)
+        {
+            RequireDType(op, "gradSumOfSquares", gradSumOfSquares, DType.F32);
+            if (gradSumOfSquares.NumElements != 1) throw new ArgumentException($"CudaBackend.{op}: gradSumOfSquares must be a scalar");
+        }
+        if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), $"AdamW step count must start at 1, got {step.Step}");
+        if (n == 0) return;
+        ulong pp = Ptr(parameters), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), plow = PtrOrNull(lowPrecisionCopy), pss = PtrOrNull(gradSumOfSquares);
+        float lr = (float)step.LearningRate, b1 = (float)step.Beta1, b2 = (float)step.Beta2, eps = (float)step.Epsilon, wd = (float)step.WeightDecay;
+        float bc1 = (float)(1 - Math.Pow(step.Beta1, step.Step)), bc2 = (float)(1 - Math.Pow(step.Beta2, step.Step));
+        float maxNorm = (float)step.MaxGradNorm;
+        void** args = stackalloc void*[] { &pp, &pg, &pm, &pv, &plow, &lowKind, &n, &lr, &b1, &b2, &eps, &wd, &bc1, &bc2, &pss, &maxNorm };
+        Launch("adamw.cu", "adamw_" + Suffix(gradients.DType, op), GridFor(n), Threads, args);
+    }
+}

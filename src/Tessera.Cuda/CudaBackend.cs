@@ -1,0 +1,138 @@
+using System.Runtime.InteropServices;
+using Tessera.Cuda.Compilation;
+using Tessera.Cuda.Runtime;
+using Tessera.Tensors;
+using static Tessera.Cuda.Interop.CudaDriver;
+
+namespace Tessera.Cuda;
+
+/// <summary>
+/// The GPU backend: every op is enqueued on one CUDA stream and returns at once; only
+/// <see cref="CopyToHost{T}"/> and <see cref="Synchronize"/> wait. Matrix products go through
+/// cuBLASLt (fp32 compute, tf32 off); the other ops are NVRTC-compiled kernels (Kernels/*.cu).
+/// F32, BF16 and F16 storage, fp32 math. Memory comes from a stream-ordered caching allocator.
+/// </summary>
+public sealed unsafe partial class CudaBackend : IBackend, IDisposable
+{
+    private const int Threads = 256;
+    private readonly CudaAllocator _allocator;
+    private KernelLibrary? _kernels;
+
+    /// <summary>
+    /// Opens GPU <paramref name="ordinal"/> with its own stream. Kernels are cached in
+    /// <paramref name="kernelCacheFolder"/> (default: <see cref="KernelCache.DefaultFolder"/>).
+    /// Throws <see cref="Interop.CudaUnavailableException"/> when there is no driver or GPU.
+    /// </summary>
+    public CudaBackend(int ordinal = 0, string? kernelCacheFolder = null)
+    {
+        CudaDevice = CudaDevice.Open(ordinal);
+        Stream = new CudaStream(CudaDevice);
+        _allocator = new CudaAllocator(CudaDevice, Stream);
+        KernelCache = new KernelCache(kernelCacheFolder);
+    }
+
+    /// <summary>The GPU.</summary>
+    public CudaDevice CudaDevice { get; }
+
+    /// <summary>The stream every op is enqueued on.</summary>
+    public CudaStream Stream { get; }
+
+    /// <summary>The allocator behind <see cref="Allocate"/>.</summary>
+    public CudaAllocator Allocator => _allocator;
+
+    /// <summary>Where compiled kernels are cached.</summary>
+    public KernelCache KernelCache { get; }
+
+    /// <summary>The run-time compiled kernels (NVRTC is loaded on first use).</summary>
+    public KernelLibrary Kernels => _kernels ??= new KernelLibrary(CudaDevice, KernelCache);
+
+    public Device Device => Device.Cuda(CudaDevice.Ordinal);
+
+    public void Synchronize() => Stream.Synchronize();
+
+    /// <summary>Waits for pending work, then frees every allocation, module and handle.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        Stream.Synchronize();
+        DisposeMatMul();
+        FreePinned();
+        _allocator.Dispose();
+        _kernels?.Dispose();
+        Stream.Dispose();
+        CudaDevice.Dispose();
+    }
+
+    private bool _disposed;
+
+    // ---------------------------------------------------------------- helpers
+
+    private static ulong Ptr(Tensor t)
+    {
+        if (t.Storage is not CudaStorage s)
+            throw new ArgumentException($"tensor {t} does not live on a CUDA backend");
+        return s.Pointer + (ulong)(t.Offset * t.DType.SizeInBytes());
+    }
+
+    private static ulong PtrOrNull(Tensor? t) => t is null ? 0 : Ptr(t);
+
+    /// <summary>The kernel-name suffix for a floating-point storage type.</summary>
+    private static string Suffix(DType dtype, string op) => dtype switch
+    {
+        DType.F32 => "f32",
+        DType.BF16 => "bf16",
+        DType.F16 => "f16",
+        _ => throw new NotSupportedException($"CudaBackend.{op}: dtype {dtype} is not supported (F32, BF16, F16 are)"),
+    };
+
+    private uint GridFor(long n) => (uint)Math.Clamp((n + Threads - 1) / Threads, 1, (long)CudaDevice.MultiprocessorCount * 32);
+
+    private void Launch(string file, string kernel, uint grid, uint block, void** args, uint sharedBytes = 0) =>
+        Launch(file, kernel, (grid, 1, 1), block, args, sharedBytes);
+
+    private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes = 0)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var function = Kernels.Module(file).Function(kernel);
+        CudaDevice.MakeCurrent();
+        if (sharedBytes > 48 * 1024)
+            Check(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)sharedBytes), "cuFuncSetAttribute", kernel);
+        Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, Stream.Handle, args, null),
+            "cuLaunchKernel", $"{kernel} in {file}, grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
+    }
+
+    /// <summary>Scratch device memory for one op, returned (stream-ordered) by the caller right after its launches.</summary>
+    private ulong Scratch(long bytes) => _allocator.Allocate(bytes);
+
+    private void FreeScratch(ulong pointer) => _allocator.Free(pointer);
+
+    private static void RequireContiguous(string op, string name, Tensor t)
+    {
+        if (!t.IsContiguous) throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must be contiguous; copy it with Contiguous() first");
+    }
+
+    private static void RequireSameShape(string op, Tensor a, string an, Tensor b, string bn)
+    {
+        if (a.Shape != b.Shape) throw new ArgumentException($"CudaBackend.{op}: {an} {a.Shape} and {bn} {b.Shape} must have the same shape");
+    }
+
+    private static void RequireDType(string op, string name, Tensor t, DType dtype)
+    {
+        if (t.DType != dtype) throw new ArgumentException($"CudaBackend.{op}: {name} must be {dtype}, got {t.DType}");
+    }
+
+    /// <summary>Strides of (b, t, h) for a rank-4 (B, T, H, D) view whose last dimension is contiguous.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Strides3
+    {
+        public long B, T, H;
+
+        public static Strides3 Of(string op, string name, Tensor t)
+        {
+            if (t.Rank != 4) throw new ArgumentException($"CudaBackend.{op}: {name} must be rank 4 (B, T, H, D), got {t.Shape}");
+            if (t.Stride(3) != 1 && t.Size(3) > 1) throw new ArgumentException($"CudaBackend.{op}: {name}'s last dimension must be contiguous");
+            return new Strides3 { B = t.Stride(0), T = t.Stride(1), H = t.Stride(2) };
+        }
+    }
+}

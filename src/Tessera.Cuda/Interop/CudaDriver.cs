@@ -1,0 +1,91 @@
+using System.Runtime.InteropServices;
+
+namespace Tessera.Cuda.Interop;
+
+/// <summary>
+/// The CUDA driver API (libcuda.so.1), the functions Tessera uses. Handles are IntPtr, device
+/// pointers ulong (CUdeviceptr). Call through <see cref="Check"/> so every status is checked.
+/// </summary>
+internal static unsafe partial class CudaDriver
+{
+    internal const int CUDA_SUCCESS = 0;
+    internal const int CUDA_ERROR_OUT_OF_MEMORY = 2;
+    internal const int CUDA_ERROR_NO_DEVICE = 100;
+
+    internal const int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+    internal const int CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE = 38;
+    internal const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
+    internal const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
+    internal const int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
+    internal const int CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED = 115;
+
+    internal const int CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4;
+    internal const int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+    internal const uint CU_STREAM_NON_BLOCKING = 1;
+    internal const uint CU_EVENT_DEFAULT = 0;
+    internal const uint CU_EVENT_DISABLE_TIMING = 2;
+    internal const uint CU_MEMHOSTALLOC_PORTABLE = 1;
+
+    private const string Lib = CudaLibraries.Driver;
+
+    [LibraryImport(Lib)] internal static partial int cuInit(uint flags);
+    [LibraryImport(Lib)] internal static partial int cuDriverGetVersion(int* version);
+    [LibraryImport(Lib)] internal static partial int cuDeviceGetCount(int* count);
+    [LibraryImport(Lib)] internal static partial int cuDeviceGet(int* device, int ordinal);
+    [LibraryImport(Lib)] internal static partial int cuDeviceGetName(byte* name, int length, int device);
+    [LibraryImport(Lib)] internal static partial int cuDeviceGetAttribute(int* value, int attribute, int device);
+    [LibraryImport(Lib, EntryPoint = "cuDeviceTotalMem_v2")] internal static partial int cuDeviceTotalMem(nuint* bytes, int device);
+    [LibraryImport(Lib)] internal static partial int cuDevicePrimaryCtxRetain(IntPtr* context, int device);
+    [LibraryImport(Lib, EntryPoint = "cuDevicePrimaryCtxRelease_v2")] internal static partial int cuDevicePrimaryCtxRelease(int device);
+    [LibraryImport(Lib)] internal static partial int cuCtxSetCurrent(IntPtr context);
+    [LibraryImport(Lib)] internal static partial int cuCtxSynchronize();
+    [LibraryImport(Lib, EntryPoint = "cuMemGetInfo_v2")] internal static partial int cuMemGetInfo(nuint* free, nuint* total);
+
+    [LibraryImport(Lib)] internal static partial int cuStreamCreate(IntPtr* stream, uint flags);
+    [LibraryImport(Lib, EntryPoint = "cuStreamDestroy_v2")] internal static partial int cuStreamDestroy(IntPtr stream);
+    [LibraryImport(Lib)] internal static partial int cuStreamSynchronize(IntPtr stream);
+    [LibraryImport(Lib)] internal static partial int cuStreamWaitEvent(IntPtr stream, IntPtr @event, uint flags);
+
+    [LibraryImport(Lib)] internal static partial int cuEventCreate(IntPtr* @event, uint flags);
+    [LibraryImport(Lib, EntryPoint = "cuEventDestroy_v2")] internal static partial int cuEventDestroy(IntPtr @event);
+    [LibraryImport(Lib)] internal static partial int cuEventRecord(IntPtr @event, IntPtr stream);
+    [LibraryImport(Lib)] internal static partial int cuEventSynchronize(IntPtr @event);
+    [LibraryImport(Lib)] internal static partial int cuEventElapsedTime(float* milliseconds, IntPtr start, IntPtr end);
+
+    [LibraryImport(Lib)] internal static partial int cuDeviceGetDefaultMemPool(IntPtr* pool, int device);
+    [LibraryImport(Lib)] internal static partial int cuMemPoolSetAttribute(IntPtr pool, int attribute, void* value);
+    [LibraryImport(Lib)] internal static partial int cuMemPoolTrimTo(IntPtr pool, nuint minBytesToKeep);
+    [LibraryImport(Lib)] internal static partial int cuMemAllocAsync(ulong* pointer, nuint bytes, IntPtr stream);
+    [LibraryImport(Lib)] internal static partial int cuMemFreeAsync(ulong pointer, IntPtr stream);
+    [LibraryImport(Lib, EntryPoint = "cuMemcpyHtoDAsync_v2")] internal static partial int cuMemcpyHtoDAsync(ulong destination, void* source, nuint bytes, IntPtr stream);
+    [LibraryImport(Lib, EntryPoint = "cuMemcpyDtoHAsync_v2")] internal static partial int cuMemcpyDtoHAsync(void* destination, ulong source, nuint bytes, IntPtr stream);
+    [LibraryImport(Lib, EntryPoint = "cuMemcpyDtoDAsync_v2")] internal static partial int cuMemcpyDtoDAsync(ulong destination, ulong source, nuint bytes, IntPtr stream);
+    [LibraryImport(Lib)] internal static partial int cuMemsetD8Async(ulong destination, byte value, nuint count, IntPtr stream);
+    [LibraryImport(Lib)] internal static partial int cuMemHostAlloc(void** pointer, nuint bytes, uint flags);
+    [LibraryImport(Lib)] internal static partial int cuMemFreeHost(void* pointer);
+
+    [LibraryImport(Lib)] internal static partial int cuModuleLoadData(IntPtr* module, void* image);
+    [LibraryImport(Lib)] internal static partial int cuModuleUnload(IntPtr module);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] internal static partial int cuModuleGetFunction(IntPtr* function, IntPtr module, string name);
+    [LibraryImport(Lib)] internal static partial int cuFuncSetAttribute(IntPtr function, int attribute, int value);
+    [LibraryImport(Lib)] internal static partial int cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ,
+        uint blockX, uint blockY, uint blockZ, uint sharedBytes, IntPtr stream, void** parameters, void** extra);
+
+    [LibraryImport(Lib)] internal static partial int cuGetErrorName(int error, byte** name);
+    [LibraryImport(Lib)] internal static partial int cuGetErrorString(int error, byte** text);
+
+    /// <summary>Throws <see cref="CudaException"/> naming <paramref name="call"/> when <paramref name="status"/> is not CUDA_SUCCESS.</summary>
+    internal static void Check(int status, string call, string? context = null)
+    {
+        if (status != CUDA_SUCCESS) throw Error(status, call, context);
+    }
+
+    /// <summary>The exception for a failed driver call, with CUDA's name and text for the code.</summary>
+    internal static CudaException Error(int status, string call, string? context = null)
+    {
+        byte* name = null, text = null;
+        string n = cuGetErrorName(status, &name) == CUDA_SUCCESS && name != null ? Marshal.PtrToStringUTF8((IntPtr)name)! : "CUDA_ERROR_UNKNOWN";
+        string t = cuGetErrorString(status, &text) == CUDA_SUCCESS && text != null ? Marshal.PtrToStringUTF8((IntPtr)text)! : "unrecognized error code";
+        return new CudaException(call, status, n, t, context);
+    }
+}

@@ -1,0 +1,103 @@
+// Shared by every kernel file (prepended before compilation). No CUDA headers: NVRTC compiles
+// this alone, so bf16 and f16 are 16-bit wrappers with explicit conversions; all math is fp32.
+typedef long long i64;
+struct bf16 { unsigned short x; };
+struct f16 { unsigned short x; };
+
+#define FULL_MASK 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)
+#define QNAN __int_as_float(0x7fc00000)
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(double v) { return (float)v; }
+__device__ __forceinline__ float to_f(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
+__device__ __forceinline__ float to_f(f16 v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x)); return f; }
+
+template <typename T> __device__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ double from_f<double>(float v) { return (double)v; }
+// Round to nearest even, NaN kept quiet: the same rule as Tessera.Tensors.BFloat16 on the host.
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float v)
+{
+    unsigned u = __float_as_uint(v);
+    bf16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) { r.x = (unsigned short)((u >> 16) | 0x40u); return r; }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    r.x = (unsigned short)(u >> 16);
+    return r;
+}
+template <> __device__ __forceinline__ f16 from_f<f16>(float v)
+{
+    f16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(v));
+    return r;
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum(double v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32), returned to every thread; deterministic.
+template <typename A> __device__ A block_sum(A v)
+{
+    __shared__ A partial[32];
+    __syncthreads(); // a previous call may still be reading partial
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+    __syncthreads();
+    A r = 0;
+    int warps = blockDim.x >> 5;
+    for (int i = 0; i < warps; i++) r += partial[i];
+    return r;
+}
+__device__ float block_max(float v)
+{
+    __shared__ float partial[32];
+    __syncthreads();
+    v = warp_max(v);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = NEG_INF;
+    int warps = blockDim.x >> 5;
+    for (int i = 0; i < warps; i++) r = fmaxf(r, partial[i]);
+    return r;
+}
+
+__device__ __forceinline__ void atomic_add(float* address, float v) { atomicAdd(address, v); }
+// 16-bit atomics by compare-and-swap on the aligned 32-bit word that holds the element.
+template <typename H> __device__ void atomic_add_half(H* address, float v)
+{
+    unsigned* word = (unsigned*)((size_t)address & ~(size_t)3);
+    bool high = ((size_t)address & 2) != 0;
+    unsigned old = *word, assumed;
+    do
+    {
+        assumed = old;
+        H cur; cur.x = high ? (unsigned short)(assumed >> 16) : (unsigned short)(assumed & 0xffffu);
+        unsigned short next = from_f<H>(to_f(cur) + v).x;
+        unsigned updated = high ? ((assumed & 0x0000ffffu) | ((unsigned)next << 16)) : ((assumed & 0xffff0000u) | next);
+        old = atomicCAS(word, assumed, updated);
+    } while (assumed != old);
+}
+__device__ __forceinline__ void atomic_add(bf16* address, float v) { atomic_add_half(address, v); }
+__device__ __forceinline__ void atomic_add(f16* address, float v) { atomic_add_half(address, v); }
+
+#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// Instantiates MACRO(suffix, type) for every floating-point storage type.
+#define FOR_FLOAT_TYPES(MACRO) MACRO(f32, float) MACRO(bf16, bf16) MACRO(f16, f16)

@@ -1,0 +1,42 @@
+// Strided copies (rank <= 4) with casts, and fills.
+struct Layout4 { i64 size[4]; i64 src[4]; i64 dst[4]; };
+
+__device__ __forceinline__ void offsets(const Layout4& L, i64 i, i64& s, i64& d)
+{
+    s = 0; d = 0;
+#pragma unroll
+    for (int k = 3; k >= 0; k--)
+    {
+        i64 c = i % L.size[k];
+        i /= L.size[k];
+        s += c * L.src[k];
+        d += c * L.dst[k];
+    }
+}
+
+template <typename S, typename D> __device__ void copy_cast(const S* src, D* dst, Layout4 L, i64 n)
+{
+    GRID_STRIDE(i, n) { i64 s, d; offsets(L, i, s, d); dst[d] = from_f<D>(to_f(src[s])); }
+}
+template <typename W> __device__ void copy_same(const W* src, W* dst, Layout4 L, i64 n)
+{
+    GRID_STRIDE(i, n) { i64 s, d; offsets(L, i, s, d); dst[d] = src[s]; }
+}
+
+// Contiguous casts skip the index arithmetic (64-bit div/mod per element halves the bandwidth).
+#define CAST(sn, st, dn, dt) \
+    extern "C" __global__ void copy_##sn##_to_##dn(const st* src, dt* dst, Layout4 L, i64 n) { copy_cast<st, dt>(src, dst, L, n); } \
+    extern "C" __global__ void cast_##sn##_to_##dn(const st* src, dt* dst, i64 n) { GRID_STRIDE(i, n) dst[i] = from_f<dt>(to_f(src[i])); }
+CAST(f32, float, bf16, bf16) CAST(f32, float, f16, f16) CAST(bf16, bf16, f32, float)
+CAST(bf16, bf16, f16, f16) CAST(f16, f16, f32, float) CAST(f16, f16, bf16, bf16)
+CAST(f64, double, f32, float) CAST(f32, float, f64, double) CAST(f64, double, bf16, bf16) CAST(bf16, bf16, f64, double)
+
+#define SAME(name, wt) \
+    extern "C" __global__ void copy_##name(const wt* src, wt* dst, Layout4 L, i64 n) { copy_same<wt>(src, dst, L, n); }
+SAME(b1, unsigned char) SAME(b2, unsigned short) SAME(b4, unsigned int) SAME(b8, unsigned long long)
+
+#define FILL(name, t) \
+    extern "C" __global__ void fill_##name(t* p, i64 n, float v) { t x = from_f<t>(v); GRID_STRIDE(i, n) p[i] = x; }
+FOR_FLOAT_TYPES(FILL)
+extern "C" __global__ void fill_f64(double* p, i64 n, double v) { GRID_STRIDE(i, n) p[i] = v; }
+extern "C" __global__ void fill_i32(int* p, i64 n, int v) { GRID_STRIDE(i, n) p[i] = v; }

@@ -1,0 +1,55 @@
+// Reductions: whole-tensor sums (two passes, fp64 partials, deterministic) and column sums.
+
+template <typename T> __device__ void sum_partial(const T* x, i64 n, double* partial, int square)
+{
+    double s = 0.0;
+    GRID_STRIDE(i, n) { double v = to_f(x[i]); s += square ? v * v : v; }
+    s = block_sum(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// result = (accumulate ? result : 0) + scale * sum(partial); one block.
+extern "C" __global__ void sum_finish(const double* partial, int count, float* result, double scale, int accumulate)
+{
+    double s = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) result[0] = (float)((accumulate ? (double)result[0] : 0.0) + scale * s);
+}
+
+// partial (G, C) row b = sum of rows b, b+G, ... of x (N, C).
+template <typename T> __device__ void column_partial(const T* x, i64 N, int C, float* partial)
+{
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+    {
+        float s = 0.f;
+        for (i64 r = blockIdx.x; r < N; r += gridDim.x) s += to_f(x[r * C + c]);
+        partial[(i64)blockIdx.x * C + c] = s;
+    }
+}
+
+// target[c] += sum over rows of partial (rows, stride) column c.
+template <typename T> __device__ void column_reduce(const float* partial, int rows, i64 stride, int C, T* target)
+{
+    GRID_STRIDE(c, C)
+    {
+        float s = 0.f;
+        for (int r = 0; r < rows; r++) s += partial[r * stride + c];
+        target[c] = from_f<T>(to_f(target[c]) + s);
+    }
+}
+
+#define REDUCE(n, T)                                                                                        \
+    extern "C" __global__ void sum_partial_##n(const T* x, i64 count, double* partial, int square)         \
+    {                                                                                                       \
+        sum_partial<T>(x, count, partial, square);                                                          \
+    }                                                                                                       \
+    extern "C" __global__ void column_partial_##n(const T* x, i64 N, int C, float* partial)                \
+    {                                                                                                       \
+        column_partial<T>(x, N, C, partial);                                                                \
+    }                                                                                                       \
+    extern "C" __global__ void column_reduce_##n(const float* partial, int rows, i64 stride, int C, T* target) \
+    {                                                                                                       \
+        column_reduce<T>(partial, rows, stride, C, target);                                                 \
+    }
+FOR_FLOAT_TYPES(REDUCE)
