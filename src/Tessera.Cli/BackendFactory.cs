@@ -18,6 +18,6 @@ public static class BackendFactory
         };
     }
 
-    private static IBackend CreateCuda(int index) =>
-        throw new UsageException($"--device cuda:{index}: this build has no CUDA backend yet; use --device cpu");
+    // Errors (no driver, no GPU, missing library) come from Tessera.Cuda with what is missing and what to do.
+    private static IBackend CreateCuda(int index) => new Tessera.Cuda.CudaBackend(index);
 }
