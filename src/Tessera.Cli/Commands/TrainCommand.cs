@@ -67,6 +67,9 @@ internal static class TrainCommand
         args.ThrowOnUnknown("train");
         options.Validate();
 
+        // The device first: a missing GPU or driver fails before anything is written.
+        var backend = BackendFactory.Create(device, threads);
+
         // Data: given shards, or the embedded corpus written once into OUT/data.
         List<string> trainShards, valShards;
         if (dataGlob is null)
@@ -85,7 +88,6 @@ internal static class TrainCommand
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
 
         // Model.
-        var backend = BackendFactory.Create(device, threads);
         Transformer model;
         string? initDir = Directory.Exists(modelSpec) ? modelSpec : null;
         if (initDir is not null)
