@@ -1,0 +1,44 @@
+using Tessera.Training.Data;
+using Xunit;
+
+namespace Tessera.Tests.Cli;
+
+public sealed class PrepareAndTrainTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-prep-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void PreparedShardsTrainResumeAndGenerateThroughTheCli()
+    {
+        var text = Path.Combine(_dir, "corpus.txt");
+        File.WriteAllText(text, string.Concat(Enumerable.Repeat("the quick brown fox jumps over the lazy dog. ", 200)));
+        var data = Path.Combine(_dir, "data");
+        var (code, stdout, stderr) = CliProcess.Run("prepare", "--out", data, "--val-fraction", "0.1", text);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("train_000.bin", stdout);
+        long total = TokenShard.ReadTokenCount(Path.Combine(data, "train_000.bin")) + TokenShard.ReadTokenCount(Path.Combine(data, "val_000.bin"));
+        Assert.Equal(new FileInfo(text).Length, total);   // byte tokens: one per byte
+
+        var run = Path.Combine(_dir, "run");
+        string[] common = ["--model", "gpt2-tiny", "--data", Path.Combine(data, "train_*.bin"), "--val-data", Path.Combine(data, "val_000.bin"),
+            "--out", run, "--batch", "2", "--seq", "16", "--eval-every", "2", "--eval-batches", "1", "--threads", "1", "--log-every", "1", "--sample-tokens", "0"];
+        (code, stdout, stderr) = CliProcess.Run(["train", "--steps", "2", .. common]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("step     2/2", stdout);
+        Assert.Contains("val", stdout);
+        Assert.Equal(2, File.ReadAllLines(Path.Combine(run, "metrics.jsonl")).Length);
+
+        (code, stdout, stderr) = CliProcess.Run(["train", "--steps", "3", "--resume", .. common]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("resumed", stdout);
+        Assert.Contains("step     3/3", stdout);
+        Assert.True(Directory.Exists(Path.Combine(run, "checkpoints", "step_000003")));
+
+        (code, stdout, stderr) = CliProcess.Run("generate", "--model", run, "--prompt", "the ", "--max-tokens", "5", "--threads", "1");
+        Assert.True(code == 0, stderr);
+        Assert.StartsWith("the ", stdout);
+        Assert.Contains("5 tokens", stderr);
+    }
+}
