@@ -1,0 +1,192 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using TesseraGemm = Tessera.Tensors.Cpu.Gemm.Gemm;
+
+namespace Tessera.Bench.Gemm;
+
+/// <summary>
+/// `gemm`: GFLOP/s of Tessera's CPU SGEMM (or DGEMM) on GPT-2 124M's training products, next to OpenBLAS.
+/// For each linear layer Y (R, N) = X (R, K) W (K, N): the forward product, dX = dY W^T (transposed B)
+/// and dW = X^T dY (transposed A), at R = B*T rows.
+/// </summary>
+internal static unsafe class GemmBenchmark
+{
+    private sealed record Layer(string Name, int In, int Out);
+
+    private static readonly Layer[] Gpt2Layers =
+    [
+        new("qkv", 768, 2304),
+        new("attn-proj", 768, 768),
+        new("fc", 768, 3072),
+        new("fc-proj", 3072, 768),
+        new("lm-head", 768, 50304),
+    ];
+
+    /// <summary>Runs the benchmark with command-line options; returns the process exit code.</summary>
+    public static int Run(string[] args)
+    {
+        int[] rows = [256, 1024];
+        int threads = 2, reps = 5;
+        bool useBlas = true, dgemm = false;
+        string? only = null;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--rows": rows = args[++i].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
+                case "--threads": threads = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--reps": reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--no-openblas": useBlas = false; break;
+                case "--dgemm": dgemm = true; break;
+                case "--only": only = args[++i]; break;
+                default:
+                    Console.Error.WriteLine($"gemm: unknown option '{args[i]}' (expected --rows, --threads, --reps, --no-openblas, --dgemm, --only LAYER)");
+                    return 2;
+            }
+        }
+
+        OpenBlas? blas = useBlas ? OpenBlas.TryLoad() : null;
+        if (useBlas && blas is null)
+            Console.WriteLine("OpenBLAS not found: install it with `apt-get install -y libopenblas0-pthread` (Debian/Ubuntu) to compare; Tessera's numbers follow alone.");
+        blas?.SetThreads(threads);
+
+        string cpu = CpuModel();
+        Console.WriteLine($"# {(dgemm ? "DGEMM" : "SGEMM")}, threads={threads}, best of {reps}, CPU: {cpu} ({Environment.ProcessorCount} logical)");
+        if (blas is not null)
+            Console.WriteLine($"# OpenBLAS: {blas.Path} (core: {blas.CoreName})");
+        Console.WriteLine();
+        Console.WriteLine("| rows | layer | product | M | N | K | Tessera GFLOP/s | OpenBLAS GFLOP/s | Tessera/OpenBLAS |");
+        Console.WriteLine("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+        double logRatioSum = 0;
+        int ratioCount = 0;
+        long allocated = 0, calls = 0;
+        foreach (int r in rows)
+            foreach (Layer layer in Gpt2Layers)
+            {
+                if (only is not null && layer.Name != only)
+                    continue;
+                var forms = new (string Name, bool TA, bool TB, int M, int N, int K)[]
+                {
+                    ("Y = X W", false, false, r, layer.Out, layer.In),
+                    ("dX = dY W^T", false, true, r, layer.In, layer.Out),
+                    ("dW = X^T dY", true, false, layer.In, layer.Out, r),
+                };
+                foreach (var f in forms)
+                {
+                    var (tess, blasG, alloc, n) = dgemm
+                        ? Measure<double>(f.TA, f.TB, f.M, f.N, f.K, threads, reps, blas)
+                        : Measure<float>(f.TA, f.TB, f.M, f.N, f.K, threads, reps, blas);
+                    allocated += alloc; if (Environment.GetEnvironmentVariable("GEMM_DEBUG_ALLOC") == "1") Console.WriteLine($"alloc {alloc / n}");
+                    calls += n;
+                    string blasCol = blasG > 0 ? blasG.ToString("F1", CultureInfo.InvariantCulture) : "n/a";
+                    string ratioCol = "n/a";
+                    if (blasG > 0)
+                    {
+                        double ratio = tess / blasG;
+                        logRatioSum += Math.Log(ratio);
+                        ratioCount++;
+                        ratioCol = ratio.ToString("P0", CultureInfo.InvariantCulture);
+                    }
+                    Console.WriteLine($"| {r} | {layer.Name} | {f.Name} | {f.M} | {f.N} | {f.K} | {tess.ToString("F1", CultureInfo.InvariantCulture)} | {blasCol} | {ratioCol} |");
+                }
+            }
+        if (ratioCount > 0)
+            Console.WriteLine($"\nGeometric mean Tessera/OpenBLAS: {Math.Exp(logRatioSum / ratioCount).ToString("P1", CultureInfo.InvariantCulture)} over {ratioCount} products");
+        Console.WriteLine($"Managed bytes allocated per Tessera call (thread dispatch; packing buffers are pooled): {(calls == 0 ? 0 : allocated / calls)}");
+        return 0;
+    }
+
+    private static (double Tessera, double Blas, long Allocated, long Calls) Measure<T>(bool ta, bool tb, int m, int n, int k,
+        int threads, int reps, OpenBlas? blas) where T : unmanaged
+    {
+        long aLen = (long)m * k, bLen = (long)k * n, cLen = (long)m * n;
+        T* a = Alloc<T>(aLen), b = Alloc<T>(bLen), c = Alloc<T>(cLen);
+        try
+        {
+            Fill(a, aLen, 1);
+            Fill(b, bLen, 2);
+            int lda = ta ? m : k, ldb = tb ? k : n;
+            double flops = 2.0 * m * n * k;
+
+            void Tess()
+            {
+                if (typeof(T) == typeof(float))
+                    TesseraGemm.Sgemm(ta, tb, m, n, k, 1f, (float*)a, lda, (float*)b, ldb, 0f, (float*)c, n, threads);
+                else
+                    TesseraGemm.Dgemm(ta, tb, m, n, k, 1.0, (double*)a, lda, (double*)b, ldb, 0.0, (double*)c, n, threads);
+            }
+
+            void Blas()
+            {
+                if (typeof(T) == typeof(float))
+                    blas!.Sgemm(ta, tb, m, n, k, 1f, (float*)a, lda, (float*)b, ldb, 0f, (float*)c, n);
+                else
+                    blas!.Dgemm(ta, tb, m, n, k, 1.0, (double*)a, lda, (double*)b, ldb, 0.0, (double*)c, n);
+            }
+
+            Tess(); // warm-up: JIT tiers and pooled buffers
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            double tTess = Best(Tess, reps);
+            long alloc = GC.GetTotalAllocatedBytes(precise: true) - before;
+            double tBlas = 0;
+            if (blas is not null)
+            {
+                Blas();
+                tBlas = Best(Blas, reps);
+            }
+            return (flops / tTess / 1e9, blas is null ? 0 : flops / tBlas / 1e9, alloc, reps);
+        }
+        finally
+        {
+            NativeMemory.AlignedFree(a);
+            NativeMemory.AlignedFree(b);
+            NativeMemory.AlignedFree(c);
+        }
+    }
+
+    private static double Best(Action call, int reps)
+    {
+        double best = double.MaxValue;
+        for (int i = 0; i < reps; i++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            call();
+            best = Math.Min(best, Stopwatch.GetElapsedTime(t0).TotalSeconds);
+        }
+        return best;
+    }
+
+    private static T* Alloc<T>(long len) where T : unmanaged
+        => (T*)NativeMemory.AlignedAlloc((nuint)(len * sizeof(T)), 64);
+
+    private static void Fill<T>(T* p, long len, int seed) where T : unmanaged
+    {
+        var rng = new Random(seed);
+        for (long i = 0; i < len; i++)
+        {
+            double v = rng.NextDouble() * 2 - 1;
+            if (typeof(T) == typeof(float))
+                ((float*)p)[i] = (float)v;
+            else
+                ((double*)p)[i] = v;
+        }
+    }
+
+    private static string CpuModel()
+    {
+        try
+        {
+            foreach (string line in File.ReadLines("/proc/cpuinfo"))
+                if (line.StartsWith("model name", StringComparison.Ordinal))
+                    return line[(line.IndexOf(':') + 1)..].Trim();
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+        return RuntimeInformation.ProcessArchitecture.ToString();
+    }
+}
