@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Numerics;
 
 namespace Tessera.Tensors.Cpu.Gemm;
@@ -70,62 +69,54 @@ internal static unsafe class GemmDriver<T, TKernel>
         T* a, long lda, T* b, long ldb, T beta, T* c, long ldc)
     {
         int mr = TKernel.MR, nr = TKernel.NR;
-        int kcMax = Math.Min(TKernel.KC, k);
-        int mcMax = Math.Min(TKernel.MC, RoundUp(i1 - i0, mr));
-        int ncMax = Math.Min(TKernel.NC, RoundUp(j1 - j0, nr));
-        const int align = 64;
-        int pad = align / sizeof(T);
-        int aLen = mcMax * kcMax, bLen = ncMax * kcMax;
-        T[] buffer = ArrayPool<T>.Shared.Rent(aLen + bLen + 2 * pad);
+        int kcMax = Math.Min(Tune(TuneKc, TKernel.KC), k);
+        int mcMax = Math.Min(Tune(TuneMc, TKernel.MC), RoundUp(i1 - i0, mr));
+        int ncMax = Math.Min(Tune(TuneNc, TKernel.NC), RoundUp(j1 - j0, nr));
+        int aLen = RoundUp(mcMax * kcMax, 64 / sizeof(T)), bLen = ncMax * kcMax;
+        T* packA = (T*)PackingBuffer.ForCurrentThread((nuint)((long)(aLen + bLen) * sizeof(T)));
+        T* packB = packA + aLen;
         T* edge = stackalloc T[mr * nr];
-        try
+        for (int jc = j0; jc < j1; jc += ncMax)
         {
-            fixed (T* raw = buffer)
+            int nc = Math.Min(ncMax, j1 - jc);
+            for (int pc = 0; pc < k; pc += kcMax)
             {
-                T* packA = (T*)(((nint)raw + align - 1) & ~(nint)(align - 1));
-                T* packB = packA + RoundUp(aLen, pad);
-                for (int jc = j0; jc < j1; jc += ncMax)
+                int kc = Math.Min(kcMax, k - pc);
+                T betaK = pc == 0 ? beta : T.One;
+                GemmPacking.PackB<T, TKernel>(transB, b, ldb, pc, kc, jc, nc, packB);
+                for (int ic = i0; ic < i1; ic += mcMax)
                 {
-                    int nc = Math.Min(ncMax, j1 - jc);
-                    for (int pc = 0; pc < k; pc += kcMax)
+                    int mc = Math.Min(mcMax, i1 - ic);
+                    GemmPacking.PackA<T, TKernel>(transA, a, lda, ic, mc, pc, kc, packA);
+                    for (int jr = 0; jr < nc; jr += nr)
                     {
-                        int kc = Math.Min(kcMax, k - pc);
-                        T betaK = pc == 0 ? beta : T.One;
-                        GemmPacking.PackB<T, TKernel>(transB, b, ldb, pc, kc, jc, nc, packB);
-                        for (int ic = i0; ic < i1; ic += mcMax)
+                        int cols = Math.Min(nr, nc - jr);
+                        T* bp = packB + (long)jr * kc;
+                        for (int ir = 0; ir < mc; ir += mr)
                         {
-                            int mc = Math.Min(mcMax, i1 - ic);
-                            GemmPacking.PackA<T, TKernel>(transA, a, lda, ic, mc, pc, kc, packA);
-                            for (int jr = 0; jr < nc; jr += nr)
+                            int rows = Math.Min(mr, mc - ir);
+                            T* ap = packA + (long)ir * kc;
+                            T* cp = c + (long)(ic + ir) * ldc + jc + jr;
+                            if (rows == mr && cols == nr)
                             {
-                                int cols = Math.Min(nr, nc - jr);
-                                T* bp = packB + (long)jr * kc;
-                                for (int ir = 0; ir < mc; ir += mr)
-                                {
-                                    int rows = Math.Min(mr, mc - ir);
-                                    T* ap = packA + (long)ir * kc;
-                                    T* cp = c + (long)(ic + ir) * ldc + jc + jr;
-                                    if (rows == mr && cols == nr)
-                                    {
-                                        TKernel.Run(kc, ap, bp, cp, ldc, alpha, betaK);
-                                    }
-                                    else
-                                    {
-                                        TKernel.Run(kc, ap, bp, edge, nr, alpha, T.Zero);
-                                        MergeEdge(edge, nr, rows, cols, betaK, cp, ldc);
-                                    }
-                                }
+                                TKernel.Run(kc, ap, bp, cp, ldc, alpha, betaK);
+                            }
+                            else
+                            {
+                                TKernel.Run(kc, ap, bp, edge, nr, alpha, T.Zero);
+                                MergeEdge(edge, nr, rows, cols, betaK, cp, ldc);
                             }
                         }
                     }
                 }
             }
         }
-        finally
-        {
-            ArrayPool<T>.Shared.Return(buffer);
-        }
     }
+
+    // TUNING ONLY (remove): block sizes from the environment.
+    private static readonly int TuneKc = Env("TESSERA_GEMM_KC"), TuneMc = Env("TESSERA_GEMM_MC"), TuneNc = Env("TESSERA_GEMM_NC");
+    private static int Env(string name) => int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : 0;
+    private static int Tune(int v, int dflt) => v > 0 ? v : dflt;
 
     /// <summary>C[rows, cols] = tile + beta * C, C not read when beta == 0.</summary>
     private static void MergeEdge(T* tile, int ldt, int rows, int cols, T beta, T* c, long ldc)
