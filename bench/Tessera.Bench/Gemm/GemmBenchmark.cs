@@ -28,7 +28,7 @@ internal static unsafe class GemmBenchmark
     {
         int[] rows = [256, 1024];
         int threads = 2, reps = 5;
-        bool useBlas = true, dgemm = false;
+        bool useBlas = true, dgemm = false, cpuTime = false;
         string? only = null;
         for (int i = 0; i < args.Length; i++)
         {
@@ -39,9 +39,10 @@ internal static unsafe class GemmBenchmark
                 case "--reps": reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-openblas": useBlas = false; break;
                 case "--dgemm": dgemm = true; break;
+                case "--cpu-time": cpuTime = true; break;
                 case "--only": only = args[++i]; break;
                 default:
-                    Console.Error.WriteLine($"gemm: unknown option '{args[i]}' (expected --rows, --threads, --reps, --no-openblas, --dgemm, --only LAYER)");
+                    Console.Error.WriteLine($"gemm: unknown option '{args[i]}' (expected --rows, --threads, --reps, --no-openblas, --dgemm, --cpu-time, --only LAYER)");
                     return 2;
             }
         }
@@ -53,6 +54,9 @@ internal static unsafe class GemmBenchmark
 
         string cpu = CpuModel();
         Console.WriteLine($"# {(dgemm ? "DGEMM" : "SGEMM")}, threads={threads}, best of {reps}, CPU: {cpu} ({Environment.ProcessorCount} logical)");
+        if (cpuTime)
+            Console.WriteLine("# --cpu-time: GFLOP per second of process CPU time (all threads summed), a load-insensitive efficiency measure, not wall-clock speed");
+        s_cpuTime = cpuTime;
         if (blas is not null)
             Console.WriteLine($"# OpenBLAS: {blas.Path} (core: {blas.CoreName})");
         Console.WriteLine();
@@ -150,12 +154,34 @@ internal static unsafe class GemmBenchmark
         }
     }
 
+    private static bool s_cpuTime;
+
     private static double Time(Action call)
     {
+        if (s_cpuTime)
+        {
+            double c0 = ProcessCpuSeconds();
+            call();
+            return ProcessCpuSeconds() - c0;
+        }
         long t0 = Stopwatch.GetTimestamp();
         call();
         return Stopwatch.GetElapsedTime(t0).TotalSeconds;
     }
+
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Timespec
+    {
+        public long Seconds;
+        public long Nanoseconds;
+    }
+
+    [DllImport("libc", EntryPoint = "clock_gettime")]
+    private static extern int ClockGetTime(int clock, out Timespec ts);
+
+    // CLOCK_PROCESS_CPUTIME_ID: nanosecond CPU time of all threads of this process (Linux).
+    private static double ProcessCpuSeconds()
+        => ClockGetTime(2, out Timespec ts) == 0 ? ts.Seconds + ts.Nanoseconds * 1e-9 : throw new InvalidOperationException("clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed; run without --cpu-time");
 
     private static T* Alloc<T>(long len) where T : unmanaged
         => (T*)NativeMemory.AlignedAlloc((nuint)(len * sizeof(T)), 64);

@@ -70,8 +70,9 @@ internal static unsafe class GemmDriver<T, TKernel>
     {
         int mr = TKernel.MR, nr = TKernel.NR;
         int kcMax = Math.Min(Tune(TuneKc, TKernel.KC), k);
-        int mcMax = Math.Min(Tune(TuneMc, TKernel.MC), RoundUp(i1 - i0, mr));
-        int ncMax = Math.Min(Tune(TuneNc, TKernel.NC), RoundUp(j1 - j0, nr));
+        // Blocks are whole micro-panels, so that only the last block of a range has a ragged edge.
+        int mcMax = Math.Min(Math.Max(mr, Tune(TuneMc, TKernel.MC) / mr * mr), RoundUp(i1 - i0, mr));
+        int ncMax = Math.Min(Math.Max(nr, Tune(TuneNc, TKernel.NC) / nr * nr), RoundUp(j1 - j0, nr));
         int aLen = RoundUp(mcMax * kcMax, 64 / sizeof(T)), bLen = ncMax * kcMax;
         T* packA = (T*)PackingBuffer.ForCurrentThread((nuint)((long)(aLen + bLen) * sizeof(T)));
         T* packB = packA + aLen;

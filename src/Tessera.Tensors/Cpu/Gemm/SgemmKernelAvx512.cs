@@ -13,9 +13,9 @@ internal readonly unsafe struct SgemmKernelAvx512 : IGemmKernel<float>
 {
     public static int MR => 8;
     public static int NR => 48;
-    public static int KC => 256;
+    public static int KC => 384;
     public static int MC => 128;
-    public static int NC => 3072;
+    public static int NC => 768;
     public static bool IsSupported => Avx512F.IsSupported;
 
     /// <summary>Computes one 8x48 tile: C = alpha * Ap Bp + beta C (beta == 0: C is not read).</summary>
