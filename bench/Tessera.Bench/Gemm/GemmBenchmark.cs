@@ -56,7 +56,6 @@ internal static unsafe class GemmBenchmark
         Console.WriteLine($"# {(dgemm ? "DGEMM" : "SGEMM")}, threads={threads}, best of {reps}, CPU: {cpu} ({Environment.ProcessorCount} logical)");
         if (cpuTime)
             Console.WriteLine("# --cpu-time: GFLOP per second of process CPU time (all threads summed), a load-insensitive efficiency measure, not wall-clock speed");
-        s_cpuTime = cpuTime;
         if (blas is not null)
             Console.WriteLine($"# OpenBLAS: {blas.Path} (core: {blas.CoreName})");
         Console.WriteLine();
@@ -79,8 +78,8 @@ internal static unsafe class GemmBenchmark
                 foreach (var f in forms)
                 {
                     var (tess, blasG, alloc, n) = dgemm
-                        ? Measure<double>(f.TA, f.TB, f.M, f.N, f.K, threads, reps, blas)
-                        : Measure<float>(f.TA, f.TB, f.M, f.N, f.K, threads, reps, blas);
+                        ? Measure<double>(f.TA, f.TB, f.M, f.N, f.K, threads, reps, blas, cpuTime)
+                        : Measure<float>(f.TA, f.TB, f.M, f.N, f.K, threads, reps, blas, cpuTime);
                     allocated += alloc;
                     calls += n;
                     string blasCol = blasG > 0 ? blasG.ToString("F1", CultureInfo.InvariantCulture) : "n/a";
@@ -102,7 +101,7 @@ internal static unsafe class GemmBenchmark
     }
 
     private static (double Tessera, double Blas, long Allocated, long Calls) Measure<T>(bool ta, bool tb, int m, int n, int k,
-        int threads, int reps, OpenBlas? blas) where T : unmanaged
+        int threads, int reps, OpenBlas? blas, bool cpuTime) where T : unmanaged
     {
         long aLen = (long)m * k, bLen = (long)k * n, cLen = (long)m * n;
         T* a = Alloc<T>(aLen), b = Alloc<T>(bLen), c = Alloc<T>(cLen);
@@ -129,20 +128,24 @@ internal static unsafe class GemmBenchmark
                     blas!.Dgemm(ta, tb, m, n, k, 1.0, (double*)a, lda, (double*)b, ldb, 0.0, (double*)c, n);
             }
 
-            // Warm up (JIT tiers, per-thread packing buffers), then alternate the two libraries so that
-            // both see the same background load; keep each one's best time.
+            // Warm up (JIT tiers, per-thread packing buffers), then time each library in its own block:
+            // OpenBLAS's idle workers spin for a while after each call and would take the core that
+            // Tessera's second thread needs if the calls alternated. After OpenBLAS, pause until they sleep.
             Tess();
-            if (blas is not null)
-                Blas();
             double tTess = double.MaxValue, tBlas = double.MaxValue;
             long alloc = 0;
             for (int i = 0; i < reps; i++)
             {
                 long before = GC.GetAllocatedBytesForCurrentThread();
-                tTess = Math.Min(tTess, Time(Tess));
+                tTess = Math.Min(tTess, Time(Tess, cpuTime));
                 alloc += GC.GetAllocatedBytesForCurrentThread() - before;
-                if (blas is not null)
-                    tBlas = Math.Min(tBlas, Time(Blas));
+            }
+            if (blas is not null)
+            {
+                Blas();
+                for (int i = 0; i < reps; i++)
+                    tBlas = Math.Min(tBlas, Time(Blas, cpuTime));
+                Thread.Sleep(OpenBlasSpinPause);
             }
             return (flops / tTess / 1e9, blas is null ? 0 : flops / tBlas / 1e9, alloc, reps);
         }
@@ -154,11 +157,12 @@ internal static unsafe class GemmBenchmark
         }
     }
 
-    private static bool s_cpuTime;
+    // Longer than OpenBLAS's default spin of its idle worker threads before they block.
+    private static readonly TimeSpan OpenBlasSpinPause = TimeSpan.FromMilliseconds(300);
 
-    private static double Time(Action call)
+    private static double Time(Action call, bool cpuTime)
     {
-        if (s_cpuTime)
+        if (cpuTime)
         {
             double c0 = ProcessCpuSeconds();
             call();

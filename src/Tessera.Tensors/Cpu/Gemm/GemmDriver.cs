@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 
 namespace Tessera.Tensors.Cpu.Gemm;
 
@@ -16,6 +17,7 @@ internal static unsafe class GemmDriver<T, TKernel>
     private const long MinWorkPerThread = 1L << 20;
 
     /// <summary>C (M,N) = alpha * op(A) @ op(B) + beta * C; see <see cref="Gemm"/> for the storage convention.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run(bool transA, bool transB, int m, int n, int k, T alpha,
         T* a, long lda, T* b, long ldb, T beta, T* c, long ldc, int threads)
     {
@@ -65,6 +67,7 @@ internal static unsafe class GemmDriver<T, TKernel>
     }
 
     /// <summary>Single-threaded blocked product over rows [i0, i1) and columns [j0, j1) of C.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunBlock(bool transA, bool transB, int i0, int i1, int j0, int j1, int k, T alpha,
         T* a, long lda, T* b, long ldb, T beta, T* c, long ldc)
     {

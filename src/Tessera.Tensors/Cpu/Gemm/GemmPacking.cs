@@ -13,6 +13,7 @@ internal static unsafe class GemmPacking
     /// Packs op(A)[i0 .. i0+mc, p0 .. p0+kc] into ceil(mc/MR) panels, each (kc, MR).
     /// A is stored (M, K) row-major, or (K, M) when <paramref name="transA"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PackA<T, TKernel>(bool transA, T* a, long lda, int i0, int mc, int p0, int kc, T* dst)
         where T : unmanaged where TKernel : IGemmKernel<T>
     {
@@ -71,6 +72,7 @@ internal static unsafe class GemmPacking
     /// Packs op(B)[p0 .. p0+kc, j0 .. j0+nc] into ceil(nc/NR) panels, each (kc, NR).
     /// B is stored (K, N) row-major, or (N, K) when <paramref name="transB"/>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PackB<T, TKernel>(bool transB, T* b, long ldb, int p0, int kc, int j0, int nc, T* dst)
         where T : unmanaged where TKernel : IGemmKernel<T>
     {
