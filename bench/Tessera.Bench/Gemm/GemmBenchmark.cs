@@ -57,7 +57,12 @@ internal static unsafe class GemmBenchmark
         if (cpuTime)
             Console.WriteLine("# --cpu-time: GFLOP per second of process CPU time (all threads summed), a load-insensitive efficiency measure, not wall-clock speed");
         if (blas is not null)
+        {
             Console.WriteLine($"# OpenBLAS: {blas.Path} (core: {blas.CoreName})");
+            if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported && !blas.CoreName.Contains("Skylake", StringComparison.OrdinalIgnoreCase)
+                && !blas.CoreName.Contains("Cooperlake", StringComparison.OrdinalIgnoreCase) && !blas.CoreName.Contains("Sapphire", StringComparison.OrdinalIgnoreCase))
+                Console.WriteLine("# note: this CPU has AVX-512 but OpenBLAS chose non-AVX-512 kernels; for its fastest kernels run with OPENBLAS_CORETYPE=SkylakeX");
+        }
         Console.WriteLine();
         Console.WriteLine("| rows | layer | product | M | N | K | Tessera GFLOP/s | OpenBLAS GFLOP/s | Tessera/OpenBLAS |");
         Console.WriteLine("|---:|---|---|---:|---:|---:|---:|---:|---:|");

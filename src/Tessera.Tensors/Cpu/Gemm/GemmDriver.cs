@@ -5,9 +5,10 @@ namespace Tessera.Tensors.Cpu.Gemm;
 
 /// <summary>
 /// The blocked GEMM of Goto and van de Geijn (the BLIS loop nest), specialised per micro-kernel:
-/// jc (NC columns of B, packed once per k block) / pc (KC deep) / ic (MC rows of A, packed) /
-/// jr (NR: one B micro-panel stays in L1) / ir (MR: the kernel). Threads take disjoint column or
-/// row ranges of C and pack their own panels, so they never wait on each other.
+/// jc (NC columns of B) / pc (KC deep: pack the B block) / ic (MC rows: pack the A block, L2-resident) /
+/// jr (NR: one B micro-panel, reused across the MC/MR row tiles) / ir (MR: the register-blocked kernel).
+/// Threads take disjoint column ranges of C (or row ranges when M > N) and pack their own panels, so they
+/// never wait on each other; each C element sums its k blocks in the same order whatever the thread count.
 /// </summary>
 internal static unsafe class GemmDriver<T, TKernel>
     where T : unmanaged, IFloatingPointIeee754<T>
@@ -72,10 +73,10 @@ internal static unsafe class GemmDriver<T, TKernel>
         T* a, long lda, T* b, long ldb, T beta, T* c, long ldc)
     {
         int mr = TKernel.MR, nr = TKernel.NR;
-        int kcMax = Math.Min(Tune(TuneKc, TKernel.KC), k);
+        int kcMax = Math.Min(TKernel.KC, k);
         // Blocks are whole micro-panels, so that only the last block of a range has a ragged edge.
-        int mcMax = Math.Min(Math.Max(mr, Tune(TuneMc, TKernel.MC) / mr * mr), RoundUp(i1 - i0, mr));
-        int ncMax = Math.Min(Math.Max(nr, Tune(TuneNc, TKernel.NC) / nr * nr), RoundUp(j1 - j0, nr));
+        int mcMax = Math.Min(Math.Max(mr, TKernel.MC / mr * mr), RoundUp(i1 - i0, mr));
+        int ncMax = Math.Min(Math.Max(nr, TKernel.NC / nr * nr), RoundUp(j1 - j0, nr));
         int aLen = RoundUp(mcMax * kcMax, 64 / sizeof(T)), bLen = ncMax * kcMax;
         T* packA = (T*)PackingBuffer.ForCurrentThread((nuint)((long)(aLen + bLen) * sizeof(T)));
         T* packB = packA + aLen;
@@ -116,11 +117,6 @@ internal static unsafe class GemmDriver<T, TKernel>
             }
         }
     }
-
-    // TUNING ONLY (remove): block sizes from the environment.
-    private static readonly int TuneKc = Env("TESSERA_GEMM_KC"), TuneMc = Env("TESSERA_GEMM_MC"), TuneNc = Env("TESSERA_GEMM_NC");
-    private static int Env(string name) => int.TryParse(Environment.GetEnvironmentVariable(name), out int v) ? v : 0;
-    private static int Tune(int v, int dflt) => v > 0 ? v : dflt;
 
     /// <summary>C[rows, cols] = tile + beta * C, C not read when beta == 0.</summary>
     private static void MergeEdge(T* tile, int ldt, int rows, int cols, T beta, T* c, long ldc)

@@ -17,13 +17,13 @@ internal unsafe interface IGemmKernel<T> where T : unmanaged
     /// <summary>Columns of C per micro-tile.</summary>
     static abstract int NR { get; }
 
-    /// <summary>Depth of one packed panel (the k block); sized so a B micro-panel stays in L1.</summary>
+    /// <summary>Depth of one packed panel (the k block); longer blocks amortise C loads and stores.</summary>
     static abstract int KC { get; }
 
     /// <summary>Rows of the packed A block (a multiple of MR); sized so the block stays in L2.</summary>
     static abstract int MC { get; }
 
-    /// <summary>Columns of the packed B block (a multiple of NR); sized for L3.</summary>
+    /// <summary>Columns of the packed B block (a multiple of NR); L2/L3-resident, tuned by measurement.</summary>
     static abstract int NC { get; }
 
     /// <summary>Whether this CPU can run the kernel.</summary>
