@@ -1,1 +1,26 @@
-return 0;
+using Tessera.Bench.Gemm;
+
+// Tessera's benchmarks: one subcommand per concern; each prints a table for docs/benchmarks.md.
+if (args.Length == 0)
+    return Usage(Console.Out, 0);
+string[] rest = args[1..];
+switch (args[0])
+{
+    case "gemm":
+        return GemmBenchmark.Run(rest);
+    case "-h" or "--help" or "help":
+        return Usage(Console.Out, 0);
+    default:
+        Console.Error.WriteLine($"tessera-bench: unknown command '{args[0]}'.");
+        return Usage(Console.Error, 2);
+}
+
+static int Usage(TextWriter w, int code)
+{
+    w.WriteLine("usage: dotnet run --project bench/Tessera.Bench -c Release -- <command> [options]");
+    w.WriteLine();
+    w.WriteLine("commands:");
+    w.WriteLine("  gemm   CPU SGEMM GFLOP/s on GPT-2 124M training shapes, next to OpenBLAS");
+    w.WriteLine("         (options: --rows 256,1024  --threads 2  --reps 5  --no-openblas  --dgemm)");
+    return code;
+}

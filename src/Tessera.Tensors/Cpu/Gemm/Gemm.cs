@@ -4,18 +4,37 @@ namespace Tessera.Tensors.Cpu.Gemm;
 /// General matrix product on row-major operands, the CPU backend's hot path:
 /// C (M,N) = alpha * op(A) @ op(B) + beta * C, op(A) (M,K), op(B) (K,N).
 /// A is stored (M,K) with row stride lda, or (K,M) when transA; B is (K,N) with ldb, or (N,K) when transB.
+/// beta == 0 never reads C (it may hold NaN).
 /// </summary>
+/// <remarks>
+/// Dispatches to the widest micro-kernel the CPU supports (AVX-512, then AVX2+FMA, then portable scalar)
+/// under one packed, cache-blocked, multi-threaded driver (<see cref="GemmDriver{T, TKernel}"/>).
+/// </remarks>
 internal static unsafe class Gemm
 {
     /// <summary>Single precision; uses up to <paramref name="threads"/> threads.</summary>
     public static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
         float* a, long lda, float* b, long ldb, float beta, float* c, long ldc, int threads)
-        => Reference(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    {
+        if (SgemmKernelAvx512.IsSupported)
+            GemmDriver<float, SgemmKernelAvx512>.Run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+        else if (SgemmKernelAvx2.IsSupported)
+            GemmDriver<float, SgemmKernelAvx2>.Run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+        else
+            GemmDriver<float, ScalarGemmKernel<float>>.Run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+    }
 
     /// <summary>Double precision (gradient checks, golden comparisons in F64).</summary>
     public static void Dgemm(bool transA, bool transB, int m, int n, int k, double alpha,
         double* a, long lda, double* b, long ldb, double beta, double* c, long ldc, int threads)
-        => Reference(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    {
+        if (DgemmKernelAvx512.IsSupported)
+            GemmDriver<double, DgemmKernelAvx512>.Run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+        else if (DgemmKernelAvx2.IsSupported)
+            GemmDriver<double, DgemmKernelAvx2>.Run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+        else
+            GemmDriver<double, ScalarGemmKernel<double>>.Run(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads);
+    }
 
     /// <summary>Naive triple loop: the correctness reference.</summary>
     internal static void Reference<T>(bool transA, bool transB, int m, int n, int k, T alpha,
