@@ -1,4 +1,5 @@
 using Tessera.Bench.Gemm;
+using Tessera.Bench.Training;
 
 // Tessera's benchmarks: one subcommand per concern; each prints a table for docs/benchmarks.md.
 if (args.Length == 0)
@@ -8,6 +9,8 @@ switch (args[0])
 {
     case "gemm":
         return GemmBenchmark.Run(rest);
+    case "train-cpu":
+        return TrainingStepBench.Run(rest);
     case "-h" or "--help" or "help":
         return Usage(Console.Out, 0);
     default:
@@ -22,5 +25,7 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("commands:");
     w.WriteLine("  gemm   CPU SGEMM GFLOP/s on GPT-2 124M training shapes, next to OpenBLAS");
     w.WriteLine("         (options: --rows 256,1024  --threads 2  --reps 5  --no-openblas  --dgemm)");
+    w.WriteLine("  train-cpu  CPU training step (forward, backward, AdamW) tokens/s for presets");
+    w.WriteLine("         (arguments: PRESET:BxT ... default gpt2-tiny:16x128 gpt2-124m:4x64; --threads N --steps N)");
     return code;
 }

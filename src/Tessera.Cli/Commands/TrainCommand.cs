@@ -22,9 +22,9 @@ internal static class TrainCommand
           --val-data GLOB         validation shards
           --tokenizer byte|DIR    tokenizer of the shards (for the sample at the end)  [byte]
           --out DIR               run directory: data/, checkpoints/, metrics.jsonl  [runs/default]
-          --steps N [300]  --batch B [16]  --seq T [128]  --accum N [1]  --lr X [2e-3]  --warmup N [20]
+          --steps N [1200]  --batch B [16]  --seq T [128]  --accum N [1]  --lr X [2e-3]  --warmup N [50]
           --min-lr-fraction X [0.1]  --weight-decay X [0.1]  --clip X [1.0]  --seed N [1337]
-          --eval-every N [50]  --eval-batches N [4]  --checkpoint-every N [0: at the end]  --log-every N [10]
+          --eval-every N [200]  --eval-batches N [4]  --checkpoint-every N [0: at the end]  --log-every N [50]
           --device cpu|cuda[:N] [cpu]  --threads N [all cores]  --dtype f32|f64 [f32]  --recompute
           --resume                continue from OUT/checkpoints/latest
           --sample-tokens N       tokens to sample from the final model [200]
@@ -39,18 +39,18 @@ internal static class TrainCommand
         string outDir = args.String("out", "runs/default")!;
         var options = new TrainerOptions
         {
-            Steps = args.Int("steps", 300),
+            Steps = args.Int("steps", 1200),
             BatchSize = args.Int("batch", 16),
             SequenceLength = args.Int("seq", 128),
             GradientAccumulationSteps = args.Int("accum", 1),
             LearningRate = args.Double("lr", 2e-3),
-            WarmupSteps = args.Int("warmup", 20),
+            WarmupSteps = args.Int("warmup", 50),
             MinLearningRateFraction = args.Double("min-lr-fraction", 0.1),
             Seed = args.Int("seed", 1337),
-            EvalEvery = args.Int("eval-every", 50),
+            EvalEvery = args.Int("eval-every", 200),
             EvalBatches = args.Int("eval-batches", 4),
             CheckpointEvery = args.Int("checkpoint-every", 0),
-            LogEvery = args.Int("log-every", 10),
+            LogEvery = args.Int("log-every", 50),
         };
         var adam = new AdamWOptions { WeightDecay = args.Double("weight-decay", 0.1), MaxGradNorm = args.Double("clip", 1.0) };
         string device = args.String("device", "cpu")!;

@@ -7,8 +7,10 @@ namespace Tessera.Training.Data;
 /// <summary>
 /// The default training text, available offline on any machine with the .NET SDK: the English
 /// summaries of the XML API documentation that the SDK ships beside its reference assemblies
-/// (packs/Microsoft.NETCore.App.Ref/*/ref/net*/System.*.xml). Files are read in sorted order so
-/// the corpus is the same on every run with the same SDK.
+/// (packs/Microsoft.NETCore.App.Ref/*/ref/net*/System.*.xml). Files are read in sorted order, the
+/// summaries de-duplicated and then shuffled with a fixed seed, so the corpus is the same on every
+/// run with the same SDK and the training and validation splits share one distribution (in file
+/// order, long runs of SIMD intrinsic signatures would sit in the middle of the training data).
 /// </summary>
 public static partial class EmbeddedCorpus
 {
@@ -30,32 +32,42 @@ public static partial class EmbeddedCorpus
             // Prefer the newest framework version present.
             var version = files.Select(f => Path.GetRelativePath(packs, f).Split(Path.DirectorySeparatorChar)[0]).Max(StringComparer.Ordinal)!;
             files = files.Where(f => Path.GetRelativePath(packs, f).StartsWith(version + Path.DirectorySeparatorChar, StringComparison.Ordinal)).ToList();
-            var text = new StringBuilder();
-            foreach (var file in files)
+            var seen = new HashSet<string>(StringComparer.Ordinal);
+            var lines = new List<string>();
+            foreach (var file in files) AppendSummaries(file, lines, seen);
+            if (lines.Count > 0)
             {
-                AppendSummaries(file, text, maxBytes);
-                if (text.Length >= maxBytes) break;
-            }
-            if (text.Length > 0)
-            {
-                source = $"SDK XML API documentation, Microsoft.NETCore.App.Ref {version} ({files.Count} files)";
-                return text.Length > maxBytes ? text.ToString(0, maxBytes) : text.ToString();
+                // Fisher-Yates with a seeded System.Random (its seeded sequence is stable across .NET versions).
+                var rng = new Random(20240520);
+                for (int i = lines.Count - 1; i > 0; i--)
+                {
+                    int j = rng.Next(i + 1);
+                    (lines[i], lines[j]) = (lines[j], lines[i]);
+                }
+                var text = new StringBuilder();
+                foreach (var line in lines)
+                {
+                    if (text.Length + line.Length + 1 > maxBytes) break;
+                    text.Append(line).Append('\n');
+                }
+                source = $"SDK XML API documentation, Microsoft.NETCore.App.Ref {version} ({files.Count} files, {lines.Count:N0} distinct summaries, shuffled)";
+                return text.ToString();
             }
         }
         throw new FileNotFoundException($"no .NET SDK XML documentation found for the embedded corpus; looked in: {string.Join(", ", searched)}. Set DOTNET_ROOT or train on your own shards with --data");
     }
 
-    private static void AppendSummaries(string file, StringBuilder text, int maxBytes)
+    private static void AppendSummaries(string file, List<string> lines, HashSet<string> seen)
     {
         var settings = new XmlReaderSettings { DtdProcessing = DtdProcessing.Ignore, IgnoreComments = true };
         using var reader = XmlReader.Create(file, settings);
-        while (reader.Read() && text.Length < maxBytes)
+        while (reader.Read())
         {
             if (reader.NodeType != XmlNodeType.Element || reader.Name != "summary") continue;
             string raw = reader.ReadInnerXml();
             string plain = Whitespace().Replace(Tags().Replace(raw, m => CrefName(m.Value)), " ").Trim();
-            if (plain.Length < 16) continue;
-            text.Append(plain).Append('\n');
+            if (plain.Length < 16 || !seen.Add(plain)) continue;
+            lines.Add(plain);
         }
     }
 
