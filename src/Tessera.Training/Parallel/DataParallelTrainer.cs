@@ -28,10 +28,10 @@ public sealed class DataParallelTrainer
     /// <summary>
     /// Creates rank <paramref name="group"/>.Rank's trainer. The model's weights must be initialized identically on
     /// every rank; <paramref name="train"/> must read slice Rank of Size. <paramref name="host"/> is the backend of the
-    /// offloaded optimizer state (required when <see cref="ParallelOptions.OffloadOptimizer"/> is set).
+    /// offloaded optimizer state (required when <see cref="DataParallelOptions.OffloadOptimizer"/> is set).
     /// </summary>
     public DataParallelTrainer(Transformer model, ProcessGroup group, TokenDataLoader train, TrainerOptions options,
-        AdamWOptions adamW, ParallelOptions parallel, IBackend? host = null)
+        AdamWOptions adamW, DataParallelOptions parallel, IBackend? host = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(group);
@@ -68,7 +68,7 @@ public sealed class DataParallelTrainer
     public TrainerOptions Options { get; }
 
     /// <summary>Data-parallel settings.</summary>
-    public ParallelOptions Parallel { get; }
+    public DataParallelOptions Parallel { get; }
 
     /// <summary>The rank's process group.</summary>
     public ProcessGroup Group => _group;

@@ -53,7 +53,7 @@ public static class ParallelTraining
     /// collective, e.g. <see cref="ShardedCheckpoint.Save"/>). <paramref name="resume"/>, when given, runs on every
     /// rank after the trainer is built (e.g. <see cref="ShardedCheckpoint.Restore"/>). Returns rank 0's trainer step.
     /// </summary>
-    public static int Train(int worldSize, ParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
+    public static int Train(int worldSize, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
         Func<RankContext, (Transformer Model, TokenDataLoader Train)> buildRank,
         Action<StepMetrics>? onStep = null, Action<DataParallelTrainer>? checkpoint = null,
         Action<DataParallelTrainer>? resume = null, CancellationToken cancellation = default)

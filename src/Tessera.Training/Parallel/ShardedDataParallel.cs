@@ -23,7 +23,7 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     private readonly Transformer _model;
     private readonly ParameterArena _arena;
     private readonly ProcessGroup _group;
-    private readonly ParallelOptions _options;
+    private readonly DataParallelOptions _options;
     private readonly List<(CollectiveHandle Handle, Tensor? Staging)> _gradientOps = [];
     private readonly bool[] _resident;
     private readonly Dictionary<int, (CollectiveHandle Handle, Tensor Input, Tensor Output)> _gathers = [];
@@ -32,7 +32,7 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     private bool _lastMicroBatch = true;
 
     /// <summary>Sets up rank <paramref name="group"/>.Rank's layout and installs itself as <paramref name="model"/>'s pass hooks.</summary>
-    public ShardedDataParallel(Transformer model, ProcessGroup group, ParallelOptions options)
+    public ShardedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(group);

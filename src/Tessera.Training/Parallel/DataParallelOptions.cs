@@ -1,7 +1,7 @@
 namespace Tessera.Training.Parallel;
 
 /// <summary>Settings of data-parallel / ZeRO training. Validated by <see cref="Validate"/>.</summary>
-public sealed record ParallelOptions
+public sealed record DataParallelOptions
 {
     /// <summary>ZeRO stage; default <see cref="ZeroStage.None"/> (plain data parallelism).</summary>
     public ZeroStage Stage { get; init; } = ZeroStage.None;
@@ -25,7 +25,7 @@ public sealed record ParallelOptions
     public bool PoisonReleasedParameters { get; init; }
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid field.</summary>
-    public ParallelOptions Validate()
+    public DataParallelOptions Validate()
     {
         if (!Enum.IsDefined(Stage)) throw new ArgumentException($"parallel options: Stage ({(int)Stage}) must be 0, 1, 2 or 3");
         if (BucketElements <= 0) throw new ArgumentException($"parallel options: BucketElements ({BucketElements}) must be positive");
