@@ -17,6 +17,15 @@ namespace Tessera.Training.Parallel;
 /// embeddings the embedding segment stays gathered through the whole pass (the head reads it).</item>
 /// </list>
 /// Gradients are summed (the loss scale carries 1 / world); ranks reduce in rank order on thread-rank groups.
+/// <para>
+/// Memory per rank (P arena elements, W ranks): the model's value and gradient arenas stay full size in every
+/// stage (layers read <c>Parameter.Value</c>/<c>.Grad</c> views of them), so ZeRO here shards the optimizer
+/// state (2P/W moments, plus P/W masters and P/W gradient copy on the host with offload) and, from ZeRO-2, the
+/// reduced gradient (a P/W shard); the full gradient arena is still written by the backward. ZeRO-3 keeps
+/// only its P/W master shard current and communicates like FSDP (gather per segment, reduce-scatter per
+/// segment), but the released segments' memory is not returned (it can be poisoned with NaN to prove no
+/// stale read). Transient buffers: one unit of staging per in-flight collective (pooled).
+/// </para>
 /// </summary>
 public sealed class ShardedDataParallel : ITransformerPassHooks
 {

@@ -17,6 +17,7 @@ internal static class ParallelRun
 {
     public const int B = 2, T = 8, Seed = 5;
 
+    // Steps stays 20 whatever a test runs, so every run follows the same learning-rate schedule.
     public static TrainerOptions Options(int steps, int accumulation = 1, int batch = B) => new()
     {
         BatchSize = batch, SequenceLength = T, Steps = 20, GradientAccumulationSteps = accumulation,
