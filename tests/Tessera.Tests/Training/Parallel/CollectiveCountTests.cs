@@ -82,7 +82,7 @@ public sealed class CollectiveCountTests : IDisposable
         int step = ParallelTraining.Train(2, new DataParallelOptions { Stage = ZeroStage.Gradients, OffloadOptimizer = true },
             ParallelRun.Options(3) with { Steps = 3 }, new AdamWOptions(),
             ctx => (ParallelRun.NewModel("llama-debug", ctx.Backend), new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2)),
-            onStep: m => { lock (reports) reports.Add(m); });
+            onStep: m => { lock (reports) reports.Add(m); }, cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(3, step);
         Assert.Equal([1, 2, 3], reports.Select(r => r.Step));
         Assert.All(reports, r => Assert.True(double.IsFinite(r.Loss) && r.GradNorm > 0));
