@@ -100,6 +100,12 @@ public sealed class Transformer
     public bool ValidateInputs { get; set; } = true;
 
     /// <summary>
+    /// Optional callbacks around each segment of <see cref="Forward"/> and <see cref="Backward"/>
+    /// (data-parallel bucketing, ZeRO-3 gathering); null (the default) costs nothing.
+    /// </summary>
+    public ITransformerPassHooks? PassHooks { get; set; }
+
+    /// <summary>
     /// GPT-2 initialization, deterministic for <paramref name="seed"/>: normal(0, InitStd) for matrices and
     /// embeddings, InitStd / sqrt(2 * Layers) for the residual projections (attn.proj, mlp.proj), ones for
     /// norm weights, zeros for biases and for the padding rows of the vocabulary.
@@ -137,8 +143,18 @@ public sealed class Transformer
         var ctx = PassContext.Training(Activations, microBatch);
         var (b, t) = CheckTokens(tokens, "tokens", 0, null);
         Activations.Release(microBatch);                             // nothing stale from an earlier forward of this slot
+        var hooks = PassHooks;
+        int head = Blocks.Count + 1;
+        hooks?.BeforeForward(0);
         var x = Embed(ctx, tokens, b, t, startPosition: 0);          // (B, T, C)
-        foreach (var block in Blocks) x = block.Forward(ctx, x, RecomputeActivations);
+        hooks?.AfterForward(0);
+        for (int i = 0; i < Blocks.Count; i++)
+        {
+            hooks?.BeforeForward(i + 1);
+            x = Blocks[i].Forward(ctx, x, RecomputeActivations);
+            hooks?.AfterForward(i + 1);
+        }
+        hooks?.BeforeForward(head);
         if (RecomputeActivations)
         {
             // The last checkpointed block left its output in a shared buffer; the final norm keeps its input.
@@ -148,6 +164,7 @@ public sealed class Transformer
         }
         var logits = Head.Forward(ctx, FinalNorm.Forward(ctx, x.Reshape(b * t, Config.Embedding)));  // (N, Vpad)
         ctx.Save(_tokens, tokens.IsContiguous ? tokens : Backend.Contiguous(tokens));
+        hooks?.AfterForward(head);
         return logits.Reshape(b, t, Config.EffectivePaddedVocab);
     }
 
@@ -200,16 +217,27 @@ public sealed class Transformer
         var dLogits = ctx.Get(_dLogits);                             // (N, Vpad)
         var tokens = ctx.Get(_tokens);                               // (B, T)
         int b = tokens.Size(0), t = tokens.Size(1), n = b * t, c = Config.Embedding;
+        var hooks = PassHooks;
+        int head = Blocks.Count + 1;
+        hooks?.BeforeBackward(head);
         var dFinal = ctx.Scratch(_dFinal, new Shape(n, c), DType);
         Head.Backward(ctx, dLogits, dFinal);
         var dResidual = ctx.Scratch(_dResidual, new Shape(n, c), DType);
         Backend.Fill(dResidual, 0);
         FinalNorm.Backward(ctx, dFinal, dResidual);
+        hooks?.AfterBackward(head);
         var d3 = dResidual.Reshape(b, t, c);
-        for (int i = Blocks.Count - 1; i >= 0; i--) Blocks[i].Backward(ctx, d3);
+        for (int i = Blocks.Count - 1; i >= 0; i--)
+        {
+            hooks?.BeforeBackward(i + 1);
+            Blocks[i].Backward(ctx, d3);
+            hooks?.AfterBackward(i + 1);
+        }
+        hooks?.BeforeBackward(0);
         TokenEmbedding.Backward(ctx, dResidual);
         PositionEmbedding?.Backward(ctx, dResidual);
         Activations.Release(microBatch);
+        hooks?.AfterBackward(0);
     }
 
     /// <summary>Forgets the activations saved for <paramref name="microBatch"/> (e.g. after an evaluation forward).</summary>

@@ -1,0 +1,34 @@
+namespace Tessera.Training.Parallel;
+
+/// <summary>Settings of data-parallel / ZeRO training. Validated by <see cref="Validate"/>.</summary>
+public sealed record DataParallelOptions
+{
+    /// <summary>ZeRO stage; default <see cref="ZeroStage.None"/> (plain data parallelism).</summary>
+    public ZeroStage Stage { get; init; } = ZeroStage.None;
+
+    /// <summary>
+    /// Minimum elements per gradient bucket (stages 0-2; a bucket is closed at the first parameter boundary
+    /// past this size). Default 2^22 (16 MiB of F32), rounded to whole parameters.
+    /// </summary>
+    public long BucketElements { get; init; } = 1L << 22;
+
+    /// <summary>
+    /// ZeRO-Offload: keep the rank's fp32 master shard and its AdamW moments in host memory and run the
+    /// update there with the CPU backend. Default false.
+    /// </summary>
+    public bool OffloadOptimizer { get; init; }
+
+    /// <summary>
+    /// ZeRO-3 check: fill the non-owned parameter values of a released segment with NaN, so any read of a
+    /// parameter that was not gathered poisons the loss. Costs one fill per release; default false.
+    /// </summary>
+    public bool PoisonReleasedParameters { get; init; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid field.</summary>
+    public DataParallelOptions Validate()
+    {
+        if (!Enum.IsDefined(Stage)) throw new ArgumentException($"parallel options: Stage ({(int)Stage}) must be 0, 1, 2 or 3");
+        if (BucketElements <= 0) throw new ArgumentException($"parallel options: BucketElements ({BucketElements}) must be positive");
+        return this;
+    }
+}

@@ -1,0 +1,169 @@
+using System.Diagnostics;
+using Tessera.Distributed;
+using Tessera.Models;
+using Tessera.Tensors;
+using Tessera.Training.Data;
+using Tessera.Training.Optim;
+
+namespace Tessera.Training.Parallel;
+
+/// <summary>
+/// The training loop of one data-parallel rank (plain DP or ZeRO 1-3, optionally with the optimizer
+/// offloaded): the same steps as <see cref="Trainer"/>, on this rank's slice of every global batch.
+/// Each micro-batch's loss scale is 1 / (B * T * accumulation * world), so summing gradients over ranks
+/// gives the gradient of the global mean loss. Per step it issues the gradient collectives of
+/// <see cref="ShardedDataParallel"/>, one all-reduce of the loss (every rank logs the global loss),
+/// the norm all-reduce of <see cref="ShardedAdamW"/> when sharded, and the ZeRO-1/2 all-gathers.
+/// </summary>
+public sealed class DataParallelTrainer
+{
+    private readonly Transformer _model;
+    private readonly ProcessGroup _group;
+    private readonly TokenDataLoader _train;
+    private readonly CosineSchedule _schedule;
+    private readonly int[] _hostInputs, _hostTargets;
+    private readonly Tensor _inputs, _targets;   // (B, T) I32
+    private readonly Tensor _lossSum;            // (1) this rank's share of the step's mean loss, then the global mean
+
+    /// <summary>
+    /// Creates rank <paramref name="group"/>.Rank's trainer. The model's weights must be initialized identically on
+    /// every rank; <paramref name="train"/> must read slice Rank of Size. <paramref name="host"/> is the backend of the
+    /// offloaded optimizer state (required when <see cref="DataParallelOptions.OffloadOptimizer"/> is set).
+    /// </summary>
+    public DataParallelTrainer(Transformer model, ProcessGroup group, TokenDataLoader train, TrainerOptions options,
+        AdamWOptions adamW, DataParallelOptions parallel, IBackend? host = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(train);
+        options.Validate();
+        parallel.Validate();
+        if (train.WorldSize != group.Size || train.Rank != group.Rank)
+            throw new ArgumentException($"{group.Describe()}: the data loader reads slice {train.Rank} of {train.WorldSize}; it must read slice {group.Rank} of {group.Size}");
+        if (train.BatchSize != options.BatchSize || train.SequenceLength != options.SequenceLength)
+            throw new ArgumentException($"data loader batches ({train.BatchSize} x {train.SequenceLength}) differ from the options ({options.BatchSize} x {options.SequenceLength})");
+        if (options.SequenceLength > model.Config.MaxSequenceLength)
+            throw new ArgumentException($"training options: SequenceLength ({options.SequenceLength}) exceeds the model's MaxSequenceLength ({model.Config.MaxSequenceLength})");
+        if (parallel.OffloadOptimizer && host is null)
+            throw new ArgumentException("parallel options: OffloadOptimizer needs a host backend (pass a CpuBackend as 'host')");
+        _model = model;
+        _group = group;
+        _train = train;
+        Options = options;
+        Parallel = parallel;
+        _schedule = new CosineSchedule(options.LearningRate, options.LearningRate * options.MinLearningRateFraction, options.WarmupSteps, options.Steps);
+        Communication = new ShardedDataParallel(model, group, parallel);
+        Optimizer = new ShardedAdamW(model.Parameters, Communication.Layout, group, adamW, Communication.Gradient,
+            parallel.OffloadOptimizer ? host : null);
+        int bt = options.BatchSize * options.SequenceLength;
+        _hostInputs = new int[bt];
+        _hostTargets = new int[bt];
+        var backend = model.Parameters.Backend;
+        _inputs = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
+        _targets = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
+        _lossSum = backend.Zeros(new Shape(1), model.Parameters.DType);
+    }
+
+    /// <summary>Run settings (per rank: BatchSize is this rank's micro-batch).</summary>
+    public TrainerOptions Options { get; }
+
+    /// <summary>Data-parallel settings.</summary>
+    public DataParallelOptions Parallel { get; }
+
+    /// <summary>The rank's process group.</summary>
+    public ProcessGroup Group => _group;
+
+    /// <summary>The model this rank trains.</summary>
+    public Transformer Model => _model;
+
+    /// <summary>Gradient and parameter communication.</summary>
+    public ShardedDataParallel Communication { get; }
+
+    /// <summary>The rank's optimizer shard.</summary>
+    public ShardedAdamW Optimizer { get; }
+
+    /// <summary>Updates completed so far.</summary>
+    public int Step { get; set; }
+
+    /// <summary>Training data position (global: the same on every rank).</summary>
+    public DataPosition DataPosition { get => _train.Position; set => _train.Position = value; }
+
+    /// <summary>
+    /// Collectives one step issues on this rank's group: gradient units (all-reduce or reduce-scatter),
+    /// the loss all-reduce, the norm all-reduce (sharded stages), ZeRO-1/2 all-gathers after the update,
+    /// and ZeRO-3 segment all-gathers (forward and backward, per micro-batch).
+    /// </summary>
+    public int CollectivesPerStep
+    {
+        get
+        {
+            int units = Communication.Layout.Units.Count, segments = Communication.Layout.Segments;
+            int count = units + 1 + Optimizer.CollectivesPerStep;
+            if (Parallel.Stage is ZeroStage.OptimizerStates or ZeroStage.Gradients) count += units;
+            if (Parallel.Stage == ZeroStage.Parameters)
+            {
+                // Forward gathers every segment; backward re-gathers all but the head (kept from its forward)
+                // and, with tied embeddings, the embeddings (kept through the pass).
+                int backward = segments - 1 - (_model.Config.TiedEmbeddings ? 1 : 0);
+                count += Options.GradientAccumulationSteps * (segments + backward);
+            }
+            return count;
+        }
+    }
+
+    /// <summary>Runs one update (all accumulation micro-batches of this rank) and returns the global mean loss.</summary>
+    public double TrainStep()
+    {
+        var backend = _model.Parameters.Backend;
+        int accum = Options.GradientAccumulationSteps;
+        long tokens = (long)Options.BatchSize * Options.SequenceLength;
+        double scale = 1.0 / (tokens * accum * _group.Size);
+        _model.Parameters.ZeroGrad();
+        backend.Fill(_lossSum, 0);
+        for (int micro = 0; micro < accum; micro++)
+        {
+            Communication.BeginMicroBatch(last: micro == accum - 1);
+            _train.NextBatch(_hostInputs, _hostTargets);
+            backend.CopyFromHost<int>(_hostInputs, _inputs);
+            backend.CopyFromHost<int>(_hostTargets, _targets);
+            var losses = _model.Loss(_inputs, _targets, microBatch: 0, lossScale: scale);
+            backend.Sum(losses, _lossSum, scale, accumulate: true);
+            _model.Backward(microBatch: 0);
+        }
+        var loss = _group.AllReduce(_lossSum, ReduceOp.Sum);
+        Communication.FinishGradients();
+        Optimizer.Step(_schedule.At(Step));
+        Communication.AfterUpdate();
+        loss.Wait();
+        Step++;
+        return backend.ReadScalar(_lossSum);
+    }
+
+    /// <summary>
+    /// Runs from the current step to <see cref="TrainerOptions.Steps"/>; rank 0 alone reports to <paramref name="onStep"/>
+    /// and <paramref name="metrics"/>; every rank calls <paramref name="checkpoint"/> (a sharded save is collective).
+    /// </summary>
+    public void Run(Action<StepMetrics>? onStep = null, Action<DataParallelTrainer>? checkpoint = null, MetricsLog? metrics = null,
+        CancellationToken cancellation = default)
+    {
+        long tokensPerStep = (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * _group.Size;
+        while (Step < Options.Steps)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            double lr = _schedule.At(Step);
+            var clock = Stopwatch.StartNew();
+            double loss = TrainStep();
+            double ms = clock.Elapsed.TotalMilliseconds;
+            if (!double.IsFinite(loss))
+                throw new InvalidOperationException($"{_group.Describe()}: training diverged: loss is {loss} at step {Step}; lower the learning rate or check the data");
+            if (_group.Rank == 0 && (Step % Options.LogEvery == 0 || Step == Options.Steps))
+            {
+                var m = new StepMetrics(Step, Options.Steps, loss, lr, Optimizer.LastGradNorm(), tokensPerStep / (ms / 1000), ms, null);
+                onStep?.Invoke(m);
+                metrics?.Append(m);
+            }
+            if (checkpoint is not null && ((Options.CheckpointEvery > 0 && Step % Options.CheckpointEvery == 0) || Step == Options.Steps))
+                checkpoint(this);
+        }
+    }
+}

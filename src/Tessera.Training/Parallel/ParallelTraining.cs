@@ -1,0 +1,72 @@
+using Tessera.Distributed.InProcess;
+using Tessera.Models;
+using Tessera.Tensors.Cpu;
+using Tessera.Training.Data;
+using Tessera.Training.Optim;
+
+namespace Tessera.Training.Parallel;
+
+/// <summary>
+/// Entry points for data-parallel training on CPU thread ranks (one process, one thread per rank, each
+/// with its own <see cref="CpuBackend"/> and <see cref="InProcessProcessGroup"/>): what a CLI wires to
+/// "--ranks N --zero S [--offload]" without a launcher.
+/// </summary>
+public static class ParallelTraining
+{
+    /// <summary>
+    /// Runs <paramref name="body"/> on <paramref name="worldSize"/> threads, one per rank, and returns each rank's
+    /// result (index = rank). Each rank's backend gets ProcessorCount / worldSize threads (at least one). If a rank
+    /// throws, the others fail at their next collective within <paramref name="timeout"/>; every rank's error is
+    /// rethrown together in an <see cref="AggregateException"/>.
+    /// </summary>
+    public static T[] RunThreadRanks<T>(int worldSize, Func<RankContext, T> body, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(body);
+        if (worldSize < 1) throw new ArgumentOutOfRangeException(nameof(worldSize), $"world size must be at least 1, got {worldSize}");
+        var groups = InProcessProcessGroup.Create(worldSize, timeout ?? TimeSpan.FromMinutes(2));
+        int threads = Math.Max(1, Environment.ProcessorCount / worldSize);
+        var results = new T[worldSize];
+        var errors = new Exception?[worldSize];
+        var workers = Enumerable.Range(0, worldSize).Select(rank => new Thread(() =>
+        {
+            try
+            {
+                using var group = groups[rank];
+                results[rank] = body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads)));
+            }
+            catch (Exception e) { errors[rank] = e; }
+        }) { Name = $"rank {rank}", IsBackground = true }).ToArray();
+        foreach (var w in workers) w.Start();
+        foreach (var w in workers) w.Join();
+        var failed = errors.Select((e, r) => (e, r)).Where(x => x.e is not null).ToArray();
+        if (failed.Length > 0)
+            throw new AggregateException($"{failed.Length} of {worldSize} thread ranks failed (first: rank {failed[0].r}: {failed[0].e!.Message})",
+                failed.Select(x => x.e!));
+        return results;
+    }
+
+    /// <summary>
+    /// Trains on <paramref name="worldSize"/> thread ranks: <paramref name="buildRank"/> makes each rank's model
+    /// (initialized identically on every rank, on the context's backend) and data loader (slice Rank of WorldSize);
+    /// then each rank runs a <see cref="DataParallelTrainer"/> to <see cref="TrainerOptions.Steps"/>. Rank 0 alone
+    /// reports to <paramref name="onStep"/>; <paramref name="checkpoint"/> runs on every rank (a sharded save is
+    /// collective, e.g. <see cref="ShardedCheckpoint.Save"/>). <paramref name="resume"/>, when given, runs on every
+    /// rank after the trainer is built (e.g. <see cref="ShardedCheckpoint.Restore"/>). Returns rank 0's trainer step.
+    /// </summary>
+    public static int Train(int worldSize, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
+        Func<RankContext, (Transformer Model, TokenDataLoader Train)> buildRank,
+        Action<StepMetrics>? onStep = null, Action<DataParallelTrainer>? checkpoint = null,
+        Action<DataParallelTrainer>? resume = null, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(buildRank);
+        var steps = RunThreadRanks(worldSize, ctx =>
+        {
+            var (model, train) = buildRank(ctx);
+            var trainer = new DataParallelTrainer(model, ctx.Group, train, options, adamW, parallel, ctx.Host);
+            resume?.Invoke(trainer);
+            trainer.Run(ctx.Rank == 0 ? onStep : null, checkpoint, cancellation: cancellation);
+            return trainer.Step;
+        });
+        return steps[0];
+    }
+}
