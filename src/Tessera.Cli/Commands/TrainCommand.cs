@@ -8,6 +8,7 @@ using Tessera.Training;
 using Tessera.Training.Checkpoints;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
+using Tessera.Training.Parallel;
 
 namespace Tessera.Cli.Commands;
 
@@ -26,6 +27,9 @@ internal static class TrainCommand
           --min-lr-fraction X [0.1]  --weight-decay X [0.1]  --clip X [1.0]  --seed N [1337]
           --eval-every N [200]  --eval-batches N [4]  --checkpoint-every N [0: at the end]  --log-every N [50]
           --device cpu|cuda[:N] [cpu]  --threads N [all cores]  --dtype f32|f64 [f32]  --recompute
+          --ranks N               data-parallel CPU ranks (threads of this process; cores are split between them) [1]
+          --zero 0|1|2|3          with --ranks: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded) [0]
+          --offload               with --zero: optimizer state and update on the host (ZeRO-Offload)
           --resume                continue from OUT/checkpoints/latest
           --sample-tokens N       tokens to sample from the final model [200]
         """;
@@ -64,7 +68,15 @@ internal static class TrainCommand
         bool recompute = args.Flag("recompute");
         bool resume = args.Flag("resume");
         int sampleTokens = args.Int("sample-tokens", 200);
+        int ranks = args.Int("ranks", 1);
+        int zero = args.Int("zero", 0);
+        bool offload = args.Flag("offload");
         args.ThrowOnUnknown("train");
+        if (ranks < 1) throw new UsageException($"--ranks ({ranks}) must be at least 1");
+        if (zero is < 0 or > 3) throw new UsageException($"--zero ({zero}) must be 0, 1, 2 or 3");
+        if ((zero > 0 || offload) && ranks == 1) throw new UsageException("--zero and --offload need --ranks of 2 or more");
+        if (ranks > 1 && !device.StartsWith("cpu", StringComparison.Ordinal))
+            throw new UsageException("--ranks runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
         options.Validate();
 
         // The device first: a missing GPU or driver fails before anything is written.
@@ -108,15 +120,48 @@ internal static class TrainCommand
         output.WriteLine($"model {modelSpec}: {cfg.Family}, {cfg.Layers} layers, {cfg.Embedding} wide, {cfg.Heads} heads, {model.Parameters.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
 
         output.WriteLine($"data: {train.TotalTokens:N0} training tokens in {trainShards.Count} shard(s); {(validation is null ? "no validation" : $"{validation.TotalTokens:N0} validation tokens")}");
+        var store = new CheckpointStore(Path.Combine(outDir, "checkpoints"));
+        string? resumeFrom = resume ? store.Latest() ?? throw new CheckpointException($"--resume: no checkpoint in {store.Root}") : null;
+        if (ranks > 1)
+        {
+            var parallel = new DataParallelOptions { Stage = (ZeroStage)zero, OffloadOptimizer = offload }.Validate();
+            output.WriteLine($"data parallel: {ranks} thread ranks, ZeRO stage {zero}{(offload ? " with optimizer offload" : "")}, global batch {ranks} x {options.BatchSize} x {options.SequenceLength}");
+            var config = model.Config;
+            var parallelProgress = new ConsoleProgress(output, 0);
+            using var parallelMetrics = new MetricsLog(Path.Combine(outDir, "metrics.jsonl"));
+            int done = ParallelTraining.Train(ranks, parallel, options, adam,
+                ctx =>
+                {
+                    var m = new Transformer(config, ctx.Backend, dtype);
+                    if (initDir is not null)
+                    {
+                        using var hf = Tessera.Models.HuggingFace.HuggingFaceModelDirectory.Open(initDir, config);
+                        hf.LoadInto(m.Parameters.Parameters, ctx.Backend);
+                    }
+                    else m.InitializeWeights(options.Seed);
+                    m.RecomputeActivations = recompute;
+                    return (m, new TokenDataLoader(trainShards, options.BatchSize, options.SequenceLength, ctx.Rank, ranks));
+                },
+                onStep: metricsStep => { parallelProgress.Report(metricsStep); parallelMetrics.Append(metricsStep); },
+                checkpoint: t =>
+                {
+                    var dir = ShardedCheckpoint.Save(store, t, tokenizerSpec);
+                    if (t.Group.Rank == 0) output.WriteLine($"checkpoint {dir}");
+                },
+                resume: resumeFrom is null ? null : t => ShardedCheckpoint.Restore(resumeFrom, t));
+            output.WriteLine($"done: {done} steps");
+            if (sampleTokens > 0 && store.Latest() is string last)
+                Sample(PretrainedModel.Load(last, backend, dtype, config), tokenizer, sampleTokens, options.Seed, output);
+            return 0;
+        }
+
         var optimizer = new AdamWOptimizer(model.Parameters, adam);
         var trainer = new Trainer(model, optimizer, train, validation, options);
-
-        var store = new CheckpointStore(Path.Combine(outDir, "checkpoints"));
-        if (resume)
+        if (resumeFrom is not null)
         {
-            var latest = store.Latest() ?? throw new CheckpointException($"--resume: no checkpoint in {store.Root}");
-            TrainingCheckpoint.Restore(latest, model, trainer);
-            output.WriteLine($"resumed from {latest} at step {trainer.Step}");
+            if (File.Exists(Path.Combine(resumeFrom, ShardedCheckpoint.LayoutFile))) ShardedCheckpoint.RestoreSingle(resumeFrom, model, trainer);
+            else TrainingCheckpoint.Restore(resumeFrom, model, trainer);
+            output.WriteLine($"resumed from {resumeFrom} at step {trainer.Step}");
         }
 
         output.WriteLine($"training {options.Steps} steps of {options.BatchSize} x {options.SequenceLength} tokens (x{options.GradientAccumulationSteps} accumulation)");
@@ -131,23 +176,25 @@ internal static class TrainCommand
         }, metrics);
         output.WriteLine($"done in {ConsoleProgress.FormatDuration(clock.Elapsed.TotalSeconds)}");
 
-        if (sampleTokens > 0)
-        {
-            var prompt = tokenizer.Encode("The ");
-            var generator = new TextGenerator(model);
-            var gen = new GenerationOptions
-            {
-                MaxNewTokens = sampleTokens,
-                Sampling = new SamplingOptions { Temperature = 0.8, TopK = 40, Seed = (ulong)options.Seed },
-            };
-            output.WriteLine("sample:");
-            output.Write("The ");
-            var decoder = tokenizer.CreateIncrementalDecoder();
-            foreach (var id in generator.Generate(prompt, gen)) output.Write(decoder.Push(id));
-            output.Write(decoder.Flush());
-            output.WriteLine();
-        }
+        if (sampleTokens > 0) Sample(model, tokenizer, sampleTokens, options.Seed, output);
         return 0;
+    }
+
+    private static void Sample(Transformer model, ITokenizer tokenizer, int tokens, int seed, TextWriter output)
+    {
+        var prompt = tokenizer.Encode("The ");
+        var generator = new TextGenerator(model);
+        var gen = new GenerationOptions
+        {
+            MaxNewTokens = tokens,
+            Sampling = new SamplingOptions { Temperature = 0.8, TopK = 40, Seed = (ulong)seed },
+        };
+        output.WriteLine("sample:");
+        output.Write("The ");
+        var decoder = tokenizer.CreateIncrementalDecoder();
+        foreach (var id in generator.Generate(prompt, gen)) output.Write(decoder.Push(id));
+        output.Write(decoder.Flush());
+        output.WriteLine();
     }
 
     private static (List<string> Train, List<string> Val) PrepareEmbeddedCorpus(string dataDir, TextWriter output)

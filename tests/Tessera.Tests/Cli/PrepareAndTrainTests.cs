@@ -41,4 +41,23 @@ public sealed class PrepareAndTrainTests : IDisposable
         Assert.StartsWith("the ", stdout);
         Assert.Contains("5 tokens", stderr);
     }
+
+    [Fact]
+    public void ThreadRanksWithZeroTrainAndResumeOnOneRank()
+    {
+        var data = Path.Combine(_dir, "data");
+        TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 3000).Select(i => (i * 31) % 256).ToArray());
+        var run = Path.Combine(_dir, "zero");
+        string[] common = ["--model", "gpt2-tiny", "--data", Path.Combine(data, "train_000.bin"), "--out", run, "--seq", "16",
+            "--threads", "2", "--log-every", "1", "--sample-tokens", "0", "--eval-every", "0"];
+        var (code, stdout, stderr) = CliProcess.Run(["train", "--steps", "2", "--batch", "2", "--ranks", "2", "--zero", "3", .. common]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("ZeRO stage 3", stdout);
+        Assert.True(File.Exists(Path.Combine(run, "checkpoints", "step_000002", "zero_shard_00001_of_00002.safetensors")));
+        // A checkpoint sharded over two ranks resumes on one (with twice the batch to keep the global batch).
+        (code, stdout, stderr) = CliProcess.Run(["train", "--steps", "3", "--batch", "4", "--resume", .. common]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("resumed", stdout);
+        Assert.Contains("step     3/3", stdout);
+    }
 }
