@@ -30,9 +30,10 @@ public sealed unsafe partial class CudaBackend
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc)
     {
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc };
-        uint shared = (uint)(5 * FlashBlock * d * 2); // Q tile + two stages of K and V
+        int rows = d == 64 ? 2 * FlashBlock : FlashBlock; // query rows per CTA: FLASH_MT(D) in flash_attention.cu
+        uint shared = (uint)((rows + 4 * FlashBlock) * d * 2); // Q tile + two stages of K and V
         Launch("flash_attention.cu", "flash_forward_" + FlashSuffix(dtype, d),
-            ((uint)((t + FlashBlock - 1) / FlashBlock), (uint)h, (uint)b), FlashThreads, args, shared);
+            ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), FlashThreads, args, shared);
     }
 
     private void FlashDecode(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,

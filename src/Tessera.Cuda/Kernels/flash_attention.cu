@@ -105,19 +105,20 @@ __device__ __forceinline__ void load_tile(unsigned dst, const T* base, i64 strid
 }
 
 // ------------------------------------------------------------------------------------ forward
-// CTA: 64 query rows of one (b, h), 4 warps of 16 rows; key/value tiles of 64 rows, double-buffered.
-template <typename T, int D>
+// CTA: 64 * MT query rows of one (b, h), 4 warps of 16 * MT rows (MT m16 tiles per warp, so each
+// K/V fragment loaded by ldmatrix feeds MT mma); key/value tiles of 64 rows, double-buffered.
+template <typename T, int D, int MT>
 __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
     Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
 {
-    constexpr int BM = 64, BN = 64, NT = 128, KD = D / 16, ND = D / 8;
+    constexpr int BM = 64 * MT, BN = 64, NT = 128, KD = D / 16, ND = D / 8;
     extern __shared__ unsigned char smem[];
     const unsigned sQ = smem_u32(smem);
     const unsigned sK = sQ + BM * D * 2;       // 2 stages
     const unsigned sV = sK + 2 * BN * D * 2;   // 2 stages
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
-    const int m0 = mb * BM, offset = S - Tq;
+    const int m0 = mb * BM, offset = S - Tq, w0 = warp * 16 * MT;
     const T* qb = q + b * qs.b + (i64)h * qs.h;
     const T* kb = k + b * ks.b + (i64)kvh * ks.h;
     const T* vb = v + b * vs.b + (i64)kvh * vs.h;
@@ -129,13 +130,17 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
     load_tile<D, BN, NT>(sV, vb, vs.t, 0, S, tid);
     cp_async_commit();
 
-    unsigned qf[KD][4];
-    float oacc[ND][4];
+    unsigned qf[MT][KD][4];
+    float oacc[MT][ND][4];
+    float mrow[MT][2], lrow[MT][2];
 #pragma unroll
-    for (int j = 0; j < ND; j++) oacc[j][0] = oacc[j][1] = oacc[j][2] = oacc[j][3] = 0.f;
-    float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f};
+    for (int mt = 0; mt < MT; mt++)
+    {
+        mrow[mt][0] = mrow[mt][1] = NEG_INF; lrow[mt][0] = lrow[mt][1] = 0.f;
+#pragma unroll
+        for (int j = 0; j < ND; j++) oacc[mt][j][0] = oacc[mt][j][1] = oacc[mt][j][2] = oacc[mt][j][3] = 0.f;
+    }
     const float sl2 = scale * LOG2E;
-    const int qpos0 = offset + m0 + warp * 16 + g; // key position of this thread's first row; second is +8
 
     for (int nb = 0; nb < nblocks; nb++)
     {
@@ -151,13 +156,17 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
         if (nb == 0)
         {
 #pragma unroll
-            for (int kk = 0; kk < KD; kk++)
-                ldsm_x4(sQ + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int kk = 0; kk < KD; kk++)
+                    ldsm_x4(sQ + swz<D>(w0 + mt * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3]);
         }
         const unsigned tK = sK + st * BN * D * 2, tV = sV + st * BN * D * 2;
-        float sacc[BN / 8][4];
+        float sacc[MT][BN / 8][4];
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++) sacc[j][0] = sacc[j][1] = sacc[j][2] = sacc[j][3] = 0.f;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) sacc[mt][j][0] = sacc[mt][j][1] = sacc[mt][j][2] = sacc[mt][j][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < KD; kk++)
         {
@@ -166,85 +175,104 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
             {
                 unsigned b0, b1, b2, b3;
                 ldsm_x4(tK + swz<D>(j2 * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8), b0, b1, b2, b3);
-                Mma<T>::run(sacc[2 * j2], qf[kk], b0, b1);
-                Mma<T>::run(sacc[2 * j2 + 1], qf[kk], b2, b3);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                {
+                    Mma<T>::run(sacc[mt][2 * j2], qf[mt][kk], b0, b1);
+                    Mma<T>::run(sacc[mt][2 * j2 + 1], qf[mt][kk], b2, b3);
+                }
             }
         }
         const int n0 = nb * BN;
-        const bool mask = n0 + BN - 1 > offset + m0 || n0 + BN > S;
+        const bool mask = n0 + BN - 1 > offset + m0 + w0 || n0 + BN > S;
 #pragma unroll
-        for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-            {
-                float x = sacc[j][e] * sl2;
-                if (mask)
-                {
-                    int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
-                    if (key > qp || key >= S) x = NEG_INF;
-                }
-                sacc[j][e] = x;
-            }
-#pragma unroll
-        for (int r = 0; r < 2; r++)
+        for (int mt = 0; mt < MT; mt++)
         {
-            float mx = mrow[r];
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(sacc[j][2 * r], sacc[j][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-            const float mu = mx == NEG_INF ? 0.f : mx;
-            const float corr = exp2f(mrow[r] - mu);
-            mrow[r] = mx;
-            float sum = 0.f;
+            const int qpos0 = offset + m0 + w0 + mt * 16 + g; // key position of this thread's first row; second is +8
 #pragma unroll
             for (int j = 0; j < BN / 8; j++)
-            {
-                float p0 = exp2f(sacc[j][2 * r] - mu), p1 = exp2f(sacc[j][2 * r + 1] - mu);
-                sacc[j][2 * r] = p0; sacc[j][2 * r + 1] = p1;
-                sum += p0 + p1;
-            }
-            lrow[r] = lrow[r] * corr + sum;
 #pragma unroll
-            for (int j = 0; j < ND; j++) { oacc[j][2 * r] *= corr; oacc[j][2 * r + 1] *= corr; }
+                for (int e = 0; e < 4; e++)
+                {
+                    float x = sacc[mt][j][e] * sl2;
+                    if (mask)
+                    {
+                        int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
+                        if (key > qp || key >= S) x = NEG_INF;
+                    }
+                    sacc[mt][j][e] = x;
+                }
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+            {
+                float mx = mrow[mt][r];
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(sacc[mt][j][2 * r], sacc[mt][j][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+                const float mu = mx == NEG_INF ? 0.f : mx;
+                const float corr = exp2f(mrow[mt][r] - mu);
+                mrow[mt][r] = mx;
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++)
+                {
+                    float p0 = exp2f(sacc[mt][j][2 * r] - mu), p1 = exp2f(sacc[mt][j][2 * r + 1] - mu);
+                    sacc[mt][j][2 * r] = p0; sacc[mt][j][2 * r + 1] = p1;
+                    sum += p0 + p1;
+                }
+                lrow[mt][r] = lrow[mt][r] * corr + sum;
+#pragma unroll
+                for (int j = 0; j < ND; j++) { oacc[mt][j][2 * r] *= corr; oacc[mt][j][2 * r + 1] *= corr; }
+            }
         }
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++)
         {
-            unsigned pa[4];
-            pa[0] = Mma<T>::pack(sacc[2 * kk][0], sacc[2 * kk][1]);
-            pa[1] = Mma<T>::pack(sacc[2 * kk][2], sacc[2 * kk][3]);
-            pa[2] = Mma<T>::pack(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-            pa[3] = Mma<T>::pack(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+            unsigned pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+            {
+                pa[mt][0] = Mma<T>::pack(sacc[mt][2 * kk][0], sacc[mt][2 * kk][1]);
+                pa[mt][1] = Mma<T>::pack(sacc[mt][2 * kk][2], sacc[mt][2 * kk][3]);
+                pa[mt][2] = Mma<T>::pack(sacc[mt][2 * kk + 1][0], sacc[mt][2 * kk + 1][1]);
+                pa[mt][3] = Mma<T>::pack(sacc[mt][2 * kk + 1][2], sacc[mt][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int j2 = 0; j2 < D / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
                 ldsm_x4_t(tV + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, j2 * 16 + (lane >> 4) * 8), b0, b1, b2, b3);
-                Mma<T>::run(oacc[2 * j2], pa, b0, b1);
-                Mma<T>::run(oacc[2 * j2 + 1], pa, b2, b3);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                {
+                    Mma<T>::run(oacc[mt][2 * j2], pa[mt], b0, b1);
+                    Mma<T>::run(oacc[mt][2 * j2 + 1], pa[mt], b2, b3);
+                }
             }
         }
         __syncthreads(); // this stage is refilled by the next-but-one iteration
     }
     cp_async_wait<0>();
 #pragma unroll
-    for (int r = 0; r < 2; r++)
-    {
-        float l = lrow[r];
-        l += __shfl_xor_sync(FULL_MASK, l, 1);
-        l += __shfl_xor_sync(FULL_MASK, l, 2);
-        const int t = m0 + warp * 16 + g + r * 8;
-        if (t < Tq)
-        {
-            const float inv = 1.f / l;
-            T* orow = o + b * os.b + (i64)t * os.t + (i64)h * os.h;
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int j = 0; j < ND; j++)
-                *(unsigned*)(orow + j * 8 + 2 * c4) = Mma<T>::pack(oacc[j][2 * r] * inv, oacc[j][2 * r + 1] * inv);
-            if (lse && c4 == 0) lse[((i64)b * H + h) * Tq + t] = (mrow[r] + log2f(l)) * LN2;
+        for (int r = 0; r < 2; r++)
+        {
+            float l = lrow[mt][r];
+            l += __shfl_xor_sync(FULL_MASK, l, 1);
+            l += __shfl_xor_sync(FULL_MASK, l, 2);
+            const int t = m0 + w0 + mt * 16 + g + r * 8;
+            if (t < Tq)
+            {
+                const float inv = 1.f / l;
+                T* orow = o + b * os.b + (i64)t * os.t + (i64)h * os.h;
+#pragma unroll
+                for (int j = 0; j < ND; j++)
+                    *(unsigned*)(orow + j * 8 + 2 * c4) = Mma<T>::pack(oacc[mt][j][2 * r] * inv, oacc[mt][j][2 * r + 1] * inv);
+                if (lse && c4 == 0) lse[((i64)b * H + h) * Tq + t] = (mrow[mt][r] + log2f(l)) * LN2;
+            }
         }
-    }
 }
 
 // ------------------------------------------------------------------------------------ decode
@@ -562,8 +590,9 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 #pragma unroll
                     for (int j = 0; j < ND; j++)
                     {
-                        atomicAdd(dst + j * 8, qacc[j][2 * r] * scale);
-                        atomicAdd(dst + j * 8 + 1, qacc[j][2 * r + 1] * scale);
+                        // one 8-byte reduction per adjacent pair (sm_90), fire-and-forget
+                        asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[j][2 * r] * scale),
+                                     "f"(qacc[j][2 * r + 1] * scale) : "memory");
                     }
                 }
             }
@@ -589,12 +618,15 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     }
 }
 
+// Query m16 tiles per warp in the forward: 2 (128-row CTAs) for D = 64; 1 for D = 128 (registers).
+#define FLASH_MT(D) ((D) == 64 ? 2 : 1)
+
 #define FLASH(n, T, D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) flash_forward_##n##_d##D(const T* q, const T* k,          \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
         Strides3 os, float scale)                                                                               \
     {                                                                                                           \
-        flash_forward<T, D>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                              \
+        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                              \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
         const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \

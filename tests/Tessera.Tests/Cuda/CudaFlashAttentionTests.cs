@@ -105,6 +105,11 @@ public sealed class CudaFlashAttentionTests(CudaFixture fixture) : CudaTestBase(
         return (dq, dk, dv);
     }
 
+    /// <summary>
+    /// ‖actual − expected‖ / max(‖expected‖, 0.01 √n): relative, except where the exact result is
+    /// (near) zero, e.g. dq and dk when every query sees one key (T = 1), where it is absolute
+    /// against an element size of 0.01 (gradients here are of order 0.1 to 1). NaN stays NaN.
+    /// </summary>
     private static double RelError(double[] expected, double[] actual)
     {
         double diff = 0, norm = 0;
@@ -113,7 +118,7 @@ public sealed class CudaFlashAttentionTests(CudaFixture fixture) : CudaTestBase(
             diff += (actual[i] - expected[i]) * (actual[i] - expected[i]);
             norm += expected[i] * expected[i];
         }
-        return double.IsNaN(diff) ? double.NaN : Math.Sqrt(diff) / Math.Max(Math.Sqrt(norm), 1e-30);
+        return double.IsNaN(diff) ? double.NaN : Math.Sqrt(diff) / Math.Max(Math.Sqrt(norm), 0.01 * Math.Sqrt(expected.Length));
     }
 
     /// <summary>Appends one row to the error table (attention-errors.md beside $TESSERA_CUDA_TIMINGS_OUT), for docs/cuda-notes.md.</summary>
@@ -140,9 +145,13 @@ public sealed class CudaFlashAttentionTests(CudaFixture fixture) : CudaTestBase(
     [InlineData(DType.BF16, 1, 16, 1024, 32, 8, 64, true)]    // decode kernel, T = 16
     [InlineData(DType.BF16, 1, 17, 300, 12, 12, 64, true)]    // S > T through the tiled forward
     [InlineData(DType.BF16, 1, 200, 333, 32, 8, 128, true)]   // S > T, several query blocks
+    [InlineData(DType.BF16, 1, 300, 520, 12, 12, 64, true)]   // S > T, several 128-row blocks
     [InlineData(DType.F16, 1, 1, 500, 32, 8, 128, true)]      // decode, f16
     public void FlashAttentionMatchesReference(DType dtype, int b, int t, int s, int h, int kh, int d, bool strided)
     {
+        // Under compute-sanitizer (memcheck, racecheck: 100x slower) only the small cases run.
+        if (Environment.GetEnvironmentVariable("TESSERA_ATTENTION_SANITIZE") == "1" && (long)t * s > 70_000)
+            Assert.Skip("large case skipped under TESSERA_ATTENTION_SANITIZE=1");
         double scale = 1 / Math.Sqrt(d);
         int fused = h + 2 * kh;
         Tensor q, k, v;
