@@ -30,7 +30,7 @@ public sealed unsafe partial class CudaBackend
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc)
     {
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc };
-        int rows = d == 64 ? 2 * FlashBlock : FlashBlock; // query rows per CTA: FLASH_MT(D) in flash_attention.cu
+        int rows = FlashBlock; // query rows per CTA: 64 * FLASH_MT(D) in flash_attention.cu
         uint shared = (uint)((rows + 4 * FlashBlock) * d * 2); // Q tile + two stages of K and V
         Launch("flash_attention.cu", "flash_forward_" + FlashSuffix(dtype, d),
             ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), FlashThreads, args, shared);
