@@ -6,6 +6,74 @@ public sealed unsafe partial class CudaBackend
 {
     private const int AttentionWarps = 4, AttentionTile = 32, AttentionMaxHeadSize = 128;
 
+    // FlashAttention-2-style kernels (flash_attention.cu): 16-bit inputs, head size 64 or 128,
+    // 16-byte aligned rows. Blocks of 64 queries x 64 keys, 4 warps; the decode kernel splits the
+    // keys over CTAs when few queries meet many keys.
+    private const int FlashBlock = 64, FlashThreads = 128, FlashDecodeMaxQueries = 16, FlashDecodeMinKeys = 256;
+
+    /// <summary>Whether the tensor-core kernels take this call: BF16/F16, D = 64 or 128, every row 16-byte aligned.</summary>
+    private static bool FlashEligible(int d, params Tensor[] tensors)
+    {
+        if (d != 64 && d != 128) return false;
+        foreach (var x in tensors)
+        {
+            if (x.DType != DType.BF16 && x.DType != DType.F16) return false;
+            // 8 elements = 16 bytes: base and every row stride must keep 16-byte alignment.
+            if (Ptr(x) % 16 != 0 || x.Stride(0) % 8 != 0 || x.Stride(1) % 8 != 0 || x.Stride(2) % 8 != 0) return false;
+        }
+        return true;
+    }
+
+    private static string FlashSuffix(DType dtype, int d) => (dtype == DType.BF16 ? "bf16" : "f16") + "_d" + d;
+
+    private void FlashForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc)
+    {
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc };
+        int rows = FlashBlock; // query rows per CTA: 64 * FLASH_MT(D) in flash_attention.cu
+        uint shared = (uint)((rows + 4 * FlashBlock) * d * 2); // Q tile + two stages of K and V
+        Launch("flash_attention.cu", "flash_forward_" + FlashSuffix(dtype, d),
+            ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), FlashThreads, args, shared);
+    }
+
+    private void FlashDecode(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc)
+    {
+        // Enough CTAs for two waves over the SMs, at least 64 keys each.
+        int want = Math.Max(1, 2 * CudaDevice.MultiprocessorCount / Math.Max(1, b * h));
+        int splits = Math.Clamp(Math.Min(want, (s + 63) / 64), 1, 128);
+        int keysPerSplit = (s + splits - 1) / splits;
+        splits = (s + keysPerSplit - 1) / keysPerSplit;
+        ulong part = Scratch((long)b * h * t * splits * (d + 2) * sizeof(float));
+        string suffix = FlashSuffix(dtype, d);
+        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit };
+        Launch("flash_attention.cu", "flash_decode_" + suffix, ((uint)splits, (uint)h, (uint)b), FlashThreads, a1);
+        void** a2 = stackalloc void*[] { &part, &po, &pl, &t, &h, &splits, &so };
+        Launch("flash_attention.cu", "flash_decode_combine_" + suffix, (uint)(b * h * t), (uint)d, a2);
+        FreeScratch(part);
+    }
+
+    private void FlashBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
+        ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv, float sc)
+    {
+        string suffix = FlashSuffix(dtype, d);
+        long rows = (long)b * t * h;
+        ulong delta = Scratch(rows * sizeof(float));
+        ulong dqacc = Scratch(rows * d * sizeof(float)); // fp32 dq, (B, T, H, D) contiguous, zeroed by the preprocess
+        uint grid = (uint)((rows * (d / 8) + 255) / 256);
+        void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
+        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
+        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+        // K, V tiles, two stages of Q and dO, the dS^T tile, two stages of lse and delta.
+        uint shared = (uint)(2 * FlashBlock * d * 2 + 4 * FlashBlock * d * 2 + FlashBlock * FlashBlock * 2 + 4 * FlashBlock * sizeof(float));
+        Launch("flash_attention.cu", "flash_backward_" + suffix,
+            ((uint)((t + FlashBlock - 1) / FlashBlock), (uint)kh, (uint)b), FlashThreads, a2, shared);
+        void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
+        Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
+        FreeScratch(dqacc);
+        FreeScratch(delta);
+    }
+
     public void Rope(Tensor x, int startPosition, double theta, bool inverse = false)
     {
         var s = Strides3.Of("Rope", "x", x);
@@ -49,6 +117,12 @@ public sealed unsafe partial class CudaBackend
         var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "k", k); var sv = Strides3.Of(op, "v", v);
         ulong pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(output), pl = PtrOrNull(logSumExp);
         float sc = (float)scale;
+        if (FlashEligible(d, q, k, v, output))
+        {
+            if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc);
+            else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc);
+            return;
+        }
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc };
         uint shared = (uint)((2 * AttentionTile * (d + 1) + AttentionWarps * d) * sizeof(float));
         Launch("attention.cu", "attention_forward_" + Suffix(q.DType, op),
@@ -77,6 +151,11 @@ public sealed unsafe partial class CudaBackend
         string suffix = Suffix(q.DType, op);
         float sc = (float)scale;
         long rows = (long)b * t * h;
+        if (FlashEligible(d, q, k, v, output, dOutput, dq, dk, dv))
+        {
+            FlashBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc);
+            return;
+        }
         ulong delta = Scratch(rows * sizeof(float));
         void** a1 = stackalloc void*[] { &po, &pd, &delta, &b, &t, &h, &d, &so, &sd };
         Launch("attention.cu", "attention_backward_delta_" + suffix, (uint)((rows + 3) / 4), 128, a1);

@@ -1,0 +1,665 @@
+// Causal grouped-query attention on tensor cores, after FlashAttention-2 (Dao, 2023): 16-bit
+// inputs (bf16 or f16), fp32 accumulation, mma.sync.m16n8k16 with ldmatrix fragment loads, tiles
+// streamed through shared memory with cp.async (double-buffered), online softmax in registers in
+// the log2 domain (scale * log2(e) folded into one multiply, exp2f).
+//
+// Layout: q (B,T,H,D), k/v (B,S,K,D), output (B,T,H,D); row strides in elements (the last
+// dimension contiguous, every row 16-byte aligned: the host checks). Query t sits at key position
+// S - T + t. Query head h reads kv head h / (H / K). lse (B,H,T) is the natural-log logsumexp.
+//
+// Shared-memory tiles are ROWS x D 16-bit values, a row of D/8 16-byte chunks; chunk c of row r is
+// stored at chunk c ^ (r & 7), so the 8 rows that one ldmatrix reads hit 8 different bank groups.
+//
+// mma.m16n8k16 fragments (g = lane / 4, c = lane % 4):
+//   A 16x16 row-major: a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)
+//   B 16x8 col-major:  b0 (k 2c..2c+1, n g), b1 (k 2c+8.., n g)
+//   C 16x8 fp32:       c0 c1 (g, 2c..2c+1), c2 c3 (g+8, 2c..2c+1)
+
+struct Strides3 { i64 b, t, h; };
+struct alignas(16) u32x4 { unsigned x, y, z, w; };
+struct alignas(16) f32x4 { float x, y, z, w; };
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+__device__ __forceinline__ unsigned smem_u32(const void* p)
+{
+    unsigned r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid)
+{
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+
+// Per 16-bit type: the mma instruction and packing two floats (lo in the low half).
+template <typename T> struct Mma;
+template <> struct Mma<bf16>
+{
+    static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi)
+    {
+        unsigned r;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+        return r;
+    }
+};
+template <> struct Mma<f16>
+{
+    static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1)
+    {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi)
+    {
+        unsigned r;
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+        return r;
+    }
+};
+
+// Byte offset of element (r, col) (col a multiple of 8) in a swizzled tile of rows of D values.
+template <int D> __device__ __forceinline__ unsigned swz(int r, int col)
+{
+    return (unsigned)(r * D * 2 + ((((col >> 3) ^ (r & 7))) << 4));
+}
+
+// Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled)
+// into a swizzled tile at shared address dst, with NT threads.
+template <int D, int ROWS, int NT, typename T>
+__device__ __forceinline__ void load_tile(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
+{
+    constexpr int CH = D / 8;
+#pragma unroll
+    for (int i = tid; i < ROWS * CH; i += NT)
+    {
+        int r = i / CH, c = i % CH, row = row0 + r;
+        bool ok = row < limit;
+        const T* src = base + (i64)(ok ? row : 0) * stride + c * 8;
+        cp_async16(dst + swz<D>(r, c * 8), src, ok);
+    }
+}
+
+// ------------------------------------------------------------------------------------ forward
+// CTA: 64 * MT query rows of one (b, h), 4 warps of 16 * MT rows (MT m16 tiles per warp, so each
+// K/V fragment loaded by ldmatrix feeds MT mma); key/value tiles of 64 rows, double-buffered.
+template <typename T, int D, int MT>
+__device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
+    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
+{
+    constexpr int BM = 64 * MT, BN = 64, NT = 128, KD = D / 16, ND = D / 8;
+    extern __shared__ unsigned char smem[];
+    const unsigned sQ = smem_u32(smem);
+    const unsigned sK = sQ + BM * D * 2;       // 2 stages
+    const unsigned sV = sK + 2 * BN * D * 2;   // 2 stages
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
+    const int m0 = mb * BM, offset = S - Tq, w0 = warp * 16 * MT;
+    const T* qb = q + b * qs.b + (i64)h * qs.h;
+    const T* kb = k + b * ks.b + (i64)kvh * ks.h;
+    const T* vb = v + b * vs.b + (i64)kvh * vs.h;
+    const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
+    const int nblocks = lastKey / BN + 1;
+
+    load_tile<D, BM, NT>(sQ, qb, qs.t, m0, Tq, tid);
+    load_tile<D, BN, NT>(sK, kb, ks.t, 0, S, tid);
+    load_tile<D, BN, NT>(sV, vb, vs.t, 0, S, tid);
+    cp_async_commit();
+
+    unsigned qf[MT][KD][4];
+    float oacc[MT][ND][4];
+    float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+    {
+        mrow[mt][0] = mrow[mt][1] = NEG_INF; lrow[mt][0] = lrow[mt][1] = 0.f;
+#pragma unroll
+        for (int j = 0; j < ND; j++) oacc[mt][j][0] = oacc[mt][j][1] = oacc[mt][j][2] = oacc[mt][j][3] = 0.f;
+    }
+    const float sl2 = scale * LOG2E;
+
+    for (int nb = 0; nb < nblocks; nb++)
+    {
+        const int st = nb & 1;
+        if (nb + 1 < nblocks)
+        {
+            load_tile<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
+            load_tile<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, vb, vs.t, (nb + 1) * BN, S, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        if (nb == 0)
+        {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int kk = 0; kk < KD; kk++)
+                    ldsm_x4(sQ + swz<D>(w0 + mt * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3]);
+        }
+        const unsigned tK = sK + st * BN * D * 2, tV = sV + st * BN * D * 2;
+        float sacc[MT][BN / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) sacc[mt][j][0] = sacc[mt][j][1] = sacc[mt][j][2] = sacc[mt][j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
+        {
+#pragma unroll
+            for (int j2 = 0; j2 < BN / 16; j2++)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4(tK + swz<D>(j2 * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8), b0, b1, b2, b3);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                {
+                    Mma<T>::run(sacc[mt][2 * j2], qf[mt][kk], b0, b1);
+                    Mma<T>::run(sacc[mt][2 * j2 + 1], qf[mt][kk], b2, b3);
+                }
+            }
+        }
+        const int n0 = nb * BN;
+        const bool mask = n0 + BN - 1 > offset + m0 + w0 || n0 + BN > S;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+        {
+            const int qpos0 = offset + m0 + w0 + mt * 16 + g; // key position of this thread's first row; second is +8
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                {
+                    float x = sacc[mt][j][e] * sl2;
+                    if (mask)
+                    {
+                        int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
+                        if (key > qp || key >= S) x = NEG_INF;
+                    }
+                    sacc[mt][j][e] = x;
+                }
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+            {
+                float mx = mrow[mt][r];
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(sacc[mt][j][2 * r], sacc[mt][j][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+                const float mu = mx == NEG_INF ? 0.f : mx;
+                const float corr = exp2f(mrow[mt][r] - mu);
+                mrow[mt][r] = mx;
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++)
+                {
+                    float p0 = exp2f(sacc[mt][j][2 * r] - mu), p1 = exp2f(sacc[mt][j][2 * r + 1] - mu);
+                    sacc[mt][j][2 * r] = p0; sacc[mt][j][2 * r + 1] = p1;
+                    sum += p0 + p1;
+                }
+                lrow[mt][r] = lrow[mt][r] * corr + sum;
+#pragma unroll
+                for (int j = 0; j < ND; j++) { oacc[mt][j][2 * r] *= corr; oacc[mt][j][2 * r + 1] *= corr; }
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++)
+        {
+            unsigned pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+            {
+                pa[mt][0] = Mma<T>::pack(sacc[mt][2 * kk][0], sacc[mt][2 * kk][1]);
+                pa[mt][1] = Mma<T>::pack(sacc[mt][2 * kk][2], sacc[mt][2 * kk][3]);
+                pa[mt][2] = Mma<T>::pack(sacc[mt][2 * kk + 1][0], sacc[mt][2 * kk + 1][1]);
+                pa[mt][3] = Mma<T>::pack(sacc[mt][2 * kk + 1][2], sacc[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int j2 = 0; j2 < D / 16; j2++)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4_t(tV + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, j2 * 16 + (lane >> 4) * 8), b0, b1, b2, b3);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                {
+                    Mma<T>::run(oacc[mt][2 * j2], pa[mt], b0, b1);
+                    Mma<T>::run(oacc[mt][2 * j2 + 1], pa[mt], b2, b3);
+                }
+            }
+        }
+        __syncthreads(); // this stage is refilled by the next-but-one iteration
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+        {
+            float l = lrow[mt][r];
+            l += __shfl_xor_sync(FULL_MASK, l, 1);
+            l += __shfl_xor_sync(FULL_MASK, l, 2);
+            const int t = m0 + w0 + mt * 16 + g + r * 8;
+            if (t < Tq)
+            {
+                const float inv = 1.f / l;
+                T* orow = o + b * os.b + (i64)t * os.t + (i64)h * os.h;
+#pragma unroll
+                for (int j = 0; j < ND; j++)
+                    *(unsigned*)(orow + j * 8 + 2 * c4) = Mma<T>::pack(oacc[mt][j][2 * r] * inv, oacc[mt][j][2 * r + 1] * inv);
+                if (lse && c4 == 0) lse[((i64)b * H + h) * Tq + t] = (mrow[mt][r] + log2f(l)) * LN2;
+            }
+        }
+}
+
+// ------------------------------------------------------------------------------------ decode
+// Split-K (flash-decoding) for few query rows and many keys. CTA (split, h, b) scores keys
+// [split * keysPerSplit, ...) for every query row; D/8 threads hold one key row (16-byte loads),
+// 128/(D/8) such groups stride over the keys, each with its own online softmax, merged in shared
+// memory. Writes unnormalised partial outputs; flash_decode_combine merges the splits.
+// part (B, H, Tq, splits, D + 2): o[0..D), m (log2 domain), l.
+template <typename T, int D>
+__device__ void flash_decode(const T* q, const T* k, const T* v, float* part, int Tq, int S, int H, int KH,
+    Strides3 qs, Strides3 ks, Strides3 vs, float scale, int keysPerSplit)
+{
+    constexpr int TPR = D / 8, NG = 128 / TPR;
+    __shared__ float red[NG][D + 2];
+    const int tid = threadIdx.x, grp = tid / TPR, sub = tid % TPR;
+    const int split = blockIdx.x, splits = gridDim.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
+    const T* kb = k + b * ks.b + (i64)kvh * ks.h + sub * 8;
+    const T* vb = v + b * vs.b + (i64)kvh * vs.h + sub * 8;
+    const float sl2 = scale * LOG2E;
+    const int s0 = split * keysPerSplit;
+    for (int t = 0; t < Tq; t++)
+    {
+        const int end = min(s0 + keysPerSplit, S - Tq + t + 1);
+        float qv[8];
+        {
+            u32x4 raw = *(const u32x4*)(q + b * qs.b + (i64)t * qs.t + (i64)h * qs.h + sub * 8);
+            const T* e = (const T*)&raw;
+#pragma unroll
+            for (int i = 0; i < 8; i++) qv[i] = to_f(e[i]) * sl2;
+        }
+        float m = NEG_INF, l = 0.f, acc[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] = 0.f;
+        // The loop count is uniform over the warp (the shuffles need every lane); keys past the end score nothing.
+#pragma unroll 2
+        for (int base = s0; base < end; base += NG)
+        {
+            const int s = base + grp;
+            const bool ok = s < end;
+            u32x4 kr = {0u, 0u, 0u, 0u}, vr = {0u, 0u, 0u, 0u};
+            if (ok) { kr = *(const u32x4*)(kb + (i64)s * ks.t); vr = *(const u32x4*)(vb + (i64)s * vs.t); }
+            const T* ke = (const T*)&kr;
+            const T* ve = (const T*)&vr;
+            float x = 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) x += qv[i] * to_f(ke[i]);
+#pragma unroll
+            for (int o = TPR / 2; o > 0; o >>= 1) x += __shfl_xor_sync(FULL_MASK, x, o);
+            if (ok)
+            {
+                const float mn = fmaxf(m, x), corr = exp2f(m - mn), p = exp2f(x - mn);
+                l = l * corr + p;
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc[i] = acc[i] * corr + p * to_f(ve[i]);
+                m = mn;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) red[grp][sub * 8 + i] = acc[i];
+        if (sub == 0) { red[grp][D] = m; red[grp][D + 1] = l; }
+        __syncthreads();
+        float* out = part + ((((i64)b * H + h) * Tq + t) * splits + split) * (D + 2);
+        for (int d = tid; d < D + 2; d += blockDim.x)
+        {
+            float M = NEG_INF;
+            for (int i = 0; i < NG; i++) M = fmaxf(M, red[i][D]);
+            float r = 0.f;
+            if (d == D) r = M;
+            else if (M != NEG_INF)
+                for (int i = 0; i < NG; i++) r += red[i][d == D + 1 ? D + 1 : d] * exp2f(red[i][D] - M);
+            out[d] = r;
+        }
+        __syncthreads();
+    }
+}
+
+// One CTA of D threads per (b, h, t) row: merges the splits, writes the output row and lse.
+template <typename T, int D>
+__device__ void flash_decode_combine(const float* part, T* o, float* lse, int Tq, int H, int splits, Strides3 os)
+{
+    const int row = blockIdx.x, d = threadIdx.x;
+    const int t = row % Tq, h = (row / Tq) % H, b = row / (Tq * H);
+    const float* p = part + (i64)row * splits * (D + 2);
+    float M = NEG_INF;
+    for (int i = 0; i < splits; i++) M = fmaxf(M, p[i * (D + 2) + D]);
+    float L = 0.f, acc = 0.f;
+    for (int i = 0; i < splits; i++)
+    {
+        const float* pi = p + i * (D + 2);
+        if (pi[D] == NEG_INF) continue;
+        float w = exp2f(pi[D] - M);
+        L += pi[D + 1] * w;
+        acc += pi[d] * w;
+    }
+    o[b * os.b + (i64)t * os.t + (i64)h * os.h + d] = from_f<T>(acc / L);
+    if (lse && d == 0) lse[((i64)b * H + h) * Tq + t] = (M + log2f(L)) * LN2;
+}
+
+// ------------------------------------------------------------------------------------ backward
+// Preprocess: delta (B,H,T) = rowsum(dO * O); zeroes the fp32 dq accumulator (B,T,H,D) contiguous.
+// D/8 threads per (b, t, h) row.
+template <typename T, int D>
+__device__ void flash_backward_pre(const T* o, const T* dout, float* delta, float* dqacc, int B, int Tq, int H,
+    Strides3 os, Strides3 ds)
+{
+    constexpr int TPR = D / 8;
+    const i64 gt = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const i64 row = gt / TPR;
+    const int sub = (int)(gt % TPR);
+    const bool ok = row < (i64)B * Tq * H;
+    const int h = (int)(row % H), t = (int)((row / H) % Tq), b = (int)(row / ((i64)H * Tq));
+    float s = 0.f;
+    if (ok)
+    {
+        u32x4 a = *(const u32x4*)(o + b * os.b + (i64)t * os.t + (i64)h * os.h + sub * 8);
+        u32x4 c = *(const u32x4*)(dout + b * ds.b + (i64)t * ds.t + (i64)h * ds.h + sub * 8);
+        const T* ae = (const T*)&a;
+        const T* ce = (const T*)&c;
+#pragma unroll
+        for (int i = 0; i < 8; i++) s += to_f(ae[i]) * to_f(ce[i]);
+        f32x4 z = {0.f, 0.f, 0.f, 0.f};
+        f32x4* dst = (f32x4*)(dqacc + row * D + sub * 8);
+        dst[0] = z; dst[1] = z;
+    }
+#pragma unroll
+    for (int off = TPR / 2; off > 0; off >>= 1) s += __shfl_xor_sync(FULL_MASK, s, off);
+    if (ok && sub == 0) delta[((i64)b * H + h) * Tq + t] = s;
+}
+
+// dq (strided, T) = dqacc (fp32, contiguous (B,T,H,D)); 8 values per thread.
+template <typename T, int D>
+__device__ void flash_backward_dq_cast(const float* dqacc, T* dq, int B, int Tq, int H, Strides3 dqs)
+{
+    constexpr int TPR = D / 8;
+    const i64 gt = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const i64 row = gt / TPR;
+    const int sub = (int)(gt % TPR);
+    if (row >= (i64)B * Tq * H) return;
+    const int h = (int)(row % H), t = (int)((row / H) % Tq), b = (int)(row / ((i64)H * Tq));
+    const f32x4* src = (const f32x4*)(dqacc + row * D + sub * 8);
+    f32x4 x = src[0], y = src[1];
+    u32x4 r;
+    r.x = Mma<T>::pack(x.x, x.y); r.y = Mma<T>::pack(x.z, x.w);
+    r.z = Mma<T>::pack(y.x, y.y); r.w = Mma<T>::pack(y.z, y.w);
+    *(u32x4*)(dq + b * dqs.b + (i64)t * dqs.t + (i64)h * dqs.h + sub * 8) = r;
+}
+
+// Main backward (S = T). CTA (key block of 64, kv head, b), 4 warps of 16 keys. For each query head
+// of the group and each query block of 64 at or after the key block: S^T = K Q^T, P^T = exp(S^T - lse),
+// dP^T = V dO^T, dS^T = P^T (dP^T - delta); dV += P^T dO, dK += dS^T Q in registers;
+// dQ += dS K through shared memory (dS^T tile) and fp32 atomics. Q/dO/lse/delta double-buffered.
+template <typename T, int D>
+__device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
+    float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
+    Strides3 dks, Strides3 dvs, float scale)
+{
+    constexpr int BM = 64, BN = 64, NT = 128, KD = D / 16, ND = D / 8;
+    extern __shared__ unsigned char smem[];
+    const unsigned sK = smem_u32(smem);
+    const unsigned sV = sK + BN * D * 2;
+    const unsigned sQ = sV + BN * D * 2;        // 2 stages
+    const unsigned sdO = sQ + 2 * BM * D * 2;   // 2 stages
+    const unsigned sdS = sdO + 2 * BM * D * 2;  // BN x BM, swizzled rows of 64
+    float* sL = (float*)(smem + (sdS + BN * BM * 2 - sK)); // 2 stages x BM lse (log2 domain after load), then 2 x BM delta
+    float* sDel = sL + 2 * BM;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = H / KH;
+    const int n0 = nb * BN;
+    const int mStart = n0 / BM, nQB = (Tq + BM - 1) / BM, per = nQB - mStart, iters = per * group;
+    const float sl2 = scale * LOG2E;
+
+    load_tile<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
+    load_tile<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
+
+    auto issue = [&](int it, int st) {
+        const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
+        load_tile<D, BM, NT>(sQ + st * BM * D * 2, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
+        load_tile<D, BM, NT>(sdO + st * BM * D * 2, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
+        const i64 rowBase = ((i64)b * H + hh) * Tq;
+        if (tid < 32)
+        {
+            // 16 chunks of 4 floats for lse, 16 for delta; rows beyond T read as 0 (masked anyway).
+            const int which = tid >> 4, c = tid & 15, t = m0 + c * 4;
+            const float* src = (which ? delta : lse) + rowBase + t;
+            float* dst = (which ? sDel : sL) + st * BM + c * 4;
+            // lse/delta rows are not 16-byte aligned in general (T arbitrary): 4-byte copies.
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+            {
+                bool ok = t + i < Tq;
+                asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst + i)), "l"(ok ? src + i : src - t), "r"(ok ? 4 : 0));
+            }
+        }
+    };
+
+    float dkacc[ND][4], dvacc[ND][4];
+#pragma unroll
+    for (int j = 0; j < ND; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) { dkacc[j][e] = 0.f; dvacc[j][e] = 0.f; }
+
+    issue(0, 0);
+    cp_async_commit();
+    for (int it = 0; it < iters; it++)
+    {
+        const int st = it & 1;
+        if (it + 1 < iters) issue(it + 1, st ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
+        const unsigned tQ = sQ + st * BM * D * 2, tdO = sdO + st * BM * D * 2;
+        const float* tL = sL + st * BM;
+        const float* tDel = sDel + st * BM;
+
+        // S^T (16 keys x 64 queries per warp) and dP^T
+        float sacc[BM / 8][4], pacc[BM / 8][4];
+#pragma unroll
+        for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) { sacc[j][e] = 0.f; pacc[j][e] = 0.f; }
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
+        {
+            unsigned ka[4], va[4];
+            ldsm_x4(sK + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), ka[0], ka[1], ka[2], ka[3]);
+            ldsm_x4(sV + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), va[0], va[1], va[2], va[3]);
+#pragma unroll
+            for (int j2 = 0; j2 < BM / 16; j2++)
+            {
+                unsigned b0, b1, b2, b3;
+                const int r = j2 * 16 + (lane & 7) + ((lane >> 4) << 3), col = kk * 16 + ((lane >> 3) & 1) * 8;
+                ldsm_x4(tQ + swz<D>(r, col), b0, b1, b2, b3);
+                Mma<T>::run(sacc[2 * j2], ka, b0, b1);
+                Mma<T>::run(sacc[2 * j2 + 1], ka, b2, b3);
+                ldsm_x4(tdO + swz<D>(r, col), b0, b1, b2, b3);
+                Mma<T>::run(pacc[2 * j2], va, b0, b1);
+                Mma<T>::run(pacc[2 * j2 + 1], va, b2, b3);
+            }
+        }
+        const bool mask = m0 < n0 + BN || m0 + BM > Tq;
+#pragma unroll
+        for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int qc = j * 8 + 2 * c4 + (e & 1), key = n0 + warp * 16 + g + (e >> 1) * 8, t = m0 + qc;
+                float p = exp2f(sacc[j][e] * sl2 - tL[qc] * LOG2E);
+                if (mask && (key > t || t >= Tq)) p = 0.f;
+                sacc[j][e] = p;
+                pacc[j][e] = p * (pacc[j][e] - tDel[qc]);
+            }
+        // dV += P^T dO, dK += dS^T Q (k = query)
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++)
+        {
+            unsigned pa[4], sa[4];
+            pa[0] = Mma<T>::pack(sacc[2 * kk][0], sacc[2 * kk][1]);
+            pa[1] = Mma<T>::pack(sacc[2 * kk][2], sacc[2 * kk][3]);
+            pa[2] = Mma<T>::pack(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
+            pa[3] = Mma<T>::pack(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+            sa[0] = Mma<T>::pack(pacc[2 * kk][0], pacc[2 * kk][1]);
+            sa[1] = Mma<T>::pack(pacc[2 * kk][2], pacc[2 * kk][3]);
+            sa[2] = Mma<T>::pack(pacc[2 * kk + 1][0], pacc[2 * kk + 1][1]);
+            sa[3] = Mma<T>::pack(pacc[2 * kk + 1][2], pacc[2 * kk + 1][3]);
+            // dS^T to shared memory for dQ: row key (warp*16 + g (+8)), columns queries 16kk + 2c4 (+8)
+            {
+                char* base = (char*)smem + (sdS - sK);
+                const int r0 = warp * 16 + g, r1 = r0 + 8, cA = kk * 16 + 2 * c4, cB = cA + 8;
+                *(unsigned*)(base + swz<BM>(r0, cA & ~7) + (cA & 7) * 2) = sa[0];
+                *(unsigned*)(base + swz<BM>(r1, cA & ~7) + (cA & 7) * 2) = sa[1];
+                *(unsigned*)(base + swz<BM>(r0, cB & ~7) + (cB & 7) * 2) = sa[2];
+                *(unsigned*)(base + swz<BM>(r1, cB & ~7) + (cB & 7) * 2) = sa[3];
+            }
+#pragma unroll
+            for (int j2 = 0; j2 < D / 16; j2++)
+            {
+                unsigned b0, b1, b2, b3;
+                const int r = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = j2 * 16 + (lane >> 4) * 8;
+                ldsm_x4_t(tdO + swz<D>(r, col), b0, b1, b2, b3);
+                Mma<T>::run(dvacc[2 * j2], pa, b0, b1);
+                Mma<T>::run(dvacc[2 * j2 + 1], pa, b2, b3);
+                ldsm_x4_t(tQ + swz<D>(r, col), b0, b1, b2, b3);
+                Mma<T>::run(dkacc[2 * j2], sa, b0, b1);
+                Mma<T>::run(dkacc[2 * j2 + 1], sa, b2, b3);
+            }
+        }
+        __syncthreads();
+        // dQ (16 queries per warp x D) = dS (16 x 64 keys) K (64 keys x D); A from the dS^T tile, transposed.
+        {
+            float qacc[ND][4];
+#pragma unroll
+            for (int j = 0; j < ND; j++) qacc[j][0] = qacc[j][1] = qacc[j][2] = qacc[j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+            {
+                unsigned a[4];
+                ldsm_x4_t(sdS + swz<BM>(kk * 16 + (lane & 7) + (lane >> 4) * 8, warp * 16 + ((lane >> 3) & 1) * 8), a[0], a[1], a[2], a[3]);
+#pragma unroll
+                for (int j2 = 0; j2 < D / 16; j2++)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(sK + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, j2 * 16 + (lane >> 4) * 8), b0, b1, b2, b3);
+                    Mma<T>::run(qacc[2 * j2], a, b0, b1);
+                    Mma<T>::run(qacc[2 * j2 + 1], a, b2, b3);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+            {
+                const int t = m0 + warp * 16 + g + r * 8;
+                if (t < Tq)
+                {
+                    float* dst = dqacc + (((i64)b * Tq + t) * H + hh) * D + 2 * c4;
+#pragma unroll
+                    for (int j = 0; j < ND; j++)
+                    {
+                        // one 8-byte reduction per adjacent pair (sm_90), fire-and-forget
+                        asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[j][2 * r] * scale),
+                                     "f"(qacc[j][2 * r + 1] * scale) : "memory");
+                    }
+                }
+            }
+        }
+        __syncthreads(); // sdS and this stage are rewritten next
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+    {
+        const int s = n0 + warp * 16 + g + r * 8;
+        if (s < Tq)
+        {
+            T* krow = dk + b * dks.b + (i64)s * dks.t + (i64)kvh * dks.h;
+            T* vrow = dv + b * dvs.b + (i64)s * dvs.t + (i64)kvh * dvs.h;
+#pragma unroll
+            for (int j = 0; j < ND; j++)
+            {
+                *(unsigned*)(krow + j * 8 + 2 * c4) = Mma<T>::pack(dkacc[j][2 * r] * scale, dkacc[j][2 * r + 1] * scale);
+                *(unsigned*)(vrow + j * 8 + 2 * c4) = Mma<T>::pack(dvacc[j][2 * r], dvacc[j][2 * r + 1]);
+            }
+        }
+    }
+}
+
+// Query m16 tiles per warp in the forward. 2 (128-row CTAs) was measured 20% slower than 1 for
+// D = 64 on the H100 (B8/B64 T1024 H12), so 1 for both head sizes; the host's row count must match.
+#define FLASH_MT(D) 1
+
+#define FLASH(n, T, D)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) flash_forward_##n##_d##D(const T* q, const T* k,          \
+        const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
+        Strides3 os, float scale)                                                                               \
+    {                                                                                                           \
+        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                              \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
+        const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
+        float scale, int keysPerSplit)                                                                          \
+    {                                                                                                           \
+        flash_decode<T, D>(q, k, v, part, Tq, S, H, KH, qs, ks, vs, scale, keysPerSplit);                       \
+    }                                                                                                           \
+    extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
+        int H, int splits, Strides3 os)                                                                         \
+    {                                                                                                           \
+        flash_decode_combine<T, D>(part, o, lse, Tq, H, splits, os);                                            \
+    }                                                                                                           \
+    extern "C" __global__ void flash_backward_pre_##n##_d##D(const T* o, const T* dout, float* delta,          \
+        float* dqacc, int B, int Tq, int H, Strides3 os, Strides3 ds)                                           \
+    {                                                                                                           \
+        flash_backward_pre<T, D>(o, dout, delta, dqacc, B, Tq, H, os, ds);                                      \
+    }                                                                                                           \
+    extern "C" __global__ void flash_backward_dq_cast_##n##_d##D(const float* dqacc, T* dq, int B, int Tq,     \
+        int H, Strides3 dqs)                                                                                    \
+    {                                                                                                           \
+        flash_backward_dq_cast<T, D>(dqacc, dq, B, Tq, H, dqs);                                                 \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) flash_backward_##n##_d##D(const T* q, const T* k,         \
+        const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk, T* dv, int Tq,    \
+        int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks, Strides3 dvs,          \
+        float scale)                                                                                            \
+    {                                                                                                           \
+        flash_backward<T, D>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs,     \
+                             scale);                                                                            \
+    }
+
+FLASH(bf16, bf16, 64)
+FLASH(bf16, bf16, 128)
+FLASH(f16, f16, 64)
+FLASH(f16, f16, 128)
