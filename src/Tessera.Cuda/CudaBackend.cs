@@ -77,6 +77,13 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
 
     private static ulong PtrOrNull(Tensor? t) => t is null ? 0 : Ptr(t);
 
+    /// <summary>Device address of a tensor's first element, for libraries that take raw pointers (NCCL).</summary>
+    public IntPtr DevicePointer(Tensor tensor)
+    {
+        if (tensor.Backend != this) throw new ArgumentException($"tensor {tensor} belongs to another backend");
+        return (IntPtr)(long)Ptr(tensor);
+    }
+
     /// <summary>The kernel-name suffix for a floating-point storage type.</summary>
     private static string Suffix(DType dtype, string op) => dtype switch
     {

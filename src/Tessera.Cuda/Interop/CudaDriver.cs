@@ -9,6 +9,7 @@ namespace Tessera.Cuda.Interop;
 internal static unsafe partial class CudaDriver
 {
     internal const int CUDA_SUCCESS = 0;
+    internal const int CUDA_ERROR_NOT_READY = 600;
     internal const int CUDA_ERROR_OUT_OF_MEMORY = 2;
     internal const int CUDA_ERROR_NO_DEVICE = 100;
 
@@ -45,6 +46,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Lib, EntryPoint = "cuStreamDestroy_v2")] internal static partial int cuStreamDestroy(IntPtr stream);
     [LibraryImport(Lib)] internal static partial int cuStreamSynchronize(IntPtr stream);
     [LibraryImport(Lib)] internal static partial int cuStreamWaitEvent(IntPtr stream, IntPtr @event, uint flags);
+    [LibraryImport(Lib)] internal static partial int cuStreamQuery(IntPtr stream);
 
     [LibraryImport(Lib)] internal static partial int cuEventCreate(IntPtr* @event, uint flags);
     [LibraryImport(Lib, EntryPoint = "cuEventDestroy_v2")] internal static partial int cuEventDestroy(IntPtr @event);

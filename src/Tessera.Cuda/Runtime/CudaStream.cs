@@ -19,6 +19,18 @@ public sealed class CudaStream : IDisposable
 
     internal IntPtr Handle { get; private set; }
 
+    /// <summary>The CUstream handle, for libraries that enqueue on it (NCCL).</summary>
+    public IntPtr NativeHandle => Handle;
+
+    /// <summary>True when every operation enqueued so far has finished; never blocks (cuStreamQuery).</summary>
+    public bool IsIdle()
+    {
+        int status = cuStreamQuery(Handle);
+        if (status == CUDA_ERROR_NOT_READY) return false;
+        Check(status, "cuStreamQuery");
+        return true;
+    }
+
     /// <summary>Waits until all work enqueued so far has finished.</summary>
     public void Synchronize()
     {

@@ -20,4 +20,12 @@ public interface IDeviceBufferAccess
 
     /// <summary>True when all work enqueued on <see cref="CommunicationStream"/> so far has finished (cuStreamQuery); never blocks.</summary>
     bool IsCommunicationStreamIdle();
+
+    /// <summary>
+    /// Makes work enqueued next on <see cref="CommunicationStream"/> wait, on the device, for the compute work
+    /// enqueued so far (record an event on the compute stream, make the communication stream wait on it).
+    /// Called before every NCCL operation, so a collective reads what the preceding ops wrote while later
+    /// compute (the rest of backward) runs on, overlapped. A no-op when both streams are one.
+    /// </summary>
+    void OrderCommunicationAfterCompute();
 }

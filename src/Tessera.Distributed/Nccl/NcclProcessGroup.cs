@@ -126,6 +126,7 @@ public sealed class NcclProcessGroup : ProcessGroup
     /// <inheritdoc/>
     protected override CollectiveHandle AllReduceCore(Tensor tensor, ReduceOp op, long sequenceNumber)
     {
+        Access.OrderCommunicationAfterCompute();
         var p = Access.DevicePointer(tensor);
         var (type, count) = Elements(tensor);
         Check(NcclNative.ncclAllReduce(p, p, count, type, RedOp(op), Comm, Access.CommunicationStream), "ncclAllReduce", Where(CollectiveKind.AllReduce, sequenceNumber));
@@ -135,6 +136,7 @@ public sealed class NcclProcessGroup : ProcessGroup
     /// <inheritdoc/>
     protected override CollectiveHandle ReduceScatterCore(Tensor input, Tensor output, ReduceOp op, long sequenceNumber)
     {
+        Access.OrderCommunicationAfterCompute();
         var (type, count) = Elements(output);
         Check(NcclNative.ncclReduceScatter(Access.DevicePointer(input), Access.DevicePointer(output), count, type, RedOp(op), Comm, Access.CommunicationStream),
             "ncclReduceScatter", Where(CollectiveKind.ReduceScatter, sequenceNumber));
@@ -144,6 +146,7 @@ public sealed class NcclProcessGroup : ProcessGroup
     /// <inheritdoc/>
     protected override CollectiveHandle AllGatherCore(Tensor input, Tensor output, long sequenceNumber)
     {
+        Access.OrderCommunicationAfterCompute();
         var (type, count) = Elements(input);
         Check(NcclNative.ncclAllGather(Access.DevicePointer(input), Access.DevicePointer(output), count, type, Comm, Access.CommunicationStream),
             "ncclAllGather", Where(CollectiveKind.AllGather, sequenceNumber));
@@ -153,6 +156,7 @@ public sealed class NcclProcessGroup : ProcessGroup
     /// <inheritdoc/>
     protected override CollectiveHandle BroadcastCore(Tensor tensor, int root, long sequenceNumber)
     {
+        Access.OrderCommunicationAfterCompute();
         var p = Access.DevicePointer(tensor);
         var (type, count) = Elements(tensor);
         Check(NcclNative.ncclBroadcast(p, p, count, type, root, Comm, Access.CommunicationStream), "ncclBroadcast", Where(CollectiveKind.Broadcast, sequenceNumber));
@@ -162,6 +166,7 @@ public sealed class NcclProcessGroup : ProcessGroup
     /// <inheritdoc/>
     protected override CollectiveHandle BarrierCore(long sequenceNumber)
     {
+        Access.OrderCommunicationAfterCompute();
         _barrierScratch ??= Access.Backend.Allocate(new Shape(1), DType.F32);
         var p = Access.DevicePointer(_barrierScratch);
         Check(NcclNative.ncclAllReduce(p, p, 1, NcclDataType.Float32, NcclRedOp.Sum, Comm, Access.CommunicationStream), "ncclAllReduce (barrier)", Where(CollectiveKind.Barrier, sequenceNumber));
@@ -171,6 +176,7 @@ public sealed class NcclProcessGroup : ProcessGroup
     /// <inheritdoc/>
     protected override CollectiveHandle SendCore(Tensor tensor, int peer)
     {
+        Access.OrderCommunicationAfterCompute();
         long number = _sent[peer] = _sent.GetValueOrDefault(peer) + 1;
         var (type, count) = Elements(tensor);
         Check(NcclNative.ncclSend(Access.DevicePointer(tensor), count, type, peer, Comm, Access.CommunicationStream), "ncclSend", $" (message #{number} from rank {Rank} to rank {peer} in group '{Name}')");
@@ -180,6 +186,7 @@ public sealed class NcclProcessGroup : ProcessGroup
     /// <inheritdoc/>
     protected override CollectiveHandle RecvCore(Tensor tensor, int peer)
     {
+        Access.OrderCommunicationAfterCompute();
         long number = _received[peer] = _received.GetValueOrDefault(peer) + 1;
         var (type, count) = Elements(tensor);
         Check(NcclNative.ncclRecv(Access.DevicePointer(tensor), count, type, peer, Comm, Access.CommunicationStream), "ncclRecv", $" (message #{number} from rank {peer} to rank {Rank} in group '{Name}')");

@@ -1,0 +1,99 @@
+using Tessera.Cuda.Distributed;
+using Tessera.Distributed;
+using Tessera.Distributed.Nccl;
+using Tessera.Models;
+using Tessera.Tensors;
+using Tessera.Training;
+using Tessera.Training.Data;
+using Tessera.Training.Optim;
+using Tessera.Training.Parallel;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// NCCL through Tessera's binding on one GPU: a one-rank communicator runs every collective on its own
+/// stream, ordered after the compute that produced its input; the data-parallel trainer runs through it.
+/// </summary>
+[Collection("cuda")]
+public sealed class NcclOneRankTests(CudaFixture fixture) : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-nccl-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private (NcclProcessGroup Group, CudaCommunication Access) World()
+    {
+        var backend = fixture.Backend;
+        if (!NcclProcessGroup.IsAvailable()) Assert.Skip("libnccl.so.2 not found");
+        var access = new CudaCommunication(backend);
+        var group = NcclProcessGroup.Create("world", 0, 1, NcclProcessGroup.CreateUniqueId(), access, TimeSpan.FromSeconds(30));
+        return (group, access);
+    }
+
+    [Fact]
+    public void EveryCollectiveCompletesWithTheRightValuesAfterTheComputeThatFeedsIt()
+    {
+        var backend = fixture.Backend;
+        var (group, access) = World();
+        using var _ = group;
+        using var __ = access;
+        var rng = new Random(11);
+        var host = Enumerable.Range(0, 1 << 20).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
+        var t = backend.FromHost<float>(host, new Shape(host.Length));
+        // Compute enqueued just before the collective: if NCCL's stream were not ordered after it,
+        // the all-reduce would read the unscaled values (this scale is ~1 ms of queued work ahead).
+        for (int i = 0; i < 8; i++) backend.Scale(t, 2.0);
+        group.AllReduce(t, ReduceOp.Sum).Wait();
+        var got = backend.ToArray<float>(t);
+        for (int i = 0; i < host.Length; i += 997) Assert.Equal(host[i] * 256f, got[i]);
+
+        var output = backend.Allocate(new Shape(host.Length), DType.F32);
+        backend.Fill(output, double.NaN);
+        group.AllGather(t, output).Wait();
+        Assert.Equal(got, backend.ToArray<float>(output));
+        backend.Fill(output, double.NaN);
+        group.ReduceScatter(t, output).Wait();
+        Assert.Equal(got, backend.ToArray<float>(output));
+        group.Broadcast(t, root: 0).Wait();
+        group.AllReduce(t, ReduceOp.Average).Wait();
+        Assert.Equal(got, backend.ToArray<float>(t));
+        group.Barrier().Wait();
+        Assert.Equal(1, group.Count(CollectiveKind.AllGather));
+        Assert.Equal(2, group.Count(CollectiveKind.AllReduce));
+        Assert.Equal(5, group.CollectiveCount);
+    }
+
+    [Fact]
+    public void DataParallelTrainerRunsThroughNcclAndMatchesThePlainTrainer()
+    {
+        var backend = fixture.Backend;
+        var (group, access) = World();
+        using var _ = group;
+        using var __ = access;
+        var shard = Path.Combine(_dir, "train.bin");
+        var rng = new Random(5);
+        TokenShard.Write(shard, Enumerable.Range(0, 4000).Select(_ => rng.Next(96)).ToArray());
+        var options = new TrainerOptions { BatchSize = 2, SequenceLength = 16, Steps = 5, WarmupSteps = 1, LearningRate = 1e-3, Seed = 3 };
+        var adam = new AdamWOptions();
+
+        Transformer NewModel()
+        {
+            var m = new Transformer(ModelPresets.Get("gpt2-debug"), backend, DType.F32);
+            m.InitializeWeights(options.Seed);
+            return m;
+        }
+
+        var plainModel = NewModel();
+        var plain = new Trainer(plainModel, new AdamWOptimizer(plainModel.Parameters, adam), new TokenDataLoader([shard], 2, 16), null, options);
+        var expected = Enumerable.Range(0, 5).Select(_ => plain.TrainStep()).ToArray();
+
+        var dpModel = NewModel();
+        var dp = new DataParallelTrainer(dpModel, group, new TokenDataLoader([shard], 2, 16, 0, 1), options, adam,
+            new DataParallelOptions { Stage = ZeroStage.Gradients, BucketElements = 4096 });
+        var losses = Enumerable.Range(0, 5).Select(_ => dp.TrainStep()).ToArray();
+        // One rank: the same arithmetic except the sharded optimizer's norm order; float32 rounding only.
+        for (int i = 0; i < 5; i++) Assert.True(Math.Abs(losses[i] - expected[i]) <= 1e-5 * expected[i], $"step {i}: {losses[i]} vs {expected[i]}");
+        Assert.True(group.Count(CollectiveKind.ReduceScatter) > 0);
+    }
+}
