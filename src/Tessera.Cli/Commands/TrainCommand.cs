@@ -25,7 +25,7 @@ internal static class TrainCommand
           --steps N [300]  --batch B [16]  --seq T [128]  --accum N [1]  --lr X [2e-3]  --warmup N [20]
           --min-lr-fraction X [0.1]  --weight-decay X [0.1]  --clip X [1.0]  --seed N [1337]
           --eval-every N [50]  --eval-batches N [4]  --checkpoint-every N [0: at the end]  --log-every N [10]
-          --device cpu|cuda[:N] [cpu]  --threads N [all cores]  --dtype f32|f64 [f32]  --recompute
+          --device cpu|cuda[:N] [cpu]  --threads N [all cores]  --dtype f32|bf16|f64 [f32]  --recompute
           --resume                continue from OUT/checkpoints/latest
           --sample-tokens N       tokens to sample from the final model [200]
         """;
@@ -59,7 +59,8 @@ internal static class TrainCommand
         {
             "f32" => DType.F32,
             "f64" => DType.F64,
-            var other => throw new UsageException($"--dtype {other}: expected f32 or f64"),
+            "bf16" => DType.BF16,
+            var other => throw new UsageException($"--dtype {other}: expected f32, bf16 or f64"),
         };
         bool recompute = args.Flag("recompute");
         bool resume = args.Flag("resume");
