@@ -1,5 +1,6 @@
 using Tessera.Bench.Gemm;
 using Tessera.Bench.Training;
+using Tessera.Bench.Gpu;
 
 // Tessera's benchmarks: one subcommand per concern; each prints a table for docs/benchmarks.md.
 if (args.Length == 0)
@@ -11,6 +12,10 @@ switch (args[0])
         return GemmBenchmark.Run(rest);
     case "train-cpu":
         return TrainingStepBench.Run(rest);
+    case "gpu-train":
+        return GpuTrainingBench.Run(rest);
+    case "gpu-decode":
+        return GpuDecodeBench.Run(rest);
     case "-h" or "--help" or "help":
         return Usage(Console.Out, 0);
     default:
@@ -27,5 +32,7 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("         (options: --rows 256,1024  --threads 2  --reps 5  --no-openblas  --dgemm)");
     w.WriteLine("  train-cpu  CPU training step (forward, backward, AdamW) tokens/s for presets");
     w.WriteLine("         (arguments: PRESET:BxT ... default gpt2-tiny:16x128 gpt2-124m:4x64; --threads N --steps N)");
+    w.WriteLine("  gpu-train  GPU training step of a preset in bf16: tokens/s, MFU, peak memory (see scripts/gpu-bench.sh)");
+    w.WriteLine("  gpu-decode GPU prefill and decode tokens/s and bandwidth (see scripts/gpu-bench.sh)");
     return code;
 }

@@ -26,14 +26,15 @@ public sealed class Transformer
     /// <summary>Declares and allocates the parameters (values and gradients zeroed; call <see cref="InitializeWeights"/> or load weights).</summary>
     /// <param name="config">Shape of the model; validated.</param>
     /// <param name="backend">Where parameters and activations live.</param>
-    /// <param name="dtype">F32 (training) or F64 (gradient checks).</param>
+    /// <param name="dtype">F32 (training), F64 (gradient checks) or BF16 (mixed precision: BF16 parameters, gradients and
+    /// activations, F32 masters in the arena, F32 norm statistics, log-sum-exp and losses).</param>
     public Transformer(TransformerConfig config, IBackend backend, DType dtype)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
         config.Validate();
-        if (dtype is not (DType.F32 or DType.F64))
-            throw new ArgumentException($"Transformer: dtype {dtype} is not supported; use F32 or F64");
+        if (dtype is not (DType.F32 or DType.F64 or DType.BF16))
+            throw new ArgumentException($"Transformer: dtype {dtype} is not supported; use F32, F64 or BF16");
         Config = config;
         Backend = backend;
         DType = dtype;
@@ -64,6 +65,9 @@ public sealed class Transformer
 
     /// <summary>Element type of parameters and activations.</summary>
     public DType DType { get; }
+
+    /// <summary>Element type of the per-token losses (and of norm statistics): F64 for F64 models, else F32.</summary>
+    public DType LossDType => DType == DType.F64 ? DType.F64 : DType.F32;
 
     /// <summary>All parameters and gradients, in canonical order and names.</summary>
     public ParameterArena Parameters { get; }
@@ -128,9 +132,11 @@ public sealed class Transformer
                 long filled = rows * (p.Shape.Rank == 2 ? p.Shape[1] : 1);
                 for (long i = 0; i < filled; i++) values[i] = s * NextNormal(rng);
             }
-            if (DType == DType.F64) Backend.CopyFromHost<double>(values, p.Value);
-            else Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), p.Value);
+            var target = p.MasterOrValue;                            // the F32 master under mixed precision
+            if (target.DType == DType.F64) Backend.CopyFromHost<double>(values, target);
+            else Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target);
         }
+        Parameters.SyncValuesFromMasters();
     }
 
     /// <summary>
@@ -184,7 +190,7 @@ public sealed class Transformer
         var ctx = PassContext.Training(Activations, microBatch);
         var target = ctx.Buffer(_targets, new Shape(n), DType.I32);  // (N)
         Backend.Copy(targets, target.Reshape(b, t));
-        var losses = ctx.Buffer(_losses, new Shape(n), DType);       // (N)
+        var losses = ctx.Buffer(_losses, new Shape(n), LossDType);   // (N)
         var l2 = logits.Reshape(n, vPad);
         if (vPad == v)
         {

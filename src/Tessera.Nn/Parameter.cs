@@ -39,5 +39,14 @@ public sealed class Parameter
     /// <summary>The gradient: a view into the arena's gradient buffer (available once the arena is built).</summary>
     public Tensor Grad { get; internal set; } = null!;
 
+    /// <summary>
+    /// Mixed precision: the F32 master of the value, a view into <see cref="ParameterArena.Masters"/>; null when the
+    /// arena computes in F32 or F64 (then <see cref="Value"/> is the master).
+    /// </summary>
+    public Tensor? Master { get; internal set; }
+
+    /// <summary>The tensor that holds the authoritative value: <see cref="Master"/> when there is one, else <see cref="Value"/>.</summary>
+    public Tensor MasterOrValue => Master ?? Value;
+
     public override string ToString() => $"{Name} {Shape}";
 }

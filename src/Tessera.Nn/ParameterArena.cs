@@ -28,8 +28,18 @@ public sealed class ParameterArena
     /// <summary>Backend that holds the buffers.</summary>
     public IBackend Backend { get; }
 
-    /// <summary>Element type of values and gradients (F32 masters; F64 for gradient checks).</summary>
+    /// <summary>Element type of values and gradients: F32 (training), F64 (gradient checks) or BF16/F16 (mixed precision, with <see cref="Masters"/>).</summary>
     public DType DType { get; }
+
+    /// <summary>
+    /// Mixed precision (llm.c's design): when <see cref="DType"/> is BF16 or F16, an F32 master copy of the values,
+    /// laid out like <see cref="Values"/> (Length / Alignment, Alignment). The optimizer updates the masters and writes
+    /// the low-precision <see cref="Values"/> the layers read; checkpoints save the masters. Null for F32 and F64 arenas.
+    /// </summary>
+    public Tensor? Masters { get; private set; }
+
+    /// <summary>The element type the optimizer updates: F32 with masters, otherwise <see cref="DType"/>.</summary>
+    public DType MasterDType => DType is DType.BF16 or DType.F16 ? DType.F32 : DType;
 
     /// <summary>Parameters in declaration order.</summary>
     public IReadOnlyList<Parameter> Parameters => _parameters;
@@ -69,11 +79,22 @@ public sealed class ParameterArena
         var shape = new Shape(checked((int)Math.Max(_length / Alignment, 1)), Alignment);
         Values = Backend.Zeros(shape, DType);
         Grads = Backend.Zeros(shape, DType);
+        if (MasterDType != DType) Masters = Backend.Zeros(shape, MasterDType);
         foreach (var p in _parameters)
         {
             p.Value = Values.Narrow(p.Offset, p.Shape);
             p.Grad = Grads.Narrow(p.Offset, p.Shape);
+            p.Master = Masters?.Narrow(p.Offset, p.Shape);
         }
+    }
+
+    /// <summary>
+    /// Mixed precision: rewrites the low-precision <see cref="Values"/> from the F32 <see cref="Masters"/> (a cast over the
+    /// whole arena, enqueued). Call after writing masters directly (initialization, loading); no-op without masters.
+    /// </summary>
+    public void SyncValuesFromMasters()
+    {
+        if (Masters is not null) Backend.Copy(Masters, Values);
     }
 
     /// <summary>The parameter called <paramref name="name"/>.</summary>

@@ -42,7 +42,10 @@ public sealed class Trainer
         var backend = model.Parameters.Backend;
         _inputs = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
         _targets = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
-        _lossSum = backend.Zeros(new Shape(1), model.Parameters.DType);
+        _lossSum = backend.Zeros(new Shape(1), model.LossDType);
+        // The trainer checks token ids on its host arrays (CheckIds), so the model need not read them back from the
+        // device: on a GPU that read is a synchronization per forward.
+        model.ValidateInputs = false;
     }
 
     /// <summary>Run settings.</summary>
@@ -69,6 +72,7 @@ public sealed class Trainer
         for (int micro = 0; micro < accum; micro++)
         {
             _train.NextBatch(_hostInputs, _hostTargets);
+            CheckIds();
             backend.CopyFromHost<int>(_hostInputs, _inputs);
             backend.CopyFromHost<int>(_hostTargets, _targets);
             var losses = _model.Loss(_inputs, _targets, microBatch: 0, lossScale: scale);
@@ -90,6 +94,7 @@ public sealed class Trainer
         for (int i = 0; i < Options.EvalBatches; i++)
         {
             _validation.NextBatch(_hostInputs, _hostTargets);
+            CheckIds();
             backend.CopyFromHost<int>(_hostInputs, _inputs);
             backend.CopyFromHost<int>(_hostTargets, _targets);
             var losses = _model.Loss(_inputs, _targets, microBatch: 0, lossScale: 0);
@@ -98,6 +103,19 @@ public sealed class Trainer
             total += backend.ReadScalar(_lossSum);
         }
         return total / Options.EvalBatches;
+    }
+
+    /// <summary>Checks the batch's inputs (in [0, VocabSize)) and targets (in [-1, VocabSize)) on the host.</summary>
+    private void CheckIds()
+    {
+        int vocab = _model.Config.VocabSize, t = Options.SequenceLength;
+        for (int i = 0; i < _hostInputs.Length; i++)
+        {
+            if ((uint)_hostInputs[i] >= (uint)vocab)
+                throw new ArgumentException($"training data: input token [{i / t}, {i % t}] = {_hostInputs[i]} is outside [0, VocabSize = {vocab}); the data was tokenized for another vocabulary");
+            if (_hostTargets[i] < -1 || _hostTargets[i] >= vocab)
+                throw new ArgumentException($"training data: target [{i / t}, {i % t}] = {_hostTargets[i]} is outside [-1, VocabSize = {vocab}); the data was tokenized for another vocabulary");
+        }
     }
 
     /// <summary>

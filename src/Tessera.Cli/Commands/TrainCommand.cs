@@ -26,7 +26,7 @@ internal static class TrainCommand
           --steps N [1200]  --batch B [16]  --seq T [128]  --accum N [1]  --lr X [2e-3]  --warmup N [50]
           --min-lr-fraction X [0.1]  --weight-decay X [0.1]  --clip X [1.0]  --seed N [1337]
           --eval-every N [200]  --eval-batches N [4]  --checkpoint-every N [0: at the end]  --log-every N [50]
-          --device cpu|cuda[:N] [cpu]  --threads N [all cores]  --dtype f32|f64 [f32]  --recompute
+          --device cpu|cuda[:N] [cpu]  --threads N [all cores]  --dtype f32|bf16|f64 [f32]  --recompute
           --ranks N               data-parallel CPU ranks (threads of this process; cores are split between them) [1]
           --zero 0|1|2|3          with --ranks: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded) [0]
           --offload               with --zero: optimizer state and update on the host (ZeRO-Offload)
@@ -63,7 +63,8 @@ internal static class TrainCommand
         {
             "f32" => DType.F32,
             "f64" => DType.F64,
-            var other => throw new UsageException($"--dtype {other}: expected f32 or f64"),
+            "bf16" => DType.BF16,
+            var other => throw new UsageException($"--dtype {other}: expected f32, bf16 or f64"),
         };
         bool recompute = args.Flag("recompute");
         bool resume = args.Flag("resume");

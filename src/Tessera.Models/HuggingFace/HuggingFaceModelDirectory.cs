@@ -129,7 +129,11 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             if (!given.Contains(e.Canonical))
                 throw new ArgumentException($"{Path}: the model declares no parameter '{e.Canonical}', which the weights provide");
         foreach (var p in parameters)
-            CopyToParameter(ReadCanonical(p.Name).Data, p.Value, backend);
+        {
+            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it.
+            CopyToParameter(ReadCanonical(p.Name).Data, p.MasterOrValue, backend);
+            if (p.Master is not null) backend.Copy(p.Master, p.Value);
+        }
     }
 
     private static void CopyToParameter(float[] data, Tensor value, IBackend backend)
@@ -163,7 +167,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// </summary>
     public static void Export(string directory, TransformerConfig config, IReadOnlyList<Parameter> parameters, IBackend backend)
     {
-        var canonical = parameters.ToDictionary(p => p.Name, p => new HostTensor(p.Shape, CopyFromParameter(p.Value, backend)), StringComparer.Ordinal);
+        var canonical = parameters.ToDictionary(p => p.Name, p => new HostTensor(p.Shape, CopyFromParameter(p.MasterOrValue, backend)), StringComparer.Ordinal);
         Export(directory, config, canonical);
     }
 

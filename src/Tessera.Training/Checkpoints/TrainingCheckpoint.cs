@@ -21,8 +21,9 @@ public static class TrainingCheckpoint
     public static string Save(CheckpointStore store, Transformer model, Trainer trainer, string tokenizer)
     {
         // Hugging Face weights are written in F32; an F64 run (a numerical check) could not resume exactly from them.
-        if (model.Parameters.DType != DType.F32)
-            throw new CheckpointException($"checkpoints hold F32 weights; this run trains in {model.Parameters.DType}. Train in f32 to save checkpoints");
+        // A BF16 run keeps F32 masters, which are what is saved (and restored, with the BF16 copy cast from them).
+        if (model.Parameters.MasterDType != DType.F32)
+            throw new CheckpointException($"checkpoints hold F32 weights; this run trains in {model.Parameters.DType}. Train in f32 or bf16 to save checkpoints");
         return store.Save(trainer.Step, dir =>
         {
             HuggingFaceModelDirectory.Export(dir, model.Config, model.Parameters.Parameters, model.Parameters.Backend);
@@ -85,7 +86,7 @@ public static class TrainingCheckpoint
             foreach (var (prefix, moments) in new[] { ("m.", trainer.Optimizer.M), ("v.", trainer.Optimizer.V) })
             {
                 var view = moments.Narrow(p.Offset, p.Shape);
-                if (arena.DType == DType.F64) writer.Add(prefix + p.Name, p.Shape, arena.Backend.ToArray<double>(view));
+                if (arena.MasterDType == DType.F64) writer.Add(prefix + p.Name, p.Shape, arena.Backend.ToArray<double>(view));
                 else writer.Add(prefix + p.Name, p.Shape, arena.Backend.ToArray<float>(view));
             }
         }
@@ -104,7 +105,7 @@ public static class TrainingCheckpoint
                 var info = file[name];
                 if (info.Shape != p.Shape) throw new CheckpointException($"{path}: '{name}' has shape {info.Shape}, the model expects {p.Shape}");
                 var view = moments.Narrow(p.Offset, p.Shape);
-                if (arena.DType == DType.F64) arena.Backend.CopyFromHost<double>(file.ReadAsDouble(name), view);
+                if (arena.MasterDType == DType.F64) arena.Backend.CopyFromHost<double>(file.ReadAsDouble(name), view);
                 else arena.Backend.CopyFromHost<float>(file.ReadAsSingle(name), view);
             }
         }

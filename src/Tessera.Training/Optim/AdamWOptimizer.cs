@@ -14,6 +14,7 @@ public sealed class AdamWOptimizer
     private readonly ParameterArena _arena;
     private readonly List<(long Offset, long Length, bool Decay)> _ranges = [];
     private readonly Tensor _flatValues, _flatGrads;
+    private readonly Tensor? _lowPrecisionValues;   // the BF16 values beside F32 masters, else null
 
     /// <summary>Creates zeroed moments for <paramref name="arena"/> (which must be built).</summary>
     public AdamWOptimizer(ParameterArena arena, AdamWOptions options)
@@ -22,11 +23,13 @@ public sealed class AdamWOptimizer
         _arena = arena;
         Options = options;
         var backend = arena.Backend;
-        M = backend.Zeros(arena.Values.Shape, arena.DType);
-        V = backend.Zeros(arena.Values.Shape, arena.DType);
-        GradSumOfSquares = backend.Zeros(new Shape(1), arena.DType);
-        _flatValues = arena.Values;
+        // Mixed precision: F32 moments update the F32 masters; the low-precision values are written through lowPrecisionCopy.
+        M = backend.Zeros(arena.Values.Shape, arena.MasterDType);
+        V = backend.Zeros(arena.Values.Shape, arena.MasterDType);
+        GradSumOfSquares = backend.Zeros(new Shape(1), arena.MasterDType);
+        _flatValues = arena.Masters ?? arena.Values;
         _flatGrads = arena.Grads;
+        _lowPrecisionValues = arena.Masters is null ? null : arena.Values;
 
         // Merge runs of parameters that share a decay setting; cap a run so its length fits an int dimension.
         const long maxRun = 1L << 30;
@@ -75,7 +78,7 @@ public sealed class AdamWOptimizer
                 decay ? Options.WeightDecay : 0.0, StepCount, Options.MaxGradNorm);
             backend.AdamW(_flatValues.Narrow(offset, shape), _flatGrads.Narrow(offset, shape),
                 M.Narrow(offset, shape), V.Narrow(offset, shape), step,
-                Options.MaxGradNorm > 0 ? GradSumOfSquares : null);
+                Options.MaxGradNorm > 0 ? GradSumOfSquares : null, _lowPrecisionValues?.Narrow(offset, shape));
         }
     }
 

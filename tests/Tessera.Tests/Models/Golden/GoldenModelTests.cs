@@ -27,9 +27,12 @@ public class GoldenModelTests
 
     private static double Tolerance(DType dtype) => dtype == DType.F64 ? 1e-9 : 1e-4;
 
-    private static (global::Tessera.Models.Transformer Model, CpuBackend Backend) Load(GoldenCase golden, DType dtype)
+    /// <summary>The backend the model runs on; the GPU twin (Cuda/Training/CudaGoldenModelTests) overrides it.</summary>
+    protected virtual IBackend CreateBackend(DType dtype) => new CpuBackend(2);
+
+    private (global::Tessera.Models.Transformer Model, IBackend Backend) Load(GoldenCase golden, DType dtype)
     {
-        var backend = new CpuBackend(2);
+        var backend = CreateBackend(dtype);
         var model = new global::Tessera.Models.Transformer(golden.Config, backend, dtype);
         using var dir = HuggingFaceModelDirectory.Open(golden.Directory);
         dir.LoadInto(model.Parameters.Parameters, backend);

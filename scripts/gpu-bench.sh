@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# GPU training/generation check and benchmarks in ONE device call (tests + Tessera vs PyTorch), two halves.
+#
+#   DEST=/path/to/main-checkout/.device/gputrain scripts/gpu-bench.sh prepare   (development machine, repo root)
+#       builds tests/Tessera.Tests and a throwaway launcher for the bench/Tessera.Bench/Gpu entry points into
+#       DEST/app (framework-dependent; one folder, so the Tessera assemblies travel once), copies this script and
+#       bench/pytorch/train_gpt2.py. The .NET runtime is NOT packed again: `run` takes DEST/dotnet-runtime.tar.xz,
+#       else DEST/../dotnet-runtime.tar.xz (made by scripts/gpu-check.sh prepare).
+#   bash .device/gputrain/gpu-bench.sh run          (GPU machine, repository root, .device carried)
+#       runs the GPU tests of Tessera.Tests.Cuda.Training (TESTS=... to change the xunit filter, TESTS=none to skip),
+#       gpu-train (GPT-2 124M, bf16, B=64 as 2 micro-batches of 32 x T=1024; then with --recompute),
+#       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train), gpu-decode (llama-1b bf16, 512-token
+#       prompt, 256 new tokens; RUN_DECODE=0 skips it), keeps logs under $OUT, and prints the summary tables last.
+set -uo pipefail
+mode="${1:-run}"; shift || true
+case "$mode" in
+prepare)
+    set -e
+    dest="${DEST:-.device/gputrain}"
+    repo="$(pwd)"
+    rm -rf "$dest/app"; mkdir -p "$dest/app"
+    dotnet build tests/Tessera.Tests -c Release -o "$dest/app" -v q -nologo
+    launcher="$(mktemp -d)"
+    cat > "$launcher/GpuBenchLauncher.csproj" <<XML
+<Project Sdk="Microsoft.NET.Sdk">
+  <PropertyGroup><OutputType>Exe</OutputType><TargetFramework>net10.0</TargetFramework><ImplicitUsings>enable</ImplicitUsings><Nullable>enable</Nullable></PropertyGroup>
+  <ItemGroup><ProjectReference Include="$repo/bench/Tessera.Bench/Tessera.Bench.csproj" /></ItemGroup>
+</Project>
+XML
+    cat > "$launcher/Program.cs" <<'CS'
+return args.Length == 0 ? Usage() : args[0] switch
+{
+    "gpu-train" => Tessera.Bench.Gpu.GpuTrainingBench.Run(args[1..]),
+    "gpu-decode" => Tessera.Bench.Gpu.GpuDecodeBench.Run(args[1..]),
+    _ => Usage(),
+};
+static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode [options]"); return 2; }
+CS
+    dotnet build "$launcher/GpuBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
+    rm -rf "$launcher"
+    find "$dest/app" -name '*.pdb' -delete
+    rm -rf "$dest/app/runtimes/win"* "$dest/app/runtimes/osx"* 2>/dev/null || true
+    cp "$0" "$dest/gpu-bench.sh"
+    cp bench/pytorch/train_gpt2.py "$dest/train_gpt2.py"
+    git rev-parse --short HEAD > "$dest/commit.txt"
+    du -sh "$dest"
+    ;;
+run)
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 PYTHONUNBUFFERED=1
+    out="${OUT:-$PWD/gpu-bench-out}"; mkdir -p "$out"
+    dir="$(cd "$(dirname "$0")" && pwd)"
+    runtime="$dir/dotnet-runtime.tar.xz"; [ -f "$runtime" ] || runtime="$dir/../dotnet-runtime.tar.xz"
+    if [ ! -x /tmp/dotnet/dotnet ]; then
+        mkdir -p /tmp/dotnet && tar -C /tmp/dotnet -xJf "$runtime" || { echo "cannot unpack $runtime"; exit 1; }
+    fi
+    export DOTNET_ROOT=/tmp/dotnet DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_gcServer=0
+    export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+    dn=/tmp/dotnet/dotnet
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+    echo "commit $(cat "$dir/commit.txt" 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)" | tee -a "$out/gpu.txt"
+    rc=0
+    tests="${TESTS:--namespace Tessera.Tests.Cuda.Training}"
+    if [ "$tests" != none ]; then
+        t0=$(date +%s)
+        # shellcheck disable=SC2086
+        timeout "${TEST_TIMEOUT:-240}" $dn "$dir/app/Tessera.Tests.dll" $tests -parallel none -reporter verbose -xml "$out/results.xml" > "$out/tests.log" 2>&1 || rc=1
+        echo "tests: $(( $(date +%s) - t0 )) s"
+    fi
+    train() { timeout "$1" $dn "$dir/app/GpuBenchLauncher.dll" gpu-train "${@:2}" 2>>"$out/bench.err" | tee -a "$out/train.md"; }
+    if [ "${RUN_TRAIN:-1}" = 1 ]; then
+        t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2; echo "gpu-train: $(( $(date +%s) - t0 )) s"
+        t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --recompute --no-header; echo "gpu-train --recompute: $(( $(date +%s) - t0 )) s"
+    fi
+    if [ "${RUN_TORCH:-1}" = 1 ]; then
+        t0=$(date +%s)
+        timeout "${TORCH_TIMEOUT:-120}" python3 "$dir/train_gpt2.py" --batch "${BATCH:-64}" --no-header 2>>"$out/bench.err" | tee -a "$out/train.md"
+        echo "pytorch: $(( $(date +%s) - t0 )) s"
+    fi
+    if [ "${RUN_DECODE:-1}" = 1 ]; then
+        t0=$(date +%s)
+        timeout "${DECODE_TIMEOUT:-60}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-decode 2>>"$out/bench.err" | tee "$out/decode.md"
+        echo "gpu-decode: $(( $(date +%s) - t0 )) s"
+    fi
+    echo; echo "---- bench stderr ----"; tail -30 "$out/bench.err"
+    echo; echo "================ summary ($(head -1 "$out/gpu.txt")) ================"
+    if [ -f "$out/results.xml" ]; then
+        python3 - "$out/results.xml" <<'PY' || grep -E '\[(PASS|FAIL|SKIP)\]' "$out/tests.log" | tail -40
+import sys, xml.etree.ElementTree as ET
+rows = []
+for t in ET.parse(sys.argv[1]).getroot().iter("test"):
+    res, secs, msg = t.get("result"), float(t.get("time") or 0), ""
+    node = t.find("failure/message") if res == "Fail" else t.find("reason") if res == "Skip" else None
+    if node is not None and node.text: msg = node.text.strip().splitlines()[0][:160]
+    out = t.find("output")
+    if res == "Pass" and out is not None and out.text: msg = out.text.strip().splitlines()[-1][:160]
+    rows.append((res, t.get("name").replace("Tessera.Tests.Cuda.Training.", ""), secs, msg))
+for res, name, secs, msg in sorted(rows, key=lambda r: (r[0] != "Fail", r[1])):
+    print(f"{res:5} {secs:7.2f}s  {name[:110]}  {msg}")
+print("TOTAL " + " ".join(f"{k}={sum(1 for r in rows if r[0] == k)}" for k in ("Pass", "Fail", "Skip")))
+PY
+    elif [ -f "$out/tests.log" ]; then tail -20 "$out/tests.log"; fi
+    echo; echo "training (GPT-2 124M, synthetic tokens):"; cat "$out/train.md" 2>/dev/null
+    echo; echo "decode:"; cat "$out/decode.md" 2>/dev/null
+    exit $rc
+    ;;
+*) echo "usage: gpu-bench.sh prepare | run"; exit 2 ;;
+esac
