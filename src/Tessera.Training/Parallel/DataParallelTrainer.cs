@@ -38,6 +38,10 @@ public sealed class DataParallelTrainer
         ArgumentNullException.ThrowIfNull(train);
         options.Validate();
         parallel.Validate();
+        // The sharded optimizer updates the arena's values in place; with BF16 compute those are the low-precision
+        // copy and the F32 masters would be bypassed. Refuse rather than train silently in BF16.
+        if (model.Parameters.Masters is not null)
+            throw new NotSupportedException($"{group.Describe()}: data-parallel training of a {model.Parameters.DType} model with F32 masters (mixed precision) is not supported yet; train in F32");
         if (train.WorldSize != group.Size || train.Rank != group.Rank)
             throw new ArgumentException($"{group.Describe()}: the data loader reads slice {train.Rank} of {train.WorldSize}; it must read slice {group.Rank} of {group.Size}");
         if (train.BatchSize != options.BatchSize || train.SequenceLength != options.SequenceLength)
