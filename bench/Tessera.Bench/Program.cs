@@ -16,6 +16,8 @@ switch (args[0])
         return GpuTrainingBench.Run(rest);
     case "gpu-decode":
         return GpuDecodeBench.Run(rest);
+    case "gpu-offload":
+        return OffloadBench.Run(rest);
     case "-h" or "--help" or "help":
         return Usage(Console.Out, 0);
     default:
@@ -34,5 +36,6 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("         (arguments: PRESET:BxT ... default gpt2-tiny:16x128 gpt2-124m:4x64; --threads N --steps N)");
     w.WriteLine("  gpu-train  GPU training step of a preset in bf16: tokens/s, MFU, peak memory (see scripts/gpu-bench.sh)");
     w.WriteLine("  gpu-decode GPU prefill and decode tokens/s and bandwidth (see scripts/gpu-bench.sh)");
+    w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
     return code;
 }

@@ -17,7 +17,7 @@ public static class ModelPresets
 
     /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
     public static IReadOnlyList<string> Names { get; } =
-        ["gpt2-debug", "gpt2-tiny", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-1b", "llama-8b"];
+        ["gpt2-debug", "gpt2-tiny", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-1b", "llama-3b", "llama-8b"];
 
     /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
     public static TransformerConfig Get(string name) => name.ToLowerInvariant() switch
@@ -43,6 +43,8 @@ public static class ModelPresets
         },
         // Llama 3.2 1B shape.
         "llama-1b" => Llama(16, 2048, 32, 8, 8192, 128256, 500000, tied: true),
+        // Llama 3.2 3B shape.
+        "llama-3b" => Llama(28, 3072, 24, 8, 8192, 128256, 500000, tied: true),
         // Llama 3 8B shape.
         "llama-8b" => Llama(32, 4096, 32, 8, 14336, 128256, 500000, tied: false),
         _ => throw new ArgumentException($"unknown model preset '{name}'; known: {string.Join(", ", Names)}"),

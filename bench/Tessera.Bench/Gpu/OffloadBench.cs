@@ -1,0 +1,91 @@
+using System.Diagnostics;
+using System.Globalization;
+using Tessera.Cuda;
+using Tessera.Cuda.Distributed;
+using Tessera.Distributed.Nccl;
+using Tessera.Models;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Training;
+using Tessera.Training.Data;
+using Tessera.Training.Optim;
+using Tessera.Training.Parallel;
+
+namespace Tessera.Bench.Gpu;
+
+/// <summary>
+/// ZeRO-Offload on one GPU: the data-parallel trainer over a one-rank NCCL group, F32, with the AdamW state and
+/// update either on the GPU (ZeRO-1 over one rank, i.e. plain) or in host memory on the CPU backend (offload).
+/// Prints one markdown row: ms/step (median after warm-up, synchronized wall time), tokens/s, peak GPU memory
+/// (allocator peak), peak host memory (the process's peak resident set) and the parameter count.
+/// <para>Usage: gpu-offload --preset gpt2-774m [--batch 8] [--seq 1024] [--steps 3] [--warmup 1] [--offload] [--recompute] [--no-header]</para>
+/// Run each case in its own process, so that one case's memory does not count in the next one's peaks.
+/// </summary>
+public static class OffloadBench
+{
+    public static int Run(string[] args)
+    {
+        string preset = "gpt2-774m";
+        int batch = 8, seq = 1024, steps = 3, warmup = 1;
+        bool offload = false, recompute = false, header = true;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--preset": preset = args[++i]; break;
+                case "--batch": batch = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--seq": seq = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--steps": steps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--warmup": warmup = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--offload": offload = true; break;
+                case "--recompute": recompute = true; break;
+                case "--no-header": header = false; break;
+                default: throw new ArgumentException($"gpu-offload: unknown argument '{args[i]}'");
+            }
+        }
+        if (header)
+        {
+            Console.WriteLine("| model | params | dtype | B x T | recompute | optimizer | ms/step | tokens/s | peak GPU GiB | peak host GiB |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+        }
+
+        using var backend = new CudaBackend();
+        using var access = new CudaCommunication(backend);
+        using var group = NcclProcessGroup.Create("world", 0, 1, NcclProcessGroup.CreateUniqueId(), access, TimeSpan.FromMinutes(5));
+        var config = ModelPresets.Get(preset);
+        var model = new Transformer(config, backend, DType.F32) { RecomputeActivations = recompute };
+        model.InitializeWeights(1);
+
+        var shard = Path.Combine(Path.GetTempPath(), $"tessera-offload-{Environment.ProcessId}.bin");
+        var rng = new Random(3);
+        TokenShard.Write(shard, Enumerable.Range(0, batch * seq * (steps + warmup + 1) + 1).Select(_ => rng.Next(Math.Min(config.VocabSize, 65536))).ToArray());
+        try
+        {
+            var options = new TrainerOptions { BatchSize = batch, SequenceLength = seq, Steps = steps + warmup, WarmupSteps = 1, LearningRate = 1e-4 };
+            var trainer = new DataParallelTrainer(model, group, new TokenDataLoader([shard], batch, seq, 0, 1), options, new AdamWOptions(),
+                new DataParallelOptions { Stage = ZeroStage.OptimizerStates, OffloadOptimizer = offload }, offload ? new CpuBackend() : null);
+            backend.Allocator.ResetPeak();
+            var times = new List<double>();
+            double loss = 0;
+            for (int s = 0; s < steps + warmup; s++)
+            {
+                var clock = Stopwatch.StartNew();
+                loss = trainer.TrainStep();
+                backend.Synchronize();
+                if (s >= warmup) times.Add(clock.Elapsed.TotalMilliseconds);
+            }
+            times.Sort();
+            double ms = times[times.Count / 2];
+            double gpuGiB = backend.Allocator.Statistics.PeakBytesInUse / (double)(1L << 30);
+            double hostGiB = Process.GetCurrentProcess().PeakWorkingSet64 / (double)(1L << 30);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {preset} | {model.Parameters.ParameterCount / 1e9:F2}B | F32 | {batch} x {seq} | {(recompute ? "yes" : "no")} | {(offload ? "offloaded (host AdamW)" : "on GPU")} | {ms:F0} | {batch * seq / (ms / 1000):F0} | {gpuGiB:F1} | {hostGiB:F1} |"));
+            Console.Error.WriteLine($"gpu-offload: {preset} offload={offload} final loss {loss:F4}");
+        }
+        finally
+        {
+            File.Delete(shard);
+        }
+        return 0;
+    }
+}
