@@ -9,6 +9,11 @@ using Tessera.Training.Checkpoints;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Cuda;
+using Tessera.Cuda.Distributed;
+using Tessera.Distributed.Launch;
+using Tessera.Distributed.Nccl;
+using Tessera.Tensors.Cpu;
 
 namespace Tessera.Cli.Commands;
 
@@ -30,6 +35,8 @@ internal static class TrainCommand
           --ranks N               data-parallel CPU ranks (threads of this process; cores are split between them) [1]
           --zero 0|1|2|3          with --ranks: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded) [0]
           --offload               with --zero: optimizer state and update on the host (ZeRO-Offload)
+          Under 'tessera launch' (or srun / mpirun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) with --device cuda,
+          each process trains on GPU LOCAL_RANK, data parallel through NCCL (--zero and --offload apply there too).
           --resume                continue from OUT/checkpoints/latest
           --sample-tokens N       tokens to sample from the final model [200]
         """;
@@ -75,7 +82,19 @@ internal static class TrainCommand
         args.ThrowOnUnknown("train");
         if (ranks < 1) throw new UsageException($"--ranks ({ranks}) must be at least 1");
         if (zero is < 0 or > 3) throw new UsageException($"--zero ({zero}) must be 0, 1, 2 or 3");
-        if ((zero > 0 || offload) && ranks == 1) throw new UsageException("--zero and --offload need --ranks of 2 or more");
+        // Started by a launcher (tessera launch, srun, mpirun): one process per GPU, NCCL between them.
+        var env = DistributedEnvironment.FromEnvironment();
+        bool launched = env.IsDistributed || Environment.GetEnvironmentVariable("WORLD_SIZE") is not null;
+        bool onGpu = device.StartsWith("cuda", StringComparison.Ordinal);
+        if (launched && onGpu)
+        {
+            if (ranks > 1) throw new UsageException("--ranks (CPU thread ranks) cannot be combined with a launched multi-process run");
+            device = $"cuda:{env.LocalRank}";
+        }
+        else if (env.IsDistributed)
+            throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}), but multi-process training runs on GPUs through NCCL: add --device cuda, or use --ranks N for CPU thread ranks in one process");
+        bool ncclRun = launched && onGpu;
+        if ((zero > 0 || offload) && ranks == 1 && !ncclRun) throw new UsageException("--zero and --offload need --ranks of 2 or more, or a launched multi-GPU run");
         if (ranks > 1 && !device.StartsWith("cpu", StringComparison.Ordinal))
             throw new UsageException("--ranks runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
         options.Validate();
@@ -153,6 +172,30 @@ internal static class TrainCommand
             output.WriteLine($"done: {done} steps");
             if (sampleTokens > 0 && store.Latest() is string last)
                 Sample(PretrainedModel.Load(last, backend, dtype, config), tokenizer, sampleTokens, options.Seed, output);
+            return 0;
+        }
+
+        if (ncclRun)
+        {
+            var timeout = TimeSpan.FromMinutes(5);
+            using var access = new CudaCommunication((CudaBackend)backend);
+            var uniqueId = TcpRendezvous.Exchange(env, NcclProcessGroup.CreateUniqueId, timeout);
+            using var group = NcclProcessGroup.Create("world", env.Rank, env.WorldSize, uniqueId, access, timeout);
+            var parallel = new DataParallelOptions { Stage = (ZeroStage)zero, OffloadOptimizer = offload }.Validate();
+            var loader = new TokenDataLoader(trainShards, options.BatchSize, options.SequenceLength, env.Rank, env.WorldSize);
+            var dp = new DataParallelTrainer(model, group, loader, options, adam, parallel, offload ? new CpuBackend(threads) : null);
+            bool rank0 = env.Rank == 0;
+            if (rank0) output.WriteLine($"data parallel over NCCL: {env.WorldSize} process(es), ZeRO stage {zero}{(offload ? " with optimizer offload" : "")}, global batch {env.WorldSize} x {options.BatchSize} x {options.SequenceLength}");
+            if (resumeFrom is not null) ShardedCheckpoint.Restore(resumeFrom, dp);
+            var ncclProgress = new ConsoleProgress(output, dp.Step);
+            using var ncclMetrics = rank0 ? new MetricsLog(Path.Combine(outDir, "metrics.jsonl")) : null;
+            dp.Run(rank0 ? ncclProgress.Report : null, t =>
+            {
+                var dir = ShardedCheckpoint.Save(store, t, tokenizerSpec);
+                if (rank0) output.WriteLine($"checkpoint {dir}");
+            }, ncclMetrics);
+            if (rank0 && sampleTokens > 0 && store.Latest() is string last)
+                Sample(PretrainedModel.Load(last, backend, dtype, model.Config), tokenizer, sampleTokens, options.Seed, output);
             return 0;
         }
 

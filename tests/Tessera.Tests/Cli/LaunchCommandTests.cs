@@ -22,4 +22,13 @@ public class LaunchCommandTests
         Assert.Equal(2, code);
         Assert.Contains("GPU", stderr, StringComparison.OrdinalIgnoreCase);
     }
+
+    [Fact]
+    public void LaunchedCpuTrainingExplainsThatMultiProcessRunsNeedGpus()
+    {
+        var (code, stdout, stderr) = CliProcess.Run("launch", "--nproc-per-node", "2", "--master-port", "29613", "--", "train", "--steps", "1");
+        Assert.Equal(2, code);
+        Assert.Contains("NCCL", stdout + stderr);
+        Assert.Contains("--ranks", stdout + stderr);
+    }
 }
