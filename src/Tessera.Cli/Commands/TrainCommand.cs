@@ -186,7 +186,11 @@ internal static class TrainCommand
             var dp = new DataParallelTrainer(model, group, loader, options, adam, parallel, offload ? new CpuBackend(threads) : null);
             bool rank0 = env.Rank == 0;
             if (rank0) output.WriteLine($"data parallel over NCCL: {env.WorldSize} process(es), ZeRO stage {zero}{(offload ? " with optimizer offload" : "")}, global batch {env.WorldSize} x {options.BatchSize} x {options.SequenceLength}");
-            if (resumeFrom is not null) ShardedCheckpoint.Restore(resumeFrom, dp);
+            if (resumeFrom is not null)
+            {
+                ShardedCheckpoint.Restore(resumeFrom, dp);
+                if (rank0) output.WriteLine($"resumed from {resumeFrom} at step {dp.Step}");
+            }
             var ncclProgress = new ConsoleProgress(output, dp.Step);
             using var ncclMetrics = rank0 ? new MetricsLog(Path.Combine(outDir, "metrics.jsonl")) : null;
             dp.Run(rank0 ? ncclProgress.Report : null, t =>
