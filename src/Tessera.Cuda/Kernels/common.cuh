@@ -120,3 +120,8 @@ template <typename T> __device__ __forceinline__ void store16(T* p, const float*
     for (int j = 0; j < Vec16<T>::N; j++) e[j] = from_f<T>(in[j]);
     *reinterpret_cast<Bytes16*>(p) = u;
 }
+// Whether three pointers are all 16-byte aligned (the vectorized element-wise paths).
+__device__ __forceinline__ bool aligned16(const void* a, const void* b, const void* c)
+{
+    return (((unsigned long long)a | (unsigned long long)b | (unsigned long long)c) & 15ull) == 0;
+}
