@@ -71,8 +71,13 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
     {
         float v[N];
         load16(x + i, v);
+        float vm = v[0];
 #pragma unroll
-        for (int j = 0; j < N; j++) online_add(m, s, v[j]);
+        for (int j = 1; j < N; j++) vm = fmaxf(vm, v[j]);
+        if (vm > m) { s *= expf(m - vm); m = vm; } // one rescale per vector; the N exponentials are independent
+        if (m != NEG_INF)
+#pragma unroll
+            for (int j = 0; j < N; j++) s += expf(v[j] - m);
     }
     for (int i = vecEnd + threadIdx.x; i < V; i += blockDim.x) online_add(m, s, to_f(x[i]));
     block_online(m, s); // its barriers also order every read above before the writes below

@@ -197,6 +197,21 @@ public sealed class CudaOpTests(CudaFixture fixture) : CudaTestBase(fixture)
     }
 
     [Theory]
+    [InlineData(DType.BF16, 1000, 768)]   // 16-byte column kernel: fewer column vectors than threads (row lanes)
+    [InlineData(DType.BF16, 333, 3072)]   // more column vectors than threads (two chunks, the second partly idle)
+    [InlineData(DType.F32, 517, 200)]     // f32 vectors of 4, five row lanes
+    public void SumRowsAddsColumnSumsForWideRows(DType dtype, int rows, int c)
+    {
+        var (x, xv) = Random(dtype, 1, rows, c);
+        var (sums, sv) = Random(DType.F32, 1, c);
+        Gpu.SumRows(x, sums);
+        var expected = (double[])sv.Clone();
+        for (int i = 0; i < rows; i++) for (int j = 0; j < c; j++) expected[j] += xv[i * c + j];
+        // f32 accumulation of <= 1000 terms of size ~1: ~1e-7 relative per add, far inside 1e-5
+        AssertClose(expected, Download(sums), 1e-5, "SumRows");
+    }
+
+    [Theory]
     [InlineData(DType.F32, false)]
     [InlineData(DType.BF16, true)]
     public void AdamWMatchesReference(DType gradType, bool clip)
