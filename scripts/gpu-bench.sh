@@ -9,7 +9,8 @@
 #   bash .device/gputrain/gpu-bench.sh run          (GPU machine, repository root, .device carried)
 #       runs the GPU tests of Tessera.Tests.Cuda.Training (TESTS=... to change the xunit filter, TESTS=none to skip),
 #       gpu-train (GPT-2 124M, bf16, B=64 as 2 micro-batches of 32 x T=1024; then with --recompute),
-#       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train), gpu-decode (llama-1b bf16, 512-token
+#       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train,
+#       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table), gpu-decode (llama-1b bf16, 512-token
 #       prompt, 256 new tokens; RUN_DECODE=0 skips it), keeps logs under $OUT, and prints the summary tables last.
 set -uo pipefail
 mode="${1:-run}"; shift || true
@@ -69,7 +70,13 @@ run)
     train() { timeout "$1" $dn "$dir/app/GpuBenchLauncher.dll" gpu-train "${@:2}" 2>>"$out/bench.err" | tee -a "$out/train.md"; }
     if [ "${RUN_TRAIN:-1}" = 1 ]; then
         t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2; echo "gpu-train: $(( $(date +%s) - t0 )) s"
-        t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --recompute --no-header; echo "gpu-train --recompute: $(( $(date +%s) - t0 )) s"
+        if [ "${RUN_RECOMPUTE:-1}" = 1 ]; then
+            t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --recompute --no-header; echo "gpu-train --recompute: $(( $(date +%s) - t0 )) s"
+        fi
+    fi
+    if [ "${PROFILE:-0}" = 1 ]; then
+        # per-op GPU time table (TESSERA_CUDA_PROFILE=1): 3 timed steps after 1 warm-up
+        t0=$(date +%s); TESSERA_CUDA_PROFILE=1 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 3 --warmup 1 --no-header; echo "gpu-train profiled: $(( $(date +%s) - t0 )) s"
     fi
     if [ "${RUN_TORCH:-1}" = 1 ]; then
         t0=$(date +%s)

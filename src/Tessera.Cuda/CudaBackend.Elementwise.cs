@@ -159,7 +159,8 @@ public sealed unsafe partial class CudaBackend
         ulong partial = Scratch((long)g * c * sizeof(float));
         ulong px = Ptr(x), ps = Ptr(sums);
         void** a1 = stackalloc void*[] { &px, &rows, &c, &partial };
-        Launch("reduce.cu", "column_partial_" + Suffix(x.DType, "SumRows"), (uint)g, Threads, a1);
+        string kernel = Vectorizable(x.DType, c, px) ? "column_partial_vec_" : "column_partial_";
+        Launch("reduce.cu", kernel + Suffix(x.DType, "SumRows"), (uint)g, Threads, a1);
         ColumnReduce(partial, g, c, c, sums.DType, ps, "SumRows");
         FreeScratch(partial);
     }

@@ -71,6 +71,7 @@ public sealed unsafe partial class CudaBackend
         if (bias is not null)
             Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pbias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
         CudaDevice.MakeCurrent();
+        Profiler?.Begin($"matmul {a.DType} {m}x{n}x{k}{(batch > 1 ? $" b{batch}" : "")}{(transposeA ? " tA" : "")}{(transposeB ? " tB" : "")}{(beta != 0 ? " acc" : "")}{(bias is not null ? " bias" : "")}");
         // Column-major cuBLASLt sees the row-major c (M, N) as c^T (N, M) = op(b)^T op(a)^T: b goes first.
         fixed (ulong* algo = plan.Heuristic.Algo)
         {
@@ -87,6 +88,7 @@ public sealed unsafe partial class CudaBackend
                     algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle), "cublasLtMatmul", Describe(key));
             }
         }
+        Profiler?.End();
     }
 
     private static int Align(ulong p) => p == 0 ? 0 : (int)Math.Min(256, p & (~p + 1));

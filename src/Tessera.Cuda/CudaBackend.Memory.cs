@@ -30,7 +30,9 @@ public sealed unsafe partial class CudaBackend
             long chunk = Math.Min(bytes.Length - done, MaxStagingBytes);
             var staging = Staging(chunk);
             bytes.Slice((int)done, (int)chunk).CopyTo(staging);
+            Profiler?.Begin("memcpy host->device");
             Check(cuMemcpyHtoDAsync(dst + (ulong)done, _pinned, (nuint)chunk, Stream.Handle), "cuMemcpyHtoDAsync");
+            Profiler?.End();
             Check(cuEventRecord(_stagingDone, Stream.Handle), "cuEventRecord");
             done += chunk;
         }
@@ -122,7 +124,9 @@ public sealed unsafe partial class CudaBackend
         CudaDevice.MakeCurrent();
         if (source.DType == destination.DType && source.IsContiguous && destination.IsContiguous)
         {
+            Profiler?.Begin("memcpy device->device");
             Check(cuMemcpyDtoDAsync(Ptr(destination), Ptr(source), (nuint)(n * source.DType.SizeInBytes()), Stream.Handle), "cuMemcpyDtoDAsync");
+            Profiler?.End();
             return;
         }
         if (source.IsContiguous && destination.IsContiguous)

@@ -31,6 +31,12 @@ public sealed unsafe partial class CudaBackend
         if (rows == 0) return;
         ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), po = Ptr(output), pm = Ptr(mean), pr = Ptr(rstd);
         float eps = (float)epsilon;
+        if (Vectorizable(x.DType, c, px, pw, pb, po))
+        {
+            void** wargs = stackalloc void*[] { &px, &pw, &pb, &po, &pm, &pr, &rows, &c, &eps };
+            Launch("norm.cu", "layernorm_forward_warp_" + Suffix(x.DType, "LayerNormForward"), (uint)((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock), 32 * WarpRowsPerBlock, wargs);
+            return;
+        }
         void** args = stackalloc void*[] { &px, &pw, &pb, &po, &pm, &pr, &c, &eps };
         Launch("norm.cu", "layernorm_forward_" + Suffix(x.DType, "LayerNormForward"), (uint)rows, RowBlock(c), args);
     }
@@ -42,14 +48,30 @@ public sealed unsafe partial class CudaBackend
         var (rows, c) = NormShape(op, x, weight, (mean, "mean", true), (rstd, "rstd", true), (dWeight, "dWeight", false), (dBias, "dBias", false));
         RequireElementwise(op, x, (dOutput, "dOutput"), (dx, "dx"));
         if (rows == 0) return;
-        int g = (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
-        ulong scratch = Scratch((long)g * 2 * c * sizeof(float));
         ulong pd = Ptr(dOutput), px = Ptr(x), pw = Ptr(weight), pm = Ptr(mean), pr = Ptr(rstd), pdx = Ptr(dx);
+        // The warp kernel keeps a lane's columns in registers: 4 16-byte vectors, so C <= 128 * (16 / element size).
+        bool warp = Vectorizable(x.DType, c, pd, px, pw, pdx) && c <= 128 * (16 / x.DType.SizeInBytes());
+        int g = warp
+            ? (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, 2L * CudaDevice.MultiprocessorCount)
+            : (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
+        ulong scratch = Scratch((long)g * 2 * c * sizeof(float));
         void** args = stackalloc void*[] { &pd, &px, &pw, &pm, &pr, &pdx, &scratch, &rows, &c };
-        Launch("norm.cu", "layernorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
+        if (warp) Launch("norm.cu", "layernorm_backward_warp_" + Suffix(x.DType, op), (uint)g, 32 * WarpRowsPerBlock, args);
+        else Launch("norm.cu", "layernorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
         ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
         if (dBias is not null) ColumnReduce(scratch + (ulong)(c * sizeof(float)), g, 2L * c, c, dBias.DType, Ptr(dBias), op);
         FreeScratch(scratch);
+    }
+
+    /// <summary>Rows per block (one warp each) of the warp-per-row LayerNorm kernels.</summary>
+    private const uint WarpRowsPerBlock = 8;
+
+    /// <summary>Whether rows of <paramref name="c"/> elements can be read in 16-byte vectors from every pointer (0 = absent).</summary>
+    private static bool Vectorizable(DType dtype, int c, params ulong[] pointers)
+    {
+        if (dtype is not (DType.F32 or DType.BF16 or DType.F16) || c * dtype.SizeInBytes() % 16 != 0) return false;
+        foreach (var p in pointers) if (p % 16 != 0) return false;
+        return true;
     }
 
     public void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon)

@@ -7,21 +7,39 @@ public sealed unsafe partial class CudaBackend
     public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor? dLogits, double lossScale)
     {
         const string op = "CrossEntropy";
-        RequireElementwise(op, logits);
+        Suffix(logits.DType, op);
         RequireDType(op, "targets", targets, DType.I32);
         RequireDType(op, "losses", losses, DType.F32);
         RequireContiguous(op, "targets", targets);
         RequireContiguous(op, "losses", losses);
         int v = logits.Size(-1);
         long rows = logits.NumElements / Math.Max(v, 1);
+        long xs = RowStride(op, "logits", logits);
         if (targets.NumElements != rows || losses.NumElements != rows)
             throw new ArgumentException($"CudaBackend.{op}: targets {targets.Shape} and losses {losses.Shape} must have {rows} elements for logits {logits.Shape}");
-        if (dLogits is not null) RequireElementwise(op, logits, (dLogits, "dLogits"));
+        long ds = 0;
+        if (dLogits is not null)
+        {
+            RequireSameShape(op, logits, "logits", dLogits, "dLogits");
+            RequireDType(op, "dLogits", dLogits, logits.DType);
+            ds = RowStride(op, "dLogits", dLogits);
+        }
         if (rows == 0) return;
         ulong px = Ptr(logits), pt = Ptr(targets), pl = Ptr(losses), pd = PtrOrNull(dLogits);
+        long size = logits.DType.SizeInBytes();
+        int aligned = px % 16 == 0 && pd % 16 == 0 && xs * size % 16 == 0 && ds * size % 16 == 0 ? 1 : 0;
         float scale = (float)lossScale;
-        void** args = stackalloc void*[] { &px, &pt, &pl, &pd, &v, &scale };
+        void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned };
         Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, RowBlock(v), args);
+    }
+
+    /// <summary>Elements between rows of an (N, V) view whose last dimension is contiguous (a contiguous tensor of any rank counts as rows of V).</summary>
+    private static long RowStride(string op, string name, Tensor t)
+    {
+        if (t.IsContiguous) return t.Size(-1);
+        if (t.Rank != 2 || (t.Stride(1) != 1 && t.Size(1) > 1))
+            throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must be contiguous or a rank-2 (N, V) view with contiguous rows; copy it with Contiguous() first");
+        return t.Stride(0);
     }
 
     public void AdamW(Tensor parameters, Tensor gradients, Tensor m, Tensor v, in AdamWStep step,

@@ -29,7 +29,11 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         Stream = new CudaStream(CudaDevice);
         _allocator = new CudaAllocator(CudaDevice, Stream);
         KernelCache = new KernelCache(kernelCacheFolder);
+        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_PROFILE") == "1") Profiler = new CudaOpProfiler(CudaDevice, Stream);
     }
+
+    /// <summary>Per-op timing, present when the environment variable TESSERA_CUDA_PROFILE is 1 at construction.</summary>
+    public CudaOpProfiler? Profiler { get; }
 
     /// <summary>The GPU.</summary>
     public CudaDevice CudaDevice { get; }
@@ -58,6 +62,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         Stream.Synchronize();
         DisposeMatMul();
         FreePinned();
+        Profiler?.Dispose();
         _allocator.Dispose();
         _kernels?.Dispose();
         Stream.Dispose();
@@ -105,8 +110,10 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         CudaDevice.MakeCurrent();
         if (sharedBytes > 48 * 1024)
             Check(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)sharedBytes), "cuFuncSetAttribute", kernel);
+        Profiler?.Begin(kernel);
         Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, Stream.Handle, args, null),
             "cuLaunchKernel", $"{kernel} in {file}, grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
+        Profiler?.End();
     }
 
     /// <summary>Scratch device memory for one op, returned (stream-ordered) by the caller right after its launches.</summary>

@@ -20,7 +20,7 @@ public sealed class Transformer
 {
     private readonly ActivationKey _tokens = new("tokens"), _tokenIds = new("tok_emb.input"), _positionIds = new("pos_emb.input"),
         _blocksOut = new("blocks.out"), _targets = new("loss.targets"), _losses = new("loss.out"), _dLogits = new("loss.dlogits"),
-        _lossLogits = new("loss.logits"), _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy");
+        _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy");
     private int[] _host = [];
 
     /// <summary>Declares and allocates the parameters (values and gradients zeroed; call <see cref="InitializeWeights"/> or load weights).</summary>
@@ -198,11 +198,9 @@ public sealed class Transformer
         }
         else
         {
-            // The op wants contiguous logits: work on a copy of the real columns, write the gradient back, zero the padding.
-            var real = ctx.Scratch(_lossLogits, new Shape(n, v), DType);
-            Backend.Copy(l2.Slice(1, 0, v), real);
+            // In place on the row-strided view of the real columns; the padding columns' gradient is zero.
+            var real = l2.Slice(1, 0, v);                            // (N, V), rows Vpad apart
             Backend.CrossEntropy(real, target, losses, real, lossScale);
-            Backend.Copy(real, l2.Slice(1, 0, v));
             var zeros = ctx.Scratch(_lossPadding, new Shape(n, vPad - v), DType);
             Backend.Fill(zeros, 0);
             Backend.Copy(zeros, l2.Slice(1, v, vPad - v));

@@ -140,6 +140,7 @@ public interface IBackend
 
     /// <summary>
     /// Fused softmax cross-entropy over logits (N,V) and targets (N) I32: losses (N) = -log softmax[target].
+    /// logits and dLogits may be row-strided (N,V) views with a contiguous last dimension (the first V columns of padded logits).
     /// When <paramref name="dLogits"/> is given it receives (softmax - onehot) * lossScale; it may alias
     /// <paramref name="logits"/>. Rows whose target is negative are ignored: loss 0, gradient 0.
     /// </summary>

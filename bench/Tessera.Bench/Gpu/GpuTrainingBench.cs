@@ -16,6 +16,8 @@ namespace Tessera.Bench.Gpu;
 /// (6N + 12·L·T·C)·tokens/s (PaLM's / llm.c's convention; N includes the padded vocabulary rows) over the H100's
 /// dense BF16 peak (989 TFLOP/s) and over the ~790 TFLOP/s a large matrix product reaches there, the peak of the
 /// allocator's bytes in use, and the per-phase medians.
+/// With the environment variable TESSERA_CUDA_PROFILE=1 it also prints the per-op GPU time of the timed steps
+/// (<see cref="CudaOpProfiler"/>); the step times of such a run include the profiler's own overhead.
 /// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--no-fallback]</para>
 /// A step of B sequences runs as B / micro micro-batches with gradient accumulation (default micro = B). GPT-2 at
 /// B=64, T=1024 needs micro-batches of 32: the logits of 64 x 1024 rows over 50304 columns are 3.3e9 elements, past
@@ -90,6 +92,7 @@ public static class GpuTrainingBench
         double loss = 0;
         for (int s = 0; s < warmup + steps; s++)
         {
+            if (s == warmup) backend.Profiler?.Reset();        // the per-op table covers the timed steps only
             var clock = Stopwatch.StartNew();
             events[0].Record(backend.Stream);
             model.Parameters.ZeroGrad();
@@ -120,6 +123,13 @@ public static class GpuTrainingBench
             bwd.Add(bw);
         }
         foreach (var e in events) e.Dispose();
+        if (backend.Profiler is { } profiler)
+        {
+            Console.WriteLine();
+            Console.WriteLine($"Per-op GPU time (TESSERA_CUDA_PROFILE=1, {preset} {dtype} B={b} ({accum}x{micro}) T={t}, recompute={recompute}; event pair per op, per step over {steps} steps):");
+            Console.WriteLine();
+            Console.WriteLine(profiler.Table(steps));
+        }
         if (!double.IsFinite(loss)) throw new InvalidOperationException($"gpu-train: loss is {loss}");
         double ms = Median(step), tokPerS = n / (ms / 1000);
         double flopsPerToken = 6.0 * model.Parameters.ParameterCount + 12.0 * config.Layers * t * config.Embedding;

@@ -101,3 +101,27 @@ __device__ __forceinline__ void atomic_add(f16* address, float v) { atomic_add_h
 
 // Instantiates MACRO(suffix, type) for every floating-point storage type.
 #define FOR_FLOAT_TYPES(MACRO) MACRO(f32, float) MACRO(bf16, bf16) MACRO(f16, f16)
+
+// 16 bytes of T as fp32 values (VEC = 16 / sizeof(T)); p 16-byte aligned.
+struct alignas(16) Bytes16 { unsigned w[4]; };
+template <typename T> struct Vec16 { static const int N = 16 / sizeof(T); };
+template <typename T> __device__ __forceinline__ void load16(const T* p, float* out)
+{
+    Bytes16 u = *reinterpret_cast<const Bytes16*>(p);
+    const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int j = 0; j < Vec16<T>::N; j++) out[j] = to_f(e[j]);
+}
+template <typename T> __device__ __forceinline__ void store16(T* p, const float* in)
+{
+    Bytes16 u;
+    T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int j = 0; j < Vec16<T>::N; j++) e[j] = from_f<T>(in[j]);
+    *reinterpret_cast<Bytes16*>(p) = u;
+}
+// Whether three pointers are all 16-byte aligned (the vectorized element-wise paths).
+__device__ __forceinline__ bool aligned16(const void* a, const void* b, const void* c)
+{
+    return (((unsigned long long)a | (unsigned long long)b | (unsigned long long)c) & 15ull) == 0;
+}

@@ -3,7 +3,20 @@
 #define ELEMENTWISE(n, T)                                                                        \
     extern "C" __global__ void add_##n(const T* a, const T* b, T* out, i64 count)              \
     {                                                                                            \
-        GRID_STRIDE(i, count) out[i] = from_f<T>(to_f(a[i]) + to_f(b[i]));                       \
+        const int N = Vec16<T>::N;                                                               \
+        i64 vecs = aligned16(a, b, out) ? count / N : 0;                                         \
+        GRID_STRIDE(k, vecs)                                                                     \
+        {                                                                                        \
+            float x[N], y[N];                                                                    \
+            load16(a + k * N, x); load16(b + k * N, y);                                          \
+            for (int j = 0; j < N; j++) x[j] += y[j];                                            \
+            store16(out + k * N, x);                                                             \
+        }                                                                                        \
+        GRID_STRIDE(t, count - vecs * N)                                                         \
+        {                                                                                        \
+            i64 i = vecs * N + t;                                                                \
+            out[i] = from_f<T>(to_f(a[i]) + to_f(b[i]));                                         \
+        }                                                                                        \
     }                                                                                            \
     extern "C" __global__ void scale_##n(T* x, float factor, i64 count)                          \
     {                                                                                            \
@@ -11,11 +24,37 @@
     }                                                                                            \
     extern "C" __global__ void gelu_forward_##n(const T* x, T* out, i64 count)                   \
     {                                                                                            \
-        GRID_STRIDE(i, count) out[i] = from_f<T>(gelu(to_f(x[i])));                              \
+        const int N = Vec16<T>::N;                                                               \
+        i64 vecs = aligned16(x, x, out) ? count / N : 0;                                         \
+        GRID_STRIDE(k, vecs)                                                                     \
+        {                                                                                        \
+            float v[N];                                                                          \
+            load16(x + k * N, v);                                                                \
+            for (int j = 0; j < N; j++) v[j] = gelu(v[j]);                                       \
+            store16(out + k * N, v);                                                             \
+        }                                                                                        \
+        GRID_STRIDE(t, count - vecs * N)                                                         \
+        {                                                                                        \
+            i64 i = vecs * N + t;                                                                \
+            out[i] = from_f<T>(gelu(to_f(x[i])));                                                \
+        }                                                                                        \
     }                                                                                            \
     extern "C" __global__ void gelu_backward_##n(const T* x, const T* dout, T* dx, i64 count)    \
     {                                                                                            \
-        GRID_STRIDE(i, count) dx[i] = from_f<T>(gelu_grad(to_f(x[i])) * to_f(dout[i]));          \
+        const int N = Vec16<T>::N;                                                               \
+        i64 vecs = aligned16(x, dout, dx) ? count / N : 0;                                       \
+        GRID_STRIDE(k, vecs)                                                                     \
+        {                                                                                        \
+            float v[N], d[N];                                                                    \
+            load16(x + k * N, v); load16(dout + k * N, d);                                       \
+            for (int j = 0; j < N; j++) v[j] = gelu_grad(v[j]) * d[j];                           \
+            store16(dx + k * N, v);                                                              \
+        }                                                                                        \
+        GRID_STRIDE(t, count - vecs * N)                                                         \
+        {                                                                                        \
+            i64 i = vecs * N + t;                                                                \
+            dx[i] = from_f<T>(gelu_grad(to_f(x[i])) * to_f(dout[i]));                            \
+        }                                                                                        \
     }                                                                                            \
     extern "C" __global__ void swiglu_forward_##n(const T* gate, const T* up, T* out, i64 count) \
     {                                                                                            \

@@ -53,6 +53,128 @@ template <typename T> __device__ void layernorm_backward(const T* dout, const T*
     }
 }
 
+// LayerNorm with one warp per row and 16-byte loads (row starts, weight and bias 16-byte aligned, C a multiple
+// of 16 / sizeof(T)): the block-per-row kernels above spend most of their time in barriers at C = 768.
+template <typename T> __device__ void layernorm_forward_warp(const T* x, const T* w, const T* b, T* out, float* mean,
+                                                             float* rstd, i64 rows, int C, float eps)
+{
+    const int N = Vec16<T>::N;
+    i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    int lane = threadIdx.x & 31;
+    x += row * C; out += row * C;
+    float s = 0.f;
+    for (int i = lane * N; i < C; i += 32 * N)
+    {
+        float v[N];
+        load16(x + i, v);
+#pragma unroll
+        for (int j = 0; j < N; j++) s += v[j];
+    }
+    float mu = warp_sum(s) / C;
+    float var = 0.f;
+    for (int i = lane * N; i < C; i += 32 * N)
+    {
+        float v[N];
+        load16(x + i, v);
+#pragma unroll
+        for (int j = 0; j < N; j++) { float d = v[j] - mu; var += d * d; }
+    }
+    float r = rsqrtf(warp_sum(var) / C + eps);
+    for (int i = lane * N; i < C; i += 32 * N)
+    {
+        float v[N], wv[N], bv[N];
+        load16(x + i, v);
+        load16(w + i, wv);
+        if (b) load16(b + i, bv);
+#pragma unroll
+        for (int j = 0; j < N; j++) v[j] = (v[j] - mu) * r * wv[j] + (b ? bv[j] : 0.f);
+        store16(out + i, v);
+    }
+    if (lane == 0) { mean[row] = mu; rstd[row] = r; }
+}
+
+// Backward, one warp per row (rows gw, gw + W, ... for the W warps of the grid), C <= 32 * K * N: each lane keeps
+// its columns' weight and bias gradients in registers; the block's warps then add theirs, in warp order, into
+// shared memory, and the block writes its row of the partials scratch (G, 2C) like layernorm_backward.
+template <typename T, int K> __device__ void layernorm_backward_warp(const T* dout, const T* x, const T* w,
+                                                                     const float* mean, const float* rstd, T* dx,
+                                                                     float* scratch, i64 rows, int C)
+{
+    const int N = Vec16<T>::N;
+    __shared__ float acc[2 * 32 * K * N];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float dw[K][N], db[K][N];
+#pragma unroll
+    for (int k = 0; k < K; k++)
+#pragma unroll
+        for (int j = 0; j < N; j++) { dw[k][j] = 0.f; db[k][j] = 0.f; }
+    for (i64 row = (i64)blockIdx.x * warps + warp; row < rows; row += (i64)gridDim.x * warps)
+    {
+        const T* xr = x + row * C; const T* dr = dout + row * C; T* dxr = dx + row * C;
+        float mu = mean[row], r = rstd[row];
+        float dv[K][N], xh[K][N], wv[K][N];
+        float a = 0.f, bsum = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+        {
+            int i = (k * 32 + lane) * N;
+            if (i < C)
+            {
+                load16(dr + i, dv[k]);
+                load16(xr + i, xh[k]);
+                load16(w + i, wv[k]);
+#pragma unroll
+                for (int j = 0; j < N; j++)
+                {
+                    xh[k][j] = (xh[k][j] - mu) * r;
+                    float dn = dv[k][j] * wv[k][j];
+                    a += dn;
+                    bsum += dn * xh[k][j];
+                }
+            }
+        }
+        a = warp_sum(a) / C;
+        bsum = warp_sum(bsum) / C;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+        {
+            int i = (k * 32 + lane) * N;
+            if (i < C)
+            {
+                float o[N];
+                load16(dxr + i, o);
+#pragma unroll
+                for (int j = 0; j < N; j++)
+                {
+                    o[j] += r * (dv[k][j] * wv[k][j] - a - xh[k][j] * bsum);
+                    dw[k][j] += dv[k][j] * xh[k][j];
+                    db[k][j] += dv[k][j];
+                }
+                store16(dxr + i, o);
+            }
+        }
+    }
+    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) acc[i] = 0.f;
+    for (int turn = 0; turn < warps; turn++)
+    {
+        __syncthreads();
+        if (warp == turn)
+        {
+#pragma unroll
+            for (int k = 0; k < K; k++)
+            {
+                int i = (k * 32 + lane) * N;
+                if (i < C)
+#pragma unroll
+                    for (int j = 0; j < N; j++) { acc[i + j] += dw[k][j]; acc[C + i + j] += db[k][j]; }
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) scratch[(i64)blockIdx.x * 2 * C + i] = acc[i];
+}
+
 template <typename T> __device__ void rmsnorm_forward(const T* x, const T* w, T* out, float* rstd, int C, float eps)
 {
     i64 row = blockIdx.x;
@@ -96,6 +218,17 @@ template <typename T> __device__ void rmsnorm_backward(const T* dout, const T* x
                                                       const float* rstd, T* dx, float* scratch, i64 N, int C)  \
     {                                                                                                          \
         layernorm_backward<T>(dout, x, w, mean, rstd, dx, scratch, N, C);                                      \
+    }                                                                                                          \
+    extern "C" __global__ void layernorm_forward_warp_##n(const T* x, const T* w, const T* b, T* out,          \
+                                                          float* mean, float* rstd, i64 rows, int C, float eps) \
+    {                                                                                                          \
+        layernorm_forward_warp<T>(x, w, b, out, mean, rstd, rows, C, eps);                                     \
+    }                                                                                                          \
+    extern "C" __global__ void layernorm_backward_warp_##n(const T* dout, const T* x, const T* w,              \
+                                                           const float* mean, const float* rstd, T* dx,        \
+                                                           float* scratch, i64 N, int C)                       \
+    {                                                                                                          \
+        layernorm_backward_warp<T, 4>(dout, x, w, mean, rstd, dx, scratch, N, C);                              \
     }                                                                                                          \
     extern "C" __global__ void rmsnorm_forward_##n(const T* x, const T* w, T* out, float* rstd, int C, float eps) \
     {                                                                                                          \

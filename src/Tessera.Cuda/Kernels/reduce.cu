@@ -28,6 +28,51 @@ template <typename T> __device__ void column_partial(const T* x, i64 N, int C, f
     }
 }
 
+// The same partials with 16-byte loads (x 16-byte aligned, C a multiple of 16 / sizeof(T), blockDim.x <= 256):
+// thread t reads column vector t % chunk of a chunk of up to blockDim.x vectors, on row lane t / chunk; the
+// row lanes' sums are then added in lane order through shared memory (deterministic).
+template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int C, float* partial)
+{
+    const int V = Vec16<T>::N;
+    __shared__ float buf[256 * 8];
+    int vecCols = C / V;
+    int chunk = min(vecCols, (int)blockDim.x);
+    int lanes = blockDim.x / chunk;
+    int tc = threadIdx.x % chunk, rl = threadIdx.x / chunk;
+    for (int vc0 = 0; vc0 < vecCols; vc0 += chunk)
+    {
+        int vc = vc0 + tc;
+        bool active = rl < lanes && vc < vecCols;
+        float acc[V];
+#pragma unroll
+        for (int j = 0; j < V; j++) acc[j] = 0.f;
+        if (active)
+        {
+#pragma unroll 4
+            for (i64 r = (i64)blockIdx.x * lanes + rl; r < N; r += (i64)gridDim.x * lanes)
+            {
+                float v[V];
+                load16(x + r * C + (i64)vc * V, v);
+#pragma unroll
+                for (int j = 0; j < V; j++) acc[j] += v[j];
+            }
+        }
+        __syncthreads(); // the previous chunk's lane sums have been read
+        if (active)
+#pragma unroll
+            for (int j = 0; j < V; j++) buf[threadIdx.x * V + j] = acc[j];
+        __syncthreads();
+        if (active && rl == 0)
+        {
+            for (int l = 1; l < lanes; l++)
+#pragma unroll
+                for (int j = 0; j < V; j++) acc[j] += buf[(l * chunk + tc) * V + j];
+#pragma unroll
+            for (int j = 0; j < V; j++) partial[(i64)blockIdx.x * C + (i64)vc * V + j] = acc[j];
+        }
+    }
+}
+
 // target[c] += sum over rows of partial (rows, stride) column c.
 template <typename T> __device__ void column_reduce(const float* partial, int rows, i64 stride, int C, T* target)
 {
@@ -47,6 +92,10 @@ template <typename T> __device__ void column_reduce(const float* partial, int ro
     extern "C" __global__ void column_partial_##n(const T* x, i64 N, int C, float* partial)                \
     {                                                                                                       \
         column_partial<T>(x, N, C, partial);                                                                \
+    }                                                                                                       \
+    extern "C" __global__ void column_partial_vec_##n(const T* x, i64 N, int C, float* partial)            \
+    {                                                                                                       \
+        column_partial_vec<T>(x, N, C, partial);                                                            \
     }                                                                                                       \
     extern "C" __global__ void column_reduce_##n(const float* partial, int rows, i64 stride, int C, T* target) \
     {                                                                                                       \

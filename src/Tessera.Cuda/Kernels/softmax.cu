@@ -14,13 +14,48 @@ template <typename T> __device__ void softmax_row(const T* x, T* out, int V)
     for (int i = threadIdx.x; i < V; i += blockDim.x) out[i] = from_f<T>(expf(to_f(x[i]) - m) * inv);
 }
 
-// losses[row] = logsumexp(x) - x[target]; dlogits (may alias logits) = (softmax - onehot) * scale.
-// A negative target ignores the row (loss 0, gradient 0); a target >= V gives a NaN loss.
-template <typename T> __device__ void cross_entropy_row(const T* x, const int* targets, float* losses, T* dl, int V, float scale)
+// Online softmax statistics: (m, s) with s = sum exp(x - m), merged pairwise.
+__device__ __forceinline__ void online_add(float& m, float& s, float v)
 {
+    if (v > m) { s = s * expf(m - v) + 1.f; m = v; }
+    else if (v != NEG_INF) s += expf(v - m); // a -inf logit adds nothing (and -inf - -inf would be NaN)
+}
+__device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2)
+{
+    float mm = fmaxf(m, m2);
+    if (mm == NEG_INF) return;
+    s = s * expf(m - mm) + s2 * expf(m2 - mm);
+    m = mm;
+}
+__device__ void block_online(float& m, float& s)
+{
+    __shared__ float pm[32], ps[32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+    {
+        float m2 = __shfl_xor_sync(FULL_MASK, m, o), s2 = __shfl_xor_sync(FULL_MASK, s, o);
+        online_merge(m, s, m2, s2);
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) { pm[threadIdx.x >> 5] = m; ps[threadIdx.x >> 5] = s; }
+    __syncthreads();
+    m = NEG_INF; s = 0.f;
+    int warps = blockDim.x >> 5;
+    for (int i = 0; i < warps; i++) online_merge(m, s, pm[i], ps[i]);
+}
+
+// losses[row] = logsumexp(x) - x[target]; dlogits (may alias logits) = (softmax - onehot) * scale.
+// Rows are xs (logits) and ds (dlogits) elements apart; the V columns of a row are contiguous.
+// One read for the statistics (online max and sum), one read and one write for the gradient;
+// 16-byte loads and stores when `aligned` (row starts and strides 16-byte aligned).
+// A negative target ignores the row (loss 0, gradient 0); a target >= V gives a NaN loss.
+template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, const int* targets, float* losses, T* dl,
+                                                        i64 ds, int V, float scale, int aligned)
+{
+    const int N = Vec16<T>::N;
     i64 row = blockIdx.x;
-    x += row * V;
-    if (dl) dl += row * V;
+    x += row * xs;
+    if (dl) dl += row * ds;
     int target = targets[row];
     if (target < 0)
     {
@@ -30,17 +65,35 @@ template <typename T> __device__ void cross_entropy_row(const T* x, const int* t
     }
     bool inRange = target < V;
     float xt = inRange ? to_f(x[target]) : 0.f; // read before any thread overwrites (dl may alias x)
-    float m = NEG_INF;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, to_f(x[i]));
-    m = block_max(m);
-    float s = 0.f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(to_f(x[i]) - m);
-    s = block_sum(s); // its barriers also order every read above before the writes below
+    int vecEnd = aligned ? V / N * N : 0;
+    float m = NEG_INF, s = 0.f;
+    for (int i = threadIdx.x * N; i < vecEnd; i += blockDim.x * N)
+    {
+        float v[N];
+        load16(x + i, v);
+        float vm = v[0];
+#pragma unroll
+        for (int j = 1; j < N; j++) vm = fmaxf(vm, v[j]);
+        if (vm > m) { s *= expf(m - vm); m = vm; } // one rescale per vector; the N exponentials are independent
+        if (m != NEG_INF)
+#pragma unroll
+            for (int j = 0; j < N; j++) s += expf(v[j] - m);
+    }
+    for (int i = vecEnd + threadIdx.x; i < V; i += blockDim.x) online_add(m, s, to_f(x[i]));
+    block_online(m, s); // its barriers also order every read above before the writes below
     if (threadIdx.x == 0) losses[row] = inRange ? logf(s) + m - xt : QNAN;
     if (dl)
     {
         float inv = 1.f / s;
-        for (int i = threadIdx.x; i < V; i += blockDim.x)
+        for (int i = threadIdx.x * N; i < vecEnd; i += blockDim.x * N)
+        {
+            float v[N];
+            load16(x + i, v);
+#pragma unroll
+            for (int j = 0; j < N; j++) v[j] = (expf(v[j] - m) * inv - (i + j == target ? 1.f : 0.f)) * scale;
+            store16(dl + i, v);
+        }
+        for (int i = vecEnd + threadIdx.x; i < V; i += blockDim.x)
         {
             float p = expf(to_f(x[i]) - m) * inv;
             dl[i] = from_f<T>((p - (i == target ? 1.f : 0.f)) * scale);
@@ -50,9 +103,9 @@ template <typename T> __device__ void cross_entropy_row(const T* x, const int* t
 
 #define SOFTMAX(n, T)                                                                                  \
     extern "C" __global__ void softmax_##n(const T* x, T* out, int V) { softmax_row<T>(x, out, V); }  \
-    extern "C" __global__ void cross_entropy_##n(const T* x, const int* targets, float* losses, T* dl, \
-                                                 int V, float scale)                                   \
+    extern "C" __global__ void cross_entropy_##n(const T* x, i64 xs, const int* targets, float* losses, \
+                                                 T* dl, i64 ds, int V, float scale, int aligned)       \
     {                                                                                                  \
-        cross_entropy_row<T>(x, targets, losses, dl, V, scale);                                        \
+        cross_entropy_row<T>(x, xs, targets, losses, dl, ds, V, scale, aligned);                       \
     }
 FOR_FLOAT_TYPES(SOFTMAX)

@@ -11,6 +11,9 @@ public sealed class CudaNormTests(CudaFixture fixture) : CudaTestBase(fixture)
     [InlineData(DType.F32, 300)]
     [InlineData(DType.F32, 2304)]
     [InlineData(DType.BF16, 768)]
+    [InlineData(DType.BF16, 1000)]   // warp-per-row kernels, a partly filled last vector slot per lane
+    [InlineData(DType.F32, 512)]     // warp-per-row backward at its register limit (4 vectors x 32 lanes x 4)
+    [InlineData(DType.F16, 1032)]    // vectorized forward, backward past the warp kernel's limit (block kernel)
     public void LayerNormForwardAndBackward(DType dtype, int c)
     {
         int n = 37;

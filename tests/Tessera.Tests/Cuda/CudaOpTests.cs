@@ -110,6 +110,42 @@ public sealed class CudaOpTests(CudaFixture fixture) : CudaTestBase(fixture)
     }
 
     [Theory]
+    [InlineData(DType.F32, 3000)]
+    [InlineData(DType.BF16, 3000)]
+    [InlineData(DType.BF16, 2999)]   // rows 16-byte aligned, a scalar tail after the 16-byte vectors
+    [InlineData(DType.BF16, 2998)]   // odd-aligned stride: the scalar path
+    public void CrossEntropyOnRowStridedViewMatchesF64AndLeavesPaddingAlone(DType dtype, int v)
+    {
+        // Padded logits (rows, v + pad) as the Transformer has them; the op sees the first v columns in place.
+        int rows = 11, pad = v == 2998 ? 3 : 8 + 3000 - v;
+        int width = v + pad;
+        var (full, fv) = Random(dtype, 5, rows, width);
+        var real = full.Slice(1, 0, v);
+        var targets = Enumerable.Range(0, rows).Select(_ => Rng.Next(v)).ToArray();
+        targets[2] = -1; // ignored row
+        targets[4] = v - 1; // the last column: in the tail when v is not a multiple of 8
+        var t = UploadInts(targets, rows);
+        var losses = Poisoned(DType.F32, rows);
+        double scale = 1.0 / rows;
+        Gpu.CrossEntropy(real, t, losses, real, scale);
+        var el = new double[rows]; var eg = (double[])fv.Clone();
+        for (int r = 0; r < rows; r++)
+        {
+            var row = fv.Skip(r * width).Take(v).ToArray();
+            for (int i = 0; i < v; i++) eg[r * width + i] = 0;
+            if (targets[r] < 0) continue;
+            double m = row.Max(), s = row.Sum(x => Math.Exp(x - m));
+            el[r] = Math.Log(s) + m - row[targets[r]];
+            for (int i = 0; i < v; i++) eg[r * width + i] = (Math.Exp(row[i] - m) / s - (i == targets[r] ? 1 : 0)) * scale;
+        }
+        AssertClose(el, Download(losses), 1e-5, "losses"); // f32 statistics: ~1e-6 relative on a log-sum-exp of 3000 terms
+        var got = Download(full);
+        bool IsPad(int i) => i % width >= v;
+        AssertClose(eg.Where((_, i) => !IsPad(i)).ToArray(), got.Where((_, i) => !IsPad(i)).ToArray(), Tolerance(dtype), "dLogits in place");
+        AssertClose(eg.Where((_, i) => IsPad(i)).ToArray(), got.Where((_, i) => IsPad(i)).ToArray(), 0, "padding columns are untouched");
+    }
+
+    [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.BF16)]
     public void EmbeddingForwardAndBackward(DType dtype)
@@ -157,6 +193,21 @@ public sealed class CudaOpTests(CudaFixture fixture) : CudaTestBase(fixture)
         Gpu.SumRows(x, sums);
         var expected = (double[])sv.Clone();
         for (int i = 0; i < rows; i++) for (int j = 0; j < c; j++) expected[j] += xv[i * c + j];
+        AssertClose(expected, Download(sums), 1e-5, "SumRows");
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 1000, 768)]   // 16-byte column kernel: fewer column vectors than threads (row lanes)
+    [InlineData(DType.BF16, 333, 3072)]   // more column vectors than threads (two chunks, the second partly idle)
+    [InlineData(DType.F32, 517, 200)]     // f32 vectors of 4, five row lanes
+    public void SumRowsAddsColumnSumsForWideRows(DType dtype, int rows, int c)
+    {
+        var (x, xv) = Random(dtype, 1, rows, c);
+        var (sums, sv) = Random(DType.F32, 1, c);
+        Gpu.SumRows(x, sums);
+        var expected = (double[])sv.Clone();
+        for (int i = 0; i < rows; i++) for (int j = 0; j < c; j++) expected[j] += xv[i * c + j];
+        // f32 accumulation of <= 1000 terms of size ~1: ~1e-7 relative per add, far inside 1e-5
         AssertClose(expected, Download(sums), 1e-5, "SumRows");
     }
 
