@@ -12,7 +12,7 @@ namespace Tessera.Training;
 /// for checkpoints. The loss is read from the device once per step (for logging); everything
 /// else stays enqueued.
 /// </summary>
-public sealed class Trainer
+public sealed class Trainer : ILoopTrainer
 {
     private readonly Transformer _model;
     private readonly TokenDataLoader _train;
@@ -123,29 +123,13 @@ public sealed class Trainer
     /// <paramref name="onStep"/> and calling <paramref name="checkpoint"/> every CheckpointEvery steps and at the end.
     /// </summary>
     public void Run(Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null, MetricsLog? metrics = null,
-        CancellationToken cancellation = default)
-    {
-        long tokensPerStep = (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * _train.WorldSize;
-        while (Step < Options.Steps)
-        {
-            cancellation.ThrowIfCancellationRequested();
-            double lr = _schedule.At(Step);
-            var clock = Stopwatch.StartNew();
-            double loss = TrainStep();
-            double ms = clock.Elapsed.TotalMilliseconds;
-            if (!double.IsFinite(loss))
-                throw new InvalidOperationException($"training diverged: loss is {loss} at step {Step}; lower the learning rate or check the data");
-            double? val = null;
-            if (_validation is not null && Options.EvalEvery > 0 && (Step % Options.EvalEvery == 0 || Step == Options.Steps))
-                val = Evaluate();
-            if (Step % Options.LogEvery == 0 || Step == Options.Steps || val is not null)
-            {
-                var m = new StepMetrics(Step, Options.Steps, loss, lr, Optimizer.LastGradNorm(), tokensPerStep / (ms / 1000), ms, val);
-                onStep?.Invoke(m);
-                metrics?.Append(m);
-            }
-            if (checkpoint is not null && ((Options.CheckpointEvery > 0 && Step % Options.CheckpointEvery == 0) || Step == Options.Steps))
-                checkpoint(this);
-        }
-    }
+        CancellationToken cancellation = default) => TrainingLoop.Run(this, onStep, checkpoint, metrics, cancellation);
+
+    long ILoopTrainer.TokensPerStep => (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * _train.WorldSize;
+    bool ILoopTrainer.Reports => true;
+    string ILoopTrainer.Where => "";
+    double ILoopTrainer.LearningRateAt(int step) => _schedule.At(step);
+    double ILoopTrainer.LastGradNorm() => Optimizer.LastGradNorm();
+    double? ILoopTrainer.ValidationLossIfDue() =>
+        _validation is not null && Options.EvalEvery > 0 && (Step % Options.EvalEvery == 0 || Step == Options.Steps) ? Evaluate() : null;
 }

@@ -15,7 +15,7 @@ namespace Tessera.Training.Parallel;
 /// <see cref="ShardedDataParallel"/>, one all-reduce of the loss (every rank logs the global loss),
 /// the norm all-reduce of <see cref="ShardedAdamW"/> when sharded, and the ZeRO-1/2 all-gathers.
 /// </summary>
-public sealed class DataParallelTrainer
+public sealed class DataParallelTrainer : ILoopTrainer
 {
     private readonly Transformer _model;
     private readonly ProcessGroup _group;
@@ -148,26 +148,12 @@ public sealed class DataParallelTrainer
     /// and <paramref name="metrics"/>; every rank calls <paramref name="checkpoint"/> (a sharded save is collective).
     /// </summary>
     public void Run(Action<StepMetrics>? onStep = null, Action<DataParallelTrainer>? checkpoint = null, MetricsLog? metrics = null,
-        CancellationToken cancellation = default)
-    {
-        long tokensPerStep = (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * _group.Size;
-        while (Step < Options.Steps)
-        {
-            cancellation.ThrowIfCancellationRequested();
-            double lr = _schedule.At(Step);
-            var clock = Stopwatch.StartNew();
-            double loss = TrainStep();
-            double ms = clock.Elapsed.TotalMilliseconds;
-            if (!double.IsFinite(loss))
-                throw new InvalidOperationException($"{_group.Describe()}: training diverged: loss is {loss} at step {Step}; lower the learning rate or check the data");
-            if (_group.Rank == 0 && (Step % Options.LogEvery == 0 || Step == Options.Steps))
-            {
-                var m = new StepMetrics(Step, Options.Steps, loss, lr, Optimizer.LastGradNorm(), tokensPerStep / (ms / 1000), ms, null);
-                onStep?.Invoke(m);
-                metrics?.Append(m);
-            }
-            if (checkpoint is not null && ((Options.CheckpointEvery > 0 && Step % Options.CheckpointEvery == 0) || Step == Options.Steps))
-                checkpoint(this);
-        }
-    }
+        CancellationToken cancellation = default) => TrainingLoop.Run(this, onStep, checkpoint, metrics, cancellation);
+
+    long ILoopTrainer.TokensPerStep => (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * _group.Size;
+    bool ILoopTrainer.Reports => _group.Rank == 0;
+    string ILoopTrainer.Where => _group.Describe() + ": ";
+    double ILoopTrainer.LearningRateAt(int step) => _schedule.At(step);
+    double ILoopTrainer.LastGradNorm() => Optimizer.LastGradNorm();
+    double? ILoopTrainer.ValidationLossIfDue() => null;   // no validation in data-parallel runs yet
 }
