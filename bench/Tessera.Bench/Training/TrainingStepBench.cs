@@ -9,7 +9,7 @@ namespace Tessera.Bench.Training;
 
 /// <summary>
 /// Times whole training steps (forward, cross-entropy, backward, AdamW) on the CPU backend for model
-/// presets at given batch shapes, on random tokens, and prints a table: ms/step (median), tokens/s and
+/// presets at given batch shapes, on random tokens, and prints a table: ms/step (median after warm-up), tokens/s and
 /// achieved GFLOP/s counted as 6N + 12·L·T·C FLOPs per token (the convention of the PaLM/llm.c MFU figures).
 /// </summary>
 public static class TrainingStepBench
@@ -17,7 +17,7 @@ public static class TrainingStepBench
     public static int Run(string[] args)
     {
         int threads = Environment.ProcessorCount;
-        int steps = 5;
+        int steps = 10, warmup = 20;
         var cases = new List<(string Preset, int B, int T)>();
         for (int i = 0; i < args.Length; i++)
         {
@@ -25,6 +25,7 @@ public static class TrainingStepBench
             {
                 case "--threads": threads = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--steps": steps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--warmup": warmup = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 default:
                     // preset:BxT, e.g. gpt2-124m:4x64
                     var parts = args[i].Split(':', 'x');
@@ -35,7 +36,8 @@ public static class TrainingStepBench
         }
         if (cases.Count == 0) cases.AddRange([("gpt2-tiny", 16, 128), ("gpt2-124m", 4, 64)]);
 
-        Console.WriteLine($"CPU training step, {threads} threads, median of {steps} steps after 1 warm-up");
+        // The warm-up lets tiered JIT compilation reach optimized code (the first steps run tier-0 code, 2-3x slower).
+        Console.WriteLine($"CPU training step, {threads} threads, median of {steps} steps after {warmup} warm-up steps");
         Console.WriteLine($"| model | B x T | params | ms/step | tokens/s | GFLOP/s |");
         Console.WriteLine($"|---|---|---|---|---|---|");
         foreach (var (preset, b, t) in cases)
@@ -49,7 +51,7 @@ public static class TrainingStepBench
             var tokens = backend.FromHost<int>(Enumerable.Range(0, b * t).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(b, t));
             var targets = backend.FromHost<int>(Enumerable.Range(0, b * t).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(b, t));
             var times = new List<double>();
-            for (int s = 0; s <= steps; s++)
+            for (int s = 0; s < warmup + steps; s++)
             {
                 var clock = Stopwatch.StartNew();
                 model.Parameters.ZeroGrad();
@@ -57,7 +59,7 @@ public static class TrainingStepBench
                 model.Backward(0);
                 optimizer.Step(1e-4);
                 backend.Synchronize();
-                if (s > 0) times.Add(clock.Elapsed.TotalMilliseconds);
+                if (s >= warmup) times.Add(clock.Elapsed.TotalMilliseconds);
             }
             times.Sort();
             double ms = times[times.Count / 2];
