@@ -2,16 +2,6 @@ using System.Text.Json.Serialization;
 
 namespace Tessera.Models;
 
-/// <summary>The architectural family, which fixes the layer choices below by default.</summary>
-[JsonConverter(typeof(JsonStringEnumConverter))]
-public enum ModelFamily
-{
-    /// <summary>Learned positions, LayerNorm with bias, GELU MLP, biases everywhere, tied LM head.</summary>
-    Gpt2,
-    /// <summary>RoPE, RMSNorm, SwiGLU MLP, grouped-query attention, no biases, untied head (by default).</summary>
-    Llama,
-}
-
 /// <summary>
 /// Shape and wiring of a decoder-only transformer: GPT-2 and Llama are points in this space.
 /// Validated at construction (<see cref="Validate"/>) with messages that name the field.

@@ -1,14 +1,5 @@
 namespace Tessera.Tensors;
 
-/// <summary>Kind of processor that holds a tensor's storage.</summary>
-public enum DeviceKind
-{
-    /// <summary>Host memory, computed by the CPU backend.</summary>
-    Cpu,
-    /// <summary>Memory of an NVIDIA GPU, computed by the CUDA backend.</summary>
-    Cuda,
-}
-
 /// <summary>Where a tensor lives: a processor kind and, for GPUs, its ordinal.</summary>
 public readonly record struct Device(DeviceKind Kind, int Index)
 {

@@ -57,8 +57,3 @@ public sealed record CheckpointManifest
         catch (JsonException e) { throw new CheckpointException($"{path}: not valid JSON ({e.Message})", e); }
     }
 }
-
-/// <summary>Size and SHA-256 (lower-case hex) of one checkpoint file.</summary>
-public sealed record CheckpointFileEntry(
-    [property: JsonPropertyName("bytes")] long Bytes,
-    [property: JsonPropertyName("sha256")] string Sha256);
