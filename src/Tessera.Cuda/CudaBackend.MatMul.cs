@@ -9,11 +9,11 @@ public sealed unsafe partial class CudaBackend
     private const long MatMulWorkspaceBytes = 32L << 20;
     private IntPtr _cublasLt;
     private ulong _workspace;
-    private readonly Dictionary<MatMulKey, MatMulPlan> _plans = new();
+    private readonly Dictionary<MatMulKey, MatMulPlan?> _plans = new();
 
     /// <summary>What makes two products share descriptors and an algorithm (pointer alignment included, since cuBLASLt's choice depends on it).</summary>
     private readonly record struct MatMulKey(DType AB, DType C, bool TransA, bool TransB, int M, int N, int K, int Batch,
-        long Lda, long Ldb, long Ldc, long StrideA, long StrideB, long StrideC, uint Epilogue, int Alignment);
+        long Lda, long Ldb, long Ldc, long StrideA, long StrideB, long StrideC, uint Epilogue, int Alignment, int AuxAlignment, DType BiasType);
 
     private sealed class MatMulPlan
     {
@@ -21,8 +21,30 @@ public sealed unsafe partial class CudaBackend
         public HeuristicResult Heuristic;
     }
 
+    /// <inheritdoc/>
+    /// <remarks>
+    /// The epilogues run fused in cuBLASLt (GELU_AUX[_BIAS], DGELU, BGRADB) for F32, BF16 and F16; F64 products, and
+    /// configurations for which cuBLASLt offers no algorithm, compose them from the plain product and the elementwise kernels.
+    /// </remarks>
     public void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
-        double alpha = 1.0, double beta = 0.0, Tensor? bias = null)
+        double alpha = 1.0, double beta = 0.0, Tensor? bias = null,
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null)
+    {
+        MatMulEpilogueArguments.Validate(nameof(CudaBackend), a, c, transposeA, beta, bias, epilogue, auxiliary, biasGradient);
+        if (epilogue == MatMulEpilogue.None)
+        {
+            MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null);
+            return;
+        }
+        if (a.DType != DType.F64 && MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient))
+            return;
+        MatMulEpilogueComposition.Apply(this, a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient,
+            (a2, b2, c2, ta, tb, al, be, bi) => MatMulCore(a2, b2, c2, ta, tb, al, be, bi, MatMulEpilogue.None, null, null));
+    }
+
+    /// <summary>The product through cuBLASLt with a fused epilogue; false (nothing written) when cuBLASLt has no algorithm for a non-trivial epilogue.</summary>
+    private bool MatMulCore(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
+        MatMulEpilogue fused, Tensor? auxiliary, Tensor? biasGradient)
     {
         const string op = "MatMul";
         int rank = c.Rank;
@@ -52,26 +74,46 @@ public sealed unsafe partial class CudaBackend
             if (bias.NumElements != n || !bias.IsContiguous) throw new ArgumentException($"CudaBackend.MatMul: bias {bias.Shape} must be contiguous with {n} elements");
             if (bias.DType != c.DType) throw new ArgumentException($"CudaBackend.MatMul: bias must be {c.DType} like c, got {bias.DType}");
         }
-        if (m == 0 || n == 0 || batch == 0) return;
+        if (m == 0 || n == 0 || batch == 0)
+        {
+            if (fused == MatMulEpilogue.None) return true;
+            return false; // empty products: let the composition handle the edge case
+        }
         if (k == 0) throw new ArgumentException($"CudaBackend.MatMul: the inner dimension of {a.Shape} @ {b.Shape} is empty");
         _ = op;
 
         ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), pbias = PtrOrNull(bias);
         int alignment = Align(pa) | Align(pb) << 8 | Align(pc) << 16 | Align(pbias) << 24;
-        uint epilogue = bias is null ? CUBLASLT_EPILOGUE_DEFAULT : CUBLASLT_EPILOGUE_BIAS;
+        uint epilogue = fused switch
+        {
+            MatMulEpilogue.Gelu => bias is null ? CUBLASLT_EPILOGUE_GELU_AUX : CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            MatMulEpilogue.GeluBackward => CUBLASLT_EPILOGUE_DGELU,
+            // Under the operand swap our a is cuBLASLt's B, and its column sums (over K) are cuBLASLt's "bias gradient of B".
+            MatMulEpilogue.BiasGradient => CUBLASLT_EPILOGUE_BGRADB,
+            _ => bias is null ? CUBLASLT_EPILOGUE_DEFAULT : CUBLASLT_EPILOGUE_BIAS,
+        };
+        ulong paux = PtrOrNull(auxiliary);
+        // cuBLASLt writes (does not accumulate) the bias gradient: it goes to a scratch vector added afterwards.
+        Tensor? gradScratch = biasGradient is null ? null : Allocate(new Shape(m), biasGradient.DType); // (M)
+        if (gradScratch is not null) pbias = Ptr(gradScratch);
         var key = new MatMulKey(a.DType, c.DType, transposeA, transposeB, m, n, k, batch,
             a.Stride(-2), b.Stride(-2), c.Stride(-2), rank == 3 ? a.Stride(0) : 0, rank == 3 ? b.Stride(0) : 0, rank == 3 ? c.Stride(0) : 0,
-            epilogue, alignment);
+            epilogue, alignment, Align(paux) | Align(pbias) << 12, gradScratch?.DType ?? c.DType);
+        try
+        {
         EnsureCublasLt();
         if (!_plans.TryGetValue(key, out var plan))
         {
-            plan = CreatePlan(key, pbias);
+            plan = CreatePlan(key, pbias, paux);
             _plans[key] = plan;
         }
-        if (bias is not null)
+        if (plan is null) return false;
+        if (pbias != 0)
             Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pbias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+        if (paux != 0)
+            Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &paux, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)");
         CudaDevice.MakeCurrent();
-        Profiler?.Begin($"matmul {a.DType} {m}x{n}x{k}{(batch > 1 ? $" b{batch}" : "")}{(transposeA ? " tA" : "")}{(transposeB ? " tB" : "")}{(beta != 0 ? " acc" : "")}{(bias is not null ? " bias" : "")}");
+        Profiler?.Begin($"matmul {a.DType} {m}x{n}x{k}{(batch > 1 ? $" b{batch}" : "")}{(transposeA ? " tA" : "")}{(transposeB ? " tB" : "")}{(beta != 0 ? " acc" : "")}{(bias is not null ? " bias" : "")}{(fused != MatMulEpilogue.None ? " " + fused : "")}");
         // Column-major cuBLASLt sees the row-major c (M, N) as c^T (N, M) = op(b)^T op(a)^T: b goes first.
         fixed (ulong* algo = plan.Heuristic.Algo)
         {
@@ -89,6 +131,13 @@ public sealed unsafe partial class CudaBackend
             }
         }
         Profiler?.End();
+        if (gradScratch is not null) Accumulate(biasGradient!, gradScratch);
+        return true;
+        }
+        finally
+        {
+            gradScratch?.Storage.Dispose();
+        }
     }
 
     private static int Align(ulong p) => p == 0 ? 0 : (int)Math.Min(256, p & (~p + 1));
@@ -116,7 +165,7 @@ public sealed unsafe partial class CudaBackend
         _workspace = _allocator.Allocate(MatMulWorkspaceBytes);
     }
 
-    private MatMulPlan CreatePlan(MatMulKey k, ulong biasPointer)
+    private MatMulPlan? CreatePlan(MatMulKey k, ulong biasPointer, ulong auxPointer)
     {
         var plan = new MatMulPlan();
         bool f64 = k.AB == DType.F64;
@@ -129,11 +178,17 @@ public sealed unsafe partial class CudaBackend
         Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(int)), "cublasLtMatmulDescSetAttribute(TRANSB)");
         uint epilogue = k.Epilogue;
         Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(uint)), "cublasLtMatmulDescSetAttribute(EPILOGUE)");
-        if (epilogue != CUBLASLT_EPILOGUE_DEFAULT)
+        if (biasPointer != 0)
         {
-            int biasType = CudaType(k.C);
+            int biasType = CudaType(k.BiasType);
             Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &biasType, sizeof(int)), "cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)");
             Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &biasPointer, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+        }
+        if (auxPointer != 0)
+        {
+            long auxLd = k.N; // the auxiliary is contiguous (M, N) row-major: column-major (N, M) with leading dimension N
+            Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &auxPointer, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)");
+            Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &auxLd, sizeof(long)), "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_LD)");
         }
         // cuBLASLt's "A" is our b: (N, K) column-major when not transposed, i.e. row-major b (K, N).
         plan.LayoutB = Layout(k.AB, k.TransB ? k.K : k.N, k.TransB ? k.N : k.K, k.Ldb, k.Batch, k.StrideB);
@@ -147,8 +202,15 @@ public sealed unsafe partial class CudaBackend
             Check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
             HeuristicResult result;
             int returned = 0;
-            Check(cublasLtMatmulAlgoGetHeuristic(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC,
-                preference, 1, &result, &returned), "cublasLtMatmulAlgoGetHeuristic", Describe(k));
+            int status = cublasLtMatmulAlgoGetHeuristic(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC,
+                preference, 1, &result, &returned);
+            bool fusedEpilogue = k.Epilogue is not (CUBLASLT_EPILOGUE_DEFAULT or CUBLASLT_EPILOGUE_BIAS);
+            if (fusedEpilogue && (status != CUBLAS_STATUS_SUCCESS || returned == 0))
+            {
+                DestroyPlan(plan); // cuBLASLt rejects this epilogue here: the caller composes it
+                return null;
+            }
+            Check(status, "cublasLtMatmulAlgoGetHeuristic", Describe(k));
             if (returned == 0)
                 throw new NotSupportedException($"CudaBackend.MatMul: cuBLASLt has no algorithm for {Describe(k)}");
             plan.Heuristic = result;
@@ -172,15 +234,18 @@ public sealed unsafe partial class CudaBackend
         return layout;
     }
 
+    private static void DestroyPlan(MatMulPlan p)
+    {
+        cublasLtMatrixLayoutDestroy(p.LayoutA);
+        cublasLtMatrixLayoutDestroy(p.LayoutB);
+        cublasLtMatrixLayoutDestroy(p.LayoutC);
+        cublasLtMatmulDescDestroy(p.Operation);
+    }
+
     private void DisposeMatMul()
     {
         foreach (var p in _plans.Values)
-        {
-            cublasLtMatrixLayoutDestroy(p.LayoutA);
-            cublasLtMatrixLayoutDestroy(p.LayoutB);
-            cublasLtMatrixLayoutDestroy(p.LayoutC);
-            cublasLtMatmulDescDestroy(p.Operation);
-        }
+            if (p is not null) DestroyPlan(p);
         _plans.Clear();
         if (_cublasLt != IntPtr.Zero) { cublasLtDestroy(_cublasLt); _cublasLt = IntPtr.Zero; }
     }

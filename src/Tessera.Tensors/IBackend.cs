@@ -51,9 +51,13 @@ public interface IBackend
     /// Rank 2: a (M,K) or (K,M) when <paramref name="transposeA"/>; b (K,N) or (N,K) when <paramref name="transposeB"/>; c (M,N).
     /// Rank 3: a leading batch dimension on a, b and c (a batched, strided product).
     /// <paramref name="bias"/> (N) is added after scaling. beta = 1 accumulates (weight gradients).
+    /// <paramref name="epilogue"/> fuses an activation or a bias gradient into the product (see <see cref="MatMulEpilogue"/>):
+    /// <paramref name="auxiliary"/> (M,N) is the GELU pre-activation (written by Gelu, read by GeluBackward) and
+    /// <paramref name="biasGradient"/> (M) the bias gradient accumulated by BiasGradient; both null otherwise.
     /// </summary>
     void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
-        double alpha = 1.0, double beta = 0.0, Tensor? bias = null);
+        double alpha = 1.0, double beta = 0.0, Tensor? bias = null,
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null);
 
     /// <summary>sums (C) += column sums of x (N,C): the bias gradient of a linear layer.</summary>
     void SumRows(Tensor x, Tensor sums);

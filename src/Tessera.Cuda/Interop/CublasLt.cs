@@ -21,11 +21,17 @@ internal static unsafe partial class CublasLt
     internal const int CUBLASLT_MATMUL_DESC_TRANSB = 4;
     internal const int CUBLASLT_MATMUL_DESC_EPILOGUE = 7;
     internal const int CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8;
+    internal const int CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER = 11;
+    internal const int CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD = 12;
     internal const int CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26;
 
     internal const uint CUBLASLT_EPILOGUE_DEFAULT = 1;
     internal const uint CUBLASLT_EPILOGUE_BIAS = 4;
     internal const uint CUBLASLT_EPILOGUE_GELU_BIAS = 36;
+    internal const uint CUBLASLT_EPILOGUE_GELU_AUX = 160;
+    internal const uint CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 164;
+    internal const uint CUBLASLT_EPILOGUE_DGELU = 192;
+    internal const uint CUBLASLT_EPILOGUE_BGRADB = 512;
 
     internal const int CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5;
     internal const int CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET = 6;

@@ -5,7 +5,7 @@ namespace Tessera.Nn.Layers;
 /// <summary>GPT-2's MLP: proj(GELU(fc(x))), fc C to F, proj F to C, tanh-approximated GELU.</summary>
 public sealed class GeluMlp : IFeedForward
 {
-    private readonly ActivationKey _hidden, _activated, _dActivated, _dHidden;
+    private readonly ActivationKey _hidden, _dHidden;
 
     /// <summary>Declares "<paramref name="name"/>.fc" (F, C) and "<paramref name="name"/>.proj" (C, F), with biases when <paramref name="bias"/>.</summary>
     public GeluMlp(ParameterArena arena, string name, int channels, int hidden, bool bias)
@@ -13,9 +13,7 @@ public sealed class GeluMlp : IFeedForward
         Name = name;
         Fc = new Linear(arena, name + ".fc", channels, hidden, bias);
         Projection = new Linear(arena, name + ".proj", hidden, channels, bias);
-        _hidden = new ActivationKey(name + ".fc.out");
-        _activated = new ActivationKey(name + ".gelu.out");
-        _dActivated = new ActivationKey(name + ".gelu.dy");
+        _hidden = new ActivationKey(name + ".fc.preact");
         _dHidden = new ActivationKey(name + ".fc.dy");
     }
 
@@ -31,9 +29,8 @@ public sealed class GeluMlp : IFeedForward
     /// <inheritdoc/>
     public Tensor Forward(in PassContext ctx, Tensor x)
     {
-        var h = Fc.Forward(ctx, x);                                  // (N, F)
-        var a = ctx.Buffer(_activated, h.Shape, h.DType);            // (N, F)
-        x.Backend.GeluForward(h, a);
+        var h = ctx.Buffer(_hidden, new Shape(x.Size(0), Fc.OutFeatures), x.DType); // (N, F): pre-activation
+        var a = Fc.ForwardGelu(ctx, x, h);                           // (N, F) = GELU(h), one fused product
         ctx.Save(_hidden, h);
         return Projection.Forward(ctx, a);                           // (N, C)
     }
@@ -42,10 +39,8 @@ public sealed class GeluMlp : IFeedForward
     public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
     {
         var h = ctx.Get(_hidden);
-        var da = ctx.Scratch(_dActivated, h.Shape, h.DType);
-        Projection.Backward(ctx, dy, da);
-        var dh = ctx.Scratch(_dHidden, h.Shape, h.DType);
-        dy.Backend.GeluBackward(h, da, dh);
+        var dh = ctx.Scratch(_dHidden, h.Shape, h.DType);            // (N, F) = (dy W_proj) * GELU'(h), fused
+        Projection.Backward(ctx, dy, dh, geluPreActivation: h);
         Fc.Backward(ctx, dh, dx, accumulateDx);
     }
 }

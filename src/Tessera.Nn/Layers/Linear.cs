@@ -60,19 +60,38 @@ public sealed class Linear
     }
 
     /// <summary>
-    /// From dy (N, out): dW += dy^T x, db += sum of dy's rows, and, when <paramref name="dx"/> (N, in) is given,
-    /// dx = dy W (or += when <paramref name="accumulateDx"/>).
+    /// y (N, out) = GELU(x W^T + b) in a pooled buffer of <paramref name="ctx"/>, one fused product;
+    /// <paramref name="preActivation"/> (N, out) receives x W^T + b for the backward pass. Saves x.
     /// </summary>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false)
+    public Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation)
+    {
+        CheckInput(x);
+        var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
+        x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value, epilogue: MatMulEpilogue.Gelu, auxiliary: preActivation);
+        ctx.Save(_input, x);
+        return y;
+    }
+
+    /// <summary>
+    /// From dy (N, out): dW += dy^T x, db += sum of dy's rows, and, when <paramref name="dx"/> (N, in) is given,
+    /// dx = dy W (or += when <paramref name="accumulateDx"/>). When <paramref name="geluPreActivation"/> (N, in) is given,
+    /// this layer's input was GELU(geluPreActivation), and dx = (dy W) * GELU'(geluPreActivation) instead, fused into the product.
+    /// </summary>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
     {
         var x = ctx.Get(_input);
         var backend = dy.Backend;
         if (dy.Rank != 2 || dy.Size(0) != x.Size(0) || dy.Size(1) != OutFeatures)
             throw new ArgumentException($"{Name}: output gradient {dy.Shape} must be ({x.Size(0)}, {OutFeatures})");
+        if (geluPreActivation is not null && (dx is null || accumulateDx))
+            throw new ArgumentException($"{Name}: the GELU gradient is fused into dx, so it needs dx and no accumulation");
         if (dx is not null)
-            backend.MatMul(dy, Weight.Value, dx, beta: accumulateDx ? 1.0 : 0.0);
-        backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0);
-        if (Bias is not null) backend.SumRows(dy, Bias.Grad);
+        {
+            if (geluPreActivation is null) backend.MatMul(dy, Weight.Value, dx, beta: accumulateDx ? 1.0 : 0.0);
+            else backend.MatMul(dy, Weight.Value, dx, epilogue: MatMulEpilogue.GeluBackward, auxiliary: geluPreActivation);
+        }
+        if (Bias is null) backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0);
+        else backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: Bias.Grad);
     }
 
     /// <summary>From dy (N, out): returns dx (N, in) in a pooled gradient buffer, accumulating parameter gradients.</summary>

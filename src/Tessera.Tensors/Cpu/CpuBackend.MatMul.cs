@@ -7,7 +7,14 @@ public sealed unsafe partial class CpuBackend
 {
     /// <inheritdoc/>
     public void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
-        double alpha = 1.0, double beta = 0.0, Tensor? bias = null)
+        double alpha = 1.0, double beta = 0.0, Tensor? bias = null,
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null)
+    {
+        MatMulEpilogueArguments.Validate(nameof(CpuBackend), a, c, transposeA, beta, bias, epilogue, auxiliary, biasGradient);
+        MatMulEpilogueComposition.Apply(this, a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient, MatMulPlain);
+    }
+
+    private void MatMulPlain(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias)
     {
         const string op = nameof(MatMul);
         ArgumentNullException.ThrowIfNull(a); ArgumentNullException.ThrowIfNull(b); ArgumentNullException.ThrowIfNull(c);

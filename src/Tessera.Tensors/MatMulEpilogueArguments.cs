@@ -1,0 +1,45 @@
+namespace Tessera.Tensors;
+
+/// <summary>The checks every backend applies to the epilogue arguments of <see cref="IBackend.MatMul"/>.</summary>
+public static class MatMulEpilogueArguments
+{
+    /// <summary>
+    /// Throws when <paramref name="epilogue"/> does not fit the product: a (M,K)/(K,M), c (M,N), the auxiliary (M,N)
+    /// and bias gradient (M) present exactly when the epilogue uses them, beta = 0 for the GELU forms.
+    /// </summary>
+    public static void Validate(string backend, Tensor a, Tensor c, bool transposeA, double beta, Tensor? bias,
+        MatMulEpilogue epilogue, Tensor? auxiliary, Tensor? biasGradient)
+    {
+        ArgumentNullException.ThrowIfNull(a); ArgumentNullException.ThrowIfNull(c);
+        string where = $"{backend}.MatMul({epilogue})";
+        bool gelu = epilogue is MatMulEpilogue.Gelu or MatMulEpilogue.GeluBackward;
+        if (gelu != (auxiliary is not null))
+            throw new ArgumentException(gelu
+                ? $"{where}: the GELU epilogues need the pre-activation tensor 'auxiliary' ({c.Shape})"
+                : $"{where}: 'auxiliary' is only used by the GELU epilogues; pass null", nameof(auxiliary));
+        bool grad = epilogue == MatMulEpilogue.BiasGradient;
+        if (grad != (biasGradient is not null))
+            throw new ArgumentException(grad
+                ? $"{where}: the BiasGradient epilogue needs 'biasGradient' ({c.Shape[^2]})"
+                : $"{where}: 'biasGradient' is only used by the BiasGradient epilogue; pass null", nameof(biasGradient));
+        if (epilogue == MatMulEpilogue.None) return;
+        if (c.Rank != 2)
+            throw new ArgumentException($"{where}: epilogues need a rank-2 product, got c {c.Shape}", nameof(c));
+        if (gelu)
+        {
+            if (beta != 0) throw new ArgumentException($"{where}: beta must be 0 (the GELU epilogues overwrite c), got {beta}", nameof(beta));
+            if (auxiliary!.Shape != c.Shape || auxiliary.DType != c.DType || !auxiliary.IsContiguous || !c.IsContiguous)
+                throw new ArgumentException($"{where}: auxiliary {auxiliary.DType} {auxiliary.Shape} must be contiguous and match c {c.DType} {c.Shape} (contiguous)", nameof(auxiliary));
+        }
+        if (epilogue == MatMulEpilogue.GeluBackward && bias is not null)
+            throw new ArgumentException($"{where}: no bias with GeluBackward", nameof(bias));
+        if (grad)
+        {
+            if (bias is not null) throw new ArgumentException($"{where}: no bias with BiasGradient", nameof(bias));
+            if (!transposeA)
+                throw new ArgumentException($"{where}: the bias gradient is the column sums of a (K,M), so a must be transposed (transposeA)", nameof(transposeA));
+            if (biasGradient!.NumElements != c.Shape[0] || !biasGradient.IsContiguous || !a.IsContiguous)
+                throw new ArgumentException($"{where}: biasGradient {biasGradient.Shape} must be contiguous with {c.Shape[0]} elements (M), and a {a.Shape} contiguous", nameof(biasGradient));
+        }
+    }
+}

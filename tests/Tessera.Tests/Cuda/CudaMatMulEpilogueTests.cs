@@ -1,0 +1,93 @@
+using Xunit;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// cuBLASLt's fused epilogues (GELU_AUX[_BIAS], DGELU, BGRADB) against the CPU backend's composition on the same
+/// (rounded) inputs. Tolerances (relative, over the whole tensor): f32 1e-5 (f32 math with long sums);
+/// bf16 1e-2 (outputs and the saved pre-activation carry 8 significant bits).
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    private readonly CpuBackend _cpu = new(2);
+
+    private Tensor Cpu(double[] values, params int[] dims)
+    {
+        var t = _cpu.Allocate(new Shape(dims), DType.F64);
+        Tessera.Tests.Support.TestTensors.Write(_cpu, t, values);
+        return t;
+    }
+
+    private double[] CpuValues(Tensor t) => Tessera.Tests.Support.TestTensors.ToDoubles(_cpu, t);
+
+    [Theory]
+    [InlineData(DType.F32, true)]
+    [InlineData(DType.F32, false)]
+    [InlineData(DType.BF16, true)]
+    [InlineData(DType.BF16, false)]
+    public void GeluEpilogueMatchesCpu(DType dtype, bool withBias)
+    {
+        int m = 96, n = 128, k = 80;
+        var (a, av) = Random(dtype, 1, m, k);
+        var (b, bv) = Random(dtype, 1, n, k);
+        var (bias, biasv) = Random(dtype, 1, n);
+        var c = Poisoned(dtype, m, n); var aux = Poisoned(dtype, m, n);
+        Gpu.MatMul(a, b, c, transposeB: true, alpha: 0.75, bias: withBias ? bias : null, epilogue: MatMulEpilogue.Gelu, auxiliary: aux);
+        var cc = _cpu.Allocate(new Shape(m, n), DType.F64); var caux = _cpu.Allocate(new Shape(m, n), DType.F64);
+        _cpu.MatMul(Cpu(av, m, k), Cpu(bv, n, k), cc, transposeB: true, alpha: 0.75, bias: withBias ? Cpu(biasv, n) : null,
+            epilogue: MatMulEpilogue.Gelu, auxiliary: caux);
+        AssertClose(CpuValues(caux), Download(aux), Tolerance(dtype), $"{dtype} pre-activation");
+        AssertClose(CpuValues(cc), Download(c), Tolerance(dtype), $"{dtype} gelu");
+    }
+
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    public void GeluBackwardEpilogueMatchesCpu(DType dtype)
+    {
+        int m = 64, n = 96, k = 48;
+        var (dy, dyv) = Random(dtype, 1, m, k);
+        var (w, wv) = Random(dtype, 1, k, n);
+        var (pre, prev) = Random(dtype, 3, m, n);
+        var dx = Poisoned(dtype, m, n);
+        Gpu.MatMul(dy, w, dx, epilogue: MatMulEpilogue.GeluBackward, auxiliary: pre);
+        var expected = _cpu.Allocate(new Shape(m, n), DType.F64);
+        _cpu.MatMul(Cpu(dyv, m, k), Cpu(wv, k, n), expected, epilogue: MatMulEpilogue.GeluBackward, auxiliary: Cpu(prev, m, n));
+        AssertClose(CpuValues(expected), Download(dx), Tolerance(dtype), $"{dtype} gelu backward");
+    }
+
+    [Theory]
+    [InlineData(DType.F32, DType.F32)]
+    [InlineData(DType.BF16, DType.BF16)]
+    [InlineData(DType.BF16, DType.F32)]
+    public void BiasGradientEpilogueAccumulatesLikeCpu(DType dtype, DType gradType)
+    {
+        int tokens = 96, outF = 64, inF = 48;
+        var (dy, dyv) = Random(dtype, 1, tokens, outF);
+        var (x, xv) = Random(dtype, 1, tokens, inF);
+        var (dw, dwv) = Random(gradType, 1, outF, inF);
+        var (db, dbv) = Random(gradType, 1, outF);
+        Gpu.MatMul(dy, x, dw, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: db);
+        var cdw = Cpu(dwv, outF, inF); var cdb = Cpu(dbv, outF);
+        _cpu.MatMul(Cpu(dyv, tokens, outF), Cpu(xv, tokens, inF), cdw, transposeA: true, beta: 1.0,
+            epilogue: MatMulEpilogue.BiasGradient, biasGradient: cdb);
+        AssertClose(CpuValues(cdw), Download(dw), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16), $"{dtype}->{gradType} weight gradient");
+        AssertClose(CpuValues(cdb), Download(db), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16), $"{dtype}->{gradType} bias gradient");
+    }
+
+    [Fact]
+    public void F64EpiloguesComposeExactly()
+    {
+        int m = 8, n = 16, k = 8;
+        var (a, av) = Random(DType.F64, 1, m, k);
+        var (b, bv) = Random(DType.F64, 1, k, n);
+        var c = Poisoned(DType.F64, m, n); var aux = Poisoned(DType.F64, m, n);
+        Gpu.MatMul(a, b, c, epilogue: MatMulEpilogue.Gelu, auxiliary: aux);
+        var cc = _cpu.Allocate(new Shape(m, n), DType.F64); var caux = _cpu.Allocate(new Shape(m, n), DType.F64);
+        _cpu.MatMul(Cpu(av, m, k), Cpu(bv, k, n), cc, epilogue: MatMulEpilogue.Gelu, auxiliary: caux);
+        AssertClose(CpuValues(cc), Download(c), 1e-12, "f64 gelu");
+    }
+}
