@@ -50,6 +50,26 @@ public abstract class CudaTestBase(CudaFixture fixture)
 
     protected CudaBackend Gpu => fixture.Backend;
 
+    /// <summary>Median milliseconds of <paramref name="op"/> on the backend's stream: CUDA events around each of
+    /// <paramref name="reps"/> runs after 3 warm-ups.</summary>
+    protected double MedianMs(Action op, int reps = 20)
+    {
+        for (int i = 0; i < 3; i++) op();
+        using var start = new Tessera.Cuda.Runtime.CudaEvent(Gpu.CudaDevice);
+        using var end = new Tessera.Cuda.Runtime.CudaEvent(Gpu.CudaDevice);
+        var times = new List<double>();
+        for (int i = 0; i < reps; i++)
+        {
+            start.Record(Gpu.Stream);
+            op();
+            end.Record(Gpu.Stream);
+            end.Synchronize();
+            times.Add(end.ElapsedSince(start));
+        }
+        times.Sort();
+        return times[reps / 2];
+    }
+
     /// <summary>A tensor of uniform values in [-scale, scale), and those values exactly as stored (rounded to the dtype).</summary>
     protected (Tensor Tensor, double[] Values) Random(DType dtype, double scale, params int[] dims)
     {

@@ -1,5 +1,6 @@
 using Xunit;
 using Tessera.Tensors;
+using Tessera.Tests.Support;
 
 namespace Tessera.Tests.Cuda;
 
@@ -7,27 +8,6 @@ namespace Tessera.Tests.Cuda;
 [Collection("cuda")]
 public sealed class CudaMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
 {
-    private static double[] Reference(double[] a, double[] b, double[]? c0, int batch, int m, int n, int k, bool ta, bool tb,
-        double alpha, double beta, double[]? bias)
-    {
-        var c = new double[batch * m * n];
-        for (int z = 0; z < batch; z++)
-        for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++)
-        {
-            double s = 0;
-            for (int p = 0; p < k; p++)
-            {
-                double av = ta ? a[z * m * k + p * m + i] : a[z * m * k + i * k + p];
-                double bv = tb ? b[z * k * n + j * k + p] : b[z * k * n + p * n + j];
-                s += av * bv;
-            }
-            int o = z * m * n + i * n + j;
-            c[o] = alpha * s + (c0 is null ? 0 : beta * c0[o]) + (bias is null ? 0 : bias[j]);
-        }
-        return c;
-    }
-
     [Theory]
     [InlineData(DType.F32, false, false)]
     [InlineData(DType.F32, true, false)]
@@ -44,7 +24,7 @@ public sealed class CudaMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
         var (b, bv) = tb ? Random(dtype, 1, n, k) : Random(dtype, 1, k, n);
         var c = Poisoned(dtype, m, n);
         Gpu.MatMul(a, b, c, ta, tb, alpha: 0.5);
-        AssertClose(Reference(av, bv, null, 1, m, n, k, ta, tb, 0.5, 0, null), Download(c), Tolerance(dtype), $"{dtype} ta={ta} tb={tb}");
+        AssertClose(ReferenceMatMul.Compute(av, bv, null, 1, m, n, k, ta, tb, 0.5, 0, null), Download(c), Tolerance(dtype), $"{dtype} ta={ta} tb={tb}");
     }
 
     [Theory]
@@ -58,12 +38,12 @@ public sealed class CudaMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
         var (bias, biasv) = Random(dtype, 1, n);
         var c = Poisoned(dtype, m, n);
         Gpu.MatMul(a, b, c, transposeB: true, bias: bias);
-        var expected = Reference(av, bv, null, 1, m, n, k, false, true, 1, 0, biasv);
+        var expected = ReferenceMatMul.Compute(av, bv, null, 1, m, n, k, false, true, 1, 0, biasv);
         AssertClose(expected, Download(c), Tolerance(dtype), "bias");
 
         var (c2, c2v) = Random(dtype, 1, m, n);
         Gpu.MatMul(a, b, c2, transposeB: true, beta: 1.0); // weight-gradient style accumulation
-        AssertClose(Reference(av, bv, c2v, 1, m, n, k, false, true, 1, 1, null), Download(c2), Tolerance(dtype), "beta=1");
+        AssertClose(ReferenceMatMul.Compute(av, bv, c2v, 1, m, n, k, false, true, 1, 1, null), Download(c2), Tolerance(dtype), "beta=1");
     }
 
     [Fact]
@@ -75,7 +55,7 @@ public sealed class CudaMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
         var c = Poisoned(DType.F32, m, n);
         Gpu.MatMul(a, b, c);
         // Products of bf16 values are exact in fp32 and accumulate in fp32: f32 tolerance holds.
-        AssertClose(Reference(av, bv, null, 1, m, n, k, false, false, 1, 0, null), Download(c), 1e-5, "bf16->f32");
+        AssertClose(ReferenceMatMul.Compute(av, bv, null, 1, m, n, k, false, false, 1, 0, null), Download(c), 1e-5, "bf16->f32");
     }
 
     [Theory]
@@ -88,7 +68,7 @@ public sealed class CudaMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
         var (b, bv) = tb ? Random(dtype, 1, batch, n, k) : Random(dtype, 1, batch, k, n);
         var c = Poisoned(dtype, batch, m, n);
         Gpu.MatMul(a, b, c, ta, tb);
-        AssertClose(Reference(av, bv, null, batch, m, n, k, ta, tb, 1, 0, null), Download(c), Tolerance(dtype), "batched");
+        AssertClose(ReferenceMatMul.Compute(av, bv, null, batch, m, n, k, ta, tb, 1, 0, null), Download(c), Tolerance(dtype), "batched");
     }
 
     [Fact]
@@ -103,6 +83,6 @@ public sealed class CudaMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
         var (b, bv) = Random(DType.F32, 1, k, n);
         var c = Poisoned(DType.F32, m, n);
         Gpu.MatMul(a, b, c);
-        AssertClose(Reference(av, bv, null, 1, m, n, k, false, false, 1, 0, null), Download(c), 1e-5, "sliced a");
+        AssertClose(ReferenceMatMul.Compute(av, bv, null, 1, m, n, k, false, false, 1, 0, null), Download(c), 1e-5, "sliced a");
     }
 }

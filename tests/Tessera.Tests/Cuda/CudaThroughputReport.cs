@@ -14,24 +14,6 @@ namespace Tessera.Tests.Cuda;
 [Collection("cuda")]
 public sealed class CudaThroughputReport(CudaFixture fixture) : CudaTestBase(fixture)
 {
-    private double MedianMs(Action op, int reps = 20)
-    {
-        for (int i = 0; i < 3; i++) op();
-        using var start = new CudaEvent(Gpu.CudaDevice);
-        using var end = new CudaEvent(Gpu.CudaDevice);
-        var times = new List<double>();
-        for (int i = 0; i < reps; i++)
-        {
-            start.Record(Gpu.Stream);
-            op();
-            end.Record(Gpu.Stream);
-            end.Synchronize();
-            times.Add(end.ElapsedSince(start));
-        }
-        times.Sort();
-        return times[reps / 2];
-    }
-
     private Tensor Rand(DType dtype, params int[] dims) => Random(dtype, 1, dims).Tensor;
 
     [Fact]

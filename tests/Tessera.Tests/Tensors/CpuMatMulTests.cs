@@ -12,26 +12,6 @@ public class CpuMatMulTests
     /// <summary>F32 products of length-K dot products: rounding grows like sqrt(K) * 6e-8; 1e-5 leaves margin. F64: 1e-12.</summary>
     private static double Tol(DType t) => t == DType.F32 ? 1e-5 : 1e-12;
 
-    private static double[] Reference(double[] a, double[] b, double[] c0, int batch, int m, int n, int k,
-        bool ta, bool tb, double alpha, double beta, double[]? bias)
-    {
-        var c = new double[batch * m * n];
-        for (int z = 0; z < batch; z++)
-            for (int i = 0; i < m; i++)
-                for (int j = 0; j < n; j++)
-                {
-                    double s = 0;
-                    for (int p = 0; p < k; p++)
-                    {
-                        double av = ta ? a[z * m * k + p * m + i] : a[z * m * k + i * k + p];
-                        double bv = tb ? b[z * k * n + j * k + p] : b[z * k * n + p * n + j];
-                        s += av * bv;
-                    }
-                    c[(z * m + i) * n + j] = alpha * s + beta * c0[(z * m + i) * n + j] + (bias?[j] ?? 0);
-                }
-        return c;
-    }
-
     [Theory]
     [InlineData(DType.F32, false, false)]
     [InlineData(DType.F32, true, false)]
@@ -49,7 +29,7 @@ public class CpuMatMulTests
         var tc = TestTensors.FromDoubles(_cpu, c0, dtype, m, n);
         var tbias = TestTensors.FromDoubles(_cpu, bias, dtype, n);
         _cpu.MatMul(ta_, tb_, tc, ta, tb, alpha: 0.5, beta: 0.75, bias: tbias);
-        NumericAssert.Close(Reference(a, b, c0, 1, m, n, k, ta, tb, 0.5, 0.75, bias), TestTensors.ToDoubles(_cpu, tc), Tol(dtype), "matmul");
+        NumericAssert.Close(ReferenceMatMul.Compute(a, b, c0, 1, m, n, k, ta, tb, 0.5, 0.75, bias), TestTensors.ToDoubles(_cpu, tc), Tol(dtype), "matmul");
     }
 
     [Theory]
@@ -65,7 +45,7 @@ public class CpuMatMulTests
         var tc = _cpu.Allocate(new Shape(z, m, n), dtype);
         TestTensors.Poison(_cpu, tc);
         _cpu.MatMul(ta, tb, tc, transposeB: true);
-        NumericAssert.Close(Reference(a, b, new double[z * m * n], z, m, n, k, false, true, 1, 0, null), TestTensors.ToDoubles(_cpu, tc), Tol(dtype), "batched matmul");
+        NumericAssert.Close(ReferenceMatMul.Compute(a, b, new double[z * m * n], z, m, n, k, false, true, 1, 0, null), TestTensors.ToDoubles(_cpu, tc), Tol(dtype), "batched matmul");
     }
 
     [Fact]
@@ -83,7 +63,7 @@ public class CpuMatMulTests
         _cpu.MatMul(a, b, c);
         var aDense = new double[m * k];
         for (int i = 0; i < m; i++) for (int p = 0; p < k; p++) aDense[i * k + p] = bufA[i * 8 + 2 + p];
-        NumericAssert.Close(Reference(aDense, bData, new double[m * n], 1, m, n, k, false, true, 1, 0, null), TestTensors.ToDoubles(_cpu, c), 1e-12, "view matmul");
+        NumericAssert.Close(ReferenceMatMul.Compute(aDense, bData, new double[m * n], 1, m, n, k, false, true, 1, 0, null), TestTensors.ToDoubles(_cpu, c), 1e-12, "view matmul");
     }
 
     [Fact]
