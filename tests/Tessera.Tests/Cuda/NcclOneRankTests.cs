@@ -39,19 +39,24 @@ public sealed class NcclOneRankTests(CudaFixture fixture) : IDisposable
         using var _ = group;
         using var __ = access;
         var rng = new Random(11);
-        var host = Enumerable.Range(0, 1 << 20).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
+        var host = Enumerable.Range(0, 1 << 24).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
         var t = backend.FromHost<float>(host, new Shape(host.Length));
-        // Compute enqueued just before the collective: if NCCL's stream were not ordered after it,
-        // the all-reduce would read the unscaled values (this scale is ~1 ms of queued work ahead).
-        for (int i = 0; i < 8; i++) backend.Scale(t, 2.0);
-        group.AllReduce(t, ReduceOp.Sum).Wait();
-        var got = backend.ToArray<float>(t);
-        for (int i = 0; i < host.Length; i += 997) Assert.Equal(host[i] * 256f, got[i]);
-
         var output = backend.Allocate(new Shape(host.Length), DType.F32);
         backend.Fill(output, double.NaN);
+        backend.Synchronize();
+        // Ordering: 32 scalings of 64 MB (milliseconds of queued compute) and, with no host sync in between, an
+        // out-of-place all-gather (a copy for one rank) on NCCL's own stream. Unless that stream waits for the
+        // compute, the copy reads partly scaled values (or NaN stays in the output).
+        for (int i = 0; i < 32; i++) backend.Scale(t, 2.0);
         group.AllGather(t, output).Wait();
-        Assert.Equal(got, backend.ToArray<float>(output));
+        var gathered = backend.ToArray<float>(output);
+        const float factor = 4294967296f;   // 2^32: every scaling is exact in float
+        for (int i = 0; i < host.Length; i += 997) Assert.Equal(host[i] * factor, gathered[i]);
+        Assert.Equal(host[^1] * factor, gathered[^1]);
+
+        group.AllReduce(t, ReduceOp.Sum).Wait();
+        var got = backend.ToArray<float>(t);
+        Assert.Equal(gathered, got);   // one rank: the sum is the value itself
         backend.Fill(output, double.NaN);
         group.ReduceScatter(t, output).Wait();
         Assert.Equal(got, backend.ToArray<float>(output));
