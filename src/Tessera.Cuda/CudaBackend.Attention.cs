@@ -27,9 +27,9 @@ public sealed unsafe partial class CudaBackend
     private static string FlashSuffix(DType dtype, int d) => (dtype == DType.BF16 ? "bf16" : "f16") + "_d" + d;
 
     private void FlashForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
-        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc)
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc };
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
         int rows = FlashBlock; // query rows per CTA: 64 * FLASH_MT(D) in flash_attention.cu
         uint shared = (uint)((rows + 4 * FlashBlock) * d * 2); // Q tile + two stages of K and V
         Launch("flash_attention.cu", "flash_forward_" + FlashSuffix(dtype, d),
@@ -37,16 +37,17 @@ public sealed unsafe partial class CudaBackend
     }
 
     private void FlashDecode(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
-        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc)
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
-        // Enough CTAs for two waves over the SMs, at least 64 keys each.
+        // Enough CTAs for two waves over the SMs, at least 64 keys each. With device-side lengths (starts) s is the
+        // cache's capacity and each CTA divides its sequence's actual length by the split count itself.
         int want = Math.Max(1, 2 * CudaDevice.MultiprocessorCount / Math.Max(1, b * h));
         int splits = Math.Clamp(Math.Min(want, (s + 63) / 64), 1, 128);
         int keysPerSplit = (s + splits - 1) / splits;
         splits = (s + keysPerSplit - 1) / keysPerSplit;
         ulong part = Scratch((long)b * h * t * splits * (d + 2) * sizeof(float));
         string suffix = FlashSuffix(dtype, d);
-        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit };
+        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts };
         Launch("flash_attention.cu", "flash_decode_" + suffix, ((uint)splits, (uint)h, (uint)b), FlashThreads, a1);
         void** a2 = stackalloc void*[] { &part, &po, &pl, &t, &h, &splits, &so };
         Launch("flash_attention.cu", "flash_decode_combine_" + suffix, (uint)(b * h * t), (uint)d, a2);
@@ -74,7 +75,15 @@ public sealed unsafe partial class CudaBackend
         FreeScratch(delta);
     }
 
-    public void Rope(Tensor x, int startPosition, double theta, bool inverse = false)
+    public void Rope(Tensor x, int startPosition, double theta, bool inverse = false) => RopeCore(x, startPosition, 0, theta, inverse);
+
+    public void Rope(Tensor x, Tensor startPositions, double theta)
+    {
+        RequirePositions("Rope", startPositions, x.Rank == 4 ? x.Size(0) : -1);
+        RopeCore(x, 0, Ptr(startPositions), theta, false);
+    }
+
+    private void RopeCore(Tensor x, int startPosition, ulong starts, double theta, bool inverse)
     {
         var s = Strides3.Of("Rope", "x", x);
         int b = x.Size(0), t = x.Size(1), h = x.Size(2), d = x.Size(3);
@@ -83,7 +92,7 @@ public sealed unsafe partial class CudaBackend
         if (pairs == 0) return;
         ulong px = Ptr(x);
         int inv = inverse ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &b, &t, &h, &d, &s.B, &s.T, &s.H, &startPosition, &theta, &inv };
+        void** args = stackalloc void*[] { &px, &b, &t, &h, &d, &s.B, &s.T, &s.H, &startPosition, &theta, &inv, &starts };
         Launch("rope.cu", "rope_" + Suffix(x.DType, "Rope"), GridFor(pairs), Threads, args);
     }
 
@@ -100,9 +109,14 @@ public sealed unsafe partial class CudaBackend
         if (q.DType != k.DType || q.DType != v.DType) throw new ArgumentException($"CudaBackend.{op}: q, k, v must share one dtype");
     }
 
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale)
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale) =>
+        AttentionForwardCore("AttentionForward", q, k, v, output, logSumExp, scale, null);
+
+    public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale) =>
+        AttentionForwardCore("AttentionForwardCached", q, keyCache, valueCache, output, null, scale, startPositions);
+
+    private void AttentionForwardCore(string op, Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, Tensor? startPositions)
     {
-        const string op = "AttentionForward";
         CheckAttention(op, q, k, v, out int b, out int t, out int s, out int h, out int kh, out int d);
         RequireSameShape(op, q, "q", output, "output");
         RequireDType(op, "output", output, q.DType);
@@ -113,17 +127,18 @@ public sealed unsafe partial class CudaBackend
             RequireContiguous(op, "logSumExp", logSumExp);
             if (logSumExp.NumElements != (long)b * h * t) throw new ArgumentException($"CudaBackend.{op}: logSumExp {logSumExp.Shape} must be (B, H, T) = ({b}, {h}, {t})");
         }
+        if (startPositions is not null) RequirePositions(op, startPositions, b);
         if ((long)b * t * h == 0) return;
         var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "k", k); var sv = Strides3.Of(op, "v", v);
-        ulong pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(output), pl = PtrOrNull(logSumExp);
+        ulong pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(output), pl = PtrOrNull(logSumExp), starts = PtrOrNull(startPositions);
         float sc = (float)scale;
         if (FlashEligible(d, q, k, v, output))
         {
-            if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc);
-            else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc);
+            if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
+            else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
             return;
         }
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc };
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc, &starts };
         uint shared = (uint)((2 * AttentionTile * (d + 1) + AttentionWarps * d) * sizeof(float));
         Launch("attention.cu", "attention_forward_" + Suffix(q.DType, op),
             ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)h, (uint)b), AttentionWarps * 32, args, shared);

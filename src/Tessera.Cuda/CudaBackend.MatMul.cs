@@ -33,6 +33,7 @@ public sealed unsafe partial class CudaBackend
         MatMulEpilogueArguments.Validate(nameof(CudaBackend), a, c, transposeA, beta, bias, epilogue, auxiliary, biasGradient);
         if (epilogue == MatMulEpilogue.None)
         {
+            if (TryGemv(a, b, c, transposeA, transposeB, alpha, beta, bias)) return;
             MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null);
             return;
         }
@@ -138,6 +139,38 @@ public sealed unsafe partial class CudaBackend
         {
             gradScratch?.Storage.Dispose();
         }
+    }
+
+    /// <summary>Most rows of x that the matrix-vector kernels (gemv.cu) take; larger products go to cuBLASLt.</summary>
+    private const int GemvMaxRows = 4;
+
+    /// <summary>
+    /// Decoding's products, c (M, N) = x (M, K) W^T (+ bias, + beta c) with M &lt;= 4 and W (N, K) an nn.Linear weight: a
+    /// memory-bound kernel that streams W once (gemv.cu). False, with nothing enqueued, when the call does not fit it
+    /// (then cuBLASLt runs it). TESSERA_CUDA_GEMV=0 turns it off, to compare with cuBLASLt.
+    /// </summary>
+    private bool TryGemv(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias)
+    {
+        if (!_gemvEnabled || transposeA || !transposeB || a.Rank != 2 || b.Rank != 2 || c.Rank != 2) return false;
+        int m = a.Size(0), k = a.Size(1), n = b.Size(0);
+        if (m < 1 || m > GemvMaxRows || b.Size(1) != k || c.Size(0) != m || c.Size(1) != n || n == 0 || k == 0) return false;
+        var dtype = a.DType;
+        if (dtype is not (DType.F32 or DType.BF16 or DType.F16) || b.DType != dtype || c.DType != dtype) return false;
+        if (bias is not null && (bias.DType != dtype || !bias.IsContiguous || bias.NumElements != n)) return false;
+        int vec = 16 / dtype.SizeInBytes();
+        if (a.Stride(1) != 1 || b.Stride(1) != 1 || (c.Stride(1) != 1 && n > 1)) return false;
+        if (k % vec != 0 || (m > 1 && a.Stride(0) % vec != 0) || b.Stride(0) % vec != 0) return false;
+        ulong px = Ptr(a), pw = Ptr(b), py = Ptr(c), pb = PtrOrNull(bias);
+        if (px % 16 != 0 || pw % 16 != 0) return false;
+        long shared = (long)m * k * dtype.SizeInBytes();
+        if (shared > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
+        long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
+        float al = (float)alpha, be = (float)beta;
+        // One warp per output column, grid-strided: enough CTAs to fill every SM, each staging x once.
+        uint grid = (uint)Math.Min((n + 7) / 8, CudaDevice.MultiprocessorCount * 8);
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be };
+        Launch("gemv.cu", $"gemv_{Suffix(dtype, "MatMul")}_m{m}", grid, 256, args, (uint)shared);
+        return true;
     }
 
     private static int Align(ulong p) => p == 0 ? 0 : (int)Math.Min(256, p & (~p + 1));

@@ -14,11 +14,13 @@ public sealed unsafe partial class CudaBackend
     public Tensor Allocate(Shape shape, DType dtype)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        RefuseWhileCapturing($"allocating a {shape} {dtype} tensor");
         return new Tensor(new CudaStorage(this, _allocator, dtype, shape.NumElements), shape);
     }
 
     public void CopyFromHost<T>(ReadOnlySpan<T> source, Tensor destination) where T : unmanaged
     {
+        RefuseWhileCapturing("CopyFromHost");
         CheckHostType<T>("CopyFromHost", destination);
         RequireContiguous("CopyFromHost", "destination", destination);
         if (source.Length != destination.NumElements)
@@ -40,6 +42,7 @@ public sealed unsafe partial class CudaBackend
 
     public void CopyToHost<T>(Tensor source, Span<T> destination) where T : unmanaged
     {
+        RefuseWhileCapturing("CopyToHost");
         CheckHostType<T>("CopyToHost", source);
         if (destination.Length != source.NumElements)
             throw new ArgumentException($"CudaBackend.CopyToHost: destination holds {destination.Length} values, the tensor {source.Shape} has {source.NumElements}");

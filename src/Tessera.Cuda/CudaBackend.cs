@@ -16,6 +16,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
 {
     private const int Threads = 256;
     private readonly CudaAllocator _allocator;
+    private readonly bool _gemvEnabled;
     private KernelLibrary? _kernels;
 
     /// <summary>
@@ -30,6 +31,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         _allocator = new CudaAllocator(CudaDevice, Stream);
         KernelCache = new KernelCache(kernelCacheFolder);
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_PROFILE") == "1") Profiler = new CudaOpProfiler(CudaDevice, Stream);
+        _gemvEnabled = Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV") != "0";
     }
 
     /// <summary>Per-op timing, present when the environment variable TESSERA_CUDA_PROFILE is 1 at construction.</summary>
@@ -52,7 +54,11 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
 
     public Device Device => Device.Cuda(CudaDevice.Ordinal);
 
-    public void Synchronize() => Stream.Synchronize();
+    public void Synchronize()
+    {
+        RefuseWhileCapturing("Synchronize");
+        Stream.Synchronize();
+    }
 
     /// <summary>Waits for pending work, then frees every allocation, module and handle.</summary>
     public void Dispose()

@@ -13,4 +13,11 @@ public sealed record GenerationOptions
 
     /// <summary>How each token is chosen; default greedy.</summary>
     public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
+
+    /// <summary>
+    /// Whether the decode step (one token through every layer, and the argmax for greedy sampling) is recorded once
+    /// and replayed, where the backend can (a CUDA graph on the GPU; the CPU backend runs every step as usual).
+    /// Replaying removes the host's per-op launch cost, which dominates decoding of small batches. Default true.
+    /// </summary>
+    public bool CaptureGraph { get; init; } = true;
 }

@@ -1,13 +1,14 @@
 using Tessera.Inference.Sampling;
 using Tessera.Models;
-using Tessera.Nn;
 using Tessera.Tensors;
 
 namespace Tessera.Inference;
 
 /// <summary>
-/// Autoregressive generation with a KV cache: one forward pass over the prompt (prefill), then
-/// one token at a time (decode), each step reading only the last row of logits to the host.
+/// Autoregressive generation with a KV cache: one forward pass over the prompt (prefill), then one token at a time
+/// (decode). Greedy decoding picks the token on the device (argmax) and reads back 4 bytes per token; sampling reads the
+/// token's row of logits to the host for the <see cref="Sampler"/>. The decode step is recorded once and replayed where
+/// the backend can (<see cref="GenerationOptions.CaptureGraph"/>).
 /// </summary>
 public sealed class TextGenerator
 {
@@ -15,6 +16,9 @@ public sealed class TextGenerator
 
     /// <summary>Generates with <paramref name="model"/>.</summary>
     public TextGenerator(Transformer model) => _model = model;
+
+    /// <summary>Whether the decode step of the last generation replayed a recorded graph.</summary>
+    public bool LastRunRecorded { get; private set; }
 
     /// <summary>Yields new token ids as they are produced.</summary>
     /// <exception cref="ArgumentException">The prompt is empty or does not fit the model's context.</exception>
@@ -35,26 +39,62 @@ public sealed class TextGenerator
         var backend = _model.Parameters.Backend;
         var config = _model.Config;
         var sampler = new Sampler(options.Sampling);
+        bool greedy = options.Sampling.Temperature == 0;
         var cache = _model.CreateKvCache(batch: 1);
-        var row = backend.Allocate(new Shape(config.EffectivePaddedVocab), DType.F32);
-        var host = new float[config.EffectivePaddedVocab];
+        var row = backend.Allocate(new Shape(1, config.VocabSize), DType.F32);
+        var host = new float[config.VocabSize];
+        int[] chosen = new int[1];
         var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
-
-        var tokens = backend.FromHost<int>(prompt.ToArray(), new Shape(1, prompt.Count));
-        var one = backend.Allocate(new Shape(1, 1), DType.I32);
-        int length = prompt.Count;
-        Tensor logits = _model.ForwardWithCache(tokens, cache);   // (1, T, Vpad)
-        for (int produced = 0; produced < options.MaxNewTokens && length < config.MaxSequenceLength; produced++)
+        using var step = new DecodeStep(_model, cache, greedy, options.CaptureGraph);
+        LastRunRecorded = false;
+        try
         {
-            backend.Copy(logits.Select(0, 0).Select(0, logits.Size(1) - 1), row);
-            backend.CopyToHost<float>(row, host);
-            int next = sampler.Sample(host, config.VocabSize);
-            if (stop.Contains(next)) yield break;
-            yield return next;
-            length++;
-            if (length >= config.MaxSequenceLength || produced + 1 >= options.MaxNewTokens) yield break;
-            backend.CopyFromHost<int>([next], one);
-            logits = _model.ForwardWithCache(one, cache);
+            var tokens = backend.FromHost<int>(prompt.ToArray(), new Shape(1, prompt.Count));
+            var logits = _model.ForwardWithCache(tokens, cache, validateTokens: false);   // (1, T, Vpad); the prompt was checked above
+            tokens.Storage.Dispose();
+            var last = logits.Select(0, 0).Select(0, logits.Size(1) - 1).Slice(0, 0, config.VocabSize).Reshape(1, config.VocabSize);
+            int next = greedy ? ArgMax(last, step.Tokens, chosen) : Sample(last, row, host, sampler);
+            for (int produced = 0; ; )
+            {
+                if (stop.Contains(next)) yield break;
+                yield return next;
+                produced++;
+                // The token just produced sits at position cache.Length; the context ends there when that is its last slot.
+                if (cache.Length + 1 >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
+                if (!greedy)
+                {
+                    chosen[0] = next;
+                    backend.CopyFromHost<int>(chosen, step.Tokens);
+                }
+                step.Run();                                          // greedy: the step's argmax lands in step.Tokens
+                LastRunRecorded = step.Recorded;
+                if (greedy)
+                {
+                    backend.CopyToHost<int>(step.Tokens, chosen);
+                    next = chosen[0];
+                }
+                else next = Sample(step.Logits!, row, host, sampler);
+            }
         }
+        finally
+        {
+            row.Storage.Dispose();
+        }
+    }
+
+    private int ArgMax(Tensor logits, Tensor tokens, int[] chosen)
+    {
+        var backend = _model.Parameters.Backend;
+        backend.ArgMax(logits, tokens.Reshape(1));
+        backend.CopyToHost<int>(tokens, chosen);
+        return chosen[0];
+    }
+
+    private int Sample(Tensor logits, Tensor row, float[] host, Sampler sampler)
+    {
+        var backend = _model.Parameters.Backend;
+        backend.Copy(logits, row);                                   // (1, V) cast to F32
+        backend.CopyToHost<float>(row, host);
+        return sampler.Sample(host, host.Length);
     }
 }

@@ -152,7 +152,7 @@ public sealed class Transformer
         var hooks = PassHooks;
         int head = Blocks.Count + 1;
         hooks?.BeforeForward(0);
-        var x = Embed(ctx, tokens, b, t, startPosition: 0);          // (B, T, C)
+        var x = Embed(ctx, tokens, b, t, cache: null);          // (B, T, C)
         hooks?.AfterForward(0);
         for (int i = 0; i < Blocks.Count; i++)
         {
@@ -259,25 +259,35 @@ public sealed class Transformer
     /// <summary>
     /// Inference: logits (B, T, Vpad) for T new tokens (B, T) I32 that follow the positions already in
     /// <paramref name="cache"/>, whose keys and values it appends (the cache advances by T). Saves nothing;
-    /// the logits live in a shared buffer until the next inference call.
+    /// the logits live in a shared buffer until the next inference call. Checks the token ids on the host when
+    /// <see cref="ValidateInputs"/> is set.
     /// </summary>
-    public Tensor ForwardWithCache(Tensor tokens, KvCache cache)
+    public Tensor ForwardWithCache(Tensor tokens, KvCache cache) => ForwardWithCache(tokens, cache, ValidateInputs);
+
+    /// <summary>
+    /// <see cref="ForwardWithCache(Tensor, KvCache)"/>, checking the token ids on the host only when
+    /// <paramref name="validateTokens"/> (a device-to-host read; pass false for ids the caller produced, such as sampled
+    /// ones, and when recording the step into a graph, where no host read may happen). Every launch reads the position
+    /// from <see cref="KvCache.Positions"/> on the device, so the enqueued work does not depend on the cache's length.
+    /// </summary>
+    public Tensor ForwardWithCache(Tensor tokens, KvCache cache, bool validateTokens)
     {
         ArgumentNullException.ThrowIfNull(cache);
-        var (b, t) = CheckTokens(tokens, "tokens", 0, cache);
+        var (b, t) = CheckTokens(tokens, "tokens", 0, cache, validateTokens);
         if (cache.Batch != b)
             throw new ArgumentException($"Transformer.ForwardWithCache: tokens have batch {b} but the cache was made for batch {cache.Batch}");
         if (cache.Layers != Config.Layers)
             throw new ArgumentException($"Transformer.ForwardWithCache: the cache has {cache.Layers} layers, the model {Config.Layers}");
         var ctx = PassContext.Transient(Activations);
-        var x = Embed(ctx, tokens, b, t, cache.Length);
+        var x = Embed(ctx, tokens, b, t, cache);                     // (B, T, C): the residual stream, updated in place
         foreach (var block in Blocks) x = block.ForwardCached(ctx, x, cache);
         var logits = Head.Forward(ctx, FinalNorm.Forward(ctx, x.Reshape(b * t, Config.Embedding)));
         cache.Advance(t);
         return logits.Reshape(b, t, Config.EffectivePaddedVocab);
     }
 
-    private Tensor Embed(in PassContext ctx, Tensor tokens, int b, int t, int startPosition)
+    /// <summary>Token (+ learned position) embeddings; positions start at 0, or at the cache's device-side positions.</summary>
+    private Tensor Embed(in PassContext ctx, Tensor tokens, int b, int t, KvCache? cache)
     {
         int n = b * t;
         var ids = ctx.Buffer(_tokenIds, new Shape(n), DType.I32);   // (N): the caller may reuse its tokens tensor
@@ -286,15 +296,21 @@ public sealed class Transformer
         if (PositionEmbedding is not null)
         {
             var positions = ctx.Buffer(_positionIds, new Shape(n), DType.I32);
-            var host = HostInts(n);
-            for (int i = 0; i < n; i++) host[i] = startPosition + i % t;
-            Backend.CopyFromHost<int>(host.AsSpan(0, n), positions);
+            if (cache is not null) Backend.FillPositions(cache.Positions, positions.Reshape(b, t));
+            else
+            {
+                var host = HostInts(n);
+                for (int i = 0; i < n; i++) host[i] = i % t;
+                Backend.CopyFromHost<int>(host.AsSpan(0, n), positions);
+            }
             PositionEmbedding.Forward(ctx, positions, x, accumulate: true);
         }
         return x.Reshape(b, t, Config.Embedding);
     }
 
-    private (int B, int T) CheckTokens(Tensor tokens, string what, int minimum, KvCache? cache)
+    private (int B, int T) CheckTokens(Tensor tokens, string what, int minimum, KvCache? cache) => CheckTokens(tokens, what, minimum, cache, ValidateInputs);
+
+    private (int B, int T) CheckTokens(Tensor tokens, string what, int minimum, KvCache? cache, bool validate)
     {
         ArgumentNullException.ThrowIfNull(tokens, what);
         if (tokens.Rank != 2 || tokens.DType != DType.I32)
@@ -305,7 +321,7 @@ public sealed class Transformer
         if (start + t > Config.MaxSequenceLength)
             throw new ArgumentException($"Transformer: {start} cached + {t} new positions exceed MaxSequenceLength ({Config.MaxSequenceLength})");
         cache?.EnsureRoom(t);
-        if (ValidateInputs)
+        if (validate)
         {
             var host = HostInts(b * t);
             Backend.CopyToHost<int>(tokens, host.AsSpan(0, b * t));

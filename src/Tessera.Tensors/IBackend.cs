@@ -134,6 +134,35 @@ public interface IBackend
     void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale);
 
     /// <summary>
+    /// <see cref="Rope(Tensor, int, double, bool)"/> at per-sequence positions: row (b, t) of x (B,T,H,D) sits at
+    /// position startPositions[b] + t. <paramref name="startPositions"/> (B) I32 lives on this backend (a KV cache's
+    /// filled lengths), so a recorded decode step serves every position.
+    /// </summary>
+    void Rope(Tensor x, Tensor startPositions, double theta);
+
+    /// <summary>
+    /// Causal grouped-query attention of T new queries against a KV cache: q (B,T,H,D); keyCache and valueCache
+    /// (B,S,K,D) hold S positions, of which sequence b's first startPositions[b] + T are filled (its T new keys
+    /// already written, see <see cref="CopyAtPositions"/>); query t sits at position startPositions[b] + t and sees
+    /// keys 0 .. startPositions[b] + t. output (B,T,H,D) contiguous; startPositions (B) I32 on this backend.
+    /// Views with a contiguous last dimension are accepted for q and the caches.
+    /// </summary>
+    void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale);
+
+    /// <summary>
+    /// destination[b, startPositions[b] + t, r, :] = source[b, t, r, :] for source (B,T,R,D) and destination (B,S,R,D) of one
+    /// dtype, both with a contiguous last dimension: appends new keys and values to a KV cache at each sequence's length.
+    /// startPositions (B) I32 on this backend; startPositions[b] + T must not exceed S (unchecked on devices).
+    /// </summary>
+    void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions);
+
+    /// <summary>positions (B,T) I32 = startPositions[b] + t (learned-position ids after a KV cache's filled length).</summary>
+    void FillPositions(Tensor startPositions, Tensor positions);
+
+    /// <summary>counters (contiguous I32) += amount.</summary>
+    void Increment(Tensor counters, int amount);
+
+    /// <summary>
     /// Gradients of <see cref="AttentionForward"/> (S = T): writes dq (B,T,H,D), dk and dv (B,T,K,D),
     /// summing over the query heads that share a kv head. Views with a contiguous last dimension are accepted.
     /// </summary>
@@ -149,6 +178,12 @@ public interface IBackend
     /// <paramref name="logits"/>. Rows whose target is negative are ignored: loss 0, gradient 0.
     /// </summary>
     void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor? dLogits, double lossScale);
+
+    /// <summary>
+    /// indices (N) I32 = the column of the largest value in each row of x (N,V) (a row-strided view with a contiguous last
+    /// dimension is accepted); the lowest column on ties, as <c>torch.argmax</c>. Greedy decoding on the device.
+    /// </summary>
+    void ArgMax(Tensor x, Tensor indices);
 
     /// <summary>result (scalar) = scale * sum(x) (or += when <paramref name="accumulate"/>).</summary>
     void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false);

@@ -26,6 +26,7 @@ internal static unsafe partial class CudaDriver
     internal const uint CU_EVENT_DEFAULT = 0;
     internal const uint CU_EVENT_DISABLE_TIMING = 2;
     internal const uint CU_MEMHOSTALLOC_PORTABLE = 1;
+    internal const int CU_STREAM_CAPTURE_MODE_RELAXED = 2;
 
     private const string Lib = CudaLibraries.Driver;
 
@@ -47,6 +48,12 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Lib)] internal static partial int cuStreamSynchronize(IntPtr stream);
     [LibraryImport(Lib)] internal static partial int cuStreamWaitEvent(IntPtr stream, IntPtr @event, uint flags);
     [LibraryImport(Lib)] internal static partial int cuStreamQuery(IntPtr stream);
+    [LibraryImport(Lib, EntryPoint = "cuStreamBeginCapture_v2")] internal static partial int cuStreamBeginCapture(IntPtr stream, int mode);
+    [LibraryImport(Lib)] internal static partial int cuStreamEndCapture(IntPtr stream, IntPtr* graph);
+    [LibraryImport(Lib)] internal static partial int cuGraphInstantiateWithFlags(IntPtr* exec, IntPtr graph, ulong flags);
+    [LibraryImport(Lib)] internal static partial int cuGraphLaunch(IntPtr exec, IntPtr stream);
+    [LibraryImport(Lib)] internal static partial int cuGraphExecDestroy(IntPtr exec);
+    [LibraryImport(Lib)] internal static partial int cuGraphDestroy(IntPtr graph);
 
     [LibraryImport(Lib)] internal static partial int cuEventCreate(IntPtr* @event, uint flags);
     [LibraryImport(Lib, EntryPoint = "cuEventDestroy_v2")] internal static partial int cuEventDestroy(IntPtr @event);

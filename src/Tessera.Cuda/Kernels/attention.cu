@@ -250,8 +250,9 @@ template <typename T> __device__ void attention_backward_dkdv(const T* q, const 
 #define ATTENTION(n, T)                                                                                        \
     extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_forward_##n(const T* q, const T* k,     \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, int D, Strides3 qs, Strides3 ks,           \
-        Strides3 vs, Strides3 os, float scale)                                                                 \
+        Strides3 vs, Strides3 os, float scale, const int* starts)                                              \
     {                                                                                                          \
+        if (starts) S = starts[blockIdx.z] + Tq; /* KV cache: valid keys of sequence b */                      \
         attention_forward<T>(q, k, v, o, lse, Tq, S, H, KH, D, qs, ks, vs, os, scale);                         \
     }                                                                                                          \
     extern "C" __global__ void attention_backward_delta_##n(const T* o, const T* dout, float* delta, int B,     \

@@ -40,3 +40,42 @@ SAME(b1, unsigned char) SAME(b2, unsigned short) SAME(b4, unsigned int) SAME(b8,
 FOR_FLOAT_TYPES(FILL)
 extern "C" __global__ void fill_f64(double* p, i64 n, double v) { GRID_STRIDE(i, n) p[i] = v; }
 extern "C" __global__ void fill_i32(int* p, i64 n, int v) { GRID_STRIDE(i, n) p[i] = v; }
+
+// ------------------------------------------------------------------------------ KV cache writes
+// dst[b, starts[b] + t, r, :] = src[b, t, r, :] for src (B, T, R, D) and dst (B, S, R, D), both with a
+// contiguous last dimension (src is typically the k and v heads of a fused QKV activation). The start
+// positions live on the device, so the same launch (or captured graph) appends at any cache length.
+struct Strides3 { i64 b, t, h; };
+template <typename W> __device__ void copy_at_positions(const W* src, W* dst, const int* starts, int B, int Tn, int R, int D,
+                                                         Strides3 ss, Strides3 ds)
+{
+    const i64 n = (i64)B * Tn * R * D;
+    GRID_STRIDE(i, n)
+    {
+        i64 r = i;
+        const int d = (int)(r % D); r /= D;
+        const int h = (int)(r % R); r /= R;
+        const int t = (int)(r % Tn);
+        const int b = (int)(r / Tn);
+        dst[b * ds.b + (i64)(starts[b] + t) * ds.t + h * ds.h + d] = src[b * ss.b + (i64)t * ss.t + h * ss.h + d];
+    }
+}
+#define AT_POSITIONS(name, wt)                                                                                     \
+    extern "C" __global__ void copy_at_positions_##name(const wt* src, wt* dst, const int* starts, int B, int Tn, \
+                                                        int R, int D, Strides3 ss, Strides3 ds)                   \
+    {                                                                                                              \
+        copy_at_positions<wt>(src, dst, starts, B, Tn, R, D, ss, ds);                                              \
+    }
+AT_POSITIONS(b2, unsigned short) AT_POSITIONS(b4, unsigned int) AT_POSITIONS(b8, unsigned long long)
+
+// positions (B, T) = starts[b] + t: GPT-2's learned-position ids after a KV cache's filled length.
+extern "C" __global__ void fill_positions(const int* starts, int* positions, int B, int Tn)
+{
+    GRID_STRIDE(i, (i64)B * Tn) positions[i] = starts[i / Tn] + (int)(i % Tn);
+}
+
+// counters += amount (I32): advances a KV cache's lengths on the device.
+extern "C" __global__ void increment_i32(int* counters, i64 n, int amount)
+{
+    GRID_STRIDE(i, n) counters[i] += amount;
+}

@@ -625,14 +625,18 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 #define FLASH(n, T, D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) flash_forward_##n##_d##D(const T* q, const T* k,          \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
-        Strides3 os, float scale)                                                                               \
+        Strides3 os, float scale, const int* starts)                                                            \
     {                                                                                                           \
-        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                              \
+        /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
+        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
+        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                 \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
         const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
-        float scale, int keysPerSplit)                                                                          \
+        float scale, int keysPerSplit, const int* starts)                                                       \
     {                                                                                                           \
+        /* KV cache: the valid length is read here, so one launch (and a captured graph) serves every length. */ \
+        if (starts) { S = starts[blockIdx.z] + Tq; keysPerSplit = (S + gridDim.x - 1) / gridDim.x; }            \
         flash_decode<T, D>(q, k, v, part, Tq, S, H, KH, qs, ks, vs, scale, keysPerSplit);                       \
     }                                                                                                           \
     extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \

@@ -102,3 +102,56 @@ template <typename T> __device__ void column_reduce(const float* partial, int ro
         column_reduce<T>(partial, rows, stride, C, target);                                                 \
     }
 FOR_FLOAT_TYPES(REDUCE)
+
+// ------------------------------------------------------------------------------------ argmax
+// indices[row] = the column of the largest value of row (V columns, rows ld elements apart); the
+// lowest column on ties, as the host sampler and PyTorch's argmax; NaN is skipped (0 for an all-NaN row).
+// One CTA per row, 16-byte loads where the row allows them.
+template <typename T> __device__ void argmax_rows(const T* x, int* indices, int V, i64 ld)
+{
+    const T* row = x + (i64)blockIdx.x * ld;
+    float best = NEG_INF;
+    int index = 0x7fffffff;
+    constexpr int N = Vec16<T>::N;
+    const bool vec = ((size_t)row % 16) == 0;
+    int start = 0;
+    if (vec)
+    {
+        const int chunks = V / N;
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x)
+        {
+            float v[N];
+            load16(row + (i64)c * N, v);
+#pragma unroll
+            for (int j = 0; j < N; j++)
+                if (v[j] > best || (v[j] == best && c * N + j < index)) { best = v[j]; index = c * N + j; }
+        }
+        start = chunks * N;
+    }
+    for (int i = start + threadIdx.x; i < V; i += blockDim.x)
+    {
+        const float v = to_f(row[i]);
+        if (v > best || (v == best && i < index)) { best = v; index = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+    {
+        const float ob = __shfl_xor_sync(FULL_MASK, best, o);
+        const int oi = __shfl_xor_sync(FULL_MASK, index, o);
+        if (ob > best || (ob == best && oi < index)) { best = ob; index = oi; }
+    }
+    __shared__ float sb[32];
+    __shared__ int si[32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) { sb[warp] = best; si[warp] = index; }
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (sb[w] > best || (sb[w] == best && si[w] < index)) { best = sb[w]; index = si[w]; }
+        indices[blockIdx.x] = index == 0x7fffffff ? 0 : index;
+    }
+}
+#define ARGMAX(n, T) \
+    extern "C" __global__ void argmax_##n(const T* x, int* indices, int V, i64 ld) { argmax_rows<T>(x, indices, V, ld); }
+FOR_FLOAT_TYPES(ARGMAX)

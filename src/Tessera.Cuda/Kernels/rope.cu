@@ -1,8 +1,10 @@
 // Rotary position embedding in place on x (B, T, H, D), last dimension contiguous; Hugging Face
 // Llama's "rotate half" pairs (i, i + D/2). Angles in fp64 so long positions keep their precision.
+// Row (b, t) sits at position start + t, or starts[b] + t when starts (B) is given (a KV cache's lengths,
+// read on the device so that a captured decode step serves every position).
 
 template <typename T> __device__ void rope(T* x, int B, int Tn, int H, int D, i64 sb, i64 st, i64 sh, int start,
-                                           double theta, int inverse)
+                                           double theta, int inverse, const int* starts)
 {
     int half = D / 2;
     i64 n = (i64)B * Tn * H * half;
@@ -15,7 +17,7 @@ template <typename T> __device__ void rope(T* x, int B, int Tn, int H, int D, i6
         int b = (int)r;
         double inv_freq = pow(theta, -2.0 * i / D);
         double s, c;
-        sincos((double)(start + t) * inv_freq, &s, &c);
+        sincos((double)((starts ? starts[b] : start) + t) * inv_freq, &s, &c);
         float cf = (float)c, sf = inverse ? -(float)s : (float)s;
         T* p = x + b * sb + (i64)t * st + (i64)h * sh;
         float x1 = to_f(p[i]), x2 = to_f(p[i + half]);
@@ -26,8 +28,8 @@ template <typename T> __device__ void rope(T* x, int B, int Tn, int H, int D, i6
 
 #define ROPE(n, T)                                                                                      \
     extern "C" __global__ void rope_##n(T* x, int B, int Tn, int H, int D, i64 sb, i64 st, i64 sh,    \
-                                        int start, double theta, int inverse)                          \
+                                        int start, double theta, int inverse, const int* starts)       \
     {                                                                                                   \
-        rope<T>(x, B, Tn, H, D, sb, st, sh, start, theta, inverse);                                     \
+        rope<T>(x, B, Tn, H, D, sb, st, sh, start, theta, inverse, starts);                             \
     }
 FOR_FLOAT_TYPES(ROPE)

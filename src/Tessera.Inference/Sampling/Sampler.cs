@@ -49,12 +49,16 @@ public sealed class Sampler
         return items[keep - 1].Id;
     }
 
-    /// <summary>Index of the largest logit (the lowest index on ties, as PyTorch's argmax).</summary>
+    /// <summary>
+    /// Index of the largest logit: the lowest index on ties, as PyTorch's argmax; NaN is skipped (0 when all are NaN),
+    /// the rule of <c>IBackend.ArgMax</c>, so greedy decoding picks the same token on the host and on a device.
+    /// </summary>
     public static int ArgMax(ReadOnlySpan<float> logits)
     {
-        int best = 0;
-        for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
-        return best;
+        int best = -1;
+        for (int i = 0; i < logits.Length; i++)
+            if (!float.IsNaN(logits[i]) && (best < 0 || logits[i] > logits[best])) best = i;
+        return Math.Max(best, 0);
     }
 
     private double NextDouble()

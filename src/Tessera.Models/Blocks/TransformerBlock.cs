@@ -104,20 +104,20 @@ public sealed class TransformerBlock
         }
     }
 
-    /// <summary>Inference: y (B, T, C) for T new positions after those in <paramref name="cache"/>; writes this block's keys and values.</summary>
+    /// <summary>
+    /// Inference: the block applied in place to the residual stream x (B, T, C) of T new positions after those in
+    /// <paramref name="cache"/> (x += attn(norm1(x)); x += mlp(norm2(x)), each add fused into the branch's last product);
+    /// writes this block's keys and values. Returns x.
+    /// </summary>
     public Tensor ForwardCached(in PassContext ctx, Tensor x, KvCache cache)
     {
+        if (x.Rank != 3 || x.Size(2) != Channels || !x.IsContiguous)
+            throw new ArgumentException($"{Name}: input {x.Shape} must be contiguous (B, T, {Channels})");
         int b = x.Size(0), t = x.Size(1), n = b * t;
-        var backend = x.Backend;
-        var xf = x.Reshape(n, Channels);
-        var h1 = Norm1.Forward(ctx, xf);
-        var a = Attention.ForwardCached(ctx, h1.Reshape(b, t, Channels), cache, Index);
-        var r1 = ctx.Buffer(_residual1, xf.Shape, x.DType);
-        backend.Add(xf, a.Reshape(n, Channels), r1);
-        var m = Mlp.Forward(ctx, Norm2.Forward(ctx, r1));
-        var y = ctx.Buffer(_output, xf.Shape, x.DType);
-        backend.Add(r1, m, y);
-        return y.Reshape(b, t, Channels);
+        var xf = x.Reshape(n, Channels);                              // (N, C): the residual stream, updated in place
+        Attention.ForwardCached(ctx, Norm1.Forward(ctx, xf).Reshape(b, t, Channels), cache, Index, xf);
+        Mlp.ForwardAccumulate(ctx, Norm2.Forward(ctx, xf), xf);
+        return x;
     }
 
     private Tensor Run(in PassContext ctx, Tensor x)

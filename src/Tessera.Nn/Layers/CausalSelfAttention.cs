@@ -73,11 +73,7 @@ public sealed class CausalSelfAttention
         var backend = x.Backend;
         var qkv = Qkv.Forward(ctx, x.Reshape(n, Channels)).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
         var (q, k, v) = Split(qkv);
-        if (RopeTheta is double theta)
-        {
-            backend.Rope(q, 0, theta);
-            backend.Rope(k, 0, theta);
-        }
+        if (RopeTheta is double theta) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), 0, theta);   // q and k heads, adjacent
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         var lse = ctx.Buffer(_logSumExp, new Shape(b, Heads, t), x.DType == DType.F64 ? DType.F64 : DType.F32); // (B, H, T)
         backend.AttentionForward(q, k, v, att, lse, Scale);
@@ -101,42 +97,33 @@ public sealed class CausalSelfAttention
         var (q, k, v) = Split(qkv);
         var (dq, dk, dv) = Split(dQkv);
         backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale);
-        if (RopeTheta is double theta)
-        {
-            // RoPE is a rotation: its backward is the inverse rotation of the gradient.
-            backend.Rope(dq, 0, theta, inverse: true);
-            backend.Rope(dk, 0, theta, inverse: true);
-        }
+        // RoPE is a rotation: its backward is the inverse rotation of the gradient (dq and dk heads, adjacent).
+        if (RopeTheta is double theta) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, theta, inverse: true);
         Qkv.Backward(ctx, dQkv.Reshape(n, (Heads + 2 * KvHeads) * HeadSize), dx.Reshape(n, Channels), accumulateDx);
     }
 
     /// <summary>
-    /// Inference: y (B, T, C) for T new positions of x (B, T, C) that follow the <see cref="KvCache.Length"/>
-    /// cached ones; writes their keys and values into <paramref name="cache"/> layer <paramref name="layer"/>
-    /// (the caller advances the cache after the last layer). Saves nothing.
+    /// Inference: <paramref name="residual"/> (B*T, C) += attention of x (B, T, C), whose T new positions follow the ones in
+    /// <paramref name="cache"/> (at its device-side <see cref="KvCache.Positions"/>); writes their keys and values into
+    /// cache layer <paramref name="layer"/> (the caller advances the cache after the last layer). No launch depends on a
+    /// host-side length, so a recorded decode step replays at any position. Saves nothing.
     /// </summary>
-    public Tensor ForwardCached(in PassContext ctx, Tensor x, KvCache cache, int layer)
+    public void ForwardCached(in PassContext ctx, Tensor x, KvCache cache, int layer, Tensor residual)
     {
         CheckInput(x);
-        int b = x.Size(0), t = x.Size(1), n = b * t, start = cache.Length;
+        int b = x.Size(0), t = x.Size(1), n = b * t;
         if (cache.Batch != b || cache.KvHeads != KvHeads || cache.HeadSize != HeadSize)
             throw new ArgumentException($"{Name}: cache (batch {cache.Batch}, {cache.KvHeads} kv heads of size {cache.HeadSize}) does not fit input {x.Shape} with {KvHeads} kv heads of size {HeadSize}");
         cache.EnsureRoom(t);
         var backend = x.Backend;
         var qkv = Qkv.Forward(ctx, x.Reshape(n, Channels)).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
-        var (q, k, v) = Split(qkv);
-        if (RopeTheta is double theta)
-        {
-            backend.Rope(q, start, theta);
-            backend.Rope(k, start, theta);
-        }
-        var keys = cache.Keys(layer);                                // (B, MaxSeq, K, D)
-        var values = cache.Values(layer);
-        backend.Copy(k, keys.Slice(1, start, t));
-        backend.Copy(v, values.Slice(1, start, t));
+        var positions = cache.Positions;
+        // q and k heads are adjacent in the fused activation, and so are k and v: one launch each.
+        if (RopeTheta is double theta) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), positions, theta);
+        backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
-        backend.AttentionForward(q, keys.Slice(1, 0, start + t), values.Slice(1, 0, start + t), att, null, Scale);
-        return Projection.Forward(ctx, att.Reshape(n, Channels)).Reshape(b, t, Channels);
+        backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale);
+        Projection.ForwardAccumulate(att.Reshape(n, Channels), residual);
     }
 
     private (Tensor Q, Tensor K, Tensor V) Split(Tensor qkv) =>

@@ -36,6 +36,13 @@ public sealed class GeluMlp : IFeedForward
     }
 
     /// <inheritdoc/>
+    public void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
+    {
+        var h = ctx.Buffer(_hidden, new Shape(x.Size(0), Fc.OutFeatures), x.DType); // (N, F): pre-activation
+        Projection.ForwardAccumulate(Fc.ForwardGelu(ctx, x, h), residual);
+    }
+
+    /// <inheritdoc/>
     public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
     {
         var h = ctx.Get(_hidden);

@@ -60,6 +60,16 @@ public sealed class Linear
     }
 
     /// <summary>
+    /// Inference: <paramref name="residual"/> (N, out) += x (N, in) W^T + b, one product that also does the residual add.
+    /// Saves nothing for backward.
+    /// </summary>
+    public void ForwardAccumulate(Tensor x, Tensor residual)
+    {
+        CheckInput(x);
+        x.Backend.MatMul(x, Weight.Value, residual, transposeB: true, beta: 1.0, bias: Bias?.Value);
+    }
+
+    /// <summary>
     /// y (N, out) = GELU(x W^T + b) in a pooled buffer of <paramref name="ctx"/>, one fused product;
     /// <paramref name="preActivation"/> (N, out) receives x W^T + b for the backward pass. Saves x.
     /// </summary>

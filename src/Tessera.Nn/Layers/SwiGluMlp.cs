@@ -47,6 +47,16 @@ public sealed class SwiGluMlp : IFeedForward
     }
 
     /// <inheritdoc/>
+    public void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
+    {
+        var g = Gate.Forward(ctx, x);                                // (N, F)
+        var u = Up.Forward(ctx, x);                                  // (N, F)
+        var a = ctx.Buffer(_activated, g.Shape, g.DType);            // (N, F)
+        x.Backend.SwiGluForward(g, u, a);
+        Projection.ForwardAccumulate(a, residual);                   // (N, C) += proj(a)
+    }
+
+    /// <inheritdoc/>
     public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
     {
         var g = ctx.Get(_gate);

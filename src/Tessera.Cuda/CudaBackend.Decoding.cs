@@ -1,0 +1,76 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+// KV-cache ops at device-side positions and the greedy argmax: what a decode step needs so that its
+// launches do not depend on host values, and one recorded CUDA graph serves every step.
+public sealed unsafe partial class CudaBackend
+{
+    private static void RequirePositions(string op, Tensor startPositions, int batch)
+    {
+        ArgumentNullException.ThrowIfNull(startPositions);
+        if (startPositions.DType != DType.I32 || startPositions.Rank != 1 || startPositions.Size(0) != batch || !startPositions.IsContiguous)
+            throw new ArgumentException($"CudaBackend.{op}: startPositions must be a contiguous ({batch}) I32 tensor, one position per sequence; got {startPositions.Shape} {startPositions.DType}");
+    }
+
+    public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)
+    {
+        const string op = nameof(CopyAtPositions);
+        var ss = Strides3.Of(op, "source", source);
+        var ds = Strides3.Of(op, "destination", destination);
+        int b = source.Size(0), t = source.Size(1), r = source.Size(2), d = source.Size(3);
+        if (destination.Size(0) != b || destination.Size(2) != r || destination.Size(3) != d)
+            throw new ArgumentException($"CudaBackend.{op}: destination {destination.Shape} must be (B, S, R, D) with the B, R, D of source {source.Shape}");
+        if (destination.DType != source.DType)
+            throw new ArgumentException($"CudaBackend.{op}: source is {source.DType} but destination is {destination.DType}");
+        if (t > destination.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: {t} new positions do not fit a cache of {destination.Size(1)}");
+        RequirePositions(op, startPositions, b);
+        long n = (long)b * t * r * d;
+        if (n == 0) return;
+        ulong ps = Ptr(source), pd = Ptr(destination), pp = Ptr(startPositions);
+        void** args = stackalloc void*[] { &ps, &pd, &pp, &b, &t, &r, &d, &ss, &ds };
+        Launch("copy.cu", $"copy_at_positions_b{source.DType.SizeInBytes()}", GridFor(n), Threads, args);
+    }
+
+    public void FillPositions(Tensor startPositions, Tensor positions)
+    {
+        const string op = nameof(FillPositions);
+        if (positions.Rank != 2 || positions.DType != DType.I32) throw new ArgumentException($"CudaBackend.{op}: positions must be (B, T) I32, got {positions.Shape} {positions.DType}");
+        RequireContiguous(op, "positions", positions);
+        int b = positions.Size(0), t = positions.Size(1);
+        RequirePositions(op, startPositions, b);
+        if ((long)b * t == 0) return;
+        ulong ps = Ptr(startPositions), pp = Ptr(positions);
+        void** args = stackalloc void*[] { &ps, &pp, &b, &t };
+        Launch("copy.cu", "fill_positions", GridFor((long)b * t), Threads, args);
+    }
+
+    public void Increment(Tensor counters, int amount)
+    {
+        RequireDType(nameof(Increment), "counters", counters, DType.I32);
+        RequireContiguous(nameof(Increment), "counters", counters);
+        long n = counters.NumElements;
+        if (n == 0) return;
+        ulong p = Ptr(counters);
+        void** args = stackalloc void*[] { &p, &n, &amount };
+        Launch("copy.cu", "increment_i32", GridFor(n), Threads, args);
+    }
+
+    public void ArgMax(Tensor x, Tensor indices)
+    {
+        const string op = nameof(ArgMax);
+        if (x.Rank != 2 || (x.Stride(1) != 1 && x.Size(1) > 1))
+            throw new ArgumentException($"CudaBackend.{op}: x must be (N, V) with a contiguous last dimension, got {x.Shape}");
+        RequireDType(op, "indices", indices, DType.I32);
+        RequireContiguous(op, "indices", indices);
+        int n = x.Size(0), v = x.Size(1);
+        if (indices.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: indices {indices.Shape} must hold one index per row of x {x.Shape}");
+        if (v == 0) throw new ArgumentException($"CudaBackend.{op}: x {x.Shape} has no columns");
+        if (n == 0) return;
+        ulong px = Ptr(x), pi = Ptr(indices);
+        long ld = x.Stride(0);
+        void** args = stackalloc void*[] { &px, &pi, &v, &ld };
+        Launch("reduce.cu", "argmax_" + Suffix(x.DType, op), (uint)n, 1024, args);
+    }
+}

@@ -1,0 +1,80 @@
+using Tessera.Models;
+using Tessera.Nn.Layers;
+using Tessera.Tensors;
+
+namespace Tessera.Inference;
+
+/// <summary>
+/// One decoding step of a batch: the tokens in <see cref="Tokens"/> (B, 1) through the model with the KV cache, and,
+/// for greedy sampling, the argmax of the logits written back into <see cref="Tokens"/> for the next step. Every launch
+/// reads the position from the cache's device-side positions, so where the backend can record (<see cref="IGraphCapture"/>)
+/// the second step is recorded and every later step is one replay: the host's per-op cost leaves the decode loop.
+/// </summary>
+internal sealed class DecodeStep : IDisposable
+{
+    private readonly Transformer _model;
+    private readonly KvCache _cache;
+    private readonly bool _greedy, _record;
+    private ICapturedGraph? _graph;
+    private int _eagerSteps;
+
+    /// <summary>A step over <paramref name="cache"/>; <paramref name="record"/> allows a graph where the backend has them.</summary>
+    public DecodeStep(Transformer model, KvCache cache, bool greedy, bool record)
+    {
+        _model = model;
+        _cache = cache;
+        _greedy = greedy;
+        _record = record;
+        var backend = model.Parameters.Backend;
+        Tokens = backend.Allocate(new Shape(cache.Batch, 1), DType.I32);
+    }
+
+    /// <summary>(B, 1) I32: the step's input tokens; after a greedy step, the tokens it chose.</summary>
+    public Tensor Tokens { get; }
+
+    /// <summary>(B, V) logits of the last step (a view of the model's pooled buffer, the same every step).</summary>
+    public Tensor? Logits { get; private set; }
+
+    /// <summary>Whether later steps replay a recorded graph.</summary>
+    public bool Recorded => _graph is not null;
+
+    /// <summary>Enqueues one step; the cache advances by one position.</summary>
+    public void Run()
+    {
+        if (_graph is not null)
+        {
+            _cache.EnsureRoom(1);
+            _graph.Replay();
+            _cache.AdvanceReplayed(1);
+            return;
+        }
+        // The first step runs normally so that every buffer, kernel module and product plan exists before recording.
+        if (_record && _eagerSteps > 0 && _model.Parameters.Backend is IGraphCapture capture)
+        {
+            _cache.EnsureRoom(1);
+            _graph = capture.Capture(Body);   // host bookkeeping (the cache's Length) ran once while recording
+            if (_graph is not null)
+            {
+                _graph.Replay();
+                return;
+            }
+        }
+        Body();
+        _eagerSteps++;
+    }
+
+    private void Body()
+    {
+        var logits = _model.ForwardWithCache(Tokens, _cache, validateTokens: false);   // (B, 1, Vpad)
+        int b = logits.Size(0), vPad = logits.Size(2);
+        Logits = logits.Reshape(b, vPad).Slice(1, 0, _model.Config.VocabSize);
+        if (_greedy) _model.Parameters.Backend.ArgMax(Logits, Tokens.Reshape(b));
+    }
+
+    public void Dispose()
+    {
+        _graph?.Dispose();
+        _graph = null;
+        Tokens.Storage.Dispose();
+    }
+}

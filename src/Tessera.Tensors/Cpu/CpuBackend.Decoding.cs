@@ -1,0 +1,124 @@
+namespace Tessera.Tensors.Cpu;
+
+// KV-cache ops at per-sequence positions, and the greedy argmax. On the CPU the positions are plain
+// host memory, so each op reads them and runs the position-free op on every sequence's views.
+public sealed unsafe partial class CpuBackend
+{
+    public void Rope(Tensor x, Tensor startPositions, double theta)
+    {
+        const string op = nameof(Rope);
+        ArgumentNullException.ThrowIfNull(x);
+        RequireRank(op, nameof(x), x, 4, "(B,T,H,D)");
+        var starts = ReadPositions(op, startPositions, x.Shape[0]);
+        for (int b = 0; b < starts.Length; b++) Rope(x.Slice(0, b, 1), starts[b], theta);
+    }
+
+    public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale)
+    {
+        const string op = nameof(AttentionForwardCached);
+        var (b, t, _, s, _, _) = CheckAttention(op, q, keyCache, valueCache);
+        RequireShape(op, nameof(output), output, q.Shape);
+        var starts = ReadPositions(op, startPositions, b);
+        for (int i = 0; i < b; i++)
+        {
+            int filled = starts[i] + t;
+            if (filled > s)
+                throw new ArgumentException($"{op}: sequence {i} starts at {starts[i]} with {t} new positions, beyond the cache's {s}", nameof(startPositions));
+            AttentionForward(q.Slice(0, i, 1), keyCache.Slice(0, i, 1).Slice(1, 0, filled), valueCache.Slice(0, i, 1).Slice(1, 0, filled),
+                output.Slice(0, i, 1), null, scale);
+        }
+    }
+
+    public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)
+    {
+        const string op = nameof(CopyAtPositions);
+        ArgumentNullException.ThrowIfNull(source); ArgumentNullException.ThrowIfNull(destination);
+        RequireRank(op, nameof(source), source, 4, "(B,T,R,D)");
+        RequireRank(op, nameof(destination), destination, 4, "(B,S,R,D)");
+        RequireDType(op, nameof(destination), destination, source.DType);
+        int b = source.Shape[0], t = source.Shape[1];
+        if (destination.Shape[0] != b || destination.Shape[2] != source.Shape[2] || destination.Shape[3] != source.Shape[3])
+            throw new ArgumentException($"{op}: destination {destination.Shape} must be (B,S,R,D) with the B, R, D of source {source.Shape}", nameof(destination));
+        var starts = ReadPositions(op, startPositions, b);
+        for (int i = 0; i < b; i++)
+        {
+            if (starts[i] + t > destination.Shape[1])
+                throw new ArgumentException($"{op}: sequence {i} at position {starts[i]} has no room for {t} more of {destination.Shape[1]} positions", nameof(startPositions));
+            Copy(source.Slice(0, i, 1), destination.Slice(0, i, 1).Slice(1, starts[i], t));
+        }
+    }
+
+    public void FillPositions(Tensor startPositions, Tensor positions)
+    {
+        const string op = nameof(FillPositions);
+        ArgumentNullException.ThrowIfNull(positions);
+        RequireRank(op, nameof(positions), positions, 2, "(B,T)");
+        RequireDType(op, nameof(positions), positions, DType.I32);
+        RequireContiguous(op, nameof(positions), positions);
+        int b = positions.Shape[0], t = positions.Shape[1];
+        var starts = ReadPositions(op, startPositions, b);
+        int* p = Ptr<int>(positions);
+        for (int i = 0; i < b; i++)
+            for (int j = 0; j < t; j++) p[(long)i * t + j] = starts[i] + j;
+    }
+
+    public void Increment(Tensor counters, int amount)
+    {
+        ArgumentNullException.ThrowIfNull(counters);
+        RequireDType(nameof(Increment), nameof(counters), counters, DType.I32);
+        RequireContiguous(nameof(Increment), nameof(counters), counters);
+        int* p = Ptr<int>(counters);
+        for (long i = 0; i < counters.NumElements; i++) p[i] += amount;
+    }
+
+    public void ArgMax(Tensor x, Tensor indices)
+    {
+        const string op = nameof(ArgMax);
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(indices);
+        RequireComputeDType(op, nameof(x), x);
+        RequireRank(op, nameof(x), x, 2, "(N,V)");
+        RequireUnitLastStride(op, nameof(x), x);
+        RequireDType(op, nameof(indices), indices, DType.I32);
+        RequireContiguous(op, nameof(indices), indices);
+        int n = x.Shape[0], v = x.Shape[1];
+        if (indices.NumElements != n) throw new ArgumentException($"{op}: indices {indices.Shape} must hold one index per row of x {x.Shape}", nameof(indices));
+        if (v == 0) throw new ArgumentException($"{op}: x {x.Shape} has no columns", nameof(x));
+        int* pi = Ptr<int>(indices);
+        long ld = x.Stride(0);
+        for (int r = 0; r < n; r++)
+        {
+            // The first maximum wins; NaN is skipped (an all-NaN row gives 0), as on the GPU and in the host sampler.
+            int best = -1;
+            if (x.DType == DType.F32)
+            {
+                float* row = Ptr<float>(x) + r * ld;
+                for (int i = 0; i < v; i++) if (!float.IsNaN(row[i]) && (best < 0 || row[i] > row[best])) best = i;
+            }
+            else
+            {
+                double* row = Ptr<double>(x) + r * ld;
+                for (int i = 0; i < v; i++) if (!double.IsNaN(row[i]) && (best < 0 || row[i] > row[best])) best = i;
+            }
+            best = Math.Max(best, 0);
+            pi[r] = best;
+        }
+    }
+
+    /// <summary>Reads (B) I32 start positions, checking their shape and sign.</summary>
+    private int[] ReadPositions(string op, Tensor startPositions, int batch)
+    {
+        ArgumentNullException.ThrowIfNull(startPositions);
+        RequireDType(op, nameof(startPositions), startPositions, DType.I32);
+        if (startPositions.Rank != 1 || startPositions.Shape[0] != batch)
+            throw new ArgumentException($"{op}: startPositions {startPositions.Shape} must be ({batch}), one position per sequence", nameof(startPositions));
+        var starts = new int[batch];
+        int* p = Ptr<int>(startPositions);
+        long stride = startPositions.Stride(0);
+        for (int i = 0; i < batch; i++)
+        {
+            starts[i] = p[i * stride];
+            if (starts[i] < 0) throw new ArgumentException($"{op}: startPositions[{i}] = {starts[i]} is negative", nameof(startPositions));
+        }
+        return starts;
+    }
+}
