@@ -14,11 +14,13 @@ using Tessera.Training.Parallel;
 namespace Tessera.Bench.Gpu;
 
 /// <summary>
-/// ZeRO-Offload on one GPU: the data-parallel trainer over a one-rank NCCL group, F32, with the AdamW state and
-/// update either on the GPU (ZeRO-1 over one rank, i.e. plain) or in host memory on the CPU backend (offload).
+/// ZeRO-Offload on one GPU: the data-parallel trainer over a one-rank NCCL group, with the AdamW state and update
+/// either on the GPU (ZeRO-1 over one rank, i.e. plain) or in host memory on the CPU backend (offload). The model is
+/// BF16 with F32 masters (mixed precision; the default) or F32 (<c>--dtype f32</c>). Offloaded, a BF16 model moves
+/// BF16 gradients to the host and BF16 values back, and keeps its F32 master shard and moments there.
 /// Prints one markdown row: ms/step (median after warm-up, synchronized wall time), tokens/s, peak GPU memory
 /// (allocator peak), peak host memory (the process's peak resident set) and the parameter count.
-/// <para>Usage: gpu-offload --preset gpt2-774m [--batch 8] [--seq 1024] [--steps 3] [--warmup 1] [--offload] [--recompute] [--no-header]</para>
+/// <para>Usage: gpu-offload --preset gpt2-774m [--dtype bf16|f32] [--batch 8] [--seq 1024] [--steps 3] [--warmup 1] [--offload] [--recompute] [--no-header]</para>
 /// Run each case in its own process, so that one case's memory does not count in the next one's peaks.
 /// </summary>
 public static class OffloadBench
@@ -28,11 +30,20 @@ public static class OffloadBench
         string preset = "gpt2-774m";
         int batch = 8, seq = 1024, steps = 3, warmup = 1;
         bool offload = false, recompute = false, header = true;
+        var dtype = DType.BF16;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
             {
                 case "--preset": preset = args[++i]; break;
+                case "--dtype":
+                    dtype = args[++i].ToLowerInvariant() switch
+                    {
+                        "bf16" => DType.BF16,
+                        "f32" => DType.F32,
+                        var other => throw new ArgumentException($"gpu-offload: --dtype '{other}' must be bf16 or f32"),
+                    };
+                    break;
                 case "--batch": batch = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--seq": seq = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--steps": steps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
@@ -53,7 +64,7 @@ public static class OffloadBench
         using var access = new CudaCommunication(backend);
         using var group = NcclProcessGroup.Create("world", 0, 1, NcclProcessGroup.CreateUniqueId(), access, TimeSpan.FromMinutes(5));
         var config = ModelPresets.Get(preset);
-        var model = new Transformer(config, backend, DType.F32) { RecomputeActivations = recompute };
+        var model = new Transformer(config, backend, dtype) { RecomputeActivations = recompute };
         model.InitializeWeights(1);
 
         var shard = Path.Combine(Path.GetTempPath(), $"tessera-offload-{Environment.ProcessId}.bin");
@@ -79,8 +90,8 @@ public static class OffloadBench
             double gpuGiB = backend.Allocator.Statistics.PeakBytesInUse / (double)(1L << 30);
             double hostGiB = Process.GetCurrentProcess().PeakWorkingSet64 / (double)(1L << 30);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {preset} | {model.Parameters.ParameterCount / 1e9:F2}B | F32 | {batch} x {seq} | {(recompute ? "yes" : "no")} | {(offload ? "offloaded (host AdamW)" : "on GPU")} | {ms:F0} | {batch * seq / (ms / 1000):F0} | {gpuGiB:F1} | {hostGiB:F1} |"));
-            Console.Error.WriteLine($"gpu-offload: {preset} offload={offload} final loss {loss:F4}");
+                $"| {preset} | {model.Parameters.ParameterCount / 1e9:F2}B | {(model.Parameters.Masters is null ? "F32" : "BF16 + F32 masters")} | {batch} x {seq} | {(recompute ? "yes" : "no")} | {(offload ? "offloaded (host AdamW)" : "on GPU")} | {ms:F0} | {batch * seq / (ms / 1000):F0} | {gpuGiB:F1} | {hostGiB:F1} |"));
+            Console.Error.WriteLine($"gpu-offload: {preset} {dtype} offload={offload} final loss {loss:F4}");
         }
         finally
         {

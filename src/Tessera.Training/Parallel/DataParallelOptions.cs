@@ -19,6 +19,13 @@ public sealed record DataParallelOptions
     public bool OffloadOptimizer { get; init; }
 
     /// <summary>
+    /// ZeRO-Offload: largest number of elements one device-host copy of the offloaded update moves (the pipelining
+    /// granularity: the host updates one piece while the next one's gradient is copied off the device). Default
+    /// <see cref="OffloadedAdamW.DefaultPieceElements"/> (2^22); at most <see cref="OffloadedAdamW.MaxPieceElements"/>.
+    /// </summary>
+    public long OffloadPieceElements { get; init; } = OffloadedAdamW.DefaultPieceElements;
+
+    /// <summary>
     /// ZeRO-3 check: fill the non-owned parameter values of a released segment with NaN, so any read of a
     /// parameter that was not gathered poisons the loss. Costs one fill per release; default false.
     /// </summary>
@@ -29,6 +36,8 @@ public sealed record DataParallelOptions
     {
         if (!Enum.IsDefined(Stage)) throw new ArgumentException($"parallel options: Stage ({(int)Stage}) must be 0, 1, 2 or 3");
         if (BucketElements <= 0) throw new ArgumentException($"parallel options: BucketElements ({BucketElements}) must be positive");
+        if (OffloadPieceElements < 1 || OffloadPieceElements > OffloadedAdamW.MaxPieceElements)
+            throw new ArgumentException($"parallel options: OffloadPieceElements ({OffloadPieceElements}) must be in [1, {OffloadedAdamW.MaxPieceElements}]");
         return this;
     }
 }

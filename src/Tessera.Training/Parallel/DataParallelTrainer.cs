@@ -14,6 +14,13 @@ namespace Tessera.Training.Parallel;
 /// gives the gradient of the global mean loss. Per step it issues the gradient collectives of
 /// <see cref="ShardedDataParallel"/>, one all-reduce of the loss (every rank logs the global loss),
 /// the norm all-reduce of <see cref="ShardedAdamW"/> when sharded, and the ZeRO-1/2 all-gathers.
+/// <para>
+/// Mixed precision (a BF16 model with F32 masters, <c>new Transformer(config, backend, DType.BF16)</c>): gradients and
+/// gathered values travel in BF16, each rank updates the F32 masters of its shard (on the host with offload) and
+/// writes their BF16 copy, as the one-rank <see cref="Trainer"/> does for the whole arena; the loss is summed in F32.
+/// Call <see cref="SynchronizeMasters"/> before reading <c>Parameter.Master</c> of a sharded run
+/// (<see cref="ShardedCheckpoint.Save"/> does).
+/// </para>
 /// </summary>
 public sealed class DataParallelTrainer : ILoopTrainer
 {
@@ -23,7 +30,7 @@ public sealed class DataParallelTrainer : ILoopTrainer
     private readonly CosineSchedule _schedule;
     private readonly int[] _hostInputs, _hostTargets;
     private readonly Tensor _inputs, _targets;   // (B, T) I32
-    private readonly Tensor _lossSum;            // (1) this rank's share of the step's mean loss, then the global mean
+    private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
 
     /// <summary>
     /// Creates rank <paramref name="group"/>.Rank's trainer. The model's weights must be initialized identically on
@@ -38,10 +45,6 @@ public sealed class DataParallelTrainer : ILoopTrainer
         ArgumentNullException.ThrowIfNull(train);
         options.Validate();
         parallel.Validate();
-        // The sharded optimizer updates the arena's values in place; with BF16 compute those are the low-precision
-        // copy and the F32 masters would be bypassed. Refuse rather than train silently in BF16.
-        if (model.Parameters.Masters is not null)
-            throw new NotSupportedException($"{group.Describe()}: data-parallel training of a {model.Parameters.DType} model with F32 masters (mixed precision) is not supported yet; train in F32");
         if (train.WorldSize != group.Size || train.Rank != group.Rank)
             throw new ArgumentException($"{group.Describe()}: the data loader reads slice {train.Rank} of {train.WorldSize}; it must read slice {group.Rank} of {group.Size}");
         if (train.BatchSize != options.BatchSize || train.SequenceLength != options.SequenceLength)
@@ -58,14 +61,18 @@ public sealed class DataParallelTrainer : ILoopTrainer
         _schedule = new CosineSchedule(options.LearningRate, options.LearningRate * options.MinLearningRateFraction, options.WarmupSteps, options.Steps);
         Communication = new ShardedDataParallel(model, group, parallel);
         Optimizer = new ShardedAdamW(model.Parameters, Communication.Layout, group, adamW, Communication.Gradient,
-            parallel.OffloadOptimizer ? host : null);
+            parallel.OffloadOptimizer ? host : null, parallel.OffloadPieceElements);
         int bt = options.BatchSize * options.SequenceLength;
         _hostInputs = new int[bt];
         _hostTargets = new int[bt];
         var backend = model.Parameters.Backend;
         _inputs = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
         _targets = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
-        _lossSum = backend.Zeros(new Shape(1), model.Parameters.DType);
+        // BF16 would round the per-token losses' sum to 3 significant digits; the model's loss dtype is F32 (F64 for F64).
+        _lossSum = backend.Zeros(new Shape(1), model.LossDType);
+        // Token ids are checked on the host arrays (CheckIds), so the model need not read them back from the device:
+        // on a GPU that read is a synchronization per forward, which would stall the overlapped bucket reductions.
+        model.ValidateInputs = false;
     }
 
     /// <summary>Run settings (per rank: BatchSize is this rank's micro-batch).</summary>
@@ -128,6 +135,7 @@ public sealed class DataParallelTrainer : ILoopTrainer
         {
             Communication.BeginMicroBatch(last: micro == accum - 1);
             _train.NextBatch(_hostInputs, _hostTargets);
+            CheckIds();
             backend.CopyFromHost<int>(_hostInputs, _inputs);
             backend.CopyFromHost<int>(_hostTargets, _targets);
             var losses = _model.Loss(_inputs, _targets, microBatch: 0, lossScale: scale);
@@ -141,6 +149,32 @@ public sealed class DataParallelTrainer : ILoopTrainer
         loss.Wait();
         Step++;
         return backend.ReadScalar(_lossSum);
+    }
+
+    /// <summary>
+    /// Collective (every rank, same point): makes <see cref="Tessera.Nn.ParameterArena.Masters"/> hold the whole current F32
+    /// model on every rank. Training keeps only a rank's owned ranges of the masters current (and, with offload, none:
+    /// they live on the host), so this publishes the host shard to the device and all-gathers the F32 shards. A no-op
+    /// for F32/F64 models, whose values are current after every step (ZeRO-3: after <see cref="ShardedDataParallel.GatherAll"/>).
+    /// </summary>
+    public void SynchronizeMasters()
+    {
+        if (_model.Parameters.Masters is null) return;
+        Optimizer.PublishMasters();
+        Communication.GatherMasters();
+    }
+
+    /// <summary>Checks the batch's inputs (in [0, VocabSize)) and targets (in [-1, VocabSize)) on the host.</summary>
+    private void CheckIds()
+    {
+        int vocab = _model.Config.VocabSize, t = Options.SequenceLength;
+        for (int i = 0; i < _hostInputs.Length; i++)
+        {
+            if ((uint)_hostInputs[i] >= (uint)vocab)
+                throw new ArgumentException($"{_group.Describe()}: training data: input token [{i / t}, {i % t}] = {_hostInputs[i]} is outside [0, VocabSize = {vocab}); the data was tokenized for another vocabulary");
+            if (_hostTargets[i] < -1 || _hostTargets[i] >= vocab)
+                throw new ArgumentException($"{_group.Describe()}: training data: target [{i / t}, {i % t}] = {_hostTargets[i]} is outside [-1, VocabSize = {vocab}); the data was tokenized for another vocabulary");
+        }
     }
 
     /// <summary>

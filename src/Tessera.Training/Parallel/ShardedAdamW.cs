@@ -9,8 +9,19 @@ namespace Tessera.Training.Parallel;
 /// AdamW over the arena ranges a rank owns (<see cref="ShardLayout.Owned"/>): moments exist only for
 /// the rank's shard (all of the arena for plain data parallelism), the global gradient norm is the
 /// all-reduced sum of every rank's shard sum of squares, and each owned range is one fused AdamW call.
-/// With offload the fp32 masters, the moments and a gradient copy of the shard live on a host backend
-/// and the update runs there; the updated values are copied back into the device arena.
+/// <para>
+/// Mixed precision (a BF16 arena with <see cref="ParameterArena.Masters"/>): the moments are F32 and the update reads
+/// the reduced BF16 gradient, updates the owned range of the F32 masters and writes the BF16 values through
+/// <c>lowPrecisionCopy</c>, exactly as the one-rank <see cref="AdamWOptimizer"/> does for the whole arena. Only the
+/// owned ranges of <see cref="ParameterArena.Masters"/> stay current on a rank (ZeRO 1-3 share out the update, and the
+/// stages all-gather the BF16 values the layers read, not the masters); <see cref="DataParallelTrainer.SynchronizeMasters"/>
+/// makes them whole when the F32 weights are exported.
+/// </para>
+/// <para>
+/// With offload (<see cref="OffloadedAdamW"/>) the masters, the moments and a gradient copy of the shard live on a host
+/// backend and the update runs there; the updated values are copied back into the device arena (BF16 under mixed
+/// precision), and the device masters are not written at all until <see cref="PublishMasters"/>.
+/// </para>
 /// </summary>
 public sealed class ShardedAdamW
 {
@@ -18,38 +29,43 @@ public sealed class ShardedAdamW
     private readonly ShardLayout _layout;
     private readonly ProcessGroup _group;
     private readonly Func<OwnedRange, Tensor> _gradient;
-    private readonly Tensor _sumOfSquares;         // (1) on the device
-    private readonly Tensor? _hostGrads;           // (ShardLength) offload only
-    private readonly Tensor? _hostSumOfSquares;    // (1) offload only
-    private double[] _stagingF64 = [];
-    private float[] _stagingF32 = [];
+    private readonly Tensor _sumOfSquares;         // (1) master dtype (F32 under mixed precision), on the device
+    private readonly OffloadedAdamW? _offload;
 
     /// <summary>
     /// Creates zeroed moments for the ranges <paramref name="layout"/> gives this rank. <paramref name="gradient"/>
     /// returns the reduced gradient of an owned range (a view of the arena or of the gradient shard).
     /// <paramref name="host"/> (offload) holds the masters and moments; null keeps them on the arena's backend.
+    /// <paramref name="offloadPieceElements"/> is the largest device-host transfer of the offloaded update.
     /// </summary>
     public ShardedAdamW(ParameterArena arena, ShardLayout layout, ProcessGroup group, AdamWOptions options,
-        Func<OwnedRange, Tensor> gradient, IBackend? host)
+        Func<OwnedRange, Tensor> gradient, IBackend? host, long offloadPieceElements = OffloadedAdamW.DefaultPieceElements)
     {
+        ArgumentNullException.ThrowIfNull(arena);
+        ArgumentNullException.ThrowIfNull(layout);
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(gradient);
         if (!arena.IsBuilt) throw new InvalidOperationException("build the parameter arena before creating its optimizer");
         _arena = arena;
         _layout = layout;
         _group = group;
         _gradient = gradient;
         Options = options;
-        Host = host;
-        var stateBackend = host ?? arena.Backend;
-        var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment);
-        M = stateBackend.Zeros(shape, arena.DType);
-        V = stateBackend.Zeros(shape, arena.DType);
-        _sumOfSquares = arena.Backend.Zeros(new Shape(1), arena.DType);
+        // The clipping factor is computed from this scalar on the device, in the dtype the update computes in
+        // (the CUDA reductions write F32; an F64 arena keeps its norm in F64).
+        _sumOfSquares = arena.Backend.Zeros(new Shape(1), arena.MasterDType);
         if (host is not null)
         {
-            Masters = host.Zeros(shape, arena.DType);
-            _hostGrads = host.Zeros(shape, arena.DType);
-            _hostSumOfSquares = host.Zeros(new Shape(1), arena.DType);
-            LoadMastersFromArena();
+            _offload = new OffloadedAdamW(arena, layout, host, offloadPieceElements);
+            M = _offload.M;
+            V = _offload.V;
+        }
+        else
+        {
+            var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment);
+            M = arena.Backend.Zeros(shape, arena.MasterDType);
+            V = arena.Backend.Zeros(shape, arena.MasterDType);
         }
     }
 
@@ -57,16 +73,19 @@ public sealed class ShardedAdamW
     public AdamWOptions Options { get; }
 
     /// <summary>The host backend of the offloaded state, or null.</summary>
-    public IBackend? Host { get; }
+    public IBackend? Host => _offload?.Host;
 
-    /// <summary>First moments of the shard (ShardLength / Alignment, Alignment), laid out like the shard buffers.</summary>
+    /// <summary>The offloaded half of the optimizer, or null when the state stays on the device.</summary>
+    public OffloadedAdamW? Offload => _offload;
+
+    /// <summary>First moments of the shard (ShardLength / Alignment, Alignment) in the master dtype, laid out like the shard buffers; on <see cref="Host"/> when offloaded.</summary>
     public Tensor M { get; }
 
     /// <summary>Second moments of the shard, laid out like <see cref="M"/>.</summary>
     public Tensor V { get; }
 
-    /// <summary>Offload only: the master values of the shard on the host; null otherwise (the arena holds them).</summary>
-    public Tensor? Masters { get; }
+    /// <summary>Offload only: the master values of the shard on the host (F32 for a BF16 arena); null otherwise (the arena holds them).</summary>
+    public Tensor? Masters => _offload?.Masters;
 
     /// <summary>Number of updates taken; the next update uses StepCount + 1 for bias correction.</summary>
     public long StepCount { get; set; }
@@ -76,7 +95,8 @@ public sealed class ShardedAdamW
 
     /// <summary>
     /// Updates the owned ranges with learning rate <paramref name="learningRate"/>. The gradients must be
-    /// reduced (and waited for). Sharded: one all-reduce of the gradient sum of squares.
+    /// reduced (and waited for). Sharded: one all-reduce of the gradient sum of squares, so every rank clips
+    /// with the norm of the whole gradient, not of its shard.
     /// </summary>
     public void Step(double learningRate)
     {
@@ -93,67 +113,38 @@ public sealed class ShardedAdamW
             _group.AllReduce(_sumOfSquares).Wait();
         }
         StepCount++;
-        if (Host is null)
+        var clip = Options.MaxGradNorm > 0 ? _sumOfSquares : null;
+        if (_offload is not null)
         {
-            foreach (var r in _layout.Owned)
-            {
-                var shape = new Shape((int)r.Length);
-                backend.AdamW(_arena.Values.Narrow(r.ArenaOffset, shape), _gradient(r), M.Narrow(r.ShardOffset, shape), V.Narrow(r.ShardOffset, shape),
-                    StepFor(learningRate, r), Options.MaxGradNorm > 0 ? _sumOfSquares : null);
-            }
+            _offload.Update(_gradient, clip, r => StepFor(learningRate, r));
             return;
         }
-        // Offload: gradients device -> host, update on the host, values host -> device.
-        CopyAcross(_sumOfSquares, _arena.Backend, _hostSumOfSquares!, Host);
+        // Mixed precision: the F32 masters are updated and the BF16 values written beside them; otherwise the values are the masters.
+        var masters = _arena.Masters ?? _arena.Values;
+        var lowPrecision = _arena.Masters is null ? null : _arena.Values;
         foreach (var r in _layout.Owned)
         {
             var shape = new Shape((int)r.Length);
-            CopyAcross(_gradient(r), backend, _hostGrads!.Narrow(r.ShardOffset, shape), Host);
-        }
-        foreach (var r in _layout.Owned)
-        {
-            var shape = new Shape((int)r.Length);
-            Host.AdamW(Masters!.Narrow(r.ShardOffset, shape), _hostGrads!.Narrow(r.ShardOffset, shape), M.Narrow(r.ShardOffset, shape),
-                V.Narrow(r.ShardOffset, shape), StepFor(learningRate, r), Options.MaxGradNorm > 0 ? _hostSumOfSquares : null);
-        }
-        foreach (var r in _layout.Owned)
-        {
-            var shape = new Shape((int)r.Length);
-            CopyAcross(Masters!.Narrow(r.ShardOffset, shape), Host, _arena.Values.Narrow(r.ArenaOffset, shape), backend);
+            backend.AdamW(masters.Narrow(r.ArenaOffset, shape), _gradient(r), M.Narrow(r.ShardOffset, shape), V.Narrow(r.ShardOffset, shape),
+                StepFor(learningRate, r), clip, lowPrecision?.Narrow(r.ArenaOffset, shape));
         }
     }
 
     /// <summary>The global gradient norm of the last step (reads the device: call only when logging).</summary>
     public double LastGradNorm() => Math.Sqrt(_arena.Backend.ReadScalar(_sumOfSquares));
 
-    /// <summary>Offload: copies the owned values of the arena into the host masters (after loading weights).</summary>
-    public void LoadMastersFromArena()
-    {
-        if (Host is null) return;
-        foreach (var r in _layout.Owned)
-        {
-            var shape = new Shape((int)r.Length);
-            CopyAcross(_arena.Values.Narrow(r.ArenaOffset, shape), _arena.Backend, Masters!.Narrow(r.ShardOffset, shape), Host);
-        }
-    }
+    /// <summary>
+    /// Offload: copies the owned ranges of the arena's authoritative values (the F32 masters under mixed precision)
+    /// into the host masters (after loading weights); a no-op when the state stays on the device.
+    /// </summary>
+    public void LoadMastersFromArena() => _offload?.LoadMastersFromArena();
+
+    /// <summary>
+    /// Offload: copies the host masters into the owned ranges of the arena's master buffer (<see cref="ParameterArena.Masters"/>,
+    /// or the values of an F32/F64 arena); a no-op when the state stays on the device, where the update writes them itself.
+    /// </summary>
+    public void PublishMasters() => _offload?.PublishMasters();
 
     private AdamWStep StepFor(double learningRate, OwnedRange r) =>
         new(learningRate, Options.Beta1, Options.Beta2, Options.Epsilon, r.WeightDecay ? Options.WeightDecay : 0.0, StepCount, Options.MaxGradNorm);
-
-    private void CopyAcross(Tensor source, IBackend from, Tensor destination, IBackend to)
-    {
-        int n = checked((int)source.NumElements);
-        if (source.DType == DType.F64)
-        {
-            if (_stagingF64.Length < n) _stagingF64 = new double[n];
-            from.CopyToHost<double>(source, _stagingF64.AsSpan(0, n));
-            to.CopyFromHost<double>(_stagingF64.AsSpan(0, n), destination);
-        }
-        else
-        {
-            if (_stagingF32.Length < n) _stagingF32 = new float[n];
-            from.CopyToHost<float>(source, _stagingF32.AsSpan(0, n));
-            to.CopyFromHost<float>(_stagingF32.AsSpan(0, n), destination);
-        }
-    }
 }

@@ -18,6 +18,14 @@ namespace Tessera.Training.Parallel;
 /// trainer_state.json and zero.json; one manifest covers every file. Because pieces are named by parameter and
 /// element, not by rank layout, a checkpoint saved by N ranks under any stage loads on M ranks under any stage,
 /// or on one rank with the plain <see cref="Trainer"/> (<see cref="RestoreSingle"/>).
+/// <para>
+/// Mixed precision (a BF16 arena): the "value" pieces and the Hugging Face weights are the F32 masters, never the
+/// BF16 copy (which is the masters rounded, so it is rebuilt on load), and the moments are F32, as in the one-rank
+/// <see cref="TrainingCheckpoint"/>. Saving first makes every rank's masters whole and current
+/// (<see cref="DataParallelTrainer.SynchronizeMasters"/>: the offloaded host shard is published, the shards
+/// all-gathered), so rank 0 exports the F32 model; loading writes the masters and casts the BF16 values from them.
+/// trainer_state.json records the arena dtype ("BF16"), and a checkpoint loads only into a run of the same dtype.
+/// </para>
 /// </summary>
 public static class ShardedCheckpoint
 {
@@ -41,6 +49,9 @@ public static class ShardedCheckpoint
         ArgumentNullException.ThrowIfNull(trainer);
         var group = trainer.Group;
         var model = trainer.Model;
+        // Mixed precision: each rank's F32 masters are current only in its own shard (on the host with offload);
+        // the shard pieces are written from the arena's masters and rank 0 exports all of them.
+        trainer.SynchronizeMasters();
         Directory.CreateDirectory(store.Root);
         string final = Path.Combine(store.Root, CheckpointStore.StepName(trainer.Step));
         string shardName = ShardFile(group.Rank, group.Size);
@@ -93,7 +104,8 @@ public static class ShardedCheckpoint
     /// <summary>
     /// Collective on the trainer's group: verifies the manifest, then every rank loads the full weights and the
     /// moments of the ranges it owns from all shards (any saving world size and stage), and the step, optimizer
-    /// step and data position.
+    /// step and data position. Mixed precision: the full F32 masters are written and the BF16 values cast from them;
+    /// with offload the host master shard is loaded from them.
     /// </summary>
     public static void Restore(string directory, DataParallelTrainer trainer)
     {
@@ -101,7 +113,8 @@ public static class ShardedCheckpoint
         var state = ReadChecked(directory, model);
         var pieces = ReadPieces(directory, model.Parameters);
         var arena = model.Parameters;
-        foreach (var p in arena.Parameters) WriteHost(arena.Backend, pieces[p.Name].Value, p.Value);
+        foreach (var p in arena.Parameters) WriteHost(arena.Backend, pieces[p.Name].Value, p.MasterOrValue);
+        arena.SyncValuesFromMasters();
         var layout = trainer.Communication.Layout;
         var stateBackend = trainer.Optimizer.Host ?? arena.Backend;
         foreach (var p in arena.Parameters)
@@ -125,7 +138,10 @@ public static class ShardedCheckpoint
         trainer.Group.Barrier().Wait();
     }
 
-    /// <summary>Loads a sharded checkpoint (any world size and stage) into a one-rank <see cref="Trainer"/>.</summary>
+    /// <summary>
+    /// Loads a sharded checkpoint (any world size and stage) into a one-rank <see cref="Trainer"/>; a BF16 run's
+    /// F32 masters go to the masters and the BF16 values are cast from them.
+    /// </summary>
     public static void RestoreSingle(string directory, Transformer model, Trainer trainer)
     {
         var state = ReadChecked(directory, model);
@@ -134,10 +150,11 @@ public static class ShardedCheckpoint
         foreach (var p in arena.Parameters)
         {
             var full = pieces[p.Name];
-            WriteHost(arena.Backend, full.Value, p.Value);
+            WriteHost(arena.Backend, full.Value, p.MasterOrValue);
             WriteHost(arena.Backend, full.M, trainer.Optimizer.M.Narrow(p.Offset, p.Shape));
             WriteHost(arena.Backend, full.V, trainer.Optimizer.V.Narrow(p.Offset, p.Shape));
         }
+        arena.SyncValuesFromMasters();
         trainer.Step = state.Step;
         trainer.Optimizer.StepCount = state.OptimizerStep;
         trainer.DataPosition = new DataPosition(state.DataShard, state.DataOffset, state.DataEpoch);
@@ -209,6 +226,9 @@ public static class ShardedCheckpoint
         writer.Metadata["rank"] = trainer.Group.Rank.ToString(CultureInfo.InvariantCulture);
         writer.Metadata["world_size"] = trainer.Group.Size.ToString(CultureInfo.InvariantCulture);
         writer.Metadata["stage"] = ((int)trainer.Parallel.Stage).ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["dtype"] = arena.DType.SafetensorsName();
+        writer.Metadata["value_dtype"] = arena.MasterDType.SafetensorsName();   // the masters (F32 for a BF16 arena)
+        var masters = arena.Masters ?? arena.Values;   // whole and current after SynchronizeMasters
         foreach (var p in arena.Parameters)
         {
             foreach (var r in layout.Owned)
@@ -217,7 +237,7 @@ public static class ShardedCheckpoint
                 if (lo >= hi) continue;
                 var shape = new Shape((int)(hi - lo));
                 long start = lo - p.Offset, at = r.ShardOffset + (lo - r.ArenaOffset);
-                Add(writer, $"value/{start}/{p.Name}", arena.Backend, arena.Values.Narrow(lo, shape));
+                Add(writer, $"value/{start}/{p.Name}", arena.Backend, masters.Narrow(lo, shape));
                 Add(writer, $"m/{start}/{p.Name}", stateBackend, opt.M.Narrow(at, shape));
                 Add(writer, $"v/{start}/{p.Name}", stateBackend, opt.V.Narrow(at, shape));
             }

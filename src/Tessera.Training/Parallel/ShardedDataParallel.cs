@@ -18,13 +18,22 @@ namespace Tessera.Training.Parallel;
 /// </list>
 /// Gradients are summed (the loss scale carries 1 / world); ranks reduce in rank order on thread-rank groups.
 /// <para>
+/// Mixed precision (a BF16 arena with F32 masters): what travels is what the layers use, in the arena's dtype: BF16
+/// gradients are all-reduced or reduce-scattered, BF16 values all-gathered (half the bytes of F32). The F32 masters
+/// never travel during training; each rank's optimizer keeps the masters of its own shard, and
+/// <see cref="GatherMasters"/> all-gathers them (F32) only when the whole F32 model is needed (a checkpoint).
+/// </para>
+/// <para>
 /// Memory per rank (P arena elements, W ranks): the model's value and gradient arenas stay full size in every
 /// stage (layers read <c>Parameter.Value</c>/<c>.Grad</c> views of them), so ZeRO here shards the optimizer
-/// state (2P/W moments, plus P/W masters and P/W gradient copy on the host with offload) and, from ZeRO-2, the
-/// reduced gradient (a P/W shard); the full gradient arena is still written by the backward. ZeRO-3 keeps
-/// only its P/W master shard current and communicates like FSDP (gather per segment, reduce-scatter per
-/// segment), but the released segments' memory is not returned (it can be poisoned with NaN to prove no
-/// stale read). Transient buffers: one unit of staging per in-flight collective (pooled).
+/// state (2P/W moments; with offload those and P/W masters live on the host, with two pieces of gradient staging)
+/// and, from ZeRO-2, the reduced gradient (a P/W shard); the full gradient arena is still written by the backward.
+/// ZeRO-3 keeps only its P/W master shard current and communicates like FSDP (gather per segment, reduce-scatter
+/// per segment), but the released segments' memory is not returned (it can be poisoned with NaN to prove no
+/// stale read). A BF16 arena also keeps its full-size F32 <see cref="ParameterArena.Masters"/> on the device (the
+/// arena allocates it; <c>Parameter.Master</c> views point into it), of which a rank keeps only its owned ranges
+/// current (none with offload) until <see cref="GatherMasters"/>. Transient buffers: one unit of staging per
+/// in-flight collective (pooled per size and dtype).
 /// </para>
 /// </summary>
 public sealed class ShardedDataParallel : ITransformerPassHooks
@@ -36,7 +45,7 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     private readonly List<(CollectiveHandle Handle, Tensor? Staging)> _gradientOps = [];
     private readonly bool[] _resident;
     private readonly Dictionary<int, (CollectiveHandle Handle, Tensor Input, Tensor Output)> _gathers = [];
-    private readonly Dictionary<long, Stack<Tensor>> _pool = [];
+    private readonly Dictionary<(long Elements, DType DType), Stack<Tensor>> _pool = [];
     private int _nextBucket;
     private bool _lastMicroBatch = true;
 
@@ -139,8 +148,8 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
         {
             case ZeroStage.OptimizerStates:
             case ZeroStage.Gradients:
-                var pending = Layout.Units.Select(u => (Unit: u, Op: IssueGather(u))).ToList();
-                foreach (var (unit, op) in pending) CompleteGather(unit, op);
+                var pending = Layout.Units.Select(u => (Unit: u, Op: IssueGather(u, _arena.Values))).ToList();
+                foreach (var (unit, op) in pending) CompleteGather(unit, op, _arena.Values);
                 break;
             case ZeroStage.Parameters:
                 ReleaseAll();
@@ -153,6 +162,27 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     {
         if (Layout.Stage != ZeroStage.Parameters) return;
         for (int s = 0; s < Layout.Segments; s++) EnsureResident(s);
+    }
+
+    /// <summary>
+    /// Collective, mixed precision and sharded stages only (a no-op otherwise): all-gathers every unit's F32 master
+    /// chunk from its owner into <see cref="ParameterArena.Masters"/>, so every rank holds the whole, current F32
+    /// model (training keeps only the owned ranges current). With offload, publish the host masters to the arena
+    /// first (<see cref="ShardedAdamW.PublishMasters"/>). One F32 all-gather per unit, one unit in flight at a time.
+    /// </summary>
+    public void GatherMasters()
+    {
+        var masters = _arena.Masters;
+        if (masters is null || Layout.Shards == 1) return;
+        (ShardUnit Unit, (CollectiveHandle Handle, Tensor Input, Tensor Output) Op)? previous = null;
+        foreach (var unit in Layout.Units)
+        {
+            // Issue the next unit before completing the previous one, so one gather overlaps one copy-out.
+            var op = IssueGather(unit, masters);
+            if (previous is { } p) CompleteGather(p.Unit, p.Op, masters);
+            previous = (unit, op);
+        }
+        if (previous is { } last) CompleteGather(last.Unit, last.Op, masters);
     }
 
     /// <summary>ZeRO-3: releases every segment (poisoning non-owned values when configured); a no-op for other stages.</summary>
@@ -183,28 +213,29 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
             _gradientOps.Add((_group.ReduceScatter(grads, output, ReduceOp.Sum), null));
             return;
         }
-        var staging = Rent(padded);
+        var staging = Rent(padded, _arena.DType);
         _arena.Backend.Copy(grads, staging.Narrow(0, grads.Shape));
         _arena.Backend.Fill(staging.Narrow(unit.Length, new Shape((int)(padded - unit.Length))), 0);
         _gradientOps.Add((_group.ReduceScatter(staging, output, ReduceOp.Sum), staging));
     }
 
-    private (CollectiveHandle Handle, Tensor Input, Tensor Output) IssueGather(ShardUnit unit)
+    /// <summary>Starts the all-gather of <paramref name="unit"/>'s owned chunk of <paramref name="source"/> (the values, or the F32 masters).</summary>
+    private (CollectiveHandle Handle, Tensor Input, Tensor Output) IssueGather(ShardUnit unit, Tensor source)
     {
         var backend = _arena.Backend;
         var (start, end) = Layout.OwnedSpan(unit);
-        var input = Rent(unit.Chunk);
-        if (end > start) backend.Copy(_arena.Values.Narrow(start, new Shape((int)(end - start))), input.Narrow(0, new Shape((int)(end - start))));
+        var input = Rent(unit.Chunk, source.DType);
+        if (end > start) backend.Copy(source.Narrow(start, new Shape((int)(end - start))), input.Narrow(0, new Shape((int)(end - start))));
         if (end - start < unit.Chunk) backend.Fill(input.Narrow(end - start, new Shape((int)(unit.Chunk - (end - start)))), 0);
-        var output = Rent(unit.Chunk * Layout.Shards);
+        var output = Rent(unit.Chunk * Layout.Shards, source.DType);
         return (_group.AllGather(input, output), input, output);
     }
 
-    private void CompleteGather(ShardUnit unit, (CollectiveHandle Handle, Tensor Input, Tensor Output) op)
+    private void CompleteGather(ShardUnit unit, (CollectiveHandle Handle, Tensor Input, Tensor Output) op, Tensor destination)
     {
         op.Handle.Wait();
         var shape = new Shape((int)unit.Length);
-        _arena.Backend.Copy(op.Output.Narrow(0, shape), _arena.Values.Narrow(unit.Start, shape));
+        _arena.Backend.Copy(op.Output.Narrow(0, shape), destination.Narrow(unit.Start, shape));
         Return(op.Input);
         Return(op.Output);
     }
@@ -212,14 +243,14 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     private void Prefetch(int segment)
     {
         if (_resident[segment] || _gathers.ContainsKey(segment)) return;
-        _gathers[segment] = IssueGather(Layout.Units[segment]);
+        _gathers[segment] = IssueGather(Layout.Units[segment], _arena.Values);
     }
 
     private void EnsureResident(int segment)
     {
         if (_resident[segment]) return;
-        if (!_gathers.Remove(segment, out var op)) op = IssueGather(Layout.Units[segment]);
-        CompleteGather(Layout.Units[segment], op);
+        if (!_gathers.Remove(segment, out var op)) op = IssueGather(Layout.Units[segment], _arena.Values);
+        CompleteGather(Layout.Units[segment], op, _arena.Values);
         _resident[segment] = true;
     }
 
@@ -235,15 +266,16 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
         if (unit.End > end) backend.Fill(_arena.Values.Narrow(end, new Shape((int)(unit.End - end))), double.NaN);
     }
 
-    private Tensor Rent(long elements)
+    private Tensor Rent(long elements, DType dtype)
     {
-        if (_pool.TryGetValue(elements, out var stack) && stack.Count > 0) return stack.Pop();
-        return _arena.Backend.Allocate(new Shape(checked((int)elements)), _arena.DType);
+        if (_pool.TryGetValue((elements, dtype), out var stack) && stack.Count > 0) return stack.Pop();
+        return _arena.Backend.Allocate(new Shape(checked((int)elements)), dtype);
     }
 
     private void Return(Tensor buffer)
     {
-        if (!_pool.TryGetValue(buffer.NumElements, out var stack)) _pool[buffer.NumElements] = stack = new Stack<Tensor>();
+        var key = (buffer.NumElements, buffer.DType);
+        if (!_pool.TryGetValue(key, out var stack)) _pool[key] = stack = new Stack<Tensor>();
         stack.Push(buffer);
     }
 }

@@ -68,12 +68,20 @@ public sealed class DataParallelTests : IDisposable
     {
         // Every stage sums each gradient element over ranks in rank order, exactly like the DP all-reduce; the AdamW
         // kernel is elementwise; clipping is off (1e9) so the per-shard norm summation order cannot enter the update.
+        // The offloaded update is also run in pieces of 700 elements (not a multiple of the alignment), so that its
+        // two-slot pipeline cuts parameters and buckets and reuses each slot many times.
         var adamW = new AdamWOptions { MaxGradNorm = 1e9 };
         const int steps = 3;
         var dp = ParallelRun.Parallel("gpt2-debug", _shard, 2, steps, new DataParallelOptions { BucketElements = 1500 }, adamW);
-        foreach (var (stage, offload) in new[] { (ZeroStage.OptimizerStates, false), (ZeroStage.Gradients, false), (ZeroStage.Parameters, false), (ZeroStage.Parameters, true) })
+        foreach (var (stage, offload, pieces) in new[]
         {
-            var run = ParallelRun.Parallel("gpt2-debug", _shard, 2, steps, new DataParallelOptions { Stage = stage, OffloadOptimizer = offload, BucketElements = 1500 }, adamW);
+            (ZeroStage.OptimizerStates, false, OffloadedAdamW.DefaultPieceElements), (ZeroStage.Gradients, false, OffloadedAdamW.DefaultPieceElements),
+            (ZeroStage.Parameters, false, OffloadedAdamW.DefaultPieceElements), (ZeroStage.Parameters, true, OffloadedAdamW.DefaultPieceElements),
+            (ZeroStage.Gradients, true, 700L),
+        })
+        {
+            var run = ParallelRun.Parallel("gpt2-debug", _shard, 2, steps,
+                new DataParallelOptions { Stage = stage, OffloadOptimizer = offload, BucketElements = 1500, OffloadPieceElements = pieces }, adamW);
             AssertBitIdentical(dp.Losses, run.Losses, $"{stage} offload={offload} loss");
             for (int s = 0; s < steps; s++) AssertBitIdentical(dp.Gradients[s], run.Gradients[s], $"{stage} offload={offload} gradient {s + 1}");
             AssertBitIdentical(dp.Values, run.Values, $"{stage} offload={offload} parameters");

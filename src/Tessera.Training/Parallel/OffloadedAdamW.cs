@@ -1,0 +1,272 @@
+using System.Runtime.InteropServices;
+using Tessera.Nn;
+using Tessera.Tensors;
+
+namespace Tessera.Training.Parallel;
+
+/// <summary>
+/// The host half of ZeRO-Offload for one rank: the master values and AdamW moments of the rank's shard live on a host
+/// backend (a CpuBackend) in the arena's master dtype (F32 for a BF16 arena), and each update copies the reduced
+/// gradient of the shard off the device (in the arena's dtype: BF16 under mixed precision, cast to F32 on the host),
+/// runs AdamW on the host, and copies the updated values back in the arena's dtype (the BF16 copy written by
+/// <c>lowPrecisionCopy</c>, or the F32/F64 masters themselves).
+/// <para>
+/// The shard is moved in pieces of at most <see cref="PieceElements"/> elements (never across a unit, so a piece is
+/// contiguous on both sides), pipelined over two host staging slots: while the host updates piece i on a worker
+/// thread, the calling thread copies the gradient of piece i + 1 off the device and the values of piece i - 1 back.
+/// Every device call stays on the calling thread (a device backend and its context need not be thread-safe); the
+/// worker only touches the host backend.
+/// </para>
+/// <para>
+/// Not overlapped, because the <see cref="IBackend"/> cannot: <see cref="IBackend.CopyToHost{T}"/> waits for all
+/// work queued on the device, so a gradient bucket cannot be copied off while the backward pass is still queued
+/// (DeepSpeed streams buckets to the host during backward); the copies start once the gradients are reduced and
+/// the global norm is known (it is needed for clipping before any update anyway).
+/// </para>
+/// Host memory: masters, m and v of the shard (3 x 4 bytes per shard element for F32 masters) plus two slots of
+/// staging per piece. The device keeps no optimizer state (a BF16 arena's own F32 master buffer stays allocated
+/// there, unwritten until <see cref="PublishMasters"/>).
+/// </summary>
+public sealed class OffloadedAdamW
+{
+    /// <summary>Default elements per device-host transfer: 2^22 (16 MiB of F32).</summary>
+    public const long DefaultPieceElements = 1L << 22;
+
+    /// <summary>Largest allowed piece (its staging must fit one managed array).</summary>
+    public const long MaxPieceElements = 1L << 27;
+
+    private readonly ParameterArena _arena;
+    private readonly IBackend _device;
+    private readonly List<Piece> _pieces = [];
+    private readonly Tensor[] _gradSlots = new Tensor[2];        // (piece) master dtype: the gradient of a piece on the host
+    private readonly Tensor?[] _lowSlots = new Tensor?[2];       // (piece) arena dtype, mixed precision only: gradients as copied, then the updated values
+    private readonly byte[][] _toHost = new byte[2][];           // managed staging of device -> host copies (one piece)
+    private readonly byte[][] _toDevice = new byte[2][];         // managed staging of host -> device copies (one piece)
+    private readonly Tensor _sumOfSquares;                       // (1) master dtype: the global gradient sum of squares on the host
+    private readonly byte[] _scalarStaging = new byte[sizeof(double)];
+
+    /// <summary>
+    /// Allocates zeroed moments and masters on <paramref name="host"/> for the ranges <paramref name="layout"/> gives this
+    /// rank and loads the masters from the arena (<see cref="LoadMastersFromArena"/>).
+    /// </summary>
+    public OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements = DefaultPieceElements)
+    {
+        ArgumentNullException.ThrowIfNull(arena);
+        ArgumentNullException.ThrowIfNull(layout);
+        ArgumentNullException.ThrowIfNull(host);
+        if (!arena.IsBuilt) throw new InvalidOperationException("offloaded optimizer: build the parameter arena before creating its optimizer");
+        if (pieceElements < 1 || pieceElements > MaxPieceElements)
+            throw new ArgumentOutOfRangeException(nameof(pieceElements), $"offloaded optimizer: pieceElements ({pieceElements}) must be in [1, {MaxPieceElements}]");
+        _arena = arena;
+        _device = arena.Backend;
+        Host = host;
+        PieceElements = pieceElements;
+        var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment);
+        Masters = host.Zeros(shape, arena.MasterDType);
+        M = host.Zeros(shape, arena.MasterDType);
+        V = host.Zeros(shape, arena.MasterDType);
+        _sumOfSquares = host.Zeros(new Shape(1), arena.MasterDType);
+        BuildPieces(layout.Owned);
+        long largest = _pieces.Count == 0 ? 1 : _pieces.Max(p => p.Length);
+        // Sized for the wider of the two dtypes: steps move the arena dtype, loading and publishing masters the master dtype.
+        int stagingBytes = checked((int)(largest * Math.Max(arena.DType.SizeInBytes(), arena.MasterDType.SizeInBytes())));
+        for (int slot = 0; slot < 2; slot++)
+        {
+            _gradSlots[slot] = host.Allocate(new Shape((int)largest), arena.MasterDType);
+            _lowSlots[slot] = arena.Masters is null ? null : host.Allocate(new Shape((int)largest), arena.DType);
+            _toHost[slot] = new byte[stagingBytes];
+            _toDevice[slot] = new byte[stagingBytes];
+        }
+        LoadMastersFromArena();
+    }
+
+    /// <summary>The host backend that holds the state and runs the update.</summary>
+    public IBackend Host { get; }
+
+    /// <summary>Largest number of elements one device-host transfer moves.</summary>
+    public long PieceElements { get; }
+
+    /// <summary>Transfers per direction per update (pieces of the owned ranges).</summary>
+    public int PieceCount => _pieces.Count;
+
+    /// <summary>The shard's master values on the host (ShardLength / Alignment, Alignment), in the arena's master dtype, laid out like the shard buffers.</summary>
+    public Tensor Masters { get; }
+
+    /// <summary>First moments of the shard on the host, laid out like <see cref="Masters"/>.</summary>
+    public Tensor M { get; }
+
+    /// <summary>Second moments of the shard on the host, laid out like <see cref="Masters"/>.</summary>
+    public Tensor V { get; }
+
+    /// <summary>
+    /// Copies the owned ranges of the arena's authoritative values (<see cref="ParameterArena.Masters"/> under mixed
+    /// precision, never the BF16 copy; otherwise the values) into <see cref="Masters"/>: after loading weights.
+    /// </summary>
+    public void LoadMastersFromArena()
+    {
+        var source = _arena.Masters ?? _arena.Values;
+        foreach (var piece in _pieces)
+        {
+            var shape = new Shape((int)piece.Length);
+            Download(_device, source.Narrow(piece.ArenaOffset, shape), _toHost[0]);
+            Upload(Host, _toHost[0], Masters.Narrow(piece.ShardOffset, shape));
+        }
+    }
+
+    /// <summary>
+    /// Copies <see cref="Masters"/> into the owned ranges of the arena's master buffer (<see cref="ParameterArena.Masters"/>,
+    /// or the values of an F32/F64 arena), which the update itself never writes under mixed precision: before exporting
+    /// the F32 weights.
+    /// </summary>
+    public void PublishMasters()
+    {
+        var destination = _arena.Masters ?? _arena.Values;
+        foreach (var piece in _pieces)
+        {
+            var shape = new Shape((int)piece.Length);
+            Download(Host, Masters.Narrow(piece.ShardOffset, shape), _toDevice[0]);
+            Upload(_device, _toDevice[0], destination.Narrow(piece.ArenaOffset, shape));
+        }
+    }
+
+    /// <summary>
+    /// One AdamW update of the shard. <paramref name="gradient"/> returns the reduced device gradient of an owned
+    /// range (arena dtype); <paramref name="sumOfSquares"/> is the device scalar of the global gradient sum of squares
+    /// (already all-reduced), or null to update without clipping; <paramref name="step"/> gives each range's step
+    /// (learning rate, decay, bias-correction count). Writes the updated values into the arena's value buffer.
+    /// </summary>
+    public void Update(Func<OwnedRange, Tensor> gradient, Tensor? sumOfSquares, Func<OwnedRange, AdamWStep> step)
+    {
+        ArgumentNullException.ThrowIfNull(gradient);
+        ArgumentNullException.ThrowIfNull(step);
+        if (sumOfSquares is not null)
+        {
+            Download(_device, sumOfSquares, _scalarStaging);
+            Upload(Host, _scalarStaging, _sumOfSquares);
+        }
+        var clip = sumOfSquares is null ? null : _sumOfSquares;
+        Task? running = null;
+        try
+        {
+            for (int i = 0; i < _pieces.Count; i++)
+            {
+                int slot = i & 1;
+                var piece = _pieces[i];
+                // Device -> host copy of piece i, while the worker updates piece i - 1 (in the other slot).
+                Download(_device, gradient(piece.AsRange()), _toHost[slot]);
+                if (running is not null)
+                {
+                    var finished = running;
+                    running = null;
+                    finished.GetAwaiter().GetResult();
+                }
+                running = Task.Run(() => UpdateOnHost(piece, slot, clip, step));
+                // Host -> device copy of piece i - 1's values, while the worker updates piece i.
+                if (i > 0) UploadValues(_pieces[i - 1], 1 - slot);
+            }
+            if (running is not null)
+            {
+                var finished = running;
+                running = null;
+                finished.GetAwaiter().GetResult();
+                UploadValues(_pieces[^1], (_pieces.Count - 1) & 1);
+            }
+        }
+        finally
+        {
+            // A device error on this thread must not leave the worker writing buffers that the next call reuses.
+            // WaitAny does not throw: the error already propagating is the one to report.
+            if (running is not null) Task.WaitAny(running);
+        }
+    }
+
+    private void UpdateOnHost(Piece piece, int slot, Tensor? clip, Func<OwnedRange, AdamWStep> step)
+    {
+        var shape = new Shape((int)piece.Length);
+        var grads = _gradSlots[slot].Narrow(0, shape);
+        var low = _lowSlots[slot]?.Narrow(0, shape);
+        if (low is null) Upload(Host, _toHost[slot], grads);
+        else
+        {
+            // Mixed precision: the gradient arrives as BF16 (half the bytes over the bus) and is widened here.
+            Upload(Host, _toHost[slot], low);
+            Host.Copy(low, grads);
+        }
+        foreach (var part in piece.Parts)
+        {
+            var s = new Shape((int)part.Length);
+            long at = part.ShardOffset - piece.ShardOffset;
+            Host.AdamW(Masters.Narrow(part.ShardOffset, s), grads.Narrow(at, s), M.Narrow(part.ShardOffset, s), V.Narrow(part.ShardOffset, s),
+                step(part), clip, low?.Narrow(at, s));
+        }
+        // The values go back in the arena's dtype: the BF16 copy AdamW just wrote, or the F32/F64 masters themselves.
+        Download(Host, low ?? Masters.Narrow(piece.ShardOffset, shape), _toDevice[slot]);
+    }
+
+    private void UploadValues(Piece piece, int slot) =>
+        Upload(_device, _toDevice[slot], _arena.Values.Narrow(piece.ArenaOffset, new Shape((int)piece.Length)));
+
+    /// <summary>Cuts the owned ranges into pieces of at most PieceElements, merging neighbours of one unit.</summary>
+    private void BuildPieces(IReadOnlyList<OwnedRange> owned)
+    {
+        foreach (var range in owned)
+        {
+            for (long done = 0; done < range.Length;)
+            {
+                long take = Math.Min(range.Length - done, PieceElements);
+                var part = range with { ArenaOffset = range.ArenaOffset + done, ShardOffset = range.ShardOffset + done, Length = take };
+                done += take;
+                if (_pieces.Count > 0)
+                {
+                    var last = _pieces[^1];
+                    if (last.Unit == part.Unit && last.ArenaOffset + last.Length == part.ArenaOffset && last.ShardOffset + last.Length == part.ShardOffset
+                        && last.Length + take <= PieceElements)
+                    {
+                        last.Parts.Add(part);
+                        _pieces[^1] = last with { Length = last.Length + take };
+                        continue;
+                    }
+                }
+                _pieces.Add(new Piece(part.Unit, part.ArenaOffset, part.ShardOffset, take, [part]));
+            }
+        }
+    }
+
+    /// <summary>Device -> managed staging in the tensor's own dtype; waits for the tensor's backend.</summary>
+    private static void Download(IBackend backend, Tensor source, byte[] staging)
+    {
+        var bytes = staging.AsSpan(0, checked((int)(source.NumElements * source.DType.SizeInBytes())));
+        switch (source.DType)
+        {
+            case DType.F32: backend.CopyToHost(source, MemoryMarshal.Cast<byte, float>(bytes)); break;
+            case DType.F64: backend.CopyToHost(source, MemoryMarshal.Cast<byte, double>(bytes)); break;
+            case DType.BF16: backend.CopyToHost(source, MemoryMarshal.Cast<byte, BFloat16>(bytes)); break;
+            case DType.F16: backend.CopyToHost(source, MemoryMarshal.Cast<byte, Half>(bytes)); break;
+            default: throw new NotSupportedException($"offloaded optimizer: cannot stage a {source.DType} tensor (F32, F64, BF16 or F16)");
+        }
+    }
+
+    /// <summary>Managed staging -> tensor of the same dtype.</summary>
+    private static void Upload(IBackend backend, byte[] staging, Tensor destination)
+    {
+        var bytes = staging.AsSpan(0, checked((int)(destination.NumElements * destination.DType.SizeInBytes())));
+        switch (destination.DType)
+        {
+            case DType.F32: backend.CopyFromHost<float>(MemoryMarshal.Cast<byte, float>(bytes), destination); break;
+            case DType.F64: backend.CopyFromHost<double>(MemoryMarshal.Cast<byte, double>(bytes), destination); break;
+            case DType.BF16: backend.CopyFromHost<BFloat16>(MemoryMarshal.Cast<byte, BFloat16>(bytes), destination); break;
+            case DType.F16: backend.CopyFromHost<Half>(MemoryMarshal.Cast<byte, Half>(bytes), destination); break;
+            default: throw new NotSupportedException($"offloaded optimizer: cannot stage a {destination.DType} tensor (F32, F64, BF16 or F16)");
+        }
+    }
+
+    /// <summary>
+    /// A contiguous run of one unit's owned elements, moved by one copy each way: [ArenaOffset, +Length) of the arena,
+    /// [ShardOffset, +Length) of the shard; <see cref="Parts"/> are its owned ranges (one decay setting each).
+    /// </summary>
+    private readonly record struct Piece(int Unit, long ArenaOffset, long ShardOffset, long Length, List<OwnedRange> Parts)
+    {
+        /// <summary>The piece as one owned range, to ask for its gradient view (the decay setting is unused there).</summary>
+        public OwnedRange AsRange() => new(Unit, ArenaOffset, Length, ShardOffset, Parts[0].WeightDecay);
+    }
+}

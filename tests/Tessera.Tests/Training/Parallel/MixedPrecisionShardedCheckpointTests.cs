@@ -1,0 +1,196 @@
+using Tessera.Models;
+using Tessera.Models.HuggingFace;
+using Tessera.Nn;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Training;
+using Tessera.Training.Checkpoints;
+using Tessera.Training.Data;
+using Tessera.Training.Optim;
+using Tessera.Training.Parallel;
+using Xunit;
+
+namespace Tessera.Tests.Training.Parallel;
+
+/// <summary>
+/// The shard bookkeeping of F32 masters for BF16 data-parallel runs, on CPU thread ranks (which store BF16 and move it,
+/// but cannot train in it). Each rank is put in the state training leaves it in: its owned ranges of the F32 masters,
+/// BF16 values and F32 moments hold the run's state, the masters elsewhere are stale (NaN here, so any leak shows),
+/// and with offload the masters live only on the host. A checkpoint of that must hold the whole F32 model (its shards
+/// and the Hugging Face export) and load on another world size and stage, and into the plain one-rank trainer,
+/// bit for bit, with the BF16 values the masters rounded.
+/// </summary>
+public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
+{
+    private const string Preset = "gpt2-debug";
+    private const int SavedStep = 7;
+    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-bf16-zero-ckpt-").FullName;
+    private readonly string _shard;
+    private readonly long _length;
+    private readonly float[] _masters, _m, _v;   // the run's state, whole arena (F32; masters mostly not BF16-representable)
+
+    public MixedPrecisionShardedCheckpointTests()
+    {
+        _shard = ParallelRun.WriteShard(_dir);
+        _length = NewModel(new CpuBackend(1)).Parameters.Length;
+        var rng = new Random(42);
+        _masters = Enumerable.Range(0, (int)_length).Select(_ => (float)(rng.NextDouble() * 2 - 1) * 0.1f).ToArray();
+        _m = Enumerable.Range(0, (int)_length).Select(_ => (float)(rng.NextDouble() * 2 - 1) * 1e-3f).ToArray();
+        _v = Enumerable.Range(0, (int)_length).Select(_ => (float)rng.NextDouble() * 1e-6f).ToArray();
+    }
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static Transformer NewModel(IBackend backend, int seed = ParallelRun.Seed)
+    {
+        var model = new Transformer(ModelPresets.Get(Preset), backend, DType.BF16);
+        model.InitializeWeights(seed);
+        return model;
+    }
+
+    private DataParallelTrainer NewTrainer(RankContext ctx, DataParallelOptions parallel, int seed = ParallelRun.Seed) =>
+        new(NewModel(ctx.Backend, seed), ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
+            ParallelRun.Options(SavedStep + 1), new AdamWOptions(), parallel, ctx.Host);
+
+    /// <summary>Puts a rank in the state training leaves it in (see the class summary).</summary>
+    private void PlantTrainedState(DataParallelTrainer trainer)
+    {
+        var arena = trainer.Model.Parameters;
+        var device = arena.Backend;
+        var opt = trainer.Optimizer;
+        var state = opt.Host ?? device;
+        device.Fill(arena.Masters!, double.NaN);
+        if (trainer.Parallel.Stage == ZeroStage.Parameters) device.Fill(arena.Values, double.NaN);   // released, poisoned
+        foreach (var r in trainer.Communication.Layout.Owned)
+        {
+            var shape = new Shape((int)r.Length);
+            var masters = _masters.AsSpan((int)r.ArenaOffset, (int)r.Length);
+            if (opt.Masters is null) device.CopyFromHost<float>(masters, arena.Masters!.Narrow(r.ArenaOffset, shape));
+            else state.CopyFromHost<float>(masters, opt.Masters.Narrow(r.ShardOffset, shape));
+            device.CopyFromHost<BFloat16>(ToBf16(masters), arena.Values.Narrow(r.ArenaOffset, shape));
+            state.CopyFromHost<float>(_m.AsSpan((int)r.ArenaOffset, (int)r.Length), opt.M.Narrow(r.ShardOffset, shape));
+            state.CopyFromHost<float>(_v.AsSpan((int)r.ArenaOffset, (int)r.Length), opt.V.Narrow(r.ShardOffset, shape));
+        }
+        trainer.Step = SavedStep;
+        opt.StepCount = SavedStep;
+    }
+
+    [Theory]
+    [InlineData(3, ZeroStage.Parameters, false, 2, ZeroStage.OptimizerStates, true)]
+    [InlineData(2, ZeroStage.OptimizerStates, true, 3, ZeroStage.Gradients, false)]
+    [InlineData(1, ZeroStage.None, true, 2, ZeroStage.Parameters, false)]
+    public void Bf16CheckpointHoldsTheWholeF32MastersAndResumesOnAnotherWorldAndOnOneRank(
+        int savedWorld, ZeroStage savedStage, bool savedOffload, int loadedWorld, ZeroStage loadedStage, bool loadedOffload)
+    {
+        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        ParallelTraining.RunThreadRanks(savedWorld, ctx =>
+        {
+            var trainer = NewTrainer(ctx, new DataParallelOptions { Stage = savedStage, OffloadOptimizer = savedOffload, BucketElements = 1500, PoisonReleasedParameters = true });
+            PlantTrainedState(trainer);
+            return ShardedCheckpoint.Save(store, trainer, "byte");
+        }, TimeSpan.FromSeconds(60));
+        var dir = store.Latest()!;
+        Assert.Equal(savedWorld, Directory.GetFiles(dir, "zero_shard_*").Length);
+        Assert.Equal("BF16", TrainingCheckpoint.ReadState(dir).DType);
+
+        // Rank 0's Hugging Face export is the whole F32 model, although rank 0 held only its shard of the masters.
+        var exported = NewModel(new CpuBackend(1), seed: 99);
+        using (var hf = HuggingFaceModelDirectory.Open(dir, exported.Config))
+            hf.LoadInto(exported.Parameters.Parameters, exported.Backend);
+        AssertParameters(_masters, exported.Backend.ToArray<float>(exported.Parameters.Masters!), exported.Parameters, "exported master");
+
+        // Another world size and stage: every rank gets the whole masters and their BF16 copy, and the moments of its shard.
+        ParallelTraining.RunThreadRanks(loadedWorld, ctx =>
+        {
+            var trainer = NewTrainer(ctx, new DataParallelOptions { Stage = loadedStage, OffloadOptimizer = loadedOffload, BucketElements = 1000 }, seed: 99);
+            ShardedCheckpoint.Restore(dir, trainer);
+            Assert.Equal(SavedStep, trainer.Step);
+            Assert.Equal(SavedStep, trainer.Optimizer.StepCount);
+            var arena = trainer.Model.Parameters;
+            var device = arena.Backend;
+            string rank = $"rank {ctx.Rank} of {ctx.WorldSize}";
+            AssertParameters(_masters, device.ToArray<float>(arena.Masters!), arena, $"{rank}: master");
+            if (loadedStage != ZeroStage.Parameters) AssertBf16Copy(_masters, device.ToArray<BFloat16>(arena.Values), arena, $"{rank}: value");
+            var opt = trainer.Optimizer;
+            var state = opt.Host ?? device;
+            foreach (var r in trainer.Communication.Layout.Owned)
+            {
+                var shape = new Shape((int)r.Length);
+                AssertOwned(_m, state.ToArray<float>(opt.M.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: m");
+                AssertOwned(_v, state.ToArray<float>(opt.V.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: v");
+                if (opt.Masters is not null) AssertOwned(_masters, state.ToArray<float>(opt.Masters.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: host master");
+            }
+            // After training only the owned (or host) masters are current; synchronizing must rebuild them all.
+            device.Fill(arena.Masters!, double.NaN);
+            if (opt.Masters is null)
+                foreach (var r in trainer.Communication.Layout.Owned)
+                    device.CopyFromHost<float>(_masters.AsSpan((int)r.ArenaOffset, (int)r.Length), arena.Masters!.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
+            trainer.SynchronizeMasters();
+            AssertParameters(_masters, device.ToArray<float>(arena.Masters!), arena, $"{rank}: synchronized master");
+            return 0;
+        }, TimeSpan.FromSeconds(60));
+
+        // The plain one-rank trainer.
+        var backend = new CpuBackend(1);
+        var single = NewModel(backend, seed: 99);
+        var plain = new Trainer(single, new AdamWOptimizer(single.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(SavedStep + 1));
+        ShardedCheckpoint.RestoreSingle(dir, single, plain);
+        Assert.Equal(SavedStep, plain.Step);
+        AssertParameters(_masters, backend.ToArray<float>(single.Parameters.Masters!), single.Parameters, "one rank: master");
+        AssertBf16Copy(_masters, backend.ToArray<BFloat16>(single.Parameters.Values), single.Parameters, "one rank: value");
+        AssertParameters(_m, backend.ToArray<float>(plain.Optimizer.M), single.Parameters, "one rank: m");
+        AssertParameters(_v, backend.ToArray<float>(plain.Optimizer.V), single.Parameters, "one rank: v");
+    }
+
+    [Fact]
+    public void Bf16CheckpointDoesNotLoadIntoAnF32Run()
+    {
+        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            var trainer = NewTrainer(ctx, new DataParallelOptions { Stage = ZeroStage.Gradients });
+            PlantTrainedState(trainer);
+            return ShardedCheckpoint.Save(store, trainer, "byte");
+        }, TimeSpan.FromSeconds(60));
+        var model = new Transformer(ModelPresets.Get(Preset), new CpuBackend(1), DType.F32);
+        var trainer = new Trainer(model, new AdamWOptimizer(model.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(2));
+        var e = Assert.Throws<CheckpointException>(() => ShardedCheckpoint.RestoreSingle(store.Latest()!, model, trainer));
+        Assert.Contains("saved in BF16", e.Message);
+    }
+
+    private static BFloat16[] ToBf16(ReadOnlySpan<float> values)
+    {
+        var result = new BFloat16[values.Length];
+        for (int i = 0; i < values.Length; i++) result[i] = BFloat16.FromSingle(values[i]);
+        return result;
+    }
+
+    /// <summary>Bitwise over every parameter element (the alignment padding between parameters is not state).</summary>
+    private static void AssertParameters(float[] expected, float[] actual, ParameterArena arena, string what)
+    {
+        foreach (var p in arena.Parameters)
+            for (long i = p.Offset; i < p.Offset + p.NumElements; i++)
+                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                    Assert.Fail($"{what} of '{p.Name}' [{i - p.Offset}] (arena {i}): expected {expected[i]:R}, got {actual[i]:R}");
+    }
+
+    private static void AssertBf16Copy(float[] masters, BFloat16[] values, ParameterArena arena, string what)
+    {
+        foreach (var p in arena.Parameters)
+            for (long i = p.Offset; i < p.Offset + p.NumElements; i++)
+                if (!BFloat16.FromSingle(masters[i]).Equals(values[i]))
+                    Assert.Fail($"{what} of '{p.Name}' [{i - p.Offset}]: {values[i]} is not the master {masters[i]:R} rounded to BF16");
+    }
+
+    /// <summary>An owned range's state against the whole-arena expectation, on parameter elements only.</summary>
+    private static void AssertOwned(float[] expected, float[] actual, OwnedRange r, ParameterArena arena, string what)
+    {
+        foreach (var p in arena.Parameters)
+        {
+            long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
+            for (long i = lo; i < hi; i++)
+                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i - r.ArenaOffset]))
+                    Assert.Fail($"{what} of '{p.Name}' [{i - p.Offset}]: expected {expected[i]:R}, got {actual[i - r.ArenaOffset]:R}");
+        }
+    }
+}
