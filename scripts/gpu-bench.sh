@@ -84,9 +84,15 @@ run)
         echo "pytorch: $(( $(date +%s) - t0 )) s"
     fi
     if [ "${RUN_DECODE:-1}" = 1 ]; then
-        t0=$(date +%s)
-        timeout "${DECODE_TIMEOUT:-60}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-decode 2>>"$out/bench.err" | tee "$out/decode.md"
-        echo "gpu-decode: $(( $(date +%s) - t0 )) s"
+        # The decode step recorded in a CUDA graph (default), run op by op, and with cuBLASLt for the products.
+        decode() { timeout "${DECODE_TIMEOUT:-60}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-decode "$@" 2>>"$out/bench.err" | tee -a "$out/decode.md"; }
+        t0=$(date +%s); decode; echo "gpu-decode: $(( $(date +%s) - t0 )) s"
+        if [ "${RUN_DECODE_VARIANTS:-1}" = 1 ]; then
+            decode --no-graph --no-header
+            TESSERA_CUDA_GEMV=0 decode --no-header
+            TESSERA_CUDA_PROFILE=1 decode --no-header --repeat 2 > "$out/decode-profile.md"
+            head -40 "$out/decode-profile.md"
+        fi
     fi
     echo; echo "---- bench stderr ----"; tail -30 "$out/bench.err"
     echo; echo "================ summary ($(head -1 "$out/gpu.txt")) ================"

@@ -173,6 +173,44 @@ public sealed unsafe partial class CudaBackend
         return true;
     }
 
+    /// <inheritdoc/>
+    /// <remarks>For at most 4 rows of x, one kernel streams the gate and up rows together (gemv.cu); otherwise two cuBLASLt
+    /// products into scratch and the SwiGLU kernel.</remarks>
+    public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null)
+    {
+        const string op = nameof(MatMulSwiGlu);
+        if (x.Rank != 2 || gateWeight.Rank != 2 || upWeight.Shape != gateWeight.Shape || output.Rank != 2
+            || gateWeight.Size(1) != x.Size(1) || output.Size(0) != x.Size(0) || output.Size(1) != gateWeight.Size(0))
+            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, gate {gateWeight.Shape}, up {upWeight.Shape}, output {output.Shape} do not fit (N, C), (F, C), (F, C), (N, F)");
+        RequireContiguous(op, "output", output);
+        int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0);
+        var dtype = x.DType;
+        bool fused = _gemvEnabled && m >= 1 && m <= GemvMaxRows && dtype is DType.F32 or DType.BF16 or DType.F16
+            && gateWeight.DType == dtype && upWeight.DType == dtype && output.DType == dtype
+            && gateWeight.IsContiguous && upWeight.IsContiguous && x.Stride(1) == 1 && k % (16 / dtype.SizeInBytes()) == 0
+            && (m == 1 || x.Stride(0) % (16 / dtype.SizeInBytes()) == 0)
+            && Ptr(x) % 16 == 0 && Ptr(gateWeight) % 16 == 0 && Ptr(upWeight) % 16 == 0
+            && (gateBias is null || (gateBias.DType == dtype && gateBias.IsContiguous && gateBias.NumElements == f))
+            && (upBias is null || (upBias.DType == dtype && upBias.IsContiguous && upBias.NumElements == f))
+            && (long)m * k * dtype.SizeInBytes() <= CudaDevice.MaxSharedMemoryPerBlockOptIn;
+        if (!fused)
+        {
+            var gate = Allocate(output.Shape, dtype);
+            var up = Allocate(output.Shape, dtype);
+            MatMul(x, gateWeight, gate, transposeB: true, bias: gateBias);
+            MatMul(x, upWeight, up, transposeB: true, bias: upBias);
+            SwiGluForward(gate, up, output);
+            gate.Storage.Dispose();
+            up.Storage.Dispose();
+            return;
+        }
+        ulong px = Ptr(x), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
+        long ldx = x.Stride(0), ldw = k, ldo = f;
+        uint grid = (uint)Math.Min((f + 7) / 8, CudaDevice.MultiprocessorCount * 8);
+        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo };
+        Launch("gemv.cu", $"gemv_swiglu_{Suffix(dtype, op)}_m{m}", grid, 256, args, (uint)((long)m * k * dtype.SizeInBytes()));
+    }
+
     private static int Align(ulong p) => p == 0 ? 0 : (int)Math.Min(256, p & (~p + 1));
 
     private static string Describe(MatMulKey k) =>

@@ -85,6 +85,13 @@ public interface IBackend
     /// <summary>Gradients of <see cref="SwiGluForward"/>: dGate, dUp (N,F) from dOutput (N,F).</summary>
     void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp);
 
+    /// <summary>
+    /// Llama's MLP before its last product: output (N,F) = SiLU(x gateWeight^T + gateBias) * (x upWeight^T + upBias), x (N,C),
+    /// gateWeight and upWeight (F,C) (nn.Linear's layout), biases (F) or null. One pass over both weights where the backend
+    /// fuses it (the CUDA backend does for N &lt;= 4, decoding); otherwise two products and <see cref="SwiGluForward"/>.
+    /// </summary>
+    void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null);
+
     /// <summary>Row-wise softmax of x (N,V) into output (N,V).</summary>
     void Softmax(Tensor x, Tensor output);
 

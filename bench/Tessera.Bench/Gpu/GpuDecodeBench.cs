@@ -12,8 +12,11 @@ namespace Tessera.Bench.Gpu;
 /// is prefilled, then tokens are decoded one at a time. Prefill tokens/s = prompt length / time to the first token;
 /// decode tokens/s = (new tokens - 1) / time from the first to the last token. Achieved bandwidth counts, per decoded
 /// token, every weight once (the tied head reads the whole embedding) plus the keys and values of every cached
-/// position, over the decode time, as a share of 3.0 TB/s (what a device copy reaches on the H100).
-/// <para>Usage: gpu-decode [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 256] [--repeat 2]</para>
+/// position, over the decode time, as a share of what a 1 GiB device-to-device copy reaches on the same GPU in the same
+/// process (read + write bytes over time), and of 3.0 TB/s (the H100 figure the issue names).
+/// <para>Usage: gpu-decode [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 256] [--repeat 2] [--no-graph] [--no-header]</para>
+/// <para>TESSERA_CUDA_GEMV=0 sends the decode products to cuBLASLt instead of the matrix-vector kernels; TESSERA_CUDA_PROFILE=1
+/// (which turns graphs off) adds the per-op GPU time of the last round.</para>
 /// </summary>
 public static class GpuDecodeBench
 {
@@ -22,6 +25,7 @@ public static class GpuDecodeBench
     {
         string preset = "llama-1b", dtypeName = "bf16";
         int promptLength = 512, newTokens = 256, repeat = 2;
+        bool graph = true, header = true;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -31,6 +35,8 @@ public static class GpuDecodeBench
                 case "--prompt": promptLength = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--new": newTokens = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--repeat": repeat = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--no-graph": graph = false; break;
+                case "--no-header": header = false; break;
                 default: throw new ArgumentException($"gpu-decode: unknown argument '{args[i]}'");
             }
         }
@@ -42,11 +48,12 @@ public static class GpuDecodeBench
         var rng = new Random(3);
         var prompt = Enumerable.Range(0, promptLength).Select(_ => rng.Next(config.VocabSize)).ToArray();
         var generator = new TextGenerator(model);
-        var options = new GenerationOptions { MaxNewTokens = newTokens };
+        var options = new GenerationOptions { MaxNewTokens = newTokens, CaptureGraph = graph };
         double prefillMs = 0, decodeMs = 0;
         int produced = 0;
         for (int r = 0; r < repeat; r++)   // the first round compiles kernels and grows the allocator's pool
         {
+            backend.Profiler?.Reset();
             var clock = Stopwatch.StartNew();
             double first = 0;
             produced = 0;
@@ -65,10 +72,40 @@ public static class GpuDecodeBench
         for (int i = 1; i <= decoded; i++) kvBytes += 2.0 * config.Layers * (promptLength + i) * config.EffectiveKvHeads * config.HeadSize * elementBytes;
         double seconds = decodeMs / 1000;
         double bandwidth = (weightBytes * decoded + kvBytes) / seconds;
-        Console.WriteLine("| system | model | dtype | prompt | new | prefill ms | prefill tokens/s | decode ms/token | decode tokens/s | GB/s | share of 3.0 TB/s | peak GiB |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        double copyBandwidth = DeviceCopyBandwidth(backend);
+        string path = (generator.LastRunRecorded ? "graph" : "eager") + (Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV") == "0" ? ", cuBLASLt" : ", gemv");
+        if (header)
+        {
+            Console.WriteLine("| system | model | dtype | decode step | prompt | new | prefill ms | prefill tokens/s | decode ms/token | decode tokens/s | GB/s | share of measured copy | share of 3.0 TB/s | peak GiB |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        }
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"| Tessera | {preset} | {dtype} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F2} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / 3.0e12:P1} | {backend.Allocator.Statistics.PeakBytesInUse / (double)(1L << 30):F1} |"));
+            $"| Tessera | {preset} | {dtype} | {path} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F3} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / copyBandwidth:P1} of {copyBandwidth / 1e12:F2} TB/s | {bandwidth / 3.0e12:P1} | {backend.Allocator.Statistics.PeakBytesInUse / (double)(1L << 30):F1} |"));
+        if (backend.Profiler is { } profiler) Console.WriteLine(profiler.Table(decoded + 1));
         return 0;
+    }
+
+    /// <summary>Bytes read plus written per second by a 1 GiB device-to-device copy: the bandwidth a streaming kernel can hope for.</summary>
+    private static double DeviceCopyBandwidth(CudaBackend backend)
+    {
+        const int elements = 1 << 28;   // 1 GiB of F32
+        var a = backend.Allocate(new Shape(elements), DType.F32);
+        var b = backend.Allocate(new Shape(elements), DType.F32);
+        backend.Fill(a, 1);
+        using var start = new Tessera.Cuda.Runtime.CudaEvent(backend.CudaDevice);
+        using var end = new Tessera.Cuda.Runtime.CudaEvent(backend.CudaDevice);
+        var times = new List<double>();
+        for (int i = 0; i < 8; i++)
+        {
+            start.Record(backend.Stream);
+            backend.Copy(a, b);
+            end.Record(backend.Stream);
+            end.Synchronize();
+            if (i >= 2) times.Add(end.ElapsedSince(start));
+        }
+        times.Sort();
+        a.Storage.Dispose();
+        b.Storage.Dispose();
+        return 2.0 * elements * sizeof(float) / (times[times.Count / 2] / 1000);
     }
 }

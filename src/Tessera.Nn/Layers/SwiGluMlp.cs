@@ -49,10 +49,8 @@ public sealed class SwiGluMlp : IFeedForward
     /// <inheritdoc/>
     public void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
     {
-        var g = Gate.Forward(ctx, x);                                // (N, F)
-        var u = Up.Forward(ctx, x);                                  // (N, F)
-        var a = ctx.Buffer(_activated, g.Shape, g.DType);            // (N, F)
-        x.Backend.SwiGluForward(g, u, a);
+        var a = ctx.Buffer(_activated, new Shape(x.Size(0), Gate.OutFeatures), x.DType);   // (N, F)
+        x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value);
         Projection.ForwardAccumulate(a, residual);                   // (N, C) += proj(a)
     }
 

@@ -104,6 +104,16 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
+    public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null)
+    {
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(output);
+        var gate = Allocate(output.Shape, output.DType);
+        var up = Allocate(output.Shape, output.DType);
+        MatMul(x, gateWeight, gate, transposeB: true, bias: gateBias);
+        MatMul(x, upWeight, up, transposeB: true, bias: upBias);
+        SwiGluForward(gate, up, output);
+    }
+
     /// <summary>Reads (B) I32 start positions, checking their shape and sign.</summary>
     private int[] ReadPositions(string op, Tensor startPositions, int batch)
     {

@@ -125,6 +125,31 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         AssertClose(expected, Download(y), Tolerance(dtype), $"gemv {dtype} M={m} K={k} N={n}");
     }
 
+    /// <summary>The fused gate/up kernel (M &lt;= 4) and the composed path (M = 9) against SiLU(x Wg^T + bg) * (x Wu^T + bu).</summary>
+    [Theory]
+    [InlineData(DType.BF16, 1, 2048, 1024, false)]
+    [InlineData(DType.F32, 4, 256, 300, true)]
+    [InlineData(DType.BF16, 9, 512, 200, true)]
+    public void FusedSwiGluProductMatchesTheReference(DType dtype, int m, int k, int f, bool withBias)
+    {
+        var (x, xv) = Random(dtype, 1, m, k);
+        var (wg, gv) = Random(dtype, 0.2, f, k);
+        var (wu, uv) = Random(dtype, 0.2, f, k);
+        var (bg, bgv) = Random(dtype, 1, f);
+        var (bu, buv) = Random(dtype, 1, f);
+        var output = Poisoned(dtype, m, f);
+        Gpu.MatMulSwiGlu(x, wg, wu, output, withBias ? bg : null, withBias ? bu : null);
+        var expected = new double[m * f];
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < f; j++)
+            {
+                double g = withBias ? bgv[j] : 0, u = withBias ? buv[j] : 0;
+                for (int e = 0; e < k; e++) { g += xv[i * k + e] * gv[j * k + e]; u += xv[i * k + e] * uv[j * k + e]; }
+                expected[i * f + j] = g / (1 + Math.Exp(-g)) * u;
+            }
+        AssertClose(expected, Download(output), Tolerance(dtype), $"MatMulSwiGlu {dtype} M={m} K={k} F={f}");
+    }
+
     [Fact]
     public void RecordedGraphReplaysDevicePositionWorkAndRefusesHostTransfers()
     {
