@@ -33,9 +33,10 @@ return args.Length == 0 ? Usage() : args[0] switch
 {
     "gpu-train" => Tessera.Bench.Gpu.GpuTrainingBench.Run(args[1..]),
     "gpu-decode" => Tessera.Bench.Gpu.GpuDecodeBench.Run(args[1..]),
+    "gpu-offload" => Tessera.Bench.Gpu.OffloadBench.Run(args[1..]),
     _ => Usage(),
 };
-static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode [options]"); return 2; }
+static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload [options]"); return 2; }
 CS
     dotnet build "$launcher/GpuBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
     rm -rf "$launcher"
@@ -94,6 +95,24 @@ run)
             head -40 "$out/decode-profile.md"
         fi
     fi
+    if [ "${RUN_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
+        # GPU time of every kernel of a few eager decode steps (no host gaps): the per-kernel floor table's input.
+        t0=$(date +%s)
+        timeout "${NCU_TIMEOUT:-120}" ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+            --log-file "$out/ncu-decode.csv" $dn "$dir/app/GpuBenchLauncher.dll" gpu-decode --no-graph --prompt 512 --new 3 --repeat 1 >/dev/null 2>>"$out/bench.err"
+        echo "ncu decode: $(( $(date +%s) - t0 )) s"
+    fi
+    if [ -n "${OFFLOAD_CASES:-}" ]; then
+        # ';'-separated argument lists for gpu-offload, each in its own process (own peak memory).
+        IFS=';' read -ra cases <<< "$OFFLOAD_CASES"
+        first=1
+        for c in "${cases[@]}"; do
+            t0=$(date +%s)
+            # shellcheck disable=SC2086
+            timeout "${OFFLOAD_TIMEOUT:-150}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-offload $c $([ $first = 1 ] || echo --no-header) 2>>"$out/bench.err" | tee -a "$out/offload.md"
+            echo "gpu-offload $c: $(( $(date +%s) - t0 )) s"; first=0
+        done
+    fi
     echo; echo "---- bench stderr ----"; tail -30 "$out/bench.err"
     echo; echo "================ summary ($(head -1 "$out/gpu.txt")) ================"
     if [ -f "$out/results.xml" ]; then
@@ -114,6 +133,7 @@ PY
     elif [ -f "$out/tests.log" ]; then tail -20 "$out/tests.log"; fi
     echo; echo "training (GPT-2 124M, synthetic tokens):"; cat "$out/train.md" 2>/dev/null
     echo; echo "decode:"; cat "$out/decode.md" 2>/dev/null
+    [ -f "$out/offload.md" ] && { echo; echo "offload:"; cat "$out/offload.md"; }
     exit $rc
     ;;
 *) echo "usage: gpu-bench.sh prepare | run"; exit 2 ;;

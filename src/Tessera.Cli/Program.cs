@@ -1,7 +1,7 @@
 using Tessera.Cli;
 using Tessera.Cli.Commands;
 
-// tessera: train, generate, prepare, launch. Errors print one message and a non-zero exit code;
+// tessera: train, generate, prepare, launch, bench, info. Errors print one message and a non-zero exit code;
 // no command leaves partial files behind (checkpoints and shards are written atomically).
 const string usage = """
     tessera COMMAND [options]
@@ -9,6 +9,7 @@ const string usage = """
       generate   continue a prompt from a checkpoint or a Hugging Face model directory
       prepare    tokenize text files into llm.c token shards
       launch     start one process per GPU (torchrun-style) running a command
+      bench      time training steps or generation on the CPU or a GPU (bench train, bench generate)
       info       list model presets
     'tessera COMMAND --help' describes a command's options.
     """;
@@ -28,6 +29,7 @@ var rest = new CommandLineArguments(args[1..]);
     "prepare" => (PrepareCommand.Run, PrepareCommand.Usage),
     "info" => (InfoCommand.Run, InfoCommand.Usage),
     "launch" => (LaunchCommand.Run, LaunchCommand.Usage),
+    "bench" => (BenchCommand.Run, BenchCommand.Usage),
     _ => (null!, ""),
 };
 if (run is null)

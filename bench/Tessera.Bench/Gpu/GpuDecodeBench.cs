@@ -1,9 +1,10 @@
-using System.Diagnostics;
 using System.Globalization;
 using Tessera.Cuda;
 using Tessera.Inference;
+using Tessera.Inference.Benchmarks;
 using Tessera.Models;
 using Tessera.Tensors;
+using Tessera.Training.Benchmarks;
 
 namespace Tessera.Bench.Gpu;
 
@@ -16,7 +17,7 @@ namespace Tessera.Bench.Gpu;
 /// process (read + write bytes over time), and of 3.0 TB/s (the H100 figure the issue names).
 /// <para>Usage: gpu-decode [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 256] [--repeat 2] [--no-graph] [--no-header]</para>
 /// <para>TESSERA_CUDA_GEMV=0 sends the decode products to cuBLASLt instead of the matrix-vector kernels; TESSERA_CUDA_PROFILE=1
-/// (which turns graphs off) adds the per-op GPU time of the last round.</para>
+/// (which turns graphs off) adds the per-op GPU time per token over all rounds.</para>
 /// </summary>
 public static class GpuDecodeBench
 {
@@ -44,44 +45,27 @@ public static class GpuDecodeBench
         using var backend = new CudaBackend();
         var config = ModelPresets.Get(preset);
         var model = new Transformer(config, backend, dtype) { ValidateInputs = false };
-        BenchWeights.Initialize(model, seed: 2);
-        var rng = new Random(3);
-        var prompt = Enumerable.Range(0, promptLength).Select(_ => rng.Next(config.VocabSize)).ToArray();
-        var generator = new TextGenerator(model);
-        var options = new GenerationOptions { MaxNewTokens = newTokens, CaptureGraph = graph };
-        double prefillMs = 0, decodeMs = 0;
-        int produced = 0;
-        for (int r = 0; r < repeat; r++)   // the first round compiles kernels and grows the allocator's pool
+        BenchmarkWeights.Initialize(model, seed: 2);
+        var options = new GenerationBenchmarkOptions
         {
-            backend.Profiler?.Reset();
-            var clock = Stopwatch.StartNew();
-            double first = 0;
-            produced = 0;
-            foreach (var _ in generator.Generate(prompt, options))
-            {
-                if (produced++ == 0) first = clock.Elapsed.TotalMilliseconds;
-            }
-            prefillMs = first;
-            decodeMs = clock.Elapsed.TotalMilliseconds - first;
-        }
-        if (produced != newTokens) throw new InvalidOperationException($"gpu-decode: produced {produced} tokens, expected {newTokens}");
-        int decoded = produced - 1;
-        long elementBytes = dtype.SizeInBytes();
-        double weightBytes = (double)model.Parameters.ParameterCount * elementBytes;
-        double kvBytes = 0;   // over all decoded tokens: 2 (K and V) * L * cached positions * K heads * D
-        for (int i = 1; i <= decoded; i++) kvBytes += 2.0 * config.Layers * (promptLength + i) * config.EffectiveKvHeads * config.HeadSize * elementBytes;
-        double seconds = decodeMs / 1000;
-        double bandwidth = (weightBytes * decoded + kvBytes) / seconds;
+            PromptLength = promptLength, NewTokens = newTokens, Rounds = repeat,
+            Generation = new GenerationOptions { CaptureGraph = graph },
+        };
+        var result = new GenerationBenchmark(model, options, () => backend.Allocator.Statistics.PeakBytesInUse).Run();
+        int decoded = result.DecodedTokens;
+        double prefillMs = result.PrefillMilliseconds, decodeMs = result.DecodeMilliseconds, seconds = decodeMs / 1000;
+        double bandwidth = result.BandwidthBytesPerSecond;
         double copyBandwidth = DeviceCopyBandwidth(backend);
-        string path = (generator.LastRunRecorded ? "graph" : "eager") + (Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV") == "0" ? ", cuBLASLt" : ", gemv");
+        string path = (result.DecodeStepReplayed ? "graph" : "eager") + (Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV") == "0" ? ", cuBLASLt" : ", gemv");
         if (header)
         {
             Console.WriteLine("| system | model | dtype | decode step | prompt | new | prefill ms | prefill tokens/s | decode ms/token | decode tokens/s | GB/s | share of measured copy | share of 3.0 TB/s | peak GiB |");
             Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         }
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"| Tessera | {preset} | {dtype} | {path} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F3} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / copyBandwidth:P1} of {copyBandwidth / 1e12:F2} TB/s | {bandwidth / 3.0e12:P1} | {backend.Allocator.Statistics.PeakBytesInUse / (double)(1L << 30):F1} |"));
-        if (backend.Profiler is { } profiler) Console.WriteLine(profiler.Table(decoded + 1));
+            $"| Tessera | {preset} | {dtype} | {path} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F3} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / copyBandwidth:P1} of {copyBandwidth / 1e12:F2} TB/s | {bandwidth / 3.0e12:P1} | {result.PeakDeviceBytes / (double)(1L << 30):F1} |"));
+        // Per token over every round, the warm-up included (the profiler is never reset).
+        if (backend.Profiler is { } profiler) Console.WriteLine(profiler.Table(options.Rounds * (decoded + 1)));
         return 0;
     }
 

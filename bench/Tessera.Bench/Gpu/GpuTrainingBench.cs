@@ -1,18 +1,18 @@
-using System.Diagnostics;
 using System.Globalization;
 using Tessera.Cuda;
 using Tessera.Cuda.Interop;
 using Tessera.Cuda.Runtime;
 using Tessera.Models;
 using Tessera.Tensors;
-using Tessera.Training.Optim;
+using Tessera.Training.Benchmarks;
 
 namespace Tessera.Bench.Gpu;
 
 /// <summary>
 /// Times whole training steps on one GPU (CUDA backend): forward + cross-entropy, backward, AdamW (with global-norm
-/// clipping), synthetic random tokens and random init. Each phase is timed with CUDA events; the step is the
-/// median over the timed steps after warm-up. Prints one markdown row per case: ms/step, tokens/s, MFU counted as
+/// clipping), synthetic random tokens and random init, measured by <see cref="TrainingStepBenchmark"/> (as "tessera
+/// bench train" is). Each phase is timed with CUDA events; the step is the median over the timed steps after warm-up.
+/// Prints one markdown row per case: ms/step, tokens/s, MFU counted as
 /// (6N + 12·L·T·C)·tokens/s (PaLM's / llm.c's convention; N includes the padded vocabulary rows) over the H100's
 /// dense BF16 peak (989 TFLOP/s) and over the ~790 TFLOP/s a large matrix product reaches there, the peak of the
 /// allocator's bytes in use, and the per-phase medians.
@@ -78,51 +78,15 @@ public static class GpuTrainingBench
     {
         using var backend = new CudaBackend();
         var config = ModelPresets.Get(preset);
-        var model = new Transformer(config, backend, dtype) { RecomputeActivations = recompute, ValidateInputs = false };
-        BenchWeights.Initialize(model, seed: 1);
-        var optimizer = new AdamWOptimizer(model.Parameters, new AdamWOptions());
-        var rng = new Random(5);
-        int n = b * t, accum = b / micro, nMicro = micro * t;
-        var tokens = backend.FromHost<int>(Enumerable.Range(0, nMicro).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(micro, t));
-        var targets = backend.FromHost<int>(Enumerable.Range(0, nMicro).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(micro, t));
-        var lossSum = backend.Zeros(new Shape(1), model.LossDType);
-        // Events: start, then (after forward+loss, after backward) per micro-batch, then after the optimizer; no host wait inside a step.
-        var events = Enumerable.Range(0, 2 * accum + 2).Select(_ => new CudaEvent(backend.CudaDevice)).ToArray();
-        var step = new List<double>(); var fwd = new List<double>(); var bwd = new List<double>(); var opt = new List<double>(); var wall = new List<double>();
-        double loss = 0;
-        for (int s = 0; s < warmup + steps; s++)
-        {
-            if (s == warmup) backend.Profiler?.Reset();        // the per-op table covers the timed steps only
-            var clock = Stopwatch.StartNew();
-            events[0].Record(backend.Stream);
-            model.Parameters.ZeroGrad();
-            backend.Fill(lossSum, 0);
-            for (int m = 0; m < accum; m++)
-            {
-                var losses = model.Loss(tokens, targets, 0, 1.0 / n);
-                backend.Sum(losses, lossSum, 1.0 / n, accumulate: true);
-                events[1 + 2 * m].Record(backend.Stream);
-                model.Backward(0);
-                events[2 + 2 * m].Record(backend.Stream);
-            }
-            optimizer.Step(1e-4);
-            events[^1].Record(backend.Stream);
-            loss = backend.ReadScalar(lossSum);          // the one host read per step, as in the Trainer
-            events[^1].Synchronize();
-            if (s < warmup) continue;
-            wall.Add(clock.Elapsed.TotalMilliseconds);
-            step.Add(events[^1].ElapsedSince(events[0]));
-            opt.Add(events[^1].ElapsedSince(events[^2]));
-            double f = 0, bw = 0;
-            for (int m = 0; m < accum; m++)
-            {
-                f += events[1 + 2 * m].ElapsedSince(events[2 * m]);
-                bw += events[2 + 2 * m].ElapsedSince(events[1 + 2 * m]);
-            }
-            fwd.Add(f);
-            bwd.Add(bw);
-        }
-        foreach (var e in events) e.Dispose();
+        var model = new Transformer(config, backend, dtype) { RecomputeActivations = recompute };
+        BenchmarkWeights.Initialize(model, seed: 1);
+        using var timeline = new CudaEventTimeline(backend);
+        var options = new TrainingStepBenchmarkOptions { BatchSize = b, MicroBatchSize = micro, SequenceLength = t, Steps = steps, WarmupSteps = warmup };
+        var benchmark = new TrainingStepBenchmark(model, options, timeline, () => backend.Allocator.Statistics.PeakBytesInUse);
+        benchmark.WarmUp();
+        backend.Profiler?.Reset();                           // the per-op table covers the timed steps only
+        var r = benchmark.Measure();
+        int accum = b / micro;
         if (backend.Profiler is { } profiler)
         {
             Console.WriteLine();
@@ -130,20 +94,36 @@ public static class GpuTrainingBench
             Console.WriteLine();
             Console.WriteLine(profiler.Table(steps));
         }
-        if (!double.IsFinite(loss)) throw new InvalidOperationException($"gpu-train: loss is {loss}");
-        double ms = Median(step), tokPerS = n / (ms / 1000);
-        double flopsPerToken = 6.0 * model.Parameters.ParameterCount + 12.0 * config.Layers * t * config.Embedding;
-        double achieved = flopsPerToken * tokPerS;
-        double peakGiB = backend.Allocator.Statistics.PeakBytesInUse / (double)(1L << 30);
+        double peakGiB = r.PeakDeviceBytes!.Value / (double)(1L << 30);
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"gpu-train: {preset} {dtype} B={b} T={t} recompute={recompute} on {backend.CudaDevice.Name}: loss {loss:F4}, event ms/step {ms:F1}, wall ms/step {Median(wall):F1}"));
+            $"gpu-train: {preset} {dtype} B={b} T={t} recompute={recompute} on {backend.CudaDevice.Name}: loss {r.FinalLoss:F4}, event ms/step {r.StepMilliseconds:F1}, wall ms/step {r.WallMilliseconds:F1}"));
         return string.Create(CultureInfo.InvariantCulture,
-            $"| Tessera | {preset} | {dtype} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {ms:F1} | {tokPerS:F0} | {achieved / 989e12:P1} | {achieved / 790e12:P1} | {peakGiB:F1} | {Median(fwd):F1} | {Median(bwd):F1} | {Median(opt):F1} |");
+            $"| Tessera | {preset} | {dtype} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
     }
 
-    private static double Median(List<double> xs)
+    /// <summary>
+    /// CUDA events on the backend's stream as the benchmark's timeline: the phases of a step are timed on the device,
+    /// with no host wait inside the step. Events are created as marks are first used and reused every step.
+    /// </summary>
+    private sealed class CudaEventTimeline(CudaBackend backend) : IDeviceTimeline, IDisposable
     {
-        var sorted = xs.Order().ToList();
-        return sorted.Count == 0 ? double.NaN : sorted[sorted.Count / 2];
+        private readonly List<CudaEvent> _events = [];
+
+        public void Mark(int index)
+        {
+            while (_events.Count <= index) _events.Add(new CudaEvent(backend.CudaDevice));
+            _events[index].Record(backend.Stream);
+        }
+
+        public double ElapsedMilliseconds(int from, int to)
+        {
+            _events[to].Synchronize();
+            return _events[to].ElapsedSince(_events[from]);
+        }
+
+        public void Dispose()
+        {
+            foreach (var e in _events) e.Dispose();
+        }
     }
 }

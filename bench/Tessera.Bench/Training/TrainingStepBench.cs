@@ -1,9 +1,8 @@
-using System.Diagnostics;
 using System.Globalization;
 using Tessera.Models;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
-using Tessera.Training.Optim;
+using Tessera.Training.Benchmarks;
 
 namespace Tessera.Bench.Training;
 
@@ -11,6 +10,7 @@ namespace Tessera.Bench.Training;
 /// Times whole training steps (forward, cross-entropy, backward, AdamW) on the CPU backend for model
 /// presets at given batch shapes, on random tokens, and prints a table: ms/step (median after warm-up), tokens/s and
 /// achieved GFLOP/s counted as 6N + 12·L·T·C FLOPs per token (the convention of the PaLM/llm.c MFU figures).
+/// The measuring is <see cref="TrainingStepBenchmark"/>'s, the same as "tessera bench train"'s.
 /// </summary>
 public static class TrainingStepBench
 {
@@ -42,32 +42,12 @@ public static class TrainingStepBench
         Console.WriteLine($"|---|---|---|---|---|---|");
         foreach (var (preset, b, t) in cases)
         {
-            var config = ModelPresets.Get(preset);
-            var backend = new CpuBackend(threads);
-            var model = new Transformer(config, backend, DType.F32);
+            var model = new Transformer(ModelPresets.Get(preset), new CpuBackend(threads), DType.F32);
             model.InitializeWeights(1);
-            var optimizer = new AdamWOptimizer(model.Parameters, new AdamWOptions());
-            var rng = new Random(5);
-            var tokens = backend.FromHost<int>(Enumerable.Range(0, b * t).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(b, t));
-            var targets = backend.FromHost<int>(Enumerable.Range(0, b * t).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(b, t));
-            var times = new List<double>();
-            for (int s = 0; s < warmup + steps; s++)
-            {
-                var clock = Stopwatch.StartNew();
-                model.Parameters.ZeroGrad();
-                model.Loss(tokens, targets, 0, 1.0 / (b * t));
-                model.Backward(0);
-                optimizer.Step(1e-4);
-                backend.Synchronize();
-                if (s >= warmup) times.Add(clock.Elapsed.TotalMilliseconds);
-            }
-            times.Sort();
-            double ms = times[times.Count / 2];
-            double n = model.Parameters.ParameterCount;
-            double flopsPerToken = 6 * n + 12.0 * config.Layers * t * config.Embedding;
-            double tokPerS = b * t / (ms / 1000);
+            var options = new TrainingStepBenchmarkOptions { BatchSize = b, SequenceLength = t, Steps = steps, WarmupSteps = warmup };
+            var r = new TrainingStepBenchmark(model, options).Run();
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {preset} | {b} x {t} | {n / 1e6:F1}M | {ms:F1} | {tokPerS:F0} | {flopsPerToken * tokPerS / 1e9:F1} |"));
+                $"| {preset} | {b} x {t} | {r.ParameterCount / 1e6:F1}M | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.AchievedFlopsPerSecond / 1e9:F1} |"));
         }
         return 0;
     }

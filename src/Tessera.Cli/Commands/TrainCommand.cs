@@ -95,6 +95,8 @@ internal static class TrainCommand
             throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}), but multi-process training runs on GPUs through NCCL: add --device cuda, or use --ranks N for CPU thread ranks in one process");
         bool ncclRun = launched && onGpu;
         if ((zero > 0 || offload) && ranks == 1 && !ncclRun) throw new UsageException("--zero and --offload need --ranks of 2 or more, or a launched multi-GPU run");
+        if (dtype == DType.BF16 && !onGpu)
+            throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
         if (ranks > 1 && !device.StartsWith("cpu", StringComparison.Ordinal))
             throw new UsageException("--ranks runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
         options.Validate();

@@ -90,4 +90,12 @@ public sealed class BadInputTests : IDisposable
         Assert.Equal(2, code);
         Assert.Contains("--stpes", err);
     }
+
+    [Fact]
+    public void Bf16TrainingOnTheCpuIsAUsageErrorNamingTheDevice()
+    {
+        var (code, _, err) = CliProcess.Run("train", "--dtype", "bf16", "--ranks", "2", "--steps", "1");
+        Assert.Equal(2, code);
+        Assert.Contains("--device cuda", err);
+    }
 }

@@ -1,0 +1,156 @@
+using System.Diagnostics;
+using Tessera.Models;
+using Tessera.Tensors;
+using Tessera.Training.Optim;
+
+namespace Tessera.Training.Benchmarks;
+
+/// <summary>
+/// Times whole training steps of a model on its own backend: zeroed gradients, forward + cross-entropy and backward
+/// per micro-batch (gradients accumulate), one AdamW update with global-norm clipping, and one host read of the
+/// step's mean loss, as <see cref="Trainer.TrainStep"/> does, but on fixed random tokens uploaded once, so no data
+/// loading or host-to-device copy is in the timed step. The median over the timed steps is reported, with the
+/// FLOPs per token of PaLM's and llm.c's MFU convention. The command line's "tessera bench train" and the benchmark
+/// project's train-cpu and gpu-train tables are all measured here.
+/// </summary>
+public sealed class TrainingStepBenchmark
+{
+    private readonly Transformer _model;
+    private readonly AdamWOptimizer _optimizer;
+    private readonly IDeviceTimeline? _timeline;
+    private readonly Func<long>? _peakDeviceBytes;
+    private readonly Tensor _tokens, _targets;   // (micro, T) I32
+    private readonly Tensor _lossSum;            // (1) LossDType: the step's mean loss
+    private readonly int _accumulation;
+
+    /// <summary>
+    /// Prepares a benchmark of <paramref name="model"/> (built and initialized by the caller) with a fresh AdamW state.
+    /// <paramref name="timeline"/>, when given, times each phase on the device (marks 0, then after forward + loss and
+    /// after backward of each micro-batch, then after the update); <paramref name="peakDeviceBytes"/>, when given, is
+    /// read after the timed steps. The model's device-side token check is turned off, as the trainer does: the random
+    /// tokens are drawn in range.
+    /// </summary>
+    /// <exception cref="ArgumentException">The options are invalid or do not fit the model.</exception>
+    public TrainingStepBenchmark(Transformer model, TrainingStepBenchmarkOptions options, IDeviceTimeline? timeline = null, Func<long>? peakDeviceBytes = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        Options = options.Validate(model.Config);
+        _model = model;
+        _timeline = timeline;
+        _peakDeviceBytes = peakDeviceBytes;
+        _accumulation = options.BatchSize / options.EffectiveMicroBatchSize;
+        _optimizer = new AdamWOptimizer(model.Parameters, options.Optimizer);
+        model.ValidateInputs = false;
+
+        var backend = model.Backend;
+        int micro = options.EffectiveMicroBatchSize, t = options.SequenceLength, vocab = model.Config.VocabSize;
+        var rng = new Random(options.Seed);
+        // Inputs first, then targets, from one generator: the draws the benchmarks have always used.
+        var inputs = new int[micro * t];
+        var targets = new int[micro * t];
+        for (int i = 0; i < inputs.Length; i++) inputs[i] = rng.Next(vocab);
+        for (int i = 0; i < targets.Length; i++) targets[i] = rng.Next(vocab);
+        _tokens = backend.FromHost<int>(inputs, new Shape(micro, t));
+        _targets = backend.FromHost<int>(targets, new Shape(micro, t));
+        _lossSum = backend.Zeros(new Shape(1), model.LossDType);
+    }
+
+    /// <summary>The validated settings.</summary>
+    public TrainingStepBenchmarkOptions Options { get; }
+
+    /// <summary>FLOPs per trained token: 6N + 12·L·T·C for N parameters, L layers, sequence length T and width C.</summary>
+    public static double FlopsPerToken(TransformerConfig config, long parameterCount, int sequenceLength) =>
+        6.0 * parameterCount + 12.0 * config.Layers * sequenceLength * config.Embedding;
+
+    /// <summary>Runs <see cref="TrainingStepBenchmarkOptions.WarmupSteps"/> untimed steps, then <see cref="Measure"/>.</summary>
+    public TrainingStepBenchmarkResult Run()
+    {
+        WarmUp();
+        return Measure();
+    }
+
+    /// <summary>
+    /// Runs the untimed warm-up steps. Separate from <see cref="Measure"/> so a caller can reset its own counters (a
+    /// per-op profiler, say) between the two.
+    /// </summary>
+    public void WarmUp()
+    {
+        for (int s = 0; s < Options.WarmupSteps; s++) Step(s);
+    }
+
+    /// <summary>Runs the timed steps and returns their medians.</summary>
+    /// <exception cref="InvalidOperationException">A step's loss is not finite.</exception>
+    public TrainingStepBenchmarkResult Measure()
+    {
+        int steps = Options.Steps;
+        var step = new double[steps];
+        var wall = new double[steps];
+        var forward = new double[steps];
+        var backward = new double[steps];
+        var optimizer = new double[steps];
+        double loss = double.NaN;
+        for (int s = 0; s < steps; s++)
+        {
+            (loss, wall[s]) = Step(Options.WarmupSteps + s);
+            if (_timeline is not { } timeline) { step[s] = wall[s]; continue; }
+            int last = 2 * _accumulation + 1;
+            step[s] = timeline.ElapsedMilliseconds(0, last);
+            optimizer[s] = timeline.ElapsedMilliseconds(last - 1, last);
+            for (int m = 0; m < _accumulation; m++)
+            {
+                forward[s] += timeline.ElapsedMilliseconds(2 * m, 2 * m + 1);
+                backward[s] += timeline.ElapsedMilliseconds(2 * m + 1, 2 * m + 2);
+            }
+        }
+        bool phases = _timeline is not null;
+        return new TrainingStepBenchmarkResult
+        {
+            ParameterCount = _model.Parameters.ParameterCount,
+            BatchSize = Options.BatchSize,
+            MicroBatchSize = Options.EffectiveMicroBatchSize,
+            SequenceLength = Options.SequenceLength,
+            TimedSteps = steps,
+            StepMilliseconds = Median(step),
+            WallMilliseconds = Median(wall),
+            ForwardMilliseconds = phases ? Median(forward) : null,
+            BackwardMilliseconds = phases ? Median(backward) : null,
+            OptimizerMilliseconds = phases ? Median(optimizer) : null,
+            FinalLoss = loss,
+            FlopsPerToken = FlopsPerToken(_model.Config, _model.Parameters.ParameterCount, Options.SequenceLength),
+            PeakDeviceBytes = _peakDeviceBytes?.Invoke(),
+        };
+    }
+
+    /// <summary>One training step (<paramref name="index"/> counts warm-up steps too); returns its mean loss and host milliseconds.</summary>
+    private (double Loss, double WallMilliseconds) Step(int index)
+    {
+        var backend = _model.Backend;
+        double scale = 1.0 / (Options.BatchSize * (double)Options.SequenceLength);
+        long start = Stopwatch.GetTimestamp();
+        _timeline?.Mark(0);
+        _model.Parameters.ZeroGrad();
+        backend.Fill(_lossSum, 0);
+        for (int m = 0; m < _accumulation; m++)
+        {
+            var losses = _model.Loss(_tokens, _targets, microBatch: 0, lossScale: scale);
+            backend.Sum(losses, _lossSum, scale, accumulate: true);
+            _timeline?.Mark(2 * m + 1);
+            _model.Backward(microBatch: 0);
+            _timeline?.Mark(2 * m + 2);
+        }
+        _optimizer.Step(Options.LearningRate);
+        _timeline?.Mark(2 * _accumulation + 1);
+        double loss = backend.ReadScalar(_lossSum);   // the step's one host read, which also waits for the step
+        double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+        if (!double.IsFinite(loss))
+            throw new InvalidOperationException($"training benchmark: the loss is {loss} at step {index + 1}; the measured steps would not be meaningful (check the model's dtype and the learning rate)");
+        return (loss, ms);
+    }
+
+    private static double Median(double[] values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted[sorted.Length / 2];
+    }
+}

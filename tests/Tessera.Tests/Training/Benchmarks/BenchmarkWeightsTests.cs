@@ -1,0 +1,45 @@
+using Tessera.Models;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Training.Benchmarks;
+using Xunit;
+
+namespace Tessera.Tests.Training.Benchmarks;
+
+public sealed class BenchmarkWeightsTests
+{
+    private static Dictionary<string, float[]> Initialized(int seed)
+    {
+        var backend = new CpuBackend(2);
+        var model = new global::Tessera.Models.Transformer(ModelPresets.Get("gpt2-tiny"), backend, DType.F32);
+        BenchmarkWeights.Initialize(model, seed);
+        return model.Parameters.Parameters.ToDictionary(p => p.Name, p =>
+        {
+            var host = new float[p.NumElements];
+            backend.CopyToHost<float>(p.Value, host);
+            return host;
+        });
+    }
+
+    [Fact]
+    public void WeightsHaveGpt2sScaleAndNormsAndBiasesTheirNeutralValues()
+    {
+        var w = Initialized(seed: 4);
+        double Std(float[] v) => Math.Sqrt(v.Average(x => (double)x * x));
+        // 0.02 for matrices, 0.02 / sqrt(2 * 4 layers) for residual projections; 1% over 32K+ samples is loose enough.
+        Assert.Equal(0.02, Std(w["blocks.0.attn.qkv.weight"]), 0.0002);
+        Assert.Equal(0.02 / Math.Sqrt(8), Std(w["blocks.0.mlp.proj.weight"]), 0.0001);
+        Assert.All(w["blocks.0.norm1.weight"], x => Assert.Equal(1f, x));
+        Assert.All(w["blocks.0.attn.qkv.bias"], x => Assert.Equal(0f, x));
+    }
+
+    [Fact]
+    public void TheSameSeedGivesTheSameWeightsAndAnotherSeedOthers()
+    {
+        var a = Initialized(seed: 4);
+        var b = Initialized(seed: 4);
+        var c = Initialized(seed: 5);
+        Assert.Equal(a["tok_emb.weight"], b["tok_emb.weight"]);
+        Assert.NotEqual(a["tok_emb.weight"], c["tok_emb.weight"]);
+    }
+}

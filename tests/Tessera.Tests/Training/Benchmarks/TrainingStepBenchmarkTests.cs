@@ -1,0 +1,103 @@
+using Tessera.Models;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Training.Benchmarks;
+using Xunit;
+
+namespace Tessera.Tests.Training.Benchmarks;
+
+public sealed class TrainingStepBenchmarkTests
+{
+    private static global::Tessera.Models.Transformer DebugModel()
+    {
+        var model = new global::Tessera.Models.Transformer(ModelPresets.Get("gpt2-debug"), new CpuBackend(1), DType.F32);
+        model.InitializeWeights(1);
+        return model;
+    }
+
+    /// <summary>Marks in call order; each interval lasts 1.5 ms per mark index it spans, so every median is known exactly.</summary>
+    private sealed class FixedTimeline : IDeviceTimeline
+    {
+        public List<int> Marks { get; } = [];
+        public void Mark(int index) => Marks.Add(index);
+        public double ElapsedMilliseconds(int from, int to) => (to - from) * 1.5;
+    }
+
+    [Fact]
+    public void TimedStepsAreRealUpdatesAndTheReportedLossIsTheMeanTokenLoss()
+    {
+        var model = DebugModel();
+        var bench = new TrainingStepBenchmark(model, new TrainingStepBenchmarkOptions
+        {
+            BatchSize = 2, SequenceLength = 16, Steps = 1, WarmupSteps = 10, LearningRate = 1e-2,
+        });
+        // Measure before WarmUp: its one step's loss is the untrained model's (the loss is read before the update).
+        double initial = bench.Measure().FinalLoss;
+        bench.WarmUp();
+        double trained = bench.Measure().FinalLoss;
+        // Near-uniform logits at init give about ln(96) = 4.56 nats per token; a wrong loss scale would not.
+        Assert.InRange(initial, Math.Log(96) - 0.3, Math.Log(96) + 0.3);
+        // 11 AdamW updates at 1e-2 on one fixed batch of 32 tokens memorize a good part of it.
+        Assert.True(trained < initial - 0.5, $"loss {initial:F3} -> {trained:F3}: the steps did not train");
+    }
+
+    [Fact]
+    public void MicroBatchesAreTimedPhaseByPhaseAndThroughputFollowsTheMedianStep()
+    {
+        var model = DebugModel();
+        var timeline = new FixedTimeline();
+        var bench = new TrainingStepBenchmark(model,
+            new TrainingStepBenchmarkOptions { BatchSize = 4, MicroBatchSize = 2, SequenceLength = 8, Steps = 3, WarmupSteps = 1 },
+            timeline, peakDeviceBytes: () => 12345);
+        var r = bench.Run();
+
+        // Per step: start, (forward + loss, backward) for each of the 2 micro-batches, after the update.
+        Assert.Equal(Enumerable.Repeat(new[] { 0, 1, 2, 3, 4, 5 }, 4).SelectMany(x => x), timeline.Marks);
+        Assert.Equal(5 * 1.5, r.StepMilliseconds);
+        Assert.Equal(2 * 1.5, r.ForwardMilliseconds);
+        Assert.Equal(2 * 1.5, r.BackwardMilliseconds);
+        Assert.Equal(1.5, r.OptimizerMilliseconds);
+        Assert.Equal(2, r.MicroBatchSize);
+        Assert.Equal(3, r.TimedSteps);
+        Assert.Equal(12345, r.PeakDeviceBytes);
+        Assert.True(r.WallMilliseconds > 0);
+
+        var c = model.Config;
+        long n = model.Parameters.ParameterCount;
+        Assert.Equal(6.0 * n + 12.0 * c.Layers * 8 * c.Embedding, r.FlopsPerToken);
+        Assert.Equal(32, r.TokensPerStep);
+        Assert.Equal(32 / 0.0075, r.TokensPerSecond, 1e-9);
+        Assert.Equal(r.FlopsPerToken * 32 / 0.0075 / 1e12, r.ModelFlopsUtilization(1e12), 1e-12);
+    }
+
+    [Fact]
+    public void WithoutATimelineTheStepIsTheHostWallClockAndPhasesAreAbsent()
+    {
+        var r = new TrainingStepBenchmark(DebugModel(), new TrainingStepBenchmarkOptions { BatchSize = 1, SequenceLength = 8, Steps = 2, WarmupSteps = 0 }).Run();
+        Assert.Equal(r.WallMilliseconds, r.StepMilliseconds);
+        Assert.True(r.StepMilliseconds > 0);
+        Assert.True(r.TokensPerSecond > 0);
+        Assert.Null(r.ForwardMilliseconds);
+        Assert.Null(r.BackwardMilliseconds);
+        Assert.Null(r.OptimizerMilliseconds);
+        Assert.Null(r.PeakDeviceBytes);
+    }
+
+    public static TheoryData<TrainingStepBenchmarkOptions, string> InvalidOptions => new()
+    {
+        { new() { BatchSize = 0 }, "BatchSize (0)" },
+        { new() { Steps = 0 }, "Steps (0)" },
+        { new() { WarmupSteps = -1 }, "WarmupSteps (-1)" },
+        { new() { BatchSize = 4, MicroBatchSize = 3 }, "MicroBatchSize (3)" },
+        { new() { LearningRate = 0 }, "LearningRate (0)" },
+        { new() { SequenceLength = 33 }, "context of 32" },   // gpt2-debug holds 32 positions
+    };
+
+    [Theory]
+    [MemberData(nameof(InvalidOptions))]
+    public void InvalidOptionsAreRefusedNamingTheField(TrainingStepBenchmarkOptions options, string expected)
+    {
+        var e = Assert.Throws<ArgumentException>(() => new TrainingStepBenchmark(DebugModel(), options));
+        Assert.Contains(expected, e.Message);
+    }
+}
