@@ -18,6 +18,12 @@ public sealed unsafe partial class CudaBackend
         return new Tensor(new CudaStorage(this, _allocator, dtype, shape.NumElements), shape);
     }
 
+    /// <summary>
+    /// A tensor for one op's intermediate values, freed by the op right after its launches (stream-ordered). Unlike
+    /// <see cref="Allocate"/> it is allowed while recording a graph, whose allocation and free nodes then own the memory.
+    /// </summary>
+    private Tensor ScratchTensor(Shape shape, DType dtype) => new(new CudaStorage(this, _allocator, dtype, shape.NumElements), shape);
+
     public void CopyFromHost<T>(ReadOnlySpan<T> source, Tensor destination) where T : unmanaged
     {
         RefuseWhileCapturing("CopyFromHost");

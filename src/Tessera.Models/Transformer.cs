@@ -281,7 +281,7 @@ public sealed class Transformer
         var ctx = PassContext.Transient(Activations);
         var x = Embed(ctx, tokens, b, t, cache);                     // (B, T, C): the residual stream, updated in place
         foreach (var block in Blocks) x = block.ForwardCached(ctx, x, cache);
-        var logits = Head.Forward(ctx, FinalNorm.Forward(ctx, x.Reshape(b * t, Config.Embedding)));
+        var logits = Head.ForwardNormalized(ctx, x.Reshape(b * t, Config.Embedding), FinalNorm);
         cache.Advance(t);
         return logits.Reshape(b, t, Config.EffectivePaddedVocab);
     }

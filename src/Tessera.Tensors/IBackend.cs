@@ -90,7 +90,16 @@ public interface IBackend
     /// gateWeight and upWeight (F,C) (nn.Linear's layout), biases (F) or null. One pass over both weights where the backend
     /// fuses it (the CUDA backend does for N &lt;= 4, decoding); otherwise two products and <see cref="SwiGluForward"/>.
     /// </summary>
-    void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null);
+    /// <remarks>With <paramref name="norm"/>, x is first normalized by it (see <see cref="RmsNormMatMul"/>).</remarks>
+    void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
+        RmsNormPrologue? norm = null);
+
+    /// <summary>
+    /// output (N,F) = RMSNorm(x) weight^T (+ bias) for x (N,C) and weight (F,C): a pre-norm block's norm and the product that
+    /// reads it, fused where the backend can (the CUDA backend for N &lt;= 4); otherwise <see cref="RmsNormForward"/> then
+    /// <see cref="MatMul"/>. Nothing is saved for backward (inference).
+    /// </summary>
+    void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null);
 
     /// <summary>Row-wise softmax of x (N,V) into output (N,V).</summary>
     void Softmax(Tensor x, Tensor output);

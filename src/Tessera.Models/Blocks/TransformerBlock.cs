@@ -115,8 +115,8 @@ public sealed class TransformerBlock
             throw new ArgumentException($"{Name}: input {x.Shape} must be contiguous (B, T, {Channels})");
         int b = x.Size(0), t = x.Size(1), n = b * t;
         var xf = x.Reshape(n, Channels);                              // (N, C): the residual stream, updated in place
-        Attention.ForwardCached(ctx, Norm1.Forward(ctx, xf).Reshape(b, t, Channels), cache, Index, xf);
-        Mlp.ForwardAccumulate(ctx, Norm2.Forward(ctx, xf), xf);
+        Attention.ForwardCached(ctx, x, Norm1, cache, Index, xf);
+        Mlp.ForwardAccumulate(ctx, xf, Norm2, xf);
         return x;
     }
 

@@ -103,12 +103,13 @@ public sealed class CausalSelfAttention
     }
 
     /// <summary>
-    /// Inference: <paramref name="residual"/> (B*T, C) += attention of x (B, T, C), whose T new positions follow the ones in
+    /// Inference: <paramref name="residual"/> (B*T, C) += attention of norm(x) for x (B, T, C) (the norm fused into the QKV
+    /// product where the backend can), whose T new positions follow the ones in
     /// <paramref name="cache"/> (at its device-side <see cref="KvCache.Positions"/>); writes their keys and values into
     /// cache layer <paramref name="layer"/> (the caller advances the cache after the last layer). No launch depends on a
     /// host-side length, so a recorded decode step replays at any position. Saves nothing.
     /// </summary>
-    public void ForwardCached(in PassContext ctx, Tensor x, KvCache cache, int layer, Tensor residual)
+    public void ForwardCached(in PassContext ctx, Tensor x, INormalization norm, KvCache cache, int layer, Tensor residual)
     {
         CheckInput(x);
         int b = x.Size(0), t = x.Size(1), n = b * t;
@@ -116,7 +117,7 @@ public sealed class CausalSelfAttention
             throw new ArgumentException($"{Name}: cache (batch {cache.Batch}, {cache.KvHeads} kv heads of size {cache.HeadSize}) does not fit input {x.Shape} with {KvHeads} kv heads of size {HeadSize}");
         cache.EnsureRoom(t);
         var backend = x.Backend;
-        var qkv = Qkv.Forward(ctx, x.Reshape(n, Channels)).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
+        var qkv = Qkv.ForwardNormalized(ctx, x.Reshape(n, Channels), norm).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
         var positions = cache.Positions;
         // q and k heads are adjacent in the fused activation, and so are k and v: one launch each.
         if (RopeTheta is double theta) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), positions, theta);

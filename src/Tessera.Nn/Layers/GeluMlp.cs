@@ -36,10 +36,10 @@ public sealed class GeluMlp : IFeedForward
     }
 
     /// <inheritdoc/>
-    public void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
+    public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
     {
         var h = ctx.Buffer(_hidden, new Shape(x.Size(0), Fc.OutFeatures), x.DType); // (N, F): pre-activation
-        Projection.ForwardAccumulate(Fc.ForwardGelu(ctx, x, h), residual);
+        Projection.ForwardAccumulate(Fc.ForwardGelu(ctx, norm.Forward(ctx, x), h), residual);
     }
 
     /// <inheritdoc/>

@@ -14,8 +14,11 @@ public interface IFeedForward
     /// <summary>y (N, C) from x (N, C), in a pooled buffer; saves what backward needs.</summary>
     Tensor Forward(in PassContext ctx, Tensor x);
 
-    /// <summary>Inference: <paramref name="residual"/> (N, C) += the MLP of x (N, C), the last product accumulating; saves nothing.</summary>
-    void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual);
+    /// <summary>
+    /// Inference: <paramref name="residual"/> (N, C) += the MLP of norm(x) for x (N, C), the last product accumulating and the
+    /// norm fused into the first products where the backend can; saves nothing.
+    /// </summary>
+    void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual);
 
     /// <summary>dx (N, C) from dy (N, C) (= or +=, when <paramref name="accumulateDx"/>); parameter gradients accumulate.</summary>
     void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false);

@@ -60,6 +60,19 @@ public sealed class Linear
     }
 
     /// <summary>
+    /// Inference: y (N, out) = norm(x) W^T + b for x (N, in), in a pooled buffer of <paramref name="ctx"/>: the norm in front of
+    /// this layer applied by the product itself where the backend fuses them (<see cref="RmsNorm"/>), else first. Saves nothing.
+    /// </summary>
+    public Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm)
+    {
+        if (norm is not RmsNorm rms) return Forward(ctx, norm.Forward(ctx, x));
+        CheckInput(x);
+        var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
+        x.Backend.RmsNormMatMul(x, rms.Prologue, Weight.Value, y, Bias?.Value);
+        return y;
+    }
+
+    /// <summary>
     /// Inference: <paramref name="residual"/> (N, out) += x (N, in) W^T + b, one product that also does the residual add.
     /// Saves nothing for backward.
     /// </summary>

@@ -28,6 +28,9 @@ public sealed class RmsNorm : INormalization
     /// <summary>Added to the mean square.</summary>
     public double Epsilon { get; }
 
+    /// <summary>This norm as the prologue of a product (<see cref="IBackend.RmsNormMatMul"/>), for inference.</summary>
+    public RmsNormPrologue Prologue => new(Weight.Value, Epsilon);
+
     /// <inheritdoc/>
     public Tensor Forward(in PassContext ctx, Tensor x)
     {

@@ -47,10 +47,11 @@ public sealed class SwiGluMlp : IFeedForward
     }
 
     /// <inheritdoc/>
-    public void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
+    public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
     {
         var a = ctx.Buffer(_activated, new Shape(x.Size(0), Gate.OutFeatures), x.DType);   // (N, F)
-        x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value);
+        if (norm is RmsNorm rms) x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue);
+        else x.Backend.MatMulSwiGlu(norm.Forward(ctx, x), Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value);
         Projection.ForwardAccumulate(a, residual);                   // (N, C) += proj(a)
     }
 

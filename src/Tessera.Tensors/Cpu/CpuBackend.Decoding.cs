@@ -104,14 +104,30 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null)
+    public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
+        RmsNormPrologue? norm = null)
     {
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(output);
+        if (norm is RmsNormPrologue n) x = Normalized(x, n);
         var gate = Allocate(output.Shape, output.DType);
         var up = Allocate(output.Shape, output.DType);
         MatMul(x, gateWeight, gate, transposeB: true, bias: gateBias);
         MatMul(x, upWeight, up, transposeB: true, bias: upBias);
         SwiGluForward(gate, up, output);
+    }
+
+    public void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        MatMul(Normalized(x, norm), weight, output, transposeB: true, bias: bias);
+    }
+
+    private Tensor Normalized(Tensor x, RmsNormPrologue norm)
+    {
+        var h = Allocate(x.Shape, x.DType);
+        var rstd = Allocate(new Shape(x.Size(0)), x.DType == DType.F64 ? DType.F64 : DType.F32);
+        RmsNormForward(x, norm.Weight, h, rstd, norm.Epsilon);
+        return h;
     }
 
     /// <summary>Reads (B) I32 start positions, checking their shape and sign.</summary>
