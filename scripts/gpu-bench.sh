@@ -71,6 +71,13 @@ run)
     train() { timeout "$1" $dn "$dir/app/GpuBenchLauncher.dll" gpu-train "${@:2}" 2>>"$out/bench.err" | tee -a "$out/train.md"; }
     if [ "${RUN_TRAIN:-1}" = 1 ]; then
         t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2; echo "gpu-train: $(( $(date +%s) - t0 )) s"
+        # A/B runs with one kernel switched back to its previous version (TRAIN_VARIANTS="ce ln").
+        for variant in ${TRAIN_VARIANTS:-}; do
+            case "$variant" in
+                ce) echo "(TESSERA_CUDA_CE_REGS=0: two-read cross-entropy)"; TESSERA_CUDA_CE_REGS=0 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
+                ln) echo "(TESSERA_CUDA_LN_SMEM=0: register-accumulator LayerNorm backward)"; TESSERA_CUDA_LN_SMEM=0 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
+            esac
+        done
         if [ "${RUN_RECOMPUTE:-1}" = 1 ]; then
             t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --recompute --no-header; echo "gpu-train --recompute: $(( $(date +%s) - t0 )) s"
         fi
@@ -88,12 +95,13 @@ run)
         # The decode step recorded in a CUDA graph (default), run op by op, and with cuBLASLt for the products.
         decode() { timeout "${DECODE_TIMEOUT:-60}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-decode "$@" 2>>"$out/bench.err" | tee -a "$out/decode.md"; }
         t0=$(date +%s); decode; echo "gpu-decode: $(( $(date +%s) - t0 )) s"
-        if [ "${RUN_DECODE_VARIANTS:-1}" = 1 ]; then
-            decode --no-graph --no-header
-            TESSERA_CUDA_GEMV=0 decode --no-header
-            TESSERA_CUDA_PROFILE=1 decode --no-header --repeat 2 > "$out/decode-profile.md"
-            head -40 "$out/decode-profile.md"
-        fi
+        for variant in ${DECODE_VARIANTS-eager cublas profile}; do
+            case "$variant" in
+                eager) decode --no-graph --no-header ;;
+                cublas) TESSERA_CUDA_GEMV=0 decode --no-header ;;
+                profile) TESSERA_CUDA_PROFILE=1 decode --no-header --repeat 2 > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
+            esac
+        done
     fi
     if [ "${RUN_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
         # GPU time of every kernel of a few eager decode steps (no host gaps): the per-kernel floor table's input.

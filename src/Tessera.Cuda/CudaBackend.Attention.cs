@@ -47,11 +47,35 @@ public sealed unsafe partial class CudaBackend
         splits = (s + keysPerSplit - 1) / keysPerSplit;
         ulong part = Scratch((long)b * h * t * splits * (d + 2) * sizeof(float));
         string suffix = FlashSuffix(dtype, d);
-        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts };
+        // The last CTA of each (b, h) merges the splits (one launch, not two) when the counters exist: they are made,
+        // zeroed, outside any graph recording and stay zero between launches.
+        ulong counters = DecodeCounters(b * h);
+        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts, &counters, &po, &pl, &so };
         Launch("flash_attention.cu", "flash_decode_" + suffix, ((uint)splits, (uint)h, (uint)b), FlashThreads, a1);
-        void** a2 = stackalloc void*[] { &part, &po, &pl, &t, &h, &splits, &so };
-        Launch("flash_attention.cu", "flash_decode_combine_" + suffix, (uint)(b * h * t), (uint)d, a2);
+        if (counters == 0)
+        {
+            void** a2 = stackalloc void*[] { &part, &po, &pl, &t, &h, &splits, &so };
+            Launch("flash_attention.cu", "flash_decode_combine_" + suffix, (uint)(b * h * t), (uint)d, a2);
+        }
         FreeScratch(part);
+    }
+
+    private ulong _decodeCounters;
+    private int _decodeCounterCapacity;
+
+    /// <summary>At least <paramref name="count"/> zeroed I32 split counters for the fused decode combine, or 0 when they would
+    /// have to grow while a graph is being recorded (the caller then launches the separate combine kernel).</summary>
+    private ulong DecodeCounters(int count)
+    {
+        if (count <= _decodeCounterCapacity) return _decodeCounters;
+        if (_capturing) return 0;
+        if (_decodeCounters != 0) _allocator.Free(_decodeCounters);
+        int capacity = Math.Max(count, 1024);
+        _decodeCounters = _allocator.Allocate(capacity * sizeof(int));
+        _decodeCounterCapacity = capacity;
+        CudaDevice.MakeCurrent();
+        Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(_decodeCounters, 0, (nuint)(capacity * sizeof(int)), Stream.Handle), "cuMemsetD8Async");
+        return _decodeCounters;
     }
 
     private void FlashBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,

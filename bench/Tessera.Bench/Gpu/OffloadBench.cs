@@ -7,6 +7,7 @@ using Tessera.Models;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Training;
+using Tessera.Training.Benchmarks;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
@@ -65,7 +66,7 @@ public static class OffloadBench
         using var group = NcclProcessGroup.Create("world", 0, 1, NcclProcessGroup.CreateUniqueId(), access, TimeSpan.FromMinutes(5));
         var config = ModelPresets.Get(preset);
         var model = new Transformer(config, backend, dtype) { RecomputeActivations = recompute };
-        model.InitializeWeights(1);
+        BenchmarkWeights.Initialize(model, seed: 1);   // all cores: InitializeWeights draws one normal at a time (~20 s per 1B parameters)
 
         var shard = Path.Combine(Path.GetTempPath(), $"tessera-offload-{Environment.ProcessId}.bin");
         var rng = new Random(3);

@@ -349,26 +349,63 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
     }
 }
 
-// One CTA of D threads per (b, h, t) row: merges the splits, writes the output row and lse.
-template <typename T, int D>
-__device__ void flash_decode_combine(const float* part, T* o, float* lse, int Tq, int H, int splits, Strides3 os)
+// L2-coherent load and a device-wide fence, as inline PTX (no CUDA headers under NVRTC).
+__device__ __forceinline__ float load_cg(const float* p)
 {
-    const int row = blockIdx.x, d = threadIdx.x;
-    const int t = row % Tq, h = (row / Tq) % H, b = row / (Tq * H);
-    const float* p = part + (i64)row * splits * (D + 2);
+    float r;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ void fence_gpu() { asm volatile("membar.gl;" ::: "memory"); }
+
+// Merges the splits of one (b, h, t) row, element d of D (and the lse from d = 0): partials read with ld.global.cg,
+// since in the fused path other CTAs wrote them during this kernel and L1 is not coherent.
+template <typename T, int D>
+__device__ __forceinline__ void flash_decode_merge(const float* p, T* o, float* lse, int b, int h, int t, int d, int Tq, int H,
+    int splits, Strides3 os)
+{
     float M = NEG_INF;
-    for (int i = 0; i < splits; i++) M = fmaxf(M, p[i * (D + 2) + D]);
+    for (int i = 0; i < splits; i++) M = fmaxf(M, load_cg(p + i * (D + 2) + D));
     float L = 0.f, acc = 0.f;
     for (int i = 0; i < splits; i++)
     {
         const float* pi = p + i * (D + 2);
-        if (pi[D] == NEG_INF) continue;
-        float w = exp2f(pi[D] - M);
-        L += pi[D + 1] * w;
-        acc += pi[d] * w;
+        const float m = load_cg(pi + D);
+        if (m == NEG_INF) continue;
+        float w = exp2f(m - M);
+        L += load_cg(pi + D + 1) * w;
+        acc += load_cg(pi + d) * w;
     }
     o[b * os.b + (i64)t * os.t + (i64)h * os.h + d] = from_f<T>(acc / L);
     if (lse && d == 0) lse[((i64)b * H + h) * Tq + t] = (M + log2f(L)) * LN2;
+}
+
+// One CTA of D threads per (b, h, t) row: merges the splits, writes the output row and lse.
+template <typename T, int D>
+__device__ void flash_decode_combine(const float* part, T* o, float* lse, int Tq, int H, int splits, Strides3 os)
+{
+    const int row = blockIdx.x;
+    const int t = row % Tq, h = (row / Tq) % H, b = row / (Tq * H);
+    flash_decode_merge<T, D>(part + (i64)row * splits * (D + 2), o, lse, b, h, t, threadIdx.x, Tq, H, splits, os);
+}
+
+// The combine folded into the split kernel: the last CTA of a (b, h) to finish (a counter per (b, h), reset by that
+// CTA so the next launch, or graph replay, finds it zero) merges every split. One launch per layer fewer when decoding.
+template <typename T, int D>
+__device__ void flash_decode_finish(const float* part, int* counters, T* o, float* lse, int Tq, int H, Strides3 os)
+{
+    __shared__ int last;
+    const int splits = gridDim.x, h = blockIdx.y, b = blockIdx.z;
+    fence_gpu();                             // this CTA's partials are visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counters + b * H + h, 1) == splits - 1;
+    __syncthreads();
+    if (!last) return;
+    fence_gpu();
+    for (int t = 0; t < Tq; t++)
+        for (int d = threadIdx.x; d < D; d += blockDim.x)
+            flash_decode_merge<T, D>(part + (((i64)b * H + h) * Tq + t) * splits * (D + 2), o, lse, b, h, t, d, Tq, H, splits, os);
+    if (threadIdx.x == 0) counters[b * H + h] = 0;
 }
 
 // ------------------------------------------------------------------------------------ backward
@@ -633,11 +670,12 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
         const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
-        float scale, int keysPerSplit, const int* starts)                                                       \
+        float scale, int keysPerSplit, const int* starts, int* counters, T* o, float* lse, Strides3 os)          \
     {                                                                                                           \
         /* KV cache: the valid length is read here, so one launch (and a captured graph) serves every length. */ \
         if (starts) { S = starts[blockIdx.z] + Tq; keysPerSplit = (S + gridDim.x - 1) / gridDim.x; }            \
         flash_decode<T, D>(q, k, v, part, Tq, S, H, KH, qs, ks, vs, scale, keysPerSplit);                       \
+        if (counters) flash_decode_finish<T, D>(part, counters, o, lse, Tq, H, os);                             \
     }                                                                                                           \
     extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
         int H, int splits, Strides3 os)                                                                         \

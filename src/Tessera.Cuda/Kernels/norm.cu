@@ -1,3 +1,4 @@
+struct alignas(16) f32x4s { float x, y, z, w; };
 // LayerNorm and RMSNorm, forward and backward: one block per row, fp32 statistics.
 // Backward adds dx into dx, and writes per-block partial weight (and bias) gradients into a
 // scratch matrix (G, 2C) (G = gridDim.x); column_reduce in reduce.cu then adds them to dWeight, dBias.
@@ -208,6 +209,82 @@ template <typename T> __device__ void rmsnorm_backward(const T* dout, const T* x
     }
 }
 
+// The warp-per-row backward with each warp's weight and bias gradients in its own slice of shared memory (2C floats,
+// read-modify-written with 16-byte accesses) instead of registers: the register version holds 4 x 8 x 2 accumulators a
+// lane on top of the row, which left one 256-thread CTA per SM. The slices are summed in warp order at the end, so the
+// result is as deterministic as before. Dynamic shared memory: warps * 2C floats.
+template <typename T> __device__ void layernorm_backward_warp_smem(const T* dout, const T* x, const T* w, const float* mean,
+                                                                   const float* rstd, T* dx, float* scratch, i64 rows, int C)
+{
+    constexpr int N = Vec16<T>::N, K = 4;
+    extern __shared__ float lnacc[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float* mine = lnacc + (i64)warp * 2 * C;           // dW at [0, C), dB at [C, 2C)
+    for (int i = lane * 4; i < 2 * C; i += 32 * 4) *reinterpret_cast<f32x4s*>(mine + i) = f32x4s{0.f, 0.f, 0.f, 0.f};
+    __syncwarp();
+    for (i64 row = (i64)blockIdx.x * warps + warp; row < rows; row += (i64)gridDim.x * warps)
+    {
+        const T* xr = x + row * C; const T* dr = dout + row * C; T* dxr = dx + row * C;
+        const float mu = mean[row], r = rstd[row];
+        float dv[K][N], xh[K][N];
+        float a = 0.f, bsum = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+        {
+            const int i = (k * 32 + lane) * N;
+            if (i < C)
+            {
+                float wv[N];
+                load16(dr + i, dv[k]);
+                load16(xr + i, xh[k]);
+                load16(w + i, wv);
+#pragma unroll
+                for (int j = 0; j < N; j++)
+                {
+                    xh[k][j] = (xh[k][j] - mu) * r;
+                    const float dn = dv[k][j] * wv[j];
+                    a += dn;
+                    bsum += dn * xh[k][j];
+                }
+            }
+        }
+        a = warp_sum(a) / C;
+        bsum = warp_sum(bsum) / C;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+        {
+            const int i = (k * 32 + lane) * N;
+            if (i < C)
+            {
+                float o[N], wv[N];
+                load16(dxr + i, o);
+                load16(w + i, wv);
+#pragma unroll
+                for (int j = 0; j < N; j++) o[j] += r * (dv[k][j] * wv[j] - a - xh[k][j] * bsum);
+                store16(dxr + i, o);
+#pragma unroll
+                for (int j = 0; j < N; j += 4)
+                {
+                    f32x4s* pw = reinterpret_cast<f32x4s*>(mine + i + j);
+                    f32x4s* pb = reinterpret_cast<f32x4s*>(mine + C + i + j);
+                    f32x4s gw = *pw, gb = *pb;
+                    gw.x += dv[k][j] * xh[k][j]; gw.y += dv[k][j + 1] * xh[k][j + 1];
+                    gw.z += dv[k][j + 2] * xh[k][j + 2]; gw.w += dv[k][j + 3] * xh[k][j + 3];
+                    gb.x += dv[k][j]; gb.y += dv[k][j + 1]; gb.z += dv[k][j + 2]; gb.w += dv[k][j + 3];
+                    *pw = gw; *pb = gb;
+                }
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x)
+    {
+        float sum = 0.f;
+        for (int q = 0; q < warps; q++) sum += lnacc[(i64)q * 2 * C + i];
+        scratch[(i64)blockIdx.x * 2 * C + i] = sum;
+    }
+}
+
 #define NORM(n, T)                                                                                             \
     extern "C" __global__ void layernorm_forward_##n(const T* x, const T* w, const T* b, T* out, float* mean,  \
                                                      float* rstd, int C, float eps)                            \
@@ -229,6 +306,12 @@ template <typename T> __device__ void rmsnorm_backward(const T* dout, const T* x
                                                            float* scratch, i64 N, int C)                       \
     {                                                                                                          \
         layernorm_backward_warp<T, 4>(dout, x, w, mean, rstd, dx, scratch, N, C);                              \
+    }                                                                                                          \
+    extern "C" __global__ void layernorm_backward_warp_smem_##n(const T* dout, const T* x, const T* w,         \
+                                                                const float* mean, const float* rstd, T* dx,   \
+                                                                float* scratch, i64 N, int C)                  \
+    {                                                                                                          \
+        layernorm_backward_warp_smem<T>(dout, x, w, mean, rstd, dx, scratch, N, C);                            \
     }                                                                                                          \
     extern "C" __global__ void rmsnorm_forward_##n(const T* x, const T* w, T* out, float* rstd, int C, float eps) \
     {                                                                                                          \
