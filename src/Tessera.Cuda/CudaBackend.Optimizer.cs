@@ -29,13 +29,6 @@ public sealed unsafe partial class CudaBackend
         long size = logits.DType.SizeInBytes();
         int aligned = px % 16 == 0 && pd % 16 == 0 && xs * size % 16 == 0 && ds * size % 16 == 0 ? 1 : 0;
         float scale = (float)lossScale;
-        // 16-bit rows of up to 64K columns: the register-resident kernel reads each row once (1024 threads x 8 chunks of 8).
-        if (aligned == 1 && logits.DType is DType.BF16 or DType.F16 && v <= 1024 * 8 * 8 && _crossEntropyInRegisters)
-        {
-            void** ra = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale };
-            Launch("softmax.cu", "cross_entropy_regs_" + Suffix(logits.DType, op), (uint)rows, 1024, ra);
-            return;
-        }
         void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned };
         Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, RowBlock(v), args);
     }

@@ -16,7 +16,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
 {
     private const int Threads = 256;
     private readonly CudaAllocator _allocator;
-    private readonly bool _gemvEnabled, _crossEntropyInRegisters, _layerNormSharedAccumulators;   // switches for A/B measurements (environment, read once)
+    private readonly bool _gemvEnabled, _layerNormSharedAccumulators;   // switches for A/B measurements (environment, read once)
     private KernelLibrary? _kernels;
 
     /// <summary>
@@ -32,7 +32,6 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         KernelCache = new KernelCache(kernelCacheFolder);
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_PROFILE") == "1") Profiler = new CudaOpProfiler(CudaDevice, Stream);
         _gemvEnabled = Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV") != "0";
-        _crossEntropyInRegisters = Environment.GetEnvironmentVariable("TESSERA_CUDA_CE_REGS") != "0";
         _layerNormSharedAccumulators = Environment.GetEnvironmentVariable("TESSERA_CUDA_LN_SMEM") != "0";
     }
 
