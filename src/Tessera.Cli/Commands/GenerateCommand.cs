@@ -16,6 +16,7 @@ internal static class GenerateCommand
           or a Hugging Face model directory (config.json, model.safetensors or shards, tokenizer files).
           --max-tokens N [128]  --temperature X [0: greedy]  --top-k K [0]  --top-p P [1]  --seed N [0]
           --stop TEXT (repeatable as comma list of token ids with --stop-ids 1,2)  --device cpu|cuda [cpu]  --threads N
+          --dtype f32|bf16 [f32]  bf16 weights (GPU only) halve the bytes each decoded token reads
           --tokenizer byte|DIR    override the tokenizer found with the model
         """;
 
@@ -35,14 +36,22 @@ internal static class GenerateCommand
         string device = args.String("device", "cpu")!;
         int threads = args.Int("threads", Environment.ProcessorCount);
         string? tokenizerSpec = args.String("tokenizer");
+        var dtype = args.String("dtype", "f32") switch
+        {
+            "f32" => DType.F32,
+            "bf16" => DType.BF16,
+            var other => throw new UsageException($"--dtype {other}: expected f32 or bf16"),
+        };
         args.ThrowOnUnknown("generate");
+        if (dtype == DType.BF16 && !device.StartsWith("cuda", StringComparison.Ordinal))
+            throw new UsageException("--dtype bf16 needs --device cuda: the CPU backend computes in f32 or f64");
         sampling.Validate();
         if (maxTokens <= 0) throw new UsageException($"--max-tokens ({maxTokens}) must be positive");
 
         var modelDir = ResolveModelDirectory(dir);
         var backend = BackendFactory.Create(device, threads);
         var checkpointConfig = File.Exists(Path.Combine(modelDir, "trainer_state.json")) ? TrainingCheckpoint.ReadState(modelDir).Model : null;
-        var model = PretrainedModel.Load(modelDir, backend, DType.F32, checkpointConfig);
+        var model = PretrainedModel.Load(modelDir, backend, dtype, checkpointConfig);
         tokenizerSpec ??= TokenizerOf(modelDir);
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
 

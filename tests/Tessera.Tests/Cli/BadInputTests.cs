@@ -98,4 +98,12 @@ public sealed class BadInputTests : IDisposable
         Assert.Equal(2, code);
         Assert.Contains("--device cuda", err);
     }
+
+    [Fact]
+    public void Bf16GenerationOnTheCpuIsAUsageErrorNamingTheDevice()
+    {
+        var (code, _, err) = CliProcess.Run("generate", "--model", _dir, "--prompt", "x", "--dtype", "bf16");
+        Assert.Equal(2, code);
+        Assert.Contains("--device cuda", err);
+    }
 }
