@@ -71,12 +71,6 @@ run)
     train() { timeout "$1" $dn "$dir/app/GpuBenchLauncher.dll" gpu-train "${@:2}" 2>>"$out/bench.err" | tee -a "$out/train.md"; }
     if [ "${RUN_TRAIN:-1}" = 1 ]; then
         t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2; echo "gpu-train: $(( $(date +%s) - t0 )) s"
-        # A/B runs with one kernel switched back to its previous version (TRAIN_VARIANTS="ln").
-        for variant in ${TRAIN_VARIANTS:-}; do
-            case "$variant" in
-                ln) echo "(TESSERA_CUDA_LN_SMEM=0: register-accumulator LayerNorm backward)"; TESSERA_CUDA_LN_SMEM=0 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
-            esac
-        done
         if [ "${RUN_RECOMPUTE:-1}" = 1 ]; then
             t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --recompute --no-header; echo "gpu-train --recompute: $(( $(date +%s) - t0 )) s"
         fi

@@ -49,19 +49,17 @@ public sealed unsafe partial class CudaBackend
         RequireElementwise(op, x, (dOutput, "dOutput"), (dx, "dx"));
         if (rows == 0) return;
         ulong pd = Ptr(dOutput), px = Ptr(x), pw = Ptr(weight), pm = Ptr(mean), pr = Ptr(rstd), pdx = Ptr(dx);
-        // The warp kernel keeps a lane's columns in registers: 4 16-byte vectors, so C <= 128 * (16 / element size).
-        bool warp = Vectorizable(x.DType, c, pd, px, pw, pdx) && c <= 128 * (16 / x.DType.SizeInBytes());
-        int g = warp
-            ? (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, 2L * CudaDevice.MultiprocessorCount)
-            : (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
-        // Gradient slices in shared memory (8 warps x 2C floats) let several CTAs share an SM: grid of 4 per SM.
+        // The warp kernel holds a lane's row columns in registers (4 16-byte vectors, so C <= 128 * (16 / element size)) and
+        // its warp's gradient slice in shared memory (8 warps x 2C floats), which lets several CTAs share an SM: 4 per SM.
         uint smemBytes = (uint)(WarpRowsPerBlock * 2 * c * sizeof(float));
-        bool smem = warp && _layerNormSharedAccumulators && c % 4 == 0 && smemBytes <= CudaDevice.MaxSharedMemoryPerBlockOptIn;
-        if (smem) g = (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, 4L * CudaDevice.MultiprocessorCount);
+        bool warp = Vectorizable(x.DType, c, pd, px, pw, pdx) && c <= 128 * (16 / x.DType.SizeInBytes()) && c % 4 == 0
+            && smemBytes <= CudaDevice.MaxSharedMemoryPerBlockOptIn;
+        int g = warp
+            ? (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, 4L * CudaDevice.MultiprocessorCount)
+            : (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
         ulong scratch = Scratch((long)g * 2 * c * sizeof(float));
         void** args = stackalloc void*[] { &pd, &px, &pw, &pm, &pr, &pdx, &scratch, &rows, &c };
-        if (smem) Launch("norm.cu", "layernorm_backward_warp_smem_" + Suffix(x.DType, op), (uint)g, 32 * WarpRowsPerBlock, args, smemBytes);
-        else if (warp) Launch("norm.cu", "layernorm_backward_warp_" + Suffix(x.DType, op), (uint)g, 32 * WarpRowsPerBlock, args);
+        if (warp) Launch("norm.cu", "layernorm_backward_warp_" + Suffix(x.DType, op), (uint)g, 32 * WarpRowsPerBlock, args, smemBytes);
         else Launch("norm.cu", "layernorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
         ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
         if (dBias is not null) ColumnReduce(scratch + (ulong)(c * sizeof(float)), g, 2L * c, c, dBias.DType, Ptr(dBias), op);

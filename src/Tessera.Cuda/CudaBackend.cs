@@ -16,7 +16,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
 {
     private const int Threads = 256;
     private readonly CudaAllocator _allocator;
-    private readonly bool _gemvEnabled, _layerNormSharedAccumulators;   // switches for A/B measurements (environment, read once)
+    private readonly bool _gemvEnabled;   // TESSERA_CUDA_GEMV=0 sends decode products to cuBLASLt (A/B measurement), read once
     private KernelLibrary? _kernels;
 
     /// <summary>
@@ -32,7 +32,6 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         KernelCache = new KernelCache(kernelCacheFolder);
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_PROFILE") == "1") Profiler = new CudaOpProfiler(CudaDevice, Stream);
         _gemvEnabled = Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV") != "0";
-        _layerNormSharedAccumulators = Environment.GetEnvironmentVariable("TESSERA_CUDA_LN_SMEM") != "0";
     }
 
     /// <summary>Per-op timing, present when the environment variable TESSERA_CUDA_PROFILE is 1 at construction.</summary>
