@@ -13,7 +13,7 @@ namespace Tessera.Models;
 /// Training: <see cref="Loss"/> (forward + cross-entropy, keeps dlogits) then <see cref="Backward"/>
 /// for each micro-batch; gradients accumulate in <see cref="Parameters"/>. Activations of each
 /// micro-batch live in <see cref="Activations"/> under its id, so a pipeline schedule may interleave
-/// micro-batches. Inference: <see cref="ForwardWithCache"/> with a <see cref="KvCache"/>.
+/// micro-batches. Inference: <see cref="ForwardWithCache(Tensor, KvCache)"/> with a <see cref="KvCache"/>.
 /// </para>
 /// </summary>
 public sealed class Transformer

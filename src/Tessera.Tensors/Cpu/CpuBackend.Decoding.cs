@@ -108,25 +108,55 @@ public sealed unsafe partial class CpuBackend
         RmsNormPrologue? norm = null)
     {
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(output);
-        if (norm is RmsNormPrologue n) x = Normalized(x, n);
+        var normalized = norm is RmsNormPrologue n ? Normalized(x, n) : null;
         var gate = Allocate(output.Shape, output.DType);
         var up = Allocate(output.Shape, output.DType);
-        MatMul(x, gateWeight, gate, transposeB: true, bias: gateBias);
-        MatMul(x, upWeight, up, transposeB: true, bias: upBias);
-        SwiGluForward(gate, up, output);
+        try
+        {
+            MatMul(normalized ?? x, gateWeight, gate, transposeB: true, bias: gateBias);
+            MatMul(normalized ?? x, upWeight, up, transposeB: true, bias: upBias);
+            SwiGluForward(gate, up, output);
+        }
+        finally
+        {
+            gate.Storage.Dispose();
+            up.Storage.Dispose();
+            normalized?.Storage.Dispose();
+        }
     }
 
     public void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null)
     {
         ArgumentNullException.ThrowIfNull(x);
-        MatMul(Normalized(x, norm), weight, output, transposeB: true, bias: bias);
+        var normalized = Normalized(x, norm);
+        try
+        {
+            MatMul(normalized, weight, output, transposeB: true, bias: bias);
+        }
+        finally
+        {
+            normalized.Storage.Dispose();
+        }
     }
 
+    /// <summary>RMSNorm(x) in a new tensor, which the caller disposes (the composition of the fused inference ops).</summary>
     private Tensor Normalized(Tensor x, RmsNormPrologue norm)
     {
         var h = Allocate(x.Shape, x.DType);
         var rstd = Allocate(new Shape(x.Size(0)), x.DType == DType.F64 ? DType.F64 : DType.F32);
-        RmsNormForward(x, norm.Weight, h, rstd, norm.Epsilon);
+        try
+        {
+            RmsNormForward(x, norm.Weight, h, rstd, norm.Epsilon);
+        }
+        catch
+        {
+            h.Storage.Dispose();
+            throw;
+        }
+        finally
+        {
+            rstd.Storage.Dispose();
+        }
         return h;
     }
 
