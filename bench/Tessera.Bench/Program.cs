@@ -18,6 +18,8 @@ switch (args[0])
         return GpuDecodeBench.Run(rest);
     case "gpu-offload":
         return OffloadBench.Run(rest);
+    case "host-optimizer":
+        return HostOptimizerBench.Run(rest);
     case "-h" or "--help" or "help":
         return Usage(Console.Out, 0);
     default:
@@ -37,5 +39,6 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("  gpu-train  GPU training step of a preset in bf16: tokens/s, MFU, peak memory (see scripts/gpu-bench.sh)");
     w.WriteLine("  gpu-decode GPU prefill and decode tokens/s and bandwidth (see scripts/gpu-bench.sh)");
     w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
+    w.WriteLine("  host-optimizer  the CPU half of ZeRO-Offload: host AdamW and BF16/F32 casts, GB/s (options: --threads N --elements N)");
     return code;
 }

@@ -64,6 +64,30 @@ public class CpuMemoryOpsTests
         Assert.Equal(new[] { 1, 1, -2, 2 }, _cpu.ToArray<int>(ints));
     }
 
+    /// <summary>
+    /// The vectorized F32 to BF16 and BF16 to F32 casts (16 elements a step) give exactly the scalar conversions'
+    /// bits on random bit patterns (NaNs, infinities, subnormals, rounding ties), with lengths that leave a tail.
+    /// </summary>
+    [Fact]
+    public void VectorizedBFloat16CastsMatchTheScalarConversionsBitForBit()
+    {
+        var rng = new Random(17);
+        const int n = 1003;
+        var bits = new uint[n];
+        for (int i = 0; i < n; i++) bits[i] = (uint)rng.NextInt64(0, 1L << 32);
+        bits[0] = 0x7F80_0000u; bits[1] = 0xFF80_0001u; bits[2] = 0x0000_8000u; bits[3] = 0x3F80_8000u; bits[4] = 0x3F81_8000u;
+        bits[5] = 0x7F7F_FFFFu; bits[6] = 0x0000_0001u; bits[7] = 0x8000_0000u;
+        var floats = bits.Select(BitConverter.UInt32BitsToSingle).ToArray();
+        var narrow = _cpu.Allocate(new Shape(n), DType.BF16);
+        _cpu.Copy(_cpu.FromArray(floats, n), narrow);
+        var got = _cpu.ToArray<BFloat16>(narrow);
+        for (int i = 0; i < n; i++) Assert.Equal(BFloat16.FromSingle(floats[i]).Bits, got[i].Bits);
+        var wide = _cpu.Allocate(new Shape(n), DType.F32);
+        _cpu.Copy(narrow, wide);
+        var back = _cpu.ToArray<float>(wide);
+        for (int i = 0; i < n; i++) Assert.Equal(BitConverter.SingleToUInt32Bits(got[i].ToSingle()), BitConverter.SingleToUInt32Bits(back[i]));
+    }
+
     [Fact]
     public void CopyBetweenArbitraryStridedViewsOfRankFourMatchesIndexArithmetic()
     {

@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using System.Runtime.CompilerServices;
 
 namespace Tessera.Tensors.Cpu.Kernels;
@@ -34,17 +35,22 @@ internal static unsafe class ElementCast
             }
         }
 
-        // The common mixed-precision pairs get loops without a per-element dtype switch.
+        // The common mixed-precision pairs get loops without a per-element dtype switch, vectorized when contiguous
+        // (the host half of ZeRO-Offload widens every BF16 gradient and narrows every updated value).
         if (sourceType == DType.F32 && destinationType == DType.BF16)
         {
             float* s = (float*)source; BFloat16* d = (BFloat16*)destination;
-            for (long i = 0; i < count; i++) d[i * destinationStride] = BFloat16.FromSingle(s[i * sourceStride]);
+            long i = 0;
+            if (sourceStride == 1 && destinationStride == 1) i = NarrowToBFloat16((uint*)s, (ushort*)d, count);
+            for (; i < count; i++) d[i * destinationStride] = BFloat16.FromSingle(s[i * sourceStride]);
             return;
         }
         if (sourceType == DType.BF16 && destinationType == DType.F32)
         {
             BFloat16* s = (BFloat16*)source; float* d = (float*)destination;
-            for (long i = 0; i < count; i++) d[i * destinationStride] = s[i * sourceStride].ToSingle();
+            long i = 0;
+            if (sourceStride == 1 && destinationStride == 1) i = WidenFromBFloat16((ushort*)s, (uint*)d, count);
+            for (; i < count; i++) d[i * destinationStride] = s[i * sourceStride].ToSingle();
             return;
         }
         if (sourceType == DType.F32 && destinationType == DType.F64)
@@ -110,5 +116,48 @@ internal static unsafe class ElementCast
             case DType.I8: *(sbyte*)p = (sbyte)value; break;
             default: throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype");
         }
+    }
+
+    /// <summary>
+    /// F32 bits to BF16 in 16-element vectors with <see cref="BFloat16.FromSingle"/>'s rule (round to nearest even, NaN kept
+    /// quiet); returns how many elements it converted (a multiple of 16; the caller does the tail).
+    /// </summary>
+    private static long NarrowToBFloat16(uint* source, ushort* destination, long count)
+    {
+        if (!Vector256.IsHardwareAccelerated) return 0;
+        var magnitude = Vector256.Create(0x7FFF_FFFFu);
+        var infinity = Vector256.Create(0x7F80_0000u);
+        var half = Vector256.Create(0x7FFFu);
+        var one = Vector256.Create(1u);
+        var quiet = Vector256.Create(0x40u);
+        long i = 0;
+        for (; i + 16 <= count; i += 16)
+        {
+            var a = Vector256.Load(source + i);
+            var b = Vector256.Load(source + i + 8);
+            Vector256.Store(Vector256.Narrow(Round(a), Round(b)), destination + i);
+        }
+        return i;
+
+        Vector256<uint> Round(Vector256<uint> u)
+        {
+            var nan = Vector256.GreaterThan(u & magnitude, infinity);
+            var rounded = (u + half + ((u >> 16) & one)) >> 16;
+            return Vector256.ConditionalSelect(nan, (u >> 16) | quiet, rounded);
+        }
+    }
+
+    /// <summary>BF16 to F32 bits (exact: a 16-bit shift) in 16-element vectors; returns how many elements it converted.</summary>
+    private static long WidenFromBFloat16(ushort* source, uint* destination, long count)
+    {
+        if (!Vector256.IsHardwareAccelerated) return 0;
+        long i = 0;
+        for (; i + 16 <= count; i += 16)
+        {
+            var (lower, upper) = Vector256.Widen(Vector256.Load(source + i));
+            Vector256.Store(lower << 16, destination + i);
+            Vector256.Store(upper << 16, destination + i + 8);
+        }
+        return i;
     }
 }
