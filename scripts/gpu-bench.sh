@@ -11,7 +11,11 @@
 #       gpu-train (GPT-2 124M, bf16, B=64 as 2 micro-batches of 32 x T=1024; then with --recompute),
 #       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train,
 #       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table), gpu-decode (llama-1b bf16, 512-token
-#       prompt, 256 new tokens; RUN_DECODE=0 skips it), keeps logs under $OUT, and prints the summary tables last.
+#       prompt, 256 new tokens, the step recorded as a CUDA graph; RUN_DECODE=0 skips it; DECODE_VARIANTS="eager cublas profile"
+#       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
+#       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
+#       its own process), keeps logs under $OUT, and prints the summary tables last. The .NET runtime comes from
+#       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
 set -uo pipefail
 mode="${1:-run}"; shift || true
 case "$mode" in
