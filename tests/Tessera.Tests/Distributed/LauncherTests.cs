@@ -27,7 +27,7 @@ public class LauncherTests
         var output = new StringWriter();
         var options = Shell("echo \"r=$RANK w=$WORLD_SIZE l=$LOCAL_RANK lw=$LOCAL_WORLD_SIZE g=$GROUP_RANK m=$MASTER_ADDR:$MASTER_PORT nvls=$NCCL_NVLS_ENABLE x=$EXTRA\"", 2, output)
             with { Nodes = 2, NodeRank = 1, MasterAddress = "10.1.2.3", MasterPort = 29511, Environment = new Dictionary<string, string> { ["EXTRA"] = "yes" } };
-        var result = Launcher.Run(options);
+        var result = Launcher.Run(options, TestContext.Current.CancellationToken);
         Assert.True(result.Succeeded, result.Summary);
         Assert.Equal(0, result.ExitCode);
         var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Order().ToArray();
@@ -45,7 +45,7 @@ public class LauncherTests
         SkipOnWindows();
         var output = new StringWriter();
         var sw = Stopwatch.StartNew();
-        var result = Launcher.Run(Shell("if [ \"$RANK\" = 1 ]; then sleep 0.2; echo failing; exit 3; fi; sleep 30", 3, output));
+        var result = Launcher.Run(Shell("if [ \"$RANK\" = 1 ]; then sleep 0.2; echo failing; exit 3; fi; sleep 30", 3, output), TestContext.Current.CancellationToken);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");
         Assert.False(result.Succeeded);
         Assert.Equal(1, result.FailedRank);
@@ -65,7 +65,7 @@ public class LauncherTests
         SkipOnWindows();
         var output = new StringWriter();
         var sw = Stopwatch.StartNew();
-        var result = Launcher.Run(Shell("if [ \"$RANK\" = 0 ]; then kill -9 $$; fi; sleep 30", 2, output));
+        var result = Launcher.Run(Shell("if [ \"$RANK\" = 0 ]; then kill -9 $$; fi; sleep 30", 2, output), TestContext.Current.CancellationToken);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");
         Assert.Equal(0, result.FailedRank);
         Assert.Equal(9, result.Ranks[0].Signal);
@@ -90,15 +90,15 @@ public class LauncherTests
     [Fact]
     public void MoreProcessesThanVisibleGpusIsRejected()
     {
-        var e = Assert.Throws<ArgumentException>(() => Launcher.Run(Shell("true", 4, new StringWriter()) with { VisibleGpus = 2 }));
+        var e = Assert.Throws<ArgumentException>(() => Launcher.Run(Shell("true", 4, new StringWriter()) with { VisibleGpus = 2 }, TestContext.Current.CancellationToken));
         Assert.Contains("--nproc-per-node 4 exceeds the 2 visible GPUs", e.Message);
-        Assert.Contains("--node-rank 2", Assert.Throws<ArgumentException>(() => Launcher.Run(Shell("true", 1, new StringWriter()) with { Nodes = 2, NodeRank = 2 })).Message);
+        Assert.Contains("--node-rank 2", Assert.Throws<ArgumentException>(() => Launcher.Run(Shell("true", 1, new StringWriter()) with { Nodes = 2, NodeRank = 2 }, TestContext.Current.CancellationToken)).Message);
     }
 
     [Fact]
     public void AMissingProgramIsReportedByName()
     {
-        var e = Assert.Throws<InvalidOperationException>(() => Launcher.Run(new LaunchOptions { Program = "/nonexistent/tessera-no-such-program", ProcessesPerNode = 2, Output = new StringWriter() }));
+        var e = Assert.Throws<InvalidOperationException>(() => Launcher.Run(new LaunchOptions { Program = "/nonexistent/tessera-no-such-program", ProcessesPerNode = 2, Output = new StringWriter() }, TestContext.Current.CancellationToken));
         Assert.Contains("/nonexistent/tessera-no-such-program", e.Message);
         Assert.Contains("rank 0", e.Message);
     }

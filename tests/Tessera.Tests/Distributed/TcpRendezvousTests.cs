@@ -99,7 +99,7 @@ public class TcpRendezvousTests
     {
         int port = FreePort();
         var sw = Stopwatch.StartNew();
-        var e = Assert.Throws<RendezvousException>(() => TcpRendezvous.Join(Loopback, port, 1, 2, TimeSpan.FromMilliseconds(800)));
+        var e = Assert.Throws<RendezvousException>(() => TcpRendezvous.Join(Loopback, port, 1, 2, TimeSpan.FromMilliseconds(800), TestContext.Current.CancellationToken));
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(3), $"took {sw.Elapsed}");
         Assert.Contains($"127.0.0.1:{port}", e.Message);
         Assert.Contains("could not reach", e.Message);
@@ -108,6 +108,6 @@ public class TcpRendezvousTests
     [Fact]
     public void ASingleProcessExchangeNeedsNoNetwork()
     {
-        Assert.Equal([42], TcpRendezvous.Exchange(DistributedEnvironment.SingleProcess, () => [42], TimeSpan.FromSeconds(1)));
+        Assert.Equal([42], TcpRendezvous.Exchange(DistributedEnvironment.SingleProcess, () => [42], TimeSpan.FromSeconds(1), TestContext.Current.CancellationToken));
     }
 }
