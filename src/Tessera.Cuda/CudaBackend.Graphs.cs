@@ -23,6 +23,7 @@ public sealed unsafe partial class CudaBackend : IGraphCapture
         if (Profiler is not null) return null;
         if (_capturing) throw new InvalidOperationException("CudaBackend.Capture: already recording a graph on this stream");
         CudaDevice.MakeCurrent();
+        var liveBefore = _allocator.LivePointers();
         Check(cuStreamBeginCapture(Stream.Handle, CU_STREAM_CAPTURE_MODE_RELAXED), "cuStreamBeginCapture");
         _capturing = true;
         IntPtr graph = IntPtr.Zero;
@@ -35,6 +36,8 @@ public sealed unsafe partial class CudaBackend : IGraphCapture
             _capturing = false;
             // End the capture so the stream is usable again; the partial graph is discarded.
             if (cuStreamEndCapture(Stream.Handle, &graph) == CUDA_SUCCESS && graph != IntPtr.Zero) cuGraphDestroy(graph);
+            // Scratch the body allocated before it failed was graph memory of the discarded recording.
+            _allocator.ForgetAllocationsSince(liveBefore);
             throw;
         }
         _capturing = false;

@@ -213,7 +213,8 @@ public sealed unsafe partial class CudaBackend
         RequireContiguous(op, "output", output);
         int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0);
         var dtype = x.DType;
-        bool fused = GemvFits(x, norm, gateWeight, upWeight) && output.DType == dtype
+        // One row stride serves both weights in the kernel.
+        bool fused = GemvFits(x, norm, gateWeight, upWeight) && upWeight.Stride(0) == gateWeight.Stride(0) && output.DType == dtype
             && (gateBias is null || (gateBias.DType == dtype && gateBias.IsContiguous && gateBias.NumElements == f))
             && (upBias is null || (upBias.DType == dtype && upBias.IsContiguous && upBias.NumElements == f));
         if (!fused)

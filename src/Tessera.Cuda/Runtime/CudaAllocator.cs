@@ -95,6 +95,28 @@ public sealed unsafe class CudaAllocator : IDisposable
         Check(cuMemFreeAsync(pointer, _stream.Handle), "cuMemFreeAsync");
     }
 
+    /// <summary>The device pointers allocated and not yet freed.</summary>
+    internal HashSet<ulong> LivePointers()
+    {
+        lock (_lock) return [.. _live.Keys];
+    }
+
+    /// <summary>
+    /// Drops the bookkeeping of allocations that belong to a discarded graph recording (they were graph allocation nodes,
+    /// never real memory, and freeing them would fail): every live pointer not in <paramref name="before"/>.
+    /// </summary>
+    internal void ForgetAllocationsSince(HashSet<ulong> before)
+    {
+        lock (_lock)
+        {
+            foreach (var p in _live.Keys.Where(k => !before.Contains(k)).ToList())
+            {
+                _inUse -= _live[p];
+                _live.Remove(p);
+            }
+        }
+    }
+
     /// <summary>Frees every live allocation and waits for the stream.</summary>
     public void Dispose()
     {
