@@ -9,7 +9,8 @@ public sealed unsafe partial class CudaBackend
     // FlashAttention-2-style kernels (flash_attention.cu): 16-bit inputs, head size 64 or 128,
     // 16-byte aligned rows. Blocks of 64 queries x 64 keys, 4 warps; the decode kernel splits the
     // keys over CTAs when few queries meet many keys.
-    private const int FlashBlock = 64, FlashThreads = 128, FlashDecodeMaxQueries = 16, FlashDecodeMinKeys = 256;
+    private const int FlashBlock = 64, FlashThreads = 128, FlashDecodeMaxQueries = 16, FlashDecodeMinKeys = 256,
+        FlashDecodeGroupRowsPerWarp = 4;
 
     /// <summary>Whether the tensor-core kernels take this call: BF16/F16, D = 64 or 128, every row 16-byte aligned.</summary>
     private static bool FlashEligible(int d, params Tensor[] tensors)
@@ -39,17 +40,31 @@ public sealed unsafe partial class CudaBackend
     private void FlashDecode(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
-        // Enough CTAs for two waves over the SMs, at least 64 keys each. With device-side lengths (starts) s is the
-        // cache's capacity and each CTA divides its sequence's actual length by the split count itself.
-        int want = Math.Max(1, 2 * CudaDevice.MultiprocessorCount / Math.Max(1, b * h));
-        int splits = Math.Clamp(Math.Min(want, (s + 63) / 64), 1, 128);
-        int keysPerSplit = (s + splits - 1) / splits;
-        splits = (s + keysPerSplit - 1) / keysPerSplit;
-        ulong part = Scratch((long)b * h * t * splits * (d + 2) * sizeof(float));
         string suffix = FlashSuffix(dtype, d);
         // The last CTA of each (b, h) merges the splits (one launch, not two) when the counters exist: they are made,
         // zeroed, outside any graph recording and stay zero between launches.
         ulong counters = DecodeCounters(b * h);
+        int rows = h / kh * t;
+        if (rows <= 4 * FlashDecodeGroupRowsPerWarp && DecodeGrouped)
+        {
+            // Grouped: one CTA per (split, kv head, b) serves the kv head's rows, so each cached row is read once.
+            int rpw = rows <= 4 ? 1 : rows <= 8 ? 2 : 4;
+            int gsplits = DecodeSplits(s, b * kh);
+            ulong gpart = Scratch((long)b * h * t * gsplits * (d + 2) * sizeof(float));
+            void** ag = stackalloc void*[] { &pq, &pk, &pv, &gpart, &counters, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
+            Launch("flash_attention.cu", $"flash_decode_gqa_{suffix}_r{rpw}", ((uint)gsplits, (uint)kh, (uint)b), FlashThreads, ag, 0, dependent: true);
+            if (counters == 0)
+            {
+                void** ac = stackalloc void*[] { &gpart, &po, &pl, &t, &h, &gsplits, &so };
+                Launch("flash_attention.cu", "flash_decode_combine_" + suffix, (uint)(b * h * t), (uint)d, ac);
+            }
+            FreeScratch(gpart);
+            return;
+        }
+        int splits = DecodeSplits(s, b * h);
+        int keysPerSplit = (s + splits - 1) / splits;
+        splits = (s + keysPerSplit - 1) / keysPerSplit;
+        ulong part = Scratch((long)b * h * t * splits * (d + 2) * sizeof(float));
         void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts, &counters, &po, &pl, &so };
         Launch("flash_attention.cu", "flash_decode_" + suffix, ((uint)splits, (uint)h, (uint)b), FlashThreads, a1);
         if (counters == 0)
@@ -59,6 +74,20 @@ public sealed unsafe partial class CudaBackend
         }
         FreeScratch(part);
     }
+
+    /// <summary>
+    /// Key splits of a decode launch over <paramref name="groups"/> CTAs per split: enough CTAs for two waves over the
+    /// SMs, at least 64 keys each. With device-side lengths s is the cache's capacity; each CTA divides its sequence's
+    /// actual length by the split count itself.
+    /// </summary>
+    private int DecodeSplits(int s, int groups)
+    {
+        int want = Math.Max(1, 2 * CudaDevice.MultiprocessorCount / Math.Max(1, groups));
+        return Math.Clamp(Math.Min(want, (s + 63) / 64), 1, 128);
+    }
+
+    /// <summary>TESSERA_CUDA_DECODE_GQA=0 sends grouped-query decoding to the per-query-head split kernel (for comparison).</summary>
+    private static readonly bool DecodeGrouped = Environment.GetEnvironmentVariable("TESSERA_CUDA_DECODE_GQA") != "0";
 
     private ulong _decodeCounters;
     private int _decodeCounterCapacity;

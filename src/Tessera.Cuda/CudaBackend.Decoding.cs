@@ -13,6 +13,30 @@ public sealed unsafe partial class CudaBackend
             throw new ArgumentException($"CudaBackend.{op}: startPositions must be a contiguous ({batch}) I32 tensor, one position per sequence; got {startPositions.Shape} {startPositions.DType}");
     }
 
+    public void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, double theta)
+    {
+        const string op = nameof(RopeAndAppend);
+        var qs = Strides3.Of(op, "qkv", qkv);
+        var cs = Strides3.Of(op, "keysAndValues", keysAndValues);
+        int b = qkv.Size(0), t = qkv.Size(1), d = qkv.Size(3), kv2 = keysAndValues.Size(2);
+        if (queryHeads <= 0 || kv2 % 2 != 0 || qkv.Size(2) != queryHeads + kv2)
+            throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of keysAndValues {keysAndValues.Shape}");
+        if (keysAndValues.Size(0) != b || keysAndValues.Size(3) != d)
+            throw new ArgumentException($"CudaBackend.{op}: keysAndValues {keysAndValues.Shape} must be (B, S, 2K, D) with the B and D of qkv {qkv.Shape}");
+        if (keysAndValues.DType != qkv.DType)
+            throw new ArgumentException($"CudaBackend.{op}: qkv is {qkv.DType} but keysAndValues is {keysAndValues.DType}");
+        if (d % 2 != 0) throw new ArgumentException($"CudaBackend.{op}: head size {d} must be even");
+        if (t > keysAndValues.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: {t} new positions do not fit a cache of {keysAndValues.Size(1)}");
+        RequirePositions(op, startPositions, b);
+        int h = queryHeads, k = kv2 / 2;
+        long pairs = (long)b * t * (h + kv2) * (d / 2);
+        if (pairs == 0) return;
+        ulong px = Ptr(qkv), pc = Ptr(keysAndValues), pp = Ptr(startPositions);
+        void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &theta };
+        Launch("rope.cu", "rope_append_" + Suffix(qkv.DType, op), (GridFor(pairs), 1, 1), Threads, args, 0, dependent: true);
+    }
+
     public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)
     {
         const string op = nameof(CopyAtPositions);

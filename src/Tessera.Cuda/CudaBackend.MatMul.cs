@@ -165,7 +165,7 @@ public sealed unsafe partial class CudaBackend
         int columnsPerCta = 8 / split;
         uint grid = (uint)Math.Min((n + columnsPerCta - 1) / columnsPerCta, CudaDevice.MultiprocessorCount * 8);
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be, &pn, &eps };
-        Launch("gemv.cu", $"gemv_{Suffix(dtype, "MatMul")}_m{m}_k{split}", grid, 256, args, (uint)((long)m * k * dtype.SizeInBytes()));
+        Launch("gemv.cu", $"gemv_{Suffix(dtype, "MatMul")}_m{m}_k{split}", (grid, 1, 1), 256, args, (uint)((long)m * k * dtype.SizeInBytes()), dependent: true);
         return true;
     }
 
@@ -236,7 +236,7 @@ public sealed unsafe partial class CudaBackend
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         uint grid = (uint)Math.Min((f + 7) / 8, CudaDevice.MultiprocessorCount * 8);
         void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps };
-        Launch("gemv.cu", $"gemv_swiglu_{Suffix(dtype, op)}_m{m}", grid, 256, args, (uint)((long)m * k * dtype.SizeInBytes()));
+        Launch("gemv.cu", $"gemv_swiglu_{Suffix(dtype, op)}_m{m}", (grid, 1, 1), 256, args, (uint)((long)m * k * dtype.SizeInBytes()), dependent: true);
     }
 
     /// <inheritdoc/>

@@ -109,7 +109,16 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     private void Launch(string file, string kernel, uint grid, uint block, void** args, uint sharedBytes = 0) =>
         Launch(file, kernel, (grid, 1, 1), block, args, sharedBytes);
 
-    private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes = 0)
+    private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes = 0) =>
+        Launch(file, kernel, grid, block, args, sharedBytes, dependent: false);
+
+    /// <summary>
+    /// Launches <paramref name="kernel"/>. <paramref name="dependent"/>: the kernel calls <c>pdl_wait()</c> (common.cuh)
+    /// before it touches anything an earlier kernel writes, so it may be launched with programmatic stream serialization
+    /// (sm_90+): it starts, and prefetches what does not depend on its predecessor, while that one finishes. Off under the
+    /// op profiler (its events separate the kernels anyway) and with TESSERA_CUDA_PDL=0.
+    /// </summary>
+    private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes, bool dependent)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var function = Kernels.Module(file).Function(kernel);
@@ -117,10 +126,28 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         if (sharedBytes > 48 * 1024)
             Check(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)sharedBytes), "cuFuncSetAttribute", kernel);
         Profiler?.Begin(kernel);
-        Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, Stream.Handle, args, null),
-            "cuLaunchKernel", $"{kernel} in {file}, grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
+        if (dependent && ProgrammaticLaunch && Profiler is null)
+        {
+            var attribute = new LaunchAttribute { Id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, Value = 1 };
+            var config = new LaunchConfig
+            {
+                GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block, BlockY = 1, BlockZ = 1,
+                SharedBytes = sharedBytes, Stream = Stream.Handle, Attributes = &attribute, AttributeCount = 1,
+            };
+            Check(cuLaunchKernelEx(&config, function, args, null),
+                "cuLaunchKernelEx", $"{kernel} in {file} (programmatic dependent launch), grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
+        }
+        else
+            Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, Stream.Handle, args, null),
+                "cuLaunchKernel", $"{kernel} in {file}, grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
         Profiler?.End();
     }
+
+    /// <summary>Programmatic dependent launch: compute capability 9.0 or later, unless TESSERA_CUDA_PDL=0.</summary>
+    private bool ProgrammaticLaunch => _programmaticLaunch ??=
+        CudaDevice.ComputeCapability.Major >= 9 && Environment.GetEnvironmentVariable("TESSERA_CUDA_PDL") != "0";
+
+    private bool? _programmaticLaunch;
 
     /// <summary>Scratch device memory for one op, returned (stream-ordered) by the caller right after its launches.</summary>
     private ulong Scratch(long bytes) => _allocator.Allocate(bytes);

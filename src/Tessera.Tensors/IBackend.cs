@@ -172,6 +172,14 @@ public interface IBackend
     /// </summary>
     void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions);
 
+    /// <summary>
+    /// A decode step's attention prologue as one op: rotates the q and k heads of qkv (B,T,H+2K,D) in place at positions
+    /// startPositions[b] + t (<see cref="Rope(Tensor, Tensor, double)"/> of qkv[:, :, :H+K] with H = <paramref name="queryHeads"/>),
+    /// then appends the k and v heads to keysAndValues (B,S,2K,D) at those positions (<see cref="CopyAtPositions"/> of
+    /// qkv[:, :, H:]). The result equals those two calls; a device may do both in one launch.
+    /// </summary>
+    void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, double theta);
+
     /// <summary>positions (B,T) I32 = startPositions[b] + t (learned-position ids after a KV cache's filled length).</summary>
     void FillPositions(Tensor startPositions, Tensor positions);
 

@@ -80,6 +80,28 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Lib)] internal static partial int cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ,
         uint blockX, uint blockY, uint blockZ, uint sharedBytes, IntPtr stream, void** parameters, void** extra);
 
+    /// <summary>CUlaunchAttribute: an id, padding to 8 bytes, and a 64-byte value union (its first int used here).</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 72)]
+    internal struct LaunchAttribute
+    {
+        [FieldOffset(0)] public int Id;
+        [FieldOffset(8)] public int Value;
+    }
+
+    /// <summary>CUlaunchConfig (CUDA 12+).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct LaunchConfig
+    {
+        public uint GridX, GridY, GridZ, BlockX, BlockY, BlockZ, SharedBytes;
+        public IntPtr Stream;
+        public LaunchAttribute* Attributes;
+        public uint AttributeCount;
+    }
+
+    internal const int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+
+    [LibraryImport(Lib)] internal static partial int cuLaunchKernelEx(LaunchConfig* config, IntPtr function, void** parameters, void** extra);
+
     [LibraryImport(Lib)] internal static partial int cuGetErrorName(int error, byte** name);
     [LibraryImport(Lib)] internal static partial int cuGetErrorString(int error, byte** text);
 

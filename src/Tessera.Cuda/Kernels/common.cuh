@@ -33,6 +33,23 @@ template <> __device__ __forceinline__ f16 from_f<f16>(float v)
     return r;
 }
 
+// Programmatic dependent launch (sm_90+). A kernel launched with the attribute (CudaBackend's dependent launches) may
+// start while its predecessor in the stream still runs: it calls pdl_wait() before it reads or writes anything the
+// predecessor touches (that waits for the predecessor's completion and its memory), then pdl_launch_dependents() so
+// that its own successor may start once every CTA of this grid is running. Both are no-ops for a normal launch.
+__device__ __forceinline__ void pdl_wait()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents()
+{
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll

@@ -408,6 +408,175 @@ __device__ void flash_decode_finish(const float* part, int* counters, T* o, floa
     if (threadIdx.x == 0) counters[b * H + h] = 0;
 }
 
+// ------------------------------------------------------------------------------------ decode, grouped
+// Split-K decoding for grouped-query heads: CTA (split, kv head, b) serves all R = (H / KH) * Tq query rows that read
+// its kv head, so each key and value row of the cache is read from memory once, not H / KH times. The split's keys
+// stream through shared memory in chunks of CH rows (cp.async, two stages, 16-byte chunks swizzled as in the forward).
+// Warp w owns rows w, w + 4, ... (RPW of them, q staged in shared memory as fp32 in the log2 domain); lane j scores
+// keys j, j + 32, ... of a chunk against its rows (conflict-free: the 8 lanes reading one logical chunk of 8 rows hit
+// 8 physical chunks), keeps each row's online softmax, and accumulates the D / 32 output columns it owns from the
+// chunk's values, each key's probability broadcast by a shuffle. Partials go to part (B, H, Tq, splits, D + 2) as in
+// flash_decode; the last CTA of a (b, kv head) to finish merges the splits of its rows (counters[b * KH + kvh]).
+template <typename T, int D, int RPW>
+__device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part, int* counters, T* o, float* lse,
+    int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts)
+{
+    constexpr int CH = D == 64 ? 64 : 32, NT = 128, CPL = D / 32, KPL = CH / 32, NC = D / 8;
+    __shared__ u32x4 tile_store[4 * CH * D * 2 / 16]; // K then V, two stages each (u32x4: 16-byte aligned)
+    __shared__ f32x4 q_store[4 * RPW * D / 4];
+    unsigned char* const tiles = (unsigned char*)tile_store;
+    float (*const sq)[D] = (float (*)[D])q_store;
+    __shared__ int last;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int split = blockIdx.x, splits = gridDim.x, kvh = blockIdx.y, b = blockIdx.z, G = H / KH, R = G * Tq;
+    pdl_wait();
+    pdl_launch_dependents();
+    const int len = starts ? starts[b] + Tq : S; // keys the last query row sees
+    const int per = (len + splits - 1) / splits, s0 = min(len, split * per), s1 = min(len, s0 + per);
+    const T* kb = k + b * ks.b + (i64)kvh * ks.h;
+    const T* vb = v + b * vs.b + (i64)kvh * vs.h;
+    const unsigned sK = smem_u32(tiles), sV = sK + 2 * CH * D * 2;
+    const unsigned char* const pK = tiles;
+    const unsigned char* const pV = tiles + 2 * CH * D * 2;
+    const int nchunks = (s1 - s0 + CH - 1) / CH;
+    if (nchunks > 0)
+    {
+        load_tile<D, CH, NT>(sK, kb, ks.t, s0, s1, tid);
+        load_tile<D, CH, NT>(sV, vb, vs.t, s0, s1, tid);
+    }
+    cp_async_commit();
+    const float sl2 = scale * LOG2E;
+    for (int i = tid; i < 4 * RPW * NC; i += NT)
+    {
+        const int r = i / NC, c = i % NC;
+        float* dst = sq[r] + c * 8;
+        if (r < R)
+        {
+            const int t = r / G, h = kvh * G + r % G;
+            u32x4 raw = *(const u32x4*)(q + b * qs.b + (i64)t * qs.t + (i64)h * qs.h + c * 8);
+            const T* e = (const T*)&raw;
+#pragma unroll
+            for (int x = 0; x < 8; x++) dst[x] = to_f(e[x]) * sl2;
+        }
+        else
+        {
+#pragma unroll
+            for (int x = 0; x < 8; x++) dst[x] = 0.f;
+        }
+    }
+    float m[RPW], l[RPW], acc[RPW][CPL];
+#pragma unroll
+    for (int rr = 0; rr < RPW; rr++)
+    {
+        m[rr] = NEG_INF; l[rr] = 0.f;
+#pragma unroll
+        for (int e = 0; e < CPL; e++) acc[rr][e] = 0.f;
+    }
+    for (int ci = 0; ci < nchunks; ci++)
+    {
+        const int st = ci & 1;
+        if (ci + 1 < nchunks)
+        {
+            load_tile<D, CH, NT>(sK + (st ^ 1) * CH * D * 2, kb, ks.t, s0 + (ci + 1) * CH, s1, tid);
+            load_tile<D, CH, NT>(sV + (st ^ 1) * CH * D * 2, vb, vs.t, s0 + (ci + 1) * CH, s1, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads(); // the chunk (and, the first time, sq) is visible to every warp
+        const unsigned char* tK = pK + st * CH * D * 2;
+        const unsigned char* tV = pV + st * CH * D * 2;
+        const int c0 = s0 + ci * CH;
+        float x[RPW][KPL];
+#pragma unroll
+        for (int rr = 0; rr < RPW; rr++)
+#pragma unroll
+            for (int i = 0; i < KPL; i++) x[rr][i] = 0.f;
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+#pragma unroll
+            for (int i = 0; i < KPL; i++)
+            {
+                const u32x4 kr = *(const u32x4*)(tK + swz<D>(lane + 32 * i, c * 8));
+                const T* ke = (const T*)&kr;
+#pragma unroll
+                for (int rr = 0; rr < RPW; rr++)
+                {
+                    const float* qr = sq[warp + 4 * rr] + c * 8;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) x[rr][i] += qr[e] * to_f(ke[e]);
+                }
+            }
+        float p[RPW][KPL];
+#pragma unroll
+        for (int rr = 0; rr < RPW; rr++)
+        {
+            const int r = warp + 4 * rr;
+            const int lim = len - Tq + min(r, R - 1) / G; // last key position row r sees
+            float mx = NEG_INF;
+#pragma unroll
+            for (int i = 0; i < KPL; i++)
+            {
+                const int key = c0 + lane + 32 * i;
+                if (key >= s1 || key > lim) x[rr][i] = NEG_INF;
+                mx = fmaxf(mx, x[rr][i]);
+            }
+            mx = warp_max(mx);
+            const float mn = fmaxf(m[rr], mx), mu = mn == NEG_INF ? 0.f : mn;
+            const float corr = exp2f(m[rr] - mu);
+            m[rr] = mn;
+            float sum = 0.f;
+#pragma unroll
+            for (int i = 0; i < KPL; i++) { p[rr][i] = exp2f(x[rr][i] - mu); sum += p[rr][i]; }
+            l[rr] = l[rr] * corr + sum;
+#pragma unroll
+            for (int e = 0; e < CPL; e++) acc[rr][e] *= corr;
+        }
+#pragma unroll
+        for (int j = 0; j < CH; j++)
+        {
+            // This lane's CPL columns of value row j (zero-filled past s1, so 0 * 0 there).
+            const T* vrow = (const T*)(tV + swz<D>(j, lane * CPL) + (lane * CPL % 8) * 2);
+            float vv[CPL];
+#pragma unroll
+            for (int e = 0; e < CPL; e++) vv[e] = to_f(vrow[e]);
+#pragma unroll
+            for (int rr = 0; rr < RPW; rr++)
+            {
+                const float pj = __shfl_sync(FULL_MASK, p[rr][j / 32], j % 32);
+#pragma unroll
+                for (int e = 0; e < CPL; e++) acc[rr][e] += pj * vv[e];
+            }
+        }
+        __syncthreads(); // this stage is refilled by the next-but-one chunk
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int rr = 0; rr < RPW; rr++)
+    {
+        const int r = warp + 4 * rr;
+        const float lsum = warp_sum(l[rr]);
+        if (r >= R) continue;
+        const int t = r / G, h = kvh * G + r % G;
+        float* out = part + ((((i64)b * H + h) * Tq + t) * splits + split) * (D + 2);
+#pragma unroll
+        for (int e = 0; e < CPL; e++) out[lane * CPL + e] = acc[rr][e];
+        if (lane == 0) { out[D] = m[rr]; out[D + 1] = lsum; }
+    }
+    if (!counters) return;
+    fence_gpu();                             // this CTA's partials are visible before it is counted
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(counters + b * KH + kvh, 1) == splits - 1;
+    __syncthreads();
+    if (!last) return;
+    fence_gpu();
+    for (int i = tid; i < R * D; i += NT)
+    {
+        const int r = i / D, d = i % D, t = r / G, h = kvh * G + r % G;
+        flash_decode_merge<T, D>(part + (((i64)b * H + h) * Tq + t) * splits * (D + 2), o, lse, b, h, t, d, Tq, H, splits, os);
+    }
+    if (tid == 0) counters[b * KH + kvh] = 0;
+}
+
 // ------------------------------------------------------------------------------------ backward
 // Preprocess: delta (B,H,T) = rowsum(dO * O); zeroes the fp32 dq accumulator (B,T,H,D) contiguous.
 // D/8 threads per (b, t, h) row.
@@ -659,6 +828,16 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 // D = 64 on the H100 (B8/B64 T1024 H12), so 1 for both head sizes; the host's row count must match.
 #define FLASH_MT(D) 1
 
+// Grouped decode, RPW query rows per warp (R = H / KH * Tq <= 4 * RPW).
+#define FLASH_GQA(n, T, D, RPW)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) flash_decode_gqa_##n##_d##D##_r##RPW(const T* q,        \
+        const T* k, const T* v, float* part, int* counters, T* o, float* lse, int Tq, int S, int H, int KH,     \
+        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts)                     \
+    {                                                                                                           \
+        flash_decode_gqa<T, D, RPW>(q, k, v, part, counters, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale,       \
+                                    starts);                                                                    \
+    }
+
 #define FLASH(n, T, D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) flash_forward_##n##_d##D(const T* q, const T* k,          \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
@@ -677,6 +856,7 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         flash_decode<T, D>(q, k, v, part, Tq, S, H, KH, qs, ks, vs, scale, keysPerSplit);                       \
         if (counters) flash_decode_finish<T, D>(part, counters, o, lse, Tq, H, os);                             \
     }                                                                                                           \
+    FLASH_GQA(n, T, D, 1) FLASH_GQA(n, T, D, 2) FLASH_GQA(n, T, D, 4)                                         \
     extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
         int H, int splits, Strides3 os)                                                                         \
     {                                                                                                           \

@@ -78,6 +78,20 @@ __device__ __forceinline__ void gemv_stage_x(const T* x, i64 ldx, int K, T* sx, 
     __syncthreads();
 }
 
+// Warms the L2 with the first loads of a lane's slice of a row of W (up to 8 chunks of 16 bytes), before pdl_wait:
+// the weights never depend on the previous kernel, so their first DRAM round trip overlaps its tail.
+template <typename T>
+__device__ __forceinline__ void gemv_prefetch(const T* row, int c0, int c1, int lane)
+{
+    constexpr int V = Vec16<T>::N;
+#pragma unroll
+    for (int u = 0; u < 8; u++)
+    {
+        const int c = c0 + lane + u * 32;
+        if (c < c1) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + (i64)c * V));
+    }
+}
+
 // acc[m] += W[row] . x[m] over chunks [c0, c1) (16 bytes each) of the row, lanes striding by 32: U loads issued
 // before their products, so each lane keeps U * 16 bytes of W in flight.
 template <typename T, int M, int U>
@@ -116,10 +130,13 @@ __device__ void gemv(const T* x, const T* w, const T* bias, T* y, int N, int K, 
     extern __shared__ unsigned char gemv_smem[];
     __shared__ float partial[8][M];
     T* sx = reinterpret_cast<T*>(gemv_smem);
-    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);
     constexpr int RPC = 8 / KS;                                  // columns per CTA iteration (blockDim.x = 256)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, part = warp % KS;
     const int chunks = K / Vec16<T>::N, c0 = chunks * part / KS, c1 = chunks * (part + 1) / KS;
+    if (blockIdx.x * RPC + warp / KS < N) gemv_prefetch<T>(w + (i64)(blockIdx.x * RPC + warp / KS) * ldw, c0, c1, lane);
+    pdl_wait();
+    pdl_launch_dependents();
+    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);
     for (int base = blockIdx.x * RPC; base < N; base += gridDim.x * RPC)   // uniform over the CTA: barriers inside
     {
         const int n = base + warp / KS;
@@ -169,8 +186,14 @@ __device__ void gemv_swiglu(const T* x, const T* wg, const T* wu, const T* bg, c
 {
     extern __shared__ unsigned char gemv_smem[];
     T* sx = reinterpret_cast<T*>(gemv_smem);
-    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);
     const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
+    {
+        const int n = blockIdx.x * warps + (threadIdx.x >> 5), chunks = K / Vec16<T>::N;
+        if (n < F) { gemv_prefetch<T>(wg + (i64)n * ldw, 0, min(chunks, 4 * 32), lane); gemv_prefetch<T>(wu + (i64)n * ldw, 0, min(chunks, 4 * 32), lane); }
+    }
+    pdl_wait();
+    pdl_launch_dependents();
+    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);
     for (int n = blockIdx.x * warps + (threadIdx.x >> 5); n < F; n += gridDim.x * warps)
     {
         float g[M], u[M];

@@ -119,9 +119,9 @@ public sealed class CausalSelfAttention
         var backend = x.Backend;
         var qkv = Qkv.ForwardNormalized(ctx, x.Reshape(n, Channels), norm).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
         var positions = cache.Positions;
-        // q and k heads are adjacent in the fused activation, and so are k and v: one launch each.
-        if (RopeTheta is double theta) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), positions, theta);
-        backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
+        // q, k and v heads are adjacent in the fused activation: one op rotates q and k and appends k and v.
+        if (RopeTheta is double theta) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, theta);
+        else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale);
         Projection.ForwardAccumulate(att.Reshape(n, Channels), residual);

@@ -29,6 +29,19 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
+    public void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, double theta)
+    {
+        const string op = nameof(RopeAndAppend);
+        ArgumentNullException.ThrowIfNull(qkv); ArgumentNullException.ThrowIfNull(keysAndValues);
+        RequireRank(op, nameof(qkv), qkv, 4, "(B,T,H+2K,D)");
+        RequireRank(op, nameof(keysAndValues), keysAndValues, 4, "(B,S,2K,D)");
+        int kv2 = keysAndValues.Size(2);
+        if (queryHeads <= 0 || kv2 % 2 != 0 || qkv.Size(2) != queryHeads + kv2)
+            throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of keysAndValues {keysAndValues.Shape}");
+        Rope(qkv.Slice(2, 0, queryHeads + kv2 / 2), startPositions, theta);
+        CopyAtPositions(qkv.Slice(2, queryHeads, kv2), keysAndValues, startPositions);
+    }
+
     public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)
     {
         const string op = nameof(CopyAtPositions);

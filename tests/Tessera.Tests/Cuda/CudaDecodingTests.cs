@@ -57,6 +57,49 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), dtype == DType.F32 ? 1e-5 : 2e-2, $"cached attention T={t} D={d} S={capacity}");
     }
 
+    /// <summary>
+    /// The grouped decode kernel (one CTA per kv head and split; rows = H / K * T of 4, 8, 16 pick its 1, 2, 4 rows per warp)
+    /// against the CPU: Llama 1B's 32 / 8 heads, a 3-key sequence beside a 5000-key one in a cache of 8192 (most of the first
+    /// sequence's splits are empty, the second's take several 64-key chunks each), and a length that ends inside a chunk.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 1, 64, 3, 5000)]
+    [InlineData(DType.BF16, 2, 64, 700, 8000)]
+    [InlineData(DType.F16, 4, 128, 1234, 77)]
+    [InlineData(DType.BF16, 1, 128, 8190, 4097)]
+    public void GroupedDecodeAttentionMatchesTheCpu(DType dtype, int t, int d, int start0, int start1)
+    {
+        int b = 2, h = 32, kh = 8, capacity = 8192;
+        int[] starts = [start0, start1];
+        var (q, qv) = Random(dtype, 1.5, b, t, h, d);
+        var (kv, kvv) = Random(dtype, 1.5, b, capacity, 2 * kh, d);
+        var output = Poisoned(dtype, b, t, h, d);
+        Gpu.AttentionForwardCached(q, kv.Slice(2, 0, kh), kv.Slice(2, kh, kh), Positions(starts), output, 1 / Math.Sqrt(d));
+        var cpuKv = ToCpu(kvv, b, capacity, 2 * kh, d);
+        var expected = _cpu.Allocate(new Shape(b, t, h, d), DType.F64);
+        _cpu.AttentionForwardCached(ToCpu(qv, b, t, h, d), cpuKv.Slice(2, 0, kh), cpuKv.Slice(2, kh, kh), _cpu.FromArray(starts, 2), expected, 1 / Math.Sqrt(d));
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), 2e-2, $"grouped decode T={t} D={d} starts {start0}, {start1}");
+    }
+
+    /// <summary>The fused rope + KV append against the CPU's Rope then CopyAtPositions: the rotated q and k heads in place, and
+    /// the whole cache (rotated k and plain v at each sequence's positions, every other row untouched).</summary>
+    [Theory]
+    [InlineData(DType.BF16, 1)]
+    [InlineData(DType.F32, 3)]
+    public void RopeAndAppendMatchesRopeThenCopyOnTheCpu(DType dtype, int t)
+    {
+        int b = 2, h = 8, kh = 2, d = 64, capacity = 40;
+        int[] starts = [5, capacity - t];
+        var (qkv, qkvv) = Random(dtype, 1, b, t, h + 2 * kh, d);
+        var (cache, cachev) = Random(dtype, 1, b, capacity, 2 * kh, d);
+        Gpu.RopeAndAppend(qkv, h, cache, Positions(starts), 500000.0);
+        var cpuQkv = ToCpu(qkvv, b, t, h + 2 * kh, d);
+        var cpuCache = ToCpu(cachev, b, capacity, 2 * kh, d);
+        _cpu.RopeAndAppend(cpuQkv, h, cpuCache, _cpu.FromArray(starts, 2), 500000.0);
+        AssertClose(TestTensors.ToDoubles(_cpu, cpuQkv), Download(qkv), Tolerance(dtype), "RopeAndAppend: qkv");
+        AssertClose(TestTensors.ToDoubles(_cpu, cpuCache), Download(cache), Tolerance(dtype), "RopeAndAppend: cache");
+    }
+
     [Fact]
     public void CopyAtPositionsFillPositionsAndIncrementAreExact()
     {

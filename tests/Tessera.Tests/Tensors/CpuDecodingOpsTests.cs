@@ -79,6 +79,30 @@ public class CpuDecodingOpsTests
     }
 
     [Fact]
+    public void RopeAndAppendRotatesQueriesAndKeysAndAppendsKeysAndValues()
+    {
+        int b = 1, t = 1, h = 2, kh = 1, d = 4, capacity = 3;
+        // One row: q heads 0-1, k head 2, v head 3, each (1, 1, 0, 0): at position 2 with theta 100 the pair (i, i + 2) holds
+        // (1, 0) and rotates by a_i = 2 * 100^(-2i/d) into (cos a_i, sin a_i) ("rotate half" pairs).
+        var values = Enumerable.Repeat(new double[] { 1, 1, 0, 0 }, h + 2 * kh).SelectMany(v => v).ToArray();
+        var qkv = TestTensors.FromDoubles(_cpu, values, DType.F64, b, t, h + 2 * kh, d);
+        var cache = _cpu.Allocate(new Shape(b, capacity, 2 * kh, d), DType.F64);
+        _cpu.Fill(cache, -1);
+        _cpu.RopeAndAppend(qkv, h, cache, Positions(2), 100.0);
+        var got = TestTensors.ToDoubles(_cpu, qkv);
+        double a0 = 2.0, a1 = 2.0 * Math.Pow(100.0, -0.5);
+        double[] rotated = [Math.Cos(a0), Math.Cos(a1), Math.Sin(a0), Math.Sin(a1)];
+        for (int head = 0; head < h + kh; head++)
+            for (int e = 0; e < d; e++) Assert.Equal(rotated[e], got[head * d + e], 12);
+        Assert.Equal(values[((h + kh) * d)..], got[((h + kh) * d)..]);          // v is not rotated
+        var cached = TestTensors.ToDoubles(_cpu, cache);
+        Assert.All(cached[..(2 * 2 * kh * d)], x => Assert.Equal(-1, x));       // positions 0 and 1 untouched
+        Assert.Equal(got[(h * d)..], cached[(2 * 2 * kh * d)..]);               // k (rotated) and v at position 2
+        var e2 = Assert.Throws<ArgumentException>(() => _cpu.RopeAndAppend(qkv, h + 1, cache, Positions(2), 100.0));
+        Assert.Contains("query heads", e2.Message);
+    }
+
+    [Fact]
     public void FillPositionsAndIncrementCountFromTheStarts()
     {
         var starts = Positions(5, 0);
