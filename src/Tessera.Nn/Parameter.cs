@@ -45,8 +45,22 @@ public sealed class Parameter
     /// </summary>
     public Tensor? Master { get; internal set; }
 
-    /// <summary>The tensor that holds the authoritative value: <see cref="Master"/> when there is one, else <see cref="Value"/>.</summary>
-    public Tensor MasterOrValue => Master ?? Value;
+    /// <summary>
+    /// Whether this parameter has an F32 master that is not on the arena's device (its arena released the masters for an
+    /// offloaded optimizer, <see cref="ParameterArena.ReleaseMasters"/>): then <see cref="Master"/> is null and the low-precision
+    /// <see cref="Value"/> is only a rounded copy, so <see cref="MasterOrValue"/> refuses.
+    /// </summary>
+    public bool MasterIsElsewhere { get; internal set; }
+
+    /// <summary>
+    /// The tensor that holds the authoritative value: <see cref="Master"/> when there is one, else <see cref="Value"/>.
+    /// Throws when the master lives elsewhere (<see cref="MasterIsElsewhere"/>), so that initialization, loading or export
+    /// never reads or writes the BF16 copy in the master's place.
+    /// </summary>
+    public Tensor MasterOrValue => Master ?? (MasterIsElsewhere
+        ? throw new InvalidOperationException($"parameter '{Name}': its F32 master is not on the device (the optimizer is offloaded and holds it on the host); " +
+            "initialize or load weights before creating the offloaded trainer, or go through the trainer (ShardedCheckpoint.Restore, DataParallelTrainer.GatherMastersToHost)")
+        : Value);
 
     public override string ToString() => $"{Name} {Shape}";
 }

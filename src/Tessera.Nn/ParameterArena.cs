@@ -59,6 +59,15 @@ public sealed class ParameterArena
     /// <summary>Whether <see cref="Build"/> has run.</summary>
     public bool IsBuilt => Values is not null;
 
+    /// <summary>
+    /// Whether the arena gave up its F32 master copy (<see cref="ReleaseMasters"/>): the masters then live elsewhere (the
+    /// host shard of an offloaded optimizer) and <see cref="Masters"/> is null although <see cref="MasterDType"/> differs from <see cref="DType"/>.
+    /// </summary>
+    public bool MastersReleased { get; private set; }
+
+    /// <summary>Bytes of the buffers the arena holds on its backend now (values, gradients and masters that exist).</summary>
+    public long AllocatedBytes => (Values?.Storage.ByteLength ?? 0) + (Grads?.Storage.ByteLength ?? 0) + (Masters?.Storage.ByteLength ?? 0);
+
     /// <summary>Declares a parameter; its tensors exist after <see cref="Build"/>.</summary>
     public Parameter Declare(string name, Shape shape, bool weightDecay)
     {
@@ -94,7 +103,31 @@ public sealed class ParameterArena
     /// </summary>
     public void SyncValuesFromMasters()
     {
+        if (MastersReleased)
+            throw new InvalidOperationException("parameter arena: the F32 masters were released (they live with the offloaded optimizer); the values cannot be rebuilt from them here");
         if (Masters is not null) Backend.Copy(Masters, Values);
+    }
+
+    /// <summary>
+    /// Mixed precision with an offloaded optimizer (ZeRO-Offload): frees the F32 master buffer (4 bytes per element) on the
+    /// backend, because the optimizer's host copy is authoritative. Afterwards <see cref="Masters"/> and every
+    /// <c>Parameter.Master</c> are null and <c>Parameter.MasterOrValue</c> refuses (loading or initializing through the
+    /// arena would write the BF16 copy in the master's place). Call once the optimizer has copied the masters it owns.
+    /// A no-op for F32/F64 arenas, whose values are the masters.
+    /// </summary>
+    public void ReleaseMasters()
+    {
+        if (!IsBuilt) throw new InvalidOperationException("parameter arena: build the arena before releasing its masters");
+        if (Masters is null) return;
+        var masters = Masters;
+        Masters = null;
+        MastersReleased = true;
+        foreach (var p in _parameters)
+        {
+            p.Master = null;
+            p.MasterIsElsewhere = true;
+        }
+        masters.Storage.Dispose();
     }
 
     /// <summary>The parameter called <paramref name="name"/>.</summary>

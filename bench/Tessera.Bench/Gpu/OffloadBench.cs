@@ -91,7 +91,7 @@ public static class OffloadBench
             double gpuGiB = backend.Allocator.Statistics.PeakBytesInUse / (double)(1L << 30);
             double hostGiB = Process.GetCurrentProcess().PeakWorkingSet64 / (double)(1L << 30);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {preset} | {model.Parameters.ParameterCount / 1e9:F2}B | {(model.Parameters.Masters is null ? "F32" : "BF16 + F32 masters")} | {batch} x {seq} | {(recompute ? "yes" : "no")} | {(offload ? "offloaded (host AdamW)" : "on GPU")} | {ms:F0} | {batch * seq / (ms / 1000):F0} | {gpuGiB:F1} | {hostGiB:F1} |"));
+                $"| {preset} | {model.Parameters.ParameterCount / 1e9:F2}B | {(model.Parameters.MasterDType == model.Parameters.DType ? "F32" : "BF16 + F32 masters")} | {batch} x {seq} | {(recompute ? "yes" : "no")} | {(offload ? "offloaded (host AdamW)" : "on GPU")} | {ms:F0} | {batch * seq / (ms / 1000):F0} | {gpuGiB:F1} | {hostGiB:F1} |"));
             Console.Error.WriteLine($"gpu-offload: {preset} {dtype} offload={offload} final loss {loss:F4}");
         }
         finally

@@ -18,8 +18,9 @@ namespace Tessera.Training.Parallel;
 /// Mixed precision (a BF16 model with F32 masters, <c>new Transformer(config, backend, DType.BF16)</c>): gradients and
 /// gathered values travel in BF16, each rank updates the F32 masters of its shard (on the host with offload) and
 /// writes their BF16 copy, as the one-rank <see cref="Trainer"/> does for the whole arena; the loss is summed in F32.
-/// Call <see cref="SynchronizeMasters"/> before reading <c>Parameter.Master</c> of a sharded run
-/// (<see cref="ShardedCheckpoint.Save"/> does).
+/// Call <see cref="SynchronizeMasters"/> before reading <c>Parameter.Master</c> of a sharded run. With the optimizer
+/// offloaded, the trainer releases the model's device masters (the host shard is the only F32 copy): read the whole F32
+/// model with <see cref="GatherMastersToHost"/> (<see cref="ShardedCheckpoint.Save"/> does).
 /// </para>
 /// </summary>
 public sealed class DataParallelTrainer : ILoopTrainer
@@ -62,6 +63,9 @@ public sealed class DataParallelTrainer : ILoopTrainer
         Communication = new ShardedDataParallel(model, group, parallel);
         Optimizer = new ShardedAdamW(model.Parameters, Communication.Layout, group, adamW, Communication.Gradient,
             parallel.OffloadOptimizer ? host : null, parallel.OffloadPieceElements);
+        // ZeRO-Offload: the host master shard (just loaded from the arena) is authoritative; a BF16 arena's full-size F32
+        // device masters would be 4 bytes per parameter of dead weight, so they are freed.
+        if (parallel.OffloadOptimizer) model.Parameters.ReleaseMasters();
         int bt = options.BatchSize * options.SequenceLength;
         _hostInputs = new int[bt];
         _hostTargets = new int[bt];
@@ -159,9 +163,68 @@ public sealed class DataParallelTrainer : ILoopTrainer
     /// </summary>
     public void SynchronizeMasters()
     {
+        if (_model.Parameters.MastersReleased)
+            throw new InvalidOperationException($"{_group.Describe()}: the F32 masters live on the host (optimizer offload), the device holds none to synchronize; use GatherMastersToHost");
         if (_model.Parameters.Masters is null) return;
         Optimizer.PublishMasters();
         Communication.GatherMasters();
+    }
+
+    /// <summary>
+    /// Collective (every rank, same point): the whole current model in its master values (the F32 masters of a BF16 run,
+    /// else the values), assembled on rank <paramref name="root"/>'s host as F32 (arena layout, Length elements; what a
+    /// checkpoint exports) and null on the other ranks. Works from wherever the masters live (the host shard with
+    /// offload, the device otherwise) through unit-size transient device buffers (<see cref="ShardedDataParallel.GatherUnits"/>),
+    /// one all-gather per unit; no full-size device buffer.
+    /// </summary>
+    public float[]? GatherMastersToHost(int root = 0)
+    {
+        var arena = _model.Parameters;
+        return GatherToHost(arena.MasterDType, root, (unit, chunk) =>
+        {
+            if (Optimizer.Offload is { } offload) offload.CopyMastersToDevice(unit.ShardStart, chunk);
+            else CopyOwnedChunk(arena.Masters ?? arena.Values, unit, chunk);
+        });
+    }
+
+    /// <summary>
+    /// Collective: the whole current model in the values the layers read (BF16 for a BF16 run), on rank
+    /// <paramref name="root"/>'s host as F32 (arena layout), null elsewhere; gathered from the owned chunks like
+    /// <see cref="GatherMastersToHost"/>.
+    /// </summary>
+    public float[]? GatherValuesToHost(int root = 0)
+    {
+        var arena = _model.Parameters;
+        return GatherToHost(arena.DType, root, (unit, chunk) => CopyOwnedChunk(arena.Values, unit, chunk));
+    }
+
+    /// <summary>Copies this rank's chunk of <paramref name="unit"/> from the arena-laid-out <paramref name="source"/> into <paramref name="chunk"/>, zeroing padding.</summary>
+    private void CopyOwnedChunk(Tensor source, ShardUnit unit, Tensor chunk)
+    {
+        var device = _model.Parameters.Backend;
+        var (start, end) = Communication.Layout.OwnedSpan(unit);
+        if (end > start) device.Copy(source.Narrow(start, new Shape((int)(end - start))), chunk.Narrow(0, new Shape((int)(end - start))));
+        if (end - start < unit.Chunk) device.Fill(chunk.Narrow(end - start, new Shape((int)(unit.Chunk - (end - start)))), 0);
+    }
+
+    private float[]? GatherToHost(DType dtype, int root, Action<ShardUnit, Tensor> ownedChunk)
+    {
+        if (root < 0 || root >= _group.Size) throw new ArgumentOutOfRangeException(nameof(root), $"{_group.Describe()}: root {root} is outside the group");
+        var device = _model.Parameters.Backend;
+        var full = _group.Rank == root ? new float[_model.Parameters.Length] : null;
+        Communication.GatherUnits(dtype, ownedChunk, (unit, gathered) =>
+        {
+            if (full is null) return;
+            var target = full.AsSpan((int)unit.Start, (int)unit.Length);
+            switch (gathered.DType)
+            {
+                case DType.F32: device.CopyToHost<float>(gathered, target); break;
+                case DType.F64: { var wide = device.ToArray<double>(gathered); for (int i = 0; i < wide.Length; i++) target[i] = (float)wide[i]; break; }
+                case DType.BF16: { var low = device.ToArray<BFloat16>(gathered); for (int i = 0; i < low.Length; i++) target[i] = low[i].ToSingle(); break; }
+                default: throw new NotSupportedException($"{_group.Describe()}: cannot gather {gathered.DType} parameters to the host");
+            }
+        });
+        return full;
     }
 
     /// <summary>Checks the batch's inputs (in [0, VocabSize)) and targets (in [-1, VocabSize)) on the host.</summary>

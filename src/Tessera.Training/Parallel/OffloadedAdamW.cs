@@ -24,8 +24,9 @@ namespace Tessera.Training.Parallel;
 /// the global norm is known (it is needed for clipping before any update anyway).
 /// </para>
 /// Host memory: masters, m and v of the shard (3 x 4 bytes per shard element for F32 masters) plus two slots of
-/// staging per piece. The device keeps no optimizer state (a BF16 arena's own F32 master buffer stays allocated
-/// there, unwritten until <see cref="PublishMasters"/>).
+/// staging per piece. The device keeps no optimizer state; the data-parallel trainer also releases a BF16 arena's own F32
+/// master buffer (<see cref="ParameterArena.ReleaseMasters"/>) once this copy is loaded, so the host masters are the only
+/// F32 copy (checkpoints read them here; <see cref="PublishMasters"/> serves an arena that kept its masters).
 /// </summary>
 public sealed class OffloadedAdamW
 {
@@ -44,6 +45,7 @@ public sealed class OffloadedAdamW
     private readonly byte[][] _toDevice = new byte[2][];         // managed staging of host -> device copies (one piece)
     private readonly Tensor _sumOfSquares;                       // (1) master dtype: the global gradient sum of squares on the host
     private readonly byte[] _scalarStaging = new byte[sizeof(double)];
+    private readonly long _stagingElements;                      // elements of the largest piece: what one staging slot holds in either dtype
 
     /// <summary>
     /// Allocates zeroed moments and masters on <paramref name="host"/> for the ranges <paramref name="layout"/> gives this
@@ -68,6 +70,7 @@ public sealed class OffloadedAdamW
         _sumOfSquares = host.Zeros(new Shape(1), arena.MasterDType);
         BuildPieces(layout.Owned);
         long largest = _pieces.Count == 0 ? 1 : _pieces.Max(p => p.Length);
+        _stagingElements = largest;
         // Sized for the wider of the two dtypes: steps move the arena dtype, loading and publishing masters the master dtype.
         int stagingBytes = checked((int)(largest * Math.Max(arena.DType.SizeInBytes(), arena.MasterDType.SizeInBytes())));
         for (int slot = 0; slot < 2; slot++)
@@ -104,6 +107,8 @@ public sealed class OffloadedAdamW
     /// </summary>
     public void LoadMastersFromArena()
     {
+        if (_arena.MastersReleased)
+            throw new InvalidOperationException("offloaded optimizer: the arena's F32 masters were released; the host masters are authoritative and cannot be reloaded from the BF16 copy (write them directly, as ShardedCheckpoint.Restore does)");
         var source = _arena.Masters ?? _arena.Values;
         foreach (var piece in _pieces)
         {
@@ -120,12 +125,33 @@ public sealed class OffloadedAdamW
     /// </summary>
     public void PublishMasters()
     {
+        if (_arena.MastersReleased)
+            throw new InvalidOperationException("offloaded optimizer: the arena's F32 masters were released, so there is no device copy to publish to; gather the host masters instead (DataParallelTrainer.GatherMastersToHost)");
         var destination = _arena.Masters ?? _arena.Values;
         foreach (var piece in _pieces)
         {
             var shape = new Shape((int)piece.Length);
             Download(Host, Masters.Narrow(piece.ShardOffset, shape), _toDevice[0]);
             Upload(_device, _toDevice[0], destination.Narrow(piece.ArenaOffset, shape));
+        }
+    }
+
+    /// <summary>
+    /// Copies <see cref="Masters"/> [<paramref name="shardOffset"/>, + destination elements) into <paramref name="destination"/>,
+    /// a device tensor of the master dtype (the transient input of a gather of the masters), through the staging slots.
+    /// </summary>
+    public void CopyMastersToDevice(long shardOffset, Tensor destination)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        if (destination.DType != Masters.DType)
+            throw new ArgumentException($"offloaded optimizer: the masters are {Masters.DType}, the destination is {destination.DType}", nameof(destination));
+        for (long done = 0; done < destination.NumElements;)
+        {
+            long take = Math.Min(destination.NumElements - done, _stagingElements);
+            var shape = new Shape((int)take);
+            Download(Host, Masters.Narrow(shardOffset + done, shape), _toDevice[0]);
+            Upload(_device, _toDevice[0], destination.Narrow(done, shape));
+            done += take;
         }
     }
 

@@ -20,7 +20,8 @@ namespace Tessera.Training.Parallel;
 /// <para>
 /// With offload (<see cref="OffloadedAdamW"/>) the masters, the moments and a gradient copy of the shard live on a host
 /// backend and the update runs there; the updated values are copied back into the device arena (BF16 under mixed
-/// precision), and the device masters are not written at all until <see cref="PublishMasters"/>.
+/// precision). The data-parallel trainer releases a BF16 arena's device masters under offload (the host copy is the only
+/// one); <see cref="MasterOf"/> says where a range's master lives.
 /// </para>
 /// </summary>
 public sealed class ShardedAdamW
@@ -128,6 +129,17 @@ public sealed class ShardedAdamW
             backend.AdamW(masters.Narrow(r.ArenaOffset, shape), _gradient(r), M.Narrow(r.ShardOffset, shape), V.Narrow(r.ShardOffset, shape),
                 StepFor(learningRate, r), clip, lowPrecision?.Narrow(r.ArenaOffset, shape));
         }
+    }
+
+    /// <summary>
+    /// The authoritative master values of an owned range and the backend that holds them: the host master shard when
+    /// offloaded, else the arena's F32 masters (mixed precision) or values. Only owned ranges are current on a sharded rank.
+    /// </summary>
+    public (IBackend Backend, Tensor Values) MasterOf(OwnedRange range)
+    {
+        var shape = new Shape((int)range.Length);
+        if (_offload is not null) return (_offload.Host, _offload.Masters.Narrow(range.ShardOffset, shape));
+        return (_arena.Backend, (_arena.Masters ?? _arena.Values).Narrow(range.ArenaOffset, shape));
     }
 
     /// <summary>The global gradient norm of the last step (reads the device: call only when logging).</summary>

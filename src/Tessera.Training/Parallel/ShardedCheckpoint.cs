@@ -21,9 +21,11 @@ namespace Tessera.Training.Parallel;
 /// <para>
 /// Mixed precision (a BF16 arena): the "value" pieces and the Hugging Face weights are the F32 masters, never the
 /// BF16 copy (which is the masters rounded, so it is rebuilt on load), and the moments are F32, as in the one-rank
-/// <see cref="TrainingCheckpoint"/>. Saving first makes every rank's masters whole and current
-/// (<see cref="DataParallelTrainer.SynchronizeMasters"/>: the offloaded host shard is published, the shards
-/// all-gathered), so rank 0 exports the F32 model; loading writes the masters and casts the BF16 values from them.
+/// <see cref="TrainingCheckpoint"/>. Each rank writes its pieces from wherever its masters live (the host shard under
+/// offload). Rank 0 exports the F32 model: with the device masters released (offload) it is gathered unit by unit from
+/// the host shards (<see cref="DataParallelTrainer.GatherMastersToHost"/>), otherwise the arena's masters are made whole
+/// first (<see cref="DataParallelTrainer.SynchronizeMasters"/>). Loading writes the masters (the host shard under
+/// offload) and casts the BF16 values from them.
 /// trainer_state.json records the arena dtype ("BF16"), and a checkpoint loads only into a run of the same dtype.
 /// </para>
 /// </summary>
@@ -49,14 +51,18 @@ public static class ShardedCheckpoint
         ArgumentNullException.ThrowIfNull(trainer);
         var group = trainer.Group;
         var model = trainer.Model;
-        // Mixed precision: each rank's F32 masters are current only in its own shard (on the host with offload);
-        // the shard pieces are written from the arena's masters and rank 0 exports all of them.
-        trainer.SynchronizeMasters();
+        // Each rank writes the pieces of its own shard from wherever its masters live (ShardedAdamW.MasterOf). Rank 0
+        // exports the whole model: with the device masters released (offload) it is gathered from every rank's host
+        // shard through unit-size device buffers; otherwise the arena's masters are made whole (mixed precision: each
+        // rank's F32 masters are current only in its own shard) and, ZeRO-3, every segment gathered.
+        bool hostMasters = model.Parameters.MastersReleased;
+        float[]? exported = hostMasters ? trainer.GatherMastersToHost(root: 0) : null;   // rank 0 only
+        if (!hostMasters) trainer.SynchronizeMasters();
         Directory.CreateDirectory(store.Root);
         string final = Path.Combine(store.Root, CheckpointStore.StepName(trainer.Step));
         string shardName = ShardFile(group.Rank, group.Size);
         string staged = Path.Combine(store.Root, $".{CheckpointStore.StepName(trainer.Step)}.{shardName}.tmp");
-        trainer.Communication.GatherAll();   // ZeRO-3: rank 0 exports full weights
+        if (!hostMasters) trainer.Communication.GatherAll();   // ZeRO-3: rank 0 exports full weights
         try
         {
             if (group.Rank != 0)
@@ -77,7 +83,9 @@ public static class ShardedCheckpoint
                         if (!File.Exists(from)) throw new CheckpointException($"{from}: rank {r}'s shard is missing after the barrier; its disk may differ from rank 0's (ranks must share the checkpoint folder)");
                         File.Move(from, Path.Combine(dir, name));
                     }
-                    HuggingFaceModelDirectory.Export(dir, model.Config, model.Parameters.Parameters, model.Parameters.Backend);
+                    if (!hostMasters) HuggingFaceModelDirectory.Export(dir, model.Config, model.Parameters.Parameters, model.Parameters.Backend);
+                    else HuggingFaceModelDirectory.Export(dir, model.Config, model.Parameters.Parameters.ToDictionary(
+                        p => p.Name, p => new HostTensor(p.Shape, exported!.AsSpan((int)p.Offset, (int)p.NumElements).ToArray()), StringComparer.Ordinal));
                     var position = trainer.DataPosition;
                     var state = new TrainerState
                     {
@@ -113,8 +121,11 @@ public static class ShardedCheckpoint
         var state = ReadChecked(directory, model);
         var pieces = ReadPieces(directory, model.Parameters);
         var arena = model.Parameters;
-        foreach (var p in arena.Parameters) WriteHost(arena.Backend, pieces[p.Name].Value, p.MasterOrValue);
-        arena.SyncValuesFromMasters();
+        // Masters released (offload): the BF16 values are cast here from the F32 pieces and the host master shard is
+        // written from them below; otherwise the arena's masters (or values) are written and the values cast on the device.
+        bool hostMasters = arena.MastersReleased;
+        foreach (var p in arena.Parameters) WriteHost(arena.Backend, pieces[p.Name].Value, hostMasters ? p.Value : p.MasterOrValue);
+        if (!hostMasters) arena.SyncValuesFromMasters();
         var layout = trainer.Communication.Layout;
         var stateBackend = trainer.Optimizer.Host ?? arena.Backend;
         foreach (var p in arena.Parameters)
@@ -128,9 +139,10 @@ public static class ShardedCheckpoint
                 long at = r.ShardOffset + (lo - r.ArenaOffset);
                 WriteHost(stateBackend, full.M.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.M.Narrow(at, shape));
                 WriteHost(stateBackend, full.V.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.V.Narrow(at, shape));
+                if (hostMasters) WriteHost(stateBackend, full.Value.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.Masters!.Narrow(at, shape));
             }
         }
-        trainer.Optimizer.LoadMastersFromArena();
+        if (!hostMasters) trainer.Optimizer.LoadMastersFromArena();
         trainer.Communication.ReleaseAll();
         trainer.Step = state.Step;
         trainer.Optimizer.StepCount = state.OptimizerStep;
@@ -228,7 +240,6 @@ public static class ShardedCheckpoint
         writer.Metadata["stage"] = ((int)trainer.Parallel.Stage).ToString(CultureInfo.InvariantCulture);
         writer.Metadata["dtype"] = arena.DType.SafetensorsName();
         writer.Metadata["value_dtype"] = arena.MasterDType.SafetensorsName();   // the masters (F32 for a BF16 arena)
-        var masters = arena.Masters ?? arena.Values;   // whole and current after SynchronizeMasters
         foreach (var p in arena.Parameters)
         {
             foreach (var r in layout.Owned)
@@ -237,7 +248,8 @@ public static class ShardedCheckpoint
                 if (lo >= hi) continue;
                 var shape = new Shape((int)(hi - lo));
                 long start = lo - p.Offset, at = r.ShardOffset + (lo - r.ArenaOffset);
-                Add(writer, $"value/{start}/{p.Name}", arena.Backend, masters.Narrow(lo, shape));
+                var (masterBackend, masters) = opt.MasterOf(r);
+                Add(writer, $"value/{start}/{p.Name}", masterBackend, masters.Narrow(lo - r.ArenaOffset, shape));
                 Add(writer, $"m/{start}/{p.Name}", stateBackend, opt.M.Narrow(at, shape));
                 Add(writer, $"v/{start}/{p.Name}", stateBackend, opt.V.Narrow(at, shape));
             }
@@ -254,6 +266,13 @@ public static class ShardedCheckpoint
     private static void WriteHost(IBackend backend, ReadOnlySpan<double> source, Tensor destination)
     {
         if (destination.DType == DType.F64) backend.CopyFromHost(source, destination);
+        else if (destination.DType == DType.BF16)
+        {
+            // The F32 master rounded to BF16, as the device cast of the masters does (round to nearest even).
+            var b = new BFloat16[source.Length];
+            for (int i = 0; i < b.Length; i++) b[i] = BFloat16.FromSingle((float)source[i]);
+            backend.CopyFromHost<BFloat16>(b, destination);
+        }
         else
         {
             var f = new float[source.Length];

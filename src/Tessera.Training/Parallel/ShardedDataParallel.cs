@@ -30,10 +30,11 @@ namespace Tessera.Training.Parallel;
 /// and, from ZeRO-2, the reduced gradient (a P/W shard); the full gradient arena is still written by the backward.
 /// ZeRO-3 keeps only its P/W master shard current and communicates like FSDP (gather per segment, reduce-scatter
 /// per segment), but the released segments' memory is not returned (it can be poisoned with NaN to prove no
-/// stale read). A BF16 arena also keeps its full-size F32 <see cref="ParameterArena.Masters"/> on the device (the
-/// arena allocates it; <c>Parameter.Master</c> views point into it), of which a rank keeps only its owned ranges
-/// current (none with offload) until <see cref="GatherMasters"/>. Transient buffers: one unit of staging per
-/// in-flight collective (pooled per size and dtype).
+/// stale read). Without offload a BF16 arena also keeps its full-size F32 <see cref="ParameterArena.Masters"/> on the
+/// device, of which a rank keeps only its owned ranges current until <see cref="GatherMasters"/>; with offload the
+/// trainer releases it (the host shard is the only F32 copy; <see cref="GatherUnits"/> assembles the whole model through
+/// unit-size buffers when a checkpoint needs it). Transient buffers: one unit of staging per in-flight collective
+/// (pooled per size and dtype).
 /// </para>
 /// </summary>
 public sealed class ShardedDataParallel : ITransformerPassHooks
@@ -183,6 +184,35 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
             previous = (unit, op);
         }
         if (previous is { } last) CompleteGather(last.Unit, last.Op, masters);
+    }
+
+    /// <summary>
+    /// Collective: for each unit in turn, <paramref name="ownedChunk"/> fills a transient device buffer of
+    /// <see cref="ShardUnit.Chunk"/> elements of <paramref name="dtype"/> with this rank's chunk (padding zeroed), the chunks
+    /// are all-gathered into a transient buffer of the whole unit, and <paramref name="consume"/> gets its first
+    /// <see cref="ShardUnit.Length"/> elements (valid only during the call). At most two unit-size buffers exist at a time,
+    /// so the whole model (e.g. the F32 masters of an offloaded run) is assembled without a full-size device buffer.
+    /// </summary>
+    public void GatherUnits(DType dtype, Action<ShardUnit, Tensor> ownedChunk, Action<ShardUnit, Tensor> consume)
+    {
+        ArgumentNullException.ThrowIfNull(ownedChunk);
+        ArgumentNullException.ThrowIfNull(consume);
+        foreach (var unit in Layout.Units)
+        {
+            var input = Rent(unit.Chunk, dtype);
+            var output = Rent(unit.Chunk * Layout.Shards, dtype);
+            try
+            {
+                ownedChunk(unit, input);
+                _group.AllGather(input, output).Wait();
+                consume(unit, output.Narrow(0, new Shape((int)unit.Length)));
+            }
+            finally
+            {
+                Return(input);
+                Return(output);
+            }
+        }
     }
 
     /// <summary>ZeRO-3: releases every segment (poisoning non-owned values when configured); a no-op for other stages.</summary>

@@ -59,7 +59,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         var device = arena.Backend;
         var opt = trainer.Optimizer;
         var state = opt.Host ?? device;
-        device.Fill(arena.Masters!, double.NaN);
+        if (arena.Masters is not null) device.Fill(arena.Masters, double.NaN);
         if (trainer.Parallel.Stage == ZeroStage.Parameters) device.Fill(arena.Values, double.NaN);   // released, poisoned
         foreach (var r in trainer.Communication.Layout.Owned)
         {
@@ -109,7 +109,8 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
             var arena = trainer.Model.Parameters;
             var device = arena.Backend;
             string rank = $"rank {ctx.Rank} of {ctx.WorldSize}";
-            AssertParameters(_masters, device.ToArray<float>(arena.Masters!), arena, $"{rank}: master");
+            if (loadedOffload) Assert.Null(arena.Masters);   // the host shard is the only F32 copy
+            else AssertParameters(_masters, device.ToArray<float>(arena.Masters!), arena, $"{rank}: master");
             if (loadedStage != ZeroStage.Parameters) AssertBf16Copy(_masters, device.ToArray<BFloat16>(arena.Values), arena, $"{rank}: value");
             var opt = trainer.Optimizer;
             var state = opt.Host ?? device;
@@ -120,7 +121,15 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
                 AssertOwned(_v, state.ToArray<float>(opt.V.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: v");
                 if (opt.Masters is not null) AssertOwned(_masters, state.ToArray<float>(opt.Masters.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: host master");
             }
-            // After training only the owned (or host) masters are current; synchronizing must rebuild them all.
+            // Offloaded: the whole F32 model comes from the host shards of every rank, through unit-size device buffers.
+            if (loadedOffload)
+            {
+                var gathered = trainer.GatherMastersToHost(root: ctx.WorldSize - 1);
+                if (ctx.Rank == ctx.WorldSize - 1) AssertParameters(_masters, gathered!, arena, $"{rank}: gathered host master");
+                else Assert.Null(gathered);
+                return 0;
+            }
+            // After training only the owned masters are current; synchronizing must rebuild them all.
             device.Fill(arena.Masters!, double.NaN);
             if (opt.Masters is null)
                 foreach (var r in trainer.Communication.Layout.Owned)
@@ -140,6 +149,62 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         AssertBf16Copy(_masters, backend.ToArray<BFloat16>(single.Parameters.Values), single.Parameters, "one rank: value");
         AssertParameters(_m, backend.ToArray<float>(plain.Optimizer.M), single.Parameters, "one rank: m");
         AssertParameters(_v, backend.ToArray<float>(plain.Optimizer.V), single.Parameters, "one rank: v");
+    }
+
+    [Theory]
+    [InlineData(ZeroStage.OptimizerStates)]
+    [InlineData(ZeroStage.Parameters)]
+    public void OffloadedBf16RunKeepsNoDeviceMastersAndItsCheckpointReloadsIdentically(ZeroStage stage)
+    {
+        // The arena of an offloaded BF16 run holds BF16 values and gradients and nothing else: 2 x 2 bytes per element
+        // (the F32 masters, 4 bytes per element, live only in the host shards). The save must then read the masters from
+        // the host, and a reload into another offloaded run must give back the same host masters, BF16 values and moments.
+        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var parallel = new DataParallelOptions { Stage = stage, OffloadOptimizer = true, BucketElements = 1500 };
+        ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            var trainer = NewTrainer(ctx, parallel);
+            var arena = trainer.Model.Parameters;
+            Assert.True(arena.MastersReleased);
+            Assert.Null(arena.Masters);
+            Assert.All(arena.Parameters, p => Assert.Null(p.Master));
+            Assert.Equal(2 * arena.Length * DType.BF16.SizeInBytes(), arena.AllocatedBytes);
+            // Loading through the arena would write the BF16 copy in the master's place: refused.
+            Assert.Throws<InvalidOperationException>(() => trainer.Model.InitializeWeights(1));
+            PlantTrainedState(trainer);
+            return ShardedCheckpoint.Save(store, trainer, "byte");
+        }, TimeSpan.FromSeconds(60));
+        var dir = store.Latest()!;
+        var exported = NewModel(new CpuBackend(1), seed: 99);
+        using (var hf = HuggingFaceModelDirectory.Open(dir, exported.Config))
+            hf.LoadInto(exported.Parameters.Parameters, exported.Backend);
+        AssertParameters(_masters, exported.Backend.ToArray<float>(exported.Parameters.Masters!), exported.Parameters, "exported master");
+
+        ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            var trainer = NewTrainer(ctx, parallel, seed: 99);
+            ShardedCheckpoint.Restore(dir, trainer);
+            var arena = trainer.Model.Parameters;
+            Assert.Null(arena.Masters);
+            var opt = trainer.Optimizer;
+            string rank = $"rank {ctx.Rank}";
+            foreach (var r in trainer.Communication.Layout.Owned)
+            {
+                var shape = new Shape((int)r.Length);
+                AssertOwned(_masters, opt.Host!.ToArray<float>(opt.Masters!.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: host master");
+                AssertOwned(_m, opt.Host!.ToArray<float>(opt.M.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: m");
+                AssertOwned(_v, opt.Host!.ToArray<float>(opt.V.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: v");
+            }
+            var gathered = trainer.GatherMastersToHost(root: 0);
+            if (ctx.Rank == 0) AssertParameters(_masters, gathered!, arena, $"{rank}: gathered master");
+            var values = trainer.GatherValuesToHost(root: 0);
+            if (ctx.Rank == 0)
+                foreach (var p in arena.Parameters)
+                    for (long i = p.Offset; i < p.Offset + p.NumElements; i++)
+                        if (BFloat16.FromSingle(_masters[i]).ToSingle() != values![i])
+                            Assert.Fail($"{rank}: value of '{p.Name}' [{i - p.Offset}]: {values[i]:R} is not the master {_masters[i]:R} rounded to BF16");
+            return 0;
+        }, TimeSpan.FromSeconds(60));
     }
 
     [Fact]
