@@ -96,6 +96,8 @@ run)
             case "$variant" in
                 eager) decode --no-graph --no-header ;;
                 cublas) TESSERA_CUDA_GEMV=0 decode --no-header ;;
+                nopdl) TESSERA_CUDA_PDL=0 decode --no-header ;;
+                nogqa) TESSERA_CUDA_DECODE_GQA=0 decode --no-header ;;
                 profile) TESSERA_CUDA_PROFILE=1 decode --no-header --repeat 2 > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
             esac
         done

@@ -82,6 +82,15 @@ template <> struct Mma<f16>
     }
 };
 
+// 2^x on the special-function unit, subnormal results flushed to zero (exp2f without fast math adds a scaling
+// around the same instruction to keep them); 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
 // Byte offset of element (r, col) (col a multiple of 8) in a swizzled tile of rows of D values.
 template <int D> __device__ __forceinline__ unsigned swz(int r, int col)
 {
@@ -193,31 +202,29 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
             for (int j = 0; j < BN / 8; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++)
-                {
-                    float x = sacc[mt][j][e] * sl2;
                     if (mask)
                     {
                         int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
-                        if (key > qp || key >= S) x = NEG_INF;
+                        if (key > qp || key >= S) sacc[mt][j][e] = NEG_INF;
                     }
-                    sacc[mt][j][e] = x;
-                }
 #pragma unroll
             for (int r = 0; r < 2; r++)
             {
-                float mx = mrow[mt][r];
+                // The max over raw scores (the scale is positive); the scale joins in one FFMA per score below.
+                float mx = NEG_INF;
 #pragma unroll
                 for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(sacc[mt][j][2 * r], sacc[mt][j][2 * r + 1]));
                 mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
                 mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+                mx = fmaxf(mrow[mt][r], mx * sl2);   // log2 domain
                 const float mu = mx == NEG_INF ? 0.f : mx;
-                const float corr = exp2f(mrow[mt][r] - mu);
+                const float corr = fast_exp2(mrow[mt][r] - mu);
                 mrow[mt][r] = mx;
                 float sum = 0.f;
 #pragma unroll
                 for (int j = 0; j < BN / 8; j++)
                 {
-                    float p0 = exp2f(sacc[mt][j][2 * r] - mu), p1 = exp2f(sacc[mt][j][2 * r + 1] - mu);
+                    float p0 = fast_exp2(fmaf(sacc[mt][j][2 * r], sl2, -mu)), p1 = fast_exp2(fmaf(sacc[mt][j][2 * r + 1], sl2, -mu));
                     sacc[mt][j][2 * r] = p0; sacc[mt][j][2 * r + 1] = p1;
                     sum += p0 + p1;
                 }
@@ -726,7 +733,7 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
             for (int e = 0; e < 4; e++)
             {
                 const int qc = j * 8 + 2 * c4 + (e & 1), key = n0 + warp * 16 + g + (e >> 1) * 8, t = m0 + qc;
-                float p = exp2f(sacc[j][e] * sl2 - tL[qc] * LOG2E);
+                float p = fast_exp2(fmaf(sacc[j][e], sl2, -tL[qc] * LOG2E));
                 if (mask && (key > t || t >= Tq)) p = 0.f;
                 sacc[j][e] = p;
                 pacc[j][e] = p * (pacc[j][e] - tDel[qc]);
