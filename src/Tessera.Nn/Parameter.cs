@@ -33,11 +33,41 @@ public sealed class Parameter
     /// <summary>Number of elements.</summary>
     public long NumElements => Shape.NumElements;
 
-    /// <summary>The value: a view into the arena's value buffer (available once the arena is built).</summary>
-    public Tensor Value { get; internal set; } = null!;
+    private Tensor? _value, _grad;
 
-    /// <summary>The gradient: a view into the arena's gradient buffer (available once the arena is built).</summary>
-    public Tensor Grad { get; internal set; } = null!;
+    /// <summary>
+    /// The value: a view into the arena's value buffer, or (sharded arena, ZeRO-3) into the gathered buffer of the
+    /// parameter's segment while it is resident. Throws while the parameter is not resident, so that no layer reads freed
+    /// or stale memory: read the property at use, never keep the tensor.
+    /// </summary>
+    public Tensor Value
+    {
+        get => _value ?? throw new InvalidOperationException($"parameter '{Name}' is not resident: its arena is sharded (ZeRO-3) and its segment is not gathered; " +
+            "gather the segment first (ShardedDataParallel runs the model's passes) and read Value at use, not from a kept tensor");
+        internal set => _value = value;
+    }
+
+    /// <summary>The gradient: a view into the arena's gradient buffer, or (sharded arena) into its segment's gradient buffer during the segment's backward; throws otherwise.</summary>
+    public Tensor Grad
+    {
+        get => _grad ?? throw new InvalidOperationException($"parameter '{Name}' has no gradient buffer bound: its arena is sharded (ZeRO-3) and the gradient exists only during its segment's backward " +
+            "(the reduced gradient lives in the rank's gradient shard)");
+        internal set => _grad = value;
+    }
+
+    /// <summary>Whether <see cref="Value"/> is bound (always once a full arena is built; while its segment is gathered for a sharded arena).</summary>
+    public bool IsResident => _value is not null;
+
+    /// <summary>Whether <see cref="Grad"/> is bound.</summary>
+    public bool HasGradient => _grad is not null;
+
+    internal void Unbind()
+    {
+        _value = null;
+        _grad = null;
+    }
+
+    internal void UnbindGradient() => _grad = null;
 
     /// <summary>
     /// Mixed precision: the F32 master of the value, a view into <see cref="ParameterArena.Masters"/>; null when the

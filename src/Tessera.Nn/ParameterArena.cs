@@ -8,6 +8,11 @@ namespace Tessera.Nn;
 /// <see cref="Build"/> allocates both buffers once and hands every parameter its views.
 /// Each parameter starts at a multiple of <see cref="Alignment"/> elements so that vectorized
 /// and GPU kernels see aligned rows.
+/// <para>
+/// ZeRO-3 shards the arena (<see cref="ReleaseStorage"/>): the full-size buffers are freed and each parameter's
+/// <c>Value</c>/<c>Grad</c> is a view of a gathered segment buffer only while its owner binds it (<see cref="Bind"/>,
+/// <see cref="BindGradients"/>, <see cref="Unbind"/>); unbound, the properties throw.
+/// </para>
 /// </summary>
 public sealed class ParameterArena
 {
@@ -50,14 +55,23 @@ public sealed class ParameterArena
     /// <summary>Elements that belong to parameters (padding excluded).</summary>
     public long ParameterCount => _parameters.Sum(p => p.NumElements);
 
-    /// <summary>The value buffer (Length / Alignment, Alignment) once built.</summary>
-    public Tensor Values { get; private set; } = null!;
+    private Tensor? _values, _grads;
+    private bool _built;
 
-    /// <summary>The gradient buffer (Length / Alignment, Alignment) once built.</summary>
-    public Tensor Grads { get; private set; } = null!;
+    /// <summary>The value buffer (Length / Alignment, Alignment) once built; throws for a sharded arena (<see cref="IsSharded"/>), which has none.</summary>
+    public Tensor Values => _values ?? throw NotMaterialized("value");
+
+    /// <summary>The gradient buffer (Length / Alignment, Alignment) once built; throws for a sharded arena, which has none.</summary>
+    public Tensor Grads => _grads ?? throw NotMaterialized("gradient");
 
     /// <summary>Whether <see cref="Build"/> has run.</summary>
-    public bool IsBuilt => Values is not null;
+    public bool IsBuilt => _built;
+
+    /// <summary>
+    /// Whether the arena gave up its full-size buffers (<see cref="ReleaseStorage"/>, ZeRO-3): values, gradients and masters
+    /// then live in the owner's shards, and a parameter's <c>Value</c>/<c>Grad</c> exist only while bound (<see cref="Bind"/>).
+    /// </summary>
+    public bool IsSharded { get; private set; }
 
     /// <summary>
     /// Whether the arena gave up its F32 master copy (<see cref="ReleaseMasters"/>): the masters then live elsewhere (the
@@ -66,7 +80,7 @@ public sealed class ParameterArena
     public bool MastersReleased { get; private set; }
 
     /// <summary>Bytes of the buffers the arena holds on its backend now (values, gradients and masters that exist).</summary>
-    public long AllocatedBytes => (Values?.Storage.ByteLength ?? 0) + (Grads?.Storage.ByteLength ?? 0) + (Masters?.Storage.ByteLength ?? 0);
+    public long AllocatedBytes => (_values?.Storage.ByteLength ?? 0) + (_grads?.Storage.ByteLength ?? 0) + (Masters?.Storage.ByteLength ?? 0);
 
     /// <summary>Declares a parameter; its tensors exist after <see cref="Build"/>.</summary>
     public Parameter Declare(string name, Shape shape, bool weightDecay)
@@ -86,16 +100,93 @@ public sealed class ParameterArena
         if (IsBuilt) throw new InvalidOperationException("the arena is already built");
         // Shaped (rows, Alignment) so that arenas past 2^31 elements (Llama 8B) fit int dimensions.
         var shape = new Shape(checked((int)Math.Max(_length / Alignment, 1)), Alignment);
-        Values = Backend.Zeros(shape, DType);
-        Grads = Backend.Zeros(shape, DType);
+        _values = Backend.Zeros(shape, DType);
+        _grads = Backend.Zeros(shape, DType);
         if (MasterDType != DType) Masters = Backend.Zeros(shape, MasterDType);
         foreach (var p in _parameters)
         {
-            p.Value = Values.Narrow(p.Offset, p.Shape);
-            p.Grad = Grads.Narrow(p.Offset, p.Shape);
+            p.Value = _values.Narrow(p.Offset, p.Shape);
+            p.Grad = _grads.Narrow(p.Offset, p.Shape);
             p.Master = Masters?.Narrow(p.Offset, p.Shape);
         }
+        _built = true;
     }
+
+    /// <summary>
+    /// ZeRO-3: frees the full-size value, gradient and master buffers (their owner has copied what it keeps: its shard) and
+    /// unbinds every parameter; afterwards <see cref="Values"/>/<see cref="Grads"/> throw, <see cref="AllocatedBytes"/> is 0,
+    /// and a parameter's tensors exist only while its owner binds them to a gathered buffer (<see cref="Bind"/>,
+    /// <see cref="BindGradients"/>). Irreversible.
+    /// </summary>
+    public void ReleaseStorage()
+    {
+        if (!_built) throw new InvalidOperationException("parameter arena: build the arena before releasing its storage");
+        if (IsSharded) return;
+        var buffers = new[] { _values, _grads, Masters };
+        _values = null;
+        _grads = null;
+        if (Masters is not null) MastersReleased = true;
+        Masters = null;
+        IsSharded = true;
+        foreach (var p in _parameters)
+        {
+            p.Unbind();
+            p.Master = null;
+            p.MasterIsElsewhere = MastersReleased;
+        }
+        foreach (var b in buffers) b?.Storage.Dispose();
+    }
+
+    /// <summary>
+    /// Sharded arena: binds the values of every parameter in the arena range [<paramref name="start"/>, <paramref name="end"/>)
+    /// (whole parameters; the range must start and end at parameter boundaries) to views of <paramref name="values"/>, which
+    /// holds that range (element i = arena element start + i).
+    /// </summary>
+    public void Bind(long start, long end, Tensor values)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        foreach (var p in InRange(start, end, values, "values")) p.Value = values.Narrow(p.Offset - start, p.Shape);
+    }
+
+    /// <summary>Sharded arena: binds the gradients of the parameters in [<paramref name="start"/>, <paramref name="end"/>) to views of <paramref name="grads"/> (laid out like <see cref="Bind"/>'s values).</summary>
+    public void BindGradients(long start, long end, Tensor grads)
+    {
+        ArgumentNullException.ThrowIfNull(grads);
+        foreach (var p in InRange(start, end, grads, "gradients")) p.Grad = grads.Narrow(p.Offset - start, p.Shape);
+    }
+
+    /// <summary>Sharded arena: unbinds values and gradients of the parameters in [<paramref name="start"/>, <paramref name="end"/>) (reads then throw).</summary>
+    public void Unbind(long start, long end)
+    {
+        foreach (var p in InRange(start, end, null, "")) p.Unbind();
+    }
+
+    /// <summary>Sharded arena: unbinds only the gradients of the parameters in [<paramref name="start"/>, <paramref name="end"/>).</summary>
+    public void UnbindGradients(long start, long end)
+    {
+        foreach (var p in InRange(start, end, null, "")) p.UnbindGradient();
+    }
+
+    private List<Parameter> InRange(long start, long end, Tensor? buffer, string what)
+    {
+        if (!IsSharded) throw new InvalidOperationException("parameter arena: only a sharded arena (ReleaseStorage) rebinds its parameters");
+        if (start < 0 || end > _length || start >= end)
+            throw new ArgumentOutOfRangeException(nameof(start), $"parameter arena: range [{start}, {end}) is outside the arena's {_length} elements");
+        if (buffer is not null)
+        {
+            if (buffer.NumElements < end - start || !buffer.IsContiguous)
+                throw new ArgumentException($"parameter arena: the {what} buffer ({buffer.NumElements} elements) must be contiguous and hold the range's {end - start}");
+            if (buffer.DType != DType) throw new ArgumentException($"parameter arena: the {what} buffer is {buffer.DType}, the arena {DType}");
+        }
+        var result = _parameters.Where(p => p.Offset >= start && p.Offset < end).ToList();
+        if (result.Count == 0 || result[0].Offset != start || result.Any(p => p.Offset + p.NumElements > end))
+            throw new ArgumentException($"parameter arena: [{start}, {end}) must start at a parameter and cover whole parameters");
+        return result;
+    }
+
+    private InvalidOperationException NotMaterialized(string what) => new(_built
+        ? $"parameter arena: the {what} buffer is sharded (ZeRO-3, ReleaseStorage); no full-size buffer exists. Read a parameter while its segment is gathered, or the rank's shard (ShardedDataParallel.Value/Gradient)"
+        : $"parameter arena: the {what} buffer exists once the arena is built");
 
     /// <summary>
     /// Mixed precision: rewrites the low-precision <see cref="Values"/> from the F32 <see cref="Masters"/> (a cast over the
@@ -103,6 +194,7 @@ public sealed class ParameterArena
     /// </summary>
     public void SyncValuesFromMasters()
     {
+        if (IsSharded) throw NotMaterialized("value");
         if (MastersReleased)
             throw new InvalidOperationException("parameter arena: the F32 masters were released (they live with the offloaded optimizer); the values cannot be rebuilt from them here");
         if (Masters is not null) Backend.Copy(Masters, Values);
@@ -118,7 +210,7 @@ public sealed class ParameterArena
     public void ReleaseMasters()
     {
         if (!IsBuilt) throw new InvalidOperationException("parameter arena: build the arena before releasing its masters");
-        if (Masters is null) return;
+        if (Masters is null || IsSharded) return;
         var masters = Masters;
         Masters = null;
         MastersReleased = true;
@@ -137,6 +229,18 @@ public sealed class ParameterArena
     /// <summary>Whether a parameter called <paramref name="name"/> exists.</summary>
     public bool Contains(string name) => _byName.ContainsKey(name);
 
-    /// <summary>Sets every gradient to zero.</summary>
-    public void ZeroGrad() => Backend.Fill(Grads, 0);
+    /// <summary>
+    /// Sets every gradient to zero. A sharded arena holds no gradients between passes (each segment's gradient buffer is
+    /// zeroed when its owner binds it), so there this zeroes only the gradients bound now.
+    /// </summary>
+    public void ZeroGrad()
+    {
+        if (!IsSharded)
+        {
+            Backend.Fill(Grads, 0);
+            return;
+        }
+        foreach (var p in _parameters)
+            if (p.HasGradient) Backend.Fill(p.Grad, 0);
+    }
 }

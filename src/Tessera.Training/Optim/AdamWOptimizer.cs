@@ -20,6 +20,8 @@ public sealed class AdamWOptimizer
     public AdamWOptimizer(ParameterArena arena, AdamWOptions options)
     {
         if (!arena.IsBuilt) throw new InvalidOperationException("build the parameter arena before creating its optimizer");
+        if (arena.IsSharded || arena.MastersReleased)
+            throw new InvalidOperationException("AdamW: the arena is sharded (ZeRO-3) or its masters are offloaded; the one-rank optimizer needs the whole arena (use ShardedAdamW through the DataParallelTrainer)");
         _arena = arena;
         Options = options;
         var backend = arena.Backend;

@@ -26,8 +26,9 @@ public sealed record DataParallelOptions
     public long OffloadPieceElements { get; init; } = OffloadedAdamW.DefaultPieceElements;
 
     /// <summary>
-    /// ZeRO-3 check: fill the non-owned parameter values of a released segment with NaN, so any read of a
-    /// parameter that was not gathered poisons the loss. Costs one fill per release; default false.
+    /// ZeRO-3 check: fill a released segment's gathered buffer with NaN before it returns to the pool, so a tensor
+    /// kept from a parameter's <c>Value</c> past its release (reading the property itself throws) poisons the loss.
+    /// Costs one fill per release; default false.
     /// </summary>
     public bool PoisonReleasedParameters { get; init; }
 

@@ -62,10 +62,12 @@ public sealed class DataParallelTrainer : ILoopTrainer
         _schedule = new CosineSchedule(options.LearningRate, options.LearningRate * options.MinLearningRateFraction, options.WarmupSteps, options.Steps);
         Communication = new ShardedDataParallel(model, group, parallel);
         Optimizer = new ShardedAdamW(model.Parameters, Communication.Layout, group, adamW, Communication.Gradient,
-            parallel.OffloadOptimizer ? host : null, parallel.OffloadPieceElements);
+            parallel.OffloadOptimizer ? host : null, parallel.OffloadPieceElements, Communication.Value, Communication.Master);
         // ZeRO-Offload: the host master shard (just loaded from the arena) is authoritative; a BF16 arena's full-size F32
         // device masters would be 4 bytes per parameter of dead weight, so they are freed.
         if (parallel.OffloadOptimizer) model.Parameters.ReleaseMasters();
+        // ZeRO-3: the rank keeps its shards only; the full-size arena buffers are freed.
+        Communication.ShardArena();
         int bt = options.BatchSize * options.SequenceLength;
         _hostInputs = new int[bt];
         _hostTargets = new int[bt];
@@ -113,14 +115,16 @@ public sealed class DataParallelTrainer : ILoopTrainer
         get
         {
             int units = Communication.Layout.Units.Count, segments = Communication.Layout.Segments;
-            int count = units + 1 + Optimizer.CollectivesPerStep;
-            if (Parallel.Stage is ZeroStage.OptimizerStates or ZeroStage.Gradients) count += units;
-            if (Parallel.Stage == ZeroStage.Parameters)
+            int count = 1 + Optimizer.CollectivesPerStep;
+            if (Parallel.Stage is ZeroStage.OptimizerStates or ZeroStage.Gradients) count += 2 * units;
+            else if (Parallel.Stage == ZeroStage.None) count += units;
+            else
             {
-                // Forward gathers every segment; backward re-gathers all but the head (kept from its forward)
-                // and, with tied embeddings, the embeddings (kept through the pass).
+                // Per micro-batch: forward gathers every segment; backward re-gathers all but the head (kept from its
+                // forward) and, with tied embeddings, the embeddings (kept through the pass); every segment's gradient
+                // is reduce-scattered (S per micro-batch, not per step: no full gradient outlives a segment's backward).
                 int backward = segments - 1 - (_model.Config.TiedEmbeddings ? 1 : 0);
-                count += Options.GradientAccumulationSteps * (segments + backward);
+                count += Options.GradientAccumulationSteps * (segments + backward + segments);
             }
             return count;
         }
@@ -137,7 +141,7 @@ public sealed class DataParallelTrainer : ILoopTrainer
         backend.Fill(_lossSum, 0);
         for (int micro = 0; micro < accum; micro++)
         {
-            Communication.BeginMicroBatch(last: micro == accum - 1);
+            Communication.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
             _train.NextBatch(_hostInputs, _hostTargets);
             CheckIds();
             backend.CopyFromHost<int>(_hostInputs, _inputs);
@@ -157,16 +161,16 @@ public sealed class DataParallelTrainer : ILoopTrainer
 
     /// <summary>
     /// Collective (every rank, same point): makes <see cref="Tessera.Nn.ParameterArena.Masters"/> hold the whole current F32
-    /// model on every rank. Training keeps only a rank's owned ranges of the masters current (and, with offload, none:
-    /// they live on the host), so this publishes the host shard to the device and all-gathers the F32 shards. A no-op
-    /// for F32/F64 models, whose values are current after every step (ZeRO-3: after <see cref="ShardedDataParallel.GatherAll"/>).
+    /// model on every rank (stages 0-2 without offload: training keeps only a rank's owned ranges of them current, so this
+    /// all-gathers the F32 shards). A no-op
+    /// for F32/F64 models, whose values are current after every step (ZeRO-3 keeps them in shards: use <see cref="GatherMastersToHost"/>).
+    /// Throws when the device holds no full-size masters (offload, or a ZeRO-3 BF16 run).
     /// </summary>
     public void SynchronizeMasters()
     {
         if (_model.Parameters.MastersReleased)
-            throw new InvalidOperationException($"{_group.Describe()}: the F32 masters live on the host (optimizer offload), the device holds none to synchronize; use GatherMastersToHost");
+            throw new InvalidOperationException($"{_group.Describe()}: the device holds no full-size F32 masters (they live on the host with offload, in the rank's master shard under ZeRO-3); use GatherMastersToHost");
         if (_model.Parameters.Masters is null) return;
-        Optimizer.PublishMasters();
         Communication.GatherMasters();
     }
 
@@ -183,6 +187,7 @@ public sealed class DataParallelTrainer : ILoopTrainer
         return GatherToHost(arena.MasterDType, root, (unit, chunk) =>
         {
             if (Optimizer.Offload is { } offload) offload.CopyMastersToDevice(unit.ShardStart, chunk);
+            else if (arena.IsSharded) arena.Backend.Copy(ShardChunk(Communication.MasterShard ?? Communication.ValueShard!, unit), chunk);
             else CopyOwnedChunk(arena.Masters ?? arena.Values, unit, chunk);
         });
     }
@@ -195,8 +200,14 @@ public sealed class DataParallelTrainer : ILoopTrainer
     public float[]? GatherValuesToHost(int root = 0)
     {
         var arena = _model.Parameters;
-        return GatherToHost(arena.DType, root, (unit, chunk) => CopyOwnedChunk(arena.Values, unit, chunk));
+        return GatherToHost(arena.DType, root, (unit, chunk) =>
+        {
+            if (arena.IsSharded) arena.Backend.Copy(ShardChunk(Communication.ValueShard!, unit), chunk);
+            else CopyOwnedChunk(arena.Values, unit, chunk);
+        });
     }
+
+    private static Tensor ShardChunk(Tensor shard, ShardUnit unit) => shard.Narrow(unit.ShardStart, new Shape((int)unit.Chunk));
 
     /// <summary>Copies this rank's chunk of <paramref name="unit"/> from the arena-laid-out <paramref name="source"/> into <paramref name="chunk"/>, zeroing padding.</summary>
     private void CopyOwnedChunk(Tensor source, ShardUnit unit, Tensor chunk)

@@ -45,13 +45,16 @@ public sealed class OffloadedAdamW
     private readonly byte[][] _toDevice = new byte[2][];         // managed staging of host -> device copies (one piece)
     private readonly Tensor _sumOfSquares;                       // (1) master dtype: the global gradient sum of squares on the host
     private readonly byte[] _scalarStaging = new byte[sizeof(double)];
+    private readonly Func<OwnedRange, Tensor> _values;          // device values of an owned range (arena dtype), read at each update
     private readonly long _stagingElements;                      // elements of the largest piece: what one staging slot holds in either dtype
 
     /// <summary>
     /// Allocates zeroed moments and masters on <paramref name="host"/> for the ranges <paramref name="layout"/> gives this
-    /// rank and loads the masters from the arena (<see cref="LoadMastersFromArena"/>).
+    /// rank and loads the masters from the arena (<see cref="LoadMastersFromArena"/>). <paramref name="values"/> returns the
+    /// device values of an owned range that each update writes (default: the arena's values; ZeRO-3: the value shard).
     /// </summary>
-    public OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements = DefaultPieceElements)
+    public OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements = DefaultPieceElements,
+        Func<OwnedRange, Tensor>? values = null)
     {
         ArgumentNullException.ThrowIfNull(arena);
         ArgumentNullException.ThrowIfNull(layout);
@@ -61,6 +64,7 @@ public sealed class OffloadedAdamW
             throw new ArgumentOutOfRangeException(nameof(pieceElements), $"offloaded optimizer: pieceElements ({pieceElements}) must be in [1, {MaxPieceElements}]");
         _arena = arena;
         _device = arena.Backend;
+        _values = values ?? (r => arena.Values.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
         Host = host;
         PieceElements = pieceElements;
         var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment);
@@ -107,6 +111,8 @@ public sealed class OffloadedAdamW
     /// </summary>
     public void LoadMastersFromArena()
     {
+        if (_arena.IsSharded)
+            throw new InvalidOperationException("offloaded optimizer: the arena is sharded (ZeRO-3) and holds no full buffers; the host masters are authoritative (write them directly, as ShardedCheckpoint.Restore does)");
         if (_arena.MastersReleased)
             throw new InvalidOperationException("offloaded optimizer: the arena's F32 masters were released; the host masters are authoritative and cannot be reloaded from the BF16 copy (write them directly, as ShardedCheckpoint.Restore does)");
         var source = _arena.Masters ?? _arena.Values;
@@ -125,7 +131,7 @@ public sealed class OffloadedAdamW
     /// </summary>
     public void PublishMasters()
     {
-        if (_arena.MastersReleased)
+        if (_arena.MastersReleased || _arena.IsSharded)
             throw new InvalidOperationException("offloaded optimizer: the arena's F32 masters were released, so there is no device copy to publish to; gather the host masters instead (DataParallelTrainer.GatherMastersToHost)");
         var destination = _arena.Masters ?? _arena.Values;
         foreach (var piece in _pieces)
@@ -229,8 +235,7 @@ public sealed class OffloadedAdamW
         Download(Host, low ?? Masters.Narrow(piece.ShardOffset, shape), _toDevice[slot]);
     }
 
-    private void UploadValues(Piece piece, int slot) =>
-        Upload(_device, _toDevice[slot], _arena.Values.Narrow(piece.ArenaOffset, new Shape((int)piece.Length)));
+    private void UploadValues(Piece piece, int slot) => Upload(_device, _toDevice[slot], _values(piece.AsRange()));
 
     /// <summary>Cuts the owned ranges into pieces of at most PieceElements, merging neighbours of one unit.</summary>
     private void BuildPieces(IReadOnlyList<OwnedRange> owned)

@@ -30,6 +30,8 @@ public sealed class ShardedAdamW
     private readonly ShardLayout _layout;
     private readonly ProcessGroup _group;
     private readonly Func<OwnedRange, Tensor> _gradient;
+    private readonly Func<OwnedRange, Tensor> _value;      // arena dtype: what the layers read (the arena's values, or ZeRO-3's value shard)
+    private readonly Func<OwnedRange, Tensor?> _master;    // F32 masters on the device, or null (F32/F64 arenas, offload)
     private readonly Tensor _sumOfSquares;         // (1) master dtype (F32 under mixed precision), on the device
     private readonly OffloadedAdamW? _offload;
 
@@ -38,9 +40,12 @@ public sealed class ShardedAdamW
     /// returns the reduced gradient of an owned range (a view of the arena or of the gradient shard).
     /// <paramref name="host"/> (offload) holds the masters and moments; null keeps them on the arena's backend.
     /// <paramref name="offloadPieceElements"/> is the largest device-host transfer of the offloaded update.
+    /// <paramref name="value"/> and <paramref name="master"/> return an owned range's values and device F32 masters (null:
+    /// none), read at each use (ZeRO-3 moves them into shards after construction); by default views of the arena.
     /// </summary>
     public ShardedAdamW(ParameterArena arena, ShardLayout layout, ProcessGroup group, AdamWOptions options,
-        Func<OwnedRange, Tensor> gradient, IBackend? host, long offloadPieceElements = OffloadedAdamW.DefaultPieceElements)
+        Func<OwnedRange, Tensor> gradient, IBackend? host, long offloadPieceElements = OffloadedAdamW.DefaultPieceElements,
+        Func<OwnedRange, Tensor>? value = null, Func<OwnedRange, Tensor?>? master = null)
     {
         ArgumentNullException.ThrowIfNull(arena);
         ArgumentNullException.ThrowIfNull(layout);
@@ -52,13 +57,15 @@ public sealed class ShardedAdamW
         _layout = layout;
         _group = group;
         _gradient = gradient;
+        _value = value ?? (r => arena.Values.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
+        _master = master ?? (r => arena.Masters?.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
         Options = options;
         // The clipping factor is computed from this scalar on the device, in the dtype the update computes in
         // (the CUDA reductions write F32; an F64 arena keeps its norm in F64).
         _sumOfSquares = arena.Backend.Zeros(new Shape(1), arena.MasterDType);
         if (host is not null)
         {
-            _offload = new OffloadedAdamW(arena, layout, host, offloadPieceElements);
+            _offload = new OffloadedAdamW(arena, layout, host, offloadPieceElements, _value);
             M = _offload.M;
             V = _offload.V;
         }
@@ -103,7 +110,7 @@ public sealed class ShardedAdamW
     {
         var backend = _arena.Backend;
         backend.Fill(_sumOfSquares, 0);
-        if (_layout.Shards == 1)
+        if (_layout.Shards == 1 && !_arena.IsSharded)
         {
             // Plain data parallelism: every rank holds the whole reduced gradient; one sum over the arena, as the one-rank optimizer does.
             backend.SumOfSquares(_arena.Grads, _sumOfSquares);
@@ -111,7 +118,7 @@ public sealed class ShardedAdamW
         else
         {
             foreach (var r in _layout.Owned) backend.SumOfSquares(_gradient(r), _sumOfSquares);
-            _group.AllReduce(_sumOfSquares).Wait();
+            if (_layout.Shards > 1) _group.AllReduce(_sumOfSquares).Wait();
         }
         StepCount++;
         var clip = Options.MaxGradNorm > 0 ? _sumOfSquares : null;
@@ -121,13 +128,13 @@ public sealed class ShardedAdamW
             return;
         }
         // Mixed precision: the F32 masters are updated and the BF16 values written beside them; otherwise the values are the masters.
-        var masters = _arena.Masters ?? _arena.Values;
-        var lowPrecision = _arena.Masters is null ? null : _arena.Values;
         foreach (var r in _layout.Owned)
         {
             var shape = new Shape((int)r.Length);
-            backend.AdamW(masters.Narrow(r.ArenaOffset, shape), _gradient(r), M.Narrow(r.ShardOffset, shape), V.Narrow(r.ShardOffset, shape),
-                StepFor(learningRate, r), clip, lowPrecision?.Narrow(r.ArenaOffset, shape));
+            var value = _value(r);
+            var master = _master(r);
+            backend.AdamW(master ?? value, _gradient(r), M.Narrow(r.ShardOffset, shape), V.Narrow(r.ShardOffset, shape),
+                StepFor(learningRate, r), clip, master is null ? null : value);
         }
     }
 
@@ -139,7 +146,7 @@ public sealed class ShardedAdamW
     {
         var shape = new Shape((int)range.Length);
         if (_offload is not null) return (_offload.Host, _offload.Masters.Narrow(range.ShardOffset, shape));
-        return (_arena.Backend, (_arena.Masters ?? _arena.Values).Narrow(range.ArenaOffset, shape));
+        return (_arena.Backend, _master(range) ?? _value(range));
     }
 
     /// <summary>The global gradient norm of the last step (reads the device: call only when logging).</summary>

@@ -52,17 +52,16 @@ public static class ShardedCheckpoint
         var group = trainer.Group;
         var model = trainer.Model;
         // Each rank writes the pieces of its own shard from wherever its masters live (ShardedAdamW.MasterOf). Rank 0
-        // exports the whole model: with the device masters released (offload) it is gathered from every rank's host
-        // shard through unit-size device buffers; otherwise the arena's masters are made whole (mixed precision: each
-        // rank's F32 masters are current only in its own shard) and, ZeRO-3, every segment gathered.
-        bool hostMasters = model.Parameters.MastersReleased;
+        // exports the whole model: when the device holds no full-size copy (masters offloaded to the host, or ZeRO-3's
+        // shards) it is gathered from every rank's shard through unit-size device buffers; otherwise the arena's
+        // masters are made whole (mixed precision: each rank's F32 masters are current only in its own shard).
+        bool hostMasters = model.Parameters.MastersReleased || model.Parameters.IsSharded;
         float[]? exported = hostMasters ? trainer.GatherMastersToHost(root: 0) : null;   // rank 0 only
         if (!hostMasters) trainer.SynchronizeMasters();
         Directory.CreateDirectory(store.Root);
         string final = Path.Combine(store.Root, CheckpointStore.StepName(trainer.Step));
         string shardName = ShardFile(group.Rank, group.Size);
         string staged = Path.Combine(store.Root, $".{CheckpointStore.StepName(trainer.Step)}.{shardName}.tmp");
-        if (!hostMasters) trainer.Communication.GatherAll();   // ZeRO-3: rank 0 exports full weights
         try
         {
             if (group.Rank != 0)
@@ -123,10 +122,15 @@ public static class ShardedCheckpoint
         var arena = model.Parameters;
         // Masters released (offload): the BF16 values are cast here from the F32 pieces and the host master shard is
         // written from them below; otherwise the arena's masters (or values) are written and the values cast on the device.
-        bool hostMasters = arena.MastersReleased;
-        foreach (var p in arena.Parameters) WriteHost(arena.Backend, pieces[p.Name].Value, hostMasters ? p.Value : p.MasterOrValue);
-        if (!hostMasters) arena.SyncValuesFromMasters();
-        var layout = trainer.Communication.Layout;
+        // Sharded (ZeRO-3): only the owned ranges are written, into the value shard (cast) and the master shard, below.
+        bool hostMasters = arena.MastersReleased, sharded = arena.IsSharded;
+        if (!sharded)
+        {
+            foreach (var p in arena.Parameters) WriteHost(arena.Backend, pieces[p.Name].Value, hostMasters ? p.Value : p.MasterOrValue);
+            if (!hostMasters) arena.SyncValuesFromMasters();
+        }
+        var communication = trainer.Communication;
+        var layout = communication.Layout;
         var stateBackend = trainer.Optimizer.Host ?? arena.Backend;
         foreach (var p in arena.Parameters)
         {
@@ -139,10 +143,14 @@ public static class ShardedCheckpoint
                 long at = r.ShardOffset + (lo - r.ArenaOffset);
                 WriteHost(stateBackend, full.M.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.M.Narrow(at, shape));
                 WriteHost(stateBackend, full.V.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.V.Narrow(at, shape));
-                if (hostMasters) WriteHost(stateBackend, full.Value.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.Masters!.Narrow(at, shape));
+                var value = full.Value.AsSpan((int)(lo - p.Offset), (int)(hi - lo));
+                if (trainer.Optimizer.Masters is { } host && (hostMasters || sharded)) WriteHost(stateBackend, value, host.Narrow(at, shape));
+                if (!sharded) continue;
+                WriteHost(arena.Backend, value, communication.Value(r).Narrow(lo - r.ArenaOffset, shape));
+                if (communication.Master(r) is { } master) WriteHost(arena.Backend, value, master.Narrow(lo - r.ArenaOffset, shape));
             }
         }
-        if (!hostMasters) trainer.Optimizer.LoadMastersFromArena();
+        if (!hostMasters && !sharded) trainer.Optimizer.LoadMastersFromArena();
         trainer.Communication.ReleaseAll();
         trainer.Step = state.Step;
         trainer.Optimizer.StepCount = state.OptimizerStep;

@@ -11,30 +11,38 @@ namespace Tessera.Training.Parallel;
 /// <item>Stages 0-2: on the last micro-batch of a step, each gradient bucket is issued (all-reduce, or
 /// reduce-scatter for ZeRO-2) as soon as the backward has finished every parameter in it; earlier
 /// micro-batches only accumulate locally. After the update, ZeRO-1/2 all-gather each bucket's updated shards.</item>
-/// <item>Stage 3: each segment is all-gathered before its forward (the next one prefetched), released after
-/// it, gathered again before its backward (the previous one prefetched), and its gradients reduce-scattered
-/// right after its backward. The head segment stays gathered from its forward to its backward; with tied
-/// embeddings the embedding segment stays gathered through the whole pass (the head reads it).</item>
+/// <item>Stage 3 (FSDP's design): the arena is sharded (<see cref="ShardArena"/>): the rank keeps only its shards of the
+/// values, the reduced gradient and (mixed precision, not offloaded) the F32 masters, P/W elements each. Each segment is
+/// all-gathered from the value shards into a pooled buffer before its forward (the next one prefetched) and the
+/// segment's parameters are bound to views of it (<see cref="ParameterArena.Bind"/>); after the forward they are unbound
+/// and the buffer returns to the pool. Before its backward it is gathered again (the previous one prefetched) and a
+/// zeroed, pooled gradient buffer of the segment is bound; right after the backward that buffer is reduce-scattered into
+/// the gradient shard and unbound. The head segment stays gathered from its forward to its backward; with tied
+/// embeddings the embedding segment stays gathered (and its gradient buffer bound) through the pass, as the head reads
+/// and writes it. Every micro-batch reduce-scatters (DeepSpeed's behaviour: keeping whole gradients across
+/// micro-batches would need the full gradient memory ZeRO-3 saves); later micro-batches add into the shard.</item>
 /// </list>
 /// Gradients are summed (the loss scale carries 1 / world); ranks reduce in rank order on thread-rank groups.
 /// <para>
 /// Mixed precision (a BF16 arena with F32 masters): what travels is what the layers use, in the arena's dtype: BF16
 /// gradients are all-reduced or reduce-scattered, BF16 values all-gathered (half the bytes of F32). The F32 masters
 /// never travel during training; each rank's optimizer keeps the masters of its own shard, and
-/// <see cref="GatherMasters"/> all-gathers them (F32) only when the whole F32 model is needed (a checkpoint).
+/// <see cref="GatherMasters"/> (full device masters) or <see cref="GatherUnits"/> (unit by unit) gathers them only when
+/// the whole F32 model is needed (a checkpoint).
 /// </para>
 /// <para>
-/// Memory per rank (P arena elements, W ranks): the model's value and gradient arenas stay full size in every
-/// stage (layers read <c>Parameter.Value</c>/<c>.Grad</c> views of them), so ZeRO here shards the optimizer
-/// state (2P/W moments; with offload those and P/W masters live on the host, with two pieces of gradient staging)
-/// and, from ZeRO-2, the reduced gradient (a P/W shard); the full gradient arena is still written by the backward.
-/// ZeRO-3 keeps only its P/W master shard current and communicates like FSDP (gather per segment, reduce-scatter
-/// per segment), but the released segments' memory is not returned (it can be poisoned with NaN to prove no
-/// stale read). Without offload a BF16 arena also keeps its full-size F32 <see cref="ParameterArena.Masters"/> on the
-/// device, of which a rank keeps only its owned ranges current until <see cref="GatherMasters"/>; with offload the
-/// trainer releases it (the host shard is the only F32 copy; <see cref="GatherUnits"/> assembles the whole model through
-/// unit-size buffers when a checkpoint needs it). Transient buffers: one unit of staging per in-flight collective
-/// (pooled per size and dtype).
+/// Memory per rank (P arena elements, W ranks, b bytes per element of the arena dtype). Stages 0-2: the value and
+/// gradient arenas stay full size (2bP; layers read views of them); ZeRO-1/2 shard the optimizer state (2P/W moments;
+/// with offload those and P/W masters live on the host) and ZeRO-2 keeps the reduced gradient in a P/W shard (the
+/// backward still writes the full gradient arena). Without offload a BF16 arena also keeps its full-size F32
+/// <see cref="ParameterArena.Masters"/> (4P bytes) of which a rank keeps only its owned ranges current until
+/// <see cref="GatherMasters"/>; with offload the trainer releases it (<see cref="ParameterArena.ReleaseMasters"/>).
+/// ZeRO-3: persistent 2bP/W (value and gradient shards) plus 4P/W (F32 master shard of a BF16 arena, on the device
+/// unless offloaded), and transient pooled buffers of whole segments (<see cref="TransientBytes"/>): at most three
+/// gathered value segments (current, prefetched, and the tied embeddings or the kept head) and three gradient segments
+/// (current, the previous one while its reduce-scatter is in flight, the tied embeddings), plus two chunk buffers when
+/// micro-batches accumulate. The arena is built full size first (the model is constructed and initialized whole) and
+/// freed by <see cref="ShardArena"/>, so setup peaks at the full size once.
 /// </para>
 /// </summary>
 public sealed class ShardedDataParallel : ITransformerPassHooks
@@ -44,13 +52,18 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     private readonly ProcessGroup _group;
     private readonly DataParallelOptions _options;
     private readonly List<(CollectiveHandle Handle, Tensor? Staging)> _gradientOps = [];
-    private readonly bool[] _resident;
+    private readonly Tensor?[] _gathered;                 // ZeRO-3: (Chunk * W) arena dtype, the segment's gathered values while resident
+    private readonly Tensor?[] _segmentGrads;             // ZeRO-3: (Chunk * W) arena dtype, the segment's gradient buffer during its backward
     private readonly Dictionary<int, (CollectiveHandle Handle, Tensor Input, Tensor Output)> _gathers = [];
+    private readonly Queue<(int Segment, CollectiveHandle Handle, Tensor Buffer, Tensor? Partial)> _scatters = [];   // ZeRO-3 gradient reduce-scatters in flight
     private readonly Dictionary<(long Elements, DType DType), Stack<Tensor>> _pool = [];
     private int _nextBucket;
-    private bool _lastMicroBatch = true;
+    private bool _firstMicroBatch = true, _lastMicroBatch = true;
 
-    /// <summary>Sets up rank <paramref name="group"/>.Rank's layout and installs itself as <paramref name="model"/>'s pass hooks.</summary>
+    /// <summary>
+    /// Sets up rank <paramref name="group"/>.Rank's layout and installs itself as <paramref name="model"/>'s pass hooks.
+    /// ZeRO-3 also needs <see cref="ShardArena"/> (after the optimizer has read the full arena) before the first pass.
+    /// </summary>
     public ShardedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -61,12 +74,10 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
         _group = group;
         _options = options;
         Layout = new ShardLayout(model, options.Stage, group.Size, group.Rank, options.BucketElements);
-        if (options.Stage >= ZeroStage.Gradients)
-            GradientShard = _arena.Backend.Zeros(new Shape(checked((int)Math.Max(Layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment), _arena.DType);
-        _resident = new bool[Layout.Segments];
-        Array.Fill(_resident, true);
+        if (options.Stage >= ZeroStage.Gradients) GradientShard = _arena.Backend.Zeros(ShardShape(), _arena.DType);
+        _gathered = new Tensor?[Layout.Segments];
+        _segmentGrads = new Tensor?[Layout.Segments];
         model.PassHooks = this;
-        if (options.Stage == ZeroStage.Parameters) ReleaseAll();
     }
 
     /// <summary>The arena layout (units and owned ranges).</summary>
@@ -75,6 +86,21 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     /// <summary>ZeRO-2/3: this rank's reduced gradient shard (ShardLength elements, shard layout); null otherwise.</summary>
     public Tensor? GradientShard { get; }
 
+    /// <summary>ZeRO-3 after <see cref="ShardArena"/>: this rank's value shard (ShardLength elements, arena dtype, shard layout); null otherwise.</summary>
+    public Tensor? ValueShard { get; private set; }
+
+    /// <summary>ZeRO-3 after <see cref="ShardArena"/>, mixed precision without offload: this rank's F32 master shard (shard layout); null otherwise.</summary>
+    public Tensor? MasterShard { get; private set; }
+
+    /// <summary>Bytes of this rank's persistent shard buffers on the device (value, gradient and master shards that exist).</summary>
+    public long PersistentBytes => (GradientShard?.Storage.ByteLength ?? 0) + (ValueShard?.Storage.ByteLength ?? 0) + (MasterShard?.Storage.ByteLength ?? 0);
+
+    /// <summary>
+    /// Bytes of every transient buffer this rank's communication has allocated and still holds (pooled or in use: gathered
+    /// segments, segment gradients, staging). The pool never frees during training, so after a step this is the peak.
+    /// </summary>
+    public long TransientBytes { get; private set; }
+
     /// <summary>The reduced gradient of an owned range: a view of the arena gradients (stages 0-1) or of <see cref="GradientShard"/>.</summary>
     public Tensor Gradient(OwnedRange range)
     {
@@ -82,9 +108,53 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
         return GradientShard is null ? _arena.Grads.Narrow(range.ArenaOffset, shape) : GradientShard.Narrow(range.ShardOffset, shape);
     }
 
-    /// <summary>Marks the next micro-batch as the last of its step (gradients are communicated) or not (they only accumulate).</summary>
-    public void BeginMicroBatch(bool last)
+    /// <summary>The values of an owned range (arena dtype): a view of <see cref="ValueShard"/> once sharded, else of the arena's values.</summary>
+    public Tensor Value(OwnedRange range)
     {
+        var shape = new Shape((int)range.Length);
+        return ValueShard is null ? _arena.Values.Narrow(range.ArenaOffset, shape) : ValueShard.Narrow(range.ShardOffset, shape);
+    }
+
+    /// <summary>The F32 masters of an owned range (mixed precision): a view of <see cref="MasterShard"/> or of the arena's masters; null when the device holds none (F32/F64 arenas, or offloaded).</summary>
+    public Tensor? Master(OwnedRange range)
+    {
+        var shape = new Shape((int)range.Length);
+        if (MasterShard is not null) return MasterShard.Narrow(range.ShardOffset, shape);
+        return _arena.Masters?.Narrow(range.ArenaOffset, shape);
+    }
+
+    /// <summary>
+    /// ZeRO-3 (a no-op otherwise): copies this rank's chunk of every segment from the full arena into the value shard (and,
+    /// when the arena still has F32 masters, the master shard), then frees the arena's full-size buffers
+    /// (<see cref="ParameterArena.ReleaseStorage"/>). Call once, after the weights are initialized or loaded and the
+    /// optimizer has read what it needs (an offloaded optimizer loads its host masters from the arena).
+    /// </summary>
+    public void ShardArena()
+    {
+        if (Layout.Stage != ZeroStage.Parameters || ValueShard is not null) return;
+        if (_arena.IsSharded) throw new InvalidOperationException($"{_group.Describe()}: the arena is already sharded by another owner");
+        var backend = _arena.Backend;
+        ValueShard = backend.Zeros(ShardShape(), _arena.DType);
+        if (_arena.Masters is not null) MasterShard = backend.Zeros(ShardShape(), _arena.MasterDType);
+        foreach (var unit in Layout.Units)
+        {
+            var (start, end) = Layout.OwnedSpan(unit);
+            if (end <= start) continue;
+            var shape = new Shape((int)(end - start));
+            backend.Copy(_arena.Values.Narrow(start, shape), ValueShard.Narrow(unit.ShardStart, shape));
+            if (MasterShard is not null) backend.Copy(_arena.Masters!.Narrow(start, shape), MasterShard.Narrow(unit.ShardStart, shape));
+        }
+        backend.Synchronize();   // the copies read the full buffers, which are freed next
+        _arena.ReleaseStorage();
+    }
+
+    /// <summary>
+    /// Marks the next micro-batch as the first and/or last of its step. Stages 0-2 communicate gradients only on the last
+    /// (earlier ones accumulate locally); ZeRO-3 reduce-scatters every micro-batch, overwriting the shard on the first.
+    /// </summary>
+    public void BeginMicroBatch(bool first, bool last)
+    {
+        _firstMicroBatch = first;
         _lastMicroBatch = last;
         _nextBucket = 0;
     }
@@ -111,6 +181,9 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     {
         if (Layout.Stage != ZeroStage.Parameters) return;
         EnsureResident(segment);
+        BindGradients(segment);
+        // The tied head writes the embedding's gradient: bound from the head's backward to the embeddings'.
+        if (segment == Layout.Segments - 1 && _model.Config.TiedEmbeddings) BindGradients(0);
         if (segment > 0) Prefetch(segment - 1);
     }
 
@@ -119,7 +192,7 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     {
         if (Layout.Stage == ZeroStage.Parameters)
         {
-            if (_lastMicroBatch) IssueGradient(Layout.Units[segment]);
+            IssueSegmentGradient(segment);
             Release(segment);
             return;
         }
@@ -140,6 +213,7 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
             if (staging is not null) Return(staging);
         }
         _gradientOps.Clear();
+        while (_scatters.Count > 0) CompleteScatter();
     }
 
     /// <summary>After the optimizer step: ZeRO-1/2 all-gather the updated shards; ZeRO-3 releases every segment.</summary>
@@ -158,7 +232,10 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
         }
     }
 
-    /// <summary>ZeRO-3: gathers every segment (to export or inspect the full weights); a no-op for other stages.</summary>
+    /// <summary>
+    /// ZeRO-3: gathers and binds every segment (to inspect the full weights through the parameters; holds every segment's
+    /// buffer until <see cref="ReleaseAll"/>, i.e. the full model: prefer <see cref="GatherUnits"/>); a no-op for other stages.
+    /// </summary>
     public void GatherAll()
     {
         if (Layout.Stage != ZeroStage.Parameters) return;
@@ -166,10 +243,10 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     }
 
     /// <summary>
-    /// Collective, mixed precision and sharded stages only (a no-op otherwise): all-gathers every unit's F32 master
-    /// chunk from its owner into <see cref="ParameterArena.Masters"/>, so every rank holds the whole, current F32
-    /// model (training keeps only the owned ranges current). With offload, publish the host masters to the arena
-    /// first (<see cref="ShardedAdamW.PublishMasters"/>). One F32 all-gather per unit, one unit in flight at a time.
+    /// Collective, mixed precision with full-size device masters (stages 0-2 without offload; a no-op otherwise):
+    /// all-gathers every unit's F32 master chunk from its owner into <see cref="ParameterArena.Masters"/>, so every rank
+    /// holds the whole, current F32 model (training keeps only the owned ranges current). One F32 all-gather per unit,
+    /// one unit in flight at a time.
     /// </summary>
     public void GatherMasters()
     {
@@ -190,17 +267,19 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     /// Collective: for each unit in turn, <paramref name="ownedChunk"/> fills a transient device buffer of
     /// <see cref="ShardUnit.Chunk"/> elements of <paramref name="dtype"/> with this rank's chunk (padding zeroed), the chunks
     /// are all-gathered into a transient buffer of the whole unit, and <paramref name="consume"/> gets its first
-    /// <see cref="ShardUnit.Length"/> elements (valid only during the call). At most two unit-size buffers exist at a time,
-    /// so the whole model (e.g. the F32 masters of an offloaded run) is assembled without a full-size device buffer.
+    /// <see cref="ShardUnit.Length"/> elements (valid only during the call). Two unit-size buffers exist at a time and are
+    /// freed at the end, so the whole model (e.g. the F32 masters of an offloaded run) is assembled without a full-size
+    /// device buffer.
     /// </summary>
     public void GatherUnits(DType dtype, Action<ShardUnit, Tensor> ownedChunk, Action<ShardUnit, Tensor> consume)
     {
         ArgumentNullException.ThrowIfNull(ownedChunk);
         ArgumentNullException.ThrowIfNull(consume);
+        var backend = _arena.Backend;
         foreach (var unit in Layout.Units)
         {
-            var input = Rent(unit.Chunk, dtype);
-            var output = Rent(unit.Chunk * Layout.Shards, dtype);
+            var input = backend.Allocate(new Shape(checked((int)unit.Chunk)), dtype);
+            var output = backend.Allocate(new Shape(checked((int)(unit.Chunk * Layout.Shards))), dtype);
             try
             {
                 ownedChunk(unit, input);
@@ -209,23 +288,36 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
             }
             finally
             {
-                Return(input);
-                Return(output);
+                backend.Synchronize();   // nothing queued may still read the buffers freed here
+                input.Storage.Dispose();
+                output.Storage.Dispose();
             }
         }
     }
 
-    /// <summary>ZeRO-3: releases every segment (poisoning non-owned values when configured); a no-op for other stages.</summary>
+    /// <summary>ZeRO-3: waits for prefetches and releases every segment (unbinding its parameters); a no-op for other stages.</summary>
     public void ReleaseAll()
     {
         if (Layout.Stage != ZeroStage.Parameters) return;
         foreach (var (s, op) in _gathers.ToList())
         {
             op.Handle.Wait();
-            Return(op.Input); Return(op.Output);
+            Return(op.Output);
             _gathers.Remove(s);
         }
-        for (int s = 0; s < Layout.Segments; s++) { _resident[s] = true; Release(s); }
+        for (int s = 0; s < Layout.Segments; s++)
+        {
+            if (_segmentGrads[s] is not null) throw new InvalidOperationException($"{_group.Describe()}: segment {s}'s gradient buffer is still bound; finish its backward first");
+            Release(s);
+        }
+    }
+
+    private Shape ShardShape() => new(checked((int)Math.Max(Layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment);
+
+    private void RequireSharded()
+    {
+        if (ValueShard is null)
+            throw new InvalidOperationException($"{_group.Describe()}: ZeRO-3 needs ShardArena() before the first pass (the data-parallel trainer calls it)");
     }
 
     private void IssueGradient(ShardUnit unit)
@@ -249,7 +341,48 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
         _gradientOps.Add((_group.ReduceScatter(staging, output, ReduceOp.Sum), staging));
     }
 
-    /// <summary>Starts the all-gather of <paramref name="unit"/>'s owned chunk of <paramref name="source"/> (the values, or the F32 masters).</summary>
+    /// <summary>ZeRO-3: a zeroed gradient buffer of the whole (padded) segment, bound to its parameters' Grad.</summary>
+    private void BindGradients(int segment)
+    {
+        if (_segmentGrads[segment] is not null) return;
+        var unit = Layout.Units[segment];
+        var buffer = Rent(unit.Chunk * Layout.Shards, _arena.DType);
+        _arena.Backend.Fill(buffer, 0);   // parameter gradients accumulate; the padding must reduce to zero
+        _arena.BindGradients(unit.Start, unit.End, buffer.Narrow(0, new Shape((int)unit.Length)));
+        _segmentGrads[segment] = buffer;
+    }
+
+    /// <summary>
+    /// ZeRO-3: reduce-scatters the segment's gradient buffer into the gradient shard (the first micro-batch writes it,
+    /// later ones reduce into a chunk buffer that is added on completion) and unbinds the gradients. At most one earlier
+    /// reduce-scatter stays in flight, so at most two segment gradient buffers (plus the tied embeddings') are alive.
+    /// </summary>
+    private void IssueSegmentGradient(int segment)
+    {
+        var buffer = _segmentGrads[segment] ?? throw new InvalidOperationException($"{_group.Describe()}: segment {segment} finished its backward without a gradient buffer");
+        var unit = Layout.Units[segment];
+        _arena.UnbindGradients(unit.Start, unit.End);
+        _segmentGrads[segment] = null;
+        while (_scatters.Count > 0) CompleteScatter();
+        var shard = GradientShard!.Narrow(unit.ShardStart, new Shape((int)unit.Chunk));
+        var partial = _firstMicroBatch ? null : Rent(unit.Chunk, _arena.DType);
+        _scatters.Enqueue((segment, _group.ReduceScatter(buffer, partial ?? shard, ReduceOp.Sum), buffer, partial));
+    }
+
+    private void CompleteScatter()
+    {
+        var (segment, handle, buffer, partial) = _scatters.Dequeue();
+        handle.Wait();
+        if (partial is not null)
+        {
+            var unit = Layout.Units[segment];
+            _arena.Backend.Accumulate(GradientShard!.Narrow(unit.ShardStart, new Shape((int)unit.Chunk)), partial);
+            Return(partial);
+        }
+        Return(buffer);
+    }
+
+    /// <summary>Starts the all-gather of <paramref name="unit"/>'s owned chunk of <paramref name="source"/> (the values, or the F32 masters; arena layout).</summary>
     private (CollectiveHandle Handle, Tensor Input, Tensor Output) IssueGather(ShardUnit unit, Tensor source)
     {
         var backend = _arena.Backend;
@@ -270,36 +403,50 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
         Return(op.Output);
     }
 
+    /// <summary>ZeRO-3: starts gathering a segment straight from the value shard into a pooled segment buffer (no staging copy).</summary>
+    private (CollectiveHandle Handle, Tensor Input, Tensor Output) IssueSegmentGather(int segment)
+    {
+        RequireSharded();
+        var unit = Layout.Units[segment];
+        var input = ValueShard!.Narrow(unit.ShardStart, new Shape((int)unit.Chunk));
+        var output = Rent(unit.Chunk * Layout.Shards, _arena.DType);
+        return (_group.AllGather(input, output), input, output);
+    }
+
     private void Prefetch(int segment)
     {
-        if (_resident[segment] || _gathers.ContainsKey(segment)) return;
-        _gathers[segment] = IssueGather(Layout.Units[segment], _arena.Values);
+        if (_gathered[segment] is not null || _gathers.ContainsKey(segment)) return;
+        _gathers[segment] = IssueSegmentGather(segment);
     }
 
     private void EnsureResident(int segment)
     {
-        if (_resident[segment]) return;
-        if (!_gathers.Remove(segment, out var op)) op = IssueGather(Layout.Units[segment], _arena.Values);
-        CompleteGather(Layout.Units[segment], op, _arena.Values);
-        _resident[segment] = true;
+        if (_gathered[segment] is not null) return;
+        if (!_gathers.Remove(segment, out var op)) op = IssueSegmentGather(segment);
+        op.Handle.Wait();
+        var unit = Layout.Units[segment];
+        _arena.Bind(unit.Start, unit.End, op.Output.Narrow(0, new Shape((int)unit.Length)));
+        _gathered[segment] = op.Output;
     }
 
+    /// <summary>ZeRO-3: unbinds the segment's parameters and returns its buffer to the pool (poisoned with NaN first when configured, so a kept view reads NaN).</summary>
     private void Release(int segment)
     {
-        if (!_resident[segment]) return;
-        _resident[segment] = false;
-        if (!_options.PoisonReleasedParameters) return;
+        var buffer = _gathered[segment];
+        if (buffer is null) return;
         var unit = Layout.Units[segment];
-        var (start, end) = Layout.OwnedSpan(unit);
-        var backend = _arena.Backend;
-        if (start > unit.Start) backend.Fill(_arena.Values.Narrow(unit.Start, new Shape((int)(start - unit.Start))), double.NaN);
-        if (unit.End > end) backend.Fill(_arena.Values.Narrow(end, new Shape((int)(unit.End - end))), double.NaN);
+        _arena.Unbind(unit.Start, unit.End);
+        _gathered[segment] = null;
+        if (_options.PoisonReleasedParameters) _arena.Backend.Fill(buffer, double.NaN);
+        Return(buffer);
     }
 
     private Tensor Rent(long elements, DType dtype)
     {
         if (_pool.TryGetValue((elements, dtype), out var stack) && stack.Count > 0) return stack.Pop();
-        return _arena.Backend.Allocate(new Shape(checked((int)elements)), dtype);
+        var buffer = _arena.Backend.Allocate(new Shape(checked((int)elements)), dtype);
+        TransientBytes += buffer.Storage.ByteLength;
+        return buffer;
     }
 
     private void Return(Tensor buffer)

@@ -12,6 +12,9 @@ public enum ZeroStage
     /// <summary>ZeRO-2: as ZeRO-1, but gradients are reduce-scattered and each rank keeps only its gradient shard.</summary>
     Gradients = 2,
 
-    /// <summary>ZeRO-3: parameters sharded too, gathered per segment just before its forward and backward.</summary>
+    /// <summary>
+    /// ZeRO-3: parameters sharded too: each rank keeps only its shards of values, gradients and masters; a segment is
+    /// gathered into a pooled buffer just before its forward and backward and its gradient reduce-scattered after it.
+    /// </summary>
     Parameters = 3,
 }

@@ -16,13 +16,13 @@ public sealed class CollectiveCountTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private (int Buckets, Dictionary<CollectiveKind, long> PerStep, long[] BucketStarts) Measure(ZeroStage stage, string preset = "gpt2-debug")
+    private (int Buckets, Dictionary<CollectiveKind, long> PerStep, long[] BucketStarts) Measure(ZeroStage stage, string preset = "gpt2-debug", int accumulation = 1)
     {
         var results = ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = ParallelRun.NewModel(preset, ctx.Backend);
             var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2),
-                ParallelRun.Options(2), new AdamWOptions(), new DataParallelOptions { Stage = stage, BucketElements = 1500 }, ctx.Host);
+                ParallelRun.Options(2, accumulation), new AdamWOptions(), new DataParallelOptions { Stage = stage, BucketElements = 1500 }, ctx.Host);
             trainer.TrainStep();   // measure a steady-state step (the second)
             var before = Enum.GetValues<CollectiveKind>().ToDictionary(k => k, ctx.Group.Count);
             trainer.TrainStep();
@@ -60,7 +60,13 @@ public sealed class CollectiveCountTests : IDisposable
         // Untied llama-debug: backward also re-gathers the embeddings: 4 + 3.
         var (_, l3, _) = Measure(ZeroStage.Parameters, "llama-debug");
         Assert.Equal((2L, 4L, 7L), (l3[CollectiveKind.AllReduce], l3[CollectiveKind.ReduceScatter], l3[CollectiveKind.AllGather]));
-        Assert.All(new[] { dp, z1, z2, z3, l3 }, d => Assert.Equal(0L, d[CollectiveKind.Barrier] + d[CollectiveKind.Broadcast]));
+        // Two micro-batches: ZeRO-3 reduce-scatters every segment on each (no full gradient outlives a segment's
+        // backward) and gathers as often; ZeRO-2 still reduces once per step, after the last.
+        var (_, a3, _) = Measure(ZeroStage.Parameters, accumulation: 2);
+        Assert.Equal((2L, 8L, 12L), (a3[CollectiveKind.AllReduce], a3[CollectiveKind.ReduceScatter], a3[CollectiveKind.AllGather]));
+        var (k2a, a2, _) = Measure(ZeroStage.Gradients, accumulation: 2);
+        Assert.Equal((2L, (long)k2a, (long)k2a), (a2[CollectiveKind.AllReduce], a2[CollectiveKind.ReduceScatter], a2[CollectiveKind.AllGather]));
+        Assert.All(new[] { dp, z1, z2, z3, l3, a3, a2 }, d => Assert.Equal(0L, d[CollectiveKind.Barrier] + d[CollectiveKind.Broadcast]));
     }
 
     [Fact]

@@ -90,6 +90,18 @@ public sealed class DataParallelTests : IDisposable
     }
 
     [Fact]
+    public void ZeroThreeReduceScattersEveryMicroBatchIntoTheShardAndMatchesOneRank()
+    {
+        // DP=4, ZeRO-3, 2 micro-batches per rank against one rank with 8: the first micro-batch's reduce-scatter writes the
+        // gradient shard, the second's is added to it ((a1 + b1) + (a2 + b2) instead of DP's (a1 + a2) + (b1 + b2)): equal
+        // to rounding (Tolerance). A second micro-batch that overwrote the shard, or was dropped, is off by O(1) relatively.
+        var adamW = new AdamWOptions();
+        var single = ParallelRun.Single("gpt2-debug", _shard, 8, 4, adamW);
+        var run = ParallelRun.Parallel("gpt2-debug", _shard, 4, 4, new DataParallelOptions { Stage = ZeroStage.Parameters, PoisonReleasedParameters = true }, adamW, accumulation: 2);
+        AssertMatchesSingle(single, run);
+    }
+
+    [Fact]
     public void AccumulationMicroBatchesBeforeTheLastCommunicateNothing()
     {
         // DP=2 with 2 micro-batches per rank against one rank with 4: the same 4 slices, summed in another order.

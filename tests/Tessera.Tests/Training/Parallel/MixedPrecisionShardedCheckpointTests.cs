@@ -60,14 +60,15 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         var opt = trainer.Optimizer;
         var state = opt.Host ?? device;
         if (arena.Masters is not null) device.Fill(arena.Masters, double.NaN);
-        if (trainer.Parallel.Stage == ZeroStage.Parameters) device.Fill(arena.Values, double.NaN);   // released, poisoned
-        foreach (var r in trainer.Communication.Layout.Owned)
+        var communication = trainer.Communication;
+        if (arena.IsSharded) Assert.Equal(0, arena.AllocatedBytes);   // ZeRO-3: only the shards exist
+        foreach (var r in communication.Layout.Owned)
         {
             var shape = new Shape((int)r.Length);
             var masters = _masters.AsSpan((int)r.ArenaOffset, (int)r.Length);
-            if (opt.Masters is null) device.CopyFromHost<float>(masters, arena.Masters!.Narrow(r.ArenaOffset, shape));
-            else state.CopyFromHost<float>(masters, opt.Masters.Narrow(r.ShardOffset, shape));
-            device.CopyFromHost<BFloat16>(ToBf16(masters), arena.Values.Narrow(r.ArenaOffset, shape));
+            var (masterBackend, master) = opt.MasterOf(r);
+            masterBackend.CopyFromHost<float>(masters, master);
+            device.CopyFromHost<BFloat16>(ToBf16(masters), communication.Value(r));
             state.CopyFromHost<float>(_m.AsSpan((int)r.ArenaOffset, (int)r.Length), opt.M.Narrow(r.ShardOffset, shape));
             state.CopyFromHost<float>(_v.AsSpan((int)r.ArenaOffset, (int)r.Length), opt.V.Narrow(r.ShardOffset, shape));
         }
@@ -109,9 +110,15 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
             var arena = trainer.Model.Parameters;
             var device = arena.Backend;
             string rank = $"rank {ctx.Rank} of {ctx.WorldSize}";
-            if (loadedOffload) Assert.Null(arena.Masters);   // the host shard is the only F32 copy
+            bool wholeMasters = !loadedOffload && loadedStage != ZeroStage.Parameters;
+            if (!wholeMasters) Assert.Null(arena.Masters);   // the host shard (offload) or the master shard (ZeRO-3) is the only F32 copy
             else AssertParameters(_masters, device.ToArray<float>(arena.Masters!), arena, $"{rank}: master");
             if (loadedStage != ZeroStage.Parameters) AssertBf16Copy(_masters, device.ToArray<BFloat16>(arena.Values), arena, $"{rank}: value");
+            else
+            {
+                var values = trainer.GatherValuesToHost(root: 0);
+                if (ctx.Rank == 0) AssertBf16Copy(_masters, values!.Select(BFloat16.FromSingle).ToArray(), arena, $"{rank}: gathered value");
+            }
             var opt = trainer.Optimizer;
             var state = opt.Host ?? device;
             foreach (var r in trainer.Communication.Layout.Owned)
@@ -121,8 +128,8 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
                 AssertOwned(_v, state.ToArray<float>(opt.V.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: v");
                 if (opt.Masters is not null) AssertOwned(_masters, state.ToArray<float>(opt.Masters.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: host master");
             }
-            // Offloaded: the whole F32 model comes from the host shards of every rank, through unit-size device buffers.
-            if (loadedOffload)
+            // Offloaded or ZeRO-3: the whole F32 model comes from every rank's shard, through unit-size device buffers.
+            if (!wholeMasters)
             {
                 var gathered = trainer.GatherMastersToHost(root: ctx.WorldSize - 1);
                 if (ctx.Rank == ctx.WorldSize - 1) AssertParameters(_masters, gathered!, arena, $"{rank}: gathered host master");
@@ -168,7 +175,8 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
             Assert.True(arena.MastersReleased);
             Assert.Null(arena.Masters);
             Assert.All(arena.Parameters, p => Assert.Null(p.Master));
-            Assert.Equal(2 * arena.Length * DType.BF16.SizeInBytes(), arena.AllocatedBytes);
+            // ZeRO-3 frees the arena's buffers as well (the value and gradient shards hold the rank's part).
+            Assert.Equal(stage == ZeroStage.Parameters ? 0 : 2 * arena.Length * DType.BF16.SizeInBytes(), arena.AllocatedBytes);
             // Loading through the arena would write the BF16 copy in the master's place: refused.
             Assert.Throws<InvalidOperationException>(() => trainer.Model.InitializeWeights(1));
             PlantTrainedState(trainer);

@@ -93,7 +93,7 @@ internal static class ParallelRun
         return trainer.Communication.Layout.Owned.Select(r =>
         {
             var shape = new Shape((int)r.Length);
-            return (r.ArenaOffset, arena.Backend.ToArray<double>(arena.Values.Narrow(r.ArenaOffset, shape)),
+            return (r.ArenaOffset, arena.Backend.ToArray<double>(trainer.Communication.Value(r)),
                 state.ToArray<double>(trainer.Optimizer.M.Narrow(r.ShardOffset, shape)), state.ToArray<double>(trainer.Optimizer.V.Narrow(r.ShardOffset, shape)));
         }).ToList();
     }
