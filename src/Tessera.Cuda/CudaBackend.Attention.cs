@@ -10,7 +10,7 @@ public sealed unsafe partial class CudaBackend
     // 16-byte aligned rows. Blocks of 64 queries x 64 keys, 4 warps; the decode kernel splits the
     // keys over CTAs when few queries meet many keys.
     private const int FlashBlock = 64, FlashThreads = 128, FlashDecodeMaxQueries = 16, FlashDecodeMinKeys = 256,
-        FlashDecodeGroupRowsPerWarp = 4;
+        FlashDecodeGroupRowsPerWarp = 4, FlashDecodeMaxSplits = 64; // DECODE_MAX_SPLITS in flash_attention.cu
 
     /// <summary>Whether the tensor-core kernels take this call: BF16/F16, D = 64 or 128, every row 16-byte aligned.</summary>
     private static bool FlashEligible(int d, params Tensor[] tensors)
@@ -33,8 +33,9 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
         int rows = FlashBlock; // query rows per CTA: 64 * FLASH_MT(D) in flash_attention.cu
         uint shared = (uint)((rows + 4 * FlashBlock) * d * 2); // Q tile + two stages of K and V
-        Launch("flash_attention.cu", "flash_forward_" + FlashSuffix(dtype, d),
-            ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), FlashThreads, args, shared);
+        string kernel = (FlashVariant.Contains("o4") ? "flash_forward_o4_" : "flash_forward_") + FlashSuffix(dtype, d);
+        PreferSharedMemory("flash_attention.cu", kernel);
+        Launch("flash_attention.cu", kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), FlashThreads, args, shared);
     }
 
     private void FlashDecode(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
@@ -83,11 +84,27 @@ public sealed unsafe partial class CudaBackend
     private int DecodeSplits(int s, int groups)
     {
         int want = Math.Max(1, 2 * CudaDevice.MultiprocessorCount / Math.Max(1, groups));
-        return Math.Clamp(Math.Min(want, (s + 63) / 64), 1, 128);
+        return Math.Clamp(Math.Min(want, (s + 63) / 64), 1, FlashDecodeMaxSplits);
     }
 
     /// <summary>TESSERA_CUDA_DECODE_GQA=0 sends grouped-query decoding to the per-query-head split kernel (for comparison).</summary>
     private static readonly bool DecodeGrouped = Environment.GetEnvironmentVariable("TESSERA_CUDA_DECODE_GQA") != "0";
+
+    /// <summary>TESSERA_CUDA_FLASH_VARIANT: "o4" takes the forward held to 128 registers (4 CTAs per SM), "o3" the backward held
+    /// to 168 (3 per SM); both may be named. An experiment's switch; empty by default.</summary>
+    private static readonly string FlashVariant = Environment.GetEnvironmentVariable("TESSERA_CUDA_FLASH_VARIANT") ?? "";
+
+    private readonly HashSet<string> _sharedCarveout = [];
+
+    /// <summary>Asks the driver for the largest shared-memory carveout for a kernel whose CTAs are limited by shared memory
+    /// (L1 keeps the rest; these kernels stage through shared memory and bypass L1), once per kernel.</summary>
+    private void PreferSharedMemory(string file, string kernel)
+    {
+        if (!_sharedCarveout.Add(kernel)) return;
+        CudaDevice.MakeCurrent();
+        Interop.CudaDriver.Check(Interop.CudaDriver.cuFuncSetAttribute(Kernels.Module(file).Function(kernel), Interop.CudaDriver.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100),
+            "cuFuncSetAttribute", kernel + " (shared-memory carveout)");
+    }
 
     private ulong _decodeCounters;
     private int _decodeCounterCapacity;
@@ -120,8 +137,9 @@ public sealed unsafe partial class CudaBackend
         void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
         // K, V tiles, two stages of Q and dO, the dS^T tile, two stages of lse and delta.
         uint shared = (uint)(2 * FlashBlock * d * 2 + 4 * FlashBlock * d * 2 + FlashBlock * FlashBlock * 2 + 4 * FlashBlock * sizeof(float));
-        Launch("flash_attention.cu", "flash_backward_" + suffix,
-            ((uint)((t + FlashBlock - 1) / FlashBlock), (uint)kh, (uint)b), FlashThreads, a2, shared);
+        string kernel = (FlashVariant.Contains("o3") ? "flash_backward_o3_" : "flash_backward_") + suffix;
+        PreferSharedMemory("flash_attention.cu", kernel);
+        Launch("flash_attention.cu", kernel, ((uint)((t + FlashBlock - 1) / FlashBlock), (uint)kh, (uint)b), FlashThreads, a2, shared);
         void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
         Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
         FreeScratch(dqacc);

@@ -22,6 +22,7 @@ internal static unsafe partial class CudaDriver
 
     internal const int CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4;
     internal const int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+    internal const int CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9;
     internal const uint CU_STREAM_NON_BLOCKING = 1;
     internal const uint CU_EVENT_DEFAULT = 0;
     internal const uint CU_EVENT_DISABLE_TIMING = 2;

@@ -365,26 +365,68 @@ __device__ __forceinline__ float load_cg(const float* p)
 }
 __device__ __forceinline__ void fence_gpu() { asm volatile("membar.gl;" ::: "memory"); }
 
-// Merges the splits of one (b, h, t) row, element d of D (and the lse from d = 0): partials read with ld.global.cg,
-// since in the fused path other CTAs wrote them during this kernel and L1 is not coherent.
+// Most key splits of one decode launch (the host clamps to it): the merge keeps a weight per (row, split) in shared memory.
+#define DECODE_MAX_SPLITS 64
+#define DECODE_MAX_ROWS 16
+
+// Merges the split partials of `rows` query rows with the CTA's threads: row r is (b, hbase + r % G, t0 + r / G), its
+// partials at part (B, H, Tq, splits, D + 2). Partials are read with ld.global.cg (other CTAs wrote them during this
+// kernel and L1 is not coherent), every thread's loads issued before their first use: loads that each wait for the
+// previous one's product cost a round trip to L2 apiece, which is what the merge used to be made of. A warp per row
+// reduces the splits' maxima and sums (lse written then), and stores each split's weight exp2(m - M) / L in shared
+// memory; then every (row, d) output is a weighted sum of its splits, 8 loads in flight at a time.
 template <typename T, int D>
-__device__ __forceinline__ void flash_decode_merge(const float* p, T* o, float* lse, int b, int h, int t, int d, int Tq, int H,
-    int splits, Strides3 os)
+__device__ void decode_merge(const float* part, T* o, float* lse, int b, int hbase, int G, int t0, int rows, int Tq,
+    int H, int splits, Strides3 os)
 {
-    float M = NEG_INF;
-    for (int i = 0; i < splits; i++) M = fmaxf(M, load_cg(p + i * (D + 2) + D));
-    float L = 0.f, acc = 0.f;
-    for (int i = 0; i < splits; i++)
+    __shared__ float weight[DECODE_MAX_ROWS][DECODE_MAX_SPLITS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int r = warp; r < rows; r += warps)
     {
-        const float* pi = p + i * (D + 2);
-        const float m = load_cg(pi + D);
-        if (m == NEG_INF) continue;
-        float w = exp2f(m - M);
-        L += load_cg(pi + D + 1) * w;
-        acc += load_cg(pi + d) * w;
+        const int t = t0 + r / G, h = hbase + r % G;
+        const float* p = part + (((i64)b * H + h) * Tq + t) * splits * (D + 2);
+        float mv[DECODE_MAX_SPLITS / 32], lv[DECODE_MAX_SPLITS / 32];
+#pragma unroll
+        for (int u = 0; u < DECODE_MAX_SPLITS / 32; u++)
+        {
+            const int sp = lane + 32 * u;
+            mv[u] = sp < splits ? load_cg(p + sp * (D + 2) + D) : NEG_INF;
+            lv[u] = sp < splits ? load_cg(p + sp * (D + 2) + D + 1) : 0.f;
+        }
+        float M = NEG_INF;
+#pragma unroll
+        for (int u = 0; u < DECODE_MAX_SPLITS / 32; u++) M = fmaxf(M, mv[u]);
+        M = warp_max(M);
+        float L = 0.f;
+#pragma unroll
+        for (int u = 0; u < DECODE_MAX_SPLITS / 32; u++)
+        {
+            mv[u] = mv[u] == NEG_INF ? 0.f : exp2f(mv[u] - M);
+            L += lv[u] * mv[u];
+        }
+        L = warp_sum(L);
+#pragma unroll
+        for (int u = 0; u < DECODE_MAX_SPLITS / 32; u++)
+            if (lane + 32 * u < splits) weight[r][lane + 32 * u] = mv[u] / L;
+        if (lse && lane == 0) lse[((i64)b * H + h) * Tq + t] = (M + log2f(L)) * LN2;
     }
-    o[b * os.b + (i64)t * os.t + (i64)h * os.h + d] = from_f<T>(acc / L);
-    if (lse && d == 0) lse[((i64)b * H + h) * Tq + t] = (M + log2f(L)) * LN2;
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows * D; i += blockDim.x)
+    {
+        const int r = i / D, d = i % D, t = t0 + r / G, h = hbase + r % G;
+        const float* p = part + (((i64)b * H + h) * Tq + t) * splits * (D + 2) + d;
+        float acc = 0.f;
+        for (int s0 = 0; s0 < splits; s0 += 8)
+        {
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = s0 + u < splits ? load_cg(p + (s0 + u) * (D + 2)) : 0.f;
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                if (s0 + u < splits) acc += v[u] * weight[r][s0 + u];
+        }
+        o[b * os.b + (i64)t * os.t + (i64)h * os.h + d] = from_f<T>(acc);
+    }
 }
 
 // One CTA of D threads per (b, h, t) row: merges the splits, writes the output row and lse.
@@ -393,7 +435,7 @@ __device__ void flash_decode_combine(const float* part, T* o, float* lse, int Tq
 {
     const int row = blockIdx.x;
     const int t = row % Tq, h = (row / Tq) % H, b = row / (Tq * H);
-    flash_decode_merge<T, D>(part + (i64)row * splits * (D + 2), o, lse, b, h, t, threadIdx.x, Tq, H, splits, os);
+    decode_merge<T, D>(part, o, lse, b, h, 1, t, 1, Tq, H, splits, os);
 }
 
 // The combine folded into the split kernel: the last CTA of a (b, h) to finish (a counter per (b, h), reset by that
@@ -409,9 +451,7 @@ __device__ void flash_decode_finish(const float* part, int* counters, T* o, floa
     __syncthreads();
     if (!last) return;
     fence_gpu();
-    for (int t = 0; t < Tq; t++)
-        for (int d = threadIdx.x; d < D; d += blockDim.x)
-            flash_decode_merge<T, D>(part + (((i64)b * H + h) * Tq + t) * splits * (D + 2), o, lse, b, h, t, d, Tq, H, splits, os);
+    decode_merge<T, D>(part, o, lse, b, h, 1, 0, Tq, Tq, H, splits, os);
     if (threadIdx.x == 0) counters[b * H + h] = 0;
 }
 
@@ -576,11 +616,7 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
     __syncthreads();
     if (!last) return;
     fence_gpu();
-    for (int i = tid; i < R * D; i += NT)
-    {
-        const int r = i / D, d = i % D, t = r / G, h = kvh * G + r % G;
-        flash_decode_merge<T, D>(part + (((i64)b * H + h) * Tq + t) * splits * (D + 2), o, lse, b, h, t, d, Tq, H, splits, os);
-    }
+    decode_merge<T, D>(part, o, lse, b, kvh * G, G, 0, R, Tq, H, splits, os);
     if (tid == 0) counters[b * KH + kvh] = 0;
 }
 
@@ -854,6 +890,14 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
         flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                 \
     }                                                                                                           \
+    /* The same kernel held to 128 registers, so that four CTAs fit an SM (an occupancy experiment). */          \
+    extern "C" __global__ void __launch_bounds__(128, 4) flash_forward_o4_##n##_d##D(const T* q, const T* k,    \
+        const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
+        Strides3 os, float scale, const int* starts)                                                            \
+    {                                                                                                           \
+        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
+        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                 \
+    }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
         const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
         float scale, int keysPerSplit, const int* starts, int* counters, T* o, float* lse, Strides3 os)          \
@@ -880,6 +924,15 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         flash_backward_dq_cast<T, D>(dqacc, dq, B, Tq, H, dqs);                                                 \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) flash_backward_##n##_d##D(const T* q, const T* k,         \
+        const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk, T* dv, int Tq,    \
+        int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks, Strides3 dvs,          \
+        float scale)                                                                                            \
+    {                                                                                                           \
+        flash_backward<T, D>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs,     \
+                             scale);                                                                            \
+    }                                                                                                           \
+    /* Held to 168 registers, so that three CTAs fit an SM (an occupancy experiment). */                        \
+    extern "C" __global__ void __launch_bounds__(128, 3) flash_backward_o3_##n##_d##D(const T* q, const T* k,   \
         const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk, T* dv, int Tq,    \
         int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks, Strides3 dvs,          \
         float scale)                                                                                            \
