@@ -33,7 +33,7 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
         int rows = FlashBlock; // query rows per CTA: 64 * FLASH_MT(D) in flash_attention.cu
         uint shared = (uint)((rows + 4 * FlashBlock) * d * 2); // Q tile + two stages of K and V
-        string kernel = (FlashVariant.Contains("o4") ? "flash_forward_o4_" : "flash_forward_") + FlashSuffix(dtype, d);
+        string kernel = "flash_forward_" + FlashSuffix(dtype, d);
         PreferSharedMemory("flash_attention.cu", kernel);
         Launch("flash_attention.cu", kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), FlashThreads, args, shared);
     }
@@ -90,14 +90,11 @@ public sealed unsafe partial class CudaBackend
     /// <summary>TESSERA_CUDA_DECODE_GQA=0 sends grouped-query decoding to the per-query-head split kernel (for comparison).</summary>
     private static readonly bool DecodeGrouped = Environment.GetEnvironmentVariable("TESSERA_CUDA_DECODE_GQA") != "0";
 
-    /// <summary>TESSERA_CUDA_FLASH_VARIANT: "o4" takes the forward held to 128 registers (4 CTAs per SM), "o3" the backward held
-    /// to 168 (3 per SM); both may be named. An experiment's switch; empty by default.</summary>
-    private static readonly string FlashVariant = Environment.GetEnvironmentVariable("TESSERA_CUDA_FLASH_VARIANT") ?? "";
-
     private readonly HashSet<string> _sharedCarveout = [];
 
-    /// <summary>Asks the driver for the largest shared-memory carveout for a kernel whose CTAs are limited by shared memory
-    /// (L1 keeps the rest; these kernels stage through shared memory and bypass L1), once per kernel.</summary>
+    /// <summary>Asks the driver for the largest shared-memory carveout for a kernel whose CTAs may be limited by shared memory
+    /// (L1 keeps the rest; these kernels stage through shared memory and bypass L1), once per kernel. Measured neutral for
+    /// the GPT-2 shapes, whose registers limit the CTAs per SM as much (docs/cuda-notes.md).</summary>
     private void PreferSharedMemory(string file, string kernel)
     {
         if (!_sharedCarveout.Add(kernel)) return;
@@ -137,7 +134,7 @@ public sealed unsafe partial class CudaBackend
         void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
         // K, V tiles, two stages of Q and dO, the dS^T tile, two stages of lse and delta.
         uint shared = (uint)(2 * FlashBlock * d * 2 + 4 * FlashBlock * d * 2 + FlashBlock * FlashBlock * 2 + 4 * FlashBlock * sizeof(float));
-        string kernel = (FlashVariant.Contains("o3") ? "flash_backward_o3_" : "flash_backward_") + suffix;
+        string kernel = "flash_backward_" + suffix;
         PreferSharedMemory("flash_attention.cu", kernel);
         Launch("flash_attention.cu", kernel, ((uint)((t + FlashBlock - 1) / FlashBlock), (uint)kh, (uint)b), FlashThreads, a2, shared);
         void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };

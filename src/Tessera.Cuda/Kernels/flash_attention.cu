@@ -411,21 +411,41 @@ __device__ void decode_merge(const float* part, T* o, float* lse, int b, int hba
         if (lse && lane == 0) lse[((i64)b * H + h) * Tq + t] = (M + log2f(L)) * LN2;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < rows * D; i += blockDim.x)
+    // Two outputs per thread per pass and 16 splits of each in flight: one L2 round trip per 16 splits of two outputs.
+    for (int i0 = threadIdx.x; i0 < rows * D; i0 += 2 * blockDim.x)
     {
-        const int r = i / D, d = i % D, t = t0 + r / G, h = hbase + r % G;
-        const float* p = part + (((i64)b * H + h) * Tq + t) * splits * (D + 2) + d;
-        float acc = 0.f;
-        for (int s0 = 0; s0 < splits; s0 += 8)
+        const float* p[2];
+        float acc[2] = {0.f, 0.f};
+#pragma unroll
+        for (int k = 0; k < 2; k++)
         {
-            float v[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++) v[u] = s0 + u < splits ? load_cg(p + (s0 + u) * (D + 2)) : 0.f;
-#pragma unroll
-            for (int u = 0; u < 8; u++)
-                if (s0 + u < splits) acc += v[u] * weight[r][s0 + u];
+            const int i = min(i0 + k * (int)blockDim.x, rows * D - 1), r = i / D, d = i % D;
+            p[k] = part + (((i64)b * H + hbase + r % G) * Tq + t0 + r / G) * splits * (D + 2) + d;
         }
-        o[b * os.b + (i64)t * os.t + (i64)h * os.h + d] = from_f<T>(acc);
+        for (int s0 = 0; s0 < splits; s0 += 16)
+        {
+            float v[2][16];
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+#pragma unroll
+                for (int u = 0; u < 16; u++) v[k][u] = s0 + u < splits ? load_cg(p[k] + (s0 + u) * (D + 2)) : 0.f;
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+            {
+                const int r = min(i0 + k * (int)blockDim.x, rows * D - 1) / D;
+#pragma unroll
+                for (int u = 0; u < 16; u++)
+                    if (s0 + u < splits) acc[k] += v[k][u] * weight[r][s0 + u];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+        {
+            const int i = i0 + k * (int)blockDim.x;
+            if (i >= rows * D) break;
+            const int r = i / D, d = i % D, t = t0 + r / G, h = hbase + r % G;
+            o[b * os.b + (i64)t * os.t + (i64)h * os.h + d] = from_f<T>(acc[k]);
+        }
     }
 }
 
@@ -578,6 +598,12 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
 #pragma unroll
             for (int e = 0; e < CPL; e++) acc[rr][e] *= corr;
         }
+        // Two accumulators per column (even and odd keys), so the chain of dependent FMAs is half as long.
+        float acc2[RPW][CPL];
+#pragma unroll
+        for (int rr = 0; rr < RPW; rr++)
+#pragma unroll
+            for (int e = 0; e < CPL; e++) acc2[rr][e] = 0.f;
 #pragma unroll
         for (int j = 0; j < CH; j++)
         {
@@ -591,9 +617,17 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
             {
                 const float pj = __shfl_sync(FULL_MASK, p[rr][j / 32], j % 32);
 #pragma unroll
-                for (int e = 0; e < CPL; e++) acc[rr][e] += pj * vv[e];
+                for (int e = 0; e < CPL; e++)
+                {
+                    if (j & 1) acc2[rr][e] = fmaf(pj, vv[e], acc2[rr][e]);
+                    else acc[rr][e] = fmaf(pj, vv[e], acc[rr][e]);
+                }
             }
         }
+#pragma unroll
+        for (int rr = 0; rr < RPW; rr++)
+#pragma unroll
+            for (int e = 0; e < CPL; e++) acc[rr][e] += acc2[rr][e];
         __syncthreads(); // this stage is refilled by the next-but-one chunk
     }
     cp_async_wait<0>();
@@ -890,14 +924,6 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
         flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                 \
     }                                                                                                           \
-    /* The same kernel held to 128 registers, so that four CTAs fit an SM (an occupancy experiment). */          \
-    extern "C" __global__ void __launch_bounds__(128, 4) flash_forward_o4_##n##_d##D(const T* q, const T* k,    \
-        const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
-        Strides3 os, float scale, const int* starts)                                                            \
-    {                                                                                                           \
-        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                 \
-    }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
         const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
         float scale, int keysPerSplit, const int* starts, int* counters, T* o, float* lse, Strides3 os)          \
@@ -924,15 +950,6 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         flash_backward_dq_cast<T, D>(dqacc, dq, B, Tq, H, dqs);                                                 \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) flash_backward_##n##_d##D(const T* q, const T* k,         \
-        const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk, T* dv, int Tq,    \
-        int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks, Strides3 dvs,          \
-        float scale)                                                                                            \
-    {                                                                                                           \
-        flash_backward<T, D>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs,     \
-                             scale);                                                                            \
-    }                                                                                                           \
-    /* Held to 168 registers, so that three CTAs fit an SM (an occupancy experiment). */                        \
-    extern "C" __global__ void __launch_bounds__(128, 3) flash_backward_o3_##n##_d##D(const T* q, const T* k,   \
         const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk, T* dv, int Tq,    \
         int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks, Strides3 dvs,          \
         float scale)                                                                                            \
