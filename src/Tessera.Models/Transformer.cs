@@ -28,7 +28,10 @@ public sealed class Transformer
     /// <param name="backend">Where parameters and activations live.</param>
     /// <param name="dtype">F32 (training), F64 (gradient checks) or BF16 (mixed precision: BF16 parameters, gradients and
     /// activations, F32 masters in the arena, F32 norm statistics, log-sum-exp and losses).</param>
-    public Transformer(TransformerConfig config, IBackend backend, DType dtype)
+    /// <param name="storage"><see cref="ArenaStorage.Full"/> (default) allocates the parameter arena;
+    /// <see cref="ArenaStorage.Deferred"/> only declares it (ZeRO-3's sharded construction: nothing full-size is allocated,
+    /// and the weights are written by the data-parallel trainer into the rank's shards).</param>
+    public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
@@ -54,7 +57,8 @@ public sealed class Transformer
         Head = config.TiedEmbeddings
             ? new Linear("lm_head", TokenEmbedding.Weight, bias: null)
             : new Linear(Parameters, "lm_head", c, vPad, bias: false);
-        Parameters.Build();
+        if (storage == ArenaStorage.Deferred) Parameters.BuildDeferred();
+        else Parameters.Build();
     }
 
     /// <summary>The configuration.</summary>
@@ -112,9 +116,30 @@ public sealed class Transformer
     /// <summary>
     /// GPT-2 initialization, deterministic for <paramref name="seed"/>: normal(0, InitStd) for matrices and
     /// embeddings, InitStd / sqrt(2 * Layers) for the residual projections (attn.proj, mlp.proj), ones for
-    /// norm weights, zeros for biases and for the padding rows of the vocabulary.
+    /// norm weights, zeros for biases and for the padding rows of the vocabulary. Writes the masters (F32 under mixed
+    /// precision) and casts the values. A sharded arena (ZeRO-3) is initialized through its trainer
+    /// (<c>DataParallelTrainer.InitializeWeights</c>), which writes the same values into the rank's shards.
     /// </summary>
     public void InitializeWeights(int seed)
+    {
+        if (Parameters.IsSharded)
+            throw new InvalidOperationException("Transformer.InitializeWeights: the parameter arena is sharded (ZeRO-3) and has no full-size buffers; " +
+                "initialize through the data-parallel trainer (DataParallelTrainer.InitializeWeights), which writes the same values into each rank's shards");
+        foreach (var (p, values) in InitialValues(seed))
+        {
+            var target = p.MasterOrValue;                            // the F32 master under mixed precision
+            if (target.DType == DType.F64) Backend.CopyFromHost<double>(values, target);
+            else Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target);
+        }
+        Parameters.SyncValuesFromMasters();
+    }
+
+    /// <summary>
+    /// The values <see cref="InitializeWeights"/> writes, one parameter at a time in declaration order, on the host in F64
+    /// (each array is fresh and belongs to the caller). The random stream is consumed in this order whatever the caller
+    /// keeps, so a ZeRO-3 rank that copies only its owned ranges gets exactly the values of a full initialization.
+    /// </summary>
+    public IEnumerable<(Parameter Parameter, double[] Values)> InitialValues(int seed)
     {
         var rng = new Random(seed);
         double std = Config.InitStd, residualStd = std / Math.Sqrt(2.0 * Config.Layers);
@@ -132,11 +157,8 @@ public sealed class Transformer
                 long filled = rows * (p.Shape.Rank == 2 ? p.Shape[1] : 1);
                 for (long i = 0; i < filled; i++) values[i] = s * NextNormal(rng);
             }
-            var target = p.MasterOrValue;                            // the F32 master under mixed precision
-            if (target.DType == DType.F64) Backend.CopyFromHost<double>(values, target);
-            else Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target);
+            yield return (p, values);
         }
-        Parameters.SyncValuesFromMasters();
     }
 
     /// <summary>

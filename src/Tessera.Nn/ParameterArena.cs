@@ -9,9 +9,11 @@ namespace Tessera.Nn;
 /// Each parameter starts at a multiple of <see cref="Alignment"/> elements so that vectorized
 /// and GPU kernels see aligned rows.
 /// <para>
-/// ZeRO-3 shards the arena (<see cref="ReleaseStorage"/>): the full-size buffers are freed and each parameter's
-/// <c>Value</c>/<c>Grad</c> is a view of a gathered segment buffer only while its owner binds it (<see cref="Bind"/>,
-/// <see cref="BindGradients"/>, <see cref="Unbind"/>); unbound, the properties throw.
+/// ZeRO-3 shards the arena: either it is declared without storage (<see cref="BuildDeferred"/>, sharded construction:
+/// no full-size buffer is ever allocated) or the full-size buffers of a built arena are freed once copied into the
+/// owner's shards (<see cref="ReleaseStorage"/>). Then each parameter's <c>Value</c>/<c>Grad</c> is a view of a gathered
+/// segment buffer only while its owner binds it (<see cref="Bind"/>, <see cref="BindGradients"/>, <see cref="Unbind"/>);
+/// unbound, the properties throw.
 /// </para>
 /// </summary>
 public sealed class ParameterArena
@@ -94,7 +96,7 @@ public sealed class ParameterArena
         return p;
     }
 
-    /// <summary>Allocates the buffers (values and gradients zeroed) and binds every parameter's views.</summary>
+    /// <summary>Allocates the buffers (values and gradients zeroed) and binds every parameter's views (ZeRO-3 without them: <see cref="BuildDeferred"/>).</summary>
     public void Build()
     {
         if (IsBuilt) throw new InvalidOperationException("the arena is already built");
@@ -111,6 +113,30 @@ public sealed class ParameterArena
         }
         _built = true;
     }
+
+    /// <summary>
+    /// ZeRO-3's sharded construction (DeepSpeed's <c>zero.Init</c>): completes the declaration without allocating anything.
+    /// The arena is built and sharded from the start (<see cref="IsBuilt"/>, <see cref="IsSharded"/> and
+    /// <see cref="IsDeferred"/> are true, <see cref="AllocatedBytes"/> is 0): shapes and offsets are fixed, no full-size
+    /// value, gradient or master buffer ever exists, and the owner materializes only its shards and writes the weights
+    /// into them (<c>DataParallelTrainer.InitializeWeights</c>/<c>LoadWeights</c>). Parameters are bound as after
+    /// <see cref="ReleaseStorage"/>; a BF16/F16 arena's masters live with the owner (<see cref="MastersReleased"/>).
+    /// </summary>
+    public void BuildDeferred()
+    {
+        if (IsBuilt) throw new InvalidOperationException("the arena is already built");
+        _built = true;
+        IsSharded = true;
+        IsDeferred = true;
+        MastersReleased = MasterDType != DType;
+        foreach (var p in _parameters) p.MasterIsElsewhere = MastersReleased;
+    }
+
+    /// <summary>
+    /// Whether the arena was built without storage (<see cref="BuildDeferred"/>): it never held full-size buffers, and its
+    /// weights exist only once its owner has written them into its shards.
+    /// </summary>
+    public bool IsDeferred { get; private set; }
 
     /// <summary>
     /// ZeRO-3: frees the full-size value, gradient and master buffers (their owner has copied what it keeps: its shard) and
@@ -185,7 +211,7 @@ public sealed class ParameterArena
     }
 
     private InvalidOperationException NotMaterialized(string what) => new(_built
-        ? $"parameter arena: the {what} buffer is sharded (ZeRO-3, ReleaseStorage); no full-size buffer exists. Read a parameter while its segment is gathered, or the rank's shard (ShardedDataParallel.Value/Gradient)"
+        ? $"parameter arena: the {what} buffer is sharded (ZeRO-3, {(IsDeferred ? "BuildDeferred" : "ReleaseStorage")}); no full-size buffer exists. Read a parameter while its segment is gathered, or the rank's shard (ShardedDataParallel.Value/Gradient)"
         : $"parameter arena: the {what} buffer exists once the arena is built");
 
     /// <summary>

@@ -116,6 +116,23 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// </summary>
     public void LoadInto(IReadOnlyList<Parameter> parameters, IBackend backend)
     {
+        CheckParameters(parameters);
+        foreach (var p in parameters)
+        {
+            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it.
+            CopyToParameter(ReadCanonical(p.Name).Data, p.MasterOrValue, backend);
+            if (p.Master is not null) backend.Copy(p.Master, p.Value);
+        }
+    }
+
+    /// <summary>
+    /// Checks that <paramref name="parameters"/> are exactly the map's (every name once, with its shape), as
+    /// <see cref="LoadInto"/> does before any copy: for a loader that reads the weights one parameter at a time itself
+    /// (<see cref="ReadCanonical"/>, e.g. into ZeRO-3 shards).
+    /// </summary>
+    public void CheckParameters(IReadOnlyList<Parameter> parameters)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
         var expected = Map.Entries.ToDictionary(e => e.Canonical, StringComparer.Ordinal);
         foreach (var p in parameters)
         {
@@ -128,12 +145,6 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         foreach (var e in Map.Entries)
             if (!given.Contains(e.Canonical))
                 throw new ArgumentException($"{Path}: the model declares no parameter '{e.Canonical}', which the weights provide");
-        foreach (var p in parameters)
-        {
-            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it.
-            CopyToParameter(ReadCanonical(p.Name).Data, p.MasterOrValue, backend);
-            if (p.Master is not null) backend.Copy(p.Master, p.Value);
-        }
     }
 
     private static void CopyToParameter(float[] data, Tensor value, IBackend backend)

@@ -19,5 +19,28 @@ public sealed partial class CpuBackend : IBackend
 
     public Tensor Allocate(Shape shape, DType dtype) => new(new CpuStorage(this, dtype, shape.NumElements), shape);
 
+    private long _allocatedBytes, _peakAllocatedBytes;
+
+    /// <summary>
+    /// Bytes of this backend's storages that are allocated now (freed ones subtract at <see cref="Storage.Dispose"/>, or at
+    /// finalization for one never disposed, so an abandoned buffer counts until the garbage collector finalizes it).
+    /// </summary>
+    public long AllocatedBytes => Interlocked.Read(ref _allocatedBytes);
+
+    /// <summary>The largest <see cref="AllocatedBytes"/> since the backend was created or <see cref="ResetPeakAllocatedBytes"/> (what a device's allocator would have had to hold).</summary>
+    public long PeakAllocatedBytes => Interlocked.Read(ref _peakAllocatedBytes);
+
+    /// <summary>Restarts <see cref="PeakAllocatedBytes"/> from the bytes allocated now.</summary>
+    public void ResetPeakAllocatedBytes() => Interlocked.Exchange(ref _peakAllocatedBytes, AllocatedBytes);
+
+    internal void OnAllocated(long bytes)
+    {
+        long now = Interlocked.Add(ref _allocatedBytes, bytes);
+        for (long peak = Interlocked.Read(ref _peakAllocatedBytes); now > peak; peak = Interlocked.Read(ref _peakAllocatedBytes))
+            if (Interlocked.CompareExchange(ref _peakAllocatedBytes, now, peak) == peak) break;
+    }
+
+    internal void OnFreed(long bytes) => Interlocked.Add(ref _allocatedBytes, -bytes);
+
     public void Synchronize() { }
 }

@@ -7,7 +7,7 @@ public sealed unsafe class CpuStorage : Storage
 {
     private void* _pointer;
 
-    internal CpuStorage(IBackend backend, DType dtype, long length) : base(backend, dtype, length)
+    internal CpuStorage(CpuBackend backend, DType dtype, long length) : base(backend, dtype, length)
     {
         nuint bytes = (nuint)Math.Max(ByteLength, 1);
         try
@@ -20,6 +20,7 @@ public sealed unsafe class CpuStorage : Storage
         }
         NativeMemory.Clear(_pointer, bytes);
         if (ByteLength > 0) GC.AddMemoryPressure(ByteLength);
+        backend.OnAllocated(ByteLength);
     }
 
     /// <summary>Address of element 0; valid until disposed.</summary>
@@ -40,6 +41,7 @@ public sealed unsafe class CpuStorage : Storage
             NativeMemory.AlignedFree(_pointer);
             _pointer = null;
             if (ByteLength > 0) GC.RemoveMemoryPressure(ByteLength);
+            ((CpuBackend)Backend).OnFreed(ByteLength);
         }
         GC.SuppressFinalize(this);
     }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Tessera.Distributed;
 using Tessera.Models;
+using Tessera.Models.HuggingFace;
 using Tessera.Tensors;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
@@ -32,10 +33,14 @@ public sealed class DataParallelTrainer : ILoopTrainer
     private readonly int[] _hostInputs, _hostTargets;
     private readonly Tensor _inputs, _targets;   // (B, T) I32
     private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
+    private bool _weightsPending;                // a deferred (sharded-construction) model whose weights are not written yet
 
     /// <summary>
     /// Creates rank <paramref name="group"/>.Rank's trainer. The model's weights must be initialized identically on
-    /// every rank; <paramref name="train"/> must read slice Rank of Size. <paramref name="host"/> is the backend of the
+    /// every rank, or (ZeRO-3's sharded construction) the model is built with <see cref="Tessera.Nn.ArenaStorage.Deferred"/>
+    /// and its weights are written after this constructor, into the rank's shards only (<see cref="InitializeWeights"/>,
+    /// <see cref="LoadWeights(string)"/> or <see cref="ShardedCheckpoint.Restore"/>; a step before that throws).
+    /// <paramref name="train"/> must read slice Rank of Size. <paramref name="host"/> is the backend of the
     /// offloaded optimizer state (required when <see cref="DataParallelOptions.OffloadOptimizer"/> is set).
     /// </summary>
     public DataParallelTrainer(Transformer model, ProcessGroup group, TokenDataLoader train, TrainerOptions options,
@@ -66,7 +71,8 @@ public sealed class DataParallelTrainer : ILoopTrainer
         // ZeRO-Offload: the host master shard (just loaded from the arena) is authoritative; a BF16 arena's full-size F32
         // device masters would be 4 bytes per parameter of dead weight, so they are freed.
         if (parallel.OffloadOptimizer) model.Parameters.ReleaseMasters();
-        // ZeRO-3: the rank keeps its shards only; the full-size arena buffers are freed.
+        // ZeRO-3: the rank keeps its shards only; the full-size arena buffers are freed (or, built deferred, never existed).
+        _weightsPending = model.Parameters.IsDeferred;
         Communication.ShardArena();
         int bt = options.BatchSize * options.SequenceLength;
         _hostInputs = new int[bt];
@@ -130,9 +136,79 @@ public sealed class DataParallelTrainer : ILoopTrainer
         }
     }
 
+    /// <summary>
+    /// Writes <see cref="Transformer.InitializeWeights"/>' values (seed <paramref name="seed"/>) wherever this rank keeps
+    /// its weights: the full arena (and the host masters with offload) for a full model; for ZeRO-3 only the owned ranges,
+    /// into the value shard, the F32 master shard and/or the host masters. One parameter at a time on the host, in the
+    /// full initialization's order, so every rank gets exactly the values a full initialization gives its ranges and no
+    /// full-size device buffer is allocated. Not collective.
+    /// </summary>
+    public void InitializeWeights(int seed)
+    {
+        foreach (var (p, values) in _model.InitialValues(seed)) WriteWeights(p, values);
+        _weightsPending = false;
+    }
+
+    /// <summary>
+    /// Loads the weights of a Hugging Face model directory (or a Tessera checkpoint, which holds one) with this model's
+    /// configuration, one parameter at a time through the host, into wherever this rank keeps them (as
+    /// <see cref="InitializeWeights"/>): under ZeRO-3 no full-size device buffer is allocated. Not collective.
+    /// </summary>
+    public void LoadWeights(string directory)
+    {
+        ArgumentNullException.ThrowIfNull(directory);
+        using var hf = HuggingFaceModelDirectory.Open(directory, _model.Config);
+        var parameters = _model.Parameters.Parameters;
+        hf.CheckParameters(parameters);
+        foreach (var p in parameters) WriteWeights(p, Array.ConvertAll(hf.ReadCanonical(p.Name).Data, x => (double)x));
+        _weightsPending = false;
+    }
+
+    /// <summary>
+    /// Writes the full host values of <paramref name="parameter"/> (its master values: F32 precision for a BF16 model)
+    /// wherever this rank keeps them: a full arena gets the whole parameter (masters, then the low-precision values cast
+    /// from them, or only the values when the masters live on the host); every owned range goes to the offloaded host
+    /// masters and, for a sharded arena, to the value shard and the F32 master shard.
+    /// </summary>
+    internal void WriteWeights(Tessera.Nn.Parameter parameter, ReadOnlySpan<double> values)
+    {
+        var arena = _model.Parameters;
+        var backend = arena.Backend;
+        if (values.Length != parameter.NumElements)
+            throw new ArgumentException($"{_group.Describe()}: {values.Length} values for parameter '{parameter.Name}' of {parameter.NumElements} elements");
+        if (!arena.IsSharded)
+        {
+            if (arena.MastersReleased) ShardedCheckpoint.WriteHost(backend, values, parameter.Value);   // the host masters below are the F32 copy
+            else
+            {
+                ShardedCheckpoint.WriteHost(backend, values, parameter.MasterOrValue);
+                if (parameter.Master is not null) backend.Copy(parameter.Master, parameter.Value);
+            }
+        }
+        var hostMasters = Optimizer.Masters;
+        if (hostMasters is null && !arena.IsSharded) return;
+        foreach (var r in Communication.Layout.Owned)
+        {
+            long lo = Math.Max(r.ArenaOffset, parameter.Offset), hi = Math.Min(r.ArenaOffset + r.Length, parameter.Offset + parameter.NumElements);
+            if (lo >= hi) continue;
+            var shape = new Shape((int)(hi - lo));
+            var part = values.Slice((int)(lo - parameter.Offset), (int)(hi - lo));
+            if (hostMasters is not null) ShardedCheckpoint.WriteHost(Optimizer.Host!, part, hostMasters.Narrow(r.ShardOffset + (lo - r.ArenaOffset), shape));
+            if (!arena.IsSharded) continue;
+            ShardedCheckpoint.WriteHost(backend, part, Communication.Value(r).Narrow(lo - r.ArenaOffset, shape));
+            if (Communication.Master(r) is { } master) ShardedCheckpoint.WriteHost(backend, part, master.Narrow(lo - r.ArenaOffset, shape));
+        }
+    }
+
+    /// <summary>Restore has written every weight (ShardedCheckpoint.Restore).</summary>
+    internal void MarkWeightsWritten() => _weightsPending = false;
+
     /// <summary>Runs one update (all accumulation micro-batches of this rank) and returns the global mean loss.</summary>
     public double TrainStep()
     {
+        if (_weightsPending)
+            throw new InvalidOperationException($"{_group.Describe()}: the model was built deferred (ZeRO-3 sharded construction) and its weights were never written; " +
+                "call InitializeWeights, LoadWeights or ShardedCheckpoint.Restore before training");
         var backend = _model.Parameters.Backend;
         int accum = Options.GradientAccumulationSteps;
         long tokens = (long)Options.BatchSize * Options.SequenceLength;

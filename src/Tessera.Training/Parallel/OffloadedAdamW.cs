@@ -46,7 +46,6 @@ public sealed class OffloadedAdamW
     private readonly Tensor _sumOfSquares;                       // (1) master dtype: the global gradient sum of squares on the host
     private readonly byte[] _scalarStaging = new byte[sizeof(double)];
     private readonly Func<OwnedRange, Tensor> _values;          // device values of an owned range (arena dtype), read at each update
-    private readonly long _stagingElements;                      // elements of the largest piece: what one staging slot holds in either dtype
 
     /// <summary>
     /// Allocates zeroed moments and masters on <paramref name="host"/> for the ranges <paramref name="layout"/> gives this
@@ -74,17 +73,17 @@ public sealed class OffloadedAdamW
         _sumOfSquares = host.Zeros(new Shape(1), arena.MasterDType);
         BuildPieces(layout.Owned);
         long largest = _pieces.Count == 0 ? 1 : _pieces.Max(p => p.Length);
-        _stagingElements = largest;
         // Sized for the wider of the two dtypes: steps move the arena dtype, loading and publishing masters the master dtype.
         int stagingBytes = checked((int)(largest * Math.Max(arena.DType.SizeInBytes(), arena.MasterDType.SizeInBytes())));
         for (int slot = 0; slot < 2; slot++)
         {
             _gradSlots[slot] = host.Allocate(new Shape((int)largest), arena.MasterDType);
-            _lowSlots[slot] = arena.Masters is null ? null : host.Allocate(new Shape((int)largest), arena.DType);
+            _lowSlots[slot] = arena.MasterDType == arena.DType ? null : host.Allocate(new Shape((int)largest), arena.DType);
             _toHost[slot] = new byte[stagingBytes];
             _toDevice[slot] = new byte[stagingBytes];
         }
-        LoadMastersFromArena();
+        // A deferred arena (ZeRO-3's sharded construction) holds no weights yet: the trainer writes the host masters later.
+        if (!arena.IsDeferred) LoadMastersFromArena();
     }
 
     /// <summary>The host backend that holds the state and runs the update.</summary>
@@ -144,20 +143,26 @@ public sealed class OffloadedAdamW
 
     /// <summary>
     /// Copies <see cref="Masters"/> [<paramref name="shardOffset"/>, + destination elements) into <paramref name="destination"/>,
-    /// a device tensor of the master dtype (the transient input of a gather of the masters), through the staging slots.
+    /// a device tensor of the master dtype (the transient input of a gather of the masters): one fill with zeros, then one
+    /// staged copy per owned piece in the range. Elements outside the pieces are padding, which is zero in the host masters
+    /// too (nothing writes there), so a rank that owns nothing of the range does one fill.
     /// </summary>
     public void CopyMastersToDevice(long shardOffset, Tensor destination)
     {
         ArgumentNullException.ThrowIfNull(destination);
         if (destination.DType != Masters.DType)
             throw new ArgumentException($"offloaded optimizer: the masters are {Masters.DType}, the destination is {destination.DType}", nameof(destination));
-        for (long done = 0; done < destination.NumElements;)
+        long end = shardOffset + destination.NumElements;
+        if (shardOffset < 0 || end > Masters.NumElements)
+            throw new ArgumentOutOfRangeException(nameof(shardOffset), $"offloaded optimizer: [{shardOffset}, {end}) is outside the shard's {Masters.NumElements} elements");
+        _device.Fill(destination, 0);
+        foreach (var piece in _pieces)
         {
-            long take = Math.Min(destination.NumElements - done, _stagingElements);
-            var shape = new Shape((int)take);
-            Download(Host, Masters.Narrow(shardOffset + done, shape), _toDevice[0]);
-            Upload(_device, _toDevice[0], destination.Narrow(done, shape));
-            done += take;
+            long lo = Math.Max(piece.ShardOffset, shardOffset), hi = Math.Min(piece.ShardOffset + piece.Length, end);
+            if (lo >= hi) continue;
+            var shape = new Shape((int)(hi - lo));   // at most one piece: fits the staging slot
+            Download(Host, Masters.Narrow(lo, shape), _toDevice[0]);
+            Upload(_device, _toDevice[0], destination.Narrow(lo - shardOffset, shape));
         }
     }
 

@@ -120,21 +120,13 @@ public static class ShardedCheckpoint
         var state = ReadChecked(directory, model);
         var pieces = ReadPieces(directory, model.Parameters);
         var arena = model.Parameters;
-        // Masters released (offload): the BF16 values are cast here from the F32 pieces and the host master shard is
-        // written from them below; otherwise the arena's masters (or values) are written and the values cast on the device.
-        // Sharded (ZeRO-3): only the owned ranges are written, into the value shard (cast) and the master shard, below.
-        bool hostMasters = arena.MastersReleased, sharded = arena.IsSharded;
-        if (!sharded)
-        {
-            foreach (var p in arena.Parameters) WriteHost(arena.Backend, pieces[p.Name].Value, hostMasters ? p.Value : p.MasterOrValue);
-            if (!hostMasters) arena.SyncValuesFromMasters();
-        }
-        var communication = trainer.Communication;
-        var layout = communication.Layout;
+        var layout = trainer.Communication.Layout;
         var stateBackend = trainer.Optimizer.Host ?? arena.Backend;
         foreach (var p in arena.Parameters)
         {
             var full = pieces[p.Name];
+            // The weights go wherever this rank keeps them (full arena, masters, value/master shards, host masters).
+            trainer.WriteWeights(p, full.Value);
             foreach (var r in layout.Owned)
             {
                 long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
@@ -143,14 +135,9 @@ public static class ShardedCheckpoint
                 long at = r.ShardOffset + (lo - r.ArenaOffset);
                 WriteHost(stateBackend, full.M.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.M.Narrow(at, shape));
                 WriteHost(stateBackend, full.V.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.V.Narrow(at, shape));
-                var value = full.Value.AsSpan((int)(lo - p.Offset), (int)(hi - lo));
-                if (trainer.Optimizer.Masters is { } host && (hostMasters || sharded)) WriteHost(stateBackend, value, host.Narrow(at, shape));
-                if (!sharded) continue;
-                WriteHost(arena.Backend, value, communication.Value(r).Narrow(lo - r.ArenaOffset, shape));
-                if (communication.Master(r) is { } master) WriteHost(arena.Backend, value, master.Narrow(lo - r.ArenaOffset, shape));
             }
         }
-        if (!hostMasters && !sharded) trainer.Optimizer.LoadMastersFromArena();
+        trainer.MarkWeightsWritten();
         trainer.Communication.ReleaseAll();
         trainer.Step = state.Step;
         trainer.Optimizer.StepCount = state.OptimizerStep;
@@ -271,7 +258,8 @@ public static class ShardedCheckpoint
         else writer.Add(name, view.Shape, backend.ToArray<float>(view));
     }
 
-    private static void WriteHost(IBackend backend, ReadOnlySpan<double> source, Tensor destination)
+    /// <summary>Writes host values into a tensor of any float dtype (F64 as is, F32 rounded, BF16 through the F32 rounding, as the device cast of the masters).</summary>
+    internal static void WriteHost(IBackend backend, ReadOnlySpan<double> source, Tensor destination)
     {
         if (destination.DType == DType.F64) backend.CopyFromHost(source, destination);
         else if (destination.DType == DType.BF16)

@@ -41,8 +41,11 @@ namespace Tessera.Training.Parallel;
 /// unless offloaded), and transient pooled buffers of whole segments (<see cref="TransientBytes"/>): at most three
 /// gathered value segments (current, prefetched, and the tied embeddings or the kept head) and three gradient segments
 /// (current, the previous one while its reduce-scatter is in flight, the tied embeddings), plus two chunk buffers when
-/// micro-batches accumulate. The arena is built full size first (the model is constructed and initialized whole) and
-/// freed by <see cref="ShardArena"/>, so setup peaks at the full size once.
+/// micro-batches accumulate. Setup: a model built with <see cref="ArenaStorage.Deferred"/> (sharded construction, as
+/// DeepSpeed's <c>zero.Init</c>) never allocates a full-size buffer; <see cref="ShardArena"/> allocates the shards and
+/// the trainer writes each rank's owned ranges of the initialized or loaded weights into them, one parameter at a time
+/// from the host. A model built full size (construct-then-shard) peaks at the full arena once, until
+/// <see cref="ShardArena"/> frees it.
 /// </para>
 /// </summary>
 public sealed class ShardedDataParallel : ITransformerPassHooks
@@ -73,6 +76,9 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
         _arena = model.Parameters;
         _group = group;
         _options = options;
+        if (_arena.IsSharded && options.Stage != ZeroStage.Parameters)
+            throw new ArgumentException($"{group.Describe()}: the model's parameter arena is sharded ({(_arena.IsDeferred ? "built deferred, ArenaStorage.Deferred" : "released")}), " +
+                $"which only ZeRO-3 serves; build the model with ArenaStorage.Full for stage {(int)options.Stage}");
         Layout = new ShardLayout(model, options.Stage, group.Size, group.Rank, options.BucketElements);
         if (options.Stage >= ZeroStage.Gradients) GradientShard = _arena.Backend.Zeros(ShardShape(), _arena.DType);
         _gathered = new Tensor?[Layout.Segments];
@@ -124,16 +130,26 @@ public sealed class ShardedDataParallel : ITransformerPassHooks
     }
 
     /// <summary>
-    /// ZeRO-3 (a no-op otherwise): copies this rank's chunk of every segment from the full arena into the value shard (and,
-    /// when the arena still has F32 masters, the master shard), then frees the arena's full-size buffers
-    /// (<see cref="ParameterArena.ReleaseStorage"/>). Call once, after the weights are initialized or loaded and the
-    /// optimizer has read what it needs (an offloaded optimizer loads its host masters from the arena).
+    /// ZeRO-3 (a no-op otherwise): materializes this rank's value shard (and, for a BF16 arena whose F32 masters stay on
+    /// the device, the master shard). A full arena (<see cref="ArenaStorage.Full"/>, construct-then-shard): copies the
+    /// rank's chunk of every segment into the shards, then frees the arena's full-size buffers
+    /// (<see cref="ParameterArena.ReleaseStorage"/>); call once the weights are initialized or loaded and the optimizer has
+    /// read what it needs (an offloaded optimizer loads its host masters from the arena). A deferred arena
+    /// (<see cref="ArenaStorage.Deferred"/>, sharded construction): allocates zeroed shards only, so no full-size buffer
+    /// ever exists; the weights are written into them afterwards (<see cref="DataParallelTrainer.InitializeWeights"/>,
+    /// <see cref="DataParallelTrainer.LoadWeights(string)"/>, <see cref="ShardedCheckpoint.Restore"/>).
     /// </summary>
     public void ShardArena()
     {
         if (Layout.Stage != ZeroStage.Parameters || ValueShard is not null) return;
-        if (_arena.IsSharded) throw new InvalidOperationException($"{_group.Describe()}: the arena is already sharded by another owner");
         var backend = _arena.Backend;
+        if (_arena.IsDeferred)
+        {
+            ValueShard = backend.Zeros(ShardShape(), _arena.DType);
+            if (_arena.MasterDType != _arena.DType && !_options.OffloadOptimizer) MasterShard = backend.Zeros(ShardShape(), _arena.MasterDType);
+            return;
+        }
+        if (_arena.IsSharded) throw new InvalidOperationException($"{_group.Describe()}: the arena is already sharded by another owner");
         ValueShard = backend.Zeros(ShardShape(), _arena.DType);
         if (_arena.Masters is not null) MasterShard = backend.Zeros(ShardShape(), _arena.MasterDType);
         foreach (var unit in Layout.Units)

@@ -55,14 +55,20 @@ internal static class ParallelRun
             model.Backend.ToArray<double>(trainer.Optimizer.M), model.Backend.ToArray<double>(trainer.Optimizer.V));
     }
 
-    /// <summary>W thread ranks, each with micro-batches of B and <paramref name="accumulation"/> steps; pieces of every rank assembled into full arrays.</summary>
-    public static RunRecord Parallel(string preset, string shard, int world, int steps, DataParallelOptions parallel, AdamWOptions adamW, int accumulation = 1)
+    /// <summary>
+    /// W thread ranks, each with micro-batches of B and <paramref name="accumulation"/> steps; pieces of every rank assembled
+    /// into full arrays. <paramref name="shardedConstruction"/> (ZeRO-3): the model is built deferred and initialized through
+    /// the trainer into the rank's shards, instead of built and initialized whole, then sharded.
+    /// </summary>
+    public static RunRecord Parallel(string preset, string shard, int world, int steps, DataParallelOptions parallel, AdamWOptions adamW, int accumulation = 1,
+        bool shardedConstruction = false)
     {
         var perRank = ParallelTraining.RunThreadRanks(world, ctx =>
         {
-            var model = NewModel(preset, ctx.Backend);
+            var model = shardedConstruction ? new Transformer(ModelPresets.Get(preset), ctx.Backend, DType.F64, ArenaStorage.Deferred) : NewModel(preset, ctx.Backend);
             var loader = new TokenDataLoader([shard], B, T, ctx.Rank, world);
             var trainer = new DataParallelTrainer(model, ctx.Group, loader, Options(steps, accumulation), adamW, parallel, ctx.Host);
+            if (shardedConstruction) trainer.InitializeWeights(Seed);
             var losses = new double[steps];
             var grads = new List<(long, double[])>[steps];
             var counts = new long[steps];

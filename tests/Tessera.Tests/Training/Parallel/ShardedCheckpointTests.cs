@@ -62,6 +62,24 @@ public sealed class ShardedCheckpointTests : IDisposable
         // The next step sums the same 8 rows in another grouping: equal to rounding (see DataParallelTests.Tolerance).
         DataParallelTests.AssertClose([nextLoss], [two[0].next], "next loss on 2 ranks");
 
+        // Two ranks, ZeRO-3 built deferred (sharded construction): the restore writes the owned ranges straight into the shards.
+        var deferred = ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            var model = new Tessera.Models.Transformer(Tessera.Models.ModelPresets.Get(Preset), ctx.Backend, DType.F64, Tessera.Nn.ArenaStorage.Deferred);
+            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], 4, ParallelRun.T, ctx.Rank, 2),
+                ParallelRun.Options(4, batch: 4), adamW, new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
+            ShardedCheckpoint.Restore(dir, trainer);
+            Assert.Equal(3, trainer.Step);
+            Assert.Equal(0, model.Parameters.AllocatedBytes);
+            var owned = ParallelRun.Owned(trainer);
+            return (owned, next: trainer.TrainStep());
+        }, TimeSpan.FromSeconds(60));
+        var (values3, m3, v3) = ParallelRun.AssembleState(length, deferred.Select(r => r.owned));
+        DataParallelTests.AssertBitIdentical(values, values3, "parameters on 2 deferred ZeRO-3 ranks");
+        DataParallelTests.AssertBitIdentical(m, m3, "m on 2 deferred ZeRO-3 ranks");
+        DataParallelTests.AssertBitIdentical(v, v3, "v on 2 deferred ZeRO-3 ranks");
+        DataParallelTests.AssertClose([nextLoss], [deferred[0].next], "next loss on 2 deferred ZeRO-3 ranks");
+
         // One rank, the plain trainer, 4 micro-batches of 2 rows (micro-batch r = rank r's slice).
         var backend = new CpuBackend(2);
         var single = ParallelRun.NewModel(Preset, backend);

@@ -1,6 +1,7 @@
 using Tessera.Models;
 using Tessera.Nn;
 using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
@@ -108,6 +109,79 @@ public sealed class ZeroThreeMemoryTests : IDisposable
             Assert.True(m.LargestBound <= m.SegmentMax, $"{where}: a parameter is bound to a {m.LargestBound} B buffer, larger than any segment ({m.SegmentMax} B)");
             Assert.True(m.BoundBytes <= m.Transient, $"{where}: {m.BoundBytes} B bound at once, more than the communication holds ({m.Transient} B)");
             Assert.True(m.UnboundAfterStep, $"{where}: parameters stay bound after the step");
+        }
+    }
+
+    private sealed record SetupPeak(long AfterModel, long AfterSetup, long AfterSteps, long Persistent, long Moments, long Transient,
+        long Activations, long SegmentMax);
+
+    /// <summary>
+    /// Trains 3 steps on <paramref name="world"/> thread ranks and reads each rank's <see cref="CpuBackend.PeakAllocatedBytes"/>
+    /// (every storage the rank's device backend allocated, counted at allocation and freed at disposal) after building the
+    /// model, after the trainer's setup (and the weights' initialization), and after the steps.
+    /// </summary>
+    private SetupPeak[] MeasurePeaks(int world, bool shardedConstruction) => ParallelTraining.RunThreadRanks(world, ctx =>
+    {
+        var backend = (CpuBackend)ctx.Backend;
+        Assert.Equal(0, backend.AllocatedBytes);
+        Transformer model;
+        if (shardedConstruction) model = new Transformer(Config, backend, DType.F64, ArenaStorage.Deferred);
+        else
+        {
+            model = new Transformer(Config, backend, DType.F64);
+            model.InitializeWeights(ParallelRun.Seed);
+        }
+        // Activation checkpointing, as ZeRO-3 runs use: a tiny model's activations of 16 blocks would otherwise outweigh its parameters.
+        model.RecomputeActivations = true;
+        long afterModel = backend.PeakAllocatedBytes;
+        var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world),
+            ParallelRun.Options(3), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
+        if (shardedConstruction) trainer.InitializeWeights(ParallelRun.Seed);
+        long afterSetup = backend.PeakAllocatedBytes;
+        for (int s = 0; s < 3; s++) Assert.True(double.IsFinite(trainer.TrainStep()));
+        var layout = trainer.Communication.Layout;
+        return new SetupPeak(afterModel, afterSetup, backend.PeakAllocatedBytes, trainer.Communication.PersistentBytes,
+            trainer.Optimizer.M.Storage.ByteLength + trainer.Optimizer.V.Storage.ByteLength, trainer.Communication.TransientBytes,
+            model.Activations.BufferedElements * sizeof(double), layout.Units.Max(u => u.Chunk * layout.Shards) * sizeof(double));
+    }, TimeSpan.FromSeconds(120));
+
+    [Fact]
+    public void ShardedConstructionNeverAllocatesTheFullArenaOnARank()
+    {
+        // 8 ranks, F64, no offload, activation checkpointing. Bounds on what a rank's backend ever holds (P arena elements,
+        // full = the value and gradient arenas, 2 x P x 8 B, which construct-then-shard allocates on every rank):
+        //   after building the model: 0 (the arena is only declared);
+        //   after setup (trainer + initialization): the value and gradient shards + the AdamW moments (4 x ShardLength x 8 B)
+        //     + 1 KiB for the trainer's token buffers and scalars (144 B measured); at 8 ranks that is about full / 4,
+        //     asserted below full / 3;
+        //   after 3 steps: the above + 6 largest segments (the transient pool's bound, see above) + the activation buffers
+        //     (every element counted at 8 B) + 1 largest segment (the backend's own scratch: contiguous copies of
+        //     matrix-product operands), and below 0.6 x full (measured about half: at this size the 6 pooled segments are
+        //     a third of the arenas).
+        // The construct-then-shard run is measured too: it must reach the full arenas (so the counter sees full-size
+        // buffers) and break the after-steps bound (so the bound tells the two apart).
+        const int world = 8;
+        long length = new Transformer(Config, new CpuBackend(1), DType.F64).Parameters.Length;
+        long full = 2 * length * sizeof(double);
+        var sharded = MeasurePeaks(world, shardedConstruction: true);
+        var old = MeasurePeaks(world, shardedConstruction: false);
+        for (int rank = 0; rank < world; rank++)
+        {
+            var (m, o) = (sharded[rank], old[rank]);
+            string where = $"rank {rank} of {world} (P = {length}, full value + gradient arenas {full} B)";
+            TestContext.Current.TestOutputHelper?.WriteLine(
+                $"{where}: sharded construction peaks at {m.AfterModel} B after the model, {m.AfterSetup} B after setup, {m.AfterSteps} B after 3 steps " +
+                $"(shards {m.Persistent} B, moments {m.Moments} B, transient {m.Transient} B, activations <= {m.Activations} B); " +
+                $"construct-then-shard: {o.AfterModel} B, {o.AfterSetup} B, {o.AfterSteps} B");
+            Assert.Equal(0, m.AfterModel);
+            long setupBound = m.Persistent + m.Moments + 1024;
+            Assert.True(m.AfterSetup <= setupBound, $"{where}: setup peaked at {m.AfterSetup} B, above the shards and moments + 1 KiB ({setupBound} B)");
+            Assert.True(m.AfterSetup < full / 3, $"{where}: setup peaked at {m.AfterSetup} B, not below a third of the full arenas ({full / 3} B)");
+            long bound = m.Persistent + m.Moments + 7 * m.SegmentMax + m.Activations;
+            Assert.True(m.AfterSteps <= bound, $"{where}: sharded construction peaked at {m.AfterSteps} B, above the bound {bound} B");
+            Assert.True(m.AfterSteps < full * 6 / 10, $"{where}: sharded construction peaked at {m.AfterSteps} B, not below 0.6 x the full arenas ({full * 6 / 10} B)");
+            Assert.True(o.AfterModel >= full, $"{where}: construct-then-shard peaked at {o.AfterModel} B after the model, below the full arenas: the counter misses buffers");
+            Assert.True(o.AfterSteps > bound, $"{where}: construct-then-shard ({o.AfterSteps} B) fits the bound {bound} B, so the bound does not tell the two apart");
         }
     }
 
