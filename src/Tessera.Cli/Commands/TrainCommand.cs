@@ -3,6 +3,7 @@ using Tessera.Inference;
 using Tessera.Inference.Sampling;
 using Tessera.Models;
 using Tessera.Models.Tokenization;
+using Tessera.Nn;
 using Tessera.Tensors;
 using Tessera.Training;
 using Tessera.Training.Checkpoints;
@@ -121,12 +122,20 @@ internal static class TrainCommand
         var validation = valShards.Count > 0 ? new TokenDataLoader(valShards, options.BatchSize, options.SequenceLength) : null;
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
 
-        // Model.
+        // Model. ZeRO-3 builds it sharded (declared only; each rank's trainer writes its shards of the weights), so no
+        // process allocates the full-size parameters.
         Transformer model;
         string? initDir = Directory.Exists(modelSpec) ? modelSpec : null;
+        bool shardedConstruction = zero == 3 && (ranks > 1 || ncclRun);
+        var storage = shardedConstruction ? ArenaStorage.Deferred : ArenaStorage.Full;
         if (initDir is not null)
         {
-            model = PretrainedModel.Load(initDir, backend, dtype);
+            if (shardedConstruction)
+            {
+                using var hf = Tessera.Models.HuggingFace.HuggingFaceModelDirectory.Open(initDir);
+                model = new Transformer(hf.Config, backend, dtype, storage);
+            }
+            else model = PretrainedModel.Load(initDir, backend, dtype);
             output.WriteLine($"fine-tuning {initDir}");
         }
         else
@@ -134,8 +143,15 @@ internal static class TrainCommand
             var config = ModelPresets.Get(modelSpec);
             if (tokenizer.VocabSize > config.VocabSize)
                 throw new UsageException($"tokenizer has {tokenizer.VocabSize} tokens but model {modelSpec} only {config.VocabSize}");
-            model = new Transformer(config, backend, dtype);
-            model.InitializeWeights(options.Seed);
+            model = new Transformer(config, backend, dtype, storage);
+            if (!shardedConstruction) model.InitializeWeights(options.Seed);
+        }
+        // Under sharded construction the trainer writes the weights into the rank's shards.
+        void WriteWeights(DataParallelTrainer t)
+        {
+            if (!shardedConstruction) return;
+            if (initDir is not null) t.LoadWeights(initDir);
+            else t.InitializeWeights(options.Seed);
         }
         model.RecomputeActivations = recompute;
         var cfg = model.Config;
@@ -154,8 +170,9 @@ internal static class TrainCommand
             int done = ParallelTraining.Train(ranks, parallel, options, adam,
                 ctx =>
                 {
-                    var m = new Transformer(config, ctx.Backend, dtype);
-                    if (initDir is not null)
+                    var m = new Transformer(config, ctx.Backend, dtype, storage);
+                    if (shardedConstruction) { /* written by the trainer: WriteWeights */ }
+                    else if (initDir is not null)
                     {
                         using var hf = Tessera.Models.HuggingFace.HuggingFaceModelDirectory.Open(initDir, config);
                         hf.LoadInto(m.Parameters.Parameters, ctx.Backend);
@@ -170,7 +187,8 @@ internal static class TrainCommand
                     var dir = ShardedCheckpoint.Save(store, t, tokenizerSpec);
                     if (t.Group.Rank == 0) output.WriteLine($"checkpoint {dir}");
                 },
-                resume: resumeFrom is null ? null : t => ShardedCheckpoint.Restore(resumeFrom, t));
+                resume: resumeFrom is null ? null : t => ShardedCheckpoint.Restore(resumeFrom, t),
+                weights: WriteWeights);
             output.WriteLine($"done: {done} steps");
             if (sampleTokens > 0 && store.Latest() is string last)
                 Sample(PretrainedModel.Load(last, backend, dtype, config), tokenizer, sampleTokens, options.Seed, output);
@@ -186,6 +204,7 @@ internal static class TrainCommand
             var parallel = new DataParallelOptions { Stage = (ZeroStage)zero, OffloadOptimizer = offload }.Validate();
             var loader = new TokenDataLoader(trainShards, options.BatchSize, options.SequenceLength, env.Rank, env.WorldSize);
             var dp = new DataParallelTrainer(model, group, loader, options, adam, parallel, offload ? new CpuBackend(threads) : null);
+            if (resumeFrom is null) WriteWeights(dp);
             bool rank0 = env.Rank == 0;
             if (rank0) output.WriteLine($"data parallel over NCCL: {env.WorldSize} process(es), ZeRO stage {zero}{(offload ? " with optimizer offload" : "")}, global batch {env.WorldSize} x {options.BatchSize} x {options.SequenceLength}");
             if (resumeFrom is not null)

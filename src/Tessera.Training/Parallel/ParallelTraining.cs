@@ -51,19 +51,23 @@ public static class ParallelTraining
     /// then each rank runs a <see cref="DataParallelTrainer"/> to <see cref="TrainerOptions.Steps"/>. Rank 0 alone
     /// reports to <paramref name="onStep"/>; <paramref name="checkpoint"/> runs on every rank (a sharded save is
     /// collective, e.g. <see cref="ShardedCheckpoint.Save"/>). <paramref name="resume"/>, when given, runs on every
-    /// rank after the trainer is built (e.g. <see cref="ShardedCheckpoint.Restore"/>). Returns rank 0's trainer step.
+    /// rank after the trainer is built (e.g. <see cref="ShardedCheckpoint.Restore"/>); otherwise <paramref name="weights"/>,
+    /// when given, does: it writes the weights of a model that <paramref name="buildRank"/> built deferred (ZeRO-3's
+    /// sharded construction, <see cref="Tessera.Nn.ArenaStorage.Deferred"/>), e.g. <c>t => t.InitializeWeights(seed)</c>.
+    /// Returns rank 0's trainer step.
     /// </summary>
     public static int Train(int worldSize, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
         Func<RankContext, (Transformer Model, TokenDataLoader Train)> buildRank,
         Action<StepMetrics>? onStep = null, Action<DataParallelTrainer>? checkpoint = null,
-        Action<DataParallelTrainer>? resume = null, CancellationToken cancellation = default)
+        Action<DataParallelTrainer>? resume = null, CancellationToken cancellation = default, Action<DataParallelTrainer>? weights = null)
     {
         ArgumentNullException.ThrowIfNull(buildRank);
         var steps = RunThreadRanks(worldSize, ctx =>
         {
             var (model, train) = buildRank(ctx);
             var trainer = new DataParallelTrainer(model, ctx.Group, train, options, adamW, parallel, ctx.Host);
-            resume?.Invoke(trainer);
+            if (resume is not null) resume(trainer);
+            else weights?.Invoke(trainer);
             trainer.Run(ctx.Rank == 0 ? onStep : null, checkpoint, cancellation: cancellation);
             return trainer.Step;
         });
