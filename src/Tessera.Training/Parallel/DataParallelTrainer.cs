@@ -23,6 +23,13 @@ namespace Tessera.Training.Parallel;
 /// offloaded, the trainer releases the model's device masters (the host shard is the only F32 copy): read the whole F32
 /// model with <see cref="GatherMastersToHost"/> (<see cref="ShardedCheckpoint.Save"/> does).
 /// </para>
+/// <para>
+/// ZeRO-3 sharded construction (DeepSpeed's <c>zero.Init</c>): build the model with <see cref="Tessera.Nn.ArenaStorage.Deferred"/>
+/// (nothing allocated), create the trainer (it allocates the rank's shards only), then write the weights with
+/// <see cref="InitializeWeights"/>, <see cref="LoadWeights(string)"/> or <see cref="ShardedCheckpoint.Restore"/>: each
+/// parameter passes through the host once and only its owned ranges reach the device, so no full-size device buffer exists
+/// at any point. The values are exactly those of a full initialization or load.
+/// </para>
 /// </summary>
 public sealed class DataParallelTrainer : ILoopTrainer
 {

@@ -132,6 +132,34 @@ public sealed class ShardedConstructionTests : IDisposable
     }
 
     [Fact]
+    public void OffloadedShardedRunGathersTheFullInitializationsMastersIncludingFromRanksThatOwnNothingOfAUnit()
+    {
+        // BF16, offloaded: the only F32 masters are the host shards; GatherMastersToHost copies each rank's chunk of every
+        // unit to the device (OffloadedAdamW.CopyMastersToDevice). At 4 ranks the head segment (final norm, 128 elements)
+        // has a chunk of 64, so ranks 2 and 3 own nothing of it and send zeros. Exact: the masters are copied, not computed.
+        var config = ModelPresets.Get("gpt2-debug");
+        var reference = new Transformer(config, new CpuBackend(1), DType.BF16);
+        reference.InitializeWeights(ParallelRun.Seed);
+        var expected = reference.Backend.ToArray<float>(reference.Parameters.Masters!);
+        var ranks = ParallelTraining.RunThreadRanks(4, ctx =>
+        {
+            var model = new Transformer(config, ctx.Backend, DType.BF16, ArenaStorage.Deferred);
+            var trainer = NewTrainer(model, ctx, _shard, offload: true);
+            trainer.InitializeWeights(ParallelRun.Seed);
+            var layout = trainer.Communication.Layout;
+            bool ownsNothingOfSome = layout.Units.Any(u => layout.OwnedSpan(u).Start == layout.OwnedSpan(u).End);
+            return (Gathered: trainer.GatherMastersToHost(root: 0), ownsNothingOfSome);
+        }, TimeSpan.FromSeconds(60));
+        Assert.Contains(ranks, r => r.ownsNothingOfSome);
+        var gathered = ranks[0].Gathered!;
+        Assert.Equal(expected.Length, gathered.Length);
+        for (int i = 0; i < expected.Length; i++)
+            if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(gathered[i]))
+                Assert.Fail($"master [{i}]: expected {expected[i]:R}, gathered {gathered[i]:R}");
+        Assert.All(ranks.Skip(1), r => Assert.Null(r.Gathered));
+    }
+
+    [Fact]
     public void DeferredModelRefusesOtherStagesAndTrainingBeforeItsWeightsAreWritten()
     {
         var config = ModelPresets.Get("gpt2-debug");
