@@ -12,7 +12,8 @@
 #       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train,
 #       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table), gpu-decode (llama-1b bf16, 512-token
 #       prompt, 256 new tokens, the step recorded as a CUDA graph; RUN_DECODE=0 skips it; DECODE_VARIANTS="eager cublas profile"
-#       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
+#       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa" and "ctasN" run without
+#       programmatic dependent launch, with the per-head decode attention, and with N matrix-vector CTAs per SM), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
 #       its own process), keeps logs under $OUT, and prints the summary tables last. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
@@ -98,6 +99,7 @@ run)
                 cublas) TESSERA_CUDA_GEMV=0 decode --no-header ;;
                 nopdl) TESSERA_CUDA_PDL=0 decode --no-header ;;
                 nogqa) TESSERA_CUDA_DECODE_GQA=0 decode --no-header ;;
+                ctas*) TESSERA_CUDA_GEMV_CTAS="${variant#ctas}" decode --no-header ;;
                 profile) TESSERA_CUDA_PROFILE=1 decode --no-header --repeat 2 > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
             esac
         done

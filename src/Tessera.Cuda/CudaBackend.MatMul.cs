@@ -141,6 +141,13 @@ public sealed unsafe partial class CudaBackend
         }
     }
 
+    /// <summary>
+    /// Most CTAs per SM a matrix-vector launch asks for (its warps loop over the rest of the columns): each CTA stages x once,
+    /// so fewer CTAs read x from L2 fewer times. TESSERA_CUDA_GEMV_CTAS overrides it (an experiment's knob).
+    /// </summary>
+    private static readonly int GemvCtasPerSm =
+        int.TryParse(Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV_CTAS"), out int ctas) && ctas is >= 1 and <= 8 ? ctas : 8;
+
     /// <summary>Most rows of x that the matrix-vector kernels (gemv.cu) take; larger products go to cuBLASLt.</summary>
     private const int GemvMaxRows = 4;
 
@@ -163,7 +170,7 @@ public sealed unsafe partial class CudaBackend
         float al = (float)alpha, be = (float)beta;
         int split = GemvSplit(n, k / (16 / dtype.SizeInBytes()));
         int columnsPerCta = 8 / split;
-        uint grid = (uint)Math.Min((n + columnsPerCta - 1) / columnsPerCta, CudaDevice.MultiprocessorCount * 8);
+        uint grid = (uint)Math.Min((n + columnsPerCta - 1) / columnsPerCta, CudaDevice.MultiprocessorCount * GemvCtasPerSm);
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be, &pn, &eps };
         Launch("gemv.cu", $"gemv_{Suffix(dtype, "MatMul")}_m{m}_k{split}", (grid, 1, 1), 256, args, (uint)((long)m * k * dtype.SizeInBytes()), dependent: true);
         return true;
@@ -234,7 +241,7 @@ public sealed unsafe partial class CudaBackend
         ulong pn = norm is { } n ? Ptr(n.Weight) : 0;
         float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
-        uint grid = (uint)Math.Min((f + 7) / 8, CudaDevice.MultiprocessorCount * 8);
+        uint grid = (uint)Math.Min((f + 7) / 8, CudaDevice.MultiprocessorCount * GemvCtasPerSm);
         void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps };
         Launch("gemv.cu", $"gemv_swiglu_{Suffix(dtype, op)}_m{m}", (grid, 1, 1), 256, args, (uint)((long)m * k * dtype.SizeInBytes()), dependent: true);
     }

@@ -140,6 +140,9 @@ __device__ void gemv(const T* x, const T* w, const T* bias, T* y, int N, int K, 
     for (int base = blockIdx.x * RPC; base < N; base += gridDim.x * RPC)   // uniform over the CTA: barriers inside
     {
         const int n = base + warp / KS;
+        // The L2 fetches this warp's slice of its next row while it streams this one (a bubble of loads otherwise sits
+        // between rows: the reduction, and the CTA's barriers when KS > 1).
+        if (n + gridDim.x * RPC < N) gemv_prefetch<T>(w + (i64)(n + gridDim.x * RPC) * ldw, c0, c1, lane);
         float acc[M];
 #pragma unroll
         for (int m = 0; m < M; m++) acc[m] = 0.f;
@@ -189,17 +192,22 @@ __device__ void gemv_swiglu(const T* x, const T* wg, const T* wu, const T* bg, c
     const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
     {
         const int n = blockIdx.x * warps + (threadIdx.x >> 5), chunks = K / Vec16<T>::N;
-        if (n < F) { gemv_prefetch<T>(wg + (i64)n * ldw, 0, min(chunks, 4 * 32), lane); gemv_prefetch<T>(wu + (i64)n * ldw, 0, min(chunks, 4 * 32), lane); }
+        if (n < F) { gemv_prefetch<T>(wg + (i64)n * ldw, 0, min(chunks, 8 * 32), lane); gemv_prefetch<T>(wu + (i64)n * ldw, 0, min(chunks, 8 * 32), lane); }
     }
     pdl_wait();
     pdl_launch_dependents();
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);
     for (int n = blockIdx.x * warps + (threadIdx.x >> 5); n < F; n += gridDim.x * warps)
     {
+        const int next = n + gridDim.x * warps, chunks = K / Vec16<T>::N;
+        if (next < F)
+        {
+            gemv_prefetch<T>(wg + (i64)next * ldw, 0, min(chunks, 8 * 32), lane);
+            gemv_prefetch<T>(wu + (i64)next * ldw, 0, min(chunks, 8 * 32), lane);
+        }
         float g[M], u[M];
 #pragma unroll
         for (int m = 0; m < M; m++) { g[m] = 0.f; u[m] = 0.f; }
-        const int chunks = K / Vec16<T>::N;
         gemv_row<T, M, 4>(wg + (i64)n * ldw, sx, K, 0, chunks, lane, g);
         gemv_row<T, M, 4>(wu + (i64)n * ldw, sx, K, 0, chunks, lane, u);
 #pragma unroll

@@ -7,7 +7,7 @@ namespace Tessera.Tests.Cuda;
 
 /// <summary>
 /// Attention timings for docs/cuda-notes.md: GPT-2 124M training shapes (forward, backward) and a
-/// Llama-1B-shaped decode step, in bf16. Runs only when TESSERA_CUDA_TIMINGS=1; the table goes to
+/// Llama-1B-shaped decode step (2048 and 8192 cached keys), in bf16. Runs only when TESSERA_CUDA_TIMINGS=1; the table goes to
 /// the test output and to attention-timings.md beside $TESSERA_CUDA_TIMINGS_OUT. CUDA events,
 /// median of 20 after 3 warm-ups. Fails only far below what the kernels reached (a loose guard).
 /// </summary>
@@ -44,9 +44,10 @@ public sealed class CudaAttentionSpeedReport(CudaFixture fixture) : CudaTestBase
             worstFwd = Math.Max(worstFwd, fwd / ff); worstBwd = Math.Max(worstBwd, bwd / fb);
             foreach (var x in new[] { qkv, o, lse, dOut, grad }) x.Storage.Dispose();
         }
+        foreach (int s in new[] { 2048, 8192 })
         {
-            // Llama 3.2 1B decode step: one query, 32 query heads over 8 kv heads, D 64, a 2048-key cache.
-            int s = 2048, h = 32, kh = 8, d = 64;
+            // Llama 3.2 1B decode step: one query, 32 query heads over 8 kv heads, D 64, a 2048- and an 8192-key cache.
+            int h = 32, kh = 8, d = 64;
             var q = Gpu.Allocate(new Shape(1, 1, h, d), DType.BF16); Gpu.Fill(q, 0.1);
             var cache = Gpu.Allocate(new Shape(1, s, 2 * kh, d), DType.BF16); Gpu.Fill(cache, 0.05);
             var k = cache.Slice(2, 0, kh); var v = cache.Slice(2, kh, kh);
