@@ -99,6 +99,7 @@ run)
                 cublas) TESSERA_CUDA_GEMV=0 decode --no-header ;;
                 nopdl) TESSERA_CUDA_PDL=0 decode --no-header ;;
                 nogqa) TESSERA_CUDA_DECODE_GQA=0 decode --no-header ;;
+                gqa) TESSERA_CUDA_DECODE_GQA=1 decode --no-header ;;
                 ctas*) TESSERA_CUDA_GEMV_CTAS="${variant#ctas}" decode --no-header ;;
                 profile) TESSERA_CUDA_PROFILE=1 decode --no-header --repeat 2 > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
             esac

@@ -164,6 +164,15 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
         for (int j = 0; j < ND; j++) oacc[mt][j][0] = oacc[mt][j][1] = oacc[mt][j][2] = oacc[mt][j][3] = 0.f;
     }
     const float sl2 = scale * LOG2E;
+    // ldmatrix addresses within a K or V tile: every row a lane addresses has r & 7 = lane & 7, so the swizzled offset
+    // is a per-lane base for each 16-column step plus a compile-time row offset (folded into the instruction).
+    unsigned koff[KD], voff[D / 16];
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++)
+        koff[kk] = ((lane & 7) + ((lane >> 4) << 3)) * D * 2 + (((2 * kk + ((lane >> 3) & 1)) ^ (lane & 7)) << 4);
+#pragma unroll
+    for (int j2 = 0; j2 < D / 16; j2++)
+        voff[j2] = ((lane & 7) + ((lane >> 3) & 1) * 8) * D * 2 + (((2 * j2 + (lane >> 4)) ^ (lane & 7)) << 4);
 
     for (int nb = 0; nb < nblocks; nb++)
     {
@@ -197,7 +206,7 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
             for (int j2 = 0; j2 < BN / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4(tK + swz<D>(j2 * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8), b0, b1, b2, b3);
+                ldsm_x4(tK + koff[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
                 {
@@ -263,7 +272,7 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
             for (int j2 = 0; j2 < D / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4_t(tV + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, j2 * 16 + (lane >> 4) * 8), b0, b1, b2, b3);
+                ldsm_x4_t(tV + voff[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
                 {
@@ -736,6 +745,15 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     float* sL = (float*)(smem + (sdS + BN * BM * 2 - sK)); // 2 stages x BM lse (log2 domain after load), then 2 x BM delta
     float* sDel = sL + 2 * BM;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    // ldmatrix offsets within a tile (as in the forward): a per-lane base for each 16-column step, rows folded in.
+    unsigned koff[KD], voff[D / 16];
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++)
+        koff[kk] = ((lane & 7) + ((lane >> 4) << 3)) * D * 2 + (((2 * kk + ((lane >> 3) & 1)) ^ (lane & 7)) << 4);
+#pragma unroll
+    for (int j2 = 0; j2 < D / 16; j2++)
+        voff[j2] = ((lane & 7) + ((lane >> 3) & 1) * 8) * D * 2 + (((2 * j2 + (lane >> 4)) ^ (lane & 7)) << 4);
+    const unsigned dsoff = ((lane & 7) + (lane >> 4) * 8) * BM * 2 + (((2 * warp + ((lane >> 3) & 1)) ^ (lane & 7)) << 4);
     const int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = H / KH;
     const int n0 = nb * BN;
     const int mStart = n0 / BM, nQB = (Tq + BM - 1) / BM, per = nQB - mStart, iters = per * group;
@@ -801,11 +819,10 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
             for (int j2 = 0; j2 < BM / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
-                const int r = j2 * 16 + (lane & 7) + ((lane >> 4) << 3), col = kk * 16 + ((lane >> 3) & 1) * 8;
-                ldsm_x4(tQ + swz<D>(r, col), b0, b1, b2, b3);
+                ldsm_x4(tQ + koff[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
                 Mma<T>::run(sacc[2 * j2], ka, b0, b1);
                 Mma<T>::run(sacc[2 * j2 + 1], ka, b2, b3);
-                ldsm_x4(tdO + swz<D>(r, col), b0, b1, b2, b3);
+                ldsm_x4(tdO + koff[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
                 Mma<T>::run(pacc[2 * j2], va, b0, b1);
                 Mma<T>::run(pacc[2 * j2 + 1], va, b2, b3);
             }
@@ -848,11 +865,10 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
             for (int j2 = 0; j2 < D / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
-                const int r = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, col = j2 * 16 + (lane >> 4) * 8;
-                ldsm_x4_t(tdO + swz<D>(r, col), b0, b1, b2, b3);
+                ldsm_x4_t(tdO + voff[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
                 Mma<T>::run(dvacc[2 * j2], pa, b0, b1);
                 Mma<T>::run(dvacc[2 * j2 + 1], pa, b2, b3);
-                ldsm_x4_t(tQ + swz<D>(r, col), b0, b1, b2, b3);
+                ldsm_x4_t(tQ + voff[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
                 Mma<T>::run(dkacc[2 * j2], sa, b0, b1);
                 Mma<T>::run(dkacc[2 * j2 + 1], sa, b2, b3);
             }
@@ -867,12 +883,12 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
             for (int kk = 0; kk < BN / 16; kk++)
             {
                 unsigned a[4];
-                ldsm_x4_t(sdS + swz<BM>(kk * 16 + (lane & 7) + (lane >> 4) * 8, warp * 16 + ((lane >> 3) & 1) * 8), a[0], a[1], a[2], a[3]);
+                ldsm_x4_t(sdS + dsoff + kk * 16 * BM * 2, a[0], a[1], a[2], a[3]);
 #pragma unroll
                 for (int j2 = 0; j2 < D / 16; j2++)
                 {
                     unsigned b0, b1, b2, b3;
-                    ldsm_x4_t(sK + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, j2 * 16 + (lane >> 4) * 8), b0, b1, b2, b3);
+                    ldsm_x4_t(sK + voff[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
                     Mma<T>::run(qacc[2 * j2], a, b0, b1);
                     Mma<T>::run(qacc[2 * j2 + 1], a, b2, b3);
                 }
