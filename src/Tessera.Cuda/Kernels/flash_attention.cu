@@ -97,6 +97,28 @@ template <int D> __device__ __forceinline__ unsigned swz(int r, int col)
     return (unsigned)(r * D * 2 + ((((col >> 3) ^ (r & 7))) << 4));
 }
 
+// Per-lane ldmatrix offsets into a swizzled tile of rows of D 16-bit values. Every row a lane addresses has r & 7 = lane & 7,
+// so a swizzled offset is a per-lane base for each 16-column step plus a compile-time row offset that folds into the
+// instruction. ldsm_offset_rows: x4 over 16 rows x 16 columns at step c as two n8 B fragments (K as the B operand of QK^T);
+// ldsm_offset_cols: the .trans x4 over 16 rows (keys) x 16 columns at step c (V as the B operand of PV).
+template <int D> __device__ __forceinline__ unsigned ldsm_offset_rows(int lane, int c)
+{
+    return (unsigned)(((lane & 7) + ((lane >> 4) << 3)) * D * 2 + (((2 * c + ((lane >> 3) & 1)) ^ (lane & 7)) << 4));
+}
+template <int D> __device__ __forceinline__ unsigned ldsm_offset_cols(int lane, int c)
+{
+    return (unsigned)(((lane & 7) + ((lane >> 3) & 1) * 8) * D * 2 + (((2 * c + (lane >> 4)) ^ (lane & 7)) << 4));
+}
+template <int D> struct TileOffsets
+{
+    unsigned rows[D / 16], cols[D / 16];
+    __device__ __forceinline__ explicit TileOffsets(int lane)
+    {
+#pragma unroll
+        for (int c = 0; c < D / 16; c++) { rows[c] = ldsm_offset_rows<D>(lane, c); cols[c] = ldsm_offset_cols<D>(lane, c); }
+    }
+};
+
 // Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled)
 // into a swizzled tile at shared address dst, with NT threads. With NT a multiple of the D/8 chunks of a row, each
 // thread always copies the same chunk c of rows r, r + NT/(D/8), ...; those rows share r & 7, so the swizzled offset
@@ -164,15 +186,7 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
         for (int j = 0; j < ND; j++) oacc[mt][j][0] = oacc[mt][j][1] = oacc[mt][j][2] = oacc[mt][j][3] = 0.f;
     }
     const float sl2 = scale * LOG2E;
-    // ldmatrix addresses within a K or V tile: every row a lane addresses has r & 7 = lane & 7, so the swizzled offset
-    // is a per-lane base for each 16-column step plus a compile-time row offset (folded into the instruction).
-    unsigned koff[KD], voff[D / 16];
-#pragma unroll
-    for (int kk = 0; kk < KD; kk++)
-        koff[kk] = ((lane & 7) + ((lane >> 4) << 3)) * D * 2 + (((2 * kk + ((lane >> 3) & 1)) ^ (lane & 7)) << 4);
-#pragma unroll
-    for (int j2 = 0; j2 < D / 16; j2++)
-        voff[j2] = ((lane & 7) + ((lane >> 3) & 1) * 8) * D * 2 + (((2 * j2 + (lane >> 4)) ^ (lane & 7)) << 4);
+    const TileOffsets<D> off(lane);
 
     for (int nb = 0; nb < nblocks; nb++)
     {
@@ -206,7 +220,7 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
             for (int j2 = 0; j2 < BN / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4(tK + koff[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
+                ldsm_x4(tK + off.rows[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
                 {
@@ -272,7 +286,7 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
             for (int j2 = 0; j2 < D / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4_t(tV + voff[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
+                ldsm_x4_t(tV + off.cols[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
                 {
@@ -745,15 +759,8 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     float* sL = (float*)(smem + (sdS + BN * BM * 2 - sK)); // 2 stages x BM lse (log2 domain after load), then 2 x BM delta
     float* sDel = sL + 2 * BM;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    // ldmatrix offsets within a tile (as in the forward): a per-lane base for each 16-column step, rows folded in.
-    unsigned koff[KD], voff[D / 16];
-#pragma unroll
-    for (int kk = 0; kk < KD; kk++)
-        koff[kk] = ((lane & 7) + ((lane >> 4) << 3)) * D * 2 + (((2 * kk + ((lane >> 3) & 1)) ^ (lane & 7)) << 4);
-#pragma unroll
-    for (int j2 = 0; j2 < D / 16; j2++)
-        voff[j2] = ((lane & 7) + ((lane >> 3) & 1) * 8) * D * 2 + (((2 * j2 + (lane >> 4)) ^ (lane & 7)) << 4);
-    const unsigned dsoff = ((lane & 7) + (lane >> 4) * 8) * BM * 2 + (((2 * warp + ((lane >> 3) & 1)) ^ (lane & 7)) << 4);
+    const TileOffsets<D> off(lane);
+    const unsigned dsoff = ldsm_offset_rows<BM>(lane, warp); // the dS^T tile: rows of BM, the warp's 16 columns
     const int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = H / KH;
     const int n0 = nb * BN;
     const int mStart = n0 / BM, nQB = (Tq + BM - 1) / BM, per = nQB - mStart, iters = per * group;
@@ -819,10 +826,10 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
             for (int j2 = 0; j2 < BM / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4(tQ + koff[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
+                ldsm_x4(tQ + off.rows[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
                 Mma<T>::run(sacc[2 * j2], ka, b0, b1);
                 Mma<T>::run(sacc[2 * j2 + 1], ka, b2, b3);
-                ldsm_x4(tdO + koff[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
+                ldsm_x4(tdO + off.rows[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
                 Mma<T>::run(pacc[2 * j2], va, b0, b1);
                 Mma<T>::run(pacc[2 * j2 + 1], va, b2, b3);
             }
@@ -865,10 +872,10 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
             for (int j2 = 0; j2 < D / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4_t(tdO + voff[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
+                ldsm_x4_t(tdO + off.cols[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
                 Mma<T>::run(dvacc[2 * j2], pa, b0, b1);
                 Mma<T>::run(dvacc[2 * j2 + 1], pa, b2, b3);
-                ldsm_x4_t(tQ + voff[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
+                ldsm_x4_t(tQ + off.cols[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
                 Mma<T>::run(dkacc[2 * j2], sa, b0, b1);
                 Mma<T>::run(dkacc[2 * j2 + 1], sa, b2, b3);
             }
@@ -888,7 +895,7 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
                 for (int j2 = 0; j2 < D / 16; j2++)
                 {
                     unsigned b0, b1, b2, b3;
-                    ldsm_x4_t(sK + voff[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
+                    ldsm_x4_t(sK + off.cols[j2] + kk * 16 * D * 2, b0, b1, b2, b3);
                     Mma<T>::run(qacc[2 * j2], a, b0, b1);
                     Mma<T>::run(qacc[2 * j2 + 1], a, b2, b3);
                 }

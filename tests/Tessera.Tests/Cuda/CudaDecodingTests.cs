@@ -45,16 +45,23 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     [InlineData(DType.F32, 2, 64, 300)]
     public void CachedAttentionAtDevicePositionsMatchesTheCpu(DType dtype, int t, int d, int capacity)
     {
-        int b = 2, h = 8, kh = 2;
-        int[] starts = [capacity / 3, capacity - t - 5];
+        AssertCachedAttentionMatchesTheCpu(dtype, t, d, h: 8, kh: 2, capacity, [capacity / 3, capacity - t - 5],
+            dtype == DType.F32 ? 1e-5 : 2e-2, $"cached attention T={t} D={d} S={capacity}");
+    }
+
+    /// <summary>Random q (B, T, H, D) and a random (B, capacity, 2K, D) cache through AttentionForwardCached on the GPU (output
+    /// poisoned first) against the CPU backend's f64 result on the same rounded inputs.</summary>
+    private void AssertCachedAttentionMatchesTheCpu(DType dtype, int t, int d, int h, int kh, int capacity, int[] starts, double tolerance, string label)
+    {
+        int b = starts.Length;
         var (q, qv) = Random(dtype, 1.5, b, t, h, d);
         var (kv, kvv) = Random(dtype, 1.5, b, capacity, 2 * kh, d);
         var output = Poisoned(dtype, b, t, h, d);
         Gpu.AttentionForwardCached(q, kv.Slice(2, 0, kh), kv.Slice(2, kh, kh), Positions(starts), output, 1 / Math.Sqrt(d));
         var cpuKv = ToCpu(kvv, b, capacity, 2 * kh, d);
         var expected = _cpu.Allocate(new Shape(b, t, h, d), DType.F64);
-        _cpu.AttentionForwardCached(ToCpu(qv, b, t, h, d), cpuKv.Slice(2, 0, kh), cpuKv.Slice(2, kh, kh), _cpu.FromArray(starts, 2), expected, 1 / Math.Sqrt(d));
-        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), dtype == DType.F32 ? 1e-5 : 2e-2, $"cached attention T={t} D={d} S={capacity}");
+        _cpu.AttentionForwardCached(ToCpu(qv, b, t, h, d), cpuKv.Slice(2, 0, kh), cpuKv.Slice(2, kh, kh), _cpu.FromArray(starts, b), expected, 1 / Math.Sqrt(d));
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), tolerance, label);
     }
 
     /// <summary>
@@ -69,16 +76,8 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     [InlineData(DType.BF16, 1, 128, 8190, 4097)]
     public void GroupedDecodeAttentionMatchesTheCpu(DType dtype, int t, int d, int start0, int start1)
     {
-        int b = 2, h = 32, kh = 8, capacity = 8192;
-        int[] starts = [start0, start1];
-        var (q, qv) = Random(dtype, 1.5, b, t, h, d);
-        var (kv, kvv) = Random(dtype, 1.5, b, capacity, 2 * kh, d);
-        var output = Poisoned(dtype, b, t, h, d);
-        Gpu.AttentionForwardCached(q, kv.Slice(2, 0, kh), kv.Slice(2, kh, kh), Positions(starts), output, 1 / Math.Sqrt(d));
-        var cpuKv = ToCpu(kvv, b, capacity, 2 * kh, d);
-        var expected = _cpu.Allocate(new Shape(b, t, h, d), DType.F64);
-        _cpu.AttentionForwardCached(ToCpu(qv, b, t, h, d), cpuKv.Slice(2, 0, kh), cpuKv.Slice(2, kh, kh), _cpu.FromArray(starts, 2), expected, 1 / Math.Sqrt(d));
-        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), 2e-2, $"grouped decode T={t} D={d} starts {start0}, {start1}");
+        AssertCachedAttentionMatchesTheCpu(dtype, t, d, h: 32, kh: 8, capacity: 8192, [start0, start1], 2e-2,
+            $"grouped decode T={t} D={d} starts {start0}, {start1}");
     }
 
     /// <summary>The fused rope + KV append against the CPU's Rope then CopyAtPositions: the rotated q and k heads in place, and
