@@ -10,7 +10,8 @@
 #       runs the GPU tests of Tessera.Tests.Cuda.Training (TESTS=... to change the xunit filter, TESTS=none to skip),
 #       gpu-train (GPT-2 124M, bf16, B=64 as 2 micro-batches of 32 x T=1024; then with --recompute),
 #       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train,
-#       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table), gpu-decode (llama-1b bf16, 512-token
+#       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table; TRAIN_VARIANTS="notune" adds a run without the timed cuBLASLt
+#       algorithm choice), gpu-decode (llama-1b bf16, 512-token
 #       prompt, 256 new tokens, the step recorded as a CUDA graph; RUN_DECODE=0 skips it; DECODE_VARIANTS="eager cublas profile"
 #       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa" and "ctasN" run without
 #       programmatic dependent launch, with the per-head decode attention, and with N matrix-vector CTAs per SM), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
@@ -80,6 +81,12 @@ run)
             t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --recompute --no-header; echo "gpu-train --recompute: $(( $(date +%s) - t0 )) s"
         fi
     fi
+    for variant in ${TRAIN_VARIANTS-}; do
+        # A/B runs of the plain step: notune keeps cuBLASLt's first heuristic answer for every product.
+        case "$variant" in
+            notune) t0=$(date +%s); TESSERA_CUDA_MATMUL_TUNE=0 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header; echo "gpu-train notune: $(( $(date +%s) - t0 )) s" ;;
+        esac
+    done
     if [ "${PROFILE:-0}" = 1 ]; then
         # per-op GPU time table (TESSERA_CUDA_PROFILE=1): 3 timed steps after 1 warm-up
         t0=$(date +%s); TESSERA_CUDA_PROFILE=1 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 3 --warmup 1 --no-header; echo "gpu-train profiled: $(( $(date +%s) - t0 )) s"

@@ -165,11 +165,13 @@ public sealed unsafe partial class CudaBackend
         FreeScratch(partial);
     }
 
-    /// <summary>target (C) += column sums of a (rows, stride) f32 matrix of partials.</summary>
-    private void ColumnReduce(ulong partial, int rows, long stride, int c, DType targetType, ulong target, string op)
+    /// <summary>target (C) += column sums of a (rows, stride) f32 matrix of partials; with a second target (0 = none),
+    /// also target2 (C) += the sums of columns C to 2C, in the same launch.</summary>
+    private void ColumnReduce(ulong partial, int rows, long stride, int c, DType targetType, ulong target, string op, ulong target2 = 0)
     {
-        void** args = stackalloc void*[] { &partial, &rows, &stride, &c, &target };
-        Launch("reduce.cu", "column_reduce_" + Suffix(targetType, op), GridFor(c), Threads, args);
+        void** args = stackalloc void*[] { &partial, &rows, &stride, &c, &target, &target2 };
+        long columns = target2 == 0 ? c : 2L * c;
+        Launch("reduce.cu", "column_reduce_" + Suffix(targetType, op), (uint)((columns + 31) / 32), Threads, args);
     }
 
     public void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false) =>

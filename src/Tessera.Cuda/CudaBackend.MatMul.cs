@@ -19,6 +19,8 @@ public sealed unsafe partial class CudaBackend
     {
         public IntPtr Operation, LayoutA, LayoutB, LayoutC;
         public HeuristicResult Heuristic;
+        /// <summary>cuBLASLt's candidates, best guess first (Heuristic is one of them); the timed pick replaces Heuristic.</summary>
+        public HeuristicResult[] Candidates = [];
     }
 
     /// <inheritdoc/>
@@ -107,6 +109,7 @@ public sealed unsafe partial class CudaBackend
         {
             plan = CreatePlan(key, pbias, paux);
             _plans[key] = plan;
+            if (plan is not null && ShouldTune(key)) TunePlan(plan, key, pa, pb, pbias, paux, alpha, beta);
         }
         if (plan is null) return false;
         if (pbias != 0)
@@ -327,10 +330,10 @@ public sealed unsafe partial class CudaBackend
         {
             ulong workspace = MatMulWorkspaceBytes;
             Check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
-            HeuristicResult result;
+            var results = stackalloc HeuristicResult[MatMulCandidates];
             int returned = 0;
             int status = cublasLtMatmulAlgoGetHeuristic(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC,
-                preference, 1, &result, &returned);
+                preference, MatMulTuning ? MatMulCandidates : 1, results, &returned);
             bool fusedEpilogue = k.Epilogue is not (CUBLASLT_EPILOGUE_DEFAULT or CUBLASLT_EPILOGUE_BIAS);
             if (fusedEpilogue && (status != CUBLAS_STATUS_SUCCESS || returned == 0))
             {
@@ -340,7 +343,9 @@ public sealed unsafe partial class CudaBackend
             Check(status, "cublasLtMatmulAlgoGetHeuristic", Describe(k));
             if (returned == 0)
                 throw new NotSupportedException($"CudaBackend.MatMul: cuBLASLt has no algorithm for {Describe(k)}");
-            plan.Heuristic = result;
+            plan.Heuristic = results[0];
+            plan.Candidates = new HeuristicResult[returned];
+            for (int i = 0; i < returned; i++) plan.Candidates[i] = results[i];
         }
         finally
         {

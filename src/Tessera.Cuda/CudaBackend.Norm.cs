@@ -61,8 +61,12 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &pd, &px, &pw, &pm, &pr, &pdx, &scratch, &rows, &c };
         if (warp) Launch("norm.cu", "layernorm_backward_warp_" + Suffix(x.DType, op), (uint)g, 32 * WarpRowsPerBlock, args, smemBytes);
         else Launch("norm.cu", "layernorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
-        ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
-        if (dBias is not null) ColumnReduce(scratch + (ulong)(c * sizeof(float)), g, 2L * c, c, dBias.DType, Ptr(dBias), op);
+        if (dBias is null || dBias.DType != dWeight.DType) // rows of the scratch: dW at [0, C), dB at [C, 2C)
+        {
+            ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
+            if (dBias is not null) ColumnReduce(scratch + (ulong)(c * sizeof(float)), g, 2L * c, c, dBias.DType, Ptr(dBias), op);
+        }
+        else ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op, Ptr(dBias));
         FreeScratch(scratch);
     }
 

@@ -94,6 +94,11 @@ public static class GpuTrainingBench
             Console.WriteLine();
             Console.WriteLine(profiler.Table(steps));
         }
+        if (backend.MatMulTuningLog.Count > 0)
+        {
+            Console.Error.WriteLine($"gpu-train: cuBLASLt algorithms timed on first use (TESSERA_CUDA_MATMUL_TUNE=0 turns it off):");
+            foreach (var line in backend.MatMulTuningLog) Console.Error.WriteLine("  " + line);
+        }
         double peakGiB = r.PeakDeviceBytes!.Value / (double)(1L << 30);
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"gpu-train: {preset} {dtype} B={b} T={t} recompute={recompute} on {backend.CudaDevice.Name}: loss {r.FinalLoss:F4}, event ms/step {r.StepMilliseconds:F1}, wall ms/step {r.WallMilliseconds:F1}"));

@@ -33,6 +33,16 @@ template <> __device__ __forceinline__ f16 from_f<f16>(float v)
     return r;
 }
 
+// 2^x on the special-function unit, subnormal results flushed to zero (exp2f without fast math adds a scaling
+// around the same instruction to keep them); 2^-inf = 0. Relative error about 2^-22.
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+#define LOG2E 1.4426950408889634f
+
 // Programmatic dependent launch (sm_90+). A kernel launched with the attribute (CudaBackend's dependent launches) may
 // start while its predecessor in the stream still runs: it calls pdl_wait() before it reads or writes anything the
 // predecessor touches (that waits for the predecessor's completion and its memory), then pdl_launch_dependents() so

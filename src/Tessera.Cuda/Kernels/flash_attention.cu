@@ -82,15 +82,6 @@ template <> struct Mma<f16>
     }
 };
 
-// 2^x on the special-function unit, subnormal results flushed to zero (exp2f without fast math adds a scaling
-// around the same instruction to keep them); 2^-inf = 0.
-__device__ __forceinline__ float fast_exp2(float x)
-{
-    float r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
-    return r;
-}
-
 // Byte offset of element (r, col) (col a multiple of 8) in a swizzled tile of rows of D values.
 template <int D> __device__ __forceinline__ unsigned swz(int r, int col)
 {

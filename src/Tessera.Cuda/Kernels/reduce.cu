@@ -73,14 +73,30 @@ template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int 
     }
 }
 
-// target[c] += sum over rows of partial (rows, stride) column c.
-template <typename T> __device__ void column_reduce(const float* partial, int rows, i64 stride, int C, T* target)
+// target[c] += sum over rows of partial (rows, stride) column c for c < C; with target2, also target2[c] += column C + c.
+// A block of 256 threads takes 32 columns: lane = column (coalesced rows), the 8 warps take rows w, w + 8, ... and their
+// sums are added in warp order (deterministic). One thread per column walking all rows was latency-bound: 27.5 us per
+// LayerNorm gradient (528 x 768 partials) on the H200, launched twice.
+template <typename T> __device__ void column_reduce(const float* partial, int rows, i64 stride, int C, T* target, T* target2)
 {
-    GRID_STRIDE(c, C)
+    __shared__ float sums[8][33];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int col = blockIdx.x * 32 + lane, cols = target2 ? 2 * C : C;
+    float s = 0.f;
+    if (col < cols)
     {
-        float s = 0.f;
-        for (int r = 0; r < rows; r++) s += partial[r * stride + c];
-        target[c] = from_f<T>(to_f(target[c]) + s);
+#pragma unroll 4
+        for (int r = warp; r < rows; r += 8) s += partial[(i64)r * stride + col];
+    }
+    sums[warp][lane] = s;
+    __syncthreads();
+    if (warp == 0 && col < cols)
+    {
+        float t = sums[0][lane];
+#pragma unroll
+        for (int q = 1; q < 8; q++) t += sums[q][lane];
+        T* dst = col < C ? target + col : target2 + (col - C);
+        *dst = from_f<T>(to_f(*dst) + t);
     }
 }
 
@@ -97,9 +113,10 @@ template <typename T> __device__ void column_reduce(const float* partial, int ro
     {                                                                                                       \
         column_partial_vec<T>(x, N, C, partial);                                                            \
     }                                                                                                       \
-    extern "C" __global__ void column_reduce_##n(const float* partial, int rows, i64 stride, int C, T* target) \
+    extern "C" __global__ void column_reduce_##n(const float* partial, int rows, i64 stride, int C, T* target, \
+                                                 T* target2)                                                \
     {                                                                                                       \
-        column_reduce<T>(partial, rows, stride, C, target);                                                 \
+        column_reduce<T>(partial, rows, stride, C, target, target2);                                        \
     }
 FOR_FLOAT_TYPES(REDUCE)
 

@@ -49,6 +49,17 @@ __device__ void block_online(float& m, float& s)
 // One read for the statistics (online max and sum), one read and one write for the gradient;
 // 16-byte loads and stores when `aligned` (row starts and strides 16-byte aligned).
 // A negative target ignores the row (loss 0, gradient 0); a target >= V gives a NaN loss.
+// 16 bytes of gradient: bf16 pairs through the hardware's round-to-nearest-even conversion (one instruction per pair
+// instead of the integer rounding of from_f; NaN comes out as the canonical NaN), other types as store16.
+template <typename T> __device__ __forceinline__ void store16_grad(T* p, const float* in) { store16(p, in); }
+template <> __device__ __forceinline__ void store16_grad<bf16>(bf16* p, const float* in)
+{
+    unsigned w[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w[j]) : "f"(in[2 * j + 1]), "f"(in[2 * j]));
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, const int* targets, float* losses, T* dl,
                                                         i64 ds, int V, float scale, int aligned)
 {
@@ -66,37 +77,65 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
     bool inRange = target < V;
     float xt = inRange ? to_f(x[target]) : 0.f; // read before any thread overwrites (dl may alias x)
     int vecEnd = aligned ? V / N * N : 0;
-    float m = NEG_INF, s = 0.f;
-    for (int i = threadIdx.x * N; i < vecEnd; i += blockDim.x * N)
+    // Statistics in the log2 domain: s = sum 2^(x log2e - ml) with ml = m log2e, each term one FFMA and one ex2.approx
+    // (expf costs a multiply and range handling around the same instruction). Two vectors in flight per iteration,
+    // one rescale check per pair.
+    float m = NEG_INF, ml = NEG_INF, s = 0.f;
+    const int stride = blockDim.x * N;
+    int i = threadIdx.x * N;
+    for (; i + stride < vecEnd; i += 2 * stride)
     {
-        float v[N];
-        load16(x + i, v);
-        float vm = v[0];
+        float a[N], b[N];
+        load16(x + i, a);
+        load16(x + i + stride, b);
+        float vm = fmaxf(a[0], b[0]);
 #pragma unroll
-        for (int j = 1; j < N; j++) vm = fmaxf(vm, v[j]);
-        if (vm > m) { s *= expf(m - vm); m = vm; } // one rescale per vector; the N exponentials are independent
+        for (int j = 1; j < N; j++) vm = fmaxf(vm, fmaxf(a[j], b[j]));
+        if (vm > m) { s *= fast_exp2(ml - vm * LOG2E); m = vm; ml = vm * LOG2E; }
+        if (m != NEG_INF)
+        {
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int j = 0; j < N; j++) { s0 += fast_exp2(fmaf(a[j], LOG2E, -ml)); s1 += fast_exp2(fmaf(b[j], LOG2E, -ml)); }
+            s += s0 + s1;
+        }
+    }
+    if (i < vecEnd)
+    {
+        float a[N];
+        load16(x + i, a);
+        float vm = a[0];
+#pragma unroll
+        for (int j = 1; j < N; j++) vm = fmaxf(vm, a[j]);
+        if (vm > m) { s *= fast_exp2(ml - vm * LOG2E); m = vm; ml = vm * LOG2E; }
         if (m != NEG_INF)
 #pragma unroll
-            for (int j = 0; j < N; j++) s += expf(v[j] - m);
+            for (int j = 0; j < N; j++) s += fast_exp2(fmaf(a[j], LOG2E, -ml));
     }
-    for (int i = vecEnd + threadIdx.x; i < V; i += blockDim.x) online_add(m, s, to_f(x[i]));
+    for (int k = vecEnd + threadIdx.x; k < V; k += blockDim.x) online_add(m, s, to_f(x[k]));
     block_online(m, s); // its barriers also order every read above before the writes below
     if (threadIdx.x == 0) losses[row] = inRange ? logf(s) + m - xt : QNAN;
     if (dl)
     {
-        float inv = 1.f / s;
-        for (int i = threadIdx.x * N; i < vecEnd; i += blockDim.x * N)
+        // softmax * scale = 2^(x log2e - (m log2e + log2 s)) * scale: one FFMA, one ex2.approx and one multiply per
+        // element; the target's -scale is applied only in the vector that holds it.
+        const float c = m * LOG2E + log2f(s);
+        for (int k = threadIdx.x * N; k < vecEnd; k += stride)
         {
             float v[N];
-            load16(x + i, v);
+            load16(x + k, v);
 #pragma unroll
-            for (int j = 0; j < N; j++) v[j] = (expf(v[j] - m) * inv - (i + j == target ? 1.f : 0.f)) * scale;
-            store16(dl + i, v);
+            for (int j = 0; j < N; j++) v[j] = fast_exp2(fmaf(v[j], LOG2E, -c)) * scale;
+            if ((unsigned)(target - k) < (unsigned)N)
+#pragma unroll
+                for (int j = 0; j < N; j++) if (k + j == target) v[j] -= scale;
+            store16_grad(dl + k, v);
         }
-        for (int i = vecEnd + threadIdx.x; i < V; i += blockDim.x)
+        float inv = 1.f / s;
+        for (int k = vecEnd + threadIdx.x; k < V; k += blockDim.x)
         {
-            float p = expf(to_f(x[i]) - m) * inv;
-            dl[i] = from_f<T>((p - (i == target ? 1.f : 0.f)) * scale);
+            float p = expf(to_f(x[k]) - m) * inv;
+            dl[k] = from_f<T>((p - (k == target ? 1.f : 0.f)) * scale);
         }
     }
 }

@@ -43,6 +43,42 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         AssertClose(CpuValues(cc), Download(c), Tolerance(dtype), $"{dtype} gelu");
     }
 
+    /// <summary>
+    /// Products large enough for the backend to time cuBLASLt's candidate algorithms on first use (2 M N K >= 4 GFLOP):
+    /// the timing runs write scratch outputs, so the GELU pre-activation, an accumulated weight gradient (beta = 1) and
+    /// its accumulated bias gradient come out as the CPU's, and the choice is logged.
+    /// </summary>
+    [Fact]
+    public void TimedAlgorithmChoiceLeavesOutputsAsTheCpuComputesThem()
+    {
+        const DType dtype = DType.BF16;
+        int m = 2048, n = 1024, k = 1024;
+        var (a, av) = Random(dtype, 1, m, k);
+        var (b, bv) = Random(dtype, 1, n, k);
+        var (bias, biasv) = Random(dtype, 1, n);
+        var c = Poisoned(dtype, m, n); var aux = Poisoned(dtype, m, n);
+        Gpu.MatMul(a, b, c, transposeB: true, bias: bias, epilogue: MatMulEpilogue.Gelu, auxiliary: aux);
+        var cc = _cpu.Allocate(new Shape(m, n), DType.F64); var caux = _cpu.Allocate(new Shape(m, n), DType.F64);
+        _cpu.MatMul(Cpu(av, m, k), Cpu(bv, n, k), cc, transposeB: true, bias: Cpu(biasv, n), epilogue: MatMulEpilogue.Gelu, auxiliary: caux);
+        AssertClose(CpuValues(caux), Download(aux), Tolerance(dtype), "pre-activation");
+        AssertClose(CpuValues(cc), Download(c), Tolerance(dtype), "gelu");
+
+        // Weight gradient dW (n, k) += dy^T x over m tokens, bias gradient db (n) += column sums of dy.
+        var (dy, dyv) = Random(dtype, 2, m, n);
+        var (x, xv) = Random(dtype, 2, m, k);
+        var (dw, dwv) = Random(DType.F32, 1, n, k);
+        var (db, dbv) = Random(DType.F32, 1, n);
+        Gpu.MatMul(dy, x, dw, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: db);
+        var cdw = Cpu(dwv, n, k); var cdb = Cpu(dbv, n);
+        _cpu.MatMul(Cpu(dyv, m, n), Cpu(xv, m, k), cdw, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: cdb);
+        AssertClose(CpuValues(cdw), Download(dw), Tolerance(dtype), "accumulated weight gradient");
+        AssertClose(CpuValues(cdb), Download(db), Tolerance(dtype), "accumulated bias gradient");
+
+        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_MATMUL_TUNE") == "0") return;
+        Assert.Contains(Gpu.MatMulTuningLog, line => line.Contains($"M={m} N={n} K={k}") && line.Contains("timed"));
+        Assert.Contains(Gpu.MatMulTuningLog, line => line.Contains($"M={n} N={k} K={m}"));
+    }
+
     [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.BF16)]

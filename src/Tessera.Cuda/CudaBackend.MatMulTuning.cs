@@ -1,0 +1,97 @@
+using Tessera.Cuda.Runtime;
+using Tessera.Tensors;
+using static Tessera.Cuda.Interop.CublasLt;
+
+namespace Tessera.Cuda;
+
+// Timed choice among cuBLASLt's candidate algorithms. The heuristic's first answer is a guess from a performance model;
+// for the training step's products with fused epilogues (GELU_AUX_BIAS, DGELU, BGRADB) it ran at 59-69 % of the
+// FLOP floor on the H200 while the plain products of the same size ran at 80-95 %. The first call of each new shape
+// times up to MatMulCandidates algorithms on scratch outputs and keeps the fastest.
+public sealed unsafe partial class CudaBackend
+{
+    /// <summary>How many algorithms cuBLASLt is asked for when a plan is built.</summary>
+    private const int MatMulCandidates = 8;
+
+    /// <summary>Smallest product (2 M N K FLOPs) worth timing: below it a wrong pick costs microseconds.</summary>
+    private const double MatMulTuneMinFlops = 4e9;
+
+    /// <summary>Largest scratch output a timing run may allocate (the 50304-wide head products are left to the heuristic).</summary>
+    private const long MatMulTuneMaxScratchBytes = 1L << 30;
+
+    /// <summary>How much faster than the heuristic's first answer another algorithm must time to replace it.</summary>
+    private const double MatMulTuneMargin = 0.97;
+
+    /// <summary>TESSERA_CUDA_MATMUL_TUNE=0 keeps the heuristic's first answer everywhere (the same algorithms on every run).</summary>
+    private static readonly bool MatMulTuning = Environment.GetEnvironmentVariable("TESSERA_CUDA_MATMUL_TUNE") != "0";
+
+    /// <summary>One line per tuned product: its shape, the candidates timed, the chosen index (0 = the heuristic's first
+    /// answer) and both times.</summary>
+    public IReadOnlyList<string> MatMulTuningLog => _tuningLog;
+    private readonly List<string> _tuningLog = new();
+
+    private bool ShouldTune(MatMulKey key) =>
+        MatMulTuning && !_capturing && key.AB is DType.BF16 or DType.F16
+        && 2.0 * key.M * key.N * key.K * key.Batch >= MatMulTuneMinFlops;
+
+    /// <summary>
+    /// Times each candidate (one warm-up, then three runs between events) with the real inputs and scratch outputs, so
+    /// accumulating products (beta != 0) and outputs that alias inputs stay untouched, and keeps the fastest. This is the
+    /// one place outside logging where the host waits for the GPU, once per new product shape.
+    /// </summary>
+    private void TunePlan(MatMulPlan plan, MatMulKey key, ulong pa, ulong pb, ulong pbias, ulong paux, double alpha, double beta)
+    {
+        if (plan.Candidates.Length < 2) return;
+        long elementSize = key.C.SizeInBytes();
+        long cElements = (long)(key.Batch - 1) * key.StrideC + (long)(key.M - 1) * key.Ldc + key.N;
+        bool auxIsOutput = key.Epilogue is CUBLASLT_EPILOGUE_GELU_AUX or CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+        long auxBytes = auxIsOutput ? (long)key.M * key.N * elementSize : 0;
+        if (cElements * elementSize + auxBytes > MatMulTuneMaxScratchBytes) return;
+        ulong scratchC = Scratch(cElements * elementSize);
+        ulong scratchAux = auxIsOutput ? Scratch(auxBytes) : 0;
+        try
+        {
+            if (pbias != 0)
+                Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pbias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+            ulong aux = auxIsOutput ? scratchAux : paux;
+            if (aux != 0)
+                Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)");
+            CudaDevice.MakeCurrent();
+            using var start = new CudaEvent(CudaDevice);
+            using var end = new CudaEvent(CudaDevice);
+            float al = (float)alpha, be = (float)beta;
+            int best = -1;
+            float bestMs = float.MaxValue, firstMs = float.NaN;
+            int timed = 0;
+            for (int i = 0; i < plan.Candidates.Length; i++)
+            {
+                fixed (ulong* algo = plan.Candidates[i].Algo)
+                {
+                    // A candidate the library turns down at run time (workspace, alignment) is skipped, not an error.
+                    if (cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, scratchC, plan.LayoutC,
+                            scratchC, plan.LayoutC, algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle) != CUBLAS_STATUS_SUCCESS)
+                        continue;
+                    start.Record(Stream);
+                    for (int r = 0; r < 3; r++)
+                        Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, scratchC, plan.LayoutC,
+                            scratchC, plan.LayoutC, algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle), "cublasLtMatmul", Describe(key));
+                    end.Record(Stream);
+                }
+                end.Synchronize();
+                float ms = end.ElapsedSince(start) / 3;
+                timed++;
+                if (i == 0) firstMs = ms;
+                if (ms < bestMs) { bestMs = ms; best = i; }
+            }
+            if (best > 0 && !(bestMs < firstMs * MatMulTuneMargin)) best = 0;
+            if (best > 0) plan.Heuristic = plan.Candidates[best];
+            if (best >= 0)
+                _tuningLog.Add($"{Describe(key)}: {timed} timed, chose #{best}, {firstMs * 1000:F1} -> {(best == 0 ? firstMs : bestMs) * 1000:F1} us");
+        }
+        finally
+        {
+            if (scratchAux != 0) FreeScratch(scratchAux);
+            FreeScratch(scratchC);
+        }
+    }
+}
