@@ -10,8 +10,9 @@
 #       runs the GPU tests of Tessera.Tests.Cuda.Training (TESTS=... to change the xunit filter, TESTS=none to skip),
 #       gpu-train (GPT-2 124M, bf16, B=64 as 2 micro-batches of 32 x T=1024; then with --recompute),
 #       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train,
-#       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table; TRAIN_VARIANTS="notune" adds a run without the timed cuBLASLt
-#       algorithm choice), gpu-decode (llama-1b bf16, 512-token
+#       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table; TRAIN_VARIANTS="notune tune micro64 ce512" adds runs without the
+#       timed cuBLASLt algorithm choice, with it, with other micro-batches, other cross-entropy threads; NCU_TRAIN="REGEX:COUNT;..."
+#       adds ncu sections of chosen kernels of one step), gpu-decode (llama-1b bf16, 512-token
 #       prompt, 256 new tokens, the step recorded as a CUDA graph; RUN_DECODE=0 skips it; DECODE_VARIANTS="eager cublas profile"
 #       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa" and "ctasN" run without
 #       programmatic dependent launch, with the per-head decode attention, and with N matrix-vector CTAs per SM), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
@@ -82,11 +83,30 @@ run)
         fi
     fi
     for variant in ${TRAIN_VARIANTS-}; do
-        # A/B runs of the plain step: notune keeps cuBLASLt's first heuristic answer for every product.
+        # A/B runs of the plain step: notune keeps cuBLASLt's first heuristic answer for every product, tune is the default
+        # again (to interleave), microN runs the batch as micro-batches of N, ceN gives the cross-entropy N threads per row.
+        t0=$(date +%s)
         case "$variant" in
-            notune) t0=$(date +%s); TESSERA_CUDA_MATMUL_TUNE=0 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header; echo "gpu-train notune: $(( $(date +%s) - t0 )) s" ;;
+            notune) TESSERA_CUDA_MATMUL_TUNE=0 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
+            tune) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
+            micro*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${variant#micro}" --steps 6 --warmup 2 --no-header ;;
+            ce*) TESSERA_CUDA_CE_THREADS="${variant#ce}" train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
         esac
+        echo "gpu-train $variant: $(( $(date +%s) - t0 )) s"
     done
+    if [ -n "${NCU_TRAIN:-}" ] && command -v ncu >/dev/null; then
+        # ncu sections of chosen kernels of one training step: NCU_TRAIN="REGEX:COUNT;REGEX:COUNT", each its own ncu run
+        # (the first COUNT launches whose names match REGEX), all into $OUT/ncu-train.txt.
+        IFS=';' read -ra probes <<< "$NCU_TRAIN"
+        for probe in "${probes[@]}"; do
+            t0=$(date +%s)
+            timeout "${NCU_TIMEOUT:-150}" ncu --kernel-name "regex:${probe%:*}" --launch-count "${probe##*:}" --section SpeedOfLight \
+                --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+                $dn "$dir/app/GpuBenchLauncher.dll" gpu-train --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 1 --warmup 0 \
+                >> "$out/ncu-train.txt" 2>>"$out/bench.err"
+            echo "ncu train $probe: $(( $(date +%s) - t0 )) s"
+        done
+    fi
     if [ "${PROFILE:-0}" = 1 ]; then
         # per-op GPU time table (TESSERA_CUDA_PROFILE=1): 3 timed steps after 1 warm-up
         t0=$(date +%s); TESSERA_CUDA_PROFILE=1 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 3 --warmup 1 --no-header; echo "gpu-train profiled: $(( $(date +%s) - t0 )) s"
