@@ -31,10 +31,11 @@ public sealed unsafe partial class CudaBackend
         if (rows == 0) return;
         ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), po = Ptr(output), pm = Ptr(mean), pr = Ptr(rstd);
         float eps = (float)epsilon;
-        if (Vectorizable(x.DType, c, px, pw, pb, po))
+        int vectors = VectorsPerLane(x.DType, c);
+        if (Vectorizable(x.DType, c, px, pw, pb, po) && vectors <= 8)
         {
             void** wargs = stackalloc void*[] { &px, &pw, &pb, &po, &pm, &pr, &rows, &c, &eps };
-            Launch("norm.cu", "layernorm_forward_warp_" + Suffix(x.DType, "LayerNormForward"), (uint)((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock), 32 * WarpRowsPerBlock, wargs);
+            Launch("norm.cu", $"layernorm_forward_warp_{Suffix(x.DType, "LayerNormForward")}_k{vectors}", (uint)((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock), 32 * WarpRowsPerBlock, wargs);
             return;
         }
         void** args = stackalloc void*[] { &px, &pw, &pb, &po, &pm, &pr, &c, &eps };
@@ -49,17 +50,24 @@ public sealed unsafe partial class CudaBackend
         RequireElementwise(op, x, (dOutput, "dOutput"), (dx, "dx"));
         if (rows == 0) return;
         ulong pd = Ptr(dOutput), px = Ptr(x), pw = Ptr(weight), pm = Ptr(mean), pr = Ptr(rstd), pdx = Ptr(dx);
-        // The warp kernel holds a lane's row columns in registers (4 16-byte vectors, so C <= 128 * (16 / element size)) and
-        // its warp's gradient slice in shared memory (8 warps x 2C floats), which lets several CTAs share an SM: 4 per SM.
+        // The warp kernel holds a lane's row columns in registers (up to 4 16-byte vectors, so C <= 128 * (16 / element size))
+        // and its warp's gradient slice in shared memory (8 warps x 2C floats); its bounds fit three CTAs per SM, and the
+        // grid is one wave of those (fewer partial rows to sum than a grid of 4 per SM, which ran in two waves).
         uint smemBytes = (uint)(WarpRowsPerBlock * 2 * c * sizeof(float));
-        bool warp = Vectorizable(x.DType, c, pd, px, pw, pdx) && c <= 128 * (16 / x.DType.SizeInBytes()) && c % 4 == 0
+        int vectors = VectorsPerLane(x.DType, c);
+        bool warp = Vectorizable(x.DType, c, pd, px, pw, pdx) && vectors <= 4 && c % 4 == 0
             && smemBytes <= CudaDevice.MaxSharedMemoryPerBlockOptIn;
         int g = warp
-            ? (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, 4L * CudaDevice.MultiprocessorCount)
+            ? (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, 3L * CudaDevice.MultiprocessorCount)
             : (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
         ulong scratch = Scratch((long)g * 2 * c * sizeof(float));
         void** args = stackalloc void*[] { &pd, &px, &pw, &pm, &pr, &pdx, &scratch, &rows, &c };
-        if (warp) Launch("norm.cu", "layernorm_backward_warp_" + Suffix(x.DType, op), (uint)g, 32 * WarpRowsPerBlock, args, smemBytes);
+        if (warp)
+        {
+            string kernel = $"layernorm_backward_warp_{Suffix(x.DType, op)}_k{vectors}";
+            PreferSharedMemory("norm.cu", kernel); // three CTAs of 8 warps x 2C floats per SM at C = 768
+            Launch("norm.cu", kernel, (uint)g, 32 * WarpRowsPerBlock, args, smemBytes);
+        }
         else Launch("norm.cu", "layernorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
         if (dBias is null || dBias.DType != dWeight.DType) // rows of the scratch: dW at [0, C), dB at [C, 2C)
         {
@@ -69,6 +77,9 @@ public sealed unsafe partial class CudaBackend
         else ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op, Ptr(dBias));
         FreeScratch(scratch);
     }
+
+    /// <summary>16-byte vectors per lane that a warp needs to hold a row of <paramref name="c"/> elements.</summary>
+    private static int VectorsPerLane(DType dtype, int c) => (c + 32 * (16 / dtype.SizeInBytes()) - 1) / (32 * (16 / dtype.SizeInBytes()));
 
     /// <summary>Rows per block (one warp each) of the warp-per-row LayerNorm kernels.</summary>
     private const uint WarpRowsPerBlock = 8;

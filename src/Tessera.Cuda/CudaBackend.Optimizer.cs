@@ -81,6 +81,9 @@ public sealed unsafe partial class CudaBackend
         float bc1 = (float)(1 - Math.Pow(step.Beta1, step.Step)), bc2 = (float)(1 - Math.Pow(step.Beta2, step.Step));
         float maxNorm = (float)step.MaxGradNorm;
         void** args = stackalloc void*[] { &pp, &pg, &pm, &pv, &plow, &lowKind, &n, &lr, &b1, &b2, &eps, &wd, &bc1, &bc2, &pss, &maxNorm };
-        Launch("adamw.cu", "adamw_" + Suffix(gradients.DType, op), GridFor(n), Threads, args);
+        // Four elements per thread when every pointer allows it (the parameter arena's ranges are aligned): bitwise the same updates.
+        long gradBytes = gradients.DType.SizeInBytes(), lowBytes = lowPrecisionCopy?.DType.SizeInBytes() ?? 2;
+        bool vec4 = n % 4 == 0 && pp % 16 == 0 && pm % 16 == 0 && pv % 16 == 0 && pg % (ulong)(4 * gradBytes) == 0 && plow % (ulong)(4 * lowBytes) == 0;
+        Launch("adamw.cu", (vec4 ? "adamw_vec4_" : "adamw_") + Suffix(gradients.DType, op), GridFor(vec4 ? n / 4 : n), Threads, args);
     }
 }

@@ -147,6 +147,22 @@ template <typename T> __device__ __forceinline__ void store16(T* p, const float*
     for (int j = 0; j < Vec16<T>::N; j++) e[j] = from_f<T>(in[j]);
     *reinterpret_cast<Bytes16*>(p) = u;
 }
+// bf16 vectors through the hardware's round-to-nearest-even pair conversion (one instruction per two values instead
+// of from_f's integer rounding); finite values round as from_f does, a NaN comes out as the canonical quiet NaN.
+template <> __device__ __forceinline__ void store16<bf16>(bf16* p, const float* in)
+{
+    Bytes16 u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(u.w[j]) : "f"(in[2 * j + 1]), "f"(in[2 * j]));
+    *reinterpret_cast<Bytes16*>(p) = u;
+}
+// Unpacks 16 bytes already loaded (kept in registers as raw words).
+template <typename T> __device__ __forceinline__ void unpack16(const Bytes16& u, float* out)
+{
+    const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int j = 0; j < Vec16<T>::N; j++) out[j] = to_f(e[j]);
+}
 // Whether three pointers are all 16-byte aligned (the vectorized element-wise paths).
 __device__ __forceinline__ bool aligned16(const void* a, const void* b, const void* c)
 {

@@ -13,13 +13,6 @@ __device__ __forceinline__ Bytes16 load_stream16(const void* p)
     return r;
 }
 
-template <typename T> __device__ __forceinline__ void unpack16(const Bytes16& u, float* out)
-{
-    const T* e = reinterpret_cast<const T*>(&u);
-#pragma unroll
-    for (int j = 0; j < Vec16<T>::N; j++) out[j] = to_f(e[j]);
-}
-
 template <typename T, int M>
 __device__ __forceinline__ void gemv_chunk(const Bytes16& wraw, const T* sx, int K, int c, float* acc)
 {

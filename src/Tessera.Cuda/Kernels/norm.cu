@@ -54,47 +54,6 @@ template <typename T> __device__ void layernorm_backward(const T* dout, const T*
     }
 }
 
-// LayerNorm with one warp per row and 16-byte loads (row starts, weight and bias 16-byte aligned, C a multiple
-// of 16 / sizeof(T)): the block-per-row kernels above spend most of their time in barriers at C = 768.
-template <typename T> __device__ void layernorm_forward_warp(const T* x, const T* w, const T* b, T* out, float* mean,
-                                                             float* rstd, i64 rows, int C, float eps)
-{
-    const int N = Vec16<T>::N;
-    i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= rows) return;
-    int lane = threadIdx.x & 31;
-    x += row * C; out += row * C;
-    float s = 0.f;
-    for (int i = lane * N; i < C; i += 32 * N)
-    {
-        float v[N];
-        load16(x + i, v);
-#pragma unroll
-        for (int j = 0; j < N; j++) s += v[j];
-    }
-    float mu = warp_sum(s) / C;
-    float var = 0.f;
-    for (int i = lane * N; i < C; i += 32 * N)
-    {
-        float v[N];
-        load16(x + i, v);
-#pragma unroll
-        for (int j = 0; j < N; j++) { float d = v[j] - mu; var += d * d; }
-    }
-    float r = rsqrtf(warp_sum(var) / C + eps);
-    for (int i = lane * N; i < C; i += 32 * N)
-    {
-        float v[N], wv[N], bv[N];
-        load16(x + i, v);
-        load16(w + i, wv);
-        if (b) load16(b + i, bv);
-#pragma unroll
-        for (int j = 0; j < N; j++) v[j] = (v[j] - mu) * r * wv[j] + (b ? bv[j] : 0.f);
-        store16(out + i, v);
-    }
-    if (lane == 0) { mean[row] = mu; rstd[row] = r; }
-}
-
 template <typename T> __device__ void rmsnorm_forward(const T* x, const T* w, T* out, float* rstd, int C, float eps)
 {
     i64 row = blockIdx.x;
@@ -128,15 +87,76 @@ template <typename T> __device__ void rmsnorm_backward(const T* dout, const T* x
     }
 }
 
-// Backward, one warp per row (rows gw, gw + W, ... for the W warps of the grid), C <= 32 * 4 * N. Each warp adds its
-// rows' weight and bias gradients into its own slice of shared memory (2C floats, read-modify-written with 16-byte
-// accesses); the slices are summed in warp order at the end and the block writes its row of the partials scratch (G, 2C),
-// so the result is deterministic. Registers held the accumulators before (4 x 8 x 2 a lane on top of the row: one
-// 256-thread CTA per SM, 154 us per GPT-2 call on the H200; 81 us now). Dynamic shared memory: warps * 2C floats.
-template <typename T> __device__ void layernorm_backward_warp(const T* dout, const T* x, const T* w, const float* mean,
-                                                                   const float* rstd, T* dx, float* scratch, i64 rows, int C)
+// LayerNorm forward, one warp per row with the row in registers: each lane loads its K 16-byte vectors of x once
+// (C <= 32 K N), and the mean, the variance (two passes over registers) and the output come from them. The loop
+// version above reads x three times through L1 and spent its time issuing loads and conversions (ncu, H200: SM 71 %
+// busy, DRAM 36 %, 46 us per GPT-2 call).
+template <typename T, int K> __device__ void layernorm_forward_rows(const T* x, const T* w, const T* b, T* out, float* mean,
+                                                                    float* rstd, i64 rows, int C, float eps)
 {
-    constexpr int N = Vec16<T>::N, K = 4;
+    constexpr int N = Vec16<T>::N;
+    const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const int lane = threadIdx.x & 31;
+    x += row * C; out += row * C;
+    Bytes16 raw[K];
+#pragma unroll
+    for (int k = 0; k < K; k++)
+    {
+        const int i = (k * 32 + lane) * N;
+        if (i < C) raw[k] = *reinterpret_cast<const Bytes16*>(x + i);
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        if ((k * 32 + lane) * N < C)
+        {
+            float v[N];
+            unpack16<T>(raw[k], v);
+#pragma unroll
+            for (int j = 0; j < N; j++) s += v[j];
+        }
+    const float mu = warp_sum(s) / C;
+    float var = 0.f;
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        if ((k * 32 + lane) * N < C)
+        {
+            float v[N];
+            unpack16<T>(raw[k], v);
+#pragma unroll
+            for (int j = 0; j < N; j++) { const float d = v[j] - mu; var += d * d; }
+        }
+    const float r = rsqrtf(warp_sum(var) / C + eps);
+#pragma unroll
+    for (int k = 0; k < K; k++)
+    {
+        const int i = (k * 32 + lane) * N;
+        if (i < C)
+        {
+            float v[N], wv[N], bv[N];
+            unpack16<T>(raw[k], v);
+            load16(w + i, wv);
+            if (b) load16(b + i, bv);
+#pragma unroll
+            for (int j = 0; j < N; j++) v[j] = (v[j] - mu) * r * wv[j] + (b ? bv[j] : 0.f);
+            store16(out + i, v);
+        }
+    }
+    if (lane == 0) { mean[row] = mu; rstd[row] = r; }
+}
+
+// Backward, one warp per row (rows gw, gw + W, ... for the W warps of the grid), C <= 32 K N. The row's dout and x stay
+// in registers as the 16-byte words loaded (K vectors each: 8 K registers, not the 4 K N floats of unpacked rows), and
+// each warp adds its rows' weight and bias gradients into its own slice of shared memory (2C floats, read-modify-
+// written with 16-byte accesses); the slices are summed in warp order at the end and the block writes its row of the
+// partials scratch (G, 2C), so the result is deterministic. With unpacked rows the kernel held 117 registers, two
+// CTAs per SM, and stalled on the shared-memory accumulators (ncu, H200: 88 us per GPT-2 call, DRAM 45 %); the bounds
+// ask for three. Dynamic shared memory: warps * 2C floats.
+template <typename T, int K> __device__ void layernorm_backward_rows(const T* dout, const T* x, const T* w, const float* mean,
+                                                                     const float* rstd, T* dx, float* scratch, i64 rows, int C)
+{
+    constexpr int N = Vec16<T>::N;
     extern __shared__ float lnacc[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     float* mine = lnacc + (i64)warp * 2 * C;           // dW at [0, C), dB at [C, 2C)
@@ -146,7 +166,13 @@ template <typename T> __device__ void layernorm_backward_warp(const T* dout, con
     {
         const T* xr = x + row * C; const T* dr = dout + row * C; T* dxr = dx + row * C;
         const float mu = mean[row], r = rstd[row];
-        float dv[K][N], xh[K][N];
+        Bytes16 draw[K], xraw[K];
+#pragma unroll
+        for (int k = 0; k < K; k++)
+        {
+            const int i = (k * 32 + lane) * N;
+            if (i < C) { draw[k] = *reinterpret_cast<const Bytes16*>(dr + i); xraw[k] = *reinterpret_cast<const Bytes16*>(xr + i); }
+        }
         float a = 0.f, bsum = 0.f;
 #pragma unroll
         for (int k = 0; k < K; k++)
@@ -154,17 +180,16 @@ template <typename T> __device__ void layernorm_backward_warp(const T* dout, con
             const int i = (k * 32 + lane) * N;
             if (i < C)
             {
-                float wv[N];
-                load16(dr + i, dv[k]);
-                load16(xr + i, xh[k]);
+                float dv[N], xh[N], wv[N];
+                unpack16<T>(draw[k], dv);
+                unpack16<T>(xraw[k], xh);
                 load16(w + i, wv);
 #pragma unroll
                 for (int j = 0; j < N; j++)
                 {
-                    xh[k][j] = (xh[k][j] - mu) * r;
-                    const float dn = dv[k][j] * wv[j];
+                    const float dn = dv[j] * wv[j];
                     a += dn;
-                    bsum += dn * xh[k][j];
+                    bsum += dn * ((xh[j] - mu) * r);
                 }
             }
         }
@@ -176,11 +201,17 @@ template <typename T> __device__ void layernorm_backward_warp(const T* dout, con
             const int i = (k * 32 + lane) * N;
             if (i < C)
             {
-                float o[N], wv[N];
+                float o[N], wv[N], dv[N], xh[N];
                 load16(dxr + i, o);
                 load16(w + i, wv);
+                unpack16<T>(draw[k], dv);
+                unpack16<T>(xraw[k], xh);
 #pragma unroll
-                for (int j = 0; j < N; j++) o[j] += r * (dv[k][j] * wv[j] - a - xh[k][j] * bsum);
+                for (int j = 0; j < N; j++)
+                {
+                    xh[j] = (xh[j] - mu) * r;
+                    o[j] += r * (dv[j] * wv[j] - a - xh[j] * bsum);
+                }
                 store16(dxr + i, o);
 #pragma unroll
                 for (int j = 0; j < N; j += 4)
@@ -188,9 +219,9 @@ template <typename T> __device__ void layernorm_backward_warp(const T* dout, con
                     f32x4s* pw = reinterpret_cast<f32x4s*>(mine + i + j);
                     f32x4s* pb = reinterpret_cast<f32x4s*>(mine + C + i + j);
                     f32x4s gw = *pw, gb = *pb;
-                    gw.x += dv[k][j] * xh[k][j]; gw.y += dv[k][j + 1] * xh[k][j + 1];
-                    gw.z += dv[k][j + 2] * xh[k][j + 2]; gw.w += dv[k][j + 3] * xh[k][j + 3];
-                    gb.x += dv[k][j]; gb.y += dv[k][j + 1]; gb.z += dv[k][j + 2]; gb.w += dv[k][j + 3];
+                    gw.x += dv[j] * xh[j]; gw.y += dv[j + 1] * xh[j + 1];
+                    gw.z += dv[j + 2] * xh[j + 2]; gw.w += dv[j + 3] * xh[j + 3];
+                    gb.x += dv[j]; gb.y += dv[j + 1]; gb.z += dv[j + 2]; gb.w += dv[j + 3];
                     *pw = gw; *pb = gb;
                 }
             }
@@ -216,17 +247,6 @@ template <typename T> __device__ void layernorm_backward_warp(const T* dout, con
     {                                                                                                          \
         layernorm_backward<T>(dout, x, w, mean, rstd, dx, scratch, N, C);                                      \
     }                                                                                                          \
-    extern "C" __global__ void layernorm_forward_warp_##n(const T* x, const T* w, const T* b, T* out,          \
-                                                          float* mean, float* rstd, i64 rows, int C, float eps) \
-    {                                                                                                          \
-        layernorm_forward_warp<T>(x, w, b, out, mean, rstd, rows, C, eps);                                     \
-    }                                                                                                          \
-    extern "C" __global__ void layernorm_backward_warp_##n(const T* dout, const T* x, const T* w,         \
-                                                                const float* mean, const float* rstd, T* dx,   \
-                                                                float* scratch, i64 N, int C)                  \
-    {                                                                                                          \
-        layernorm_backward_warp<T>(dout, x, w, mean, rstd, dx, scratch, N, C);                            \
-    }                                                                                                          \
     extern "C" __global__ void rmsnorm_forward_##n(const T* x, const T* w, T* out, float* rstd, int C, float eps) \
     {                                                                                                          \
         rmsnorm_forward<T>(x, w, out, rstd, C, eps);                                                           \
@@ -237,3 +257,23 @@ template <typename T> __device__ void layernorm_backward_warp(const T* dout, con
         rmsnorm_backward<T>(dout, x, w, rstd, dx, scratch, N, C);                                              \
     }
 FOR_FLOAT_TYPES(NORM)
+
+// The warp-per-row LayerNorm kernels for K 16-byte vectors per lane (C <= 32 K 16 / sizeof(T)): K = 1..4 both ways,
+// 5..8 forward only (the backward's shared-memory slices and registers allow at most 4).
+#define NORM_ROWS_FORWARD(n, T, K)                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) layernorm_forward_warp_##n##_k##K(                       \
+        const T* x, const T* w, const T* b, T* out, float* mean, float* rstd, i64 rows, int C, float eps)       \
+    {                                                                                                          \
+        layernorm_forward_rows<T, K>(x, w, b, out, mean, rstd, rows, C, eps);                                  \
+    }
+#define NORM_ROWS(n, T, K)                                                                                     \
+    NORM_ROWS_FORWARD(n, T, K)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 3) layernorm_backward_warp_##n##_k##K(                   \
+        const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx, float* scratch,    \
+        i64 N, int C)                                                                                          \
+    {                                                                                                          \
+        layernorm_backward_rows<T, K>(dout, x, w, mean, rstd, dx, scratch, N, C);                              \
+    }
+#define NORM_ROWS_ALL(n, T) NORM_ROWS(n, T, 1) NORM_ROWS(n, T, 2) NORM_ROWS(n, T, 3) NORM_ROWS(n, T, 4) \
+    NORM_ROWS_FORWARD(n, T, 5) NORM_ROWS_FORWARD(n, T, 6) NORM_ROWS_FORWARD(n, T, 7) NORM_ROWS_FORWARD(n, T, 8)
+FOR_FLOAT_TYPES(NORM_ROWS_ALL)

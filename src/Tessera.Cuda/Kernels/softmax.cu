@@ -49,17 +49,6 @@ __device__ void block_online(float& m, float& s)
 // One read for the statistics (online max and sum), one read and one write for the gradient;
 // 16-byte loads and stores when `aligned` (row starts and strides 16-byte aligned).
 // A negative target ignores the row (loss 0, gradient 0); a target >= V gives a NaN loss.
-// 16 bytes of gradient: bf16 pairs through the hardware's round-to-nearest-even conversion (one instruction per pair
-// instead of the integer rounding of from_f; NaN comes out as the canonical NaN), other types as store16.
-template <typename T> __device__ __forceinline__ void store16_grad(T* p, const float* in) { store16(p, in); }
-template <> __device__ __forceinline__ void store16_grad<bf16>(bf16* p, const float* in)
-{
-    unsigned w[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w[j]) : "f"(in[2 * j + 1]), "f"(in[2 * j]));
-    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-}
-
 template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, const int* targets, float* losses, T* dl,
                                                         i64 ds, int V, float scale, int aligned)
 {
@@ -129,7 +118,7 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
             if ((unsigned)(target - k) < (unsigned)N)
 #pragma unroll
                 for (int j = 0; j < N; j++) if (k + j == target) v[j] -= scale;
-            store16_grad(dl + k, v);
+            store16(dl + k, v);
         }
         float inv = 1.f / s;
         for (int k = vecEnd + threadIdx.x; k < V; k += blockDim.x)

@@ -3,7 +3,7 @@ using Tessera.Tensors.Cpu.Kernels;
 
 namespace Tessera.Tensors.Cpu;
 
-// Gradient-norm pieces and the AdamW update.
+// Gradient-norm pieces and the AdamW update (on tensors, and on staged buffers for the host half of ZeRO-Offload).
 public sealed unsafe partial class CpuBackend
 {
     /// <inheritdoc/>
@@ -24,18 +24,7 @@ public sealed unsafe partial class CpuBackend
     {
         const string op = nameof(AdamW);
         CheckElementwise(op, (nameof(parameters), parameters), (nameof(gradients), gradients), (nameof(m), m), (nameof(v), v));
-        if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), $"{op}: step.Step is {step.Step}; the bias correction needs a 1-based step count");
-        double clip = 1.0;
-        if (gradSumOfSquares is not null)
-        {
-            RequireScalar(op, nameof(gradSumOfSquares), gradSumOfSquares);
-            if (step.MaxGradNorm > 0)
-            {
-                double norm = Math.Sqrt(ReadScalarValue(gradSumOfSquares));
-                // PyTorch clip_grad_norm_: coefficient max_norm / (norm + 1e-6), capped at 1.
-                clip = Math.Min(1.0, step.MaxGradNorm / (norm + 1e-6));
-            }
-        }
+        double clip = ClipCoefficient(op, step, gradSumOfSquares);
         if (lowPrecisionCopy is not null)
         {
             if (lowPrecisionCopy.NumElements != parameters.NumElements)
@@ -63,5 +52,86 @@ public sealed unsafe partial class CpuBackend
             if (plow != null)
                 ElementCast.Run(paramType, (byte*)(pp + s), 1, lowType, plow + s * lowSize, 1, e - s);
         });
+    }
+
+    /// <summary>
+    /// Whether <see cref="AdamWStaged"/> takes parameters of <paramref name="parameterDType"/> whose gradients and values
+    /// are staged as <paramref name="stagedDType"/>: F32 staged as BF16 (mixed precision) or F32, F64 staged as F64.
+    /// </summary>
+    public static bool SupportsAdamWStaged(DType parameterDType, DType stagedDType) =>
+        (parameterDType, stagedDType) is (DType.F32, DType.BF16) or (DType.F32, DType.F32) or (DType.F64, DType.F64);
+
+    /// <summary>
+    /// <see cref="AdamW"/> for the host half of ZeRO-Offload, in one pass over memory: the gradient is read straight from
+    /// <paramref name="gradients"/> (raw elements of <paramref name="stagedDType"/>, as copied off the device), the
+    /// parameters, <paramref name="m"/> and <paramref name="v"/> (tensors on this backend) are updated in place, and the
+    /// updated parameters are written in <paramref name="stagedDType"/> into <paramref name="values"/> (raw elements, to be
+    /// copied to the device). Bit-identical to widening the gradient into a tensor, calling <see cref="AdamW"/> with the same
+    /// step and sum of squares (and, for a BF16 staging, a BF16 <c>lowPrecisionCopy</c>, whose bits <paramref name="values"/>
+    /// then holds), and copying the values out: the same operations in the same order per element. <paramref name="values"/>
+    /// may be the same memory as <paramref name="gradients"/>. Supported dtype pairs: <see cref="SupportsAdamWStaged"/>.
+    /// </summary>
+    /// <param name="parameters">(n) F32 or F64, contiguous: the masters.</param>
+    /// <param name="gradients">(n) elements of <paramref name="stagedDType"/>: exactly n times its size in bytes.</param>
+    /// <param name="m">(n) like <paramref name="parameters"/>: first moments.</param>
+    /// <param name="v">(n) like <paramref name="parameters"/>: second moments.</param>
+    /// <param name="values">(n) elements of <paramref name="stagedDType"/>: exactly n times its size in bytes.</param>
+    /// <param name="stagedDType">The dtype of both staged buffers (the arena's dtype).</param>
+    /// <param name="step">Hyper-parameters, as for <see cref="AdamW"/>.</param>
+    /// <param name="gradSumOfSquares">(1) F32/F64 global gradient sum of squares for clipping, or null, as for <see cref="AdamW"/>.</param>
+    public void AdamWStaged(Tensor parameters, ReadOnlySpan<byte> gradients, Tensor m, Tensor v, Span<byte> values, DType stagedDType,
+        in AdamWStep step, Tensor? gradSumOfSquares = null)
+    {
+        const string op = nameof(AdamWStaged);
+        CheckElementwise(op, (nameof(parameters), parameters), (nameof(m), m), (nameof(v), v));
+        if (!SupportsAdamWStaged(parameters.DType, stagedDType))
+            throw new NotSupportedException($"{op}: {parameters.DType} parameters staged as {stagedDType} are not supported (F32 as BF16 or F32, F64 as F64); use {nameof(AdamW)} on tensors");
+        long n = parameters.NumElements, bytes = n * stagedDType.SizeInBytes();
+        if (gradients.Length != bytes)
+            throw new ArgumentException($"{op}: gradients hold {gradients.Length} bytes; {n} {stagedDType} elements of parameters {parameters.Shape} need {bytes}", nameof(gradients));
+        if (values.Length != bytes)
+            throw new ArgumentException($"{op}: values hold {values.Length} bytes; {n} {stagedDType} elements of parameters {parameters.Shape} need {bytes}", nameof(values));
+        double clip = ClipCoefficient(op, step, gradSumOfSquares);
+        fixed (byte* pinnedGradients = gradients, pinnedValues = values)
+        {
+            byte* g = pinnedGradients, o = pinnedValues;   // pinned for the call; the blocks only run inside it
+            if (parameters.DType == DType.F64)
+            {
+                double* pp = Ptr<double>(parameters), pm = Ptr<double>(m), pv = Ptr<double>(v);
+                var k = new AdamWConstants<double>(step, clip);
+                ParallelBlocks(n, StagedBlockElements, 12, (s, e) =>
+                    OptimizerKernels.AdamWStaged(pp + s, (double*)g + s, pm + s, pv + s, (double*)o + s, e - s, k));
+            }
+            else
+            {
+                float* pp = Ptr<float>(parameters), pm = Ptr<float>(m), pv = Ptr<float>(v);
+                var k = new AdamWConstants<float>(step, clip);
+                if (stagedDType == DType.BF16)
+                    ParallelBlocks(n, StagedBlockElements, 12, (s, e) =>
+                        OptimizerKernels.AdamWStagedBFloat16(pp + s, (ushort*)g + s, pm + s, pv + s, (ushort*)o + s, e - s, k));
+                else
+                    ParallelBlocks(n, StagedBlockElements, 12, (s, e) =>
+                        OptimizerKernels.AdamWStaged(pp + s, (float*)g + s, pm + s, pv + s, (float*)o + s, e - s, k));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Elements per block of <see cref="AdamWStaged"/>'s threads (1.75 MiB of F32 state): small enough that a thread
+    /// slowed by other work (the offload's device copies run beside it) leaves blocks to the others, a multiple of every
+    /// vector width so only the last block has a scalar tail.
+    /// </summary>
+    private const long StagedBlockElements = 1L << 16;
+
+    /// <summary>The global-norm clipping factor AdamW scales gradients by (1 without a sum of squares or a threshold).</summary>
+    private double ClipCoefficient(string op, in AdamWStep step, Tensor? gradSumOfSquares)
+    {
+        if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), $"{op}: step.Step is {step.Step}; the bias correction needs a 1-based step count");
+        if (gradSumOfSquares is null) return 1.0;
+        RequireScalar(op, nameof(gradSumOfSquares), gradSumOfSquares);
+        if (step.MaxGradNorm <= 0) return 1.0;
+        double norm = Math.Sqrt(ReadScalarValue(gradSumOfSquares));
+        // PyTorch clip_grad_norm_: coefficient max_norm / (norm + 1e-6), capped at 1.
+        return Math.Min(1.0, step.MaxGradNorm / (norm + 1e-6));
     }
 }

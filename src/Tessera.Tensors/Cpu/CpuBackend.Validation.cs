@@ -100,6 +100,20 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
+    /// <summary>
+    /// Runs <paramref name="body"/>(start, end) over [0, count) in blocks of <paramref name="block"/> elements (the last
+    /// one shorter), taken by up to <see cref="Threads"/> threads as they come free, when the total work is large enough;
+    /// unlike <see cref="ParallelChunks"/>'s one chunk per thread, a thread that is slowed down does not hold up the rest.
+    /// </summary>
+    private void ParallelBlocks(long count, long block, long workPerItem, Action<long, long> body)
+    {
+        if (count <= 0) return;
+        long blocks = (count + block - 1) / block;
+        if (blocks <= 1 || Threads == 1 || count * Math.Max(1, workPerItem) < 2 * MinWorkPerThread) { body(0, count); return; }
+        Parallel.For(0L, blocks, new ParallelOptions { MaxDegreeOfParallelism = Threads }, b =>
+            body(b * block, Math.Min(count, (b + 1) * block)));
+    }
+
     /// <summary>Number of chunks <see cref="ParallelChunks"/> would use (for per-chunk partial sums).</summary>
     private int ChunkCount(long count, long workPerItem)
     {

@@ -1,19 +1,33 @@
 using System.Runtime.InteropServices;
 using Tessera.Nn;
 using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
 
 namespace Tessera.Training.Parallel;
 
 /// <summary>
 /// The host half of ZeRO-Offload for one rank: the master values and AdamW moments of the rank's shard live on a host
 /// backend (a CpuBackend) in the arena's master dtype (F32 for a BF16 arena), and each update copies the reduced
-/// gradient of the shard off the device (in the arena's dtype: BF16 under mixed precision, cast to F32 on the host),
-/// runs AdamW on the host, and copies the updated values back in the arena's dtype (the BF16 copy written by
-/// <c>lowPrecisionCopy</c>, or the F32/F64 masters themselves).
+/// gradient of the shard off the device in the arena's dtype (BF16 under mixed precision: half the bytes over the bus),
+/// runs AdamW on the host, and copies the updated values back in the arena's dtype (the masters rounded to BF16, or the
+/// F32/F64 masters themselves).
+/// <para>
+/// On a <see cref="CpuBackend"/> host (and a supported dtype pair, <see cref="CpuBackend.SupportsAdamWStaged"/>: every
+/// arena but F16) the update of a piece is one fused pass, <see cref="CpuBackend.AdamWStaged"/>: it reads the gradient
+/// straight from the staging bytes the device copied into, updates masters, m and v in place, and writes the values in
+/// the arena's dtype over the gradient in the same staging bytes, which are copied back: per element of a BF16 arena
+/// 2 + 12 bytes read and 12 + 2 written (28), against about 48 for the unfused sequence it replaces (staging into a BF16
+/// tensor, a cast to an F32 gradient tensor, AdamW writing a BF16 copy, that copy into separate staging), whose results
+/// it reproduces bit for bit. It runs vectorized over blocks of 64K elements on the host backend's threads. Another host
+/// backend, or an F16 arena, takes the unfused sequence through <see cref="IBackend"/> ops (<see cref="FusedHostUpdate"/>
+/// is false).
+/// </para>
 /// <para>
 /// The shard is moved in pieces of at most <see cref="PieceElements"/> elements (never across a unit, so a piece is
 /// contiguous on both sides), pipelined over two host staging slots: while the host updates piece i on a worker
-/// thread, the calling thread copies the gradient of piece i + 1 off the device and the values of piece i - 1 back.
+/// thread, the calling thread copies the gradient of piece i + 1 off the device and the values of piece i - 1 back
+/// (piece i - 1's values leave a slot before piece i + 1's gradient lands in it, which the fused update's in-place
+/// staging relies on).
 /// Every device call stays on the calling thread (a device backend and its context need not be thread-safe); the
 /// worker only touches the host backend.
 /// </para>
@@ -24,7 +38,8 @@ namespace Tessera.Training.Parallel;
 /// the global norm is known (it is needed for clipping before any update anyway).
 /// </para>
 /// Host memory: masters, m and v of the shard (3 x 4 bytes per shard element for F32 masters) plus two slots of
-/// staging per piece. The device keeps no optimizer state; the data-parallel trainer also releases a BF16 arena's own F32
+/// staging per piece (unfused: four, and two slots of host gradient tensors per piece). The device keeps no optimizer
+/// state; the data-parallel trainer also releases a BF16 arena's own F32
 /// master buffer (<see cref="ParameterArena.ReleaseMasters"/>) once this copy is loaded, so the host masters are the only
 /// F32 copy (checkpoints read them here; <see cref="PublishMasters"/> serves an arena that kept its masters).
 /// </summary>
@@ -39,10 +54,11 @@ public sealed class OffloadedAdamW
     private readonly ParameterArena _arena;
     private readonly IBackend _device;
     private readonly List<Piece> _pieces = [];
-    private readonly Tensor[] _gradSlots = new Tensor[2];        // (piece) master dtype: the gradient of a piece on the host
-    private readonly Tensor?[] _lowSlots = new Tensor?[2];       // (piece) arena dtype, mixed precision only: gradients as copied, then the updated values
+    private readonly CpuBackend? _fused;                         // the host, when the fused update runs on it; null: the unfused IBackend sequence
+    private readonly Tensor?[] _gradSlots = new Tensor?[2];      // (piece) master dtype, unfused only: the gradient of a piece on the host
+    private readonly Tensor?[] _lowSlots = new Tensor?[2];       // (piece) arena dtype, unfused mixed precision only: gradients as copied, then the updated values
     private readonly byte[][] _toHost = new byte[2][];           // managed staging of device -> host copies (one piece)
-    private readonly byte[][] _toDevice = new byte[2][];         // managed staging of host -> device copies (one piece)
+    private readonly byte[][] _toDevice = new byte[2][];         // managed staging of host -> device copies (one piece); fused: the same arrays as _toHost
     private readonly Tensor _sumOfSquares;                       // (1) master dtype: the global gradient sum of squares on the host
     private readonly byte[] _scalarStaging = new byte[sizeof(double)];
     private readonly Func<OwnedRange, Tensor> _values;          // device values of an owned range (arena dtype), read at each update
@@ -54,6 +70,15 @@ public sealed class OffloadedAdamW
     /// </summary>
     public OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements = DefaultPieceElements,
         Func<OwnedRange, Tensor>? values = null)
+        : this(arena, layout, host, pieceElements, values, fuse: true)
+    {
+    }
+
+    /// <summary>
+    /// As the public constructor; <paramref name="fuse"/> false keeps the unfused sequence even on a CpuBackend host (the
+    /// tests compare the two paths bit for bit).
+    /// </summary>
+    internal OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements, Func<OwnedRange, Tensor>? values, bool fuse)
     {
         ArgumentNullException.ThrowIfNull(arena);
         ArgumentNullException.ThrowIfNull(layout);
@@ -66,6 +91,7 @@ public sealed class OffloadedAdamW
         _values = values ?? (r => arena.Values.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
         Host = host;
         PieceElements = pieceElements;
+        _fused = fuse && host is CpuBackend cpu && CpuBackend.SupportsAdamWStaged(arena.MasterDType, arena.DType) ? cpu : null;
         var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment);
         Masters = host.Zeros(shape, arena.MasterDType);
         M = host.Zeros(shape, arena.MasterDType);
@@ -77,10 +103,15 @@ public sealed class OffloadedAdamW
         int stagingBytes = checked((int)(largest * Math.Max(arena.DType.SizeInBytes(), arena.MasterDType.SizeInBytes())));
         for (int slot = 0; slot < 2; slot++)
         {
-            _gradSlots[slot] = host.Allocate(new Shape((int)largest), arena.MasterDType);
-            _lowSlots[slot] = arena.MasterDType == arena.DType ? null : host.Allocate(new Shape((int)largest), arena.DType);
+            if (_fused is null)
+            {
+                _gradSlots[slot] = host.Allocate(new Shape((int)largest), arena.MasterDType);
+                _lowSlots[slot] = arena.MasterDType == arena.DType ? null : host.Allocate(new Shape((int)largest), arena.DType);
+            }
             _toHost[slot] = new byte[stagingBytes];
-            _toDevice[slot] = new byte[stagingBytes];
+            // Fused, a slot's values overwrite its gradient in place (no cache line of a second buffer to fetch before
+            // writing it); safe because piece i's values are copied back before piece i + 2's gradient lands in the slot.
+            _toDevice[slot] = _fused is null ? new byte[stagingBytes] : _toHost[slot];
         }
         // A deferred arena (ZeRO-3's sharded construction) holds no weights yet: the trainer writes the host masters later.
         if (!arena.IsDeferred) LoadMastersFromArena();
@@ -88,6 +119,12 @@ public sealed class OffloadedAdamW
 
     /// <summary>The host backend that holds the state and runs the update.</summary>
     public IBackend Host { get; }
+
+    /// <summary>
+    /// Whether each piece is updated by the fused one-pass kernel (<see cref="CpuBackend.AdamWStaged"/>, a CpuBackend host
+    /// and a supported dtype pair) rather than the unfused sequence of <see cref="IBackend"/> ops; the results are the same bits.
+    /// </summary>
+    public bool FusedHostUpdate => _fused is not null;
 
     /// <summary>Largest number of elements one device-host transfer moves.</summary>
     public long PieceElements { get; }
@@ -219,8 +256,22 @@ public sealed class OffloadedAdamW
 
     private void UpdateOnHost(Piece piece, int slot, Tensor? clip, Func<OwnedRange, AdamWStep> step)
     {
+        if (_fused is not null)
+        {
+            // One pass per part: the staged gradient in, masters and moments in place, the staged values out (over the gradient).
+            int size = _arena.DType.SizeInBytes();
+            foreach (var part in piece.Parts)
+            {
+                var s = new Shape((int)part.Length);
+                int at = checked((int)((part.ShardOffset - piece.ShardOffset) * size)), bytes = checked((int)(part.Length * size));
+                _fused.AdamWStaged(Masters.Narrow(part.ShardOffset, s), _toHost[slot].AsSpan(at, bytes), M.Narrow(part.ShardOffset, s),
+                    V.Narrow(part.ShardOffset, s), _toDevice[slot].AsSpan(at, bytes), _arena.DType, step(part), clip);
+            }
+            return;
+        }
+        // Unfused: the staged gradient into a host tensor (widened under mixed precision), AdamW, the values into staging.
         var shape = new Shape((int)piece.Length);
-        var grads = _gradSlots[slot].Narrow(0, shape);
+        var grads = _gradSlots[slot]!.Narrow(0, shape);
         var low = _lowSlots[slot]?.Narrow(0, shape);
         if (low is null) Upload(Host, _toHost[slot], grads);
         else

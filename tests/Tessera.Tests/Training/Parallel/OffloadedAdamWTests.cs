@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Tessera.Models;
 using Tessera.Nn;
 using Tessera.Tensors;
@@ -104,6 +105,48 @@ public sealed class OffloadedAdamWTests
         }
     }
 
+    [Theory]
+    [InlineData(DType.BF16, ZeroStage.OptimizerStates, 3, 1, 777L, true)]    // pieces cut inside parameters, not a multiple of any vector width
+    [InlineData(DType.BF16, ZeroStage.Gradients, 2, 0, OffloadedAdamW.DefaultPieceElements, false)]
+    [InlineData(DType.F32, ZeroStage.None, 1, 0, 1000L, true)]
+    [InlineData(DType.F32, ZeroStage.Parameters, 2, 1, 777L, false)]
+    [InlineData(DType.F64, ZeroStage.Parameters, 2, 1, 777L, true)]
+    [InlineData(DType.F64, ZeroStage.None, 1, 0, OffloadedAdamW.DefaultPieceElements, false)]
+    public void FusedHostUpdateIsBitIdenticalToTheUnfusedSequence(DType dtype, ZeroStage stage, int world, int rank, long pieceElements, bool clipped)
+    {
+        // Two identical models, one per path: the fused kernel (the default on a CpuBackend host) and the unfused
+        // sequence of IBackend ops it replaced (staging into a tensor, widening, AdamW with the BF16 copy, staging out).
+        var device = new CpuBackend(1);
+        var host = new CpuBackend(2);
+        var fusedModel = new Transformer(ModelPresets.Get("llama-debug"), device, dtype);
+        var unfusedModel = new Transformer(ModelPresets.Get("llama-debug"), device, dtype);
+        fusedModel.InitializeWeights(seed: 6);
+        unfusedModel.InitializeWeights(seed: 6);
+        var layout = new ShardLayout(fusedModel, stage, world, rank, bucketElements: 1500);
+        var fused = new OffloadedAdamW(fusedModel.Parameters, layout, host, pieceElements);
+        var unfused = new OffloadedAdamW(unfusedModel.Parameters, layout, host, pieceElements, null, fuse: false);
+        Assert.True(fused.FusedHostUpdate);
+        Assert.False(unfused.FusedHostUpdate);
+        int n = checked((int)fusedModel.Parameters.Length);
+        var initialValues = Bytes(device, fusedModel.Parameters.Values);
+        var sum = device.FromHost<float>([SumOfSquares], new Shape(1));
+        var rng = new Random(18);
+        for (long step = 1; step <= 3; step++)
+        {
+            var grads = device.FromHost<double>(Enumerable.Range(0, n).Select(_ => (rng.NextDouble() * 2 - 1) * 0.05).ToArray(), fusedModel.Parameters.Grads.Shape);
+            device.Copy(grads, fusedModel.Parameters.Grads);
+            device.Copy(grads, unfusedModel.Parameters.Grads);
+            fused.Update(r => fusedModel.Parameters.Grads.Narrow(r.ArenaOffset, new Shape((int)r.Length)), clipped ? sum : null, r => Step(step, r.WeightDecay));
+            unfused.Update(r => unfusedModel.Parameters.Grads.Narrow(r.ArenaOffset, new Shape((int)r.Length)), clipped ? sum : null, r => Step(step, r.WeightDecay));
+            string where = $"{dtype} arena, step {step}";
+            AssertSameBytes(Bytes(host, unfused.Masters), Bytes(host, fused.Masters), $"{where}: host masters");
+            AssertSameBytes(Bytes(host, unfused.M), Bytes(host, fused.M), $"{where}: m");
+            AssertSameBytes(Bytes(host, unfused.V), Bytes(host, fused.V), $"{where}: v");
+            AssertSameBytes(Bytes(device, unfusedModel.Parameters.Values), Bytes(device, fusedModel.Parameters.Values), $"{where}: device values");
+        }
+        Assert.NotEqual(initialValues, Bytes(device, fusedModel.Parameters.Values));   // the updates did write the values
+    }
+
     [Fact]
     public void OffloadPieceSizeOutsideItsRangeIsRefusedNamingTheField()
     {
@@ -115,6 +158,22 @@ public sealed class OffloadedAdamWTests
     private static AdamWStep Step(long step, bool decay) => new(LearningRate, 0.9, 0.95, 1e-8, decay ? 0.1 : 0.0, step, 1.0);
 
     private static Tensor Narrow(Tensor t, long offset, long length) => t.Narrow(offset, new Shape((int)length));
+
+    private static byte[] Bytes(IBackend backend, Tensor t) => t.DType switch
+    {
+        DType.F32 => MemoryMarshal.AsBytes(backend.ToArray<float>(t).AsSpan()).ToArray(),
+        DType.F64 => MemoryMarshal.AsBytes(backend.ToArray<double>(t).AsSpan()).ToArray(),
+        DType.BF16 => MemoryMarshal.AsBytes(backend.ToArray<BFloat16>(t).AsSpan()).ToArray(),
+        _ => throw new ArgumentException($"no byte view of {t.DType} here"),
+    };
+
+    private static void AssertSameBytes(byte[] expected, byte[] actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        int first = expected.AsSpan().CommonPrefixLength(actual);
+        if (first < expected.Length)
+            Assert.Fail($"{what}: first differing byte at {first} of {expected.Length} (bit-identity expected: same operations, same inputs)");
+    }
 
     private static float[] Slice(float[] a, long offset, long length) => a.AsSpan((int)offset, (int)length).ToArray();
 
