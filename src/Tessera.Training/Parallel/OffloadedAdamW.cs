@@ -37,11 +37,11 @@ namespace Tessera.Training.Parallel;
 /// (DeepSpeed streams buckets to the host during backward); the copies start once the gradients are reduced and
 /// the global norm is known (it is needed for clipping before any update anyway).
 /// </para>
-/// Host memory: masters, m and v of the shard (3 x 4 bytes per shard element for F32 masters) plus two slots of
-/// staging per piece (unfused: four, and two slots of host gradient tensors per piece). The device keeps no optimizer
-/// state; the data-parallel trainer also releases a BF16 arena's own F32
-/// master buffer (<see cref="ParameterArena.ReleaseMasters"/>) once this copy is loaded, so the host masters are the only
-/// F32 copy (checkpoints read them here; <see cref="PublishMasters"/> serves an arena that kept its masters).
+/// Host memory: masters, m and v of the shard (3 x 4 bytes per shard element for F32 masters) plus two staging buffers
+/// of one piece each (unfused: four, and two host gradient tensors of one piece). The device keeps no optimizer state;
+/// the data-parallel trainer also releases a BF16 arena's own F32 master buffer (<see cref="ParameterArena.ReleaseMasters"/>)
+/// once this copy is loaded, so the host masters are the only F32 copy (checkpoints read them here;
+/// <see cref="PublishMasters"/> serves an arena that kept its masters).
 /// </summary>
 public sealed class OffloadedAdamW
 {
