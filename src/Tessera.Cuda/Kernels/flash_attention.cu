@@ -789,6 +789,12 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 
     issue(0, 0);
     cp_async_commit();
+    // The warp's K and V rows as MMA A fragments, loaded from shared memory once (after the first wait below) instead
+    // of at every query block: the backward is bound by shared-memory loads (ncu, H200: L1/shared pipe 79 % busy,
+    // tensor 28 %), and these were 8 of its 92 ldmatrix per warp and block. D = 64 only: at 128 the 64 registers
+    // they take would spill.
+    constexpr bool HOIST = D <= 64;
+    unsigned ka[HOIST ? KD : 1][4], va[HOIST ? KD : 1][4];
     for (int it = 0; it < iters; it++)
     {
         const int st = it & 1;
@@ -796,6 +802,13 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
+        if (HOIST && it == 0)
+#pragma unroll
+            for (int kk = 0; kk < (HOIST ? KD : 0); kk++)
+            {
+                ldsm_x4(sK + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), ka[kk][0], ka[kk][1], ka[kk][2], ka[kk][3]);
+                ldsm_x4(sV + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), va[kk][0], va[kk][1], va[kk][2], va[kk][3]);
+            }
         const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
         const unsigned tQ = sQ + st * BM * D * 2, tdO = sdO + st * BM * D * 2;
         const float* tL = sL + st * BM;
@@ -810,19 +823,23 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 #pragma unroll
         for (int kk = 0; kk < KD; kk++)
         {
-            unsigned ka[4], va[4];
-            ldsm_x4(sK + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), ka[0], ka[1], ka[2], ka[3]);
-            ldsm_x4(sV + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), va[0], va[1], va[2], va[3]);
+            const unsigned* kf = ka[HOIST ? kk : 0];
+            const unsigned* vf = va[HOIST ? kk : 0];
+            if constexpr (!HOIST)
+            {
+                ldsm_x4(sK + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), ka[0][0], ka[0][1], ka[0][2], ka[0][3]);
+                ldsm_x4(sV + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), va[0][0], va[0][1], va[0][2], va[0][3]);
+            }
 #pragma unroll
             for (int j2 = 0; j2 < BM / 16; j2++)
             {
                 unsigned b0, b1, b2, b3;
                 ldsm_x4(tQ + off.rows[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
-                Mma<T>::run(sacc[2 * j2], ka, b0, b1);
-                Mma<T>::run(sacc[2 * j2 + 1], ka, b2, b3);
+                Mma<T>::run(sacc[2 * j2], kf, b0, b1);
+                Mma<T>::run(sacc[2 * j2 + 1], kf, b2, b3);
                 ldsm_x4(tdO + off.rows[kk] + j2 * 16 * D * 2, b0, b1, b2, b3);
-                Mma<T>::run(pacc[2 * j2], va, b0, b1);
-                Mma<T>::run(pacc[2 * j2 + 1], va, b2, b3);
+                Mma<T>::run(pacc[2 * j2], vf, b0, b1);
+                Mma<T>::run(pacc[2 * j2 + 1], vf, b2, b3);
             }
         }
         const bool mask = m0 < n0 + BN || m0 + BM > Tq;
