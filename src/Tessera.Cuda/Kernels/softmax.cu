@@ -49,19 +49,6 @@ __device__ void block_online(float& m, float& s)
 // One read for the statistics (online max and sum), one read and one write for the gradient;
 // 16-byte loads and stores when `aligned` (row starts and strides 16-byte aligned).
 // A negative target ignores the row (loss 0, gradient 0); a target >= V gives a NaN loss.
-// 2^x for x <= 0 on the FMA pipes: round x to n with the 1.5 * 2^23 trick, a degree-3 polynomial for 2^(x - n) on
-// [-0.5, 0.5] (Chebyshev nodes; relative error <= 1.0e-4, under half a bf16 or f16 ulp), n added to the exponent.
-// The cross-entropy gradient of 16-bit logits takes every other exponential here, so that the special-function unit
-// (one ex2 per element per pass, the kernel's busiest pipe under ncu) shares the work with the FMA units.
-__device__ __forceinline__ float poly_exp2(float x)
-{
-    x = fmaxf(x, -125.f);
-    const float j = x + 12582912.f;
-    const float f = x - (j - 12582912.f);
-    const float p = fmaf(fmaf(fmaf(5.583828295e-02f, f, 2.426394785e-01f), f, 6.931367339e-01f), f, 9.999245570e-01f);
-    return __int_as_float(__float_as_int(p) + (int)((unsigned)__float_as_int(j) << 23));
-}
-
 template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, const int* targets, float* losses, T* dl,
                                                         i64 ds, int V, float scale, int aligned)
 {
@@ -127,11 +114,7 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
             float v[N];
             load16(x + k, v);
 #pragma unroll
-            for (int j = 0; j < N; j++)
-            {
-                const float a = fmaf(v[j], LOG2E, -c);
-                v[j] = (sizeof(T) == 2 && (j & 1) ? poly_exp2(a) : fast_exp2(a)) * scale;
-            }
+            for (int j = 0; j < N; j++) v[j] = fast_exp2(fmaf(v[j], LOG2E, -c)) * scale;
             if ((unsigned)(target - k) < (unsigned)N)
 #pragma unroll
                 for (int j = 0; j < N; j++) if (k + j == target) v[j] -= scale;
