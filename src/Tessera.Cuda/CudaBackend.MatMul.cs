@@ -30,13 +30,20 @@ public sealed unsafe partial class CudaBackend
     /// </remarks>
     public void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
         double alpha = 1.0, double beta = 0.0, Tensor? bias = null,
-        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null)
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null,
+        Tensor? addend = null)
     {
-        MatMulEpilogueArguments.Validate(nameof(CudaBackend), a, c, transposeA, beta, bias, epilogue, auxiliary, biasGradient);
+        MatMulEpilogueArguments.Validate(nameof(CudaBackend), a, c, transposeA, beta, bias, epilogue, auxiliary, biasGradient, addend);
+        if (addend is not null && !SameLayout(addend, c))
+        {
+            Copy(addend, c); // cuBLASLt reads the addend through c's layout: another layout is copied into c first
+            addend = null;
+            beta = 1.0;
+        }
         if (epilogue == MatMulEpilogue.None)
         {
-            if (TryGemv(a, b, c, transposeA, transposeB, alpha, beta, bias)) return;
-            MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null);
+            if (addend is null && TryGemv(a, b, c, transposeA, transposeB, alpha, beta, bias)) return;
+            MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null, addend);
             return;
         }
         if (a.DType != DType.F64 && MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient))
@@ -46,8 +53,9 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>The product through cuBLASLt with a fused epilogue; false (nothing written) when cuBLASLt has no algorithm for a non-trivial epilogue.</summary>
+    /// <remarks>With <paramref name="addend"/> (c's layout), cuBLASLt reads it as C with beta = 1 and writes D = c.</remarks>
     private bool MatMulCore(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
-        MatMulEpilogue fused, Tensor? auxiliary, Tensor? biasGradient)
+        MatMulEpilogue fused, Tensor? auxiliary, Tensor? biasGradient, Tensor? addend = null)
     {
         const string op = "MatMul";
         int rank = c.Rank;
@@ -86,7 +94,9 @@ public sealed unsafe partial class CudaBackend
         _ = op;
 
         ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), pbias = PtrOrNull(bias);
-        int alignment = Align(pa) | Align(pb) << 8 | Align(pc) << 16 | Align(pbias) << 24;
+        ulong pin = pc;                                       // cuBLASLt's C (read with beta), D = pc is written
+        if (addend is not null) { pin = Ptr(addend); beta = 1.0; }
+        int alignment = Align(pa) | Align(pb) << 8 | Math.Min(Align(pc), pin == pc ? 256 : Align(pin)) << 16 | Align(pbias) << 24;
         uint epilogue = fused switch
         {
             MatMulEpilogue.Gelu => bias is null ? CUBLASLT_EPILOGUE_GELU_AUX : CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
@@ -117,20 +127,20 @@ public sealed unsafe partial class CudaBackend
         if (paux != 0)
             Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &paux, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)");
         CudaDevice.MakeCurrent();
-        Profiler?.Begin($"matmul {a.DType} {m}x{n}x{k}{(batch > 1 ? $" b{batch}" : "")}{(transposeA ? " tA" : "")}{(transposeB ? " tB" : "")}{(beta != 0 ? " acc" : "")}{(bias is not null ? " bias" : "")}{(fused != MatMulEpilogue.None ? " " + fused : "")}");
+        Profiler?.Begin($"matmul {a.DType} {m}x{n}x{k}{(batch > 1 ? $" b{batch}" : "")}{(transposeA ? " tA" : "")}{(transposeB ? " tB" : "")}{(addend is not null ? " +residual" : beta != 0 ? " acc" : "")}{(bias is not null ? " bias" : "")}{(fused != MatMulEpilogue.None ? " " + fused : "")}");
         // Column-major cuBLASLt sees the row-major c (M, N) as c^T (N, M) = op(b)^T op(a)^T: b goes first.
         fixed (ulong* algo = plan.Heuristic.Algo)
         {
             if (a.DType == DType.F64)
             {
                 double al = alpha, be = beta;
-                Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, pc, plan.LayoutC, pc, plan.LayoutC,
+                Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, pin, plan.LayoutC, pc, plan.LayoutC,
                     algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle), "cublasLtMatmul", Describe(key));
             }
             else
             {
                 float al = (float)alpha, be = (float)beta;
-                Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, pc, plan.LayoutC, pc, plan.LayoutC,
+                Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, pin, plan.LayoutC, pc, plan.LayoutC,
                     algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle), "cublasLtMatmul", Describe(key));
             }
         }
@@ -268,6 +278,14 @@ public sealed unsafe partial class CudaBackend
         RmsNormForward(x, norm.Weight, h, rstd, norm.Epsilon);
         rstd.Storage.Dispose();
         return h;
+    }
+
+    /// <summary>Whether two tensors of one shape have the same strides (one cuBLASLt layout serves both).</summary>
+    private static bool SameLayout(Tensor x, Tensor y)
+    {
+        if (x.Rank != y.Rank) return false;
+        for (int d = 0; d < x.Rank; d++) if (x.Size(d) > 1 && x.Stride(d) != y.Stride(d)) return false;
+        return true;
     }
 
     private static int Align(ulong p) => p == 0 ? 0 : (int)Math.Min(256, p & (~p + 1));

@@ -54,10 +54,13 @@ public interface IBackend
     /// <paramref name="epilogue"/> fuses an activation or a bias gradient into the product (see <see cref="MatMulEpilogue"/>):
     /// <paramref name="auxiliary"/> (M,N) is the GELU pre-activation (written by Gelu, read by GeluBackward) and
     /// <paramref name="biasGradient"/> (M) the bias gradient accumulated by BiasGradient; both null otherwise.
+    /// <paramref name="addend"/> (the shape and dtype of c, not overlapping it) is added to the result, which is written to c:
+    /// c = alpha * op(a) @ op(b) + bias + addend, with beta = 0 and no epilogue (a residual connection in the product).
     /// </summary>
     void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
         double alpha = 1.0, double beta = 0.0, Tensor? bias = null,
-        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null);
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null,
+        Tensor? addend = null);
 
     /// <summary>sums (C) += column sums of x (N,C): the bias gradient of a linear layer.</summary>
     void SumRows(Tensor x, Tensor sums);

@@ -5,13 +5,23 @@ public static class MatMulEpilogueArguments
 {
     /// <summary>
     /// Throws when <paramref name="epilogue"/> does not fit the product: a (M,K)/(K,M), c (M,N), the auxiliary (M,N)
-    /// and bias gradient (M) present exactly when the epilogue uses them, beta = 0 for the GELU forms.
+    /// and bias gradient (M) present exactly when the epilogue uses them, beta = 0 for the GELU forms; an addend matching c,
+    /// in storage of its own, only with beta = 0 and no epilogue.
     /// </summary>
     public static void Validate(string backend, Tensor a, Tensor c, bool transposeA, double beta, Tensor? bias,
-        MatMulEpilogue epilogue, Tensor? auxiliary, Tensor? biasGradient)
+        MatMulEpilogue epilogue, Tensor? auxiliary, Tensor? biasGradient, Tensor? addend = null)
     {
         ArgumentNullException.ThrowIfNull(a); ArgumentNullException.ThrowIfNull(c);
         string where = $"{backend}.MatMul({epilogue})";
+        if (addend is not null)
+        {
+            if (epilogue != MatMulEpilogue.None || beta != 0)
+                throw new ArgumentException($"{where}: an addend needs beta = 0 and no epilogue (it is the product's accumulator input), got beta {beta}", nameof(addend));
+            if (addend.Shape != c.Shape || addend.DType != c.DType)
+                throw new ArgumentException($"{where}: addend {addend.DType} {addend.Shape} must match c {c.DType} {c.Shape}", nameof(addend));
+            if (ReferenceEquals(addend.Storage, c.Storage))
+                throw new ArgumentException($"{where}: addend must not share c's storage (accumulate into c with beta = 1 instead)", nameof(addend));
+        }
         bool gelu = epilogue is MatMulEpilogue.Gelu or MatMulEpilogue.GeluBackward;
         if (gelu != (auxiliary is not null))
             throw new ArgumentException(gelu

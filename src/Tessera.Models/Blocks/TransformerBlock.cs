@@ -15,7 +15,7 @@ namespace Tessera.Models.Blocks;
 /// </summary>
 public sealed class TransformerBlock
 {
-    private readonly ActivationKey _checkpoint, _residual1, _output, _dNorm1, _dNorm2;
+    private readonly ActivationKey _checkpoint, _dNorm1, _dNorm2;
 
     /// <summary>Declares the block's parameters, named "blocks.{<paramref name="index"/>}.*", in canonical order.</summary>
     public TransformerBlock(ParameterArena arena, TransformerConfig config, int index)
@@ -38,8 +38,6 @@ public sealed class TransformerBlock
             : new GeluMlp(arena, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
         Channels = c;
         _checkpoint = new ActivationKey(Name + ".checkpoint");
-        _residual1 = new ActivationKey(Name + ".residual1");
-        _output = new ActivationKey(Name + ".residual2");
         _dNorm1 = new ActivationKey(Name + ".norm1.dy");
         _dNorm2 = new ActivationKey(Name + ".norm2.dy");
     }
@@ -123,15 +121,11 @@ public sealed class TransformerBlock
     private Tensor Run(in PassContext ctx, Tensor x)
     {
         int b = x.Size(0), t = x.Size(1), n = b * t;
-        var backend = x.Backend;
         var xf = x.Reshape(n, Channels);                              // (N, C)
         var h1 = Norm1.Forward(ctx, xf);
-        var a = Attention.Forward(ctx, h1.Reshape(b, t, Channels));  // (B, T, C)
-        var r1 = ctx.Buffer(_residual1, xf.Shape, x.DType);           // (N, C)
-        backend.Add(xf, a.Reshape(n, Channels), r1);
-        var m = Mlp.Forward(ctx, Norm2.Forward(ctx, r1));             // (N, C)
-        var y = ctx.Buffer(_output, xf.Shape, x.DType);               // (N, C)
-        backend.Add(r1, m, y);
+        // r1 = x + attn(h1) and y = r1 + mlp(norm2(r1)): each residual add done by the branch's output projection.
+        var r1 = Attention.Forward(ctx, h1.Reshape(b, t, Channels), xf).Reshape(n, Channels); // (N, C)
+        var y = Mlp.Forward(ctx, Norm2.Forward(ctx, r1), r1);        // (N, C)
         return y.Reshape(b, t, Channels);
     }
 

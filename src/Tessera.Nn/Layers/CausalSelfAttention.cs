@@ -65,8 +65,11 @@ public sealed class CausalSelfAttention
 
     private double Scale => 1.0 / Math.Sqrt(HeadSize);
 
-    /// <summary>y (B, T, C) from x (B, T, C) attending causally within the T positions; saves what backward needs.</summary>
-    public Tensor Forward(in PassContext ctx, Tensor x)
+    /// <summary>
+    /// y (B, T, C) from x (B, T, C) attending causally within the T positions (+ <paramref name="residual"/> (B*T, C), added by
+    /// the output projection); saves what backward needs.
+    /// </summary>
+    public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         CheckInput(x);
         int b = x.Size(0), t = x.Size(1), n = b * t;
@@ -80,7 +83,7 @@ public sealed class CausalSelfAttention
         ctx.Save(_qkv, qkv);
         ctx.Save(_attention, att);
         ctx.Save(_logSumExp, lse);
-        return Projection.Forward(ctx, att.Reshape(n, Channels)).Reshape(b, t, Channels);
+        return Projection.Forward(ctx, att.Reshape(n, Channels), residual).Reshape(b, t, Channels);
     }
 
     /// <summary>dx (B, T, C) from dy (B, T, C) (= or +=, when <paramref name="accumulateDx"/>); parameter gradients accumulate.</summary>

@@ -27,12 +27,12 @@ public sealed class GeluMlp : IFeedForward
     public Linear Projection { get; }
 
     /// <inheritdoc/>
-    public Tensor Forward(in PassContext ctx, Tensor x)
+    public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         var h = ctx.Buffer(_hidden, new Shape(x.Size(0), Fc.OutFeatures), x.DType); // (N, F): pre-activation
         var a = Fc.ForwardGelu(ctx, x, h);                           // (N, F) = GELU(h), one fused product
         ctx.Save(_hidden, h);
-        return Projection.Forward(ctx, a);                           // (N, C)
+        return Projection.Forward(ctx, a, residual);                 // (N, C)
     }
 
     /// <inheritdoc/>

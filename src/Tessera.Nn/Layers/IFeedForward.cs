@@ -11,8 +11,9 @@ public interface IFeedForward
     /// <summary>The output projection (F to C), whose initialization is scaled down with depth.</summary>
     Linear Projection { get; }
 
-    /// <summary>y (N, C) from x (N, C), in a pooled buffer; saves what backward needs.</summary>
-    Tensor Forward(in PassContext ctx, Tensor x);
+    /// <summary>y (N, C) from x (N, C) (+ <paramref name="residual"/> (N, C), added by the last product), in a pooled buffer;
+    /// saves what backward needs.</summary>
+    Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null);
 
     /// <summary>
     /// Inference: <paramref name="residual"/> (N, C) += the MLP of norm(x) for x (N, C), the last product accumulating and the

@@ -49,12 +49,15 @@ public sealed class Linear
     /// <summary>Output features.</summary>
     public int OutFeatures => Weight.Shape[0];
 
-    /// <summary>y (N, out) = x (N, in) W^T + b, in a pooled buffer of <paramref name="ctx"/>; saves x.</summary>
-    public Tensor Forward(in PassContext ctx, Tensor x)
+    /// <summary>
+    /// y (N, out) = x (N, in) W^T + b (+ <paramref name="residual"/> (N, out), added by the product itself), in a pooled
+    /// buffer of <paramref name="ctx"/>; saves x. The residual's gradient is y's, so backward is the same either way.
+    /// </summary>
+    public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
-        x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value);
+        x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value, addend: residual);
         ctx.Save(_input, x);
         return y;
     }

@@ -35,7 +35,7 @@ public sealed class SwiGluMlp : IFeedForward
     public Linear Projection { get; }
 
     /// <inheritdoc/>
-    public Tensor Forward(in PassContext ctx, Tensor x)
+    public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         var g = Gate.Forward(ctx, x);                                // (N, F)
         var u = Up.Forward(ctx, x);                                  // (N, F)
@@ -43,7 +43,7 @@ public sealed class SwiGluMlp : IFeedForward
         x.Backend.SwiGluForward(g, u, a);
         ctx.Save(_gate, g);
         ctx.Save(_up, u);
-        return Projection.Forward(ctx, a);                           // (N, C)
+        return Projection.Forward(ctx, a, residual);                 // (N, C)
     }
 
     /// <inheritdoc/>

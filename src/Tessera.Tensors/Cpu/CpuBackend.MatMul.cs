@@ -8,9 +8,11 @@ public sealed unsafe partial class CpuBackend
     /// <inheritdoc/>
     public void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
         double alpha = 1.0, double beta = 0.0, Tensor? bias = null,
-        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null)
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null,
+        Tensor? addend = null)
     {
-        MatMulEpilogueArguments.Validate(nameof(CpuBackend), a, c, transposeA, beta, bias, epilogue, auxiliary, biasGradient);
+        MatMulEpilogueArguments.Validate(nameof(CpuBackend), a, c, transposeA, beta, bias, epilogue, auxiliary, biasGradient, addend);
+        if (addend is not null) { Copy(addend, c); beta = 1.0; } // c = addend, then the product accumulates onto it
         MatMulEpilogueComposition.Apply(this, a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient, MatMulPlain);
     }
 

@@ -46,6 +46,29 @@ public sealed class CudaMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
         AssertClose(ReferenceMatMul.Compute(av, bv, c2v, 1, m, n, k, false, true, 1, 1, null), Download(c2), Tolerance(dtype), "beta=1");
     }
 
+    /// <summary>
+    /// c = a b^T + bias + addend, the residual connection done by cuBLASLt reading the addend as C (beta = 1) and writing c;
+    /// an addend in another layout (a column slice of a wider matrix) is copied into c first. The addend is left as it was.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32, false)]
+    [InlineData(DType.BF16, false)]
+    [InlineData(DType.BF16, true)]
+    public void ProductWithAnAddendMatchesTheReferenceAndLeavesTheAddend(DType dtype, bool stridedAddend)
+    {
+        int m = 64, n = 96, k = 80;
+        var (a, av) = Random(dtype, 1, m, k);
+        var (b, bv) = Random(dtype, 1, n, k);
+        var (bias, biasv) = Random(dtype, 1, n);
+        var (wide, widev) = Random(dtype, 1, m, stridedAddend ? n + 8 : n);
+        var addend = stridedAddend ? wide.Slice(1, 0, n) : wide;
+        var addv = stridedAddend ? Enumerable.Range(0, m * n).Select(i => widev[i / n * (n + 8) + i % n]).ToArray() : widev;
+        var c = Poisoned(dtype, m, n);
+        Gpu.MatMul(a, b, c, transposeB: true, bias: bias, addend: addend);
+        AssertClose(ReferenceMatMul.Compute(av, bv, addv, 1, m, n, k, false, true, 1, 1, biasv), Download(c), Tolerance(dtype), "product + bias + addend");
+        AssertClose(widev, Download(wide), 0, "the addend is not written");
+    }
+
     [Fact]
     public void Bf16InputsWithF32Output()
     {

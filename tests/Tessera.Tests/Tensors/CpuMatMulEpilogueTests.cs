@@ -51,6 +51,45 @@ public class CpuMatMulEpilogueTests
         Assert.Equal(D(y), D(c));
     }
 
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F64)]
+    public void AddendIsAddedToTheProductAndLeftUntouched(DType dtype)
+    {
+        var rng = new Random(Environment.TickCount);
+        int m = 13, n = 20, k = 9;
+        var a = Fresh(rng, dtype, m, k); var b = Fresh(rng, dtype, n, k); var bias = Fresh(rng, dtype, n);
+        var residual = Fresh(rng, dtype, m, n);
+        var before = D(residual);
+        var c = Poisoned(dtype, m, n);
+        _cpu.MatMul(a, b, c, transposeB: true, bias: bias, addend: residual);
+        var expected = (double[])before.Clone();
+        var product = Poisoned(dtype, m, n);
+        _cpu.MatMul(a, b, product, transposeB: true, bias: bias);
+        var pv = D(product);
+        // The fused form accumulates the product onto a copy of the addend (beta = 1): the same roundings as product + addend
+        // only in F64 (ulp-level in F32), so F32 is checked against the sum within a few ulps.
+        for (int i = 0; i < expected.Length; i++) expected[i] += pv[i];
+        NumericAssert.Close(expected, D(c), dtype == DType.F64 ? 1e-14 : 1e-6, "product + addend");
+        Assert.Equal(before, D(residual));
+    }
+
+    [Fact]
+    public void AddendRefusesBetaEpiloguesSharedStorageAndOtherShapes()
+    {
+        var rng = new Random(1);
+        var a = Fresh(rng, DType.F32, 4, 3); var b = Fresh(rng, DType.F32, 5, 3);
+        var c = Poisoned(DType.F32, 4, 5);
+        var addend = Fresh(rng, DType.F32, 4, 5);
+        Assert.Contains("beta", Assert.Throws<ArgumentException>(() => _cpu.MatMul(a, b, c, transposeB: true, beta: 1.0, addend: addend)).Message);
+        var aux = Poisoned(DType.F32, 4, 5);
+        Assert.Contains("epilogue", Assert.Throws<ArgumentException>(() =>
+            _cpu.MatMul(a, b, c, transposeB: true, epilogue: MatMulEpilogue.Gelu, auxiliary: aux, addend: addend)).Message);
+        Assert.Contains("storage", Assert.Throws<ArgumentException>(() => _cpu.MatMul(a, b, c, transposeB: true, addend: c)).Message);
+        Assert.Contains("must match", Assert.Throws<ArgumentException>(() =>
+            _cpu.MatMul(a, b, c, transposeB: true, addend: Fresh(rng, DType.F32, 4, 6))).Message);
+    }
+
     [Fact]
     public void GeluEpilogueMatchesNaiveLoopInF64()
     {
