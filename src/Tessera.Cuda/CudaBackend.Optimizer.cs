@@ -77,10 +77,12 @@ public sealed unsafe partial class CudaBackend
         if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), $"AdamW step count must start at 1, got {step.Step}");
         if (n == 0) return;
         ulong pp = Ptr(parameters), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), plow = PtrOrNull(lowPrecisionCopy), pss = PtrOrNull(gradSumOfSquares);
+        // The constants as the CPU backend rounds them (AdamWConstants): the kernel then repeats its operations one for one.
         float lr = (float)step.LearningRate, b1 = (float)step.Beta1, b2 = (float)step.Beta2, eps = (float)step.Epsilon, wd = (float)step.WeightDecay;
-        float bc1 = (float)(1 - Math.Pow(step.Beta1, step.Step)), bc2 = (float)(1 - Math.Pow(step.Beta2, step.Step));
+        float ob1 = (float)(1 - step.Beta1), ob2 = (float)(1 - step.Beta2);
+        float c1 = (float)(1.0 / (1.0 - Math.Pow(step.Beta1, step.Step))), c2 = (float)(1.0 / (1.0 - Math.Pow(step.Beta2, step.Step)));
         float maxNorm = (float)step.MaxGradNorm;
-        void** args = stackalloc void*[] { &pp, &pg, &pm, &pv, &plow, &lowKind, &n, &lr, &b1, &b2, &eps, &wd, &bc1, &bc2, &pss, &maxNorm };
+        void** args = stackalloc void*[] { &pp, &pg, &pm, &pv, &plow, &lowKind, &n, &lr, &b1, &ob1, &b2, &ob2, &eps, &wd, &c1, &c2, &pss, &maxNorm };
         // Four elements per thread when every pointer allows it (the parameter arena's ranges are aligned): bitwise the same updates.
         long gradBytes = gradients.DType.SizeInBytes(), lowBytes = lowPrecisionCopy?.DType.SizeInBytes() ?? 2;
         bool vec4 = n % 4 == 0 && pp % 16 == 0 && pm % 16 == 0 && pv % 16 == 0 && pg % (ulong)(4 * gradBytes) == 0 && plow % (ulong)(4 * lowBytes) == 0;

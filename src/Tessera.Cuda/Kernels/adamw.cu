@@ -2,32 +2,43 @@
 // min(1, maxNorm / (sqrt(sum of squares) + 1e-6)) is computed on the device from a scalar, so the
 // host never waits for the gradient norm. Optionally writes a bf16 or f16 copy of the result.
 
+// Rounded single operations that the compiler may not fuse into FMAs: the update below is the CPU backend's
+// (OptimizerKernels.AdamW) operation for operation, so the two backends agree bitwise on the same inputs.
+__device__ __forceinline__ float mul_rn(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float add_rn(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float sub_rn(float a, float b) { float r; asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float div_rn(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float sqrt_rn(float a) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }
+__device__ __forceinline__ double sqrt_rn(double a) { double r; asm("sqrt.rn.f64 %0, %1;" : "=d"(r) : "d"(a)); return r; }
+
 __device__ __forceinline__ float adamw_clip(const float* sumsq, float maxNorm)
 {
     if (!sumsq || !(maxNorm > 0.f)) return 1.f;
-    // PyTorch's clip_grad_norm_ coefficient: maxNorm / (norm + 1e-6), clamped to 1.
-    const float coefficient = maxNorm / (sqrtf(*sumsq) + 1e-6f);
-    return coefficient < 1.f ? coefficient : 1.f;
+    // PyTorch's clip_grad_norm_ coefficient: maxNorm / (norm + 1e-6), clamped to 1, in double like the CPU backend.
+    const double coefficient = (double)maxNorm / (sqrt_rn((double)*sumsq) + 1e-6);
+    return coefficient < 1.0 ? (float)coefficient : 1.f;
 }
 
-// One element's update; m, v and p in place, the new parameter returned.
-__device__ __forceinline__ float adamw_one(float grad, float& m, float& v, float p, float b1, float b2, float lr, float eps,
-                                           float wd, float bc1, float bc2)
+// One element's update; m, v in place, the new parameter returned. ob1 = 1 - beta1 and ob2 = 1 - beta2 rounded from
+// double, c1 = 1 / (1 - beta1^t) and c2 = 1 / (1 - beta2^t) likewise (the host computes them as the CPU backend does).
+__device__ __forceinline__ float adamw_one(float grad, float& m, float& v, float p, float b1, float ob1, float b2, float ob2,
+                                           float lr, float eps, float wd, float c1, float c2)
 {
-    m = b1 * m + (1.f - b1) * grad;
-    v = b2 * v + (1.f - b2) * grad * grad;
-    return p - lr * ((m / bc1) / (sqrtf(v / bc2) + eps) + wd * p);
+    m = add_rn(mul_rn(b1, m), mul_rn(ob1, grad));
+    v = add_rn(mul_rn(b2, v), mul_rn(mul_rn(ob2, grad), grad));
+    const float mHat = mul_rn(m, c1), vHat = mul_rn(v, c2);
+    return sub_rn(p, mul_rn(lr, add_rn(div_rn(mHat, add_rn(sqrt_rn(vHat), eps)), mul_rn(wd, p))));
 }
 
 template <typename G> __device__ void adamw(float* p, const G* g, float* m, float* v, void* low, int lowKind, i64 n,
-                                            float lr, float b1, float b2, float eps, float wd, float bc1, float bc2,
-                                            const float* sumsq, float maxNorm)
+                                            float lr, float b1, float ob1, float b2, float ob2, float eps, float wd,
+                                            float c1, float c2, const float* sumsq, float maxNorm)
 {
     const float clip = adamw_clip(sumsq, maxNorm);
     GRID_STRIDE(i, n)
     {
         float mi = m[i], vi = v[i];
-        const float pi = adamw_one(to_f(g[i]) * clip, mi, vi, p[i], b1, b2, lr, eps, wd, bc1, bc2);
+        const float pi = adamw_one(mul_rn(to_f(g[i]), clip), mi, vi, p[i], b1, ob1, b2, ob2, lr, eps, wd, c1, c2);
         m[i] = mi; v[i] = vi; p[i] = pi;
         if (lowKind == 1) ((bf16*)low)[i] = from_f<bf16>(pi);
         else if (lowKind == 2) ((f16*)low)[i] = from_f<f16>(pi);
@@ -40,8 +51,8 @@ template <typename G> __device__ void adamw(float* p, const G* g, float* m, floa
 template <typename G> struct alignas(4 * sizeof(G)) G4 { G e[4]; };
 struct alignas(16) f32x4 { float x, y, z, w; };
 template <typename G> __device__ void adamw_vec4(float* p, const G* g, float* m, float* v, void* low, int lowKind, i64 n,
-                                                 float lr, float b1, float b2, float eps, float wd, float bc1, float bc2,
-                                                 const float* sumsq, float maxNorm)
+                                                 float lr, float b1, float ob1, float b2, float ob2, float eps, float wd,
+                                                 float c1, float c2, const float* sumsq, float maxNorm)
 {
     const float clip = adamw_clip(sumsq, maxNorm);
     GRID_STRIDE(q, n / 4)
@@ -51,7 +62,7 @@ template <typename G> __device__ void adamw_vec4(float* p, const G* g, float* m,
         const G4<G> gq = *reinterpret_cast<const G4<G>*>(g + i);
         float* pe = &pq.x; float* me = &mq.x; float* ve = &vq.x;
 #pragma unroll
-        for (int j = 0; j < 4; j++) pe[j] = adamw_one(to_f(gq.e[j]) * clip, me[j], ve[j], pe[j], b1, b2, lr, eps, wd, bc1, bc2);
+        for (int j = 0; j < 4; j++) pe[j] = adamw_one(mul_rn(to_f(gq.e[j]), clip), me[j], ve[j], pe[j], b1, ob1, b2, ob2, lr, eps, wd, c1, c2);
         *reinterpret_cast<f32x4*>(p + i) = pq; *reinterpret_cast<f32x4*>(m + i) = mq; *reinterpret_cast<f32x4*>(v + i) = vq;
         if (lowKind == 1)
         {
@@ -72,15 +83,17 @@ template <typename G> __device__ void adamw_vec4(float* p, const G* g, float* m,
 
 #define ADAMW(n, G)                                                                                          \
     extern "C" __global__ void adamw_##n(float* p, const G* g, float* m, float* v, void* low, int lowKind,   \
-                                         i64 count, float lr, float b1, float b2, float eps, float wd,       \
-                                         float bc1, float bc2, const float* sumsq, float maxNorm)             \
+                                         i64 count, float lr, float b1, float ob1, float b2, float ob2,      \
+                                         float eps, float wd, float c1, float c2, const float* sumsq,        \
+                                         float maxNorm)                                                      \
     {                                                                                                        \
-        adamw<G>(p, g, m, v, low, lowKind, count, lr, b1, b2, eps, wd, bc1, bc2, sumsq, maxNorm);            \
+        adamw<G>(p, g, m, v, low, lowKind, count, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, sumsq, maxNorm);    \
     }                                                                                                        \
     extern "C" __global__ void adamw_vec4_##n(float* p, const G* g, float* m, float* v, void* low, int lowKind, \
-                                              i64 count, float lr, float b1, float b2, float eps, float wd,  \
-                                              float bc1, float bc2, const float* sumsq, float maxNorm)        \
+                                              i64 count, float lr, float b1, float ob1, float b2, float ob2, \
+                                              float eps, float wd, float c1, float c2, const float* sumsq,   \
+                                              float maxNorm)                                                 \
     {                                                                                                        \
-        adamw_vec4<G>(p, g, m, v, low, lowKind, count, lr, b1, b2, eps, wd, bc1, bc2, sumsq, maxNorm);       \
+        adamw_vec4<G>(p, g, m, v, low, lowKind, count, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, sumsq, maxNorm); \
     }
 FOR_FLOAT_TYPES(ADAMW)

@@ -245,4 +245,38 @@ public sealed class CudaOpTests(CudaFixture fixture) : CudaTestBase(fixture)
         AssertClose(ev, Download(v), 1e-5, "v");
         AssertClose(Stored(ep, DType.BF16), Download(low), 5e-3, "bf16 copy");
     }
+
+    /// <summary>
+    /// The GPU update repeats the CPU backend's operations one for one (same rounded constants, no fused multiply-adds),
+    /// so on the same F32 inputs and the same sum of squares both backends give bitwise the same parameters and moments:
+    /// what lets an offloaded run (host AdamW) follow the plain one (device AdamW) to float32 rounding of the gradients only.
+    /// </summary>
+    [Theory]
+    [InlineData(false, 4000)]
+    [InlineData(true, 4000)]
+    [InlineData(true, 3999)]
+    public void AdamWIsBitwiseTheCpuBackends(bool clip, int n)
+    {
+        var cpu = new Tessera.Tensors.Cpu.CpuBackend(2);
+        var (p, pv) = Random(DType.F32, 1, n);
+        var (g, gv) = Random(DType.F32, 0.1, n);
+        var (m, mv) = Random(DType.F32, 0.01, n);
+        var vInit = Enumerable.Range(0, n).Select(_ => Rng.NextDouble() * 1e-3).ToArray();
+        var v = Upload(vInit, DType.F32, n);
+        var step = new AdamWStep(3e-4, 0.9, 0.95, 1e-8, 0.1, 5, clip ? 0.5 : 0);
+        double ss = gv.Sum(x => x * x);
+        var sumsq = clip ? Upload([ss], DType.F32, 1) : null;
+        Gpu.AdamW(p, g, m, v, step, sumsq);
+        Tensor Host(double[] values)
+        {
+            var t = cpu.Allocate(new Shape(values.Length), DType.F32);
+            cpu.CopyFromHost<float>(values.Select(x => (float)x).ToArray(), t);
+            return t;
+        }
+        var cp = Host(pv); var cg = Host(gv); var cm = Host(mv); var cv = Host(vInit);
+        cpu.AdamW(cp, cg, cm, cv, step, clip ? Host([ss]) : null);
+        Assert.Equal(cpu.ToArray<float>(cp), Gpu.ToArray<float>(p));
+        Assert.Equal(cpu.ToArray<float>(cm), Gpu.ToArray<float>(m));
+        Assert.Equal(cpu.ToArray<float>(cv), Gpu.ToArray<float>(v));
+    }
 }
