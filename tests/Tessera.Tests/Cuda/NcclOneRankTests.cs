@@ -113,7 +113,11 @@ public sealed class NcclOneRankTests(CudaFixture fixture) : IDisposable
         var rng = new Random(8);
         TokenShard.Write(shard, Enumerable.Range(0, 8000).Select(_ => rng.Next(256)).ToArray());
         var options = new TrainerOptions { BatchSize = 4, SequenceLength = 32, Steps = 10, WarmupSteps = 2, LearningRate = 2e-3, Seed = 9 };
-        var adam = new AdamWOptions();
+        // No clipping: the clipping factor comes from a sum of squares that the two paths order differently, and its
+        // last-bit differences scale every update. Without it the device and host AdamW are bitwise the same
+        // (AdamWIsBitwiseTheCpuBackends), and what remains is the GPU backward's own run-to-run noise (fp32 atomics in
+        // the attention and embedding gradients).
+        var adam = new AdamWOptions { MaxGradNorm = 0 };
 
         Transformer NewModel()
         {
@@ -122,22 +126,34 @@ public sealed class NcclOneRankTests(CudaFixture fixture) : IDisposable
             return m;
         }
 
-        var plainModel = NewModel();
-        var plain = new Trainer(plainModel, new AdamWOptimizer(plainModel.Parameters, adam), new TokenDataLoader([shard], 4, 32), null, options);
-        var expected = Enumerable.Range(0, 10).Select(_ => plain.TrainStep()).ToArray();
-        var expectedValues = backend.ToArray<float>(plainModel.Parameters.Values);
+        (double[] Losses, float[] Values) Plain()
+        {
+            var model = NewModel();
+            var trainer = new Trainer(model, new AdamWOptimizer(model.Parameters, adam), new TokenDataLoader([shard], 4, 32), null, options);
+            var l = Enumerable.Range(0, 10).Select(_ => trainer.TrainStep()).ToArray();
+            return (l, backend.ToArray<float>(model.Parameters.Values));
+        }
+
+        static double RelativeMaxDiff(float[] a, float[] b)
+        {
+            double diff = 0, scale = 0;
+            for (int i = 0; i < a.Length; i++) { diff = Math.Max(diff, Math.Abs(a[i] - b[i])); scale = Math.Max(scale, Math.Abs(b[i])); }
+            return diff / scale;
+        }
+
+        var (expected, expectedValues) = Plain();
+        var (_, repeatValues) = Plain();
+        double noise = RelativeMaxDiff(repeatValues, expectedValues);   // the plain run against itself
 
         var offModel = NewModel();
         var host = new Tessera.Tensors.Cpu.CpuBackend();
         var off = new DataParallelTrainer(offModel, group, new TokenDataLoader([shard], 4, 32, 0, 1), options, adam,
             new DataParallelOptions { Stage = ZeroStage.OptimizerStates, OffloadOptimizer = true }, host);
         var losses = Enumerable.Range(0, 10).Select(_ => off.TrainStep()).ToArray();
-        // F32 on both sides; the offloaded update runs on the CPU backend (same formula, vectorized differently)
-        // and the sum of squares is ordered differently, so values agree to float32 rounding, not bitwise.
         for (int i = 0; i < 10; i++) Assert.True(Math.Abs(losses[i] - expected[i]) <= 1e-5 * expected[i], $"step {i}: {losses[i]} vs {expected[i]}");
-        var values = backend.ToArray<float>(offModel.Parameters.Values);
-        double diff = 0, scale = 0;
-        for (int i = 0; i < values.Length; i++) { diff = Math.Max(diff, Math.Abs(values[i] - expectedValues[i])); scale = Math.Max(scale, Math.Abs(expectedValues[i])); }
-        Assert.True(diff <= 1e-5 * scale, $"parameters after 10 steps differ by {diff / scale:E2} of their largest magnitude");
+        double diff = RelativeMaxDiff(backend.ToArray<float>(offModel.Parameters.Values), expectedValues);
+        // The bar, 1e-5 of the largest parameter, or twice the plain run's distance from itself where that is larger.
+        double tolerance = Math.Max(1e-5, 2 * noise);
+        Assert.True(diff <= tolerance, $"parameters after 10 steps differ by {diff:E2} of their largest magnitude (tolerance {tolerance:E1}; plain against plain {noise:E2})");
     }
 }
