@@ -55,7 +55,11 @@ public sealed class ActivationStore
         CheckSlot(slot);
         if (_buffers.TryGetValue((slot, key), out var buffer) && buffer.DType == dtype && buffer.NumElements >= shape.NumElements)
             return buffer.NumElements == shape.NumElements && buffer.Shape == shape ? buffer : buffer.Narrow(0, shape);
-        buffer = Backend.Allocate(new Shape(checked((int)Math.Max(shape.NumElements, 1))), dtype);
+        if (shape.NumElements > int.MaxValue)
+            throw new ArgumentException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"activation '{key}' of shape {shape} has {shape.NumElements:N0} elements, more than one buffer holds ({int.MaxValue:N0}); ") +
+                "use smaller micro-batches (--micro) or a shorter sequence");
+        buffer = Backend.Allocate(new Shape((int)Math.Max(shape.NumElements, 1)), dtype);
         _buffers[(slot, key)] = buffer;
         return buffer.Narrow(0, shape);
     }

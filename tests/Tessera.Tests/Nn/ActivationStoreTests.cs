@@ -27,6 +27,18 @@ public class ActivationStoreTests
     }
 
     [Fact]
+    public void AnActivationPastTwoToThe31ElementsIsRefusedNamingItAndTheRemedy()
+    {
+        // GPT-2's logits for one micro-batch of 64 x 1024 tokens: 65,536 x 50,304 = 3.3 G elements. Nothing is allocated.
+        var store = new ActivationStore(_cpu);
+        var e = Assert.Throws<ArgumentException>(() => store.Buffer(0, "lm_head.out", new Shape(65536, 50304), DType.BF16));
+        Assert.Contains("lm_head.out", e.Message);
+        Assert.Contains("3,296,722,944", e.Message);
+        Assert.Contains("--micro", e.Message);
+        Assert.Equal(0, store.BufferedElements);
+    }
+
+    [Fact]
     public void SharedSlotsKeyBlocksByRoleAndMicroBatchesByFullName()
     {
         var store = new ActivationStore(_cpu);
