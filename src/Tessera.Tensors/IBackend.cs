@@ -183,6 +183,15 @@ public interface IBackend
     /// </summary>
     void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, double theta);
 
+    /// <summary>
+    /// A decode step's attention input as one op: qkv (B, T, H+2K, D), contiguous, = x W^T + bias for x (B·T, C) and
+    /// W ((H+2K)·D, C), x RMS-normalized first when <paramref name="norm"/> is given (<see cref="RmsNormMatMul"/>), then
+    /// <see cref="RopeAndAppend"/> of qkv with H = <paramref name="queryHeads"/>. The result equals those calls; a device
+    /// may do all of it in one launch.
+    /// </summary>
+    void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor keysAndValues, Tensor startPositions, double theta);
+
     /// <summary>positions (B,T) I32 = startPositions[b] + t (learned-position ids after a KV cache's filled length).</summary>
     void FillPositions(Tensor startPositions, Tensor positions);
 

@@ -2,14 +2,8 @@
 // min(1, maxNorm / (sqrt(sum of squares) + 1e-6)) is computed on the device from a scalar, so the
 // host never waits for the gradient norm. Optionally writes a bf16 or f16 copy of the result.
 
-// Rounded single operations that the compiler may not fuse into FMAs: the update below is the CPU backend's
-// (OptimizerKernels.AdamW) operation for operation, so the two backends agree bitwise on the same inputs.
-__device__ __forceinline__ float mul_rn(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-__device__ __forceinline__ float add_rn(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-__device__ __forceinline__ float sub_rn(float a, float b) { float r; asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-__device__ __forceinline__ float div_rn(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-__device__ __forceinline__ float sqrt_rn(float a) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }
-__device__ __forceinline__ double sqrt_rn(double a) { double r; asm("sqrt.rn.f64 %0, %1;" : "=d"(r) : "d"(a)); return r; }
+// mul_rn, add_rn, ... (common.cuh): the update below is the CPU backend's (OptimizerKernels.AdamW) operation for
+// operation, so the two backends agree bitwise on the same inputs.
 
 __device__ __forceinline__ float adamw_clip(const float* sumsq, float maxNorm)
 {

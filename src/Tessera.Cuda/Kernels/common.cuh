@@ -43,6 +43,37 @@ __device__ __forceinline__ float fast_exp2(float x)
 }
 #define LOG2E 1.4426950408889634f
 
+// Rounded single operations that the compiler may not fuse into FMAs (nvrtc contracts a * b + c by default), for
+// kernels that must agree bitwise with the CPU backend's C# arithmetic, which never contracts.
+__device__ __forceinline__ float mul_rn(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float add_rn(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float sub_rn(float a, float b) { float r; asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float div_rn(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float sqrt_rn(float a) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }
+__device__ __forceinline__ double sqrt_rn(double a) { double r; asm("sqrt.rn.f64 %0, %1;" : "=d"(r) : "d"(a)); return r; }
+
+// RoPE (rotate-half pairing): the angle of pair i of a head of size D at position pos, pos * theta^(-2i/D) in double,
+// its cosine and sine rounded to float; then the pair (x1, x2) = (x[i], x[i + D/2]) becomes
+// (x1 cos - x2 sin, x2 cos + x1 sin), each product and sum rounded on its own as the CPU backend computes it. One rule
+// for every kernel that rotates (rope.cu, the fused QKV product in gemv.cu).
+__device__ __forceinline__ double rope_inv_freq(int i, int D, double theta) { return pow(theta, -2.0 * i / D); }
+__device__ __forceinline__ void rope_angle_at(int pos, double inv_freq, float& cf, float& sf)
+{
+    double s, c;
+    sincos((double)pos * inv_freq, &s, &c);
+    cf = (float)c;
+    sf = (float)s;
+}
+__device__ __forceinline__ void rope_angle(int pos, int i, int D, double theta, float& cf, float& sf)
+{
+    rope_angle_at(pos, rope_inv_freq(i, D, theta), cf, sf);
+}
+__device__ __forceinline__ void rope_rotate(float x1, float x2, float cf, float sf, float& y1, float& y2)
+{
+    y1 = sub_rn(mul_rn(x1, cf), mul_rn(x2, sf));
+    y2 = add_rn(mul_rn(x2, cf), mul_rn(x1, sf));
+}
+
 // Programmatic dependent launch (sm_90+). A kernel launched with the attribute (CudaBackend's dependent launches) may
 // start while its predecessor in the stream still runs: it calls pdl_wait() before it reads or writes anything the
 // predecessor touches (that waits for the predecessor's completion and its memory), then pdl_launch_dependents() so

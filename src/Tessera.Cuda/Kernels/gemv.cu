@@ -1,8 +1,17 @@
 // Matrix-vector products for decoding: y (M, N) = alpha * x (M, K) W^T + bias + beta * y, with W (N, K)
 // row-major (nn.Linear's layout) and M <= 4 rows of x. At such M the product is bound by reading W once
-// (2 bytes per weight in bf16), and a general GEMM tiles for reuse that is not there; here every warp
-// streams whole rows of W with 16-byte loads that bypass L1, four in flight per lane, against x staged
-// once per CTA in shared memory. fp32 accumulation; one warp reduction per output.
+// (2 bytes per weight in bf16), and a general GEMM tiles for reuse that is not there.
+//
+// A grid of two CTAs of 8 warps per SM stays resident (persistent); each warp walks its rows (n = its global warp
+// index, then every gridDim.x * 8 rows) as a stream of units, a unit being U 16-byte loads per lane (U * 32 chunks
+// of one row), and issues unit i + 1's loads before it multiplies unit i: a warp always has a unit in flight,
+// across row boundaries too, and no barrier stops it after x is staged (once per CTA, in shared memory; the loads
+// bypass L1). fp32 accumulation; one warp reduction per output. Three epilogues share the stream:
+//   LINEAR  y = alpha * x W^T + bias + beta * y (beta = 1: the residual add).
+//   SWIGLU  y = SiLU(x Wg^T + bg) * (x Wu^T + bu): a "row" is the gate row then the up row of one output.
+//   ROPE    a decode step's QKV product (bias, no beta), then RopeAndAppend: a "row" is the pair of rows (n, n + D/2)
+//           of one head, so the warp holds both halves of the rotation; the q and k heads are rotated at the
+//           sequence's device-side position, and the rotated k and the v heads are written into the KV cache.
 
 // 16 bytes of W, read once: no L1 allocation, so x and the other CTAs' rows keep the cache.
 __device__ __forceinline__ Bytes16 load_stream16(const void* p)
@@ -71,167 +80,198 @@ __device__ __forceinline__ void gemv_stage_x(const T* x, i64 ldx, int K, T* sx, 
     __syncthreads();
 }
 
-// Warms the L2 with the first loads of a lane's slice of a row of W (up to 8 chunks of 16 bytes), before pdl_wait:
-// the weights never depend on the previous kernel, so their first DRAM round trip overlaps its tail.
-template <typename T>
-__device__ __forceinline__ void gemv_prefetch(const T* row, int c0, int c1, int lane)
+// ---- The persistent stream ----
+
+template <typename T, int U>
+__device__ __forceinline__ void gemv_unit_load(const T* row, int q, int chunks, int lane, Bytes16* raw)
 {
     constexpr int V = Vec16<T>::N;
 #pragma unroll
-    for (int u = 0; u < 8; u++)
+    for (int u = 0; u < U; u++)
     {
-        const int c = c0 + lane + u * 32;
-        if (c < c1) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + (i64)c * V));
+        const int c = (q * U + u) * 32 + lane;
+        if (c < chunks) raw[u] = load_stream16(row + (i64)c * V);
     }
 }
 
-// acc[m] += W[row] . x[m] over chunks [c0, c1) (16 bytes each) of the row, lanes striding by 32: U loads issued
-// before their products, so each lane keeps U * 16 bytes of W in flight.
 template <typename T, int M, int U>
-__device__ __forceinline__ void gemv_row(const T* row, const T* sx, int K, int c0, int c1, int lane, float* acc)
+__device__ __forceinline__ void gemv_unit_fma(const Bytes16* raw, const T* sx, int K, int q, int chunks, int lane, float* acc)
 {
-    constexpr int V = Vec16<T>::N;
-    int c = c0 + lane;
-    for (; c + (U - 1) * 32 < c1; c += U * 32)
+#pragma unroll
+    for (int u = 0; u < U; u++)
     {
-        Bytes16 raw[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) raw[u] = load_stream16(row + (i64)(c + u * 32) * V);
-#pragma unroll
-        for (int u = 0; u < U; u++) gemv_chunk<T, M>(raw[u], sx, K, c + u * 32, acc);
+        const int c = (q * U + u) * 32 + lane;
+        if (c < chunks) gemv_chunk<T, M>(raw[u], sx, K, c, acc);
     }
-    if (U > 4)   // a slice of 4 to 7 chunks per lane still issues 4 loads at once
-        for (; c + 3 * 32 < c1; c += 4 * 32)
-        {
-            Bytes16 raw[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) raw[u] = load_stream16(row + (i64)(c + u * 32) * V);
-#pragma unroll
-            for (int u = 0; u < 4; u++) gemv_chunk<T, M>(raw[u], sx, K, c + u * 32, acc);
-        }
-    for (; c < c1; c += 32) gemv_chunk<T, M>(load_stream16(row + (i64)c * V), sx, K, c, acc);
 }
 
-// KS warps share each output column n, each over a K / KS slice of its row, so that narrow products (N = 2048 on a
-// 132-SM GPU) still have enough warps, and bytes in flight, to stream W at full bandwidth; the partial sums meet in
-// shared memory. The CTA's 8 warps cover 8 / KS columns per iteration, grid-strided. x (M, K) in dynamic shared memory.
-// K is a multiple of 16 / sizeof(T); x's and W's rows are 16-byte aligned (the host checks).
-template <typename T, int M, int KS>
-__device__ void gemv(const T* x, const T* w, const T* bias, T* y, int N, int K, i64 ldx, i64 ldw, i64 ldy,
-                     float alpha, float beta, const T* nw, float eps)
+// Where a warp is in its stream: output (or pair) n, half s of it (0: W0's row, 1: W1's row), unit q of that row.
+struct GemvCursor
 {
+    int n, s, q;
+    __device__ __forceinline__ void advance(int units, int halves, int stride)
+    {
+        if (++q < units) return;
+        q = 0;
+        if (++s < halves) return;
+        s = 0;
+        n += stride;
+    }
+};
+
+enum GemvEpilogue { GEMV_LINEAR = 0, GEMV_SWIGLU = 1, GEMV_ROPE = 2 };
+
+// What the ROPE epilogue needs beyond the product: the qkv layout of one row (H query heads, KH kv heads, head size D;
+// rows m = b * Tn + t), the device-side start positions, and the cache (B, S, 2 KH, D) with its strides.
+template <typename T> struct GemvRope
+{
+    T* cache;
+    const int* starts;
+    int Tn, H, KH, D;
+    i64 cb, cs, ch;
+    double theta;
+};
+
+// The row of W that half s of output (or pair) n reads: for ROPE, pair n = (head hh, i) reads rows hh * D + i and
+// hh * D + i + D / 2.
+template <int EPI>
+__device__ __forceinline__ int gemv_row_of(int n, int s, int half)
+{
+    if (EPI != GEMV_ROPE) return n;
+    return (n / half) * 2 * half + n % half + s * half;
+}
+
+template <typename T, int M, int EPI>
+__device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0, const T* bias1, T* y, int N, int K,
+                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw, float eps, GemvRope<T> rope)
+{
+    constexpr int U = M <= 2 ? 8 : 4;
+    constexpr int V = Vec16<T>::N;
+    constexpr int HALVES = EPI == GEMV_LINEAR ? 1 : 2;
     extern __shared__ unsigned char gemv_smem[];
-    __shared__ float partial[8][M];
     T* sx = reinterpret_cast<T*>(gemv_smem);
-    constexpr int RPC = 8 / KS;                                  // columns per CTA iteration (blockDim.x = 256)
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, part = warp % KS;
-    const int chunks = K / Vec16<T>::N, c0 = chunks * part / KS, c1 = chunks * (part + 1) / KS;
-    if (blockIdx.x * RPC + warp / KS < N) gemv_prefetch<T>(w + (i64)(blockIdx.x * RPC + warp / KS) * ldw, c0, c1, lane);
+    const int lane = threadIdx.x & 31;
+    const int stride = gridDim.x * (blockDim.x >> 5);
+    const int chunks = K / V, units = (chunks + 32 * U - 1) / (32 * U);
+    const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1;
+    GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
+    // ROPE: the first pair's frequency (a double pow, the costly part of the angle) before the wait: it depends on
+    // nothing an earlier kernel writes. Lanes m < M hold row m's angle.
+    const int first = load.n;
+    double inv_freq = 0.0;
+    if (EPI == GEMV_ROPE && lane < M && first < N) inv_freq = rope_inv_freq(first % half, rope.D, rope.theta);
+    // Weights are read only after pdl_wait: an earlier kernel (an optimizer step) may still be writing them.
     pdl_wait();
     pdl_launch_dependents();
-    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);
-    for (int base = blockIdx.x * RPC; base < N; base += gridDim.x * RPC)   // uniform over the CTA: barriers inside
+    Bytes16 raw[U];
+    if (load.n < N)
+        gemv_unit_load<T, U>((load.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(load.n, load.s, half) * ldw, load.q, chunks, lane, raw);
+    // ROPE: lane m < M keeps row m's position (the sine and cosine are computed while a pair's first loads fly).
+    int pos = 0;
+    if (EPI == GEMV_ROPE && lane < M) pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
+    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
+    float acc[2][M];
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[s][m] = 0.f;
+    float cf = 1.f, sf = 0.f;
+    while (cur.n < N)
     {
-        const int n = base + warp / KS;
-        // The L2 fetches this warp's slice of its next row while it streams this one (a bubble of loads otherwise sits
-        // between rows: the reduction, and the CTA's barriers when KS > 1).
-        if (n + gridDim.x * RPC < N) gemv_prefetch<T>(w + (i64)(n + gridDim.x * RPC) * ldw, c0, c1, lane);
-        float acc[M];
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = 0.f;
-        if (n < N) gemv_row<T, M, 8>(w + (i64)n * ldw, sx, K, c0, c1, lane, acc);
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
-        if (KS > 1)
+        load.advance(units, HALVES, stride);
+        Bytes16 next[U];
+        if (load.n < N)
+            gemv_unit_load<T, U>((load.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(load.n, load.s, half) * ldw, load.q, chunks, lane, next);
+        if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0 && lane < M && (cur.n / half) < rope.H + rope.KH)
+            rope_angle_at(pos, cur.n == first ? inv_freq : rope_inv_freq(cur.n % half, rope.D, rope.theta), cf, sf);
+        if (cur.s == 0) gemv_unit_fma<T, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
+        else gemv_unit_fma<T, M, U>(raw, sx, K, cur.q, chunks, lane, acc[1]);
+        if (cur.q == units - 1 && cur.s == HALVES - 1)   // the output's last unit: reduce, write, start the next one
         {
-            if (lane == 0)
 #pragma unroll
-                for (int m = 0; m < M; m++) partial[warp][m] = acc[m];
-            __syncthreads();
-            if (part == 0)
+            for (int s = 0; s < HALVES; s++)
+#pragma unroll
+                for (int m = 0; m < M; m++) acc[s][m] = warp_sum(acc[s][m]);   // every lane holds the sums
+            const int n = cur.n;
+            if (EPI == GEMV_LINEAR && lane == 0)
+            {
+                const float b0 = bias0 ? to_f(bias0[n]) : 0.f;
 #pragma unroll
                 for (int m = 0; m < M; m++)
                 {
-                    float s = 0.f;
-#pragma unroll
-                    for (int j = 0; j < KS; j++) s += partial[warp + j][m];
-                    acc[m] = s;
+                    T* out = y + m * ldy + n;
+                    float r = alpha * acc[0][m] + b0;
+                    if (beta != 0.f) r += beta * to_f(*out);
+                    *out = from_f<T>(r);
                 }
-            __syncthreads();
-        }
-        if (lane == 0 && part == 0 && n < N)
-        {
-            const float b = bias ? to_f(bias[n]) : 0.f;
-#pragma unroll
-            for (int m = 0; m < M; m++)
-            {
-                T* out = y + m * ldy + n;
-                float r = alpha * acc[m] + b;
-                if (beta != 0.f) r += beta * to_f(*out);
-                *out = from_f<T>(r);
             }
+            if (EPI == GEMV_SWIGLU && lane == 0)
+            {
+                const float b0 = bias0 ? to_f(bias0[n]) : 0.f, b1 = bias1 ? to_f(bias1[n]) : 0.f;
+#pragma unroll
+                for (int m = 0; m < M; m++)
+                {
+                    const float a = acc[0][m] + b0;
+                    y[m * ldy + n] = from_f<T>(a / (1.f + expf(-a)) * (acc[1][m] + b1));
+                }
+            }
+            if (EPI == GEMV_ROPE)
+            {
+                // Lane m writes row m: the product rounded to T (as the unfused product stores it), rotated for q and
+                // k heads, stored in qkv; k and v heads also into the cache at the row's position.
+                const int hh = n / half, i = n % half, n0 = gemv_row_of<EPI>(n, 0, half);
+#pragma unroll
+                for (int m = 0; m < M; m++)
+                    if (lane == m)
+                    {
+                        T a = from_f<T>(acc[0][m] + (bias0 ? to_f(bias0[n0]) : 0.f));
+                        T c = from_f<T>(acc[1][m] + (bias0 ? to_f(bias0[n0 + half]) : 0.f));
+                        if (hh < rope.H + rope.KH)
+                        {
+                            float y1, y2;
+                            rope_rotate(to_f(a), to_f(c), cf, sf, y1, y2);
+                            a = from_f<T>(y1);
+                            c = from_f<T>(y2);
+                        }
+                        y[m * ldy + n0] = a;
+                        y[m * ldy + n0 + half] = c;
+                        if (hh >= rope.H)
+                        {
+                            T* kv = rope.cache + (m / rope.Tn) * rope.cb + (i64)pos * rope.cs + (i64)(hh - rope.H) * rope.ch;
+                            kv[i] = a;
+                            kv[i + half] = c;
+                        }
+                    }
+            }
+#pragma unroll
+            for (int s = 0; s < 2; s++)
+#pragma unroll
+                for (int m = 0; m < M; m++) acc[s][m] = 0.f;
         }
+#pragma unroll
+        for (int u = 0; u < U; u++) raw[u] = next[u];
+        cur.advance(units, HALVES, stride);
     }
 }
 
-// Llama's MLP up to its last product: out (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), the gate and up rows of
-// one output streamed by the same warp (twice the loads in flight), no (M, F) intermediates written.
-template <typename T, int M>
-__device__ void gemv_swiglu(const T* x, const T* wg, const T* wu, const T* bg, const T* bu, T* out, int F, int K,
-                            i64 ldx, i64 ldw, i64 ldo, const T* nw, float eps)
-{
-    extern __shared__ unsigned char gemv_smem[];
-    T* sx = reinterpret_cast<T*>(gemv_smem);
-    const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
-    {
-        const int n = blockIdx.x * warps + (threadIdx.x >> 5), chunks = K / Vec16<T>::N;
-        if (n < F) { gemv_prefetch<T>(wg + (i64)n * ldw, 0, min(chunks, 8 * 32), lane); gemv_prefetch<T>(wu + (i64)n * ldw, 0, min(chunks, 8 * 32), lane); }
-    }
-    pdl_wait();
-    pdl_launch_dependents();
-    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);
-    for (int n = blockIdx.x * warps + (threadIdx.x >> 5); n < F; n += gridDim.x * warps)
-    {
-        const int next = n + gridDim.x * warps, chunks = K / Vec16<T>::N;
-        if (next < F)
-        {
-            gemv_prefetch<T>(wg + (i64)next * ldw, 0, min(chunks, 8 * 32), lane);
-            gemv_prefetch<T>(wu + (i64)next * ldw, 0, min(chunks, 8 * 32), lane);
-        }
-        float g[M], u[M];
-#pragma unroll
-        for (int m = 0; m < M; m++) { g[m] = 0.f; u[m] = 0.f; }
-        gemv_row<T, M, 4>(wg + (i64)n * ldw, sx, K, 0, chunks, lane, g);
-        gemv_row<T, M, 4>(wu + (i64)n * ldw, sx, K, 0, chunks, lane, u);
-#pragma unroll
-        for (int m = 0; m < M; m++) { g[m] = warp_sum(g[m]); u[m] = warp_sum(u[m]); }
-        if (lane == 0)
-        {
-            const float gb = bg ? to_f(bg[n]) : 0.f, ub = bu ? to_f(bu[n]) : 0.f;
-#pragma unroll
-            for (int m = 0; m < M; m++)
-            {
-                const float a = g[m] + gb;
-                out[m * ldo + n] = from_f<T>(a / (1.f + expf(-a)) * (u[m] + ub));
-            }
-        }
-    }
-}
-
-#define GEMV_KS(n, T, M, KS)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256) gemv_##n##_m##M##_k##KS(const T* x, const T* w,             \
+#define GEMV_STREAM(n, T, M)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_##n##_m##M(const T* x, const T* w,          \
         const T* bias, T* y, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw,       \
         float eps)                                                                                                \
     {                                                                                                             \
-        gemv<T, M, KS>(x, w, bias, y, N, K, ldx, ldw, ldy, alpha, beta, nw, eps);                                 \
-    }
-#define GEMV(n, T, M)                                                                                            \
-    GEMV_KS(n, T, M, 1) GEMV_KS(n, T, M, 2) GEMV_KS(n, T, M, 4) GEMV_KS(n, T, M, 8)                              \
-    extern "C" __global__ void __launch_bounds__(256) gemv_swiglu_##n##_m##M(const T* x, const T* wg,            \
+        gemv_stream<T, M, GEMV_LINEAR>(x, w, w, bias, bias, y, N, K, ldx, ldw, ldy, alpha, beta, nw, eps, {});   \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_swiglu_##n##_m##M(const T* x, const T* wg,  \
         const T* wu, const T* bg, const T* bu, T* out, int F, int K, i64 ldx, i64 ldw, i64 ldo, const T* nw,     \
         float eps)                                                                                                \
     {                                                                                                             \
-        gemv_swiglu<T, M>(x, wg, wu, bg, bu, out, F, K, ldx, ldw, ldo, nw, eps);                                 \
+        gemv_stream<T, M, GEMV_SWIGLU>(x, wg, wu, bg, bu, out, F, K, ldx, ldw, ldo, 1.f, 0.f, nw, eps, {});      \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_rope_##n##_m##M(const T* x, const T* w,     \
+        const T* bias, T* qkv, int pairs, int K, i64 ldx, i64 ldw, i64 ldy, const T* nw, float eps,              \
+        GemvRope<T> rope)                                                                                         \
+    {                                                                                                             \
+        gemv_stream<T, M, GEMV_ROPE>(x, w, w, bias, bias, qkv, pairs, K, ldx, ldw, ldy, 1.f, 0.f, nw, eps, rope); \
     }
-#define GEMV_ALL(n, T) GEMV(n, T, 1) GEMV(n, T, 2) GEMV(n, T, 3) GEMV(n, T, 4)
-FOR_FLOAT_TYPES(GEMV_ALL)
+#define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4)
+FOR_FLOAT_TYPES(GEMV_STREAM_ALL)

@@ -15,14 +15,13 @@ template <typename T> __device__ void rope(T* x, int B, int Tn, int H, int D, i6
         int h = (int)(r % H); r /= H;
         int t = (int)(r % Tn); r /= Tn;
         int b = (int)r;
-        double inv_freq = pow(theta, -2.0 * i / D);
-        double s, c;
-        sincos((double)((starts ? starts[b] : start) + t) * inv_freq, &s, &c);
-        float cf = (float)c, sf = inverse ? -(float)s : (float)s;
+        float cf, sf, y1, y2;
+        rope_angle((starts ? starts[b] : start) + t, i, D, theta, cf, sf);
+        if (inverse) sf = -sf;
         T* p = x + b * sb + (i64)t * st + (i64)h * sh;
-        float x1 = to_f(p[i]), x2 = to_f(p[i + half]);
-        p[i] = from_f<T>(x1 * cf - x2 * sf);
-        p[i + half] = from_f<T>(x2 * cf + x1 * sf);
+        rope_rotate(to_f(p[i]), to_f(p[i + half]), cf, sf, y1, y2);
+        p[i] = from_f<T>(y1);
+        p[i + half] = from_f<T>(y2);
     }
 }
 
@@ -57,12 +56,11 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
         T a = p[i], c = p[i + half];
         if (hh < H + K)
         {
-            const double inv_freq = pow(theta, -2.0 * i / D);
-            double s, co;
-            sincos((double)pos * inv_freq, &s, &co);
-            const float cf = (float)co, sf = (float)s, x1 = to_f(a), x2 = to_f(c);
-            a = from_f<T>(x1 * cf - x2 * sf);
-            c = from_f<T>(x2 * cf + x1 * sf);
+            float cf, sf, y1, y2;
+            rope_angle(pos, i, D, theta, cf, sf);
+            rope_rotate(to_f(a), to_f(c), cf, sf, y1, y2);
+            a = from_f<T>(y1);
+            c = from_f<T>(y2);
             p[i] = a;
             p[i + half] = c;
         }

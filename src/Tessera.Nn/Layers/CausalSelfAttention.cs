@@ -120,11 +120,23 @@ public sealed class CausalSelfAttention
             throw new ArgumentException($"{Name}: cache (batch {cache.Batch}, {cache.KvHeads} kv heads of size {cache.HeadSize}) does not fit input {x.Shape} with {KvHeads} kv heads of size {HeadSize}");
         cache.EnsureRoom(t);
         var backend = x.Backend;
-        var qkv = Qkv.ForwardNormalized(ctx, x.Reshape(n, Channels), norm).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
         var positions = cache.Positions;
-        // q, k and v heads are adjacent in the fused activation: one op rotates q and k and appends k and v.
-        if (RopeTheta is double theta) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, theta);
-        else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
+        Tensor qkv;
+        if (RopeTheta is double theta && norm is RmsNorm rms)
+        {
+            // Llama: the norm, the QKV product, the rotation of q and k and the append of k and v, as one op (one
+            // launch on a GPU for a decode step's few rows).
+            qkv = ctx.Buffer(_qkv, new Shape(b, t, Heads + 2 * KvHeads, HeadSize), x.DType);
+            backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue, Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
+                cache.KeysAndValues(layer), positions, theta);
+        }
+        else
+        {
+            qkv = Qkv.ForwardNormalized(ctx, x.Reshape(n, Channels), norm).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
+            // q, k and v heads are adjacent in the fused activation: one op rotates q and k and appends k and v.
+            if (RopeTheta is double th) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, th);
+            else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
+        }
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale);
         Projection.ForwardAccumulate(att.Reshape(n, Channels), residual);

@@ -42,6 +42,21 @@ public sealed unsafe partial class CpuBackend
         CopyAtPositions(qkv.Slice(2, queryHeads, kv2), keysAndValues, startPositions);
     }
 
+    public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor keysAndValues, Tensor startPositions, double theta)
+    {
+        const string op = nameof(MatMulRopeAppend);
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight); ArgumentNullException.ThrowIfNull(qkv);
+        RequireRank(op, nameof(qkv), qkv, 4, "(B,T,H+2K,D)");
+        if (!qkv.IsContiguous) throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must be contiguous", nameof(qkv));
+        if (x.Rank != 2 || (long)qkv.Size(0) * qkv.Size(1) != x.Size(0) || (long)qkv.Size(2) * qkv.Size(3) != weight.Size(0))
+            throw new ArgumentException($"CpuBackend.{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (B·T, C), ((H+2K)·D, C), (B, T, H+2K, D)");
+        var flat = qkv.Reshape(x.Size(0), weight.Size(0));
+        if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
+        else MatMul(x, weight, flat, transposeB: true, bias: bias);
+        RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, theta);
+    }
+
     public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)
     {
         const string op = nameof(CopyAtPositions);

@@ -99,6 +99,50 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         AssertClose(TestTensors.ToDoubles(_cpu, cpuCache), Download(cache), Tolerance(dtype), "RopeAndAppend: cache");
     }
 
+    /// <summary>
+    /// The fused decode QKV op (norm, product, rotation of q and k, append of k and v; one kernel for at most 4 rows): bit for
+    /// bit the unfused GPU ops it replaces (the same per-row arithmetic in the same order), and within the dtype's tolerance
+    /// of the CPU in f64. Six rows take the composed path.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 1, 1, 1024, true, false)]   // a Llama decode step: one sequence, one token
+    [InlineData(DType.BF16, 2, 2, 1024, true, true)]    // M = 4: two sequences of two tokens, with bias
+    [InlineData(DType.F32, 3, 1, 1000, false, true)]    // no norm; K not a whole number of 16-byte loads per lane
+    [InlineData(DType.F16, 1, 3, 4096, true, false)]    // two units of loads per row
+    [InlineData(DType.BF16, 2, 3, 1024, true, true)]    // M = 6: cuBLASLt, then RopeAndAppend
+    public void FusedQkvRopeAppendMatchesTheUnfusedOps(DType dtype, int b, int t, int c, bool withNorm, bool withBias)
+    {
+        const double theta = 500000.0, eps = 1e-5;
+        int h = 8, kh = 2, d = 64, capacity = 40, rows = (h + 2 * kh) * d;
+        int[] starts = b switch { 1 => [7], 2 => [3, capacity - t], _ => [0, 11, capacity - t] };
+        var (x, xv) = Random(dtype, 1, b * t, c);
+        var (w, wv) = Random(dtype, 0.1, rows, c);
+        var (bias, bv) = Random(dtype, 0.5, rows);
+        var (nw, nwv) = Random(dtype, 1, c);
+        var cachev = Stored(Enumerable.Range(0, b * capacity * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
+        RmsNormPrologue? norm = withNorm ? new RmsNormPrologue(nw, eps) : null;
+
+        var qkv = Poisoned(dtype, b, t, h + 2 * kh, d);
+        var cache = Upload(cachev, dtype, b, capacity, 2 * kh, d);
+        Gpu.MatMulRopeAppend(x, norm, w, withBias ? bias : null, qkv, h, cache, Positions(starts), theta);
+
+        var qkv2 = Poisoned(dtype, b, t, h + 2 * kh, d);
+        var cache2 = Upload(cachev, dtype, b, capacity, 2 * kh, d);
+        var flat = qkv2.Reshape(b * t, rows);
+        if (norm is { } r) Gpu.RmsNormMatMul(x, r, w, flat, withBias ? bias : null);
+        else Gpu.MatMul(x, w, flat, transposeB: true, bias: withBias ? bias : null);
+        Gpu.RopeAndAppend(qkv2, h, cache2, Positions(starts), theta);
+        Assert.Equal(Download(qkv2), Download(qkv));
+        Assert.Equal(Download(cache2), Download(cache));
+
+        var cpuQkv = _cpu.Allocate(new Shape(b, t, h + 2 * kh, d), DType.F64);
+        var cpuCache = ToCpu(cachev, b, capacity, 2 * kh, d);
+        _cpu.MatMulRopeAppend(ToCpu(xv, b * t, c), withNorm ? new RmsNormPrologue(ToCpu(nwv, c), eps) : null, ToCpu(wv, rows, c),
+            withBias ? ToCpu(bv, rows) : null, cpuQkv, h, cpuCache, _cpu.FromArray(starts, b), theta);
+        AssertClose(TestTensors.ToDoubles(_cpu, cpuQkv), Download(qkv), Tolerance(dtype), $"MatMulRopeAppend {dtype} B={b} T={t}: qkv");
+        AssertClose(TestTensors.ToDoubles(_cpu, cpuCache), Download(cache), Tolerance(dtype), $"MatMulRopeAppend {dtype} B={b} T={t}: cache");
+    }
+
     [Fact]
     public void CopyAtPositionsFillPositionsAndIncrementAreExact()
     {
@@ -149,6 +193,7 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     [InlineData(DType.BF16, 4, 8192, 2048, true, 1.0)]
     [InlineData(DType.F32, 3, 768, 2304, true, 0.0)]
     [InlineData(DType.F16, 2, 512, 1000, false, 1.0)]
+    [InlineData(DType.BF16, 1, 4096, 5, true, 1.0)]     // fewer rows than warps: most of the grid has none
     public void MatrixVectorProductsMatchTheReference(DType dtype, int m, int k, int n, bool withBias, double beta)
     {
         var (x, xv) = Random(dtype, 1, m, k);
@@ -171,6 +216,7 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     [Theory]
     [InlineData(DType.BF16, 1, 2048, 1024, false)]
     [InlineData(DType.F32, 4, 256, 300, true)]
+    [InlineData(DType.BF16, 2, 8192, 300, true)]   // four units of loads per row
     [InlineData(DType.BF16, 9, 512, 200, true)]
     public void FusedSwiGluProductMatchesTheReference(DType dtype, int m, int k, int f, bool withBias)
     {

@@ -1,0 +1,169 @@
+using System.Runtime.InteropServices;
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+// Decoding's products (at most 4 rows of x): the persistent matrix-vector kernels of gemv.cu, which stream each weight
+// once, with RMSNorm fused in front and the residual add, SwiGLU or RoPE and the KV-cache append fused behind.
+public sealed unsafe partial class CudaBackend
+{
+    /// <summary>Most rows of x that the matrix-vector kernels take; larger products go to cuBLASLt.</summary>
+    private const int GemvMaxRows = 4;
+
+    /// <summary>
+    /// CTAs of 8 warps per SM in a matrix-vector grid: two (the kernels' launch bounds, so both are resident), fewer when
+    /// the rows would leave warps idle. TESSERA_CUDA_GEMV_CTAS=1 asks one per SM (an experiment's knob: it leaves room for
+    /// the next kernel's CTAs under programmatic dependent launch; measured slower, docs/cuda-notes.md).
+    /// </summary>
+    private static readonly int GemvCtasPerSm =
+        int.TryParse(Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV_CTAS"), out int ctas) && ctas is 1 or 2 ? ctas : 2;
+
+    private uint GemvGrid(int outputs) =>
+        (uint)Math.Max(1, Math.Min((outputs + 7) / 8, CudaDevice.MultiprocessorCount * GemvCtasPerSm));
+
+    /// <summary>
+    /// c (M, N) = alpha x (M, K) W^T + bias + beta c with M &lt;= 4 and W (N, K) an nn.Linear weight, optionally RMS-normalizing
+    /// x first: the persistent kernel that streams W once. False, with nothing enqueued, when the call does not fit it
+    /// (then cuBLASLt runs it). TESSERA_CUDA_GEMV=0 turns it off, to compare with cuBLASLt.
+    /// </summary>
+    private bool TryGemv(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
+        RmsNormPrologue? norm = null)
+    {
+        if (transposeA || !transposeB || b.Rank != 2 || c.Rank != 2 || !GemvFits(a, norm, b)) return false;
+        int m = a.Size(0), k = a.Size(1), n = b.Size(0);
+        var dtype = a.DType;
+        if (c.Size(0) != m || c.Size(1) != n || n == 0 || c.DType != dtype || (c.Stride(1) != 1 && n > 1)) return false;
+        if (!BiasFits(bias, dtype, n)) return false;
+        ulong px = Ptr(a), pw = Ptr(b), py = Ptr(c), pb = PtrOrNull(bias), pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
+        float al = (float)alpha, be = (float)beta;
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be, &pn, &eps };
+        Launch("gemv.cu", $"gemv_stream_{Suffix(dtype, "MatMul")}_m{m}", (GemvGrid(n), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+        return true;
+    }
+
+    /// <summary>x (M, K) staged in shared memory, once per CTA.</summary>
+    private static uint GemvShared(int m, int k, DType dtype) => (uint)((long)m * k * dtype.SizeInBytes());
+
+    private static bool BiasFits(Tensor? bias, DType dtype, int n) =>
+        bias is null || (bias.DType == dtype && bias.IsContiguous && bias.NumElements == n);
+
+    /// <summary>
+    /// Whether x (M, K) with M &lt;= 4 and the (·, K) weights suit the matrix-vector kernels: one floating-point dtype, 16-byte
+    /// aligned rows, K a multiple of 16 bytes, x fitting shared memory, a contiguous norm weight (K) when there is a norm.
+    /// </summary>
+    private bool GemvFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights)
+    {
+        if (!_gemvEnabled || x.Rank != 2) return false;
+        int m = x.Size(0), k = x.Size(1);
+        var dtype = x.DType;
+        if (m < 1 || m > GemvMaxRows || k == 0 || dtype is not (DType.F32 or DType.BF16 or DType.F16)) return false;
+        int vec = 16 / dtype.SizeInBytes();
+        if (x.Stride(1) != 1 || k % vec != 0 || (m > 1 && x.Stride(0) % vec != 0) || Ptr(x) % 16 != 0) return false;
+        if ((long)m * k * dtype.SizeInBytes() > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
+        foreach (var w in weights)
+            if (w.Rank != 2 || w.DType != dtype || w.Size(1) != k || w.Stride(1) != 1 || w.Stride(0) % vec != 0 || Ptr(w) % 16 != 0) return false;
+        if (norm is { } r && (r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k || Ptr(r.Weight) % 16 != 0)) return false;
+        return true;
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>For at most 4 rows of x, one kernel streams the gate and up rows together (gemv.cu), normalizing x on the way
+    /// when asked; otherwise the norm, two cuBLASLt products into scratch and the SwiGLU kernel.</remarks>
+    public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
+        RmsNormPrologue? norm = null)
+    {
+        const string op = nameof(MatMulSwiGlu);
+        if (x.Rank != 2 || gateWeight.Rank != 2 || upWeight.Shape != gateWeight.Shape || output.Rank != 2
+            || gateWeight.Size(1) != x.Size(1) || output.Size(0) != x.Size(0) || output.Size(1) != gateWeight.Size(0))
+            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, gate {gateWeight.Shape}, up {upWeight.Shape}, output {output.Shape} do not fit (N, C), (F, C), (F, C), (N, F)");
+        RequireContiguous(op, "output", output);
+        int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0);
+        var dtype = x.DType;
+        // One row stride serves both weights in the kernel.
+        bool fused = GemvFits(x, norm, gateWeight, upWeight) && upWeight.Stride(0) == gateWeight.Stride(0) && output.DType == dtype
+            && BiasFits(gateBias, dtype, f) && BiasFits(upBias, dtype, f);
+        if (!fused)
+        {
+            Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
+            var gate = ScratchTensor(output.Shape, dtype);
+            var up = ScratchTensor(output.Shape, dtype);
+            MatMul(h ?? x, gateWeight, gate, transposeB: true, bias: gateBias);
+            MatMul(h ?? x, upWeight, up, transposeB: true, bias: upBias);
+            SwiGluForward(gate, up, output);
+            gate.Storage.Dispose();
+            up.Storage.Dispose();
+            h?.Storage.Dispose();
+            return;
+        }
+        ulong px = Ptr(x), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
+        ulong pn = norm is { } n ? Ptr(n.Weight) : 0;
+        float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
+        long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
+        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps };
+        Launch("gemv.cu", $"gemv_stream_swiglu_{Suffix(dtype, op)}_m{m}", (GemvGrid(f), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>For at most 4 rows of x, the matrix-vector kernel normalizes x while staging it; otherwise the RMSNorm kernel
+    /// into scratch, then the product.</remarks>
+    public void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null)
+    {
+        if (TryGemv(x, weight, output, false, true, 1.0, 0.0, bias, norm)) return;
+        var h = NormalizedScratch(x, norm);
+        MatMul(h, weight, output, transposeB: true, bias: bias);
+        h.Storage.Dispose();
+    }
+
+    /// <summary>The ROPE epilogue's arguments (gemv.cu's GemvRope&lt;T&gt;, field for field).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct GemvRopeArgs
+    {
+        public ulong Cache, Starts;
+        public int Tokens, QueryHeads, KvHeads, HeadSize;
+        public long CacheB, CacheS, CacheH;
+        public double Theta;
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>For at most 4 rows of x, one matrix-vector kernel: each warp streams the rows (i, i + D/2) of a head
+    /// together and rotates and appends the pair as it writes it (gemv.cu, ROPE epilogue); otherwise the product, then
+    /// <see cref="RopeAndAppend"/>.</remarks>
+    public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor keysAndValues, Tensor startPositions, double theta)
+    {
+        const string op = nameof(MatMulRopeAppend);
+        if (qkv.Rank != 4 || x.Rank != 2 || weight.Rank != 2 || (long)qkv.Size(0) * qkv.Size(1) != x.Size(0)
+            || (long)qkv.Size(2) * qkv.Size(3) != weight.Size(0) || weight.Size(1) != x.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (B·T, C), ((H+2K)·D, C), (B, T, H+2K, D)");
+        RequireContiguous(op, "qkv", qkv);
+        int b = qkv.Size(0), t = qkv.Size(1), d = qkv.Size(3);
+        var cs = Strides3.Of(op, "keysAndValues", keysAndValues);
+        int kv2 = keysAndValues.Size(2);
+        var dtype = x.DType;
+        bool fused = GemvFits(x, norm, weight) && d % 2 == 0 && qkv.DType == dtype && keysAndValues.DType == dtype
+            && BiasFits(bias, dtype, weight.Size(0)) && queryHeads > 0 && kv2 % 2 == 0 && qkv.Size(2) == queryHeads + kv2
+            && keysAndValues.Size(0) == b && keysAndValues.Size(3) == d && t <= keysAndValues.Size(1);
+        if (!fused)
+        {
+            var flat = qkv.Reshape(b * t, qkv.Size(2) * d);
+            if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
+            else MatMul(x, weight, flat, transposeB: true, bias: bias);
+            RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, theta);
+            return;
+        }
+        RequirePositions(op, startPositions, b);
+        int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;
+        ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), py = Ptr(qkv), pn = norm is { } n ? Ptr(n.Weight) : 0;
+        float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
+        long ldx = x.Stride(0), ldw = weight.Stride(0), ldy = weight.Size(0);
+        var rope = new GemvRopeArgs
+        {
+            Cache = Ptr(keysAndValues), Starts = Ptr(startPositions), Tokens = t, QueryHeads = queryHeads, KvHeads = kv2 / 2, HeadSize = d,
+            CacheB = cs.B, CacheS = cs.T, CacheH = cs.H, Theta = theta,
+        };
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope };
+        Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+    }
+}
