@@ -14,9 +14,9 @@
 #       timed cuBLASLt algorithm choice, with it, with other micro-batches, other cross-entropy threads; NCU_TRAIN="REGEX:COUNT;..."
 #       adds ncu sections of chosen kernels of one step), gpu-decode (llama-1b bf16, 512-token
 #       prompt, 256 new tokens, the step recorded as a CUDA graph; RUN_DECODE=0 skips it; DECODE_VARIANTS="eager cublas profile"
-#       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa", "ctasN", "prefetchN" and
-#       "legacy" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
-#       with N units of W per warp prefetched into the L2, and with the one-row-per-warp matrix-vector kernels), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
+#       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa", "ctasN", "noearly" and
+#       "default" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
+#       with the products' first weight loads after the wait even in a decode step, and the default again), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
 #       its own process), keeps logs under $OUT, and prints the summary tables last. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
@@ -129,8 +129,8 @@ run)
                 nogqa) TESSERA_CUDA_DECODE_GQA=0 decode --no-header ;;
                 gqa) TESSERA_CUDA_DECODE_GQA=1 decode --no-header ;;
                 ctas*) TESSERA_CUDA_GEMV_CTAS="${variant#ctas}" decode --no-header ;;
-                legacy) TESSERA_CUDA_GEMV_LEGACY=1 decode --no-header ;;
-                prefetch*) TESSERA_CUDA_GEMV_PREFETCH="${variant#prefetch}" decode --no-header ;;
+                noearly) TESSERA_CUDA_GEMV_EARLY=0 decode --no-header ;;
+                default) decode --no-header ;;
                 profile) TESSERA_CUDA_PROFILE=1 decode --no-header --repeat 2 > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
             esac
         done
@@ -138,7 +138,7 @@ run)
     if [ "${RUN_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
         # GPU time of every kernel of a few eager decode steps (no host gaps): the per-kernel floor table's input.
         t0=$(date +%s)
-        timeout "${NCU_TIMEOUT:-120}" ncu --csv --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+        timeout "${NCU_TIMEOUT:-120}" ncu --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
             --log-file "$out/ncu-decode.csv" $dn "$dir/app/GpuBenchLauncher.dll" gpu-decode --no-graph --prompt 512 --new 3 --repeat 1 >/dev/null 2>>"$out/bench.err"
         echo "ncu decode: $(( $(date +%s) - t0 )) s"
     fi

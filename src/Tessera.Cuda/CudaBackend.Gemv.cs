@@ -38,7 +38,8 @@ public sealed unsafe partial class CudaBackend
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
         long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
         float al = (float)alpha, be = (float)beta;
-        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be, &pn, &eps };
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be, &pn, &eps, &early };
         Launch("gemv.cu", $"gemv_stream_{Suffix(dtype, "MatMul")}_m{m}", (GemvGrid(n), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
         return true;
     }
@@ -101,7 +102,8 @@ public sealed unsafe partial class CudaBackend
         ulong pn = norm is { } n ? Ptr(n.Weight) : 0;
         float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
-        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps };
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps, &early };
         Launch("gemv.cu", $"gemv_stream_swiglu_{Suffix(dtype, op)}_m{m}", (GemvGrid(f), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
@@ -163,7 +165,8 @@ public sealed unsafe partial class CudaBackend
             Cache = Ptr(keysAndValues), Starts = Ptr(startPositions), Tokens = t, QueryHeads = queryHeads, KvHeads = kv2 / 2, HeadSize = d,
             CacheB = cs.B, CacheS = cs.T, CacheH = cs.H, Theta = theta,
         };
-        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope };
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 }

@@ -141,6 +141,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
             Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, Stream.Handle, args, null),
                 "cuLaunchKernel", $"{kernel} in {file}, grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
         Profiler?.End();
+        NoteLaunch();
     }
 
     /// <summary>Programmatic dependent launch: compute capability 9.0 or later, unless TESSERA_CUDA_PDL=0.</summary>

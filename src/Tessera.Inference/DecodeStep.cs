@@ -65,6 +65,8 @@ internal sealed class DecodeStep : IDisposable
 
     private void Body()
     {
+        // Nothing a decode step enqueues writes a weight: the backend may overlap weight loads with the kernel in front.
+        using var scope = (_model.Parameters.Backend as IInferenceScope)?.EnterInference();
         var logits = _model.ForwardWithCache(Tokens, _cache, validateTokens: false);   // (B, 1, Vpad)
         int b = logits.Size(0), vPad = logits.Size(2);
         Logits = logits.Reshape(b, vPad).Slice(1, 0, _model.Config.VocabSize);

@@ -143,7 +143,8 @@ __device__ __forceinline__ int gemv_row_of(int n, int s, int half)
 
 template <typename T, int M, int EPI>
 __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0, const T* bias1, T* y, int N, int K,
-                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw, float eps, GemvRope<T> rope)
+                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw, float eps, GemvRope<T> rope,
+                            int early)
 {
     constexpr int U = M <= 2 ? 8 : 4;
     constexpr int V = Vec16<T>::N;
@@ -160,11 +161,14 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
     const int first = load.n;
     double inv_freq = 0.0;
     if (EPI == GEMV_ROPE && lane < M && first < N) inv_freq = rope_inv_freq(first % half, rope.D, rope.theta);
-    // Weights are read only after pdl_wait: an earlier kernel (an optimizer step) may still be writing them.
+    // Weights are read after pdl_wait unless the host says no earlier kernel still writes them (early): an optimizer step
+    // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
+    Bytes16 raw[U];
+    if (early && load.n < N)
+        gemv_unit_load<T, U>((load.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(load.n, load.s, half) * ldw, load.q, chunks, lane, raw);
     pdl_wait();
     pdl_launch_dependents();
-    Bytes16 raw[U];
-    if (load.n < N)
+    if (!early && load.n < N)
         gemv_unit_load<T, U>((load.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(load.n, load.s, half) * ldw, load.q, chunks, lane, raw);
     // ROPE: lane m < M keeps row m's position (the sine and cosine are computed while a pair's first loads fly).
     int pos = 0;
@@ -257,21 +261,21 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
 #define GEMV_STREAM(n, T, M)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_##n##_m##M(const T* x, const T* w,          \
         const T* bias, T* y, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw,       \
-        float eps)                                                                                                \
+        float eps, int early)                                                                                     \
     {                                                                                                             \
-        gemv_stream<T, M, GEMV_LINEAR>(x, w, w, bias, bias, y, N, K, ldx, ldw, ldy, alpha, beta, nw, eps, {});   \
+        gemv_stream<T, M, GEMV_LINEAR>(x, w, w, bias, bias, y, N, K, ldx, ldw, ldy, alpha, beta, nw, eps, {}, early); \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_swiglu_##n##_m##M(const T* x, const T* wg,  \
         const T* wu, const T* bg, const T* bu, T* out, int F, int K, i64 ldx, i64 ldw, i64 ldo, const T* nw,     \
-        float eps)                                                                                                \
+        float eps, int early)                                                                                     \
     {                                                                                                             \
-        gemv_stream<T, M, GEMV_SWIGLU>(x, wg, wu, bg, bu, out, F, K, ldx, ldw, ldo, 1.f, 0.f, nw, eps, {});      \
+        gemv_stream<T, M, GEMV_SWIGLU>(x, wg, wu, bg, bu, out, F, K, ldx, ldw, ldo, 1.f, 0.f, nw, eps, {}, early); \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_rope_##n##_m##M(const T* x, const T* w,     \
         const T* bias, T* qkv, int pairs, int K, i64 ldx, i64 ldw, i64 ldy, const T* nw, float eps,              \
-        GemvRope<T> rope)                                                                                         \
+        GemvRope<T> rope, int early)                                                                              \
     {                                                                                                             \
-        gemv_stream<T, M, GEMV_ROPE>(x, w, w, bias, bias, qkv, pairs, K, ldx, ldw, ldy, 1.f, 0.f, nw, eps, rope); \
+        gemv_stream<T, M, GEMV_ROPE>(x, w, w, bias, bias, qkv, pairs, K, ldx, ldw, ldy, 1.f, 0.f, nw, eps, rope, early); \
     }
 #define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_ALL)

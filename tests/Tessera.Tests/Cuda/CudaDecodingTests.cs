@@ -143,6 +143,33 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         AssertClose(TestTensors.ToDoubles(_cpu, cpuCache), Download(cache), Tolerance(dtype), $"MatMulRopeAppend {dtype} B={b} T={t}: cache");
     }
 
+    /// <summary>
+    /// The inference scope's rule: a matrix-vector product reads weights before waiting on the kernel in front of it only
+    /// inside a scope and only when that kernel was launched in the scope too; the result is the same bit for bit.
+    /// </summary>
+    [Fact]
+    public void InferenceScopeReadsWeightsEarlyOnlyAfterALaunchInsideIt()
+    {
+        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV_EARLY") == "0") Assert.Skip("TESSERA_CUDA_GEMV_EARLY=0 turns early weights off");
+        var (x, _) = Random(DType.BF16, 1, 1, 2048);
+        var (w, _) = Random(DType.BF16, 0.1, 3000, 2048);
+        var outside = Poisoned(DType.BF16, 1, 3000);
+        var inside = Poisoned(DType.BF16, 1, 3000);
+        Assert.False(Gpu.EarlyWeights);
+        Gpu.MatMul(x, w, outside, transposeB: true);
+        using (Gpu.EnterInference())
+        {
+            Assert.False(Gpu.EarlyWeights);                       // the kernel in front was launched before the scope
+            Gpu.Fill(inside, 0.5);
+            Assert.True(Gpu.EarlyWeights);
+            using (Gpu.EnterInference()) Assert.True(Gpu.EarlyWeights);
+            Assert.True(Gpu.EarlyWeights);                        // the inner scope's end leaves the outer one open
+            Gpu.MatMul(x, w, inside, transposeB: true);
+        }
+        Assert.False(Gpu.EarlyWeights);
+        Assert.Equal(Download(outside), Download(inside));
+    }
+
     [Fact]
     public void CopyAtPositionsFillPositionsAndIncrementAreExact()
     {

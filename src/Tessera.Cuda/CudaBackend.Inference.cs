@@ -1,0 +1,40 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+// The inference scope: while one is open, the matrix-vector kernels read their first weights before pdl_wait, but only
+// when the kernel in front of them was also launched in the scope (so work from before it is never overlapped).
+public sealed unsafe partial class CudaBackend : IInferenceScope
+{
+    private int _inferenceDepth;
+    private bool _previousLaunchInScope;
+
+    /// <summary>TESSERA_CUDA_GEMV_EARLY=0: products wait before their first weight loads even in a scope (A/B measurement).</summary>
+    private static readonly bool GemvEarlyWeightsAllowed = Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV_EARLY") != "0";
+
+    /// <inheritdoc/>
+    public IDisposable EnterInference()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_inferenceDepth++ == 0) _previousLaunchInScope = false;
+        return new Scope(this);
+    }
+
+    /// <summary>Whether the next matrix-vector launch may load weights before waiting on its predecessor.</summary>
+    internal bool EarlyWeights => GemvEarlyWeightsAllowed && _inferenceDepth > 0 && _previousLaunchInScope;
+
+    /// <summary>Called after every launch: the next kernel's predecessor is in a scope, or not.</summary>
+    private void NoteLaunch() => _previousLaunchInScope = _inferenceDepth > 0;
+
+    private sealed class Scope(CudaBackend backend) : IDisposable
+    {
+        private bool _closed;
+
+        public void Dispose()
+        {
+            if (_closed) return;
+            _closed = true;
+            if (--backend._inferenceDepth == 0) backend._previousLaunchInScope = false;
+        }
+    }
+}

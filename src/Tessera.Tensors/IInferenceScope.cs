@@ -1,0 +1,18 @@
+namespace Tessera.Tensors;
+
+/// <summary>
+/// A backend that can use a caller's promise that the weights of its products do not change for a while, as when a
+/// model decodes: nothing a decode step enqueues writes a parameter. The CUDA backend then lets each matrix-vector
+/// product load its first weights before it waits on the kernel in front of it (programmatic dependent launch), so
+/// those loads overlap that kernel's tail; outside a scope a product waits first, because the kernel in front could be an
+/// optimizer step or a cast still writing the weight.
+/// </summary>
+public interface IInferenceScope
+{
+    /// <summary>
+    /// Opens a scope (scopes nest). Until it is disposed, the caller promises that nothing it enqueues on this backend writes
+    /// a tensor that a matrix product enqueued in the scope reads as its weight (b). Work enqueued before the scope is
+    /// not covered: the first kernel in the scope still waits for it.
+    /// </summary>
+    IDisposable EnterInference();
+}
