@@ -141,6 +141,13 @@ __device__ __forceinline__ int gemv_row_of(int n, int s, int half)
     return (n / half) * 2 * half + n % half + s * half;
 }
 
+// The row a cursor's unit reads.
+template <typename T, int EPI>
+__device__ __forceinline__ const T* gemv_row_ptr(const T* w0, const T* w1, i64 ldw, const GemvCursor& c, int half)
+{
+    return (c.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(c.n, c.s, half) * ldw;
+}
+
 template <typename T, int M, int EPI>
 __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0, const T* bias1, T* y, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw, float eps, GemvRope<T> rope,
@@ -165,11 +172,11 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
     // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
     Bytes16 raw[U];
     if (early && load.n < N)
-        gemv_unit_load<T, U>((load.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(load.n, load.s, half) * ldw, load.q, chunks, lane, raw);
+        gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     pdl_wait();
     pdl_launch_dependents();
     if (!early && load.n < N)
-        gemv_unit_load<T, U>((load.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(load.n, load.s, half) * ldw, load.q, chunks, lane, raw);
+        gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     // ROPE: lane m < M keeps row m's position (the sine and cosine are computed while a pair's first loads fly).
     int pos = 0;
     if (EPI == GEMV_ROPE && lane < M) pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
@@ -185,7 +192,7 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
         load.advance(units, HALVES, stride);
         Bytes16 next[U];
         if (load.n < N)
-            gemv_unit_load<T, U>((load.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(load.n, load.s, half) * ldw, load.q, chunks, lane, next);
+            gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, next);
         if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0 && lane < M && (cur.n / half) < rope.H + rope.KH)
             rope_angle_at(pos, cur.n == first ? inv_freq : rope_inv_freq(cur.n % half, rope.D, rope.theta), cf, sf);
         if (cur.s == 0) gemv_unit_fma<T, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
