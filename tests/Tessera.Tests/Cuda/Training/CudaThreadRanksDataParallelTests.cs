@@ -10,7 +10,7 @@ using Xunit;
 namespace Tessera.Tests.Cuda.Training;
 
 /// <summary>
-/// The existing data-parallel trainer on two CUDA thread ranks sharing the one GPU (each its own CudaBackend, collectives on
+/// The data-parallel trainer (<see cref="Trainer"/> with a <see cref="DataParallelism"/> strategy) on two CUDA thread ranks sharing the one GPU (each its own CudaBackend, collectives on
 /// the device through the in-process group's CUDA transport), F32 and BF16, plain DP and ZeRO-2/3, against the one-rank
 /// <see cref="Trainer"/> on the same global batches (two accumulation micro-batches of the same B, which are the two ranks'
 /// slices), from the same initialization.
@@ -94,8 +94,8 @@ public sealed class CudaThreadRanksDataParallelTests(CudaFixture fixture) : IDis
         var runs = CudaThreadRanks.Run(World, ctx =>
         {
             var model = NewModel(ctx.Backend, dtype);
-            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([shard], Batch, Sequence, ctx.Rank, World), Options(1),
-                new AdamWOptions(), new DataParallelOptions { Stage = stage, BucketElements = 1 << 15 }, ctx.Host);
+            var strategy = DataParallelism.Create(model, ctx.Group, new DataParallelOptions { Stage = stage, BucketElements = 1 << 15 }, new AdamWOptions(), ctx.Host);
+            var trainer = new Trainer(model, strategy, new TokenDataLoader([shard], Batch, Sequence, ctx.Rank, World), null, Options(1));
             var losses = new double[Steps];
             var collectives = new long[Steps];
             for (int s = 0; s < Steps; s++)
@@ -104,7 +104,7 @@ public sealed class CudaThreadRanksDataParallelTests(CudaFixture fixture) : IDis
                 losses[s] = trainer.TrainStep();
                 collectives[s] = ctx.Group.CollectiveCount - before;
             }
-            return (Losses: losses, Collectives: collectives, Expected: trainer.CollectivesPerStep, Masters: trainer.GatherMastersToHost());
+            return (Losses: losses, Collectives: collectives, Expected: trainer.CollectivesPerStep, Masters: strategy.GatherMastersToHost());
         }, timeout: TimeSpan.FromMinutes(2));
 
         var loss = runs[0].Losses;
