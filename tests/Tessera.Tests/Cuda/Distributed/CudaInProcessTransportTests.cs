@@ -205,6 +205,27 @@ public sealed class CudaInProcessTransportTests(CudaFixture fixture)
     }
 
     [Fact]
+    public void MismatchesAndTimeoutsAreReportedAsTheCpuGroupReportsThem()
+    {
+        _ = fixture.Backend;
+        var mismatch = CudaThreadRanks.Run(2, ctx =>
+        {
+            var t = ctx.Backend.Allocate(new Shape(ctx.Rank == 0 ? 4 : 5), DType.F32);
+            return Assert.Throws<InvalidOperationException>(() => ctx.Group.AllReduce(t).WaitOnDevice()).Message;
+        }, timeout: Timeout);
+        Assert.All(mismatch, m => Assert.Contains("collective #1 in group 'world' does not match across ranks: rank 0 issued AllReduce(F32, 4 elements, Sum), rank 1 issued AllReduce(F32, 5 elements, Sum)", m));
+
+        var timedOut = CudaThreadRanks.Run(2, ctx =>
+        {
+            if (ctx.Rank == 1) return null;   // rank 1 never issues the all-reduce
+            var t = ctx.Backend.Allocate(new Shape(4), DType.F32);
+            return Assert.Throws<CollectiveTimeoutException>(() => ctx.Group.AllReduce(t).WaitOnDevice());
+        }, timeout: TimeSpan.FromMilliseconds(300));
+        Assert.Equal([1], timedOut[0]!.MissingRanks!);
+        Assert.Contains("AllReduce #1 in group 'world' (size 2) timed out on rank 0", timedOut[0]!.Message);
+    }
+
+    [Fact]
     public void SubGroupsGatherInTheirOwnRankOrderFromTheRightBackends()
     {
         _ = fixture.Backend;
