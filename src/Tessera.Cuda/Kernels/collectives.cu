@@ -41,7 +41,12 @@ __device__ __forceinline__ double max_op(double a, double b)
 {
     if (a != a) return a;
     if (b != b) return b;
-    if (a == b) return __double_as_longlong(a) < 0 ? b : a;
+    if (a == b)
+    {
+        long long bits;
+        asm("mov.b64 %0, %1;" : "=l"(bits) : "d"(a));
+        return bits < 0 ? b : a;
+    }
     return a > b ? a : b;
 }
 __device__ __forceinline__ int max_op(int a, int b) { return a > b ? a : b; }
