@@ -39,11 +39,17 @@ internal sealed class PendingOperation
     /// <summary>Set before <see cref="Done"/> when the transport enqueued the operation on a device: the results are in place once it completes.</summary>
     public IDeviceEvent? Completion { get; set; }
 
-    /// <summary>Disposes the transport's notes of the ranks that arrived (call once the operation executed, failed or was aborted).</summary>
+    /// <summary>
+    /// Disposes the transport's notes of the ranks that arrived, once the operation executed, failed or was aborted (a second
+    /// call, e.g. from two ranks' aborts, does nothing).
+    /// </summary>
     public void ReleaseTokens()
     {
+        if (Interlocked.Exchange(ref _tokensReleased, 1) != 0) return;
         foreach (var c in Contributions) c?.Token?.Dispose();
     }
+
+    private int _tokensReleased;
 
     /// <summary>Participants that have not arrived (call under the rendezvous lock or after completion).</summary>
     public int[] Missing() => Participants.Where(r => Contributions[r] is null).ToArray();
