@@ -33,7 +33,7 @@ public static class CudaThreadRanks
             return ThreadRanks.Run(worldSize, rank =>
             {
                 using var group = world.WorldGroup(rank);
-                return body(new CudaRankContext(rank, worldSize, group, backends[rank], new CpuBackend(threads), world));
+                return body(new CudaRankContext(rank, worldSize, group, backends[rank], new CpuBackend(threads), world.FactoryFor(rank)));
             });
         }
         finally

@@ -28,7 +28,7 @@ public static class ParallelTraining
         return ThreadRanks.Run(worldSize, rank =>
         {
             using var group = groups[rank];
-            return body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads)));
+            return body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads), group.World.FactoryFor(rank)));
         });
     }
 

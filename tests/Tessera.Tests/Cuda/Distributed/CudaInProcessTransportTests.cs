@@ -234,7 +234,7 @@ public sealed class CudaInProcessTransportTests(CudaFixture fixture)
         var gathered = CudaThreadRanks.Run(4, ctx =>
         {
             var members = groups.Single(g => g.Contains(ctx.Rank));
-            using var group = ctx.World.Group(ctx.Rank, "tp", members);
+            using var group = ctx.Factory.CreateGroup("tp", members);
             var mine = ctx.Backend.FromArray(Enumerable.Range(0, 5).Select(i => (float)(100 * ctx.Rank + i)).ToArray(), 5);
             var all = ctx.Backend.Allocate(new Shape(10), DType.F32);
             group.AllGather(mine, all).WaitOnDevice();
