@@ -90,6 +90,25 @@ public sealed record RopeFrequencies
         return result;
     }
 
+    /// <summary>Equal when every field is, the table compared value by value (so a backend can key its copies by content).</summary>
+    public bool Equals(RopeFrequencies? other) =>
+        other is not null && Theta.Equals(other.Theta) && AttentionFactor.Equals(other.AttentionFactor)
+        && DynamicFactor.Equals(other.DynamicFactor) && DynamicOriginalLength == other.DynamicOriginalLength
+        && (ReferenceEquals(InverseFrequencies, other.InverseFrequencies)
+            || (InverseFrequencies is not null && other.InverseFrequencies is not null && InverseFrequencies.SequenceEqual(other.InverseFrequencies)));
+
+    /// <inheritdoc/>
+    public override int GetHashCode()
+    {
+        var hash = new HashCode();
+        hash.Add(Theta);
+        hash.Add(AttentionFactor);
+        hash.Add(DynamicFactor);
+        hash.Add(DynamicOriginalLength);
+        if (InverseFrequencies is { } table) foreach (var f in table) hash.Add(f);
+        return hash.ToHashCode();
+    }
+
     /// <summary>Dynamic NTK's base at <paramref name="length"/> positions (the formula CUDA's rope_inv_freq repeats).</summary>
     public double DynamicBase(int headSize, int length) =>
         Theta * Math.Pow(DynamicFactor * length / DynamicOriginalLength - (DynamicFactor - 1), (double)headSize / (headSize - 2));

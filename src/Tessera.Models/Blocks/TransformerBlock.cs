@@ -29,7 +29,7 @@ public sealed class TransformerBlock
             ? new RmsNorm(arena, Name + ".norm1", c, config.NormEpsilon)
             : new LayerNorm(arena, Name + ".norm1", c, config.NormEpsilon, config.Bias);
         Attention = new CausalSelfAttention(arena, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
-            llama ? config.RopeTheta : null);
+            config.Rope, qkvBias: config.AttentionBias, slidingWindow: config.SlidingWindow);
         Norm2 = llama
             ? new RmsNorm(arena, Name + ".norm2", c, config.NormEpsilon)
             : new LayerNorm(arena, Name + ".norm2", c, config.NormEpsilon, config.Bias);

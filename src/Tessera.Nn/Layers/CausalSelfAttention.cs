@@ -5,8 +5,8 @@ namespace Tessera.Nn.Layers;
 /// <summary>
 /// Multi-head causal self-attention with grouped-query heads: one fused QKV projection C to
 /// (H + 2K) D whose rows are the query heads, then the key heads, then the value heads; optional
-/// rotary position embedding on q and k (Llama); causal attention with scale 1/sqrt(D); an
-/// output projection C to C.
+/// rotary position embedding on q and k (Llama: plain or scaled frequencies); causal attention with scale 1/sqrt(D),
+/// optionally within a sliding window (Mistral); an output projection C to C.
 /// </summary>
 public sealed class CausalSelfAttention
 {
@@ -14,9 +14,12 @@ public sealed class CausalSelfAttention
 
     /// <summary>
     /// Declares "<paramref name="name"/>.qkv" ((H+2K) D, C) and "<paramref name="name"/>.proj" (C, C), with biases when
-    /// <paramref name="bias"/>; <paramref name="ropeTheta"/> is the RoPE base, or null for no rotary embedding (GPT-2).
+    /// <paramref name="bias"/> (the qkv bias alone when <paramref name="qkvBias"/>: Qwen2); <paramref name="rope"/> is the
+    /// rotary frequencies (a bare theta converts), or null for no rotary embedding (GPT-2); <paramref name="slidingWindow"/>
+    /// &gt; 0 limits each query to that many newest keys (Mistral).
     /// </summary>
-    public CausalSelfAttention(ParameterArena arena, string name, int channels, int heads, int kvHeads, bool bias, double? ropeTheta)
+    public CausalSelfAttention(ParameterArena arena, string name, int channels, int heads, int kvHeads, bool bias, RopeFrequencies? rope,
+        bool qkvBias = false, int slidingWindow = 0)
     {
         if (heads <= 0 || channels % heads != 0)
             throw new ArgumentException($"{name}: heads ({heads}) must divide channels ({channels})");
@@ -27,10 +30,13 @@ public sealed class CausalSelfAttention
         Heads = heads;
         KvHeads = kvHeads;
         HeadSize = channels / heads;
-        if (ropeTheta is not null && HeadSize % 2 != 0)
+        if (rope is not null && HeadSize % 2 != 0)
             throw new ArgumentException($"{name}: RoPE needs an even head size, got {HeadSize}");
-        RopeTheta = ropeTheta;
-        Qkv = new Linear(arena, name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias);
+        rope?.Validate(HeadSize);
+        if (slidingWindow < 0) throw new ArgumentException($"{name}: sliding window ({slidingWindow}) must be 0 (none) or positive");
+        Rope = rope;
+        SlidingWindow = slidingWindow;
+        Qkv = new Linear(arena, name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias || qkvBias);
         Projection = new Linear(arena, name + ".proj", channels, channels, bias);
         _qkv = new ActivationKey(name + ".qkv.out");
         _attention = new ActivationKey(name + ".att.out");
@@ -54,8 +60,11 @@ public sealed class CausalSelfAttention
     /// <summary>Head size D.</summary>
     public int HeadSize { get; }
 
-    /// <summary>RoPE base theta, or null without rotary embedding.</summary>
-    public double? RopeTheta { get; }
+    /// <summary>The rotary frequencies, or null without rotary embedding.</summary>
+    public RopeFrequencies? Rope { get; }
+
+    /// <summary>Sliding window (keys per query), or 0 for full causal attention.</summary>
+    public int SlidingWindow { get; }
 
     /// <summary>Fused QKV projection C to (H + 2K) D.</summary>
     public Linear Qkv { get; }
@@ -76,10 +85,10 @@ public sealed class CausalSelfAttention
         var backend = x.Backend;
         var qkv = Qkv.Forward(ctx, x.Reshape(n, Channels)).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
         var (q, k, v) = Split(qkv);
-        if (RopeTheta is double theta) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), 0, theta);   // q and k heads, adjacent
+        if (Rope is { } rope) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), 0, rope);   // q and k heads, adjacent
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         var lse = ctx.Buffer(_logSumExp, new Shape(b, Heads, t), x.DType == DType.F64 ? DType.F64 : DType.F32); // (B, H, T)
-        backend.AttentionForward(q, k, v, att, lse, Scale);
+        backend.AttentionForward(q, k, v, att, lse, Scale, SlidingWindow);
         ctx.Save(_qkv, qkv);
         ctx.Save(_attention, att);
         ctx.Save(_logSumExp, lse);
@@ -99,9 +108,9 @@ public sealed class CausalSelfAttention
         var dQkv = ctx.Scratch(_dQkv, qkv.Shape, qkv.DType);        // (B, T, H+2K, D)
         var (q, k, v) = Split(qkv);
         var (dq, dk, dv) = Split(dQkv);
-        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale);
+        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale, SlidingWindow);
         // RoPE is a rotation: its backward is the inverse rotation of the gradient (dq and dk heads, adjacent).
-        if (RopeTheta is double theta) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, theta, inverse: true);
+        if (Rope is { } rope) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, rope, inverse: true);
         Qkv.Backward(ctx, dQkv.Reshape(n, (Heads + 2 * KvHeads) * HeadSize), dx.Reshape(n, Channels), accumulateDx);
     }
 
@@ -122,23 +131,23 @@ public sealed class CausalSelfAttention
         var backend = x.Backend;
         var positions = cache.Positions;
         Tensor qkv;
-        if (RopeTheta is double theta && norm is RmsNorm rms)
+        if (Rope is { } frequencies && norm is RmsNorm rms)
         {
             // Llama: the norm, the QKV product, the rotation of q and k and the append of k and v, as one op (one
             // launch on a GPU for a decode step's few rows).
             qkv = ctx.Buffer(_qkv, new Shape(b, t, Heads + 2 * KvHeads, HeadSize), x.DType);
             backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue, Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
-                cache.KeysAndValues(layer), positions, theta);
+                cache.KeysAndValues(layer), positions, frequencies);
         }
         else
         {
             qkv = Qkv.ForwardNormalized(ctx, x.Reshape(n, Channels), norm).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
             // q, k and v heads are adjacent in the fused activation: one op rotates q and k and appends k and v.
-            if (RopeTheta is double th) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, th);
+            if (Rope is { } rope) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, rope);
             else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
         }
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
-        backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale);
+        backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale, SlidingWindow);
         Projection.ForwardAccumulate(att.Reshape(n, Channels), residual);
     }
 
