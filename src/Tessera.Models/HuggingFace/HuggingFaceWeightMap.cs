@@ -169,6 +169,16 @@ public sealed class HuggingFaceWeightMap
         return result;
     }
 
+    /// <summary>One entry's canonical tensor as its Hugging Face tensors (names, shapes, data), in the entry's source order.</summary>
+    internal IReadOnlyList<(string Name, HostTensor Tensor)> ToHuggingFace(WeightMapEntry entry, HostTensor canonical)
+    {
+        canonical.Validate();
+        if (canonical.Shape != entry.Shape)
+            throw new ArgumentException($"parameter '{entry.Canonical}' has shape {canonical.Shape}, the configuration implies {entry.Shape}");
+        var parts = FromCanonical(entry, canonical.Data);
+        return entry.Sources.Select((s, j) => (s.Name, new HostTensor(s.Shape, parts[j]))).ToList();
+    }
+
     /// <summary>
     /// Checks <paramref name="source"/> against the map before any data is read: every source tensor present with
     /// the expected shape, nothing else but known buffers. Returns each expected name's spelling in the source.
