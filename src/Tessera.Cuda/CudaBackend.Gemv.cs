@@ -121,7 +121,7 @@ public sealed unsafe partial class CudaBackend
         public ulong Cache, Starts;
         public int Tokens, QueryHeads, KvHeads, HeadSize;
         public long CacheB, CacheS, CacheH;
-        public double Theta;
+        public RopeArgs Frequencies;
     }
 
     /// <inheritdoc/>
@@ -129,7 +129,7 @@ public sealed unsafe partial class CudaBackend
     /// together and rotates and appends the pair as it writes it (gemv.cu, ROPE epilogue); otherwise the product, then
     /// <see cref="RopeAndAppend"/>.</remarks>
     public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
-        Tensor keysAndValues, Tensor startPositions, double theta)
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
         const string op = nameof(MatMulRopeAppend);
         if (qkv.Rank != 4 || x.Rank != 2 || weight.Rank != 2 || (long)qkv.Size(0) * qkv.Size(1) != x.Size(0)
@@ -148,7 +148,7 @@ public sealed unsafe partial class CudaBackend
             var flat = qkv.Reshape(b * t, qkv.Size(2) * d);
             if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
             else MatMul(x, weight, flat, transposeB: true, bias: bias);
-            RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, theta);
+            RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
             return;
         }
         RequirePositions(op, startPositions, b);
@@ -159,7 +159,7 @@ public sealed unsafe partial class CudaBackend
         var rope = new GemvRopeArgs
         {
             Cache = Ptr(keysAndValues), Starts = Ptr(startPositions), Tokens = t, QueryHeads = queryHeads, KvHeads = kv2 / 2, HeadSize = d,
-            CacheB = cs.B, CacheS = cs.T, CacheH = cs.H, Theta = theta,
+            CacheB = cs.B, CacheS = cs.T, CacheH = cs.H, Frequencies = RopeArgsFor(frequencies, d),
         };
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };

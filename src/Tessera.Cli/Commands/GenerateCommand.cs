@@ -54,14 +54,16 @@ internal static class GenerateCommand
         var model = PretrainedModel.Load(modelDir, backend, dtype, checkpointConfig);
         tokenizerSpec ??= TokenizerOf(modelDir);
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
+        Tessera.Models.Tokenization.TokenizerLoader.CheckFits(tokenizer, model.Config.VocabSize, tokenizerSpec);
 
-        var stops = new HashSet<int>();
+        // transformers' generate stops on every eos_token_id of generation_config.json (Llama 3: end_of_text and eot_id).
+        var stops = new HashSet<int>(Tessera.Models.HuggingFace.GenerationDefaults.Load(modelDir).EosTokenIds);
         if (tokenizer.EndOfTextId is int eot) stops.Add(eot);
         if (stopIds is not null)
             foreach (var s in stopIds.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
                 stops.Add(int.TryParse(s, out var id) ? id : throw new UsageException($"--stop-ids: '{s}' is not a token id"));
 
-        var ids = tokenizer.Encode(prompt);
+        var ids = tokenizer.EncodeWithSpecialTokens(prompt);   // BOS first where the tokenizer puts one (Llama, Mistral)
         var generator = new TextGenerator(model);
         var options = new GenerationOptions { MaxNewTokens = maxTokens, Sampling = sampling, StopTokens = stops };
         output.Write(prompt);

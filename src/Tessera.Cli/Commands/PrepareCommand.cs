@@ -3,13 +3,15 @@ using Tessera.Training.Data;
 
 namespace Tessera.Cli.Commands;
 
-/// <summary>tessera prepare: tokenizes text files into llm.c token shards.</summary>
+/// <summary>tessera prepare: tokenizes text and jsonl files into llm.c token shards (<see cref="ShardPreparation"/>).</summary>
 internal static class PrepareCommand
 {
     public const string Usage = """
         tessera prepare --out DIR [--tokenizer byte|HF_DIR] [--val-fraction 0.1] [--shard-tokens 100000000] FILE...
-          Tokenizes the text FILEs (in order) and writes DIR/train_NNN.bin and DIR/val_000.bin in llm.c's
-          shard format (uint16 tokens: the vocabulary must have at most 65536 entries).
+          Tokenizes the FILEs (in order: *.jsonl one {"text": ...} object per line, anything else plain UTF-8 text,
+          one document per file), each document after the tokenizer's BOS (or end-of-text) token, and writes
+          DIR/train_NNN.bin and DIR/val_000.bin in llm.c's shard format: uint16 tokens, or uint32 (llm.c's Llama 3
+          format) when the vocabulary has more than 65536 entries.
         """;
 
     public static int Run(CommandLineArguments args, TextWriter output)
@@ -26,15 +28,8 @@ internal static class PrepareCommand
             if (!File.Exists(f)) throw new FileNotFoundException($"{f}: no such text file");
 
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
-        if (tokenizer.VocabSize > 65536)
-            throw new UsageException($"tokenizer has {tokenizer.VocabSize} tokens; llm.c shards store uint16 tokens (at most 65536)");
-        var tokens = new List<int>();
-        foreach (var f in args.Positional)
-        {
-            tokens.AddRange(tokenizer.Encode(File.ReadAllText(f)));
-            if (tokenizer.EndOfTextId is int eot) tokens.Add(eot);
-        }
-        var written = ShardWriter.WriteSplit(tokens, outDir, valFraction, shardTokens);
+        var options = new ShardPreparationOptions { OutputDirectory = outDir, ValidationFraction = valFraction, ShardTokens = shardTokens };
+        var written = ShardPreparation.Prepare(args.Positional, tokenizer, options);
         foreach (var (path, count) in written) output.WriteLine($"wrote {path} ({count:N0} tokens)");
         return 0;
     }

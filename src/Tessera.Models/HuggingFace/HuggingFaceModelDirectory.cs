@@ -160,7 +160,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         }
     }
 
-    private static float[] CopyFromParameter(Tensor value, IBackend backend)
+    /// <summary>A parameter's values on the host as F32 (the F32 master under mixed precision when the caller passes it).</summary>
+    internal static float[] CopyFromParameter(Tensor value, IBackend backend)
     {
         int n = checked((int)value.Shape.NumElements);
         switch (value.DType)
