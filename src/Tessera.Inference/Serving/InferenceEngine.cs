@@ -147,8 +147,8 @@ public sealed class InferenceEngine : IDisposable
         if (!(s.Temperature >= 0 && s.Temperature <= 2)) throw new InvalidRequestException($"temperature ({s.Temperature}) must lie in [0, 2]", "temperature");
         if (!(s.TopP > 0 && s.TopP <= 1)) throw new InvalidRequestException($"top_p ({s.TopP}) must lie in (0, 1]", "top_p");
         if (s.TopK < 0) throw new InvalidRequestException($"top_k ({s.TopK}) must not be negative", "top_k");
-        if (request.Stop.Count > 4 || request.Stop.Any(x => x is null))
-            throw new InvalidRequestException($"stop holds {request.Stop.Count} entries; at most 4 non-null strings are allowed", "stop");
+        if (request.Stop.Count > 16 || request.Stop.Any(x => x is null))
+            throw new InvalidRequestException($"stop holds {request.Stop.Count} entries; at most 16 non-null strings are allowed", "stop");
         int length = request.MaxTokens ?? room;
         int blocks = _scheduler.BlocksFor(request.Prompt.Count + length);
         if (blocks > _cache.Blocks)
