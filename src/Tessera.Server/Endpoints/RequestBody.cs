@@ -18,14 +18,13 @@ internal static class RequestBody
         }
         catch (JsonException e)
         {
-            // e.Path names the field ($.messages[0].content); the message of a converter says what it wanted.
-            string where = string.IsNullOrEmpty(e.Path) || e.Path == "$" ? "the request body" : e.Path![2..];
-            string what = e.Message.Contains("could not be converted", StringComparison.Ordinal)
-                ? "has the wrong type" : e.Message.Split(" Path:", 2)[0].TrimEnd('.');
-            string message = e.Path is null or "$" && e.LineNumber is not null && !e.Message.Contains("could not be converted", StringComparison.Ordinal)
-                ? $"the request body is not valid JSON: {what} (line {e.LineNumber + 1}, byte {e.BytePositionInLine})"
-                : $"'{where}' {what}";
-            throw new ApiException(ApiError.Invalid(message, e.Path is { Length: > 2 } ? where : null, "invalid_json"));
+            string detail = e.Message.Split(" Path:", 2)[0].TrimEnd('.');
+            string? field = e.Path is { Length: > 2 } path ? path[2..] : null;      // "$.messages[0].content" -> "messages[0].content"
+            if (e.InnerException?.GetType().Name == "JsonReaderException")        // the reader's own exception: a syntax error
+                throw new ApiException(ApiError.Invalid(
+                    $"the request body is not valid JSON: {detail} (line {e.LineNumber + 1}, byte {e.BytePositionInLine})", null, "invalid_json"));
+            string what = detail.Contains("could not be converted", StringComparison.Ordinal) ? "has the wrong type" : detail;
+            throw new ApiException(ApiError.Invalid(field is null ? $"the request body {what}" : $"'{field}' {what}", field, "invalid_type"));
         }
     }
 }
