@@ -203,7 +203,7 @@ internal static class BenchCommand
     private static string Describe(string name, Transformer model)
     {
         var c = model.Config;
-        return $"{name} ({c.Family}, {c.Layers} layers, {c.Embedding} wide, {c.Heads} heads, {model.Parameters.ParameterCount:N0} parameters) in {model.DType}";
+        return $"{name} ({c.Family}, {c.Layers} layers, {c.Embedding} wide, {c.Heads} heads, {model.Layout.ParameterCount:N0} parameters) in {model.DType}";
     }
 
     private static string DeviceName(IBackend backend, int threads) =>

@@ -147,7 +147,7 @@ internal static class TrainCommand
             if (!shardedConstruction) model.InitializeWeights(options.Seed);
         }
         // Under sharded construction the trainer writes the weights into the rank's shards.
-        void WriteWeights(DataParallelTrainer t)
+        void WriteWeights(Trainer t)
         {
             if (!shardedConstruction) return;
             if (initDir is not null) t.LoadWeights(initDir);
@@ -155,7 +155,7 @@ internal static class TrainCommand
         }
         model.RecomputeActivations = recompute;
         var cfg = model.Config;
-        output.WriteLine($"model {modelSpec}: {cfg.Family}, {cfg.Layers} layers, {cfg.Embedding} wide, {cfg.Heads} heads, {model.Parameters.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
+        output.WriteLine($"model {modelSpec}: {cfg.Family}, {cfg.Layers} layers, {cfg.Embedding} wide, {cfg.Heads} heads, {model.Layout.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
 
         output.WriteLine($"data: {train.TotalTokens:N0} training tokens in {trainShards.Count} shard(s); {(validation is null ? "no validation" : $"{validation.TotalTokens:N0} validation tokens")}");
         var store = new CheckpointStore(Path.Combine(outDir, "checkpoints"));
@@ -185,7 +185,7 @@ internal static class TrainCommand
                 checkpoint: t =>
                 {
                     var dir = ShardedCheckpoint.Save(store, t, tokenizerSpec);
-                    if (t.Group.Rank == 0) output.WriteLine($"checkpoint {dir}");
+                    if (t.Reports) output.WriteLine($"checkpoint {dir}");
                 },
                 resume: resumeFrom is null ? null : t => ShardedCheckpoint.Restore(resumeFrom, t),
                 weights: WriteWeights);
@@ -203,7 +203,7 @@ internal static class TrainCommand
             using var group = NcclProcessGroup.Create("world", env.Rank, env.WorldSize, uniqueId, access, timeout);
             var parallel = new DataParallelOptions { Stage = (ZeroStage)zero, OffloadOptimizer = offload }.Validate();
             var loader = new TokenDataLoader(trainShards, options.BatchSize, options.SequenceLength, env.Rank, env.WorldSize);
-            var dp = new DataParallelTrainer(model, group, loader, options, adam, parallel, offload ? new CpuBackend(threads) : null);
+            var dp = new Trainer(model, DataParallelism.Create(model, group, parallel, adam, offload ? new CpuBackend(threads) : null), loader, null, options);
             if (resumeFrom is null) WriteWeights(dp);
             bool rank0 = env.Rank == 0;
             if (rank0) output.WriteLine($"data parallel over NCCL: {env.WorldSize} process(es), ZeRO stage {zero}{(offload ? " with optimizer offload" : "")}, global batch {env.WorldSize} x {options.BatchSize} x {options.SequenceLength}");
