@@ -56,6 +56,8 @@ public sealed class PagedModelRunner : IDisposable
             throw new ArgumentException($"PagedModelRunner: maxSequenceLength ({maxSequenceLength}) must lie in [1, the model's context {model.Config.MaxSequenceLength}]");
         if (cache.Layers != model.Config.Layers || cache.KvHeads != model.Config.EffectiveKvHeads || cache.HeadSize != model.Config.HeadSize)
             throw new ArgumentException($"PagedModelRunner: the cache ({cache.Layers} layers, {cache.KvHeads} kv heads of {cache.HeadSize}) does not fit the model ({model.Config.Layers}, {model.Config.EffectiveKvHeads}, {model.Config.HeadSize})");
+        if (model.TensorParallelism is { Size: > 1 })
+            throw new NotSupportedException($"PagedModelRunner: serving runs the model on one device; this one is split over {model.TensorParallelism.Size} tensor-parallel ranks");
         _model = model;
         _cache = cache;
         _backend = model.Backend;
@@ -217,7 +219,7 @@ public sealed class PagedModelRunner : IDisposable
         _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch);
         var output = ctx.Buffer(_attentionOut, new Shape(n, h, d), x.DType);                        // (N, H, D)
         _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, 1.0 / Math.Sqrt(d));
-        attention.Projection.ForwardAccumulate(output.Reshape(n, h * d), x);
+        attention.Projection.ForwardAccumulate(ctx, output.Reshape(n, h * d), x);
     }
 
     private int BucketOf(int sequences)
