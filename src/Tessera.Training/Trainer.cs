@@ -5,6 +5,7 @@ using Tessera.Models.HuggingFace;
 using Tessera.Tensors;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
+using Tessera.Training.Parallel;
 
 namespace Tessera.Training;
 
@@ -25,6 +26,7 @@ public sealed class Trainer
     private readonly int[] _hostInputs, _hostTargets;
     private readonly Tensor _inputs, _targets;   // (B, T) I32
     private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
+    private readonly TensorParallelGradients? _partialGradients;   // tensor parallelism: sums the gradients each rank has in part
 
     /// <summary>
     /// Creates a trainer of <paramref name="model"/> under <paramref name="parallelism"/>. With a data-parallel group,
@@ -41,7 +43,11 @@ public sealed class Trainer
         options.Validate();
         var group = parallelism.Group;
         int rank = group?.Rank ?? 0, size = group?.Size ?? 1;
-        Where = group is null ? "" : group.Describe() + ": ";
+        var tp = model.TensorParallelism;
+        Where = (group is null ? "" : group.Describe() + ": ") + (tp is null ? "" : tp.Group.Describe() + ": ");
+        if (tp is not null && parallelism is SingleDevice { Optimizer.NormScope: null })
+            throw new ArgumentException($"{Where}the model is split over tp ({tp.Size}) ranks but its optimizer sums only this rank's gradients for clipping; " +
+                "create it with GradientNormScope.For(model) (SingleDevice.For does)");
         foreach (var (loader, what) in new[] { (train, "training"), (validation, "validation") })
         {
             if (loader is null) continue;
@@ -69,6 +75,7 @@ public sealed class Trainer
         // The trainer checks token ids on its host arrays (CheckIds), so the model need not read them back from the
         // device: on a GPU that read is a synchronization per forward, which would stall overlapped reductions.
         model.ValidateInputs = false;
+        if (model.Layers.PartialGradients.Count > 0) _partialGradients = new TensorParallelGradients(model, parallelism.ReducesEveryMicroBatch);
     }
 
     /// <summary>A one-device trainer updating <paramref name="model"/>'s arena with <paramref name="optimizer"/>.</summary>
@@ -95,8 +102,8 @@ public sealed class Trainer
     /// <summary>Tokens one update consumes over all data-parallel ranks.</summary>
     public long TokensPerStep => (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * (Parallelism.Group?.Size ?? 1);
 
-    /// <summary>Whether this rank reports progress (rank 0 of the data-parallel group; always on one device).</summary>
-    public bool Reports => (Parallelism.Group?.Rank ?? 0) == 0;
+    /// <summary>Whether this rank reports progress (rank 0 of the data-parallel and tensor-parallel groups; always on one device).</summary>
+    public bool Reports => (Parallelism.Group?.Rank ?? 0) == 0 && (_model.TensorParallelism?.Rank ?? 0) == 0;
 
     /// <summary>Prefix naming the rank in messages ("" on one device).</summary>
     public string Where { get; }
@@ -148,6 +155,7 @@ public sealed class Trainer
         for (int micro = 0; micro < accum; micro++)
         {
             Parallelism.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
+            _partialGradients?.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
             _train.NextBatch(_hostInputs, _hostTargets);
             CheckIds();
             backend.CopyFromHost<int>(_hostInputs, _inputs);
