@@ -7,7 +7,8 @@ namespace Tessera.Cuda;
 // decode step of a given batch size can be recorded once and replayed with new metadata.
 public sealed unsafe partial class CudaBackend
 {
-    private const int PagedAttentionWarps = 4, PagedAttentionMaxGroup = 8, PagedAttentionMaxHeadSize = 256;   // PA_* in the kernel
+    private const int PagedAttentionWarps = 4, PagedAttentionMaxGroup = 8, PagedAttentionMaxHeadSize = 256,   // PA_* in the kernel
+        PagedAttentionMaxSplits = 32;
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
     {
@@ -53,11 +54,32 @@ public sealed unsafe partial class CudaBackend
         int group = h / k, g = Math.Min(group, PagedAttentionMaxGroup);
         while (group % g != 0) g--;
         int b = batch.Sequences, blockSize = batch.BlockSize, maxBlocks = batch.BlockTables.Size(1);
-        ulong pq = Ptr(q), pp = Ptr(pool), po = Ptr(output), pt = Ptr(batch.BlockTables), pst = Ptr(batch.QueryStarts), pl = Ptr(batch.ContextLengths);
-        long qn = q.Stride(0), qh = q.Stride(1);
-        float sc = (float)scale;
-        void** args = stackalloc void*[] { &pq, &pp, &po, &pt, &pst, &pl, &b, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc };
-        uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
-        Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), 1), PagedAttentionWarps * 32, args, shared, dependent: true);
+        // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
+        // two waves of the SMs, each split at least 64 positions of the widest table (the host knows no context length).
+        long ctas = (long)n * (h / g);
+        int splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
+            1, PagedAttentionMaxSplits);
+        var partial = splits > 1 ? ScratchTensor(new Shape(splits, n, h, d + 2), DType.F32) : null;     // (S, N, H, D + 2) states
+        try
+        {
+            ulong pq = Ptr(q), pp = Ptr(pool), po = Ptr(output), pw = partial is null ? 0 : Ptr(partial), pt = Ptr(batch.BlockTables),
+                pst = Ptr(batch.QueryStarts), pl = Ptr(batch.ContextLengths);
+            long qn = q.Stride(0), qh = q.Stride(1);
+            float sc = (float)scale;
+            void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc };
+            uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
+            Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
+                args, shared, dependent: true);
+            if (partial is not null)
+            {
+                void** combine = stackalloc void*[] { &pw, &po, &splits, &n, &h, &d };
+                Launch("paged_attention.cu", "paged_attention_combine_" + Suffix(q.DType, op), ((uint)n, (uint)h, 1), (uint)Math.Min(256, (d + 31) / 32 * 32),
+                    combine, 0, dependent: true);
+            }
+        }
+        finally
+        {
+            partial?.Storage.Dispose();                                  // stream-ordered: freed after the kernels that use it
+        }
     }
 }

@@ -25,9 +25,9 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// Sequence 0 prefills 37 rows after 20 cached positions, 1 and 2 decode after 300 and 1000, 3 is padding, 4 prefills
     /// its first 5 tokens. Blocks of 16 are scattered over the pool in a shuffled order.
     /// </summary>
-    private (int[] Tables, int[] Starts, int[] Lengths, int[] Slots, int MaxBlocks, int PoolBlocks) Batch(int blockSize)
+    private (int[] Tables, int[] Starts, int[] Lengths, int[] Slots, int MaxBlocks, int PoolBlocks) Batch(int blockSize, int[]? rowCounts = null, int[]? contextLengths = null)
     {
-        int[] rows = [37, 1, 1, 1, 5], lengths = [57, 301, 1001, 0, 5];
+        int[] rows = rowCounts ?? [37, 1, 1, 1, 5], lengths = contextLengths ?? [57, 301, 1001, 0, 5];
         int maxBlocks = lengths.Max() / blockSize + 1, poolBlocks = lengths.Sum(l => (l + blockSize - 1) / blockSize) + 7;
         var free = Enumerable.Range(0, poolBlocks).OrderBy(_ => Rng.Next()).ToList();
         var tables = new int[rows.Length * maxBlocks];
@@ -56,10 +56,23 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData(DType.BF16, 32, 8, 128)]   // Llama 3 1B/8B: groups of 4
     [InlineData(DType.BF16, 14, 2, 64)]    // Qwen2 0.5B: groups of 7
     [InlineData(DType.F32, 4, 4, 8)]       // multi-head, a head narrower than a warp (the debug presets)
-    public void PagedAttentionMatchesTheCpu(DType dtype, int h, int k, int d)
+    public void PagedAttentionMatchesTheCpu(DType dtype, int h, int k, int d) => AssertPagedAttention(dtype, h, k, d, null, null);
+
+    /// <summary>
+    /// The two ends of the key split: one sequence decoding after 3000 positions (8 CTAs without a split: the host splits its
+    /// keys 33 ways, capped at 32, and the combine kernel merges them), and a 300-row prefill (enough CTAs: no split, one kernel).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, new[] { 1 }, new[] { 3001 })]
+    [InlineData(DType.F32, new[] { 1, 1 }, new[] { 3001, 40 })]
+    [InlineData(DType.BF16, new[] { 300 }, new[] { 300 })]
+    public void PagedAttentionWithAndWithoutKeySplitsMatchesTheCpu(DType dtype, int[] rows, int[] lengths) =>
+        AssertPagedAttention(dtype, 32, 8, 64, rows, lengths);
+
+    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths)
     {
         const int blockSize = 16;
-        var batch = Batch(blockSize);
+        var batch = Batch(blockSize, rows, lengths);
         int n = batch.Slots.Length;
         var (q, qv) = Random(dtype, 1.0, n, h + 2 * k, d);                 // a fused QKV activation: q is a strided view
         var (pool, poolValues) = Random(dtype, 1.0, batch.PoolBlocks, blockSize, 2 * k, d);
