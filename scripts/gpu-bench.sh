@@ -43,6 +43,7 @@ return args.Length == 0 ? Usage() : args[0] switch
     "gpu-train" => Tessera.Bench.Gpu.GpuTrainingBench.Run(args[1..]),
     "gpu-decode" => Tessera.Bench.Gpu.GpuDecodeBench.Run(args[1..]),
     "gpu-offload" => Tessera.Bench.Gpu.OffloadBench.Run(args[1..]),
+    "gpu-tp" => Tessera.Bench.Gpu.TensorParallelComputeBench.Run(args[1..]),
     _ => Usage(),
 };
 static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload [options]"); return 2; }
