@@ -23,6 +23,13 @@ internal interface ILoopTrainer
 
     double LastGradNorm();
 
+    /// <summary>
+    /// Whether to stop before the next step, given whether this rank was asked to (its cancellation token). One device:
+    /// <paramref name="requestedHere"/>. Data-parallel ranks: collective (called by every rank at every step boundary
+    /// while a cancellable token is given), true on all ranks when any rank was asked, so all stop at the same step.
+    /// </summary>
+    bool StopAgreed(bool requestedHere);
+
     /// <summary>The validation loss when an evaluation is due after the current step, else null.</summary>
     double? ValidationLossIfDue();
 }

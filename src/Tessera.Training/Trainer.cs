@@ -130,6 +130,7 @@ public sealed class Trainer : ILoopTrainer
     string ILoopTrainer.Where => "";
     double ILoopTrainer.LearningRateAt(int step) => _schedule.At(step);
     double ILoopTrainer.LastGradNorm() => Optimizer.LastGradNorm();
+    bool ILoopTrainer.StopAgreed(bool requestedHere) => requestedHere;
     double? ILoopTrainer.ValidationLossIfDue() =>
         _validation is not null && Options.EvalEvery > 0 && (Step % Options.EvalEvery == 0 || Step == Options.Steps) ? Evaluate() : null;
 }

@@ -5,6 +5,8 @@ namespace Tessera.Training;
 /// <summary>
 /// The loop both trainers run: a step, a divergence check, validation when due, metrics for the
 /// reporting rank every LogEvery steps (and the last), a checkpoint every CheckpointEvery steps (and the last).
+/// Cancellation stops it between two steps with an <see cref="OperationCanceledException"/>; the trainer then holds
+/// exactly <c>Step</c> completed updates (nothing of the next one), ready to be checkpointed.
 /// </summary>
 internal static class TrainingLoop
 {
@@ -14,7 +16,10 @@ internal static class TrainingLoop
         var options = trainer.Options;
         while (trainer.Step < options.Steps)
         {
-            cancellation.ThrowIfCancellationRequested();
+            // A stop is taken between steps, and by every rank at the same one (data-parallel ranks agree collectively), so
+            // the state left behind is a whole step that a checkpoint can save and a resume continue bit for bit.
+            if (cancellation.CanBeCanceled && trainer.StopAgreed(cancellation.IsCancellationRequested))
+                throw new OperationCanceledException($"{trainer.Where}training stopped on request after step {trainer.Step}", cancellation);
             double lr = trainer.LearningRateAt(trainer.Step);
             var clock = Stopwatch.StartNew();
             double loss = trainer.TrainStep();

@@ -40,6 +40,7 @@ public sealed class DataParallelTrainer : ILoopTrainer
     private readonly int[] _hostInputs, _hostTargets;
     private readonly Tensor _inputs, _targets;   // (B, T) I32
     private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
+    private Tensor? _stopFlag;                   // (1) loss dtype: this rank's stop request, then the max over ranks
     private bool _weightsPending;                // a deferred (sharded-construction) model whose weights are not written yet
 
     /// <summary>
@@ -346,5 +347,17 @@ public sealed class DataParallelTrainer : ILoopTrainer
     string ILoopTrainer.Where => _group.Describe() + ": ";
     double ILoopTrainer.LearningRateAt(int step) => _schedule.At(step);
     double ILoopTrainer.LastGradNorm() => Optimizer.LastGradNorm();
+
+    // One all-reduce (max) of a flag per step boundary, only while a cancellable token is given: a signal reaches the
+    // ranks (threads or processes) at different moments, and a rank that stopped alone would leave the others waiting
+    // in the next step's collectives.
+    bool ILoopTrainer.StopAgreed(bool requestedHere)
+    {
+        var backend = _model.Parameters.Backend;
+        _stopFlag ??= backend.Allocate(new Shape(1), _model.LossDType);
+        backend.Fill(_stopFlag, requestedHere ? 1 : 0);
+        _group.AllReduce(_stopFlag, ReduceOp.Max).Wait();
+        return backend.ReadScalar(_stopFlag) > 0;
+    }
     double? ILoopTrainer.ValidationLossIfDue() => null;   // no validation in data-parallel runs yet
 }

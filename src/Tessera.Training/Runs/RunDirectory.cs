@@ -1,0 +1,60 @@
+using Tessera.Training.Checkpoints;
+
+namespace Tessera.Training.Runs;
+
+/// <summary>
+/// The folder of one training run: <c>checkpoints/</c> (a <see cref="CheckpointStore"/>), <c>metrics.jsonl</c>, the
+/// plot of the metrics (<c>metrics.png</c>) and, for the embedded corpus, <c>data/</c>. A run directory belongs to one
+/// run: a new run refuses a directory that already holds one (<see cref="EnsureNoRun"/>), so two runs never mix their
+/// metrics or overwrite each other's checkpoints; continuing one is a resume.
+/// </summary>
+public sealed class RunDirectory
+{
+    /// <summary>The run at <paramref name="root"/> (nothing is created).</summary>
+    public RunDirectory(string root)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(root);
+        Root = Path.GetFullPath(root);
+        Checkpoints = new CheckpointStore(Path.Combine(Root, "checkpoints"));
+    }
+
+    /// <summary>The run's folder (absolute).</summary>
+    public string Root { get; }
+
+    /// <summary>Its checkpoints.</summary>
+    public CheckpointStore Checkpoints { get; }
+
+    /// <summary>One JSON object per logged step (<see cref="MetricsLog"/>).</summary>
+    public string MetricsPath => Path.Combine(Root, "metrics.jsonl");
+
+    /// <summary>The plot of <see cref="MetricsPath"/>.</summary>
+    public string PlotPath => Path.Combine(Root, "metrics.png");
+
+    /// <summary>Token shards written for the run (the embedded corpus).</summary>
+    public string DataPath => Path.Combine(Root, "data");
+
+    /// <summary>
+    /// What of a run the folder holds (metrics, checkpoints, a "latest" pointer), in words, or null when it holds none.
+    /// Prepared data alone (<c>data/</c>) is not a run: a run that failed before its first step can be started again.
+    /// </summary>
+    public string? DescribeExistingRun()
+    {
+        var found = new List<string>();
+        if (File.Exists(MetricsPath) && new FileInfo(MetricsPath).Length > 0)
+            found.Add($"metrics.jsonl ({File.ReadLines(MetricsPath).Count()} logged steps)");
+        var saved = Checkpoints.Checkpoints();
+        if (saved.Count > 0)
+            found.Add(saved.Count == 1 ? $"a checkpoint at step {saved[0].Step}" : $"{saved.Count} checkpoints, steps {saved[0].Step} to {saved[^1].Step}");
+        else if (File.Exists(Path.Combine(Checkpoints.Root, "latest")))
+            found.Add("checkpoints/latest");
+        return found.Count == 0 ? null : string.Join(" and ", found);
+    }
+
+    /// <summary>Throws <see cref="RunDirectoryException"/> when the folder already holds a run; says how to continue it or start afresh.</summary>
+    public void EnsureNoRun()
+    {
+        if (DescribeExistingRun() is string existing)
+            throw new RunDirectoryException(
+                $"{Root} already holds a run ({existing}); resume it, or start the new run in another directory (or delete this one)");
+    }
+}
