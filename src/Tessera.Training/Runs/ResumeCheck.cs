@@ -109,8 +109,8 @@ public sealed class ResumeCheck
             var after = Schedule(requested);
             int s = saved.Step;
             replan = string.Create(CultureInfo.InvariantCulture,
-                $"the learning-rate schedule is re-planned from {o.Steps} to {requested.Steps} steps in all: at step {s} the rate goes from {before.At(s):E2} (the saved plan) to {after.At(s):E2}, " +
-                $"then follows the new cosine down to {after.At(requested.Steps - 1):E2} at step {requested.Steps}; the remaining {requested.Steps - s} steps do not repeat a run planned for {requested.Steps} from the start");
+                $"the learning-rate schedule is re-planned from {o.Steps} to {requested.Steps} steps in all: at step {s} the rate goes from {Rate(before.At(s))} (the saved plan) to {Rate(after.At(s))}, " +
+                $"then follows the new cosine down to {Rate(after.At(requested.Steps - 1))} at step {requested.Steps}; the remaining {requested.Steps - s} steps do not repeat a run planned for {requested.Steps} from the start");
         }
         return new ResumeCheck(checkpoint, saved, savedWorld, requested, worldSize, blockers, changes, replan);
     }
@@ -138,11 +138,14 @@ public sealed class ResumeCheck
         return string.Join(", ", Changes.Select(c => $"{nameOf(c.Setting)} {c.Saved} -> {c.Requested}"));
     }
 
+    private static string Rate(double lr) => lr.ToString("0.00e+0", CultureInfo.InvariantCulture);
+
     private static CosineSchedule Schedule(TrainerOptions o) =>
         new(o.LearningRate, o.LearningRate * o.MinLearningRateFraction, o.WarmupSteps, o.Steps);
 
     private static string Rows(int batch, int accumulation, int world) =>
-        $"{(long)batch * accumulation * world} rows ({(world > 1 ? $"{world} ranks x " : "")}{batch}{(accumulation > 1 ? $" x {accumulation} micro-batches" : "")})";
+        world == 1 && accumulation == 1 ? $"{batch} rows"
+            : $"{(long)batch * accumulation * world} rows ({(world > 1 ? $"{world} ranks x " : "")}{batch}{(accumulation > 1 ? $" x {accumulation} micro-batches" : "")})";
 
     private static string Format<T>(T value) => value switch
     {
