@@ -53,7 +53,7 @@ public static class SharedOptions
                 var text = result.Tokens.Single().Value;
                 int i = Array.IndexOf(names, text.ToLowerInvariant());
                 if (i >= 0) return allowed[i];
-                result.AddError($"--dtype '{text}': expected {string.Join(", ", names)}");
+                result.AddError($"--dtype '{text}': expected {string.Join(", ", names[..^1])} or {names[^1]}");
                 return allowed[0];
             },
         };

@@ -28,11 +28,11 @@ public sealed class TrainCommand : Command
     private readonly Option<double> _weightDecay = SharedOptions.Double("--weight-decay", "X", "AdamW weight decay", 0.1, min: 0);
     private readonly Option<double> _clip = SharedOptions.Double("--clip", "X", "global gradient-norm clipping threshold", 1.0, min: 0, minExclusive: true);
     private readonly Option<int?> _seed = new("--seed") { Description = "seed of the weight initialization [default: 1337]", HelpName = "N" };
-    private readonly Option<int> _evalEvery = SharedOptions.Int("--eval-every", "N", "validation loss every N steps (0: never)", 200, min: 0);
-    private readonly Option<int> _evalBatches = SharedOptions.Int("--eval-batches", "N", "validation batches per evaluation", 4, min: 1);
-    private readonly Option<int> _checkpointEvery = SharedOptions.Int("--checkpoint-every", "N", "checkpoint every N steps (0: only at the end); a stop (Ctrl-C, SIGTERM) always saves one", 200, min: 0);
+    private readonly Option<int?> _evalEvery = SharedOptions.AtLeast(new Option<int?>("--eval-every") { Description = "validation loss every N steps (0: never) [default: 200]", HelpName = "N" }, 0);
+    private readonly Option<int?> _evalBatches = SharedOptions.AtLeast(new Option<int?>("--eval-batches") { Description = "validation batches per evaluation [default: 4]", HelpName = "N" }, 1);
+    private readonly Option<int?> _checkpointEvery = SharedOptions.AtLeast(new Option<int?>("--checkpoint-every") { Description = "checkpoint every N steps (0: only at the end); a stop (Ctrl-C, SIGTERM) always saves one [default: 200]", HelpName = "N" }, 0);
     private readonly Option<int> _keepLast = SharedOptions.Int("--keep-last", "N", "checkpoints to keep; older ones are deleted after each save", 3, min: 1);
-    private readonly Option<int> _logEvery = SharedOptions.Int("--log-every", "N", "print a progress line and log metrics every N steps", 50, min: 1);
+    private readonly Option<int?> _logEvery = SharedOptions.AtLeast(new Option<int?>("--log-every") { Description = "print a progress line and log metrics every N steps [default: 50]", HelpName = "N" }, 1);
     private readonly Option<Device> _device = SharedOptions.Device();
     private readonly Option<int> _threads = SharedOptions.Threads();
     private readonly Option<DType?> _dtype = NullableDType();

@@ -39,6 +39,9 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         var env = DistributedEnvironment.FromEnvironment();
         var topology = Topology.Of(settings, env);
 
+        // 0. A preset name is checked before anything touches the disk.
+        if (settings.Model is string spec && !Directory.Exists(spec)) Presets.Get(spec);
+
         // 1. The run directory: resume its checkpoint (and check the command against it) or refuse to mix two runs.
         string? resumeFrom = settings.Resume ? LatestCheckpoint() : null;
         TrainerState? saved = resumeFrom is null ? null : TrainingCheckpoint.ReadState(resumeFrom);

@@ -54,20 +54,20 @@ public sealed record TrainSettings
     /// <summary>AdamW settings.</summary>
     public required AdamWOptions AdamW { get; init; }
 
-    /// <summary>Validate every N steps (0: never).</summary>
-    public int EvalEvery { get; init; } = 200;
+    /// <summary>Validate every N steps (0: never); null: 200 (or the checkpoint's).</summary>
+    public int? EvalEvery { get; init; }
 
-    /// <summary>Validation batches per evaluation.</summary>
-    public int EvalBatches { get; init; } = 4;
+    /// <summary>Validation batches per evaluation; null: 4 (or the checkpoint's).</summary>
+    public int? EvalBatches { get; init; }
 
-    /// <summary>Checkpoint every N steps (0: only at the end and on a stop).</summary>
-    public int CheckpointEvery { get; init; } = 200;
+    /// <summary>Checkpoint every N steps (0: only at the end and on a stop); null: 200 (or the checkpoint's).</summary>
+    public int? CheckpointEvery { get; init; }
 
     /// <summary>Checkpoints kept (older ones are deleted after each save).</summary>
     public int KeepLast { get; init; } = 3;
 
-    /// <summary>Log (print and metrics.jsonl) every N steps.</summary>
-    public int LogEvery { get; init; } = 50;
+    /// <summary>Log (print and metrics.jsonl) every N steps; null: 50 (or the checkpoint's).</summary>
+    public int? LogEvery { get; init; }
 
     /// <summary>Compute device.</summary>
     public Device Device { get; init; } = Device.Cpu;
@@ -122,10 +122,10 @@ public sealed record TrainSettings
             WarmupSteps = Warmup ?? o?.WarmupSteps ?? 50,
             MinLearningRateFraction = MinLearningRateFraction ?? o?.MinLearningRateFraction ?? 0.1,
             Seed = seed,
-            EvalEvery = EvalEvery,
-            EvalBatches = EvalBatches,
-            CheckpointEvery = CheckpointEvery,
-            LogEvery = LogEvery,
+            EvalEvery = EvalEvery ?? o?.EvalEvery ?? 200,
+            EvalBatches = EvalBatches ?? o?.EvalBatches ?? 4,
+            CheckpointEvery = CheckpointEvery ?? o?.CheckpointEvery ?? 200,
+            LogEvery = LogEvery ?? o?.LogEvery ?? 50,
         };
         var dtype = DType ?? (saved is null ? Tensors.DType.F32 : Tensors.DTypeInfo.FromSafetensorsName(saved.DType) ?? Tensors.DType.F32);
         return (options, dtype, Tokenizer ?? saved?.Tokenizer ?? "byte", seed);
