@@ -41,24 +41,33 @@ public sealed class Transformer
         Config = config;
         Backend = backend;
         DType = dtype;
-        Parameters = new ParameterArena(backend, dtype);
         Activations = new ActivationStore(backend);
 
+        // The model's units, in pass order: embeddings, one per block, the final norm and head (which borrows the
+        // embeddings when tied). Every consumer (pass hooks, ZeRO-3, gradient buckets, pipeline stages) reads them.
+        var parameters = new ParameterLayoutBuilder();
         int c = config.Embedding, vPad = config.EffectivePaddedVocab;
-        TokenEmbedding = new Embedding(Parameters, "tok_emb", vPad, c);
+        parameters.BeginUnit("embeddings");
+        TokenEmbedding = new Embedding(parameters, "tok_emb", vPad, c);
         if (config.Family == ModelFamily.Gpt2)
-            PositionEmbedding = new Embedding(Parameters, "pos_emb", config.MaxSequenceLength, c);
+            PositionEmbedding = new Embedding(parameters, "pos_emb", config.MaxSequenceLength, c);
         var blocks = new TransformerBlock[config.Layers];
-        for (int i = 0; i < blocks.Length; i++) blocks[i] = new TransformerBlock(Parameters, config, i);
+        for (int i = 0; i < blocks.Length; i++)
+        {
+            parameters.BeginUnit($"blocks.{i}");
+            blocks[i] = new TransformerBlock(parameters, config, i);
+        }
         Blocks = blocks;
+        if (config.TiedEmbeddings) parameters.BeginUnit("head", 0);
+        else parameters.BeginUnit("head");
         FinalNorm = config.Family == ModelFamily.Llama
-            ? new RmsNorm(Parameters, "final_norm", c, config.NormEpsilon)
-            : new LayerNorm(Parameters, "final_norm", c, config.NormEpsilon, config.Bias);
+            ? new RmsNorm(parameters, "final_norm", c, config.NormEpsilon)
+            : new LayerNorm(parameters, "final_norm", c, config.NormEpsilon, config.Bias);
         Head = config.TiedEmbeddings
             ? new Linear("lm_head", TokenEmbedding.Weight, bias: null)
-            : new Linear(Parameters, "lm_head", c, vPad, bias: false);
-        if (storage == ArenaStorage.Deferred) Parameters.BuildDeferred();
-        else Parameters.Build();
+            : new Linear(parameters, "lm_head", c, vPad, bias: false);
+        Layout = parameters.Build();
+        if (storage == ArenaStorage.Full) _ = new ParameterArena(Layout, backend, dtype);   // attaches itself to the layout
     }
 
     /// <summary>The configuration.</summary>
@@ -73,8 +82,17 @@ public sealed class Transformer
     /// <summary>Element type of the per-token losses (and of norm statistics): F64 for F64 models, else F32.</summary>
     public DType LossDType => DType == DType.F64 ? DType.F64 : DType.F32;
 
-    /// <summary>All parameters and gradients, in canonical order and names.</summary>
-    public ParameterArena Parameters { get; }
+    /// <summary>The parameters this rank declares (names, shapes, placements, offsets) and the model's units.</summary>
+    public ParameterLayout Layout { get; }
+
+    /// <summary>
+    /// The parameters' full arena (values, gradients, masters). Throws when the parameters live elsewhere: declared without
+    /// storage (<see cref="ArenaStorage.Deferred"/>) or sharded by a ZeRO-3 strategy.
+    /// </summary>
+    public ParameterArena Parameters => Layout.Storage as ParameterArena ?? throw new InvalidOperationException(
+        Layout.Storage is null
+            ? "Transformer: the model was declared without storage (ArenaStorage.Deferred); its weights live where its trainer puts them (ZeRO-3 shards)"
+            : "Transformer: the model's parameters are fully sharded (ZeRO-3) and have no full arena; read them through the data-parallel strategy");
 
     /// <summary>Saved activations per micro-batch and the pooled buffers.</summary>
     public ActivationStore Activations { get; }
@@ -122,30 +140,32 @@ public sealed class Transformer
     /// </summary>
     public void InitializeWeights(int seed)
     {
-        if (Parameters.IsSharded)
-            throw new InvalidOperationException("Transformer.InitializeWeights: the parameter arena is sharded (ZeRO-3) and has no full-size buffers; " +
-                "initialize through the data-parallel trainer (DataParallelTrainer.InitializeWeights), which writes the same values into each rank's shards");
-        foreach (var (p, values) in InitialValues(seed))
+        if (Layout.Storage is not ParameterArena arena)
+            throw new InvalidOperationException("Transformer.InitializeWeights: the model has no full parameter arena (ZeRO-3 shards); " +
+                "initialize through its trainer (Trainer.InitializeWeights), which writes the same values into each rank's shards");
+        foreach (var (p, global) in InitialValues(seed))
         {
+            var values = p.LocalValues(global);
             var target = p.MasterOrValue;                            // the F32 master under mixed precision
             if (target.DType == DType.F64) Backend.CopyFromHost<double>(values, target);
             else Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target);
         }
-        Parameters.SyncValuesFromMasters();
+        arena.SyncValuesFromMasters();
     }
 
     /// <summary>
-    /// The values <see cref="InitializeWeights"/> writes, one parameter at a time in declaration order, on the host in F64
-    /// (each array is fresh and belongs to the caller). The random stream is consumed in this order whatever the caller
-    /// keeps, so a ZeRO-3 rank that copies only its owned ranges gets exactly the values of a full initialization.
+    /// The values <see cref="InitializeWeights"/> writes, one parameter at a time in declaration order, on the host in F64, as
+    /// whole (global) tensors (each array is fresh and belongs to the caller; <see cref="Parameter.LocalValues{T}"/> gives a
+    /// rank's part). The random stream is consumed in this order whatever the caller keeps, so a rank that keeps only its
+    /// part (a tensor-parallel shard, ZeRO-3's owned ranges) gets exactly the values of a full initialization.
     /// </summary>
     public IEnumerable<(Parameter Parameter, double[] Values)> InitialValues(int seed)
     {
         var rng = new Random(seed);
         double std = Config.InitStd, residualStd = std / Math.Sqrt(2.0 * Config.Layers);
-        foreach (var p in Parameters.Parameters)
+        foreach (var p in Layout.Parameters)
         {
-            var values = new double[p.NumElements];
+            var values = new double[p.GlobalShape.NumElements];
             bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);
             if (isBias) { /* zeros */ }
             else if (!p.WeightDecay) Array.Fill(values, 1.0);          // norm scales
@@ -153,8 +173,8 @@ public sealed class Transformer
             {
                 double s = p.Name.EndsWith("attn.proj.weight", StringComparison.Ordinal) || p.Name.EndsWith("mlp.proj.weight", StringComparison.Ordinal)
                     ? residualStd : std;
-                long rows = p.Name is "tok_emb.weight" or "lm_head.weight" ? Config.VocabSize : p.Shape[0];
-                long filled = rows * (p.Shape.Rank == 2 ? p.Shape[1] : 1);
+                long rows = p.Name is "tok_emb.weight" or "lm_head.weight" ? Config.VocabSize : p.GlobalShape[0];
+                long filled = rows * (p.GlobalShape.Rank == 2 ? p.GlobalShape[1] : 1);
                 for (long i = 0; i < filled; i++) values[i] = s * NextNormal(rng);
             }
             yield return (p, values);

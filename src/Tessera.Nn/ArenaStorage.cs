@@ -1,14 +1,14 @@
 namespace Tessera.Nn;
 
-/// <summary>How a <see cref="ParameterArena"/> is materialized when its model is built.</summary>
+/// <summary>Whether a model allocates its parameters when built.</summary>
 public enum ArenaStorage
 {
-    /// <summary>Full-size value and gradient buffers (and F32 masters for BF16/F16) on the backend: <see cref="ParameterArena.Build"/>. The default.</summary>
+    /// <summary>A full <see cref="ParameterArena"/> (values, gradients, and F32 masters for BF16/F16) attached when the model is built. The default.</summary>
     Full,
 
     /// <summary>
-    /// Declared only (shapes and offsets, no buffer: <see cref="ParameterArena.BuildDeferred"/>), for ZeRO-3's sharded
-    /// construction; the data-parallel trainer materializes the rank's shards and writes the weights into them.
+    /// The parameter layout only (shapes, placements, offsets; no buffer): ZeRO-3's sharded construction, where the
+    /// fully sharded strategy attaches its shards and the trainer writes the weights into them.
     /// </summary>
     Deferred,
 }

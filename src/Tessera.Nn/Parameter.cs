@@ -3,94 +3,148 @@ using Tessera.Tensors;
 namespace Tessera.Nn;
 
 /// <summary>
-/// A named trainable tensor and its gradient: both are views into a <see cref="ParameterArena"/>,
-/// so a data-parallel all-reduce or a ZeRO shard is an offset and a length over the arena.
-/// Names are Tessera's canonical ones (e.g. "blocks.3.attn.qkv.weight"); Hugging Face names are
-/// mapped to them by the model's name map.
+/// A named trainable tensor of a <see cref="ParameterLayout"/>: its canonical name (e.g. "blocks.3.attn.qkv.weight";
+/// Hugging Face names map to it), its global shape and <see cref="Placement"/>, the local shape this rank holds, and its
+/// offset in the layout's arena. The tensors themselves live in the <see cref="IParameterStorage"/> attached to the layout:
+/// read <see cref="Value"/> and <see cref="Grad"/> at use, never keep them.
 /// </summary>
 public sealed class Parameter
 {
-    internal Parameter(string name, Shape shape, bool weightDecay, long offset)
+    internal Parameter(int index, string name, Shape shape, Shape globalShape, Placement placement, bool weightDecay, long offset, int unit, int shardIndex, int shardCount)
     {
+        Index = index;
         Name = name;
         Shape = shape;
+        GlobalShape = globalShape;
+        Placement = placement;
         WeightDecay = weightDecay;
         Offset = offset;
+        Unit = unit;
+        ShardIndex = shardIndex;
+        ShardCount = shardCount;
     }
+
+    /// <summary>Position in declaration order.</summary>
+    public int Index { get; }
 
     /// <summary>Canonical name.</summary>
     public string Name { get; }
 
-    /// <summary>Shape of the value and the gradient.</summary>
+    /// <summary>Shape this rank holds (of the value and the gradient).</summary>
     public Shape Shape { get; }
+
+    /// <summary>Shape of the whole tensor over all ranks (equal to <see cref="Shape"/> when replicated).</summary>
+    public Shape GlobalShape { get; }
+
+    /// <summary>How the global tensor is laid out over the ranks.</summary>
+    public Placement Placement { get; }
+
+    /// <summary>This rank's index along the placement's axis (0 when replicated).</summary>
+    public int ShardIndex { get; }
+
+    /// <summary>Ranks along the placement's axis (1 when replicated).</summary>
+    public int ShardCount { get; }
 
     /// <summary>Whether AdamW applies decoupled weight decay (true for matrices, false for norms and biases).</summary>
     public bool WeightDecay { get; }
 
-    /// <summary>Element offset of this parameter inside the arena.</summary>
+    /// <summary>Element offset inside the arena (of this rank's local tensor).</summary>
     public long Offset { get; }
 
-    /// <summary>Number of elements.</summary>
+    /// <summary>Index of the <see cref="ParameterUnit"/> the parameter belongs to.</summary>
+    public int Unit { get; }
+
+    /// <summary>Number of elements this rank holds.</summary>
     public long NumElements => Shape.NumElements;
 
-    private Tensor? _value, _grad;
+    internal IParameterStorage? Storage { get; set; }
+
+    private IParameterStorage Store => Storage ?? throw new InvalidOperationException(
+        $"parameter '{Name}' has no storage: its model was declared without an arena (ArenaStorage.Deferred) and no trainer has attached its shards yet");
+
+    /// <summary>The value; throws while the storage does not hold it (a ZeRO-3 unit that is not gathered).</summary>
+    public Tensor Value => Store.Value(this);
+
+    /// <summary>The gradient; throws while no gradient buffer is bound.</summary>
+    public Tensor Grad => Store.Grad(this);
+
+    /// <summary>The F32 master of a 16-bit value, or null (the value is its own master, or the master lives elsewhere).</summary>
+    public Tensor? Master => Store.Master(this);
+
+    /// <summary>The authoritative value: the master when there is one, else the value; throws when the master lives elsewhere.</summary>
+    public Tensor MasterOrValue => Store.Authoritative(this);
+
+    /// <summary>Whether <see cref="Value"/> is available now.</summary>
+    public bool IsResident => Storage?.IsResident(this) ?? false;
+
+    /// <summary>Whether <see cref="Grad"/> is available now.</summary>
+    public bool HasGradient => Storage?.HasGradient(this) ?? false;
 
     /// <summary>
-    /// The value: a view into the arena's value buffer, or (sharded arena, ZeRO-3) into the gathered buffer of the
-    /// parameter's segment while it is resident. Throws while the parameter is not resident, so that no layer reads freed
-    /// or stale memory: read the property at use, never keep the tensor.
+    /// The part of <paramref name="global"/> (the whole tensor, row-major over <see cref="GlobalShape"/>) this rank holds, in
+    /// local row-major order: <paramref name="global"/> itself when the parameter is not split here.
     /// </summary>
-    public Tensor Value
+    public T[] LocalValues<T>(T[] global)
     {
-        get => _value ?? throw new InvalidOperationException($"parameter '{Name}' is not resident: its arena is sharded (ZeRO-3) and its segment is not gathered; " +
-            "gather the segment first (ShardedDataParallel runs the model's passes) and read Value at use, not from a kept tensor");
-        internal set => _value = value;
+        ArgumentNullException.ThrowIfNull(global);
+        if (global.Length != GlobalShape.NumElements)
+            throw new ArgumentException($"parameter '{Name}': {global.Length} values for a global shape {GlobalShape} of {GlobalShape.NumElements} elements");
+        if (Shape == GlobalShape) return global;
+        var local = new T[NumElements];
+        long at = 0;
+        ForEachRun((globalStart, length) =>
+        {
+            Array.Copy(global, globalStart, local, at, length);
+            at += length;
+        });
+        return local;
     }
 
-    /// <summary>The gradient: a view into the arena's gradient buffer, or (sharded arena) into its segment's gradient buffer during the segment's backward; throws otherwise.</summary>
-    public Tensor Grad
+    /// <summary>Writes this rank's <paramref name="local"/> values into their places of <paramref name="global"/> (row-major over <see cref="GlobalShape"/>).</summary>
+    public void ScatterToGlobal<T>(ReadOnlySpan<T> local, Span<T> global)
     {
-        get => _grad ?? throw new InvalidOperationException($"parameter '{Name}' has no gradient buffer bound: its arena is sharded (ZeRO-3) and the gradient exists only during its segment's backward " +
-            "(the reduced gradient lives in the rank's gradient shard)");
-        internal set => _grad = value;
+        if (local.Length != NumElements || global.Length != GlobalShape.NumElements)
+            throw new ArgumentException($"parameter '{Name}': {local.Length} local and {global.Length} global values for shapes {Shape} and {GlobalShape}");
+        if (Shape == GlobalShape)
+        {
+            local.CopyTo(global);
+            return;
+        }
+        int at = 0;
+        var g = global;
+        foreach (var (start, length) in Runs())
+        {
+            local.Slice(at, length).CopyTo(g.Slice(start, length));
+            at += length;
+        }
     }
 
-    /// <summary>Whether <see cref="Value"/> is bound (always once a full arena is built; while its segment is gathered for a sharded arena).</summary>
-    public bool IsResident => _value is not null;
-
-    /// <summary>Whether <see cref="Grad"/> is bound.</summary>
-    public bool HasGradient => _grad is not null;
-
-    internal void Unbind()
+    /// <summary>The (global start, length) runs of the row-major global tensor that this rank's local tensor holds, in local order.</summary>
+    public IReadOnlyList<(int Start, int Length)> Runs()
     {
-        _value = null;
-        _grad = null;
+        var runs = new List<(int, int)>();
+        ForEachRun((start, length) => runs.Add(((int)start, (int)length)));
+        return runs;
     }
 
-    internal void UnbindGradient() => _grad = null;
+    private void ForEachRun(Action<long, long> run)
+    {
+        if (Shape == GlobalShape)
+        {
+            run(0, NumElements);
+            return;
+        }
+        int dim = Placement.Dim;
+        long outer = 1, inner = 1;
+        for (int d = 0; d < dim; d++) outer *= GlobalShape[d];
+        for (int d = dim + 1; d < GlobalShape.Rank; d++) inner *= GlobalShape[d];
+        int extent = GlobalShape[dim];
+        var ranges = Placement.LocalRanges(extent, ShardIndex, ShardCount);
+        for (long o = 0; o < outer; o++)
+            foreach (var (start, length) in ranges)
+                run((o * extent + start) * inner, length * inner);
+    }
 
-    /// <summary>
-    /// Mixed precision: the F32 master of the value, a view into <see cref="ParameterArena.Masters"/>; null when the
-    /// arena computes in F32 or F64 (then <see cref="Value"/> is the master).
-    /// </summary>
-    public Tensor? Master { get; internal set; }
-
-    /// <summary>
-    /// Whether this parameter has an F32 master that is not on the arena's device (its arena released the masters for an
-    /// offloaded optimizer, <see cref="ParameterArena.ReleaseMasters"/>): then <see cref="Master"/> is null and the low-precision
-    /// <see cref="Value"/> is only a rounded copy, so <see cref="MasterOrValue"/> refuses.
-    /// </summary>
-    public bool MasterIsElsewhere { get; internal set; }
-
-    /// <summary>
-    /// The tensor that holds the authoritative value: <see cref="Master"/> when there is one, else <see cref="Value"/>.
-    /// Throws when the master lives elsewhere (<see cref="MasterIsElsewhere"/>), so that initialization, loading or export
-    /// never reads or writes the BF16 copy in the master's place.
-    /// </summary>
-    public Tensor MasterOrValue => Master ?? (MasterIsElsewhere
-        ? throw new InvalidOperationException($"parameter '{Name}': its F32 master is not on the device (the optimizer is offloaded and holds it on the host); " +
-            "initialize or load weights before creating the offloaded trainer, or go through the trainer (ShardedCheckpoint.Restore, DataParallelTrainer.GatherMastersToHost)")
-        : Value);
-
-    public override string ToString() => $"{Name} {Shape}";
+    /// <inheritdoc/>
+    public override string ToString() => Placement.IsReplicated ? $"{Name} {Shape}" : $"{Name} {Shape} of {GlobalShape}, {Placement}";
 }

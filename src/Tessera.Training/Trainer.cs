@@ -1,5 +1,7 @@
 using System.Diagnostics;
+using Tessera.Distributed;
 using Tessera.Models;
+using Tessera.Models.HuggingFace;
 using Tessera.Tensors;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
@@ -7,12 +9,14 @@ using Tessera.Training.Optim;
 namespace Tessera.Training;
 
 /// <summary>
-/// The training loop on one device: micro-batches with gradient accumulation, AdamW with a
-/// warmup-cosine schedule and global-norm clipping, periodic validation, metrics, and a hook
-/// for checkpoints. The loss is read from the device once per step (for logging); everything
-/// else stays enqueued.
+/// The training loop, the same for every layout: micro-batches with gradient accumulation, AdamW with a warmup-cosine
+/// schedule and global-norm clipping, periodic validation, metrics and checkpoints. What differs between one device,
+/// data parallelism, ZeRO 1-3 and offload is handed in as an <see cref="IDataParallelism"/> strategy; tensor
+/// parallelism lives in the model's layers. Each micro-batch's loss scale is 1 / (B * T * accumulation * data-parallel
+/// ranks), so summing gradients over the data-parallel group gives the gradient of the global mean loss. The loss is
+/// read from the device once per step (for logging); everything else stays enqueued.
 /// </summary>
-public sealed class Trainer : ILoopTrainer
+public sealed class Trainer
 {
     private readonly Transformer _model;
     private readonly TokenDataLoader _train;
@@ -20,18 +24,37 @@ public sealed class Trainer : ILoopTrainer
     private readonly CosineSchedule _schedule;
     private readonly int[] _hostInputs, _hostTargets;
     private readonly Tensor _inputs, _targets;   // (B, T) I32
-    private readonly Tensor _lossSum;            // (1) mean loss of the step
+    private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
+    private Tensor? _stopFlag;                   // (1) loss dtype: this rank's stop request, then the max over the data-parallel ranks
 
-    /// <summary>Creates a trainer; the model's arena must be built and initialized.</summary>
-    public Trainer(Transformer model, AdamWOptimizer optimizer, TokenDataLoader train, TokenDataLoader? validation, TrainerOptions options)
+    /// <summary>
+    /// Creates a trainer of <paramref name="model"/> under <paramref name="parallelism"/>. With a data-parallel group,
+    /// <paramref name="train"/> (and <paramref name="validation"/>) must read slice Rank of Size. The model's weights must
+    /// be initialized identically on every rank, or be written through <see cref="InitializeWeights"/> /
+    /// <see cref="LoadWeights"/> afterwards (a model declared without storage for ZeRO-3).
+    /// </summary>
+    public Trainer(Transformer model, IDataParallelism parallelism, TokenDataLoader train, TokenDataLoader? validation, TrainerOptions options)
     {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(parallelism);
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        if (train.BatchSize != options.BatchSize || train.SequenceLength != options.SequenceLength)
-            throw new ArgumentException($"data loader batches ({train.BatchSize} x {train.SequenceLength}) differ from the options ({options.BatchSize} x {options.SequenceLength})");
+        var group = parallelism.Group;
+        int rank = group?.Rank ?? 0, size = group?.Size ?? 1;
+        Where = group is null ? "" : group.Describe() + ": ";
+        foreach (var (loader, what) in new[] { (train, "training"), (validation, "validation") })
+        {
+            if (loader is null) continue;
+            if (loader.WorldSize != size || loader.Rank != rank)
+                throw new ArgumentException($"{Where}the {what} data loader reads slice {loader.Rank} of {loader.WorldSize}; it must read slice {rank} of {size}");
+            if (loader.BatchSize != options.BatchSize || loader.SequenceLength != options.SequenceLength)
+                throw new ArgumentException($"{Where}{what} data loader batches ({loader.BatchSize} x {loader.SequenceLength}) differ from the options ({options.BatchSize} x {options.SequenceLength})");
+        }
         if (options.SequenceLength > model.Config.MaxSequenceLength)
             throw new ArgumentException($"training options: SequenceLength ({options.SequenceLength}) exceeds the model's MaxSequenceLength ({model.Config.MaxSequenceLength})");
         _model = model;
-        Optimizer = optimizer;
+        Parallelism = parallelism;
         _train = train;
         _validation = validation;
         Options = options;
@@ -39,38 +62,93 @@ public sealed class Trainer : ILoopTrainer
         int bt = options.BatchSize * options.SequenceLength;
         _hostInputs = new int[bt];
         _hostTargets = new int[bt];
-        var backend = model.Parameters.Backend;
+        var backend = model.Backend;
         _inputs = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
         _targets = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
+        // BF16 would round the per-token losses' sum to 3 significant digits; the model's loss dtype is F32 (F64 for F64).
         _lossSum = backend.Zeros(new Shape(1), model.LossDType);
         // The trainer checks token ids on its host arrays (CheckIds), so the model need not read them back from the
-        // device: on a GPU that read is a synchronization per forward.
+        // device: on a GPU that read is a synchronization per forward, which would stall overlapped reductions.
         model.ValidateInputs = false;
     }
 
-    /// <summary>Run settings.</summary>
+    /// <summary>A one-device trainer updating <paramref name="model"/>'s arena with <paramref name="optimizer"/>.</summary>
+    public Trainer(Transformer model, AdamWOptimizer optimizer, TokenDataLoader train, TokenDataLoader? validation, TrainerOptions options)
+        : this(model, new SingleDevice(model.Parameters, optimizer), train, validation, options)
+    {
+    }
+
+    /// <summary>Run settings (BatchSize is this rank's micro-batch).</summary>
     public TrainerOptions Options { get; }
 
-    /// <summary>The optimizer (its state is part of a checkpoint).</summary>
-    public AdamWOptimizer Optimizer { get; }
+    /// <summary>The model this rank trains.</summary>
+    public Transformer Model => _model;
+
+    /// <summary>How gradients are synchronised and parameters updated.</summary>
+    public IDataParallelism Parallelism { get; }
 
     /// <summary>Updates completed so far.</summary>
     public int Step { get; set; }
 
-    /// <summary>Training data position (part of a checkpoint).</summary>
+    /// <summary>Training data position (global: the same on every rank; part of a checkpoint).</summary>
     public DataPosition DataPosition { get => _train.Position; set => _train.Position = value; }
 
-    /// <summary>Runs one update (all accumulation micro-batches) and returns the mean loss.</summary>
+    /// <summary>Tokens one update consumes over all data-parallel ranks.</summary>
+    public long TokensPerStep => (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * (Parallelism.Group?.Size ?? 1);
+
+    /// <summary>Whether this rank reports progress (rank 0 of the data-parallel group; always on one device).</summary>
+    public bool Reports => (Parallelism.Group?.Rank ?? 0) == 0;
+
+    /// <summary>Prefix naming the rank in messages ("" on one device).</summary>
+    public string Where { get; }
+
+    /// <summary>Collectives one step issues on the data-parallel group: the strategy's, plus the loss all-reduce.</summary>
+    public int CollectivesPerStep => Parallelism.CollectivesPerStep(Options.GradientAccumulationSteps) + (Parallelism.Group is null ? 0 : 1);
+
+    /// <summary>The learning rate of update <paramref name="step"/> (0-based).</summary>
+    public double LearningRateAt(int step) => _schedule.At(step);
+
+    /// <summary>
+    /// Writes <see cref="Transformer.InitializeWeights"/>' values (seed <paramref name="seed"/>) wherever this rank keeps
+    /// its weights, one parameter at a time through the host in the full initialization's order: every rank gets exactly
+    /// the values a full initialization gives its part, and no full-size device buffer is allocated. Not collective.
+    /// </summary>
+    public void InitializeWeights(int seed)
+    {
+        foreach (var (p, values) in _model.InitialValues(seed)) Parallelism.WriteWeights(p, p.LocalValues(values));
+        Parallelism.MarkWeightsWritten();
+    }
+
+    /// <summary>
+    /// Loads the weights of a Hugging Face model directory (or a Tessera checkpoint, which holds one) with this model's
+    /// configuration, one parameter at a time through the host, into wherever this rank keeps them. Not collective.
+    /// </summary>
+    public void LoadWeights(string directory)
+    {
+        ArgumentNullException.ThrowIfNull(directory);
+        using var hf = HuggingFaceModelDirectory.Open(directory, _model.Config);
+        var parameters = _model.Layout.Parameters;
+        hf.CheckParameters(parameters);
+        foreach (var p in parameters) Parallelism.WriteWeights(p, p.LocalValues(Array.ConvertAll(hf.ReadCanonical(p.Name).Data, x => (double)x)));
+        Parallelism.MarkWeightsWritten();
+    }
+
+    /// <summary>Runs one update (all accumulation micro-batches of this rank) and returns the global mean loss.</summary>
     public double TrainStep()
     {
-        var backend = _model.Parameters.Backend;
+        if (Parallelism.WeightsPending)
+            throw new InvalidOperationException($"{Where}the model was declared without storage (ZeRO-3 sharded construction) and its weights were never written; " +
+                "call InitializeWeights, LoadWeights or ShardedCheckpoint.Restore before training");
+        var backend = _model.Backend;
+        var group = Parallelism.Group;
         int accum = Options.GradientAccumulationSteps;
         long tokens = (long)Options.BatchSize * Options.SequenceLength;
-        double scale = 1.0 / (tokens * accum);
-        _model.Parameters.ZeroGrad();
+        double scale = 1.0 / (tokens * accum * (group?.Size ?? 1));
+        Parallelism.ZeroGrad();
         backend.Fill(_lossSum, 0);
         for (int micro = 0; micro < accum; micro++)
         {
+            Parallelism.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
             _train.NextBatch(_hostInputs, _hostTargets);
             CheckIds();
             backend.CopyFromHost<int>(_hostInputs, _inputs);
@@ -79,16 +157,24 @@ public sealed class Trainer : ILoopTrainer
             backend.Sum(losses, _lossSum, scale, accumulate: true);
             _model.Backward(microBatch: 0);
         }
-        Optimizer.Step(_schedule.At(Step));
+        var loss = group?.AllReduce(_lossSum, ReduceOp.Sum);
+        Parallelism.FinishGradients();
+        Parallelism.Step(_schedule.At(Step));
+        Parallelism.AfterUpdate();
+        loss?.Wait();
         Step++;
         return backend.ReadScalar(_lossSum);
     }
 
-    /// <summary>Mean loss over <see cref="TrainerOptions.EvalBatches"/> validation batches, from the start of the validation data.</summary>
+    /// <summary>
+    /// Mean loss over <see cref="TrainerOptions.EvalBatches"/> validation batches from the start of the validation data
+    /// (each data-parallel rank evaluates its slice; the mean is over all of them). Collective under data parallelism.
+    /// </summary>
     public double Evaluate()
     {
         if (_validation is null) throw new InvalidOperationException("no validation data was given");
-        var backend = _model.Parameters.Backend;
+        var backend = _model.Backend;
+        var group = Parallelism.Group;
         _validation.Position = default;
         double total = 0;
         for (int i = 0; i < Options.EvalBatches; i++)
@@ -99,10 +185,64 @@ public sealed class Trainer : ILoopTrainer
             backend.CopyFromHost<int>(_hostTargets, _targets);
             var losses = _model.Loss(_inputs, _targets, microBatch: 0, lossScale: 0);
             backend.Fill(_lossSum, 0);
-            backend.Sum(losses, _lossSum, 1.0 / losses.NumElements);
+            backend.Sum(losses, _lossSum, 1.0 / (losses.NumElements * (group?.Size ?? 1)));
+            group?.AllReduce(_lossSum, ReduceOp.Sum).Wait();
             total += backend.ReadScalar(_lossSum);
+            _model.ReleaseActivations(0);
+            Parallelism.ReleaseAll();
         }
         return total / Options.EvalBatches;
+    }
+
+    /// <summary>
+    /// Runs from the current step to <see cref="TrainerOptions.Steps"/>: a step, a divergence check, validation when due,
+    /// metrics for the reporting rank every LogEvery steps (and the last), <paramref name="checkpoint"/> every
+    /// CheckpointEvery steps and at the end (on every rank: a sharded save is collective). Cancelled through
+    /// <paramref name="cancellation"/>, it stops between two steps with an <see cref="OperationCanceledException"/>, every
+    /// data-parallel rank after the same step; the trainer then holds exactly <see cref="Step"/> updates, ready to be saved.
+    /// </summary>
+    public void Run(Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null, MetricsLog? metrics = null,
+        CancellationToken cancellation = default)
+    {
+        while (Step < Options.Steps)
+        {
+            // A stop is taken between steps, and by every rank at the same one, so the state left behind is a whole step
+            // that a checkpoint can save and a resume continue bit for bit.
+            if (cancellation.CanBeCanceled && StopAgreed(cancellation.IsCancellationRequested))
+                throw new OperationCanceledException($"{Where}training stopped on request after step {Step}", cancellation);
+            double lr = LearningRateAt(Step);
+            var clock = Stopwatch.StartNew();
+            double loss = TrainStep();
+            double ms = clock.Elapsed.TotalMilliseconds;
+            if (!double.IsFinite(loss))
+                throw new InvalidOperationException($"{Where}training diverged: loss is {loss} at step {Step}; lower the learning rate or check the data");
+            double? validation = _validation is not null && Options.EvalEvery > 0 && (Step % Options.EvalEvery == 0 || Step == Options.Steps) ? Evaluate() : null;
+            if (Reports && (Step % Options.LogEvery == 0 || Step == Options.Steps || validation is not null))
+            {
+                var m = new StepMetrics(Step, Options.Steps, loss, lr, Parallelism.LastGradNorm(), TokensPerStep / (ms / 1000), ms, validation);
+                onStep?.Invoke(m);
+                metrics?.Append(m);
+            }
+            if (checkpoint is not null && ((Options.CheckpointEvery > 0 && Step % Options.CheckpointEvery == 0) || Step == Options.Steps))
+                checkpoint(this);
+        }
+    }
+
+    /// <summary>
+    /// Whether to stop before the next step, given whether this rank was asked to. One device: as asked. Data-parallel
+    /// ranks: one all-reduce (max) of a flag per step boundary, only while a cancellable token is given: a signal reaches
+    /// the ranks (threads or processes) at different moments, and a rank that stopped alone would leave the others waiting
+    /// in the next step's collectives.
+    /// </summary>
+    private bool StopAgreed(bool requestedHere)
+    {
+        var group = Parallelism.Group;
+        if (group is null) return requestedHere;
+        var backend = _model.Backend;
+        _stopFlag ??= backend.Allocate(new Shape(1), _model.LossDType);
+        backend.Fill(_stopFlag, requestedHere ? 1 : 0);
+        group.AllReduce(_stopFlag, ReduceOp.Max).Wait();
+        return backend.ReadScalar(_stopFlag) > 0;
     }
 
     /// <summary>Checks the batch's inputs (in [0, VocabSize)) and targets (in [-1, VocabSize)) on the host.</summary>
@@ -112,25 +252,9 @@ public sealed class Trainer : ILoopTrainer
         for (int i = 0; i < _hostInputs.Length; i++)
         {
             if ((uint)_hostInputs[i] >= (uint)vocab)
-                throw new ArgumentException($"training data: input token [{i / t}, {i % t}] = {_hostInputs[i]} is outside [0, VocabSize = {vocab}); the data was tokenized for another vocabulary");
+                throw new ArgumentException($"{Where}training data: input token [{i / t}, {i % t}] = {_hostInputs[i]} is outside [0, VocabSize = {vocab}); the data was tokenized for another vocabulary");
             if (_hostTargets[i] < -1 || _hostTargets[i] >= vocab)
-                throw new ArgumentException($"training data: target [{i / t}, {i % t}] = {_hostTargets[i]} is outside [-1, VocabSize = {vocab}); the data was tokenized for another vocabulary");
+                throw new ArgumentException($"{Where}training data: target [{i / t}, {i % t}] = {_hostTargets[i]} is outside [-1, VocabSize = {vocab}); the data was tokenized for another vocabulary");
         }
     }
-
-    /// <summary>
-    /// Runs from the current step to <see cref="TrainerOptions.Steps"/>, reporting every logged step to
-    /// <paramref name="onStep"/> and calling <paramref name="checkpoint"/> every CheckpointEvery steps and at the end.
-    /// </summary>
-    public void Run(Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null, MetricsLog? metrics = null,
-        CancellationToken cancellation = default) => TrainingLoop.Run(this, onStep, checkpoint, metrics, cancellation);
-
-    long ILoopTrainer.TokensPerStep => (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * _train.WorldSize;
-    bool ILoopTrainer.Reports => true;
-    string ILoopTrainer.Where => "";
-    double ILoopTrainer.LearningRateAt(int step) => _schedule.At(step);
-    double ILoopTrainer.LastGradNorm() => Optimizer.LastGradNorm();
-    bool ILoopTrainer.StopAgreed(bool requestedHere) => requestedHere;
-    double? ILoopTrainer.ValidationLossIfDue() =>
-        _validation is not null && Options.EvalEvery > 0 && (Step % Options.EvalEvery == 0 || Step == Options.Steps) ? Evaluate() : null;
 }

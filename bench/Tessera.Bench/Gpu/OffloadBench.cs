@@ -74,8 +74,9 @@ public static class OffloadBench
         try
         {
             var options = new TrainerOptions { BatchSize = batch, SequenceLength = seq, Steps = steps + warmup, WarmupSteps = 1, LearningRate = 1e-4 };
-            var trainer = new DataParallelTrainer(model, group, new TokenDataLoader([shard], batch, seq, 0, 1), options, new AdamWOptions(),
-                new DataParallelOptions { Stage = ZeroStage.OptimizerStates, OffloadOptimizer = offload }, offload ? new CpuBackend() : null);
+            var parallelism = DataParallelism.Create(model, group, new DataParallelOptions { Stage = ZeroStage.OptimizerStates, OffloadOptimizer = offload },
+                new AdamWOptions(), offload ? new CpuBackend() : null);
+            var trainer = new Trainer(model, parallelism, new TokenDataLoader([shard], batch, seq, 0, 1), null, options);
             backend.Allocator.ResetPeak();
             var times = new List<double>();
             double loss = 0;
@@ -91,7 +92,7 @@ public static class OffloadBench
             double gpuGiB = backend.Allocator.Statistics.PeakBytesInUse / (double)(1L << 30);
             double hostGiB = Process.GetCurrentProcess().PeakWorkingSet64 / (double)(1L << 30);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {preset} | {model.Parameters.ParameterCount / 1e9:F2}B | {(model.Parameters.MasterDType == model.Parameters.DType ? "F32" : "BF16 + F32 masters")} | {batch} x {seq} | {(recompute ? "yes" : "no")} | {(offload ? "offloaded (host AdamW)" : "on GPU")} | {ms:F0} | {batch * seq / (ms / 1000):F0} | {gpuGiB:F1} | {hostGiB:F1} |"));
+                $"| {preset} | {model.Layout.ParameterCount / 1e9:F2}B | {(model.DType != DType.BF16 ? "F32" : "BF16 + F32 masters")} | {batch} x {seq} | {(recompute ? "yes" : "no")} | {(offload ? "offloaded (host AdamW)" : "on GPU")} | {ms:F0} | {batch * seq / (ms / 1000):F0} | {gpuGiB:F1} | {hostGiB:F1} |"));
             Console.Error.WriteLine($"gpu-offload: {preset} {dtype} offload={offload} final loss {loss:F4}");
         }
         finally

@@ -70,12 +70,12 @@ public static class HostOptimizerBench
         model.InitializeWeights(seed: 1);
         var arena = model.Parameters;
         device.Fill(arena.Grads, 0.01);
-        var layout = new ShardLayout(model, ZeroStage.None, 1, 0, bucketElements: 1L << 24);
+        var layout = new ShardLayout(model.Layout, ZeroStage.None, 1, 0, bucketElements: 1L << 24);
         var sum = device.FromHost<float>([4f], new Shape(1));
         var clipped = step with { MaxGradNorm = 1.0 };
         foreach (bool fuse in new[] { false, true })
         {
-            var offload = new OffloadedAdamW(arena, layout, cpu, OffloadedAdamW.DefaultPieceElements, null, fuse);
+            var offload = new OffloadedAdamW(arena, layout, cpu, OffloadedAdamW.DefaultPieceElements, fuse);
             Time($"OffloadedAdamW.Update, {preset} BF16 arena, {(fuse ? "fused" : "unfused")} ({offload.PieceCount} pieces)", arena.Length,
                 () => offload.Update(r => arena.Grads.Narrow(r.ArenaOffset, new Shape((int)r.Length)), sum, r => clipped with { WeightDecay = r.WeightDecay ? 0.1 : 0 }),
                 28.0);

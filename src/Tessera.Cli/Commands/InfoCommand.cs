@@ -32,7 +32,7 @@ public sealed class InfoCommand : Command
     private static string Parameters(TransformerConfig c)
     {
         var cpu = new Tessera.Tensors.Cpu.CpuBackend(1);
-        long total = new Transformer(c, cpu, Tessera.Tensors.DType.F32, Tessera.Nn.ArenaStorage.Deferred).Parameters.ParameterCount;
+        long total = new Transformer(c, cpu, Tessera.Tensors.DType.F32, Tessera.Nn.ArenaStorage.Deferred).Layout.ParameterCount;
         return total >= 1_000_000_000 ? $"{total / 1e9:F2}B" : $"{total / 1e6:F2}M";
     }
 }

@@ -18,7 +18,7 @@ public sealed class TransformerBlock
     private readonly ActivationKey _checkpoint, _dNorm1, _dNorm2;
 
     /// <summary>Declares the block's parameters, named "blocks.{<paramref name="index"/>}.*", in canonical order.</summary>
-    public TransformerBlock(ParameterArena arena, TransformerConfig config, int index)
+    public TransformerBlock(ParameterLayoutBuilder parameters, TransformerConfig config, int index)
     {
         config.Validate();
         Index = index;
@@ -26,16 +26,16 @@ public sealed class TransformerBlock
         int c = config.Embedding;
         bool llama = config.Family == ModelFamily.Llama;
         Norm1 = llama
-            ? new RmsNorm(arena, Name + ".norm1", c, config.NormEpsilon)
-            : new LayerNorm(arena, Name + ".norm1", c, config.NormEpsilon, config.Bias);
-        Attention = new CausalSelfAttention(arena, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
+            ? new RmsNorm(parameters, Name + ".norm1", c, config.NormEpsilon)
+            : new LayerNorm(parameters, Name + ".norm1", c, config.NormEpsilon, config.Bias);
+        Attention = new CausalSelfAttention(parameters, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
             llama ? config.RopeTheta : null);
         Norm2 = llama
-            ? new RmsNorm(arena, Name + ".norm2", c, config.NormEpsilon)
-            : new LayerNorm(arena, Name + ".norm2", c, config.NormEpsilon, config.Bias);
+            ? new RmsNorm(parameters, Name + ".norm2", c, config.NormEpsilon)
+            : new LayerNorm(parameters, Name + ".norm2", c, config.NormEpsilon, config.Bias);
         Mlp = llama
-            ? new SwiGluMlp(arena, Name + ".mlp", c, config.EffectiveHidden, config.Bias)
-            : new GeluMlp(arena, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
+            ? new SwiGluMlp(parameters, Name + ".mlp", c, config.EffectiveHidden, config.Bias)
+            : new GeluMlp(parameters, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
         Channels = c;
         _checkpoint = new ActivationKey(Name + ".checkpoint");
         _dNorm1 = new ActivationKey(Name + ".norm1.dy");

@@ -16,7 +16,7 @@ public sealed class CausalSelfAttention
     /// Declares "<paramref name="name"/>.qkv" ((H+2K) D, C) and "<paramref name="name"/>.proj" (C, C), with biases when
     /// <paramref name="bias"/>; <paramref name="ropeTheta"/> is the RoPE base, or null for no rotary embedding (GPT-2).
     /// </summary>
-    public CausalSelfAttention(ParameterArena arena, string name, int channels, int heads, int kvHeads, bool bias, double? ropeTheta)
+    public CausalSelfAttention(ParameterLayoutBuilder parameters, string name, int channels, int heads, int kvHeads, bool bias, double? ropeTheta)
     {
         if (heads <= 0 || channels % heads != 0)
             throw new ArgumentException($"{name}: heads ({heads}) must divide channels ({channels})");
@@ -30,8 +30,8 @@ public sealed class CausalSelfAttention
         if (ropeTheta is not null && HeadSize % 2 != 0)
             throw new ArgumentException($"{name}: RoPE needs an even head size, got {HeadSize}");
         RopeTheta = ropeTheta;
-        Qkv = new Linear(arena, name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias);
-        Projection = new Linear(arena, name + ".proj", channels, channels, bias);
+        Qkv = new Linear(parameters, name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias);
+        Projection = new Linear(parameters, name + ".proj", channels, channels, bias);
         _qkv = new ActivationKey(name + ".qkv.out");
         _attention = new ActivationKey(name + ".att.out");
         _logSumExp = new ActivationKey(name + ".att.lse");

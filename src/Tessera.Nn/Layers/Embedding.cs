@@ -8,10 +8,10 @@ public sealed class Embedding
     private readonly ActivationKey _ids, _output;
 
     /// <summary>Declares "<paramref name="name"/>.weight" (rows, dim), decayed.</summary>
-    public Embedding(ParameterArena arena, string name, int rows, int dim)
+    public Embedding(ParameterLayoutBuilder parameters, string name, int rows, int dim)
     {
         Name = name;
-        Weight = arena.Declare(name + ".weight", new Shape(rows, dim), weightDecay: true);
+        Weight = parameters.Declare(name + ".weight", new Shape(rows, dim), weightDecay: true);
         _ids = new ActivationKey(name + ".ids");
         _output = new ActivationKey(name + ".out");
     }

@@ -8,11 +8,11 @@ public sealed class GeluMlp : IFeedForward
     private readonly ActivationKey _hidden, _dHidden;
 
     /// <summary>Declares "<paramref name="name"/>.fc" (F, C) and "<paramref name="name"/>.proj" (C, F), with biases when <paramref name="bias"/>.</summary>
-    public GeluMlp(ParameterArena arena, string name, int channels, int hidden, bool bias)
+    public GeluMlp(ParameterLayoutBuilder parameters, string name, int channels, int hidden, bool bias)
     {
         Name = name;
-        Fc = new Linear(arena, name + ".fc", channels, hidden, bias);
-        Projection = new Linear(arena, name + ".proj", hidden, channels, bias);
+        Fc = new Linear(parameters, name + ".fc", channels, hidden, bias);
+        Projection = new Linear(parameters, name + ".proj", hidden, channels, bias);
         _hidden = new ActivationKey(name + ".fc.preact");
         _dHidden = new ActivationKey(name + ".fc.dy");
     }

@@ -8,13 +8,13 @@ public sealed class LayerNorm : INormalization
     private readonly ActivationKey _input, _output, _mean, _rstd;
 
     /// <summary>Declares "<paramref name="name"/>.weight" (C) and, when <paramref name="bias"/>, "<paramref name="name"/>.bias" (C); neither decayed.</summary>
-    public LayerNorm(ParameterArena arena, string name, int channels, double epsilon, bool bias = true)
+    public LayerNorm(ParameterLayoutBuilder parameters, string name, int channels, double epsilon, bool bias = true)
     {
         if (!(epsilon > 0)) throw new ArgumentOutOfRangeException(nameof(epsilon), $"{name}: epsilon ({epsilon}) must be positive");
         Name = name;
         Epsilon = epsilon;
-        Weight = arena.Declare(name + ".weight", new Shape(channels), weightDecay: false);
-        Bias = bias ? arena.Declare(name + ".bias", new Shape(channels), weightDecay: false) : null;
+        Weight = parameters.Declare(name + ".weight", new Shape(channels), weightDecay: false);
+        Bias = bias ? parameters.Declare(name + ".bias", new Shape(channels), weightDecay: false) : null;
         _input = new ActivationKey(name + ".x");
         _output = new ActivationKey(name + ".out");
         _mean = new ActivationKey(name + ".mean");

@@ -11,10 +11,10 @@ public sealed class Linear
     private readonly ActivationKey _input, _output, _inputGrad;
 
     /// <summary>Declares "<paramref name="name"/>.weight" (out, in), decayed, and "<paramref name="name"/>.bias" (out) when <paramref name="bias"/>.</summary>
-    public Linear(ParameterArena arena, string name, int inFeatures, int outFeatures, bool bias)
+    public Linear(ParameterLayoutBuilder parameters, string name, int inFeatures, int outFeatures, bool bias)
         : this(name,
-            arena.Declare(name + ".weight", new Shape(outFeatures, inFeatures), weightDecay: true),
-            bias ? arena.Declare(name + ".bias", new Shape(outFeatures), weightDecay: false) : null)
+            parameters.Declare(name + ".weight", new Shape(outFeatures, inFeatures), weightDecay: true),
+            bias ? parameters.Declare(name + ".bias", new Shape(outFeatures), weightDecay: false) : null)
     {
     }
 

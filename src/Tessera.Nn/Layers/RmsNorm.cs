@@ -8,12 +8,12 @@ public sealed class RmsNorm : INormalization
     private readonly ActivationKey _input, _output, _rstd;
 
     /// <summary>Declares "<paramref name="name"/>.weight" (C), not decayed.</summary>
-    public RmsNorm(ParameterArena arena, string name, int channels, double epsilon)
+    public RmsNorm(ParameterLayoutBuilder parameters, string name, int channels, double epsilon)
     {
         if (!(epsilon > 0)) throw new ArgumentOutOfRangeException(nameof(epsilon), $"{name}: epsilon ({epsilon}) must be positive");
         Name = name;
         Epsilon = epsilon;
-        Weight = arena.Declare(name + ".weight", new Shape(channels), weightDecay: false);
+        Weight = parameters.Declare(name + ".weight", new Shape(channels), weightDecay: false);
         _input = new ActivationKey(name + ".x");
         _output = new ActivationKey(name + ".out");
         _rstd = new ActivationKey(name + ".rstd");

@@ -8,12 +8,12 @@ public sealed class SwiGluMlp : IFeedForward
     private readonly ActivationKey _gate, _up, _activated, _dActivated, _dGate, _dUp;
 
     /// <summary>Declares "<paramref name="name"/>.gate" (F, C), ".up" (F, C) and ".proj" (C, F), with biases when <paramref name="bias"/>.</summary>
-    public SwiGluMlp(ParameterArena arena, string name, int channels, int hidden, bool bias)
+    public SwiGluMlp(ParameterLayoutBuilder parameters, string name, int channels, int hidden, bool bias)
     {
         Name = name;
-        Gate = new Linear(arena, name + ".gate", channels, hidden, bias);
-        Up = new Linear(arena, name + ".up", channels, hidden, bias);
-        Projection = new Linear(arena, name + ".proj", hidden, channels, bias);
+        Gate = new Linear(parameters, name + ".gate", channels, hidden, bias);
+        Up = new Linear(parameters, name + ".up", channels, hidden, bias);
+        Projection = new Linear(parameters, name + ".proj", hidden, channels, bias);
         _gate = new ActivationKey(name + ".gate.out");
         _up = new ActivationKey(name + ".up.out");
         _activated = new ActivationKey(name + ".swiglu.out");

@@ -22,17 +22,18 @@ public static class TrainingCheckpoint
     {
         // Hugging Face weights are written in F32; an F64 run (a numerical check) could not resume exactly from them.
         // A BF16 run keeps F32 masters, which are what is saved (and restored, with the BF16 copy cast from them).
+        var single = Single(trainer);
         if (model.Parameters.MasterDType != DType.F32)
             throw new CheckpointException($"checkpoints hold F32 weights; this run trains in {model.Parameters.DType}. Train in f32 or bf16 to save checkpoints");
         return store.Save(trainer.Step, dir =>
         {
             HuggingFaceModelDirectory.Export(dir, model.Config, model.Parameters.Parameters, model.Parameters.Backend);
-            WriteOptimizer(Path.Combine(dir, "optimizer.safetensors"), model.Parameters, trainer);
+            WriteOptimizer(Path.Combine(dir, "optimizer.safetensors"), model.Parameters, single);
             var position = trainer.DataPosition;
             var state = new TrainerState
             {
                 Step = trainer.Step,
-                OptimizerStep = trainer.Optimizer.StepCount,
+                OptimizerStep = single.StepCount,
                 DataShard = position.Shard,
                 DataOffset = position.Offset,
                 DataEpoch = position.Epoch,
@@ -57,9 +58,10 @@ public static class TrainingCheckpoint
             throw new CheckpointException($"{directory}: saved in {state.DType}, this run uses {model.Parameters.DType.SafetensorsName()}");
         using (var hf = HuggingFaceModelDirectory.Open(directory, model.Config))
             hf.LoadInto(model.Parameters.Parameters, model.Parameters.Backend);
-        ReadOptimizer(Path.Combine(directory, "optimizer.safetensors"), model.Parameters, trainer);
+        var single = Single(trainer);
+        ReadOptimizer(Path.Combine(directory, "optimizer.safetensors"), model.Parameters, single);
         trainer.Step = state.Step;
-        trainer.Optimizer.StepCount = state.OptimizerStep;
+        single.StepCount = state.OptimizerStep;
         trainer.DataPosition = new DataPosition(state.DataShard, state.DataOffset, state.DataEpoch);
     }
 
@@ -75,9 +77,12 @@ public static class TrainingCheckpoint
         catch (JsonException e) { throw new CheckpointException($"{path}: not valid JSON ({e.Message})", e); }
     }
 
+    private static SingleDevice Single(Trainer trainer) => trainer.Parallelism as SingleDevice ?? throw new ArgumentException(
+        "TrainingCheckpoint: the trainer is data-parallel; its checkpoints are sharded (ShardedCheckpoint)");
+
     private static string Describe(TransformerConfig c) => $"{c.Family} L={c.Layers} C={c.Embedding} H={c.Heads} V={c.VocabSize}";
 
-    private static void WriteOptimizer(string path, ParameterArena arena, Trainer trainer)
+    private static void WriteOptimizer(string path, ParameterArena arena, SingleDevice trainer)
     {
         var writer = new SafetensorsWriter();
         writer.Metadata["format"] = "tessera-adamw";
@@ -93,7 +98,7 @@ public static class TrainingCheckpoint
         writer.Write(path);
     }
 
-    private static void ReadOptimizer(string path, ParameterArena arena, Trainer trainer)
+    private static void ReadOptimizer(string path, ParameterArena arena, SingleDevice trainer)
     {
         using var file = SafetensorsFile.Open(path);
         foreach (var p in arena.Parameters)

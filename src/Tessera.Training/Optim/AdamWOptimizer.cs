@@ -19,9 +19,9 @@ public sealed class AdamWOptimizer
     /// <summary>Creates zeroed moments for <paramref name="arena"/> (which must be built).</summary>
     public AdamWOptimizer(ParameterArena arena, AdamWOptions options)
     {
-        if (!arena.IsBuilt) throw new InvalidOperationException("build the parameter arena before creating its optimizer");
-        if (arena.IsSharded || arena.MastersReleased)
-            throw new InvalidOperationException("AdamW: the arena is sharded (ZeRO-3) or its masters are offloaded; the one-rank optimizer needs the whole arena (use ShardedAdamW through the DataParallelTrainer)");
+        ArgumentNullException.ThrowIfNull(arena);
+        if (arena.MastersReleased)
+            throw new InvalidOperationException("AdamW: the arena's masters are offloaded; the one-rank optimizer needs the whole arena (an offloaded run updates through its data-parallel strategy)");
         _arena = arena;
         Options = options;
         var backend = arena.Backend;
@@ -50,6 +50,9 @@ public sealed class AdamWOptimizer
             _ranges.Add((p.Offset, len, p.WeightDecay));
         }
     }
+
+    /// <summary>The arena it updates.</summary>
+    public ParameterArena Arena => _arena;
 
     /// <summary>Fixed hyper-parameters.</summary>
     public AdamWOptions Options { get; }

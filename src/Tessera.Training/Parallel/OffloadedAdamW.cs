@@ -39,7 +39,7 @@ namespace Tessera.Training.Parallel;
 /// </para>
 /// Host memory: masters, m and v of the shard (3 x 4 bytes per shard element for F32 masters) plus two staging buffers
 /// of one piece each (unfused: four, and two host gradient tensors of one piece). The device keeps no optimizer state;
-/// the data-parallel trainer also releases a BF16 arena's own F32 master buffer (<see cref="ParameterArena.ReleaseMasters"/>)
+/// the data-parallel strategy also releases a BF16 arena's own F32 master buffer (<see cref="ParameterArena.ReleaseMasters"/>)
 /// once this copy is loaded, so the host masters are the only F32 copy (checkpoints read them here;
 /// <see cref="PublishMasters"/> serves an arena that kept its masters).
 /// </summary>
@@ -51,7 +51,8 @@ public sealed class OffloadedAdamW
     /// <summary>Largest allowed piece (its staging must fit one managed array).</summary>
     public const long MaxPieceElements = 1L << 27;
 
-    private readonly ParameterArena _arena;
+    private readonly DType _dtype, _masterDType;                 // what the layers read (arena dtype), what the update computes in
+    private readonly Func<Tensor?> _fullMasters;                 // the arena-laid-out authoritative values on the device, or null when none exists
     private readonly IBackend _device;
     private readonly List<Piece> _pieces = [];
     private readonly CpuBackend? _fused;                         // the host, when the fused update runs on it; null: the unfused IBackend sequence
@@ -65,12 +66,33 @@ public sealed class OffloadedAdamW
 
     /// <summary>
     /// Allocates zeroed moments and masters on <paramref name="host"/> for the ranges <paramref name="layout"/> gives this
-    /// rank and loads the masters from the arena (<see cref="LoadMastersFromArena"/>). <paramref name="values"/> returns the
-    /// device values of an owned range that each update writes (default: the arena's values; ZeRO-3: the value shard).
+    /// rank. <paramref name="device"/> holds the model's values in <paramref name="dtype"/> (the update computes in F32 for a
+    /// 16-bit dtype, else in it); <paramref name="values"/> returns the device values of an owned range that each update
+    /// writes (a data-parallel arena's values, or ZeRO-3's value shard). <paramref name="fullMasters"/> returns the
+    /// arena-laid-out buffer of authoritative values on the device (F32 masters, or the values of an F32/F64 arena), or null
+    /// when none exists (ZeRO-3 shards, released masters); when <paramref name="loadMasters"/> the host masters are loaded
+    /// from it now (<see cref="LoadMastersFromArena"/>).
     /// </summary>
-    public OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements = DefaultPieceElements,
-        Func<OwnedRange, Tensor>? values = null)
-        : this(arena, layout, host, pieceElements, values, fuse: true)
+    public OffloadedAdamW(IBackend device, DType dtype, ShardLayout layout, IBackend host, long pieceElements,
+        Func<OwnedRange, Tensor> values, Func<Tensor?> fullMasters, bool loadMasters)
+        : this(device, dtype, layout, host, pieceElements, values, fullMasters, loadMasters, fuse: true)
+    {
+    }
+
+    /// <summary>
+    /// The offloaded optimizer of the ranges <paramref name="layout"/> gives this rank of a whole
+    /// <paramref name="arena"/>: each update writes the arena's values, and the host masters are loaded from the arena's
+    /// authoritative values now.
+    /// </summary>
+    public OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements = DefaultPieceElements)
+        : this(arena, layout, host, pieceElements, fuse: true)
+    {
+    }
+
+    /// <summary>As the arena constructor; <paramref name="fuse"/> false keeps the unfused sequence (tests compare the two bit for bit).</summary>
+    internal OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements, bool fuse)
+        : this(arena.Backend, arena.DType, layout, host, pieceElements, r => arena.Values.Narrow(r.ArenaOffset, new Shape((int)r.Length)),
+            () => arena.Masters ?? (arena.MastersReleased ? null : arena.Values), loadMasters: true, fuse)
     {
     }
 
@@ -78,43 +100,46 @@ public sealed class OffloadedAdamW
     /// As the public constructor; <paramref name="fuse"/> false keeps the unfused sequence even on a CpuBackend host (the
     /// tests compare the two paths bit for bit).
     /// </summary>
-    internal OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements, Func<OwnedRange, Tensor>? values, bool fuse)
+    internal OffloadedAdamW(IBackend device, DType dtype, ShardLayout layout, IBackend host, long pieceElements,
+        Func<OwnedRange, Tensor> values, Func<Tensor?> fullMasters, bool loadMasters, bool fuse)
     {
-        ArgumentNullException.ThrowIfNull(arena);
+        ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(layout);
         ArgumentNullException.ThrowIfNull(host);
-        if (!arena.IsBuilt) throw new InvalidOperationException("offloaded optimizer: build the parameter arena before creating its optimizer");
+        ArgumentNullException.ThrowIfNull(values);
+        ArgumentNullException.ThrowIfNull(fullMasters);
         if (pieceElements < 1 || pieceElements > MaxPieceElements)
             throw new ArgumentOutOfRangeException(nameof(pieceElements), $"offloaded optimizer: pieceElements ({pieceElements}) must be in [1, {MaxPieceElements}]");
-        _arena = arena;
-        _device = arena.Backend;
-        _values = values ?? (r => arena.Values.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
+        _device = device;
+        _dtype = dtype;
+        _masterDType = dtype is DType.BF16 or DType.F16 ? DType.F32 : dtype;
+        _values = values;
+        _fullMasters = fullMasters;
         Host = host;
         PieceElements = pieceElements;
-        _fused = fuse && host is CpuBackend cpu && CpuBackend.SupportsAdamWStaged(arena.MasterDType, arena.DType) ? cpu : null;
-        var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment);
-        Masters = host.Zeros(shape, arena.MasterDType);
-        M = host.Zeros(shape, arena.MasterDType);
-        V = host.Zeros(shape, arena.MasterDType);
-        _sumOfSquares = host.Zeros(new Shape(1), arena.MasterDType);
+        _fused = fuse && host is CpuBackend cpu && CpuBackend.SupportsAdamWStaged(_masterDType, dtype) ? cpu : null;
+        var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterLayout.Alignment, 1)), ParameterLayout.Alignment);
+        Masters = host.Zeros(shape, _masterDType);
+        M = host.Zeros(shape, _masterDType);
+        V = host.Zeros(shape, _masterDType);
+        _sumOfSquares = host.Zeros(new Shape(1), _masterDType);
         BuildPieces(layout.Owned);
         long largest = _pieces.Count == 0 ? 1 : _pieces.Max(p => p.Length);
         // Sized for the wider of the two dtypes: steps move the arena dtype, loading and publishing masters the master dtype.
-        int stagingBytes = checked((int)(largest * Math.Max(arena.DType.SizeInBytes(), arena.MasterDType.SizeInBytes())));
+        int stagingBytes = checked((int)(largest * Math.Max(dtype.SizeInBytes(), _masterDType.SizeInBytes())));
         for (int slot = 0; slot < 2; slot++)
         {
             if (_fused is null)
             {
-                _gradSlots[slot] = host.Allocate(new Shape((int)largest), arena.MasterDType);
-                _lowSlots[slot] = arena.MasterDType == arena.DType ? null : host.Allocate(new Shape((int)largest), arena.DType);
+                _gradSlots[slot] = host.Allocate(new Shape((int)largest), _masterDType);
+                _lowSlots[slot] = _masterDType == dtype ? null : host.Allocate(new Shape((int)largest), dtype);
             }
             _toHost[slot] = new byte[stagingBytes];
             // Fused, a slot's values overwrite its gradient in place (no cache line of a second buffer to fetch before
             // writing it); safe because piece i's values are copied back before piece i + 2's gradient lands in the slot.
             _toDevice[slot] = _fused is null ? new byte[stagingBytes] : _toHost[slot];
         }
-        // A deferred arena (ZeRO-3's sharded construction) holds no weights yet: the trainer writes the host masters later.
-        if (!arena.IsDeferred) LoadMastersFromArena();
+        if (loadMasters) LoadMastersFromArena();
     }
 
     /// <summary>The host backend that holds the state and runs the update.</summary>
@@ -147,11 +172,8 @@ public sealed class OffloadedAdamW
     /// </summary>
     public void LoadMastersFromArena()
     {
-        if (_arena.IsSharded)
-            throw new InvalidOperationException("offloaded optimizer: the arena is sharded (ZeRO-3) and holds no full buffers; the host masters are authoritative (write them directly, as ShardedCheckpoint.Restore does)");
-        if (_arena.MastersReleased)
-            throw new InvalidOperationException("offloaded optimizer: the arena's F32 masters were released; the host masters are authoritative and cannot be reloaded from the BF16 copy (write them directly, as ShardedCheckpoint.Restore does)");
-        var source = _arena.Masters ?? _arena.Values;
+        var source = _fullMasters() ?? throw new InvalidOperationException(
+            "offloaded optimizer: the device holds no full F32 masters (ZeRO-3 shards, or masters released to the host); the host masters are authoritative (write them directly, as the trainer's weight loading and ShardedCheckpoint.Restore do)");
         foreach (var piece in _pieces)
         {
             var shape = new Shape((int)piece.Length);
@@ -167,9 +189,8 @@ public sealed class OffloadedAdamW
     /// </summary>
     public void PublishMasters()
     {
-        if (_arena.MastersReleased || _arena.IsSharded)
-            throw new InvalidOperationException("offloaded optimizer: the arena's F32 masters were released, so there is no device copy to publish to; gather the host masters instead (DataParallelTrainer.GatherMastersToHost)");
-        var destination = _arena.Masters ?? _arena.Values;
+        var destination = _fullMasters() ?? throw new InvalidOperationException(
+            "offloaded optimizer: the device holds no full F32 masters to publish to; gather the host masters instead (DataParallelism.GatherMastersToHost)");
         foreach (var piece in _pieces)
         {
             var shape = new Shape((int)piece.Length);
@@ -259,13 +280,13 @@ public sealed class OffloadedAdamW
         if (_fused is not null)
         {
             // One pass per part: the staged gradient in, masters and moments in place, the staged values out (over the gradient).
-            int size = _arena.DType.SizeInBytes();
+            int size = _dtype.SizeInBytes();
             foreach (var part in piece.Parts)
             {
                 var s = new Shape((int)part.Length);
                 int at = checked((int)((part.ShardOffset - piece.ShardOffset) * size)), bytes = checked((int)(part.Length * size));
                 _fused.AdamWStaged(Masters.Narrow(part.ShardOffset, s), _toHost[slot].AsSpan(at, bytes), M.Narrow(part.ShardOffset, s),
-                    V.Narrow(part.ShardOffset, s), _toDevice[slot].AsSpan(at, bytes), _arena.DType, step(part), clip);
+                    V.Narrow(part.ShardOffset, s), _toDevice[slot].AsSpan(at, bytes), _dtype, step(part), clip);
             }
             return;
         }

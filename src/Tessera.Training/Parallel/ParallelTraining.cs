@@ -48,7 +48,7 @@ public static class ParallelTraining
     /// <summary>
     /// Trains on <paramref name="worldSize"/> thread ranks: <paramref name="buildRank"/> makes each rank's model
     /// (initialized identically on every rank, on the context's backend) and data loader (slice Rank of WorldSize);
-    /// then each rank runs a <see cref="DataParallelTrainer"/> to <see cref="TrainerOptions.Steps"/>. Rank 0 alone
+    /// then each rank runs a <see cref="Trainer"/> with the <see cref="DataParallelism"/> strategy of <paramref name="parallel"/> to <see cref="TrainerOptions.Steps"/>. Rank 0 alone
     /// reports to <paramref name="onStep"/>; <paramref name="checkpoint"/> runs on every rank (a sharded save is
     /// collective, e.g. <see cref="ShardedCheckpoint.Save"/>). <paramref name="resume"/>, when given, runs on every
     /// rank after the trainer is built (e.g. <see cref="ShardedCheckpoint.Restore"/>); otherwise <paramref name="weights"/>,
@@ -60,14 +60,14 @@ public static class ParallelTraining
     /// </summary>
     public static int Train(int worldSize, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
         Func<RankContext, (Transformer Model, TokenDataLoader Train)> buildRank,
-        Action<StepMetrics>? onStep = null, Action<DataParallelTrainer>? checkpoint = null,
-        Action<DataParallelTrainer>? resume = null, CancellationToken cancellation = default, Action<DataParallelTrainer>? weights = null)
+        Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null,
+        Action<Trainer>? resume = null, CancellationToken cancellation = default, Action<Trainer>? weights = null)
     {
         ArgumentNullException.ThrowIfNull(buildRank);
         var steps = RunThreadRanks(worldSize, ctx =>
         {
             var (model, train) = buildRank(ctx);
-            var trainer = new DataParallelTrainer(model, ctx.Group, train, options, adamW, parallel, ctx.Host);
+            var trainer = new Trainer(model, DataParallelism.Create(model, ctx.Group, parallel, adamW, ctx.Host), train, null, options);
             if (resume is not null) resume(trainer);
             else weights?.Invoke(trainer);
             try

@@ -1,4 +1,3 @@
-using Tessera.Models;
 using Tessera.Nn;
 
 namespace Tessera.Training.Parallel;
@@ -7,7 +6,7 @@ namespace Tessera.Training.Parallel;
 /// How a model's parameter arena is cut into communication units and which parts a rank owns.
 /// Stages 0-2: gradient buckets of whole parameters, built from the last parameter backwards (the
 /// backward pass finishes the last blocks first), each closed once it reaches the bucket size.
-/// Stage 3: one unit per model segment (embeddings, each block, final norm + head). In the sharded
+/// Stage 3: one unit per model unit (<see cref="ParameterLayout.Units"/>: embeddings, each block, final norm + head). In the sharded
 /// stages every unit is split evenly over the ranks (Megatron's distributed optimizer shards each
 /// bucket the same way), so a reduce-scatter or all-gather of a unit is one collective.
 /// </summary>
@@ -16,38 +15,27 @@ public sealed class ShardLayout
     private readonly List<ShardUnit> _units = [];
     private readonly List<OwnedRange> _owned = [];
 
-    /// <summary>Lays out <paramref name="model"/>'s arena for rank <paramref name="rank"/> of <paramref name="worldSize"/>.</summary>
-    public ShardLayout(Transformer model, ZeroStage stage, int worldSize, int rank, long bucketElements)
+    /// <summary>
+    /// Lays out <paramref name="parameters"/> (the rank's local layout: its tensor-parallel shards, when any) for rank
+    /// <paramref name="rank"/> of <paramref name="worldSize"/> data-parallel ranks.
+    /// </summary>
+    public ShardLayout(ParameterLayout parameters, ZeroStage stage, int worldSize, int rank, long bucketElements)
     {
-        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(parameters);
         if (worldSize < 1 || rank < 0 || rank >= worldSize)
             throw new ArgumentOutOfRangeException(nameof(rank), $"shard layout: rank {rank} is outside a world of {worldSize}");
         if (bucketElements <= 0) throw new ArgumentOutOfRangeException(nameof(bucketElements), $"shard layout: bucket size {bucketElements} must be positive");
-        var arena = model.Parameters;
+        var arena = parameters;
         Stage = stage;
         Shards = stage == ZeroStage.None ? 1 : worldSize;
         ShardIndex = stage == ZeroStage.None ? 0 : rank;
-        Segments = model.Config.Layers + 2;
+        Segments = parameters.Units.Count;
         var ps = arena.Parameters;
-        long AlignedEnd(int i) => i + 1 < ps.Count ? ps[i + 1].Offset : arena.Length;
-
-        // Segment of each parameter, checked to be contiguous and in order.
-        SegmentStart = new long[Segments];
-        SegmentEnd = new long[Segments];
-        Array.Fill(SegmentStart, -1);
-        int previous = 0;
-        for (int i = 0; i < ps.Count; i++)
-        {
-            int s = SegmentOf(ps[i].Name, model.Config.Layers);
-            if (s < previous)
-                throw new InvalidOperationException($"shard layout: parameter '{ps[i].Name}' (segment {s}) is declared after segment {previous}; segments must be contiguous in the arena");
-            previous = s;
-            if (SegmentStart[s] < 0) SegmentStart[s] = ps[i].Offset;
-            SegmentEnd[s] = AlignedEnd(i);
-        }
-        for (int s = 0; s < Segments; s++)
-            if (SegmentStart[s] < 0)
-                throw new InvalidOperationException($"shard layout: model segment {s} has no parameters");
+        foreach (var unit in parameters.Units)
+            if (unit.ParameterCount == 0 || unit.Length == 0)
+                throw new InvalidOperationException($"shard layout: model unit {unit.Index} ('{unit.Name}') has no parameters");
+        SegmentStart = parameters.Units.Select(u => u.Start).ToArray();
+        SegmentEnd = parameters.Units.Select(u => u.End).ToArray();
 
         // Units: (start, end) arena ranges in issue order.
         var ranges = new List<(long Start, long End)>();
@@ -71,8 +59,8 @@ public sealed class ShardLayout
         foreach (var (start, end) in ranges)
         {
             long length = end - start;
-            long unitAlign = (long)ParameterArena.Alignment * Shards;
-            long chunk = Shards == 1 ? length : (length + unitAlign - 1) / unitAlign * ParameterArena.Alignment;
+            long unitAlign = (long)ParameterLayout.Alignment * Shards;
+            long chunk = Shards == 1 ? length : (length + unitAlign - 1) / unitAlign * ParameterLayout.Alignment;
             var unit = new ShardUnit(_units.Count, start, length, chunk, shardStart);
             _units.Add(unit);
             shardStart += chunk;
@@ -116,20 +104,7 @@ public sealed class ShardLayout
         return (start, end);
     }
 
-    /// <summary>Segment of a canonical parameter name: 0 embeddings, i + 1 block i, layers + 1 the rest.</summary>
-    public static int SegmentOf(string name, int layers)
-    {
-        if (name.StartsWith("tok_emb.", StringComparison.Ordinal) || name.StartsWith("pos_emb.", StringComparison.Ordinal)) return 0;
-        if (name.StartsWith("blocks.", StringComparison.Ordinal))
-        {
-            int dot = name.IndexOf('.', 7);
-            if (dot > 7 && int.TryParse(name.AsSpan(7, dot - 7), out int block) && block >= 0 && block < layers) return block + 1;
-            throw new InvalidOperationException($"shard layout: cannot read the block index of parameter '{name}'");
-        }
-        return layers + 1;
-    }
-
-    private void AddOwned(ShardUnit unit, ParameterArena arena)
+    private void AddOwned(ShardUnit unit, ParameterLayout arena)
     {
         var (start, end) = OwnedSpan(unit);
         const long maxRun = 1L << 30;   // AdamW ranges are int-sized tensors

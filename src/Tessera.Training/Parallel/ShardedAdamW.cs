@@ -26,8 +26,9 @@ namespace Tessera.Training.Parallel;
 /// </summary>
 public sealed class ShardedAdamW
 {
-    private readonly ParameterArena _arena;
+    private readonly IBackend _device;
     private readonly ShardLayout _layout;
+    private readonly Tensor? _wholeGradient;       // plain data parallelism: the whole reduced gradient arena (one sum of squares), else null
     private readonly ProcessGroup _group;
     private readonly Func<OwnedRange, Tensor> _gradient;
     private readonly Func<OwnedRange, Tensor> _value;      // arena dtype: what the layers read (the arena's values, or ZeRO-3's value shard)
@@ -36,44 +37,47 @@ public sealed class ShardedAdamW
     private readonly OffloadedAdamW? _offload;
 
     /// <summary>
-    /// Creates zeroed moments for the ranges <paramref name="layout"/> gives this rank. <paramref name="gradient"/>
-    /// returns the reduced gradient of an owned range (a view of the arena or of the gradient shard).
-    /// <paramref name="host"/> (offload) holds the masters and moments; null keeps them on the arena's backend.
-    /// <paramref name="offloadPieceElements"/> is the largest device-host transfer of the offloaded update.
-    /// <paramref name="value"/> and <paramref name="master"/> return an owned range's values and device F32 masters (null:
-    /// none), read at each use (ZeRO-3 moves them into shards after construction); by default views of the arena.
+    /// Creates zeroed moments for the ranges <paramref name="layout"/> gives this rank, on <paramref name="device"/> in the
+    /// master dtype of <paramref name="dtype"/> (F32 for 16-bit values), or takes the offloaded half's host state.
+    /// <paramref name="gradient"/>, <paramref name="value"/> and <paramref name="master"/> return an owned range's reduced
+    /// gradient, its values (what the layers read) and its device F32 masters (null: none), read at each use (ZeRO-3 keeps
+    /// them in shards). <paramref name="wholeGradient"/>, for plain data parallelism (one shard), is the whole reduced
+    /// gradient buffer, summed in one call as the one-device optimizer does; null sums range by range.
     /// </summary>
-    public ShardedAdamW(ParameterArena arena, ShardLayout layout, ProcessGroup group, AdamWOptions options,
-        Func<OwnedRange, Tensor> gradient, IBackend? host, long offloadPieceElements = OffloadedAdamW.DefaultPieceElements,
-        Func<OwnedRange, Tensor>? value = null, Func<OwnedRange, Tensor?>? master = null)
+    public ShardedAdamW(IBackend device, DType dtype, ShardLayout layout, ProcessGroup group, AdamWOptions options,
+        Func<OwnedRange, Tensor> gradient, Func<OwnedRange, Tensor> value, Func<OwnedRange, Tensor?> master,
+        Tensor? wholeGradient = null, OffloadedAdamW? offload = null)
     {
-        ArgumentNullException.ThrowIfNull(arena);
+        ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(layout);
         ArgumentNullException.ThrowIfNull(group);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(gradient);
-        if (!arena.IsBuilt) throw new InvalidOperationException("build the parameter arena before creating its optimizer");
-        _arena = arena;
+        ArgumentNullException.ThrowIfNull(value);
+        ArgumentNullException.ThrowIfNull(master);
+        _device = device;
         _layout = layout;
         _group = group;
         _gradient = gradient;
-        _value = value ?? (r => arena.Values.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
-        _master = master ?? (r => arena.Masters?.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
+        _value = value;
+        _master = master;
+        _wholeGradient = layout.Shards == 1 ? wholeGradient : null;
         Options = options;
+        var masterDType = dtype is DType.BF16 or DType.F16 ? DType.F32 : dtype;
         // The clipping factor is computed from this scalar on the device, in the dtype the update computes in
         // (the CUDA reductions write F32; an F64 arena keeps its norm in F64).
-        _sumOfSquares = arena.Backend.Zeros(new Shape(1), arena.MasterDType);
-        if (host is not null)
+        _sumOfSquares = device.Zeros(new Shape(1), masterDType);
+        if (offload is not null)
         {
-            _offload = new OffloadedAdamW(arena, layout, host, offloadPieceElements, _value);
-            M = _offload.M;
-            V = _offload.V;
+            _offload = offload;
+            M = offload.M;
+            V = offload.V;
         }
         else
         {
-            var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterArena.Alignment, 1)), ParameterArena.Alignment);
-            M = arena.Backend.Zeros(shape, arena.MasterDType);
-            V = arena.Backend.Zeros(shape, arena.MasterDType);
+            var shape = new Shape(checked((int)Math.Max(layout.ShardLength / ParameterLayout.Alignment, 1)), ParameterLayout.Alignment);
+            M = device.Zeros(shape, masterDType);
+            V = device.Zeros(shape, masterDType);
         }
     }
 
@@ -108,12 +112,12 @@ public sealed class ShardedAdamW
     /// </summary>
     public void Step(double learningRate)
     {
-        var backend = _arena.Backend;
+        var backend = _device;
         backend.Fill(_sumOfSquares, 0);
-        if (_layout.Shards == 1 && !_arena.IsSharded)
+        if (_wholeGradient is not null)
         {
             // Plain data parallelism: every rank holds the whole reduced gradient; one sum over the arena, as the one-rank optimizer does.
-            backend.SumOfSquares(_arena.Grads, _sumOfSquares);
+            backend.SumOfSquares(_wholeGradient, _sumOfSquares);
         }
         else
         {
@@ -146,11 +150,11 @@ public sealed class ShardedAdamW
     {
         var shape = new Shape((int)range.Length);
         if (_offload is not null) return (_offload.Host, _offload.Masters.Narrow(range.ShardOffset, shape));
-        return (_arena.Backend, _master(range) ?? _value(range));
+        return (_device, _master(range) ?? _value(range));
     }
 
     /// <summary>The global gradient norm of the last step (reads the device: call only when logging).</summary>
-    public double LastGradNorm() => Math.Sqrt(_arena.Backend.ReadScalar(_sumOfSquares));
+    public double LastGradNorm() => Math.Sqrt(_device.ReadScalar(_sumOfSquares));
 
     /// <summary>
     /// Offload: copies the owned ranges of the arena's authoritative values (the F32 masters under mixed precision)

@@ -23,8 +23,7 @@ namespace Tessera.Training.Parallel;
 /// BF16 copy (which is the masters rounded, so it is rebuilt on load), and the moments are F32, as in the one-rank
 /// <see cref="TrainingCheckpoint"/>. Each rank writes its pieces from wherever its masters live (the host shard under
 /// offload). Rank 0 exports the F32 model: with the device masters released (offload) it is gathered unit by unit from
-/// the host shards (<see cref="DataParallelTrainer.GatherMastersToHost"/>), otherwise the arena's masters are made whole
-/// first (<see cref="DataParallelTrainer.SynchronizeMasters"/>). Loading writes the masters (the host shard under
+/// every rank's owned chunks (<see cref="DataParallelism.GatherMastersToHost"/>). Loading writes the masters (the host shard under
 /// offload) and casts the BF16 values from them.
 /// trainer_state.json records the arena dtype ("BF16"), and a checkpoint loads only into a run of the same dtype.
 /// </para>
@@ -45,19 +44,17 @@ public static class ShardedCheckpoint
     /// and the store writes the manifest and renames the directory into place (two barriers order the ranks).
     /// Returns the checkpoint directory.
     /// </summary>
-    public static string Save(CheckpointStore store, DataParallelTrainer trainer, string tokenizer)
+    public static string Save(CheckpointStore store, Trainer trainer, string tokenizer)
     {
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(trainer);
-        var group = trainer.Group;
+        var parallel = Strategy(trainer);
+        var group = parallel.Group;
         var model = trainer.Model;
         // Each rank writes the pieces of its own shard from wherever its masters live (ShardedAdamW.MasterOf). Rank 0
-        // exports the whole model: when the device holds no full-size copy (masters offloaded to the host, or ZeRO-3's
-        // shards) it is gathered from every rank's shard through unit-size device buffers; otherwise the arena's
-        // masters are made whole (mixed precision: each rank's F32 masters are current only in its own shard).
-        bool hostMasters = model.Parameters.MastersReleased || model.Parameters.IsSharded;
-        float[]? exported = hostMasters ? trainer.GatherMastersToHost(root: 0) : null;   // rank 0 only
-        if (!hostMasters) trainer.SynchronizeMasters();
+        // exports the whole model, gathered from every rank's owned chunks of the masters (the host shard under offload,
+        // the device's masters or ZeRO-3 master shard otherwise) through unit-size device buffers.
+        float[]? exported = parallel.GatherMastersToHost(root: 0);   // rank 0 only
         Directory.CreateDirectory(store.Root);
         string final = Path.Combine(store.Root, CheckpointStore.StepName(trainer.Step));
         string shardName = ShardFile(group.Rank, group.Size);
@@ -66,7 +63,7 @@ public static class ShardedCheckpoint
         {
             if (group.Rank != 0)
             {
-                WriteShard(staged, trainer);
+                WriteShard(staged, parallel);
                 FlushToDisk(staged);
             }
             group.Barrier().Wait();
@@ -74,7 +71,7 @@ public static class ShardedCheckpoint
             {
                 store.Save(trainer.Step, dir =>
                 {
-                    WriteShard(Path.Combine(dir, shardName), trainer);
+                    WriteShard(Path.Combine(dir, shardName), parallel);
                     for (int r = 1; r < group.Size; r++)
                     {
                         string name = ShardFile(r, group.Size);
@@ -82,19 +79,18 @@ public static class ShardedCheckpoint
                         if (!File.Exists(from)) throw new CheckpointException($"{from}: rank {r}'s shard is missing after the barrier; its disk may differ from rank 0's (ranks must share the checkpoint folder)");
                         File.Move(from, Path.Combine(dir, name));
                     }
-                    if (!hostMasters) HuggingFaceModelDirectory.Export(dir, model.Config, model.Parameters.Parameters, model.Parameters.Backend);
-                    else HuggingFaceModelDirectory.Export(dir, model.Config, model.Parameters.Parameters.ToDictionary(
+                    HuggingFaceModelDirectory.Export(dir, model.Config, model.Layout.Parameters.ToDictionary(
                         p => p.Name, p => new HostTensor(p.Shape, exported!.AsSpan((int)p.Offset, (int)p.NumElements).ToArray()), StringComparer.Ordinal));
                     var position = trainer.DataPosition;
                     var state = new TrainerState
                     {
-                        Step = trainer.Step, OptimizerStep = trainer.Optimizer.StepCount,
+                        Step = trainer.Step, OptimizerStep = parallel.StepCount,
                         DataShard = position.Shard, DataOffset = position.Offset, DataEpoch = position.Epoch,
-                        Seed = trainer.Options.Seed, DType = model.Parameters.DType.SafetensorsName(),
+                        Seed = trainer.Options.Seed, DType = model.DType.SafetensorsName(),
                         Model = model.Config, Options = trainer.Options, Tokenizer = tokenizer,
                     };
                     AtomicFile.WriteAllText(Path.Combine(dir, "trainer_state.json"), JsonSerializer.Serialize(state, Json));
-                    var layout = new ZeroCheckpointLayout(group.Size, (int)trainer.Parallel.Stage,
+                    var layout = new ZeroCheckpointLayout(group.Size, (int)parallel.Options.Stage,
                         Enumerable.Range(0, group.Size).Select(r => ShardFile(r, group.Size)).ToArray());
                     AtomicFile.WriteAllText(Path.Combine(dir, LayoutFile), JsonSerializer.Serialize(layout, Json));
                 });
@@ -103,7 +99,7 @@ public static class ShardedCheckpoint
         }
         finally
         {
-            trainer.Communication.ReleaseAll();
+            parallel.ReleaseAll();
         }
         return final;
     }
@@ -114,35 +110,35 @@ public static class ShardedCheckpoint
     /// step and data position. Mixed precision: the full F32 masters are written and the BF16 values cast from them;
     /// with offload the host master shard is loaded from them.
     /// </summary>
-    public static void Restore(string directory, DataParallelTrainer trainer)
+    public static void Restore(string directory, Trainer trainer)
     {
+        var parallel = Strategy(trainer);
         var model = trainer.Model;
         var state = ReadChecked(directory, model);
-        var pieces = ReadPieces(directory, model.Parameters);
-        var arena = model.Parameters;
-        var layout = trainer.Communication.Layout;
-        var stateBackend = trainer.Optimizer.Host ?? arena.Backend;
-        foreach (var p in arena.Parameters)
+        var pieces = ReadPieces(directory, model.Layout);
+        var layout = parallel.Layout;
+        var stateBackend = parallel.Optimizer.Host ?? model.Backend;
+        foreach (var p in model.Layout.Parameters)
         {
             var full = pieces[p.Name];
             // The weights go wherever this rank keeps them (full arena, masters, value/master shards, host masters).
-            trainer.WriteWeights(p, full.Value);
+            parallel.WriteWeights(p, full.Value);
             foreach (var r in layout.Owned)
             {
                 long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
                 if (lo >= hi) continue;
                 var shape = new Shape((int)(hi - lo));
                 long at = r.ShardOffset + (lo - r.ArenaOffset);
-                WriteHost(stateBackend, full.M.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.M.Narrow(at, shape));
-                WriteHost(stateBackend, full.V.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), trainer.Optimizer.V.Narrow(at, shape));
+                HostValues.Write(stateBackend, full.M.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), parallel.Optimizer.M.Narrow(at, shape));
+                HostValues.Write(stateBackend, full.V.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), parallel.Optimizer.V.Narrow(at, shape));
             }
         }
-        trainer.MarkWeightsWritten();
-        trainer.Communication.ReleaseAll();
+        parallel.MarkWeightsWritten();
+        parallel.ReleaseAll();
         trainer.Step = state.Step;
-        trainer.Optimizer.StepCount = state.OptimizerStep;
+        parallel.StepCount = state.OptimizerStep;
         trainer.DataPosition = new DataPosition(state.DataShard, state.DataOffset, state.DataEpoch);
-        trainer.Group.Barrier().Wait();
+        parallel.Group.Barrier().Wait();
     }
 
     /// <summary>
@@ -151,19 +147,20 @@ public static class ShardedCheckpoint
     /// </summary>
     public static void RestoreSingle(string directory, Transformer model, Trainer trainer)
     {
+        var single = trainer.Parallelism as SingleDevice ?? throw new ArgumentException("ShardedCheckpoint.RestoreSingle: the trainer is not a one-device trainer; use Restore");
         var state = ReadChecked(directory, model);
-        var pieces = ReadPieces(directory, model.Parameters);
+        var pieces = ReadPieces(directory, model.Layout);
         var arena = model.Parameters;
         foreach (var p in arena.Parameters)
         {
             var full = pieces[p.Name];
-            WriteHost(arena.Backend, full.Value, p.MasterOrValue);
-            WriteHost(arena.Backend, full.M, trainer.Optimizer.M.Narrow(p.Offset, p.Shape));
-            WriteHost(arena.Backend, full.V, trainer.Optimizer.V.Narrow(p.Offset, p.Shape));
+            HostValues.Write(arena.Backend, full.Value, p.MasterOrValue);
+            HostValues.Write(arena.Backend, full.M, single.Optimizer.M.Narrow(p.Offset, p.Shape));
+            HostValues.Write(arena.Backend, full.V, single.Optimizer.V.Narrow(p.Offset, p.Shape));
         }
         arena.SyncValuesFromMasters();
         trainer.Step = state.Step;
-        trainer.Optimizer.StepCount = state.OptimizerStep;
+        single.StepCount = state.OptimizerStep;
         trainer.DataPosition = new DataPosition(state.DataShard, state.DataOffset, state.DataEpoch);
     }
 
@@ -173,15 +170,15 @@ public static class ShardedCheckpoint
         var state = TrainingCheckpoint.ReadState(directory);
         if (state.Model != model.Config)
             throw new CheckpointException($"{Path.Combine(directory, "trainer_state.json")}: the checkpoint's model (L={state.Model.Layers} C={state.Model.Embedding}) differs from this run's (L={model.Config.Layers} C={model.Config.Embedding})");
-        if (state.DType != model.Parameters.DType.SafetensorsName())
-            throw new CheckpointException($"{directory}: saved in {state.DType}, this run uses {model.Parameters.DType.SafetensorsName()}");
+        if (state.DType != model.DType.SafetensorsName())
+            throw new CheckpointException($"{directory}: saved in {state.DType}, this run uses {model.DType.SafetensorsName()}");
         return state;
     }
 
     private sealed record FullState(double[] Value, double[] M, double[] V, int[] Covered);
 
     /// <summary>Reassembles every parameter's value and moments from all shard files, checking each element is covered once.</summary>
-    private static Dictionary<string, FullState> ReadPieces(string directory, ParameterArena arena)
+    private static Dictionary<string, FullState> ReadPieces(string directory, ParameterLayout arena)
     {
         var layoutPath = Path.Combine(directory, LayoutFile);
         if (!File.Exists(layoutPath)) throw new CheckpointException($"{layoutPath}: missing; {directory} is not a sharded (data-parallel) checkpoint");
@@ -222,20 +219,20 @@ public static class ShardedCheckpoint
         return result;
     }
 
-    private static void WriteShard(string path, DataParallelTrainer trainer)
+    private static void WriteShard(string path, DataParallelism parallel)
     {
-        var arena = trainer.Model.Parameters;
-        var layout = trainer.Communication.Layout;
-        var opt = trainer.Optimizer;
-        var stateBackend = opt.Host ?? arena.Backend;
+        var model = parallel.Model;
+        var layout = parallel.Layout;
+        var opt = parallel.Optimizer;
+        var stateBackend = opt.Host ?? model.Backend;
         var writer = new SafetensorsWriter();
         writer.Metadata["format"] = "tessera-zero-shard";
-        writer.Metadata["rank"] = trainer.Group.Rank.ToString(CultureInfo.InvariantCulture);
-        writer.Metadata["world_size"] = trainer.Group.Size.ToString(CultureInfo.InvariantCulture);
-        writer.Metadata["stage"] = ((int)trainer.Parallel.Stage).ToString(CultureInfo.InvariantCulture);
-        writer.Metadata["dtype"] = arena.DType.SafetensorsName();
-        writer.Metadata["value_dtype"] = arena.MasterDType.SafetensorsName();   // the masters (F32 for a BF16 arena)
-        foreach (var p in arena.Parameters)
+        writer.Metadata["rank"] = parallel.Group.Rank.ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["world_size"] = parallel.Group.Size.ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["stage"] = ((int)parallel.Options.Stage).ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["dtype"] = model.DType.SafetensorsName();
+        writer.Metadata["value_dtype"] = parallel.MasterDType.SafetensorsName();   // the masters (F32 for a BF16 arena)
+        foreach (var p in model.Layout.Parameters)
         {
             foreach (var r in layout.Owned)
             {
@@ -252,29 +249,13 @@ public static class ShardedCheckpoint
         writer.Write(path);
     }
 
+    private static DataParallelism Strategy(Trainer trainer) => trainer.Parallelism as DataParallelism ?? throw new ArgumentException(
+        "ShardedCheckpoint: the trainer has no data-parallel strategy; a one-device run saves with TrainingCheckpoint");
+
     private static void Add(SafetensorsWriter writer, string name, IBackend backend, Tensor view)
     {
         if (view.DType == DType.F64) writer.Add(name, view.Shape, backend.ToArray<double>(view));
         else writer.Add(name, view.Shape, backend.ToArray<float>(view));
-    }
-
-    /// <summary>Writes host values into a tensor of any float dtype (F64 as is, F32 rounded, BF16 through the F32 rounding, as the device cast of the masters).</summary>
-    internal static void WriteHost(IBackend backend, ReadOnlySpan<double> source, Tensor destination)
-    {
-        if (destination.DType == DType.F64) backend.CopyFromHost(source, destination);
-        else if (destination.DType == DType.BF16)
-        {
-            // The F32 master rounded to BF16, as the device cast of the masters does (round to nearest even).
-            var b = new BFloat16[source.Length];
-            for (int i = 0; i < b.Length; i++) b[i] = BFloat16.FromSingle((float)source[i]);
-            backend.CopyFromHost<BFloat16>(b, destination);
-        }
-        else
-        {
-            var f = new float[source.Length];
-            for (int i = 0; i < f.Length; i++) f[i] = (float)source[i];
-            backend.CopyFromHost<float>(f, destination);
-        }
     }
 
     private static void FlushToDisk(string file)

@@ -7,6 +7,7 @@ using Tessera.Training;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Tests.Training.Parallel;
 using Xunit;
 
 namespace Tessera.Tests.Cuda;
@@ -94,7 +95,7 @@ public sealed class NcclOneRankTests(CudaFixture fixture) : IDisposable
         var expected = Enumerable.Range(0, 5).Select(_ => plain.TrainStep()).ToArray();
 
         var dpModel = NewModel();
-        var dp = new DataParallelTrainer(dpModel, group, new TokenDataLoader([shard], 2, 16, 0, 1), options, adam,
+        var dp = TrainerStrategies.DataParallel(dpModel, group, new TokenDataLoader([shard], 2, 16, 0, 1), options, adam,
             new DataParallelOptions { Stage = ZeroStage.Gradients, BucketElements = 4096 });
         var losses = Enumerable.Range(0, 5).Select(_ => dp.TrainStep()).ToArray();
         // One rank: the same arithmetic except the sharded optimizer's norm order; float32 rounding only.
@@ -147,7 +148,7 @@ public sealed class NcclOneRankTests(CudaFixture fixture) : IDisposable
 
         var offModel = NewModel();
         var host = new Tessera.Tensors.Cpu.CpuBackend();
-        var off = new DataParallelTrainer(offModel, group, new TokenDataLoader([shard], 4, 32, 0, 1), options, adam,
+        var off = TrainerStrategies.DataParallel(offModel, group, new TokenDataLoader([shard], 4, 32, 0, 1), options, adam,
             new DataParallelOptions { Stage = ZeroStage.OptimizerStates, OffloadOptimizer = true }, host);
         var losses = Enumerable.Range(0, 10).Select(_ => off.TrainStep()).ToArray();
         for (int i = 0; i < 10; i++) Assert.True(Math.Abs(losses[i] - expected[i]) <= 1e-5 * expected[i], $"step {i}: {losses[i]} vs {expected[i]}");

@@ -13,7 +13,7 @@ public class LayerGradientTests
     private const int B = 2, T = 8, N = B * T;
     private readonly CpuBackend _cpu = new(1);
 
-    private (ParameterArena Arena, ActivationStore Store) Setup() => (new ParameterArena(_cpu, DType.F64), new ActivationStore(_cpu));
+    private (ParameterLayoutBuilder Parameters, ActivationStore Store) Setup() => (new ParameterLayoutBuilder(), new ActivationStore(_cpu));
 
     [Theory]
     [InlineData(true)]
@@ -21,9 +21,9 @@ public class LayerGradientTests
     public void LinearBackwardMatchesFiniteDifferences(bool bias)
     {
         var rng = new Random(1);
-        var (arena, store) = Setup();
-        var layer = new Linear(arena, "fc", 12, 7, bias);
-        arena.Build();
+        var (parameters, store) = Setup();
+        var layer = new Linear(parameters, "fc", 12, 7, bias);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, N, 12);
         var check = new LayerCheck(_cpu, () => layer.Forward(PassContext.Transient(store), x));
@@ -38,9 +38,9 @@ public class LayerGradientTests
     public void LinearBackwardAccumulatesIntoDxWhenAsked()
     {
         var rng = new Random(2);
-        var (arena, store) = Setup();
-        var layer = new Linear(arena, "fc", 5, 3, bias: false);
-        arena.Build();
+        var (parameters, store) = Setup();
+        var layer = new Linear(parameters, "fc", 5, 3, bias: false);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, 4, 5);
         var ctx = PassContext.Training(store, 0);
@@ -62,9 +62,9 @@ public class LayerGradientTests
     public void LayerNormBackwardMatchesFiniteDifferences(bool bias)
     {
         var rng = new Random(3);
-        var (arena, store) = Setup();
-        var layer = new LayerNorm(arena, "ln", 16, 1e-5, bias);
-        arena.Build();
+        var (parameters, store) = Setup();
+        var layer = new LayerNorm(parameters, "ln", 16, 1e-5, bias);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         CheckNorm(layer, arena, store, rng);
     }
@@ -73,9 +73,9 @@ public class LayerGradientTests
     public void RmsNormBackwardMatchesFiniteDifferences()
     {
         var rng = new Random(4);
-        var (arena, store) = Setup();
-        var layer = new RmsNorm(arena, "rms", 16, 1e-5);
-        arena.Build();
+        var (parameters, store) = Setup();
+        var layer = new RmsNorm(parameters, "rms", 16, 1e-5);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         CheckNorm(layer, arena, store, rng);
     }
@@ -96,9 +96,9 @@ public class LayerGradientTests
     public void EmbeddingBackwardMatchesFiniteDifferencesWithRepeatedIds()
     {
         var rng = new Random(5);
-        var (arena, store) = Setup();
-        var layer = new Embedding(arena, "tok_emb", 10, 6);
-        arena.Build();
+        var (parameters, store) = Setup();
+        var layer = new Embedding(parameters, "tok_emb", 10, 6);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         int[] idValues = [3, 1, 3, 0, 9, 3, 1, 7];               // repeats must add up; rows 2, 4-6, 8 get none
         var ids = _cpu.FromArray(idValues, idValues.Length);
@@ -117,9 +117,9 @@ public class LayerGradientTests
     public void GeluAndSwiGluMlpBackwardMatchFiniteDifferences(bool swiglu)
     {
         var rng = new Random(6);
-        var (arena, store) = Setup();
-        IFeedForward mlp = swiglu ? new SwiGluMlp(arena, "mlp", 8, 20, bias: false) : new GeluMlp(arena, "mlp", 8, 20, bias: true);
-        arena.Build();
+        var (parameters, store) = Setup();
+        IFeedForward mlp = swiglu ? new SwiGluMlp(parameters, "mlp", 8, 20, bias: false) : new GeluMlp(parameters, "mlp", 8, 20, bias: true);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, N, 8);
         var check = new LayerCheck(_cpu, () => mlp.Forward(PassContext.Transient(store), x));
@@ -139,9 +139,9 @@ public class LayerGradientTests
     public void AttentionBackwardMatchesFiniteDifferences(int heads, int kvHeads, double? theta, bool bias)
     {
         var rng = new Random(7);
-        var (arena, store) = Setup();
-        var attn = new CausalSelfAttention(arena, "attn", 16, heads, kvHeads, bias, theta);
-        arena.Build();
+        var (parameters, store) = Setup();
+        var attn = new CausalSelfAttention(parameters, "attn", 16, heads, kvHeads, bias, theta);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, 16);
         var check = new LayerCheck(_cpu, () => attn.Forward(PassContext.Transient(store), x));

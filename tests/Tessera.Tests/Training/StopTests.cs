@@ -76,7 +76,7 @@ public sealed class StopTests : IDisposable
             },
             // Only rank 0 reports, so only rank 0's view of the token changes at step 4; rank 1 learns of it through the agreement.
             onStep: m => { if (m.Step == 4) cancel.Cancel(); },
-            checkpoint: t => savedSteps.Add((t.Group.Rank, t.Step)),
+            checkpoint: t => savedSteps.Add((t.Parallelism.Group!.Rank, t.Step)),
             cancellation: cancel.Token));
         Assert.All(e.InnerExceptions, x => Assert.IsType<OperationCanceledException>(x));
         Assert.Equal(2, e.InnerExceptions.Count);

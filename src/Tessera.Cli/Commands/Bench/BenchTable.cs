@@ -28,7 +28,7 @@ internal static class BenchTable
     public static string Describe(string name, Transformer model)
     {
         var c = model.Config;
-        return $"{name} ({c.Family}, {c.Layers} layers, {c.Embedding} wide, {c.Heads} heads, {model.Parameters.ParameterCount:N0} parameters) in {model.DType}";
+        return $"{name} ({c.Family}, {c.Layers} layers, {c.Embedding} wide, {c.Heads} heads, {model.Layout.ParameterCount:N0} parameters) in {model.DType}";
     }
 
     public static string DeviceName(IBackend backend, int threads) =>

@@ -64,7 +64,7 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         if (saved is not null && MetricsLog.TruncateAfter(_run.MetricsPath, saved.Step) is int dropped and > 0)
             terminal.Note($"metrics.jsonl: dropped {dropped} entries after step {saved.Step} (logged after the checkpoint; they are run again)");
 
-        terminal.Line($"model {model.Config.Family}: {model.Config.Layers} layers, {model.Config.Embedding} wide, {model.Config.Heads} heads, {model.Parameters.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
+        terminal.Line($"model {model.Config.Family}: {model.Config.Layers} layers, {model.Config.Embedding} wide, {model.Config.Heads} heads, {model.Layout.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
         terminal.Line($"data: {data.Train.TotalTokens:N0} training tokens in {data.TrainShards} shard(s); {(data.Validation is null ? "no validation" : $"{data.Validation.TotalTokens:N0} validation tokens")}");
 
         // 4. Train, stoppable between steps; 5. report.

@@ -83,7 +83,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         var storage = topology.Storage(settings);
         string? initDirectory = settings.Model is string m && Directory.Exists(m) && resumeFrom is null ? m : null;
         terminal.Line($"data parallel: {topology.WorldSize} thread ranks, ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, global batch {topology.WorldSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}");
-        DataParallelTrainer? rank0 = null;
+        Trainer? rank0 = null;
         int reached = 0;
         var progress = new TrainingProgress(terminal, 0, options.Steps);
         using var metrics = new MetricsLog(run.MetricsPath);
@@ -112,7 +112,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
                     checkpoint: t =>
                     {
                         var dir = ShardedCheckpoint.Save(run.Checkpoints, t, tokenizer);
-                        if (t.Group.Rank == 0) Saved(t.Step, dir);
+                        if (t.Reports) Saved(t.Step, dir);
                     },
                     resume: resumeFrom is null ? null : t => { Capture(t); ShardedCheckpoint.Restore(resumeFrom, t); },
                     cancellation: signals.Token,
@@ -133,7 +133,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         }, () => rank0?.Step ?? 0);
         return new TrainOutcome(reached, _lastCheckpoint, clock.Elapsed, true, null);
 
-        void Capture(DataParallelTrainer t) { if (t.Group.Rank == 0) rank0 = t; }
+        void Capture(Trainer t) { if (t.Reports) rank0 = t; }
     }
 
     private TrainOutcome ProcessPerGpu(Transformer model, CudaBackend backend, TrainingData data, string? resumeFrom, int seed)
@@ -144,8 +144,8 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         var uniqueId = TcpRendezvous.Exchange(env, NcclProcessGroup.CreateUniqueId, timeout);
         using var group = NcclProcessGroup.Create("world", env.Rank, env.WorldSize, uniqueId, access, timeout);
         var parallel = new DataParallelOptions { Stage = (ZeroStage)settings.Zero, OffloadOptimizer = settings.Offload }.Validate();
-        var dp = new DataParallelTrainer(model, group, data.ForRank(options, env.Rank, env.WorldSize), options, settings.AdamW, parallel,
-            settings.Offload ? new CpuBackend(settings.Threads) : null);
+        var dp = new Trainer(model, DataParallelism.Create(model, group, parallel, settings.AdamW, settings.Offload ? new CpuBackend(settings.Threads) : null),
+            data.ForRank(options, env.Rank, env.WorldSize), null, options);
         if (resumeFrom is not null) ShardedCheckpoint.Restore(resumeFrom, dp);
         else if (topology.ShardedConstruction(settings))
         {
@@ -158,7 +158,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         var progress = new TrainingProgress(topology.Reports ? terminal : Terminal.Create(TextWriter.Null, terminal.Error, false), dp.Step, options.Steps);
         using var metrics = topology.Reports ? new MetricsLog(run.MetricsPath) : null;
         var clock = Stopwatch.StartNew();
-        void Save(DataParallelTrainer t)
+        void Save(Trainer t)
         {
             var dir = ShardedCheckpoint.Save(run.Checkpoints, t, tokenizer);
             if (topology.Reports) Saved(t.Step, dir);

@@ -8,6 +8,7 @@ using Tessera.Training.Checkpoints;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Tests.Training.Parallel;
 using Xunit;
 
 namespace Tessera.Tests.Cuda.Training;
@@ -80,8 +81,8 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
         return model;
     }
 
-    private DataParallelTrainer NewDataParallel(Transformer model, NcclProcessGroup group, string shard, ZeroStage stage, bool offload) =>
-        new(model, group, new TokenDataLoader([shard], Batch, Sequence, 0, 1), Options, new AdamWOptions(),
+    private Trainer NewDataParallel(Transformer model, NcclProcessGroup group, string shard, ZeroStage stage, bool offload) =>
+        TrainerStrategies.DataParallel(model, group, new TokenDataLoader([shard], Batch, Sequence, 0, 1), Options, new AdamWOptions(),
             // Small buckets, so that a step has many gradient buckets (units), as a large model would.
             new DataParallelOptions { Stage = stage, OffloadOptimizer = offload, BucketElements = 1 << 15, OffloadPieceElements = 1 << 16 },
             offload ? new CpuBackend() : null);
@@ -108,7 +109,7 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
         for (int s = 0; s < Steps; s++)
         {
             expectedLoss[s] = plain.TrainStep();
-            expectedNorm[s] = plain.Optimizer.LastGradNorm();
+            expectedNorm[s] = plain.AdamW().LastGradNorm();
         }
         var expectedMasters = backend.ToArray<float>(plainModel.Parameters.Masters!);
 
@@ -122,11 +123,11 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
             long before = group.CollectiveCount;
             loss[s] = dp.TrainStep();
             collectives[s] = group.CollectiveCount - before;
-            norm[s] = dp.Optimizer.LastGradNorm();
+            norm[s] = dp.Strategy().Optimizer.LastGradNorm();
         }
         // The whole F32 masters and BF16 values (as F32), from wherever they live (host shard under offload, value shards under ZeRO-3).
-        var masters = dp.GatherMastersToHost()!;
-        var values = dp.GatherValuesToHost()!;
+        var masters = dp.Strategy().GatherMastersToHost()!;
+        var values = dp.Strategy().GatherValuesToHost()!;
 
         double maxLoss = Enumerable.Range(0, Steps).Max(s => Math.Abs(loss[s] - expectedLoss[s]) / expectedLoss[s]);
         double maxNorm = Enumerable.Range(0, Steps).Max(s => Math.Abs(norm[s] - expectedNorm[s]) / expectedNorm[s]);
@@ -165,19 +166,19 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
         var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
         var dir = ShardedCheckpoint.Save(store, dp, "byte");
         if (offload) Assert.Null(dpModel.Parameters.Masters);   // the host shard is the only F32 copy
-        var masters = dp.GatherMastersToHost()!;
-        var values = dp.GatherValuesToHost()!;   // BF16 values as F32
-        var stateBackend = dp.Optimizer.Host ?? backend;
-        var layout = dp.Communication.Layout;
+        var masters = dp.Strategy().GatherMastersToHost()!;
+        var values = dp.Strategy().GatherValuesToHost()!;   // BF16 values as F32
+        var stateBackend = dp.Strategy().Optimizer.Host ?? backend;
+        var layout = dp.Strategy().Layout;
 
         var model = NewModel(seed: 99);   // the checkpoint must overwrite these weights
         var plain = new Trainer(model, new AdamWOptimizer(model.Parameters, new AdamWOptions()), new TokenDataLoader([shard], Batch, Sequence), null, Options);
         ShardedCheckpoint.RestoreSingle(dir, model, plain);
         Assert.Equal(3, plain.Step);
-        Assert.Equal(3, plain.Optimizer.StepCount);
+        Assert.Equal(3, plain.AdamW().StepCount);
         var restoredMasters = backend.ToArray<float>(model.Parameters.Masters!);
         var restoredValues = backend.ToArray<BFloat16>(model.Parameters.Values);
-        var restoredM = backend.ToArray<float>(plain.Optimizer.M);
+        var restoredM = backend.ToArray<float>(plain.AdamW().M);
         foreach (var p in model.Parameters.Parameters)
             for (long i = p.Offset; i < p.Offset + p.NumElements; i++)
             {
@@ -189,7 +190,7 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
         // Moments: the data-parallel shard buffers are laid out by unit (last parameters first), the plain ones like the arena.
         foreach (var r in layout.Owned)
         {
-            var m = stateBackend.ToArray<float>(dp.Optimizer.M.Narrow(r.ShardOffset, new Shape((int)r.Length)));
+            var m = stateBackend.ToArray<float>(dp.Strategy().Optimizer.M.Narrow(r.ShardOffset, new Shape((int)r.Length)));
             foreach (var p in model.Parameters.Parameters)
             {
                 long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);

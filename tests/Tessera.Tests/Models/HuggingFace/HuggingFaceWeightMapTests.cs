@@ -123,10 +123,9 @@ public sealed class HuggingFaceWeightMapTests : IDisposable
 
     private static ParameterArena Arena(TransformerConfig config, DType dtype)
     {
-        var arena = new ParameterArena(new CpuBackend(), dtype);
-        foreach (var e in HuggingFaceWeightMap.For(config).Entries) arena.Declare(e.Canonical, e.Shape, e.Shape.Rank == 2);
-        arena.Build();
-        return arena;
+        var parameters = new ParameterLayoutBuilder();
+        foreach (var e in HuggingFaceWeightMap.For(config).Entries) parameters.Declare(e.Canonical, e.Shape, e.Shape.Rank == 2);
+        return new ParameterArena(parameters.Build(), new CpuBackend(), dtype);
     }
 
     [Theory]
@@ -175,9 +174,9 @@ public sealed class HuggingFaceWeightMapTests : IDisposable
         string dir = Path.Combine(_dir, "m");
         HuggingFaceModelDirectory.Export(dir, Llama, HuggingFaceWeightMap.For(Llama).ToCanonical(RandomHf(Llama, 9)));
         using var model = HuggingFaceModelDirectory.Open(dir);
-        var arena = new ParameterArena(new CpuBackend(), DType.F32);
-        foreach (var e in model.Map.Entries.Skip(1)) arena.Declare(e.Canonical, e.Shape, false);
-        arena.Build();
+        var parameters = new ParameterLayoutBuilder();
+        foreach (var e in model.Map.Entries.Skip(1)) parameters.Declare(e.Canonical, e.Shape, false);
+        var arena = new ParameterArena(parameters.Build(), new CpuBackend(), DType.F32);
         var e1 = Assert.Throws<ArgumentException>(() => model.LoadInto(arena.Parameters, arena.Backend));
         Assert.Contains("no parameter 'tok_emb.weight'", e1.Message);
     }

@@ -22,10 +22,10 @@ public class TransformerBlockTests
     {
         var config = ModelPresets.Get(preset);
         var rng = new Random(11);
-        var arena = new ParameterArena(_cpu, DType.F64);
+        var parameters = new ParameterLayoutBuilder();
         var store = new ActivationStore(_cpu);
-        var block = new TransformerBlock(arena, config, 0);
-        arena.Build();
+        var block = new TransformerBlock(parameters, config, 0);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, config.Embedding);
         var check = new LayerCheck(_cpu, () => block.Forward(PassContext.Transient(store), x));
@@ -44,10 +44,10 @@ public class TransformerBlockTests
     {
         var config = ModelPresets.Get(preset);
         var rng = new Random(12);
-        var arena = new ParameterArena(_cpu, DType.F64);
+        var parameters = new ParameterLayoutBuilder();
         var store = new ActivationStore(_cpu);
-        var block = new TransformerBlock(arena, config, 0);
-        arena.Build();
+        var block = new TransformerBlock(parameters, config, 0);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, config.Embedding);
         var dyValues = TestTensors.Normal(rng, x.NumElements);

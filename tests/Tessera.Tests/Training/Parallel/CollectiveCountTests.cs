@@ -21,13 +21,13 @@ public sealed class CollectiveCountTests : IDisposable
         var results = ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = ParallelRun.NewModel(preset, ctx.Backend);
-            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(2, accumulation), new AdamWOptions(), new DataParallelOptions { Stage = stage, BucketElements = 1500 }, ctx.Host);
             trainer.TrainStep();   // measure a steady-state step (the second)
             var before = Enum.GetValues<CollectiveKind>().ToDictionary(k => k, ctx.Group.Count);
             trainer.TrainStep();
             var delta = Enum.GetValues<CollectiveKind>().ToDictionary(k => k, k => ctx.Group.Count(k) - before[k]);
-            return (trainer.Communication.Layout.Units.Count, delta, trainer.Communication.Layout.Units.Select(u => u.Start).ToArray());
+            return (trainer.Strategy().Layout.Units.Count, delta, trainer.Strategy().Layout.Units.Select(u => u.Start).ToArray());
         }, TimeSpan.FromSeconds(60));
         return results[0];
     }
@@ -75,7 +75,7 @@ public sealed class CollectiveCountTests : IDisposable
         var e = Assert.Throws<AggregateException>(() => ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = ParallelRun.NewModel("gpt2-debug", ctx.Backend);
-            return new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, 0, 1),
+            return TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, 0, 1),
                 ParallelRun.Options(2), new AdamWOptions(), new DataParallelOptions(), ctx.Host);
         }, TimeSpan.FromSeconds(10)));
         Assert.Contains("slice 0 of 1", e.InnerExceptions[0].Message);

@@ -48,20 +48,20 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         return model;
     }
 
-    private DataParallelTrainer NewTrainer(RankContext ctx, DataParallelOptions parallel, int seed = ParallelRun.Seed) =>
-        new(NewModel(ctx.Backend, seed), ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
+    private Trainer NewTrainer(RankContext ctx, DataParallelOptions parallel, int seed = ParallelRun.Seed) =>
+        TrainerStrategies.DataParallel(NewModel(ctx.Backend, seed), ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
             ParallelRun.Options(SavedStep + 1), new AdamWOptions(), parallel, ctx.Host);
 
     /// <summary>Puts a rank in the state training leaves it in (see the class summary).</summary>
-    private void PlantTrainedState(DataParallelTrainer trainer)
+    private void PlantTrainedState(Trainer trainer)
     {
-        var arena = trainer.Model.Parameters;
-        var device = arena.Backend;
-        var opt = trainer.Optimizer;
+        var model = trainer.Model;
+        var device = model.Backend;
+        var communication = trainer.Strategy();
+        var opt = communication.Optimizer;
         var state = opt.Host ?? device;
-        if (arena.Masters is not null) device.Fill(arena.Masters, double.NaN);
-        var communication = trainer.Communication;
-        if (arena.IsSharded) Assert.Equal(0, arena.AllocatedBytes);   // ZeRO-3: only the shards exist
+        if (model.Layout.Storage is ParameterArena { Masters: { } deviceMasters }) device.Fill(deviceMasters, double.NaN);
+        if (communication is FullyShardedDataParallel) Assert.IsType<ShardedParameterStorage>(model.Layout.Storage);   // ZeRO-3: only the shards exist
         foreach (var r in communication.Layout.Owned)
         {
             var shape = new Shape((int)r.Length);
@@ -98,7 +98,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         var exported = NewModel(new CpuBackend(1), seed: 99);
         using (var hf = HuggingFaceModelDirectory.Open(dir, exported.Config))
             hf.LoadInto(exported.Parameters.Parameters, exported.Backend);
-        AssertParameters(_masters, exported.Backend.ToArray<float>(exported.Parameters.Masters!), exported.Parameters, "exported master");
+        AssertParameters(_masters, exported.Backend.ToArray<float>(exported.Parameters.Masters!), exported.Layout, "exported master");
 
         // Another world size and stage: every rank gets the whole masters and their BF16 copy, and the moments of its shard.
         ParallelTraining.RunThreadRanks(loadedWorld, ctx =>
@@ -106,22 +106,23 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
             var trainer = NewTrainer(ctx, new DataParallelOptions { Stage = loadedStage, OffloadOptimizer = loadedOffload, BucketElements = 1000 }, seed: 99);
             ShardedCheckpoint.Restore(dir, trainer);
             Assert.Equal(SavedStep, trainer.Step);
-            Assert.Equal(SavedStep, trainer.Optimizer.StepCount);
-            var arena = trainer.Model.Parameters;
-            var device = arena.Backend;
+            Assert.Equal(SavedStep, trainer.Strategy().StepCount);
+            var arena = trainer.Model.Layout;
+            var full = arena.Storage as ParameterArena;     // null under ZeRO-3: only shards
+            var device = trainer.Model.Backend;
             string rank = $"rank {ctx.Rank} of {ctx.WorldSize}";
             bool wholeMasters = !loadedOffload && loadedStage != ZeroStage.Parameters;
-            if (!wholeMasters) Assert.Null(arena.Masters);   // the host shard (offload) or the master shard (ZeRO-3) is the only F32 copy
-            else AssertParameters(_masters, device.ToArray<float>(arena.Masters!), arena, $"{rank}: master");
-            if (loadedStage != ZeroStage.Parameters) AssertBf16Copy(_masters, device.ToArray<BFloat16>(arena.Values), arena, $"{rank}: value");
+            if (!wholeMasters) Assert.Null(full?.Masters);   // the host shard (offload) or the master shard (ZeRO-3) is the only F32 copy
+            else AssertParameters(_masters, device.ToArray<float>(full!.Masters!), arena, $"{rank}: master");
+            if (loadedStage != ZeroStage.Parameters) AssertBf16Copy(_masters, device.ToArray<BFloat16>(full!.Values), arena, $"{rank}: value");
             else
             {
-                var values = trainer.GatherValuesToHost(root: 0);
+                var values = trainer.Strategy().GatherValuesToHost(root: 0);
                 if (ctx.Rank == 0) AssertBf16Copy(_masters, values!.Select(BFloat16.FromSingle).ToArray(), arena, $"{rank}: gathered value");
             }
-            var opt = trainer.Optimizer;
+            var opt = trainer.Strategy().Optimizer;
             var state = opt.Host ?? device;
-            foreach (var r in trainer.Communication.Layout.Owned)
+            foreach (var r in trainer.Strategy().Layout.Owned)
             {
                 var shape = new Shape((int)r.Length);
                 AssertOwned(_m, state.ToArray<float>(opt.M.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: m");
@@ -131,18 +132,18 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
             // Offloaded or ZeRO-3: the whole F32 model comes from every rank's shard, through unit-size device buffers.
             if (!wholeMasters)
             {
-                var gathered = trainer.GatherMastersToHost(root: ctx.WorldSize - 1);
+                var gathered = trainer.Strategy().GatherMastersToHost(root: ctx.WorldSize - 1);
                 if (ctx.Rank == ctx.WorldSize - 1) AssertParameters(_masters, gathered!, arena, $"{rank}: gathered host master");
                 else Assert.Null(gathered);
                 return 0;
             }
             // After training only the owned masters are current; synchronizing must rebuild them all.
-            device.Fill(arena.Masters!, double.NaN);
+            device.Fill(full!.Masters!, double.NaN);
             if (opt.Masters is null)
-                foreach (var r in trainer.Communication.Layout.Owned)
-                    device.CopyFromHost<float>(_masters.AsSpan((int)r.ArenaOffset, (int)r.Length), arena.Masters!.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
-            trainer.SynchronizeMasters();
-            AssertParameters(_masters, device.ToArray<float>(arena.Masters!), arena, $"{rank}: synchronized master");
+                foreach (var r in trainer.Strategy().Layout.Owned)
+                    device.CopyFromHost<float>(_masters.AsSpan((int)r.ArenaOffset, (int)r.Length), full.Masters!.Narrow(r.ArenaOffset, new Shape((int)r.Length)));
+            ((BucketedDataParallel)trainer.Parallelism).SynchronizeMasters();
+            AssertParameters(_masters, device.ToArray<float>(full.Masters!), arena, $"{rank}: synchronized master");
             return 0;
         }, TimeSpan.FromSeconds(60));
 
@@ -152,10 +153,10 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         var plain = new Trainer(single, new AdamWOptimizer(single.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(SavedStep + 1));
         ShardedCheckpoint.RestoreSingle(dir, single, plain);
         Assert.Equal(SavedStep, plain.Step);
-        AssertParameters(_masters, backend.ToArray<float>(single.Parameters.Masters!), single.Parameters, "one rank: master");
-        AssertBf16Copy(_masters, backend.ToArray<BFloat16>(single.Parameters.Values), single.Parameters, "one rank: value");
-        AssertParameters(_m, backend.ToArray<float>(plain.Optimizer.M), single.Parameters, "one rank: m");
-        AssertParameters(_v, backend.ToArray<float>(plain.Optimizer.V), single.Parameters, "one rank: v");
+        AssertParameters(_masters, backend.ToArray<float>(single.Parameters.Masters!), single.Layout, "one rank: master");
+        AssertBf16Copy(_masters, backend.ToArray<BFloat16>(single.Parameters.Values), single.Layout, "one rank: value");
+        AssertParameters(_m, backend.ToArray<float>(plain.AdamW().M), single.Layout, "one rank: m");
+        AssertParameters(_v, backend.ToArray<float>(plain.AdamW().V), single.Layout, "one rank: v");
     }
 
     [Theory]
@@ -170,11 +171,13 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         var parallel = new DataParallelOptions { Stage = stage, OffloadOptimizer = true, BucketElements = 1500 };
         ParallelTraining.RunThreadRanks(2, ctx =>
         {
-            var trainer = NewTrainer(ctx, parallel);
-            var arena = trainer.Model.Parameters;
+            var model = NewModel(ctx.Backend);
+            var arena = model.Parameters;
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
+                ParallelRun.Options(SavedStep + 1), new AdamWOptions(), parallel, ctx.Host);
             Assert.True(arena.MastersReleased);
             Assert.Null(arena.Masters);
-            Assert.All(arena.Parameters, p => Assert.Null(p.Master));
+            Assert.All(model.Layout.Parameters, p => Assert.Null(p.Master));
             // ZeRO-3 frees the arena's buffers as well (the value and gradient shards hold the rank's part).
             Assert.Equal(stage == ZeroStage.Parameters ? 0 : 2 * arena.Length * DType.BF16.SizeInBytes(), arena.AllocatedBytes);
             // Loading through the arena would write the BF16 copy in the master's place: refused.
@@ -186,26 +189,26 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         var exported = NewModel(new CpuBackend(1), seed: 99);
         using (var hf = HuggingFaceModelDirectory.Open(dir, exported.Config))
             hf.LoadInto(exported.Parameters.Parameters, exported.Backend);
-        AssertParameters(_masters, exported.Backend.ToArray<float>(exported.Parameters.Masters!), exported.Parameters, "exported master");
+        AssertParameters(_masters, exported.Backend.ToArray<float>(exported.Parameters.Masters!), exported.Layout, "exported master");
 
         ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var trainer = NewTrainer(ctx, parallel, seed: 99);
             ShardedCheckpoint.Restore(dir, trainer);
-            var arena = trainer.Model.Parameters;
-            Assert.Null(arena.Masters);
-            var opt = trainer.Optimizer;
+            var arena = trainer.Model.Layout;
+            Assert.Null((arena.Storage as ParameterArena)?.Masters);
+            var opt = trainer.Strategy().Optimizer;
             string rank = $"rank {ctx.Rank}";
-            foreach (var r in trainer.Communication.Layout.Owned)
+            foreach (var r in trainer.Strategy().Layout.Owned)
             {
                 var shape = new Shape((int)r.Length);
                 AssertOwned(_masters, opt.Host!.ToArray<float>(opt.Masters!.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: host master");
                 AssertOwned(_m, opt.Host!.ToArray<float>(opt.M.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: m");
                 AssertOwned(_v, opt.Host!.ToArray<float>(opt.V.Narrow(r.ShardOffset, shape)), r, arena, $"{rank}: v");
             }
-            var gathered = trainer.GatherMastersToHost(root: 0);
+            var gathered = trainer.Strategy().GatherMastersToHost(root: 0);
             if (ctx.Rank == 0) AssertParameters(_masters, gathered!, arena, $"{rank}: gathered master");
-            var values = trainer.GatherValuesToHost(root: 0);
+            var values = trainer.Strategy().GatherValuesToHost(root: 0);
             if (ctx.Rank == 0)
                 foreach (var p in arena.Parameters)
                     for (long i = p.Offset; i < p.Offset + p.NumElements; i++)
@@ -239,7 +242,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
     }
 
     /// <summary>Bitwise over every parameter element (the alignment padding between parameters is not state).</summary>
-    private static void AssertParameters(float[] expected, float[] actual, ParameterArena arena, string what)
+    private static void AssertParameters(float[] expected, float[] actual, ParameterLayout arena, string what)
     {
         foreach (var p in arena.Parameters)
             for (long i = p.Offset; i < p.Offset + p.NumElements; i++)
@@ -247,7 +250,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
                     Assert.Fail($"{what} of '{p.Name}' [{i - p.Offset}] (arena {i}): expected {expected[i]:R}, got {actual[i]:R}");
     }
 
-    private static void AssertBf16Copy(float[] masters, BFloat16[] values, ParameterArena arena, string what)
+    private static void AssertBf16Copy(float[] masters, BFloat16[] values, ParameterLayout arena, string what)
     {
         foreach (var p in arena.Parameters)
             for (long i = p.Offset; i < p.Offset + p.NumElements; i++)
@@ -256,7 +259,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
     }
 
     /// <summary>An owned range's state against the whole-arena expectation, on parameter elements only.</summary>
-    private static void AssertOwned(float[] expected, float[] actual, OwnedRange r, ParameterArena arena, string what)
+    private static void AssertOwned(float[] expected, float[] actual, OwnedRange r, ParameterLayout arena, string what)
     {
         foreach (var p in arena.Parameters)
         {

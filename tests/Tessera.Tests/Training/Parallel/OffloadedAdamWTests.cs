@@ -33,7 +33,7 @@ public sealed class OffloadedAdamWTests
         model.InitializeWeights(seed: 5);
         var arena = model.Parameters;
         int n = checked((int)arena.Length);
-        var layout = new ShardLayout(model, stage, world, rank, bucketElements: 1500);
+        var layout = new ShardLayout(model.Layout, stage, world, rank, bucketElements: 1500);
         var offload = new OffloadedAdamW(arena, layout, host, pieceElements);
         int units = layout.Owned.Select(r => r.Unit).Distinct().Count();
         if (pieceElements < 1500) Assert.True(offload.PieceCount > units, $"{offload.PieceCount} pieces for {units} units: the test must cut pieces inside units");
@@ -122,9 +122,9 @@ public sealed class OffloadedAdamWTests
         var unfusedModel = new Transformer(ModelPresets.Get("llama-debug"), device, dtype);
         fusedModel.InitializeWeights(seed: 6);
         unfusedModel.InitializeWeights(seed: 6);
-        var layout = new ShardLayout(fusedModel, stage, world, rank, bucketElements: 1500);
+        var layout = new ShardLayout(fusedModel.Layout, stage, world, rank, bucketElements: 1500);
         var fused = new OffloadedAdamW(fusedModel.Parameters, layout, host, pieceElements);
-        var unfused = new OffloadedAdamW(unfusedModel.Parameters, layout, host, pieceElements, null, fuse: false);
+        var unfused = new OffloadedAdamW(unfusedModel.Parameters, layout, host, pieceElements, fuse: false);
         Assert.True(fused.FusedHostUpdate);
         Assert.False(unfused.FusedHostUpdate);
         int n = checked((int)fusedModel.Parameters.Length);

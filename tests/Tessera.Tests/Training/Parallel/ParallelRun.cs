@@ -52,7 +52,7 @@ internal static class ParallelRun
             grads[s] = model.Backend.ToArray<double>(model.Parameters.Grads);   // AdamW leaves the gradients as they were
         }
         return new RunRecord(losses, grads, [], 0, model.Backend.ToArray<double>(model.Parameters.Values),
-            model.Backend.ToArray<double>(trainer.Optimizer.M), model.Backend.ToArray<double>(trainer.Optimizer.V));
+            model.Backend.ToArray<double>(((SingleDevice)trainer.Parallelism).Optimizer.M), model.Backend.ToArray<double>(((SingleDevice)trainer.Parallelism).Optimizer.V));
     }
 
     /// <summary>
@@ -67,7 +67,8 @@ internal static class ParallelRun
         {
             var model = shardedConstruction ? new Transformer(ModelPresets.Get(preset), ctx.Backend, DType.F64, ArenaStorage.Deferred) : NewModel(preset, ctx.Backend);
             var loader = new TokenDataLoader([shard], B, T, ctx.Rank, world);
-            var trainer = new DataParallelTrainer(model, ctx.Group, loader, Options(steps, accumulation), adamW, parallel, ctx.Host);
+            var strategy = DataParallelism.Create(model, ctx.Group, parallel, adamW, ctx.Host);
+            var trainer = new Trainer(model, strategy, loader, null, Options(steps, accumulation));
             if (shardedConstruction) trainer.InitializeWeights(Seed);
             var losses = new double[steps];
             var grads = new List<(long, double[])>[steps];
@@ -77,9 +78,9 @@ internal static class ParallelRun
                 long before = ctx.Group.CollectiveCount;
                 losses[s] = trainer.TrainStep();
                 counts[s] = ctx.Group.CollectiveCount - before;
-                grads[s] = trainer.Communication.Layout.Owned.Select(r => (r.ArenaOffset, ctx.Backend.ToArray<double>(trainer.Communication.Gradient(r)))).ToList();
+                grads[s] = strategy.Layout.Owned.Select(r => (r.ArenaOffset, ctx.Backend.ToArray<double>(strategy.Gradient(r)))).ToList();
             }
-            return (losses, grads, counts, trainer.CollectivesPerStep, Owned(trainer));
+            return (losses, grads, counts, trainer.CollectivesPerStep, Owned(strategy));
         }, TimeSpan.FromSeconds(60));
         long length = ArenaLength(preset);
         // Plain data parallelism: every rank owns the whole arena; take rank 0's.
@@ -92,15 +93,15 @@ internal static class ParallelRun
     }
 
     /// <summary>A rank's owned values and moments: (arena offset, value, m, v) per owned range.</summary>
-    public static List<(long Offset, double[] Value, double[] M, double[] V)> Owned(DataParallelTrainer trainer)
+    public static List<(long Offset, double[] Value, double[] M, double[] V)> Owned(DataParallelism strategy)
     {
-        var arena = trainer.Model.Parameters;
-        var state = trainer.Optimizer.Host ?? arena.Backend;
-        return trainer.Communication.Layout.Owned.Select(r =>
+        var device = strategy.Model.Backend;
+        var state = strategy.Optimizer.Host ?? device;
+        return strategy.Layout.Owned.Select(r =>
         {
             var shape = new Shape((int)r.Length);
-            return (r.ArenaOffset, arena.Backend.ToArray<double>(trainer.Communication.Value(r)),
-                state.ToArray<double>(trainer.Optimizer.M.Narrow(r.ShardOffset, shape)), state.ToArray<double>(trainer.Optimizer.V.Narrow(r.ShardOffset, shape)));
+            return (r.ArenaOffset, device.ToArray<double>(strategy.Value(r)),
+                state.ToArray<double>(strategy.Optimizer.M.Narrow(r.ShardOffset, shape)), state.ToArray<double>(strategy.Optimizer.V.Narrow(r.ShardOffset, shape)));
         }).ToList();
     }
 

@@ -30,11 +30,11 @@ public sealed class ShardedCheckpointTests : IDisposable
         var saved = ParallelTraining.RunThreadRanks(4, ctx =>
         {
             var model = ParallelRun.NewModel(Preset, ctx.Backend);
-            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 4),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 4),
                 ParallelRun.Options(4), adamW, new DataParallelOptions { Stage = ZeroStage.Parameters, PoisonReleasedParameters = true }, ctx.Host);
             for (int s = 0; s < 3; s++) trainer.TrainStep();
             ShardedCheckpoint.Save(store, trainer, "byte");
-            var owned = ParallelRun.Owned(trainer);
+            var owned = ParallelRun.Owned(trainer.Strategy());
             return (owned, next: trainer.TrainStep());
         }, TimeSpan.FromSeconds(60));
         var (values, m, v) = ParallelRun.AssembleState(length, saved.Select(r => r.owned));
@@ -48,11 +48,11 @@ public sealed class ShardedCheckpointTests : IDisposable
         {
             var model = ParallelRun.NewModel(Preset, ctx.Backend);
             model.InitializeWeights(seed: 99);   // the checkpoint must overwrite these
-            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], 4, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 4, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(4, batch: 4), adamW, new DataParallelOptions { Stage = ZeroStage.OptimizerStates }, ctx.Host);
             ShardedCheckpoint.Restore(dir, trainer);
             Assert.Equal(3, trainer.Step);
-            var owned = ParallelRun.Owned(trainer);
+            var owned = ParallelRun.Owned(trainer.Strategy());
             return (owned, next: trainer.TrainStep());
         }, TimeSpan.FromSeconds(60));
         var (values2, m2, v2) = ParallelRun.AssembleState(length, two.Select(r => r.owned));
@@ -66,12 +66,12 @@ public sealed class ShardedCheckpointTests : IDisposable
         var deferred = ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = new Tessera.Models.Transformer(Tessera.Models.ModelPresets.Get(Preset), ctx.Backend, DType.F64, Tessera.Nn.ArenaStorage.Deferred);
-            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], 4, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 4, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(4, batch: 4), adamW, new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
             ShardedCheckpoint.Restore(dir, trainer);
             Assert.Equal(3, trainer.Step);
-            Assert.Equal(0, model.Parameters.AllocatedBytes);
-            var owned = ParallelRun.Owned(trainer);
+            Assert.IsType<ShardedParameterStorage>(model.Layout.Storage);   // no full arena was ever built
+            var owned = ParallelRun.Owned(trainer.Strategy());
             return (owned, next: trainer.TrainStep());
         }, TimeSpan.FromSeconds(60));
         var (values3, m3, v3) = ParallelRun.AssembleState(length, deferred.Select(r => r.owned));
@@ -88,8 +88,8 @@ public sealed class ShardedCheckpointTests : IDisposable
         ShardedCheckpoint.RestoreSingle(dir, single, trainer1);
         Assert.Equal(3, trainer1.Step);
         DataParallelTests.AssertBitIdentical(values, backend.ToArray<double>(single.Parameters.Values), "parameters on 1 rank");
-        DataParallelTests.AssertBitIdentical(m, backend.ToArray<double>(trainer1.Optimizer.M), "m on 1 rank");
-        DataParallelTests.AssertBitIdentical(v, backend.ToArray<double>(trainer1.Optimizer.V), "v on 1 rank");
+        DataParallelTests.AssertBitIdentical(m, backend.ToArray<double>(trainer1.AdamW().M), "m on 1 rank");
+        DataParallelTests.AssertBitIdentical(v, backend.ToArray<double>(trainer1.AdamW().V), "v on 1 rank");
         DataParallelTests.AssertClose([nextLoss], [trainer1.TrainStep()], "next loss on 1 rank");
     }
 
@@ -100,7 +100,7 @@ public sealed class ShardedCheckpointTests : IDisposable
         ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = ParallelRun.NewModel(Preset, ctx.Backend);
-            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(2), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Gradients }, ctx.Host);
             trainer.TrainStep();
             return ShardedCheckpoint.Save(store, trainer, "byte");

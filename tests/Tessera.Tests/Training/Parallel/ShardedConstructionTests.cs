@@ -3,6 +3,7 @@ using Tessera.Models.HuggingFace;
 using Tessera.Nn;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
+using Tessera.Training;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
@@ -25,9 +26,9 @@ public sealed class ShardedConstructionTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static DataParallelTrainer NewTrainer(Transformer model, RankContext ctx, string shard, bool offload, int accumulation = 1) =>
-        new(model, ctx.Group, new TokenDataLoader([shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
-            ParallelRun.Options(3, accumulation), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters, OffloadOptimizer = offload }, ctx.Host);
+    private static Trainer NewTrainer(Transformer model, RankContext ctx, string shard, bool offload, int accumulation = 1) =>
+        new(model, new FullyShardedDataParallel(model, ctx.Group, new DataParallelOptions { Stage = ZeroStage.Parameters, OffloadOptimizer = offload }, new AdamWOptions(), ctx.Host),
+            new TokenDataLoader([shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize), null, ParallelRun.Options(3, accumulation));
 
     /// <summary>A tensor's elements widened to F64 (exact for F64, F32 and BF16), so bit identity is checked on the stored values.</summary>
     private static double[] Read(IBackend backend, Tensor t) => t.DType switch
@@ -39,15 +40,16 @@ public sealed class ShardedConstructionTests : IDisposable
     };
 
     /// <summary>A rank's owned values (arena dtype: the value shard) and masters (wherever they live), per owned range.</summary>
-    private static (List<(long, double[])> Values, List<(long, double[])> Masters) OwnedWeights(DataParallelTrainer trainer)
+    private static (List<(long, double[])> Values, List<(long, double[])> Masters) OwnedWeights(Trainer trainer)
     {
-        var backend = trainer.Model.Parameters.Backend;
+        var strategy = (DataParallelism)trainer.Parallelism;
+        var backend = trainer.Model.Backend;
         var values = new List<(long, double[])>();
         var masters = new List<(long, double[])>();
-        foreach (var r in trainer.Communication.Layout.Owned)
+        foreach (var r in strategy.Layout.Owned)
         {
-            values.Add((r.ArenaOffset, Read(backend, trainer.Communication.Value(r))));
-            var (where, master) = trainer.Optimizer.MasterOf(r);
+            values.Add((r.ArenaOffset, Read(backend, strategy.Value(r))));
+            var (where, master) = strategy.Optimizer.MasterOf(r);
             masters.Add((r.ArenaOffset, Read(where, master)));
         }
         return (values, masters);
@@ -95,7 +97,7 @@ public sealed class ShardedConstructionTests : IDisposable
         var ranks = ParallelTraining.RunThreadRanks(world, ctx =>
         {
             var model = new Transformer(config, ctx.Backend, dtype, ArenaStorage.Deferred);
-            Assert.Equal(0, model.Parameters.AllocatedBytes);
+            Assert.Null(model.Layout.Storage);                       // declared only: nothing allocated
             var trainer = NewTrainer(model, ctx, _shard, offload);
             trainer.InitializeWeights(ParallelRun.Seed);
             return OwnedWeights(trainer);
@@ -146,9 +148,10 @@ public sealed class ShardedConstructionTests : IDisposable
             var model = new Transformer(config, ctx.Backend, DType.BF16, ArenaStorage.Deferred);
             var trainer = NewTrainer(model, ctx, _shard, offload: true);
             trainer.InitializeWeights(ParallelRun.Seed);
-            var layout = trainer.Communication.Layout;
+            var strategy = (DataParallelism)trainer.Parallelism;
+            var layout = strategy.Layout;
             bool ownsNothingOfSome = layout.Units.Any(u => layout.OwnedSpan(u).Start == layout.OwnedSpan(u).End);
-            return (Gathered: trainer.GatherMastersToHost(root: 0), ownsNothingOfSome);
+            return (Gathered: strategy.GatherMastersToHost(root: 0), ownsNothingOfSome);
         }, TimeSpan.FromSeconds(60));
         Assert.Contains(ranks, r => r.ownsNothingOfSome);
         var gathered = ranks[0].Gathered!;
@@ -167,10 +170,9 @@ public sealed class ShardedConstructionTests : IDisposable
         {
             var model = new Transformer(config, ctx.Backend, DType.F64, ArenaStorage.Deferred);
             var e = Assert.Throws<InvalidOperationException>(() => model.InitializeWeights(1));
-            Assert.Contains("DataParallelTrainer.InitializeWeights", e.Message);
-            var stage2 = Assert.Throws<ArgumentException>(() => new DataParallelTrainer(model, ctx.Group,
-                new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, 2), ParallelRun.Options(3), new AdamWOptions(),
-                new DataParallelOptions { Stage = ZeroStage.Gradients }, ctx.Host));
+            Assert.Contains("Trainer.InitializeWeights", e.Message);
+            var stage2 = Assert.Throws<ArgumentException>(() => DataParallelism.Create(model, ctx.Group,
+                new DataParallelOptions { Stage = ZeroStage.Gradients }, new AdamWOptions(), ctx.Host));
             Assert.Contains("only ZeRO-3", stage2.Message);
             var trainer = NewTrainer(model, ctx, _shard, offload: false);
             var early = Assert.Throws<InvalidOperationException>(() => trainer.TrainStep());

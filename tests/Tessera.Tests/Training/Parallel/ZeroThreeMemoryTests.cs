@@ -39,7 +39,7 @@ public sealed class ZeroThreeMemoryTests : IDisposable
     private static TransformerConfig Config => ModelPresets.Get("gpt2-debug") with { Layers = 16 };
 
     /// <summary>Wraps the communication's hooks and records, after each Before* hook, the storages the parameters are bound to.</summary>
-    private sealed class BindingProbe(ITransformerPassHooks inner, ParameterArena arena) : ITransformerPassHooks
+    private sealed class BindingProbe(ITransformerPassHooks inner, IReadOnlyList<Parameter> parameters) : ITransformerPassHooks
     {
         public int MaxValueBuffers { get; private set; }
         public int MaxGradientBuffers { get; private set; }
@@ -53,8 +53,8 @@ public sealed class ZeroThreeMemoryTests : IDisposable
 
         private void Record()
         {
-            var values = arena.Parameters.Where(p => p.IsResident).Select(p => p.Value.Storage).Distinct().ToList();
-            var grads = arena.Parameters.Where(p => p.HasGradient).Select(p => p.Grad.Storage).Distinct().ToList();
+            var values = parameters.Where(p => p.IsResident).Select(p => p.Value.Storage).Distinct().ToList();
+            var grads = parameters.Where(p => p.HasGradient).Select(p => p.Grad.Storage).Distinct().ToList();
             MaxValueBuffers = Math.Max(MaxValueBuffers, values.Count);
             MaxGradientBuffers = Math.Max(MaxGradientBuffers, grads.Count);
             foreach (var s in values.Concat(grads)) LargestBoundBuffer = Math.Max(LargestBoundBuffer, s.ByteLength);
@@ -77,15 +77,16 @@ public sealed class ZeroThreeMemoryTests : IDisposable
         {
             var model = new Transformer(config, ctx.Backend, DType.F64);
             model.InitializeWeights(ParallelRun.Seed);
-            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, World),
+            var arena = model.Parameters;
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, World),
                 ParallelRun.Options(3, accumulation), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
-            var communication = trainer.Communication;
-            var probe = new BindingProbe(model.PassHooks!, model.Parameters);
+            var communication = trainer.FullySharded();
+            var probe = new BindingProbe(model.PassHooks!, model.Layout.Parameters);
             model.PassHooks = probe;
             for (int s = 0; s < 2; s++) Assert.True(double.IsFinite(trainer.TrainStep()));
             var layout = communication.Layout;
-            bool unbound = model.Parameters.Parameters.All(p => !p.IsResident && !p.HasGradient);
-            return new RankMemory(model.Parameters.AllocatedBytes, communication.PersistentBytes, communication.TransientBytes, layout.ShardLength,
+            bool unbound = model.Layout.Parameters.All(p => !p.IsResident && !p.HasGradient);
+            return new RankMemory(arena.AllocatedBytes, communication.PersistentBytes, communication.TransientBytes, layout.ShardLength,
                 layout.Units.Max(u => u.Chunk * layout.Shards) * b, layout.Units.Max(u => u.Chunk) * b,
                 probe.MaxValueBuffers, probe.MaxGradientBuffers, probe.LargestBoundBuffer, probe.MaxBoundBytes, unbound);
         }, TimeSpan.FromSeconds(60));
@@ -134,14 +135,14 @@ public sealed class ZeroThreeMemoryTests : IDisposable
         // Activation checkpointing, as ZeRO-3 runs use: a tiny model's activations of 16 blocks would otherwise outweigh its parameters.
         model.RecomputeActivations = true;
         long afterModel = backend.PeakAllocatedBytes;
-        var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world),
+        var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world),
             ParallelRun.Options(3), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
         if (shardedConstruction) trainer.InitializeWeights(ParallelRun.Seed);
         long afterSetup = backend.PeakAllocatedBytes;
         for (int s = 0; s < 3; s++) Assert.True(double.IsFinite(trainer.TrainStep()));
-        var layout = trainer.Communication.Layout;
-        return new SetupPeak(afterModel, afterSetup, backend.PeakAllocatedBytes, trainer.Communication.PersistentBytes,
-            trainer.Optimizer.M.Storage.ByteLength + trainer.Optimizer.V.Storage.ByteLength, trainer.Communication.TransientBytes,
+        var layout = trainer.Strategy().Layout;
+        return new SetupPeak(afterModel, afterSetup, backend.PeakAllocatedBytes, trainer.FullySharded().PersistentBytes,
+            trainer.Strategy().Optimizer.M.Storage.ByteLength + trainer.Strategy().Optimizer.V.Storage.ByteLength, trainer.Strategy().TransientBytes,
             model.Activations.BufferedElements * sizeof(double), layout.Units.Max(u => u.Chunk * layout.Shards) * sizeof(double));
     }, TimeSpan.FromSeconds(120));
 
@@ -192,9 +193,9 @@ public sealed class ZeroThreeMemoryTests : IDisposable
         {
             var model = new Transformer(Config, ctx.Backend, DType.F64);
             model.InitializeWeights(ParallelRun.Seed);
-            var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(3), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
-            var weight = model.Parameters["blocks.3.attn.qkv.weight"];
+            var weight = model.Layout["blocks.3.attn.qkv.weight"];
             var e = Assert.Throws<InvalidOperationException>(() => weight.Value);
             Assert.Contains("blocks.3.attn.qkv.weight", e.Message);
             Assert.Throws<InvalidOperationException>(() => weight.Grad);
@@ -217,12 +218,13 @@ public sealed class ZeroThreeMemoryTests : IDisposable
             {
                 var model = new Transformer(Config, ctx.Backend, DType.BF16);
                 model.InitializeWeights(ParallelRun.Seed);
-                var trainer = new DataParallelTrainer(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, World),
+                var arena = model.Parameters;
+                var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, World),
                     ParallelRun.Options(3), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters, OffloadOptimizer = offload }, ctx.Host);
-                var layout = trainer.Communication.Layout;
-                Assert.Equal(0, model.Parameters.AllocatedBytes);
-                Assert.Equal(layout.ShardLength * (2 + 2 + (offload ? 0 : 4)), trainer.Communication.PersistentBytes);
-                Assert.Equal(offload, trainer.Communication.MasterShard is null);
+                var layout = trainer.Strategy().Layout;
+                Assert.Equal(0, arena.AllocatedBytes);
+                Assert.Equal(layout.ShardLength * (2 + 2 + (offload ? 0 : 4)), trainer.FullySharded().PersistentBytes);
+                Assert.Equal(offload, trainer.FullySharded().MasterShard is null);
                 return 0;
             }, TimeSpan.FromSeconds(60));
         }

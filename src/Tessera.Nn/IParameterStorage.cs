@@ -1,0 +1,40 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn;
+
+/// <summary>
+/// Where the tensors of a model's parameters live. A <see cref="ParameterArena"/> holds every parameter whole in one
+/// value, gradient (and, for 16-bit models, F32 master) buffer; a fully sharded data-parallel strategy (ZeRO-3) holds
+/// shards and binds each unit's parameters to gathered buffers while a pass needs them. Layers never see which: they
+/// read <see cref="Parameter.Value"/> and <see cref="Parameter.Grad"/> at use, which ask the storage attached to the
+/// model's <see cref="ParameterLayout"/>.
+/// </summary>
+public interface IParameterStorage
+{
+    /// <summary>Backend holding the tensors.</summary>
+    IBackend Backend { get; }
+
+    /// <summary>Element type of values and gradients (what the layers read and write).</summary>
+    DType DType { get; }
+
+    /// <summary>The value of <paramref name="parameter"/>; throws, naming it, when the storage does not hold it now.</summary>
+    Tensor Value(Parameter parameter);
+
+    /// <summary>The gradient of <paramref name="parameter"/>; throws, naming it, when no gradient buffer is bound now.</summary>
+    Tensor Grad(Parameter parameter);
+
+    /// <summary>The F32 master beside a 16-bit value, or null when the value is its own master (F32, F64) or the master lives elsewhere.</summary>
+    Tensor? Master(Parameter parameter);
+
+    /// <summary>
+    /// The tensor holding the authoritative value (the master when there is one, else the value); throws when the master
+    /// lives elsewhere (an offloaded optimizer holds it), so that nothing writes a rounded copy in its place.
+    /// </summary>
+    Tensor Authoritative(Parameter parameter);
+
+    /// <summary>Whether <see cref="Value"/> would succeed now.</summary>
+    bool IsResident(Parameter parameter);
+
+    /// <summary>Whether <see cref="Grad"/> would succeed now.</summary>
+    bool HasGradient(Parameter parameter);
+}

@@ -1,0 +1,186 @@
+using Tessera.Distributed;
+using Tessera.Models;
+using Tessera.Nn;
+using Tessera.Tensors;
+using Tessera.Training.Optim;
+
+namespace Tessera.Training.Parallel;
+
+/// <summary>
+/// Plain data parallelism (PyTorch DDP), ZeRO-1 and ZeRO-2 for one rank. Every rank keeps the whole arena of values and
+/// gradients. On the last micro-batch of a step each gradient bucket (whole parameters, built from the last parameter
+/// backwards) is issued as soon as the backward pass has finished every parameter in it: an all-reduce (plain DP,
+/// ZeRO-1) or a reduce-scatter into the rank's gradient shard (ZeRO-2); earlier micro-batches only accumulate locally.
+/// ZeRO-1/2 shard the AdamW state and, after the update, all-gather each bucket's updated values.
+/// <para>
+/// Mixed precision (a BF16 arena with F32 masters): BF16 gradients are reduced and BF16 values gathered (half of F32's
+/// bytes); each rank's optimizer keeps the F32 masters current only in its owned ranges, and
+/// <see cref="SynchronizeMasters"/> gathers them whole when needed. With offload the masters and moments of the shard
+/// live on the host, and the arena's own F32 master buffer is released (the host copy is the only one).
+/// </para>
+/// Memory per rank (P arena elements, W ranks, b bytes per element): 2bP for the value and gradient arenas, 2P/W moments
+/// (ZeRO-1/2; 2P without sharding), ZeRO-2's reduced gradient in a P/W shard, and a BF16 arena's 4P bytes of F32
+/// masters unless offloaded.
+/// </summary>
+public sealed class BucketedDataParallel : DataParallelism
+{
+    private readonly ParameterArena _arena;
+    private readonly List<(CollectiveHandle Handle, Tensor? Staging)> _gradientOps = [];
+    private int _nextBucket;
+    private bool _lastMicroBatch = true;
+
+    /// <summary>Sets up rank <paramref name="group"/>.Rank: layout, optimizer shard (on <paramref name="host"/> when offloaded), pass hooks.</summary>
+    public BucketedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null)
+        : base(model, group, options, host)
+    {
+        if (options.Stage == ZeroStage.Parameters)
+            throw new ArgumentException($"{group.Describe()}: ZeRO-3 shards the parameters; use FullyShardedDataParallel");
+        _arena = model.Layout.Storage as ParameterArena ?? throw new ArgumentException(
+            $"{group.Describe()}: the model has no full parameter arena (built with ArenaStorage.Deferred, or already sharded), which only ZeRO-3 serves; " +
+            $"build the model with ArenaStorage.Full for stage {(int)options.Stage}");
+        if (options.Stage >= ZeroStage.Gradients) GradientShard = model.Backend.Zeros(ShardShape(), model.DType);
+        OffloadedAdamW? offload = Host is null ? null : new OffloadedAdamW(model.Backend, model.DType, Layout, Host, options.OffloadPieceElements,
+            Value, () => _arena.Masters ?? (_arena.MastersReleased ? null : _arena.Values), loadMasters: true);
+        Optimizer = new ShardedAdamW(model.Backend, model.DType, Layout, group, adamW, Gradient, Value, Master, _arena.Grads, offload);
+        // ZeRO-Offload: the host master shard (just loaded from the arena) is authoritative; a BF16 arena's full-size F32
+        // device masters would be 4 bytes per parameter of dead weight, so they are freed.
+        if (offload is not null) _arena.ReleaseMasters();
+    }
+
+    /// <summary>ZeRO-2: this rank's reduced gradient shard (ShardLength elements, shard layout); null for plain DP and ZeRO-1.</summary>
+    public Tensor? GradientShard { get; }
+
+    /// <inheritdoc/>
+    public override Tensor Gradient(OwnedRange range)
+    {
+        var shape = new Shape((int)range.Length);
+        return GradientShard is null ? _arena.Grads.Narrow(range.ArenaOffset, shape) : GradientShard.Narrow(range.ShardOffset, shape);
+    }
+
+    /// <inheritdoc/>
+    public override Tensor Value(OwnedRange range) => _arena.Values.Narrow(range.ArenaOffset, new Shape((int)range.Length));
+
+    /// <inheritdoc/>
+    public override Tensor? Master(OwnedRange range) => _arena.Masters?.Narrow(range.ArenaOffset, new Shape((int)range.Length));
+
+    /// <inheritdoc/>
+    public override void ZeroGrad() => _arena.ZeroGrad();
+
+    /// <inheritdoc/>
+    public override void BeginMicroBatch(bool first, bool last)
+    {
+        _lastMicroBatch = last;
+        _nextBucket = 0;
+    }
+
+    /// <inheritdoc/>
+    public override void BeforeForward(int segment) { }
+
+    /// <inheritdoc/>
+    public override void AfterForward(int segment) { }
+
+    /// <inheritdoc/>
+    public override void BeforeBackward(int segment) { }
+
+    /// <inheritdoc/>
+    public override void AfterBackward(int segment)
+    {
+        if (!_lastMicroBatch) return;
+        long frontier = Layout.SegmentStart[segment];
+        while (_nextBucket < Layout.Units.Count && Layout.Units[_nextBucket].Start >= frontier)
+            IssueGradient(Layout.Units[_nextBucket++]);
+    }
+
+    /// <inheritdoc/>
+    public override void FinishGradients()
+    {
+        if (_nextBucket != Layout.Units.Count)
+            throw new InvalidOperationException($"{Group.Describe()}: only {_nextBucket} of {Layout.Units.Count} gradient buckets were issued; run Backward on the last micro-batch before finishing the step");
+        foreach (var (handle, staging) in _gradientOps)
+        {
+            handle.Wait();
+            if (staging is not null) Return(staging);
+        }
+        _gradientOps.Clear();
+    }
+
+    /// <inheritdoc/>
+    public override void AfterUpdate()
+    {
+        if (Layout.Stage == ZeroStage.None) return;
+        var pending = Layout.Units.Select(u => (Unit: u, Op: IssueGather(u, _arena.Values))).ToList();
+        foreach (var (unit, op) in pending) CompleteGather(unit, op, _arena.Values);
+    }
+
+    /// <inheritdoc/>
+    public override void ReleaseAll() { }
+
+    /// <inheritdoc/>
+    public override int CollectivesPerStep(int accumulationSteps)
+    {
+        int units = Layout.Units.Count;
+        int count = Layout.Shards > 1 ? 1 : 0;                       // the sharded optimizer's norm all-reduce
+        return count + (Layout.Stage == ZeroStage.None ? units : 2 * units);
+    }
+
+    /// <summary>
+    /// Collective (every rank, same point): makes <see cref="ParameterArena.Masters"/> hold the whole current F32 model on
+    /// every rank (training keeps only a rank's owned ranges current): one F32 all-gather per unit, one in flight at a
+    /// time. A no-op for F32/F64 arenas and without sharding; throws when the masters were released (offload).
+    /// </summary>
+    public void SynchronizeMasters()
+    {
+        if (_arena.MastersReleased)
+            throw new InvalidOperationException($"{Group.Describe()}: the device holds no full-size F32 masters (they live on the host with offload); use GatherMastersToHost");
+        var masters = _arena.Masters;
+        if (masters is null || Layout.Shards == 1) return;
+        (ShardUnit Unit, (CollectiveHandle Handle, Tensor Input, Tensor Output) Op)? previous = null;
+        foreach (var unit in Layout.Units)
+        {
+            // Issue the next unit before completing the previous one, so one gather overlaps one copy-out.
+            var op = IssueGather(unit, masters);
+            if (previous is { } p) CompleteGather(p.Unit, p.Op, masters);
+            previous = (unit, op);
+        }
+        if (previous is { } last) CompleteGather(last.Unit, last.Op, masters);
+    }
+
+    private protected override void WriteWhole(Parameter parameter, ReadOnlySpan<double> values)
+    {
+        var backend = Model.Backend;
+        // With offload the host masters (written by the caller) are the F32 copy; the device keeps only the values.
+        if (_arena.MastersReleased) HostValues.Write(backend, values, parameter.Value);
+        else
+        {
+            HostValues.Write(backend, values, parameter.MasterOrValue);
+            if (parameter.Master is not null) backend.Copy(parameter.Master, parameter.Value);
+        }
+    }
+
+    private protected override void WriteOwned(OwnedRange range, long start, ReadOnlySpan<double> values) { }
+
+    private protected override void CopyOwnedMasters(ShardUnit unit, Tensor chunk) => CopyOwnedChunk(_arena.Masters ?? _arena.Values, unit, chunk);
+
+    private protected override void CopyOwnedValues(ShardUnit unit, Tensor chunk) => CopyOwnedChunk(_arena.Values, unit, chunk);
+
+    private void IssueGradient(ShardUnit unit)
+    {
+        var grads = _arena.Grads.Narrow(unit.Start, new Shape((int)unit.Length));
+        if (Layout.Stage <= ZeroStage.OptimizerStates)
+        {
+            _gradientOps.Add((Group.AllReduce(grads, ReduceOp.Sum), null));
+            return;
+        }
+        var output = GradientShard!.Narrow(unit.ShardStart, new Shape((int)unit.Chunk));
+        long padded = unit.Chunk * Layout.Shards;
+        if (padded == unit.Length)
+        {
+            _gradientOps.Add((Group.ReduceScatter(grads, output, ReduceOp.Sum), null));
+            return;
+        }
+        var staging = Rent(padded, _arena.DType);
+        _arena.Backend.Copy(grads, staging.Narrow(0, grads.Shape));
+        _arena.Backend.Fill(staging.Narrow(unit.Length, new Shape((int)(padded - unit.Length))), 0);
+        _gradientOps.Add((Group.ReduceScatter(staging, output, ReduceOp.Sum), staging));
+    }
+}

@@ -1,0 +1,281 @@
+using Tessera.Distributed;
+using Tessera.Models;
+using Tessera.Nn;
+using Tessera.Tensors;
+using Tessera.Training.Optim;
+
+namespace Tessera.Training.Parallel;
+
+/// <summary>
+/// What the data-parallel strategies share: the rank's <see cref="ShardLayout"/> over the model's (local) parameter
+/// layout, its <see cref="ShardedAdamW"/>, the pool of transient communication buffers, and the gathers that assemble
+/// the whole model from every rank's shard (checkpoints). Two strategies derive from it:
+/// <see cref="BucketedDataParallel"/> (plain data parallelism, ZeRO-1 and ZeRO-2) and
+/// <see cref="FullyShardedDataParallel"/> (ZeRO-3). Each installs itself as the model's pass hooks.
+/// Gradients are summed over the group (the loss scale carries 1 / world); thread-rank groups reduce in rank order.
+/// </summary>
+public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
+{
+    private readonly Dictionary<(long Elements, DType DType), Stack<Tensor>> _pool = [];
+    private bool _weightsPending;
+
+    /// <summary>Lays out rank <paramref name="group"/>.Rank's share of <paramref name="model"/> and installs the pass hooks.</summary>
+    private protected DataParallelism(Transformer model, ProcessGroup group, DataParallelOptions options, IBackend? host)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        if (options.OffloadOptimizer && host is null)
+            throw new ArgumentException("parallel options: OffloadOptimizer needs a host backend (pass a CpuBackend as 'host')");
+        Model = model;
+        Group = group;
+        Options = options;
+        Host = options.OffloadOptimizer ? host : null;
+        Layout = new ShardLayout(model.Layout, options.Stage, group.Size, group.Rank, options.BucketElements);
+        _weightsPending = model.Layout.Storage is null;
+        model.PassHooks = this;
+    }
+
+    /// <summary>
+    /// The strategy for <paramref name="options"/>' stage: <see cref="FullyShardedDataParallel"/> for ZeRO-3, else
+    /// <see cref="BucketedDataParallel"/>. <paramref name="host"/> holds the offloaded optimizer state (required with
+    /// <see cref="DataParallelOptions.OffloadOptimizer"/>).
+    /// </summary>
+    public static DataParallelism Create(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null) =>
+        options.Stage == ZeroStage.Parameters
+            ? new FullyShardedDataParallel(model, group, options, adamW, host)
+            : new BucketedDataParallel(model, group, options, adamW, host);
+
+    /// <summary>The model this rank trains.</summary>
+    public Transformer Model { get; }
+
+    /// <summary>The data-parallel group.</summary>
+    public ProcessGroup Group { get; }
+
+    ProcessGroup? IDataParallelism.Group => Group;
+
+    /// <summary>Data-parallel settings.</summary>
+    public DataParallelOptions Options { get; }
+
+    /// <summary>The host backend of the offloaded optimizer state, or null.</summary>
+    public IBackend? Host { get; }
+
+    /// <summary>The arena layout (communication units and owned ranges).</summary>
+    public ShardLayout Layout { get; }
+
+    /// <summary>The rank's optimizer shard (set by the derived strategy's constructor).</summary>
+    public ShardedAdamW Optimizer { get; private protected set; } = null!;
+
+    /// <inheritdoc/>
+    public long StepCount { get => Optimizer.StepCount; set => Optimizer.StepCount = value; }
+
+    /// <inheritdoc/>
+    public bool WeightsPending => _weightsPending;
+
+    /// <summary>
+    /// Bytes of every transient buffer this rank's communication has allocated and still holds (pooled or in use). The pool
+    /// never frees during training, so after a step this is the peak.
+    /// </summary>
+    public long TransientBytes { get; private set; }
+
+    /// <summary>The reduced gradient of an owned range (a view of the arena gradients, or of the gradient shard).</summary>
+    public abstract Tensor Gradient(OwnedRange range);
+
+    /// <summary>The values of an owned range in the model's dtype (a view of the arena's values, or of the value shard).</summary>
+    public abstract Tensor Value(OwnedRange range);
+
+    /// <summary>The F32 masters of an owned range on the device (mixed precision), or null when the device holds none.</summary>
+    public abstract Tensor? Master(OwnedRange range);
+
+    /// <inheritdoc/>
+    public abstract void ZeroGrad();
+
+    /// <inheritdoc/>
+    public abstract void BeginMicroBatch(bool first, bool last);
+
+    /// <inheritdoc/>
+    public abstract void FinishGradients();
+
+    /// <inheritdoc/>
+    public void Step(double learningRate) => Optimizer.Step(learningRate);
+
+    /// <inheritdoc/>
+    public abstract void AfterUpdate();
+
+    /// <inheritdoc/>
+    public abstract void ReleaseAll();
+
+    /// <inheritdoc/>
+    public double LastGradNorm() => Optimizer.LastGradNorm();
+
+    /// <inheritdoc/>
+    public abstract int CollectivesPerStep(int accumulationSteps);
+
+    /// <inheritdoc/>
+    public abstract void BeforeForward(int segment);
+
+    /// <inheritdoc/>
+    public abstract void AfterForward(int segment);
+
+    /// <inheritdoc/>
+    public abstract void BeforeBackward(int segment);
+
+    /// <inheritdoc/>
+    public abstract void AfterBackward(int segment);
+
+    /// <inheritdoc/>
+    public void WriteWeights(Parameter parameter, ReadOnlySpan<double> values)
+    {
+        ArgumentNullException.ThrowIfNull(parameter);
+        if (values.Length != parameter.NumElements)
+            throw new ArgumentException($"{Group.Describe()}: {values.Length} values for parameter '{parameter.Name}' of {parameter.NumElements} elements");
+        WriteWhole(parameter, values);
+        var hostMasters = Optimizer.Masters;
+        foreach (var r in Layout.Owned)
+        {
+            long lo = Math.Max(r.ArenaOffset, parameter.Offset), hi = Math.Min(r.ArenaOffset + r.Length, parameter.Offset + parameter.NumElements);
+            if (lo >= hi) continue;
+            var shape = new Shape((int)(hi - lo));
+            var part = values.Slice((int)(lo - parameter.Offset), (int)(hi - lo));
+            if (hostMasters is not null) HostValues.Write(Optimizer.Host!, part, hostMasters.Narrow(r.ShardOffset + (lo - r.ArenaOffset), shape));
+            WriteOwned(r, lo, part);
+        }
+    }
+
+    /// <inheritdoc/>
+    public void MarkWeightsWritten() => _weightsPending = false;
+
+    /// <summary>Writes a whole parameter where the rank keeps whole parameters (a full arena); nothing for ZeRO-3.</summary>
+    private protected abstract void WriteWhole(Parameter parameter, ReadOnlySpan<double> values);
+
+    /// <summary>Writes <paramref name="values"/> of arena elements [<paramref name="start"/>, + length) of owned range <paramref name="range"/> into the rank's device shards (ZeRO-3); nothing elsewhere.</summary>
+    private protected abstract void WriteOwned(OwnedRange range, long start, ReadOnlySpan<double> values);
+
+    /// <summary>
+    /// Collective: for each communication unit in turn, <paramref name="ownedChunk"/> fills a transient device buffer of
+    /// <see cref="ShardUnit.Chunk"/> elements of <paramref name="dtype"/> with this rank's chunk (padding zeroed), the
+    /// chunks are all-gathered into a transient buffer of the whole unit, and <paramref name="consume"/> gets its first
+    /// <see cref="ShardUnit.Length"/> elements (valid only during the call). Two unit-size buffers exist at a time, so the
+    /// whole model is assembled without a full-size device buffer.
+    /// </summary>
+    public void GatherUnits(DType dtype, Action<ShardUnit, Tensor> ownedChunk, Action<ShardUnit, Tensor> consume)
+    {
+        ArgumentNullException.ThrowIfNull(ownedChunk);
+        ArgumentNullException.ThrowIfNull(consume);
+        var backend = Model.Backend;
+        foreach (var unit in Layout.Units)
+        {
+            var input = backend.Allocate(new Shape(checked((int)unit.Chunk)), dtype);
+            var output = backend.Allocate(new Shape(checked((int)(unit.Chunk * Layout.Shards))), dtype);
+            try
+            {
+                ownedChunk(unit, input);
+                Group.AllGather(input, output).Wait();
+                consume(unit, output.Narrow(0, new Shape((int)unit.Length)));
+            }
+            finally
+            {
+                backend.Synchronize();   // nothing queued may still read the buffers freed here
+                input.Storage.Dispose();
+                output.Storage.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Collective (every rank, same point): the rank's whole local model in its master values (the F32 masters of a BF16
+    /// run, else the values), assembled on rank <paramref name="root"/>'s host as F32 in arena layout (Length elements) and
+    /// null on the other ranks: what a checkpoint exports. Read from wherever the masters live (the host shard with
+    /// offload, the device otherwise), one all-gather per unit through unit-size transient buffers.
+    /// </summary>
+    public float[]? GatherMastersToHost(int root = 0) =>
+        GatherToHost(MasterDType, root, (unit, chunk) =>
+        {
+            if (Optimizer.Offload is { } offload) offload.CopyMastersToDevice(unit.ShardStart, chunk);
+            else CopyOwnedMasters(unit, chunk);
+        });
+
+    /// <summary>Collective: the whole local model in the values the layers read (BF16 for a BF16 run), on rank <paramref name="root"/>'s host as F32, null elsewhere.</summary>
+    public float[]? GatherValuesToHost(int root = 0) => GatherToHost(Model.DType, root, CopyOwnedValues);
+
+    /// <summary>The element type the optimizer updates: F32 for 16-bit models, else the model's.</summary>
+    public DType MasterDType => Model.DType is DType.BF16 or DType.F16 ? DType.F32 : Model.DType;
+
+    /// <summary>Fills <paramref name="chunk"/> (Chunk elements, master dtype) with this rank's chunk of <paramref name="unit"/>'s masters, padding zeroed.</summary>
+    private protected abstract void CopyOwnedMasters(ShardUnit unit, Tensor chunk);
+
+    /// <summary>Fills <paramref name="chunk"/> (Chunk elements, model dtype) with this rank's chunk of <paramref name="unit"/>'s values, padding zeroed.</summary>
+    private protected abstract void CopyOwnedValues(ShardUnit unit, Tensor chunk);
+
+    /// <summary>Copies this rank's chunk of <paramref name="unit"/> from the arena-laid-out <paramref name="source"/> into <paramref name="chunk"/>, zeroing padding.</summary>
+    private protected void CopyOwnedChunk(Tensor source, ShardUnit unit, Tensor chunk)
+    {
+        var device = Model.Backend;
+        var (start, end) = Layout.OwnedSpan(unit);
+        if (end > start) device.Copy(source.Narrow(start, new Shape((int)(end - start))), chunk.Narrow(0, new Shape((int)(end - start))));
+        if (end - start < unit.Chunk) device.Fill(chunk.Narrow(end - start, new Shape((int)(unit.Chunk - (end - start)))), 0);
+    }
+
+    private float[]? GatherToHost(DType dtype, int root, Action<ShardUnit, Tensor> ownedChunk)
+    {
+        if (root < 0 || root >= Group.Size) throw new ArgumentOutOfRangeException(nameof(root), $"{Group.Describe()}: root {root} is outside the group");
+        var device = Model.Backend;
+        var full = Group.Rank == root ? new float[Model.Layout.Length] : null;
+        GatherUnits(dtype, ownedChunk, (unit, gathered) =>
+        {
+            if (full is null) return;
+            var target = full.AsSpan((int)unit.Start, (int)unit.Length);
+            switch (gathered.DType)
+            {
+                case DType.F32: device.CopyToHost<float>(gathered, target); break;
+                case DType.F64: { var wide = device.ToArray<double>(gathered); for (int i = 0; i < wide.Length; i++) target[i] = (float)wide[i]; break; }
+                case DType.BF16: { var low = device.ToArray<BFloat16>(gathered); for (int i = 0; i < low.Length; i++) target[i] = low[i].ToSingle(); break; }
+                default: throw new NotSupportedException($"{Group.Describe()}: cannot gather {gathered.DType} parameters to the host");
+            }
+        });
+        return full;
+    }
+
+    /// <summary>Starts the all-gather of <paramref name="unit"/>'s owned chunk of <paramref name="source"/> (arena layout).</summary>
+    private protected (CollectiveHandle Handle, Tensor Input, Tensor Output) IssueGather(ShardUnit unit, Tensor source)
+    {
+        var backend = Model.Backend;
+        var (start, end) = Layout.OwnedSpan(unit);
+        var input = Rent(unit.Chunk, source.DType);
+        if (end > start) backend.Copy(source.Narrow(start, new Shape((int)(end - start))), input.Narrow(0, new Shape((int)(end - start))));
+        if (end - start < unit.Chunk) backend.Fill(input.Narrow(end - start, new Shape((int)(unit.Chunk - (end - start)))), 0);
+        var output = Rent(unit.Chunk * Layout.Shards, source.DType);
+        return (Group.AllGather(input, output), input, output);
+    }
+
+    /// <summary>Waits for <paramref name="op"/> and copies the gathered unit into <paramref name="destination"/> (arena layout).</summary>
+    private protected void CompleteGather(ShardUnit unit, (CollectiveHandle Handle, Tensor Input, Tensor Output) op, Tensor destination)
+    {
+        op.Handle.Wait();
+        var shape = new Shape((int)unit.Length);
+        Model.Backend.Copy(op.Output.Narrow(0, shape), destination.Narrow(unit.Start, shape));
+        Return(op.Input);
+        Return(op.Output);
+    }
+
+    /// <summary>A pooled device buffer of <paramref name="elements"/> (allocated on first need, kept for reuse).</summary>
+    private protected Tensor Rent(long elements, DType dtype)
+    {
+        if (_pool.TryGetValue((elements, dtype), out var stack) && stack.Count > 0) return stack.Pop();
+        var buffer = Model.Backend.Allocate(new Shape(checked((int)elements)), dtype);
+        TransientBytes += buffer.Storage.ByteLength;
+        return buffer;
+    }
+
+    /// <summary>Returns a buffer from <see cref="Rent"/> to the pool.</summary>
+    private protected void Return(Tensor buffer)
+    {
+        var key = (buffer.NumElements, buffer.DType);
+        if (!_pool.TryGetValue(key, out var stack)) _pool[key] = stack = new Stack<Tensor>();
+        stack.Push(buffer);
+    }
+
+    /// <summary>The (ShardLength / Alignment, Alignment) shape of the rank's shard buffers.</summary>
+    private protected Shape ShardShape() => new(checked((int)Math.Max(Layout.ShardLength / ParameterLayout.Alignment, 1)), ParameterLayout.Alignment);
+}

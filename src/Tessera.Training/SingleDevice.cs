@@ -1,0 +1,74 @@
+using Tessera.Distributed;
+using Tessera.Nn;
+using Tessera.Training.Optim;
+
+namespace Tessera.Training;
+
+/// <summary>
+/// The strategy of one device (or of each tensor-parallel rank with no data parallelism): no gradient communication,
+/// the whole arena updated by one <see cref="AdamWOptimizer"/>.
+/// </summary>
+public sealed class SingleDevice : IDataParallelism
+{
+    private readonly ParameterArena _arena;
+
+    /// <summary>Updates <paramref name="arena"/> with <paramref name="optimizer"/> (which must be over the same arena).</summary>
+    public SingleDevice(ParameterArena arena, AdamWOptimizer optimizer)
+    {
+        ArgumentNullException.ThrowIfNull(arena);
+        ArgumentNullException.ThrowIfNull(optimizer);
+        if (!ReferenceEquals(optimizer.Arena, arena))
+            throw new ArgumentException("single device: the optimizer updates another parameter arena than the model's");
+        _arena = arena;
+        Optimizer = optimizer;
+    }
+
+    /// <summary>The optimizer (its moments are part of a checkpoint).</summary>
+    public AdamWOptimizer Optimizer { get; }
+
+    /// <inheritdoc/>
+    public ProcessGroup? Group => null;
+
+    /// <inheritdoc/>
+    public long StepCount { get => Optimizer.StepCount; set => Optimizer.StepCount = value; }
+
+    /// <inheritdoc/>
+    public bool WeightsPending => false;
+
+    /// <inheritdoc/>
+    public void ZeroGrad() => _arena.ZeroGrad();
+
+    /// <inheritdoc/>
+    public void BeginMicroBatch(bool first, bool last) { }
+
+    /// <inheritdoc/>
+    public void FinishGradients() { }
+
+    /// <inheritdoc/>
+    public void Step(double learningRate) => Optimizer.Step(learningRate);
+
+    /// <inheritdoc/>
+    public void AfterUpdate() { }
+
+    /// <inheritdoc/>
+    public void ReleaseAll() { }
+
+    /// <inheritdoc/>
+    public double LastGradNorm() => Optimizer.LastGradNorm();
+
+    /// <inheritdoc/>
+    public int CollectivesPerStep(int accumulationSteps) => 0;
+
+    /// <inheritdoc/>
+    public void WriteWeights(Parameter parameter, ReadOnlySpan<double> values)
+    {
+        ArgumentNullException.ThrowIfNull(parameter);
+        if (values.Length != parameter.NumElements)
+            throw new ArgumentException($"{values.Length} values for parameter '{parameter.Name}' of {parameter.NumElements} elements");
+        HostValues.Write(_arena.Backend, values, parameter.MasterOrValue);
+        if (parameter.Master is not null) _arena.Backend.Copy(parameter.Master, parameter.Value);
+    }
+
+    /// <inheritdoc/>
+    public void MarkWeightsWritten() { }
+}
