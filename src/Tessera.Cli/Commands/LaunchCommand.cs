@@ -41,7 +41,7 @@ public sealed class LaunchCommand : Command
             // Run this same tessera for every rank: the apphost directly, or the dotnet host with tessera.dll.
             program = Environment.ProcessPath ?? throw new UsageException("cannot find this process's executable to start the ranks");
             if (Path.GetFileNameWithoutExtension(program) == "dotnet")
-                command.Insert(0, typeof(LaunchCommand).Assembly.Location);
+                command.Insert(0, Path.Combine(AppContext.BaseDirectory, "tessera.dll"));
         }
         else
         {

@@ -9,9 +9,9 @@ public sealed class TrainSignalTests : IDisposable
 
     public void Dispose() => _folder.Dispose();
 
-    // 80 steps of 8 x 64 tokens take a few seconds on one thread: long enough that a signal sent at step 3 arrives mid-run.
+    // 50 steps of 4 x 32 tokens take about a second on one thread: a signal sent when step 3 is printed arrives mid-run.
     private string[] Args(string run, params string[] extra) =>
-        _folder.Args(run, ["--steps", "80", "--batch", "8", "--seq", "64", "--log-every", "1", "--checkpoint-every", "0", .. extra]);
+        _folder.Args(run, ["--steps", "50", "--batch", "4", "--seq", "32", "--log-every", "1", "--checkpoint-every", "0", .. extra]);
 
     [Fact]
     public void CtrlCSavesTheStepReachedExits130AndTheResumedRunEqualsAnUninterruptedOne()
@@ -24,12 +24,12 @@ public sealed class TrainSignalTests : IDisposable
         int at;
         using (var run = CliProcess.Start(Args(stopped)))
         {
-            run.WaitForLine(l => l.StartsWith("step     3/80", StringComparison.Ordinal));
+            run.WaitForLine(l => l.StartsWith("step     3/50", StringComparison.Ordinal));
             run.Signal(2);
             Assert.Equal(130, run.WaitForExit());
             var line = run.WaitForLine(l => l.StartsWith("stopped by SIGINT after step ", StringComparison.Ordinal));
             at = int.Parse(line["stopped by SIGINT after step ".Length..].Split(' ')[0]);
-            Assert.InRange(at, 3, 79);
+            Assert.InRange(at, 3, 49);
             Assert.Contains($"resume with: tessera train --out {stopped} --resume", run.Stdout);
             Assert.Contains("finishing the step in progress", run.Stderr);
         }
@@ -39,11 +39,11 @@ public sealed class TrainSignalTests : IDisposable
 
         (code, var stdout, err) = CliProcess.Run(["train", "--out", stopped, "--resume", "--data", _folder.Shard, "--threads", "1"]);
         Assert.True(code == 0, err);
-        Assert.Contains($"resuming {checkpoint} at step {at} of 80", stdout);
+        Assert.Contains($"resuming {checkpoint} at step {at} of 50", stdout);
         // Bit for bit: the weights and the AdamW moments of the interrupted-and-resumed run are those of the straight one.
         foreach (var file in new[] { "model.safetensors", "optimizer.safetensors" })
-            Assert.True(File.ReadAllBytes(Path.Combine(straight, "checkpoints", "step_000080", file))
-                .AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(stopped, "checkpoints", "step_000080", file))), $"{file} differs after the resume");
+            Assert.True(File.ReadAllBytes(Path.Combine(straight, "checkpoints", "step_000050", file))
+                .AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(stopped, "checkpoints", "step_000050", file))), $"{file} differs after the resume");
     }
 
     [Fact]
@@ -51,7 +51,7 @@ public sealed class TrainSignalTests : IDisposable
     {
         var run = _folder.Run("term");
         using var process = CliProcess.Start(Args(run));
-        process.WaitForLine(l => l.StartsWith("step     2/80", StringComparison.Ordinal));
+        process.WaitForLine(l => l.StartsWith("step     2/50", StringComparison.Ordinal));
         process.Signal(15);
         Assert.Equal(143, process.WaitForExit());
         Assert.Contains("stopped by SIGTERM after step", process.Stdout);
