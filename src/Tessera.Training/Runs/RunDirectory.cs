@@ -30,6 +30,9 @@ public sealed class RunDirectory
     /// <summary>The plot of <see cref="MetricsPath"/>.</summary>
     public string PlotPath => Path.Combine(Root, "metrics.png");
 
+    /// <summary>Where the run's data and model came from (<see cref="RunSources"/>).</summary>
+    public string SourcesPath => Path.Combine(Root, "run.json");
+
     /// <summary>Token shards written for the run (the embedded corpus).</summary>
     public string DataPath => Path.Combine(Root, "data");
 
@@ -49,6 +52,26 @@ public sealed class RunDirectory
             found.Add("checkpoints/latest");
         return found.Count == 0 ? null : string.Join(" and ", found);
     }
+
+    /// <summary>Records where the run's data and model come from (atomically; paths made absolute).</summary>
+    public void WriteSources(RunSources sources)
+    {
+        static string? Full(string? path) => path is null || path == "byte" || !LooksLikePath(path) ? path : Path.GetFullPath(path);
+        var absolute = sources with { Data = Full(sources.Data), ValidationData = Full(sources.ValidationData), Model = Full(sources.Model)!, Tokenizer = Full(sources.Tokenizer)! };
+        Directory.CreateDirectory(Root);
+        AtomicFile.WriteAllText(SourcesPath, System.Text.Json.JsonSerializer.Serialize(absolute, new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    /// <summary>The recorded sources, or null for a run that has none (started before run.json existed, or elsewhere).</summary>
+    public RunSources? ReadSources()
+    {
+        if (!File.Exists(SourcesPath)) return null;
+        try { return System.Text.Json.JsonSerializer.Deserialize<RunSources>(File.ReadAllText(SourcesPath)); }
+        catch (System.Text.Json.JsonException e) { throw new RunDirectoryException($"{SourcesPath}: not valid JSON ({e.Message}); give --data (and --val-data) explicitly or delete the file"); }
+    }
+
+    // A preset name ("gpt2-tiny") stays a name; anything with a directory separator or that exists is a path.
+    private static bool LooksLikePath(string text) => text.Contains('/') || text.Contains('\\') || Directory.Exists(text) || File.Exists(text);
 
     /// <summary>Throws <see cref="RunDirectoryException"/> when the folder already holds a run; says how to continue it or start afresh.</summary>
     public void EnsureNoRun()

@@ -42,22 +42,31 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         // 0. A preset name is checked before anything touches the disk.
         if (settings.Model is string spec && !Directory.Exists(spec)) Presets.Get(spec);
 
-        // 1. The run directory: resume its checkpoint (and check the command against it) or refuse to mix two runs.
+        // 1. The run directory: resume its checkpoint (and check the command against it) or refuse to mix two runs. A resume
+        //    reads its data from where the run recorded it (run.json) unless told otherwise.
         string? resumeFrom = settings.Resume ? LatestCheckpoint() : null;
+        if (resumeFrom is not null && _run.ReadSources() is RunSources recorded)
+            settings = settings with
+            {
+                Data = settings.Data ?? recorded.Data,
+                ValidationData = settings.ValidationData ?? (settings.Data is null ? recorded.ValidationData : null),
+                Tokenizer = settings.Tokenizer ?? recorded.Tokenizer,
+            };
         TrainerState? saved = resumeFrom is null ? null : TrainingCheckpoint.ReadState(resumeFrom);
         var savedWorld = resumeFrom is null ? 1 : SavedWorldSize(resumeFrom);
         if (resumeFrom is null && _run.DescribeExistingRun() is string existing)
             throw new UsageException($"--out {settings.Out} already holds a run ({existing}); add --resume to continue it, or give another --out (or delete the directory) to start afresh");
         var (options, dtype, tokenizerSpec, seed) = settings.Resolve(saved, savedWorld, topology.WorldSize);
-        Validate(options, dtype, topology);
+        Validate(dtype, topology);
         options.Validate();
 
         // 2. The device first: a missing GPU or driver fails before anything is written.
         var backend = BackendFactory.Create(topology.Device, settings.Threads);
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
-        var data = TrainingData.Open(settings, tokenizerSpec, options, _run, terminal);
+        var data = TrainingData.Open(settings, options, _run, terminal);
         var model = BuildModel(saved, dtype, tokenizer, backend, topology, seed);
         if (resumeFrom is not null) CheckResume(resumeFrom, options, topology.WorldSize, model.Config, dtype);
+        VocabularyCheck.Ensure(data.AllPaths, model.Config.VocabSize);
 
         // 3. Only now does the run touch its directory: leftovers of interrupted saves go, metrics past the checkpoint go.
         foreach (var leftover in _run.Checkpoints.RemoveLeftovers()) terminal.Note($"removed {leftover} (left by an interrupted save)");
@@ -67,29 +76,36 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         terminal.Line($"model {model.Config.Family}: {model.Config.Layers} layers, {model.Config.Embedding} wide, {model.Config.Heads} heads, {model.Layout.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
         terminal.Line($"data: {data.Train.TotalTokens:N0} training tokens in {data.TrainShards} shard(s); {(data.Validation is null ? "no validation" : $"{data.Validation.TotalTokens:N0} validation tokens")}");
 
-        // 4. Train, stoppable between steps; 5. report.
-        using var signals = new StopSignals(terminal.Note, "finishing the step in progress, then saving a checkpoint");
-        var session = new TrainSession(settings, options, topology, _run, terminal, signals, tokenizerSpec);
-        var outcome = session.Train(model, backend, data, resumeFrom, seed);
-        return Report(outcome, session, model, tokenizer, options, signals);
-    }
+        if (resumeFrom is null && topology.Reports)
+            _run.WriteSources(new RunSources(settings.Data, settings.ValidationData, settings.Model ?? "gpt2-tiny", tokenizerSpec));
 
-    private int Report(TrainOutcome outcome, TrainSession session, Transformer model, ITokenizer tokenizer, TrainerOptions options, StopSignals signals)
-    {
-        if (!outcome.Reports) return signals.Requested ? signals.ExitCode : ExitCodes.Success;
+        // 4. Train, stoppable between steps (signals are handled only while training: before, Ctrl-C ends the command at
+        //    once, as after, when only the plot and the sample are left).
+        TrainSession session;
+        TrainOutcome outcome;
+        (bool Requested, int ExitCode, string Name) stop;
+        using (var signals = new StopSignals(terminal.Note, "finishing the step in progress, then saving a checkpoint"))
+        {
+            session = new TrainSession(settings, options, topology, _run, terminal, signals, tokenizerSpec);
+            outcome = session.Train(model, backend, data, resumeFrom, seed);
+            stop = (signals.Requested, signals.ExitCode, signals.SignalName);
+        }
+
+        // 5. Report.
+        if (!outcome.Reports) return stop.Requested ? stop.ExitCode : ExitCodes.Success;
         WritePlot();
-        if (signals.Requested)
+        if (stop.Requested)
         {
             terminal.Line(outcome.Step < options.Steps
-                ? $"stopped by {signals.SignalName} after step {outcome.Step} of {options.Steps}; checkpoint {outcome.Checkpoint}"
-                : $"{signals.SignalName} arrived as the run finished: all {options.Steps} steps done; checkpoint {outcome.Checkpoint}");
+                ? $"stopped by {stop.Name} after step {outcome.Step} of {options.Steps}; checkpoint {outcome.Checkpoint}"
+                : $"{stop.Name} arrived as the run finished: all {options.Steps} steps done; checkpoint {outcome.Checkpoint}");
             if (outcome.Step < options.Steps)
-                terminal.Line($"resume with: tessera train --out {settings.Out} --resume{(settings.Data is null ? "" : $" --data \"{settings.Data}\"")}{(settings.ValidationData is null ? "" : $" --val-data \"{settings.ValidationData}\"")}");
-            return signals.ExitCode;
+                terminal.Line($"resume with: tessera train --out {settings.Out} --resume");
+            return stop.ExitCode;
         }
-        terminal.Line($"done: {outcome.Step} steps in {Durations.Format(outcome.Elapsed.TotalSeconds)}; checkpoint {outcome.Checkpoint}");
-        if (settings.SampleTokens > 0 && outcome.Checkpoint is not null)
-            Sample(outcome.SampleModel ?? session.LoadForSampling(outcome.Checkpoint, model), tokenizer, settings.SampleTokens, options.Seed);
+        terminal.Line($"done: {outcome.Step} steps in {Durations.Format(outcome.Elapsed.TotalSeconds)}" + (outcome.Checkpoint is null ? "" : $"; checkpoint {outcome.Checkpoint}"));
+        var sampleModel = outcome.SampleModel ?? (outcome.Checkpoint is null ? null : session.LoadForSampling(outcome.Checkpoint, model));
+        if (settings.SampleTokens > 0 && sampleModel is not null) Sample(sampleModel, tokenizer, settings.SampleTokens, options.Seed);
         return ExitCodes.Success;
     }
 
@@ -121,7 +137,7 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         if (check.ScheduleReplan is string replan) terminal.Line($"--steps {check.Saved.Options.Steps} -> {options.Steps}: {replan}");
     }
 
-    private void Validate(TrainerOptions options, DType dtype, Topology topology)
+    private void Validate(DType dtype, Topology topology)
     {
         if (settings.Zero > 0 || settings.Offload)
             if (topology.Kind == TopologyKind.OneDevice)
@@ -132,7 +148,6 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             throw new UsageException("--ranks runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
         if (settings.Data is null && settings.Tokenizer is not null and not "byte")
             throw new UsageException("--tokenizer: the embedded corpus uses byte tokens; give --data for another tokenizer");
-        _ = options;
     }
 
     private Transformer BuildModel(TrainerState? saved, DType dtype, ITokenizer tokenizer, IBackend backend, Topology topology, int seed)

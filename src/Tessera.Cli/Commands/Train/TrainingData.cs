@@ -9,8 +9,12 @@ namespace Tessera.Cli.Commands.Train;
 /// <param name="TrainPaths">Training shard paths.</param>
 /// <param name="Train">A loader over them for one device (rank 0 of 1).</param>
 /// <param name="Validation">A loader over the validation shards, or null.</param>
-public sealed record TrainingData(IReadOnlyList<string> TrainPaths, TokenDataLoader Train, TokenDataLoader? Validation)
+/// <param name="ValidationPaths">Validation shard paths (possibly none).</param>
+public sealed record TrainingData(IReadOnlyList<string> TrainPaths, TokenDataLoader Train, TokenDataLoader? Validation, IReadOnlyList<string> ValidationPaths)
 {
+    /// <summary>Every shard, training then validation.</summary>
+    public IEnumerable<string> AllPaths => TrainPaths.Concat(ValidationPaths);
+
     /// <summary>Number of training shards.</summary>
     public int TrainShards => TrainPaths.Count;
 
@@ -19,7 +23,7 @@ public sealed record TrainingData(IReadOnlyList<string> TrainPaths, TokenDataLoa
         new(TrainPaths, options.BatchSize, options.SequenceLength, rank, world);
 
     /// <summary>Opens the shards given, or writes the embedded corpus into the run's data/ (once) and opens those.</summary>
-    public static TrainingData Open(TrainSettings settings, string tokenizer, TrainerOptions options, RunDirectory run, Terminal terminal)
+    public static TrainingData Open(TrainSettings settings, TrainerOptions options, RunDirectory run, Terminal terminal)
     {
         List<string> train, validation;
         if (settings.Data is null)
@@ -29,9 +33,8 @@ public sealed record TrainingData(IReadOnlyList<string> TrainPaths, TokenDataLoa
             train = ShardWriter.Expand(settings.Data);
             validation = settings.ValidationData is null ? [] : ShardWriter.Expand(settings.ValidationData);
         }
-        _ = tokenizer;
         return new TrainingData(train, new TokenDataLoader(train, options.BatchSize, options.SequenceLength),
-            validation.Count > 0 ? new TokenDataLoader(validation, options.BatchSize, options.SequenceLength) : null);
+            validation.Count > 0 ? new TokenDataLoader(validation, options.BatchSize, options.SequenceLength) : null, validation);
     }
 
     private static (List<string>, List<string>) EmbeddedShards(string dataDir, Terminal terminal)
