@@ -1,6 +1,7 @@
 using Tessera.Models.Blocks;
 using Tessera.Nn;
 using Tessera.Nn.Layers;
+using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 
 namespace Tessera.Models;
@@ -31,7 +32,10 @@ public sealed class Transformer
     /// <param name="storage"><see cref="ArenaStorage.Full"/> (default) allocates the parameter arena;
     /// <see cref="ArenaStorage.Deferred"/> only declares it (ZeRO-3's sharded construction: nothing full-size is allocated,
     /// and the weights are written by the data-parallel trainer into the rank's shards).</param>
-    public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full)
+    /// <param name="tensorParallelism">This rank's tensor parallelism (its group and the plan that splits the layers), or
+    /// null for one device; the rank then declares and allocates only its part of each split parameter.</param>
+    public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full,
+        TensorParallelism? tensorParallelism = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
@@ -43,35 +47,58 @@ public sealed class Transformer
         DType = dtype;
         Activations = new ActivationStore(backend);
 
+        if (tensorParallelism is { Size: > 1 }) CheckTensorParallel(config, tensorParallelism.Size);
+
         // The model's units, in pass order: embeddings, one per block, the final norm and head (which borrows the
         // embeddings when tied). Every consumer (pass hooks, ZeRO-3, gradient buckets, pipeline stages) reads them.
-        var parameters = new ParameterLayoutBuilder();
+        // Layers come from the factory, which builds each as the parallel plan says (plain layers on one device).
+        var parameters = tensorParallelism is null
+            ? new ParameterLayoutBuilder()
+            : new ParameterLayoutBuilder(tensorParallelism.Mesh, tensorParallelism.Coordinate);
+        var layers = new LayerFactory(parameters, tensorParallelism);
+        Layers = layers;
         int c = config.Embedding, vPad = config.EffectivePaddedVocab;
         parameters.BeginUnit("embeddings");
-        TokenEmbedding = new Embedding(parameters, "tok_emb", vPad, c);
+        TokenEmbedding = layers.Embedding("tok_emb", vPad, c);
         if (config.Family == ModelFamily.Gpt2)
-            PositionEmbedding = new Embedding(parameters, "pos_emb", config.MaxSequenceLength, c);
+            PositionEmbedding = layers.Embedding("pos_emb", config.MaxSequenceLength, c);
         var blocks = new TransformerBlock[config.Layers];
         for (int i = 0; i < blocks.Length; i++)
         {
             parameters.BeginUnit($"blocks.{i}");
-            blocks[i] = new TransformerBlock(parameters, config, i);
+            blocks[i] = new TransformerBlock(layers, config, i);
         }
         Blocks = blocks;
         if (config.TiedEmbeddings) parameters.BeginUnit("head", 0);
         else parameters.BeginUnit("head");
         FinalNorm = config.Family == ModelFamily.Llama
-            ? new RmsNorm(parameters, "final_norm", c, config.NormEpsilon)
-            : new LayerNorm(parameters, "final_norm", c, config.NormEpsilon, config.Bias);
+            ? layers.RmsNorm("final_norm", c, config.NormEpsilon)
+            : layers.LayerNorm("final_norm", c, config.NormEpsilon, config.Bias);
+        HeadInput = layers.InputRegion("head");
         Head = config.TiedEmbeddings
-            ? new Linear("lm_head", TokenEmbedding.Weight, bias: null)
-            : new Linear(parameters, "lm_head", c, vPad, bias: false);
+            ? layers.TiedLinear("lm_head", TokenEmbedding.Weight)
+            : layers.Linear("lm_head", c, vPad, bias: false);
+        _vocabParallelLoss = layers.CrossEntropy("lm_head", config.VocabSize, vPad);
         Layout = parameters.Build();
         if (storage == ArenaStorage.Full) _ = new ParameterArena(Layout, backend, dtype);   // attaches itself to the layout
     }
 
     /// <summary>The configuration.</summary>
     public TransformerConfig Config { get; }
+
+    /// <summary>How the layers were built: the parallel plan, this rank's tensor parallelism, and the parameters with partial gradients.</summary>
+    public LayerFactory Layers { get; }
+
+    /// <summary>This rank's tensor parallelism, or null on one device.</summary>
+    public TensorParallelism? TensorParallelism => Layers.TensorParallelism;
+
+    /// <summary>The communication in front of the LM head (nothing on one device).</summary>
+    public ITensorParallelRegion HeadInput { get; }
+
+    private readonly VocabParallelCrossEntropy? _vocabParallelLoss;
+
+    /// <summary>Columns of the logits this rank computes: the padded vocabulary, or its share under tensor parallelism.</summary>
+    public int LocalVocab => Head.OutFeatures;
 
     /// <summary>Where parameters and activations live.</summary>
     public IBackend Backend { get; }
@@ -182,19 +209,20 @@ public sealed class Transformer
     }
 
     /// <summary>
-    /// Training forward of micro-batch <paramref name="microBatch"/>: logits (B, T, Vpad) for tokens (B, T) I32,
-    /// saving activations for <see cref="Backward"/>. Columns from VocabSize on are padding. The logits live in
-    /// the micro-batch's pooled buffer until its next forward (and <see cref="Loss"/> turns them into dlogits).
+    /// Training forward of micro-batch <paramref name="microBatch"/>: logits (B, T, V) for tokens (B, T) I32, saving
+    /// activations for <see cref="Backward"/>; V is the padded vocabulary (<see cref="LocalVocab"/>: this rank's share under
+    /// tensor parallelism). Columns past VocabSize are padding. The logits live in the micro-batch's pooled buffer until its
+    /// next forward (and <see cref="Loss"/> turns them into dlogits).
     /// </summary>
     public Tensor Forward(Tensor tokens, int microBatch = 0)
     {
-        var ctx = PassContext.Training(Activations, microBatch);
         var (b, t) = CheckTokens(tokens, "tokens", 0, null);
+        var ctx = PassContext.Training(Activations, microBatch).WithBatch(b, t);
         Activations.Release(microBatch);                             // nothing stale from an earlier forward of this slot
         var hooks = PassHooks;
         int head = Blocks.Count + 1;
         hooks?.BeforeForward(0);
-        var x = Embed(ctx, tokens, b, t, cache: null);          // (B, T, C)
+        var x = Embed(ctx, tokens, b, t, cache: null);               // (N, C): this rank's rows of the residual stream
         hooks?.AfterForward(0);
         for (int i = 0; i < Blocks.Count; i++)
         {
@@ -210,10 +238,11 @@ public sealed class Transformer
             Backend.Copy(x, kept);
             x = kept;
         }
-        var logits = Head.Forward(ctx, FinalNorm.Forward(ctx, x.Reshape(b * t, Config.Embedding)));  // (N, Vpad)
+        var rows = HeadInput.Forward(ctx, FinalNorm.Forward(ctx, x));   // (B T, C): whole rows
+        var logits = Head.Forward(ctx, rows);                         // (B T, V)
         ctx.Save(_tokens, tokens.IsContiguous ? tokens : Backend.Contiguous(tokens));
         hooks?.AfterForward(head);
-        return logits.Reshape(b, t, Config.EffectivePaddedVocab);
+        return logits.Reshape(b, t, LocalVocab);
     }
 
     /// <summary>
@@ -221,11 +250,12 @@ public sealed class Transformer
     /// (target -1: ignored, loss 0). Keeps dlogits = (softmax - onehot) * <paramref name="lossScale"/> for
     /// <see cref="Backward"/>; pass lossScale = 1 / (number of counted targets over all micro-batches) for the
     /// gradient of the mean loss. Returns the per-token losses (B*T) on the device (unscaled), valid until
-    /// this micro-batch's next forward.
+    /// this micro-batch's next forward; under tensor parallelism every rank of the group gets the same losses, the
+    /// vocabulary-parallel loss combining the ranks' columns without gathering them.
     /// </summary>
     public Tensor Loss(Tensor tokens, Tensor targets, int microBatch = 0, double lossScale = 1.0)
     {
-        var logits = Forward(tokens, microBatch);                    // (B, T, Vpad)
+        var logits = Forward(tokens, microBatch);                    // (B, T, V)
         int b = logits.Size(0), t = logits.Size(1), n = b * t, v = Config.VocabSize, vPad = Config.EffectivePaddedVocab;
         var (tb, tt) = CheckTokens(targets, "targets", -1, null);
         if (tb != b || tt != t) throw new ArgumentException($"Transformer.Loss: targets {targets.Shape} must have the shape of tokens ({b}, {t})");
@@ -233,8 +263,13 @@ public sealed class Transformer
         var target = ctx.Buffer(_targets, new Shape(n), DType.I32);  // (N)
         Backend.Copy(targets, target.Reshape(b, t));
         var losses = ctx.Buffer(_losses, new Shape(n), LossDType);   // (N)
-        var l2 = logits.Reshape(n, vPad);
-        if (vPad == v)
+        var l2 = logits.Reshape(n, LocalVocab);
+        if (_vocabParallelLoss is not null)
+        {
+            // Each rank holds V / tp columns; the loss combines per-row statistics, and the padding columns' gradient is zero.
+            _vocabParallelLoss.Forward(ctx, l2, target, losses, lossScale);
+        }
+        else if (vPad == v)
         {
             Backend.CrossEntropy(l2, target, losses, l2, lossScale);
         }
@@ -257,26 +292,29 @@ public sealed class Transformer
     /// </summary>
     public void Backward(int microBatch = 0)
     {
-        var ctx = PassContext.Training(Activations, microBatch);
+        var store = PassContext.Training(Activations, microBatch);
         if (!Activations.Contains(microBatch, _dLogits.Name))
             throw new InvalidOperationException($"Transformer.Backward: micro-batch {microBatch} has no loss gradient; call Loss(tokens, targets, {microBatch}, scale) first");
-        var dLogits = ctx.Get(_dLogits);                             // (N, Vpad)
-        var tokens = ctx.Get(_tokens);                               // (B, T)
-        int b = tokens.Size(0), t = tokens.Size(1), n = b * t, c = Config.Embedding;
+        var dLogits = store.Get(_dLogits);                           // (N, V)
+        var tokens = store.Get(_tokens);                             // (B, T)
+        int b = tokens.Size(0), t = tokens.Size(1), c = Config.Embedding;
+        var ctx = store.WithBatch(b, t);
+        int rows = Layers.ResidualRows(b * t).Count;                 // this rank's rows of the residual stream
         var hooks = PassHooks;
         int head = Blocks.Count + 1;
         hooks?.BeforeBackward(head);
-        var dFinal = ctx.Scratch(_dFinal, new Shape(n, c), DType);
-        Head.Backward(ctx, dLogits, dFinal);
-        var dResidual = ctx.Scratch(_dResidual, new Shape(n, c), DType);
+        var dFinal = ctx.Scratch(_dFinal, new Shape(rows, c), DType);
+        var dHeadInput = HeadInput.GradientBuffer(ctx, dFinal);      // (B T, C)
+        Head.Backward(ctx, dLogits, dHeadInput);
+        HeadInput.Backward(ctx, dHeadInput, dFinal);
+        var dResidual = ctx.Scratch(_dResidual, new Shape(rows, c), DType);
         Backend.Fill(dResidual, 0);
         FinalNorm.Backward(ctx, dFinal, dResidual);
         hooks?.AfterBackward(head);
-        var d3 = dResidual.Reshape(b, t, c);
         for (int i = Blocks.Count - 1; i >= 0; i--)
         {
             hooks?.BeforeBackward(i + 1);
-            Blocks[i].Backward(ctx, d3);
+            Blocks[i].Backward(ctx, dResidual);
             hooks?.AfterBackward(i + 1);
         }
         hooks?.BeforeBackward(0);
@@ -295,7 +333,8 @@ public sealed class Transformer
         int s = maxSequence ?? Config.MaxSequenceLength;
         if (s <= 0 || s > Config.MaxSequenceLength)
             throw new ArgumentOutOfRangeException(nameof(maxSequence), $"KV cache length {s} must be in [1, MaxSequenceLength = {Config.MaxSequenceLength}]");
-        return new KvCache(Backend, DType, Config.Layers, batch, s, Config.EffectiveKvHeads, Config.HeadSize);
+        // Under tensor parallelism a rank caches the keys and values of its own heads.
+        return new KvCache(Backend, DType, Config.Layers, batch, s, Blocks[0].Attention.KvHeads, Config.HeadSize);
     }
 
     /// <summary>
@@ -320,34 +359,57 @@ public sealed class Transformer
             throw new ArgumentException($"Transformer.ForwardWithCache: tokens have batch {b} but the cache was made for batch {cache.Batch}");
         if (cache.Layers != Config.Layers)
             throw new ArgumentException($"Transformer.ForwardWithCache: the cache has {cache.Layers} layers, the model {Config.Layers}");
-        var ctx = PassContext.Transient(Activations);
-        var x = Embed(ctx, tokens, b, t, cache);                     // (B, T, C): the residual stream, updated in place
+        if (Layers.SequenceParallel)
+            throw new NotSupportedException("Transformer.ForwardWithCache: decoding runs without sequence parallelism; build the model for generation with a plan that has it off");
+        var ctx = PassContext.Transient(Activations).WithBatch(b, t);
+        var x = Embed(ctx, tokens, b, t, cache).Reshape(b, t, Config.Embedding);   // (B, T, C): the residual stream, updated in place
         foreach (var block in Blocks) x = block.ForwardCached(ctx, x, cache);
         var logits = Head.ForwardNormalized(ctx, x.Reshape(b * t, Config.Embedding), FinalNorm);
         cache.Advance(t);
-        return logits.Reshape(b, t, Config.EffectivePaddedVocab);
+        return logits.Reshape(b, t, LocalVocab);
     }
 
-    /// <summary>Token (+ learned position) embeddings; positions start at 0, or at the cache's device-side positions.</summary>
+    /// <summary>
+    /// Token (+ learned position) embeddings, as rows (N, C) of the residual stream (this rank's rows under sequence
+    /// parallelism); positions start at 0, or at the cache's device-side positions.
+    /// </summary>
     private Tensor Embed(in PassContext ctx, Tensor tokens, int b, int t, KvCache? cache)
     {
         int n = b * t;
         var ids = ctx.Buffer(_tokenIds, new Shape(n), DType.I32);   // (N): the caller may reuse its tokens tensor
         Backend.Copy(tokens, ids.Reshape(b, t));
-        var x = TokenEmbedding.Forward(ctx, ids);                    // (N, C)
+        var x = TokenEmbedding.Forward(ctx, ids);                    // (rows, C)
         if (PositionEmbedding is not null)
         {
-            var positions = ctx.Buffer(_positionIds, new Shape(n), DType.I32);
+            var (start, rows) = Layers.ResidualRows(n);
+            var positions = ctx.Buffer(_positionIds, new Shape(rows), DType.I32);
             if (cache is not null) Backend.FillPositions(cache.Positions, positions.Reshape(b, t));
             else
             {
-                var host = HostInts(n);
-                for (int i = 0; i < n; i++) host[i] = i % t;
-                Backend.CopyFromHost<int>(host.AsSpan(0, n), positions);
+                var host = HostInts(rows);
+                for (int i = 0; i < rows; i++) host[i] = (start + i) % t;
+                Backend.CopyFromHost<int>(host.AsSpan(0, rows), positions);
             }
             PositionEmbedding.Forward(ctx, positions, x, accumulate: true);
         }
-        return x.Reshape(b, t, Config.Embedding);
+        return x;
+    }
+
+    /// <summary>
+    /// Tensor parallelism over <paramref name="tp"/> ranks splits heads, hidden units and the padded vocabulary; each must
+    /// divide evenly, or (key/value heads) be a divisor of tp. The message names the configuration field and the numbers.
+    /// </summary>
+    private static void CheckTensorParallel(TransformerConfig config, int tp)
+    {
+        int kv = config.EffectiveKvHeads;
+        if (config.Heads % tp != 0)
+            throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the attention heads (Heads = {config.Heads})");
+        if (kv % tp != 0 && tp % kv != 0)
+            throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the key/value heads (KvHeads = {kv}) or be a multiple of them");
+        if (config.EffectiveHidden % tp != 0)
+            throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the MLP width (Hidden = {config.EffectiveHidden})");
+        if (config.EffectivePaddedVocab % tp != 0)
+            throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the padded vocabulary (PaddedVocabSize = {config.EffectivePaddedVocab}); pad it to a multiple of tp");
     }
 
     private (int B, int T) CheckTokens(Tensor tokens, string what, int minimum, KvCache? cache) => CheckTokens(tokens, what, minimum, cache, ValidateInputs);

@@ -115,6 +115,16 @@ public interface IBackend
     /// <summary>dTable (V,C) += scatter of dOutput (N,C) rows by ids (N).</summary>
     void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dTable);
 
+    /// <summary>
+    /// Lookup in one shard of a vocabulary-parallel table: output (N,C) = table[ids - rowOffset] for ids in
+    /// [rowOffset, rowOffset + V), zero for every other id; table (V,C) holds rows rowOffset .. rowOffset + V - 1 of the whole
+    /// table. Summed over the shards (an all-reduce) it is the whole table's lookup (Megatron's VocabParallelEmbedding).
+    /// </summary>
+    void EmbeddingShardForward(Tensor ids, Tensor table, int rowOffset, Tensor output);
+
+    /// <summary>dTable (V,C) += scatter of dOutput (N,C) rows by ids (N), for the ids in [rowOffset, rowOffset + V) only.</summary>
+    void EmbeddingShardBackward(Tensor ids, Tensor dOutput, int rowOffset, Tensor dTable);
+
     // ---------------------------------------------------------------- normalization
 
     /// <summary>
@@ -214,6 +224,31 @@ public interface IBackend
     /// <paramref name="logits"/>. Rows whose target is negative are ignored: loss 0, gradient 0.
     /// </summary>
     void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor? dLogits, double lossScale);
+
+    /// <summary>
+    /// The per-row statistics of one shard of a vocabulary-parallel softmax cross-entropy: for logits (N,V) (the columns
+    /// [columnOffset, columnOffset + V) of the whole vocabulary; a row-strided view with a contiguous last dimension is
+    /// accepted) and targets (N) I32 (whole-vocabulary ids; negative: ignored), statistics (N,3) F32 (F64 for F64 logits)
+    /// receives per row the maximum m of the first <paramref name="validColumns"/> columns, the sum of exp(logit - m) over
+    /// them, and the target's logit when the target lies in this shard's valid columns, else 0. Columns from
+    /// validColumns on are vocabulary padding and take no part.
+    /// </summary>
+    void CrossEntropyStatistics(Tensor logits, Tensor targets, int columnOffset, int validColumns, Tensor statistics);
+
+    /// <summary>
+    /// Combines the statistics of every shard, statistics (P,N,3) as <see cref="CrossEntropyStatistics"/> wrote them in
+    /// shard order, into the whole vocabulary's log-sum-exp (N) = M + log(sum_p s_p exp(m_p - M)) with M = max_p m_p, and
+    /// losses (N) = logSumExp - sum_p t_p; rows whose target is negative get loss 0. losses and logSumExp have the
+    /// statistics' dtype. Every shard combining the same statistics gets the same bits.
+    /// </summary>
+    void CrossEntropyCombine(Tensor statistics, Tensor targets, Tensor losses, Tensor logSumExp);
+
+    /// <summary>
+    /// The gradient of one shard of a vocabulary-parallel cross-entropy: dLogits (N,V) = (exp(logit - logSumExp) - [column ==
+    /// target - columnOffset]) * lossScale on the first <paramref name="validColumns"/> columns, 0 on the padding columns and on
+    /// rows whose target is negative. <paramref name="dLogits"/> may alias <paramref name="logits"/>; both may be row-strided.
+    /// </summary>
+    void CrossEntropyGradient(Tensor logits, Tensor targets, int columnOffset, int validColumns, Tensor logSumExp, Tensor dLogits, double lossScale);
 
     /// <summary>
     /// indices (N) I32 = the column of the largest value in each row of x (N,V) (a row-strided view with a contiguous last

@@ -1,5 +1,6 @@
 using Tessera.Nn;
 using Tessera.Nn.Layers;
+using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 
 namespace Tessera.Models.Blocks;
@@ -17,25 +18,29 @@ public sealed class TransformerBlock
 {
     private readonly ActivationKey _checkpoint, _dNorm1, _dNorm2;
 
-    /// <summary>Declares the block's parameters, named "blocks.{<paramref name="index"/>}.*", in canonical order.</summary>
-    public TransformerBlock(ParameterLayoutBuilder parameters, TransformerConfig config, int index)
+    /// <summary>
+    /// Declares the block's parameters, named "blocks.{<paramref name="index"/>}.*", in canonical order, its layers built by
+    /// <paramref name="layers"/> as its parallel plan says (plain layers on one device).
+    /// </summary>
+    public TransformerBlock(LayerFactory layers, TransformerConfig config, int index)
     {
+        ArgumentNullException.ThrowIfNull(layers);
         config.Validate();
         Index = index;
         Name = $"blocks.{index}";
         int c = config.Embedding;
         bool llama = config.Family == ModelFamily.Llama;
         Norm1 = llama
-            ? new RmsNorm(parameters, Name + ".norm1", c, config.NormEpsilon)
-            : new LayerNorm(parameters, Name + ".norm1", c, config.NormEpsilon, config.Bias);
-        Attention = new CausalSelfAttention(parameters, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
+            ? layers.RmsNorm(Name + ".norm1", c, config.NormEpsilon)
+            : layers.LayerNorm(Name + ".norm1", c, config.NormEpsilon, config.Bias);
+        Attention = new CausalSelfAttention(layers, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
             llama ? config.RopeTheta : null);
         Norm2 = llama
-            ? new RmsNorm(parameters, Name + ".norm2", c, config.NormEpsilon)
-            : new LayerNorm(parameters, Name + ".norm2", c, config.NormEpsilon, config.Bias);
+            ? layers.RmsNorm(Name + ".norm2", c, config.NormEpsilon)
+            : layers.LayerNorm(Name + ".norm2", c, config.NormEpsilon, config.Bias);
         Mlp = llama
-            ? new SwiGluMlp(parameters, Name + ".mlp", c, config.EffectiveHidden, config.Bias)
-            : new GeluMlp(parameters, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
+            ? new SwiGluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias)
+            : new GeluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
         Channels = c;
         _checkpoint = new ActivationKey(Name + ".checkpoint");
         _dNorm1 = new ActivationKey(Name + ".norm1.dy");
@@ -64,14 +69,15 @@ public sealed class TransformerBlock
     public IFeedForward Mlp { get; }
 
     /// <summary>
-    /// y (B, T, C) from x (B, T, C). When <paramref name="checkpoint"/> and the pass saves for backward,
-    /// keeps only a copy of x and recomputes the rest in <see cref="Backward"/>; the returned
-    /// tensor then lives in a shared buffer that the next block's forward overwrites.
+    /// y from x, both (B, T, C), or both the rows (N, C) of the residual stream this rank holds under sequence parallelism
+    /// (then <paramref name="ctx"/> carries the batch's B and T). When <paramref name="checkpoint"/> and the pass saves for
+    /// backward, keeps only a copy of x and recomputes the rest in <see cref="Backward"/>; the returned tensor then lives in
+    /// a shared buffer that the next block's forward overwrites.
     /// </summary>
     public Tensor Forward(in PassContext ctx, Tensor x, bool checkpoint = false)
     {
-        if (x.Rank != 3 || x.Size(2) != Channels)
-            throw new ArgumentException($"{Name}: input {x.Shape} must be (B, T, {Channels})");
+        if (x.Rank is not (2 or 3) || x.Size(-1) != Channels)
+            throw new ArgumentException($"{Name}: input {x.Shape} must be (B, T, {Channels}) or rows (N, {Channels})");
         if (!checkpoint || !ctx.SaveForBackward)
         {
             // A checkpoint left by an earlier forward of this slot would make Backward recompute from stale input.
@@ -81,18 +87,18 @@ public sealed class TransformerBlock
         var saved = ctx.Buffer(_checkpoint, x.Shape, x.DType);
         x.Backend.Copy(x, saved);
         ctx.Save(_checkpoint, saved);
-        return Run(PassContext.Transient(ctx.Store), saved);
+        return Run(ctx.Carrying(PassContext.Transient(ctx.Store)), saved);
     }
 
     /// <summary>
-    /// Backward in place: on entry <paramref name="dResidual"/> (B, T, C) holds dL/dy, on return dL/dx.
+    /// Backward in place: on entry <paramref name="dResidual"/> (shaped like the forward's x) holds dL/dy, on return dL/dx.
     /// Parameter gradients accumulate. Recomputes first when the forward pass was checkpointed.
     /// </summary>
     public void Backward(in PassContext ctx, Tensor dResidual)
     {
         if (!ctx.IsShared && ctx.Store.Contains(ctx.Slot, _checkpoint.Name))
         {
-            var recompute = PassContext.Recompute(ctx.Store);
+            var recompute = ctx.Carrying(PassContext.Recompute(ctx.Store));
             Run(recompute, ctx.Get(_checkpoint));
             BackwardCore(recompute, dResidual);
         }
@@ -120,24 +126,25 @@ public sealed class TransformerBlock
 
     private Tensor Run(in PassContext ctx, Tensor x)
     {
-        int b = x.Size(0), t = x.Size(1), n = b * t;
-        var xf = x.Reshape(n, Channels);                              // (N, C)
+        int n = (int)(x.NumElements / Channels);
+        var xf = x.Reshape(n, Channels);                              // (N, C): this rank's rows of the residual stream
         var h1 = Norm1.Forward(ctx, xf);
         // r1 = x + attn(h1) and y = r1 + mlp(norm2(r1)): each residual add done by the branch's output projection.
-        var r1 = Attention.Forward(ctx, h1.Reshape(b, t, Channels), xf).Reshape(n, Channels); // (N, C)
+        var attnIn = x.Rank == 3 ? h1.Reshape(x.Size(0), x.Size(1), Channels) : h1;
+        var r1 = Attention.Forward(ctx, attnIn, xf);                 // (N, C)
         var y = Mlp.Forward(ctx, Norm2.Forward(ctx, r1), r1);        // (N, C)
-        return y.Reshape(b, t, Channels);
+        return y.Reshape(x.Shape.ToArray());
     }
 
     private void BackwardCore(in PassContext ctx, Tensor dResidual)
     {
-        int b = dResidual.Size(0), t = dResidual.Size(1), n = b * t;
+        int n = (int)(dResidual.NumElements / Channels);
         var d = dResidual.Reshape(n, Channels);                       // (N, C): dL/dy, becomes dL/dr, then dL/dx
         var dh2 = ctx.Scratch(_dNorm2, d.Shape, d.DType);
         Mlp.Backward(ctx, d, dh2);
         Norm2.Backward(ctx, dh2, d);                                  // dL/dr = dL/dy + norm2's path
         var dh1 = ctx.Scratch(_dNorm1, d.Shape, d.DType);
-        Attention.Backward(ctx, dResidual, dh1.Reshape(b, t, Channels));
+        Attention.Backward(ctx, d, dh1);
         Norm1.Backward(ctx, dh1, d);                                  // dL/dx = dL/dr + norm1's path
     }
 }

@@ -25,6 +25,27 @@ public readonly struct PassContext
         SaveForBackward = saveForBackward;
     }
 
+    /// <summary>
+    /// This context for a batch of <paramref name="sequences"/> sequences of <paramref name="sequenceLength"/> tokens: what
+    /// a layer that sees only rows of the residual stream (sequence parallelism splits them over ranks) needs to rebuild
+    /// (B, T) once it has gathered them.
+    /// </summary>
+    public PassContext WithBatch(int sequences, int sequenceLength)
+    {
+        if (sequences <= 0 || sequenceLength <= 0)
+            throw new ArgumentOutOfRangeException(nameof(sequences), $"pass context: a batch of {sequences} x {sequenceLength} tokens must be positive");
+        return new PassContext(Store, Slot, SaveForBackward) { Sequences = sequences, SequenceLength = sequenceLength };
+    }
+
+    /// <summary>Sequences B of the pass's batch, or 0 when the caller did not say (<see cref="WithBatch"/>).</summary>
+    public int Sequences { get; private init; }
+
+    /// <summary>Tokens T per sequence of the pass's batch, or 0 when the caller did not say.</summary>
+    public int SequenceLength { get; private init; }
+
+    /// <summary>A context of the same batch in <paramref name="other"/>'s store slot and saving mode (the batch travels into recomputation).</summary>
+    public PassContext Carrying(PassContext other) => Sequences > 0 ? other.WithBatch(Sequences, SequenceLength) : other;
+
     /// <summary>A training pass of micro-batch <paramref name="microBatch"/>: own buffers, saves for backward.</summary>
     public static PassContext Training(ActivationStore store, int microBatch)
     {

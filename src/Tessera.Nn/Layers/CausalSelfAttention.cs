@@ -1,3 +1,4 @@
+using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 
 namespace Tessera.Nn.Layers;
@@ -7,6 +8,13 @@ namespace Tessera.Nn.Layers;
 /// (H + 2K) D whose rows are the query heads, then the key heads, then the value heads; optional
 /// rotary position embedding on q and k (Llama); causal attention with scale 1/sqrt(D); an
 /// output projection C to C.
+/// <para>
+/// Under tensor parallelism (the <see cref="LayerFactory"/>'s plan) the heads are split: the QKV product is column-parallel
+/// with each rank's rows its query heads, then its key heads, then its value heads (key/value heads replicated over blocks of
+/// ranks when there are fewer of them than ranks), attention runs on the rank's heads alone, and the output projection is
+/// row-parallel. The input region in front (identity forward, all-reduce backward; all-gather and reduce-scatter under
+/// sequence parallelism) makes the input whole rows for the products.
+/// </para>
 /// </summary>
 public sealed class CausalSelfAttention
 {
@@ -14,24 +22,30 @@ public sealed class CausalSelfAttention
 
     /// <summary>
     /// Declares "<paramref name="name"/>.qkv" ((H+2K) D, C) and "<paramref name="name"/>.proj" (C, C), with biases when
-    /// <paramref name="bias"/>; <paramref name="ropeTheta"/> is the RoPE base, or null for no rotary embedding (GPT-2).
+    /// <paramref name="bias"/>, as <paramref name="layers"/>' plan splits them; <paramref name="ropeTheta"/> is the RoPE base,
+    /// or null for no rotary embedding (GPT-2).
     /// </summary>
-    public CausalSelfAttention(ParameterLayoutBuilder parameters, string name, int channels, int heads, int kvHeads, bool bias, double? ropeTheta)
+    public CausalSelfAttention(LayerFactory layers, string name, int channels, int heads, int kvHeads, bool bias, double? ropeTheta)
     {
+        ArgumentNullException.ThrowIfNull(layers);
         if (heads <= 0 || channels % heads != 0)
             throw new ArgumentException($"{name}: heads ({heads}) must divide channels ({channels})");
         if (kvHeads <= 0 || heads % kvHeads != 0)
             throw new ArgumentException($"{name}: kvHeads ({kvHeads}) must divide heads ({heads})");
         Name = name;
         Channels = channels;
-        Heads = heads;
-        KvHeads = kvHeads;
         HeadSize = channels / heads;
         if (ropeTheta is not null && HeadSize % 2 != 0)
             throw new ArgumentException($"{name}: RoPE needs an even head size, got {HeadSize}");
         RopeTheta = ropeTheta;
-        Qkv = new Linear(parameters, name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias);
-        Projection = new Linear(parameters, name + ".proj", channels, channels, bias);
+        Input = layers.InputRegion(name);
+        Qkv = layers.Linear(name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias,
+            new ShardPart(heads, HeadSize), new ShardPart(kvHeads, HeadSize), new ShardPart(kvHeads, HeadSize));
+        Projection = layers.Linear(name + ".proj", channels, channels, bias);
+        // The heads this rank computes: all of them, or its share of each part of the split QKV rows.
+        int shards = Qkv.Weight.ShardCount;
+        Heads = Qkv.Weight.Placement.IsReplicated ? heads : new ShardPart(heads, HeadSize).LocalUnits(shards);
+        KvHeads = Qkv.Weight.Placement.IsReplicated ? kvHeads : new ShardPart(kvHeads, HeadSize).LocalUnits(shards);
         _qkv = new ActivationKey(name + ".qkv.out");
         _attention = new ActivationKey(name + ".att.out");
         _logSumExp = new ActivationKey(name + ".att.lse");
@@ -45,11 +59,14 @@ public sealed class CausalSelfAttention
     /// <summary>Channels C.</summary>
     public int Channels { get; }
 
-    /// <summary>Query heads H.</summary>
+    /// <summary>Query heads H this rank computes (all of them on one device).</summary>
     public int Heads { get; }
 
-    /// <summary>Key/value heads K.</summary>
+    /// <summary>Key/value heads K this rank holds.</summary>
     public int KvHeads { get; }
+
+    /// <summary>The communication in front of the QKV product (nothing on one device).</summary>
+    public ITensorParallelRegion Input { get; }
 
     /// <summary>Head size D.</summary>
     public int HeadSize { get; }
@@ -57,24 +74,27 @@ public sealed class CausalSelfAttention
     /// <summary>RoPE base theta, or null without rotary embedding.</summary>
     public double? RopeTheta { get; }
 
-    /// <summary>Fused QKV projection C to (H + 2K) D.</summary>
+    /// <summary>Fused QKV projection C to (H + 2K) D (this rank's heads).</summary>
     public Linear Qkv { get; }
 
-    /// <summary>Output projection C to C.</summary>
+    /// <summary>Output projection H D to C (row-parallel under tensor parallelism).</summary>
     public Linear Projection { get; }
 
     private double Scale => 1.0 / Math.Sqrt(HeadSize);
 
     /// <summary>
-    /// y (B, T, C) from x (B, T, C) attending causally within the T positions (+ <paramref name="residual"/> (B*T, C), added by
-    /// the output projection); saves what backward needs.
+    /// y from x attending causally within the T positions of each sequence (+ <paramref name="residual"/>, added once, after
+    /// the output projection's reduction); saves what backward needs. x is (B, T, C), or the rows (N, C) of the residual
+    /// stream this rank holds (all B T of them, or its share under sequence parallelism; then <paramref name="ctx"/> must
+    /// carry the batch's B and T). y has x's rows, as (N, C).
     /// </summary>
     public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
-        CheckInput(x);
-        int b = x.Size(0), t = x.Size(1), n = b * t;
+        var (b, t) = BatchOf(ctx, x);
+        int n = b * t;
         var backend = x.Backend;
-        var qkv = Qkv.Forward(ctx, x.Reshape(n, Channels)).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
+        var rows = Input.Forward(ctx, x.Reshape((int)(x.NumElements / Channels), Channels));        // (N, C): whole rows
+        var qkv = Qkv.Forward(ctx, rows).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
         var (q, k, v) = Split(qkv);
         if (RopeTheta is double theta) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), 0, theta);   // q and k heads, adjacent
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
@@ -83,10 +103,13 @@ public sealed class CausalSelfAttention
         ctx.Save(_qkv, qkv);
         ctx.Save(_attention, att);
         ctx.Save(_logSumExp, lse);
-        return Projection.Forward(ctx, att.Reshape(n, Channels), residual).Reshape(b, t, Channels);
+        return Projection.Forward(ctx, att.Reshape(n, Heads * HeadSize), residual);
     }
 
-    /// <summary>dx (B, T, C) from dy (B, T, C) (= or +=, when <paramref name="accumulateDx"/>); parameter gradients accumulate.</summary>
+    /// <summary>
+    /// dx from dy, both shaped like the forward's x and y (= or +=, when <paramref name="accumulateDx"/>, which a split input
+    /// region cannot do); parameter gradients accumulate.
+    /// </summary>
     public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
     {
         var qkv = ctx.Get(_qkv);                                     // (B, T, H+2K, D), q and k rotated
@@ -95,14 +118,19 @@ public sealed class CausalSelfAttention
         int b = qkv.Size(0), t = qkv.Size(1), n = b * t;
         var backend = dy.Backend;
         var dAtt = ctx.Scratch(_dAttention, att.Shape, att.DType);  // (B, T, H, D)
-        Projection.Backward(ctx, dy.Reshape(n, Channels), dAtt.Reshape(n, Channels));
+        Projection.Backward(ctx, dy.Reshape((int)(dy.NumElements / Channels), Channels), dAtt.Reshape(n, Heads * HeadSize));
         var dQkv = ctx.Scratch(_dQkv, qkv.Shape, qkv.DType);        // (B, T, H+2K, D)
         var (q, k, v) = Split(qkv);
         var (dq, dk, dv) = Split(dQkv);
         backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale);
         // RoPE is a rotation: its backward is the inverse rotation of the gradient (dq and dk heads, adjacent).
         if (RopeTheta is double theta) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, theta, inverse: true);
-        Qkv.Backward(ctx, dQkv.Reshape(n, (Heads + 2 * KvHeads) * HeadSize), dx.Reshape(n, Channels), accumulateDx);
+        var dxRows = dx.Reshape((int)(dx.NumElements / Channels), Channels);
+        if (accumulateDx && Input is not IdentityRegion)
+            throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel attention is reduced over ranks and cannot accumulate into dx");
+        var dInput = Input.GradientBuffer(ctx, dxRows);              // (N, C): dx itself, or the whole rows' gradient before the reduce-scatter
+        Qkv.Backward(ctx, dQkv.Reshape(n, (Heads + 2 * KvHeads) * HeadSize), dInput, accumulateDx);
+        Input.Backward(ctx, dInput, dxRows);
     }
 
     /// <summary>
@@ -115,6 +143,8 @@ public sealed class CausalSelfAttention
     public void ForwardCached(in PassContext ctx, Tensor x, INormalization norm, KvCache cache, int layer, Tensor residual)
     {
         CheckInput(x);
+        if (Input is GatherFromSequenceParallelRegion)
+            throw new NotSupportedException($"{Name}: decoding runs without sequence parallelism; build the model for generation with a plan that has it off");
         int b = x.Size(0), t = x.Size(1), n = b * t;
         if (cache.Batch != b || cache.KvHeads != KvHeads || cache.HeadSize != HeadSize)
             throw new ArgumentException($"{Name}: cache (batch {cache.Batch}, {cache.KvHeads} kv heads of size {cache.HeadSize}) does not fit input {x.Shape} with {KvHeads} kv heads of size {HeadSize}");
@@ -139,11 +169,21 @@ public sealed class CausalSelfAttention
         }
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale);
-        Projection.ForwardAccumulate(att.Reshape(n, Channels), residual);
+        Projection.ForwardAccumulate(ctx, att.Reshape(n, Heads * HeadSize), residual);
     }
 
     private (Tensor Q, Tensor K, Tensor V) Split(Tensor qkv) =>
         (qkv.Slice(2, 0, Heads), qkv.Slice(2, Heads, KvHeads), qkv.Slice(2, Heads + KvHeads, KvHeads));
+
+    /// <summary>(B, T) of the pass: from x when it is (B, T, C), else from the context.</summary>
+    private (int B, int T) BatchOf(in PassContext ctx, Tensor x)
+    {
+        if (x.Size(-1) != Channels) throw new ArgumentException($"{Name}: input {x.Shape} must end in {Channels} channels");
+        if (x.Rank == 3) return (x.Size(0), x.Size(1));
+        if (ctx.Sequences <= 0)
+            throw new ArgumentException($"{Name}: input rows {x.Shape} need the pass's batch shape (PassContext.WithBatch)");
+        return (ctx.Sequences, ctx.SequenceLength);
+    }
 
     private void CheckInput(Tensor x)
     {

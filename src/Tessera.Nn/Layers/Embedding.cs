@@ -3,23 +3,32 @@ using Tessera.Tensors;
 namespace Tessera.Nn.Layers;
 
 /// <summary>A lookup table: row ids[n] of weight (rows, C) for each n. Token embeddings, and GPT-2's learned positions.</summary>
-public sealed class Embedding
+public class Embedding
 {
     private readonly ActivationKey _ids, _output;
 
-    /// <summary>Declares "<paramref name="name"/>.weight" (rows, dim), decayed.</summary>
-    public Embedding(ParameterLayoutBuilder parameters, string name, int rows, int dim)
+    /// <summary>
+    /// Declares "<paramref name="name"/>.weight" (rows, dim), decayed, laid out by <paramref name="placement"/> (replicated
+    /// by default; <see cref="Parallel.VocabParallelEmbedding"/> shards the rows).
+    /// </summary>
+    public Embedding(ParameterLayoutBuilder parameters, string name, int rows, int dim, Placement? placement = null)
     {
         Name = name;
-        Weight = parameters.Declare(name + ".weight", new Shape(rows, dim), weightDecay: true);
+        Weight = parameters.Declare(name + ".weight", new Shape(rows, dim), weightDecay: true, placement);
         _ids = new ActivationKey(name + ".ids");
         _output = new ActivationKey(name + ".out");
     }
 
+    /// <summary>The key under which a training forward saves its ids for the backward pass.</summary>
+    protected ActivationKey IdsKey => _ids;
+
+    /// <summary>The key of the pooled output buffer.</summary>
+    protected ActivationKey OutputKey => _output;
+
     /// <summary>Name prefix of the parameter and activations.</summary>
     public string Name { get; }
 
-    /// <summary>Table (rows, C).</summary>
+    /// <summary>Table (rows, C): this rank's rows.</summary>
     public Parameter Weight { get; }
 
     /// <summary>Rows of the table.</summary>
@@ -29,7 +38,7 @@ public sealed class Embedding
     public int Dim => Weight.Shape[1];
 
     /// <summary>A pooled (N, C) buffer filled with the rows of ids (N) I32; saves ids (the caller keeps them unchanged until backward).</summary>
-    public Tensor Forward(in PassContext ctx, Tensor ids)
+    public virtual Tensor Forward(in PassContext ctx, Tensor ids)
     {
         var y = ctx.Buffer(_output, new Shape(ids.Size(0), Dim), Weight.Value.DType);
         Forward(ctx, ids, y, accumulate: false);
@@ -37,7 +46,7 @@ public sealed class Embedding
     }
 
     /// <summary>output (N, C) = (or +=, when <paramref name="accumulate"/>) the rows of ids (N) I32; saves ids.</summary>
-    public void Forward(in PassContext ctx, Tensor ids, Tensor output, bool accumulate)
+    public virtual void Forward(in PassContext ctx, Tensor ids, Tensor output, bool accumulate)
     {
         if (ids.Rank != 1 || ids.DType != DType.I32)
             throw new ArgumentException($"{Name}: ids must be (N) I32, got {ids.Shape} {ids.DType}");
@@ -48,6 +57,6 @@ public sealed class Embedding
     }
 
     /// <summary>weight.Grad += scatter of dy (N, C) by the saved ids.</summary>
-    public void Backward(in PassContext ctx, Tensor dy) =>
+    public virtual void Backward(in PassContext ctx, Tensor dy) =>
         dy.Backend.EmbeddingBackward(ctx.Get(_ids), dy, Weight.Grad);
 }

@@ -1,18 +1,24 @@
+using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 
 namespace Tessera.Nn.Layers;
 
-/// <summary>GPT-2's MLP: proj(GELU(fc(x))), fc C to F, proj F to C, tanh-approximated GELU.</summary>
+/// <summary>
+/// GPT-2's MLP: proj(GELU(fc(x))), fc C to F, proj F to C, tanh-approximated GELU. Under tensor parallelism fc is
+/// column-parallel and proj row-parallel (each rank holds F / tp hidden units), behind the sub-layer's input region.
+/// </summary>
 public sealed class GeluMlp : IFeedForward
 {
     private readonly ActivationKey _hidden, _dHidden;
 
-    /// <summary>Declares "<paramref name="name"/>.fc" (F, C) and "<paramref name="name"/>.proj" (C, F), with biases when <paramref name="bias"/>.</summary>
-    public GeluMlp(ParameterLayoutBuilder parameters, string name, int channels, int hidden, bool bias)
+    /// <summary>Declares "<paramref name="name"/>.fc" (F, C) and "<paramref name="name"/>.proj" (C, F), with biases when <paramref name="bias"/>, as <paramref name="layers"/>' plan splits them.</summary>
+    public GeluMlp(LayerFactory layers, string name, int channels, int hidden, bool bias)
     {
+        ArgumentNullException.ThrowIfNull(layers);
         Name = name;
-        Fc = new Linear(parameters, name + ".fc", channels, hidden, bias);
-        Projection = new Linear(parameters, name + ".proj", hidden, channels, bias);
+        Input = layers.InputRegion(name);
+        Fc = layers.Linear(name + ".fc", channels, hidden, bias);
+        Projection = layers.Linear(name + ".proj", hidden, channels, bias);
         _hidden = new ActivationKey(name + ".fc.preact");
         _dHidden = new ActivationKey(name + ".fc.dy");
     }
@@ -20,7 +26,10 @@ public sealed class GeluMlp : IFeedForward
     /// <inheritdoc/>
     public string Name { get; }
 
-    /// <summary>Up projection C to F.</summary>
+    /// <inheritdoc/>
+    public ITensorParallelRegion Input { get; }
+
+    /// <summary>Up projection C to F (this rank's hidden units).</summary>
     public Linear Fc { get; }
 
     /// <inheritdoc/>
@@ -29,17 +38,18 @@ public sealed class GeluMlp : IFeedForward
     /// <inheritdoc/>
     public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
-        var h = ctx.Buffer(_hidden, new Shape(x.Size(0), Fc.OutFeatures), x.DType); // (N, F): pre-activation
-        var a = Fc.ForwardGelu(ctx, x, h);                           // (N, F) = GELU(h), one fused product
+        var rows = Input.Forward(ctx, x);                            // (N, C): whole rows
+        var h = ctx.Buffer(_hidden, new Shape(rows.Size(0), Fc.OutFeatures), x.DType); // (N, F): pre-activation
+        var a = Fc.ForwardGelu(ctx, rows, h);                        // (N, F) = GELU(h), one fused product
         ctx.Save(_hidden, h);
-        return Projection.Forward(ctx, a, residual);                 // (N, C)
+        return Projection.Forward(ctx, a, residual);                 // x's rows, (N, C)
     }
 
     /// <inheritdoc/>
     public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
     {
         var h = ctx.Buffer(_hidden, new Shape(x.Size(0), Fc.OutFeatures), x.DType); // (N, F): pre-activation
-        Projection.ForwardAccumulate(Fc.ForwardGelu(ctx, norm.Forward(ctx, x), h), residual);
+        Projection.ForwardAccumulate(ctx, Fc.ForwardGelu(ctx, Input.Forward(ctx, norm.Forward(ctx, x)), h), residual);
     }
 
     /// <inheritdoc/>
@@ -48,6 +58,10 @@ public sealed class GeluMlp : IFeedForward
         var h = ctx.Get(_hidden);
         var dh = ctx.Scratch(_dHidden, h.Shape, h.DType);            // (N, F) = (dy W_proj) * GELU'(h), fused
         Projection.Backward(ctx, dy, dh, geluPreActivation: h);
-        Fc.Backward(ctx, dh, dx, accumulateDx);
+        if (accumulateDx && Input is not IdentityRegion)
+            throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel MLP is reduced over ranks and cannot accumulate into dx");
+        var dInput = Input.GradientBuffer(ctx, dx);
+        Fc.Backward(ctx, dh, dInput, accumulateDx);
+        Input.Backward(ctx, dInput, dx);
     }
 }

@@ -8,6 +8,9 @@ public interface IFeedForward
     /// <summary>Name prefix of the parameters and activations.</summary>
     string Name { get; }
 
+    /// <summary>The communication in front of the first products (nothing on one device).</summary>
+    Parallel.ITensorParallelRegion Input { get; }
+
     /// <summary>The output projection (F to C), whose initialization is scaled down with depth.</summary>
     Linear Projection { get; }
 

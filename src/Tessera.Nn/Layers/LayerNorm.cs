@@ -7,14 +7,14 @@ public sealed class LayerNorm : INormalization
 {
     private readonly ActivationKey _input, _output, _mean, _rstd;
 
-    /// <summary>Declares "<paramref name="name"/>.weight" (C) and, when <paramref name="bias"/>, "<paramref name="name"/>.bias" (C); neither decayed.</summary>
-    public LayerNorm(ParameterLayoutBuilder parameters, string name, int channels, double epsilon, bool bias = true)
+    /// <summary>Declares "NAME.weight" (C) and "NAME.bias" (C) when <paramref name="bias"/>, not decayed, laid out by <paramref name="placement"/> (replicated by default).</summary>
+        public LayerNorm(ParameterLayoutBuilder parameters, string name, int channels, double epsilon, bool bias = true, Placement? placement = null)
     {
         if (!(epsilon > 0)) throw new ArgumentOutOfRangeException(nameof(epsilon), $"{name}: epsilon ({epsilon}) must be positive");
         Name = name;
         Epsilon = epsilon;
-        Weight = parameters.Declare(name + ".weight", new Shape(channels), weightDecay: false);
-        Bias = bias ? parameters.Declare(name + ".bias", new Shape(channels), weightDecay: false) : null;
+        Weight = parameters.Declare(name + ".weight", new Shape(channels), weightDecay: false, placement);
+        Bias = bias ? parameters.Declare(name + ".bias", new Shape(channels), weightDecay: false, placement) : null;
         _input = new ActivationKey(name + ".x");
         _output = new ActivationKey(name + ".out");
         _mean = new ActivationKey(name + ".mean");

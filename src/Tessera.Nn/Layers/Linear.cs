@@ -6,15 +6,20 @@ namespace Tessera.Nn.Layers;
 /// y = x W^T + b with W (out, in), the layout of PyTorch's nn.Linear and of Hugging Face weights.
 /// Backward: dx = dy W, dW += dy^T x, db += column sums of dy.
 /// </summary>
-public sealed class Linear
+public class Linear
 {
     private readonly ActivationKey _input, _output, _inputGrad;
 
-    /// <summary>Declares "<paramref name="name"/>.weight" (out, in), decayed, and "<paramref name="name"/>.bias" (out) when <paramref name="bias"/>.</summary>
-    public Linear(ParameterLayoutBuilder parameters, string name, int inFeatures, int outFeatures, bool bias)
+    /// <summary>
+    /// Declares "<paramref name="name"/>.weight" (out, in), decayed, and "<paramref name="name"/>.bias" (out) when
+    /// <paramref name="bias"/>, laid out by <paramref name="weightPlacement"/> and <paramref name="biasPlacement"/>
+    /// (replicated by default; a column-parallel layer shards the output rows of both).
+    /// </summary>
+    public Linear(ParameterLayoutBuilder parameters, string name, int inFeatures, int outFeatures, bool bias,
+        Placement? weightPlacement = null, Placement? biasPlacement = null)
         : this(name,
-            parameters.Declare(name + ".weight", new Shape(outFeatures, inFeatures), weightDecay: true),
-            bias ? parameters.Declare(name + ".bias", new Shape(outFeatures), weightDecay: false) : null)
+            parameters.Declare(name + ".weight", new Shape(outFeatures, inFeatures), weightDecay: true, weightPlacement),
+            bias ? parameters.Declare(name + ".bias", new Shape(outFeatures), weightDecay: false, biasPlacement) : null)
     {
     }
 
@@ -37,23 +42,29 @@ public sealed class Linear
     /// <summary>Name prefix of the parameters and activations.</summary>
     public string Name { get; }
 
+    /// <summary>The key under which a training forward saves its input x for the backward pass.</summary>
+    protected ActivationKey InputKey => _input;
+
+    /// <summary>The key of the pooled output buffer.</summary>
+    protected ActivationKey OutputKey => _output;
+
     /// <summary>Weight (out, in).</summary>
     public Parameter Weight { get; }
 
     /// <summary>Bias (out), or null.</summary>
     public Parameter? Bias { get; }
 
-    /// <summary>Input features.</summary>
+    /// <summary>Input features this rank holds.</summary>
     public int InFeatures => Weight.Shape[1];
 
-    /// <summary>Output features.</summary>
+    /// <summary>Output features this rank holds.</summary>
     public int OutFeatures => Weight.Shape[0];
 
     /// <summary>
     /// y (N, out) = x (N, in) W^T + b (+ <paramref name="residual"/> (N, out), added by the product itself), in a pooled
     /// buffer of <paramref name="ctx"/>; saves x. The residual's gradient is y's, so backward is the same either way.
     /// </summary>
-    public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
+    public virtual Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
@@ -66,7 +77,7 @@ public sealed class Linear
     /// Inference: y (N, out) = norm(x) W^T + b for x (N, in), in a pooled buffer of <paramref name="ctx"/>: the norm in front of
     /// this layer applied by the product itself where the backend fuses them (<see cref="RmsNorm"/>), else first. Saves nothing.
     /// </summary>
-    public Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm)
+    public virtual Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm)
     {
         if (norm is not RmsNorm rms) return Forward(ctx, norm.Forward(ctx, x));
         CheckInput(x);
@@ -79,7 +90,7 @@ public sealed class Linear
     /// Inference: <paramref name="residual"/> (N, out) += x (N, in) W^T + b, one product that also does the residual add.
     /// Saves nothing for backward.
     /// </summary>
-    public void ForwardAccumulate(Tensor x, Tensor residual)
+    public virtual void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
     {
         CheckInput(x);
         x.Backend.MatMul(x, Weight.Value, residual, transposeB: true, beta: 1.0, bias: Bias?.Value);
@@ -89,7 +100,7 @@ public sealed class Linear
     /// y (N, out) = GELU(x W^T + b) in a pooled buffer of <paramref name="ctx"/>, one fused product;
     /// <paramref name="preActivation"/> (N, out) receives x W^T + b for the backward pass. Saves x.
     /// </summary>
-    public Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation)
+    public virtual Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation)
     {
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
@@ -103,7 +114,7 @@ public sealed class Linear
     /// dx = dy W (or += when <paramref name="accumulateDx"/>). When <paramref name="geluPreActivation"/> (N, in) is given,
     /// this layer's input was GELU(geluPreActivation), and dx = (dy W) * GELU'(geluPreActivation) instead, fused into the product.
     /// </summary>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
+    public virtual void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
     {
         var x = ctx.Get(_input);
         var backend = dy.Backend;
@@ -128,7 +139,8 @@ public sealed class Linear
         return dx;
     }
 
-    private void CheckInput(Tensor x)
+    /// <summary>Checks x is (N, in).</summary>
+    protected void CheckInput(Tensor x)
     {
         if (x.Rank != 2 || x.Size(1) != InFeatures)
             throw new ArgumentException($"{Name}: input {x.Shape} must be (N, {InFeatures})");

@@ -7,13 +7,16 @@ public sealed class RmsNorm : INormalization
 {
     private readonly ActivationKey _input, _output, _rstd;
 
-    /// <summary>Declares "<paramref name="name"/>.weight" (C), not decayed.</summary>
-    public RmsNorm(ParameterLayoutBuilder parameters, string name, int channels, double epsilon)
+    /// <summary>
+    /// Declares "<paramref name="name"/>.weight" (C), not decayed, laid out by <paramref name="placement"/> (replicated by
+    /// default; replicated with a partial gradient in a sequence-parallel region).
+    /// </summary>
+    public RmsNorm(ParameterLayoutBuilder parameters, string name, int channels, double epsilon, Placement? placement = null)
     {
         if (!(epsilon > 0)) throw new ArgumentOutOfRangeException(nameof(epsilon), $"{name}: epsilon ({epsilon}) must be positive");
         Name = name;
         Epsilon = epsilon;
-        Weight = parameters.Declare(name + ".weight", new Shape(channels), weightDecay: false);
+        Weight = parameters.Declare(name + ".weight", new Shape(channels), weightDecay: false, placement);
         _input = new ActivationKey(name + ".x");
         _output = new ActivationKey(name + ".out");
         _rstd = new ActivationKey(name + ".rstd");

@@ -1,4 +1,5 @@
 using Tessera.Nn;
+using Tessera.Nn.Parallel;
 using Tessera.Nn.Layers;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
@@ -118,7 +119,7 @@ public class LayerGradientTests
     {
         var rng = new Random(6);
         var (parameters, store) = Setup();
-        IFeedForward mlp = swiglu ? new SwiGluMlp(parameters, "mlp", 8, 20, bias: false) : new GeluMlp(parameters, "mlp", 8, 20, bias: true);
+        IFeedForward mlp = swiglu ? new SwiGluMlp(new LayerFactory(parameters), "mlp", 8, 20, bias: false) : new GeluMlp(new LayerFactory(parameters), "mlp", 8, 20, bias: true);
         var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, N, 8);
@@ -140,7 +141,7 @@ public class LayerGradientTests
     {
         var rng = new Random(7);
         var (parameters, store) = Setup();
-        var attn = new CausalSelfAttention(parameters, "attn", 16, heads, kvHeads, bias, theta);
+        var attn = new CausalSelfAttention(new LayerFactory(parameters), "attn", 16, heads, kvHeads, bias, theta);
         var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, 16);

@@ -1,6 +1,7 @@
 using Tessera.Models;
 using Tessera.Models.Blocks;
 using Tessera.Nn;
+using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Tests.Nn;
@@ -24,7 +25,7 @@ public class TransformerBlockTests
         var rng = new Random(11);
         var parameters = new ParameterLayoutBuilder();
         var store = new ActivationStore(_cpu);
-        var block = new TransformerBlock(parameters, config, 0);
+        var block = new TransformerBlock(new LayerFactory(parameters), config, 0);
         var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, config.Embedding);
@@ -46,7 +47,7 @@ public class TransformerBlockTests
         var rng = new Random(12);
         var parameters = new ParameterLayoutBuilder();
         var store = new ActivationStore(_cpu);
-        var block = new TransformerBlock(parameters, config, 0);
+        var block = new TransformerBlock(new LayerFactory(parameters), config, 0);
         var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, config.Embedding);

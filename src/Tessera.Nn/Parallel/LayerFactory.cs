@@ -1,0 +1,159 @@
+using Tessera.Distributed.Mesh;
+using Tessera.Nn.Layers;
+
+namespace Tessera.Nn.Parallel;
+
+/// <summary>
+/// Builds a model's layers as its <see cref="ParallelPlan"/> says, so that the model code stays written for one device: the
+/// model asks for "blocks.3.attn.qkv" as a linear layer of its global shape, and gets a plain <see cref="Linear"/> on one
+/// device, a column-parallel one (its output rows split over the tensor-parallel group) or a
+/// <see cref="RowParallelLinear"/> under tensor parallelism. It also gives each sub-layer its input region (the conjugate
+/// communication op in front of its first products), lays out sequence-parallel norms, and records the parameters whose
+/// gradients are partial on each rank (<see cref="PartialGradients"/>), which the trainer sums.
+/// </summary>
+public sealed class LayerFactory
+{
+    private readonly List<PartialGradient> _partials = [];
+
+    /// <summary>A factory declaring into <paramref name="parameters"/>, for one device or, with <paramref name="tensorParallelism"/>, one tensor-parallel rank.</summary>
+    public LayerFactory(ParameterLayoutBuilder parameters, TensorParallelism? tensorParallelism = null)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        Parameters = parameters;
+        TensorParallelism = tensorParallelism is { Size: > 1 } ? tensorParallelism : null;
+    }
+
+    /// <summary>A factory for one device, over a fresh parameter layout.</summary>
+    public static LayerFactory OneDevice() => new(new ParameterLayoutBuilder());
+
+    /// <summary>Where parameters are declared.</summary>
+    public ParameterLayoutBuilder Parameters { get; }
+
+    /// <summary>This rank's tensor parallelism, or null on one device (a group of one rank counts as one device).</summary>
+    public TensorParallelism? TensorParallelism { get; }
+
+    /// <summary>Parameter ranges whose gradients each rank computes only in part, to be summed over their groups.</summary>
+    public IReadOnlyList<PartialGradient> PartialGradients => _partials;
+
+    /// <summary>Whether the residual stream is split along the sequence.</summary>
+    public bool SequenceParallel => TensorParallelism?.SequenceParallel ?? false;
+
+    /// <summary>The style the plan gives layer <paramref name="name"/> (Replicate on one device).</summary>
+    public ParallelStyle StyleOf(string name) => TensorParallelism?.Plan.StyleOf(name) ?? ParallelStyle.Replicate;
+
+    /// <summary>
+    /// A linear layer "<paramref name="name"/>" of global shape (in, out). Its output may be declared in parts
+    /// (<paramref name="outputParts"/>: the query, key and value heads of a fused QKV), which a column-parallel split deals
+    /// out part by part so that each rank's rows are its heads of each part, contiguous.
+    /// </summary>
+    public Linear Linear(string name, int inFeatures, int outFeatures, bool bias, params ShardPart[] outputParts)
+    {
+        switch (StyleOf(name))
+        {
+            case ParallelStyle.ColumnParallel:
+                var placement = Placement.Shard(MeshAxis.Tp, 0, outputParts);
+                var column = new Linear(Parameters, name, inFeatures, outFeatures, bias, placement, placement);
+                RecordReplicas(column, outputParts);
+                return column;
+            case ParallelStyle.RowParallel:
+                return new RowParallelLinear(Parameters, name, inFeatures, outFeatures, bias, TensorParallelism!);
+            case ParallelStyle.Replicate:
+                return new Linear(Parameters, name, inFeatures, outFeatures, bias);
+            case var other:
+                throw new InvalidOperationException($"parallel plan: layer '{name}' is a linear layer; style {other} does not apply to it");
+        }
+    }
+
+    /// <summary>A linear layer over an existing weight (an LM head tied to the token table): column-parallel exactly when the table is split.</summary>
+    public Linear TiedLinear(string name, Parameter weight) => new(name, weight, bias: null);
+
+    /// <summary>An embedding table "<paramref name="name"/>" (rows, dim): vocabulary-parallel, sequence-parallel (replicated, partial gradient) or replicated.</summary>
+    public Embedding Embedding(string name, int rows, int dim)
+    {
+        switch (StyleOf(name))
+        {
+            case ParallelStyle.VocabParallel:
+                return new VocabParallelEmbedding(Parameters, name, rows, dim, TensorParallelism!);
+            case ParallelStyle.SequenceParallel when SequenceParallel:
+                var positions = new Embedding(Parameters, name, rows, dim, SequenceParallelPlacement);
+                Partial(positions.Weight);
+                return positions;
+            default:
+                return new Embedding(Parameters, name, rows, dim);
+        }
+    }
+
+    /// <summary>An RMSNorm "<paramref name="name"/>"; its weight's gradient is partial when it is sequence-parallel.</summary>
+    public RmsNorm RmsNorm(string name, int channels, double epsilon)
+    {
+        var norm = new RmsNorm(Parameters, name, channels, epsilon, NormPlacement(name));
+        if (IsSequenceParallel(name)) Partial(norm.Weight);
+        return norm;
+    }
+
+    /// <summary>A LayerNorm "<paramref name="name"/>"; its weight's and bias's gradients are partial when it is sequence-parallel.</summary>
+    public LayerNorm LayerNorm(string name, int channels, double epsilon, bool bias)
+    {
+        var norm = new LayerNorm(Parameters, name, channels, epsilon, bias, NormPlacement(name));
+        if (IsSequenceParallel(name))
+        {
+            Partial(norm.Weight);
+            if (norm.Bias is not null) Partial(norm.Bias);
+        }
+        return norm;
+    }
+
+    /// <summary>
+    /// The input region of sub-layer <paramref name="name"/> (the plan's PrepareInput style): under tensor parallelism
+    /// identity forward and all-reduce backward, or all-gather forward and reduce-scatter backward when sequence-parallel;
+    /// on one device, nothing.
+    /// </summary>
+    public ITensorParallelRegion InputRegion(string name) => StyleOf(name) switch
+    {
+        ParallelStyle.PrepareInput when SequenceParallel => new GatherFromSequenceParallelRegion(name + ".input", TensorParallelism!.Group),
+        ParallelStyle.PrepareInput => new CopyToTensorParallelRegion(TensorParallelism!.Group),
+        _ => IdentityRegion.Instance,
+    };
+
+    /// <summary>
+    /// The vocabulary-parallel loss over the logits of head <paramref name="headName"/> when the plan splits it
+    /// (column-parallel over <paramref name="paddedVocabulary"/> rows), else null (the whole logits are on every rank).
+    /// </summary>
+    public VocabParallelCrossEntropy? CrossEntropy(string headName, int vocabulary, int paddedVocabulary) =>
+        StyleOf(headName) == ParallelStyle.ColumnParallel
+            ? new VocabParallelCrossEntropy(headName + ".loss", TensorParallelism!, vocabulary, paddedVocabulary / TensorParallelism!.Size)
+            : null;
+
+    /// <summary>The rows [Start, Start + Count) of a residual stream of <paramref name="rows"/> rows this rank holds.</summary>
+    public (int Start, int Count) ResidualRows(int rows) => TensorParallelism?.LocalRows(rows) ?? (0, rows);
+
+    private static Placement SequenceParallelPlacement => Placement.ReplicatedWithPartialGradient(MeshAxis.Tp);
+
+    private bool IsSequenceParallel(string name) => SequenceParallel && StyleOf(name) == ParallelStyle.SequenceParallel;
+
+    private Placement? NormPlacement(string name) => IsSequenceParallel(name) ? SequenceParallelPlacement : null;
+
+    private Parameter Partial(Parameter parameter)
+    {
+        _partials.Add(new PartialGradient(parameter, 0, parameter.NumElements, TensorParallelism!.Group));
+        return parameter;
+    }
+
+    /// <summary>Records the rows of every part whose units are replicated over a block of ranks (key/value heads narrower than tp).</summary>
+    private void RecordReplicas(Linear column, ShardPart[] parts)
+    {
+        int ranks = TensorParallelism!.Size;
+        long rowOffset = 0;
+        foreach (var part in parts)
+        {
+            long localRows = (long)part.LocalUnits(ranks) * part.UnitSize;
+            if (part.Replicas(ranks) > 1)
+            {
+                var group = TensorParallelism.ReplicaGroup(part.Units)!;
+                _partials.Add(new PartialGradient(column.Weight, rowOffset * column.InFeatures, localRows * column.InFeatures, group));
+                if (column.Bias is not null) _partials.Add(new PartialGradient(column.Bias, rowOffset, localRows, group));
+            }
+            rowOffset += localRows;
+        }
+    }
+}

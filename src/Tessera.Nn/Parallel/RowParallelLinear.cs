@@ -1,0 +1,86 @@
+using Tessera.Distributed.Mesh;
+using Tessera.Nn.Layers;
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Parallel;
+
+/// <summary>
+/// Megatron's RowParallelLinear: y = x W^T + b with the input features split over the tensor-parallel group (W (out, in)
+/// sharded along dimension 1; the bias replicated). Each rank multiplies its slice of the input (the column-parallel layer
+/// before it left its output split) into a partial sum of the whole output; the output region reduces the partial sums:
+/// an all-reduce, or under sequence parallelism a reduce-scatter into each rank's rows. The bias is added once (by rank 0's
+/// product) and the residual once, after the reduction. Backward all-gathers a sequence-parallel output gradient first;
+/// then every rank computes its slice of dx and of dW, and the whole bias gradient.
+/// </summary>
+public sealed class RowParallelLinear : Linear
+{
+    private readonly ITensorParallelRegion _output;
+    private readonly ActivationKey _partialGrad;
+    private readonly bool _addsBias;
+
+    /// <summary>Declares "<paramref name="name"/>.weight" (out, in) sharded along in, and the replicated bias.</summary>
+    public RowParallelLinear(ParameterLayoutBuilder parameters, string name, int inFeatures, int outFeatures, bool bias, TensorParallelism tensorParallelism)
+        : base(parameters, name, inFeatures, outFeatures, bias, Placement.Shard(MeshAxis.Tp, 1), Placement.Replicated)
+    {
+        ArgumentNullException.ThrowIfNull(tensorParallelism);
+        TensorParallelism = tensorParallelism;
+        _output = tensorParallelism.SequenceParallel
+            ? new ReduceScatterToSequenceParallelRegion(name + ".output", tensorParallelism.Group)
+            : new ReduceFromTensorParallelRegion(tensorParallelism.Group);
+        _partialGrad = new ActivationKey(name + ".dy.gathered");
+        _addsBias = tensorParallelism.Rank == 0;
+    }
+
+    /// <summary>The tensor parallelism it belongs to.</summary>
+    public TensorParallelism TensorParallelism { get; }
+
+    /// <summary>
+    /// y = reduce(x W_r^T (+ b on rank 0)) (+ <paramref name="residual"/>) for this rank's input slice x (N, in / tp): (N, out),
+    /// or this rank's rows (N / tp, out) under sequence parallelism (and a residual of those rows). Saves x.
+    /// </summary>
+    public override Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
+    {
+        CheckInput(x);
+        var backend = x.Backend;
+        var partial = ctx.Buffer(OutputKey, new Shape(x.Size(0), OutFeatures), x.DType);   // (N, out): this rank's partial sum
+        backend.MatMul(x, Weight.Value, partial, transposeB: true, bias: _addsBias ? Bias?.Value : null);
+        var y = _output.Forward(ctx, partial);
+        if (residual is not null) backend.Accumulate(y, residual);
+        ctx.Save(InputKey, x);
+        return y;
+    }
+
+    /// <summary>Inference: <paramref name="residual"/> (N, out) += the all-reduced product (no sequence parallelism while decoding).</summary>
+    public override void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
+    {
+        CheckInput(x);
+        if (TensorParallelism.SequenceParallel)
+            throw new NotSupportedException($"{Name}: inference runs without sequence parallelism; build the model for generation with a plan that has it off");
+        var backend = x.Backend;
+        var partial = ctx.Buffer(OutputKey, new Shape(x.Size(0), OutFeatures), x.DType);
+        backend.MatMul(x, Weight.Value, partial, transposeB: true, bias: _addsBias ? Bias?.Value : null);
+        _output.Forward(ctx, partial);
+        backend.Accumulate(residual, partial);
+    }
+
+    /// <inheritdoc/>
+    public override Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation) =>
+        throw new NotSupportedException($"{Name}: a row-parallel layer ends its sub-layer; the GELU belongs to the column-parallel product before it");
+
+    /// <inheritdoc/>
+    public override Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm) =>
+        throw new NotSupportedException($"{Name}: a row-parallel layer reads the split output of a column-parallel one, never a norm's");
+
+    /// <summary>
+    /// From dy, the gradient of this rank's output ((N, out), or its rows (N / tp, out) under sequence parallelism):
+    /// dx (N, in / tp) and the gradients of this rank's weight slice and of the whole bias.
+    /// </summary>
+    public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
+    {
+        var dPartial = TensorParallelism.SequenceParallel
+            ? ctx.Scratch(_partialGrad, new Shape(dy.Size(0) * TensorParallelism.Size, dy.Size(1)), dy.DType)
+            : dy;
+        _output.Backward(ctx, dy, dPartial);
+        base.Backward(ctx, dPartial, dx, accumulateDx, geluPreActivation);
+    }
+}
