@@ -60,4 +60,20 @@ public sealed class TrainSignalTests : IDisposable
         Assert.True(File.Exists(Path.Combine(run, "checkpoints", latest, "manifest.json")));
         Assert.True(File.Exists(Path.Combine(run, "metrics.png")), "the plot is written on a stop too");
     }
+
+    [Fact]
+    public void ASecondCtrlCExitsAtOnceWithoutWaitingForTheStep()
+    {
+        // Steps of 8 x 128 tokens take a few hundred milliseconds: the second signal, 50 ms after the first, lands while the
+        // step that the first one waits for is still running.
+        var run = _folder.Run("twice");
+        using var process = CliProcess.Start(_folder.Args(run, "--steps", "50", "--batch", "8", "--seq", "128", "--log-every", "1", "--checkpoint-every", "0"));
+        process.WaitForLine(l => l.StartsWith("step     1/50", StringComparison.Ordinal));
+        process.Signal(2);
+        Thread.Sleep(50);
+        process.Signal(2);
+        Assert.Equal(130, process.WaitForExit());
+        Assert.Contains("second Ctrl-C: exiting at once", process.Stderr);
+        Assert.DoesNotContain("stopped by SIGINT", process.Stdout);   // it did not wait to save
+    }
 }
