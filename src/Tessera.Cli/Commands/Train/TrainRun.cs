@@ -104,8 +104,8 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             return stop.ExitCode;
         }
         terminal.Line($"done: {outcome.Step} steps in {Durations.Format(outcome.Elapsed.TotalSeconds)}" + (outcome.Checkpoint is null ? "" : $"; checkpoint {outcome.Checkpoint}"));
-        var sampleModel = outcome.SampleModel ?? (outcome.Checkpoint is null ? null : session.LoadForSampling(outcome.Checkpoint, model));
-        if (settings.SampleTokens > 0 && sampleModel is not null) Sample(sampleModel, tokenizer, settings.SampleTokens, options.Seed);
+        if (settings.SampleTokens > 0 && (outcome.SampleModel ?? (outcome.Checkpoint is null ? null : session.LoadForSampling(outcome.Checkpoint, model))) is Transformer sampleModel)
+            Sample(sampleModel, tokenizer, settings.SampleTokens, options.Seed);
         return ExitCodes.Success;
     }
 

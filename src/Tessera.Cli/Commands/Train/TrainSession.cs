@@ -42,7 +42,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
 
     /// <summary>The model of a checkpoint written by a data-parallel run, loaded whole for the sample.</summary>
     public Transformer LoadForSampling(string checkpoint, Transformer trained) =>
-        PretrainedModel.Load(checkpoint, trained.Parameters.Backend, trained.DType, trained.Config);
+        PretrainedModel.Load(checkpoint, trained.Backend, trained.DType, trained.Config);
 
     private TrainOutcome OneDevice(Transformer model, TrainingData data, string? resumeFrom)
     {
