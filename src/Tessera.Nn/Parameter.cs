@@ -119,6 +119,30 @@ public sealed class Parameter
         }
     }
 
+    /// <summary>
+    /// The ranges (local start, length) of this rank's local tensor that it counts when a sum over the ranks of its
+    /// placement's axis must see every global element once (the gradient norm): everything for a plain shard; for a part
+    /// replicated over blocks of ranks (key/value heads), its rows on the first rank of each block only. A replicated
+    /// parameter has no axis to tell its ranks apart: this returns all of it, and the caller lets one rank count it.
+    /// </summary>
+    public IReadOnlyList<(long Start, long Length)> CanonicalRanges()
+    {
+        if (Placement.IsReplicated) return [(0, NumElements)];
+        var parts = Placement.Parts;
+        if (parts.Count == 0 || parts.All(p => p.Replicas(ShardCount) == 1)) return [(0, NumElements)];
+        if (Placement.Dim != 0)
+            throw new NotSupportedException($"parameter '{Name}': replicated parts along dimension {Placement.Dim} (only dimension 0 is supported)");
+        long inner = NumElements / Shape[0], offset = 0;
+        var ranges = new List<(long, long)>();
+        foreach (var p in parts)
+        {
+            long length = (long)p.LocalUnits(ShardCount) * p.UnitSize * inner;
+            if (ShardIndex % p.Replicas(ShardCount) == 0) ranges.Add((offset, length));
+            offset += length;
+        }
+        return ranges;
+    }
+
     /// <summary>The (global start, length) runs of the row-major global tensor that this rank's local tensor holds, in local order.</summary>
     public IReadOnlyList<(int Start, int Length)> Runs()
     {

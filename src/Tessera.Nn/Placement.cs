@@ -112,19 +112,6 @@ public sealed class Placement : IEquatable<Placement>
         return runs;
     }
 
-    /// <summary>
-    /// Whether rank <paramref name="index"/> of <paramref name="ranks"/> is the canonical holder of the elements of the
-    /// part holding local run <paramref name="run"/> (the first of its replicas), so that a sum over ranks (a gradient
-    /// norm) counts each global element once. For a replicated placement only index 0 is canonical.
-    /// </summary>
-    public bool IsCanonical(int run, int index, int ranks)
-    {
-        if (IsReplicated) return index == 0;
-        var parts = _parts.Length > 0 ? _parts : null;
-        int replicas = parts is null ? 1 : parts[run].Replicas(ranks);
-        return index % replicas == 0;
-    }
-
     /// <summary>Parses <see cref="ToString"/>'s form (checkpoint manifests).</summary>
     public static Placement Parse(string text)
     {

@@ -22,6 +22,12 @@ public interface IDataParallelism
     /// <summary>Whether the model's weights have still to be written (a model declared without storage for ZeRO-3).</summary>
     bool WeightsPending { get; }
 
+    /// <summary>
+    /// Whether the strategy reduces gradients after every micro-batch's backward (ZeRO-3, which keeps no whole gradient
+    /// across micro-batches) rather than only after the step's last (the accumulated gradient).
+    /// </summary>
+    bool ReducesEveryMicroBatch { get; }
+
     /// <summary>Zeroes the gradients before a step's first micro-batch.</summary>
     void ZeroGrad();
 

@@ -23,6 +23,16 @@ public sealed class SingleDevice : IDataParallelism
         Optimizer = optimizer;
     }
 
+    /// <summary>
+    /// The strategy of <paramref name="model"/>'s arena with a new optimizer of <paramref name="options"/> (its gradient
+    /// norm summed over the tensor-parallel group when the model is split).
+    /// </summary>
+    public static SingleDevice For(Models.Transformer model, AdamWOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return new SingleDevice(model.Parameters, new AdamWOptimizer(model.Parameters, options, GradientNormScope.For(model)));
+    }
+
     /// <summary>The optimizer (its moments are part of a checkpoint).</summary>
     public AdamWOptimizer Optimizer { get; }
 
@@ -34,6 +44,9 @@ public sealed class SingleDevice : IDataParallelism
 
     /// <inheritdoc/>
     public bool WeightsPending => false;
+
+    /// <inheritdoc/>
+    public bool ReducesEveryMicroBatch => false;
 
     /// <inheritdoc/>
     public void ZeroGrad() => _arena.ZeroGrad();

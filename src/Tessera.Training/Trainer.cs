@@ -5,6 +5,7 @@ using Tessera.Models.HuggingFace;
 using Tessera.Tensors;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
+using Tessera.Training.Parallel;
 
 namespace Tessera.Training;
 
@@ -25,7 +26,8 @@ public sealed class Trainer
     private readonly int[] _hostInputs, _hostTargets;
     private readonly Tensor _inputs, _targets;   // (B, T) I32
     private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
-    private Tensor? _stopFlag;                   // (1) loss dtype: this rank's stop request, then the max over the data-parallel ranks
+    private readonly TensorParallelGradients? _partialGradients;   // tensor parallelism: sums the gradients each rank has in part
+    private Tensor? _stopFlag;                   // (1) loss dtype: this rank's stop request, then the max over all ranks
 
     /// <summary>
     /// Creates a trainer of <paramref name="model"/> under <paramref name="parallelism"/>. With a data-parallel group,
@@ -42,7 +44,11 @@ public sealed class Trainer
         options.Validate();
         var group = parallelism.Group;
         int rank = group?.Rank ?? 0, size = group?.Size ?? 1;
-        Where = group is null ? "" : group.Describe() + ": ";
+        var tp = model.TensorParallelism;
+        Where = (group is null ? "" : group.Describe() + ": ") + (tp is null ? "" : tp.Group.Describe() + ": ");
+        if (tp is not null && parallelism is SingleDevice { Optimizer.NormScope: null })
+            throw new ArgumentException($"{Where}the model is split over tp ({tp.Size}) ranks but its optimizer sums only this rank's gradients for clipping; " +
+                "create it with GradientNormScope.For(model) (SingleDevice.For does)");
         foreach (var (loader, what) in new[] { (train, "training"), (validation, "validation") })
         {
             if (loader is null) continue;
@@ -70,6 +76,7 @@ public sealed class Trainer
         // The trainer checks token ids on its host arrays (CheckIds), so the model need not read them back from the
         // device: on a GPU that read is a synchronization per forward, which would stall overlapped reductions.
         model.ValidateInputs = false;
+        if (model.Layers.PartialGradients.Count > 0) _partialGradients = new TensorParallelGradients(model, parallelism.ReducesEveryMicroBatch);
     }
 
     /// <summary>A one-device trainer updating <paramref name="model"/>'s arena with <paramref name="optimizer"/>.</summary>
@@ -96,8 +103,8 @@ public sealed class Trainer
     /// <summary>Tokens one update consumes over all data-parallel ranks.</summary>
     public long TokensPerStep => (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * (Parallelism.Group?.Size ?? 1);
 
-    /// <summary>Whether this rank reports progress (rank 0 of the data-parallel group; always on one device).</summary>
-    public bool Reports => (Parallelism.Group?.Rank ?? 0) == 0;
+    /// <summary>Whether this rank reports progress (rank 0 of the data-parallel and tensor-parallel groups; always on one device).</summary>
+    public bool Reports => (Parallelism.Group?.Rank ?? 0) == 0 && (_model.TensorParallelism?.Rank ?? 0) == 0;
 
     /// <summary>Prefix naming the rank in messages ("" on one device).</summary>
     public string Where { get; }
@@ -149,6 +156,7 @@ public sealed class Trainer
         for (int micro = 0; micro < accum; micro++)
         {
             Parallelism.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
+            _partialGradients?.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
             _train.NextBatch(_hostInputs, _hostTargets);
             CheckIds();
             backend.CopyFromHost<int>(_hostInputs, _inputs);
@@ -229,19 +237,20 @@ public sealed class Trainer
     }
 
     /// <summary>
-    /// Whether to stop before the next step, given whether this rank was asked to. One device: as asked. Data-parallel
-    /// ranks: one all-reduce (max) of a flag per step boundary, only while a cancellable token is given: a signal reaches
-    /// the ranks (threads or processes) at different moments, and a rank that stopped alone would leave the others waiting
+    /// Whether to stop before the next step, given whether this rank was asked to. One device: as asked. Several ranks:
+    /// an all-reduce (max) of a flag over the data-parallel group, then over the tensor-parallel group (together: over
+    /// every rank of the mesh), per step boundary and only while a cancellable token is given: a signal reaches the
+    /// ranks (threads or processes) at different moments, and a rank that stopped alone would leave the others waiting
     /// in the next step's collectives.
     /// </summary>
     private bool StopAgreed(bool requestedHere)
     {
-        var group = Parallelism.Group;
-        if (group is null) return requestedHere;
+        var groups = new[] { Parallelism.Group, _model.TensorParallelism?.Group }.Where(g => g is not null).ToArray();
+        if (groups.Length == 0) return requestedHere;
         var backend = _model.Backend;
         _stopFlag ??= backend.Allocate(new Shape(1), _model.LossDType);
         backend.Fill(_stopFlag, requestedHere ? 1 : 0);
-        group.AllReduce(_stopFlag, ReduceOp.Max).Wait();
+        foreach (var group in groups) group!.AllReduce(_stopFlag, ReduceOp.Max).Wait();
         return backend.ReadScalar(_stopFlag) > 0;
     }
 

@@ -144,16 +144,30 @@ public sealed class LayerFactory
     {
         int ranks = TensorParallelism!.Size;
         long rowOffset = 0;
+        // Adjacent replicated parts of one group (the key and the value heads) are one range: one all-reduce.
+        (long Start, long Rows, int Units)? run = null;
         foreach (var part in parts)
         {
             long localRows = (long)part.LocalUnits(ranks) * part.UnitSize;
             if (part.Replicas(ranks) > 1)
             {
-                var group = TensorParallelism.ReplicaGroup(part.Units)!;
-                _partials.Add(new PartialGradient(column.Weight, rowOffset * column.InFeatures, localRows * column.InFeatures, group));
-                if (column.Bias is not null) _partials.Add(new PartialGradient(column.Bias, rowOffset, localRows, group));
+                if (run is { } r && r.Start + r.Rows == rowOffset && r.Units == part.Units) run = (r.Start, r.Rows + localRows, r.Units);
+                else
+                {
+                    Flush(run);
+                    run = (rowOffset, localRows, part.Units);
+                }
             }
             rowOffset += localRows;
+        }
+        Flush(run);
+
+        void Flush((long Start, long Rows, int Units)? r)
+        {
+            if (r is not { } x) return;
+            var group = TensorParallelism.ReplicaGroup(x.Units)!;
+            _partials.Add(new PartialGradient(column.Weight, x.Start * column.InFeatures, x.Rows * column.InFeatures, group));
+            if (column.Bias is not null) _partials.Add(new PartialGradient(column.Bias, x.Start, x.Rows, group));
         }
     }
 }

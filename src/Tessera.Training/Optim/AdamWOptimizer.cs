@@ -16,14 +16,18 @@ public sealed class AdamWOptimizer
     private readonly Tensor _flatValues, _flatGrads;
     private readonly Tensor? _lowPrecisionValues;   // the BF16 values beside F32 masters, else null
 
-    /// <summary>Creates zeroed moments for <paramref name="arena"/> (which must be built).</summary>
-    public AdamWOptimizer(ParameterArena arena, AdamWOptions options)
+    /// <summary>
+    /// Creates zeroed moments for <paramref name="arena"/>. Under tensor parallelism <paramref name="normScope"/> says which
+    /// elements this rank counts toward the global gradient norm and sums them over its group; null sums the whole arena.
+    /// </summary>
+    public AdamWOptimizer(ParameterArena arena, AdamWOptions options, GradientNormScope? normScope = null)
     {
         ArgumentNullException.ThrowIfNull(arena);
         if (arena.MastersReleased)
             throw new InvalidOperationException("AdamW: the arena's masters are offloaded; the one-rank optimizer needs the whole arena (an offloaded run updates through its data-parallel strategy)");
         _arena = arena;
         Options = options;
+        NormScope = normScope;
         var backend = arena.Backend;
         // Mixed precision: F32 moments update the F32 masters; the low-precision values are written through lowPrecisionCopy.
         M = backend.Zeros(arena.Values.Shape, arena.MasterDType);
@@ -57,6 +61,9 @@ public sealed class AdamWOptimizer
     /// <summary>Fixed hyper-parameters.</summary>
     public AdamWOptions Options { get; }
 
+    /// <summary>The tensor-parallel scope of the gradient norm, or null (the whole arena, on this rank alone).</summary>
+    public GradientNormScope? NormScope { get; }
+
     /// <summary>First moments, laid out like the arena.</summary>
     public Tensor M { get; }
 
@@ -74,7 +81,12 @@ public sealed class AdamWOptimizer
     {
         var backend = _arena.Backend;
         backend.Fill(GradSumOfSquares, 0);
-        backend.SumOfSquares(_arena.Grads, GradSumOfSquares);
+        if (NormScope is null) backend.SumOfSquares(_arena.Grads, GradSumOfSquares);
+        else
+        {
+            NormScope.SumOfSquares(backend, 0, _flatGrads, GradSumOfSquares);
+            NormScope.Reduce(GradSumOfSquares);
+        }
         StepCount++;
         foreach (var (offset, length, decay) in _ranges)
         {

@@ -41,7 +41,8 @@ public sealed class BucketedDataParallel : DataParallelism
         if (options.Stage >= ZeroStage.Gradients) GradientShard = model.Backend.Zeros(ShardShape(), model.DType);
         OffloadedAdamW? offload = Host is null ? null : new OffloadedAdamW(model.Backend, model.DType, Layout, Host, options.OffloadPieceElements,
             Value, () => _arena.Masters ?? (_arena.MastersReleased ? null : _arena.Values), loadMasters: true);
-        Optimizer = new ShardedAdamW(model.Backend, model.DType, Layout, group, adamW, Gradient, Value, Master, _arena.Grads, offload);
+        Optimizer = new ShardedAdamW(model.Backend, model.DType, Layout, group, adamW, Gradient, Value, Master, _arena.Grads, offload,
+            GradientNormScope.For(model));
         // ZeRO-Offload: the host master shard (just loaded from the arena) is authoritative; a BF16 arena's full-size F32
         // device masters would be 4 bytes per parameter of dead weight, so they are freed.
         if (offload is not null) _arena.ReleaseMasters();
@@ -62,6 +63,9 @@ public sealed class BucketedDataParallel : DataParallelism
 
     /// <inheritdoc/>
     public override Tensor? Master(OwnedRange range) => _arena.Masters?.Narrow(range.ArenaOffset, new Shape((int)range.Length));
+
+    /// <inheritdoc/>
+    public override bool ReducesEveryMicroBatch => false;
 
     /// <inheritdoc/>
     public override void ZeroGrad() => _arena.ZeroGrad();

@@ -73,6 +73,9 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <inheritdoc/>
     public bool WeightsPending => _weightsPending;
 
+    /// <inheritdoc/>
+    public abstract bool ReducesEveryMicroBatch { get; }
+
     /// <summary>
     /// Bytes of every transient buffer this rank's communication has allocated and still holds (pooled or in use). The pool
     /// never frees during training, so after a step this is the peak.

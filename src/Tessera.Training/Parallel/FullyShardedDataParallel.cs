@@ -89,7 +89,8 @@ public sealed class FullyShardedDataParallel : DataParallelism
         }
         _storage = new ShardedParameterStorage(model.Layout, backend, model.DType);
         model.Layout.Attach(_storage);
-        Optimizer = new ShardedAdamW(backend, model.DType, Layout, group, adamW, Gradient, Value, Master, wholeGradient: null, offload);
+        Optimizer = new ShardedAdamW(backend, model.DType, Layout, group, adamW, Gradient, Value, Master, wholeGradient: null, offload,
+            GradientNormScope.For(model));
     }
 
     /// <summary>This rank's value shard (ShardLength elements, model dtype, shard layout).</summary>
@@ -115,6 +116,9 @@ public sealed class FullyShardedDataParallel : DataParallelism
 
     /// <inheritdoc/>
     public override Tensor? Master(OwnedRange range) => MasterShard?.Narrow(range.ShardOffset, new Shape((int)range.Length));
+
+    /// <inheritdoc/>
+    public override bool ReducesEveryMicroBatch => true;
 
     /// <inheritdoc/>
     public override void ZeroGrad() => _storage.ZeroBoundGradients();

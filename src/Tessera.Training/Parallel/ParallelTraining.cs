@@ -32,7 +32,7 @@ public static class ParallelTraining
             try
             {
                 using var group = groups[rank];
-                results[rank] = body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads)));
+                results[rank] = body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads), group.World.FactoryFor(rank)));
             }
             catch (Exception e) { errors[rank] = e; }
         }) { Name = $"rank {rank}", IsBackground = true }).ToArray();

@@ -9,4 +9,5 @@ namespace Tessera.Training.Parallel;
 /// <param name="Group">The rank's world process group (thread ranks; rank-order reductions).</param>
 /// <param name="Backend">The rank's own compute backend (a CpuBackend with its share of the cores).</param>
 /// <param name="Host">A separate CPU backend for offloaded optimizer state.</param>
-public sealed record RankContext(int Rank, int WorldSize, ProcessGroup Group, IBackend Backend, IBackend Host);
+/// <param name="Factory">Creates the rank's sub-groups (mesh axes, key/value replica groups) of the same world.</param>
+public sealed record RankContext(int Rank, int WorldSize, ProcessGroup Group, IBackend Backend, IBackend Host, IProcessGroupFactory Factory);

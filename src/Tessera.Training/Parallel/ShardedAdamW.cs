@@ -35,6 +35,7 @@ public sealed class ShardedAdamW
     private readonly Func<OwnedRange, Tensor?> _master;    // F32 masters on the device, or null (F32/F64 arenas, offload)
     private readonly Tensor _sumOfSquares;         // (1) master dtype (F32 under mixed precision), on the device
     private readonly OffloadedAdamW? _offload;
+    private readonly GradientNormScope? _normScope;  // tensor parallelism: the counted elements and the tp group, or null
 
     /// <summary>
     /// Creates zeroed moments for the ranges <paramref name="layout"/> gives this rank, on <paramref name="device"/> in the
@@ -46,7 +47,7 @@ public sealed class ShardedAdamW
     /// </summary>
     public ShardedAdamW(IBackend device, DType dtype, ShardLayout layout, ProcessGroup group, AdamWOptions options,
         Func<OwnedRange, Tensor> gradient, Func<OwnedRange, Tensor> value, Func<OwnedRange, Tensor?> master,
-        Tensor? wholeGradient = null, OffloadedAdamW? offload = null)
+        Tensor? wholeGradient = null, OffloadedAdamW? offload = null, GradientNormScope? normScope = null)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(layout);
@@ -61,7 +62,8 @@ public sealed class ShardedAdamW
         _gradient = gradient;
         _value = value;
         _master = master;
-        _wholeGradient = layout.Shards == 1 ? wholeGradient : null;
+        _wholeGradient = layout.Shards == 1 && normScope is null ? wholeGradient : null;
+        _normScope = normScope;
         Options = options;
         var masterDType = dtype is DType.BF16 or DType.F16 ? DType.F32 : dtype;
         // The clipping factor is computed from this scalar on the device, in the dtype the update computes in
@@ -103,7 +105,7 @@ public sealed class ShardedAdamW
     public long StepCount { get; set; }
 
     /// <summary>Collectives issued by the last <see cref="Step"/> (the norm all-reduce when sharded).</summary>
-    public int CollectivesPerStep => _layout.Shards > 1 ? 1 : 0;
+    public int CollectivesPerStep => _layout.Shards > 1 ? 1 : 0;   // on the data-parallel group (the tensor-parallel norm sum is on its own)
 
     /// <summary>
     /// Updates the owned ranges with learning rate <paramref name="learningRate"/>. The gradients must be
@@ -121,9 +123,14 @@ public sealed class ShardedAdamW
         }
         else
         {
-            foreach (var r in _layout.Owned) backend.SumOfSquares(_gradient(r), _sumOfSquares);
+            foreach (var r in _layout.Owned)
+            {
+                if (_normScope is null) backend.SumOfSquares(_gradient(r), _sumOfSquares);
+                else _normScope.SumOfSquares(backend, r.ArenaOffset, _gradient(r), _sumOfSquares);
+            }
             if (_layout.Shards > 1) _group.AllReduce(_sumOfSquares).Wait();
         }
+        _normScope?.Reduce(_sumOfSquares);
         StepCount++;
         var clip = Options.MaxGradNorm > 0 ? _sumOfSquares : null;
         if (_offload is not null)
