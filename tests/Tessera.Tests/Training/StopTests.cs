@@ -1,5 +1,7 @@
 using System.Collections.Concurrent;
+using Tessera.Distributed.Mesh;
 using Tessera.Models;
+using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Training;
@@ -7,6 +9,7 @@ using Tessera.Training.Checkpoints;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Tests.Training.Parallel;
 using Xunit;
 
 namespace Tessera.Tests.Training;
@@ -82,5 +85,29 @@ public sealed class StopTests : IDisposable
         Assert.Equal(2, e.InnerExceptions.Count);
         // Both ranks stopped after step 4 and called the (collective) checkpoint there; no collective timed out.
         Assert.Equal([(0, 4), (1, 4)], savedSteps.OrderBy(s => s.Rank));
+    }
+
+    [Fact]
+    public void OneRankOfATensorTimesDataParallelMeshAskedToStopStopsEveryRankAtTheSameStep()
+    {
+        // tp 2 x dp 2: rank (tp 1, dp 1) alone is asked, at step 2. Agreeing over its data-parallel group only would stop
+        // (tp 1, dp 0) too but leave (tp 0, *) training, and their tensor-parallel collectives would time out.
+        var shard = ParallelRun.WriteShard(_dir);
+        var mesh = new DeviceMesh(dp: 2, tp: 2);
+        var options = ParallelRun.Options(6) with { CheckpointEvery = 1 };
+        var stepsReached = ParallelTraining.RunThreadRanks(mesh.WorldSize, ctx =>
+        {
+            var groups = mesh.CreateGroups(ctx.Factory);
+            var model = new Transformer(ModelPresets.Get("gpt2-debug"), ctx.Backend, DType.F64,
+                tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(false), ctx.Factory));
+            model.InitializeWeights(ParallelRun.Seed);
+            var trainer = new Trainer(model, DataParallelism.Create(model, groups.Dp, new DataParallelOptions(), new AdamWOptions(), ctx.Host),
+                new TokenDataLoader([shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, 2), null, options);
+            using var mine = new CancellationTokenSource();
+            bool asked = groups.Coordinate is { Tp: 1, Dp: 1 };
+            Assert.Throws<OperationCanceledException>(() => trainer.Run(checkpoint: t => { if (asked && t.Step == 2) mine.Cancel(); }, cancellation: mine.Token));
+            return trainer.Step;
+        }, TimeSpan.FromSeconds(30));
+        Assert.Equal([2, 2, 2, 2], stepsReached);
     }
 }
