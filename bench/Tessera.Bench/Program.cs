@@ -39,6 +39,7 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("  gpu-train  GPU training step of a preset in bf16: tokens/s, MFU, peak memory (see scripts/gpu-bench.sh)");
     w.WriteLine("  gpu-decode GPU prefill and decode tokens/s and bandwidth (see scripts/gpu-bench.sh)");
     w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
+    w.WriteLine("         (the gpu-* commands take --cuda-options Name=value,... : the CUDA backend's options, e.g. ProfileOps=true)");
     w.WriteLine("  host-optimizer  the CPU half of ZeRO-Offload: host AdamW, BF16/F32 casts, a whole offloaded update, GB/s (options: --threads N --elements N --preset NAME)");
     return code;
 }

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Write Tessera's golden reference files from PyTorch + Hugging Face transformers.
 
-For each of two tiny random-init models that match Tessera's debug presets
-(src/Tessera.Models/ModelPresets.cs: "gpt2-debug" and "llama-debug") this script writes
+For each tiny random-init model in MODELS (the debug presets of src/Tessera.Models/ModelPresets.cs,
+"gpt2-debug" and "llama-debug", and one per further family or RoPE variant: "llama3-debug" (Llama 3.2 style,
+rope_type llama3, tied head, positions past original_max_position_embeddings), "qwen2-debug" (q/k/v biases,
+untied head), "mistral-debug" (sliding window 5, sequences of 16), "llama-linear-debug", "llama-dynamic-debug"
+and "llama-yarn-debug" (the other RoPE scalings, sequences past the original context)) this script writes
 
     <out>/<name>/config.json              Hugging Face config (save_pretrained)
     <out>/<name>/model.safetensors        initial weights, F32, Hugging Face names (save_pretrained)
@@ -11,7 +14,7 @@ For each of two tiny random-init models that match Tessera's debug presets
     <out>/<name>/golden.json              hyperparameters, seeds, versions, self-checks
 
 Tensors in golden_<dtype>.safetensors (float tensors in that dtype, token ids I32):
-    tokens            (B, T)     I32   input ids, B=2, T=8
+    tokens            (B, T)     I32   input ids, B=2, T=8 (the model's "seq" in MODELS for the others)
     targets           (B, T)     I32   targets[b, t] = tokens[b, t+1]; the last column is random
     logits            (B, T, V)        model(tokens).logits
     loss              (1,)             mean cross-entropy of logits against targets over all B*T positions
@@ -39,8 +42,10 @@ RMSNorm weights) gets N(0, 0.1^2) noise added from torch.Generator seeded 4242.
 float64 exactness: Hugging Face's Llama computes RMSNorm and the RoPE cos/sin in float32 whatever the
 model dtype. To make golden_f64 a true float64 reference, this script replaces (1) the RMSNorm forward
 by the same formula in the input dtype (bit-identical in float32) and (2) the rotary-embedding forward
-of the float64 model by the same formula computed in float64; both replacements are checked against
-the originals first. A central finite-difference check of every parameter tensor (its largest-gradient
+of the float64 model by the same formula computed in float64 (inverse frequencies of every rope_type
+here, llama3, linear, dynamic, yarn, and YaRN's attention factor, from transformers' formulas
+re-evaluated in float64; dynamic NTK recomputed per call from max(position_ids) + 1 as transformers does
+when a sequence grows); both replacements are checked against the originals first. A central finite-difference check of every parameter tensor (its largest-gradient
 entry) in float64 is recorded in golden.json: it only passes if no float32 step is left in the path.
 
 Deterministic: CPU only, one thread, fixed seeds. Run (on a machine with torch and transformers):
@@ -50,6 +55,7 @@ Deterministic: CPU only, one thread, fixed seeds. Run (on a machine with torch a
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import shutil
@@ -63,7 +69,8 @@ import torch.nn.functional as F
 import safetensors
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 BATCH = 2
 SEQ = 8
@@ -84,6 +91,12 @@ NEW_TOKENS = 12
 FD_STEP = 1e-4
 
 
+# A longer prompt for the RoPE variants whose original context is 16: prefill at 14 positions, decoding to 26.
+LONG_PROMPT = [5, 17, 42, 73, 90, 11, 3, 64, 27, 58, 81, 36, 9, 50]
+# Llama 3.2-style: a prompt of 70 seeded tokens, so prefill and decoding both run past original_max_position_embeddings (64).
+LLAMA3_PROMPT = torch.randint(0, VOCAB, (70,), generator=torch.Generator().manual_seed(77)).tolist()
+
+
 def log(*args):
     print(*args, flush=True)
 
@@ -100,13 +113,78 @@ LLAMA_KWARGS = dict(
     initializer_range=INIT_STD, bos_token_id=None, eos_token_id=None)
 
 
+# Further families and RoPE variants (transformers 5 spellings; make_config falls back to 4's).
+LLAMA3_KWARGS = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+    num_key_value_heads=1, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=500000.0,
+    rope=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+              original_max_position_embeddings=64),
+    tie_word_embeddings=True, attention_bias=False, mlp_bias=False, hidden_act="silu",
+    initializer_range=INIT_STD, bos_token_id=None, eos_token_id=None)
+
+QWEN2_KWARGS = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000000.0,
+    tie_word_embeddings=False, use_sliding_window=False, hidden_act="silu", initializer_range=INIT_STD,
+    bos_token_id=None, eos_token_id=None)
+
+MISTRAL_KWARGS = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=1000000.0,
+    sliding_window=5, tie_word_embeddings=False, hidden_act="silu", initializer_range=INIT_STD,
+    bos_token_id=None, eos_token_id=None)
+
+
+def llama_variant(**changes):
+    return dict(LLAMA_KWARGS, **changes)
+
+
+# name, family (gpt2 | llama: Llama-like layers), config class, kwargs, model class, training sequence length, prompt
+MODELS = [
+    dict(name="gpt2-debug", family="gpt2", config_class=GPT2Config, kwargs=GPT2_KWARGS, model_class=GPT2LMHeadModel,
+         seq=SEQ, prompt=PROMPT),
+    dict(name="llama-debug", family="llama", config_class=LlamaConfig, kwargs=LLAMA_KWARGS, model_class=LlamaForCausalLM,
+         seq=SEQ, prompt=PROMPT),
+    # Llama 3.2 shape in small: rope_type llama3 with all three frequency bands at head size 16 (wavelength 6.3 kept,
+    # 32 smoothed, the rest divided by 8), tied head, 80 training positions against an original context of 64.
+    dict(name="llama3-debug", family="llama", config_class=LlamaConfig, kwargs=LLAMA3_KWARGS,
+         model_class=LlamaForCausalLM, seq=80, prompt=LLAMA3_PROMPT),
+    dict(name="qwen2-debug", family="llama", config_class=Qwen2Config, kwargs=QWEN2_KWARGS,
+         model_class=Qwen2ForCausalLM, seq=SEQ, prompt=PROMPT),
+    # Sliding window 5 over 16 training positions and 17 generated ones.
+    dict(name="mistral-debug", family="llama", config_class=MistralConfig, kwargs=MISTRAL_KWARGS,
+         model_class=MistralForCausalLM, seq=16, prompt=PROMPT),
+    dict(name="llama-linear-debug", family="llama", config_class=LlamaConfig,
+         kwargs=llama_variant(rope=dict(rope_type="linear", factor=4.0)), model_class=LlamaForCausalLM,
+         seq=24, prompt=PROMPT),
+    # Dynamic NTK past max_position_embeddings 16: training at 24 positions, prefill at 14, decoding to 26.
+    dict(name="llama-dynamic-debug", family="llama", config_class=LlamaConfig,
+         kwargs=llama_variant(max_position_embeddings=16, rope=dict(rope_type="dynamic", factor=4.0)),
+         model_class=LlamaForCausalLM, seq=24, prompt=LONG_PROMPT),
+    dict(name="llama-yarn-debug", family="llama", config_class=LlamaConfig,
+         kwargs=llama_variant(rope=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16)),
+         model_class=LlamaForCausalLM, seq=24, prompt=LONG_PROMPT),
+]
+
+
 def make_config(config_class, kwargs, notes):
-    """The config, asking for SDPA attention; falls back to older/newer spellings if a keyword is refused."""
-    attempts = [dict(kwargs, attn_implementation="sdpa"), dict(kwargs)]
+    """The config, asking for SDPA attention; falls back to older/newer spellings if a keyword is refused.
+    A "rope" entry ({"rope_type": ..., "factor": ..., ...}) is passed as rope_parameters (transformers 5) with
+    the theta inside, or as rope_scaling beside rope_theta (transformers 4)."""
+    kwargs = dict(kwargs)
+    rope = kwargs.pop("rope", None)
+    attempts = []
     if "rope_theta" in kwargs:
         alt = {k: v for k, v in kwargs.items() if k != "rope_theta"}
-        alt["rope_parameters"] = {"rope_type": "default", "rope_theta": kwargs["rope_theta"]}
+        alt["rope_parameters"] = dict(rope or {"rope_type": "default"}, rope_theta=kwargs["rope_theta"])
+        if rope is None:
+            attempts += [dict(kwargs, attn_implementation="sdpa"), dict(kwargs)]
         attempts += [dict(alt, attn_implementation="sdpa"), alt]
+        if rope is not None:
+            old = dict(kwargs, rope_scaling=dict(rope))
+            attempts += [dict(old, attn_implementation="sdpa"), old]
+    else:
+        attempts += [dict(kwargs, attn_implementation="sdpa"), dict(kwargs)]
     errors = []
     for attempt in attempts:
         try:
@@ -168,57 +246,125 @@ def patch_rmsnorm(model, notes):
 
 
 def rope_settings(config):
+    """(head_dim, rope parameters as a plain dict with rope_type and rope_theta) from a transformers 4 or 5 config."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    theta = None
     params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict):
-        theta = params.get("rope_theta")
-    if theta is None:
-        theta = getattr(config, "rope_theta", 10000.0)
-    return head_dim, float(theta)
+    if not isinstance(params, dict) or not params:
+        params = dict(getattr(config, "rope_scaling", None) or {})
+    params = dict(params)
+    params.setdefault("rope_type", params.get("type", "default"))
+    if params.get("rope_theta") is None:
+        params["rope_theta"] = getattr(config, "rope_theta", 10000.0)
+    params["rope_theta"] = float(params["rope_theta"])
+    return head_dim, params
 
 
-def make_rope64(head_dim, theta):
+def inv_freq64(config, head_dim, p, seq_len):
+    """Inverse frequencies (head_dim / 2, float64) and the cos/sin attention factor of transformers' rope_type p
+    at a call whose largest position is seq_len - 1: the formulas of modeling_rope_utils in float64."""
+    theta, kind, d = p["rope_theta"], p["rope_type"], head_dim
+    idx = torch.arange(0, d, 2, dtype=torch.float64) / d
+    base = theta ** idx                                   # theta^(2i/d)
+    inv = 1.0 / base
+    if kind == "default":
+        return inv, 1.0
+    factor = float(p["factor"])
+    if kind == "linear":
+        return inv / factor, 1.0
+    if kind == "dynamic":
+        max_pos = config.max_position_embeddings
+        length = max(seq_len, max_pos)
+        b = theta * ((factor * length / max_pos) - (factor - 1)) ** (d / (d - 2))
+        return 1.0 / (b ** idx), 1.0
+    if kind == "llama3":
+        low, high = float(p["low_freq_factor"]), float(p["high_freq_factor"])
+        old = float(p.get("original_max_position_embeddings") or config.max_position_embeddings)
+        low_wl, high_wl = old / low, old / high
+        wavelen = 2 * math.pi / inv
+        out = torch.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        return torch.where(medium, smoothed, out), 1.0
+    if kind == "yarn":
+        orig = float(p.get("original_max_position_embeddings") or config.max_position_embeddings)
+        mscale, mscale_all = p.get("mscale"), p.get("mscale_all_dim")
+
+        def get_mscale(scale, m=1.0):
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        att = p.get("attention_factor")
+        if att is None:
+            att = get_mscale(factor, mscale) / get_mscale(factor, mscale_all) if (mscale and mscale_all) else get_mscale(factor)
+        beta_fast, beta_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
+
+        def corr_dim(rot):
+            return (d * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(theta))
+
+        lo, hi = corr_dim(beta_fast), corr_dim(beta_slow)
+        if p.get("truncate", True):
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, d - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = torch.clamp((torch.arange(d // 2, dtype=torch.float64) - lo) / (hi - lo), 0, 1)
+        extrapolation = 1 - ramp
+        interp, extra = 1.0 / (factor * base), 1.0 / base
+        return interp * (1 - extrapolation) + extra * extrapolation, float(att)
+    raise ValueError(f"rope_type {kind} has no float64 formula here")
+
+
+def make_rope64(config, head_dim, params):
     def forward(x, position_ids, *args, **kwargs):
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-        freqs = position_ids.to(torch.float64)[..., None] * inv_freq  # (B, T, D/2)
+        seq_len = int(position_ids.max().item()) + 1
+        inv, att = inv_freq64(config, head_dim, params, seq_len)
+        freqs = position_ids.to(torch.float64)[..., None] * inv  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D): rotate_half layout
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return (emb.cos() * att).to(x.dtype), (emb.sin() * att).to(x.dtype)
     return forward
 
 
-def patch_rope64(model, notes):
+def patch_rope64(model, notes, check_len):
     """Give every rotary-embedding module of the float64 model a float64 cos/sin; checked against the
-    original (float32) forward first."""
-    head_dim, theta = rope_settings(model.config)
-    forward = make_rope64(head_dim, theta)
+    original (float32) forward first, on a fresh copy of the module per call length (dynamic NTK keeps state),
+    at lengths up to check_len (past every original context of these models)."""
+    head_dim, params = rope_settings(model.config)
+    forward = make_rope64(model.config, head_dim, params)
     for m in model.modules():
         if not type(m).__name__.endswith("RotaryEmbedding"):
             continue
-        scaling = float(getattr(m, "attention_scaling", 1.0))
-        x = torch.zeros(1, 1, SEQ, head_dim, dtype=torch.float32)
-        pos = torch.arange(32)[None, :]
-        with torch.no_grad():
-            cos0, sin0 = type(m).forward(m, x, pos)
-            cos1, sin1 = forward(x, pos)
-        diff = max((cos0.float() - cos1.float()).abs().max().item(), (sin0.float() - sin1.float()).abs().max().item())
-        if diff <= 1e-5 and scaling == 1.0 and tuple(cos0.shape) == tuple(cos1.shape):
+        diff, shapes_ok = 0.0, True
+        for length in sorted({8, check_len // 2, check_len}):
+            fresh = copy.deepcopy(m).float()
+            x = torch.zeros(1, 1, length, head_dim, dtype=torch.float32)
+            pos = torch.arange(length)[None, :]
+            with torch.no_grad():
+                cos0, sin0 = type(m).forward(fresh, x, pos)
+                cos1, sin1 = forward(x, pos)
+            shapes_ok &= tuple(cos0.shape) == tuple(cos1.shape)
+            # relative to the cos/sin magnitude (YaRN's attention factor scales both)
+            diff = max(diff, (cos0.double() - cos1.double()).abs().max().item(), (sin0.double() - sin1.double()).abs().max().item())
+        if diff <= 2e-5 and shapes_ok:
             m.forward = forward
             notes.append(f"{type(m).__name__} of the float64 model computes cos/sin in float64 "
-                         f"(head_dim {head_dim}, theta {theta}; float32 max diff vs original over 32 positions {diff:.3g})")
+                         f"(head_dim {head_dim}, rope {params}; float32 max diff vs original up to {check_len} positions {diff:.3g})")
         else:
-            notes.append(f"{type(m).__name__} NOT replaced: diff {diff:.3g}, attention_scaling {scaling}, "
-                         f"shapes {tuple(cos0.shape)} vs {tuple(cos1.shape)}")
+            notes.append(f"{type(m).__name__} NOT replaced: diff {diff:.3g} over {check_len} positions, shapes equal {shapes_ok}")
 
 
 # ---- computations -----------------------------------------------------------------------------------
 
-def make(base, dtype, family, notes):
+def positions_used(spec):
+    """The most positions any computation of this model touches (training sequence or prompt + new tokens)."""
+    return max(spec["seq"], len(spec["prompt"]) + NEW_TOKENS)
+
+
+def make(base, dtype, spec, notes):
     """A fresh copy of the initial model in dtype (never run backward on base itself)."""
     m = copy.deepcopy(base).to(dtype)
     m.eval()
-    if dtype == torch.float64 and family == "llama":
-        patch_rope64(m, notes)
+    if dtype == torch.float64 and spec["family"] == "llama":
+        patch_rope64(m, notes, positions_used(spec))
     return m
 
 
@@ -257,8 +403,8 @@ def finite_difference_check(m, tokens, targets, grads):
     return rows
 
 
-def adamw_run(base, dtype, family, tokens, targets, notes):
-    m = make(base, dtype, family, notes)
+def adamw_run(base, dtype, spec, tokens, targets, notes):
+    m = make(base, dtype, spec, notes)
     m.train(False)
     decay = [p for _, p in m.named_parameters() if p.dim() >= 2]
     no_decay = [p for _, p in m.named_parameters() if p.dim() < 2]
@@ -278,11 +424,15 @@ def adamw_run(base, dtype, family, tokens, targets, notes):
     return (torch.tensor(losses, dtype=dtype), torch.tensor(norms, dtype=dtype), final)
 
 
-def greedy(base, family, prompt, notes):
-    m = make(base, torch.float32, family, notes)
-    if getattr(m, "generation_config", None) is not None:
-        m.generation_config.eos_token_id = None
-        m.generation_config.pad_token_id = 0
+def greedy(base, spec, prompt, notes):
+    def fresh():
+        # A fresh copy for each loop: a dynamic-NTK rotary embedding remembers the longest sequence it has seen.
+        m = make(base, torch.float32, spec, notes)
+        if getattr(m, "generation_config", None) is not None:
+            m.generation_config.eos_token_id = None
+            m.generation_config.pad_token_id = 0
+        return m
+    m = fresh()
     ids = torch.tensor([prompt], dtype=torch.long)
     manual = ids
     with torch.no_grad():
@@ -290,6 +440,7 @@ def greedy(base, family, prompt, notes):
             nxt = forward_logits(m, manual)[:, -1, :].argmax(-1, keepdim=True)
             manual = torch.cat([manual, nxt], dim=1)
     manual_new = manual[0, len(prompt):].tolist()
+    m = fresh()
     try:
         with torch.no_grad():
             out = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
@@ -299,11 +450,15 @@ def greedy(base, family, prompt, notes):
         notes.append(f"model.generate failed ({e!r}); generate_tokens come from a plain greedy loop")
         return manual_new, "manual greedy loop (full forward, argmax)", None
     agree = hf_new == manual_new
-    notes.append(f"model.generate agrees with a plain greedy loop without KV cache: {agree}")
+    notes.append(f"model.generate agrees with a plain greedy loop without KV cache: {agree}"
+                 + ("" if agree else " (expected for dynamic NTK: generate keeps the keys rotated at the frequencies of "
+                                      "their step, a full forward rotates them all at the final length's)"))
     return hf_new, "model.generate(do_sample=False)", agree
 
 
-def run_model(name, family, config_class, kwargs, model_class, out_dir):
+def run_model(spec, out_dir):
+    name, family, seq_len, prompt = spec["name"], spec["family"], spec["seq"], spec["prompt"]
+    config_class, kwargs, model_class = spec["config_class"], spec["kwargs"], spec["model_class"]
     log(f"==== {name}")
     notes = []
     base = build(name, config_class, kwargs, model_class, notes)
@@ -316,6 +471,9 @@ def run_model(name, family, config_class, kwargs, model_class, out_dir):
     if family == "gpt2":
         tied = base.lm_head.weight is base.transformer.wte.weight
         notes.append(f"lm_head.weight is transformer.wte.weight: {tied}")
+    elif base.config.tie_word_embeddings:
+        tied = base.lm_head.weight is base.model.embed_tokens.weight
+        notes.append(f"lm_head.weight is model.embed_tokens.weight: {tied}")
 
     model_dir = os.path.join(out_dir, name)
     os.makedirs(model_dir, exist_ok=True)
@@ -341,13 +499,13 @@ def run_model(name, family, config_class, kwargs, model_class, out_dir):
     log(f"[{name}] {notes[-1]}")
 
     gen = torch.Generator().manual_seed(DATA_SEED)
-    seq = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=gen)
-    tokens, targets = seq[:, :SEQ].contiguous(), seq[:, 1:].contiguous()
+    seq = torch.randint(0, VOCAB, (BATCH, seq_len + 1), generator=gen)
+    tokens, targets = seq[:, :seq_len].contiguous(), seq[:, 1:].contiguous()
 
     results = {}
     fd_rows = []
     for dtype, tag in ((torch.float32, "f32"), (torch.float64, "f64")):
-        m = make(base, dtype, family, notes)
+        m = make(base, dtype, spec, notes)
         logits = forward_logits(m, tokens)
         loss = loss_of(logits, targets)
         loss.backward()
@@ -360,7 +518,7 @@ def run_model(name, family, config_class, kwargs, model_class, out_dir):
         }
         for n in names:
             tensors["grad." + n] = grads[n].contiguous()
-        losses, norms, final = adamw_run(base, dtype, family, tokens, targets, notes)
+        losses, norms, final = adamw_run(base, dtype, spec, tokens, targets, notes)
         tensors["adamw_losses"] = losses
         tensors["adamw_grad_norms"] = norms
         if tag == "f64":
@@ -373,10 +531,10 @@ def run_model(name, family, config_class, kwargs, model_class, out_dir):
         log(f"[{name}] {tag}: adamw losses {[round(x, 8) for x in losses.tolist()]}")
         log(f"[{name}] {tag}: grad norms   {[round(x, 8) for x in norms.tolist()]}")
 
-    new_tokens, source, agree = greedy(base, family, PROMPT, notes)
-    results["f32"]["generate_prompt"] = torch.tensor(PROMPT, dtype=torch.int32)
+    new_tokens, source, agree = greedy(base, spec, prompt, notes)
+    results["f32"]["generate_prompt"] = torch.tensor(prompt, dtype=torch.int32)
     results["f32"]["generate_tokens"] = torch.tensor(new_tokens, dtype=torch.int32)
-    log(f"[{name}] greedy {PROMPT} -> {new_tokens} ({source}, agrees with plain loop: {agree})")
+    log(f"[{name}] greedy {prompt} -> {new_tokens} ({source}, agrees with plain loop: {agree})")
 
     f32, f64 = results["f32"], results["f64"]
     logit_diff = (f32["logits"].double() - f64["logits"]).abs().max().item()
@@ -396,7 +554,7 @@ def run_model(name, family, config_class, kwargs, model_class, out_dir):
         "attn_implementation": attn,
         "parameters": n_params,
         "parameter_names": names,
-        "batch": BATCH, "seq_len": SEQ, "vocab": VOCAB,
+        "batch": BATCH, "seq_len": seq_len, "vocab": VOCAB,
         "seeds": {"model_init_torch_manual_seed": MODEL_SEED, "perturb_generator": PERTURB_SEED,
                   "data_generator": DATA_SEED},
         "init": {"initializer_range": INIT_STD,
@@ -413,7 +571,7 @@ def run_model(name, family, config_class, kwargs, model_class, out_dir):
                   "adamw_grad_norms[i]": "total_norm returned by clip_grad_norm_ at step i (before clipping)",
                   "batch": "the same tokens/targets every step",
                   "start": "fresh model from model.safetensors (F32; upcast for f64)"},
-        "generate": {"prompt": PROMPT, "max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": 0,
+        "generate": {"prompt": prompt, "max_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": 0,
                      "eos_token_id": None, "dtype": "float32", "source": source,
                      "agrees_with_plain_greedy_loop": agree, "tokens": new_tokens},
         "float64_notes": "f64 results start from the F32 initial weights upcast; every op in float64 (see notes)",
@@ -437,6 +595,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write <name>/... into")
     parser.add_argument("--tar", help="also pack the folder's content into this .tar.gz")
+    parser.add_argument("--only", help="comma-separated model names (default: all of MODELS)")
     args = parser.parse_args()
     torch.set_default_device("cpu")
     torch.set_default_dtype(torch.float32)
@@ -445,15 +604,19 @@ def main():
         f"safetensors {safetensors.__version__}")
     os.makedirs(args.out, exist_ok=True)
     failures = []
-    for name, family, config_class, kwargs, cls in (
-            ("gpt2-debug", "gpt2", GPT2Config, GPT2_KWARGS, GPT2LMHeadModel),
-            ("llama-debug", "llama", LlamaConfig, LLAMA_KWARGS, LlamaForCausalLM)):
+    wanted = set(args.only.split(",")) if args.only else {m["name"] for m in MODELS}
+    unknown = wanted - {m["name"] for m in MODELS}
+    if unknown:
+        sys.exit(f"unknown model names {sorted(unknown)}; known: {[m['name'] for m in MODELS]}")
+    for spec in MODELS:
+        if spec["name"] not in wanted:
+            continue
         try:
-            run_model(name, family, config_class, kwargs, cls, args.out)
+            run_model(spec, args.out)
         except Exception:
             import traceback
             traceback.print_exc()
-            failures.append(name)
+            failures.append(spec["name"])
     if args.tar:
         with tarfile.open(args.tar, "w:gz") as tar:
             for entry in sorted(os.listdir(args.out)):

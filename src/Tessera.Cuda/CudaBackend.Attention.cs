@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Tessera.Tensors;
 
 namespace Tessera.Cuda;
@@ -28,10 +29,20 @@ public sealed unsafe partial class CudaBackend
 
     private static string FlashSuffix(DType dtype, int d) => (dtype == DType.BF16 ? "bf16" : "f16") + "_d" + d;
 
-    private void FlashForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
-        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
+    /// <summary>A sliding window as the kernels take it: 1 &lt;&lt; 30 stands for none (sums like key + window stay in int range).</summary>
+    private static int KernelWindow(string op, int window) => window switch
     {
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
+        < 0 => throw new ArgumentOutOfRangeException(nameof(window), window, $"CudaBackend.{op}: sliding window must be 0 (none) or positive"),
+        0 => NoWindow,
+        _ => Math.Min(window, NoWindow),
+    };
+
+    private const int NoWindow = 1 << 30;
+
+    private void FlashForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts, int window)
+    {
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts, &window };
         int rows = FlashBlock; // query rows per CTA: 64 * FLASH_MT(D) in flash_attention.cu
         uint shared = (uint)((rows + 4 * FlashBlock) * d * 2); // Q tile + two stages of K and V
         string kernel = "flash_forward_" + FlashSuffix(dtype, d);
@@ -40,7 +51,7 @@ public sealed unsafe partial class CudaBackend
     }
 
     private void FlashDecode(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
-        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts, int window)
     {
         string suffix = FlashSuffix(dtype, d);
         // The last CTA of each (b, h) merges the splits (one launch, not two) when the counters exist: they are made,
@@ -53,7 +64,7 @@ public sealed unsafe partial class CudaBackend
             int rpw = rows <= 4 ? 1 : rows <= 8 ? 2 : 4;
             int gsplits = DecodeSplits(s, b * kh);
             ulong gpart = Scratch((long)b * h * t * gsplits * (d + 2) * sizeof(float));
-            void** ag = stackalloc void*[] { &pq, &pk, &pv, &gpart, &counters, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
+            void** ag = stackalloc void*[] { &pq, &pk, &pv, &gpart, &counters, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts, &window };
             Launch("flash_attention.cu", $"flash_decode_gqa_{suffix}_r{rpw}", ((uint)gsplits, (uint)kh, (uint)b), FlashThreads, ag, 0, dependent: true);
             if (counters == 0)
             {
@@ -63,11 +74,14 @@ public sealed unsafe partial class CudaBackend
             FreeScratch(gpart);
             return;
         }
-        int splits = DecodeSplits(s, b * h);
-        int keysPerSplit = (s + splits - 1) / splits;
-        splits = (s + keysPerSplit - 1) / keysPerSplit;
+        // Without device lengths, the keys split are those of the first query's window (all S without one); with them the
+        // kernel divides its sequence's own range.
+        int span = starts == 0 ? s - Math.Max(0, s - t - window + 1) : s;
+        int splits = DecodeSplits(span, b * h);
+        int keysPerSplit = (span + splits - 1) / splits;
+        splits = (span + keysPerSplit - 1) / keysPerSplit;
         ulong part = Scratch((long)b * h * t * splits * (d + 2) * sizeof(float));
-        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts, &counters, &po, &pl, &so };
+        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts, &counters, &po, &pl, &so, &window };
         Launch("flash_attention.cu", "flash_decode_" + suffix, ((uint)splits, (uint)h, (uint)b), FlashThreads, a1);
         if (counters == 0)
         {
@@ -92,12 +106,12 @@ public sealed unsafe partial class CudaBackend
     /// Which split kernel decodes grouped-query heads: by default the grouped one (K/V read once per kv head) from
     /// <see cref="FlashDecodeGroupMinKeys"/> cached keys, the per-query-head one below (H200, Llama 1B heads: grouped 16.4 against
     /// 20.5 us at 2048 keys and 20.7 against 36.6 at 8192, per-head 11.2 against 12.5 us at a 768-key cache).
-    /// TESSERA_CUDA_DECODE_GQA=1 or 0 forces one or the other.
+    /// <see cref="CudaBackendOptions.DecodeAttention"/> forces one or the other.
     /// </summary>
-    private static readonly bool? DecodeGrouped = Environment.GetEnvironmentVariable("TESSERA_CUDA_DECODE_GQA") switch
+    private bool? DecodeGrouped => Options.DecodeAttention switch
     {
-        "1" => true,
-        "0" => false,
+        DecodeAttentionKernel.Grouped => true,
+        DecodeAttentionKernel.PerQueryHead => false,
         _ => null,
     };
 
@@ -133,7 +147,8 @@ public sealed unsafe partial class CudaBackend
     }
 
     private void FlashBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
-        ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv, float sc)
+        ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv, float sc,
+        int window)
     {
         string suffix = FlashSuffix(dtype, d);
         long rows = (long)b * t * h;
@@ -142,7 +157,7 @@ public sealed unsafe partial class CudaBackend
         uint grid = (uint)((rows * (d / 8) + 255) / 256);
         void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
         Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
-        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &window };
         // K, V tiles, two stages of Q and dO, the dS^T tile, two stages of lse and delta.
         uint shared = (uint)(2 * FlashBlock * d * 2 + 4 * FlashBlock * d * 2 + FlashBlock * FlashBlock * 2 + 4 * FlashBlock * sizeof(float));
         string kernel = "flash_backward_" + suffix;
@@ -154,24 +169,64 @@ public sealed unsafe partial class CudaBackend
         FreeScratch(delta);
     }
 
-    public void Rope(Tensor x, int startPosition, double theta, bool inverse = false) => RopeCore(x, startPosition, 0, theta, inverse);
-
-    public void Rope(Tensor x, Tensor startPositions, double theta)
+    public void Rope(Tensor x, int startPosition, RopeFrequencies frequencies, bool inverse = false)
     {
-        RequirePositions("Rope", startPositions, x.Rank == 4 ? x.Size(0) : -1);
-        RopeCore(x, 0, Ptr(startPositions), theta, false);
+        if (startPosition < 0) throw new ArgumentOutOfRangeException(nameof(startPosition), $"CudaBackend.Rope: start position {startPosition} is negative");
+        RopeCore(x, startPosition, 0, frequencies, inverse);
     }
 
-    private void RopeCore(Tensor x, int startPosition, ulong starts, double theta, bool inverse)
+    public void Rope(Tensor x, Tensor startPositions, RopeFrequencies frequencies)
+    {
+        RequirePositions("Rope", startPositions, x.Rank == 4 ? x.Size(0) : -1);
+        RopeCore(x, 0, Ptr(startPositions), frequencies, false);
+    }
+
+    /// <summary>The RopeFreq argument of the kernels (common.cuh), field for field.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct RopeArgs
+    {
+        public ulong Table;                       // (D/2) F64 inverse frequencies on the device
+        public double Attention, Theta, DynamicFactor;
+        public int DynamicOriginal, Padding;
+    }
+
+    private readonly Dictionary<(RopeFrequencies Frequencies, int HeadSize), Tensor> _ropeTables = [];
+
+    /// <summary>
+    /// The kernel argument for <paramref name="frequencies"/> at head size <paramref name="d"/>: its table of D/2 doubles
+    /// (<see cref="RopeFrequencies.At"/>, the CPU backend's values) is copied to the device on first use and kept for the
+    /// backend's life (a model has one description shared by its layers). A recorded graph only reads tables that exist.
+    /// </summary>
+    private RopeArgs RopeArgsFor(RopeFrequencies frequencies, int d)
+    {
+        ArgumentNullException.ThrowIfNull(frequencies);
+        frequencies.Validate(d);
+        if (!_ropeTables.TryGetValue((frequencies, d), out var table))
+        {
+            if (_capturing)
+                throw new InvalidOperationException("CudaBackend: RoPE frequencies used for the first time inside a graph recording; run the step once before recording it");
+            table = Allocate(new Shape(d / 2), DType.F64);
+            CopyFromHost<double>(frequencies.At(d, 0), table);
+            _ropeTables[(frequencies, d)] = table;
+        }
+        return new RopeArgs
+        {
+            Table = Ptr(table), Attention = frequencies.AttentionFactor, Theta = frequencies.Theta,
+            DynamicFactor = frequencies.DynamicFactor, DynamicOriginal = frequencies.DynamicOriginalLength,
+        };
+    }
+
+    private void RopeCore(Tensor x, int startPosition, ulong starts, RopeFrequencies frequencies, bool inverse)
     {
         var s = Strides3.Of("Rope", "x", x);
         int b = x.Size(0), t = x.Size(1), h = x.Size(2), d = x.Size(3);
         if (d % 2 != 0) throw new ArgumentException($"CudaBackend.Rope: head size {d} must be even");
+        var freq = RopeArgsFor(frequencies, d);
         long pairs = (long)b * t * h * (d / 2);
         if (pairs == 0) return;
         ulong px = Ptr(x);
         int inv = inverse ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &b, &t, &h, &d, &s.B, &s.T, &s.H, &startPosition, &theta, &inv, &starts };
+        void** args = stackalloc void*[] { &px, &b, &t, &h, &d, &s.B, &s.T, &s.H, &startPosition, &freq, &inv, &starts };
         Launch("rope.cu", "rope_" + Suffix(x.DType, "Rope"), GridFor(pairs), Threads, args);
     }
 
@@ -188,14 +243,17 @@ public sealed unsafe partial class CudaBackend
         if (q.DType != k.DType || q.DType != v.DType) throw new ArgumentException($"CudaBackend.{op}: q, k, v must share one dtype");
     }
 
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale) =>
-        AttentionForwardCore("AttentionForward", q, k, v, output, logSumExp, scale, null);
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0) =>
+        AttentionForwardCore("AttentionForward", q, k, v, output, logSumExp, scale, null, window);
 
-    public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale) =>
-        AttentionForwardCore("AttentionForwardCached", q, keyCache, valueCache, output, null, scale, startPositions);
+    public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
+        int window = 0) =>
+        AttentionForwardCore("AttentionForwardCached", q, keyCache, valueCache, output, null, scale, startPositions, window);
 
-    private void AttentionForwardCore(string op, Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, Tensor? startPositions)
+    private void AttentionForwardCore(string op, Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, Tensor? startPositions,
+        int window)
     {
+        window = KernelWindow(op, window);
         CheckAttention(op, q, k, v, out int b, out int t, out int s, out int h, out int kh, out int d);
         RequireSameShape(op, q, "q", output, "output");
         RequireDType(op, "output", output, q.DType);
@@ -213,20 +271,21 @@ public sealed unsafe partial class CudaBackend
         float sc = (float)scale;
         if (FlashEligible(d, q, k, v, output))
         {
-            if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
-            else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
+            if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
+            else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
             return;
         }
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc, &starts };
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc, &starts, &window };
         uint shared = (uint)((2 * AttentionTile * (d + 1) + AttentionWarps * d) * sizeof(float));
         Launch("attention.cu", "attention_forward_" + Suffix(q.DType, op),
             ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)h, (uint)b), AttentionWarps * 32, args, shared);
     }
 
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale)
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0)
     {
         const string op = "AttentionBackward";
+        window = KernelWindow(op, window);
         CheckAttention(op, q, k, v, out int b, out int t, out int s, out int h, out int kh, out int d);
         if (s != t) throw new ArgumentException($"CudaBackend.{op}: backward needs S = T, got S = {s}, T = {t}");
         RequireSameShape(op, q, "q", output, "output");
@@ -247,17 +306,17 @@ public sealed unsafe partial class CudaBackend
         long rows = (long)b * t * h;
         if (FlashEligible(d, q, k, v, output, dOutput, dq, dk, dv))
         {
-            FlashBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc);
+            FlashBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc, window);
             return;
         }
         ulong delta = Scratch(rows * sizeof(float));
         void** a1 = stackalloc void*[] { &po, &pd, &delta, &b, &t, &h, &d, &so, &sd };
         Launch("attention.cu", "attention_backward_delta_" + suffix, (uint)((rows + 3) / 4), 128, a1);
-        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdq, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdq, &sc };
+        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdq, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdq, &sc, &window };
         uint sharedDq = (uint)((2 * AttentionTile * (d + 1) + 2 * AttentionWarps * d) * sizeof(float));
         Launch("attention.cu", "attention_backward_dq_" + suffix,
             ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)h, (uint)b), AttentionWarps * 32, a2, sharedDq);
-        void** a3 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdk, &pdv, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+        void** a3 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdk, &pdv, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &window };
         uint sharedDkDv = (uint)((2 * AttentionTile * (d + 1) + 2 * AttentionTile + 2 * AttentionWarps * d) * sizeof(float));
         Launch("attention.cu", "attention_backward_dkdv_" + suffix,
             ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)kh, (uint)b), AttentionWarps * 32, a3, sharedDkDv);

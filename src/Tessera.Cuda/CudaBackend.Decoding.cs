@@ -13,7 +13,7 @@ public sealed unsafe partial class CudaBackend
             throw new ArgumentException($"CudaBackend.{op}: startPositions must be a contiguous ({batch}) I32 tensor, one position per sequence; got {startPositions.Shape} {startPositions.DType}");
     }
 
-    public void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, double theta)
+    public void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
         const string op = nameof(RopeAndAppend);
         var qs = Strides3.Of(op, "qkv", qkv);
@@ -30,10 +30,11 @@ public sealed unsafe partial class CudaBackend
             throw new ArgumentException($"CudaBackend.{op}: {t} new positions do not fit a cache of {keysAndValues.Size(1)}");
         RequirePositions(op, startPositions, b);
         int h = queryHeads, k = kv2 / 2;
+        var freq = RopeArgsFor(frequencies, d);
         long pairs = (long)b * t * (h + kv2) * (d / 2);
         if (pairs == 0) return;
         ulong px = Ptr(qkv), pc = Ptr(keysAndValues), pp = Ptr(startPositions);
-        void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &theta };
+        void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &freq };
         Launch("rope.cu", "rope_append_" + Suffix(qkv.DType, op), (GridFor(pairs), 1, 1), Threads, args, 0, dependent: true);
     }
 

@@ -11,20 +11,16 @@ public sealed unsafe partial class CudaBackend
     private const int GemvMaxRows = 4;
 
     /// <summary>
-    /// CTAs of 8 warps per SM in a matrix-vector grid: two (the kernels' launch bounds, so both are resident), fewer when
-    /// the rows would leave warps idle. TESSERA_CUDA_GEMV_CTAS=1 asks one per SM (an experiment's knob: it leaves room for
-    /// the next kernel's CTAs under programmatic dependent launch; measured slower, docs/cuda-notes.md).
+    /// A matrix-vector grid: <see cref="CudaBackendOptions.MatrixVectorCtasPerSm"/> CTAs of 8 warps per SM (two by default,
+    /// the kernels' launch bounds, so both are resident), fewer when the rows would leave warps idle.
     /// </summary>
-    private static readonly int GemvCtasPerSm =
-        int.TryParse(Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV_CTAS"), out int ctas) && ctas is 1 or 2 ? ctas : 2;
-
     private uint GemvGrid(int outputs) =>
-        (uint)Math.Max(1, Math.Min((outputs + 7) / 8, CudaDevice.MultiprocessorCount * GemvCtasPerSm));
+        (uint)Math.Max(1, Math.Min((outputs + 7) / 8, CudaDevice.MultiprocessorCount * Options.MatrixVectorCtasPerSm));
 
     /// <summary>
     /// c (M, N) = alpha x (M, K) W^T + bias + beta c with M &lt;= 4 and W (N, K) an nn.Linear weight, optionally RMS-normalizing
     /// x first: the persistent kernel that streams W once. False, with nothing enqueued, when the call does not fit it
-    /// (then cuBLASLt runs it). TESSERA_CUDA_GEMV=0 turns it off, to compare with cuBLASLt.
+    /// (then cuBLASLt runs it). <see cref="CudaBackendOptions.MatrixVectorKernels"/> off sends every product to cuBLASLt.
     /// </summary>
     private bool TryGemv(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
         RmsNormPrologue? norm = null)
@@ -56,7 +52,7 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private bool GemvFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights)
     {
-        if (!_gemvEnabled || x.Rank != 2) return false;
+        if (!Options.MatrixVectorKernels || x.Rank != 2) return false;
         int m = x.Size(0), k = x.Size(1);
         var dtype = x.DType;
         if (m < 1 || m > GemvMaxRows || k == 0 || dtype is not (DType.F32 or DType.BF16 or DType.F16)) return false;
@@ -125,7 +121,7 @@ public sealed unsafe partial class CudaBackend
         public ulong Cache, Starts;
         public int Tokens, QueryHeads, KvHeads, HeadSize;
         public long CacheB, CacheS, CacheH;
-        public double Theta;
+        public RopeArgs Frequencies;
     }
 
     /// <inheritdoc/>
@@ -133,7 +129,7 @@ public sealed unsafe partial class CudaBackend
     /// together and rotates and appends the pair as it writes it (gemv.cu, ROPE epilogue); otherwise the product, then
     /// <see cref="RopeAndAppend"/>.</remarks>
     public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
-        Tensor keysAndValues, Tensor startPositions, double theta)
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
         const string op = nameof(MatMulRopeAppend);
         if (qkv.Rank != 4 || x.Rank != 2 || weight.Rank != 2 || (long)qkv.Size(0) * qkv.Size(1) != x.Size(0)
@@ -152,7 +148,7 @@ public sealed unsafe partial class CudaBackend
             var flat = qkv.Reshape(b * t, qkv.Size(2) * d);
             if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
             else MatMul(x, weight, flat, transposeB: true, bias: bias);
-            RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, theta);
+            RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
             return;
         }
         RequirePositions(op, startPositions, b);
@@ -163,7 +159,7 @@ public sealed unsafe partial class CudaBackend
         var rope = new GemvRopeArgs
         {
             Cache = Ptr(keysAndValues), Starts = Ptr(startPositions), Tokens = t, QueryHeads = queryHeads, KvHeads = kv2 / 2, HeadSize = d,
-            CacheB = cs.B, CacheS = cs.T, CacheH = cs.H, Theta = theta,
+            CacheB = cs.B, CacheS = cs.T, CacheH = cs.H, Frequencies = RopeArgsFor(frequencies, d),
         };
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };

@@ -1,6 +1,9 @@
 namespace Tessera.Models;
 
-/// <summary>Named configurations: the GPT-2 sizes, Llama-shape 1B and 8B, and a tiny debug model per family.</summary>
+/// <summary>
+/// Named configurations: the GPT-2 sizes, Llama-shape 1B, 3B and 8B, and a tiny debug model per family (the shapes of
+/// the golden files that scripts/golden/make_golden.py writes: gpt2, llama, llama3 with rope_type llama3, qwen2, mistral).
+/// </summary>
 public static class ModelPresets
 {
     private static TransformerConfig Gpt2(int layers, int embedding, int heads) => new()
@@ -17,7 +20,8 @@ public static class ModelPresets
 
     /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
     public static IReadOnlyList<string> Names { get; } =
-        ["gpt2-debug", "gpt2-tiny", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-1b", "llama-3b", "llama-8b"];
+        ["gpt2-debug", "gpt2-tiny", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama3-debug", "qwen2-debug",
+         "mistral-debug", "llama-1b", "llama-3b", "llama-8b"];
 
     /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
     public static TransformerConfig Get(string name) => name.ToLowerInvariant() switch
@@ -40,6 +44,25 @@ public static class ModelPresets
         {
             Family = ModelFamily.Llama, VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
             KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 10000,
+        },
+        // Llama 3.2 in small: theta 500000, rope_type llama3 (factor 8, bands 1 and 4, original context 64), tied head.
+        "llama3-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, VocabSize = 96, MaxSequenceLength = 512, Layers = 2, Embedding = 32, Heads = 2,
+            KvHeads = 1, Hidden = 64, Bias = false, TiedEmbeddings = true, RopeTheta = 500000,
+            RopeScaling = new RopeScaling { Type = RopeScalingType.Llama3, Factor = 8, LowFrequencyFactor = 1, HighFrequencyFactor = 4, OriginalMaxPositions = 64 },
+        },
+        // Qwen2 in small: q/k/v biases, theta 1e6, untied head.
+        "qwen2-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "qwen2", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
+            KvHeads = 2, Hidden = 64, Bias = false, AttentionBias = true, TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
+        },
+        // Mistral in small: a sliding window of 5 positions, theta 1e6.
+        "mistral-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "mistral", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
+            KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 1000000, SlidingWindow = 5,
         },
         // Llama 3.2 1B shape.
         "llama-1b" => Llama(16, 2048, 32, 8, 8192, 128256, 500000, tied: true),

@@ -1,4 +1,5 @@
 using System.Text.Json.Serialization;
+using Tessera.Tensors;
 
 namespace Tessera.Models;
 
@@ -39,8 +40,23 @@ public sealed record TransformerConfig
     /// <summary>Normalization epsilon. GPT-2: 1e-5; Llama: 1e-5 (HF rms_norm_eps).</summary>
     public double NormEpsilon { get; init; } = 1e-5;
 
-    /// <summary>RoPE base theta (Llama only). Default 10000; Llama 3: 500000.</summary>
+    /// <summary>RoPE base theta (Llama only). Default 10000; Llama 3: 500000; Qwen2 and Mistral v0.2+: 1000000.</summary>
     public double RopeTheta { get; init; } = 10000;
+
+    /// <summary>RoPE scaling (Llama only: linear, dynamic NTK, llama3, YaRN), or null (the default) for plain RoPE.</summary>
+    public RopeScaling? RopeScaling { get; init; }
+
+    /// <summary>Whether the q, k and v projections carry biases while the rest of a Llama-family block does not (Qwen2).
+    /// Default false; GPT-2's biases are <see cref="Bias"/>.</summary>
+    public bool AttentionBias { get; init; }
+
+    /// <summary>Sliding-window attention (Mistral): a query at position p sees keys p - window + 1 .. p. 0 (the default)
+    /// means full causal attention. Positions.</summary>
+    public int SlidingWindow { get; init; }
+
+    /// <summary>The Hugging Face model_type this configuration came from and exports as ("llama", "qwen2", "mistral",
+    /// "gpt2"), or null (the default) for the family's own.</summary>
+    public string? ModelType { get; init; }
 
     /// <summary>Whether the LM head shares the token embedding matrix. GPT-2: true.</summary>
     public bool TiedEmbeddings { get; init; } = true;
@@ -62,6 +78,21 @@ public sealed record TransformerConfig
 
     /// <summary>MLP width actually used.</summary>
     [JsonIgnore] public int EffectiveHidden => Hidden > 0 ? Hidden : 4 * Embedding;
+
+    /// <summary>Hugging Face model_type actually used.</summary>
+    [JsonIgnore] public string EffectiveModelType => ModelType ?? (Family == ModelFamily.Gpt2 ? "gpt2" : "llama");
+
+    /// <summary>The rotary frequencies of a Llama-family model (theta and scaling); null for GPT-2.</summary>
+    [JsonIgnore]
+    public RopeFrequencies? Rope => Family != ModelFamily.Llama ? null
+        : RopeScaling is { } scaling ? scaling.Frequencies(RopeTheta, HeadSize, MaxSequenceLengthBeforeScaling)
+        : new RopeFrequencies(RopeTheta);
+
+    /// <summary>The max_position_embeddings of config.json: dynamic NTK scaling starts there (and
+    /// <see cref="MaxSequenceLength"/> is that times the factor).</summary>
+    public int OriginalMaxSequenceLength { get; init; }
+
+    private int MaxSequenceLengthBeforeScaling => OriginalMaxSequenceLength > 0 ? OriginalMaxSequenceLength : MaxSequenceLength;
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first inconsistent field.</summary>
     public TransformerConfig Validate()
@@ -88,6 +119,14 @@ public sealed record TransformerConfig
         if (Family == ModelFamily.Llama && !(RopeTheta > 0))
             throw new ArgumentException($"TransformerConfig: RopeTheta ({RopeTheta}) must be positive");
         if (!(InitStd > 0)) throw new ArgumentException($"TransformerConfig: InitStd ({InitStd}) must be positive");
+        if (SlidingWindow < 0) throw new ArgumentException($"TransformerConfig: SlidingWindow ({SlidingWindow}) must be 0 (none) or positive");
+        if (OriginalMaxSequenceLength < 0 || OriginalMaxSequenceLength > MaxSequenceLength)
+            throw new ArgumentException($"TransformerConfig: OriginalMaxSequenceLength ({OriginalMaxSequenceLength}) must be in [0, MaxSequenceLength = {MaxSequenceLength}]");
+        if (Family == ModelFamily.Gpt2 && (RopeScaling is not null || AttentionBias || SlidingWindow > 0))
+            throw new ArgumentException("TransformerConfig: RopeScaling, AttentionBias and SlidingWindow are Llama-family settings; GPT-2 has none of them");
+        RopeScaling?.Validate();
+        if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && HeadSize <= 2)
+            throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs a head size above 2, got {HeadSize}");
         return this;
     }
 }

@@ -148,10 +148,11 @@ public interface IBackend
     /// <summary>
     /// Rotary position embedding, in place, on x (B,T,H,D) (last dimension contiguous), the
     /// "rotate half" convention of Hugging Face Llama: pairs (i, i + D/2), angle
-    /// (startPosition + t) * theta^(-2i/D). <paramref name="inverse"/> rotates by the negative
-    /// angle, which is the backward pass.
+    /// (startPosition + t) * invFreq[i] with the frequencies of <paramref name="frequencies"/> at length startPosition + T
+    /// (theta^(-2i/D) for a bare theta), cos and sin scaled by its attention factor. <paramref name="inverse"/> rotates by the
+    /// negative angle, which is the backward pass (the transpose of the forward map).
     /// </summary>
-    void Rope(Tensor x, int startPosition, double theta, bool inverse = false);
+    void Rope(Tensor x, int startPosition, RopeFrequencies frequencies, bool inverse = false);
 
     /// <summary>
     /// Causal scaled-dot-product attention with grouped-query heads.
@@ -159,24 +160,28 @@ public interface IBackend
     /// output (B,T,H,D) contiguous; logSumExp (B,H,T) saved for backward (may be null at inference).
     /// Query t sits at position S - T + t and sees keys 0 .. S - T + t: S = T in training,
     /// S &gt; T when decoding with a KV cache. Views with a contiguous last dimension are accepted.
+    /// <paramref name="window"/> &gt; 0 is a sliding window (Mistral's): a query at position p sees only keys
+    /// p - window + 1 .. p (transformers' rule, key j visible when p - window &lt; j &lt;= p); 0 means no window.
     /// </summary>
-    void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale);
+    void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0);
 
     /// <summary>
-    /// <see cref="Rope(Tensor, int, double, bool)"/> at per-sequence positions: row (b, t) of x (B,T,H,D) sits at
+    /// <see cref="Rope(Tensor, int, RopeFrequencies, bool)"/> at per-sequence positions: row (b, t) of x (B,T,H,D) sits at
     /// position startPositions[b] + t. <paramref name="startPositions"/> (B) I32 lives on this backend (a KV cache's
-    /// filled lengths), so a recorded decode step serves every position.
+    /// filled lengths), so a recorded decode step serves every position. Dynamic frequencies take the call's length as
+    /// max over b of startPositions[b] + T (transformers' max(position_ids) + 1).
     /// </summary>
-    void Rope(Tensor x, Tensor startPositions, double theta);
+    void Rope(Tensor x, Tensor startPositions, RopeFrequencies frequencies);
 
     /// <summary>
     /// Causal grouped-query attention of T new queries against a KV cache: q (B,T,H,D); keyCache and valueCache
     /// (B,S,K,D) hold S positions, of which sequence b's first startPositions[b] + T are filled (its T new keys
     /// already written, see <see cref="CopyAtPositions"/>); query t sits at position startPositions[b] + t and sees
-    /// keys 0 .. startPositions[b] + t. output (B,T,H,D) contiguous; startPositions (B) I32 on this backend.
-    /// Views with a contiguous last dimension are accepted for q and the caches.
+    /// keys 0 .. startPositions[b] + t (only the last <paramref name="window"/> of them when window &gt; 0). output (B,T,H,D)
+    /// contiguous; startPositions (B) I32 on this backend. Views with a contiguous last dimension are accepted for q and the caches.
     /// </summary>
-    void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale);
+    void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
+        int window = 0);
 
     /// <summary>
     /// destination[b, startPositions[b] + t, r, :] = source[b, t, r, :] for source (B,T,R,D) and destination (B,S,R,D) of one
@@ -187,11 +192,11 @@ public interface IBackend
 
     /// <summary>
     /// A decode step's attention prologue as one op: rotates the q and k heads of qkv (B,T,H+2K,D) in place at positions
-    /// startPositions[b] + t (<see cref="Rope(Tensor, Tensor, double)"/> of qkv[:, :, :H+K] with H = <paramref name="queryHeads"/>),
+    /// startPositions[b] + t (<see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> of qkv[:, :, :H+K] with H = <paramref name="queryHeads"/>),
     /// then appends the k and v heads to keysAndValues (B,S,2K,D) at those positions (<see cref="CopyAtPositions"/> of
     /// qkv[:, :, H:]). The result equals those two calls; a device may do both in one launch.
     /// </summary>
-    void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, double theta);
+    void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies);
 
     /// <summary>
     /// A decode step's attention input as one op: qkv (B, T, H+2K, D), contiguous, = x W^T + bias for x (B·T, C) and
@@ -200,7 +205,7 @@ public interface IBackend
     /// may do all of it in one launch.
     /// </summary>
     void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
-        Tensor keysAndValues, Tensor startPositions, double theta);
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies);
 
     /// <summary>positions (B,T) I32 = startPositions[b] + t (learned-position ids after a KV cache's filled length).</summary>
     void FillPositions(Tensor startPositions, Tensor positions);
@@ -211,9 +216,10 @@ public interface IBackend
     /// <summary>
     /// Gradients of <see cref="AttentionForward"/> (S = T): writes dq (B,T,H,D), dk and dv (B,T,K,D),
     /// summing over the query heads that share a kv head. Views with a contiguous last dimension are accepted.
+    /// <paramref name="window"/> as in <see cref="AttentionForward"/>.
     /// </summary>
     void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale);
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0);
 
     // ---------------------------------------------------------------- loss
 

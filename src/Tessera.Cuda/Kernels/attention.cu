@@ -3,7 +3,8 @@
 // value tiles of TILE rows are staged in shared memory (rows padded by one float against bank
 // conflicts); each lane scores one key of the tile, the warp keeps an online softmax, and each
 // lane owns head dimensions lane, lane + 32, ... of the output. D <= MAXD.
-// Strides are in elements for (b, t, h); the last dimension is contiguous.
+// Strides are in elements for (b, t, h); the last dimension is contiguous. Sliding window: a query at position p sees
+// keys p - window + 1 .. p (the host passes 1 << 30 for none); tiles left of every window are skipped.
 #define WARPS 4
 #define TILE 32
 #define MAXD 128
@@ -12,7 +13,7 @@
 struct Strides3 { i64 b, t, h; };
 
 template <typename T> __device__ void attention_forward(const T* q, const T* k, const T* v, T* o, float* lse,
-    int Tq, int S, int H, int KH, int D, Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 os_, float scale)
+    int Tq, int S, int H, int KH, int D, Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 os_, float scale, int window)
 {
     extern __shared__ float smem[];
     const int ld = D + 1;
@@ -32,11 +33,12 @@ template <typename T> __device__ void attention_forward(const T* q, const T* k, 
     const T* kb = k + b * ks_.b + (i64)g * ks_.h;
     const T* vb = v + b * vs_.b + (i64)g * vs_.h;
     int lastKey = min(S - 1, offset + min(Tq - 1, t0 + WARPS - 1));
+    int firstKey = max(0, offset + t0 - window + 1);
     float m = NEG_INF, l = 0.f;
     float acc[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.f;
-    for (int s0 = 0; s0 <= lastKey; s0 += TILE)
+    for (int s0 = firstKey / TILE * TILE; s0 <= lastKey; s0 += TILE)
     {
         __syncthreads();
         for (int idx = threadIdx.x; idx < TILE * D; idx += blockDim.x)
@@ -49,7 +51,7 @@ template <typename T> __device__ void attention_forward(const T* q, const T* k, 
         if (!valid) continue;
         int s = s0 + lane;
         float score = NEG_INF;
-        if (s < S && s <= offset + t)
+        if (s < S && s <= offset + t && s > offset + t - window)
         {
             float dot = 0.f;
             const float* qq = qs + warp * D; const float* kk = ks + lane * ld;
@@ -100,7 +102,7 @@ template <typename T> __device__ void attention_backward_delta(const T* o, const
 // dq for query rows, as the forward: P = exp(scale q.k - lse), dS = P (dO.v - delta), dq = scale dS k.
 template <typename T> __device__ void attention_backward_dq(const T* q, const T* k, const T* v, const T* dout,
     const float* lse, const float* delta, T* dq, int Tq, int H, int KH, int D,
-    Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 ds_, Strides3 dqs_, float scale)
+    Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 ds_, Strides3 dqs_, float scale, int window)
 {
     extern __shared__ float smem[];
     const int ld = D + 1;
@@ -124,10 +126,11 @@ template <typename T> __device__ void attention_backward_dq(const T* q, const T*
     const T* kb = k + b * ks_.b + (i64)g * ks_.h;
     const T* vb = v + b * vs_.b + (i64)g * vs_.h;
     int lastKey = min(Tq - 1, t0 + WARPS - 1);
+    int firstKey = max(0, t0 - window + 1);
     float acc[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.f;
-    for (int s0 = 0; s0 <= lastKey; s0 += TILE)
+    for (int s0 = firstKey / TILE * TILE; s0 <= lastKey; s0 += TILE)
     {
         __syncthreads();
         for (int idx = threadIdx.x; idx < TILE * D; idx += blockDim.x)
@@ -140,7 +143,7 @@ template <typename T> __device__ void attention_backward_dq(const T* q, const T*
         if (!valid) continue;
         int s = s0 + lane;
         float ds = 0.f;
-        if (s <= t)
+        if (s <= t && s > t - window)
         {
             float qk = 0.f, dv = 0.f;
             const float* qq = qs + warp * D; const float* dd = dos + warp * D;
@@ -168,7 +171,7 @@ template <typename T> __device__ void attention_backward_dq(const T* q, const T*
 // that see the key: dv = sum P dO, dk = scale sum dS q.
 template <typename T> __device__ void attention_backward_dkdv(const T* q, const T* k, const T* v, const T* dout,
     const float* lse, const float* delta, T* dk, T* dv, int Tq, int H, int KH, int D,
-    Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 ds_, Strides3 dks_, Strides3 dvs_, float scale)
+    Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 ds_, Strides3 dks_, Strides3 dvs_, float scale, int window)
 {
     extern __shared__ float smem[];
     const int ld = D + 1;
@@ -194,7 +197,9 @@ template <typename T> __device__ void attention_backward_dkdv(const T* q, const 
     int group = H / KH;
     for (int h = g * group; h < (g + 1) * group; h++)
     {
-        for (int t0 = s0; t0 < Tq; t0 += TILE)
+        // Queries that see keys s0 .. s0 + WARPS - 1: from s0 to the newest key's window end.
+        const int tEnd = min(Tq, s0 + WARPS - 1 + window);
+        for (int t0 = s0; t0 < tEnd; t0 += TILE)
         {
             __syncthreads();
             for (int idx = threadIdx.x; idx < TILE * D; idx += blockDim.x)
@@ -213,7 +218,7 @@ template <typename T> __device__ void attention_backward_dkdv(const T* q, const 
             if (!valid) continue;
             int t = t0 + lane;
             float p = 0.f, ds = 0.f;
-            if (t < Tq && t >= s)
+            if (t < Tq && t >= s && t - s < window)
             {
                 float qk = 0.f, dv_ = 0.f;
                 const float* qq = qs + lane * ld; const float* dd = dos + lane * ld;
@@ -250,10 +255,10 @@ template <typename T> __device__ void attention_backward_dkdv(const T* q, const 
 #define ATTENTION(n, T)                                                                                        \
     extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_forward_##n(const T* q, const T* k,     \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, int D, Strides3 qs, Strides3 ks,           \
-        Strides3 vs, Strides3 os, float scale, const int* starts)                                              \
+        Strides3 vs, Strides3 os, float scale, const int* starts, int window)                                  \
     {                                                                                                          \
         if (starts) S = starts[blockIdx.z] + Tq; /* KV cache: valid keys of sequence b */                      \
-        attention_forward<T>(q, k, v, o, lse, Tq, S, H, KH, D, qs, ks, vs, os, scale);                         \
+        attention_forward<T>(q, k, v, o, lse, Tq, S, H, KH, D, qs, ks, vs, os, scale, window);                 \
     }                                                                                                          \
     extern "C" __global__ void attention_backward_delta_##n(const T* o, const T* dout, float* delta, int B,     \
         int Tq, int H, int D, Strides3 os, Strides3 ds)                                                        \
@@ -262,16 +267,17 @@ template <typename T> __device__ void attention_backward_dkdv(const T* q, const 
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_backward_dq_##n(const T* q, const T* k, \
         const T* v, const T* dout, const float* lse, const float* delta, T* dq, int Tq, int H, int KH, int D,  \
-        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dqs, float scale)                         \
+        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dqs, float scale, int window)             \
     {                                                                                                          \
-        attention_backward_dq<T>(q, k, v, dout, lse, delta, dq, Tq, H, KH, D, qs, ks, vs, ds, dqs, scale);     \
+        attention_backward_dq<T>(q, k, v, dout, lse, delta, dq, Tq, H, KH, D, qs, ks, vs, ds, dqs, scale,      \
+                                 window);                                                                      \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_backward_dkdv_##n(const T* q,           \
         const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv, int Tq,     \
         int H, int KH, int D, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks, Strides3 dvs,  \
-        float scale)                                                                                           \
+        float scale, int window)                                                                               \
     {                                                                                                          \
         attention_backward_dkdv<T>(q, k, v, dout, lse, delta, dk, dv, Tq, H, KH, D, qs, ks, vs, ds, dks, dvs,  \
-                                   scale);                                                                     \
+                                   scale, window);                                                             \
     }
 FOR_FLOAT_TYPES(ATTENTION)

@@ -52,21 +52,45 @@ __device__ __forceinline__ float div_rn(float a, float b) { float r; asm("div.rn
 __device__ __forceinline__ float sqrt_rn(float a) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }
 __device__ __forceinline__ double sqrt_rn(double a) { double r; asm("sqrt.rn.f64 %0, %1;" : "=d"(r) : "d"(a)); return r; }
 
-// RoPE (rotate-half pairing): the angle of pair i of a head of size D at position pos, pos * theta^(-2i/D) in double,
-// its cosine and sine rounded to float; then the pair (x1, x2) = (x[i], x[i + D/2]) becomes
+// RoPE (rotate-half pairing): the angle of pair i of a head of size D at position pos, pos * (inverse frequency i) in
+// double, its cosine and sine (times the attention factor) rounded to float; then the pair (x1, x2) = (x[i], x[i + D/2]) becomes
 // (x1 cos - x2 sin, x2 cos + x1 sin), each product and sum rounded on its own as the CPU backend computes it. One rule
 // for every kernel that rotates (rope.cu, the fused QKV product in gemv.cu).
-__device__ __forceinline__ double rope_inv_freq(int i, int D, double theta) { return pow(theta, -2.0 * i / D); }
-__device__ __forceinline__ void rope_angle_at(int pos, double inv_freq, float& cf, float& sf)
+// RoPE frequencies (CudaBackend's RopeArgs, field for field): a device table of the D/2 inverse frequencies (doubles from
+// RopeFrequencies.At on the host, so both backends read the same values), the factor on cos and sin (YaRN), and dynamic
+// NTK's rule (dyn_factor 0: off): at a call reaching len > dyn_original positions the base becomes
+// theta ((dyn_factor len / dyn_original) - (dyn_factor - 1))^(D / (D - 2)), as RopeFrequencies.DynamicBase computes it.
+struct RopeFreq
+{
+    const double* inv;
+    double attention, theta, dyn_factor;
+    int dyn_original, pad;
+};
+__device__ __forceinline__ double rope_inv_freq(const RopeFreq& f, int i, int D, int len)
+{
+    if (f.dyn_factor > 0.0 && len > f.dyn_original)
+    {
+        const double base = f.theta * pow(f.dyn_factor * len / f.dyn_original - (f.dyn_factor - 1.0), (double)D / (D - 2));
+        return pow(base, -2.0 * i / D);
+    }
+    return f.inv[i];
+}
+// The length a call reaches (dynamic NTK's L): start + Tn, or the longest starts[b] + Tn of the batch (read on the device).
+__device__ __forceinline__ int rope_length(const RopeFreq& f, const int* starts, int B, int start, int Tn)
+{
+    if (!(f.dyn_factor > 0.0)) return 0;
+    if (!starts) return start + Tn;
+    int m = 0;
+    for (int b = 0; b < B; b++) m = max(m, starts[b]);
+    return m + Tn;
+}
+// cos and sin in double, scaled by the attention factor in double, rounded to float once: the CPU backend's arithmetic.
+__device__ __forceinline__ void rope_angle_at(int pos, double inv_freq, double attention, float& cf, float& sf)
 {
     double s, c;
     sincos((double)pos * inv_freq, &s, &c);
-    cf = (float)c;
-    sf = (float)s;
-}
-__device__ __forceinline__ void rope_angle(int pos, int i, int D, double theta, float& cf, float& sf)
-{
-    rope_angle_at(pos, rope_inv_freq(i, D, theta), cf, sf);
+    cf = (float)(c * attention);
+    sf = (float)(s * attention);
 }
 __device__ __forceinline__ void rope_rotate(float x1, float x2, float cf, float sf, float& y1, float& y2)
 {

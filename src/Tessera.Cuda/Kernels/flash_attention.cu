@@ -6,6 +6,8 @@
 // Layout: q (B,T,H,D), k/v (B,S,K,D), output (B,T,H,D); row strides in elements (the last
 // dimension contiguous, every row 16-byte aligned: the host checks). Query t sits at key position
 // S - T + t. Query head h reads kv head h / (H / K). lse (B,H,T) is the natural-log logsumexp.
+// Sliding window (Mistral): a query at position p sees keys p - window + 1 .. p; the host passes 1 << 30 for none (sums
+// such as key + window stay in int range), and every kernel skips the key blocks left of its queries' windows.
 //
 // Shared-memory tiles are ROWS x D 16-bit values, a row of D/8 16-byte chunks; chunk c of row r is
 // stored at chunk c ^ (r & 7), so the 8 rows that one ldmatrix reads hit 8 different bank groups.
@@ -145,7 +147,7 @@ __device__ __forceinline__ void load_tile(unsigned dst, const T* base, i64 strid
 // K/V fragment loaded by ldmatrix feeds MT mma); key/value tiles of 64 rows, double-buffered.
 template <typename T, int D, int MT>
 __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
-    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
+    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, int window)
 {
     constexpr int BM = 64 * MT, BN = 64, NT = 128, KD = D / 16, ND = D / 8;
     extern __shared__ unsigned char smem[];
@@ -160,10 +162,12 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
     const T* vb = v + b * vs.b + (i64)kvh * vs.h;
     const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
     const int nblocks = lastKey / BN + 1;
+    // The first key block any of the CTA's queries sees (0 without a window).
+    const int nb0 = max(0, offset + m0 - window + 1) / BN;
 
     load_tile<D, BM, NT>(sQ, qb, qs.t, m0, Tq, tid);
-    load_tile<D, BN, NT>(sK, kb, ks.t, 0, S, tid);
-    load_tile<D, BN, NT>(sV, vb, vs.t, 0, S, tid);
+    load_tile<D, BN, NT>(sK, kb, ks.t, nb0 * BN, S, tid);
+    load_tile<D, BN, NT>(sV, vb, vs.t, nb0 * BN, S, tid);
     cp_async_commit();
 
     unsigned qf[MT][KD][4];
@@ -179,9 +183,9 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
     const float sl2 = scale * LOG2E;
     const TileOffsets<D> off(lane);
 
-    for (int nb = 0; nb < nblocks; nb++)
+    for (int nb = nb0; nb < nblocks; nb++)
     {
-        const int st = nb & 1;
+        const int st = (nb - nb0) & 1;
         if (nb + 1 < nblocks)
         {
             load_tile<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
@@ -190,7 +194,7 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        if (nb == 0)
+        if (nb == nb0)
         {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
@@ -221,7 +225,8 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
             }
         }
         const int n0 = nb * BN;
-        const bool mask = n0 + BN - 1 > offset + m0 + w0 || n0 + BN > S;
+        // Masking needed: keys past a row's position, past S, or (window) before the oldest key the warp's last row sees.
+        const bool mask = n0 + BN - 1 > offset + m0 + w0 || n0 + BN > S || n0 <= offset + m0 + w0 + 16 * MT - 1 - window;
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
         {
@@ -233,7 +238,7 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
                     if (mask)
                     {
                         int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
-                        if (key > qp || key >= S) sacc[mt][j][e] = NEG_INF;
+                        if (key > qp || key >= S || key <= qp - window) sacc[mt][j][e] = NEG_INF;
                     }
 #pragma unroll
             for (int r = 0; r < 2; r++)
@@ -318,7 +323,7 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
 // part (B, H, Tq, splits, D + 2): o[0..D), m (log2 domain), l.
 template <typename T, int D>
 __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, int Tq, int S, int H, int KH,
-    Strides3 qs, Strides3 ks, Strides3 vs, float scale, int keysPerSplit)
+    Strides3 qs, Strides3 ks, Strides3 vs, float scale, int keysPerSplit, int lo, int window)
 {
     constexpr int TPR = D / 8, NG = 128 / TPR;
     __shared__ float red[NG][D + 2];
@@ -327,10 +332,11 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
     const T* kb = k + b * ks.b + (i64)kvh * ks.h + sub * 8;
     const T* vb = v + b * vs.b + (i64)kvh * vs.h + sub * 8;
     const float sl2 = scale * LOG2E;
-    const int s0 = split * keysPerSplit;
+    const int s0 = lo + split * keysPerSplit;   // the splits share keys lo .. S - 1 (lo: the oldest key in any window)
     for (int t = 0; t < Tq; t++)
     {
         const int end = min(s0 + keysPerSplit, S - Tq + t + 1);
+        const int begin = max(s0, S - Tq + t - window + 1);
         float qv[8];
         {
             u32x4 raw = *(const u32x4*)(q + b * qs.b + (i64)t * qs.t + (i64)h * qs.h + sub * 8);
@@ -343,7 +349,7 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
         for (int i = 0; i < 8; i++) acc[i] = 0.f;
         // The loop count is uniform over the warp (the shuffles need every lane); keys past the end score nothing.
 #pragma unroll 2
-        for (int base = s0; base < end; base += NG)
+        for (int base = begin; base < end; base += NG)
         {
             const int s = base + grp;
             const bool ok = s < end;
@@ -514,7 +520,8 @@ __device__ void flash_decode_finish(const float* part, int* counters, T* o, floa
 // flash_decode; the last CTA of a (b, kv head) to finish merges the splits of its rows (counters[b * KH + kvh]).
 template <typename T, int D, int RPW>
 __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part, int* counters, T* o, float* lse,
-    int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts)
+    int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts,
+    int window)
 {
     constexpr int CH = D == 64 ? 64 : 32, NT = 128, CPL = D / 32, KPL = CH / 32, NC = D / 8;
     __shared__ u32x4 tile_store[4 * CH * D * 2 / 16]; // K then V, two stages each (u32x4: 16-byte aligned)
@@ -527,7 +534,8 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
     pdl_wait();
     pdl_launch_dependents();
     const int len = starts ? starts[b] + Tq : S; // keys the last query row sees
-    const int per = (len + splits - 1) / splits, s0 = min(len, split * per), s1 = min(len, s0 + per);
+    const int lo = max(0, len - Tq - window + 1); // the oldest key the first query row's window holds
+    const int per = (len - lo + splits - 1) / splits, s0 = min(len, lo + split * per), s1 = min(len, s0 + per);
     const T* kb = k + b * ks.b + (i64)kvh * ks.h;
     const T* vb = v + b * vs.b + (i64)kvh * vs.h;
     const unsigned sK = smem_u32(tiles), sV = sK + 2 * CH * D * 2;
@@ -612,7 +620,7 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
             for (int i = 0; i < KPL; i++)
             {
                 const int key = c0 + lane + 32 * i;
-                if (key >= s1 || key > lim) x[rr][i] = NEG_INF;
+                if (key >= s1 || key > lim || key <= lim - window) x[rr][i] = NEG_INF;
                 mx = fmaxf(mx, x[rr][i]);
             }
             mx = warp_max(mx);
@@ -754,7 +762,9 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     const unsigned dsoff = ldsm_offset_rows<BM>(lane, warp); // the dS^T tile: rows of BM, the warp's 16 columns
     const int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = H / KH;
     const int n0 = nb * BN;
-    const int mStart = n0 / BM, nQB = (Tq + BM - 1) / BM, per = nQB - mStart, iters = per * group;
+    // Query blocks that see this key block: from the diagonal to the last query within the window of its newest key.
+    const int mStart = n0 / BM, nQB = min((Tq + BM - 1) / BM, (n0 + BN - 1 + window - 1) / BM + 1);
+    const int per = nQB - mStart, iters = per * group;
     const float sl2 = scale * LOG2E;
 
     load_tile<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
@@ -842,7 +852,7 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
                 Mma<T>::run(pacc[2 * j2 + 1], vf, b2, b3);
             }
         }
-        const bool mask = m0 < n0 + BN || m0 + BM > Tq;
+        const bool mask = m0 < n0 + BN || m0 + BM > Tq || m0 + BM - 1 - n0 >= window;
 #pragma unroll
         for (int j = 0; j < BM / 8; j++)
 #pragma unroll
@@ -850,7 +860,7 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
             {
                 const int qc = j * 8 + 2 * c4 + (e & 1), key = n0 + warp * 16 + g + (e >> 1) * 8, t = m0 + qc;
                 float p = fast_exp2(fmaf(sacc[j][e], sl2, -tL[qc] * LOG2E));
-                if (mask && (key > t || t >= Tq)) p = 0.f;
+                if (mask && (key > t || t >= Tq || t - key >= window)) p = 0.f;
                 sacc[j][e] = p;
                 pacc[j][e] = p * (pacc[j][e] - tDel[qc]);
             }
@@ -954,28 +964,32 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 #define FLASH_GQA(n, T, D, RPW)                                                                                 \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_gqa_##n##_d##D##_r##RPW(const T* q,        \
         const T* k, const T* v, float* part, int* counters, T* o, float* lse, int Tq, int S, int H, int KH,     \
-        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts)                     \
+        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts, int window)         \
     {                                                                                                           \
         flash_decode_gqa<T, D, RPW>(q, k, v, part, counters, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale,       \
-                                    starts);                                                                    \
+                                    starts, window);                                                            \
     }
 
 #define FLASH(n, T, D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) flash_forward_##n##_d##D(const T* q, const T* k,          \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
-        Strides3 os, float scale, const int* starts)                                                            \
+        Strides3 os, float scale, const int* starts, int window)                                                \
     {                                                                                                           \
         /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                 \
+        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale, window);         \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
         const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
-        float scale, int keysPerSplit, const int* starts, int* counters, T* o, float* lse, Strides3 os)          \
+        float scale, int keysPerSplit, const int* starts, int* counters, T* o, float* lse, Strides3 os,         \
+        int window)                                                                                             \
     {                                                                                                           \
         /* KV cache: the valid length is read here, so one launch (and a captured graph) serves every length. */ \
-        if (starts) { S = starts[blockIdx.z] + Tq; keysPerSplit = (S + gridDim.x - 1) / gridDim.x; }            \
-        flash_decode<T, D>(q, k, v, part, Tq, S, H, KH, qs, ks, vs, scale, keysPerSplit);                       \
+        /* The splits share keys lo .. S - 1: those in the first query's window (all of them without one). */   \
+        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
+        const int lo = max(0, S - Tq - window + 1);                                                             \
+        if (starts) keysPerSplit = (S - lo + gridDim.x - 1) / gridDim.x;                                        \
+        flash_decode<T, D>(q, k, v, part, Tq, S, H, KH, qs, ks, vs, scale, keysPerSplit, lo, window);           \
         if (counters) flash_decode_finish<T, D>(part, counters, o, lse, Tq, H, os);                             \
     }                                                                                                           \
     FLASH_GQA(n, T, D, 1) FLASH_GQA(n, T, D, 2) FLASH_GQA(n, T, D, 4)                                         \

@@ -129,7 +129,7 @@ template <typename T> struct GemvRope
     const int* starts;
     int Tn, H, KH, D;
     i64 cb, cs, ch;
-    double theta;
+    RopeFreq freq;
 };
 
 // The row of W that half s of output (or pair) n reads: for ROPE, pair n = (head hh, i) reads rows hh * D + i and
@@ -163,11 +163,11 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
     const int chunks = K / V, units = (chunks + 32 * U - 1) / (32 * U);
     const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1;
     GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
-    // ROPE: the first pair's frequency (a double pow, the costly part of the angle) before the wait: it depends on
-    // nothing an earlier kernel writes. Lanes m < M hold row m's angle.
+    // ROPE: the first pair's frequency from the table before the wait: the table is written once, long before (dynamic
+    // NTK, which depends on the positions, recomputes it after the wait). Lanes m < M hold row m's angle.
     const int first = load.n;
     double inv_freq = 0.0;
-    if (EPI == GEMV_ROPE && lane < M && first < N) inv_freq = rope_inv_freq(first % half, rope.D, rope.theta);
+    if (EPI == GEMV_ROPE && lane < M && first < N) inv_freq = rope.freq.inv[first % half];
     // Weights are read after pdl_wait unless the host says no earlier kernel still writes them (early): an optimizer step
     // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
     Bytes16 raw[U];
@@ -178,8 +178,13 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
     if (!early && load.n < N)
         gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     // ROPE: lane m < M keeps row m's position (the sine and cosine are computed while a pair's first loads fly).
-    int pos = 0;
-    if (EPI == GEMV_ROPE && lane < M) pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
+    int pos = 0, len = 0;
+    if (EPI == GEMV_ROPE && lane < M)
+    {
+        pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
+        len = rope_length(rope.freq, rope.starts, M / rope.Tn, 0, rope.Tn);
+        if (len > rope.freq.dyn_original && first < N) inv_freq = rope_inv_freq(rope.freq, first % half, rope.D, len);
+    }
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
     float acc[2][M];
 #pragma unroll
@@ -194,7 +199,7 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
         if (load.n < N)
             gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, next);
         if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0 && lane < M && (cur.n / half) < rope.H + rope.KH)
-            rope_angle_at(pos, cur.n == first ? inv_freq : rope_inv_freq(cur.n % half, rope.D, rope.theta), cf, sf);
+            rope_angle_at(pos, cur.n == first ? inv_freq : rope_inv_freq(rope.freq, cur.n % half, rope.D, len), rope.freq.attention, cf, sf);
         if (cur.s == 0) gemv_unit_fma<T, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
         else gemv_unit_fma<T, M, U>(raw, sx, K, cur.q, chunks, lane, acc[1]);
         if (cur.q == units - 1 && cur.s == HALVES - 1)   // the output's last unit: reduce, write, start the next one

@@ -4,12 +4,17 @@ using System.Text.Json.Nodes;
 namespace Tessera.Models.HuggingFace;
 
 /// <summary>
-/// Reads a Hugging Face config.json (model_type "gpt2" or "llama") into a <see cref="TransformerConfig"/>
-/// and writes one back for export. Fields Tessera cannot honour (other activations, biases on Llama,
-/// RoPE scaling) are rejected with a message naming the file and the field rather than silently ignored.
+/// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2" or "mistral") into a <see cref="TransformerConfig"/>
+/// and writes one back for export. RoPE scaling (rope_scaling of transformers 4, rope_parameters of 5; rope_type linear,
+/// dynamic, llama3, yarn) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
+/// on Llama's output projection or MLP, other rope types, Qwen2's per-layer sliding windows) are rejected with a message
+/// naming the file and the field rather than silently ignored.
 /// </summary>
 public static class HuggingFaceConfig
 {
+    /// <summary>The model_type values Tessera reads and writes.</summary>
+    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "mistral"];
+
     /// <summary>GPT-2 activations that are the tanh approximation of GELU Tessera implements.</summary>
     private static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];
 
@@ -40,7 +45,9 @@ public static class HuggingFaceConfig
         {
             "gpt2" => ParseGpt2(fields),
             "llama" => ParseLlama(fields),
-            _ => throw new HuggingFaceFormatException(path, $"model_type '{modelType}' is not supported (supported: gpt2, llama)"),
+            "qwen2" => ParseQwen2(fields),
+            "mistral" => ParseMistral(fields),
+            _ => throw new HuggingFaceFormatException(path, $"field 'model_type': '{modelType}' is not supported (supported: {string.Join(", ", ModelTypes)})"),
         };
         int padded = (config.VocabSize + paddedVocabMultiple - 1) / paddedVocabMultiple * paddedVocabMultiple;
         config = config with { PaddedVocabSize = padded };
@@ -82,44 +89,95 @@ public static class HuggingFaceConfig
 
     private static TransformerConfig ParseLlama(Fields f)
     {
+        if (f.Bool("attention_bias") == true)
+            throw f.Error("attention_bias", "true is not supported: Llama's attention_bias also puts a bias on o_proj, which Tessera's Llama has not (Qwen2's q/k/v biases are supported)");
+        if (f.Bool("mlp_bias") == true) throw f.Error("mlp_bias", "true is not supported: Tessera's Llama has no MLP biases");
+        return ParseLlamaLike(f, "llama");
+    }
+
+    private static TransformerConfig ParseQwen2(Fields f)
+    {
+        // Qwen2's q, k and v projections always carry biases (o_proj and the MLP none); sliding windows apply per layer
+        // (layers from max_window_layers on) only when use_sliding_window is true.
+        if (f.Bool("use_sliding_window") == true)
+            throw f.Error("use_sliding_window", "true is not supported: Qwen2's per-layer sliding windows (max_window_layers) are not implemented; Qwen2/2.5 checkpoints ship false");
+        if (f.Node("layer_types") is JsonArray types && types.Any(t => t?.GetValue<string>() != "full_attention"))
+            throw f.Error("layer_types", "only \"full_attention\" layers are supported for Qwen2");
+        return ParseLlamaLike(f, "qwen2") with { AttentionBias = true };
+    }
+
+    private static TransformerConfig ParseMistral(Fields f)
+    {
+        var config = ParseLlamaLike(f, "mistral");
+        int window = f.Int("sliding_window") ?? 0;
+        if (window < 0) throw f.Error("sliding_window", $"must be positive or null, got {window}");
+        return config with { SlidingWindow = window };
+    }
+
+    /// <summary>The fields Llama, Qwen2 and Mistral share (RMSNorm, RoPE, SwiGLU, grouped-query attention).</summary>
+    private static TransformerConfig ParseLlamaLike(Fields f, string modelType)
+    {
         int hidden = f.RequiredInt("hidden_size");
         int heads = f.RequiredInt("num_attention_heads");
         string act = f.String("hidden_act") ?? "silu";
-        if (act != "silu") throw f.Error("hidden_act", $"'{act}' is not supported; Llama in Tessera uses silu (SwiGLU)");
-        if (f.Bool("attention_bias") == true) throw f.Error("attention_bias", "true is not supported: Tessera's Llama has no attention biases");
-        if (f.Bool("mlp_bias") == true) throw f.Error("mlp_bias", "true is not supported: Tessera's Llama has no MLP biases");
-        if (f.Has("rope_scaling"))
-            throw f.Error("rope_scaling", "RoPE scaling is not supported (only plain RoPE); convert a model without rope_scaling");
+        if (act != "silu") throw f.Error("hidden_act", $"'{act}' is not supported; {modelType} in Tessera uses silu (SwiGLU)");
         if (f.Int("head_dim") is int headDim && heads > 0 && headDim * heads != hidden)
             throw f.Error("head_dim", $"{headDim} must equal hidden_size / num_attention_heads ({hidden} / {heads})");
-        return new TransformerConfig
+        if (f.Double("partial_rotary_factor") is double partial && partial != 1.0)
+            throw f.Error("partial_rotary_factor", $"{partial} is not supported: Tessera rotates whole heads");
+        var (theta, scaling) = ReadRope(f);
+        int maxPositions = f.RequiredInt("max_position_embeddings");
+        var config = new TransformerConfig
         {
             Family = ModelFamily.Llama,
+            ModelType = modelType,
             VocabSize = f.RequiredInt("vocab_size"),
-            MaxSequenceLength = f.RequiredInt("max_position_embeddings"),
+            MaxSequenceLength = maxPositions,
             Layers = f.RequiredInt("num_hidden_layers"),
             Embedding = hidden,
             Heads = heads,
             KvHeads = f.Int("num_key_value_heads") ?? heads,
             Hidden = f.RequiredInt("intermediate_size"),
             NormEpsilon = f.Double("rms_norm_eps") ?? 1e-6,
-            RopeTheta = f.Double("rope_theta") ?? RopeParametersTheta(f) ?? 10000,
+            RopeTheta = theta,
+            RopeScaling = scaling,
             TiedEmbeddings = f.Bool("tie_word_embeddings") ?? false,
             InitStd = f.Double("initializer_range") ?? 0.02,
             Bias = false,
         };
+        if (scaling?.Type == RopeScalingType.Dynamic)
+        {
+            // Dynamic NTK exists to run past max_position_embeddings: Tessera admits factor times as many positions.
+            long extended = (long)Math.Floor(maxPositions * scaling.Factor);
+            config = config with { OriginalMaxSequenceLength = maxPositions, MaxSequenceLength = (int)Math.Min(extended, int.MaxValue) };
+        }
+        return config;
     }
 
-    /// <summary>A config.json that transformers' AutoConfig / AutoModelForCausalLM loads (unpadded vocab, F32 weights).</summary>
-    public static string ToJson(TransformerConfig config)
+    /// <summary>
+    /// A config.json that transformers' AutoConfig / AutoModelForCausalLM loads (unpadded vocabulary), for weights saved as
+    /// <paramref name="torchDtype"/> ("float32", "bfloat16", "float16"), with the special token ids of
+    /// <paramref name="generation"/> when given. RoPE is written as transformers 4 spells it (rope_theta and rope_scaling),
+    /// which transformers 5 also reads.
+    /// </summary>
+    public static string ToJson(TransformerConfig config, string torchDtype = "float32", GenerationDefaults? generation = null)
     {
         config.Validate();
         JsonObject o = config.Family switch
         {
             ModelFamily.Gpt2 => ToGpt2(config),
-            ModelFamily.Llama => ToLlama(config),
+            ModelFamily.Llama => ToLlamaLike(config),
             _ => throw new ArgumentOutOfRangeException(nameof(config), config.Family, "unknown family"),
         };
+        o["torch_dtype"] = torchDtype;     // transformers 4 reads this name
+        o["dtype"] = torchDtype;           // transformers 5 writes and reads this one
+        if (generation is not null)
+        {
+            if (generation.BosTokenId is int bos) o["bos_token_id"] = bos;
+            if (generation.EosTokenIds.Count > 0)
+                o["eos_token_id"] = generation.EosTokenIds.Count == 1 ? generation.EosTokenIds[0] : new JsonArray(generation.EosTokenIds.Select(i => (JsonNode)i).ToArray());
+            if (generation.PadTokenId is int pad) o["pad_token_id"] = pad;
+        }
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 
@@ -148,19 +206,25 @@ public static class HuggingFaceConfig
             ["embd_pdrop"] = 0.0,
             ["attn_pdrop"] = 0.0,
             ["tie_word_embeddings"] = c.TiedEmbeddings,
-            ["torch_dtype"] = "float32",
         };
     }
 
-    private static JsonObject ToLlama(TransformerConfig c)
+    private static JsonObject ToLlamaLike(TransformerConfig c)
     {
-        if (c.Bias) throw new ArgumentException("TransformerConfig: a Llama export needs Bias = false");
-        return new JsonObject
+        if (c.Bias) throw new ArgumentException("TransformerConfig: a Llama-family export needs Bias = false");
+        string type = c.EffectiveModelType;
+        if (type is not ("llama" or "qwen2" or "mistral"))
+            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, mistral)");
+        if (c.AttentionBias != (type == "qwen2"))
+            throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 has q/k/v biases, and always)");
+        if (c.SlidingWindow > 0 && type != "mistral")
+            throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral'");
+        var o = new JsonObject
         {
-            ["architectures"] = new JsonArray("LlamaForCausalLM"),
-            ["model_type"] = "llama",
+            ["architectures"] = new JsonArray(type switch { "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
+            ["model_type"] = type,
             ["vocab_size"] = c.VocabSize,
-            ["max_position_embeddings"] = c.MaxSequenceLength,
+            ["max_position_embeddings"] = c.OriginalMaxSequenceLength > 0 ? c.OriginalMaxSequenceLength : c.MaxSequenceLength,
             ["hidden_size"] = c.Embedding,
             ["intermediate_size"] = c.EffectiveHidden,
             ["num_hidden_layers"] = c.Layers,
@@ -170,31 +234,122 @@ public static class HuggingFaceConfig
             ["hidden_act"] = "silu",
             ["rms_norm_eps"] = c.NormEpsilon,
             ["rope_theta"] = c.RopeTheta,
-            ["rope_scaling"] = null,
-            ["attention_bias"] = false,
-            ["mlp_bias"] = false,
+            ["rope_scaling"] = c.RopeScaling is { } r ? RopeScalingJson(r) : null,
             ["initializer_range"] = c.InitStd,
             ["tie_word_embeddings"] = c.TiedEmbeddings,
-            ["torch_dtype"] = "float32",
+            ["attention_dropout"] = 0.0,
         };
+        switch (type)
+        {
+            case "llama":
+                o["attention_bias"] = false;
+                o["mlp_bias"] = false;
+                break;
+            case "qwen2":
+                o["use_sliding_window"] = false;
+                o["sliding_window"] = null;
+                o["max_window_layers"] = c.Layers;
+                break;
+            case "mistral":
+                o["sliding_window"] = c.SlidingWindow > 0 ? c.SlidingWindow : null;
+                break;
+        }
+        return o;
     }
 
-    // transformers 5 writes "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}.
-    private static double? RopeParametersTheta(Fields f)
+    private static JsonObject RopeScalingJson(RopeScaling r)
     {
-        var rope = f.Object("rope_parameters");
-        if (rope is null) return null;
-        var sub = new Fields(rope, f.Path);
-        string type = sub.String("rope_type") ?? "default";
-        if (type != "default")
-            throw f.Error("rope_parameters", $"rope_type '{type}' is not supported (only plain RoPE, rope_type 'default')");
-        return sub.Double("rope_theta");
+        var o = new JsonObject
+        {
+            ["rope_type"] = r.Type switch
+            {
+                RopeScalingType.Linear => "linear",
+                RopeScalingType.Dynamic => "dynamic",
+                RopeScalingType.Llama3 => "llama3",
+                RopeScalingType.Yarn => "yarn",
+                _ => throw new ArgumentOutOfRangeException(nameof(r), r.Type, "unknown RoPE scaling type"),
+            },
+            ["factor"] = r.Factor,
+        };
+        if (r.OriginalMaxPositions > 0 && r.Type is RopeScalingType.Llama3 or RopeScalingType.Yarn)
+            o["original_max_position_embeddings"] = r.OriginalMaxPositions;
+        if (r.Type == RopeScalingType.Llama3)
+        {
+            o["low_freq_factor"] = r.LowFrequencyFactor;
+            o["high_freq_factor"] = r.HighFrequencyFactor;
+        }
+        if (r.Type == RopeScalingType.Yarn)
+        {
+            if (r.AttentionFactor is double a) o["attention_factor"] = a;
+            o["beta_fast"] = r.BetaFast;
+            o["beta_slow"] = r.BetaSlow;
+            if (r.Mscale is double m) o["mscale"] = m;
+            if (r.MscaleAllDim is double ma) o["mscale_all_dim"] = ma;
+            if (!r.Truncate) o["truncate"] = false;
+        }
+        return o;
     }
+
+    /// <summary>
+    /// RoPE theta and scaling from transformers 4's top-level rope_theta + rope_scaling, or transformers 5's rope_parameters
+    /// (theta inside). rope_type "default" (or none) is plain RoPE.
+    /// </summary>
+    private static (double Theta, RopeScaling? Scaling) ReadRope(Fields f)
+    {
+        string field = f.Has("rope_parameters") ? "rope_parameters" : "rope_scaling";
+        var rope = f.Object(field);
+        double theta = f.Double("rope_theta") ?? 10000;
+        if (rope is null) return (CheckTheta(f, "rope_theta", theta), null);
+        var r = new Fields(rope, f.Path, field + ".");
+        theta = r.Double("rope_theta") ?? theta;
+        CheckTheta(r, "rope_theta", theta);
+        string type = r.String("rope_type") ?? r.String("type") ?? "default";
+        RopeScalingType kind = type switch
+        {
+            "default" => default,
+            "linear" => RopeScalingType.Linear,
+            "dynamic" => RopeScalingType.Dynamic,
+            "llama3" => RopeScalingType.Llama3,
+            "yarn" => RopeScalingType.Yarn,
+            _ => throw r.Error("rope_type", $"'{type}' is not supported (supported: default, linear, dynamic, llama3, yarn)"),
+        };
+        if (type == "default") return (theta, null);
+        double factor = r.Double("factor") ?? throw r.Error("factor", $"is missing (rope_type '{type}' needs it)");
+        var scaling = new RopeScaling
+        {
+            Type = kind,
+            Factor = factor,
+            LowFrequencyFactor = kind == RopeScalingType.Llama3 ? r.Double("low_freq_factor") ?? throw r.Error("low_freq_factor", "is missing (rope_type 'llama3' needs it)") : 1.0,
+            HighFrequencyFactor = kind == RopeScalingType.Llama3 ? r.Double("high_freq_factor") ?? throw r.Error("high_freq_factor", "is missing (rope_type 'llama3' needs it)") : 4.0,
+            OriginalMaxPositions = r.Int("original_max_position_embeddings") ?? f.Int("original_max_position_embeddings") ?? 0,
+            AttentionFactor = r.Double("attention_factor"),
+            BetaFast = r.Double("beta_fast") ?? 32,
+            BetaSlow = r.Double("beta_slow") ?? 1,
+            Mscale = r.Double("mscale"),
+            MscaleAllDim = r.Double("mscale_all_dim"),
+            Truncate = r.Bool("truncate") ?? true,
+        };
+        try
+        {
+            scaling.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new HuggingFaceFormatException(f.Path, $"field '{field}': {e.Message.Replace("rope_scaling.", "", StringComparison.Ordinal)}", e);
+        }
+        return (theta, scaling);
+    }
+
+    private static double CheckTheta(Fields f, string field, double theta) =>
+        theta > 0 && !double.IsInfinity(theta) ? theta : throw f.Error(field, $"must be a positive number, got {theta}");
 
     /// <summary>Typed access to config.json fields with errors naming the file and the field.</summary>
-    private sealed class Fields(JsonObject root, string path)
+    private sealed class Fields(JsonObject root, string path, string prefix = "")
     {
-        public HuggingFaceFormatException Error(string field, string problem) => new(path, $"field '{field}': {problem}");
+        public HuggingFaceFormatException Error(string field, string problem) => new(path, $"field '{prefix}{field}': {problem}");
+
+        /// <summary>The raw node of a field, or null when absent.</summary>
+        public JsonNode? Node(string field) => root.TryGetPropertyValue(field, out var node) ? node : null;
 
         /// <summary>The config.json path, for messages.</summary>
         public string Path => path;

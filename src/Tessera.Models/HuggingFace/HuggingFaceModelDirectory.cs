@@ -119,8 +119,9 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         CheckParameters(parameters);
         foreach (var p in parameters)
         {
-            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it.
-            CopyToParameter(ReadCanonical(p.Name).Data, p.MasterOrValue, backend);
+            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it. A tensor-parallel rank
+            // keeps its part of each split parameter.
+            CopyToParameter(p.LocalValues(ReadCanonical(p.Name).Data), p.MasterOrValue, backend);
             if (p.Master is not null) backend.Copy(p.Master, p.Value);
         }
     }
@@ -138,8 +139,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         {
             if (!expected.TryGetValue(p.Name, out var e))
                 throw new ArgumentException($"{Path}: parameter '{p.Name}' has no counterpart in a {Config.Family} Hugging Face model with this config.json");
-            if (p.Shape != e.Shape)
-                throw new ArgumentException($"{Path}: parameter '{p.Name}' has shape {p.Shape} but config.json implies {e.Shape}");
+            if (p.GlobalShape != e.Shape)
+                throw new ArgumentException($"{Path}: parameter '{p.Name}' has shape {p.GlobalShape} but config.json implies {e.Shape}");
         }
         var given = parameters.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
         foreach (var e in Map.Entries)
@@ -159,7 +160,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         }
     }
 
-    private static float[] CopyFromParameter(Tensor value, IBackend backend)
+    /// <summary>A parameter's values on the host as F32 (the F32 master under mixed precision when the caller passes it).</summary>
+    internal static float[] CopyFromParameter(Tensor value, IBackend backend)
     {
         int n = checked((int)value.Shape.NumElements);
         switch (value.DType)

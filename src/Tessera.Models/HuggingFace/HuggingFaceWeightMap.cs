@@ -66,6 +66,20 @@ public sealed class HuggingFaceWeightMap
         Row("lm_head.weight", VpC, WeightTransform.PadRows, Hf("lm_head.weight", VC)) with { UntiedOnly = true },
     ];
 
+    /// <summary>
+    /// Qwen2 (Qwen2ForCausalLM): Llama's names, plus the q, k and v biases stacked like their weights into Tessera's fused
+    /// qkv bias. Mistral (MistralForCausalLM) uses <see cref="LlamaRows"/> as they are.
+    /// </summary>
+    public static IReadOnlyList<WeightMapRow> Qwen2Rows { get; } =
+    [
+        .. LlamaRows.Take(2),
+        Row("blocks.{i}.attn.qkv.bias", c => [(c.Heads + 2 * c.EffectiveKvHeads) * c.HeadSize], WeightTransform.ConcatRows,
+            Hf("model.layers.{i}.self_attn.q_proj.bias", c => [c.Heads * c.HeadSize]),
+            Hf("model.layers.{i}.self_attn.k_proj.bias", c => [c.EffectiveKvHeads * c.HeadSize]),
+            Hf("model.layers.{i}.self_attn.v_proj.bias", c => [c.EffectiveKvHeads * c.HeadSize])),
+        .. LlamaRows.Skip(2),
+    ];
+
     /// <summary>Non-parameter buffers some GPT-2 checkpoints carry (causal masks); ignored on load.</summary>
     public static IReadOnlyList<string> Gpt2IgnoredBuffers { get; } =
         ["transformer.h.{i}.attn.bias", "transformer.h.{i}.attn.masked_bias"];
@@ -120,7 +134,7 @@ public sealed class HuggingFaceWeightMap
         return config.Family switch
         {
             ModelFamily.Gpt2 => new HuggingFaceWeightMap(config, Gpt2Rows, Gpt2IgnoredBuffers, Gpt2OptionalPrefix),
-            ModelFamily.Llama => new HuggingFaceWeightMap(config, LlamaRows, LlamaIgnoredBuffers, null),
+            ModelFamily.Llama => new HuggingFaceWeightMap(config, config.AttentionBias ? Qwen2Rows : LlamaRows, LlamaIgnoredBuffers, null),
             _ => throw new ArgumentOutOfRangeException(nameof(config), config.Family, "no Hugging Face map for this family"),
         };
     }
@@ -153,6 +167,16 @@ public sealed class HuggingFaceWeightMap
             for (int j = 0; j < parts.Length; j++) result.Add(e.Sources[j].Name, new HostTensor(e.Sources[j].Shape, parts[j]));
         }
         return result;
+    }
+
+    /// <summary>One entry's canonical tensor as its Hugging Face tensors (names, shapes, data), in the entry's source order.</summary>
+    internal IReadOnlyList<(string Name, HostTensor Tensor)> ToHuggingFace(WeightMapEntry entry, HostTensor canonical)
+    {
+        canonical.Validate();
+        if (canonical.Shape != entry.Shape)
+            throw new ArgumentException($"parameter '{entry.Canonical}' has shape {canonical.Shape}, the configuration implies {entry.Shape}");
+        var parts = FromCanonical(entry, canonical.Data);
+        return entry.Sources.Select((s, j) => (s.Name, new HostTensor(s.Shape, parts[j]))).ToList();
     }
 
     /// <summary>

@@ -21,13 +21,18 @@ public sealed class Gpt2BpeTokenizer : ITokenizer
 
     private readonly Tokenizer _inner;
     private readonly byte[][] _bytes;
+    private readonly bool _nfc;
 
-    private Gpt2BpeTokenizer(Tokenizer inner, byte[][] bytes, int? endOfText)
+    private Gpt2BpeTokenizer(Tokenizer inner, byte[][] bytes, int? endOfText, bool nfc)
     {
         _inner = inner;
         _bytes = bytes;
         EndOfTextId = endOfText;
+        _nfc = nfc;
     }
+
+    /// <summary>Whether text is put in Unicode normalization form C before encoding (Qwen2's NFC normalizer).</summary>
+    public bool NormalizesToNfc => _nfc;
 
     /// <inheritdoc/>
     public int VocabSize => _bytes.Length;
@@ -45,7 +50,11 @@ public sealed class Gpt2BpeTokenizer : ITokenizer
     }
 
     /// <summary>Builds the tokenizer from the contents of vocab.json and merges.txt; <paramref name="description"/> names them in errors.</summary>
-    public static Gpt2BpeTokenizer FromBytes(byte[] vocabJson, byte[] mergesText, string description, string pattern = Gpt2Pattern)
+    /// <remarks><paramref name="normalizeNfc"/>: put text in normalization form C first (tokenizer.json's NFC normalizer). .NET
+    /// composes only where it has ICU; under invariant globalization (Tessera's default) text passes unchanged, which
+    /// differs from transformers only for input in decomposed form.</remarks>
+    public static Gpt2BpeTokenizer FromBytes(byte[] vocabJson, byte[] mergesText, string description, string pattern = Gpt2Pattern,
+        bool normalizeNfc = false)
     {
         var vocab = new Dictionary<int, string>();
         try
@@ -101,11 +110,12 @@ public sealed class Gpt2BpeTokenizer : ITokenizer
         {
             throw new TokenizerFormatException(description, $"vocabulary or merges rejected: {e.Message}", e);
         }
-        return new Gpt2BpeTokenizer(inner, bytes, eot);
+        return new Gpt2BpeTokenizer(inner, bytes, eot, normalizeNfc);
     }
 
     /// <inheritdoc/>
-    public int[] Encode(string text) => _inner.EncodeToIds(text).ToArray();
+    public int[] Encode(string text) =>
+        _inner.EncodeToIds(_nfc ? text.Normalize(NormalizationForm.FormC) : text).ToArray();
 
     /// <inheritdoc/>
     public string Decode(ReadOnlySpan<int> ids) => TokenBytesDecoding.Decode(this, ids);

@@ -9,6 +9,14 @@ public interface ITokenizer
     /// <summary>The end-of-text / end-of-sequence token, when the vocabulary has one.</summary>
     int? EndOfTextId { get; }
 
+    /// <summary>The beginning-of-sequence token the tokenizer puts in front of a text (Llama's &lt;|begin_of_text|&gt;,
+    /// &lt;s&gt;), or null when it adds none (GPT-2, Qwen2).</summary>
+    int? BeginOfSequenceId => null;
+
+    /// <summary>Token ids of <paramref name="text"/> as the model expects a prompt: <see cref="BeginOfSequenceId"/> first
+    /// when there is one (what Hugging Face's tokenizer(text) does with add_special_tokens).</summary>
+    int[] EncodeWithSpecialTokens(string text) => BeginOfSequenceId is int bos ? [bos, .. Encode(text)] : Encode(text);
+
     /// <summary>Token ids of <paramref name="text"/> (no begin/end tokens added).</summary>
     int[] Encode(string text);
 

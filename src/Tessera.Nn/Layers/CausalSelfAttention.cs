@@ -6,8 +6,8 @@ namespace Tessera.Nn.Layers;
 /// <summary>
 /// Multi-head causal self-attention with grouped-query heads: one fused QKV projection C to
 /// (H + 2K) D whose rows are the query heads, then the key heads, then the value heads; optional
-/// rotary position embedding on q and k (Llama); causal attention with scale 1/sqrt(D); an
-/// output projection C to C.
+/// rotary position embedding on q and k (Llama: plain or scaled frequencies); causal attention with scale 1/sqrt(D),
+/// optionally within a sliding window (Mistral); an output projection C to C.
 /// <para>
 /// Under tensor parallelism (the <see cref="LayerFactory"/>'s plan) the heads are split: the QKV product is column-parallel
 /// with each rank's rows its query heads, then its key heads, then its value heads (key/value heads replicated over blocks of
@@ -22,10 +22,12 @@ public sealed class CausalSelfAttention
 
     /// <summary>
     /// Declares "<paramref name="name"/>.qkv" ((H+2K) D, C) and "<paramref name="name"/>.proj" (C, C), with biases when
-    /// <paramref name="bias"/>, as <paramref name="layers"/>' plan splits them; <paramref name="ropeTheta"/> is the RoPE base,
-    /// or null for no rotary embedding (GPT-2).
+    /// <paramref name="bias"/> (the qkv bias alone when <paramref name="qkvBias"/>: Qwen2), as <paramref name="layers"/>' plan
+    /// splits them; <paramref name="rope"/> is the rotary frequencies (a bare theta converts), or null for no rotary embedding
+    /// (GPT-2); <paramref name="slidingWindow"/> &gt; 0 limits each query to that many newest keys (Mistral).
     /// </summary>
-    public CausalSelfAttention(LayerFactory layers, string name, int channels, int heads, int kvHeads, bool bias, double? ropeTheta)
+    public CausalSelfAttention(LayerFactory layers, string name, int channels, int heads, int kvHeads, bool bias, RopeFrequencies? rope,
+        bool qkvBias = false, int slidingWindow = 0)
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (heads <= 0 || channels % heads != 0)
@@ -35,11 +37,14 @@ public sealed class CausalSelfAttention
         Name = name;
         Channels = channels;
         HeadSize = channels / heads;
-        if (ropeTheta is not null && HeadSize % 2 != 0)
+        if (rope is not null && HeadSize % 2 != 0)
             throw new ArgumentException($"{name}: RoPE needs an even head size, got {HeadSize}");
-        RopeTheta = ropeTheta;
+        rope?.Validate(HeadSize);
+        if (slidingWindow < 0) throw new ArgumentException($"{name}: sliding window ({slidingWindow}) must be 0 (none) or positive");
+        Rope = rope;
+        SlidingWindow = slidingWindow;
         Input = layers.InputRegion(name);
-        Qkv = layers.Linear(name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias,
+        Qkv = layers.Linear(name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias || qkvBias,
             new ShardPart(heads, HeadSize), new ShardPart(kvHeads, HeadSize), new ShardPart(kvHeads, HeadSize));
         Projection = layers.Linear(name + ".proj", channels, channels, bias);
         // The heads this rank computes: all of them, or its share of each part of the split QKV rows.
@@ -71,8 +76,11 @@ public sealed class CausalSelfAttention
     /// <summary>Head size D.</summary>
     public int HeadSize { get; }
 
-    /// <summary>RoPE base theta, or null without rotary embedding.</summary>
-    public double? RopeTheta { get; }
+    /// <summary>The rotary frequencies, or null without rotary embedding.</summary>
+    public RopeFrequencies? Rope { get; }
+
+    /// <summary>Sliding window (keys per query), or 0 for full causal attention.</summary>
+    public int SlidingWindow { get; }
 
     /// <summary>Fused QKV projection C to (H + 2K) D (this rank's heads).</summary>
     public Linear Qkv { get; }
@@ -96,10 +104,10 @@ public sealed class CausalSelfAttention
         var rows = Input.Forward(ctx, x.Reshape((int)(x.NumElements / Channels), Channels));        // (N, C): whole rows
         var qkv = Qkv.Forward(ctx, rows).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
         var (q, k, v) = Split(qkv);
-        if (RopeTheta is double theta) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), 0, theta);   // q and k heads, adjacent
+        if (Rope is { } rope) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), 0, rope);   // q and k heads, adjacent
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         var lse = ctx.Buffer(_logSumExp, new Shape(b, Heads, t), x.DType == DType.F64 ? DType.F64 : DType.F32); // (B, H, T)
-        backend.AttentionForward(q, k, v, att, lse, Scale);
+        backend.AttentionForward(q, k, v, att, lse, Scale, SlidingWindow);
         ctx.Save(_qkv, qkv);
         ctx.Save(_attention, att);
         ctx.Save(_logSumExp, lse);
@@ -122,9 +130,9 @@ public sealed class CausalSelfAttention
         var dQkv = ctx.Scratch(_dQkv, qkv.Shape, qkv.DType);        // (B, T, H+2K, D)
         var (q, k, v) = Split(qkv);
         var (dq, dk, dv) = Split(dQkv);
-        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale);
+        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale, SlidingWindow);
         // RoPE is a rotation: its backward is the inverse rotation of the gradient (dq and dk heads, adjacent).
-        if (RopeTheta is double theta) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, theta, inverse: true);
+        if (Rope is { } rope) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, rope, inverse: true);
         var dxRows = dx.Reshape((int)(dx.NumElements / Channels), Channels);
         if (accumulateDx && Input is not IdentityRegion)
             throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel attention is reduced over ranks and cannot accumulate into dx");
@@ -152,23 +160,23 @@ public sealed class CausalSelfAttention
         var backend = x.Backend;
         var positions = cache.Positions;
         Tensor qkv;
-        if (RopeTheta is double theta && norm is RmsNorm rms)
+        if (Rope is { } frequencies && norm is RmsNorm rms)
         {
             // Llama: the norm, the QKV product, the rotation of q and k and the append of k and v, as one op (one
             // launch on a GPU for a decode step's few rows).
             qkv = ctx.Buffer(_qkv, new Shape(b, t, Heads + 2 * KvHeads, HeadSize), x.DType);
             backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue, Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
-                cache.KeysAndValues(layer), positions, theta);
+                cache.KeysAndValues(layer), positions, frequencies);
         }
         else
         {
             qkv = Qkv.ForwardNormalized(ctx, x.Reshape(n, Channels), norm).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
             // q, k and v heads are adjacent in the fused activation: one op rotates q and k and appends k and v.
-            if (RopeTheta is double th) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, th);
+            if (Rope is { } rope) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, rope);
             else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
         }
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
-        backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale);
+        backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale, SlidingWindow);
         Projection.ForwardAccumulate(ctx, att.Reshape(n, Heads * HeadSize), residual);
     }
 

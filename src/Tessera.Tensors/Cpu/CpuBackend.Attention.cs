@@ -10,35 +10,47 @@ public sealed unsafe partial class CpuBackend
     private const int GemmAttentionMinLength = 32;
 
     /// <inheritdoc/>
-    public void Rope(Tensor x, int startPosition, double theta, bool inverse = false)
+    public void Rope(Tensor x, int startPosition, RopeFrequencies frequencies, bool inverse = false)
     {
         const string op = nameof(Rope);
         ArgumentNullException.ThrowIfNull(x);
+        RequireRank(op, nameof(x), x, 4, "(B,T,H,D)");
+        RopeCore(x, startPosition, frequencies, startPosition + x.Shape[1], inverse);
+    }
+
+    /// <summary>Rope at positions startPosition + t with the frequencies of a call reaching <paramref name="length"/> positions.</summary>
+    private void RopeCore(Tensor x, int startPosition, RopeFrequencies frequencies, int length, bool inverse)
+    {
+        const string op = nameof(Rope);
+        ArgumentNullException.ThrowIfNull(frequencies);
         RequireComputeDType(op, nameof(x), x);
         RequireRank(op, nameof(x), x, 4, "(B,T,H,D)");
         RequireUnitLastStride(op, nameof(x), x);
         int d = x.Shape[3];
         if (d % 2 != 0) throw new ArgumentException($"{op}: head size D must be even, got x {x.Shape}", nameof(x));
         if (startPosition < 0) throw new ArgumentOutOfRangeException(nameof(startPosition), $"{op}: start position {startPosition} is negative");
-        if (x.DType == DType.F32) RopeTyped<float>(x, startPosition, theta, inverse);
-        else RopeTyped<double>(x, startPosition, theta, inverse);
+        var inverseFrequencies = frequencies.At(d, length);
+        if (x.DType == DType.F32) RopeTyped<float>(x, startPosition, inverseFrequencies, frequencies.AttentionFactor, inverse);
+        else RopeTyped<double>(x, startPosition, inverseFrequencies, frequencies.AttentionFactor, inverse);
     }
 
-    private void RopeTyped<T>(Tensor x, int startPosition, double theta, bool inverse) where T : unmanaged, IFloatingPointIeee754<T>
+    private void RopeTyped<T>(Tensor x, int startPosition, double[] inverseFrequencies, double attentionFactor, bool inverse)
+        where T : unmanaged, IFloatingPointIeee754<T>
     {
         int b = x.Shape[0], t = x.Shape[1], h = x.Shape[2], d = x.Shape[3], half = d / 2;
-        // Angles in double: positions reach 1e5 and more, where a float angle loses the low bits.
+        // Angles in double: positions reach 1e5 and more, where a float angle loses the low bits. cos and sin are scaled
+        // in double and rounded once (the CUDA kernels' rope_angle_at does the same).
         var cos = new T[(long)t * half];
         var sin = new T[(long)t * half];
         double sign = inverse ? -1 : 1;
         for (int i = 0; i < half; i++)
         {
-            double freq = Math.Pow(theta, -2.0 * i / d);
+            double freq = inverseFrequencies[i];
             for (int p = 0; p < t; p++)
             {
                 double angle = sign * (startPosition + p) * freq;
-                cos[(long)p * half + i] = T.CreateTruncating(Math.Cos(angle));
-                sin[(long)p * half + i] = T.CreateTruncating(Math.Sin(angle));
+                cos[(long)p * half + i] = T.CreateTruncating(Math.Cos(angle) * attentionFactor);
+                sin[(long)p * half + i] = T.CreateTruncating(Math.Sin(angle) * attentionFactor);
             }
         }
         T* px = Ptr<T>(x);
@@ -67,10 +79,11 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc/>
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale)
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0)
     {
         const string op = nameof(AttentionForward);
         var (b, t, h, s, kh, d) = CheckAttention(op, q, k, v);
+        RequireWindow(op, window);
         RequireShape(op, nameof(output), output, q.Shape);
         RequireDType(op, nameof(output), output, q.DType);
         RequireContiguous(op, nameof(output), output);
@@ -80,11 +93,20 @@ public sealed unsafe partial class CpuBackend
             RequireDType(op, nameof(logSumExp), logSumExp, q.DType);
             RequireContiguous(op, nameof(logSumExp), logSumExp);
         }
-        if (q.DType == DType.F32) AttentionForwardTyped<float>(q, k, v, output, logSumExp, scale);
-        else AttentionForwardTyped<double>(q, k, v, output, logSumExp, scale);
+        if (q.DType == DType.F32) AttentionForwardTyped<float>(q, k, v, output, logSumExp, scale, window);
+        else AttentionForwardTyped<double>(q, k, v, output, logSumExp, scale, window);
     }
 
-    private void AttentionForwardTyped<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale)
+    /// <summary>The oldest key a query at position <paramref name="position"/> sees: 0, or position - window + 1 with a
+    /// sliding window (transformers' rule: key j is visible when position - window &lt; j &lt;= position).</summary>
+    private static int FirstVisibleKey(int position, int window) => window > 0 ? Math.Max(0, position - window + 1) : 0;
+
+    private static void RequireWindow(string op, int window)
+    {
+        if (window < 0) throw new ArgumentOutOfRangeException(nameof(window), window, $"{op}: sliding window must be 0 (none) or positive");
+    }
+
+    private void AttentionForwardTyped<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int b = q.Shape[0], t = q.Shape[1], h = q.Shape[2], d = q.Shape[3], s = k.Shape[1], kh = k.Shape[2];
@@ -97,7 +119,7 @@ public sealed unsafe partial class CpuBackend
         T sc = T.CreateTruncating(scale);
         if (t >= GemmAttentionMinLength)
         {
-            AttentionForwardGemm(pq, pk, pv, po, pl, b, t, h, s, kh, d, qb, qt, qh, kb, ks, khs, vb, vs, vhs, sc);
+            AttentionForwardGemm(pq, pk, pv, po, pl, b, t, h, s, kh, d, qb, qt, qh, kb, ks, khs, vb, vs, vhs, sc, window);
             return;
         }
         ParallelChunks((long)b * h, (long)t * s * d, (i0, i1) =>
@@ -114,17 +136,18 @@ public sealed unsafe partial class CpuBackend
                         T* qr = pq + bi * qb + ti * qt + hi * qh;
                         T* or = po + ((bi * t + ti) * h + hi) * d;
                         int last = s - t + ti; // the newest key this query sees
+                        int first = FirstVisibleKey(last, window);
                         T max = T.NegativeInfinity;
-                        for (int j = 0; j <= last; j++)
+                        for (int j = first; j <= last; j++)
                         {
                             T sj = sc * RowKernels.Dot(qr, kbase + j * ks, d);
                             p[j] = sj;
                             if (sj > max) max = sj;
                         }
-                        T sum = RowKernels.ExpShiftedAndSum(p, p, max, last + 1);
+                        T sum = RowKernels.ExpShiftedAndSum(p + first, p + first, max, last + 1 - first);
                         T inv = T.One / sum;
                         new Span<T>(or, d).Clear();
-                        for (int j = 0; j <= last; j++) RowKernels.Axpy(p[j] * inv, vbase + j * vs, or, d);
+                        for (int j = first; j <= last; j++) RowKernels.Axpy(p[j] * inv, vbase + j * vs, or, d);
                         if (pl != null) pl[(bi * h + hi) * t + ti] = max + T.Log(sum);
                     }
                 }
@@ -134,10 +157,11 @@ public sealed unsafe partial class CpuBackend
 
     /// <inheritdoc/>
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale)
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0)
     {
         const string op = nameof(AttentionBackward);
         var (b, t, h, s, kh, d) = CheckAttention(op, q, k, v);
+        RequireWindow(op, window);
         if (s != t) throw new ArgumentException($"{op}: needs S == T (training), got q {q.Shape} and k {k.Shape}", nameof(k));
         foreach (var (name, tensor) in new[] { (nameof(output), output), (nameof(dOutput), dOutput), (nameof(dq), dq) })
         {
@@ -156,12 +180,12 @@ public sealed unsafe partial class CpuBackend
         RequireShape(op, nameof(logSumExp), logSumExp, new Shape(b, h, t));
         RequireDType(op, nameof(logSumExp), logSumExp, q.DType);
         RequireContiguous(op, nameof(logSumExp), logSumExp);
-        if (q.DType == DType.F32) AttentionBackwardTyped<float>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale);
-        else AttentionBackwardTyped<double>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale);
+        if (q.DType == DType.F32) AttentionBackwardTyped<float>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window);
+        else AttentionBackwardTyped<double>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window);
     }
 
     private void AttentionBackwardTyped<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale) where T : unmanaged, IFloatingPointIeee754<T>
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window) where T : unmanaged, IFloatingPointIeee754<T>
     {
         int b = q.Shape[0], t = q.Shape[1], h = q.Shape[2], d = q.Shape[3], kh = k.Shape[2];
         int group = h / kh;
@@ -170,7 +194,7 @@ public sealed unsafe partial class CpuBackend
         T sc = T.CreateTruncating(scale);
         if (t >= GemmAttentionMinLength)
         {
-            AttentionBackwardGemm(q, k, v, output, dOutput, pq, pk, pv, po, pdo, pl, pdq, pdk, pdv, dq, dk, dv, sc);
+            AttentionBackwardGemm(q, k, v, output, dOutput, pq, pk, pv, po, pdo, pl, pdq, pdk, pdv, dq, dk, dv, sc, window);
             return;
         }
         // Work items are (batch, kv head): the query heads of one group add into the same dk, dv rows.
@@ -198,7 +222,7 @@ public sealed unsafe partial class CpuBackend
                             // delta = sum_j p_j dP_j = dO . O
                             T delta = RowKernels.Dot(dor, or, d);
                             new Span<T>(dqr, d).Clear();
-                            for (int j = 0; j <= ti; j++)
+                            for (int j = FirstVisibleKey(ti, window); j <= ti; j++)
                             {
                                 T pj = T.Exp(sc * RowKernels.Dot(qr, kbase + j * ks, d) - lse);
                                 T dpj = RowKernels.Dot(dor, vbase + j * vs, d);

@@ -19,7 +19,7 @@ public sealed unsafe partial class CpuBackend
     }
 
     private void AttentionForwardGemm<T>(T* pq, T* pk, T* pv, T* po, T* pl, int b, int t, int h, int s, int kh, int d,
-        long qb, long qt, long qh, long kb, long ks, long khs, long vb, long vs, long vhs, T sc)
+        long qb, long qt, long qh, long kb, long ks, long khs, long vb, long vs, long vhs, T sc, int window)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int group = h / kh;
@@ -38,11 +38,14 @@ public sealed unsafe partial class CpuBackend
                     for (int ti = 0; ti < t; ti++)
                     {
                         T* row = scores + (long)ti * s;
-                        int count = s - t + ti + 1; // keys this query sees
-                        T max = RowKernels.Max(row, count);
-                        T sum = RowKernels.ExpShiftedAndSum(row, row, max, count);
-                        RowKernels.Scale(row, T.One / sum, count);
-                        new Span<T>(row + count, s - count).Clear();
+                        int count = s - t + ti + 1; // keys this query sees: first .. count - 1
+                        int first = FirstVisibleKey(count - 1, window);
+                        new Span<T>(row, first).Clear();
+                        row += first;
+                        T max = RowKernels.Max(row, count - first);
+                        T sum = RowKernels.ExpShiftedAndSum(row, row, max, count - first);
+                        RowKernels.Scale(row, T.One / sum, count - first);
+                        new Span<T>(row + count - first, s - count).Clear();
                         if (pl != null) pl[(bi * h + hi) * t + ti] = max + T.Log(sum);
                     }
                     // out (T,D) = P (T,S) @ V (S,D), written into the (B,T,H,D) output with row stride H*D
@@ -53,7 +56,7 @@ public sealed unsafe partial class CpuBackend
     }
 
     private void AttentionBackwardGemm<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput,
-        T* pq, T* pk, T* pv, T* po, T* pdo, T* pl, T* pdq, T* pdk, T* pdv, Tensor dq, Tensor dk, Tensor dv, T sc)
+        T* pq, T* pk, T* pv, T* po, T* pdo, T* pl, T* pdq, T* pdk, T* pdv, Tensor dq, Tensor dk, Tensor dv, T sc, int window)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         int b = q.Shape[0], t = q.Shape[1], h = q.Shape[2], d = q.Shape[3], kh = k.Shape[2];
@@ -88,7 +91,9 @@ public sealed unsafe partial class CpuBackend
                             T* prow = p + (long)ti * t, dsrow = ds + (long)ti * t;
                             T delta = RowKernels.Dot(dobase + ti * dot, obase + ti * ot, d);
                             T l = lse[ti];
-                            for (int j = 0; j <= ti; j++)
+                            int first = FirstVisibleKey(ti, window);
+                            for (int j = 0; j < first; j++) { prow[j] = T.Zero; dsrow[j] = T.Zero; }
+                            for (int j = first; j <= ti; j++)
                             {
                                 T pj = T.Exp(prow[j] - l);
                                 prow[j] = pj;

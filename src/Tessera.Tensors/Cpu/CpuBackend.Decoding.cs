@@ -4,16 +4,20 @@ namespace Tessera.Tensors.Cpu;
 // host memory, so each op reads them and runs the position-free op on every sequence's views.
 public sealed unsafe partial class CpuBackend
 {
-    public void Rope(Tensor x, Tensor startPositions, double theta)
+    public void Rope(Tensor x, Tensor startPositions, RopeFrequencies frequencies)
     {
         const string op = nameof(Rope);
         ArgumentNullException.ThrowIfNull(x);
         RequireRank(op, nameof(x), x, 4, "(B,T,H,D)");
         var starts = ReadPositions(op, startPositions, x.Shape[0]);
-        for (int b = 0; b < starts.Length; b++) Rope(x.Slice(0, b, 1), starts[b], theta);
+        if (starts.Length == 0) return;
+        // One set of frequencies for the whole call: dynamic scaling reads the batch's longest length, as transformers does.
+        int length = starts.Max() + x.Shape[1];
+        for (int b = 0; b < starts.Length; b++) RopeCore(x.Slice(0, b, 1), starts[b], frequencies, length, inverse: false);
     }
 
-    public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale)
+    public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
+        int window = 0)
     {
         const string op = nameof(AttentionForwardCached);
         var (b, t, _, s, _, _) = CheckAttention(op, q, keyCache, valueCache);
@@ -25,11 +29,11 @@ public sealed unsafe partial class CpuBackend
             if (filled > s)
                 throw new ArgumentException($"{op}: sequence {i} starts at {starts[i]} with {t} new positions, beyond the cache's {s}", nameof(startPositions));
             AttentionForward(q.Slice(0, i, 1), keyCache.Slice(0, i, 1).Slice(1, 0, filled), valueCache.Slice(0, i, 1).Slice(1, 0, filled),
-                output.Slice(0, i, 1), null, scale);
+                output.Slice(0, i, 1), null, scale, window);
         }
     }
 
-    public void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, double theta)
+    public void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
         const string op = nameof(RopeAndAppend);
         ArgumentNullException.ThrowIfNull(qkv); ArgumentNullException.ThrowIfNull(keysAndValues);
@@ -38,12 +42,12 @@ public sealed unsafe partial class CpuBackend
         int kv2 = keysAndValues.Size(2);
         if (queryHeads <= 0 || kv2 % 2 != 0 || qkv.Size(2) != queryHeads + kv2)
             throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of keysAndValues {keysAndValues.Shape}");
-        Rope(qkv.Slice(2, 0, queryHeads + kv2 / 2), startPositions, theta);
+        Rope(qkv.Slice(2, 0, queryHeads + kv2 / 2), startPositions, frequencies);
         CopyAtPositions(qkv.Slice(2, queryHeads, kv2), keysAndValues, startPositions);
     }
 
     public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
-        Tensor keysAndValues, Tensor startPositions, double theta)
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
         const string op = nameof(MatMulRopeAppend);
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight); ArgumentNullException.ThrowIfNull(qkv);
@@ -54,7 +58,7 @@ public sealed unsafe partial class CpuBackend
         var flat = qkv.Reshape(x.Size(0), weight.Size(0));
         if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
         else MatMul(x, weight, flat, transposeB: true, bias: bias);
-        RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, theta);
+        RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
     }
 
     public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)

@@ -6,9 +6,11 @@ public static class ShardWriter
     /// <summary>
     /// Writes the last <paramref name="validationFraction"/> of <paramref name="tokens"/> to
     /// DIR/val_000.bin and the rest to DIR/train_NNN.bin shards of at most <paramref name="shardTokens"/>
-    /// tokens. Returns each written path with its token count.
+    /// tokens, in <paramref name="format"/> (uint16 by default; uint32 for vocabularies above 65,536). Returns each written
+    /// path with its token count.
     /// </summary>
-    public static List<(string Path, int Count)> WriteSplit(IReadOnlyList<int> tokens, string directory, double validationFraction, int shardTokens)
+    public static List<(string Path, int Count)> WriteSplit(IReadOnlyList<int> tokens, string directory, double validationFraction, int shardTokens,
+        TokenShardFormat format = TokenShardFormat.Uint16)
     {
         if (validationFraction is < 0 or >= 1) throw new ArgumentOutOfRangeException(nameof(validationFraction), $"validation fraction {validationFraction} must lie in [0, 1)");
         Directory.CreateDirectory(directory);
@@ -20,13 +22,13 @@ public static class ShardWriter
         {
             int n = Math.Min(shardTokens, trainCount - start);
             var path = Path.Combine(directory, $"train_{index:D3}.bin");
-            TokenShard.Write(path, all.AsSpan(start, n));
+            TokenShard.Write(path, all.AsSpan(start, n), format);
             written.Add((path, n));
         }
         if (valCount > 0)
         {
             var path = Path.Combine(directory, "val_000.bin");
-            TokenShard.Write(path, all.AsSpan(trainCount, valCount));
+            TokenShard.Write(path, all.AsSpan(trainCount, valCount), format);
             written.Add((path, valCount));
         }
         return written;

@@ -4,12 +4,14 @@ namespace Tessera.Training.Data;
 /// Reads (B, T) inputs and their next-token targets from llm.c token shards, in order, the way
 /// llm.c's distributed loader does: a global batch covers world * B * T consecutive tokens and
 /// rank r takes the r-th slice, so each rank reads its own part. The position is exact state:
-/// saving it and restoring it resumes the stream bit for bit.
+/// saving it and restoring it resumes the stream bit for bit. Shards of both widths (uint16, uint32) may be mixed; each
+/// loaded shard stays in its own width in memory.
 /// </summary>
 public sealed class TokenDataLoader
 {
     private readonly string[] _shards;
-    private ushort[]? _tokens;
+    private ushort[]? _narrow;
+    private int[]? _wide;
     private int _loadedShard = -1;
 
     /// <summary>Opens <paramref name="shards"/> (validating every header) for batches of <paramref name="batchSize"/> x <paramref name="sequenceLength"/>.</summary>
@@ -60,35 +62,51 @@ public sealed class TokenDataLoader
             throw new ArgumentException($"batch buffers must hold B*T = {bt} tokens");
         long global = (long)bt * WorldSize;
         var pos = Position;
-        var tokens = Load(pos.Shard);
-        if (pos.Offset + global + 1 > tokens.Length)
+        long length = Load(pos.Shard);
+        if (pos.Offset + global + 1 > length)
         {
             pos = NextShard(pos);
-            tokens = Load(pos.Shard);
+            length = Load(pos.Shard);
         }
         long start = pos.Offset + (long)bt * Rank;
-        for (int i = 0; i < bt; i++)
+        if (_narrow is { } narrow)
         {
-            inputs[i] = tokens[start + i];
-            targets[i] = tokens[start + i + 1];
+            for (int i = 0; i < bt; i++)
+            {
+                inputs[i] = narrow[start + i];
+                targets[i] = narrow[start + i + 1];
+            }
+        }
+        else
+        {
+            var wide = _wide!;
+            for (int i = 0; i < bt; i++)
+            {
+                inputs[i] = wide[start + i];
+                targets[i] = wide[start + i + 1];
+            }
         }
         pos = pos with { Offset = pos.Offset + global };
-        if (pos.Offset + global + 1 > tokens.Length) pos = NextShard(pos);
+        if (pos.Offset + global + 1 > length) pos = NextShard(pos);
         Position = pos;
     }
 
     private DataPosition NextShard(DataPosition pos) =>
         pos.Shard + 1 < _shards.Length ? new DataPosition(pos.Shard + 1, 0, pos.Epoch) : new DataPosition(0, 0, pos.Epoch + 1);
 
-    private ushort[] Load(int shard)
+    /// <summary>Loads a shard (once) and returns its token count.</summary>
+    private long Load(int shard)
     {
         if (shard < 0 || shard >= _shards.Length)
             throw new ArgumentOutOfRangeException(nameof(shard), $"data position names shard {shard} but only {_shards.Length} are open");
         if (_loadedShard != shard)
         {
-            _tokens = TokenShard.ReadTokens(_shards[shard]);
+            _narrow = null;
+            _wide = null;
+            if (TokenShard.ReadHeader(_shards[shard]).Format == TokenShardFormat.Uint16) _narrow = TokenShard.ReadTokens(_shards[shard]);
+            else _wide = TokenShard.ReadTokenIds(_shards[shard]);
             _loadedShard = shard;
         }
-        return _tokens!;
+        return _narrow?.Length ?? _wide!.Length;
     }
 }

@@ -41,13 +41,13 @@ public sealed class ResumeCheck
     /// <summary>Its trainer_state.json.</summary>
     public TrainerState Saved { get; }
 
-    /// <summary>Ranks that saved it (1 for a one-device checkpoint).</summary>
+    /// <summary>Data-parallel ranks that saved it (1 for a one-device checkpoint).</summary>
     public int SavedWorldSize { get; }
 
     /// <summary>The resumed run's options (per rank).</summary>
     public TrainerOptions Requested { get; }
 
-    /// <summary>The resumed run's ranks.</summary>
+    /// <summary>The resumed run's data-parallel ranks.</summary>
     public int RequestedWorldSize { get; }
 
     /// <summary>Differences that make a resume impossible (model, dtype, nothing left to train), in words.</summary>
@@ -62,7 +62,7 @@ public sealed class ResumeCheck
     /// <summary>
     /// Compares checkpoint <paramref name="checkpoint"/> (its trainer_state.json and, for a sharded checkpoint, zero.json)
     /// with the run that would resume it: per-rank <paramref name="requested"/> options on <paramref name="worldSize"/>
-    /// ranks, a model of <paramref name="model"/> in <paramref name="dtype"/>. Reads only the small JSON files.
+    /// data-parallel ranks, a model of <paramref name="model"/> in <paramref name="dtype"/>. Reads only the small JSON files.
     /// </summary>
     public static ResumeCheck Compare(string checkpoint, TrainerOptions requested, int worldSize, TransformerConfig model, DType dtype)
     {
@@ -70,7 +70,7 @@ public sealed class ResumeCheck
         ArgumentNullException.ThrowIfNull(model);
         if (worldSize < 1) throw new ArgumentOutOfRangeException(nameof(worldSize), $"world size ({worldSize}) must be at least 1");
         var saved = TrainingCheckpoint.ReadState(checkpoint);
-        int savedWorld = SavedWorldSizeOf(checkpoint);
+        int savedWorld = SavedDataParallelSize(checkpoint);
         var o = saved.Options;
 
         var blockers = new List<string>();
@@ -154,15 +154,26 @@ public sealed class ResumeCheck
         _ => value?.ToString() ?? "null",
     };
 
-    private static int SavedWorldSizeOf(string checkpoint)
+    /// <summary>
+    /// Data-parallel ranks that saved <paramref name="checkpoint"/> (the batch is split over them; tensor-parallel ranks
+    /// share theirs): parallel.json's "dp", a legacy zero.json's "world_size", or 1 for a one-device checkpoint.
+    /// </summary>
+    public static int SavedDataParallelSize(string checkpoint)
     {
-        var layout = Path.Combine(checkpoint, ShardedCheckpoint.LayoutFile);
-        if (!File.Exists(layout)) return 1;
-        try
+        foreach (var (file, field) in new[] { (ShardedCheckpoint.LayoutFile, "dp"), (ShardedCheckpoint.LegacyLayoutFile, "world_size") })
         {
-            return JsonSerializer.Deserialize<ZeroCheckpointLayout>(File.ReadAllText(layout))?.WorldSize
-                ?? throw new CheckpointException($"{layout}: empty");
+            var path = Path.Combine(checkpoint, file);
+            if (!File.Exists(path)) continue;
+            try
+            {
+                using var doc = JsonDocument.Parse(File.ReadAllText(path));
+                return doc.RootElement.GetProperty(field).GetInt32();
+            }
+            catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+            {
+                throw new CheckpointException($"{path}: no integer \"{field}\" ({e.Message})", e);
+            }
         }
-        catch (JsonException e) { throw new CheckpointException($"{layout}: not valid JSON ({e.Message})", e); }
+        return 1;
     }
 }

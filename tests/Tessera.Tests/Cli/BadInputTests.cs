@@ -29,14 +29,26 @@ public sealed class BadInputTests : IDisposable
     }
 
     [Fact]
-    public void PromptLongerThanTheContextFails()
+    public void ATokenizerLargerThanTheModelsVocabularyFailsNamingBothSizes()
     {
         var model = CopyModel();
-        // gpt2-debug holds 32 positions; 40 byte tokens ('A' = 65 < vocabulary 96) do not fit.
+        // gpt2-debug has 96 embedding rows; the byte tokenizer's 256 ids do not all have one (ids 96..255 would index past
+        // the table), so generate refuses the pair before encoding anything.
         var (code, _, err) = CliProcess.Run("generate", "--model", model, "--tokenizer", "byte", "--prompt", new string('A', 40), "--threads", "1");
         Assert.Equal(1, code);
-        Assert.Contains("40 tokens", err);
-        Assert.Contains("context", err);
+        Assert.Contains("the tokenizer has 256 tokens", err);
+        Assert.Contains("96 rows", err);
+    }
+
+    [Fact]
+    public void PromptLongerThanTheContextFails()
+    {
+        // gpt2-debug holds 32 positions; a prompt of 40 tokens does not fit (the library check the command relies on).
+        var config = Tessera.Models.ModelPresets.Get("gpt2-debug");
+        var model = new Tessera.Models.Transformer(config, new Tessera.Tensors.Cpu.CpuBackend(1), Tessera.Tensors.DType.F32);
+        var e = Assert.Throws<ArgumentException>(() => new Tessera.Inference.TextGenerator(model).Generate(Enumerable.Repeat(65, 40).ToArray(), new Tessera.Inference.GenerationOptions()));
+        Assert.Contains("40 tokens", e.Message);
+        Assert.Contains("context", e.Message);
     }
 
     [Fact]

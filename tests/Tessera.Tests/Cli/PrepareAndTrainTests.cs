@@ -70,7 +70,7 @@ public sealed class PrepareAndTrainTests : IDisposable
         var (code, _, stderr) = CliProcess.Run("prepare", "--out", data, text);
         Assert.Equal(1, code);
         Assert.Contains("empty.txt", stderr);
-        Assert.Contains("nothing to tokenize", stderr);
+        Assert.Contains("holds no text", stderr);
         Assert.False(Directory.Exists(data));
     }
 }

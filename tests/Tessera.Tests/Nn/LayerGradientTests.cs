@@ -154,4 +154,27 @@ public class LayerGradientTests
         check.Assert(x, dx, "dx");
         check.AssertParameters(arena);
     }
+
+    [Fact]
+    public void AttentionWithQkvBiasesScaledRopeAndASlidingWindowBackwardMatchesFiniteDifferences()
+    {
+        // Qwen2's q/k/v biases (no output bias), YaRN-style frequencies with an attention factor, Mistral's window of 2.
+        var rng = new Random(8);
+        var (parameters, store) = Setup();
+        var rope = new RopeFrequencies(1e6) { InverseFrequencies = [1.0, 0.05], AttentionFactor = 1.2 };
+        var attn = new CausalSelfAttention(new LayerFactory(parameters), "attn", 16, 4, 2, bias: false, rope, qkvBias: true, slidingWindow: 2);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
+        Assert.NotNull(attn.Qkv.Bias);
+        Assert.Null(attn.Projection.Bias);
+        LayerCheck.Randomize(_cpu, arena, rng);
+        var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, 16);
+        var check = new LayerCheck(_cpu, () => attn.Forward(PassContext.Transient(store), x));
+        var ctx = PassContext.Training(store, 0);
+        var dy = check.OutputGradient(rng, attn.Forward(ctx, x));
+        var dx = _cpu.Allocate(x.Shape, DType.F64);
+        TestTensors.Poison(_cpu, dx);
+        attn.Backward(ctx, dy, dx);
+        check.Assert(x, dx, "dx");
+        check.AssertParameters(arena);
+    }
 }

@@ -102,4 +102,61 @@ public sealed class TokenShardTests : IDisposable
         var e = Assert.Throws<InvalidDataException>(() => new TokenDataLoader([path], 2, 4));
         Assert.Contains("fewer than one global batch", e.Message);
     }
+
+    [Fact]
+    public void Uint32ShardHasLlmcsLlama3HeaderAndReadsBackIdsAbove65535()
+    {
+        var path = Path.Combine(_dir, "wide.bin");
+        int[] tokens = [0, 128000, 65536, 128255, 7, int.MaxValue];
+        TokenShard.Write(path, tokens, TokenShardFormat.Uint32);
+        var bytes = File.ReadAllBytes(path);
+        Assert.Equal(1024 + 4 * tokens.Length, bytes.Length);
+        // llm.c dev/data/data_common.py, HEADERS_INFO["llama-3"]: magic 20240801, version 7, uint32 tokens.
+        Assert.Equal(20240801, BinaryPrimitives.ReadInt32LittleEndian(bytes));
+        Assert.Equal(7, BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(4)));
+        Assert.Equal(tokens.Length, BinaryPrimitives.ReadInt32LittleEndian(bytes.AsSpan(8)));
+        Assert.Equal((TokenShardFormat.Uint32, (long)tokens.Length), TokenShard.ReadHeader(path));
+        Assert.Equal(tokens, TokenShard.ReadTokenIds(path));
+        var e = Assert.Throws<InvalidDataException>(() => TokenShard.ReadTokens(path));
+        Assert.Contains("uint32", e.Message);
+    }
+
+    [Fact]
+    public void TheFormatFollowsTheVocabularySize()
+    {
+        Assert.Equal(TokenShardFormat.Uint16, TokenShard.FormatFor(50257));
+        Assert.Equal(TokenShardFormat.Uint16, TokenShard.FormatFor(65536));
+        Assert.Equal(TokenShardFormat.Uint32, TokenShard.FormatFor(65537));
+        Assert.Equal(TokenShardFormat.Uint32, TokenShard.FormatFor(128256));
+    }
+
+    [Fact]
+    public void ALoaderReadsUint16AndUint32ShardsOneAfterTheOther()
+    {
+        var narrow = Path.Combine(_dir, "a_000.bin");
+        var wide = Path.Combine(_dir, "a_001.bin");
+        TokenShard.Write(narrow, Enumerable.Range(0, 9).ToArray());
+        TokenShard.Write(wide, Enumerable.Range(0, 9).Select(i => 100_000 + i).ToArray(), TokenShardFormat.Uint32);
+        var loader = new TokenDataLoader([narrow, wide], batchSize: 1, sequenceLength: 4);
+        var inputs = new int[4];
+        var targets = new int[4];
+        loader.NextBatch(inputs, targets);
+        Assert.Equal([0, 1, 2, 3], inputs);
+        Assert.Equal([1, 2, 3, 4], targets);
+        loader.NextBatch(inputs, targets);       // 4..8 left in the first shard: 4 + 1 fit
+        Assert.Equal([4, 5, 6, 7], inputs);
+        loader.NextBatch(inputs, targets);
+        Assert.Equal([100_000, 100_001, 100_002, 100_003], inputs);
+        Assert.Equal([100_001, 100_002, 100_003, 100_004], targets);
+    }
+
+    [Fact]
+    public void AUint16ShardRefusesATokenAbove65535NamingTheWiderFormat()
+    {
+        var path = Path.Combine(_dir, "narrow.bin");
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => TokenShard.Write(path, [1, 128000]));
+        Assert.Contains("token 128000 at index 1", e.Message);
+        Assert.Contains("Uint32", e.Message);
+        Assert.False(File.Exists(path));
+    }
 }

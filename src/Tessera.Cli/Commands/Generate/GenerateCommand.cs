@@ -64,10 +64,14 @@ public sealed class GenerateCommand : Command
         var backend = BackendFactory.Create(device, parse.GetValue(_threads));
         var (model, directory, trainedTokenizer) = Loading.Run(terminal, $"loading {parse.GetValue(_model)}",
             () => TrainedModel.Load(parse.GetValue(_model)!, backend, dtype));
-        var tokenizer = TokenizerFactory.Create(parse.GetValue(_tokenizer) ?? trainedTokenizer ?? directory);
-        var stops = new HashSet<int>(parse.GetValue(_stopIds) ?? []);
+        string tokenizerSpec = parse.GetValue(_tokenizer) ?? trainedTokenizer ?? directory;
+        var tokenizer = TokenizerFactory.Create(tokenizerSpec);
+        Tessera.Models.Tokenization.TokenizerLoader.CheckFits(tokenizer, model.Config.VocabSize, tokenizerSpec);
+        // transformers' generate stops on every eos_token_id of generation_config.json (Llama 3: end_of_text and eot_id).
+        var stops = new HashSet<int>(Tessera.Models.HuggingFace.GenerationDefaults.Load(directory).EosTokenIds);
+        foreach (var id in parse.GetValue(_stopIds) ?? []) stops.Add(id);
         if (tokenizer.EndOfTextId is int eot) stops.Add(eot);
-        var ids = tokenizer.Encode(prompt);
+        var ids = tokenizer.EncodeWithSpecialTokens(prompt);   // BOS first where the tokenizer puts one (Llama, Mistral)
         int context = model.Config.MaxSequenceLength;
         if (ids.Length + maxTokens > context && ids.Length < context)
             terminal.Note($"note: the model's context holds {context} positions: after the {ids.Length}-token prompt there is room for {context - ids.Length} new tokens, not {maxTokens}");

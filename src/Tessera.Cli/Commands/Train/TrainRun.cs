@@ -53,7 +53,7 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
                 Tokenizer = settings.Tokenizer ?? recorded.Tokenizer,
             };
         TrainerState? saved = resumeFrom is null ? null : TrainingCheckpoint.ReadState(resumeFrom);
-        var savedWorld = resumeFrom is null ? 1 : SavedWorldSize(resumeFrom);
+        var savedWorld = resumeFrom is null ? 1 : ResumeCheck.SavedDataParallelSize(resumeFrom);
         if (resumeFrom is null && _run.DescribeExistingRun() is string existing)
             throw new UsageException($"--out {settings.Out} already holds a run ({existing}); add --resume to continue it, or give another --out (or delete the directory) to start afresh");
         var (options, dtype, tokenizerSpec, seed) = settings.Resolve(saved, savedWorld, topology.WorldSize);
@@ -113,12 +113,6 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
     {
         if (_run.Checkpoints.Latest() is string latest) return latest;
         throw new UsageException($"--resume: {settings.Out} has no checkpoint to resume ({_run.Checkpoints.Root}/latest is missing); start the run without --resume");
-    }
-
-    private static int SavedWorldSize(string checkpoint)
-    {
-        var layout = Path.Combine(checkpoint, ShardedCheckpoint.LayoutFile);
-        return File.Exists(layout) ? System.Text.Json.JsonSerializer.Deserialize<ZeroCheckpointLayout>(File.ReadAllText(layout))!.WorldSize : 1;
     }
 
     private void CheckResume(string checkpoint, TrainerOptions options, int world, TransformerConfig config, DType dtype)

@@ -49,7 +49,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         var trainer = new Trainer(model, new AdamWOptimizer(model.Parameters, settings.AdamW), data.Train, data.Validation, options);
         if (resumeFrom is not null)
         {
-            if (File.Exists(Path.Combine(resumeFrom, ShardedCheckpoint.LayoutFile))) ShardedCheckpoint.RestoreSingle(resumeFrom, model, trainer);
+            if (ShardedCheckpoint.IsSharded(resumeFrom)) ShardedCheckpoint.Restore(resumeFrom, trainer);
             else TrainingCheckpoint.Restore(resumeFrom, model, trainer);
             _lastCheckpointStep = trainer.Step;
         }

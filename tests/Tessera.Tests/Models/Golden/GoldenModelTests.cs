@@ -19,11 +19,30 @@ namespace Tessera.Tests.Models.Golden;
 /// </summary>
 public class GoldenModelTests
 {
-    public static TheoryData<string, DType> Cases => new()
+    /// <summary>Every golden model folder: the debug presets, Llama 3.2-style rope_type llama3 past its original context,
+    /// Qwen2 (q/k/v biases), Mistral (window 5 over 16 positions), and the linear, dynamic NTK and YaRN scalings.</summary>
+    public static readonly string[] Names =
+        ["gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug", "llama-linear-debug", "llama-dynamic-debug", "llama-yarn-debug"];
+
+    public static TheoryData<string, DType> Cases
     {
-        { "gpt2-debug", DType.F32 }, { "gpt2-debug", DType.F64 },
-        { "llama-debug", DType.F32 }, { "llama-debug", DType.F64 },
-    };
+        get
+        {
+            var data = new TheoryData<string, DType>();
+            foreach (var name in Names) { data.Add(name, DType.F32); data.Add(name, DType.F64); }
+            return data;
+        }
+    }
+
+    public static TheoryData<string> GenerationCases
+    {
+        get
+        {
+            var data = new TheoryData<string>();
+            foreach (var name in Names) data.Add(name);
+            return data;
+        }
+    }
 
     private static double Tolerance(DType dtype) => dtype == DType.F64 ? 1e-9 : 1e-4;
 
@@ -148,8 +167,7 @@ public class GoldenModelTests
     }
 
     [Theory]
-    [InlineData("gpt2-debug")]
-    [InlineData("llama-debug")]
+    [MemberData(nameof(GenerationCases))]
     public void GreedyGenerationGivesTheSameTokensAsTransformersGenerate(string name)
     {
         var golden = new GoldenCase(name);

@@ -44,7 +44,7 @@ public sealed class HuggingFaceConfigTests
     [InlineData("\"activation_function\":\"gelu_new\"", "\"activation_function\":\"relu\"", "'activation_function': 'relu' is not supported")]
     [InlineData("\"n_head\":12", "\"n_head\":7", "Heads (7) must divide Embedding (768)")]
     [InlineData("\"n_layer\":12", "\"n_layer\":\"12\"", "'n_layer': must be an integer")]
-    [InlineData("\"model_type\":\"gpt2\"", "\"model_type\":\"bert\"", "model_type 'bert' is not supported")]
+    [InlineData("\"model_type\":\"gpt2\"", "\"model_type\":\"bert\"", "field 'model_type': 'bert' is not supported (supported: gpt2, llama, qwen2, mistral)")]
     public void BadGpt2FieldsAreRejectedNamingFileAndField(string from, string to, string expected)
     {
         var e = Assert.Throws<HuggingFaceFormatException>(() => HuggingFaceConfig.Parse(Gpt2Json.Replace(from, to), "dir/config.json"));
@@ -53,7 +53,11 @@ public sealed class HuggingFaceConfigTests
     }
 
     [Theory]
-    [InlineData("\"rope_scaling\":null", "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0}", "'rope_scaling': RoPE scaling is not supported")]
+    [InlineData("\"rope_scaling\":null", "\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":8.0}", "field 'rope_scaling.rope_type': 'longrope' is not supported")]
+    [InlineData("\"rope_scaling\":null", "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0}", "field 'rope_scaling.low_freq_factor': is missing")]
+    [InlineData("\"rope_scaling\":null", "\"rope_scaling\":{\"rope_type\":\"linear\"}", "field 'rope_scaling.factor': is missing")]
+    [InlineData("\"rope_scaling\":null", "\"rope_scaling\":{\"rope_type\":\"linear\",\"factor\":0.5}", "factor (0.5) must be a finite number of at least 1")]
+    [InlineData("\"rope_theta\":500000.0", "\"rope_theta\":-1", "field 'rope_theta': must be a positive number")]
     [InlineData("\"attention_bias\":false", "\"attention_bias\":true", "'attention_bias'")]
     [InlineData("\"mlp_bias\":false", "\"mlp_bias\":true", "'mlp_bias'")]
     [InlineData("\"hidden_act\":\"silu\"", "\"hidden_act\":\"gelu\"", "'hidden_act'")]
@@ -79,7 +83,7 @@ public sealed class HuggingFaceConfigTests
         Assert.Contains("\"torch_dtype\": \"float32\"", json);
         var back = HuggingFaceConfig.Parse(json, "config.json");
         // Padding is Tessera's choice and is not exported; compare the rest.
-        Assert.Equal(c with { PaddedVocabSize = 0, Hidden = c.EffectiveHidden, KvHeads = c.EffectiveKvHeads },
-            back with { PaddedVocabSize = 0, Hidden = back.EffectiveHidden, KvHeads = back.EffectiveKvHeads });
+        Assert.Equal(c with { PaddedVocabSize = 0, Hidden = c.EffectiveHidden, KvHeads = c.EffectiveKvHeads, ModelType = c.EffectiveModelType },
+            back with { PaddedVocabSize = 0, Hidden = back.EffectiveHidden, KvHeads = back.EffectiveKvHeads, ModelType = back.EffectiveModelType });
     }
 }

@@ -162,12 +162,12 @@ public sealed class TokenizerTests : IDisposable
     [Fact]
     public void UnsupportedPreTokenizerIsRejectedNamingIt()
     {
-        string dir = Path.Combine(_dir, "metaspace");
+        string dir = Path.Combine(_dir, "whitespace");
         Directory.CreateDirectory(dir);
-        var json = new { pre_tokenizer = new { type = "Metaspace" }, model = new { type = "BPE", vocab = Vocab(), merges = Merges } };
+        var json = new { pre_tokenizer = new { type = "Whitespace" }, model = new { type = "BPE", vocab = Vocab(), merges = Merges } };
         File.WriteAllText(Path.Combine(dir, "tokenizer.json"), JsonSerializer.Serialize(json));
         var e = Assert.Throws<TokenizerFormatException>(() => TokenizerLoader.FromDirectory(dir));
-        Assert.Contains("tokenizer.json: pre_tokenizer 'Metaspace' is not supported", e.Message);
+        Assert.Contains("tokenizer.json: field 'pre_tokenizer': 'Whitespace' is not supported", e.Message);
     }
 
     [Fact]
@@ -189,7 +189,7 @@ public sealed class TokenizerTests : IDisposable
             string text = RandomUnicode(rng, 30);
             Assert.Equal(text, tok.Decode(tok.Encode(text)));
         }
-        Assert.IsType<TiktokenFileTokenizer>(TokenizerLoader.FromDirectory(dir));
+        Assert.IsType<TiktokenFileTokenizer>(Assert.IsType<HuggingFaceTokenizer>(TokenizerLoader.FromDirectory(dir)).Inner);
     }
 
     [Fact]
@@ -245,5 +245,90 @@ public sealed class TokenizerTests : IDisposable
         Directory.CreateDirectory(dir);
         var e = Assert.Throws<TokenizerFormatException>(() => TokenizerLoader.FromDirectory(dir));
         Assert.Contains("no tokenizer found", e.Message);
+    }
+
+    /// <summary>
+    /// Every merge's result encodes to exactly its own token: a BPE whose merges.txt lost a line (or whose merges are
+    /// applied out of order) fails here even when no other test text needs that merge.
+    /// </summary>
+    internal static void AssertEveryMergeEncodesToItsToken(ITokenizer tok, IReadOnlyList<string> merges, IReadOnlyDictionary<string, int> vocab,
+        Func<string, string> tokenText)
+    {
+        foreach (var m in merges)
+        {
+            string merged = m.Replace(" ", "");
+            string text = tokenText(merged);
+            Assert.True(vocab.TryGetValue(merged, out int id), $"merge '{m}' makes '{merged}', which is not in the vocabulary");
+            Assert.Equal(new[] { id }, tok.Encode(text));
+        }
+    }
+
+    private static string ByteLevelText(string token) =>
+        Encoding.UTF8.GetString(token.Select(c => (byte)Enumerable.Range(0, 256).First(b => ByteChar(b) == c.ToString())).ToArray());
+
+    [Fact]
+    public void EveryBpeMergeResultEncodesToOneToken()
+    {
+        var tok = Gpt2BpeTokenizer.FromFiles(Path.Combine(WriteVocabMerges("m"), "vocab.json"), Path.Combine(_dir, "m", "merges.txt"));
+        AssertEveryMergeEncodesToItsToken(tok, Merges, Vocab(), ByteLevelText);
+    }
+
+    [Fact]
+    public void DroppingTheLastMergeIsCaughtByTheMergeProperty()
+    {
+        // The mutation the issue found unguarded: merges.txt without its last line. The property above must fail on it.
+        string dir = Path.Combine(_dir, "short");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "vocab.json"), JsonSerializer.Serialize(Vocab()));
+        File.WriteAllText(Path.Combine(dir, "merges.txt"), "#version: 0.2\n" + string.Join("\n", Merges[..^1]) + "\n");
+        var tok = Gpt2BpeTokenizer.FromFiles(Path.Combine(dir, "vocab.json"), Path.Combine(dir, "merges.txt"));
+        Assert.ThrowsAny<Xunit.Sdk.XunitException>(() => AssertEveryMergeEncodesToItsToken(tok, Merges, Vocab(), ByteLevelText));
+    }
+
+    [Fact]
+    public void ATokenizerLargerThanTheModelsEmbeddingIsRefusedNamingBothSizes()
+    {
+        var tok = Gpt2BpeTokenizer.FromFiles(Path.Combine(WriteVocabMerges("fit"), "vocab.json"), Path.Combine(_dir, "fit", "merges.txt"));
+        TokenizerLoader.CheckFits(tok, tok.VocabSize + 100, "fit");          // padded embeddings are fine (Qwen2's are)
+        var e = Assert.Throws<TokenizerFormatException>(() => TokenizerLoader.CheckFits(tok, 96, "fit/tokenizer.json"));
+        Assert.Contains($"the tokenizer has {tok.VocabSize} tokens", e.Message);
+        Assert.Contains("embedding has 96 rows (config.json vocab_size)", e.Message);
+        Assert.StartsWith("fit/tokenizer.json: ", e.Message);
+    }
+
+    [Fact]
+    public void ATruncatedTokenizerJsonIsRefusedNamingTheFile()
+    {
+        string dir = Path.Combine(_dir, "cut");
+        Directory.CreateDirectory(dir);
+        var json = JsonSerializer.Serialize(new { model = new { type = "BPE", vocab = Vocab(), merges = Merges } });
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), json[..(json.Length / 2)]);
+        var e = Assert.Throws<TokenizerFormatException>(() => TokenizerLoader.FromDirectory(dir));
+        Assert.Contains(Path.Combine(dir, "tokenizer.json") + ": not valid JSON, truncated?", e.Message);
+    }
+
+    [Fact]
+    public void ATruncatedSentencePieceModelIsRefusedNamingTheFile()
+    {
+        string dir = Path.Combine(_dir, "spmcut");
+        Directory.CreateDirectory(dir);
+        var bytes = File.ReadAllBytes(Path.Combine(AppContext.BaseDirectory, "Golden", "tokenizers", "spm", "tokenizer.model"));
+        File.WriteAllBytes(Path.Combine(dir, "tokenizer.model"), bytes[..(bytes.Length / 3)]);
+        var e = Assert.Throws<TokenizerFormatException>(() => TokenizerLoader.FromDirectory(dir));
+        Assert.Contains(Path.Combine(dir, "tokenizer.model") + ": not a readable SentencePiece model", e.Message);
+    }
+
+    [Fact]
+    public void TokenizerConfigNamesTheSpecialTokensAndAnUnknownOneIsRefused()
+    {
+        string dir = WriteVocabMerges("cfg");
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), "{\"bos_token\": {\"content\": \"<|endoftext|>\"}, \"add_bos_token\": true, \"eos_token\": \"<|endoftext|>\"}");
+        var tok = TokenizerLoader.FromDirectory(dir);
+        int eot = Vocab()["<|endoftext|>"];
+        Assert.Equal((eot, eot), (tok.BeginOfSequenceId, tok.EndOfTextId));
+        Assert.Equal(new[] { eot, Vocab()["hello"] }, tok.EncodeWithSpecialTokens("hello"));
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), "{\"eos_token\": \"</s>\"}");
+        var e = Assert.Throws<TokenizerFormatException>(() => TokenizerLoader.FromDirectory(dir));
+        Assert.Contains("field 'eos_token': token '</s>' is not in the tokenizer's vocabulary", e.Message);
     }
 }

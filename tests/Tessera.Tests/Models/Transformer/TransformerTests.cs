@@ -18,6 +18,17 @@ public class TransformerTests
     {
         // Padded vocabulary (96 real of 128 rows) exercises the logit slicing and the tied head's padding rows.
         "gpt2-padded" => ModelPresets.Get("gpt2-debug") with { PaddedVocabSize = 128 },
+        // Positions 4.. of the 8 run past the original context of 4, where llama3 and YaRN scaling change the frequencies.
+        "llama3-short" => ModelPresets.Get("llama3-debug") with
+        {
+            RopeScaling = ModelPresets.Get("llama3-debug").RopeScaling! with { OriginalMaxPositions = 4, HighFrequencyFactor = 2 },
+        },
+        "yarn-short" => ModelPresets.Get("llama-debug") with
+        {
+            RopeTheta = 500000, RopeScaling = new RopeScaling { Type = RopeScalingType.Yarn, Factor = 4, OriginalMaxPositions = 4, BetaFast = 8, BetaSlow = 0.5 },
+        },
+        // A window of 3 over sequences of 8.
+        "mistral-window3" => ModelPresets.Get("mistral-debug") with { SlidingWindow = 3 },
         _ => ModelPresets.Get(preset),
     };
 
@@ -55,6 +66,10 @@ public class TransformerTests
     [InlineData("gpt2-debug")]
     [InlineData("gpt2-padded")]
     [InlineData("llama-debug")]
+    [InlineData("llama3-short")]
+    [InlineData("yarn-short")]
+    [InlineData("qwen2-debug")]
+    [InlineData("mistral-window3")]
     public void ModelGradientMatchesFiniteDifferencesOnEveryParameter(string preset)
     {
         var config = Config(preset);
@@ -196,6 +211,10 @@ public class TransformerTests
     [InlineData("gpt2-debug")]
     [InlineData("gpt2-padded")]
     [InlineData("llama-debug")]
+    [InlineData("llama3-short")]        // theta 500000 and llama3 scaling, past the original context
+    [InlineData("yarn-short")]          // YaRN's frequencies and attention factor
+    [InlineData("qwen2-debug")]         // theta 1e6, q/k/v biases
+    [InlineData("mistral-window3")]     // the window slides during decoding
     public void CachedDecodingMatchesFullForwardLogits(string preset)
     {
         var config = Config(preset);
@@ -348,5 +367,41 @@ public class TransformerTests
         // Starts near ln(V) = 4.56 (small init); 30 SGD steps on one batch of 16 tokens memorize much of it.
         Assert.InRange(first, Math.Log(config.VocabSize) - 0.1, Math.Log(config.VocabSize) + 0.1);
         Assert.True(last < 0.6 * first, $"loss went from {first} to {last}");
+    }
+
+    [Theory]
+    [InlineData("llama-debug", 500000.0)]
+    [InlineData("qwen2-debug", 10000.0)]
+    public void TheConfiguredRopeThetaChangesTheLogits(string preset, double otherTheta)
+    {
+        // A model that ignored RopeTheta (and used the default 10000) would pass the decoding test above; it fails here.
+        var config = Config(preset);
+        var a = RandomModel(config, 81);
+        var b = RandomModel(config with { RopeTheta = otherTheta }, 81);
+        var (tokens, _, _) = RandomBatch(config, 82);
+        var la = TestTensors.ToDoubles(_cpu, a.Forward(tokens, 0));
+        var lb = TestTensors.ToDoubles(_cpu, b.Forward(tokens, 0));
+        double diff = la.Zip(lb, (x, y) => Math.Abs(x - y)).Max();
+        Assert.True(diff > 1e-3, $"logits with theta {config.RopeTheta} and {otherTheta} differ by only {diff:E2}");
+    }
+
+    [Fact]
+    public void TheSlidingWindowChangesOnlyPositionsPastIt()
+    {
+        var config = Config("mistral-window3");
+        var windowed = RandomModel(config, 91);
+        var full = RandomModel(config with { SlidingWindow = 0 }, 91);
+        var (tokens, _, _) = RandomBatch(config, 92);
+        var lw = TestTensors.ToDoubles(_cpu, windowed.Forward(tokens, 0));
+        var lf = TestTensors.ToDoubles(_cpu, full.Forward(tokens, 0));
+        int v = config.EffectivePaddedVocab;
+        for (int t = 0; t < T; t++)
+        {
+            double diff = 0;
+            for (int b = 0; b < B; b++)
+                for (int j = 0; j < v; j++) diff = Math.Max(diff, Math.Abs(lw[(b * T + t) * v + j] - lf[(b * T + t) * v + j]));
+            if (t < 3) Assert.True(diff < 1e-12, $"position {t} is inside the window yet differs by {diff:E2}");
+            else Assert.True(diff > 1e-6, $"position {t} lost keys to the window yet its logits are unchanged");
+        }
     }
 }

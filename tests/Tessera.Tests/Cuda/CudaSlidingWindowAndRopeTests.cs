@@ -1,0 +1,142 @@
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Support;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Mistral's sliding window and the scaled RoPE frequencies on the GPU, against the CPU backend in F64 on the same rounded
+/// inputs (the CPU ops are themselves checked against direct references in Tensors/CpuSlidingWindowTests and
+/// CpuRopeFrequencyTests). Every attention kernel that skips key blocks runs: the simple F32 kernels, FlashAttention
+/// forward and backward (bf16, D 64 and 128), the split decode and the grouped decode. Tolerances as
+/// <see cref="CudaTestBase.Tolerance"/>: f32 1e-5, 16-bit 1e-2 relative in norm.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    private readonly CpuBackend _cpu = new(2);
+
+    private Tensor Cpu(double[] values, params int[] dims) => TestTensors.FromDoubles(_cpu, values, DType.F64, dims);
+
+    [Theory]
+    [InlineData(DType.F32, 32, 50, 7)]      // simple kernels
+    [InlineData(DType.BF16, 64, 200, 37)]   // FlashAttention: the window starts inside a 64-key block
+    [InlineData(DType.BF16, 64, 200, 64)]
+    [InlineData(DType.BF16, 128, 300, 1)]   // each query sees only itself
+    [InlineData(DType.F16, 64, 129, 130)]   // a window wider than the sequence: plain causal attention
+    public void TrainingForwardAndBackwardWithAWindowMatchTheCpu(DType dtype, int d, int t, int window)
+    {
+        int b = 2, h = 4, kh = 2;
+        double scale = 1 / Math.Sqrt(d);
+        var (q, qv) = Random(dtype, 1, b, t, h, d);
+        var (k, kv) = Random(dtype, 1, b, t, kh, d);
+        var (v, vv) = Random(dtype, 1, b, t, kh, d);
+        var (dO, dOv) = Random(dtype, 1, b, t, h, d);
+        var o = Poisoned(dtype, b, t, h, d);
+        var lse = Gpu.Allocate(new Shape(b, h, t), DType.F32);
+        Gpu.AttentionForward(q, k, v, o, lse, scale, window);
+
+        var co = _cpu.Allocate(new Shape(b, t, h, d), DType.F64);
+        var cl = _cpu.Allocate(new Shape(b, h, t), DType.F64);
+        _cpu.AttentionForward(Cpu(qv, b, t, h, d), Cpu(kv, b, t, kh, d), Cpu(vv, b, t, kh, d), co, cl, scale, window);
+        AssertClose(_cpu.ToArray<double>(co), Download(o), Tolerance(dtype), $"output {dtype} D={d} T={t} window {window}");
+        AssertClose(_cpu.ToArray<double>(cl), Download(lse), 1e-4, $"log-sum-exp {dtype} D={d} T={t} window {window}");
+
+        // The backward from the GPU's own output and lse, as training feeds them back; the CPU from its own.
+        var dq = Poisoned(dtype, b, t, h, d);
+        var dk = Poisoned(dtype, b, t, kh, d);
+        var dv = Poisoned(dtype, b, t, kh, d);
+        Gpu.AttentionBackward(q, k, v, o, dO, lse, dq, dk, dv, scale, window);
+        var cdq = _cpu.Allocate(new Shape(b, t, h, d), DType.F64);
+        var cdk = _cpu.Allocate(new Shape(b, t, kh, d), DType.F64);
+        var cdv = _cpu.Allocate(new Shape(b, t, kh, d), DType.F64);
+        _cpu.AttentionBackward(Cpu(qv, b, t, h, d), Cpu(kv, b, t, kh, d), Cpu(vv, b, t, kh, d), co, Cpu(dOv, b, t, h, d), cl, cdq, cdk, cdv, scale, window);
+        double tol = dtype == DType.F32 ? 1e-5 : 2e-2;   // 16-bit: P and dS rounded before the products (FlashAttention-2's choice)
+        AssertClose(_cpu.ToArray<double>(cdq), Download(dq), tol, $"dq {dtype} D={d} T={t} window {window}");
+        AssertClose(_cpu.ToArray<double>(cdk), Download(dk), tol, $"dk {dtype} D={d} T={t} window {window}");
+        AssertClose(_cpu.ToArray<double>(cdv), Download(dv), tol, $"dv {dtype} D={d} T={t} window {window}");
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 64, 1, 600, 100)]     // split decode (fewer than 2048 keys), window inside the cache
+    [InlineData(DType.BF16, 64, 1, 3000, 1000)]   // grouped decode (2048 keys or more)
+    [InlineData(DType.BF16, 128, 3, 2500, 17)]    // grouped, three new queries each with its own window
+    [InlineData(DType.F32, 64, 2, 100, 9)]        // the simple kernel at device positions
+    public void CachedAttentionWithAWindowMatchesTheCpu(DType dtype, int d, int t, int capacity, int window)
+    {
+        int b = 2, h = 8, kh = 2;
+        int[] starts = [capacity / 3, capacity - t];
+        double scale = 1 / Math.Sqrt(d);
+        var (q, qv) = Random(dtype, 1, b, t, h, d);
+        var (kc, kcv) = Random(dtype, 1, b, capacity, kh, d);
+        var (vc, vcv) = Random(dtype, 1, b, capacity, kh, d);
+        var o = Poisoned(dtype, b, t, h, d);
+        Gpu.AttentionForwardCached(q, kc, vc, UploadInts(starts, 2), o, scale, window);
+        var co = _cpu.Allocate(new Shape(b, t, h, d), DType.F64);
+        _cpu.AttentionForwardCached(Cpu(qv, b, t, h, d), Cpu(kcv, b, capacity, kh, d), Cpu(vcv, b, capacity, kh, d), _cpu.FromArray(starts, 2), co, scale, window);
+        AssertClose(_cpu.ToArray<double>(co), Download(o), Tolerance(dtype), $"cached attention {dtype} D={d} T={t} S={capacity} window {window}");
+    }
+
+    /// <summary>YaRN-like table and attention factor, and dynamic NTK past the original length, at host and device positions.</summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    public void ScaledRopeMatchesTheCpu(DType dtype)
+    {
+        int b = 2, t = 5, h = 3, d = 64;
+        var table = Enumerable.Range(0, d / 2).Select(i => Math.Pow(500000, -2.0 * i / d) / (i % 3 == 0 ? 1 : 8)).ToArray();
+        var scaled = new RopeFrequencies(500000) { InverseFrequencies = table, AttentionFactor = 1.1386 };
+        var dynamic = new RopeFrequencies(10000) { DynamicFactor = 4, DynamicOriginalLength = 16 };
+        foreach (var (freq, name) in new[] { (scaled, "table + attention factor"), (dynamic, "dynamic NTK") })
+        {
+            var (x, xv) = Random(dtype, 1, b, t, h, d);
+            Gpu.Rope(x, 13, freq);                                  // positions 13..17: dynamic past 16
+            var cx = Cpu(xv, b, t, h, d);
+            _cpu.Rope(cx, 13, freq);
+            AssertClose(_cpu.ToArray<double>(cx), Download(x), Tolerance(dtype), $"Rope {name} {dtype}");
+
+            // The inverse is the transpose: it turns back by the same angles and scales by the factor again.
+            Gpu.Rope(x, 13, freq, inverse: true);
+            double f2 = freq.AttentionFactor * freq.AttentionFactor;
+            AssertClose(Stored(xv, dtype).Select(e => e * f2).ToArray(), Download(x), dtype == DType.F32 ? 1e-6 : 2e-2, $"Rope then its transpose {name} {dtype}");
+
+            int[] starts = [2, 30];                                 // the batch's longest length (35) sets dynamic's frequencies
+            var (y, yv) = Random(dtype, 1, b, t, h, d);
+            Gpu.Rope(y, UploadInts(starts, 2), freq);
+            var cy = Cpu(yv, b, t, h, d);
+            _cpu.Rope(cy, _cpu.FromArray(starts, 2), freq);
+            AssertClose(_cpu.ToArray<double>(cy), Download(y), Tolerance(dtype), $"Rope at device positions {name} {dtype}");
+        }
+    }
+
+    /// <summary>The decode step's fused QKV product + RoPE + append (one kernel for at most 4 rows) and RopeAndAppend with
+    /// scaled frequencies: against the CPU's composition.</summary>
+    [Theory]
+    [InlineData(DType.BF16, 1, 1)]
+    [InlineData(DType.F32, 2, 2)]
+    [InlineData(DType.BF16, 2, 3)]   // 6 rows: the product, then RopeAndAppend
+    public void FusedQkvRopeAppendWithScaledFrequenciesMatchesTheCpu(DType dtype, int b, int t)
+    {
+        int c = 256, h = 8, kh = 2, d = 64, capacity = 40, rows = (h + 2 * kh) * d;
+        int[] starts = b == 1 ? [20] : [3, capacity - t];
+        foreach (var freq in new[]
+                 {
+                     new RopeFrequencies(10000) { DynamicFactor = 2, DynamicOriginalLength = 16 },
+                     new RopeFrequencies(10000) { InverseFrequencies = Enumerable.Range(0, d / 2).Select(i => 0.5 / (i + 1)).ToArray(), AttentionFactor = 0.9 },
+                 })
+        {
+            var (x, xv) = Random(dtype, 1, b * t, c);
+            var (w, wv) = Random(dtype, 0.1, rows, c);
+            var cachev = Stored(Enumerable.Range(0, b * capacity * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
+            var qkv = Poisoned(dtype, b, t, h + 2 * kh, d);
+            var cache = Upload(cachev, dtype, b, capacity, 2 * kh, d);
+            Gpu.MatMulRopeAppend(x, null, w, null, qkv, h, cache, UploadInts(starts, b), freq);
+            var cpuQkv = _cpu.Allocate(new Shape(b, t, h + 2 * kh, d), DType.F64);
+            var cpuCache = Cpu(cachev, b, capacity, 2 * kh, d);
+            _cpu.MatMulRopeAppend(Cpu(xv, b * t, c), null, Cpu(wv, rows, c), null, cpuQkv, h, cpuCache, _cpu.FromArray(starts, b), freq);
+            AssertClose(_cpu.ToArray<double>(cpuQkv), Download(qkv), Tolerance(dtype), $"MatMulRopeAppend {dtype} B={b} T={t} {freq.IsDynamic}: qkv");
+            AssertClose(_cpu.ToArray<double>(cpuCache), Download(cache), Tolerance(dtype), $"MatMulRopeAppend {dtype} B={b} T={t}: cache");
+        }
+    }
+}
