@@ -20,7 +20,7 @@ public sealed class InfoCommand : Command
             foreach (var name in ModelPresets.Names)
             {
                 var c = ModelPresets.Get(name);
-                table.AddRow(name, c.Family.ToString(), $"{c.Layers}", $"{c.Embedding}", $"{c.Heads}", $"{c.EffectiveKvHeads}",
+                table.AddRow(name, c.ModelType ?? c.Family.ToString().ToLowerInvariant(), $"{c.Layers}", $"{c.Embedding}", $"{c.Heads}", $"{c.EffectiveKvHeads}",
                     $"{c.EffectiveHidden}", $"{c.VocabSize:N0}", $"{c.MaxSequenceLength:N0}", Parameters(c));
             }
             terminal.Write(table);
