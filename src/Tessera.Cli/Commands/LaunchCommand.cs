@@ -20,6 +20,8 @@ public sealed class LaunchCommand : Command
     private readonly Option<int> _nodeRank = SharedOptions.Int("--node-rank", "K", "this node's index", 0, min: 0);
     private readonly Option<string> _masterAddr = new("--master-addr") { Description = "rendezvous host (rank 0's node)", HelpName = "HOST", DefaultValueFactory = _ => "127.0.0.1" };
     private readonly Option<int> _masterPort = SharedOptions.Int("--master-port", "PORT", "rendezvous port", DistributedEnvironment.DefaultMasterPort, min: 1);
+    private readonly Option<double> _gracePeriod = SharedOptions.Double("--stop-grace", "MINUTES",
+        "after Ctrl-C or SIGTERM, how long the ranks get to stop by themselves (a training run saves a checkpoint) before they are killed; a second signal kills them at once", 10, min: 0);
     private readonly Option<int?> _gpus = SharedOptions.AtLeast(new Option<int?>("--gpus") { Description = "GPUs on this node (more processes than GPUs is an error for a command that names --device cuda) [default: the count in CUDA_VISIBLE_DEVICES when set]", HelpName = "G" }, 0);
 
     /// <summary>Declares the command.</summary>
@@ -27,7 +29,7 @@ public sealed class LaunchCommand : Command
         "start one process per GPU (torchrun-style: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) running a command; a failing rank stops the others")
     {
         Arguments.Add(_command);
-        foreach (var o in new Option[] { _nproc, _nnodes, _nodeRank, _masterAddr, _masterPort, _gpus }) Options.Add(o);
+        foreach (var o in new Option[] { _nproc, _nnodes, _nodeRank, _masterAddr, _masterPort, _gpus, _gracePeriod }) Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
 
@@ -60,6 +62,8 @@ public sealed class LaunchCommand : Command
             MasterPort = parse.GetValue(_masterPort),
             VisibleGpus = gpuRun ? parse.GetValue(_gpus) ?? VisibleFromEnvironment() : null,
             HandleInterrupts = true,
+            // Ctrl-C or SIGTERM: the ranks get time to finish their step and save (a second signal kills them).
+            InterruptGracePeriod = TimeSpan.FromMinutes(parse.GetValue(_gracePeriod)),
         };
         try
         {
