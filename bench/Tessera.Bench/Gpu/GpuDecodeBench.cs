@@ -76,7 +76,7 @@ public static class GpuDecodeBench
     }
 
     /// <summary>Bytes read plus written per second by a 1 GiB device-to-device copy: the bandwidth a streaming kernel can hope for.</summary>
-    private static double DeviceCopyBandwidth(CudaBackend backend)
+    internal static double DeviceCopyBandwidth(CudaBackend backend)
     {
         const int elements = 1 << 28;   // 1 GiB of F32
         var a = backend.Allocate(new Shape(elements), DType.F32);

@@ -24,6 +24,7 @@ public static class TesseraCli
         {
             new TrainCommand(terminal),
             new GenerateCommand(terminal),
+            new ServeCommand(terminal),
             new PrepareCommand(terminal),
             new PlotCommand(terminal),
             new InfoCommand(terminal),

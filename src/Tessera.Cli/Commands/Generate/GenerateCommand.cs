@@ -6,6 +6,7 @@ using Tessera.Cli.CommandLine;
 using Tessera.Cli.Output;
 using Tessera.Inference;
 using Tessera.Inference.Sampling;
+using Tessera.Inference.Serving;
 using Tessera.Tensors;
 using Tessera.Training.Checkpoints;
 
@@ -77,7 +78,7 @@ public sealed class GenerateCommand : Command
             terminal.Note($"note: the model's context holds {context} positions: after the {ids.Length}-token prompt there is room for {context - ids.Length} new tokens, not {maxTokens}");
 
         // Run: stream tokens as they come, holding back text that may begin a stop string.
-        var filter = new StopTextFilter(parse.GetValue(_stop) ?? []);
+        var filter = new StopStringMatcher(parse.GetValue(_stop) ?? []);
         var decoder = tokenizer.CreateIncrementalDecoder();
         var generator = new TextGenerator(model);
         terminal.Output.Write(prompt);

@@ -1,0 +1,115 @@
+using System.CommandLine;
+using Tessera.Cli.CommandLine;
+using Tessera.Cli.Output;
+using Tessera.Cli.Signals;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
+using Tessera.Inference.Serving;
+using Tessera.Models.Chat;
+using Tessera.Server;
+using Tessera.Tensors;
+using Tessera.Training.Checkpoints;
+
+namespace Tessera.Cli.Commands;
+
+/// <summary>
+/// tessera serve: the OpenAI-compatible server (Tessera.Server) over a checkpoint, a run or a Hugging Face directory.
+/// Parse, build (the model verified as for generate), run until Ctrl-C or SIGTERM, report.
+/// </summary>
+public sealed class ServeCommand : Command
+{
+    private readonly Option<string> _model = SharedOptions.Model("a checkpoint, a run directory (its latest checkpoint) or a Hugging Face model directory");
+    private readonly Option<Device> _device = SharedOptions.Device();
+    private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype (bf16 needs cuda)", DType.F32, DType.BF16);
+    private readonly Option<int> _threads = SharedOptions.Threads();
+    private readonly Option<string> _host = new("--host") { Description = "address to listen on", HelpName = "ADDRESS", DefaultValueFactory = _ => "127.0.0.1" };
+    private readonly Option<int> _port = SharedOptions.Int("--port", "N", "port to listen on (0: any free port, printed at start)", 8000, min: 0);
+    private readonly Option<string?> _apiKey = new("--api-key") { Description = "clients must send 'Authorization: Bearer KEY'", HelpName = "KEY" };
+    private readonly Option<string?> _name = new("--served-model-name") { Description = "the model's name in the API [default: the directory's name]", HelpName = "NAME" };
+    private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
+    private readonly Option<int> _maxBatch = SharedOptions.Int("--max-batch", "N", "sequences per step", 64, min: 1);
+    private readonly Option<int> _maxQueue = SharedOptions.Int("--max-queue", "N", "waiting requests before 429", 256, min: 0);
+    private readonly Option<double?> _kvMemory = new("--kv-memory") { Description = "KV-cache pool in GiB [default: 0.25 on cpu, 4 on cuda]", HelpName = "GiB" };
+    private readonly Option<int> _blockSize = SharedOptions.Int("--block-size", "N", "positions per KV block", 16, min: 1);
+    private readonly Option<int> _tokenBudget = SharedOptions.Int("--token-budget", "N", "tokens per step (longer prompts are prefilled in chunks)", 2048, min: 1);
+    private readonly Option<int?> _maxModelLen = SharedOptions.AtLeast(new Option<int?>("--max-model-len") { Description = "longest prompt + completion [default: the model's context]", HelpName = "N" }, 1);
+    private readonly Option<bool> _noGraphs = SharedOptions.Flag("--no-graphs", "run every decode step eagerly (no CUDA graphs)");
+
+    /// <summary>Declares the options.</summary>
+    public ServeCommand(Terminal terminal) : base("serve",
+        "an OpenAI-compatible HTTP server (continuous batching, paged KV cache): GET /v1/models, POST /v1/completions, POST /v1/chat/completions (stream for SSE), GET /health, GET /metrics")
+    {
+        _model.Required = true;
+        _model.HelpName = "DIR";
+        foreach (var o in new Option[] { _model, _device, _dtype, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
+            _blockSize, _tokenBudget, _maxModelLen, _noGraphs })
+            Options.Add(o);
+        SetAction(parse => Run(parse, terminal));
+    }
+
+    private int Run(ParseResult parse, Terminal terminal)
+    {
+        // Parse: the options into the server's and the engine's records, validated before anything is loaded.
+        string dir = parse.GetValue(_model)!;
+        var device = parse.GetValue(_device);
+        var dtype = parse.GetValue(_dtype);
+        bool cuda = device.Kind == DeviceKind.Cuda;
+        if (dtype == DType.BF16 && !cuda) throw new UsageException("--dtype bf16 needs --device cuda: the CPU backend computes in f32 or f64");
+        var serve = new ServeOptions
+        {
+            Host = parse.GetValue(_host)!,
+            Port = parse.GetValue(_port),
+            ApiKey = parse.GetValue(_apiKey),
+            ModelName = parse.GetValue(_name) ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir))),
+        };
+        var engineOptions = new EngineOptions
+        {
+            Cache = new PagedKvCacheOptions
+            {
+                BlockSize = parse.GetValue(_blockSize),
+                MemoryBytes = (long)((parse.GetValue(_kvMemory) ?? (cuda ? 4 : 0.25)) * (1L << 30)),
+            },
+            Scheduler = new SchedulerOptions
+            {
+                MaxBatch = parse.GetValue(_maxBatch), MaxQueue = parse.GetValue(_maxQueue), TokenBudget = parse.GetValue(_tokenBudget),
+            },
+            MaxSequenceLength = parse.GetValue(_maxModelLen),
+            RecordGraphs = !parse.GetValue(_noGraphs),
+        };
+        try
+        {
+            serve.Validate();
+            engineOptions.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+
+        // Build: the model verified as generate does (manifest, finite weights), its tokenizer and chat format.
+        var backend = BackendFactory.Create(device, parse.GetValue(_threads));
+        var (model, directory, trainedTokenizer) = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype));
+        string tokenizerSpec = parse.GetValue(_tokenizer) ?? trainedTokenizer ?? directory;
+        var tokenizer = TokenizerFactory.Create(tokenizerSpec);
+        Tessera.Models.Tokenization.TokenizerLoader.CheckFits(tokenizer, model.Config.VocabSize, tokenizerSpec);
+        var format = ChatFormat.Load(directory);
+        // The end-of-turn token of the chat format ends completions too, when the tokenizer has it as one token.
+        if (format.EosToken is { Length: > 0 } eos && tokenizer.Encode(eos) is [int eosId])
+            engineOptions = engineOptions with { StopTokens = [.. engineOptions.StopTokens, eosId] };
+
+        // Run until Ctrl-C or SIGTERM; report.
+        using var engine = new InferenceEngine(model, tokenizer, engineOptions);
+        using var signals = new StopSignals(terminal.Note, "stopping the server");
+        var server = OpenAiServer.StartAsync(engine, new ChatPrompt(format, tokenizer), serve).GetAwaiter().GetResult();
+        var m = engine.Metrics;
+        terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}) at {server.BaseAddress}");
+        terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
+            $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
+        terminal.Line("  Ctrl-C stops the server");
+        terminal.Output.Flush();
+        server.WaitAsync(signals.Token).GetAwaiter().GetResult();
+        server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        terminal.Line($"stopped after {m.RequestsFinished} requests, {m.GeneratedTokens} generated tokens");
+        return ExitCodes.Success;
+    }
+}
