@@ -99,7 +99,7 @@ public sealed class ServeCommand : Command
 
         // Run until Ctrl-C or SIGTERM; report.
         using var engine = new InferenceEngine(model, tokenizer, engineOptions);
-        using var signals = new StopSignals(terminal.Note, "stopping the server");
+        using var signals = new StopSignals(terminal.Note, "shutting the server down");
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(format, tokenizer), serve).GetAwaiter().GetResult();
         var m = engine.Metrics;
         terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}) at {server.BaseAddress}");
