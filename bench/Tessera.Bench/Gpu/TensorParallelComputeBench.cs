@@ -94,7 +94,8 @@ public static class TensorParallelComputeBench
         var tokens = new int[steps * batch * seq + 1];
         tokens[0] = rng.Next(config.VocabSize);
         for (int i = 1; i < tokens.Length; i++) tokens[i] = (int)((5L * tokens[i - 1] + 17 + rng.Next(4)) % config.VocabSize);
-        Tessera.Training.Data.TokenShard.Write(shard, tokens);
+        if (config.VocabSize > ushort.MaxValue + 1) Tessera.Training.Data.TokenShard.Write(shard, tokens, Tessera.Training.Data.TokenShardFormat.Uint32);
+        else Tessera.Training.Data.TokenShard.Write(shard, tokens);
         try
         {
             var curves = new Dictionary<int, double[]>();
