@@ -18,7 +18,8 @@
 #       "default" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
 #       with the products' first weight loads after the wait even in a decode step, and the default again), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
-#       its own process), keeps logs under $OUT, and prints the summary tables last. The .NET runtime comes from
+#       its own process), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
+#       the bench's --cuda-options flag (CudaBackendOptions.Parse's "Name=value,..." form), never as environment variables. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
 set -uo pipefail
 mode="${1:-run}"; shift || true
@@ -88,10 +89,10 @@ run)
         # again (to interleave), microN runs the batch as micro-batches of N, ceN gives the cross-entropy N threads per row.
         t0=$(date +%s)
         case "$variant" in
-            notune) TESSERA_CUDA_MATMUL_TUNE=0 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
+            notune) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header --cuda-options TuneMatMulAlgorithms=false ;;
             tune) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
             micro*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${variant#micro}" --steps 6 --warmup 2 --no-header ;;
-            ce*) TESSERA_CUDA_CE_THREADS="${variant#ce}" train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
+            ce*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header --cuda-options "CrossEntropyThreadsPerRow=${variant#ce}" ;;
         esac
         echo "gpu-train $variant: $(( $(date +%s) - t0 )) s"
     done
@@ -109,8 +110,8 @@ run)
         done
     fi
     if [ "${PROFILE:-0}" = 1 ]; then
-        # per-op GPU time table (TESSERA_CUDA_PROFILE=1): 3 timed steps after 1 warm-up
-        t0=$(date +%s); TESSERA_CUDA_PROFILE=1 train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 3 --warmup 1 --no-header; echo "gpu-train profiled: $(( $(date +%s) - t0 )) s"
+        # per-op GPU time table (the backend's ProfileOps option): 3 timed steps after 1 warm-up
+        t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 3 --warmup 1 --no-header --cuda-options ProfileOps=true; echo "gpu-train profiled: $(( $(date +%s) - t0 )) s"
     fi
     if [ "${RUN_TORCH:-1}" = 1 ]; then
         t0=$(date +%s)
@@ -124,14 +125,14 @@ run)
         for variant in ${DECODE_VARIANTS-eager cublas profile}; do
             case "$variant" in
                 eager) decode --no-graph --no-header ;;
-                cublas) TESSERA_CUDA_GEMV=0 decode --no-header ;;
-                nopdl) TESSERA_CUDA_PDL=0 decode --no-header ;;
-                nogqa) TESSERA_CUDA_DECODE_GQA=0 decode --no-header ;;
-                gqa) TESSERA_CUDA_DECODE_GQA=1 decode --no-header ;;
-                ctas*) TESSERA_CUDA_GEMV_CTAS="${variant#ctas}" decode --no-header ;;
-                noearly) TESSERA_CUDA_GEMV_EARLY=0 decode --no-header ;;
+                cublas) decode --no-header --cuda-options MatrixVectorKernels=false ;;
+                nopdl) decode --no-header --cuda-options ProgrammaticDependentLaunch=false ;;
+                nogqa) decode --no-header --cuda-options DecodeAttention=PerQueryHead ;;
+                gqa) decode --no-header --cuda-options DecodeAttention=Grouped ;;
+                ctas*) decode --no-header --cuda-options "MatrixVectorCtasPerSm=${variant#ctas}" ;;
+                noearly) decode --no-header --cuda-options EarlyWeightLoads=false ;;
                 default) decode --no-header ;;
-                profile) TESSERA_CUDA_PROFILE=1 decode --no-header --repeat 2 > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
+                profile) decode --no-header --repeat 2 --cuda-options ProfileOps=true > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
             esac
         done
     fi

@@ -18,6 +18,8 @@ switch (args[0])
         return GpuDecodeBench.Run(rest);
     case "gpu-offload":
         return OffloadBench.Run(rest);
+    case "serve":
+        return Tessera.Bench.Serving.ServeBench.Run(rest);
     case "host-optimizer":
         return HostOptimizerBench.Run(rest);
     case "-h" or "--help" or "help":
@@ -38,7 +40,10 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("         (arguments: PRESET:BxT ... default gpt2-tiny:16x128 gpt2-124m:4x64; --threads N --steps N)");
     w.WriteLine("  gpu-train  GPU training step of a preset in bf16: tokens/s, MFU, peak memory (see scripts/gpu-bench.sh)");
     w.WriteLine("  gpu-decode GPU prefill and decode tokens/s and bandwidth (see scripts/gpu-bench.sh)");
+    w.WriteLine("  serve      the HTTP server under N concurrent streaming clients: tokens/s, TTFT, ITL (see bench/serve/gpu-serve-bench.sh);");
+    w.WriteLine("             serve --load: 256 clients against max-batch 64 for 60 s (--device cpu --preset llama-debug on the CPU)");
     w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
+    w.WriteLine("         (the gpu-* commands take --cuda-options Name=value,... : the CUDA backend's options, e.g. ProfileOps=true)");
     w.WriteLine("  host-optimizer  the CPU half of ZeRO-Offload: host AdamW, BF16/F32 casts, a whole offloaded update, GB/s (options: --threads N --elements N --preset NAME)");
     return code;
 }

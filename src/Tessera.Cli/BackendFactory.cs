@@ -18,6 +18,16 @@ public static class BackendFactory
         };
     }
 
+    /// <summary>The CUDA backend's options in one string at this edge ("ProfileOps=true,TuneMatMulAlgorithms=false"), parsed into
+    /// <see cref="Tessera.Cuda.CudaBackendOptions"/>; unset means the defaults. The library itself reads no such variable.</summary>
+    public const string CudaOptionsVariable = "TESSERA_CUDA_OPTIONS";
+
     // Errors (no driver, no GPU, missing library) come from Tessera.Cuda with what is missing and what to do.
-    private static IBackend CreateCuda(int index) => new Tessera.Cuda.CudaBackend(index);
+    private static IBackend CreateCuda(int index)
+    {
+        Tessera.Cuda.CudaBackendOptions options;
+        try { options = Tessera.Cuda.CudaBackendOptions.Parse(Environment.GetEnvironmentVariable(CudaOptionsVariable)); }
+        catch (ArgumentException e) { throw new UsageException($"{CudaOptionsVariable}: {e.Message}"); }
+        return new Tessera.Cuda.CudaBackend(index, options);
+    }
 }

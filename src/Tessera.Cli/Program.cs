@@ -1,12 +1,13 @@
 using Tessera.Cli;
 using Tessera.Cli.Commands;
 
-// tessera: train, generate, prepare, launch, bench, info. Errors print one message and a non-zero exit code;
+// tessera: train, generate, serve, prepare, launch, bench, info. Errors print one message and a non-zero exit code;
 // no command leaves partial files behind (checkpoints and shards are written atomically).
 const string usage = """
     tessera COMMAND [options]
       train      train a model (no options: the embedded default, a tiny GPT-2 on the SDK's API docs)
       generate   continue a prompt from a checkpoint or a Hugging Face model directory
+      serve      an OpenAI-compatible HTTP server (continuous batching, paged KV cache)
       prepare    tokenize text files into llm.c token shards
       launch     start one process per GPU (torchrun-style) running a command
       bench      time training steps or generation on the CPU or a GPU (bench train, bench generate)
@@ -26,6 +27,7 @@ var rest = new CommandLineArguments(args[1..]);
 {
     "train" => ((Func<CommandLineArguments, TextWriter, int>)TrainCommand.Run, TrainCommand.Usage),
     "generate" => (GenerateCommand.Run, GenerateCommand.Usage),
+    "serve" => (ServeCommand.Run, ServeCommand.Usage),
     "prepare" => (PrepareCommand.Run, PrepareCommand.Usage),
     "info" => (InfoCommand.Run, InfoCommand.Usage),
     "launch" => (LaunchCommand.Run, LaunchCommand.Usage),

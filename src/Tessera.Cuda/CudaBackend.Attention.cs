@@ -106,12 +106,12 @@ public sealed unsafe partial class CudaBackend
     /// Which split kernel decodes grouped-query heads: by default the grouped one (K/V read once per kv head) from
     /// <see cref="FlashDecodeGroupMinKeys"/> cached keys, the per-query-head one below (H200, Llama 1B heads: grouped 16.4 against
     /// 20.5 us at 2048 keys and 20.7 against 36.6 at 8192, per-head 11.2 against 12.5 us at a 768-key cache).
-    /// TESSERA_CUDA_DECODE_GQA=1 or 0 forces one or the other.
+    /// <see cref="CudaBackendOptions.DecodeAttention"/> forces one or the other.
     /// </summary>
-    private static readonly bool? DecodeGrouped = Environment.GetEnvironmentVariable("TESSERA_CUDA_DECODE_GQA") switch
+    private bool? DecodeGrouped => Options.DecodeAttention switch
     {
-        "1" => true,
-        "0" => false,
+        DecodeAttentionKernel.Grouped => true,
+        DecodeAttentionKernel.PerQueryHead => false,
         _ => null,
     };
 

@@ -11,20 +11,16 @@ public sealed unsafe partial class CudaBackend
     private const int GemvMaxRows = 4;
 
     /// <summary>
-    /// CTAs of 8 warps per SM in a matrix-vector grid: two (the kernels' launch bounds, so both are resident), fewer when
-    /// the rows would leave warps idle. TESSERA_CUDA_GEMV_CTAS=1 asks one per SM (an experiment's knob: it leaves room for
-    /// the next kernel's CTAs under programmatic dependent launch; measured slower, docs/cuda-notes.md).
+    /// A matrix-vector grid: <see cref="CudaBackendOptions.MatrixVectorCtasPerSm"/> CTAs of 8 warps per SM (two by default,
+    /// the kernels' launch bounds, so both are resident), fewer when the rows would leave warps idle.
     /// </summary>
-    private static readonly int GemvCtasPerSm =
-        int.TryParse(Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV_CTAS"), out int ctas) && ctas is 1 or 2 ? ctas : 2;
-
     private uint GemvGrid(int outputs) =>
-        (uint)Math.Max(1, Math.Min((outputs + 7) / 8, CudaDevice.MultiprocessorCount * GemvCtasPerSm));
+        (uint)Math.Max(1, Math.Min((outputs + 7) / 8, CudaDevice.MultiprocessorCount * Options.MatrixVectorCtasPerSm));
 
     /// <summary>
     /// c (M, N) = alpha x (M, K) W^T + bias + beta c with M &lt;= 4 and W (N, K) an nn.Linear weight, optionally RMS-normalizing
     /// x first: the persistent kernel that streams W once. False, with nothing enqueued, when the call does not fit it
-    /// (then cuBLASLt runs it). TESSERA_CUDA_GEMV=0 turns it off, to compare with cuBLASLt.
+    /// (then cuBLASLt runs it). <see cref="CudaBackendOptions.MatrixVectorKernels"/> off sends every product to cuBLASLt.
     /// </summary>
     private bool TryGemv(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
         RmsNormPrologue? norm = null)
@@ -56,7 +52,7 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private bool GemvFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights)
     {
-        if (!_gemvEnabled || x.Rank != 2) return false;
+        if (!Options.MatrixVectorKernels || x.Rank != 2) return false;
         int m = x.Size(0), k = x.Size(1);
         var dtype = x.DType;
         if (m < 1 || m > GemvMaxRows || k == 0 || dtype is not (DType.F32 or DType.BF16 or DType.F16)) return false;

@@ -9,9 +9,6 @@ public sealed unsafe partial class CudaBackend : IInferenceScope
     private int _inferenceDepth;
     private bool _previousLaunchInScope;
 
-    /// <summary>TESSERA_CUDA_GEMV_EARLY=0: products wait before their first weight loads even in a scope (A/B measurement).</summary>
-    private static readonly bool GemvEarlyWeightsAllowed = Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV_EARLY") != "0";
-
     /// <inheritdoc/>
     public IDisposable EnterInference()
     {
@@ -20,8 +17,9 @@ public sealed unsafe partial class CudaBackend : IInferenceScope
         return new Scope(this);
     }
 
-    /// <summary>Whether the next matrix-vector launch may load weights before waiting on its predecessor.</summary>
-    internal bool EarlyWeights => GemvEarlyWeightsAllowed && _inferenceDepth > 0 && _previousLaunchInScope;
+    /// <summary>Whether the next matrix-vector launch may load weights before waiting on its predecessor (never when
+    /// <see cref="CudaBackendOptions.EarlyWeightLoads"/> is off).</summary>
+    internal bool EarlyWeights => Options.EarlyWeightLoads && _inferenceDepth > 0 && _previousLaunchInScope;
 
     /// <summary>Called after every launch: the next kernel's predecessor is in a scope, or not.</summary>
     private void NoteLaunch() => _previousLaunchInScope = _inferenceDepth > 0;

@@ -235,7 +235,7 @@ public sealed unsafe partial class CudaBackend
             var results = stackalloc HeuristicResult[MatMulCandidates];
             int returned = 0;
             int status = cublasLtMatmulAlgoGetHeuristic(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC,
-                preference, MatMulTuning ? MatMulCandidates : 1, results, &returned);
+                preference, Options.TuneMatMulAlgorithms ? MatMulCandidates : 1, results, &returned);
             bool fusedEpilogue = k.Epilogue is not (CUBLASLT_EPILOGUE_DEFAULT or CUBLASLT_EPILOGUE_BIAS);
             if (fusedEpilogue && (status != CUBLAS_STATUS_SUCCESS || returned == 0))
             {

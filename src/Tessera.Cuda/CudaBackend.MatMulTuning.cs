@@ -22,16 +22,13 @@ public sealed unsafe partial class CudaBackend
     /// <summary>How much faster than the heuristic's first answer another algorithm must time to replace it.</summary>
     private const double MatMulTuneMargin = 0.97;
 
-    /// <summary>TESSERA_CUDA_MATMUL_TUNE=0 keeps the heuristic's first answer everywhere (the same algorithms on every run).</summary>
-    private static readonly bool MatMulTuning = Environment.GetEnvironmentVariable("TESSERA_CUDA_MATMUL_TUNE") != "0";
-
     /// <summary>One line per tuned product: its shape, the candidates timed, the chosen index (0 = the heuristic's first
     /// answer) and both times.</summary>
     public IReadOnlyList<string> MatMulTuningLog => _tuningLog;
     private readonly List<string> _tuningLog = new();
 
     private bool ShouldTune(MatMulKey key) =>
-        MatMulTuning && !_capturing && key.AB is DType.BF16 or DType.F16
+        Options.TuneMatMulAlgorithms && !_capturing && key.AB is DType.BF16 or DType.F16
         && 2.0 * key.M * key.N * key.K * key.Batch >= MatMulTuneMinFlops;
 
     /// <summary>

@@ -4,11 +4,6 @@ namespace Tessera.Cuda;
 
 public sealed unsafe partial class CudaBackend
 {
-    /// <summary>Threads per row of the cross-entropy kernel; TESSERA_CUDA_CE_THREADS (128 to 1024, a power of two) overrides the
-    /// row-width rule (an experiment's knob).</summary>
-    private static readonly uint? CrossEntropyThreads =
-        uint.TryParse(Environment.GetEnvironmentVariable("TESSERA_CUDA_CE_THREADS"), out uint t) && t is 128 or 256 or 512 or 1024 ? t : null;
-
     public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor? dLogits, double lossScale)
     {
         const string op = "CrossEntropy";
@@ -35,7 +30,7 @@ public sealed unsafe partial class CudaBackend
         int aligned = px % 16 == 0 && pd % 16 == 0 && xs * size % 16 == 0 && ds * size % 16 == 0 ? 1 : 0;
         float scale = (float)lossScale;
         void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned };
-        Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, CrossEntropyThreads ?? RowBlock(v), args);
+        Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, (uint?)Options.CrossEntropyThreadsPerRow ?? RowBlock(v), args);
     }
 
     /// <summary>Elements between rows of an (N, V) view whose last dimension is contiguous (a contiguous tensor of any rank counts as rows of V).</summary>

@@ -16,25 +16,29 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
 {
     private const int Threads = 256;
     private readonly CudaAllocator _allocator;
-    private readonly bool _gemvEnabled;   // TESSERA_CUDA_GEMV=0 sends decode products to cuBLASLt (A/B measurement), read once
     private KernelLibrary? _kernels;
 
     /// <summary>
-    /// Opens GPU <paramref name="ordinal"/> with its own stream. Kernels are cached in
-    /// <paramref name="kernelCacheFolder"/> (default: <see cref="KernelCache.DefaultFolder"/>).
+    /// Opens GPU <paramref name="ordinal"/> with its own stream, allocator, kernel modules and cuBLASLt handle, running as
+    /// <paramref name="options"/> say (default: <see cref="CudaBackendOptions.Default"/>; validated here, kept for the
+    /// backend's lifetime). Several backends may share one GPU (thread ranks): each has its own stream and allocator
+    /// bookkeeping over the device's primary context and default memory pool.
     /// Throws <see cref="Interop.CudaUnavailableException"/> when there is no driver or GPU.
     /// </summary>
-    public CudaBackend(int ordinal = 0, string? kernelCacheFolder = null)
+    public CudaBackend(int ordinal = 0, CudaBackendOptions? options = null)
     {
+        Options = (options ?? CudaBackendOptions.Default).Validate();
         CudaDevice = CudaDevice.Open(ordinal);
         Stream = new CudaStream(CudaDevice);
         _allocator = new CudaAllocator(CudaDevice, Stream);
-        KernelCache = new KernelCache(kernelCacheFolder);
-        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_PROFILE") == "1") Profiler = new CudaOpProfiler(CudaDevice, Stream);
-        _gemvEnabled = Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV") != "0";
+        KernelCache = new KernelCache(Options.KernelCacheFolder);
+        if (Options.ProfileOps) Profiler = new CudaOpProfiler(CudaDevice, Stream);
     }
 
-    /// <summary>Per-op timing, present when the environment variable TESSERA_CUDA_PROFILE is 1 at construction.</summary>
+    /// <summary>How this backend runs (the options it was opened with).</summary>
+    public CudaBackendOptions Options { get; }
+
+    /// <summary>Per-op timing, present when <see cref="CudaBackendOptions.ProfileOps"/> is on.</summary>
     public CudaOpProfiler? Profiler { get; }
 
     /// <summary>The GPU.</summary>
@@ -116,7 +120,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     /// Launches <paramref name="kernel"/>. <paramref name="dependent"/>: the kernel calls <c>pdl_wait()</c> (common.cuh)
     /// before it touches anything an earlier kernel writes, so it may be launched with programmatic stream serialization
     /// (sm_90+): it starts, and prefetches what does not depend on its predecessor, while that one finishes. Off under the
-    /// op profiler (its events separate the kernels anyway) and with TESSERA_CUDA_PDL=0.
+    /// op profiler (its events separate the kernels anyway) and when <see cref="CudaBackendOptions.ProgrammaticDependentLaunch"/> is off.
     /// </summary>
     private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes, bool dependent)
     {
@@ -144,9 +148,9 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         NoteLaunch();
     }
 
-    /// <summary>Programmatic dependent launch: compute capability 9.0 or later, unless TESSERA_CUDA_PDL=0.</summary>
+    /// <summary>Programmatic dependent launch: compute capability 9.0 or later, unless the options turn it off.</summary>
     private bool ProgrammaticLaunch => _programmaticLaunch ??=
-        CudaDevice.ComputeCapability.Major >= 9 && Environment.GetEnvironmentVariable("TESSERA_CUDA_PDL") != "0";
+        CudaDevice.ComputeCapability.Major >= 9 && Options.ProgrammaticDependentLaunch;
 
     private bool? _programmaticLaunch;
 

@@ -24,7 +24,8 @@ internal sealed class DecodeStep : IDisposable
         _model = model;
         _cache = cache;
         _greedy = greedy;
-        _record = record;
+        // A tensor-parallel step waits on its collectives from the host, which a recorded graph cannot contain.
+        _record = record && model.TensorParallelism is null;
         var backend = model.Parameters.Backend;
         Tokens = backend.Allocate(new Shape(cache.Batch, 1), DType.I32);
     }

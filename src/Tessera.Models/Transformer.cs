@@ -21,7 +21,8 @@ public sealed class Transformer
 {
     private readonly ActivationKey _tokens = new("tokens"), _tokenIds = new("tok_emb.input"), _positionIds = new("pos_emb.input"),
         _blocksOut = new("blocks.out"), _targets = new("loss.targets"), _losses = new("loss.out"), _dLogits = new("loss.dlogits"),
-        _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy");
+        _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy"),
+        _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole");
     private int[] _host = [];
 
     /// <summary>Declares and allocates the parameters (values and gradients zeroed; call <see cref="InitializeWeights"/> or load weights).</summary>
@@ -364,9 +365,10 @@ public sealed class Transformer
         var ctx = PassContext.Transient(Activations).WithBatch(b, t);
         var x = Embed(ctx, tokens, b, t, cache).Reshape(b, t, Config.Embedding);   // (B, T, C): the residual stream, updated in place
         foreach (var block in Blocks) x = block.ForwardCached(ctx, x, cache);
-        var logits = Head.ForwardNormalized(ctx, x.Reshape(b * t, Config.Embedding), FinalNorm);
+        var logits = Head.ForwardNormalized(ctx, x.Reshape(b * t, Config.Embedding), FinalNorm);   // (N, V / tp)
+        if (TensorParallelism is { } tp) logits = GatherVocabulary(ctx, logits, tp);
         cache.Advance(t);
-        return logits.Reshape(b, t, LocalVocab);
+        return logits.Reshape(b, t, Config.EffectivePaddedVocab);
     }
 
     /// <summary>
@@ -393,6 +395,20 @@ public sealed class Transformer
             PositionEmbedding.Forward(ctx, positions, x, accumulate: true);
         }
         return x;
+    }
+
+    /// <summary>
+    /// Inference under tensor parallelism: each rank's columns (N, V / tp) of the logits all-gathered into the whole
+    /// vocabulary (N, V), the same on every rank, for sampling. (Training never gathers them: the loss is vocabulary-parallel.)
+    /// </summary>
+    private Tensor GatherVocabulary(in PassContext ctx, Tensor local, TensorParallelism tp)
+    {
+        int n = local.Size(0), columns = local.Size(1);
+        var gathered = ctx.Buffer(_gatheredLogits, new Shape(tp.Size, n, columns), local.DType);   // (tp, N, V / tp), rank order
+        tp.Group.AllGather(local, gathered).Wait();
+        var whole = ctx.Buffer(_wholeLogits, new Shape(n, tp.Size, columns), local.DType);         // (N, tp, V / tp)
+        Backend.Copy(gathered.Transpose(0, 1), whole);
+        return whole.Reshape(n, tp.Size * columns);
     }
 
     /// <summary>

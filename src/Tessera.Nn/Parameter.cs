@@ -92,32 +92,16 @@ public sealed class Parameter
         if (Shape == GlobalShape) return global;
         var local = new T[NumElements];
         long at = 0;
-        ForEachRun((globalStart, length) =>
+        foreach (var (start, length) in Placement.Runs(GlobalShape, ShardIndex, ShardCount))
         {
-            Array.Copy(global, globalStart, local, at, length);
+            Array.Copy(global, start, local, at, length);
             at += length;
-        });
+        }
         return local;
     }
 
     /// <summary>Writes this rank's <paramref name="local"/> values into their places of <paramref name="global"/> (row-major over <see cref="GlobalShape"/>).</summary>
-    public void ScatterToGlobal<T>(ReadOnlySpan<T> local, Span<T> global)
-    {
-        if (local.Length != NumElements || global.Length != GlobalShape.NumElements)
-            throw new ArgumentException($"parameter '{Name}': {local.Length} local and {global.Length} global values for shapes {Shape} and {GlobalShape}");
-        if (Shape == GlobalShape)
-        {
-            local.CopyTo(global);
-            return;
-        }
-        int at = 0;
-        var g = global;
-        foreach (var (start, length) in Runs())
-        {
-            local.Slice(at, length).CopyTo(g.Slice(start, length));
-            at += length;
-        }
-    }
+    public void ScatterToGlobal<T>(ReadOnlySpan<T> local, Span<T> global) => Placement.ScatterToGlobal(GlobalShape, ShardIndex, ShardCount, local, global);
 
     /// <summary>
     /// The ranges (local start, length) of this rank's local tensor that it counts when a sum over the ranks of its
@@ -141,32 +125,6 @@ public sealed class Parameter
             offset += length;
         }
         return ranges;
-    }
-
-    /// <summary>The (global start, length) runs of the row-major global tensor that this rank's local tensor holds, in local order.</summary>
-    public IReadOnlyList<(int Start, int Length)> Runs()
-    {
-        var runs = new List<(int, int)>();
-        ForEachRun((start, length) => runs.Add(((int)start, (int)length)));
-        return runs;
-    }
-
-    private void ForEachRun(Action<long, long> run)
-    {
-        if (Shape == GlobalShape)
-        {
-            run(0, NumElements);
-            return;
-        }
-        int dim = Placement.Dim;
-        long outer = 1, inner = 1;
-        for (int d = 0; d < dim; d++) outer *= GlobalShape[d];
-        for (int d = dim + 1; d < GlobalShape.Rank; d++) inner *= GlobalShape[d];
-        int extent = GlobalShape[dim];
-        var ranges = Placement.LocalRanges(extent, ShardIndex, ShardCount);
-        for (long o = 0; o < outer; o++)
-            foreach (var (start, length) in ranges)
-                run((o * extent + start) * inner, length * inner);
     }
 
     /// <inheritdoc/>

@@ -112,6 +112,39 @@ public sealed class Placement : IEquatable<Placement>
         return runs;
     }
 
+    /// <summary>
+    /// The (start, length) runs of the row-major global tensor of <paramref name="global"/> shape that rank
+    /// <paramref name="index"/> of <paramref name="ranks"/> holds, in the order of its local row-major tensor.
+    /// </summary>
+    public IReadOnlyList<(long Start, long Length)> Runs(Shape global, int index, int ranks)
+    {
+        ArgumentNullException.ThrowIfNull(global);
+        if (IsReplicated || ranks == 1 && _parts.Length == 0) return [(0, global.NumElements)];
+        long outer = 1, inner = 1;
+        for (int d = 0; d < Dim; d++) outer *= global[d];
+        for (int d = Dim + 1; d < global.Rank; d++) inner *= global[d];
+        int extent = global[Dim];
+        var ranges = LocalRanges(extent, index, ranks);
+        var runs = new List<(long, long)>();
+        for (long o = 0; o < outer; o++)
+            foreach (var (start, length) in ranges)
+                runs.Add(((o * extent + start) * inner, length * inner));
+        return runs;
+    }
+
+    /// <summary>Writes <paramref name="local"/> (rank <paramref name="index"/>'s tensor) into its places of <paramref name="global"/> (row-major over <paramref name="shape"/>).</summary>
+    public void ScatterToGlobal<T>(Shape shape, int index, int ranks, ReadOnlySpan<T> local, Span<T> global)
+    {
+        if (global.Length != shape.NumElements || local.Length != LocalShape(shape, index, ranks).NumElements)
+            throw new ArgumentException($"placement {this}: {local.Length} local and {global.Length} global values for global shape {shape} on rank {index} of {ranks}");
+        long at = 0;
+        foreach (var (start, length) in Runs(shape, index, ranks))
+        {
+            local.Slice((int)at, (int)length).CopyTo(global.Slice((int)start, (int)length));
+            at += length;
+        }
+    }
+
     /// <summary>Parses <see cref="ToString"/>'s form (checkpoint manifests).</summary>
     public static Placement Parse(string text)
     {

@@ -207,6 +207,23 @@ public interface IBackend
     void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies);
 
+    /// <summary>
+    /// Appends a step's keys and values to a paged KV cache: pool[slot[n]] = keysAndValues[n] for every row n of
+    /// keysAndValues (N, R, D) (last dimension contiguous; typically the k and v heads of a fused QKV activation, R = 2K)
+    /// into pool (Blocks, BlockSize, R, D) of the same dtype, slots from <paramref name="batch"/>.Slots (N); rows whose slot
+    /// is negative write nothing. Slots must be below Blocks * BlockSize (unchecked on devices).
+    /// </summary>
+    void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch);
+
+    /// <summary>
+    /// Causal grouped-query attention of a flattened batch over a paged KV cache: q (N, H, D) (last dimension contiguous),
+    /// pool (Blocks, BlockSize, 2K, D) holding K key heads then K value heads per position (the step's keys already appended
+    /// with <see cref="PagedAppend"/>), output (N, H, D) contiguous. Row n of sequence b (see <see cref="PagedBatch"/>) sits
+    /// at position p = ContextLengths[b] - rows(b) + (n - QueryStarts[b]) and attends to that sequence's positions 0 .. p,
+    /// read through its block table; query head h reads kv head h / (H / K). A row with p &lt; 0 (padding) gets zeros.
+    /// </summary>
+    void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale);
+
     /// <summary>positions (B,T) I32 = startPositions[b] + t (learned-position ids after a KV cache's filled length).</summary>
     void FillPositions(Tensor startPositions, Tensor positions);
 

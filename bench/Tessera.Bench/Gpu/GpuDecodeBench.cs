@@ -15,9 +15,11 @@ namespace Tessera.Bench.Gpu;
 /// token, every weight once (the tied head reads the whole embedding) plus the keys and values of every cached
 /// position, over the decode time, as a share of what a 1 GiB device-to-device copy reaches on the same GPU in the same
 /// process (read + write bytes over time), and of 3.0 TB/s (the H100 figure the issue names).
-/// <para>Usage: gpu-decode [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 256] [--repeat 2] [--no-graph] [--no-header]</para>
-/// <para>TESSERA_CUDA_GEMV=0 sends the decode products to cuBLASLt instead of the matrix-vector kernels; TESSERA_CUDA_PROFILE=1
-/// (which turns graphs off) adds the per-op GPU time per token over all rounds.</para>
+/// <para>Usage: gpu-decode [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 256] [--repeat 2] [--no-graph] [--no-header]
+/// [--cuda-options SETTINGS]</para>
+/// <para>SETTINGS are <see cref="CudaBackendOptions.Parse"/>'s form: <c>MatrixVectorKernels=false</c> sends the decode products to
+/// cuBLASLt instead of the matrix-vector kernels; <c>ProfileOps=true</c> (which turns graphs off) adds the per-op GPU time per
+/// token over all rounds. The settings that differ from the defaults are named in the table's "decode step" column.</para>
 /// </summary>
 public static class GpuDecodeBench
 {
@@ -27,6 +29,7 @@ public static class GpuDecodeBench
         string preset = "llama-1b", dtypeName = "bf16";
         int promptLength = 512, newTokens = 256, repeat = 2;
         bool graph = true, header = true;
+        var cudaOptions = CudaBackendOptions.Default;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -38,11 +41,12 @@ public static class GpuDecodeBench
                 case "--repeat": repeat = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-graph": graph = false; break;
                 case "--no-header": header = false; break;
+                case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
                 default: throw new ArgumentException($"gpu-decode: unknown argument '{args[i]}'");
             }
         }
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
-        using var backend = new CudaBackend();
+        using var backend = new CudaBackend(0, cudaOptions);
         var config = ModelPresets.Get(preset);
         var model = new Transformer(config, backend, dtype) { ValidateInputs = false };
         BenchmarkWeights.Initialize(model, seed: 2);
@@ -56,7 +60,9 @@ public static class GpuDecodeBench
         double prefillMs = result.PrefillMilliseconds, decodeMs = result.DecodeMilliseconds, seconds = decodeMs / 1000;
         double bandwidth = result.BandwidthBytesPerSecond;
         double copyBandwidth = DeviceCopyBandwidth(backend);
-        string path = (result.DecodeStepReplayed ? "graph" : "eager") + (Environment.GetEnvironmentVariable("TESSERA_CUDA_GEMV") == "0" ? ", cuBLASLt" : ", gemv");
+        string settings = cudaOptions.Format();
+        string path = (result.DecodeStepReplayed ? "graph" : "eager") + (cudaOptions.MatrixVectorKernels ? ", gemv" : ", cuBLASLt")
+            + (settings.Length > 0 ? $" ({settings})" : "");
         if (header)
         {
             Console.WriteLine("| system | model | dtype | decode step | prompt | new | prefill ms | prefill tokens/s | decode ms/token | decode tokens/s | GB/s | share of measured copy | share of 3.0 TB/s | peak GiB |");
@@ -70,7 +76,7 @@ public static class GpuDecodeBench
     }
 
     /// <summary>Bytes read plus written per second by a 1 GiB device-to-device copy: the bandwidth a streaming kernel can hope for.</summary>
-    private static double DeviceCopyBandwidth(CudaBackend backend)
+    internal static double DeviceCopyBandwidth(CudaBackend backend)
     {
         const int elements = 1 << 28;   // 1 GiB of F32
         var a = backend.Allocate(new Shape(elements), DType.F32);

@@ -16,9 +16,12 @@ namespace Tessera.Bench.Gpu;
 /// (6N + 12·L·T·C)·tokens/s (PaLM's / llm.c's convention; N includes the padded vocabulary rows) over the H100's
 /// dense BF16 peak (989 TFLOP/s) and over the ~790 TFLOP/s a large matrix product reaches there, the peak of the
 /// allocator's bytes in use, and the per-phase medians.
-/// With the environment variable TESSERA_CUDA_PROFILE=1 it also prints the per-op GPU time of the timed steps
+/// With <c>--cuda-options ProfileOps=true</c> it also prints the per-op GPU time of the timed steps
 /// (<see cref="CudaOpProfiler"/>); the step times of such a run include the profiler's own overhead.
-/// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--no-fallback]</para>
+/// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--no-fallback]
+/// [--cuda-options SETTINGS]</para>
+/// SETTINGS are <see cref="CudaBackendOptions.Parse"/>'s form (e.g. <c>TuneMatMulAlgorithms=false</c>,
+/// <c>CrossEntropyThreadsPerRow=512</c>); the ones that differ from the defaults are named in the row's "system" column.
 /// A step of B sequences runs as B / micro micro-batches with gradient accumulation (default micro = B). GPT-2 at
 /// B=64, T=1024 needs micro-batches of 32: the logits of 64 x 1024 rows over 50304 columns are 3.3e9 elements, past
 /// the 2^31 that a tensor of int dimensions (and the activation store) holds. When a micro-batch does not fit in
@@ -32,6 +35,7 @@ public static class GpuTrainingBench
         string preset = "gpt2-124m", dtypeName = "bf16";
         int batch = 64, micro = 0, seq = 1024, steps = 10, warmup = 3;
         bool recompute = false, fallback = true, header = true;
+        var cudaOptions = CudaBackendOptions.Default;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -46,6 +50,7 @@ public static class GpuTrainingBench
                 case "--recompute": recompute = true; break;
                 case "--no-fallback": fallback = false; break;
                 case "--no-header": header = false; break;
+                case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
                 default: throw new ArgumentException($"gpu-train: unknown argument '{args[i]}'");
             }
         }
@@ -61,7 +66,7 @@ public static class GpuTrainingBench
         {
             try
             {
-                Console.WriteLine(Measure(preset, dtype, batch, micro, seq, steps, warmup, recompute));
+                Console.WriteLine(Measure(preset, dtype, batch, micro, seq, steps, warmup, recompute, cudaOptions));
                 return 0;
             }
             catch (CudaOutOfMemoryException e) when (fallback && micro > 1)
@@ -74,9 +79,9 @@ public static class GpuTrainingBench
         }
     }
 
-    private static string Measure(string preset, DType dtype, int b, int micro, int t, int steps, int warmup, bool recompute)
+    private static string Measure(string preset, DType dtype, int b, int micro, int t, int steps, int warmup, bool recompute, CudaBackendOptions cudaOptions)
     {
-        using var backend = new CudaBackend();
+        using var backend = new CudaBackend(0, cudaOptions);
         var config = ModelPresets.Get(preset);
         var model = new Transformer(config, backend, dtype) { RecomputeActivations = recompute };
         BenchmarkWeights.Initialize(model, seed: 1);
@@ -90,20 +95,21 @@ public static class GpuTrainingBench
         if (backend.Profiler is { } profiler)
         {
             Console.WriteLine();
-            Console.WriteLine($"Per-op GPU time (TESSERA_CUDA_PROFILE=1, {preset} {dtype} B={b} ({accum}x{micro}) T={t}, recompute={recompute}; event pair per op, per step over {steps} steps):");
+            Console.WriteLine($"Per-op GPU time (ProfileOps=true, {preset} {dtype} B={b} ({accum}x{micro}) T={t}, recompute={recompute}; event pair per op, per step over {steps} steps):");
             Console.WriteLine();
             Console.WriteLine(profiler.Table(steps));
         }
         if (backend.MatMulTuningLog.Count > 0)
         {
-            Console.Error.WriteLine($"gpu-train: cuBLASLt algorithms timed on first use (TESSERA_CUDA_MATMUL_TUNE=0 turns it off):");
+            Console.Error.WriteLine($"gpu-train: cuBLASLt algorithms timed on first use (--cuda-options TuneMatMulAlgorithms=false turns it off):");
             foreach (var line in backend.MatMulTuningLog) Console.Error.WriteLine("  " + line);
         }
+        string settings = cudaOptions.Format();
         double peakGiB = r.PeakDeviceBytes!.Value / (double)(1L << 30);
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"gpu-train: {preset} {dtype} B={b} T={t} recompute={recompute} on {backend.CudaDevice.Name}: loss {r.FinalLoss:F4}, event ms/step {r.StepMilliseconds:F1}, wall ms/step {r.WallMilliseconds:F1}"));
         return string.Create(CultureInfo.InvariantCulture,
-            $"| Tessera | {preset} | {dtype} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
+            $"| Tessera{(settings.Length > 0 ? $" ({settings})" : "")} | {preset} | {dtype} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
     }
 
     /// <summary>

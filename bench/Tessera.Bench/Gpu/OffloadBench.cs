@@ -21,7 +21,8 @@ namespace Tessera.Bench.Gpu;
 /// BF16 gradients to the host and BF16 values back, and keeps its F32 master shard and moments there.
 /// Prints one markdown row: ms/step (median after warm-up, synchronized wall time), tokens/s, peak GPU memory
 /// (allocator peak), peak host memory (the process's peak resident set) and the parameter count.
-/// <para>Usage: gpu-offload --preset gpt2-774m [--dtype bf16|f32] [--batch 8] [--seq 1024] [--steps 3] [--warmup 1] [--offload] [--recompute] [--no-header]</para>
+/// <para>Usage: gpu-offload --preset gpt2-774m [--dtype bf16|f32] [--batch 8] [--seq 1024] [--steps 3] [--warmup 1] [--offload] [--recompute] [--no-header]
+/// [--cuda-options SETTINGS]</para> (SETTINGS: <see cref="CudaBackendOptions.Parse"/>'s form.)
 /// Run each case in its own process, so that one case's memory does not count in the next one's peaks.
 /// </summary>
 public static class OffloadBench
@@ -31,6 +32,7 @@ public static class OffloadBench
         string preset = "gpt2-774m";
         int batch = 8, seq = 1024, steps = 3, warmup = 1;
         bool offload = false, recompute = false, header = true;
+        var cudaOptions = CudaBackendOptions.Default;
         var dtype = DType.BF16;
         for (int i = 0; i < args.Length; i++)
         {
@@ -52,6 +54,7 @@ public static class OffloadBench
                 case "--offload": offload = true; break;
                 case "--recompute": recompute = true; break;
                 case "--no-header": header = false; break;
+                case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
                 default: throw new ArgumentException($"gpu-offload: unknown argument '{args[i]}'");
             }
         }
@@ -61,7 +64,7 @@ public static class OffloadBench
             Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
         }
 
-        using var backend = new CudaBackend();
+        using var backend = new CudaBackend(0, cudaOptions);
         using var access = new CudaCommunication(backend);
         using var group = NcclProcessGroup.Create("world", 0, 1, NcclProcessGroup.CreateUniqueId(), access, TimeSpan.FromMinutes(5));
         var config = ModelPresets.Get(preset);

@@ -93,7 +93,7 @@ internal static class GenerateCommand
         throw new FileNotFoundException($"--model {dir}: neither a model directory (config.json) nor a run with checkpoints");
     }
 
-    private static string TokenizerOf(string modelDir)
+    internal static string TokenizerOf(string modelDir)
     {
         var state = Path.Combine(modelDir, "trainer_state.json");
         if (File.Exists(state)) return TrainingCheckpoint.ReadState(modelDir).Tokenizer;

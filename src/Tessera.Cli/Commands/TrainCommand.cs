@@ -228,7 +228,7 @@ internal static class TrainCommand
         var trainer = new Trainer(model, optimizer, train, validation, options);
         if (resumeFrom is not null)
         {
-            if (File.Exists(Path.Combine(resumeFrom, ShardedCheckpoint.LayoutFile))) ShardedCheckpoint.RestoreSingle(resumeFrom, model, trainer);
+            if (ShardedCheckpoint.IsSharded(resumeFrom)) ShardedCheckpoint.Restore(resumeFrom, trainer);
             else TrainingCheckpoint.Restore(resumeFrom, model, trainer);
             output.WriteLine($"resumed from {resumeFrom} at step {trainer.Step}");
         }

@@ -60,6 +60,7 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Lib, EntryPoint = "cuEventDestroy_v2")] internal static partial int cuEventDestroy(IntPtr @event);
     [LibraryImport(Lib)] internal static partial int cuEventRecord(IntPtr @event, IntPtr stream);
     [LibraryImport(Lib)] internal static partial int cuEventSynchronize(IntPtr @event);
+    [LibraryImport(Lib)] internal static partial int cuEventQuery(IntPtr @event);
     [LibraryImport(Lib)] internal static partial int cuEventElapsedTime(float* milliseconds, IntPtr start, IntPtr end);
 
     [LibraryImport(Lib)] internal static partial int cuDeviceGetDefaultMemPool(IntPtr* pool, int device);

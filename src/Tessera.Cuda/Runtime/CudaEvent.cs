@@ -29,6 +29,15 @@ public sealed class CudaEvent : IDisposable
         Check(cuEventSynchronize(Handle), "cuEventSynchronize");
     }
 
+    /// <summary>True when the work recorded before the event has finished (or it was never recorded); never blocks (cuEventQuery).</summary>
+    public bool IsComplete()
+    {
+        int status = cuEventQuery(Handle);
+        if (status == CUDA_ERROR_NOT_READY) return false;
+        Check(status, "cuEventQuery");
+        return true;
+    }
+
     /// <summary>Milliseconds between <paramref name="start"/> and this event (both recorded, this one finished).</summary>
     public unsafe float ElapsedSince(CudaEvent start)
     {

@@ -7,8 +7,8 @@ namespace Tessera.Cuda.Runtime;
 /// Opt-in per-op timing on one stream: a pair of CUDA events around each launch (kernel, cuBLASLt product,
 /// device copy), resolved later and summed per op name. The events serialize nothing beyond the stream's own
 /// order, but recording them adds a little host work per op, so a profiled step runs somewhat slower than a plain one;
-/// the table's shares are what it is for. <see cref="CudaBackend"/> turns it on when the environment variable
-/// <c>TESSERA_CUDA_PROFILE</c> is <c>1</c>.
+/// the table's shares are what it is for. <see cref="CudaBackend"/> turns it on when its options ask
+/// (<see cref="CudaBackendOptions.ProfileOps"/>).
 /// </summary>
 public sealed class CudaOpProfiler : IDisposable
 {

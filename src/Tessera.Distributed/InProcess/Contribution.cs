@@ -2,8 +2,21 @@ using Tessera.Tensors;
 
 namespace Tessera.Distributed.InProcess;
 
-/// <summary>What one rank brought to a pending operation.</summary>
-internal sealed record Contribution(int Rank, CollectiveKind Kind, Tensor? Input, Tensor? Output, ReduceOp Op, int Root, long ArrivedAtMs)
+/// <summary>
+/// What one rank brought to a pending in-process operation: its group rank, the call and its tensors, when it arrived, and
+/// what its group's <see cref="InProcessTransport"/> noted on the rank's own thread as it issued the call
+/// (<see cref="InProcessTransport.Issue"/>; e.g. an event marking the end of the rank's compute so far).
+/// </summary>
+/// <param name="Rank">Group rank.</param>
+/// <param name="Kind">The operation the rank issued.</param>
+/// <param name="Input">What the rank sends or reduces (null for Recv and Barrier).</param>
+/// <param name="Output">Where the rank receives (null for Send and Barrier; the input itself for in-place operations).</param>
+/// <param name="Op">The reduction (AllReduce, ReduceScatter).</param>
+/// <param name="Root">The root's group rank (Broadcast).</param>
+/// <param name="ArrivedAtMs">Environment.TickCount64 when the rank issued it.</param>
+/// <param name="Token">The transport's note from <see cref="InProcessTransport.Issue"/>, disposed once the operation has executed or failed.</param>
+public sealed record Contribution(int Rank, CollectiveKind Kind, Tensor? Input, Tensor? Output, ReduceOp Op, int Root, long ArrivedAtMs,
+    IDisposable? Token = null)
 {
     /// <summary>"AllReduce(F32, 1024 elements, Sum)": how mismatch messages show a call.</summary>
     public string Describe()

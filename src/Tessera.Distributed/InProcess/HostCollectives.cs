@@ -6,16 +6,16 @@ using Tessera.Tensors;
 namespace Tessera.Distributed.InProcess;
 
 /// <summary>
-/// Executes an in-process operation once every participant has arrived: stages the tensors through
+/// <see cref="HostTransport"/>'s work: executes an in-process operation once every participant has arrived: stages the tensors through
 /// pooled host buffers (CopyToHost / CopyFromHost of each tensor's own backend) and reduces in rank
 /// order 0 .. Size-1, so every rank gets bit-identical results equal to a sequential sum in that order.
 /// </summary>
 internal static class HostCollectives
 {
-    public static void Execute(PendingOperation op, int size, string groupName)
+    /// <summary>Executes the operation of <paramref name="contributions"/> (the participants' matched calls, in group-rank order) in a group of <paramref name="size"/>.</summary>
+    public static void Execute(IReadOnlyList<Contribution> contributions, int size)
     {
-        var cs = op.Participants.Select(r => op.Contributions[r]!).ToArray();
-        CheckMatch(op, cs, groupName);
+        var cs = contributions as Contribution[] ?? contributions.ToArray();
         var first = cs[0];
         if (first.Kind == CollectiveKind.Barrier) return;
         var dtype = (first.Input ?? first.Output)!.DType;
@@ -45,26 +45,6 @@ internal static class HostCollectives
                 }
                 break;
         }
-    }
-
-    private static void CheckMatch(PendingOperation op, Contribution[] cs, string groupName)
-    {
-        if (op.Kind is CollectiveKind.Send or CollectiveKind.Recv)
-        {
-            var send = cs.FirstOrDefault(c => c.Kind == CollectiveKind.Send);
-            var recv = cs.FirstOrDefault(c => c.Kind == CollectiveKind.Recv);
-            if (send is null || recv is null || send.Input!.DType != recv.Output!.DType || send.Input.NumElements != recv.Output.NumElements)
-                throw new CollectiveMismatchException(
-                    $"{op.Label} in group '{groupName}' does not match: {string.Join(", ", cs.Select(c => $"rank {c.Rank} issued {c.Describe()}"))}; " +
-                    "a Send and its Recv need the same dtype and element count");
-            return;
-        }
-        var reference = cs[0].Describe();
-        if (cs.All(c => c.Describe() == reference)) return;
-        throw new CollectiveMismatchException(
-            $"collective #{op.SequenceNumber} in group '{groupName}' does not match across ranks: " +
-            string.Join(", ", cs.Select(c => $"rank {c.Rank} issued {c.Describe()}")) +
-            "; every rank must issue the same collectives, with the same dtype, sizes and arguments, in the same order");
     }
 
     private static void Reduce<T>(Contribution[] cs, int size) where T : unmanaged, INumber<T>

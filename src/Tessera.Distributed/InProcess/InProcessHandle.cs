@@ -1,6 +1,10 @@
 namespace Tessera.Distributed.InProcess;
 
-/// <summary>A rank's view of a pending in-process operation.</summary>
+/// <summary>
+/// A rank's view of a pending in-process operation. It is executed once every participant has arrived; a device transport
+/// then leaves a completion event (<see cref="PendingOperation.Completion"/>) that the host waits for (<see cref="Wait"/>)
+/// or the rank's compute stream is ordered after (<see cref="WaitOnDevice"/>).
+/// </summary>
 internal sealed class InProcessHandle : CollectiveHandle
 {
     private readonly PendingOperation _op;
@@ -17,9 +21,25 @@ internal sealed class InProcessHandle : CollectiveHandle
         _issuedAtMs = issuedAtMs;
     }
 
-    public override bool IsCompleted => _op.Done.IsSet;
+    public override bool IsCompleted => _op.Done.IsSet && (_op.Error is not null || _op.Completion is not { } c || c.IsCompleted);
 
     public override void Wait(TimeSpan? timeout = null)
+    {
+        WaitForExecution(timeout);
+        _op.Completion?.Synchronize();
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>The host waits for the peers to arrive (the group's timeout, or <paramref name="timeout"/>, applies), then,
+    /// for a device transport, the rank's compute stream is ordered after the operation's completion event.</remarks>
+    public override void WaitOnDevice(TimeSpan? timeout = null)
+    {
+        WaitForExecution(timeout);
+        if (_op.Completion is { } done) _rendezvous.Transport.OrderComputeAfter(_rendezvous.GlobalRanks[_rank], done);
+    }
+
+    /// <summary>Waits until every participant has arrived and the operation was executed (or enqueued), then throws its error if it failed.</summary>
+    private void WaitForExecution(TimeSpan? timeout)
     {
         long now = Environment.TickCount64;
         long groupDeadline = _issuedAtMs + (long)Math.Ceiling(_rendezvous.Timeout.TotalMilliseconds);

@@ -4,10 +4,12 @@ namespace Tessera.Distributed.InProcess;
 
 /// <summary>
 /// A process group whose ranks are threads of one process (CPU ranks, tests of every parallel
-/// layout on one machine). The last rank to issue an operation executes it for all ranks, staging
-/// through pooled host buffers with each tensor's backend, so it works for tensors of any backend.
-/// Reductions sum in rank order 0 .. Size-1: results are bit-identical on every rank.
-/// Reductions support F32, F64 and I32 (Average: F32, F64); data movement supports every dtype.
+/// layout on one machine). The last rank to issue an operation executes it for all ranks through the
+/// world's <see cref="InProcessTransport"/>: by default (<see cref="HostTransport"/>) staging through
+/// pooled host buffers with each tensor's backend; Tessera.Cuda's transport runs it on the GPU that the
+/// ranks share. Reductions sum in rank order 0 .. Size-1: results are bit-identical on every rank.
+/// Which dtypes reduce is the transport's (host: F32, F64 and I32; Average: F32, F64); data movement
+/// supports every dtype.
 /// </summary>
 public sealed class InProcessProcessGroup : ProcessGroup
 {
@@ -24,11 +26,12 @@ public sealed class InProcessProcessGroup : ProcessGroup
 
     /// <summary>
     /// Creates a world of <paramref name="worldSize"/> thread ranks and returns each rank's world
-    /// group (index = rank); hand group r to the thread of rank r.
+    /// group (index = rank); hand group r to the thread of rank r. <paramref name="transport"/>: how
+    /// operations execute (default: a <see cref="HostTransport"/>).
     /// </summary>
-    public static InProcessProcessGroup[] Create(int worldSize, TimeSpan timeout)
+    public static InProcessProcessGroup[] Create(int worldSize, TimeSpan timeout, InProcessTransport? transport = null)
     {
-        var world = new InProcessWorld(worldSize, timeout);
+        var world = new InProcessWorld(worldSize, timeout, transport);
         return Enumerable.Range(0, worldSize).Select(world.WorldGroup).ToArray();
     }
 
@@ -36,8 +39,7 @@ public sealed class InProcessProcessGroup : ProcessGroup
     public InProcessWorld World { get; }
 
     /// <inheritdoc/>
-    protected override bool CanReduce(DType dtype, ReduceOp op) =>
-        dtype is DType.F32 or DType.F64 || (dtype is DType.I32 && op != ReduceOp.Average);
+    protected override bool CanReduce(DType dtype, ReduceOp op) => _rendezvous.Transport.CanReduce(dtype, op);
 
     /// <inheritdoc/>
     protected override CollectiveHandle AllReduceCore(Tensor tensor, ReduceOp op, long sequenceNumber) =>
@@ -63,9 +65,10 @@ public sealed class InProcessProcessGroup : ProcessGroup
     protected override CollectiveHandle SendCore(Tensor tensor, int peer)
     {
         long number = _sent[peer] = _sent.GetValueOrDefault(peer) + 1;
+        var token = Issue(CollectiveKind.Send);
         long now = Environment.TickCount64;
         var op = _rendezvous.ArriveMessage(Rank, peer, number,
-            new Contribution(Rank, CollectiveKind.Send, tensor, null, ReduceOp.Sum, 0, now));
+            new Contribution(Rank, CollectiveKind.Send, tensor, null, ReduceOp.Sum, 0, now, token));
         return new InProcessHandle(op, _rendezvous, Rank, now);
     }
 
@@ -73,16 +76,21 @@ public sealed class InProcessProcessGroup : ProcessGroup
     protected override CollectiveHandle RecvCore(Tensor tensor, int peer)
     {
         long number = _received[peer] = _received.GetValueOrDefault(peer) + 1;
+        var token = Issue(CollectiveKind.Recv);
         long now = Environment.TickCount64;
         var op = _rendezvous.ArriveMessage(peer, Rank, number,
-            new Contribution(Rank, CollectiveKind.Recv, null, tensor, ReduceOp.Sum, 0, now));
+            new Contribution(Rank, CollectiveKind.Recv, null, tensor, ReduceOp.Sum, 0, now, token));
         return new InProcessHandle(op, _rendezvous, Rank, now);
     }
 
     private InProcessHandle Collective(long sequenceNumber, CollectiveKind kind, Tensor? input, Tensor? output, ReduceOp op, int root)
     {
+        var token = Issue(kind);
         long now = Environment.TickCount64;
-        var pending = _rendezvous.ArriveCollective(sequenceNumber, new Contribution(Rank, kind, input, output, op, root, now));
+        var pending = _rendezvous.ArriveCollective(sequenceNumber, new Contribution(Rank, kind, input, output, op, root, now, token));
         return new InProcessHandle(pending, _rendezvous, Rank, now);
     }
+
+    /// <summary>The transport's note of this rank's state as it issues an operation (on this rank's thread).</summary>
+    private IDisposable? Issue(CollectiveKind kind) => _rendezvous.Transport.Issue(GlobalRanks[Rank], kind);
 }

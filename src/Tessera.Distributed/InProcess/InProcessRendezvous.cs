@@ -13,12 +13,16 @@ internal sealed class InProcessRendezvous
     private readonly Dictionary<(int Source, int Destination, long Number), PendingOperation> _messages = [];
     private string? _abortReason;
 
-    public InProcessRendezvous(string name, int[] globalRanks, TimeSpan timeout)
+    public InProcessRendezvous(string name, int[] globalRanks, TimeSpan timeout, InProcessTransport transport)
     {
         Name = name;
         GlobalRanks = globalRanks;
         Timeout = timeout;
+        Transport = transport;
     }
+
+    /// <summary>How the operations of this group are executed once everyone has arrived.</summary>
+    public InProcessTransport Transport { get; }
 
     public string Name { get; }
 
@@ -95,7 +99,11 @@ internal sealed class InProcessRendezvous
                 op.Error = r => TimeoutError(op, r, missing, present);
             }
         }
-        foreach (var op in failed) op.Done.Set();
+        foreach (var op in failed)
+        {
+            op.ReleaseTokens();
+            op.Done.Set();
+        }
         return true;
     }
 
@@ -130,11 +138,15 @@ internal sealed class InProcessRendezvous
             string reason = _abortReason;
             op.Error = rank => new InvalidOperationException(
                 $"{op.Label} on rank {rank} of group '{Name}': the group was aborted earlier ({reason}); create new process groups to continue");
+            contribution.Token?.Dispose();
             op.Done.Set();
             return false;
         }
         if (op.Contributions[r] is not null)
+        {
+            contribution.Token?.Dispose();
             throw new InvalidOperationException($"{op.Label} in group '{Name}': rank {r} arrived twice; each group object belongs to one rank");
+        }
         op.Contributions[r] = contribution;
         op.Arrived++;
         return op.Arrived == op.Participants.Length;
@@ -144,12 +156,19 @@ internal sealed class InProcessRendezvous
     {
         try
         {
-            HostCollectives.Execute(op, Size, Name);
+            var operation = new InProcessOperation(Name, GlobalRanks, op.Label, op.Kind, op.SequenceNumber,
+                op.Participants.Select(r => op.Contributions[r]!).ToArray());
+            operation.CheckMatch();
+            op.Completion = Transport.Execute(operation);
         }
         catch (Exception e)
         {
             string message = e is CollectiveMismatchException ? e.Message : $"{op.Label} in group '{Name}' failed: {e.Message}";
             op.Error = rank => new InvalidOperationException(message, e);
+        }
+        finally
+        {
+            op.ReleaseTokens();   // a device transport has enqueued its waits on them by now
         }
         op.Done.Set();
     }

@@ -11,14 +11,21 @@ public sealed class InProcessWorld
 {
     private readonly ConcurrentDictionary<string, InProcessRendezvous> _rendezvous = new(StringComparer.Ordinal);
 
-    /// <summary>A world of <paramref name="size"/> ranks whose groups time out after <paramref name="timeout"/>.</summary>
-    public InProcessWorld(int size, TimeSpan timeout)
+    /// <summary>
+    /// A world of <paramref name="size"/> ranks whose groups time out after <paramref name="timeout"/> and execute their
+    /// operations through <paramref name="transport"/> (default: a <see cref="HostTransport"/>).
+    /// </summary>
+    public InProcessWorld(int size, TimeSpan timeout, InProcessTransport? transport = null)
     {
         if (size < 1) throw new ArgumentOutOfRangeException(nameof(size), $"world size must be at least 1, got {size}");
         if (timeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(timeout), $"timeout must be positive, got {timeout}");
         Size = size;
         Timeout = timeout;
+        Transport = transport ?? new HostTransport();
     }
+
+    /// <summary>How every group of this world executes its operations.</summary>
+    public InProcessTransport Transport { get; }
 
     /// <summary>Number of ranks.</summary>
     public int Size { get; }
@@ -46,7 +53,7 @@ public sealed class InProcessWorld
         if (rank < 0)
             throw new ArgumentException($"group '{name}': global rank {globalRank} is not one of its ranks ({string.Join(", ", globalRanks)})", nameof(globalRank));
         string key = name + "|" + string.Join(",", globalRanks);
-        var rendezvous = _rendezvous.GetOrAdd(key, _ => new InProcessRendezvous(name, [.. globalRanks], Timeout));
+        var rendezvous = _rendezvous.GetOrAdd(key, _ => new InProcessRendezvous(name, [.. globalRanks], Timeout, Transport));
         return new InProcessProcessGroup(this, rendezvous, rank);
     }
 

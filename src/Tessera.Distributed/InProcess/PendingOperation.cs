@@ -2,7 +2,7 @@ namespace Tessera.Distributed.InProcess;
 
 /// <summary>
 /// One collective (or one point-to-point message) that ranks arrive at; the last rank to arrive
-/// executes it for everyone, then releases the waiters.
+/// executes it for everyone (through the group's transport), then releases the waiters.
 /// </summary>
 internal sealed class PendingOperation
 {
@@ -35,6 +35,21 @@ internal sealed class PendingOperation
 
     /// <summary>Set before <see cref="Done"/> when the operation failed: makes the exception a given rank throws.</summary>
     public Func<int, Exception>? Error { get; set; }
+
+    /// <summary>Set before <see cref="Done"/> when the transport enqueued the operation on a device: the results are in place once it completes.</summary>
+    public IDeviceEvent? Completion { get; set; }
+
+    /// <summary>
+    /// Disposes the transport's notes of the ranks that arrived, once the operation executed, failed or was aborted (a second
+    /// call, e.g. from two ranks' aborts, does nothing).
+    /// </summary>
+    public void ReleaseTokens()
+    {
+        if (Interlocked.Exchange(ref _tokensReleased, 1) != 0) return;
+        foreach (var c in Contributions) c?.Token?.Dispose();
+    }
+
+    private int _tokensReleased;
 
     /// <summary>Participants that have not arrived (call under the rendezvous lock or after completion).</summary>
     public int[] Missing() => Participants.Where(r => Contributions[r] is null).ToArray();

@@ -28,4 +28,16 @@ public interface IDeviceBufferAccess
     /// compute (the rest of backward) runs on, overlapped. A no-op when both streams are one.
     /// </summary>
     void OrderCommunicationAfterCompute();
+
+    /// <summary>
+    /// Records the current end of <see cref="CommunicationStream"/> (an event after the NCCL operation just enqueued) and
+    /// returns it; each collective handle keeps the one that ends its operation, to poll, wait for, or order compute after.
+    /// </summary>
+    IDeviceEvent RecordCommunication();
+
+    /// <summary>
+    /// Makes work enqueued next on the compute stream wait, on the device, for <paramref name="communicationDone"/> (an
+    /// event from <see cref="RecordCommunication"/>); the host does not wait. A no-op once the event has completed.
+    /// </summary>
+    void OrderComputeAfter(IDeviceEvent communicationDone);
 }

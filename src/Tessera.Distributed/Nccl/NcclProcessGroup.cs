@@ -15,6 +15,8 @@ public sealed class NcclProcessGroup : ProcessGroup
     private readonly Dictionary<int, long> _received = [];
     private IntPtr _comm;
     private bool _aborted;
+    private readonly List<NcclHandle> _batched = [];   // issued since the outermost GroupStart
+    private int _batchDepth;
     private Tensor? _barrierScratch; // (1) F32
 
     private NcclProcessGroup(string name, int rank, IReadOnlyList<int> globalRanks, TimeSpan timeout, IntPtr comm, IDeviceBufferAccess access)
@@ -91,10 +93,34 @@ public sealed class NcclProcessGroup : ProcessGroup
     }
 
     /// <summary>Starts a batch of operations issued together (ncclGroupStart): pair Sends and Recvs between it and <see cref="GroupEnd"/>.</summary>
-    public void GroupStart() => Check(NcclNative.ncclGroupStart(), "ncclGroupStart", $" ({Describe()})");
+    public void GroupStart()
+    {
+        Check(NcclNative.ncclGroupStart(), "ncclGroupStart", $" ({Describe()})");
+        _batchDepth++;
+    }
 
-    /// <summary>Issues the batch started by <see cref="GroupStart"/> (ncclGroupEnd).</summary>
-    public void GroupEnd() => Check(NcclNative.ncclGroupEnd(), "ncclGroupEnd", $" ({Describe()})");
+    /// <summary>
+    /// Issues the batch started by <see cref="GroupStart"/> (ncclGroupEnd). NCCL enqueues a batch's operations only here, so
+    /// their handles' end event is recorded here too, after the whole batch.
+    /// </summary>
+    public void GroupEnd()
+    {
+        if (_batchDepth == 0) throw new InvalidOperationException($"GroupEnd in NCCL {Describe()} without a GroupStart");
+        Check(NcclNative.ncclGroupEnd(), "ncclGroupEnd", $" ({Describe()})");
+        if (--_batchDepth > 0 || _batched.Count == 0) return;
+        var done = Access.RecordCommunication();
+        foreach (var handle in _batched) handle.Issued(done);
+        _batched.Clear();
+    }
+
+    /// <summary>The handle of an operation just enqueued: its end is an event recorded now, or at GroupEnd inside a batch.</summary>
+    private NcclHandle Issued(CollectiveKind kind, long number)
+    {
+        if (_batchDepth == 0) return new NcclHandle(this, kind, number, Access.RecordCommunication());
+        var handle = new NcclHandle(this, kind, number, null);
+        _batched.Add(handle);
+        return handle;
+    }
 
     /// <summary>Aborts the communicator (ncclCommAbort): pending operations stop; the group is unusable afterwards.</summary>
     public void Abort()
@@ -130,7 +156,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         var p = Access.DevicePointer(tensor);
         var (type, count) = Elements(tensor);
         Check(NcclNative.ncclAllReduce(p, p, count, type, RedOp(op), Comm, Access.CommunicationStream), "ncclAllReduce", Where(CollectiveKind.AllReduce, sequenceNumber));
-        return new NcclHandle(this, CollectiveKind.AllReduce, sequenceNumber);
+        return Issued(CollectiveKind.AllReduce, sequenceNumber);
     }
 
     /// <inheritdoc/>
@@ -140,7 +166,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         var (type, count) = Elements(output);
         Check(NcclNative.ncclReduceScatter(Access.DevicePointer(input), Access.DevicePointer(output), count, type, RedOp(op), Comm, Access.CommunicationStream),
             "ncclReduceScatter", Where(CollectiveKind.ReduceScatter, sequenceNumber));
-        return new NcclHandle(this, CollectiveKind.ReduceScatter, sequenceNumber);
+        return Issued(CollectiveKind.ReduceScatter, sequenceNumber);
     }
 
     /// <inheritdoc/>
@@ -150,7 +176,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         var (type, count) = Elements(input);
         Check(NcclNative.ncclAllGather(Access.DevicePointer(input), Access.DevicePointer(output), count, type, Comm, Access.CommunicationStream),
             "ncclAllGather", Where(CollectiveKind.AllGather, sequenceNumber));
-        return new NcclHandle(this, CollectiveKind.AllGather, sequenceNumber);
+        return Issued(CollectiveKind.AllGather, sequenceNumber);
     }
 
     /// <inheritdoc/>
@@ -160,7 +186,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         var p = Access.DevicePointer(tensor);
         var (type, count) = Elements(tensor);
         Check(NcclNative.ncclBroadcast(p, p, count, type, root, Comm, Access.CommunicationStream), "ncclBroadcast", Where(CollectiveKind.Broadcast, sequenceNumber));
-        return new NcclHandle(this, CollectiveKind.Broadcast, sequenceNumber);
+        return Issued(CollectiveKind.Broadcast, sequenceNumber);
     }
 
     /// <inheritdoc/>
@@ -170,7 +196,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         _barrierScratch ??= Access.Backend.Allocate(new Shape(1), DType.F32);
         var p = Access.DevicePointer(_barrierScratch);
         Check(NcclNative.ncclAllReduce(p, p, 1, NcclDataType.Float32, NcclRedOp.Sum, Comm, Access.CommunicationStream), "ncclAllReduce (barrier)", Where(CollectiveKind.Barrier, sequenceNumber));
-        return new NcclHandle(this, CollectiveKind.Barrier, sequenceNumber);
+        return Issued(CollectiveKind.Barrier, sequenceNumber);
     }
 
     /// <inheritdoc/>
@@ -180,7 +206,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         long number = _sent[peer] = _sent.GetValueOrDefault(peer) + 1;
         var (type, count) = Elements(tensor);
         Check(NcclNative.ncclSend(Access.DevicePointer(tensor), count, type, peer, Comm, Access.CommunicationStream), "ncclSend", $" (message #{number} from rank {Rank} to rank {peer} in group '{Name}')");
-        return new NcclHandle(this, CollectiveKind.Send, number);
+        return Issued(CollectiveKind.Send, number);
     }
 
     /// <inheritdoc/>
@@ -190,7 +216,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         long number = _received[peer] = _received.GetValueOrDefault(peer) + 1;
         var (type, count) = Elements(tensor);
         Check(NcclNative.ncclRecv(Access.DevicePointer(tensor), count, type, peer, Comm, Access.CommunicationStream), "ncclRecv", $" (message #{number} from rank {peer} to rank {Rank} in group '{Name}')");
-        return new NcclHandle(this, CollectiveKind.Recv, number);
+        return Issued(CollectiveKind.Recv, number);
     }
 
     /// <summary>Throws when NCCL reports an asynchronous error (a peer failed, a network error); aborts the communicator first.</summary>

@@ -121,8 +121,9 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         CheckParameters(parameters);
         foreach (var p in parameters)
         {
-            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it.
-            CopyToParameter(ReadCanonical(p.Name).Data, p.MasterOrValue, backend);
+            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it. A tensor-parallel rank
+            // keeps its part of each split parameter.
+            CopyToParameter(p.LocalValues(ReadCanonical(p.Name).Data), p.MasterOrValue, backend);
             if (p.Master is not null) backend.Copy(p.Master, p.Value);
         }
     }
@@ -140,8 +141,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         {
             if (!expected.TryGetValue(p.Name, out var e))
                 throw new ArgumentException($"{Path}: parameter '{p.Name}' has no counterpart in a {Config.Family} Hugging Face model with this config.json");
-            if (p.Shape != e.Shape)
-                throw new ArgumentException($"{Path}: parameter '{p.Name}' has shape {p.Shape} but config.json implies {e.Shape}");
+            if (p.GlobalShape != e.Shape)
+                throw new ArgumentException($"{Path}: parameter '{p.Name}' has shape {p.GlobalShape} but config.json implies {e.Shape}");
         }
         var given = parameters.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
         foreach (var e in Map.Entries)

@@ -25,24 +25,11 @@ public static class ParallelTraining
         if (worldSize < 1) throw new ArgumentOutOfRangeException(nameof(worldSize), $"world size must be at least 1, got {worldSize}");
         var groups = InProcessProcessGroup.Create(worldSize, timeout ?? TimeSpan.FromMinutes(2));
         int threads = Math.Max(1, Environment.ProcessorCount / worldSize);
-        var results = new T[worldSize];
-        var errors = new Exception?[worldSize];
-        var workers = Enumerable.Range(0, worldSize).Select(rank => new Thread(() =>
+        return ThreadRanks.Run(worldSize, rank =>
         {
-            try
-            {
-                using var group = groups[rank];
-                results[rank] = body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads), group.World.FactoryFor(rank)));
-            }
-            catch (Exception e) { errors[rank] = e; }
-        }) { Name = $"rank {rank}", IsBackground = true }).ToArray();
-        foreach (var w in workers) w.Start();
-        foreach (var w in workers) w.Join();
-        var failed = errors.Select((e, r) => (e, r)).Where(x => x.e is not null).ToArray();
-        if (failed.Length > 0)
-            throw new AggregateException($"{failed.Length} of {worldSize} thread ranks failed (first: rank {failed[0].r}: {failed[0].e!.Message})",
-                failed.Select(x => x.e!));
-        return results;
+            using var group = groups[rank];
+            return body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads), group.World.FactoryFor(rank)));
+        });
     }
 
     /// <summary>

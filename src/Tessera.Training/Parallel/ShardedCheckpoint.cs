@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Tessera.Distributed;
 using Tessera.Models;
 using Tessera.Models.HuggingFace;
 using Tessera.Models.Safetensors;
@@ -11,157 +12,138 @@ using Tessera.Training.Data;
 namespace Tessera.Training.Parallel;
 
 /// <summary>
-/// Checkpoints of data-parallel / ZeRO runs, in one directory of a <see cref="CheckpointStore"/>: every rank writes
-/// "zero_shard_R_of_W.safetensors" with the master values and AdamW moments of the arena ranges it owns, cut at
-/// parameter boundaries and named by canonical parameter ("value/START/NAME", "m/START/NAME", "v/START/NAME",
-/// START = first element within the parameter); rank 0 adds the full model as a Hugging Face directory (F32),
-/// trainer_state.json and zero.json; one manifest covers every file. Because pieces are named by parameter and
-/// element, not by rank layout, a checkpoint saved by N ranks under any stage loads on M ranks under any stage,
-/// or on one rank with the plain <see cref="Trainer"/> (<see cref="RestoreSingle"/>).
+/// Checkpoints of parallel runs (data parallelism and ZeRO, tensor parallelism, both), in one directory of a
+/// <see cref="CheckpointStore"/>: every rank writes "zero_shard_R_of_W.safetensors" with the master values and AdamW
+/// moments of the elements it owns, named by canonical parameter and by element of the rank's local (tensor-parallel)
+/// tensor ("value/START/NAME", "m/START/NAME", "v/START/NAME"); rank 0 adds the whole model as a Hugging Face directory
+/// (F32), trainer_state.json and parallel.json, which records the saving layout and every parameter's global shape and
+/// <see cref="Placement"/>. Loading puts each parameter's pieces back into the whole tensor through the saved placements
+/// and deals it out again through the loading model's own, so a checkpoint saved at any tp x dp and ZeRO stage loads at any
+/// other (one device included), exactly. One manifest covers every file.
 /// <para>
-/// Mixed precision (a BF16 arena): the "value" pieces and the Hugging Face weights are the F32 masters, never the
-/// BF16 copy (which is the masters rounded, so it is rebuilt on load), and the moments are F32, as in the one-rank
-/// <see cref="TrainingCheckpoint"/>. Each rank writes its pieces from wherever its masters live (the host shard under
-/// offload). Rank 0 exports the F32 model: with the device masters released (offload) it is gathered unit by unit from
-/// every rank's owned chunks (<see cref="DataParallelism.GatherMastersToHost"/>). Loading writes the masters (the host shard under
-/// offload) and casts the BF16 values from them.
-/// trainer_state.json records the arena dtype ("BF16"), and a checkpoint loads only into a run of the same dtype.
+/// Mixed precision (a BF16 model): the "value" pieces and the Hugging Face weights are the F32 masters, never the BF16
+/// copy, and the moments are F32. Each rank writes from wherever its masters live (the host shard under offload).
+/// trainer_state.json records the model's dtype, and a checkpoint loads only into a run of the same dtype.
+/// Rank 0 assembles the Hugging Face export from the shard files (ranks must share the checkpoint folder), one parameter
+/// at a time; loading likewise reads one parameter at a time.
 /// </para>
 /// </summary>
 public static class ShardedCheckpoint
 {
-    /// <summary>Name of rank 0's description of the sharded state.</summary>
-    public const string LayoutFile = "zero.json";
+    /// <summary>Name of rank 0's description of the saving layout and the placements.</summary>
+    public const string LayoutFile = "parallel.json";
+
+    /// <summary>The layout file of checkpoints saved before tensor parallelism (data parallelism only): still read.</summary>
+    public const string LegacyLayoutFile = "zero.json";
 
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
 
-    /// <summary>Shard file name of <paramref name="rank"/> of <paramref name="worldSize"/>.</summary>
+    /// <summary>Shard file name of world rank <paramref name="rank"/> of <paramref name="worldSize"/>.</summary>
     public static string ShardFile(int rank, int worldSize) => $"zero_shard_{rank:D5}_of_{worldSize:D5}.safetensors";
 
+    /// <summary>Whether <paramref name="directory"/> holds a sharded checkpoint (rather than a one-device one).</summary>
+    public static bool IsSharded(string directory) =>
+        File.Exists(Path.Combine(directory, LayoutFile)) || File.Exists(Path.Combine(directory, LegacyLayoutFile));
+
     /// <summary>
-    /// Collective: every rank of the trainer's group must call it at the same step. Each rank writes its shard
-    /// beside the store, rank 0 moves them into the store's temporary directory, adds the model and the state,
-    /// and the store writes the manifest and renames the directory into place (two barriers order the ranks).
+    /// Collective over every rank of the run (the trainer's data-parallel group and the model's tensor-parallel group): each
+    /// rank writes its shard beside the store; rank 0 moves them into the store's temporary directory, exports the whole
+    /// model, writes the state and the layout, and the store writes the manifest and renames the directory into place.
     /// Returns the checkpoint directory.
     /// </summary>
     public static string Save(CheckpointStore store, Trainer trainer, string tokenizer)
     {
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(trainer);
-        var parallel = Strategy(trainer);
-        var group = parallel.Group;
+        var rank = RankState.Of(trainer);
         var model = trainer.Model;
-        // Each rank writes the pieces of its own shard from wherever its masters live (ShardedAdamW.MasterOf). Rank 0
-        // exports the whole model, gathered from every rank's owned chunks of the masters (the host shard under offload,
-        // the device's masters or ZeRO-3 master shard otherwise) through unit-size device buffers.
-        float[]? exported = parallel.GatherMastersToHost(root: 0);   // rank 0 only
         Directory.CreateDirectory(store.Root);
         string final = Path.Combine(store.Root, CheckpointStore.StepName(trainer.Step));
-        string shardName = ShardFile(group.Rank, group.Size);
-        string staged = Path.Combine(store.Root, $".{CheckpointStore.StepName(trainer.Step)}.{shardName}.tmp");
+        string shardName = ShardFile(rank.WorldRank, rank.WorldSize);
+        string Staged(string name) => Path.Combine(store.Root, $".{CheckpointStore.StepName(trainer.Step)}.{name}.tmp");
         try
         {
-            if (group.Rank != 0)
-            {
-                WriteShard(staged, parallel);
-                FlushToDisk(staged);
-            }
-            group.Barrier().Wait();
-            if (group.Rank == 0)
+            WriteShard(Staged(shardName), rank, model, trainer);
+            FlushToDisk(Staged(shardName));
+            rank.Barrier();                                          // every shard is on disk before rank 0 reads them
+            if (rank.WorldRank == 0)
             {
                 store.Save(trainer.Step, dir =>
                 {
-                    WriteShard(Path.Combine(dir, shardName), parallel);
-                    for (int r = 1; r < group.Size; r++)
+                    var files = Enumerable.Range(0, rank.WorldSize).Select(r => ShardFile(r, rank.WorldSize)).ToArray();
+                    foreach (var name in files)
                     {
-                        string name = ShardFile(r, group.Size);
-                        string from = Path.Combine(store.Root, $".{CheckpointStore.StepName(trainer.Step)}.{name}.tmp");
-                        if (!File.Exists(from)) throw new CheckpointException($"{from}: rank {r}'s shard is missing after the barrier; its disk may differ from rank 0's (ranks must share the checkpoint folder)");
-                        File.Move(from, Path.Combine(dir, name));
+                        if (!File.Exists(Staged(name)))
+                            throw new CheckpointException($"{Staged(name)}: a rank's shard is missing after the barrier; its disk may differ from rank 0's (ranks must share the checkpoint folder)");
+                        File.Move(Staged(name), Path.Combine(dir, name));
                     }
-                    HuggingFaceModelDirectory.Export(dir, model.Config, model.Layout.Parameters.ToDictionary(
-                        p => p.Name, p => new HostTensor(p.Shape, exported!.AsSpan((int)p.Offset, (int)p.NumElements).ToArray()), StringComparer.Ordinal));
+                    var layout = new ParallelCheckpointLayout(rank.WorldSize, rank.TensorSize, rank.DataSize, rank.Stage, files,
+                        model.Layout.Parameters.ToDictionary(p => p.Name, p => new SavedPlacement(p.GlobalShape.ToArray(), p.Placement.ToString()), StringComparer.Ordinal));
+                    AtomicFile.WriteAllText(Path.Combine(dir, LayoutFile), JsonSerializer.Serialize(layout, Json));
+                    using (var pieces = CheckpointPieces.Open(dir))
+                    {
+                        HuggingFaceModelDirectory.Export(dir, model.Config, model.Layout.Parameters.ToDictionary(
+                            p => p.Name, p => new HostTensor(p.GlobalShape, Array.ConvertAll(pieces.Assemble(p.Name, p.GlobalShape).Value, x => (float)x)),
+                            StringComparer.Ordinal));
+                    }
                     var position = trainer.DataPosition;
                     var state = new TrainerState
                     {
-                        Step = trainer.Step, OptimizerStep = parallel.StepCount,
+                        Step = trainer.Step, OptimizerStep = trainer.Parallelism.StepCount,
                         DataShard = position.Shard, DataOffset = position.Offset, DataEpoch = position.Epoch,
                         Seed = trainer.Options.Seed, DType = model.DType.SafetensorsName(),
                         Model = model.Config, Options = trainer.Options, Tokenizer = tokenizer,
                     };
                     AtomicFile.WriteAllText(Path.Combine(dir, "trainer_state.json"), JsonSerializer.Serialize(state, Json));
-                    var layout = new ZeroCheckpointLayout(group.Size, (int)parallel.Options.Stage,
-                        Enumerable.Range(0, group.Size).Select(r => ShardFile(r, group.Size)).ToArray());
-                    AtomicFile.WriteAllText(Path.Combine(dir, LayoutFile), JsonSerializer.Serialize(layout, Json));
                 });
             }
-            group.Barrier().Wait();
+            rank.Barrier();
         }
         finally
         {
-            parallel.ReleaseAll();
+            trainer.Parallelism.ReleaseAll();
         }
         return final;
     }
 
     /// <summary>
-    /// Collective on the trainer's group: verifies the manifest, then every rank loads the full weights and the
-    /// moments of the ranges it owns from all shards (any saving world size and stage), and the step, optimizer
-    /// step and data position. Mixed precision: the full F32 masters are written and the BF16 values cast from them;
-    /// with offload the host master shard is loaded from them.
+    /// Collective like <see cref="Save"/>: verifies the manifest, then every rank loads, parameter by parameter, the whole
+    /// tensor from the pieces of every shard and keeps its own part of it under its own layout (the weights wherever it
+    /// keeps them, the moments of the elements it owns), and the step, optimizer step and data position. Any saving layout
+    /// loads into any loading layout of the same model and dtype: one device, tensor parallelism, ZeRO 0-3, offload.
     /// </summary>
     public static void Restore(string directory, Trainer trainer)
     {
-        var parallel = Strategy(trainer);
+        ArgumentNullException.ThrowIfNull(directory);
+        ArgumentNullException.ThrowIfNull(trainer);
+        var rank = RankState.Of(trainer);
         var model = trainer.Model;
         var state = ReadChecked(directory, model);
-        var pieces = ReadPieces(directory, model.Layout);
-        var layout = parallel.Layout;
-        var stateBackend = parallel.Optimizer.Host ?? model.Backend;
-        foreach (var p in model.Layout.Parameters)
+        using (var pieces = CheckpointPieces.Open(directory))
         {
-            var full = pieces[p.Name];
-            // The weights go wherever this rank keeps them (full arena, masters, value/master shards, host masters).
-            parallel.WriteWeights(p, full.Value);
-            foreach (var r in layout.Owned)
+            foreach (var p in model.Layout.Parameters)
             {
-                long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
-                if (lo >= hi) continue;
-                var shape = new Shape((int)(hi - lo));
-                long at = r.ShardOffset + (lo - r.ArenaOffset);
-                HostValues.Write(stateBackend, full.M.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), parallel.Optimizer.M.Narrow(at, shape));
-                HostValues.Write(stateBackend, full.V.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), parallel.Optimizer.V.Narrow(at, shape));
+                var whole = pieces.Assemble(p.Name, p.GlobalShape);
+                trainer.Parallelism.WriteWeights(p, p.LocalValues(whole.Value));
+                var m = p.LocalValues(whole.M);
+                var v = p.LocalValues(whole.V);
+                foreach (var r in rank.Owned)
+                {
+                    long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
+                    if (lo >= hi) continue;
+                    var shape = new Shape((int)(hi - lo));
+                    long at = r.ShardOffset + (lo - r.ArenaOffset);
+                    HostValues.Write(rank.StateBackend, m.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), rank.M.Narrow(at, shape));
+                    HostValues.Write(rank.StateBackend, v.AsSpan((int)(lo - p.Offset), (int)(hi - lo)), rank.V.Narrow(at, shape));
+                }
             }
         }
-        parallel.MarkWeightsWritten();
-        parallel.ReleaseAll();
+        trainer.Parallelism.MarkWeightsWritten();
+        trainer.Parallelism.ReleaseAll();
         trainer.Step = state.Step;
-        parallel.StepCount = state.OptimizerStep;
+        trainer.Parallelism.StepCount = state.OptimizerStep;
         trainer.DataPosition = new DataPosition(state.DataShard, state.DataOffset, state.DataEpoch);
-        parallel.Group.Barrier().Wait();
-    }
-
-    /// <summary>
-    /// Loads a sharded checkpoint (any world size and stage) into a one-rank <see cref="Trainer"/>; a BF16 run's
-    /// F32 masters go to the masters and the BF16 values are cast from them.
-    /// </summary>
-    public static void RestoreSingle(string directory, Transformer model, Trainer trainer)
-    {
-        var single = trainer.Parallelism as SingleDevice ?? throw new ArgumentException("ShardedCheckpoint.RestoreSingle: the trainer is not a one-device trainer; use Restore");
-        var state = ReadChecked(directory, model);
-        var pieces = ReadPieces(directory, model.Layout);
-        var arena = model.Parameters;
-        foreach (var p in arena.Parameters)
-        {
-            var full = pieces[p.Name];
-            HostValues.Write(arena.Backend, full.Value, p.MasterOrValue);
-            HostValues.Write(arena.Backend, full.M, single.Optimizer.M.Narrow(p.Offset, p.Shape));
-            HostValues.Write(arena.Backend, full.V, single.Optimizer.V.Narrow(p.Offset, p.Shape));
-        }
-        arena.SyncValuesFromMasters();
-        trainer.Step = state.Step;
-        single.StepCount = state.OptimizerStep;
-        trainer.DataPosition = new DataPosition(state.DataShard, state.DataOffset, state.DataEpoch);
+        rank.Barrier();
     }
 
     private static TrainerState ReadChecked(string directory, Transformer model)
@@ -175,82 +157,33 @@ public static class ShardedCheckpoint
         return state;
     }
 
-    private sealed record FullState(double[] Value, double[] M, double[] V, int[] Covered);
-
-    /// <summary>Reassembles every parameter's value and moments from all shard files, checking each element is covered once.</summary>
-    private static Dictionary<string, FullState> ReadPieces(string directory, ParameterLayout arena)
+    private static void WriteShard(string path, RankState rank, Transformer model, Trainer trainer)
     {
-        var layoutPath = Path.Combine(directory, LayoutFile);
-        if (!File.Exists(layoutPath)) throw new CheckpointException($"{layoutPath}: missing; {directory} is not a sharded (data-parallel) checkpoint");
-        var layout = JsonSerializer.Deserialize<ZeroCheckpointLayout>(File.ReadAllText(layoutPath))
-            ?? throw new CheckpointException($"{layoutPath}: empty");
-        var result = arena.Parameters.ToDictionary(p => p.Name,
-            p => new FullState(new double[p.NumElements], new double[p.NumElements], new double[p.NumElements], new int[p.NumElements]), StringComparer.Ordinal);
-        foreach (var file in layout.Files)
-        {
-            var path = Path.Combine(directory, file);
-            using var st = SafetensorsFile.Open(path);
-            foreach (var info in st.Tensors)
-            {
-                var parts = info.Name.Split('/', 3);
-                if (parts.Length != 3 || !long.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out long start))
-                    throw new CheckpointException($"{path}: tensor '{info.Name}' is not named KIND/START/PARAMETER");
-                if (!result.TryGetValue(parts[2], out var full))
-                    throw new CheckpointException($"{path}: tensor '{info.Name}' names parameter '{parts[2]}', which this model does not have");
-                var data = st.ReadAsDouble(info.Name);
-                if (start + data.Length > full.Value.Length)
-                    throw new CheckpointException($"{path}: '{info.Name}' covers [{start}, {start + data.Length}) past the parameter's {full.Value.Length} elements");
-                var target = parts[0] switch
-                {
-                    "value" => full.Value,
-                    "m" => full.M,
-                    "v" => full.V,
-                    _ => throw new CheckpointException($"{path}: tensor '{info.Name}' has unknown kind '{parts[0]}' (value, m or v)"),
-                };
-                data.CopyTo(target, start);
-                if (parts[0] == "value") for (long i = start; i < start + data.Length; i++) full.Covered[i]++;
-            }
-        }
-        foreach (var (name, full) in result)
-        {
-            int bad = Array.FindIndex(full.Covered, c => c != 1);
-            if (bad >= 0) throw new CheckpointException($"{directory}: element {bad} of '{name}' is stored {full.Covered[bad]} times across the shards (expected once); the checkpoint is incomplete or inconsistent");
-        }
-        return result;
-    }
-
-    private static void WriteShard(string path, DataParallelism parallel)
-    {
-        var model = parallel.Model;
-        var layout = parallel.Layout;
-        var opt = parallel.Optimizer;
-        var stateBackend = opt.Host ?? model.Backend;
         var writer = new SafetensorsWriter();
-        writer.Metadata["format"] = "tessera-zero-shard";
-        writer.Metadata["rank"] = parallel.Group.Rank.ToString(CultureInfo.InvariantCulture);
-        writer.Metadata["world_size"] = parallel.Group.Size.ToString(CultureInfo.InvariantCulture);
-        writer.Metadata["stage"] = ((int)parallel.Options.Stage).ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["format"] = "tessera-parallel-shard";
+        writer.Metadata["rank"] = rank.WorldRank.ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["world_size"] = rank.WorldSize.ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["tp_rank"] = rank.TensorRank.ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["tp_size"] = rank.TensorSize.ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["stage"] = rank.Stage.ToString(CultureInfo.InvariantCulture);
         writer.Metadata["dtype"] = model.DType.SafetensorsName();
-        writer.Metadata["value_dtype"] = parallel.MasterDType.SafetensorsName();   // the masters (F32 for a BF16 arena)
+        writer.Metadata["value_dtype"] = (model.DType is DType.BF16 or DType.F16 ? DType.F32 : model.DType).SafetensorsName();
         foreach (var p in model.Layout.Parameters)
         {
-            foreach (var r in layout.Owned)
+            foreach (var r in rank.Owned)
             {
                 long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
                 if (lo >= hi) continue;
                 var shape = new Shape((int)(hi - lo));
                 long start = lo - p.Offset, at = r.ShardOffset + (lo - r.ArenaOffset);
-                var (masterBackend, masters) = opt.MasterOf(r);
+                var (masterBackend, masters) = rank.MasterOf(r);
                 Add(writer, $"value/{start}/{p.Name}", masterBackend, masters.Narrow(lo - r.ArenaOffset, shape));
-                Add(writer, $"m/{start}/{p.Name}", stateBackend, opt.M.Narrow(at, shape));
-                Add(writer, $"v/{start}/{p.Name}", stateBackend, opt.V.Narrow(at, shape));
+                Add(writer, $"m/{start}/{p.Name}", rank.StateBackend, rank.M.Narrow(at, shape));
+                Add(writer, $"v/{start}/{p.Name}", rank.StateBackend, rank.V.Narrow(at, shape));
             }
         }
         writer.Write(path);
     }
-
-    private static DataParallelism Strategy(Trainer trainer) => trainer.Parallelism as DataParallelism ?? throw new ArgumentException(
-        "ShardedCheckpoint: the trainer has no data-parallel strategy; a one-device run saves with TrainingCheckpoint");
 
     private static void Add(SafetensorsWriter writer, string name, IBackend backend, Tensor view)
     {
@@ -262,5 +195,63 @@ public static class ShardedCheckpoint
     {
         using var s = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);
         s.Flush(flushToDisk: true);
+    }
+
+    /// <summary>
+    /// What a rank saves and restores, whatever its strategy: the arena ranges it owns, where their masters and moments
+    /// live, and its place on the mesh (world rank = tp rank + tp x dp rank, Megatron's order).
+    /// </summary>
+    private sealed class RankState
+    {
+        private ProcessGroup? _data, _tensor;
+
+        public required IReadOnlyList<OwnedRange> Owned { get; init; }
+        public required Func<OwnedRange, (IBackend Backend, Tensor Values)> MasterOf { get; init; }
+        public required Tensor M { get; init; }
+        public required Tensor V { get; init; }
+        public required IBackend StateBackend { get; init; }
+        public required int Stage { get; init; }
+        public int TensorRank => _tensor?.Rank ?? 0;
+        public int TensorSize => _tensor?.Size ?? 1;
+        public int DataSize => _data?.Size ?? 1;
+        public int WorldRank => TensorRank + TensorSize * (_data?.Rank ?? 0);
+        public int WorldSize => TensorSize * DataSize;
+
+        /// <summary>Every rank of the run has arrived: the tensor-parallel peers, then the data-parallel ones (whose own tensor-parallel peers arrived before them).</summary>
+        public void Barrier()
+        {
+            _tensor?.Barrier().Wait();
+            _data?.Barrier().Wait();
+        }
+
+        public static RankState Of(Trainer trainer)
+        {
+            var tensor = trainer.Model.TensorParallelism?.Group;
+            switch (trainer.Parallelism)
+            {
+                case DataParallelism dp:
+                    return new RankState
+                    {
+                        Owned = dp.Layout.Owned, MasterOf = dp.Optimizer.MasterOf, M = dp.Optimizer.M, V = dp.Optimizer.V,
+                        StateBackend = dp.Optimizer.Host ?? trainer.Model.Backend, Stage = (int)dp.Options.Stage, _data = dp.Group, _tensor = tensor,
+                    };
+                case SingleDevice single:
+                    // One device (or one tensor-parallel rank without data parallelism): it owns its whole arena, whose
+                    // moments are laid out like the arena.
+                    var arena = single.Optimizer.Arena;
+                    const long maxRange = 1L << 30;   // views are int-sized tensors
+                    var owned = new List<OwnedRange>();
+                    for (long start = 0; start < arena.Length; start += maxRange)
+                        owned.Add(new OwnedRange(0, start, Math.Min(maxRange, arena.Length - start), start, WeightDecay: false));
+                    return new RankState
+                    {
+                        Owned = owned,
+                        MasterOf = r => (arena.Backend, (arena.Masters ?? arena.Values).Narrow(r.ArenaOffset, new Shape(checked((int)r.Length)))),
+                        M = single.Optimizer.M, V = single.Optimizer.V, StateBackend = arena.Backend, Stage = 0, _tensor = tensor,
+                    };
+                default:
+                    throw new NotSupportedException($"ShardedCheckpoint: strategy {trainer.Parallelism.GetType().Name} is not supported");
+            }
+        }
     }
 }

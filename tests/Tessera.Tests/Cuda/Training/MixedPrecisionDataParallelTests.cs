@@ -173,7 +173,7 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
 
         var model = NewModel(seed: 99);   // the checkpoint must overwrite these weights
         var plain = new Trainer(model, new AdamWOptimizer(model.Parameters, new AdamWOptions()), new TokenDataLoader([shard], Batch, Sequence), null, Options);
-        ShardedCheckpoint.RestoreSingle(dir, model, plain);
+        ShardedCheckpoint.Restore(dir, plain);
         Assert.Equal(3, plain.Step);
         Assert.Equal(3, plain.AdamW().StepCount);
         var restoredMasters = backend.ToArray<float>(model.Parameters.Masters!);

@@ -151,7 +151,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         var backend = new CpuBackend(1);
         var single = NewModel(backend, seed: 99);
         var plain = new Trainer(single, new AdamWOptimizer(single.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(SavedStep + 1));
-        ShardedCheckpoint.RestoreSingle(dir, single, plain);
+        ShardedCheckpoint.Restore(dir, plain);
         Assert.Equal(SavedStep, plain.Step);
         AssertParameters(_masters, backend.ToArray<float>(single.Parameters.Masters!), single.Layout, "one rank: master");
         AssertBf16Copy(_masters, backend.ToArray<BFloat16>(single.Parameters.Values), single.Layout, "one rank: value");
@@ -230,7 +230,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         }, TimeSpan.FromSeconds(60));
         var model = new Transformer(ModelPresets.Get(Preset), new CpuBackend(1), DType.F32);
         var trainer = new Trainer(model, new AdamWOptimizer(model.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(2));
-        var e = Assert.Throws<CheckpointException>(() => ShardedCheckpoint.RestoreSingle(store.Latest()!, model, trainer));
+        var e = Assert.Throws<CheckpointException>(() => ShardedCheckpoint.Restore(store.Latest()!, trainer));
         Assert.Contains("saved in BF16", e.Message);
     }
 

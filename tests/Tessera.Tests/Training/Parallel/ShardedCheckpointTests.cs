@@ -85,7 +85,7 @@ public sealed class ShardedCheckpointTests : IDisposable
         var single = ParallelRun.NewModel(Preset, backend);
         single.InitializeWeights(seed: 99);
         var trainer1 = new Trainer(single, new AdamWOptimizer(single.Parameters, adamW), new TokenDataLoader([_shard], 2, ParallelRun.T), null, ParallelRun.Options(4, accumulation: 4));
-        ShardedCheckpoint.RestoreSingle(dir, single, trainer1);
+        ShardedCheckpoint.Restore(dir, trainer1);
         Assert.Equal(3, trainer1.Step);
         DataParallelTests.AssertBitIdentical(values, backend.ToArray<double>(single.Parameters.Values), "parameters on 1 rank");
         DataParallelTests.AssertBitIdentical(m, backend.ToArray<double>(trainer1.AdamW().M), "m on 1 rank");
@@ -109,7 +109,7 @@ public sealed class ShardedCheckpointTests : IDisposable
         File.Delete(Path.Combine(dir, ShardedCheckpoint.ShardFile(1, 2)));
         var model1 = ParallelRun.NewModel(Preset, new CpuBackend(1));
         var t = new Trainer(model1, new AdamWOptimizer(model1.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], 2, ParallelRun.T), null, ParallelRun.Options(2));
-        var e = Assert.Throws<CheckpointException>(() => ShardedCheckpoint.RestoreSingle(dir, model1, t));
+        var e = Assert.Throws<CheckpointException>(() => ShardedCheckpoint.Restore(dir, t));
         Assert.Contains("zero_shard_00001_of_00002", e.Message);
     }
 }

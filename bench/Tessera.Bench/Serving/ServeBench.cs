@@ -1,0 +1,208 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Tessera.Cuda;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
+using Tessera.Inference.Serving;
+using Tessera.Models;
+using Tessera.Models.Chat;
+using Tessera.Server;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Training.Benchmarks;
+
+namespace Tessera.Bench.Serving;
+
+/// <summary>
+/// The HTTP server under load, end to end: a model with random weights (speed does not depend on them) behind
+/// <see cref="OpenAiServer"/> on a loopback port, driven by N concurrent streaming clients (HttpClient, SSE) through
+/// POST /v1/completions with token-id prompts (greedy, no end token: every request runs to max_tokens). Per concurrency
+/// level: generated tokens/s over the wall time of the level, time to first token and inter-token latency (p50, p99, as
+/// the clients see them), engine steps, and on a GPU the share of the memory roofline: per decode step the weights once
+/// plus the keys and values of every cached position of the batch, over the step time, against a device copy measured
+/// in the same process.
+/// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
+/// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192] [--no-graphs]</para>
+/// <para>serve --load [--clients 256] [--max-batch 64] [--seconds 60]: the issue's load run (every request completes or
+/// gets 429, blocks in use return to zero, the process's memory does not grow), printed as a table.</para>
+/// </summary>
+public static class ServeBench
+{
+    public static int Run(string[] args)
+    {
+        string device = "cuda", preset = "llama-1b", dtypeName = "bf16";
+        int prompt = 512, newTokens = 128, rounds = 2, maxBatch = 128, tokenBudget = 8192, clients = 256, seconds = 60;
+        int[] levels = [1, 8, 32, 64, 128];
+        double? kvGiB = null;
+        bool graphs = true, load = false;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string Next() => args[++i];
+            int Int() => int.Parse(Next(), CultureInfo.InvariantCulture);
+            switch (args[i])
+            {
+                case "--device": device = Next(); break;
+                case "--preset": preset = Next(); break;
+                case "--dtype": dtypeName = Next(); break;
+                case "--prompt": prompt = Int(); break;
+                case "--new": newTokens = Int(); break;
+                case "--rounds": rounds = Int(); break;
+                case "--max-batch": maxBatch = Int(); break;
+                case "--token-budget": tokenBudget = Int(); break;
+                case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
+                case "--no-graphs": graphs = false; break;
+                case "--load": load = true; break;
+                case "--clients": clients = Int(); break;
+                case "--seconds": seconds = Int(); break;
+                default: throw new ArgumentException($"serve: unknown argument '{args[i]}'");
+            }
+        }
+        if (load) { maxBatch = args.Contains("--max-batch") ? maxBatch : 64; }
+        var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
+        bool cuda = device.StartsWith("cuda", StringComparison.Ordinal);
+        IBackend backend = cuda ? new CudaBackend() : new CpuBackend(Environment.ProcessorCount);
+        // The engine's context: what the requests need (a smaller block table per step); the model's at least that.
+        int context = load ? 256 : prompt + newTokens + 16;
+        var config = ModelPresets.Get(preset) with { MaxSequenceLength = Math.Max(context, ModelPresets.Get(preset).MaxSequenceLength) };
+        var model = new Transformer(config, backend, dtype) { ValidateInputs = false };
+        BenchmarkWeights.Initialize(model, seed: 2);
+        var tokenizer = new SyntheticTokenizer(config.VocabSize);
+        long kvBytes = (long)((kvGiB ?? (cuda ? 24 : 0.25)) * (1L << 30));
+        var options = new EngineOptions
+        {
+            Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = kvBytes },
+            Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = Math.Max(tokenBudget, maxBatch), MaxQueue = load ? 128 : 4096 },
+            MaxSequenceLength = context,
+            RecordGraphs = graphs,
+        };
+        using var engine = new InferenceEngine(model, tokenizer, options);
+        var server = OpenAiServer.StartAsync(engine, new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, true), tokenizer),
+            new ServeOptions { Port = 0, ModelName = preset }).GetAwaiter().GetResult();
+        using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 4096, PooledConnectionLifetime = Timeout.InfiniteTimeSpan })
+        {
+            BaseAddress = server.BaseAddress, Timeout = TimeSpan.FromMinutes(10),
+        };
+        try
+        {
+            return load ? Load(http, engine, preset, clients, seconds, maxBatch)
+                : Levels(http, engine, backend as CudaBackend, model, preset, dtype, prompt, newTokens, rounds, levels, maxBatch);
+        }
+        finally
+        {
+            server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    private sealed record RequestStats(double FirstTokenSeconds, List<double> Gaps, int Tokens, int Status);
+
+    /// <summary>One streaming completion; times as the client sees them.</summary>
+    private static async Task<RequestStats> Stream(HttpClient http, string model, int[] prompt, int maxTokens)
+    {
+        string body = $$$"""{"model": "{{{model}}}", "prompt": [{{{string.Join(',', prompt)}}}], "max_tokens": {{{maxTokens}}}, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}""";
+        var clock = Stopwatch.StartNew();
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json") };
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
+        if (!response.IsSuccessStatusCode)
+        {
+            await response.Content.ReadAsStringAsync().ConfigureAwait(false);
+            return new RequestStats(0, [], 0, (int)response.StatusCode);
+        }
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync().ConfigureAwait(false));
+        double first = -1, last = 0;
+        var gaps = new List<double>(maxTokens);
+        int tokens = 0;
+        while (await reader.ReadLineAsync().ConfigureAwait(false) is { } line)
+        {
+            if (!line.StartsWith("data: {", StringComparison.Ordinal)) continue;
+            if (line.Contains("\"usage\":{", StringComparison.Ordinal))
+            {
+                using var doc = JsonDocument.Parse(line.AsMemory(6));
+                tokens = doc.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32();
+                continue;
+            }
+            double now = clock.Elapsed.TotalSeconds;
+            if (first < 0) first = now; else gaps.Add(now - last);
+            last = now;
+        }
+        return new RequestStats(first, gaps, tokens, 200);
+    }
+
+    private static int Levels(HttpClient http, InferenceEngine engine, CudaBackend? cuda, Transformer model, string preset, DType dtype,
+        int prompt, int newTokens, int rounds, int[] levels, int maxBatch)
+    {
+        var config = model.Config;
+        var rng = new Random(7);
+        int[] Prompt() => Enumerable.Range(0, prompt).Select(_ => rng.Next(config.VocabSize)).ToArray();
+        double copy = cuda is null ? double.NaN : Gpu.GpuDecodeBench.DeviceCopyBandwidth(cuda);
+        long weightBytes = model.Parameters.Parameters.Sum(p => p.NumElements) * dtype.SizeInBytes();
+        long kvPerPosition = PagedKvCache.BlockBytes(dtype, config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);
+        // Warm-up: every batch-size bucket the levels will use runs eagerly once and is recorded, outside the timings.
+        foreach (int n in levels) Task.WhenAll(Enumerable.Range(0, n).Select(_ => Stream(http, preset, Prompt(), 4))).GetAwaiter().GetResult();
+
+        Console.WriteLine($"| system | model | dtype | concurrency | requests | prompt | new | generated tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | steps | ms/step | roofline share |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        foreach (int n in levels)
+        {
+            long steps0 = engine.Metrics.Steps;
+            var clock = Stopwatch.StartNew();
+            var results = Task.WhenAll(Enumerable.Range(0, n).Select(async _ =>
+            {
+                var mine = new List<RequestStats>();
+                for (int r = 0; r < rounds; r++) mine.Add(await Stream(http, preset, Prompt(), newTokens).ConfigureAwait(false));
+                return mine;
+            })).GetAwaiter().GetResult().SelectMany(x => x).ToList();
+            double wall = clock.Elapsed.TotalSeconds;
+            long steps = engine.Metrics.Steps - steps0;
+            int generated = results.Sum(r => r.Tokens);
+            var ttft = results.Select(r => r.FirstTokenSeconds * 1000).Order().ToArray();
+            var itl = results.SelectMany(r => r.Gaps).Select(g => g * 1000).Order().ToArray();
+            // Roofline: per decode step the weights once and the cached keys and values of the batch (on average the prompt
+            // plus half the new tokens per sequence), at the measured step rate.
+            double batch = Math.Min(n, maxBatch), stepsPerSecond = steps / wall;
+            double bytesPerStep = weightBytes + batch * (prompt + newTokens / 2.0) * kvPerPosition;
+            string roofline = double.IsNaN(copy) ? "n/a (CPU)" : $"{bytesPerStep * stepsPerSecond / copy:P1} of {copy / 1e12:F2} TB/s";
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| Tessera (HTTP) | {preset} | {dtype} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {roofline} |"));
+        }
+        return 0;
+    }
+
+    private static int Load(HttpClient http, InferenceEngine engine, string preset, int clients, int seconds, int maxBatch)
+    {
+        int completed = 0, rejected = 0, failed = 0;
+        var process = Process.GetCurrentProcess();
+        var rng = new Random(11);
+        long Memory() { GC.Collect(); GC.WaitForPendingFinalizers(); process.Refresh(); return process.WorkingSet64; }
+        async Task Client(int id, DateTime until)
+        {
+            var mine = new Random(id);
+            while (DateTime.UtcNow < until)
+            {
+                var prompt = Enumerable.Range(0, mine.Next(4, 64)).Select(_ => mine.Next(engine.Model.Config.VocabSize)).ToArray();
+                var stats = await Stream(http, preset, prompt, mine.Next(8, 64)).ConfigureAwait(false);
+                if (stats.Status == 200 && stats.Tokens > 0) Interlocked.Increment(ref completed);
+                else if (stats.Status == 429) { Interlocked.Increment(ref rejected); await Task.Delay(mine.Next(10, 100)).ConfigureAwait(false); }
+                else Interlocked.Increment(ref failed);
+            }
+        }
+        var warm = DateTime.UtcNow.AddSeconds(Math.Min(10, seconds / 6.0));
+        Task.WhenAll(Enumerable.Range(0, clients).Select(i => Client(i, warm))).GetAwaiter().GetResult();
+        long before = Memory();
+        int completedWarm = completed;
+        var clock = Stopwatch.StartNew();
+        Task.WhenAll(Enumerable.Range(0, clients).Select(i => Client(1000 + i, DateTime.UtcNow.AddSeconds(seconds)))).GetAwaiter().GetResult();
+        double wall = clock.Elapsed.TotalSeconds;
+        Thread.Sleep(200);
+        long after = Memory();
+        var m = engine.Metrics;
+        Console.WriteLine("| clients | max batch | seconds | completed | 429 | failed | KV blocks in use after | working set before MB | after MB | generated tokens/s |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"| {clients} | {maxBatch} | {wall:F0} | {completed - completedWarm} | {rejected} | {failed} | {m.KvBlocksInUse} | {before / 1e6:F0} | {after / 1e6:F0} | {m.GeneratedTokens / Math.Max(wall, 1e-9):F0} |"));
+        return failed == 0 && m.KvBlocksInUse == 0 ? 0 : 1;
+    }
+
+    private static double Pct(double[] sorted, double q) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The serving benchmark in ONE device call: Tessera's HTTP server under 1..128 concurrent streaming clients, the batch-1
+# `generate` decode of the same shape for the 5 % comparison, and the plain-PyTorch batched decoder as the peer.
+#
+#   DEST=.device/serve bench/serve/gpu-serve-bench.sh prepare     (development machine, repository root)
+#       builds bench/Tessera.Bench (with Tessera.Server) into DEST/app, packs the .NET runtime with ASP.NET Core's shared
+#       framework (DEST/dotnet-runtime.tar.xz), copies this script and bench/pytorch/batched_decode.py.
+#   bash .device/serve/gpu-serve-bench.sh run                      (GPU machine, repository root, .device carried)
+#       runs, logging under $OUT: `serve` (llama-1b bf16, 512-token prompts, 128 new tokens, concurrency 1,8,32,64,128,
+#       2 requests per client), `gpu-decode` (llama-1b bf16, prompt 512, 128 new, the dense generate path), then
+#       batched_decode.py (batches 1,8,32,64,128). Prints the three tables last. LEVELS=..., ROUNDS=..., RUN_TORCH=0,
+#       RUN_DECODE=0 change or skip parts; SERVE_ARGS adds arguments to `serve` (e.g. "--no-graphs").
+set -uo pipefail
+mode="${1:-run}"; shift || true
+case "$mode" in
+prepare)
+    set -e
+    dest="${DEST:-.device/serve}"
+    rm -rf "$dest/app"; mkdir -p "$dest/app"
+    dotnet build bench/Tessera.Bench -c Release -o "$dest/app" -v q -nologo
+    find "$dest/app" -name '*.pdb' -delete
+    rm -rf "$dest/app/runtimes/win"* "$dest/app/runtimes/osx"* 2>/dev/null || true
+    [ -f "$dest/dotnet-runtime.tar.xz" ] || scripts/pack-dotnet-runtime.sh "$dest/dotnet-runtime.tar.xz"
+    cp "$0" "$dest/gpu-serve-bench.sh"
+    cp bench/pytorch/batched_decode.py "$dest/batched_decode.py"
+    git rev-parse --short HEAD > "$dest/commit.txt"
+    du -sh "$dest"
+    ;;
+run)
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 PYTHONUNBUFFERED=1
+    out="${OUT:-$PWD/gpu-serve-out}"; mkdir -p "$out"
+    dir="$(cd "$(dirname "$0")" && pwd)"
+    if [ ! -x /tmp/dotnet/dotnet ] || [ ! -d /tmp/dotnet/shared/Microsoft.AspNetCore.App ]; then
+        mkdir -p /tmp/dotnet && tar -C /tmp/dotnet -xJf "$dir/dotnet-runtime.tar.xz" || { echo "cannot unpack the runtime"; exit 1; }
+    fi
+    export DOTNET_ROOT=/tmp/dotnet DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_gcServer=0
+    export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+    dn=/tmp/dotnet/dotnet
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+    echo "commit $(cat "$dir/commit.txt" 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)" | tee -a "$out/gpu.txt"
+    rc=0
+    # shellcheck disable=SC2086
+    timeout "${SERVE_TIMEOUT:-420}" $dn "$dir/app/Tessera.Bench.dll" serve --device cuda --preset llama-1b --dtype bf16 --prompt 512 --new 128 \
+        --concurrency "${LEVELS:-1,8,32,64,128}" --rounds "${ROUNDS:-2}" ${SERVE_ARGS:-} > "$out/serve.md" 2> "$out/serve.err" || rc=1
+    if [ "${RUN_DECODE:-1}" = 1 ]; then
+        timeout 180 $dn "$dir/app/Tessera.Bench.dll" gpu-decode --preset llama-1b --dtype bf16 --prompt 512 --new 128 > "$out/decode.md" 2>> "$out/serve.err" || rc=1
+    fi
+    if [ "${RUN_TORCH:-1}" = 1 ]; then
+        timeout 420 python3 "$dir/batched_decode.py" --batch "${LEVELS:-1,8,32,64,128}" --prompt 512 --new 128 > "$out/torch.md" 2> "$out/torch.err" || rc=1
+    fi
+    echo
+    echo "================ Tessera server (HTTP, streaming clients) ================"; cat "$out/serve.md"; tail -5 "$out/serve.err"
+    echo "================ Tessera generate (batch 1, dense cache) ================"; cat "$out/decode.md" 2>/dev/null
+    echo "================ PyTorch batched decoder ================"; cat "$out/torch.md" 2>/dev/null; tail -5 "$out/torch.err" 2>/dev/null
+    exit $rc
+    ;;
+*) echo "usage: gpu-serve-bench.sh prepare | run"; exit 2 ;;
+esac

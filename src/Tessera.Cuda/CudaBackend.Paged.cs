@@ -1,0 +1,85 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+// Paged KV-cache ops for serving (paged_attention.cu): the append of a step's keys and values to their slots, and
+// attention of a flattened batch over block tables. Every sequence-dependent value is read from device memory, so a
+// decode step of a given batch size can be recorded once and replayed with new metadata.
+public sealed unsafe partial class CudaBackend
+{
+    private const int PagedAttentionWarps = 4, PagedAttentionMaxGroup = 8, PagedAttentionMaxHeadSize = 256,   // PA_* in the kernel
+        PagedAttentionMaxSplits = 32;
+
+    public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
+    {
+        const string op = nameof(PagedAppend);
+        batch.Validate($"CudaBackend.{op}");
+        if (keysAndValues.Rank != 3 || (keysAndValues.Stride(2) != 1 && keysAndValues.Size(2) > 1))
+            throw new ArgumentException($"CudaBackend.{op}: keysAndValues must be (N, R, D) with a contiguous last dimension, got {keysAndValues.Shape}");
+        RequireContiguous(op, "pool", pool);
+        RequireDType(op, "pool", pool, keysAndValues.DType);
+        int n = keysAndValues.Size(0), r = keysAndValues.Size(1), d = keysAndValues.Size(2);
+        if (pool.Rank != 4 || pool.Size(1) != batch.BlockSize || pool.Size(2) != r || pool.Size(3) != d)
+            throw new ArgumentException($"CudaBackend.{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, {r}, {d}) for keysAndValues {keysAndValues.Shape}");
+        if (batch.Rows != n)
+            throw new ArgumentException($"CudaBackend.{op}: PagedBatch.Slots has {batch.Rows} rows but keysAndValues {keysAndValues.Shape} has {n}");
+        long total = (long)n * r * d;
+        if (total == 0) return;
+        ulong pk = Ptr(keysAndValues), pp = Ptr(pool), ps = Ptr(batch.Slots);
+        long rowStride = keysAndValues.Stride(0), headStride = keysAndValues.Stride(1);
+        void** args = stackalloc void*[] { &pk, &pp, &ps, &n, &r, &d, &rowStride, &headStride };
+        Launch("paged_attention.cu", $"paged_append_b{keysAndValues.DType.SizeInBytes()}", (GridFor(total), 1, 1), Threads, args, 0, dependent: true);
+    }
+
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale)
+    {
+        const string op = nameof(PagedAttention);
+        batch.Validate($"CudaBackend.{op}");
+        if (q.Rank != 3 || (q.Stride(2) != 1 && q.Size(2) > 1))
+            throw new ArgumentException($"CudaBackend.{op}: q must be (N, H, D) with a contiguous last dimension, got {q.Shape}");
+        RequireContiguous(op, "pool", pool);
+        RequireContiguous(op, "output", output);
+        RequireDType(op, "pool", pool, q.DType);
+        RequireDType(op, "output", output, q.DType);
+        if (output.Shape != q.Shape) throw new ArgumentException($"CudaBackend.{op}: output {output.Shape} must have the shape of q {q.Shape}");
+        int n = q.Size(0), h = q.Size(1), d = q.Size(2);
+        if (pool.Rank != 4 || pool.Size(1) != batch.BlockSize || pool.Size(2) % 2 != 0 || pool.Size(3) != d)
+            throw new ArgumentException($"CudaBackend.{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, 2K, {d})");
+        int k = pool.Size(2) / 2;
+        if (h % k != 0) throw new ArgumentException($"CudaBackend.{op}: the {k} kv heads of pool {pool.Shape} must divide the {h} query heads of q {q.Shape}");
+        if (d > PagedAttentionMaxHeadSize) throw new NotSupportedException($"CudaBackend.{op}: head size {d} is above the kernel's {PagedAttentionMaxHeadSize}");
+        if (batch.Rows != n) throw new ArgumentException($"CudaBackend.{op}: PagedBatch.Slots has {batch.Rows} rows but q {q.Shape} has {n}");
+        if (n == 0) return;
+        // The query heads of one CTA: the largest divisor of the group size H / K that the kernel holds in registers.
+        int group = h / k, g = Math.Min(group, PagedAttentionMaxGroup);
+        while (group % g != 0) g--;
+        int b = batch.Sequences, blockSize = batch.BlockSize, maxBlocks = batch.BlockTables.Size(1);
+        // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
+        // two waves of the SMs, each split at least 64 positions of the widest table (the host knows no context length).
+        long ctas = (long)n * (h / g);
+        int splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
+            1, PagedAttentionMaxSplits);
+        var partial = splits > 1 ? ScratchTensor(new Shape(splits, n, h, d + 2), DType.F32) : null;     // (S, N, H, D + 2) states
+        try
+        {
+            ulong pq = Ptr(q), pp = Ptr(pool), po = Ptr(output), pw = partial is null ? 0 : Ptr(partial), pt = Ptr(batch.BlockTables),
+                pst = Ptr(batch.QueryStarts), pl = Ptr(batch.ContextLengths);
+            long qn = q.Stride(0), qh = q.Stride(1);
+            float sc = (float)scale;
+            void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc };
+            uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
+            Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
+                args, shared, dependent: true);
+            if (partial is not null)
+            {
+                void** combine = stackalloc void*[] { &pw, &po, &splits, &n, &h, &d };
+                Launch("paged_attention.cu", "paged_attention_combine_" + Suffix(q.DType, op), ((uint)n, (uint)h, 1), (uint)Math.Min(256, (d + 31) / 32 * 32),
+                    combine, 0, dependent: true);
+            }
+        }
+        finally
+        {
+            partial?.Storage.Dispose();                                  // stream-ordered: freed after the kernels that use it
+        }
+    }
+}

@@ -1,0 +1,169 @@
+using System.Collections.Frozen;
+using System.Globalization;
+using Tessera.Cuda.Compilation;
+
+namespace Tessera.Cuda;
+
+/// <summary>
+/// How one <see cref="CudaBackend"/> runs: the choices that the defaults make from measurements, kept switchable for A/B
+/// measurements (docs/cuda-notes.md says what each was measured at), the op profiler, and where compiled kernels are
+/// cached. Built once at the edge (the CLI's backend factory, a bench's <c>--cuda-options</c>, a test) and passed to
+/// <c>new CudaBackend(ordinal, options)</c>, which validates it and keeps it for its lifetime; two backends in one process
+/// may run with different options. <see cref="Parse"/> reads the one-string form the edges accept.
+/// </summary>
+public sealed record CudaBackendOptions
+{
+    /// <summary>The defaults: what the measurements chose.</summary>
+    public static CudaBackendOptions Default { get; } = new();
+
+    /// <summary>
+    /// Products with at most 4 rows (decoding) run on Tessera's persistent matrix-vector kernels (gemv.cu), which stream
+    /// each weight once; false sends them to cuBLASLt (to compare). Default true.
+    /// </summary>
+    public bool MatrixVectorKernels { get; init; } = true;
+
+    /// <summary>
+    /// CTAs of 8 warps per SM in a matrix-vector grid, 1 or 2 (fewer when the rows would leave warps idle). Two are resident
+    /// at once (the kernels' launch bounds); one leaves room for the next kernel's CTAs under programmatic dependent
+    /// launch and measured slower. Default 2.
+    /// </summary>
+    public int MatrixVectorCtasPerSm { get; init; } = 2;
+
+    /// <summary>
+    /// Inside an inference scope (<see cref="Tensors.IInferenceScope"/>), a matrix-vector product whose predecessor was
+    /// launched in the scope loads its first weights before waiting on that kernel (overlapping its tail); false makes
+    /// every product wait first. Default true.
+    /// </summary>
+    public bool EarlyWeightLoads { get; init; } = true;
+
+    /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
+    public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
+
+    /// <summary>
+    /// Threads per row of the fused cross-entropy kernel: 128, 256, 512 or 1024; null (the default) chooses by the row's
+    /// width.
+    /// </summary>
+    public int? CrossEntropyThreadsPerRow { get; init; }
+
+    /// <summary>
+    /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
+    /// keeps the fastest; false keeps the heuristic's first answer everywhere (the same algorithms on every run, for
+    /// bitwise reproducible runs). Default true.
+    /// </summary>
+    public bool TuneMatMulAlgorithms { get; init; } = true;
+
+    /// <summary>
+    /// Programmatic dependent launch of the decode kernels on compute capability 9.0 or later (each may start while its
+    /// predecessor finishes); false launches them plainly. Off anyway while <see cref="ProfileOps"/> is on. Default true.
+    /// </summary>
+    public bool ProgrammaticDependentLaunch { get; init; } = true;
+
+    /// <summary>
+    /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
+    /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
+    /// </summary>
+    public bool ProfileOps { get; init; }
+
+    /// <summary>
+    /// Folder of the compiled-kernel cache; null (the default) takes <see cref="KernelCache.DefaultFolder"/>
+    /// (<c>$TESSERA_KERNEL_CACHE</c>, else the user's cache folder).
+    /// </summary>
+    public string? KernelCacheFolder { get; init; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid field; returns this record.</summary>
+    public CudaBackendOptions Validate()
+    {
+        if (MatrixVectorCtasPerSm is not (1 or 2))
+            throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
+        if (!Enum.IsDefined(DecodeAttention))
+            throw new ArgumentException($"CUDA backend options: DecodeAttention ({(int)DecodeAttention}) must be one of {string.Join(", ", Enum.GetNames<DecodeAttentionKernel>())}");
+        if (CrossEntropyThreadsPerRow is { } t && t is not (128 or 256 or 512 or 1024))
+            throw new ArgumentException($"CUDA backend options: CrossEntropyThreadsPerRow ({t}) must be 128, 256, 512 or 1024, or unset to choose by the row's width");
+        if (KernelCacheFolder is { } folder && string.IsNullOrWhiteSpace(folder))
+            throw new ArgumentException("CUDA backend options: KernelCacheFolder is blank; leave it unset for the default folder");
+        return this;
+    }
+
+    /// <summary>
+    /// Reads the one-string form: comma-separated <c>Name=value</c> settings over <see cref="Default"/>, names as the
+    /// properties (case ignored), booleans as true/false (or 1/0, on/off), <c>CrossEntropyThreadsPerRow=auto</c> for the
+    /// default; null or blank gives the defaults. E.g. <c>"TuneMatMulAlgorithms=false,ProfileOps=true"</c>. The result is
+    /// validated; errors name the setting, the value and what is accepted.
+    /// </summary>
+    public static CudaBackendOptions Parse(string? text)
+    {
+        var options = Default;
+        if (string.IsNullOrWhiteSpace(text)) return options;
+        foreach (var raw in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            int eq = raw.IndexOf('=');
+            if (eq <= 0)
+                throw new ArgumentException($"CUDA backend options: '{raw}' is not Name=value (names: {Names})");
+            string name = raw[..eq].Trim(), value = raw[(eq + 1)..].Trim();
+            if (!Setters.TryGetValue(name, out var set))
+                throw new ArgumentException($"CUDA backend options: unknown setting '{name}' in '{raw}' (names: {Names})");
+            options = set(options, value, raw);
+        }
+        return options.Validate();
+    }
+
+    /// <summary>The settings that differ from <see cref="Default"/>, in <see cref="Parse"/>'s form ("" for the defaults).</summary>
+    public string Format()
+    {
+        var parts = new List<string>();
+        var d = Default;
+        if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
+        if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
+        if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
+        if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
+        if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
+        if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
+        if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
+        if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
+        if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
+        return string.Join(",", parts);
+    }
+
+    private static string Names => string.Join(", ", Setters.Keys.Order(StringComparer.Ordinal));
+
+    private static string Bool(bool b) => b ? "true" : "false";
+
+    private static string Invariant(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
+
+    private delegate CudaBackendOptions Setter(CudaBackendOptions options, string value, string setting);
+
+    private static readonly FrozenDictionary<string, Setter> Setters = new Dictionary<string, Setter>
+    {
+        [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
+        [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
+        [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
+        [nameof(DecodeAttention)] = (o, v, s) => o with
+        {
+            DecodeAttention = Enum.GetValues<DecodeAttentionKernel>().Cast<DecodeAttentionKernel?>()
+                .FirstOrDefault(k => k.ToString()!.Equals(v, StringComparison.OrdinalIgnoreCase))
+                ?? throw new ArgumentException($"CUDA backend options: '{s}': expected one of {string.Join(", ", Enum.GetNames<DecodeAttentionKernel>())}"),
+        },
+        [nameof(CrossEntropyThreadsPerRow)] = (o, v, s) => o with
+        {
+            CrossEntropyThreadsPerRow = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
+        },
+        [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
+        [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
+        [nameof(ProfileOps)] = (o, v, s) => o with { ProfileOps = ParseBool(v, s) },
+        [nameof(KernelCacheFolder)] = (o, v, s) => o with
+        {
+            KernelCacheFolder = v.Length > 0 ? v : throw new ArgumentException($"CUDA backend options: '{s}': the folder is empty"),
+        },
+    }.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
+
+    private static bool ParseBool(string value, string setting) => value.ToLowerInvariant() switch
+    {
+        "true" or "1" or "on" => true,
+        "false" or "0" or "off" => false,
+        _ => throw new ArgumentException($"CUDA backend options: '{setting}': expected true or false (1/0, on/off)"),
+    };
+
+    private static int ParseInt(string value, string setting) =>
+        int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) ? n
+            : throw new ArgumentException($"CUDA backend options: '{setting}': expected an integer");
+}

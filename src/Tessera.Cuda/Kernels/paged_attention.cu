@@ -1,0 +1,198 @@
+// Paged KV cache (serving): the append of a step's keys and values to their slots, and causal grouped-query attention
+// of a flattened batch of sequences (prefill chunks and decode tokens together) reading each sequence's keys and values
+// through its block table. Layouts (see Tessera.Tensors.PagedBatch):
+//   pool   (Blocks, BlockSize, 2K, D): per position K key heads then K value heads, slot = block * BlockSize + offset
+//   tables (B, MaxBlocks) I32, starts (B + 1) I32 (first row of each sequence), lengths (B) I32 (cached positions after
+//   the step), slots (N) I32 (where row n's keys and values go; negative: padding, nothing written).
+
+// ------------------------------------------------------------------------------ append
+// pool[slots[n], r, d] = kv[n, r, d] for kv (N, R, D) with row stride kv_n and head stride kv_r (last dimension contiguous).
+template <typename W> __device__ void paged_append(const W* kv, W* pool, const int* slots, int N, int R, int D, i64 kv_n, i64 kv_r)
+{
+    pdl_wait();
+    const i64 n = (i64)N * R * D;
+    GRID_STRIDE(i, n)
+    {
+        const int d = (int)(i % D);
+        const i64 rest = i / D;
+        const int r = (int)(rest % R);
+        const int row = (int)(rest / R);
+        const int slot = slots[row];
+        if (slot >= 0) pool[((i64)slot * R + r) * D + d] = kv[row * kv_n + r * kv_r + d];
+    }
+}
+#define PAGED_APPEND(name, wt)                                                                                         \
+    extern "C" __global__ void paged_append_##name(const wt* kv, wt* pool, const int* slots, int N, int R, int D,     \
+                                                   i64 kv_n, i64 kv_r)                                                 \
+    {                                                                                                                  \
+        paged_append<wt>(kv, pool, slots, N, R, D, kv_n, kv_r);                                                        \
+    }
+PAGED_APPEND(b2, unsigned short) PAGED_APPEND(b4, unsigned int) PAGED_APPEND(b8, unsigned long long)
+
+// ------------------------------------------------------------------------------ attention
+// Grid (N, H / G, splits): one CTA per new row, group of G query heads that share one kv head (G <= PA_MAX_G, so the group
+// reads each key and value once), and split of the row's visible keys (flash-decoding: a few rows with long contexts would
+// otherwise leave most SMs idle; the host picks splits from the row count and the table width). PA_WARPS warps divide the
+// CTA's keys (warp w takes keys begin + w, begin + w + PA_WARPS, ...); for each key the 32 lanes hold D / 32 elements of the
+// head (lane + 32 i: coalesced loads), a warp reduction gives the G scores, and each warp keeps an online softmax (running
+// max m, sum l, accumulator) per head in base 2 (q pre-scaled by scale * log2 e). The warps' states merge through shared
+// memory. With one split the CTA writes out = acc / l; with several it writes its state (acc, m, l) to
+// partial (splits, N, H, D + 2) and paged_attention_combine merges the splits:
+// out = sum_s acc_s 2^(m_s - M) / sum_s l_s 2^(m_s - M), M = max_s m_s. Rows before position 0 (padding) get zeros.
+#define PA_WARPS 4
+#define PA_MAX_G 8
+#define PA_MAX_DPL 8   // D <= 256
+
+template <typename T>
+__device__ void paged_attention(const T* q, const T* pool, T* out, float* partial, const int* tables, const int* starts,
+                                const int* lengths, int B, int N, int H, int K, int D, int G, int block_size, int max_blocks,
+                                i64 q_n, i64 q_h, float scale)
+{
+    extern __shared__ float pa_shared[];                           // (PA_WARPS, G, D + 2): acc, then m and l
+    const int n = blockIdx.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int dpl = (D + 31) / 32;
+    pdl_wait();
+
+    // The sequence that owns row n: the largest b with starts[b] <= n (starts[B] = N > n, so b < B and it is non-empty).
+    int lo = 0, hi = B;
+    while (lo < hi)
+    {
+        const int mid = (lo + hi + 1) >> 1;
+        if (starts[mid] <= n) lo = mid; else hi = mid - 1;
+    }
+    const int b = lo;
+    const int rows = starts[b + 1] - starts[b];
+    const int pos = lengths[b] - rows + (n - starts[b]);
+    const int keys = pos + 1;                                      // positions 0 .. pos; none for padding rows
+    const int chunk = keys > 0 ? (keys + splits - 1) / splits : 0;
+    const int begin = split * chunk, end = min(keys, begin + chunk);
+
+    float qv[PA_MAX_G][PA_MAX_DPL], acc[PA_MAX_G][PA_MAX_DPL], m[PA_MAX_G], l[PA_MAX_G];
+    const float qscale = scale * LOG2E;
+#pragma unroll
+    for (int g = 0; g < PA_MAX_G; g++)
+    {
+        m[g] = NEG_INF;
+        l[g] = 0.f;
+#pragma unroll
+        for (int i = 0; i < PA_MAX_DPL; i++)
+        {
+            const int d = lane + 32 * i;
+            qv[g][i] = (g < G && i < dpl && d < D) ? to_f(q[(i64)n * q_n + (i64)(h0 + g) * q_h + d]) * qscale : 0.f;
+            acc[g][i] = 0.f;
+        }
+    }
+
+    const i64 position_stride = (i64)2 * K * D;
+    const int* table = tables + (i64)b * max_blocks;
+    for (int j = begin + warp; j < end; j += PA_WARPS)
+    {
+        const i64 slot = (i64)table[j / block_size] * block_size + j % block_size;
+        const T* kp = pool + slot * position_stride + (i64)kvh * D;
+        const T* vp = kp + (i64)K * D;
+        float kd[PA_MAX_DPL], vd[PA_MAX_DPL];
+#pragma unroll
+        for (int i = 0; i < PA_MAX_DPL; i++)
+        {
+            const int d = lane + 32 * i;
+            const bool in = i < dpl && d < D;
+            kd[i] = in ? to_f(kp[d]) : 0.f;
+            vd[i] = in ? to_f(vp[d]) : 0.f;
+        }
+#pragma unroll
+        for (int g = 0; g < PA_MAX_G; g++)
+        {
+            if (g >= G) break;
+            float s = 0.f;
+#pragma unroll
+            for (int i = 0; i < PA_MAX_DPL; i++) s += qv[g][i] * kd[i];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+            const float m_new = fmaxf(m[g], s);
+            const float correction = fast_exp2(m[g] - m_new), p = fast_exp2(s - m_new);
+            l[g] = l[g] * correction + p;
+#pragma unroll
+            for (int i = 0; i < PA_MAX_DPL; i++) acc[g][i] = acc[g][i] * correction + p * vd[i];
+            m[g] = m_new;
+        }
+    }
+
+    // Merge the warps' softmax states.
+    const int row_floats = D + 2;
+#pragma unroll
+    for (int g = 0; g < PA_MAX_G; g++)
+    {
+        if (g >= G) break;
+        float* s = pa_shared + ((i64)warp * G + g) * row_floats;
+#pragma unroll
+        for (int i = 0; i < PA_MAX_DPL; i++)
+        {
+            const int d = lane + 32 * i;
+            if (i < dpl && d < D) s[d] = acc[g][i];
+        }
+        if (lane == 0) { s[D] = m[g]; s[D + 1] = l[g]; }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < G * D; e += blockDim.x)
+    {
+        const int g = e / D, d = e % D;
+        float big = NEG_INF;
+        for (int w = 0; w < PA_WARPS; w++) big = fmaxf(big, pa_shared[((i64)w * G + g) * row_floats + D]);
+        float sum = 0.f, value = 0.f;
+        if (big != NEG_INF)
+            for (int w = 0; w < PA_WARPS; w++)
+            {
+                const float* s = pa_shared + ((i64)w * G + g) * row_floats;
+                const float f = s[D] == NEG_INF ? 0.f : fast_exp2(s[D] - big);
+                sum += s[D + 1] * f;
+                value += s[d] * f;
+            }
+        if (splits == 1)
+            out[(i64)n * H * D + (i64)(h0 + g) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
+        else
+        {
+            float* state = partial + (((i64)split * N + n) * H + h0 + g) * row_floats;
+            state[d] = value;
+            if (d == 0) { state[D] = big; state[D + 1] = sum; }
+        }
+    }
+}
+#define PAGED_ATTENTION(name, t)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(PA_WARPS * 32) paged_attention_##name(                                   \
+        const t* q, const t* pool, t* out, float* partial, const int* tables, const int* starts, const int* lengths,      \
+        int B, int N, int H, int K, int D, int G, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale)         \
+    {                                                                                                                     \
+        paged_attention<t>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, D, G, block_size, max_blocks,     \
+                           q_n, q_h, scale);                                                                              \
+    }
+FOR_FLOAT_TYPES(PAGED_ATTENTION)
+
+// out[n, h, :] from the splits' states in partial (splits, N, H, D + 2); grid (N, H), one thread per element of the head.
+template <typename T> __device__ void paged_attention_combine(const float* partial, T* out, int splits, int N, int H, int D)
+{
+    pdl_wait();
+    const int n = blockIdx.x, h = blockIdx.y, row_floats = D + 2;
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+    {
+        float big = NEG_INF;
+        for (int s = 0; s < splits; s++) big = fmaxf(big, partial[(((i64)s * N + n) * H + h) * row_floats + D]);
+        float sum = 0.f, value = 0.f;
+        if (big != NEG_INF)
+            for (int s = 0; s < splits; s++)
+            {
+                const float* state = partial + (((i64)s * N + n) * H + h) * row_floats;
+                if (state[D] == NEG_INF) continue;                    // a split past the row's keys
+                const float f = fast_exp2(state[D] - big);
+                sum += state[D + 1] * f;
+                value += state[d] * f;
+            }
+        out[((i64)n * H + h) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
+    }
+}
+#define PAGED_COMBINE(name, t)                                                                                            \
+    extern "C" __global__ void paged_attention_combine_##name(const float* partial, t* out, int splits, int N, int H, int D) \
+    {                                                                                                                     \
+        paged_attention_combine<t>(partial, out, splits, N, H, D);                                                        \
+    }
+FOR_FLOAT_TYPES(PAGED_COMBINE)

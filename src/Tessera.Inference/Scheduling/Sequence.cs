@@ -1,0 +1,81 @@
+using Tessera.Inference.Paging;
+
+namespace Tessera.Inference.Scheduling;
+
+/// <summary>
+/// One token stream the scheduler serves: the prompt plus what has been generated so far (<see cref="Tokens"/>), how
+/// many of those have their keys and values in the cache (<see cref="ComputedTokens"/>), and the block table that holds
+/// them. A step computes some of the uncomputed tokens; when it computes the last one, the model's output for it gives the
+/// next token (<see cref="Append"/>). Preemption drops the blocks and sets <see cref="ComputedTokens"/> to zero: the
+/// tokens are recomputed later, so nothing generated is lost.
+/// </summary>
+public sealed class Sequence
+{
+    private readonly List<int> _tokens;
+    private readonly List<UInt128> _blockHashes = new();
+
+    /// <summary>A waiting sequence for <paramref name="prompt"/> that may grow to <paramref name="maxLength"/> tokens.</summary>
+    public Sequence(long id, IReadOnlyList<int> prompt, int maxLength)
+    {
+        if (prompt.Count == 0) throw new ArgumentException("Sequence: the prompt is empty");
+        if (maxLength < prompt.Count) throw new ArgumentException($"Sequence: maxLength ({maxLength}) is below the prompt's {prompt.Count} tokens");
+        Id = id;
+        _tokens = new List<int>(prompt);
+        PromptLength = prompt.Count;
+        MaxLength = maxLength;
+    }
+
+    /// <summary>Unique id, increasing in arrival order (first come, first served).</summary>
+    public long Id { get; }
+
+    /// <summary>Prompt tokens at the start of <see cref="Tokens"/>.</summary>
+    public int PromptLength { get; }
+
+    /// <summary>Most tokens (prompt + generated) the sequence may hold: the scheduler never needs blocks beyond it.</summary>
+    public int MaxLength { get; }
+
+    /// <summary>Prompt and generated tokens.</summary>
+    public IReadOnlyList<int> Tokens => _tokens;
+
+    /// <summary>Generated tokens so far.</summary>
+    public int GeneratedCount => _tokens.Count - PromptLength;
+
+    /// <summary>Leading tokens whose keys and values are in the cache.</summary>
+    public int ComputedTokens { get; internal set; }
+
+    /// <summary>Of <see cref="ComputedTokens"/>, how many came from shared prefix blocks instead of a forward pass.</summary>
+    public int CachedPromptTokens { get; internal set; }
+
+    /// <summary>Physical blocks holding positions 0, BlockSize, 2 BlockSize, ... in order.</summary>
+    public List<int> BlockTable { get; } = new();
+
+    /// <summary>Leading blocks of <see cref="BlockTable"/> already registered in the prefix cache.</summary>
+    internal int RegisteredBlocks { get; set; }
+
+    /// <summary>Where the sequence is.</summary>
+    public SequenceStatus Status { get; internal set; } = SequenceStatus.Waiting;
+
+    /// <summary>How many times it was preempted.</summary>
+    public int Preemptions { get; internal set; }
+
+    /// <summary>Tokens still to compute before the next token can be sampled.</summary>
+    public int PendingTokens => _tokens.Count - ComputedTokens;
+
+    /// <summary>Appends a sampled token (its keys and values are computed by the next step).</summary>
+    public void Append(int token)
+    {
+        if (_tokens.Count >= MaxLength) throw new InvalidOperationException($"Sequence {Id}: already at its maximum of {MaxLength} tokens");
+        _tokens.Add(token);
+    }
+
+    /// <summary>Hash of full block <paramref name="index"/> (its tokens and all before), computed once.</summary>
+    internal UInt128 BlockHash(int index, int blockSize)
+    {
+        for (int i = _blockHashes.Count; i <= index; i++)
+        {
+            var previous = i == 0 ? UInt128.Zero : _blockHashes[i - 1];
+            _blockHashes.Add(PrefixHash.Of(previous, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens).Slice(i * blockSize, blockSize)));
+        }
+        return _blockHashes[index];
+    }
+}

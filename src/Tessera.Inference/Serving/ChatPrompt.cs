@@ -1,0 +1,47 @@
+using Tessera.Models.Chat;
+using Tessera.Models.Tokenization;
+
+namespace Tessera.Inference.Serving;
+
+/// <summary>
+/// Turns a conversation into a completion request's prompt: the model's chat template rendered with a generation prompt,
+/// then tokenized; the format's end-of-turn texts become stop strings (beside the caller's). The server and the
+/// <see cref="TesseraChatClient"/> build chat prompts the same way through this.
+/// </summary>
+public sealed class ChatPrompt
+{
+    private readonly ChatFormat _format;
+    private readonly ITokenizer _tokenizer;
+
+    /// <summary>Builds prompts with <paramref name="format"/> and <paramref name="tokenizer"/>.</summary>
+    public ChatPrompt(ChatFormat format, ITokenizer tokenizer)
+    {
+        _format = format ?? throw new ArgumentNullException(nameof(format));
+        _tokenizer = tokenizer ?? throw new ArgumentNullException(nameof(tokenizer));
+    }
+
+    /// <summary>The chat format.</summary>
+    public ChatFormat Format => _format;
+
+    /// <summary>The rendered prompt text of <paramref name="messages"/>.</summary>
+    /// <exception cref="InvalidRequestException">The template refused the conversation (e.g. roles that do not alternate).</exception>
+    public string Render(IReadOnlyList<ChatMessage> messages)
+    {
+        if (messages.Count == 0) throw new InvalidRequestException("messages is empty: give at least one message", "messages");
+        try
+        {
+            return _format.Template.Render(messages, addGenerationPrompt: true, _format.BosToken, _format.EosToken);
+        }
+        catch (ChatTemplateException e)
+        {
+            throw new InvalidRequestException($"the model's chat template refused the messages: {e.Problem}", "messages");
+        }
+    }
+
+    /// <summary>Token ids of the rendered conversation.</summary>
+    public int[] Tokens(IReadOnlyList<ChatMessage> messages) => _tokenizer.Encode(Render(messages));
+
+    /// <summary>The caller's stop strings plus the format's end-of-turn texts.</summary>
+    public IReadOnlyList<string> StopStrings(IReadOnlyList<string>? requested) =>
+        (requested ?? []).Concat(_format.StopStrings).Where(s => s.Length > 0).Distinct(StringComparer.Ordinal).ToList();
+}

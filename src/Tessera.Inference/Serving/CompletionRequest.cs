@@ -1,0 +1,35 @@
+using Tessera.Inference.Sampling;
+
+namespace Tessera.Inference.Serving;
+
+/// <summary>One request to the engine: a tokenized prompt and how to continue it (OpenAI's completion parameters).</summary>
+public sealed record CompletionRequest
+{
+    /// <summary>Prompt token ids; at least one.</summary>
+    public required IReadOnlyList<int> Prompt { get; init; }
+
+    /// <summary>Most new tokens per choice; null: up to the end of the context.</summary>
+    public int? MaxTokens { get; init; }
+
+    /// <summary>Temperature, top-k, top-p; the seed, when <see cref="Seed"/> is null, is drawn at random.</summary>
+    public SamplingOptions Sampling { get; init; } = SamplingOptions.Greedy;
+
+    /// <summary>Seed of choice 0's random stream (choice i uses seed + i); null: a random seed.</summary>
+    public ulong? Seed { get; init; }
+
+    /// <summary>Subtracted once from the logit of every token already generated (OpenAI's presence_penalty, in [-2, 2]); default 0.</summary>
+    public double PresencePenalty { get; init; }
+
+    /// <summary>Subtracted from a token's logit per time it was generated (OpenAI's frequency_penalty, in [-2, 2]); default 0.</summary>
+    public double FrequencyPenalty { get; init; }
+
+    /// <summary>Strings that end a choice, matched on the decoded text across token boundaries; not included in the output.</summary>
+    public IReadOnlyList<string> Stop { get; init; } = [];
+
+    /// <summary>Number of choices generated for the prompt; default 1.</summary>
+    public int Choices { get; init; } = 1;
+
+    /// <summary>When set, each token's log-probability is returned with this many alternatives (0 to 20); null: none.</summary>
+    public int? TopLogprobs { get; init; }
+
+}

@@ -1,0 +1,37 @@
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
+
+namespace Tessera.Inference.Serving;
+
+/// <summary>How an <see cref="InferenceEngine"/> serves its model.</summary>
+public sealed record EngineOptions
+{
+    /// <summary>The paged KV cache: block size and bytes; default 16-position blocks in 256 MiB.</summary>
+    public PagedKvCacheOptions Cache { get; init; } = new();
+
+    /// <summary>Batch size, tokens per step and queue length; default 64 sequences, 2048 tokens, 256 waiting requests.</summary>
+    public SchedulerOptions Scheduler { get; init; } = new();
+
+    /// <summary>Most positions (prompt + completion) of one sequence; default null: the model's context. A smaller value
+    /// shrinks the block tables the device reads each step (vLLM's max_model_len).</summary>
+    public int? MaxSequenceLength { get; init; }
+
+    /// <summary>Whether decode steps are recorded and replayed per batch-size bucket where the backend can (CUDA graphs);
+    /// default true.</summary>
+    public bool RecordGraphs { get; init; } = true;
+
+    /// <summary>Token ids that end a completion besides the tokenizer's end of text (e.g. a chat template's end of turn);
+    /// default none.</summary>
+    public IReadOnlyCollection<int> StopTokens { get; init; } = [];
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming an invalid field.</summary>
+    public EngineOptions Validate()
+    {
+        ArgumentNullException.ThrowIfNull(Cache, nameof(Cache));
+        ArgumentNullException.ThrowIfNull(Scheduler, nameof(Scheduler));
+        Cache.Validate();
+        Scheduler.Validate();
+        if (MaxSequenceLength is <= 1) throw new ArgumentException($"EngineOptions.MaxSequenceLength ({MaxSequenceLength}) must be at least 2");
+        return this;
+    }
+}

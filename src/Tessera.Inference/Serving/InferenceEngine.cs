@@ -1,0 +1,400 @@
+using System.Diagnostics;
+using System.Text;
+using System.Threading.Channels;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Sampling;
+using Tessera.Inference.Scheduling;
+using Tessera.Models;
+using Tessera.Models.Tokenization;
+
+namespace Tessera.Inference.Serving;
+
+/// <summary>
+/// Serves many requests at once from one model: one thread owns the model, the <see cref="PagedKvCache"/>, the
+/// <see cref="Scheduler"/> and the <see cref="PagedModelRunner"/>, and runs steps for as long as there is work. Requests
+/// arrive through a channel (<see cref="Submit"/> is thread-safe) and each gets a channel of its own for what it produces;
+/// a cancelled request's sequences leave the scheduler, their blocks released, before the next step. New requests join
+/// the running batch at the next step (continuous batching). Sampling happens on this thread: greedy choices without
+/// penalties or log-probabilities take the device's argmax (4 bytes per sequence read back), the others read their row
+/// of logits.
+/// </summary>
+public sealed class InferenceEngine : IDisposable
+{
+    private readonly Transformer _model;
+    private readonly ITokenizer _tokenizer;
+    private readonly PagedKvCache _cache;
+    private readonly Scheduler _scheduler;
+    private readonly PagedModelRunner _runner;
+    private readonly Channel<Command> _commands = Channel.CreateUnbounded<Command>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly Dictionary<long, Choice> _choices = new();
+    private readonly HashSet<RequestState> _requests = new();
+    private readonly HashSet<int> _stopTokens;
+    private readonly Thread _loop;
+    private long _nextSequence;
+    private int _queued;
+    private volatile Exception? _fault;
+    private bool _disposed;
+
+    private abstract record Command;
+    private sealed record AddCommand(RequestState Request) : Command;
+    private sealed record CancelCommand(RequestState Request) : Command;
+    private sealed record ShutdownCommand : Command;
+
+    /// <summary>Builds the cache and the runner for <paramref name="model"/> and starts the loop thread.</summary>
+    /// <exception cref="ArgumentException">An option is invalid or the KV memory cannot hold one full-length sequence.</exception>
+    public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        Options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
+        _model = model;
+        _tokenizer = tokenizer;
+        var config = model.Config;
+        MaxSequenceLength = Math.Min(options.MaxSequenceLength ?? config.MaxSequenceLength, config.MaxSequenceLength);
+        _cache = new PagedKvCache(model.Backend, model.DType, config.Layers, config.EffectiveKvHeads, config.HeadSize, options.Cache);
+        try
+        {
+            int needed = (MaxSequenceLength + _cache.BlockSize - 1) / _cache.BlockSize;
+            if (needed > _cache.Blocks)
+                throw new ArgumentException($"EngineOptions.Cache.MemoryBytes: {options.Cache.MemoryBytes:N0} bytes hold {_cache.Blocks} blocks of {_cache.BlockSize} positions, " +
+                    $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes); give more KV memory or a shorter MaxSequenceLength");
+            _scheduler = new Scheduler(_cache, options.Scheduler);
+            _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs);
+        }
+        catch
+        {
+            _cache.Dispose();
+            throw;
+        }
+        _stopTokens = new HashSet<int>(options.StopTokens);
+        if (tokenizer.EndOfTextId is int eot) _stopTokens.Add(eot);
+        Metrics = new EngineMetrics(_cache.Blocks);
+        _loop = new Thread(Loop) { IsBackground = true, Name = "tessera-engine" };
+        _loop.Start();
+    }
+
+    /// <summary>The options.</summary>
+    public EngineOptions Options { get; }
+
+    /// <summary>The model served.</summary>
+    public Transformer Model => _model;
+
+    /// <summary>The tokenizer of the model.</summary>
+    public ITokenizer Tokenizer => _tokenizer;
+
+    /// <summary>Most positions of one sequence (prompt + completion).</summary>
+    public int MaxSequenceLength { get; }
+
+    /// <summary>Counters and gauges for /metrics.</summary>
+    public EngineMetrics Metrics { get; }
+
+    /// <summary>Token ids that end a completion.</summary>
+    public IReadOnlyCollection<int> StopTokens => _stopTokens;
+
+    /// <summary>Decode steps that replayed a recorded graph (0 on backends that do not record).</summary>
+    public long ReplayedSteps => Volatile.Read(ref _replayed);
+    private long _replayed;
+
+    /// <summary>
+    /// Queues <paramref name="request"/>; its events arrive on the returned reader, which completes after the usage event
+    /// (or at once, empty, when <paramref name="cancellationToken"/> fires: the request's blocks are released).
+    /// </summary>
+    /// <exception cref="InvalidRequestException">The request cannot be served as asked (names the field).</exception>
+    /// <exception cref="EngineOverloadedException">The waiting queue is full.</exception>
+    public ChannelReader<CompletionEvent> Submit(CompletionRequest request, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_fault is { } fault) throw new InvalidOperationException($"the inference engine stopped after an error: {fault.Message}", fault);
+        int maxTokens = Validate(request);
+        if (Interlocked.Increment(ref _queued) > Options.Scheduler.MaxQueue)
+        {
+            int waiting = Interlocked.Decrement(ref _queued);
+            Metrics.RequestRejected();
+            throw new EngineOverloadedException(waiting, TimeSpan.FromSeconds(1));
+        }
+        var state = new RequestState(request, maxTokens, Stopwatch.GetTimestamp());
+        _commands.Writer.TryWrite(new AddCommand(state));
+        if (cancellationToken.CanBeCanceled)
+            state.Registration = cancellationToken.Register(() => _commands.Writer.TryWrite(new CancelCommand(state)));
+        return state.Output.Reader;
+    }
+
+    /// <summary>Checks the request against the model; returns the completion length per choice.</summary>
+    private int Validate(CompletionRequest request)
+    {
+        int context = MaxSequenceLength, vocab = _model.Config.VocabSize;
+        if (request.Prompt is null || request.Prompt.Count == 0) throw new InvalidRequestException("the prompt is empty: give at least one token", "prompt");
+        if (request.Prompt.Count >= context)
+            throw new InvalidRequestException($"the prompt has {request.Prompt.Count} tokens but the model's context holds {context}, which leaves no room for a completion; shorten the prompt to at most {context - 1} tokens", "messages", "context_length_exceeded");
+        for (int i = 0; i < request.Prompt.Count; i++)
+            if ((uint)request.Prompt[i] >= (uint)vocab)
+                throw new InvalidRequestException($"prompt token {request.Prompt[i]} at position {i} is outside the vocabulary of {vocab}", "prompt");
+        int room = context - request.Prompt.Count;
+        if (request.MaxTokens is int max)
+        {
+            if (max <= 0) throw new InvalidRequestException($"max_tokens ({max}) must be at least 1", "max_tokens");
+            if (max > room)
+                throw new InvalidRequestException($"max_tokens ({max}) plus the prompt's {request.Prompt.Count} tokens exceed the model's context of {context}; ask for at most {room}", "max_tokens", "context_length_exceeded");
+        }
+        if (request.Choices is < 1 or > 128) throw new InvalidRequestException($"n ({request.Choices}) must lie in [1, 128]", "n");
+        if (request.TopLogprobs is < 0 or > 20) throw new InvalidRequestException($"top_logprobs ({request.TopLogprobs}) must lie in [0, 20]", "top_logprobs");
+        if (request.PresencePenalty is < -2 or > 2 || double.IsNaN(request.PresencePenalty))
+            throw new InvalidRequestException($"presence_penalty ({request.PresencePenalty}) must lie in [-2, 2]", "presence_penalty");
+        if (request.FrequencyPenalty is < -2 or > 2 || double.IsNaN(request.FrequencyPenalty))
+            throw new InvalidRequestException($"frequency_penalty ({request.FrequencyPenalty}) must lie in [-2, 2]", "frequency_penalty");
+        var s = request.Sampling;
+        if (!(s.Temperature >= 0 && s.Temperature <= 2)) throw new InvalidRequestException($"temperature ({s.Temperature}) must lie in [0, 2]", "temperature");
+        if (!(s.TopP > 0 && s.TopP <= 1)) throw new InvalidRequestException($"top_p ({s.TopP}) must lie in (0, 1]", "top_p");
+        if (s.TopK < 0) throw new InvalidRequestException($"top_k ({s.TopK}) must not be negative", "top_k");
+        if (request.Stop.Count > 16 || request.Stop.Any(x => x is null))
+            throw new InvalidRequestException($"stop holds {request.Stop.Count} entries; at most 16 non-null strings are allowed", "stop");
+        int length = request.MaxTokens ?? room;
+        int blocks = _scheduler.BlocksFor(request.Prompt.Count + length);
+        if (blocks > _cache.Blocks)
+            throw new InvalidRequestException($"the prompt and up to {length} new tokens need {blocks} KV blocks but the server's cache has {_cache.Blocks}; ask for fewer max_tokens", "max_tokens", "context_length_exceeded");
+        return length;
+    }
+
+    // ---------------------------------------------------------------- the loop (one thread owns everything below)
+
+    private void Loop()
+    {
+        try
+        {
+            while (true)
+            {
+                bool handled = false;
+                while (_commands.Reader.TryRead(out var command)) { Handle(command); handled = true; }
+                if (handled) Metrics.Gauges(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);   // a cancel frees blocks between steps
+                if (_scheduler.IsIdle)
+                {
+                    if (!_commands.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;   // writer completed: shut down
+                    continue;
+                }
+                RunStep();
+            }
+        }
+        catch (Exception e)
+        {
+            _fault = e;
+            foreach (var request in _requests) request.Output.Writer.TryComplete(e);
+            _requests.Clear();
+            _choices.Clear();
+        }
+    }
+
+    private void Handle(Command command)
+    {
+        switch (command)
+        {
+            case AddCommand add:
+                Start(add.Request);
+                break;
+            case ShutdownCommand:
+                foreach (var open in _requests.ToList()) Cancel(open);
+                break;
+            case CancelCommand cancel when _requests.Contains(cancel.Request):
+                Cancel(cancel.Request);
+                break;
+        }
+    }
+
+    /// <summary>Ends every unfinished choice of <paramref name="request"/> at once: its blocks go back to the pool before the next step.</summary>
+    private void Cancel(RequestState request)
+    {
+        foreach (var choice in request.Choices)
+        {
+            if (choice.Finished) continue;
+            _scheduler.Finish(choice.Sequence);
+            _choices.Remove(choice.Sequence.Id);
+            choice.Finished = true;
+        }
+        if (!request.Started) Interlocked.Decrement(ref _queued);
+        Metrics.RequestCancelled();
+        Close(request);
+    }
+
+    private void Start(RequestState request)
+    {
+        var r = request.Request;
+        ulong seed = r.Seed ?? (ulong)Random.Shared.NextInt64();
+        request.Choices = new Choice[r.Choices];
+        for (int i = 0; i < r.Choices; i++)
+        {
+            var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens);
+            var sampling = r.Sampling with { Seed = unchecked(seed + (ulong)i) };
+            var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop),
+                needsLogits: sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null);
+            request.Choices[i] = choice;
+            _choices[sequence.Id] = choice;
+            _scheduler.Add(sequence);
+        }
+        _requests.Add(request);
+        Metrics.RequestStarted(r.Prompt.Count);
+    }
+
+    private void RunStep()
+    {
+        var step = _scheduler.Schedule();
+        if (step.IsEmpty) { Thread.Sleep(1); return; }
+        Metrics.Preempted(step.Preempted.Count);
+        bool withLogits = false;
+        foreach (var s in step.Sequences)
+        {
+            var choice = _choices[s.Sequence.Id];
+            if (!choice.Request.Started)
+            {
+                choice.Request.Started = true;
+                Interlocked.Decrement(ref _queued);
+            }
+            withLogits |= s.Samples && choice.NeedsLogits;
+        }
+        long replayedBefore = _runner.ReplayedSteps;
+        _runner.Run(step, withLogits, out var greedy, out var logits);
+        if (_runner.ReplayedSteps != replayedBefore) Interlocked.Increment(ref _replayed);
+        _scheduler.Complete(step);
+        int v = _model.Config.VocabSize, row = 0;
+        long now = Stopwatch.GetTimestamp();
+        foreach (var s in step.Sequences)
+        {
+            if (!s.Samples) continue;
+            var choice = _choices[s.Sequence.Id];
+            int token = choice.NeedsLogits ? Choose(choice, logits.Slice(row * v, v)) : greedy[row];
+            row++;
+            Accept(choice, token, now);
+        }
+        Metrics.StepDone(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);
+    }
+
+    /// <summary>Penalties, then the request's sampler; the log-probabilities come from the raw row.</summary>
+    private int Choose(Choice choice, ReadOnlySpan<float> row)
+    {
+        var r = choice.Request.Request;
+        if (choice.Scratch.Length != row.Length) choice.Scratch = new float[row.Length];
+        row.CopyTo(choice.Scratch);
+        LogitsProcessing.ApplyPenalties(choice.Scratch, choice.Counts, r.PresencePenalty, r.FrequencyPenalty);
+        int token = choice.Sampler.Sample(choice.Scratch, row.Length);
+        if (r.TopLogprobs is int top)
+        {
+            double lse = LogitsProcessing.LogSumExp(row);
+            var alternatives = LogitsProcessing.Top(row, top).Select(t => Describe(t.Id, t.Logprob)).ToArray();
+            choice.PendingLogprob = new TokenLogprob(Describe(token, row[token] - lse), alternatives);
+        }
+        return token;
+    }
+
+    private TopLogprob Describe(int id, double logprob)
+    {
+        var bytes = _tokenizer.TokenBytes(id).ToArray();
+        return new TopLogprob(id, Encoding.UTF8.GetString(bytes), bytes, logprob);
+    }
+
+    /// <summary>Takes a sampled token into the choice: emits its text, or finishes the choice.</summary>
+    private void Accept(Choice choice, int token, long now)
+    {
+        var request = choice.Request;
+        var sequence = choice.Sequence;
+        if (!request.FirstTokenSeen)
+        {
+            request.FirstTokenSeen = true;
+            Metrics.TimeToFirstToken.Observe(Stopwatch.GetElapsedTime(request.Arrival, now).TotalSeconds);
+        }
+        else if (choice.LastToken != 0) Metrics.InterTokenLatency.Observe(Stopwatch.GetElapsedTime(choice.LastToken, now).TotalSeconds);
+        choice.LastToken = now;
+        choice.Generated++;
+        Metrics.TokensGenerated(1);
+        choice.Counts[token] = choice.Counts.GetValueOrDefault(token) + 1;
+        var logprob = choice.PendingLogprob;
+        choice.PendingLogprob = null;
+        IReadOnlyList<TokenLogprob>? logprobs = logprob is null ? null : [logprob];
+
+        if (_stopTokens.Contains(token))
+        {
+            string rest = choice.Matcher.Push(choice.Decoder.Flush()) + choice.Matcher.Flush();
+            Finish(choice, FinishReason.Stop, rest, [], null);
+            return;
+        }
+        sequence.Append(token);
+        string text = choice.Matcher.Push(choice.Decoder.Push(token));
+        if (choice.Matcher.Stopped) { Finish(choice, FinishReason.Stop, text, [token], logprobs); return; }
+        if (choice.Generated >= request.MaxTokens || sequence.Tokens.Count >= MaxSequenceLength)
+        {
+            text += choice.Matcher.Push(choice.Decoder.Flush());
+            text += choice.Matcher.Stopped ? "" : choice.Matcher.Flush();
+            Finish(choice, choice.Matcher.Stopped ? FinishReason.Stop : FinishReason.Length, text, [token], logprobs);
+            return;
+        }
+        request.Output.Writer.TryWrite(new CompletionEvent { Index = choice.Index, Text = text, Tokens = [token], Logprobs = logprobs });
+    }
+
+    private void Finish(Choice choice, FinishReason reason, string text, IReadOnlyList<int> tokens, IReadOnlyList<TokenLogprob>? logprobs)
+    {
+        var request = choice.Request;
+        _scheduler.Finish(choice.Sequence);
+        _choices.Remove(choice.Sequence.Id);
+        choice.Finished = true;
+        request.Output.Writer.TryWrite(new CompletionEvent { Index = choice.Index, Text = text, Tokens = tokens, Logprobs = logprobs, FinishReason = reason });
+        if (request.Choices.All(c => c.Finished))
+        {
+            int cached = request.Choices.Max(c => c.Sequence.CachedPromptTokens);
+            Metrics.PromptTokensCached(cached);
+            request.Output.Writer.TryWrite(new CompletionEvent
+            {
+                Usage = new CompletionUsage(request.Request.Prompt.Count, request.Choices.Sum(c => c.Generated), cached),
+            });
+            Metrics.RequestFinished();
+            Close(request);
+        }
+    }
+
+    private void Close(RequestState request)
+    {
+        request.Output.Writer.TryComplete();
+        request.Registration.Dispose();
+        _requests.Remove(request);
+    }
+
+    /// <summary>Stops the loop after the current step; requests still running end without a usage event.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        // Running work is abandoned: the loop cancels it, becomes idle and then sees the completed writer.
+        _commands.Writer.TryWrite(new ShutdownCommand());
+        _commands.Writer.TryComplete();
+        _loop.Join();
+        foreach (var request in _requests) request.Output.Writer.TryComplete();
+        _runner.Dispose();
+        _cache.Dispose();
+    }
+
+    private sealed class RequestState(CompletionRequest request, int maxTokens, long arrival)
+    {
+        public CompletionRequest Request { get; } = request;
+        public int MaxTokens { get; } = maxTokens;
+        public long Arrival { get; } = arrival;
+        public Channel<CompletionEvent> Output { get; } = Channel.CreateUnbounded<CompletionEvent>(new UnboundedChannelOptions { SingleWriter = true });
+        public Choice[] Choices { get; set; } = [];
+        public bool Started { get; set; }
+        public bool FirstTokenSeen { get; set; }
+        public CancellationTokenRegistration Registration { get; set; }
+    }
+
+    private sealed class Choice(RequestState request, int index, Sequence sequence, Sampler sampler, IncrementalDecoder decoder, StopStringMatcher matcher, bool needsLogits)
+    {
+        public RequestState Request { get; } = request;
+        public int Index { get; } = index;
+        public Sequence Sequence { get; } = sequence;
+        public Sampler Sampler { get; } = sampler;
+        public IncrementalDecoder Decoder { get; } = decoder;
+        public StopStringMatcher Matcher { get; } = matcher;
+        public bool NeedsLogits { get; } = needsLogits;
+        public Dictionary<int, int> Counts { get; } = new();
+        public float[] Scratch { get; set; } = [];
+        public TokenLogprob? PendingLogprob { get; set; }
+        public int Generated { get; set; }
+        public long LastToken { get; set; }
+        public bool Finished { get; set; }
+    }
+}

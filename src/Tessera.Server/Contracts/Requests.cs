@@ -1,0 +1,67 @@
+using System.Text.Json.Serialization;
+
+namespace Tessera.Server.Contracts;
+
+// OpenAI's request bodies, the fields Tessera reads (unknown fields are ignored; a field of the wrong type is a 400 naming
+// its JSON path). Snake-case names come from the serializer context's naming policy.
+
+/// <summary>POST /v1/chat/completions.</summary>
+public sealed class ChatCompletionRequestBody
+{
+    public string? Model { get; set; }
+    public List<ChatMessageBody>? Messages { get; set; }
+    public int? MaxTokens { get; set; }
+    public int? MaxCompletionTokens { get; set; }
+    public double? Temperature { get; set; }
+    public double? TopP { get; set; }
+    public int? TopK { get; set; }
+    public long? Seed { get; set; }
+    [JsonConverter(typeof(StopConverter))]
+    public List<string>? Stop { get; set; }
+    public int? N { get; set; }
+    public bool? Logprobs { get; set; }
+    public int? TopLogprobs { get; set; }
+    public double? PresencePenalty { get; set; }
+    public double? FrequencyPenalty { get; set; }
+    public bool? Stream { get; set; }
+    public StreamOptionsBody? StreamOptions { get; set; }
+}
+
+/// <summary>One message; content is a string or a list of parts of which the text parts are joined.</summary>
+public sealed class ChatMessageBody
+{
+    public string? Role { get; set; }
+    [JsonConverter(typeof(ContentConverter))]
+    public string? Content { get; set; }
+}
+
+/// <summary>stream_options.</summary>
+public sealed class StreamOptionsBody
+{
+    public bool? IncludeUsage { get; set; }
+}
+
+/// <summary>POST /v1/completions.</summary>
+public sealed class CompletionRequestBody
+{
+    public string? Model { get; set; }
+    [JsonConverter(typeof(PromptConverter))]
+    public PromptBody? Prompt { get; set; }
+    public int? MaxTokens { get; set; }
+    public double? Temperature { get; set; }
+    public double? TopP { get; set; }
+    public int? TopK { get; set; }
+    public long? Seed { get; set; }
+    [JsonConverter(typeof(StopConverter))]
+    public List<string>? Stop { get; set; }
+    public int? N { get; set; }
+    public int? Logprobs { get; set; }
+    public double? PresencePenalty { get; set; }
+    public double? FrequencyPenalty { get; set; }
+    public bool? Echo { get; set; }
+    public bool? Stream { get; set; }
+    public StreamOptionsBody? StreamOptions { get; set; }
+}
+
+/// <summary>A completions prompt: text, or token ids.</summary>
+public sealed record PromptBody(string? Text, int[]? Tokens);

@@ -1,0 +1,29 @@
+namespace Tessera.Server.Contracts;
+
+// OpenAI's response objects as Tessera writes them (null members are omitted, except where the schema requires them
+// present: a chunk's finish_reason and a choice's logprobs are written as null).
+
+public sealed record ErrorBody(string Message, string Type, string? Param, string? Code);
+public sealed record ErrorResponse(ErrorBody Error);
+
+public sealed record ModelCard(string Id, string Object, long Created, string OwnedBy, int MaxModelLen);
+public sealed record ModelList(string Object, List<ModelCard> Data);
+
+public sealed record PromptTokensDetails(int CachedTokens);
+public sealed record UsageBody(int PromptTokens, int CompletionTokens, int TotalTokens, PromptTokensDetails? PromptTokensDetails);
+
+public sealed record TopLogprobBody(string Token, double Logprob, List<int>? Bytes);
+public sealed record TokenLogprobBody(string Token, double Logprob, List<int>? Bytes, List<TopLogprobBody> TopLogprobs);
+public sealed record ChoiceLogprobs(List<TokenLogprobBody> Content);
+
+public sealed record AssistantMessage(string Role, string? Content);
+public sealed record ChatChoice(int Index, AssistantMessage Message, ChoiceLogprobs? Logprobs, string? FinishReason);
+public sealed record ChatCompletionBody(string Id, string Object, long Created, string Model, List<ChatChoice> Choices, UsageBody Usage);
+
+public sealed record ChatDelta(string? Role, string? Content);
+public sealed record ChatChunkChoice(int Index, ChatDelta Delta, ChoiceLogprobs? Logprobs, string? FinishReason);
+public sealed record ChatCompletionChunk(string Id, string Object, long Created, string Model, List<ChatChunkChoice> Choices, UsageBody? Usage);
+
+public sealed record CompletionLogprobs(List<string> Tokens, List<double> TokenLogprobs, List<Dictionary<string, double>> TopLogprobs, List<int> TextOffset);
+public sealed record CompletionChoice(int Index, string Text, CompletionLogprobs? Logprobs, string? FinishReason);
+public sealed record TextCompletionBody(string Id, string Object, long Created, string Model, List<CompletionChoice> Choices, UsageBody? Usage);

@@ -1,0 +1,63 @@
+using System.Threading.Channels;
+using Microsoft.AspNetCore.Http;
+using Tessera.Inference.Serving;
+using Tessera.Server.Contracts;
+
+namespace Tessera.Server.Endpoints;
+
+/// <summary>What the chat and completions endpoints share: the model check, sampling fields, submission and usage.</summary>
+internal static class EngineCalls
+{
+    public static void CheckModel(string? model, ServeOptions options)
+    {
+        if (string.IsNullOrEmpty(model)) throw new ApiException(ApiError.Invalid("you must provide a model parameter", "model", "missing_required_parameter"));
+        if (!string.Equals(model, options.ModelName, StringComparison.Ordinal))
+            throw new ApiException(new ApiError(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves '{options.ModelName}'",
+                "invalid_request_error", "model", "model_not_found"));
+    }
+
+    public static Inference.Sampling.SamplingOptions Sampling(double? temperature, double? topP, int? topK) => new()
+    {
+        Temperature = temperature ?? 1.0,
+        TopP = topP ?? 1.0,
+        TopK = topK ?? 0,
+    };
+
+    /// <summary>Submits, turning the engine's refusals into API errors (400, 429). The request ends when the client goes away.</summary>
+    public static ChannelReader<CompletionEvent> Submit(InferenceEngine engine, CompletionRequest request, HttpContext context)
+    {
+        try
+        {
+            return engine.Submit(request, context.RequestAborted);
+        }
+        catch (InvalidRequestException e)
+        {
+            throw new ApiException(ApiError.Invalid(e.Message, e.Parameter, e.Code));
+        }
+    }
+
+    public static UsageBody Usage(CompletionUsage usage) =>
+        new(usage.PromptTokens, usage.CompletionTokens, usage.TotalTokens, new PromptTokensDetails(usage.CachedPromptTokens));
+
+    public static string Reason(FinishReason reason) => reason == FinishReason.Length ? "length" : "stop";
+
+    public static long Now() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    public static void BeginStream(HttpContext context)
+    {
+        context.Response.StatusCode = StatusCodes.Status200OK;
+        context.Response.ContentType = "text/event-stream";
+        context.Response.Headers.CacheControl = "no-cache";
+        context.Response.Headers["X-Accel-Buffering"] = "no";
+    }
+
+    public static async Task SendEventAsync(HttpContext context, string json)
+    {
+        await context.Response.WriteAsync("data: " + json + "\n\n", context.RequestAborted).ConfigureAwait(false);
+        await context.Response.Body.FlushAsync(context.RequestAborted).ConfigureAwait(false);
+    }
+
+    public static Task SendDoneAsync(HttpContext context) => context.Response.WriteAsync("data: [DONE]\n\n", context.RequestAborted);
+
+    public static List<int> Bytes(byte[] bytes) => bytes.Select(b => (int)b).ToList();
+}

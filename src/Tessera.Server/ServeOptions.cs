@@ -1,0 +1,31 @@
+namespace Tessera.Server;
+
+/// <summary>How the OpenAI-compatible HTTP server listens and whom it serves.</summary>
+public sealed record ServeOptions
+{
+    /// <summary>Address to listen on; default "127.0.0.1" (loopback only: give "0.0.0.0" to serve the network).</summary>
+    public string Host { get; init; } = "127.0.0.1";
+
+    /// <summary>TCP port; default 8000. 0 picks a free port (read <see cref="OpenAiServer.BaseAddress"/>).</summary>
+    public int Port { get; init; } = 8000;
+
+    /// <summary>The model id clients name in requests and /v1/models lists; default "tessera".</summary>
+    public string ModelName { get; init; } = "tessera";
+
+    /// <summary>When set, every /v1 request must carry "Authorization: Bearer KEY" (else 401); default null: no key.</summary>
+    public string? ApiKey { get; init; }
+
+    /// <summary>Seconds a client is told to wait after a 429 (the Retry-After header); default 1.</summary>
+    public int RetryAfterSeconds { get; init; } = 1;
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming an invalid field.</summary>
+    public ServeOptions Validate()
+    {
+        if (string.IsNullOrWhiteSpace(Host)) throw new ArgumentException("ServeOptions.Host must not be empty");
+        if (Port is < 0 or > 65535) throw new ArgumentException($"ServeOptions.Port ({Port}) must lie in [0, 65535]");
+        if (string.IsNullOrWhiteSpace(ModelName)) throw new ArgumentException("ServeOptions.ModelName must not be empty");
+        if (ApiKey is { Length: 0 }) throw new ArgumentException("ServeOptions.ApiKey must not be empty when given");
+        if (RetryAfterSeconds <= 0) throw new ArgumentException($"ServeOptions.RetryAfterSeconds ({RetryAfterSeconds}) must be positive");
+        return this;
+    }
+}

@@ -1,0 +1,102 @@
+namespace Tessera.Tensors.Cpu;
+
+// Paged KV-cache ops, the reference the GPU kernels are tested against: the append copies rows to their slots, and
+// attention gathers each sequence's cached positions out of its blocks into contiguous keys and values, then runs the
+// dense causal attention on them, so paged attention is exactly AttentionForward over the same positions.
+public sealed unsafe partial class CpuBackend
+{
+    public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
+    {
+        const string op = nameof(PagedAppend);
+        ArgumentNullException.ThrowIfNull(keysAndValues); ArgumentNullException.ThrowIfNull(pool);
+        batch.Validate(op);
+        RequireRank(op, nameof(keysAndValues), keysAndValues, 3, "(N,R,D)");
+        RequireRank(op, nameof(pool), pool, 4, "(Blocks,BlockSize,R,D)");
+        RequireContiguous(op, nameof(pool), pool);
+        RequireUnitLastStride(op, nameof(keysAndValues), keysAndValues);
+        RequireDType(op, nameof(pool), pool, keysAndValues.DType);
+        int n = keysAndValues.Size(0), r = keysAndValues.Size(1), d = keysAndValues.Size(2);
+        if (pool.Size(1) != batch.BlockSize || pool.Size(2) != r || pool.Size(3) != d)
+            throw new ArgumentException($"{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, {r}, {d}) for keysAndValues {keysAndValues.Shape}", nameof(pool));
+        if (batch.Rows != n)
+            throw new ArgumentException($"{op}: PagedBatch.Slots has {batch.Rows} rows but keysAndValues {keysAndValues.Shape} has {n}", nameof(batch));
+        long slotCount = (long)pool.Size(0) * batch.BlockSize;
+        int* slots = Ptr<int>(batch.Slots);
+        int size = keysAndValues.DType.SizeInBytes();
+        bool rowsContiguous = keysAndValues.Stride(1) == d || r == 1;
+        var flat = pool.Reshape((int)slotCount, r, d);
+        for (int i = 0; i < n; i++)
+        {
+            int slot = slots[i];
+            if (slot < 0) continue;
+            if (slot >= slotCount)
+                throw new ArgumentException($"{op}: PagedBatch.Slots[{i}] = {slot} is beyond the pool's {slotCount} slots ({pool.Size(0)} blocks of {batch.BlockSize})", nameof(batch));
+            var source = keysAndValues.Select(0, i);
+            var destination = flat.Select(0, slot);
+            if (rowsContiguous) Buffer.MemoryCopy(BytePtr(source), BytePtr(destination), (long)r * d * size, (long)r * d * size);
+            else Copy(source, destination);
+        }
+    }
+
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale)
+    {
+        const string op = nameof(PagedAttention);
+        ArgumentNullException.ThrowIfNull(q); ArgumentNullException.ThrowIfNull(pool); ArgumentNullException.ThrowIfNull(output);
+        batch.Validate(op);
+        RequireRank(op, nameof(q), q, 3, "(N,H,D)");
+        RequireRank(op, nameof(pool), pool, 4, "(Blocks,BlockSize,2K,D)");
+        RequireComputeDType(op, nameof(q), q);
+        RequireUnitLastStride(op, nameof(q), q);
+        RequireContiguous(op, nameof(pool), pool);
+        RequireContiguous(op, nameof(output), output);
+        RequireDType(op, nameof(pool), pool, q.DType);
+        RequireShape(op, nameof(output), output, q.Shape);
+        int n = q.Size(0), h = q.Size(1), d = q.Size(2), kv2 = pool.Size(2), bs = batch.BlockSize;
+        if (kv2 % 2 != 0 || pool.Size(3) != d || pool.Size(1) != bs || h % (kv2 / 2) != 0)
+            throw new ArgumentException($"{op}: pool {pool.Shape} must be (Blocks, {bs}, 2K, {d}) with K dividing the {h} query heads of q {q.Shape}", nameof(pool));
+        if (batch.Rows != n)
+            throw new ArgumentException($"{op}: PagedBatch.Slots has {batch.Rows} rows but q {q.Shape} has {n}", nameof(batch));
+        int k = kv2 / 2, sequences = batch.Sequences, maxBlocks = batch.BlockTables.Size(1);
+        int* starts = Ptr<int>(batch.QueryStarts), lengths = Ptr<int>(batch.ContextLengths), tables = Ptr<int>(batch.BlockTables);
+        if (starts[0] != 0 || starts[sequences] != n)
+            throw new ArgumentException($"{op}: PagedBatch.QueryStarts must run from 0 to N = {n}, got {starts[0]} .. {starts[sequences]}", nameof(batch));
+        Fill(output, 0);
+        for (int b = 0; b < sequences; b++)
+        {
+            int first = starts[b], rows = starts[b + 1] - first, context = lengths[b];
+            if (rows < 0) throw new ArgumentException($"{op}: PagedBatch.QueryStarts decreases at sequence {b}", nameof(batch));
+            if (context < 0 || context > maxBlocks * bs)
+                throw new ArgumentException($"{op}: PagedBatch.ContextLengths[{b}] = {context} is outside [0, {maxBlocks * bs}] (block table of {maxBlocks} blocks of {bs})", nameof(batch));
+            int skip = Math.Max(0, rows - context);                  // rows before position 0 see nothing: they stay zero
+            int live = rows - skip;
+            if (live == 0) continue;
+            var keys = Allocate(new Shape(1, context, k, d), q.DType);
+            var values = Allocate(new Shape(1, context, k, d), q.DType);
+            try
+            {
+                for (int start = 0; start < context; start += bs)
+                {
+                    int block = tables[(long)b * maxBlocks + start / bs], count = Math.Min(bs, context - start);
+                    if ((uint)block >= (uint)pool.Size(0))
+                        throw new ArgumentException($"{op}: PagedBatch.BlockTables[{b}, {start / bs}] = {block} is outside the pool's {pool.Size(0)} blocks", nameof(batch));
+                    var cached = pool.Select(0, block).Slice(0, 0, count);                          // (count, 2K, D)
+                    Copy(cached.Slice(1, 0, k), keys.Select(0, 0).Slice(0, start, count));
+                    Copy(cached.Slice(1, k, k), values.Select(0, 0).Slice(0, start, count));
+                }
+                var queries = RowsView(q, first + skip, live);
+                var result = RowsView(output, first + skip, live);
+                AttentionForward(queries, keys, values, result, null, scale);
+            }
+            finally
+            {
+                keys.Storage.Dispose();
+                values.Storage.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Rows [first, first + count) of an (N, H, D) view as a (1, count, H, D) view with the same strides.</summary>
+    private static Tensor RowsView(Tensor x, int first, int count) =>
+        new(x.Storage, new Shape(1, count, x.Size(1), x.Size(2)),
+            [(long)count * x.Stride(0), x.Stride(0), x.Stride(1), x.Stride(2)], x.Offset + first * x.Stride(0));
+}

@@ -1,0 +1,58 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Tessera.Training.Data;
+using Xunit;
+
+namespace Tessera.Tests.Cli;
+
+/// <summary>`tessera serve --model RUN` after `tessera train`, as the README runs it: the checkpoint (gpt2-tiny, byte tokens) is served.</summary>
+public sealed class ServeCommandTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-serve-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion()
+    {
+        var data = Path.Combine(_dir, "data");
+        TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 3000).Select(i => (i * 31) % 256).ToArray());
+        var run = Path.Combine(_dir, "run");
+        var (code, _, stderr) = CliProcess.Run("train", "--model", "gpt2-tiny", "--data", Path.Combine(data, "train_000.bin"), "--out", run, "--seq", "16",
+            "--batch", "2", "--steps", "1", "--threads", "1", "--sample-tokens", "0", "--eval-every", "0");
+        Assert.True(code == 0, stderr);
+
+        var host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
+        if (string.IsNullOrEmpty(host) || !File.Exists(host)) host = "dotnet";
+        var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "tessera.dll"), "serve", "--model", run, "--port", "0", "--threads", "1",
+            "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64" })
+            psi.ArgumentList.Add(a);
+        using var process = Process.Start(psi)!;
+        var errors = process.StandardError.ReadToEndAsync();
+        try
+        {
+            string? line;
+            Uri? address = null;
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (address is null && DateTime.UtcNow < deadline && (line = await process.StandardOutput.ReadLineAsync()) is not null)
+                if (Regex.Match(line, @"at (http://\S+)") is { Success: true } m) address = new Uri(m.Groups[1].Value);
+            Assert.True(address is not null, "serve printed no address: " + (process.HasExited ? await errors : ""));
+
+            using var http = new HttpClient { BaseAddress = address };
+            var response = await http.PostAsync("v1/chat/completions", new StringContent(
+                """{"model": "tiny", "messages": [{"role": "user", "content": "Gets the value"}], "max_tokens": 8, "temperature": 0}""",
+                System.Text.Encoding.UTF8, "application/json"));
+            var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;
+            Assert.True(response.IsSuccessStatusCode, body.ToString());
+            Assert.Equal(8, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+            Assert.Equal("tiny", JsonDocument.Parse(await http.GetStringAsync("v1/models")).RootElement.GetProperty("data")[0].GetProperty("id").GetString());
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+            await process.WaitForExitAsync();
+        }
+    }
+}

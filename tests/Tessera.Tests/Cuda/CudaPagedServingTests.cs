@@ -1,0 +1,189 @@
+using Tessera.Inference;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
+using Tessera.Inference.Serving;
+using Tessera.Models;
+using Tessera.Models.Tokenization;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Support;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Serving on the GPU: the paged append and paged attention kernels against the CPU backend (F64 reference on the same
+/// rounded inputs; f32 1e-5, bf16 2e-2 relative, as the dense attention tests), and the engine's batched, recorded decode
+/// against the CPU engine and against one sequence at a time.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    private readonly CpuBackend _cpu = new(2);
+
+    /// <summary>
+    /// Sequence 0 prefills 37 rows after 20 cached positions, 1 and 2 decode after 300 and 1000, 3 is padding, 4 prefills
+    /// its first 5 tokens. Blocks of 16 are scattered over the pool in a shuffled order.
+    /// </summary>
+    private (int[] Tables, int[] Starts, int[] Lengths, int[] Slots, int MaxBlocks, int PoolBlocks) Batch(int blockSize, int[]? rowCounts = null, int[]? contextLengths = null)
+    {
+        int[] rows = rowCounts ?? [37, 1, 1, 1, 5], lengths = contextLengths ?? [57, 301, 1001, 0, 5];
+        int maxBlocks = lengths.Max() / blockSize + 1, poolBlocks = lengths.Sum(l => (l + blockSize - 1) / blockSize) + 7;
+        var free = Enumerable.Range(0, poolBlocks).OrderBy(_ => Rng.Next()).ToList();
+        var tables = new int[rows.Length * maxBlocks];
+        var starts = new int[rows.Length + 1];
+        var slots = new List<int>();
+        for (int b = 0; b < rows.Length; b++)
+        {
+            for (int k = 0; k < (lengths[b] + blockSize - 1) / blockSize; k++) { tables[b * maxBlocks + k] = free[0]; free.RemoveAt(0); }
+            starts[b + 1] = starts[b] + rows[b];
+            for (int j = 0; j < rows[b]; j++)
+            {
+                int p = lengths[b] - rows[b] + j;
+                slots.Add(p < 0 ? -1 : tables[b * maxBlocks + p / blockSize] * blockSize + p % blockSize);
+            }
+        }
+        return (tables, starts, lengths, slots.ToArray(), maxBlocks, poolBlocks);
+    }
+
+    private PagedBatch On(IBackend backend, (int[] Tables, int[] Starts, int[] Lengths, int[] Slots, int MaxBlocks, int PoolBlocks) b, int blockSize) =>
+        new(backend.FromArray(b.Tables, b.Starts.Length - 1, b.MaxBlocks), backend.FromArray(b.Starts, b.Starts.Length),
+            backend.FromArray(b.Lengths, b.Lengths.Length), backend.FromArray(b.Slots, b.Slots.Length), blockSize);
+
+    [Theory]
+    [InlineData(DType.F32, 8, 2, 64)]
+    [InlineData(DType.BF16, 8, 2, 64)]
+    [InlineData(DType.BF16, 32, 8, 128)]   // Llama 3 1B/8B: groups of 4
+    [InlineData(DType.BF16, 14, 2, 64)]    // Qwen2 0.5B: groups of 7
+    [InlineData(DType.F32, 4, 4, 8)]       // multi-head, a head narrower than a warp (the debug presets)
+    public void PagedAttentionMatchesTheCpu(DType dtype, int h, int k, int d) => AssertPagedAttention(dtype, h, k, d, null, null);
+
+    /// <summary>
+    /// The two ends of the key split: one sequence decoding after 3000 positions (8 CTAs without a split: the host splits its
+    /// keys 33 ways, capped at 32, and the combine kernel merges them), and a 300-row prefill (enough CTAs: no split, one kernel).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, new[] { 1 }, new[] { 3001 })]
+    [InlineData(DType.F32, new[] { 1, 1 }, new[] { 3001, 40 })]
+    [InlineData(DType.BF16, new[] { 300 }, new[] { 300 })]
+    public void PagedAttentionWithAndWithoutKeySplitsMatchesTheCpu(DType dtype, int[] rows, int[] lengths) =>
+        AssertPagedAttention(dtype, 32, 8, 64, rows, lengths);
+
+    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths)
+    {
+        const int blockSize = 16;
+        var batch = Batch(blockSize, rows, lengths);
+        int n = batch.Slots.Length;
+        var (q, qv) = Random(dtype, 1.0, n, h + 2 * k, d);                 // a fused QKV activation: q is a strided view
+        var (pool, poolValues) = Random(dtype, 1.0, batch.PoolBlocks, blockSize, 2 * k, d);
+        var output = Poisoned(dtype, n, h, d);
+        Gpu.PagedAttention(q.Slice(1, 0, h), pool, On(Gpu, batch, blockSize), output, 1 / Math.Sqrt(d));
+
+        var cpuQ = TestTensors.FromDoubles(_cpu, qv, DType.F64, n, h + 2 * k, d);
+        var cpuPool = TestTensors.FromDoubles(_cpu, poolValues, DType.F64, batch.PoolBlocks, blockSize, 2 * k, d);
+        var expected = _cpu.Allocate(new Shape(n, h, d), DType.F64);
+        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, On(_cpu, batch, blockSize), expected, 1 / Math.Sqrt(d));
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d}");
+    }
+
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    public void PagedAppendWritesTheSameSlotsAsTheCpu(DType dtype)
+    {
+        const int blockSize = 16, h = 4, k = 2, d = 64;
+        var batch = Batch(blockSize);
+        int n = batch.Slots.Length;
+        var (qkv, values) = Random(dtype, 1.0, n, h + 2 * k, d);
+        var pool = Gpu.Allocate(new Shape(batch.PoolBlocks, blockSize, 2 * k, d), dtype);
+        Gpu.Fill(pool, 0.5);
+        Gpu.PagedAppend(qkv.Slice(1, h, 2 * k), pool, On(Gpu, batch, blockSize));
+        var cpuPool = _cpu.Allocate(new Shape(batch.PoolBlocks, blockSize, 2 * k, d), DType.F64);
+        _cpu.Fill(cpuPool, 0.5);
+        _cpu.PagedAppend(TestTensors.FromDoubles(_cpu, values, DType.F64, n, h + 2 * k, d).Slice(1, h, 2 * k), cpuPool, On(_cpu, batch, blockSize));
+        Assert.Equal(TestTensors.ToDoubles(_cpu, cpuPool), Download(pool));   // a copy: exact
+    }
+
+    private static EngineOptions Options(bool graphs) => new()
+    {
+        Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 8 << 20 },
+        Scheduler = new SchedulerOptions { MaxBatch = 8, TokenBudget = 64 },
+        RecordGraphs = graphs,
+    };
+
+    private static async Task<List<int>[]> RunAll(InferenceEngine engine, int[][] prompts, int tokens)
+    {
+        var tasks = prompts.Select(async p =>
+        {
+            var produced = new List<int>();
+            await foreach (var e in engine.Submit(new CompletionRequest { Prompt = p, MaxTokens = tokens }).ReadAllAsync()) produced.AddRange(e.Tokens);
+            return produced;
+        });
+        return await Task.WhenAll(tasks);
+    }
+
+    /// <summary>
+    /// Eight concurrent greedy requests (prompts of 1 to 40 tokens, so steps mix prefill chunks and decodes, and decode
+    /// batches of 1 to 8 replay recorded graphs) on the GPU in F32 give the tokens of the dense CPU generator run one
+    /// sequence at a time; in BF16 the recorded and the eager engine agree token for token.
+    /// </summary>
+    [Theory]
+    [InlineData("llama-debug")]
+    [InlineData("gpt2-debug")]
+    public async Task BatchedRecordedDecodingOnTheGpuMatchesOneSequenceAtATimeOnTheCpu(string preset)
+    {
+        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = 64 };
+        var onCpu = new Transformer(config, _cpu, DType.F32);
+        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, onCpu.Parameters, new Random(9));
+        var weights = _cpu.ToArray<float>(onCpu.Parameters.Values);
+        var onGpu = new Transformer(config, Gpu, DType.F32);
+        Gpu.CopyFromHost<float>(weights, onGpu.Parameters.Values);
+        var prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 1 + 39 * i / 7).Select(j => (i * 37 + j * 11) % 256).ToArray()).ToArray();
+        const int tokens = 20;
+        var expected = prompts.Select(p => new TextGenerator(onCpu).Generate(p, new GenerationOptions { MaxNewTokens = tokens }).ToList()).ToList();
+
+        using (var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true)))
+        {
+            var results = await RunAll(engine, prompts, tokens);
+            for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
+            Assert.True(engine.ReplayedSteps > 0, "no decode step replayed a recorded graph");
+            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+        }
+
+        var bf16 = new Transformer(config, Gpu, DType.BF16);
+        Gpu.CopyFromHost<float>(weights, bf16.Parameters.Masters!);
+        bf16.Parameters.SyncValuesFromMasters();
+        List<int>[] recorded, eager;
+        using (var engine = new InferenceEngine(bf16, new ByteTokenizer(), Options(graphs: true))) recorded = await RunAll(engine, prompts, tokens);
+        using (var engine = new InferenceEngine(bf16, new ByteTokenizer(), Options(graphs: false))) eager = await RunAll(engine, prompts, tokens);
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(eager[i], recorded[i]);
+    }
+
+    /// <summary>Throughput of a decode step of 64 sequences of a llama-1b-shaped random model, printed for the log (not a pass/fail bar).</summary>
+    [Fact]
+    public void DecodeStepOf64SequencesOnLlama1bShapeReportsItsTime()
+    {
+        var config = ModelPresets.Get("llama-1b") with { MaxSequenceLength = 1024 };
+        var model = new Transformer(config, Gpu, DType.BF16);
+        Gpu.Fill(model.Parameters.Values, 0.01);
+        using var cache = new PagedKvCache(Gpu, DType.BF16, config.Layers, config.EffectiveKvHeads, config.HeadSize,
+            new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 4L << 30 });
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = 8192 });
+        using var runner = new PagedModelRunner(model, cache, 8192, 64, 1024, recordGraphs: true);
+        var sequences = Enumerable.Range(0, 64).Select(i => new Sequence(i, Enumerable.Range(0, 512).Select(j => (i + j) % 1000).ToArray(), 1024)).ToList();
+        foreach (var s in sequences) scheduler.Add(s);
+        void Step()
+        {
+            var step = scheduler.Schedule();
+            runner.Run(step, withLogits: false, out var greedy, out _);
+            scheduler.Complete(step);
+            int m = 0;
+            foreach (var s in step.Sequences) if (s.Samples) s.Sequence.Append(greedy[m++]);
+        }
+        Step();                                                          // the prefill of 64 x 512 tokens
+        for (int i = 0; i < 3; i++) Step();                              // eager, then recorded
+        double ms = MedianMs(Step, 20);
+        Assert.True(runner.RecordedGraphs > 0);
+        Console.WriteLine($"[paged decode] llama-1b shape, bf16, 64 sequences at ~520 positions: {ms:F3} ms/step, {64 / ms * 1000:F0} tokens/s (host included)");
+    }
+}

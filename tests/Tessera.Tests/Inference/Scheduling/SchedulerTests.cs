@@ -1,0 +1,139 @@
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Xunit;
+
+namespace Tessera.Tests.Inference.Scheduling;
+
+/// <summary>The scheduler's decisions, on a tiny cache (the pool's contents are never read here).</summary>
+public class SchedulerTests
+{
+    private readonly CpuBackend _cpu = new(1);
+
+    private PagedKvCache Cache(int blocks, int blockSize = 4, bool prefixCaching = true) =>
+        new(_cpu, DType.F32, 1, 1, 2, new PagedKvCacheOptions
+        {
+            BlockSize = blockSize, MemoryBytes = PagedKvCache.BlockBytes(DType.F32, 1, 1, 2, blockSize) * blocks, PrefixCaching = prefixCaching,
+        });
+
+    private static Sequence Seq(long id, int promptLength, int maxLength, int firstToken = 1) =>
+        new(id, Enumerable.Range(firstToken, promptLength).ToArray(), maxLength);
+
+    /// <summary>Runs a step and appends token 0 to every sequence that sampled.</summary>
+    private static ScheduledStep Step(Scheduler scheduler)
+    {
+        var step = scheduler.Schedule();
+        scheduler.Complete(step);
+        foreach (var s in step.Sequences) if (s.Samples && s.Sequence.Tokens.Count < s.Sequence.MaxLength) s.Sequence.Append(0);
+        return step;
+    }
+
+    [Fact]
+    public void LongPromptIsPrefilledInChunksWhileRunningSequencesKeepDecoding()
+    {
+        using var cache = Cache(32);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 8 });
+        var a = Seq(1, 3, 20);
+        scheduler.Add(a);
+        Step(scheduler);                                              // a: prompt of 3
+        var b = Seq(2, 20, 30);
+        scheduler.Add(b);
+        var step = Step(scheduler);
+        Assert.Equal([(a, 1), (b, 7)], step.Sequences.Select(s => (s.Sequence, s.Count)));   // a decodes, b gets the rest of the budget
+        step = Step(scheduler);
+        Assert.Equal([(a, 1), (b, 7)], step.Sequences.Select(s => (s.Sequence, s.Count)));
+        step = Step(scheduler);
+        Assert.Equal([(a, 1), (b, 6)], step.Sequences.Select(s => (s.Sequence, s.Count)));
+        Assert.True(step.Sequences[1].Samples);                       // b's last prompt chunk gives its first token
+        Assert.True(Step(scheduler).IsDecodeOnly);
+    }
+
+    [Fact]
+    public void WhenBlocksRunOutTheLatestArrivalIsPreemptedAndLaterRecomputedWithItsTokens()
+    {
+        using var cache = Cache(4);                                  // 16 positions in all
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 16 });
+        var first = Seq(1, 7, 14);
+        var second = Seq(2, 7, 14, firstToken: 50);
+        scheduler.Add(first);
+        scheduler.Add(second);
+        Step(scheduler);                                              // both prefilled: 2 blocks each, all 4 taken
+        Step(scheduler);                                              // position 7 still fits the second blocks
+        Assert.Equal(0, second.Preemptions);
+        Step(scheduler);                                              // position 8 needs a third block for each: second gives way
+        Assert.Equal(1, second.Preemptions);
+        Assert.Equal(SequenceStatus.Waiting, second.Status);
+        Assert.Empty(second.BlockTable);
+        Assert.Equal(0, second.ComputedTokens);
+        Assert.Equal(9, second.Tokens.Count);                         // what it generated is kept for the recompute
+        while (first.Tokens.Count < first.MaxLength) Step(scheduler);
+        scheduler.Finish(first);
+        var step = Step(scheduler);
+        Assert.Equal(second, step.Sequences.Single().Sequence);
+        Assert.Equal(9, step.Sequences.Single().Count);              // all 9 tokens recomputed (first's cached blocks hold other tokens)
+        Assert.True(step.Sequences.Single().Samples);
+    }
+
+    [Fact]
+    public void IdenticalPromptPrefixSharesFullBlocksAndLeavesTheLastTokenToCompute()
+    {
+        using var cache = Cache(16);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 64 });
+        var a = Seq(1, 9, 12);
+        scheduler.Add(a);
+        Step(scheduler);
+        var b = Seq(2, 9, 12);                                        // the same 9 prompt tokens
+        scheduler.Add(b);
+        var step = Step(scheduler);
+        var scheduledB = step.Sequences.Single(s => s.Sequence == b);
+        Assert.Equal(8, scheduledB.Start);                            // two full blocks of 4 reused
+        Assert.Equal(1, scheduledB.Count);
+        Assert.Equal(a.BlockTable.Take(2), b.BlockTable.Take(2));
+        Assert.Equal(2, cache.Allocator.References(a.BlockTable[0]));
+        Assert.Equal(8, b.CachedPromptTokens);
+    }
+
+    [Fact]
+    public void FinishingReleasesEveryBlockAtOnce()
+    {
+        using var cache = Cache(8);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 2, TokenBudget = 8 });
+        var a = Seq(1, 6, 20);
+        var waiting = Seq(2, 3, 20);
+        scheduler.Add(a);
+        Step(scheduler);
+        scheduler.Add(waiting);
+        Assert.True(cache.Allocator.InUse > 0);
+        scheduler.Finish(a);
+        scheduler.Finish(waiting);
+        Assert.Equal(0, cache.Allocator.InUse);
+        Assert.True(scheduler.IsIdle);
+    }
+
+    [Fact]
+    public void SequenceThatCouldNeverFitTheCacheIsRefusedNamingTheBlocks()
+    {
+        using var cache = Cache(2);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 2, TokenBudget = 8 });
+        var e = Assert.Throws<ArgumentException>(() => scheduler.Add(Seq(1, 4, 12)));
+        Assert.Contains("needs 3 KV blocks but the cache has 2", e.Message);
+    }
+
+    [Fact]
+    public void HeadOfTheQueueIsNotOvertakenWhenItDoesNotFit()
+    {
+        using var cache = Cache(4);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 64 });
+        var running = Seq(1, 8, 16);
+        scheduler.Add(running);
+        Step(scheduler);                                              // 2 blocks (+1 at the next decode)
+        var big = Seq(2, 12, 16, firstToken: 100);                  // no prefix shared with the running one
+        var small = Seq(3, 2, 4);
+        scheduler.Add(big);
+        scheduler.Add(small);
+        var step = Step(scheduler);
+        Assert.Equal([running], step.Sequences.Select(s => s.Sequence));   // big needs 3 blocks, 1 is free: small waits behind it
+        Assert.Equal(2, scheduler.WaitingCount);
+    }
+}

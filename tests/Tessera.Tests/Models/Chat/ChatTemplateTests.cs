@@ -1,0 +1,109 @@
+using System.Text.Json;
+using Tessera.Models.Chat;
+using Xunit;
+
+namespace Tessera.Tests.Models.Chat;
+
+/// <summary>The chat-template interpreter against the texts transformers renders for real models' templates.</summary>
+public class ChatTemplateTests
+{
+    private static readonly JsonElement Doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Models", "Chat", "Data", "chat_templates.json"))).RootElement;
+
+    public static TheoryData<string> Cases()
+    {
+        var data = new TheoryData<string>();
+        foreach (var c in Doc.GetProperty("cases").EnumerateArray()) data.Add(c.GetProperty("name").GetString()!);
+        return data;
+    }
+
+    private static (JsonElement Case, List<ChatMessage> Messages) Load(string name)
+    {
+        var c = Doc.GetProperty("cases").EnumerateArray().Single(x => x.GetProperty("name").GetString() == name);
+        var messages = Doc.GetProperty("messages").EnumerateArray()
+            .Select(m => new ChatMessage(m.GetProperty("role").GetString()!, m.GetProperty("content").GetString()!)).ToList();
+        if (!c.GetProperty("system").GetBoolean()) messages.RemoveAt(0);
+        return (c, messages);
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void RendersTheTextTransformersRenders(string name)
+    {
+        var (c, messages) = Load(name);
+        var template = ChatTemplate.Parse(c.GetProperty("template").GetString()!, name);
+        string? Token(string field) => c.GetProperty(field).ValueKind == JsonValueKind.Null ? null : c.GetProperty(field).GetString();
+        Assert.Equal(c.GetProperty("expected").GetString(), template.Render(messages, true, Token("bos_token"), Token("eos_token")));
+    }
+
+    [Fact]
+    public void TemplateRaisingAnExceptionReportsItsMessage()
+    {
+        var (c, messages) = Load("mistral (mistralai/Mistral-7B-Instruct-v0.1)");
+        var template = ChatTemplate.Parse(c.GetProperty("template").GetString()!, "mistral");
+        var e = Assert.Throws<ChatTemplateException>(() => template.Render([messages[0], messages[0]]));
+        Assert.Contains("Conversation roles must alternate", e.Message);
+    }
+
+    [Theory]
+    [InlineData("Hello {% macro m() %}x{% endmacro %}", 1, 10, "the statement 'macro' is not supported")]
+    [InlineData("{% for m in messages %}\n{{ m.content | wordcount }}{% endfor %}", 2, 16, "the filter 'wordcount' is not supported")]
+    [InlineData("{{ messages | length }}\n{{ cycler(1, 2) }}", 2, 4, "the function 'cycler' is not supported")]
+    [InlineData("{% if true %}never closed", 1, 14, "the template ends inside a block")]
+    [InlineData("{{ m.content.encode() }}", 1, 13, "the method 'encode' is not supported")]
+    public void UnsupportedConstructIsReportedAtParseNamingItAndItsPosition(string source, int line, int column, string problem)
+    {
+        var e = Assert.Throws<ChatTemplateException>(() => ChatTemplate.Parse(source, "test template"));
+        Assert.StartsWith("test template: line ", e.Message);
+        Assert.Contains(problem, e.Problem);
+        if (!problem.StartsWith("the template ends", StringComparison.Ordinal)) Assert.Equal((line, column), (e.Line, e.Column));
+    }
+
+    [Fact]
+    public void ExpressionsFollowPythonAndJinjaSemantics()
+    {
+        var template = ChatTemplate.Parse(
+            "{{ (7 // 2) ~ '|' ~ (-7 % 3) ~ '|' ~ [1, 2, 3][::-1] ~ '|' ~ {'a': 1}|tojson ~ '|' ~ ('x' if none is none else 'y') ~ '|' ~ 'a,b'.split(',')|join('+') }}" +
+            "{% set ns = namespace(n=0) %}{% for i in range(3) if i != 1 %}{% set ns.n = ns.n + i %}{% endfor %}|{{ ns.n }}{{ '|' ~ (undefined_thing is defined) ~ '|' ~ ('b' in 'abc') }}");
+        Assert.Equal("3|2|[3, 2, 1]|{\"a\": 1}|x|a+b|2|False|True", template.Render([]));
+    }
+
+    [Fact]
+    public void ChatFormatReadsTemplateAndTokenTextsFromTokenizerConfig()
+    {
+        var dir = Directory.CreateTempSubdirectory("tessera-chat-");
+        try
+        {
+            File.WriteAllText(Path.Combine(dir.FullName, "tokenizer_config.json"),
+                """{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>", "chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "{{ bos_token }}{{ messages[0].content }}"}]}""");
+            var format = ChatFormat.Load(dir.FullName);
+            Assert.False(format.IsFallback);
+            Assert.Equal("<s>hi", format.Template.Render([new ChatMessage("user", "hi")], true, format.BosToken, format.EosToken));
+            Assert.Equal(["</s>"], format.StopStrings);
+
+            File.WriteAllText(Path.Combine(dir.FullName, "tokenizer_config.json"), """{"chat_template": "{% filter upper %}x{% endfilter %}"}""");
+            var e = Assert.Throws<ChatTemplateException>(() => ChatFormat.Load(dir.FullName));
+            Assert.Contains("tokenizer_config.json: chat_template: line 1, column 4: the statement 'filter' is not supported", e.Message);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
+    public void DirectoryWithoutTemplateGetsTheDocumentedChatMlFallback()
+    {
+        var dir = Directory.CreateTempSubdirectory("tessera-chat-");
+        try
+        {
+            var format = ChatFormat.Load(dir.FullName);
+            Assert.True(format.IsFallback);
+            Assert.Equal("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", format.Template.Render([new ChatMessage("user", "hi")]));
+            Assert.Equal([ChatTemplate.FallbackStop], format.StopStrings);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+}
