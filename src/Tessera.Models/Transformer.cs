@@ -405,7 +405,7 @@ public sealed class Transformer
     {
         int n = local.Size(0), columns = local.Size(1);
         var gathered = ctx.Buffer(_gatheredLogits, new Shape(tp.Size, n, columns), local.DType);   // (tp, N, V / tp), rank order
-        tp.Group.AllGather(local, gathered).Wait();
+        tp.Group.AllGather(local, gathered).WaitOnDevice();
         var whole = ctx.Buffer(_wholeLogits, new Shape(n, tp.Size, columns), local.DType);         // (N, tp, V / tp)
         Backend.Copy(gathered.Transpose(0, 1), whole);
         return whole.Reshape(n, tp.Size * columns);

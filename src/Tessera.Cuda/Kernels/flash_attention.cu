@@ -746,7 +746,7 @@ __device__ void flash_backward_dq_cast(const float* dqacc, T* dq, int B, int Tq,
 template <typename T, int D>
 __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
     float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
-    Strides3 dks, Strides3 dvs, float scale)
+    Strides3 dks, Strides3 dvs, float scale, int window)
 {
     constexpr int BM = 64, BN = 64, NT = 128, KD = D / 16, ND = D / 8;
     extern __shared__ unsigned char smem[];
@@ -1011,10 +1011,10 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     extern "C" __global__ void __launch_bounds__(128) flash_backward_##n##_d##D(const T* q, const T* k,         \
         const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk, T* dv, int Tq,    \
         int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks, Strides3 dvs,          \
-        float scale)                                                                                            \
+        float scale, int window)                                                                                \
     {                                                                                                           \
         flash_backward<T, D>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs,     \
-                             scale);                                                                            \
+                             scale, window);                                                                    \
     }
 
 FLASH(bf16, bf16, 64)

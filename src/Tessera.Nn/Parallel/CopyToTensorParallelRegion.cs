@@ -23,6 +23,6 @@ public sealed class CopyToTensorParallelRegion(ProcessGroup group) : ITensorPara
     public void Backward(in PassContext ctx, Tensor dy, Tensor dx)
     {
         if (!IdentityRegion.SameView(dy, dx)) dy.Backend.Copy(dy, dx);
-        Group.AllReduce(dx, ReduceOp.Sum).Wait();
+        Group.AllReduce(dx, ReduceOp.Sum).WaitOnDevice();
     }
 }

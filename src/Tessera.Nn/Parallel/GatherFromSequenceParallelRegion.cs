@@ -29,7 +29,7 @@ public sealed class GatherFromSequenceParallelRegion : ITensorParallelRegion
     public Tensor Forward(in PassContext ctx, Tensor x) // x (N/tp, C) -> (N, C)
     {
         var y = ctx.Buffer(_output, new Shape(x.Size(0) * Group.Size, x.Size(1)), x.DType);
-        Group.AllGather(Contiguous(x), y).Wait();
+        Group.AllGather(Contiguous(x), y).WaitOnDevice();
         return y;
     }
 
@@ -37,7 +37,7 @@ public sealed class GatherFromSequenceParallelRegion : ITensorParallelRegion
     public Tensor GradientBuffer(in PassContext ctx, Tensor dx) => ctx.Scratch(_outputGrad, new Shape(dx.Size(0) * Group.Size, dx.Size(1)), dx.DType);
 
     /// <inheritdoc/>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor dx) => Group.ReduceScatter(dy, dx, ReduceOp.Sum).Wait(); // (N, C) -> (N/tp, C)
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx) => Group.ReduceScatter(dy, dx, ReduceOp.Sum).WaitOnDevice(); // (N, C) -> (N/tp, C)
 
     private static Tensor Contiguous(Tensor x) => x.IsContiguous ? x : x.Backend.Contiguous(x);
 }

@@ -16,7 +16,7 @@ public sealed class ReduceFromTensorParallelRegion(ProcessGroup group) : ITensor
     /// <inheritdoc/>
     public Tensor Forward(in PassContext ctx, Tensor x)
     {
-        Group.AllReduce(x, ReduceOp.Sum).Wait();
+        Group.AllReduce(x, ReduceOp.Sum).WaitOnDevice();
         return x;
     }
 

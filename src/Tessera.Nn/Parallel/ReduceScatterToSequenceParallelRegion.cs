@@ -31,7 +31,7 @@ public sealed class ReduceScatterToSequenceParallelRegion : ITensorParallelRegio
         if (x.Size(0) % Group.Size != 0)
             throw new ArgumentException($"sequence parallelism: {x.Size(0)} rows cannot be split over tp ({Group.Size}) ranks");
         var y = ctx.Buffer(_output, new Shape(x.Size(0) / Group.Size, x.Size(1)), x.DType);
-        Group.ReduceScatter(x, y, ReduceOp.Sum).Wait();
+        Group.ReduceScatter(x, y, ReduceOp.Sum).WaitOnDevice();
         return y;
     }
 
@@ -39,5 +39,5 @@ public sealed class ReduceScatterToSequenceParallelRegion : ITensorParallelRegio
     public Tensor GradientBuffer(in PassContext ctx, Tensor dx) => ctx.Scratch(_outputGrad, new Shape(dx.Size(0) / Group.Size, dx.Size(1)), dx.DType);
 
     /// <inheritdoc/>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor dx) => Group.AllGather(dy.IsContiguous ? dy : dy.Backend.Contiguous(dy), dx).Wait(); // (N/tp, C) -> (N, C)
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx) => Group.AllGather(dy.IsContiguous ? dy : dy.Backend.Contiguous(dy), dx).WaitOnDevice(); // (N/tp, C) -> (N, C)
 }

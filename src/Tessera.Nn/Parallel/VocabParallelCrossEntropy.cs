@@ -57,7 +57,7 @@ public sealed class VocabParallelCrossEntropy
         var statistics = ctx.Buffer(_statistics, new Shape(n, 3), losses.DType);            // (N, 3): max, sum of exp, target logit
         backend.CrossEntropyStatistics(logits, targets, ColumnOffset, ValidColumns, statistics);
         var gathered = ctx.Buffer(_gathered, new Shape(tp, n, 3), losses.DType);             // (tp, N, 3), shard order
-        TensorParallelism.Group.AllGather(statistics, gathered).Wait();
+        TensorParallelism.Group.AllGather(statistics, gathered).WaitOnDevice();
         var logSumExp = ctx.Buffer(_logSumExp, new Shape(n), losses.DType);                  // (N)
         backend.CrossEntropyCombine(gathered, targets, losses, logSumExp);
         backend.CrossEntropyGradient(logits, targets, ColumnOffset, ValidColumns, logSumExp, logits, lossScale);

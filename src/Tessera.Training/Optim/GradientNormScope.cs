@@ -59,5 +59,5 @@ public sealed class GradientNormScope
     }
 
     /// <summary>Collective over the tensor-parallel group: sums every rank's partial sum of squares in place.</summary>
-    public void Reduce(Tensor sumOfSquares) => Group.AllReduce(sumOfSquares, ReduceOp.Sum).Wait();
+    public void Reduce(Tensor sumOfSquares) => Group.AllReduce(sumOfSquares, ReduceOp.Sum).WaitOnDevice();
 }

@@ -54,7 +54,7 @@ public sealed class TensorParallelGradients : ITransformerPassHooks
             foreach (var g in _byUnit[segment])
             {
                 var flat = g.Parameter.Grad.Reshape(checked((int)g.Parameter.NumElements));
-                g.Group.AllReduce(flat.Narrow(g.Start, new Shape(checked((int)g.Length))), ReduceOp.Sum).Wait();
+                g.Group.AllReduce(flat.Narrow(g.Start, new Shape(checked((int)g.Length))), ReduceOp.Sum).WaitOnDevice();
             }
         }
         _inner?.AfterBackward(segment);
