@@ -18,6 +18,8 @@ switch (args[0])
         return GpuDecodeBench.Run(rest);
     case "gpu-offload":
         return OffloadBench.Run(rest);
+    case "gpu-tp":
+        return TensorParallelComputeBench.Run(rest);
     case "serve":
         return Tessera.Bench.Serving.ServeBench.Run(rest);
     case "host-optimizer":
@@ -42,6 +44,7 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("  gpu-decode GPU prefill and decode tokens/s and bandwidth (see scripts/gpu-bench.sh)");
     w.WriteLine("  serve      the HTTP server under N concurrent streaming clients: tokens/s, TTFT, ITL (see bench/serve/gpu-serve-bench.sh);");
     w.WriteLine("             serve --load: 256 clients against max-batch 64 for 60 s (--device cpu --preset llama-debug on the CPU)");
+    w.WriteLine("  gpu-tp     tensor parallelism on CUDA thread ranks sharing one GPU: per-rank compute against TP=1 / tp, memory per rank");
     w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
     w.WriteLine("         (the gpu-* commands take --cuda-options Name=value,... : the CUDA backend's options, e.g. ProfileOps=true)");
     w.WriteLine("  host-optimizer  the CPU half of ZeRO-Offload: host AdamW, BF16/F32 casts, a whole offloaded update, GB/s (options: --threads N --elements N --preset NAME)");

@@ -27,6 +27,7 @@ public sealed class Trainer
     private readonly Tensor _inputs, _targets;   // (B, T) I32
     private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
     private readonly TensorParallelGradients? _partialGradients;   // tensor parallelism: sums the gradients each rank has in part
+    private Tensor? _stopFlag;                   // (1) loss dtype: this rank's stop request, then the max over all ranks
 
     /// <summary>
     /// Creates a trainer of <paramref name="model"/> under <paramref name="parallelism"/>. With a data-parallel group,
@@ -204,14 +205,19 @@ public sealed class Trainer
     /// <summary>
     /// Runs from the current step to <see cref="TrainerOptions.Steps"/>: a step, a divergence check, validation when due,
     /// metrics for the reporting rank every LogEvery steps (and the last), <paramref name="checkpoint"/> every
-    /// CheckpointEvery steps and at the end (on every rank: a sharded save is collective).
+    /// CheckpointEvery steps and at the end (on every rank: a sharded save is collective). Cancelled through
+    /// <paramref name="cancellation"/>, it stops between two steps with an <see cref="OperationCanceledException"/>, every
+    /// data-parallel rank after the same step; the trainer then holds exactly <see cref="Step"/> updates, ready to be saved.
     /// </summary>
     public void Run(Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null, MetricsLog? metrics = null,
         CancellationToken cancellation = default)
     {
         while (Step < Options.Steps)
         {
-            cancellation.ThrowIfCancellationRequested();
+            // A stop is taken between steps, and by every rank at the same one, so the state left behind is a whole step
+            // that a checkpoint can save and a resume continue bit for bit.
+            if (cancellation.CanBeCanceled && StopAgreed(cancellation.IsCancellationRequested))
+                throw new OperationCanceledException($"{Where}training stopped on request after step {Step}", cancellation);
             double lr = LearningRateAt(Step);
             var clock = Stopwatch.StartNew();
             double loss = TrainStep();
@@ -228,6 +234,24 @@ public sealed class Trainer
             if (checkpoint is not null && ((Options.CheckpointEvery > 0 && Step % Options.CheckpointEvery == 0) || Step == Options.Steps))
                 checkpoint(this);
         }
+    }
+
+    /// <summary>
+    /// Whether to stop before the next step, given whether this rank was asked to. One device: as asked. Several ranks:
+    /// an all-reduce (max) of a flag over the data-parallel group, then over the tensor-parallel group (together: over
+    /// every rank of the mesh), per step boundary and only while a cancellable token is given: a signal reaches the
+    /// ranks (threads or processes) at different moments, and a rank that stopped alone would leave the others waiting
+    /// in the next step's collectives.
+    /// </summary>
+    private bool StopAgreed(bool requestedHere)
+    {
+        var groups = new[] { Parallelism.Group, _model.TensorParallelism?.Group }.Where(g => g is not null).ToArray();
+        if (groups.Length == 0) return requestedHere;
+        var backend = _model.Backend;
+        _stopFlag ??= backend.Allocate(new Shape(1), _model.LossDType);
+        backend.Fill(_stopFlag, requestedHere ? 1 : 0);
+        foreach (var group in groups) group!.AllReduce(_stopFlag, ReduceOp.Max).Wait();
+        return backend.ReadScalar(_stopFlag) > 0;
     }
 
     /// <summary>Checks the batch's inputs (in [0, VocabSize)) and targets (in [-1, VocabSize)) on the host.</summary>

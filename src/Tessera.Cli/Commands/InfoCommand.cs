@@ -1,21 +1,38 @@
+using System.CommandLine;
+using Spectre.Console;
+using Tessera.Cli.Output;
 using Tessera.Models;
 
 namespace Tessera.Cli.Commands;
 
-/// <summary>tessera info: the model presets and their sizes.</summary>
-internal static class InfoCommand
+/// <summary>tessera info: the model presets and their shapes, as a table.</summary>
+public sealed class InfoCommand : Command
 {
-    public const string Usage = "tessera info\n  Lists the model presets with their shapes.";
-
-    public static int Run(CommandLineArguments args, TextWriter output)
+    /// <summary>Declares the command.</summary>
+    public InfoCommand(Terminal terminal) : base("info", "list the model presets with their shapes")
     {
-        args.ThrowOnUnknown("info");
-        output.WriteLine($"{"preset",-12} {"family",-6} {"layers",6} {"width",6} {"heads",5} {"kv",3} {"hidden",6} {"vocab",7} {"context",7}");
-        foreach (var name in ModelPresets.Names)
+        SetAction(_ =>
         {
-            var c = ModelPresets.Get(name);
-            output.WriteLine($"{name,-12} {c.Family,-6} {c.Layers,6} {c.Embedding,6} {c.Heads,5} {c.EffectiveKvHeads,3} {c.EffectiveHidden,6} {c.VocabSize,7} {c.MaxSequenceLength,7}");
-        }
-        return 0;
+            var table = new Table { Border = terminal.Interactive ? TableBorder.Rounded : TableBorder.Markdown };
+            foreach (var (heading, right) in new[] { ("preset", false), ("family", false), ("layers", true), ("width", true), ("heads", true),
+                ("kv heads", true), ("hidden", true), ("vocabulary", true), ("context", true), ("parameters", true) })
+                table.AddColumn(new TableColumn(heading) { Alignment = right ? Justify.Right : Justify.Left });
+            foreach (var name in ModelPresets.Names)
+            {
+                var c = ModelPresets.Get(name);
+                table.AddRow(name, c.ModelType ?? c.Family.ToString().ToLowerInvariant(), $"{c.Layers}", $"{c.Embedding}", $"{c.Heads}", $"{c.EffectiveKvHeads}",
+                    $"{c.EffectiveHidden}", $"{c.VocabSize:N0}", $"{c.MaxSequenceLength:N0}", Parameters(c));
+            }
+            terminal.Write(table);
+            return 0;
+        });
+    }
+
+    // Declared without storage (ZeRO-3's deferred arena): the count comes from the model's own parameter list, not a formula.
+    private static string Parameters(TransformerConfig c)
+    {
+        var cpu = new Tessera.Tensors.Cpu.CpuBackend(1);
+        long total = new Transformer(c, cpu, Tessera.Tensors.DType.F32, Tessera.Nn.ArenaStorage.Deferred).Layout.ParameterCount;
+        return total >= 1_000_000_000 ? $"{total / 1e9:F2}B" : $"{total / 1e6:F2}M";
     }
 }

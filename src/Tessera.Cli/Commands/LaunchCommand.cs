@@ -1,60 +1,69 @@
+using System.CommandLine;
+using Tessera.Cli.CommandLine;
+using Tessera.Cli.Output;
 using Tessera.Distributed.Launch;
 
 namespace Tessera.Cli.Commands;
 
-/// <summary>tessera launch: one process per GPU (or per rank) with the torchrun environment.</summary>
-internal static class LaunchCommand
+/// <summary>tessera launch: one process per GPU (or per rank) with the torchrun environment, running a command.</summary>
+public sealed class LaunchCommand : Command
 {
-    public const string Usage = """
-        tessera launch --nproc-per-node N [--nnodes M --node-rank K --master-addr HOST --master-port PORT] [--gpus G] -- COMMAND...
-          Starts N processes on this node with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT
-          set (and NCCL_NVLS_ENABLE=0). COMMAND is a tessera command (e.g. "train --device cuda ...") or any program.
-          If a rank fails or is killed, the others are stopped within 10 s and the failing rank and its exit are reported.
-          --gpus G: GPUs on this node (default: the count in CUDA_VISIBLE_DEVICES when set); more processes than GPUs is an error
-          for a command that names --device cuda.
-        """;
+    private static readonly HashSet<string> TesseraCommands = ["train", "generate", "prepare", "info", "bench", "plot"];
 
-    private static readonly HashSet<string> TesseraCommands = ["train", "generate", "prepare", "info"];
-
-    public static int Run(CommandLineArguments args, TextWriter output)
+    private readonly Argument<string[]> _command = new("COMMAND")
     {
-        int nproc = args.Int("nproc-per-node", 1);
-        int nnodes = args.Int("nnodes", 1);
-        int nodeRank = args.Int("node-rank", 0);
-        string masterAddr = args.String("master-addr", "127.0.0.1")!;
-        int masterPort = args.Int("master-port", DistributedEnvironment.DefaultMasterPort);
-        int gpus = args.Int("gpus", -1);
-        args.ThrowOnUnknown("launch");
-        if (args.Rest.Count == 0) throw new UsageException("launch needs a command after '--'");
+        Description = "after '--': a tessera command (e.g. train --device cuda ...) or any program with its arguments",
+        Arity = ArgumentArity.OneOrMore,
+    };
+    private readonly Option<int> _nproc = SharedOptions.Int("--nproc-per-node", "N", "processes on this node", 1, min: 1);
+    private readonly Option<int> _nnodes = SharedOptions.Int("--nnodes", "M", "nodes in the job", 1, min: 1);
+    private readonly Option<int> _nodeRank = SharedOptions.Int("--node-rank", "K", "this node's index", 0, min: 0);
+    private readonly Option<string> _masterAddr = new("--master-addr") { Description = "rendezvous host (rank 0's node)", HelpName = "HOST", DefaultValueFactory = _ => "127.0.0.1" };
+    private readonly Option<int> _masterPort = SharedOptions.Int("--master-port", "PORT", "rendezvous port", DistributedEnvironment.DefaultMasterPort, min: 1);
+    private readonly Option<double> _gracePeriod = SharedOptions.Double("--stop-grace", "MINUTES",
+        "after Ctrl-C or SIGTERM, how long the ranks get to stop by themselves (a training run saves a checkpoint) before they are killed; a second signal kills them at once", 10, min: 0);
+    private readonly Option<int?> _gpus = SharedOptions.AtLeast(new Option<int?>("--gpus") { Description = "GPUs on this node (more processes than GPUs is an error for a command that names --device cuda) [default: the count in CUDA_VISIBLE_DEVICES when set]", HelpName = "G" }, 0);
 
-        var command = args.Rest.ToList();
+    /// <summary>Declares the command.</summary>
+    public LaunchCommand(Terminal terminal) : base("launch",
+        "start one process per GPU (torchrun-style: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) running a command; a failing rank stops the others")
+    {
+        Arguments.Add(_command);
+        foreach (var o in new Option[] { _nproc, _nnodes, _nodeRank, _masterAddr, _masterPort, _gpus, _gracePeriod }) Options.Add(o);
+        SetAction(parse => Run(parse, terminal));
+    }
+
+    private int Run(ParseResult parse, Terminal terminal)
+    {
+        var command = parse.GetValue(_command)!.ToList();
+        var given = command.ToList();
         string program;
         if (TesseraCommands.Contains(command[0]))
         {
             // Run this same tessera for every rank: the apphost directly, or the dotnet host with tessera.dll.
             program = Environment.ProcessPath ?? throw new UsageException("cannot find this process's executable to start the ranks");
             if (Path.GetFileNameWithoutExtension(program) == "dotnet")
-                command.Insert(0, typeof(LaunchCommand).Assembly.Location);
+                command.Insert(0, Path.Combine(AppContext.BaseDirectory, "tessera.dll"));
         }
         else
         {
             program = command[0];
             command.RemoveAt(0);
         }
-
-        bool gpuRun = args.Rest.Any(a => a.StartsWith("cuda", StringComparison.Ordinal));
-        int? visible = gpus >= 0 ? gpus : VisibleFromEnvironment();
+        bool gpuRun = given.Any(a => a.StartsWith("cuda", StringComparison.Ordinal));
         var options = new LaunchOptions
         {
             Program = program,
             Arguments = command,
-            ProcessesPerNode = nproc,
-            Nodes = nnodes,
-            NodeRank = nodeRank,
-            MasterAddress = masterAddr,
-            MasterPort = masterPort,
-            VisibleGpus = gpuRun ? visible : null,
+            ProcessesPerNode = parse.GetValue(_nproc),
+            Nodes = parse.GetValue(_nnodes),
+            NodeRank = parse.GetValue(_nodeRank),
+            MasterAddress = parse.GetValue(_masterAddr)!,
+            MasterPort = parse.GetValue(_masterPort),
+            VisibleGpus = gpuRun ? parse.GetValue(_gpus) ?? VisibleFromEnvironment() : null,
             HandleInterrupts = true,
+            // Ctrl-C or SIGTERM: the ranks get time to finish their step and save (a second signal kills them).
+            InterruptGracePeriod = TimeSpan.FromMinutes(parse.GetValue(_gracePeriod)),
         };
         try
         {
@@ -65,10 +74,11 @@ internal static class LaunchCommand
             throw new UsageException(e.Message);
         }
         var result = Launcher.Run(options, CancellationToken.None);
-        Console.Error.WriteLine($"tessera launch: {result.Summary}");
+        terminal.Note($"tessera launch: {result.Summary}");
         return result.ExitCode;
     }
 
+    // The launcher is the edge of a multi-GPU job: reading the scheduler's visible devices here is its job.
     private static int? VisibleFromEnvironment()
     {
         var v = Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES");

@@ -1,7 +1,10 @@
+using System.CommandLine;
+using Tessera.Cli.CommandLine;
+using Tessera.Cli.Output;
+using Tessera.Cli.Signals;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Inference.Serving;
-using Tessera.Models;
 using Tessera.Models.Chat;
 using Tessera.Server;
 using Tessera.Tensors;
@@ -9,61 +12,70 @@ using Tessera.Training.Checkpoints;
 
 namespace Tessera.Cli.Commands;
 
-/// <summary>tessera serve: the OpenAI-compatible server over a checkpoint or a Hugging Face directory. Parse, build, run.</summary>
-internal static class ServeCommand
+/// <summary>
+/// tessera serve: the OpenAI-compatible server (Tessera.Server) over a checkpoint, a run or a Hugging Face directory.
+/// Parse, build (the model verified as for generate), run until Ctrl-C or SIGTERM, report.
+/// </summary>
+public sealed class ServeCommand : Command
 {
-    public const string Usage = """
-        tessera serve --model DIR [options]
-          DIR as for generate: a checkpoint, a run directory (its latest checkpoint) or a Hugging Face model directory.
-          --device cpu|cuda [cpu]  --dtype f32|bf16 [f32; bf16 needs cuda]  --threads N (CPU)
-          --host ADDRESS [127.0.0.1]  --port N [8000]  --api-key KEY (clients send 'Authorization: Bearer KEY')
-          --served-model-name NAME [the directory's name]  --tokenizer byte|DIR (override the tokenizer found with the model)
-          --max-batch N [64] sequences per step    --max-queue N [256] waiting requests before 429
-          --kv-memory GiB [0.25 on cpu, 4 on cuda] KV-cache pool    --block-size N [16] positions per KV block
-          --token-budget N [2048] tokens per step (prompts longer than this are prefilled in chunks)
-          --max-model-len N [the model's context] longest prompt + completion
-          --no-graphs  run every decode step eagerly (no CUDA graphs)
-        Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (stream: true for SSE), GET /health, GET /metrics.
-        """;
+    private readonly Option<string> _model = SharedOptions.Model("a checkpoint, a run directory (its latest checkpoint) or a Hugging Face model directory");
+    private readonly Option<Device> _device = SharedOptions.Device();
+    private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype (bf16 needs cuda)", DType.F32, DType.BF16);
+    private readonly Option<int> _threads = SharedOptions.Threads();
+    private readonly Option<string> _host = new("--host") { Description = "address to listen on", HelpName = "ADDRESS", DefaultValueFactory = _ => "127.0.0.1" };
+    private readonly Option<int> _port = SharedOptions.Int("--port", "N", "port to listen on (0: any free port, printed at start)", 8000, min: 0);
+    private readonly Option<string?> _apiKey = new("--api-key") { Description = "clients must send 'Authorization: Bearer KEY'", HelpName = "KEY" };
+    private readonly Option<string?> _name = new("--served-model-name") { Description = "the model's name in the API [default: the directory's name]", HelpName = "NAME" };
+    private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
+    private readonly Option<int> _maxBatch = SharedOptions.Int("--max-batch", "N", "sequences per step", 64, min: 1);
+    private readonly Option<int> _maxQueue = SharedOptions.Int("--max-queue", "N", "waiting requests before 429", 256, min: 0);
+    private readonly Option<double?> _kvMemory = new("--kv-memory") { Description = "KV-cache pool in GiB [default: 0.25 on cpu, 4 on cuda]", HelpName = "GiB" };
+    private readonly Option<int> _blockSize = SharedOptions.Int("--block-size", "N", "positions per KV block", 16, min: 1);
+    private readonly Option<int> _tokenBudget = SharedOptions.Int("--token-budget", "N", "tokens per step (longer prompts are prefilled in chunks)", 2048, min: 1);
+    private readonly Option<int?> _maxModelLen = SharedOptions.AtLeast(new Option<int?>("--max-model-len") { Description = "longest prompt + completion [default: the model's context]", HelpName = "N" }, 1);
+    private readonly Option<bool> _noGraphs = SharedOptions.Flag("--no-graphs", "run every decode step eagerly (no CUDA graphs)");
 
-    public static int Run(CommandLineArguments args, TextWriter output)
+    /// <summary>Declares the options.</summary>
+    public ServeCommand(Terminal terminal) : base("serve",
+        "an OpenAI-compatible HTTP server (continuous batching, paged KV cache): GET /v1/models, POST /v1/completions, POST /v1/chat/completions (stream for SSE), GET /health, GET /metrics")
     {
-        string dir = args.String("model") ?? throw new UsageException("serve needs --model DIR");
-        string device = args.String("device", "cpu")!;
-        bool cuda = device.StartsWith("cuda", StringComparison.Ordinal);
-        int threads = args.Int("threads", Environment.ProcessorCount);
-        var dtype = args.String("dtype", "f32") switch
-        {
-            "f32" => DType.F32,
-            "bf16" => DType.BF16,
-            var other => throw new UsageException($"--dtype {other}: expected f32 or bf16"),
-        };
+        _model.Required = true;
+        _model.HelpName = "DIR";
+        foreach (var o in new Option[] { _model, _device, _dtype, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
+            _blockSize, _tokenBudget, _maxModelLen, _noGraphs })
+            Options.Add(o);
+        SetAction(parse => Run(parse, terminal));
+    }
+
+    private int Run(ParseResult parse, Terminal terminal)
+    {
+        // Parse: the options into the server's and the engine's records, validated before anything is loaded.
+        string dir = parse.GetValue(_model)!;
+        var device = parse.GetValue(_device);
+        var dtype = parse.GetValue(_dtype);
+        bool cuda = device.Kind == DeviceKind.Cuda;
+        if (dtype == DType.BF16 && !cuda) throw new UsageException("--dtype bf16 needs --device cuda: the CPU backend computes in f32 or f64");
         var serve = new ServeOptions
         {
-            Host = args.String("host", "127.0.0.1")!,
-            Port = args.Int("port", 8000),
-            ApiKey = args.String("api-key"),
-            ModelName = args.String("served-model-name") ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir))),
+            Host = parse.GetValue(_host)!,
+            Port = parse.GetValue(_port),
+            ApiKey = parse.GetValue(_apiKey),
+            ModelName = parse.GetValue(_name) ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir))),
         };
         var engineOptions = new EngineOptions
         {
             Cache = new PagedKvCacheOptions
             {
-                BlockSize = args.Int("block-size", 16),
-                MemoryBytes = (long)(args.Double("kv-memory", cuda ? 4 : 0.25) * (1L << 30)),
+                BlockSize = parse.GetValue(_blockSize),
+                MemoryBytes = (long)((parse.GetValue(_kvMemory) ?? (cuda ? 4 : 0.25)) * (1L << 30)),
             },
             Scheduler = new SchedulerOptions
             {
-                MaxBatch = args.Int("max-batch", 64),
-                MaxQueue = args.Int("max-queue", 256),
-                TokenBudget = args.Int("token-budget", 2048),
+                MaxBatch = parse.GetValue(_maxBatch), MaxQueue = parse.GetValue(_maxQueue), TokenBudget = parse.GetValue(_tokenBudget),
             },
-            MaxSequenceLength = args.String("max-model-len") is null ? null : args.Int("max-model-len", 0),
-            RecordGraphs = !args.Flag("no-graphs"),
+            MaxSequenceLength = parse.GetValue(_maxModelLen),
+            RecordGraphs = !parse.GetValue(_noGraphs),
         };
-        string? tokenizerSpec = args.String("tokenizer");
-        args.ThrowOnUnknown("serve");
-        if (dtype == DType.BF16 && !cuda) throw new UsageException("--dtype bf16 needs --device cuda: the CPU backend computes in f32 or f64");
         try
         {
             serve.Validate();
@@ -74,29 +86,30 @@ internal static class ServeCommand
             throw new UsageException(e.Message);
         }
 
-        var modelDir = GenerateCommand.ResolveModelDirectory(dir);
-        var backend = BackendFactory.Create(device, threads);
-        var checkpointConfig = File.Exists(Path.Combine(modelDir, "trainer_state.json")) ? TrainingCheckpoint.ReadState(modelDir).Model : null;
-        var model = PretrainedModel.Load(modelDir, backend, dtype, checkpointConfig);
-        var tokenizer = TokenizerFactory.Create(tokenizerSpec ?? GenerateCommand.TokenizerOf(modelDir));
-        var format = ChatFormat.Load(modelDir);
+        // Build: the model verified as generate does (manifest, finite weights), its tokenizer and chat format.
+        var backend = BackendFactory.Create(device, parse.GetValue(_threads));
+        var (model, directory, trainedTokenizer) = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype));
+        string tokenizerSpec = parse.GetValue(_tokenizer) ?? trainedTokenizer ?? directory;
+        var tokenizer = TokenizerFactory.Create(tokenizerSpec);
+        Tessera.Models.Tokenization.TokenizerLoader.CheckFits(tokenizer, model.Config.VocabSize, tokenizerSpec);
+        var format = ChatFormat.Load(directory);
         // The end-of-turn token of the chat format ends completions too, when the tokenizer has it as one token.
         if (format.EosToken is { Length: > 0 } eos && tokenizer.Encode(eos) is [int eosId])
             engineOptions = engineOptions with { StopTokens = [.. engineOptions.StopTokens, eosId] };
 
+        // Run until Ctrl-C or SIGTERM; report.
         using var engine = new InferenceEngine(model, tokenizer, engineOptions);
-        using var shutdown = new CancellationTokenSource();
-        Console.CancelKeyPress += (_, e) => { e.Cancel = true; shutdown.Cancel(); };
+        using var signals = new StopSignals(terminal.Note, "shutting the server down");
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(format, tokenizer), serve).GetAwaiter().GetResult();
         var m = engine.Metrics;
-        output.WriteLine($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}) at {server.BaseAddress}");
-        output.WriteLine($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
+        terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}) at {server.BaseAddress}");
+        terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
-        output.WriteLine("  Ctrl+C stops the server");
-        output.Flush();
-        server.WaitAsync(shutdown.Token).GetAwaiter().GetResult();
+        terminal.Line("  Ctrl-C stops the server");
+        terminal.Output.Flush();
+        server.WaitAsync(signals.Token).GetAwaiter().GetResult();
         server.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        output.WriteLine($"stopped after {m.RequestsFinished} requests, {m.GeneratedTokens} generated tokens");
-        return 0;
+        terminal.Line($"stopped after {m.RequestsFinished} requests, {m.GeneratedTokens} generated tokens");
+        return ExitCodes.Success;
     }
 }

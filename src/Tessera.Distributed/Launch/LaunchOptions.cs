@@ -48,6 +48,14 @@ public sealed record LaunchOptions
     /// <summary>Whether SIGINT (Ctrl+C) and SIGTERM to the launcher kill the ranks (a CLI sets true). Default false.</summary>
     public bool HandleInterrupts { get; init; }
 
+    /// <summary>
+    /// With <see cref="HandleInterrupts"/>: how long the ranks get to stop by themselves. The first SIGINT or SIGTERM to the
+    /// launcher is passed on to every rank as SIGTERM (a training rank finishes its step, saves a checkpoint and exits),
+    /// ranks exiting then are not failures, and a second signal or the end of this period kills them. Null (the default):
+    /// the first signal kills every rank.
+    /// </summary>
+    public TimeSpan? InterruptGracePeriod { get; init; }
+
     /// <summary>Global number of processes: Nodes * ProcessesPerNode.</summary>
     public int WorldSize => Nodes * ProcessesPerNode;
 

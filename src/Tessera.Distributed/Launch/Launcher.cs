@@ -35,10 +35,23 @@ public static class Launcher
 
         using var interrupt = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var signals = new List<PosixSignalRegistration>();
+        int stopSignal = 0;   // the signal passed on to the ranks (graceful stop under way), written once
         if (options.HandleInterrupts)
         {
             foreach (var signal in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM })
-                signals.Add(PosixSignalRegistration.Create(signal, context => { context.Cancel = true; interrupt.Cancel(); }));
+                signals.Add(PosixSignalRegistration.Create(signal, context =>
+                {
+                    context.Cancel = true;
+                    int number = signal == PosixSignal.SIGINT ? 2 : 15;
+                    if (options.InterruptGracePeriod is TimeSpan grace && Interlocked.CompareExchange(ref stopSignal, number, 0) == 0)
+                    {
+                        // SIGTERM, not the signal received: after Ctrl-C in a terminal the ranks already have a SIGINT of their
+                        // own, and a second SIGINT would make them exit at once instead of saving.
+                        SignalAll(processes, 15);
+                        interrupt.CancelAfter(grace);
+                    }
+                    else interrupt.Cancel();
+                }));
         }
         try
         {
@@ -89,7 +102,7 @@ public static class Launcher
                 remaining--;
                 var p = processes[local]!;
                 Drain(p, options.KillTimeout);
-                if (p.ExitCode != 0 && failed is null && !killed[local])
+                if (p.ExitCode != 0 && failed is null && !killed[local] && Volatile.Read(ref stopSignal) == 0)
                 {
                     failed = local;
                     KillAll(processes, killed);
@@ -120,6 +133,11 @@ public static class Launcher
             {
                 summary = $"interrupted: killed all {n} ranks";
                 exitCode = InterruptedExitCode;
+            }
+            else if (Volatile.Read(ref stopSignal) is int stopped and > 0)
+            {
+                summary = $"stopped by {(stopped == 2 ? "SIGINT" : "SIGTERM")}: passed on to the ranks as SIGTERM; they exited with {string.Join(", ", exits.Select(e => e.ExitCode))}";
+                exitCode = 128 + stopped;
             }
             else
             {
@@ -160,6 +178,17 @@ public static class Launcher
         // NVLink SHARP (multicast) stays off on the machines Tessera runs on.
         env["NCCL_NVLS_ENABLE"] = "0";
         return info;
+    }
+
+    // Sends a POSIX signal to every rank still running (the rank itself, not its children: they are the rank's to stop).
+    private static void SignalAll(Process?[] processes, int signal)
+    {
+        if (OperatingSystem.IsWindows()) return;
+        foreach (var p in processes)
+        {
+            try { if (p is { HasExited: false }) PosixSignals.Send(p.Id, signal); }
+            catch (InvalidOperationException) { /* not started or exited meanwhile */ }
+        }
     }
 
     private static void KillAll(Process?[] processes, bool[] killed)

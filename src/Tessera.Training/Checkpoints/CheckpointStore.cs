@@ -71,6 +71,72 @@ public sealed class CheckpointStore
         return dir;
     }
 
+    /// <summary>
+    /// The complete checkpoints in the store (directories "step_NNNNNN" with a manifest.json), oldest first, with their
+    /// steps. Hidden temporary directories and directories without a manifest are not checkpoints.
+    /// </summary>
+    public IReadOnlyList<(int Step, string Directory)> Checkpoints()
+    {
+        if (!System.IO.Directory.Exists(Root)) return [];
+        var found = new List<(int, string)>();
+        foreach (var dir in System.IO.Directory.EnumerateDirectories(Root, "step_*"))
+        {
+            var name = Path.GetFileName(dir);
+            if (int.TryParse(name.AsSpan("step_".Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int step)
+                && File.Exists(Path.Combine(dir, "manifest.json")))
+                found.Add((step, dir));
+        }
+        found.Sort((a, b) => a.Item1.CompareTo(b.Item1));
+        return found;
+    }
+
+    /// <summary>
+    /// Removes what interrupted saves leave behind: hidden ".step_NNNNNN.tmp-*" and ".step_NNNNNN.old-*" directories and
+    /// ".latest.tmp-*" files. Call it when a run starts, before any save of its own (a save in progress in another process
+    /// writing to the same store would lose its temporary directory). Returns the removed paths.
+    /// </summary>
+    public IReadOnlyList<string> RemoveLeftovers()
+    {
+        if (!System.IO.Directory.Exists(Root)) return [];
+        var removed = new List<string>();
+        foreach (var dir in System.IO.Directory.EnumerateDirectories(Root, ".step_*"))
+        {
+            var name = Path.GetFileName(dir);
+            if (!name.Contains(".tmp-", StringComparison.Ordinal) && !name.Contains(".old-", StringComparison.Ordinal)) continue;
+            System.IO.Directory.Delete(dir, recursive: true);
+            removed.Add(dir);
+        }
+        foreach (var file in System.IO.Directory.EnumerateFiles(Root, ".latest.tmp-*"))
+        {
+            File.Delete(file);
+            removed.Add(file);
+        }
+        return removed;
+    }
+
+    /// <summary>
+    /// Keeps the newest <paramref name="keepLast"/> complete checkpoints and deletes the older ones, oldest first. The
+    /// checkpoint named by "latest" is never deleted, whatever its age. Returns the removed directories.
+    /// </summary>
+    public IReadOnlyList<string> Prune(int keepLast)
+    {
+        if (keepLast < 1) throw new ArgumentOutOfRangeException(nameof(keepLast), $"checkpoints to keep ({keepLast}) must be at least 1");
+        var all = Checkpoints();
+        string? latest = Latest();
+        var removed = new List<string>();
+        foreach (var (_, dir) in all.Take(Math.Max(0, all.Count - keepLast)))
+        {
+            if (string.Equals(dir, latest, StringComparison.Ordinal)) continue;
+            // Renamed aside first (atomic), then deleted: a crash mid-delete leaves a hidden ".old" directory that
+            // RemoveLeftovers clears, never a step directory with some files missing.
+            string aside = Path.Combine(Root, $".{Path.GetFileName(dir)}.old-{Guid.NewGuid():N}");
+            System.IO.Directory.Move(dir, aside);
+            System.IO.Directory.Delete(aside, recursive: true);
+            removed.Add(dir);
+        }
+        return removed;
+    }
+
     private static void FlushToDisk(string file)
     {
         using var s = new FileStream(file, FileMode.Open, FileAccess.ReadWrite, FileShare.Read);

@@ -41,7 +41,9 @@ public static class ParallelTraining
     /// rank after the trainer is built (e.g. <see cref="ShardedCheckpoint.Restore"/>); otherwise <paramref name="weights"/>,
     /// when given, does: it writes the weights of a model that <paramref name="buildRank"/> built deferred (ZeRO-3's
     /// sharded construction, <see cref="Tessera.Nn.ArenaStorage.Deferred"/>), e.g. <c>t => t.InitializeWeights(seed)</c>.
-    /// Returns rank 0's trainer step.
+    /// Returns rank 0's trainer step. Cancelled through <paramref name="cancellation"/>, every rank stops after the same step,
+    /// calls <paramref name="checkpoint"/> there (so a stopped run is saved) and the ranks' <see cref="OperationCanceledException"/>s
+    /// come out together in the <see cref="AggregateException"/>.
     /// </summary>
     public static int Train(int worldSize, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
         Func<RankContext, (Transformer Model, TokenDataLoader Train)> buildRank,
@@ -55,7 +57,16 @@ public static class ParallelTraining
             var trainer = new Trainer(model, DataParallelism.Create(model, ctx.Group, parallel, adamW, ctx.Host), train, null, options);
             if (resume is not null) resume(trainer);
             else weights?.Invoke(trainer);
-            trainer.Run(ctx.Rank == 0 ? onStep : null, checkpoint, cancellation: cancellation);
+            try
+            {
+                trainer.Run(ctx.Rank == 0 ? onStep : null, checkpoint, cancellation: cancellation);
+            }
+            catch (OperationCanceledException) when (checkpoint is not null)
+            {
+                // Every rank stopped at the same step (the loop agrees collectively), so the collective save lines up.
+                checkpoint(trainer);
+                throw;
+            }
             return trainer.Step;
         });
         return steps[0];

@@ -118,4 +118,19 @@ public sealed class BadInputTests : IDisposable
         Assert.Equal(2, code);
         Assert.Contains("--device cuda", err);
     }
+
+    [Fact]
+    public void TokenOutsideTheVocabularyIsRefusedBeforeTrainingNamingTheShardAndOffset()
+    {
+        var shard = Path.Combine(_dir, "train_000.bin");
+        var tokens = Enumerable.Range(0, 5000).Select(i => i % 200).ToArray();
+        tokens[4321] = 300;   // gpt2-tiny's vocabulary is 256 bytes
+        TokenShard.Write(shard, tokens);
+        var outDir = Path.Combine(_dir, "run");
+        var (code, _, err) = CliProcess.Run("train", "--model", "gpt2-tiny", "--data", shard, "--out", outDir, "--steps", "1", "--seq", "16", "--batch", "2", "--threads", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("train_000.bin: token 300 at offset 4321", err);
+        Assert.Contains("vocabulary of 256", err);
+        Assert.False(File.Exists(Path.Combine(outDir, "metrics.jsonl")), "nothing was trained, so nothing was logged");
+    }
 }

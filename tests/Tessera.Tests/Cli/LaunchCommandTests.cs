@@ -31,4 +31,20 @@ public class LaunchCommandTests
         Assert.Contains("NCCL", stdout + stderr);
         Assert.Contains("--ranks", stdout + stderr);
     }
+
+    [Fact]
+    public void CtrlCIsPassedOnToTheRanksAsSigtermAndTheyGetToFinish()
+    {
+        // Each rank stands for a training process: on SIGTERM it takes a moment ("saving"), then exits 143.
+        const string rank = "trap 'echo stopping; sleep 0.5; echo saved; exit 143' TERM; echo ready; while :; do sleep 0.05; done";
+        using var launch = CliProcess.Start("launch", "--nproc-per-node", "2", "--master-port", "29615", "--", "/bin/sh", "-c", rank);
+        // The ranks print in either order, and each wait consumes the lines before its match.
+        launch.WaitForLine(l => l is "[rank 0] ready" or "[rank 1] ready");
+        launch.WaitForLine(l => l is "[rank 0] ready" or "[rank 1] ready");
+        launch.Signal(2);   // to the launcher alone, as a scheduler's signal would arrive
+        Assert.Equal(130, launch.WaitForExit());
+        Assert.Contains("[rank 0] saved", launch.Stdout);
+        Assert.Contains("[rank 1] saved", launch.Stdout);   // not killed when rank 0 exited first with 143
+        Assert.Contains("stopped by SIGINT: passed on to the ranks as SIGTERM; they exited with 143, 143", launch.Stderr);
+    }
 }

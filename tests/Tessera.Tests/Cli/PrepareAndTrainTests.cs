@@ -32,7 +32,7 @@ public sealed class PrepareAndTrainTests : IDisposable
 
         (code, stdout, stderr) = CliProcess.Run(["train", "--steps", "3", "--resume", .. common]);
         Assert.True(code == 0, stderr);
-        Assert.Contains("resumed", stdout);
+        Assert.Contains("resuming", stdout);
         Assert.Contains("step     3/3", stdout);
         Assert.True(Directory.Exists(Path.Combine(run, "checkpoints", "step_000003")));
 
@@ -57,7 +57,20 @@ public sealed class PrepareAndTrainTests : IDisposable
         // A checkpoint sharded over two ranks resumes on one (with twice the batch to keep the global batch).
         (code, stdout, stderr) = CliProcess.Run(["train", "--steps", "3", "--batch", "4", "--resume", .. common]);
         Assert.True(code == 0, stderr);
-        Assert.Contains("resumed", stdout);
+        Assert.Contains("resuming", stdout);
         Assert.Contains("step     3/3", stdout);
+    }
+
+    [Fact]
+    public void PreparingAnEmptyFileFailsAndWritesNothing()
+    {
+        var text = Path.Combine(_dir, "empty.txt");
+        File.WriteAllText(text, "");
+        var data = Path.Combine(_dir, "none");
+        var (code, _, stderr) = CliProcess.Run("prepare", "--out", data, text);
+        Assert.Equal(1, code);
+        Assert.Contains("empty.txt", stderr);
+        Assert.Contains("holds no text", stderr);
+        Assert.False(Directory.Exists(data));
     }
 }

@@ -1,6 +1,6 @@
 using Tessera.Models.Tokenization;
 
-namespace Tessera.Cli;
+namespace Tessera.Cli.CommandLine;
 
 /// <summary>Creates the tokenizer named by a --tokenizer option: "byte" or a Hugging Face directory.</summary>
 public static class TokenizerFactory
@@ -10,7 +10,7 @@ public static class TokenizerFactory
     {
         if (spec == "byte") return new ByteTokenizer();
         if (!Directory.Exists(spec))
-            throw new DirectoryNotFoundException($"--tokenizer {spec}: not 'byte' and not a directory with tokenizer files (vocab.json + merges.txt, tokenizer.json or a tiktoken file)");
+            throw new UsageException($"--tokenizer {spec}: not 'byte' and not a directory with tokenizer files (vocab.json + merges.txt, tokenizer.json or a tiktoken file)");
         return TokenizerLoader.FromDirectory(spec);
     }
 }

@@ -1,22 +1,18 @@
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 
-namespace Tessera.Cli;
+namespace Tessera.Cli.CommandLine;
 
 /// <summary>Creates the backend for a --device option.</summary>
 public static class BackendFactory
 {
-    /// <summary>A backend for "cpu", "cuda" or "cuda:N".</summary>
-    public static IBackend Create(string device, int threads)
+    /// <summary>A backend for "cpu", "cuda" or "cuda:N" (the device string was checked by the option's parser).</summary>
+    public static IBackend Create(Device device, int threads) => device.Kind switch
     {
-        var d = Device.Parse(device);
-        return d.Kind switch
-        {
-            DeviceKind.Cpu => new CpuBackend(threads),
-            DeviceKind.Cuda => CreateCuda(d.Index),
-            _ => throw new UsageException($"unsupported device '{device}'"),
-        };
-    }
+        DeviceKind.Cpu => new CpuBackend(threads),
+        DeviceKind.Cuda => CreateCuda(device.Index),
+        _ => throw new UsageException($"--device {device}: unsupported device kind"),
+    };
 
     /// <summary>The CUDA backend's options in one string at this edge ("ProfileOps=true,TuneMatMulAlgorithms=false"), parsed into
     /// <see cref="Tessera.Cuda.CudaBackendOptions"/>; unset means the defaults. The library itself reads no such variable.</summary>

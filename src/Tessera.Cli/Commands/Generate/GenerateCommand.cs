@@ -1,0 +1,107 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Spectre.Console;
+using Tessera.Cli.CommandLine;
+using Tessera.Cli.Output;
+using Tessera.Inference;
+using Tessera.Inference.Sampling;
+using Tessera.Inference.Serving;
+using Tessera.Tensors;
+using Tessera.Training.Checkpoints;
+
+namespace Tessera.Cli.Commands.Generate;
+
+/// <summary>tessera generate: streams a continuation of a prompt from a checkpoint, a run or a Hugging Face directory.</summary>
+public sealed class GenerateCommand : Command
+{
+    private readonly Option<string> _model = SharedOptions.Model("a checkpoint (step_NNNNNN), a run directory or its checkpoints folder (the latest checkpoint), or a Hugging Face model directory");
+    private readonly Option<string> _prompt = new("--prompt") { Description = "the text to continue", HelpName = "TEXT", Required = true };
+    private readonly Option<int> _maxTokens = SharedOptions.MaxTokens(128);
+    private readonly Option<double> _temperature = SharedOptions.Double("--temperature", "X", "softmax temperature; 0 is greedy (the most likely token every time, which tends to loop)", 0.8, min: 0);
+    private readonly Option<int> _topK = SharedOptions.Int("--top-k", "K", "sample among the K most likely tokens (0: all)", 40, min: 0);
+    private readonly Option<double> _topP = SharedOptions.Double("--top-p", "P", "sample among the most likely tokens whose probabilities sum to P (1: all)", 1.0, min: 0, max: 1, minExclusive: true);
+    private readonly Option<int> _seed = SharedOptions.Seed("seed of the sampling", 0);
+    private readonly Option<string[]> _stop = new("--stop") { Description = "end generation where this text appears (not printed); repeatable", HelpName = "TEXT", AllowMultipleArgumentsPerToken = false };
+    private readonly Option<int[]> _stopIds = new("--stop-ids") { Description = "end generation at these token ids (besides the tokenizer's end of text); comma-separated or repeated", HelpName = "ID,..." };
+    private readonly Option<Device> _device = SharedOptions.Device();
+    private readonly Option<int> _threads = SharedOptions.Threads();
+    private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype: bf16 (GPU only) halves the bytes each decoded token reads", DType.F32, DType.BF16);
+    private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
+
+    /// <summary>Declares the options.</summary>
+    public GenerateCommand(Terminal terminal) : base("generate", "continue a prompt from a checkpoint, a run or a Hugging Face model directory")
+    {
+        _model.Required = true;
+        _model.HelpName = "DIR";
+        _stopIds.CustomParser = r =>
+        {
+            var ids = new List<int>();
+            foreach (var token in r.Tokens)
+                foreach (var part in token.Value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                    if (int.TryParse(part, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) && id >= 0) ids.Add(id);
+                    else r.AddError($"--stop-ids: '{part}' is not a token id");
+            return ids.ToArray();
+        };
+        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _tokenizer })
+            Options.Add(o);
+        SetAction(parse => Run(parse, terminal));
+    }
+
+    private int Run(ParseResult parse, Terminal terminal)
+    {
+        var device = parse.GetValue(_device);
+        var dtype = parse.GetValue(_dtype);
+        if (dtype == DType.BF16 && device.Kind != DeviceKind.Cuda)
+            throw new UsageException("--dtype bf16 needs --device cuda: the CPU backend computes in f32 or f64");
+        var sampling = new SamplingOptions
+        {
+            Temperature = parse.GetValue(_temperature), TopK = parse.GetValue(_topK), TopP = parse.GetValue(_topP), Seed = (ulong)parse.GetValue(_seed),
+        }.Validate();
+        string prompt = parse.GetValue(_prompt)!;
+        int maxTokens = parse.GetValue(_maxTokens);
+
+        // Build: the device, then the model (manifest verified, weights checked finite), then its tokenizer.
+        var backend = BackendFactory.Create(device, parse.GetValue(_threads));
+        var (model, directory, trainedTokenizer) = Loading.Run(terminal, $"loading {parse.GetValue(_model)}",
+            () => TrainedModel.Load(parse.GetValue(_model)!, backend, dtype));
+        string tokenizerSpec = parse.GetValue(_tokenizer) ?? trainedTokenizer ?? directory;
+        var tokenizer = TokenizerFactory.Create(tokenizerSpec);
+        Tessera.Models.Tokenization.TokenizerLoader.CheckFits(tokenizer, model.Config.VocabSize, tokenizerSpec);
+        // transformers' generate stops on every eos_token_id of generation_config.json (Llama 3: end_of_text and eot_id).
+        var stops = new HashSet<int>(Tessera.Models.HuggingFace.GenerationDefaults.Load(directory).EosTokenIds);
+        foreach (var id in parse.GetValue(_stopIds) ?? []) stops.Add(id);
+        if (tokenizer.EndOfTextId is int eot) stops.Add(eot);
+        var ids = tokenizer.EncodeWithSpecialTokens(prompt);   // BOS first where the tokenizer puts one (Llama, Mistral)
+        int context = model.Config.MaxSequenceLength;
+        if (ids.Length + maxTokens > context && ids.Length < context)
+            terminal.Note($"note: the model's context holds {context} positions: after the {ids.Length}-token prompt there is room for {context - ids.Length} new tokens, not {maxTokens}");
+
+        // Run: stream tokens as they come, holding back text that may begin a stop string.
+        var filter = new StopStringMatcher(parse.GetValue(_stop) ?? []);
+        var decoder = tokenizer.CreateIncrementalDecoder();
+        var generator = new TextGenerator(model);
+        terminal.Output.Write(prompt);
+        var clock = Stopwatch.StartNew();
+        int produced = 0;
+        foreach (var id in generator.Generate(ids, new GenerationOptions { MaxNewTokens = maxTokens, Sampling = sampling, StopTokens = stops }))
+        {
+            produced++;
+            terminal.Output.Write(filter.Push(decoder.Push(id)));
+            terminal.Output.Flush();
+            if (filter.Stopped) break;
+        }
+        if (!filter.Stopped) terminal.Output.Write(filter.Push(decoder.Flush()) + filter.Flush());
+        terminal.Output.WriteLine();
+
+        // Report (standard error, so that standard output is the text alone).
+        string why = filter.Stopped ? "a --stop text"
+            : produced >= maxTokens ? "--max-tokens"
+            : ids.Length + produced >= context ? $"the model's context of {context} positions is full"
+            : "an end-of-text token";
+        double seconds = clock.Elapsed.TotalSeconds;
+        terminal.Note(string.Create(CultureInfo.InvariantCulture,
+            $"[{produced} tokens in {seconds:F2} s, {produced / Math.Max(seconds, 1e-9):F1} tok/s; stopped at {why}]"));
+        return 0;
+    }
+}

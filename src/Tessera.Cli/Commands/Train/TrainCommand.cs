@@ -1,0 +1,120 @@
+using System.CommandLine;
+using Tessera.Cli.CommandLine;
+using Tessera.Cli.Output;
+using Tessera.Tensors;
+using Tessera.Training.Optim;
+
+namespace Tessera.Cli.Commands.Train;
+
+/// <summary>tessera train: the options, read into <see cref="TrainSettings"/>; <see cref="TrainRun"/> does the rest.</summary>
+public sealed class TrainCommand : Command
+{
+    private readonly Option<string?> _model = new("--model")
+    {
+        Description = "preset (gpt2-tiny, gpt2-124m, llama-debug, ...; 'tessera info' lists them) or a Hugging Face directory to fine-tune [default: gpt2-tiny]",
+        HelpName = "PRESET|DIR",
+    };
+    private readonly Option<string?> _data = new("--data") { Description = "training shards (llm.c format), e.g. data/train_*.bin [default: the embedded corpus, written to OUT/data]", HelpName = "GLOB" };
+    private readonly Option<string?> _valData = new("--val-data") { Description = "validation shards", HelpName = "GLOB" };
+    private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "tokenizer of the shards (for the sample at the end) [default: byte]", HelpName = "byte|DIR" };
+    private readonly Option<string> _out = new("--out") { Description = "run directory: data/, checkpoints/, metrics.jsonl, metrics.png", HelpName = "DIR", DefaultValueFactory = _ => "runs/default" };
+    private readonly Option<int?> _steps = SharedOptions.AtLeast(new Option<int?>("--steps") { Description = "optimizer updates in the whole run (a total: a resumed run continues to it) [default: 1200]", HelpName = "N" }, 1);
+    private readonly Option<int?> _batch = SharedOptions.AtLeast(new Option<int?>("--batch") { Description = "rows (sequences) per update, per rank [default: 16]", HelpName = "B" }, 1);
+    private readonly Option<int?> _micro = SharedOptions.Micro();
+    private readonly Option<int?> _seq = SharedOptions.Sequence("tokens per row [default: 128]");
+    private readonly Option<double?> _lr = Positive("--lr", "X", "peak learning rate [default: 2e-3]");
+    private readonly Option<int?> _warmup = SharedOptions.AtLeast(new Option<int?>("--warmup") { Description = "steps of linear learning-rate warmup [default: 50]", HelpName = "N" }, 0);
+    private readonly Option<double?> _minLr = Fraction("--min-lr-fraction", "learning rate at the last step, as a fraction of the peak [default: 0.1]");
+    private readonly Option<double> _weightDecay = SharedOptions.Double("--weight-decay", "X", "AdamW weight decay", 0.1, min: 0);
+    private readonly Option<double> _clip = SharedOptions.Double("--clip", "X", "global gradient-norm clipping threshold", 1.0, min: 0, minExclusive: true);
+    private readonly Option<int?> _seed = new("--seed") { Description = "seed of the weight initialization [default: 1337]", HelpName = "N" };
+    private readonly Option<int?> _evalEvery = SharedOptions.AtLeast(new Option<int?>("--eval-every") { Description = "validation loss every N steps (0: never) [default: 200]", HelpName = "N" }, 0);
+    private readonly Option<int?> _evalBatches = SharedOptions.AtLeast(new Option<int?>("--eval-batches") { Description = "validation batches per evaluation [default: 4]", HelpName = "N" }, 1);
+    private readonly Option<int?> _checkpointEvery = SharedOptions.AtLeast(new Option<int?>("--checkpoint-every") { Description = "checkpoint every N steps (0: only at the end); a stop (Ctrl-C, SIGTERM) always saves one [default: 200]", HelpName = "N" }, 0);
+    private readonly Option<int> _keepLast = SharedOptions.Int("--keep-last", "N", "checkpoints to keep; older ones are deleted after each save", 3, min: 1);
+    private readonly Option<int?> _logEvery = SharedOptions.AtLeast(new Option<int?>("--log-every") { Description = "print a progress line and log metrics every N steps [default: 50]", HelpName = "N" }, 1);
+    private readonly Option<Device> _device = SharedOptions.Device();
+    private readonly Option<int> _threads = SharedOptions.Threads();
+    private readonly Option<DType?> _dtype = NullableDType();
+    private readonly Option<bool> _recompute = SharedOptions.Flag("--recompute", "recompute activations in backward (less memory, about a third more compute)");
+    private readonly Option<int> _ranks = SharedOptions.Int("--ranks", "N", "data-parallel CPU ranks (threads of this process; the cores are split between them)", 1, min: 1);
+    private readonly Option<int> _zero = SharedOptions.Int("--zero", "0-3", "with --ranks or under 'tessera launch': ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)", 0, min: 0);
+    private readonly Option<bool> _offload = SharedOptions.Flag("--offload", "with --zero: optimizer state and update on the host (ZeRO-Offload)");
+    private readonly Option<bool> _resume = SharedOptions.Flag("--resume", "continue the run in --out from its latest checkpoint; options left out take the checkpoint's values");
+    private readonly Option<bool> _allowChanges = SharedOptions.Flag("--allow-changes", "with --resume: accept a changed batch, sequence length or learning-rate schedule (the run then no longer continues the saved one exactly)");
+    private readonly Option<int> _sampleTokens = SharedOptions.Int("--sample-tokens", "N", "tokens to sample from the final model (0: none)", 200, min: 0);
+
+    /// <summary>Declares the options.</summary>
+    public TrainCommand(Terminal terminal) : base("train", "train a model; with no options, the embedded default: gpt2-tiny on the .NET SDK's XML API documentation (byte tokens)")
+    {
+        Option[] options = [_model, _data, _valData, _tokenizer, _out, _steps, _batch, _micro, _seq, _lr, _warmup, _minLr, _weightDecay, _clip,
+            _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _recompute, _ranks, _zero,
+            _offload, _resume, _allowChanges, _sampleTokens];
+        foreach (var o in options) Options.Add(o);
+        _zero.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<int>() > 3) r.AddError($"--zero ({r.GetValueOrDefault<int>()}) must be 0, 1, 2 or 3"); });
+        SetAction(parse => new TrainRun(Read(parse), terminal).Execute());
+    }
+
+    private TrainSettings Read(ParseResult p) => new()
+    {
+        Model = p.GetValue(_model), Data = p.GetValue(_data), ValidationData = p.GetValue(_valData), Tokenizer = p.GetValue(_tokenizer),
+        Out = p.GetValue(_out)!, Steps = p.GetValue(_steps), Batch = p.GetValue(_batch), Micro = p.GetValue(_micro), Sequence = p.GetValue(_seq),
+        LearningRate = p.GetValue(_lr), Warmup = p.GetValue(_warmup), MinLearningRateFraction = p.GetValue(_minLr), Seed = p.GetValue(_seed),
+        AdamW = new AdamWOptions { WeightDecay = p.GetValue(_weightDecay), MaxGradNorm = p.GetValue(_clip) },
+        EvalEvery = p.GetValue(_evalEvery), EvalBatches = p.GetValue(_evalBatches), CheckpointEvery = p.GetValue(_checkpointEvery),
+        KeepLast = p.GetValue(_keepLast), LogEvery = p.GetValue(_logEvery), Device = p.GetValue(_device), Threads = p.GetValue(_threads),
+        DType = p.GetValue(_dtype), Recompute = p.GetValue(_recompute), Ranks = p.GetValue(_ranks), Zero = p.GetValue(_zero),
+        Offload = p.GetValue(_offload), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
+    };
+
+    /// <summary>The command-line option of each trainer setting, for messages about a resume.</summary>
+    public static string OptionOf(string setting) => setting switch
+    {
+        "GlobalBatch" => "--batch (rows per update over all ranks)",
+        "SequenceLength" => "--seq",
+        "LearningRate" => "--lr",
+        "WarmupSteps" => "--warmup",
+        "MinLearningRateFraction" => "--min-lr-fraction",
+        "Steps" => "--steps",
+        _ => setting,
+    };
+
+    private static Option<double?> Positive(string name, string helpName, string description)
+    {
+        var option = new Option<double?>(name) { Description = description, HelpName = helpName };
+        option.Validators.Add(r =>
+        {
+            if (!r.Implicit && r.GetValueOrDefault<double?>() is double v && !(v > 0 && double.IsFinite(v)))
+                r.AddError($"{name} ({v}) must be positive");
+        });
+        return option;
+    }
+
+    private static Option<double?> Fraction(string name, string description)
+    {
+        var option = new Option<double?>(name) { Description = description, HelpName = "X" };
+        option.Validators.Add(r =>
+        {
+            if (!r.Implicit && r.GetValueOrDefault<double?>() is double v && v is not (>= 0 and <= 1))
+                r.AddError($"{name} ({v}) must lie in [0, 1]");
+        });
+        return option;
+    }
+
+    private static Option<DType?> NullableDType()
+    {
+        var option = new Option<DType?>("--dtype")
+        {
+            Description = "model dtype: f32, bf16 (mixed precision, GPU) or f64 (numerical checks; not checkpointed) [default: f32]",
+            HelpName = "f32|bf16|f64",
+        };
+        option.CustomParser = r =>
+        {
+            var text = r.Tokens.Single().Value;
+            DType? d = text.ToLowerInvariant() switch { "f32" => Tensors.DType.F32, "bf16" => Tensors.DType.BF16, "f64" => Tensors.DType.F64, _ => null };
+            if (d is null) r.AddError($"--dtype '{text}': expected f32, bf16 or f64");
+            return d;
+        };
+        return option;
+    }
+}

@@ -1,0 +1,141 @@
+using Tessera.Tensors;
+using Tessera.Training;
+using Tessera.Training.Checkpoints;
+using Tessera.Training.Optim;
+
+namespace Tessera.Cli.Commands.Train;
+
+/// <summary>
+/// Everything <c>tessera train</c> was asked, built at the edge from the command line. Settings that shape the run's
+/// trajectory are null when not given: a fresh run takes the defaults, a resumed run the checkpoint's values
+/// (<see cref="Resolve"/>), so <c>train --out DIR --resume</c> continues exactly what was saved.
+/// </summary>
+public sealed record TrainSettings
+{
+    /// <summary>Preset name or Hugging Face directory to fine-tune; null: gpt2-tiny, or the checkpoint's model on resume.</summary>
+    public string? Model { get; init; }
+
+    /// <summary>Training shards (a path or a glob in the file name); null: the embedded corpus.</summary>
+    public string? Data { get; init; }
+
+    /// <summary>Validation shards; null: none (the embedded corpus brings its own).</summary>
+    public string? ValidationData { get; init; }
+
+    /// <summary>Tokenizer of the shards; null: byte, or the checkpoint's on resume.</summary>
+    public string? Tokenizer { get; init; }
+
+    /// <summary>The run directory.</summary>
+    public required string Out { get; init; }
+
+    /// <summary>Total optimizer updates; null: 1200 (or the checkpoint's total).</summary>
+    public int? Steps { get; init; }
+
+    /// <summary>Rows per update per rank; null: 16 (or the checkpoint's).</summary>
+    public int? Batch { get; init; }
+
+    /// <summary>Rows per micro-batch; null: the batch (or the checkpoint's micro-batch).</summary>
+    public int? Micro { get; init; }
+
+    /// <summary>Tokens per row; null: 128 (or the checkpoint's).</summary>
+    public int? Sequence { get; init; }
+
+    /// <summary>Peak learning rate; null: 2e-3 (or the checkpoint's).</summary>
+    public double? LearningRate { get; init; }
+
+    /// <summary>Warmup steps; null: 50 (or the checkpoint's).</summary>
+    public int? Warmup { get; init; }
+
+    /// <summary>Floor of the cosine as a fraction of the peak; null: 0.1 (or the checkpoint's).</summary>
+    public double? MinLearningRateFraction { get; init; }
+
+    /// <summary>Initialization seed; null: 1337 (or the checkpoint's).</summary>
+    public int? Seed { get; init; }
+
+    /// <summary>AdamW settings.</summary>
+    public required AdamWOptions AdamW { get; init; }
+
+    /// <summary>Validate every N steps (0: never); null: 200 (or the checkpoint's).</summary>
+    public int? EvalEvery { get; init; }
+
+    /// <summary>Validation batches per evaluation; null: 4 (or the checkpoint's).</summary>
+    public int? EvalBatches { get; init; }
+
+    /// <summary>Checkpoint every N steps (0: only at the end and on a stop); null: 200 (or the checkpoint's).</summary>
+    public int? CheckpointEvery { get; init; }
+
+    /// <summary>Checkpoints kept (older ones are deleted after each save).</summary>
+    public int KeepLast { get; init; } = 3;
+
+    /// <summary>Log (print and metrics.jsonl) every N steps; null: 50 (or the checkpoint's).</summary>
+    public int? LogEvery { get; init; }
+
+    /// <summary>Compute device.</summary>
+    public Device Device { get; init; } = Device.Cpu;
+
+    /// <summary>CPU threads.</summary>
+    public int Threads { get; init; } = Environment.ProcessorCount;
+
+    /// <summary>Model dtype; null: f32 (or the checkpoint's).</summary>
+    public DType? DType { get; init; }
+
+    /// <summary>Recompute activations in backward.</summary>
+    public bool Recompute { get; init; }
+
+    /// <summary>CPU thread ranks.</summary>
+    public int Ranks { get; init; } = 1;
+
+    /// <summary>ZeRO stage with ranks.</summary>
+    public int Zero { get; init; }
+
+    /// <summary>Optimizer state on the host.</summary>
+    public bool Offload { get; init; }
+
+    /// <summary>Continue from OUT/checkpoints/latest.</summary>
+    public bool Resume { get; init; }
+
+    /// <summary>Accept a resume that changes the trajectory (batch, sequence, schedule).</summary>
+    public bool AllowChanges { get; init; }
+
+    /// <summary>Tokens to sample at the end.</summary>
+    public int SampleTokens { get; init; } = 200;
+
+    /// <summary>
+    /// The run's trainer options and the remaining choices: given values first, then the checkpoint's (<paramref name="saved"/>,
+    /// with the ranks that saved it; <paramref name="worldSize"/> ranks resume it), then the defaults. Throws <see cref="CommandLine.UsageException"/> naming the option when
+    /// the micro-batch does not divide the batch.
+    /// </summary>
+    public (TrainerOptions Options, DType DType, string Tokenizer, int Seed) Resolve(TrainerState? saved, int savedWorldSize, int worldSize)
+    {
+        var o = saved?.Options;
+        int batch = Batch ?? (o is null ? 16 : SavedBatchPerRank(o, savedWorldSize));
+        int micro = Micro ?? (Batch is null && o is not null && batch % o.BatchSize == 0 ? o.BatchSize : batch);
+        if (batch % micro != 0)
+            throw new CommandLine.UsageException($"--micro ({micro}) must divide --batch ({batch}): each update sums the gradients of --batch / --micro micro-batches");
+        int seed = Seed ?? o?.Seed ?? 1337;
+        var options = new TrainerOptions
+        {
+            Steps = Steps ?? o?.Steps ?? 1200,
+            BatchSize = micro,
+            GradientAccumulationSteps = batch / micro,
+            SequenceLength = Sequence ?? o?.SequenceLength ?? 128,
+            LearningRate = LearningRate ?? o?.LearningRate ?? 2e-3,
+            WarmupSteps = Warmup ?? o?.WarmupSteps ?? 50,
+            MinLearningRateFraction = MinLearningRateFraction ?? o?.MinLearningRateFraction ?? 0.1,
+            Seed = seed,
+            EvalEvery = EvalEvery ?? o?.EvalEvery ?? 200,
+            EvalBatches = EvalBatches ?? o?.EvalBatches ?? 4,
+            CheckpointEvery = CheckpointEvery ?? o?.CheckpointEvery ?? 200,
+            LogEvery = LogEvery ?? o?.LogEvery ?? 50,
+        };
+        var dtype = DType ?? (saved is null ? Tensors.DType.F32 : Tensors.DTypeInfo.FromSafetensorsName(saved.DType) ?? Tensors.DType.F32);
+        return (options, dtype, Tokenizer ?? saved?.Tokenizer ?? "byte", seed);
+
+        int SavedBatchPerRank(TrainerOptions s, int world)
+        {
+            long rows = (long)s.BatchSize * s.GradientAccumulationSteps * world;
+            if (rows % worldSize != 0)
+                throw new CommandLine.UsageException($"the checkpoint's global batch of {rows} rows does not split over {worldSize} ranks; give --batch explicitly");
+            return (int)(rows / worldSize);
+        }
+    }
+}

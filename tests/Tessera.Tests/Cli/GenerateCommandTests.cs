@@ -1,0 +1,106 @@
+using Tessera.Models.Safetensors;
+using Tessera.Training.Checkpoints;
+using Xunit;
+
+namespace Tessera.Tests.Cli;
+
+/// <summary>tessera generate refuses damaged or diverged models before generating, and says why generation ended.</summary>
+public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Checkpoint>
+{
+    private readonly Checkpoint _checkpoint;
+
+    public GenerateCommandTests(Checkpoint checkpoint) => _checkpoint = checkpoint;
+
+    /// <summary>A 2-step gpt2-tiny run on byte tokens.</summary>
+    public sealed class Checkpoint : IDisposable
+    {
+        public Checkpoint()
+        {
+            var (code, _, err) = CliProcess.Run(Folder.Args(Run, "--steps", "2", "--batch", "2", "--seq", "16"));
+            if (code != 0) throw new InvalidOperationException(err);
+        }
+
+        public TrainRunFolder Folder { get; } = new();
+
+        public string Run => Folder.Run("run");
+
+        public string Step => Path.Combine(Run, "checkpoints", "step_000002");
+
+        /// <summary>A copy of the checkpoint directory to damage.</summary>
+        public string Copy()
+        {
+            var copy = Folder.Run("copy-" + Guid.NewGuid().ToString("N")[..8]);
+            Directory.CreateDirectory(copy);
+            foreach (var f in Directory.GetFiles(Step)) File.Copy(f, Path.Combine(copy, Path.GetFileName(f)));
+            return copy;
+        }
+
+        public void Dispose() => Folder.Dispose();
+    }
+
+    [Fact]
+    public void NonFiniteWeightsAreRefusedNamingTheTensor()
+    {
+        var copy = _checkpoint.Copy();
+        var weights = Path.Combine(copy, "model.safetensors");
+        // Rewrite the weights with a NaN in one tensor, then re-manifest so that only the values are wrong.
+        var writer = new SafetensorsWriter();
+        using (var file = SafetensorsFile.Open(weights))
+            foreach (var tensor in file.Tensors)
+            {
+                var values = file.ReadAsSingle(tensor.Name);
+                if (tensor.Name == "transformer.h.1.mlp.c_fc.weight") values[7] = float.NaN;
+                writer.Add(tensor.Name, tensor.Shape, values);
+            }
+        writer.Write(weights);
+        var manifest = CheckpointManifest.Read(copy);
+        manifest.Files["model.safetensors"] = CheckpointManifest.Describe(weights);
+        File.WriteAllText(Path.Combine(copy, "manifest.json"), System.Text.Json.JsonSerializer.Serialize(manifest));
+
+        var (code, stdout, stderr) = CliProcess.Run("generate", "--model", copy, "--prompt", "the ", "--threads", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("blocks.1.mlp.fc.weight", stderr);
+        Assert.Contains("NaN", stderr);
+        Assert.Equal("", stdout);
+    }
+
+    [Fact]
+    public void AFileThatDoesNotMatchTheManifestIsRefused()
+    {
+        var copy = _checkpoint.Copy();
+        var weights = Path.Combine(copy, "model.safetensors");
+        var bytes = File.ReadAllBytes(weights);
+        bytes[^3] ^= 0x40;   // one flipped bit in the last weight
+        File.WriteAllBytes(weights, bytes);
+        var (code, _, stderr) = CliProcess.Run("generate", "--model", copy, "--prompt", "the ", "--threads", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("model.safetensors", stderr);
+        Assert.Contains("SHA-256", stderr);
+    }
+
+    [Fact]
+    public void GenerationPastTheContextSaysSoAndStopsThere()
+    {
+        // gpt2-tiny holds 128 positions: a 4-token prompt leaves room for 124 new tokens.
+        var (code, stdout, stderr) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "300", "--threads", "1");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("room for 124 new tokens, not 300", stderr);
+        Assert.Contains("[124 tokens", stderr);
+        Assert.Contains("the model's context of 128 positions is full", stderr);
+        Assert.StartsWith("the ", stdout);
+    }
+
+    [Fact]
+    public void StopTextEndsGenerationAndIsNotPrinted()
+    {
+        // Greedy, so the output is known from a first run; then stop at a piece of it.
+        var (code, first, err) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "40", "--temperature", "0", "--threads", "1");
+        Assert.True(code == 0, err);
+        var generated = first.TrimEnd('\n')["the ".Length..];
+        var stop = generated.Substring(10, 3);
+        var (code2, second, err2) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "40", "--temperature", "0", "--stop", stop, "--threads", "1");
+        Assert.True(code2 == 0, err2);
+        Assert.Equal("the " + generated[..generated.IndexOf(stop, StringComparison.Ordinal)] + "\n", second);
+        Assert.Contains("stopped at a --stop text", err2);
+    }
+}
