@@ -51,7 +51,9 @@ CS
     dotnet build "$launcher/GpuBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
     rm -rf "$launcher"
     find "$dest/app" -name '*.pdb' -delete
-    rm -rf "$dest/app/runtimes/win"* "$dest/app/runtimes/osx"* 2>/dev/null || true
+    # No native libraries travel: they are the plotting library's (SkiaSharp, a dozen platforms, 100 MB), and the GPU runs
+    # draw no plots; the payload must stay under the device tool's 64 MiB.
+    rm -rf "$dest/app/runtimes"
     cp "$0" "$dest/gpu-bench.sh"
     cp bench/pytorch/train_gpt2.py "$dest/train_gpt2.py"
     git rev-parse --short HEAD > "$dest/commit.txt"

@@ -160,6 +160,36 @@ __device__ float block_max(float v)
     return r;
 }
 
+// Online softmax statistics: (m, s) with s = sum exp(x - m), merged pairwise.
+__device__ __forceinline__ void online_add(float& m, float& s, float v)
+{
+    if (v > m) { s = s * expf(m - v) + 1.f; m = v; }
+    else if (v != NEG_INF) s += expf(v - m); // a -inf logit adds nothing (and -inf - -inf would be NaN)
+}
+__device__ __forceinline__ void online_merge(float& m, float& s, float m2, float s2)
+{
+    float mm = fmaxf(m, m2);
+    if (mm == NEG_INF) return;
+    s = s * expf(m - mm) + s2 * expf(m2 - mm);
+    m = mm;
+}
+__device__ void block_online(float& m, float& s)
+{
+    __shared__ float pm[32], ps[32];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+    {
+        float m2 = __shfl_xor_sync(FULL_MASK, m, o), s2 = __shfl_xor_sync(FULL_MASK, s, o);
+        online_merge(m, s, m2, s2);
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) { pm[threadIdx.x >> 5] = m; ps[threadIdx.x >> 5] = s; }
+    __syncthreads();
+    m = NEG_INF; s = 0.f;
+    int warps = blockDim.x >> 5;
+    for (int i = 0; i < warps; i++) online_merge(m, s, pm[i], ps[i]);
+}
+
 __device__ __forceinline__ void atomic_add(float* address, float v) { atomicAdd(address, v); }
 // 16-bit atomics by compare-and-swap on the aligned 32-bit word that holds the element.
 template <typename H> __device__ void atomic_add_half(H* address, float v)

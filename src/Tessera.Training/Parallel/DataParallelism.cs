@@ -169,6 +169,22 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
         var backend = Model.Backend;
         foreach (var unit in Layout.Units)
         {
+            if (Layout.Shards == 1)
+            {
+                // Plain data parallelism: every rank owns every unit whole; there is nothing to gather.
+                var whole = backend.Allocate(new Shape(checked((int)unit.Chunk)), dtype);
+                try
+                {
+                    ownedChunk(unit, whole);
+                    consume(unit, whole.Narrow(0, new Shape((int)unit.Length)));
+                }
+                finally
+                {
+                    backend.Synchronize();
+                    whole.Storage.Dispose();
+                }
+                continue;
+            }
             var input = backend.Allocate(new Shape(checked((int)unit.Chunk)), dtype);
             var output = backend.Allocate(new Shape(checked((int)(unit.Chunk * Layout.Shards))), dtype);
             try

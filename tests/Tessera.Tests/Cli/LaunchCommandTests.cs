@@ -38,8 +38,9 @@ public class LaunchCommandTests
         // Each rank stands for a training process: on SIGTERM it takes a moment ("saving"), then exits 143.
         const string rank = "trap 'echo stopping; sleep 0.5; echo saved; exit 143' TERM; echo ready; while :; do sleep 0.05; done";
         using var launch = CliProcess.Start("launch", "--nproc-per-node", "2", "--master-port", "29615", "--", "/bin/sh", "-c", rank);
-        launch.WaitForLine(l => l == "[rank 0] ready");
-        launch.WaitForLine(l => l == "[rank 1] ready");
+        // The ranks print in either order, and each wait consumes the lines before its match.
+        launch.WaitForLine(l => l is "[rank 0] ready" or "[rank 1] ready");
+        launch.WaitForLine(l => l is "[rank 0] ready" or "[rank 1] ready");
         launch.Signal(2);   // to the launcher alone, as a scheduler's signal would arrive
         Assert.Equal(130, launch.WaitForExit());
         Assert.Contains("[rank 0] saved", launch.Stdout);

@@ -115,4 +115,22 @@ public sealed class DataParallelTests : IDisposable
             Assert.All(run.Collectives, c => Assert.Equal(run.ExpectedCollectives, c));
         }
     }
+
+    [Fact]
+    public void PlainDataParallelGathersTheWholeModelFromItsOwnArenaWithoutACollective()
+    {
+        // Plain data parallelism: every rank owns every unit whole, so assembling the model (a checkpoint's export) reads the
+        // rank's own arena; an all-gather there would ask for Size x the unit (it did, and failed, on two GPU thread ranks).
+        var ranks = ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            var model = ParallelRun.NewModel("gpt2-debug", ctx.Backend);
+            var strategy = DataParallelism.Create(model, ctx.Group, new DataParallelOptions { Stage = ZeroStage.None }, new AdamWOptions());
+            long before = ctx.Group.CollectiveCount;
+            var gathered = strategy.GatherMastersToHost(root: 0);
+            return (Gathered: gathered, Collectives: ctx.Group.CollectiveCount - before, Values: Tessera.Tensors.BackendExtensions.ToArray<double>(ctx.Backend, model.Parameters.Values));
+        }, TimeSpan.FromSeconds(30));
+        Assert.All(ranks, r => Assert.Equal(0, r.Collectives));
+        Assert.Null(ranks[1].Gathered);
+        Assert.Equal(ranks[0].Values.Select(v => (float)v).ToArray(), ranks[0].Gathered);
+    }
 }
