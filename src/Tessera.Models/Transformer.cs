@@ -415,7 +415,11 @@ public sealed class Transformer
     /// Tensor parallelism over <paramref name="tp"/> ranks splits heads, hidden units and the padded vocabulary; each must
     /// divide evenly, or (key/value heads) be a divisor of tp. The message names the configuration field and the numbers.
     /// </summary>
-    private static void CheckTensorParallel(TransformerConfig config, int tp)
+    /// <summary>
+    /// Throws an <see cref="ArgumentException"/> naming the field when <paramref name="config"/> cannot be split over
+    /// <paramref name="tp"/> tensor-parallel ranks (heads, key/value heads, MLP width and padded vocabulary must divide).
+    /// </summary>
+    public static void CheckTensorParallel(TransformerConfig config, int tp)
     {
         int kv = config.EffectiveKvHeads;
         if (config.Heads % tp != 0)

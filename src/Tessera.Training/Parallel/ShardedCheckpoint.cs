@@ -170,7 +170,7 @@ public static class ShardedCheckpoint
         writer.Metadata["value_dtype"] = (model.DType is DType.BF16 or DType.F16 ? DType.F32 : model.DType).SafetensorsName();
         foreach (var p in model.Layout.Parameters)
         {
-            foreach (var r in rank.Owned)
+            foreach (var r in rank.Saved)
             {
                 long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
                 if (lo >= hi) continue;
@@ -216,6 +216,12 @@ public static class ShardedCheckpoint
         public int DataSize => _data?.Size ?? 1;
         public int WorldRank => TensorRank + TensorSize * (_data?.Rank ?? 0);
         public int WorldSize => TensorSize * DataSize;
+
+        /// <summary>
+        /// The ranges this rank writes: its owned ones, except under plain data parallelism (stage 0), where every data-parallel
+        /// rank owns the whole arena and holds the same values; there data-parallel rank 0 alone writes them, once.
+        /// </summary>
+        public IReadOnlyList<OwnedRange> Saved => Stage == 0 && (_data?.Rank ?? 0) != 0 ? [] : Owned;
 
         /// <summary>Every rank of the run has arrived: the tensor-parallel peers, then the data-parallel ones (whose own tensor-parallel peers arrived before them).</summary>
         public void Barrier()

@@ -1,5 +1,6 @@
 using Tessera.Cli.CommandLine;
 using Tessera.Distributed.Launch;
+using Tessera.Distributed.Mesh;
 using Tessera.Nn;
 using Tessera.Tensors;
 
@@ -19,26 +20,47 @@ public enum TopologyKind
 /// <summary>The run's topology, read from the options and the launcher's environment (the only place train reads it).</summary>
 /// <param name="Kind">How the run is spread.</param>
 /// <param name="Device">This process's device (a launched rank's GPU is its LOCAL_RANK).</param>
-/// <param name="WorldSize">Data-parallel ranks.</param>
+/// <param name="WorldSize">All ranks: data-parallel x tensor-parallel.</param>
 /// <param name="Environment">The launcher's variables.</param>
-public sealed record Topology(TopologyKind Kind, Device Device, int WorldSize, DistributedEnvironment Environment)
+/// <param name="TensorParallel">Tensor-parallel ranks per data-parallel rank (--tp).</param>
+public sealed record Topology(TopologyKind Kind, Device Device, int WorldSize, DistributedEnvironment Environment, int TensorParallel = 1)
 {
+    /// <summary>The ranks as a mesh: dp x tp, tp innermost (the ranks of one tensor-parallel group are neighbours).</summary>
+    public DeviceMesh Mesh => new(dp: WorldSize / TensorParallel, tp: TensorParallel);
+
+    /// <summary>Data-parallel ranks: the batch is split over them (a tensor-parallel group shares its rows).</summary>
+    public int DataParallelSize => WorldSize / TensorParallel;
+
     /// <summary>Decides the topology; conflicting requests are usage errors naming the options.</summary>
     public static Topology Of(TrainSettings settings, DistributedEnvironment env)
     {
         bool launched = env.IsDistributed || System.Environment.GetEnvironmentVariable("WORLD_SIZE") is not null;
         bool onGpu = settings.Device.Kind == DeviceKind.Cuda;
+        int tp = settings.TensorParallel;
+        if (settings.SequenceParallel && tp < 2)
+            throw new UsageException("--sp (sequence parallelism) splits the norms over the tensor-parallel ranks: it needs --tp of 2 or more");
         if (launched && onGpu)
         {
             if (settings.Ranks > 1) throw new UsageException("--ranks (CPU thread ranks) cannot be combined with a launched multi-process run");
-            return new Topology(TopologyKind.ProcessPerGpu, Device.Cuda(env.LocalRank), env.WorldSize, env);
+            if (env.WorldSize % tp != 0)
+                throw new UsageException($"--tp {tp} must divide the {env.WorldSize} launched processes (they form {env.WorldSize} / tp data-parallel groups)");
+            return new Topology(TopologyKind.ProcessPerGpu, Device.Cuda(env.LocalRank), env.WorldSize, env, tp);
         }
         if (env.IsDistributed)
             throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}), but multi-process training runs on GPUs through NCCL: add --device cuda, or use --ranks N for CPU thread ranks in one process");
-        return settings.Ranks > 1
-            ? new Topology(TopologyKind.ThreadRanks, settings.Device, settings.Ranks, env)
+        // --tp alone runs that many thread ranks; with --ranks, the ranks are dp x tp.
+        int ranks = settings.Ranks > 1 ? settings.Ranks : tp;
+        if (ranks % tp != 0)
+            throw new UsageException($"--tp {tp} must divide --ranks {ranks} (the ranks form --ranks / --tp data-parallel groups of --tp tensor-parallel ranks)");
+        return ranks > 1
+            ? new Topology(TopologyKind.ThreadRanks, settings.Device, ranks, env, tp)
             : new Topology(TopologyKind.OneDevice, settings.Device, 1, env);
     }
+
+    /// <summary>The mesh in words, for the line a run prints at its start.</summary>
+    public string Describe() => TensorParallel > 1
+        ? $"{WorldSize} ranks as dp {DataParallelSize} x tp {TensorParallel}"
+        : $"{WorldSize} data-parallel rank(s)";
 
     /// <summary>Whether this process reports (prints, logs metrics, plots, samples): rank 0.</summary>
     public bool Reports => Kind != TopologyKind.ProcessPerGpu || Environment.Rank == 0;

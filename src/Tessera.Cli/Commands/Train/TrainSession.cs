@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Tessera.Cli.Output;
+using Tessera.Cli.Ranks;
 using Tessera.Cli.Signals;
 using Tessera.Cuda;
 using Tessera.Cuda.Distributed;
@@ -14,6 +15,7 @@ using Tessera.Training.Checkpoints;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
 using Tessera.Training.Runs;
+using Tessera.Nn.Parallel;
 
 namespace Tessera.Cli.Commands.Train;
 
@@ -29,16 +31,24 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
     private int _lastCheckpointStep = -1;
 
     /// <summary>Trains <paramref name="model"/> from the start or from <paramref name="resumeFrom"/>.</summary>
-    public TrainOutcome Train(Transformer model, IBackend backend, TrainingData data, string? resumeFrom, int seed)
+    /// <remarks>A launched rank (<see cref="TopologyKind.ProcessPerGpu"/>) passes its <paramref name="nccl"/> mesh, which its model was built with.</remarks>
+    public TrainOutcome Train(Transformer model, TrainingData data, string? resumeFrom, int seed, NcclMesh? nccl = null)
     {
         _lastCheckpoint = resumeFrom;
         return topology.Kind switch
         {
             TopologyKind.OneDevice => OneDevice(model, data, resumeFrom),
             TopologyKind.ThreadRanks => ThreadRanks(model, data, resumeFrom, seed),
-            _ => ProcessPerGpu(model, (CudaBackend)backend, data, resumeFrom, seed),
+            _ => ProcessPerGpu(model, nccl ?? throw new ArgumentNullException(nameof(nccl), "a launched rank trains over its NCCL mesh"), data, resumeFrom, seed),
         };
     }
+
+    /// <summary>The tensor-parallel plan of --sp.</summary>
+    public static ParallelPlan Plan(TrainSettings settings) => ParallelPlan.Megatron(settings.SequenceParallel);
+
+    private string DescribeParallelism() =>
+        $"{topology.Describe()}{(settings.SequenceParallel ? " with sequence parallelism" : "")}, ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, " +
+        $"global batch {topology.DataParallelSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}";
 
     /// <summary>The model of a checkpoint written by a data-parallel run, loaded whole for the sample.</summary>
     public Transformer LoadForSampling(string checkpoint, Transformer trained) =>
@@ -82,7 +92,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         var dtype = model.DType;
         var storage = topology.Storage(settings);
         string? initDirectory = settings.Model is string m && Directory.Exists(m) && resumeFrom is null ? m : null;
-        terminal.Line($"data parallel: {topology.WorldSize} thread ranks, ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, global batch {topology.WorldSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}");
+        terminal.Line($"thread ranks: {DescribeParallelism()}");
         Trainer? rank0 = null;
         int reached = 0;
         var progress = new TrainingProgress(terminal, 0, options.Steps);
@@ -92,10 +102,11 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         {
             try
             {
-                reached = ParallelTraining.Train(topology.WorldSize, parallel, options, settings.AdamW,
-                    ctx =>
+                reached = ParallelTraining.Train(topology.Mesh, Plan(settings), parallel, options, settings.AdamW,
+                    rank =>
                     {
-                        var rankModel = new Transformer(config, ctx.Backend, dtype, storage);
+                        var ctx = rank.Context;
+                        var rankModel = new Transformer(config, ctx.Backend, dtype, storage, rank.TensorParallelism);
                         if (storage == Tessera.Nn.ArenaStorage.Full && resumeFrom is null)
                         {
                             if (initDirectory is not null)
@@ -106,7 +117,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
                             else rankModel.InitializeWeights(seed);
                         }
                         rankModel.RecomputeActivations = settings.Recompute;
-                        return (rankModel, data.ForRank(options, ctx.Rank, topology.WorldSize));
+                        return (rankModel, data.ForRank(options, rank.Groups.Coordinate.Dp, topology.DataParallelSize));
                     },
                     onStep: s => { progress.Report(s); metrics.Append(s); },
                     checkpoint: t =>
@@ -136,16 +147,11 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         void Capture(Trainer t) { if (t.Reports) rank0 = t; }
     }
 
-    private TrainOutcome ProcessPerGpu(Transformer model, CudaBackend backend, TrainingData data, string? resumeFrom, int seed)
+    private TrainOutcome ProcessPerGpu(Transformer model, NcclMesh nccl, TrainingData data, string? resumeFrom, int seed)
     {
-        var env = topology.Environment;
-        var timeout = TimeSpan.FromMinutes(5);
-        using var access = new CudaCommunication(backend);
-        var uniqueId = TcpRendezvous.Exchange(env, NcclProcessGroup.CreateUniqueId, timeout);
-        using var group = NcclProcessGroup.Create("world", env.Rank, env.WorldSize, uniqueId, access, timeout);
         var parallel = new DataParallelOptions { Stage = (ZeroStage)settings.Zero, OffloadOptimizer = settings.Offload }.Validate();
-        var dp = new Trainer(model, DataParallelism.Create(model, group, parallel, settings.AdamW, settings.Offload ? new CpuBackend(settings.Threads) : null),
-            data.ForRank(options, env.Rank, env.WorldSize), null, options);
+        var dp = new Trainer(model, DataParallelism.Create(model, nccl.Groups.Dp, parallel, settings.AdamW, settings.Offload ? new CpuBackend(settings.Threads) : null),
+            data.ForRank(options, nccl.Groups.Coordinate.Dp, topology.DataParallelSize), null, options);
         if (resumeFrom is not null) ShardedCheckpoint.Restore(resumeFrom, dp);
         else if (topology.ShardedConstruction(settings))
         {
@@ -153,7 +159,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
             else dp.InitializeWeights(seed);
         }
         if (topology.Reports)
-            terminal.Line($"data parallel over NCCL: {env.WorldSize} process(es), ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, global batch {env.WorldSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}");
+            terminal.Line($"NCCL processes: {DescribeParallelism()}");
         if (resumeFrom is not null) _lastCheckpointStep = dp.Step;
         var progress = new TrainingProgress(topology.Reports ? terminal : Terminal.Create(TextWriter.Null, terminal.Error, false), dp.Step, options.Steps);
         using var metrics = topology.Reports ? new MetricsLog(run.MetricsPath) : null;
