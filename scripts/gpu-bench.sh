@@ -18,7 +18,7 @@
 #       "default" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
 #       with the products' first weight loads after the wait even in a decode step, and the default again), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), LLAMA_CASES="PRESET:B:T[:recompute] ..." (gpu-train of
-#       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless RUN_TORCH=0; LLAMA_PROFILE=1 adds
+#       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
 #       its own process), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
 #       the bench's --cuda-options flag (CudaBackendOptions.Parse's "Name=value,..." form), never as environment variables. The .NET runtime comes from
@@ -138,7 +138,7 @@ run)
                 "${extra[@]}" --no-header --cuda-options ProfileOps=true > "$out/llama-profile.md" 2>>"$out/bench.err"
             echo "gpu-train $case profiled: $(( $(date +%s) - t0 )) s"
         fi
-        if [ "${RUN_TORCH:-1}" = 1 ]; then
+        if [ "${LLAMA_TORCH:-1}" = 1 ]; then
             t0=$(date +%s)
             timeout "${TORCH_TIMEOUT:-200}" python3 "$dir/train_llama.py" --preset "$preset" --batch "$b" --seq "$t" --steps "${LLAMA_STEPS:-6}" --warmup 4 \
                 "${extra[@]}" --no-header 2>>"$out/bench.err" | tee -a "$out/train.md"
