@@ -233,7 +233,7 @@ public sealed class Transformer
     /// Training forward of micro-batch <paramref name="microBatch"/>: logits (B, T, V) for tokens (B, T) I32, saving
     /// activations for <see cref="Backward"/>; V is the padded vocabulary (<see cref="LocalVocab"/>: this rank's share under
     /// tensor parallelism). Columns past VocabSize are padding. The logits live in the micro-batch's pooled buffer until its
-    /// next forward (and <see cref="Loss"/> turns them into dlogits).
+    /// next forward (an unfused <see cref="Loss"/>, <see cref="LossChunkRows"/> = 0, turns them into dlogits).
     /// </summary>
     public Tensor Forward(Tensor tokens, int microBatch = 0)
     {
