@@ -54,6 +54,7 @@ class Attention(nn.Module):
         q = self.wq(x).view(b, t, self.heads, self.d).transpose(1, 2)          # (B, H, T, D)
         k = self.wk(x).view(b, t, self.kv_heads, self.d).transpose(1, 2)       # (B, K, T, D)
         v = self.wv(x).view(b, t, self.kv_heads, self.d).transpose(1, 2)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)                              # as Hugging Face's rotary embedding
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if self.gqa == "native":
