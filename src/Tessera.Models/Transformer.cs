@@ -22,8 +22,9 @@ public sealed class Transformer
     private readonly ActivationKey _tokens = new("tokens"), _tokenIds = new("tok_emb.input"), _positionIds = new("pos_emb.input"),
         _blocksOut = new("blocks.out"), _targets = new("loss.targets"), _losses = new("loss.out"), _dLogits = new("loss.dlogits"),
         _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy"),
-        _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole");
+        _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole"), _dHeadRows = new("lm_head.dx");
     private int[] _host = [];
+    private int _lossChunkRows;
 
     /// <summary>Declares and allocates the parameters (values and gradients zeroed; call <see cref="InitializeWeights"/> or load weights).</summary>
     /// <param name="config">Shape of the model; validated.</param>
@@ -80,6 +81,8 @@ public sealed class Transformer
             ? layers.TiedLinear("lm_head", TokenEmbedding.Weight)
             : layers.Linear("lm_head", c, vPad, bias: false);
         _vocabParallelLoss = layers.CrossEntropy("lm_head", config.VocabSize, vPad);
+        _headLoss = new FusedLinearCrossEntropy(Head, config.VocabSize, _vocabParallelLoss);
+        _lossChunkRows = FusedLinearCrossEntropy.DefaultChunkRows(Head.OutFeatures);
         Layout = parameters.Build();
         if (storage == ArenaStorage.Full) _ = new ParameterArena(Layout, backend, dtype);   // attaches itself to the layout
     }
@@ -97,6 +100,23 @@ public sealed class Transformer
     public ITensorParallelRegion HeadInput { get; }
 
     private readonly VocabParallelCrossEntropy? _vocabParallelLoss;
+    private readonly FusedLinearCrossEntropy _headLoss;
+
+    /// <summary>
+    /// Rows of the LM head's logits that <see cref="Loss"/> computes at a time (the fused linear + cross-entropy,
+    /// <see cref="FusedLinearCrossEntropy"/>): a chunk's product, loss, logit gradient, input gradient and weight gradient
+    /// run before the next chunk's, so neither the (B·T, V) logits nor their gradient exist whole and no tensor limits the
+    /// micro-batch. Default: <see cref="FusedLinearCrossEntropy.DefaultChunkRows"/> of this rank's vocabulary columns (the
+    /// rows whose logits fit in 2^28 elements: 5,336 for GPT-2's 50,304, 2,092 for Llama 3's 128,256); a micro-batch of
+    /// fewer rows is one chunk. 0 runs the unfused head: the whole micro-batch's logits materialized and their gradient
+    /// kept until <see cref="Backward"/> (the reference the fused head is tested against).
+    /// </summary>
+    public int LossChunkRows
+    {
+        get => _lossChunkRows;
+        set => _lossChunkRows = value >= 0 ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), $"Transformer.LossChunkRows ({value}) must be 0 (unfused head) or a positive number of rows");
+    }
 
     /// <summary>Columns of the logits this rank computes: the padded vocabulary, or its share under tensor parallelism.</summary>
     public int LocalVocab => Head.OutFeatures;
@@ -213,9 +233,23 @@ public sealed class Transformer
     /// Training forward of micro-batch <paramref name="microBatch"/>: logits (B, T, V) for tokens (B, T) I32, saving
     /// activations for <see cref="Backward"/>; V is the padded vocabulary (<see cref="LocalVocab"/>: this rank's share under
     /// tensor parallelism). Columns past VocabSize are padding. The logits live in the micro-batch's pooled buffer until its
-    /// next forward (and <see cref="Loss"/> turns them into dlogits).
+    /// next forward (an unfused <see cref="Loss"/>, <see cref="LossChunkRows"/> = 0, turns them into dlogits).
     /// </summary>
     public Tensor Forward(Tensor tokens, int microBatch = 0)
+    {
+        var (rows, b, t) = ForwardToHead(tokens, microBatch);         // (B T, C)
+        var ctx = PassContext.Training(Activations, microBatch);
+        var logits = Head.Forward(ctx, rows);                         // (B T, V)
+        PassHooks?.AfterForward(Blocks.Count + 1);
+        return logits.Reshape(b, t, LocalVocab);
+    }
+
+    /// <summary>
+    /// The training forward of micro-batch <paramref name="microBatch"/> up to the LM head's input: embeddings, blocks, the
+    /// final norm and the head's input region, saving activations. Returns the whole rows (B T, C) the head reads, with the
+    /// head unit's forward begun (<see cref="ITransformerPassHooks.BeforeForward"/>) and not ended.
+    /// </summary>
+    private (Tensor Rows, int B, int T) ForwardToHead(Tensor tokens, int microBatch)
     {
         var (b, t) = CheckTokens(tokens, "tokens", 0, null);
         var ctx = PassContext.Training(Activations, microBatch).WithBatch(b, t);
@@ -240,30 +274,59 @@ public sealed class Transformer
             x = kept;
         }
         var rows = HeadInput.Forward(ctx, FinalNorm.Forward(ctx, x));   // (B T, C): whole rows
-        var logits = Head.Forward(ctx, rows);                         // (B T, V)
         ctx.Save(_tokens, tokens.IsContiguous ? tokens : Backend.Contiguous(tokens));
-        hooks?.AfterForward(head);
-        return logits.Reshape(b, t, LocalVocab);
+        return (rows, b, t);
     }
 
     /// <summary>
     /// Forward plus softmax cross-entropy over the first VocabSize logit columns, for tokens and targets (B, T) I32
-    /// (target -1: ignored, loss 0). Keeps dlogits = (softmax - onehot) * <paramref name="lossScale"/> for
-    /// <see cref="Backward"/>; pass lossScale = 1 / (number of counted targets over all micro-batches) for the
-    /// gradient of the mean loss. Returns the per-token losses (B*T) on the device (unscaled), valid until
-    /// this micro-batch's next forward; under tensor parallelism every rank of the group gets the same losses, the
-    /// vocabulary-parallel loss combining the ranks' columns without gathering them.
+    /// (target -1: ignored, loss 0). Prepares the gradient of lossScale times the summed losses for <see cref="Backward"/>;
+    /// pass lossScale = 1 / (number of counted targets over all micro-batches) for the gradient of the mean loss. Returns
+    /// the per-token losses (B*T) on the device (unscaled), valid until this micro-batch's next forward; under tensor
+    /// parallelism every rank of the group gets the same losses, the vocabulary-parallel loss combining the ranks' columns
+    /// without gathering them.
+    /// <para>
+    /// With <see cref="LossChunkRows"/> &gt; 0 (the default) the head runs fused, chunk by chunk: the LM head's weight
+    /// gradient accumulates here, not in <see cref="Backward"/>, and what is kept is the gradient of the head's input (B·T,
+    /// C), not the logits'. The head unit's backward therefore begins here (<see cref="ITransformerPassHooks.BeforeBackward"/>
+    /// is raised for it before the loss, and again by <see cref="Backward"/>). A lossScale of 0 (evaluation) asks for no
+    /// gradient: only the losses are computed, the head's weight gradient is untouched, and a later Backward sees a zero
+    /// gradient, as the unfused head's would be.
+    /// </para>
     /// </summary>
     public Tensor Loss(Tensor tokens, Tensor targets, int microBatch = 0, double lossScale = 1.0)
     {
+        if (LossChunkRows == 0) return UnfusedLoss(tokens, targets, microBatch, lossScale);
+        var (rows, b, t) = ForwardToHead(tokens, microBatch);         // (N, C) whole rows
+        int head = Blocks.Count + 1;
+        var ctx = PassContext.Training(Activations, microBatch);
+        var (target, losses) = LossBuffers(ctx, targets, b, t);
+        var dRows = ctx.Buffer(_dHeadRows, rows.Shape, DType);        // (N, C): the loss's gradient at the head's input
+        var hooks = PassHooks;
+        if (lossScale == 0)
+        {
+            _headLoss.Forward(ctx, rows, target, losses, lossScale, dx: null, LossChunkRows);
+            hooks?.AfterForward(head);
+            Backend.Fill(dRows, 0);
+        }
+        else
+        {
+            // The head's backward begins before its forward is over: each chunk's weight gradient is taken as it goes.
+            hooks?.AfterForward(head);
+            hooks?.BeforeBackward(head);
+            _headLoss.Forward(ctx, rows, target, losses, lossScale, dRows, LossChunkRows);
+        }
+        ctx.Save(_dHeadRows, dRows);
+        return losses;
+    }
+
+    /// <summary><see cref="Loss"/> with the whole micro-batch's logits materialized and their gradient kept for <see cref="Backward"/>.</summary>
+    private Tensor UnfusedLoss(Tensor tokens, Tensor targets, int microBatch, double lossScale)
+    {
         var logits = Forward(tokens, microBatch);                    // (B, T, V)
         int b = logits.Size(0), t = logits.Size(1), n = b * t, v = Config.VocabSize, vPad = Config.EffectivePaddedVocab;
-        var (tb, tt) = CheckTokens(targets, "targets", -1, null);
-        if (tb != b || tt != t) throw new ArgumentException($"Transformer.Loss: targets {targets.Shape} must have the shape of tokens ({b}, {t})");
         var ctx = PassContext.Training(Activations, microBatch);
-        var target = ctx.Buffer(_targets, new Shape(n), DType.I32);  // (N)
-        Backend.Copy(targets, target.Reshape(b, t));
-        var losses = ctx.Buffer(_losses, new Shape(n), LossDType);   // (N)
+        var (target, losses) = LossBuffers(ctx, targets, b, t);
         var l2 = logits.Reshape(n, LocalVocab);
         if (_vocabParallelLoss is not null)
         {
@@ -287,16 +350,27 @@ public sealed class Transformer
         return losses;
     }
 
+    /// <summary>Checks the targets against the tokens' (B, T) and copies them into the micro-batch's buffer; the losses' buffer.</summary>
+    private (Tensor Targets, Tensor Losses) LossBuffers(in PassContext ctx, Tensor targets, int b, int t)
+    {
+        var (tb, tt) = CheckTokens(targets, "targets", -1, null);
+        if (tb != b || tt != t) throw new ArgumentException($"Transformer.Loss: targets {targets.Shape} must have the shape of tokens ({b}, {t})");
+        var target = ctx.Buffer(_targets, new Shape(b * t), DType.I32);   // (N)
+        Backend.Copy(targets, target.Reshape(b, t));
+        return (target, ctx.Buffer(_losses, new Shape(b * t), LossDType));   // (N)
+    }
+
     /// <summary>
-    /// Backward of micro-batch <paramref name="microBatch"/> from the dlogits kept by <see cref="Loss"/>:
-    /// accumulates into every parameter's Grad, then releases the micro-batch's saved activations.
+    /// Backward of micro-batch <paramref name="microBatch"/> from the gradient kept by <see cref="Loss"/> (the head input's
+    /// with the fused head, else the logits'): accumulates into every parameter's Grad, then releases the micro-batch's
+    /// saved activations.
     /// </summary>
     public void Backward(int microBatch = 0)
     {
         var store = PassContext.Training(Activations, microBatch);
-        if (!Activations.Contains(microBatch, _dLogits.Name))
+        bool fused = Activations.Contains(microBatch, _dHeadRows.Name);
+        if (!fused && !Activations.Contains(microBatch, _dLogits.Name))
             throw new InvalidOperationException($"Transformer.Backward: micro-batch {microBatch} has no loss gradient; call Loss(tokens, targets, {microBatch}, scale) first");
-        var dLogits = store.Get(_dLogits);                           // (N, V)
         var tokens = store.Get(_tokens);                             // (B, T)
         int b = tokens.Size(0), t = tokens.Size(1), c = Config.Embedding;
         var ctx = store.WithBatch(b, t);
@@ -304,10 +378,22 @@ public sealed class Transformer
         var hooks = PassHooks;
         int head = Blocks.Count + 1;
         hooks?.BeforeBackward(head);
-        var dFinal = ctx.Scratch(_dFinal, new Shape(rows, c), DType);
-        var dHeadInput = HeadInput.GradientBuffer(ctx, dFinal);      // (B T, C)
-        Head.Backward(ctx, dLogits, dHeadInput);
-        HeadInput.Backward(ctx, dHeadInput, dFinal);
+        Tensor dFinal;                                               // (rows, C)
+        if (fused)
+        {
+            var dRows = store.Get(_dHeadRows);                       // (B T, C), from the fused head
+            // Whole rows on this rank: the region's backward works in place on them (nothing, or an all-reduce).
+            dFinal = dRows.Size(0) == rows ? dRows : ctx.Scratch(_dFinal, new Shape(rows, c), DType);
+            HeadInput.Backward(ctx, dRows, dFinal);
+        }
+        else
+        {
+            var dLogits = store.Get(_dLogits);                       // (N, V)
+            dFinal = ctx.Scratch(_dFinal, new Shape(rows, c), DType);
+            var dHeadInput = HeadInput.GradientBuffer(ctx, dFinal);  // (B T, C)
+            Head.Backward(ctx, dLogits, dHeadInput);
+            HeadInput.Backward(ctx, dHeadInput, dFinal);
+        }
         var dResidual = ctx.Scratch(_dResidual, new Shape(rows, c), DType);
         Backend.Fill(dResidual, 0);
         FinalNorm.Backward(ctx, dFinal, dResidual);
