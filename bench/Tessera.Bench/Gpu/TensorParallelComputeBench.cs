@@ -26,7 +26,7 @@ namespace Tessera.Bench.Gpu;
 /// </para>
 /// <para>
 /// With <c>--curve N</c> each tp trains N AdamW steps (bf16, F32 masters, clipping at 1) on a learnable synthetic stream (a
-/// noisy affine chain over the vocabulary: the loss falls from ln V), and the losses are printed beside TP=1's with the
+/// noisy affine chain over the first 1024 token ids: the loss falls from ln V within the N steps), and the losses are printed beside TP=1's with the
 /// largest relative difference: the loss curves of a split model must follow one device's.
 /// </para>
 /// <para>Usage: gpu-tp [--preset llama-1b] [--tp 1,2,4] [--batch 1] [--seq 2048] [--sp] [--isolated | --curve N] [--steps 4] [--warmup 2] [--cuda-options SETTINGS]</para>
@@ -92,8 +92,10 @@ public static class TensorParallelComputeBench
         var shard = Path.Combine(Path.GetTempPath(), $"tessera-tp-curve-{Environment.ProcessId}.bin");
         var rng = new Random(5);
         var tokens = new int[steps * batch * seq + 1];
-        tokens[0] = rng.Next(config.VocabSize);
-        for (int i = 1; i < tokens.Length; i++) tokens[i] = (int)((5L * tokens[i - 1] + 17 + rng.Next(4)) % config.VocabSize);
+        // Over a sub-vocabulary, so that 50 steps show a falling curve (first the unigram, then the transitions), not a plateau at ln V.
+        int used = Math.Min(config.VocabSize, 1024);
+        tokens[0] = rng.Next(used);
+        for (int i = 1; i < tokens.Length; i++) tokens[i] = (int)((5L * tokens[i - 1] + 17 + rng.Next(4)) % used);
         if (config.VocabSize > ushort.MaxValue + 1) Tessera.Training.Data.TokenShard.Write(shard, tokens, Tessera.Training.Data.TokenShardFormat.Uint32);
         else Tessera.Training.Data.TokenShard.Write(shard, tokens);
         try
@@ -109,7 +111,7 @@ public static class TensorParallelComputeBench
                     model.InitializeWeights(seed: 3);
                     var trainer = new Tessera.Training.Trainer(model, Tessera.Training.SingleDevice.For(model, new Tessera.Training.Optim.AdamWOptions()),
                         new Tessera.Training.Data.TokenDataLoader([shard], batch, seq), null,
-                        new Tessera.Training.TrainerOptions { BatchSize = batch, SequenceLength = seq, Steps = steps, WarmupSteps = 5, LearningRate = 3e-4 });
+                        new Tessera.Training.TrainerOptions { BatchSize = batch, SequenceLength = seq, Steps = steps, WarmupSteps = 5, LearningRate = 1e-3 });
                     return Enumerable.Range(0, steps).Select(_ => trainer.TrainStep()).ToArray();
                 }, options, TimeSpan.FromMinutes(10));
                 curves[tp] = losses[0];
