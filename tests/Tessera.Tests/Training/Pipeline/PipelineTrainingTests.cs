@@ -54,4 +54,28 @@ public sealed class PipelineTrainingTests : IDisposable
         Assert.Equal(parameters.Keys.Order(), gathered.Keys.Order());
         foreach (var (name, expected) in parameters) DataParallelTests.AssertClose(expected, gathered[name], $"{preset}, {layout}: parameter {name}");
     }
+
+    /// <summary>
+    /// PTD-P on one mesh of 8 thread ranks: pp 2 x tp 2 x dp 2 (tp innermost, Megatron's order), ZeRO-1 over dp, Megatron's
+    /// tensor-parallel plan (with sequence parallelism for GPT-2, whose messages between stages are then each rank's half of the
+    /// residual stream), 1F1B and interleaved 1F1B, and activation recomputation in one case. The one-device reference
+    /// accumulates the same 2 x m micro-batches.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2-debug", PipelineScheduleKind.OneForwardOneBackward, 1, 4, true, false)]
+    [InlineData("llama-debug", PipelineScheduleKind.Interleaved, 2, 4, false, true)]
+    [InlineData("gpt2-debug", PipelineScheduleKind.Interleaved, 2, 2, false, false)]
+    public void PipelineTensorDataParallelRanksTrainLikeOneDevice(string preset, PipelineScheduleKind schedule, int chunks, int microBatches, bool sequenceParallel, bool recompute)
+    {
+        var config = PipelineRun.Config(preset);
+        var adamW = new AdamWOptions();
+        var layout = new PipelineLayout(2, schedule, microBatches, chunks, Tp: 2, Dp: 2, SequenceParallel: sequenceParallel, Zero: ZeroStage.OptimizerStates, Recompute: recompute);
+        var (losses, parameters) = PipelineRun.OneDevice(config, _shard, microBatches * layout.Dp, Steps, adamW);
+        var ranks = PipelineRun.Train(config, _shard, layout, Steps, adamW);
+        Assert.Equal(8, ranks.Length);
+        foreach (var r in ranks) DataParallelTests.AssertClose(losses, r.Losses, $"{preset}, {layout}: loss of rank {r.Coordinate}");
+        var gathered = PipelineRun.Gather(ranks);
+        Assert.Equal(parameters.Keys.Order(), gathered.Keys.Order());
+        foreach (var (name, expected) in parameters) DataParallelTests.AssertClose(expected, gathered[name], $"{preset}, {layout}: parameter {name}");
+    }
 }
