@@ -12,10 +12,9 @@ namespace Tessera.Training.Pipeline;
 /// posted into their slot's buffer before the data exists. The schedule is checked by <see cref="PipelineSimulator"/> when the
 /// executor is made, so a bad schedule fails on every rank before any message moves.
 /// <para>
-/// Slots: the (chunk, micro-batch) pairs in flight take the lowest free slot of their chunk when their first action comes (the
-/// receive of their input, or the forward on the first virtual stage) and give it back once their last action is issued (the
-/// send of their input gradient, or the backward on the first virtual stage; in a forward-only pass, the send of their output).
-/// A slot is reused only after every send that reads its buffers has completed. A receive that waits past the group's timeout
+/// Slots: a (chunk, micro-batch) in flight takes the lowest free activation slot of its chunk at its forward and gives it back
+/// after its backward (in a forward-only pass, once its output is sent), and a message slot (its received input and its
+/// gradient) from its first message to its last. A slot is reused only after every send that reads its buffers has completed. A receive that waits past the group's timeout
 /// fails with a <see cref="PipelineStallException"/> naming the stage, micro-batch and operation (in-process groups; an NCCL
 /// stall shows at the next host wait).
 /// </para>
@@ -65,17 +64,77 @@ public sealed class PipelineExecutor
     private string Where(PipelineAction action) =>
         $"pipeline stage {Stage} of {Schedule.Stages} ({Group.Describe()}), {action.Describe()}";
 
-    /// <summary>The state of one run of the list.</summary>
+    /// <summary>The slots of one kind, per model chunk: the lowest free one is taken; one is reused only after the sends reading it complete.</summary>
+    private sealed class SlotPool(PipelineExecutor executor, int chunks, int perChunk, string what)
+    {
+        private readonly bool[][] _inUse = Enumerable.Range(0, chunks).Select(_ => new bool[perChunk]).ToArray();
+        private readonly Dictionary<(int Stage, int MicroBatch), int> _slotOf = [];
+        private readonly Dictionary<int, List<(CollectiveHandle Handle, PipelineAction Action)>> _pending = [];
+        private int _inUseCount;
+
+        public int Peak { get; private set; }
+
+        public int[] PeakPerChunk { get; } = new int[chunks];
+
+        public bool Holds(PipelineAction a) => _slotOf.ContainsKey((a.VirtualStage, a.MicroBatch));
+
+        public int this[PipelineAction a] => _slotOf.TryGetValue((a.VirtualStage, a.MicroBatch), out int slot)
+            ? slot
+            : throw new InvalidOperationException($"{executor.Where(a)}: no {what} slot is held for it");
+
+        public int Acquire(PipelineAction a, Action<CollectiveHandle, PipelineAction> wait)
+        {
+            int chunk = a.VirtualStage / executor.Schedule.Stages;
+            var inUse = _inUse[chunk];
+            int index = Array.IndexOf(inUse, false);
+            if (index < 0) throw new InvalidOperationException($"{executor.Where(a)}: every {what} slot of model chunk {chunk} is in use");
+            inUse[index] = true;
+            int slot = chunk * perChunk + index;
+            if (_pending.Remove(slot, out var sends))
+                foreach (var (handle, action) in sends) wait(handle, action);
+            _slotOf[(a.VirtualStage, a.MicroBatch)] = slot;
+            PeakPerChunk[chunk] = Math.Max(PeakPerChunk[chunk], inUse.Count(u => u));
+            Peak = Math.Max(Peak, ++_inUseCount);
+            return slot;
+        }
+
+        public int Free(PipelineAction a)
+        {
+            int slot = this[a];
+            _slotOf.Remove((a.VirtualStage, a.MicroBatch));
+            _inUse[slot / perChunk][slot % perChunk] = false;
+            _inUseCount--;
+            return slot;
+        }
+
+        public void Reading(int slot, CollectiveHandle handle, PipelineAction send)
+        {
+            if (!_pending.TryGetValue(slot, out var list)) _pending[slot] = list = [];
+            list.Add((handle, send));
+        }
+
+        public void WaitAll(Action<CollectiveHandle, PipelineAction> wait)
+        {
+            foreach (var sends in _pending.Values)
+                foreach (var (handle, action) in sends) wait(handle, action);
+            _pending.Clear();
+        }
+    }
+
+    /// <summary>
+    /// The state of one run of the list. A (virtual stage, micro-batch) holds two slots: an activation slot from its forward to
+    /// the end of its backward (what its layers save: the memory a schedule keeps in flight), and a message slot from its first
+    /// message to its last (its received input activation and its gradient, in place; two residual-stream rows). Keeping them
+    /// apart lets the input of the next micro-batch be received while the last one's gradient is still being sent, without
+    /// holding a whole micro-batch's activations more.
+    /// </summary>
     private sealed class ScheduleRun(PipelineExecutor executor, IPipelineStage stage)
     {
         private readonly PipelineSchedule _s = executor.Schedule;
-        private readonly Dictionary<(int Stage, int MicroBatch), int> _slotOf = [];
-        private readonly Dictionary<int, List<(CollectiveHandle Handle, PipelineAction Action)>> _pendingSends = [];
+        private readonly SlotPool _activations = new(executor, executor.Schedule.Chunks, executor.Schedule.MicroBatches, "activation");
+        private readonly SlotPool _messages = new(executor, executor.Schedule.Chunks, executor.Schedule.MicroBatches + 1, "message");
         private readonly Dictionary<PipelineAction, (CollectiveHandle Handle, Tensor Buffer)> _receives = [];
         private readonly Dictionary<(int Stage, int MicroBatch), Tensor> _outputs = [];
-        private readonly bool[][] _inUse = Enumerable.Range(0, executor.Schedule.Chunks).Select(_ => new bool[executor.Schedule.MicroBatches]).ToArray();
-        private readonly int[] _peakPerChunk = new int[executor.Schedule.Chunks];
-        private int _slotsInUse, _peak;
         private double _computeMs, _waitMs;
 
         public PipelineRunStatistics Execute()
@@ -100,71 +159,61 @@ public sealed class PipelineExecutor
                 {
                     case PipelineActionKind.Forward:
                     {
-                        int slot = a.VirtualStage == 0 ? Acquire(a) : _slotOf[key];
                         Tensor? input = a.VirtualStage == 0 ? null : Received(new PipelineAction(PipelineActionKind.ReceiveActivation, a.VirtualStage, a.MicroBatch));
+                        int slot = _activations.Acquire(a, Wait);
                         long start = Stopwatch.GetTimestamp();
                         var output = stage.Forward(chunk, a.MicroBatch, slot, input);
                         _computeMs += Stopwatch.GetElapsedTime(start).TotalMilliseconds;
                         if (a.VirtualStage < last)
                             _outputs[key] = output ?? throw new InvalidOperationException($"{executor.Where(a)}: the stage returned no activation to send");
-                        else if (!_s.IsTraining) Free(a);
+                        if (!_s.IsTraining)
+                        {
+                            // Nothing more reads the input; the activations are kept only while the output is being sent.
+                            if (_messages.Holds(a)) _messages.Free(a);
+                            if (a.VirtualStage == last) stage.Release(_activations.Free(a));
+                        }
                         break;
                     }
                     case PipelineActionKind.Backward:
                     {
-                        int slot = _slotOf[key];
                         var gradient = a.VirtualStage == last
-                            ? stage.MessageBuffer(slot, gradient: true)
+                            ? stage.MessageBuffer(MessageSlot(a), gradient: true)
                             : Received(new PipelineAction(PipelineActionKind.ReceiveGradient, a.VirtualStage, a.MicroBatch));
                         long start = Stopwatch.GetTimestamp();
-                        stage.Backward(chunk, a.MicroBatch, slot, gradient, executor._lastOfChunk[i]);
+                        stage.Backward(chunk, a.MicroBatch, _activations[a], gradient, executor._lastOfChunk[i]);
                         _computeMs += Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-                        if (a.VirtualStage == 0) Free(a);
+                        _activations.Free(a);
+                        if (a.VirtualStage == 0) _messages.Free(a);
                         break;
                     }
                 }
                 i++;
             }
-            foreach (var (slot, sends) in _pendingSends)
-                foreach (var (handle, action) in sends) Wait(handle, action);
-            _pendingSends.Clear();
+            _activations.WaitAll(Wait);
+            _messages.WaitAll(Wait);
             if (_receives.Count > 0)
                 throw new InvalidOperationException($"pipeline stage {executor.Stage}: {_receives.Count} received messages were never used ({string.Join(", ", _receives.Keys)})");
-            return new PipelineRunStatistics(clock.Elapsed.TotalMilliseconds, _computeMs, _waitMs, _peak, [.. _peakPerChunk]);
+            return new PipelineRunStatistics(clock.Elapsed.TotalMilliseconds, _computeMs, _waitMs, _activations.Peak, _activations.PeakPerChunk, _messages.Peak);
         }
+
+        /// <summary>The message slot of <paramref name="a"/>'s (virtual stage, micro-batch): the one its receive took, else a new one (the first virtual stage receives no input).</summary>
+        private int MessageSlot(PipelineAction a) => _messages.Holds(a) ? _messages[a] : _messages.Acquire(a, Wait);
 
         /// <summary>Issues a run of sends and receives as one batch.</summary>
         private void Exchange(ReadOnlySpan<PipelineAction> batch)
         {
             var ops = new List<PointToPoint>(batch.Length);
-            var slots = new List<int>(batch.Length);
             foreach (var a in batch)
             {
                 var key = (a.VirtualStage, a.MicroBatch);
                 int peer = _s.StageOf(a.PeerVirtualStage);
-                switch (a.Kind)
+                ops.Add(a.Kind switch
                 {
-                    case PipelineActionKind.SendActivation:
-                        ops.Add(PointToPoint.Send(_outputs[key], peer));
-                        _outputs.Remove(key);
-                        slots.Add(_slotOf[key]);
-                        break;
-                    case PipelineActionKind.SendGradient:
-                        ops.Add(PointToPoint.Send(stage.MessageBuffer(_slotOf[key], gradient: true), peer));
-                        slots.Add(_slotOf[key]);
-                        break;
-                    case PipelineActionKind.ReceiveActivation:
-                    {
-                        int slot = Acquire(a);
-                        ops.Add(PointToPoint.Receive(stage.MessageBuffer(slot, gradient: false), peer));
-                        slots.Add(slot);
-                        break;
-                    }
-                    case PipelineActionKind.ReceiveGradient:
-                        ops.Add(PointToPoint.Receive(stage.MessageBuffer(_slotOf[key], gradient: true), peer));
-                        slots.Add(_slotOf[key]);
-                        break;
-                }
+                    PipelineActionKind.SendActivation => PointToPoint.Send(_outputs[key], peer),
+                    PipelineActionKind.SendGradient => PointToPoint.Send(stage.MessageBuffer(_messages[a], gradient: true), peer),
+                    PipelineActionKind.ReceiveActivation => PointToPoint.Receive(stage.MessageBuffer(_messages.Acquire(a, Wait), gradient: false), peer),
+                    _ => PointToPoint.Receive(stage.MessageBuffer(MessageSlot(a), gradient: true), peer),
+                });
             }
             IReadOnlyList<CollectiveHandle> handles;
             try
@@ -178,14 +227,20 @@ public sealed class PipelineExecutor
             for (int k = 0; k < batch.Length; k++)
             {
                 var a = batch[k];
-                if (a.IsSend)
+                switch (a.Kind)
                 {
-                    if (!_pendingSends.TryGetValue(slots[k], out var list)) _pendingSends[slots[k]] = list = [];
-                    list.Add((handles[k], a));
-                    // The pair's last action is issued: its slot is free once the send completes (Acquire waits for it).
-                    if (a.Kind == PipelineActionKind.SendGradient || !_s.IsTraining) Free(a);
+                    case PipelineActionKind.SendActivation:
+                        _outputs.Remove((a.VirtualStage, a.MicroBatch));
+                        _activations.Reading(_activations[a], handles[k], a);
+                        if (!_s.IsTraining) stage.Release(_activations.Free(a));   // reused once the send completes
+                        break;
+                    case PipelineActionKind.SendGradient:
+                        _messages.Reading(_messages.Free(a), handles[k], a);      // its last action: reused once the send completes
+                        break;
+                    default:
+                        _receives[a] = (handles[k], ops[k].Tensor);
+                        break;
                 }
-                else _receives[a] = (handles[k], ops[k].Tensor);
             }
         }
 
@@ -196,33 +251,6 @@ public sealed class PipelineExecutor
                 throw new InvalidOperationException($"{executor.Where(receive)}: the receive was never issued");
             Wait(entry.Handle, receive);
             return entry.Buffer;
-        }
-
-        /// <summary>The lowest free slot of the action's chunk, once the sends still reading it have completed.</summary>
-        private int Acquire(PipelineAction a)
-        {
-            int chunk = a.VirtualStage / _s.Stages;
-            var inUse = _inUse[chunk];
-            int index = Array.IndexOf(inUse, false);
-            if (index < 0) throw new InvalidOperationException($"{executor.Where(a)}: every slot of model chunk {chunk} is in use");
-            inUse[index] = true;
-            int slot = chunk * _s.MicroBatches + index;
-            if (_pendingSends.Remove(slot, out var sends))
-                foreach (var (handle, action) in sends) Wait(handle, action);
-            _slotOf[(a.VirtualStage, a.MicroBatch)] = slot;
-            _peakPerChunk[chunk] = Math.Max(_peakPerChunk[chunk], inUse.Count(u => u));
-            _peak = Math.Max(_peak, ++_slotsInUse);
-            return slot;
-        }
-
-        private void Free(PipelineAction a)
-        {
-            var key = (a.VirtualStage, a.MicroBatch);
-            int slot = _slotOf[key];
-            _slotOf.Remove(key);
-            if (!_s.IsTraining) stage.Release(slot);
-            _inUse[slot / _s.MicroBatches][slot % _s.MicroBatches] = false;
-            _slotsInUse--;
         }
 
         private void Wait(CollectiveHandle handle, PipelineAction action)

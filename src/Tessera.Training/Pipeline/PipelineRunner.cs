@@ -64,6 +64,12 @@ public sealed class PipelineRunner
     /// <summary>The pipeline group.</summary>
     public ProcessGroup Group => _pipeline.Group;
 
+    /// <summary>
+    /// Bytes the model's activation store pools for the schedule's activation slots: the activations of the micro-batches this
+    /// rank held at once (the memory a schedule keeps in flight; the shared slots and message buffers not counted).
+    /// </summary>
+    public long ActivationBytes => _model.Activations.BufferedBytes(slot => slot is >= 0 and < TransformerStage.MessageSlotBase);
+
     /// <summary>What the last training step's run of the schedule measured on this rank.</summary>
     public PipelineRunStatistics? LastRun { get; private set; }
 

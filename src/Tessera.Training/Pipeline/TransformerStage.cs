@@ -45,8 +45,11 @@ internal sealed class TransformerStage : IPipelineStage
         _sumScale = sumScale;
     }
 
+    /// <summary>The activation-store slot of message slot 0: message buffers keep out of the activation slots' range, so the store's per-slot sizes read as activations.</summary>
+    public const int MessageSlotBase = 1 << 20;
+
     public Tensor MessageBuffer(int slot, bool gradient) =>
-        _model.Activations.Buffer(slot, gradient ? "pipeline.gradient" : "pipeline.input", _message, _model.DType);
+        _model.Activations.Buffer(MessageSlotBase + slot, gradient ? "pipeline.gradient" : "pipeline.input", _message, _model.DType);
 
     public Tensor? Forward(int chunk, int microBatch, int slot, Tensor? input)
     {

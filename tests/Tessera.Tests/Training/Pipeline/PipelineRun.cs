@@ -80,7 +80,7 @@ internal static class PipelineRun
             var (model, groups) = BuildRank(ctx, config, layout);
             var trainer = Trainer(ctx, model, groups, shard, layout, steps, adamW);
             var losses = Enumerable.Range(0, steps).Select(_ => trainer.TrainStep()).ToArray();
-            long activationBytes = model.Activations.BufferedBytes(slot => slot >= 0);
+            long activationBytes = trainer.Pipeline!.ActivationBytes;
             return new PipelineRankRecord(groups.Coordinate, losses, model.Layout.Parameters.Select(p => (p, ctx.Backend.ToArray<double>(p.Value))).ToList(),
                 model.TiedEmbeddingCopy, trainer.Pipeline!.LastRun, activationBytes);
         }, TimeSpan.FromSeconds(120));
