@@ -49,6 +49,7 @@ public static class PipelineBench
         int? batch = null, seq = null;
         int reps = 5, warmup = 2, curve = 0, microBatches = 4;
         double p2p = 300;
+        bool cpu = false;
         var cudaOptions = CudaBackendOptions.Default;
         for (int i = 0; i < args.Length; i++)
         {
@@ -66,6 +67,7 @@ public static class PipelineBench
                 case "--micro-batches": microBatches = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--schedule": schedule = args[++i]; break;
                 case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
+                case "--cpu": cpu = true; break;
                 default: throw new ArgumentException($"gpu-pp: unknown argument '{args[i]}'");
             }
         }
@@ -80,21 +82,21 @@ public static class PipelineBench
             };
             return RunCurve(preset ?? "gpt2-124m", batch ?? 8, seq ?? 1024, microBatches, curve, kind, cudaOptions);
         }
-        return RunStages(preset ?? "llama-8b", pps, batch ?? 1, seq ?? 4096, reps, warmup, p2p, cudaOptions);
+        return RunStages(preset ?? "llama-8b", pps, batch ?? 1, seq ?? 4096, reps, warmup, p2p, cudaOptions, cpu);
     }
 
-    private static int RunStages(string preset, int[] pps, int batch, int seq, int reps, int warmup, double p2pGbps, CudaBackendOptions options)
+    private static int RunStages(string preset, int[] pps, int batch, int seq, int reps, int warmup, double p2pGbps, CudaBackendOptions options, bool cpu)
     {
         var config = ModelPresets.Get(preset);
         var results = new List<StageResult>();
-        Console.WriteLine($"each stage of {preset} alone on the GPU, BF16, micro-batch {batch} x {seq}, one micro-batch in flight (medians of {reps} after {warmup} warm-ups):");
+        Console.WriteLine($"each stage of {preset} alone on the {(cpu ? "CPU (a dry run of the bench), F32" : "GPU, BF16")}, micro-batch {batch} x {seq}, one micro-batch in flight (medians of {reps} after {warmup} warm-ups):");
         Console.WriteLine();
         Console.WriteLine("| pp | stage | blocks | parameters | forward ms | backward ms | GiB after build | peak GiB (1 micro-batch) | activations GiB per micro-batch |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
         foreach (int pp in pps)
             foreach (int stage in new[] { 0, 1, pp - 1 }.Where(s => s < pp).Distinct())
             {
-                var r = MeasureStage(config, pp, stage, batch, seq, reps, warmup, options);
+                var r = MeasureStage(config, pp, stage, batch, seq, reps, warmup, options, cpu);
                 results.Add(r);
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"| {pp} | {(stage == 0 ? "first" : stage == pp - 1 ? "last" : "middle")} ({stage}) | {r.Blocks} | {r.Parameters / 1e9:F2} B | {r.ForwardMs:F1} | {r.BackwardMs:F1} | " +
@@ -116,20 +118,27 @@ public static class PipelineBench
             $"unit costs (ms, forward / backward): block {blockF:F2} / {blockB:F2}, embedding {embF:F2} / {embB:F2}, head + loss {headF:F2} / {headB:F2}; " +
             $"message {middle.MessageBytes / 1e6:F1} MB, {transfer:F3} ms at {p2pGbps} GB/s"));
         Console.WriteLine();
-        Console.WriteLine("predicted, each stage on its own GPU (PipelineSimulator over the measured costs; even split of the blocks):");
+        Console.WriteLine("predicted, each stage on its own GPU (PipelineSimulator over the measured costs; blocks split evenly, or balanced against the measured");
+        Console.WriteLine("vocabulary layers with PipelinePartition.Balanced):");
         Console.WriteLine();
-        Console.WriteLine("| pp | schedule | micro-batches | step ms | idle (simulated) | (p-1)/(vm+p-1) | ideal ms (no bubble) | first stage peak GiB (+ AdamW moments) |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|");
+        Console.WriteLine("| pp | schedule | blocks per virtual stage | micro-batches | step ms | idle (simulated) | (p-1)/(vm+p-1) | ideal ms (no bubble) | first stage peak GiB (+ AdamW moments) |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
+        var unitCosts = new PipelineUnitCosts(Math.Max(0, embF + embB), blockF + blockB, Math.Max(0, headF + headB));
         foreach (int pp in pps.Where(p => p > 1))
         {
             var stage0 = results.Single(r => r.Pp == pp && r.Stage == 0);
-            long moments = stage0.Parameters * 8;
             long transient = stage0.Peak - stage0.AfterBuild - stage0.Activations;
+            double activationsPerBlock = stage0.Activations / (double)stage0.Blocks;
+            double blockParameters = middle.Parameters / (double)middle.Blocks, embeddingParameters = first.Parameters - first.Blocks * blockParameters;
             foreach (int m in new[] { pp, 2 * pp, 8 * pp }.Distinct())
-                foreach (var (kind, chunks) in new[] { (PipelineScheduleKind.GPipe, 1), (PipelineScheduleKind.OneForwardOneBackward, 1), (PipelineScheduleKind.Interleaved, 2) })
+                foreach (var (kind, chunks, balanced) in new[]
+                {
+                    (PipelineScheduleKind.GPipe, 1, false), (PipelineScheduleKind.OneForwardOneBackward, 1, false), (PipelineScheduleKind.OneForwardOneBackward, 1, true),
+                    (PipelineScheduleKind.Interleaved, 2, false), (PipelineScheduleKind.Interleaved, 2, true),
+                })
                 {
                     if (config.Layers < pp * chunks) continue;
-                    var partition = PipelinePartition.Even(config.Layers, pp, chunks);
+                    var partition = balanced ? PipelinePartition.Balanced(config.Layers, pp, chunks, unitCosts) : PipelinePartition.Even(config.Layers, pp, chunks);
                     var forward = new double[partition.VirtualStageCount];
                     var backward = new double[partition.VirtualStageCount];
                     for (int s = 0; s < forward.Length; s++)
@@ -141,31 +150,71 @@ public static class PipelineBench
                     var schedule = PipelineSchedule.Create(kind, pp, chunks, m);
                     var timeline = PipelineSimulator.Simulate(schedule, new PipelineCosts(forward, backward, transfer));
                     double ideal = timeline.Busy.Max();
-                    // Activations of a first-stage chunk scale with its blocks; the measured slot is the whole first stage of v = 1.
-                    double perMicroBatch = stage0.Activations * (double)partition.BlocksOf(0).Count / stage0.Blocks;
-                    double peak = stage0.AfterBuild + moments + transient + timeline.PeakInFlight[0] * perMicroBatch;
+                    // The first stage's memory: its chunks' parameters (8 bytes each: BF16 value and gradient, F32 master) and AdamW's
+                    // F32 moments (8 more), the shared transient buffers, and its micro-batches in flight, each holding its chunk's blocks.
+                    int firstBlocks = Enumerable.Range(0, chunks).Sum(c => partition.BlocksOf(partition.VirtualStage(0, c)).Count);
+                    double parameters = embeddingParameters + firstBlocks * blockParameters;
+                    double inFlight = Enumerable.Range(0, chunks).Sum(c => partition.BlocksOf(partition.VirtualStage(0, c)).Count) / (double)chunks;
+                    double peak = parameters * 16 + transient + timeline.PeakInFlight[0] * inFlight * activationsPerBlock;
+                    string split = string.Join("-", Enumerable.Range(0, partition.VirtualStageCount).Select(s => partition.BlocksOf(s).Count));
                     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"| {pp} | {schedule.Name}{(chunks > 1 ? $" (v {chunks})" : "")} | {m} | {timeline.Makespan:F0} | {timeline.IdleFraction:P1} | {PipelineSimulator.IdealIdleFraction(schedule):P1} | {ideal:F0} | {peak / Gib:F1} ({timeline.PeakInFlight[0]} in flight) |"));
+                        $"| {pp} | {schedule.Name}{(chunks > 1 ? $" (v {chunks})" : "")} | {split}{(balanced ? " (balanced)" : "")} | {m} | {timeline.Makespan:F0} | {timeline.IdleFraction:P1} | " +
+                        $"{PipelineSimulator.IdealIdleFraction(schedule):P1} | {ideal:F0} | {peak / Gib:F1} ({timeline.PeakInFlight[0]} in flight) |"));
                 }
         }
         return 0;
     }
 
-    private static StageResult MeasureStage(TransformerConfig config, int pp, int stage, int batch, int seq, int reps, int warmup, CudaBackendOptions options)
+    /// <summary>A backend for one stage and its memory counters: the GPU's allocator, or (<c>--cpu</c>: a dry run of the bench itself with a small preset) the CPU backend's allocation counter.</summary>
+    private sealed class Device : IDisposable
     {
-        using var backend = new CudaBackend(0, options);
-        var pipeline = new PipelineParallelism(new ComputeOnlyGroup("pp", stage, pp), PipelinePartition.Even(config.Layers, pp));
-        var model = new Transformer(config, backend, DType.BF16, pipeline: pipeline) { ValidateInputs = false };
+        private readonly CudaBackend? _cuda;
+        private readonly Tessera.Tensors.Cpu.CpuBackend? _cpu;
+
+        public Device(bool cpu, CudaBackendOptions options)
+        {
+            if (cpu) _cpu = new Tessera.Tensors.Cpu.CpuBackend(Environment.ProcessorCount);
+            else _cuda = new CudaBackend(0, options);
+        }
+
+        public IBackend Backend => (IBackend?)_cuda ?? _cpu!;
+
+        public long InUse => _cuda?.Allocator.Statistics.BytesInUse ?? _cpu!.AllocatedBytes;
+
+        public long Peak => _cuda?.Allocator.Statistics.PeakBytesInUse ?? _cpu!.PeakAllocatedBytes;
+
+        public void ResetPeak()
+        {
+            if (_cuda is not null) _cuda.Allocator.ResetPeak();
+            else _cpu!.ResetPeakAllocatedBytes();
+        }
+
+        public void Dispose() => _cuda?.Dispose();
+    }
+
+    private static StageResult MeasureStage(TransformerConfig config, int pp, int stage, int batch, int seq, int reps, int warmup, CudaBackendOptions options, bool cpu)
+    {
+        using var device = new Device(cpu, options);
+        var backend = device.Backend;
+        var pipeline = new PipelineParallelism(new ComputeOnlyGroup("pp", stage, pp), PipelinePartition.Even(config.Layers, pp), new ComputeOnlyGroup.Factory());
+        var dtype = cpu ? DType.F32 : DType.BF16;
+        var model = new Transformer(config, backend, dtype, pipeline: pipeline) { ValidateInputs = false };
         backend.Synchronize();
-        long afterBuild = backend.Allocator.Statistics.BytesInUse;
+        long afterBuild = device.InUse;
         int units = model.Layout.Units.Count, rows = batch * seq;
         var rng = new Random(7);
         Tensor input = stage == 0
             ? backend.FromHost<int>(Enumerable.Range(0, rows).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(batch, seq))
-            : backend.FromHost<BFloat16>(Enumerable.Range(0, rows * config.Embedding).Select(_ => BFloat16.FromSingle((float)(rng.NextDouble() - 0.5))).ToArray(), new Shape(rows, config.Embedding));
+            : backend.FromHost<float>(Enumerable.Range(0, rows * config.Embedding).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray(), new Shape(rows, config.Embedding));
+        if (stage > 0 && dtype != DType.F32)
+        {
+            var cast = backend.Allocate(input.Shape, dtype);
+            backend.Copy(input, cast);
+            input = cast;
+        }
         var targets = backend.FromHost<int>(Enumerable.Range(0, rows).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(batch, seq));
-        var gradient = backend.Zeros(new Shape(rows, config.Embedding), DType.BF16);
-        backend.Allocator.ResetPeak();
+        var gradient = backend.Zeros(new Shape(rows, config.Embedding), dtype);
+        device.ResetPeak();
         var forward = new List<double>();
         var backwardTimes = new List<double>();
         for (int r = 0; r < warmup + reps; r++)
@@ -192,7 +241,7 @@ public static class PipelineBench
         backwardTimes.Sort();
         var (_, blocks) = pipeline.Partition.BlocksOf(stage);
         return new StageResult(pp, stage, blocks, model.Layout.ParameterCount, forward[reps / 2], backwardTimes[reps / 2], afterBuild,
-            backend.Allocator.Statistics.PeakBytesInUse, activations, (long)rows * config.Embedding * 2);
+            device.Peak, activations, (long)rows * config.Embedding * dtype.SizeInBytes());
     }
 
     private static int RunCurve(string preset, int batch, int seq, int microBatches, int steps, PipelineScheduleKind kind, CudaBackendOptions options)
