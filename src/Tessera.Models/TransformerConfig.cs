@@ -127,6 +127,8 @@ public sealed record TransformerConfig
         RopeScaling?.Validate();
         if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && HeadSize <= 2)
             throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs a head size above 2, got {HeadSize}");
+        if (RopeScaling?.Type == RopeScalingType.Dynamic && OriginalMaxSequenceLength == 0)
+            throw new ArgumentException("TransformerConfig: dynamic RoPE scaling needs OriginalMaxSequenceLength (config.json's max_position_embeddings, where the rescaling starts; MaxSequenceLength is then factor times it)");
         return this;
     }
 }

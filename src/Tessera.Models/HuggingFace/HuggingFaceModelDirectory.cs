@@ -92,6 +92,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             ("heads", found.Heads, expected.Heads), ("kv heads", found.EffectiveKvHeads, expected.EffectiveKvHeads),
             ("MLP width", found.EffectiveHidden, expected.EffectiveHidden), ("context", found.MaxSequenceLength, expected.MaxSequenceLength),
             ("tied embeddings", found.TiedEmbeddings, expected.TiedEmbeddings), ("biases", found.Bias, expected.Bias),
+            ("q/k/v biases", found.AttentionBias, expected.AttentionBias), ("sliding window", found.SlidingWindow, expected.SlidingWindow),
+            ("rope theta", found.RopeTheta, expected.RopeTheta), ("rope scaling", found.RopeScaling?.ToString() ?? "none", expected.RopeScaling?.ToString() ?? "none"),
         ];
         foreach (var (name, f, e) in fields)
             if (!Equals(f, e)) return $"{name} is {f} but {e} was expected";

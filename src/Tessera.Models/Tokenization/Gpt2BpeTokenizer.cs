@@ -53,8 +53,11 @@ public sealed class Gpt2BpeTokenizer : ITokenizer
     /// <remarks><paramref name="normalizeNfc"/>: put text in normalization form C first (tokenizer.json's NFC normalizer). .NET
     /// composes only where it has ICU; under invariant globalization (Tessera's default) text passes unchanged, which
     /// differs from transformers only for input in decomposed form.</remarks>
+    /// <remarks><paramref name="addedTokens"/>: tokenizer.json's added tokens (text -> id), matched whole in the input before
+    /// pre-tokenization and standing for their own text; without it, vocabulary entries outside the byte-level alphabet and
+    /// GPT-2's &lt;|endoftext|&gt; are.</remarks>
     public static Gpt2BpeTokenizer FromBytes(byte[] vocabJson, byte[] mergesText, string description, string pattern = Gpt2Pattern,
-        bool normalizeNfc = false)
+        bool normalizeNfc = false, IReadOnlyDictionary<string, int>? addedTokens = null)
     {
         var vocab = new Dictionary<int, string>();
         try
@@ -93,8 +96,16 @@ public sealed class Gpt2BpeTokenizer : ITokenizer
             if (line.Split(' ').Length != 2) throw new TokenizerFormatException(description, $"merge '{line}' is not two tokens separated by a space");
             merges.Add(line);
         }
-        // Tokens outside the byte-level alphabet (e.g. <|endoftext|>) are matched whole in the input, as Hugging Face's added tokens are.
-        var special = vocab.Where(kv => ByteLevelAlphabet.Decode(kv.Value) is null).ToDictionary(kv => kv.Value, kv => kv.Key, StringComparer.Ordinal);
+        // Added tokens (tokenizer.json's list; else tokens outside the byte-level alphabet and <|endoftext|>) are matched whole
+        // in the input, as Hugging Face's added tokens are, and stand for their own text.
+        var special = addedTokens is not null
+            ? addedTokens.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal)
+            : vocab.Where(kv => ByteLevelAlphabet.Decode(kv.Value) is null || kv.Value == EndOfText).ToDictionary(kv => kv.Value, kv => kv.Key, StringComparer.Ordinal);
+        foreach (var (text, id) in special)
+        {
+            if ((uint)id >= (uint)bytes.Length) throw new TokenizerFormatException(description, $"added token '{text}' has id {id}, outside the vocabulary of {bytes.Length}");
+            bytes[id] = Encoding.UTF8.GetBytes(text);
+        }
         Tokenizer inner;
         try
         {

@@ -112,7 +112,9 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     private void EncodeSegment(ReadOnlySpan<char> segment, bool atInputStart, List<int> ids)
     {
         var normalized = new StringBuilder(segment.Length + 1);
-        if (_prependToEverySegment || atInputStart) normalized.Append(Space);
+        // Llama 2's Prepend normalizer always adds the marker; Metaspace adds it only where the text does not already
+        // start with one (a leading space), as the tokenizers library does.
+        if (_prependToEverySegment || (atInputStart && segment[0] != ' ')) normalized.Append(Space);
         foreach (char c in segment) normalized.Append(c == ' ' ? Space : c);
         string s = normalized.ToString();
         foreach (var token in _bpe.EncodeToTokens(s, out _, considerPreTokenization: false, considerNormalization: false))

@@ -222,7 +222,8 @@ public static class TokenizerLoader
         var merges = model["merges"] as JsonArray ?? throw new TokenizerFormatException(path, "missing array 'model.merges'");
         var vocabOut = new JsonObject();
         foreach (var (token, id) in vocab) vocabOut[token] = id!.GetValue<int>();
-        foreach (var (content, id) in AddedTokens(root, path))
+        var added = AddedTokens(root, path);
+        foreach (var (content, id) in added)
             if (!vocabOut.ContainsKey(content)) vocabOut[content] = id;
         var mergesOut = new StringBuilder("#version: 0.2\n");
         foreach (var m in merges)
@@ -230,7 +231,8 @@ public static class TokenizerLoader
             var (l, r) = Merge(m, path);
             mergesOut.Append(l).Append(' ').Append(r).Append('\n');
         }
-        return Gpt2BpeTokenizer.FromBytes(Encoding.UTF8.GetBytes(vocabOut.ToJsonString()), Encoding.UTF8.GetBytes(mergesOut.ToString()), path, pattern, nfc);
+        return Gpt2BpeTokenizer.FromBytes(Encoding.UTF8.GetBytes(vocabOut.ToJsonString()), Encoding.UTF8.GetBytes(mergesOut.ToString()), path, pattern, nfc,
+            added.Count > 0 ? added : null);
     }
 
     /// <summary>SentencePiece-style BPE (Llama 2, Mistral): "▁" for spaces via Prepend + Replace or Metaspace, byte fallback.</summary>

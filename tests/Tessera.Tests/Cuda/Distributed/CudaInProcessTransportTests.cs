@@ -252,24 +252,31 @@ public sealed class CudaInProcessTransportTests(CudaFixture fixture)
     public void ACollectiveWaitsForAHeldBackRanksInputAndTheNextKernelWaitsForTheCollectiveWithoutAHostWait()
     {
         _ = fixture.Backend;
-        var hold = TimeSpan.FromMilliseconds(200);
+        // Long enough that host-side latencies (thread wake-ups, a module load) cannot use it up: at the H200 (2026-12-02)
+        // a 200 ms hold had passed by the time rank 0 looked, with no warm-up collective before the timed one.
+        var hold = TimeSpan.FromMilliseconds(1000);
         const int n = 1 << 20;
         var results = CudaThreadRanks.Run(2, ctx =>
         {
             using var delay = new StreamDelay(ctx.Backend);   // compiled before the timed part
             var t = ctx.Backend.Allocate(new Shape(n), DType.F32);
+            // Warm-up: the group's stream, the reduction kernel's module and the events exist before the timed part.
+            ctx.Backend.Fill(t, 0.0);
+            ctx.Group.AllReduce(t).Wait();
             ctx.Backend.Fill(t, ctx.Rank == 0 ? 1.0 : double.NaN);
             ctx.Group.Barrier().Wait();
+            var clock = Stopwatch.StartNew();
             if (ctx.Rank == 1)
             {
-                // Rank 1's input is written only after its stream has been held for 200 ms: a collective that does not
-                // wait for rank 1's compute reads NaN.
+                // Rank 1's input is written only after its stream has been held: a collective that does not wait for
+                // rank 1's compute reads NaN.
                 delay.Delay(ctx.Backend.Stream, hold);
                 ctx.Backend.Fill(t, 3.0);
-                ctx.Group.AllReduce(t).WaitOnDevice();
-                return (Values: ctx.Backend.ToArray<float>(t), HostMs: 0.0, CompletedEarly: false);
+                var h1 = ctx.Group.AllReduce(t);
+                double issuedMs = clock.Elapsed.TotalMilliseconds;
+                h1.WaitOnDevice();
+                return (Values: ctx.Backend.ToArray<float>(t), HostMs: issuedMs, CompletedEarly: false);
             }
-            var clock = Stopwatch.StartNew();
             var handle = ctx.Group.AllReduce(t);
             handle.WaitOnDevice();   // waits on the host for rank 1 to issue it, not for its device work
             double hostMs = clock.Elapsed.TotalMilliseconds;
@@ -277,12 +284,16 @@ public sealed class CudaInProcessTransportTests(CudaFixture fixture)
             ctx.Backend.Scale(t, 2.0);   // reads the all-reduce's result only if ordered after it
             return (Values: ctx.Backend.ToArray<float>(t), HostMs: hostMs, CompletedEarly: completedEarly);
         }, timeout: Timeout);
-        Assert.False(results[0].CompletedEarly, "the all-reduce completed while rank 1's stream was still held: the hold did not take, so the test proves nothing");
-        Assert.True(results[0].HostMs < hold.TotalMilliseconds / 2, $"rank 0's issue and WaitOnDevice took {results[0].HostMs:F1} ms of a {hold.TotalMilliseconds} ms hold: the host waited for the device");
+        string timeline = $"rank 1 issued {results[1].HostMs:F1} ms after the barrier; rank 0's issue and WaitOnDevice took {results[0].HostMs:F1} ms " +
+            $"of a {hold.TotalMilliseconds} ms hold; completed when rank 0 looked: {results[0].CompletedEarly}";
+        TestContext.Current.TestOutputHelper?.WriteLine(timeline);
+        // The values first: they are the ordering's proof whatever the timings were.
         for (int i = 0; i < n; i++)
         {
-            if (results[0].Values[i] != 8f) Assert.Fail($"rank 0, element {i}: {results[0].Values[i]} instead of 2 x (1 + 3)");
-            if (results[1].Values[i] != 4f) Assert.Fail($"rank 1, element {i}: {results[1].Values[i]} instead of 1 + 3");
+            if (results[0].Values[i] != 8f) Assert.Fail($"rank 0, element {i}: {results[0].Values[i]} instead of 2 x (1 + 3) ({timeline})");
+            if (results[1].Values[i] != 4f) Assert.Fail($"rank 1, element {i}: {results[1].Values[i]} instead of 1 + 3 ({timeline})");
         }
+        Assert.True(results[0].HostMs < hold.TotalMilliseconds / 2, $"the host waited for the device: {timeline}");
+        Assert.False(results[0].CompletedEarly, $"the all-reduce had completed while rank 1's stream should still have been held, so the hold did not take and the values prove nothing: {timeline}");
     }
 }

@@ -52,8 +52,8 @@ public sealed class TokenizerGoldenTests
         foreach (var row in golden["texts"]!.AsArray().OfType<JsonObject>())
         {
             string text = row["text"]!.GetValue<string>();
-            if (family == "qwen2" && !NormalizationAvailable && text != text.Normalize(NormalizationForm.FormC))
-                continue;   // NFC needs ICU, which Tessera's invariant globalization leaves out (README: tokenizers)
+            if (family == "qwen2" && !NormalizationAvailable && text.Any(c => System.Globalization.CharUnicodeInfo.GetUnicodeCategory(c) == System.Globalization.UnicodeCategory.NonSpacingMark))
+                continue;   // decomposed input: NFC needs ICU, which Tessera's invariant globalization leaves out (README: tokenizers)
             var ids = row["ids"]!.AsArray().Select(n => n!.GetValue<int>()).ToArray();
             if (KnownDifferences.ContainsKey((family, text)))
             {
@@ -62,9 +62,10 @@ public sealed class TokenizerGoldenTests
             }
             if (!ids.SequenceEqual(tok.Encode(text)))
                 mismatches.Add($"{JsonSerializer.Serialize(text)} encodes as [{string.Join(", ", tok.Encode(text))}], reference [{string.Join(", ", ids)}]");
-            if (row["ids_with_special"] is JsonArray withSpecial)
-                Assert.Equal(withSpecial.Select(n => n!.GetValue<int>()), tok.EncodeWithSpecialTokens(text));
-            Assert.Equal(row["decoded"]!.GetValue<string>(), tok.Decode(ids));
+            else if (row["ids_with_special"] is JsonArray withSpecial && !withSpecial.Select(n => n!.GetValue<int>()).SequenceEqual(tok.EncodeWithSpecialTokens(text)))
+                mismatches.Add($"{JsonSerializer.Serialize(text)} with special tokens encodes as [{string.Join(", ", tok.EncodeWithSpecialTokens(text))}], reference [{string.Join(", ", withSpecial)}]");
+            if (tok.Decode(ids) != row["decoded"]!.GetValue<string>())
+                mismatches.Add($"{JsonSerializer.Serialize(text)} decodes as {JsonSerializer.Serialize(tok.Decode(ids))}, reference {row["decoded"]!.ToJsonString()}");
             rows++;
         }
         Assert.True(mismatches.Count == 0, $"{family}: {mismatches.Count} of {rows} texts differ:\n" + string.Join("\n", mismatches));
@@ -83,7 +84,13 @@ public sealed class TokenizerGoldenTests
             .Select(m => m is JsonArray pair ? $"{pair[0]} {pair[1]}" : m!.GetValue<string>()).ToList();
         var tok = TokenizerLoader.FromDirectory(Folder(family));
         var alphabet = Enumerable.Range(0, 256).ToDictionary(b => (char)ByteLevelChar(b), b => (byte)b);
-        TokenizerTests.AssertEveryMergeEncodesToItsToken(tok, merges, vocab, t => Encoding.UTF8.GetString(t.Select(c => alphabet[c]).ToArray()));
+        // A merge of the first bytes of a multi-byte character (F0 9F of an emoji) is no text on its own: only merges whose
+        // result is whole UTF-8 can be encoded alone (the others are exercised by the texts that contain the character).
+        var strict = new UTF8Encoding(false, throwOnInvalidBytes: true);
+        bool Whole(string token) { try { strict.GetString(token.Select(c => alphabet[c]).ToArray()); return true; } catch (DecoderFallbackException) { return false; } }
+        var whole = merges.Where(m => Whole(m.Replace(" ", ""))).ToList();
+        Assert.True(whole.Count > merges.Count / 2, $"{family}: only {whole.Count} of {merges.Count} merges make whole characters");
+        TokenizerTests.AssertEveryMergeEncodesToItsToken(tok, whole, vocab, t => strict.GetString(t.Select(c => alphabet[c]).ToArray()));
     }
 
     [Theory]

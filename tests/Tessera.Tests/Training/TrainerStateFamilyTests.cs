@@ -1,0 +1,26 @@
+using System.Text.Json;
+using Tessera.Models;
+using Tessera.Training.Checkpoints;
+using Xunit;
+
+namespace Tessera.Tests.Training;
+
+/// <summary>trainer_state.json keeps every family setting, so a checkpoint resumes the model it saved.</summary>
+public sealed class TrainerStateFamilyTests
+{
+    [Theory]
+    [InlineData("llama3-debug")]
+    [InlineData("qwen2-debug")]
+    [InlineData("mistral-debug")]
+    public void FamilySettingsSurviveTheStateFile(string preset)
+    {
+        var config = ModelPresets.Get(preset) with
+        {
+            RopeScaling = preset == "mistral-debug" ? new RopeScaling { Type = RopeScalingType.Yarn, Factor = 2, OriginalMaxPositions = 32, Mscale = 0.7, MscaleAllDim = 1 }
+                : ModelPresets.Get(preset).RopeScaling,
+        };
+        var state = new TrainerState { Model = config };
+        var back = JsonSerializer.Deserialize<TrainerState>(JsonSerializer.Serialize(state))!;
+        Assert.Equal(config, back.Model);
+    }
+}
