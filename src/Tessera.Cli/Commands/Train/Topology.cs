@@ -10,7 +10,7 @@ public enum TopologyKind
 {
     /// <summary>One CPU backend or one GPU.</summary>
     OneDevice,
-    /// <summary>--ranks N: data-parallel ranks as threads of this process, each with its own CPU backend.</summary>
+    /// <summary>--ranks N (and --pp P): data-parallel ranks (each of P pipeline stages) as threads of this process, each with its own CPU backend.</summary>
     ThreadRanks,
     /// <summary>Started by a launcher (tessera launch, srun, mpirun) with --device cuda: this process is one rank, NCCL between them.</summary>
     ProcessPerGpu,
@@ -19,7 +19,7 @@ public enum TopologyKind
 /// <summary>The run's topology, read from the options and the launcher's environment (the only place train reads it).</summary>
 /// <param name="Kind">How the run is spread.</param>
 /// <param name="Device">This process's device (a launched rank's GPU is its LOCAL_RANK).</param>
-/// <param name="WorldSize">Data-parallel ranks.</param>
+/// <param name="WorldSize">Data-parallel ranks (with --pp, each runs --pp pipeline stages: --ranks x --pp threads).</param>
 /// <param name="Environment">The launcher's variables.</param>
 public sealed record Topology(TopologyKind Kind, Device Device, int WorldSize, DistributedEnvironment Environment)
 {
@@ -31,11 +31,13 @@ public sealed record Topology(TopologyKind Kind, Device Device, int WorldSize, D
         if (launched && onGpu)
         {
             if (settings.Ranks > 1) throw new UsageException("--ranks (CPU thread ranks) cannot be combined with a launched multi-process run");
+            if (settings.Pp > 1) throw new UsageException("--pp under a launched multi-GPU run is not wired into the command line yet (the library runs pipeline stages over NCCL groups); use --pp with CPU thread ranks");
             return new Topology(TopologyKind.ProcessPerGpu, Device.Cuda(env.LocalRank), env.WorldSize, env);
         }
         if (env.IsDistributed)
             throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}), but multi-process training runs on GPUs through NCCL: add --device cuda, or use --ranks N for CPU thread ranks in one process");
-        return settings.Ranks > 1
+        // Pipeline stages run as thread ranks too: --ranks data-parallel ranks, each with --pp stages.
+        return settings.Ranks > 1 || settings.Pp > 1
             ? new Topology(TopologyKind.ThreadRanks, settings.Device, settings.Ranks, env)
             : new Topology(TopologyKind.OneDevice, settings.Device, 1, env);
     }

@@ -20,6 +20,7 @@ using Tessera.Training.Checkpoints;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Training.Pipeline;
 using Tessera.Training.Runs;
 
 namespace Tessera.Cli.Commands.Train;
@@ -59,6 +60,12 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         var (options, dtype, tokenizerSpec, seed) = settings.Resolve(saved, savedWorld, topology.WorldSize);
         Validate(dtype, topology);
         options.Validate();
+        if (settings.Pp > 1 || settings.PrintSchedule)
+        {
+            // The pipeline is checked (and drawn) before the device or the run directory is touched.
+            var (partition, schedule) = PipelinePlan.Check(settings, PlannedConfig(saved), options);
+            if (settings.PrintSchedule) return PipelinePlan.Print(terminal, schedule, partition, options);
+        }
 
         // 2. The device first: a missing GPU or driver fails before anything is written.
         var backend = BackendFactory.Create(topology.Device, settings.Threads);
@@ -140,8 +147,20 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
         if (settings.Ranks > 1 && topology.Device.Kind != DeviceKind.Cpu)
             throw new UsageException("--ranks runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
+        if (settings.Pp > 1 && topology.Device.Kind != DeviceKind.Cpu)
+            throw new UsageException("--pp runs its stages as CPU thread ranks; a pipeline over GPUs (one process per GPU under 'tessera launch') is not wired into the command line yet");
         if (settings.Data is null && settings.Tokenizer is not null and not "byte")
             throw new UsageException("--tokenizer: the embedded corpus uses byte tokens; give --data for another tokenizer");
+    }
+
+    /// <summary>The configuration the run will train: the Hugging Face directory's, the checkpoint's on resume, or the preset's.</summary>
+    private TransformerConfig PlannedConfig(TrainerState? saved)
+    {
+        string spec = settings.Model ?? (saved is null ? "gpt2-tiny" : "");
+        if (spec.Length == 0) return saved!.Model;
+        if (!Directory.Exists(spec)) return Presets.Get(spec);
+        using var hf = HuggingFaceModelDirectory.Open(spec);
+        return hf.Config;
     }
 
     private Transformer BuildModel(TrainerState? saved, DType dtype, ITokenizer tokenizer, IBackend backend, Topology topology, int seed)

@@ -22,7 +22,7 @@ namespace Tessera.Cli.Commands.Train;
 /// after the step in progress, and the step reached is checkpointed before the command reports. Checkpoints are pruned
 /// to --keep-last after each save.
 /// </summary>
-public sealed class TrainSession(TrainSettings settings, TrainerOptions options, Topology topology, RunDirectory run,
+public sealed partial class TrainSession(TrainSettings settings, TrainerOptions options, Topology topology, RunDirectory run,
     Terminal terminal, StopSignals signals, string tokenizer)
 {
     private string? _lastCheckpoint;
@@ -35,6 +35,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         return topology.Kind switch
         {
             TopologyKind.OneDevice => OneDevice(model, data, resumeFrom),
+            TopologyKind.ThreadRanks when settings.Pp > 1 => PipelineThreadRanks(model, data, resumeFrom, seed),
             TopologyKind.ThreadRanks => ThreadRanks(model, data, resumeFrom, seed),
             _ => ProcessPerGpu(model, (CudaBackend)backend, data, resumeFrom, seed),
         };
