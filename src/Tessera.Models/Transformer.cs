@@ -116,7 +116,9 @@ public sealed class Transformer
         _units = [.. units];
         _chunkUnits = chunkUnits;
         Layout = parameters.Build();
-        if (TiedEmbeddingCopy is not null) Pipeline!.EmbeddingGroup();   // collective on NCCL: every rank builds the model at the same point
+        // The embedding group is created by every rank of a tied pipeline, here: on NCCL a communicator split is collective
+        // over the world, and every rank builds its model at the same point.
+        if (config.TiedEmbeddings && Pipeline is { Stages: > 1 }) Pipeline.EmbeddingGroup();
         // The whole model's layout as this rank would hold it without pipeline stages (names, global shapes, placements, in
         // one device's order): initialization draws its random stream in this order, checkpoints describe every parameter.
         WholeLayout = Pipeline is null ? Layout : new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism).Layout;

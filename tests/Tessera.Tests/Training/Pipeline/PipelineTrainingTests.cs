@@ -78,4 +78,58 @@ public sealed class PipelineTrainingTests : IDisposable
         Assert.Equal(parameters.Keys.Order(), gathered.Keys.Order());
         foreach (var (name, expected) in parameters) DataParallelTests.AssertClose(expected, gathered[name], $"{preset}, {layout}: parameter {name}");
     }
+
+    /// <summary>Validation runs as a forward-only schedule: the mean loss of the evaluation batches, on every stage, as one device computes it (1e-10).</summary>
+    [Theory]
+    [InlineData("gpt2-debug", PipelineScheduleKind.OneForwardOneBackward, 1)]
+    [InlineData("llama-debug", PipelineScheduleKind.Interleaved, 2)]
+    public void EvaluationThroughThePipelineEqualsOneDevice(string preset, PipelineScheduleKind schedule, int chunks)
+    {
+        var config = PipelineRun.Config(preset);
+        var options = ParallelRun.Options(2, accumulation: 4) with { EvalBatches = 6 };
+        var model = new Tessera.Models.Transformer(config, new Tessera.Tensors.Cpu.CpuBackend(2), Tessera.Tensors.DType.F64);
+        model.InitializeWeights(ParallelRun.Seed);
+        var one = new Tessera.Training.Trainer(model, Tessera.Training.SingleDevice.For(model, new AdamWOptions()),
+            new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), options);
+        one.TrainStep();
+        double expected = one.Evaluate();
+        var layout = new PipelineLayout(4, schedule, 4, chunks);
+        var losses = ParallelTraining.RunThreadRanks(layout.World, ctx =>
+        {
+            var (stage, groups) = PipelineRun.BuildRank(ctx, config, layout);
+            var trainer = new Tessera.Training.Trainer(stage, Tessera.Training.SingleDevice.For(stage, new AdamWOptions()),
+                new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T),
+                options, schedule);
+            trainer.TrainStep();
+            return trainer.Evaluate();
+        }, TimeSpan.FromSeconds(60));
+        foreach (double loss in losses) DataParallelTests.AssertClose([expected], [loss], $"{preset}: validation loss through the pipeline");
+    }
+
+    /// <summary>Strategies that do not compose with a pipeline are refused when the trainer is built, with the reason.</summary>
+    [Fact]
+    public void ZeroThreeAndZeroTwoWithATiedTableAreRefusedUnderAPipeline()
+    {
+        var config = PipelineRun.Config("gpt2-debug");
+        var layout = new PipelineLayout(2, PipelineScheduleKind.OneForwardOneBackward, 2, Dp: 2);
+        var messages = ParallelTraining.RunThreadRanks(layout.World, ctx =>
+        {
+            var (stage, groups) = PipelineRun.BuildRank(ctx, config, layout);
+            var loader = new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, 2);
+            string Refusal(ZeroStage zero)
+            {
+                var strategy = DataParallelism.Create(stage, groups.Dp, new DataParallelOptions { Stage = zero }, new AdamWOptions(), ctx.Host);
+                return Assert.Throws<ArgumentException>(() => new Tessera.Training.Trainer(stage, strategy, loader, null, ParallelRun.Options(1, 2))).Message;
+            }
+            var noScope = Assert.Throws<ArgumentException>(() => new Tessera.Training.Trainer(stage, new AdamWOptimizer(stage.Parameters, new AdamWOptions()),
+                new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(1, 2))).Message;
+            return (Two: Refusal(ZeroStage.Gradients), Three: Refusal(ZeroStage.Parameters), NoScope: noScope);
+        }, TimeSpan.FromSeconds(30));
+        Assert.All(messages, m =>
+        {
+            Assert.Contains("ZeRO-2 does not combine with a tied token embedding over pipeline stages", m.Two);
+            Assert.Contains("ZeRO-3 does not combine with pipeline parallelism", m.Three);
+            Assert.Contains("split over pp (2) ranks but its optimizer sums only this rank's gradients", m.NoScope);
+        });
+    }
 }
