@@ -17,7 +17,9 @@
 #       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa", "ctasN", "noearly" and
 #       "default" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
 #       with the products' first weight loads after the wait even in a decode step, and the default again), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
-#       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
+#       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), LLAMA_CASES="PRESET:B:T[:recompute] ..." (gpu-train of
+#       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
+#       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
 #       its own process), PP_CASES="ARGS;ARGS" (gpu-pp runs: --stages, --curve N), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
 #       the bench's --cuda-options flag (CudaBackendOptions.Parse's "Name=value,..." form), never as environment variables. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
@@ -57,6 +59,7 @@ CS
     rm -rf "$dest/app/runtimes"
     cp "$0" "$dest/gpu-bench.sh"
     cp bench/pytorch/train_gpt2.py "$dest/train_gpt2.py"
+    cp bench/pytorch/train_llama.py "$dest/train_llama.py"
     git rev-parse --short HEAD > "$dest/commit.txt"
     du -sh "$dest"
     ;;
@@ -122,6 +125,28 @@ run)
         timeout "${TORCH_TIMEOUT:-120}" python3 "$dir/train_gpt2.py" --batch "${BATCH:-64}" --no-header 2>>"$out/bench.err" | tee -a "$out/train.md"
         echo "pytorch: $(( $(date +%s) - t0 )) s"
     fi
+    llama_first=1
+    for case in ${LLAMA_CASES-}; do
+        # PRESET:B:T[:recompute]: Tessera's step, then the PyTorch Llama trainer on the same shape, one micro-batch each.
+        IFS=: read -r preset b t rc <<< "$case"
+        extra=(); [ "${rc:-}" = recompute ] && extra=(--recompute)
+        header=(); { [ "${RUN_TRAIN:-1}" = 1 ] || [ $llama_first = 0 ]; } && header=(--no-header)
+        t0=$(date +%s); train "${LLAMA_TIMEOUT:-150}" --preset "$preset" --batch "$b" --seq "$t" --steps "${LLAMA_STEPS:-6}" --warmup 2 "${extra[@]}" "${header[@]}"
+        echo "gpu-train $case: $(( $(date +%s) - t0 )) s"
+        if [ "${LLAMA_PROFILE:-0}" = 1 ] && [ $llama_first = 1 ]; then
+            t0=$(date +%s)
+            timeout "${LLAMA_TIMEOUT:-150}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-train --preset "$preset" --batch "$b" --seq "$t" --steps 2 --warmup 1 \
+                "${extra[@]}" --no-header --cuda-options ProfileOps=true > "$out/llama-profile.md" 2>>"$out/bench.err"
+            echo "gpu-train $case profiled: $(( $(date +%s) - t0 )) s"
+        fi
+        if [ "${LLAMA_TORCH:-1}" = 1 ]; then
+            t0=$(date +%s)
+            timeout "${TORCH_TIMEOUT:-200}" python3 "$dir/train_llama.py" --preset "$preset" --batch "$b" --seq "$t" --steps "${LLAMA_STEPS:-6}" --warmup 4 \
+                "${extra[@]}" --no-header 2>>"$out/bench.err" | tee -a "$out/train.md"
+            echo "pytorch $case: $(( $(date +%s) - t0 )) s"
+        fi
+        llama_first=0
+    done
     if [ "${RUN_DECODE:-1}" = 1 ]; then
         # The decode step recorded in a CUDA graph (default), run op by op, and with cuBLASLt for the products.
         decode() { timeout "${DECODE_TIMEOUT:-60}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-decode "$@" 2>>"$out/bench.err" | tee -a "$out/decode.md"; }
@@ -187,7 +212,8 @@ for res, name, secs, msg in sorted(rows, key=lambda r: (r[0] != "Fail", r[1])):
 print("TOTAL " + " ".join(f"{k}={sum(1 for r in rows if r[0] == k)}" for k in ("Pass", "Fail", "Skip")))
 PY
     elif [ -f "$out/tests.log" ]; then tail -20 "$out/tests.log"; fi
-    echo; echo "training (GPT-2 124M, synthetic tokens):"; cat "$out/train.md" 2>/dev/null
+    echo; echo "training (synthetic tokens):"; cat "$out/train.md" 2>/dev/null
+    [ -f "$out/llama-profile.md" ] && { echo; echo "llama per-op profile:"; head -60 "$out/llama-profile.md"; }
     echo; echo "decode:"; cat "$out/decode.md" 2>/dev/null
     [ -f "$out/offload.md" ] && { echo; echo "offload:"; cat "$out/offload.md"; }
     [ -f "$out/pp.md" ] && { echo; echo "pipeline:"; cat "$out/pp.md"; }

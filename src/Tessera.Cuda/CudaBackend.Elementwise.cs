@@ -78,23 +78,46 @@ public sealed unsafe partial class CudaBackend
 
     public void SwiGluForward(Tensor gate, Tensor up, Tensor output)
     {
-        RequireElementwise("SwiGluForward", gate, (up, "up"), (output, "output"));
+        var (rows, cols) = RowStrided("SwiGluForward", gate, (up, "up"), (output, "output"));
+        if (rows * cols == 0) return;
         ulong pg = Ptr(gate), pu = Ptr(up), po = Ptr(output);
-        long n = gate.NumElements;
-        if (n == 0) return;
-        void** args = stackalloc void*[] { &pg, &pu, &po, &n };
-        Launch("elementwise.cu", "swiglu_forward_" + Suffix(gate.DType, "SwiGluForward"), GridFor(n), Threads, args);
+        long gs = RowStride(gate), us = RowStride(up), os = RowStride(output);
+        void** args = stackalloc void*[] { &pg, &gs, &pu, &us, &po, &os, &rows, &cols };   // (rows, cols) views, row strides in elements
+        Launch("elementwise.cu", "swiglu_forward_rows_" + Suffix(gate.DType, "SwiGluForward"), GridFor(rows * cols), Threads, args);
     }
 
     public void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp)
     {
-        RequireElementwise("SwiGluBackward", gate, (up, "up"), (dOutput, "dOutput"), (dGate, "dGate"), (dUp, "dUp"));
+        var (rows, cols) = RowStrided("SwiGluBackward", gate, (up, "up"), (dOutput, "dOutput"), (dGate, "dGate"), (dUp, "dUp"));
+        if (rows * cols == 0) return;
         ulong pg = Ptr(gate), pu = Ptr(up), pd = Ptr(dOutput), pdg = Ptr(dGate), pdu = Ptr(dUp);
-        long n = gate.NumElements;
-        if (n == 0) return;
-        void** args = stackalloc void*[] { &pg, &pu, &pd, &pdg, &pdu, &n };
-        Launch("elementwise.cu", "swiglu_backward_" + Suffix(gate.DType, "SwiGluBackward"), GridFor(n), Threads, args);
+        long gs = RowStride(gate), us = RowStride(up), ds = RowStride(dOutput), dgs = RowStride(dGate), dus = RowStride(dUp);
+        void** args = stackalloc void*[] { &pg, &gs, &pu, &us, &pd, &ds, &pdg, &dgs, &pdu, &dus, &rows, &cols };
+        Launch("elementwise.cu", "swiglu_backward_rows_" + Suffix(gate.DType, "SwiGluBackward"), GridFor(rows * cols), Threads, args);
     }
+
+    /// <summary>
+    /// Checks tensors of one shape and dtype for a row-wise element-wise kernel: each contiguous (any rank, seen as rows of its
+    /// last dimension) or a rank-2 view whose rows are contiguous (a column slice of a wider matrix). Returns (rows, columns).
+    /// </summary>
+    private (long Rows, long Cols) RowStrided(string op, Tensor first, params (Tensor T, string Name)[] others)
+    {
+        Suffix(first.DType, op);
+        foreach (var (t, name) in others.Prepend((first, "input")))
+        {
+            if (t.Shape != first.Shape)
+                throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must have the shape {first.Shape}");
+            if (t.DType != first.DType)
+                throw new ArgumentException($"CudaBackend.{op}: {name} is {t.DType}, expected {first.DType}");
+            if (!t.IsContiguous && !(t.Rank == 2 && (t.Stride(1) == 1 || t.Size(1) <= 1) && t.Stride(0) >= t.Size(1)))
+                throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must be contiguous or a (rows, columns) view with contiguous rows");
+        }
+        long cols = first.Rank == 0 ? 1 : first.Size(-1);
+        return (cols == 0 ? 0 : first.NumElements / cols, cols);
+    }
+
+    /// <summary>Elements between row starts of a tensor <see cref="RowStrided"/> accepted.</summary>
+    private static long RowStride(Tensor t) => t.IsContiguous || t.Rank != 2 ? (t.Rank == 0 ? 1 : t.Size(-1)) : t.Stride(0);
 
     /// <summary>Threads per block for a kernel that gives one block to each row of <paramref name="columns"/> elements.</summary>
     private static uint RowBlock(long columns) => columns >= 4096 ? 1024u : columns >= 1024 ? 512u : columns >= 256 ? 256u : 128u;

@@ -99,9 +99,32 @@ public sealed unsafe partial class CudaBackend
         if (rows == 0) return;
         ulong px = Ptr(x), pw = Ptr(weight), po = Ptr(output), pr = Ptr(rstd);
         float eps = (float)epsilon;
+        if (RowVectorBlock(x.DType, c, px, pw, po) is uint threads)
+        {
+            void** vargs = stackalloc void*[] { &px, &pw, &po, &pr, &rows, &c, &eps };
+            Launch("norm.cu", "rmsnorm_forward_vec_" + Suffix(x.DType, "RmsNormForward"), RowVectorGrid(rows, threads), threads, vargs);
+            return;
+        }
         void** args = stackalloc void*[] { &px, &pw, &po, &pr, &c, &eps };
         Launch("norm.cu", "rmsnorm_forward_" + Suffix(x.DType, "RmsNormForward"), (uint)rows, RowBlock(c), args);
     }
+
+    /// <summary>
+    /// Threads per block of the row-in-registers RMSNorm kernels (one 16-byte vector of the row per thread, rounded up to whole
+    /// warps), or null when rows of <paramref name="c"/> elements cannot be read in 16-byte vectors from every pointer or need
+    /// more than 1024 threads.
+    /// </summary>
+    private static uint? RowVectorBlock(DType dtype, int c, params ulong[] pointers)
+    {
+        if (!Vectorizable(dtype, c, pointers)) return null;
+        int vectors = c / (16 / dtype.SizeInBytes());
+        int threads = (vectors + 31) / 32 * 32;
+        return threads <= 1024 ? (uint)threads : null;
+    }
+
+    /// <summary>Blocks of the row-in-registers kernels: as many as fill the SMs' 2048 threads once, each walking rows with a grid stride.</summary>
+    private uint RowVectorGrid(long rows, uint threads) =>
+        (uint)Math.Min(rows, (long)CudaDevice.MultiprocessorCount * Math.Max(1, 2048 / (int)threads));
 
     public void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dx, Tensor dWeight)
     {
@@ -109,11 +132,13 @@ public sealed unsafe partial class CudaBackend
         var (rows, c) = NormShape(op, x, weight, (rstd, "rstd", true), (dWeight, "dWeight", false));
         RequireElementwise(op, x, (dOutput, "dOutput"), (dx, "dx"));
         if (rows == 0) return;
-        int g = (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
-        ulong scratch = Scratch((long)g * 2 * c * sizeof(float));
         ulong pd = Ptr(dOutput), px = Ptr(x), pw = Ptr(weight), pr = Ptr(rstd), pdx = Ptr(dx);
+        uint? vector = RowVectorBlock(x.DType, c, pd, px, pw, pdx);
+        int g = vector is uint threads ? (int)RowVectorGrid(rows, threads) : (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
+        ulong scratch = Scratch((long)g * 2 * c * sizeof(float));   // (G, 2C) partials; the RMSNorm kernels fill [0, C)
         void** args = stackalloc void*[] { &pd, &px, &pw, &pr, &pdx, &scratch, &rows, &c };
-        Launch("norm.cu", "rmsnorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
+        if (vector is uint block) Launch("norm.cu", "rmsnorm_backward_vec_" + Suffix(x.DType, op), (uint)g, block, args);
+        else Launch("norm.cu", "rmsnorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
         ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
         FreeScratch(scratch);
     }

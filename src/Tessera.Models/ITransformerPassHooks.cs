@@ -14,7 +14,11 @@ public interface ITransformerPassHooks
     /// <summary>After the forward of unit <paramref name="segment"/>.</summary>
     void AfterForward(int segment);
 
-    /// <summary>Before the backward of unit <paramref name="segment"/> reads its parameters.</summary>
+    /// <summary>
+    /// Before the backward of unit <paramref name="segment"/> reads its parameters or writes their gradients. For the head
+    /// unit it may come twice per micro-batch: from the loss, whose fused head takes the head's weight gradient as it goes
+    /// (<see cref="Transformer.LossChunkRows"/>), and again from the backward pass; implementations must be idempotent.
+    /// </summary>
     void BeforeBackward(int segment);
 
     /// <summary>

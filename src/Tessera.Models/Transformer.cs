@@ -22,8 +22,10 @@ public sealed class Transformer
     private readonly ActivationKey _tokens = new("tokens"), _tokenIds = new("tok_emb.input"), _positionIds = new("pos_emb.input"),
         _blocksOut = new("blocks.out"), _targets = new("loss.targets"), _losses = new("loss.out"), _dLogits = new("loss.dlogits"),
         _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy"),
-        _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole"), _stageOut = new("stage.out");
+        _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole"), _dHeadRows = new("lm_head.dx"),
+        _stageOut = new("stage.out");
     private int[] _host = [];
+    private int _lossChunkRows;
 
     /// <summary>Declares and allocates the parameters (values and gradients zeroed; call <see cref="InitializeWeights"/> or load weights).</summary>
     /// <param name="config">Shape of the model; validated.</param>
@@ -110,6 +112,8 @@ public sealed class Transformer
                 ? layers.TiedLinear("lm_head", _tokenEmbedding!.Weight)
                 : layers.Linear("lm_head", c, vPad, bias: false);
             _vocabParallelLoss = layers.CrossEntropy("lm_head", config.VocabSize, vPad);
+            _headLoss = new FusedLinearCrossEntropy(_head, config.VocabSize, _vocabParallelLoss);
+            _lossChunkRows = FusedLinearCrossEntropy.DefaultChunkRows(_head.OutFeatures);
             units.Add((UnitKind.Head, -1));
             chunkUnits[^1] = (chunkUnits[^1].First, units.Count);
         }
@@ -181,6 +185,24 @@ public sealed class Transformer
     public ITensorParallelRegion HeadInput => _headInput ?? throw NotHeld("the head");
 
     private readonly VocabParallelCrossEntropy? _vocabParallelLoss;
+    private readonly FusedLinearCrossEntropy? _headLoss;
+
+    /// <summary>
+    /// Rows of the LM head's logits that <see cref="Loss"/> computes at a time (the fused linear + cross-entropy,
+    /// <see cref="FusedLinearCrossEntropy"/>): a chunk's product, loss, logit gradient, input gradient and weight gradient
+    /// run before the next chunk's, so neither the (B·T, V) logits nor their gradient exist whole and no tensor limits the
+    /// micro-batch. Default: <see cref="FusedLinearCrossEntropy.DefaultChunkRows"/> of this rank's vocabulary columns (the
+    /// rows whose logits fit in 2^28 elements: 5,336 for GPT-2's 50,304, 2,092 for Llama 3's 128,256); a micro-batch of
+    /// fewer rows is one chunk. 0 runs the unfused head: the whole micro-batch's logits materialized and their gradient
+    /// kept until <see cref="Backward"/> (the reference the fused head is tested against).
+    /// </summary>
+    public int LossChunkRows
+    {
+        get => _lossChunkRows;
+        set => _lossChunkRows = value >= 0 ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), $"Transformer.LossChunkRows ({value}) must be 0 (unfused head) or a positive number of rows");
+    }
+
 
     /// <summary>Columns of the logits this rank computes: the padded vocabulary, or its share under tensor parallelism.</summary>
     public int LocalVocab => Head.OutFeatures;
@@ -300,31 +322,110 @@ public sealed class Transformer
     /// Training forward of micro-batch <paramref name="microBatch"/>: logits (B, T, V) for tokens (B, T) I32, saving
     /// activations for <see cref="Backward"/>; V is the padded vocabulary (<see cref="LocalVocab"/>: this rank's share under
     /// tensor parallelism). Columns past VocabSize are padding. The logits live in the micro-batch's pooled buffer until its
-    /// next forward (and <see cref="Loss"/> turns them into dlogits). The whole model: a pipeline stage runs
-    /// <see cref="ForwardUnits"/>.
+    /// next forward (an unfused <see cref="Loss"/>, <see cref="LossChunkRows"/> = 0, turns them into dlogits). The whole model:
+    /// a pipeline stage runs <see cref="ForwardUnits"/> and <see cref="LossUnits"/>.
     /// </summary>
     public Tensor Forward(Tensor tokens, int microBatch = 0)
     {
         CheckWhole(nameof(Forward));
         var (b, t) = CheckTokens(tokens, "tokens", 0, null);
-        return ForwardUnits(0, _units.Length, microBatch, tokens, b, t);
+        var rows = RunForward(0, _units.Length, microBatch, tokens, b, t);   // (B T, C): the head's input
+        var logits = Head.Forward(PassContext.Training(Activations, microBatch), rows);   // (B T, V)
+        PassHooks?.AfterForward(_units.Length - 1);
+        return logits.Reshape(b, t, LocalVocab);
     }
 
     /// <summary>
     /// The pipeline seam: the training forward of units [<paramref name="first"/>, <paramref name="end"/>) of
-    /// <see cref="Layout"/> (a virtual stage's range, <see cref="ChunkUnits"/>) for a micro-batch of
-    /// <paramref name="sequences"/> x <paramref name="sequenceLength"/> tokens, in slot <paramref name="microBatch"/> of
-    /// <see cref="Activations"/> (whose saved tensors this forgets first). <paramref name="input"/> is the tokens (B, T) I32 when
-    /// the range starts with the embeddings, else the residual stream entering it (rows, C): this rank's rows under sequence
-    /// parallelism, what the previous stage sent, kept unchanged by the caller until <see cref="BackwardUnits"/>. Returns the logits
-    /// (B, T, V) when the range ends with the head (<see cref="LossFromLogits"/> follows), else the residual stream leaving it
-    /// (rows, C), in a buffer of the slot that stays valid until the slot's next forward. The code run is the model's own:
-    /// <see cref="Forward"/> is this over every unit.
+    /// <see cref="Layout"/> (a virtual stage's range, <see cref="ChunkUnits"/>, that does not end with the head: that one is
+    /// <see cref="LossUnits"/>) for a micro-batch of <paramref name="sequences"/> x <paramref name="sequenceLength"/> tokens, in
+    /// slot <paramref name="microBatch"/> of <see cref="Activations"/> (whose saved tensors this forgets first).
+    /// <paramref name="input"/> is the tokens (B, T) I32 when the range starts with the embeddings, else the residual stream
+    /// entering it (rows, C): this rank's rows under sequence parallelism, what the previous stage sent, kept unchanged by the
+    /// caller until <see cref="BackwardUnits"/>. Returns the residual stream leaving the range (rows, C), in a buffer of the slot
+    /// that stays valid until the slot's next forward. The code run is the model's own: <see cref="Loss"/> is
+    /// <see cref="LossUnits"/> over every unit.
     /// </summary>
     public Tensor ForwardUnits(int first, int end, int microBatch, Tensor input, int sequences, int sequenceLength)
     {
-        ArgumentNullException.ThrowIfNull(input);
         CheckRange(first, end, nameof(ForwardUnits));
+        if (_units[end - 1].Kind == UnitKind.Head)
+            throw new ArgumentException($"Transformer.ForwardUnits: units [{first}, {end}) end with the head, whose forward is the loss's; call LossUnits");
+        return RunForward(first, end, microBatch, input, sequences, sequenceLength);
+    }
+
+    /// <summary>
+    /// Forward plus softmax cross-entropy over the first VocabSize logit columns, for tokens and targets (B, T) I32
+    /// (target -1: ignored, loss 0). Prepares the gradient of lossScale times the summed losses for <see cref="Backward"/>;
+    /// pass lossScale = 1 / (number of counted targets over all micro-batches) for the gradient of the mean loss. Returns
+    /// the per-token losses (B*T) on the device (unscaled), valid until this micro-batch's next forward; under tensor
+    /// parallelism every rank of the group gets the same losses, the vocabulary-parallel loss combining the ranks' columns
+    /// without gathering them.
+    /// <para>
+    /// With <see cref="LossChunkRows"/> &gt; 0 (the default) the head runs fused, chunk by chunk: the LM head's weight
+    /// gradient accumulates here, not in <see cref="Backward"/>, and what is kept is the gradient of the head's input (B·T,
+    /// C), not the logits'. The head unit's backward therefore begins here (<see cref="ITransformerPassHooks.BeforeBackward"/>
+    /// is raised for it before the loss, and again by <see cref="Backward"/>). A lossScale of 0 (evaluation) asks for no
+    /// gradient: only the losses are computed, the head's weight gradient is untouched, and a later Backward sees a zero
+    /// gradient, as the unfused head's would be.
+    /// </para>
+    /// </summary>
+    public Tensor Loss(Tensor tokens, Tensor targets, int microBatch = 0, double lossScale = 1.0)
+    {
+        CheckWhole(nameof(Loss));
+        var (b, t) = CheckTokens(tokens, "tokens", 0, null);
+        return LossUnits(0, _units.Length, microBatch, tokens, targets, lossScale, b, t);
+    }
+
+    /// <summary>
+    /// The pipeline seam's last virtual stage: <see cref="Loss"/> over units [<paramref name="first"/>, <paramref name="end"/>),
+    /// a range that ends with the head, from <paramref name="input"/> (tokens, or the residual stream the previous stage sent,
+    /// as for <see cref="ForwardUnits"/>) against <paramref name="targets"/> (B, T) I32. Returns the per-token losses (B*T),
+    /// valid until the slot's next forward, and keeps the loss's gradient for <see cref="BackwardUnits"/>.
+    /// </summary>
+    public Tensor LossUnits(int first, int end, int microBatch, Tensor input, Tensor targets, double lossScale, int sequences, int sequenceLength)
+    {
+        CheckRange(first, end, nameof(LossUnits));
+        if (_units[end - 1].Kind != UnitKind.Head)
+            throw new ArgumentException($"Transformer.LossUnits: units [{first}, {end}) do not end with the head; their forward is ForwardUnits");
+        int head = end - 1, b = sequences, t = sequenceLength;
+        var rows = RunForward(first, end, microBatch, input, b, t);   // (N, C) whole rows: the head's input
+        var ctx = PassContext.Training(Activations, microBatch);
+        var hooks = PassHooks;
+        if (LossChunkRows == 0)
+        {
+            var logits = Head.Forward(ctx, rows);                     // (N, V)
+            hooks?.AfterForward(head);
+            return UnfusedLoss(ctx, logits, targets, b, t, lossScale);
+        }
+        var (target, losses) = LossBuffers(ctx, targets, b, t);
+        var dRows = ctx.Buffer(_dHeadRows, rows.Shape, DType);        // (N, C): the loss's gradient at the head's input
+        if (lossScale == 0)
+        {
+            _headLoss!.Forward(ctx, rows, target, losses, lossScale, dx: null, LossChunkRows);
+            hooks?.AfterForward(head);
+            Backend.Fill(dRows, 0);
+        }
+        else
+        {
+            // The head's backward begins before its forward is over: each chunk's weight gradient is taken as it goes.
+            hooks?.AfterForward(head);
+            hooks?.BeforeBackward(head);
+            _headLoss!.Forward(ctx, rows, target, losses, lossScale, dRows, LossChunkRows);
+        }
+        ctx.Save(_dHeadRows, dRows);
+        return losses;
+    }
+
+    /// <summary>
+    /// Runs units [<paramref name="first"/>, <paramref name="end"/>) forward in slot <paramref name="microBatch"/>: the
+    /// embeddings (from tokens) and blocks in the range, and when it ends with the head, the final norm and the head's input
+    /// region, whose whole rows (B T, C) it returns with the head unit's forward begun and not ended; otherwise the residual
+    /// stream leaving the range, kept in the slot.
+    /// </summary>
+    private Tensor RunForward(int first, int end, int microBatch, Tensor input, int sequences, int sequenceLength)
+    {
+        ArgumentNullException.ThrowIfNull(input);
         var ctx = PassContext.Training(Activations, microBatch).WithBatch(sequences, sequenceLength);
         Activations.Release(microBatch);                             // nothing stale from an earlier forward of this slot
         var hooks = PassHooks;
@@ -333,7 +434,7 @@ public sealed class Transformer
         if (_units[u].Kind == UnitKind.Embeddings)
         {
             if (input.Rank != 2 || input.DType != DType.I32 || input.Size(0) != sequences || input.Size(1) != sequenceLength)
-                throw new ArgumentException($"Transformer.ForwardUnits: units [{first}, {end}) start with the embeddings, so the input must be tokens ({sequences}, {sequenceLength}) I32, got {input.Shape} {input.DType}");
+                throw new ArgumentException($"Transformer: units [{first}, {end}) start with the embeddings, so the input must be tokens ({sequences}, {sequenceLength}) I32, got {input.Shape} {input.DType}");
             hooks?.BeforeForward(u);
             x = Embed(ctx, input, sequences, sequenceLength, cache: null);   // (N, C): this rank's rows of the residual stream
             ctx.Save(_tokens, input.IsContiguous ? input : Backend.Contiguous(input));
@@ -342,7 +443,7 @@ public sealed class Transformer
         }
         else
         {
-            CheckResidual(input, sequences, sequenceLength, "input", nameof(ForwardUnits));
+            CheckResidual(input, sequences, sequenceLength, "input", "forward");
             x = input;
         }
         for (; u < end && _units[u].Kind == UnitKind.Block; u++)
@@ -367,41 +468,14 @@ public sealed class Transformer
             Backend.Copy(x, kept);
             x = kept;
         }
-        var rows = HeadInput.Forward(ctx, FinalNorm.Forward(ctx, x));   // (B T, C): whole rows
-        var logits = Head.Forward(ctx, rows);                         // (B T, V)
-        hooks?.AfterForward(u);
-        return logits.Reshape(sequences, sequenceLength, LocalVocab);
+        return HeadInput.Forward(ctx, FinalNorm.Forward(ctx, x));   // (B T, C): whole rows
     }
 
-    /// <summary>
-    /// Forward plus softmax cross-entropy over the first VocabSize logit columns, for tokens and targets (B, T) I32
-    /// (target -1: ignored, loss 0). Keeps dlogits = (softmax - onehot) * <paramref name="lossScale"/> for
-    /// <see cref="Backward"/>; pass lossScale = 1 / (number of counted targets over all micro-batches) for the
-    /// gradient of the mean loss. Returns the per-token losses (B*T) on the device (unscaled), valid until
-    /// this micro-batch's next forward; under tensor parallelism every rank of the group gets the same losses, the
-    /// vocabulary-parallel loss combining the ranks' columns without gathering them.
-    /// </summary>
-    public Tensor Loss(Tensor tokens, Tensor targets, int microBatch = 0, double lossScale = 1.0) =>
-        LossFromLogits(Forward(tokens, microBatch), targets, microBatch, lossScale);
-
-    /// <summary>
-    /// The loss half of <see cref="Loss"/>: the softmax cross-entropy of <paramref name="logits"/> (B, T, V), what the forward
-    /// of micro-batch slot <paramref name="microBatch"/> returned over a range ending with the head, against
-    /// <paramref name="targets"/> (B, T) I32; keeps dlogits (scaled by <paramref name="lossScale"/>) for the backward and returns
-    /// the per-token losses (B*T), valid until the slot's next forward.
-    /// </summary>
-    public Tensor LossFromLogits(Tensor logits, Tensor targets, int microBatch, double lossScale)
+    /// <summary>The cross-entropy of the whole micro-batch's logits (N, V), their gradient kept for the backward.</summary>
+    private Tensor UnfusedLoss(in PassContext ctx, Tensor logits, Tensor targets, int b, int t, double lossScale)
     {
-        ArgumentNullException.ThrowIfNull(logits);
-        if (logits.Rank != 3 || logits.Size(2) != LocalVocab)
-            throw new ArgumentException($"Transformer.LossFromLogits: logits {logits.Shape} must be (B, T, {LocalVocab})");
-        int b = logits.Size(0), t = logits.Size(1), n = b * t, v = Config.VocabSize, vPad = Config.EffectivePaddedVocab;
-        var (tb, tt) = CheckTokens(targets, "targets", -1, null);
-        if (tb != b || tt != t) throw new ArgumentException($"Transformer.Loss: targets {targets.Shape} must have the shape of tokens ({b}, {t})");
-        var ctx = PassContext.Training(Activations, microBatch);
-        var target = ctx.Buffer(_targets, new Shape(n), DType.I32);  // (N)
-        Backend.Copy(targets, target.Reshape(b, t));
-        var losses = ctx.Buffer(_losses, new Shape(n), LossDType);   // (N)
+        int n = b * t, v = Config.VocabSize, vPad = Config.EffectivePaddedVocab;
+        var (target, losses) = LossBuffers(ctx, targets, b, t);
         var l2 = logits.Reshape(n, LocalVocab);
         if (_vocabParallelLoss is not null)
         {
@@ -425,15 +499,25 @@ public sealed class Transformer
         return losses;
     }
 
+    /// <summary>Checks the targets against the tokens' (B, T) and copies them into the micro-batch's buffer; the losses' buffer.</summary>
+    private (Tensor Targets, Tensor Losses) LossBuffers(in PassContext ctx, Tensor targets, int b, int t)
+    {
+        var (tb, tt) = CheckTokens(targets, "targets", -1, null);
+        if (tb != b || tt != t) throw new ArgumentException($"Transformer.Loss: targets {targets.Shape} must have the shape of tokens ({b}, {t})");
+        var target = ctx.Buffer(_targets, new Shape(b * t), DType.I32);   // (N)
+        Backend.Copy(targets, target.Reshape(b, t));
+        return (target, ctx.Buffer(_losses, new Shape(b * t), LossDType));   // (N)
+    }
+
     /// <summary>
-    /// Backward of micro-batch <paramref name="microBatch"/> from the dlogits kept by <see cref="Loss"/>:
-    /// accumulates into every parameter's Grad, then releases the micro-batch's saved activations. The whole model: a
-    /// pipeline stage runs <see cref="BackwardUnits"/>.
+    /// Backward of micro-batch <paramref name="microBatch"/> from the gradient kept by <see cref="Loss"/> (the head input's
+    /// with the fused head, else the logits'): accumulates into every parameter's Grad, then releases the micro-batch's
+    /// saved activations. The whole model: a pipeline stage runs <see cref="BackwardUnits"/>.
     /// </summary>
     public void Backward(int microBatch = 0)
     {
         CheckWhole(nameof(Backward));
-        if (!Activations.Contains(microBatch, _dLogits.Name))
+        if (!Activations.Contains(microBatch, _dHeadRows.Name) && !Activations.Contains(microBatch, _dLogits.Name))
             throw new InvalidOperationException($"Transformer.Backward: micro-batch {microBatch} has no loss gradient; call Loss(tokens, targets, {microBatch}, scale) first");
         var tokens = Activations.Get(microBatch, _tokens.Name);      // (B, T)
         int b = tokens.Size(0), t = tokens.Size(1);
@@ -444,10 +528,10 @@ public sealed class Transformer
 
     /// <summary>
     /// The pipeline seam's backward: units [<paramref name="first"/>, <paramref name="end"/>) of micro-batch slot
-    /// <paramref name="microBatch"/>, after their <see cref="ForwardUnits"/>. Works in place on
+    /// <paramref name="microBatch"/>, after their <see cref="ForwardUnits"/> (or <see cref="LossUnits"/>). Works in place on
     /// <paramref name="residualGradient"/> (rows, C): on entry the gradient of the range's output (what the next stage sent back;
-    /// ignored when the range ends with the head, whose gradient comes from the loss's dlogits), on return the gradient of its
-    /// input (to send to the previous stage; nothing useful when the range starts with the embeddings, whose gradient is taken).
+    /// ignored when the range ends with the head, whose gradient comes from the loss), on return the gradient of its input (to
+    /// send to the previous stage; nothing useful when the range starts with the embeddings, whose gradient is taken).
     /// Parameter gradients accumulate; the slot's saved activations are released at the end.
     /// </summary>
     public void BackwardUnits(int first, int end, int microBatch, Tensor residualGradient, int sequences, int sequenceLength)
@@ -458,17 +542,30 @@ public sealed class Transformer
         var ctx = PassContext.Training(Activations, microBatch).WithBatch(sequences, sequenceLength);
         var hooks = PassHooks;
         var dResidual = residualGradient;                           // (rows, C): this rank's rows of the residual stream
+        int rows = dResidual.Size(0), c = Config.Embedding;
         int u = end - 1;
         if (_units[u].Kind == UnitKind.Head)
         {
-            if (!Activations.Contains(microBatch, _dLogits.Name))
-                throw new InvalidOperationException($"Transformer.BackwardUnits: micro-batch {microBatch} has no loss gradient; its forward over the head must be followed by LossFromLogits");
-            var dLogits = ctx.Get(_dLogits);                         // (N, V)
+            bool fused = Activations.Contains(microBatch, _dHeadRows.Name);
+            if (!fused && !Activations.Contains(microBatch, _dLogits.Name))
+                throw new InvalidOperationException($"Transformer.BackwardUnits: micro-batch {microBatch} has no loss gradient; run its loss (LossUnits) first");
             hooks?.BeforeBackward(u);
-            var dFinal = ctx.Scratch(_dFinal, dResidual.Shape, DType);
-            var dHeadInput = HeadInput.GradientBuffer(ctx, dFinal);  // (B T, C)
-            Head.Backward(ctx, dLogits, dHeadInput);
-            HeadInput.Backward(ctx, dHeadInput, dFinal);
+            Tensor dFinal;                                           // (rows, C)
+            if (fused)
+            {
+                var dRows = ctx.Get(_dHeadRows);                     // (B T, C), from the fused head
+                // Whole rows on this rank: the region's backward works in place on them (nothing, or an all-reduce).
+                dFinal = dRows.Size(0) == rows ? dRows : ctx.Scratch(_dFinal, new Shape(rows, c), DType);
+                HeadInput.Backward(ctx, dRows, dFinal);
+            }
+            else
+            {
+                var dLogits = ctx.Get(_dLogits);                     // (N, V)
+                dFinal = ctx.Scratch(_dFinal, new Shape(rows, c), DType);
+                var dHeadInput = HeadInput.GradientBuffer(ctx, dFinal);   // (B T, C)
+                Head.Backward(ctx, dLogits, dHeadInput);
+                HeadInput.Backward(ctx, dHeadInput, dFinal);
+            }
             Backend.Fill(dResidual, 0);
             FinalNorm.Backward(ctx, dFinal, dResidual);
             hooks?.AfterBackward(u);
@@ -611,7 +708,7 @@ public sealed class Transformer
     /// Tensor parallelism over <paramref name="tp"/> ranks splits heads, hidden units and the padded vocabulary; each must
     /// divide evenly, or (key/value heads) be a divisor of tp. The message names the configuration field and the numbers.
     /// </summary>
-    private static void CheckTensorParallel(TransformerConfig config, int tp)
+    public static void CheckTensorParallel(TransformerConfig config, int tp)
     {
         int kv = config.EffectiveKvHeads;
         if (config.Heads % tp != 0)

@@ -82,10 +82,16 @@ public interface IBackend
     /// <summary>dx = dOutput * GELU'(x).</summary>
     void GeluBackward(Tensor x, Tensor dOutput, Tensor dx);
 
-    /// <summary>output (N,F) = SiLU(gate) * up, gate and up (N,F).</summary>
+    /// <summary>
+    /// output (N,F) = SiLU(gate) * up, gate and up (N,F). Each tensor is contiguous, or a rank-2 view whose rows are contiguous:
+    /// gate and up may be the two halves of one (N, 2F) product (a fused gate/up projection), read in place.
+    /// </summary>
     void SwiGluForward(Tensor gate, Tensor up, Tensor output);
 
-    /// <summary>Gradients of <see cref="SwiGluForward"/>: dGate, dUp (N,F) from dOutput (N,F).</summary>
+    /// <summary>
+    /// Gradients of <see cref="SwiGluForward"/>: dGate, dUp (N,F) from dOutput (N,F). Views as in <see cref="SwiGluForward"/>:
+    /// dGate and dUp may be the two halves of one (N, 2F) gradient, which a fused gate/up projection's backward reads whole.
+    /// </summary>
     void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp);
 
     /// <summary>

@@ -3,6 +3,7 @@ using Tessera.Cuda;
 using Tessera.Cuda.Interop;
 using Tessera.Cuda.Runtime;
 using Tessera.Models;
+using Tessera.Nn.Layers;
 using Tessera.Tensors;
 using Tessera.Training.Benchmarks;
 
@@ -19,12 +20,13 @@ namespace Tessera.Bench.Gpu;
 /// With <c>--cuda-options ProfileOps=true</c> it also prints the per-op GPU time of the timed steps
 /// (<see cref="CudaOpProfiler"/>); the step times of such a run include the profiler's own overhead.
 /// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--no-fallback]
-/// [--cuda-options SETTINGS]</para>
+/// [--loss-chunk ROWS] [--cuda-options SETTINGS]</para>
 /// SETTINGS are <see cref="CudaBackendOptions.Parse"/>'s form (e.g. <c>TuneMatMulAlgorithms=false</c>,
 /// <c>CrossEntropyThreadsPerRow=512</c>); the ones that differ from the defaults are named in the row's "system" column.
-/// A step of B sequences runs as B / micro micro-batches with gradient accumulation (default micro = B). GPT-2 at
-/// B=64, T=1024 needs micro-batches of 32: the logits of 64 x 1024 rows over 50304 columns are 3.3e9 elements, past
-/// the 2^31 that a tensor of int dimensions (and the activation store) holds. When a micro-batch does not fit in
+/// A step of B sequences runs as B / micro micro-batches with gradient accumulation (default micro = B). The LM head runs
+/// fused over chunks of rows (<see cref="Transformer.LossChunkRows"/>, the model's default unless --loss-chunk sets it; the
+/// row shows it), so GPT-2 at B=64, T=1024 runs as one micro-batch; --loss-chunk 0 runs the unfused head, whose logits of
+/// 64 x 1024 rows over 50304 columns (3.3e9 elements) are past the 2^31 a buffer holds. When a micro-batch does not fit in
 /// memory it halves it (unless --no-fallback) and says so.
 /// </summary>
 public static class GpuTrainingBench
@@ -34,6 +36,7 @@ public static class GpuTrainingBench
     {
         string preset = "gpt2-124m", dtypeName = "bf16";
         int batch = 64, micro = 0, seq = 1024, steps = 10, warmup = 3;
+        int? lossChunk = null;
         bool recompute = false, fallback = true, header = true;
         var cudaOptions = CudaBackendOptions.Default;
         for (int i = 0; i < args.Length; i++)
@@ -50,6 +53,7 @@ public static class GpuTrainingBench
                 case "--recompute": recompute = true; break;
                 case "--no-fallback": fallback = false; break;
                 case "--no-header": header = false; break;
+                case "--loss-chunk": lossChunk = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
                 default: throw new ArgumentException($"gpu-train: unknown argument '{args[i]}'");
             }
@@ -66,7 +70,7 @@ public static class GpuTrainingBench
         {
             try
             {
-                Console.WriteLine(Measure(preset, dtype, batch, micro, seq, steps, warmup, recompute, cudaOptions));
+                Console.WriteLine(Measure(preset, dtype, batch, micro, seq, steps, warmup, recompute, lossChunk, cudaOptions));
                 return 0;
             }
             catch (CudaOutOfMemoryException e) when (fallback && micro > 1)
@@ -79,11 +83,15 @@ public static class GpuTrainingBench
         }
     }
 
-    private static string Measure(string preset, DType dtype, int b, int micro, int t, int steps, int warmup, bool recompute, CudaBackendOptions cudaOptions)
+    private static string Measure(string preset, DType dtype, int b, int micro, int t, int steps, int warmup, bool recompute, int? lossChunk,
+        CudaBackendOptions cudaOptions)
     {
         using var backend = new CudaBackend(0, cudaOptions);
         var config = ModelPresets.Get(preset);
         var model = new Transformer(config, backend, dtype) { RecomputeActivations = recompute };
+        if (lossChunk is { } rows) model.LossChunkRows = rows;
+        int chunk = model.LossChunkRows == 0 ? 0 : FusedLinearCrossEntropy.ChunkRows(micro * t, model.LossChunkRows);
+        string head = chunk == 0 ? "unfused head" : $"head in chunks of {chunk} rows";
         BenchmarkWeights.Initialize(model, seed: 1);
         using var timeline = new CudaEventTimeline(backend);
         var options = new TrainingStepBenchmarkOptions { BatchSize = b, MicroBatchSize = micro, SequenceLength = t, Steps = steps, WarmupSteps = warmup };
@@ -107,9 +115,9 @@ public static class GpuTrainingBench
         string settings = cudaOptions.Format();
         double peakGiB = r.PeakDeviceBytes!.Value / (double)(1L << 30);
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"gpu-train: {preset} {dtype} B={b} T={t} recompute={recompute} on {backend.CudaDevice.Name}: loss {r.FinalLoss:F4}, event ms/step {r.StepMilliseconds:F1}, wall ms/step {r.WallMilliseconds:F1}"));
+            $"gpu-train: {preset} {dtype} B={b} T={t} recompute={recompute} {head} on {backend.CudaDevice.Name}: loss {r.FinalLoss:F4}, event ms/step {r.StepMilliseconds:F1}, wall ms/step {r.WallMilliseconds:F1}"));
         return string.Create(CultureInfo.InvariantCulture,
-            $"| Tessera{(settings.Length > 0 ? $" ({settings})" : "")} | {preset} | {dtype} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
+            $"| Tessera ({head}{(settings.Length > 0 ? $", {settings}" : "")}) | {preset} | {dtype} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
     }
 
     /// <summary>

@@ -221,9 +221,8 @@ public static class PipelineBench
         {
             backend.Synchronize();
             var clock = Stopwatch.StartNew();
-            var y = model.ForwardUnits(0, units, 0, input, batch, seq);
-            if (pipeline.IsLast) model.LossFromLogits(y, targets, 0, 1.0 / rows);
-            else backend.Copy(y, gradient);                           // stands for the next stage's gradient: the output's shape
+            if (pipeline.IsLast) model.LossUnits(0, units, 0, input, targets, 1.0 / rows, batch, seq);
+            else backend.Copy(model.ForwardUnits(0, units, 0, input, batch, seq), gradient);   // stands for the next stage's gradient
             backend.Synchronize();
             double f = clock.Elapsed.TotalMilliseconds;
             clock.Restart();

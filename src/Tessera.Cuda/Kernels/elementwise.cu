@@ -55,24 +55,77 @@
             i64 i = vecs * N + t;                                                                \
             dx[i] = from_f<T>(gelu_grad(to_f(x[i])) * to_f(dout[i]));                            \
         }                                                                                        \
-    }                                                                                            \
-    extern "C" __global__ void swiglu_forward_##n(const T* gate, const T* up, T* out, i64 count) \
+    }
+
+// SwiGLU, silu(gate) * up, over (rows, cols) views whose rows are contiguous, row strides in elements: the two halves of
+// a fused gate/up product are read (and their gradients written) in place. 16-byte vectors when every row start is 16-byte
+// aligned and cols is a multiple of the vector; one element per thread otherwise. fp32 math, as the CPU backend's formulas.
+__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+
+// Item k of rows x per items as (row, column); 32-bit division when the count fits (the usual case).
+__device__ __forceinline__ void split_item(i64 k, i64 per, i64 total, i64& r, i64& c)
+{
+    if (total <= 0xffffffffll)
+    {
+        unsigned kk = (unsigned)k, pp = (unsigned)per, rr = kk / pp;
+        r = rr; c = kk - rr * pp;
+    }
+    else { r = k / per; c = k - r * per; }
+}
+
+#define SWIGLU_ROWS(n, T)                                                                        \
+    extern "C" __global__ void swiglu_forward_rows_##n(const T* gate, i64 gs, const T* up, i64 us, T* out, i64 os, \
+                                                       i64 rows, i64 cols)                       \
     {                                                                                            \
-        GRID_STRIDE(i, count)                                                                    \
+        const int N = Vec16<T>::N;                                                               \
+        const bool vec = cols % N == 0 && aligned16(gate, up, out) && (gs % N | us % N | os % N) == 0; \
+        const i64 per = vec ? cols / N : cols, total = rows * per;                              \
+        GRID_STRIDE(k, total)                                                                    \
         {                                                                                        \
-            float g = to_f(gate[i]);                                                             \
-            out[i] = from_f<T>(g / (1.f + expf(-g)) * to_f(up[i]));                              \
+            i64 r, c;                                                                            \
+            split_item(k, per, total, r, c);                                                     \
+            if (vec)                                                                             \
+            {                                                                                    \
+                c *= N;                                                                          \
+                float g[N], u[N];                                                                \
+                load16(gate + r * gs + c, g); load16(up + r * us + c, u);                        \
+                for (int j = 0; j < N; j++) g[j] = silu(g[j]) * u[j];                            \
+                store16(out + r * os + c, g);                                                    \
+            }                                                                                    \
+            else out[r * os + c] = from_f<T>(silu(to_f(gate[r * gs + c])) * to_f(up[r * us + c])); \
         }                                                                                        \
     }                                                                                            \
-    extern "C" __global__ void swiglu_backward_##n(const T* gate, const T* up, const T* dout,    \
-                                                   T* dgate, T* dup, i64 count)                  \
+    extern "C" __global__ void swiglu_backward_rows_##n(const T* gate, i64 gs, const T* up, i64 us, const T* dout, i64 ds, \
+                                                        T* dgate, i64 dgs, T* dup, i64 dus, i64 rows, i64 cols) \
     {                                                                                            \
-        GRID_STRIDE(i, count)                                                                    \
+        const int N = Vec16<T>::N;                                                               \
+        const bool vec = cols % N == 0 && aligned16(gate, up, dout) && aligned16(dgate, dup, dup) \
+            && (gs % N | us % N | ds % N | dgs % N | dus % N) == 0;                              \
+        const i64 per = vec ? cols / N : cols, total = rows * per;                              \
+        GRID_STRIDE(k, total)                                                                    \
         {                                                                                        \
-            float g = to_f(gate[i]), u = to_f(up[i]), d = to_f(dout[i]);                         \
-            float sig = 1.f / (1.f + expf(-g));                                                  \
-            dgate[i] = from_f<T>(d * u * sig * (1.f + g * (1.f - sig)));                         \
-            dup[i] = from_f<T>(d * g * sig);                                                     \
+            i64 r, c;                                                                            \
+            split_item(k, per, total, r, c);                                                     \
+            if (vec)                                                                             \
+            {                                                                                    \
+                c *= N;                                                                          \
+                float g[N], u[N], d[N], dg[N];                                                   \
+                load16(gate + r * gs + c, g); load16(up + r * us + c, u); load16(dout + r * ds + c, d); \
+                for (int j = 0; j < N; j++)                                                      \
+                {                                                                                \
+                    float sig = 1.f / (1.f + expf(-g[j]));                                       \
+                    dg[j] = d[j] * u[j] * sig * (1.f + g[j] * (1.f - sig));                      \
+                    u[j] = d[j] * g[j] * sig;                                                    \
+                }                                                                                \
+                store16(dgate + r * dgs + c, dg); store16(dup + r * dus + c, u);                 \
+            }                                                                                    \
+            else                                                                                 \
+            {                                                                                    \
+                float g = to_f(gate[r * gs + c]), u = to_f(up[r * us + c]), d = to_f(dout[r * ds + c]); \
+                float sig = 1.f / (1.f + expf(-g));                                              \
+                dgate[r * dgs + c] = from_f<T>(d * u * sig * (1.f + g * (1.f - sig)));           \
+                dup[r * dus + c] = from_f<T>(d * g * sig);                                       \
+            }                                                                                    \
         }                                                                                        \
     }
 
@@ -91,6 +144,7 @@ __device__ __forceinline__ float gelu_grad(float x)
 }
 
 FOR_FLOAT_TYPES(ELEMENTWISE)
+FOR_FLOAT_TYPES(SWIGLU_ROWS)
 
 // accumulator += alpha * x, with the accumulator possibly wider than x (f32 gradients from bf16).
 #define ACCUMULATE(an, at, xn, xt)                                                              \

@@ -236,6 +236,90 @@ template <typename T, int K> __device__ void layernorm_backward_rows(const T* do
     }
 }
 
+// RMSNorm with the row in registers, for the Llama widths (C = 2048 .. 8192 in 16-bit types) that the warp-per-row kernels
+// above cannot hold: a block per row, thread t holding the row's 16-byte vector t (C = N * vecs, vecs <= blockDim.x, the
+// block rounded up to whole warps), x read once; each block walks rows with a grid stride and keeps its weight vector in
+// registers. The loop kernels read x two or three times through L1 with 2-byte loads, and their backward added every
+// row's weight gradient into global scratch element by element.
+template <typename T> __device__ void rmsnorm_forward_vec(const T* x, const T* w, T* out, float* rstd, i64 rows, int C, float eps)
+{
+    constexpr int N = Vec16<T>::N;
+    const int t = threadIdx.x;
+    const bool active = t < C / N;
+    float wv[N];
+    if (active) load16(w + t * N, wv);
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x)
+    {
+        float v[N];
+        float s = 0.f;
+        if (active)
+        {
+            load16(x + row * C + t * N, v);
+#pragma unroll
+            for (int j = 0; j < N; j++) s += v[j] * v[j];
+        }
+        const float r = rsqrtf(block_sum(s) / C + eps);
+        if (active)
+        {
+#pragma unroll
+            for (int j = 0; j < N; j++) v[j] = v[j] * r * wv[j];
+            store16(out + row * C + t * N, v);
+        }
+        if (t == 0) rstd[row] = r;
+    }
+}
+
+// Its backward: dx (N, C) += r (dout w - xhat mean(dout w xhat)), xhat = x r; each thread sums the weight gradient of its N
+// columns over the block's rows in registers and writes them once into the block's row of the partials scratch (G, 2C)
+// (columns [0, C)), which column_reduce adds to dWeight in block order: deterministic.
+template <typename T> __device__ void rmsnorm_backward_vec(const T* dout, const T* x, const T* w, const float* rstd, T* dx,
+                                                           float* scratch, i64 rows, int C)
+{
+    constexpr int N = Vec16<T>::N;
+    const int t = threadIdx.x;
+    const bool active = t < C / N;
+    float wv[N], dw[N];
+#pragma unroll
+    for (int j = 0; j < N; j++) { wv[j] = 0.f; dw[j] = 0.f; }
+    if (active) load16(w + t * N, wv);
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x)
+    {
+        const float r = rstd[row];
+        float d[N], xh[N];
+        float s = 0.f;
+        if (active)
+        {
+            load16(dout + row * C + t * N, d);
+            load16(x + row * C + t * N, xh);
+#pragma unroll
+            for (int j = 0; j < N; j++)
+            {
+                xh[j] *= r;
+                s += d[j] * wv[j] * xh[j];
+            }
+        }
+        const float mean = block_sum(s) / C;
+        if (active)
+        {
+            float o[N];
+            load16(dx + row * C + t * N, o);
+#pragma unroll
+            for (int j = 0; j < N; j++)
+            {
+                o[j] += r * (d[j] * wv[j] - xh[j] * mean);
+                dw[j] += d[j] * xh[j];
+            }
+            store16(dx + row * C + t * N, o);
+        }
+    }
+    if (active)
+    {
+        float* mine = scratch + (i64)blockIdx.x * 2 * C + t * N;
+#pragma unroll
+        for (int j = 0; j < N; j++) mine[j] = dw[j];
+    }
+}
+
 #define NORM(n, T)                                                                                             \
     extern "C" __global__ void layernorm_forward_##n(const T* x, const T* w, const T* b, T* out, float* mean,  \
                                                      float* rstd, int C, float eps)                            \
@@ -257,6 +341,19 @@ template <typename T, int K> __device__ void layernorm_backward_rows(const T* do
         rmsnorm_backward<T>(dout, x, w, rstd, dx, scratch, N, C);                                              \
     }
 FOR_FLOAT_TYPES(NORM)
+
+#define RMSNORM_VEC(n, T)                                                                                      \
+    extern "C" __global__ void rmsnorm_forward_vec_##n(const T* x, const T* w, T* out, float* rstd, i64 rows,  \
+                                                       int C, float eps)                                        \
+    {                                                                                                          \
+        rmsnorm_forward_vec<T>(x, w, out, rstd, rows, C, eps);                                                 \
+    }                                                                                                          \
+    extern "C" __global__ void rmsnorm_backward_vec_##n(const T* dout, const T* x, const T* w, const float* rstd, \
+                                                        T* dx, float* scratch, i64 rows, int C)                \
+    {                                                                                                          \
+        rmsnorm_backward_vec<T>(dout, x, w, rstd, dx, scratch, rows, C);                                       \
+    }
+FOR_FLOAT_TYPES(RMSNORM_VEC)
 
 // The warp-per-row LayerNorm kernels for K 16-byte vectors per lane (C <= 32 K 16 / sizeof(T)): K = 1..4 both ways,
 // 5..8 forward only (the backward's shared-memory slices and registers allow at most 4).

@@ -6,10 +6,17 @@ namespace Tessera.Nn.Layers;
 /// <summary>
 /// Llama's MLP: proj(SiLU(gate(x)) * up(x)), gate and up C to F, proj F to C. Under tensor parallelism gate and up are
 /// column-parallel (one input region in front of both: one reduction of their summed input gradients) and proj row-parallel.
+/// <para>
+/// Training runs gate and up as one product when their weights lie back to back in the parameter storage (they are
+/// declared one after the other, so they do whenever F·C is a multiple of the arena's 64-element alignment) and have no
+/// biases: [g | u] (N, 2F) = x [Wg; Wu]^T, SwiGLU reading the two halves in place; backward mirrors it, dx = [dg | du]
+/// [Wg; Wu] and [dWg; dWu] += [dg | du]^T x, so the MLP's input side is one product each way instead of two, and dx is
+/// written once instead of written and then accumulated. The result is the two products' (tested against them in F64).
+/// </para>
 /// </summary>
 public sealed class SwiGluMlp : IFeedForward
 {
-    private readonly ActivationKey _gate, _up, _activated, _dActivated, _dGate, _dUp;
+    private readonly ActivationKey _gate, _up, _activated, _dActivated, _dGate, _dUp, _gateUp, _input, _dGateUp;
 
     /// <summary>Declares "<paramref name="name"/>.gate" (F, C), ".up" (F, C) and ".proj" (C, F), with biases when <paramref name="bias"/>, as <paramref name="layers"/>' plan splits them.</summary>
     public SwiGluMlp(LayerFactory layers, string name, int channels, int hidden, bool bias)
@@ -26,6 +33,9 @@ public sealed class SwiGluMlp : IFeedForward
         _dActivated = new ActivationKey(name + ".swiglu.dy");
         _dGate = new ActivationKey(name + ".gate.dy");
         _dUp = new ActivationKey(name + ".up.dy");
+        _gateUp = new ActivationKey(name + ".gate_up.out");
+        _input = new ActivationKey(name + ".x");
+        _dGateUp = new ActivationKey(name + ".gate_up.dy");
     }
 
     /// <inheritdoc/>
@@ -43,10 +53,37 @@ public sealed class SwiGluMlp : IFeedForward
     /// <inheritdoc/>
     public Linear Projection { get; }
 
+    /// <summary>
+    /// Whether training runs gate and up as one product: their weights (and so their gradients, which the storages lay out
+    /// alike) are adjacent (F, C) blocks of one storage, and neither has a bias.
+    /// </summary>
+    public bool FusesGateAndUp => Gate.Bias is null && Up.Bias is null && Stacked(Gate.Weight.Value, Up.Weight.Value) is not null;
+
+    /// <summary>The (2F, C) matrix [a; b] when b follows a in their storage (both contiguous, of one shape), else null.</summary>
+    private static Tensor? Stacked(Tensor a, Tensor b)
+    {
+        if (!ReferenceEquals(a.Storage, b.Storage) || !a.IsContiguous || !b.IsContiguous || a.Shape != b.Shape || a.Rank != 2
+            || b.Offset != a.Offset + a.NumElements) return null;
+        var shape = new Shape(2 * a.Size(0), a.Size(1));
+        return new Tensor(a.Storage, shape, shape.ContiguousStrides(), a.Offset);
+    }
+
     /// <inheritdoc/>
     public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         var rows = Input.Forward(ctx, x);                            // (N, C): whole rows
+        if (FusesGateAndUp)
+        {
+            int f = Gate.OutFeatures;
+            var weights = Stacked(Gate.Weight.Value, Up.Weight.Value)!;                   // (2F, C): [Wg; Wu]
+            var gu = ctx.Buffer(_gateUp, new Shape(rows.Size(0), 2 * f), rows.DType);     // (N, 2F): [g | u]
+            x.Backend.MatMul(rows, weights, gu, transposeB: true);
+            var activated = ctx.Buffer(_activated, new Shape(rows.Size(0), f), rows.DType);   // (N, F)
+            x.Backend.SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), activated);
+            ctx.Save(_gateUp, gu);
+            ctx.Save(_input, rows);
+            return Projection.Forward(ctx, activated, residual);     // x's rows, (N, C)
+        }
         var g = Gate.Forward(ctx, rows);                             // (N, F)
         var u = Up.Forward(ctx, rows);                               // (N, F)
         var a = ctx.Buffer(_activated, g.Shape, g.DType);            // (N, F)
@@ -69,6 +106,13 @@ public sealed class SwiGluMlp : IFeedForward
     /// <inheritdoc/>
     public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
     {
+        if (accumulateDx && Input is not IdentityRegion)
+            throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel MLP is reduced over ranks and cannot accumulate into dx");
+        if (FusesGateAndUp)
+        {
+            BackwardFused(ctx, dy, dx, accumulateDx);
+            return;
+        }
         var g = ctx.Get(_gate);
         var u = ctx.Get(_up);
         var da = ctx.Scratch(_dActivated, g.Shape, g.DType);
@@ -76,11 +120,29 @@ public sealed class SwiGluMlp : IFeedForward
         var dg = ctx.Scratch(_dGate, g.Shape, g.DType);
         var du = ctx.Scratch(_dUp, g.Shape, g.DType);
         dy.Backend.SwiGluBackward(g, u, da, dg, du);
-        if (accumulateDx && Input is not IdentityRegion)
-            throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel MLP is reduced over ranks and cannot accumulate into dx");
         var dInput = Input.GradientBuffer(ctx, dx);
         Gate.Backward(ctx, dg, dInput, accumulateDx);
         Up.Backward(ctx, du, dInput, accumulateDx: true);
+        Input.Backward(ctx, dInput, dx);
+    }
+
+    /// <summary>The backward of the one-product forward: SwiGLU's gradient into [dg | du] (N, 2F), then one product each for dx and [dWg; dWu].</summary>
+    private void BackwardFused(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx)
+    {
+        var backend = dy.Backend;
+        var gu = ctx.Get(_gateUp);                                   // (N, 2F)
+        var rows = ctx.Get(_input);                                  // (N, C)
+        int n = gu.Size(0), f = Gate.OutFeatures;
+        var da = ctx.Scratch(_dActivated, new Shape(n, f), gu.DType);   // (N, F)
+        Projection.Backward(ctx, dy, da);
+        var dgu = ctx.Scratch(_dGateUp, gu.Shape, gu.DType);         // (N, 2F): [dg | du]
+        backend.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), da, dgu.Slice(1, 0, f), dgu.Slice(1, f, f));
+        var weights = Stacked(Gate.Weight.Value, Up.Weight.Value)!;  // (2F, C)
+        var grads = Stacked(Gate.Weight.Grad, Up.Weight.Grad) ?? throw new InvalidOperationException(
+            $"{Name}: the gate and up weights are adjacent in their storage but their gradients are not; a parameter storage must lay out both alike");
+        var dInput = Input.GradientBuffer(ctx, dx);                  // (N, C)
+        backend.MatMul(dgu, weights, dInput, beta: accumulateDx ? 1.0 : 0.0);
+        backend.MatMul(dgu, rows, grads, transposeA: true, beta: 1.0);
         Input.Backward(ctx, dInput, dx);
     }
 }

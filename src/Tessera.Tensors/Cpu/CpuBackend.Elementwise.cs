@@ -91,32 +91,67 @@ public sealed unsafe partial class CpuBackend
     /// <inheritdoc/>
     public void SwiGluForward(Tensor gate, Tensor up, Tensor output)
     {
-        CheckElementwise(nameof(SwiGluForward), (nameof(gate), gate), (nameof(up), up), (nameof(output), output));
-        if (gate.DType == DType.F32) SwiGluForwardTyped<float>(gate, up, output); else SwiGluForwardTyped<double>(gate, up, output);
+        long cols = CheckRowStrided(nameof(SwiGluForward), (nameof(gate), gate), (nameof(up), up), (nameof(output), output));
+        if (gate.DType == DType.F32) SwiGluForwardTyped<float>(gate, up, output, cols); else SwiGluForwardTyped<double>(gate, up, output, cols);
     }
 
-    private void SwiGluForwardTyped<T>(Tensor gate, Tensor up, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
+    private void SwiGluForwardTyped<T>(Tensor gate, Tensor up, Tensor output, long cols) where T : unmanaged, IFloatingPointIeee754<T>
     {
         T* pg = Ptr<T>(gate), pu = Ptr<T>(up), po = Ptr<T>(output);
-        ParallelChunks(gate.NumElements, 16, (s, e) => ActivationKernels.SwiGluForward(pg + s, pu + s, po + s, e - s));
+        long gs = RowStride(gate, cols), us = RowStride(up, cols), os = RowStride(output, cols);
+        ParallelChunks(gate.NumElements / Math.Max(cols, 1), 16 * cols, (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++) ActivationKernels.SwiGluForward(pg + r * gs, pu + r * us, po + r * os, cols);
+        });
     }
 
     /// <inheritdoc/>
     public void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp)
     {
-        CheckElementwise(nameof(SwiGluBackward), (nameof(gate), gate), (nameof(up), up), (nameof(dOutput), dOutput),
+        long cols = CheckRowStrided(nameof(SwiGluBackward), (nameof(gate), gate), (nameof(up), up), (nameof(dOutput), dOutput),
             (nameof(dGate), dGate), (nameof(dUp), dUp));
-        if (gate.DType == DType.F32) SwiGluBackwardTyped<float>(gate, up, dOutput, dGate, dUp);
-        else SwiGluBackwardTyped<double>(gate, up, dOutput, dGate, dUp);
+        if (gate.DType == DType.F32) SwiGluBackwardTyped<float>(gate, up, dOutput, dGate, dUp, cols);
+        else SwiGluBackwardTyped<double>(gate, up, dOutput, dGate, dUp, cols);
     }
 
-    private void SwiGluBackwardTyped<T>(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp)
+    private void SwiGluBackwardTyped<T>(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp, long cols)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         T* pg = Ptr<T>(gate), pu = Ptr<T>(up), pd = Ptr<T>(dOutput), pdg = Ptr<T>(dGate), pdu = Ptr<T>(dUp);
-        ParallelChunks(gate.NumElements, 16, (s, e) =>
-            ActivationKernels.SwiGluBackward(pg + s, pu + s, pd + s, pdg + s, pdu + s, e - s));
+        long gs = RowStride(gate, cols), us = RowStride(up, cols), ds = RowStride(dOutput, cols), dgs = RowStride(dGate, cols), dus = RowStride(dUp, cols);
+        ParallelChunks(gate.NumElements / Math.Max(cols, 1), 16 * cols, (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++)
+                ActivationKernels.SwiGluBackward(pg + r * gs, pu + r * us, pd + r * ds, pdg + r * dgs, pdu + r * dus, cols);
+        });
     }
+
+    /// <summary>
+    /// Checks an element-wise op over tensors of one shape and dtype, each contiguous or a rank-2 (N, F) view with contiguous
+    /// rows (a column slice, such as one half of a fused (N, 2F) product); returns the row length the op iterates by (F, or
+    /// every element of contiguous tensors of another rank).
+    /// </summary>
+    private static long CheckRowStrided(string op, (string Name, Tensor Tensor) first, params (string Name, Tensor Tensor)[] others)
+    {
+        ArgumentNullException.ThrowIfNull(first.Tensor, first.Name);
+        RequireComputeDType(op, first.Name, first.Tensor);
+        foreach (var (name, t) in others)
+        {
+            ArgumentNullException.ThrowIfNull(t, name);
+            RequireSameShape(op, name, t, first.Name, first.Tensor);
+            RequireDType(op, name, t, first.Tensor.DType);
+        }
+        bool rows = first.Tensor.Rank == 2;
+        foreach (var (name, t) in others.Prepend(first))
+        {
+            if (rows) RequireUnitLastStride(op, name, t);
+            else RequireContiguous(op, name, t);
+        }
+        return rows ? first.Tensor.Shape[1] : first.Tensor.NumElements;
+    }
+
+    /// <summary>Elements between row starts of a tensor checked by <see cref="CheckRowStrided"/> (0 for one row of every element).</summary>
+    private static long RowStride(Tensor t, long cols) => t.Rank == 2 && t.Shape[1] == cols ? t.Stride(0) : 0;
 
     /// <inheritdoc/>
     public void Softmax(Tensor x, Tensor output)

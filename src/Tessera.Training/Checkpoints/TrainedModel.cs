@@ -33,8 +33,10 @@ public static class TrainedModel
     /// Resolves <paramref name="path"/> (<see cref="Resolve"/>), verifies a checkpoint's manifest (size and SHA-256 of
     /// every file), loads the weights onto <paramref name="backend"/> in <paramref name="dtype"/> and checks that they are
     /// finite. Returns the model, the directory it came from and, for a checkpoint, the tokenizer it was trained with.
+    /// With <paramref name="tensorParallelism"/> the model is this rank's part (its slices of the split weights).
     /// </summary>
-    public static (Transformer Model, string Directory, string? Tokenizer) Load(string path, IBackend backend, DType dtype)
+    public static (Transformer Model, string Directory, string? Tokenizer) Load(string path, IBackend backend, DType dtype,
+        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null)
     {
         var directory = Resolve(path);
         TrainerState? state = null;
@@ -45,7 +47,7 @@ public static class TrainedModel
         }
         else if (File.Exists(Path.Combine(directory, "manifest.json")))
             CheckpointManifest.Read(directory).Verify(directory);
-        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model);
+        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism);
         EnsureFinite(model.Parameters, directory);
         return (model, directory, state?.Tokenizer);
     }

@@ -179,7 +179,7 @@ public static class ShardedCheckpoint
         foreach (var p in model.Layout.Parameters)
         {
             if (ReferenceEquals(p, model.TiedEmbeddingCopy)) continue;   // the first stage writes the tied table
-            foreach (var r in rank.Owned)
+            foreach (var r in rank.Saved)
             {
                 long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
                 if (lo >= hi) continue;
@@ -227,6 +227,12 @@ public static class ShardedCheckpoint
         public int PipelineSize => _pipeline?.Size ?? 1;
         public int WorldRank => TensorRank + TensorSize * ((_data?.Rank ?? 0) + DataSize * PipelineRank);
         public int WorldSize => TensorSize * DataSize * PipelineSize;
+
+        /// <summary>
+        /// The ranges this rank writes: its owned ones, except under plain data parallelism (stage 0), where every data-parallel
+        /// rank owns the whole arena and holds the same values; there data-parallel rank 0 alone writes them, once.
+        /// </summary>
+        public IReadOnlyList<OwnedRange> Saved => Stage == 0 && (_data?.Rank ?? 0) != 0 ? [] : Owned;
 
         /// <summary>
         /// Every rank of the run has arrived: the tensor-parallel peers, then the data-parallel ones (whose own tensor-parallel

@@ -5,7 +5,8 @@ namespace Tessera.Training.Pipeline;
 
 /// <summary>
 /// A <see cref="Transformer"/> pipeline stage as an <see cref="IPipelineStage"/>: each chunk runs the model's own code over its
-/// units (<see cref="Transformer.ForwardUnits"/> and <see cref="Transformer.BackwardUnits"/>); the first virtual stage reads the
+/// units (<see cref="Transformer.ForwardUnits"/>, <see cref="Transformer.LossUnits"/> on the last virtual stage, and
+/// <see cref="Transformer.BackwardUnits"/>); the first virtual stage reads the
 /// step's tokens, the last computes the loss against its targets and adds its share to the step's loss sum. Everything a slot
 /// needs (received activations, gradients, token and target buffers, saved activations) lives in the model's activation store
 /// under the slot.
@@ -62,11 +63,10 @@ internal sealed class TransformerStage : IPipelineStage
             x = _model.Activations.Buffer(slot, "pipeline.tokens", new Shape(_b, _t), DType.I32);   // (B, T): read by the backward too
             Backend.CopyFromHost<int>(_inputs[microBatch], x);
         }
-        var y = _model.ForwardUnits(first, end, slot, x!, _b, _t);
-        if (!pipeline.Partition.HasHead(virtualStage)) return y;
+        if (!pipeline.Partition.HasHead(virtualStage)) return _model.ForwardUnits(first, end, slot, x!, _b, _t);
         var targets = _model.Activations.Buffer(slot, "pipeline.targets", new Shape(_b, _t), DType.I32);
         Backend.CopyFromHost<int>(_targets[microBatch], targets);
-        var losses = _model.LossFromLogits(y, targets, slot, _lossScale);                              // (B T)
+        var losses = _model.LossUnits(first, end, slot, x!, targets, _lossScale, _b, _t);             // (B T)
         Backend.Sum(losses, _lossSum!, _sumScale, accumulate: true);
         return null;
     }

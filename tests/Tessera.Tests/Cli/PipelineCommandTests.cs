@@ -49,12 +49,13 @@ public sealed class PipelineCommandTests : IDisposable
         var run = _folder.Run("pp");
         var (code, output, err) = CliProcess.Run(_folder.Args(run, "--pp", "2", "--steps", "3", "--batch", "4", "--seq", "16", "--log-every", "1", "--checkpoint-every", "3"));
         Assert.True(code == 0, err);
-        Assert.Contains("pipeline parallel: 2 stages = 2 thread ranks, 1f1b schedule, 4 micro-batches of 1 x 16 per step; pp 2: blocks 0-1 | 2-3", output);
+        Assert.Contains("thread ranks: 2 ranks as dp 1 x pp 2, 1f1b schedule over 4 micro-batches", output);
+        Assert.Contains("pipeline: pp 2: blocks 0-1 | 2-3", output);
         Assert.Contains("step_000003", File.ReadAllText(Path.Combine(run, "checkpoints", "latest")));
         // The same run continued as 4 stages under GPipe (and recomputation): the checkpoint reshards across the pipeline axis.
         (code, output, err) = CliProcess.Run(_folder.Args(run, "--resume", "--steps", "4", "--pp", "4", "--schedule", "gpipe", "--batch", "4", "--seq", "16", "--log-every", "1"));
         Assert.True(code == 0, err);
-        Assert.Contains("gpipe schedule", output);
+        Assert.Contains("4 ranks as dp 1 x pp 4, gpipe schedule over 4 micro-batches, recomputing activations", output);
         Assert.Contains("step     4/4", output);
         Assert.Contains("step_000004", File.ReadAllText(Path.Combine(run, "checkpoints", "latest")));
     }

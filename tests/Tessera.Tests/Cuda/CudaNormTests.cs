@@ -69,10 +69,14 @@ public sealed class CudaNormTests(CudaFixture fixture) : CudaTestBase(fixture)
 
     [Theory]
     [InlineData(DType.F32, 512)]
-    [InlineData(DType.BF16, 1000)]
-    public void RmsNormForwardAndBackward(DType dtype, int c)
+    [InlineData(DType.BF16, 1000)]          // row-in-registers kernels: 125 vectors, a block of 128 threads with 3 idle
+    [InlineData(DType.BF16, 2048, 5000)]    // llama-1b's width over more rows than the grid's blocks: each walks several
+    [InlineData(DType.F32, 4096, 300)]      // 1024 vectors: a block of 1024 threads
+    [InlineData(DType.BF16, 4096)]          // llama-8b's width
+    [InlineData(DType.F16, 8192, 9)]        // the widest row the vector kernels take
+    [InlineData(DType.BF16, 300)]           // 600 bytes per row, not 16-byte vectors: the loop kernels
+    public void RmsNormForwardAndBackward(DType dtype, int c, int n = 41)
     {
-        int n = 41;
         const double eps = 1e-6;
         var (x, xv) = Random(dtype, 2, n, c);
         var (w, wv) = Random(dtype, 1, c);

@@ -52,6 +52,44 @@ public sealed class CudaOpTests(CudaFixture fixture) : CudaTestBase(fixture)
         AssertClose(bv.Select(x => 3 * x).ToArray(), Download(b), tol, "Scale");
     }
 
+    /// <summary>
+    /// SwiGLU on the two halves of one (rows, 2F) gate/up product read in place, its gradients written into the halves of one
+    /// (rows, 2F) buffer (the fused MLP's layout), against the f64 formulas on the stored inputs: F a multiple of the 16-byte
+    /// vector (the vectorized path) and not (one element per thread), every output poisoned first. Tolerance as the contiguous
+    /// ops' (the same fp32 arithmetic, rounded once to the dtype).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32, 264)]
+    [InlineData(DType.BF16, 264)]
+    [InlineData(DType.BF16, 261)]
+    [InlineData(DType.F16, 1032)]
+    public void SwiGluOnTheHalvesOfOneProductMatchesReference(DType dtype, int f)
+    {
+        const int rows = 37;
+        var (gu, guv) = Random(dtype, 3, rows, 2 * f);
+        var (d, dv) = Random(dtype, 1, rows, f);
+        double tol = Tolerance(dtype);
+        double G(int r, int c) => guv[r * 2 * f + c];
+        double U(int r, int c) => guv[r * 2 * f + f + c];
+        var cells = Enumerable.Range(0, rows * f).Select(i => (R: i / f, C: i % f)).ToArray();
+
+        var o = Poisoned(dtype, rows, f);
+        Gpu.SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), o);
+        AssertClose(cells.Select(x => G(x.R, x.C) * Sigmoid(G(x.R, x.C)) * U(x.R, x.C)).ToArray(), Download(o), tol, "SwiGluForward on halves");
+
+        var dgu = Poisoned(dtype, rows, 2 * f);
+        Gpu.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), d, dgu.Slice(1, 0, f), dgu.Slice(1, f, f));
+        var got = Download(dgu);
+        var expected = new double[rows * 2 * f];
+        foreach (var (r, c) in cells)
+        {
+            double g = G(r, c), u = U(r, c), s = Sigmoid(g), dy = dv[r * f + c];
+            expected[r * 2 * f + c] = dy * u * s * (1 + g * (1 - s));
+            expected[r * 2 * f + f + c] = dy * g * s;
+        }
+        AssertClose(expected, got, tol, "SwiGluBackward into halves");
+    }
+
     [Fact]
     public void AccumulateWidensBf16IntoF32()
     {

@@ -113,14 +113,16 @@ public class LayerGradientTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void GeluAndSwiGluMlpBackwardMatchFiniteDifferences(bool swiglu)
+    [InlineData(false, 20)]
+    [InlineData(true, 20)]      // 8 x 20 weights are padded to 192 elements in the arena: gate and up as two products
+    [InlineData(true, 24)]      // 8 x 24 = 192: gate and up adjacent, one product
+    public void GeluAndSwiGluMlpBackwardMatchFiniteDifferences(bool swiglu, int hidden)
     {
         var rng = new Random(6);
         var (parameters, store) = Setup();
-        IFeedForward mlp = swiglu ? new SwiGluMlp(new LayerFactory(parameters), "mlp", 8, 20, bias: false) : new GeluMlp(new LayerFactory(parameters), "mlp", 8, 20, bias: true);
+        IFeedForward mlp = swiglu ? new SwiGluMlp(new LayerFactory(parameters), "mlp", 8, hidden, bias: false) : new GeluMlp(new LayerFactory(parameters), "mlp", 8, hidden, bias: true);
         var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
+        if (mlp is SwiGluMlp s) Assert.Equal(hidden == 24, s.FusesGateAndUp);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, N, 8);
         var check = new LayerCheck(_cpu, () => mlp.Forward(PassContext.Transient(store), x));

@@ -9,6 +9,11 @@ using Tessera.Inference.Sampling;
 using Tessera.Inference.Serving;
 using Tessera.Tensors;
 using Tessera.Training.Checkpoints;
+using Tessera.Training.Parallel;
+using Tessera.Cli.Ranks;
+using Tessera.Distributed.Launch;
+using Tessera.Distributed.Mesh;
+using Tessera.Nn.Parallel;
 
 namespace Tessera.Cli.Commands.Generate;
 
@@ -28,6 +33,7 @@ public sealed class GenerateCommand : Command
     private readonly Option<int> _threads = SharedOptions.Threads();
     private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype: bf16 (GPU only) halves the bytes each decoded token reads", DType.F32, DType.BF16);
     private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
+    private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks: the model split over N CPU thread ranks, or over the launched GPU processes ('tessera launch --nproc N generate --tp N --device cuda')", 1, min: 1);
 
     /// <summary>Declares the options.</summary>
     public GenerateCommand(Terminal terminal) : base("generate", "continue a prompt from a checkpoint, a run or a Hugging Face model directory")
@@ -43,7 +49,7 @@ public sealed class GenerateCommand : Command
                     else r.AddError($"--stop-ids: '{part}' is not a token id");
             return ids.ToArray();
         };
-        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _tokenizer })
+        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _tokenizer, _tp })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -61,16 +67,58 @@ public sealed class GenerateCommand : Command
         string prompt = parse.GetValue(_prompt)!;
         int maxTokens = parse.GetValue(_maxTokens);
 
-        // Build: the device, then the model (manifest verified, weights checked finite), then its tokenizer.
-        var backend = BackendFactory.Create(device, parse.GetValue(_threads));
-        var (model, directory, trainedTokenizer) = Loading.Run(terminal, $"loading {parse.GetValue(_model)}",
-            () => TrainedModel.Load(parse.GetValue(_model)!, backend, dtype));
-        string tokenizerSpec = parse.GetValue(_tokenizer) ?? trainedTokenizer ?? directory;
+        var request = new Request(parse.GetValue(_model)!, prompt, maxTokens, sampling, parse.GetValue(_stop) ?? [], parse.GetValue(_stopIds) ?? [],
+            dtype, parse.GetValue(_tokenizer));
+        int tp = parse.GetValue(_tp);
+        var env = DistributedEnvironment.FromEnvironment();
+        if (env.IsDistributed && device.Kind == DeviceKind.Cuda)
+        {
+            // One process per GPU, launched: the world is one tensor-parallel group; rank 0 prints.
+            if (env.WorldSize != tp)
+                throw new UsageException($"--tp {tp}: the launched world has {env.WorldSize} processes; generate splits the model over all of them (give --tp {env.WorldSize})");
+            var backend = (Tessera.Cuda.CudaBackend)BackendFactory.Create(Device.Cuda(env.LocalRank), parse.GetValue(_threads));
+            using var nccl = new NcclMesh(backend, env, new DeviceMesh(tp: tp), ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
+            var quiet = Terminal.Create(TextWriter.Null, TextWriter.Null, false);
+            return Generate(env.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, nccl.TensorParallelism), backend);
+        }
+        if (env.IsDistributed)
+            throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}): launched generation runs on GPUs through NCCL; add --device cuda, or use --tp N for CPU thread ranks in one process");
+        if (tp == 1)
+        {
+            var backend = BackendFactory.Create(device, parse.GetValue(_threads));
+            return Generate(terminal, request, (b, d) => Loading.Run(terminal, $"loading {request.Model}", () => TrainedModel.Load(request.Model, b, d)), backend);
+        }
+        if (device.Kind != DeviceKind.Cpu)
+            throw new UsageException($"--tp {tp} in one process runs CPU thread ranks; on GPUs start one process per GPU: tessera launch --nproc {tp} generate --tp {tp} --device cuda ...");
+        // CPU thread ranks: each loads its slices and runs the same generation (the sampled tokens agree on every rank); rank 0 prints.
+        terminal.Note($"loading {request.Model} over {tp} tensor-parallel thread ranks");
+        var codes = ParallelTraining.RunThreadRanks(tp, ctx =>
+        {
+            using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
+            var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
+            var quiet = Terminal.Create(TextWriter.Null, TextWriter.Null, false);
+            return Generate(ctx.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, tensor), ctx.Backend);
+        }, TimeSpan.FromMinutes(10));
+        return codes[0];
+    }
+
+    /// <summary>What was asked, read from the command line.</summary>
+    private sealed record Request(string Model, string Prompt, int MaxTokens, SamplingOptions Sampling, string[] Stop, int[] StopIds, DType DType, string? Tokenizer);
+
+    /// <summary>Loads the model (or this rank's part of it), then streams the continuation to <paramref name="terminal"/>.</summary>
+    private static int Generate(Terminal terminal, Request request,
+        Func<IBackend, DType, (Tessera.Models.Transformer Model, string Directory, string? Tokenizer)> load, IBackend backend)
+    {
+        string prompt = request.Prompt;
+        int maxTokens = request.MaxTokens;
+        // Build: the model (manifest verified, weights checked finite), then its tokenizer.
+        var (model, directory, trainedTokenizer) = load(backend, request.DType);
+        string tokenizerSpec = request.Tokenizer ?? trainedTokenizer ?? directory;
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
         Tessera.Models.Tokenization.TokenizerLoader.CheckFits(tokenizer, model.Config.VocabSize, tokenizerSpec);
         // transformers' generate stops on every eos_token_id of generation_config.json (Llama 3: end_of_text and eot_id).
         var stops = new HashSet<int>(Tessera.Models.HuggingFace.GenerationDefaults.Load(directory).EosTokenIds);
-        foreach (var id in parse.GetValue(_stopIds) ?? []) stops.Add(id);
+        foreach (var id in request.StopIds) stops.Add(id);
         if (tokenizer.EndOfTextId is int eot) stops.Add(eot);
         var ids = tokenizer.EncodeWithSpecialTokens(prompt);   // BOS first where the tokenizer puts one (Llama, Mistral)
         int context = model.Config.MaxSequenceLength;
@@ -78,13 +126,13 @@ public sealed class GenerateCommand : Command
             terminal.Note($"note: the model's context holds {context} positions: after the {ids.Length}-token prompt there is room for {context - ids.Length} new tokens, not {maxTokens}");
 
         // Run: stream tokens as they come, holding back text that may begin a stop string.
-        var filter = new StopStringMatcher(parse.GetValue(_stop) ?? []);
+        var filter = new StopStringMatcher(request.Stop);
         var decoder = tokenizer.CreateIncrementalDecoder();
         var generator = new TextGenerator(model);
         terminal.Output.Write(prompt);
         var clock = Stopwatch.StartNew();
         int produced = 0;
-        foreach (var id in generator.Generate(ids, new GenerationOptions { MaxNewTokens = maxTokens, Sampling = sampling, StopTokens = stops }))
+        foreach (var id in generator.Generate(ids, new GenerationOptions { MaxNewTokens = maxTokens, Sampling = request.Sampling, StopTokens = stops }))
         {
             produced++;
             terminal.Output.Write(filter.Push(decoder.Push(id)));

@@ -25,8 +25,6 @@ public static class PipelinePlan
             throw new UsageException("--schedule interleaved needs --virtual-stages of at least 2 (one chunk per stage is --schedule 1f1b)");
         if (pp > 1 && settings.Zero == 3)
             throw new UsageException("--zero 3 does not combine with --pp: it would gather and reduce-scatter every unit on every micro-batch of the schedule; the stages already split the parameters, so use --zero 1");
-        if (pp > 1 && settings.Zero > 0 && settings.Ranks < 2)
-            throw new UsageException($"--zero {settings.Zero} shards over data-parallel ranks: give --ranks 2 or more (each runs the --pp {pp} stages)");
         if (pp > 1 && settings.Zero == 2 && config.TiedEmbeddings)
             throw new UsageException("--zero 2 does not combine with --pp for a model with tied embeddings (the first and last stages hold the table's reduced gradient only as differently laid-out shards); use --zero 1");
         PipelinePartition partition;

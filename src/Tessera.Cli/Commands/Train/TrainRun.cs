@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Tessera.Cli.CommandLine;
 using Tessera.Cli.Output;
+using Tessera.Cli.Ranks;
 using Tessera.Cli.Plotting;
 using Tessera.Cli.Signals;
 using Tessera.Cuda;
@@ -57,22 +58,30 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         var savedWorld = resumeFrom is null ? 1 : ResumeCheck.SavedDataParallelSize(resumeFrom);
         if (resumeFrom is null && _run.DescribeExistingRun() is string existing)
             throw new UsageException($"--out {settings.Out} already holds a run ({existing}); add --resume to continue it, or give another --out (or delete the directory) to start afresh");
-        var (options, dtype, tokenizerSpec, seed) = settings.Resolve(saved, savedWorld, topology.WorldSize);
+        var (options, dtype, tokenizerSpec, seed) = settings.Resolve(saved, savedWorld, topology.DataParallelSize);
         Validate(dtype, topology);
         options.Validate();
+        if (settings.Model is not string dir || !Directory.Exists(dir))   // a preset's or the checkpoint's split is checked before anything is written
+            CheckTensorParallel(settings.Model is string preset ? Presets.Get(preset) : saved?.Model ?? Presets.Get("gpt2-tiny"), topology);
+        Tessera.Nn.Parallel.PipelinePartition? partition = null;
         if (settings.Pp > 1 || settings.PrintSchedule)
         {
             // The pipeline is checked (and drawn) before the device or the run directory is touched.
-            var (partition, schedule) = PipelinePlan.Check(settings, PlannedConfig(saved), options);
-            if (settings.PrintSchedule) return PipelinePlan.Print(terminal, schedule, partition, options);
+            var (checkedPartition, schedule) = PipelinePlan.Check(settings, PlannedConfig(saved), options);
+            if (settings.PrintSchedule) return PipelinePlan.Print(terminal, schedule, checkedPartition, options);
+            partition = checkedPartition;
         }
 
         // 2. The device first: a missing GPU or driver fails before anything is written.
         var backend = BackendFactory.Create(topology.Device, settings.Threads);
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
         var data = TrainingData.Open(settings, options, _run, terminal);
-        var model = BuildModel(saved, dtype, tokenizer, backend, topology, seed);
-        if (resumeFrom is not null) CheckResume(resumeFrom, options, topology.WorldSize, model.Config, dtype);
+        // A launched rank meets the others first: a tensor-parallel model is built as this rank's part of it.
+        using var nccl = topology.Kind == TopologyKind.ProcessPerGpu
+            ? new NcclMesh((CudaBackend)backend, env, topology.Mesh, TrainSession.Plan(settings), TimeSpan.FromMinutes(5), partition)
+            : null;
+        var model = BuildModel(saved, dtype, tokenizer, backend, topology, seed, nccl?.TensorParallelism, nccl?.Pipeline);
+        if (resumeFrom is not null) CheckResume(resumeFrom, options, topology.DataParallelSize, model.Config, dtype);
         VocabularyCheck.Ensure(data.AllPaths, model.Config.VocabSize);
 
         // 3. Only now does the run touch its directory: leftovers of interrupted saves go, metrics past the checkpoint go.
@@ -94,7 +103,7 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         using (var signals = new StopSignals(terminal.Note, "finishing the step in progress, then saving a checkpoint"))
         {
             session = new TrainSession(settings, options, topology, _run, terminal, signals, tokenizerSpec);
-            outcome = session.Train(model, backend, data, resumeFrom, seed);
+            outcome = session.Train(model, data, resumeFrom, seed, nccl);
             stop = (signals.Requested, signals.ExitCode, signals.SignalName);
         }
 
@@ -145,10 +154,8 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
                 throw new UsageException("--zero and --offload need --ranks of 2 or more, or a launched multi-GPU run");
         if (dtype == DType.BF16 && topology.Device.Kind != DeviceKind.Cuda)
             throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
-        if (settings.Ranks > 1 && topology.Device.Kind != DeviceKind.Cpu)
-            throw new UsageException("--ranks runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
-        if (settings.Pp > 1 && topology.Device.Kind != DeviceKind.Cpu)
-            throw new UsageException("--pp runs its stages as CPU thread ranks; a pipeline over GPUs (one process per GPU under 'tessera launch') is not wired into the command line yet");
+        if (topology.Kind == TopologyKind.ThreadRanks && topology.Device.Kind != DeviceKind.Cpu)
+            throw new UsageException($"{(settings.Ranks > 1 ? "--ranks" : settings.TensorParallel > 1 ? "--tp" : "--pp")} runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
         if (settings.Data is null && settings.Tokenizer is not null and not "byte")
             throw new UsageException("--tokenizer: the embedded corpus uses byte tokens; give --data for another tokenizer");
     }
@@ -163,7 +170,13 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         return hf.Config;
     }
 
-    private Transformer BuildModel(TrainerState? saved, DType dtype, ITokenizer tokenizer, IBackend backend, Topology topology, int seed)
+    /// <summary>
+    /// The model of this process: a launched rank's part of the whole (<paramref name="tensor"/>, its <paramref name="pipeline"/>
+    /// stage), or on one device or thread ranks the whole one (thread ranks build their own parts; this one describes the run
+    /// and checks the resume).
+    /// </summary>
+    private Transformer BuildModel(TrainerState? saved, DType dtype, ITokenizer tokenizer, IBackend backend, Topology topology, int seed,
+        Tessera.Nn.Parallel.TensorParallelism? tensor, Tessera.Nn.Parallel.PipelineParallelism? pipeline)
     {
         string spec = settings.Model ?? (saved is null ? "gpt2-tiny" : "");
         var storage = topology.ShardedConstruction(settings) ? ArenaStorage.Deferred : ArenaStorage.Full;
@@ -171,12 +184,10 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         if (spec.Length > 0 && Directory.Exists(spec))
         {
             // Fine-tuning: the directory's weights (written later under sharded construction, by the trainer).
-            if (storage == ArenaStorage.Deferred || saved is not null)
-            {
-                using var hf = HuggingFaceModelDirectory.Open(spec);
-                model = new Transformer(hf.Config, backend, dtype, storage);
-            }
-            else model = PretrainedModel.Load(spec, backend, dtype);
+            using var hf = HuggingFaceModelDirectory.Open(spec);
+            CheckTensorParallel(hf.Config, topology);
+            model = new Transformer(hf.Config, backend, dtype, storage, tensor, pipeline);
+            if (storage == ArenaStorage.Full && saved is null) hf.LoadInto(model.Parameters.Parameters, backend, model.WholeLayout.Parameters);
             terminal.Line($"fine-tuning {spec}");
         }
         else
@@ -185,11 +196,25 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             var config = spec.Length == 0 ? saved!.Model : Presets.Get(spec);
             if (tokenizer.VocabSize > config.VocabSize)
                 throw new UsageException($"--tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary only {config.VocabSize}");
-            model = new Transformer(config, backend, dtype, storage);
+            CheckTensorParallel(config, topology);
+            model = new Transformer(config, backend, dtype, storage, tensor, pipeline);
             if (storage == ArenaStorage.Full && saved is null) model.InitializeWeights(seed);
         }
-        model.RecomputeActivations = settings.Recompute;
+        model.RecomputeActivations = TrainSession.Recompute(settings);
         return model;
+    }
+
+    private static void CheckTensorParallel(TransformerConfig config, Topology topology)
+    {
+        if (topology.TensorParallel < 2) return;
+        try
+        {
+            Transformer.CheckTensorParallel(config, topology.TensorParallel);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException($"--tp {topology.TensorParallel}: {e.Message}");
+        }
     }
 
     private void WritePlot()

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Tessera.Cli.Output;
+using Tessera.Cli.Ranks;
 using Tessera.Cli.Signals;
 using Tessera.Cuda;
 using Tessera.Cuda.Distributed;
@@ -13,7 +14,9 @@ using Tessera.Training;
 using Tessera.Training.Checkpoints;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Training.Pipeline;
 using Tessera.Training.Runs;
+using Tessera.Nn.Parallel;
 
 namespace Tessera.Cli.Commands.Train;
 
@@ -22,24 +25,36 @@ namespace Tessera.Cli.Commands.Train;
 /// after the step in progress, and the step reached is checkpointed before the command reports. Checkpoints are pruned
 /// to --keep-last after each save.
 /// </summary>
-public sealed partial class TrainSession(TrainSettings settings, TrainerOptions options, Topology topology, RunDirectory run,
+public sealed class TrainSession(TrainSettings settings, TrainerOptions options, Topology topology, RunDirectory run,
     Terminal terminal, StopSignals signals, string tokenizer)
 {
     private string? _lastCheckpoint;
     private int _lastCheckpointStep = -1;
 
     /// <summary>Trains <paramref name="model"/> from the start or from <paramref name="resumeFrom"/>.</summary>
-    public TrainOutcome Train(Transformer model, IBackend backend, TrainingData data, string? resumeFrom, int seed)
+    /// <remarks>A launched rank (<see cref="TopologyKind.ProcessPerGpu"/>) passes its <paramref name="nccl"/> mesh, which its model was built with.</remarks>
+    public TrainOutcome Train(Transformer model, TrainingData data, string? resumeFrom, int seed, NcclMesh? nccl = null)
     {
         _lastCheckpoint = resumeFrom;
         return topology.Kind switch
         {
             TopologyKind.OneDevice => OneDevice(model, data, resumeFrom),
-            TopologyKind.ThreadRanks when settings.Pp > 1 => PipelineThreadRanks(model, data, resumeFrom, seed),
             TopologyKind.ThreadRanks => ThreadRanks(model, data, resumeFrom, seed),
-            _ => ProcessPerGpu(model, (CudaBackend)backend, data, resumeFrom, seed),
+            _ => ProcessPerGpu(model, nccl ?? throw new ArgumentNullException(nameof(nccl), "a launched rank trains over its NCCL mesh"), data, resumeFrom, seed),
         };
     }
+
+    /// <summary>The tensor-parallel plan of --sp.</summary>
+    public static ParallelPlan Plan(TrainSettings settings) => ParallelPlan.Megatron(settings.SequenceParallel);
+
+    /// <summary>Whether activations are recomputed: --recompute, or the GPipe schedule, which keeps every micro-batch in flight and re-materializes as the GPipe paper does.</summary>
+    public static bool Recompute(TrainSettings settings) => settings.Recompute || settings.Pp > 1 && settings.Schedule == PipelineScheduleKind.GPipe;
+
+    private string DescribeParallelism() =>
+        $"{topology.Describe()}{(settings.SequenceParallel ? " with sequence parallelism" : "")}" +
+        (settings.Pp > 1 ? $", {PipelinePlan.Name(settings.Schedule)} schedule{(settings.Chunks > 1 ? $" with {settings.Chunks} chunks per stage" : "")} over {options.GradientAccumulationSteps} micro-batches{(Recompute(settings) ? ", recomputing activations" : "")}" : "") +
+        $", ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, " +
+        $"global batch {topology.DataParallelSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}";
 
     /// <summary>The model of a checkpoint written by a data-parallel run, loaded whole for the sample.</summary>
     public Transformer LoadForSampling(string checkpoint, Transformer trained) =>
@@ -83,7 +98,9 @@ public sealed partial class TrainSession(TrainSettings settings, TrainerOptions 
         var dtype = model.DType;
         var storage = topology.Storage(settings);
         string? initDirectory = settings.Model is string m && Directory.Exists(m) && resumeFrom is null ? m : null;
-        terminal.Line($"data parallel: {topology.WorldSize} thread ranks, ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, global batch {topology.WorldSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}");
+        terminal.Line($"thread ranks: {DescribeParallelism()}");
+        var partition = settings.Pp > 1 ? PipelinePartition.Even(config.Layers, settings.Pp, settings.Chunks) : null;
+        if (partition is not null) terminal.Line($"pipeline: {partition}");
         Trainer? rank0 = null;
         int reached = 0;
         var progress = new TrainingProgress(terminal, 0, options.Steps);
@@ -93,21 +110,22 @@ public sealed partial class TrainSession(TrainSettings settings, TrainerOptions 
         {
             try
             {
-                reached = ParallelTraining.Train(topology.WorldSize, parallel, options, settings.AdamW,
-                    ctx =>
+                reached = ParallelTraining.Train(topology.Mesh, Plan(settings), parallel, options, settings.AdamW,
+                    rank =>
                     {
-                        var rankModel = new Transformer(config, ctx.Backend, dtype, storage);
+                        var ctx = rank.Context;
+                        var rankModel = new Transformer(config, ctx.Backend, dtype, storage, rank.TensorParallelism, rank.Pipeline);
                         if (storage == Tessera.Nn.ArenaStorage.Full && resumeFrom is null)
                         {
                             if (initDirectory is not null)
                             {
                                 using var hf = HuggingFaceModelDirectory.Open(initDirectory, config);
-                                hf.LoadInto(rankModel.Parameters.Parameters, ctx.Backend);
+                                hf.LoadInto(rankModel.Parameters.Parameters, ctx.Backend, rankModel.WholeLayout.Parameters);
                             }
                             else rankModel.InitializeWeights(seed);
                         }
-                        rankModel.RecomputeActivations = settings.Recompute;
-                        return (rankModel, data.ForRank(options, ctx.Rank, topology.WorldSize));
+                        rankModel.RecomputeActivations = Recompute(settings);
+                        return (rankModel, data.ForRank(options, rank.Groups.Coordinate.Dp, topology.DataParallelSize));
                     },
                     onStep: s => { progress.Report(s); metrics.Append(s); },
                     checkpoint: t =>
@@ -117,6 +135,7 @@ public sealed partial class TrainSession(TrainSettings settings, TrainerOptions 
                     },
                     resume: resumeFrom is null ? null : t => { Capture(t); ShardedCheckpoint.Restore(resumeFrom, t); },
                     cancellation: signals.Token,
+                    pipeline: partition, schedule: settings.Schedule,
                     weights: t =>
                     {
                         Capture(t);
@@ -137,16 +156,11 @@ public sealed partial class TrainSession(TrainSettings settings, TrainerOptions 
         void Capture(Trainer t) { if (t.Reports) rank0 = t; }
     }
 
-    private TrainOutcome ProcessPerGpu(Transformer model, CudaBackend backend, TrainingData data, string? resumeFrom, int seed)
+    private TrainOutcome ProcessPerGpu(Transformer model, NcclMesh nccl, TrainingData data, string? resumeFrom, int seed)
     {
-        var env = topology.Environment;
-        var timeout = TimeSpan.FromMinutes(5);
-        using var access = new CudaCommunication(backend);
-        var uniqueId = TcpRendezvous.Exchange(env, NcclProcessGroup.CreateUniqueId, timeout);
-        using var group = NcclProcessGroup.Create("world", env.Rank, env.WorldSize, uniqueId, access, timeout);
         var parallel = new DataParallelOptions { Stage = (ZeroStage)settings.Zero, OffloadOptimizer = settings.Offload }.Validate();
-        var dp = new Trainer(model, DataParallelism.Create(model, group, parallel, settings.AdamW, settings.Offload ? new CpuBackend(settings.Threads) : null),
-            data.ForRank(options, env.Rank, env.WorldSize), null, options);
+        var dp = new Trainer(model, DataParallelism.Create(model, nccl.Groups.Dp, parallel, settings.AdamW, settings.Offload ? new CpuBackend(settings.Threads) : null),
+            data.ForRank(options, nccl.Groups.Coordinate.Dp, topology.DataParallelSize), null, options, settings.Schedule);
         if (resumeFrom is not null) ShardedCheckpoint.Restore(resumeFrom, dp);
         else if (topology.ShardedConstruction(settings))
         {
@@ -154,7 +168,7 @@ public sealed partial class TrainSession(TrainSettings settings, TrainerOptions 
             else dp.InitializeWeights(seed);
         }
         if (topology.Reports)
-            terminal.Line($"data parallel over NCCL: {env.WorldSize} process(es), ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, global batch {env.WorldSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}");
+            terminal.Line($"NCCL processes: {DescribeParallelism()}");
         if (resumeFrom is not null) _lastCheckpointStep = dp.Step;
         var progress = new TrainingProgress(topology.Reports ? terminal : Terminal.Create(TextWriter.Null, terminal.Error, false), dp.Step, options.Steps);
         using var metrics = topology.Reports ? new MetricsLog(run.MetricsPath) : null;

@@ -85,6 +85,12 @@ public sealed record TrainSettings
     /// <summary>CPU thread ranks.</summary>
     public int Ranks { get; init; } = 1;
 
+    /// <summary>Tensor-parallel ranks (Megatron): the ranks form a dp x tp mesh, tp innermost; 1: data parallelism only.</summary>
+    public int TensorParallel { get; init; } = 1;
+
+    /// <summary>With <see cref="TensorParallel"/> &gt; 1: sequence parallelism (norms on sequence slices).</summary>
+    public bool SequenceParallel { get; init; }
+
     /// <summary>ZeRO stage with ranks.</summary>
     public int Zero { get; init; }
 

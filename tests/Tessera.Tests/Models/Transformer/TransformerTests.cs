@@ -57,7 +57,9 @@ public class TransformerTests
 
     private double MeanLoss(Model model, Tensor tokens, Tensor targets, int counted, int microBatch = 1)
     {
-        var losses = _cpu.ToArray<double>(model.Loss(tokens, targets, microBatch, 1.0 / counted));
+        // Scale 0: the losses alone. A nonzero scale would take the fused head's weight gradient here (Loss does that part
+        // of the backward pass), adding to the gradients under test.
+        var losses = _cpu.ToArray<double>(model.Loss(tokens, targets, microBatch, lossScale: 0));
         model.ReleaseActivations(microBatch);
         return losses.Sum() / counted;
     }

@@ -1,0 +1,92 @@
+// The row kernels of issue 18 in their f32 instantiation on the CPU emulation of CUDA (cuda_emulation.h), against double
+// references: SwiGLU on the halves of one (rows, 2F) product (16-byte vectors, and one element per thread when F or the
+// base pointer rules vectors out), RMSNorm with the row in registers (forward, backward with per-block weight-gradient
+// partials summed as column_reduce does; grids smaller and larger than the rows). Prints one line per check; the exit
+// code is the number of failures. kernels.h is written by the test: the emulation, common.cuh, elementwise.cu, norm.cu.
+#include "kernels.h"
+#include <random>
+
+float lnacc[1 << 16];   // layernorm_backward_rows' dynamic shared memory (extern __shared__), unused here
+static double sig(double g) { return 1 / (1 + std::exp(-g)); }
+static int failures = 0;
+static void check(const char* what, const std::vector<double>& e, const float* a, size_t n, double tol)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < n; i++) { if (!std::isfinite(a[i])) { md = INFINITY; break; } md = std::max(md, std::abs(a[i] - e[i])); mr = std::max(mr, std::abs(e[i])); }
+    double rel = md / (mr > 0 ? mr : 1);
+    printf("%-40s rel err %.3e %s\n", what, rel, rel <= tol ? "ok" : "FAIL");
+    if (!(rel <= tol)) failures++;
+}
+static float* alloc(size_t n) { float* p = (float*)aligned_alloc(64, ((n * 4 + 63) / 64) * 64 + 64); for (size_t i = 0; i < n + 16; i++) p[i] = NAN; return p; }
+
+static void swiglu(int rows, int f, int offset, unsigned grid)
+{
+    std::mt19937 rng(7 + f + offset); std::uniform_real_distribution<float> u(-3, 3);
+    long long ld = 2 * f;
+    float* gu = alloc(rows * ld + offset) + offset;    // (rows, 2F), possibly misaligned by `offset` elements
+    float* d = alloc(rows * f);
+    for (long long i = 0; i < rows * ld; i++) gu[i] = u(rng);
+    for (long long i = 0; i < rows * f; i++) d[i] = u(rng);
+    float* out = alloc(rows * f);
+    float* dgu = alloc(rows * ld);
+    const float *g = gu, *up = gu + f; long long gs = ld, us = ld, os = f, ds = f, dgs = ld, dus = ld, R = rows, C = f;
+    emu_launch(grid, 64, [&] { swiglu_forward_rows_f32(g, gs, up, us, out, os, R, C); });
+    emu_launch(grid, 64, [&] { swiglu_backward_rows_f32(g, gs, up, us, d, ds, dgu, dgs, dgu + f, dus, R, C); });
+    std::vector<double> eo(rows * f), edgu(rows * ld);
+    for (int r = 0; r < rows; r++) for (int c = 0; c < f; c++)
+    {
+        double gg = gu[r * ld + c], uu = gu[r * ld + f + c], dd = d[r * f + c], s = sig(gg);
+        eo[r * f + c] = gg * s * uu;
+        edgu[r * ld + c] = dd * uu * s * (1 + gg * (1 - s));
+        edgu[r * ld + f + c] = dd * gg * s;
+    }
+    char name[96];
+    snprintf(name, sizeof name, "swiglu fwd rows=%d F=%d off=%d", rows, f, offset); check(name, eo, out, rows * f, 1e-6);
+    snprintf(name, sizeof name, "swiglu bwd rows=%d F=%d off=%d", rows, f, offset); check(name, edgu, dgu, rows * ld, 1e-6);
+}
+
+static void rmsnorm(int rows, int c, unsigned grid)
+{
+    std::mt19937 rng(11 + c); std::uniform_real_distribution<float> u(-2, 2);
+    float *x = alloc(rows * c), *w = alloc(c), *out = alloc(rows * c), *rstd = alloc(rows), *dout = alloc(rows * c), *dx = alloc(rows * c);
+    for (int i = 0; i < rows * c; i++) { x[i] = u(rng); dout[i] = u(rng); dx[i] = u(rng); }
+    for (int i = 0; i < c; i++) w[i] = u(rng);
+    std::vector<float> dx0(dx, dx + rows * c);
+    int vecs = c / 4; unsigned threads = (vecs + 31) / 32 * 32;
+    long long R = rows; int C = c; float eps = 1e-5f;
+    emu_launch(grid, threads, [&] { rmsnorm_forward_vec_f32(x, w, out, rstd, R, C, eps); });
+    float* scratch = alloc(grid * 2 * c);
+    emu_launch(grid, threads, [&] { rmsnorm_backward_vec_f32(dout, x, w, rstd, dx, scratch, R, C); });
+    std::vector<double> eo(rows * c), er(rows), edx(rows * c), edw(c, 0.0);
+    std::vector<float> dw(c, 0.f);
+    for (unsigned b = 0; b < grid; b++) for (int i = 0; i < c; i++) dw[i] += scratch[b * 2 * c + i];
+    for (int r = 0; r < rows; r++)
+    {
+        double ss = 0; for (int i = 0; i < c; i++) ss += (double)x[r * c + i] * x[r * c + i];
+        double rs = 1 / std::sqrt(ss / c + 1e-5); er[r] = rs;
+        double bs = 0;
+        for (int i = 0; i < c; i++) { eo[r * c + i] = x[r * c + i] * rs * w[i]; double xh = x[r * c + i] * rs; bs += dout[r * c + i] * w[i] * xh; edw[i] += dout[r * c + i] * xh; }
+        bs /= c;
+        for (int i = 0; i < c; i++) edx[r * c + i] = dx0[r * c + i] + rs * (dout[r * c + i] * w[i] - x[r * c + i] * rs * bs);
+    }
+    char name[96];
+    snprintf(name, sizeof name, "rmsnorm fwd rows=%d C=%d grid=%u", rows, c, grid); check(name, eo, out, rows * c, 1e-5);
+    snprintf(name, sizeof name, "rmsnorm rstd rows=%d C=%d", rows, c); check(name, er, rstd, rows, 1e-5);
+    snprintf(name, sizeof name, "rmsnorm dx rows=%d C=%d", rows, c); check(name, edx, dx, rows * c, 1e-5);
+    snprintf(name, sizeof name, "rmsnorm dW rows=%d C=%d", rows, c); check(name, edw, dw.data(), c, 1e-5);
+}
+
+// Tolerances: f32 arithmetic (expf, rsqrtf as 1/sqrt on the host, f32 sums) against double references is ~1e-7 relative;
+// 1e-6 (SwiGLU) and 1e-5 (RMSNorm's sums over rows of up to 4096) leave margin, and a wrong index, stride or term is O(1).
+int main()
+{
+    swiglu(37, 264, 0, 3);    // vectors of 4
+    swiglu(37, 261, 0, 3);    // F not a multiple of 4: one element per thread
+    swiglu(37, 264, 1, 3);    // misaligned base: one element per thread
+    swiglu(5, 8, 0, 1);
+    rmsnorm(37, 1000, 5);     // 250 vectors, 256 threads: 6 idle
+    rmsnorm(9, 4096, 2);      // 1024 threads
+    rmsnorm(3, 64, 7);        // more blocks than rows
+    printf("%s\n", failures ? "FAILURES" : "all ok");
+    return failures;
+}

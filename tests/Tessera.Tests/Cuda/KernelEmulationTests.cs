@@ -1,0 +1,74 @@
+using System.Diagnostics;
+using Tessera.Cuda.Compilation;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, exactly as NVRTC gets them) compiled
+/// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
+/// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the
+/// f32 instantiations of the SwiGLU row kernels and the row-in-registers RMSNorm kernels against double references (its
+/// tolerances are stated there) and exits with the number of failures. It checks the kernels' indexing, strides, grid-stride
+/// loops, block reductions and partial sums; not the bf16/f16 conversions (inline PTX, compiled away), not timing, not the
+/// memory model. The GPU tests (<see cref="CudaOpTests"/>, <see cref="CudaNormTests"/>) remain the proof on the device.
+/// Skips, saying why, where no C++20 compiler (g++ or clang++) is found.
+/// </summary>
+public sealed class KernelEmulationTests
+{
+    [Fact]
+    public void RowKernelsGiveTheReferenceResultsOnTheCpuEmulation()
+    {
+        var compiler = FindCompiler();
+        if (compiler is null) Assert.Skip("no g++ or clang++ on PATH: the kernel emulation needs a C++20 compiler (apt-get install g++)");
+        var here = Path.Combine(AppContext.BaseDirectory, "Cuda", "Emulation");
+        var dir = Directory.CreateTempSubdirectory("tessera-kernel-emulation-");
+        try
+        {
+            File.Copy(Path.Combine(here, "cuda_emulation.h"), Path.Combine(dir.FullName, "cuda_emulation.h"));
+            File.Copy(Path.Combine(here, "row_kernels.cpp"), Path.Combine(dir.FullName, "row_kernels.cpp"));
+            // A kernel's dynamic shared memory (extern __shared__) becomes a global array that the check program defines.
+            var kernels = "#include \"cuda_emulation.h\"\n" + string.Concat(new[] { "common.cuh", "elementwise.cu", "norm.cu" }
+                .Select(f => $"#line 1 \"{f}\"\n" + KernelLibrary.EmbeddedSource(f).Replace("extern __shared__", "extern", StringComparison.Ordinal) + "\n"));
+            File.WriteAllText(Path.Combine(dir.FullName, "kernels.h"), kernels);
+            string program = Path.Combine(dir.FullName, "row_kernels");
+            var (built, buildOutput) = Run(compiler, dir.FullName, "-std=c++20", "-O1", "-pthread", "-w", "-o", program, "row_kernels.cpp");
+            Assert.True(built == 0, $"{compiler} could not build the emulated kernels (exit {built}):\n{Tail(buildOutput, 30)}");
+            var (failures, output) = Run(program, dir.FullName);
+            Assert.True(failures == 0, $"{failures} emulated kernel checks failed:\n{output}");
+            foreach (var check in new[] { "swiglu fwd rows=37 F=264 off=0", "swiglu bwd rows=37 F=261 off=0", "swiglu bwd rows=37 F=264 off=1",
+                         "rmsnorm dx rows=37 C=1000", "rmsnorm dW rows=9 C=4096", "rmsnorm fwd rows=3 C=64 grid=7" })
+                Assert.Contains(check, output);
+            TestContext.Current.TestOutputHelper?.WriteLine(output);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    private static (int ExitCode, string Output) Run(string file, string workingDirectory, params string[] arguments)
+    {
+        var start = new ProcessStartInfo(file) { WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in arguments) start.ArgumentList.Add(a);
+        using var process = Process.Start(start)!;
+        var errors = process.StandardError.ReadToEndAsync();
+        string output = process.StandardOutput.ReadToEnd();
+        if (!process.WaitForExit(TimeSpan.FromSeconds(180))) { process.Kill(); throw new TimeoutException($"{file} did not finish within 180 s"); }
+        return (process.ExitCode, output + errors.Result);
+    }
+
+    private static string Tail(string text, int lines) => string.Join('\n', text.Split('\n').TakeLast(lines));
+
+    /// <summary>g++ or clang++ on PATH (a C++20 compiler with std::barrier), else null.</summary>
+    private static string? FindCompiler()
+    {
+        foreach (var name in new[] { "g++", "clang++" })
+            foreach (var folder in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries))
+            {
+                var candidate = Path.Combine(folder, name);
+                if (File.Exists(candidate)) return candidate;
+            }
+        return null;
+    }
+}

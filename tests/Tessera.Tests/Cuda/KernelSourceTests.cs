@@ -1,0 +1,130 @@
+using System.Diagnostics;
+using Tessera.Cuda.Compilation;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Every embedded kernel file compiles for the device without a GPU: the file as NVRTC gets it (common.cuh, then the file)
+/// through clang's CUDA front end to PTX, device code only, against <see cref="Prelude"/> (the few CUDA built-ins NVRTC
+/// provides without headers, declared). NVRTC runs only on the GPU machine, where a kernel that does not compile breaks
+/// every op of its file; this catches such errors (an undeclared identifier, a helper missing from common.cuh, a type error
+/// in a template instantiated by a kernel) on any machine with LLVM's clang. It checks C++ and CUDA semantics, not PTX
+/// (inline assembly passes through unchecked) and not what only NVRTC's headers define; __CUDA_ARCH__ is set to 900, so
+/// the sm_90 branches are compiled. Skips, saying why, where no clang++ is found.
+/// </summary>
+public sealed class KernelSourceTests
+{
+    /// <summary>The built-ins NVRTC declares for device code (-default-device, no CUDA headers), as clang needs them.</summary>
+    private const string Prelude = """
+        #define __global__ __attribute__((global))
+        #define __device__ __attribute__((device))
+        #define __host__ __attribute__((host))
+        #define __shared__ __attribute__((shared))
+        #define __constant__ __attribute__((constant))
+        #define __forceinline__ __inline__ __attribute__((always_inline))
+        #define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
+        #include <__clang_cuda_builtin_vars.h>
+        typedef unsigned long size_t;
+        struct __attribute__((aligned(8))) uint2 { unsigned x, y; };
+        extern "C" __device__ float expf(float);
+        extern "C" __device__ float exp2f(float);
+        extern "C" __device__ float logf(float);
+        extern "C" __device__ float log2f(float);
+        extern "C" __device__ float tanhf(float);
+        extern "C" __device__ float sqrtf(float);
+        extern "C" __device__ float rsqrtf(float);
+        extern "C" __device__ float fmaxf(float, float);
+        extern "C" __device__ float fminf(float, float);
+        extern "C" __device__ float fabsf(float);
+        extern "C" __device__ float fmaf(float, float, float);
+        extern "C" __device__ double sin(double);
+        extern "C" __device__ double cos(double);
+        extern "C" __device__ void sincos(double, double*, double*);
+        extern "C" __device__ double pow(double, double);
+        extern "C" __device__ double log(double);
+        extern "C" __device__ double exp(double);
+        extern "C" __device__ double sqrt(double);
+        extern "C" __device__ int __float_as_int(float);
+        extern "C" __device__ float __int_as_float(int);
+        extern "C" __device__ unsigned __float_as_uint(float);
+        extern "C" __device__ float __uint_as_float(unsigned);
+        extern "C" __device__ void __syncthreads();
+        extern "C" __device__ void __threadfence();
+        __device__ void __syncwarp(unsigned mask = 0xffffffffu);
+        __device__ int max(int, int);
+        __device__ int min(int, int);
+        __device__ long long max(long long, long long);
+        __device__ long long min(long long, long long);
+        __device__ float atomicAdd(float*, float);
+        __device__ int atomicAdd(int*, int);
+        __device__ unsigned atomicAdd(unsigned*, unsigned);
+        __device__ unsigned atomicCAS(unsigned*, unsigned, unsigned);
+        __device__ unsigned atomicInc(unsigned*, unsigned);
+        __device__ float __shfl_xor_sync(unsigned, float, int, int w = 32);
+        __device__ double __shfl_xor_sync(unsigned, double, int, int w = 32);
+        __device__ int __shfl_xor_sync(unsigned, int, int, int w = 32);
+        __device__ unsigned __shfl_xor_sync(unsigned, unsigned, int, int w = 32);
+        __device__ float __shfl_sync(unsigned, float, int, int w = 32);
+        __device__ int __shfl_sync(unsigned, int, int, int w = 32);
+
+        """;
+
+    /// <summary>The kernel files embedded in Tessera.Cuda (each compiled by NVRTC on its own, after common.cuh).</summary>
+    public static TheoryData<string> KernelFiles()
+    {
+        const string prefix = "Tessera.Cuda.Kernels.";
+        var files = new TheoryData<string>();
+        foreach (var name in typeof(KernelLibrary).Assembly.GetManifestResourceNames().Order(StringComparer.Ordinal))
+            if (name.StartsWith(prefix, StringComparison.Ordinal) && name.EndsWith(".cu", StringComparison.Ordinal)) files.Add(name[prefix.Length..]);
+        return files;
+    }
+
+    [Theory]
+    [MemberData(nameof(KernelFiles))]
+    public void KernelFileCompilesToPtxWithClangsCudaFrontEnd(string file)
+    {
+        var clang = FindClang();
+        if (clang is null) Assert.Skip("no clang++ on PATH or under /usr/lib/llvm-*/bin: the kernel sources' compile check needs LLVM's clang (apt-get install clang)");
+        var dir = Directory.CreateTempSubdirectory("tessera-kernel-check-");
+        try
+        {
+            string source = Path.Combine(dir.FullName, file), ptx = Path.ChangeExtension(source, ".ptx");
+            File.WriteAllText(source, Prelude + "#line 1 \"common.cuh\"\n" + KernelLibrary.EmbeddedSource("common.cuh") + $"\n#line 1 \"{file}\"\n" + KernelLibrary.EmbeddedSource(file));
+            var start = new ProcessStartInfo(clang)
+            {
+                RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false,
+            };
+            foreach (var arg in new[] { "-x", "cuda", "--cuda-device-only", "-nocudainc", "-nocudalib", "--cuda-gpu-arch=sm_80",
+                         "-U__CUDA_ARCH__", "-D__CUDA_ARCH__=900", "-std=c++17", "-Wno-c++11-narrowing", "-S", "-o", ptx, source })
+                start.ArgumentList.Add(arg);
+            using var process = Process.Start(start)!;
+            var errors = process.StandardError.ReadToEndAsync();
+            process.StandardOutput.ReadToEnd();
+            Assert.True(process.WaitForExit(TimeSpan.FromSeconds(120)), $"{clang} did not finish {file} within 120 s");
+            var messages = errors.Result.Split('\n').Where(l => l.Contains("error", StringComparison.Ordinal)).Take(20);
+            Assert.True(process.ExitCode == 0, $"{file} does not compile for the device ({clang}, exit {process.ExitCode}):\n{string.Join('\n', messages)}");
+            Assert.Contains(".entry", File.ReadAllText(ptx));            // at least one kernel came out
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
+    /// <summary>clang++ on PATH, else the newest /usr/lib/llvm-N/bin/clang++ (Debian installs LLVM there), else null.</summary>
+    private static string? FindClang()
+    {
+        foreach (var folder in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries))
+        {
+            var candidate = Path.Combine(folder, "clang++");
+            if (File.Exists(candidate)) return candidate;
+        }
+        if (!Directory.Exists("/usr/lib")) return null;
+        return Directory.GetDirectories("/usr/lib", "llvm-*")
+            .Select(d => (Dir: d, Version: int.TryParse(Path.GetFileName(d)["llvm-".Length..], out int v) ? v : 0))
+            .OrderByDescending(x => x.Version)
+            .Select(x => Path.Combine(x.Dir, "bin", "clang++"))
+            .FirstOrDefault(File.Exists);
+    }
+}
