@@ -20,7 +20,7 @@
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), LLAMA_CASES="PRESET:B:T[:recompute] ..." (gpu-train of
 #       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
-#       its own process), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
+#       its own process), PP_CASES="ARGS;ARGS" (gpu-pp runs: --stages, --curve N), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
 #       the bench's --cuda-options flag (CudaBackendOptions.Parse's "Name=value,..." form), never as environment variables. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
 set -uo pipefail
@@ -46,6 +46,7 @@ return args.Length == 0 ? Usage() : args[0] switch
     "gpu-decode" => Tessera.Bench.Gpu.GpuDecodeBench.Run(args[1..]),
     "gpu-offload" => Tessera.Bench.Gpu.OffloadBench.Run(args[1..]),
     "gpu-tp" => Tessera.Bench.Gpu.TensorParallelComputeBench.Run(args[1..]),
+    "gpu-pp" => Tessera.Bench.Gpu.PipelineBench.Run(args[1..]),
     _ => Usage(),
 };
 static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload [options]"); return 2; }
@@ -182,6 +183,17 @@ run)
             echo "gpu-offload $c: $(( $(date +%s) - t0 )) s"; first=0
         done
     fi
+    if [ -n "${PP_CASES:-}" ]; then
+        # ';'-separated argument lists for gpu-pp (pipeline stages alone and predicted schedules: --stages; loss curves: --curve N),
+        # each in its own process.
+        IFS=';' read -ra cases <<< "$PP_CASES"
+        for c in "${cases[@]}"; do
+            t0=$(date +%s)
+            # shellcheck disable=SC2086
+            timeout "${PP_TIMEOUT:-240}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-pp $c 2>>"$out/bench.err" | tee -a "$out/pp.md"
+            echo "gpu-pp $c: $(( $(date +%s) - t0 )) s"
+        done
+    fi
     echo; echo "---- bench stderr ----"; tail -30 "$out/bench.err"
     echo; echo "================ summary ($(head -1 "$out/gpu.txt")) ================"
     if [ -f "$out/results.xml" ]; then
@@ -204,6 +216,7 @@ PY
     [ -f "$out/llama-profile.md" ] && { echo; echo "llama per-op profile:"; head -60 "$out/llama-profile.md"; }
     echo; echo "decode:"; cat "$out/decode.md" 2>/dev/null
     [ -f "$out/offload.md" ] && { echo; echo "offload:"; cat "$out/offload.md"; }
+    [ -f "$out/pp.md" ] && { echo; echo "pipeline:"; cat "$out/pp.md"; }
     exit $rc
     ;;
 *) echo "usage: gpu-bench.sh prepare | run"; exit 2 ;;

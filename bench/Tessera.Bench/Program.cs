@@ -20,6 +20,10 @@ switch (args[0])
         return OffloadBench.Run(rest);
     case "gpu-tp":
         return TensorParallelComputeBench.Run(rest);
+    case "gpu-pp":
+        return PipelineBench.Run(rest);
+    case "pipeline-bubble":
+        return Tessera.Bench.Training.PipelineBubbleBench.Run(rest);
     case "serve":
         return Tessera.Bench.Serving.ServeBench.Run(rest);
     case "host-optimizer":
@@ -45,6 +49,9 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("  serve      the HTTP server under N concurrent streaming clients: tokens/s, TTFT, ITL (see bench/serve/gpu-serve-bench.sh);");
     w.WriteLine("             serve --load: 256 clients against max-batch 64 for 60 s (--device cpu --preset llama-debug on the CPU)");
     w.WriteLine("  gpu-tp     tensor parallelism on CUDA thread ranks sharing one GPU: per-rank compute against TP=1 / tp, memory per rank");
+    w.WriteLine("  gpu-pp     pipeline stages of llama-8b alone on the GPU at pp 2/4/8 and the schedules predicted from them (--stages), or");
+    w.WriteLine("             the loss curve of pp 2 on CUDA thread ranks beside pp 1 (--curve N)");
+    w.WriteLine("  pipeline-bubble  the idle fraction of GPipe, 1F1B and interleaved 1F1B on CPU thread ranks with fixed-cost stages, against the formulas");
     w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
     w.WriteLine("         (the gpu-* commands take --cuda-options Name=value,... : the CUDA backend's options, e.g. ProfileOps=true)");
     w.WriteLine("  host-optimizer  the CPU half of ZeRO-Offload: host AdamW, BF16/F32 casts, a whole offloaded update, GB/s (options: --threads N --elements N --preset NAME)");

@@ -123,6 +123,49 @@ public abstract class ProcessGroup : IDisposable
         return RecvCore(tensor, peer);
     }
 
+    /// <summary>
+    /// Issues <paramref name="operations"/> (sends to and receives from peers of this group) as one batch and returns their
+    /// handles in order (torch.distributed's batch_isend_irecv). On NCCL the batch is one ncclGroupStart/ncclGroupEnd, whose
+    /// operations progress together: two neighbours that each send to and receive from the other in one batch never wait on
+    /// each other's first operation, which separately issued blocking sends would (the pipeline's send-forward-receive-backward
+    /// pairs). In-process groups issue the operations one by one, which never blocks. Each operation is validated before any is
+    /// issued, and is counted and numbered like a single Send or Recv.
+    /// </summary>
+    public IReadOnlyList<CollectiveHandle> SendReceive(IReadOnlyList<PointToPoint> operations)
+    {
+        ArgumentNullException.ThrowIfNull(operations);
+        foreach (var op in operations)
+        {
+            if (op.Kind is not (CollectiveKind.Send or CollectiveKind.Recv))
+                throw new ArgumentException($"SendReceive in {Describe()}: {op.Kind} is not a point-to-point operation (Send or Recv)", nameof(operations));
+            CheckTensor(op.Tensor, nameof(operations), op.Kind);
+            CheckPeer(op.Peer, op.Kind);
+        }
+        if (operations.Count == 0) return [];
+        var handles = new CollectiveHandle[operations.Count];
+        BeginBatch();
+        try
+        {
+            for (int i = 0; i < operations.Count; i++)
+            {
+                var op = operations[i];
+                Interlocked.Increment(ref _counts[(int)op.Kind]);
+                handles[i] = op.Kind == CollectiveKind.Send ? SendCore(op.Tensor, op.Peer) : RecvCore(op.Tensor, op.Peer);
+            }
+        }
+        finally
+        {
+            EndBatch();
+        }
+        return handles;
+    }
+
+    /// <summary>Opens a batch of point-to-point operations (<see cref="SendReceive"/>); nothing by default.</summary>
+    protected virtual void BeginBatch() { }
+
+    /// <summary>Closes the batch opened by <see cref="BeginBatch"/>, issuing it where the transport defers; nothing by default.</summary>
+    protected virtual void EndBatch() { }
+
     /// <summary>Issues an all-reduce whose arguments have been validated; <paramref name="sequenceNumber"/> is its number in the group.</summary>
     protected abstract CollectiveHandle AllReduceCore(Tensor tensor, ReduceOp op, long sequenceNumber);
 

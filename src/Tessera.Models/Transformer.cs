@@ -22,7 +22,8 @@ public sealed class Transformer
     private readonly ActivationKey _tokens = new("tokens"), _tokenIds = new("tok_emb.input"), _positionIds = new("pos_emb.input"),
         _blocksOut = new("blocks.out"), _targets = new("loss.targets"), _losses = new("loss.out"), _dLogits = new("loss.dlogits"),
         _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy"),
-        _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole"), _dHeadRows = new("lm_head.dx");
+        _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole"), _dHeadRows = new("lm_head.dx"),
+        _stageOut = new("stage.out");
     private int[] _host = [];
     private int _lossChunkRows;
 
@@ -36,56 +37,106 @@ public sealed class Transformer
     /// and the weights are written by the data-parallel trainer into the rank's shards).</param>
     /// <param name="tensorParallelism">This rank's tensor parallelism (its group and the plan that splits the layers), or
     /// null for one device; the rank then declares and allocates only its part of each split parameter.</param>
+    /// <param name="pipeline">This rank's pipeline stage (its group and the partition of the blocks), or null for the whole
+    /// model; the rank then declares and allocates only the units of its virtual stages: the embeddings on the first stage,
+    /// its blocks, the final norm and head on the last (with a copy of a tied token table, <see cref="TiedEmbeddingCopy"/>).</param>
     public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full,
-        TensorParallelism? tensorParallelism = null)
+        TensorParallelism? tensorParallelism = null, PipelineParallelism? pipeline = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
         config.Validate();
         if (dtype is not (DType.F32 or DType.F64 or DType.BF16))
             throw new ArgumentException($"Transformer: dtype {dtype} is not supported; use F32, F64 or BF16");
+        if (pipeline is not null && pipeline.Partition.Layers != config.Layers)
+            throw new ArgumentException($"pipeline: the partition ({pipeline.Partition}) cuts {pipeline.Partition.Layers} blocks but the model has {config.Layers} (Layers)");
         Config = config;
         Backend = backend;
         DType = dtype;
         Activations = new ActivationStore(backend);
+        Pipeline = pipeline is { Stages: > 1 } || pipeline is { Chunks: > 1 } ? pipeline : null;
 
         if (tensorParallelism is { Size: > 1 }) CheckTensorParallel(config, tensorParallelism.Size);
 
         // The model's units, in pass order: embeddings, one per block, the final norm and head (which borrows the
         // embeddings when tied). Every consumer (pass hooks, ZeRO-3, gradient buckets, pipeline stages) reads them.
         // Layers come from the factory, which builds each as the parallel plan says (plain layers on one device).
+        // A pipeline stage declares only the units of its virtual stages, in the same order.
         var parameters = tensorParallelism is null
             ? new ParameterLayoutBuilder()
             : new ParameterLayoutBuilder(tensorParallelism.Mesh, tensorParallelism.Coordinate);
         var layers = new LayerFactory(parameters, tensorParallelism);
         Layers = layers;
         int c = config.Embedding, vPad = config.EffectivePaddedVocab;
-        parameters.BeginUnit("embeddings");
-        TokenEmbedding = layers.Embedding("tok_emb", vPad, c);
-        if (config.Family == ModelFamily.Gpt2)
-            PositionEmbedding = layers.Embedding("pos_emb", config.MaxSequenceLength, c);
-        var blocks = new TransformerBlock[config.Layers];
-        for (int i = 0; i < blocks.Length; i++)
+        bool first = Pipeline?.IsFirst ?? true, last = Pipeline?.IsLast ?? true;
+        var units = new List<(UnitKind, int)>();
+        if (first)
         {
-            parameters.BeginUnit($"blocks.{i}");
-            blocks[i] = new TransformerBlock(layers, config, i);
+            parameters.BeginUnit("embeddings");
+            _tokenEmbedding = layers.Embedding("tok_emb", vPad, c);
+            if (config.Family == ModelFamily.Gpt2)
+                PositionEmbedding = layers.Embedding("pos_emb", config.MaxSequenceLength, c);
+            units.Add((UnitKind.Embeddings, -1));
+        }
+        var blocks = new List<TransformerBlock>();
+        var chunkUnits = new (int First, int End)[Pipeline?.Chunks ?? 1];
+        for (int chunk = 0; chunk < chunkUnits.Length; chunk++)
+        {
+            var (firstBlock, count) = Pipeline is null ? (0, config.Layers) : Pipeline.Partition.BlocksOf(Pipeline.VirtualStage(chunk));
+            int start = chunk == 0 ? 0 : units.Count;                 // chunk 0 starts with the embeddings when it has them
+            for (int i = firstBlock; i < firstBlock + count; i++)
+            {
+                parameters.BeginUnit($"blocks.{i}");
+                blocks.Add(new TransformerBlock(layers, config, i));
+                units.Add((UnitKind.Block, blocks.Count - 1));
+            }
+            chunkUnits[chunk] = (start, units.Count);
         }
         Blocks = blocks;
-        if (config.TiedEmbeddings) parameters.BeginUnit("head", 0);
-        else parameters.BeginUnit("head");
-        FinalNorm = config.Family == ModelFamily.Llama
-            ? layers.RmsNorm("final_norm", c, config.NormEpsilon)
-            : layers.LayerNorm("final_norm", c, config.NormEpsilon, config.Bias);
-        HeadInput = layers.InputRegion("head");
-        Head = config.TiedEmbeddings
-            ? layers.TiedLinear("lm_head", TokenEmbedding.Weight)
-            : layers.Linear("lm_head", c, vPad, bias: false);
-        _vocabParallelLoss = layers.CrossEntropy("lm_head", config.VocabSize, vPad);
-        _headLoss = new FusedLinearCrossEntropy(Head, config.VocabSize, _vocabParallelLoss);
-        _lossChunkRows = FusedLinearCrossEntropy.DefaultChunkRows(Head.OutFeatures);
+        if (last)
+        {
+            if (config.TiedEmbeddings && first) parameters.BeginUnit("head", 0);
+            else parameters.BeginUnit("head");
+            if (config.TiedEmbeddings && !first)
+            {
+                // The last stage's own copy of the tied table (Megatron's word embeddings on the last stage): the embedding
+                // group sums the two copies' gradients every step, so they stay one parameter.
+                _tokenEmbedding = layers.Embedding("tok_emb", vPad, c);
+                TiedEmbeddingCopy = _tokenEmbedding.Weight;
+            }
+            _finalNorm = config.Family == ModelFamily.Llama
+                ? layers.RmsNorm("final_norm", c, config.NormEpsilon)
+                : layers.LayerNorm("final_norm", c, config.NormEpsilon, config.Bias);
+            _headInput = layers.InputRegion("head");
+            _head = config.TiedEmbeddings
+                ? layers.TiedLinear("lm_head", _tokenEmbedding!.Weight)
+                : layers.Linear("lm_head", c, vPad, bias: false);
+            _vocabParallelLoss = layers.CrossEntropy("lm_head", config.VocabSize, vPad);
+            _headLoss = new FusedLinearCrossEntropy(_head, config.VocabSize, _vocabParallelLoss);
+            _lossChunkRows = FusedLinearCrossEntropy.DefaultChunkRows(_head.OutFeatures);
+            units.Add((UnitKind.Head, -1));
+            chunkUnits[^1] = (chunkUnits[^1].First, units.Count);
+        }
+        _units = [.. units];
+        _chunkUnits = chunkUnits;
         Layout = parameters.Build();
+        // The embedding group is created by every rank of a tied pipeline, here: on NCCL a communicator split is collective
+        // over the world, and every rank builds its model at the same point.
+        if (config.TiedEmbeddings && Pipeline is { Stages: > 1 }) Pipeline.EmbeddingGroup();
+        // The whole model's layout as this rank would hold it without pipeline stages (names, global shapes, placements, in
+        // one device's order): initialization draws its random stream in this order, checkpoints describe every parameter.
+        WholeLayout = Pipeline is null ? Layout : new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism).Layout;
         if (storage == ArenaStorage.Full) _ = new ParameterArena(Layout, backend, dtype);   // attaches itself to the layout
     }
+
+    private enum UnitKind { Embeddings, Block, Head }
+
+    private readonly (UnitKind Kind, int Block)[] _units;           // per unit of Layout: what it is (and its index in Blocks)
+    private readonly (int First, int End)[] _chunkUnits;            // per model chunk of this rank: its units [First, End)
+    private readonly Embedding? _tokenEmbedding;
+    private readonly INormalization? _finalNorm;
+    private readonly ITensorParallelRegion? _headInput;
+    private readonly Linear? _head;
 
     /// <summary>The configuration.</summary>
     public TransformerConfig Config { get; }
@@ -96,11 +147,45 @@ public sealed class Transformer
     /// <summary>This rank's tensor parallelism, or null on one device.</summary>
     public TensorParallelism? TensorParallelism => Layers.TensorParallelism;
 
+    /// <summary>This rank's pipeline stage (its group and the partition of the blocks), or null for the whole model.</summary>
+    public PipelineParallelism? Pipeline { get; }
+
+    /// <summary>
+    /// The last pipeline stage's copy of a tied token embedding ("tok_emb.weight", declared in its head unit), or null (the
+    /// table is not tied, or this rank holds the embeddings itself). Its gradient is summed with the first stage's over
+    /// <see cref="PipelineParallelism.EmbeddingGroup"/> once per step, so the two copies receive the same updates; clipping and
+    /// checkpoints count the first stage's table only.
+    /// </summary>
+    public Parameter? TiedEmbeddingCopy { get; }
+
+    /// <summary>
+    /// The layout this rank would hold of the whole model (every pipeline stage's parameters, in one device's declaration
+    /// order, with this rank's tensor-parallel placements), declared without storage: <see cref="Layout"/> itself without
+    /// pipeline stages. Initialization draws its random stream in this order; checkpoints and Hugging Face checks read every
+    /// parameter from it.
+    /// </summary>
+    public ParameterLayout WholeLayout { get; }
+
+    /// <summary>Model chunks (virtual stages) this rank runs: 1 without interleaving.</summary>
+    public int Chunks => _chunkUnits.Length;
+
+    /// <summary>
+    /// The units [First, End) of <see cref="Layout"/> that model chunk <paramref name="chunk"/> of this rank runs (virtual
+    /// stage <see cref="PipelineParallelism.VirtualStage"/>): what a pipeline schedule passes to <see cref="ForwardUnits"/> and
+    /// <see cref="BackwardUnits"/>. Without pipeline stages, chunk 0 is every unit.
+    /// </summary>
+    public (int First, int End) ChunkUnits(int chunk)
+    {
+        if (chunk < 0 || chunk >= _chunkUnits.Length)
+            throw new ArgumentOutOfRangeException(nameof(chunk), $"Transformer: model chunk {chunk} is outside [0, {_chunkUnits.Length}) of this rank");
+        return _chunkUnits[chunk];
+    }
+
     /// <summary>The communication in front of the LM head (nothing on one device).</summary>
-    public ITensorParallelRegion HeadInput { get; }
+    public ITensorParallelRegion HeadInput => _headInput ?? throw NotHeld("the head");
 
     private readonly VocabParallelCrossEntropy? _vocabParallelLoss;
-    private readonly FusedLinearCrossEntropy _headLoss;
+    private readonly FusedLinearCrossEntropy? _headLoss;
 
     /// <summary>
     /// Rows of the LM head's logits that <see cref="Loss"/> computes at a time (the fused linear + cross-entropy,
@@ -117,6 +202,7 @@ public sealed class Transformer
         set => _lossChunkRows = value >= 0 ? value
             : throw new ArgumentOutOfRangeException(nameof(value), $"Transformer.LossChunkRows ({value}) must be 0 (unfused head) or a positive number of rows");
     }
+
 
     /// <summary>Columns of the logits this rank computes: the padded vocabulary, or its share under tensor parallelism.</summary>
     public int LocalVocab => Head.OutFeatures;
@@ -145,8 +231,8 @@ public sealed class Transformer
     /// <summary>Saved activations per micro-batch and the pooled buffers.</summary>
     public ActivationStore Activations { get; }
 
-    /// <summary>Token embedding "tok_emb" (Vpad, C).</summary>
-    public Embedding TokenEmbedding { get; }
+    /// <summary>Token embedding "tok_emb" (Vpad, C) (on the last pipeline stage of a tied model: its copy of the table).</summary>
+    public Embedding TokenEmbedding => _tokenEmbedding ?? throw NotHeld("the token embedding");
 
     /// <summary>Learned positions "pos_emb" (MaxSeq, C) for GPT-2; null for Llama.</summary>
     public Embedding? PositionEmbedding { get; }
@@ -155,10 +241,10 @@ public sealed class Transformer
     public IReadOnlyList<TransformerBlock> Blocks { get; }
 
     /// <summary>Norm after the last block, "final_norm".</summary>
-    public INormalization FinalNorm { get; }
+    public INormalization FinalNorm => _finalNorm ?? throw NotHeld("the final norm");
 
     /// <summary>LM head C to Vpad: "lm_head" when untied, else over tok_emb.weight.</summary>
-    public Linear Head { get; }
+    public Linear Head => _head ?? throw NotHeld("the LM head");
 
     /// <summary>
     /// Selective recomputation: when true, each block keeps only its input during a training forward
@@ -204,14 +290,16 @@ public sealed class Transformer
     /// <summary>
     /// The values <see cref="InitializeWeights"/> writes, one parameter at a time in declaration order, on the host in F64, as
     /// whole (global) tensors (each array is fresh and belongs to the caller; <see cref="Parameter.LocalValues{T}"/> gives a
-    /// rank's part). The random stream is consumed in this order whatever the caller keeps, so a rank that keeps only its
-    /// part (a tensor-parallel shard, ZeRO-3's owned ranges) gets exactly the values of a full initialization.
+    /// rank's part). The random stream is consumed in the whole model's order (<see cref="WholeLayout"/>) whatever the caller
+    /// keeps, so a rank that keeps only its part (a tensor-parallel shard, a pipeline stage's units, ZeRO-3's owned ranges) gets
+    /// exactly the values of a full initialization; a pipeline stage yields only the parameters it holds (the last stage's copy of
+    /// a tied table gets the table's values).
     /// </summary>
     public IEnumerable<(Parameter Parameter, double[] Values)> InitialValues(int seed)
     {
         var rng = new Random(seed);
         double std = Config.InitStd, residualStd = std / Math.Sqrt(2.0 * Config.Layers);
-        foreach (var p in Layout.Parameters)
+        foreach (var p in WholeLayout.Parameters)
         {
             var values = new double[p.GlobalShape.NumElements];
             bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);
@@ -225,7 +313,8 @@ public sealed class Transformer
                 long filled = rows * (p.GlobalShape.Rank == 2 ? p.GlobalShape[1] : 1);
                 for (long i = 0; i < filled; i++) values[i] = s * NextNormal(rng);
             }
-            yield return (p, values);
+            if (ReferenceEquals(WholeLayout, Layout)) yield return (p, values);
+            else if (Layout.Contains(p.Name)) yield return (Layout[p.Name], values);
         }
     }
 
@@ -233,49 +322,36 @@ public sealed class Transformer
     /// Training forward of micro-batch <paramref name="microBatch"/>: logits (B, T, V) for tokens (B, T) I32, saving
     /// activations for <see cref="Backward"/>; V is the padded vocabulary (<see cref="LocalVocab"/>: this rank's share under
     /// tensor parallelism). Columns past VocabSize are padding. The logits live in the micro-batch's pooled buffer until its
-    /// next forward (an unfused <see cref="Loss"/>, <see cref="LossChunkRows"/> = 0, turns them into dlogits).
+    /// next forward (an unfused <see cref="Loss"/>, <see cref="LossChunkRows"/> = 0, turns them into dlogits). The whole model:
+    /// a pipeline stage runs <see cref="ForwardUnits"/> and <see cref="LossUnits"/>.
     /// </summary>
     public Tensor Forward(Tensor tokens, int microBatch = 0)
     {
-        var (rows, b, t) = ForwardToHead(tokens, microBatch);         // (B T, C)
-        var ctx = PassContext.Training(Activations, microBatch);
-        var logits = Head.Forward(ctx, rows);                         // (B T, V)
-        PassHooks?.AfterForward(Blocks.Count + 1);
+        CheckWhole(nameof(Forward));
+        var (b, t) = CheckTokens(tokens, "tokens", 0, null);
+        var rows = RunForward(0, _units.Length, microBatch, tokens, b, t);   // (B T, C): the head's input
+        var logits = Head.Forward(PassContext.Training(Activations, microBatch), rows);   // (B T, V)
+        PassHooks?.AfterForward(_units.Length - 1);
         return logits.Reshape(b, t, LocalVocab);
     }
 
     /// <summary>
-    /// The training forward of micro-batch <paramref name="microBatch"/> up to the LM head's input: embeddings, blocks, the
-    /// final norm and the head's input region, saving activations. Returns the whole rows (B T, C) the head reads, with the
-    /// head unit's forward begun (<see cref="ITransformerPassHooks.BeforeForward"/>) and not ended.
+    /// The pipeline seam: the training forward of units [<paramref name="first"/>, <paramref name="end"/>) of
+    /// <see cref="Layout"/> (a virtual stage's range, <see cref="ChunkUnits"/>, that does not end with the head: that one is
+    /// <see cref="LossUnits"/>) for a micro-batch of <paramref name="sequences"/> x <paramref name="sequenceLength"/> tokens, in
+    /// slot <paramref name="microBatch"/> of <see cref="Activations"/> (whose saved tensors this forgets first).
+    /// <paramref name="input"/> is the tokens (B, T) I32 when the range starts with the embeddings, else the residual stream
+    /// entering it (rows, C): this rank's rows under sequence parallelism, what the previous stage sent, kept unchanged by the
+    /// caller until <see cref="BackwardUnits"/>. Returns the residual stream leaving the range (rows, C), in a buffer of the slot
+    /// that stays valid until the slot's next forward. The code run is the model's own: <see cref="Loss"/> is
+    /// <see cref="LossUnits"/> over every unit.
     /// </summary>
-    private (Tensor Rows, int B, int T) ForwardToHead(Tensor tokens, int microBatch)
+    public Tensor ForwardUnits(int first, int end, int microBatch, Tensor input, int sequences, int sequenceLength)
     {
-        var (b, t) = CheckTokens(tokens, "tokens", 0, null);
-        var ctx = PassContext.Training(Activations, microBatch).WithBatch(b, t);
-        Activations.Release(microBatch);                             // nothing stale from an earlier forward of this slot
-        var hooks = PassHooks;
-        int head = Blocks.Count + 1;
-        hooks?.BeforeForward(0);
-        var x = Embed(ctx, tokens, b, t, cache: null);               // (N, C): this rank's rows of the residual stream
-        hooks?.AfterForward(0);
-        for (int i = 0; i < Blocks.Count; i++)
-        {
-            hooks?.BeforeForward(i + 1);
-            x = Blocks[i].Forward(ctx, x, RecomputeActivations);
-            hooks?.AfterForward(i + 1);
-        }
-        hooks?.BeforeForward(head);
-        if (RecomputeActivations)
-        {
-            // The last checkpointed block left its output in a shared buffer; the final norm keeps its input.
-            var kept = ctx.Buffer(_blocksOut, x.Shape, DType);
-            Backend.Copy(x, kept);
-            x = kept;
-        }
-        var rows = HeadInput.Forward(ctx, FinalNorm.Forward(ctx, x));   // (B T, C): whole rows
-        ctx.Save(_tokens, tokens.IsContiguous ? tokens : Backend.Contiguous(tokens));
-        return (rows, b, t);
+        CheckRange(first, end, nameof(ForwardUnits));
+        if (_units[end - 1].Kind == UnitKind.Head)
+            throw new ArgumentException($"Transformer.ForwardUnits: units [{first}, {end}) end with the head, whose forward is the loss's; call LossUnits");
+        return RunForward(first, end, microBatch, input, sequences, sequenceLength);
     }
 
     /// <summary>
@@ -296,16 +372,37 @@ public sealed class Transformer
     /// </summary>
     public Tensor Loss(Tensor tokens, Tensor targets, int microBatch = 0, double lossScale = 1.0)
     {
-        if (LossChunkRows == 0) return UnfusedLoss(tokens, targets, microBatch, lossScale);
-        var (rows, b, t) = ForwardToHead(tokens, microBatch);         // (N, C) whole rows
-        int head = Blocks.Count + 1;
+        CheckWhole(nameof(Loss));
+        var (b, t) = CheckTokens(tokens, "tokens", 0, null);
+        return LossUnits(0, _units.Length, microBatch, tokens, targets, lossScale, b, t);
+    }
+
+    /// <summary>
+    /// The pipeline seam's last virtual stage: <see cref="Loss"/> over units [<paramref name="first"/>, <paramref name="end"/>),
+    /// a range that ends with the head, from <paramref name="input"/> (tokens, or the residual stream the previous stage sent,
+    /// as for <see cref="ForwardUnits"/>) against <paramref name="targets"/> (B, T) I32. Returns the per-token losses (B*T),
+    /// valid until the slot's next forward, and keeps the loss's gradient for <see cref="BackwardUnits"/>.
+    /// </summary>
+    public Tensor LossUnits(int first, int end, int microBatch, Tensor input, Tensor targets, double lossScale, int sequences, int sequenceLength)
+    {
+        CheckRange(first, end, nameof(LossUnits));
+        if (_units[end - 1].Kind != UnitKind.Head)
+            throw new ArgumentException($"Transformer.LossUnits: units [{first}, {end}) do not end with the head; their forward is ForwardUnits");
+        int head = end - 1, b = sequences, t = sequenceLength;
+        var rows = RunForward(first, end, microBatch, input, b, t);   // (N, C) whole rows: the head's input
         var ctx = PassContext.Training(Activations, microBatch);
+        var hooks = PassHooks;
+        if (LossChunkRows == 0)
+        {
+            var logits = Head.Forward(ctx, rows);                     // (N, V)
+            hooks?.AfterForward(head);
+            return UnfusedLoss(ctx, logits, targets, b, t, lossScale);
+        }
         var (target, losses) = LossBuffers(ctx, targets, b, t);
         var dRows = ctx.Buffer(_dHeadRows, rows.Shape, DType);        // (N, C): the loss's gradient at the head's input
-        var hooks = PassHooks;
         if (lossScale == 0)
         {
-            _headLoss.Forward(ctx, rows, target, losses, lossScale, dx: null, LossChunkRows);
+            _headLoss!.Forward(ctx, rows, target, losses, lossScale, dx: null, LossChunkRows);
             hooks?.AfterForward(head);
             Backend.Fill(dRows, 0);
         }
@@ -314,18 +411,70 @@ public sealed class Transformer
             // The head's backward begins before its forward is over: each chunk's weight gradient is taken as it goes.
             hooks?.AfterForward(head);
             hooks?.BeforeBackward(head);
-            _headLoss.Forward(ctx, rows, target, losses, lossScale, dRows, LossChunkRows);
+            _headLoss!.Forward(ctx, rows, target, losses, lossScale, dRows, LossChunkRows);
         }
         ctx.Save(_dHeadRows, dRows);
         return losses;
     }
 
-    /// <summary><see cref="Loss"/> with the whole micro-batch's logits materialized and their gradient kept for <see cref="Backward"/>.</summary>
-    private Tensor UnfusedLoss(Tensor tokens, Tensor targets, int microBatch, double lossScale)
+    /// <summary>
+    /// Runs units [<paramref name="first"/>, <paramref name="end"/>) forward in slot <paramref name="microBatch"/>: the
+    /// embeddings (from tokens) and blocks in the range, and when it ends with the head, the final norm and the head's input
+    /// region, whose whole rows (B T, C) it returns with the head unit's forward begun and not ended; otherwise the residual
+    /// stream leaving the range, kept in the slot.
+    /// </summary>
+    private Tensor RunForward(int first, int end, int microBatch, Tensor input, int sequences, int sequenceLength)
     {
-        var logits = Forward(tokens, microBatch);                    // (B, T, V)
-        int b = logits.Size(0), t = logits.Size(1), n = b * t, v = Config.VocabSize, vPad = Config.EffectivePaddedVocab;
-        var ctx = PassContext.Training(Activations, microBatch);
+        ArgumentNullException.ThrowIfNull(input);
+        var ctx = PassContext.Training(Activations, microBatch).WithBatch(sequences, sequenceLength);
+        Activations.Release(microBatch);                             // nothing stale from an earlier forward of this slot
+        var hooks = PassHooks;
+        int u = first;
+        Tensor x;
+        if (_units[u].Kind == UnitKind.Embeddings)
+        {
+            if (input.Rank != 2 || input.DType != DType.I32 || input.Size(0) != sequences || input.Size(1) != sequenceLength)
+                throw new ArgumentException($"Transformer: units [{first}, {end}) start with the embeddings, so the input must be tokens ({sequences}, {sequenceLength}) I32, got {input.Shape} {input.DType}");
+            hooks?.BeforeForward(u);
+            x = Embed(ctx, input, sequences, sequenceLength, cache: null);   // (N, C): this rank's rows of the residual stream
+            ctx.Save(_tokens, input.IsContiguous ? input : Backend.Contiguous(input));
+            hooks?.AfterForward(u);
+            u++;
+        }
+        else
+        {
+            CheckResidual(input, sequences, sequenceLength, "input", "forward");
+            x = input;
+        }
+        for (; u < end && _units[u].Kind == UnitKind.Block; u++)
+        {
+            hooks?.BeforeForward(u);
+            x = Blocks[_units[u].Block].Forward(ctx, x, RecomputeActivations);
+            hooks?.AfterForward(u);
+        }
+        if (u == end)
+        {
+            // A stage's output: a checkpointed block left it in a shared buffer that the next forward overwrites.
+            if (!RecomputeActivations) return x;
+            var kept = ctx.Buffer(_stageOut, x.Shape, DType);
+            Backend.Copy(x, kept);
+            return kept;
+        }
+        hooks?.BeforeForward(u);
+        if (RecomputeActivations)
+        {
+            // The last checkpointed block left its output in a shared buffer; the final norm keeps its input.
+            var kept = ctx.Buffer(_blocksOut, x.Shape, DType);
+            Backend.Copy(x, kept);
+            x = kept;
+        }
+        return HeadInput.Forward(ctx, FinalNorm.Forward(ctx, x));   // (B T, C): whole rows
+    }
+
+    /// <summary>The cross-entropy of the whole micro-batch's logits (N, V), their gradient kept for the backward.</summary>
+    private Tensor UnfusedLoss(in PassContext ctx, Tensor logits, Tensor targets, int b, int t, double lossScale)
+    {
+        int n = b * t, v = Config.VocabSize, vPad = Config.EffectivePaddedVocab;
         var (target, losses) = LossBuffers(ctx, targets, b, t);
         var l2 = logits.Reshape(n, LocalVocab);
         if (_vocabParallelLoss is not null)
@@ -363,52 +512,80 @@ public sealed class Transformer
     /// <summary>
     /// Backward of micro-batch <paramref name="microBatch"/> from the gradient kept by <see cref="Loss"/> (the head input's
     /// with the fused head, else the logits'): accumulates into every parameter's Grad, then releases the micro-batch's
-    /// saved activations.
+    /// saved activations. The whole model: a pipeline stage runs <see cref="BackwardUnits"/>.
     /// </summary>
     public void Backward(int microBatch = 0)
     {
-        var store = PassContext.Training(Activations, microBatch);
-        bool fused = Activations.Contains(microBatch, _dHeadRows.Name);
-        if (!fused && !Activations.Contains(microBatch, _dLogits.Name))
+        CheckWhole(nameof(Backward));
+        if (!Activations.Contains(microBatch, _dHeadRows.Name) && !Activations.Contains(microBatch, _dLogits.Name))
             throw new InvalidOperationException($"Transformer.Backward: micro-batch {microBatch} has no loss gradient; call Loss(tokens, targets, {microBatch}, scale) first");
-        var tokens = store.Get(_tokens);                             // (B, T)
-        int b = tokens.Size(0), t = tokens.Size(1), c = Config.Embedding;
-        var ctx = store.WithBatch(b, t);
-        int rows = Layers.ResidualRows(b * t).Count;                 // this rank's rows of the residual stream
+        var tokens = Activations.Get(microBatch, _tokens.Name);      // (B, T)
+        int b = tokens.Size(0), t = tokens.Size(1);
+        var ctx = PassContext.Training(Activations, microBatch).WithBatch(b, t);
+        var dResidual = ctx.Scratch(_dResidual, new Shape(Layers.ResidualRows(b * t).Count, Config.Embedding), DType);
+        BackwardUnits(0, _units.Length, microBatch, dResidual, b, t);
+    }
+
+    /// <summary>
+    /// The pipeline seam's backward: units [<paramref name="first"/>, <paramref name="end"/>) of micro-batch slot
+    /// <paramref name="microBatch"/>, after their <see cref="ForwardUnits"/> (or <see cref="LossUnits"/>). Works in place on
+    /// <paramref name="residualGradient"/> (rows, C): on entry the gradient of the range's output (what the next stage sent back;
+    /// ignored when the range ends with the head, whose gradient comes from the loss), on return the gradient of its input (to
+    /// send to the previous stage; nothing useful when the range starts with the embeddings, whose gradient is taken).
+    /// Parameter gradients accumulate; the slot's saved activations are released at the end.
+    /// </summary>
+    public void BackwardUnits(int first, int end, int microBatch, Tensor residualGradient, int sequences, int sequenceLength)
+    {
+        ArgumentNullException.ThrowIfNull(residualGradient);
+        CheckRange(first, end, nameof(BackwardUnits));
+        CheckResidual(residualGradient, sequences, sequenceLength, "residual gradient", nameof(BackwardUnits));
+        var ctx = PassContext.Training(Activations, microBatch).WithBatch(sequences, sequenceLength);
         var hooks = PassHooks;
-        int head = Blocks.Count + 1;
-        hooks?.BeforeBackward(head);
-        Tensor dFinal;                                               // (rows, C)
-        if (fused)
+        var dResidual = residualGradient;                           // (rows, C): this rank's rows of the residual stream
+        int rows = dResidual.Size(0), c = Config.Embedding;
+        int u = end - 1;
+        if (_units[u].Kind == UnitKind.Head)
         {
-            var dRows = store.Get(_dHeadRows);                       // (B T, C), from the fused head
-            // Whole rows on this rank: the region's backward works in place on them (nothing, or an all-reduce).
-            dFinal = dRows.Size(0) == rows ? dRows : ctx.Scratch(_dFinal, new Shape(rows, c), DType);
-            HeadInput.Backward(ctx, dRows, dFinal);
+            bool fused = Activations.Contains(microBatch, _dHeadRows.Name);
+            if (!fused && !Activations.Contains(microBatch, _dLogits.Name))
+                throw new InvalidOperationException($"Transformer.BackwardUnits: micro-batch {microBatch} has no loss gradient; run its loss (LossUnits) first");
+            hooks?.BeforeBackward(u);
+            Tensor dFinal;                                           // (rows, C)
+            if (fused)
+            {
+                var dRows = ctx.Get(_dHeadRows);                     // (B T, C), from the fused head
+                // Whole rows on this rank: the region's backward works in place on them (nothing, or an all-reduce).
+                dFinal = dRows.Size(0) == rows ? dRows : ctx.Scratch(_dFinal, new Shape(rows, c), DType);
+                HeadInput.Backward(ctx, dRows, dFinal);
+            }
+            else
+            {
+                var dLogits = ctx.Get(_dLogits);                     // (N, V)
+                dFinal = ctx.Scratch(_dFinal, new Shape(rows, c), DType);
+                var dHeadInput = HeadInput.GradientBuffer(ctx, dFinal);   // (B T, C)
+                Head.Backward(ctx, dLogits, dHeadInput);
+                HeadInput.Backward(ctx, dHeadInput, dFinal);
+            }
+            Backend.Fill(dResidual, 0);
+            FinalNorm.Backward(ctx, dFinal, dResidual);
+            hooks?.AfterBackward(u);
+            u--;
         }
-        else
+        for (; u >= first && _units[u].Kind == UnitKind.Block; u--)
         {
-            var dLogits = store.Get(_dLogits);                       // (N, V)
-            dFinal = ctx.Scratch(_dFinal, new Shape(rows, c), DType);
-            var dHeadInput = HeadInput.GradientBuffer(ctx, dFinal);  // (B T, C)
-            Head.Backward(ctx, dLogits, dHeadInput);
-            HeadInput.Backward(ctx, dHeadInput, dFinal);
+            hooks?.BeforeBackward(u);
+            Blocks[_units[u].Block].Backward(ctx, dResidual);
+            hooks?.AfterBackward(u);
         }
-        var dResidual = ctx.Scratch(_dResidual, new Shape(rows, c), DType);
-        Backend.Fill(dResidual, 0);
-        FinalNorm.Backward(ctx, dFinal, dResidual);
-        hooks?.AfterBackward(head);
-        for (int i = Blocks.Count - 1; i >= 0; i--)
+        if (u >= first)
         {
-            hooks?.BeforeBackward(i + 1);
-            Blocks[i].Backward(ctx, dResidual);
-            hooks?.AfterBackward(i + 1);
+            hooks?.BeforeBackward(u);
+            TokenEmbedding.Backward(ctx, dResidual);
+            PositionEmbedding?.Backward(ctx, dResidual);
+            Activations.Release(microBatch);
+            hooks?.AfterBackward(u);
         }
-        hooks?.BeforeBackward(0);
-        TokenEmbedding.Backward(ctx, dResidual);
-        PositionEmbedding?.Backward(ctx, dResidual);
-        Activations.Release(microBatch);
-        hooks?.AfterBackward(0);
+        else Activations.Release(microBatch);
     }
 
     /// <summary>Forgets the activations saved for <paramref name="microBatch"/> (e.g. after an evaluation forward).</summary>
@@ -417,6 +594,7 @@ public sealed class Transformer
     /// <summary>A KV cache for <paramref name="batch"/> sequences of up to <paramref name="maxSequence"/> (default MaxSequenceLength) positions.</summary>
     public KvCache CreateKvCache(int batch, int? maxSequence = null)
     {
+        CheckWhole(nameof(CreateKvCache));
         int s = maxSequence ?? Config.MaxSequenceLength;
         if (s <= 0 || s > Config.MaxSequenceLength)
             throw new ArgumentOutOfRangeException(nameof(maxSequence), $"KV cache length {s} must be in [1, MaxSequenceLength = {Config.MaxSequenceLength}]");
@@ -441,6 +619,7 @@ public sealed class Transformer
     public Tensor ForwardWithCache(Tensor tokens, KvCache cache, bool validateTokens)
     {
         ArgumentNullException.ThrowIfNull(cache);
+        CheckWhole(nameof(ForwardWithCache));
         var (b, t) = CheckTokens(tokens, "tokens", 0, cache, validateTokens);
         if (cache.Batch != b)
             throw new ArgumentException($"Transformer.ForwardWithCache: tokens have batch {b} but the cache was made for batch {cache.Batch}");
@@ -497,13 +676,37 @@ public sealed class Transformer
         return whole.Reshape(n, tp.Size * columns);
     }
 
+    private InvalidOperationException NotHeld(string what) => new(
+        $"Transformer: {what} is not on this rank: it is {Pipeline} and holds units {string.Join(", ", Layout.Units.Select(u => u.Name))}");
+
+    /// <summary>Refuses an operation over the whole model on a pipeline stage, which holds only some of it.</summary>
+    private void CheckWhole(string operation)
+    {
+        if (Pipeline is not null)
+            throw new InvalidOperationException($"Transformer.{operation}: this rank is {Pipeline} and holds only units {string.Join(", ", Layout.Units.Select(u => u.Name))}; " +
+                "run its units through ForwardUnits/BackwardUnits in a pipeline schedule, or load the checkpoint whole to generate");
+    }
+
+    private void CheckRange(int first, int end, string operation)
+    {
+        if (first < 0 || end > _units.Length || first >= end)
+            throw new ArgumentOutOfRangeException(nameof(first), $"Transformer.{operation}: units [{first}, {end}) are not a non-empty range of this rank's {_units.Length} units");
+        for (int u = first + 1; u < end; u++)
+            if (_units[u].Kind == UnitKind.Embeddings || _units[u - 1].Kind == UnitKind.Head)
+                throw new ArgumentException($"Transformer.{operation}: units [{first}, {end}) run the embeddings after a block or past the head");
+    }
+
+    /// <summary>Checks a residual-stream tensor: this rank's rows of B x T tokens by C, in the model's dtype, contiguous.</summary>
+    private void CheckResidual(Tensor x, int sequences, int sequenceLength, string what, string operation)
+    {
+        int rows = Layers.ResidualRows(checked(sequences * sequenceLength)).Count;
+        if (x.Rank != 2 || x.Size(0) != rows || x.Size(1) != Config.Embedding || x.DType != DType || !x.IsContiguous)
+            throw new ArgumentException($"Transformer.{operation}: the {what} must be contiguous ({rows}, {Config.Embedding}) {DType} (this rank's rows of {sequences} x {sequenceLength} tokens), got {x.Shape} {x.DType}");
+    }
+
     /// <summary>
     /// Tensor parallelism over <paramref name="tp"/> ranks splits heads, hidden units and the padded vocabulary; each must
     /// divide evenly, or (key/value heads) be a divisor of tp. The message names the configuration field and the numbers.
-    /// </summary>
-    /// <summary>
-    /// Throws an <see cref="ArgumentException"/> naming the field when <paramref name="config"/> cannot be split over
-    /// <paramref name="tp"/> tensor-parallel ranks (heads, key/value heads, MLP width and padded vocabulary must divide).
     /// </summary>
     public static void CheckTensorParallel(TransformerConfig config, int tp)
     {

@@ -6,6 +6,7 @@ using Tessera.Tensors;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Training.Pipeline;
 
 namespace Tessera.Training;
 
@@ -13,7 +14,8 @@ namespace Tessera.Training;
 /// The training loop, the same for every layout: micro-batches with gradient accumulation, AdamW with a warmup-cosine
 /// schedule and global-norm clipping, periodic validation, metrics and checkpoints. What differs between one device,
 /// data parallelism, ZeRO 1-3 and offload is handed in as an <see cref="IDataParallelism"/> strategy; tensor
-/// parallelism lives in the model's layers. Each micro-batch's loss scale is 1 / (B * T * accumulation * data-parallel
+/// parallelism lives in the model's layers; a model that is a pipeline stage runs each step's micro-batches through a pipeline
+/// schedule (<see cref="PipelineRunner"/>) instead of one after another. Each micro-batch's loss scale is 1 / (B * T * accumulation * data-parallel
 /// ranks), so summing gradients over the data-parallel group gives the gradient of the global mean loss. The loss is
 /// read from the device once per step (for logging); everything else stays enqueued.
 /// </summary>
@@ -28,14 +30,18 @@ public sealed class Trainer
     private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
     private readonly TensorParallelGradients? _partialGradients;   // tensor parallelism: sums the gradients each rank has in part
     private Tensor? _stopFlag;                   // (1) loss dtype: this rank's stop request, then the max over all ranks
+    private readonly PipelineRunner? _pipeline;  // pipeline parallelism: the schedule that runs a step's micro-batches, or null
 
     /// <summary>
     /// Creates a trainer of <paramref name="model"/> under <paramref name="parallelism"/>. With a data-parallel group,
     /// <paramref name="train"/> (and <paramref name="validation"/>) must read slice Rank of Size. The model's weights must
     /// be initialized identically on every rank, or be written through <see cref="InitializeWeights"/> /
-    /// <see cref="LoadWeights"/> afterwards (a model declared without storage for ZeRO-3).
+    /// <see cref="LoadWeights"/> afterwards (a model declared without storage for ZeRO-3). When the model is a pipeline stage,
+    /// <paramref name="pipelineSchedule"/> says how a step's accumulation micro-batches flow through the stages (every stage of
+    /// the pipeline group reads the same batches: the first uses their tokens, the last their targets).
     /// </summary>
-    public Trainer(Transformer model, IDataParallelism parallelism, TokenDataLoader train, TokenDataLoader? validation, TrainerOptions options)
+    public Trainer(Transformer model, IDataParallelism parallelism, TokenDataLoader train, TokenDataLoader? validation, TrainerOptions options,
+        PipelineScheduleKind pipelineSchedule = PipelineScheduleKind.OneForwardOneBackward)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(parallelism);
@@ -45,9 +51,10 @@ public sealed class Trainer
         var group = parallelism.Group;
         int rank = group?.Rank ?? 0, size = group?.Size ?? 1;
         var tp = model.TensorParallelism;
-        Where = (group is null ? "" : group.Describe() + ": ") + (tp is null ? "" : tp.Group.Describe() + ": ");
-        if (tp is not null && parallelism is SingleDevice { Optimizer.NormScope: null })
-            throw new ArgumentException($"{Where}the model is split over tp ({tp.Size}) ranks but its optimizer sums only this rank's gradients for clipping; " +
+        var pp = model.Pipeline;
+        Where = (group is null ? "" : group.Describe() + ": ") + (tp is null ? "" : tp.Group.Describe() + ": ") + (pp is null ? "" : pp.Group.Describe() + ": ");
+        if ((tp is not null || pp is not null) && parallelism is SingleDevice { Optimizer.NormScope: null })
+            throw new ArgumentException($"{Where}the model is split over {(tp is null ? $"pp ({pp!.Stages})" : $"tp ({tp.Size})")} ranks but its optimizer sums only this rank's gradients for clipping; " +
                 "create it with GradientNormScope.For(model) (SingleDevice.For does)");
         foreach (var (loader, what) in new[] { (train, "training"), (validation, "validation") })
         {
@@ -77,6 +84,8 @@ public sealed class Trainer
         // device: on a GPU that read is a synchronization per forward, which would stall overlapped reductions.
         model.ValidateInputs = false;
         if (model.Layers.PartialGradients.Count > 0) _partialGradients = new TensorParallelGradients(model, parallelism.ReducesEveryMicroBatch);
+        // Last: the pipeline wraps every pass hook installed so far (it decides when a unit's gradient is complete).
+        if (pp is not null) _pipeline = new PipelineRunner(model, parallelism, pipelineSchedule, options);
     }
 
     /// <summary>A one-device trainer updating <paramref name="model"/>'s arena with <paramref name="optimizer"/>.</summary>
@@ -103,8 +112,11 @@ public sealed class Trainer
     /// <summary>Tokens one update consumes over all data-parallel ranks.</summary>
     public long TokensPerStep => (long)Options.BatchSize * Options.SequenceLength * Options.GradientAccumulationSteps * (Parallelism.Group?.Size ?? 1);
 
-    /// <summary>Whether this rank reports progress (rank 0 of the data-parallel and tensor-parallel groups; always on one device).</summary>
-    public bool Reports => (Parallelism.Group?.Rank ?? 0) == 0 && (_model.TensorParallelism?.Rank ?? 0) == 0;
+    /// <summary>The pipeline schedule's runner when the model is a pipeline stage, else null.</summary>
+    public PipelineRunner? Pipeline => _pipeline;
+
+    /// <summary>Whether this rank reports progress (rank 0 of the data-parallel, tensor-parallel and pipeline groups; always on one device).</summary>
+    public bool Reports => (Parallelism.Group?.Rank ?? 0) == 0 && (_model.TensorParallelism?.Rank ?? 0) == 0 && (_model.Pipeline?.Stage ?? 0) == 0;
 
     /// <summary>Prefix naming the rank in messages ("" on one device).</summary>
     public string Where { get; }
@@ -135,7 +147,7 @@ public sealed class Trainer
         ArgumentNullException.ThrowIfNull(directory);
         using var hf = HuggingFaceModelDirectory.Open(directory, _model.Config);
         var parameters = _model.Layout.Parameters;
-        hf.CheckParameters(parameters);
+        hf.CheckParameters(_model.WholeLayout.Parameters);   // the whole model's, of which a pipeline stage loads its own
         foreach (var p in parameters) Parallelism.WriteWeights(p, p.LocalValues(Array.ConvertAll(hf.ReadCanonical(p.Name).Data, x => (double)x)));
         Parallelism.MarkWeightsWritten();
     }
@@ -153,7 +165,22 @@ public sealed class Trainer
         double scale = 1.0 / (tokens * accum * (group?.Size ?? 1));
         Parallelism.ZeroGrad();
         backend.Fill(_lossSum, 0);
-        for (int micro = 0; micro < accum; micro++)
+        if (_pipeline is not null)
+        {
+            // Every micro-batch of the step goes through the schedule; each unit's gradient is reduced after its chunk's last
+            // backward, so the strategies see the whole step as one last micro-batch.
+            Parallelism.BeginMicroBatch(first: true, last: true);
+            _partialGradients?.BeginMicroBatch(first: true, last: true);
+            for (int micro = 0; micro < accum; micro++)
+            {
+                _train.NextBatch(_hostInputs, _hostTargets);
+                CheckIds();
+                _pipeline.SetMicroBatch(micro, _hostInputs, _hostTargets);
+            }
+            _pipeline.Train(_lossSum, scale);
+            _pipeline.ReduceLoss(_lossSum);
+        }
+        else for (int micro = 0; micro < accum; micro++)
         {
             Parallelism.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
             _partialGradients?.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
@@ -167,6 +194,7 @@ public sealed class Trainer
         }
         var loss = group?.AllReduce(_lossSum, ReduceOp.Sum);
         Parallelism.FinishGradients();
+        _pipeline?.SynchronizeTiedEmbedding();
         Parallelism.Step(_schedule.At(Step));
         Parallelism.AfterUpdate();
         loss?.Wait();
@@ -185,6 +213,21 @@ public sealed class Trainer
         var group = Parallelism.Group;
         _validation.Position = default;
         double total = 0;
+        if (_pipeline is not null)
+        {
+            // One forward-only pass of the pipeline over every evaluation batch: the last stage sums each batch's mean loss.
+            for (int i = 0; i < Options.EvalBatches; i++)
+            {
+                _validation.NextBatch(_hostInputs, _hostTargets);
+                CheckIds();
+                _pipeline.SetMicroBatch(i, _hostInputs, _hostTargets);
+            }
+            backend.Fill(_lossSum, 0);
+            _pipeline.Evaluate(Options.EvalBatches, _lossSum, 1.0 / (_hostInputs.Length * (group?.Size ?? 1)));
+            _pipeline.ReduceLoss(_lossSum);
+            group?.AllReduce(_lossSum, ReduceOp.Sum).Wait();
+            return backend.ReadScalar(_lossSum) / Options.EvalBatches;
+        }
         for (int i = 0; i < Options.EvalBatches; i++)
         {
             _validation.NextBatch(_hostInputs, _hostTargets);
@@ -238,14 +281,14 @@ public sealed class Trainer
 
     /// <summary>
     /// Whether to stop before the next step, given whether this rank was asked to. One device: as asked. Several ranks:
-    /// an all-reduce (max) of a flag over the data-parallel group, then over the tensor-parallel group (together: over
-    /// every rank of the mesh), per step boundary and only while a cancellable token is given: a signal reaches the
+    /// an all-reduce (max) of a flag over the data-parallel group, then over the tensor-parallel and the pipeline group (together:
+    /// over every rank of the mesh), per step boundary and only while a cancellable token is given: a signal reaches the
     /// ranks (threads or processes) at different moments, and a rank that stopped alone would leave the others waiting
     /// in the next step's collectives.
     /// </summary>
     private bool StopAgreed(bool requestedHere)
     {
-        var groups = new[] { Parallelism.Group, _model.TensorParallelism?.Group }.Where(g => g is not null).ToArray();
+        var groups = new[] { Parallelism.Group, _model.TensorParallelism?.Group, _model.Pipeline?.Group }.Where(g => g is not null).ToArray();
         if (groups.Length == 0) return requestedHere;
         var backend = _model.Backend;
         _stopFlag ??= backend.Allocate(new Shape(1), _model.LossDType);

@@ -9,8 +9,8 @@ namespace Tessera.Cli.Ranks;
 
 /// <summary>
 /// This process's place in a launched run (one process per GPU): the NCCL world group, met through the launcher's
-/// rendezvous, split into the mesh's dp and tp groups, and the tensor parallelism its model is built with when tp &gt; 1.
-/// Opened before the model is built (a tensor-parallel model is built as its rank's part).
+/// rendezvous, split into the mesh's groups, and the tensor parallelism (tp &gt; 1) and pipeline stage (pp &gt; 1) its model is
+/// built with. Opened before the model is built (a tensor-parallel model and a pipeline stage are built as this rank's part).
 /// </summary>
 public sealed class NcclMesh : IDisposable
 {
@@ -18,8 +18,10 @@ public sealed class NcclMesh : IDisposable
     private readonly NcclProcessGroup _world;
 
     /// <summary>Joins the world of <paramref name="environment"/> on <paramref name="backend"/>'s GPU and splits it as <paramref name="mesh"/> says.</summary>
-    public NcclMesh(CudaBackend backend, DistributedEnvironment environment, DeviceMesh mesh, ParallelPlan plan, TimeSpan timeout)
+    /// <remarks>A mesh with pp &gt; 1 needs the <paramref name="partition"/> of the model's blocks over its stages.</remarks>
+    public NcclMesh(CudaBackend backend, DistributedEnvironment environment, DeviceMesh mesh, ParallelPlan plan, TimeSpan timeout, PipelinePartition? partition = null)
     {
+        if (mesh.Pp > 1 && partition is null) throw new ArgumentException($"NCCL mesh {mesh}: pipeline stages need the partition of the model's blocks", nameof(partition));
         mesh.Validate(environment.WorldSize);
         _access = new CudaCommunication(backend);
         try
@@ -29,6 +31,7 @@ public sealed class NcclMesh : IDisposable
             var factory = new NcclProcessGroupFactory(_world);
             Groups = mesh.CreateGroups(factory);
             TensorParallelism = mesh.Tp > 1 ? new TensorParallelism(Groups.Tp, plan, factory) : null;
+            Pipeline = mesh.Pp > 1 ? new PipelineParallelism(Groups.Pp, partition!, factory) : null;
         }
         catch
         {
@@ -43,6 +46,9 @@ public sealed class NcclMesh : IDisposable
 
     /// <summary>What the model is built with when the mesh has tp &gt; 1; null otherwise.</summary>
     public TensorParallelism? TensorParallelism { get; }
+
+    /// <summary>This rank's pipeline stage when the mesh has pp &gt; 1; null otherwise.</summary>
+    public PipelineParallelism? Pipeline { get; }
 
     /// <inheritdoc/>
     public void Dispose()

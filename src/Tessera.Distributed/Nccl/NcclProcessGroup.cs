@@ -113,6 +113,12 @@ public sealed class NcclProcessGroup : ProcessGroup
         _batched.Clear();
     }
 
+    /// <inheritdoc/>
+    protected override void BeginBatch() => GroupStart();
+
+    /// <inheritdoc/>
+    protected override void EndBatch() => GroupEnd();
+
     /// <summary>The handle of an operation just enqueued: its end is an event recorded now, or at GroupEnd inside a batch.</summary>
     private NcclHandle Issued(CollectiveKind kind, long number)
     {

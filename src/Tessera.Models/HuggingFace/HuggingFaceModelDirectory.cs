@@ -114,11 +114,12 @@ public sealed class HuggingFaceModelDirectory : IDisposable
 
     /// <summary>
     /// Copies the weights into <paramref name="parameters"/> (values of dtype F32, F64, BF16 or F16), one tensor at
-    /// a time. The parameter set must be exactly the map's (names and shapes); this is checked before any copy.
+    /// a time. The parameter set must be exactly the map's (names and shapes), or, for a pipeline stage that holds only some of
+    /// the model, <paramref name="wholeModel"/> must (the model's <c>WholeLayout</c>); this is checked before any copy.
     /// </summary>
-    public void LoadInto(IReadOnlyList<Parameter> parameters, IBackend backend)
+    public void LoadInto(IReadOnlyList<Parameter> parameters, IBackend backend, IReadOnlyList<Parameter>? wholeModel = null)
     {
-        CheckParameters(parameters);
+        CheckParameters(wholeModel ?? parameters);
         foreach (var p in parameters)
         {
             // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it. A tensor-parallel rank

@@ -42,6 +42,16 @@ public sealed class ActivationStore
     /// <summary>Total elements held by the pooled buffers (all slots, all dtypes).</summary>
     public long BufferedElements => _buffers.Values.Sum(t => t.NumElements);
 
+    /// <summary>
+    /// Bytes of the pooled buffers of the slots <paramref name="slots"/> selects (slot &gt;= 0: the micro-batch slots, what a
+    /// pipeline schedule's micro-batches in flight hold; the shared slots are the same whatever the schedule).
+    /// </summary>
+    public long BufferedBytes(Func<int, bool> slots)
+    {
+        ArgumentNullException.ThrowIfNull(slots);
+        return _buffers.Where(b => slots(b.Key.Slot)).Sum(b => b.Value.NumElements * b.Value.DType.SizeInBytes());
+    }
+
     /// <summary>Number of tensors currently saved for <paramref name="slot"/>.</summary>
     public int SavedCount(int slot) => _saved.Keys.Count(k => k.Slot == slot);
 

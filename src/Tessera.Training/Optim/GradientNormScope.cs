@@ -6,39 +6,43 @@ using Tessera.Tensors;
 namespace Tessera.Training.Optim;
 
 /// <summary>
-/// Which gradient elements a tensor-parallel rank counts toward the global gradient norm, and the group it sums over: the
-/// norm must see every global element once, so a replicated parameter is counted by the group's rank 0 alone and a
-/// key/value head replicated over a block of ranks by the block's first rank (<see cref="Parameter.CanonicalRanges"/>),
-/// and the squares are then all-reduced over the tensor-parallel group. Without tensor parallelism there is no scope and
-/// the optimizers sum the whole arena, as always.
+/// Which gradient elements a rank of a split model counts toward the global gradient norm, and the groups it sums over: the
+/// norm must see every global element once. Under tensor parallelism a replicated parameter is counted by the group's rank 0
+/// alone and a key/value head replicated over a block of ranks by the block's first rank (<see cref="Parameter.CanonicalRanges"/>);
+/// under pipeline parallelism each stage counts its own parameters, except the last stage's copy of a tied token embedding
+/// (the first stage counts the table). The squares are then all-reduced over the tensor-parallel group, then the pipeline
+/// group. A model on one device has no scope and the optimizers sum the whole arena, as always.
 /// </summary>
 public sealed class GradientNormScope
 {
     private readonly (long Start, long Length)[] _ranges;
 
-    private GradientNormScope((long Start, long Length)[] ranges, ProcessGroup group)
+    private GradientNormScope((long Start, long Length)[] ranges, ProcessGroup[] groups)
     {
         _ranges = ranges;
-        Group = group;
+        Groups = groups;
     }
 
-    /// <summary>The scope of <paramref name="model"/>'s rank, or null when the model is not split over a tensor-parallel group.</summary>
+    /// <summary>The scope of <paramref name="model"/>'s rank, or null when the model is split over neither a tensor-parallel nor a pipeline group.</summary>
     public static GradientNormScope? For(Transformer model)
     {
         ArgumentNullException.ThrowIfNull(model);
-        if (model.TensorParallelism is not { } tp) return null;
+        var tp = model.TensorParallelism;
+        if (tp is null && model.Pipeline is null) return null;
         var ranges = new List<(long, long)>();
         foreach (var p in model.Layout.Parameters)
         {
-            if (p.Placement.IsReplicated && tp.Rank != 0) continue;   // every rank holds it whole: rank 0 counts it
+            if (ReferenceEquals(p, model.TiedEmbeddingCopy)) continue;             // the first stage counts the tied table
+            if (tp is not null && p.Placement.IsReplicated && tp.Rank != 0) continue;   // every tp rank holds it whole: rank 0 counts it
             foreach (var (start, length) in p.CanonicalRanges())
                 if (length > 0) ranges.Add((p.Offset + start, length));
         }
-        return new GradientNormScope([.. ranges], tp.Group);
+        var groups = new[] { tp?.Group, model.Pipeline?.Group }.OfType<ProcessGroup>().ToArray();
+        return new GradientNormScope([.. ranges], groups);
     }
 
-    /// <summary>The tensor-parallel group the squares are summed over.</summary>
-    public ProcessGroup Group { get; }
+    /// <summary>The groups the squares are summed over, in order: the tensor-parallel group, then the pipeline group (those the model is split over).</summary>
+    public IReadOnlyList<ProcessGroup> Groups { get; }
 
     /// <summary>The arena ranges [Start, Start + Length) this rank counts, in arena order.</summary>
     public IReadOnlyList<(long Start, long Length)> Ranges => _ranges;
@@ -58,6 +62,9 @@ public sealed class GradientNormScope
         }
     }
 
-    /// <summary>Collective over the tensor-parallel group: sums every rank's partial sum of squares in place.</summary>
-    public void Reduce(Tensor sumOfSquares) => Group.AllReduce(sumOfSquares, ReduceOp.Sum).WaitOnDevice();
+    /// <summary>Collective over the tensor-parallel, then the pipeline group: sums every rank's partial sum of squares in place.</summary>
+    public void Reduce(Tensor sumOfSquares)
+    {
+        foreach (var group in Groups) group.AllReduce(sumOfSquares, ReduceOp.Sum).WaitOnDevice();
+    }
 }

@@ -7,4 +7,5 @@ namespace Tessera.Training.Parallel;
 /// <param name="Context">The rank's backends and world group.</param>
 /// <param name="Groups">Its groups along each mesh axis (and its coordinate).</param>
 /// <param name="TensorParallelism">What its model is built with when the mesh has tp &gt; 1; null otherwise.</param>
-public sealed record MeshRank(RankContext Context, MeshGroups Groups, TensorParallelism? TensorParallelism);
+/// <param name="Pipeline">Its pipeline stage when the mesh has pp &gt; 1; null otherwise.</param>
+public sealed record MeshRank(RankContext Context, MeshGroups Groups, TensorParallelism? TensorParallelism, PipelineParallelism? Pipeline = null);

@@ -5,6 +5,7 @@ using Tessera.Models;
 using Tessera.Tensors.Cpu;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
+using Tessera.Training.Pipeline;
 
 namespace Tessera.Training.Parallel;
 
@@ -62,13 +63,17 @@ public static class ParallelTraining
     /// carries its groups and, when the mesh has tp &gt; 1, the <see cref="TensorParallelism"/> of <paramref name="plan"/> its
     /// model is built with; <paramref name="parallel"/> (ZeRO 0-3) runs over each rank's dp group. The data loader a rank
     /// builds reads slice <see cref="MeshCoordinate.Dp"/> of <see cref="DeviceMesh.Dp"/> (the ranks of one tp group read the
-    /// same rows). Otherwise as the overload over <c>worldSize</c> data-parallel ranks.
+    /// same rows). When the mesh has pp &gt; 1 each rank's <see cref="MeshRank.Pipeline"/> is its stage of
+    /// <paramref name="pipeline"/> (the partition of the blocks), its model is built as that stage, and its trainer runs each
+    /// step's micro-batches through <paramref name="schedule"/>. Otherwise as the overload over <c>worldSize</c> data-parallel ranks.
     /// </summary>
     public static int Train(DeviceMesh mesh, ParallelPlan plan, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
         Func<MeshRank, (Transformer Model, TokenDataLoader Train)> buildRank,
         Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null,
-        Action<Trainer>? resume = null, CancellationToken cancellation = default, Action<Trainer>? weights = null)
+        Action<Trainer>? resume = null, CancellationToken cancellation = default, Action<Trainer>? weights = null,
+        PipelinePartition? pipeline = null, PipelineScheduleKind schedule = PipelineScheduleKind.OneForwardOneBackward)
     {
+        if (mesh.Pp > 1 && pipeline is null) throw new ArgumentException($"parallel training: mesh {mesh} has pipeline stages; give the partition of the model's blocks", nameof(pipeline));
         ArgumentNullException.ThrowIfNull(mesh);
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(buildRank);
@@ -76,8 +81,9 @@ public static class ParallelTraining
         {
             using var groups = mesh.CreateGroups(ctx.Factory);
             var tensor = mesh.Tp > 1 ? new TensorParallelism(groups.Tp, plan, ctx.Factory) : null;
-            var (model, train) = buildRank(new MeshRank(ctx, groups, tensor));
-            var trainer = new Trainer(model, DataParallelism.Create(model, groups.Dp, parallel, adamW, ctx.Host), train, null, options);
+            var stage = mesh.Pp > 1 ? new PipelineParallelism(groups.Pp, pipeline!, ctx.Factory) : null;
+            var (model, train) = buildRank(new MeshRank(ctx, groups, tensor, stage));
+            var trainer = new Trainer(model, DataParallelism.Create(model, groups.Dp, parallel, adamW, ctx.Host), train, null, options, schedule);
             if (resume is not null) resume(trainer);
             else weights?.Invoke(trainer);
             try

@@ -12,14 +12,16 @@ using Tessera.Training.Data;
 namespace Tessera.Training.Parallel;
 
 /// <summary>
-/// Checkpoints of parallel runs (data parallelism and ZeRO, tensor parallelism, both), in one directory of a
+/// Checkpoints of parallel runs (data parallelism and ZeRO, tensor and pipeline parallelism, any mix), in one directory of a
 /// <see cref="CheckpointStore"/>: every rank writes "zero_shard_R_of_W.safetensors" with the master values and AdamW
 /// moments of the elements it owns, named by canonical parameter and by element of the rank's local (tensor-parallel)
 /// tensor ("value/START/NAME", "m/START/NAME", "v/START/NAME"); rank 0 adds the whole model as a Hugging Face directory
 /// (F32), trainer_state.json and parallel.json, which records the saving layout and every parameter's global shape and
 /// <see cref="Placement"/>. Loading puts each parameter's pieces back into the whole tensor through the saved placements
-/// and deals it out again through the loading model's own, so a checkpoint saved at any tp x dp and ZeRO stage loads at any
-/// other (one device included), exactly. One manifest covers every file.
+/// and deals it out again through the loading model's own, so a checkpoint saved at any tp x dp x pp and ZeRO stage loads at
+/// any other (one device included), exactly. A pipeline stage writes the parameters of its own units (the last stage's copy of
+/// a tied token embedding is not written: the first stage's table is the parameter, and loading gives it to both), and
+/// parallel.json lists every parameter of the whole model. One manifest covers every file.
 /// <para>
 /// Mixed precision (a BF16 model): the "value" pieces and the Hugging Face weights are the F32 masters, never the BF16
 /// copy, and the moments are F32. Each rank writes from wherever its masters live (the host shard under offload).
@@ -77,12 +79,16 @@ public static class ShardedCheckpoint
                             throw new CheckpointException($"{Staged(name)}: a rank's shard is missing after the barrier; its disk may differ from rank 0's (ranks must share the checkpoint folder)");
                         File.Move(Staged(name), Path.Combine(dir, name));
                     }
+                    // The whole model's parameters (a pipeline stage holds only some): their placements are this tp rank's, and the
+                    // same on every pipeline stage.
+                    var whole = model.WholeLayout.Parameters;
                     var layout = new ParallelCheckpointLayout(rank.WorldSize, rank.TensorSize, rank.DataSize, rank.Stage, files,
-                        model.Layout.Parameters.ToDictionary(p => p.Name, p => new SavedPlacement(p.GlobalShape.ToArray(), p.Placement.ToString()), StringComparer.Ordinal));
+                        whole.ToDictionary(p => p.Name, p => new SavedPlacement(p.GlobalShape.ToArray(), p.Placement.ToString()), StringComparer.Ordinal),
+                        rank.PipelineSize);
                     AtomicFile.WriteAllText(Path.Combine(dir, LayoutFile), JsonSerializer.Serialize(layout, Json));
                     using (var pieces = CheckpointPieces.Open(dir))
                     {
-                        HuggingFaceModelDirectory.Export(dir, model.Config, model.Layout.Parameters.ToDictionary(
+                        HuggingFaceModelDirectory.Export(dir, model.Config, whole.ToDictionary(
                             p => p.Name, p => new HostTensor(p.GlobalShape, Array.ConvertAll(pieces.Assemble(p.Name, p.GlobalShape).Value, x => (float)x)),
                             StringComparer.Ordinal));
                     }
@@ -166,10 +172,13 @@ public static class ShardedCheckpoint
         writer.Metadata["tp_rank"] = rank.TensorRank.ToString(CultureInfo.InvariantCulture);
         writer.Metadata["tp_size"] = rank.TensorSize.ToString(CultureInfo.InvariantCulture);
         writer.Metadata["stage"] = rank.Stage.ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["pp_rank"] = rank.PipelineRank.ToString(CultureInfo.InvariantCulture);
+        writer.Metadata["pp_size"] = rank.PipelineSize.ToString(CultureInfo.InvariantCulture);
         writer.Metadata["dtype"] = model.DType.SafetensorsName();
         writer.Metadata["value_dtype"] = (model.DType is DType.BF16 or DType.F16 ? DType.F32 : model.DType).SafetensorsName();
         foreach (var p in model.Layout.Parameters)
         {
+            if (ReferenceEquals(p, model.TiedEmbeddingCopy)) continue;   // the first stage writes the tied table
             foreach (var r in rank.Saved)
             {
                 long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
@@ -199,11 +208,11 @@ public static class ShardedCheckpoint
 
     /// <summary>
     /// What a rank saves and restores, whatever its strategy: the arena ranges it owns, where their masters and moments
-    /// live, and its place on the mesh (world rank = tp rank + tp x dp rank, Megatron's order).
+    /// live, and its place on the mesh (world rank = tp rank + tp x (dp rank + dp x pp rank), Megatron's order).
     /// </summary>
     private sealed class RankState
     {
-        private ProcessGroup? _data, _tensor;
+        private ProcessGroup? _data, _tensor, _pipeline;
 
         public required IReadOnlyList<OwnedRange> Owned { get; init; }
         public required Func<OwnedRange, (IBackend Backend, Tensor Values)> MasterOf { get; init; }
@@ -214,8 +223,10 @@ public static class ShardedCheckpoint
         public int TensorRank => _tensor?.Rank ?? 0;
         public int TensorSize => _tensor?.Size ?? 1;
         public int DataSize => _data?.Size ?? 1;
-        public int WorldRank => TensorRank + TensorSize * (_data?.Rank ?? 0);
-        public int WorldSize => TensorSize * DataSize;
+        public int PipelineRank => _pipeline?.Rank ?? 0;
+        public int PipelineSize => _pipeline?.Size ?? 1;
+        public int WorldRank => TensorRank + TensorSize * ((_data?.Rank ?? 0) + DataSize * PipelineRank);
+        public int WorldSize => TensorSize * DataSize * PipelineSize;
 
         /// <summary>
         /// The ranges this rank writes: its owned ones, except under plain data parallelism (stage 0), where every data-parallel
@@ -223,14 +234,25 @@ public static class ShardedCheckpoint
         /// </summary>
         public IReadOnlyList<OwnedRange> Saved => Stage == 0 && (_data?.Rank ?? 0) != 0 ? [] : Owned;
 
-        /// <summary>Every rank of the run has arrived: the tensor-parallel peers, then the data-parallel ones (whose own tensor-parallel peers arrived before them).</summary>
+        /// <summary>
+        /// Every rank of the run has arrived: the tensor-parallel peers, then the data-parallel ones (whose own tensor-parallel
+        /// peers arrived before them), then the pipeline stages (whose tp x dp planes arrived before them).
+        /// </summary>
         public void Barrier()
         {
             _tensor?.Barrier().Wait();
             _data?.Barrier().Wait();
+            _pipeline?.Barrier().Wait();
         }
 
         public static RankState Of(Trainer trainer)
+        {
+            var state = OfStrategy(trainer);
+            state._pipeline = trainer.Model.Pipeline?.Group;
+            return state;
+        }
+
+        private static RankState OfStrategy(Trainer trainer)
         {
             var tensor = trainer.Model.TensorParallelism?.Group;
             switch (trainer.Parallelism)

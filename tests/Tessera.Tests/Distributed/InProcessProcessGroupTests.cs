@@ -193,6 +193,41 @@ public class InProcessProcessGroupTests
     }
 
     [Fact]
+    public void ABatchOfSendsAndReceivesBetweenNeighboursEachWayDeliversEveryMessageAndCountsThem()
+    {
+        // The pipeline's send-forward-receive-backward: each rank sends to and receives from both neighbours in one batch.
+        const int size = 3, n = 9;
+        var groups = InProcessProcessGroup.Create(size, Timeout);
+        var received = new double[size][];
+        RankThreads.Run(size, r =>
+        {
+            int next = (r + 1) % size, prev = (r + size - 1) % size;
+            var forward = Upload(Enumerable.Repeat(r + 0.5, n).ToArray(), DType.F64);
+            var backward = Upload(Enumerable.Repeat(-r - 0.5, n).ToArray(), DType.F64);
+            var fromPrev = _cpu.Allocate(new Shape(n), DType.F64);
+            var fromNext = _cpu.Allocate(new Shape(n), DType.F64);
+            var handles = groups[r].SendReceive([PointToPoint.Send(forward, next), PointToPoint.Receive(fromNext, next),
+                PointToPoint.Send(backward, prev), PointToPoint.Receive(fromPrev, prev)]);
+            Assert.Equal(4, handles.Count);
+            foreach (var h in handles) h.Wait();
+            received[r] = [.. Download(fromPrev), .. Download(fromNext)];
+            Assert.Equal(2, groups[r].Count(CollectiveKind.Send));
+            Assert.Equal(2, groups[r].Count(CollectiveKind.Recv));
+        });
+        for (int r = 0; r < size; r++)
+        {
+            int next = (r + 1) % size, prev = (r + size - 1) % size;
+            Assert.Equal([.. Enumerable.Repeat(prev + 0.5, n), .. Enumerable.Repeat(-next - 0.5, n)], received[r]);
+        }
+        var g = groups[0];
+        var t = _cpu.Allocate(new Shape(3), DType.F32);
+        var e = Assert.Throws<ArgumentException>(() => g.SendReceive([PointToPoint.Send(t, 1), PointToPoint.Receive(t, 0)]));
+        Assert.Contains("peer is this rank itself", e.Message);
+        Assert.Throws<ArgumentException>(() => g.SendReceive([new PointToPoint(CollectiveKind.AllReduce, t, 1)]));
+        Assert.Equal(2, g.Count(CollectiveKind.Send));   // nothing of a refused batch was issued
+    }
+
+    [Fact]
     public void HandlesCompleteOnlyOnceEveryRankHasIssuedTheCollective()
     {
         // One thread drives both ranks: issuing never blocks.

@@ -3,6 +3,7 @@ using Tessera.Cli.CommandLine;
 using Tessera.Cli.Output;
 using Tessera.Tensors;
 using Tessera.Training.Optim;
+using Tessera.Training.Pipeline;
 
 namespace Tessera.Cli.Commands.Train;
 
@@ -42,6 +43,10 @@ public sealed class TrainCommand : Command
     private readonly Option<bool> _sp = SharedOptions.Flag("--sp", "with --tp: sequence parallelism (norms and residuals on 1/tp of the tokens; same result, less activation memory)");
     private readonly Option<int> _zero = SharedOptions.Int("--zero", "0-3", "with --ranks or under 'tessera launch': ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)", 0, min: 0);
     private readonly Option<bool> _offload = SharedOptions.Flag("--offload", "with --zero: optimizer state and update on the host (ZeRO-Offload)");
+    private readonly Option<int> _pp = SharedOptions.Int("--pp", "N", "pipeline stages (the blocks split over N ranks; a step's micro-batches, --batch / --micro, flow through them); the ranks form a dp x tp x pp mesh; --pp alone runs N CPU thread ranks", 1, min: 1);
+    private readonly Option<PipelineScheduleKind> _schedule = Schedule();
+    private readonly Option<int?> _virtualStages = SharedOptions.AtLeast(new Option<int?>("--virtual-stages") { Description = "with --schedule interleaved: model chunks per pipeline stage [default: 2]", HelpName = "V" }, 1);
+    private readonly Option<bool> _printSchedule = SharedOptions.Flag("--print-schedule", "with --pp: print the pipeline schedule's timeline (forward 1, backward 2 time units per stage) and exit");
     private readonly Option<bool> _resume = SharedOptions.Flag("--resume", "continue the run in --out from its latest checkpoint; options left out take the checkpoint's values");
     private readonly Option<bool> _allowChanges = SharedOptions.Flag("--allow-changes", "with --resume: accept a changed batch, sequence length or learning-rate schedule (the run then no longer continues the saved one exactly)");
     private readonly Option<int> _sampleTokens = SharedOptions.Int("--sample-tokens", "N", "tokens to sample from the final model (0: none)", 200, min: 0);
@@ -51,7 +56,7 @@ public sealed class TrainCommand : Command
     {
         Option[] options = [_model, _data, _valData, _tokenizer, _out, _steps, _batch, _micro, _seq, _lr, _warmup, _minLr, _weightDecay, _clip,
             _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _recompute, _ranks, _tp, _sp, _zero,
-            _offload, _resume, _allowChanges, _sampleTokens];
+            _offload, _pp, _schedule, _virtualStages, _printSchedule, _resume, _allowChanges, _sampleTokens];
         foreach (var o in options) Options.Add(o);
         _zero.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<int>() > 3) r.AddError($"--zero ({r.GetValueOrDefault<int>()}) must be 0, 1, 2 or 3"); });
         SetAction(parse => new TrainRun(Read(parse), terminal).Execute());
@@ -66,7 +71,8 @@ public sealed class TrainCommand : Command
         EvalEvery = p.GetValue(_evalEvery), EvalBatches = p.GetValue(_evalBatches), CheckpointEvery = p.GetValue(_checkpointEvery),
         KeepLast = p.GetValue(_keepLast), LogEvery = p.GetValue(_logEvery), Device = p.GetValue(_device), Threads = p.GetValue(_threads),
         DType = p.GetValue(_dtype), Recompute = p.GetValue(_recompute), Ranks = p.GetValue(_ranks), TensorParallel = p.GetValue(_tp), SequenceParallel = p.GetValue(_sp), Zero = p.GetValue(_zero),
-        Offload = p.GetValue(_offload), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
+        Offload = p.GetValue(_offload), Pp = p.GetValue(_pp), Schedule = p.GetValue(_schedule), VirtualStages = p.GetValue(_virtualStages),
+        PrintSchedule = p.GetValue(_printSchedule), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
     };
 
     /// <summary>The command-line option of each trainer setting, for messages about a resume.</summary>
@@ -100,6 +106,32 @@ public sealed class TrainCommand : Command
             if (!r.Implicit && r.GetValueOrDefault<double?>() is double v && v is not (>= 0 and <= 1))
                 r.AddError($"{name} ({v}) must lie in [0, 1]");
         });
+        return option;
+    }
+
+    private static Option<PipelineScheduleKind> Schedule()
+    {
+        var option = new Option<PipelineScheduleKind>("--schedule")
+        {
+            Description = "with --pp: gpipe (all forwards, then all backwards; re-materializes as --recompute), 1f1b (PipeDream-Flush: at most --pp micro-batches in flight) " +
+                "or interleaved (Megatron's interleaved 1F1B: --virtual-stages chunks per stage, a v times smaller bubble)",
+            HelpName = "gpipe|1f1b|interleaved",
+            DefaultValueFactory = _ => PipelineScheduleKind.OneForwardOneBackward,
+            CustomParser = r =>
+            {
+                var text = r.Tokens.Single().Value;
+                switch (text.ToLowerInvariant())
+                {
+                    case "gpipe": return PipelineScheduleKind.GPipe;
+                    case "1f1b": return PipelineScheduleKind.OneForwardOneBackward;
+                    case "interleaved": return PipelineScheduleKind.Interleaved;
+                    default:
+                        r.AddError($"--schedule '{text}': expected gpipe, 1f1b or interleaved");
+                        return PipelineScheduleKind.OneForwardOneBackward;
+                }
+            },
+        };
+        option.CompletionSources.Add("gpipe", "1f1b", "interleaved");
         return option;
     }
 

@@ -21,6 +21,7 @@ using Tessera.Training.Checkpoints;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Training.Pipeline;
 using Tessera.Training.Runs;
 
 namespace Tessera.Cli.Commands.Train;
@@ -62,6 +63,14 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         options.Validate();
         if (settings.Model is not string dir || !Directory.Exists(dir))   // a preset's or the checkpoint's split is checked before anything is written
             CheckTensorParallel(settings.Model is string preset ? Presets.Get(preset) : saved?.Model ?? Presets.Get("gpt2-tiny"), topology);
+        Tessera.Nn.Parallel.PipelinePartition? partition = null;
+        if (settings.Pp > 1 || settings.PrintSchedule)
+        {
+            // The pipeline is checked (and drawn) before the device or the run directory is touched.
+            var (checkedPartition, schedule) = PipelinePlan.Check(settings, PlannedConfig(saved), options);
+            if (settings.PrintSchedule) return PipelinePlan.Print(terminal, schedule, checkedPartition, options);
+            partition = checkedPartition;
+        }
 
         // 2. The device first: a missing GPU or driver fails before anything is written.
         var backend = BackendFactory.Create(topology.Device, settings.Threads);
@@ -69,9 +78,9 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         var data = TrainingData.Open(settings, options, _run, terminal);
         // A launched rank meets the others first: a tensor-parallel model is built as this rank's part of it.
         using var nccl = topology.Kind == TopologyKind.ProcessPerGpu
-            ? new NcclMesh((CudaBackend)backend, env, topology.Mesh, TrainSession.Plan(settings), TimeSpan.FromMinutes(5))
+            ? new NcclMesh((CudaBackend)backend, env, topology.Mesh, TrainSession.Plan(settings), TimeSpan.FromMinutes(5), partition)
             : null;
-        var model = BuildModel(saved, dtype, tokenizer, backend, topology, seed, nccl?.TensorParallelism);
+        var model = BuildModel(saved, dtype, tokenizer, backend, topology, seed, nccl?.TensorParallelism, nccl?.Pipeline);
         if (resumeFrom is not null) CheckResume(resumeFrom, options, topology.DataParallelSize, model.Config, dtype);
         VocabularyCheck.Ensure(data.AllPaths, model.Config.VocabSize);
 
@@ -146,17 +155,28 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         if (dtype == DType.BF16 && topology.Device.Kind != DeviceKind.Cuda)
             throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
         if (topology.Kind == TopologyKind.ThreadRanks && topology.Device.Kind != DeviceKind.Cpu)
-            throw new UsageException($"{(settings.Ranks > 1 ? "--ranks" : "--tp")} runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
+            throw new UsageException($"{(settings.Ranks > 1 ? "--ranks" : settings.TensorParallel > 1 ? "--tp" : "--pp")} runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
         if (settings.Data is null && settings.Tokenizer is not null and not "byte")
             throw new UsageException("--tokenizer: the embedded corpus uses byte tokens; give --data for another tokenizer");
     }
 
+    /// <summary>The configuration the run will train: the Hugging Face directory's, the checkpoint's on resume, or the preset's.</summary>
+    private TransformerConfig PlannedConfig(TrainerState? saved)
+    {
+        string spec = settings.Model ?? (saved is null ? "gpt2-tiny" : "");
+        if (spec.Length == 0) return saved!.Model;
+        if (!Directory.Exists(spec)) return Presets.Get(spec);
+        using var hf = HuggingFaceModelDirectory.Open(spec);
+        return hf.Config;
+    }
+
     /// <summary>
-    /// The model of this process: a launched rank's part of the whole (<paramref name="tensor"/>), or on one device or
-    /// thread ranks the whole one (thread ranks build their own parts; this one describes the run and checks the resume).
+    /// The model of this process: a launched rank's part of the whole (<paramref name="tensor"/>, its <paramref name="pipeline"/>
+    /// stage), or on one device or thread ranks the whole one (thread ranks build their own parts; this one describes the run
+    /// and checks the resume).
     /// </summary>
     private Transformer BuildModel(TrainerState? saved, DType dtype, ITokenizer tokenizer, IBackend backend, Topology topology, int seed,
-        Tessera.Nn.Parallel.TensorParallelism? tensor)
+        Tessera.Nn.Parallel.TensorParallelism? tensor, Tessera.Nn.Parallel.PipelineParallelism? pipeline)
     {
         string spec = settings.Model ?? (saved is null ? "gpt2-tiny" : "");
         var storage = topology.ShardedConstruction(settings) ? ArenaStorage.Deferred : ArenaStorage.Full;
@@ -166,8 +186,8 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             // Fine-tuning: the directory's weights (written later under sharded construction, by the trainer).
             using var hf = HuggingFaceModelDirectory.Open(spec);
             CheckTensorParallel(hf.Config, topology);
-            model = new Transformer(hf.Config, backend, dtype, storage, tensor);
-            if (storage == ArenaStorage.Full && saved is null) hf.LoadInto(model.Parameters.Parameters, backend);
+            model = new Transformer(hf.Config, backend, dtype, storage, tensor, pipeline);
+            if (storage == ArenaStorage.Full && saved is null) hf.LoadInto(model.Parameters.Parameters, backend, model.WholeLayout.Parameters);
             terminal.Line($"fine-tuning {spec}");
         }
         else
@@ -177,10 +197,10 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             if (tokenizer.VocabSize > config.VocabSize)
                 throw new UsageException($"--tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary only {config.VocabSize}");
             CheckTensorParallel(config, topology);
-            model = new Transformer(config, backend, dtype, storage, tensor);
+            model = new Transformer(config, backend, dtype, storage, tensor, pipeline);
             if (storage == ArenaStorage.Full && saved is null) model.InitializeWeights(seed);
         }
-        model.RecomputeActivations = settings.Recompute;
+        model.RecomputeActivations = TrainSession.Recompute(settings);
         return model;
     }
 

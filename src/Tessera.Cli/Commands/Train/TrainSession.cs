@@ -14,6 +14,7 @@ using Tessera.Training;
 using Tessera.Training.Checkpoints;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Training.Pipeline;
 using Tessera.Training.Runs;
 using Tessera.Nn.Parallel;
 
@@ -46,8 +47,13 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
     /// <summary>The tensor-parallel plan of --sp.</summary>
     public static ParallelPlan Plan(TrainSettings settings) => ParallelPlan.Megatron(settings.SequenceParallel);
 
+    /// <summary>Whether activations are recomputed: --recompute, or the GPipe schedule, which keeps every micro-batch in flight and re-materializes as the GPipe paper does.</summary>
+    public static bool Recompute(TrainSettings settings) => settings.Recompute || settings.Pp > 1 && settings.Schedule == PipelineScheduleKind.GPipe;
+
     private string DescribeParallelism() =>
-        $"{topology.Describe()}{(settings.SequenceParallel ? " with sequence parallelism" : "")}, ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, " +
+        $"{topology.Describe()}{(settings.SequenceParallel ? " with sequence parallelism" : "")}" +
+        (settings.Pp > 1 ? $", {PipelinePlan.Name(settings.Schedule)} schedule{(settings.Chunks > 1 ? $" with {settings.Chunks} chunks per stage" : "")} over {options.GradientAccumulationSteps} micro-batches{(Recompute(settings) ? ", recomputing activations" : "")}" : "") +
+        $", ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, " +
         $"global batch {topology.DataParallelSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}";
 
     /// <summary>The model of a checkpoint written by a data-parallel run, loaded whole for the sample.</summary>
@@ -93,6 +99,8 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         var storage = topology.Storage(settings);
         string? initDirectory = settings.Model is string m && Directory.Exists(m) && resumeFrom is null ? m : null;
         terminal.Line($"thread ranks: {DescribeParallelism()}");
+        var partition = settings.Pp > 1 ? PipelinePartition.Even(config.Layers, settings.Pp, settings.Chunks) : null;
+        if (partition is not null) terminal.Line($"pipeline: {partition}");
         Trainer? rank0 = null;
         int reached = 0;
         var progress = new TrainingProgress(terminal, 0, options.Steps);
@@ -106,17 +114,17 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
                     rank =>
                     {
                         var ctx = rank.Context;
-                        var rankModel = new Transformer(config, ctx.Backend, dtype, storage, rank.TensorParallelism);
+                        var rankModel = new Transformer(config, ctx.Backend, dtype, storage, rank.TensorParallelism, rank.Pipeline);
                         if (storage == Tessera.Nn.ArenaStorage.Full && resumeFrom is null)
                         {
                             if (initDirectory is not null)
                             {
                                 using var hf = HuggingFaceModelDirectory.Open(initDirectory, config);
-                                hf.LoadInto(rankModel.Parameters.Parameters, ctx.Backend);
+                                hf.LoadInto(rankModel.Parameters.Parameters, ctx.Backend, rankModel.WholeLayout.Parameters);
                             }
                             else rankModel.InitializeWeights(seed);
                         }
-                        rankModel.RecomputeActivations = settings.Recompute;
+                        rankModel.RecomputeActivations = Recompute(settings);
                         return (rankModel, data.ForRank(options, rank.Groups.Coordinate.Dp, topology.DataParallelSize));
                     },
                     onStep: s => { progress.Report(s); metrics.Append(s); },
@@ -127,6 +135,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
                     },
                     resume: resumeFrom is null ? null : t => { Capture(t); ShardedCheckpoint.Restore(resumeFrom, t); },
                     cancellation: signals.Token,
+                    pipeline: partition, schedule: settings.Schedule,
                     weights: t =>
                     {
                         Capture(t);
@@ -151,7 +160,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
     {
         var parallel = new DataParallelOptions { Stage = (ZeroStage)settings.Zero, OffloadOptimizer = settings.Offload }.Validate();
         var dp = new Trainer(model, DataParallelism.Create(model, nccl.Groups.Dp, parallel, settings.AdamW, settings.Offload ? new CpuBackend(settings.Threads) : null),
-            data.ForRank(options, nccl.Groups.Coordinate.Dp, topology.DataParallelSize), null, options);
+            data.ForRank(options, nccl.Groups.Coordinate.Dp, topology.DataParallelSize), null, options, settings.Schedule);
         if (resumeFrom is not null) ShardedCheckpoint.Restore(resumeFrom, dp);
         else if (topology.ShardedConstruction(settings))
         {

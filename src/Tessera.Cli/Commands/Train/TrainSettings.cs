@@ -2,6 +2,7 @@ using Tessera.Tensors;
 using Tessera.Training;
 using Tessera.Training.Checkpoints;
 using Tessera.Training.Optim;
+using Tessera.Training.Pipeline;
 
 namespace Tessera.Cli.Commands.Train;
 
@@ -33,7 +34,7 @@ public sealed record TrainSettings
     /// <summary>Rows per update per rank; null: 16 (or the checkpoint's).</summary>
     public int? Batch { get; init; }
 
-    /// <summary>Rows per micro-batch; null: the batch (or the checkpoint's micro-batch).</summary>
+    /// <summary>Rows per micro-batch; null: the batch (or the checkpoint's micro-batch; with --pp, a 2 x pp-th of the batch when it divides).</summary>
     public int? Micro { get; init; }
 
     /// <summary>Tokens per row; null: 128 (or the checkpoint's).</summary>
@@ -96,6 +97,21 @@ public sealed record TrainSettings
     /// <summary>Optimizer state on the host.</summary>
     public bool Offload { get; init; }
 
+    /// <summary>Pipeline stages (1: none).</summary>
+    public int Pp { get; init; } = 1;
+
+    /// <summary>The pipeline schedule.</summary>
+    public PipelineScheduleKind Schedule { get; init; } = PipelineScheduleKind.OneForwardOneBackward;
+
+    /// <summary>Model chunks per pipeline stage; null: 2 for the interleaved schedule, else 1.</summary>
+    public int? VirtualStages { get; init; }
+
+    /// <summary>Print the pipeline schedule's timeline and exit.</summary>
+    public bool PrintSchedule { get; init; }
+
+    /// <summary>Model chunks per stage: the given count, or 2 for the interleaved schedule, else 1.</summary>
+    public int Chunks => VirtualStages ?? (Schedule == PipelineScheduleKind.Interleaved ? 2 : 1);
+
     /// <summary>Continue from OUT/checkpoints/latest.</summary>
     public bool Resume { get; init; }
 
@@ -114,7 +130,7 @@ public sealed record TrainSettings
     {
         var o = saved?.Options;
         int batch = Batch ?? (o is null ? 16 : SavedBatchPerRank(o, savedWorldSize));
-        int micro = Micro ?? (Batch is null && o is not null && batch % o.BatchSize == 0 ? o.BatchSize : batch);
+        int micro = Micro ?? (Batch is null && o is not null && batch % o.BatchSize == 0 ? o.BatchSize : PipelineMicro(batch));
         if (batch % micro != 0)
             throw new CommandLine.UsageException($"--micro ({micro}) must divide --batch ({batch}): each update sums the gradients of --batch / --micro micro-batches");
         int seed = Seed ?? o?.Seed ?? 1337;
@@ -135,6 +151,9 @@ public sealed record TrainSettings
         };
         var dtype = DType ?? (saved is null ? Tensors.DType.F32 : Tensors.DTypeInfo.FromSafetensorsName(saved.DType) ?? Tensors.DType.F32);
         return (options, dtype, Tokenizer ?? saved?.Tokenizer ?? "byte", seed);
+
+        // A pipeline needs several micro-batches per step to fill: 2 x pp of them when the batch splits so, else pp, else one.
+        int PipelineMicro(int rows) => Pp <= 1 ? rows : rows % (2 * Pp) == 0 ? rows / (2 * Pp) : rows % Pp == 0 ? rows / Pp : rows;
 
         int SavedBatchPerRank(TrainerOptions s, int world)
         {
