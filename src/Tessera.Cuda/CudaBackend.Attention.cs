@@ -226,8 +226,42 @@ public sealed unsafe partial class CudaBackend
         if (pairs == 0) return;
         ulong px = Ptr(x);
         int inv = inverse ? 1 : 0;
+        if (starts == 0 && RopeAngles(frequencies, d, freq, startPosition + t) is ulong cs)
+        {
+            int rows = b * t, half = d / 2;
+            void** rowArgs = stackalloc void*[] { &px, &rows, &t, &h, &half, &s.B, &s.T, &s.H, &startPosition, &cs, &inv };
+            uint grid = (uint)Math.Min(rows, CudaDevice.MultiprocessorCount * 16);
+            uint block = (uint)Math.Min(Threads, (h * half + 31) / 32 * 32);
+            Launch("rope.cu", "rope_rows_" + Suffix(x.DType, "Rope"), grid, block, rowArgs);
+            return;
+        }
         void** args = stackalloc void*[] { &px, &b, &t, &h, &d, &s.B, &s.T, &s.H, &startPosition, &freq, &inv, &starts };
         Launch("rope.cu", "rope_" + Suffix(x.DType, "Rope"), GridFor(pairs), Threads, args);
+    }
+
+    private readonly Dictionary<(RopeFrequencies Frequencies, int HeadSize), (Tensor Table, int Positions)> _ropeAngles = [];
+
+    /// <summary>
+    /// The device table of (cos, sin) for positions [0, <paramref name="positions"/>) at head size <paramref name="d"/>
+    /// (rope.cu's rope_angles: the rope kernel's own double arithmetic, so rope_rows gives its bits), or null where the
+    /// table cannot serve: dynamic NTK past its original length (the frequencies then depend on the call's length), or a
+    /// table that would have to grow while a graph is being recorded. Grown to a multiple of 4,096 positions, kept for the
+    /// backend's life; the one it replaces is freed in stream order.
+    /// </summary>
+    private ulong? RopeAngles(RopeFrequencies frequencies, int d, RopeArgs freq, int positions)
+    {
+        if (frequencies.IsDynamic && positions > frequencies.DynamicOriginalLength) return null;
+        if (_ropeAngles.TryGetValue((frequencies, d), out var have) && have.Positions >= positions) return Ptr(have.Table);
+        if (_capturing) return null;
+        int capacity = (int)Math.Min(int.MaxValue, ((long)positions + 4095) / 4096 * 4096);
+        var table = Allocate(new Shape(checked(capacity * d)), DType.F32);
+        ulong pt = Ptr(table);
+        long n = (long)capacity * (d / 2);
+        void** args = stackalloc void*[] { &pt, &capacity, &d, &freq };
+        Launch("rope.cu", "rope_angles", GridFor(n), Threads, args);
+        have.Table?.Storage.Dispose();
+        _ropeAngles[(frequencies, d)] = (table, capacity);
+        return pt;
     }
 
     private static void CheckAttention(string op, Tensor q, Tensor k, Tensor v, out int b, out int t, out int s, out int h, out int kh, out int d)

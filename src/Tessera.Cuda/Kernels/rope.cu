@@ -35,6 +35,57 @@ template <typename T> __device__ void rope(T* x, int B, int Tn, int H, int D, i6
     }
 FOR_FLOAT_TYPES(ROPE)
 
+// The same rotation from a table of angles: cs holds (cos, sin) as two floats per (position, pair), computed once per
+// frequency description by rope_angles below with the same double arithmetic (rope_angle_at), so the result is bit for bit
+// the one of rope above. Used where positions are known on the host (training, a prefill from a host start) and the
+// frequencies do not depend on the call's length. A block per row (b, t), its threads over the row's H x D/2 pairs: no
+// 64-bit division and no sincos per element.
+template <typename T> __device__ void rope_rows(T* x, int rows, int Tn, int H, int half, i64 sb, i64 st, i64 sh, int start,
+                                                const float* cs, int inverse)
+{
+    const int pairs = H * half;
+    for (int row = blockIdx.x; row < rows; row += gridDim.x)
+    {
+        const int b = row / Tn, t = row - b * Tn;
+        const float* c = cs + 2 * ((i64)(start + t) * half);
+        T* base = x + b * sb + (i64)t * st;
+        for (int j = threadIdx.x; j < pairs; j += blockDim.x)
+        {
+            const int h = j / half, i = j - h * half;
+            const float cf = c[2 * i];
+            const float sf = inverse ? -c[2 * i + 1] : c[2 * i + 1];
+            T* p = base + (i64)h * sh;
+            float y1, y2;
+            rope_rotate(to_f(p[i]), to_f(p[i + half]), cf, sf, y1, y2);
+            p[i] = from_f<T>(y1);
+            p[i + half] = from_f<T>(y2);
+        }
+    }
+}
+
+#define ROPE_ROWS(n, T)                                                                                         \
+    extern "C" __global__ void rope_rows_##n(T* x, int rows, int Tn, int H, int half, i64 sb, i64 st, i64 sh,  \
+                                             int start, const float* cs, int inverse)                           \
+    {                                                                                                           \
+        rope_rows<T>(x, rows, Tn, H, half, sb, st, sh, start, cs, inverse);                                     \
+    }
+FOR_FLOAT_TYPES(ROPE_ROWS)
+
+// The (cos, sin) table of positions [0, positions) for rope_rows: entry (pos, i) at cs[2 * (pos * D/2 + i)].
+extern "C" __global__ void rope_angles(float* cs, int positions, int D, RopeFreq f)
+{
+    const int half = D / 2;
+    const i64 n = (i64)positions * half;
+    GRID_STRIDE(idx, n)
+    {
+        const int pos = (int)(idx / half), i = (int)(idx - (i64)pos * half);
+        float cf, sf;
+        rope_angle_at(pos, rope_inv_freq(f, i, D, 0), f.attention, cf, sf);
+        cs[2 * idx] = cf;
+        cs[2 * idx + 1] = sf;
+    }
+}
+
 // Rope and KV append in one launch (a decode step's attention prologue): qkv (B, T, H + 2K, D) holds the q, k and v
 // heads of each row; the q and k heads are rotated in place at position starts[b] + t (as rope above), and the rotated
 // k and the v heads are written to the cache (B, S, 2K, D) at that position (k heads first, as in qkv). One work item

@@ -111,6 +111,41 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
         }
     }
 
+    /// <summary>
+    /// RoPE at a host start position reads a device table of (cos, sin) (rope_rows); at device positions it computes each
+    /// angle in place (rope). Both use the same double arithmetic, so the table must give the per-element kernel's bits
+    /// exactly (tolerance zero): plain theta, a YaRN-like table with an attention factor, dynamic NTK inside its original
+    /// length, a strided view (some heads of a wider tensor), and a start that makes the table grow past 4,096 positions.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32, 64)]
+    [InlineData(DType.BF16, 64)]
+    [InlineData(DType.BF16, 128)]
+    public void RopeFromTheAngleTableGivesThePerElementKernelsBits(DType dtype, int d)
+    {
+        int b = 2, t = 7, h = 5;
+        var table = Enumerable.Range(0, d / 2).Select(i => Math.Pow(500000, -2.0 * i / d) / (i % 3 == 0 ? 1 : 8)).ToArray();
+        var cases = new (RopeFrequencies Freq, string Name)[]
+        {
+            (new RopeFrequencies(10000), "theta 10000"),
+            (new RopeFrequencies(500000) { InverseFrequencies = table, AttentionFactor = 1.1386 }, "table + attention factor"),
+            (new RopeFrequencies(10000) { DynamicFactor = 4, DynamicOriginalLength = 8192 }, "dynamic NTK inside its length"),
+        };
+        foreach (var (freq, name) in cases)
+            foreach (int start in new[] { 0, 3, 4093, 6000 })
+            {
+                var (wide, _) = Random(dtype, 1, b, t, h + 2, d);
+                var x = wide.Slice(2, 1, h);                             // strided: 5 of 7 heads
+                var y = Gpu.Allocate(wide.Shape, dtype);
+                Gpu.Copy(wide, y);
+                var yv = y.Slice(2, 1, h);
+                Gpu.Rope(x, start, freq);                               // the table
+                Gpu.Rope(yv, UploadInts([start, start], 2), freq);      // the per-element kernel
+                Assert.Equal(Download(y), Download(wide));
+                TestContext.Current.TestOutputHelper?.WriteLine($"{name}, start {start}, {dtype}, D {d}: identical bits");
+            }
+    }
+
     /// <summary>The decode step's fused QKV product + RoPE + append (one kernel for at most 4 rows) and RopeAndAppend with
     /// scaled frequencies: against the CPU's composition.</summary>
     [Theory]
