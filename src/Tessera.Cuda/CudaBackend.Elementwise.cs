@@ -45,6 +45,16 @@ public sealed unsafe partial class CudaBackend
         Launch("elementwise.cu", $"accumulate_{Suffix(accumulator.DType, "Accumulate")}_{Suffix(x.DType, "Accumulate")}", GridFor(n), Threads, args);
     }
 
+    public void Multiply(Tensor a, Tensor b, Tensor output)
+    {
+        RequireElementwise("Multiply", a, (b, "b"), (output, "output"));
+        ulong pa = Ptr(a), pb = Ptr(b), po = Ptr(output);
+        long n = a.NumElements;
+        if (n == 0) return;
+        void** args = stackalloc void*[] { &pa, &pb, &po, &n };
+        Launch("elementwise.cu", "multiply_" + Suffix(a.DType, "Multiply"), GridFor(n), Threads, args);
+    }
+
     public void Scale(Tensor x, double factor)
     {
         RequireElementwise("Scale", x);

@@ -1,5 +1,6 @@
 using Tessera.Models.Blocks;
 using Tessera.Nn;
+using Tessera.Nn.Adapters;
 using Tessera.Nn.Layers;
 using Tessera.Nn.Parallel;
 using Tessera.Tensors;
@@ -40,8 +41,11 @@ public sealed class Transformer
     /// <param name="pipeline">This rank's pipeline stage (its group and the partition of the blocks), or null for the whole
     /// model; the rank then declares and allocates only the units of its virtual stages: the embeddings on the first stage,
     /// its blocks, the final norm and head on the last (with a copy of a tied token table, <see cref="TiedEmbeddingCopy"/>).</param>
+    /// <param name="lora">LoRA adapters on the layers its targets name (built by the layer factory in place of plain linear
+    /// layers), allocated in their own trainable arena, <see cref="Adapters"/> (initialized; zero B), or null. Pair with
+    /// <see cref="ArenaStorage.Frozen"/> to train the adapters alone.</param>
     public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full,
-        TensorParallelism? tensorParallelism = null, PipelineParallelism? pipeline = null)
+        TensorParallelism? tensorParallelism = null, PipelineParallelism? pipeline = null, LoraOptions? lora = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
@@ -65,7 +69,9 @@ public sealed class Transformer
         var parameters = tensorParallelism is null
             ? new ParameterLayoutBuilder()
             : new ParameterLayoutBuilder(tensorParallelism.Mesh, tensorParallelism.Coordinate);
-        var layers = new LayerFactory(parameters, tensorParallelism);
+        if (lora is not null && Pipeline is not null)
+            throw new NotSupportedException("LoRA: adapters are not built for pipeline stages; train LoRA without --pp");
+        var layers = new LayerFactory(parameters, tensorParallelism, lora);
         Layers = layers;
         int c = config.Embedding, vPad = config.EffectivePaddedVocab;
         bool first = Pipeline?.IsFirst ?? true, last = Pipeline?.IsLast ?? true;
@@ -126,7 +132,12 @@ public sealed class Transformer
         // The whole model's layout as this rank would hold it without pipeline stages (names, global shapes, placements, in
         // one device's order): initialization draws its random stream in this order, checkpoints describe every parameter.
         WholeLayout = Pipeline is null ? Layout : new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism).Layout;
-        if (storage == ArenaStorage.Full) _ = new ParameterArena(Layout, backend, dtype);   // attaches itself to the layout
+        if (storage != ArenaStorage.Deferred) _ = new ParameterArena(Layout, backend, dtype, frozen: storage == ArenaStorage.Frozen);   // attaches itself to the layout
+        if (lora is not null)
+        {
+            Adapters = layers.BuildAdapters(backend, dtype);
+            Adapters.Initialize(lora.Seed);
+        }
     }
 
     private enum UnitKind { Embeddings, Block, Head }
@@ -146,6 +157,9 @@ public sealed class Transformer
 
     /// <summary>This rank's tensor parallelism, or null on one device.</summary>
     public TensorParallelism? TensorParallelism => Layers.TensorParallelism;
+
+    /// <summary>The LoRA adapters (their trainable arena and layers) when the model was built with LoRA options, else null.</summary>
+    public LoraAdapters? Adapters { get; }
 
     /// <summary>This rank's pipeline stage (its group and the partition of the blocks), or null for the whole model.</summary>
     public PipelineParallelism? Pipeline { get; }

@@ -11,4 +11,10 @@ public enum ArenaStorage
     /// fully sharded strategy attaches its shards and the trainer writes the weights into them.
     /// </summary>
     Deferred,
+
+    /// <summary>
+    /// Values only, frozen (a base model fine-tuned through adapters, see <c>LoraAdapters</c>): no gradient buffer and no F32
+    /// master, so a BF16 model is held once, in BF16; layers compute no weight gradient for these parameters.
+    /// </summary>
+    Frozen,
 }

@@ -37,4 +37,10 @@ public interface IParameterStorage
 
     /// <summary>Whether <see cref="Grad"/> would succeed now.</summary>
     bool HasGradient(Parameter parameter);
+
+    /// <summary>
+    /// Whether <paramref name="parameter"/> is trained at all: false for a frozen storage (the base model under LoRA), whose
+    /// parameters have no gradient buffer, so layers skip their weight-gradient products. True by default.
+    /// </summary>
+    bool RequiresGradient(Parameter parameter) => true;
 }

@@ -81,6 +81,13 @@ public sealed class Parameter
     public bool HasGradient => Storage?.HasGradient(this) ?? false;
 
     /// <summary>
+    /// Whether the parameter is trained: false when its storage is frozen (<see cref="ArenaStorage.Frozen"/>, the base weights
+    /// under LoRA), and then layers compute no gradient for it. Layers test this, not <see cref="HasGradient"/>, so that a
+    /// ZeRO-3 gradient that is merely unbound still fails loudly.
+    /// </summary>
+    public bool RequiresGradient => Storage?.RequiresGradient(this) ?? true;
+
+    /// <summary>
     /// The part of <paramref name="global"/> (the whole tensor, row-major over <see cref="GlobalShape"/>) this rank holds, in
     /// local row-major order: <paramref name="global"/> itself when the parameter is not split here.
     /// </summary>

@@ -11,13 +11,19 @@ namespace Tessera.Nn;
 /// </summary>
 public sealed class ParameterArena : IParameterStorage
 {
-    private readonly Tensor[] _values, _grads;
+    private readonly Tensor[] _values;
+    private readonly Tensor?[] _grads;
+    private readonly Tensor? _gradBuffer;
     private Tensor?[] _masters;
     private Tensor? _masterBuffer;
     private bool _disposed;
 
-    /// <summary>Allocates the buffers of <paramref name="layout"/> on <paramref name="backend"/> (values and gradients zeroed) and attaches them to it.</summary>
-    public ParameterArena(ParameterLayout layout, IBackend backend, DType dtype)
+    /// <summary>
+    /// Allocates the buffers of <paramref name="layout"/> on <paramref name="backend"/> (values and gradients zeroed) and attaches
+    /// them to it. A <paramref name="frozen"/> arena holds the values only (no gradients, no F32 masters: the values are
+    /// authoritative, so a BF16 frozen model is not duplicated) and its parameters report <see cref="Parameter.RequiresGradient"/> false.
+    /// </summary>
+    public ParameterArena(ParameterLayout layout, IBackend backend, DType dtype, bool frozen = false)
     {
         ArgumentNullException.ThrowIfNull(layout);
         ArgumentNullException.ThrowIfNull(backend);
@@ -26,17 +32,18 @@ public sealed class ParameterArena : IParameterStorage
         DType = dtype;
         // Shaped (rows, Alignment) so that arenas past 2^31 elements (Llama 8B) fit int dimensions.
         var shape = new Shape(checked((int)Math.Max(layout.Length / Alignment, 1)), Alignment);
+        Frozen = frozen;
         Values = backend.Zeros(shape, dtype);
-        Grads = backend.Zeros(shape, dtype);
-        if (MasterDType != dtype) _masterBuffer = backend.Zeros(shape, MasterDType);
+        if (!frozen) _gradBuffer = backend.Zeros(shape, dtype);
+        if (MasterDType != dtype && !frozen) _masterBuffer = backend.Zeros(shape, MasterDType);
         var ps = layout.Parameters;
         _values = new Tensor[ps.Count];
-        _grads = new Tensor[ps.Count];
+        _grads = new Tensor?[ps.Count];
         _masters = new Tensor?[ps.Count];
         foreach (var p in ps)
         {
             _values[p.Index] = Values.Narrow(p.Offset, p.Shape);
-            _grads[p.Index] = Grads.Narrow(p.Offset, p.Shape);
+            _grads[p.Index] = _gradBuffer?.Narrow(p.Offset, p.Shape);
             _masters[p.Index] = _masterBuffer?.Narrow(p.Offset, p.Shape);
         }
         layout.Attach(this);
@@ -60,8 +67,12 @@ public sealed class ParameterArena : IParameterStorage
     /// <summary>The value buffer (Length / Alignment, Alignment).</summary>
     public Tensor Values { get; }
 
-    /// <summary>The gradient buffer, laid out like <see cref="Values"/>.</summary>
-    public Tensor Grads { get; }
+    /// <summary>The gradient buffer, laid out like <see cref="Values"/>; throws for a <see cref="Frozen"/> arena, which has none.</summary>
+    public Tensor Grads => _gradBuffer ?? throw new InvalidOperationException(
+        "parameter arena: it is frozen (values only: the base model under LoRA) and has no gradient buffer; train the adapters' arena");
+
+    /// <summary>Whether the arena holds values only (no gradients, no masters): a frozen base model.</summary>
+    public bool Frozen { get; }
 
     /// <summary>The F32 master copy of a BF16/F16 arena, laid out like <see cref="Values"/>; null for F32/F64 arenas and once released.</summary>
     public Tensor? Masters => _masterBuffer;
@@ -82,7 +93,7 @@ public sealed class ParameterArena : IParameterStorage
     public long ParameterCount => Layout.ParameterCount;
 
     /// <summary>Bytes of the buffers the arena holds on its backend now.</summary>
-    public long AllocatedBytes => _disposed ? 0 : Values.Storage.ByteLength + Grads.Storage.ByteLength + (_masterBuffer?.Storage.ByteLength ?? 0);
+    public long AllocatedBytes => _disposed ? 0 : Values.Storage.ByteLength + (_gradBuffer?.Storage.ByteLength ?? 0) + (_masterBuffer?.Storage.ByteLength ?? 0);
 
     /// <summary>The parameter called <paramref name="name"/>.</summary>
     public Parameter this[string name] => Layout[name];
@@ -94,7 +105,8 @@ public sealed class ParameterArena : IParameterStorage
     public Tensor Value(Parameter parameter) => Live()._values[parameter.Index];
 
     /// <inheritdoc/>
-    public Tensor Grad(Parameter parameter) => Live()._grads[parameter.Index];
+    public Tensor Grad(Parameter parameter) => Live()._grads[parameter.Index] ?? throw new InvalidOperationException(
+        $"parameter '{parameter.Name}' is frozen (its arena holds values only) and has no gradient; only the adapters are trained");
 
     /// <inheritdoc/>
     public Tensor? Master(Parameter parameter) => Live()._masters[parameter.Index];
@@ -109,10 +121,16 @@ public sealed class ParameterArena : IParameterStorage
     public bool IsResident(Parameter parameter) => !_disposed;
 
     /// <inheritdoc/>
-    public bool HasGradient(Parameter parameter) => !_disposed;
+    public bool HasGradient(Parameter parameter) => !_disposed && !Frozen;
+
+    /// <inheritdoc/>
+    public bool RequiresGradient(Parameter parameter) => !Frozen;
 
     /// <summary>Sets every gradient to zero (enqueued).</summary>
-    public void ZeroGrad() => Backend.Fill(Live().Grads, 0);
+    public void ZeroGrad()
+    {
+        if (Live()._gradBuffer is { } grads) Backend.Fill(grads, 0);
+    }
 
     /// <summary>
     /// Mixed precision: rewrites the low-precision <see cref="Values"/> from the F32 <see cref="Masters"/> (a cast over the
@@ -152,7 +170,7 @@ public sealed class ParameterArena : IParameterStorage
         _disposed = true;
         if (_masterBuffer is not null) MastersReleased = true;
         Values.Storage.Dispose();
-        Grads.Storage.Dispose();
+        _gradBuffer?.Storage.Dispose();
         _masterBuffer?.Storage.Dispose();
         _masterBuffer = null;
     }

@@ -73,6 +73,9 @@ public interface IBackend
     /// <summary>accumulator += alpha * x; same shapes.</summary>
     void Accumulate(Tensor accumulator, Tensor x, double alpha = 1.0);
 
+    /// <summary>output = a * b elementwise (a dropout mask applied to an input); same shapes. <paramref name="output"/> may alias a or b.</summary>
+    void Multiply(Tensor a, Tensor b, Tensor output);
+
     /// <summary>x *= factor, in place.</summary>
     void Scale(Tensor x, double factor);
 

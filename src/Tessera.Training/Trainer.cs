@@ -22,10 +22,11 @@ namespace Tessera.Training;
 public sealed class Trainer
 {
     private readonly Transformer _model;
-    private readonly TokenDataLoader _train;
-    private readonly TokenDataLoader? _validation;
+    private readonly ITokenBatchSource _train;
+    private readonly ITokenBatchSource? _validation;
     private readonly CosineSchedule _schedule;
-    private readonly int[] _hostInputs, _hostTargets;
+    private readonly int[] _hostInputs, _hostTargets;   // (B T): an evaluation batch
+    private readonly int[][] _stepInputs, _stepTargets; // per accumulation micro-batch (B T): a step's batches, read before its first forward
     private readonly Tensor _inputs, _targets;   // (B, T) I32
     private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
     private readonly TensorParallelGradients? _partialGradients;   // tensor parallelism: sums the gradients each rank has in part
@@ -40,7 +41,7 @@ public sealed class Trainer
     /// <paramref name="pipelineSchedule"/> says how a step's accumulation micro-batches flow through the stages (every stage of
     /// the pipeline group reads the same batches: the first uses their tokens, the last their targets).
     /// </summary>
-    public Trainer(Transformer model, IDataParallelism parallelism, TokenDataLoader train, TokenDataLoader? validation, TrainerOptions options,
+    public Trainer(Transformer model, IDataParallelism parallelism, ITokenBatchSource train, ITokenBatchSource? validation, TrainerOptions options,
         PipelineScheduleKind pipelineSchedule = PipelineScheduleKind.OneForwardOneBackward)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -75,6 +76,8 @@ public sealed class Trainer
         int bt = options.BatchSize * options.SequenceLength;
         _hostInputs = new int[bt];
         _hostTargets = new int[bt];
+        _stepInputs = Enumerable.Range(0, options.GradientAccumulationSteps).Select(_ => new int[bt]).ToArray();
+        _stepTargets = Enumerable.Range(0, options.GradientAccumulationSteps).Select(_ => new int[bt]).ToArray();
         var backend = model.Backend;
         _inputs = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
         _targets = backend.Allocate(new Shape(options.BatchSize, options.SequenceLength), DType.I32);
@@ -89,7 +92,7 @@ public sealed class Trainer
     }
 
     /// <summary>A one-device trainer updating <paramref name="model"/>'s arena with <paramref name="optimizer"/>.</summary>
-    public Trainer(Transformer model, AdamWOptimizer optimizer, TokenDataLoader train, TokenDataLoader? validation, TrainerOptions options)
+    public Trainer(Transformer model, AdamWOptimizer optimizer, ITokenBatchSource train, ITokenBatchSource? validation, TrainerOptions options)
         : this(model, new SingleDevice(model.Parameters, optimizer), train, validation, options)
     {
     }
@@ -161,8 +164,16 @@ public sealed class Trainer
         var backend = _model.Backend;
         var group = Parallelism.Group;
         int accum = Options.GradientAccumulationSteps;
-        long tokens = (long)Options.BatchSize * Options.SequenceLength;
-        double scale = 1.0 / (tokens * accum * (group?.Size ?? 1));
+        // The step's batches first: the loss is the mean over the targets counted (not -1) in the whole step, so each
+        // micro-batch's scale is 1 / (counted targets x ranks). Pretraining data counts every target: 1 / (B T accum ranks).
+        long counted = 0;
+        for (int micro = 0; micro < accum; micro++)
+        {
+            _train.NextBatch(_stepInputs[micro], _stepTargets[micro]);
+            CheckIds(_stepInputs[micro], _stepTargets[micro]);
+            foreach (int target in _stepTargets[micro]) if (target >= 0) counted++;
+        }
+        double scale = 1.0 / (Math.Max(counted, 1) * (group?.Size ?? 1));
         Parallelism.ZeroGrad();
         backend.Fill(_lossSum, 0);
         if (_pipeline is not null)
@@ -171,12 +182,7 @@ public sealed class Trainer
             // backward, so the strategies see the whole step as one last micro-batch.
             Parallelism.BeginMicroBatch(first: true, last: true);
             _partialGradients?.BeginMicroBatch(first: true, last: true);
-            for (int micro = 0; micro < accum; micro++)
-            {
-                _train.NextBatch(_hostInputs, _hostTargets);
-                CheckIds();
-                _pipeline.SetMicroBatch(micro, _hostInputs, _hostTargets);
-            }
+            for (int micro = 0; micro < accum; micro++) _pipeline.SetMicroBatch(micro, _stepInputs[micro], _stepTargets[micro]);
             _pipeline.Train(_lossSum, scale);
             _pipeline.ReduceLoss(_lossSum);
         }
@@ -184,10 +190,8 @@ public sealed class Trainer
         {
             Parallelism.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
             _partialGradients?.BeginMicroBatch(first: micro == 0, last: micro == accum - 1);
-            _train.NextBatch(_hostInputs, _hostTargets);
-            CheckIds();
-            backend.CopyFromHost<int>(_hostInputs, _inputs);
-            backend.CopyFromHost<int>(_hostTargets, _targets);
+            backend.CopyFromHost<int>(_stepInputs[micro], _inputs);
+            backend.CopyFromHost<int>(_stepTargets[micro], _targets);
             var losses = _model.Loss(_inputs, _targets, microBatch: 0, lossScale: scale);
             backend.Sum(losses, _lossSum, scale, accumulate: true);
             _model.Backward(microBatch: 0);
@@ -219,7 +223,7 @@ public sealed class Trainer
             for (int i = 0; i < Options.EvalBatches; i++)
             {
                 _validation.NextBatch(_hostInputs, _hostTargets);
-                CheckIds();
+                CheckIds(_hostInputs, _hostTargets);
                 _pipeline.SetMicroBatch(i, _hostInputs, _hostTargets);
             }
             backend.Fill(_lossSum, 0);
@@ -231,7 +235,7 @@ public sealed class Trainer
         for (int i = 0; i < Options.EvalBatches; i++)
         {
             _validation.NextBatch(_hostInputs, _hostTargets);
-            CheckIds();
+            CheckIds(_hostInputs, _hostTargets);
             backend.CopyFromHost<int>(_hostInputs, _inputs);
             backend.CopyFromHost<int>(_hostTargets, _targets);
             var losses = _model.Loss(_inputs, _targets, microBatch: 0, lossScale: 0);
@@ -298,15 +302,15 @@ public sealed class Trainer
     }
 
     /// <summary>Checks the batch's inputs (in [0, VocabSize)) and targets (in [-1, VocabSize)) on the host.</summary>
-    private void CheckIds()
+    private void CheckIds(int[] inputs, int[] targets)
     {
         int vocab = _model.Config.VocabSize, t = Options.SequenceLength;
-        for (int i = 0; i < _hostInputs.Length; i++)
+        for (int i = 0; i < inputs.Length; i++)
         {
-            if ((uint)_hostInputs[i] >= (uint)vocab)
-                throw new ArgumentException($"{Where}training data: input token [{i / t}, {i % t}] = {_hostInputs[i]} is outside [0, VocabSize = {vocab}); the data was tokenized for another vocabulary");
-            if (_hostTargets[i] < -1 || _hostTargets[i] >= vocab)
-                throw new ArgumentException($"{Where}training data: target [{i / t}, {i % t}] = {_hostTargets[i]} is outside [-1, VocabSize = {vocab}); the data was tokenized for another vocabulary");
+            if ((uint)inputs[i] >= (uint)vocab)
+                throw new ArgumentException($"{Where}training data: input token [{i / t}, {i % t}] = {inputs[i]} is outside [0, VocabSize = {vocab}); the data was tokenized for another vocabulary");
+            if (targets[i] < -1 || targets[i] >= vocab)
+                throw new ArgumentException($"{Where}training data: target [{i / t}, {i % t}] = {targets[i]} is outside [-1, VocabSize = {vocab}); the data was tokenized for another vocabulary");
         }
     }
 }

@@ -23,6 +23,7 @@ public static class TesseraCli
         var root = new RootCommand("Tessera: train, fine-tune and serve transformer language models (GPT-2, Llama) on CPUs and NVIDIA GPUs, in .NET")
         {
             new TrainCommand(terminal),
+            new ExportCommand(terminal),
             new GenerateCommand(terminal),
             new ServeCommand(terminal),
             new PrepareCommand(terminal),

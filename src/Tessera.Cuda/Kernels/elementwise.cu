@@ -22,6 +22,10 @@
     {                                                                                            \
         GRID_STRIDE(i, count) x[i] = from_f<T>(to_f(x[i]) * factor);                             \
     }                                                                                            \
+    extern "C" __global__ void multiply_##n(const T* a, const T* b, T* out, i64 count)         \
+    {                                                                                            \
+        GRID_STRIDE(i, count) out[i] = from_f<T>(to_f(a[i]) * to_f(b[i]));                       \
+    }                                                                                            \
     extern "C" __global__ void gelu_forward_##n(const T* x, T* out, i64 count)                   \
     {                                                                                            \
         const int N = Vec16<T>::N;                                                               \

@@ -160,7 +160,7 @@ public sealed class CausalSelfAttention
         var backend = x.Backend;
         var positions = cache.Positions;
         Tensor qkv;
-        if (Rope is { } frequencies && norm is RmsNorm rms)
+        if (Rope is { } frequencies && norm is RmsNorm rms && Qkv.IsPlainProduct)
         {
             // Llama: the norm, the QKV product, the rotation of q and k and the append of k and v, as one op (one
             // launch on a GPU for a decode step's few rows).

@@ -57,6 +57,8 @@ public class Embedding
     }
 
     /// <summary>weight.Grad += scatter of dy (N, C) by the saved ids.</summary>
-    public virtual void Backward(in PassContext ctx, Tensor dy) =>
-        dy.Backend.EmbeddingBackward(ctx.Get(_ids), dy, Weight.Grad);
+    public virtual void Backward(in PassContext ctx, Tensor dy)
+    {
+        if (Weight.RequiresGradient) dy.Backend.EmbeddingBackward(ctx.Get(_ids), dy, Weight.Grad);   // nothing for a frozen table
+    }
 }

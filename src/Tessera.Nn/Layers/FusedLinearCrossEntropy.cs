@@ -131,6 +131,7 @@ public sealed class FusedLinearCrossEntropy
             }
             if (dx is null) continue;
             backend.MatMul(logits, weight, dx.Slice(0, start, r));          // dx (R, C) = dlogits W
+            if (!Head.Weight.RequiresGradient) continue;                   // a frozen head (LoRA): dx only
             if (Head.Bias is null) backend.MatMul(logits, xc, Head.Weight.Grad, transposeA: true, beta: 1.0);
             else backend.MatMul(logits, xc, Head.Weight.Grad, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: Head.Bias.Grad);
         }

@@ -50,6 +50,13 @@ public sealed class LayerNorm : INormalization
     }
 
     /// <inheritdoc/>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor dx) =>
-        dy.Backend.LayerNormBackward(dy, ctx.Get(_input), Weight.Value, ctx.Get(_mean), ctx.Get(_rstd), dx, Weight.Grad, Bias?.Grad);
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx)
+    {
+        // A frozen norm (LoRA) writes its (C) weight gradient into a shared scratch vector that nobody reads, and no bias gradient.
+        var dWeight = Weight.RequiresGradient ? Weight.Grad : ctx.Scratch(FrozenGradient, Weight.Shape, Weight.Value.DType);
+        dy.Backend.LayerNormBackward(dy, ctx.Get(_input), Weight.Value, ctx.Get(_mean), ctx.Get(_rstd), dx, dWeight,
+            Weight.RequiresGradient ? Bias?.Grad : null);
+    }
+
+    private static readonly ActivationKey FrozenGradient = new("norm.frozen.dweight");
 }

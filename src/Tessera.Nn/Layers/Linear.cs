@@ -127,6 +127,7 @@ public class Linear
             if (geluPreActivation is null) backend.MatMul(dy, Weight.Value, dx, beta: accumulateDx ? 1.0 : 0.0);
             else backend.MatMul(dy, Weight.Value, dx, epilogue: MatMulEpilogue.GeluBackward, auxiliary: geluPreActivation);
         }
+        if (!Weight.RequiresGradient) return;                       // a frozen base weight (LoRA): no weight gradient at all
         if (Bias is null) backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0);
         else backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: Bias.Grad);
     }
@@ -138,6 +139,12 @@ public class Linear
         Backward(ctx, dy, dx);
         return dx;
     }
+
+    /// <summary>
+    /// Whether the layer computes exactly x W^T + b, so that fused ops may read <see cref="Weight"/> in its place (the MLP's
+    /// one gate/up product, decoding's fused QKV product). False for a layer that adds more (an unmerged LoRA adapter).
+    /// </summary>
+    public virtual bool IsPlainProduct => true;
 
     /// <summary>Checks x is (N, in).</summary>
     protected void CheckInput(Tensor x)

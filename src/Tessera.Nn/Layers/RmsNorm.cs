@@ -49,5 +49,11 @@ public sealed class RmsNorm : INormalization
 
     /// <inheritdoc/>
     public void Backward(in PassContext ctx, Tensor dy, Tensor dx) =>
-        dy.Backend.RmsNormBackward(dy, ctx.Get(_input), Weight.Value, ctx.Get(_rstd), dx, Weight.Grad);
+        dy.Backend.RmsNormBackward(dy, ctx.Get(_input), Weight.Value, ctx.Get(_rstd), dx, WeightGradient(ctx));
+
+    /// <summary>The weight's gradient; for a frozen weight (LoRA) a shared (C) scratch vector the fused op writes and nobody reads.</summary>
+    private Tensor WeightGradient(in PassContext ctx) =>
+        Weight.RequiresGradient ? Weight.Grad : ctx.Scratch(FrozenGradient, Weight.Shape, Weight.Value.DType);
+
+    private static readonly ActivationKey FrozenGradient = new("norm.frozen.dweight");
 }

@@ -57,7 +57,8 @@ public sealed class SwiGluMlp : IFeedForward
     /// Whether training runs gate and up as one product: their weights (and so their gradients, which the storages lay out
     /// alike) are adjacent (F, C) blocks of one storage, and neither has a bias.
     /// </summary>
-    public bool FusesGateAndUp => Gate.Bias is null && Up.Bias is null && Stacked(Gate.Weight.Value, Up.Weight.Value) is not null;
+    public bool FusesGateAndUp => Gate.Bias is null && Up.Bias is null && Gate.IsPlainProduct && Up.IsPlainProduct
+        && Stacked(Gate.Weight.Value, Up.Weight.Value) is not null;
 
     /// <summary>The (2F, C) matrix [a; b] when b follows a in their storage (both contiguous, of one shape), else null.</summary>
     private static Tensor? Stacked(Tensor a, Tensor b)
@@ -97,7 +98,13 @@ public sealed class SwiGluMlp : IFeedForward
     public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
     {
         var a = ctx.Buffer(_activated, new Shape(x.Size(0), Gate.OutFeatures), x.DType);   // (N, F)
-        if (norm is RmsNorm rms && Input is not GatherFromSequenceParallelRegion)
+        if (!Gate.IsPlainProduct || !Up.IsPlainProduct)
+        {
+            // Unmerged adapters: gate and up through their own layers, which add their low-rank terms.
+            var rows = Input.Forward(ctx, norm.Forward(ctx, x));
+            x.Backend.SwiGluForward(Gate.Forward(ctx, rows), Up.Forward(ctx, rows), a);
+        }
+        else if (norm is RmsNorm rms && Input is not GatherFromSequenceParallelRegion)
             x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue);
         else x.Backend.MatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value);
         Projection.ForwardAccumulate(ctx, a, residual);              // (N, C) += proj(a)
@@ -138,11 +145,14 @@ public sealed class SwiGluMlp : IFeedForward
         var dgu = ctx.Scratch(_dGateUp, gu.Shape, gu.DType);         // (N, 2F): [dg | du]
         backend.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), da, dgu.Slice(1, 0, f), dgu.Slice(1, f, f));
         var weights = Stacked(Gate.Weight.Value, Up.Weight.Value)!;  // (2F, C)
-        var grads = Stacked(Gate.Weight.Grad, Up.Weight.Grad) ?? throw new InvalidOperationException(
-            $"{Name}: the gate and up weights are adjacent in their storage but their gradients are not; a parameter storage must lay out both alike");
         var dInput = Input.GradientBuffer(ctx, dx);                  // (N, C)
         backend.MatMul(dgu, weights, dInput, beta: accumulateDx ? 1.0 : 0.0);
-        backend.MatMul(dgu, rows, grads, transposeA: true, beta: 1.0);
+        if (Gate.Weight.RequiresGradient)                            // frozen base weights (LoRA) take no gradient
+        {
+            var grads = Stacked(Gate.Weight.Grad, Up.Weight.Grad) ?? throw new InvalidOperationException(
+                $"{Name}: the gate and up weights are adjacent in their storage but their gradients are not; a parameter storage must lay out both alike");
+            backend.MatMul(dgu, rows, grads, transposeA: true, beta: 1.0);
+        }
         Input.Backward(ctx, dInput, dx);
     }
 }

@@ -1,5 +1,7 @@
 using Tessera.Distributed.Mesh;
+using Tessera.Nn.Adapters;
 using Tessera.Nn.Layers;
+using Tessera.Tensors;
 
 namespace Tessera.Nn.Parallel;
 
@@ -14,14 +16,30 @@ namespace Tessera.Nn.Parallel;
 public sealed class LayerFactory
 {
     private readonly List<PartialGradient> _partials = [];
+    private readonly List<LoraLinear> _adapted = [];
 
-    /// <summary>A factory declaring into <paramref name="parameters"/>, for one device or, with <paramref name="tensorParallelism"/>, one tensor-parallel rank.</summary>
-    public LayerFactory(ParameterLayoutBuilder parameters, TensorParallelism? tensorParallelism = null)
+    /// <summary>
+    /// A factory declaring into <paramref name="parameters"/>, for one device or, with <paramref name="tensorParallelism"/>, one
+    /// tensor-parallel rank. With <paramref name="lora"/>, the linear layers it targets are built as <see cref="LoraLinear"/>s
+    /// whose adapters are declared into <see cref="AdapterParameters"/> (applied from outside, as the parallel plan is).
+    /// </summary>
+    public LayerFactory(ParameterLayoutBuilder parameters, TensorParallelism? tensorParallelism = null, LoraOptions? lora = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         Parameters = parameters;
         TensorParallelism = tensorParallelism is { Size: > 1 } ? tensorParallelism : null;
+        Lora = lora?.Validate();
+        if (Lora is not null) AdapterParameters = new ParameterLayoutBuilder();
     }
+
+    /// <summary>The LoRA adapters to attach, or null.</summary>
+    public LoraOptions? Lora { get; }
+
+    /// <summary>Where LoRA adapters are declared (their own layout, apart from the frozen model's), or null without LoRA.</summary>
+    public ParameterLayoutBuilder? AdapterParameters { get; }
+
+    /// <summary>The layers built with LoRA adapters, in declaration order.</summary>
+    public IReadOnlyList<LoraLinear> AdaptedLayers => _adapted;
 
     /// <summary>A factory for one device, over a fresh parameter layout.</summary>
     public static LayerFactory OneDevice() => new(new ParameterLayoutBuilder());
@@ -48,7 +66,10 @@ public sealed class LayerFactory
     /// </summary>
     public Linear Linear(string name, int inFeatures, int outFeatures, bool bias, params ShardPart[] outputParts)
     {
-        switch (StyleOf(name))
+        var style = StyleOf(name);
+        if (Lora is not null && style != ParallelStyle.Replicate && Lora.TargetsOf(name).Any())
+            throw new NotSupportedException($"LoRA: layer '{name}' is {style} under tensor parallelism; adapters are built for replicated layers only (train LoRA without --tp)");
+        switch (style)
         {
             case ParallelStyle.ColumnParallel:
                 var placement = Placement.Shard(MeshAxis.Tp, 0, outputParts);
@@ -58,10 +79,52 @@ public sealed class LayerFactory
             case ParallelStyle.RowParallel:
                 return new RowParallelLinear(Parameters, name, inFeatures, outFeatures, bias, TensorParallelism!);
             case ParallelStyle.Replicate:
-                return new Linear(Parameters, name, inFeatures, outFeatures, bias);
+                return Adapt(new Linear(Parameters, name, inFeatures, outFeatures, bias), outputParts);
             case var other:
                 throw new InvalidOperationException($"parallel plan: layer '{name}' is a linear layer; style {other} does not apply to it");
         }
+    }
+
+    /// <summary>
+    /// The adapters of the LoRA options' targets that match <paramref name="layer"/>, declared into
+    /// <see cref="AdapterParameters"/> as "{layer}.{target}.lora_A" (r, in) and "...lora_B" (rows, r); the layer itself when none match.
+    /// </summary>
+    private Linear Adapt(Linear layer, ShardPart[] outputParts)
+    {
+        if (Lora is null) return layer;
+        var parts = new List<LoraPart>();
+        foreach (var target in Lora.TargetsOf(layer.Name))
+        {
+            int start = 0, rows = layer.OutFeatures;
+            if (target.Part is int part)
+            {
+                if (part < 0 || part >= outputParts.Length)
+                    throw new ArgumentException($"LoRA target '{target.Name}': layer '{layer.Name}' has {outputParts.Length} output parts, not a part {part}");
+                start = outputParts.Take(part).Sum(q => q.Units * q.UnitSize);
+                rows = outputParts[part].Units * outputParts[part].UnitSize;
+            }
+            string prefix = target.Part is null ? layer.Name : $"{layer.Name}.{target.Name}";
+            var a = AdapterParameters!.Declare(prefix + ".lora_A", new Shape(Lora.Rank, layer.InFeatures), weightDecay: true);
+            var b = AdapterParameters.Declare(prefix + ".lora_B", new Shape(rows, Lora.Rank), weightDecay: true);
+            parts.Add(new LoraPart(target, start, rows, a, b));
+        }
+        if (parts.Count == 0) return layer;
+        var adapted = new LoraLinear(layer, parts, Lora, unchecked(Lora.Seed * 1_000_003 + _adapted.Count));
+        _adapted.Add(adapted);
+        return adapted;
+    }
+
+    /// <summary>
+    /// The adapters declared so far, allocated on <paramref name="backend"/> in <paramref name="dtype"/> (values zero); throws,
+    /// naming it, when a target matched no layer. Call once the model has declared every layer.
+    /// </summary>
+    public LoraAdapters BuildAdapters(IBackend backend, DType dtype)
+    {
+        if (Lora is null) throw new InvalidOperationException("LayerFactory: no LoRA options were given");
+        foreach (var target in Lora.Targets)
+            if (!_adapted.Any(l => l.Parts.Any(p => p.Target == target)))
+                throw new ArgumentException($"LoRA target '{target.Name}' ({target.LayerPattern}{(target.Part is int i ? $", part {i}" : "")}) names no layer of this model");
+        return new LoraAdapters(Lora, AdapterParameters!.Build(), _adapted, backend, dtype);
     }
 
     /// <summary>A linear layer over an existing weight (an LM head tied to the token table): column-parallel exactly when the table is split.</summary>

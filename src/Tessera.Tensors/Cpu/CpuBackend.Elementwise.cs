@@ -49,6 +49,22 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc/>
+    public void Multiply(Tensor a, Tensor b, Tensor output)
+    {
+        CheckElementwise(nameof(Multiply), (nameof(a), a), (nameof(b), b), (nameof(output), output));
+        if (a.DType == DType.F32) MultiplyTyped<float>(a, b, output); else MultiplyTyped<double>(a, b, output);
+    }
+
+    private void MultiplyTyped<T>(Tensor a, Tensor b, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* pa = Ptr<T>(a), pb = Ptr<T>(b), po = Ptr<T>(output);
+        ParallelChunks(a.NumElements, 1, (s, e) =>
+        {
+            for (long i = s; i < e; i++) po[i] = pa[i] * pb[i];
+        });
+    }
+
+    /// <inheritdoc/>
     public void Scale(Tensor x, double factor)
     {
         CheckElementwise(nameof(Scale), (nameof(x), x));

@@ -7,7 +7,7 @@ namespace Tessera.Training.Data;
 /// saving it and restoring it resumes the stream bit for bit. Shards of both widths (uint16, uint32) may be mixed; each
 /// loaded shard stays in its own width in memory.
 /// </summary>
-public sealed class TokenDataLoader
+public sealed class TokenDataLoader : ITokenBatchSource
 {
     private readonly string[] _shards;
     private ushort[]? _narrow;

@@ -50,16 +50,29 @@ public sealed class TrainCommand : Command
     private readonly Option<bool> _resume = SharedOptions.Flag("--resume", "continue the run in --out from its latest checkpoint; options left out take the checkpoint's values");
     private readonly Option<bool> _allowChanges = SharedOptions.Flag("--allow-changes", "with --resume: accept a changed batch, sequence length or learning-rate schedule (the run then no longer continues the saved one exactly)");
     private readonly Option<int> _sampleTokens = SharedOptions.Int("--sample-tokens", "N", "tokens to sample from the final model (0: none)", 200, min: 0);
+    private readonly Option<int?> _lora = SharedOptions.AtLeast(new Option<int?>("--lora") { Description = "LoRA rank: fine-tune low-rank adapters of the frozen --model (a Hugging Face directory) on --data chat.jsonl ({\"messages\": [...]} per line, loss on assistant tokens); the adapter is saved in PEFT's layout to OUT/adapter", HelpName = "R" }, 1);
+    private readonly Option<double?> _loraAlpha = Positive("--lora-alpha", "A", "with --lora: the adapters' output is scaled by A / R [default: R]");
+    private readonly Option<double> _loraDropout = SharedOptions.Double("--lora-dropout", "P", "with --lora: dropout on the adapters' input in training", 0.0, min: 0);
+    private readonly Option<string> _loraTargets = new("--lora-targets") { Description = "with --lora: the projections adapted, from q, k, v, o, gate, up, down (or q_proj, ..., down_proj)", HelpName = "LIST", DefaultValueFactory = _ => "q,k,v,o" };
+    private readonly Option<string?> _adapter = new("--adapter") { Description = "with --lora: start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors) instead of a fresh one", HelpName = "DIR" };
 
     /// <summary>Declares the options.</summary>
     public TrainCommand(Terminal terminal) : base("train", "train a model; with no options, the embedded default: gpt2-tiny on the .NET SDK's XML API documentation (byte tokens)")
     {
         Option[] options = [_model, _data, _valData, _tokenizer, _out, _steps, _batch, _micro, _seq, _lr, _warmup, _minLr, _weightDecay, _clip,
             _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _recompute, _ranks, _tp, _sp, _zero,
-            _offload, _pp, _schedule, _virtualStages, _printSchedule, _resume, _allowChanges, _sampleTokens];
+            _offload, _pp, _schedule, _virtualStages, _printSchedule, _resume, _allowChanges, _sampleTokens, _lora, _loraAlpha, _loraDropout, _loraTargets, _adapter];
         foreach (var o in options) Options.Add(o);
+        _loraDropout.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<double>() >= 1) r.AddError($"--lora-dropout ({r.GetValueOrDefault<double>()}) must be below 1"); });
         _zero.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<int>() > 3) r.AddError($"--zero ({r.GetValueOrDefault<int>()}) must be 0, 1, 2 or 3"); });
-        SetAction(parse => new TrainRun(Read(parse), terminal).Execute());
+        SetAction(parse =>
+        {
+            var settings = Read(parse);
+            if (settings.LoraRank is null && (parse.GetResult(_loraAlpha) is { Implicit: false } || parse.GetResult(_loraTargets) is { Implicit: false }
+                || parse.GetResult(_loraDropout) is { Implicit: false } || settings.Adapter is not null))
+                throw new UsageException("--lora-alpha, --lora-dropout, --lora-targets and --adapter apply to LoRA fine-tuning; add --lora R");
+            return settings.LoraRank is null ? new TrainRun(settings, terminal).Execute() : new LoraTrainRun(settings, terminal).Execute();
+        });
     }
 
     private TrainSettings Read(ParseResult p) => new()
@@ -73,6 +86,8 @@ public sealed class TrainCommand : Command
         DType = p.GetValue(_dtype), Recompute = p.GetValue(_recompute), Ranks = p.GetValue(_ranks), TensorParallel = p.GetValue(_tp), SequenceParallel = p.GetValue(_sp), Zero = p.GetValue(_zero),
         Offload = p.GetValue(_offload), Pp = p.GetValue(_pp), Schedule = p.GetValue(_schedule), VirtualStages = p.GetValue(_virtualStages),
         PrintSchedule = p.GetValue(_printSchedule), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
+        LoraRank = p.GetValue(_lora), LoraAlpha = p.GetValue(_loraAlpha), LoraDropout = p.GetValue(_loraDropout),
+        LoraTargets = p.GetValue(_loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), Adapter = p.GetValue(_adapter),
     };
 
     /// <summary>The command-line option of each trainer setting, for messages about a resume.</summary>

@@ -121,6 +121,21 @@ public sealed record TrainSettings
     /// <summary>Tokens to sample at the end.</summary>
     public int SampleTokens { get; init; } = 200;
 
+    /// <summary>LoRA rank (--lora): fine-tune adapters on a frozen Hugging Face model with chat data; null: full training.</summary>
+    public int? LoraRank { get; init; }
+
+    /// <summary>LoRA alpha (--lora-alpha); null: the rank (a scaling of 1).</summary>
+    public double? LoraAlpha { get; init; }
+
+    /// <summary>LoRA dropout (--lora-dropout).</summary>
+    public double LoraDropout { get; init; }
+
+    /// <summary>LoRA targets (--lora-targets): short names q, k, v, o, gate, up, down or PEFT module names.</summary>
+    public IReadOnlyList<string> LoraTargets { get; init; } = ["q", "k", "v", "o"];
+
+    /// <summary>A PEFT adapter directory to start the adapters from (--adapter), or null (PEFT's initialization).</summary>
+    public string? Adapter { get; init; }
+
     /// <summary>
     /// The run's trainer options and the remaining choices: given values first, then the checkpoint's (<paramref name="saved"/>,
     /// with the ranks that saved it; <paramref name="worldSize"/> ranks resume it), then the defaults. Throws <see cref="CommandLine.UsageException"/> naming the option when

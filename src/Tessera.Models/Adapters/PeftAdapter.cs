@@ -1,0 +1,113 @@
+using Tessera.Models.Safetensors;
+using Tessera.Nn.Adapters;
+using Tessera.Tensors;
+
+namespace Tessera.Models.Adapters;
+
+/// <summary>
+/// LoRA adapters in Hugging Face PEFT's layout, which peft's <c>PeftModel.from_pretrained</c> loads: a directory with
+/// adapter_config.json (<see cref="PeftAdapterConfig"/>) and adapter_model.safetensors holding, per adapted module,
+/// "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight" (r, in) and "...lora_B.weight" (out, r) in F32.
+/// </summary>
+public static class PeftAdapter
+{
+    /// <summary>The weights file.</summary>
+    public const string WeightsFile = "adapter_model.safetensors";
+
+    /// <summary>
+    /// Writes <paramref name="adapters"/> (their F32 masters under mixed precision) to <paramref name="directory"/>: into a hidden
+    /// sibling first, renamed over any existing directory last, so a reader never sees half an adapter.
+    /// </summary>
+    public static void Save(string directory, LoraAdapters adapters, string? baseModel)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(directory);
+        ArgumentNullException.ThrowIfNull(adapters);
+        var writer = new SafetensorsWriter();
+        writer.Metadata["format"] = "pt";
+        foreach (var (part, block) in Parts(adapters))
+        {
+            writer.Add(LoraTargets.PeftName(part, block, isA: true), part.A.Shape, Array.ConvertAll(adapters.Read(part.A), v => (float)v));
+            writer.Add(LoraTargets.PeftName(part, block, isA: false), part.B.Shape, Array.ConvertAll(adapters.Read(part.B), v => (float)v));
+        }
+        var o = adapters.Options;
+        var config = new PeftAdapterConfig(o.Rank, o.Alpha, o.Dropout, o.Targets.Select(LoraTargets.ModuleOf).ToList(), baseModel);
+        string full = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
+        string temporary = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.tmp-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(temporary);
+        try
+        {
+            writer.Write(Path.Combine(temporary, WeightsFile));
+            File.WriteAllText(Path.Combine(temporary, PeftAdapterConfig.FileName), config.ToJson() + "\n");
+            if (Directory.Exists(full)) Directory.Delete(full, recursive: true);
+            Directory.Move(temporary, full);
+        }
+        catch
+        {
+            try { Directory.Delete(temporary, recursive: true); } catch (IOException) { }
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The LoRA options of the adapter in <paramref name="directory"/> for a model of <paramref name="config"/> (its rank, alpha,
+    /// dropout and targets; <paramref name="seed"/> for dropout), to build the model with before <see cref="Load"/>.
+    /// </summary>
+    public static LoraOptions ReadOptions(string directory, TransformerConfig config, int seed = 0)
+    {
+        var c = PeftAdapterConfig.Read(Path.Combine(directory, PeftAdapterConfig.FileName));
+        IReadOnlyList<LoraTarget> targets;
+        try
+        {
+            targets = LoraTargets.Parse(config, c.TargetModules);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{Path.Combine(directory, PeftAdapterConfig.FileName)}: target_modules: {e.Message}", e);
+        }
+        return new LoraOptions { Rank = c.Rank, Alpha = c.Alpha, Dropout = c.Dropout, Seed = seed, Targets = targets }.Validate();
+    }
+
+    /// <summary>
+    /// Loads the adapter weights in <paramref name="directory"/> into <paramref name="adapters"/> (built with
+    /// <see cref="ReadOptions"/>' options, or the same rank and targets). Every expected tensor must be present with its shape and
+    /// no other: checked before anything is written.
+    /// </summary>
+    public static void Load(string directory, LoraAdapters adapters)
+    {
+        ArgumentNullException.ThrowIfNull(adapters);
+        var config = PeftAdapterConfig.Read(Path.Combine(directory, PeftAdapterConfig.FileName));
+        if (config.Rank != adapters.Options.Rank)
+            throw new InvalidDataException($"{directory}: the adapter has r = {config.Rank} but the model's adapters r = {adapters.Options.Rank}");
+        string path = Path.Combine(directory, WeightsFile);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: missing (a PEFT adapter directory holds adapter_config.json and {WeightsFile})", path);
+        using var file = SafetensorsFile.Open(path);
+        var expected = new List<(string Name, Nn.Parameter Parameter)>();
+        foreach (var (part, block) in Parts(adapters))
+        {
+            expected.Add((LoraTargets.PeftName(part, block, isA: true), part.A));
+            expected.Add((LoraTargets.PeftName(part, block, isA: false), part.B));
+        }
+        foreach (var (name, p) in expected)
+        {
+            if (!file.Contains(name)) throw new InvalidDataException($"{path}: tensor '{name}' is missing (the model's adapters need it for {p.Name})");
+            var info = file[name];
+            if (info.Shape != p.Shape) throw new InvalidDataException($"{path}: tensor '{name}' is {info.Shape}; the model's adapter {p.Name} is {p.Shape}");
+        }
+        var extra = file.Tensors.Select(t => t.Name).Except(expected.Select(e => e.Name), StringComparer.Ordinal).ToList();
+        if (extra.Count > 0)
+            throw new InvalidDataException($"{path}: {extra.Count} tensor(s) the model's adapters do not have, e.g. '{extra[0]}' (its target_modules or layers differ from the model's)");
+        foreach (var (name, p) in expected) adapters.Write(p, file.ReadAsDouble(name));
+    }
+
+    /// <summary>Every adapter with the block index of its layer ("blocks.3.attn.qkv" -> 3).</summary>
+    private static IEnumerable<(LoraPart Part, int Block)> Parts(LoraAdapters adapters)
+    {
+        foreach (var layer in adapters.Layers)
+        {
+            var segments = layer.Name.Split('.');
+            if (segments.Length < 2 || segments[0] != "blocks" || !int.TryParse(segments[1], out int block))
+                throw new InvalidOperationException($"LoRA: layer '{layer.Name}' is not in a block; PEFT names exist for block layers only");
+            foreach (var part in layer.Parts) yield return (part, block);
+        }
+    }
+}

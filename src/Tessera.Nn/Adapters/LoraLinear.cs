@@ -1,0 +1,201 @@
+using Tessera.Nn.Layers;
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Adapters;
+
+/// <summary>
+/// A linear layer with LoRA adapters (PEFT's <c>lora.Linear</c>): y = x W^T + b + s · dropout(x) A_p^T B_p^T on the output
+/// rows of each part p (the whole layer, or the query, key or value rows of a fused QKV), s = alpha / r. It is the layer the
+/// <see cref="Parallel.LayerFactory"/> builds in place of a plain <see cref="Linear"/> when <see cref="LoraOptions"/> target it,
+/// so the model code does not change. W and b are the base layer's parameters (frozen when the model's arena is
+/// <see cref="ArenaStorage.Frozen"/>: no weight gradient is computed); A and B live in the adapters' own arena.
+/// <para>
+/// Backward, from dy (N, out) and dy_p its rows of part p: dx = dy W (+ Σ_p (dh_p A_p) ⊙ mask), dh_p = s · dy_p B_p (N, r),
+/// dB_p += s · dy_p^T h_p with h_p = dropout(x) A_p^T (N, r) saved by the forward, dA_p += dh_p^T dropout(x).
+/// </para>
+/// </summary>
+public sealed class LoraLinear : Linear
+{
+    private readonly ActivationKey[] _hidden;                       // per part: h_p (N, r)
+    private readonly ActivationKey _mask, _dropped, _dHidden, _dDropped;
+    private readonly Random _dropoutRandom;
+    private double[] _hostMask = [];
+
+    /// <summary>Adapts <paramref name="layer"/> (a plain, replicated linear layer) with <paramref name="parts"/>.</summary>
+    public LoraLinear(Linear layer, IReadOnlyList<LoraPart> parts, LoraOptions options, int dropoutSeed)
+        : base(layer?.Name ?? throw new ArgumentNullException(nameof(layer)), layer.Weight, layer.Bias)
+    {
+        ArgumentNullException.ThrowIfNull(parts);
+        ArgumentNullException.ThrowIfNull(options);
+        if (layer.GetType() != typeof(Linear))
+            throw new NotSupportedException($"{layer.Name}: LoRA adapts plain linear layers; this one is a {layer.GetType().Name} (tensor-parallel layers are not adapted)");
+        if (parts.Count == 0) throw new ArgumentException($"{layer.Name}: a LoRA layer needs at least one adapter");
+        foreach (var p in parts)
+        {
+            if (p.RowStart < 0 || p.Rows <= 0 || p.RowStart + p.Rows > OutFeatures)
+                throw new ArgumentException($"{Name}: adapter '{p.Target.Name}' covers rows [{p.RowStart}, {p.RowStart + p.Rows}) outside the layer's {OutFeatures}");
+            if (p.A.Shape != new Shape(options.Rank, InFeatures) || p.B.Shape != new Shape(p.Rows, options.Rank))
+                throw new ArgumentException($"{Name}: adapter '{p.Target.Name}' has A {p.A.Shape} and B {p.B.Shape}; expected ({options.Rank}, {InFeatures}) and ({p.Rows}, {options.Rank})");
+        }
+        Parts = parts;
+        Rank = options.Rank;
+        Scaling = options.Scaling;
+        Dropout = options.Dropout;
+        _dropoutRandom = new Random(dropoutSeed);
+        _hidden = parts.Select(p => new ActivationKey($"{Name}.lora.{p.Target.Name}.h")).ToArray();
+        _mask = new ActivationKey(Name + ".lora.mask");
+        _dropped = new ActivationKey(Name + ".lora.x");
+        _dHidden = new ActivationKey(Name + ".lora.dh");
+        _dDropped = new ActivationKey(Name + ".lora.dx");
+    }
+
+    /// <summary>The adapters, each on its rows of the output.</summary>
+    public IReadOnlyList<LoraPart> Parts { get; }
+
+    /// <summary>The rank r.</summary>
+    public int Rank { get; }
+
+    /// <summary>alpha / r.</summary>
+    public double Scaling { get; }
+
+    /// <summary>Dropout probability on the low-rank path's input in training passes.</summary>
+    public double Dropout { get; }
+
+    /// <summary>Whether training passes apply dropout (when <see cref="Dropout"/> &gt; 0); turn off for evaluation. Default true.</summary>
+    public bool DropoutEnabled { get; set; } = true;
+
+    /// <summary>Whether the adapters are folded into W (<see cref="Merge"/>): the layer is then a plain product and cannot be trained.</summary>
+    public bool Merged { get; private set; }
+
+    /// <inheritdoc/>
+    public override bool IsPlainProduct => Merged;
+
+    private bool Dropping(in PassContext ctx) => ctx.SaveForBackward && Dropout > 0 && DropoutEnabled;
+
+    /// <inheritdoc/>
+    public override Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
+    {
+        var y = base.Forward(ctx, x, residual);                     // (N, out) = x W^T + b (+ residual); saves x
+        if (!Merged) AddLowRank(ctx, x, y);
+        return y;
+    }
+
+    /// <inheritdoc/>
+    public override Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm) =>
+        Merged ? base.ForwardNormalized(ctx, x, norm) : Forward(ctx, norm.Forward(ctx, x));
+
+    /// <inheritdoc/>
+    public override void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
+    {
+        base.ForwardAccumulate(ctx, x, residual);                   // residual (N, out) += x W^T + b
+        if (!Merged) AddLowRank(ctx, x, residual);
+    }
+
+    /// <inheritdoc/>
+    public override Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation) =>
+        throw new NotSupportedException($"{Name}: LoRA on a product fused with GELU (GPT-2's MLP) is not supported");
+
+    /// <summary>y[:, part rows] += s · dropout(x) A^T B^T for every part; saves what backward needs in a training pass.</summary>
+    private void AddLowRank(in PassContext ctx, Tensor x, Tensor y)
+    {
+        CheckInput(x);
+        var backend = x.Backend;
+        int n = x.Size(0);
+        var input = x;                                               // (N, in)
+        if (Dropping(ctx))
+        {
+            var mask = ctx.Buffer(_mask, x.Shape, x.DType);          // (N, in): 0 or 1 / (1 - p)
+            FillMask(mask);
+            var dropped = ctx.Buffer(_dropped, x.Shape, x.DType);    // (N, in)
+            backend.Multiply(x.IsContiguous ? x : backend.Contiguous(x), mask, dropped);
+            ctx.Save(_mask, mask);
+            ctx.Save(_dropped, dropped);
+            input = dropped;
+        }
+        for (int i = 0; i < Parts.Count; i++)
+        {
+            var p = Parts[i];
+            var h = ctx.Buffer(_hidden[i], new Shape(n, Rank), x.DType);   // (N, r)
+            backend.MatMul(input, p.A.Value, h, transposeB: true);
+            backend.MatMul(h, p.B.Value, y.Slice(1, p.RowStart, p.Rows), transposeB: true, alpha: Scaling, beta: 1.0);
+            ctx.Save(_hidden[i], h);
+        }
+    }
+
+    /// <inheritdoc/>
+    public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
+    {
+        if (geluPreActivation is not null) throw new NotSupportedException($"{Name}: LoRA on a product fused with GELU is not supported");
+        if (Merged) throw new InvalidOperationException($"{Name}: the adapters are merged into the weight; unmerge them before training");
+        base.Backward(ctx, dy, dx, accumulateDx);                   // dx = dy W (or +=); dW only when W is trained
+        var backend = dy.Backend;
+        bool dropping = Dropping(ctx);
+        var input = dropping ? ctx.Get(_dropped) : ctx.Get(InputKey);   // (N, in)
+        int n = input.Size(0);
+        for (int i = 0; i < Parts.Count; i++)
+        {
+            var p = Parts[i];
+            var dyPart = dy.Slice(1, p.RowStart, p.Rows);           // (N, rows), rows `out` apart
+            var h = ctx.Get(_hidden[i]);                             // (N, r)
+            backend.MatMul(dyPart, h, p.B.Grad, transposeA: true, alpha: Scaling, beta: 1.0);   // dB (rows, r) += s dy_p^T h
+            var dh = ctx.Scratch(_dHidden, new Shape(n, Rank), dy.DType);                      // (N, r) = s dy_p B
+            backend.MatMul(dyPart, p.B.Value, dh, alpha: Scaling);
+            backend.MatMul(dh, input, p.A.Grad, transposeA: true, beta: 1.0);                 // dA (r, in) += dh^T input
+            if (dx is null) continue;
+            if (!dropping) backend.MatMul(dh, p.A.Value, dx, beta: 1.0);                      // dx += dh A
+            else
+            {
+                var dDropped = ctx.Scratch(_dDropped, input.Shape, dy.DType);                 // (N, in) = (dh A) ⊙ mask
+                backend.MatMul(dh, p.A.Value, dDropped);
+                backend.Multiply(dDropped, ctx.Get(_mask), dDropped);
+                backend.Accumulate(dx, dDropped);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Folds the adapters into the weight: W[part rows] += s · B A (enqueued), after which the layer is a plain product
+    /// (<see cref="IsPlainProduct"/>) that decoding's fused ops may read. Writes the value the layers read; a weight with an
+    /// F32 master (a trained BF16 base) is refused, since the two would disagree.
+    /// </summary>
+    public void Merge() => Fold(+1, merge: true);
+
+    /// <summary>Subtracts what <see cref="Merge"/> added (exact up to rounding: 1e-15 relative in F64, a BF16 rounding in BF16).</summary>
+    public void Unmerge() => Fold(-1, merge: false);
+
+    private void Fold(int sign, bool merge)
+    {
+        if (Merged == merge) throw new InvalidOperationException($"{Name}: the adapters are {(merge ? "already" : "not")} merged");
+        if (Weight.Master is not null)
+            throw new NotSupportedException($"{Name}: the weight has an F32 master beside its {Weight.Value.DType} value; merge into a frozen base (ArenaStorage.Frozen) or an F32/F64 model");
+        var w = Weight.Value;                                        // (out, in)
+        foreach (var p in Parts)
+            w.Backend.MatMul(p.B.Value, p.A.Value, w.Slice(0, p.RowStart, p.Rows), alpha: sign * Scaling, beta: 1.0);   // (rows, in) += s B A
+        Merged = merge;
+    }
+
+    /// <summary>A fresh mask of 0 and 1 / (1 - p) from this layer's stream (host-drawn: seeded and backend-independent).</summary>
+    private void FillMask(Tensor mask)
+    {
+        long count = mask.NumElements;
+        if (_hostMask.Length < count) _hostMask = new double[count];
+        double keep = 1.0 / (1.0 - Dropout);
+        for (long i = 0; i < count; i++) _hostMask[i] = _dropoutRandom.NextDouble() < Dropout ? 0.0 : keep;
+        var values = _hostMask.AsSpan(0, (int)count);
+        var backend = mask.Backend;
+        switch (mask.DType)
+        {
+            case DType.F64: backend.CopyFromHost<double>(values, mask); break;
+            case DType.BF16:
+                var b = new BFloat16[count];
+                for (int i = 0; i < b.Length; i++) b[i] = BFloat16.FromSingle((float)values[i]);
+                backend.CopyFromHost<BFloat16>(b, mask);
+                break;
+            default:
+                var f = new float[count];
+                for (int i = 0; i < f.Length; i++) f[i] = (float)values[i];
+                backend.CopyFromHost<float>(f, mask);
+                break;
+        }
+    }
+}
