@@ -168,11 +168,176 @@ __device__ void paged_attention(const T* q, const T* pool, T* out, float* partia
     }
 FOR_FLOAT_TYPES(PAGED_ATTENTION)
 
+// ------------------------------------------------------------------------------ attention, vectorized
+// The same computation for the common shapes (D = 64 or 128, 16-byte aligned rows), laid out for memory-level parallelism:
+// grid (N, H / G, splits), PD_THREADS threads; TPK = D / VE lanes hold one key row as 16-byte loads (VE = 16 / sizeof(T)
+// elements each), so a warp reads 32 / TPK keys (and their values) per instruction and the CTA's NG = PD_THREADS / TPK lane
+// groups stride over the keys two at a time (both keys' loads in flight before either is used). Per key the G scores are
+// reduced over the group's TPK lanes (log2 TPK shuffles), and each group keeps an online softmax per head in base 2;
+// the groups merge through shared memory (NG, G, D + 2) as in paged_attention. GM >= G is the compile-time bound of the
+// group's query heads (registers: GM x VE for q and for the accumulator). Rows of sequences with more than max_rows rows
+// are left to paged_prefill (flash_attention.cu), which runs them on tensor cores.
+#define PD_THREADS 128
+#define PD_MIN_CTAS(GM) ((GM) <= 4 ? 4 : 2)   // CTAs per SM that the registers must allow (128 registers a thread up to 4 heads: no spills)
+
+template <typename T, int D, int GM>
+__device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, const int* tables, const int* starts,
+                             const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n,
+                             i64 q_h, float scale, int max_rows)
+{
+    constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK;
+    static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode: a key row must be a power-of-two part of a warp");
+    extern __shared__ float pd_shared[];                           // (NG, G, D + 2): acc, then m and l
+    const int n = blockIdx.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
+    const int tid = threadIdx.x, grp = tid / TPK, sub = tid % TPK, warp = tid >> 5;
+    pdl_wait();
+
+    int lo = 0, hi = B;                                            // the sequence that owns row n (as in paged_attention)
+    while (lo < hi)
+    {
+        const int mid = (lo + hi + 1) >> 1;
+        if (starts[mid] <= n) lo = mid; else hi = mid - 1;
+    }
+    const int b = lo;
+    const int rows = starts[b + 1] - starts[b];
+    if (rows > max_rows) return;                                   // the whole CTA: paged_prefill computes this row
+    const int pos = lengths[b] - rows + (n - starts[b]);
+    const int keys = pos + 1;
+    const int chunk = keys > 0 ? (keys + splits - 1) / splits : 0;
+    const int begin = split * chunk, end = min(keys, begin + chunk);
+
+    float qv[GM][VE], acc[GM][VE], m[GM], l[GM];
+    const float qscale = scale * LOG2E;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+    {
+        m[g] = NEG_INF;
+        l[g] = 0.f;
+        if (g < G) load16(q + (i64)n * q_n + (i64)(h0 + g) * q_h + sub * VE, qv[g]);
+#pragma unroll
+        for (int i = 0; i < VE; i++)
+        {
+            qv[g][i] = g < G ? qv[g][i] * qscale : 0.f;
+            acc[g][i] = 0.f;
+        }
+    }
+
+    const i64 position_stride = (i64)2 * K * D;
+    const T* base = pool + (i64)kvh * D + sub * VE;
+    const int* table = tables + (i64)b * max_blocks;
+    // Warp-uniform trip count (the shuffles need every lane): key j = j0 + grp (and j + NG), valid when below end.
+    for (int j0 = begin + warp * GPW; j0 < end; j0 += 2 * NG)
+    {
+        const int ja = j0 + (grp - warp * GPW), jb = ja + NG;
+        const bool va = ja < end, vb = jb < end;
+        Bytes16 ka, va16, kb, vb16;                                // raw until used: 4 registers each
+        if (va)
+        {
+            const T* kp = base + ((i64)table[ja / block_size] * block_size + ja % block_size) * position_stride;
+            ka = *reinterpret_cast<const Bytes16*>(kp);
+            va16 = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
+        }
+        if (vb)
+        {
+            const T* kp = base + ((i64)table[jb / block_size] * block_size + jb % block_size) * position_stride;
+            kb = *reinterpret_cast<const Bytes16*>(kp);
+            vb16 = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
+        }
+#pragma unroll
+        for (int two = 0; two < 2; two++)
+        {
+            const bool valid = two == 0 ? va : vb;
+            float kd[VE], vd[VE];
+            unpack16<T>(two == 0 ? ka : kb, kd);
+            unpack16<T>(two == 0 ? va16 : vb16, vd);
+#pragma unroll
+            for (int g = 0; g < GM; g++)
+            {
+                if (g >= G) break;
+                float s = 0.f;
+#pragma unroll
+                for (int i = 0; i < VE; i++) s += qv[g][i] * kd[i];
+#pragma unroll
+                for (int o = TPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+                if (valid)
+                {
+                    const float m_new = fmaxf(m[g], s);
+                    const float correction = fast_exp2(m[g] - m_new), p = fast_exp2(s - m_new);
+                    l[g] = l[g] * correction + p;
+#pragma unroll
+                    for (int i = 0; i < VE; i++) acc[g][i] = acc[g][i] * correction + p * vd[i];
+                    m[g] = m_new;
+                }
+            }
+        }
+    }
+
+    // Merge the groups' softmax states.
+    const int row_floats = D + 2;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+    {
+        if (g >= G) break;
+        float* st = pd_shared + ((i64)grp * G + g) * row_floats;
+#pragma unroll
+        for (int i = 0; i < VE; i++) st[sub * VE + i] = acc[g][i];
+        if (sub == 0) { st[D] = m[g]; st[D + 1] = l[g]; }
+    }
+    __syncthreads();
+    for (int e = tid; e < G * D; e += PD_THREADS)
+    {
+        const int g = e / D, d = e % D;
+        float big = NEG_INF;
+        for (int w = 0; w < NG; w++) big = fmaxf(big, pd_shared[((i64)w * G + g) * row_floats + D]);
+        float sum = 0.f, value = 0.f;
+        if (big != NEG_INF)
+            for (int w = 0; w < NG; w++)
+            {
+                const float* st = pd_shared + ((i64)w * G + g) * row_floats;
+                const float f = st[D] == NEG_INF ? 0.f : fast_exp2(st[D] - big);
+                sum += st[D + 1] * f;
+                value += st[d] * f;
+            }
+        if (splits == 1)
+            out[(i64)n * H * D + (i64)(h0 + g) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
+        else
+        {
+            float* state = partial + (((i64)split * N + n) * H + h0 + g) * row_floats;
+            state[d] = value;
+            if (d == 0) { state[D] = big; state[D + 1] = sum; }
+        }
+    }
+}
+#define PAGED_DECODE_ONE(name, t, D, GM)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
+        const t* q, const t* pool, t* out, float* partial, const int* tables, const int* starts, const int* lengths,      \
+        int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows)  \
+    {                                                                                                                     \
+        paged_decode<t, D, GM>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, G, block_size, max_blocks,    \
+                               q_n, q_h, scale, max_rows);                                                                \
+    }
+#define PAGED_DECODE_D(name, t, D) PAGED_DECODE_ONE(name, t, D, 1) PAGED_DECODE_ONE(name, t, D, 2)                      \
+    PAGED_DECODE_ONE(name, t, D, 4) PAGED_DECODE_ONE(name, t, D, 8)
+#define PAGED_DECODE(name, t) PAGED_DECODE_D(name, t, 64) PAGED_DECODE_D(name, t, 128)
+FOR_FLOAT_TYPES(PAGED_DECODE)
+
 // out[n, h, :] from the splits' states in partial (splits, N, H, D + 2); grid (N, H), one thread per element of the head.
-template <typename T> __device__ void paged_attention_combine(const float* partial, T* out, int splits, int N, int H, int D)
+// Rows of sequences with more than max_rows rows were computed by paged_prefill and have no states: they are left alone.
+template <typename T> __device__ void paged_attention_combine(const float* partial, T* out, int splits, int N, int H, int D,
+                                                              const int* starts, int B, int max_rows)
 {
     pdl_wait();
     const int n = blockIdx.x, h = blockIdx.y, row_floats = D + 2;
+    if (max_rows < N)
+    {
+        int lo = 0, hi = B;
+        while (lo < hi)
+        {
+            const int mid = (lo + hi + 1) >> 1;
+            if (starts[mid] <= n) lo = mid; else hi = mid - 1;
+        }
+        if (starts[lo + 1] - starts[lo] > max_rows) return;
+    }
     for (int d = threadIdx.x; d < D; d += blockDim.x)
     {
         float big = NEG_INF;
@@ -191,8 +356,9 @@ template <typename T> __device__ void paged_attention_combine(const float* parti
     }
 }
 #define PAGED_COMBINE(name, t)                                                                                            \
-    extern "C" __global__ void paged_attention_combine_##name(const float* partial, t* out, int splits, int N, int H, int D) \
+    extern "C" __global__ void paged_attention_combine_##name(const float* partial, t* out, int splits, int N, int H, int D, \
+                                                              const int* starts, int B, int max_rows)                    \
     {                                                                                                                     \
-        paged_attention_combine<t>(partial, out, splits, N, H, D);                                                        \
+        paged_attention_combine<t>(partial, out, splits, N, H, D, starts, B, max_rows);                                   \
     }
 FOR_FLOAT_TYPES(PAGED_COMBINE)

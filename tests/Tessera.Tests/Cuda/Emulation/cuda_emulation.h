@@ -60,11 +60,11 @@ inline int max(int a, int b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
-// Runs kernel(args...) on a grid of `grid` blocks of `block` threads.
-template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel)
+// Runs kernel(args...) on a grid of `grid` blocks (x, y, z) of `block` threads, the blocks in turn.
+template <typename F> void emu_launch(dim3 grid, unsigned block, F kernel)
 {
-    gridDim.x = grid; blockDim.x = block;
-    for (unsigned b = 0; b < grid; b++)
+    gridDim = grid; blockDim.x = block;
+    for (unsigned b = 0; b < grid.x * grid.y * grid.z; b++)
     {
         EmuBlock eb;
         eb.block = std::make_unique<std::barrier<>>(block);
@@ -73,7 +73,8 @@ template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel)
         g_block = &eb;
         std::vector<std::thread> threads;
         for (unsigned t = 0; t < block; t++)
-            threads.emplace_back([=] { threadIdx.x = t; blockIdx.x = b; kernel(); });
+            threads.emplace_back([=] { threadIdx.x = t; blockIdx.x = b % grid.x; blockIdx.y = b / grid.x % grid.y; blockIdx.z = b / (grid.x * grid.y); kernel(); });
         for (auto& th : threads) th.join();
     }
 }
+template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel) { emu_launch(dim3{grid, 1, 1}, block, kernel); }
