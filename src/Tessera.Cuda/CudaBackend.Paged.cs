@@ -77,23 +77,22 @@ public sealed unsafe partial class CudaBackend
             Launch("flash_attention.cu", kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
         }
         int maxRows = tiles ? PagedPrefillMinRows - 1 : int.MaxValue;
-        long ctas = (long)n * (h / g);
+        // The CUDA-core kernels' grid: every row, or with the tile kernel an upper bound of the other rows (fewer than
+        // PagedPrefillMinRows per sequence), so that a prefill step does not launch a CTA per row only to skip it.
+        int rowsHere = tiles ? (int)Math.Min(n, (long)(PagedPrefillMinRows - 1) * b) : n;
+        long ctas = (long)rowsHere * (h / g);
         int splits;
         if (specialized)
-        {
             // Enough CTAs for about 8 per SM (the kernel's 128 threads leave room for that many), each split at least 64
-            // positions of the widest table. Rows left to the tile kernel return at once.
-            long rowsHere = tiles ? Math.Min(n, 2L * b) : n;
-            long here = rowsHere * (h / g);
-            splits = (int)Math.Clamp(Math.Min((8L * CudaDevice.MultiprocessorCount + here - 1) / here, ((long)maxBlocks * blockSize + 63) / 64),
+            // positions of the widest table.
+            splits = (int)Math.Clamp(Math.Min((8L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
                 1, PagedAttentionMaxSplits);
-        }
         else
             // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
             // two waves of the SMs, each split at least 64 positions of the widest table (the host knows no context length).
             splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
                 1, PagedAttentionMaxSplits);
-        var partial = splits > 1 ? ScratchTensor(new Shape(splits, n, h, d + 2), DType.F32) : null;     // (S, N, H, D + 2) states
+        var partial = splits > 1 ? ScratchTensor(new Shape(splits, rowsHere, h, d + 2), DType.F32) : null;   // (S, X, H, D + 2) states
         try
         {
             ulong pw = partial is null ? 0 : Ptr(partial);
@@ -102,7 +101,7 @@ public sealed unsafe partial class CudaBackend
                 int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows };
                 uint shared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
-                Launch("paged_attention.cu", $"paged_decode_{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)n, (uint)(h / g), (uint)splits), PagedDecodeThreads,
+                Launch("paged_attention.cu", $"paged_decode_{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, shared, dependent: true);
             }
             else
@@ -114,10 +113,10 @@ public sealed unsafe partial class CudaBackend
             }
             if (partial is not null)
             {
-                // Rows that the tile kernel computed have no states here: the combine must leave them. It reads the splits' m
-                // values; rows the decode kernel skipped never wrote theirs, so the combine kernel is told the same max_rows.
+                // Block x merges row x of the kernel above (the same rows, found the same way: rows the tile kernel wrote are
+                // left alone).
                 void** combine = stackalloc void*[] { &pw, &po, &splits, &n, &h, &d, &pst, &b, &maxRows };
-                Launch("paged_attention.cu", "paged_attention_combine_" + Suffix(q.DType, op), ((uint)n, (uint)h, 1), (uint)Math.Min(256, (d + 31) / 32 * 32),
+                Launch("paged_attention.cu", "paged_attention_combine_" + Suffix(q.DType, op), ((uint)rowsHere, (uint)h, 1), (uint)Math.Min(256, (d + 31) / 32 * 32),
                     combine, 0, dependent: true);
             }
         }

@@ -168,15 +168,65 @@ __device__ void paged_attention(const T* q, const T* pool, T* out, float* partia
     }
 FOR_FLOAT_TYPES(PAGED_ATTENTION)
 
+// ------------------------------------------------------------------------------ rows left to the CUDA cores
+// Row x of the batch's rows that belong to sequences of at most max_rows rows (every row when max_rows >= N; the others
+// are paged_prefill's): its row index n and sequence b, or b = -1 when there are fewer than x + 1 such rows. Lets a grid
+// over an upper bound of those rows skip the tensor-core rows without a CTA for each. Called by every thread of the CTA
+// (it synchronizes when max_rows < N): warp 0 sums the sequences' counts of such rows, 32 sequences at a time.
+__device__ void paged_short_row(int x, const int* starts, int B, int N, int max_rows, int& n, int& b)
+{
+    if (max_rows >= N)
+    {
+        int lo = 0, hi = B;                                        // the largest b with starts[b] <= x (starts[B] = N > x)
+        while (lo < hi)
+        {
+            const int mid = (lo + hi + 1) >> 1;
+            if (starts[mid] <= x) lo = mid; else hi = mid - 1;
+        }
+        n = x;
+        b = lo;
+        return;
+    }
+    __shared__ int short_n, short_b;
+    if (threadIdx.x == 0) short_b = -1;
+    __syncthreads();
+    if (threadIdx.x < 32)
+    {
+        const int lane = threadIdx.x;
+        int before = 0;
+        for (int b0 = 0; b0 < B && before <= x; b0 += 32)
+        {
+            const int sb = b0 + lane;
+            const int rows = sb < B ? starts[sb + 1] - starts[sb] : 0;
+            const int count = rows <= max_rows ? rows : 0;
+            int inclusive = count;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1)
+            {
+                const int y = __shfl_up_sync(FULL_MASK, inclusive, o);
+                if (lane >= o) inclusive += y;
+            }
+            const int first = before + inclusive - count;
+            if (count > 0 && x >= first && x < first + count) { short_b = sb; short_n = starts[sb] + x - first; }
+            before += __shfl_sync(FULL_MASK, inclusive, 31);
+        }
+    }
+    __syncthreads();
+    n = short_n;
+    b = short_b;
+}
+
 // ------------------------------------------------------------------------------ attention, vectorized
 // The same computation for the common shapes (D = 64 or 128, 16-byte aligned rows), laid out for memory-level parallelism:
-// grid (N, H / G, splits), PD_THREADS threads; TPK = D / VE lanes hold one key row as 16-byte loads (VE = 16 / sizeof(T)
+// grid (X, H / G, splits), PD_THREADS threads, block x computing row x of those this kernel owns (paged_short_row: every row,
+// or with max_rows < N only the rows of sequences of at most max_rows rows, X an upper bound of their count); TPK = D / VE lanes hold one key row as 16-byte loads (VE = 16 / sizeof(T)
 // elements each), so a warp reads 32 / TPK keys (and their values) per instruction and the CTA's NG = PD_THREADS / TPK lane
 // groups stride over the keys two at a time (both keys' loads in flight before either is used). Per key the G scores are
 // reduced over the group's TPK lanes (log2 TPK shuffles), and each group keeps an online softmax per head in base 2;
 // the groups merge through shared memory (NG, G, D + 2) as in paged_attention. GM >= G is the compile-time bound of the
 // group's query heads (registers: GM x VE for q and for the accumulator). Rows of sequences with more than max_rows rows
-// are left to paged_prefill (flash_attention.cu), which runs them on tensor cores.
+// are left to paged_prefill (flash_attention.cu), which runs them on tensor cores. With splits, the states go to
+// partial (splits, X, H, D + 2) for paged_attention_combine.
 #define PD_THREADS 128
 #define PD_MIN_CTAS(GM) ((GM) <= 4 ? 4 : 2)   // CTAs per SM that the registers must allow (128 registers a thread up to 4 heads: no spills)
 
@@ -188,19 +238,14 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK;
     static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode: a key row must be a power-of-two part of a warp");
     extern __shared__ float pd_shared[];                           // (NG, G, D + 2): acc, then m and l
-    const int n = blockIdx.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
+    const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
     const int tid = threadIdx.x, grp = tid / TPK, sub = tid % TPK, warp = tid >> 5;
     pdl_wait();
 
-    int lo = 0, hi = B;                                            // the sequence that owns row n (as in paged_attention)
-    while (lo < hi)
-    {
-        const int mid = (lo + hi + 1) >> 1;
-        if (starts[mid] <= n) lo = mid; else hi = mid - 1;
-    }
-    const int b = lo;
+    int n, b;                                                      // row x of those this kernel computes, and its sequence
+    paged_short_row(x, starts, B, N, max_rows, n, b);
+    if (b < 0) return;                                             // the whole CTA: past the last such row
     const int rows = starts[b + 1] - starts[b];
-    if (rows > max_rows) return;                                   // the whole CTA: paged_prefill computes this row
     const int pos = lengths[b] - rows + (n - starts[b]);
     const int keys = pos + 1;
     const int chunk = keys > 0 ? (keys + splits - 1) / splits : 0;
@@ -302,7 +347,7 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
             out[(i64)n * H * D + (i64)(h0 + g) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
         else
         {
-            float* state = partial + (((i64)split * N + n) * H + h0 + g) * row_floats;
+            float* state = partial + (((i64)split * X + x) * H + h0 + g) * row_floats;
             state[d] = value;
             if (d == 0) { state[D] = big; state[D + 1] = sum; }
         }
@@ -321,32 +366,26 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
 #define PAGED_DECODE(name, t) PAGED_DECODE_D(name, t, 64) PAGED_DECODE_D(name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE)
 
-// out[n, h, :] from the splits' states in partial (splits, N, H, D + 2); grid (N, H), one thread per element of the head.
-// Rows of sequences with more than max_rows rows were computed by paged_prefill and have no states: they are left alone.
+// out[n, h, :] from the splits' states; grid (X, H), one thread per element of the head. Block x merges the states of row x
+// of the kernel that wrote them: partial (splits, X, H, D + 2), its row n and sequence found as that kernel found them
+// (paged_short_row with the same max_rows; X = N and x = n for the generic kernel, which computes every row).
 template <typename T> __device__ void paged_attention_combine(const float* partial, T* out, int splits, int N, int H, int D,
                                                               const int* starts, int B, int max_rows)
 {
     pdl_wait();
-    const int n = blockIdx.x, h = blockIdx.y, row_floats = D + 2;
-    if (max_rows < N)
-    {
-        int lo = 0, hi = B;
-        while (lo < hi)
-        {
-            const int mid = (lo + hi + 1) >> 1;
-            if (starts[mid] <= n) lo = mid; else hi = mid - 1;
-        }
-        if (starts[lo + 1] - starts[lo] > max_rows) return;
-    }
+    const int x = blockIdx.x, X = gridDim.x, h = blockIdx.y, row_floats = D + 2;
+    int n, b;
+    paged_short_row(x, starts, B, N, max_rows, n, b);
+    if (b < 0) return;
     for (int d = threadIdx.x; d < D; d += blockDim.x)
     {
         float big = NEG_INF;
-        for (int s = 0; s < splits; s++) big = fmaxf(big, partial[(((i64)s * N + n) * H + h) * row_floats + D]);
+        for (int s = 0; s < splits; s++) big = fmaxf(big, partial[(((i64)s * X + x) * H + h) * row_floats + D]);
         float sum = 0.f, value = 0.f;
         if (big != NEG_INF)
             for (int s = 0; s < splits; s++)
             {
-                const float* state = partial + (((i64)s * N + n) * H + h) * row_floats;
+                const float* state = partial + (((i64)s * X + x) * H + h) * row_floats;
                 if (state[D] == NEG_INF) continue;                    // a split past the row's keys
                 const float f = fast_exp2(state[D] - big);
                 sum += state[D + 1] * f;

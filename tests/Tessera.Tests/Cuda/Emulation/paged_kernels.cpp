@@ -1,7 +1,8 @@
 // Serving's paged attention kernels (paged_attention.cu) in their f32 instantiation on the CPU emulation of CUDA
 // (cuda_emulation.h), against a double reference: the vectorized paged_decode (head sizes 64 and 128, query-head groups
 // of 1, 3 and 4 in registers of 1 and 4), with and without a key split merged by paged_attention_combine, skipping the rows
-// of sequences longer than max_rows (left to the tensor-core prefill kernel: their output must stay untouched); and the
+// of sequences longer than max_rows (left to the tensor-core prefill kernel: their output must stay untouched; the grid then
+// covers only the other rows, found by a prefix sum over the sequences, with CTAs to spare); and the
 // generic paged_attention as a check of the harness. The batch mixes decode rows, a padding row (no keys), a short
 // prefill and a longer one, over blocks of 16 scattered in a shuffled pool. Prints one line per check; the exit code is the
 // number of failures. kernels.h is written by the test: the emulation, common.cuh, paged_attention.cu.
@@ -32,10 +33,10 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
     if (!ok) failures++;
 }
 
-static void run(int H, int K, int D, int splits, int max_rows, bool generic)
+static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
+                std::vector<int> lengths = {37, 100, 0, 20, 10})
 {
     const int bs = 16;
-    std::vector<int> rows = {1, 1, 1, 3, 10}, lengths = {37, 100, 0, 20, 10};
     const int B = (int)rows.size();
     int N = 0;
     for (int r : rows) N += r;
@@ -100,8 +101,17 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic)
     long long q_n = (long long)R * D, q_h = D;
     int G = H / K;
     const int* pt = tables.data(); const int* ps = starts.data(); const int* pl = lengths.data();
-    float* po = out.data(); float* pw = splits > 1 ? partial.data() : nullptr; const float* pp = pool.data();
-    dim3 grid{(unsigned)N, (unsigned)(H / G), (unsigned)splits};
+    float* po = out.data(); const float* pp = pool.data();
+    // With max_rows < N the kernel's grid covers an upper bound of the rows it owns (here their count plus 3 to spare).
+    int X = N;
+    if (!generic && max_rows < N)
+    {
+        X = 3;
+        for (int r : rows) X += r <= max_rows ? r : 0;
+    }
+    if (splits > 1) partial.assign((size_t)splits * X * H * (D + 2), NAN);
+    float* pw = splits > 1 ? partial.data() : nullptr;
+    dim3 grid{(unsigned)(generic ? N : X), (unsigned)(H / G), (unsigned)splits};
     char name[160];
     if (generic)
     {
@@ -116,20 +126,23 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic)
         else if (D == 64 && gm == 4) launch(paged_decode_f32_d64_g4);
         else if (D == 128 && gm == 4) launch(paged_decode_f32_d128_g4);
         else { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
-        snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d", H, K, D, splits, max_rows);
+        snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d B=%d", H, K, D, splits, max_rows, B);
     }
     if (splits > 1)
-        emu_launch(dim3{(unsigned)N, (unsigned)H, 1}, 64, [&] { paged_attention_combine_f32(pw, po, splits, N, H, D, ps, B, generic ? 1 << 30 : max_rows); });
+        emu_launch(dim3{grid.x, (unsigned)H, 1}, 64, [&] { paged_attention_combine_f32(pw, po, splits, N, H, D, ps, B, generic ? 1 << 30 : max_rows); });
     check(name, expected, out, mask, 1e-5);
 }
 
 int main()
 {
     run(8, 2, 64, 1, 1 << 30, true);     // the generic kernel: the harness agrees with the reference
-    run(8, 2, 64, 3, 7, false);          // groups of 4, three splits merged; the 10-row prefill left alone, also by the combine
-    run(6, 2, 64, 1, 1 << 30, false);    // groups of 3 in registers for 4, no split
+    run(6, 2, 64, 3, 7, false);          // groups of 3 in registers for 4, three splits merged; the 10-row prefill left alone
     run(2, 2, 64, 2, 1 << 30, false);    // multi-head: groups of 1
     run(8, 2, 128, 1, 1 << 30, false);   // D = 128: a whole warp per key row (f32)
+    std::vector<int> many(40, 1), lengths(40);
+    many[20] = 10; many[33] = 2;         // a prefill chunk among 40 sequences: the prefix sum over two groups of 32
+    for (int b = 0; b < 40; b++) lengths[b] = many[b] + (b * 7) % 23;
+    run(1, 1, 64, 2, 7, false, many, lengths);
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
