@@ -24,7 +24,7 @@ namespace Tessera.Bench.Serving;
 /// in the same process.
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
-/// [--decoding-step-tokens 512] [--no-graphs] [--no-phase-sync]</para>
+/// [--decoding-step-tokens 512] [--no-graphs] [--no-phase-sync] [--cuda-options Name=value,...]</para>
 /// <para>After the main table, a second one per level says where the engine's steps spent their time (schedule, metadata
 /// write and H2D copy, forward, D2H readback, host emit), decode-only and mixed steps apart. The engine waits for the
 /// device between a step's phases so the forward's device time is its own (<see cref="EngineOptions.SeparateStepPhases"/>,
@@ -41,6 +41,7 @@ public static class ServeBench
         int prompt = 512, newTokens = 128, rounds = 2, maxBatch = 128, tokenBudget = 8192, clients = 256, seconds = 60;
         int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
         bool phaseSync = true;
+        string? cudaOptions = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
         bool graphs = true, load = false;
@@ -60,6 +61,7 @@ public static class ServeBench
                 case "--token-budget": tokenBudget = Int(); break;
                 case "--decoding-step-tokens": decodingStepTokens = Int(); break;
                 case "--no-phase-sync": phaseSync = false; break;
+                case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
                 case "--no-graphs": graphs = false; break;
@@ -72,7 +74,7 @@ public static class ServeBench
         if (load) { maxBatch = args.Contains("--max-batch") ? maxBatch : 64; }
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
         bool cuda = device.StartsWith("cuda", StringComparison.Ordinal);
-        IBackend backend = cuda ? new CudaBackend() : new CpuBackend(Environment.ProcessorCount);
+        IBackend backend = cuda ? new CudaBackend(0, CudaBackendOptions.Parse(cudaOptions)) : new CpuBackend(Environment.ProcessorCount);
         // The engine's context: what the requests need (a smaller block table per step); the model's at least that.
         int context = load ? 256 : prompt + newTokens + 16;
         var config = ModelPresets.Get(preset) with { MaxSequenceLength = Math.Max(context, ModelPresets.Get(preset).MaxSequenceLength) };

@@ -181,12 +181,17 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// Where the serving steps' device time goes, printed for the log (not a pass/fail bar): a second backend with the op
     /// profiler (which runs eagerly, without graphs) times each kernel and product of a step of 64 prompts of 128 tokens
     /// (tensor-core prefill), a mixed step (decodes plus a prefill chunk within DecodingStepTokens) and a decode step of 64
-    /// sequences, on the llama-1b shape. The recorded step is faster than the profiled sum (no launch gaps, no events).
+    /// sequences, on the llama-1b shape, with the specialized paged attention kernels and with the generic one (the A/B of
+    /// <see cref="CudaBackendOptions.SpecializedPagedAttention"/>). The recorded step is faster than the profiled sum (no
+    /// launch gaps, no events).
     /// </summary>
-    [Fact]
-    public void ServingStepsOnLlama1bShapeReportTheirOps()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ServingStepsOnLlama1bShapeReportTheirOps(bool specialized)
     {
-        using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+        using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, SpecializedPagedAttention = specialized });
+        Console.WriteLine($"[paged ops] SpecializedPagedAttention={specialized}");
         var (_, cache, scheduler, runner) = Llama1bServing(profiled, recordGraphs: false, prompt: 512, decodingStepTokens: 512, tokenBudget: 8192);
         using (cache)
         using (runner)
