@@ -67,7 +67,8 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc/>
     /// <remarks>For at most 4 rows of x, one kernel streams the gate and up rows together (gemv.cu), normalizing x on the way
-    /// when asked; otherwise the norm, two cuBLASLt products into scratch and the SwiGLU kernel.</remarks>
+    /// when asked; otherwise the norm, then one cuBLASLt product over [gate; up] when the two weights are adjacent in their
+    /// storage (two products when not) into scratch, and the SwiGLU kernel on the halves.</remarks>
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null)
     {
@@ -81,6 +82,18 @@ public sealed unsafe partial class CudaBackend
         // One row stride serves both weights in the kernel.
         bool fused = GemvFits(x, norm, gateWeight, upWeight) && upWeight.Stride(0) == gateWeight.Stride(0) && output.DType == dtype
             && BiasFits(gateBias, dtype, f) && BiasFits(upBias, dtype, f);
+        if (!fused && gateBias is null && upBias is null && Stacked(gateWeight, upWeight) is { } both && output.DType == dtype)
+        {
+            // Gate and up adjacent in their storage (the parameter arena lays them out so): one product at N = 2F reads
+            // the weights in one pass and launches once, then SwiGLU reads the two halves in place.
+            Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
+            var gu = ScratchTensor(new Shape(m, 2 * f), dtype);                              // (M, 2F): [g | u]
+            MatMul(h ?? x, both, gu, transposeB: true);
+            SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), output);
+            gu.Storage.Dispose();
+            h?.Storage.Dispose();
+            return;
+        }
         if (!fused)
         {
             Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
@@ -101,6 +114,15 @@ public sealed unsafe partial class CudaBackend
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps, &early };
         Launch("gemv.cu", $"gemv_stream_swiglu_{Suffix(dtype, op)}_m{m}", (GemvGrid(f), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+    }
+
+    /// <summary>The (2F, C) matrix [a; b] when b follows a in their storage (both contiguous, of one shape), else null.</summary>
+    private static Tensor? Stacked(Tensor a, Tensor b)
+    {
+        if (!ReferenceEquals(a.Storage, b.Storage) || !a.IsContiguous || !b.IsContiguous || a.Shape != b.Shape || a.Rank != 2
+            || b.Offset != a.Offset + a.NumElements) return null;
+        var shape = new Shape(2 * a.Size(0), a.Size(1));
+        return new Tensor(a.Storage, shape, shape.ContiguousStrides(), a.Offset);
     }
 
     /// <inheritdoc/>

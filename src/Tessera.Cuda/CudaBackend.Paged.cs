@@ -8,7 +8,9 @@ namespace Tessera.Cuda;
 public sealed unsafe partial class CudaBackend
 {
     private const int PagedAttentionWarps = 4, PagedAttentionMaxGroup = 8, PagedAttentionMaxHeadSize = 256,   // PA_* in the kernel
-        PagedAttentionMaxSplits = 32;
+        PagedAttentionMaxSplits = 32,
+        PagedDecodeThreads = 128,                                       // PD_THREADS
+        PagedPrefillMinRows = 8;                                        // a sequence with this many rows in a step runs on tensor cores
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
     {
@@ -54,26 +56,67 @@ public sealed unsafe partial class CudaBackend
         int group = h / k, g = Math.Min(group, PagedAttentionMaxGroup);
         while (group % g != 0) g--;
         int b = batch.Sequences, blockSize = batch.BlockSize, maxBlocks = batch.BlockTables.Size(1);
-        // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
-        // two waves of the SMs, each split at least 64 positions of the widest table (the host knows no context length).
-        long ctas = (long)n * (h / g);
-        int splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
-            1, PagedAttentionMaxSplits);
-        var partial = splits > 1 ? ScratchTensor(new Shape(splits, n, h, d + 2), DType.F32) : null;     // (S, N, H, D + 2) states
+        int vector = 16 / q.DType.SizeInBytes();
+        bool specialized = Options.SpecializedPagedAttention && (d == 64 || d == 128) && Ptr(q) % 16 == 0 && Ptr(pool) % 16 == 0
+            && q.Stride(0) % vector == 0 && q.Stride(1) % vector == 0;
+        // Prefill chunks on tensor cores: 16-bit types, and only when some sequence can have PagedPrefillMinRows rows (every
+        // sequence has at least one row, so a decode step, N = B, launches nothing here).
+        bool tiles = specialized && (q.DType is DType.BF16 or DType.F16) && n - (b - 1) >= PagedPrefillMinRows;
+        ulong pq = Ptr(q), pp = Ptr(pool), po = Ptr(output), pt = Ptr(batch.BlockTables), pst = Ptr(batch.QueryStarts), pl = Ptr(batch.ContextLengths);
+        long qn = q.Stride(0), qh = q.Stride(1);
+        float sc = (float)scale;
+        if (tiles)
+        {
+            int minRows = PagedPrefillMinRows;
+            void** args = stackalloc void*[] { &pq, &pp, &po, &pt, &pst, &pl, &b, &h, &k, &blockSize, &maxBlocks, &qn, &qh, &sc, &minRows };
+            // Query tiles of 64 rows (FLASH_MT = 1): at most ceil(N / 64) plus one partial tile per sequence that qualifies.
+            long tileCount = (n + FlashBlock - 1) / FlashBlock + Math.Min(b, n / PagedPrefillMinRows);
+            uint shared = (uint)((FlashBlock + 4 * FlashBlock) * d * 2);  // Q tile + two stages of K and V
+            string kernel = "paged_prefill_" + FlashSuffix(q.DType, d);
+            PreferSharedMemory("flash_attention.cu", kernel);
+            Launch("flash_attention.cu", kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
+        }
+        int maxRows = tiles ? PagedPrefillMinRows - 1 : int.MaxValue;
+        // The CUDA-core kernels' grid: every row, or with the tile kernel an upper bound of the other rows (fewer than
+        // PagedPrefillMinRows per sequence), so that a prefill step does not launch a CTA per row only to skip it.
+        int rowsHere = tiles ? (int)Math.Min(n, (long)(PagedPrefillMinRows - 1) * b) : n;
+        long ctas = (long)rowsHere * (h / g);
+        int splits;
+        if (specialized)
+            // Enough CTAs for about 8 per SM (the kernel's 128 threads leave room for that many), each split at least 64
+            // positions of the widest table.
+            splits = (int)Math.Clamp(Math.Min((8L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
+                1, PagedAttentionMaxSplits);
+        else
+            // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
+            // two waves of the SMs, each split at least 64 positions of the widest table (the host knows no context length).
+            splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
+                1, PagedAttentionMaxSplits);
+        var partial = splits > 1 ? ScratchTensor(new Shape(splits, rowsHere, h, d + 2), DType.F32) : null;   // (S, X, H, D + 2) states
         try
         {
-            ulong pq = Ptr(q), pp = Ptr(pool), po = Ptr(output), pw = partial is null ? 0 : Ptr(partial), pt = Ptr(batch.BlockTables),
-                pst = Ptr(batch.QueryStarts), pl = Ptr(batch.ContextLengths);
-            long qn = q.Stride(0), qh = q.Stride(1);
-            float sc = (float)scale;
-            void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc };
-            uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
-            Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
-                args, shared, dependent: true);
+            ulong pw = partial is null ? 0 : Ptr(partial);
+            if (specialized)
+            {
+                int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows };
+                uint shared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
+                Launch("paged_attention.cu", $"paged_decode_{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
+                    args, shared, dependent: true);
+            }
+            else
+            {
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc };
+                uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
+                Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
+                    args, shared, dependent: true);
+            }
             if (partial is not null)
             {
-                void** combine = stackalloc void*[] { &pw, &po, &splits, &n, &h, &d };
-                Launch("paged_attention.cu", "paged_attention_combine_" + Suffix(q.DType, op), ((uint)n, (uint)h, 1), (uint)Math.Min(256, (d + 31) / 32 * 32),
+                // Block x merges row x of the kernel above (the same rows, found the same way: rows the tile kernel wrote are
+                // left alone).
+                void** combine = stackalloc void*[] { &pw, &po, &splits, &n, &h, &d, &pst, &b, &maxRows };
+                Launch("paged_attention.cu", "paged_attention_combine_" + Suffix(q.DType, op), ((uint)rowsHere, (uint)h, 1), (uint)Math.Min(256, (d + 31) / 32 * 32),
                     combine, 0, dependent: true);
             }
         }

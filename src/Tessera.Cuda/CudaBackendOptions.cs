@@ -59,6 +59,13 @@ public sealed record CudaBackendOptions
     public bool ProgrammaticDependentLaunch { get; init; } = true;
 
     /// <summary>
+    /// Serving's paged attention runs on its specialized kernels where the shapes allow (head size 64 or 128, 16-byte
+    /// aligned rows): prefill chunks of at least 8 rows on tensor cores (<c>paged_prefill</c>, flash_attention.cu), the other
+    /// rows on the vectorized <c>paged_decode</c>; false runs every row on the generic per-row kernel (to compare). Default true.
+    /// </summary>
+    public bool SpecializedPagedAttention { get; init; } = true;
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -119,6 +126,7 @@ public sealed record CudaBackendOptions
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
+        if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
         return string.Join(",", parts);
@@ -137,6 +145,7 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
+        [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {
             DecodeAttention = Enum.GetValues<DecodeAttentionKernel>().Cast<DecodeAttentionKernel?>()

@@ -23,7 +23,13 @@ namespace Tessera.Bench.Serving;
 /// plus the keys and values of every cached position of the batch, over the step time, against a device copy measured
 /// in the same process.
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
-/// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192] [--no-graphs]</para>
+/// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
+/// [--decoding-step-tokens 512] [--no-graphs] [--no-phase-sync] [--cuda-options Name=value,...]</para>
+/// <para>After the main table, a second one per level says where the engine's steps spent their time (schedule, metadata
+/// write and H2D copy, forward, D2H readback, host emit), decode-only and mixed steps apart. The engine waits for the
+/// device between a step's phases so the forward's device time is its own (<see cref="EngineOptions.SeparateStepPhases"/>,
+/// two waits of a few microseconds per step); --no-phase-sync turns that off (the forward's device time then shows in
+/// the readback).</para>
 /// <para>serve --load [--clients 256] [--max-batch 64] [--seconds 60]: the load run (every request completes or
 /// gets 429, blocks in use return to zero, the process's memory does not grow), printed as a table.</para>
 /// </summary>
@@ -33,6 +39,9 @@ public static class ServeBench
     {
         string device = "cuda", preset = "llama-1b", dtypeName = "bf16";
         int prompt = 512, newTokens = 128, rounds = 2, maxBatch = 128, tokenBudget = 8192, clients = 256, seconds = 60;
+        int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
+        bool phaseSync = true;
+        string? cudaOptions = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
         bool graphs = true, load = false;
@@ -50,6 +59,9 @@ public static class ServeBench
                 case "--rounds": rounds = Int(); break;
                 case "--max-batch": maxBatch = Int(); break;
                 case "--token-budget": tokenBudget = Int(); break;
+                case "--decoding-step-tokens": decodingStepTokens = Int(); break;
+                case "--no-phase-sync": phaseSync = false; break;
+                case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
                 case "--no-graphs": graphs = false; break;
@@ -62,7 +74,7 @@ public static class ServeBench
         if (load) { maxBatch = args.Contains("--max-batch") ? maxBatch : 64; }
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
         bool cuda = device.StartsWith("cuda", StringComparison.Ordinal);
-        IBackend backend = cuda ? new CudaBackend() : new CpuBackend(Environment.ProcessorCount);
+        IBackend backend = cuda ? new CudaBackend(0, CudaBackendOptions.Parse(cudaOptions)) : new CpuBackend(Environment.ProcessorCount);
         // The engine's context: what the requests need (a smaller block table per step); the model's at least that.
         int context = load ? 256 : prompt + newTokens + 16;
         var config = ModelPresets.Get(preset) with { MaxSequenceLength = Math.Max(context, ModelPresets.Get(preset).MaxSequenceLength) };
@@ -73,9 +85,13 @@ public static class ServeBench
         var options = new EngineOptions
         {
             Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = kvBytes },
-            Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = Math.Max(tokenBudget, maxBatch), MaxQueue = load ? 128 : 4096 },
+            Scheduler = new SchedulerOptions
+            {
+                MaxBatch = maxBatch, TokenBudget = Math.Max(tokenBudget, maxBatch), DecodingStepTokens = decodingStepTokens, MaxQueue = load ? 128 : 4096,
+            },
             MaxSequenceLength = context,
             RecordGraphs = graphs,
+            SeparateStepPhases = phaseSync && !load,
         };
         using var engine = new InferenceEngine(model, tokenizer, options);
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, true), tokenizer),
@@ -141,11 +157,13 @@ public static class ServeBench
         // Warm-up: every batch-size bucket the levels will use runs eagerly once and is recorded, outside the timings.
         foreach (int n in levels) Task.WhenAll(Enumerable.Range(0, n).Select(_ => Stream(http, preset, Prompt(), 4))).GetAwaiter().GetResult();
 
+        var phases = new List<(int Level, StepPhaseTimes Decode, StepPhaseTimes Mixed)>();
         Console.WriteLine($"| system | model | dtype | concurrency | requests | prompt | new | generated tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | steps | ms/step | roofline share |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (int n in levels)
         {
             long steps0 = engine.Metrics.Steps;
+            var (decode0, mixed0) = (engine.Metrics.DecodeStepPhases, engine.Metrics.MixedStepPhases);
             var clock = Stopwatch.StartNew();
             var results = Task.WhenAll(Enumerable.Range(0, n).Select(async _ =>
             {
@@ -155,6 +173,7 @@ public static class ServeBench
             })).GetAwaiter().GetResult().SelectMany(x => x).ToList();
             double wall = clock.Elapsed.TotalSeconds;
             long steps = engine.Metrics.Steps - steps0;
+            phases.Add((n, engine.Metrics.DecodeStepPhases.Minus(decode0), engine.Metrics.MixedStepPhases.Minus(mixed0)));
             int generated = results.Sum(r => r.Tokens);
             var ttft = results.Select(r => r.FirstTokenSeconds * 1000).Order().ToArray();
             var itl = results.SelectMany(r => r.Gaps).Select(g => g * 1000).Order().ToArray();
@@ -166,6 +185,8 @@ public static class ServeBench
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| Tessera (HTTP) | {preset} | {dtype} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {roofline} |"));
         }
+        Console.WriteLine();
+        PrintPhases(phases, engine.Options.SeparateStepPhases);
         return 0;
     }
 
@@ -202,6 +223,30 @@ public static class ServeBench
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"| {clients} | {maxBatch} | {wall:F0} | {completed - completedWarm} | {rejected} | {failed} | {m.KvBlocksInUse} | {before / 1e6:F0} | {after / 1e6:F0} | {m.GeneratedTokens / Math.Max(wall, 1e-9):F0} |"));
         return failed == 0 && m.KvBlocksInUse == 0 ? 0 : 1;
+    }
+
+    /// <summary>
+    /// Where the engine thread's steps spent their time per level: per step kind, the steps, rows per step and milliseconds
+    /// per step of each phase (the engine's <see cref="StepPhaseTimes"/>), and the share of the level's engine time.
+    /// </summary>
+    private static void PrintPhases(List<(int Level, StepPhaseTimes Decode, StepPhaseTimes Mixed)> phases, bool separated)
+    {
+        Console.WriteLine(separated
+            ? "Engine step phases (ms per step; the engine waits for the device between phases, so forward includes its device time):"
+            : "Engine step phases (ms per step; phases not separated: the forward's device time falls in readback):");
+        Console.WriteLine("| concurrency | steps | kind | rows/step | schedule | metadata + H2D | forward | D2H readback | emit (sample, detokenize, SSE events) | total | share of engine time |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|");
+        foreach (var (level, decode, mixed) in phases)
+        {
+            double all = decode.Total + mixed.Total;
+            foreach (var (kind, t) in new[] { ("decode", decode), ("mixed", mixed) })
+            {
+                if (t.Steps == 0) continue;
+                double ms(double seconds) => seconds * 1000 / t.Steps;
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {level} | {t.Steps} | {kind} | {t.Rows / (double)t.Steps:F1} | {ms(t.Schedule):F3} | {ms(t.Metadata):F3} | {ms(t.Forward):F3} | {ms(t.Readback):F3} | {ms(t.Emit):F3} | {ms(t.Total):F3} | {t.Total / Math.Max(all, 1e-12):P0} |"));
+            }
+        }
     }
 
     private static double Pct(double[] sorted, double q) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];

@@ -32,6 +32,8 @@ public sealed class ServeCommand : Command
     private readonly Option<double?> _kvMemory = new("--kv-memory") { Description = "KV-cache pool in GiB [default: 0.25 on cpu, 4 on cuda]", HelpName = "GiB" };
     private readonly Option<int> _blockSize = SharedOptions.Int("--block-size", "N", "positions per KV block", 16, min: 1);
     private readonly Option<int> _tokenBudget = SharedOptions.Int("--token-budget", "N", "tokens per step (longer prompts are prefilled in chunks)", 2048, min: 1);
+    private readonly Option<int> _decodingStepTokens = SharedOptions.Int("--decoding-step-tokens", "N",
+        "most tokens of a step in which sequences decode: their decodes first, prompt chunks fill the rest (bounds inter-token latency)", 512, min: 1);
     private readonly Option<int?> _maxModelLen = SharedOptions.AtLeast(new Option<int?>("--max-model-len") { Description = "longest prompt + completion [default: the model's context]", HelpName = "N" }, 1);
     private readonly Option<bool> _noGraphs = SharedOptions.Flag("--no-graphs", "run every decode step eagerly (no CUDA graphs)");
 
@@ -42,7 +44,7 @@ public sealed class ServeCommand : Command
         _model.Required = true;
         _model.HelpName = "DIR";
         foreach (var o in new Option[] { _model, _device, _dtype, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
-            _blockSize, _tokenBudget, _maxModelLen, _noGraphs })
+            _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -72,6 +74,7 @@ public sealed class ServeCommand : Command
             Scheduler = new SchedulerOptions
             {
                 MaxBatch = parse.GetValue(_maxBatch), MaxQueue = parse.GetValue(_maxQueue), TokenBudget = parse.GetValue(_tokenBudget),
+                DecodingStepTokens = parse.GetValue(_decodingStepTokens),
             },
             MaxSequenceLength = parse.GetValue(_maxModelLen),
             RecordGraphs = !parse.GetValue(_noGraphs),

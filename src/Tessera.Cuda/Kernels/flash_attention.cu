@@ -143,11 +143,52 @@ __device__ __forceinline__ void load_tile(unsigned dst, const T* base, i64 strid
 }
 
 // ------------------------------------------------------------------------------------ forward
-// CTA: 64 * MT query rows of one (b, h), 4 warps of 16 * MT rows (MT m16 tiles per warp, so each
-// K/V fragment loaded by ldmatrix feeds MT mma); key/value tiles of 64 rows, double-buffered.
-template <typename T, int D, int MT>
-__device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
-    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, int window)
+// Query m16 tiles per warp in the forward. 2 (128-row CTAs) was measured 20% slower than 1 for
+// D = 64 on the H100 (B8/B64 T1024 H12), so 1 for both head sizes; the host's row count must match.
+#define FLASH_MT(D) 1
+
+// Where a tile's key or value rows come from. DenseRows: row r of a (.., S, .., D) tensor at base + r * stride.
+// PagedRows: position r of a paged KV pool (paged_attention.cu's layout) at slot table[r / block_size] * block_size +
+// r % block_size, base + slot * stride (base already at the kv head, stride 2K * D); a tile's rows then come from up to
+// 64 / block_size blocks, each thread looking up the block of every row it copies.
+template <typename T> struct DenseRows
+{
+    const T* base;
+    i64 stride;
+    template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
+    {
+        load_tile<D, ROWS, NT>(dst, base, stride, row0, limit, tid);
+    }
+};
+template <typename T> struct PagedRows
+{
+    const T* base;
+    const int* table;
+    int block_size;
+    i64 stride;
+    template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
+    {
+        constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+        static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && RS % 8 == 0, "PagedRows::load: thread count must tile the rows");
+        const int r = tid / CH, c = tid % CH;
+        const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
+#pragma unroll
+        for (int k = 0; k < N; k++)
+        {
+            const int p = row0 + r + k * RS;
+            const bool ok = p < limit;
+            const T* src = ok ? base + ((i64)table[p / block_size] * block_size + p % block_size) * stride + c * 8 : base;
+            cp_async16(d0 + k * RS * D * 2, src, ok);
+        }
+    }
+};
+
+// CTA: 64 * MT query rows (tile mb) of one query head, 4 warps of 16 * MT rows (MT m16 tiles per warp, so each
+// K/V fragment loaded by ldmatrix feeds MT mma); key/value tiles of 64 rows, double-buffered. qb, ob: the head's row 0
+// (row strides q_t, o_t); keys and values through kr, vr; lse_row: the head's (Tq) log-sum-exps, or null.
+template <typename T, int D, int MT, typename Rows>
+__device__ void flash_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq, int S, int mb,
+    float scale, int window)
 {
     constexpr int BM = 64 * MT, BN = 64, NT = 128, KD = D / 16, ND = D / 8;
     extern __shared__ unsigned char smem[];
@@ -155,19 +196,15 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
     const unsigned sK = sQ + BM * D * 2;       // 2 stages
     const unsigned sV = sK + 2 * BN * D * 2;   // 2 stages
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
     const int m0 = mb * BM, offset = S - Tq, w0 = warp * 16 * MT;
-    const T* qb = q + b * qs.b + (i64)h * qs.h;
-    const T* kb = k + b * ks.b + (i64)kvh * ks.h;
-    const T* vb = v + b * vs.b + (i64)kvh * vs.h;
     const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
     const int nblocks = lastKey / BN + 1;
     // The first key block any of the CTA's queries sees (0 without a window).
     const int nb0 = max(0, offset + m0 - window + 1) / BN;
 
-    load_tile<D, BM, NT>(sQ, qb, qs.t, m0, Tq, tid);
-    load_tile<D, BN, NT>(sK, kb, ks.t, nb0 * BN, S, tid);
-    load_tile<D, BN, NT>(sV, vb, vs.t, nb0 * BN, S, tid);
+    load_tile<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
+    kr.template load<D, BN, NT>(sK, nb0 * BN, S, tid);
+    vr.template load<D, BN, NT>(sV, nb0 * BN, S, tid);
     cp_async_commit();
 
     unsigned qf[MT][KD][4];
@@ -188,8 +225,8 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
         const int st = (nb - nb0) & 1;
         if (nb + 1 < nblocks)
         {
-            load_tile<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
-            load_tile<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, vb, vs.t, (nb + 1) * BN, S, tid);
+            kr.template load<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
+            vr.template load<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
         }
         cp_async_commit();
         cp_async_wait<1>();
@@ -306,13 +343,72 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
             if (t < Tq)
             {
                 const float inv = 1.f / l;
-                T* orow = o + b * os.b + (i64)t * os.t + (i64)h * os.h;
+                T* orow = ob + (i64)t * o_t;
 #pragma unroll
                 for (int j = 0; j < ND; j++)
                     *(unsigned*)(orow + j * 8 + 2 * c4) = Mma<T>::pack(oacc[mt][j][2 * r] * inv, oacc[mt][j][2 * r + 1] * inv);
-                if (lse && c4 == 0) lse[((i64)b * H + h) * Tq + t] = (mrow[mt][r] + log2f(l)) * LN2;
+                if (lse_row && c4 == 0) lse_row[t] = (mrow[mt][r] + log2f(l)) * LN2;
             }
         }
+}
+
+// Dense: grid (query tiles, H, B), the last tiles (the most keys) first.
+template <typename T, int D, int MT>
+__device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
+    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, int window)
+{
+    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
+    const DenseRows<T> kr{k + b * ks.b + (i64)kvh * ks.h, ks.t}, vr{v + b * vs.b + (i64)kvh * vs.h, vs.t};
+    flash_forward_tile<T, D, MT>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
+                                 lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale, window);
+}
+
+// Paged prefill (serving): the chunked-prefill rows of a flattened batch (paged_attention.cu's layouts: q (N, H, D) with
+// row stride q_n and head stride q_h, out (N, H, D) contiguous, tables (B, max_blocks), starts (B + 1), lengths (B)) on
+// tensor cores. Sequence b's rows starts[b] .. starts[b + 1] - 1 are its queries at positions lengths[b] - rows .. lengths[b] - 1,
+// the dense kernel's Tq = rows and S = lengths[b]; only sequences of at least min_rows rows are computed here (the others,
+// decode rows, by paged_decode). Grid (tiles, H): blockIdx.x enumerates the 64 * MT-row query tiles of those sequences in
+// order (the host launches an upper bound; CTAs past the last tile return), warp 0 finding its tile by a prefix sum over
+// the sequences' tile counts, 32 sequences at a time.
+template <typename T, int D>
+__device__ void paged_prefill(const T* q, const T* pool, T* out, const int* tables, const int* starts, const int* lengths, int B,
+    int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows)
+{
+    constexpr int BM = 64 * FLASH_MT(D);
+    __shared__ int tile_sequence, tile_index;
+    if (threadIdx.x == 0) tile_sequence = -1;
+    pdl_wait();
+    __syncthreads();
+    if (threadIdx.x < 32)
+    {
+        const int lane = threadIdx.x, target = blockIdx.x;
+        int before = 0;                                            // tiles of the sequences before this group of 32
+        for (int b0 = 0; b0 < B && before <= target; b0 += 32)
+        {
+            const int b = b0 + lane;
+            const int rows = b < B ? starts[b + 1] - starts[b] : 0;
+            const int tiles = rows >= min_rows ? (rows + BM - 1) / BM : 0;
+            int inclusive = tiles;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1)
+            {
+                const int y = __shfl_up_sync(FULL_MASK, inclusive, o);
+                if (lane >= o) inclusive += y;
+            }
+            const int first = before + inclusive - tiles;
+            if (tiles > 0 && target >= first && target < first + tiles) { tile_sequence = b; tile_index = target - first; }
+            before += __shfl_sync(FULL_MASK, inclusive, 31);
+        }
+    }
+    __syncthreads();
+    const int b = tile_sequence;
+    if (b < 0) return;
+    const int h = blockIdx.y, kvh = h / (H / K), start = starts[b], rows = starts[b + 1] - start;
+    const i64 stride = (i64)2 * K * D;
+    const int* table = tables + (i64)b * max_blocks;
+    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, stride}, vr{pool + (i64)(K + kvh) * D, table, block_size, stride};
+    flash_forward_tile<T, D, FLASH_MT(D)>(q + (i64)start * q_n + (i64)h * q_h, q_n, kr, vr, out + ((i64)start * H + h) * D, (i64)H * D,
+                                          nullptr, rows, lengths[b], tile_index, scale, 1 << 30);
 }
 
 // ------------------------------------------------------------------------------------ decode
@@ -956,9 +1052,6 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     }
 }
 
-// Query m16 tiles per warp in the forward. 2 (128-row CTAs) was measured 20% slower than 1 for
-// D = 64 on the H100 (B8/B64 T1024 H12), so 1 for both head sizes; the host's row count must match.
-#define FLASH_MT(D) 1
 
 // Grouped decode, RPW query rows per warp (R = H / KH * Tq <= 4 * RPW).
 #define FLASH_GQA(n, T, D, RPW)                                                                                 \
@@ -993,6 +1086,13 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         if (counters) flash_decode_finish<T, D>(part, counters, o, lse, Tq, H, os);                             \
     }                                                                                                           \
     FLASH_GQA(n, T, D, 1) FLASH_GQA(n, T, D, 2) FLASH_GQA(n, T, D, 4)                                         \
+    extern "C" __global__ void __launch_bounds__(128) paged_prefill_##n##_d##D(const T* q, const T* pool, T* out,  \
+        const int* tables, const int* starts, const int* lengths, int B, int H, int K, int block_size,          \
+        int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows)                                            \
+    {                                                                                                           \
+        paged_prefill<T, D>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, q_n, q_h,   \
+                            scale, min_rows);                                                                   \
+    }                                                                                                           \
     extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
         int H, int splits, Strides3 os)                                                                         \
     {                                                                                                           \

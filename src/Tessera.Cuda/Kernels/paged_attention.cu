@@ -168,20 +168,224 @@ __device__ void paged_attention(const T* q, const T* pool, T* out, float* partia
     }
 FOR_FLOAT_TYPES(PAGED_ATTENTION)
 
-// out[n, h, :] from the splits' states in partial (splits, N, H, D + 2); grid (N, H), one thread per element of the head.
-template <typename T> __device__ void paged_attention_combine(const float* partial, T* out, int splits, int N, int H, int D)
+// ------------------------------------------------------------------------------ rows left to the CUDA cores
+// Row x of the batch's rows that belong to sequences of at most max_rows rows (every row when max_rows >= N; the others
+// are paged_prefill's): its row index n and sequence b, or b = -1 when there are fewer than x + 1 such rows. Lets a grid
+// over an upper bound of those rows skip the tensor-core rows without a CTA for each. Called by every thread of the CTA
+// (it synchronizes when max_rows < N): warp 0 sums the sequences' counts of such rows, 32 sequences at a time.
+__device__ void paged_short_row(int x, const int* starts, int B, int N, int max_rows, int& n, int& b)
+{
+    if (max_rows >= N)
+    {
+        int lo = 0, hi = B;                                        // the largest b with starts[b] <= x (starts[B] = N > x)
+        while (lo < hi)
+        {
+            const int mid = (lo + hi + 1) >> 1;
+            if (starts[mid] <= x) lo = mid; else hi = mid - 1;
+        }
+        n = x;
+        b = lo;
+        return;
+    }
+    __shared__ int short_n, short_b;
+    if (threadIdx.x == 0) short_b = -1;
+    __syncthreads();
+    if (threadIdx.x < 32)
+    {
+        const int lane = threadIdx.x;
+        int before = 0;
+        for (int b0 = 0; b0 < B && before <= x; b0 += 32)
+        {
+            const int sb = b0 + lane;
+            const int rows = sb < B ? starts[sb + 1] - starts[sb] : 0;
+            const int count = rows <= max_rows ? rows : 0;
+            int inclusive = count;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1)
+            {
+                const int y = __shfl_up_sync(FULL_MASK, inclusive, o);
+                if (lane >= o) inclusive += y;
+            }
+            const int first = before + inclusive - count;
+            if (count > 0 && x >= first && x < first + count) { short_b = sb; short_n = starts[sb] + x - first; }
+            before += __shfl_sync(FULL_MASK, inclusive, 31);
+        }
+    }
+    __syncthreads();
+    n = short_n;
+    b = short_b;
+}
+
+// ------------------------------------------------------------------------------ attention, vectorized
+// The same computation for the common shapes (D = 64 or 128, 16-byte aligned rows), laid out for memory-level parallelism:
+// grid (X, H / G, splits), PD_THREADS threads, block x computing row x of those this kernel owns (paged_short_row: every row,
+// or with max_rows < N only the rows of sequences of at most max_rows rows, X an upper bound of their count); TPK = D / VE lanes hold one key row as 16-byte loads (VE = 16 / sizeof(T)
+// elements each), so a warp reads 32 / TPK keys (and their values) per instruction and the CTA's NG = PD_THREADS / TPK lane
+// groups stride over the keys two at a time (both keys' loads in flight before either is used). Per key the G scores are
+// reduced over the group's TPK lanes (log2 TPK shuffles), and each group keeps an online softmax per head in base 2;
+// the groups merge through shared memory (NG, G, D + 2) as in paged_attention. GM >= G is the compile-time bound of the
+// group's query heads (registers: GM x VE for q and for the accumulator). Rows of sequences with more than max_rows rows
+// are left to paged_prefill (flash_attention.cu), which runs them on tensor cores. With splits, the states go to
+// partial (splits, X, H, D + 2) for paged_attention_combine.
+#define PD_THREADS 128
+#define PD_MIN_CTAS(GM) ((GM) <= 4 ? 4 : 2)   // CTAs per SM that the registers must allow (128 registers a thread up to 4 heads: no spills)
+
+template <typename T, int D, int GM>
+__device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, const int* tables, const int* starts,
+                             const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n,
+                             i64 q_h, float scale, int max_rows)
+{
+    constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK;
+    static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode: a key row must be a power-of-two part of a warp");
+    extern __shared__ float pd_shared[];                           // (NG, G, D + 2): acc, then m and l
+    const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
+    const int tid = threadIdx.x, grp = tid / TPK, sub = tid % TPK, warp = tid >> 5;
+    pdl_wait();
+
+    int n, b;                                                      // row x of those this kernel computes, and its sequence
+    paged_short_row(x, starts, B, N, max_rows, n, b);
+    if (b < 0) return;                                             // the whole CTA: past the last such row
+    const int rows = starts[b + 1] - starts[b];
+    const int pos = lengths[b] - rows + (n - starts[b]);
+    const int keys = pos + 1;
+    const int chunk = keys > 0 ? (keys + splits - 1) / splits : 0;
+    const int begin = split * chunk, end = min(keys, begin + chunk);
+
+    float qv[GM][VE], acc[GM][VE], m[GM], l[GM];
+    const float qscale = scale * LOG2E;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+    {
+        m[g] = NEG_INF;
+        l[g] = 0.f;
+        if (g < G) load16(q + (i64)n * q_n + (i64)(h0 + g) * q_h + sub * VE, qv[g]);
+#pragma unroll
+        for (int i = 0; i < VE; i++)
+        {
+            qv[g][i] = g < G ? qv[g][i] * qscale : 0.f;
+            acc[g][i] = 0.f;
+        }
+    }
+
+    const i64 position_stride = (i64)2 * K * D;
+    const T* base = pool + (i64)kvh * D + sub * VE;
+    const int* table = tables + (i64)b * max_blocks;
+    // Warp-uniform trip count (the shuffles need every lane): key j = j0 + grp (and j + NG), valid when below end.
+    for (int j0 = begin + warp * GPW; j0 < end; j0 += 2 * NG)
+    {
+        const int ja = j0 + (grp - warp * GPW), jb = ja + NG;
+        const bool va = ja < end, vb = jb < end;
+        Bytes16 ka, va16, kb, vb16;                                // raw until used: 4 registers each
+        if (va)
+        {
+            const T* kp = base + ((i64)table[ja / block_size] * block_size + ja % block_size) * position_stride;
+            ka = *reinterpret_cast<const Bytes16*>(kp);
+            va16 = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
+        }
+        if (vb)
+        {
+            const T* kp = base + ((i64)table[jb / block_size] * block_size + jb % block_size) * position_stride;
+            kb = *reinterpret_cast<const Bytes16*>(kp);
+            vb16 = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
+        }
+#pragma unroll
+        for (int two = 0; two < 2; two++)
+        {
+            const bool valid = two == 0 ? va : vb;
+            float kd[VE], vd[VE];
+            unpack16<T>(two == 0 ? ka : kb, kd);
+            unpack16<T>(two == 0 ? va16 : vb16, vd);
+#pragma unroll
+            for (int g = 0; g < GM; g++)
+            {
+                if (g >= G) break;
+                float s = 0.f;
+#pragma unroll
+                for (int i = 0; i < VE; i++) s += qv[g][i] * kd[i];
+#pragma unroll
+                for (int o = TPK / 2; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+                if (valid)
+                {
+                    const float m_new = fmaxf(m[g], s);
+                    const float correction = fast_exp2(m[g] - m_new), p = fast_exp2(s - m_new);
+                    l[g] = l[g] * correction + p;
+#pragma unroll
+                    for (int i = 0; i < VE; i++) acc[g][i] = acc[g][i] * correction + p * vd[i];
+                    m[g] = m_new;
+                }
+            }
+        }
+    }
+
+    // Merge the groups' softmax states.
+    const int row_floats = D + 2;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+    {
+        if (g >= G) break;
+        float* st = pd_shared + ((i64)grp * G + g) * row_floats;
+#pragma unroll
+        for (int i = 0; i < VE; i++) st[sub * VE + i] = acc[g][i];
+        if (sub == 0) { st[D] = m[g]; st[D + 1] = l[g]; }
+    }
+    __syncthreads();
+    for (int e = tid; e < G * D; e += PD_THREADS)
+    {
+        const int g = e / D, d = e % D;
+        float big = NEG_INF;
+        for (int w = 0; w < NG; w++) big = fmaxf(big, pd_shared[((i64)w * G + g) * row_floats + D]);
+        float sum = 0.f, value = 0.f;
+        if (big != NEG_INF)
+            for (int w = 0; w < NG; w++)
+            {
+                const float* st = pd_shared + ((i64)w * G + g) * row_floats;
+                const float f = st[D] == NEG_INF ? 0.f : fast_exp2(st[D] - big);
+                sum += st[D + 1] * f;
+                value += st[d] * f;
+            }
+        if (splits == 1)
+            out[(i64)n * H * D + (i64)(h0 + g) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
+        else
+        {
+            float* state = partial + (((i64)split * X + x) * H + h0 + g) * row_floats;
+            state[d] = value;
+            if (d == 0) { state[D] = big; state[D + 1] = sum; }
+        }
+    }
+}
+#define PAGED_DECODE_ONE(name, t, D, GM)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
+        const t* q, const t* pool, t* out, float* partial, const int* tables, const int* starts, const int* lengths,      \
+        int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows)  \
+    {                                                                                                                     \
+        paged_decode<t, D, GM>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, G, block_size, max_blocks,    \
+                               q_n, q_h, scale, max_rows);                                                                \
+    }
+#define PAGED_DECODE_D(name, t, D) PAGED_DECODE_ONE(name, t, D, 1) PAGED_DECODE_ONE(name, t, D, 2)                      \
+    PAGED_DECODE_ONE(name, t, D, 4) PAGED_DECODE_ONE(name, t, D, 8)
+#define PAGED_DECODE(name, t) PAGED_DECODE_D(name, t, 64) PAGED_DECODE_D(name, t, 128)
+FOR_FLOAT_TYPES(PAGED_DECODE)
+
+// out[n, h, :] from the splits' states; grid (X, H), one thread per element of the head. Block x merges the states of row x
+// of the kernel that wrote them: partial (splits, X, H, D + 2), its row n and sequence found as that kernel found them
+// (paged_short_row with the same max_rows; X = N and x = n for the generic kernel, which computes every row).
+template <typename T> __device__ void paged_attention_combine(const float* partial, T* out, int splits, int N, int H, int D,
+                                                              const int* starts, int B, int max_rows)
 {
     pdl_wait();
-    const int n = blockIdx.x, h = blockIdx.y, row_floats = D + 2;
+    const int x = blockIdx.x, X = gridDim.x, h = blockIdx.y, row_floats = D + 2;
+    int n, b;
+    paged_short_row(x, starts, B, N, max_rows, n, b);
+    if (b < 0) return;
     for (int d = threadIdx.x; d < D; d += blockDim.x)
     {
         float big = NEG_INF;
-        for (int s = 0; s < splits; s++) big = fmaxf(big, partial[(((i64)s * N + n) * H + h) * row_floats + D]);
+        for (int s = 0; s < splits; s++) big = fmaxf(big, partial[(((i64)s * X + x) * H + h) * row_floats + D]);
         float sum = 0.f, value = 0.f;
         if (big != NEG_INF)
             for (int s = 0; s < splits; s++)
             {
-                const float* state = partial + (((i64)s * N + n) * H + h) * row_floats;
+                const float* state = partial + (((i64)s * X + x) * H + h) * row_floats;
                 if (state[D] == NEG_INF) continue;                    // a split past the row's keys
                 const float f = fast_exp2(state[D] - big);
                 sum += state[D + 1] * f;
@@ -191,8 +395,9 @@ template <typename T> __device__ void paged_attention_combine(const float* parti
     }
 }
 #define PAGED_COMBINE(name, t)                                                                                            \
-    extern "C" __global__ void paged_attention_combine_##name(const float* partial, t* out, int splits, int N, int H, int D) \
+    extern "C" __global__ void paged_attention_combine_##name(const float* partial, t* out, int splits, int N, int H, int D, \
+                                                              const int* starts, int B, int max_rows)                    \
     {                                                                                                                     \
-        paged_attention_combine<t>(partial, out, splits, N, H, D);                                                        \
+        paged_attention_combine<t>(partial, out, splits, N, H, D, starts, B, max_rows);                                   \
     }
 FOR_FLOAT_TYPES(PAGED_COMBINE)

@@ -88,6 +88,16 @@ public sealed class PagedModelRunner : IDisposable
     /// <summary>Steps that replayed a recorded graph.</summary>
     public long ReplayedSteps { get; private set; }
 
+    /// <summary>Whether <see cref="Run"/> waits for the device after the metadata copy and after the forward pass, so that
+    /// <see cref="LastPhaseTicks"/> separates the device phases (otherwise the forward's device time falls in the readback).</summary>
+    public bool SeparatePhases { get; set; }
+
+    /// <summary>
+    /// Stopwatch ticks of the last <see cref="Run"/>: writing and copying the metadata, the forward pass (enqueue or replay,
+    /// and with <see cref="SeparatePhases"/> its device time), and reading the sampled ids and logits back.
+    /// </summary>
+    public (long Metadata, long Forward, long Readback) LastPhaseTicks { get; private set; }
+
     /// <summary>
     /// Runs <paramref name="step"/>. Returns, for each sequence that samples (in step order), the argmax of its logits in
     /// <paramref name="greedy"/>; when <paramref name="withLogits"/>, also its logits row (V floats each) in
@@ -102,9 +112,12 @@ public sealed class PagedModelRunner : IDisposable
             throw new ArgumentException($"PagedModelRunner.Run: the step has {rows} tokens of {sequences} sequences; the runner takes at most {_maxRows} and {_maxSequences}");
         bool decode = step.IsDecodeOnly;
         if (decode) bucket = BucketOf(sequences);
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         int sampling = FillMetadata(step, decode ? bucket : sequences, decode ? bucket : rows);
         int outputs = decode ? bucket : Math.Max(sampling, 1);        // a bucket computes logits for its padding rows too
         _backend.CopyFromHost<int>(_host, _metadata);
+        if (SeparatePhases) _backend.Synchronize();
+        long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         Tensor stepLogits;
         if (decode && _record)
@@ -128,6 +141,8 @@ public sealed class PagedModelRunner : IDisposable
             }
         }
         else stepLogits = Body(decode ? bucket : sequences, decode ? bucket : rows, outputs);
+        if (SeparatePhases) _backend.Synchronize();
+        long t2 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         _backend.CopyToHost<int>(_sampled.Slice(0, 0, sampling), _greedy.AsSpan(0, sampling));
         greedy = _greedy.AsSpan(0, sampling);
@@ -140,6 +155,7 @@ public sealed class PagedModelRunner : IDisposable
             _backend.CopyToHost<float>(f32, _logits.AsSpan(0, sampling * _vocab));
             logits = _logits.AsSpan(0, sampling * _vocab);
         }
+        LastPhaseTicks = (t1 - t0, t2 - t1, System.Diagnostics.Stopwatch.GetTimestamp() - t2);
         return sampling;
     }
 

@@ -10,7 +10,7 @@ public readonly record struct ScheduledSequence(Sequence Sequence, int Start, in
     public bool Samples { get; } = Start + Count == Sequence.Tokens.Count;
 }
 
-/// <summary>What one engine step runs: the running sequences first (FCFS), then newly admitted ones.</summary>
+/// <summary>What one engine step runs: the decoding sequences first, then prefill chunks of running sequences (both in arrival order), then newly admitted ones.</summary>
 public sealed class ScheduledStep
 {
     /// <summary>The sequences and their token ranges, in batch order.</summary>

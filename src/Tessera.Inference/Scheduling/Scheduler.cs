@@ -4,10 +4,12 @@ namespace Tessera.Inference.Scheduling;
 
 /// <summary>
 /// Iteration-level scheduling (Orca's continuous batching, vLLM's scheduler) over a <see cref="PagedKvCache"/>. Each
-/// <see cref="Schedule"/> builds one step: first every running sequence in arrival order gets its pending tokens (one
-/// when decoding; a chunk of its prompt when prefilling), within <see cref="SchedulerOptions.TokenBudget"/>; then
-/// waiting sequences join, first come first served, while the batch, the budget and the free blocks allow. A long prompt
-/// is split into chunks over several steps, so the running sequences keep decoding meanwhile. When a running sequence
+/// <see cref="Schedule"/> builds one step: first every decoding sequence gets its token, then running sequences in
+/// arrival order get a chunk of their prompt, then waiting sequences join, first come first served, while the batch, the
+/// step's token limit and the free blocks allow. The limit is <see cref="SchedulerOptions.TokenBudget"/> for a step without
+/// decodes and the smaller <see cref="SchedulerOptions.DecodingStepTokens"/> for one with them (Sarathi-Serve's stall-free
+/// batching: a long prompt is split into chunks over several short steps, so the running sequences keep decoding at a
+/// steady pace instead of waiting behind a whole budget of prefill). When a running sequence
 /// needs a block and none is free, the most recently arrived running sequence is preempted: its blocks are released and
 /// it goes back to the front of the queue, to be recomputed from its tokens (recompute is cheaper than swapping to the
 /// host for the short sequences this serves, and needs no host pool). A waiting sequence first takes the cached blocks
@@ -66,43 +68,44 @@ public sealed class Scheduler
         sequence.Status = SequenceStatus.Finished;
     }
 
-    /// <summary>Plans the next step (empty when nothing can run).</summary>
+    /// <summary>
+    /// Plans the next step (empty when nothing can run): first the decode token of every running sequence that has one
+    /// token to compute, in arrival order; then, within what is left of the step's limit (<see cref="SchedulerOptions.TokenBudget"/>,
+    /// or <see cref="SchedulerOptions.EffectiveDecodingStepTokens"/> once a sequence decodes), the prefill chunks of running
+    /// sequences in arrival order, then waiting sequences, first come first served.
+    /// </summary>
     public ScheduledStep Schedule()
     {
         var step = new ScheduledStep();
-        int budget = Options.TokenBudget;
         var scheduled = new HashSet<Sequence>();
+        int used = 0;
 
-        for (int i = 0; i < _running.Count && budget > 0; i++)
+        // Decode tokens first: a prompt chunk of an earlier arrival must not push a decoding sequence out of the step.
+        for (int i = 0; i < _running.Count && used < Options.TokenBudget; i++)
         {
             var sequence = _running[i];
-            int count = Math.Min(sequence.PendingTokens, budget);
-            if (count == 0) continue;
-            bool fits = true;
-            while (!TryReserve(sequence, sequence.ComputedTokens + count))
-            {
-                // Preempt from the back: the latest arrival that this step has not scheduled.
-                var victim = _running[^1];
-                if (victim == sequence || scheduled.Contains(victim)) { fits = false; break; }
-                Preempt(victim, step);
-            }
-            if (!fits)
-            {
-                Preempt(sequence, step);
-                i--;                                                 // the list shifted left
-                break;
-            }
-            scheduled.Add(sequence);
-            step.Sequences.Add(new ScheduledSequence(sequence, sequence.ComputedTokens, count));
-            budget -= count;
+            if (sequence.PendingTokens != 1) continue;
+            if (!Place(sequence, 1, step, scheduled)) break;          // no block for it, even after preempting: stop here
+            used++;
+        }
+
+        // Prefill chunks fill what the decodes leave of a short step (or the whole budget when nothing decodes).
+        int limit = used > 0 ? Math.Min(Options.EffectiveDecodingStepTokens, Options.TokenBudget) : Options.TokenBudget;
+        for (int i = 0; i < _running.Count && used < limit; i++)
+        {
+            var sequence = _running[i];
+            if (sequence.PendingTokens <= 1 || scheduled.Contains(sequence)) continue;
+            int count = Math.Min(sequence.PendingTokens, limit - used);
+            if (!Place(sequence, count, step, scheduled)) break;
+            used += count;
         }
 
         // New work joins only when nothing had to give way this step (otherwise it would take the blocks just freed).
-        while (step.Preempted.Count == 0 && budget > 0 && _running.Count < Options.MaxBatch && _waiting.First is { } node)
+        while (step.Preempted.Count == 0 && used < limit && _running.Count < Options.MaxBatch && _waiting.First is { } node)
         {
             var sequence = node.Value;
             if (sequence.BlockTable.Count == 0) TakeCachedPrefix(sequence);
-            int count = Math.Min(sequence.PendingTokens, budget);
+            int count = Math.Min(sequence.PendingTokens, limit - used);
             if (!TryReserve(sequence, sequence.ComputedTokens + count))
             {
                 ReleaseBlocks(sequence);                             // keep FCFS: nobody overtakes the head of the queue
@@ -112,10 +115,32 @@ public sealed class Scheduler
             sequence.Status = SequenceStatus.Running;
             _running.Add(sequence);
             step.Sequences.Add(new ScheduledSequence(sequence, sequence.ComputedTokens, count));
-            budget -= count;
+            used += count;
         }
-        step.Tokens = Options.TokenBudget - budget;
+        step.Tokens = used;
         return step;
+    }
+
+    /// <summary>
+    /// Schedules <paramref name="count"/> tokens of running <paramref name="sequence"/>, preempting the latest arrivals
+    /// that this step has not scheduled until its blocks fit. False when even that is not enough: then the sequence itself
+    /// is preempted.
+    /// </summary>
+    private bool Place(Sequence sequence, int count, ScheduledStep step, HashSet<Sequence> scheduled)
+    {
+        while (!TryReserve(sequence, sequence.ComputedTokens + count))
+        {
+            var victim = _running[^1];
+            if (victim == sequence || scheduled.Contains(victim))
+            {
+                Preempt(sequence, step);
+                return false;
+            }
+            Preempt(victim, step);
+        }
+        scheduled.Add(sequence);
+        step.Sequences.Add(new ScheduledSequence(sequence, sequence.ComputedTokens, count));
+        return true;
     }
 
     /// <summary>

@@ -66,6 +66,24 @@ public sealed class EngineMetrics
     internal void PromptTokensCached(int count) => Interlocked.Add(ref _cachedPromptTokens, count);
     internal void Preempted(int count) => Interlocked.Add(ref _preemptions, count);
 
+    private readonly object _phaseLock = new();
+    private StepPhaseTimes _decodePhases = StepPhaseTimes.Zero, _mixedPhases = StepPhaseTimes.Zero;
+
+    /// <summary>Where the decode-only steps spent their time so far (a snapshot).</summary>
+    public StepPhaseTimes DecodeStepPhases { get { lock (_phaseLock) return _decodePhases; } }
+
+    /// <summary>Where the steps with prefill chunks spent their time so far (a snapshot).</summary>
+    public StepPhaseTimes MixedStepPhases { get { lock (_phaseLock) return _mixedPhases; } }
+
+    internal void StepPhases(bool decodeOnly, StepPhaseTimes step)
+    {
+        lock (_phaseLock)
+        {
+            if (decodeOnly) _decodePhases = _decodePhases.Plus(step);
+            else _mixedPhases = _mixedPhases.Plus(step);
+        }
+    }
+
     internal void StepDone(int running, int waiting, int blocksInUse)
     {
         Interlocked.Increment(ref _steps);

@@ -20,6 +20,11 @@ public sealed record EngineOptions
     /// default true.</summary>
     public bool RecordGraphs { get; init; } = true;
 
+    /// <summary>Whether the engine waits for the device between a step's phases (metadata copy, forward, readback) so that
+    /// <see cref="EngineMetrics.DecodeStepPhases"/> and <see cref="EngineMetrics.MixedStepPhases"/> separate them; default
+    /// false. Costs two waits per step (a few microseconds each): for benchmarks and diagnosis.</summary>
+    public bool SeparateStepPhases { get; init; }
+
     /// <summary>Token ids that end a completion besides the tokenizer's end of text (e.g. a chat template's end of turn);
     /// default none.</summary>
     public IReadOnlyCollection<int> StopTokens { get; init; } = [];

@@ -59,7 +59,10 @@ public sealed class InferenceEngine : IDisposable
                 throw new ArgumentException($"EngineOptions.Cache.MemoryBytes: {options.Cache.MemoryBytes:N0} bytes hold {_cache.Blocks} blocks of {_cache.BlockSize} positions, " +
                     $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes); give more KV memory or a shorter MaxSequenceLength");
             _scheduler = new Scheduler(_cache, options.Scheduler);
-            _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs);
+            _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs)
+            {
+                SeparatePhases = options.SeparateStepPhases,
+            };
         }
         catch
         {
@@ -236,8 +239,10 @@ public sealed class InferenceEngine : IDisposable
 
     private void RunStep()
     {
+        long start = Stopwatch.GetTimestamp();
         var step = _scheduler.Schedule();
         if (step.IsEmpty) { Thread.Sleep(1); return; }
+        long scheduled = Stopwatch.GetTimestamp();
         Metrics.Preempted(step.Preempted.Count);
         bool withLogits = false;
         foreach (var s in step.Sequences)
@@ -253,9 +258,9 @@ public sealed class InferenceEngine : IDisposable
         long replayedBefore = _runner.ReplayedSteps;
         _runner.Run(step, withLogits, out var greedy, out var logits);
         if (_runner.ReplayedSteps != replayedBefore) Interlocked.Increment(ref _replayed);
+        long now = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);
         int v = _model.Config.VocabSize, row = 0;
-        long now = Stopwatch.GetTimestamp();
         foreach (var s in step.Sequences)
         {
             if (!s.Samples) continue;
@@ -264,6 +269,10 @@ public sealed class InferenceEngine : IDisposable
             row++;
             Accept(choice, token, now);
         }
+        var (metadata, forward, readback) = _runner.LastPhaseTicks;
+        double f = 1.0 / Stopwatch.Frequency;
+        Metrics.StepPhases(step.IsDecodeOnly, new StepPhaseTimes(1, step.Tokens, (scheduled - start) * f, metadata * f, forward * f, readback * f,
+            (Stopwatch.GetTimestamp() - now) * f));
         Metrics.StepDone(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);
     }
 

@@ -21,6 +21,7 @@ public sealed class CudaBackendOptionsTests
         CrossEntropyThreadsPerRow = 512,
         TuneMatMulAlgorithms = false,
         ProgrammaticDependentLaunch = false,
+        SpecializedPagedAttention = false,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
     };

@@ -265,6 +265,30 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         AssertClose(expected, Download(output), Tolerance(dtype), $"MatMulSwiGlu {dtype} M={m} K={k} F={f}");
     }
 
+    /// <summary>
+    /// Above 4 rows (serving's batches), gate and up weights adjacent in one storage (as the parameter arena lays them out)
+    /// run as one product over [Wg; Wu] and SwiGLU on its halves: the same values as the reference.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 64, 512, 200)]
+    [InlineData(DType.F32, 9, 256, 72)]
+    public void StackedGateAndUpProductMatchesTheReference(DType dtype, int m, int k, int f)
+    {
+        var (x, xv) = Random(dtype, 1, m, k);
+        var (w, wv) = Random(dtype, 0.2, 2 * f, k);                  // [Wg; Wu] in one storage
+        var output = Poisoned(dtype, m, f);
+        Gpu.MatMulSwiGlu(x, w.Slice(0, 0, f), w.Slice(0, f, f), output);
+        var expected = new double[m * f];
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < f; j++)
+            {
+                double g = 0, u = 0;
+                for (int e = 0; e < k; e++) { g += xv[i * k + e] * wv[j * k + e]; u += xv[i * k + e] * wv[(f + j) * k + e]; }
+                expected[i * f + j] = g / (1 + Math.Exp(-g)) * u;
+            }
+        AssertClose(expected, Download(output), Tolerance(dtype), $"stacked MatMulSwiGlu {dtype} M={m} K={k} F={f}");
+    }
+
     [Fact]
     public void RecordedGraphReplaysDevicePositionWorkAndRefusesHostTransfers()
     {

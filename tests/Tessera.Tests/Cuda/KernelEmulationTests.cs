@@ -5,11 +5,12 @@ using Xunit;
 namespace Tessera.Tests.Cuda;
 
 /// <summary>
-/// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, exactly as NVRTC gets them) compiled
+/// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, paged_attention.cu, exactly as NVRTC gets them) compiled
 /// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
 /// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the
 /// f32 instantiations of the SwiGLU row kernels and the row-in-registers RMSNorm kernels against double references (its
-/// tolerances are stated there) and exits with the number of failures. It checks the kernels' indexing, strides, grid-stride
+/// tolerances are stated there) and exits with the number of failures; Emulation/paged_kernels.cpp does the same for serving's
+/// paged attention kernels. It checks the kernels' indexing, strides, grid-stride
 /// loops, block reductions and partial sums; not the bf16/f16 conversions (inline PTX, compiled away), not timing, not the
 /// memory model. The GPU tests (<see cref="CudaOpTests"/>, <see cref="CudaNormTests"/>) remain the proof on the device.
 /// Skips, saying why, where no C++20 compiler (g++ or clang++) is found.
@@ -17,7 +18,26 @@ namespace Tessera.Tests.Cuda;
 public sealed class KernelEmulationTests
 {
     [Fact]
-    public void RowKernelsGiveTheReferenceResultsOnTheCpuEmulation()
+    public void RowKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["elementwise.cu", "norm.cu"], "row_kernels",
+            ["swiglu fwd rows=37 F=264 off=0", "swiglu bwd rows=37 F=261 off=0", "swiglu bwd rows=37 F=264 off=1",
+             "rmsnorm dx rows=37 C=1000", "rmsnorm dW rows=9 C=4096", "rmsnorm fwd rows=3 C=64 grid=7"]);
+
+    /// <summary>
+    /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,
+    /// skipping the rows left to the tensor-core prefill kernel, and the generic kernel, against a double reference
+    /// (Emulation/paged_kernels.cpp states the batch and the 1e-5 tolerance). The tensor-core prefill kernel (mma PTX) has no
+    /// emulation: <see cref="CudaPagedServingTests"/> checks it on the device.
+    /// </summary>
+    [Fact]
+    public void PagedAttentionKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["paged_attention.cu"], "paged_kernels",
+            ["paged_attention H=8 K=2 D=64 splits=1", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7", "paged_decode H=2 K=2 D=64 splits=2",
+             "paged_decode H=8 K=2 D=128 splits=1", "paged_decode H=1 K=1 D=64 splits=2 max_rows=7 B=40"]);
+
+    /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
+    /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>
+    private static void RunEmulated(string[] kernelFiles, string program, string[] checks)
     {
         var compiler = FindCompiler();
         if (compiler is null) Assert.Skip("no g++ or clang++ on PATH: the kernel emulation needs a C++20 compiler (apt-get install g++)");
@@ -26,18 +46,17 @@ public sealed class KernelEmulationTests
         try
         {
             File.Copy(Path.Combine(here, "cuda_emulation.h"), Path.Combine(dir.FullName, "cuda_emulation.h"));
-            File.Copy(Path.Combine(here, "row_kernels.cpp"), Path.Combine(dir.FullName, "row_kernels.cpp"));
+            File.Copy(Path.Combine(here, program + ".cpp"), Path.Combine(dir.FullName, program + ".cpp"));
             // A kernel's dynamic shared memory (extern __shared__) becomes a global array that the check program defines.
-            var kernels = "#include \"cuda_emulation.h\"\n" + string.Concat(new[] { "common.cuh", "elementwise.cu", "norm.cu" }
+            var kernels = "#include \"cuda_emulation.h\"\n" + string.Concat(kernelFiles.Prepend("common.cuh")
                 .Select(f => $"#line 1 \"{f}\"\n" + KernelLibrary.EmbeddedSource(f).Replace("extern __shared__", "extern", StringComparison.Ordinal) + "\n"));
             File.WriteAllText(Path.Combine(dir.FullName, "kernels.h"), kernels);
-            string program = Path.Combine(dir.FullName, "row_kernels");
-            var (built, buildOutput) = Run(compiler, dir.FullName, "-std=c++20", "-O1", "-pthread", "-w", "-o", program, "row_kernels.cpp");
+            string executable = Path.Combine(dir.FullName, program);
+            var (built, buildOutput) = Run(compiler, dir.FullName, "-std=c++20", "-O1", "-pthread", "-w", "-o", executable, program + ".cpp");
             Assert.True(built == 0, $"{compiler} could not build the emulated kernels (exit {built}):\n{Tail(buildOutput, 30)}");
-            var (failures, output) = Run(program, dir.FullName);
+            var (failures, output) = Run(executable, dir.FullName);
             Assert.True(failures == 0, $"{failures} emulated kernel checks failed:\n{output}");
-            foreach (var check in new[] { "swiglu fwd rows=37 F=264 off=0", "swiglu bwd rows=37 F=261 off=0", "swiglu bwd rows=37 F=264 off=1",
-                         "rmsnorm dx rows=37 C=1000", "rmsnorm dW rows=9 C=4096", "rmsnorm fwd rows=3 C=64 grid=7" })
+            foreach (var check in checks)
                 Assert.Contains(check, output);
             TestContext.Current.TestOutputHelper?.WriteLine(output);
         }

@@ -67,6 +67,7 @@ public sealed class KernelSourceTests
         __device__ unsigned __shfl_xor_sync(unsigned, unsigned, int, int w = 32);
         __device__ float __shfl_sync(unsigned, float, int, int w = 32);
         __device__ int __shfl_sync(unsigned, int, int, int w = 32);
+        __device__ int __shfl_up_sync(unsigned, int, unsigned, int w = 32);
 
         """;
 

@@ -52,19 +52,21 @@ template <typename T> T emu_shfl(T v, int src_lane_fn(int, int), int arg)
 }
 inline int xor_lane(int lane, int o) { return lane ^ o; }
 inline int direct_lane(int, int src) { return src; }
+inline int up_lane(int lane, int d) { return lane >= d ? lane - d : lane; }
 template <typename T> T __shfl_xor_sync(unsigned, T v, int o, int = 32) { return emu_shfl<T>(v, xor_lane, o); }
 template <typename T> T __shfl_sync(unsigned, T v, int src, int = 32) { return emu_shfl<T>(v, direct_lane, src); }
+template <typename T> T __shfl_up_sync(unsigned, T v, unsigned d, int = 32) { return emu_shfl<T>(v, up_lane, (int)d); }
 inline float atomicAdd(float* p, float v) { float o = *p; *p += v; return o; }
 inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { unsigned o = *p; if (o == c) *p = v; return o; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
-// Runs kernel(args...) on a grid of `grid` blocks of `block` threads.
-template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel)
+// Runs kernel(args...) on a grid of `grid` blocks (x, y, z) of `block` threads, the blocks in turn.
+template <typename F> void emu_launch(dim3 grid, unsigned block, F kernel)
 {
-    gridDim.x = grid; blockDim.x = block;
-    for (unsigned b = 0; b < grid; b++)
+    gridDim = grid; blockDim.x = block;
+    for (unsigned b = 0; b < grid.x * grid.y * grid.z; b++)
     {
         EmuBlock eb;
         eb.block = std::make_unique<std::barrier<>>(block);
@@ -73,7 +75,8 @@ template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel)
         g_block = &eb;
         std::vector<std::thread> threads;
         for (unsigned t = 0; t < block; t++)
-            threads.emplace_back([=] { threadIdx.x = t; blockIdx.x = b; kernel(); });
+            threads.emplace_back([=] { threadIdx.x = t; blockIdx.x = b % grid.x; blockIdx.y = b / grid.x % grid.y; blockIdx.z = b / (grid.x * grid.y); kernel(); });
         for (auto& th : threads) th.join();
     }
 }
+template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel) { emu_launch(dim3{grid, 1, 1}, block, kernel); }

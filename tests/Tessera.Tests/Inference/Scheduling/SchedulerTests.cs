@@ -136,4 +136,44 @@ public class SchedulerTests
         Assert.Equal([running], step.Sequences.Select(s => s.Sequence));   // big needs 3 blocks, 1 is free: small waits behind it
         Assert.Equal(2, scheduler.WaitingCount);
     }
+
+    /// <summary>
+    /// Stall-free chunked prefill: while sequences decode, a step holds at most DecodingStepTokens tokens (their decodes
+    /// first, then prefill chunks); a step without decodes prefills at the full TokenBudget.
+    /// </summary>
+    [Fact]
+    public void StepsWithDecodesStayWithinDecodingStepTokensAndDecodesComeFirst()
+    {
+        using var cache = Cache(64);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 32, DecodingStepTokens = 8 });
+        var a = Seq(1, 40, 60);                                       // a long prompt: chunks of the full budget while nothing decodes
+        scheduler.Add(a);
+        var step = Step(scheduler);
+        Assert.Equal([(a, 32)], step.Sequences.Select(s => (s.Sequence, s.Count)));
+        var b = Seq(2, 3, 20, firstToken: 100);
+        scheduler.Add(b);
+        step = Step(scheduler);                                       // nothing decodes yet: a's last 8 and b's 3 within 32
+        Assert.Equal([(a, 8), (b, 3)], step.Sequences.Select(s => (s.Sequence, s.Count)));
+        var c = Seq(3, 30, 40, firstToken: 200);
+        scheduler.Add(c);
+        step = Step(scheduler);                                       // a and b decode: c's prompt gets 8 - 2 tokens
+        Assert.Equal([(a, 1), (b, 1), (c, 6)], step.Sequences.Select(s => (s.Sequence, s.Count)));
+        Assert.Equal(8, step.Tokens);
+        var d = Seq(4, 5, 20, firstToken: 300);
+        scheduler.Add(d);
+        step = Step(scheduler);                                       // c (earlier arrival, running) is chunked before d joins
+        Assert.Equal([(a, 1), (b, 1), (c, 6)], step.Sequences.Select(s => (s.Sequence, s.Count)));
+        while (c.PendingTokens > 1) Step(scheduler);
+        step = Step(scheduler);                                       // c's last prompt token rides with the decodes; d joins
+        Assert.Equal([(a, 1), (b, 1), (c, 1), (d, 5)], step.Sequences.Select(s => (s.Sequence, s.Count)));
+    }
+
+    [Fact]
+    public void DecodingStepTokensIsTakenWithinMaxBatchAndTheBudgetAndMustBePositive()
+    {
+        Assert.Equal(8, new SchedulerOptions { MaxBatch = 4, TokenBudget = 8 }.EffectiveDecodingStepTokens);       // 512 by default, cut to the budget
+        Assert.Equal(64, new SchedulerOptions { MaxBatch = 64, TokenBudget = 2048, DecodingStepTokens = 16 }.EffectiveDecodingStepTokens);
+        var e = Assert.Throws<ArgumentException>(() => new SchedulerOptions { DecodingStepTokens = 0 }.Validate());
+        Assert.Contains("DecodingStepTokens (0) must be positive", e.Message);
+    }
 }

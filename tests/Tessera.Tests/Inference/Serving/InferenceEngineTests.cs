@@ -57,6 +57,12 @@ public class InferenceEngineTests
             Assert.Equal(new CompletionUsage(prompts[i].Length, 9, results[i].Usage!.CachedPromptTokens), results[i].Usage);
         }
         Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+        // Every step is counted in one kind, with the rows it computed: each prompt token and each generated token but the
+        // last (it ends its request without being fed back); no prefix is shared here (distinct first blocks).
+        var (decode, mixed) = (engine.Metrics.DecodeStepPhases, engine.Metrics.MixedStepPhases);
+        Assert.Equal(engine.Metrics.Steps, decode.Steps + mixed.Steps);
+        Assert.Equal(prompts.Sum(p => p.Length) + prompts.Length * 8 - results.Sum(r => r.Usage!.CachedPromptTokens), decode.Rows + mixed.Rows);
+        Assert.True(decode.Steps > 0 && mixed.Steps > 0 && decode.Rows >= decode.Steps && decode.Forward > 0 && mixed.Schedule > 0);
     }
 
     [Fact]

@@ -1,0 +1,148 @@
+// Serving's paged attention kernels (paged_attention.cu) in their f32 instantiation on the CPU emulation of CUDA
+// (cuda_emulation.h), against a double reference: the vectorized paged_decode (head sizes 64 and 128, query-head groups
+// of 1, 3 and 4 in registers of 1 and 4), with and without a key split merged by paged_attention_combine, skipping the rows
+// of sequences longer than max_rows (left to the tensor-core prefill kernel: their output must stay untouched; the grid then
+// covers only the other rows, found by a prefix sum over the sequences, with CTAs to spare); and the
+// generic paged_attention as a check of the harness. The batch mixes decode rows, a padding row (no keys), a short
+// prefill and a longer one, over blocks of 16 scattered in a shuffled pool. Prints one line per check; the exit code is the
+// number of failures. kernels.h is written by the test: the emulation, common.cuh, paged_attention.cu.
+#include "kernels.h"
+#include <algorithm>
+#include <random>
+
+float pa_shared[1 << 14];   // the kernels' dynamic shared memory (extern __shared__)
+float pd_shared[1 << 14];
+static int failures = 0;
+
+// Tolerance: f32 dot products of 64-128 terms, exp2 and online rescaling against double: ~1e-6 relative; 1e-5 leaves
+// margin, and a wrong key, position, head or split is O(1).
+static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, const std::vector<char>& computed, double tol)
+{
+    double md = 0, mr = 0;
+    bool untouched = true;
+    for (size_t i = 0; i < e.size(); i++)
+    {
+        if (!computed[i]) { untouched &= a[i] == (float)e[i]; continue; }
+        if (!std::isfinite(a[i])) { md = INFINITY; break; }
+        md = std::max(md, std::abs(a[i] - e[i]));
+        mr = std::max(mr, std::abs(e[i]));
+    }
+    double rel = md / (mr > 0 ? mr : 1);
+    bool ok = rel <= tol && untouched;
+    printf("%-56s rel err %.3e%s %s\n", what, rel, untouched ? "" : ", a skipped row was written", ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+}
+
+static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
+                std::vector<int> lengths = {37, 100, 0, 20, 10})
+{
+    const int bs = 16;
+    const int B = (int)rows.size();
+    int N = 0;
+    for (int r : rows) N += r;
+    int max_blocks = 0, pool_blocks = 3;
+    for (int l : lengths) { max_blocks = std::max(max_blocks, (l + bs - 1) / bs); pool_blocks += (l + bs - 1) / bs; }
+    std::mt19937 rng(11 + H * 7 + D + splits);
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<int> free_blocks(pool_blocks);
+    for (int i = 0; i < pool_blocks; i++) free_blocks[i] = i;
+    std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+    std::vector<int> tables(B * max_blocks, 0), starts(B + 1, 0);
+    for (int b = 0, next = 0; b < B; b++)
+    {
+        for (int k = 0; k < (lengths[b] + bs - 1) / bs; k++) tables[b * max_blocks + k] = free_blocks[next++];
+        starts[b + 1] = starts[b] + rows[b];
+    }
+    const int R = H + 2 * K;
+    std::vector<float> qkv((size_t)N * R * D), pool((size_t)pool_blocks * bs * 2 * K * D);
+    for (auto& x : qkv) x = u(rng);
+    for (auto& x : pool) x = u(rng);
+    const float poison = 12345.f;
+    std::vector<float> out((size_t)N * H * D, poison), partial((size_t)splits * N * H * (D + 2), NAN);
+    const float scale = 1.f / std::sqrt((float)D);
+
+    // Reference, and which outputs the kernels must write (mask 1) or leave alone (rows of sequences past max_rows).
+    std::vector<double> expected(out.size(), poison);
+    std::vector<char> mask(out.size(), 1);
+    for (int b = 0; b < B; b++)
+        for (int n = starts[b]; n < starts[b + 1]; n++)
+        {
+            const int pos = lengths[b] - rows[b] + (n - starts[b]);
+            for (int h = 0; h < H; h++)
+            {
+                const int kvh = h / (H / K);
+                std::vector<double> s(std::max(pos + 1, 0)), acc(D, 0.0);
+                double big = -INFINITY, sum = 0;
+                for (int j = 0; j <= pos; j++)
+                {
+                    const long long slot = (long long)tables[b * max_blocks + j / bs] * bs + j % bs;
+                    double dot = 0;
+                    for (int d = 0; d < D; d++) dot += (double)qkv[((size_t)n * R + h) * D + d] * pool[(slot * 2 * K + kvh) * D + d];
+                    s[j] = dot * scale;
+                    big = std::max(big, s[j]);
+                }
+                for (int j = 0; j <= pos; j++)
+                {
+                    const long long slot = (long long)tables[b * max_blocks + j / bs] * bs + j % bs;
+                    const double p = std::exp(s[j] - big);
+                    sum += p;
+                    for (int d = 0; d < D; d++) acc[d] += p * pool[(slot * 2 * K + K + kvh) * D + d];
+                }
+                for (int d = 0; d < D; d++)
+                {
+                    const size_t i = ((size_t)n * H + h) * D + d;
+                    if (rows[b] > max_rows) { mask[i] = 0; expected[i] = poison; }
+                    else expected[i] = pos < 0 ? 0.0 : acc[d] / sum;
+                }
+            }
+        }
+
+    const float* q = qkv.data();
+    long long q_n = (long long)R * D, q_h = D;
+    int G = H / K;
+    const int* pt = tables.data(); const int* ps = starts.data(); const int* pl = lengths.data();
+    float* po = out.data(); const float* pp = pool.data();
+    // With max_rows < N the kernel's grid covers an upper bound of the rows it owns (here their count plus 3 to spare).
+    int X = N;
+    if (!generic && max_rows < N)
+    {
+        X = 3;
+        for (int r : rows) X += r <= max_rows ? r : 0;
+    }
+    if (splits > 1) partial.assign((size_t)splits * X * H * (D + 2), NAN);
+    float* pw = splits > 1 ? partial.data() : nullptr;
+    dim3 grid{(unsigned)(generic ? N : X), (unsigned)(H / G), (unsigned)splits};
+    char name[160];
+    if (generic)
+    {
+        emu_launch(grid, 128, [&] { paged_attention_f32(q, pp, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale); });
+        snprintf(name, sizeof name, "paged_attention H=%d K=%d D=%d splits=%d", H, K, D, splits);
+    }
+    else
+    {
+        const int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+        auto launch = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, pp, po, pw, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows); }); };
+        if (D == 64 && gm == 1) launch(paged_decode_f32_d64_g1);
+        else if (D == 64 && gm == 4) launch(paged_decode_f32_d64_g4);
+        else if (D == 128 && gm == 4) launch(paged_decode_f32_d128_g4);
+        else { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
+        snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d B=%d", H, K, D, splits, max_rows, B);
+    }
+    if (splits > 1)
+        emu_launch(dim3{grid.x, (unsigned)H, 1}, 64, [&] { paged_attention_combine_f32(pw, po, splits, N, H, D, ps, B, generic ? 1 << 30 : max_rows); });
+    check(name, expected, out, mask, 1e-5);
+}
+
+int main()
+{
+    run(8, 2, 64, 1, 1 << 30, true);     // the generic kernel: the harness agrees with the reference
+    run(6, 2, 64, 3, 7, false);          // groups of 3 in registers for 4, three splits merged; the 10-row prefill left alone
+    run(2, 2, 64, 2, 1 << 30, false);    // multi-head: groups of 1
+    run(8, 2, 128, 1, 1 << 30, false);   // D = 128: a whole warp per key row (f32)
+    std::vector<int> many(40, 1), lengths(40);
+    many[20] = 10; many[33] = 2;         // a prefill chunk among 40 sequences: the prefix sum over two groups of 32
+    for (int b = 0; b < 40; b++) lengths[b] = many[b] + (b * 7) % 23;
+    run(1, 1, 64, 2, 7, false, many, lengths);
+    printf("%s\n", failures ? "FAILURES" : "all ok");
+    return failures;
+}
