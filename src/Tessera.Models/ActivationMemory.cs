@@ -9,7 +9,7 @@ namespace Tessera.Models;
 /// configuration and the parallel layout: Korthikanti et al. 2022's accounting (Megatron's sbh(34 + 5as/h) per layer,
 /// <see cref="MegatronBytesPerLayer"/>), redone for the tensors this code keeps. The prediction follows the code, not the
 /// paper: it lists each pooled buffer of the micro-batch's store slot (<see cref="ActivationStore"/>), and the CPU backend's
-/// allocation counter agrees with it to the byte (tested at tp 1 and 2, with and without sequence parallelism and
+/// allocation counter agrees with it to the byte (tested at tp 1, 2 and 4, with and without sequence parallelism and
 /// recomputation). What differs from the paper, per layer and token (h = C, 16-bit activations):
 /// <list type="bullet">
 /// <item>No dropout, so none of the paper's masks (2 of its 34 bytes per h); attention keeps the log-sum-exp (H floats, the
@@ -19,12 +19,10 @@ namespace Tessera.Models;
 /// the pre-activation and its output (2F).</item>
 /// <item>Tensor parallelism alone: 8h whole (the norms' outputs and the row-parallel outputs, which are the residual stream)
 /// and the rest split, as the paper's 10 + 24/t less its 2 of masks.</item>
-/// <item>Sequence parallelism: the paper's 34/t does not hold here. The norms' outputs and the residual stream are split, but
-/// the gathered inputs of the column-parallel products stay in the slot (their weight gradients read them; Megatron
-/// all-gathers again in backward instead) and so do the row-parallel products' partial sums (N, C) before their
-/// reduce-scatter, which backward never reads: 4 whole (N, C) buffers a block, so a block keeps 2C - 6 bytes a token
-/// <i>more</i> than under tensor parallelism alone (llama-1b at tp 4). Making the partial sums transient and re-gathering
-/// in backward would give the paper's split.</item>
+/// <item>Sequence parallelism: the norms' outputs and the residual stream are split, and the row-parallel products' partial
+/// sums (N, C), dead once reduce-scattered, live in buffers shared by every block; but the gathered inputs of the
+/// column-parallel products stay whole in the slot (their weight gradients read them; Megatron all-gathers again in
+/// backward instead), 4h bytes a token in 16 bits that the paper divides by t.</item>
 /// </list>
 /// </summary>
 public sealed class ActivationMemory
@@ -39,8 +37,9 @@ public sealed class ActivationMemory
     /// <summary>Every buffer the micro-batch keeps, blocks' (Count = blocks) and the embeddings' and head's (Count = 1).</summary>
     public IReadOnlyList<ActivationMemoryItem> Items { get; }
 
-    /// <summary>Buffers shared by every micro-batch that the forward allocates too: the LM head's chunk of logits, and under
-    /// recomputation one block's activations (the first forward's transient slot).</summary>
+    /// <summary>Buffers shared by every micro-batch that the forward allocates too: the LM head's chunk of logits, under
+    /// sequence parallelism the partial sums before each reduce-scatter, under recomputation one block's activations (the
+    /// first forward's transient slot).</summary>
     public IReadOnlyList<ActivationMemoryItem> Shared { get; }
 
     /// <summary>Bytes one micro-batch keeps between its forward and its backward, on this rank.</summary>
@@ -103,8 +102,10 @@ public sealed class ActivationMemory
         block.Add(("attn.qkv.out", "(N, (H/t + 2K/t) D)", n * (hl + 2 * kl) * d * b));
         block.Add(("attn.att.out", "(N, H/t D)", n * hl * d * b));
         block.Add(("attn.att.lse", "(N, H/t) F32", n * hl * stat));
-        block.Add(("attn.proj.out", "(N, C)", n * c * b));
+        // The row-parallel products' outputs: the residual stream itself without SP; under SP partial sums (N, C) that are
+        // dead once reduce-scattered, in buffers shared by every block (below), and the rank's rows kept.
         if (sp) block.Add(("attn.proj.output.scattered", "(R, C)", r * c * b));
+        else block.Add(("attn.proj.out", "(N, C)", n * c * b));
         block.Add(("norm2.out", $"({rows}, C)", r * c * b));
         block.Add(("norm2 statistics", $"{normStats} x ({rows})", normStats * r * stat));
         if (sp) block.Add(("mlp.input.gathered", "(N, C)", n * c * b));
@@ -118,17 +119,20 @@ public sealed class ActivationMemory
             block.Add(("mlp.fc.preact", "(N, F/t)", n * fl * b));
             block.Add(("mlp.fc.out", "(N, F/t)", n * fl * b));
         }
-        block.Add(("mlp.proj.out", "(N, C)", n * c * b));
         if (sp) block.Add(("mlp.proj.output.scattered", "(R, C)", r * c * b));
+        else block.Add(("mlp.proj.out", "(N, C)", n * c * b));
 
-        var items = new List<ActivationMemoryItem>
-        {
-            new("tok_emb.input", "(N) I32", n * 4, 1),
-            new("tok_emb.out", "(N, C)", n * c * b, 1),
-        };
-        if (sp) items.Add(new("tok_emb.output.scattered", "(R, C)", r * c * b, 1));
-        if (!llama) items.Add(new("pos_emb.input", $"({rows}) I32", r * 4, 1));
+        var items = new List<ActivationMemoryItem> { new("tok_emb.input", "(N) I32", n * 4, 1) };
         var shared = new List<ActivationMemoryItem>();
+        if (sp)
+        {
+            items.Add(new("tok_emb.output.scattered", "(R, C)", r * c * b, 1));
+            shared.Add(new("tok_emb.out (partial lookups before the reduce-scatter)", "(N, C)", n * c * b, 1));
+            shared.Add(new("attn.proj.out (partial sums before the reduce-scatter)", "(N, C)", n * c * b, 1));
+            shared.Add(new("mlp.proj.out (partial sums before the reduce-scatter)", "(N, C)", n * c * b, 1));
+        }
+        else items.Add(new("tok_emb.out", "(N, C)", n * c * b, 1));
+        if (!llama) items.Add(new("pos_emb.input", $"({rows}) I32", r * 4, 1));
         if (recompute)
         {
             items.Add(new("block checkpoint (the block's input)", $"({rows}, C)", r * c * b, config.Layers));

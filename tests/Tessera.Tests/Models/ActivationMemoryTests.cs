@@ -65,7 +65,7 @@ public sealed class ActivationMemoryTests
     }
 
     [Fact]
-    public void TensorParallelismSplitsHeadsAndMlpWhileSequenceParallelismHereKeepsGatheredInputsAndPartialSumsWhole()
+    public void TensorParallelismSplitsHeadsAndMlpAndSequenceParallelismSplitsAllButTheGatheredInputs()
     {
         // llama-1b's shapes at 4 x 2048 in BF16 (nothing is run): a block's bytes per token at tp 1, 4 and 4 with SP.
         var config = ModelPresets.Get("llama-1b");
@@ -75,11 +75,10 @@ public sealed class ActivationMemoryTests
         Assert.Equal(2L * (5 * c + (h + 2 * k) * d + 3 * f) + 4 * (2 + h), perToken(1, false));
         // tp 4: the heads and the MLP split 4 ways; the norms' outputs and the row-parallel outputs stay whole.
         Assert.Equal(2L * (4 * c + (c + (h + 2 * k) * d + 3 * f) / 4) + 4 * (2 + h / 4), perToken(4, false));
-        // + SP: the norms' rows split; gathered inputs and row-parallel partial sums whole, their scattered outputs split.
-        Assert.Equal(2L * (4 * c + (4 * c + c + (h + 2 * k) * d + 3 * f) / 4) + 2 + 4 * (h / 4), perToken(4, true));
-        Assert.True(perToken(4, false) < perToken(1, false));
-        // So SP at tp 4 keeps 2C - 6 bytes a token more than TP alone here (Megatron's SP keeps less: docs/architecture.md).
-        Assert.Equal(2L * c - 6, perToken(4, true) - perToken(4, false));
+        // + SP: the norms' outputs and the residual stream split; the two gathered inputs whole; the partial sums not kept.
+        Assert.Equal(2L * (2 * c + (4 * c + c + (h + 2 * k) * d + 3 * f) / 4) + 2 + 4 * (h / 4), perToken(4, true));
+        Assert.True(perToken(4, true) < perToken(4, false) && perToken(4, false) < perToken(1, false));
+        Assert.Equal(2L * c + 6, perToken(4, false) - perToken(4, true));
     }
 
     [Fact]

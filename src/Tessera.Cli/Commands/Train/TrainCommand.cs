@@ -40,7 +40,7 @@ public sealed class TrainCommand : Command
     private readonly Option<bool> _recompute = SharedOptions.Flag("--recompute", "recompute activations in backward (less memory, about a third more compute)");
     private readonly Option<int> _ranks = SharedOptions.Int("--ranks", "N", "data-parallel CPU ranks (threads of this process; the cores are split between them)", 1, min: 1);
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks (Megatron: attention heads, MLP width and vocabulary split over N ranks); the ranks (--ranks, or the launched processes) form a dp x tp mesh; --tp alone runs N CPU thread ranks", 1, min: 1);
-    private readonly Option<bool> _sp = SharedOptions.Flag("--sp", "with --tp: sequence parallelism (norms and residuals on 1/tp of the tokens; same result; --print-memory shows what it keeps)");
+    private readonly Option<bool> _sp = SharedOptions.Flag("--sp", "with --tp: sequence parallelism (norms and residuals on 1/tp of the tokens; same result, less activation memory: see --print-memory)");
     private readonly Option<int> _zero = SharedOptions.Int("--zero", "0-3", "with --ranks or under 'tessera launch': ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)", 0, min: 0);
     private readonly Option<bool> _offload = SharedOptions.Flag("--offload", "with --zero: optimizer state and update on the host (ZeRO-Offload)");
     private readonly Option<int> _pp = SharedOptions.Int("--pp", "N", "pipeline stages (the blocks split over N ranks; a step's micro-batches, --batch / --micro, flow through them); the ranks form a dp x tp x pp mesh; --pp alone runs N CPU thread ranks", 1, min: 1);
