@@ -151,7 +151,7 @@ public sealed class Trainer
         using var hf = HuggingFaceModelDirectory.Open(directory, _model.Config);
         var parameters = _model.Layout.Parameters;
         hf.CheckParameters(_model.WholeLayout.Parameters);   // the whole model's, of which a pipeline stage loads its own
-        foreach (var p in parameters) Parallelism.WriteWeights(p, p.LocalValues(Array.ConvertAll(hf.ReadCanonical(p.Name).Data, x => (double)x)));
+        foreach (var p in parameters) Parallelism.WriteWeights(p, Array.ConvertAll(hf.ReadLocal(p), x => (double)x));   // this rank's slice only
         Parallelism.MarkWeightsWritten();
     }
 

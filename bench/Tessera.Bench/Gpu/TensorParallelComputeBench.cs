@@ -137,8 +137,8 @@ public static class TensorParallelComputeBench
     private static int RunIsolated(TransformerConfig config, string preset, int[] tps, bool sequenceParallel, int batch, int seq, int steps, int warmup,
         CudaBackendOptions options)
     {
-        Console.WriteLine("| model | B x T | tp | SP | rank-0 compute ms/step alone | TP=1 / tp | ratio | MB per rank per step: all-reduce / all-gather / reduce-scatter | GiB after build | peak GiB |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
+        Console.WriteLine("| model | B x T | tp | SP | rank-0 compute ms/step alone | TP=1 / tp | ratio | MB per rank per step: all-reduce / all-gather / reduce-scatter | GiB after build | peak GiB | activation GiB estimated (kept + shared) |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|");
         double? single = null;
         foreach (int tp in tps)
         {
@@ -167,12 +167,14 @@ public static class TensorParallelComputeBench
             double ms = times[times.Count / 2];
             if (tp == 1) single = ms;
             double Mb(Tessera.Distributed.CollectiveKind k) => group.WireBytes.GetValueOrDefault(k) / steps / 1e6;
+            // What the peak above the build should hold besides the gradients' transients: the activations a step keeps.
+            var activations = ActivationMemory.Estimate(config, batch, seq, DType.BF16, tp, sequenceParallel, recompute: false, model.LossChunkRows);
             string ideal = single is double s0 ? (s0 / tp).ToString("F1", CultureInfo.InvariantCulture) : "-";
             string ratio = single is double s1 ? (ms / (s1 / tp)).ToString("F3", CultureInfo.InvariantCulture) : "-";
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {preset} | {batch} x {seq} | {tp} | {(sequenceParallel && tp > 1 ? "yes" : "no")} | {ms:F1} | {ideal} | {ratio} | " +
                 $"{Mb(Tessera.Distributed.CollectiveKind.AllReduce):F0} / {Mb(Tessera.Distributed.CollectiveKind.AllGather):F0} / {Mb(Tessera.Distributed.CollectiveKind.ReduceScatter):F0} | " +
-                $"{afterBuild / Gib:F2} | {backend.Allocator.Statistics.PeakBytesInUse / Gib:F2} |"));
+                $"{afterBuild / Gib:F2} | {backend.Allocator.Statistics.PeakBytesInUse / Gib:F2} | {activations.PerMicroBatchBytes / Gib:F2} + {activations.SharedBytes / Gib:F2} |"));
         }
         return 0;
     }

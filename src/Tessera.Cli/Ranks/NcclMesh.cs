@@ -50,6 +50,33 @@ public sealed class NcclMesh : IDisposable
     /// <summary>This rank's pipeline stage when the mesh has pp &gt; 1; null otherwise.</summary>
     public PipelineParallelism? Pipeline { get; }
 
+    /// <summary>
+    /// Aborts every communicator of this rank (ncclCommAbort) after a failure: its pending collectives stop, and the
+    /// <see cref="Dispose"/> that follows does not wait in ncclCommDestroy for collectives that peers will never join, so
+    /// the process exits non-zero at once and the launcher kills the other ranks (<see cref="Launcher"/>).
+    /// </summary>
+    public void Abort()
+    {
+        foreach (var axis in Enum.GetValues<MeshAxis>())
+            if (Groups[axis] is NcclProcessGroup g) g.Abort();
+        _world.Abort();
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/>; when it throws (anything but an agreed stop, <see cref="OperationCanceledException"/>),
+    /// aborts the communicators (<see cref="Abort"/>) before the exception leaves.
+    /// </summary>
+    public T AbortOnFailure<T>(Func<T> body)
+    {
+        ArgumentNullException.ThrowIfNull(body);
+        try { return body(); }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Abort();
+            throw;
+        }
+    }
+
     /// <inheritdoc/>
     public void Dispose()
     {

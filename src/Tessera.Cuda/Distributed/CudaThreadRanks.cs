@@ -14,8 +14,9 @@ public static class CudaThreadRanks
     /// <summary>
     /// Opens <paramref name="worldSize"/> backends on GPU <paramref name="ordinal"/> (each with <paramref name="options"/>,
     /// default <see cref="CudaBackendOptions.Default"/>), runs <paramref name="body"/> on one thread per rank and returns each
-    /// rank's result (index = rank). Groups time out after <paramref name="timeout"/> (default 2 minutes): if a rank throws,
-    /// the others fail at their next collective, and every rank's error is rethrown together in an AggregateException.
+    /// rank's result (index = rank). Groups time out after <paramref name="timeout"/> (default 2 minutes). If a rank throws,
+    /// the world is aborted: the others' pending and later collectives fail at once, and the original failures are rethrown
+    /// together in an AggregateException (<see cref="ThreadRanks.Run{T}(InProcessWorld, Func{int, T})"/>).
     /// The backends, and everything allocated on them, are disposed when the ranks have finished: return host values.
     /// </summary>
     public static T[] Run<T>(int worldSize, Func<CudaRankContext, T> body, CudaBackendOptions? options = null, TimeSpan? timeout = null, int ordinal = 0)
@@ -30,7 +31,7 @@ public static class CudaThreadRanks
             transport = new CudaInProcessTransport(backends);
             var world = new InProcessWorld(worldSize, timeout ?? TimeSpan.FromMinutes(2), transport);
             int threads = Math.Max(1, Environment.ProcessorCount / worldSize);
-            return ThreadRanks.Run(worldSize, rank =>
+            return ThreadRanks.Run(world, rank =>
             {
                 using var group = world.WorldGroup(rank);
                 return body(new CudaRankContext(rank, worldSize, group, backends[rank], new CpuBackend(threads), world.FactoryFor(rank)));

@@ -4,14 +4,15 @@ namespace Tessera.Distributed.InProcess;
 /// The meeting point of the thread ranks of one in-process group: pending collectives keyed by
 /// sequence number, pending messages keyed by (source, destination, number). Holds no tensors
 /// after an operation completes. Once a rank times out the group is aborted: every pending
-/// operation fails, and so does every later one (as an NCCL communicator is after an abort).
+/// operation fails, and so does every later one (as an NCCL communicator is after an abort). The world aborts it
+/// the same way when a rank fails (<see cref="AbortWorld"/>), with a <see cref="WorldAbortedException"/> naming that rank.
 /// </summary>
 internal sealed class InProcessRendezvous
 {
     private readonly object _lock = new();
     private readonly Dictionary<long, PendingOperation> _collectives = [];
     private readonly Dictionary<(int Source, int Destination, long Number), PendingOperation> _messages = [];
-    private string? _abortReason;
+    private Func<PendingOperation, int, Exception>? _abortError;   // once aborted: the error a later operation gets on a rank
 
     public InProcessRendezvous(string name, int[] globalRanks, TimeSpan timeout, InProcessTransport transport)
     {
@@ -43,7 +44,7 @@ internal sealed class InProcessRendezvous
             {
                 op = new PendingOperation($"{contribution.Kind} #{sequenceNumber}", contribution.Kind, sequenceNumber,
                     Enumerable.Range(0, Size).ToArray(), Size);
-                if (_abortReason is null) _collectives.Add(sequenceNumber, op);
+                if (_abortError is null) _collectives.Add(sequenceNumber, op);
             }
             last = Join(op, contribution);
             if (last) _collectives.Remove(sequenceNumber);
@@ -64,7 +65,7 @@ internal sealed class InProcessRendezvous
             {
                 op = new PendingOperation($"{contribution.Kind} #{number} (rank {source} -> rank {destination})",
                     contribution.Kind, number, [source, destination], Size);
-                if (_abortReason is null) _messages.Add(key, op);
+                if (_abortError is null) _messages.Add(key, op);
             }
             last = Join(op, contribution);
             if (last) _messages.Remove(key);
@@ -83,15 +84,14 @@ internal sealed class InProcessRendezvous
         lock (_lock)
         {
             if (timedOut.Arrived == timedOut.Participants.Length) return false; // being executed now
-            if (_abortReason is null)
+            if (_abortError is null)
             {
-                var missing = timedOut.Missing();
-                _abortReason = $"{timedOut.Label} timed out on rank {rank} after {Timeout.TotalMilliseconds:F0} ms waiting for {DescribeRanks(missing)}";
+                string reason = $"{timedOut.Label} timed out on rank {rank} after {Timeout.TotalMilliseconds:F0} ms waiting for {DescribeRanks(timedOut.Missing())}";
+                _abortError = (op, r) => new InvalidOperationException(
+                    $"{op.Label} on rank {r} of group '{Name}': the group was aborted earlier ({reason}); create new process groups to continue");
             }
-            failed = [.. _collectives.Values, .. _messages.Values];
+            failed = TakePending();
             if (!failed.Contains(timedOut)) failed.Add(timedOut);
-            _collectives.Clear();
-            _messages.Clear();
             foreach (var op in failed)
             {
                 var missing = op.Missing();
@@ -99,12 +99,50 @@ internal sealed class InProcessRendezvous
                 op.Error = r => TimeoutError(op, r, missing, present);
             }
         }
+        Release(failed);
+        return true;
+    }
+
+    /// <summary>
+    /// Aborts the group because global rank <paramref name="failedRank"/> of its world failed with <paramref name="failure"/>:
+    /// every pending operation fails at once, and so does every later one, with a <see cref="WorldAbortedException"/> that
+    /// names the rank and carries its failure. Operations already executed keep their results. A second abort (of the world,
+    /// or a timeout) keeps the first one's reason for later operations.
+    /// </summary>
+    public void AbortWorld(int failedRank, Exception failure)
+    {
+        List<PendingOperation> failed;
+        lock (_lock)
+        {
+            _abortError ??= (op, r) => WorldAbortError(op, r, failedRank, failure);
+            failed = TakePending();
+            foreach (var op in failed) op.Error = r => WorldAbortError(op, r, failedRank, failure);
+        }
+        Release(failed);
+    }
+
+    private WorldAbortedException WorldAbortError(PendingOperation op, int rank, int failedRank, Exception failure) =>
+        new(Name, rank, failedRank, failure,
+            $"{op.Label} on rank {rank} of group '{Name}' was aborted: global rank {failedRank} failed ({failure.GetType().Name}: {failure.Message}); " +
+            "this rank stopped because of that failure, which is the one to look at");
+
+    /// <summary>Empties the pending operations (under the lock) and returns them.</summary>
+    private List<PendingOperation> TakePending()
+    {
+        List<PendingOperation> pending = [.. _collectives.Values, .. _messages.Values];
+        _collectives.Clear();
+        _messages.Clear();
+        return pending;
+    }
+
+    /// <summary>Wakes the waiters of failed operations (outside the lock; their errors are set).</summary>
+    private static void Release(List<PendingOperation> failed)
+    {
         foreach (var op in failed)
         {
             op.ReleaseTokens();
             op.Done.Set();
         }
-        return true;
     }
 
     /// <summary>The ranks that have not yet arrived at <paramref name="op"/>.</summary>
@@ -133,11 +171,9 @@ internal sealed class InProcessRendezvous
     private bool Join(PendingOperation op, Contribution contribution)
     {
         int r = contribution.Rank;
-        if (_abortReason is not null)
+        if (_abortError is { } abortError)
         {
-            string reason = _abortReason;
-            op.Error = rank => new InvalidOperationException(
-                $"{op.Label} on rank {rank} of group '{Name}': the group was aborted earlier ({reason}); create new process groups to continue");
+            op.Error = rank => abortError(op, rank);
             contribution.Token?.Dispose();
             op.Done.Set();
             return false;

@@ -108,13 +108,32 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         return Map.ReadCanonical(entry, _source, _resolved);
     }
 
+    /// <summary>
+    /// This rank's part of <paramref name="parameter"/> (its placement's slice of the global tensor, row-major over
+    /// <see cref="Parameter.Shape"/>; <see cref="Parameter.LocalValues{T}"/> of the whole, bit for bit), converted to Tessera's
+    /// layout, reading only the elements the part is made of: a row slice is one read, a column slice one read per row, a
+    /// fused q/k/v slice a read from each of q, k and v, a padded vocabulary's zero rows none (<see cref="BytesRead"/> counts).
+    /// </summary>
+    public float[] ReadLocal(Parameter parameter)
+    {
+        ArgumentNullException.ThrowIfNull(parameter);
+        var entry = Map.Entries.FirstOrDefault(e => e.Canonical == parameter.Name)
+            ?? throw new KeyNotFoundException($"{Path}: no Tessera parameter '{parameter.Name}' in a {Config.Family} model");
+        if (entry.Shape != parameter.GlobalShape)
+            throw new ArgumentException($"{Path}: parameter '{parameter.Name}' has shape {parameter.GlobalShape} but config.json implies {entry.Shape}");
+        return Map.ReadSlice(entry, _source, _resolved, TensorSlice.Of(parameter));
+    }
+
+    /// <summary>Bytes of tensor data read from the weight files so far (headers excluded): what a rank's loading cost.</summary>
+    public long BytesRead => _source.BytesRead;
+
     /// <summary>Every Tessera parameter, read and converted (holds the whole model in host memory as F32).</summary>
     public Dictionary<string, HostTensor> ReadAllCanonical() =>
         Map.Entries.ToDictionary(e => e.Canonical, e => Map.ReadCanonical(e, _source, _resolved), StringComparer.Ordinal);
 
     /// <summary>
     /// Copies the weights into <paramref name="parameters"/> (values of dtype F32, F64, BF16 or F16), one tensor at
-    /// a time. The parameter set must be exactly the map's (names and shapes), or, for a pipeline stage that holds only some of
+    /// a time, each rank reading only its slice of a tensor-parallel parameter (<see cref="ReadLocal"/>). The parameter set must be exactly the map's (names and shapes), or, for a pipeline stage that holds only some of
     /// the model, <paramref name="wholeModel"/> must (the model's <c>WholeLayout</c>); this is checked before any copy.
     /// </summary>
     public void LoadInto(IReadOnlyList<Parameter> parameters, IBackend backend, IReadOnlyList<Parameter>? wholeModel = null)
@@ -123,8 +142,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         foreach (var p in parameters)
         {
             // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it. A tensor-parallel rank
-            // keeps its part of each split parameter.
-            CopyToParameter(p.LocalValues(ReadCanonical(p.Name).Data), p.MasterOrValue, backend);
+            // reads only its part of each split parameter.
+            CopyToParameter(ReadLocal(p), p.MasterOrValue, backend);
             if (p.Master is not null) backend.Copy(p.Master, p.Value);
         }
     }

@@ -228,6 +228,84 @@ public sealed class HuggingFaceWeightMap
         return new HostTensor(e.Shape, ToCanonicalData(e, parts));
     }
 
+    /// <summary>
+    /// The part <paramref name="slice"/> of entry <paramref name="e"/>'s canonical tensor (row-major over the slice's local
+    /// shape), reading from <paramref name="source"/> only the elements that part is made of: an identity tensor's runs; a
+    /// transposed (Conv1D) tensor's slice along the other dimension, transposed after reading; a padded table's rows below the
+    /// vocabulary (the padding rows are zeros, never read); for stacked tensors (Llama's q, k and v) each range split at the
+    /// sources' boundaries, so a rank's query, key and value heads come from the three tensors.
+    /// </summary>
+    internal float[] ReadSlice(WeightMapEntry e, ITensorSource source, IReadOnlyDictionary<string, string> resolved, TensorSlice slice)
+    {
+        ArgumentNullException.ThrowIfNull(slice);
+        var local = slice.LocalShape(e.Shape);
+        switch (e.Transform)
+        {
+            case WeightTransform.Identity:
+                return ReadPart(0, slice);
+            case WeightTransform.Transpose:
+            {
+                // Canonical (R, K) is source (K, R) transposed: the canonical slice along dim d is the source's along 1 - d.
+                var part = ReadPart(0, slice.Along(1 - slice.Dim));
+                return Transpose(part, local[1], local[0]);
+            }
+            case WeightTransform.PadRows when slice.Dim == 0:
+            {
+                int rows = e.Sources[0].Shape[0];
+                long inner = e.Shape.NumElements / e.Shape[0];
+                var result = new float[local.NumElements];   // padding rows stay zero
+                long at = 0;
+                foreach (var (start, length) in slice.Ranges)
+                {
+                    int real = Math.Clamp(rows - start, 0, length);
+                    if (real > 0) ReadPart(0, new TensorSlice(0, [(start, real)])).CopyTo(result, at);
+                    at += length * inner;
+                }
+                return result;
+            }
+            case WeightTransform.PadRows:
+            {
+                var result = new float[local.NumElements];
+                ReadPart(0, slice).CopyTo(result, 0);        // the source's rows, then zero rows up to the padded vocabulary
+                return result;
+            }
+            case WeightTransform.ConcatRows when slice.Dim == 0:
+            {
+                var pieces = new List<float[]>();
+                foreach (var (start, length) in slice.Ranges)
+                {
+                    int offset = 0;
+                    for (int j = 0; j < e.Sources.Count; j++)
+                    {
+                        int rows = e.Sources[j].Shape[0];
+                        int from = Math.Max(start, offset), to = Math.Min(start + length, offset + rows);
+                        if (from < to) pieces.Add(ReadPart(j, new TensorSlice(0, [(from - offset, to - from)])));
+                        offset += rows;
+                    }
+                }
+                return Concat(pieces, local.NumElements);
+            }
+            case WeightTransform.ConcatRows:
+                return Concat(e.Sources.Select((_, j) => ReadPart(j, slice)).ToList(), local.NumElements);
+            default: throw new ArgumentOutOfRangeException(nameof(e), e.Transform, "unknown transform");
+        }
+
+        float[] ReadPart(int j, TensorSlice part)
+        {
+            var (name, shape) = e.Sources[j];
+            return part.IsWhole(shape) ? source.Read(resolved[name]) : source.Read(resolved[name], part.Runs(shape));
+        }
+    }
+
+    private static float[] Concat(List<float[]> pieces, long total)
+    {
+        var result = new float[total];
+        long at = 0;
+        foreach (var p in pieces) { p.CopyTo(result, at); at += p.Length; }
+        if (at != total) throw new InvalidOperationException($"slice assembled {at} elements, expected {total}");
+        return result;
+    }
+
     private static float[] ToCanonicalData(WeightMapEntry e, float[][] parts)
     {
         switch (e.Transform)

@@ -19,4 +19,10 @@ internal interface ITensorSource
 
     /// <summary>The elements of <paramref name="name"/> as F32, row-major.</summary>
     float[] Read(string name);
+
+    /// <summary>
+    /// The element runs <paramref name="runs"/> (start, length, in row-major elements) of <paramref name="name"/> as F32,
+    /// one after another, reading nothing else (a tensor-parallel rank's slice, <see cref="TensorSlice.Runs"/>).
+    /// </summary>
+    float[] Read(string name, IReadOnlyList<(long Start, long Length)> runs);
 }

@@ -31,6 +31,16 @@ internal sealed class SafetensorsShardSource : ITensorSource, IDisposable
 
     public float[] Read(string name) => _byTensor[name].ReadAsSingle(name);
 
+    public float[] Read(string name, IReadOnlyList<(long Start, long Length)> runs)
+    {
+        var result = new float[runs.Sum(r => r.Length)];
+        _byTensor[name].ReadAsSingle(name, runs, result);
+        return result;
+    }
+
+    /// <summary>Bytes of tensor data read from every file so far (headers excluded).</summary>
+    public long BytesRead => _files.Sum(f => f.BytesRead);
+
     /// <summary>Opens the weights of <paramref name="directory"/>.</summary>
     public static SafetensorsShardSource Open(string directory)
     {

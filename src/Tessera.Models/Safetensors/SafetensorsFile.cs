@@ -20,6 +20,7 @@ public sealed class SafetensorsFile : IDisposable
     private readonly SafeFileHandle _handle;
     private readonly Dictionary<string, SafetensorsTensorInfo> _byName;
     private readonly long _dataStart;
+    private long _bytesRead;
 
     private SafetensorsFile(string path, SafeFileHandle handle, List<SafetensorsTensorInfo> tensors,
         Dictionary<string, string> metadata, long dataStart)
@@ -71,6 +72,9 @@ public sealed class SafetensorsFile : IDisposable
         }
     }
 
+    /// <summary>Bytes of tensor data read so far (the header excluded), from any thread.</summary>
+    public long BytesRead => Interlocked.Read(ref _bytesRead);
+
     /// <summary>Whether a tensor called <paramref name="name"/> exists.</summary>
     public bool Contains(string name) => _byName.ContainsKey(name);
 
@@ -85,7 +89,7 @@ public sealed class SafetensorsFile : IDisposable
         if (t.ByteLength > Array.MaxLength)
             throw new NotSupportedException($"{Path}: tensor '{name}' has {t.ByteLength} bytes, more than one array holds; read it with ReadAsSingle into a span");
         var bytes = new byte[t.ByteLength];
-        ReadExactly(_handle, bytes, _dataStart + t.Begin, Path);
+        ReadData(bytes, t.Begin);
         return bytes;
     }
 
@@ -115,24 +119,57 @@ public sealed class SafetensorsFile : IDisposable
 
     private delegate void Converter<T>(DType dtype, ReadOnlySpan<byte> source, Span<T> destination);
 
-    private void ReadConverted<T>(string name, Span<T> destination, Converter<T> convert)
+    /// <summary>
+    /// Reads the element runs <paramref name="runs"/> (start, length; in elements of the row-major tensor) of tensor
+    /// <paramref name="name"/> (F32, F64, BF16 or F16) into <paramref name="destination"/> as floats, one run after another:
+    /// only those elements' bytes are read from the file (adjacent runs in one read).
+    /// </summary>
+    public void ReadAsSingle(string name, IReadOnlyList<(long Start, long Length)> runs, Span<float> destination) =>
+        ReadConverted(name, runs, destination, static (d, s, o) => HostConversion.ToSingle(d, s, o));
+
+    private void ReadConverted<T>(string name, Span<T> destination, Converter<T> convert) =>
+        ReadConverted(name, [(0, this[name].NumElements)], destination, convert);
+
+    private void ReadConverted<T>(string name, IReadOnlyList<(long Start, long Length)> runs, Span<T> destination, Converter<T> convert)
     {
+        ArgumentNullException.ThrowIfNull(runs);
         var t = this[name];
         if (!t.DType.IsFloatingPoint())
             throw new NotSupportedException($"{Path}: tensor '{name}' is {t.DType}, not a floating-point type");
-        if (destination.Length != t.NumElements)
-            throw new ArgumentException($"{Path}: tensor '{name}' has {t.NumElements} elements but the destination holds {destination.Length}");
-        int size = t.DType.SizeInBytes();
-        var buffer = new byte[(int)Math.Min(ChunkBytes, Math.Max(t.ByteLength, 1))];
-        long done = 0;
-        while (done < t.NumElements)
+        long total = 0;
+        foreach (var (start, length) in runs)
         {
-            int count = (int)Math.Min(buffer.Length / size, t.NumElements - done);
-            var chunk = buffer.AsSpan(0, count * size);
-            ReadExactly(_handle, chunk, _dataStart + t.Begin + done * size, Path);
-            convert(t.DType, chunk, destination.Slice((int)done, count));
-            done += count;
+            if (start < 0 || length < 0 || start + length > t.NumElements)
+                throw new ArgumentOutOfRangeException(nameof(runs), $"{Path}: run ({start}, {length}) is outside tensor '{name}' of {t.NumElements} elements");
+            total += length;
         }
+        if (destination.Length != total)
+            throw new ArgumentException($"{Path}: the runs of tensor '{name}' hold {total} elements but the destination holds {destination.Length}");
+        int size = t.DType.SizeInBytes();
+        var buffer = new byte[(int)Math.Min(ChunkBytes, Math.Max(total * size, 1))];
+        int at = 0;
+        for (int i = 0; i < runs.Count; i++)
+        {
+            var (start, length) = runs[i];
+            while (i + 1 < runs.Count && runs[i + 1].Start == start + length) length += runs[++i].Length;   // one read for adjacent runs
+            long done = 0;
+            while (done < length)
+            {
+                int count = (int)Math.Min(buffer.Length / size, length - done);
+                var chunk = buffer.AsSpan(0, count * size);
+                ReadData(chunk, t.Begin + (start + done) * size);
+                convert(t.DType, chunk, destination.Slice(at, count));
+                done += count;
+                at += count;
+            }
+        }
+    }
+
+    /// <summary>Reads <paramref name="buffer"/> from byte <paramref name="offset"/> of the data region, counting the bytes.</summary>
+    private void ReadData(Span<byte> buffer, long offset)
+    {
+        ReadExactly(_handle, buffer, _dataStart + offset, Path);
+        Interlocked.Add(ref _bytesRead, buffer.Length);
     }
 
     private static void ReadExactly(SafeFileHandle handle, Span<byte> buffer, long offset, string path)

@@ -42,7 +42,11 @@ public sealed class RowParallelLinear : Linear
     {
         CheckInput(x);
         var backend = x.Backend;
-        var partial = ctx.Buffer(OutputKey, new Shape(x.Size(0), OutFeatures), x.DType);   // (N, out): this rank's partial sum
+        // (N, out): this rank's partial sum. Under sequence parallelism it is dead once reduce-scattered into this rank's rows
+        // (the backward never reads it), so it lives in a buffer shared by every block and micro-batch rather than in the
+        // micro-batch's slot; without, the all-reduce leaves the output in it and it is the residual stream, kept.
+        var shape = new Shape(x.Size(0), OutFeatures);
+        var partial = TensorParallelism.SequenceParallel ? ctx.Scratch(OutputKey, shape, x.DType) : ctx.Buffer(OutputKey, shape, x.DType);
         backend.MatMul(x, Weight.Value, partial, transposeB: true, bias: _addsBias ? Bias?.Value : null);
         var y = _output.Forward(ctx, partial);
         if (residual is not null) backend.Accumulate(y, residual);

@@ -40,7 +40,9 @@ public sealed class VocabParallelEmbedding : Embedding
     {
         if (ids.Rank != 1 || ids.DType != DType.I32)
             throw new ArgumentException($"{Name}: ids must be (N) I32, got {ids.Shape} {ids.DType}");
-        var partial = ctx.Buffer(OutputKey, new Shape(ids.Size(0), Dim), Weight.Value.DType);   // (N, C)
+        // (N, C) partial lookups; under sequence parallelism dead once reduce-scattered, so in a shared buffer (RowParallelLinear's reason).
+        var shape = new Shape(ids.Size(0), Dim);
+        var partial = TensorParallelism.SequenceParallel ? ctx.Scratch(OutputKey, shape, Weight.Value.DType) : ctx.Buffer(OutputKey, shape, Weight.Value.DType);
         ids.Backend.EmbeddingShardForward(ids, Weight.Value, RowOffset, partial);
         var y = _output.Forward(ctx, partial);
         ctx.Save(IdsKey, ids);

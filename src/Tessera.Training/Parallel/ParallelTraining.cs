@@ -19,19 +19,20 @@ public static class ParallelTraining
     /// <summary>
     /// Runs <paramref name="body"/> on <paramref name="worldSize"/> threads, one per rank, and returns each rank's
     /// result (index = rank). Each rank's backend gets ProcessorCount / worldSize threads (at least one). If a rank
-    /// throws, the others fail at their next collective within <paramref name="timeout"/>; every rank's error is
-    /// rethrown together in an <see cref="AggregateException"/>.
+    /// throws, the world is aborted: the others' pending and later collectives throw <see cref="Tessera.Distributed.WorldAbortedException"/>
+    /// at once (a rank that never issues a collective still fails its peers after <paramref name="timeout"/>), and the original
+    /// failures are rethrown together in an <see cref="AggregateException"/> (<see cref="ThreadRanks.Run{T}(InProcessWorld, Func{int, T})"/>).
     /// </summary>
     public static T[] RunThreadRanks<T>(int worldSize, Func<RankContext, T> body, TimeSpan? timeout = null)
     {
         ArgumentNullException.ThrowIfNull(body);
         if (worldSize < 1) throw new ArgumentOutOfRangeException(nameof(worldSize), $"world size must be at least 1, got {worldSize}");
-        var groups = InProcessProcessGroup.Create(worldSize, timeout ?? TimeSpan.FromMinutes(2));
+        var world = new InProcessWorld(worldSize, timeout ?? TimeSpan.FromMinutes(2));
         int threads = Math.Max(1, Environment.ProcessorCount / worldSize);
-        return ThreadRanks.Run(worldSize, rank =>
+        return ThreadRanks.Run(world, rank =>
         {
-            using var group = groups[rank];
-            return body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads), group.World.FactoryFor(rank)));
+            using var group = world.WorldGroup(rank);
+            return body(new RankContext(rank, worldSize, group, new CpuBackend(threads), new CpuBackend(threads), world.FactoryFor(rank)));
         });
     }
 

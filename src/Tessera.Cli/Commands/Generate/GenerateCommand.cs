@@ -79,7 +79,8 @@ public sealed class GenerateCommand : Command
             var backend = (Tessera.Cuda.CudaBackend)BackendFactory.Create(Device.Cuda(env.LocalRank), parse.GetValue(_threads));
             using var nccl = new NcclMesh(backend, env, new DeviceMesh(tp: tp), ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
             var quiet = Terminal.Create(TextWriter.Null, TextWriter.Null, false);
-            return Generate(env.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, nccl.TensorParallelism), backend);
+            return nccl.AbortOnFailure(() =>
+                Generate(env.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, nccl.TensorParallelism), backend));
         }
         if (env.IsDistributed)
             throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}): launched generation runs on GPUs through NCCL; add --device cuda, or use --tp N for CPU thread ranks in one process");

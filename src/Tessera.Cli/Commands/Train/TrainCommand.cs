@@ -40,13 +40,14 @@ public sealed class TrainCommand : Command
     private readonly Option<bool> _recompute = SharedOptions.Flag("--recompute", "recompute activations in backward (less memory, about a third more compute)");
     private readonly Option<int> _ranks = SharedOptions.Int("--ranks", "N", "data-parallel CPU ranks (threads of this process; the cores are split between them)", 1, min: 1);
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks (Megatron: attention heads, MLP width and vocabulary split over N ranks); the ranks (--ranks, or the launched processes) form a dp x tp mesh; --tp alone runs N CPU thread ranks", 1, min: 1);
-    private readonly Option<bool> _sp = SharedOptions.Flag("--sp", "with --tp: sequence parallelism (norms and residuals on 1/tp of the tokens; same result, less activation memory)");
+    private readonly Option<bool> _sp = SharedOptions.Flag("--sp", "with --tp: sequence parallelism (norms and residuals on 1/tp of the tokens; same result, less activation memory: see --print-memory)");
     private readonly Option<int> _zero = SharedOptions.Int("--zero", "0-3", "with --ranks or under 'tessera launch': ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)", 0, min: 0);
     private readonly Option<bool> _offload = SharedOptions.Flag("--offload", "with --zero: optimizer state and update on the host (ZeRO-Offload)");
     private readonly Option<int> _pp = SharedOptions.Int("--pp", "N", "pipeline stages (the blocks split over N ranks; a step's micro-batches, --batch / --micro, flow through them); the ranks form a dp x tp x pp mesh; --pp alone runs N CPU thread ranks", 1, min: 1);
     private readonly Option<PipelineScheduleKind> _schedule = Schedule();
     private readonly Option<int?> _virtualStages = SharedOptions.AtLeast(new Option<int?>("--virtual-stages") { Description = "with --schedule interleaved: model chunks per pipeline stage [default: 2]", HelpName = "V" }, 1);
     private readonly Option<bool> _printSchedule = SharedOptions.Flag("--print-schedule", "with --pp: print the pipeline schedule's timeline (forward 1, backward 2 time units per stage) and exit");
+    private readonly Option<bool> _printMemory = SharedOptions.Flag("--print-memory", "print the activation bytes a rank keeps per micro-batch (buffer by buffer, under --tp, --sp, --recompute) and exit");
     private readonly Option<bool> _resume = SharedOptions.Flag("--resume", "continue the run in --out from its latest checkpoint; options left out take the checkpoint's values");
     private readonly Option<bool> _allowChanges = SharedOptions.Flag("--allow-changes", "with --resume: accept a changed batch, sequence length or learning-rate schedule (the run then no longer continues the saved one exactly)");
     private readonly Option<int> _sampleTokens = SharedOptions.Int("--sample-tokens", "N", "tokens to sample from the final model (0: none)", 200, min: 0);
@@ -61,7 +62,7 @@ public sealed class TrainCommand : Command
     {
         Option[] options = [_model, _data, _valData, _tokenizer, _out, _steps, _batch, _micro, _seq, _lr, _warmup, _minLr, _weightDecay, _clip,
             _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _recompute, _ranks, _tp, _sp, _zero,
-            _offload, _pp, _schedule, _virtualStages, _printSchedule, _resume, _allowChanges, _sampleTokens, _lora, _loraAlpha, _loraDropout, _loraTargets, _adapter];
+            _offload, _pp, _schedule, _virtualStages, _printSchedule, _printMemory, _resume, _allowChanges, _sampleTokens, _lora, _loraAlpha, _loraDropout, _loraTargets, _adapter];
         foreach (var o in options) Options.Add(o);
         _loraDropout.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<double>() >= 1) r.AddError($"--lora-dropout ({r.GetValueOrDefault<double>()}) must be below 1"); });
         _zero.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<int>() > 3) r.AddError($"--zero ({r.GetValueOrDefault<int>()}) must be 0, 1, 2 or 3"); });
@@ -85,7 +86,7 @@ public sealed class TrainCommand : Command
         KeepLast = p.GetValue(_keepLast), LogEvery = p.GetValue(_logEvery), Device = p.GetValue(_device), Threads = p.GetValue(_threads),
         DType = p.GetValue(_dtype), Recompute = p.GetValue(_recompute), Ranks = p.GetValue(_ranks), TensorParallel = p.GetValue(_tp), SequenceParallel = p.GetValue(_sp), Zero = p.GetValue(_zero),
         Offload = p.GetValue(_offload), Pp = p.GetValue(_pp), Schedule = p.GetValue(_schedule), VirtualStages = p.GetValue(_virtualStages),
-        PrintSchedule = p.GetValue(_printSchedule), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
+        PrintSchedule = p.GetValue(_printSchedule), PrintMemory = p.GetValue(_printMemory), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
         LoraRank = p.GetValue(_lora), LoraAlpha = p.GetValue(_loraAlpha), LoraDropout = p.GetValue(_loraDropout),
         LoraTargets = p.GetValue(_loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), Adapter = p.GetValue(_adapter),
     };

@@ -59,6 +59,12 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         if (resumeFrom is null && _run.DescribeExistingRun() is string existing)
             throw new UsageException($"--out {settings.Out} already holds a run ({existing}); add --resume to continue it, or give another --out (or delete the directory) to start afresh");
         var (options, dtype, tokenizerSpec, seed) = settings.Resolve(saved, savedWorld, topology.DataParallelSize);
+        if (settings.PrintMemory)
+        {
+            // A plan for any device and layout, printed before the device or the run directory is touched.
+            options.Validate();
+            return MemoryPlan.Print(terminal, settings, PlannedConfig(saved), options, dtype);
+        }
         Validate(dtype, topology);
         options.Validate();
         if (settings.Model is not string dir || !Directory.Exists(dir))   // a preset's or the checkpoint's split is checked before anything is written

@@ -156,7 +156,12 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
         void Capture(Trainer t) { if (t.Reports) rank0 = t; }
     }
 
-    private TrainOutcome ProcessPerGpu(Transformer model, NcclMesh nccl, TrainingData data, string? resumeFrom, int seed)
+    // A failing rank aborts its communicators before it exits (non-zero), so it never waits in a collective its peers
+    // will not join; the launcher then kills the others.
+    private TrainOutcome ProcessPerGpu(Transformer model, NcclMesh nccl, TrainingData data, string? resumeFrom, int seed) =>
+        nccl.AbortOnFailure(() => TrainProcessPerGpu(model, nccl, data, resumeFrom, seed));
+
+    private TrainOutcome TrainProcessPerGpu(Transformer model, NcclMesh nccl, TrainingData data, string? resumeFrom, int seed)
     {
         var parallel = new DataParallelOptions { Stage = (ZeroStage)settings.Zero, OffloadOptimizer = settings.Offload }.Validate();
         var dp = new Trainer(model, DataParallelism.Create(model, nccl.Groups.Dp, parallel, settings.AdamW, settings.Offload ? new CpuBackend(settings.Threads) : null),

@@ -109,6 +109,9 @@ public sealed record TrainSettings
     /// <summary>Print the pipeline schedule's timeline and exit.</summary>
     public bool PrintSchedule { get; init; }
 
+    /// <summary>Print the activation-memory estimate per rank and micro-batch and exit.</summary>
+    public bool PrintMemory { get; init; }
+
     /// <summary>Model chunks per stage: the given count, or 2 for the interleaved schedule, else 1.</summary>
     public int Chunks => VirtualStages ?? (Schedule == PipelineScheduleKind.Interleaved ? 2 : 1);
 
