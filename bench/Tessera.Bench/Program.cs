@@ -44,7 +44,7 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("         (options: --rows 256,1024  --threads 2  --reps 5  --no-openblas  --dgemm)");
     w.WriteLine("  train-cpu  CPU training step (forward, backward, AdamW) tokens/s for presets");
     w.WriteLine("         (arguments: PRESET:BxT ... default gpt2-tiny:16x128 gpt2-124m:4x64; --threads N --steps N)");
-    w.WriteLine("  gpu-train  GPU training step of a preset in bf16: tokens/s, MFU, peak memory (see scripts/gpu-bench.sh)");
+    w.WriteLine("  gpu-train  GPU training step of a preset in bf16: tokens/s, MFU, peak memory; --lora R[,R] for LoRA (see scripts/gpu-bench.sh)");
     w.WriteLine("  gpu-decode GPU prefill and decode tokens/s and bandwidth (see scripts/gpu-bench.sh)");
     w.WriteLine("  serve      the HTTP server under N concurrent streaming clients: tokens/s, TTFT, ITL (see bench/serve/gpu-serve-bench.sh);");
     w.WriteLine("             serve --load: 256 clients against max-batch 64 for 60 s (--device cpu --preset llama-debug on the CPU)");

@@ -296,7 +296,8 @@ public sealed class Transformer
             var values = p.LocalValues(global);
             var target = p.MasterOrValue;                            // the F32 master under mixed precision
             if (target.DType == DType.F64) Backend.CopyFromHost<double>(values, target);
-            else Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target);
+            else if (target.DType == DType.F32) Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target);
+            else Backend.Copy(Backend.FromHost<float>(Array.ConvertAll(values, v => (float)v), target.Shape), target);   // a frozen BF16 base: no master, cast on the device
         }
         arena.SyncValuesFromMasters();
     }

@@ -3,6 +3,9 @@ using Tessera.Cuda;
 using Tessera.Cuda.Interop;
 using Tessera.Cuda.Runtime;
 using Tessera.Models;
+using Tessera.Models.Adapters;
+using Tessera.Nn;
+using Tessera.Nn.Adapters;
 using Tessera.Nn.Layers;
 using Tessera.Tensors;
 using Tessera.Training.Benchmarks;
@@ -20,7 +23,12 @@ namespace Tessera.Bench.Gpu;
 /// With <c>--cuda-options ProfileOps=true</c> it also prints the per-op GPU time of the timed steps
 /// (<see cref="CudaOpProfiler"/>); the step times of such a run include the profiler's own overhead.
 /// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--no-fallback]
-/// [--loss-chunk ROWS] [--cuda-options SETTINGS]</para>
+/// [--loss-chunk ROWS] [--lora R[,R...]] [--lora-targets q,k,v,o] [--cuda-options SETTINGS]</para>
+/// <c>--lora R</c> times LoRA fine-tuning instead: the base frozen in the run's dtype (<see cref="ArenaStorage.Frozen"/>, no
+/// gradients or masters), adapters of rank R (alpha = R) on <c>--lora-targets</c> (default q,k,v,o; Llama family) trained by
+/// AdamW in their own arena, in the same timed loop. A list such as <c>--lora 0,16</c> prints one row per rank, 0 meaning full
+/// fine-tuning, each on a fresh backend so that each row's peak memory is its own. The "trained" column says which: "full" and
+/// the parameter count, or "LoRA r=R" and the adapters' count; LoRA's MFU counts 4N + 6·N_A + 12·L·T·C FLOPs per token.
 /// SETTINGS are <see cref="CudaBackendOptions.Parse"/>'s form (e.g. <c>TuneMatMulAlgorithms=false</c>,
 /// <c>CrossEntropyThreadsPerRow=512</c>); the ones that differ from the defaults are named in the row's "system" column.
 /// A step of B sequences runs as B / micro micro-batches with gradient accumulation (default micro = B). The LM head runs
@@ -39,6 +47,8 @@ public static class GpuTrainingBench
         int? lossChunk = null;
         bool recompute = false, fallback = true, header = true;
         var cudaOptions = CudaBackendOptions.Default;
+        int[] loraRanks = [0];
+        string[] loraTargets = [.. LoraTargets.Default];
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -55,40 +65,54 @@ public static class GpuTrainingBench
                 case "--no-header": header = false; break;
                 case "--loss-chunk": lossChunk = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
+                case "--lora": loraRanks = [.. args[++i].Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
+                case "--lora-targets": loraTargets = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries); break;
                 default: throw new ArgumentException($"gpu-train: unknown argument '{args[i]}'");
             }
         }
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
-        if (header)
-        {
-            Console.WriteLine("| system | model | dtype | B x T | recompute | ms/step | tokens/s | MFU (989) | MFU (790) | peak GiB | fwd+loss ms | bwd ms | optim ms |");
-            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        }
         if (micro <= 0) micro = batch;
         if (batch % micro != 0) throw new ArgumentException($"--micro {micro} must divide --batch {batch}");
-        while (true)
+        var config = ModelPresets.Get(preset);
+        if (loraRanks.Any(r => r < 0)) throw new ArgumentException($"--lora {string.Join(",", loraRanks)}: a rank is at least 1 (0 for full fine-tuning)");
+        var targets = loraRanks.Any(r => r > 0) ? LoraTargets.Parse(config, loraTargets) : [];   // throws, naming a bad target, before any GPU work
+        if (header)
         {
-            try
-            {
-                Console.WriteLine(Measure(preset, dtype, batch, micro, seq, steps, warmup, recompute, lossChunk, cudaOptions));
-                return 0;
-            }
-            catch (CudaOutOfMemoryException e) when (fallback && micro > 1)
-            {
-                Console.Error.WriteLine($"gpu-train: micro-batch {micro} does not fit ({e.Message.Split('\n')[0]}); trying {micro / 2}");
-                micro /= 2;
-                GC.Collect();
-                GC.WaitForPendingFinalizers();
-            }
+            Console.WriteLine("| system | model | dtype | trained | B x T | recompute | ms/step | tokens/s | MFU (989) | MFU (790) | peak GiB | fwd+loss ms | bwd ms | optim ms |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         }
+        foreach (int rank in loraRanks)
+        {
+            var lora = rank == 0 ? null : new LoraOptions { Rank = rank, Alpha = rank, Targets = targets }.Validate();
+            int m = micro;
+            while (true)
+            {
+                try
+                {
+                    Console.WriteLine(Measure(config, preset, dtype, batch, m, seq, steps, warmup, recompute, lossChunk, lora, cudaOptions));
+                    break;
+                }
+                catch (CudaOutOfMemoryException e) when (fallback && m > 1)
+                {
+                    Console.Error.WriteLine($"gpu-train: micro-batch {m} does not fit ({e.Message.Split('\n')[0]}); trying {m / 2}");
+                    m /= 2;
+                    GC.Collect();
+                    GC.WaitForPendingFinalizers();
+                }
+            }
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+        return 0;
     }
 
-    private static string Measure(string preset, DType dtype, int b, int micro, int t, int steps, int warmup, bool recompute, int? lossChunk,
-        CudaBackendOptions cudaOptions)
+    private static string Measure(TransformerConfig config, string preset, DType dtype, int b, int micro, int t, int steps, int warmup, bool recompute,
+        int? lossChunk, LoraOptions? lora, CudaBackendOptions cudaOptions)
     {
         using var backend = new CudaBackend(0, cudaOptions);
-        var config = ModelPresets.Get(preset);
-        var model = new Transformer(config, backend, dtype) { RecomputeActivations = recompute };
+        var model = lora is null
+            ? new Transformer(config, backend, dtype) { RecomputeActivations = recompute }
+            : new Transformer(config, backend, dtype, ArenaStorage.Frozen, lora: lora) { RecomputeActivations = recompute };
         if (lossChunk is { } rows) model.LossChunkRows = rows;
         int chunk = model.LossChunkRows == 0 ? 0 : FusedLinearCrossEntropy.ChunkRows(micro * t, model.LossChunkRows);
         string head = chunk == 0 ? "unfused head" : $"head in chunks of {chunk} rows";
@@ -114,11 +138,19 @@ public static class GpuTrainingBench
         }
         string settings = cudaOptions.Format();
         double peakGiB = r.PeakDeviceBytes!.Value / (double)(1L << 30);
+        string trained = lora is null
+            ? $"full {Count(r.TrainableParameterCount)}"
+            : $"LoRA r={lora.Rank} ({string.Join(",", lora.Targets.Select(x => x.Name))}) {Count(r.TrainableParameterCount)}";
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"gpu-train: {preset} {dtype} B={b} T={t} recompute={recompute} {head} on {backend.CudaDevice.Name}: loss {r.FinalLoss:F4}, event ms/step {r.StepMilliseconds:F1}, wall ms/step {r.WallMilliseconds:F1}"));
+            $"gpu-train: {preset} {dtype} {trained} B={b} T={t} recompute={recompute} {head} on {backend.CudaDevice.Name}: loss {r.FinalLoss:F4}, event ms/step {r.StepMilliseconds:F1}, wall ms/step {r.WallMilliseconds:F1}"));
         return string.Create(CultureInfo.InvariantCulture,
-            $"| Tessera ({head}{(settings.Length > 0 ? $", {settings}" : "")}) | {preset} | {dtype} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
+            $"| Tessera ({head}{(settings.Length > 0 ? $", {settings}" : "")}) | {preset} | {dtype} | {trained} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
     }
+
+    /// <summary>A parameter count in millions or billions: "5.64M", "1.24B".</summary>
+    private static string Count(long n) => n >= 1_000_000_000
+        ? string.Create(CultureInfo.InvariantCulture, $"{n / 1e9:F2}B")
+        : string.Create(CultureInfo.InvariantCulture, $"{n / 1e6:F2}M");
 
     /// <summary>
     /// CUDA events on the backend's stream as the benchmark's timeline: the phases of a step are timed on the device,

@@ -11,8 +11,12 @@ namespace Tessera.Training.Benchmarks;
 /// </summary>
 public static class BenchmarkWeights
 {
-    /// <summary>Fills every parameter of <paramref name="model"/> (its F32 masters under mixed precision) and casts the compute copy.</summary>
-    /// <exception cref="NotSupportedException">The model's parameters are neither F32 nor F32 masters of BF16 values.</exception>
+    /// <summary>
+    /// Fills every parameter of <paramref name="model"/> (its F32 masters under mixed precision) and casts the compute copy; a
+    /// frozen BF16 base (LoRA), which has no masters, gets the same values rounded to BF16 on the host. LoRA adapters keep the
+    /// initialization the model gave them.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The model's parameters are neither F32, F32 masters of BF16 values, nor frozen BF16.</exception>
     public static void Initialize(Transformer model, int seed)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -21,8 +25,8 @@ public static class BenchmarkWeights
         foreach (var p in model.Parameters.Parameters)
         {
             var target = p.MasterOrValue;
-            if (target.DType != DType.F32)
-                throw new NotSupportedException($"benchmark weights: {p.Name} is {target.DType}; benchmarks run F32 or BF16 (F32 master) models");
+            if (target.DType != DType.F32 && !(target.DType == DType.BF16 && model.Parameters.Frozen))
+                throw new NotSupportedException($"benchmark weights: {p.Name} is {target.DType}; benchmarks run F32, BF16 (F32 master) or frozen BF16 models");
             var values = new float[p.NumElements];
             bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);
             if (!isBias && !p.WeightDecay) Array.Fill(values, 1f);   // norm scales
@@ -40,7 +44,16 @@ public static class BenchmarkWeights
                     for (int i = c * chunk; i < end; i++) values[i] = a * (2f * rng.NextSingle() - 1f);
                 });
             }
-            model.Backend.CopyFromHost<float>(values, target);
+            if (target.DType == DType.F32) model.Backend.CopyFromHost<float>(values, target);
+            else
+            {
+                var rounded = new BFloat16[values.Length];
+                System.Threading.Tasks.Parallel.For(0, (values.Length + (1 << 20) - 1) >> 20, c =>
+                {
+                    for (int i = c << 20, end = Math.Min(values.Length, (c + 1) << 20); i < end; i++) rounded[i] = BFloat16.FromSingle(values[i]);
+                });
+                model.Backend.CopyFromHost<BFloat16>(rounded, target);
+            }
         }
         model.Parameters.SyncValuesFromMasters();
     }

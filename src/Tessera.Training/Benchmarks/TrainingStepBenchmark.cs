@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Tessera.Models;
+using Tessera.Nn;
 using Tessera.Tensors;
 using Tessera.Training.Optim;
 
@@ -12,10 +13,16 @@ namespace Tessera.Training.Benchmarks;
 /// loading or host-to-device copy is in the timed step. The median over the timed steps is reported, with the
 /// FLOPs per token of PaLM's and llm.c's MFU convention. The command line's "tessera bench train" and the benchmark
 /// project's train-cpu and gpu-train tables are all measured here.
+/// <para>
+/// A model with a frozen base and LoRA adapters (<see cref="ArenaStorage.Frozen"/>, <see cref="Transformer.Adapters"/>) trains
+/// its adapters' arena: the optimizer, the zeroed gradients and the trainable count are the adapters', and the FLOPs per token
+/// drop the base weights' gradient products (<see cref="FlopsPerToken(TransformerConfig, long, int, long)"/>).
+/// </para>
 /// </summary>
 public sealed class TrainingStepBenchmark
 {
     private readonly Transformer _model;
+    private readonly ParameterArena _trained;    // the model's arena, or its adapters' under a frozen base
     private readonly AdamWOptimizer _optimizer;
     private readonly IDeviceTimeline? _timeline;
     private readonly Func<long>? _peakDeviceBytes;
@@ -40,7 +47,9 @@ public sealed class TrainingStepBenchmark
         _timeline = timeline;
         _peakDeviceBytes = peakDeviceBytes;
         _accumulation = options.BatchSize / options.EffectiveMicroBatchSize;
-        _optimizer = new AdamWOptimizer(model.Parameters, options.Optimizer);
+        _trained = !model.Parameters.Frozen ? model.Parameters
+            : model.Adapters?.Arena ?? throw new ArgumentException("training benchmark: the model's base is frozen and it has no LoRA adapters; nothing would train");
+        _optimizer = new AdamWOptimizer(_trained, options.Optimizer);
         model.ValidateInputs = false;
 
         var backend = model.Backend;
@@ -62,6 +71,14 @@ public sealed class TrainingStepBenchmark
     /// <summary>FLOPs per trained token: 6N + 12·L·T·C for N parameters, L layers, sequence length T and width C.</summary>
     public static double FlopsPerToken(TransformerConfig config, long parameterCount, int sequenceLength) =>
         6.0 * parameterCount + 12.0 * config.Layers * sequenceLength * config.Embedding;
+
+    /// <summary>
+    /// FLOPs per token of LoRA training: 4N + 6·N_A + 12·L·T·C for N frozen base parameters (forward 2N and the input
+    /// gradient 2N, no weight gradient) and N_A adapter parameters (all three products). The same convention as the 6N form,
+    /// so LoRA's MFU counts the work it does, not the full fine-tuning it replaces.
+    /// </summary>
+    public static double FlopsPerToken(TransformerConfig config, long frozenParameterCount, int sequenceLength, long adapterParameterCount) =>
+        4.0 * frozenParameterCount + 6.0 * adapterParameterCount + 12.0 * config.Layers * sequenceLength * config.Embedding;
 
     /// <summary>Runs <see cref="TrainingStepBenchmarkOptions.WarmupSteps"/> untimed steps, then <see cref="Measure"/>.</summary>
     public TrainingStepBenchmarkResult Run()
@@ -107,6 +124,7 @@ public sealed class TrainingStepBenchmark
         return new TrainingStepBenchmarkResult
         {
             ParameterCount = _model.Parameters.ParameterCount,
+            TrainableParameterCount = _trained.ParameterCount,
             BatchSize = Options.BatchSize,
             MicroBatchSize = Options.EffectiveMicroBatchSize,
             SequenceLength = Options.SequenceLength,
@@ -117,7 +135,9 @@ public sealed class TrainingStepBenchmark
             BackwardMilliseconds = phases ? Median(backward) : null,
             OptimizerMilliseconds = phases ? Median(optimizer) : null,
             FinalLoss = loss,
-            FlopsPerToken = FlopsPerToken(_model.Config, _model.Parameters.ParameterCount, Options.SequenceLength),
+            FlopsPerToken = ReferenceEquals(_trained, _model.Parameters)
+                ? FlopsPerToken(_model.Config, _model.Parameters.ParameterCount, Options.SequenceLength)
+                : FlopsPerToken(_model.Config, _model.Parameters.ParameterCount, Options.SequenceLength, _trained.ParameterCount),
             PeakDeviceBytes = _peakDeviceBytes?.Invoke(),
         };
     }
@@ -129,7 +149,7 @@ public sealed class TrainingStepBenchmark
         double scale = 1.0 / (Options.BatchSize * (double)Options.SequenceLength);
         long start = Stopwatch.GetTimestamp();
         _timeline?.Mark(0);
-        _model.Parameters.ZeroGrad();
+        _trained.ZeroGrad();
         backend.Fill(_lossSum, 0);
         for (int m = 0; m < _accumulation; m++)
         {

@@ -6,6 +6,9 @@ public sealed record TrainingStepBenchmarkResult
     /// <summary>Parameters of the model (N), padded vocabulary rows included, as counted in <see cref="FlopsPerToken"/>.</summary>
     public required long ParameterCount { get; init; }
 
+    /// <summary>Parameters the optimizer updates: <see cref="ParameterCount"/>, or the LoRA adapters' count under a frozen base.</summary>
+    public long TrainableParameterCount { get; init; }
+
     /// <summary>Sequences per optimizer step (B).</summary>
     public required int BatchSize { get; init; }
 
@@ -39,7 +42,7 @@ public sealed record TrainingStepBenchmarkResult
     /// <summary>Mean cross-entropy of the last timed step, in nats per token (finite: the benchmark throws otherwise).</summary>
     public required double FinalLoss { get; init; }
 
-    /// <summary>Model FLOPs per trained token: 6N + 12·L·T·C (PaLM's and llm.c's convention; attention counted, recomputation not).</summary>
+    /// <summary>Model FLOPs per trained token: 6N + 12·L·T·C (PaLM's and llm.c's convention; attention counted, recomputation not); under LoRA 4N + 6·N_A + 12·L·T·C.</summary>
     public required double FlopsPerToken { get; init; }
 
     /// <summary>Peak bytes the device allocator had in use (weights, optimizer state, activations); null where the caller gave no way to read it.</summary>

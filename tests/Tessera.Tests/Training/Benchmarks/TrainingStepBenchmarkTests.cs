@@ -83,6 +83,36 @@ public sealed class TrainingStepBenchmarkTests
         Assert.Null(r.PeakDeviceBytes);
     }
 
+    [Fact]
+    public void AFrozenBaseWithLoraAdaptersTrainsTheAdaptersOnlyAndCountsTheirFlops()
+    {
+        var config = ModelPresets.Get("llama-debug");
+        var lora = new global::Tessera.Nn.Adapters.LoraOptions
+        {
+            Rank = 2, Targets = global::Tessera.Models.Adapters.LoraTargets.Parse(config, global::Tessera.Models.Adapters.LoraTargets.Default),
+        };
+        var cpu = new CpuBackend(1);
+        var model = new global::Tessera.Models.Transformer(config, cpu, DType.F32, global::Tessera.Nn.ArenaStorage.Frozen, lora: lora);
+        BenchmarkWeights.Initialize(model, seed: 1);
+        var baseBefore = cpu.ToArray<float>(model.Parameters.Values);
+        var adaptersBefore = cpu.ToArray<float>(model.Adapters!.Arena.Values);
+        var r = new TrainingStepBenchmark(model, new TrainingStepBenchmarkOptions { BatchSize = 2, SequenceLength = 8, Steps = 2, WarmupSteps = 1, LearningRate = 1e-2 }).Run();
+
+        Assert.Equal(baseBefore, cpu.ToArray<float>(model.Parameters.Values));            // the base is not updated
+        Assert.NotEqual(adaptersBefore, cpu.ToArray<float>(model.Adapters.Arena.Values)); // the adapters are
+        long n = model.Parameters.ParameterCount, adapters = model.Adapters.ParameterCount;
+        Assert.Equal(n, r.ParameterCount);
+        Assert.Equal(adapters, r.TrainableParameterCount);
+        // q,k,v,o at r = 2 on 2 blocks of width 32 (kv 16): A is (2, 32) for each, B (32 | 16 | 16 | 32, 2).
+        Assert.Equal(2 * (4 * 2 * 32 + 2 * (32 + 16 + 16 + 32)), adapters);
+        Assert.Equal(4.0 * n + 6.0 * adapters + 12.0 * config.Layers * 8 * config.Embedding, r.FlopsPerToken);
+
+        // A frozen base without adapters has nothing to train.
+        var frozen = new global::Tessera.Models.Transformer(config, cpu, DType.F32, global::Tessera.Nn.ArenaStorage.Frozen);
+        var e = Assert.Throws<ArgumentException>(() => new TrainingStepBenchmark(frozen, new TrainingStepBenchmarkOptions { BatchSize = 1, SequenceLength = 8 }));
+        Assert.Contains("no LoRA adapters", e.Message);
+    }
+
     public static TheoryData<TrainingStepBenchmarkOptions, string> InvalidOptions => new()
     {
         { new() { BatchSize = 0 }, "BatchSize (0)" },

@@ -1,0 +1,232 @@
+using Tessera.Models;
+using Tessera.Models.Adapters;
+using Tessera.Nn;
+using Tessera.Nn.Adapters;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Support;
+using Tessera.Training.Optim;
+using Xunit;
+
+namespace Tessera.Tests.Cuda.Training;
+
+/// <summary>
+/// LoRA on the CUDA backend (llama-debug, 2 blocks, rank 4 on all seven Llama targets, dropout 0.1): AdamW steps of the
+/// adapters against the same steps on the CPU backend, the frozen base left bit for bit, merged against unmerged forward, and
+/// the elementwise <c>Multiply</c> that applies the dropout mask against the CPU.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaLoraTrainingTests(CudaFixture fixture)
+{
+    private static readonly string[] AllTargets = ["q", "k", "v", "o", "gate", "up", "down"];
+    private const int Batch = 2, Sequence = 16, Steps = 4;
+    private const double LearningRate = 5e-3;
+
+    /// <summary>
+    /// llama-debug with its base frozen in <paramref name="dtype"/> (BF16 values only, no master) and rank-4 adapters (alpha
+    /// <paramref name="alpha"/>; BF16 adapters keep F32 masters). The base is written from <paramref name="baseWeights"/> when
+    /// given (F32 host values), else initialized from <paramref name="seed"/>; each B gets N(0, 0.3²) values from the seed so that
+    /// every adapter path carries signal from the first step (PEFT's zero B would leave every dA zero at step 1).
+    /// </summary>
+    private static Transformer Model(IBackend backend, DType dtype, int seed, double dropout, double alpha, float[]? baseWeights = null)
+    {
+        var config = ModelPresets.Get("llama-debug");
+        var lora = new LoraOptions { Rank = 4, Alpha = alpha, Dropout = dropout, Seed = seed, Targets = LoraTargets.Parse(config, AllTargets) };
+        var model = new Transformer(config, backend, dtype, ArenaStorage.Frozen, lora: lora);
+        if (baseWeights is null) model.InitializeWeights(seed);
+        else backend.CopyFromHost<float>(baseWeights, model.Parameters.Values);
+        var rng = new Random(seed + 1);
+        foreach (var p in model.Adapters!.Layout.Parameters)
+            if (p.Name.EndsWith(".lora_B", StringComparison.Ordinal)) model.Adapters.Write(p, TestTensors.Normal(rng, p.NumElements, 0.3));
+        model.LossChunkRows = 0;
+        return model;
+    }
+
+    /// <summary>The base arena's values as F32 (BF16 widened exactly).</summary>
+    private static float[] BaseAsF32(Transformer model)
+    {
+        var values = model.Parameters.Values;
+        if (values.DType == DType.F32) return model.Backend.ToArray<float>(values);
+        return Array.ConvertAll(model.Backend.ToArray<BFloat16>(values), v => v.ToSingle());
+    }
+
+    /// <summary>The base arena's raw bits (4 or 2 bytes an element), for a bit-for-bit comparison.</summary>
+    private static ulong[] BaseBits(Transformer model)
+    {
+        var values = model.Parameters.Values;
+        return values.DType == DType.BF16
+            ? Array.ConvertAll(model.Backend.ToArray<BFloat16>(values), v => (ulong)v.Bits)
+            : Array.ConvertAll(model.Backend.ToArray<float>(values), v => (ulong)BitConverter.SingleToUInt32Bits(v));
+    }
+
+    /// <summary>
+    /// <see cref="Steps"/> AdamW steps (lr 5e-3) of the adapters on one fixed batch; per step the mean loss and the gradient
+    /// norm AdamW measured (before clipping).
+    /// </summary>
+    private static (double[] Loss, double[] GradNorm) Train(Transformer model, int[] tokens, int[] targets)
+    {
+        var backend = model.Backend;
+        var inputs = backend.FromHost<int>(tokens, new Shape(Batch, Sequence));
+        var labels = backend.FromHost<int>(targets, new Shape(Batch, Sequence));
+        var arena = model.Adapters!.Arena;
+        var optimizer = new AdamWOptimizer(arena, new AdamWOptions());
+        var lossSum = backend.Zeros(new Shape(1), model.LossDType);
+        int counted = targets.Count(t => t >= 0);
+        var loss = new double[Steps];
+        var norm = new double[Steps];
+        for (int s = 0; s < Steps; s++)
+        {
+            arena.ZeroGrad();
+            backend.Fill(lossSum, 0);
+            var losses = model.Loss(inputs, labels, 0, 1.0 / counted);
+            backend.Sum(losses, lossSum, 1.0 / counted);
+            model.Backward(0);
+            optimizer.Step(LearningRate);
+            loss[s] = backend.ReadScalar(lossSum);
+            norm[s] = optimizer.LastGradNorm();
+        }
+        return (loss, norm);
+    }
+
+    /// <summary>
+    /// Four AdamW steps of the adapters on the GPU against the same steps on the CPU backend in F32, from the same base, adapters,
+    /// dropout masks (host-drawn from the same seeds) and tokens (a fifth of the targets ignored, as SFT's masks do). Tolerances,
+    /// relative, per step, on the loss and on the gradient norm:
+    /// F32 1e-4: both sides compute in F32 (TF32 off) and differ only in summation order, ~1e-6 relative here (as in
+    /// <see cref="GpuCpuTrainingStepTests"/>), while a wrong adapter term, scaling or mask is off by 1e-2 and more.
+    /// BF16 2e-2 on the loss, 5e-2 on the first step's gradient norm: the GPU run keeps the base, activations, adapter values and
+    /// gradients in BF16 (8-bit mantissa, 2^-9 relative per rounding) against the CPU's F32 from the same BF16-rounded base; a
+    /// dozen roundings along each path over 2 blocks and 4 steps give a few 1e-3, and the masters the optimizer updates are F32 on
+    /// both sides. Later BF16 gradient norms are not compared: AdamW's first updates are close to lr · sign(g), so BF16 noise on
+    /// small gradients moves individual elements by up to 2 lr and the norm by more than the loss.
+    /// Also: the base is bit-unchanged on the GPU and the adapters did move. (The loss itself need not fall over 4 steps: the
+    /// dropout masks change every step and move it by as much as the updates do on a batch of 32 tokens.)
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    public void AdamWStepsOfTheAdaptersOnTheGpuMatchTheCpuBackend(DType dtype)
+    {
+        var gpu = fixture.Backend;
+        int seed = Environment.TickCount & 0x7FFFFFFF;
+        TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}");
+        var onGpu = Model(gpu, dtype, seed, dropout: 0.1, alpha: 8);
+        var onCpu = Model(new CpuBackend(Math.Min(4, Environment.ProcessorCount)), DType.F32, seed, dropout: 0.1, alpha: 8, baseWeights: BaseAsF32(onGpu));
+        var baseBefore = BaseBits(onGpu);
+        var adaptersBefore = gpu.ToArray<float>(onGpu.Adapters!.Arena.Masters ?? onGpu.Adapters.Arena.Values);
+
+        var rng = new Random(seed);
+        int vocab = onGpu.Config.VocabSize;
+        var tokens = Enumerable.Range(0, Batch * Sequence).Select(_ => rng.Next(vocab)).ToArray();
+        var targets = Enumerable.Range(0, Batch * Sequence).Select(i => i % 5 == 0 ? -1 : rng.Next(vocab)).ToArray();
+        var expected = Train(onCpu, tokens, targets);
+        var actual = Train(onGpu, tokens, targets);
+
+        bool f32 = dtype == DType.F32;
+        double lossTolerance = f32 ? 1e-4 : 2e-2, normTolerance = f32 ? 1e-4 : 5e-2;
+        string curve = $"{dtype} seed {seed}: CPU loss {string.Join(", ", expected.Loss.Select(l => l.ToString("F5")))}; GPU {string.Join(", ", actual.Loss.Select(l => l.ToString("F5")))}; " +
+            $"grad norm CPU {string.Join(", ", expected.GradNorm.Select(l => l.ToString("G5")))}, GPU {string.Join(", ", actual.GradNorm.Select(l => l.ToString("G5")))}";
+        TestContext.Current.TestOutputHelper?.WriteLine(curve);
+        for (int s = 0; s < Steps; s++)
+        {
+            double rel = Math.Abs(actual.Loss[s] - expected.Loss[s]) / expected.Loss[s];
+            Assert.True(rel < lossTolerance, $"step {s + 1} loss: relative difference {rel:E2} over {lossTolerance:E0}; {curve}");
+            if (!f32 && s > 0) continue;
+            double relNorm = Math.Abs(actual.GradNorm[s] - expected.GradNorm[s]) / expected.GradNorm[s];
+            Assert.True(relNorm < normTolerance, $"step {s + 1} gradient norm: relative difference {relNorm:E2} over {normTolerance:E0}; {curve}");
+        }
+        Assert.Equal(baseBefore, BaseBits(onGpu));   // frozen: bit for bit
+        // AdamW moves an element with a steady gradient sign by about lr a step: the steps compared above did update the adapters.
+        var adaptersAfter = gpu.ToArray<float>(onGpu.Adapters.Arena.Masters ?? onGpu.Adapters.Arena.Values);
+        double moved = adaptersBefore.Zip(adaptersAfter, (x, y) => Math.Abs(y - x)).Max();
+        Assert.True(moved > LearningRate, $"the adapters moved by {moved:E2} at most; {curve}");
+        Assert.Null(onGpu.Parameters.Masters);       // a frozen BF16 base is held once, in BF16
+    }
+
+    /// <summary>
+    /// On the GPU, logits with the adapters merged into the base (W += s B A) against the adapted layers unmerged, norm-wise
+    /// relative. F32 1e-5: merging only reorders roundings (x (W + s B A)^T against x W^T + s (x A^T) B^T), ~1e-6 here.
+    /// BF16 5e-2: the merged weight is rounded to BF16 once more (2^-9 relative) and both passes round every activation; a few
+    /// 1e-3 norm-wise. Neither is vacuous: the adapters (random B, s = 4) move the logits from the base's by O(1) relative,
+    /// asserted to be over 10 times the tolerance. After unmerging, F32 weights are back within 1e-6 of the base (one rounding
+    /// of W + d - d, |d| up to a few times max |W|).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    public void MergedForwardOnTheGpuEqualsTheUnmergedForward(DType dtype)
+    {
+        var gpu = fixture.Backend;
+        int seed = Environment.TickCount & 0x7FFFFFFF;
+        TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}");
+        double tolerance = dtype == DType.F32 ? 1e-5 : 5e-2;
+        var config = ModelPresets.Get("llama-debug");
+        var lora = new LoraOptions { Rank = 4, Alpha = 16, Seed = seed, Targets = LoraTargets.Parse(config, AllTargets) };
+        var model = new Transformer(config, gpu, dtype, ArenaStorage.Frozen, lora: lora);
+        model.InitializeWeights(seed);
+        model.LossChunkRows = 0;
+        var rng = new Random(seed);
+        var tokens = gpu.FromHost<int>(Enumerable.Range(0, Batch * Sequence).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(Batch, Sequence));
+        double[] Logits()
+        {
+            var logits = TestTensors.ToDoubles(gpu, gpu.Contiguous(model.Forward(tokens), DType.F32));
+            model.ReleaseActivations(0);
+            return logits;
+        }
+
+        var baseLogits = Logits();                       // B = 0 (PEFT's initialization): the base model's logits
+        foreach (var p in model.Adapters!.Layout.Parameters)
+            if (p.Name.EndsWith(".lora_B", StringComparison.Ordinal)) model.Adapters.Write(p, TestTensors.Normal(rng, p.NumElements, 0.3));
+        var weights = TestTensors.ToDoubles(gpu, gpu.Contiguous(model.Parameters.Values, DType.F32));
+        var unmerged = Logits();
+        double moved = NumericAssert.MaxRelativeError(baseLogits, unmerged);
+        Assert.True(moved > 10 * tolerance, $"the adapters moved the logits by {moved:E2} only; the comparison would not see a missing adapter");
+
+        model.Adapters.Merge();
+        NumericAssert.Close(unmerged, Logits(), tolerance, $"{dtype} merged against unmerged logits (seed {seed})");
+        model.Adapters.Unmerge();
+        if (dtype == DType.F32)
+            NumericAssert.Close(weights, TestTensors.ToDoubles(gpu, model.Parameters.Values), 1e-6, $"weights after unmerge (seed {seed})");
+        NumericAssert.Close(unmerged, Logits(), tolerance, $"{dtype} logits after unmerge (seed {seed})");
+    }
+
+    /// <summary>
+    /// The CUDA <c>Multiply</c> against the CPU backend, exact in F32 (one IEEE product, correctly rounded on both), over a length
+    /// that is no multiple of a vector width and with the output aliasing an input (LoRA's backward masks in place); in BF16
+    /// against the host's product rounded to nearest even, also exact: the product of two 8-bit mantissas is exact in F32, and the
+    /// kernel and <see cref="BFloat16.FromSingle"/> round it once, the same way.
+    /// </summary>
+    [Fact]
+    public void MultiplyOnTheGpuMatchesTheCpuExactly()
+    {
+        var gpu = fixture.Backend;
+        int seed = Environment.TickCount & 0x7FFFFFFF;
+        TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}");
+        var rng = new Random(seed);
+        const int n = (1 << 16) + 7;
+        var a = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 8 - 4)).ToArray();
+        var b = Enumerable.Range(0, n).Select(i => i % 3 == 0 ? 0f : (float)(rng.NextDouble() * 3 - 1)).ToArray();   // zeros, as a mask has
+
+        var cpu = new CpuBackend(1);
+        var expected = new float[n];
+        var ca = cpu.FromHost<float>(a, new Shape(n));
+        cpu.Multiply(ca, cpu.FromHost<float>(b, new Shape(n)), ca);
+        cpu.CopyToHost<float>(ca, expected);
+
+        var ga = gpu.FromHost<float>(a, new Shape(n));
+        var gb = gpu.FromHost<float>(b, new Shape(n));
+        var output = gpu.Allocate(new Shape(n), DType.F32);
+        gpu.Fill(output, double.NaN);
+        gpu.Multiply(ga, gb, output);
+        Assert.Equal(expected, gpu.ToArray<float>(output));
+        gpu.Multiply(ga, gb, ga);                         // in place
+        Assert.Equal(expected, gpu.ToArray<float>(ga));
+
+        var a16 = Array.ConvertAll(a, BFloat16.FromSingle);
+        var b16 = Array.ConvertAll(b, BFloat16.FromSingle);
+        var expected16 = a16.Zip(b16, (x, y) => BFloat16.FromSingle(x.ToSingle() * y.ToSingle()).Bits).ToArray();
+        var ga16 = gpu.FromHost<BFloat16>(a16, new Shape(n));
+        gpu.Multiply(ga16, gpu.FromHost<BFloat16>(b16, new Shape(n)), ga16);
+        Assert.Equal(expected16, Array.ConvertAll(gpu.ToArray<BFloat16>(ga16), v => v.Bits));
+    }
+}
