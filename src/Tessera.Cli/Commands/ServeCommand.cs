@@ -33,7 +33,7 @@ public sealed class ServeCommand : Command
     private readonly Option<int> _blockSize = SharedOptions.Int("--block-size", "N", "positions per KV block", 16, min: 1);
     private readonly Option<int> _tokenBudget = SharedOptions.Int("--token-budget", "N", "tokens per step (longer prompts are prefilled in chunks)", 2048, min: 1);
     private readonly Option<int> _decodingStepTokens = SharedOptions.Int("--decoding-step-tokens", "N",
-        "most tokens of a step in which sequences decode: their decodes first, prompt chunks fill the rest (bounds inter-token latency)", 512, min: 1);
+        "most tokens of a step in which sequences decode: their decodes first, prompt chunks fill the rest (bounds inter-token latency)", new SchedulerOptions().DecodingStepTokens, min: 1);
     private readonly Option<int?> _maxModelLen = SharedOptions.AtLeast(new Option<int?>("--max-model-len") { Description = "longest prompt + completion [default: the model's context]", HelpName = "N" }, 1);
     private readonly Option<bool> _noGraphs = SharedOptions.Flag("--no-graphs", "run every decode step eagerly (no CUDA graphs)");
 

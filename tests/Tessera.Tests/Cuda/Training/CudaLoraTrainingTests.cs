@@ -146,8 +146,7 @@ public sealed class CudaLoraTrainingTests(CudaFixture fixture)
     /// <summary>
     /// On the GPU, logits with the adapters merged into the base (W += s B A) against the adapted layers unmerged, norm-wise
     /// relative. F32 1e-5: merging only reorders roundings (x (W + s B A)^T against x W^T + s (x A^T) B^T), ~1e-6 here.
-    /// BF16 5e-2: the merged weight is rounded to BF16 once more (2^-9 relative) and both passes round every activation; a few
-    /// 1e-3 norm-wise. Neither is vacuous: the adapters (random B, s = 4) move the logits from the base's by O(1) relative,
+    /// BF16: against an F32 twin of the same values (see the body: a fixed tolerance failed on the H200 at 11 %). Neither is vacuous: the adapters (random B, s = 4) move the logits from the base's by O(1) relative,
     /// asserted to be over 10 times the tolerance. After unmerging, F32 weights are back within 1e-6 of the base (one rounding
     /// of W + d - d, |d| up to a few times max |W|).
     /// </summary>
@@ -182,12 +181,38 @@ public sealed class CudaLoraTrainingTests(CudaFixture fixture)
         double moved = NumericAssert.MaxRelativeError(baseLogits, unmerged);
         Assert.True(moved > 10 * tolerance, $"the adapters moved the logits by {moved:E2} only; the comparison would not see a missing adapter");
 
-        model.Adapters.Merge();
-        NumericAssert.Close(unmerged, Logits(), tolerance, $"{dtype} merged against unmerged logits (seed {seed})");
-        model.Adapters.Unmerge();
         if (dtype == DType.F32)
+        {
+            model.Adapters.Merge();
+            NumericAssert.Close(unmerged, Logits(), tolerance, $"F32 merged against unmerged logits (seed {seed})");
+            model.Adapters.Unmerge();
             NumericAssert.Close(weights, TestTensors.ToDoubles(gpu, model.Parameters.Values), 1e-6, $"weights after unmerge (seed {seed})");
-        NumericAssert.Close(unmerged, Logits(), tolerance, $"{dtype} logits after unmerge (seed {seed})");
+            NumericAssert.Close(unmerged, Logits(), tolerance, $"F32 logits after unmerge (seed {seed})");
+            return;
+        }
+
+        // BF16: with adapters this large the attention scores of llama-debug are steep, and BF16's own rounding of activations
+        // already moves the logits by several percent (measured on the H200: 11 % between merged and unmerged at one seed), so a
+        // fixed tolerance says little. The reference is an F32 twin holding the same (BF16-rounded) base and adapter values,
+        // unmerged: the merged BF16 model may differ from it by at most twice what the unmerged BF16 model does, plus 1e-2 (the
+        // merge adds one BF16 rounding of each W + s B A). A merge that lost an adapter part would differ by the adapters' whole
+        // effect, asserted to be five times that bound.
+        var twin = new Transformer(config, gpu, DType.F32, ArenaStorage.Frozen, lora: lora);
+        gpu.Copy(model.Parameters.Values, twin.Parameters.Values);
+        gpu.Copy(model.Adapters.Arena.Values, twin.Adapters!.Arena.Values);
+        twin.LossChunkRows = 0;
+        var truth = TestTensors.ToDoubles(gpu, gpu.Contiguous(twin.Forward(tokens), DType.F32));
+        twin.ReleaseActivations(0);
+        double unmergedError = NumericAssert.MaxRelativeError(truth, unmerged);
+        model.Adapters.Merge();
+        double mergedError = NumericAssert.MaxRelativeError(truth, Logits());
+        double bound = 2 * unmergedError + 1e-2;
+        TestContext.Current.TestOutputHelper?.WriteLine($"BF16 against the F32 twin: unmerged {unmergedError:E2}, merged {mergedError:E2}, bound {bound:E2}, adapters moved {moved:E2}");
+        Assert.True(moved > 5 * bound, $"the adapters moved the logits by {moved:E2}, under 5 x the bound {bound:E2} (seed {seed})");
+        Assert.True(mergedError <= bound, $"BF16 merged logits differ from the F32 twin by {mergedError:E2}, over 2 x the unmerged BF16 model's {unmergedError:E2} + 1e-2 (seed {seed})");
+        model.Adapters.Unmerge();
+        double afterError = NumericAssert.MaxRelativeError(truth, Logits());
+        Assert.True(afterError <= bound, $"BF16 logits after unmerge differ from the F32 twin by {afterError:E2}, over {bound:E2} (seed {seed})");
     }
 
     /// <summary>
