@@ -13,6 +13,16 @@ public sealed class ServeCommandTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
+    /// <summary>The scheduler's step cap reaches the command line: a cap below one token is a usage error (exit 2) that names
+    /// the option before any model is opened.</summary>
+    [Fact]
+    public void ADecodingStepCapBelowOneTokenIsAUsageErrorNamingTheOption()
+    {
+        var (code, _, stderr) = CliProcess.Run("serve", "--model", Path.Combine(_dir, "no-such-run"), "--decoding-step-tokens", "0");
+        Assert.Equal(2, code);
+        Assert.Contains("--decoding-step-tokens", stderr);
+    }
+
     [Fact]
     public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion()
     {

@@ -30,16 +30,22 @@ public sealed class CudaLoraTrainingTests(CudaFixture fixture)
     /// </summary>
     private static Transformer Model(IBackend backend, DType dtype, int seed, double dropout, double alpha, float[]? baseWeights = null)
     {
-        var config = ModelPresets.Get("llama-debug");
-        var lora = new LoraOptions { Rank = 4, Alpha = alpha, Dropout = dropout, Seed = seed, Targets = LoraTargets.Parse(config, AllTargets) };
-        var model = new Transformer(config, backend, dtype, ArenaStorage.Frozen, lora: lora);
+        var model = Bare(backend, dtype, seed, dropout, alpha);
         if (baseWeights is null) model.InitializeWeights(seed);
         else backend.CopyFromHost<float>(baseWeights, model.Parameters.Values);
         var rng = new Random(seed + 1);
         foreach (var p in model.Adapters!.Layout.Parameters)
             if (p.Name.EndsWith(".lora_B", StringComparison.Ordinal)) model.Adapters.Write(p, TestTensors.Normal(rng, p.NumElements, 0.3));
-        model.LossChunkRows = 0;
         return model;
+    }
+
+    /// <summary>llama-debug with its base frozen in <paramref name="dtype"/> and rank-4 adapters on every target, weights unset
+    /// (B zero, as PEFT initializes it), the loss over the unchunked head.</summary>
+    private static Transformer Bare(IBackend backend, DType dtype, int seed, double dropout, double alpha)
+    {
+        var config = ModelPresets.Get("llama-debug");
+        var lora = new LoraOptions { Rank = 4, Alpha = alpha, Dropout = dropout, Seed = seed, Targets = LoraTargets.Parse(config, AllTargets) };
+        return new Transformer(config, backend, dtype, ArenaStorage.Frozen, lora: lora) { LossChunkRows = 0 };
     }
 
     /// <summary>The base arena's values as F32 (BF16 widened exactly).</summary>
@@ -160,10 +166,8 @@ public sealed class CudaLoraTrainingTests(CudaFixture fixture)
         TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}");
         double tolerance = dtype == DType.F32 ? 1e-5 : 5e-2;
         var config = ModelPresets.Get("llama-debug");
-        var lora = new LoraOptions { Rank = 4, Alpha = 16, Seed = seed, Targets = LoraTargets.Parse(config, AllTargets) };
-        var model = new Transformer(config, gpu, dtype, ArenaStorage.Frozen, lora: lora);
+        var model = Bare(gpu, dtype, seed, dropout: 0, alpha: 16);
         model.InitializeWeights(seed);
-        model.LossChunkRows = 0;
         var rng = new Random(seed);
         var tokens = gpu.FromHost<int>(Enumerable.Range(0, Batch * Sequence).Select(_ => rng.Next(config.VocabSize)).ToArray(), new Shape(Batch, Sequence));
         double[] Logits()
@@ -199,10 +203,9 @@ public sealed class CudaLoraTrainingTests(CudaFixture fixture)
         // roundings than the unmerged path's small base: measured on the H200, unmerged 3.0e-2, merged 8.4e-2 (seed 83916), with
         // the adapters moving the logits by 1.68. A merge that lost an adapter part would differ by the adapters' whole effect,
         // asserted to be over twice that bound.
-        var twin = new Transformer(config, gpu, DType.F32, ArenaStorage.Frozen, lora: lora);
+        var twin = Bare(gpu, DType.F32, seed, dropout: 0, alpha: 16);
         gpu.Copy(model.Parameters.Values, twin.Parameters.Values);
         gpu.Copy(model.Adapters.Arena.Values, twin.Adapters!.Arena.Values);
-        twin.LossChunkRows = 0;
         var truth = TestTensors.ToDoubles(gpu, gpu.Contiguous(twin.Forward(tokens), DType.F32));
         twin.ReleaseActivations(0);
         double unmergedError = NumericAssert.MaxRelativeError(truth, unmerged);
