@@ -131,6 +131,37 @@ public sealed class CudaSlidingWindowCacheTests(CudaFixture fixture) : CudaTestB
         Assert.Equal(0, engine.Metrics.KvBlocksInUse);
     }
 
+    /// <summary>
+    /// Decode speed on the llama-1b shape (bf16, constant weights, a 512-token prompt, 512 new tokens), printed for the log
+    /// (not a pass/fail bar): without a window through the dense cache (the recorded decode step of docs/benchmarks.md), and
+    /// with a window of 256 through the dense unbounded cache and through the bounded one (paged, chunks of 512: a pool of
+    /// 49 blocks, 784 positions, instead of 2048).
+    /// </summary>
+    [Fact]
+    public void WindowedGenerationOnLlama1bShapeReportsItsSpeed()
+    {
+        var prompt = Enumerable.Range(0, 512).Select(j => (j * 7) % 1000).ToArray();
+        foreach (var (label, window, bounded) in new[] { ("no window, dense", 0, false), ("window 256, dense", 256, false), ("window 256, bounded", 256, true) })
+        {
+            var config = ModelPresets.Get("llama-1b") with { MaxSequenceLength = 2048, SlidingWindow = window };
+            var model = new Transformer(config, Gpu, DType.BF16);
+            Gpu.Fill(model.Parameters.Values, 0.01);
+            var generator = new TextGenerator(model);
+            var options = new GenerationOptions { MaxNewTokens = 512, BoundedWindowCache = bounded, WindowPrefillChunk = 512 };
+            generator.Generate(prompt, options with { MaxNewTokens = 8 }).ToList();   // compile, record
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            int first = 0, count = 0;
+            double firstMs = 0;
+            foreach (var _ in generator.Generate(prompt, options))
+            {
+                if (count++ == 0) { firstMs = watch.Elapsed.TotalMilliseconds; first = 1; }
+            }
+            double decodeMs = (watch.Elapsed.TotalMilliseconds - firstMs) / Math.Max(1, count - first);
+            Console.WriteLine($"[window cache] llama-1b bf16, {label}: prefill {firstMs:F1} ms, decode {decodeMs:F3} ms/token over {count - 1} tokens, " +
+                $"cache {generator.LastRunCachePositions} positions, recorded {generator.LastRunRecorded}");
+        }
+    }
+
     private (Transformer OnCpu, Transformer OnGpu) Models(DType dtype)
     {
         var onCpu = new Transformer(Windowed, _cpu, DType.F32);
