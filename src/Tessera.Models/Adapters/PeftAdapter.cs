@@ -7,7 +7,8 @@ namespace Tessera.Models.Adapters;
 /// <summary>
 /// LoRA adapters in Hugging Face PEFT's layout, which peft's <c>PeftModel.from_pretrained</c> loads: a directory with
 /// adapter_config.json (<see cref="PeftAdapterConfig"/>) and adapter_model.safetensors holding, per adapted module,
-/// "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight" (r, in) and "...lora_B.weight" (out, r) in F32.
+/// "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight" (r, in) and "...lora_B.weight" (out, r) in F32 (GPT-2:
+/// "base_model.model.transformer.h.N.attn.c_attn.lora_A.weight", fan_in_fan_out true).
 /// </summary>
 public static class PeftAdapter
 {
@@ -30,7 +31,8 @@ public static class PeftAdapter
             writer.Add(LoraTargets.PeftName(part, block, isA: false), part.B.Shape, Array.ConvertAll(adapters.Read(part.B), v => (float)v));
         }
         var o = adapters.Options;
-        var config = new PeftAdapterConfig(o.Rank, o.Alpha, o.Dropout, o.Targets.Select(LoraTargets.ModuleOf).ToList(), baseModel);
+        var config = new PeftAdapterConfig(o.Rank, o.Alpha, o.Dropout, o.Targets.Select(LoraTargets.ModuleOf).Distinct().ToList(), baseModel,
+            FanInFanOut: o.Targets.Any(LoraTargets.IsConv1D));
         string full = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
         string temporary = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.tmp-{Guid.NewGuid():N}");
         Directory.CreateDirectory(temporary);

@@ -91,9 +91,22 @@ public sealed class LoraLinear : Linear
         if (!Merged) AddLowRank(ctx, x, residual);
     }
 
-    /// <inheritdoc/>
-    public override Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation) =>
-        throw new NotSupportedException($"{Name}: LoRA on a product fused with GELU (GPT-2's MLP) is not supported");
+    /// <summary>
+    /// GPT-2's MLP up projection: <paramref name="preActivation"/> (N, out) = x W^T + b + s dropout(x) A^T B^T, then y = GELU of
+    /// it. The low-rank term must enter before the GELU, so the base product cannot fuse it (cuBLASLt's GELU epilogue): two steps.
+    /// </summary>
+    public override Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation)
+    {
+        if (Merged) return base.ForwardGelu(ctx, x, preActivation);
+        CheckInput(x);
+        var backend = x.Backend;
+        backend.MatMul(x, Weight.Value, preActivation, transposeB: true, bias: Bias?.Value);   // (N, out)
+        AddLowRank(ctx, x, preActivation);
+        var y = ctx.Buffer(OutputKey, preActivation.Shape, x.DType);                          // (N, out)
+        backend.GeluForward(preActivation, y);
+        ctx.Save(InputKey, x);
+        return y;
+    }
 
     /// <summary>y[:, part rows] += s · dropout(x) A^T B^T for every part; saves what backward needs in a training pass.</summary>
     private void AddLowRank(in PassContext ctx, Tensor x, Tensor y)
@@ -125,8 +138,11 @@ public sealed class LoraLinear : Linear
     /// <inheritdoc/>
     public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
     {
-        if (geluPreActivation is not null) throw new NotSupportedException($"{Name}: LoRA on a product fused with GELU is not supported");
         if (Merged) throw new InvalidOperationException($"{Name}: the adapters are merged into the weight; unmerge them before training");
+        if (geluPreActivation is not null && (dx is null || accumulateDx))
+            throw new ArgumentException($"{Name}: the GELU gradient is applied to dx, so it needs dx and no accumulation");
+        // With a GELU in front (GPT-2's MLP projection), dx = (dy W + the low-rank terms) * GELU'(h): the base product cannot
+        // apply GELU' (cuBLASLt's DGELU epilogue) before the low-rank terms are in, so it is applied last.
         base.Backward(ctx, dy, dx, accumulateDx);                   // dx = dy W (or +=); dW only when W is trained
         var backend = dy.Backend;
         bool dropping = Dropping(ctx);
@@ -151,6 +167,7 @@ public sealed class LoraLinear : Linear
                 backend.Accumulate(dx, dDropped);
             }
         }
+        if (geluPreActivation is not null) backend.GeluBackward(geluPreActivation, dx!, dx!);   // elementwise, in place
     }
 
     /// <summary>

@@ -61,7 +61,7 @@ public sealed class LoraTrainRun(TrainSettings settings, Terminal terminal)
             lora = new LoraOptions
             {
                 Rank = settings.LoraRank!.Value, Alpha = settings.LoraAlpha ?? settings.LoraRank!.Value, Dropout = settings.LoraDropout, Seed = seed,
-                Targets = LoraTargets.Parse(hf.Config, settings.LoraTargets),
+                Targets = LoraTargets.Parse(hf.Config, settings.LoraTargets ?? LoraTargets.DefaultOf(hf.Config.Family)),
             }.Validate();
         }
         catch (Exception e) when (e is ArgumentException or NotSupportedException)
