@@ -55,14 +55,14 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <summary>
     /// The strategy for <paramref name="options"/>' stage: <see cref="FullyShardedDataParallel"/> for ZeRO-3, else
     /// <see cref="BucketedDataParallel"/>. <paramref name="host"/> holds the offloaded optimizer state (required with
-    /// <see cref="DataParallelOptions.OffloadOptimizer"/>). <paramref name="trained"/> is what is trained: the model's own
-    /// layout when null, else another (the LoRA adapters' <c>Layout</c>, whose arena is given in place of the model's frozen one).
+    /// <see cref="DataParallelOptions.OffloadOptimizer"/>). <paramref name="trained"/> is what is trained: by default the model's
+    /// <see cref="Transformer.TrainableLayout"/> (its own layout, or a LoRA model's adapters over its frozen base).
     /// </summary>
     public static DataParallelism Create(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null,
         ParameterLayout? trained = null) =>
         options.Stage == ZeroStage.Parameters
-            ? new FullyShardedDataParallel(model, group, options, adamW, host, trained)
-            : new BucketedDataParallel(model, group, options, adamW, host, trained);
+            ? new FullyShardedDataParallel(model, group, options, adamW, host, trained ?? model.TrainableLayout)
+            : new BucketedDataParallel(model, group, options, adamW, host, trained ?? model.TrainableLayout);
 
     /// <summary>The model this rank trains.</summary>
     public Transformer Model { get; }
@@ -278,16 +278,31 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// Collective, as <see cref="GatherMastersToHost"/> but in F64 on rank <paramref name="root"/> (null elsewhere): exact for F64
     /// and F32 masters, for trained layouts small enough to hold twice (LoRA adapters, whose checkpoints keep the masters exactly).
     /// </summary>
-    public double[]? GatherMastersToHostF64(int root = 0)
+    public double[]? GatherMastersToHostF64(int root = 0) => GatherToHostF64(root, (unit, chunk) =>
+    {
+        if (Optimizer.Offload is { } offload) offload.CopyMastersToDevice(unit.ShardStart, chunk);
+        else CopyOwnedMasters(unit, chunk);
+    });
+
+    /// <summary>
+    /// Collective: the AdamW moments of the whole trained layout in arena layout, in F64 on rank <paramref name="root"/> (null
+    /// elsewhere), assembled from every rank's shard (what a LoRA checkpoint keeps). Not for offloaded moments.
+    /// </summary>
+    public (double[] M, double[] V)? GatherMomentsToHostF64(int root = 0)
+    {
+        if (Optimizer.Offload is not null) throw new NotSupportedException($"{Group.Describe()}: the moments are offloaded to the host; gather them from there");
+        var device = Model.Backend;
+        var m = GatherToHostF64(root, (unit, chunk) => device.Copy(Optimizer.M.Narrow(unit.ShardStart, new Shape((int)unit.Chunk)), chunk));
+        var v = GatherToHostF64(root, (unit, chunk) => device.Copy(Optimizer.V.Narrow(unit.ShardStart, new Shape((int)unit.Chunk)), chunk));
+        return m is null ? null : (m, v!);
+    }
+
+    private double[]? GatherToHostF64(int root, Action<ShardUnit, Tensor> ownedChunk)
     {
         if (root < 0 || root >= Group.Size) throw new ArgumentOutOfRangeException(nameof(root), $"{Group.Describe()}: root {root} is outside the group");
         var device = Model.Backend;
         var full = Group.Rank == root ? new double[Trained.Length] : null;
-        GatherUnits(MasterDType, (unit, chunk) =>
-        {
-            if (Optimizer.Offload is { } offload) offload.CopyMastersToDevice(unit.ShardStart, chunk);
-            else CopyOwnedMasters(unit, chunk);
-        }, (unit, gathered) =>
+        GatherUnits(MasterDType, ownedChunk, (unit, gathered) =>
         {
             if (full is null) return;
             var target = full.AsSpan((int)unit.Start, (int)unit.Length);

@@ -94,10 +94,16 @@ public sealed class LoraDataParallelTests
     }
 
     [Fact]
-    public void AFrozenArenaIsRefusedAsWhatIsTrained()
+    public void ALoraModelTrainsItsAdaptersByDefaultAndAFrozenArenaIsRefused()
     {
+        var trained = ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            var model = Model(ctx.Backend, "llama-debug");
+            return ReferenceEquals(DataParallelism.Create(model, ctx.Group, new DataParallelOptions(), new AdamWOptions()).Trained, model.Adapters!.Layout);
+        });
+        Assert.All(trained, Assert.True);
         var e = Assert.Throws<AggregateException>(() => ParallelTraining.RunThreadRanks(2, ctx =>
-            DataParallelism.Create(Model(ctx.Backend, "llama-debug"), ctx.Group, new DataParallelOptions(), new AdamWOptions())));
+            DataParallelism.Create(new Transformer(ModelPresets.Get("llama-debug"), ctx.Backend, DType.F64, ArenaStorage.Frozen), ctx.Group, new DataParallelOptions(), new AdamWOptions())));
         Assert.Contains("frozen", e.InnerExceptions[0].Message);
     }
 }
