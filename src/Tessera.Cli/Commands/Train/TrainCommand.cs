@@ -72,7 +72,9 @@ public sealed class TrainCommand : Command
             if (settings.LoraRank is null && (parse.GetResult(_loraAlpha) is { Implicit: false } || parse.GetResult(_loraTargets) is { Implicit: false }
                 || parse.GetResult(_loraDropout) is { Implicit: false } || settings.Adapter is not null))
                 throw new UsageException("--lora-alpha, --lora-dropout, --lora-targets and --adapter apply to LoRA fine-tuning; add --lora R");
-            return settings.LoraRank is null ? new TrainRun(settings, terminal).Execute() : new LoraTrainRun(settings, terminal).Execute();
+            // A LoRA run resumes as one: --resume of a directory whose checkpoint holds adapters needs no --lora.
+            bool lora = settings.LoraRank is not null || settings.Resume && LoraTrainRun.HoldsLoraRun(settings.Out);
+            return lora ? new LoraTrainRun(settings, terminal).Execute() : new TrainRun(settings, terminal).Execute();
         });
     }
 
