@@ -306,6 +306,7 @@ public sealed unsafe partial class CudaBackend
         if (FlashEligible(d, q, k, v, output))
         {
             if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
+            else if (window == NoWindow && UsesHopperAttention) HopperForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
             else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
             return;
         }

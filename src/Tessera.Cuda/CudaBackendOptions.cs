@@ -66,6 +66,14 @@ public sealed record CudaBackendOptions
     public bool SpecializedPagedAttention { get; init; } = true;
 
     /// <summary>
+    /// The attention forward of 16-bit inputs with head size 64 or 128 and no sliding window runs on the Hopper kernel
+    /// (flash_attention_hopper.cu: warpgroup MMA, compiled for sm_90a) on a compute capability 9.0 device; false keeps the
+    /// FlashAttention-2 kernel (flash_attention.cu), which also serves every other device and call. Default false until
+    /// the kernel's GPU tests have passed on the device.
+    /// </summary>
+    public bool HopperAttention { get; init; }
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -127,6 +135,7 @@ public sealed record CudaBackendOptions
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
+        if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
         return string.Join(",", parts);
@@ -158,6 +167,7 @@ public sealed record CudaBackendOptions
         },
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
+        [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(ProfileOps)] = (o, v, s) => o with { ProfileOps = ParseBool(v, s) },
         [nameof(KernelCacheFolder)] = (o, v, s) => o with
         {

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The Hopper attention kernel (flash_attention_hopper.cu) on a GPU in ONE device call: its tests, the FlashAttention-2
+# tests, compute-sanitizer memcheck on its test class, and the gpu-attention micro-benchmark.
+#
+#   DEST=.device/fa3 scripts/gpu-attention.sh prepare      (development machine, repository root)
+#       builds tests/Tessera.Tests and a launcher of bench/Tessera.Bench's gpu-attention into DEST/app (framework-
+#       dependent), copies this script. The .NET runtime is not packed: `run` takes DEST/dotnet-runtime.tar.xz, else
+#       DEST/../dotnet-runtime.tar.xz (scripts/pack-dotnet-runtime.sh makes it).
+#   bash .device/fa3/gpu-attention.sh run                   (GPU machine, repository root, .device carried)
+#       RUN_TESTS=0, RUN_MEMCHECK=0, RUN_BENCH=0 skip a part; SHAPES="B,T,H,K,D;..." and REPS=N go to gpu-attention.
+#       Logs go to $OUT (tests.log, memcheck.log, attention.md); the summary is printed last.
+set -uo pipefail
+mode="${1:-run}"; shift || true
+case "$mode" in
+prepare)
+    set -e
+    dest="${DEST:-.device/fa3}"
+    repo="$(pwd)"
+    rm -rf "$dest/app"; mkdir -p "$dest/app"
+    dotnet build tests/Tessera.Tests -c Release -o "$dest/app" -v q -nologo
+    launcher="$(mktemp -d)"
+    cat > "$launcher/AttentionBenchLauncher.csproj" <<XML
+<Project Sdk="Microsoft.NET.Sdk">
+  <PropertyGroup><OutputType>Exe</OutputType><TargetFramework>net10.0</TargetFramework><ImplicitUsings>enable</ImplicitUsings><Nullable>enable</Nullable></PropertyGroup>
+  <ItemGroup><ProjectReference Include="$repo/bench/Tessera.Bench/Tessera.Bench.csproj" /></ItemGroup>
+</Project>
+XML
+    echo 'return Tessera.Bench.Gpu.GpuAttentionBench.Run(args);' > "$launcher/Program.cs"
+    dotnet build "$launcher/AttentionBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
+    rm -rf "$launcher"
+    find "$dest/app" -name '*.pdb' -delete
+    rm -rf "$dest/app/runtimes"   # the plotting library's native files: no plots here, and the payload must stay small
+    cp "$0" "$dest/gpu-attention.sh"
+    git rev-parse --short HEAD > "$dest/commit.txt"
+    du -sh "$dest"
+    ;;
+run)
+    out="${OUT:-$PWD/gpu-attention-out}"; mkdir -p "$out"
+    dir="$(cd "$(dirname "$0")" && pwd)"
+    runtime="$dir/dotnet-runtime.tar.xz"; [ -f "$runtime" ] || runtime="$dir/../dotnet-runtime.tar.xz"
+    if [ ! -x /tmp/dotnet/dotnet ]; then
+        mkdir -p /tmp/dotnet && tar -C /tmp/dotnet -xJf "$runtime" || { echo "cannot unpack $runtime"; exit 1; }
+    fi
+    export DOTNET_ROOT=/tmp/dotnet DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_gcServer=0
+    export TESSERA_KERNEL_CACHE="${TESSERA_KERNEL_CACHE:-/tmp/tessera-kernels}"
+    dn=/tmp/dotnet/dotnet
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+    echo "commit $(cat "$dir/commit.txt" 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)" | tee -a "$out/gpu.txt"
+    rc=0
+    if [ "${RUN_TESTS:-1}" = 1 ]; then
+        t0=$(date +%s)
+        timeout "${TEST_TIMEOUT:-120}" $dn "$dir/app/Tessera.Tests.dll" -class Tessera.Tests.Cuda.CudaHopperAttentionTests \
+            -class Tessera.Tests.Cuda.CudaFlashAttentionTests -class Tessera.Tests.Cuda.CudaBackendOptionsTests \
+            -parallel none -reporter verbose > "$out/tests.log" 2>&1 || rc=1
+        echo "tests: $(( $(date +%s) - t0 )) s, exit $rc"
+    fi
+    if [ "${RUN_MEMCHECK:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+        t0=$(date +%s)
+        timeout "${MEMCHECK_TIMEOUT:-150}" compute-sanitizer --tool memcheck --print-limit 20 \
+            $dn "$dir/app/Tessera.Tests.dll" -class Tessera.Tests.Cuda.CudaHopperAttentionTests -parallel none > "$out/memcheck.log" 2>&1
+        echo "memcheck: $(( $(date +%s) - t0 )) s, exit $?"
+    fi
+    if [ "${RUN_BENCH:-1}" = 1 ]; then
+        t0=$(date +%s)
+        timeout "${BENCH_TIMEOUT:-90}" $dn "$dir/app/AttentionBenchLauncher.dll" ${SHAPES:+--shapes "$SHAPES"} --reps "${REPS:-10}" \
+            > "$out/attention.md" 2>&1 || rc=1
+        echo "gpu-attention: $(( $(date +%s) - t0 )) s"
+    fi
+    echo "== tests (failures and summary)"; grep -E "\[FAIL\]|\[SKIP\]|Total:|Failed|Error Message|relative error|NVRTC|error" "$out/tests.log" 2>/dev/null | head -60
+    echo "== memcheck"; grep -E "ERROR SUMMARY|Invalid|Total:" "$out/memcheck.log" 2>/dev/null | head -20
+    echo "== gpu-attention"; cat "$out/attention.md" 2>/dev/null
+    exit $rc
+    ;;
+*)
+    echo "usage: scripts/gpu-attention.sh prepare|run" >&2; exit 2 ;;
+esac

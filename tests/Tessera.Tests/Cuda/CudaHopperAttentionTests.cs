@@ -1,0 +1,163 @@
+using Tessera.Cuda;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Two backends on device 0 beside the shared one, for the Hopper attention kernel (flash_attention_hopper.cu): one with
+/// <see cref="CudaBackendOptions.HopperAttention"/> on and its ops profiled (so a test sees which kernel ran), one with it
+/// off (the FlashAttention-2 kernel). Holds the reason where there is no device.
+/// </summary>
+public sealed class HopperAttentionFixture : IDisposable
+{
+    public HopperAttentionFixture()
+    {
+        try
+        {
+            Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, ProfileOps = true });
+            Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false });
+        }
+        catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
+        {
+            Reason = e.Message;
+        }
+    }
+
+    public CudaBackend? Hopper { get; }
+    public CudaBackend? Flash2 { get; }
+    public string? Reason { get; }
+
+    public void Dispose()
+    {
+        Hopper?.Dispose();
+        Flash2?.Dispose();
+    }
+}
+
+/// <summary>
+/// The Hopper attention forward against the FlashAttention-2 kernel and the CPU backend on the same random 16-bit inputs
+/// (seed in every message): head sizes 64 and 128, GQA ratios 1 and 4, T not a multiple of the 128-row tile, B &gt; 1,
+/// S &gt; T (queries at the end of the keys), causal. Skips, saying why, without a GPU or on a device other than compute
+/// capability 9.0.
+/// </summary>
+public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : IClassFixture<HopperAttentionFixture>
+{
+    // Output, norm-wise relative. Against the CPU backend (f32 on the same rounded inputs): P is rounded to 16 bits before
+    // P·V (relative 2^-9 per element for bf16, 2^-12 for f16) and the output to 16 bits (2^-9), independent errors that add
+    // in norm well below 1e-2, as for the FlashAttention-2 kernel (CudaFlashAttentionTests). Against that kernel: both
+    // round P, each against its own running maximum, and the output, so the same bound. lse: fp32 from exact products of
+    // 16-bit values, exp2 on the special-function unit (relative 2^-22) and fp32 sums over at most 1,024 keys: 1e-4.
+    private const double OutTolerance = 1e-2, LseTolerance = 1e-4;
+
+    private (CudaBackend Hopper, CudaBackend Flash2) Backends()
+    {
+        if (fixture.Hopper is null || fixture.Flash2 is null) Assert.Skip("no CUDA device: " + fixture.Reason);
+        if (!fixture.Hopper.UsesHopperAttention)
+            Assert.Skip($"the Hopper attention kernel needs compute capability 9.0; this device is {fixture.Hopper.CudaDevice.Architecture}");
+        return (fixture.Hopper, fixture.Flash2);
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 64, 2, 200, 200, 4, 4)]     // GQA 1, T not a multiple of 128
+    [InlineData(DType.BF16, 64, 2, 333, 333, 8, 2)]     // GQA 4
+    [InlineData(DType.BF16, 64, 1, 1024, 1024, 2, 2)]  // many key blocks
+    [InlineData(DType.BF16, 128, 2, 200, 200, 4, 1)]    // D 128, GQA 4
+    [InlineData(DType.F16, 128, 2, 130, 300, 4, 4)]     // S > T: queries at key positions 170 .. 299
+    [InlineData(DType.F16, 64, 3, 77, 77, 4, 1)]        // one tile, partly past T
+    public void ForwardAgreesWithFlashAttention2AndTheCpuBackend(DType dtype, int d, int b, int t, int s, int h, int kh)
+    {
+        var (hopper, flash2) = Backends();
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        string where = $"{dtype} D{d} B{b} T{t} S{s} H{h} K{kh} (seed {seed})";
+        double scale = 1 / Math.Sqrt(d);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, dtype)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * s * kh * d); var v = Values((long)b * s * kh * d);
+
+        var (oH, lH) = Forward(hopper, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        Assert.Contains(hopper.Profiler!.Totals(), r => r.Name == $"flash_forward_hopper_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        var (oF, lF) = Forward(flash2, dtype, q, k, v, b, t, s, h, kh, d, scale);
+
+        var cpu = new CpuBackend(2);
+        var cq = cpu.FromHost<float>(q.Select(x => (float)x).ToArray(), new Shape(b, t, h, d));
+        var ck = cpu.FromHost<float>(k.Select(x => (float)x).ToArray(), new Shape(b, s, kh, d));
+        var cv = cpu.FromHost<float>(v.Select(x => (float)x).ToArray(), new Shape(b, s, kh, d));
+        var co = cpu.Allocate(new Shape(b, t, h, d), DType.F32); var cl = cpu.Allocate(new Shape(b, h, t), DType.F32);
+        cpu.AttentionForward(cq, ck, cv, co, cl, scale);
+        var oC = cpu.ToArray<float>(co).Select(x => (double)x).ToArray();
+        var lC = cpu.ToArray<float>(cl).Select(x => (double)x).ToArray();
+
+        AssertClose(oC, oH, OutTolerance, $"{where}: Hopper output vs the CPU backend");
+        AssertClose(lC, lH, LseTolerance, $"{where}: Hopper lse vs the CPU backend");
+        AssertClose(oF, oH, OutTolerance, $"{where}: Hopper output vs FlashAttention-2");
+        AssertClose(lF, lH, LseTolerance, $"{where}: Hopper lse vs FlashAttention-2");
+    }
+
+    [Fact]
+    public void EveryKernelOfTheFileCompilesAndLoads()
+    {
+        // One compilation of the whole file reports all its NVRTC errors at once; then each entry point the host names.
+        var (hopper, _) = Backends();
+        var module = hopper.Kernels.Module("flash_attention_hopper.cu");
+        foreach (var type in new[] { "bf16", "f16" })
+            foreach (var d in new[] { 64, 128 })
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_{type}_d{d}"));
+    }
+
+    [Fact]
+    public void SlidingWindowCallsStayOnFlashAttention2()
+    {
+        var (hopper, _) = Backends();
+        int b = 1, t = 64, h = 2, d = 64;
+        var q = hopper.Allocate(new Shape(b, t, h, d), DType.BF16); hopper.Fill(q, 0.5);
+        var o = hopper.Allocate(new Shape(b, t, h, d), DType.BF16);
+        hopper.Profiler!.Reset();
+        hopper.AttentionForward(q, q, q, o, null, 0.125, window: 16);
+        var names = hopper.Profiler.Totals().Select(r => r.Name).ToList();
+        Assert.Contains("flash_forward_bf16_d64", names);
+        Assert.DoesNotContain(names, n => n.StartsWith("flash_forward_hopper", StringComparison.Ordinal));
+    }
+
+    private static (double[] O, double[] Lse) Forward(CudaBackend be, DType dtype, double[] q, double[] k, double[] v,
+        int b, int t, int s, int h, int kh, int d, double scale)
+    {
+        var tq = Put(be, q, dtype, b, t, h, d); var tk = Put(be, k, dtype, b, s, kh, d); var tv = Put(be, v, dtype, b, s, kh, d);
+        var o = be.Allocate(new Shape(b, t, h, d), dtype); be.Fill(o, double.NaN);
+        var lse = be.Allocate(new Shape(b, h, t), DType.F32); be.Fill(lse, double.NaN);
+        be.AttentionForward(tq, tk, tv, o, lse, scale);
+        double[] outValues = dtype == DType.BF16
+            ? be.ToArray<BFloat16>(o).Select(x => (double)x.ToSingle()).ToArray()
+            : be.ToArray<Half>(o).Select(x => (double)(float)x).ToArray();
+        var lseValues = be.ToArray<float>(lse).Select(x => (double)x).ToArray();
+        foreach (var x in new[] { tq, tk, tv, o, lse }) x.Storage.Dispose();
+        return (outValues, lseValues);
+    }
+
+    private static Tensor Put(CudaBackend be, double[] values, DType dtype, params int[] dims)
+    {
+        var t = be.Allocate(new Shape(dims), dtype);
+        if (dtype == DType.BF16) be.CopyFromHost<BFloat16>(values.Select(x => BFloat16.FromSingle((float)x)).ToArray(), t);
+        else be.CopyFromHost<Half>(values.Select(x => (Half)(float)x).ToArray(), t);
+        return t;
+    }
+
+    private static double Round(double x, DType dtype) =>
+        dtype == DType.BF16 ? BFloat16.FromSingle((float)x).ToSingle() : (float)(Half)(float)x;
+
+    /// <summary>‖actual − expected‖ / ‖expected‖ ≤ tolerance, and no NaN (an element the kernel did not write).</summary>
+    private static void AssertClose(double[] expected, double[] actual, double tolerance, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double diff = 0, norm = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (double.IsNaN(actual[i])) Assert.Fail($"{what}: element {i} is NaN (not written), expected {expected[i]}");
+            diff += (actual[i] - expected[i]) * (actual[i] - expected[i]);
+            norm += expected[i] * expected[i];
+        }
+        double rel = Math.Sqrt(diff) / Math.Max(Math.Sqrt(norm), 1e-30);
+        Assert.True(rel <= tolerance, $"{what}: relative error {rel:E3} exceeds {tolerance:E1}");
+    }
+}
