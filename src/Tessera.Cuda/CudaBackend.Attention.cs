@@ -341,7 +341,9 @@ public sealed unsafe partial class CudaBackend
         long rows = (long)b * t * h;
         if (FlashEligible(d, q, k, v, output, dOutput, dq, dk, dv))
         {
-            FlashBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc, window);
+            if (window == NoWindow && UsesHopperAttentionBackward)
+                HopperBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc);
+            else FlashBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc, window);
             return;
         }
         ulong delta = Scratch(rows * sizeof(float));

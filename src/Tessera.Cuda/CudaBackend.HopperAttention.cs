@@ -16,6 +16,12 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     public bool UsesHopperAttention => Options.HopperAttention && CudaDevice.ComputeCapability == (9, 0);
 
+    /// <summary>
+    /// Whether the attention backward runs on the Hopper kernel here: <see cref="CudaBackendOptions.HopperAttentionBackward"/>
+    /// on a compute capability 9.0 device; windowed calls stay on flash_attention.cu.
+    /// </summary>
+    public bool UsesHopperAttentionBackward => Options.HopperAttentionBackward && CudaDevice.ComputeCapability == (9, 0);
+
     private void HopperForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
@@ -24,5 +30,33 @@ public sealed unsafe partial class CudaBackend
         string kernel = "flash_forward_hopper_" + FlashSuffix(dtype, d);
         PreferSharedMemory(HopperFile, kernel);
         Launch(HopperFile, kernel, ((uint)((t + HopperRows - 1) / HopperRows), (uint)h, (uint)b), HopperThreads, args, shared);
+    }
+
+    // The backward's main kernel: CTAs of 128 keys (two warpgroups of 64) walking query blocks of 64 rows. delta and the fp32
+    // dQ accumulator come from flash_attention.cu's preprocess, which zeroes it; its cast kernel rounds dQ into dq.
+    private const int HopperBackwardKeys = 128, HopperBackwardQueries = 64;
+
+    private void HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
+        ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
+        float sc)
+    {
+        string suffix = FlashSuffix(dtype, d);
+        long rows = (long)b * t * h;
+        ulong delta = Scratch(rows * sizeof(float));
+        ulong dqacc = Scratch(rows * d * sizeof(float)); // fp32 dq, (B, T, H, D) contiguous, zeroed by the preprocess
+        uint grid = (uint)((rows * (d / 8) + 255) / 256);
+        void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
+        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
+        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+        // 1,024 alignment + K and V tiles + two stages of Q and dO + the dS^T tile + two stages of lse and delta.
+        uint shared = (uint)(1024 + 2 * HopperBackwardKeys * d * 2 + 4 * HopperBackwardQueries * d * 2
+            + HopperBackwardKeys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float));
+        string kernel = "flash_backward_hopper_" + suffix;
+        PreferSharedMemory(HopperFile, kernel);
+        Launch(HopperFile, kernel, ((uint)((t + HopperBackwardKeys - 1) / HopperBackwardKeys), (uint)kh, (uint)b), HopperThreads, a2, shared);
+        void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
+        Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
+        FreeScratch(dqacc);
+        FreeScratch(delta);
     }
 }

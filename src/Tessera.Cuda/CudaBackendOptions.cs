@@ -74,6 +74,13 @@ public sealed record CudaBackendOptions
     public bool HopperAttention { get; init; }
 
     /// <summary>
+    /// The attention backward of the same calls runs on the Hopper kernel (flash_attention_hopper.cu) on a compute capability
+    /// 9.0 device; false keeps the FlashAttention-2 backward. Independent of <see cref="HopperAttention"/> (the backward's
+    /// contract is the same whichever forward ran). Default false until the kernel's GPU tests have passed on the device.
+    /// </summary>
+    public bool HopperAttentionBackward { get; init; }
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -136,6 +143,7 @@ public sealed record CudaBackendOptions
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
+        if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
         return string.Join(",", parts);
@@ -168,6 +176,7 @@ public sealed record CudaBackendOptions
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
+        [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
         [nameof(ProfileOps)] = (o, v, s) => o with { ProfileOps = ParseBool(v, s) },
         [nameof(KernelCacheFolder)] = (o, v, s) => o with
         {

@@ -7,7 +7,7 @@ namespace Tessera.Bench.Gpu;
 
 /// <summary>
 /// Causal attention alone on one GPU, bf16: the FlashAttention-2 kernels (flash_attention.cu) against the Hopper kernel
-/// (flash_attention_hopper.cu, <see cref="CudaBackendOptions.HopperAttention"/>) on the same random inputs, in two
+/// (flash_attention_hopper.cu, <see cref="CudaBackendOptions.HopperAttention"/> and <see cref="CudaBackendOptions.HopperAttentionBackward"/>) on the same random inputs, in two
 /// backends of one process. Per shape: median milliseconds of the forward (with lse) and of the backward over --reps runs
 /// after 3 warm-ups (CUDA events on each backend's stream), TFLOP/s counting the causal half of the products (forward
 /// 2 B H T^2 D, backward 2.5 times that), and the norm-wise relative difference of the two forwards' outputs.
@@ -30,9 +30,9 @@ public static class GpuAttentionBench
                 default: throw new ArgumentException($"gpu-attention: unknown argument '{args[i]}'");
             }
         }
-        using var flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false });
-        using var hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true });
-        Console.WriteLine($"device: {hopper.CudaDevice}; Hopper kernel used: {hopper.UsesHopperAttention}");
+        using var flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
+        using var hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true });
+        Console.WriteLine($"device: {hopper.CudaDevice}; Hopper kernels used: forward {hopper.UsesHopperAttention}, backward {hopper.UsesHopperAttentionBackward}");
         Console.WriteLine("| B | T | H | K | D | FA-2 fwd ms | TFLOP/s | Hopper fwd ms | TFLOP/s | fwd speed-up | FA-2 bwd ms | TFLOP/s | Hopper bwd ms | TFLOP/s | outputs' rel. difference |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var text in shapes.Split(';', StringSplitOptions.RemoveEmptyEntries))

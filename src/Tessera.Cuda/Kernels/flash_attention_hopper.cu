@@ -174,6 +174,30 @@ template <> struct Wgmma<f16, 128>
     }
 };
 
+
+// The dQ product of the backward: both operands transposed (stored as rows of k), N = 64.
+template <typename T> struct WgmmaT;
+template <> struct WgmmaT<bf16>
+{
+    // d (64 x 64) = a (64 x 16, shared, M-major: stored as rows of k) * b (16 x 64, shared, N-major: rows of k) (+ d)
+    static __device__ __forceinline__ void ss_mn(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+};
+template <> struct WgmmaT<f16>
+{
+    // d (64 x 64) = a (64 x 16, shared, M-major: stored as rows of k) * b (16 x 64, shared, N-major: rows of k) (+ d)
+    static __device__ __forceinline__ void ss_mn(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+};
+
 // Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled) into a swizzled tile
 // at shared address dst (1,024-byte aligned), with the CTA's 256 threads. Each thread copies one chunk c of rows
 // r, r + RS, ...: RS is a multiple of 8, so all its rows share r & 7 and one swizzled base plus a constant step serves.
@@ -314,6 +338,7 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
             wgmma_commit();
             wgmma_wait<0>();
             fence_registers<D / 2>(oacc);
+            fence_registers<BN / 4>(&p[0][0]);   // P stays live until the products that read it are done
         }
         __syncthreads();   // this stage is refilled by the next-but-one iteration
     }
@@ -351,3 +376,221 @@ HOPPER_FORWARD(bf16, bf16, 64)
 HOPPER_FORWARD(bf16, bf16, 128)
 HOPPER_FORWARD(f16, f16, 64)
 HOPPER_FORWARD(f16, f16, 128)
+
+// ------------------------------------------------------------------------------------ backward
+// flash_attention.cu's flash_backward contract (S = T, no window): lse and delta (B,H,T) fp32 (delta = rowsum(dO o O),
+// from flash_backward_pre, which also zeroes dqacc); dqacc (B,T,H,D) fp32 receives dQ by reductions (flash_backward_dq_cast
+// rounds it into dq); dk, dv (B,T,K,D) written whole. CTA: 128 keys of one kv head, two warpgroups of 64 keys; it walks
+// the query blocks of 64 rows that see its keys, for every query head of its group, Q and dO (and their lse, delta)
+// double-buffered by cp.async. Per warpgroup and query block, with its keys as the M dimension:
+//   S^T = K Q^T, dP^T = V dO^T               (wgmma m64n64k16, A and B K-major from shared memory)
+//   P^T = exp2(S^T scale log2 e - lse log2 e), dS^T = P^T o (dP^T - delta), both rounded to 16 bits in registers
+//   dV += P^T dO, dK += dS^T Q                 (wgmma m64nDk16, A from registers, B = dO / Q read N-major)
+//   dQ (64 queries x D) = dS K_w               (wgmma m64n64k16 per 64 columns: A = dS^T written to shared memory,
+//                                               read M-major; B = K read N-major), added to dqacc by red.global.add
+// Dynamic shared memory: 1,024 + K, V (128 D 2 each) + 2 stages of Q, dO (64 D 2 each) + dS^T (128 x 64 x 2) + 2 stages
+// of lse and delta (64 floats each).
+template <typename T, int D>
+__device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
+    float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
+    Strides3 dks, Strides3 dvs, float scale)
+{
+    constexpr int BM = 64, BN = 128, KD = D / 16;
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const unsigned sV = sK + BN * D * 2;
+    const unsigned sQ = sV + BN * D * 2;        // 2 stages
+    const unsigned sdO = sQ + 2 * BM * D * 2;   // 2 stages
+    const unsigned sdS = sdO + 2 * BM * D * 2;  // per warpgroup 64 keys x 64 queries
+    float* sL = (float*)(smem_raw + (sdS + BN * BM * 2 - smem_u32(smem_raw)));   // 2 stages of lse, then 2 of delta
+    float* sDel = sL + 2 * BM;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = H / KH;
+    const int n0 = nb * BN, nw = n0 + wg * 64;   // the CTA's first key, this warpgroup's
+    const int mStart = n0 / BM, per = (Tq + BM - 1) / BM - mStart, iters = per * group;
+    const float sl2 = scale * LOG2E;
+
+    load_tile_sw128<D, BN>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
+    load_tile_sw128<D, BN>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
+
+    auto issue = [&](int it, int st) {
+        const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
+        load_tile_sw128<D, BM>(sQ + st * BM * D * 2, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
+        load_tile_sw128<D, BM>(sdO + st * BM * D * 2, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
+        if (tid < 2 * BM)
+        {
+            // lse and delta rows are not 16-byte aligned in general (T arbitrary): one 4-byte copy per thread; rows past T
+            // read as 0 (their P is masked).
+            const int which = tid / BM, c = tid % BM, t = m0 + c;
+            const float* src = (which ? delta : lse) + ((i64)b * H + hh) * Tq;
+            const bool ok = t < Tq;
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
+                         "l"(ok ? src + t : src), "r"(ok ? 4 : 0) : "memory");
+        }
+    };
+
+    float dkacc[D / 2], dvacc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) { dkacc[i] = 0.f; dvacc[i] = 0.f; }
+    issue(0, 0);
+    cp_async_commit();
+    const u64 kdesc = sw128_descriptor(sK + wg * 64 * 128, 16, 1024);
+    const u64 vdesc = sw128_descriptor(sV + wg * 64 * 128, 16, 1024);
+    const unsigned sdSw = sdS + wg * 64 * BM * 2;
+    // This thread's key rows (g and g + 8 of its warp's 16) of the warpgroup's 64.
+    const int key0 = nw + warp * 16 + g;
+
+    for (int it = 0; it < iters; it++)
+    {
+        const int st = it & 1;
+        if (it + 1 < iters) issue(it + 1, st ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_async_shared();
+        __syncthreads();
+        const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
+        // A warpgroup whose keys all come after the block's last query, or lie past T, has nothing to add.
+        if (m0 + BM - 1 >= nw && nw < Tq)
+        {
+            const unsigned tQ = sQ + st * BM * D * 2, tdO = sdO + st * BM * D * 2;
+            const float* tL = sL + st * BM;
+            const float* tDel = sDel + st * BM;
+            const u64 qdesc = sw128_descriptor(tQ, 16, 1024), odesc = sw128_descriptor(tdO, 16, 1024);
+            float s[BM / 2], dp[BM / 2];
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < KD; kk++)
+            {
+                const unsigned ka = (kk >> 2) * BN * 128 + (kk & 3) * 32, qa = (kk >> 2) * BM * 128 + (kk & 3) * 32;
+                Wgmma<T, BM>::ss(s, desc_plus(kdesc, ka), desc_plus(qdesc, qa), kk > 0);
+                Wgmma<T, BM>::ss(dp, desc_plus(vdesc, ka), desc_plus(odesc, qa), kk > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_registers<BM / 2>(s);
+            fence_registers<BM / 2>(dp);
+            const bool mask = m0 < nw + 64 || m0 + BM > Tq;
+            unsigned pa[BM / 16][4], sa[BM / 16][4];
+#pragma unroll
+            for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                {
+                    const int qc = j * 8 + 2 * c4 + (e & 1), key = key0 + (e >> 1) * 8, t = m0 + qc;
+                    float p = fast_exp2(fmaf(s[4 * j + e], sl2, -tL[qc] * LOG2E));
+                    if (mask && (key > t || t >= Tq)) p = 0.f;
+                    s[4 * j + e] = p;
+                    dp[4 * j + e] = p * (dp[4 * j + e] - tDel[qc]);
+                }
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++)
+            {
+                pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+                pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+                pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+                pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+                sa[kk][0] = pack2<T>(dp[8 * kk + 0], dp[8 * kk + 1]);
+                sa[kk][1] = pack2<T>(dp[8 * kk + 2], dp[8 * kk + 3]);
+                sa[kk][2] = pack2<T>(dp[8 * kk + 4], dp[8 * kk + 5]);
+                sa[kk][3] = pack2<T>(dp[8 * kk + 6], dp[8 * kk + 7]);
+            }
+            // dV += P^T dO, dK += dS^T Q (k = the block's queries; dO and Q read N-major, their rows being queries)
+            fence_registers<D / 2>(dvacc);
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&pa[0][0]);
+            fence_registers<BM / 4>(&sa[0][0]);
+            wgmma_fence();
+            const u64 odescN = sw128_descriptor(tdO, BM * 128, 1024), qdescN = sw128_descriptor(tQ, BM * 128, 1024);
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++)
+            {
+                Wgmma<T, D>::rs_nmajor(dvacc, pa[kk], desc_plus(odescN, kk * 16 * 128));
+                Wgmma<T, D>::rs_nmajor(dkacc, sa[kk], desc_plus(qdescN, kk * 16 * 128));
+            }
+            wgmma_commit();
+            // Meanwhile dS^T to shared memory for dQ: rows = the warpgroup's keys (16 warp + g, + 8), 128-byte rows of 64
+            // queries (16 kk + 2 c4, + 8: 16-byte chunks 2 kk and 2 kk + 1), swizzled.
+            {
+                char* base = (char*)smem_raw + (sdSw - smem_u32(smem_raw));
+                const int r0 = warp * 16 + g, r1 = r0 + 8;
+#pragma unroll
+                for (int kk = 0; kk < BM / 16; kk++)
+                {
+                    const int cA = 2 * kk, cB = 2 * kk + 1;
+                    *(unsigned*)(base + r0 * 128 + ((cA ^ (r0 & 7)) << 4) + c4 * 4) = sa[kk][0];
+                    *(unsigned*)(base + r1 * 128 + ((cA ^ (r1 & 7)) << 4) + c4 * 4) = sa[kk][1];
+                    *(unsigned*)(base + r0 * 128 + ((cB ^ (r0 & 7)) << 4) + c4 * 4) = sa[kk][2];
+                    *(unsigned*)(base + r1 * 128 + ((cB ^ (r1 & 7)) << 4) + c4 * 4) = sa[kk][3];
+                }
+            }
+            // The tile (generic stores) is read by wgmma next: fence, then the warpgroup's own barrier.
+            fence_async_shared();
+            asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
+            wgmma_wait<0>();
+            fence_registers<D / 2>(dvacc);
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&pa[0][0]);
+            fence_registers<BM / 4>(&sa[0][0]);
+            const u64 sdesc = sw128_descriptor(sdSw, 64 * 128, 1024);
+#pragma unroll
+            for (int half = 0; half < D / 64; half++)
+            {
+                float qacc[32];
+                // K_w as B: rows = keys (k), 64 columns of D (n) from column block `half`
+                const u64 kdescN = sw128_descriptor(sK + half * BN * 128 + wg * 64 * 128, BN * 128, 1024);
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++)
+                    WgmmaT<T>::ss_mn(qacc, desc_plus(sdesc, kk * 16 * 128), desc_plus(kdescN, kk * 16 * 128), kk > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                fence_registers<32>(qacc);
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                {
+                    const int t = m0 + warp * 16 + g + r * 8;
+                    if (t < Tq)
+                    {
+                        float* dst = dqacc + (((i64)b * Tq + t) * H + hh) * D + half * 64 + 2 * c4;
+#pragma unroll
+                        for (int j = 0; j < 8; j++)
+                            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
+                                         "f"(qacc[4 * j + 2 * r + 1] * scale) : "memory");
+                    }
+                }
+            }
+        }
+        __syncthreads();   // this stage, and the dS^T tile, are rewritten next
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+    {
+        const int s = key0 + r * 8;
+        if (s < Tq)
+        {
+            T* krow = dk + b * dks.b + (i64)s * dks.t + (i64)kvh * dks.h;
+            T* vrow = dv + b * dvs.b + (i64)s * dvs.t + (i64)kvh * dvs.h;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+            {
+                *(unsigned*)(krow + j * 8 + 2 * c4) = pack2<T>(dkacc[4 * j + 2 * r] * scale, dkacc[4 * j + 2 * r + 1] * scale);
+                *(unsigned*)(vrow + j * 8 + 2 * c4) = pack2<T>(dvacc[4 * j + 2 * r], dvacc[4 * j + 2 * r + 1]);
+            }
+        }
+    }
+}
+
+#define HOPPER_BACKWARD(n, T, D)                                                                                \
+    extern "C" __global__ void __launch_bounds__(256, 1) flash_backward_hopper_##n##_d##D(const T* q,        \
+        const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk,      \
+        T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,        \
+        Strides3 dvs, float scale)                                                                              \
+    {                                                                                                           \
+        hopper_backward<T, D>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs,    \
+                              scale);                                                                           \
+    }
+
+HOPPER_BACKWARD(bf16, bf16, 64)
+HOPPER_BACKWARD(bf16, bf16, 128)
+HOPPER_BACKWARD(f16, f16, 64)
+HOPPER_BACKWARD(f16, f16, 128)

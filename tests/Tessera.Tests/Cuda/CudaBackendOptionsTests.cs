@@ -23,6 +23,7 @@ public sealed class CudaBackendOptionsTests
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
+        HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
     };

@@ -7,7 +7,7 @@ namespace Tessera.Tests.Cuda;
 
 /// <summary>
 /// Two backends on device 0 beside the shared one, for the Hopper attention kernel (flash_attention_hopper.cu): one with
-/// <see cref="CudaBackendOptions.HopperAttention"/> on and its ops profiled (so a test sees which kernel ran), one with it
+/// <see cref="CudaBackendOptions.HopperAttention"/> and <see cref="CudaBackendOptions.HopperAttentionBackward"/> on and its ops profiled (so a test sees which kernel ran), one with it
 /// off (the FlashAttention-2 kernel). Holds the reason where there is no device.
 /// </summary>
 public sealed class HopperAttentionFixture : IDisposable
@@ -16,8 +16,8 @@ public sealed class HopperAttentionFixture : IDisposable
     {
         try
         {
-            Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, ProfileOps = true });
-            Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false });
+            Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, ProfileOps = true });
+            Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -37,7 +37,7 @@ public sealed class HopperAttentionFixture : IDisposable
 }
 
 /// <summary>
-/// The Hopper attention forward against the FlashAttention-2 kernel and the CPU backend on the same random 16-bit inputs
+/// The Hopper attention forward and backward against the FlashAttention-2 kernel and the CPU backend on the same random 16-bit inputs
 /// (seed in every message): head sizes 64 and 128, GQA ratios 1 and 4, T not a multiple of the 128-row tile, B &gt; 1,
 /// S &gt; T (queries at the end of the keys), causal. Skips, saying why, without a GPU or on a device other than compute
 /// capability 9.0.
@@ -49,6 +49,8 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
     // in norm well below 1e-2, as for the FlashAttention-2 kernel (CudaFlashAttentionTests). Against that kernel: both
     // round P, each against its own running maximum, and the output, so the same bound. lse: fp32 from exact products of
     // 16-bit values, exp2 on the special-function unit (relative 2^-22) and fp32 sums over at most 1,024 keys: 1e-4.
+    // Gradients: P and dS rounded to 16 bits before the products, dq accumulated in fp32, dk, dv and dq rounded to 16 bits
+    // once: the output's argument, 1e-2 (the FlashAttention-2 tests' bound for the same quantities).
     private const double OutTolerance = 1e-2, LseTolerance = 1e-4;
 
     private (CudaBackend Hopper, CudaBackend Flash2) Backends()
@@ -95,6 +97,56 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
         AssertClose(lF, lH, LseTolerance, $"{where}: Hopper lse vs FlashAttention-2");
     }
 
+    [Theory]
+    [InlineData(DType.BF16, 64, 2, 200, 4, 4)]      // GQA 1, T not a multiple of the 128-key or 64-query blocks
+    [InlineData(DType.BF16, 64, 2, 333, 8, 2)]      // GQA 4
+    [InlineData(DType.BF16, 64, 1, 1024, 2, 2)]     // many query blocks per key block
+    [InlineData(DType.BF16, 128, 2, 200, 4, 1)]     // D 128, GQA 4
+    [InlineData(DType.F16, 128, 2, 130, 4, 4)]
+    [InlineData(DType.F16, 64, 3, 77, 4, 1)]
+    public void BackwardAgreesWithFlashAttention2AndTheCpuBackend(DType dtype, int d, int b, int t, int h, int kh)
+    {
+        var (hopper, flash2) = Backends();
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        string where = $"{dtype} D{d} B{b} T{t} H{h} K{kh} (seed {seed})";
+        double scale = 1 / Math.Sqrt(d);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, dtype)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
+        var dO = Values((long)b * t * h * d);
+
+        // The forward on the CPU backend (f32 on the rounded inputs); its output rounded to the dtype is the backward's o,
+        // as training feeds the forward's own 16-bit output back.
+        var cpu = new CpuBackend(2);
+        float[] F(double[] x) => x.Select(y => (float)y).ToArray();
+        var cq = cpu.FromHost<float>(F(q), new Shape(b, t, h, d));
+        var ck = cpu.FromHost<float>(F(k), new Shape(b, t, kh, d));
+        var cv = cpu.FromHost<float>(F(v), new Shape(b, t, kh, d));
+        var co = cpu.Allocate(new Shape(b, t, h, d), DType.F32); var cl = cpu.Allocate(new Shape(b, h, t), DType.F32);
+        cpu.AttentionForward(cq, ck, cv, co, cl, scale);
+        var o = cpu.ToArray<float>(co).Select(x => Round(x, dtype)).ToArray();
+        var lse = cpu.ToArray<float>(cl).Select(x => (double)x).ToArray();
+        var cdO = cpu.FromHost<float>(F(dO), new Shape(b, t, h, d));
+        var co16 = cpu.FromHost<float>(F(o), new Shape(b, t, h, d));
+        var cdq = cpu.Allocate(new Shape(b, t, h, d), DType.F32);
+        var cdk = cpu.Allocate(new Shape(b, t, kh, d), DType.F32); var cdv = cpu.Allocate(new Shape(b, t, kh, d), DType.F32);
+        cpu.AttentionBackward(cq, ck, cv, co16, cdO, cl, cdq, cdk, cdv, scale);
+        double[] D(Tensor x) => cpu.ToArray<float>(x).Select(y => (double)y).ToArray();
+        var (dqC, dkC, dvC) = (D(cdq), D(cdk), D(cdv));
+
+        hopper.Profiler!.Reset();
+        var (dqH, dkH, dvH) = Backward(hopper, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+        Assert.Contains(hopper.Profiler.Totals(), r => r.Name == $"flash_backward_hopper_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        var (dqF, dkF, dvF) = Backward(flash2, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+
+        AssertClose(dqC, dqH, OutTolerance, $"{where}: Hopper dq vs the CPU backend");
+        AssertClose(dkC, dkH, OutTolerance, $"{where}: Hopper dk vs the CPU backend");
+        AssertClose(dvC, dvH, OutTolerance, $"{where}: Hopper dv vs the CPU backend");
+        AssertClose(dqF, dqH, OutTolerance, $"{where}: Hopper dq vs FlashAttention-2");
+        AssertClose(dkF, dkH, OutTolerance, $"{where}: Hopper dk vs FlashAttention-2");
+        AssertClose(dvF, dvH, OutTolerance, $"{where}: Hopper dv vs FlashAttention-2");
+    }
+
     [Fact]
     public void EveryKernelOfTheFileCompilesAndLoads()
     {
@@ -103,7 +155,10 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
         var module = hopper.Kernels.Module("flash_attention_hopper.cu");
         foreach (var type in new[] { "bf16", "f16" })
             foreach (var d in new[] { 64, 128 })
+            {
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_{type}_d{d}"));
+            }
     }
 
     [Fact]
@@ -135,6 +190,26 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
         return (outValues, lseValues);
     }
 
+    private static (double[] Dq, double[] Dk, double[] Dv) Backward(CudaBackend be, DType dtype, double[] q, double[] k, double[] v,
+        double[] o, double[] dO, double[] lse, int b, int t, int h, int kh, int d, double scale)
+    {
+        var tq = Put(be, q, dtype, b, t, h, d); var tk = Put(be, k, dtype, b, t, kh, d); var tv = Put(be, v, dtype, b, t, kh, d);
+        var to = Put(be, o, dtype, b, t, h, d); var tdo = Put(be, dO, dtype, b, t, h, d);
+        var tl = be.Allocate(new Shape(b, h, t), DType.F32);
+        be.CopyFromHost<float>(lse.Select(x => (float)x).ToArray(), tl);
+        var dq = be.Allocate(new Shape(b, t, h, d), dtype); be.Fill(dq, double.NaN);
+        var dk = be.Allocate(new Shape(b, t, kh, d), dtype); be.Fill(dk, double.NaN);
+        var dv = be.Allocate(new Shape(b, t, kh, d), dtype); be.Fill(dv, double.NaN);
+        be.AttentionBackward(tq, tk, tv, to, tdo, tl, dq, dk, dv, scale);
+        var r = (Get(be, dq), Get(be, dk), Get(be, dv));
+        foreach (var x in new[] { tq, tk, tv, to, tdo, tl, dq, dk, dv }) x.Storage.Dispose();
+        return r;
+    }
+
+    private static double[] Get(CudaBackend be, Tensor x) => x.DType == DType.BF16
+        ? be.ToArray<BFloat16>(x).Select(y => (double)y.ToSingle()).ToArray()
+        : be.ToArray<Half>(x).Select(y => (double)(float)y).ToArray();
+
     private static Tensor Put(CudaBackend be, double[] values, DType dtype, params int[] dims)
     {
         var t = be.Allocate(new Shape(dims), dtype);
@@ -158,6 +233,7 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
             norm += expected[i] * expected[i];
         }
         double rel = Math.Sqrt(diff) / Math.Max(Math.Sqrt(norm), 1e-30);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{what}: relative error {rel:E2} (bound {tolerance:E1})");
         Assert.True(rel <= tolerance, $"{what}: relative error {rel:E3} exceeds {tolerance:E1}");
     }
 }
