@@ -54,9 +54,11 @@ run)
             -parallel none -reporter verbose -showLiveOutput > "$out/tests.log" 2>&1 || rc=1
         echo "tests: $(( $(date +%s) - t0 )) s, exit $rc"
     fi
-    if [ "${RUN_MEMCHECK:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+    sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)"
+    [ -n "$sanitizer" ] || echo "memcheck: no compute-sanitizer found"
+    if [ "${RUN_MEMCHECK:-1}" = 1 ] && [ -n "$sanitizer" ]; then
         t0=$(date +%s)
-        timeout "${MEMCHECK_TIMEOUT:-80}" compute-sanitizer --tool memcheck --print-limit 20 \
+        timeout "${MEMCHECK_TIMEOUT:-80}" "$sanitizer" --tool memcheck --print-limit 20 \
             $dn "$dir/app/Tessera.Tests.dll" -class Tessera.Tests.Cuda.CudaHopperAttentionTests -parallel none > "$out/memcheck.log" 2>&1
         echo "memcheck: $(( $(date +%s) - t0 )) s, exit $?"
     fi
