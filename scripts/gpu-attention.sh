@@ -7,7 +7,8 @@
 #       dependent), copies this script. The .NET runtime is not packed: `run` takes DEST/dotnet-runtime.tar.xz, else
 #       DEST/../dotnet-runtime.tar.xz (scripts/pack-dotnet-runtime.sh makes it).
 #   bash .device/fa3/gpu-attention.sh run                   (GPU machine, repository root, .device carried)
-#       RUN_TESTS=0, RUN_MEMCHECK=0, RUN_BENCH=0 skip a part; SHAPES="B,T,H,K,D;..." and REPS=N go to gpu-attention.
+#       RUN_TESTS=0, RUN_MEMCHECK=0, RUN_BENCH=0 skip a part; SHAPES="B,T,H,K,D;..." and REPS=N go to gpu-attention;
+#       TRAIN_AB="PRESET:B:T ..." adds gpu-train steps of each case with the defaults, then with both Hopper kernels on.
 #       Logs go to $OUT (tests.log, memcheck.log, attention.md); the summary is printed last.
 set -uo pipefail
 mode="${1:-run}"; shift || true
@@ -25,7 +26,9 @@ prepare)
   <ItemGroup><ProjectReference Include="$repo/bench/Tessera.Bench/Tessera.Bench.csproj" /></ItemGroup>
 </Project>
 XML
-    echo 'return Tessera.Bench.Gpu.GpuAttentionBench.Run(args);' > "$launcher/Program.cs"
+    cat > "$launcher/Program.cs" <<'CS'
+return args.Length > 0 && args[0] == "gpu-train" ? Tessera.Bench.Gpu.GpuTrainingBench.Run(args[1..]) : Tessera.Bench.Gpu.GpuAttentionBench.Run(args);
+CS
     dotnet build "$launcher/AttentionBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
     rm -rf "$launcher"
     find "$dest/app" -name '*.pdb' -delete
@@ -68,9 +71,19 @@ run)
             > "$out/attention.md" 2>&1 || rc=1
         echo "gpu-attention: $(( $(date +%s) - t0 )) s"
     fi
+    for case in ${TRAIN_AB-}; do
+        IFS=: read -r preset b t <<< "$case"
+        for options in "" "HopperAttention=true,HopperAttentionBackward=true"; do
+            t0=$(date +%s)
+            timeout "${TRAIN_TIMEOUT:-100}" $dn "$dir/app/AttentionBenchLauncher.dll" gpu-train --preset "$preset" --batch "$b" --seq "$t" \
+                --steps "${TRAIN_STEPS:-6}" --warmup 2 ${options:+--cuda-options "$options"} >> "$out/train.md" 2>&1 || rc=1
+            echo "gpu-train $case ${options:-defaults}: $(( $(date +%s) - t0 )) s"
+        done
+    done
     echo "== tests (failures, measured errors, summary)"; grep -E "\[FAIL\]|\[SKIP\]|Total:|Failed|relative error|NVRTC|rror" "$out/tests.log" 2>/dev/null | head -120
     echo "== memcheck"; grep -E "ERROR SUMMARY|Invalid|Total:" "$out/memcheck.log" 2>/dev/null | head -20
     echo "== gpu-attention"; cat "$out/attention.md" 2>/dev/null
+    [ -n "${TRAIN_AB-}" ] && { echo "== gpu-train"; grep -E "^\|" "$out/train.md"; }
     exit $rc
     ;;
 *)

@@ -26,8 +26,11 @@ public sealed unsafe partial class CudaBackend
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
-        uint shared = (uint)(1024 + (HopperRows + 4 * HopperKeys) * d * 2); // Q tile + two stages of K and V
-        string kernel = "flash_forward_hopper_" + FlashSuffix(dtype, d);
+        // Q tile + two stages of K and V, or three for the pipelined schedule (its P V product reads the previous block's V
+        // while the next block loads).
+        int stages = Options.HopperAttentionPipelined ? 3 : 2;
+        uint shared = (uint)(1024 + (HopperRows + 2 * stages * HopperKeys) * d * 2);
+        string kernel = (Options.HopperAttentionPipelined ? "flash_forward_hopper_pipelined_" : "flash_forward_hopper_") + FlashSuffix(dtype, d);
         PreferSharedMemory(HopperFile, kernel);
         Launch(HopperFile, kernel, ((uint)((t + HopperRows - 1) / HopperRows), (uint)h, (uint)b), HopperThreads, args, shared);
     }

@@ -81,6 +81,13 @@ public sealed record CudaBackendOptions
     public bool HopperAttentionBackward { get; init; }
 
     /// <summary>
+    /// The Hopper forward's schedule: true overlaps each key block's softmax with the previous block's P V product
+    /// (FlashAttention-3's intra-warpgroup pipelining, a three-stage key/value ring); false runs them one after the other
+    /// (two stages). Only read where <see cref="HopperAttention"/> applies. Default false until measured.
+    /// </summary>
+    public bool HopperAttentionPipelined { get; init; }
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -144,6 +151,7 @@ public sealed record CudaBackendOptions
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
+        if (HopperAttentionPipelined != d.HopperAttentionPipelined) parts.Add($"{nameof(HopperAttentionPipelined)}={Bool(HopperAttentionPipelined)}");
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
         return string.Join(",", parts);
@@ -177,6 +185,7 @@ public sealed record CudaBackendOptions
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
+        [nameof(HopperAttentionPipelined)] = (o, v, s) => o with { HopperAttentionPipelined = ParseBool(v, s) },
         [nameof(ProfileOps)] = (o, v, s) => o with { ProfileOps = ParseBool(v, s) },
         [nameof(KernelCacheFolder)] = (o, v, s) => o with
         {

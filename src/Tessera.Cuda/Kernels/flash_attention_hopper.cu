@@ -362,6 +362,178 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
     }
 }
 
+// The same forward with the softmax of one key block overlapping the P V product of the previous one (FlashAttention-3's
+// intra-warpgroup pipelining): per block, S_j = Q K_j^T and P_{j-1} V_{j-1} are issued together, the wait returns when
+// S_j is done (the older group), the softmax of S_j runs while P_{j-1} V_{j-1} is still on the tensor cores, and only the
+// rescale of O and the packing of P_j wait for it. V_{j-1} is still read during block j, so the ring has three stages
+// (the load of block j + 1 goes to the stage of block j - 2, whose readers both warpgroups waited for before the barrier).
+// Dynamic shared memory: 1,024 + 128 D 2 (Q) + 6 * 128 D 2 (three stages of K and V) bytes.
+template <typename T, int D>
+__device__ void hopper_forward_pipelined(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
+    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
+{
+    constexpr int BM = 128, BN = 128, KD = D / 16, STAGES = 3;
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const unsigned sK = sQ + BM * D * 2;            // STAGES stages
+    const unsigned sV = sK + STAGES * BN * D * 2;   // STAGES stages
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
+    const int m0 = mb * BM, offset = S - Tq;
+    const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
+    const int nblocks = lastKey / BN + 1;
+    const T* qb = q + b * qs.b + (i64)h * qs.h;
+    const T* kb = k + b * ks.b + (i64)kvh * ks.h;
+    const T* vb = v + b * vs.b + (i64)kvh * vs.h;
+
+    load_tile_sw128<D, BM>(sQ, qb, qs.t, m0, Tq, tid);
+    load_tile_sw128<D, BN>(sK, kb, ks.t, 0, S, tid);
+    load_tile_sw128<D, BN>(sV, vb, vs.t, 0, S, tid);
+    cp_async_commit();
+
+    const int r0 = m0 + wg * 64;
+    const int qpos0 = offset + r0 + warp * 16 + g;
+    // The key blocks this warpgroup computes: up to the one holding its last row's newest key (none when it is past T).
+    const int nbW = r0 < Tq ? min(nblocks, (offset + min(Tq - 1, r0 + 63)) / BN + 1) : 0;
+    float oacc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) oacc[i] = 0.f;
+    float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f}, corr[2] = {1.f, 1.f};
+    unsigned p[BN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) p[kk][0] = p[kk][1] = p[kk][2] = p[kk][3] = 0u;
+    const float sl2 = scale * LOG2E;
+    const u64 qdesc = sw128_descriptor(sQ + wg * 64 * 128, 16, 1024);
+
+    for (int nb = 0; nb < nblocks; nb++)
+    {
+        cp_async_wait<0>();
+        fence_async_shared();
+        __syncthreads();
+        if (nb + 1 < nblocks)
+        {
+            const int st1 = (nb + 1) % STAGES;
+            load_tile_sw128<D, BN>(sK + st1 * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
+            load_tile_sw128<D, BN>(sV + st1 * BN * D * 2, vb, vs.t, (nb + 1) * BN, S, tid);
+        }
+        cp_async_commit();
+        const bool doS = nb < nbW, doPV = nb >= 1 && nb <= nbW;   // uniform over the warpgroup
+        if (!doS && !doPV) continue;
+        const int st = nb % STAGES, stp = (nb + STAGES - 1) % STAGES;
+        float s[BN / 2];
+        fence_registers<D / 2>(oacc);
+        fence_registers<BN / 4>(&p[0][0]);
+        wgmma_fence();
+        if (doS)
+        {
+            const u64 kdesc = sw128_descriptor(sK + st * BN * D * 2, 16, 1024);
+#pragma unroll
+            for (int kk = 0; kk < KD; kk++)
+                Wgmma<T, BN>::ss(s, desc_plus(qdesc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
+                                 desc_plus(kdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
+            wgmma_commit();
+        }
+        if (doPV)
+        {
+            const u64 vdesc = sw128_descriptor(sV + stp * BN * D * 2, BN * 128, 1024);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
+            wgmma_commit();
+        }
+        if (doS)
+        {
+            if (doPV) wgmma_wait<1>(); else wgmma_wait<0>();
+            fence_registers<BN / 2>(s);
+            const int n0 = nb * BN;
+            if (n0 + BN - 1 > qpos0 - g || n0 + BN > S)
+            {
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                    {
+                        const int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
+                        if (key > qp || key >= S) s[4 * j + e] = NEG_INF;
+                    }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+            {
+                float mx = NEG_INF;
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+                mx = fmaxf(mrow[r], mx * sl2);
+                const float mu = mx == NEG_INF ? 0.f : mx;
+                corr[r] = fast_exp2(mrow[r] - mu);
+                mrow[r] = mx;
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++)
+                {
+                    const float p0 = fast_exp2(fmaf(s[4 * j + 2 * r], sl2, -mu)), p1 = fast_exp2(fmaf(s[4 * j + 2 * r + 1], sl2, -mu));
+                    s[4 * j + 2 * r] = p0; s[4 * j + 2 * r + 1] = p1;
+                    sum += p0 + p1;
+                }
+                lrow[r] = lrow[r] * corr[r] + sum;
+            }
+        }
+        if (doPV)
+        {
+            wgmma_wait<0>();
+            fence_registers<D / 2>(oacc);
+            fence_registers<BN / 4>(&p[0][0]);
+        }
+        if (doS)
+        {
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) oacc[4 * j + e] *= corr[e >> 1];
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+            {
+                p[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+                p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+                p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+                p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+            }
+        }
+    }
+    if (nbW == nblocks && nbW > 0)   // the last block's P V (no later iteration issued it)
+    {
+        const u64 vdesc = sw128_descriptor(sV + ((nblocks - 1) % STAGES) * BN * D * 2, BN * 128, 1024);
+        fence_registers<D / 2>(oacc);
+        fence_registers<BN / 4>(&p[0][0]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers<D / 2>(oacc);
+        fence_registers<BN / 4>(&p[0][0]);
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+    {
+        float l = lrow[r];
+        l += __shfl_xor_sync(FULL_MASK, l, 1);
+        l += __shfl_xor_sync(FULL_MASK, l, 2);
+        const int t = r0 + warp * 16 + g + r * 8;
+        if (t < Tq)
+        {
+            const float inv = 1.f / l;
+            T* orow = o + b * os.b + (i64)t * os.t + (i64)h * os.h;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+                *(unsigned*)(orow + j * 8 + 2 * c4) = pack2<T>(oacc[4 * j + 2 * r] * inv, oacc[4 * j + 2 * r + 1] * inv);
+            if (lse && c4 == 0) lse[((i64)b * H + h) * Tq + t] = (mrow[r] + log2f(l)) * LN2;
+        }
+    }
+}
+
 #define HOPPER_FORWARD(n, T, D)                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, 1) flash_forward_hopper_##n##_d##D(const T* q,         \
         const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
@@ -370,6 +542,13 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
         /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
         hopper_forward<T, D>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                             \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256, 1) flash_forward_hopper_pipelined_##n##_d##D(const T* q, \
+        const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
+        Strides3 vs, Strides3 os, float scale, const int* starts)                                               \
+    {                                                                                                           \
+        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
+        hopper_forward_pipelined<T, D>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                   \
     }
 
 HOPPER_FORWARD(bf16, bf16, 64)

@@ -8,7 +8,7 @@ namespace Tessera.Tests.Cuda;
 /// <summary>
 /// Two backends on device 0 beside the shared one, for the Hopper attention kernel (flash_attention_hopper.cu): one with
 /// <see cref="CudaBackendOptions.HopperAttention"/> and <see cref="CudaBackendOptions.HopperAttentionBackward"/> on and its ops profiled (so a test sees which kernel ran), one with it
-/// off (the FlashAttention-2 kernel). Holds the reason where there is no device.
+/// off (the FlashAttention-2 kernel), and one with the forward's pipelined schedule. Holds the reason where there is no device.
 /// </summary>
 public sealed class HopperAttentionFixture : IDisposable
 {
@@ -17,6 +17,7 @@ public sealed class HopperAttentionFixture : IDisposable
         try
         {
             Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, ProfileOps = true });
+            Pipelined = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionPipelined = true, ProfileOps = true });
             Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
@@ -27,11 +28,14 @@ public sealed class HopperAttentionFixture : IDisposable
 
     public CudaBackend? Hopper { get; }
     public CudaBackend? Flash2 { get; }
+    /// <summary>The Hopper forward with its pipelined schedule (<see cref="CudaBackendOptions.HopperAttentionPipelined"/>).</summary>
+    public CudaBackend? Pipelined { get; }
     public string? Reason { get; }
 
     public void Dispose()
     {
         Hopper?.Dispose();
+        Pipelined?.Dispose();
         Flash2?.Dispose();
     }
 }
@@ -95,6 +99,13 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
         AssertClose(lC, lH, LseTolerance, $"{where}: Hopper lse vs the CPU backend");
         AssertClose(oF, oH, OutTolerance, $"{where}: Hopper output vs FlashAttention-2");
         AssertClose(lF, lH, LseTolerance, $"{where}: Hopper lse vs FlashAttention-2");
+
+        var pipelined = fixture.Pipelined!;
+        var (oP, lP) = Forward(pipelined, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        Assert.Contains(pipelined.Profiler!.Totals(), r => r.Name == $"flash_forward_hopper_pipelined_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        AssertClose(oC, oP, OutTolerance, $"{where}: pipelined Hopper output vs the CPU backend");
+        AssertClose(lC, lP, LseTolerance, $"{where}: pipelined Hopper lse vs the CPU backend");
+        AssertClose(oF, oP, OutTolerance, $"{where}: pipelined Hopper output vs FlashAttention-2");
     }
 
     [Theory]
@@ -158,6 +169,7 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
             {
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_pipelined_{type}_d{d}"));
             }
     }
 
