@@ -43,7 +43,12 @@ public static class GpuAttentionBench
             if (n.Length != 5) throw new ArgumentException($"gpu-attention: shape '{text}' is not B,T,H,K,D");
             int b = n[0], t = n[1], h = n[2], kh = n[3], d = n[4];
             var rng = new Random(1);
-            BFloat16[] Values(long count) => Enumerable.Range(0, checked((int)count)).Select(_ => BFloat16.FromSingle((float)(rng.NextDouble() * 2 - 1))).ToArray();
+            BFloat16[] Values(long count)
+            {
+                var values = new BFloat16[checked((int)count)];
+                for (int i = 0; i < values.Length; i++) values[i] = BFloat16.FromSingle(rng.NextSingle() * 2 - 1);
+                return values;
+            }
             var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
             var dout = Values((long)b * t * h * d);
             var (f2Fwd, f2Bwd, f2Out) = Measure(flash2, q, k, v, dout, b, t, h, kh, d, reps);
