@@ -14,13 +14,46 @@ public sealed unsafe partial class CudaBackend
     /// compute capability 9.0 device (wgmma exists there only, compiled for sm_90a). Calls with a sliding window, and
     /// decoding's split kernels, stay on flash_attention.cu either way.
     /// </summary>
-    public bool UsesHopperAttention => Options.HopperAttention && CudaDevice.ComputeCapability == (9, 0);
+    public bool UsesHopperAttention => Options.HopperAttention && HopperKernelsCompile;
 
     /// <summary>
     /// Whether the attention backward runs on the Hopper kernel here: <see cref="CudaBackendOptions.HopperAttentionBackward"/>
     /// on a compute capability 9.0 device; windowed calls stay on flash_attention.cu.
     /// </summary>
-    public bool UsesHopperAttentionBackward => Options.HopperAttentionBackward && CudaDevice.ComputeCapability == (9, 0);
+    public bool UsesHopperAttentionBackward => Options.HopperAttentionBackward && HopperKernelsCompile;
+
+    /// <summary>
+    /// Why the Hopper kernels cannot run on this device: not compute capability 9.0, or NVRTC's log when
+    /// flash_attention_hopper.cu does not compile for sm_90a (the FA-2 kernels then serve every call); null when they can.
+    /// </summary>
+    public string? HopperAttentionUnavailableReason
+    {
+        get
+        {
+            if (CudaDevice.ComputeCapability != (9, 0)) return $"the Hopper kernels need compute capability 9.0; this device is {CudaDevice.Architecture}";
+            return HopperKernelsCompile ? null : _hopperCompileError;
+        }
+    }
+
+    private bool? _hopperCompiles;
+    private string? _hopperCompileError;
+
+    /// <summary>On a 9.0 device, whether the kernel file compiles (tried once, on first use).</summary>
+    private bool HopperKernelsCompile => _hopperCompiles ??= CudaDevice.ComputeCapability == (9, 0) && TryCompileHopper();
+
+    private bool TryCompileHopper()
+    {
+        try
+        {
+            Kernels.Module(HopperFile);
+            return true;
+        }
+        catch (Compilation.KernelCompilationException e)
+        {
+            _hopperCompileError = e.Message;
+            return false;
+        }
+    }
 
     private void HopperForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)

@@ -67,8 +67,9 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// The attention forward of 16-bit inputs with head size 64 or 128 and no sliding window runs on the Hopper kernel
-    /// (flash_attention_hopper.cu: warpgroup MMA, compiled for sm_90a) on a compute capability 9.0 device; false keeps the
-    /// FlashAttention-2 kernel (flash_attention.cu), which also serves every other device and call. Default false until
+    /// (flash_attention_hopper.cu: warpgroup MMA, compiled for sm_90a) on a compute capability 9.0 device where that file
+    /// compiles (<see cref="CudaBackend.HopperAttentionUnavailableReason"/> says why not); false keeps the FlashAttention-2
+    /// kernel (flash_attention.cu), which also serves every other device and call. Default false until
     /// the kernel's GPU tests have passed on the device.
     /// </summary>
     public bool HopperAttention { get; init; }

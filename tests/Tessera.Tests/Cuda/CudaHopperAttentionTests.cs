@@ -60,8 +60,10 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
     private (CudaBackend Hopper, CudaBackend Flash2) Backends()
     {
         if (fixture.Hopper is null || fixture.Flash2 is null) Assert.Skip("no CUDA device: " + fixture.Reason);
-        if (!fixture.Hopper.UsesHopperAttention)
-            Assert.Skip($"the Hopper attention kernel needs compute capability 9.0; this device is {fixture.Hopper.CudaDevice.Architecture}");
+        if (fixture.Hopper.CudaDevice.ComputeCapability != (9, 0))
+            Assert.Skip($"the Hopper attention kernels need compute capability 9.0; this device is {fixture.Hopper.CudaDevice.Architecture}");
+        // On a 9.0 device a kernel file that does not compile must fail here, not fall back to FA-2 unseen.
+        Assert.True(fixture.Hopper.UsesHopperAttention, fixture.Hopper.HopperAttentionUnavailableReason);
         return (fixture.Hopper, fixture.Flash2);
     }
 
