@@ -1,4 +1,5 @@
 using Tessera.Cuda;
+using Tessera.Cuda.Compilation;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Xunit;
@@ -46,7 +47,7 @@ public sealed class HopperAttentionFixture : IDisposable
 /// S &gt; T (queries at the end of the keys), causal. Skips, saying why, without a GPU or on a device other than compute
 /// capability 9.0.
 /// </summary>
-public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : IClassFixture<HopperAttentionFixture>
+public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixture) : IClassFixture<HopperAttentionFixture>
 {
     // Output, norm-wise relative. Against the CPU backend (f32 on the same rounded inputs): P is rounded to 16 bits before
     // P·V (relative 2^-9 per element for bf16, 2^-12 for f16) and the output to 16 bits (2^-9), independent errors that add
@@ -173,6 +174,67 @@ public sealed class CudaHopperAttentionTests(HopperAttentionFixture fixture) : I
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_pipelined_{type}_d{d}"));
             }
+    }
+
+    /// <summary>
+    /// The kernel file's wgmma building blocks alone (Cuda/Kernels/hopper_wgmma_probes.cu appended to it): S = Q K^T with both
+    /// operands K-major from the swizzled tiles, O = P V with P from registers and V N-major, and the backward's dQ = dS K
+    /// with both operands transposed, each against an f64 product of the same bf16 values. fp32 accumulation of exact
+    /// bf16 products over at most 128 terms: 1e-5 relative (norm-wise). A failure here names the layout that is wrong.
+    /// </summary>
+    [Theory]
+    [InlineData("qk", 64)]
+    [InlineData("qk", 128)]
+    [InlineData("pv", 64)]
+    [InlineData("pv", 128)]
+    [InlineData("dq", 64)]
+    public void WgmmaOperandLayoutsAgreeWithTheCpu(string probe, int d)
+    {
+        var (hopper, _) = Backends();
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        // (rows of A, inner, columns of B) and how each operand is stored: qk: A (64 x d) rows, B (128 x d) rows (B^T);
+        // pv: A (64 x 128) rows, B (128 x d) rows; dq: A^T (64 keys x 64 queries) rows, B (64 keys x 64) rows.
+        var (m, kdim, n) = probe switch { "qk" => (64, d, 128), "pv" => (64, 128, d), _ => (64, 64, 64) };
+        double[] Values(int count) => Enumerable.Range(0, count).Select(_ => Round(rng.NextDouble() * 2 - 1, DType.BF16)).ToArray();
+        var a = Values(m * kdim); var bm = Values(kdim * n);
+        // stored forms
+        double[] aStored = probe == "dq" ? Transpose(a, m, kdim) : a;          // dq: dS^T (keys x queries)
+        double[] bStored = probe == "qk" ? Transpose(bm, kdim, n) : bm;         // qk: K (128 x d) = B^T
+        var expected = new double[m * n];
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double sum = 0;
+                for (int x = 0; x < kdim; x++) sum += a[i * kdim + x] * bm[x * n + j];
+                expected[i * n + j] = sum;
+            }
+        string file = "flash_attention_hopper.cu";
+        string source = KernelLibrary.EmbeddedSource("common.cuh") + $"\n#line 1 \"{file}\"\n" + KernelLibrary.EmbeddedSource(file)
+            + "\n#line 1 \"hopper_wgmma_probes.cu\"\n" + File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Cuda", "Kernels", "hopper_wgmma_probes.cu"));
+        using var module = hopper.Kernels.Load(source, file);
+        string kernel = probe == "dq" ? "probe_dq_bf16" : $"probe_{probe}_bf16_d{d}";
+        var ta = Put(hopper, aStored, DType.BF16, aStored.Length); var tb = Put(hopper, bStored, DType.BF16, bStored.Length);
+        var tc = hopper.Allocate(new Shape(m * n), DType.F32); hopper.Fill(tc, double.NaN);
+        ulong pa = (ulong)hopper.DevicePointer(ta), pb = (ulong)hopper.DevicePointer(tb), pc = (ulong)hopper.DevicePointer(tc);
+        void** args = stackalloc void*[] { &pa, &pb, &pc };
+        int shared = 1024 + 2 * 128 * 128 * 2;   // the largest probe: two 128-row tiles of D = 128
+        var function = module.Function(kernel);
+        hopper.CudaDevice.MakeCurrent();
+        Tessera.Cuda.Interop.CudaDriver.Check(Tessera.Cuda.Interop.CudaDriver.cuFuncSetAttribute(function,
+            Tessera.Cuda.Interop.CudaDriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared), "cuFuncSetAttribute", kernel);
+        Tessera.Cuda.Interop.CudaDriver.Check(Tessera.Cuda.Interop.CudaDriver.cuLaunchKernel(function, 1, 1, 1, 256, 1, 1, (uint)shared,
+            hopper.Stream.Handle, args, null), "cuLaunchKernel", kernel);
+        var actual = hopper.ToArray<float>(tc).Select(x => (double)x).ToArray();
+        foreach (var x in new[] { ta, tb, tc }) x.Storage.Dispose();
+        AssertClose(expected, actual, 1e-5, $"wgmma probe {kernel} (seed {seed})");
+    }
+
+    private static double[] Transpose(double[] x, int rows, int cols)
+    {
+        var r = new double[x.Length];
+        for (int i = 0; i < rows; i++) for (int j = 0; j < cols; j++) r[j * rows + i] = x[i * cols + j];
+        return r;
     }
 
     [Fact]
