@@ -8,7 +8,8 @@
 #       DEST/../dotnet-runtime.tar.xz (scripts/pack-dotnet-runtime.sh makes it).
 #   bash .device/fa3/gpu-attention.sh run                   (GPU machine, repository root, .device carried)
 #       RUN_TESTS=0, RUN_MEMCHECK=0, RUN_BENCH=0 skip a part; SHAPES="B,T,H,K,D;..." and REPS=N go to gpu-attention;
-#       TRAIN_AB="PRESET:B:T ..." adds gpu-train steps of each case with the defaults, then with both Hopper kernels on.
+#       TRAIN_AB="PRESET:B:T ..." adds gpu-train steps of each case under each of TRAIN_OPTIONS (';'-separated --cuda-options
+#       settings, an empty one for the defaults; default "HopperAttention=false;": FA-2, then the defaults).
 #       Logs go to $OUT (tests.log, memcheck.log, attention.md); the summary is printed last.
 set -uo pipefail
 mode="${1:-run}"; shift || true
@@ -73,7 +74,8 @@ run)
     fi
     for case in ${TRAIN_AB-}; do
         IFS=: read -r preset b t <<< "$case"
-        for options in "" "HopperAttention=true,HopperAttentionBackward=true"; do
+        IFS=';' read -ra variants <<< "${TRAIN_OPTIONS-HopperAttention=false;}"
+        for options in "${variants[@]}"; do
             t0=$(date +%s)
             timeout "${TRAIN_TIMEOUT:-100}" $dn "$dir/app/AttentionBenchLauncher.dll" gpu-train --preset "$preset" --batch "$b" --seq "$t" \
                 --steps "${TRAIN_STEPS:-6}" --warmup 2 ${options:+--cuda-options "$options"} >> "$out/train.md" 2>&1 || rc=1

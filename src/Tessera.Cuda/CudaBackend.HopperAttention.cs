@@ -4,9 +4,10 @@ namespace Tessera.Cuda;
 
 public sealed unsafe partial class CudaBackend
 {
-    // flash_attention_hopper.cu: CTAs of two warpgroups (256 threads), 128 query rows, key/value blocks of 128 rows in a
-    // two-stage ring; 1,024 bytes of slack so the kernel can align its tiles to the 128-byte swizzle's 1,024-byte period.
-    private const int HopperRows = 128, HopperKeys = 128, HopperThreads = 256;
+    // flash_attention_hopper.cu: CTAs of 1 or 2 warpgroups (CudaBackendOptions.HopperAttentionWarpgroups) of 128 threads, each
+    // owning 64 query rows (forward) or 64 keys (backward); the forward's key/value blocks of 128 rows in a two-stage ring;
+    // 1,024 bytes of slack so the kernel can align its tiles to the 128-byte swizzle's 1,024-byte period.
+    private const int HopperWarpgroupRows = 64, HopperKeys = 128, HopperWarpgroupThreads = 128;
     private const string HopperFile = "flash_attention_hopper.cu";
 
     /// <summary>
@@ -59,18 +60,16 @@ public sealed unsafe partial class CudaBackend
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
-        // Q tile + two stages of K and V, or three for the pipelined schedule (its P V product reads the previous block's V
-        // while the next block loads).
-        int stages = Options.HopperAttentionPipelined ? 3 : 2;
-        uint shared = (uint)(1024 + (HopperRows + 2 * stages * HopperKeys) * d * 2);
-        string kernel = (Options.HopperAttentionPipelined ? "flash_forward_hopper_pipelined_" : "flash_forward_hopper_") + FlashSuffix(dtype, d);
+        int wgs = Options.HopperAttentionWarpgroups, rows = HopperWarpgroupRows * wgs;
+        uint shared = (uint)(1024 + (rows + 4 * HopperKeys) * d * 2); // Q tile + two stages of K and V
+        string kernel = "flash_forward_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(dtype, d);
         PreferSharedMemory(HopperFile, kernel);
-        Launch(HopperFile, kernel, ((uint)((t + HopperRows - 1) / HopperRows), (uint)h, (uint)b), HopperThreads, args, shared);
+        Launch(HopperFile, kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), (uint)(HopperWarpgroupThreads * wgs), args, shared);
     }
 
-    // The backward's main kernel: CTAs of 128 keys (two warpgroups of 64) walking query blocks of 64 rows. delta and the fp32
-    // dQ accumulator come from flash_attention.cu's preprocess, which zeroes it; its cast kernel rounds dQ into dq.
-    private const int HopperBackwardKeys = 128, HopperBackwardQueries = 64;
+    // The backward's main kernel: CTAs of 64 keys per warpgroup walking query blocks of 64 rows. delta and the fp32 dQ
+    // accumulator come from flash_attention.cu's preprocess, which zeroes it; its cast kernel rounds dQ into dq.
+    private const int HopperBackwardQueries = 64;
 
     private void HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
@@ -85,11 +84,12 @@ public sealed unsafe partial class CudaBackend
         Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
         void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
         // 1,024 alignment + K and V tiles + two stages of Q and dO + the dS^T tile + two stages of lse and delta.
-        uint shared = (uint)(1024 + 2 * HopperBackwardKeys * d * 2 + 4 * HopperBackwardQueries * d * 2
-            + HopperBackwardKeys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float));
-        string kernel = "flash_backward_hopper_" + suffix;
+        int wgs = Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
+        uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
+            + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float));
+        string kernel = "flash_backward_hopper_" + (wgs == 1 ? "wg1_" : "") + suffix;
         PreferSharedMemory(HopperFile, kernel);
-        Launch(HopperFile, kernel, ((uint)((t + HopperBackwardKeys - 1) / HopperBackwardKeys), (uint)kh, (uint)b), HopperThreads, a2, shared);
+        Launch(HopperFile, kernel, ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b), (uint)(HopperWarpgroupThreads * wgs), a2, shared);
         void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
         Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
         FreeScratch(dqacc);

@@ -199,13 +199,13 @@ template <> struct WgmmaT<f16>
 };
 
 // Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled) into a swizzled tile
-// at shared address dst (1,024-byte aligned), with the CTA's 256 threads. Each thread copies one chunk c of rows
+// at shared address dst (1,024-byte aligned), with the CTA's NT threads. Each thread copies one chunk c of rows
 // r, r + RS, ...: RS is a multiple of 8, so all its rows share r & 7 and one swizzled base plus a constant step serves.
-template <int D, int ROWS, typename T>
+template <int D, int ROWS, int NT, typename T>
 __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
 {
-    constexpr int NT = 256, CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-    static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "load_tile_sw128: 256 threads must tile the rows");
+    constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+    static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "load_tile_sw128: NT threads must tile the rows");
     const int r = tid / CH, c = tid % CH;
     const unsigned d0 = dst + (unsigned)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
     const T* src = base + (i64)(row0 + r) * stride + c * 8;
@@ -218,13 +218,14 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64
     }
 }
 
-// Grid (query tiles, H, B), the last tiles (the most keys) first; 256 threads; dynamic shared memory
-// 1,024 (alignment) + 128 D 2 (Q) + 4 * 128 D 2 (two stages of K and V) bytes.
-template <typename T, int D>
+// WGS warpgroups (1 or 2) of 64 query rows per CTA. Grid (query tiles of 64 WGS rows, H, B), the last tiles (the most
+// keys) first; 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two stages of
+// K and V) bytes.
+template <typename T, int D, int WGS>
 __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
     Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
 {
-    constexpr int BM = 128, BN = 128, KD = D / 16;
+    constexpr int BM = 64 * WGS, BN = 128, KD = D / 16, NT = 128 * WGS;
     extern __shared__ unsigned char smem_raw[];
     const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const unsigned sK = sQ + BM * D * 2;       // 2 stages
@@ -238,9 +239,9 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
     const T* kb = k + b * ks.b + (i64)kvh * ks.h;
     const T* vb = v + b * vs.b + (i64)kvh * vs.h;
 
-    load_tile_sw128<D, BM>(sQ, qb, qs.t, m0, Tq, tid);
-    load_tile_sw128<D, BN>(sK, kb, ks.t, 0, S, tid);
-    load_tile_sw128<D, BN>(sV, vb, vs.t, 0, S, tid);
+    load_tile_sw128<D, BM, NT>(sQ, qb, qs.t, m0, Tq, tid);
+    load_tile_sw128<D, BN, NT>(sK, kb, ks.t, 0, S, tid);
+    load_tile_sw128<D, BN, NT>(sV, vb, vs.t, 0, S, tid);
     cp_async_commit();
 
     // This warpgroup's rows r0 .. r0 + 63; the last key any of them sees; this thread's two rows' key positions.
@@ -259,8 +260,8 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
         const int st = nb & 1;
         if (nb + 1 < nblocks)
         {
-            load_tile_sw128<D, BN>(sK + (st ^ 1) * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
-            load_tile_sw128<D, BN>(sV + (st ^ 1) * BN * D * 2, vb, vs.t, (nb + 1) * BN, S, tid);
+            load_tile_sw128<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
+            load_tile_sw128<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, vb, vs.t, (nb + 1) * BN, S, tid);
         }
         cp_async_commit();
         cp_async_wait<1>();
@@ -362,178 +363,6 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
     }
 }
 
-// The same forward with the softmax of one key block overlapping the P V product of the previous one (FlashAttention-3's
-// intra-warpgroup pipelining): per block, S_j = Q K_j^T and P_{j-1} V_{j-1} are issued together, the wait returns when
-// S_j is done (the older group), the softmax of S_j runs while P_{j-1} V_{j-1} is still on the tensor cores, and only the
-// rescale of O and the packing of P_j wait for it. V_{j-1} is still read during block j, so the ring has three stages
-// (the load of block j + 1 goes to the stage of block j - 2, whose readers both warpgroups waited for before the barrier).
-// Dynamic shared memory: 1,024 + 128 D 2 (Q) + 6 * 128 D 2 (three stages of K and V) bytes.
-template <typename T, int D>
-__device__ void hopper_forward_pipelined(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
-    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
-{
-    constexpr int BM = 128, BN = 128, KD = D / 16, STAGES = 3;
-    extern __shared__ unsigned char smem_raw[];
-    const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const unsigned sK = sQ + BM * D * 2;            // STAGES stages
-    const unsigned sV = sK + STAGES * BN * D * 2;   // STAGES stages
-    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
-    const int m0 = mb * BM, offset = S - Tq;
-    const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
-    const int nblocks = lastKey / BN + 1;
-    const T* qb = q + b * qs.b + (i64)h * qs.h;
-    const T* kb = k + b * ks.b + (i64)kvh * ks.h;
-    const T* vb = v + b * vs.b + (i64)kvh * vs.h;
-
-    load_tile_sw128<D, BM>(sQ, qb, qs.t, m0, Tq, tid);
-    load_tile_sw128<D, BN>(sK, kb, ks.t, 0, S, tid);
-    load_tile_sw128<D, BN>(sV, vb, vs.t, 0, S, tid);
-    cp_async_commit();
-
-    const int r0 = m0 + wg * 64;
-    const int qpos0 = offset + r0 + warp * 16 + g;
-    // The key blocks this warpgroup computes: up to the one holding its last row's newest key (none when it is past T).
-    const int nbW = r0 < Tq ? min(nblocks, (offset + min(Tq - 1, r0 + 63)) / BN + 1) : 0;
-    float oacc[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; i++) oacc[i] = 0.f;
-    float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f}, corr[2] = {1.f, 1.f};
-    unsigned p[BN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) p[kk][0] = p[kk][1] = p[kk][2] = p[kk][3] = 0u;
-    const float sl2 = scale * LOG2E;
-    const u64 qdesc = sw128_descriptor(sQ + wg * 64 * 128, 16, 1024);
-
-    for (int nb = 0; nb < nblocks; nb++)
-    {
-        cp_async_wait<0>();
-        fence_async_shared();
-        __syncthreads();
-        if (nb + 1 < nblocks)
-        {
-            const int st1 = (nb + 1) % STAGES;
-            load_tile_sw128<D, BN>(sK + st1 * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
-            load_tile_sw128<D, BN>(sV + st1 * BN * D * 2, vb, vs.t, (nb + 1) * BN, S, tid);
-        }
-        cp_async_commit();
-        const bool doS = nb < nbW, doPV = nb >= 1 && nb <= nbW;   // uniform over the warpgroup
-        if (!doS && !doPV) continue;
-        const int st = nb % STAGES, stp = (nb + STAGES - 1) % STAGES;
-        float s[BN / 2];
-        fence_registers<D / 2>(oacc);
-        fence_registers<BN / 4>(&p[0][0]);
-        wgmma_fence();
-        if (doS)
-        {
-            const u64 kdesc = sw128_descriptor(sK + st * BN * D * 2, 16, 1024);
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++)
-                Wgmma<T, BN>::ss(s, desc_plus(qdesc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
-                                 desc_plus(kdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
-            wgmma_commit();
-        }
-        if (doPV)
-        {
-            const u64 vdesc = sw128_descriptor(sV + stp * BN * D * 2, BN * 128, 1024);
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
-            wgmma_commit();
-        }
-        if (doS)
-        {
-            if (doPV) wgmma_wait<1>(); else wgmma_wait<0>();
-            fence_registers<BN / 2>(s);
-            const int n0 = nb * BN;
-            if (n0 + BN - 1 > qpos0 - g || n0 + BN > S)
-            {
-#pragma unroll
-                for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                    {
-                        const int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
-                        if (key > qp || key >= S) s[4 * j + e] = NEG_INF;
-                    }
-            }
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-            {
-                float mx = NEG_INF;
-#pragma unroll
-                for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-                mx = fmaxf(mrow[r], mx * sl2);
-                const float mu = mx == NEG_INF ? 0.f : mx;
-                corr[r] = fast_exp2(mrow[r] - mu);
-                mrow[r] = mx;
-                float sum = 0.f;
-#pragma unroll
-                for (int j = 0; j < BN / 8; j++)
-                {
-                    const float p0 = fast_exp2(fmaf(s[4 * j + 2 * r], sl2, -mu)), p1 = fast_exp2(fmaf(s[4 * j + 2 * r + 1], sl2, -mu));
-                    s[4 * j + 2 * r] = p0; s[4 * j + 2 * r + 1] = p1;
-                    sum += p0 + p1;
-                }
-                lrow[r] = lrow[r] * corr[r] + sum;
-            }
-        }
-        if (doPV)
-        {
-            wgmma_wait<0>();
-            fence_registers<D / 2>(oacc);
-            fence_registers<BN / 4>(&p[0][0]);
-        }
-        if (doS)
-        {
-#pragma unroll
-            for (int j = 0; j < D / 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) oacc[4 * j + e] *= corr[e >> 1];
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++)
-            {
-                p[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-                p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-                p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-                p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-            }
-        }
-    }
-    if (nbW == nblocks && nbW > 0)   // the last block's P V (no later iteration issued it)
-    {
-        const u64 vdesc = sw128_descriptor(sV + ((nblocks - 1) % STAGES) * BN * D * 2, BN * 128, 1024);
-        fence_registers<D / 2>(oacc);
-        fence_registers<BN / 4>(&p[0][0]);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_registers<D / 2>(oacc);
-        fence_registers<BN / 4>(&p[0][0]);
-    }
-    cp_async_wait<0>();
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-    {
-        float l = lrow[r];
-        l += __shfl_xor_sync(FULL_MASK, l, 1);
-        l += __shfl_xor_sync(FULL_MASK, l, 2);
-        const int t = r0 + warp * 16 + g + r * 8;
-        if (t < Tq)
-        {
-            const float inv = 1.f / l;
-            T* orow = o + b * os.b + (i64)t * os.t + (i64)h * os.h;
-#pragma unroll
-            for (int j = 0; j < D / 8; j++)
-                *(unsigned*)(orow + j * 8 + 2 * c4) = pack2<T>(oacc[4 * j + 2 * r] * inv, oacc[4 * j + 2 * r + 1] * inv);
-            if (lse && c4 == 0) lse[((i64)b * H + h) * Tq + t] = (mrow[r] + log2f(l)) * LN2;
-        }
-    }
-}
-
 #define HOPPER_FORWARD(n, T, D)                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, 1) flash_forward_hopper_##n##_d##D(const T* q,         \
         const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
@@ -541,14 +370,14 @@ __device__ void hopper_forward_pipelined(const T* q, const T* k, const T* v, T* 
     {                                                                                                           \
         /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        hopper_forward<T, D>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                             \
+        hopper_forward<T, D, 2>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                          \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256, 1) flash_forward_hopper_pipelined_##n##_d##D(const T* q, \
+    extern "C" __global__ void __launch_bounds__(128) flash_forward_hopper_wg1_##n##_d##D(const T* q,        \
         const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
         Strides3 vs, Strides3 os, float scale, const int* starts)                                               \
     {                                                                                                           \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        hopper_forward_pipelined<T, D>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                   \
+        hopper_forward<T, D, 1>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                          \
     }
 
 HOPPER_FORWARD(bf16, bf16, 64)
@@ -559,7 +388,7 @@ HOPPER_FORWARD(f16, f16, 128)
 // ------------------------------------------------------------------------------------ backward
 // flash_attention.cu's flash_backward contract (S = T, no window): lse and delta (B,H,T) fp32 (delta = rowsum(dO o O),
 // from flash_backward_pre, which also zeroes dqacc); dqacc (B,T,H,D) fp32 receives dQ by reductions (flash_backward_dq_cast
-// rounds it into dq); dk, dv (B,T,K,D) written whole. CTA: 128 keys of one kv head, two warpgroups of 64 keys; it walks
+// rounds it into dq); dk, dv (B,T,K,D) written whole. CTA: 64 WGS keys of one kv head, WGS warpgroups of 64 keys; it walks
 // the query blocks of 64 rows that see its keys, for every query head of its group, Q and dO (and their lse, delta)
 // double-buffered by cp.async. Per warpgroup and query block, with its keys as the M dimension:
 //   S^T = K Q^T, dP^T = V dO^T               (wgmma m64n64k16, A and B K-major from shared memory)
@@ -567,14 +396,14 @@ HOPPER_FORWARD(f16, f16, 128)
 //   dV += P^T dO, dK += dS^T Q                 (wgmma m64nDk16, A from registers, B = dO / Q read N-major)
 //   dQ (64 queries x D) = dS K_w               (wgmma m64n64k16 per 64 columns: A = dS^T written to shared memory,
 //                                               read M-major; B = K read N-major), added to dqacc by red.global.add
-// Dynamic shared memory: 1,024 + K, V (128 D 2 each) + 2 stages of Q, dO (64 D 2 each) + dS^T (128 x 64 x 2) + 2 stages
-// of lse and delta (64 floats each).
-template <typename T, int D>
+// Dynamic shared memory: 1,024 + K, V (64 WGS D 2 each) + 2 stages of Q, dO (64 D 2 each) + dS^T (64 WGS x 64 x 2) + 2
+// stages of lse and delta (64 floats each).
+template <typename T, int D, int WGS>
 __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
     float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
     Strides3 dks, Strides3 dvs, float scale)
 {
-    constexpr int BM = 64, BN = 128, KD = D / 16;
+    constexpr int BM = 64, BN = 64 * WGS, KD = D / 16, NT = 128 * WGS;
     extern __shared__ unsigned char smem_raw[];
     const unsigned sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const unsigned sV = sK + BN * D * 2;
@@ -589,13 +418,13 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
     const int mStart = n0 / BM, per = (Tq + BM - 1) / BM - mStart, iters = per * group;
     const float sl2 = scale * LOG2E;
 
-    load_tile_sw128<D, BN>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
-    load_tile_sw128<D, BN>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
+    load_tile_sw128<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
+    load_tile_sw128<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
 
     auto issue = [&](int it, int st) {
         const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
-        load_tile_sw128<D, BM>(sQ + st * BM * D * 2, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
-        load_tile_sw128<D, BM>(sdO + st * BM * D * 2, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
+        load_tile_sw128<D, BM, NT>(sQ + st * BM * D * 2, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
+        load_tile_sw128<D, BM, NT>(sdO + st * BM * D * 2, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
         if (tid < 2 * BM)
         {
             // lse and delta rows are not 16-byte aligned in general (T arbitrary): one 4-byte copy per thread; rows past T
@@ -765,8 +594,16 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
         T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,        \
         Strides3 dvs, float scale)                                                                              \
     {                                                                                                           \
-        hopper_backward<T, D>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs,    \
-                              scale);                                                                           \
+        hopper_backward<T, D, 2>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs, \
+                                 scale);                                                                        \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) flash_backward_hopper_wg1_##n##_d##D(const T* q,       \
+        const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk,      \
+        T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,        \
+        Strides3 dvs, float scale)                                                                              \
+    {                                                                                                           \
+        hopper_backward<T, D, 1>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs, \
+                                 scale);                                                                        \
     }
 
 HOPPER_BACKWARD(bf16, bf16, 64)

@@ -24,7 +24,7 @@ public sealed class CudaBackendOptionsTests
         SpecializedPagedAttention = false,
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
         HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
-        HopperAttentionPipelined = !CudaBackendOptions.Default.HopperAttentionPipelined,
+        HopperAttentionWarpgroups = 1,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
     };

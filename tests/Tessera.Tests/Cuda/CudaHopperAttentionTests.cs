@@ -9,7 +9,7 @@ namespace Tessera.Tests.Cuda;
 /// <summary>
 /// Two backends on device 0 beside the shared one, for the Hopper attention kernel (flash_attention_hopper.cu): one with
 /// <see cref="CudaBackendOptions.HopperAttention"/> and <see cref="CudaBackendOptions.HopperAttentionBackward"/> on and its ops profiled (so a test sees which kernel ran), one with it
-/// off (the FlashAttention-2 kernel), and one with the forward's pipelined schedule. Holds the reason where there is no device.
+/// off (the FlashAttention-2 kernel), and one with CTAs of one warpgroup. Holds the reason where there is no device.
 /// </summary>
 public sealed class HopperAttentionFixture : IDisposable
 {
@@ -18,7 +18,10 @@ public sealed class HopperAttentionFixture : IDisposable
         try
         {
             Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, ProfileOps = true });
-            Pipelined = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionPipelined = true, ProfileOps = true });
+            OneWarpgroup = new CudaBackend(0, CudaBackendOptions.Default with
+            {
+                HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, ProfileOps = true,
+            });
             Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
@@ -29,14 +32,14 @@ public sealed class HopperAttentionFixture : IDisposable
 
     public CudaBackend? Hopper { get; }
     public CudaBackend? Flash2 { get; }
-    /// <summary>The Hopper forward with its pipelined schedule (<see cref="CudaBackendOptions.HopperAttentionPipelined"/>).</summary>
-    public CudaBackend? Pipelined { get; }
+    /// <summary>The Hopper kernels with CTAs of one warpgroup (<see cref="CudaBackendOptions.HopperAttentionWarpgroups"/> = 1).</summary>
+    public CudaBackend? OneWarpgroup { get; }
     public string? Reason { get; }
 
     public void Dispose()
     {
         Hopper?.Dispose();
-        Pipelined?.Dispose();
+        OneWarpgroup?.Dispose();
         Flash2?.Dispose();
     }
 }
@@ -103,12 +106,12 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         AssertClose(oF, oH, OutTolerance, $"{where}: Hopper output vs FlashAttention-2");
         AssertClose(lF, lH, LseTolerance, $"{where}: Hopper lse vs FlashAttention-2");
 
-        var pipelined = fixture.Pipelined!;
-        var (oP, lP) = Forward(pipelined, dtype, q, k, v, b, t, s, h, kh, d, scale);
-        Assert.Contains(pipelined.Profiler!.Totals(), r => r.Name == $"flash_forward_hopper_pipelined_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
-        AssertClose(oC, oP, OutTolerance, $"{where}: pipelined Hopper output vs the CPU backend");
-        AssertClose(lC, lP, LseTolerance, $"{where}: pipelined Hopper lse vs the CPU backend");
-        AssertClose(oF, oP, OutTolerance, $"{where}: pipelined Hopper output vs FlashAttention-2");
+        var one = fixture.OneWarpgroup!;
+        var (o1, l1) = Forward(one, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        Assert.Contains(one.Profiler!.Totals(), r => r.Name == $"flash_forward_hopper_wg1_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        AssertClose(oC, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs the CPU backend");
+        AssertClose(lC, l1, LseTolerance, $"{where}: one-warpgroup Hopper lse vs the CPU backend");
+        AssertClose(oF, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs FlashAttention-2");
     }
 
     [Theory]
@@ -159,6 +162,14 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         AssertClose(dqF, dqH, OutTolerance, $"{where}: Hopper dq vs FlashAttention-2");
         AssertClose(dkF, dkH, OutTolerance, $"{where}: Hopper dk vs FlashAttention-2");
         AssertClose(dvF, dvH, OutTolerance, $"{where}: Hopper dv vs FlashAttention-2");
+
+        var one = fixture.OneWarpgroup!;
+        one.Profiler!.Reset();
+        var (dq1, dk1, dv1) = Backward(one, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+        Assert.Contains(one.Profiler.Totals(), r => r.Name == $"flash_backward_hopper_wg1_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        AssertClose(dqC, dq1, OutTolerance, $"{where}: one-warpgroup Hopper dq vs the CPU backend");
+        AssertClose(dkC, dk1, OutTolerance, $"{where}: one-warpgroup Hopper dk vs the CPU backend");
+        AssertClose(dvC, dv1, OutTolerance, $"{where}: one-warpgroup Hopper dv vs the CPU backend");
     }
 
     [Fact]
@@ -172,7 +183,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
             {
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_{type}_d{d}"));
-                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_pipelined_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_wg1_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_wg1_{type}_d{d}"));
             }
     }
 

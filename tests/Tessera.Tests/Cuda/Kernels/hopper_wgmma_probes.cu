@@ -10,8 +10,8 @@ __device__ void probe_qk(const T* q, const T* k, float* s_out)
     extern __shared__ unsigned char smem_raw[];
     const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u, sK = sQ + 128 * D * 2;
     const int tid = threadIdx.x, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    load_tile_sw128<D, 128>(sQ, q, D, 0, 64, tid);
-    load_tile_sw128<D, 128>(sK, k, D, 0, 128, tid);
+    load_tile_sw128<D, 128, 256>(sQ, q, D, 0, 64, tid);
+    load_tile_sw128<D, 128, 256>(sK, k, D, 0, 128, tid);
     cp_async_commit();
     cp_async_wait<0>();
     fence_async_shared();
@@ -39,7 +39,7 @@ __device__ void probe_pv(const T* p, const T* v, float* o_out)
     extern __shared__ unsigned char smem_raw[];
     const unsigned sV = (smem_u32(smem_raw) + 1023u) & ~1023u;
     const int tid = threadIdx.x, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    load_tile_sw128<D, 128>(sV, v, D, 0, 128, tid);
+    load_tile_sw128<D, 128, 256>(sV, v, D, 0, 128, tid);
     cp_async_commit();
     cp_async_wait<0>();
     fence_async_shared();
@@ -79,8 +79,8 @@ __device__ void probe_dq(const T* dst_, const T* k, float* out)
     extern __shared__ unsigned char smem_raw[];
     const unsigned sS = (smem_u32(smem_raw) + 1023u) & ~1023u, sK = sS + 64 * 64 * 2;
     const int tid = threadIdx.x, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    load_tile_sw128<64, 64>(sS, dst_, 64, 0, 64, tid);
-    load_tile_sw128<64, 64>(sK, k, 64, 0, 64, tid);
+    load_tile_sw128<64, 64, 256>(sS, dst_, 64, 0, 64, tid);
+    load_tile_sw128<64, 64, 256>(sK, k, 64, 0, 64, tid);
     cp_async_commit();
     cp_async_wait<0>();
     fence_async_shared();
