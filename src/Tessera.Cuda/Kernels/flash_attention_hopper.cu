@@ -363,6 +363,10 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
     }
 }
 
+// CTAs of one warpgroup per SM the compiler plans registers for: three at D = 64 (their shared memory fits three times;
+// at most 170 registers a thread), one at D = 128 (no bound).
+#define HOPPER_WG1_CTAS(D) ((D) == 64 ? 3 : 1)
+
 #define HOPPER_FORWARD(n, T, D)                                                                                 \
     extern "C" __global__ void __launch_bounds__(256, 1) flash_forward_hopper_##n##_d##D(const T* q,         \
         const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
@@ -372,7 +376,8 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
         hopper_forward<T, D, 2>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                          \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) flash_forward_hopper_wg1_##n##_d##D(const T* q,        \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_forward_hopper_wg1_##n##_d##D(  \
+        const T* q,                                                                                             \
         const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
         Strides3 vs, Strides3 os, float scale, const int* starts)                                               \
     {                                                                                                           \
@@ -597,7 +602,8 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
         hopper_backward<T, D, 2>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs, \
                                  scale);                                                                        \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) flash_backward_hopper_wg1_##n##_d##D(const T* q,       \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_wg1_##n##_d##D( \
+        const T* q,                                                                                             \
         const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk,      \
         T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,        \
         Strides3 dvs, float scale)                                                                              \
