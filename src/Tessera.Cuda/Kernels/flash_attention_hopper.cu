@@ -539,11 +539,8 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
             // The tile (generic stores) is read by wgmma next: fence, then the warpgroup's own barrier.
             fence_async_shared();
             asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
-            wgmma_wait<0>();
-            fence_registers<D / 2>(dvacc);
-            fence_registers<D / 2>(dkacc);
-            fence_registers<BM / 4>(&pa[0][0]);
-            fence_registers<BM / 4>(&sa[0][0]);
+            // dQ is issued behind dV and dK without waiting for them (groups complete in order); the first wait below
+            // covers all three, and only then are their registers free.
             const u64 sdesc = sw128_descriptor(sdSw, 64 * 128, 1024);
 #pragma unroll
             for (int half = 0; half < D / 64; half++)
@@ -551,12 +548,20 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
                 float qacc[32];
                 // K_w as B: rows = keys (k), 64 columns of D (n) from column block `half`
                 const u64 kdescN = sw128_descriptor(sK + half * BN * 128 + wg * 64 * 128, BN * 128, 1024);
+                wgmma_fence();
 #pragma unroll
                 for (int kk = 0; kk < 4; kk++)
                     WgmmaT<T>::ss_mn(qacc, desc_plus(sdesc, kk * 16 * 128), desc_plus(kdescN, kk * 16 * 128), kk > 0);
                 wgmma_commit();
                 wgmma_wait<0>();
                 fence_registers<32>(qacc);
+                if (half == 0)
+                {
+                    fence_registers<D / 2>(dvacc);
+                    fence_registers<D / 2>(dkacc);
+                    fence_registers<BM / 4>(&pa[0][0]);
+                    fence_registers<BM / 4>(&sa[0][0]);
+                }
 #pragma unroll
                 for (int r = 0; r < 2; r++)
                 {
