@@ -7,7 +7,8 @@
 #       dependent), copies this script. The .NET runtime is not packed: `run` takes DEST/dotnet-runtime.tar.xz, else
 #       DEST/../dotnet-runtime.tar.xz (scripts/pack-dotnet-runtime.sh makes it).
 #   bash .device/fa3/gpu-attention.sh run                   (GPU machine, repository root, .device carried)
-#       RUN_TESTS=0, RUN_MEMCHECK=0, RUN_BENCH=0 skip a part; SHAPES="B,T,H,K,D;..." and REPS=N go to gpu-attention;
+#       RUN_TESTS=0, RUN_MEMCHECK=0, RUN_BENCH=0 skip a part; TRAINING_TESTS=1 adds the golden-model and mixed-precision
+#       training test classes; SHAPES="B,T,H,K,D;..." and REPS=N go to gpu-attention;
 #       TRAIN_AB="PRESET:B:T ..." adds gpu-train steps of each case under each of TRAIN_OPTIONS (';'-separated --cuda-options
 #       settings, an empty one for the defaults; default "HopperAttention=false;": FA-2, then the defaults).
 #       Logs go to $OUT (tests.log, memcheck.log, attention.md); the summary is printed last.
@@ -58,6 +59,13 @@ run)
             -parallel none -reporter verbose -showLiveOutput > "$out/tests.log" 2>&1 || rc=1
         echo "tests: $(( $(date +%s) - t0 )) s, exit $rc"
     fi
+    if [ "${TRAINING_TESTS:-0}" = 1 ]; then
+        # the golden-model and mixed-precision training tests under the current defaults (which attention kernels they use)
+        t0=$(date +%s)
+        timeout "${TRAINING_TEST_TIMEOUT:-70}" $dn "$dir/app/Tessera.Tests.dll" -class Tessera.Tests.Cuda.Training.CudaGoldenModelTests \
+            -class Tessera.Tests.Cuda.Training.MixedPrecisionTrainingTests -parallel none -reporter verbose > "$out/training-tests.log" 2>&1 || rc=1
+        echo "training tests: $(( $(date +%s) - t0 )) s, exit $rc"
+    fi
     sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)"
     [ -n "$sanitizer" ] || echo "memcheck: no compute-sanitizer found"
     if [ "${RUN_MEMCHECK:-1}" = 1 ] && [ -n "$sanitizer" ]; then
@@ -83,6 +91,7 @@ run)
         done
     done
     echo "== tests (failures, measured errors, summary)"; grep -E "\[FAIL\]|\[SKIP\]|Total:|Failed|relative error|NVRTC|rror" "$out/tests.log" 2>/dev/null | head -120
+    [ "${TRAINING_TESTS:-0}" = 1 ] && { echo "== training tests"; grep -E "\[FAIL\]|Total:" "$out/training-tests.log" | head -20; }
     echo "== memcheck"; grep -E "ERROR SUMMARY|Invalid|Total:" "$out/memcheck.log" 2>/dev/null | head -20
     echo "== gpu-attention"; cat "$out/attention.md" 2>/dev/null
     [ -n "${TRAIN_AB-}" ] && { echo "== gpu-train"; grep -E "^\|" "$out/train.md"; }
