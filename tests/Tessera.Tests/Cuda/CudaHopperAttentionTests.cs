@@ -249,6 +249,44 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         return r;
     }
 
+    /// <summary>
+    /// A prefill chunk against a KV cache with device-side lengths (AttentionForwardCached: sequence b holds starts[b] + T
+    /// valid keys of the cache's capacity, its queries at positions starts[b] ..): the kernel reads the lengths itself.
+    /// Same bound as the forward above.
+    /// </summary>
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void CachedPrefillAgreesWithFlashAttention2AndTheCpuBackend(int d)
+    {
+        var (hopper, flash2) = Backends();
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        int b = 2, t = 40, capacity = 400, h = 8, kh = 2;
+        int[] starts = [100, 333];
+        double scale = 1 / Math.Sqrt(d);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, DType.BF16)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * capacity * kh * d); var v = Values((long)b * capacity * kh * d);
+        double[] Run(IBackend be, DType dtype)
+        {
+            Tensor Up(double[] x, params int[] dims) => dtype == DType.F32
+                ? be.FromHost<float>(x.Select(y => (float)y).ToArray(), new Shape(dims))
+                : Put((CudaBackend)be, x, dtype, dims);
+            var tq = Up(q, b, t, h, d); var tk = Up(k, b, capacity, kh, d); var tv = Up(v, b, capacity, kh, d);
+            var ts = be.FromHost<int>(starts, new Shape(b));
+            var o = be.Allocate(new Shape(b, t, h, d), dtype);
+            be.AttentionForwardCached(tq, tk, tv, ts, o, scale);
+            return dtype == DType.F32 ? be.ToArray<float>(o).Select(x => (double)x).ToArray() : Get((CudaBackend)be, o);
+        }
+        hopper.Profiler!.Reset();
+        var oH = Run(hopper, DType.BF16);
+        Assert.Contains(hopper.Profiler.Totals(), r => r.Name == $"flash_forward_hopper_bf16_d{d}");
+        var oF = Run(flash2, DType.BF16);
+        var oC = Run(new CpuBackend(2), DType.F32);
+        AssertClose(oC, oH, OutTolerance, $"cached prefill D{d} (seed {seed}): Hopper vs the CPU backend");
+        AssertClose(oF, oH, OutTolerance, $"cached prefill D{d} (seed {seed}): Hopper vs FlashAttention-2");
+    }
+
     [Fact]
     public void SlidingWindowCallsStayOnFlashAttention2()
     {
