@@ -306,6 +306,7 @@ public sealed unsafe partial class CudaBackend
         if (FlashEligible(d, q, k, v, output))
         {
             if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
+            else if (window == NoWindow && UsesHopperAttention) HopperForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
             else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
             return;
         }
@@ -340,7 +341,9 @@ public sealed unsafe partial class CudaBackend
         long rows = (long)b * t * h;
         if (FlashEligible(d, q, k, v, output, dOutput, dq, dk, dv))
         {
-            FlashBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc, window);
+            if (window == NoWindow && UsesHopperAttentionBackward)
+                HopperBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc);
+            else FlashBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc, window);
             return;
         }
         ulong delta = Scratch(rows * sizeof(float));

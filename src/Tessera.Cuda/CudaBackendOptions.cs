@@ -66,6 +66,31 @@ public sealed record CudaBackendOptions
     public bool SpecializedPagedAttention { get; init; } = true;
 
     /// <summary>
+    /// The attention forward of 16-bit inputs with head size 64 or 128 and no sliding window runs on the Hopper kernel
+    /// (flash_attention_hopper.cu: warpgroup MMA, compiled for sm_90a) on a compute capability 9.0 device where that file
+    /// compiles (<see cref="CudaBackend.HopperAttentionUnavailableReason"/> says why not); false keeps the FlashAttention-2
+    /// kernel (flash_attention.cu), which also serves every other device and call. Default true: its GPU tests passed on
+    /// the H200 and it measured faster in every shape (2026-12-03: forward 0.57 against 0.64 ms at llama-1b's 8 x 2048,
+    /// H32 K8 D64; 0.78 against 1.22 ms at D128).
+    /// </summary>
+    public bool HopperAttention { get; init; } = true;
+
+    /// <summary>
+    /// The attention backward of the same calls runs on the Hopper kernel (flash_attention_hopper.cu) on a compute capability
+    /// 9.0 device; false keeps the FlashAttention-2 backward. Independent of <see cref="HopperAttention"/> (the backward's
+    /// contract is the same whichever forward ran). Default false: its GPU tests passed on the H200, but at llama-1b's head
+    /// size it measured slower than FA-2 (2026-12-03, 8 x 2048, H32 K8: 2.14 against 1.90 ms at D64; 3.41 against 3.64 at D128).
+    /// </summary>
+    public bool HopperAttentionBackward { get; init; }
+
+    /// <summary>
+    /// Warpgroups (128 threads, 64 query rows in the forward, 64 keys in the backward) per CTA of the Hopper kernels, 1 or 2.
+    /// Two share each key/value (forward) or query (backward) tile between them; one leaves the CTAs independent, so more
+    /// of them share an SM and interleave. Default 2.
+    /// </summary>
+    public int HopperAttentionWarpgroups { get; init; } = 2;
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -80,6 +105,8 @@ public sealed record CudaBackendOptions
     /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid field; returns this record.</summary>
     public CudaBackendOptions Validate()
     {
+        if (HopperAttentionWarpgroups is not (1 or 2))
+            throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(DecodeAttention))
@@ -127,6 +154,9 @@ public sealed record CudaBackendOptions
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
+        if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
+        if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
+        if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
         return string.Join(",", parts);
@@ -158,6 +188,9 @@ public sealed record CudaBackendOptions
         },
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
+        [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
+        [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
+        [nameof(HopperAttentionWarpgroups)] = (o, v, s) => o with { HopperAttentionWarpgroups = ParseInt(v, s) },
         [nameof(ProfileOps)] = (o, v, s) => o with { ProfileOps = ParseBool(v, s) },
         [nameof(KernelCacheFolder)] = (o, v, s) => o with
         {

@@ -31,7 +31,22 @@ public sealed class KernelLibrary : IDisposable
     public int Compilations { get; private set; }
 
     /// <summary>NVRTC options for this device.</summary>
-    public IReadOnlyList<string> Options => [$"--gpu-architecture={_device.Architecture}", "--std=c++17", "-default-device"];
+    public IReadOnlyList<string> Options => OptionsFor("");
+
+    /// <summary>
+    /// Kernel files written for one architecture's own instructions (wgmma on compute capability 9.0), compiled for its
+    /// architecture-specific target (sm_90a), which runs on that architecture only; every other file keeps the portable one.
+    /// </summary>
+    public static IReadOnlySet<string> ArchitectureSpecificFiles { get; } = new HashSet<string> { "flash_attention_hopper.cu" };
+
+    /// <summary>NVRTC options for kernel file <paramref name="fileName"/> on this device: sm_90a for an
+    /// <see cref="ArchitectureSpecificFiles"/> entry on a 9.0 device, the device's architecture otherwise.</summary>
+    public IReadOnlyList<string> OptionsFor(string fileName)
+    {
+        string architecture = _device.Architecture;
+        if (architecture == "sm_90" && ArchitectureSpecificFiles.Contains(fileName)) architecture += "a";
+        return [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"];
+    }
 
     /// <summary>The embedded source of kernel file <paramref name="fileName"/> (e.g. "elementwise.cu").</summary>
     public static string EmbeddedSource(string fileName)
@@ -63,7 +78,7 @@ public sealed class KernelLibrary : IDisposable
     /// </summary>
     public CudaModule Load(string source, string fileName)
     {
-        var options = Options;
+        var options = OptionsFor(fileName);
         var key = KernelCache.Key(source, _device.Architecture, options, Compiler.Version);
         var cached = Cache.TryRead(key, fileName);
         if (cached is not null)

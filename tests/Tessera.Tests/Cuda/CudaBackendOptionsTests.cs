@@ -22,6 +22,9 @@ public sealed class CudaBackendOptionsTests
         TuneMatMulAlgorithms = false,
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,
+        HopperAttention = !CudaBackendOptions.Default.HopperAttention,
+        HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
+        HopperAttentionWarpgroups = 1,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
     };

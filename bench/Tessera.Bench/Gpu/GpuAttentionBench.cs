@@ -1,0 +1,108 @@
+using System.Globalization;
+using Tessera.Cuda;
+using Tessera.Cuda.Runtime;
+using Tessera.Tensors;
+
+namespace Tessera.Bench.Gpu;
+
+/// <summary>
+/// Causal attention alone on one GPU, bf16: the FlashAttention-2 kernels (flash_attention.cu) against the Hopper kernel
+/// (flash_attention_hopper.cu, <see cref="CudaBackendOptions.HopperAttention"/> and
+/// <see cref="CudaBackendOptions.HopperAttentionBackward"/>, with CTAs of two warpgroups and of one) on the same random inputs, in two
+/// backends of one process. Per shape: median milliseconds of the forward (with lse) and of the backward over --reps runs
+/// after 3 warm-ups (CUDA events on each backend's stream), TFLOP/s counting the causal half of the products (forward
+/// 2 B H T^2 D, backward 2.5 times that), and the norm-wise relative difference of the two forwards' outputs.
+/// <para>Usage: gpu-attention [--shapes B,T,H,K,D;...] [--reps 10]. Default shapes: llama-1b 8 x 2048 (H32 K8 D64), 4 x 4096,
+/// 2 x 8192, and llama-8b heads (H32 K8 D128) at 8 x 2048 and 4 x 4096.</para>
+/// </summary>
+public static class GpuAttentionBench
+{
+    /// <summary>Entry point; returns the process exit code.</summary>
+    public static int Run(string[] args)
+    {
+        string shapes = "8,2048,32,8,64;4,4096,32,8,64;2,8192,32,8,64;8,2048,32,8,128;4,4096,32,8,128";
+        int reps = 10;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--shapes": shapes = args[++i]; break;
+                case "--reps": reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                default: throw new ArgumentException($"gpu-attention: unknown argument '{args[i]}'");
+            }
+        }
+        using var flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
+        using var hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true });
+        using var one = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1 });
+        Console.WriteLine($"device: {hopper.CudaDevice}; Hopper kernels used: forward {hopper.UsesHopperAttention}, backward {hopper.UsesHopperAttentionBackward}");
+        Console.WriteLine("| B | T | H | K | D | FA-2 fwd ms | TFLOP/s | Hopper fwd ms | TFLOP/s | 1-WG fwd ms | TFLOP/s | FA-2 bwd ms | TFLOP/s | Hopper bwd ms | TFLOP/s | 1-WG bwd ms | TFLOP/s | outputs' rel. difference |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        foreach (var text in shapes.Split(';', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var n = text.Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+            if (n.Length != 5) throw new ArgumentException($"gpu-attention: shape '{text}' is not B,T,H,K,D");
+            int b = n[0], t = n[1], h = n[2], kh = n[3], d = n[4];
+            var rng = new Random(1);
+            BFloat16[] Values(long count)
+            {
+                var values = new BFloat16[checked((int)count)];
+                for (int i = 0; i < values.Length; i++) values[i] = BFloat16.FromSingle(rng.NextSingle() * 2 - 1);
+                return values;
+            }
+            var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
+            var dout = Values((long)b * t * h * d);
+            var (f2Fwd, f2Bwd, f2Out) = Measure(flash2, q, k, v, dout, b, t, h, kh, d, reps);
+            var (hFwd, hBwd, hOut) = Measure(hopper, q, k, v, dout, b, t, h, kh, d, reps);
+            var (pFwd, pBwd, _) = Measure(one, q, k, v, dout, b, t, h, kh, d, reps);
+            double fwdFlop = 2.0 * b * h * (double)t * t * d, bwdFlop = 2.5 * fwdFlop;
+            double diff = 0, norm = 0;
+            for (int i = 0; i < f2Out.Length; i++)
+            {
+                double a = f2Out[i].ToSingle(), c = hOut[i].ToSingle();
+                diff += (a - c) * (a - c); norm += a * a;
+            }
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {b} | {t} | {h} | {kh} | {d} | {f2Fwd:F2} | {fwdFlop / f2Fwd / 1e9:F0} | {hFwd:F2} | {fwdFlop / hFwd / 1e9:F0} | {pFwd:F2} | {fwdFlop / pFwd / 1e9:F0} | {f2Bwd:F2} | {bwdFlop / f2Bwd / 1e9:F0} | {hBwd:F2} | {bwdFlop / hBwd / 1e9:F0} | {pBwd:F2} | {bwdFlop / pBwd / 1e9:F0} | {Math.Sqrt(diff / Math.Max(norm, 1e-30)):E1} |"));
+        }
+        return 0;
+    }
+
+    private static (double Forward, double Backward, BFloat16[] Output) Measure(CudaBackend be, BFloat16[] q, BFloat16[] k, BFloat16[] v,
+        BFloat16[] dout, int b, int t, int h, int kh, int d, int reps, bool backward = true)
+    {
+        Tensor Put(BFloat16[] values, params int[] dims)
+        {
+            var x = be.Allocate(new Shape(dims), DType.BF16);
+            be.CopyFromHost<BFloat16>(values, x);
+            return x;
+        }
+        var tq = Put(q, b, t, h, d); var tk = Put(k, b, t, kh, d); var tv = Put(v, b, t, kh, d); var tdo = Put(dout, b, t, h, d);
+        var o = be.Allocate(new Shape(b, t, h, d), DType.BF16); var lse = be.Allocate(new Shape(b, h, t), DType.F32);
+        var dq = be.Allocate(new Shape(b, t, h, d), DType.BF16);
+        var dk = be.Allocate(new Shape(b, t, kh, d), DType.BF16); var dv = be.Allocate(new Shape(b, t, kh, d), DType.BF16);
+        double scale = 1 / Math.Sqrt(d);
+        double forward = MedianMs(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale), reps);
+        double backwardMs = backward ? MedianMs(be, () => be.AttentionBackward(tq, tk, tv, o, tdo, lse, dq, dk, dv, scale), reps) : double.NaN;
+        var output = be.ToArray<BFloat16>(o);
+        foreach (var x in new[] { tq, tk, tv, tdo, o, lse, dq, dk, dv }) x.Storage.Dispose();
+        return (forward, backwardMs, output);
+    }
+
+    private static double MedianMs(CudaBackend be, Action op, int reps)
+    {
+        for (int i = 0; i < 3; i++) op();
+        using var start = new CudaEvent(be.CudaDevice);
+        using var end = new CudaEvent(be.CudaDevice);
+        var times = new List<double>();
+        for (int i = 0; i < reps; i++)
+        {
+            start.Record(be.Stream);
+            op();
+            end.Record(be.Stream);
+            end.Synchronize();
+            times.Add(end.ElapsedSince(start));
+        }
+        times.Sort();
+        return times[reps / 2];
+    }
+}

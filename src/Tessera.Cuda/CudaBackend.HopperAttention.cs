@@ -1,0 +1,98 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+public sealed unsafe partial class CudaBackend
+{
+    // flash_attention_hopper.cu: CTAs of 1 or 2 warpgroups (CudaBackendOptions.HopperAttentionWarpgroups) of 128 threads, each
+    // owning 64 query rows (forward) or 64 keys (backward); the forward's key/value blocks of 128 rows in a two-stage ring;
+    // 1,024 bytes of slack so the kernel can align its tiles to the 128-byte swizzle's 1,024-byte period.
+    private const int HopperWarpgroupRows = 64, HopperKeys = 128, HopperWarpgroupThreads = 128;
+    private const string HopperFile = "flash_attention_hopper.cu";
+
+    /// <summary>
+    /// Whether the attention forward runs on the Hopper kernel here: <see cref="CudaBackendOptions.HopperAttention"/> on a
+    /// compute capability 9.0 device (wgmma exists there only, compiled for sm_90a). Calls with a sliding window, and
+    /// decoding's split kernels, stay on flash_attention.cu either way.
+    /// </summary>
+    public bool UsesHopperAttention => Options.HopperAttention && HopperKernelsCompile;
+
+    /// <summary>
+    /// Whether the attention backward runs on the Hopper kernel here: <see cref="CudaBackendOptions.HopperAttentionBackward"/>
+    /// on a compute capability 9.0 device; windowed calls stay on flash_attention.cu.
+    /// </summary>
+    public bool UsesHopperAttentionBackward => Options.HopperAttentionBackward && HopperKernelsCompile;
+
+    /// <summary>
+    /// Why the Hopper kernels cannot run on this device: not compute capability 9.0, or NVRTC's log when
+    /// flash_attention_hopper.cu does not compile for sm_90a (the FA-2 kernels then serve every call); null when they can.
+    /// </summary>
+    public string? HopperAttentionUnavailableReason
+    {
+        get
+        {
+            if (CudaDevice.ComputeCapability != (9, 0)) return $"the Hopper kernels need compute capability 9.0; this device is {CudaDevice.Architecture}";
+            return HopperKernelsCompile ? null : _hopperCompileError;
+        }
+    }
+
+    private bool? _hopperCompiles;
+    private string? _hopperCompileError;
+
+    /// <summary>On a 9.0 device, whether the kernel file compiles (tried once, on first use).</summary>
+    private bool HopperKernelsCompile => _hopperCompiles ??= CudaDevice.ComputeCapability == (9, 0) && TryCompileHopper();
+
+    private bool TryCompileHopper()
+    {
+        try
+        {
+            Kernels.Module(HopperFile);
+            return true;
+        }
+        catch (Compilation.KernelCompilationException e)
+        {
+            _hopperCompileError = e.Message;
+            return false;
+        }
+    }
+
+    private void HopperForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
+    {
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
+        int wgs = Options.HopperAttentionWarpgroups, rows = HopperWarpgroupRows * wgs;
+        uint shared = (uint)(1024 + (rows + 4 * HopperKeys) * d * 2); // Q tile + two stages of K and V
+        string kernel = "flash_forward_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(dtype, d);
+        PreferSharedMemory(HopperFile, kernel);
+        Launch(HopperFile, kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), (uint)(HopperWarpgroupThreads * wgs), args, shared);
+    }
+
+    // The backward's main kernel: CTAs of 64 keys per warpgroup walking query blocks of 64 rows. delta and the fp32 dQ
+    // accumulator come from flash_attention.cu's preprocess, which zeroes it; its cast kernel rounds dQ into dq.
+    private const int HopperBackwardQueries = 64;
+
+    private void HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
+        ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
+        float sc)
+    {
+        string suffix = FlashSuffix(dtype, d);
+        long rows = (long)b * t * h;
+        ulong delta = Scratch(rows * sizeof(float));
+        ulong dqacc = Scratch(rows * d * sizeof(float)); // fp32 dq, (B, T, H, D) contiguous, zeroed by the preprocess
+        uint grid = (uint)((rows * (d / 8) + 255) / 256);
+        void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
+        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
+        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+        // 1,024 alignment + K and V tiles + two stages of Q and dO + the dS^T tile + two stages of lse and delta.
+        int wgs = Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
+        uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
+            + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float));
+        string kernel = "flash_backward_hopper_" + (wgs == 1 ? "wg1_" : "") + suffix;
+        PreferSharedMemory(HopperFile, kernel);
+        Launch(HopperFile, kernel, ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b), (uint)(HopperWarpgroupThreads * wgs), a2, shared);
+        void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
+        Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
+        FreeScratch(dqacc);
+        FreeScratch(delta);
+    }
+}

@@ -1,0 +1,623 @@
+// Causal grouped-query attention forward for Hopper (sm_90a), after FlashAttention-3 (Shah et al., 2024): the matrix
+// products on warpgroup MMA (wgmma.mma_async, 64 rows per warpgroup, operands read from shared memory through matrix
+// descriptors), fp32 accumulation, online softmax in registers in the log2 domain as flash_attention.cu does.
+// Compiled only for compute capability 9.0, with the architecture-specific target (the host passes sm_90a for this file).
+//
+// The contract is flash_attention.cu's flash_forward: q (B,T,H,D), k/v (B,S,K,D), output (B,T,H,D), row strides in
+// elements (last dimension contiguous, rows 16-byte aligned); query t sits at key position S - T + t; query head h reads
+// kv head h / (H / K); lse (B,H,T) natural-log log-sum-exp, or null; starts (B) device lengths of a KV cache, or null.
+// No sliding window (the host sends windowed calls to flash_attention.cu).
+//
+// CTA: 128 query rows of one head, two warpgroups of 64; key/value blocks of 128 rows staged by all 256 threads with
+// cp.async into a two-stage ring (the next block loads while this one is computed).
+//   S (64 x 128) = Q K^T:  wgmma m64n128k16, A = Q and B = K both K-major (rows of D) in shared memory;
+//   P = exp2(S * scale * log2 e - m) rounded to 16 bits, kept in registers as the A operand of
+//   O (64 x D) += P V:     wgmma m64nDk16, B = V read N-major (V's rows are keys = k, its columns D = n).
+//
+// Shared-memory tiles use the 128-byte swizzle that wgmma's descriptors name (mode 1): a tile of ROWS x D 16-bit values
+// is D/64 column blocks of ROWS x 64 values; row r of a block is 128 bytes at r * 128, its 16-byte chunk c stored at
+// chunk c ^ (r & 7). The hardware applies the XOR to address bits [4,7) from bits [7,10), so every tile starts on a
+// 1,024-byte boundary. Descriptors: start address >> 4 in bits [0,14), leading byte offset >> 4 in [16,30), stride
+// byte offset >> 4 in [32,46), swizzle mode in [62,64). K-major (Q, K): stride offset 1,024 (from one 8-row group to
+// the next), leading offset unused (16); the k16 step j of a block starts 32 j bytes into its rows. N-major (V): stride
+// offset 1,024 (8 keys to the next 8), leading offset ROWS * 128 (from one 64-column block to the next); the k16 step j
+// (16 keys) starts 2,048 j bytes in.
+//
+// wgmma accumulator fragment (m64nN, f32), warp w of the warpgroup, g = lane / 4, c = lane % 4: register 4 j + e holds
+// row 16 w + g + 8 (e >> 1), column 8 j + 2 c + (e & 1). The A fragment from registers (m64k16) is mma.m16n8k16's per
+// warp: a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..), so the S accumulator of 16 keys packs
+// straight into P's A registers.
+
+struct Strides3 { i64 b, t, h; };
+typedef unsigned long long u64;
+
+#define LN2 0.6931471805599453f
+
+__device__ __forceinline__ unsigned smem_u32(const void* p)
+{
+    unsigned r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid)
+{
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// Shared memory written by ordinary (generic-proxy) stores, cp.async included, becomes visible to wgmma (the async
+// proxy) only after this fence by the writing thread, before the barrier that orders it with the readers.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// wgmma ordering: fence before the first wgmma that reads registers written by other instructions (accumulators, A);
+// commit closes a group of issued wgmma; wait<N> returns when at most N groups are still running.
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+
+// Keeps the compiler from moving reads or writes of accumulator registers across the asynchronous wgmma (which
+// reads and writes them after its asm statement has "returned"): an empty asm that claims to modify each one.
+template <int N> __device__ __forceinline__ void fence_registers(float* r)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N> __device__ __forceinline__ void fence_registers(unsigned* r)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// A shared-memory matrix descriptor with the 128-byte swizzle (see the header).
+__device__ __forceinline__ u64 sw128_descriptor(unsigned address, unsigned leading, unsigned stride)
+{
+    return (u64)((address & 0x3FFFFu) >> 4) | ((u64)(leading >> 4) << 16) | ((u64)(stride >> 4) << 32) | (1ull << 62);
+}
+// The same descriptor moved by bytes (a multiple of 16, within the 14-bit address field).
+__device__ __forceinline__ u64 desc_plus(u64 desc, unsigned bytes) { return desc + (u64)(bytes >> 4); }
+
+// Packs two floats into 16-bit pairs (lo in the low half).
+template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned pack2<f16>(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// wgmma m64nNk16 with fp32 accumulators for 16-bit inputs. The accumulate flag is a predicate operand (scale-d: 0
+// overwrites d), set from a register; imm-scale-a/b 1, transposes as each name says.
+template <typename T, int N> struct Wgmma;
+#define WG_F8(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WG_F32(d, i) WG_F8(d, i), WG_F8(d, i + 8), WG_F8(d, i + 16), WG_F8(d, i + 24)
+#define WG_ACC64(d) WG_F32(d, 0)
+#define WG_ACC128(d) WG_F32(d, 0), WG_F32(d, 32)
+#define WG_REGS64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_REGS128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+template <> struct Wgmma<bf16, 64>
+{
+    // d (64 x 64) = a (64 x 16, shared, K-major) * b (16 x 64, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 0, 0; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+    // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, N-major: the tile is stored as rows of k)
+    static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
+                     : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+};
+template <> struct Wgmma<bf16, 128>
+{
+    // d (64 x 128) = a (64 x 16, shared, K-major) * b (16 x 128, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", %64, %65, p, 1, 1, 0, 0; }"
+                     : WG_ACC128(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+    // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, N-major: the tile is stored as rows of k)
+    static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1; }"
+                     : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+};
+template <> struct Wgmma<f16, 64>
+{
+    // d (64 x 64) = a (64 x 16, shared, K-major) * b (16 x 64, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", %32, %33, p, 1, 1, 0, 0; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+    // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, N-major: the tile is stored as rows of k)
+    static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
+                     : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+};
+template <> struct Wgmma<f16, 128>
+{
+    // d (64 x 128) = a (64 x 16, shared, K-major) * b (16 x 128, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS128 ", %64, %65, p, 1, 1, 0, 0; }"
+                     : WG_ACC128(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+    // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, N-major: the tile is stored as rows of k)
+    static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1; }"
+                     : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+};
+
+
+// The dQ product of the backward: both operands transposed (stored as rows of k), N = 64.
+template <typename T> struct WgmmaT;
+template <> struct WgmmaT<bf16>
+{
+    // d (64 x 64) = a (64 x 16, shared, M-major: stored as rows of k) * b (16 x 64, shared, N-major: rows of k) (+ d)
+    static __device__ __forceinline__ void ss_mn(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+};
+template <> struct WgmmaT<f16>
+{
+    // d (64 x 64) = a (64 x 16, shared, M-major: stored as rows of k) * b (16 x 64, shared, N-major: rows of k) (+ d)
+    static __device__ __forceinline__ void ss_mn(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+};
+
+// Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled) into a swizzled tile
+// at shared address dst (1,024-byte aligned), with the CTA's NT threads. Each thread copies one chunk c of rows
+// r, r + RS, ...: RS is a multiple of 8, so all its rows share r & 7 and one swizzled base plus a constant step serves.
+template <int D, int ROWS, int NT, typename T>
+__device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
+{
+    constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+    static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "load_tile_sw128: NT threads must tile the rows");
+    const int r = tid / CH, c = tid % CH;
+    const unsigned d0 = dst + (unsigned)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+    const T* src = base + (i64)(row0 + r) * stride + c * 8;
+    const i64 step = (i64)RS * stride;
+#pragma unroll
+    for (int k = 0; k < N; k++)
+    {
+        const bool ok = row0 + r + k * RS < limit;
+        cp_async16(d0 + k * RS * 128, ok ? src + k * step : base, ok);
+    }
+}
+
+// WGS warpgroups (1 or 2) of 64 query rows per CTA. Grid (query tiles of 64 WGS rows, H, B), the last tiles (the most
+// keys) first; 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two stages of
+// K and V) bytes.
+template <typename T, int D, int WGS>
+__device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
+    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
+{
+    constexpr int BM = 64 * WGS, BN = 128, KD = D / 16, NT = 128 * WGS;
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const unsigned sK = sQ + BM * D * 2;       // 2 stages
+    const unsigned sV = sK + 2 * BN * D * 2;   // 2 stages
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
+    const int m0 = mb * BM, offset = S - Tq;
+    const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
+    const int nblocks = lastKey / BN + 1;
+    const T* qb = q + b * qs.b + (i64)h * qs.h;
+    const T* kb = k + b * ks.b + (i64)kvh * ks.h;
+    const T* vb = v + b * vs.b + (i64)kvh * vs.h;
+
+    load_tile_sw128<D, BM, NT>(sQ, qb, qs.t, m0, Tq, tid);
+    load_tile_sw128<D, BN, NT>(sK, kb, ks.t, 0, S, tid);
+    load_tile_sw128<D, BN, NT>(sV, vb, vs.t, 0, S, tid);
+    cp_async_commit();
+
+    // This warpgroup's rows r0 .. r0 + 63; the last key any of them sees; this thread's two rows' key positions.
+    const int r0 = m0 + wg * 64, wgLastKey = offset + r0 + 63;
+    const int qpos0 = offset + r0 + warp * 16 + g;
+    const bool active = r0 < Tq;   // a warpgroup wholly past T (the last tile) only keeps the barriers
+    float oacc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) oacc[i] = 0.f;
+    float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f};
+    const float sl2 = scale * LOG2E;
+    const u64 qdesc = sw128_descriptor(sQ + wg * 64 * 128, 16, 1024);
+
+    for (int nb = 0; nb < nblocks; nb++)
+    {
+        const int st = nb & 1;
+        if (nb + 1 < nblocks)
+        {
+            load_tile_sw128<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
+            load_tile_sw128<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, vb, vs.t, (nb + 1) * BN, S, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_async_shared();
+        __syncthreads();
+        const int n0 = nb * BN;
+        if (active && n0 <= wgLastKey)   // uniform over the warpgroup, as wgmma requires
+        {
+            const u64 kdesc = sw128_descriptor(sK + st * BN * D * 2, 16, 1024);
+            const u64 vdesc = sw128_descriptor(sV + st * BN * D * 2, BN * 128, 1024);
+            float s[BN / 2];
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < KD; kk++)
+            {
+                // column block kk / 4 of 64 values, 16 values (32 bytes) into its rows per step
+                Wgmma<T, BN>::ss(s, desc_plus(qdesc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
+                                 desc_plus(kdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_registers<BN / 2>(s);
+
+            // Masking needed: keys past this warp's first row's position, or past S.
+            if (n0 + BN - 1 > qpos0 - g || n0 + BN > S)
+            {
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                    {
+                        const int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
+                        if (key > qp || key >= S) s[4 * j + e] = NEG_INF;
+                    }
+            }
+            unsigned p[BN / 16][4];
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+            {
+                // The max over raw scores (the scale is positive); the scale joins in one FFMA per score below.
+                float mx = NEG_INF;
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+                mx = fmaxf(mrow[r], mx * sl2);   // log2 domain
+                const float mu = mx == NEG_INF ? 0.f : mx;
+                const float corr = fast_exp2(mrow[r] - mu);
+                mrow[r] = mx;
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++)
+                {
+                    const float p0 = fast_exp2(fmaf(s[4 * j + 2 * r], sl2, -mu)), p1 = fast_exp2(fmaf(s[4 * j + 2 * r + 1], sl2, -mu));
+                    s[4 * j + 2 * r] = p0; s[4 * j + 2 * r + 1] = p1;
+                    sum += p0 + p1;
+                }
+                lrow[r] = lrow[r] * corr + sum;
+#pragma unroll
+                for (int j = 0; j < D / 8; j++) { oacc[4 * j + 2 * r] *= corr; oacc[4 * j + 2 * r + 1] *= corr; }
+            }
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+            {
+                p[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+                p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+                p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+                p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+            }
+            fence_registers<D / 2>(oacc);
+            fence_registers<BN / 4>(&p[0][0]);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_registers<D / 2>(oacc);
+            fence_registers<BN / 4>(&p[0][0]);   // P stays live until the products that read it are done
+        }
+        __syncthreads();   // this stage is refilled by the next-but-one iteration
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+    {
+        float l = lrow[r];
+        l += __shfl_xor_sync(FULL_MASK, l, 1);
+        l += __shfl_xor_sync(FULL_MASK, l, 2);
+        const int t = r0 + warp * 16 + g + r * 8;
+        if (t < Tq)
+        {
+            const float inv = 1.f / l;
+            T* orow = o + b * os.b + (i64)t * os.t + (i64)h * os.h;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+                *(unsigned*)(orow + j * 8 + 2 * c4) = pack2<T>(oacc[4 * j + 2 * r] * inv, oacc[4 * j + 2 * r + 1] * inv);
+            if (lse && c4 == 0) lse[((i64)b * H + h) * Tq + t] = (mrow[r] + log2f(l)) * LN2;
+        }
+    }
+}
+
+// CTAs of one warpgroup per SM the compiler plans registers for: three at D = 64 (their shared memory fits three times;
+// at most 170 registers a thread), one at D = 128 (no bound).
+#define HOPPER_WG1_CTAS(D) ((D) == 64 ? 3 : 1)
+
+#define HOPPER_FORWARD(n, T, D)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 1) flash_forward_hopper_##n##_d##D(const T* q,         \
+        const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
+        Strides3 vs, Strides3 os, float scale, const int* starts)                                               \
+    {                                                                                                           \
+        /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
+        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
+        hopper_forward<T, D, 2>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                          \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_forward_hopper_wg1_##n##_d##D(  \
+        const T* q,                                                                                             \
+        const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
+        Strides3 vs, Strides3 os, float scale, const int* starts)                                               \
+    {                                                                                                           \
+        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
+        hopper_forward<T, D, 1>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                          \
+    }
+
+HOPPER_FORWARD(bf16, bf16, 64)
+HOPPER_FORWARD(bf16, bf16, 128)
+HOPPER_FORWARD(f16, f16, 64)
+HOPPER_FORWARD(f16, f16, 128)
+
+// ------------------------------------------------------------------------------------ backward
+// flash_attention.cu's flash_backward contract (S = T, no window): lse and delta (B,H,T) fp32 (delta = rowsum(dO o O),
+// from flash_backward_pre, which also zeroes dqacc); dqacc (B,T,H,D) fp32 receives dQ by reductions (flash_backward_dq_cast
+// rounds it into dq); dk, dv (B,T,K,D) written whole. CTA: 64 WGS keys of one kv head, WGS warpgroups of 64 keys; it walks
+// the query blocks of 64 rows that see its keys, for every query head of its group, Q and dO (and their lse, delta)
+// double-buffered by cp.async. Per warpgroup and query block, with its keys as the M dimension:
+//   S^T = K Q^T, dP^T = V dO^T               (wgmma m64n64k16, A and B K-major from shared memory)
+//   P^T = exp2(S^T scale log2 e - lse log2 e), dS^T = P^T o (dP^T - delta), both rounded to 16 bits in registers
+//   dV += P^T dO, dK += dS^T Q                 (wgmma m64nDk16, A from registers, B = dO / Q read N-major)
+//   dQ (64 queries x D) = dS K_w               (wgmma m64n64k16 per 64 columns: A = dS^T written to shared memory,
+//                                               read M-major; B = K read N-major), added to dqacc by red.global.add
+// Dynamic shared memory: 1,024 + K, V (64 WGS D 2 each) + 2 stages of Q, dO (64 D 2 each) + dS^T (64 WGS x 64 x 2) + 2
+// stages of lse and delta (64 floats each).
+template <typename T, int D, int WGS>
+__device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
+    float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
+    Strides3 dks, Strides3 dvs, float scale)
+{
+    constexpr int BM = 64, BN = 64 * WGS, KD = D / 16, NT = 128 * WGS;
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const unsigned sV = sK + BN * D * 2;
+    const unsigned sQ = sV + BN * D * 2;        // 2 stages
+    const unsigned sdO = sQ + 2 * BM * D * 2;   // 2 stages
+    const unsigned sdS = sdO + 2 * BM * D * 2;  // per warpgroup 64 keys x 64 queries
+    float* sL = (float*)(smem_raw + (sdS + BN * BM * 2 - smem_u32(smem_raw)));   // 2 stages of lse, then 2 of delta
+    float* sDel = sL + 2 * BM;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = H / KH;
+    const int n0 = nb * BN, nw = n0 + wg * 64;   // the CTA's first key, this warpgroup's
+    const int mStart = n0 / BM, per = (Tq + BM - 1) / BM - mStart, iters = per * group;
+    const float sl2 = scale * LOG2E;
+
+    load_tile_sw128<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
+    load_tile_sw128<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
+
+    auto issue = [&](int it, int st) {
+        const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
+        load_tile_sw128<D, BM, NT>(sQ + st * BM * D * 2, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
+        load_tile_sw128<D, BM, NT>(sdO + st * BM * D * 2, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
+        if (tid < 2 * BM)
+        {
+            // lse and delta rows are not 16-byte aligned in general (T arbitrary): one 4-byte copy per thread; rows past T
+            // read as 0 (their P is masked).
+            const int which = tid / BM, c = tid % BM, t = m0 + c;
+            const float* src = (which ? delta : lse) + ((i64)b * H + hh) * Tq;
+            const bool ok = t < Tq;
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
+                         "l"(ok ? src + t : src), "r"(ok ? 4 : 0) : "memory");
+        }
+    };
+
+    float dkacc[D / 2], dvacc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) { dkacc[i] = 0.f; dvacc[i] = 0.f; }
+    issue(0, 0);
+    cp_async_commit();
+    const u64 kdesc = sw128_descriptor(sK + wg * 64 * 128, 16, 1024);
+    const u64 vdesc = sw128_descriptor(sV + wg * 64 * 128, 16, 1024);
+    const unsigned sdSw = sdS + wg * 64 * BM * 2;
+    // This thread's key rows (g and g + 8 of its warp's 16) of the warpgroup's 64.
+    const int key0 = nw + warp * 16 + g;
+
+    for (int it = 0; it < iters; it++)
+    {
+        const int st = it & 1;
+        if (it + 1 < iters) issue(it + 1, st ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_async_shared();
+        __syncthreads();
+        const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
+        // A warpgroup whose keys all come after the block's last query, or lie past T, has nothing to add.
+        if (m0 + BM - 1 >= nw && nw < Tq)
+        {
+            const unsigned tQ = sQ + st * BM * D * 2, tdO = sdO + st * BM * D * 2;
+            const float* tL = sL + st * BM;
+            const float* tDel = sDel + st * BM;
+            const u64 qdesc = sw128_descriptor(tQ, 16, 1024), odesc = sw128_descriptor(tdO, 16, 1024);
+            float s[BM / 2], dp[BM / 2];
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < KD; kk++)
+            {
+                const unsigned ka = (kk >> 2) * BN * 128 + (kk & 3) * 32, qa = (kk >> 2) * BM * 128 + (kk & 3) * 32;
+                Wgmma<T, BM>::ss(s, desc_plus(kdesc, ka), desc_plus(qdesc, qa), kk > 0);
+                Wgmma<T, BM>::ss(dp, desc_plus(vdesc, ka), desc_plus(odesc, qa), kk > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_registers<BM / 2>(s);
+            fence_registers<BM / 2>(dp);
+            const bool mask = m0 < nw + 64 || m0 + BM > Tq;
+            unsigned pa[BM / 16][4], sa[BM / 16][4];
+#pragma unroll
+            for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                {
+                    const int qc = j * 8 + 2 * c4 + (e & 1), key = key0 + (e >> 1) * 8, t = m0 + qc;
+                    float p = fast_exp2(fmaf(s[4 * j + e], sl2, -tL[qc] * LOG2E));
+                    if (mask && (key > t || t >= Tq)) p = 0.f;
+                    s[4 * j + e] = p;
+                    dp[4 * j + e] = p * (dp[4 * j + e] - tDel[qc]);
+                }
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++)
+            {
+                pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+                pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+                pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+                pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+                sa[kk][0] = pack2<T>(dp[8 * kk + 0], dp[8 * kk + 1]);
+                sa[kk][1] = pack2<T>(dp[8 * kk + 2], dp[8 * kk + 3]);
+                sa[kk][2] = pack2<T>(dp[8 * kk + 4], dp[8 * kk + 5]);
+                sa[kk][3] = pack2<T>(dp[8 * kk + 6], dp[8 * kk + 7]);
+            }
+            // dV += P^T dO, dK += dS^T Q (k = the block's queries; dO and Q read N-major, their rows being queries)
+            fence_registers<D / 2>(dvacc);
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&pa[0][0]);
+            fence_registers<BM / 4>(&sa[0][0]);
+            wgmma_fence();
+            const u64 odescN = sw128_descriptor(tdO, BM * 128, 1024), qdescN = sw128_descriptor(tQ, BM * 128, 1024);
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++)
+            {
+                Wgmma<T, D>::rs_nmajor(dvacc, pa[kk], desc_plus(odescN, kk * 16 * 128));
+                Wgmma<T, D>::rs_nmajor(dkacc, sa[kk], desc_plus(qdescN, kk * 16 * 128));
+            }
+            wgmma_commit();
+            // Meanwhile dS^T to shared memory for dQ: rows = the warpgroup's keys (16 warp + g, + 8), 128-byte rows of 64
+            // queries (16 kk + 2 c4, + 8: 16-byte chunks 2 kk and 2 kk + 1), swizzled.
+            {
+                char* base = (char*)smem_raw + (sdSw - smem_u32(smem_raw));
+                const int r0 = warp * 16 + g, r1 = r0 + 8;
+#pragma unroll
+                for (int kk = 0; kk < BM / 16; kk++)
+                {
+                    const int cA = 2 * kk, cB = 2 * kk + 1;
+                    *(unsigned*)(base + r0 * 128 + ((cA ^ (r0 & 7)) << 4) + c4 * 4) = sa[kk][0];
+                    *(unsigned*)(base + r1 * 128 + ((cA ^ (r1 & 7)) << 4) + c4 * 4) = sa[kk][1];
+                    *(unsigned*)(base + r0 * 128 + ((cB ^ (r0 & 7)) << 4) + c4 * 4) = sa[kk][2];
+                    *(unsigned*)(base + r1 * 128 + ((cB ^ (r1 & 7)) << 4) + c4 * 4) = sa[kk][3];
+                }
+            }
+            // The tile (generic stores) is read by wgmma next: fence, then the warpgroup's own barrier.
+            fence_async_shared();
+            asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
+            // dQ is issued behind dV and dK without waiting for them (groups complete in order); the first wait below
+            // covers all three, and only then are their registers free.
+            const u64 sdesc = sw128_descriptor(sdSw, 64 * 128, 1024);
+#pragma unroll
+            for (int half = 0; half < D / 64; half++)
+            {
+                float qacc[32];
+                // K_w as B: rows = keys (k), 64 columns of D (n) from column block `half`
+                const u64 kdescN = sw128_descriptor(sK + half * BN * 128 + wg * 64 * 128, BN * 128, 1024);
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++)
+                    WgmmaT<T>::ss_mn(qacc, desc_plus(sdesc, kk * 16 * 128), desc_plus(kdescN, kk * 16 * 128), kk > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                fence_registers<32>(qacc);
+                if (half == 0)
+                {
+                    fence_registers<D / 2>(dvacc);
+                    fence_registers<D / 2>(dkacc);
+                    fence_registers<BM / 4>(&pa[0][0]);
+                    fence_registers<BM / 4>(&sa[0][0]);
+                }
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                {
+                    const int t = m0 + warp * 16 + g + r * 8;
+                    if (t < Tq)
+                    {
+                        float* dst = dqacc + (((i64)b * Tq + t) * H + hh) * D + half * 64 + 2 * c4;
+#pragma unroll
+                        for (int j = 0; j < 8; j++)
+                            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
+                                         "f"(qacc[4 * j + 2 * r + 1] * scale) : "memory");
+                    }
+                }
+            }
+        }
+        __syncthreads();   // this stage, and the dS^T tile, are rewritten next
+    }
+    cp_async_wait<0>();
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+    {
+        const int s = key0 + r * 8;
+        if (s < Tq)
+        {
+            T* krow = dk + b * dks.b + (i64)s * dks.t + (i64)kvh * dks.h;
+            T* vrow = dv + b * dvs.b + (i64)s * dvs.t + (i64)kvh * dvs.h;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+            {
+                *(unsigned*)(krow + j * 8 + 2 * c4) = pack2<T>(dkacc[4 * j + 2 * r] * scale, dkacc[4 * j + 2 * r + 1] * scale);
+                *(unsigned*)(vrow + j * 8 + 2 * c4) = pack2<T>(dvacc[4 * j + 2 * r], dvacc[4 * j + 2 * r + 1]);
+            }
+        }
+    }
+}
+
+#define HOPPER_BACKWARD(n, T, D)                                                                                \
+    extern "C" __global__ void __launch_bounds__(256, 1) flash_backward_hopper_##n##_d##D(const T* q,        \
+        const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk,      \
+        T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,        \
+        Strides3 dvs, float scale)                                                                              \
+    {                                                                                                           \
+        hopper_backward<T, D, 2>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs, \
+                                 scale);                                                                        \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_wg1_##n##_d##D( \
+        const T* q,                                                                                             \
+        const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc, T* dk,      \
+        T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,        \
+        Strides3 dvs, float scale)                                                                              \
+    {                                                                                                           \
+        hopper_backward<T, D, 1>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs, \
+                                 scale);                                                                        \
+    }
+
+HOPPER_BACKWARD(bf16, bf16, 64)
+HOPPER_BACKWARD(bf16, bf16, 128)
+HOPPER_BACKWARD(f16, f16, 64)
+HOPPER_BACKWARD(f16, f16, 128)

@@ -1,0 +1,365 @@
+using Tessera.Cuda;
+using Tessera.Cuda.Compilation;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Two backends on device 0 beside the shared one, for the Hopper attention kernel (flash_attention_hopper.cu): one with
+/// <see cref="CudaBackendOptions.HopperAttention"/> and <see cref="CudaBackendOptions.HopperAttentionBackward"/> on and its ops profiled (so a test sees which kernel ran), one with it
+/// off (the FlashAttention-2 kernel), and one with CTAs of one warpgroup. Holds the reason where there is no device.
+/// </summary>
+public sealed class HopperAttentionFixture : IDisposable
+{
+    public HopperAttentionFixture()
+    {
+        try
+        {
+            Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, ProfileOps = true });
+            OneWarpgroup = new CudaBackend(0, CudaBackendOptions.Default with
+            {
+                HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, ProfileOps = true,
+            });
+            Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
+        }
+        catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
+        {
+            Reason = e.Message;
+        }
+    }
+
+    public CudaBackend? Hopper { get; }
+    public CudaBackend? Flash2 { get; }
+    /// <summary>The Hopper kernels with CTAs of one warpgroup (<see cref="CudaBackendOptions.HopperAttentionWarpgroups"/> = 1).</summary>
+    public CudaBackend? OneWarpgroup { get; }
+    public string? Reason { get; }
+
+    public void Dispose()
+    {
+        Hopper?.Dispose();
+        OneWarpgroup?.Dispose();
+        Flash2?.Dispose();
+    }
+}
+
+/// <summary>
+/// The Hopper attention forward and backward against the FlashAttention-2 kernel and the CPU backend on the same random 16-bit inputs
+/// (seed in every message): head sizes 64 and 128, GQA ratios 1 and 4, T not a multiple of the 128-row tile, B &gt; 1,
+/// S &gt; T (queries at the end of the keys), causal. Skips, saying why, without a GPU or on a device other than compute
+/// capability 9.0.
+/// </summary>
+public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixture) : IClassFixture<HopperAttentionFixture>
+{
+    // Output, norm-wise relative. Against the CPU backend (f32 on the same rounded inputs): P is rounded to 16 bits before
+    // P·V (relative 2^-9 per element for bf16, 2^-12 for f16) and the output to 16 bits (2^-9), independent errors that add
+    // in norm well below 1e-2, as for the FlashAttention-2 kernel (CudaFlashAttentionTests). Against that kernel: both
+    // round P, each against its own running maximum, and the output, so the same bound. lse: fp32 from exact products of
+    // 16-bit values, exp2 on the special-function unit (relative 2^-22) and fp32 sums over at most 1,024 keys: 1e-4.
+    // Gradients: P and dS rounded to 16 bits before the products, dq accumulated in fp32, dk, dv and dq rounded to 16 bits
+    // once: the output's argument, 1e-2 (the FlashAttention-2 tests' bound for the same quantities).
+    private const double OutTolerance = 1e-2, LseTolerance = 1e-4;
+
+    private (CudaBackend Hopper, CudaBackend Flash2) Backends()
+    {
+        if (fixture.Hopper is null || fixture.Flash2 is null) Assert.Skip("no CUDA device: " + fixture.Reason);
+        if (fixture.Hopper.CudaDevice.ComputeCapability != (9, 0))
+            Assert.Skip($"the Hopper attention kernels need compute capability 9.0; this device is {fixture.Hopper.CudaDevice.Architecture}");
+        // On a 9.0 device a kernel file that does not compile must fail here, not fall back to FA-2 unseen.
+        Assert.True(fixture.Hopper.UsesHopperAttention, fixture.Hopper.HopperAttentionUnavailableReason);
+        return (fixture.Hopper, fixture.Flash2);
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 64, 2, 200, 200, 4, 4)]     // GQA 1, T not a multiple of 128
+    [InlineData(DType.BF16, 64, 2, 333, 333, 8, 2)]     // GQA 4
+    [InlineData(DType.BF16, 64, 1, 1024, 1024, 2, 2)]  // many key blocks
+    [InlineData(DType.BF16, 128, 2, 200, 200, 4, 1)]    // D 128, GQA 4
+    [InlineData(DType.F16, 128, 2, 130, 300, 4, 4)]     // S > T: queries at key positions 170 .. 299
+    [InlineData(DType.F16, 64, 3, 77, 77, 4, 1)]        // one tile, partly past T
+    public void ForwardAgreesWithFlashAttention2AndTheCpuBackend(DType dtype, int d, int b, int t, int s, int h, int kh)
+    {
+        var (hopper, flash2) = Backends();
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        string where = $"{dtype} D{d} B{b} T{t} S{s} H{h} K{kh} (seed {seed})";
+        double scale = 1 / Math.Sqrt(d);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, dtype)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * s * kh * d); var v = Values((long)b * s * kh * d);
+
+        var (oH, lH) = Forward(hopper, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        Assert.Contains(hopper.Profiler!.Totals(), r => r.Name == $"flash_forward_hopper_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        var (oF, lF) = Forward(flash2, dtype, q, k, v, b, t, s, h, kh, d, scale);
+
+        var cpu = new CpuBackend(2);
+        var cq = cpu.FromHost<float>(q.Select(x => (float)x).ToArray(), new Shape(b, t, h, d));
+        var ck = cpu.FromHost<float>(k.Select(x => (float)x).ToArray(), new Shape(b, s, kh, d));
+        var cv = cpu.FromHost<float>(v.Select(x => (float)x).ToArray(), new Shape(b, s, kh, d));
+        var co = cpu.Allocate(new Shape(b, t, h, d), DType.F32); var cl = cpu.Allocate(new Shape(b, h, t), DType.F32);
+        cpu.AttentionForward(cq, ck, cv, co, cl, scale);
+        var oC = cpu.ToArray<float>(co).Select(x => (double)x).ToArray();
+        var lC = cpu.ToArray<float>(cl).Select(x => (double)x).ToArray();
+
+        AssertClose(oC, oH, OutTolerance, $"{where}: Hopper output vs the CPU backend");
+        AssertClose(lC, lH, LseTolerance, $"{where}: Hopper lse vs the CPU backend");
+        AssertClose(oF, oH, OutTolerance, $"{where}: Hopper output vs FlashAttention-2");
+        AssertClose(lF, lH, LseTolerance, $"{where}: Hopper lse vs FlashAttention-2");
+
+        var one = fixture.OneWarpgroup!;
+        var (o1, l1) = Forward(one, dtype, q, k, v, b, t, s, h, kh, d, scale);
+        Assert.Contains(one.Profiler!.Totals(), r => r.Name == $"flash_forward_hopper_wg1_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        AssertClose(oC, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs the CPU backend");
+        AssertClose(lC, l1, LseTolerance, $"{where}: one-warpgroup Hopper lse vs the CPU backend");
+        AssertClose(oF, o1, OutTolerance, $"{where}: one-warpgroup Hopper output vs FlashAttention-2");
+    }
+
+    [Theory]
+    [InlineData(DType.BF16, 64, 2, 200, 4, 4)]      // GQA 1, T not a multiple of the 128-key or 64-query blocks
+    [InlineData(DType.BF16, 64, 2, 333, 8, 2)]      // GQA 4
+    [InlineData(DType.BF16, 64, 1, 1024, 2, 2)]     // many query blocks per key block
+    [InlineData(DType.BF16, 128, 2, 200, 4, 1)]     // D 128, GQA 4
+    [InlineData(DType.F16, 128, 2, 130, 4, 4)]
+    [InlineData(DType.F16, 64, 3, 77, 4, 1)]
+    public void BackwardAgreesWithFlashAttention2AndTheCpuBackend(DType dtype, int d, int b, int t, int h, int kh)
+    {
+        var (hopper, flash2) = Backends();
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        string where = $"{dtype} D{d} B{b} T{t} H{h} K{kh} (seed {seed})";
+        double scale = 1 / Math.Sqrt(d);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, dtype)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
+        var dO = Values((long)b * t * h * d);
+
+        // The forward on the CPU backend (f32 on the rounded inputs); its output rounded to the dtype is the backward's o,
+        // as training feeds the forward's own 16-bit output back.
+        var cpu = new CpuBackend(2);
+        float[] F(double[] x) => x.Select(y => (float)y).ToArray();
+        var cq = cpu.FromHost<float>(F(q), new Shape(b, t, h, d));
+        var ck = cpu.FromHost<float>(F(k), new Shape(b, t, kh, d));
+        var cv = cpu.FromHost<float>(F(v), new Shape(b, t, kh, d));
+        var co = cpu.Allocate(new Shape(b, t, h, d), DType.F32); var cl = cpu.Allocate(new Shape(b, h, t), DType.F32);
+        cpu.AttentionForward(cq, ck, cv, co, cl, scale);
+        var o = cpu.ToArray<float>(co).Select(x => Round(x, dtype)).ToArray();
+        var lse = cpu.ToArray<float>(cl).Select(x => (double)x).ToArray();
+        var cdO = cpu.FromHost<float>(F(dO), new Shape(b, t, h, d));
+        var co16 = cpu.FromHost<float>(F(o), new Shape(b, t, h, d));
+        var cdq = cpu.Allocate(new Shape(b, t, h, d), DType.F32);
+        var cdk = cpu.Allocate(new Shape(b, t, kh, d), DType.F32); var cdv = cpu.Allocate(new Shape(b, t, kh, d), DType.F32);
+        cpu.AttentionBackward(cq, ck, cv, co16, cdO, cl, cdq, cdk, cdv, scale);
+        double[] D(Tensor x) => cpu.ToArray<float>(x).Select(y => (double)y).ToArray();
+        var (dqC, dkC, dvC) = (D(cdq), D(cdk), D(cdv));
+
+        hopper.Profiler!.Reset();
+        var (dqH, dkH, dvH) = Backward(hopper, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+        Assert.Contains(hopper.Profiler.Totals(), r => r.Name == $"flash_backward_hopper_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        var (dqF, dkF, dvF) = Backward(flash2, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+
+        AssertClose(dqC, dqH, OutTolerance, $"{where}: Hopper dq vs the CPU backend");
+        AssertClose(dkC, dkH, OutTolerance, $"{where}: Hopper dk vs the CPU backend");
+        AssertClose(dvC, dvH, OutTolerance, $"{where}: Hopper dv vs the CPU backend");
+        AssertClose(dqF, dqH, OutTolerance, $"{where}: Hopper dq vs FlashAttention-2");
+        AssertClose(dkF, dkH, OutTolerance, $"{where}: Hopper dk vs FlashAttention-2");
+        AssertClose(dvF, dvH, OutTolerance, $"{where}: Hopper dv vs FlashAttention-2");
+
+        var one = fixture.OneWarpgroup!;
+        one.Profiler!.Reset();
+        var (dq1, dk1, dv1) = Backward(one, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+        Assert.Contains(one.Profiler.Totals(), r => r.Name == $"flash_backward_hopper_wg1_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
+        AssertClose(dqC, dq1, OutTolerance, $"{where}: one-warpgroup Hopper dq vs the CPU backend");
+        AssertClose(dkC, dk1, OutTolerance, $"{where}: one-warpgroup Hopper dk vs the CPU backend");
+        AssertClose(dvC, dv1, OutTolerance, $"{where}: one-warpgroup Hopper dv vs the CPU backend");
+    }
+
+    [Fact]
+    public void EveryKernelOfTheFileCompilesAndLoads()
+    {
+        // One compilation of the whole file reports all its NVRTC errors at once; then each entry point the host names.
+        var (hopper, _) = Backends();
+        var module = hopper.Kernels.Module("flash_attention_hopper.cu");
+        foreach (var type in new[] { "bf16", "f16" })
+            foreach (var d in new[] { 64, 128 })
+            {
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_wg1_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_wg1_{type}_d{d}"));
+            }
+    }
+
+    /// <summary>
+    /// The kernel file's wgmma building blocks alone (Cuda/Kernels/hopper_wgmma_probes.cu appended to it): S = Q K^T with both
+    /// operands K-major from the swizzled tiles, O = P V with P from registers and V N-major, and the backward's dQ = dS K
+    /// with both operands transposed, each against an f64 product of the same bf16 values. fp32 accumulation of exact
+    /// bf16 products over at most 128 terms: 1e-5 relative (norm-wise). A failure here names the layout that is wrong.
+    /// </summary>
+    [Theory]
+    [InlineData("qk", 64)]
+    [InlineData("qk", 128)]
+    [InlineData("pv", 64)]
+    [InlineData("pv", 128)]
+    [InlineData("dq", 64)]
+    public void WgmmaOperandLayoutsAgreeWithTheCpu(string probe, int d)
+    {
+        var (hopper, _) = Backends();
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        // (rows of A, inner, columns of B) and how each operand is stored: qk: A (64 x d) rows, B (128 x d) rows (B^T);
+        // pv: A (64 x 128) rows, B (128 x d) rows; dq: A^T (64 keys x 64 queries) rows, B (64 keys x 64) rows.
+        var (m, kdim, n) = probe switch { "qk" => (64, d, 128), "pv" => (64, 128, d), _ => (64, 64, 64) };
+        double[] Values(int count) => Enumerable.Range(0, count).Select(_ => Round(rng.NextDouble() * 2 - 1, DType.BF16)).ToArray();
+        var a = Values(m * kdim); var bm = Values(kdim * n);
+        // stored forms
+        double[] aStored = probe == "dq" ? Transpose(a, m, kdim) : a;          // dq: dS^T (keys x queries)
+        double[] bStored = probe == "qk" ? Transpose(bm, kdim, n) : bm;         // qk: K (128 x d) = B^T
+        var expected = new double[m * n];
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double sum = 0;
+                for (int x = 0; x < kdim; x++) sum += a[i * kdim + x] * bm[x * n + j];
+                expected[i * n + j] = sum;
+            }
+        string file = "flash_attention_hopper.cu";
+        string source = KernelLibrary.EmbeddedSource("common.cuh") + $"\n#line 1 \"{file}\"\n" + KernelLibrary.EmbeddedSource(file)
+            + "\n#line 1 \"hopper_wgmma_probes.cu\"\n" + File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "Cuda", "Kernels", "hopper_wgmma_probes.cu"));
+        using var module = hopper.Kernels.Load(source, file);
+        string kernel = probe == "dq" ? "probe_dq_bf16" : $"probe_{probe}_bf16_d{d}";
+        var ta = Put(hopper, aStored, DType.BF16, aStored.Length); var tb = Put(hopper, bStored, DType.BF16, bStored.Length);
+        var tc = hopper.Allocate(new Shape(m * n), DType.F32); hopper.Fill(tc, double.NaN);
+        ulong pa = (ulong)hopper.DevicePointer(ta), pb = (ulong)hopper.DevicePointer(tb), pc = (ulong)hopper.DevicePointer(tc);
+        void** args = stackalloc void*[] { &pa, &pb, &pc };
+        int shared = 1024 + 2 * 128 * 128 * 2;   // the largest probe: two 128-row tiles of D = 128
+        var function = module.Function(kernel);
+        hopper.CudaDevice.MakeCurrent();
+        Tessera.Cuda.Interop.CudaDriver.Check(Tessera.Cuda.Interop.CudaDriver.cuFuncSetAttribute(function,
+            Tessera.Cuda.Interop.CudaDriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared), "cuFuncSetAttribute", kernel);
+        Tessera.Cuda.Interop.CudaDriver.Check(Tessera.Cuda.Interop.CudaDriver.cuLaunchKernel(function, 1, 1, 1, 256, 1, 1, (uint)shared,
+            hopper.Stream.Handle, args, null), "cuLaunchKernel", kernel);
+        var actual = hopper.ToArray<float>(tc).Select(x => (double)x).ToArray();
+        foreach (var x in new[] { ta, tb, tc }) x.Storage.Dispose();
+        AssertClose(expected, actual, 1e-5, $"wgmma probe {kernel} (seed {seed})");
+    }
+
+    private static double[] Transpose(double[] x, int rows, int cols)
+    {
+        var r = new double[x.Length];
+        for (int i = 0; i < rows; i++) for (int j = 0; j < cols; j++) r[j * rows + i] = x[i * cols + j];
+        return r;
+    }
+
+    /// <summary>
+    /// A prefill chunk against a KV cache with device-side lengths (AttentionForwardCached: sequence b holds starts[b] + T
+    /// valid keys of the cache's capacity, its queries at positions starts[b] ..): the kernel reads the lengths itself.
+    /// Same bound as the forward above.
+    /// </summary>
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void CachedPrefillAgreesWithFlashAttention2AndTheCpuBackend(int d)
+    {
+        var (hopper, flash2) = Backends();
+        int seed = Environment.TickCount;
+        var rng = new Random(seed);
+        int b = 2, t = 40, capacity = 400, h = 8, kh = 2;
+        int[] starts = [100, 333];
+        double scale = 1 / Math.Sqrt(d);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, DType.BF16)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * capacity * kh * d); var v = Values((long)b * capacity * kh * d);
+        double[] Run(IBackend be, DType dtype)
+        {
+            Tensor Up(double[] x, params int[] dims) => dtype == DType.F32
+                ? be.FromHost<float>(x.Select(y => (float)y).ToArray(), new Shape(dims))
+                : Put((CudaBackend)be, x, dtype, dims);
+            var tq = Up(q, b, t, h, d); var tk = Up(k, b, capacity, kh, d); var tv = Up(v, b, capacity, kh, d);
+            var ts = be.FromHost<int>(starts, new Shape(b));
+            var o = be.Allocate(new Shape(b, t, h, d), dtype);
+            be.AttentionForwardCached(tq, tk, tv, ts, o, scale);
+            return dtype == DType.F32 ? be.ToArray<float>(o).Select(x => (double)x).ToArray() : Get((CudaBackend)be, o);
+        }
+        hopper.Profiler!.Reset();
+        var oH = Run(hopper, DType.BF16);
+        Assert.Contains(hopper.Profiler.Totals(), r => r.Name == $"flash_forward_hopper_bf16_d{d}");
+        var oF = Run(flash2, DType.BF16);
+        var oC = Run(new CpuBackend(2), DType.F32);
+        AssertClose(oC, oH, OutTolerance, $"cached prefill D{d} (seed {seed}): Hopper vs the CPU backend");
+        AssertClose(oF, oH, OutTolerance, $"cached prefill D{d} (seed {seed}): Hopper vs FlashAttention-2");
+    }
+
+    [Fact]
+    public void SlidingWindowCallsStayOnFlashAttention2()
+    {
+        var (hopper, _) = Backends();
+        int b = 1, t = 64, h = 2, d = 64;
+        var q = hopper.Allocate(new Shape(b, t, h, d), DType.BF16); hopper.Fill(q, 0.5);
+        var o = hopper.Allocate(new Shape(b, t, h, d), DType.BF16);
+        hopper.Profiler!.Reset();
+        hopper.AttentionForward(q, q, q, o, null, 0.125, window: 16);
+        var names = hopper.Profiler.Totals().Select(r => r.Name).ToList();
+        Assert.Contains("flash_forward_bf16_d64", names);
+        Assert.DoesNotContain(names, n => n.StartsWith("flash_forward_hopper", StringComparison.Ordinal));
+    }
+
+    private static (double[] O, double[] Lse) Forward(CudaBackend be, DType dtype, double[] q, double[] k, double[] v,
+        int b, int t, int s, int h, int kh, int d, double scale)
+    {
+        var tq = Put(be, q, dtype, b, t, h, d); var tk = Put(be, k, dtype, b, s, kh, d); var tv = Put(be, v, dtype, b, s, kh, d);
+        var o = be.Allocate(new Shape(b, t, h, d), dtype); be.Fill(o, double.NaN);
+        var lse = be.Allocate(new Shape(b, h, t), DType.F32); be.Fill(lse, double.NaN);
+        be.AttentionForward(tq, tk, tv, o, lse, scale);
+        double[] outValues = dtype == DType.BF16
+            ? be.ToArray<BFloat16>(o).Select(x => (double)x.ToSingle()).ToArray()
+            : be.ToArray<Half>(o).Select(x => (double)(float)x).ToArray();
+        var lseValues = be.ToArray<float>(lse).Select(x => (double)x).ToArray();
+        foreach (var x in new[] { tq, tk, tv, o, lse }) x.Storage.Dispose();
+        return (outValues, lseValues);
+    }
+
+    private static (double[] Dq, double[] Dk, double[] Dv) Backward(CudaBackend be, DType dtype, double[] q, double[] k, double[] v,
+        double[] o, double[] dO, double[] lse, int b, int t, int h, int kh, int d, double scale)
+    {
+        var tq = Put(be, q, dtype, b, t, h, d); var tk = Put(be, k, dtype, b, t, kh, d); var tv = Put(be, v, dtype, b, t, kh, d);
+        var to = Put(be, o, dtype, b, t, h, d); var tdo = Put(be, dO, dtype, b, t, h, d);
+        var tl = be.Allocate(new Shape(b, h, t), DType.F32);
+        be.CopyFromHost<float>(lse.Select(x => (float)x).ToArray(), tl);
+        var dq = be.Allocate(new Shape(b, t, h, d), dtype); be.Fill(dq, double.NaN);
+        var dk = be.Allocate(new Shape(b, t, kh, d), dtype); be.Fill(dk, double.NaN);
+        var dv = be.Allocate(new Shape(b, t, kh, d), dtype); be.Fill(dv, double.NaN);
+        be.AttentionBackward(tq, tk, tv, to, tdo, tl, dq, dk, dv, scale);
+        var r = (Get(be, dq), Get(be, dk), Get(be, dv));
+        foreach (var x in new[] { tq, tk, tv, to, tdo, tl, dq, dk, dv }) x.Storage.Dispose();
+        return r;
+    }
+
+    private static double[] Get(CudaBackend be, Tensor x) => x.DType == DType.BF16
+        ? be.ToArray<BFloat16>(x).Select(y => (double)y.ToSingle()).ToArray()
+        : be.ToArray<Half>(x).Select(y => (double)(float)y).ToArray();
+
+    private static Tensor Put(CudaBackend be, double[] values, DType dtype, params int[] dims)
+    {
+        var t = be.Allocate(new Shape(dims), dtype);
+        if (dtype == DType.BF16) be.CopyFromHost<BFloat16>(values.Select(x => BFloat16.FromSingle((float)x)).ToArray(), t);
+        else be.CopyFromHost<Half>(values.Select(x => (Half)(float)x).ToArray(), t);
+        return t;
+    }
+
+    private static double Round(double x, DType dtype) =>
+        dtype == DType.BF16 ? BFloat16.FromSingle((float)x).ToSingle() : (float)(Half)(float)x;
+
+    /// <summary>‖actual − expected‖ / ‖expected‖ ≤ tolerance, and no NaN (an element the kernel did not write).</summary>
+    private static void AssertClose(double[] expected, double[] actual, double tolerance, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double diff = 0, norm = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            if (double.IsNaN(actual[i])) Assert.Fail($"{what}: element {i} is NaN (not written), expected {expected[i]}");
+            diff += (actual[i] - expected[i]) * (actual[i] - expected[i]);
+            norm += expected[i] * expected[i];
+        }
+        double rel = Math.Sqrt(diff) / Math.Max(Math.Sqrt(norm), 1e-30);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{what}: relative error {rel:E2} (bound {tolerance:E1})");
+        Assert.True(rel <= tolerance, $"{what}: relative error {rel:E3} exceeds {tolerance:E1}");
+    }
+}
