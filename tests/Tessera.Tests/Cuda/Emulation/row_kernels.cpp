@@ -1,8 +1,10 @@
 // The row kernels of issue 18 in their f32 instantiation on the CPU emulation of CUDA (cuda_emulation.h), against double
 // references: SwiGLU on the halves of one (rows, 2F) product (16-byte vectors, and one element per thread when F or the
 // base pointer rules vectors out), RMSNorm with the row in registers (forward, backward with per-block weight-gradient
-// partials summed as column_reduce does; grids smaller and larger than the rows). Prints one line per check; the exit
-// code is the number of failures. kernels.h is written by the test: the emulation, common.cuh, elementwise.cu, norm.cu.
+// partials summed as column_reduce does; grids smaller and larger than the rows), RoPE from a table of angles on the q and k
+// heads of a (B, T, H + 2K, D) activation (16-byte vectors, and one pair per thread when D/2 or the base pointer rules vectors
+// out; both must give the same bits). Prints one line per check; the exit code is the number of failures. kernels.h is written
+// by the test: the emulation, common.cuh, elementwise.cu, norm.cu, rope.cu.
 #include "kernels.h"
 #include <random>
 
@@ -76,8 +78,41 @@ static void rmsnorm(int rows, int c, unsigned grid)
     snprintf(name, sizeof name, "rmsnorm dW rows=%d C=%d", rows, c); check(name, edw, dw.data(), c, 1e-5);
 }
 
+// RoPE rows on the first H + K heads of x (B, T, H + 2K, D) at positions start + t, against a double rotation of the same
+// (cos, sin) table; the vector path (aligned x, D/2 % 4 == 0) and the element path (x one element off) must agree bit for bit.
+static void rope(int b, int t, int h, int k, int d, int start, int inverse, unsigned grid, unsigned block)
+{
+    std::mt19937 rng(13 + d + inverse); std::uniform_real_distribution<float> u(-2, 2);
+    int half = d / 2, heads = h + 2 * k, rows = b * t;
+    long long sh = d, st = (long long)heads * d, sb = t * st, n = b * sb;
+    float* x = alloc(n);
+    float* y = alloc(n + 1) + 1;      // the same values one element off 16-byte alignment: the element path
+    float* cs = alloc(2 * (size_t)(start + t) * half);
+    for (long long i = 0; i < n; i++) x[i] = y[i] = u(rng);
+    for (long long i = 0; i < 2LL * (start + t) * half; i++) cs[i] = u(rng);
+    std::vector<double> e(x, x + n);
+    for (int r = 0; r < rows; r++) for (int hh = 0; hh < h + k; hh++) for (int i = 0; i < half; i++)
+    {
+        int bb = r / t, tt = r % t;
+        long long at = bb * sb + tt * st + hh * sh + i;
+        double c = cs[2 * ((long long)(start + tt) * half + i)], s = cs[2 * ((long long)(start + tt) * half + i) + 1];
+        if (inverse) s = -s;
+        double x1 = x[at], x2 = x[at + half];
+        e[at] = x1 * c - x2 * s;
+        e[at + half] = x2 * c + x1 * s;
+    }
+    int H = h + k, R = rows, Tn = t, Half = half, S = start, Inv = inverse;
+    emu_launch(grid, block, [&] { rope_rows_f32(x, R, Tn, H, Half, sb, st, sh, S, cs, Inv); });
+    emu_launch(grid, block, [&] { rope_rows_f32(y, R, Tn, H, Half, sb, st, sh, S, cs, Inv); });
+    char name[96];
+    snprintf(name, sizeof name, "rope rows B=%d T=%d H=%d K=%d D=%d inv=%d", b, t, h, k, d, inverse); check(name, e, x, n, 1e-6);
+    bool same = std::memcmp(x, y, n * sizeof(float)) == 0;
+    printf("%-40s %s\n", "rope rows vector = element path", same ? "ok" : "FAIL");
+    if (!same) failures++;
+}
+
 // Tolerances: f32 arithmetic (expf, rsqrtf as 1/sqrt on the host, f32 sums) against double references is ~1e-7 relative;
-// 1e-6 (SwiGLU) and 1e-5 (RMSNorm's sums over rows of up to 4096) leave margin, and a wrong index, stride or term is O(1).
+// 1e-6 (SwiGLU, RoPE: two rounded products and a sum per value) and 1e-5 (RMSNorm's sums over rows of up to 4096) leave margin, and a wrong index, stride or term is O(1).
 int main()
 {
     swiglu(37, 264, 0, 3);    // vectors of 4
@@ -87,6 +122,9 @@ int main()
     rmsnorm(37, 1000, 5);     // 250 vectors, 256 threads: 6 idle
     rmsnorm(9, 4096, 2);      // 1024 threads
     rmsnorm(3, 64, 7);        // more blocks than rows
+    rope(2, 5, 4, 2, 16, 3, 0, 3, 64);     // 4 pairs per vector item, 24 items per row
+    rope(3, 7, 2, 1, 8, 0, 1, 5, 32);      // one item per head; the inverse rotation
+    rope(1, 3, 2, 1, 12, 1, 0, 2, 32);     // D/2 = 6: element path both times
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
