@@ -4,7 +4,7 @@
 // partials summed as column_reduce does; grids smaller and larger than the rows), RoPE from a table of angles on the q and k
 // heads of a (B, T, H + 2K, D) activation (16-byte vectors, and one pair per thread when D/2 or the base pointer rules vectors
 // out; both must give the same bits). Prints one line per check; the exit code is the number of failures. kernels.h is written
-// by the test: the emulation, common.cuh, elementwise.cu, norm.cu, rope.cu.
+// by the test: the emulation, common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu. column_reduce: sums of partials.
 #include "kernels.h"
 #include <random>
 
@@ -111,6 +111,26 @@ static void rope(int b, int t, int h, int k, int d, int start, int inverse, unsi
     if (!same) failures++;
 }
 
+// column_reduce (the norms' weight gradients): target (C) += the column sums of (rows, 2C) partials, and target2 += those of
+// columns C..2C, with `warps` warps per block each walking rows w, w + warps, ...
+static void column_reduce(int rows, int c, unsigned warps)
+{
+    std::mt19937 rng(17 + rows); std::uniform_real_distribution<float> u(-1, 1);
+    long long stride = 2LL * c;
+    float *partial = alloc(rows * stride), *t1 = alloc(c), *t2 = alloc(c);
+    for (long long i = 0; i < rows * stride; i++) partial[i] = u(rng);
+    for (int i = 0; i < c; i++) { t1[i] = u(rng); t2[i] = u(rng); }
+    std::vector<double> e1(t1, t1 + c), e2(t2, t2 + c);
+    for (int r = 0; r < rows; r++) for (int i = 0; i < c; i++) { e1[i] += partial[r * stride + i]; e2[i] += partial[r * stride + c + i]; }
+    int R = rows, C = c;
+    emu_launch((2 * c + 31) / 32, 32 * warps, [&] { column_reduce_f32(partial, R, stride, C, t1, t2); });
+    char name[96];
+    snprintf(name, sizeof name, "column_reduce rows=%d C=%d warps=%u", rows, c, warps);
+    std::vector<double> both(e1); both.insert(both.end(), e2.begin(), e2.end());
+    std::vector<float> got(t1, t1 + c); got.insert(got.end(), t2, t2 + c);
+    check(name, both, got.data(), 2 * c, 1e-5);
+}
+
 // Tolerances: f32 arithmetic (expf, rsqrtf as 1/sqrt on the host, f32 sums) against double references is ~1e-7 relative;
 // 1e-6 (SwiGLU, RoPE: two rounded products and a sum per value) and 1e-5 (RMSNorm's sums over rows of up to 4096) leave margin, and a wrong index, stride or term is O(1).
 int main()
@@ -125,6 +145,8 @@ int main()
     rope(2, 5, 4, 2, 16, 3, 0, 3, 64);     // 4 pairs per vector item, 24 items per row
     rope(3, 7, 2, 1, 8, 0, 1, 5, 32);      // one item per head; the inverse rotation
     rope(1, 3, 2, 1, 12, 1, 0, 2, 32);     // D/2 = 6: element path both times
+    column_reduce(1056, 40, 32);           // the llama-1b partials' row count, 33 rows per warp
+    column_reduce(37, 20, 2);              // rows not a multiple of the warps; a partial block of columns
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
