@@ -45,12 +45,25 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
     // (expf costs a multiply and range handling around the same instruction). Two vectors in flight per iteration,
     // one rescale check per pair.
     float m = NEG_INF, ml = NEG_INF, s = 0.f;
+    // The next pair's loads are issued before this pair's arithmetic (four vectors in flight per thread: a staged row
+    // leaves room for one block of 1,024 threads per SM, whose loads alone must cover the DRAM latency).
     const int stride = blockDim.x * N;
     int i = threadIdx.x * N;
+    Bytes16 na, nb;
+    if (i + stride < vecEnd)
+    {
+        na = *reinterpret_cast<const Bytes16*>(x + i);
+        nb = *reinterpret_cast<const Bytes16*>(x + i + stride);
+    }
     for (; i + stride < vecEnd; i += 2 * stride)
     {
         float a[N], b[N];
-        const Bytes16 ra = *reinterpret_cast<const Bytes16*>(x + i), rb = *reinterpret_cast<const Bytes16*>(x + i + stride);
+        const Bytes16 ra = na, rb = nb;
+        if (i + 3 * stride < vecEnd)
+        {
+            na = *reinterpret_cast<const Bytes16*>(x + i + 2 * stride);
+            nb = *reinterpret_cast<const Bytes16*>(x + i + 3 * stride);
+        }
         const int qa = i / N, qb = qa + blockDim.x;   // the two vectors' indices in the row
         if (qa < staged) staged_row[qa] = ra;
         if (qb < staged) staged_row[qb] = rb;
