@@ -199,12 +199,14 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>target (C) += column sums of a (rows, stride) f32 matrix of partials; with a second target (0 = none),
-    /// also target2 (C) += the sums of columns C to 2C, in the same launch.</summary>
+    /// also target2 (C) += the sums of columns C to 2C, in the same launch. A block per 32 columns with one warp per 32 rows
+    /// (at most 32 warps), so that no warp walks more than about 32 rows one load after another.</summary>
     private void ColumnReduce(ulong partial, int rows, long stride, int c, DType targetType, ulong target, string op, ulong target2 = 0)
     {
         void** args = stackalloc void*[] { &partial, &rows, &stride, &c, &target, &target2 };
         long columns = target2 == 0 ? c : 2L * c;
-        Launch("reduce.cu", "column_reduce_" + Suffix(targetType, op), (uint)((columns + 31) / 32), Threads, args);
+        uint warps = (uint)Math.Clamp((rows + 31) / 32, 1, 32);
+        Launch("reduce.cu", "column_reduce_" + Suffix(targetType, op), (uint)((columns + 31) / 32), 32 * warps, args);
     }
 
     public void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false) =>

@@ -29,8 +29,17 @@ public sealed unsafe partial class CudaBackend
         long size = logits.DType.SizeInBytes();
         int aligned = px % 16 == 0 && pd % 16 == 0 && xs * size % 16 == 0 && ds * size % 16 == 0 ? 1 : 0;
         float scale = (float)lossScale;
-        void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned };
-        Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, (uint?)Options.CrossEntropyThreadsPerRow ?? RowBlock(v), args);
+        // The row's first vectors kept in shared memory between the two passes (softmax.cu), when there is a gradient pass;
+        // 1 KiB of the block's shared memory stays for its reductions.
+        int staged = 0;
+        if (pd != 0 && aligned == 1)
+        {
+            long budget = Options.CrossEntropyStagedBytes ?? CudaDevice.MaxSharedMemoryPerBlockOptIn - 1024L;
+            staged = (int)Math.Min(v * size / 16, Math.Max(0, budget) / 16);
+        }
+        void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned, &staged };
+        Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, (uint?)Options.CrossEntropyThreadsPerRow ?? RowBlock(v),
+            args, (uint)staged * 16);
     }
 
     /// <summary>Elements between rows of an (N, V) view whose last dimension is contiguous (a contiguous tensor of any rank counts as rows of V).</summary>

@@ -46,6 +46,14 @@ public sealed record CudaBackendOptions
     public int? CrossEntropyThreadsPerRow { get; init; }
 
     /// <summary>
+    /// Bytes of each row's logits that the fused cross-entropy keeps in shared memory between its statistics pass and its
+    /// gradient pass (rounded down to 16-byte vectors; the rest of the row is read again): 0 reads the whole row twice; null
+    /// (the default) keeps as much as one block's shared memory holds (the whole row up to about 113,000 BF16 logits on
+    /// an H200). Only when the gradient is written and the rows are 16-byte aligned.
+    /// </summary>
+    public int? CrossEntropyStagedBytes { get; init; }
+
+    /// <summary>
     /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
     /// keeps the fastest; false keeps the heuristic's first answer everywhere (the same algorithms on every run, for
     /// bitwise reproducible runs). Default true.
@@ -113,6 +121,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: DecodeAttention ({(int)DecodeAttention}) must be one of {string.Join(", ", Enum.GetNames<DecodeAttentionKernel>())}");
         if (CrossEntropyThreadsPerRow is { } t && t is not (128 or 256 or 512 or 1024))
             throw new ArgumentException($"CUDA backend options: CrossEntropyThreadsPerRow ({t}) must be 128, 256, 512 or 1024, or unset to choose by the row's width");
+        if (CrossEntropyStagedBytes is < 0)
+            throw new ArgumentException($"CUDA backend options: CrossEntropyStagedBytes ({CrossEntropyStagedBytes}) must be 0 (off) or positive, or unset for as much as fits");
         if (KernelCacheFolder is { } folder && string.IsNullOrWhiteSpace(folder))
             throw new ArgumentException("CUDA backend options: KernelCacheFolder is blank; leave it unset for the default folder");
         return this;
@@ -151,6 +161,7 @@ public sealed record CudaBackendOptions
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
+        if (CrossEntropyStagedBytes is { } staged) parts.Add(Invariant($"{nameof(CrossEntropyStagedBytes)}={staged}"));
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
@@ -185,6 +196,10 @@ public sealed record CudaBackendOptions
         [nameof(CrossEntropyThreadsPerRow)] = (o, v, s) => o with
         {
             CrossEntropyThreadsPerRow = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
+        },
+        [nameof(CrossEntropyStagedBytes)] = (o, v, s) => o with
+        {
+            CrossEntropyStagedBytes = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
         },
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },

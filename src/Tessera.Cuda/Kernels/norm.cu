@@ -241,6 +241,9 @@ template <typename T, int K> __device__ void layernorm_backward_rows(const T* do
 // block rounded up to whole warps), x read once; each block walks rows with a grid stride and keeps its weight vector in
 // registers. The loop kernels read x two or three times through L1 with 2-byte loads, and their backward added every
 // row's weight gradient into global scratch element by element.
+// Each block loads its next row's vectors (raw, unconverted, so nothing waits on them) before the current row's block
+// reduction: the loads stay in flight across the barriers instead of each row's load, sum and store running in turn
+// (H200, llama-1b rows of 2048: forward 52 us, backward 92 us per call against DRAM floors of 30 and 61 us).
 template <typename T> __device__ void rmsnorm_forward_vec(const T* x, const T* w, T* out, float* rstd, i64 rows, int C, float eps)
 {
     constexpr int N = Vec16<T>::N;
@@ -248,13 +251,17 @@ template <typename T> __device__ void rmsnorm_forward_vec(const T* x, const T* w
     const bool active = t < C / N;
     float wv[N];
     if (active) load16(w + t * N, wv);
-    for (i64 row = blockIdx.x; row < rows; row += gridDim.x)
+    Bytes16 next;
+    i64 row = blockIdx.x;
+    if (active && row < rows) next = *reinterpret_cast<const Bytes16*>(x + row * C + t * N);
+    for (; row < rows; row += gridDim.x)
     {
         float v[N];
         float s = 0.f;
         if (active)
         {
-            load16(x + row * C + t * N, v);
+            unpack16<T>(next, v);
+            if (row + gridDim.x < rows) next = *reinterpret_cast<const Bytes16*>(x + (row + gridDim.x) * C + t * N);
 #pragma unroll
             for (int j = 0; j < N; j++) s += v[j] * v[j];
         }
@@ -271,7 +278,8 @@ template <typename T> __device__ void rmsnorm_forward_vec(const T* x, const T* w
 
 // Its backward: dx (N, C) += r (dout w - xhat mean(dout w xhat)), xhat = x r; each thread sums the weight gradient of its N
 // columns over the block's rows in registers and writes them once into the block's row of the partials scratch (G, 2C)
-// (columns [0, C)), which column_reduce adds to dWeight in block order: deterministic.
+// (columns [0, C)), which column_reduce adds to dWeight in block order: deterministic. The next row's dout, x, dx and rstd
+// are loaded before the current row's reduction, as in the forward.
 template <typename T> __device__ void rmsnorm_backward_vec(const T* dout, const T* x, const T* w, const float* rstd, T* dx,
                                                            float* scratch, i64 rows, int C)
 {
@@ -282,15 +290,36 @@ template <typename T> __device__ void rmsnorm_backward_vec(const T* dout, const 
 #pragma unroll
     for (int j = 0; j < N; j++) { wv[j] = 0.f; dw[j] = 0.f; }
     if (active) load16(w + t * N, wv);
-    for (i64 row = blockIdx.x; row < rows; row += gridDim.x)
+    Bytes16 nd, nx, ndx;
+    float nr = 0.f;
+    i64 row = blockIdx.x;
+    if (row < rows)
     {
-        const float r = rstd[row];
-        float d[N], xh[N];
-        float s = 0.f;
+        nr = rstd[row];
         if (active)
         {
-            load16(dout + row * C + t * N, d);
-            load16(x + row * C + t * N, xh);
+            nd = *reinterpret_cast<const Bytes16*>(dout + row * C + t * N);
+            nx = *reinterpret_cast<const Bytes16*>(x + row * C + t * N);
+            ndx = *reinterpret_cast<const Bytes16*>(dx + row * C + t * N);
+        }
+    }
+    for (; row < rows; row += gridDim.x)
+    {
+        const float r = nr;
+        float d[N], xh[N], o[N];
+        float s = 0.f;
+        const i64 following = row + gridDim.x;
+        if (active)
+        {
+            unpack16<T>(nd, d);
+            unpack16<T>(nx, xh);
+            unpack16<T>(ndx, o);
+            if (following < rows)
+            {
+                nd = *reinterpret_cast<const Bytes16*>(dout + following * C + t * N);
+                nx = *reinterpret_cast<const Bytes16*>(x + following * C + t * N);
+                ndx = *reinterpret_cast<const Bytes16*>(dx + following * C + t * N);
+            }
 #pragma unroll
             for (int j = 0; j < N; j++)
             {
@@ -298,11 +327,10 @@ template <typename T> __device__ void rmsnorm_backward_vec(const T* dout, const 
                 s += d[j] * wv[j] * xh[j];
             }
         }
+        if (following < rows) nr = rstd[following];
         const float mean = block_sum(s) / C;
         if (active)
         {
-            float o[N];
-            load16(dx + row * C + t * N, o);
 #pragma unroll
             for (int j = 0; j < N; j++)
             {

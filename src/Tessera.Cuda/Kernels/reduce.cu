@@ -74,27 +74,27 @@ template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int 
 }
 
 // target[c] += sum over rows of partial (rows, stride) column c for c < C; with target2, also target2[c] += column C + c.
-// A block of 256 threads takes 32 columns: lane = column (coalesced rows), the 8 warps take rows w, w + 8, ... and their
-// sums are added in warp order (deterministic). One thread per column walking all rows was latency-bound: 27.5 us per
-// LayerNorm gradient (528 x 768 partials) on the H200, launched twice.
+// A block takes 32 columns: lane = column (coalesced rows), its warps (up to 32) take rows w, w + warps, ... and their sums
+// are added in warp order (deterministic). One thread per column walking all rows was latency-bound: 27.5 us per LayerNorm
+// gradient (528 x 768 partials) on the H200, launched twice; with 8 warps per block an RMSNorm gradient of llama-1b (1,056 x
+// 2,048 partials: 64 blocks of 132 loads per warp) still took 19 us, so the launcher gives it 32 warps of 33 loads.
 template <typename T> __device__ void column_reduce(const float* partial, int rows, i64 stride, int C, T* target, T* target2)
 {
-    __shared__ float sums[8][33];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __shared__ float sums[32][33];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int col = blockIdx.x * 32 + lane, cols = target2 ? 2 * C : C;
     float s = 0.f;
     if (col < cols)
     {
-#pragma unroll 4
-        for (int r = warp; r < rows; r += 8) s += partial[(i64)r * stride + col];
+#pragma unroll 8
+        for (int r = warp; r < rows; r += warps) s += partial[(i64)r * stride + col];
     }
     sums[warp][lane] = s;
     __syncthreads();
     if (warp == 0 && col < cols)
     {
         float t = sums[0][lane];
-#pragma unroll
-        for (int q = 1; q < 8; q++) t += sums[q][lane];
+        for (int q = 1; q < warps; q++) t += sums[q][lane];
         T* dst = col < C ? target + col : target2 + (col - C);
         *dst = from_f<T>(to_f(*dst) + t);
     }

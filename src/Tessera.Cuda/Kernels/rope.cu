@@ -40,9 +40,50 @@ FOR_FLOAT_TYPES(ROPE)
 // the one of rope above. Used where positions are known on the host (training, a prefill from a host start) and the
 // frequencies do not depend on the call's length. A block per row (b, t), its threads over the row's H x D/2 pairs: no
 // 64-bit division and no sincos per element.
+// 16-byte vectors where the layout allows (D/2 a multiple of the vector, strides too, x aligned: Llama's training qkv): each
+// work item rotates N pairs, (x[i..i+N), x[i+D/2..i+D/2+N)) of one head of one row, with two vector loads and stores instead
+// of 2N two-byte ones; the items of all rows are one grid-stride range, so no thread idles on a row of H D/2N items. The
+// arithmetic is the element path's (rope_rotate on the same floats), so both give the same bits.
+template <typename T, typename I> __device__ void rope_rows_vec(T* x, I rows, int Tn, int H, int half, i64 sb, i64 st, i64 sh,
+                                                                int start, const float* cs, int inverse)
+{
+    constexpr int N = Vec16<T>::N;
+    const I per = half / N, items = H * per, total = rows * items;
+    for (I k = (I)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += (I)gridDim.x * blockDim.x)
+    {
+        const I row = k / items, j = k - row * items;
+        const int h = (int)(j / per), i = (int)(j - h * per) * N;
+        const int b = (int)(row / Tn), t = (int)(row - (I)b * Tn);
+        const float* c = cs + 2 * ((i64)(start + t) * half + i);
+        T* p = x + b * sb + (i64)t * st + (i64)h * sh + i;
+        float x1[N], x2[N];
+        load16(p, x1);
+        load16(p + half, x2);
+#pragma unroll
+        for (int e = 0; e < N; e++)
+        {
+            const float cf = c[2 * e];
+            const float sf = inverse ? -c[2 * e + 1] : c[2 * e + 1];
+            float y1, y2;
+            rope_rotate(x1[e], x2[e], cf, sf, y1, y2);
+            x1[e] = y1;
+            x2[e] = y2;
+        }
+        store16(p, x1);
+        store16(p + half, x2);
+    }
+}
+
 template <typename T> __device__ void rope_rows(T* x, int rows, int Tn, int H, int half, i64 sb, i64 st, i64 sh, int start,
                                                 const float* cs, int inverse)
 {
+    constexpr int N = Vec16<T>::N;
+    if (half % N == 0 && (sb % N | st % N | sh % N) == 0 && aligned16(x, x, x))
+    {
+        if ((i64)rows * H * (half / N) < (1ll << 31)) rope_rows_vec<T, int>(x, rows, Tn, H, half, sb, st, sh, start, cs, inverse);
+        else rope_rows_vec<T, i64>(x, (i64)rows, Tn, H, half, sb, st, sh, start, cs, inverse);
+        return;
+    }
     const int pairs = H * half;
     for (int row = blockIdx.x; row < rows; row += gridDim.x)
     {

@@ -18,9 +18,14 @@ template <typename T> __device__ void softmax_row(const T* x, T* out, int V)
 // Rows are xs (logits) and ds (dlogits) elements apart; the V columns of a row are contiguous.
 // One read for the statistics (online max and sum), one read and one write for the gradient;
 // 16-byte loads and stores when `aligned` (row starts and strides 16-byte aligned).
+// With `staged` > 0 (aligned rows only) the first `staged` 16-byte vectors of the row are kept, as read, in dynamic shared
+// memory (staged_row) during the first read, and the gradient pass takes them from there: a row of 128,256 BF16 logits is
+// 256 KiB, and without staging its second read comes from DRAM again (the blocks in flight stream more than the L2 holds
+// between a row's two reads). The arithmetic is the same either way, so are the bits.
 // A negative target ignores the row (loss 0, gradient 0); a target >= V gives a NaN loss.
+extern __shared__ Bytes16 staged_row[];
 template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, const int* targets, float* losses, T* dl,
-                                                        i64 ds, int V, float scale, int aligned)
+                                                        i64 ds, int V, float scale, int aligned, int staged)
 {
     const int N = Vec16<T>::N;
     i64 row = blockIdx.x;
@@ -40,13 +45,30 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
     // (expf costs a multiply and range handling around the same instruction). Two vectors in flight per iteration,
     // one rescale check per pair.
     float m = NEG_INF, ml = NEG_INF, s = 0.f;
+    // The next pair's loads are issued before this pair's arithmetic (four vectors in flight per thread: a staged row
+    // leaves room for one block of 1,024 threads per SM, whose loads alone must cover the DRAM latency).
     const int stride = blockDim.x * N;
     int i = threadIdx.x * N;
+    Bytes16 na, nb;
+    if (i + stride < vecEnd)
+    {
+        na = *reinterpret_cast<const Bytes16*>(x + i);
+        nb = *reinterpret_cast<const Bytes16*>(x + i + stride);
+    }
     for (; i + stride < vecEnd; i += 2 * stride)
     {
         float a[N], b[N];
-        load16(x + i, a);
-        load16(x + i + stride, b);
+        const Bytes16 ra = na, rb = nb;
+        if (i + 3 * stride < vecEnd)
+        {
+            na = *reinterpret_cast<const Bytes16*>(x + i + 2 * stride);
+            nb = *reinterpret_cast<const Bytes16*>(x + i + 3 * stride);
+        }
+        const int qa = i / N, qb = qa + blockDim.x;   // the two vectors' indices in the row
+        if (qa < staged) staged_row[qa] = ra;
+        if (qb < staged) staged_row[qb] = rb;
+        unpack16<T>(ra, a);
+        unpack16<T>(rb, b);
         float vm = fmaxf(a[0], b[0]);
 #pragma unroll
         for (int j = 1; j < N; j++) vm = fmaxf(vm, fmaxf(a[j], b[j]));
@@ -62,7 +84,9 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
     if (i < vecEnd)
     {
         float a[N];
-        load16(x + i, a);
+        const Bytes16 ra = *reinterpret_cast<const Bytes16*>(x + i);
+        if (i / N < staged) staged_row[i / N] = ra;
+        unpack16<T>(ra, a);
         float vm = a[0];
 #pragma unroll
         for (int j = 1; j < N; j++) vm = fmaxf(vm, a[j]);
@@ -82,7 +106,8 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
         for (int k = threadIdx.x * N; k < vecEnd; k += stride)
         {
             float v[N];
-            load16(x + k, v);
+            const int q = k / N;
+            unpack16<T>(q < staged ? staged_row[q] : *reinterpret_cast<const Bytes16*>(x + k), v);
 #pragma unroll
             for (int j = 0; j < N; j++) v[j] = fast_exp2(fmaf(v[j], LOG2E, -c)) * scale;
             if ((unsigned)(target - k) < (unsigned)N)
@@ -102,8 +127,9 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
 #define SOFTMAX(n, T)                                                                                  \
     extern "C" __global__ void softmax_##n(const T* x, T* out, int V) { softmax_row<T>(x, out, V); }  \
     extern "C" __global__ void cross_entropy_##n(const T* x, i64 xs, const int* targets, float* losses, \
-                                                 T* dl, i64 ds, int V, float scale, int aligned)       \
+                                                 T* dl, i64 ds, int V, float scale, int aligned,       \
+                                                 int staged)                                            \
     {                                                                                                  \
-        cross_entropy_row<T>(x, xs, targets, losses, dl, ds, V, scale, aligned);                       \
+        cross_entropy_row<T>(x, xs, targets, losses, dl, ds, V, scale, aligned, staged);               \
     }
 FOR_FLOAT_TYPES(SOFTMAX)

@@ -19,6 +19,7 @@ public sealed class CudaBackendOptionsTests
         EarlyWeightLoads = false,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
+        CrossEntropyStagedBytes = 0,
         TuneMatMulAlgorithms = false,
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,
@@ -61,6 +62,7 @@ public sealed class CudaBackendOptionsTests
     [Theory]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
+    [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]
     [InlineData("TuneMatMulAlgorithms=maybe", "'TuneMatMulAlgorithms=maybe': expected true or false")]
     [InlineData("DecodeAttention=1", "'DecodeAttention=1': expected one of Automatic, Grouped, PerQueryHead")]
     [InlineData("MatrixVectorCtasPerSm=two", "'MatrixVectorCtasPerSm=two': expected an integer")]

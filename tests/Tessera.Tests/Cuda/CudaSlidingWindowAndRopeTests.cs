@@ -115,7 +115,8 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
     /// RoPE at a host start position reads a device table of (cos, sin) (rope_rows); at device positions it computes each
     /// angle in place (rope). Both use the same double arithmetic, so the table must give the per-element kernel's bits
     /// exactly (tolerance zero): plain theta, a YaRN-like table with an attention factor, dynamic NTK inside its original
-    /// length, a strided view (some heads of a wider tensor), and a start that makes the table grow past 4,096 positions.
+    /// length, a strided view (some heads of a wider tensor; 16-byte aligned, so rope_rows takes its vector path), and a start
+    /// that makes the table grow past 4,096 positions.
     /// </summary>
     [Theory]
     [InlineData(DType.F32, 64)]

@@ -1,12 +1,15 @@
 // The row kernels of issue 18 in their f32 instantiation on the CPU emulation of CUDA (cuda_emulation.h), against double
 // references: SwiGLU on the halves of one (rows, 2F) product (16-byte vectors, and one element per thread when F or the
 // base pointer rules vectors out), RMSNorm with the row in registers (forward, backward with per-block weight-gradient
-// partials summed as column_reduce does; grids smaller and larger than the rows). Prints one line per check; the exit
-// code is the number of failures. kernels.h is written by the test: the emulation, common.cuh, elementwise.cu, norm.cu.
+// partials summed as column_reduce does; grids smaller and larger than the rows), RoPE from a table of angles on the q and k
+// heads of a (B, T, H + 2K, D) activation (16-byte vectors, and one pair per thread when D/2 or the base pointer rules vectors
+// out; both must give the same bits). Prints one line per check; the exit code is the number of failures. kernels.h is written
+// by the test: the emulation, common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu. column_reduce: sums of partials.
 #include "kernels.h"
 #include <random>
 
 float lnacc[1 << 16];   // layernorm_backward_rows' dynamic shared memory (extern __shared__), unused here
+Bytes16 staged_row[1 << 12];   // cross_entropy's staged row (dynamic shared memory; the emulated blocks run in turn)
 static double sig(double g) { return 1 / (1 + std::exp(-g)); }
 static int failures = 0;
 static void check(const char* what, const std::vector<double>& e, const float* a, size_t n, double tol)
@@ -76,8 +79,103 @@ static void rmsnorm(int rows, int c, unsigned grid)
     snprintf(name, sizeof name, "rmsnorm dW rows=%d C=%d", rows, c); check(name, edw, dw.data(), c, 1e-5);
 }
 
+// RoPE rows on the first H + K heads of x (B, T, H + 2K, D) at positions start + t, against a double rotation of the same
+// (cos, sin) table; the vector path (aligned x, D/2 % 4 == 0) and the element path (x one element off) must agree bit for bit.
+static void rope(int b, int t, int h, int k, int d, int start, int inverse, unsigned grid, unsigned block)
+{
+    std::mt19937 rng(13 + d + inverse); std::uniform_real_distribution<float> u(-2, 2);
+    int half = d / 2, heads = h + 2 * k, rows = b * t;
+    long long sh = d, st = (long long)heads * d, sb = t * st, n = b * sb;
+    float* x = alloc(n);
+    float* y = alloc(n + 1) + 1;      // the same values one element off 16-byte alignment: the element path
+    float* cs = alloc(2 * (size_t)(start + t) * half);
+    for (long long i = 0; i < n; i++) x[i] = y[i] = u(rng);
+    for (long long i = 0; i < 2LL * (start + t) * half; i++) cs[i] = u(rng);
+    std::vector<double> e(x, x + n);
+    for (int r = 0; r < rows; r++) for (int hh = 0; hh < h + k; hh++) for (int i = 0; i < half; i++)
+    {
+        int bb = r / t, tt = r % t;
+        long long at = bb * sb + tt * st + hh * sh + i;
+        double c = cs[2 * ((long long)(start + tt) * half + i)], s = cs[2 * ((long long)(start + tt) * half + i) + 1];
+        if (inverse) s = -s;
+        double x1 = x[at], x2 = x[at + half];
+        e[at] = x1 * c - x2 * s;
+        e[at + half] = x2 * c + x1 * s;
+    }
+    int H = h + k, R = rows, Tn = t, Half = half, S = start, Inv = inverse;
+    emu_launch(grid, block, [&] { rope_rows_f32(x, R, Tn, H, Half, sb, st, sh, S, cs, Inv); });
+    emu_launch(grid, block, [&] { rope_rows_f32(y, R, Tn, H, Half, sb, st, sh, S, cs, Inv); });
+    char name[96];
+    snprintf(name, sizeof name, "rope rows B=%d T=%d H=%d K=%d D=%d inv=%d", b, t, h, k, d, inverse); check(name, e, x, n, 1e-6);
+    bool same = std::memcmp(x, y, n * sizeof(float)) == 0;
+    printf("%-40s %s\n", "rope rows vector = element path", same ? "ok" : "FAIL");
+    if (!same) failures++;
+}
+
+// column_reduce (the norms' weight gradients): target (C) += the column sums of (rows, 2C) partials, and target2 += those of
+// columns C..2C, with `warps` warps per block each walking rows w, w + warps, ...
+static void column_reduce(int rows, int c, unsigned warps)
+{
+    std::mt19937 rng(17 + rows); std::uniform_real_distribution<float> u(-1, 1);
+    long long stride = 2LL * c;
+    float *partial = alloc(rows * stride), *t1 = alloc(c), *t2 = alloc(c);
+    for (long long i = 0; i < rows * stride; i++) partial[i] = u(rng);
+    for (int i = 0; i < c; i++) { t1[i] = u(rng); t2[i] = u(rng); }
+    std::vector<double> e1(t1, t1 + c), e2(t2, t2 + c);
+    for (int r = 0; r < rows; r++) for (int i = 0; i < c; i++) { e1[i] += partial[r * stride + i]; e2[i] += partial[r * stride + c + i]; }
+    int R = rows, C = c;
+    emu_launch((2 * c + 31) / 32, 32 * warps, [&] { column_reduce_f32(partial, R, stride, C, t1, t2); });
+    char name[96];
+    snprintf(name, sizeof name, "column_reduce rows=%d C=%d warps=%u", rows, c, warps);
+    std::vector<double> both(e1); both.insert(both.end(), e2.begin(), e2.end());
+    std::vector<float> got(t1, t1 + c); got.insert(got.end(), t2, t2 + c);
+    check(name, both, got.data(), 2 * c, 1e-5);
+}
+
+// The fused cross-entropy on rows of V f32 logits (16-byte vectors, a scalar tail when V % 4 != 0), the gradient written
+// over the logits, with `staged` of the row's vectors kept in shared memory between the passes: against a double
+// reference (1e-5: ex2 on the host is exp2f, the statistics f32 sums of V terms), and the same bits as staged = 0.
+static void cross_entropy(int rows, int v, int staged, unsigned block)
+{
+    std::mt19937 rng(19 + v); std::uniform_real_distribution<float> u(-4, 4);
+    std::vector<float> init(rows * (size_t)v);
+    for (auto& e : init) e = u(rng);
+    std::vector<int> targets(rows);
+    for (int r = 0; r < rows; r++) targets[r] = (int)(rng() % v);
+    targets[1] = -1;
+    auto run = [&](int st, std::vector<float>& grad, std::vector<float>& loss)
+    {
+        float* x = alloc(rows * (size_t)v);
+        std::copy(init.begin(), init.end(), x);
+        float* l = alloc(rows);
+        long long xs = v; int V = v, aligned = v % 4 == 0 ? 1 : 0, S = st; float scale = 0.5f;
+        emu_launch(rows, block, [&] { cross_entropy_f32(x, xs, targets.data(), l, x, xs, V, scale, aligned, S); });
+        grad.assign(x, x + rows * (size_t)v); loss.assign(l, l + rows);
+    };
+    std::vector<float> g0, l0, g1, l1;
+    run(0, g0, l0);
+    run(staged, g1, l1);
+    std::vector<double> eg(rows * (size_t)v, 0.0), el(rows, 0.0);
+    for (int r = 0; r < rows; r++)
+    {
+        if (targets[r] < 0) continue;
+        double m = -INFINITY, sum = 0;
+        for (int i = 0; i < v; i++) m = std::max(m, (double)init[r * v + i]);
+        for (int i = 0; i < v; i++) sum += std::exp(init[r * v + i] - m);
+        el[r] = std::log(sum) + m - init[r * v + targets[r]];
+        for (int i = 0; i < v; i++) eg[r * v + i] = (std::exp(init[r * v + i] - m) / sum - (i == targets[r])) * 0.5;
+    }
+    char name[96];
+    snprintf(name, sizeof name, "cross_entropy V=%d staged=%d loss", v, staged); check(name, el, l1.data(), rows, 1e-5);
+    snprintf(name, sizeof name, "cross_entropy V=%d staged=%d grad", v, staged); check(name, eg, g1.data(), g1.size(), 1e-5);
+    bool same = g0 == g1 && l0 == l1;
+    snprintf(name, sizeof name, "cross_entropy V=%d staged=%d = unstaged", v, staged);
+    printf("%-40s %s\n", name, same ? "ok" : "FAIL");
+    if (!same) failures++;
+}
+
 // Tolerances: f32 arithmetic (expf, rsqrtf as 1/sqrt on the host, f32 sums) against double references is ~1e-7 relative;
-// 1e-6 (SwiGLU) and 1e-5 (RMSNorm's sums over rows of up to 4096) leave margin, and a wrong index, stride or term is O(1).
+// 1e-6 (SwiGLU, RoPE: two rounded products and a sum per value) and 1e-5 (RMSNorm's sums over rows of up to 4096) leave margin, and a wrong index, stride or term is O(1).
 int main()
 {
     swiglu(37, 264, 0, 3);    // vectors of 4
@@ -87,6 +185,14 @@ int main()
     rmsnorm(37, 1000, 5);     // 250 vectors, 256 threads: 6 idle
     rmsnorm(9, 4096, 2);      // 1024 threads
     rmsnorm(3, 64, 7);        // more blocks than rows
+    rope(2, 5, 4, 2, 16, 3, 0, 3, 64);     // 4 pairs per vector item, 24 items per row
+    rope(3, 7, 2, 1, 8, 0, 1, 5, 32);      // one item per head; the inverse rotation
+    rope(1, 3, 2, 1, 12, 1, 0, 2, 32);     // D/2 = 6: element path both times
+    column_reduce(1056, 40, 32);           // the llama-1b partials' row count, 33 rows per warp
+    column_reduce(37, 20, 2);              // rows not a multiple of the warps; a partial block of columns
+    cross_entropy(3, 1000, 250, 64);       // the whole row staged (250 vectors, 64 threads: pairs, then a single vector)
+    cross_entropy(3, 1000, 37, 64);        // part of it: the rest read twice
+    cross_entropy(3, 1003, 100, 32);       // unaligned: staging does not apply, the scalar path (same bits)
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
