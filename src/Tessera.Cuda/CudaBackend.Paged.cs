@@ -33,6 +33,56 @@ public sealed unsafe partial class CudaBackend
         Launch("paged_attention.cu", $"paged_append_b{keysAndValues.DType.SizeInBytes()}", (GridFor(total), 1, 1), Threads, args, 0, dependent: true);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>For at most 4 rows of x, one matrix-vector kernel (gemv.cu's ROPE epilogue writing to the rows' slots instead
+    /// of a dense cache's positions): the norm, the product, the rotation and the append in one launch, as the dense decode
+    /// step does; otherwise the product, <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> and <see cref="PagedAppend"/>.</remarks>
+    public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies)
+    {
+        const string op = nameof(MatMulRopePagedAppend);
+        batch.Validate($"CudaBackend.{op}");
+        if (qkv.Rank != 3 || x.Rank != 2 || weight.Rank != 2 || qkv.Size(0) != x.Size(0)
+            || (long)qkv.Size(1) * qkv.Size(2) != weight.Size(0) || weight.Size(1) != x.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
+        RequireContiguous(op, "qkv", qkv);
+        RequireContiguous(op, "pool", pool);
+        int n = qkv.Size(0), d = qkv.Size(2);
+        if (pool.Rank != 4 || pool.Size(1) != batch.BlockSize || pool.Size(2) % 2 != 0 || pool.Size(3) != d)
+            throw new ArgumentException($"CudaBackend.{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, 2K, {d})");
+        int kv2 = pool.Size(2);
+        if (queryHeads <= 0 || qkv.Size(1) != queryHeads + kv2)
+            throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of pool {pool.Shape}");
+        if (batch.Rows != n) throw new ArgumentException($"CudaBackend.{op}: PagedBatch.Slots has {batch.Rows} rows but qkv {qkv.Shape} has {n}");
+        RequirePositions(op, positions, n);
+        var dtype = x.DType;
+        bool fused = Options.FusedPagedQkv && GemvFits(x, norm, weight) && d % 2 == 0 && qkv.DType == dtype && pool.DType == dtype
+            && BiasFits(bias, dtype, weight.Size(0));
+        if (!fused)
+        {
+            var flat = qkv.Reshape(n, qkv.Size(1) * d);
+            if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
+            else MatMul(x, weight, flat, transposeB: true, bias: bias);
+            Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
+            PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch);
+            return;
+        }
+        int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;
+        ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), py = Ptr(qkv), pn = norm is { } nr ? Ptr(nr.Weight) : 0;
+        float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
+        long ldx = x.Stride(0), ldw = weight.Stride(0), ldy = weight.Size(0);
+        var rope = new GemvRopeArgs
+        {
+            // Row m's position is positions[m] (Tn = 1); its keys and values go to pool slot slots[m]: (slot, head) at
+            // slot * 2K * D + head * D.
+            Cache = Ptr(pool), Starts = Ptr(positions), Slots = Ptr(batch.Slots), Tokens = 1, QueryHeads = queryHeads, KvHeads = kv2 / 2,
+            HeadSize = d, CacheB = 0, CacheS = (long)kv2 * d, CacheH = d, Frequencies = RopeArgsFor(frequencies, d),
+        };
+        int early = EarlyWeights ? 1 : 0;
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
+        Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+    }
+
     public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale)
     {
         const string op = nameof(PagedAttention);

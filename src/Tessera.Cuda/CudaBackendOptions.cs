@@ -66,6 +66,13 @@ public sealed record CudaBackendOptions
     public bool SpecializedPagedAttention { get; init; } = true;
 
     /// <summary>
+    /// Serving's paged decode step runs the attention input (norm, QKV product, RoPE, append to the rows' pool slots) as one
+    /// matrix-vector kernel where a step has at most 4 rows, as the dense decode step does; false runs the product, the
+    /// rotation and the append as three launches (to compare). Default true.
+    /// </summary>
+    public bool FusedPagedQkv { get; init; } = true;
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -127,6 +134,7 @@ public sealed record CudaBackendOptions
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
+        if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
         return string.Join(",", parts);
@@ -146,6 +154,7 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
+        [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {
             DecodeAttention = Enum.GetValues<DecodeAttentionKernel>().Cast<DecodeAttentionKernel?>()

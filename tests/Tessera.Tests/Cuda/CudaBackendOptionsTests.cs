@@ -22,6 +22,7 @@ public sealed class CudaBackendOptionsTests
         TuneMatMulAlgorithms = false,
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,
+        FusedPagedQkv = false,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
     };
