@@ -95,6 +95,10 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>Token ids that end a completion.</summary>
     public IReadOnlyCollection<int> StopTokens => _stopTokens;
 
+    /// <summary>Steps enqueued before the previous step's tokens reached the host (<see cref="EngineOptions.AsyncScheduling"/>).</summary>
+    public long PipelinedSteps => Volatile.Read(ref _pipelined);
+    private long _pipelined;
+
     /// <summary>Decode steps that replayed a recorded graph (0 on backends that do not record).</summary>
     public long ReplayedSteps => Volatile.Read(ref _replayed);
     private long _replayed;
@@ -278,7 +282,11 @@ public sealed class InferenceEngine : IDisposable
             foreach (var s in step.Sequences)
                 if (s.Samples) s.Sequence.AppendUnresolved(row++);
         }
-        if (_inFlight is not null) CollectInFlight();                 // the previous step's tokens, while this one computes
+        if (_inFlight is not null)
+        {
+            Interlocked.Increment(ref _pipelined);
+            CollectInFlight();                                        // the previous step's tokens, while this one computes
+        }
         if (current.Pipelined) _inFlight = current;
         else Collect(current);
     }
