@@ -105,6 +105,80 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Assert.Equal(TestTensors.ToDoubles(_cpu, cpuPool), Download(pool));   // a copy: exact
     }
 
+    /// <summary>
+    /// The paged step's fused QKV op (norm, product, rotation of q and k at each row's position, append of k and v to the
+    /// row's pool slot; one kernel for at most 4 rows): bit for bit the unfused GPU ops it replaces (the product, Rope at the
+    /// positions, PagedAppend: the same per-row arithmetic in the same order), a padding row (slot -1) writing nothing; and
+    /// within the dtype's tolerance of the CPU in f64 (<see cref="CudaTestBase.Tolerance"/>). Six rows take the composed path.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 1, true, false)]    // a batch-1 decode step (llama: norm, no bias)
+    [InlineData(DType.BF16, 4, true, true)]     // three sequences and a padding row, with bias
+    [InlineData(DType.F32, 3, false, true)]     // no norm
+    [InlineData(DType.BF16, 6, true, false)]    // above 4 rows: the product, then Rope and PagedAppend
+    public void FusedPagedQkvMatchesTheProductRotationAndAppend(DType dtype, int n, bool withNorm, bool withBias)
+    {
+        const double theta = 500000.0, eps = 1e-5;
+        const int h = 8, kh = 2, d = 64, c = 1024, blockSize = 16, poolBlocks = 12, rows = (h + 2 * kh) * d;
+        var positions = Enumerable.Range(0, n).Select(i => 5 + 37 * i).ToArray();
+        var slots = Enumerable.Range(0, poolBlocks * blockSize).OrderBy(_ => Rng.Next()).Take(n).ToArray();
+        if (n >= 4) (positions[n - 1], slots[n - 1]) = (0, -1);        // padding
+        var (x, xv) = Random(dtype, 1, n, c);
+        var (w, wv) = Random(dtype, 0.1, rows, c);
+        var (bias, bv) = Random(dtype, 0.5, rows);
+        var (nw, nwv) = Random(dtype, 1, c);
+        var poolv = Stored(Enumerable.Range(0, poolBlocks * blockSize * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
+        RmsNormPrologue? norm = withNorm ? new RmsNormPrologue(nw, eps) : null;
+        PagedBatch BatchOn(IBackend backend) => new(backend.FromArray(new int[n], n, 1), backend.FromArray(Enumerable.Range(0, n + 1).ToArray(), n + 1),
+            backend.FromArray(positions.Select(p => p + 1).ToArray(), n), backend.FromArray(slots, n), blockSize);
+
+        var qkv = Poisoned(dtype, n, h + 2 * kh, d);
+        var pool = Upload(poolv, dtype, poolBlocks, blockSize, 2 * kh, d);
+        Gpu.MatMulRopePagedAppend(x, norm, w, withBias ? bias : null, qkv, h, pool, UploadInts(positions, n), BatchOn(Gpu), theta);
+
+        var qkv2 = Poisoned(dtype, n, h + 2 * kh, d);
+        var pool2 = Upload(poolv, dtype, poolBlocks, blockSize, 2 * kh, d);
+        var flat = qkv2.Reshape(n, rows);
+        if (norm is { } r) Gpu.RmsNormMatMul(x, r, w, flat, withBias ? bias : null);
+        else Gpu.MatMul(x, w, flat, transposeB: true, bias: withBias ? bias : null);
+        Gpu.Rope(qkv2.Reshape(n, 1, h + 2 * kh, d).Slice(2, 0, h + kh), UploadInts(positions, n), theta);
+        Gpu.PagedAppend(qkv2.Slice(1, h, 2 * kh), pool2, BatchOn(Gpu));
+        Assert.Equal(Download(qkv2), Download(qkv));
+        Assert.Equal(Download(pool2), Download(pool));
+
+        var cpuQkv = _cpu.Allocate(new Shape(n, h + 2 * kh, d), DType.F64);
+        var cpuPool = TestTensors.FromDoubles(_cpu, poolv, DType.F64, poolBlocks, blockSize, 2 * kh, d);
+        _cpu.MatMulRopePagedAppend(TestTensors.FromDoubles(_cpu, xv, DType.F64, n, c),
+            withNorm ? new RmsNormPrologue(TestTensors.FromDoubles(_cpu, nwv, DType.F64, c), eps) : null,
+            TestTensors.FromDoubles(_cpu, wv, DType.F64, rows, c), withBias ? TestTensors.FromDoubles(_cpu, bv, DType.F64, rows) : null,
+            cpuQkv, h, cpuPool, _cpu.FromArray(positions, n), BatchOn(_cpu), theta);
+        AssertClose(TestTensors.ToDoubles(_cpu, cpuQkv), Download(qkv), Tolerance(dtype), $"MatMulRopePagedAppend {dtype} N={n}: qkv");
+        AssertClose(TestTensors.ToDoubles(_cpu, cpuPool), Download(pool), Tolerance(dtype), $"MatMulRopePagedAppend {dtype} N={n}: pool");
+    }
+
+    /// <summary>
+    /// Asynchronous scheduling's device pieces: input ids resolved in place from a previous argmax (negative ids name its
+    /// rows) as on the CPU, and the pinned readback buffer returning what was copied when it was started, not what the
+    /// stream wrote to the tensor afterwards.
+    /// </summary>
+    [Fact]
+    public void SampledIdsResolveOnTheDeviceAndTheReadbackHoldsTheValuesOfItsStart()
+    {
+        int[] ids = [5, -1, 7, -3, -2, 0], sampled = [40, 41, 42];
+        var gpuIds = UploadInts(ids, ids.Length);
+        Gpu.ResolveSampledIds(gpuIds, UploadInts(sampled, sampled.Length));
+        var cpuIds = _cpu.FromArray(ids, ids.Length);
+        _cpu.ResolveSampledIds(cpuIds, _cpu.FromArray(sampled, sampled.Length));
+        Assert.Equal([5, 40, 7, 42, 41, 0], Gpu.ToArray<int>(gpuIds));
+        Assert.Equal(Gpu.ToArray<int>(gpuIds), _cpu.ToArray<int>(cpuIds));
+
+        using var readback = Gpu.CreateReadbackBuffer(8);
+        readback.Start(gpuIds);
+        Gpu.Fill(gpuIds, 0);                                        // enqueued after the copy: not seen by it
+        Assert.Equal([5, 40, 7, 42, 41, 0], readback.Wait().ToArray());
+        Assert.Throws<ArgumentException>(() => readback.Start(UploadInts(new int[9], 9)));
+    }
+
     private static EngineOptions Options(bool graphs) => new()
     {
         Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 8 << 20 },
