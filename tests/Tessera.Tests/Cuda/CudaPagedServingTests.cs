@@ -288,8 +288,86 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         }
     }
 
+    /// <summary>
+    /// Batch-1 decoding on the llama-1b shape (bf16, a 512-token prompt), printed for the log (not a pass/fail bar): per op,
+    /// a paged step of the server beside the dense step of <c>tessera generate</c> at the same position (a profiled backend,
+    /// eager), with the fused paged QKV op and without (<see cref="CudaBackendOptions.FusedPagedQkv"/>); then the paged step
+    /// recorded, waited for each step (the engine without asynchronous scheduling) and pipelined (each step enqueued before
+    /// the previous one is collected, its token read on the device, as the engine does), in ms per step with the host.
+    /// </summary>
+    [Fact]
+    public void BatchOneDecodeStepOnLlama1bShapeReportsItsOpsBesideTheDenseStep()
+    {
+        foreach (bool fused in new[] { true, false })
+        {
+            using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, FusedPagedQkv = fused });
+            var (model, cache, scheduler, runner) = Llama1bServing(profiled, recordGraphs: false, sequences: 1);
+            using (cache)
+            using (runner)
+            {
+                var step = PrefillAll(scheduler, runner, 1);
+                for (int i = 0; i < 3; i++) step = Step(scheduler, runner);
+                profiled.Profiler!.Reset();
+                for (int i = 0; i < 5; i++) step = Step(scheduler, runner);
+                Console.WriteLine($"[paged ops] batch-1 paged decode step at position {step.Sequences[0].Start}, FusedPagedQkv={fused}, 5 steps");
+                Console.WriteLine(profiled.Profiler.Table(5));
+                if (!fused) continue;
+                var dense = model.CreateKvCache(batch: 1, maxSequence: 1024);
+                var tokens = profiled.FromArray(Enumerable.Range(0, 512).Select(j => j % 1000).ToArray(), 1, 512);
+                model.ForwardWithCache(tokens, dense, validateTokens: false);
+                var one = profiled.FromArray(new[] { 7 }, 1, 1);
+                for (int i = 0; i < 3 + step.Sequences[0].Start - 512 - 5; i++) model.ForwardWithCache(one, dense, validateTokens: false);
+                profiled.Profiler.Reset();
+                for (int i = 0; i < 5; i++)
+                {
+                    var logits = model.ForwardWithCache(one, dense, validateTokens: false);
+                    profiled.ArgMax(logits.Reshape(1, logits.Size(2)).Slice(1, 0, model.Config.VocabSize), one.Reshape(1));
+                }
+                Console.WriteLine($"[dense ops] batch-1 dense decode step (tessera generate's) at position {dense.Length - 1}, 5 steps");
+                Console.WriteLine(profiled.Profiler.Table(5));
+            }
+        }
+
+        var (_, c2, s2, r2) = Llama1bServing(Gpu, recordGraphs: true, sequences: 1);
+        using (c2)
+        using (r2)
+        {
+            PrefillAll(s2, r2, 1);
+            for (int i = 0; i < 3; i++) Step(s2, r2);                     // eager, then recorded
+            double waited = MedianMs(() => Step(s2, r2), 30);
+            // Pipelined: step N + 1 enqueued before step N's token reaches the host (the engine's asynchronous scheduling).
+            void Pipelined(int steps)
+            {
+                var seq = s2.Running[0];
+                var first = s2.Schedule();
+                r2.Enqueue(first, withLogits: false);
+                s2.Complete(first);
+                seq.AppendUnresolved(0);
+                for (int i = 0; i < steps; i++)
+                {
+                    var next = s2.Schedule();
+                    r2.Enqueue(next, withLogits: false);
+                    s2.Complete(next);
+                    seq.AppendUnresolved(0);
+                    r2.Collect(out var ids, out _);
+                    s2.Resolve(seq, ids[0]);
+                }
+                r2.Collect(out var last, out _);
+                s2.Resolve(seq, last[0]);
+            }
+            Pipelined(5);
+            Gpu.Synchronize();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            Pipelined(100);
+            double pipelined = clock.Elapsed.TotalMilliseconds / 101;
+            Assert.True(r2.RecordedGraphs > 0);
+            Console.WriteLine($"[paged decode] llama-1b shape, bf16, batch 1 at ~{s2.Running[0].ComputedTokens} positions: recorded step waited for {waited:F3} ms/step, " +
+                $"pipelined {pipelined:F3} ms/step (host included)");
+        }
+    }
+
     private static (Transformer Model, PagedKvCache Cache, Scheduler Scheduler, PagedModelRunner Runner) Llama1bServing(CudaBackend backend,
-        bool recordGraphs, int prompt = 512, int decodingStepTokens = 8192, int tokenBudget = 8192)
+        bool recordGraphs, int prompt = 512, int decodingStepTokens = 8192, int tokenBudget = 8192, int sequences = 64)
     {
         var config = ModelPresets.Get("llama-1b") with { MaxSequenceLength = 1024 };
         var model = new Transformer(config, backend, DType.BF16);
@@ -298,7 +376,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
             new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 4L << 30 });
         var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = tokenBudget, DecodingStepTokens = decodingStepTokens });
         var runner = new PagedModelRunner(model, cache, tokenBudget, 64, 1024, recordGraphs);
-        foreach (var s in Enumerable.Range(0, 64).Select(i => new Sequence(i, Enumerable.Range(0, prompt).Select(j => (i + j) % 1000).ToArray(), 1024)))
+        foreach (var s in Enumerable.Range(0, sequences).Select(i => new Sequence(i, Enumerable.Range(0, prompt).Select(j => (i + j) % 1000).ToArray(), 1024)))
             scheduler.Add(s);
         return (model, cache, scheduler, runner);
     }
@@ -314,11 +392,11 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         return step;
     }
 
-    /// <summary>Steps until all 64 sequences decode.</summary>
-    private static ScheduledStep PrefillAll(Scheduler scheduler, PagedModelRunner runner)
+    /// <summary>Steps until all <paramref name="sequences"/> sequences decode.</summary>
+    private static ScheduledStep PrefillAll(Scheduler scheduler, PagedModelRunner runner, int sequences = 64)
     {
         ScheduledStep step;
-        do step = Step(scheduler, runner); while (!step.IsDecodeOnly || step.Sequences.Count < 64);
+        do step = Step(scheduler, runner); while (!step.IsDecodeOnly || step.Sequences.Count < sequences);
         return step;
     }
 }
