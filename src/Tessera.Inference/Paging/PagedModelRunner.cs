@@ -159,12 +159,15 @@ public sealed class PagedModelRunner : IDisposable
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         Tensor stepLogits;
-        if (decode && _record)
+        // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
+        // and runs eagerly: the recordings skip it.
+        bool inOrder = decode && sampling == sequences;
+        if (decode && _record && inOrder)
         {
             var b = _buckets.TryGetValue(bucket, out var found) ? found : _buckets[bucket] = new Bucket();
             if (b.Graph is null && !b.Unrecordable && b.EagerRuns > 0 && _backend is IGraphCapture capture)
             {
-                b.Graph = capture.Capture(() => b.Logits = Body(layout, bucket));
+                b.Graph = capture.Capture(() => b.Logits = Body(layout, bucket, everyRowSamples: true));
                 b.Unrecordable = b.Graph is null;                    // e.g. the backend's profiler is on: run eagerly from now on
             }
             if (b.Graph is not null)
@@ -175,11 +178,11 @@ public sealed class PagedModelRunner : IDisposable
             }
             else
             {
-                stepLogits = Body(layout, bucket);
+                stepLogits = Body(layout, bucket, everyRowSamples: true);
                 b.EagerRuns++;
             }
         }
-        else stepLogits = Body(layout, outputs);
+        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder);
         IReadbackBuffer? readback = null;
         if (sampling > 0)
         {
@@ -255,8 +258,10 @@ public sealed class PagedModelRunner : IDisposable
         return sampling;
     }
 
-    /// <summary>The forward pass over the metadata in <paramref name="layout"/>; logits (outputs, V).</summary>
-    private Tensor Body(Layout layout, int outputs)
+    /// <summary>The forward pass over the metadata in <paramref name="layout"/>; logits (outputs, V). With
+    /// <paramref name="everyRowSamples"/> (a decode step in which every sequence samples) the rows go to the head as they are,
+    /// without the gather of the sampling rows.</summary>
+    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false)
     {
         var config = _model.Config;
         int sequences = layout.Sequences, rows = layout.Rows;
@@ -278,8 +283,13 @@ public sealed class PagedModelRunner : IDisposable
             Attention(ctx, block, x, positions, batch);
             block.Mlp.ForwardAccumulate(ctx, x, block.Norm2, x);
         }
-        var last = ctx.Buffer(_lastHidden, new Shape(outputs, config.Embedding), x.DType);   // (M, C)
-        _backend.EmbeddingForward(_metadata.Narrow(layout.Last, new Shape(outputs)), x, last);  // gather the sampling rows
+        Tensor last;                                                            // (M, C): the sampling rows
+        if (everyRowSamples) last = x;                                          // a decode step whose rows all sample, in order
+        else
+        {
+            last = ctx.Buffer(_lastHidden, new Shape(outputs, config.Embedding), x.DType);
+            _backend.EmbeddingForward(_metadata.Narrow(layout.Last, new Shape(outputs)), x, last);
+        }
         var logits = _model.Head.ForwardNormalized(ctx, last, _model.FinalNorm).Slice(1, 0, config.VocabSize);   // (M, V)
         _backend.ArgMax(logits, _sampled.Slice(0, 0, outputs));
         return logits;
