@@ -80,7 +80,7 @@ run)
     if [ -f "$out/tests.log" ]; then
         echo "================ CUDA serving tests ================"
         sed 's/\x1b\[[0-9;]*m//g' "$out/tests.log" | grep -E -A3 '\[FAIL\]' | head -60
-        sed 's/\x1b\[[0-9;]*m//g' "$out/tests.log" | grep -E '^\s*\[paged|^\| |Total: ' | head -120
+        sed 's/\x1b\[[0-9;]*m//g' "$out/tests.log" | grep -E '^\s*\[(paged|dense)|^\| |Total: ' | head -200
     fi
     echo "================ Tessera server (HTTP, streaming clients) ================"; cat "$out/serve.md"; tail -5 "$out/serve.err"
     [ -f "$out/serve-ab.md" ] && { echo "================ Tessera server with ${SERVE_AB} ================"; cat "$out/serve-ab.md"; }
