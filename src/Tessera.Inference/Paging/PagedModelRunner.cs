@@ -14,8 +14,11 @@ namespace Tessera.Inference.Paging;
 /// goes through the final norm and the head. The model code is the dense path's layers called in a paged arrangement
 /// (the same products, norms and MLPs), so the two agree to rounding.
 /// <para>
-/// The step's metadata (tokens, positions, slots, block tables) is written into one host array and copied to one device
-/// buffer at fixed offsets, so the device addresses never change. A decode-only step is padded to a batch-size bucket
+/// The step's metadata (tokens, positions, slots, block tables) is written into one host array, packed for the step's
+/// shape, and copied to one device buffer with one copy of just that size; a decode bucket's layout never changes, so
+/// its device addresses do not either. A step may be enqueued before the previous one's sampled ids reach the host
+/// (<see cref="Enqueue"/>, <see cref="Collect"/>): its unknown input ids are read from that step's argmax on the device.
+/// A decode-only step is padded to a batch-size bucket
 /// (1, 2, 4, 8, ...): on a backend that records (<see cref="IGraphCapture"/>) the first step of a bucket runs normally,
 /// the second is recorded and later ones replay the recording after copying the metadata (one graph per bucket).
 /// </para>

@@ -16,7 +16,8 @@ namespace Tessera.Inference.Serving;
 /// a cancelled request's sequences leave the scheduler, their blocks released, before the next step. New requests join
 /// the running batch at the next step (continuous batching). Sampling happens on this thread: greedy choices without
 /// penalties or log-probabilities take the device's argmax (4 bytes per sequence read back), the others read their row
-/// of logits.
+/// of logits. With <see cref="EngineOptions.AsyncScheduling"/>, a step whose samples are all greedy is not waited for: the
+/// next step is enqueued first (it reads those tokens on the device), and the host takes them in while it computes.
 /// </summary>
 public sealed class InferenceEngine : IDisposable
 {
