@@ -10,7 +10,8 @@ public sealed unsafe partial class CudaBackend
     private const int PagedAttentionWarps = 4, PagedAttentionMaxGroup = 8, PagedAttentionMaxHeadSize = 256,   // PA_* in the kernel
         PagedAttentionMaxSplits = 32,
         PagedDecodeThreads = 128,                                       // PD_THREADS
-        PagedPrefillMinRows = 8;                                        // a sequence with this many rows in a step runs on tensor cores
+        PagedPrefillMinRows = 8,                                        // a sequence with this many rows in a step runs on tensor cores
+        PagedDecodeMaxCounters = 1024;                                  // DecodeCounters' first capacity
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
     {
@@ -143,13 +144,17 @@ public sealed unsafe partial class CudaBackend
             splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
                 1, PagedAttentionMaxSplits);
         var partial = splits > 1 ? ScratchTensor(new Shape(splits, rowsHere, h, d + 2), DType.F32) : null;   // (S, X, H, D + 2) states
+        // The specialized kernel merges its own splits (the last CTA of a row's head group) when the counters exist, one per
+        // (row, head group): a decode step's (up to 1,024 of them, so the shared counter buffer is never regrown under a
+        // recorded graph); a prefill step keeps the combine launch.
+        ulong counters = specialized && partial is not null && ctas <= PagedDecodeMaxCounters ? DecodeCounters((int)ctas) : 0;
         try
         {
             ulong pw = partial is null ? 0 : Ptr(partial);
             if (specialized)
             {
                 int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
-                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows };
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows };
                 uint shared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
                 Launch("paged_attention.cu", $"paged_decode_{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, shared, dependent: true);
@@ -161,7 +166,7 @@ public sealed unsafe partial class CudaBackend
                 Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
                     args, shared, dependent: true);
             }
-            if (partial is not null)
+            if (partial is not null && counters == 0)
             {
                 // Block x merges row x of the kernel above (the same rows, found the same way: rows the tile kernel wrote are
                 // left alone).
