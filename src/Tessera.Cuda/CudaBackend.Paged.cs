@@ -84,9 +84,10 @@ public sealed unsafe partial class CudaBackend
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
-    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale)
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0)
     {
         const string op = nameof(PagedAttention);
+        int kernelWindow = KernelWindow(op, window);
         batch.Validate($"CudaBackend.{op}");
         if (q.Rank != 3 || (q.Stride(2) != 1 && q.Size(2) > 1))
             throw new ArgumentException($"CudaBackend.{op}: q must be (N, H, D) with a contiguous last dimension, got {q.Shape}");
@@ -119,7 +120,7 @@ public sealed unsafe partial class CudaBackend
         if (tiles)
         {
             int minRows = PagedPrefillMinRows;
-            void** args = stackalloc void*[] { &pq, &pp, &po, &pt, &pst, &pl, &b, &h, &k, &blockSize, &maxBlocks, &qn, &qh, &sc, &minRows };
+            void** args = stackalloc void*[] { &pq, &pp, &po, &pt, &pst, &pl, &b, &h, &k, &blockSize, &maxBlocks, &qn, &qh, &sc, &minRows, &kernelWindow };
             // Query tiles of 64 rows (FLASH_MT = 1): at most ceil(N / 64) plus one partial tile per sequence that qualifies.
             long tileCount = (n + FlashBlock - 1) / FlashBlock + Math.Min(b, n / PagedPrefillMinRows);
             uint shared = (uint)((FlashBlock + 4 * FlashBlock) * d * 2);  // Q tile + two stages of K and V
@@ -128,6 +129,8 @@ public sealed unsafe partial class CudaBackend
             Launch("flash_attention.cu", kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
         }
         int maxRows = tiles ? PagedPrefillMinRows - 1 : int.MaxValue;
+        // The most keys a row reads: its window, or the widest table without one (the host knows no context length).
+        long span = Math.Min((long)maxBlocks * blockSize, window > 0 ? window : long.MaxValue);
         // The CUDA-core kernels' grid: every row, or with the tile kernel an upper bound of the other rows (fewer than
         // PagedPrefillMinRows per sequence), so that a prefill step does not launch a CTA per row only to skip it.
         int rowsHere = tiles ? (int)Math.Min(n, (long)(PagedPrefillMinRows - 1) * b) : n;
@@ -135,13 +138,13 @@ public sealed unsafe partial class CudaBackend
         int splits;
         if (specialized)
             // Enough CTAs for about 8 per SM (the kernel's 128 threads leave room for that many), each split at least 64
-            // positions of the widest table.
-            splits = (int)Math.Clamp(Math.Min((8L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
+            // positions of the span.
+            splits = (int)Math.Clamp(Math.Min((8L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, (span + 63) / 64),
                 1, PagedAttentionMaxSplits);
         else
             // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
-            // two waves of the SMs, each split at least 64 positions of the widest table (the host knows no context length).
-            splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, ((long)maxBlocks * blockSize + 63) / 64),
+            // two waves of the SMs, each split at least 64 positions of the span.
+            splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, (span + 63) / 64),
                 1, PagedAttentionMaxSplits);
         var partial = splits > 1 ? ScratchTensor(new Shape(splits, rowsHere, h, d + 2), DType.F32) : null;   // (S, X, H, D + 2) states
         // The specialized kernel merges its own splits (the last CTA of a row's head group) when the counters exist, one per
@@ -154,14 +157,14 @@ public sealed unsafe partial class CudaBackend
             if (specialized)
             {
                 int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
-                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows };
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow };
                 uint shared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
                 Launch("paged_attention.cu", $"paged_decode_{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, shared, dependent: true);
             }
             else
             {
-                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc };
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &kernelWindow };
                 uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
                 Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
                     args, shared, dependent: true);

@@ -20,4 +20,19 @@ public sealed record GenerationOptions
     /// Replaying removes the host's per-op launch cost, which dominates decoding of small batches. Default true.
     /// </summary>
     public bool CaptureGraph { get; init; } = true;
+
+    /// <summary>
+    /// For a model with a sliding window (Mistral), whether the keys and values live in a cache bounded by the window: a
+    /// paged pool of about window + <see cref="WindowPrefillChunk"/> positions whose blocks are reused as the window slides,
+    /// so generating far past the window costs the window's memory only. False keeps every position in the dense cache
+    /// (memory grows with the sequence; the window then only limits what attention reads). Ignored without a window, and
+    /// for a model split over tensor-parallel ranks (the paged runner serves one device). Default true.
+    /// </summary>
+    public bool BoundedWindowCache { get; init; } = true;
+
+    /// <summary>
+    /// Most prompt tokens one forward pass computes in the bounded window cache (the prompt is prefilled in chunks of this
+    /// many); the cache holds window + this many positions, rounded up to blocks. Default 256; at least 1.
+    /// </summary>
+    public int WindowPrefillChunk { get; init; } = 256;
 }

@@ -1,4 +1,6 @@
+using Tessera.Inference.Paging;
 using Tessera.Inference.Sampling;
+using Tessera.Inference.Scheduling;
 using Tessera.Models;
 using Tessera.Tensors;
 
@@ -9,6 +11,14 @@ namespace Tessera.Inference;
 /// (decode). Greedy decoding picks the token on the device (argmax) and reads back 4 bytes per token; sampling reads the
 /// token's row of logits to the host for the <see cref="Sampler"/>. The decode step is recorded once and replayed where
 /// the backend can (<see cref="GenerationOptions.CaptureGraph"/>).
+/// <para>
+/// A model with a sliding window (Mistral) generates through a cache bounded by the window instead
+/// (<see cref="GenerationOptions.BoundedWindowCache"/>): serving's paged cache, sized to the blocks one sequence holds at once
+/// (window + prefill chunk positions), and its runner, with one sequence. The scheduler returns the blocks left of the
+/// window to the pool after each step and the next positions take them, so the pool works as a ring buffer of blocks and
+/// memory stays O(window) however long the generation; the paged kernels never read a block left of the window. The
+/// dense path, and with it the non-windowed decode step and its recorded graph, is untouched.
+/// </para>
 /// </summary>
 public sealed class TextGenerator
 {
@@ -19,6 +29,15 @@ public sealed class TextGenerator
 
     /// <summary>Whether the decode step of the last generation replayed a recorded graph.</summary>
     public bool LastRunRecorded { get; private set; }
+
+    /// <summary>Positions the last generation's KV cache could hold (per layer): the model's context for the dense cache,
+    /// the pool's blocks x block size for the bounded window cache.</summary>
+    public int LastRunCachePositions { get; private set; }
+
+    /// <summary>The most KV blocks in use at once during the last generation through the bounded window cache (0 otherwise).</summary>
+    public int LastRunPeakBlocks { get; private set; }
+
+    private const int WindowBlockSize = 16;
 
     /// <summary>Yields new token ids as they are produced.</summary>
     /// <exception cref="ArgumentException">The prompt is empty or does not fit the model's context.</exception>
@@ -31,7 +50,10 @@ public sealed class TextGenerator
         for (int i = 0; i < prompt.Count; i++)
             if ((uint)prompt[i] >= (uint)config.VocabSize)
                 throw new ArgumentException($"prompt token {prompt[i]} at position {i} is outside the vocabulary of {config.VocabSize}");
-        return Run(prompt, options);
+        if (options.WindowPrefillChunk < 1)
+            throw new ArgumentException($"GenerationOptions.WindowPrefillChunk ({options.WindowPrefillChunk}) must be at least 1");
+        bool bounded = config.SlidingWindow > 0 && options.BoundedWindowCache && _model.TensorParallelism is not { Size: > 1 };
+        return bounded ? RunWindowed(prompt, options) : Run(prompt, options);
     }
 
     private IEnumerable<int> Run(IReadOnlyList<int> prompt, GenerationOptions options)
@@ -41,6 +63,8 @@ public sealed class TextGenerator
         var sampler = new Sampler(options.Sampling);
         bool greedy = options.Sampling.Temperature == 0;
         var cache = _model.CreateKvCache(batch: 1);
+        LastRunCachePositions = cache.MaxSequence;
+        LastRunPeakBlocks = 0;
         var row = backend.Allocate(new Shape(1, config.VocabSize), DType.F32);
         var host = new float[config.VocabSize];
         int[] chosen = new int[1];
@@ -80,6 +104,56 @@ public sealed class TextGenerator
         {
             row.Storage.Dispose();
         }
+    }
+
+    /// <summary>Generation through a paged pool of the blocks one windowed sequence holds at once (see the class remarks).</summary>
+    private IEnumerable<int> RunWindowed(IReadOnlyList<int> prompt, GenerationOptions options)
+    {
+        var config = _model.Config;
+        int chunk = options.WindowPrefillChunk;
+        int maxLength = (int)Math.Min((long)prompt.Count + options.MaxNewTokens, config.MaxSequenceLength);
+        int blocks = Scheduler.BlocksHeld(maxLength, WindowBlockSize, config.SlidingWindow, chunk);
+        var cacheOptions = new PagedKvCacheOptions
+        {
+            BlockSize = WindowBlockSize,
+            MemoryBytes = blocks * PagedKvCache.BlockBytes(_model.DType, config.Layers, config.EffectiveKvHeads, config.HeadSize, WindowBlockSize),
+            PrefixCaching = false,                                   // one sequence: nothing to share
+        };
+        using var cache = new PagedKvCache(_model.Backend, _model.DType, config.Layers, config.EffectiveKvHeads, config.HeadSize, cacheOptions);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 1, TokenBudget = chunk, DecodingStepTokens = chunk }, config.SlidingWindow);
+        using var runner = new PagedModelRunner(_model, cache, chunk, 1, maxLength, options.CaptureGraph);
+        var sampler = new Sampler(options.Sampling);
+        bool greedy = options.Sampling.Temperature == 0;
+        var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
+        var sequence = new Sequence(0, prompt, maxLength);
+        scheduler.Add(sequence);
+        LastRunCachePositions = cache.Blocks * cache.BlockSize;
+        LastRunPeakBlocks = 0;
+        LastRunRecorded = false;
+        for (int produced = 0; ; )
+        {
+            int next = StepWindowed(scheduler, runner, cache, greedy, sampler);
+            if (next < 0) continue;                                   // a prefill chunk short of the prompt's end
+            LastRunRecorded = runner.ReplayedSteps > 0;
+            if (stop.Contains(next)) yield break;
+            yield return next;
+            produced++;
+            if (prompt.Count + produced >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
+            sequence.Append(next);
+        }
+    }
+
+    /// <summary>Runs one scheduled step; the sampled token, or -1 when the step sampled nothing.</summary>
+    private int StepWindowed(Scheduler scheduler, PagedModelRunner runner, PagedKvCache cache, bool greedy, Sampler sampler)
+    {
+        var step = scheduler.Schedule();
+        if (step.IsEmpty)
+            throw new InvalidOperationException($"TextGenerator: the bounded window cache of {cache.Blocks} blocks could not place the sequence (a bug: it is sized for one sequence)");
+        LastRunPeakBlocks = Math.Max(LastRunPeakBlocks, cache.Allocator.InUse);   // before Complete releases the blocks the step left behind
+        int sampled = runner.Run(step, withLogits: !greedy, out var ids, out var logits);
+        scheduler.Complete(step);
+        if (sampled == 0) return -1;
+        return greedy ? ids[0] : sampler.Sample(logits, _model.Config.VocabSize);
     }
 
     private int ArgMax(Tensor logits, Tensor tokens, int[] chosen)

@@ -161,6 +161,12 @@ public sealed class Transformer
     /// <summary>The LoRA adapters (their trainable arena and layers) when the model was built with LoRA options, else null.</summary>
     public LoraAdapters? Adapters { get; }
 
+    /// <summary>
+    /// The parameters a trainer updates: the adapters' layout when the model is LoRA over a frozen base
+    /// (<see cref="ArenaStorage.Frozen"/>), else the model's own.
+    /// </summary>
+    public ParameterLayout TrainableLayout => Adapters is not null && Layout.Storage is ParameterArena { Frozen: true } ? Adapters.Layout : Layout;
+
     /// <summary>This rank's pipeline stage (its group and the partition of the blocks), or null for the whole model.</summary>
     public PipelineParallelism? Pipeline { get; }
 

@@ -30,6 +30,9 @@ public sealed class ParameterLayoutBuilder
     /// <summary>This rank's position on it.</summary>
     public MeshCoordinate Coordinate { get; }
 
+    /// <summary>The name of the unit declarations go to now, or null before the first.</summary>
+    public string? CurrentUnit => _units.Count == 0 ? null : _units[^1].Name;
+
     /// <summary>
     /// Starts unit <paramref name="name"/>: parameters declared from now on belong to it. <paramref name="borrows"/> names
     /// earlier units whose parameters this unit's layers also use (a tied head borrows the embeddings). Parameters

@@ -241,8 +241,11 @@ public interface IBackend
     /// with <see cref="PagedAppend"/>), output (N, H, D) contiguous. Row n of sequence b (see <see cref="PagedBatch"/>) sits
     /// at position p = ContextLengths[b] - rows(b) + (n - QueryStarts[b]) and attends to that sequence's positions 0 .. p,
     /// read through its block table; query head h reads kv head h / (H / K). A row with p &lt; 0 (padding) gets zeros.
+    /// <paramref name="window"/> &gt; 0 is a sliding window as in <see cref="AttentionForward"/>: the row sees positions
+    /// p - window + 1 .. p only, and a block wholly left of the window of every row of its sequence is neither read nor
+    /// looked up in the block table (a bounded cache returns it to the pool; its entry may hold anything, e.g. -1).
     /// </summary>
-    void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale);
+    void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0);
 
     /// <summary>
     /// Input ids of a step enqueued before the previous step's sampled tokens reached the host (asynchronous scheduling):

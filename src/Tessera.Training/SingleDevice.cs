@@ -24,12 +24,15 @@ public sealed class SingleDevice : IDataParallelism
     }
 
     /// <summary>
-    /// The strategy of <paramref name="model"/>'s arena with a new optimizer of <paramref name="options"/> (its gradient
+    /// The strategy of <paramref name="model"/>'s arena (a LoRA model's adapters' arena over its frozen base) with a new optimizer of <paramref name="options"/> (its gradient
     /// norm summed over the tensor-parallel group when the model is split).
     /// </summary>
     public static SingleDevice For(Models.Transformer model, AdamWOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
+        // A LoRA model over a frozen base trains its adapters' arena (LoRA is not split over tensor or pipeline ranks).
+        if (!ReferenceEquals(model.TrainableLayout, model.Layout))
+            return new SingleDevice(model.Adapters!.Arena, new AdamWOptimizer(model.Adapters.Arena, options));
         return new SingleDevice(model.Parameters, new AdamWOptimizer(model.Parameters, options, GradientNormScope.For(model)));
     }
 

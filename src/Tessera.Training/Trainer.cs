@@ -31,6 +31,7 @@ public sealed class Trainer
     private readonly Tensor _lossSum;            // (1) loss dtype (F32 for BF16): this rank's share of the step's mean loss, then the global mean
     private readonly TensorParallelGradients? _partialGradients;   // tensor parallelism: sums the gradients each rank has in part
     private Tensor? _stopFlag;                   // (1) loss dtype: this rank's stop request, then the max over all ranks
+    private Tensor? _count;                      // (1) loss dtype: this rank's counted targets of a step, then the sum over all ranks
     private readonly PipelineRunner? _pipeline;  // pipeline parallelism: the schedule that runs a step's micro-batches, or null
 
     /// <summary>
@@ -124,8 +125,8 @@ public sealed class Trainer
     /// <summary>Prefix naming the rank in messages ("" on one device).</summary>
     public string Where { get; }
 
-    /// <summary>Collectives one step issues on the data-parallel group: the strategy's, plus the loss all-reduce.</summary>
-    public int CollectivesPerStep => Parallelism.CollectivesPerStep(Options.GradientAccumulationSteps) + (Parallelism.Group is null ? 0 : 1);
+    /// <summary>Collectives one step issues on the data-parallel group: the strategy's, plus the loss all-reduce (and, for data with ignored targets, the count's).</summary>
+    public int CollectivesPerStep => Parallelism.CollectivesPerStep(Options.GradientAccumulationSteps) + (Parallelism.Group is null ? 0 : _train.IgnoresTargets ? 2 : 1);
 
     /// <summary>The learning rate of update <paramref name="step"/> (0-based).</summary>
     public double LearningRateAt(int step) => _schedule.At(step);
@@ -164,8 +165,10 @@ public sealed class Trainer
         var backend = _model.Backend;
         var group = Parallelism.Group;
         int accum = Options.GradientAccumulationSteps;
-        // The step's batches first: the loss is the mean over the targets counted (not -1) in the whole step, so each
-        // micro-batch's scale is 1 / (counted targets x ranks). Pretraining data counts every target: 1 / (B T accum ranks).
+        // The step's batches first: the loss is the mean over the targets counted (not -1) in the whole step over every rank,
+        // so each micro-batch's scale is 1 / (targets counted by all ranks). Pretraining data counts every target, the same
+        // number on every rank: 1 / (B T accum ranks) with nothing communicated. Data with ignored targets (chat) sums the
+        // ranks' counts first (exact in the loss dtype up to 2^24 targets a step with F32).
         long counted = 0;
         for (int micro = 0; micro < accum; micro++)
         {
@@ -173,7 +176,9 @@ public sealed class Trainer
             CheckIds(_stepInputs[micro], _stepTargets[micro]);
             foreach (int target in _stepTargets[micro]) if (target >= 0) counted++;
         }
-        double scale = 1.0 / (Math.Max(counted, 1) * (group?.Size ?? 1));
+        double scale = group is not null && _train.IgnoresTargets
+            ? 1.0 / Math.Max(GlobalCount(group, counted), 1)
+            : 1.0 / (Math.Max(counted, 1) * (group?.Size ?? 1));
         Parallelism.ZeroGrad();
         backend.Fill(_lossSum, 0);
         if (_pipeline is not null)
@@ -204,6 +209,16 @@ public sealed class Trainer
         loss?.Wait();
         Step++;
         return backend.ReadScalar(_lossSum);
+    }
+
+    /// <summary>The sum of <paramref name="count"/> over the data-parallel group (one scalar all-reduce, waited for).</summary>
+    private double GlobalCount(ProcessGroup group, long count)
+    {
+        var backend = _model.Backend;
+        _count ??= backend.Allocate(new Shape(1), _model.LossDType);
+        backend.Fill(_count, count);
+        group.AllReduce(_count, ReduceOp.Sum).Wait();
+        return backend.ReadScalar(_count);
     }
 
     /// <summary>

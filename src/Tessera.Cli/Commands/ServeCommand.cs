@@ -108,6 +108,9 @@ public sealed class ServeCommand : Command
         terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}) at {server.BaseAddress}");
         terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
+        if (model.Config.SlidingWindow > 0)
+            terminal.Line($"  sliding window of {model.Config.SlidingWindow}: blocks left of it go back to the pool, a sequence holds at most " +
+                $"{Scheduler.BlocksHeld(engine.MaxSequenceLength, engineOptions.Cache.BlockSize, model.Config.SlidingWindow, engineOptions.Scheduler.TokenBudget)} blocks");
         terminal.Line("  Ctrl-C stops the server");
         terminal.Output.Flush();
         server.WaitAsync(signals.Token).GetAwaiter().GetResult();

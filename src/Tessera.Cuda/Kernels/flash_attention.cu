@@ -150,7 +150,9 @@ __device__ __forceinline__ void load_tile(unsigned dst, const T* base, i64 strid
 // Where a tile's key or value rows come from. DenseRows: row r of a (.., S, .., D) tensor at base + r * stride.
 // PagedRows: position r of a paged KV pool (paged_attention.cu's layout) at slot table[r / block_size] * block_size +
 // r % block_size, base + slot * stride (base already at the kv head, stride 2K * D); a tile's rows then come from up to
-// 64 / block_size blocks, each thread looking up the block of every row it copies.
+// 64 / block_size blocks, each thread looking up the block of every row it copies. Rows below first (the oldest key in the
+// window of the CTA's first query) are zero-filled without reading the table: their blocks may have gone back to the pool
+// (a sliding window), and the tile masks them anyway.
 template <typename T> struct DenseRows
 {
     const T* base;
@@ -166,6 +168,7 @@ template <typename T> struct PagedRows
     const int* table;
     int block_size;
     i64 stride;
+    int first;
     template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
     {
         constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
@@ -176,7 +179,7 @@ template <typename T> struct PagedRows
         for (int k = 0; k < N; k++)
         {
             const int p = row0 + r + k * RS;
-            const bool ok = p < limit;
+            const bool ok = p < limit && p >= first;
             const T* src = ok ? base + ((i64)table[p / block_size] * block_size + p % block_size) * stride + c * 8 : base;
             cp_async16(d0 + k * RS * D * 2, src, ok);
         }
@@ -369,10 +372,11 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
 // the dense kernel's Tq = rows and S = lengths[b]; only sequences of at least min_rows rows are computed here (the others,
 // decode rows, by paged_decode). Grid (tiles, H): blockIdx.x enumerates the 64 * MT-row query tiles of those sequences in
 // order (the host launches an upper bound; CTAs past the last tile return), warp 0 finding its tile by a prefix sum over
-// the sequences' tile counts, 32 sequences at a time.
+// the sequences' tile counts, 32 sequences at a time. window: as in flash_forward (1 << 30 for none); the key blocks left of
+// the tile's first query's window are neither loaded nor looked up in the table.
 template <typename T, int D>
 __device__ void paged_prefill(const T* q, const T* pool, T* out, const int* tables, const int* starts, const int* lengths, int B,
-    int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows)
+    int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window)
 {
     constexpr int BM = 64 * FLASH_MT(D);
     __shared__ int tile_sequence, tile_index;
@@ -406,9 +410,11 @@ __device__ void paged_prefill(const T* q, const T* pool, T* out, const int* tabl
     const int h = blockIdx.y, kvh = h / (H / K), start = starts[b], rows = starts[b + 1] - start;
     const i64 stride = (i64)2 * K * D;
     const int* table = tables + (i64)b * max_blocks;
-    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, stride}, vr{pool + (i64)(K + kvh) * D, table, block_size, stride};
+    const int first = max(0, lengths[b] - rows + tile_index * BM - window + 1);
+    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, stride, first},
+        vr{pool + (i64)(K + kvh) * D, table, block_size, stride, first};
     flash_forward_tile<T, D, FLASH_MT(D)>(q + (i64)start * q_n + (i64)h * q_h, q_n, kr, vr, out + ((i64)start * H + h) * D, (i64)H * D,
-                                          nullptr, rows, lengths[b], tile_index, scale, 1 << 30);
+                                          nullptr, rows, lengths[b], tile_index, scale, window);
 }
 
 // ------------------------------------------------------------------------------------ decode
@@ -1088,10 +1094,10 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     FLASH_GQA(n, T, D, 1) FLASH_GQA(n, T, D, 2) FLASH_GQA(n, T, D, 4)                                         \
     extern "C" __global__ void __launch_bounds__(128) paged_prefill_##n##_d##D(const T* q, const T* pool, T* out,  \
         const int* tables, const int* starts, const int* lengths, int B, int H, int K, int block_size,          \
-        int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows)                                            \
+        int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window)                                \
     {                                                                                                           \
         paged_prefill<T, D>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, q_n, q_h,   \
-                            scale, min_rows);                                                                   \
+                            scale, min_rows, window);                                                           \
     }                                                                                                           \
     extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
         int H, int splits, Strides3 os)                                                                         \

@@ -39,6 +39,9 @@ PAGED_APPEND(b2, unsigned short) PAGED_APPEND(b4, unsigned int) PAGED_APPEND(b8,
 // memory. With one split the CTA writes out = acc / l; with several it writes its state (acc, m, l) to
 // partial (splits, N, H, D + 2) and paged_attention_combine merges the splits:
 // out = sum_s acc_s 2^(m_s - M) / sum_s l_s 2^(m_s - M), M = max_s m_s. Rows before position 0 (padding) get zeros.
+// window (Mistral's sliding window; 1 << 30 for none): the row at position pos sees keys pos - window + 1 .. pos only, and the
+// splits divide those keys, so a block wholly left of the window is never looked up in the table nor read (a bounded cache
+// returns such blocks to the pool and leaves their table entries stale).
 #define PA_WARPS 4
 #define PA_MAX_G 8
 #define PA_MAX_DPL 8   // D <= 256
@@ -46,7 +49,7 @@ PAGED_APPEND(b2, unsigned short) PAGED_APPEND(b4, unsigned int) PAGED_APPEND(b8,
 template <typename T>
 __device__ void paged_attention(const T* q, const T* pool, T* out, float* partial, const int* tables, const int* starts,
                                 const int* lengths, int B, int N, int H, int K, int D, int G, int block_size, int max_blocks,
-                                i64 q_n, i64 q_h, float scale)
+                                i64 q_n, i64 q_h, float scale, int window)
 {
     extern __shared__ float pa_shared[];                           // (PA_WARPS, G, D + 2): acc, then m and l
     const int n = blockIdx.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
@@ -64,9 +67,10 @@ __device__ void paged_attention(const T* q, const T* pool, T* out, float* partia
     const int b = lo;
     const int rows = starts[b + 1] - starts[b];
     const int pos = lengths[b] - rows + (n - starts[b]);
-    const int keys = pos + 1;                                      // positions 0 .. pos; none for padding rows
+    const int first = max(0, pos - window + 1);                    // the oldest key in the row's window
+    const int keys = pos + 1 - first;                              // positions first .. pos; none for padding rows
     const int chunk = keys > 0 ? (keys + splits - 1) / splits : 0;
-    const int begin = split * chunk, end = min(keys, begin + chunk);
+    const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
 
     float qv[PA_MAX_G][PA_MAX_DPL], acc[PA_MAX_G][PA_MAX_DPL], m[PA_MAX_G], l[PA_MAX_G];
     const float qscale = scale * LOG2E;
@@ -161,10 +165,11 @@ __device__ void paged_attention(const T* q, const T* pool, T* out, float* partia
 #define PAGED_ATTENTION(name, t)                                                                                          \
     extern "C" __global__ void __launch_bounds__(PA_WARPS * 32) paged_attention_##name(                                   \
         const t* q, const t* pool, t* out, float* partial, const int* tables, const int* starts, const int* lengths,      \
-        int B, int N, int H, int K, int D, int G, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale)         \
+        int B, int N, int H, int K, int D, int G, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale,         \
+        int window)                                                                                                       \
     {                                                                                                                     \
         paged_attention<t>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, D, G, block_size, max_blocks,     \
-                           q_n, q_h, scale);                                                                              \
+                           q_n, q_h, scale, window);                                                                      \
     }
 FOR_FLOAT_TYPES(PAGED_ATTENTION)
 
@@ -227,6 +232,7 @@ __device__ void paged_short_row(int x, const int* starts, int B, int N, int max_
 // group's query heads (registers: GM x VE for q and for the accumulator). Rows of sequences with more than max_rows rows
 // are left to paged_prefill (flash_attention.cu), which runs them on tensor cores. With splits, the states go to
 // partial (splits, X, H, D + 2) for paged_attention_combine, or with counters (X, H / G) the last split CTA merges them.
+// window as in paged_attention: only the row's window is read.
 #define PD_THREADS 128
 
 // L2-coherent load (inline PTX: no CUDA headers under NVRTC; a plain load on the CPU emulation, which has no L1).
@@ -281,7 +287,7 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
 template <typename T, int D, int GM>
 __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
                              const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
-                             int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows)
+                             int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window)
 {
     constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK;
     static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode: a key row must be a power-of-two part of a warp");
@@ -295,9 +301,10 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     if (b < 0) return;                                             // the whole CTA: past the last such row
     const int rows = starts[b + 1] - starts[b];
     const int pos = lengths[b] - rows + (n - starts[b]);
-    const int keys = pos + 1;
+    const int first = max(0, pos - window + 1);                    // the oldest key in the row's window
+    const int keys = pos + 1 - first;
     const int chunk = keys > 0 ? (keys + splits - 1) / splits : 0;
-    const int begin = split * chunk, end = min(keys, begin + chunk);
+    const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
 
     float qv[GM][VE], acc[GM][VE], m[GM], l[GM];
     const float qscale = scale * LOG2E;
@@ -406,10 +413,10 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
         const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
         const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
-        float scale, int max_rows)                                                                                        \
+        float scale, int max_rows, int window)                                                                            \
     {                                                                                                                     \
         paged_decode<t, D, GM>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,      \
-                               max_blocks, q_n, q_h, scale, max_rows);                                                    \
+                               max_blocks, q_n, q_h, scale, max_rows, window);                                            \
     }
 #define PAGED_DECODE_D(name, t, D) PAGED_DECODE_ONE(name, t, D, 1) PAGED_DECODE_ONE(name, t, D, 2)                      \
     PAGED_DECODE_ONE(name, t, D, 4) PAGED_DECODE_ONE(name, t, D, 8)

@@ -82,14 +82,15 @@ public sealed class PagedModelRunner : IDisposable
             throw new ArgumentException($"PagedModelRunner: the cache ({cache.Layers} layers, {cache.KvHeads} kv heads of {cache.HeadSize}) does not fit the model ({model.Config.Layers}, {model.Config.EffectiveKvHeads}, {model.Config.HeadSize})");
         if (model.TensorParallelism is { Size: > 1 })
             throw new NotSupportedException($"PagedModelRunner: serving runs the model on one device; this one is split over {model.TensorParallelism.Size} tensor-parallel ranks");
-        if (model.Blocks.Count > 0 && model.Blocks[0].Attention.SlidingWindow > 0)
-            throw new NotSupportedException($"PagedModelRunner: the paged attention kernels attend to every cached key; this model's attention slides over a window of {model.Blocks[0].Attention.SlidingWindow} (Mistral), which `tessera generate` supports and serving does not yet");
         _model = model;
         _cache = cache;
         _backend = model.Backend;
         _maxRows = maxRows;
         _maxSequences = maxSequences;
-        _maxBlocks = Math.Min((maxSequenceLength + cache.BlockSize - 1) / cache.BlockSize, cache.Blocks);
+        // A table row holds a sequence's logical blocks; without a window they are all held, so the pool bounds them too.
+        // With one, the blocks left of the window are -1 entries and a sequence may reach more logical blocks than the pool has.
+        int logical = (maxSequenceLength + cache.BlockSize - 1) / cache.BlockSize;
+        _maxBlocks = model.Config.SlidingWindow > 0 ? logical : Math.Min(logical, cache.Blocks);
         _vocab = model.Config.VocabSize;
         _host = new int[new Layout(maxSequences, maxRows, _maxBlocks).Size];
         _metadata = _backend.Allocate(new Shape(_host.Length), DType.I32);
@@ -319,7 +320,7 @@ public sealed class PagedModelRunner : IDisposable
             _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch);
         }
         var output = ctx.Buffer(_attentionOut, new Shape(n, h, d), x.DType);                        // (N, H, D)
-        _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, 1.0 / Math.Sqrt(d));
+        _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, 1.0 / Math.Sqrt(d), attention.SlidingWindow);
         attention.Projection.ForwardAccumulate(ctx, output.Reshape(n, h * d), x);
     }
 

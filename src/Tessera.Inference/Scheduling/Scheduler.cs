@@ -14,6 +14,13 @@ namespace Tessera.Inference.Scheduling;
 /// it goes back to the front of the queue, to be recomputed from its tokens (recompute is cheaper than swapping to the
 /// host for the short sequences this serves, and needs no host pool). A waiting sequence first takes the cached blocks
 /// of the longest prompt prefix already computed (<see cref="KvBlockAllocator"/>). Not thread-safe: the engine's loop owns it.
+/// <para>
+/// With a sliding window (Mistral) a sequence's future queries, at positions from <see cref="Sequence.ComputedTokens"/> on,
+/// never read a key older than ComputedTokens - window + 1: after each step the blocks wholly before that position go
+/// back to the pool (one reference dropped: a prefix block shared with another sequence stays in use, and a registered one
+/// stays findable in the prefix cache) and their table entries become -1, which the attention kernels never look up. A
+/// sequence then holds at most <see cref="BlocksHeld"/> blocks however long it grows, and admission counts that bound.
+/// </para>
 /// </summary>
 public sealed class Scheduler
 {
@@ -21,16 +28,24 @@ public sealed class Scheduler
     private readonly List<Sequence> _running = new();
     private readonly LinkedList<Sequence> _waiting = new();
 
-    /// <summary>A scheduler placing sequences into <paramref name="cache"/>.</summary>
-    public Scheduler(PagedKvCache cache, SchedulerOptions options)
+    /// <summary>
+    /// A scheduler placing sequences into <paramref name="cache"/> for a model whose every attention layer slides over
+    /// <paramref name="slidingWindow"/> positions (0: full causal attention, the blocks stay until the sequence ends).
+    /// </summary>
+    public Scheduler(PagedKvCache cache, SchedulerOptions options, int slidingWindow = 0)
     {
         ArgumentNullException.ThrowIfNull(cache);
         Options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
+        if (slidingWindow < 0) throw new ArgumentOutOfRangeException(nameof(slidingWindow), slidingWindow, "Scheduler: the sliding window must be 0 (none) or positive");
         _cache = cache;
+        SlidingWindow = slidingWindow;
     }
 
     /// <summary>The limits.</summary>
     public SchedulerOptions Options { get; }
+
+    /// <summary>Positions each query sees (the model's sliding window), or 0 for all.</summary>
+    public int SlidingWindow { get; }
 
     /// <summary>Sequences in the running batch.</summary>
     public IReadOnlyList<Sequence> Running => _running;
@@ -44,16 +59,37 @@ public sealed class Scheduler
     /// <summary>Whether nothing is running or waiting.</summary>
     public bool IsIdle => _running.Count == 0 && _waiting.Count == 0;
 
-    /// <summary>Blocks a sequence of <paramref name="tokens"/> tokens needs.</summary>
+    /// <summary>Blocks that cover <paramref name="tokens"/> positions (a block table's logical length).</summary>
     public int BlocksFor(int tokens) => (tokens + _cache.BlockSize - 1) / _cache.BlockSize;
+
+    /// <summary>
+    /// The most blocks a sequence of up to <paramref name="tokens"/> tokens holds at once: all of them without a window; with
+    /// one, at most min(that, the blocks of window - 1 + TokenBudget positions starting anywhere in a block): before a step
+    /// it holds the blocks from that of position ComputedTokens - window + 1 on, and the step adds at most a budget's chunk.
+    /// </summary>
+    public int BlocksHeld(int tokens) => BlocksHeld(tokens, _cache.BlockSize, SlidingWindow, Options.TokenBudget);
+
+    /// <summary>
+    /// <see cref="BlocksHeld(int)"/> for blocks of <paramref name="blockSize"/>, a <paramref name="slidingWindow"/> (0: none)
+    /// and steps of at most <paramref name="tokenBudget"/> tokens: positions from ComputedTokens - window + 1 to
+    /// ComputedTokens + budget - 1, window + budget - 1 of them, touch at most (window + budget - 1 + blockSize - 1) / blockSize
+    /// rounded up blocks.
+    /// </summary>
+    public static int BlocksHeld(int tokens, int blockSize, int slidingWindow, int tokenBudget)
+    {
+        int all = (tokens + blockSize - 1) / blockSize;
+        if (slidingWindow == 0) return all;
+        long bound = ((long)slidingWindow + tokenBudget + 2L * blockSize - 3) / blockSize;
+        return (int)Math.Min(all, bound);
+    }
 
     /// <summary>Queues <paramref name="sequence"/> behind the others.</summary>
     /// <exception cref="ArgumentException">The sequence could never fit the cache, even alone.</exception>
     public void Add(Sequence sequence)
     {
         ArgumentNullException.ThrowIfNull(sequence);
-        if (BlocksFor(sequence.MaxLength) > _cache.Blocks)
-            throw new ArgumentException($"a sequence of up to {sequence.MaxLength} tokens needs {BlocksFor(sequence.MaxLength)} KV blocks but the cache has {_cache.Blocks}; give the server more KV memory or ask for fewer tokens");
+        if (BlocksHeld(sequence.MaxLength) > _cache.Blocks)
+            throw new ArgumentException($"a sequence of up to {sequence.MaxLength} tokens needs {BlocksHeld(sequence.MaxLength)} KV blocks but the cache has {_cache.Blocks}; give the server more KV memory or ask for fewer tokens");
         sequence.Status = SequenceStatus.Waiting;
         _waiting.AddLast(sequence);
     }
@@ -144,8 +180,9 @@ public sealed class Scheduler
     }
 
     /// <summary>
-    /// Records that <paramref name="step"/> ran: each sequence's computed tokens advance, and its newly full blocks enter the
-    /// prefix cache. The caller then appends sampled tokens to the sequences that sampled.
+    /// Records that <paramref name="step"/> ran: each sequence's computed tokens advance, its newly full blocks enter the
+    /// prefix cache, and with a sliding window the blocks left of every future query's window are released. The caller
+    /// then appends sampled tokens to the sequences that sampled.
     /// </summary>
     public void Complete(ScheduledStep step)
     {
@@ -154,7 +191,27 @@ public sealed class Scheduler
             if (sequence.Status != SequenceStatus.Running || sequence.ComputedTokens != start) continue;   // finished meanwhile
             sequence.ComputedTokens = start + count;
             RegisterFullBlocks(sequence);
+            ReleaseLeftOfWindow(sequence);
         }
+    }
+
+    /// <summary>
+    /// Blocks of a sequence that no future query reads: those wholly before position ComputedTokens - window + 1, the
+    /// oldest key in the window of the next position (none without a window).
+    /// </summary>
+    private int DeadBlocks(Sequence sequence) =>
+        SlidingWindow == 0 ? 0 : Math.Min(sequence.BlockTable.Count, Math.Max(0, sequence.ComputedTokens - SlidingWindow + 1) / _cache.BlockSize);
+
+    /// <summary>Drops the sequence's references to its dead blocks (<see cref="DeadBlocks"/>), leaving -1 in their table entries.</summary>
+    private void ReleaseLeftOfWindow(Sequence sequence)
+    {
+        int dead = DeadBlocks(sequence);
+        for (int b = sequence.ReleasedBlocks; b < dead; b++)
+        {
+            if (sequence.BlockTable[b] >= 0) _cache.Allocator.Release(sequence.BlockTable[b]);
+            sequence.BlockTable[b] = -1;
+        }
+        sequence.ReleasedBlocks = Math.Max(sequence.ReleasedBlocks, dead);
     }
 
     /// <summary>
@@ -174,7 +231,8 @@ public sealed class Scheduler
         if (!_cache.Options.PrefixCaching) return;
         int full = Math.Min(sequence.ComputedTokens, sequence.Tokens.Count - sequence.Unresolved) / _cache.BlockSize;
         for (int b = sequence.RegisteredBlocks; b < full; b++)
-            _cache.Allocator.Register(sequence.BlockTable[b], sequence.BlockHash(b, _cache.BlockSize));
+            if (sequence.BlockTable[b] >= 0)   // a block left of the window is already back in the pool
+                _cache.Allocator.Register(sequence.BlockTable[b], sequence.BlockHash(b, _cache.BlockSize));
         sequence.RegisteredBlocks = Math.Max(sequence.RegisteredBlocks, full);
     }
 
@@ -192,17 +250,20 @@ public sealed class Scheduler
         return true;
     }
 
-    /// <summary>Shares the cached blocks of the longest computed prefix of the sequence's tokens, leaving at least its last token to compute.</summary>
+    /// <summary>
+    /// Shares the cached blocks of the longest computed prefix of the sequence's tokens, leaving at least its last token to
+    /// compute. With a sliding window the prefix's blocks left of the window of its first uncomputed position are only
+    /// checked to be cached (their hashes chain the prefix), not taken: their entries are -1 from the start.
+    /// </summary>
     private void TakeCachedPrefix(Sequence sequence)
     {
         if (!_cache.Options.PrefixCaching) return;
-        int bs = _cache.BlockSize, reusable = (sequence.Tokens.Count - 1) / bs;
-        for (int b = 0; b < reusable; b++)
-        {
-            int block = _cache.Allocator.Reuse(sequence.BlockHash(b, bs));
-            if (block < 0) break;
-            sequence.BlockTable.Add(block);
-        }
+        int bs = _cache.BlockSize, reusable = (sequence.Tokens.Count - 1) / bs, found = 0;
+        while (found < reusable && _cache.Allocator.IsCached(sequence.BlockHash(found, bs))) found++;
+        int dead = SlidingWindow == 0 ? 0 : Math.Max(0, found * bs - SlidingWindow + 1) / bs;
+        for (int b = 0; b < found; b++)
+            sequence.BlockTable.Add(b < dead ? -1 : _cache.Allocator.Reuse(sequence.BlockHash(b, bs)));
+        sequence.ReleasedBlocks = dead;
         sequence.ComputedTokens = sequence.BlockTable.Count * bs;
         sequence.RegisteredBlocks = sequence.BlockTable.Count;
         sequence.CachedPromptTokens = Math.Max(sequence.CachedPromptTokens, Math.Min(sequence.ComputedTokens, sequence.PromptLength));
@@ -224,9 +285,11 @@ public sealed class Scheduler
 
     private void ReleaseBlocks(Sequence sequence)
     {
-        foreach (var block in sequence.BlockTable) _cache.Allocator.Release(block);
+        foreach (var block in sequence.BlockTable)
+            if (block >= 0) _cache.Allocator.Release(block);          // -1: released already, left of the window
         sequence.BlockTable.Clear();
         sequence.ComputedTokens = 0;
         sequence.RegisteredBlocks = 0;
+        sequence.ReleasedBlocks = 0;
     }
 }

@@ -46,8 +46,15 @@ public sealed class Sequence
     /// <summary>Of <see cref="ComputedTokens"/>, how many came from shared prefix blocks instead of a forward pass.</summary>
     public int CachedPromptTokens { get; internal set; }
 
-    /// <summary>Physical blocks holding positions 0, BlockSize, 2 BlockSize, ... in order.</summary>
+    /// <summary>Physical blocks holding positions 0, BlockSize, 2 BlockSize, ... in order; -1 for a leading block already
+    /// returned to the pool because it lies left of every future query's sliding window.</summary>
     public List<int> BlockTable { get; } = new();
+
+    /// <summary>Leading entries of <see cref="BlockTable"/> released as left of the sliding window (-1 now).</summary>
+    internal int ReleasedBlocks { get; set; }
+
+    /// <summary>Blocks the sequence references now (its table less the released entries).</summary>
+    public int HeldBlocks => BlockTable.Count - ReleasedBlocks;
 
     /// <summary>Leading blocks of <see cref="BlockTable"/> already registered in the prefix cache.</summary>
     internal int RegisteredBlocks { get; set; }

@@ -56,11 +56,11 @@ public sealed class InferenceEngine : IDisposable
         _cache = new PagedKvCache(model.Backend, model.DType, config.Layers, config.EffectiveKvHeads, config.HeadSize, options.Cache);
         try
         {
-            int needed = (MaxSequenceLength + _cache.BlockSize - 1) / _cache.BlockSize;
+            _scheduler = new Scheduler(_cache, options.Scheduler, config.SlidingWindow);
+            int needed = _scheduler.BlocksHeld(MaxSequenceLength);           // bounded by the window with one
             if (needed > _cache.Blocks)
                 throw new ArgumentException($"EngineOptions.Cache.MemoryBytes: {options.Cache.MemoryBytes:N0} bytes hold {_cache.Blocks} blocks of {_cache.BlockSize} positions, " +
                     $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes); give more KV memory or a shorter MaxSequenceLength");
-            _scheduler = new Scheduler(_cache, options.Scheduler);
             _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs)
             {
                 SeparatePhases = options.SeparateStepPhases,
@@ -159,7 +159,7 @@ public sealed class InferenceEngine : IDisposable
         if (request.Stop.Count > 16 || request.Stop.Any(x => x is null))
             throw new InvalidRequestException($"stop holds {request.Stop.Count} entries; at most 16 non-null strings are allowed", "stop");
         int length = request.MaxTokens ?? room;
-        int blocks = _scheduler.BlocksFor(request.Prompt.Count + length);
+        int blocks = _scheduler.BlocksHeld(request.Prompt.Count + length);
         if (blocks > _cache.Blocks)
             throw new InvalidRequestException($"the prompt and up to {length} new tokens need {blocks} KV blocks but the server's cache has {_cache.Blocks}; ask for fewer max_tokens", "max_tokens", "context_length_exceeded");
         return length;

@@ -3,12 +3,15 @@ using Tessera.Nn.Adapters;
 namespace Tessera.Models.Adapters;
 
 /// <summary>
-/// The LoRA targets of the Llama layer set (Llama, Qwen2, Mistral) as data: each target's short name, its Hugging Face module
-/// (what PEFT's target_modules and tensor names say) and the canonical layer (and part of the fused QKV) it adapts.
+/// The LoRA targets of each model family as data: each target's short name, its Hugging Face module under a block (what PEFT's
+/// target_modules and tensor names say) and the canonical layer (and part of the fused QKV) it adapts. The Llama layer set
+/// (Llama, Qwen2, Mistral) has separate q/k/v projections in Hugging Face's layout, which Tessera fuses: each is a part of
+/// "blocks.N.attn.qkv". GPT-2's c_attn is fused in both, so it is one whole-layer adapter, as PEFT makes it (its Conv1D layers
+/// are why PEFT's config says fan_in_fan_out; lora_A (r, in) and lora_B (out, r) are laid out as for nn.Linear either way).
 /// </summary>
 public static class LoraTargets
 {
-    /// <summary>Short name, PEFT module under model.layers.N, canonical layer pattern, part of a fused QKV (or null).</summary>
+    /// <summary>Short name, PEFT module under a block (model.layers.N), canonical layer pattern, part of a fused QKV (or null).</summary>
     public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Llama { get; } =
     [
         ("q", "self_attn.q_proj", "blocks.*.attn.qkv", 0),
@@ -20,44 +23,88 @@ public static class LoraTargets
         ("down", "mlp.down_proj", "blocks.*.mlp.proj", null),
     ];
 
-    /// <summary>The default targets: the attention projections q, k, v, o.</summary>
+    /// <summary>GPT-2's targets (modules under transformer.h.N): the fused QKV, the attention output, the MLP's two products.</summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Gpt2 { get; } =
+    [
+        ("c_attn", "attn.c_attn", "blocks.*.attn.qkv", null),
+        ("attn.c_proj", "attn.c_proj", "blocks.*.attn.proj", null),
+        ("c_fc", "mlp.c_fc", "blocks.*.mlp.fc", null),
+        ("mlp.c_proj", "mlp.c_proj", "blocks.*.mlp.proj", null),
+    ];
+
+    /// <summary>The default targets of the Llama layer set: the attention projections q, k, v, o.</summary>
     public static IReadOnlyList<string> Default { get; } = ["q", "k", "v", "o"];
 
+    /// <summary>The default targets of <paramref name="family"/>: its attention projections (GPT-2: c_attn and attn.c_proj).</summary>
+    public static IReadOnlyList<string> DefaultOf(ModelFamily family) => family == ModelFamily.Gpt2 ? ["c_attn", "attn.c_proj"] : Default;
+
+    /// <summary>The target table of <paramref name="family"/>.</summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Of(ModelFamily family) => family switch
+    {
+        ModelFamily.Llama => Llama,
+        ModelFamily.Gpt2 => Gpt2,
+        _ => throw new NotSupportedException($"LoRA: the {family} family has no LoRA targets"),
+    };
+
     /// <summary>
-    /// The targets named by <paramref name="names"/>: short names (q, k, v, o, gate, up, down) or PEFT module names (q_proj, ...,
-    /// down_proj), each once. Throws, naming it, for a name that is no layer of <paramref name="config"/>'s family.
+    /// The targets named by <paramref name="names"/>: short names (Llama: q, k, v, o, gate, up, down; GPT-2: c_attn, attn.c_proj,
+    /// c_fc, mlp.c_proj) or PEFT module names (q_proj, ..., down_proj; for GPT-2 "c_proj" is both c_proj modules, as in PEFT),
+    /// each once. Throws, naming it, for a name that is no layer of <paramref name="config"/>'s family.
     /// </summary>
     public static IReadOnlyList<LoraTarget> Parse(TransformerConfig config, IEnumerable<string> names)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(names);
-        if (config.Family != ModelFamily.Llama)
-            throw new NotSupportedException($"LoRA: the {config.Family} family is not supported (its fused GELU MLP and Conv1D layout); use a Llama, Qwen2 or Mistral model");
+        var table = Of(config.Family);
         var targets = new List<LoraTarget>();
         foreach (var raw in names)
         {
             var name = raw.Trim();
-            var row = Llama.FirstOrDefault(r => r.Short == name || r.Module.EndsWith("." + name, StringComparison.Ordinal) || r.Module == name);
-            if (row.Short is null)
-                throw new ArgumentException($"LoRA target '{name}' names no layer; expected some of {string.Join(", ", Llama.Select(r => r.Short))} " +
-                    $"(or {string.Join(", ", Llama.Select(r => r.Module[(r.Module.IndexOf('.') + 1)..]))})");
-            if (targets.Any(t => t.Name == row.Short)) throw new ArgumentException($"LoRA target '{name}' is given twice");
-            targets.Add(new LoraTarget(row.Layer, row.Part, row.Short));
+            // A PEFT module name matches as PEFT matches it: the whole module path or a suffix of it after a dot.
+            var rows = table.Where(r => r.Short == name || r.Module == name || r.Module.EndsWith("." + name, StringComparison.Ordinal)).ToList();
+            if (rows.Count == 0)
+                throw new ArgumentException($"LoRA target '{name}' names no layer of a {config.Family} model; expected some of {string.Join(", ", table.Select(r => r.Short))} " +
+                    $"(or {string.Join(", ", table.Select(r => r.Module[(r.Module.IndexOf('.') + 1)..]).Distinct())})");
+            foreach (var row in rows)
+            {
+                if (targets.Any(t => t.Name == row.Short)) throw new ArgumentException($"LoRA target '{name}' is given twice ({row.Short})");
+                targets.Add(new LoraTarget(row.Layer, row.Part, row.Short));
+            }
         }
-        if (targets.Count == 0) throw new ArgumentException("LoRA: no target given; name at least one of " + string.Join(", ", Llama.Select(r => r.Short)));
+        if (targets.Count == 0) throw new ArgumentException("LoRA: no target given; name at least one of " + string.Join(", ", table.Select(r => r.Short)));
         return targets;
     }
 
-    /// <summary>PEFT's module name of target <paramref name="target"/> ("q_proj").</summary>
-    public static string ModuleOf(LoraTarget target) => RowOf(target).Module[(RowOf(target).Module.IndexOf('.') + 1)..];
+    /// <summary>
+    /// PEFT's target_modules entry of target <paramref name="target"/>: the module's last name ("q_proj", "c_attn") where that
+    /// names one kind of layer, else its path under the block ("attn.c_proj": GPT-2's MLP has a c_proj too).
+    /// </summary>
+    public static string ModuleOf(LoraTarget target)
+    {
+        var (table, row) = RowOf(target);
+        string last = row.Module[(row.Module.LastIndexOf('.') + 1)..];
+        return table.Count(r => r.Module.EndsWith("." + last, StringComparison.Ordinal) || r.Module == last) == 1 ? last : row.Module;
+    }
 
     /// <summary>
-    /// PEFT's tensor name of an adapter parameter: "blocks.3.attn.qkv.q.lora_A" -> "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight".
+    /// PEFT's tensor name of an adapter parameter: "blocks.3.attn.qkv.q.lora_A" -> "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight"
+    /// (GPT-2: "base_model.model.transformer.h.3.attn.c_attn.lora_A.weight").
     /// </summary>
-    public static string PeftName(LoraPart part, int block, bool isA) =>
-        $"base_model.model.model.layers.{block}.{RowOf(part.Target).Module}.lora_{(isA ? "A" : "B")}.weight";
+    public static string PeftName(LoraPart part, int block, bool isA)
+    {
+        var (table, row) = RowOf(part.Target);
+        string blocks = ReferenceEquals(table, Gpt2) ? "transformer.h" : "model.layers";
+        return $"base_model.model.{blocks}.{block}.{row.Module}.lora_{(isA ? "A" : "B")}.weight";
+    }
 
-    private static (string Short, string Module, string Layer, int? Part) RowOf(LoraTarget target) =>
-        Llama.FirstOrDefault(r => r.Short == target.Name && r.Layer == target.LayerPattern && r.Part == target.Part) is { Short: not null } row
-            ? row : throw new ArgumentException($"LoRA target '{target.Name}' ({target.LayerPattern}) has no Hugging Face module name");
+    /// <summary>Whether PEFT sees target <paramref name="target"/>'s layers as Conv1D (GPT-2), so its config says fan_in_fan_out.</summary>
+    public static bool IsConv1D(LoraTarget target) => ReferenceEquals(RowOf(target).Table, Gpt2);
+
+    private static (IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Table, (string Short, string Module, string Layer, int? Part) Row) RowOf(LoraTarget target)
+    {
+        foreach (var table in new[] { Llama, Gpt2 })
+            foreach (var r in table)
+                if (r.Short == target.Name && r.Layer == target.LayerPattern && r.Part == target.Part) return (table, r);
+        throw new ArgumentException($"LoRA target '{target.Name}' ({target.LayerPattern}) has no Hugging Face module name");
+    }
 }

@@ -7,7 +7,8 @@ namespace Tessera.Models.Adapters;
 /// <summary>
 /// LoRA adapters in Hugging Face PEFT's layout, which peft's <c>PeftModel.from_pretrained</c> loads: a directory with
 /// adapter_config.json (<see cref="PeftAdapterConfig"/>) and adapter_model.safetensors holding, per adapted module,
-/// "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight" (r, in) and "...lora_B.weight" (out, r) in F32.
+/// "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight" (r, in) and "...lora_B.weight" (out, r) in F32 (GPT-2:
+/// "base_model.model.transformer.h.N.attn.c_attn.lora_A.weight", fan_in_fan_out true).
 /// </summary>
 public static class PeftAdapter
 {
@@ -22,22 +23,12 @@ public static class PeftAdapter
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
         ArgumentNullException.ThrowIfNull(adapters);
-        var writer = new SafetensorsWriter();
-        writer.Metadata["format"] = "pt";
-        foreach (var (part, block) in Parts(adapters))
-        {
-            writer.Add(LoraTargets.PeftName(part, block, isA: true), part.A.Shape, Array.ConvertAll(adapters.Read(part.A), v => (float)v));
-            writer.Add(LoraTargets.PeftName(part, block, isA: false), part.B.Shape, Array.ConvertAll(adapters.Read(part.B), v => (float)v));
-        }
-        var o = adapters.Options;
-        var config = new PeftAdapterConfig(o.Rank, o.Alpha, o.Dropout, o.Targets.Select(LoraTargets.ModuleOf).ToList(), baseModel);
         string full = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
         string temporary = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.tmp-{Guid.NewGuid():N}");
         Directory.CreateDirectory(temporary);
         try
         {
-            writer.Write(Path.Combine(temporary, WeightsFile));
-            File.WriteAllText(Path.Combine(temporary, PeftAdapterConfig.FileName), config.ToJson() + "\n");
+            WriteFiles(temporary, adapters, baseModel, adapters.Read);
             if (Directory.Exists(full)) Directory.Delete(full, recursive: true);
             Directory.Move(temporary, full);
         }
@@ -46,6 +37,29 @@ public static class PeftAdapter
             try { Directory.Delete(temporary, recursive: true); } catch (IOException) { }
             throw;
         }
+    }
+
+    /// <summary>
+    /// Writes adapter_config.json and adapter_model.safetensors of <paramref name="adapters"/> into the existing directory
+    /// <paramref name="directory"/>, each adapter's values read by <paramref name="read"/> (F64, written as F32): the adapters'
+    /// own <see cref="LoraAdapters.Read"/>, or values gathered from the ranks of a sharded run.
+    /// </summary>
+    public static void WriteFiles(string directory, LoraAdapters adapters, string? baseModel, Func<Nn.Parameter, double[]> read)
+    {
+        ArgumentNullException.ThrowIfNull(adapters);
+        ArgumentNullException.ThrowIfNull(read);
+        var writer = new SafetensorsWriter();
+        writer.Metadata["format"] = "pt";
+        foreach (var (part, block) in Parts(adapters))
+        {
+            writer.Add(LoraTargets.PeftName(part, block, isA: true), part.A.Shape, Array.ConvertAll(read(part.A), v => (float)v));
+            writer.Add(LoraTargets.PeftName(part, block, isA: false), part.B.Shape, Array.ConvertAll(read(part.B), v => (float)v));
+        }
+        var o = adapters.Options;
+        var config = new PeftAdapterConfig(o.Rank, o.Alpha, o.Dropout, o.Targets.Select(LoraTargets.ModuleOf).Distinct().ToList(), baseModel,
+            FanInFanOut: o.Targets.Any(LoraTargets.IsConv1D));
+        writer.Write(Path.Combine(directory, WeightsFile));
+        File.WriteAllText(Path.Combine(directory, PeftAdapterConfig.FileName), config.ToJson() + "\n");
     }
 
     /// <summary>

@@ -5,14 +5,17 @@ namespace Tessera.Models.Adapters;
 
 /// <summary>
 /// adapter_config.json of a PEFT LoRA adapter: what Tessera writes and what it reads back. Features Tessera does not implement
-/// (DoRA, rsLoRA, fan_in_fan_out, trained biases, modules_to_save, per-layer ranks) are refused on reading, naming the field.
+/// (DoRA, rsLoRA, trained biases, modules_to_save, per-layer ranks) are refused on reading, naming the field. fan_in_fan_out is
+/// read and written but changes nothing here: PEFT sets it per layer type itself (true for GPT-2's Conv1D, false for nn.Linear),
+/// and lora_A (r, in) and lora_B (out, r) are laid out the same either way.
 /// </summary>
 /// <param name="Rank">r.</param>
 /// <param name="Alpha">lora_alpha.</param>
 /// <param name="Dropout">lora_dropout.</param>
 /// <param name="TargetModules">target_modules (PEFT module names: q_proj, ...).</param>
 /// <param name="BaseModel">base_model_name_or_path, or null.</param>
-public sealed record PeftAdapterConfig(int Rank, double Alpha, double Dropout, IReadOnlyList<string> TargetModules, string? BaseModel)
+/// <param name="FanInFanOut">fan_in_fan_out: whether the adapted layers store W as (in, out) (GPT-2's Conv1D).</param>
+public sealed record PeftAdapterConfig(int Rank, double Alpha, double Dropout, IReadOnlyList<string> TargetModules, string? BaseModel, bool FanInFanOut = false)
 {
     /// <summary>The file name.</summary>
     public const string FileName = "adapter_config.json";
@@ -30,7 +33,7 @@ public sealed record PeftAdapterConfig(int Rank, double Alpha, double Dropout, I
             ["target_modules"] = new JsonArray(TargetModules.Select(m => (JsonNode?)m).ToArray()),
             ["base_model_name_or_path"] = BaseModel,
             ["bias"] = "none",
-            ["fan_in_fan_out"] = false,
+            ["fan_in_fan_out"] = FanInFanOut,
             ["inference_mode"] = true,
             ["init_lora_weights"] = true,
             ["use_rslora"] = false,
@@ -78,14 +81,19 @@ public sealed record PeftAdapterConfig(int Rank, double Alpha, double Dropout, I
         };
         Refuse(root, "use_dora", true, "DoRA");
         Refuse(root, "use_rslora", true, "rank-stabilized LoRA");
-        Refuse(root, "fan_in_fan_out", true, "fan_in_fan_out (Conv1D layers)");
         if (Text(root, "bias", path) is string bias && bias != "none") throw new InvalidDataException($"{path}: bias is '{bias}'; only 'none' is supported");
         foreach (var field in new[] { "modules_to_save", "layers_to_transform" })
             if (root[field] is JsonNode n && n.GetValueKind() != JsonValueKind.Null && !(n is JsonArray { Count: 0 }))
                 throw new InvalidDataException($"{path}: {field} is set; adapters with {field} are not supported");
         foreach (var field in new[] { "rank_pattern", "alpha_pattern" })
             if (root[field] is JsonObject { Count: > 0 }) throw new InvalidDataException($"{path}: {field} is set; per-layer ranks and alphas are not supported");
-        return new PeftAdapterConfig(rank, alpha, dropout, modules, Text(root, "base_model_name_or_path", path));
+        bool fanInFanOut = root["fan_in_fan_out"] switch
+        {
+            null => false,
+            JsonValue f when f.TryGetValue<bool>(out var fb) => fb,
+            _ => throw new InvalidDataException($"{path}: fan_in_fan_out must be true or false"),
+        };
+        return new PeftAdapterConfig(rank, alpha, dropout, modules, Text(root, "base_model_name_or_path", path), fanInFanOut);
 
         InvalidDataException Missing(string field) => new($"{path}: {field} is missing");
 

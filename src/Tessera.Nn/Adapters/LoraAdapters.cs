@@ -46,6 +46,18 @@ public sealed class LoraAdapters
         set { foreach (var l in Layers) l.DropoutEnabled = value; }
     }
 
+    /// <summary>Each adapted layer's <see cref="LoraLinear.MasksDrawn"/>, in layer order: the adapters' random state (a checkpoint saves it).</summary>
+    public long[] MasksDrawn
+    {
+        get => Layers.Select(l => l.MasksDrawn).ToArray();
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            if (value.Length != Layers.Count) throw new ArgumentException($"LoRA: {value.Length} dropout mask counts for {Layers.Count} adapted layers");
+            for (int i = 0; i < value.Length; i++) Layers[i].MasksDrawn = value[i];
+        }
+    }
+
     /// <summary>
     /// PEFT's initialization (<c>init_lora_weights=True</c>), deterministic for <paramref name="seed"/>: each A Kaiming-uniform
     /// with a = sqrt(5) (torch.nn.Linear's default), that is U(-1/sqrt(in), 1/sqrt(in)); each B zero, so the adapted model

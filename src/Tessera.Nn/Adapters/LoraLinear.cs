@@ -18,7 +18,7 @@ public sealed class LoraLinear : Linear
 {
     private readonly ActivationKey[] _hidden;                       // per part: h_p (N, r)
     private readonly ActivationKey _mask, _dropped, _dHidden, _dDropped;
-    private readonly Random _dropoutRandom;
+    private readonly int _dropoutSeed;
     private double[] _hostMask = [];
 
     /// <summary>Adapts <paramref name="layer"/> (a plain, replicated linear layer) with <paramref name="parts"/>.</summary>
@@ -41,7 +41,7 @@ public sealed class LoraLinear : Linear
         Rank = options.Rank;
         Scaling = options.Scaling;
         Dropout = options.Dropout;
-        _dropoutRandom = new Random(dropoutSeed);
+        _dropoutSeed = dropoutSeed;
         _hidden = parts.Select(p => new ActivationKey($"{Name}.lora.{p.Target.Name}.h")).ToArray();
         _mask = new ActivationKey(Name + ".lora.mask");
         _dropped = new ActivationKey(Name + ".lora.x");
@@ -60,6 +60,12 @@ public sealed class LoraLinear : Linear
 
     /// <summary>Dropout probability on the low-rank path's input in training passes.</summary>
     public double Dropout { get; }
+
+    /// <summary>
+    /// Dropout masks drawn so far: the layer's random state. Mask k is drawn from a generator seeded by (the layer's seed, k),
+    /// so a run restored with this count draws the masks an uninterrupted run would (part of a LoRA checkpoint).
+    /// </summary>
+    public long MasksDrawn { get; set; }
 
     /// <summary>Whether training passes apply dropout (when <see cref="Dropout"/> &gt; 0); turn off for evaluation. Default true.</summary>
     public bool DropoutEnabled { get; set; } = true;
@@ -91,9 +97,22 @@ public sealed class LoraLinear : Linear
         if (!Merged) AddLowRank(ctx, x, residual);
     }
 
-    /// <inheritdoc/>
-    public override Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation) =>
-        throw new NotSupportedException($"{Name}: LoRA on a product fused with GELU (GPT-2's MLP) is not supported");
+    /// <summary>
+    /// GPT-2's MLP up projection: <paramref name="preActivation"/> (N, out) = x W^T + b + s dropout(x) A^T B^T, then y = GELU of
+    /// it. The low-rank term must enter before the GELU, so the base product cannot fuse it (cuBLASLt's GELU epilogue): two steps.
+    /// </summary>
+    public override Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation)
+    {
+        if (Merged) return base.ForwardGelu(ctx, x, preActivation);
+        CheckInput(x);
+        var backend = x.Backend;
+        backend.MatMul(x, Weight.Value, preActivation, transposeB: true, bias: Bias?.Value);   // (N, out)
+        AddLowRank(ctx, x, preActivation);
+        var y = ctx.Buffer(OutputKey, preActivation.Shape, x.DType);                          // (N, out)
+        backend.GeluForward(preActivation, y);
+        ctx.Save(InputKey, x);
+        return y;
+    }
 
     /// <summary>y[:, part rows] += s · dropout(x) A^T B^T for every part; saves what backward needs in a training pass.</summary>
     private void AddLowRank(in PassContext ctx, Tensor x, Tensor y)
@@ -125,8 +144,11 @@ public sealed class LoraLinear : Linear
     /// <inheritdoc/>
     public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
     {
-        if (geluPreActivation is not null) throw new NotSupportedException($"{Name}: LoRA on a product fused with GELU is not supported");
         if (Merged) throw new InvalidOperationException($"{Name}: the adapters are merged into the weight; unmerge them before training");
+        if (geluPreActivation is not null && (dx is null || accumulateDx))
+            throw new ArgumentException($"{Name}: the GELU gradient is applied to dx, so it needs dx and no accumulation");
+        // With a GELU in front (GPT-2's MLP projection), dx = (dy W + the low-rank terms) * GELU'(h): the base product cannot
+        // apply GELU' (cuBLASLt's DGELU epilogue) before the low-rank terms are in, so it is applied last.
         base.Backward(ctx, dy, dx, accumulateDx);                   // dx = dy W (or +=); dW only when W is trained
         var backend = dy.Backend;
         bool dropping = Dropping(ctx);
@@ -151,6 +173,7 @@ public sealed class LoraLinear : Linear
                 backend.Accumulate(dx, dDropped);
             }
         }
+        if (geluPreActivation is not null) backend.GeluBackward(geluPreActivation, dx!, dx!);   // elementwise, in place
     }
 
     /// <summary>
@@ -174,13 +197,15 @@ public sealed class LoraLinear : Linear
         Merged = merge;
     }
 
-    /// <summary>A fresh mask of 0 and 1 / (1 - p) from this layer's stream (host-drawn: seeded and backend-independent).</summary>
+    /// <summary>The next mask of 0 and 1 / (1 - p) from this layer's stream (host-drawn: seeded and backend-independent).</summary>
     private void FillMask(Tensor mask)
     {
         long count = mask.NumElements;
         if (_hostMask.Length < count) _hostMask = new double[count];
         double keep = 1.0 / (1.0 - Dropout);
-        for (long i = 0; i < count; i++) _hostMask[i] = _dropoutRandom.NextDouble() < Dropout ? 0.0 : keep;
+        var random = new Random(unchecked((int)SplitMix(((ulong)(uint)_dropoutSeed << 32) ^ (ulong)MasksDrawn)));
+        MasksDrawn++;
+        for (long i = 0; i < count; i++) _hostMask[i] = random.NextDouble() < Dropout ? 0.0 : keep;
         var values = _hostMask.AsSpan(0, (int)count);
         var backend = mask.Backend;
         switch (mask.DType)
@@ -197,5 +222,14 @@ public sealed class LoraLinear : Linear
                 backend.CopyFromHost<float>(f, mask);
                 break;
         }
+    }
+
+    /// <summary>SplitMix64's finalizer: spreads (seed, mask index) over the seed space of the mask's generator.</summary>
+    private static ulong SplitMix(ulong z)
+    {
+        z += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
     }
 }

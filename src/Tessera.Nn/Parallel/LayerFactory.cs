@@ -88,6 +88,8 @@ public sealed class LayerFactory
     /// <summary>
     /// The adapters of the LoRA options' targets that match <paramref name="layer"/>, declared into
     /// <see cref="AdapterParameters"/> as "{layer}.{target}.lora_A" (r, in) and "...lora_B" (rows, r); the layer itself when none match.
+    /// Adapters go to a unit named after the model's unit of the layer ("blocks.3"), so a data-parallel strategy that trains
+    /// them follows the model's pass order unit by unit (buckets, ZeRO-3's gathers); units without adapters have none.
     /// </summary>
     private Linear Adapt(Linear layer, ShardPart[] outputParts)
     {
@@ -95,6 +97,7 @@ public sealed class LayerFactory
         var parts = new List<LoraPart>();
         foreach (var target in Lora.TargetsOf(layer.Name))
         {
+            if (Parameters.CurrentUnit is string unit && AdapterParameters!.CurrentUnit != unit) AdapterParameters.BeginUnit(unit);
             int start = 0, rows = layer.OutFeatures;
             if (target.Part is int part)
             {

@@ -2,7 +2,9 @@ namespace Tessera.Tensors.Cpu;
 
 // Paged KV-cache ops, the reference the GPU kernels are tested against: the append copies rows to their slots, and
 // attention gathers each sequence's cached positions out of its blocks into contiguous keys and values, then runs the
-// dense causal attention on them, so paged attention is exactly AttentionForward over the same positions.
+// dense causal attention on them, so paged attention is exactly AttentionForward over the same positions. With a sliding
+// window it gathers from the first block that the window of the sequence's first row reaches (the blocks before it may be
+// back in the pool): the same attention on keys shifted by a whole number of blocks, which the window rule does not see.
 public sealed unsafe partial class CpuBackend
 {
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
@@ -61,9 +63,10 @@ public sealed unsafe partial class CpuBackend
         PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch);
     }
 
-    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale)
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0)
     {
         const string op = nameof(PagedAttention);
+        if (window < 0) throw new ArgumentOutOfRangeException(nameof(window), window, $"{op}: sliding window must be 0 (none) or positive");
         ArgumentNullException.ThrowIfNull(q); ArgumentNullException.ThrowIfNull(pool); ArgumentNullException.ThrowIfNull(output);
         batch.Validate(op);
         RequireRank(op, nameof(q), q, 3, "(N,H,D)");
@@ -93,22 +96,24 @@ public sealed unsafe partial class CpuBackend
             int skip = Math.Max(0, rows - context);                  // rows before position 0 see nothing: they stay zero
             int live = rows - skip;
             if (live == 0) continue;
-            var keys = Allocate(new Shape(1, context, k, d), q.DType);
-            var values = Allocate(new Shape(1, context, k, d), q.DType);
+            // The first position any live row sees, down to its block's start (0 without a window).
+            int from = window > 0 ? Math.Max(0, context - live - window + 1) / bs * bs : 0, span = context - from;
+            var keys = Allocate(new Shape(1, span, k, d), q.DType);
+            var values = Allocate(new Shape(1, span, k, d), q.DType);
             try
             {
-                for (int start = 0; start < context; start += bs)
+                for (int start = from; start < context; start += bs)
                 {
                     int block = tables[(long)b * maxBlocks + start / bs], count = Math.Min(bs, context - start);
                     if ((uint)block >= (uint)pool.Size(0))
                         throw new ArgumentException($"{op}: PagedBatch.BlockTables[{b}, {start / bs}] = {block} is outside the pool's {pool.Size(0)} blocks", nameof(batch));
                     var cached = pool.Select(0, block).Slice(0, 0, count);                          // (count, 2K, D)
-                    Copy(cached.Slice(1, 0, k), keys.Select(0, 0).Slice(0, start, count));
-                    Copy(cached.Slice(1, k, k), values.Select(0, 0).Slice(0, start, count));
+                    Copy(cached.Slice(1, 0, k), keys.Select(0, 0).Slice(0, start - from, count));
+                    Copy(cached.Slice(1, k, k), values.Select(0, 0).Slice(0, start - from, count));
                 }
                 var queries = RowsView(q, first + skip, live);
                 var result = RowsView(output, first + skip, live);
-                AttentionForward(queries, keys, values, result, null, scale);
+                AttentionForward(queries, keys, values, result, null, scale, window);
             }
             finally
             {

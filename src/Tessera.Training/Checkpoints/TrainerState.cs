@@ -35,4 +35,9 @@ public sealed record TrainerState
 
     /// <summary>Tokenizer used to make the data: "byte" or a Hugging Face directory.</summary>
     [JsonPropertyName("tokenizer")] public string Tokenizer { get; init; } = "byte";
+
+    /// <summary>A LoRA run's adapters (the weights trained are theirs, the model a frozen base); null for full training.</summary>
+    [JsonPropertyName("lora")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public LoraState? Lora { get; init; }
 }

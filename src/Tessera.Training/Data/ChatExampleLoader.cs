@@ -52,6 +52,9 @@ public sealed class ChatExampleLoader : ITokenBatchSource
     public int ExamplesWithoutTargets => _examples.Count(e => !e.Trained.Take(SequenceLength + 1).Skip(1).Any(t => t));
 
     /// <inheritdoc/>
+    public bool IgnoresTargets => true;   // padding and every non-assistant token
+
+    /// <inheritdoc/>
     public DataPosition Position { get; set; }
 
     /// <inheritdoc/>

@@ -19,6 +19,13 @@ public interface ITokenBatchSource
     /// <summary>Data-parallel ranks the global batch is split over.</summary>
     int WorldSize { get; }
 
+    /// <summary>
+    /// Whether targets may be -1 (ignored), so ranks count different numbers of targets in a step: the trainer then sums the
+    /// count over the data-parallel group (one scalar all-reduce per step) to take the mean over the global batch. False for
+    /// pretraining data, where every rank counts B T targets per micro-batch.
+    /// </summary>
+    bool IgnoresTargets { get; }
+
     /// <summary>The position of the next batch (part of a checkpoint).</summary>
     DataPosition Position { get; set; }
 

@@ -51,6 +51,9 @@ public sealed class TokenDataLoader : ITokenBatchSource
     /// <summary>Tokens in all shards.</summary>
     public long TotalTokens { get; }
 
+    /// <summary>False: every target of pretraining data counts.</summary>
+    public bool IgnoresTargets => false;
+
     /// <summary>Next read position; settable to resume.</summary>
     public DataPosition Position { get; set; }
 

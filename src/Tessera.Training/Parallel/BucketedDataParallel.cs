@@ -30,19 +30,22 @@ public sealed class BucketedDataParallel : DataParallelism
     private bool _lastMicroBatch = true;
 
     /// <summary>Sets up rank <paramref name="group"/>.Rank: layout, optimizer shard (on <paramref name="host"/> when offloaded), pass hooks.</summary>
-    public BucketedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null)
-        : base(model, group, options, host)
+    /// <remarks><paramref name="trained"/>: what is trained, the model's layout when null (see <see cref="DataParallelism.Trained"/>).</remarks>
+    public BucketedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null,
+        ParameterLayout? trained = null)
+        : base(model, group, options, host, trained)
     {
         if (options.Stage == ZeroStage.Parameters)
             throw new ArgumentException($"{group.Describe()}: ZeRO-3 shards the parameters; use FullyShardedDataParallel");
-        _arena = model.Layout.Storage as ParameterArena ?? throw new ArgumentException(
+        _arena = Trained.Storage as ParameterArena ?? throw new ArgumentException(
             $"{group.Describe()}: the model has no full parameter arena (built with ArenaStorage.Deferred, or already sharded), which only ZeRO-3 serves; " +
             $"build the model with ArenaStorage.Full for stage {(int)options.Stage}");
+        if (_arena.Frozen)
+            throw new ArgumentException($"{group.Describe()}: the trained parameter arena is frozen (no gradients); for LoRA, train the adapters' layout (model.Adapters.Layout)");
         if (options.Stage >= ZeroStage.Gradients) GradientShard = model.Backend.Zeros(ShardShape(), model.DType);
         OffloadedAdamW? offload = Host is null ? null : new OffloadedAdamW(model.Backend, model.DType, Layout, Host, options.OffloadPieceElements,
             Value, () => _arena.Masters ?? (_arena.MastersReleased ? null : _arena.Values), loadMasters: true);
-        Optimizer = new ShardedAdamW(model.Backend, model.DType, Layout, group, adamW, Gradient, Value, Master, _arena.Grads, offload,
-            GradientNormScope.For(model));
+        Optimizer = new ShardedAdamW(model.Backend, model.DType, Layout, group, adamW, Gradient, Value, Master, _arena.Grads, offload, NormScope);
         // ZeRO-Offload: the host master shard (just loaded from the arena) is authoritative; a BF16 arena's full-size F32
         // device masters would be 4 bytes per parameter of dead weight, so they are freed.
         if (offload is not null) _arena.ReleaseMasters();
@@ -90,7 +93,7 @@ public sealed class BucketedDataParallel : DataParallelism
     public override void AfterBackward(int segment)
     {
         if (!_lastMicroBatch) return;
-        long frontier = Layout.SegmentStart[segment];
+        long frontier = GradientFrontier(segment);
         while (_nextBucket < Layout.Units.Count && Layout.Units[_nextBucket].Start >= frontier)
             IssueGradient(Layout.Units[_nextBucket++]);
     }

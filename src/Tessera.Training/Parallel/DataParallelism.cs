@@ -13,14 +13,25 @@ namespace Tessera.Training.Parallel;
 /// <see cref="BucketedDataParallel"/> (plain data parallelism, ZeRO-1 and ZeRO-2) and
 /// <see cref="FullyShardedDataParallel"/> (ZeRO-3). Each installs itself as the model's pass hooks.
 /// Gradients are summed over the group (the loss scale carries 1 / world); thread-rank groups reduce in rank order.
+/// <para>
+/// What is trained is a parameter layout, <see cref="Trained"/>: the model's own, or another layout whose units are named after
+/// units of the model and follow their order (a LoRA model's adapters: a unit per adapted block, beside the model's frozen arena,
+/// which every rank holds whole and never communicates). The model's pass hooks number the model's units; each is mapped to the
+/// trained layout's unit of the same name (or to none), so buckets, gathers and reduce-scatters follow the same pass order.
+/// </para>
 /// </summary>
 public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
 {
     private readonly Dictionary<(long Elements, DType DType), Stack<Tensor>> _pool = [];
+    private readonly int[] _trainedUnit;      // per model unit (pass-hook segment): the trained layout's unit of that name, or -1
+    private readonly long[] _frontier;        // per model unit: the trained element from which every gradient is complete after its backward
     private bool _weightsPending;
 
-    /// <summary>Lays out rank <paramref name="group"/>.Rank's share of <paramref name="model"/> and installs the pass hooks.</summary>
-    private protected DataParallelism(Transformer model, ProcessGroup group, DataParallelOptions options, IBackend? host)
+    /// <summary>
+    /// Lays out rank <paramref name="group"/>.Rank's share of <paramref name="trained"/> (the model's own layout when null) and
+    /// installs the pass hooks on <paramref name="model"/>.
+    /// </summary>
+    private protected DataParallelism(Transformer model, ProcessGroup group, DataParallelOptions options, IBackend? host, ParameterLayout? trained)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(group);
@@ -31,24 +42,72 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
         Model = model;
         Group = group;
         Options = options;
+        Trained = trained ?? model.Layout;
+        if (!ReferenceEquals(Trained, model.Layout) && (model.TensorParallelism is not null || model.Pipeline is not null))
+            throw new NotSupportedException($"{group.Describe()}: training a layout other than the model's (LoRA adapters) is data-parallel only; the model is split over tensor or pipeline ranks");
         Host = options.OffloadOptimizer ? host : null;
-        Layout = new ShardLayout(model.Layout, options.Stage, group.Size, group.Rank, options.BucketElements);
-        _weightsPending = model.Layout.Storage is null;
+        Layout = new ShardLayout(Trained, options.Stage, group.Size, group.Rank, options.BucketElements);
+        _weightsPending = Trained.Storage is null;
+        (_trainedUnit, _frontier) = MapUnits(model.Layout, Trained, group);
         model.PassHooks = this;
     }
 
     /// <summary>
     /// The strategy for <paramref name="options"/>' stage: <see cref="FullyShardedDataParallel"/> for ZeRO-3, else
     /// <see cref="BucketedDataParallel"/>. <paramref name="host"/> holds the offloaded optimizer state (required with
-    /// <see cref="DataParallelOptions.OffloadOptimizer"/>).
+    /// <see cref="DataParallelOptions.OffloadOptimizer"/>). <paramref name="trained"/> is what is trained: by default the model's
+    /// <see cref="Transformer.TrainableLayout"/> (its own layout, or a LoRA model's adapters over its frozen base).
     /// </summary>
-    public static DataParallelism Create(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null) =>
+    public static DataParallelism Create(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null,
+        ParameterLayout? trained = null) =>
         options.Stage == ZeroStage.Parameters
-            ? new FullyShardedDataParallel(model, group, options, adamW, host)
-            : new BucketedDataParallel(model, group, options, adamW, host);
+            ? new FullyShardedDataParallel(model, group, options, adamW, host, trained ?? model.TrainableLayout)
+            : new BucketedDataParallel(model, group, options, adamW, host, trained ?? model.TrainableLayout);
 
     /// <summary>The model this rank trains.</summary>
     public Transformer Model { get; }
+
+    /// <summary>The parameters trained: the model's layout, or the LoRA adapters' (the model's base then stays frozen and replicated).</summary>
+    public ParameterLayout Trained { get; }
+
+    /// <summary>The trained layout's unit that model unit <paramref name="segment"/> (a pass-hook segment) holds, or -1 when it holds none.</summary>
+    private protected int TrainedUnit(int segment) => _trainedUnit[segment];
+
+    /// <summary>The trained element from which every gradient is complete once model unit <paramref name="segment"/>'s backward is done (the pass runs backward in unit order).</summary>
+    private protected long GradientFrontier(int segment) => _frontier[segment];
+
+    /// <summary>The norm scope of the optimizer: the model's (tensor and pipeline parallel sums) when the model's layout is trained, else none.</summary>
+    private protected GradientNormScope? NormScope => ReferenceEquals(Trained, Model.Layout) ? GradientNormScope.For(Model) : null;
+
+    private static (int[] Units, long[] Frontier) MapUnits(ParameterLayout model, ParameterLayout trained, ProcessGroup group)
+    {
+        int segments = model.Units.Count;
+        var units = new int[segments];
+        var frontier = new long[segments];
+        if (ReferenceEquals(model, trained))
+        {
+            for (int s = 0; s < segments; s++) (units[s], frontier[s]) = (s, model.Units[s].Start);
+            return (units, frontier);
+        }
+        Array.Fill(units, -1);
+        int previous = -1;
+        foreach (var u in trained.Units)
+        {
+            int s = model.Units.FirstOrDefault(m => m.Name == u.Name)?.Index ?? -1;
+            if (s < 0 || s <= previous)
+                throw new ArgumentException($"{group.Describe()}: trained unit '{u.Name}' is {(s < 0 ? "no unit of the model" : "out of the model's unit order")}; " +
+                    "a trained layout other than the model's must name its units after the model's, in their order");
+            units[s] = u.Index;
+            previous = s;
+        }
+        long next = trained.Length;
+        for (int s = segments - 1; s >= 0; s--)
+        {
+            if (units[s] >= 0) next = trained.Units[units[s]].Start;
+            frontier[s] = next;
+        }
+        return (units, frontier);
+    }
 
     /// <summary>The data-parallel group.</summary>
     public ProcessGroup Group { get; }
@@ -215,6 +274,44 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
             else CopyOwnedMasters(unit, chunk);
         });
 
+    /// <summary>
+    /// Collective, as <see cref="GatherMastersToHost"/> but in F64 on rank <paramref name="root"/> (null elsewhere): exact for F64
+    /// and F32 masters, for trained layouts small enough to hold twice (LoRA adapters, whose checkpoints keep the masters exactly).
+    /// </summary>
+    public double[]? GatherMastersToHostF64(int root = 0) => GatherToHostF64(root, (unit, chunk) =>
+    {
+        if (Optimizer.Offload is { } offload) offload.CopyMastersToDevice(unit.ShardStart, chunk);
+        else CopyOwnedMasters(unit, chunk);
+    });
+
+    /// <summary>
+    /// Collective: the AdamW moments of the whole trained layout in arena layout, in F64 on rank <paramref name="root"/> (null
+    /// elsewhere), assembled from every rank's shard (what a LoRA checkpoint keeps). Not for offloaded moments.
+    /// </summary>
+    public (double[] M, double[] V)? GatherMomentsToHostF64(int root = 0)
+    {
+        if (Optimizer.Offload is not null) throw new NotSupportedException($"{Group.Describe()}: the moments are offloaded to the host; gather them from there");
+        var device = Model.Backend;
+        var m = GatherToHostF64(root, (unit, chunk) => device.Copy(Optimizer.M.Narrow(unit.ShardStart, new Shape((int)unit.Chunk)), chunk));
+        var v = GatherToHostF64(root, (unit, chunk) => device.Copy(Optimizer.V.Narrow(unit.ShardStart, new Shape((int)unit.Chunk)), chunk));
+        return m is null ? null : (m, v!);
+    }
+
+    private double[]? GatherToHostF64(int root, Action<ShardUnit, Tensor> ownedChunk)
+    {
+        if (root < 0 || root >= Group.Size) throw new ArgumentOutOfRangeException(nameof(root), $"{Group.Describe()}: root {root} is outside the group");
+        var device = Model.Backend;
+        var full = Group.Rank == root ? new double[Trained.Length] : null;
+        GatherUnits(MasterDType, ownedChunk, (unit, gathered) =>
+        {
+            if (full is null) return;
+            var target = full.AsSpan((int)unit.Start, (int)unit.Length);
+            if (gathered.DType == DType.F64) device.CopyToHost<double>(gathered, target);
+            else { var f = device.ToArray<float>(gathered.DType == DType.F32 ? gathered : device.Contiguous(gathered, DType.F32)); for (int i = 0; i < f.Length; i++) target[i] = f[i]; }
+        });
+        return full;
+    }
+
     /// <summary>Collective: the whole local model in the values the layers read (BF16 for a BF16 run), on rank <paramref name="root"/>'s host as F32, null elsewhere.</summary>
     public float[]? GatherValuesToHost(int root = 0) => GatherToHost(Model.DType, root, CopyOwnedValues);
 
@@ -240,7 +337,7 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     {
         if (root < 0 || root >= Group.Size) throw new ArgumentOutOfRangeException(nameof(root), $"{Group.Describe()}: root {root} is outside the group");
         var device = Model.Backend;
-        var full = Group.Rank == root ? new float[Model.Layout.Length] : null;
+        var full = Group.Rank == root ? new float[Trained.Length] : null;
         GatherUnits(dtype, ownedChunk, (unit, gathered) =>
         {
             if (full is null) return;

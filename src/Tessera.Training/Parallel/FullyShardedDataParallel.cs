@@ -47,20 +47,24 @@ public sealed class FullyShardedDataParallel : DataParallelism
     /// releasing it, when the model has one), attaches the sharded storage, creates the optimizer shard (on
     /// <paramref name="host"/> when offloaded) and installs the pass hooks.
     /// </summary>
-    public FullyShardedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null)
-        : base(model, group, options, host)
+    /// <remarks><paramref name="trained"/>: what is trained, the model's layout when null (see <see cref="DataParallelism.Trained"/>).</remarks>
+    public FullyShardedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null,
+        ParameterLayout? trained = null)
+        : base(model, group, options, host, trained)
     {
         if (options.Stage != ZeroStage.Parameters)
             throw new ArgumentException($"{group.Describe()}: stage {(int)options.Stage} keeps whole parameters; use BucketedDataParallel");
         var backend = model.Backend;
-        var arena = model.Layout.Storage as ParameterArena;
-        if (model.Layout.Storage is not null && arena is null)
+        var arena = Trained.Storage as ParameterArena;
+        if (Trained.Storage is not null && arena is null)
             throw new InvalidOperationException($"{group.Describe()}: the model's parameters are already sharded by another strategy");
-        int units = model.Layout.Units.Count;
+        if (arena is { Frozen: true })
+            throw new ArgumentException($"{group.Describe()}: the trained parameter arena is frozen (no gradients); for LoRA, train the adapters' layout (model.Adapters.Layout)");
+        int units = Trained.Units.Count;
         _gathered = new Tensor?[units];
         _unitGrads = new Tensor?[units];
         _borrowed = new bool[units];
-        foreach (var u in model.Layout.Units)
+        foreach (var u in Trained.Units)
             foreach (var b in u.Borrows) _borrowed[b] = true;
         bool deviceMasters = MasterDType != model.DType && !options.OffloadOptimizer;
         ValueShard = backend.Zeros(ShardShape(), model.DType);
@@ -87,10 +91,9 @@ public sealed class FullyShardedDataParallel : DataParallelism
             backend.Synchronize();   // the copies read the full buffers, which are freed next
             arena.Release();
         }
-        _storage = new ShardedParameterStorage(model.Layout, backend, model.DType);
-        model.Layout.Attach(_storage);
-        Optimizer = new ShardedAdamW(backend, model.DType, Layout, group, adamW, Gradient, Value, Master, wholeGradient: null, offload,
-            GradientNormScope.For(model));
+        _storage = new ShardedParameterStorage(Trained, backend, model.DType);
+        Trained.Attach(_storage);
+        Optimizer = new ShardedAdamW(backend, model.DType, Layout, group, adamW, Gradient, Value, Master, wholeGradient: null, offload, NormScope);
     }
 
     /// <summary>This rank's value shard (ShardLength elements, model dtype, shard layout).</summary>
@@ -126,36 +129,46 @@ public sealed class FullyShardedDataParallel : DataParallelism
     /// <inheritdoc/>
     public override void BeginMicroBatch(bool first, bool last) => _firstMicroBatch = first;
 
+    // The hooks number the model's units; each maps to the trained layout's unit (the same one unless LoRA adapters are trained).
+
     /// <inheritdoc/>
     public override void BeforeForward(int segment)
     {
-        EnsureResident(segment);
-        foreach (var b in Model.Layout.Units[segment].Borrows) EnsureResident(b);
-        if (segment + 1 < Layout.Segments) Prefetch(segment + 1);
+        int unit = TrainedUnit(segment);
+        if (unit < 0) return;
+        EnsureResident(unit);
+        foreach (var b in Trained.Units[unit].Borrows) EnsureResident(b);
+        if (unit + 1 < Layout.Segments) Prefetch(unit + 1);
     }
 
     /// <inheritdoc/>
     public override void AfterForward(int segment)
     {
-        bool keep = segment == Layout.Segments - 1 || _borrowed[segment];
-        if (!keep) Release(segment);
+        int unit = TrainedUnit(segment);
+        if (unit < 0) return;
+        bool keep = unit == Layout.Segments - 1 || _borrowed[unit];
+        if (!keep) Release(unit);
     }
 
     /// <inheritdoc/>
     public override void BeforeBackward(int segment)
     {
-        EnsureResident(segment);
-        BindGradients(segment);
+        int unit = TrainedUnit(segment);
+        if (unit < 0) return;
+        EnsureResident(unit);
+        BindGradients(unit);
         // A borrowing unit writes the borrowed unit's gradient: bound from its backward to the borrowed unit's.
-        foreach (var b in Model.Layout.Units[segment].Borrows) BindGradients(b);
-        if (segment > 0) Prefetch(segment - 1);
+        foreach (var b in Trained.Units[unit].Borrows) BindGradients(b);
+        if (unit > 0) Prefetch(unit - 1);
     }
 
     /// <inheritdoc/>
     public override void AfterBackward(int segment)
     {
-        IssueUnitGradient(segment);
-        Release(segment);
+        int unit = TrainedUnit(segment);
+        if (unit < 0) return;
+        IssueUnitGradient(unit);
+        Release(unit);
     }
 
     /// <inheritdoc/>
@@ -226,7 +239,7 @@ public sealed class FullyShardedDataParallel : DataParallelism
         var unit = Layout.Units[segment];
         var buffer = Rent(unit.Chunk * Layout.Shards, Model.DType);
         Model.Backend.Fill(buffer, 0);   // parameter gradients accumulate; the padding must reduce to zero
-        _storage.BindGradients(Model.Layout.Units[segment], buffer.Narrow(0, new Shape((int)unit.Length)));
+        _storage.BindGradients(Trained.Units[segment], buffer.Narrow(0, new Shape((int)unit.Length)));
         _unitGrads[segment] = buffer;
     }
 
@@ -239,7 +252,7 @@ public sealed class FullyShardedDataParallel : DataParallelism
     {
         var buffer = _unitGrads[segment] ?? throw new InvalidOperationException($"{Group.Describe()}: unit {segment} finished its backward without a gradient buffer");
         var unit = Layout.Units[segment];
-        _storage.UnbindGradients(Model.Layout.Units[segment]);
+        _storage.UnbindGradients(Trained.Units[segment]);
         _unitGrads[segment] = null;
         while (_scatters.Count > 0) CompleteScatter();
         var shard = GradientShard.Narrow(unit.ShardStart, new Shape((int)unit.Chunk));
@@ -284,7 +297,7 @@ public sealed class FullyShardedDataParallel : DataParallelism
         if (!_gathers.Remove(segment, out var op)) op = IssueUnitGather(segment);
         op.Handle.Wait();
         var unit = Layout.Units[segment];
-        _storage.Bind(Model.Layout.Units[segment], op.Output.Narrow(0, new Shape((int)unit.Length)));
+        _storage.Bind(Trained.Units[segment], op.Output.Narrow(0, new Shape((int)unit.Length)));
         _gathered[segment] = op.Output;
     }
 
@@ -293,7 +306,7 @@ public sealed class FullyShardedDataParallel : DataParallelism
     {
         var buffer = _gathered[segment];
         if (buffer is null) return;
-        _storage.Unbind(Model.Layout.Units[segment]);
+        _storage.Unbind(Trained.Units[segment]);
         _gathered[segment] = null;
         if (Options.PoisonReleasedParameters) Model.Backend.Fill(buffer, double.NaN);
         Return(buffer);

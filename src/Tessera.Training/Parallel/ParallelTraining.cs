@@ -50,7 +50,7 @@ public static class ParallelTraining
     /// come out together in the <see cref="AggregateException"/>.
     /// </summary>
     public static int Train(int worldSize, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
-        Func<RankContext, (Transformer Model, TokenDataLoader Train)> buildRank,
+        Func<RankContext, (Transformer Model, ITokenBatchSource Train)> buildRank,
         Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null,
         Action<Trainer>? resume = null, CancellationToken cancellation = default, Action<Trainer>? weights = null)
     {
@@ -69,7 +69,7 @@ public static class ParallelTraining
     /// step's micro-batches through <paramref name="schedule"/>. Otherwise as the overload over <c>worldSize</c> data-parallel ranks.
     /// </summary>
     public static int Train(DeviceMesh mesh, ParallelPlan plan, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
-        Func<MeshRank, (Transformer Model, TokenDataLoader Train)> buildRank,
+        Func<MeshRank, (Transformer Model, ITokenBatchSource Train)> buildRank,
         Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null,
         Action<Trainer>? resume = null, CancellationToken cancellation = default, Action<Trainer>? weights = null,
         PipelinePartition? pipeline = null, PipelineScheduleKind schedule = PipelineScheduleKind.OneForwardOneBackward)

@@ -156,10 +156,12 @@ public sealed class ResumeCheck
 
     /// <summary>
     /// Data-parallel ranks that saved <paramref name="checkpoint"/> (the batch is split over them; tensor-parallel ranks
-    /// share theirs): parallel.json's "dp", a legacy zero.json's "world_size", or 1 for a one-device checkpoint.
+    /// share theirs): parallel.json's "dp", a legacy zero.json's "world_size", a LoRA checkpoint's "lora.data_parallel", or 1
+    /// for a one-device checkpoint.
     /// </summary>
     public static int SavedDataParallelSize(string checkpoint)
     {
+        if (File.Exists(Path.Combine(checkpoint, LoraCheckpoint.StateFile)) && TrainingCheckpoint.ReadState(checkpoint).Lora is { } lora) return lora.DataParallel;
         foreach (var (file, field) in new[] { (ShardedCheckpoint.LayoutFile, "dp"), (ShardedCheckpoint.LegacyLayoutFile, "world_size") })
         {
             var path = Path.Combine(checkpoint, file);

@@ -100,4 +100,71 @@ public sealed class LoraTrainTests : IDisposable
         Assert.Contains("add --lora R", stderr);
         Assert.False(Directory.Exists(output));
     }
+
+    private static readonly string[] Quick = ["--lora-targets", "q,v,down", "--batch", "2", "--seq", "96", "--lr", "1e-2", "--warmup", "0", "--log-every", "1", "--threads", "1"];
+
+    [Fact]
+    public void ThreadRanksWithZeroTrainTheAdaptersAndAResumedRunEndsWhereTheUninterruptedOneDoes()
+    {
+        var model = TinyModel();
+        var data = Chat(Conversations);
+        // 2 thread ranks, ZeRO-2 over the adapters, 4 steps in one go.
+        var whole = Path.Combine(_dir, "whole");
+        var (code, stdout, stderr) = CliProcess.Run(["train", "--model", model, "--data", data, "--lora", "4", "--steps", "4", "--checkpoint-every", "2",
+            "--ranks", "2", "--zero", "2", "--out", whole, .. Quick]);
+        Assert.True(code == 0, stdout + stderr);
+        Assert.Contains("thread ranks: 2 data-parallel rank(s), ZeRO stage 2 over the adapters", stdout);
+        Assert.Contains("done: 4 steps", stdout);
+        // The same run, "crashed" after its step-2 checkpoint (the later one removed), then resumed: the same adapter, byte for byte.
+        var crashed = Path.Combine(_dir, "crashed");
+        (code, stdout, stderr) = CliProcess.Run(["train", "--model", model, "--data", data, "--lora", "4", "--steps", "4", "--checkpoint-every", "2",
+            "--ranks", "2", "--zero", "2", "--out", crashed, .. Quick]);
+        Assert.True(code == 0, stdout + stderr);
+        Directory.Delete(Path.Combine(crashed, "checkpoints", "step_000004"), recursive: true);
+        File.WriteAllText(Path.Combine(crashed, "checkpoints", "latest"), "step_000002\n");
+        (code, stdout, stderr) = CliProcess.Run("train", "--out", crashed, "--resume", "--ranks", "2", "--zero", "2", "--threads", "1");
+        Assert.True(code == 0, stdout + stderr);
+        Assert.Contains("resuming", stdout);
+        Assert.Contains("at step 2 of 4", stdout);
+        Assert.Contains("done: 4 steps", stdout);
+        foreach (var file in new[] { Path.Combine("adapter", "adapter_model.safetensors"), Path.Combine("checkpoints", "step_000004", "lora_state.safetensors") })
+            Assert.True(File.ReadAllBytes(Path.Combine(whole, file)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(crashed, file))), $"{file} differs after the resume");
+    }
+
+    [Fact]
+    public void LoraUsageErrorsNameTheOptionAndWriteNothing()
+    {
+        var model = TinyModel();
+        var data = Chat(Conversations);
+        var output = Path.Combine(_dir, "run");
+        string Refused(params string[] extra)
+        {
+            var (code, _, stderr) = CliProcess.Run(["train", "--model", model, "--data", data, "--lora", "4", "--steps", "2", "--out", output, "--threads", "1", .. extra]);
+            Assert.Equal(2, code);
+            Assert.False(Directory.Exists(output), "a refused command wrote its run directory");
+            return stderr;
+        }
+        var tp = Refused("--tp", "2");
+        Assert.Contains("--lora does not combine with --tp, --pp or --offload", tp);
+        Assert.Contains("adapters are built on replicated layers", tp);
+        Assert.Contains("--zero needs --ranks", Refused("--zero", "1"));
+        Assert.Contains("--resume: " + output + " has no checkpoint", Refused("--resume"));
+
+        // A run to resume: another rank or other targets than its checkpoint's are refused, naming both.
+        var (ok, stdout, stderr) = CliProcess.Run(["train", "--model", model, "--data", data, "--lora", "4", "--steps", "2", "--out", output, .. Quick]);
+        Assert.True(ok == 0, stdout + stderr);
+        var before = Directory.GetFiles(output, "*", SearchOption.AllDirectories).ToDictionary(f => f, File.GetLastWriteTimeUtc);
+        foreach (var (args, message) in new[]
+        {
+            (new[] { "--lora", "8" }, "--lora 8 differs from the run's checkpoint (4)"),
+            (new[] { "--lora", "4", "--lora-targets", "q" }, "--lora-targets q differ from the run's checkpoint (q,v,down)"),
+            (new[] { "--lora", "4", "--adapter", output }, "give one of them"),
+        })
+        {
+            var (code, _, err) = CliProcess.Run(["train", "--out", output, "--resume", "--steps", "4", "--threads", "1", .. args]);
+            Assert.Equal(2, code);
+            Assert.Contains(message, err);
+        }
+        Assert.Equal(before, Directory.GetFiles(output, "*", SearchOption.AllDirectories).ToDictionary(f => f, File.GetLastWriteTimeUtc));
+    }
 }

@@ -32,9 +32,10 @@ public sealed class KernelEmulationTests
     [Fact]
     public void PagedAttentionKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
         RunEmulated(["paged_attention.cu"], "paged_kernels",
-            ["paged_attention H=8 K=2 D=64 splits=1", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7", "paged_decode H=2 K=2 D=64 splits=2",
+            ["paged_attention H=8 K=2 D=64 splits=1 window=0", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7", "paged_decode H=2 K=2 D=64 splits=2",
              "paged_decode H=8 K=2 D=128 splits=1", "paged_decode H=1 K=1 D=64 splits=2 max_rows=7 B=40",
-             "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=5 finish", "paged_decode H=8 K=2 D=128 splits=4 max_rows=1073741824 B=2 finish"]);
+             "paged_attention H=8 K=2 D=64 splits=3 window=24", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24", "paged_decode H=8 K=2 D=128 splits=2 max_rows=1073741824 B=6 window=8",
+             "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=5 window=0 finish", "paged_decode H=8 K=2 D=128 splits=4 max_rows=1073741824 B=2 window=0 finish"]);
 
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
     /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>

@@ -86,6 +86,68 @@ public class CpuPagedOpsTests
         }
     }
 
+    /// <summary>
+    /// A sliding window of 6 over blocks of 4: a 5-row chunk after 20 positions and a decode after 29. The blocks wholly left
+    /// of each sequence's first row's window are -1 in the table (returned to the pool), which the op must never look up
+    /// (it throws on an entry outside the pool); each row equals a direct masked softmax over its window's keys (F64: the
+    /// same terms summed in another order, 1e-12 relative).
+    /// </summary>
+    [Fact]
+    public void WindowedPagedAttentionReadsOnlyTheWindowAndEqualsADirectMaskedSoftmax()
+    {
+        const int seed = 43, h = 4, k = 2, d = 8, window = 6, bs = 4;
+        var rng = new Random(seed);
+        int[] rows = [5, 1, 1], contexts = [25, 30, 0];
+        var free = Enumerable.Range(0, 16).OrderBy(_ => rng.Next()).ToList();
+        var tables = new int[rows.Length][];
+        for (int s = 0; s < rows.Length; s++)
+        {
+            int first = Math.Max(0, contexts[s] - rows[s] - window + 1);
+            tables[s] = Enumerable.Range(0, (contexts[s] + bs - 1) / bs).Select(i => { if ((i + 1) * bs <= first) return -1; int b = free[0]; free.RemoveAt(0); return b; }).ToArray();
+        }
+        Assert.Contains(-1, tables[0]);
+        Assert.Contains(-1, tables[1]);
+        var c = new Case(rows, contexts, tables, bs, 16);
+        var batch = c.Upload(_cpu);
+        var pool = TestTensors.RandomNormal(_cpu, rng, DType.F64, c.PoolBlocks, bs, 2 * k, d);
+        var q = TestTensors.RandomNormal(_cpu, rng, DType.F64, c.N, h, d);
+        var output = _cpu.Allocate(q.Shape, DType.F64);
+        TestTensors.Poison(_cpu, output);
+        _cpu.PagedAttention(q, pool, batch, output, 0.35, window);
+        var actual = TestTensors.ToDoubles(_cpu, output);
+        Assert.Throws<ArgumentException>(() => _cpu.PagedAttention(q, pool, batch, output, 0.35));   // without the window it reaches a -1 entry
+
+        var poolHost = TestTensors.ToDoubles(_cpu, pool);
+        var qHost = TestTensors.ToDoubles(_cpu, q);
+        var expected = new double[actual.Length];
+        for (int s = 0, row = 0; s < rows.Length; row += rows[s], s++)
+            for (int t = 0; t < rows[s]; t++)
+            {
+                int p = contexts[s] - rows[s] + t;
+                if (p < 0) continue;                                     // padding: zeros
+                for (int head = 0; head < h; head++)
+                {
+                    int kvh = head / (h / k), lo = Math.Max(0, p - window + 1);
+                    var scores = new double[p - lo + 1];
+                    for (int j = lo; j <= p; j++)
+                    {
+                        long slot = (long)tables[s][j / bs] * bs + j % bs;
+                        double dot = 0;
+                        for (int e = 0; e < d; e++) dot += qHost[((row + t) * h + head) * d + e] * poolHost[(slot * 2 * k + kvh) * d + e];
+                        scores[j - lo] = dot * 0.35;
+                    }
+                    double max = scores.Max(), sum = scores.Sum(x => Math.Exp(x - max));
+                    for (int j = lo; j <= p; j++)
+                    {
+                        long slot = (long)tables[s][j / bs] * bs + j % bs;
+                        double w = Math.Exp(scores[j - lo] - max) / sum;
+                        for (int e = 0; e < d; e++) expected[((row + t) * h + head) * d + e] += w * poolHost[(slot * 2 * k + k + kvh) * d + e];
+                    }
+                }
+            }
+        NumericAssert.Close(expected, actual, 1e-12, "windowed paged attention");
+    }
+
     [Fact]
     public void PagedAppendWritesEachRowToItsSlotAndSkipsNegativeSlots()
     {

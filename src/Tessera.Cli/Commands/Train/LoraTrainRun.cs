@@ -1,27 +1,28 @@
-using System.Diagnostics;
 using Tessera.Cli.CommandLine;
 using Tessera.Cli.Output;
 using Tessera.Cli.Signals;
+using Tessera.Distributed.Launch;
 using Tessera.Models;
 using Tessera.Models.Adapters;
 using Tessera.Models.Chat;
 using Tessera.Models.HuggingFace;
 using Tessera.Models.Tokenization;
-using Tessera.Nn;
 using Tessera.Nn.Adapters;
 using Tessera.Tensors;
 using Tessera.Training;
+using Tessera.Training.Checkpoints;
 using Tessera.Training.Data;
-using Tessera.Training.Optim;
 using Tessera.Training.Runs;
 
 namespace Tessera.Cli.Commands.Train;
 
 /// <summary>
 /// <c>tessera train --model HF_DIR --data chat.jsonl --lora R</c>: supervised fine-tuning of LoRA adapters on a frozen Hugging
-/// Face model, one device. Everything is read and checked (options, model, targets, every chat line, a starting adapter) before
-/// the run directory is touched; the adapter is written to OUT/adapter in PEFT's layout every --checkpoint-every steps, at the
-/// end and on a stop.
+/// Face model, on one device, on CPU thread ranks (--ranks N) or on launched GPU ranks, with data parallelism or ZeRO 1-3 over
+/// the adapters (--zero S); <c>--resume</c> continues a stopped run from its latest checkpoint bit for bit. Everything is read
+/// and checked (options, model, targets, every chat line, a starting adapter or the checkpoint) before the run directory is
+/// touched. Checkpoints (<see cref="LoraCheckpoint"/>) go to OUT/checkpoints every --checkpoint-every steps, at the end and on a
+/// stop, and OUT/adapter holds the latest adapter in PEFT's layout.
 /// </summary>
 public sealed class LoraTrainRun(TrainSettings settings, Terminal terminal)
 {
@@ -30,106 +31,161 @@ public sealed class LoraTrainRun(TrainSettings settings, Terminal terminal)
     /// <summary>The adapter directory of the run.</summary>
     public string AdapterPath => Path.Combine(_run.Root, "adapter");
 
+    /// <summary>Whether --out holds a LoRA run whose latest checkpoint a --resume continues (so the command needs no --lora).</summary>
+    public static bool HoldsLoraRun(string output)
+    {
+        var latest = new RunDirectory(output).Checkpoints.Latest();
+        return latest is not null && File.Exists(Path.Combine(latest, LoraCheckpoint.StateFile));
+    }
+
     /// <summary>Runs and returns the exit code.</summary>
     public int Execute()
     {
-        // 1. The command: what LoRA fine-tuning does not combine with.
-        if (settings.Model is not string modelDir || !Directory.Exists(modelDir))
-            throw new UsageException("--lora fine-tunes a Hugging Face model: give --model DIR (a directory with config.json and safetensors)");
-        if (settings.Data is not string dataPath || !dataPath.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase))
+        var env = DistributedEnvironment.FromEnvironment();
+        var topology = Topology.Of(settings, env);
+
+        // 1. The command: what LoRA fine-tuning does not combine with, and the run directory (a resume or a fresh run).
+        CheckCombinations(topology);
+        string? resumeFrom = null;
+        TrainerState? saved = null;
+        if (settings.Resume)
+        {
+            resumeFrom = _run.Checkpoints.Latest() ?? throw new UsageException($"--resume: {settings.Out} has no checkpoint to resume ({_run.Checkpoints.Root}/latest is missing); start the run without --resume");
+            saved = TrainingCheckpoint.ReadState(resumeFrom);
+            if (saved.Lora is null) throw new UsageException($"--resume with --lora: {resumeFrom} is a full-weight checkpoint; resume it without --lora");
+        }
+        else if ((_run.DescribeExistingRun() ?? (Directory.Exists(AdapterPath) ? "an adapter" : null)) is string existing)
+            throw new UsageException($"--out {settings.Out} already holds a run ({existing}); add --resume to continue it, or give another --out (or delete the directory)");
+        var recorded = saved is null ? null : _run.ReadSources();
+        string modelDir = settings.Model ?? recorded?.Model ?? saved?.Lora?.BaseModel
+            ?? throw new UsageException("--lora fine-tunes a Hugging Face model: give --model DIR (a directory with config.json and safetensors)");
+        string dataPath = settings.Data ?? recorded?.Data ?? "";
+        if (!Directory.Exists(modelDir))
+            throw new UsageException($"--lora fine-tunes a Hugging Face model: --model {modelDir} is no directory (give a directory with config.json and safetensors)");
+        if (!dataPath.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase))
             throw new UsageException("--lora trains on chat data: give --data FILE.jsonl with one {\"messages\": [...]} per line");
-        if (settings.Ranks > 1 || settings.TensorParallel > 1 || settings.Pp > 1 || settings.Zero > 0 || settings.Offload)
-            throw new UsageException("--lora runs on one device: --ranks, --tp, --pp, --zero and --offload are not supported with it");
-        if (settings.Resume) throw new UsageException("--lora: --resume is not supported; continue from the saved adapter with --adapter OUT/adapter and a new --out");
-        if (settings.ValidationData is not null) throw new UsageException("--lora: --val-data is not supported");
-        if (settings.Recompute && settings.LoraDropout > 0)
-            throw new UsageException("--lora-dropout with --recompute: the recomputed forward would draw other dropout masks than the first; drop one of them");
-        string? existing = _run.DescribeExistingRun() ?? (Directory.Exists(AdapterPath) ? "an adapter" : null);
-        if (existing is not null)
-            throw new UsageException($"--out {settings.Out} already holds a run ({existing}); give another --out (or delete the directory)");
-        var (options, dtype, _, seed) = settings.Resolve(null, 1, 1);
+        var savedWorld = resumeFrom is null ? 1 : ResumeCheck.SavedDataParallelSize(resumeFrom);
+        var (options, dtype, _, seed) = settings.Resolve(saved, savedWorld, topology.DataParallelSize);
         options = options with { EvalEvery = 0 };
         options.Validate();
-        if (dtype == DType.BF16 && settings.Device.Kind != DeviceKind.Cuda)
+        if (dtype == DType.BF16 && topology.Device.Kind != DeviceKind.Cuda)
             throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
 
         // 2. Model, targets, tokenizer, template and data: all checked before anything is written.
         using var hf = HuggingFaceModelDirectory.Open(modelDir);
-        LoraOptions lora;
-        try
-        {
-            lora = new LoraOptions
-            {
-                Rank = settings.LoraRank!.Value, Alpha = settings.LoraAlpha ?? settings.LoraRank!.Value, Dropout = settings.LoraDropout, Seed = seed,
-                Targets = LoraTargets.Parse(hf.Config, settings.LoraTargets),
-            }.Validate();
-        }
-        catch (Exception e) when (e is ArgumentException or NotSupportedException)
-        {
-            throw new UsageException($"--lora-targets: {e.Message}");
-        }
+        var lora = Lora(hf.Config, saved?.Lora, seed);
         if (settings.Adapter is string adapterDir)
         {
-            var saved = PeftAdapter.ReadOptions(adapterDir, hf.Config, seed);
-            if (saved.Rank != lora.Rank || !saved.Targets.SequenceEqual(lora.Targets))
-                throw new UsageException($"--adapter {adapterDir}: it has r = {saved.Rank} on {string.Join(",", saved.Targets.Select(t => t.Name))}; " +
+            var start = PeftAdapter.ReadOptions(adapterDir, hf.Config, seed);
+            if (start.Rank != lora.Rank || !start.Targets.SequenceEqual(lora.Targets))
+                throw new UsageException($"--adapter {adapterDir}: it has r = {start.Rank} on {string.Join(",", start.Targets.Select(t => t.Name))}; " +
                     $"the command asks r = {lora.Rank} on {string.Join(",", lora.Targets.Select(t => t.Name))}; give the adapter's --lora and --lora-targets");
         }
         var tokenizer = TokenizerLoader.FromDirectory(modelDir);
         if (tokenizer.VocabSize > hf.Config.VocabSize)
             throw new InvalidDataException($"{modelDir}: the tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary only {hf.Config.VocabSize}");
-        var format = ChatFormat.Load(modelDir);
-        var examples = ChatDataset.Read(dataPath, format, tokenizer);
-        var loader = new ChatExampleLoader(examples, options.BatchSize, options.SequenceLength, padToken: 0);
+        var examples = ChatDataset.Read(dataPath, ChatFormat.Load(modelDir), tokenizer);
         foreach (var e in examples)
             if (e.Tokens.Any(t => t >= hf.Config.VocabSize))
                 throw new InvalidDataException($"{dataPath}:{e.Line}: a token id is outside the model's vocabulary of {hf.Config.VocabSize}");
+        if (resumeFrom is not null) CheckResume(resumeFrom, options, topology.DataParallelSize, hf.Config, dtype);
+        var probe = new ChatExampleLoader(examples, options.BatchSize, options.SequenceLength, padToken: 0);
+        terminal.Line($"fine-tuning {modelDir} with LoRA r = {lora.Rank}, alpha = {lora.Alpha}, dropout = {lora.Dropout} on {string.Join(", ", lora.Targets.Select(t => t.Name))}, {dtype}");
+        terminal.Line($"data: {probe.Count:N0} conversations, {probe.TrainedTokens:N0} assistant tokens within {options.SequenceLength} tokens per row" +
+            (probe.ExamplesWithoutTargets > 0 ? $"; {probe.ExamplesWithoutTargets} conversation(s) have none within --seq and teach nothing" : ""));
 
-        var backend = BackendFactory.Create(settings.Device, settings.Threads);
-        var model = new Transformer(hf.Config, backend, dtype, ArenaStorage.Frozen, lora: lora);
-        hf.LoadInto(model.Parameters.Parameters, backend);
-        model.RecomputeActivations = settings.Recompute;
-        var adapters = model.Adapters!;
-        if (settings.Adapter is string start) PeftAdapter.Load(start, adapters);
-
-        // 3. Train.
-        terminal.Line($"fine-tuning {modelDir} with LoRA r = {lora.Rank}, alpha = {lora.Alpha}, dropout = {lora.Dropout} on {string.Join(", ", lora.Targets.Select(t => t.Name))}: " +
-            $"{adapters.ParameterCount:N0} trainable parameters beside {model.Layout.ParameterCount:N0} frozen, {dtype} on {backend.Device}");
-        terminal.Line($"data: {loader.Count:N0} conversations, {loader.TrainedTokens:N0} assistant tokens within {options.SequenceLength} tokens per row" +
-            (loader.ExamplesWithoutTargets > 0 ? $"; {loader.ExamplesWithoutTargets} conversation(s) have none within --seq and teach nothing" : ""));
-        var trainer = new Trainer(model, new SingleDevice(adapters.Arena, new AdamWOptimizer(adapters.Arena, settings.AdamW)), loader, null, options);
+        // 3. Only now does the run touch its directory.
         Directory.CreateDirectory(_run.Root);
-        _run.WriteSources(new RunSources(dataPath, null, modelDir, modelDir));
-        var progress = new TrainingProgress(terminal, 0, options.Steps);
-        using var metrics = new MetricsLog(_run.MetricsPath);
-        var clock = Stopwatch.StartNew();
-        int savedStep = -1;
-        void Save(Trainer t)
+        foreach (var leftover in _run.Checkpoints.RemoveLeftovers()) terminal.Note($"removed {leftover} (left by an interrupted save)");
+        if (saved is not null && MetricsLog.TruncateAfter(_run.MetricsPath, saved.Step) is int dropped and > 0)
+            terminal.Note($"metrics.jsonl: dropped {dropped} entries after step {saved.Step} (logged after the checkpoint; they are run again)");
+        if (resumeFrom is null && topology.Reports) _run.WriteSources(new RunSources(dataPath, null, modelDir, modelDir));
+
+        // 4. Train until done or stopped.
+        var plan = new LoraTrainPlan(settings, options, dtype, lora, Path.GetFullPath(modelDir), examples, resumeFrom, topology, saved?.Step ?? 0);
+        TrainOutcome outcome;
+        (bool Requested, int ExitCode, string Name) stop;
+        using (var signals = new StopSignals(terminal.Note, "finishing the step in progress, then saving a checkpoint"))
         {
-            PeftAdapter.Save(AdapterPath, adapters, Path.GetFullPath(modelDir));
-            savedStep = t.Step;
+            outcome = new LoraTrainSession(plan, _run, AdapterPath, terminal, signals).Train();
+            stop = (signals.Requested, signals.ExitCode, signals.SignalName);
         }
-        using (var signals = new StopSignals(terminal.Note, "finishing the step in progress, then saving the adapter"))
+
+        // 5. Report.
+        if (!topology.Reports) return stop.Requested ? stop.ExitCode : ExitCodes.Success;
+        if (stop.Requested)
         {
-            progress.Run(() =>
-            {
-                try
-                {
-                    trainer.Run(progress.Report, Save, metrics, signals.Token);
-                }
-                catch (OperationCanceledException) when (signals.Requested)
-                {
-                    if (savedStep != trainer.Step) Save(trainer);
-                }
-            }, () => trainer.Step);
-            if (signals.Requested)
-            {
-                terminal.Line($"stopped by {signals.SignalName} after step {trainer.Step} of {options.Steps}; adapter {AdapterPath}");
-                return signals.ExitCode;
-            }
+            terminal.Line($"stopped by {stop.Name} after step {outcome.Step} of {options.Steps}; checkpoint {outcome.Checkpoint}; adapter {AdapterPath}");
+            if (outcome.Step < options.Steps) terminal.Line($"resume with: tessera train --out {settings.Out} --resume");
+            return stop.ExitCode;
         }
-        terminal.Line($"done: {trainer.Step} steps in {Durations.Format(clock.Elapsed.TotalSeconds)}; adapter {AdapterPath} (PEFT: adapter_config.json, {PeftAdapter.WeightsFile})");
+        terminal.Line($"done: {outcome.Step} steps in {Durations.Format(outcome.Elapsed.TotalSeconds)}; adapter {AdapterPath} (PEFT: adapter_config.json, {PeftAdapter.WeightsFile})");
         terminal.Line($"merge it into a full model with: tessera export --model {modelDir} --adapter {AdapterPath} --out DIR");
         return ExitCodes.Success;
+    }
+
+    private void CheckCombinations(Topology topology)
+    {
+        if (settings.TensorParallel > 1 || settings.Pp > 1 || settings.Offload)
+            throw new UsageException("--lora does not combine with --tp, --pp or --offload: adapters are built on replicated layers (tensor-parallel layers are " +
+                "split), pipeline stages build none, and the adapters' optimizer state is too small to be worth offloading; " +
+                "use data parallelism: --ranks N (CPU) or a launched GPU run, with --zero 1|2|3 if wanted");
+        if (settings.Zero > 0 && topology.Kind == TopologyKind.OneDevice)
+            throw new UsageException("--zero needs --ranks of 2 or more, or a launched multi-GPU run");
+        if (topology.Kind == TopologyKind.ThreadRanks && topology.Device.Kind != DeviceKind.Cpu)
+            throw new UsageException("--ranks runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
+        if (settings.Resume && settings.Adapter is not null)
+            throw new UsageException("--adapter starts a new run from an adapter; --resume continues this run from its checkpoint: give one of them");
+        if (settings.ValidationData is not null) throw new UsageException("--lora: --val-data is not supported");
+        if (settings.Recompute && settings.LoraDropout > 0)
+            throw new UsageException("--lora-dropout with --recompute: the recomputed forward would draw other dropout masks than the first; drop one of them");
+    }
+
+    /// <summary>
+    /// The LoRA options: the command's, or on a resume the checkpoint's (an option given that differs from the checkpoint is a
+    /// usage error naming both, before anything is written).
+    /// </summary>
+    private LoraOptions Lora(TransformerConfig config, LoraState? saved, int seed)
+    {
+        IReadOnlyList<LoraTarget> targets;
+        try
+        {
+            targets = LoraTargets.Parse(config, settings.LoraTargets ?? saved?.Targets ?? LoraTargets.DefaultOf(config.Family));
+        }
+        catch (Exception e) when (e is ArgumentException or NotSupportedException)
+        {
+            throw new UsageException($"--lora-targets: {e.Message}");
+        }
+        if (saved is not null)
+        {
+            void Same<T>(string option, T? asked, T had) where T : struct
+            {
+                if (asked is T a && !EqualityComparer<T>.Default.Equals(a, had))
+                    throw new UsageException($"--resume: {option} {a} differs from the run's checkpoint ({had}); leave it out to continue the run");
+            }
+            Same("--lora", settings.LoraRank, saved.Rank);
+            Same("--lora-alpha", settings.LoraAlpha, saved.Alpha);
+            Same("--lora-dropout", settings.LoraDropout == 0 ? null : settings.LoraDropout, saved.Dropout);
+            if (!targets.Select(t => t.Name).SequenceEqual(saved.Targets))
+                throw new UsageException($"--resume: --lora-targets {string.Join(",", targets.Select(t => t.Name))} differ from the run's checkpoint ({string.Join(",", saved.Targets)}); leave it out to continue the run");
+            return new LoraOptions { Rank = saved.Rank, Alpha = saved.Alpha, Dropout = saved.Dropout, Seed = seed, Targets = targets }.Validate();
+        }
+        var rank = settings.LoraRank ?? throw new UsageException("--lora R: give the adapters' rank");
+        return new LoraOptions { Rank = rank, Alpha = settings.LoraAlpha ?? rank, Dropout = settings.LoraDropout, Seed = seed, Targets = targets }.Validate();
+    }
+
+    private void CheckResume(string checkpoint, TrainerOptions options, int world, TransformerConfig config, DType dtype)
+    {
+        var check = ResumeCheck.Compare(checkpoint, options, world, config, dtype);
+        try
+        {
+            check.ThrowIfRefused(settings.AllowChanges, TrainCommand.OptionOf);
+        }
+        catch (ResumeMismatchException e)
+        {
+            throw new UsageException(check.Blockers.Count > 0 ? e.Message : $"{e.Message} with --allow-changes");
+        }
+        terminal.Line($"resuming {checkpoint} at step {check.Saved.Step} of {options.Steps}");
+        if (check.Changes.Count > 0) terminal.Line($"--allow-changes: {check.Describe(TrainCommand.OptionOf)}");
     }
 }

@@ -54,7 +54,7 @@ public sealed class TrainCommand : Command
     private readonly Option<int?> _lora = SharedOptions.AtLeast(new Option<int?>("--lora") { Description = "LoRA rank: fine-tune low-rank adapters of the frozen --model (a Hugging Face directory) on --data chat.jsonl ({\"messages\": [...]} per line, loss on assistant tokens); the adapter is saved in PEFT's layout to OUT/adapter", HelpName = "R" }, 1);
     private readonly Option<double?> _loraAlpha = Positive("--lora-alpha", "A", "with --lora: the adapters' output is scaled by A / R [default: R]");
     private readonly Option<double> _loraDropout = SharedOptions.Double("--lora-dropout", "P", "with --lora: dropout on the adapters' input in training", 0.0, min: 0);
-    private readonly Option<string> _loraTargets = new("--lora-targets") { Description = "with --lora: the projections adapted, from q, k, v, o, gate, up, down (or q_proj, ..., down_proj)", HelpName = "LIST", DefaultValueFactory = _ => "q,k,v,o" };
+    private readonly Option<string?> _loraTargets = new("--lora-targets") { Description = "with --lora: the projections adapted, from q, k, v, o, gate, up, down (or q_proj, ..., down_proj); GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj (c_proj: both) [default: the attention projections, q,k,v,o or c_attn,attn.c_proj]", HelpName = "LIST" };
     private readonly Option<string?> _adapter = new("--adapter") { Description = "with --lora: start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors) instead of a fresh one", HelpName = "DIR" };
 
     /// <summary>Declares the options.</summary>
@@ -72,7 +72,9 @@ public sealed class TrainCommand : Command
             if (settings.LoraRank is null && (parse.GetResult(_loraAlpha) is { Implicit: false } || parse.GetResult(_loraTargets) is { Implicit: false }
                 || parse.GetResult(_loraDropout) is { Implicit: false } || settings.Adapter is not null))
                 throw new UsageException("--lora-alpha, --lora-dropout, --lora-targets and --adapter apply to LoRA fine-tuning; add --lora R");
-            return settings.LoraRank is null ? new TrainRun(settings, terminal).Execute() : new LoraTrainRun(settings, terminal).Execute();
+            // A LoRA run resumes as one: --resume of a directory whose checkpoint holds adapters needs no --lora.
+            bool lora = settings.LoraRank is not null || settings.Resume && LoraTrainRun.HoldsLoraRun(settings.Out);
+            return lora ? new LoraTrainRun(settings, terminal).Execute() : new TrainRun(settings, terminal).Execute();
         });
     }
 
@@ -88,7 +90,7 @@ public sealed class TrainCommand : Command
         Offload = p.GetValue(_offload), Pp = p.GetValue(_pp), Schedule = p.GetValue(_schedule), VirtualStages = p.GetValue(_virtualStages),
         PrintSchedule = p.GetValue(_printSchedule), PrintMemory = p.GetValue(_printMemory), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
         LoraRank = p.GetValue(_lora), LoraAlpha = p.GetValue(_loraAlpha), LoraDropout = p.GetValue(_loraDropout),
-        LoraTargets = p.GetValue(_loraTargets)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), Adapter = p.GetValue(_adapter),
+        LoraTargets = p.GetValue(_loraTargets)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), Adapter = p.GetValue(_adapter),
     };
 
     /// <summary>The command-line option of each trainer setting, for messages about a resume.</summary>

@@ -133,8 +133,8 @@ public sealed record TrainSettings
     /// <summary>LoRA dropout (--lora-dropout).</summary>
     public double LoraDropout { get; init; }
 
-    /// <summary>LoRA targets (--lora-targets): short names q, k, v, o, gate, up, down or PEFT module names.</summary>
-    public IReadOnlyList<string> LoraTargets { get; init; } = ["q", "k", "v", "o"];
+    /// <summary>LoRA targets (--lora-targets): short names (q, k, v, o, gate, up, down; GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj) or PEFT module names; null: the family's attention projections.</summary>
+    public IReadOnlyList<string>? LoraTargets { get; init; }
 
     /// <summary>A PEFT adapter directory to start the adapters from (--adapter), or null (PEFT's initialization).</summary>
     public string? Adapter { get; init; }

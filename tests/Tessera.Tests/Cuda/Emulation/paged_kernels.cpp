@@ -5,7 +5,9 @@
 // of sequences longer than max_rows (left to the tensor-core prefill kernel: their output must stay untouched; the grid then
 // covers only the other rows, found by a prefix sum over the sequences, with CTAs to spare); and the
 // generic paged_attention as a check of the harness. The batch mixes decode rows, a padding row (no keys), a short
-// prefill and a longer one, over blocks of 16 scattered in a shuffled pool. Prints one line per check; the exit code is the
+// prefill and a longer one, over blocks of 16 scattered in a shuffled pool. With a sliding window, the blocks wholly left of
+// every row's window point at a block of NaNs (as if returned to the pool and overwritten): reading one would poison the
+// output. Prints one line per check; the exit code is the
 // number of failures. kernels.h is written by the test: the emulation, common.cuh, paged_attention.cu.
 #include "kernels.h"
 #include <algorithm>
@@ -35,13 +37,13 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
 }
 
 static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
-                std::vector<int> lengths = {37, 100, 0, 20, 10}, bool finish = false)
+                std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0, bool finish = false)
 {
     const int bs = 16;
     const int B = (int)rows.size();
     int N = 0;
     for (int r : rows) N += r;
-    int max_blocks = 0, pool_blocks = 3;
+    int max_blocks = 0, pool_blocks = 4;
     for (int l : lengths) { max_blocks = std::max(max_blocks, (l + bs - 1) / bs); pool_blocks += (l + bs - 1) / bs; }
     std::mt19937 rng(11 + H * 7 + D + splits);
     std::uniform_real_distribution<float> u(-1, 1);
@@ -49,15 +51,19 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
     for (int i = 0; i < pool_blocks; i++) free_blocks[i] = i;
     std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
     std::vector<int> tables(B * max_blocks, 0), starts(B + 1, 0);
+    const int nan_block = free_blocks.back();
     for (int b = 0, next = 0; b < B; b++)
     {
-        for (int k = 0; k < (lengths[b] + bs - 1) / bs; k++) tables[b * max_blocks + k] = free_blocks[next++];
+        // With a window, blocks wholly before the oldest key of the sequence's first row's window are gone.
+        const int first = window > 0 ? std::max(0, lengths[b] - rows[b] - window + 1) : 0;
+        for (int k = 0; k < (lengths[b] + bs - 1) / bs; k++) tables[b * max_blocks + k] = (k + 1) * bs <= first ? nan_block : free_blocks[next++];
         starts[b + 1] = starts[b] + rows[b];
     }
     const int R = H + 2 * K;
     std::vector<float> qkv((size_t)N * R * D), pool((size_t)pool_blocks * bs * 2 * K * D);
     for (auto& x : qkv) x = u(rng);
     for (auto& x : pool) x = u(rng);
+    for (size_t i = (size_t)nan_block * bs * 2 * K * D; i < (size_t)(nan_block + 1) * bs * 2 * K * D; i++) pool[i] = NAN;
     const float poison = 12345.f;
     std::vector<float> out((size_t)N * H * D, poison), partial((size_t)splits * N * H * (D + 2), NAN);
     const float scale = 1.f / std::sqrt((float)D);
@@ -69,12 +75,13 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
         for (int n = starts[b]; n < starts[b + 1]; n++)
         {
             const int pos = lengths[b] - rows[b] + (n - starts[b]);
+            const int lo = window > 0 ? std::max(0, pos - window + 1) : 0;
             for (int h = 0; h < H; h++)
             {
                 const int kvh = h / (H / K);
                 std::vector<double> s(std::max(pos + 1, 0)), acc(D, 0.0);
                 double big = -INFINITY, sum = 0;
-                for (int j = 0; j <= pos; j++)
+                for (int j = lo; j <= pos; j++)
                 {
                     const long long slot = (long long)tables[b * max_blocks + j / bs] * bs + j % bs;
                     double dot = 0;
@@ -82,7 +89,7 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
                     s[j] = dot * scale;
                     big = std::max(big, s[j]);
                 }
-                for (int j = 0; j <= pos; j++)
+                for (int j = lo; j <= pos; j++)
                 {
                     const long long slot = (long long)tables[b * max_blocks + j / bs] * bs + j % bs;
                     const double p = std::exp(s[j] - big);
@@ -114,22 +121,23 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
     float* pw = splits > 1 ? partial.data() : nullptr;
     dim3 grid{(unsigned)(generic ? N : X), (unsigned)(H / G), (unsigned)splits};
     char name[160];
+    const int kernel_window = window > 0 ? window : 1 << 30;
     if (generic)
     {
-        emu_launch(grid, 128, [&] { paged_attention_f32(q, pp, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale); });
-        snprintf(name, sizeof name, "paged_attention H=%d K=%d D=%d splits=%d", H, K, D, splits);
+        emu_launch(grid, 128, [&] { paged_attention_f32(q, pp, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window); });
+        snprintf(name, sizeof name, "paged_attention H=%d K=%d D=%d splits=%d window=%d", H, K, D, splits, window);
     }
     else
     {
         const int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
         std::vector<int> counters((size_t)grid.x * grid.y, 0);
         int* pc = finish && splits > 1 ? counters.data() : nullptr;
-        auto launch = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, pp, po, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows); }); };
+        auto launch = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, pp, po, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window); }); };
         if (D == 64 && gm == 1) launch(paged_decode_f32_d64_g1);
         else if (D == 64 && gm == 4) launch(paged_decode_f32_d64_g4);
         else if (D == 128 && gm == 4) launch(paged_decode_f32_d128_g4);
         else { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
-        snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d B=%d%s", H, K, D, splits, max_rows, B, pc ? " finish" : "");
+        snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d%s", H, K, D, splits, max_rows, B, window, pc ? " finish" : "");
         if (pc && std::any_of(counters.begin(), counters.end(), [](int c) { return c != 0; }))
         {
             printf("%s: a counter was left nonzero FAIL\n", name);
@@ -152,8 +160,15 @@ int main()
     many[20] = 10; many[33] = 2;         // a prefill chunk among 40 sequences: the prefix sum over two groups of 32
     for (int b = 0; b < 40; b++) lengths[b] = many[b] + (b * 7) % 23;
     run(1, 1, 64, 2, 7, false, many, lengths);
-    run(6, 2, 64, 3, 7, false, {1, 1, 1, 3, 10}, {37, 100, 0, 20, 10}, true);   // the last CTA merges: a padding row, groups of 3
-    run(8, 2, 128, 4, 1 << 30, false, {1, 1}, {300, 5}, true);                  // D = 128, a split past a short row's keys
+    // Sliding windows of 8 and 24 (Mistral-style): rows far past the window (decode after 100, 300), a chunk that starts
+    // past it, rows inside it; the splits divide the window's keys, and the gone blocks hold NaNs.
+    const std::vector<int> wrows = {1, 1, 1, 3, 10, 20}, wlengths = {37, 100, 0, 20, 10, 300};
+    run(8, 2, 64, 1, 1 << 30, true, wrows, wlengths, 8);
+    run(8, 2, 64, 3, 1 << 30, true, wrows, wlengths, 24);
+    run(6, 2, 64, 3, 7, false, wrows, wlengths, 24);
+    run(8, 2, 128, 2, 1 << 30, false, wrows, wlengths, 8);
+    run(6, 2, 64, 3, 7, false, {1, 1, 1, 3, 10}, {37, 100, 0, 20, 10}, 0, true);   // the last CTA merges: a padding row, groups of 3
+    run(8, 2, 128, 4, 1 << 30, false, {1, 1}, {300, 5}, 0, true);                  // D = 128, a split past a short row's keys
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }

@@ -120,6 +120,38 @@ public class SchedulerTests
         Assert.Contains("needs 3 KV blocks but the cache has 2", e.Message);
     }
 
+    /// <summary>
+    /// With a window of 6, blocks of 4 and a budget of 4, a sequence holds at most (6 + 4 + 8 - 3) / 4 = 3 blocks: one of 40
+    /// tokens (10 blocks unbounded) is admitted into a pool of 3, decodes to its end there with -1 entries left behind, and
+    /// finishing releases only the blocks it still holds.
+    /// </summary>
+    [Fact]
+    public void AWindowedSequenceIsAdmittedByItsBoundAndDecodesToItsEndInThatManyBlocks()
+    {
+        using var cache = Cache(3);
+        var unbounded = new Scheduler(cache, new SchedulerOptions { MaxBatch = 2, TokenBudget = 4 });
+        Assert.Contains("needs 10 KV blocks but the cache has 3", Assert.Throws<ArgumentException>(() => unbounded.Add(Seq(1, 4, 40))).Message);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 2, TokenBudget = 4 }, slidingWindow: 6);
+        Assert.Equal(3, scheduler.BlocksHeld(40));
+        var a = Seq(1, 9, 40);
+        scheduler.Add(a);
+        while (a.ComputedTokens < 39)
+        {
+            var step = Step(scheduler);
+            Assert.Equal([a], step.Sequences.Select(s => s.Sequence));
+            Assert.InRange(a.HeldBlocks, 1, 3);
+            Assert.Equal(a.HeldBlocks, cache.Allocator.InUse);
+            // Every entry left of the window of the next position is released; every one inside is held.
+            int firstLive = Math.Max(0, a.ComputedTokens - 6 + 1) / 4;
+            Assert.All(a.BlockTable.Take(firstLive), block => Assert.Equal(-1, block));
+            Assert.All(a.BlockTable.Skip(firstLive), block => Assert.True(block >= 0));
+        }
+        Assert.Equal(10, a.BlockTable.Count);
+        scheduler.Finish(a);                                           // releases the held blocks, skips the -1 entries
+        Assert.Equal(0, cache.Allocator.InUse);
+        Assert.Empty(a.BlockTable);
+    }
+
     [Fact]
     public void HeadOfTheQueueIsNotOvertakenWhenItDoesNotFit()
     {

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Tessera.Inference;
 using Tessera.Models;
@@ -179,7 +178,7 @@ public sealed class HuggingFaceExportTests : IDisposable
     [Fact]
     public void TransformersLoadsEachExportAndGivesTheSameLogitsAndGreedyTokens()
     {
-        string? missing = PythonWithTransformers();
+        string? missing = PythonProcess.Missing("torch", "transformers", "safetensors");
         if (missing is not null) Assert.Skip($"transformers round trip not run: {missing}");
         var dirs = new List<string>();
         int seed = 20;
@@ -202,32 +201,8 @@ public sealed class HuggingFaceExportTests : IDisposable
             writer.Write(Path.Combine(dir, "tessera_reference.safetensors"));
             dirs.Add(dir);
         }
-        var (code, output) = RunPython([Path.Combine(AppContext.BaseDirectory, "Golden", "check_export.py"), .. dirs]);
+        var (code, output) = PythonProcess.Run([Path.Combine(AppContext.BaseDirectory, "Golden", "check_export.py"), .. dirs]);
         TestContext.Current.TestOutputHelper?.WriteLine(output);
         Assert.True(code == 0, "transformers disagrees with an export:\n" + output);
-    }
-
-    private static string? PythonWithTransformers()
-    {
-        try
-        {
-            var (code, output) = RunPython(["-c", "import torch, transformers, safetensors"]);
-            return code == 0 ? null : "python3 cannot import torch, transformers and safetensors: " + output.Trim().Split('\n')[^1];
-        }
-        catch (System.ComponentModel.Win32Exception)
-        {
-            return "no python3 on this machine";
-        }
-    }
-
-    private static (int Code, string Output) RunPython(IEnumerable<string> args)
-    {
-        var psi = new ProcessStartInfo("python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(300_000)) { p.Kill(entireProcessTree: true); return (-1, "python3 timed out after 300 s"); }
-        return (p.ExitCode, stdout.Result + stderr.Result);
     }
 }

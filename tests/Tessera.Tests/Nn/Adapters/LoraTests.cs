@@ -12,15 +12,16 @@ using Xunit;
 
 namespace Tessera.Tests.Nn.Adapters;
 
-/// <summary>LoRA on the Llama layer set (llama-debug, 2 blocks), F64 on the CPU: gradients, merging, frozen base weights.</summary>
+/// <summary>LoRA on the Llama layer set (llama-debug, 2 blocks) and GPT-2 (gpt2-debug), F64 on the CPU: gradients, merging, frozen base weights.</summary>
 public sealed class LoraTests
 {
     private static readonly string[] AllTargets = ["q", "k", "v", "o", "gate", "up", "down"];
+    internal static readonly string[] AllGpt2Targets = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"];
 
-    /// <summary>llama-debug in <paramref name="dtype"/> with a frozen base and adapters of rank 4 on <paramref name="targets"/>; B filled with random values so every path carries gradient.</summary>
-    internal static Transformer Model(CpuBackend cpu, DType dtype, int seed, string[] targets, double dropout = 0, double alpha = 8)
+    /// <summary>llama-debug (or <paramref name="preset"/>) in <paramref name="dtype"/> with a frozen base and adapters of rank 4 on <paramref name="targets"/>; B filled with random values so every path carries gradient.</summary>
+    internal static Transformer Model(CpuBackend cpu, DType dtype, int seed, string[] targets, double dropout = 0, double alpha = 8, string preset = "llama-debug")
     {
-        var config = ModelPresets.Get("llama-debug");
+        var config = ModelPresets.Get(preset);
         var lora = new LoraOptions { Rank = 4, Alpha = alpha, Dropout = dropout, Seed = seed, Targets = LoraTargets.Parse(config, targets) };
         var model = new Transformer(config, cpu, dtype, ArenaStorage.Frozen, lora: lora);
         model.InitializeWeights(seed);
@@ -52,14 +53,17 @@ public sealed class LoraTests
         return model.Backend.ReadScalar(sum);
     }
 
-    [Fact]
-    public void AdapterGradientsMatchCentralDifferencesInF64()
+    [Theory]
+    [InlineData("llama-debug")]
+    [InlineData("gpt2-debug")]
+    public void AdapterGradientsMatchCentralDifferencesInF64(string preset)
     {
         // Tolerance 1e-6 norm-wise relative: central differences at h = 1e-5 in F64 are accurate to about 1e-9 here
         // (GradientCheck's error analysis); a wrong term (scaling, a missing part, a transposed product) is off by O(1).
+        // GPT-2 covers the fused QKV as one adapter and the MLP's two products on either side of its GELU.
         const int seed = 20261215;
         var cpu = new CpuBackend(1);
-        var model = Model(cpu, DType.F64, seed, AllTargets);
+        var model = Model(cpu, DType.F64, seed, preset == "gpt2-debug" ? AllGpt2Targets : AllTargets, preset: preset);
         var (tokens, targets) = Batch(cpu, seed, 2, 6, model.Config.VocabSize);
         var adapters = model.Adapters!;
         adapters.Arena.ZeroGrad();
@@ -88,13 +92,15 @@ public sealed class LoraTests
         }
     }
 
-    [Fact]
-    public void MergedForwardEqualsUnmergedForwardAndUnmergeRestoresTheWeights()
+    [Theory]
+    [InlineData("llama-debug")]
+    [InlineData("gpt2-debug")]
+    public void MergedForwardEqualsUnmergedForwardAndUnmergeRestoresTheWeights(string preset)
     {
         // 1e-12 relative in F64: merging changes only the order of the roundings (x (W + s B A)^T against x W^T + s (x A^T) B^T).
         const int seed = 7;
         var cpu = new CpuBackend(1);
-        var model = Model(cpu, DType.F64, seed, AllTargets, alpha: 16);
+        var model = Model(cpu, DType.F64, seed, preset == "gpt2-debug" ? AllGpt2Targets : AllTargets, alpha: 16, preset: preset);
         var (tokens, _) = Batch(cpu, seed, 2, 8, model.Config.VocabSize);
         var before = TestTensors.ToDoubles(cpu, model.Parameters.Values);
         var unmerged = TestTensors.ToDoubles(cpu, model.Forward(tokens));
@@ -147,7 +153,11 @@ public sealed class LoraTests
         var lora = new LoraOptions { Rank = 2, Targets = [new LoraTarget("blocks.*.attn.nothing", null, "nothing")] };
         var f = Assert.Throws<ArgumentException>(() => new Transformer(config, cpu, DType.F32, ArenaStorage.Frozen, lora: lora));
         Assert.Contains("LoRA target 'nothing'", f.Message);
-        Assert.Throws<NotSupportedException>(() => LoraTargets.Parse(ModelPresets.Get("gpt2-debug"), ["q"]));
+        var g = Assert.Throws<ArgumentException>(() => LoraTargets.Parse(ModelPresets.Get("gpt2-debug"), ["q"]));
+        Assert.Contains("'q' names no layer of a Gpt2 model", g.Message);
+        // PEFT's "c_proj" is both of GPT-2's c_proj modules, as PEFT matches it; a module given twice is refused.
+        Assert.Equal(["attn.c_proj", "mlp.c_proj"], LoraTargets.Parse(ModelPresets.Get("gpt2-debug"), ["c_proj"]).Select(t => t.Name));
+        Assert.Contains("given twice", Assert.Throws<ArgumentException>(() => LoraTargets.Parse(ModelPresets.Get("gpt2-debug"), ["c_proj", "mlp.c_proj"])).Message);
     }
 
     [Fact]
@@ -188,6 +198,41 @@ public sealed class LoraTests
                 lora: options with { Targets = LoraTargets.Parse(model.Config, ["q"]) });
             var e = Assert.Throws<InvalidDataException>(() => PeftAdapter.Load(adapter, narrower.Adapters!));
             Assert.Contains("do not have", e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Gpt2AdaptersAreWrittenInPeftsConv1DLayout()
+    {
+        var cpu = new CpuBackend(1);
+        var dir = Directory.CreateTempSubdirectory("tessera-peft-gpt2-").FullName;
+        try
+        {
+            var model = Model(cpu, DType.F32, 12, AllGpt2Targets, preset: "gpt2-debug");
+            var adapter = Path.Combine(dir, "adapter");
+            PeftAdapter.Save(adapter, model.Adapters!, "gpt2");
+            var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(adapter, "adapter_config.json")))!;
+            Assert.True((bool)json["fan_in_fan_out"]!);   // PEFT's setting for Conv1D layers
+            Assert.Equal(["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"], json["target_modules"]!.AsArray().Select(n => (string)n!).ToArray());
+            int c = model.Config.Embedding;
+            using (var file = Tessera.Models.Safetensors.SafetensorsFile.Open(Path.Combine(adapter, "adapter_model.safetensors")))
+            {
+                Assert.Equal(model.Config.Layers * 4 * 2, file.Tensors.Count);
+                Assert.Equal(new Shape(4, c), file["base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"].Shape);
+                Assert.Equal(new Shape(3 * c, 4), file["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].Shape);   // q, k and v rows: one adapter
+                Assert.Equal(new Shape(c, 4), file["base_model.model.transformer.h.1.attn.c_proj.lora_B.weight"].Shape);
+                Assert.Equal(new Shape(4, c), file["base_model.model.transformer.h.1.mlp.c_fc.lora_A.weight"].Shape);
+                Assert.Equal(new Shape(4, model.Config.EffectiveHidden), file["base_model.model.transformer.h.0.mlp.c_proj.lora_A.weight"].Shape);
+            }
+            var options = PeftAdapter.ReadOptions(adapter, model.Config);
+            Assert.Equal(AllGpt2Targets, options.Targets.Select(t => t.Name));
+            var loaded = new Transformer(model.Config, cpu, DType.F32, ArenaStorage.Frozen, lora: options);
+            PeftAdapter.Load(adapter, loaded.Adapters!);
+            Assert.Equal(TestTensors.ToDoubles(cpu, model.Adapters!.Arena.Values), TestTensors.ToDoubles(cpu, loaded.Adapters!.Arena.Values));
         }
         finally
         {
