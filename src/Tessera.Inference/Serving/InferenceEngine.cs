@@ -383,7 +383,8 @@ public sealed class InferenceEngine : IDisposable
         if (!appended) sequence.Append(token);
         string text = choice.Matcher.Push(choice.Decoder.Push(token));
         if (choice.Matcher.Stopped) { Finish(choice, FinishReason.Stop, text, [token], logprobs); return; }
-        if (choice.Generated >= request.MaxTokens || sequence.Tokens.Count >= MaxSequenceLength)
+        // Known tokens only: with asynchronous scheduling the next step's unresolved token may already follow this one.
+        if (choice.Generated >= request.MaxTokens || sequence.Tokens.Count - sequence.Unresolved >= MaxSequenceLength)
         {
             text += choice.Matcher.Push(choice.Decoder.Flush());
             text += choice.Matcher.Stopped ? "" : choice.Matcher.Flush();

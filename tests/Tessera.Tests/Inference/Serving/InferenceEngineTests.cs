@@ -203,4 +203,21 @@ public class InferenceEngineTests
         Assert.Equal(1, engine.Metrics.RequestsCancelled);
         Assert.True(engine.PipelinedSteps > 0);
     }
+
+    /// <summary>
+    /// A request that runs to the end of the context under asynchronous scheduling gets its last token: the length check
+    /// counts known tokens, not the next step's unresolved one that already follows (it finished one token early before).
+    /// </summary>
+    [Fact]
+    public async Task RequestToTheEndOfTheContextGetsEveryTokenWithAsyncScheduling()
+    {
+        using var engine = Engine(context: 40);
+        int[] prompt = [11, 22, 33, 44, 55];
+        var expected = new TextGenerator(engine.Model).Generate(prompt, new GenerationOptions { MaxNewTokens = 35 }).ToList();
+        var result = await Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 35 }).ReadAllAsync());
+        Assert.Equal(35, expected.Count);
+        Assert.Equal(expected, result.Tokens);
+        Assert.Equal(FinishReason.Length, result.Finish);
+        Assert.True(engine.PipelinedSteps > 0);
+    }
 }
