@@ -13,7 +13,9 @@
 #       prompts, 128 new tokens, concurrency 1,8,32,64,128, 2 requests per client; SERVE_TIMEOUT s), `gpu-decode` (llama-1b
 #       bf16, prompt 512, 128 new, the dense generate path), then batched_decode.py (batches 1,8,32,64,128; TORCH_TIMEOUT s).
 #       Prints the tables last. LEVELS=..., ROUNDS=..., TORCH_BATCHES=..., RUN_TESTS=0, RUN_TORCH=0, RUN_DECODE=0 change or
-#       skip parts; SERVE_ARGS adds arguments to `serve` (e.g. "--no-graphs", "--decoding-step-tokens 1024").
+#       skip parts; SERVE_ARGS adds arguments to `serve` (e.g. "--no-graphs", "--decoding-step-tokens 1024"); SERVE_AB runs `serve`
+#       a second time with SERVE_AB added to SERVE_ARGS (e.g. "--no-async"), logged to serve-ab.md; TEST_METHODS replaces the
+#       test selection (xunit -method patterns, space-separated).
 set -uo pipefail
 mode="${1:-run}"; shift || true
 case "$mode" in
@@ -56,13 +58,18 @@ run)
         rm -rf /tmp/tessera-tests && mkdir -p /tmp/tessera-tests && tar -C /tmp/tessera-tests -xJf "$dir/tests.tar.xz"
         t=/tmp/tessera-tests/tests/Tessera.Tests.dll
         # -method filters only (xunit v3 ORs filters of one kind and ANDs kinds), fully qualified names with wildcards.
-        timeout "${TEST_TIMEOUT:-110}" $dn "$t" -method 'Tessera.Tests.Cuda.CudaPagedServingTests.*' -method '*.FlashAttentionMatchesReference' \
-            -method '*.StackedGateAndUpProductMatchesTheReference' -method '*.FusedSwiGluProductMatchesTheReference' \
-            -parallel none -reporter verbose > "$out/tests.log" 2>&1 || rc=1
+        methods="${TEST_METHODS:-Tessera.Tests.Cuda.CudaPagedServingTests.* *.FlashAttentionMatchesReference *.StackedGateAndUpProductMatchesTheReference *.FusedSwiGluProductMatchesTheReference}"
+        margs=(); for m in $methods; do margs+=(-method "$m"); done
+        timeout "${TEST_TIMEOUT:-110}" $dn "$t" "${margs[@]}" -parallel none -reporter verbose > "$out/tests.log" 2>&1 || rc=1
     fi
     # shellcheck disable=SC2086
     timeout "${SERVE_TIMEOUT:-420}" $dn "$dir/app/Tessera.Bench.dll" serve --device cuda --preset llama-1b --dtype bf16 --prompt 512 --new 128 \
         --concurrency "${LEVELS:-1,8,32,64,128}" --rounds "${ROUNDS:-2}" ${SERVE_ARGS:-} > "$out/serve.md" 2> "$out/serve.err" || rc=1
+    if [ -n "${SERVE_AB:-}" ]; then
+        # shellcheck disable=SC2086
+        timeout "${SERVE_TIMEOUT:-420}" $dn "$dir/app/Tessera.Bench.dll" serve --device cuda --preset llama-1b --dtype bf16 --prompt 512 --new 128 \
+            --concurrency "${LEVELS:-1,8,32,64,128}" --rounds "${ROUNDS:-2}" ${SERVE_ARGS:-} ${SERVE_AB} > "$out/serve-ab.md" 2>> "$out/serve.err" || rc=1
+    fi
     if [ "${RUN_DECODE:-1}" = 1 ]; then
         timeout 180 $dn "$dir/app/Tessera.Bench.dll" gpu-decode --preset llama-1b --dtype bf16 --prompt 512 --new 128 > "$out/decode.md" 2>> "$out/serve.err" || rc=1
     fi
@@ -73,9 +80,10 @@ run)
     if [ -f "$out/tests.log" ]; then
         echo "================ CUDA serving tests ================"
         sed 's/\x1b\[[0-9;]*m//g' "$out/tests.log" | grep -E -A3 '\[FAIL\]' | head -60
-        sed 's/\x1b\[[0-9;]*m//g' "$out/tests.log" | grep -E '^\s*\[paged|^\| |Total: ' | head -120
+        sed 's/\x1b\[[0-9;]*m//g' "$out/tests.log" | grep -E '^\s*\[(paged|dense)|^\| |Total: ' | head -200
     fi
     echo "================ Tessera server (HTTP, streaming clients) ================"; cat "$out/serve.md"; tail -5 "$out/serve.err"
+    [ -f "$out/serve-ab.md" ] && { echo "================ Tessera server with ${SERVE_AB} ================"; cat "$out/serve-ab.md"; }
     echo "================ Tessera generate (batch 1, dense cache) ================"; cat "$out/decode.md" 2>/dev/null
     echo "================ PyTorch batched decoder ================"; cat "$out/torch.md" 2>/dev/null; tail -5 "$out/torch.err" 2>/dev/null
     exit $rc

@@ -82,6 +82,20 @@ public sealed unsafe partial class CudaBackend
         Launch("copy.cu", "increment_i32", GridFor(n), Threads, args);
     }
 
+    public void ResolveSampledIds(Tensor ids, Tensor sampled)
+    {
+        const string op = nameof(ResolveSampledIds);
+        RequireDType(op, "ids", ids, DType.I32);
+        RequireContiguous(op, "ids", ids);
+        RequireDType(op, "sampled", sampled, DType.I32);
+        RequireContiguous(op, "sampled", sampled);
+        long n = ids.NumElements;
+        if (n == 0) return;
+        ulong pi = Ptr(ids), ps = Ptr(sampled);
+        void** args = stackalloc void*[] { &pi, &ps, &n };
+        Launch("copy.cu", "resolve_sampled_ids", GridFor(n), Threads, args);
+    }
+
     public void ArgMax(Tensor x, Tensor indices)
     {
         const string op = nameof(ArgMax);

@@ -140,7 +140,7 @@ public sealed unsafe partial class CudaBackend
     [StructLayout(LayoutKind.Sequential)]
     private struct GemvRopeArgs
     {
-        public ulong Cache, Starts;
+        public ulong Cache, Starts, Slots;   // Slots: 0 for a dense cache
         public int Tokens, QueryHeads, KvHeads, HeadSize;
         public long CacheB, CacheS, CacheH;
         public RopeArgs Frequencies;

@@ -55,7 +55,7 @@ public sealed unsafe partial class CudaBackend : IGraphCapture
     }
 
     /// <summary>Throws when a graph is being recorded: <paramref name="what"/> cannot be part of one.</summary>
-    private void RefuseWhileCapturing(string what)
+    internal void RefuseWhileCapturing(string what)
     {
         if (_capturing)
             throw new InvalidOperationException($"CudaBackend: {what} while recording a CUDA graph would bake its result into every replay; " +

@@ -4,7 +4,7 @@ using static Tessera.Cuda.Interop.CudaDriver;
 
 namespace Tessera.Cuda;
 
-public sealed unsafe partial class CudaBackend
+public sealed unsafe partial class CudaBackend : IAsyncReadback
 {
     private const long MaxStagingBytes = 64L << 20;
     private void* _pinned;
@@ -44,6 +44,14 @@ public sealed unsafe partial class CudaBackend
             Check(cuEventRecord(_stagingDone, Stream.Handle), "cuEventRecord");
             done += chunk;
         }
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Pinned memory of its own (not the staging buffer that <see cref="CopyToHost{T}"/> waits on).</remarks>
+    public IReadbackBuffer CreateReadbackBuffer(int capacity)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return new CudaReadbackBuffer(this, capacity);
     }
 
     public void CopyToHost<T>(Tensor source, Span<T> destination) where T : unmanaged

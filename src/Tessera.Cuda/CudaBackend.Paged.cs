@@ -10,7 +10,8 @@ public sealed unsafe partial class CudaBackend
     private const int PagedAttentionWarps = 4, PagedAttentionMaxGroup = 8, PagedAttentionMaxHeadSize = 256,   // PA_* in the kernel
         PagedAttentionMaxSplits = 32,
         PagedDecodeThreads = 128,                                       // PD_THREADS
-        PagedPrefillMinRows = 8;                                        // a sequence with this many rows in a step runs on tensor cores
+        PagedPrefillMinRows = 8,                                        // a sequence with this many rows in a step runs on tensor cores
+        PagedDecodeMaxCounters = 1024;                                  // DecodeCounters' first capacity
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
     {
@@ -31,6 +32,56 @@ public sealed unsafe partial class CudaBackend
         long rowStride = keysAndValues.Stride(0), headStride = keysAndValues.Stride(1);
         void** args = stackalloc void*[] { &pk, &pp, &ps, &n, &r, &d, &rowStride, &headStride };
         Launch("paged_attention.cu", $"paged_append_b{keysAndValues.DType.SizeInBytes()}", (GridFor(total), 1, 1), Threads, args, 0, dependent: true);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>For at most 4 rows of x, one matrix-vector kernel (gemv.cu's ROPE epilogue writing to the rows' slots instead
+    /// of a dense cache's positions): the norm, the product, the rotation and the append in one launch, as the dense decode
+    /// step does; otherwise the product, <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> and <see cref="PagedAppend"/>.</remarks>
+    public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies)
+    {
+        const string op = nameof(MatMulRopePagedAppend);
+        batch.Validate($"CudaBackend.{op}");
+        if (qkv.Rank != 3 || x.Rank != 2 || weight.Rank != 2 || qkv.Size(0) != x.Size(0)
+            || (long)qkv.Size(1) * qkv.Size(2) != weight.Size(0) || weight.Size(1) != x.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
+        RequireContiguous(op, "qkv", qkv);
+        RequireContiguous(op, "pool", pool);
+        int n = qkv.Size(0), d = qkv.Size(2);
+        if (pool.Rank != 4 || pool.Size(1) != batch.BlockSize || pool.Size(2) % 2 != 0 || pool.Size(3) != d)
+            throw new ArgumentException($"CudaBackend.{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, 2K, {d})");
+        int kv2 = pool.Size(2);
+        if (queryHeads <= 0 || qkv.Size(1) != queryHeads + kv2)
+            throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of pool {pool.Shape}");
+        if (batch.Rows != n) throw new ArgumentException($"CudaBackend.{op}: PagedBatch.Slots has {batch.Rows} rows but qkv {qkv.Shape} has {n}");
+        RequirePositions(op, positions, n);
+        var dtype = x.DType;
+        bool fused = Options.FusedPagedQkv && GemvFits(x, norm, weight) && d % 2 == 0 && qkv.DType == dtype && pool.DType == dtype
+            && BiasFits(bias, dtype, weight.Size(0));
+        if (!fused)
+        {
+            var flat = qkv.Reshape(n, qkv.Size(1) * d);
+            if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
+            else MatMul(x, weight, flat, transposeB: true, bias: bias);
+            Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
+            PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch);
+            return;
+        }
+        int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;
+        ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), py = Ptr(qkv), pn = norm is { } nr ? Ptr(nr.Weight) : 0;
+        float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
+        long ldx = x.Stride(0), ldw = weight.Stride(0), ldy = weight.Size(0);
+        var rope = new GemvRopeArgs
+        {
+            // Row m's position is positions[m] (Tn = 1); its keys and values go to pool slot slots[m]: (slot, head) at
+            // slot * 2K * D + head * D.
+            Cache = Ptr(pool), Starts = Ptr(positions), Slots = Ptr(batch.Slots), Tokens = 1, QueryHeads = queryHeads, KvHeads = kv2 / 2,
+            HeadSize = d, CacheB = 0, CacheS = (long)kv2 * d, CacheH = d, Frequencies = RopeArgsFor(frequencies, d),
+        };
+        int early = EarlyWeights ? 1 : 0;
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
+        Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
     public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0)
@@ -96,13 +147,17 @@ public sealed unsafe partial class CudaBackend
             splits = (int)Math.Clamp(Math.Min((2L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, (span + 63) / 64),
                 1, PagedAttentionMaxSplits);
         var partial = splits > 1 ? ScratchTensor(new Shape(splits, rowsHere, h, d + 2), DType.F32) : null;   // (S, X, H, D + 2) states
+        // The specialized kernel merges its own splits (the last CTA of a row's head group) when the counters exist, one per
+        // (row, head group): a decode step's (up to 1,024 of them, so the shared counter buffer is never regrown under a
+        // recorded graph); a prefill step keeps the combine launch.
+        ulong counters = specialized && partial is not null && ctas <= PagedDecodeMaxCounters ? DecodeCounters((int)ctas) : 0;
         try
         {
             ulong pw = partial is null ? 0 : Ptr(partial);
             if (specialized)
             {
                 int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
-                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow };
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow };
                 uint shared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
                 Launch("paged_attention.cu", $"paged_decode_{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, shared, dependent: true);
@@ -114,7 +169,7 @@ public sealed unsafe partial class CudaBackend
                 Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
                     args, shared, dependent: true);
             }
-            if (partial is not null)
+            if (partial is not null && counters == 0)
             {
                 // Block x merges row x of the kernel above (the same rows, found the same way: rows the tile kernel wrote are
                 // left alone).

@@ -83,7 +83,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
 
     // ---------------------------------------------------------------- helpers
 
-    private static ulong Ptr(Tensor t)
+    internal static ulong Ptr(Tensor t)
     {
         if (t.Storage is not CudaStorage s)
             throw new ArgumentException($"tensor {t} does not live on a CUDA backend");

@@ -99,6 +99,13 @@ public sealed record CudaBackendOptions
     public int HopperAttentionWarpgroups { get; init; } = 2;
 
     /// <summary>
+    /// Serving's paged decode step runs the attention input (norm, QKV product, RoPE, append to the rows' pool slots) as one
+    /// matrix-vector kernel where a step has at most 4 rows, as the dense decode step does; false runs the product, the
+    /// rotation and the append as three launches (to compare). Default true.
+    /// </summary>
+    public bool FusedPagedQkv { get; init; } = true;
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -168,6 +175,7 @@ public sealed record CudaBackendOptions
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
+        if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
         return string.Join(",", parts);
@@ -187,6 +195,7 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
+        [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {
             DecodeAttention = Enum.GetValues<DecodeAttentionKernel>().Cast<DecodeAttentionKernel?>()

@@ -225,6 +225,17 @@ public interface IBackend
     void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch);
 
     /// <summary>
+    /// A paged step's attention input as one op (serving's counterpart of <see cref="MatMulRopeAppend"/>): qkv (N, H+2K, D),
+    /// contiguous, = x W^T + bias for x (N, C) and W ((H+2K)·D, C), x RMS-normalized first when <paramref name="norm"/> is
+    /// given; then the q and k heads rotated in place at <paramref name="positions"/> (N) I32 (<see cref="Rope(Tensor, Tensor, RopeFrequencies)"/>
+    /// of qkv viewed as (N, 1, H+K, D)), then <see cref="PagedAppend"/> of the k and v heads into pool (Blocks, BlockSize, 2K, D)
+    /// at <paramref name="batch"/>.Slots. The result equals those calls; a device may do all of it in one launch (a decode
+    /// step's few rows), so that a paged decode layer launches no more kernels than a dense one.
+    /// </summary>
+    void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies);
+
+    /// <summary>
     /// Causal grouped-query attention of a flattened batch over a paged KV cache: q (N, H, D) (last dimension contiguous),
     /// pool (Blocks, BlockSize, 2K, D) holding K key heads then K value heads per position (the step's keys already appended
     /// with <see cref="PagedAppend"/>), output (N, H, D) contiguous. Row n of sequence b (see <see cref="PagedBatch"/>) sits
@@ -235,6 +246,13 @@ public interface IBackend
     /// looked up in the block table (a bounded cache returns it to the pool; its entry may hold anything, e.g. -1).
     /// </summary>
     void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0);
+
+    /// <summary>
+    /// Input ids of a step enqueued before the previous step's sampled tokens reached the host (asynchronous scheduling):
+    /// in place, ids[n] = sampled[-ids[n] - 1] where ids[n] is negative, unchanged otherwise; ids (N) and sampled (M) I32
+    /// contiguous on this backend, every -ids[n] - 1 below M (unchecked on devices).
+    /// </summary>
+    void ResolveSampledIds(Tensor ids, Tensor sampled);
 
     /// <summary>positions (B,T) I32 = startPositions[b] + t (learned-position ids after a KV cache's filled length).</summary>
     void FillPositions(Tensor startPositions, Tensor positions);

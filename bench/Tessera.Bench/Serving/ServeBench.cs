@@ -24,7 +24,9 @@ namespace Tessera.Bench.Serving;
 /// in the same process.
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
-/// [--decoding-step-tokens 512] [--no-graphs] [--no-phase-sync] [--cuda-options Name=value,...]</para>
+/// [--decoding-step-tokens 512] [--no-graphs] [--no-phase-sync] [--no-async] [--cuda-options Name=value,...]</para>
+/// <para>--no-async waits for every step's tokens before the next step is scheduled (<see cref="EngineOptions.AsyncScheduling"/> off).
+/// With the phase waits on, a step cannot overlap the next one's host work: pair asynchronous scheduling with --no-phase-sync.</para>
 /// <para>After the main table, a second one per level says where the engine's steps spent their time (schedule, metadata
 /// write and H2D copy, forward, D2H readback, host emit), decode-only and mixed steps apart. The engine waits for the
 /// device between a step's phases so the forward's device time is its own (<see cref="EngineOptions.SeparateStepPhases"/>,
@@ -40,7 +42,7 @@ public static class ServeBench
         string device = "cuda", preset = "llama-1b", dtypeName = "bf16";
         int prompt = 512, newTokens = 128, rounds = 2, maxBatch = 128, tokenBudget = 8192, clients = 256, seconds = 60;
         int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
-        bool phaseSync = true;
+        bool phaseSync = true, asyncScheduling = true;
         string? cudaOptions = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
@@ -61,6 +63,7 @@ public static class ServeBench
                 case "--token-budget": tokenBudget = Int(); break;
                 case "--decoding-step-tokens": decodingStepTokens = Int(); break;
                 case "--no-phase-sync": phaseSync = false; break;
+                case "--no-async": asyncScheduling = false; break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
@@ -92,6 +95,7 @@ public static class ServeBench
             MaxSequenceLength = context,
             RecordGraphs = graphs,
             SeparateStepPhases = phaseSync && !load,
+            AsyncScheduling = asyncScheduling,
         };
         using var engine = new InferenceEngine(model, tokenizer, options);
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, true), tokenizer),
@@ -158,11 +162,11 @@ public static class ServeBench
         foreach (int n in levels) Task.WhenAll(Enumerable.Range(0, n).Select(_ => Stream(http, preset, Prompt(), 4))).GetAwaiter().GetResult();
 
         var phases = new List<(int Level, StepPhaseTimes Decode, StepPhaseTimes Mixed)>();
-        Console.WriteLine($"| system | model | dtype | concurrency | requests | prompt | new | generated tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | steps | ms/step | roofline share |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        Console.WriteLine($"| system | model | dtype | concurrency | requests | prompt | new | generated tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | ITL mean ms | steps | ms/step | pipelined steps | roofline share |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (int n in levels)
         {
-            long steps0 = engine.Metrics.Steps;
+            long steps0 = engine.Metrics.Steps, pipelined0 = engine.PipelinedSteps;
             var (decode0, mixed0) = (engine.Metrics.DecodeStepPhases, engine.Metrics.MixedStepPhases);
             var clock = Stopwatch.StartNew();
             var results = Task.WhenAll(Enumerable.Range(0, n).Select(async _ =>
@@ -183,7 +187,7 @@ public static class ServeBench
             double bytesPerStep = weightBytes + batch * (prompt + newTokens / 2.0) * kvPerPosition;
             string roofline = double.IsNaN(copy) ? "n/a (CPU)" : $"{bytesPerStep * stepsPerSecond / copy:P1} of {copy / 1e12:F2} TB/s";
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| Tessera (HTTP) | {preset} | {dtype} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {roofline} |"));
+                $"| Tessera (HTTP) | {preset} | {dtype} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {(itl.Length > 0 ? itl.Average() : double.NaN):F3} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {engine.PipelinedSteps - pipelined0} | {roofline} |"));
         }
         Console.WriteLine();
         PrintPhases(phases, engine.Options.SeparateStepPhases);

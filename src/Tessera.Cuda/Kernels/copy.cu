@@ -79,3 +79,14 @@ extern "C" __global__ void increment_i32(int* counters, i64 n, int amount)
 {
     GRID_STRIDE(i, n) counters[i] += amount;
 }
+
+// Asynchronous scheduling: a step's input ids whose tokens the previous step sampled on the device (ids[n] = -1 - row of
+// that step's argmax), read from it in place before the embedding.
+extern "C" __global__ void resolve_sampled_ids(int* ids, const int* sampled, i64 n)
+{
+    GRID_STRIDE(i, n)
+    {
+        const int id = ids[i];
+        if (id < 0) ids[i] = sampled[-id - 1];
+    }
+}

@@ -11,7 +11,9 @@
 //   SWIGLU  y = SiLU(x Wg^T + bg) * (x Wu^T + bu): a "row" is the gate row then the up row of one output.
 //   ROPE    a decode step's QKV product (bias, no beta), then RopeAndAppend: a "row" is the pair of rows (n, n + D/2)
 //           of one head, so the warp holds both halves of the rotation; the q and k heads are rotated at the
-//           sequence's device-side position, and the rotated k and the v heads are written into the KV cache.
+//           sequence's device-side position, and the rotated k and the v heads are written into the KV cache: a dense
+//           cache (B, S, 2K, D) at the row's position, or with slots a paged pool (Blocks * BlockSize, 2K, D) at the row's
+//           slot (serving: row m's position is starts[m], Tn = 1; a negative slot, a padding row, writes nothing).
 
 // 16 bytes of W, read once: no L1 allocation, so x and the other CTAs' rows keep the cache.
 __device__ __forceinline__ Bytes16 load_stream16(const void* p)
@@ -122,11 +124,13 @@ struct GemvCursor
 enum GemvEpilogue { GEMV_LINEAR = 0, GEMV_SWIGLU = 1, GEMV_ROPE = 2 };
 
 // What the ROPE epilogue needs beyond the product: the qkv layout of one row (H query heads, KH kv heads, head size D;
-// rows m = b * Tn + t), the device-side start positions, and the cache (B, S, 2 KH, D) with its strides.
+// rows m = b * Tn + t), the device-side start positions, and the cache (B, S, 2 KH, D) with its strides. With slots (M)
+// the cache is a paged pool written at slots[m] * cs + head * ch (cb unused).
 template <typename T> struct GemvRope
 {
     T* cache;
     const int* starts;
+    const int* slots;
     int Tn, H, KH, D;
     i64 cb, cs, ch;
     RopeFreq freq;
@@ -178,10 +182,11 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
     if (!early && load.n < N)
         gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     // ROPE: lane m < M keeps row m's position (the sine and cosine are computed while a pair's first loads fly).
-    int pos = 0, len = 0;
+    int pos = 0, len = 0, slot = 0;
     if (EPI == GEMV_ROPE && lane < M)
     {
         pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
+        if (rope.slots) slot = rope.slots[lane];
         len = rope_length(rope.freq, rope.starts, M / rope.Tn, 0, rope.Tn);
         if (len > rope.freq.dyn_original && first < N) inv_freq = rope_inv_freq(rope.freq, first % half, rope.D, len);
     }
@@ -251,9 +256,10 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
                         }
                         y[m * ldy + n0] = a;
                         y[m * ldy + n0 + half] = c;
-                        if (hh >= rope.H)
+                        if (hh >= rope.H && slot >= 0)
                         {
-                            T* kv = rope.cache + (m / rope.Tn) * rope.cb + (i64)pos * rope.cs + (i64)(hh - rope.H) * rope.ch;
+                            T* kv = rope.cache + (rope.slots ? (i64)slot * rope.cs : (m / rope.Tn) * rope.cb + (i64)pos * rope.cs)
+                                + (i64)(hh - rope.H) * rope.ch;
                             kv[i] = a;
                             kv[i + half] = c;
                         }

@@ -231,14 +231,63 @@ __device__ void paged_short_row(int x, const int* starts, int B, int N, int max_
 // the groups merge through shared memory (NG, G, D + 2) as in paged_attention. GM >= G is the compile-time bound of the
 // group's query heads (registers: GM x VE for q and for the accumulator). Rows of sequences with more than max_rows rows
 // are left to paged_prefill (flash_attention.cu), which runs them on tensor cores. With splits, the states go to
-// partial (splits, X, H, D + 2) for paged_attention_combine. window as in paged_attention: only the row's window is read.
+// partial (splits, X, H, D + 2) for paged_attention_combine, or with counters (X, H / G) the last split CTA merges them.
+// window as in paged_attention: only the row's window is read.
 #define PD_THREADS 128
+
+// L2-coherent load (inline PTX: no CUDA headers under NVRTC; a plain load on the CPU emulation, which has no L1).
+__device__ __forceinline__ float pd_load_cg(const float* p)
+{
+#ifdef __CUDA_ARCH__
+    float r;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+#else
+    return *p;
+#endif
+}
+
+// The combine folded into paged_decode (flash_decode_finish's scheme): the last of a (row x, head group) column's split
+// CTAs to finish (a counter per column, reset by that CTA so the next launch or graph replay finds it zero) merges the
+// splits' states of its G heads exactly as paged_attention_combine does. One launch per layer fewer when decoding.
+template <typename T>
+__device__ void paged_decode_finish(const float* partial, int* counters, T* out, int x, int X, int n, int H, int h0, int G, int D)
+{
+    __shared__ int last;
+    const int splits = gridDim.z, row_floats = D + 2;
+    int* counter = counters + (i64)x * gridDim.y + blockIdx.y;
+    __threadfence();                                               // this CTA's states are visible before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int e = threadIdx.x; e < G * D; e += blockDim.x)
+    {
+        const int h = h0 + e / D, d = e % D;
+        float big = NEG_INF;
+        for (int s = 0; s < splits; s++) big = fmaxf(big, pd_load_cg(partial + (((i64)s * X + x) * H + h) * row_floats + D));
+        float sum = 0.f, value = 0.f;
+        if (big != NEG_INF)
+            for (int s = 0; s < splits; s++)
+            {
+                const float* state = partial + (((i64)s * X + x) * H + h) * row_floats;
+                const float ms = pd_load_cg(state + D);
+                if (ms == NEG_INF) continue;                         // a split past the row's keys
+                const float f = fast_exp2(ms - big);
+                sum += pd_load_cg(state + D + 1) * f;
+                value += pd_load_cg(state + d) * f;
+            }
+        out[((i64)n * H + h) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
+    }
+    if (threadIdx.x == 0) *counter = 0;
+}
 #define PD_MIN_CTAS(GM) ((GM) <= 4 ? 4 : 2)   // CTAs per SM that the registers must allow (128 registers a thread up to 4 heads: no spills)
 
 template <typename T, int D, int GM>
-__device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, const int* tables, const int* starts,
-                             const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n,
-                             i64 q_h, float scale, int max_rows, int window)
+__device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
+                             const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
+                             int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window)
 {
     constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK;
     static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode: a key row must be a power-of-two part of a warp");
@@ -358,15 +407,16 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
             if (d == 0) { state[D] = big; state[D + 1] = sum; }
         }
     }
+    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D);
 }
 #define PAGED_DECODE_ONE(name, t, D, GM)                                                                                  \
     extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
-        const t* q, const t* pool, t* out, float* partial, const int* tables, const int* starts, const int* lengths,      \
-        int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows,  \
-        int window)                                                                                                       \
+        const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
+        const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
+        float scale, int max_rows, int window)                                                                            \
     {                                                                                                                     \
-        paged_decode<t, D, GM>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, G, block_size, max_blocks,    \
-                               q_n, q_h, scale, max_rows, window);                                                        \
+        paged_decode<t, D, GM>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,      \
+                               max_blocks, q_n, q_h, scale, max_rows, window);                                            \
     }
 #define PAGED_DECODE_D(name, t, D) PAGED_DECODE_ONE(name, t, D, 1) PAGED_DECODE_ONE(name, t, D, 2)                      \
     PAGED_DECODE_ONE(name, t, D, 4) PAGED_DECODE_ONE(name, t, D, 8)

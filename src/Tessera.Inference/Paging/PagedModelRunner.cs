@@ -14,8 +14,11 @@ namespace Tessera.Inference.Paging;
 /// goes through the final norm and the head. The model code is the dense path's layers called in a paged arrangement
 /// (the same products, norms and MLPs), so the two agree to rounding.
 /// <para>
-/// The step's metadata (tokens, positions, slots, block tables) is written into one host array and copied to one device
-/// buffer at fixed offsets, so the device addresses never change. A decode-only step is padded to a batch-size bucket
+/// The step's metadata (tokens, positions, slots, block tables) is written into one host array, packed for the step's
+/// shape, and copied to one device buffer with one copy of just that size; a decode bucket's layout never changes, so
+/// its device addresses do not either. A step may be enqueued before the previous one's sampled ids reach the host
+/// (<see cref="Enqueue"/>, <see cref="Collect"/>): its unknown input ids are read from that step's argmax on the device.
+/// A decode-only step is padded to a batch-size bucket
 /// (1, 2, 4, 8, ...): on a backend that records (<see cref="IGraphCapture"/>) the first step of a bucket runs normally,
 /// the second is recorded and later ones replay the recording after copying the metadata (one graph per bucket).
 /// </para>
@@ -26,16 +29,37 @@ public sealed class PagedModelRunner : IDisposable
     private readonly PagedKvCache _cache;
     private readonly IBackend _backend;
     private readonly int _maxRows, _maxSequences, _maxBlocks, _vocab;
-    private readonly int _offPositions, _offSlots, _offStarts, _offLengths, _offLast, _offTables;
     private readonly int[] _host;
-    private readonly Tensor _metadata;           // (total) I32: the sections above, at fixed offsets
+    private readonly Tensor _metadata;           // (total) I32: one step's sections (Layout), packed at the front
     private readonly Tensor _sampled;            // (maxSequences) I32: argmax of each sampling row
     private readonly Tensor _logitsF32;          // (maxSequences, V) F32: logits cast for the host
-    private readonly int[] _greedy;
+    private readonly IReadbackBuffer[] _readbacks;   // two, alternating: a step's ids land while the next one computes
+    private readonly Queue<PendingStep> _pending = new();
+    private int _nextReadback;
     private float[] _logits = [];
     private readonly bool _record;
     private readonly Dictionary<int, Bucket> _buckets = new();
-    private readonly ActivationKey _attentionOut = new("paged.att.out"), _lastHidden = new("paged.last.hidden");
+    private readonly ActivationKey _attentionOut = new("paged.att.out"), _qkv = new("paged.qkv"), _lastHidden = new("paged.last.hidden");
+
+    /// <summary>A step enqueued and not yet collected: where its sampled ids land, and its logits when the host samples.</summary>
+    private sealed record PendingStep(IReadbackBuffer? Readback, int Sampling, Tensor? Logits, long MetadataTicks, long ForwardTicks);
+
+    /// <summary>
+    /// Offsets of one step's metadata sections for <paramref name="Sequences"/> sequences of <paramref name="Rows"/> rows,
+    /// packed so that the step copies only <see cref="Size"/> values: tokens (R), positions (R), slots (R), query starts
+    /// (S + 1), context lengths (S), sampling rows (S), block tables (S, MaxBlocks). A decode bucket always has the same
+    /// layout, so its recorded graph reads fixed addresses.
+    /// </summary>
+    private readonly record struct Layout(int Sequences, int Rows, int MaxBlocks)
+    {
+        public int Positions => Rows;
+        public int Slots => 2 * Rows;
+        public int Starts => 3 * Rows;
+        public int Lengths => Starts + Sequences + 1;
+        public int Last => Lengths + Sequences;
+        public int Tables => Last + Sequences;
+        public int Size => Tables + Sequences * MaxBlocks;
+    }
 
     private sealed class Bucket
     {
@@ -68,17 +92,13 @@ public sealed class PagedModelRunner : IDisposable
         int logical = (maxSequenceLength + cache.BlockSize - 1) / cache.BlockSize;
         _maxBlocks = model.Config.SlidingWindow > 0 ? logical : Math.Min(logical, cache.Blocks);
         _vocab = model.Config.VocabSize;
-        _offPositions = maxRows;
-        _offSlots = 2 * maxRows;
-        _offStarts = 3 * maxRows;
-        _offLengths = _offStarts + maxSequences + 1;
-        _offLast = _offLengths + maxSequences;
-        _offTables = _offLast + maxSequences;
-        _host = new int[_offTables + maxSequences * _maxBlocks];
+        _host = new int[new Layout(maxSequences, maxRows, _maxBlocks).Size];
         _metadata = _backend.Allocate(new Shape(_host.Length), DType.I32);
         _sampled = _backend.Allocate(new Shape(maxSequences), DType.I32);
         _logitsF32 = _backend.Allocate(new Shape(maxSequences, _vocab), DType.F32);
-        _greedy = new int[maxSequences];
+        _readbacks = new IReadbackBuffer[2];
+        for (int i = 0; i < _readbacks.Length; i++)
+            _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(maxSequences) : new SynchronousReadback(_backend, maxSequences);
         _record = recordGraphs && _backend is IGraphCapture;
         WarmUp();
     }
@@ -89,44 +109,69 @@ public sealed class PagedModelRunner : IDisposable
     /// <summary>Steps that replayed a recorded graph.</summary>
     public long ReplayedSteps { get; private set; }
 
-    /// <summary>Whether <see cref="Run"/> waits for the device after the metadata copy and after the forward pass, so that
+    /// <summary>Whether <see cref="Enqueue"/> waits for the device after the metadata copy and after the forward pass, so that
     /// <see cref="LastPhaseTicks"/> separates the device phases (otherwise the forward's device time falls in the readback).</summary>
     public bool SeparatePhases { get; set; }
 
+    /// <summary>Steps enqueued and not yet collected (at most two).</summary>
+    public int PendingSteps => _pending.Count;
+
     /// <summary>
-    /// Stopwatch ticks of the last <see cref="Run"/>: writing and copying the metadata, the forward pass (enqueue or replay,
-    /// and with <see cref="SeparatePhases"/> its device time), and reading the sampled ids and logits back.
+    /// Stopwatch ticks of the step that <see cref="Collect"/> returned last: writing and copying its metadata, its forward
+    /// pass (enqueue or replay, and with <see cref="SeparatePhases"/> its device time), and the collect (waiting for the
+    /// sampled ids, reading the logits).
     /// </summary>
     public (long Metadata, long Forward, long Readback) LastPhaseTicks { get; private set; }
 
     /// <summary>
-    /// Runs <paramref name="step"/>. Returns, for each sequence that samples (in step order), the argmax of its logits in
-    /// <paramref name="greedy"/>; when <paramref name="withLogits"/>, also its logits row (V floats each) in
-    /// <paramref name="logits"/>. Both arrays are the runner's and are overwritten by the next call.
+    /// Runs <paramref name="step"/> and waits for it: <see cref="Enqueue"/> then <see cref="Collect"/>. Returns, for each
+    /// sequence that samples (in step order), the argmax of its logits in <paramref name="greedy"/>; when
+    /// <paramref name="withLogits"/>, also its logits row (V floats each) in <paramref name="logits"/>. Both are the runner's
+    /// and are overwritten by later calls.
     /// </summary>
     public int Run(ScheduledStep step, bool withLogits, out ReadOnlySpan<int> greedy, out ReadOnlySpan<float> logits)
     {
+        if (_pending.Count > 0) throw new InvalidOperationException("PagedModelRunner.Run: collect the enqueued steps first");
+        Enqueue(step, withLogits);
+        return Collect(out greedy, out logits);
+    }
+
+    /// <summary>
+    /// Enqueues <paramref name="step"/> without waiting for it (asynchronous scheduling): its metadata copy, its forward pass
+    /// and the copy of its sampled ids to the host. A token of the step that is negative, -1 - j, is the one that the
+    /// previously enqueued step sampled in its j-th sampling row: it is read on the device, so this step may be enqueued
+    /// before that one's ids reach the host. At most two steps may be pending, and none after a step with logits (their
+    /// buffer is the next step's). Returns the step's sampling rows; <see cref="Collect"/> returns their results, in order.
+    /// </summary>
+    public int Enqueue(ScheduledStep step, bool withLogits)
+    {
         ArgumentNullException.ThrowIfNull(step);
-        if (step.IsEmpty) throw new ArgumentException("PagedModelRunner.Run: the step is empty");
+        if (step.IsEmpty) throw new ArgumentException("PagedModelRunner.Enqueue: the step is empty");
         int sequences = step.Sequences.Count, rows = step.Tokens, bucket = sequences;
         if (rows > _maxRows || sequences > _maxSequences)
-            throw new ArgumentException($"PagedModelRunner.Run: the step has {rows} tokens of {sequences} sequences; the runner takes at most {_maxRows} and {_maxSequences}");
+            throw new ArgumentException($"PagedModelRunner.Enqueue: the step has {rows} tokens of {sequences} sequences; the runner takes at most {_maxRows} and {_maxSequences}");
+        if (_pending.Count >= _readbacks.Length || _pending.Any(p => p.Logits is not null))
+            throw new InvalidOperationException($"PagedModelRunner.Enqueue: {_pending.Count} steps are pending{(_pending.Any(p => p.Logits is not null) ? ", one with logits" : "")}; collect first");
         bool decode = step.IsDecodeOnly;
         if (decode) bucket = BucketOf(sequences);
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        int sampling = FillMetadata(step, decode ? bucket : sequences, decode ? bucket : rows);
+        var layout = decode ? new Layout(bucket, bucket, _maxBlocks) : new Layout(sequences, rows, _maxBlocks);
+        int sampling = FillMetadata(step, layout);
         int outputs = decode ? bucket : Math.Max(sampling, 1);        // a bucket computes logits for its padding rows too
-        _backend.CopyFromHost<int>(_host, _metadata);
+        _backend.CopyFromHost<int>(_host.AsSpan(0, layout.Size), _metadata.Slice(0, 0, layout.Size));
         if (SeparatePhases) _backend.Synchronize();
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         Tensor stepLogits;
-        if (decode && _record)
+        // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
+        // and runs eagerly: the recordings skip it.
+        bool inOrder = decode && sampling == sequences;
+        if (decode && _record && inOrder)
         {
             var b = _buckets.TryGetValue(bucket, out var found) ? found : _buckets[bucket] = new Bucket();
             if (b.Graph is null && !b.Unrecordable && b.EagerRuns > 0 && _backend is IGraphCapture capture)
             {
-                b.Graph = capture.Capture(() => b.Logits = Body(bucket, bucket, bucket));
+                b.Graph = capture.Capture(() => b.Logits = Body(layout, bucket, everyRowSamples: true));
                 b.Unrecordable = b.Graph is null;                    // e.g. the backend's profiler is on: run eagerly from now on
             }
             if (b.Graph is not null)
@@ -137,18 +182,36 @@ public sealed class PagedModelRunner : IDisposable
             }
             else
             {
-                stepLogits = Body(bucket, bucket, bucket);
+                stepLogits = Body(layout, bucket, everyRowSamples: true);
                 b.EagerRuns++;
             }
         }
-        else stepLogits = Body(decode ? bucket : sequences, decode ? bucket : rows, outputs);
+        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder);
+        IReadbackBuffer? readback = null;
+        if (sampling > 0)
+        {
+            readback = _readbacks[_nextReadback];
+            _nextReadback = (_nextReadback + 1) % _readbacks.Length;
+            readback.Start(_sampled.Slice(0, 0, sampling));
+        }
         if (SeparatePhases) _backend.Synchronize();
         long t2 = System.Diagnostics.Stopwatch.GetTimestamp();
+        _pending.Enqueue(new PendingStep(readback, sampling, withLogits && sampling > 0 ? stepLogits : null, t1 - t0, t2 - t1));
+        return sampling;
+    }
 
-        _backend.CopyToHost<int>(_sampled.Slice(0, 0, sampling), _greedy.AsSpan(0, sampling));
-        greedy = _greedy.AsSpan(0, sampling);
+    /// <summary>
+    /// Waits for the oldest enqueued step and returns its results (see <see cref="Run"/>); only the ids when it was
+    /// enqueued without logits. Returns its sampling rows.
+    /// </summary>
+    public int Collect(out ReadOnlySpan<int> greedy, out ReadOnlySpan<float> logits)
+    {
+        if (!_pending.TryDequeue(out var step)) throw new InvalidOperationException("PagedModelRunner.Collect: no step is pending");
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        int sampling = step.Sampling;
+        greedy = step.Readback is { } r ? r.Wait() : default;
         logits = default;
-        if (withLogits)
+        if (step.Logits is { } stepLogits)
         {
             var f32 = _logitsF32.Slice(0, 0, sampling);
             _backend.Copy(stepLogits.Slice(0, 0, sampling), f32);
@@ -156,62 +219,66 @@ public sealed class PagedModelRunner : IDisposable
             _backend.CopyToHost<float>(f32, _logits.AsSpan(0, sampling * _vocab));
             logits = _logits.AsSpan(0, sampling * _vocab);
         }
-        LastPhaseTicks = (t1 - t0, t2 - t1, System.Diagnostics.Stopwatch.GetTimestamp() - t2);
+        LastPhaseTicks = (step.MetadataTicks, step.ForwardTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
         return sampling;
     }
 
-    /// <summary>Writes the host metadata; pads to <paramref name="sequences"/> sequences of <paramref name="rows"/> rows. Returns the sampling rows.</summary>
-    private int FillMetadata(ScheduledStep step, int sequences, int rows)
+    /// <summary>Writes the host metadata; pads to the layout's sequences and rows. Returns the sampling rows.</summary>
+    private int FillMetadata(ScheduledStep step, Layout layout)
     {
-        int bs = _cache.BlockSize, row = 0, sampling = 0, b = 0;
-        Array.Clear(_host, _offTables, sequences * _maxBlocks);
+        int bs = _cache.BlockSize, row = 0, sampling = 0, b = 0, sequences = layout.Sequences, rows = layout.Rows;
+        Array.Clear(_host, layout.Tables, sequences * _maxBlocks);
         foreach (var (sequence, start, count) in step.Sequences)
         {
-            _host[_offStarts + b] = row;
+            _host[layout.Starts + b] = row;
             var table = sequence.BlockTable;
             if (table.Count > _maxBlocks)
                 throw new InvalidOperationException($"PagedModelRunner: sequence {sequence.Id} holds {table.Count} blocks, more than the {_maxBlocks} a table row has");
-            for (int i = 0; i < table.Count; i++) _host[_offTables + b * _maxBlocks + i] = table[i];
+            for (int i = 0; i < table.Count; i++) _host[layout.Tables + b * _maxBlocks + i] = table[i];
             for (int j = 0; j < count; j++, row++)
             {
                 int position = start + j;
-                _host[row] = sequence.Tokens[position];
-                _host[_offPositions + row] = position;
-                _host[_offSlots + row] = table[position / bs] * bs + position % bs;
+                _host[row] = sequence.Tokens[position];                      // negative: sampled by the previous step, resolved on the device
+                _host[layout.Positions + row] = position;
+                _host[layout.Slots + row] = table[position / bs] * bs + position % bs;
             }
-            _host[_offLengths + b] = start + count;
-            if (start + count == sequence.Tokens.Count) _host[_offLast + sampling++] = row - 1;
+            _host[layout.Lengths + b] = start + count;
+            if (start + count == sequence.Tokens.Count) _host[layout.Last + sampling++] = row - 1;
             b++;
         }
         // Padding: one row per extra sequence, no context, no slot; its logits are computed and ignored.
         for (; b < sequences; b++, row++)
         {
-            _host[_offStarts + b] = row;
+            _host[layout.Starts + b] = row;
             _host[row] = 0;
-            _host[_offPositions + row] = 0;
-            _host[_offSlots + row] = -1;
-            _host[_offLengths + b] = 0;
-            _host[_offLast + b] = row;
+            _host[layout.Positions + row] = 0;
+            _host[layout.Slots + row] = -1;
+            _host[layout.Lengths + b] = 0;
+            _host[layout.Last + b] = row;
         }
-        for (; row < rows; row++) { _host[row] = 0; _host[_offPositions + row] = 0; _host[_offSlots + row] = -1; }
-        _host[_offStarts + sequences] = rows;
-        for (int i = sampling; i < sequences && i < _maxSequences; i++) _host[_offLast + i] = Math.Max(rows - 1, 0);
+        for (; row < rows; row++) { _host[row] = 0; _host[layout.Positions + row] = 0; _host[layout.Slots + row] = -1; }
+        _host[layout.Starts + sequences] = rows;
+        for (int i = sampling; i < sequences; i++) _host[layout.Last + i] = Math.Max(rows - 1, 0);
         return sampling;
     }
 
-    /// <summary>The forward pass over the metadata's first <paramref name="sequences"/> and <paramref name="rows"/>; logits (outputs, V).</summary>
-    private Tensor Body(int sequences, int rows, int outputs)
+    /// <summary>The forward pass over the metadata in <paramref name="layout"/>; logits (outputs, V). With
+    /// <paramref name="everyRowSamples"/> (a decode step in which every sequence samples) the rows go to the head as they are,
+    /// without the gather of the sampling rows.</summary>
+    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false)
     {
         var config = _model.Config;
+        int sequences = layout.Sequences, rows = layout.Rows;
         using var scope = (_backend as IInferenceScope)?.EnterInference();   // nothing here writes a weight
         var batch = new PagedBatch(
-            _metadata.Narrow(_offTables, new Shape(sequences, _maxBlocks)),
-            _metadata.Narrow(_offStarts, new Shape(sequences + 1)),
-            _metadata.Narrow(_offLengths, new Shape(sequences)),
-            _metadata.Narrow(_offSlots, new Shape(rows)),
+            _metadata.Narrow(layout.Tables, new Shape(sequences, _maxBlocks)),
+            _metadata.Narrow(layout.Starts, new Shape(sequences + 1)),
+            _metadata.Narrow(layout.Lengths, new Shape(sequences)),
+            _metadata.Narrow(layout.Slots, new Shape(rows)),
             _cache.BlockSize);
         var tokens = _metadata.Narrow(0, new Shape(rows));
-        var positions = _metadata.Narrow(_offPositions, new Shape(rows));
+        var positions = _metadata.Narrow(layout.Positions, new Shape(rows));
+        _backend.ResolveSampledIds(tokens, _sampled);                        // tokens the previous step sampled on the device
         var ctx = PassContext.Transient(_model.Activations);
         var x = _model.TokenEmbedding.Forward(ctx, tokens);                     // (N, C): the residual stream, updated in place
         _model.PositionEmbedding?.Forward(ctx, positions, x, accumulate: true);
@@ -220,8 +287,13 @@ public sealed class PagedModelRunner : IDisposable
             Attention(ctx, block, x, positions, batch);
             block.Mlp.ForwardAccumulate(ctx, x, block.Norm2, x);
         }
-        var last = ctx.Buffer(_lastHidden, new Shape(outputs, config.Embedding), x.DType);   // (M, C)
-        _backend.EmbeddingForward(_metadata.Narrow(_offLast, new Shape(outputs)), x, last);  // gather the sampling rows
+        Tensor last;                                                            // (M, C): the sampling rows
+        if (everyRowSamples) last = x;                                          // a decode step whose rows all sample, in order
+        else
+        {
+            last = ctx.Buffer(_lastHidden, new Shape(outputs, config.Embedding), x.DType);
+            _backend.EmbeddingForward(_metadata.Narrow(layout.Last, new Shape(outputs)), x, last);
+        }
         var logits = _model.Head.ForwardNormalized(ctx, last, _model.FinalNorm).Slice(1, 0, config.VocabSize);   // (M, V)
         _backend.ArgMax(logits, _sampled.Slice(0, 0, outputs));
         return logits;
@@ -231,11 +303,22 @@ public sealed class PagedModelRunner : IDisposable
     {
         var attention = block.Attention;
         int n = x.Size(0), h = attention.Heads, k = attention.KvHeads, d = attention.HeadSize;
-        var qkv = attention.Qkv.ForwardNormalized(ctx, x, block.Norm1).Reshape(n, h + 2 * k, d);   // (N, H+2K, D)
-        if (attention.Rope is { } rope)
-            _backend.Rope(qkv.Reshape(n, 1, h + 2 * k, d).Slice(2, 0, h + k), positions, rope);   // q and k heads at each row's position
         var pool = _cache.Pool(block.Index);
-        _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch);
+        Tensor qkv;                                                                                  // (N, H+2K, D)
+        if (attention.Rope is { } frequencies && block.Norm1 is RmsNorm rms && attention.Qkv.IsPlainProduct)
+        {
+            // Llama: the norm, the QKV product, the rotation and the append to the rows' slots as one op (one launch for a
+            // decode step's few rows on a GPU, as in the dense decode step).
+            qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
+            _backend.MatMulRopePagedAppend(x, rms.Prologue, attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies);
+        }
+        else
+        {
+            qkv = attention.Qkv.ForwardNormalized(ctx, x, block.Norm1).Reshape(n, h + 2 * k, d);
+            if (attention.Rope is { } rope)
+                _backend.Rope(qkv.Reshape(n, 1, h + 2 * k, d).Slice(2, 0, h + k), positions, rope);   // q and k heads at each row's position
+            _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch);
+        }
         var output = ctx.Buffer(_attentionOut, new Shape(n, h, d), x.DType);                        // (N, H, D)
         _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, 1.0 / Math.Sqrt(d), attention.SlidingWindow);
         attention.Projection.ForwardAccumulate(ctx, output.Reshape(n, h * d), x);
@@ -254,26 +337,46 @@ public sealed class PagedModelRunner : IDisposable
     /// </summary>
     private void WarmUp()
     {
-        FillMetadataPadding(_maxSequences, _maxRows);
-        _backend.CopyFromHost<int>(_host, _metadata);
-        Body(_maxSequences, _maxRows, _maxSequences);
-        _backend.Synchronize();
-    }
-
-    private void FillMetadataPadding(int sequences, int rows)
-    {
+        var layout = new Layout(_maxSequences, _maxRows, _maxBlocks);
         Array.Clear(_host);
-        for (int b = 0; b < sequences; b++) { _host[_offStarts + b] = b; _host[_offLast + b] = b; }
-        _host[_offStarts + sequences] = rows;
-        for (int r = 0; r < rows; r++) _host[_offSlots + r] = -1;
+        for (int b = 0; b < layout.Sequences; b++) { _host[layout.Starts + b] = b; _host[layout.Last + b] = b; }
+        _host[layout.Starts + layout.Sequences] = layout.Rows;
+        for (int r = 0; r < layout.Rows; r++) _host[layout.Slots + r] = -1;
+        _backend.CopyFromHost<int>(_host, _metadata);
+        _backend.Fill(_sampled, 0);
+        Body(layout, _maxSequences);
+        _backend.Synchronize();
     }
 
     public void Dispose()
     {
+        _pending.Clear();
+        _backend.Synchronize();
         foreach (var bucket in _buckets.Values) bucket.Graph?.Dispose();
         _buckets.Clear();
+        foreach (var readback in _readbacks) readback.Dispose();
         _metadata.Storage.Dispose();
         _sampled.Storage.Dispose();
         _logitsF32.Storage.Dispose();
+    }
+
+    /// <summary>The readback of a backend that computes synchronously: the copy happens at <see cref="Start"/>.</summary>
+    private sealed class SynchronousReadback(IBackend backend, int capacity) : IReadbackBuffer
+    {
+        private readonly int[] _values = new int[capacity];
+        private int _count;
+
+        public int Capacity => capacity;
+
+        public void Start(Tensor source)
+        {
+            if (source.NumElements > capacity) throw new ArgumentException($"SynchronousReadback.Start: {source.NumElements} values exceed the capacity of {capacity}");
+            _count = (int)source.NumElements;
+            backend.CopyToHost<int>(source, _values.AsSpan(0, _count));
+        }
+
+        public ReadOnlySpan<int> Wait() => _values.AsSpan(0, _count);
+
+        public void Dispose() { }
     }
 }

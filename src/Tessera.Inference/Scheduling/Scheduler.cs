@@ -120,7 +120,7 @@ public sealed class Scheduler
         for (int i = 0; i < _running.Count && used < Options.TokenBudget; i++)
         {
             var sequence = _running[i];
-            if (sequence.PendingTokens != 1) continue;
+            if (sequence.PendingTokens != 1 || sequence.IsFull) continue;    // full: its last token ends it (asynchronous scheduling)
             if (!Place(sequence, 1, step, scheduled)) break;          // no block for it, even after preempting: stop here
             used++;
         }
@@ -190,13 +190,7 @@ public sealed class Scheduler
         {
             if (sequence.Status != SequenceStatus.Running || sequence.ComputedTokens != start) continue;   // finished meanwhile
             sequence.ComputedTokens = start + count;
-            if (_cache.Options.PrefixCaching)
-            {
-                int full = sequence.ComputedTokens / _cache.BlockSize;
-                for (int b = sequence.RegisteredBlocks; b < full; b++)
-                    _cache.Allocator.Register(sequence.BlockTable[b], sequence.BlockHash(b, _cache.BlockSize));
-                sequence.RegisteredBlocks = Math.Max(sequence.RegisteredBlocks, full);
-            }
+            RegisterFullBlocks(sequence);
             ReleaseLeftOfWindow(sequence);
         }
     }
@@ -218,6 +212,28 @@ public sealed class Scheduler
             sequence.BlockTable[b] = -1;
         }
         sequence.ReleasedBlocks = Math.Max(sequence.ReleasedBlocks, dead);
+    }
+
+    /// <summary>
+    /// Asynchronous scheduling: gives <paramref name="sequence"/>'s oldest unresolved token its sampled value
+    /// (<see cref="Sequence.Resolve"/>); blocks that this completes enter the prefix cache (a block is hashed only once all
+    /// its tokens are known).
+    /// </summary>
+    public void Resolve(Sequence sequence, int token)
+    {
+        ArgumentNullException.ThrowIfNull(sequence);
+        sequence.Resolve(token);
+        if (sequence.Status == SequenceStatus.Running) RegisterFullBlocks(sequence);
+    }
+
+    private void RegisterFullBlocks(Sequence sequence)
+    {
+        if (!_cache.Options.PrefixCaching) return;
+        int full = Math.Min(sequence.ComputedTokens, sequence.Tokens.Count - sequence.Unresolved) / _cache.BlockSize;
+        for (int b = sequence.RegisteredBlocks; b < full; b++)
+            if (sequence.BlockTable[b] >= 0)   // a block left of the window is already back in the pool
+                _cache.Allocator.Register(sequence.BlockTable[b], sequence.BlockHash(b, _cache.BlockSize));
+        sequence.RegisteredBlocks = Math.Max(sequence.RegisteredBlocks, full);
     }
 
     /// <summary>Makes the sequence's block table cover <paramref name="tokens"/> positions; on failure takes nothing new.</summary>

@@ -71,9 +71,39 @@ public sealed class Sequence
     /// <summary>Appends a sampled token (its keys and values are computed by the next step).</summary>
     public void Append(int token)
     {
+        if (token < 0) throw new ArgumentOutOfRangeException(nameof(token), token, $"Sequence {Id}: a token id is not negative (placeholders go through AppendUnresolved)");
+        if (Unresolved > 0) throw new InvalidOperationException($"Sequence {Id}: {Unresolved} sampled tokens are not resolved yet; a known token cannot follow them");
         if (_tokens.Count >= MaxLength) throw new InvalidOperationException($"Sequence {Id}: already at its maximum of {MaxLength} tokens");
         _tokens.Add(token);
     }
+
+    /// <summary>
+    /// Asynchronous scheduling: appends a token that a step enqueued on the device samples and the host does not know yet,
+    /// as -1 - <paramref name="row"/> (the step's sampling row, which the next step reads on the device). The next step
+    /// may compute it before <see cref="Resolve"/> gives its value.
+    /// </summary>
+    public void AppendUnresolved(int row)
+    {
+        if (row < 0) throw new ArgumentOutOfRangeException(nameof(row), row, $"Sequence {Id}: a sampling row is not negative");
+        if (_tokens.Count >= MaxLength) throw new InvalidOperationException($"Sequence {Id}: already at its maximum of {MaxLength} tokens");
+        _tokens.Add(-1 - row);
+        Unresolved++;
+    }
+
+    /// <summary>Gives the oldest unresolved token its value (the host has read what the device sampled).</summary>
+    public void Resolve(int token)
+    {
+        if (Unresolved == 0) throw new InvalidOperationException($"Sequence {Id}: no token is waiting to be resolved");
+        if (token < 0) throw new ArgumentOutOfRangeException(nameof(token), token, $"Sequence {Id}: a token id is not negative");
+        _tokens[_tokens.Count - Unresolved] = token;
+        Unresolved--;
+    }
+
+    /// <summary>Trailing tokens appended by <see cref="AppendUnresolved"/> and not yet resolved (0 without asynchronous scheduling).</summary>
+    public int Unresolved { get; private set; }
+
+    /// <summary>Whether the sequence holds <see cref="MaxLength"/> tokens: its last one is never computed, as nothing samples after it.</summary>
+    public bool IsFull => _tokens.Count >= MaxLength;
 
     /// <summary>Hash of full block <paramref name="index"/> (its tokens and all before), computed once.</summary>
     internal UInt128 BlockHash(int index, int blockSize)

@@ -25,6 +25,15 @@ public sealed record EngineOptions
     /// false. Costs two waits per step (a few microseconds each): for benchmarks and diagnosis.</summary>
     public bool SeparateStepPhases { get; init; }
 
+    /// <summary>
+    /// Whether a step is enqueued before the previous step's sampled tokens reach the host (vLLM's asynchronous scheduling):
+    /// the next step reads them on the device, and the host's work of a step (scheduling, metadata, detokenizing, stop
+    /// strings, streaming) runs while the device computes the next one. Applies to steps where every sampled sequence is
+    /// greedy without log-probabilities or penalties (the others need the logits on the host first). A sequence that finishes
+    /// on a token has then computed one more step, whose result is discarded. Default true.
+    /// </summary>
+    public bool AsyncScheduling { get; init; } = true;
+
     /// <summary>Token ids that end a completion besides the tokenizer's end of text (e.g. a chat template's end of turn);
     /// default none.</summary>
     public IReadOnlyCollection<int> StopTokens { get; init; } = [];

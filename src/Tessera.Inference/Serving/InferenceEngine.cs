@@ -16,7 +16,8 @@ namespace Tessera.Inference.Serving;
 /// a cancelled request's sequences leave the scheduler, their blocks released, before the next step. New requests join
 /// the running batch at the next step (continuous batching). Sampling happens on this thread: greedy choices without
 /// penalties or log-probabilities take the device's argmax (4 bytes per sequence read back), the others read their row
-/// of logits.
+/// of logits. With <see cref="EngineOptions.AsyncScheduling"/>, a step whose samples are all greedy is not waited for: the
+/// next step is enqueued first (it reads those tokens on the device), and the host takes them in while it computes.
 /// </summary>
 public sealed class InferenceEngine : IDisposable
 {
@@ -30,6 +31,7 @@ public sealed class InferenceEngine : IDisposable
     private readonly HashSet<RequestState> _requests = new();
     private readonly HashSet<int> _stopTokens;
     private readonly Thread _loop;
+    private StepInFlight? _inFlight;                 // asynchronous scheduling: enqueued, its tokens not yet taken in
     private long _nextSequence;
     private int _queued;
     private volatile Exception? _fault;
@@ -93,6 +95,10 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>Token ids that end a completion.</summary>
     public IReadOnlyCollection<int> StopTokens => _stopTokens;
+
+    /// <summary>Steps enqueued before the previous step's tokens reached the host (<see cref="EngineOptions.AsyncScheduling"/>).</summary>
+    public long PipelinedSteps => Volatile.Read(ref _pipelined);
+    private long _pipelined;
 
     /// <summary>Decode steps that replayed a recorded graph (0 on backends that do not record).</summary>
     public long ReplayedSteps => Volatile.Read(ref _replayed);
@@ -170,6 +176,7 @@ public sealed class InferenceEngine : IDisposable
                 bool handled = false;
                 while (_commands.Reader.TryRead(out var command)) { Handle(command); handled = true; }
                 if (handled) Metrics.Gauges(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);   // a cancel frees blocks between steps
+                if (_scheduler.IsIdle && _inFlight is not null) { CollectInFlight(); continue; }   // e.g. all cancelled mid-step
                 if (_scheduler.IsIdle)
                 {
                     if (!_commands.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;   // writer completed: shut down
@@ -237,11 +244,21 @@ public sealed class InferenceEngine : IDisposable
         Metrics.RequestStarted(r.Prompt.Count);
     }
 
+    /// <summary>
+    /// Schedules and enqueues a step. With asynchronous scheduling (a step where every sampled sequence is greedy without
+    /// logits), the step's sampled tokens stay on the device as the next step's input (<see cref="Sequence.AppendUnresolved"/>),
+    /// and the previous step's tokens are taken in while this one computes; otherwise the step is collected at once.
+    /// </summary>
     private void RunStep()
     {
         long start = Stopwatch.GetTimestamp();
         var step = _scheduler.Schedule();
-        if (step.IsEmpty) { Thread.Sleep(1); return; }
+        if (step.IsEmpty)
+        {
+            if (_inFlight is not null) CollectInFlight();             // e.g. every running sequence is full: its last token ends it
+            else Thread.Sleep(1);
+            return;
+        }
         long scheduled = Stopwatch.GetTimestamp();
         Metrics.Preempted(step.Preempted.Count);
         bool withLogits = false;
@@ -256,25 +273,63 @@ public sealed class InferenceEngine : IDisposable
             withLogits |= s.Samples && choice.NeedsLogits;
         }
         long replayedBefore = _runner.ReplayedSteps;
-        _runner.Run(step, withLogits, out var greedy, out var logits);
+        _runner.Enqueue(step, withLogits);
         if (_runner.ReplayedSteps != replayedBefore) Interlocked.Increment(ref _replayed);
-        long now = Stopwatch.GetTimestamp();
         _scheduler.Complete(step);
+        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits);
+        if (current.Pipelined)
+        {
+            int row = 0;
+            foreach (var s in step.Sequences)
+                if (s.Samples) s.Sequence.AppendUnresolved(row++);
+        }
+        if (_inFlight is not null)
+        {
+            Interlocked.Increment(ref _pipelined);
+            CollectInFlight();                                        // the previous step's tokens, while this one computes
+        }
+        if (current.Pipelined) _inFlight = current;
+        else Collect(current);
+    }
+
+    private void CollectInFlight()
+    {
+        var step = _inFlight!;
+        _inFlight = null;
+        Collect(step);
+    }
+
+    /// <summary>Takes in a step's sampled tokens (the runner's oldest pending step): emits them, or finishes the choices.</summary>
+    private void Collect(StepInFlight current)
+    {
+        var step = current.Step;
+        _runner.Collect(out var greedy, out var logits);
+        long now = Stopwatch.GetTimestamp();
         int v = _model.Config.VocabSize, row = 0;
         foreach (var s in step.Sequences)
         {
             if (!s.Samples) continue;
-            var choice = _choices[s.Sequence.Id];
-            int token = choice.NeedsLogits ? Choose(choice, logits.Slice(row * v, v)) : greedy[row];
-            row++;
-            Accept(choice, token, now);
+            int r = row++;
+            // Cancelled, or (asynchronous scheduling) finished by the previous step's token: this token is discarded.
+            if (!_choices.TryGetValue(s.Sequence.Id, out var choice) || choice.Finished) continue;
+            int token;
+            if (current.Pipelined)
+            {
+                token = greedy[r];
+                _scheduler.Resolve(s.Sequence, token);
+            }
+            else token = choice.NeedsLogits ? Choose(choice, logits.Slice(r * v, v)) : greedy[r];
+            Accept(choice, token, now, appended: current.Pipelined);
         }
         var (metadata, forward, readback) = _runner.LastPhaseTicks;
         double f = 1.0 / Stopwatch.Frequency;
-        Metrics.StepPhases(step.IsDecodeOnly, new StepPhaseTimes(1, step.Tokens, (scheduled - start) * f, metadata * f, forward * f, readback * f,
+        Metrics.StepPhases(step.IsDecodeOnly, new StepPhaseTimes(1, step.Tokens, current.ScheduleTicks * f, metadata * f, forward * f, readback * f,
             (Stopwatch.GetTimestamp() - now) * f));
         Metrics.StepDone(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);
     }
+
+    /// <summary>A step enqueued on the runner and not yet taken in.</summary>
+    private sealed record StepInFlight(ScheduledStep Step, long ScheduleTicks, bool Pipelined);
 
     /// <summary>Penalties, then the request's sampler; the log-probabilities come from the raw row.</summary>
     private int Choose(Choice choice, ReadOnlySpan<float> row)
@@ -300,7 +355,8 @@ public sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>Takes a sampled token into the choice: emits its text, or finishes the choice.</summary>
-    private void Accept(Choice choice, int token, long now)
+    /// <remarks>With <paramref name="appended"/> the token already sits in the sequence (asynchronous scheduling resolved it).</remarks>
+    private void Accept(Choice choice, int token, long now, bool appended)
     {
         var request = choice.Request;
         var sequence = choice.Sequence;
@@ -324,10 +380,11 @@ public sealed class InferenceEngine : IDisposable
             Finish(choice, FinishReason.Stop, rest, [], null);
             return;
         }
-        sequence.Append(token);
+        if (!appended) sequence.Append(token);
         string text = choice.Matcher.Push(choice.Decoder.Push(token));
         if (choice.Matcher.Stopped) { Finish(choice, FinishReason.Stop, text, [token], logprobs); return; }
-        if (choice.Generated >= request.MaxTokens || sequence.Tokens.Count >= MaxSequenceLength)
+        // Known tokens only: with asynchronous scheduling the next step's unresolved token may already follow this one.
+        if (choice.Generated >= request.MaxTokens || sequence.Tokens.Count - sequence.Unresolved >= MaxSequenceLength)
         {
             text += choice.Matcher.Push(choice.Decoder.Flush());
             text += choice.Matcher.Stopped ? "" : choice.Matcher.Flush();

@@ -103,6 +103,25 @@ public sealed unsafe partial class CpuBackend
         for (long i = 0; i < counters.NumElements; i++) p[i] += amount;
     }
 
+    public void ResolveSampledIds(Tensor ids, Tensor sampled)
+    {
+        const string op = nameof(ResolveSampledIds);
+        ArgumentNullException.ThrowIfNull(ids); ArgumentNullException.ThrowIfNull(sampled);
+        RequireDType(op, nameof(ids), ids, DType.I32);
+        RequireContiguous(op, nameof(ids), ids);
+        RequireDType(op, nameof(sampled), sampled, DType.I32);
+        RequireContiguous(op, nameof(sampled), sampled);
+        int* p = Ptr<int>(ids), s = Ptr<int>(sampled);
+        long m = sampled.NumElements;
+        for (long i = 0; i < ids.NumElements; i++)
+        {
+            if (p[i] >= 0) continue;
+            long row = -(long)p[i] - 1;
+            if (row >= m) throw new ArgumentException($"{op}: ids[{i}] = {p[i]} names sampled row {row}, but sampled holds {m}", nameof(ids));
+            p[i] = s[row];
+        }
+    }
+
     public void ArgMax(Tensor x, Tensor indices)
     {
         const string op = nameof(ArgMax);

@@ -40,6 +40,29 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
+    public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies)
+    {
+        const string op = nameof(MatMulRopePagedAppend);
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight); ArgumentNullException.ThrowIfNull(qkv);
+        ArgumentNullException.ThrowIfNull(pool); ArgumentNullException.ThrowIfNull(positions);
+        RequireRank(op, nameof(qkv), qkv, 3, "(N,H+2K,D)");
+        RequireRank(op, nameof(pool), pool, 4, "(Blocks,BlockSize,2K,D)");
+        if (!qkv.IsContiguous) throw new ArgumentException($"{op}: qkv {qkv.Shape} must be contiguous", nameof(qkv));
+        int n = qkv.Size(0), kv2 = pool.Size(2), d = qkv.Size(2);
+        if (x.Rank != 2 || x.Size(0) != n || (long)qkv.Size(1) * d != weight.Size(0))
+            throw new ArgumentException($"{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
+        if (queryHeads <= 0 || kv2 % 2 != 0 || qkv.Size(1) != queryHeads + kv2)
+            throw new ArgumentException($"{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of pool {pool.Shape}", nameof(qkv));
+        if (positions.Rank != 1 || positions.Size(0) != n)
+            throw new ArgumentException($"{op}: positions {positions.Shape} must hold one position per row of qkv {qkv.Shape}", nameof(positions));
+        var flat = qkv.Reshape(n, weight.Size(0));
+        if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
+        else MatMul(x, weight, flat, transposeB: true, bias: bias);
+        Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
+        PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch);
+    }
+
     public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0)
     {
         const string op = nameof(PagedAttention);

@@ -26,6 +26,7 @@ public sealed class CudaBackendOptionsTests
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
         HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
         HopperAttentionWarpgroups = 1,
+        FusedPagedQkv = false,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
     };

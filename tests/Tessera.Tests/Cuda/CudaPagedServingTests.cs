@@ -105,6 +105,80 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Assert.Equal(TestTensors.ToDoubles(_cpu, cpuPool), Download(pool));   // a copy: exact
     }
 
+    /// <summary>
+    /// The paged step's fused QKV op (norm, product, rotation of q and k at each row's position, append of k and v to the
+    /// row's pool slot; one kernel for at most 4 rows): bit for bit the unfused GPU ops it replaces (the product, Rope at the
+    /// positions, PagedAppend: the same per-row arithmetic in the same order), a padding row (slot -1) writing nothing; and
+    /// within the dtype's tolerance of the CPU in f64 (<see cref="CudaTestBase.Tolerance"/>). Six rows take the composed path.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 1, true, false)]    // a batch-1 decode step (llama: norm, no bias)
+    [InlineData(DType.BF16, 4, true, true)]     // three sequences and a padding row, with bias
+    [InlineData(DType.F32, 3, false, true)]     // no norm
+    [InlineData(DType.BF16, 6, true, false)]    // above 4 rows: the product, then Rope and PagedAppend
+    public void FusedPagedQkvMatchesTheProductRotationAndAppend(DType dtype, int n, bool withNorm, bool withBias)
+    {
+        const double theta = 500000.0, eps = 1e-5;
+        const int h = 8, kh = 2, d = 64, c = 1024, blockSize = 16, poolBlocks = 12, rows = (h + 2 * kh) * d;
+        var positions = Enumerable.Range(0, n).Select(i => 5 + 37 * i).ToArray();
+        var slots = Enumerable.Range(0, poolBlocks * blockSize).OrderBy(_ => Rng.Next()).Take(n).ToArray();
+        if (n >= 4) (positions[n - 1], slots[n - 1]) = (0, -1);        // padding
+        var (x, xv) = Random(dtype, 1, n, c);
+        var (w, wv) = Random(dtype, 0.1, rows, c);
+        var (bias, bv) = Random(dtype, 0.5, rows);
+        var (nw, nwv) = Random(dtype, 1, c);
+        var poolv = Stored(Enumerable.Range(0, poolBlocks * blockSize * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
+        RmsNormPrologue? norm = withNorm ? new RmsNormPrologue(nw, eps) : null;
+        PagedBatch BatchOn(IBackend backend) => new(backend.FromArray(new int[n], n, 1), backend.FromArray(Enumerable.Range(0, n + 1).ToArray(), n + 1),
+            backend.FromArray(positions.Select(p => p + 1).ToArray(), n), backend.FromArray(slots, n), blockSize);
+
+        var qkv = Poisoned(dtype, n, h + 2 * kh, d);
+        var pool = Upload(poolv, dtype, poolBlocks, blockSize, 2 * kh, d);
+        Gpu.MatMulRopePagedAppend(x, norm, w, withBias ? bias : null, qkv, h, pool, UploadInts(positions, n), BatchOn(Gpu), theta);
+
+        var qkv2 = Poisoned(dtype, n, h + 2 * kh, d);
+        var pool2 = Upload(poolv, dtype, poolBlocks, blockSize, 2 * kh, d);
+        var flat = qkv2.Reshape(n, rows);
+        if (norm is { } r) Gpu.RmsNormMatMul(x, r, w, flat, withBias ? bias : null);
+        else Gpu.MatMul(x, w, flat, transposeB: true, bias: withBias ? bias : null);
+        Gpu.Rope(qkv2.Reshape(n, 1, h + 2 * kh, d).Slice(2, 0, h + kh), UploadInts(positions, n), theta);
+        Gpu.PagedAppend(qkv2.Slice(1, h, 2 * kh), pool2, BatchOn(Gpu));
+        Assert.Equal(Download(qkv2), Download(qkv));
+        Assert.Equal(Download(pool2), Download(pool));
+
+        var cpuQkv = _cpu.Allocate(new Shape(n, h + 2 * kh, d), DType.F64);
+        var cpuPool = TestTensors.FromDoubles(_cpu, poolv, DType.F64, poolBlocks, blockSize, 2 * kh, d);
+        _cpu.MatMulRopePagedAppend(TestTensors.FromDoubles(_cpu, xv, DType.F64, n, c),
+            withNorm ? new RmsNormPrologue(TestTensors.FromDoubles(_cpu, nwv, DType.F64, c), eps) : null,
+            TestTensors.FromDoubles(_cpu, wv, DType.F64, rows, c), withBias ? TestTensors.FromDoubles(_cpu, bv, DType.F64, rows) : null,
+            cpuQkv, h, cpuPool, _cpu.FromArray(positions, n), BatchOn(_cpu), theta);
+        AssertClose(TestTensors.ToDoubles(_cpu, cpuQkv), Download(qkv), Tolerance(dtype), $"MatMulRopePagedAppend {dtype} N={n}: qkv");
+        AssertClose(TestTensors.ToDoubles(_cpu, cpuPool), Download(pool), Tolerance(dtype), $"MatMulRopePagedAppend {dtype} N={n}: pool");
+    }
+
+    /// <summary>
+    /// Asynchronous scheduling's device pieces: input ids resolved in place from a previous argmax (negative ids name its
+    /// rows) as on the CPU, and the pinned readback buffer returning what was copied when it was started, not what the
+    /// stream wrote to the tensor afterwards.
+    /// </summary>
+    [Fact]
+    public void SampledIdsResolveOnTheDeviceAndTheReadbackHoldsTheValuesOfItsStart()
+    {
+        int[] ids = [5, -1, 7, -3, -2, 0], sampled = [40, 41, 42];
+        var gpuIds = UploadInts(ids, ids.Length);
+        Gpu.ResolveSampledIds(gpuIds, UploadInts(sampled, sampled.Length));
+        var cpuIds = _cpu.FromArray(ids, ids.Length);
+        _cpu.ResolveSampledIds(cpuIds, _cpu.FromArray(sampled, sampled.Length));
+        Assert.Equal([5, 40, 7, 42, 41, 0], Gpu.ToArray<int>(gpuIds));
+        Assert.Equal(Gpu.ToArray<int>(gpuIds), _cpu.ToArray<int>(cpuIds));
+
+        using var readback = Gpu.CreateReadbackBuffer(8);
+        readback.Start(gpuIds);
+        Gpu.Fill(gpuIds, 0);                                        // enqueued after the copy: not seen by it
+        Assert.Equal([5, 40, 7, 42, 41, 0], readback.Wait().ToArray());
+        Assert.Throws<ArgumentException>(() => readback.Start(UploadInts(new int[9], 9)));
+    }
+
     private static EngineOptions Options(bool graphs) => new()
     {
         Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 8 << 20 },
@@ -214,8 +288,86 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         }
     }
 
+    /// <summary>
+    /// Batch-1 decoding on the llama-1b shape (bf16, a 512-token prompt), printed for the log (not a pass/fail bar): per op,
+    /// a paged step of the server beside the dense step of <c>tessera generate</c> at the same position (a profiled backend,
+    /// eager), with the fused paged QKV op and without (<see cref="CudaBackendOptions.FusedPagedQkv"/>); then the paged step
+    /// recorded, waited for each step (the engine without asynchronous scheduling) and pipelined (each step enqueued before
+    /// the previous one is collected, its token read on the device, as the engine does), in ms per step with the host.
+    /// </summary>
+    [Fact]
+    public void BatchOneDecodeStepOnLlama1bShapeReportsItsOpsBesideTheDenseStep()
+    {
+        foreach (bool fused in new[] { true, false })
+        {
+            using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, FusedPagedQkv = fused });
+            var (model, cache, scheduler, runner) = Llama1bServing(profiled, recordGraphs: false, sequences: 1);
+            using (cache)
+            using (runner)
+            {
+                var step = PrefillAll(scheduler, runner, 1);
+                for (int i = 0; i < 3; i++) step = Step(scheduler, runner);
+                profiled.Profiler!.Reset();
+                for (int i = 0; i < 5; i++) step = Step(scheduler, runner);
+                Console.WriteLine($"[paged ops] batch-1 paged decode step at position {step.Sequences[0].Start}, FusedPagedQkv={fused}, 5 steps");
+                Console.WriteLine(profiled.Profiler.Table(5));
+                if (!fused) continue;
+                var dense = model.CreateKvCache(batch: 1, maxSequence: 1024);
+                var tokens = profiled.FromArray(Enumerable.Range(0, 512).Select(j => j % 1000).ToArray(), 1, 512);
+                model.ForwardWithCache(tokens, dense, validateTokens: false);
+                var one = profiled.FromArray(new[] { 7 }, 1, 1);
+                for (int i = 0; i < 3 + step.Sequences[0].Start - 512 - 5; i++) model.ForwardWithCache(one, dense, validateTokens: false);
+                profiled.Profiler.Reset();
+                for (int i = 0; i < 5; i++)
+                {
+                    var logits = model.ForwardWithCache(one, dense, validateTokens: false);
+                    profiled.ArgMax(logits.Reshape(1, logits.Size(2)).Slice(1, 0, model.Config.VocabSize), one.Reshape(1));
+                }
+                Console.WriteLine($"[dense ops] batch-1 dense decode step (tessera generate's) at position {dense.Length - 1}, 5 steps");
+                Console.WriteLine(profiled.Profiler.Table(5));
+            }
+        }
+
+        var (_, c2, s2, r2) = Llama1bServing(Gpu, recordGraphs: true, sequences: 1);
+        using (c2)
+        using (r2)
+        {
+            PrefillAll(s2, r2, 1);
+            for (int i = 0; i < 3; i++) Step(s2, r2);                     // eager, then recorded
+            double waited = MedianMs(() => Step(s2, r2), 30);
+            // Pipelined: step N + 1 enqueued before step N's token reaches the host (the engine's asynchronous scheduling).
+            void Pipelined(int steps)
+            {
+                var seq = s2.Running[0];
+                var first = s2.Schedule();
+                r2.Enqueue(first, withLogits: false);
+                s2.Complete(first);
+                seq.AppendUnresolved(0);
+                for (int i = 0; i < steps; i++)
+                {
+                    var next = s2.Schedule();
+                    r2.Enqueue(next, withLogits: false);
+                    s2.Complete(next);
+                    seq.AppendUnresolved(0);
+                    r2.Collect(out var ids, out _);
+                    s2.Resolve(seq, ids[0]);
+                }
+                r2.Collect(out var last, out _);
+                s2.Resolve(seq, last[0]);
+            }
+            Pipelined(5);
+            Gpu.Synchronize();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            Pipelined(100);
+            double pipelined = clock.Elapsed.TotalMilliseconds / 101;
+            Assert.True(r2.RecordedGraphs > 0);
+            Console.WriteLine($"[paged decode] llama-1b shape, bf16, batch 1 at ~{s2.Running[0].ComputedTokens} positions: recorded step waited for {waited:F3} ms/step, " +
+                $"pipelined {pipelined:F3} ms/step (host included)");
+        }
+    }
+
     private static (Transformer Model, PagedKvCache Cache, Scheduler Scheduler, PagedModelRunner Runner) Llama1bServing(CudaBackend backend,
-        bool recordGraphs, int prompt = 512, int decodingStepTokens = 8192, int tokenBudget = 8192)
+        bool recordGraphs, int prompt = 512, int decodingStepTokens = 8192, int tokenBudget = 8192, int sequences = 64)
     {
         var config = ModelPresets.Get("llama-1b") with { MaxSequenceLength = 1024 };
         var model = new Transformer(config, backend, DType.BF16);
@@ -224,7 +376,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
             new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 4L << 30 });
         var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = tokenBudget, DecodingStepTokens = decodingStepTokens });
         var runner = new PagedModelRunner(model, cache, tokenBudget, 64, 1024, recordGraphs);
-        foreach (var s in Enumerable.Range(0, 64).Select(i => new Sequence(i, Enumerable.Range(0, prompt).Select(j => (i + j) % 1000).ToArray(), 1024)))
+        foreach (var s in Enumerable.Range(0, sequences).Select(i => new Sequence(i, Enumerable.Range(0, prompt).Select(j => (i + j) % 1000).ToArray(), 1024)))
             scheduler.Add(s);
         return (model, cache, scheduler, runner);
     }
@@ -240,11 +392,11 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         return step;
     }
 
-    /// <summary>Steps until all 64 sequences decode.</summary>
-    private static ScheduledStep PrefillAll(Scheduler scheduler, PagedModelRunner runner)
+    /// <summary>Steps until all <paramref name="sequences"/> sequences decode.</summary>
+    private static ScheduledStep PrefillAll(Scheduler scheduler, PagedModelRunner runner, int sequences = 64)
     {
         ScheduledStep step;
-        do step = Step(scheduler, runner); while (!step.IsDecodeOnly || step.Sequences.Count < 64);
+        do step = Step(scheduler, runner); while (!step.IsDecodeOnly || step.Sequences.Count < sequences);
         return step;
     }
 }

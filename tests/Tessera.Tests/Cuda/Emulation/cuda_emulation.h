@@ -57,6 +57,7 @@ template <typename T> T __shfl_xor_sync(unsigned, T v, int o, int = 32) { return
 template <typename T> T __shfl_sync(unsigned, T v, int src, int = 32) { return emu_shfl<T>(v, direct_lane, src); }
 template <typename T> T __shfl_up_sync(unsigned, T v, unsigned d, int = 32) { return emu_shfl<T>(v, up_lane, (int)d); }
 inline float atomicAdd(float* p, float v) { float o = *p; *p += v; return o; }
+inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }
 inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { unsigned o = *p; if (o == c) *p = v; return o; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }

@@ -1,6 +1,7 @@
 // Serving's paged attention kernels (paged_attention.cu) in their f32 instantiation on the CPU emulation of CUDA
 // (cuda_emulation.h), against a double reference: the vectorized paged_decode (head sizes 64 and 128, query-head groups
-// of 1, 3 and 4 in registers of 1 and 4), with and without a key split merged by paged_attention_combine, skipping the rows
+// of 1, 3 and 4 in registers of 1 and 4), with and without a key split merged by paged_attention_combine or, with counters,
+// by the kernel's last CTA per row and head group (which must leave the counters at zero), skipping the rows
 // of sequences longer than max_rows (left to the tensor-core prefill kernel: their output must stay untouched; the grid then
 // covers only the other rows, found by a prefix sum over the sequences, with CTAs to spare); and the
 // generic paged_attention as a check of the harness. The batch mixes decode rows, a padding row (no keys), a short
@@ -36,7 +37,7 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
 }
 
 static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
-                std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0)
+                std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0, bool finish = false)
 {
     const int bs = 16;
     const int B = (int)rows.size();
@@ -129,12 +130,20 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
     else
     {
         const int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
-        auto launch = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, pp, po, pw, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window); }); };
+        std::vector<int> counters((size_t)grid.x * grid.y, 0);
+        int* pc = finish && splits > 1 ? counters.data() : nullptr;
+        auto launch = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, pp, po, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window); }); };
         if (D == 64 && gm == 1) launch(paged_decode_f32_d64_g1);
         else if (D == 64 && gm == 4) launch(paged_decode_f32_d64_g4);
         else if (D == 128 && gm == 4) launch(paged_decode_f32_d128_g4);
         else { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
-        snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d", H, K, D, splits, max_rows, B, window);
+        snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d%s", H, K, D, splits, max_rows, B, window, pc ? " finish" : "");
+        if (pc && std::any_of(counters.begin(), counters.end(), [](int c) { return c != 0; }))
+        {
+            printf("%s: a counter was left nonzero FAIL\n", name);
+            failures++;
+        }
+        if (pc) { check(name, expected, out, mask, 1e-5); return; }
     }
     if (splits > 1)
         emu_launch(dim3{grid.x, (unsigned)H, 1}, 64, [&] { paged_attention_combine_f32(pw, po, splits, N, H, D, ps, B, generic ? 1 << 30 : max_rows); });
@@ -158,6 +167,8 @@ int main()
     run(8, 2, 64, 3, 1 << 30, true, wrows, wlengths, 24);
     run(6, 2, 64, 3, 7, false, wrows, wlengths, 24);
     run(8, 2, 128, 2, 1 << 30, false, wrows, wlengths, 8);
+    run(6, 2, 64, 3, 7, false, {1, 1, 1, 3, 10}, {37, 100, 0, 20, 10}, 0, true);   // the last CTA merges: a padding row, groups of 3
+    run(8, 2, 128, 4, 1 << 30, false, {1, 1}, {300, 5}, 0, true);                  // D = 128, a split past a short row's keys
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }

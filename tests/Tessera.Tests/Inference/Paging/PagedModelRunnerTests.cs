@@ -59,6 +59,63 @@ public class PagedModelRunnerTests
         Assert.Equal(0, cache.Allocator.InUse);
     }
 
+    /// <summary>
+    /// Asynchronous scheduling at the runner: each step is enqueued before the previous one is collected, its decode tokens
+    /// still unresolved (-1 - sampling row), read on the device from the previous step's argmax. The tokens equal the
+    /// dense generator's for each sequence alone (exact: F64 and the same greedy choices).
+    /// </summary>
+    [Fact]
+    public void StepsEnqueuedBeforeThePreviousStepIsCollectedGiveEachSequencesTokensAlone()
+    {
+        const int seed = 9, newTokens = 8;
+        var model = RandomModel("llama-debug", seed);
+        var rng = new Random(seed);
+        int[][] prompts = [Prompt(rng, 11), Prompt(rng, 2), Prompt(rng, 6)];
+        var expected = prompts.Select(p => new TextGenerator(model).Generate(p, new GenerationOptions { MaxNewTokens = newTokens }).ToList()).ToList();
+        using var cache = new PagedKvCache(_cpu, DType.F64, model.Config.Layers, model.Config.EffectiveKvHeads, model.Config.HeadSize,
+            new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 64 * PagedKvCache.BlockBytes(DType.F64, model.Config.Layers, model.Config.EffectiveKvHeads, model.Config.HeadSize, 4) });
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 8 });
+        using var runner = new PagedModelRunner(model, cache, 8, 4, model.Config.MaxSequenceLength, recordGraphs: false);
+        var sequences = prompts.Select((p, i) => new Sequence(i, p, p.Length + newTokens)).ToList();
+        foreach (var s in sequences) scheduler.Add(s);
+
+        void Collect(ScheduledStep step)
+        {
+            runner.Collect(out var greedy, out _);
+            int m = 0;
+            foreach (var s in step.Sequences.Where(s => s.Samples))
+            {
+                int token = greedy[m++];
+                if (s.Sequence.Status == SequenceStatus.Finished) continue;
+                scheduler.Resolve(s.Sequence, token);
+                if (s.Sequence.GeneratedCount - s.Sequence.Unresolved == newTokens) scheduler.Finish(s.Sequence);
+            }
+        }
+        ScheduledStep? inFlight = null;
+        int unresolvedInputs = 0;
+        while (!scheduler.IsIdle || inFlight is not null)
+        {
+            var step = scheduler.Schedule();
+            if (step.IsEmpty)
+            {
+                Collect(inFlight!);                                   // every sequence is full: its last token ends it
+                inFlight = null;
+                continue;
+            }
+            unresolvedInputs += step.Sequences.Count(s => s.Sequence.Tokens[s.Start + s.Count - 1] < 0);
+            runner.Enqueue(step, withLogits: false);
+            scheduler.Complete(step);
+            int row = 0;
+            foreach (var s in step.Sequences.Where(s => s.Samples)) s.Sequence.AppendUnresolved(row++);
+            if (inFlight is not null) Collect(inFlight);
+            inFlight = step;
+        }
+        Assert.True(unresolvedInputs >= prompts.Length * (newTokens - 2), $"only {unresolvedInputs} inputs were read on the device");
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], sequences[i].Tokens.Skip(prompts[i].Length));
+        Assert.Equal(0, cache.Allocator.InUse);
+        Assert.Equal(0, runner.PendingSteps);
+    }
+
     [Fact]
     public void LogitsOfAMixedStepMatchTheDenseCachePathToF64Rounding()
     {

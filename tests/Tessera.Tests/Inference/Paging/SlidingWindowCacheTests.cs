@@ -57,8 +57,8 @@ public class SlidingWindowCacheTests
             foreach (var s in step.Sequences.Where(s => s.Samples))
             {
                 logits.Add(rows.Slice(m * v, v).ToArray());
+                s.Sequence.Append(greedy[m]);                                    // a full sequence ends here, as in the engine
                 if (s.Sequence.Tokens.Count == s.Sequence.MaxLength) scheduler.Finish(s.Sequence);
-                else s.Sequence.Append(greedy[m]);
                 m++;
             }
             afterStep?.Invoke(step);
@@ -125,7 +125,7 @@ public class SlidingWindowCacheTests
         var tokens = sequence.Tokens.ToArray();
         var all = TestTensors.ToDoubles(_cpu, model.ForwardWithCache(_cpu.FromArray(tokens, 1, length), dense));   // (1, T, Vpad)
         int v = model.Config.VocabSize, vPad = model.Config.EffectivePaddedVocab;
-        Assert.Equal(length - prompt.Length + 1, logits.Count);
+        Assert.Equal(length - prompt.Length, logits.Count);          // a logits row per generated token (the last one is not fed back)
         for (int i = 0; i < logits.Count; i++)
         {
             int position = prompt.Length - 1 + i;
@@ -220,8 +220,8 @@ public class SlidingWindowCacheTests
         int m = 0;
         foreach (var s in step.Sequences.Where(s => s.Samples))
         {
+            s.Sequence.Append(greedy[m]);
             if (s.Sequence.Tokens.Count == s.Sequence.MaxLength) scheduler.Finish(s.Sequence);
-            else s.Sequence.Append(greedy[m]);
             m++;
         }
     }

@@ -208,4 +208,38 @@ public class SchedulerTests
         var e = Assert.Throws<ArgumentException>(() => new SchedulerOptions { DecodingStepTokens = 0 }.Validate());
         Assert.Contains("DecodingStepTokens (0) must be positive", e.Message);
     }
+
+    /// <summary>
+    /// Asynchronous scheduling: a sampled token appended unresolved is computed by the next step (its position's block is
+    /// reserved as for a known token), but the block holding it enters the prefix cache only once the token is resolved,
+    /// and a sequence whose unresolved token fills it to its maximum length is not scheduled again.
+    /// </summary>
+    [Fact]
+    public void UnresolvedTokensAreComputedButHashedOnlyOnceResolvedAndAFullSequenceIsNotScheduled()
+    {
+        using var cache = Cache(8);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 2, TokenBudget = 16 });
+        var a = Seq(1, 3, 5);                                         // prompt of 3, two new tokens, blocks of 4
+        scheduler.Add(a);
+        var step = scheduler.Schedule();
+        scheduler.Complete(step);
+        a.AppendUnresolved(0);                                        // token 3, sampled on the device
+        Assert.Equal(1, a.Unresolved);
+        Assert.Equal(-1, a.Tokens[3]);
+        step = scheduler.Schedule();                                  // computes token 3 before the host knows it
+        Assert.Equal([(a, 3, 1)], step.Sequences.Select(s => (s.Sequence, s.Start, s.Count)));
+        scheduler.Complete(step);
+        a.AppendUnresolved(0);                                        // token 4: the sequence is full
+        Assert.Equal(0, cache.Allocator.CachedCount);                 // block 0 (tokens 0-3) holds an unresolved token
+        scheduler.Resolve(a, 42);
+        Assert.Equal(42, a.Tokens[3]);
+        Assert.Equal(1, cache.Allocator.CachedCount);                 // now hashed and shared
+        Assert.True(scheduler.Schedule().IsEmpty);                    // full: its last token is never computed
+        Assert.Throws<ArgumentOutOfRangeException>(() => a.Append(-3));
+        Assert.Throws<InvalidOperationException>(() => a.Append(7));   // behind an unresolved token
+        scheduler.Resolve(a, 43);
+        Assert.Throws<InvalidOperationException>(() => scheduler.Resolve(a, 44));
+        scheduler.Finish(a);
+        Assert.Equal(0, cache.Allocator.InUse);
+    }
 }

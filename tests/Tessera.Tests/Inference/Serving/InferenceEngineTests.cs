@@ -16,7 +16,8 @@ public class InferenceEngineTests
 {
     private readonly CpuBackend _cpu = new(1);
 
-    private InferenceEngine Engine(int maxBatch = 4, int budget = 16, long? kvBytes = null, int context = 64)
+    private InferenceEngine Engine(int maxBatch = 4, int budget = 16, long? kvBytes = null, int context = 64, bool asyncScheduling = true,
+        int[]? stopTokens = null)
     {
         var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
         var model = new Transformer(config, _cpu, DType.F64);
@@ -25,6 +26,8 @@ public class InferenceEngineTests
         {
             Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = kvBytes ?? 1 << 20 },
             Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = 8 },
+            AsyncScheduling = asyncScheduling,
+            StopTokens = stopTokens ?? [],
         });
     }
 
@@ -110,5 +113,111 @@ public class InferenceEngineTests
         var second = await Run();
         for (int i = 0; i < 3; i++) Assert.Equal(first[i], second[i]);
         Assert.False(first[0].SequenceEqual(first[1]) && first[1].SequenceEqual(first[2]), "three seeded choices gave the same tokens");
+    }
+
+    /// <summary>
+    /// Asynchronous scheduling (each step enqueued before the previous step's tokens reach the host) against the engine that
+    /// waits for every step, with a stop token that ends one request mid-batch: the step enqueued after the stop computed that
+    /// request once more, and its token is discarded. Every request's tokens and finish reason are the same, and every block
+    /// is free at the end.
+    /// </summary>
+    [Fact]
+    public async Task AsyncSchedulingGivesTheWaitingEnginesTokensWhenAStopTokenEndsARequestMidBatch()
+    {
+        int[][] prompts = [[10, 20, 30, 40, 50], [5, 6], [99, 98, 97], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]];
+        List<int> free;
+        using (var probe = Engine())
+            free = new TextGenerator(probe.Model).Generate(prompts[0], new GenerationOptions { MaxNewTokens = 12 }).ToList();
+        // The stop token: the first request's 4th token, if the tokens before it differ from it (else the first new one).
+        int stopAt = Enumerable.Range(0, free.Count).First(i => i >= 3 && !free.Take(i).Contains(free[i]) || i == free.Count - 1);
+        int stop = free[stopAt];
+        async Task<(List<int> Tokens, FinishReason? Finish, CompletionUsage? Usage)[]> Serve(bool asyncScheduling)
+        {
+            using var engine = Engine(asyncScheduling: asyncScheduling, stopTokens: [stop]);
+            var results = await Task.WhenAll(prompts.Select(p => Collect(engine.Submit(new CompletionRequest { Prompt = p, MaxTokens = 12 }).ReadAllAsync())));
+            for (int i = 0; i < 400 && engine.Metrics.KvBlocksInUse != 0; i++) await Task.Delay(5);
+            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+            if (asyncScheduling) Assert.True(engine.PipelinedSteps > 0, "no step was enqueued ahead of the previous one's tokens");
+            else Assert.Equal(0, engine.PipelinedSteps);
+            return results;
+        }
+        var waiting = await Serve(asyncScheduling: false);
+        var pipelined = await Serve(asyncScheduling: true);
+        Assert.Equal(FinishReason.Stop, waiting[0].Finish);
+        Assert.Equal(free.Take(stopAt), waiting[0].Tokens);
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.Equal(waiting[i].Tokens, pipelined[i].Tokens);
+            Assert.Equal(waiting[i].Finish, pipelined[i].Finish);
+            Assert.Equal(waiting[i].Usage, pipelined[i].Usage);
+        }
+    }
+
+    /// <summary>
+    /// A seeded sampled request (its steps need the logits on the host, so they are not pipelined) beside greedy ones that
+    /// are: the engine switches between the two kinds of step, and every request's tokens equal the waiting engine's.
+    /// </summary>
+    [Fact]
+    public async Task SampledAndGreedyRequestsTogetherGiveTheWaitingEnginesTokens()
+    {
+        var requests = new[]
+        {
+            new CompletionRequest { Prompt = [3, 1, 4, 1, 5], MaxTokens = 14 },
+            new CompletionRequest { Prompt = [9, 2, 6], MaxTokens = 5, Seed = 77, Sampling = new Tessera.Inference.Sampling.SamplingOptions { Temperature = 0.8 } },
+            new CompletionRequest { Prompt = [5, 3, 5, 8, 9, 7, 9], MaxTokens = 11 },
+        };
+        async Task<List<int>[]> Serve(bool asyncScheduling)
+        {
+            using var engine = Engine(asyncScheduling: asyncScheduling);
+            var results = await Task.WhenAll(requests.Select(r => Collect(engine.Submit(r).ReadAllAsync())));
+            if (asyncScheduling) Assert.True(engine.PipelinedSteps > 0, "no step was enqueued ahead of the previous one's tokens");
+            return results.Select(r => r.Tokens).ToArray();
+        }
+        var waiting = await Serve(false);
+        var pipelined = await Serve(true);
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(waiting[i], pipelined[i]);
+    }
+
+    /// <summary>
+    /// A client that disconnects while its step is in flight (asynchronous scheduling): its blocks are released at once
+    /// (the step already enqueued still writes them, before any later step can), its token is discarded, and the request
+    /// running beside it gives the dense generator's tokens.
+    /// </summary>
+    [Fact]
+    public async Task DisconnectMidStepLeavesTheOtherRequestsTokensAndFreesEveryBlock()
+    {
+        using var engine = Engine(context: 1024, kvBytes: 8 << 20);
+        int[] prompt = [12, 34, 56, 78];
+        var expected = new TextGenerator(engine.Model).Generate(prompt, new GenerationOptions { MaxNewTokens = 40 }).ToList();
+        using var cts = new CancellationTokenSource();
+        var leaving = engine.Submit(new CompletionRequest { Prompt = [1, 2, 3], MaxTokens = 900 }, cts.Token);
+        var staying = Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 40 }).ReadAllAsync());
+        await leaving.ReadAsync();
+        await leaving.ReadAsync();                                    // running, steps in flight
+        cts.Cancel();
+        await foreach (var _ in leaving.ReadAllAsync()) { }
+        var result = await staying;
+        Assert.Equal(expected, result.Tokens);
+        for (int i = 0; i < 400 && engine.Metrics.KvBlocksInUse != 0; i++) await Task.Delay(5);
+        Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+        Assert.Equal(1, engine.Metrics.RequestsCancelled);
+        Assert.True(engine.PipelinedSteps > 0);
+    }
+
+    /// <summary>
+    /// A request that runs to the end of the context under asynchronous scheduling gets its last token: the length check
+    /// counts known tokens, not the next step's unresolved one that already follows (it finished one token early before).
+    /// </summary>
+    [Fact]
+    public async Task RequestToTheEndOfTheContextGetsEveryTokenWithAsyncScheduling()
+    {
+        using var engine = Engine(context: 40);
+        int[] prompt = [11, 22, 33, 44, 55];
+        var expected = new TextGenerator(engine.Model).Generate(prompt, new GenerationOptions { MaxNewTokens = 35 }).ToList();
+        var result = await Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 35 }).ReadAllAsync());
+        Assert.Equal(35, expected.Count);
+        Assert.Equal(expected, result.Tokens);
+        Assert.Equal(FinishReason.Length, result.Finish);
+        Assert.True(engine.PipelinedSteps > 0);
     }
 }
