@@ -60,7 +60,7 @@ public sealed unsafe partial class CudaBackend
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
-        int wgs = Options.HopperAttentionWarpgroups, rows = HopperWarpgroupRows * wgs;
+        int wgs = Options.HopperAttentionWarpgroups is 0 ? (d == 64 ? 1 : 2) : Options.HopperAttentionWarpgroups, rows = HopperWarpgroupRows * wgs;
         uint shared = (uint)(1024 + (rows + 4 * HopperKeys) * d * 2); // Q tile + two stages of K and V
         string kernel = "flash_forward_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(dtype, d);
         PreferSharedMemory(HopperFile, kernel);
@@ -84,7 +84,7 @@ public sealed unsafe partial class CudaBackend
         Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
         void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
         // 1,024 alignment + K and V tiles + two stages of Q and dO + the dS^T tile + two stages of lse and delta.
-        int wgs = Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
+        int wgs = Options.HopperAttentionWarpgroups is 0 ? 1 : Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
         uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
             + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float));
         string kernel = "flash_backward_hopper_" + (wgs == 1 ? "wg1_" : "") + suffix;

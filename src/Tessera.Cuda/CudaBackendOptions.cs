@@ -86,17 +86,20 @@ public sealed record CudaBackendOptions
     /// <summary>
     /// The attention backward of the same calls runs on the Hopper kernel (flash_attention_hopper.cu) on a compute capability
     /// 9.0 device; false keeps the FlashAttention-2 backward. Independent of <see cref="HopperAttention"/> (the backward's
-    /// contract is the same whichever forward ran). Default false: its GPU tests passed on the H200, but at llama-1b's head
-    /// size it measured slower than FA-2 (2026-12-03, 8 x 2048, H32 K8: 2.14 against 1.90 ms at D64; 3.41 against 3.64 at D128).
+    /// contract is the same whichever forward ran). Default true: its GPU tests passed on the H200 and with CTAs of one
+    /// warpgroup it measured faster than FA-2 (2026-12-03, 8 x 2048, H32 K8: 1.61 against 1.89 ms at D64; 2.95 against 3.61
+    /// at D128); with two warpgroups it was slower at D64 (2.14 ms).
     /// </summary>
-    public bool HopperAttentionBackward { get; init; }
+    public bool HopperAttentionBackward { get; init; } = true;
 
     /// <summary>
-    /// Warpgroups (128 threads, 64 query rows in the forward, 64 keys in the backward) per CTA of the Hopper kernels, 1 or 2.
-    /// Two share each key/value (forward) or query (backward) tile between them; one leaves the CTAs independent, so more
-    /// of them share an SM and interleave. Default 2.
+    /// Warpgroups (128 threads, 64 query rows in the forward, 64 keys in the backward) per CTA of the Hopper kernels: 1 or 2,
+    /// or 0 for the measured best of each kernel and head size. Two share each key/value (forward) or query (backward) tile
+    /// between them; one leaves the CTAs independent, so more of them share an SM and interleave. Default 0: the forward
+    /// takes one at head size 64 and two at 128, the backward one (H200, 2026-12-03, gpu-attention: forward at D64 0.43 ms
+    /// with one against 0.57 with two, at D128 1.01 against 0.78; backward 1.61 against 2.14 at D64, 2.95 against 3.41 at D128).
     /// </summary>
-    public int HopperAttentionWarpgroups { get; init; } = 2;
+    public int HopperAttentionWarpgroups { get; init; }
 
     /// <summary>
     /// Serving's paged decode step runs the attention input (norm, QKV product, RoPE, append to the rows' pool slots) as one
@@ -120,8 +123,8 @@ public sealed record CudaBackendOptions
     /// <summary>Throws <see cref="ArgumentException"/> naming the first invalid field; returns this record.</summary>
     public CudaBackendOptions Validate()
     {
-        if (HopperAttentionWarpgroups is not (1 or 2))
-            throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2");
+        if (HopperAttentionWarpgroups is not (0 or 1 or 2))
+            throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(DecodeAttention))

@@ -32,7 +32,7 @@ public static class GpuAttentionBench
             }
         }
         using var flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
-        using var hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true });
+        using var hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2 });
         using var one = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1 });
         Console.WriteLine($"device: {hopper.CudaDevice}; Hopper kernels used: forward {hopper.UsesHopperAttention}, backward {hopper.UsesHopperAttentionBackward}");
         Console.WriteLine("| B | T | H | K | D | FA-2 fwd ms | TFLOP/s | Hopper fwd ms | TFLOP/s | 1-WG fwd ms | TFLOP/s | FA-2 bwd ms | TFLOP/s | Hopper bwd ms | TFLOP/s | 1-WG bwd ms | TFLOP/s | outputs' rel. difference |");

@@ -376,7 +376,7 @@ FOR_FLOAT_TYPES(NORM)
     {                                                                                                          \
         rmsnorm_forward_vec<T>(x, w, out, rstd, rows, C, eps);                                                 \
     }                                                                                                          \
-    extern "C" __global__ void rmsnorm_backward_vec_##n(const T* dout, const T* x, const T* w, const float* rstd, \
+    extern "C" __global__ void __launch_bounds__(1024) rmsnorm_backward_vec_##n(const T* dout, const T* x, const T* w, const float* rstd, \
                                                         T* dx, float* scratch, i64 rows, int C)                \
     {                                                                                                          \
         rmsnorm_backward_vec<T>(dout, x, w, rstd, dx, scratch, rows, C);                                       \

@@ -17,7 +17,7 @@ public sealed class HopperAttentionFixture : IDisposable
     {
         try
         {
-            Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, ProfileOps = true });
+            Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, ProfileOps = true });
             OneWarpgroup = new CudaBackend(0, CudaBackendOptions.Default with
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, ProfileOps = true,
