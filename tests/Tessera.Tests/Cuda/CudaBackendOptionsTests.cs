@@ -19,7 +19,7 @@ public sealed class CudaBackendOptionsTests
         EarlyWeightLoads = false,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
-        CrossEntropyStagedBytes = 0,
+        CrossEntropyStagedBytes = null,
         TuneMatMulAlgorithms = false,
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,

@@ -52,8 +52,7 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
 
         foreach (int? staged in new int?[] { null, 96 * 1024, 0 })
         {
-            using var other = staged is null ? null : new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyStagedBytes = staged });
-            var backend = other ?? Gpu;
+            using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyStagedBytes = staged });
             var logits = Filled(backend, new Shape(chunk, vocab), 0.5);
             var targets = backend.Allocate(new Shape(chunk), DType.I32);
             backend.CopyFromHost<int>(Enumerable.Range(0, chunk).Select(i => i * 7919 % vocab).ToArray(), targets);
