@@ -3,7 +3,7 @@
 # tests, compute-sanitizer memcheck on its test class, and the gpu-attention micro-benchmark.
 #
 #   DEST=.device/fa3 scripts/gpu-attention.sh prepare      (development machine, repository root)
-#       builds tests/Tessera.Tests and a launcher of bench/Tessera.Bench's gpu-attention into DEST/app (framework-
+#       runs scripts/gpu-bench.sh prepare into DEST (tests/Tessera.Tests and its GpuBenchLauncher, which runs gpu-attention; framework-
 #       dependent), copies this script. The .NET runtime is not packed: `run` takes DEST/dotnet-runtime.tar.xz, else
 #       DEST/../dotnet-runtime.tar.xz (scripts/pack-dotnet-runtime.sh makes it).
 #   bash .device/fa3/gpu-attention.sh run                   (GPU machine, repository root, .device carried)
@@ -19,22 +19,8 @@ prepare)
     set -e
     dest="${DEST:-.device/fa3}"
     repo="$(pwd)"
-    rm -rf "$dest/app"; mkdir -p "$dest/app"
-    dotnet build tests/Tessera.Tests -c Release -o "$dest/app" -v q -nologo
-    launcher="$(mktemp -d)"
-    cat > "$launcher/AttentionBenchLauncher.csproj" <<XML
-<Project Sdk="Microsoft.NET.Sdk">
-  <PropertyGroup><OutputType>Exe</OutputType><TargetFramework>net10.0</TargetFramework><ImplicitUsings>enable</ImplicitUsings><Nullable>enable</Nullable></PropertyGroup>
-  <ItemGroup><ProjectReference Include="$repo/bench/Tessera.Bench/Tessera.Bench.csproj" /></ItemGroup>
-</Project>
-XML
-    cat > "$launcher/Program.cs" <<'CS'
-return args.Length > 0 && args[0] == "gpu-train" ? Tessera.Bench.Gpu.GpuTrainingBench.Run(args[1..]) : Tessera.Bench.Gpu.GpuAttentionBench.Run(args);
-CS
-    dotnet build "$launcher/AttentionBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
-    rm -rf "$launcher"
-    find "$dest/app" -name '*.pdb' -delete
-    rm -rf "$dest/app/runtimes"   # the plotting library's native files: no plots here, and the payload must stay small
+    # The test assembly and the launcher are gpu-bench.sh's (its launcher runs gpu-attention and gpu-train).
+    DEST="$dest" bash "$repo/scripts/gpu-bench.sh" prepare
     cp "$0" "$dest/gpu-attention.sh"
     git rev-parse --short HEAD > "$dest/commit.txt"
     du -sh "$dest"
@@ -76,7 +62,7 @@ run)
     fi
     if [ "${RUN_BENCH:-1}" = 1 ]; then
         t0=$(date +%s)
-        timeout "${BENCH_TIMEOUT:-50}" $dn "$dir/app/AttentionBenchLauncher.dll" ${SHAPES:+--shapes "$SHAPES"} --reps "${REPS:-10}" \
+        timeout "${BENCH_TIMEOUT:-50}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-attention ${SHAPES:+--shapes "$SHAPES"} --reps "${REPS:-10}" \
             > "$out/attention.md" 2>&1 || rc=1
         echo "gpu-attention: $(( $(date +%s) - t0 )) s"
     fi
@@ -85,7 +71,7 @@ run)
         IFS=';' read -ra variants <<< "${TRAIN_OPTIONS-HopperAttention=false;}"
         for options in "${variants[@]}"; do
             t0=$(date +%s)
-            timeout "${TRAIN_TIMEOUT:-100}" $dn "$dir/app/AttentionBenchLauncher.dll" gpu-train --preset "$preset" --batch "$b" --seq "$t" \
+            timeout "${TRAIN_TIMEOUT:-100}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-train --preset "$preset" --batch "$b" --seq "$t" \
                 --steps "${TRAIN_STEPS:-6}" --warmup 2 ${options:+--cuda-options "$options"} >> "$out/train.md" 2>&1 || rc=1
             echo "gpu-train $case ${options:-defaults}: $(( $(date +%s) - t0 )) s"
         done

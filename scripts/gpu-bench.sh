@@ -47,9 +47,10 @@ return args.Length == 0 ? Usage() : args[0] switch
     "gpu-offload" => Tessera.Bench.Gpu.OffloadBench.Run(args[1..]),
     "gpu-tp" => Tessera.Bench.Gpu.TensorParallelComputeBench.Run(args[1..]),
     "gpu-pp" => Tessera.Bench.Gpu.PipelineBench.Run(args[1..]),
+    "gpu-attention" => Tessera.Bench.Gpu.GpuAttentionBench.Run(args[1..]),
     _ => Usage(),
 };
-static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload [options]"); return 2; }
+static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload|gpu-tp|gpu-pp|gpu-attention [options]"); return 2; }
 CS
     dotnet build "$launcher/GpuBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
     rm -rf "$launcher"
