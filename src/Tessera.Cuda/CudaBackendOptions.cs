@@ -110,6 +110,14 @@ public sealed record CudaBackendOptions
     public bool FusedPagedQkv { get; init; } = true;
 
     /// <summary>
+    /// The fewest keys that one split of serving's <c>paged_decode</c> kernel reads (at least 1). A recorded decode step's
+    /// grid is sized from the widest block table, so a short row spread over all the splits would give each a handful of
+    /// keys; with this floor the row takes only as many splits as its keys fill, and the rest exit at once. 1 restores an
+    /// even spread over all the splits. Default 64 (a CTA reads 32 keys an iteration).
+    /// </summary>
+    public int PagedDecodeMinKeysPerSplit { get; init; } = 64;
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -126,6 +134,8 @@ public sealed record CudaBackendOptions
     {
         if (HopperAttentionWarpgroups is not (0 or 1 or 2))
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
+        if (PagedDecodeMinKeysPerSplit < 1)
+            throw new ArgumentException($"CUDA backend options: PagedDecodeMinKeysPerSplit ({PagedDecodeMinKeysPerSplit}) must be at least 1");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(DecodeAttention))
@@ -181,6 +191,7 @@ public sealed record CudaBackendOptions
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
         if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
+        if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
         return string.Join(",", parts);
@@ -201,6 +212,7 @@ public sealed record CudaBackendOptions
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
+        [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {
             DecodeAttention = Enum.GetValues<DecodeAttentionKernel>().Cast<DecodeAttentionKernel?>()

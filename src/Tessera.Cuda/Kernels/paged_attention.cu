@@ -287,7 +287,7 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
 template <typename T, int D, int GM>
 __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
                              const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
-                             int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window)
+                             int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk)
 {
     constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK;
     static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode: a key row must be a power-of-two part of a warp");
@@ -303,7 +303,9 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     const int pos = lengths[b] - rows + (n - starts[b]);
     const int first = max(0, pos - window + 1);                    // the oldest key in the row's window
     const int keys = pos + 1 - first;
-    const int chunk = keys > 0 ? (keys + splits - 1) / splits : 0;
+    // At least min_chunk keys a split: a short row fills only the first splits; the others find begin >= end, store an
+    // empty state (m = -inf) and still count towards the merge.
+    const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
     const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
 
     float qv[GM][VE], acc[GM][VE], m[GM], l[GM];
@@ -413,10 +415,10 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
         const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
         const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
-        float scale, int max_rows, int window)                                                                            \
+        float scale, int max_rows, int window, int min_chunk)                                                             \
     {                                                                                                                     \
         paged_decode<t, D, GM>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,      \
-                               max_blocks, q_n, q_h, scale, max_rows, window);                                            \
+                               max_blocks, q_n, q_h, scale, max_rows, window, min_chunk);                                 \
     }
 #define PAGED_DECODE_D(name, t, D) PAGED_DECODE_ONE(name, t, D, 1) PAGED_DECODE_ONE(name, t, D, 2)                      \
     PAGED_DECODE_ONE(name, t, D, 4) PAGED_DECODE_ONE(name, t, D, 8)

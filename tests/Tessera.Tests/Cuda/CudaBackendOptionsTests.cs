@@ -27,6 +27,7 @@ public sealed class CudaBackendOptionsTests
         HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
         HopperAttentionWarpgroups = 1,
         FusedPagedQkv = false,
+        PagedDecodeMinKeysPerSplit = 1,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
     };
@@ -63,6 +64,7 @@ public sealed class CudaBackendOptionsTests
     [Theory]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
+    [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]
     [InlineData("TuneMatMulAlgorithms=maybe", "'TuneMatMulAlgorithms=maybe': expected true or false")]

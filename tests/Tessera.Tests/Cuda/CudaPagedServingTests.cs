@@ -67,6 +67,9 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData(DType.BF16, new[] { 1 }, new[] { 3001 })]
     [InlineData(DType.F32, new[] { 1, 1 }, new[] { 3001, 40 })]
     [InlineData(DType.BF16, new[] { 300 }, new[] { 300 })]
+    // Rows of 40 and 700 keys beside one of 3001 in one grid of 32 splits: with PagedDecodeMinKeysPerSplit's floor of 64
+    // keys the short rows fill 1 and 11 splits and the other splits of their columns are empty but still merged.
+    [InlineData(DType.BF16, new[] { 1, 1, 1 }, new[] { 3001, 40, 700 })]
     public void PagedAttentionWithAndWithoutKeySplitsMatchesTheCpu(DType dtype, int[] rows, int[] lengths) =>
         AssertPagedAttention(dtype, 32, 8, 64, rows, lengths);
 

@@ -38,7 +38,8 @@ public sealed class KernelEmulationTests
             ["paged_attention H=8 K=2 D=64 splits=1 window=0", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7", "paged_decode H=2 K=2 D=64 splits=2",
              "paged_decode H=8 K=2 D=128 splits=1", "paged_decode H=1 K=1 D=64 splits=2 max_rows=7 B=40",
              "paged_attention H=8 K=2 D=64 splits=3 window=24", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24", "paged_decode H=8 K=2 D=128 splits=2 max_rows=1073741824 B=6 window=8",
-             "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=5 window=0 finish", "paged_decode H=8 K=2 D=128 splits=4 max_rows=1073741824 B=2 window=0 finish"]);
+             "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=5 window=0 finish", "paged_decode H=8 K=2 D=128 splits=4 max_rows=1073741824 B=2 window=0 finish",
+             "paged_decode H=6 K=2 D=64 splits=8 max_rows=7 B=5 window=0 finish min_chunk", "paged_decode H=8 K=2 D=128 splits=8 max_rows=1073741824 B=3 window=24 min_chunk"]);
 
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
     /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>
