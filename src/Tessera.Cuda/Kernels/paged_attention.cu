@@ -249,12 +249,16 @@ __device__ __forceinline__ float pd_load_cg(const float* p)
 
 // The combine folded into paged_decode (flash_decode_finish's scheme): the last of a (row x, head group) column's split
 // CTAs to finish (a counter per column, reset by that CTA so the next launch or graph replay finds it zero) merges the
-// splits' states of its G heads exactly as paged_attention_combine does. One launch per layer fewer when decoding.
+// states of the splits that hold keys (active <= 32; the others stored none) for its G heads: a warp per head reads
+// the splits' maxima and sums a lane each, and turns them into weights in shared memory; then every thread sums its
+// output columns over the splits, with independent loads. One launch per layer fewer when decoding.
 template <typename T>
-__device__ void paged_decode_finish(const float* partial, int* counters, T* out, int x, int X, int n, int H, int h0, int G, int D)
+__device__ void paged_decode_finish(const float* partial, int* counters, T* out, int x, int X, int n, int H, int h0, int G,
+                                    int D, int active)
 {
     __shared__ int last;
-    const int splits = gridDim.z, row_floats = D + 2;
+    __shared__ float weight[8][32];                                // (head of the group, split): exp2(m_s - M) / L
+    const int splits = gridDim.z, row_floats = D + 2, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int* counter = counters + (i64)x * gridDim.y + blockIdx.y;
     __threadfence();                                               // this CTA's states are visible before it is counted
     __syncthreads();
@@ -262,23 +266,27 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
     __syncthreads();
     if (!last) return;
     __threadfence();
+    for (int g = warp; g < G; g += PD_THREADS / 32)
+    {
+        const float* state = partial + (((i64)lane * X + x) * H + h0 + g) * row_floats;
+        const float ms = lane < active ? pd_load_cg(state + D) : NEG_INF;
+        const float ls = lane < active ? pd_load_cg(state + D + 1) : 0.f;
+        const float big = warp_max(ms);
+        const float w = ms == NEG_INF ? 0.f : fast_exp2(ms - big);
+        const float sum = warp_sum(ls * w);
+        weight[g][lane] = sum > 0.f ? w / sum : 0.f;
+    }
+    __syncthreads();
     for (int e = threadIdx.x; e < G * D; e += blockDim.x)
     {
         const int h = h0 + e / D, d = e % D;
-        float big = NEG_INF;
-        for (int s = 0; s < splits; s++) big = fmaxf(big, pd_load_cg(partial + (((i64)s * X + x) * H + h) * row_floats + D));
-        float sum = 0.f, value = 0.f;
-        if (big != NEG_INF)
-            for (int s = 0; s < splits; s++)
-            {
-                const float* state = partial + (((i64)s * X + x) * H + h) * row_floats;
-                const float ms = pd_load_cg(state + D);
-                if (ms == NEG_INF) continue;                         // a split past the row's keys
-                const float f = fast_exp2(ms - big);
-                sum += pd_load_cg(state + D + 1) * f;
-                value += pd_load_cg(state + d) * f;
-            }
-        out[((i64)n * H + h) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
+        float value = 0.f;
+        for (int s = 0; s < active; s++)
+        {
+            const float w = weight[e / D][s];
+            if (w != 0.f) value += w * pd_load_cg(partial + (((i64)s * X + x) * H + h) * row_floats + d);
+        }
+        out[((i64)n * H + h) * D + d] = from_f<T>(value);
     }
     if (threadIdx.x == 0) *counter = 0;
 }
@@ -307,6 +315,14 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     // empty state (m = -inf) and still count towards the merge.
     const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
     const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
+    const int active = chunk > 0 ? min(splits, (keys + chunk - 1) / chunk) : 0;   // the splits that hold keys
+    // A split past the row's keys merged by its last CTA stores nothing (the merge reads only the active splits): it is
+    // only counted. (The combine kernel reads every split, so without counters each stores its empty state.)
+    if (splits > 1 && counters && split >= active)
+    {
+        paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active);
+        return;
+    }
 
     float qv[GM][VE], acc[GM][VE], m[GM], l[GM];
     const float qscale = scale * LOG2E;
@@ -409,7 +425,7 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
             if (d == 0) { state[D] = big; state[D + 1] = sum; }
         }
     }
-    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D);
+    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active);
 }
 #define PAGED_DECODE_ONE(name, t, D, GM)                                                                                  \
     extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
