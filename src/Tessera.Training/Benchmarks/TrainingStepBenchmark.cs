@@ -142,6 +142,45 @@ public sealed class TrainingStepBenchmark
         };
     }
 
+    /// <summary>
+    /// Trains <paramref name="steps"/> steps on consecutive windows of <paramref name="stream"/> (step s, micro-batch row r reads
+    /// T + 1 tokens from offset ((s · rows) + r) · (T + 1), wrapping: inputs are the first T, targets the next token of each)
+    /// and returns each step's mean loss: a loss curve on learnable data, to compare kernels or settings run for run (the
+    /// timed steps' fixed random tokens are memorized within a few dozen steps). Every micro-batch of a step reads the same
+    /// window, as <see cref="Measure"/> does. Call it on a fresh benchmark (no warm-up), or the curve starts from trained weights.
+    /// </summary>
+    /// <exception cref="ArgumentException">The stream is shorter than one row or holds a token outside the vocabulary.</exception>
+    /// <exception cref="InvalidOperationException">A step's loss is not finite.</exception>
+    public double[] LossCurve(IReadOnlyList<int> stream, int steps)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        int micro = Options.EffectiveMicroBatchSize, t = Options.SequenceLength, vocab = _model.Config.VocabSize;
+        if (stream.Count < t + 1)
+            throw new ArgumentException($"training benchmark: the loss curve's token stream has {stream.Count} tokens; one row needs {t + 1}");
+        for (int i = 0; i < stream.Count; i++)
+            if ((uint)stream[i] >= (uint)vocab)
+                throw new ArgumentException($"training benchmark: token {stream[i]} at {i} of the loss curve's stream is outside the vocabulary (0..{vocab - 1})");
+        var inputs = new int[micro * t];
+        var targets = new int[micro * t];
+        var losses = new double[steps];
+        for (int s = 0; s < steps; s++)
+        {
+            for (int r = 0; r < micro; r++)
+            {
+                long start = ((long)s * micro + r) * (t + 1);
+                for (int j = 0; j < t; j++)
+                {
+                    inputs[r * t + j] = stream[(int)((start + j) % stream.Count)];
+                    targets[r * t + j] = stream[(int)((start + j + 1) % stream.Count)];
+                }
+            }
+            _model.Backend.CopyFromHost<int>(inputs, _tokens);
+            _model.Backend.CopyFromHost<int>(targets, _targets);
+            losses[s] = Step(s).Loss;
+        }
+        return losses;
+    }
+
     /// <summary>One training step (<paramref name="index"/> counts warm-up steps too); returns its mean loss and host milliseconds.</summary>
     private (double Loss, double WallMilliseconds) Step(int index)
     {
