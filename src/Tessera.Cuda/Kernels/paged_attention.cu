@@ -343,24 +343,33 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     const i64 position_stride = (i64)2 * K * D;
     const T* base = pool + (i64)kvh * D + sub * VE;
     const int* table = tables + (i64)b * max_blocks;
-    // Warp-uniform trip count (the shuffles need every lane): key j = j0 + grp (and j + NG), valid when below end.
-    for (int j0 = begin + warp * GPW; j0 < end; j0 += 2 * NG)
+    // Warp-uniform trip count (the shuffles need every lane): key j = j0 + grp (and j + NG), valid when below end. Software
+    // pipelined two deep: while an iteration computes, the next one's keys and values are in flight and the table entries
+    // of the one after are, so neither the table read nor the pool read waits in the loop (one round trip an iteration
+    // instead of two dependent ones, none of them exposed once the pipeline runs).
+    const int step = 2 * NG, lag = grp - warp * GPW;
+    int ja = begin + warp * GPW + lag;                             // this lane group's first key a; key b is ja + NG
+    auto entry = [&](int j) { return j < end ? table[j / block_size] : 0; };
+    auto fetch = [&](int j, int blk, Bytes16& kr, Bytes16& vr) {
+        if (j < end)
+        {
+            const T* kp = base + ((i64)blk * block_size + j % block_size) * position_stride;
+            kr = *reinterpret_cast<const Bytes16*>(kp);
+            vr = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
+        }
+    };
+    Bytes16 ka, va16, kb, vb16;                                    // raw until used: 4 registers each
+    fetch(ja, entry(ja), ka, va16);
+    fetch(ja + NG, entry(ja + NG), kb, vb16);
+    int na = entry(ja + step), nb = entry(ja + step + NG);         // the next iteration's blocks
+    for (int j0 = begin + warp * GPW; j0 < end; j0 += step, ja += step)
     {
-        const int ja = j0 + (grp - warp * GPW), jb = ja + NG;
-        const bool va = ja < end, vb = jb < end;
-        Bytes16 ka, va16, kb, vb16;                                // raw until used: 4 registers each
-        if (va)
-        {
-            const T* kp = base + ((i64)table[ja / block_size] * block_size + ja % block_size) * position_stride;
-            ka = *reinterpret_cast<const Bytes16*>(kp);
-            va16 = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
-        }
-        if (vb)
-        {
-            const T* kp = base + ((i64)table[jb / block_size] * block_size + jb % block_size) * position_stride;
-            kb = *reinterpret_cast<const Bytes16*>(kp);
-            vb16 = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
-        }
+        Bytes16 nka, nva, nkb, nvb;
+        fetch(ja + step, na, nka, nva);
+        fetch(ja + step + NG, nb, nkb, nvb);
+        na = entry(ja + 2 * step);
+        nb = entry(ja + 2 * step + NG);
+        const bool va = ja < end, vb = ja + NG < end;
 #pragma unroll
         for (int two = 0; two < 2; two++)
         {
@@ -388,6 +397,7 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
                 }
             }
         }
+        ka = nka; va16 = nva; kb = nkb; vb16 = nvb;
     }
 
     // Merge the groups' softmax states.
