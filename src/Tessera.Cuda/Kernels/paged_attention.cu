@@ -302,7 +302,10 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     extern __shared__ float pd_shared[];                           // (NG, G, D + 2): acc, then m and l
     const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
     const int tid = threadIdx.x, grp = tid / TPK, sub = tid % TPK, warp = tid >> 5;
-    pdl_wait();
+    // The step's metadata (starts, lengths, tables) was copied before the step's first kernel, so it is read before
+    // pdl_wait, overlapping the predecessor's tail: under programmatic dependent launch this kernel starts only after its
+    // predecessor passed its own wait, i.e. after everything before that predecessor finished. q and the pool (the step's
+    // keys and values were just appended) are read after the wait.
 
     int n, b;                                                      // row x of those this kernel computes, and its sequence
     paged_short_row(x, starts, B, N, max_rows, n, b);
@@ -318,6 +321,14 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     const int active = chunk > 0 ? min(splits, (keys + chunk - 1) / chunk) : 0;   // the splits that hold keys
     // A split past the row's keys merged by its last CTA stores nothing (the merge reads only the active splits): it is
     // only counted. (The combine kernel reads every split, so without counters each stores its empty state.)
+    const int* table = tables + (i64)b * max_blocks;
+    const int step = 2 * NG, lag = grp - warp * GPW;
+    int ja = begin + warp * GPW + lag;                             // this lane group's first key a; key b is ja + NG
+    auto entry = [&](int j) { return j < end ? table[j / block_size] : 0; };
+    const int ea = entry(ja), eb = entry(ja + NG);                 // the first two iterations' blocks, before the wait
+    int na = entry(ja + step), nb = entry(ja + step + NG);
+    pdl_wait();
+    pdl_launch_dependents();                                       // the output product may start loading its weights
     if (splits > 1 && counters && split >= active)
     {
         paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active);
@@ -342,14 +353,10 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
 
     const i64 position_stride = (i64)2 * K * D;
     const T* base = pool + (i64)kvh * D + sub * VE;
-    const int* table = tables + (i64)b * max_blocks;
     // Warp-uniform trip count (the shuffles need every lane): key j = j0 + grp (and j + NG), valid when below end. Software
     // pipelined two deep: while an iteration computes, the next one's keys and values are in flight and the table entries
     // of the one after are, so neither the table read nor the pool read waits in the loop (one round trip an iteration
     // instead of two dependent ones, none of them exposed once the pipeline runs).
-    const int step = 2 * NG, lag = grp - warp * GPW;
-    int ja = begin + warp * GPW + lag;                             // this lane group's first key a; key b is ja + NG
-    auto entry = [&](int j) { return j < end ? table[j / block_size] : 0; };
     auto fetch = [&](int j, int blk, Bytes16& kr, Bytes16& vr) {
         if (j < end)
         {
@@ -359,9 +366,8 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
         }
     };
     Bytes16 ka, va16, kb, vb16;                                    // raw until used: 4 registers each
-    fetch(ja, entry(ja), ka, va16);
-    fetch(ja + NG, entry(ja + NG), kb, vb16);
-    int na = entry(ja + step), nb = entry(ja + step + NG);         // the next iteration's blocks
+    fetch(ja, ea, ka, va16);
+    fetch(ja + NG, eb, kb, vb16);
     for (int j0 = begin + warp * GPW; j0 < end; j0 += step, ja += step)
     {
         Bytes16 nka, nva, nkb, nvb;
