@@ -137,9 +137,8 @@ public sealed unsafe partial class CudaBackend
         long ctas = (long)rowsHere * (h / g);
         int splits;
         if (specialized)
-            // Enough CTAs for about 8 per SM (the kernel's 128 threads leave room for that many), each split at least 64
-            // positions of the span.
-            splits = (int)Math.Clamp(Math.Min((8L * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, (span + 63) / 64),
+            // Enough CTAs for about PagedDecodeCtasPerSm per SM (default 8), each split at least 64 positions of the span.
+            splits = (int)Math.Clamp(Math.Min(((long)Options.PagedDecodeCtasPerSm * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, (span + 63) / 64),
                 1, PagedAttentionMaxSplits);
         else
             // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for

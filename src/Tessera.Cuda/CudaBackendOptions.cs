@@ -118,6 +118,13 @@ public sealed record CudaBackendOptions
     public int PagedDecodeMinKeysPerSplit { get; init; } = 64;
 
     /// <summary>
+    /// CTAs per SM that serving's <c>paged_decode</c> grid aims at when it splits the keys (1 to 32): splits = this times the SMs
+    /// over the rows' head-group columns, at least 64 positions of the widest table a split, at most 32. Fewer make fewer,
+    /// longer CTAs (fewer states to merge); more hide latency when few CTAs fit an SM at once. Default 8.
+    /// </summary>
+    public int PagedDecodeCtasPerSm { get; init; } = 8;
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -134,6 +141,8 @@ public sealed record CudaBackendOptions
     {
         if (HopperAttentionWarpgroups is not (0 or 1 or 2))
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
+        if (PagedDecodeCtasPerSm is < 1 or > 32)
+            throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32");
         if (PagedDecodeMinKeysPerSplit < 1)
             throw new ArgumentException($"CUDA backend options: PagedDecodeMinKeysPerSplit ({PagedDecodeMinKeysPerSplit}) must be at least 1");
         if (MatrixVectorCtasPerSm is not (1 or 2))
@@ -191,6 +200,7 @@ public sealed record CudaBackendOptions
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
         if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
+        if (PagedDecodeCtasPerSm != d.PagedDecodeCtasPerSm) parts.Add(Invariant($"{nameof(PagedDecodeCtasPerSm)}={PagedDecodeCtasPerSm}"));
         if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
@@ -212,6 +222,7 @@ public sealed record CudaBackendOptions
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
+        [nameof(PagedDecodeCtasPerSm)] = (o, v, s) => o with { PagedDecodeCtasPerSm = ParseInt(v, s) },
         [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {

@@ -28,6 +28,7 @@ public sealed class CudaBackendOptionsTests
         HopperAttentionWarpgroups = 1,
         FusedPagedQkv = false,
         PagedDecodeMinKeysPerSplit = 1,
+        PagedDecodeCtasPerSm = 2,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
     };
@@ -64,6 +65,7 @@ public sealed class CudaBackendOptionsTests
     [Theory]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
+    [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32")]
     [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]
