@@ -68,30 +68,59 @@ public sealed unsafe partial class CudaBackend
     }
 
     // The backward's main kernel: CTAs of 64 keys per warpgroup walking query blocks of 64 rows. delta and the fp32 dQ
-    // accumulator come from flash_attention.cu's preprocess, which zeroes it; its cast kernel rounds dQ into dq.
+    // accumulator come from flash_attention.cu's preprocess, which zeroes it; a cast kernel rounds dQ into dq.
     private const int HopperBackwardQueries = 64;
+
+    /// <summary>The backward kernel <see cref="CudaBackendOptions.HopperBackwardVariant"/> = 0 stands for (measured best).</summary>
+    private const int DefaultHopperBackwardVariant = 1;
+
+    /// <summary>The Hopper backward variant in use (1 to 4; see <see cref="CudaBackendOptions.HopperBackwardVariant"/>).</summary>
+    public int HopperBackwardVariantInUse => Options.HopperBackwardVariant is 0 ? DefaultHopperBackwardVariant : Options.HopperBackwardVariant;
 
     private void HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
         float sc)
     {
         string suffix = FlashSuffix(dtype, d);
+        int variant = HopperBackwardVariantInUse;
+        // flash_backward_hopper_v2's flags: 1 = CTAs largest work first, 2 = dQ by bulk reductions of fragment-order tiles.
+        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, _ => 0 };
+        bool tiles = variant == 3;
         long rows = (long)b * t * h;
+        // dqacc: (B, T, H, D) for the reductions per element; for the bulk reductions (B, H, query blocks of 64, 64, D), the
+        // last block padded (its rows past T receive zeros).
+        long queryBlocks = (t + HopperBackwardQueries - 1) / HopperBackwardQueries;
+        long accumulators = tiles ? (long)b * h * queryBlocks * HopperBackwardQueries * d : rows * d;
         ulong delta = Scratch(rows * sizeof(float));
-        ulong dqacc = Scratch(rows * d * sizeof(float)); // fp32 dq, (B, T, H, D) contiguous, zeroed by the preprocess
+        ulong dqacc = Scratch(accumulators * sizeof(float));
         uint grid = (uint)((rows * (d / 8) + 255) / 256);
         void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
-        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
-        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);   // delta; zeroes the first rows * d
+        if (accumulators > rows * d)
+            Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(dqacc + (ulong)(rows * d * sizeof(float)), 0, (nuint)((accumulators - rows * d) * sizeof(float)), Stream.Handle),
+                "cuMemsetD8Async", "the padded dQ tiles");
         // 1,024 alignment + K and V tiles + two stages of Q and dO + the dS^T tile + two stages of lse and delta.
-        int wgs = Options.HopperAttentionWarpgroups is 0 ? 1 : Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
+        int wgs = variant != 1 || Options.HopperAttentionWarpgroups is 0 ? 1 : Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
         uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
             + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float));
-        string kernel = "flash_backward_hopper_" + (wgs == 1 ? "wg1_" : "") + suffix;
+        string kernel = "flash_backward_hopper_" + (variant != 1 ? "v2_" : wgs == 1 ? "wg1_" : "") + suffix;
         PreferSharedMemory(HopperFile, kernel);
-        Launch(HopperFile, kernel, ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b), (uint)(HopperWarpgroupThreads * wgs), a2, shared);
+        var blocks = ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b);
+        if (variant == 1)
+        {
+            void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+            Launch(HopperFile, kernel, blocks, (uint)(HopperWarpgroupThreads * wgs), a2, shared);
+        }
+        else
+        {
+            void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &flags };
+            Launch(HopperFile, kernel, blocks, (uint)HopperWarpgroupThreads, a2, shared);
+        }
         void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
-        Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
+        if (tiles)   // one thread per 16 values (four float4) of the tiles
+            Launch(HopperFile, "flash_backward_hopper_dq_cast_" + suffix, (uint)((accumulators / 16 + 255) / 256), 256, a3);
+        else
+            Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
         FreeScratch(dqacc);
         FreeScratch(delta);
     }

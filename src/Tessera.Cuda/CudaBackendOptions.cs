@@ -103,6 +103,15 @@ public sealed record CudaBackendOptions
     public int HopperAttentionWarpgroups { get; init; }
 
     /// <summary>
+    /// Which Hopper attention backward runs (flash_attention_hopper.cu): 1 = the first kernel (<c>flash_backward_hopper</c>, one
+    /// or two warpgroups per <see cref="HopperAttentionWarpgroups"/>); 2 = the second (<c>flash_backward_hopper_v2</c>, one
+    /// warpgroup: the products of a query block overlapped with its elementwise work, CTAs ordered largest work first,
+    /// dQ by reductions per element); 3 = the second with dQ through shared memory and one bulk reduction per query block;
+    /// 4 = the second in the launch order of the first (to measure the ordering alone). 0 = the measured best (now 1).
+    /// </summary>
+    public int HopperBackwardVariant { get; init; }
+
+    /// <summary>
     /// Serving's paged decode step runs the attention input (norm, QKV product, RoPE, append to the rows' pool slots) as one
     /// matrix-vector kernel where a step has at most 4 rows, as the dense decode step does; false runs the product, the
     /// rotation and the append as three launches (to compare). Default true.
@@ -126,6 +135,8 @@ public sealed record CudaBackendOptions
     {
         if (HopperAttentionWarpgroups is not (0 or 1 or 2))
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
+        if (HopperBackwardVariant is < 0 or > 4)
+            throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 4, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(DecodeAttention))
@@ -180,6 +191,7 @@ public sealed record CudaBackendOptions
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
+        if (HopperBackwardVariant != d.HopperBackwardVariant) parts.Add(Invariant($"{nameof(HopperBackwardVariant)}={HopperBackwardVariant}"));
         if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
@@ -220,6 +232,7 @@ public sealed record CudaBackendOptions
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
         [nameof(HopperAttentionWarpgroups)] = (o, v, s) => o with { HopperAttentionWarpgroups = ParseInt(v, s) },
+        [nameof(HopperBackwardVariant)] = (o, v, s) => o with { HopperBackwardVariant = ParseInt(v, s) },
         [nameof(ProfileOps)] = (o, v, s) => o with { ProfileOps = ParseBool(v, s) },
         [nameof(KernelCacheFolder)] = (o, v, s) => o with
         {

@@ -23,6 +23,10 @@ public sealed class HopperAttentionFixture : IDisposable
                 HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, ProfileOps = true,
             });
             Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
+            BackwardVariants = [.. new[] { 2, 3, 4 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
+            {
+                HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, ProfileOps = true,
+            }))];
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -34,10 +38,13 @@ public sealed class HopperAttentionFixture : IDisposable
     public CudaBackend? Flash2 { get; }
     /// <summary>The Hopper kernels with CTAs of one warpgroup (<see cref="CudaBackendOptions.HopperAttentionWarpgroups"/> = 1).</summary>
     public CudaBackend? OneWarpgroup { get; }
+    /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2, 3, 4), one backend each.</summary>
+    public IReadOnlyList<CudaBackend> BackwardVariants { get; } = [];
     public string? Reason { get; }
 
     public void Dispose()
     {
+        foreach (var be in BackwardVariants) be.Dispose();
         Hopper?.Dispose();
         OneWarpgroup?.Dispose();
         Flash2?.Dispose();
@@ -121,6 +128,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     [InlineData(DType.BF16, 128, 2, 200, 4, 1)]     // D 128, GQA 4
     [InlineData(DType.F16, 128, 2, 130, 4, 4)]
     [InlineData(DType.F16, 64, 3, 77, 4, 1)]
+    [InlineData(DType.BF16, 128, 1, 512, 2, 2)]     // D 128, GQA 1, T a multiple of 64, 8 query blocks
+    [InlineData(DType.BF16, 64, 2, 64, 8, 2)]       // one query block, no padding; GQA 4
     public void BackwardAgreesWithFlashAttention2AndTheCpuBackend(DType dtype, int d, int b, int t, int h, int kh)
     {
         var (hopper, flash2) = Backends();
@@ -170,6 +179,61 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         AssertClose(dqC, dq1, OutTolerance, $"{where}: one-warpgroup Hopper dq vs the CPU backend");
         AssertClose(dkC, dk1, OutTolerance, $"{where}: one-warpgroup Hopper dk vs the CPU backend");
         AssertClose(dvC, dv1, OutTolerance, $"{where}: one-warpgroup Hopper dv vs the CPU backend");
+
+        // The second backward kernel, each variant (overlapped products; largest work first; dQ by bulk reductions of tiles).
+        foreach (var be in fixture.BackwardVariants)
+        {
+            int variant = be.Options.HopperBackwardVariant;
+            be.Profiler!.Reset();
+            var (dq2, dk2, dv2) = Backward(be, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+            var names = be.Profiler.Totals().Select(r => r.Name).ToList();
+            Assert.Contains($"flash_backward_hopper_v2_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
+            if (variant == 3) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
+            AssertClose(dqC, dq2, OutTolerance, $"{where}: backward variant {variant} dq vs the CPU backend");
+            AssertClose(dkC, dk2, OutTolerance, $"{where}: backward variant {variant} dk vs the CPU backend");
+            AssertClose(dvC, dv2, OutTolerance, $"{where}: backward variant {variant} dv vs the CPU backend");
+            AssertClose(dqF, dq2, OutTolerance, $"{where}: backward variant {variant} dq vs FlashAttention-2");
+            AssertClose(dkF, dk2, OutTolerance, $"{where}: backward variant {variant} dk vs FlashAttention-2");
+            AssertClose(dvF, dv2, OutTolerance, $"{where}: backward variant {variant} dv vs FlashAttention-2");
+        }
+    }
+
+    /// <summary>
+    /// The backward kernels' registers, local memory (spills) and CTAs per SM at the shared memory the host launches them
+    /// with, printed (what decides how many CTAs interleave on an SM); and the assembler's own report (--ptxas-options=-v:
+    /// spills, and any wgmma serialization warning) for them. Fails if the second kernel spills registers to local memory.
+    /// </summary>
+    [Fact]
+    public void BackwardKernelResourcesAreReported()
+    {
+        var (hopper, _) = Backends();
+        var output = TestContext.Current.TestOutputHelper;
+        var module = hopper.Kernels.Module("flash_attention_hopper.cu");
+        foreach (var d in new[] { 64, 128 })
+            foreach (var (kernel, threads, keys) in new[] { ("flash_backward_hopper_wg1", 128, 64), ("flash_backward_hopper", 256, 128), ("flash_backward_hopper_v2", 128, 64) })
+            {
+                int shared = 1024 + 2 * keys * d * 2 + 4 * 64 * d * 2 + keys * 64 * 2 + 4 * 64 * sizeof(float);
+                var r = module.Resources($"{kernel}_bf16_d{d}", threads, shared);
+                output?.WriteLine($"{kernel}_bf16_d{d}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs of {threads} threads per SM");
+                if (kernel.EndsWith("v2", StringComparison.Ordinal)) Assert.True(r.LocalBytes == 0, $"{kernel}_bf16_d{d} uses {r.LocalBytes} bytes of local memory (spills)");
+            }
+        string file = "flash_attention_hopper.cu";
+        string source = KernelLibrary.EmbeddedSource("common.cuh") + $"\n#line 1 \"{file}\"\n" + KernelLibrary.EmbeddedSource(file);
+        try
+        {
+            hopper.Kernels.Compiler.CompileToCubin(source, file, [.. hopper.Kernels.OptionsFor(file), "--ptxas-options=-v"], out string log);
+            // ptxas: "Compiling entry function 'NAME'", then its properties (stack, spills), "Used N registers", warnings.
+            bool keep = false;
+            foreach (var line in log.Split('\n'))
+            {
+                if (line.Contains("Compiling entry function", StringComparison.Ordinal)) keep = line.Contains("backward", StringComparison.Ordinal);
+                if (keep || line.Contains("warning", StringComparison.OrdinalIgnoreCase)) output?.WriteLine(line.TrimEnd());
+            }
+        }
+        catch (Exception e)   // an NVRTC without the option: the report above stands alone
+        {
+            output?.WriteLine("NVRTC took no --ptxas-options=-v here: " + e.Message);
+        }
     }
 
     [Fact]
@@ -185,6 +249,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_wg1_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_wg1_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_v2_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_dq_cast_{type}_d{d}"));
             }
     }
 
