@@ -83,8 +83,9 @@ public sealed unsafe partial class CudaBackend
     {
         string suffix = FlashSuffix(dtype, d);
         int variant = HopperBackwardVariantInUse;
-        // flash_backward_hopper_v2's flags: 1 = CTAs largest work first, 2 = dQ by bulk reductions of fragment-order tiles.
-        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, _ => 0 };
+        // flash_backward_hopper_v2's flags: 1 = CTAs largest work first, 2 = dQ by bulk reductions of fragment-order tiles,
+        // 4 = dQ's product before dK's (reductions per element).
+        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, 5 => 5, _ => 0 };
         bool tiles = variant == 3;
         long rows = (long)b * t * h;
         // dqacc: (B, T, H, D) for the reductions per element; for the bulk reductions (B, H, query blocks of 64, 64, D), the

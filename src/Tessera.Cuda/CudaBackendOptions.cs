@@ -107,7 +107,8 @@ public sealed record CudaBackendOptions
     /// or two warpgroups per <see cref="HopperAttentionWarpgroups"/>); 2 = the second (<c>flash_backward_hopper_v2</c>, one
     /// warpgroup: the products of a query block overlapped with its elementwise work, CTAs ordered largest work first,
     /// dQ by reductions per element); 3 = the second with dQ through shared memory and one bulk reduction per query block;
-    /// 4 = the second in the launch order of the first (to measure the ordering alone). 0 = the measured best (now 1).
+    /// 4 = the second in the launch order of the first (to measure the ordering alone); 5 = 2 with dQ's product issued before
+    /// dK's, so that its reductions go out while dK runs. 0 = the measured best (now 1).
     /// </summary>
     public int HopperBackwardVariant { get; init; }
 
@@ -135,8 +136,8 @@ public sealed record CudaBackendOptions
     {
         if (HopperAttentionWarpgroups is not (0 or 1 or 2))
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
-        if (HopperBackwardVariant is < 0 or > 4)
-            throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 4, or 0 for the measured best");
+        if (HopperBackwardVariant is < 0 or > 5)
+            throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 5, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(DecodeAttention))

@@ -638,6 +638,8 @@ HOPPER_BACKWARD(f16, f16, 128)
 //     ((b H + h) nQB + block) 64 D, each in fragment order: float4 c * 128 + tid holds thread tid's registers 4 c' .. 4 c' + 3
 //     of the dQ product of column half c / 8 (c' = c % 8), i.e. rows 16 w + g and + 8, columns 64 (c / 8) + 8 c' + 2 c4
 //     and + 1 (w, g, c4 of tid). hopper_dq_cast_tiles rounds it into dq. Without the flag: red.global.add into (B,T,H,D).
+//   - flags & 4 (reductions per element only), dQ first: dQ's product is issued before dK's and its reductions go out while
+//     dK runs (dK is waited for at the end of the block, before its stage is refilled).
 // Shared memory: as hopper_backward's with one warpgroup, the two stages laid [Q | dO] each (2 64 D 2 bytes = one fp32
 // tile of 64 x D).
 
@@ -686,7 +688,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     const unsigned sdS = sStage + 4 * TILE;    // 64 keys x 64 queries
     float* sL = (float*)(smem_raw + (sdS + BN * BM * 2 - smem_u32(smem_raw)));   // 2 stages of lse, then 2 of delta
     float* sDel = sL + 2 * BM;
-    const bool bulk = (flags & 2) != 0;
+    const bool bulk = (flags & 2) != 0, dqFirst = (flags & 4) != 0 && !bulk;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
     int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     if (flags & 1)
@@ -844,13 +846,16 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             }
         }
         fence_async_shared();
-        // dK += dS^T Q
-        fence_registers<D / 2>(dkacc);
-        fence_registers<BM / 4>(&sa[0][0]);
-        wgmma_fence();
+        // dK += dS^T Q: here, or (dqFirst) right behind dQ's first product so that dQ is stored while dK runs.
+        auto issue_dk = [&]() {
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&sa[0][0]);
+            wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) Wgmma<T, D>::rs_nmajor(dkacc, sa[kk], desc_plus(qdescN, kk * 16 * 128));
-        wgmma_commit();
+            for (int kk = 0; kk < BM / 16; kk++) Wgmma<T, D>::rs_nmajor(dkacc, sa[kk], desc_plus(qdescN, kk * 16 * 128));
+            wgmma_commit();
+        };
+        if (!dqFirst) issue_dk();
         __syncthreads();   // the dS^T tile is whole
 #pragma unroll
         for (int half = 0; half < D / 64; half++)
@@ -863,14 +868,23 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             for (int kk = 0; kk < 4; kk++)
                 WgmmaT<T>::ss_mn(qacc, desc_plus(sdesc, kk * 16 * 128), desc_plus(kdescN, kk * 16 * 128), kk > 0);
             wgmma_commit();
-            wgmma_wait<0>();
+            if (dqFirst && half == 0)
+            {
+                issue_dk();
+                wgmma_wait<1>();   // dV and this dQ product done; dK may still run
+            }
+            else
+                wgmma_wait<0>();
             fence_registers<32>(qacc);
             if (half == 0)
             {
                 fence_registers<D / 2>(dvacc);
-                fence_registers<D / 2>(dkacc);
                 fence_registers<BM / 4>(&pa[0][0]);
-                fence_registers<BM / 4>(&sa[0][0]);
+                if (!dqFirst)
+                {
+                    fence_registers<D / 2>(dkacc);
+                    fence_registers<BM / 4>(&sa[0][0]);
+                }
             }
             if (bulk)
             {
@@ -900,6 +914,12 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
                     }
                 }
             }
+        }
+        if (dqFirst)
+        {
+            wgmma_wait<0>();   // dK, the last reader of this stage's Q, before the stage is refilled
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&sa[0][0]);
         }
         if (bulk)
         {
