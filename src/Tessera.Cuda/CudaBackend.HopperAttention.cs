@@ -71,22 +71,25 @@ public sealed unsafe partial class CudaBackend
     // accumulator come from flash_attention.cu's preprocess, which zeroes it; a cast kernel rounds dQ into dq.
     private const int HopperBackwardQueries = 64;
 
-    /// <summary>The backward kernel <see cref="CudaBackendOptions.HopperBackwardVariant"/> = 0 stands for (measured best).</summary>
-    private const int DefaultHopperBackwardVariant = 1;
-
-    /// <summary>The Hopper backward variant in use (1 to 4; see <see cref="CudaBackendOptions.HopperBackwardVariant"/>).</summary>
-    public int HopperBackwardVariantInUse => Options.HopperBackwardVariant is 0 ? DefaultHopperBackwardVariant : Options.HopperBackwardVariant;
+    /// <summary>
+    /// The Hopper backward variant in use at head size <paramref name="headSize"/> (see
+    /// <see cref="CudaBackendOptions.HopperBackwardVariant"/>): the option, or where it is 0 the measured best, variant 3 at
+    /// both head sizes (H200, 2026-12-03, gpu-attention, H32 K8 causal: at D64 1.145 ms against the first kernel's 1.637 at
+    /// 8 x 2048 and 3.78 against 5.70 at 2 x 8192; at D128 2.84 against 3.05 at 8 x 2048 and 4.68 against 5.57 at 4 x 4096).
+    /// </summary>
+    public int HopperBackwardVariantFor(int headSize) => Options.HopperBackwardVariant is not 0 ? Options.HopperBackwardVariant : 3;
 
     private void HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
         float sc)
     {
         string suffix = FlashSuffix(dtype, d);
-        int variant = HopperBackwardVariantInUse;
+        int variant = HopperBackwardVariantFor(d);
         // flash_backward_hopper_v2's flags: 1 = CTAs largest work first, 2 = dQ by bulk reductions of fragment-order tiles,
-        // 4 = dQ's product before dK's (reductions per element).
-        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, 5 => 5, _ => 0 };
-        bool tiles = variant == 3;
+        // 4 = dQ's product before dK's (reductions per element), 8 = (with 2, head size 64) the dQ tile in its own buffer, sent
+        // while dK runs, dK waited for in the next block.
+        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, 5 => 5, 6 => 2, 7 => 11, 8 => 10, _ => 0 };
+        bool tiles = (flags & 2) != 0, separateTile = tiles && (flags & 8) != 0 && d == 64;
         long rows = (long)b * t * h;
         // dqacc: (B, T, H, D) for the reductions per element; for the bulk reductions (B, H, query blocks of 64, 64, D), the
         // last block padded (its rows past T receive zeros).
@@ -103,7 +106,8 @@ public sealed unsafe partial class CudaBackend
         // 1,024 alignment + K and V tiles + two stages of Q and dO + the dS^T tile + two stages of lse and delta.
         int wgs = variant != 1 || Options.HopperAttentionWarpgroups is 0 ? 1 : Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
         uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
-            + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float));
+            + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float)
+            + (separateTile ? HopperBackwardQueries * d * sizeof(float) : 0));
         string kernel = "flash_backward_hopper_" + (variant != 1 ? "v2_" : wgs == 1 ? "wg1_" : "") + suffix;
         PreferSharedMemory(HopperFile, kernel);
         var blocks = ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b);

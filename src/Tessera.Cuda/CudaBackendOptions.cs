@@ -108,7 +108,11 @@ public sealed record CudaBackendOptions
     /// warpgroup: the products of a query block overlapped with its elementwise work, CTAs ordered largest work first,
     /// dQ by reductions per element); 3 = the second with dQ through shared memory and one bulk reduction per query block;
     /// 4 = the second in the launch order of the first (to measure the ordering alone); 5 = 2 with dQ's product issued before
-    /// dK's, so that its reductions go out while dK runs. 0 = the measured best (now 1).
+    /// dK's, so that its reductions go out while dK runs; 6 = 3 in the launch order of the first; 7 = 3 with (head size 64) the
+    /// dQ tile in its own 16 KB buffer, dQ's product before dK's, the tile sent while dK runs and dK waited for in the next
+    /// query block; 8 = 7 in the launch order of the first. 0 (the default) = the measured best per head size
+    /// (<see cref="CudaBackend.HopperBackwardVariantFor"/>: variant 3 at 64 and 128, 1.43x and 1.07-1.19x the first kernel on
+    /// the H200).
     /// </summary>
     public int HopperBackwardVariant { get; init; }
 
@@ -136,8 +140,8 @@ public sealed record CudaBackendOptions
     {
         if (HopperAttentionWarpgroups is not (0 or 1 or 2))
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
-        if (HopperBackwardVariant is < 0 or > 5)
-            throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 5, or 0 for the measured best");
+        if (HopperBackwardVariant is < 0 or > 8)
+            throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(DecodeAttention))

@@ -640,6 +640,9 @@ HOPPER_BACKWARD(f16, f16, 128)
 //     and + 1 (w, g, c4 of tid). hopper_dq_cast_tiles rounds it into dq. Without the flag: red.global.add into (B,T,H,D).
 //   - flags & 4 (reductions per element only), dQ first: dQ's product is issued before dK's and its reductions go out while
 //     dK runs (dK is waited for at the end of the block, before its stage is refilled).
+//   - flags & 8 with flags & 2, head size 64 only (sep): the dQ tile gets its own 16 KB buffer after lse/delta, so dQ's
+//     product goes before dK's, the tile is stored and sent while dK runs, and dK is waited for only in the next block,
+//     behind that block's S^T and dP^T, before the stage dK reads is refilled.
 // Shared memory: as hopper_backward's with one warpgroup, the two stages laid [Q | dO] each (2 64 D 2 bytes = one fp32
 // tile of 64 x D).
 
@@ -688,7 +691,10 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     const unsigned sdS = sStage + 4 * TILE;    // 64 keys x 64 queries
     float* sL = (float*)(smem_raw + (sdS + BN * BM * 2 - smem_u32(smem_raw)));   // 2 stages of lse, then 2 of delta
     float* sDel = sL + 2 * BM;
-    const bool bulk = (flags & 2) != 0, dqFirst = (flags & 4) != 0 && !bulk;
+    // sep: the dQ tile in its own buffer after lse/delta (head size 64 only: 16 KB more, three CTAs still fit an SM).
+    const bool bulk = (flags & 2) != 0, sep = (flags & 8) != 0 && bulk && D == 64;
+    const bool dqFirst = ((flags & 4) != 0 && !bulk) || sep;
+    const unsigned sdQ = sdS + BN * BM * 2 + 4 * BM * 4;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
     int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     if (flags & 1)
@@ -730,6 +736,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     const u64 sdesc = sw128_descriptor(sdS, 64 * 128, 1024);
     // This thread's key rows (g and g + 8 of its warp's 16).
     const int key0 = n0 + warp * 16 + g;
+    unsigned sa[BM / 16][4];   // dS^T's A fragments: with sep, dK's product still reads them into the next block
 
     for (int it = 0; it < iters; it++)
     {
@@ -758,9 +765,16 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
         }
         wgmma_commit();
 
-        // The next block into the other stage: its last readers were the previous block's products (waited for) and,
-        // with the bulk reduction, that block's dQ tile going out.
-        if (bulk)
+        // The next block into the other stage: its last readers were the previous block's products (waited for, except
+        // dK's with sep, waited for here) and, with the bulk reduction over the stage, that block's dQ tile going out.
+        if (sep)
+        {
+            wgmma_wait<2>();   // all but S^T and dP^T: the previous block's dK
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&sa[0][0]);
+            __syncthreads();
+        }
+        else if (bulk)
         {
             if (tid == 0) bulk_wait_read<0>();
             __syncthreads();
@@ -773,7 +787,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
         const bool mask = m0 < n0 + BN || m0 + BM > Tq;
         wgmma_wait<1>();   // S^T done; dP^T may still run
         fence_registers<BM / 2>(s);
-        unsigned pa[BM / 16][4], sa[BM / 16][4];
+        unsigned pa[BM / 16][4];
 #pragma unroll
         for (int j = 0; j < BM / 8; j++)
 #pragma unroll
@@ -856,6 +870,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             wgmma_commit();
         };
         if (!dqFirst) issue_dk();
+        if (sep && tid == 0) bulk_wait_read<0>();   // the previous dQ tile has left its buffer
         __syncthreads();   // the dS^T tile is whole
 #pragma unroll
         for (int half = 0; half < D / 64; half++)
@@ -888,12 +903,13 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             }
             if (bulk)
             {
-                // Over this stage's Q and dO, once every warp's dV and dK products (their readers) are done.
-                if (half == 0) __syncthreads();
+                // Over this stage's Q and dO, once every warp's dV and dK products (their readers) are done; or (sep) into
+                // its own buffer, while dK runs.
+                if (half == 0 && !sep) __syncthreads();
 #pragma unroll
                 for (int j = 0; j < 8; j++)
                 {
-                    const unsigned dst = tQ + (unsigned)(((half * 8 + j) * 128 + tid) * 16);
+                    const unsigned dst = (sep ? sdQ : tQ) + (unsigned)(((half * 8 + j) * 128 + tid) * 16);
                     asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(qacc[4 * j] * scale),
                                  "f"(qacc[4 * j + 1] * scale), "f"(qacc[4 * j + 2] * scale), "f"(qacc[4 * j + 3] * scale) : "memory");
                 }
@@ -915,7 +931,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
                 }
             }
         }
-        if (dqFirst)
+        if (dqFirst && !sep)
         {
             wgmma_wait<0>();   // dK, the last reader of this stage's Q, before the stage is refilled
             fence_registers<D / 2>(dkacc);
@@ -927,11 +943,14 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             __syncthreads();
             if (tid == 0)
             {
-                bulk_reduce_add_f32(dqacc + (((i64)b * H + hh) * nQB + mb) * (BM * D), tQ, BM * D * 4);
+                bulk_reduce_add_f32(dqacc + (((i64)b * H + hh) * nQB + mb) * (BM * D), sep ? sdQ : tQ, BM * D * 4);
                 bulk_commit();
             }
         }
     }
+    wgmma_wait<0>();   // (sep) the last block's dK
+    fence_registers<D / 2>(dkacc);
+    fence_registers<BM / 4>(&sa[0][0]);
     cp_async_wait<0>();
     if (bulk && tid == 0) bulk_wait<0>();   // the last reductions finish before the CTA (their source) goes
 #pragma unroll

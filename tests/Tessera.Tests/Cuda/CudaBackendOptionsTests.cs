@@ -64,7 +64,7 @@ public sealed class CudaBackendOptionsTests
     [Theory]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
-    [InlineData("HopperBackwardVariant=6", "HopperBackwardVariant (6) must be 1 to 5, or 0 for the measured best")]
+    [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]
     [InlineData("TuneMatMulAlgorithms=maybe", "'TuneMatMulAlgorithms=maybe': expected true or false")]

@@ -17,13 +17,18 @@ public sealed class HopperAttentionFixture : IDisposable
     {
         try
         {
-            Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, ProfileOps = true });
+            // The first backward kernel (HopperBackwardVariant = 1) with two warpgroups and with one; the second's variants below.
+            Hopper = new CudaBackend(0, CudaBackendOptions.Default with
+            {
+                HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, HopperBackwardVariant = 1, ProfileOps = true,
+            });
             OneWarpgroup = new CudaBackend(0, CudaBackendOptions.Default with
             {
-                HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, ProfileOps = true,
+                HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, HopperBackwardVariant = 1, ProfileOps = true,
             });
+            Defaults = new CudaBackend(0, CudaBackendOptions.Default with { ProfileOps = true });
             Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
-            BackwardVariants = [.. new[] { 2, 3, 4, 5 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
+            BackwardVariants = [.. new[] { 2, 3, 4, 5, 6, 7, 8 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, ProfileOps = true,
             }))];
@@ -38,13 +43,16 @@ public sealed class HopperAttentionFixture : IDisposable
     public CudaBackend? Flash2 { get; }
     /// <summary>The Hopper kernels with CTAs of one warpgroup (<see cref="CudaBackendOptions.HopperAttentionWarpgroups"/> = 1).</summary>
     public CudaBackend? OneWarpgroup { get; }
-    /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2 to 5), one backend each.</summary>
+    /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2 to 8), one backend each.</summary>
     public IReadOnlyList<CudaBackend> BackwardVariants { get; } = [];
+    /// <summary>The default options (profiled): which backward they choose.</summary>
+    public CudaBackend? Defaults { get; }
     public string? Reason { get; }
 
     public void Dispose()
     {
         foreach (var be in BackwardVariants) be.Dispose();
+        Defaults?.Dispose();
         Hopper?.Dispose();
         OneWarpgroup?.Dispose();
         Flash2?.Dispose();
@@ -192,7 +200,7 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 var (dq2, dk2, dv2) = Backward(be, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
                 var names = be.Profiler.Totals().Select(r => r.Name).ToList();
                 Assert.Contains($"flash_backward_hopper_v2_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
-                if (variant == 3) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
+                if (variant is 3 or 6 or 7 or 8) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
                 AssertClose(dqC, dq2, OutTolerance, $"{where}: backward variant {variant} dq vs the CPU backend");
                 AssertClose(dkC, dk2, OutTolerance, $"{where}: backward variant {variant} dk vs the CPU backend");
                 AssertClose(dvC, dv2, OutTolerance, $"{where}: backward variant {variant} dv vs the CPU backend");
@@ -206,6 +214,32 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
             }
         }
         Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    /// <summary>
+    /// The default options take the measured best backward (variant 3 at both head sizes: the second kernel and the tile cast),
+    /// and its gradients are finite and written (a NaN-filled output that the kernels leave would show).
+    /// </summary>
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void TheDefaultBackwardIsTheMeasuredBest(int d)
+    {
+        Backends();
+        var be = fixture.Defaults!;
+        Assert.Equal(3, be.HopperBackwardVariantFor(d));
+        int b = 1, t = 96, h = 4, kh = 2;
+        var rng = new Random(7);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, DType.BF16)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
+        var o = Values((long)b * t * h * d); var dO = Values((long)b * t * h * d);
+        var lse = Enumerable.Repeat(Math.Log(t), b * h * t).ToArray();
+        be.Profiler!.Reset();
+        var (dq, dk, dv) = Backward(be, DType.BF16, q, k, v, o, dO, lse, b, t, h, kh, d, 1 / Math.Sqrt(d));
+        var names = be.Profiler.Totals().Select(r => r.Name).ToList();
+        Assert.Contains($"flash_backward_hopper_v2_bf16_d{d}", names);
+        Assert.Contains($"flash_backward_hopper_dq_cast_bf16_d{d}", names);
+        Assert.All(dq.Concat(dk).Concat(dv), x => Assert.True(double.IsFinite(x)));
     }
 
     /// <summary>
@@ -226,6 +260,12 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 var r = module.Resources($"{kernel}_bf16_d{d}", threads, shared);
                 output?.WriteLine($"{kernel}_bf16_d{d}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs of {threads} threads per SM");
                 if (kernel.EndsWith("v2", StringComparison.Ordinal)) Assert.True(r.LocalBytes == 0, $"{kernel}_bf16_d{d} uses {r.LocalBytes} bytes of local memory (spills)");
+                if (kernel.EndsWith("v2", StringComparison.Ordinal) && d == 64)
+                {
+                    // variants 7 and 8: the dQ tile's own 16 KB
+                    var sep = module.Resources($"{kernel}_bf16_d{d}", threads, shared + 64 * d * 4);
+                    output?.WriteLine($"{kernel}_bf16_d{d} with the separate dQ tile: {shared + 64 * d * 4} bytes shared, {sep.CtasPerSm} CTAs per SM");
+                }
             }
         string file = "flash_attention_hopper.cu";
         string source = KernelLibrary.EmbeddedSource("common.cuh") + $"\n#line 1 \"{file}\"\n" + KernelLibrary.EmbeddedSource(file);
