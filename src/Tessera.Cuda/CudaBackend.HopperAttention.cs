@@ -108,7 +108,8 @@ public sealed unsafe partial class CudaBackend
         uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
             + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float)
             + (separateTile ? HopperBackwardQueries * d * sizeof(float) : 0));
-        string kernel = "flash_backward_hopper_" + (variant != 1 ? "v2_" : wgs == 1 ? "wg1_" : "") + suffix;
+        // flags 4 and 8 exist only in the v2x build of the second kernel (the v2 build keeps the code measured first)
+        string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 12) != 0 ? "v2x_" : "v2_") + suffix;
         PreferSharedMemory(HopperFile, kernel);
         var blocks = ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b);
         if (variant == 1)

@@ -643,6 +643,7 @@ HOPPER_BACKWARD(f16, f16, 128)
 //   - flags & 8 with flags & 2, head size 64 only (sep): the dQ tile gets its own 16 KB buffer after lse/delta, so dQ's
 //     product goes before dK's, the tile is stored and sent while dK runs, and dK is waited for only in the next block,
 //     behind that block's S^T and dP^T, before the stage dK reads is refilled.
+// Flags 4 and 8 are compiled only into the EXTRA build (flash_backward_hopper_v2x); the v2 build has flags 1 and 2.
 // Shared memory: as hopper_backward's with one warpgroup, the two stages laid [Q | dO] each (2 64 D 2 bytes = one fp32
 // tile of 64 x D).
 
@@ -677,7 +678,7 @@ template <> __device__ __forceinline__ float unpack_hi<f16>(unsigned w)
     return f;
 }
 
-template <typename T, int D>
+template <typename T, int D, bool EXTRA>
 __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
     float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
     Strides3 dks, Strides3 dvs, float scale, int flags)
@@ -692,8 +693,10 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     float* sL = (float*)(smem_raw + (sdS + BN * BM * 2 - smem_u32(smem_raw)));   // 2 stages of lse, then 2 of delta
     float* sDel = sL + 2 * BM;
     // sep: the dQ tile in its own buffer after lse/delta (head size 64 only: 16 KB more, three CTAs still fit an SM).
-    const bool bulk = (flags & 2) != 0, sep = (flags & 8) != 0 && bulk && D == 64;
-    const bool dqFirst = ((flags & 4) != 0 && !bulk) || sep;
+    // EXTRA: the kernel with flags 4 and 8 (flash_backward_hopper_v2x); without it they are compiled out, so that the
+    // other variants' code and registers stay those of the kernel measured first.
+    const bool bulk = (flags & 2) != 0, sep = EXTRA && (flags & 8) != 0 && bulk && D == 64;
+    const bool dqFirst = EXTRA && (((flags & 4) != 0 && !bulk) || sep);
     const unsigned sdQ = sdS + BN * BM * 2 + 4 * BM * 4;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
     int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
@@ -737,6 +740,8 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     // This thread's key rows (g and g + 8 of its warp's 16).
     const int key0 = n0 + warp * 16 + g;
     unsigned sa[BM / 16][4];   // dS^T's A fragments: with sep, dK's product still reads them into the next block
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++) sa[kk][0] = sa[kk][1] = sa[kk][2] = sa[kk][3] = 0u;
 
     for (int it = 0; it < iters; it++)
     {
@@ -948,9 +953,12 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             }
         }
     }
-    wgmma_wait<0>();   // (sep) the last block's dK
-    fence_registers<D / 2>(dkacc);
-    fence_registers<BM / 4>(&sa[0][0]);
+    if constexpr (EXTRA)
+    {
+        wgmma_wait<0>();   // (sep) the last block's dK
+        fence_registers<D / 2>(dkacc);
+        fence_registers<BM / 4>(&sa[0][0]);
+    }
     cp_async_wait<0>();
     if (bulk && tid == 0) bulk_wait<0>();   // the last reductions finish before the CTA (their source) goes
 #pragma unroll
@@ -1012,8 +1020,16 @@ __device__ void hopper_dq_cast_tiles(const float* dqacc, T* dq, int B, int Tq, i
         T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,  \
         Strides3 dvs, float scale, int flags)                                                                   \
     {                                                                                                           \
-        hopper_backward_v2<T, D>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds, dks, dvs, \
-                                 scale, flags);                                                                 \
+        hopper_backward_v2<T, D, false>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds,    \
+                                        dks, dvs, scale, flags);                                                \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_v2x_##n##_d##D( \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc,  \
+        T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,  \
+        Strides3 dvs, float scale, int flags)                                                                   \
+    {                                                                                                           \
+        hopper_backward_v2<T, D, true>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds,     \
+                                       dks, dvs, scale, flags);                                                 \
     }                                                                                                           \
     extern "C" __global__ void flash_backward_hopper_dq_cast_##n##_d##D(const float* dqacc, T* dq, int B,       \
         int Tq, int H, Strides3 dqs)                                                                            \

@@ -199,7 +199,7 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 be.Profiler!.Reset();
                 var (dq2, dk2, dv2) = Backward(be, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
                 var names = be.Profiler.Totals().Select(r => r.Name).ToList();
-                Assert.Contains($"flash_backward_hopper_v2_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
+                Assert.Contains($"flash_backward_hopper_{(variant is 5 or 7 or 8 ? "v2x" : "v2")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
                 if (variant is 3 or 6 or 7 or 8) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
                 AssertClose(dqC, dq2, OutTolerance, $"{where}: backward variant {variant} dq vs the CPU backend");
                 AssertClose(dkC, dk2, OutTolerance, $"{where}: backward variant {variant} dk vs the CPU backend");
@@ -254,13 +254,13 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         var output = TestContext.Current.TestOutputHelper;
         var module = hopper.Kernels.Module("flash_attention_hopper.cu");
         foreach (var d in new[] { 64, 128 })
-            foreach (var (kernel, threads, keys) in new[] { ("flash_backward_hopper_wg1", 128, 64), ("flash_backward_hopper", 256, 128), ("flash_backward_hopper_v2", 128, 64) })
+            foreach (var (kernel, threads, keys) in new[] { ("flash_backward_hopper_wg1", 128, 64), ("flash_backward_hopper", 256, 128), ("flash_backward_hopper_v2", 128, 64), ("flash_backward_hopper_v2x", 128, 64) })
             {
                 int shared = 1024 + 2 * keys * d * 2 + 4 * 64 * d * 2 + keys * 64 * 2 + 4 * 64 * sizeof(float);
                 var r = module.Resources($"{kernel}_bf16_d{d}", threads, shared);
                 output?.WriteLine($"{kernel}_bf16_d{d}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs of {threads} threads per SM");
                 if (kernel.EndsWith("v2", StringComparison.Ordinal)) Assert.True(r.LocalBytes == 0, $"{kernel}_bf16_d{d} uses {r.LocalBytes} bytes of local memory (spills)");
-                if (kernel.EndsWith("v2", StringComparison.Ordinal) && d == 64)
+                if (kernel.EndsWith("v2x", StringComparison.Ordinal) && d == 64)
                 {
                     // variants 7 and 8: the dQ tile's own 16 KB
                     var sep = module.Resources($"{kernel}_bf16_d{d}", threads, shared + 64 * d * 4);
@@ -300,6 +300,7 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_wg1_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_wg1_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_v2_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_v2x_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_dq_cast_{type}_d{d}"));
             }
     }
