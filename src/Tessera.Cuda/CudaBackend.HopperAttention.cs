@@ -68,30 +68,65 @@ public sealed unsafe partial class CudaBackend
     }
 
     // The backward's main kernel: CTAs of 64 keys per warpgroup walking query blocks of 64 rows. delta and the fp32 dQ
-    // accumulator come from flash_attention.cu's preprocess, which zeroes it; its cast kernel rounds dQ into dq.
+    // accumulator come from flash_attention.cu's preprocess, which zeroes it; a cast kernel rounds dQ into dq.
     private const int HopperBackwardQueries = 64;
+
+    /// <summary>
+    /// The Hopper backward variant in use at head size <paramref name="headSize"/> (see
+    /// <see cref="CudaBackendOptions.HopperBackwardVariant"/>): the option, or where it is 0 the measured best, variant 3 at
+    /// both head sizes (H200, 2026-12-03, gpu-attention, H32 K8 causal: at D64 1.145 ms against the first kernel's 1.637 at
+    /// 8 x 2048 and 3.78 against 5.70 at 2 x 8192; at D128 2.84 against 3.05 at 8 x 2048 and 4.68 against 5.57 at 4 x 4096).
+    /// </summary>
+    public int HopperBackwardVariantFor(int headSize) => Options.HopperBackwardVariant is not 0 ? Options.HopperBackwardVariant : 3;
 
     private void HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
         float sc)
     {
         string suffix = FlashSuffix(dtype, d);
+        int variant = HopperBackwardVariantFor(d);
+        // flash_backward_hopper_v2's flags: 1 = CTAs largest work first, 2 = dQ by bulk reductions of fragment-order tiles,
+        // 4 = dQ's product before dK's (reductions per element), 8 = (with 2, head size 64) the dQ tile in its own buffer, sent
+        // while dK runs, dK waited for in the next block.
+        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, 5 => 5, 6 => 2, 7 => 11, 8 => 10, _ => 0 };
+        bool tiles = (flags & 2) != 0, separateTile = tiles && (flags & 8) != 0 && d == 64;
         long rows = (long)b * t * h;
+        // dqacc: (B, T, H, D) for the reductions per element; for the bulk reductions (B, H, query blocks of 64, 64, D), the
+        // last block padded (its rows past T receive zeros).
+        long queryBlocks = (t + HopperBackwardQueries - 1) / HopperBackwardQueries;
+        long accumulators = tiles ? (long)b * h * queryBlocks * HopperBackwardQueries * d : rows * d;
         ulong delta = Scratch(rows * sizeof(float));
-        ulong dqacc = Scratch(rows * d * sizeof(float)); // fp32 dq, (B, T, H, D) contiguous, zeroed by the preprocess
+        ulong dqacc = Scratch(accumulators * sizeof(float));
         uint grid = (uint)((rows * (d / 8) + 255) / 256);
         void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
-        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
-        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);   // delta; zeroes the first rows * d
+        if (accumulators > rows * d)
+            Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(dqacc + (ulong)(rows * d * sizeof(float)), 0, (nuint)((accumulators - rows * d) * sizeof(float)), Stream.Handle),
+                "cuMemsetD8Async", "the padded dQ tiles");
         // 1,024 alignment + K and V tiles + two stages of Q and dO + the dS^T tile + two stages of lse and delta.
-        int wgs = Options.HopperAttentionWarpgroups is 0 ? 1 : Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
+        int wgs = variant != 1 || Options.HopperAttentionWarpgroups is 0 ? 1 : Options.HopperAttentionWarpgroups, keys = HopperWarpgroupRows * wgs;
         uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
-            + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float));
-        string kernel = "flash_backward_hopper_" + (wgs == 1 ? "wg1_" : "") + suffix;
+            + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float)
+            + (separateTile ? HopperBackwardQueries * d * sizeof(float) : 0));
+        // flags 4 and 8 exist only in the v2x build of the second kernel (the v2 build keeps the code measured first)
+        string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 12) != 0 ? "v2x_" : "v2_") + suffix;
         PreferSharedMemory(HopperFile, kernel);
-        Launch(HopperFile, kernel, ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b), (uint)(HopperWarpgroupThreads * wgs), a2, shared);
+        var blocks = ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b);
+        if (variant == 1)
+        {
+            void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
+            Launch(HopperFile, kernel, blocks, (uint)(HopperWarpgroupThreads * wgs), a2, shared);
+        }
+        else
+        {
+            void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &flags };
+            Launch(HopperFile, kernel, blocks, (uint)HopperWarpgroupThreads, a2, shared);
+        }
         void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
-        Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
+        if (tiles)   // one thread per 16 values (four float4) of the tiles
+            Launch(HopperFile, "flash_backward_hopper_dq_cast_" + suffix, (uint)((accumulators / 16 + 255) / 256), 256, a3);
+        else
+            Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
         FreeScratch(dqacc);
         FreeScratch(delta);
     }

@@ -103,6 +103,20 @@ public sealed record CudaBackendOptions
     public int HopperAttentionWarpgroups { get; init; }
 
     /// <summary>
+    /// Which Hopper attention backward runs (flash_attention_hopper.cu): 1 = the first kernel (<c>flash_backward_hopper</c>, one
+    /// or two warpgroups per <see cref="HopperAttentionWarpgroups"/>); 2 = the second (<c>flash_backward_hopper_v2</c>, one
+    /// warpgroup: the products of a query block overlapped with its elementwise work, CTAs ordered largest work first,
+    /// dQ by reductions per element); 3 = the second with dQ through shared memory and one bulk reduction per query block;
+    /// 4 = the second in the launch order of the first (to measure the ordering alone); 5 = 2 with dQ's product issued before
+    /// dK's, so that its reductions go out while dK runs; 6 = 3 in the launch order of the first; 7 = 3 with (head size 64) the
+    /// dQ tile in its own 16 KB buffer, dQ's product before dK's, the tile sent while dK runs and dK waited for in the next
+    /// query block; 8 = 7 in the launch order of the first. 0 (the default) = the measured best per head size
+    /// (<see cref="CudaBackend.HopperBackwardVariantFor"/>: variant 3 at 64 and 128, 1.43x and 1.07-1.19x the first kernel on
+    /// the H200).
+    /// </summary>
+    public int HopperBackwardVariant { get; init; }
+
+    /// <summary>
     /// Serving's paged decode step runs the attention input (norm, QKV product, RoPE, append to the rows' pool slots) as one
     /// matrix-vector kernel where a step has at most 4 rows, as the dense decode step does; false runs the product, the
     /// rotation and the append as three launches (to compare). Default true.
@@ -145,6 +159,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32");
         if (PagedDecodeMinKeysPerSplit < 1)
             throw new ArgumentException($"CUDA backend options: PagedDecodeMinKeysPerSplit ({PagedDecodeMinKeysPerSplit}) must be at least 1");
+        if (HopperBackwardVariant is < 0 or > 8)
+            throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(DecodeAttention))
@@ -199,6 +215,7 @@ public sealed record CudaBackendOptions
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
+        if (HopperBackwardVariant != d.HopperBackwardVariant) parts.Add(Invariant($"{nameof(HopperBackwardVariant)}={HopperBackwardVariant}"));
         if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
         if (PagedDecodeCtasPerSm != d.PagedDecodeCtasPerSm) parts.Add(Invariant($"{nameof(PagedDecodeCtasPerSm)}={PagedDecodeCtasPerSm}"));
         if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
@@ -243,6 +260,7 @@ public sealed record CudaBackendOptions
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
         [nameof(HopperAttentionWarpgroups)] = (o, v, s) => o with { HopperAttentionWarpgroups = ParseInt(v, s) },
+        [nameof(HopperBackwardVariant)] = (o, v, s) => o with { HopperBackwardVariant = ParseInt(v, s) },
         [nameof(ProfileOps)] = (o, v, s) => o with { ProfileOps = ParseBool(v, s) },
         [nameof(KernelCacheFolder)] = (o, v, s) => o with
         {

@@ -12,8 +12,11 @@ namespace Tessera.Bench.Gpu;
 /// backends of one process. Per shape: median milliseconds of the forward (with lse) and of the backward over --reps runs
 /// after 3 warm-ups (CUDA events on each backend's stream), TFLOP/s counting the causal half of the products (forward
 /// 2 B H T^2 D, backward 2.5 times that), and the norm-wise relative difference of the two forwards' outputs.
-/// <para>Usage: gpu-attention [--shapes B,T,H,K,D;...] [--reps 10]. Default shapes: llama-1b 8 x 2048 (H32 K8 D64), 4 x 4096,
-/// 2 x 8192, and llama-8b heads (H32 K8 D128) at 8 x 2048 and 4 x 4096.</para>
+/// <para>A second table times the backward of each <see cref="CudaBackendOptions.HopperBackwardVariant"/> listed by
+/// --backward-variants (default 1 to 8; "none" skips it) against FA-2's, on the same inputs.</para>
+/// --backward-only prints that table alone (FA-2's backward and the variants; the forward runs once, untimed), for a profiler.
+/// <para>Usage: gpu-attention [--shapes B,T,H,K,D;...] [--reps 10] [--backward-variants 1,3,7] [--backward-only]. Default shapes: llama-1b
+/// 8 x 2048 (H32 K8 D64), 4 x 4096, 2 x 8192, and llama-8b heads (H32 K8 D128) at 8 x 2048 and 4 x 4096.</para>
 /// </summary>
 public static class GpuAttentionBench
 {
@@ -22,21 +25,37 @@ public static class GpuAttentionBench
     {
         string shapes = "8,2048,32,8,64;4,4096,32,8,64;2,8192,32,8,64;8,2048,32,8,128;4,4096,32,8,128";
         int reps = 10;
+        string variantList = "1,2,3,4,5,6,7,8";
+        bool backwardOnly = false;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
             {
                 case "--shapes": shapes = args[++i]; break;
                 case "--reps": reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--backward-variants": variantList = args[++i]; break;
+                case "--backward-only": backwardOnly = true; break;
                 default: throw new ArgumentException($"gpu-attention: unknown argument '{args[i]}'");
             }
         }
         using var flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
-        using var hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2 });
-        using var one = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1 });
+        // The main table's Hopper columns: the forward with two and one warpgroups, and the first backward kernel likewise
+        // (HopperBackwardVariant = 1); the variants' table has the second.
+        using var hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, HopperBackwardVariant = 1 });
+        using var one = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, HopperBackwardVariant = 1 });
+        var variants = variantList.Equals("none", StringComparison.OrdinalIgnoreCase) ? []
+            : variantList.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+        var variantBackends = variants.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
+        {
+            HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v,
+        })).ToArray();
+        var variantRows = new List<string>();
         Console.WriteLine($"device: {hopper.CudaDevice}; Hopper kernels used: forward {hopper.UsesHopperAttention}, backward {hopper.UsesHopperAttentionBackward}");
-        Console.WriteLine("| B | T | H | K | D | FA-2 fwd ms | TFLOP/s | Hopper fwd ms | TFLOP/s | 1-WG fwd ms | TFLOP/s | FA-2 bwd ms | TFLOP/s | Hopper bwd ms | TFLOP/s | 1-WG bwd ms | TFLOP/s | outputs' rel. difference |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        if (!backwardOnly)
+        {
+            Console.WriteLine("| B | T | H | K | D | FA-2 fwd ms | TFLOP/s | Hopper fwd ms | TFLOP/s | 1-WG fwd ms | TFLOP/s | FA-2 bwd ms | TFLOP/s | Hopper bwd ms | TFLOP/s | 1-WG bwd ms | TFLOP/s | outputs' rel. difference |");
+            Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        }
         foreach (var text in shapes.Split(';', StringSplitOptions.RemoveEmptyEntries))
         {
             var n = text.Split(',').Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
@@ -51,10 +70,15 @@ public static class GpuAttentionBench
             }
             var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
             var dout = Values((long)b * t * h * d);
-            var (f2Fwd, f2Bwd, f2Out) = Measure(flash2, q, k, v, dout, b, t, h, kh, d, reps);
+            double fwdFlop = 2.0 * b * h * (double)t * t * d, bwdFlop = 2.5 * fwdFlop;
+            var (f2Fwd, f2Bwd, f2Out) = Measure(flash2, q, k, v, dout, b, t, h, kh, d, reps, backwardOnly: backwardOnly);
+            if (backwardOnly)
+            {
+                variantRows.Add(VariantRow(variantBackends, q, k, v, dout, b, t, h, kh, d, reps, f2Bwd, bwdFlop));
+                continue;
+            }
             var (hFwd, hBwd, hOut) = Measure(hopper, q, k, v, dout, b, t, h, kh, d, reps);
             var (pFwd, pBwd, _) = Measure(one, q, k, v, dout, b, t, h, kh, d, reps);
-            double fwdFlop = 2.0 * b * h * (double)t * t * d, bwdFlop = 2.5 * fwdFlop;
             double diff = 0, norm = 0;
             for (int i = 0; i < f2Out.Length; i++)
             {
@@ -63,12 +87,22 @@ public static class GpuAttentionBench
             }
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {b} | {t} | {h} | {kh} | {d} | {f2Fwd:F2} | {fwdFlop / f2Fwd / 1e9:F0} | {hFwd:F2} | {fwdFlop / hFwd / 1e9:F0} | {pFwd:F2} | {fwdFlop / pFwd / 1e9:F0} | {f2Bwd:F2} | {bwdFlop / f2Bwd / 1e9:F0} | {hBwd:F2} | {bwdFlop / hBwd / 1e9:F0} | {pBwd:F2} | {bwdFlop / pBwd / 1e9:F0} | {Math.Sqrt(diff / Math.Max(norm, 1e-30)):E1} |"));
+            if (variantBackends.Length > 0) variantRows.Add(VariantRow(variantBackends, q, k, v, dout, b, t, h, kh, d, reps, f2Bwd, bwdFlop));
         }
+        if (variantBackends.Length > 0)
+        {
+            Console.WriteLine();
+            Console.WriteLine("Backward variants (HopperBackwardVariant), ms (TFLOP/s), median of " + reps.ToString(CultureInfo.InvariantCulture) + ":");
+            Console.WriteLine("| B | T | H | K | D | FA-2 bwd | " + string.Join(" | ", variants.Select(v => $"variant {v}")) + " |");
+            Console.WriteLine("|---|---|---|---|---|---|" + string.Concat(variants.Select(_ => "---|")));
+            foreach (var row in variantRows) Console.WriteLine(row);
+        }
+        foreach (var be in variantBackends) be.Dispose();
         return 0;
     }
 
     private static (double Forward, double Backward, BFloat16[] Output) Measure(CudaBackend be, BFloat16[] q, BFloat16[] k, BFloat16[] v,
-        BFloat16[] dout, int b, int t, int h, int kh, int d, int reps, bool backward = true)
+        BFloat16[] dout, int b, int t, int h, int kh, int d, int reps, bool backward = true, bool backwardOnly = false)
     {
         Tensor Put(BFloat16[] values, params int[] dims)
         {
@@ -81,11 +115,28 @@ public static class GpuAttentionBench
         var dq = be.Allocate(new Shape(b, t, h, d), DType.BF16);
         var dk = be.Allocate(new Shape(b, t, kh, d), DType.BF16); var dv = be.Allocate(new Shape(b, t, kh, d), DType.BF16);
         double scale = 1 / Math.Sqrt(d);
-        double forward = MedianMs(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale), reps);
+        double forward = backwardOnly ? Once(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale))
+            : MedianMs(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale), reps);
         double backwardMs = backward ? MedianMs(be, () => be.AttentionBackward(tq, tk, tv, o, tdo, lse, dq, dk, dv, scale), reps) : double.NaN;
         var output = be.ToArray<BFloat16>(o);
         foreach (var x in new[] { tq, tk, tv, tdo, o, lse, dq, dk, dv }) x.Storage.Dispose();
         return (forward, backwardMs, output);
+    }
+
+    // One row of the variants' table: FA-2's backward, then each variant's, ms (TFLOP/s).
+    private static string VariantRow(CudaBackend[] backends, BFloat16[] q, BFloat16[] k, BFloat16[] v, BFloat16[] dout,
+        int b, int t, int h, int kh, int d, int reps, double flash2Ms, double flop)
+    {
+        var cells = backends.Select(be => Measure(be, q, k, v, dout, b, t, h, kh, d, reps, backwardOnly: true).Backward)
+            .Select(ms => string.Create(CultureInfo.InvariantCulture, $"{ms:F3} ({flop / ms / 1e9:F0})"));
+        return string.Create(CultureInfo.InvariantCulture, $"| {b} | {t} | {h} | {kh} | {d} | {flash2Ms:F3} ({flop / flash2Ms / 1e9:F0}) | ") + string.Join(" | ", cells) + " |";
+    }
+
+    private static double Once(CudaBackend be, Action op)
+    {
+        op();
+        be.Synchronize();
+        return double.NaN;
     }
 
     private static double MedianMs(CudaBackend be, Action op, int reps)

@@ -43,6 +43,26 @@ public sealed unsafe class CudaModule : IDisposable
         }
     }
 
+    /// <summary>
+    /// What the compiler gave kernel <paramref name="name"/> (registers, local memory, static shared memory) and how many of its
+    /// CTAs of <paramref name="threads"/> threads and <paramref name="dynamicSharedBytes"/> of dynamic shared memory fit on one
+    /// SM at the largest shared-memory carveout (the one the backend asks for).
+    /// </summary>
+    public KernelResources Resources(string name, int threads, int dynamicSharedBytes)
+    {
+        var f = Function(name);
+        _device.MakeCurrent();
+        int registers, local, shared, ctas;
+        Check(cuFuncGetAttribute(&registers, CU_FUNC_ATTRIBUTE_NUM_REGS, f), "cuFuncGetAttribute", name);
+        Check(cuFuncGetAttribute(&local, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, f), "cuFuncGetAttribute", name);
+        Check(cuFuncGetAttribute(&shared, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, f), "cuFuncGetAttribute", name);
+        Check(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100), "cuFuncSetAttribute", name);
+        if (dynamicSharedBytes > 48 * 1024)
+            Check(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamicSharedBytes), "cuFuncSetAttribute", name);
+        Check(cuOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, f, threads, (nuint)dynamicSharedBytes), "cuOccupancyMaxActiveBlocksPerMultiprocessor", name);
+        return new KernelResources(registers, local, shared, ctas);
+    }
+
     /// <summary>Unloads the module.</summary>
     public void Dispose()
     {

@@ -25,7 +25,14 @@ public sealed unsafe class NvrtcCompiler
     /// <paramref name="options"/>; returns the cubin. Throws <see cref="KernelCompilationException"/>
     /// with NVRTC's log when the source does not compile.
     /// </summary>
-    public byte[] CompileToCubin(string source, string fileName, IReadOnlyList<string> options)
+    public byte[] CompileToCubin(string source, string fileName, IReadOnlyList<string> options) =>
+        CompileToCubin(source, fileName, options, out _);
+
+    /// <summary>
+    /// As <see cref="CompileToCubin(string, string, IReadOnlyList{string})"/>, and hands back NVRTC's log of a successful
+    /// compilation too (its warnings; with <c>--ptxas-options=-v</c>, the assembler's registers and spills per kernel).
+    /// </summary>
+    public byte[] CompileToCubin(string source, string fileName, IReadOnlyList<string> options, out string log)
     {
         IntPtr program;
         var src = Utf8Z(source);
@@ -52,6 +59,7 @@ public sealed unsafe class NvrtcCompiler
                 throw new KernelCompilationException(fileName, "NVRTC produced no cubin: the --gpu-architecture option must name a real architecture (sm_XX), not a virtual one (compute_XX)");
             var cubin = new byte[size];
             fixed (byte* c = cubin) Check(nvrtcGetCUBIN(program, c), "nvrtcGetCUBIN", fileName);
+            log = Log(program);
             return cubin;
         }
         finally

@@ -21,6 +21,9 @@ internal static unsafe partial class CudaDriver
     internal const int CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED = 115;
 
     internal const int CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4;
+    internal const int CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1;
+    internal const int CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES = 3;
+    internal const int CU_FUNC_ATTRIBUTE_NUM_REGS = 4;
     internal const int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
     internal const int CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9;
     internal const uint CU_STREAM_NON_BLOCKING = 1;
@@ -79,6 +82,8 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Lib)] internal static partial int cuModuleUnload(IntPtr module);
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] internal static partial int cuModuleGetFunction(IntPtr* function, IntPtr module, string name);
     [LibraryImport(Lib)] internal static partial int cuFuncSetAttribute(IntPtr function, int attribute, int value);
+    [LibraryImport(Lib)] internal static partial int cuFuncGetAttribute(int* value, int attribute, IntPtr function);
+    [LibraryImport(Lib)] internal static partial int cuOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, IntPtr function, int blockSize, nuint dynamicSharedBytes);
     [LibraryImport(Lib)] internal static partial int cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ,
         uint blockX, uint blockY, uint blockZ, uint sharedBytes, IntPtr stream, void** parameters, void** extra);
 

@@ -621,3 +621,423 @@ HOPPER_BACKWARD(bf16, bf16, 64)
 HOPPER_BACKWARD(bf16, bf16, 128)
 HOPPER_BACKWARD(f16, f16, 64)
 HOPPER_BACKWARD(f16, f16, 128)
+
+// ------------------------------------------------------------------------------------ backward, second kernel (v2)
+// The same contract and products as hopper_backward with one warpgroup of 64 keys, reordered so that the tensor cores and
+// the elementwise work overlap within the CTA, plus two switches in `flags` (CudaBackendOptions.HopperBackwardVariant):
+//   - The products of a query block go as four commit groups: S^T, then dP^T (both issued at once); P = exp(...) is
+//     computed as soon as S^T is done while dP^T still runs, and dV += P^T dO is issued before waiting for dP^T; dS^T is
+//     computed while dV runs and stored to shared memory, dK += dS^T Q is issued, and dQ = dS K behind it. dS takes P from
+//     a copy of its 16-bit A fragment (pa, which dV's product owns until waited for), not from a second fp32 copy: 16
+//     registers fewer at the peak (dK and dV accumulators, pa, dP^T in flight).
+//   - flags & 1, largest work first: the CTA of linear index i takes key block i / (KH B) (key block 0 sees every query
+//     block, the last one the fewest), so the longest CTAs start in the first wave instead of in the last.
+//   - flags & 2, dQ by one bulk reduction per query block: the dQ accumulators (fp32) are stored to shared memory over
+//     this block's Q and dO stage (free once dV and dK are done), and one thread issues cp.reduce.async.bulk .add.f32 of
+//     the whole 64 x D tile into dqacc, which is then laid out in tiles: tile (b, h, query block) of 64 D floats at
+//     ((b H + h) nQB + block) 64 D, each in fragment order: float4 c * 128 + tid holds thread tid's registers 4 c' .. 4 c' + 3
+//     of the dQ product of column half c / 8 (c' = c % 8), i.e. rows 16 w + g and + 8, columns 64 (c / 8) + 8 c' + 2 c4
+//     and + 1 (w, g, c4 of tid). hopper_dq_cast_tiles rounds it into dq. Without the flag: red.global.add into (B,T,H,D).
+//   - flags & 4 (reductions per element only), dQ first: dQ's product is issued before dK's and its reductions go out while
+//     dK runs (dK is waited for at the end of the block, before its stage is refilled).
+//   - flags & 8 with flags & 2, head size 64 only (sep): the dQ tile gets its own 16 KB buffer after lse/delta, so dQ's
+//     product goes before dK's, the tile is stored and sent while dK runs, and dK is waited for only in the next block,
+//     behind that block's S^T and dP^T, before the stage dK reads is refilled.
+// Flags 4 and 8 are compiled only into the EXTRA build (flash_backward_hopper_v2x); the v2 build has flags 1 and 2.
+// Shared memory: as hopper_backward's with one warpgroup, the two stages laid [Q | dO] each (2 64 D 2 bytes = one fp32
+// tile of 64 x D).
+
+// cp.reduce.async.bulk .add.f32: `bytes` (a multiple of 16) from shared address src added to global dst, tracked by the
+// issuing thread's bulk groups; shared memory written by ordinary stores must be fenced (fence_async_shared) first.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, unsigned src, unsigned bytes)
+{
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst), "r"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Until at most N bulk groups of this thread are still reading their shared-memory source.
+template <int N> __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
+// Until at most N bulk groups of this thread are incomplete (their global writes done).
+template <int N> __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory"); }
+
+// The two 16-bit values of a pack2 word as floats (lo = the low half).
+template <typename T> __device__ __forceinline__ float unpack_lo(unsigned w);
+template <typename T> __device__ __forceinline__ float unpack_hi(unsigned w);
+template <> __device__ __forceinline__ float unpack_lo<bf16>(unsigned w) { return __uint_as_float(w << 16); }
+template <> __device__ __forceinline__ float unpack_hi<bf16>(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+template <> __device__ __forceinline__ float unpack_lo<f16>(unsigned w)
+{
+    float f;
+    asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, l; }" : "=f"(f) : "r"(w));
+    return f;
+}
+template <> __device__ __forceinline__ float unpack_hi<f16>(unsigned w)
+{
+    float f;
+    asm("{ .reg .b16 l, h; mov.b32 {l, h}, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "r"(w));
+    return f;
+}
+
+template <typename T, int D, bool EXTRA>
+__device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
+    float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
+    Strides3 dks, Strides3 dvs, float scale, int flags)
+{
+    constexpr int BM = 64, BN = 64, KD = D / 16, NT = 128;
+    constexpr unsigned TILE = BM * D * 2;   // one Q or dO tile (bytes); a stage is [Q | dO]
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const unsigned sV = sK + BN * D * 2;
+    const unsigned sStage = sV + BN * D * 2;   // 2 stages
+    const unsigned sdS = sStage + 4 * TILE;    // 64 keys x 64 queries
+    float* sL = (float*)(smem_raw + (sdS + BN * BM * 2 - smem_u32(smem_raw)));   // 2 stages of lse, then 2 of delta
+    float* sDel = sL + 2 * BM;
+    // sep: the dQ tile in its own buffer after lse/delta (head size 64 only: 16 KB more, three CTAs still fit an SM).
+    // EXTRA: the kernel with flags 4 and 8 (flash_backward_hopper_v2x); without it they are compiled out, so that the
+    // other variants' code and registers stay those of the kernel measured first.
+    const bool bulk = (flags & 2) != 0, sep = EXTRA && (flags & 8) != 0 && bulk && D == 64;
+    const bool dqFirst = EXTRA && (((flags & 4) != 0 && !bulk) || sep);
+    const unsigned sdQ = sdS + BN * BM * 2 + 4 * BM * 4;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    int nb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    if (flags & 1)
+    {
+        const int heads = gridDim.y * gridDim.z, lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+        nb = lin / heads;
+        kvh = lin % heads % gridDim.y;
+        b = lin % heads / gridDim.y;
+    }
+    const int group = H / KH, n0 = nb * BN, nQB = (Tq + BM - 1) / BM;
+    const int mStart = n0 / BM, per = nQB - mStart, iters = per * group;
+    const float sl2 = scale * LOG2E;
+
+    load_tile_sw128<D, BN, NT>(sK, k + b * ks.b + (i64)kvh * ks.h, ks.t, n0, Tq, tid);
+    load_tile_sw128<D, BN, NT>(sV, v + b * vs.b + (i64)kvh * vs.h, vs.t, n0, Tq, tid);
+
+    auto issue = [&](int it, int st) {
+        const int hh = kvh * group + it / per, m0 = (mStart + it % per) * BM;
+        const unsigned tQ = sStage + st * 2 * TILE;
+        load_tile_sw128<D, BM, NT>(tQ, q + b * qs.b + (i64)hh * qs.h, qs.t, m0, Tq, tid);
+        load_tile_sw128<D, BM, NT>(tQ + TILE, dout + b * ds.b + (i64)hh * ds.h, ds.t, m0, Tq, tid);
+        if (tid < 2 * BM)
+        {
+            const int which = tid / BM, c = tid % BM, t = m0 + c;
+            const float* src = (which ? delta : lse) + ((i64)b * H + hh) * Tq;
+            const bool ok = t < Tq;
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
+                         "l"(ok ? src + t : src), "r"(ok ? 4 : 0) : "memory");
+        }
+    };
+
+    float dkacc[D / 2], dvacc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) { dkacc[i] = 0.f; dvacc[i] = 0.f; }
+    issue(0, 0);
+    cp_async_commit();
+    const u64 kdesc = sw128_descriptor(sK, 16, 1024);
+    const u64 vdesc = sw128_descriptor(sV, 16, 1024);
+    const u64 sdesc = sw128_descriptor(sdS, 64 * 128, 1024);
+    // This thread's key rows (g and g + 8 of its warp's 16).
+    const int key0 = n0 + warp * 16 + g;
+    unsigned sa[BM / 16][4];   // dS^T's A fragments: with sep, dK's product still reads them into the next block
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; kk++) sa[kk][0] = sa[kk][1] = sa[kk][2] = sa[kk][3] = 0u;
+
+    for (int it = 0; it < iters; it++)
+    {
+        const int st = it & 1;
+        const int hh = kvh * group + it / per, mb = mStart + it % per, m0 = mb * BM;
+        const unsigned tQ = sStage + st * 2 * TILE, tdO = tQ + TILE;
+        cp_async_wait<0>();
+        fence_async_shared();
+        __syncthreads();   // this stage landed; every thread is past the previous block (its dS^T tile, its stage)
+
+        const u64 qdesc = sw128_descriptor(tQ, 16, 1024), odesc = sw128_descriptor(tdO, 16, 1024);
+        float s[BM / 2], dp[BM / 2];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
+        {
+            const unsigned ka = (kk >> 2) * BN * 128 + (kk & 3) * 32, qa = (kk >> 2) * BM * 128 + (kk & 3) * 32;
+            Wgmma<T, BM>::ss(s, desc_plus(kdesc, ka), desc_plus(qdesc, qa), kk > 0);
+        }
+        wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
+        {
+            const unsigned ka = (kk >> 2) * BN * 128 + (kk & 3) * 32, qa = (kk >> 2) * BM * 128 + (kk & 3) * 32;
+            Wgmma<T, BM>::ss(dp, desc_plus(vdesc, ka), desc_plus(odesc, qa), kk > 0);
+        }
+        wgmma_commit();
+
+        // The next block into the other stage: its last readers were the previous block's products (waited for, except
+        // dK's with sep, waited for here) and, with the bulk reduction over the stage, that block's dQ tile going out.
+        if (sep)
+        {
+            wgmma_wait<2>();   // all but S^T and dP^T: the previous block's dK
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&sa[0][0]);
+            __syncthreads();
+        }
+        else if (bulk)
+        {
+            if (tid == 0) bulk_wait_read<0>();
+            __syncthreads();
+        }
+        if (it + 1 < iters) issue(it + 1, st ^ 1);
+        cp_async_commit();
+
+        const float* tL = sL + st * BM;
+        const float* tDel = sDel + st * BM;
+        const bool mask = m0 < n0 + BN || m0 + BM > Tq;
+        wgmma_wait<1>();   // S^T done; dP^T may still run
+        fence_registers<BM / 2>(s);
+        unsigned pa[BM / 16][4];
+#pragma unroll
+        for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int qc = j * 8 + 2 * c4 + (e & 1), key = key0 + (e >> 1) * 8, t = m0 + qc;
+                float p = fast_exp2(fmaf(s[4 * j + e], sl2, -tL[qc] * LOG2E));
+                if (mask && (key > t || t >= Tq)) p = 0.f;
+                s[4 * j + e] = p;
+            }
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++)
+        {
+            pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+            pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+            pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+            pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+        }
+        // dS below needs P while dV's product still reads pa (the A registers of an in-flight wgmma may not be touched until
+        // it is waited for): a copy, kept apart by the register fence that follows.
+        unsigned pc[BM / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) pc[kk][x] = pa[kk][x];
+        // dV += P^T dO (k = the block's queries; dO read N-major, its rows being queries)
+        fence_registers<D / 2>(dvacc);
+        fence_registers<BM / 4>(&pa[0][0]);
+        wgmma_fence();
+        const u64 odescN = sw128_descriptor(tdO, BM * 128, 1024), qdescN = sw128_descriptor(tQ, BM * 128, 1024);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) Wgmma<T, D>::rs_nmajor(dvacc, pa[kk], desc_plus(odescN, kk * 16 * 128));
+        wgmma_commit();
+
+        wgmma_wait<1>();   // dP^T done; dV may still run
+        fence_registers<BM / 2>(dp);
+        // dS^T = P^T o (dP^T - delta), P from its 16-bit fragment: element 4 j + e is half (e & 1) of word (e >> 1) + 2 (j & 1)
+        // of pa[j / 2].
+#pragma unroll
+        for (int j = 0; j < BM / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int qc = j * 8 + 2 * c4 + (e & 1);
+                const unsigned w = pc[j >> 1][(e >> 1) + 2 * (j & 1)];
+                const float p = (e & 1) ? unpack_hi<T>(w) : unpack_lo<T>(w);
+                dp[4 * j + e] = p * (dp[4 * j + e] - tDel[qc]);
+            }
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++)
+        {
+            sa[kk][0] = pack2<T>(dp[8 * kk + 0], dp[8 * kk + 1]);
+            sa[kk][1] = pack2<T>(dp[8 * kk + 2], dp[8 * kk + 3]);
+            sa[kk][2] = pack2<T>(dp[8 * kk + 4], dp[8 * kk + 5]);
+            sa[kk][3] = pack2<T>(dp[8 * kk + 6], dp[8 * kk + 7]);
+        }
+        // dS^T to shared memory for dQ (its last reader, the previous block's dQ product, was waited for), before dK's
+        // product takes sa: rows = keys (16 warp + g, + 8), 128-byte rows of 64 queries, swizzled.
+        {
+            char* base = (char*)smem_raw + (sdS - smem_u32(smem_raw));
+            const int r0 = warp * 16 + g, r1 = r0 + 8;
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++)
+            {
+                const int cA = 2 * kk, cB = 2 * kk + 1;
+                *(unsigned*)(base + r0 * 128 + ((cA ^ (r0 & 7)) << 4) + c4 * 4) = sa[kk][0];
+                *(unsigned*)(base + r1 * 128 + ((cA ^ (r1 & 7)) << 4) + c4 * 4) = sa[kk][1];
+                *(unsigned*)(base + r0 * 128 + ((cB ^ (r0 & 7)) << 4) + c4 * 4) = sa[kk][2];
+                *(unsigned*)(base + r1 * 128 + ((cB ^ (r1 & 7)) << 4) + c4 * 4) = sa[kk][3];
+            }
+        }
+        fence_async_shared();
+        // dK += dS^T Q: here, or (dqFirst) right behind dQ's first product so that dQ is stored while dK runs.
+        auto issue_dk = [&]() {
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&sa[0][0]);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) Wgmma<T, D>::rs_nmajor(dkacc, sa[kk], desc_plus(qdescN, kk * 16 * 128));
+            wgmma_commit();
+        };
+        if (!dqFirst) issue_dk();
+        if (sep && tid == 0) bulk_wait_read<0>();   // the previous dQ tile has left its buffer
+        __syncthreads();   // the dS^T tile is whole
+#pragma unroll
+        for (int half = 0; half < D / 64; half++)
+        {
+            float qacc[32];
+            // K as B: rows = keys (k), 64 columns of D (n) from column block `half`
+            const u64 kdescN = sw128_descriptor(sK + half * BN * 128, BN * 128, 1024);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+                WgmmaT<T>::ss_mn(qacc, desc_plus(sdesc, kk * 16 * 128), desc_plus(kdescN, kk * 16 * 128), kk > 0);
+            wgmma_commit();
+            if (dqFirst && half == 0)
+            {
+                issue_dk();
+                wgmma_wait<1>();   // dV and this dQ product done; dK may still run
+            }
+            else
+                wgmma_wait<0>();
+            fence_registers<32>(qacc);
+            if (half == 0)
+            {
+                fence_registers<D / 2>(dvacc);
+                fence_registers<BM / 4>(&pa[0][0]);
+                if (!dqFirst)
+                {
+                    fence_registers<D / 2>(dkacc);
+                    fence_registers<BM / 4>(&sa[0][0]);
+                }
+            }
+            if (bulk)
+            {
+                // Over this stage's Q and dO, once every warp's dV and dK products (their readers) are done; or (sep) into
+                // its own buffer, while dK runs.
+                if (half == 0 && !sep) __syncthreads();
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                {
+                    const unsigned dst = (sep ? sdQ : tQ) + (unsigned)(((half * 8 + j) * 128 + tid) * 16);
+                    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(qacc[4 * j] * scale),
+                                 "f"(qacc[4 * j + 1] * scale), "f"(qacc[4 * j + 2] * scale), "f"(qacc[4 * j + 3] * scale) : "memory");
+                }
+            }
+            else
+            {
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                {
+                    const int t = m0 + warp * 16 + g + r * 8;
+                    if (t < Tq)
+                    {
+                        float* dst = dqacc + (((i64)b * Tq + t) * H + hh) * D + half * 64 + 2 * c4;
+#pragma unroll
+                        for (int j = 0; j < 8; j++)
+                            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
+                                         "f"(qacc[4 * j + 2 * r + 1] * scale) : "memory");
+                    }
+                }
+            }
+        }
+        if (dqFirst && !sep)
+        {
+            wgmma_wait<0>();   // dK, the last reader of this stage's Q, before the stage is refilled
+            fence_registers<D / 2>(dkacc);
+            fence_registers<BM / 4>(&sa[0][0]);
+        }
+        if (bulk)
+        {
+            fence_async_shared();
+            __syncthreads();
+            if (tid == 0)
+            {
+                bulk_reduce_add_f32(dqacc + (((i64)b * H + hh) * nQB + mb) * (BM * D), sep ? sdQ : tQ, BM * D * 4);
+                bulk_commit();
+            }
+        }
+    }
+    if constexpr (EXTRA)
+    {
+        wgmma_wait<0>();   // (sep) the last block's dK
+        fence_registers<D / 2>(dkacc);
+        fence_registers<BM / 4>(&sa[0][0]);
+    }
+    cp_async_wait<0>();
+    if (bulk && tid == 0) bulk_wait<0>();   // the last reductions finish before the CTA (their source) goes
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+    {
+        const int s = key0 + r * 8;
+        if (s < Tq)
+        {
+            T* krow = dk + b * dks.b + (i64)s * dks.t + (i64)kvh * dks.h;
+            T* vrow = dv + b * dvs.b + (i64)s * dvs.t + (i64)kvh * dvs.h;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+            {
+                *(unsigned*)(krow + j * 8 + 2 * c4) = pack2<T>(dkacc[4 * j + 2 * r] * scale, dkacc[4 * j + 2 * r + 1] * scale);
+                *(unsigned*)(vrow + j * 8 + 2 * c4) = pack2<T>(dvacc[4 * j + 2 * r], dvacc[4 * j + 2 * r + 1]);
+            }
+        }
+    }
+}
+
+// dq (strided, T) from dqacc laid in fragment-order tiles (hopper_backward_v2 with flags & 2). One thread per float4 of a
+// tile, in tile order (c fastest, then tid' = 32 w + 4 g of the lane quads... see below): thread (tile, w, g, c) reads the
+// four float4 of lanes 4 g .. 4 g + 3 of warp w in chunk c (64 contiguous bytes), i.e. rows 16 w + g and + 8, columns
+// 64 (c / 8) + 8 (c % 8) .. + 7, and writes 8 values to each row (rows past T skipped).
+struct alignas(16) Float4 { float x, y, z, w; };
+struct alignas(16) Word4 { unsigned x, y, z, w; };
+
+template <typename T, int D>
+__device__ void hopper_dq_cast_tiles(const float* dqacc, T* dq, int B, int Tq, int H, Strides3 dqs)
+{
+    constexpr int CH = D / 8;   // chunks of a tile
+    const int nQB = (Tq + 63) / 64;
+    const i64 gt = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const int c = (int)(gt % CH), gg = (int)(gt / CH % 8), w = (int)(gt / (CH * 8) % 4);
+    const i64 tile = gt / (CH * 32);
+    if (tile >= (i64)B * H * nQB) return;
+    const int mb = (int)(tile % nQB), h = (int)(tile / nQB % H), b = (int)(tile / ((i64)nQB * H));
+    const Float4* src = (const Float4*)(dqacc + tile * 64 * D) + c * 128 + 32 * w + 4 * gg;
+    const Float4 x0 = src[0], x1 = src[1], x2 = src[2], x3 = src[3];
+    const int t0 = mb * 64 + 16 * w + gg;
+    T* base = dq + b * dqs.b + (i64)h * dqs.h + c * 8;
+    if (t0 < Tq)
+    {
+        Word4 r;
+        r.x = pack2<T>(x0.x, x0.y); r.y = pack2<T>(x1.x, x1.y); r.z = pack2<T>(x2.x, x2.y); r.w = pack2<T>(x3.x, x3.y);
+        *(Word4*)(base + (i64)t0 * dqs.t) = r;
+    }
+    if (t0 + 8 < Tq)
+    {
+        Word4 r;
+        r.x = pack2<T>(x0.z, x0.w); r.y = pack2<T>(x1.z, x1.w); r.z = pack2<T>(x2.z, x2.w); r.w = pack2<T>(x3.z, x3.w);
+        *(Word4*)(base + (i64)(t0 + 8) * dqs.t) = r;
+    }
+}
+
+#define HOPPER_BACKWARD_V2(n, T, D)                                                                             \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_v2_##n##_d##D(  \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc,  \
+        T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,  \
+        Strides3 dvs, float scale, int flags)                                                                   \
+    {                                                                                                           \
+        hopper_backward_v2<T, D, false>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds,    \
+                                        dks, dvs, scale, flags);                                                \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_v2x_##n##_d##D( \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc,  \
+        T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,  \
+        Strides3 dvs, float scale, int flags)                                                                   \
+    {                                                                                                           \
+        hopper_backward_v2<T, D, true>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds,     \
+                                       dks, dvs, scale, flags);                                                 \
+    }                                                                                                           \
+    extern "C" __global__ void flash_backward_hopper_dq_cast_##n##_d##D(const float* dqacc, T* dq, int B,       \
+        int Tq, int H, Strides3 dqs)                                                                            \
+    {                                                                                                           \
+        hopper_dq_cast_tiles<T, D>(dqacc, dq, B, Tq, H, dqs);                                                   \
+    }
+
+HOPPER_BACKWARD_V2(bf16, bf16, 64)
+HOPPER_BACKWARD_V2(bf16, bf16, 128)
+HOPPER_BACKWARD_V2(f16, f16, 64)
+HOPPER_BACKWARD_V2(f16, f16, 128)

@@ -17,12 +17,21 @@ public sealed class HopperAttentionFixture : IDisposable
     {
         try
         {
-            Hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, ProfileOps = true });
+            // The first backward kernel (HopperBackwardVariant = 1) with two warpgroups and with one; the second's variants below.
+            Hopper = new CudaBackend(0, CudaBackendOptions.Default with
+            {
+                HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, HopperBackwardVariant = 1, ProfileOps = true,
+            });
             OneWarpgroup = new CudaBackend(0, CudaBackendOptions.Default with
             {
-                HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, ProfileOps = true,
+                HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, HopperBackwardVariant = 1, ProfileOps = true,
             });
+            Defaults = new CudaBackend(0, CudaBackendOptions.Default with { ProfileOps = true });
             Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
+            BackwardVariants = [.. new[] { 2, 3, 4, 5, 6, 7, 8 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
+            {
+                HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, ProfileOps = true,
+            }))];
         }
         catch (Exception e) when (e is Tessera.Cuda.Interop.CudaUnavailableException or DllNotFoundException or EntryPointNotFoundException)
         {
@@ -34,10 +43,16 @@ public sealed class HopperAttentionFixture : IDisposable
     public CudaBackend? Flash2 { get; }
     /// <summary>The Hopper kernels with CTAs of one warpgroup (<see cref="CudaBackendOptions.HopperAttentionWarpgroups"/> = 1).</summary>
     public CudaBackend? OneWarpgroup { get; }
+    /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2 to 8), one backend each.</summary>
+    public IReadOnlyList<CudaBackend> BackwardVariants { get; } = [];
+    /// <summary>The default options (profiled): which backward they choose.</summary>
+    public CudaBackend? Defaults { get; }
     public string? Reason { get; }
 
     public void Dispose()
     {
+        foreach (var be in BackwardVariants) be.Dispose();
+        Defaults?.Dispose();
         Hopper?.Dispose();
         OneWarpgroup?.Dispose();
         Flash2?.Dispose();
@@ -121,6 +136,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     [InlineData(DType.BF16, 128, 2, 200, 4, 1)]     // D 128, GQA 4
     [InlineData(DType.F16, 128, 2, 130, 4, 4)]
     [InlineData(DType.F16, 64, 3, 77, 4, 1)]
+    [InlineData(DType.BF16, 128, 1, 512, 2, 2)]     // D 128, GQA 1, T a multiple of 64, 8 query blocks
+    [InlineData(DType.BF16, 64, 2, 64, 8, 2)]       // one query block, no padding; GQA 4
     public void BackwardAgreesWithFlashAttention2AndTheCpuBackend(DType dtype, int d, int b, int t, int h, int kh)
     {
         var (hopper, flash2) = Backends();
@@ -170,6 +187,103 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         AssertClose(dqC, dq1, OutTolerance, $"{where}: one-warpgroup Hopper dq vs the CPU backend");
         AssertClose(dkC, dk1, OutTolerance, $"{where}: one-warpgroup Hopper dk vs the CPU backend");
         AssertClose(dvC, dv1, OutTolerance, $"{where}: one-warpgroup Hopper dv vs the CPU backend");
+
+        // The second backward kernel, each variant (overlapped products; largest work first; dQ by bulk reductions of tiles;
+        // dQ before dK): every variant runs and reports before the first failure is raised.
+        var failures = new List<string>();
+        foreach (var be in fixture.BackwardVariants)
+        {
+            int variant = be.Options.HopperBackwardVariant;
+            try
+            {
+                be.Profiler!.Reset();
+                var (dq2, dk2, dv2) = Backward(be, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
+                var names = be.Profiler.Totals().Select(r => r.Name).ToList();
+                Assert.Contains($"flash_backward_hopper_{(variant is 5 or 7 or 8 ? "v2x" : "v2")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
+                if (variant is 3 or 6 or 7 or 8) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
+                AssertClose(dqC, dq2, OutTolerance, $"{where}: backward variant {variant} dq vs the CPU backend");
+                AssertClose(dkC, dk2, OutTolerance, $"{where}: backward variant {variant} dk vs the CPU backend");
+                AssertClose(dvC, dv2, OutTolerance, $"{where}: backward variant {variant} dv vs the CPU backend");
+                AssertClose(dqF, dq2, OutTolerance, $"{where}: backward variant {variant} dq vs FlashAttention-2");
+                AssertClose(dkF, dk2, OutTolerance, $"{where}: backward variant {variant} dk vs FlashAttention-2");
+                AssertClose(dvF, dv2, OutTolerance, $"{where}: backward variant {variant} dv vs FlashAttention-2");
+            }
+            catch (Xunit.Sdk.XunitException e)
+            {
+                failures.Add(e.Message);
+            }
+        }
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    /// <summary>
+    /// The default options take the measured best backward (variant 3 at both head sizes: the second kernel and the tile cast),
+    /// and its gradients are finite and written (a NaN-filled output that the kernels leave would show).
+    /// </summary>
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void TheDefaultBackwardIsTheMeasuredBest(int d)
+    {
+        Backends();
+        var be = fixture.Defaults!;
+        Assert.Equal(3, be.HopperBackwardVariantFor(d));
+        int b = 1, t = 96, h = 4, kh = 2;
+        var rng = new Random(7);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, DType.BF16)).ToArray();
+        var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
+        var o = Values((long)b * t * h * d); var dO = Values((long)b * t * h * d);
+        var lse = Enumerable.Repeat(Math.Log(t), b * h * t).ToArray();
+        be.Profiler!.Reset();
+        var (dq, dk, dv) = Backward(be, DType.BF16, q, k, v, o, dO, lse, b, t, h, kh, d, 1 / Math.Sqrt(d));
+        var names = be.Profiler.Totals().Select(r => r.Name).ToList();
+        Assert.Contains($"flash_backward_hopper_v2_bf16_d{d}", names);
+        Assert.Contains($"flash_backward_hopper_dq_cast_bf16_d{d}", names);
+        Assert.All(dq.Concat(dk).Concat(dv), x => Assert.True(double.IsFinite(x)));
+    }
+
+    /// <summary>
+    /// The backward kernels' registers, local memory (spills) and CTAs per SM at the shared memory the host launches them
+    /// with, printed (what decides how many CTAs interleave on an SM); and the assembler's own report (--ptxas-options=-v:
+    /// spills, and any wgmma serialization warning) for them. Fails if the second kernel spills registers to local memory.
+    /// </summary>
+    [Fact]
+    public void BackwardKernelResourcesAreReported()
+    {
+        var (hopper, _) = Backends();
+        var output = TestContext.Current.TestOutputHelper;
+        var module = hopper.Kernels.Module("flash_attention_hopper.cu");
+        foreach (var d in new[] { 64, 128 })
+            foreach (var (kernel, threads, keys) in new[] { ("flash_backward_hopper_wg1", 128, 64), ("flash_backward_hopper", 256, 128), ("flash_backward_hopper_v2", 128, 64), ("flash_backward_hopper_v2x", 128, 64) })
+            {
+                int shared = 1024 + 2 * keys * d * 2 + 4 * 64 * d * 2 + keys * 64 * 2 + 4 * 64 * sizeof(float);
+                var r = module.Resources($"{kernel}_bf16_d{d}", threads, shared);
+                output?.WriteLine($"{kernel}_bf16_d{d}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs of {threads} threads per SM");
+                if (kernel.EndsWith("v2", StringComparison.Ordinal)) Assert.True(r.LocalBytes == 0, $"{kernel}_bf16_d{d} uses {r.LocalBytes} bytes of local memory (spills)");
+                if (kernel.EndsWith("v2x", StringComparison.Ordinal) && d == 64)
+                {
+                    // variants 7 and 8: the dQ tile's own 16 KB
+                    var sep = module.Resources($"{kernel}_bf16_d{d}", threads, shared + 64 * d * 4);
+                    output?.WriteLine($"{kernel}_bf16_d{d} with the separate dQ tile: {shared + 64 * d * 4} bytes shared, {sep.CtasPerSm} CTAs per SM");
+                }
+            }
+        string file = "flash_attention_hopper.cu";
+        string source = KernelLibrary.EmbeddedSource("common.cuh") + $"\n#line 1 \"{file}\"\n" + KernelLibrary.EmbeddedSource(file);
+        try
+        {
+            hopper.Kernels.Compiler.CompileToCubin(source, file, [.. hopper.Kernels.OptionsFor(file), "--ptxas-options=-v"], out string log);
+            // ptxas: "Compiling entry function 'NAME'", then its properties (stack, spills), "Used N registers", warnings.
+            bool keep = false;
+            foreach (var line in log.Split('\n'))
+            {
+                if (line.Contains("Compiling entry function", StringComparison.Ordinal)) keep = line.Contains("backward", StringComparison.Ordinal);
+                if (keep || line.Contains("warning", StringComparison.OrdinalIgnoreCase)) output?.WriteLine(line.TrimEnd());
+            }
+        }
+        catch (Exception e)   // an NVRTC without the option: the report above stands alone
+        {
+            output?.WriteLine("NVRTC took no --ptxas-options=-v here: " + e.Message);
+        }
     }
 
     [Fact]
@@ -185,6 +299,9 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_forward_hopper_wg1_{type}_d{d}"));
                 Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_wg1_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_v2_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_v2x_{type}_d{d}"));
+                Assert.NotEqual(IntPtr.Zero, module.Function($"flash_backward_hopper_dq_cast_{type}_d{d}"));
             }
     }
 
