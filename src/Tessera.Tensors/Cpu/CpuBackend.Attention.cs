@@ -16,6 +16,7 @@ public sealed unsafe partial class CpuBackend
         ArgumentNullException.ThrowIfNull(x);
         RequireRank(op, nameof(x), x, 4, "(B,T,H,D)");
         RopeCore(x, startPosition, frequencies, startPosition + x.Shape[1], inverse);
+        KeepOperandsAlive(x);
     }
 
     /// <summary>Rope at positions startPosition + t with the frequencies of a call reaching <paramref name="length"/> positions.</summary>
@@ -95,6 +96,7 @@ public sealed unsafe partial class CpuBackend
         }
         if (q.DType == DType.F32) AttentionForwardTyped<float>(q, k, v, output, logSumExp, scale, window);
         else AttentionForwardTyped<double>(q, k, v, output, logSumExp, scale, window);
+        KeepOperandsAlive(q, k, v, output, logSumExp);
     }
 
     /// <summary>The oldest key a query at position <paramref name="position"/> sees: 0, or position - window + 1 with a
@@ -182,6 +184,7 @@ public sealed unsafe partial class CpuBackend
         RequireContiguous(op, nameof(logSumExp), logSumExp);
         if (q.DType == DType.F32) AttentionBackwardTyped<float>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window);
         else AttentionBackwardTyped<double>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window);
+        KeepOperandsAlive(q, k, v, output, dOutput, logSumExp, dq, dk, dv);
     }
 
     private void AttentionBackwardTyped<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,

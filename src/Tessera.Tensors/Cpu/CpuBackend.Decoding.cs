@@ -14,6 +14,7 @@ public sealed unsafe partial class CpuBackend
         // One set of frequencies for the whole call: dynamic scaling reads the batch's longest length, as transformers does.
         int length = starts.Max() + x.Shape[1];
         for (int b = 0; b < starts.Length; b++) RopeCore(x.Slice(0, b, 1), starts[b], frequencies, length, inverse: false);
+        KeepOperandsAlive(x, startPositions);
     }
 
     public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
@@ -31,6 +32,7 @@ public sealed unsafe partial class CpuBackend
             AttentionForward(q.Slice(0, i, 1), keyCache.Slice(0, i, 1).Slice(1, 0, filled), valueCache.Slice(0, i, 1).Slice(1, 0, filled),
                 output.Slice(0, i, 1), null, scale, window);
         }
+        KeepOperandsAlive(q, keyCache, valueCache, startPositions, output);
     }
 
     public void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
@@ -44,6 +46,7 @@ public sealed unsafe partial class CpuBackend
             throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of keysAndValues {keysAndValues.Shape}");
         Rope(qkv.Slice(2, 0, queryHeads + kv2 / 2), startPositions, frequencies);
         CopyAtPositions(qkv.Slice(2, queryHeads, kv2), keysAndValues, startPositions);
+        KeepOperandsAlive(qkv, keysAndValues, startPositions);
     }
 
     public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
@@ -59,6 +62,7 @@ public sealed unsafe partial class CpuBackend
         if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
         else MatMul(x, weight, flat, transposeB: true, bias: bias);
         RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
+        KeepOperandsAlive(x, norm?.Weight, weight, bias, qkv, keysAndValues, startPositions);
     }
 
     public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)
@@ -78,6 +82,7 @@ public sealed unsafe partial class CpuBackend
                 throw new ArgumentException($"{op}: sequence {i} at position {starts[i]} has no room for {t} more of {destination.Shape[1]} positions", nameof(startPositions));
             Copy(source.Slice(0, i, 1), destination.Slice(0, i, 1).Slice(1, starts[i], t));
         }
+        KeepOperandsAlive(source, destination, startPositions);
     }
 
     public void FillPositions(Tensor startPositions, Tensor positions)
@@ -92,6 +97,7 @@ public sealed unsafe partial class CpuBackend
         int* p = Ptr<int>(positions);
         for (int i = 0; i < b; i++)
             for (int j = 0; j < t; j++) p[(long)i * t + j] = starts[i] + j;
+        KeepOperandsAlive(startPositions, positions);
     }
 
     public void Increment(Tensor counters, int amount)
@@ -101,6 +107,7 @@ public sealed unsafe partial class CpuBackend
         RequireContiguous(nameof(Increment), nameof(counters), counters);
         int* p = Ptr<int>(counters);
         for (long i = 0; i < counters.NumElements; i++) p[i] += amount;
+        KeepOperandsAlive(counters);
     }
 
     public void ResolveSampledIds(Tensor ids, Tensor sampled)
@@ -120,6 +127,7 @@ public sealed unsafe partial class CpuBackend
             if (row >= m) throw new ArgumentException($"{op}: ids[{i}] = {p[i]} names sampled row {row}, but sampled holds {m}", nameof(ids));
             p[i] = s[row];
         }
+        KeepOperandsAlive(ids, sampled);
     }
 
     public void ArgMax(Tensor x, Tensor indices)
@@ -153,6 +161,7 @@ public sealed unsafe partial class CpuBackend
             best = Math.Max(best, 0);
             pi[r] = best;
         }
+        KeepOperandsAlive(x, indices);
     }
 
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
@@ -174,6 +183,7 @@ public sealed unsafe partial class CpuBackend
             up.Storage.Dispose();
             normalized?.Storage.Dispose();
         }
+        KeepOperandsAlive(x, gateWeight, upWeight, output, gateBias, upBias, norm?.Weight);
     }
 
     public void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null)
@@ -188,6 +198,7 @@ public sealed unsafe partial class CpuBackend
         {
             normalized.Storage.Dispose();
         }
+        KeepOperandsAlive(x, norm.Weight, weight, output, bias);
     }
 
     /// <summary>RMSNorm(x) in a new tensor, which the caller disposes (the composition of the fused inference ops).</summary>

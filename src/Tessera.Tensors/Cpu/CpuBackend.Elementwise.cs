@@ -26,6 +26,7 @@ public sealed unsafe partial class CpuBackend
     {
         CheckElementwise(nameof(Add), (nameof(a), a), (nameof(b), b), (nameof(output), output));
         if (a.DType == DType.F32) AddTyped<float>(a, b, output); else AddTyped<double>(a, b, output);
+        KeepOperandsAlive(a, b, output);
     }
 
     private void AddTyped<T>(Tensor a, Tensor b, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
@@ -39,6 +40,7 @@ public sealed unsafe partial class CpuBackend
     {
         CheckElementwise(nameof(Accumulate), (nameof(accumulator), accumulator), (nameof(x), x));
         if (x.DType == DType.F32) AccumulateTyped<float>(accumulator, x, alpha); else AccumulateTyped<double>(accumulator, x, alpha);
+        KeepOperandsAlive(accumulator, x);
     }
 
     private void AccumulateTyped<T>(Tensor accumulator, Tensor x, double alpha) where T : unmanaged, IFloatingPointIeee754<T>
@@ -53,6 +55,7 @@ public sealed unsafe partial class CpuBackend
     {
         CheckElementwise(nameof(Multiply), (nameof(a), a), (nameof(b), b), (nameof(output), output));
         if (a.DType == DType.F32) MultiplyTyped<float>(a, b, output); else MultiplyTyped<double>(a, b, output);
+        KeepOperandsAlive(a, b, output);
     }
 
     private void MultiplyTyped<T>(Tensor a, Tensor b, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
@@ -69,6 +72,7 @@ public sealed unsafe partial class CpuBackend
     {
         CheckElementwise(nameof(Scale), (nameof(x), x));
         if (x.DType == DType.F32) ScaleTyped<float>(x, factor); else ScaleTyped<double>(x, factor);
+        KeepOperandsAlive(x);
     }
 
     private void ScaleTyped<T>(Tensor x, double factor) where T : unmanaged, IFloatingPointIeee754<T>
@@ -83,6 +87,7 @@ public sealed unsafe partial class CpuBackend
     {
         CheckElementwise(nameof(GeluForward), (nameof(x), x), (nameof(output), output));
         if (x.DType == DType.F32) GeluForwardTyped<float>(x, output); else GeluForwardTyped<double>(x, output);
+        KeepOperandsAlive(x, output);
     }
 
     private void GeluForwardTyped<T>(Tensor x, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
@@ -96,6 +101,7 @@ public sealed unsafe partial class CpuBackend
     {
         CheckElementwise(nameof(GeluBackward), (nameof(x), x), (nameof(dOutput), dOutput), (nameof(dx), dx));
         if (x.DType == DType.F32) GeluBackwardTyped<float>(x, dOutput, dx); else GeluBackwardTyped<double>(x, dOutput, dx);
+        KeepOperandsAlive(x, dOutput, dx);
     }
 
     private void GeluBackwardTyped<T>(Tensor x, Tensor dOutput, Tensor dx) where T : unmanaged, IFloatingPointIeee754<T>
@@ -109,6 +115,7 @@ public sealed unsafe partial class CpuBackend
     {
         long cols = CheckRowStrided(nameof(SwiGluForward), (nameof(gate), gate), (nameof(up), up), (nameof(output), output));
         if (gate.DType == DType.F32) SwiGluForwardTyped<float>(gate, up, output, cols); else SwiGluForwardTyped<double>(gate, up, output, cols);
+        KeepOperandsAlive(gate, up, output);
     }
 
     private void SwiGluForwardTyped<T>(Tensor gate, Tensor up, Tensor output, long cols) where T : unmanaged, IFloatingPointIeee754<T>
@@ -128,6 +135,7 @@ public sealed unsafe partial class CpuBackend
             (nameof(dGate), dGate), (nameof(dUp), dUp));
         if (gate.DType == DType.F32) SwiGluBackwardTyped<float>(gate, up, dOutput, dGate, dUp, cols);
         else SwiGluBackwardTyped<double>(gate, up, dOutput, dGate, dUp, cols);
+        KeepOperandsAlive(gate, up, dOutput, dGate, dUp);
     }
 
     private void SwiGluBackwardTyped<T>(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp, long cols)
@@ -180,6 +188,7 @@ public sealed unsafe partial class CpuBackend
         RequireDType(op, nameof(output), output, x.DType);
         RequireUnitLastStride(op, nameof(output), output);
         if (x.DType == DType.F32) SoftmaxTyped<float>(x, output); else SoftmaxTyped<double>(x, output);
+        KeepOperandsAlive(x, output);
     }
 
     private void SoftmaxTyped<T>(Tensor x, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>

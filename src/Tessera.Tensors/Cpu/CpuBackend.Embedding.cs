@@ -13,6 +13,7 @@ public sealed unsafe partial class CpuBackend
         CheckEmbedding(op, ids, table, nameof(table), output, nameof(output));
         if (table.DType == DType.F32) EmbeddingForwardTyped<float>(ids, table, output, accumulate);
         else EmbeddingForwardTyped<double>(ids, table, output, accumulate);
+        KeepOperandsAlive(ids, table, output);
     }
 
     private void EmbeddingForwardTyped<T>(Tensor ids, Tensor table, Tensor output, bool accumulate) where T : unmanaged, IFloatingPointIeee754<T>
@@ -38,6 +39,7 @@ public sealed unsafe partial class CpuBackend
         CheckEmbedding(op, ids, dTable, nameof(dTable), dOutput, nameof(dOutput));
         if (dTable.DType == DType.F32) EmbeddingBackwardTyped<float>(ids, dOutput, dTable);
         else EmbeddingBackwardTyped<double>(ids, dOutput, dTable);
+        KeepOperandsAlive(ids, dOutput, dTable);
     }
 
     private void EmbeddingBackwardTyped<T>(Tensor ids, Tensor dOutput, Tensor dTable) where T : unmanaged, IFloatingPointIeee754<T>

@@ -33,6 +33,7 @@ public sealed unsafe partial class CpuBackend
                 throw new ArgumentException($"{op}: targets[{r}] = {pt[r]} is not below the vocabulary size V={v} of logits {logits.Shape} (negative targets mark ignored rows)", nameof(targets));
         if (logits.DType == DType.F32) CrossEntropyTyped<float>(logits, targets, losses, dLogits, lossScale);
         else CrossEntropyTyped<double>(logits, targets, losses, dLogits, lossScale);
+        KeepOperandsAlive(logits, targets, losses, dLogits);
     }
 
     private void CrossEntropyTyped<T>(Tensor logits, Tensor targets, Tensor losses, Tensor? dLogits, double lossScale)
@@ -86,6 +87,7 @@ public sealed unsafe partial class CpuBackend
         double total = x.DType == DType.F32 ? SumTyped<float>(x, squares: false) : SumTyped<double>(x, squares: false);
         double value = scale * total;
         WriteScalarValue(result, accumulate ? ReadScalarValue(result) + value : value);
+        KeepOperandsAlive(x, result);
     }
 
     /// <summary>Sum (or sum of squares) of a contiguous tensor, accumulated in double per chunk, chunks added in order.</summary>

@@ -14,6 +14,7 @@ public sealed unsafe partial class CpuBackend
         MatMulEpilogueArguments.Validate(nameof(CpuBackend), a, c, transposeA, beta, bias, epilogue, auxiliary, biasGradient, addend);
         if (addend is not null) { Copy(addend, c); beta = 1.0; } // c = addend, then the product accumulates onto it
         MatMulEpilogueComposition.Apply(this, a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient, MatMulPlain);
+        KeepOperandsAlive(a, b, c, bias, auxiliary, biasGradient, addend);
     }
 
     private void MatMulPlain(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias)
@@ -112,6 +113,7 @@ public sealed unsafe partial class CpuBackend
         RequireShape(op, nameof(sums), sums, new Shape(x.Shape[1]));
         RequireContiguous(op, nameof(sums), sums);
         if (x.DType == DType.F32) SumRowsTyped<float>(x, sums); else SumRowsTyped<double>(x, sums);
+        KeepOperandsAlive(x, sums);
     }
 
     private void SumRowsTyped<T>(Tensor x, Tensor sums) where T : unmanaged, IFloatingPointIeee754<T>

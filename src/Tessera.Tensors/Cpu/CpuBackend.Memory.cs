@@ -23,6 +23,7 @@ public sealed unsafe partial class CpuBackend
             StridedLoop.ForEachRow(destination.Shape.ToArray(), hostStrides, destination.Strides,
                 (so, dOff, n, sst, dst2) => ElementCast.Run(type, s + so * size, sst, type, dst + dOff * size, dst2, n));
         }
+        KeepOperandsAlive(destination);
     }
 
     /// <inheritdoc/>
@@ -43,6 +44,7 @@ public sealed unsafe partial class CpuBackend
             StridedLoop.ForEachRow(source.Shape.ToArray(), source.Strides, hostStrides,
                 (so, dOff, n, sst, dst2) => ElementCast.Run(type, src + so * size, sst, type, d + dOff * size, dst2, n));
         }
+        KeepOperandsAlive(source);
     }
 
     private static void CheckHostType<T>(string op, Tensor tensor) where T : unmanaged
@@ -71,10 +73,13 @@ public sealed unsafe partial class CpuBackend
         {
             long n = source.NumElements;
             ParallelChunks(n, st == dt ? 1 : 4, (a, b) => ElementCast.Run(st, s + a * ss, 1, dt, d + a * ds, 1, b - a));
-            return;
         }
-        StridedLoop.ForEachRow(source.Shape.ToArray(), source.Strides, destination.Strides,
-            (so, dOff, n, sst, dst2) => ElementCast.Run(st, s + so * ss, sst, dt, d + dOff * ds, dst2, n));
+        else
+        {
+            StridedLoop.ForEachRow(source.Shape.ToArray(), source.Strides, destination.Strides,
+                (so, dOff, n, sst, dst2) => ElementCast.Run(st, s + so * ss, sst, dt, d + dOff * ds, dst2, n));
+        }
+        KeepOperandsAlive(source, destination);
     }
 
     /// <inheritdoc/>
@@ -100,6 +105,7 @@ public sealed unsafe partial class CpuBackend
                 default: FillRow(row, sst, n, (byte)pattern); break;
             }
         });
+        KeepOperandsAlive(tensor);
     }
 
     private static void FillRow<T>(T* p, long stride, long n, T value) where T : unmanaged

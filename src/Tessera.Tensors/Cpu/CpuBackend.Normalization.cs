@@ -16,6 +16,7 @@ public sealed unsafe partial class CpuBackend
         CheckNormStat(op, nameof(rstd), rstd, x);
         if (x.DType == DType.F32) LayerNormForwardTyped<float>(x, weight, bias, output, mean, rstd, epsilon);
         else LayerNormForwardTyped<double>(x, weight, bias, output, mean, rstd, epsilon);
+        KeepOperandsAlive(x, weight, bias, output, mean, rstd);
     }
 
     private void LayerNormForwardTyped<T>(Tensor x, Tensor weight, Tensor? bias, Tensor output, Tensor mean, Tensor rstd, double epsilon)
@@ -48,6 +49,7 @@ public sealed unsafe partial class CpuBackend
         if (dBias is not null) CheckNormVector(op, nameof(dBias), dBias, x);
         if (x.DType == DType.F32) LayerNormBackwardTyped<float>(dOutput, x, weight, mean, rstd, dx, dWeight, dBias);
         else LayerNormBackwardTyped<double>(dOutput, x, weight, mean, rstd, dx, dWeight, dBias);
+        KeepOperandsAlive(dOutput, x, weight, mean, rstd, dx, dWeight, dBias);
     }
 
     private void LayerNormBackwardTyped<T>(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
@@ -87,6 +89,7 @@ public sealed unsafe partial class CpuBackend
         CheckNormStat(op, nameof(rstd), rstd, x);
         if (x.DType == DType.F32) RmsNormForwardTyped<float>(x, weight, output, rstd, epsilon);
         else RmsNormForwardTyped<double>(x, weight, output, rstd, epsilon);
+        KeepOperandsAlive(x, weight, output, rstd);
     }
 
     private void RmsNormForwardTyped<T>(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon)
@@ -114,6 +117,7 @@ public sealed unsafe partial class CpuBackend
         CheckNormVector(op, nameof(dWeight), dWeight, x);
         if (x.DType == DType.F32) RmsNormBackwardTyped<float>(dOutput, x, weight, rstd, dx, dWeight);
         else RmsNormBackwardTyped<double>(dOutput, x, weight, rstd, dx, dWeight);
+        KeepOperandsAlive(dOutput, x, weight, rstd, dx, dWeight);
     }
 
     private void RmsNormBackwardTyped<T>(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dx, Tensor dWeight)

@@ -16,6 +16,7 @@ public sealed unsafe partial class CpuBackend
         RequireScalar(op, nameof(result), result);
         double total = x.DType == DType.F32 ? SumTyped<float>(x, squares: true) : SumTyped<double>(x, squares: true);
         WriteScalarValue(result, ReadScalarValue(result) + total);
+        KeepOperandsAlive(x, result);
     }
 
     /// <inheritdoc/>
@@ -35,6 +36,7 @@ public sealed unsafe partial class CpuBackend
         }
         if (parameters.DType == DType.F32) AdamWTyped<float>(parameters, gradients, m, v, step, clip, lowPrecisionCopy);
         else AdamWTyped<double>(parameters, gradients, m, v, step, clip, lowPrecisionCopy);
+        KeepOperandsAlive(parameters, gradients, m, v, gradSumOfSquares, lowPrecisionCopy);
     }
 
     private void AdamWTyped<T>(Tensor parameters, Tensor gradients, Tensor m, Tensor v, AdamWStep step, double clip, Tensor? lowPrecisionCopy)
@@ -114,6 +116,7 @@ public sealed unsafe partial class CpuBackend
                         OptimizerKernels.AdamWStaged(pp + s, (float*)g + s, pm + s, pv + s, (float*)o + s, e - s, k));
             }
         }
+        KeepOperandsAlive(parameters, m, v, gradSumOfSquares);
     }
 
     /// <summary>

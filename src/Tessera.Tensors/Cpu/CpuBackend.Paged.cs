@@ -38,6 +38,7 @@ public sealed unsafe partial class CpuBackend
             if (rowsContiguous) Buffer.MemoryCopy(BytePtr(source), BytePtr(destination), (long)r * d * size, (long)r * d * size);
             else Copy(source, destination);
         }
+        KeepOperandsAlive(batch, keysAndValues, pool);
     }
 
     public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
@@ -61,6 +62,7 @@ public sealed unsafe partial class CpuBackend
         else MatMul(x, weight, flat, transposeB: true, bias: bias);
         Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
         PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch);
+        KeepOperandsAlive(batch, x, norm?.Weight, weight, bias, qkv, pool, positions);
     }
 
     public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0)
@@ -121,6 +123,7 @@ public sealed unsafe partial class CpuBackend
                 values.Storage.Dispose();
             }
         }
+        KeepOperandsAlive(batch, q, pool, output);
     }
 
     /// <summary>Rows [first, first + count) of an (N, H, D) view as a (1, count, H, D) view with the same strides.</summary>

@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 
 namespace Tessera.Tensors.Cpu;
 
@@ -7,6 +8,23 @@ public sealed unsafe partial class CpuBackend
 {
     /// <summary>Below this many scalar operations an op runs on the calling thread: a Parallel.For costs microseconds.</summary>
     private const long MinWorkPerThread = 1 << 15;
+
+    /// <summary>
+    /// Ends every public op. Kernels read operands through raw pointers into <see cref="CpuStorage"/>, which the JIT does not
+    /// count as uses of the tensors: once an op has taken its pointers, a tensor the caller already dropped (a temporary,
+    /// <c>Copy(FromHost(...), d)</c>) could be collected and its storage's finalizer free the memory while the op still reads or
+    /// writes it. Passing the operands here keeps them reachable until the op returns, as <see cref="GC.KeepAlive"/> does.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void KeepOperandsAlive(params ReadOnlySpan<Tensor?> operands) => _ = operands.Length;
+
+    /// <inheritdoc cref="KeepOperandsAlive(ReadOnlySpan{Tensor?})"/>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static void KeepOperandsAlive(PagedBatch batch, params ReadOnlySpan<Tensor?> operands)
+    {
+        GC.KeepAlive(batch.BlockTables); GC.KeepAlive(batch.QueryStarts); GC.KeepAlive(batch.ContextLengths); GC.KeepAlive(batch.Slots);
+        _ = operands.Length;
+    }
 
     /// <summary>Address of the first element of a view on this backend.</summary>
     private T* Ptr<T>(Tensor t) where T : unmanaged

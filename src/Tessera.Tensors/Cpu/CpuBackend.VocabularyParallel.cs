@@ -14,6 +14,7 @@ public sealed unsafe partial class CpuBackend
         CheckEmbeddingShard(op, ids, table, nameof(table), output, nameof(output));
         if (table.DType == DType.F32) EmbeddingShardForwardTyped<float>(ids, table, rowOffset, output);
         else EmbeddingShardForwardTyped<double>(ids, table, rowOffset, output);
+        KeepOperandsAlive(ids, table, output);
     }
 
     private void EmbeddingShardForwardTyped<T>(Tensor ids, Tensor table, int rowOffset, Tensor output) where T : unmanaged, IFloatingPointIeee754<T>
@@ -40,6 +41,7 @@ public sealed unsafe partial class CpuBackend
         CheckEmbeddingShard(op, ids, dTable, nameof(dTable), dOutput, nameof(dOutput));
         if (dTable.DType == DType.F32) EmbeddingShardBackwardTyped<float>(ids, dOutput, rowOffset, dTable);
         else EmbeddingShardBackwardTyped<double>(ids, dOutput, rowOffset, dTable);
+        KeepOperandsAlive(ids, dOutput, dTable);
     }
 
     private void EmbeddingShardBackwardTyped<T>(Tensor ids, Tensor dOutput, int rowOffset, Tensor dTable) where T : unmanaged, IFloatingPointIeee754<T>
@@ -84,6 +86,7 @@ public sealed unsafe partial class CpuBackend
         RequireContiguous(op, nameof(statistics), statistics);
         if (logits.DType == DType.F32) StatisticsTyped<float>(logits, targets, columnOffset, validColumns, statistics);
         else StatisticsTyped<double>(logits, targets, columnOffset, validColumns, statistics);
+        KeepOperandsAlive(logits, targets, statistics);
     }
 
     private void StatisticsTyped<T>(Tensor logits, Tensor targets, int columnOffset, int valid, Tensor statistics) where T : unmanaged, IFloatingPointIeee754<T>
@@ -128,6 +131,7 @@ public sealed unsafe partial class CpuBackend
         }
         if (statistics.DType == DType.F32) CombineTyped<float>(statistics, targets, losses, logSumExp, shards, n);
         else CombineTyped<double>(statistics, targets, losses, logSumExp, shards, n);
+        KeepOperandsAlive(statistics, targets, losses, logSumExp);
     }
 
     private void CombineTyped<T>(Tensor statistics, Tensor targets, Tensor losses, Tensor logSumExp, int shards, int n) where T : unmanaged, IFloatingPointIeee754<T>
@@ -167,6 +171,7 @@ public sealed unsafe partial class CpuBackend
         RequireUnitLastStride(op, nameof(dLogits), dLogits);
         if (logits.DType == DType.F32) GradientTyped<float>(logits, targets, columnOffset, validColumns, logSumExp, dLogits, lossScale);
         else GradientTyped<double>(logits, targets, columnOffset, validColumns, logSumExp, dLogits, lossScale);
+        KeepOperandsAlive(logits, targets, logSumExp, dLogits);
     }
 
     private void GradientTyped<T>(Tensor logits, Tensor targets, int columnOffset, int valid, Tensor logSumExp, Tensor dLogits, double lossScale)
