@@ -19,7 +19,7 @@ namespace Tessera.Inference.Scheduling;
 /// never read a key older than ComputedTokens - window + 1: after each step the blocks wholly before that position go
 /// back to the pool (one reference dropped: a prefix block shared with another sequence stays in use, and a registered one
 /// stays findable in the prefix cache) and their table entries become -1, which the attention kernels never look up. A
-/// sequence then holds at most <see cref="BlocksHeld"/> blocks however long it grows, and admission counts that bound.
+/// sequence then holds at most <see cref="BlocksHeld(int)"/> blocks however long it grows, and admission counts that bound.
 /// </para>
 /// </summary>
 public sealed class Scheduler

@@ -14,7 +14,7 @@ namespace Tessera.Training.Parallel;
 /// the reduced BF16 gradient, updates the owned range of the F32 masters and writes the BF16 values through
 /// <c>lowPrecisionCopy</c>, exactly as the one-rank <see cref="AdamWOptimizer"/> does for the whole arena. Only the
 /// owned ranges of <see cref="ParameterArena.Masters"/> stay current on a rank (ZeRO 1-3 share out the update, and the
-/// stages all-gather the BF16 values the layers read, not the masters); <see cref="DataParallelTrainer.SynchronizeMasters"/>
+/// stages all-gather the BF16 values the layers read, not the masters); <see cref="BucketedDataParallel.SynchronizeMasters"/>
 /// makes them whole when the F32 weights are exported.
 /// </para>
 /// <para>

@@ -40,29 +40,29 @@ public sealed class ServeCommandTests : IDisposable
             "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64" })
             psi.ArgumentList.Add(a);
         using var process = Process.Start(psi)!;
-        var errors = process.StandardError.ReadToEndAsync();
+        var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
         try
         {
             string? line;
             Uri? address = null;
             var deadline = DateTime.UtcNow.AddSeconds(60);
-            while (address is null && DateTime.UtcNow < deadline && (line = await process.StandardOutput.ReadLineAsync()) is not null)
+            while (address is null && DateTime.UtcNow < deadline && (line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null)
                 if (Regex.Match(line, @"at (http://\S+)") is { Success: true } m) address = new Uri(m.Groups[1].Value);
             Assert.True(address is not null, "serve printed no address: " + (process.HasExited ? await errors : ""));
 
             using var http = new HttpClient { BaseAddress = address };
             var response = await http.PostAsync("v1/chat/completions", new StringContent(
                 """{"model": "tiny", "messages": [{"role": "user", "content": "Gets the value"}], "max_tokens": 8, "temperature": 0}""",
-                System.Text.Encoding.UTF8, "application/json"));
-            var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;
+                System.Text.Encoding.UTF8, "application/json"), TestContext.Current.CancellationToken);
+            var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken)).RootElement;
             Assert.True(response.IsSuccessStatusCode, body.ToString());
             Assert.Equal(8, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
-            Assert.Equal("tiny", JsonDocument.Parse(await http.GetStringAsync("v1/models")).RootElement.GetProperty("data")[0].GetProperty("id").GetString());
+            Assert.Equal("tiny", JsonDocument.Parse(await http.GetStringAsync("v1/models", TestContext.Current.CancellationToken)).RootElement.GetProperty("data")[0].GetProperty("id").GetString());
         }
         finally
         {
             if (!process.HasExited) process.Kill(entireProcessTree: true);
-            await process.WaitForExitAsync();
+            await process.WaitForExitAsync(TestContext.Current.CancellationToken);
         }
     }
 }

@@ -9,9 +9,10 @@ public sealed class TrainSignalTests : IDisposable
 
     public void Dispose() => _folder.Dispose();
 
-    // 50 steps of 4 x 32 tokens take about a second on one thread: a signal sent when step 3 is printed arrives mid-run.
+    // 200 steps of 4 x 32 tokens take about four seconds on one thread: a signal sent when step 3 is printed arrives mid-run
+    // even when a loaded machine delays the test's reading of that line by seconds (at 50 steps a loaded run once ended first).
     private string[] Args(string run, params string[] extra) =>
-        _folder.Args(run, ["--steps", "50", "--batch", "4", "--seq", "32", "--log-every", "1", "--checkpoint-every", "0", .. extra]);
+        _folder.Args(run, ["--steps", "200", "--batch", "4", "--seq", "32", "--log-every", "1", "--checkpoint-every", "0", .. extra]);
 
     [Fact]
     public void CtrlCSavesTheStepReachedExits130AndTheResumedRunEqualsAnUninterruptedOne()
@@ -24,12 +25,12 @@ public sealed class TrainSignalTests : IDisposable
         int at;
         using (var run = CliProcess.Start(Args(stopped)))
         {
-            run.WaitForLine(l => l.StartsWith("step     3/50", StringComparison.Ordinal));
+            run.WaitForLine(l => l.StartsWith("step     3/200", StringComparison.Ordinal));
             run.Signal(2);
             Assert.Equal(130, run.WaitForExit());
             var line = run.WaitForLine(l => l.StartsWith("stopped by SIGINT after step ", StringComparison.Ordinal));
             at = int.Parse(line["stopped by SIGINT after step ".Length..].Split(' ')[0]);
-            Assert.InRange(at, 3, 49);
+            Assert.InRange(at, 3, 199);
             Assert.Contains($"resume with: tessera train --out {stopped} --resume", run.Stdout);
             Assert.Contains("finishing the step in progress", run.Stderr);
         }
@@ -40,11 +41,11 @@ public sealed class TrainSignalTests : IDisposable
         // The run directory alone resumes it: the data's location comes from its run.json, the settings from the checkpoint.
         (code, var stdout, err) = CliProcess.Run(["train", "--out", stopped, "--resume", "--threads", "1", "--sample-tokens", "0"]);
         Assert.True(code == 0, err);
-        Assert.Contains($"resuming {checkpoint} at step {at} of 50", stdout);
+        Assert.Contains($"resuming {checkpoint} at step {at} of 200", stdout);
         // Bit for bit: the weights and the AdamW moments of the interrupted-and-resumed run are those of the straight one.
         foreach (var file in new[] { "model.safetensors", "optimizer.safetensors" })
-            Assert.True(File.ReadAllBytes(Path.Combine(straight, "checkpoints", "step_000050", file))
-                .AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(stopped, "checkpoints", "step_000050", file))), $"{file} differs after the resume");
+            Assert.True(File.ReadAllBytes(Path.Combine(straight, "checkpoints", "step_000200", file))
+                .AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(stopped, "checkpoints", "step_000200", file))), $"{file} differs after the resume");
     }
 
     [Fact]
@@ -52,7 +53,7 @@ public sealed class TrainSignalTests : IDisposable
     {
         var run = _folder.Run("term");
         using var process = CliProcess.Start(Args(run));
-        process.WaitForLine(l => l.StartsWith("step     2/50", StringComparison.Ordinal));
+        process.WaitForLine(l => l.StartsWith("step     2/200", StringComparison.Ordinal));
         process.Signal(15);
         Assert.Equal(143, process.WaitForExit());
         Assert.Contains("stopped by SIGTERM after step", process.Stdout);

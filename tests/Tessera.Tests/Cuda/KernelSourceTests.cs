@@ -83,7 +83,7 @@ public sealed class KernelSourceTests
 
     [Theory]
     [MemberData(nameof(KernelFiles))]
-    public void KernelFileCompilesToPtxWithClangsCudaFrontEnd(string file)
+    public async Task KernelFileCompilesToPtxWithClangsCudaFrontEnd(string file)
     {
         var clang = FindClang();
         if (clang is null) Assert.Skip("no clang++ on PATH or under /usr/lib/llvm-*/bin: the kernel sources' compile check needs LLVM's clang (apt-get install clang)");
@@ -100,10 +100,10 @@ public sealed class KernelSourceTests
                          "-U__CUDA_ARCH__", "-D__CUDA_ARCH__=900", "-std=c++17", "-Wno-c++11-narrowing", "-S", "-o", ptx, source })
                 start.ArgumentList.Add(arg);
             using var process = Process.Start(start)!;
-            var errors = process.StandardError.ReadToEndAsync();
-            process.StandardOutput.ReadToEnd();
+            var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+            await process.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
             Assert.True(process.WaitForExit(TimeSpan.FromSeconds(120)), $"{clang} did not finish {file} within 120 s");
-            var messages = errors.Result.Split('\n').Where(l => l.Contains("error", StringComparison.Ordinal)).Take(20);
+            var messages = (await errors).Split('\n').Where(l => l.Contains("error", StringComparison.Ordinal)).Take(20);
             Assert.True(process.ExitCode == 0, $"{file} does not compile for the device ({clang}, exit {process.ExitCode}):\n{string.Join('\n', messages)}");
             Assert.Contains(".entry", File.ReadAllText(ptx));            // at least one kernel came out
         }

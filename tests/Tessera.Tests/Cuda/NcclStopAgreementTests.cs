@@ -44,7 +44,7 @@ public sealed class NcclStopAgreementTests(CudaFixture fixture) : IDisposable
 
         // Without a token: the collectives of four steps. With a token that is never cancelled: four agreements more.
         long before = group.Count(CollectiveKind.AllReduce);
-        NewTrainer().Run();
+        NewTrainer().Run(cancellation: TestContext.Current.CancellationToken);
         long plain = group.Count(CollectiveKind.AllReduce) - before;
         using (var never = new CancellationTokenSource())
         {

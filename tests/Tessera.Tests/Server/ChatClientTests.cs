@@ -14,17 +14,17 @@ public class ChatClientTests(ServerFixture fixture) : IClassFixture<ServerFixtur
         IChatClient http = s.Client().GetChatClient(TestServer.Model).AsIChatClient();
         IChatClient local = new TesseraChatClient(s.Engine, s.Chat, TestServer.Model);
         var options = new ChatOptions { MaxOutputTokens = 10, Temperature = 0 };
-        var overHttp = await http.GetResponseAsync("Say something.", options);
-        var inProcess = await local.GetResponseAsync("Say something.", options);
+        var overHttp = await http.GetResponseAsync("Say something.", options, TestContext.Current.CancellationToken);
+        var inProcess = await local.GetResponseAsync("Say something.", options, TestContext.Current.CancellationToken);
         Assert.Equal(inProcess.Text, overHttp.Text);
         Assert.Equal(10, overHttp.Usage!.OutputTokenCount);
         Assert.Equal(ChatFinishReason.Length, inProcess.FinishReason);
 
         var streamed = new System.Text.StringBuilder();
-        await foreach (var update in http.GetStreamingResponseAsync("Say something.", options)) streamed.Append(update.Text);
+        await foreach (var update in http.GetStreamingResponseAsync("Say something.", options, TestContext.Current.CancellationToken)) streamed.Append(update.Text);
         Assert.Equal(inProcess.Text, streamed.ToString());
         var localStream = new System.Text.StringBuilder();
-        await foreach (var update in local.GetStreamingResponseAsync("Say something.", options)) localStream.Append(update.Text);
+        await foreach (var update in local.GetStreamingResponseAsync("Say something.", options, TestContext.Current.CancellationToken)) localStream.Append(update.Text);
         Assert.Equal(inProcess.Text, localStream.ToString());
     }
 

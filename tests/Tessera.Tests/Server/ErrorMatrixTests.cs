@@ -58,10 +58,10 @@ public class ErrorMatrixTests(ServerFixture fixture) : IClassFixture<ServerFixtu
             Content = new StringContent($$"""{"model": "{{M}}", "messages": [{"role": "user", "content": "go"}], "max_tokens": 220, "stream": true, "temperature": 0}""",
                 System.Text.Encoding.UTF8, "application/json"),
         };
-        var response = await S.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
-        var stream = await response.Content.ReadAsStreamAsync();
+        var response = await S.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, TestContext.Current.CancellationToken);
+        var stream = await response.Content.ReadAsStreamAsync(TestContext.Current.CancellationToken);
         var buffer = new byte[64];
-        Assert.True(await stream.ReadAsync(buffer) > 0);                 // tokens are flowing
+        Assert.True(await stream.ReadAsync(buffer, TestContext.Current.CancellationToken) > 0);                 // tokens are flowing
         response.Dispose();                                             // the client goes away mid-stream
         Assert.Equal(0, await S.BlocksInUseAfterSettlingAsync());
         Assert.Empty(await S.ServerErrorsAsync());
@@ -79,7 +79,7 @@ public class ErrorMatrixTests(ServerFixture fixture) : IClassFixture<ServerFixtu
         Assert.Equal(401, missing);
         var (right, _, _) = await keyed.PostAsync("v1/chat/completions", body, key: "sekret");
         Assert.Equal(200, right);
-        Assert.Equal("ok", await keyed.Http.GetStringAsync("health"));   // health and metrics need no key
+        Assert.Equal("ok", await keyed.Http.GetStringAsync("health", TestContext.Current.CancellationToken));   // health and metrics need no key
     }
 
     [Fact]

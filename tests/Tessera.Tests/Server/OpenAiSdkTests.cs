@@ -21,7 +21,7 @@ public class OpenAiSdkTests(ServerFixture fixture) : IClassFixture<ServerFixture
     public async Task ChatCompletionReportsTextFinishReasonAndUsage()
     {
         var options = new ChatCompletionOptions { MaxOutputTokenCount = 12, Temperature = 0 };
-        ChatCompletion completion = await Chat.CompleteChatAsync(Conversation, options);
+        ChatCompletion completion = await Chat.CompleteChatAsync(Conversation, options, TestContext.Current.CancellationToken);
         Assert.Equal(ChatFinishReason.Length, completion.FinishReason);   // a random model rarely writes "<|im_end|>" within 12 bytes
         Assert.Equal(PromptTokens(), completion.Usage.InputTokenCount);
         Assert.Equal(12, completion.Usage.OutputTokenCount);
@@ -35,12 +35,12 @@ public class OpenAiSdkTests(ServerFixture fixture) : IClassFixture<ServerFixture
     public async Task StreamedChatEqualsTheWholeResponseAndEndsWithUsage()
     {
         var options = new ChatCompletionOptions { MaxOutputTokenCount = 20, Temperature = 0 };
-        ChatCompletion whole = await Chat.CompleteChatAsync(Conversation, options);
+        ChatCompletion whole = await Chat.CompleteChatAsync(Conversation, options, TestContext.Current.CancellationToken);
         var text = new System.Text.StringBuilder();
         ChatFinishReason? finish = null;
         ChatTokenUsage? usage = null;
         int updates = 0;
-        await foreach (var update in Chat.CompleteChatStreamingAsync(Conversation, options))
+        await foreach (var update in Chat.CompleteChatStreamingAsync(Conversation, options, TestContext.Current.CancellationToken))
         {
             updates++;
             foreach (var part in update.ContentUpdate) text.Append(part.Text);
@@ -58,11 +58,11 @@ public class OpenAiSdkTests(ServerFixture fixture) : IClassFixture<ServerFixture
     public async Task StopStringCutsTheTextBeforeItsFirstOccurrenceAcrossTokens()
     {
         var options = new ChatCompletionOptions { MaxOutputTokenCount = 40, Temperature = 0 };
-        string full = (await Chat.CompleteChatAsync(Conversation, options)).Value.Content[0].Text;
+        string full = (await Chat.CompleteChatAsync(Conversation, options, TestContext.Current.CancellationToken)).Value.Content[0].Text;
         // Two characters from the middle of the greedy text: with the byte tokenizer they span two tokens.
         string stop = full.Substring(full.Length / 2, 2);
         options.StopSequences.Add(stop);
-        ChatCompletion stopped = await Chat.CompleteChatAsync(Conversation, options);
+        ChatCompletion stopped = await Chat.CompleteChatAsync(Conversation, options, TestContext.Current.CancellationToken);
         Assert.Equal(full[..full.IndexOf(stop, StringComparison.Ordinal)], stopped.Content.Count == 0 ? "" : stopped.Content[0].Text);
         Assert.Equal(ChatFinishReason.Stop, stopped.FinishReason);
     }
@@ -81,7 +81,7 @@ public class OpenAiSdkTests(ServerFixture fixture) : IClassFixture<ServerFixture
     public async Task LogprobsHaveOneEntryPerTokenWithSortedAlternativesAndTheGreedyTokenOnTop()
     {
         var options = new ChatCompletionOptions { MaxOutputTokenCount = 6, Temperature = 0, IncludeLogProbabilities = true, TopLogProbabilityCount = 3 };
-        ChatCompletion completion = await Chat.CompleteChatAsync(Conversation, options);
+        ChatCompletion completion = await Chat.CompleteChatAsync(Conversation, options, TestContext.Current.CancellationToken);
         var logprobs = completion.ContentTokenLogProbabilities;
         Assert.Equal(6, logprobs.Count);
         foreach (var token in logprobs)
@@ -112,7 +112,7 @@ public class OpenAiSdkTests(ServerFixture fixture) : IClassFixture<ServerFixture
     {
         var options = new ChatCompletionOptions { MaxOutputTokenCount = 16, Temperature = 0 };
         OpenAI.Chat.ChatMessage[] probe = [new UserChatMessage("The same question.")];
-        string alone = (await Chat.CompleteChatAsync(probe, options)).Value.Content[0].Text;
+        string alone = (await Chat.CompleteChatAsync(probe, options, TestContext.Current.CancellationToken)).Value.Content[0].Text;
         // Eight at once (the batch is 8): the probe among seven others of different lengths.
         var tasks = Enumerable.Range(0, 8).Select(i => Chat.CompleteChatAsync(
             i == 3 ? probe : [new UserChatMessage(new string('x', 5 + 11 * i) + " other")], options)).ToList();
@@ -136,9 +136,9 @@ public class OpenAiSdkTests(ServerFixture fixture) : IClassFixture<ServerFixture
             Content = new StringContent($$"""{"model": "{{TestServer.Model}}", "prompt": [71, 101, 116], "max_tokens": 8, "temperature": 0, "stream": true}""",
                 System.Text.Encoding.UTF8, "application/json"),
         };
-        using var response = await S.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        using var response = await S.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, TestContext.Current.CancellationToken);
         Assert.Equal("text/event-stream", response.Content.Headers.ContentType!.MediaType);
-        var lines = (await response.Content.ReadAsStringAsync()).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        var lines = (await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken)).Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal("data: [DONE]", lines[^1]);
         var streamed = string.Concat(lines[..^1].Select(l => JsonDocument.Parse(l["data: ".Length..]).RootElement.GetProperty("choices")[0].GetProperty("text").GetString()));
         var (_, whole, _) = await S.PostAsync("v1/completions", $$"""{"model": "{{TestServer.Model}}", "prompt": "Get", "max_tokens": 8, "temperature": 0}""");
@@ -148,10 +148,10 @@ public class OpenAiSdkTests(ServerFixture fixture) : IClassFixture<ServerFixture
     [Fact]
     public async Task ModelsHealthAndMetricsAnswer()
     {
-        var models = JsonDocument.Parse(await S.Http.GetStringAsync("v1/models")).RootElement;
+        var models = JsonDocument.Parse(await S.Http.GetStringAsync("v1/models", TestContext.Current.CancellationToken)).RootElement;
         Assert.Equal(TestServer.Model, models.GetProperty("data")[0].GetProperty("id").GetString());
-        Assert.Equal("ok", await S.Http.GetStringAsync("health"));
-        var metrics = await S.Http.GetStringAsync("metrics");
+        Assert.Equal("ok", await S.Http.GetStringAsync("health", TestContext.Current.CancellationToken));
+        var metrics = await S.Http.GetStringAsync("metrics", TestContext.Current.CancellationToken);
         Assert.Contains("# TYPE tessera_time_to_first_token_seconds histogram", metrics);
         Assert.Contains("tessera_kv_blocks_total ", metrics);
     }

@@ -87,14 +87,14 @@ public sealed class CheckpointStoreTests : IDisposable
     {
         var store = new CheckpointStore(_root);
         var dir = store.Save(10, WriteTwoFiles);
-        var before = Directory.GetFiles(dir).ToDictionary(Path.GetFileName, File.ReadAllBytes);
+        var before = Directory.GetFiles(dir).ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes);
         Assert.Throws<IOException>(() => store.Save(10, d =>
         {
             File.WriteAllText(Path.Combine(d, "a.txt"), "a newer alpha, half written");
             throw new IOException("disk full");
         }));
         Assert.Equal(dir, store.Latest());
-        var after = Directory.GetFiles(dir).ToDictionary(Path.GetFileName, File.ReadAllBytes);
+        var after = Directory.GetFiles(dir).ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes);
         Assert.Equal(before.Keys.Order(), after.Keys.Order());
         foreach (var (name, bytes) in before) Assert.Equal(bytes, after[name]);
         CheckpointManifest.Read(dir).Verify(dir);

@@ -46,7 +46,7 @@ public sealed class StopTests : IDisposable
         }
         var (_, straight) = Build();
         var expected = new List<double>();
-        straight.Run(m => expected.Add(m.Loss));
+        straight.Run(m => expected.Add(m.Loss), cancellation: TestContext.Current.CancellationToken);
 
         var (model, stopped) = Build();
         using var cancel = new CancellationTokenSource();
@@ -59,7 +59,7 @@ public sealed class StopTests : IDisposable
 
         var (resumedModel, resumed) = Build();
         TrainingCheckpoint.Restore(store.Latest()!, resumedModel, resumed);
-        resumed.Run(m => losses.Add(m.Loss));
+        resumed.Run(m => losses.Add(m.Loss), cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(expected.Select(BitConverter.DoubleToInt64Bits), losses.Select(BitConverter.DoubleToInt64Bits));
     }
 

@@ -75,12 +75,12 @@ public class InferenceEngineTests
         using var engine = Engine(context: 4096, kvBytes: 16 << 20);
         using var cts = new CancellationTokenSource();
         var reader = engine.Submit(new CompletionRequest { Prompt = [1, 2, 3], MaxTokens = 4000 }, cts.Token);
-        await reader.ReadAsync();                                     // it is running
+        await reader.ReadAsync(TestContext.Current.CancellationToken);                                     // it is running
         cts.Cancel();
         int received = 1;
-        await foreach (var _ in reader.ReadAllAsync()) received++;    // the stream completes
+        await foreach (var _ in reader.ReadAllAsync(TestContext.Current.CancellationToken)) received++;    // the stream completes
         Assert.True(received < 4000, $"the request finished ({received} events) before the cancel");
-        for (int i = 0; i < 400 && engine.Metrics.KvBlocksInUse != 0; i++) await Task.Delay(5);
+        for (int i = 0; i < 400 && engine.Metrics.KvBlocksInUse != 0; i++) await Task.Delay(5, TestContext.Current.CancellationToken);
         Assert.Equal(0, engine.Metrics.KvBlocksInUse);
         Assert.Equal(1, engine.Metrics.RequestsCancelled);
     }
@@ -89,7 +89,7 @@ public class InferenceEngineTests
     public void RequestPastTheContextIsRefusedNamingMaxTokens()
     {
         using var engine = Engine();
-        var e = Assert.Throws<InvalidRequestException>(() => engine.Submit(new CompletionRequest { Prompt = [1, 2, 3], MaxTokens = 62 }));
+        var e = Assert.Throws<InvalidRequestException>(() => engine.Submit(new CompletionRequest { Prompt = [1, 2, 3], MaxTokens = 62 }, TestContext.Current.CancellationToken));
         Assert.Equal("max_tokens", e.Parameter);
         Assert.Contains("ask for at most 61", e.Message);
     }
@@ -191,14 +191,14 @@ public class InferenceEngineTests
         var expected = new TextGenerator(engine.Model).Generate(prompt, new GenerationOptions { MaxNewTokens = 40 }).ToList();
         using var cts = new CancellationTokenSource();
         var leaving = engine.Submit(new CompletionRequest { Prompt = [1, 2, 3], MaxTokens = 900 }, cts.Token);
-        var staying = Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 40 }).ReadAllAsync());
-        await leaving.ReadAsync();
-        await leaving.ReadAsync();                                    // running, steps in flight
+        var staying = Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 40 }, TestContext.Current.CancellationToken).ReadAllAsync());
+        await leaving.ReadAsync(TestContext.Current.CancellationToken);
+        await leaving.ReadAsync(TestContext.Current.CancellationToken);                                    // running, steps in flight
         cts.Cancel();
-        await foreach (var _ in leaving.ReadAllAsync()) { }
+        await foreach (var _ in leaving.ReadAllAsync(TestContext.Current.CancellationToken)) { }
         var result = await staying;
         Assert.Equal(expected, result.Tokens);
-        for (int i = 0; i < 400 && engine.Metrics.KvBlocksInUse != 0; i++) await Task.Delay(5);
+        for (int i = 0; i < 400 && engine.Metrics.KvBlocksInUse != 0; i++) await Task.Delay(5, TestContext.Current.CancellationToken);
         Assert.Equal(0, engine.Metrics.KvBlocksInUse);
         Assert.Equal(1, engine.Metrics.RequestsCancelled);
         Assert.True(engine.PipelinedSteps > 0);
@@ -214,7 +214,7 @@ public class InferenceEngineTests
         using var engine = Engine(context: 40);
         int[] prompt = [11, 22, 33, 44, 55];
         var expected = new TextGenerator(engine.Model).Generate(prompt, new GenerationOptions { MaxNewTokens = 35 }).ToList();
-        var result = await Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 35 }).ReadAllAsync());
+        var result = await Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 35 }, TestContext.Current.CancellationToken).ReadAllAsync());
         Assert.Equal(35, expected.Count);
         Assert.Equal(expected, result.Tokens);
         Assert.Equal(FinishReason.Length, result.Finish);
