@@ -29,6 +29,7 @@ public sealed class CudaBackendOptionsTests
         HopperBackwardVariant = 3,
         FusedPagedQkv = false,
         PagedDecodeMinKeysPerSplit = 1,
+        PagedDecodeBatchedMerge = false,
         PagedDecodeCtasPerSm = 2,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",

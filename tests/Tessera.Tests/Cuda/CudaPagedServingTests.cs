@@ -90,6 +90,34 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d}");
     }
 
+    /// <summary>
+    /// The last CTA's merge of a row's key splits with the loads of 16 splits issued before any is used
+    /// (<see cref="CudaBackendOptions.PagedDecodeBatchedMerge"/>, the default) against the merge that loads each split behind
+    /// its weight: the same products summed in the same order, so the outputs are equal bit for bit. Decode rows of 3001, 40
+    /// and 700 keys in one grid of 32 splits fill 32, 1 and 11 of them (two batches of 16, one, one).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F32)]
+    public void PagedDecodeBatchedMergeEqualsTheSerialMergeBitForBit(DType dtype)
+    {
+        const int blockSize = 16, h = 32, k = 8, d = 64;
+        var batch = Batch(blockSize, [1, 1, 1], [3001, 40, 700]);
+        int n = batch.Slots.Length;
+        var (_, qv) = Random(dtype, 1.0, n, h + 2 * k, d);
+        var (_, poolValues) = Random(dtype, 1.0, batch.PoolBlocks, blockSize, 2 * k, d);
+        using var serial = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeBatchedMerge = false });
+        double[] Attend(IBackend backend)
+        {
+            var q = TestTensors.FromDoubles(backend, qv, dtype, n, h + 2 * k, d);
+            var pool = TestTensors.FromDoubles(backend, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
+            var output = backend.Allocate(new Shape(n, h, d), dtype);
+            backend.PagedAttention(q.Slice(1, 0, h), pool, On(backend, batch, blockSize), output, 1 / Math.Sqrt(d));
+            return TestTensors.ToDoubles(backend, output);
+        }
+        Assert.Equal(Attend(serial), Attend(Gpu));
+    }
+
     [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.BF16)]
