@@ -137,9 +137,10 @@ public sealed unsafe partial class CudaBackend
         long ctas = (long)rowsHere * (h / g);
         int splits;
         if (specialized)
-            // Enough CTAs for about PagedDecodeCtasPerSm per SM (default 8), each split at least 64 positions of the span.
-            splits = (int)Math.Clamp(Math.Min(((long)Options.PagedDecodeCtasPerSm * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, (span + 63) / 64),
-                1, PagedAttentionMaxSplits);
+            // Enough CTAs for about PagedDecodeCtasPerSm per SM (default 8), each split at least PagedDecodeSplitSpan (default 64)
+            // positions of the span.
+            splits = (int)Math.Clamp(Math.Min(((long)Options.PagedDecodeCtasPerSm * CudaDevice.MultiprocessorCount + ctas - 1) / ctas,
+                (span + Options.PagedDecodeSplitSpan - 1) / Options.PagedDecodeSplitSpan), 1, PagedAttentionMaxSplits);
         else
             // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
             // two waves of the SMs, each split at least 64 positions of the span.

@@ -73,21 +73,39 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     public void PagedAttentionWithAndWithoutKeySplitsMatchesTheCpu(DType dtype, int[] rows, int[] lengths) =>
         AssertPagedAttention(dtype, 32, 8, 64, rows, lengths);
 
-    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths)
+    /// <summary>
+    /// Batch-1 rows split as the dense decode splits them (<see cref="CudaBackendOptions.PagedDecodeSplitSpan"/> and
+    /// <see cref="CudaBackendOptions.PagedDecodeMinKeysPerSplit"/> of 16: a 648-key row in 32 splits of ~21 keys, merged by the
+    /// last CTA in two batches of 16), alone and beside a 40-key row.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, new[] { 1 }, new[] { 648 })]
+    [InlineData(DType.F32, new[] { 1, 1 }, new[] { 648, 40 })]
+    public void PagedAttentionWithShortSplitsMatchesTheCpu(DType dtype, int[] rows, int[] lengths)
+    {
+        using var shortSplits = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeSplitSpan = 16, PagedDecodeMinKeysPerSplit = 16 });
+        AssertPagedAttention(dtype, 32, 8, 64, rows, lengths, shortSplits);
+    }
+
+    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, CudaBackend? backend = null)
     {
         const int blockSize = 16;
+        var gpu = backend ?? Gpu;
         var batch = Batch(blockSize, rows, lengths);
         int n = batch.Slots.Length;
-        var (q, qv) = Random(dtype, 1.0, n, h + 2 * k, d);                 // a fused QKV activation: q is a strided view
-        var (pool, poolValues) = Random(dtype, 1.0, batch.PoolBlocks, blockSize, 2 * k, d);
-        var output = Poisoned(dtype, n, h, d);
-        Gpu.PagedAttention(q.Slice(1, 0, h), pool, On(Gpu, batch, blockSize), output, 1 / Math.Sqrt(d));
+        var (_, qv) = Random(dtype, 1.0, n, h + 2 * k, d);                 // a fused QKV activation: q is a strided view
+        var (_, poolValues) = Random(dtype, 1.0, batch.PoolBlocks, blockSize, 2 * k, d);
+        var q = Upload(gpu, qv, dtype, n, h + 2 * k, d);
+        var pool = Upload(gpu, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
+        var output = gpu.Allocate(new Shape(n, h, d), dtype);
+        gpu.Fill(output, double.NaN);
+        gpu.PagedAttention(q.Slice(1, 0, h), pool, On(gpu, batch, blockSize), output, 1 / Math.Sqrt(d));
 
         var cpuQ = TestTensors.FromDoubles(_cpu, qv, DType.F64, n, h + 2 * k, d);
         var cpuPool = TestTensors.FromDoubles(_cpu, poolValues, DType.F64, batch.PoolBlocks, blockSize, 2 * k, d);
         var expected = _cpu.Allocate(new Shape(n, h, d), DType.F64);
         _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, On(_cpu, batch, blockSize), expected, 1 / Math.Sqrt(d));
-        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d}");
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(gpu, output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d}");
     }
 
     /// <summary>
@@ -109,11 +127,11 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         using var serial = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeBatchedMerge = false });
         double[] Attend(IBackend backend)
         {
-            var q = TestTensors.FromDoubles(backend, qv, dtype, n, h + 2 * k, d);
-            var pool = TestTensors.FromDoubles(backend, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
+            var q = Upload(backend, qv, dtype, n, h + 2 * k, d);
+            var pool = Upload(backend, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
             var output = backend.Allocate(new Shape(n, h, d), dtype);
             backend.PagedAttention(q.Slice(1, 0, h), pool, On(backend, batch, blockSize), output, 1 / Math.Sqrt(d));
-            return TestTensors.ToDoubles(backend, output);
+            return Download(backend, output);
         }
         Assert.Equal(Attend(serial), Attend(Gpu));
     }
