@@ -228,11 +228,12 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Assert.Throws<ArgumentException>(() => readback.Start(UploadInts(new int[9], 9)));
     }
 
-    private static EngineOptions Options(bool graphs) => new()
+    private static EngineOptions Options(bool graphs, bool advanceOnDevice = false) => new()
     {
         Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 8 << 20 },
         Scheduler = new SchedulerOptions { MaxBatch = 8, TokenBudget = 64 },
         RecordGraphs = graphs,
+        AdvanceDecodeOnDevice = advanceOnDevice,
     };
 
     private static async Task<List<int>[]> RunAll(InferenceEngine engine, int[][] prompts, int tokens)
@@ -249,7 +250,9 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// <summary>
     /// Eight concurrent greedy requests (prompts of 1 to 40 tokens, so steps mix prefill chunks and decodes, and decode
     /// batches of 1 to 8 replay recorded graphs) on the GPU in F32 give the tokens of the dense CPU generator run one
-    /// sequence at a time; in BF16 the recorded and the eager engine agree token for token.
+    /// sequence at a time, also with <see cref="EngineOptions.AdvanceDecodeOnDevice"/> (its own recorded graphs, which read
+    /// the previous argmax and advance the metadata; checked alone for a request whose batch-1 tail skips copies); in BF16 the
+    /// recorded and the eager engine agree token for token.
     /// </summary>
     [Theory]
     [InlineData("llama-debug")]
@@ -266,13 +269,18 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         const int tokens = 20;
         var expected = prompts.Select(p => new TextGenerator(onCpu).Generate(p, new GenerationOptions { MaxNewTokens = tokens }).ToList()).ToList();
 
-        using (var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true)))
-        {
-            var results = await RunAll(engine, prompts, tokens);
-            for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
-            Assert.True(engine.ReplayedSteps > 0, "no decode step replayed a recorded graph");
-            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
-        }
+        foreach (bool advance in new[] { false, true })
+            using (var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, advance)))
+            {
+                var results = await RunAll(engine, prompts, tokens);
+                for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
+                Assert.True(engine.ReplayedSteps > 0, "no decode step replayed a recorded graph");
+                Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+                if (!advance) continue;
+                var alone = await RunAll(engine, [prompts[3]], 40);           // batch 1 across blocks of 16: most steps skip the copy
+                Assert.Equal(new TextGenerator(onCpu).Generate(prompts[3], new GenerationOptions { MaxNewTokens = 40 }), alone[0]);
+                Assert.True(engine.MetadataCopiesSkipped > 0, "no decode step skipped its metadata copy");
+            }
 
         var bf16 = new Transformer(config, Gpu, DType.BF16);
         Gpu.CopyFromHost<float>(weights, bf16.Parameters.Masters!);
@@ -404,14 +412,21 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
                 r2.Collect(out var last, out _);
                 s2.Resolve(seq, last[0]);
             }
-            Pipelined(5);
-            Gpu.Synchronize();
-            var clock = System.Diagnostics.Stopwatch.StartNew();
-            Pipelined(100);
-            double pipelined = clock.Elapsed.TotalMilliseconds / 101;
+            double PipelinedMs()
+            {
+                Pipelined(5);
+                Gpu.Synchronize();
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                Pipelined(100);
+                return clock.Elapsed.TotalMilliseconds / 101;
+            }
+            double pipelined = PipelinedMs();
+            r2.AdvanceOnDevice = true;                                     // the A/B of EngineOptions.AdvanceDecodeOnDevice, same process
+            double advanced = PipelinedMs();
             Assert.True(r2.RecordedGraphs > 0);
+            Assert.True(r2.MetadataCopiesSkipped > 0);
             Console.WriteLine($"[paged decode] llama-1b shape, bf16, batch 1 at ~{s2.Running[0].ComputedTokens} positions: recorded step waited for {waited:F3} ms/step, " +
-                $"pipelined {pipelined:F3} ms/step (host included)");
+                $"pipelined {pipelined:F3} ms/step, pipelined with AdvanceOnDevice {advanced:F3} ms/step ({r2.MetadataCopiesSkipped} metadata copies skipped in 107 steps) (host included)");
         }
     }
 
