@@ -14,8 +14,10 @@
 #       bf16, prompt 512, 128 new, the dense generate path), then batched_decode.py (batches 1,8,32,64,128; TORCH_TIMEOUT s).
 #       Prints the tables last. LEVELS=..., ROUNDS=..., TORCH_BATCHES=..., RUN_TESTS=0, RUN_TORCH=0, RUN_DECODE=0 change or
 #       skip parts; SERVE_ARGS adds arguments to `serve` (e.g. "--no-graphs", "--decoding-step-tokens 1024"); SERVE_AB runs `serve`
-#       a second time with SERVE_AB added to SERVE_ARGS (e.g. "--no-async"), logged to serve-ab.md; TEST_METHODS replaces the
-#       test selection (xunit -method patterns, space-separated).
+#       again with SERVE_AB added to SERVE_ARGS (e.g. "--no-async"), logged to serve-ab.md, and with several variants separated
+#       by ';' once per variant (serve-ab.md, serve-ab-2.md, ...), after `gpu-decode`; TEST_METHODS replaces the test selection
+#       (xunit -method patterns, space-separated); TESTS_LAST=1 runs the tests after the benchmarks (a short call measures
+#       first); DECODE_TIMEOUT (default 180 s) bounds `gpu-decode`.
 set -uo pipefail
 mode="${1:-run}"; shift || true
 case "$mode" in
@@ -54,25 +56,35 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
     echo "commit $(cat "$dir/commit.txt" 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)" | tee -a "$out/gpu.txt"
     rc=0
-    if [ -f "$dir/tests.tar.xz" ] && [ "${RUN_TESTS:-1}" = 1 ]; then
+    run_tests() {
+        [ -f "$dir/tests.tar.xz" ] && [ "${RUN_TESTS:-1}" = 1 ] || return 0
         rm -rf /tmp/tessera-tests && mkdir -p /tmp/tessera-tests && tar -C /tmp/tessera-tests -xJf "$dir/tests.tar.xz"
         t=/tmp/tessera-tests/tests/Tessera.Tests.dll
         # -method filters only (xunit v3 ORs filters of one kind and ANDs kinds), fully qualified names with wildcards.
         methods="${TEST_METHODS:-Tessera.Tests.Cuda.CudaPagedServingTests.* *.FlashAttentionMatchesReference *.StackedGateAndUpProductMatchesTheReference *.FusedSwiGluProductMatchesTheReference}"
         margs=(); for m in $methods; do margs+=(-method "$m"); done
         timeout "${TEST_TIMEOUT:-110}" $dn "$t" "${margs[@]}" -parallel none -reporter verbose > "$out/tests.log" 2>&1 || rc=1
-    fi
+    }
+    [ "${TESTS_LAST:-0}" = 1 ] || run_tests
     # shellcheck disable=SC2086
     timeout "${SERVE_TIMEOUT:-420}" $dn "$dir/app/Tessera.Bench.dll" serve --device cuda --preset llama-1b --dtype bf16 --prompt 512 --new 128 \
         --concurrency "${LEVELS:-1,8,32,64,128}" --rounds "${ROUNDS:-2}" ${SERVE_ARGS:-} > "$out/serve.md" 2> "$out/serve.err" || rc=1
-    if [ -n "${SERVE_AB:-}" ]; then
-        # shellcheck disable=SC2086
-        timeout "${SERVE_TIMEOUT:-420}" $dn "$dir/app/Tessera.Bench.dll" serve --device cuda --preset llama-1b --dtype bf16 --prompt 512 --new 128 \
-            --concurrency "${LEVELS:-1,8,32,64,128}" --rounds "${ROUNDS:-2}" ${SERVE_ARGS:-} ${SERVE_AB} > "$out/serve-ab.md" 2>> "$out/serve.err" || rc=1
-    fi
     if [ "${RUN_DECODE:-1}" = 1 ]; then
-        timeout 180 $dn "$dir/app/Tessera.Bench.dll" gpu-decode --preset llama-1b --dtype bf16 --prompt 512 --new 128 > "$out/decode.md" 2>> "$out/serve.err" || rc=1
+        timeout "${DECODE_TIMEOUT:-180}" $dn "$dir/app/Tessera.Bench.dll" gpu-decode --preset llama-1b --dtype bf16 --prompt 512 --new 128 > "$out/decode.md" 2>> "$out/serve.err" || rc=1
     fi
+    ab_files=()
+    if [ -n "${SERVE_AB:-}" ]; then
+        IFS=';' read -r -a variants <<< "$SERVE_AB"
+        for i in "${!variants[@]}"; do
+            f="$out/serve-ab$([ "$i" -gt 0 ] && echo "-$((i + 1))").md"
+            echo "${variants[$i]}" > "$f.args"
+            ab_files+=("$f")
+            # shellcheck disable=SC2086
+            timeout "${SERVE_TIMEOUT:-420}" $dn "$dir/app/Tessera.Bench.dll" serve --device cuda --preset llama-1b --dtype bf16 --prompt 512 --new 128 \
+                --concurrency "${LEVELS:-1,8,32,64,128}" --rounds "${ROUNDS:-2}" ${SERVE_ARGS:-} ${variants[$i]} > "$f" 2>> "$out/serve.err" || rc=1
+        done
+    fi
+    [ "${TESTS_LAST:-0}" = 1 ] && run_tests
     if [ "${RUN_TORCH:-1}" = 1 ]; then
         timeout "${TORCH_TIMEOUT:-420}" python3 "$dir/batched_decode.py" --batch "${TORCH_BATCHES:-${LEVELS:-1,8,32,64,128}}" --prompt 512 --new 128 > "$out/torch.md" 2> "$out/torch.err" || rc=1
     fi
@@ -83,7 +95,9 @@ run)
         sed 's/\x1b\[[0-9;]*m//g' "$out/tests.log" | grep -E '^\s*\[(paged|dense)|^\| |Total: ' | head -200
     fi
     echo "================ Tessera server (HTTP, streaming clients) ================"; cat "$out/serve.md"; tail -5 "$out/serve.err"
-    [ -f "$out/serve-ab.md" ] && { echo "================ Tessera server with ${SERVE_AB} ================"; cat "$out/serve-ab.md"; }
+    for f in "${ab_files[@]}"; do
+        [ -f "$f" ] && { echo "================ Tessera server with $(cat "$f.args") ================"; cat "$f"; }
+    done
     echo "================ Tessera generate (batch 1, dense cache) ================"; cat "$out/decode.md" 2>/dev/null
     echo "================ PyTorch batched decoder ================"; cat "$out/torch.md" 2>/dev/null; tail -5 "$out/torch.err" 2>/dev/null
     exit $rc

@@ -137,9 +137,10 @@ public sealed unsafe partial class CudaBackend
         long ctas = (long)rowsHere * (h / g);
         int splits;
         if (specialized)
-            // Enough CTAs for about PagedDecodeCtasPerSm per SM (default 8), each split at least 64 positions of the span.
-            splits = (int)Math.Clamp(Math.Min(((long)Options.PagedDecodeCtasPerSm * CudaDevice.MultiprocessorCount + ctas - 1) / ctas, (span + 63) / 64),
-                1, PagedAttentionMaxSplits);
+            // Enough CTAs for about PagedDecodeCtasPerSm per SM (default 8), each split at least PagedDecodeSplitSpan (default 64)
+            // positions of the span.
+            splits = (int)Math.Clamp(Math.Min(((long)Options.PagedDecodeCtasPerSm * CudaDevice.MultiprocessorCount + ctas - 1) / ctas,
+                (span + Options.PagedDecodeSplitSpan - 1) / Options.PagedDecodeSplitSpan), 1, PagedAttentionMaxSplits);
         else
             // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
             // two waves of the SMs, each split at least 64 positions of the span.
@@ -156,8 +157,8 @@ public sealed unsafe partial class CudaBackend
             if (specialized)
             {
                 int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
-                int minChunk = Options.PagedDecodeMinKeysPerSplit;
-                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk };
+                int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = Options.PagedDecodeBatchedMerge ? 1 : 0;
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge };
                 uint shared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
                 Launch("paged_attention.cu", $"paged_decode_{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, shared, dependent: true);

@@ -134,11 +134,29 @@ public sealed record CudaBackendOptions
     public int PagedDecodeMinKeysPerSplit { get; init; } = 64;
 
     /// <summary>
+    /// The last CTA of serving's <c>paged_decode</c> that merges a row's key splits issues the loads of up to 16 splits of its
+    /// two outputs before it uses any (one L2 round trip per 16 splits); false keeps the merge that loads each split's state
+    /// behind a branch on its weight and uses it at once (one round trip per split and output, ~20 in a row for a batch-1
+    /// row of ~10 splits). The same loads, products and order of the sum either way: the same output bit for bit. Default
+    /// true (2026-12-03: the same work, not yet measured on a GPU; false gives the merge measured until then).
+    /// </summary>
+    public bool PagedDecodeBatchedMerge { get; init; } = true;
+
+    /// <summary>
     /// CTAs per SM that serving's <c>paged_decode</c> grid aims at when it splits the keys (1 to 32): splits = this times the SMs
     /// over the rows' head-group columns, at least 64 positions of the widest table a split, at most 32. Fewer make fewer,
     /// longer CTAs (fewer states to merge); more hide latency when few CTAs fit an SM at once. Default 8.
     /// </summary>
     public int PagedDecodeCtasPerSm { get; init; } = 8;
+
+    /// <summary>
+    /// Positions of the widest block table (or of the window) per key split when the host sizes <c>paged_decode</c>'s grid
+    /// (at least 1): splits = min(<see cref="PagedDecodeCtasPerSm"/> x SMs over the CTAs of one split, span / this), at most 32.
+    /// At batch 1 this bound decides: a 656-position table gives 11 splits at 64, where the dense decode (flash_decode_gqa)
+    /// runs 33 splits of about 20 keys. Pair a smaller value with a smaller <see cref="PagedDecodeMinKeysPerSplit"/>, or the
+    /// extra splits stay empty. Default 64 (what the grid was sized by until now).
+    /// </summary>
+    public int PagedDecodeSplitSpan { get; init; } = 64;
 
     /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
@@ -159,6 +177,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
         if (PagedDecodeCtasPerSm is < 1 or > 32)
             throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32");
+        if (PagedDecodeSplitSpan < 1)
+            throw new ArgumentException($"CUDA backend options: PagedDecodeSplitSpan ({PagedDecodeSplitSpan}) must be at least 1");
         if (PagedDecodeMinKeysPerSplit < 1)
             throw new ArgumentException($"CUDA backend options: PagedDecodeMinKeysPerSplit ({PagedDecodeMinKeysPerSplit}) must be at least 1");
         if (HopperBackwardVariant is < 0 or > 8)
@@ -220,6 +240,8 @@ public sealed record CudaBackendOptions
         if (HopperBackwardVariant != d.HopperBackwardVariant) parts.Add(Invariant($"{nameof(HopperBackwardVariant)}={HopperBackwardVariant}"));
         if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
         if (PagedDecodeCtasPerSm != d.PagedDecodeCtasPerSm) parts.Add(Invariant($"{nameof(PagedDecodeCtasPerSm)}={PagedDecodeCtasPerSm}"));
+        if (PagedDecodeSplitSpan != d.PagedDecodeSplitSpan) parts.Add(Invariant($"{nameof(PagedDecodeSplitSpan)}={PagedDecodeSplitSpan}"));
+        if (PagedDecodeBatchedMerge != d.PagedDecodeBatchedMerge) parts.Add($"{nameof(PagedDecodeBatchedMerge)}={Bool(PagedDecodeBatchedMerge)}");
         if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
@@ -242,6 +264,8 @@ public sealed record CudaBackendOptions
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(PagedDecodeCtasPerSm)] = (o, v, s) => o with { PagedDecodeCtasPerSm = ParseInt(v, s) },
+        [nameof(PagedDecodeSplitSpan)] = (o, v, s) => o with { PagedDecodeSplitSpan = ParseInt(v, s) },
+        [nameof(PagedDecodeBatchedMerge)] = (o, v, s) => o with { PagedDecodeBatchedMerge = ParseBool(v, s) },
         [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {

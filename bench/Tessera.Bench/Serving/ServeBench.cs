@@ -24,7 +24,9 @@ namespace Tessera.Bench.Serving;
 /// in the same process.
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
-/// [--decoding-step-tokens 512] [--no-graphs] [--no-phase-sync] [--no-async] [--cuda-options Name=value,...]</para>
+/// [--decoding-step-tokens 512] [--no-graphs] [--no-phase-sync] [--no-async] [--advance-on-device] [--cuda-options Name=value,...]</para>
+/// <para>--advance-on-device turns on <see cref="EngineOptions.AdvanceDecodeOnDevice"/> (decode steps that read the previous step's
+/// tokens in order advance their metadata on the device and skip the host-to-device copy); the count of skipped copies is printed.</para>
 /// <para>--no-async waits for every step's tokens before the next step is scheduled (<see cref="EngineOptions.AsyncScheduling"/> off).
 /// With the phase waits on, a step cannot overlap the next one's host work: pair asynchronous scheduling with --no-phase-sync.</para>
 /// <para>After the main table, a second one per level says where the engine's steps spent their time (schedule, metadata
@@ -42,7 +44,7 @@ public static class ServeBench
         string device = "cuda", preset = "llama-1b", dtypeName = "bf16";
         int prompt = 512, newTokens = 128, rounds = 2, maxBatch = 128, tokenBudget = 8192, clients = 256, seconds = 60;
         int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
-        bool phaseSync = true, asyncScheduling = true;
+        bool phaseSync = true, asyncScheduling = true, advanceOnDevice = false;
         string? cudaOptions = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
@@ -64,6 +66,7 @@ public static class ServeBench
                 case "--decoding-step-tokens": decodingStepTokens = Int(); break;
                 case "--no-phase-sync": phaseSync = false; break;
                 case "--no-async": asyncScheduling = false; break;
+                case "--advance-on-device": advanceOnDevice = true; break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
@@ -96,6 +99,7 @@ public static class ServeBench
             RecordGraphs = graphs,
             SeparateStepPhases = phaseSync && !load,
             AsyncScheduling = asyncScheduling,
+            AdvanceDecodeOnDevice = advanceOnDevice,
         };
         using var engine = new InferenceEngine(model, tokenizer, options);
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, true), tokenizer),
@@ -190,6 +194,8 @@ public static class ServeBench
                 $"| Tessera (HTTP) | {preset} | {dtype} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {(itl.Length > 0 ? itl.Average() : double.NaN):F3} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {engine.PipelinedSteps - pipelined0} | {roofline} |"));
         }
         Console.WriteLine();
+        if (engine.Options.AdvanceDecodeOnDevice)
+            Console.WriteLine($"AdvanceDecodeOnDevice: {engine.MetadataCopiesSkipped} decode steps copied no metadata (of {engine.Metrics.Steps} steps, warm-up included)");
         PrintPhases(phases, engine.Options.SeparateStepPhases);
         return 0;
     }

@@ -251,10 +251,16 @@ __device__ __forceinline__ float pd_load_cg(const float* p)
 // CTAs to finish (a counter per column, reset by that CTA so the next launch or graph replay finds it zero) merges the
 // states of the splits that hold keys (active <= 32; the others stored none) for its G heads: a warp per head reads
 // the splits' maxima and sums a lane each, and turns them into weights in shared memory; then every thread sums its
-// output columns over the splits, with independent loads. One launch per layer fewer when decoding.
+// output columns over the splits. One launch per layer fewer when decoding.
+// batched (CudaBackendOptions.PagedDecodeBatchedMerge): a thread takes two outputs a pass and issues the loads of up to 16
+// splits of both before it uses any (decode_merge's scheme in flash_attention.cu), so the pass costs one L2 round trip per
+// 16 splits; otherwise each split's load sits behind a branch on its weight and is used at once, one round trip per split
+// and output (at batch 1, ~10 splits and two outputs a thread: ~20 in a row). Both sum the same products in the same
+// order and skip the same zero weights: the same output bit for bit (KernelEmulationTests checks it).
+#define PD_MERGE_BATCH 16
 template <typename T>
 __device__ void paged_decode_finish(const float* partial, int* counters, T* out, int x, int X, int n, int H, int h0, int G,
-                                    int D, int active)
+                                    int D, int active, int batched)
 {
     __shared__ int last;
     __shared__ float weight[8][32];                                // (head of the group, split): exp2(m_s - M) / L
@@ -277,6 +283,48 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
         weight[g][lane] = sum > 0.f ? w / sum : 0.f;
     }
     __syncthreads();
+    if (batched)
+    {
+        const i64 split_stride = (i64)X * H * row_floats;
+        for (int e0 = threadIdx.x; e0 < G * D; e0 += 2 * blockDim.x)
+        {
+            const float* p[2];
+            int gk[2];
+            float value[2] = {0.f, 0.f};
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+            {
+                const int e = min(e0 + k * (int)blockDim.x, G * D - 1);   // a clamped second output is computed, not stored
+                gk[k] = e / D;
+                p[k] = partial + ((i64)x * H + h0 + e / D) * row_floats + e % D;
+            }
+            for (int s0 = 0; s0 < active; s0 += PD_MERGE_BATCH)
+            {
+                float v[2][PD_MERGE_BATCH];
+#pragma unroll
+                for (int k = 0; k < 2; k++)
+#pragma unroll
+                    for (int u = 0; u < PD_MERGE_BATCH; u++) v[k][u] = s0 + u < active ? pd_load_cg(p[k] + (s0 + u) * split_stride) : 0.f;
+#pragma unroll
+                for (int k = 0; k < 2; k++)
+#pragma unroll
+                    for (int u = 0; u < PD_MERGE_BATCH; u++)
+                    {
+                        if (s0 + u >= active) break;
+                        const float w = weight[gk[k]][s0 + u];
+                        if (w != 0.f) value[k] += w * v[k][u];
+                    }
+            }
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+            {
+                const int e = e0 + k * (int)blockDim.x;
+                if (e < G * D) out[((i64)n * H + h0 + e / D) * D + e % D] = from_f<T>(value[k]);
+            }
+        }
+        if (threadIdx.x == 0) *counter = 0;
+        return;
+    }
     for (int e = threadIdx.x; e < G * D; e += blockDim.x)
     {
         const int h = h0 + e / D, d = e % D;
@@ -295,7 +343,8 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
 template <typename T, int D, int GM>
 __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
                              const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
-                             int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk)
+                             int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk,
+                             int batched_merge)
 {
     constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK;
     static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode: a key row must be a power-of-two part of a warp");
@@ -331,7 +380,7 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     pdl_launch_dependents();                                       // the output product may start loading its weights
     if (splits > 1 && counters && split >= active)
     {
-        paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active);
+        paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
         return;
     }
 
@@ -441,16 +490,16 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
             if (d == 0) { state[D] = big; state[D + 1] = sum; }
         }
     }
-    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active);
+    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
 }
 #define PAGED_DECODE_ONE(name, t, D, GM)                                                                                  \
     extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
         const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
         const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
-        float scale, int max_rows, int window, int min_chunk)                                                             \
+        float scale, int max_rows, int window, int min_chunk, int batched_merge)                                          \
     {                                                                                                                     \
         paged_decode<t, D, GM>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,      \
-                               max_blocks, q_n, q_h, scale, max_rows, window, min_chunk);                                 \
+                               max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge);                  \
     }
 #define PAGED_DECODE_D(name, t, D) PAGED_DECODE_ONE(name, t, D, 1) PAGED_DECODE_ONE(name, t, D, 2)                      \
     PAGED_DECODE_ONE(name, t, D, 4) PAGED_DECODE_ONE(name, t, D, 8)

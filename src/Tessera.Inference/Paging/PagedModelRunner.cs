@@ -38,7 +38,9 @@ public sealed class PagedModelRunner : IDisposable
     private int _nextReadback;
     private float[] _logits = [];
     private readonly bool _record;
-    private readonly Dictionary<int, Bucket> _buckets = new();
+    private readonly Dictionary<(int Size, bool FromSampled), Bucket> _buckets = new();   // a graph per decode bucket and input kind
+    private readonly int[] _onDevice;            // AdvanceOnDevice: _metadata's first _onDeviceSize values after the enqueued steps
+    private int _onDeviceSize = -1;              // (-1: unknown); the token section is not tracked (resolving writes it)
     private readonly ActivationKey _attentionOut = new("paged.att.out"), _qkv = new("paged.qkv"), _lastHidden = new("paged.last.hidden");
 
     /// <summary>A step enqueued and not yet collected: where its sampled ids land, and its logits when the host samples.</summary>
@@ -46,17 +48,18 @@ public sealed class PagedModelRunner : IDisposable
 
     /// <summary>
     /// Offsets of one step's metadata sections for <paramref name="Sequences"/> sequences of <paramref name="Rows"/> rows,
-    /// packed so that the step copies only <see cref="Size"/> values: tokens (R), positions (R), slots (R), query starts
-    /// (S + 1), context lengths (S), sampling rows (S), block tables (S, MaxBlocks). A decode bucket always has the same
-    /// layout, so its recorded graph reads fixed addresses.
+    /// packed so that the step copies only <see cref="Size"/> values: tokens (R), positions (R), slots (R), context lengths
+    /// (S), query starts (S + 1), sampling rows (S), block tables (S, MaxBlocks). A decode bucket always has the same
+    /// layout, so its recorded graph reads fixed addresses. Positions, slots and lengths are adjacent: what a decode step
+    /// advances by one (<see cref="AdvanceOnDevice"/>) is the one range [Positions, Starts).
     /// </summary>
     private readonly record struct Layout(int Sequences, int Rows, int MaxBlocks)
     {
         public int Positions => Rows;
         public int Slots => 2 * Rows;
-        public int Starts => 3 * Rows;
-        public int Lengths => Starts + Sequences + 1;
-        public int Last => Lengths + Sequences;
+        public int Lengths => 3 * Rows;
+        public int Starts => Lengths + Sequences;
+        public int Last => Starts + Sequences + 1;
         public int Tables => Last + Sequences;
         public int Size => Tables + Sequences * MaxBlocks;
     }
@@ -93,6 +96,7 @@ public sealed class PagedModelRunner : IDisposable
         _maxBlocks = model.Config.SlidingWindow > 0 ? logical : Math.Min(logical, cache.Blocks);
         _vocab = model.Config.VocabSize;
         _host = new int[new Layout(maxSequences, maxRows, _maxBlocks).Size];
+        _onDevice = new int[_host.Length];
         _metadata = _backend.Allocate(new Shape(_host.Length), DType.I32);
         _sampled = _backend.Allocate(new Shape(maxSequences), DType.I32);
         _logitsF32 = _backend.Allocate(new Shape(maxSequences, _vocab), DType.F32);
@@ -112,6 +116,20 @@ public sealed class PagedModelRunner : IDisposable
     /// <summary>Whether <see cref="Enqueue"/> waits for the device after the metadata copy and after the forward pass, so that
     /// <see cref="LastPhaseTicks"/> separates the device phases (otherwise the forward's device time falls in the readback).</summary>
     public bool SeparatePhases { get; set; }
+
+    /// <summary>
+    /// Whether a decode step in which every row reads the token that the previous step sampled in the same row (asynchronous
+    /// scheduling, the batch unchanged) takes its input ids straight from that step's argmax instead of resolving them in the
+    /// metadata, and advances its positions, slots and context lengths by one on the device at its end (as
+    /// <see cref="DecodeStep"/> advances the dense cache's positions); the next such step then copies no metadata when what
+    /// the host computes for it equals that advance (every row still inside its KV block: 15 of 16 steps at batch 1 with
+    /// blocks of 16). Replaces the host-to-device copy before most decode steps by one small kernel inside the step, and
+    /// records a second graph per bucket. Default false.
+    /// </summary>
+    public bool AdvanceOnDevice { get; set; }
+
+    /// <summary>Decode steps that copied no metadata because the device's advance had already written it (<see cref="AdvanceOnDevice"/>).</summary>
+    public long MetadataCopiesSkipped { get; private set; }
 
     /// <summary>Steps enqueued and not yet collected (at most two).</summary>
     public int PendingSteps => _pending.Count;
@@ -158,20 +176,21 @@ public sealed class PagedModelRunner : IDisposable
         var layout = decode ? new Layout(bucket, bucket, _maxBlocks) : new Layout(sequences, rows, _maxBlocks);
         int sampling = FillMetadata(step, layout);
         int outputs = decode ? bucket : Math.Max(sampling, 1);        // a bucket computes logits for its padding rows too
-        _backend.CopyFromHost<int>(_host.AsSpan(0, layout.Size), _metadata.Slice(0, 0, layout.Size));
+        // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
+        // and runs eagerly: the recordings skip it.
+        bool inOrder = decode && sampling == sequences;
+        bool fromSampled = AdvanceOnDevice && inOrder && ReadsThePreviousStepInOrder(sequences);
+        CopyMetadata(layout, fromSampled);
         if (SeparatePhases) _backend.Synchronize();
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         Tensor stepLogits;
-        // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
-        // and runs eagerly: the recordings skip it.
-        bool inOrder = decode && sampling == sequences;
         if (decode && _record && inOrder)
         {
-            var b = _buckets.TryGetValue(bucket, out var found) ? found : _buckets[bucket] = new Bucket();
+            var b = _buckets.TryGetValue((bucket, fromSampled), out var found) ? found : _buckets[(bucket, fromSampled)] = new Bucket();
             if (b.Graph is null && !b.Unrecordable && b.EagerRuns > 0 && _backend is IGraphCapture capture)
             {
-                b.Graph = capture.Capture(() => b.Logits = Body(layout, bucket, everyRowSamples: true));
+                b.Graph = capture.Capture(() => b.Logits = Body(layout, bucket, everyRowSamples: true, fromSampled));
                 b.Unrecordable = b.Graph is null;                    // e.g. the backend's profiler is on: run eagerly from now on
             }
             if (b.Graph is not null)
@@ -182,11 +201,11 @@ public sealed class PagedModelRunner : IDisposable
             }
             else
             {
-                stepLogits = Body(layout, bucket, everyRowSamples: true);
+                stepLogits = Body(layout, bucket, everyRowSamples: true, fromSampled);
                 b.EagerRuns++;
             }
         }
-        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder);
+        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled);
         IReadbackBuffer? readback = null;
         if (sampling > 0)
         {
@@ -221,6 +240,37 @@ public sealed class PagedModelRunner : IDisposable
         }
         LastPhaseTicks = (step.MetadataTicks, step.ForwardTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
         return sampling;
+    }
+
+    /// <summary>Whether row i's token of the step just written is -1 - i for every real row: the previous step's i-th sample.</summary>
+    private bool ReadsThePreviousStepInOrder(int sequences)
+    {
+        for (int i = 0; i < sequences; i++)
+            if (_host[i] != -1 - i) return false;
+        return true;
+    }
+
+    /// <summary>
+    /// Copies the step's metadata to the device, unless (<paramref name="fromSampled"/>, <see cref="AdvanceOnDevice"/>) the
+    /// device already holds it: the previous steps' copies and advances are tracked in _onDevice, the token section aside
+    /// (such a step does not read it). Tracks this step's advance, which its body enqueues after the last use.
+    /// </summary>
+    private void CopyMetadata(Layout layout, bool fromSampled)
+    {
+        int size = layout.Size, from = layout.Positions;
+        if (fromSampled && _onDeviceSize == size && _host.AsSpan(from, size - from).SequenceEqual(_onDevice.AsSpan(from, size - from)))
+            MetadataCopiesSkipped++;
+        else
+        {
+            _backend.CopyFromHost<int>(_host.AsSpan(0, size), _metadata.Slice(0, 0, size));
+            if (AdvanceOnDevice)
+            {
+                _host.AsSpan(0, size).CopyTo(_onDevice);
+                _onDeviceSize = size;
+            }
+        }
+        if (fromSampled)
+            for (int i = from; i < layout.Starts; i++) _onDevice[i]++;
     }
 
     /// <summary>Writes the host metadata; pads to the layout's sequences and rows. Returns the sampling rows.</summary>
@@ -264,8 +314,9 @@ public sealed class PagedModelRunner : IDisposable
 
     /// <summary>The forward pass over the metadata in <paramref name="layout"/>; logits (outputs, V). With
     /// <paramref name="everyRowSamples"/> (a decode step in which every sequence samples) the rows go to the head as they are,
-    /// without the gather of the sampling rows.</summary>
-    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false)
+    /// without the gather of the sampling rows. With <paramref name="fromSampled"/> (<see cref="AdvanceOnDevice"/>) row i's
+    /// input id is the previous step's i-th argmax, and the step's positions, slots and lengths advance by one at its end.</summary>
+    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false)
     {
         var config = _model.Config;
         int sequences = layout.Sequences, rows = layout.Rows;
@@ -276,9 +327,14 @@ public sealed class PagedModelRunner : IDisposable
             _metadata.Narrow(layout.Lengths, new Shape(sequences)),
             _metadata.Narrow(layout.Slots, new Shape(rows)),
             _cache.BlockSize);
-        var tokens = _metadata.Narrow(0, new Shape(rows));
         var positions = _metadata.Narrow(layout.Positions, new Shape(rows));
-        _backend.ResolveSampledIds(tokens, _sampled);                        // tokens the previous step sampled on the device
+        Tensor tokens;                                                          // (N) I32
+        if (fromSampled) tokens = _sampled.Slice(0, 0, rows);                   // row i: the previous step's i-th sample
+        else
+        {
+            tokens = _metadata.Narrow(0, new Shape(rows));
+            _backend.ResolveSampledIds(tokens, _sampled);                       // tokens the previous step sampled on the device
+        }
         var ctx = PassContext.Transient(_model.Activations);
         var x = _model.TokenEmbedding.Forward(ctx, tokens);                     // (N, C): the residual stream, updated in place
         _model.PositionEmbedding?.Forward(ctx, positions, x, accumulate: true);
@@ -296,6 +352,8 @@ public sealed class PagedModelRunner : IDisposable
         }
         var logits = _model.Head.ForwardNormalized(ctx, last, _model.FinalNorm).Slice(1, 0, config.VocabSize);   // (M, V)
         _backend.ArgMax(logits, _sampled.Slice(0, 0, outputs));
+        // The next step's positions, slots and lengths if every row stays in its block (CopyMetadata checks that on the host).
+        if (fromSampled) _backend.Increment(_metadata.Narrow(layout.Positions, new Shape(layout.Starts - layout.Positions)), 1);
         return logits;
     }
 
@@ -346,6 +404,7 @@ public sealed class PagedModelRunner : IDisposable
         _backend.Fill(_sampled, 0);
         Body(layout, _maxSequences);
         _backend.Synchronize();
+        _onDeviceSize = -1;
     }
 
     public void Dispose()

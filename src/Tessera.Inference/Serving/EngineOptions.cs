@@ -34,6 +34,15 @@ public sealed record EngineOptions
     /// </summary>
     public bool AsyncScheduling { get; init; } = true;
 
+    /// <summary>
+    /// Whether a decode step that reads the previous step's tokens in order (asynchronous scheduling, the same batch) takes its
+    /// input ids from that step's argmax and advances its positions, slots and context lengths on the device, so that the
+    /// next such step copies no metadata from the host while every sequence stays inside its KV block
+    /// (<see cref="PagedModelRunner.AdvanceOnDevice"/>): a small kernel inside the recorded step instead of a host-to-device
+    /// copy before it, on most decode steps. Default false (not yet measured on a GPU).
+    /// </summary>
+    public bool AdvanceDecodeOnDevice { get; init; }
+
     /// <summary>Token ids that end a completion besides the tokenizer's end of text (e.g. a chat template's end of turn);
     /// default none.</summary>
     public IReadOnlyCollection<int> StopTokens { get; init; } = [];

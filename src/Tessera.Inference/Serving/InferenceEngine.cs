@@ -64,6 +64,7 @@ public sealed class InferenceEngine : IDisposable
             _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs)
             {
                 SeparatePhases = options.SeparateStepPhases,
+                AdvanceOnDevice = options.AdvanceDecodeOnDevice,
             };
         }
         catch
@@ -99,6 +100,10 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>Steps enqueued before the previous step's tokens reached the host (<see cref="EngineOptions.AsyncScheduling"/>).</summary>
     public long PipelinedSteps => Volatile.Read(ref _pipelined);
     private long _pipelined;
+
+    /// <summary>Decode steps that copied no metadata to the device (<see cref="EngineOptions.AdvanceDecodeOnDevice"/>).</summary>
+    public long MetadataCopiesSkipped => Volatile.Read(ref _metadataCopiesSkipped);
+    private long _metadataCopiesSkipped;
 
     /// <summary>Decode steps that replayed a recorded graph (0 on backends that do not record).</summary>
     public long ReplayedSteps => Volatile.Read(ref _replayed);
@@ -275,6 +280,7 @@ public sealed class InferenceEngine : IDisposable
         long replayedBefore = _runner.ReplayedSteps;
         _runner.Enqueue(step, withLogits);
         if (_runner.ReplayedSteps != replayedBefore) Interlocked.Increment(ref _replayed);
+        Volatile.Write(ref _metadataCopiesSkipped, _runner.MetadataCopiesSkipped);
         _scheduler.Complete(step);
         var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits);
         if (current.Pipelined)

@@ -29,6 +29,8 @@ public sealed class CudaBackendOptionsTests
         HopperBackwardVariant = 3,
         FusedPagedQkv = false,
         PagedDecodeMinKeysPerSplit = 1,
+        PagedDecodeBatchedMerge = false,
+        PagedDecodeSplitSpan = 16,
         PagedDecodeCtasPerSm = 2,
         ProfileOps = true,
         KernelCacheFolder = "/tmp/tessera kernels",
@@ -68,6 +70,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32")]
     [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
+    [InlineData("PagedDecodeSplitSpan=0", "PagedDecodeSplitSpan (0) must be at least 1")]
     [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]

@@ -88,15 +88,18 @@ public abstract class CudaTestBase(CudaFixture fixture)
         _ => values,
     };
 
-    protected Tensor Upload(double[] values, DType dtype, params int[] dims)
+    protected Tensor Upload(double[] values, DType dtype, params int[] dims) => Upload(Gpu, values, dtype, dims);
+
+    /// <summary>The values rounded to the dtype on <paramref name="backend"/> (e.g. a second backend with other options).</summary>
+    protected static Tensor Upload(IBackend backend, double[] values, DType dtype, params int[] dims)
     {
-        var t = Gpu.Allocate(new Shape(dims), dtype);
+        var t = backend.Allocate(new Shape(dims), dtype);
         switch (dtype)
         {
-            case DType.F32: Gpu.CopyFromHost<float>(values.Select(v => (float)v).ToArray(), t); break;
-            case DType.F64: Gpu.CopyFromHost<double>(values, t); break;
-            case DType.BF16: Gpu.CopyFromHost<BFloat16>(values.Select(v => BFloat16.FromSingle((float)v)).ToArray(), t); break;
-            case DType.F16: Gpu.CopyFromHost<Half>(values.Select(v => (Half)(float)v).ToArray(), t); break;
+            case DType.F32: backend.CopyFromHost<float>(values.Select(v => (float)v).ToArray(), t); break;
+            case DType.F64: backend.CopyFromHost<double>(values, t); break;
+            case DType.BF16: backend.CopyFromHost<BFloat16>(values.Select(v => BFloat16.FromSingle((float)v)).ToArray(), t); break;
+            case DType.F16: backend.CopyFromHost<Half>(values.Select(v => (Half)(float)v).ToArray(), t); break;
             default: throw new NotSupportedException(dtype.ToString());
         }
         return t;
@@ -109,12 +112,15 @@ public abstract class CudaTestBase(CudaFixture fixture)
         return t;
     }
 
-    protected double[] Download(Tensor t) => t.DType switch
+    protected double[] Download(Tensor t) => Download(Gpu, t);
+
+    /// <summary>The tensor's values as doubles, from <paramref name="backend"/>.</summary>
+    protected static double[] Download(IBackend backend, Tensor t) => t.DType switch
     {
-        DType.F32 => Gpu.ToArray<float>(t).Select(v => (double)v).ToArray(),
-        DType.F64 => Gpu.ToArray<double>(t),
-        DType.BF16 => Gpu.ToArray<BFloat16>(t).Select(v => (double)v.ToSingle()).ToArray(),
-        DType.F16 => Gpu.ToArray<Half>(t).Select(v => (double)(float)v).ToArray(),
+        DType.F32 => backend.ToArray<float>(t).Select(v => (double)v).ToArray(),
+        DType.F64 => backend.ToArray<double>(t),
+        DType.BF16 => backend.ToArray<BFloat16>(t).Select(v => (double)v.ToSingle()).ToArray(),
+        DType.F16 => backend.ToArray<Half>(t).Select(v => (double)(float)v).ToArray(),
         _ => throw new NotSupportedException(t.DType.ToString()),
     };
 

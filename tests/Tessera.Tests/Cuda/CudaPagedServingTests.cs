@@ -73,21 +73,67 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     public void PagedAttentionWithAndWithoutKeySplitsMatchesTheCpu(DType dtype, int[] rows, int[] lengths) =>
         AssertPagedAttention(dtype, 32, 8, 64, rows, lengths);
 
-    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths)
+    /// <summary>
+    /// Batch-1 rows split as the dense decode splits them (<see cref="CudaBackendOptions.PagedDecodeSplitSpan"/> and
+    /// <see cref="CudaBackendOptions.PagedDecodeMinKeysPerSplit"/> of 16: a 648-key row in 32 splits of ~21 keys, merged by the
+    /// last CTA in two batches of 16), alone and beside a 40-key row.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, new[] { 1 }, new[] { 648 })]
+    [InlineData(DType.F32, new[] { 1, 1 }, new[] { 648, 40 })]
+    public void PagedAttentionWithShortSplitsMatchesTheCpu(DType dtype, int[] rows, int[] lengths)
+    {
+        using var shortSplits = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeSplitSpan = 16, PagedDecodeMinKeysPerSplit = 16 });
+        AssertPagedAttention(dtype, 32, 8, 64, rows, lengths, shortSplits);
+    }
+
+    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, CudaBackend? backend = null)
     {
         const int blockSize = 16;
+        var gpu = backend ?? Gpu;
         var batch = Batch(blockSize, rows, lengths);
         int n = batch.Slots.Length;
-        var (q, qv) = Random(dtype, 1.0, n, h + 2 * k, d);                 // a fused QKV activation: q is a strided view
-        var (pool, poolValues) = Random(dtype, 1.0, batch.PoolBlocks, blockSize, 2 * k, d);
-        var output = Poisoned(dtype, n, h, d);
-        Gpu.PagedAttention(q.Slice(1, 0, h), pool, On(Gpu, batch, blockSize), output, 1 / Math.Sqrt(d));
+        var (_, qv) = Random(dtype, 1.0, n, h + 2 * k, d);                 // a fused QKV activation: q is a strided view
+        var (_, poolValues) = Random(dtype, 1.0, batch.PoolBlocks, blockSize, 2 * k, d);
+        var q = Upload(gpu, qv, dtype, n, h + 2 * k, d);
+        var pool = Upload(gpu, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
+        var output = gpu.Allocate(new Shape(n, h, d), dtype);
+        gpu.Fill(output, double.NaN);
+        gpu.PagedAttention(q.Slice(1, 0, h), pool, On(gpu, batch, blockSize), output, 1 / Math.Sqrt(d));
 
         var cpuQ = TestTensors.FromDoubles(_cpu, qv, DType.F64, n, h + 2 * k, d);
         var cpuPool = TestTensors.FromDoubles(_cpu, poolValues, DType.F64, batch.PoolBlocks, blockSize, 2 * k, d);
         var expected = _cpu.Allocate(new Shape(n, h, d), DType.F64);
         _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, On(_cpu, batch, blockSize), expected, 1 / Math.Sqrt(d));
-        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d}");
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(gpu, output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d}");
+    }
+
+    /// <summary>
+    /// The last CTA's merge of a row's key splits with the loads of 16 splits issued before any is used
+    /// (<see cref="CudaBackendOptions.PagedDecodeBatchedMerge"/>, the default) against the merge that loads each split behind
+    /// its weight: the same products summed in the same order, so the outputs are equal bit for bit. Decode rows of 3001, 40
+    /// and 700 keys in one grid of 32 splits fill 32, 1 and 11 of them (two batches of 16, one, one).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F32)]
+    public void PagedDecodeBatchedMergeEqualsTheSerialMergeBitForBit(DType dtype)
+    {
+        const int blockSize = 16, h = 32, k = 8, d = 64;
+        var batch = Batch(blockSize, [1, 1, 1], [3001, 40, 700]);
+        int n = batch.Slots.Length;
+        var (_, qv) = Random(dtype, 1.0, n, h + 2 * k, d);
+        var (_, poolValues) = Random(dtype, 1.0, batch.PoolBlocks, blockSize, 2 * k, d);
+        using var serial = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeBatchedMerge = false });
+        double[] Attend(IBackend backend)
+        {
+            var q = Upload(backend, qv, dtype, n, h + 2 * k, d);
+            var pool = Upload(backend, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
+            var output = backend.Allocate(new Shape(n, h, d), dtype);
+            backend.PagedAttention(q.Slice(1, 0, h), pool, On(backend, batch, blockSize), output, 1 / Math.Sqrt(d));
+            return Download(backend, output);
+        }
+        Assert.Equal(Attend(serial), Attend(Gpu));
     }
 
     [Theory]
@@ -182,11 +228,12 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Assert.Throws<ArgumentException>(() => readback.Start(UploadInts(new int[9], 9)));
     }
 
-    private static EngineOptions Options(bool graphs) => new()
+    private static EngineOptions Options(bool graphs, bool advanceOnDevice = false) => new()
     {
         Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 8 << 20 },
         Scheduler = new SchedulerOptions { MaxBatch = 8, TokenBudget = 64 },
         RecordGraphs = graphs,
+        AdvanceDecodeOnDevice = advanceOnDevice,
     };
 
     private static async Task<List<int>[]> RunAll(InferenceEngine engine, int[][] prompts, int tokens)
@@ -203,7 +250,9 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// <summary>
     /// Eight concurrent greedy requests (prompts of 1 to 40 tokens, so steps mix prefill chunks and decodes, and decode
     /// batches of 1 to 8 replay recorded graphs) on the GPU in F32 give the tokens of the dense CPU generator run one
-    /// sequence at a time; in BF16 the recorded and the eager engine agree token for token.
+    /// sequence at a time, also with <see cref="EngineOptions.AdvanceDecodeOnDevice"/> (its own recorded graphs, which read
+    /// the previous argmax and advance the metadata; checked alone for a request whose batch-1 tail skips copies); in BF16 the
+    /// recorded and the eager engine agree token for token.
     /// </summary>
     [Theory]
     [InlineData("llama-debug")]
@@ -220,13 +269,18 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         const int tokens = 20;
         var expected = prompts.Select(p => new TextGenerator(onCpu).Generate(p, new GenerationOptions { MaxNewTokens = tokens }).ToList()).ToList();
 
-        using (var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true)))
-        {
-            var results = await RunAll(engine, prompts, tokens);
-            for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
-            Assert.True(engine.ReplayedSteps > 0, "no decode step replayed a recorded graph");
-            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
-        }
+        foreach (bool advance in new[] { false, true })
+            using (var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, advance)))
+            {
+                var results = await RunAll(engine, prompts, tokens);
+                for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
+                Assert.True(engine.ReplayedSteps > 0, "no decode step replayed a recorded graph");
+                Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+                if (!advance) continue;
+                var alone = await RunAll(engine, [prompts[3]], 40);           // batch 1 across blocks of 16: most steps skip the copy
+                Assert.Equal(new TextGenerator(onCpu).Generate(prompts[3], new GenerationOptions { MaxNewTokens = 40 }), alone[0]);
+                Assert.True(engine.MetadataCopiesSkipped > 0, "no decode step skipped its metadata copy");
+            }
 
         var bf16 = new Transformer(config, Gpu, DType.BF16);
         Gpu.CopyFromHost<float>(weights, bf16.Parameters.Masters!);
@@ -358,14 +412,21 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
                 r2.Collect(out var last, out _);
                 s2.Resolve(seq, last[0]);
             }
-            Pipelined(5);
-            Gpu.Synchronize();
-            var clock = System.Diagnostics.Stopwatch.StartNew();
-            Pipelined(100);
-            double pipelined = clock.Elapsed.TotalMilliseconds / 101;
+            double PipelinedMs()
+            {
+                Pipelined(5);
+                Gpu.Synchronize();
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                Pipelined(100);
+                return clock.Elapsed.TotalMilliseconds / 101;
+            }
+            double pipelined = PipelinedMs();
+            r2.AdvanceOnDevice = true;                                     // the A/B of EngineOptions.AdvanceDecodeOnDevice, same process
+            double advanced = PipelinedMs();
             Assert.True(r2.RecordedGraphs > 0);
+            Assert.True(r2.MetadataCopiesSkipped > 0);
             Console.WriteLine($"[paged decode] llama-1b shape, bf16, batch 1 at ~{s2.Running[0].ComputedTokens} positions: recorded step waited for {waited:F3} ms/step, " +
-                $"pipelined {pipelined:F3} ms/step (host included)");
+                $"pipelined {pipelined:F3} ms/step, pipelined with AdvanceOnDevice {advanced:F3} ms/step ({r2.MetadataCopiesSkipped} metadata copies skipped in 107 steps) (host included)");
         }
     }
 

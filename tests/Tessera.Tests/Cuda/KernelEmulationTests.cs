@@ -28,7 +28,8 @@ public sealed class KernelEmulationTests
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,
-    /// skipping the rows left to the tensor-core prefill kernel, the splits merged by the kernel's last CTA (counters), and the generic kernel, against a double reference
+    /// skipping the rows left to the tensor-core prefill kernel, the splits merged by the kernel's last CTA (counters; its batched
+    /// merge, up to 18 splits, equal bit for bit to the serial one), and the generic kernel, against a double reference
     /// (Emulation/paged_kernels.cpp states the batch and the 1e-5 tolerance). The tensor-core prefill kernel (mma PTX) has no
     /// emulation: <see cref="CudaPagedServingTests"/> checks it on the device.
     /// </summary>
@@ -39,7 +40,9 @@ public sealed class KernelEmulationTests
              "paged_decode H=8 K=2 D=128 splits=1", "paged_decode H=1 K=1 D=64 splits=2 max_rows=7 B=40",
              "paged_attention H=8 K=2 D=64 splits=3 window=24", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24", "paged_decode H=8 K=2 D=128 splits=2 max_rows=1073741824 B=6 window=8",
              "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=5 window=0 finish", "paged_decode H=8 K=2 D=128 splits=4 max_rows=1073741824 B=2 window=0 finish",
-             "paged_decode H=6 K=2 D=64 splits=8 max_rows=7 B=5 window=0 finish min_chunk", "paged_decode H=8 K=2 D=128 splits=8 max_rows=1073741824 B=3 window=24 min_chunk"]);
+             "paged_decode H=6 K=2 D=64 splits=8 max_rows=7 B=5 window=0 finish min_chunk", "paged_decode H=8 K=2 D=128 splits=8 max_rows=1073741824 B=3 window=24 min_chunk",
+             "paged_decode H=4 K=1 D=64 splits=18 max_rows=1073741824 B=1 window=0 finish min_chunk rel err",
+             "finish min_chunk: serial merge = batched merge bit for bit ok"]);
 
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
     /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>

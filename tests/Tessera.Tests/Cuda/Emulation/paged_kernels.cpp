@@ -37,7 +37,8 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
 }
 
 static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
-                std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0, bool finish = false, int min_chunk = 1)
+                std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0, bool finish = false, int min_chunk = 1,
+                bool compare_merges = false)
 {
     const int bs = 16;
     const int B = (int)rows.size();
@@ -132,13 +133,31 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
         const int gm = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
         std::vector<int> counters((size_t)grid.x * grid.y, 0);
         int* pc = finish && splits > 1 ? counters.data() : nullptr;
-        auto launch = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, pp, po, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window, min_chunk); }); };
-        if (D == 64 && gm == 1) launch(paged_decode_f32_d64_g1);
-        else if (D == 64 && gm == 4) launch(paged_decode_f32_d64_g4);
-        else if (D == 128 && gm == 4) launch(paged_decode_f32_d128_g4);
-        else { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
+        int batched = 1;
+        auto launch = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, pp, po, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window, min_chunk, batched); }); };
+        auto decode = [&] {
+            if (D == 64 && gm == 1) launch(paged_decode_f32_d64_g1);
+            else if (D == 64 && gm == 4) launch(paged_decode_f32_d64_g4);
+            else if (D == 128 && gm == 4) launch(paged_decode_f32_d128_g4);
+            else return false;
+            return true;
+        };
+        if (!decode()) { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
         snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d%s%s", H, K, D, splits, max_rows, B, window,
                  pc ? " finish" : "", min_chunk > 1 ? " min_chunk" : "");
+        if (pc && compare_merges)
+        {
+            // The merge that loads each split behind its weight (PagedDecodeBatchedMerge=false) must give the batched merge's
+            // output bit for bit: the same products summed in the same order.
+            const std::vector<float> batched_out = out;
+            std::fill(out.begin(), out.end(), poison);
+            batched = 0;
+            decode();
+            const bool same = std::memcmp(out.data(), batched_out.data(), out.size() * sizeof(float)) == 0;
+            printf("%s: serial merge = batched merge bit for bit %s\n", name, same ? "ok" : "FAIL");
+            if (!same) failures++;
+            out = batched_out;
+        }
         if (pc && std::any_of(counters.begin(), counters.end(), [](int c) { return c != 0; }))
         {
             printf("%s: a counter was left nonzero FAIL\n", name);
@@ -172,8 +191,11 @@ int main()
     run(8, 2, 128, 4, 1 << 30, false, {1, 1}, {300, 5}, 0, true);                  // D = 128, a split past a short row's keys
     // At least 64 keys a split (PagedDecodeMinKeysPerSplit): 300 keys fill 5 of 8 splits, 37 and 100 keys 1 and 2, a
     // window of 24 one; the empty splits still count towards the last CTA's merge, and the combine kernel skips them too.
-    run(6, 2, 64, 8, 7, false, {1, 1, 1, 1, 10}, {37, 100, 0, 300, 10}, 0, true, 64);
+    run(6, 2, 64, 8, 7, false, {1, 1, 1, 1, 10}, {37, 100, 0, 300, 10}, 0, true, 64, true);
     run(8, 2, 128, 8, 1 << 30, false, {1, 1, 1}, {300, 5, 100}, 24, false, 64);
+    // A batch-1 row of 300 keys over 18 splits of at least 16 keys (17 each): 18 active splits, so the batched merge takes
+    // two batches of 16, and the serial merge must agree with it bit for bit.
+    run(4, 1, 64, 18, 1 << 30, false, {1}, {300}, 0, true, 16, true);
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }

@@ -17,7 +17,7 @@ public class InferenceEngineTests
     private readonly CpuBackend _cpu = new(1);
 
     private InferenceEngine Engine(int maxBatch = 4, int budget = 16, long? kvBytes = null, int context = 64, bool asyncScheduling = true,
-        int[]? stopTokens = null)
+        int[]? stopTokens = null, bool advanceOnDevice = false)
     {
         var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
         var model = new Transformer(config, _cpu, DType.F64);
@@ -28,6 +28,7 @@ public class InferenceEngineTests
             Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = 8 },
             AsyncScheduling = asyncScheduling,
             StopTokens = stopTokens ?? [],
+            AdvanceDecodeOnDevice = advanceOnDevice,
         });
     }
 
@@ -208,6 +209,42 @@ public class InferenceEngineTests
     /// A request that runs to the end of the context under asynchronous scheduling gets its last token: the length check
     /// counts known tokens, not the next step's unresolved one that already follows (it finished one token early before).
     /// </summary>
+    /// <summary>
+    /// <see cref="EngineOptions.AdvanceDecodeOnDevice"/> through the engine: one request alone (batch 1, most steps copy no
+    /// metadata: blocks of 4, a copy at each crossing) and then three at once with a stop token ending one mid-batch give the
+    /// tokens, finish reasons and usage of the engine without it, and every block returns to the pool.
+    /// </summary>
+    [Fact]
+    public async Task AdvancingDecodeMetadataOnTheDeviceGivesTheSameCompletions()
+    {
+        int[] alone = [3, 1, 4, 1, 5, 9, 2, 6];
+        int[][] together = [[10, 20, 30, 40, 50], [5, 6], [99, 98, 97]];
+        List<int> free;
+        using (var probe = Engine())
+            free = new TextGenerator(probe.Model).Generate(together[1], new GenerationOptions { MaxNewTokens = 12 }).ToList();
+        int stop = free[Math.Min(5, free.Count - 1)];
+        async Task<((List<int> Tokens, FinishReason? Finish, CompletionUsage? Usage) Alone, (List<int> Tokens, FinishReason? Finish, CompletionUsage? Usage)[] Together, long Skipped)> Serve(bool advance)
+        {
+            using var engine = Engine(stopTokens: [stop], advanceOnDevice: advance);
+            var one = await Collect(engine.Submit(new CompletionRequest { Prompt = alone, MaxTokens = 40 }).ReadAllAsync());
+            var many = await Task.WhenAll(together.Select(p => Collect(engine.Submit(new CompletionRequest { Prompt = p, MaxTokens = 12 }).ReadAllAsync())));
+            for (int i = 0; i < 400 && engine.Metrics.KvBlocksInUse != 0; i++) await Task.Delay(5);
+            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+            return (one, many, engine.MetadataCopiesSkipped);
+        }
+        var copied = await Serve(advance: false);
+        var advanced = await Serve(advance: true);
+        Assert.Equal(0, copied.Skipped);
+        Assert.True(advanced.Skipped >= 15, $"only {advanced.Skipped} decode steps skipped their metadata copy");
+        foreach (var (a, b) in copied.Together.Prepend(copied.Alone).Zip(advanced.Together.Prepend(advanced.Alone)))
+        {
+            Assert.Equal(a.Tokens, b.Tokens);
+            Assert.Equal(a.Finish, b.Finish);
+            Assert.Equal(a.Usage, b.Usage);
+        }
+        Assert.Contains(copied.Together, r => r.Finish == FinishReason.Stop);
+    }
+
     [Fact]
     public async Task RequestToTheEndOfTheContextGetsEveryTokenWithAsyncScheduling()
     {
