@@ -138,9 +138,10 @@ public sealed record CudaBackendOptions
     /// two outputs before it uses any (one L2 round trip per 16 splits); false keeps the merge that loads each split's state
     /// behind a branch on its weight and uses it at once (one round trip per split and output, ~20 in a row for a batch-1
     /// row of ~10 splits). The same loads, products and order of the sum either way: the same output bit for bit. Default
-    /// true (2026-12-03: the same work, not yet measured on a GPU; false gives the merge measured until then).
+    /// false, the merge measured on the H200 until now, until a GPU run has tested and timed the batched one (written
+    /// 2026-12-03 without a device: its extra registers may cost the key loop more than the merge saves).
     /// </summary>
-    public bool PagedDecodeBatchedMerge { get; init; } = true;
+    public bool PagedDecodeBatchedMerge { get; init; }
 
     /// <summary>
     /// CTAs per SM that serving's <c>paged_decode</c> grid aims at when it splits the keys (1 to 32): splits = this times the SMs

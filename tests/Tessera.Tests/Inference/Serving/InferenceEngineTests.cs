@@ -192,7 +192,7 @@ public class InferenceEngineTests
         var expected = new TextGenerator(engine.Model).Generate(prompt, new GenerationOptions { MaxNewTokens = 40 }).ToList();
         using var cts = new CancellationTokenSource();
         var leaving = engine.Submit(new CompletionRequest { Prompt = [1, 2, 3], MaxTokens = 900 }, cts.Token);
-        var staying = Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 40 }, TestContext.Current.CancellationToken).ReadAllAsync());
+        var staying = Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 40 }, TestContext.Current.CancellationToken).ReadAllAsync(TestContext.Current.CancellationToken));
         await leaving.ReadAsync(TestContext.Current.CancellationToken);
         await leaving.ReadAsync(TestContext.Current.CancellationToken);                                    // running, steps in flight
         cts.Cancel();
@@ -251,7 +251,7 @@ public class InferenceEngineTests
         using var engine = Engine(context: 40);
         int[] prompt = [11, 22, 33, 44, 55];
         var expected = new TextGenerator(engine.Model).Generate(prompt, new GenerationOptions { MaxNewTokens = 35 }).ToList();
-        var result = await Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 35 }, TestContext.Current.CancellationToken).ReadAllAsync());
+        var result = await Collect(engine.Submit(new CompletionRequest { Prompt = prompt, MaxTokens = 35 }, TestContext.Current.CancellationToken).ReadAllAsync(TestContext.Current.CancellationToken));
         Assert.Equal(35, expected.Count);
         Assert.Equal(expected, result.Tokens);
         Assert.Equal(FinishReason.Length, result.Finish);
