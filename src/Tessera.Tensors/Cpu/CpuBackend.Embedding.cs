@@ -55,7 +55,19 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
+    // A whole table also requires every id to name one of its rows (a shard skips the ids outside its rows).
     private void CheckEmbedding(string op, Tensor ids, Tensor table, string tableName, Tensor rows, string rowsName)
+    {
+        CheckEmbeddingOperands(op, ids, table, tableName, rows, rowsName);
+        int* pid = Ptr<int>(ids);
+        int v = table.Shape[0];
+        for (int i = 0; i < ids.Shape[0]; i++)
+            if ((uint)pid[i] >= (uint)v)
+                throw new ArgumentException($"{op}: ids[{i}] = {pid[i]} is outside the table's {v} rows [0, {v})", nameof(ids));
+    }
+
+    /// <summary>The operands of a lookup in a table (or in a vocabulary shard of one): (N) int ids, a (V, C) table, (N, C) rows.</summary>
+    private void CheckEmbeddingOperands(string op, Tensor ids, Tensor table, string tableName, Tensor rows, string rowsName)
     {
         ArgumentNullException.ThrowIfNull(ids); ArgumentNullException.ThrowIfNull(table); ArgumentNullException.ThrowIfNull(rows);
         RequireDType(op, nameof(ids), ids, DType.I32);
@@ -67,10 +79,5 @@ public sealed unsafe partial class CpuBackend
         RequireDType(op, rowsName, rows, table.DType);
         RequireShape(op, rowsName, rows, new Shape(ids.Shape[0], table.Shape[1]));
         RequireContiguous(op, rowsName, rows);
-        int* pid = Ptr<int>(ids);
-        int v = table.Shape[0];
-        for (int i = 0; i < ids.Shape[0]; i++)
-            if ((uint)pid[i] >= (uint)v)
-                throw new ArgumentException($"{op}: ids[{i}] = {pid[i]} is outside the table's {v} rows [0, {v})", nameof(ids));
     }
 }

@@ -11,7 +11,7 @@ public sealed unsafe partial class CpuBackend
     public void EmbeddingShardForward(Tensor ids, Tensor table, int rowOffset, Tensor output)
     {
         const string op = nameof(EmbeddingShardForward);
-        CheckEmbeddingShard(op, ids, table, nameof(table), output, nameof(output));
+        CheckEmbeddingOperands(op, ids, table, nameof(table), output, nameof(output));
         if (table.DType == DType.F32) EmbeddingShardForwardTyped<float>(ids, table, rowOffset, output);
         else EmbeddingShardForwardTyped<double>(ids, table, rowOffset, output);
         KeepOperandsAlive(ids, table, output);
@@ -38,7 +38,7 @@ public sealed unsafe partial class CpuBackend
     public void EmbeddingShardBackward(Tensor ids, Tensor dOutput, int rowOffset, Tensor dTable)
     {
         const string op = nameof(EmbeddingShardBackward);
-        CheckEmbeddingShard(op, ids, dTable, nameof(dTable), dOutput, nameof(dOutput));
+        CheckEmbeddingOperands(op, ids, dTable, nameof(dTable), dOutput, nameof(dOutput));
         if (dTable.DType == DType.F32) EmbeddingShardBackwardTyped<float>(ids, dOutput, rowOffset, dTable);
         else EmbeddingShardBackwardTyped<double>(ids, dOutput, rowOffset, dTable);
         KeepOperandsAlive(ids, dOutput, dTable);
@@ -59,20 +59,6 @@ public sealed unsafe partial class CpuBackend
                 ElementwiseKernels.Axpy(T.One, pd + (long)r * c + c0, pt + local * c + c0, c1 - c0);
             }
         });
-    }
-
-    private void CheckEmbeddingShard(string op, Tensor ids, Tensor table, string tableName, Tensor rows, string rowsName)
-    {
-        ArgumentNullException.ThrowIfNull(ids); ArgumentNullException.ThrowIfNull(table); ArgumentNullException.ThrowIfNull(rows);
-        RequireDType(op, nameof(ids), ids, DType.I32);
-        RequireRank(op, nameof(ids), ids, 1, "(N)");
-        RequireContiguous(op, nameof(ids), ids);
-        RequireComputeDType(op, tableName, table);
-        RequireRank(op, tableName, table, 2, "(V,C)");
-        RequireContiguous(op, tableName, table);
-        RequireDType(op, rowsName, rows, table.DType);
-        RequireShape(op, rowsName, rows, new Shape(ids.Shape[0], table.Shape[1]));
-        RequireContiguous(op, rowsName, rows);
     }
 
     /// <inheritdoc/>
