@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Runtime.InteropServices;
 using Tessera.Tensors;
 
@@ -7,58 +8,38 @@ namespace Tessera.Models.Safetensors;
 internal static class HostConversion
 {
     /// <summary>Converts <paramref name="source"/> bytes of <paramref name="dtype"/> to floats (F64 rounds to nearest).</summary>
-    public static void ToSingle(DType dtype, ReadOnlySpan<byte> source, Span<float> destination)
+    public static void ToSingle(DType dtype, ReadOnlySpan<byte> source, Span<float> destination) => Convert(dtype, source, destination);
+
+    /// <summary>Converts <paramref name="source"/> bytes of <paramref name="dtype"/> to doubles (exact for every float dtype).</summary>
+    public static void ToDouble(DType dtype, ReadOnlySpan<byte> source, Span<double> destination) => Convert(dtype, source, destination);
+
+    private static void Convert<T>(DType dtype, ReadOnlySpan<byte> source, Span<T> destination) where T : unmanaged, IFloatingPointIeee754<T>
     {
         switch (dtype)
         {
-            case DType.F32: MemoryMarshal.Cast<byte, float>(source).CopyTo(destination); break;
-            case DType.F64:
-            {
-                var s = MemoryMarshal.Cast<byte, double>(source);
-                for (int i = 0; i < s.Length; i++) destination[i] = (float)s[i];
-                break;
-            }
+            case DType.F32: Convert(MemoryMarshal.Cast<byte, float>(source), destination); break;
+            case DType.F64: Convert(MemoryMarshal.Cast<byte, double>(source), destination); break;
             case DType.BF16:
             {
                 var s = MemoryMarshal.Cast<byte, ushort>(source);
-                for (int i = 0; i < s.Length; i++) destination[i] = BFloat16.FromBits(s[i]).ToSingle();
+                for (int i = 0; i < s.Length; i++) destination[i] = T.CreateTruncating(BFloat16.FromBits(s[i]).ToSingle());
                 break;
             }
-            case DType.F16:
-            {
-                var s = MemoryMarshal.Cast<byte, Half>(source);
-                for (int i = 0; i < s.Length; i++) destination[i] = (float)s[i];
-                break;
-            }
+            case DType.F16: Convert(MemoryMarshal.Cast<byte, Half>(source), destination); break;
             default: throw new NotSupportedException($"cannot convert {dtype} tensor data to floating point");
         }
     }
 
-    /// <summary>Converts <paramref name="source"/> bytes of <paramref name="dtype"/> to doubles (exact for every float dtype).</summary>
-    public static void ToDouble(DType dtype, ReadOnlySpan<byte> source, Span<double> destination)
+    // The same type is copied; otherwise each element is cast (CreateTruncating between IEEE types is the C# cast:
+    // double to float rounds to nearest, every other pair here widens exactly).
+    private static void Convert<TFrom, T>(ReadOnlySpan<TFrom> source, Span<T> destination)
+        where TFrom : unmanaged, IFloatingPointIeee754<TFrom> where T : unmanaged, IFloatingPointIeee754<T>
     {
-        switch (dtype)
+        if (typeof(TFrom) == typeof(T))
         {
-            case DType.F64: MemoryMarshal.Cast<byte, double>(source).CopyTo(destination); break;
-            case DType.F32:
-            {
-                var s = MemoryMarshal.Cast<byte, float>(source);
-                for (int i = 0; i < s.Length; i++) destination[i] = s[i];
-                break;
-            }
-            case DType.BF16:
-            {
-                var s = MemoryMarshal.Cast<byte, ushort>(source);
-                for (int i = 0; i < s.Length; i++) destination[i] = BFloat16.FromBits(s[i]).ToSingle();
-                break;
-            }
-            case DType.F16:
-            {
-                var s = MemoryMarshal.Cast<byte, Half>(source);
-                for (int i = 0; i < s.Length; i++) destination[i] = (double)s[i];
-                break;
-            }
-            default: throw new NotSupportedException($"cannot convert {dtype} tensor data to floating point");
+            MemoryMarshal.Cast<TFrom, T>(source).CopyTo(destination);
+            return;
         }
+        for (int i = 0; i < source.Length; i++) destination[i] = T.CreateTruncating(source[i]);
     }
 }

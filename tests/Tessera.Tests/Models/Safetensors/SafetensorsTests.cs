@@ -65,6 +65,40 @@ public sealed class SafetensorsTests : IDisposable
         Assert.Empty(Directory.GetFiles(_dir, "*.tmp-*"));
     }
 
+    /// <summary>
+    /// Every float dtype read as floats and as doubles gives the C# casts bit for bit (exact equality of bits, no tolerance:
+    /// the readers are those casts), on edge values: signed zeros, infinities, NaN, subnormals, extremes, and doubles that
+    /// round to float (ties to even included).
+    /// </summary>
+    [Fact]
+    public void EveryFloatDTypeReadsAsSingleAndDoubleBitForBitAsTheCasts()
+    {
+        double[] f64 = [0.0, -0.0, double.PositiveInfinity, double.NegativeInfinity, double.NaN, double.Epsilon, double.MaxValue,
+            1e-40, 3e38, 4e38, 1 + Math.Pow(2, -24), 1 + 3 * Math.Pow(2, -24), 1 + Math.Pow(2, -30), -0.1, Math.PI];
+        float[] f32 = [0f, -0f, float.PositiveInfinity, float.NegativeInfinity, float.NaN, float.Epsilon, float.MaxValue, 1e-40f, -0.1f, MathF.PI];
+        Half[] f16 = [(Half)0, (Half)(-0.0), Half.PositiveInfinity, Half.NegativeInfinity, Half.NaN, Half.Epsilon, Half.MaxValue, (Half)(-0.1), (Half)3.14];
+        BFloat16[] bf16 = f32.Select(BFloat16.FromSingle).ToArray();
+        var w = new SafetensorsWriter();
+        w.Add("f64", new Shape(f64.Length), f64);
+        w.Add("f32", new Shape(f32.Length), f32);
+        w.Add("f16", DType.F16, new Shape(f16.Length), f16.SelectMany(h => BitConverter.GetBytes(h)).ToArray());
+        w.Add("bf16", DType.BF16, new Shape(bf16.Length), bf16.SelectMany(b => BitConverter.GetBytes(b.Bits)).ToArray());
+        var path = PathOf("casts.safetensors");
+        w.Write(path);
+
+        using var file = SafetensorsFile.Open(path);
+        static void Bits<T>(IEnumerable<T> expected, T[] actual, Func<T, long> bits) =>
+            Assert.Equal(expected.Select(bits), actual.Select(bits));
+        Bits(f64.Select(x => (float)x), file.ReadAsSingle("f64"), x => BitConverter.SingleToInt32Bits(x));
+        Bits(f64, file.ReadAsDouble("f64"), BitConverter.DoubleToInt64Bits);
+        Bits(f32, file.ReadAsSingle("f32"), x => BitConverter.SingleToInt32Bits(x));
+        Bits(f32.Select(x => (double)x), file.ReadAsDouble("f32"), BitConverter.DoubleToInt64Bits);
+        Bits(f16.Select(x => (float)x), file.ReadAsSingle("f16"), x => BitConverter.SingleToInt32Bits(x));
+        Bits(f16.Select(x => (double)x), file.ReadAsDouble("f16"), BitConverter.DoubleToInt64Bits);
+        Bits(bf16.Select(x => x.ToSingle()), file.ReadAsSingle("bf16"), x => BitConverter.SingleToInt32Bits(x));
+        Bits(bf16.Select(x => (double)x.ToSingle()), file.ReadAsDouble("bf16"), BitConverter.DoubleToInt64Bits);
+    }
+
     [Fact]
     public void WriterSortsByDescendingDTypeThenNameAndPadsHeaderToEightBytes()
     {
