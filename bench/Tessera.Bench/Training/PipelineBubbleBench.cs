@@ -1,5 +1,4 @@
 using System.Globalization;
-using Tessera.Tensors;
 using Tessera.Training.Parallel;
 using Tessera.Training.Pipeline;
 
@@ -14,30 +13,6 @@ namespace Tessera.Bench.Training;
 /// </summary>
 public static class PipelineBubbleBench
 {
-    /// <summary>A stage that only waits: the schedule's timing laid bare.</summary>
-    private sealed class FixedCostStage(IBackend backend, TimeSpan forward, TimeSpan backward) : IPipelineStage
-    {
-        private readonly Dictionary<(int, bool), Tensor> _buffers = [];
-
-        public IBackend Backend => backend;
-
-        public Tensor MessageBuffer(int slot, bool gradient)
-        {
-            if (!_buffers.TryGetValue((slot, gradient), out var t)) _buffers[(slot, gradient)] = t = backend.Zeros(new Shape(1), DType.F32);
-            return t;
-        }
-
-        public Tensor? Forward(int chunk, int microBatch, int slot, Tensor? input)
-        {
-            Thread.Sleep(forward);
-            return MessageBuffer(slot, gradient: false);
-        }
-
-        public void Backward(int chunk, int microBatch, int slot, Tensor gradient, bool lastOfChunk) => Thread.Sleep(backward);
-
-        public void Release(int slot) { }
-    }
-
     /// <summary>Entry point; returns the process exit code.</summary>
     public static int Run(string[] args)
     {
