@@ -6,25 +6,12 @@ namespace Tessera.Server.Contracts;
 // its JSON path). Snake-case names come from the serializer context's naming policy.
 
 /// <summary>POST /v1/chat/completions.</summary>
-public sealed class ChatCompletionRequestBody
+public sealed class ChatCompletionRequestBody : SamplingRequestBody
 {
-    public string? Model { get; set; }
     public List<ChatMessageBody>? Messages { get; set; }
-    public int? MaxTokens { get; set; }
     public int? MaxCompletionTokens { get; set; }
-    public double? Temperature { get; set; }
-    public double? TopP { get; set; }
-    public int? TopK { get; set; }
-    public long? Seed { get; set; }
-    [JsonConverter(typeof(StopConverter))]
-    public List<string>? Stop { get; set; }
-    public int? N { get; set; }
     public bool? Logprobs { get; set; }
     public int? TopLogprobs { get; set; }
-    public double? PresencePenalty { get; set; }
-    public double? FrequencyPenalty { get; set; }
-    public bool? Stream { get; set; }
-    public StreamOptionsBody? StreamOptions { get; set; }
 }
 
 /// <summary>One message; content is a string or a list of parts of which the text parts are joined.</summary>
@@ -42,25 +29,12 @@ public sealed class StreamOptionsBody
 }
 
 /// <summary>POST /v1/completions.</summary>
-public sealed class CompletionRequestBody
+public sealed class CompletionRequestBody : SamplingRequestBody
 {
-    public string? Model { get; set; }
     [JsonConverter(typeof(PromptConverter))]
     public PromptBody? Prompt { get; set; }
-    public int? MaxTokens { get; set; }
-    public double? Temperature { get; set; }
-    public double? TopP { get; set; }
-    public int? TopK { get; set; }
-    public long? Seed { get; set; }
-    [JsonConverter(typeof(StopConverter))]
-    public List<string>? Stop { get; set; }
-    public int? N { get; set; }
     public int? Logprobs { get; set; }
-    public double? PresencePenalty { get; set; }
-    public double? FrequencyPenalty { get; set; }
     public bool? Echo { get; set; }
-    public bool? Stream { get; set; }
-    public StreamOptionsBody? StreamOptions { get; set; }
 }
 
 /// <summary>A completions prompt: text, or token ids.</summary>

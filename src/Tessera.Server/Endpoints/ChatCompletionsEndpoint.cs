@@ -39,16 +39,10 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
         {
             throw new ApiException(ApiError.Invalid(e.Message, e.Parameter, e.Code));
         }
-        var request = new CompletionRequest
+        var request = EngineCalls.Request(body, prompt) with
         {
-            Prompt = prompt,
             MaxTokens = body.MaxCompletionTokens ?? body.MaxTokens,
-            Sampling = EngineCalls.Sampling(body.Temperature, body.TopP, body.TopK),
-            Seed = body.Seed is long seed ? unchecked((ulong)seed) : null,
-            PresencePenalty = body.PresencePenalty ?? 0,
-            FrequencyPenalty = body.FrequencyPenalty ?? 0,
             Stop = chat.StopStrings(body.Stop),
-            Choices = body.N ?? 1,
             TopLogprobs = body.Logprobs == true ? body.TopLogprobs ?? 0 : null,
         };
         var events = EngineCalls.Submit(engine, request, context);

@@ -19,16 +19,10 @@ internal sealed class CompletionsEndpoint(InferenceEngine engine, ITokenizer tok
         if (body.Stop is { Count: > 4 }) throw new ApiException(ApiError.Invalid($"stop holds {body.Stop.Count} strings; at most 4 are allowed", "stop"));
         int[] prompt = body.Prompt.Tokens ?? tokenizer.Encode(body.Prompt.Text ?? "");
         string promptText = body.Prompt.Text ?? tokenizer.Decode(prompt);
-        var request = new CompletionRequest
+        var request = EngineCalls.Request(body, prompt) with
         {
-            Prompt = prompt,
             MaxTokens = body.MaxTokens ?? 16,                            // OpenAI's default for this endpoint
-            Sampling = EngineCalls.Sampling(body.Temperature, body.TopP, body.TopK),
-            Seed = body.Seed is long seed ? unchecked((ulong)seed) : null,
-            PresencePenalty = body.PresencePenalty ?? 0,
-            FrequencyPenalty = body.FrequencyPenalty ?? 0,
             Stop = body.Stop ?? [],
-            Choices = body.N ?? 1,
             TopLogprobs = body.Logprobs,
         };
         var events = EngineCalls.Submit(engine, request, context);

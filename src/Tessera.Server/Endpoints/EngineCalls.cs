@@ -16,11 +16,23 @@ internal static class EngineCalls
                 "invalid_request_error", "model", "model_not_found"));
     }
 
-    public static Inference.Sampling.SamplingOptions Sampling(double? temperature, double? topP, int? topK) => new()
+    /// <summary>
+    /// The engine request for <paramref name="prompt"/> with the body's sampling, seed, penalties and number of choices (OpenAI's
+    /// defaults where a field is absent); the endpoint adds its own token limit, stop strings and logprobs.
+    /// </summary>
+    public static CompletionRequest Request(SamplingRequestBody body, int[] prompt) => new()
     {
-        Temperature = temperature ?? 1.0,
-        TopP = topP ?? 1.0,
-        TopK = topK ?? 0,
+        Prompt = prompt,
+        Sampling = new Inference.Sampling.SamplingOptions
+        {
+            Temperature = body.Temperature ?? 1.0,
+            TopP = body.TopP ?? 1.0,
+            TopK = body.TopK ?? 0,
+        },
+        Seed = body.Seed is long seed ? unchecked((ulong)seed) : null,
+        PresencePenalty = body.PresencePenalty ?? 0,
+        FrequencyPenalty = body.FrequencyPenalty ?? 0,
+        Choices = body.N ?? 1,
     };
 
     /// <summary>Submits, turning the engine's refusals into API errors (400, 429). The request ends when the client goes away.</summary>
