@@ -24,14 +24,12 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
 {
     private const string Preset = "gpt2-debug";
     private const int SavedStep = 7;
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-bf16-zero-ckpt-").FullName;
-    private readonly string _shard;
+    private readonly RunDirectory _run = new("tessera-bf16-zero-ckpt-");
     private readonly long _length;
     private readonly float[] _masters, _m, _v;   // the run's state, whole arena (F32; masters mostly not BF16-representable)
 
     public MixedPrecisionShardedCheckpointTests()
     {
-        _shard = ParallelRun.WriteShard(_dir);
         _length = NewModel(new CpuBackend(1)).Parameters.Length;
         var rng = new Random(42);
         _masters = Enumerable.Range(0, (int)_length).Select(_ => (float)(rng.NextDouble() * 2 - 1) * 0.1f).ToArray();
@@ -39,7 +37,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         _v = Enumerable.Range(0, (int)_length).Select(_ => (float)rng.NextDouble() * 1e-6f).ToArray();
     }
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     private static Transformer NewModel(IBackend backend, int seed = ParallelRun.Seed)
     {
@@ -49,7 +47,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
     }
 
     private Trainer NewTrainer(RankContext ctx, DataParallelOptions parallel, int seed = ParallelRun.Seed) =>
-        TrainerStrategies.DataParallel(NewModel(ctx.Backend, seed), ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
+        TrainerStrategies.DataParallel(NewModel(ctx.Backend, seed), ctx.Group, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
             ParallelRun.Options(SavedStep + 1), new AdamWOptions(), parallel, ctx.Host);
 
     /// <summary>Puts a rank in the state training leaves it in (see the class summary).</summary>
@@ -83,7 +81,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
     public void Bf16CheckpointHoldsTheWholeF32MastersAndResumesOnAnotherWorldAndOnOneRank(
         int savedWorld, ZeroStage savedStage, bool savedOffload, int loadedWorld, ZeroStage loadedStage, bool loadedOffload)
     {
-        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var store = _run.Checkpoints;
         ParallelTraining.RunThreadRanks(savedWorld, ctx =>
         {
             var trainer = NewTrainer(ctx, new DataParallelOptions { Stage = savedStage, OffloadOptimizer = savedOffload, BucketElements = 1500, PoisonReleasedParameters = true });
@@ -150,7 +148,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         // The plain one-rank trainer.
         var backend = new CpuBackend(1);
         var single = NewModel(backend, seed: 99);
-        var plain = new Trainer(single, new AdamWOptimizer(single.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(SavedStep + 1));
+        var plain = new Trainer(single, new AdamWOptimizer(single.Parameters, new AdamWOptions()), new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(SavedStep + 1));
         ShardedCheckpoint.Restore(dir, plain);
         Assert.Equal(SavedStep, plain.Step);
         AssertParameters(_masters, backend.ToArray<float>(single.Parameters.Masters!), single.Layout, "one rank: master");
@@ -167,13 +165,13 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
         // The arena of an offloaded BF16 run holds BF16 values and gradients and nothing else: 2 x 2 bytes per element
         // (the F32 masters, 4 bytes per element, live only in the host shards). The save must then read the masters from
         // the host, and a reload into another offloaded run must give back the same host masters, BF16 values and moments.
-        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var store = _run.Checkpoints;
         var parallel = new DataParallelOptions { Stage = stage, OffloadOptimizer = true, BucketElements = 1500 };
         ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = NewModel(ctx.Backend);
             var arena = model.Parameters;
-            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, ctx.Rank, ctx.WorldSize),
                 ParallelRun.Options(SavedStep + 1), new AdamWOptions(), parallel, ctx.Host);
             Assert.True(arena.MastersReleased);
             Assert.Null(arena.Masters);
@@ -221,7 +219,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
     [Fact]
     public void Bf16CheckpointDoesNotLoadIntoAnF32Run()
     {
-        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var store = _run.Checkpoints;
         ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var trainer = NewTrainer(ctx, new DataParallelOptions { Stage = ZeroStage.Gradients });
@@ -229,7 +227,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
             return ShardedCheckpoint.Save(store, trainer, "byte");
         }, TimeSpan.FromSeconds(60));
         var model = new Transformer(ModelPresets.Get(Preset), new CpuBackend(1), DType.F32);
-        var trainer = new Trainer(model, new AdamWOptimizer(model.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(2));
+        var trainer = new Trainer(model, new AdamWOptimizer(model.Parameters, new AdamWOptions()), new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(2));
         var e = Assert.Throws<CheckpointException>(() => ShardedCheckpoint.Restore(store.Latest()!, trainer));
         Assert.Contains("saved in BF16", e.Message);
     }

@@ -23,12 +23,9 @@ namespace Tessera.Tests.Training.Parallel;
 public sealed class ReshardingCheckpointTests : IDisposable
 {
     private const string Preset = "llama-debug";
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-reshard-").FullName;
-    private readonly string _shard;
+    private readonly RunDirectory _run = new("tessera-reshard-");
 
-    public ReshardingCheckpointTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     /// <summary>A rank's local state: its tp coordinate, its parameters, and its owned pieces (arena offset, value, m, v).</summary>
     private sealed record RankState(int TensorRank, IReadOnlyList<Parameter> Parameters, long Length, List<(long Offset, double[] Value, double[] M, double[] V)> Owned);
@@ -72,7 +69,7 @@ public sealed class ReshardingCheckpointTests : IDisposable
     public void CheckpointOfTensorTimesDataParallelRunLoadsExactlyAtOneDeviceTp4AndDp4()
     {
         var adamW = new AdamWOptions();
-        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var store = _run.Checkpoints;
         // The saving run: tp 2 x dp 2, ZeRO-1, micro-batches of B per dp rank (global batch 2B); three steps, save, one more.
         var saveMesh = new DeviceMesh(dp: 2, tp: 2);
         var saved = ParallelTraining.RunThreadRanks(4, ctx =>
@@ -82,7 +79,7 @@ public sealed class ReshardingCheckpointTests : IDisposable
             var model = new Transformer(ModelPresets.Get(Preset), ctx.Backend, DType.F64, tensorParallelism: tensor);
             model.InitializeWeights(ParallelRun.Seed);
             var strategy = DataParallelism.Create(model, groups.Dp, new DataParallelOptions { Stage = ZeroStage.OptimizerStates, BucketElements = 1500 }, adamW, ctx.Host);
-            var trainer = new Trainer(model, strategy, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, 2), null, ParallelRun.Options(5));
+            var trainer = new Trainer(model, strategy, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, 2), null, ParallelRun.Options(5));
             for (int s = 0; s < 3; s++) trainer.TrainStep();
             ShardedCheckpoint.Save(store, trainer, "byte");
             var state = new RankState(groups.Coordinate.Tp, model.Layout.Parameters, model.Layout.Length, ParallelRun.Owned(strategy));
@@ -109,7 +106,7 @@ public sealed class ReshardingCheckpointTests : IDisposable
         var cpu = new CpuBackend(2);
         var one = NewModel(cpu, null);
         var single = SingleDevice.For(one, adamW);
-        var oneTrainer = new Trainer(one, single, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(5, accumulation: 2));
+        var oneTrainer = new Trainer(one, single, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(5, accumulation: 2));
         ShardedCheckpoint.Restore(dir, oneTrainer);
         Assert.Equal(3, oneTrainer.Step);
         AssertExact(Whole([Local(one, 0, single)], everyRankOwnsAll: true), "one device");
@@ -121,7 +118,7 @@ public sealed class ReshardingCheckpointTests : IDisposable
             var groups = new DeviceMesh(tp: 4).CreateGroups(ctx.Factory);
             var model = NewModel(ctx.Backend, new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: true), ctx.Factory));
             var strategy = SingleDevice.For(model, adamW);
-            var trainer = new Trainer(model, strategy, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(5, accumulation: 2));
+            var trainer = new Trainer(model, strategy, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(5, accumulation: 2));
             ShardedCheckpoint.Restore(dir, trainer);
             return (state: Local(model, groups.Coordinate.Tp, strategy), next: trainer.TrainStep());
         }, TimeSpan.FromSeconds(120));
@@ -133,7 +130,7 @@ public sealed class ReshardingCheckpointTests : IDisposable
         {
             var model = NewModel(ctx.Backend, null);
             var strategy = DataParallelism.Create(model, ctx.Group, new DataParallelOptions { Stage = ZeroStage.Gradients, BucketElements = 1000 }, adamW, ctx.Host);
-            var trainer = new Trainer(model, strategy, new TokenDataLoader([_shard], ParallelRun.B / 2, ParallelRun.T, ctx.Rank, 4), null, ParallelRun.Options(5, batch: ParallelRun.B / 2));
+            var trainer = new Trainer(model, strategy, new TokenDataLoader([_run.Shard], ParallelRun.B / 2, ParallelRun.T, ctx.Rank, 4), null, ParallelRun.Options(5, batch: ParallelRun.B / 2));
             ShardedCheckpoint.Restore(dir, trainer);
             return (state: new RankState(0, model.Layout.Parameters, model.Layout.Length, ParallelRun.Owned(strategy)), next: trainer.TrainStep());
         }, TimeSpan.FromSeconds(120));
@@ -144,10 +141,10 @@ public sealed class ReshardingCheckpointTests : IDisposable
     [Fact]
     public void CheckpointWhoseParameterShapeDiffersIsRefusedNamingTheParameterAndShapes()
     {
-        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var store = _run.Checkpoints;
         var cpu = new CpuBackend(1);
         var model = NewModel(cpu, null);
-        var trainer = new Trainer(model, SingleDevice.For(model, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(2));
+        var trainer = new Trainer(model, SingleDevice.For(model, new AdamWOptions()), new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(2));
         trainer.TrainStep();
         var dir = ShardedCheckpoint.Save(store, trainer, "byte");
         var layoutPath = Path.Combine(dir, ShardedCheckpoint.LayoutFile);

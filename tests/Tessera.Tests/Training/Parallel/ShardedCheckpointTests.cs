@@ -12,25 +12,22 @@ namespace Tessera.Tests.Training.Parallel;
 public sealed class ShardedCheckpointTests : IDisposable
 {
     private const string Preset = "gpt2-debug";
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-zero-ckpt-").FullName;
-    private readonly string _shard;
+    private readonly RunDirectory _run = new("tessera-zero-ckpt-");
 
-    public ShardedCheckpointTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     [Fact]
     public void ZeroThreeCheckpointOfFourRanksResumesOnTwoAndOnOneWithIdenticalState()
     {
         var adamW = new AdamWOptions();
-        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var store = _run.Checkpoints;
         long length = ParallelRun.ArenaLength(Preset);
 
         // Four ranks, ZeRO-3: three steps, save, then one more step (the run that never stopped).
         var saved = ParallelTraining.RunThreadRanks(4, ctx =>
         {
             var model = ParallelRun.NewModel(Preset, ctx.Backend);
-            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 4),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], 2, ParallelRun.T, ctx.Rank, 4),
                 ParallelRun.Options(4), adamW, new DataParallelOptions { Stage = ZeroStage.Parameters, PoisonReleasedParameters = true }, ctx.Host);
             for (int s = 0; s < 3; s++) trainer.TrainStep();
             ShardedCheckpoint.Save(store, trainer, "byte");
@@ -48,7 +45,7 @@ public sealed class ShardedCheckpointTests : IDisposable
         {
             var model = ParallelRun.NewModel(Preset, ctx.Backend);
             model.InitializeWeights(seed: 99);   // the checkpoint must overwrite these
-            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 4, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], 4, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(4, batch: 4), adamW, new DataParallelOptions { Stage = ZeroStage.OptimizerStates }, ctx.Host);
             ShardedCheckpoint.Restore(dir, trainer);
             Assert.Equal(3, trainer.Step);
@@ -66,7 +63,7 @@ public sealed class ShardedCheckpointTests : IDisposable
         var deferred = ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = new Tessera.Models.Transformer(Tessera.Models.ModelPresets.Get(Preset), ctx.Backend, DType.F64, Tessera.Nn.ArenaStorage.Deferred);
-            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 4, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], 4, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(4, batch: 4), adamW, new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
             ShardedCheckpoint.Restore(dir, trainer);
             Assert.Equal(3, trainer.Step);
@@ -84,7 +81,7 @@ public sealed class ShardedCheckpointTests : IDisposable
         var backend = new CpuBackend(2);
         var single = ParallelRun.NewModel(Preset, backend);
         single.InitializeWeights(seed: 99);
-        var trainer1 = new Trainer(single, new AdamWOptimizer(single.Parameters, adamW), new TokenDataLoader([_shard], 2, ParallelRun.T), null, ParallelRun.Options(4, accumulation: 4));
+        var trainer1 = new Trainer(single, new AdamWOptimizer(single.Parameters, adamW), new TokenDataLoader([_run.Shard], 2, ParallelRun.T), null, ParallelRun.Options(4, accumulation: 4));
         ShardedCheckpoint.Restore(dir, trainer1);
         Assert.Equal(3, trainer1.Step);
         DataParallelTests.AssertBitIdentical(values, backend.ToArray<double>(single.Parameters.Values), "parameters on 1 rank");
@@ -96,11 +93,11 @@ public sealed class ShardedCheckpointTests : IDisposable
     [Fact]
     public void MissingShardIsRefusedByTheManifest()
     {
-        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var store = _run.Checkpoints;
         ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = ParallelRun.NewModel(Preset, ctx.Backend);
-            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], 2, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(2), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Gradients }, ctx.Host);
             trainer.TrainStep();
             return ShardedCheckpoint.Save(store, trainer, "byte");
@@ -108,7 +105,7 @@ public sealed class ShardedCheckpointTests : IDisposable
         var dir = store.Latest()!;
         File.Delete(Path.Combine(dir, ShardedCheckpoint.ShardFile(1, 2)));
         var model1 = ParallelRun.NewModel(Preset, new CpuBackend(1));
-        var t = new Trainer(model1, new AdamWOptimizer(model1.Parameters, new AdamWOptions()), new TokenDataLoader([_shard], 2, ParallelRun.T), null, ParallelRun.Options(2));
+        var t = new Trainer(model1, new AdamWOptimizer(model1.Parameters, new AdamWOptions()), new TokenDataLoader([_run.Shard], 2, ParallelRun.T), null, ParallelRun.Options(2));
         var e = Assert.Throws<CheckpointException>(() => ShardedCheckpoint.Restore(dir, t));
         Assert.Contains("zero_shard_00001_of_00002", e.Message);
     }
