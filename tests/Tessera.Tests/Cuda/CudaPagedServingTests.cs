@@ -26,30 +26,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// Sequence 0 prefills 37 rows after 20 cached positions, 1 and 2 decode after 300 and 1000, 3 is padding, 4 prefills
     /// its first 5 tokens. Blocks of 16 are scattered over the pool in a shuffled order.
     /// </summary>
-    private (int[] Tables, int[] Starts, int[] Lengths, int[] Slots, int MaxBlocks, int PoolBlocks) Batch(int blockSize, int[]? rowCounts = null, int[]? contextLengths = null)
-    {
-        int[] rows = rowCounts ?? [37, 1, 1, 1, 5], lengths = contextLengths ?? [57, 301, 1001, 0, 5];
-        int maxBlocks = lengths.Max() / blockSize + 1, poolBlocks = lengths.Sum(l => (l + blockSize - 1) / blockSize) + 7;
-        var free = Enumerable.Range(0, poolBlocks).OrderBy(_ => Rng.Next()).ToList();
-        var tables = new int[rows.Length * maxBlocks];
-        var starts = new int[rows.Length + 1];
-        var slots = new List<int>();
-        for (int b = 0; b < rows.Length; b++)
-        {
-            for (int k = 0; k < (lengths[b] + blockSize - 1) / blockSize; k++) { tables[b * maxBlocks + k] = free[0]; free.RemoveAt(0); }
-            starts[b + 1] = starts[b] + rows[b];
-            for (int j = 0; j < rows[b]; j++)
-            {
-                int p = lengths[b] - rows[b] + j;
-                slots.Add(p < 0 ? -1 : tables[b * maxBlocks + p / blockSize] * blockSize + p % blockSize);
-            }
-        }
-        return (tables, starts, lengths, slots.ToArray(), maxBlocks, poolBlocks);
-    }
-
-    private PagedBatch On(IBackend backend, (int[] Tables, int[] Starts, int[] Lengths, int[] Slots, int MaxBlocks, int PoolBlocks) b, int blockSize) =>
-        new(backend.FromArray(b.Tables, b.Starts.Length - 1, b.MaxBlocks), backend.FromArray(b.Starts, b.Starts.Length),
-            backend.FromArray(b.Lengths, b.Lengths.Length), backend.FromArray(b.Slots, b.Slots.Length), blockSize);
+    private PagedBatchLayout Batch(int blockSize, int[]? rowCounts = null, int[]? contextLengths = null) =>
+        PagedBatchLayout.Scattered(Rng, blockSize, rowCounts ?? [37, 1, 1, 1, 5], contextLengths ?? [57, 301, 1001, 0, 5], spareBlocks: 7);
 
     [Theory]
     [InlineData(DType.F32, 8, 2, 64)]
@@ -99,12 +77,12 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         var pool = Upload(gpu, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
         var output = gpu.Allocate(new Shape(n, h, d), dtype);
         gpu.Fill(output, double.NaN);
-        gpu.PagedAttention(q.Slice(1, 0, h), pool, On(gpu, batch, blockSize), output, 1 / Math.Sqrt(d));
+        gpu.PagedAttention(q.Slice(1, 0, h), pool, batch.On(gpu), output, 1 / Math.Sqrt(d));
 
         var cpuQ = TestTensors.FromDoubles(_cpu, qv, DType.F64, n, h + 2 * k, d);
         var cpuPool = TestTensors.FromDoubles(_cpu, poolValues, DType.F64, batch.PoolBlocks, blockSize, 2 * k, d);
         var expected = _cpu.Allocate(new Shape(n, h, d), DType.F64);
-        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, On(_cpu, batch, blockSize), expected, 1 / Math.Sqrt(d));
+        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, batch.On(_cpu), expected, 1 / Math.Sqrt(d));
         AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(gpu, output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d}");
     }
 
@@ -131,7 +109,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
             var q = Upload(backend, qv, dtype, n, h + 2 * k, d);
             var pool = Upload(backend, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
             var output = backend.Allocate(new Shape(n, h, d), dtype);
-            backend.PagedAttention(q.Slice(1, 0, h), pool, On(backend, batch, blockSize), output, 1 / Math.Sqrt(d));
+            backend.PagedAttention(q.Slice(1, 0, h), pool, batch.On(backend), output, 1 / Math.Sqrt(d));
             return Download(backend, output);
         }
         Assert.Equal(Attend(serial), Attend(batched));
@@ -148,10 +126,10 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         var (qkv, values) = Random(dtype, 1.0, n, h + 2 * k, d);
         var pool = Gpu.Allocate(new Shape(batch.PoolBlocks, blockSize, 2 * k, d), dtype);
         Gpu.Fill(pool, 0.5);
-        Gpu.PagedAppend(qkv.Slice(1, h, 2 * k), pool, On(Gpu, batch, blockSize));
+        Gpu.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch.On(Gpu));
         var cpuPool = _cpu.Allocate(new Shape(batch.PoolBlocks, blockSize, 2 * k, d), DType.F64);
         _cpu.Fill(cpuPool, 0.5);
-        _cpu.PagedAppend(TestTensors.FromDoubles(_cpu, values, DType.F64, n, h + 2 * k, d).Slice(1, h, 2 * k), cpuPool, On(_cpu, batch, blockSize));
+        _cpu.PagedAppend(TestTensors.FromDoubles(_cpu, values, DType.F64, n, h + 2 * k, d).Slice(1, h, 2 * k), cpuPool, batch.On(_cpu));
         Assert.Equal(TestTensors.ToDoubles(_cpu, cpuPool), Download(pool));   // a copy: exact
     }
 

@@ -37,47 +37,23 @@ public sealed class CudaSlidingWindowCacheTests(CudaFixture fixture) : CudaTestB
     public void PagedAttentionOverAWindowMatchesTheCpuAndNeverReadsBlocksLeftOfIt(DType dtype, int h, int k, int d, int window)
     {
         const int bs = 16;
-        int[] rows = [37, 1, 1, 1, 5, 300], lengths = [57, 301, 1001, 0, 5, 700];
-        int seqs = rows.Length, maxBlocks = lengths.Max() / bs + 1;
-        int poolBlocks = lengths.Sum(l => (l + bs - 1) / bs) + 1, nanBlock = poolBlocks - 1;
-        var free = Enumerable.Range(0, poolBlocks - 1).OrderBy(_ => Rng.Next()).ToList();
-        var tables = new int[seqs * maxBlocks];
-        var starts = new int[seqs + 1];
-        var slots = new List<int>();
-        for (int b = 0; b < seqs; b++)
-        {
-            int first = Math.Max(0, lengths[b] - rows[b] - window + 1);
-            for (int i = 0; i < (lengths[b] + bs - 1) / bs; i++)
-            {
-                tables[b * maxBlocks + i] = (i + 1) * bs <= first ? nanBlock : free[0];
-                if ((i + 1) * bs > first) free.RemoveAt(0);
-            }
-            starts[b + 1] = starts[b] + rows[b];
-            for (int j = 0; j < rows[b]; j++)
-            {
-                int p = lengths[b] - rows[b] + j;
-                slots.Add(p < 0 ? -1 : tables[b * maxBlocks + p / bs] * bs + p % bs);
-            }
-        }
-        int n = slots.Count;
+        var batch = PagedBatchLayout.Scattered(Rng, bs, [37, 1, 1, 1, 5, 300], [57, 301, 1001, 0, 5, 700], spareBlocks: 0, window);
+        int poolBlocks = batch.PoolBlocks, nanBlock = batch.OutsideWindowBlock;
+        int n = batch.Slots.Length;
         var (q, qv) = Random(dtype, 1.0, n, h + 2 * k, d);
         var (pool, poolValues) = Random(dtype, 1.0, poolBlocks, bs, 2 * k, d);
         for (long i = (long)nanBlock * bs * 2 * k * d; i < poolValues.Length; i++) poolValues[i] = double.NaN;
         pool = Upload(poolValues, dtype, poolBlocks, bs, 2 * k, d);
         var output = Poisoned(dtype, n, h, d);
-        Gpu.PagedAttention(q.Slice(1, 0, h), pool, Batch(Gpu, tables, starts, lengths, slots, maxBlocks), output, 1 / Math.Sqrt(d), window);
+        Gpu.PagedAttention(q.Slice(1, 0, h), pool, batch.On(Gpu), output, 1 / Math.Sqrt(d), window);
 
         var cpuQ = TestTensors.FromDoubles(_cpu, qv, DType.F64, n, h + 2 * k, d);
         var cpuPool = TestTensors.FromDoubles(_cpu, poolValues, DType.F64, poolBlocks, bs, 2 * k, d);
         var expected = _cpu.Allocate(new Shape(n, h, d), DType.F64);
-        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, Batch(_cpu, tables, starts, lengths, slots, maxBlocks), expected, 1 / Math.Sqrt(d), window);
+        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, batch.On(_cpu), expected, 1 / Math.Sqrt(d), window);
         AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(output), dtype == DType.F32 ? 1e-5 : 2e-2,
             $"windowed paged attention {dtype} H={h} K={k} D={d} window={window}");
     }
-
-    private static PagedBatch Batch(IBackend backend, int[] tables, int[] starts, int[] lengths, List<int> slots, int maxBlocks) =>
-        new(backend.FromArray(tables, starts.Length - 1, maxBlocks), backend.FromArray(starts, starts.Length),
-            backend.FromArray(lengths, lengths.Length), backend.FromArray(slots.ToArray(), slots.Count), 16);
 
     private static TransformerConfig Windowed => ModelPresets.Get("mistral-debug") with { VocabSize = 256, MaxSequenceLength = 128, SlidingWindow = 12 };
 
