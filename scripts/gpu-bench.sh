@@ -61,6 +61,7 @@ CS
     cp "$0" "$dest/gpu-bench.sh"
     cp bench/pytorch/train_gpt2.py "$dest/train_gpt2.py"
     cp bench/pytorch/train_llama.py "$dest/train_llama.py"
+    cp bench/pytorch/timed_training.py "$dest/timed_training.py"   # the two peers import it from their folder
     git rev-parse --short HEAD > "$dest/commit.txt"
     du -sh "$dest"
     ;;

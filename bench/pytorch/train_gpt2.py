@@ -11,12 +11,13 @@ Halves the batch when it does not fit, and says so.
 """
 import argparse
 import math
-import statistics
 import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import timed_training
 
 
 class Block(nn.Module):
@@ -68,41 +69,11 @@ def measure(batch, seq, steps, warmup, compile_model):
     torch.manual_seed(0)
     layers, c, vocab = 12, 768, 50304
     model = GPT(layers, c, 12, vocab, seq).cuda()
-    n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
-    step_model = torch.compile(model) if compile_model else model
-    x = torch.randint(0, 50257, (batch, seq), device="cuda")
-    y = torch.randint(0, 50257, (batch, seq), device="cuda")
-    ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
-    rows = []
-    torch.cuda.reset_peak_memory_stats()
-    for s in range(warmup + steps):
-        ev[0].record()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = step_model(x, y)
-        ev[1].record()
-        loss.backward()
-        ev[2].record()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ev[3].record()
-        loss_value = loss.item()
-        torch.cuda.synchronize()
-        if s >= warmup:
-            rows.append((ev[0].elapsed_time(ev[3]), ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2]), ev[2].elapsed_time(ev[3])))
-    ms = statistics.median(r[0] for r in rows)
-    tok_s = batch * seq / (ms / 1000)
-    flops = (6 * n_params + 12 * layers * seq * c) * tok_s
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    n_params, rows, loss_value = timed_training.train_and_time(model, compile_model, 50257, batch, seq, steps, warmup)
+    timing = timed_training.timing_cells(rows, batch, seq, n_params, layers, c)
     print(f"train_gpt2.py: {torch.cuda.get_device_name()} torch {torch.__version__} B={batch} T={seq} loss {loss_value:.4f} "
           f"params {n_params}", file=sys.stderr)
-    med = lambda i: statistics.median(r[i] for r in rows)
-    return (f"| PyTorch {torch.__version__.split('+')[0]}{' compile' if compile_model else ''} | gpt2-124m | BF16 autocast | {batch} x {seq} | no | "
-            f"{ms:.1f} | {tok_s:.0f} | {flops / 989e12:.1%} | {flops / 790e12:.1%} | {peak:.1f} | {med(1):.1f} | {med(2):.1f} | {med(3):.1f} |")
+    return f"{timed_training.system_cell(compile_model)} gpt2-124m | BF16 autocast | {batch} x {seq} | no | {timing}"
 
 
 def main():
@@ -114,11 +85,7 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-header", action="store_true")
     a = ap.parse_args()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    if not a.no_header:
-        print("| system | model | dtype | B x T | recompute | ms/step | tokens/s | MFU (989) | MFU (790) | peak GiB | fwd+loss ms | bwd ms | optim ms |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    timed_training.start(a.no_header)
     batch = a.batch
     while True:
         try:
