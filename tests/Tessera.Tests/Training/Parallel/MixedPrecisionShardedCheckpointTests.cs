@@ -24,7 +24,7 @@ public sealed class MixedPrecisionShardedCheckpointTests : IDisposable
 {
     private const string Preset = "gpt2-debug";
     private const int SavedStep = 7;
-    private readonly RunDirectory _run = new("tessera-bf16-zero-ckpt-");
+    private readonly TemporaryRunFolder _run = new("tessera-bf16-zero-ckpt-");
     private readonly long _length;
     private readonly float[] _masters, _m, _v;   // the run's state, whole arena (F32; masters mostly not BF16-representable)
 

@@ -23,7 +23,7 @@ namespace Tessera.Tests.Training.Parallel;
 public sealed class ReshardingCheckpointTests : IDisposable
 {
     private const string Preset = "llama-debug";
-    private readonly RunDirectory _run = new("tessera-reshard-");
+    private readonly TemporaryRunFolder _run = new("tessera-reshard-");
 
     public void Dispose() => _run.Dispose();
 

@@ -12,7 +12,7 @@ namespace Tessera.Tests.Training.Parallel;
 public sealed class ShardedCheckpointTests : IDisposable
 {
     private const string Preset = "gpt2-debug";
-    private readonly RunDirectory _run = new("tessera-zero-ckpt-");
+    private readonly TemporaryRunFolder _run = new("tessera-zero-ckpt-");
 
     public void Dispose() => _run.Dispose();
 

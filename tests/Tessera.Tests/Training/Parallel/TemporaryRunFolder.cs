@@ -1,19 +1,20 @@
 using Tessera.Training.Checkpoints;
+using Tessera.Training.Runs;
 
 namespace Tessera.Tests.Training.Parallel;
 
 /// <summary>
-/// A checkpoint test's scratch folder: the token shard of <see cref="ParallelRun.WriteShard"/> the runs train on, and the
-/// checkpoint store they save to (its "checkpoints" subfolder); the folder and all in it are deleted on dispose.
+/// A checkpoint test's scratch run folder: the token shard of <see cref="ParallelRun.WriteShard"/> the runs train on, and the
+/// checkpoint store they save to (a <see cref="RunDirectory"/>'s); the folder and all in it are deleted on dispose.
 /// </summary>
-internal sealed class RunDirectory : IDisposable
+internal sealed class TemporaryRunFolder : IDisposable
 {
     /// <param name="prefix">The temporary folder's name prefix, naming the test class.</param>
-    public RunDirectory(string prefix)
+    public TemporaryRunFolder(string prefix)
     {
         Root = Directory.CreateTempSubdirectory(prefix).FullName;
         Shard = ParallelRun.WriteShard(Root);
-        Checkpoints = new CheckpointStore(Path.Combine(Root, "checkpoints"));
+        Checkpoints = new RunDirectory(Root).Checkpoints;
     }
 
     public string Root { get; }
