@@ -47,18 +47,6 @@ public sealed class CudaThreadRanksDataParallelTests(CudaFixture fixture) : IDis
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    /// <summary>A noisy affine chain over bytes (see MixedPrecisionTrainingTests): the loss falls from ln 256 and stays far from 0.</summary>
-    private string WriteData()
-    {
-        var rng = new Random(3);
-        var tokens = new int[Steps * World * Batch * Sequence + 1];
-        tokens[0] = rng.Next(256);
-        for (int i = 1; i < tokens.Length; i++) tokens[i] = (5 * tokens[i - 1] + 17 + rng.Next(4)) % 256;
-        var path = Path.Combine(_dir, "train.bin");
-        TokenShard.Write(path, tokens);
-        return path;
-    }
-
     private static TrainerOptions Options(int accumulation) => new()
     {
         BatchSize = Batch, SequenceLength = Sequence, Steps = Steps, GradientAccumulationSteps = accumulation,
@@ -84,7 +72,7 @@ public sealed class CudaThreadRanksDataParallelTests(CudaFixture fixture) : IDis
     public void TwoThreadRanksOnOneGpuFollowTheOneRankTrainer(DType dtype, ZeroStage stage)
     {
         var backend = fixture.Backend;   // skips without a GPU
-        var shard = WriteData();
+        var shard = AffineChainTokens.WriteShard(_dir, Steps * World * Batch * Sequence + 1, vocab: 256, seed: 3);
 
         var reference = NewModel(backend, dtype);
         var initial = Masters(backend, reference);

@@ -34,18 +34,6 @@ public sealed class CudaThreadRanksPipelineTests(CudaFixture fixture) : IDisposa
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    /// <summary>A noisy affine chain over the vocabulary (see MixedPrecisionTrainingTests): the loss falls from ln V and stays far from 0.</summary>
-    private string WriteData(int vocab)
-    {
-        var rng = new Random(5);
-        var tokens = new int[Steps * MicroBatches * Batch * Sequence + 1];
-        tokens[0] = rng.Next(vocab);
-        for (int i = 1; i < tokens.Length; i++) tokens[i] = (5 * tokens[i - 1] + 17 + rng.Next(4)) % vocab;
-        var path = Path.Combine(_dir, "train.bin");
-        TokenShard.Write(path, tokens);
-        return path;
-    }
-
     private static TrainerOptions Options => new()
     {
         BatchSize = Batch, SequenceLength = Sequence, GradientAccumulationSteps = MicroBatches, Steps = Steps, WarmupSteps = 2, LearningRate = 3e-3, Seed = Seed,
@@ -60,7 +48,7 @@ public sealed class CudaThreadRanksPipelineTests(CudaFixture fixture) : IDisposa
     {
         var backend = fixture.Backend;   // skips without a GPU
         var config = ModelPresets.Get(preset);
-        var shard = WriteData(config.VocabSize);
+        var shard = AffineChainTokens.WriteShard(_dir, Steps * MicroBatches * Batch * Sequence + 1, config.VocabSize, seed: 5);
 
         var reference = new Transformer(config, backend, dtype);
         reference.InitializeWeights(Seed);

@@ -60,18 +60,6 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
         return (group, access);
     }
 
-    /// <summary>A noisy affine chain over bytes (see MixedPrecisionTrainingTests): the loss falls from ln 256 and stays far from 0.</summary>
-    private string WriteData(int steps)
-    {
-        var rng = new Random(3);
-        var tokens = new int[steps * Batch * Sequence + 1];
-        tokens[0] = rng.Next(256);
-        for (int i = 1; i < tokens.Length; i++) tokens[i] = (5 * tokens[i - 1] + 17 + rng.Next(4)) % 256;
-        var path = Path.Combine(_dir, "train.bin");
-        TokenShard.Write(path, tokens);
-        return path;
-    }
-
     private static TrainerOptions Options => new() { BatchSize = Batch, SequenceLength = Sequence, Steps = Steps, WarmupSteps = 2, LearningRate = 3e-3, Seed = Seed };
 
     private Transformer NewModel(int seed = Seed)
@@ -99,7 +87,7 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
         var (group, access) = World();
         using var _ = group;
         using var __ = access;
-        var shard = WriteData(Steps);
+        var shard = AffineChainTokens.WriteShard(_dir, Steps * Batch * Sequence + 1, vocab: 256, seed: 3);
 
         var plainModel = NewModel();
         var initial = backend.ToArray<float>(plainModel.Parameters.Masters!);
@@ -158,7 +146,7 @@ public sealed class MixedPrecisionDataParallelTests(CudaFixture fixture) : IDisp
         var (group, access) = World();
         using var _ = group;
         using var __ = access;
-        var shard = WriteData(Steps);
+        var shard = AffineChainTokens.WriteShard(_dir, Steps * Batch * Sequence + 1, vocab: 256, seed: 3);
 
         var dpModel = NewModel();
         var dp = NewDataParallel(dpModel, group, shard, stage, offload);

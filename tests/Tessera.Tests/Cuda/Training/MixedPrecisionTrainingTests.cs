@@ -18,20 +18,6 @@ public sealed class MixedPrecisionTrainingTests(CudaFixture fixture)
 {
     private const int Steps = 50, Batch = 8, Sequence = 64;
 
-    /// <summary>
-    /// Tokens of a noisy affine chain over the byte vocabulary: next = (5 * previous + 17 + noise) mod 256 with noise
-    /// in {0, 1, 2, 3}, so the loss falls from ln 256 = 5.5 towards ln 4 = 1.39 and never nears zero, where relative
-    /// differences would mean nothing.
-    /// </summary>
-    private static int[] ChainTokens(int count, int seed)
-    {
-        var rng = new Random(seed);
-        var tokens = new int[count];
-        tokens[0] = rng.Next(256);
-        for (int i = 1; i < count; i++) tokens[i] = (5 * tokens[i - 1] + 17 + rng.Next(4)) % 256;
-        return tokens;
-    }
-
     private (Trainer Trainer, Transformer Model) CreateRun(DType dtype, string dataDir)
     {
         var model = new Transformer(ModelPresets.Get("gpt2-tiny"), fixture.Backend, dtype);
@@ -56,7 +42,7 @@ public sealed class MixedPrecisionTrainingTests(CudaFixture fixture)
         var dir = Directory.CreateTempSubdirectory("tessera-bf16-");
         try
         {
-            ShardWriter.WriteSplit(ChainTokens(Steps * Batch * Sequence + 1, seed: 3), dir.FullName, 0, 1 << 20);
+            ShardWriter.WriteSplit(AffineChainTokens.Generate(Steps * Batch * Sequence + 1, vocab: 256, seed: 3), dir.FullName, 0, 1 << 20);
             var f32 = Run(DType.F32, dir.FullName);
             var bf16 = Run(DType.BF16, dir.FullName);
             var rel = f32.Zip(bf16, (a, b) => Math.Abs(b - a) / a).ToArray();
@@ -89,7 +75,7 @@ public sealed class MixedPrecisionTrainingTests(CudaFixture fixture)
         var dir = Directory.CreateTempSubdirectory("tessera-bf16-ckpt-");
         try
         {
-            ShardWriter.WriteSplit(ChainTokens(4 * Batch * Sequence + 1, seed: 9), Path.Combine(dir.FullName, "data"), 0, 1 << 20);
+            ShardWriter.WriteSplit(AffineChainTokens.Generate(4 * Batch * Sequence + 1, vocab: 256, seed: 9), Path.Combine(dir.FullName, "data"), 0, 1 << 20);
             var (trainer, model) = CreateRun(DType.BF16, Path.Combine(dir.FullName, "data"));
             Assert.NotNull(model.Parameters.Masters);
             Assert.Equal(DType.BF16, model.Parameters.Values.DType);
