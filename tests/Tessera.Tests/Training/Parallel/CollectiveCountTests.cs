@@ -9,19 +9,16 @@ namespace Tessera.Tests.Training.Parallel;
 
 public sealed class CollectiveCountTests : IDisposable
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-dp-count-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-dp-count-");
 
-    public CollectiveCountTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     private (int Buckets, Dictionary<CollectiveKind, long> PerStep, long[] BucketStarts) Measure(ZeroStage stage, string preset = "gpt2-debug", int accumulation = 1)
     {
         var results = ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = ParallelRun.NewModel(preset, ctx.Backend);
-            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], 2, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(2, accumulation), new AdamWOptions(), new DataParallelOptions { Stage = stage, BucketElements = 1500 }, ctx.Host);
             trainer.TrainStep();   // measure a steady-state step (the second)
             var before = Enum.GetValues<CollectiveKind>().ToDictionary(k => k, ctx.Group.Count);
@@ -75,7 +72,7 @@ public sealed class CollectiveCountTests : IDisposable
         var e = Assert.Throws<AggregateException>(() => ParallelTraining.RunThreadRanks(2, ctx =>
         {
             var model = ParallelRun.NewModel("gpt2-debug", ctx.Backend);
-            return TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], 2, ParallelRun.T, 0, 1),
+            return TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], 2, ParallelRun.T, 0, 1),
                 ParallelRun.Options(2), new AdamWOptions(), new DataParallelOptions(), ctx.Host);
         }, TimeSpan.FromSeconds(10)));
         Assert.Contains("slice 0 of 1", e.InnerExceptions[0].Message);
@@ -87,7 +84,7 @@ public sealed class CollectiveCountTests : IDisposable
         var reports = new List<StepMetrics>();
         int step = ParallelTraining.Train(2, new DataParallelOptions { Stage = ZeroStage.Gradients, OffloadOptimizer = true },
             ParallelRun.Options(3) with { Steps = 3 }, new AdamWOptions(),
-            ctx => (ParallelRun.NewModel("llama-debug", ctx.Backend), new TokenDataLoader([_shard], 2, ParallelRun.T, ctx.Rank, 2)),
+            ctx => (ParallelRun.NewModel("llama-debug", ctx.Backend), new TokenDataLoader([_run.Shard], 2, ParallelRun.T, ctx.Rank, 2)),
             onStep: m => { lock (reports) reports.Add(m); }, cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(3, step);
         Assert.Equal([1, 2, 3], reports.Select(r => r.Step));

@@ -11,12 +11,9 @@ public sealed class DataParallelTests : IDisposable
     // rounding, ~1e-16 relative per operation; 1e-10 leaves room for 10 AdamW steps to amplify it while
     // still catching any real error (a missing 1/W, a stale bucket, a wrong shard: >= 1e-4).
     private const double Tolerance = 1e-10;
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-dp-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-dp-");
 
-    public DataParallelTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     internal static void AssertClose(double[] expected, double[] actual, string what)
     {
@@ -57,8 +54,8 @@ public sealed class DataParallelTests : IDisposable
     public void RanksMatchOneRankWithTheSameGlobalBatch(string preset, int world, ZeroStage stage, bool offload, int steps)
     {
         var adamW = new AdamWOptions();   // clipping at 1.0: the global norm matters
-        var single = ParallelRun.Single(preset, _shard, world, steps, adamW);
-        var run = ParallelRun.Parallel(preset, _shard, world, steps,
+        var single = ParallelRun.Single(preset, _run.Shard, world, steps, adamW);
+        var run = ParallelRun.Parallel(preset, _run.Shard, world, steps,
             new DataParallelOptions { Stage = stage, OffloadOptimizer = offload, BucketElements = 1500, PoisonReleasedParameters = true }, adamW);
         AssertMatchesSingle(single, run);
     }
@@ -72,7 +69,7 @@ public sealed class DataParallelTests : IDisposable
         // two-slot pipeline cuts parameters and buckets and reuses each slot many times.
         var adamW = new AdamWOptions { MaxGradNorm = 1e9 };
         const int steps = 3;
-        var dp = ParallelRun.Parallel("gpt2-debug", _shard, 2, steps, new DataParallelOptions { BucketElements = 1500 }, adamW);
+        var dp = ParallelRun.Parallel("gpt2-debug", _run.Shard, 2, steps, new DataParallelOptions { BucketElements = 1500 }, adamW);
         foreach (var (stage, offload, pieces) in new[]
         {
             (ZeroStage.OptimizerStates, false, OffloadedAdamW.DefaultPieceElements), (ZeroStage.Gradients, false, OffloadedAdamW.DefaultPieceElements),
@@ -80,7 +77,7 @@ public sealed class DataParallelTests : IDisposable
             (ZeroStage.Gradients, true, 700L),
         })
         {
-            var run = ParallelRun.Parallel("gpt2-debug", _shard, 2, steps,
+            var run = ParallelRun.Parallel("gpt2-debug", _run.Shard, 2, steps,
                 new DataParallelOptions { Stage = stage, OffloadOptimizer = offload, BucketElements = 1500, OffloadPieceElements = pieces }, adamW);
             AssertBitIdentical(dp.Losses, run.Losses, $"{stage} offload={offload} loss");
             for (int s = 0; s < steps; s++) AssertBitIdentical(dp.Gradients[s], run.Gradients[s], $"{stage} offload={offload} gradient {s + 1}");
@@ -96,8 +93,8 @@ public sealed class DataParallelTests : IDisposable
         // gradient shard, the second's is added to it ((a1 + b1) + (a2 + b2) instead of DP's (a1 + a2) + (b1 + b2)): equal
         // to rounding (Tolerance). A second micro-batch that overwrote the shard, or was dropped, is off by O(1) relatively.
         var adamW = new AdamWOptions();
-        var single = ParallelRun.Single("gpt2-debug", _shard, 8, 4, adamW);
-        var run = ParallelRun.Parallel("gpt2-debug", _shard, 4, 4, new DataParallelOptions { Stage = ZeroStage.Parameters, PoisonReleasedParameters = true }, adamW, accumulation: 2);
+        var single = ParallelRun.Single("gpt2-debug", _run.Shard, 8, 4, adamW);
+        var run = ParallelRun.Parallel("gpt2-debug", _run.Shard, 4, 4, new DataParallelOptions { Stage = ZeroStage.Parameters, PoisonReleasedParameters = true }, adamW, accumulation: 2);
         AssertMatchesSingle(single, run);
     }
 
@@ -106,10 +103,10 @@ public sealed class DataParallelTests : IDisposable
     {
         // DP=2 with 2 micro-batches per rank against one rank with 4: the same 4 slices, summed in another order.
         var adamW = new AdamWOptions();
-        var single = ParallelRun.Single("llama-debug", _shard, 4, 3, adamW);
+        var single = ParallelRun.Single("llama-debug", _run.Shard, 4, 3, adamW);
         foreach (var stage in new[] { ZeroStage.None, ZeroStage.Gradients })
         {
-            var run = ParallelRun.Parallel("llama-debug", _shard, 2, 3, new DataParallelOptions { Stage = stage, BucketElements = 1500 }, adamW, accumulation: 2);
+            var run = ParallelRun.Parallel("llama-debug", _run.Shard, 2, 3, new DataParallelOptions { Stage = stage, BucketElements = 1500 }, adamW, accumulation: 2);
             AssertClose(single.Losses, run.Losses, $"{stage} loss");
             AssertClose(single.Values, run.Values, $"{stage} parameters");
             Assert.All(run.Collectives, c => Assert.Equal(run.ExpectedCollectives, c));

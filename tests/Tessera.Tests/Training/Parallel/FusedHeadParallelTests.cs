@@ -22,12 +22,9 @@ namespace Tessera.Tests.Training.Parallel;
 public sealed class FusedHeadParallelTests : IDisposable
 {
     private const int Steps = 6, ChunkRows = 5;   // 16 rows per rank and micro-batch: chunks of 5, 5, 5 and 1
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-fused-head-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-fused-head-");
 
-    public FusedHeadParallelTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     // Validation: 2 batches of every rank's rows, so a one-device reference with W micro-batches per step evaluates 2 W of its own.
     private static TrainerOptions Options(int accumulation, int evalBatches = 2) => ParallelRun.Options(Steps, accumulation) with { EvalBatches = evalBatches };
@@ -38,8 +35,8 @@ public sealed class FusedHeadParallelTests : IDisposable
         var backend = new CpuBackend(2);
         var model = ParallelRun.NewModel(preset, backend);
         model.LossChunkRows = 0;
-        var trainer = new Trainer(model, SingleDevice.For(model, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T),
-            new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), Options(accumulation, evalBatches: 2 * accumulation));
+        var trainer = new Trainer(model, SingleDevice.For(model, new AdamWOptions()), new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T),
+            new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), Options(accumulation, evalBatches: 2 * accumulation));
         var losses = new double[Steps];
         var validation = new double[Steps];
         for (int s = 0; s < Steps; s++)
@@ -64,8 +61,8 @@ public sealed class FusedHeadParallelTests : IDisposable
             var model = ParallelRun.NewModel(preset, ctx.Backend);
             model.LossChunkRows = ChunkRows;
             var strategy = DataParallelism.Create(model, ctx.Group, new DataParallelOptions { Stage = stage }, new AdamWOptions(), ctx.Host);
-            var trainer = new Trainer(model, strategy, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world),
-                new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world), Options(accumulation: 1));
+            var trainer = new Trainer(model, strategy, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world),
+                new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world), Options(accumulation: 1));
             var losses = new double[Steps];
             var validation = new double[Steps];
             for (int s = 0; s < Steps; s++)
@@ -103,8 +100,8 @@ public sealed class FusedHeadParallelTests : IDisposable
             var model = new Transformer(ModelPresets.Get(preset), ctx.Backend, DType.F64, tensorParallelism: tensor);
             model.InitializeWeights(ParallelRun.Seed);
             model.LossChunkRows = ChunkRows;
-            var trainer = new Trainer(model, SingleDevice.For(model, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T),
-                new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), Options(accumulation: 1));
+            var trainer = new Trainer(model, SingleDevice.For(model, new AdamWOptions()), new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T),
+                new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), Options(accumulation: 1));
             var losses = new double[Steps];
             var validation = new double[Steps];
             long gathers = 0;

@@ -19,12 +19,9 @@ namespace Tessera.Tests.Training.Parallel;
 /// </summary>
 public sealed class ShardedConstructionTests : IDisposable
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-zero3-init-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-zero3-init-");
 
-    public ShardedConstructionTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     private static Trainer NewTrainer(Transformer model, RankContext ctx, string shard, bool offload, int accumulation = 1) =>
         new(model, new FullyShardedDataParallel(model, ctx.Group, new DataParallelOptions { Stage = ZeroStage.Parameters, OffloadOptimizer = offload }, new AdamWOptions(), ctx.Host),
@@ -66,8 +63,8 @@ public sealed class ShardedConstructionTests : IDisposable
         var adamW = new AdamWOptions();
         foreach (int accumulation in new[] { 1, 2 })
         {
-            var shardThenCopy = ParallelRun.Parallel(preset, _shard, world, 3, parallel, adamW, accumulation);
-            var sharded = ParallelRun.Parallel(preset, _shard, world, 3, parallel, adamW, accumulation, shardedConstruction: true);
+            var shardThenCopy = ParallelRun.Parallel(preset, _run.Shard, world, 3, parallel, adamW, accumulation);
+            var sharded = ParallelRun.Parallel(preset, _run.Shard, world, 3, parallel, adamW, accumulation, shardedConstruction: true);
             string where = $"{preset}, {world} ranks, offload {offload}, accumulation {accumulation}";
             DataParallelTests.AssertBitIdentical(shardThenCopy.Losses, sharded.Losses, $"{where}: losses");
             for (int s = 0; s < shardThenCopy.Gradients.Length; s++)
@@ -98,7 +95,7 @@ public sealed class ShardedConstructionTests : IDisposable
         {
             var model = new Transformer(config, ctx.Backend, dtype, ArenaStorage.Deferred);
             Assert.Null(model.Layout.Storage);                       // declared only: nothing allocated
-            var trainer = NewTrainer(model, ctx, _shard, offload);
+            var trainer = NewTrainer(model, ctx, _run.Shard, offload);
             trainer.InitializeWeights(ParallelRun.Seed);
             return OwnedWeights(trainer);
         }, TimeSpan.FromSeconds(60));
@@ -115,7 +112,7 @@ public sealed class ShardedConstructionTests : IDisposable
         var config = ModelPresets.Get(preset);
         var source = new Transformer(config, new CpuBackend(1), DType.F64);
         source.InitializeWeights(seed: 17);
-        string dir = Path.Combine(_dir, "hf");
+        string dir = Path.Combine(_run.Root, "hf");
         HuggingFaceModelDirectory.Export(dir, config, source.Parameters.Parameters, source.Backend);
         var full = PretrainedModel.Load(dir, new CpuBackend(1), dtype, config);
         var expectedValues = Read(full.Backend, full.Parameters.Values);
@@ -124,7 +121,7 @@ public sealed class ShardedConstructionTests : IDisposable
         var ranks = ParallelTraining.RunThreadRanks(3, ctx =>
         {
             var model = new Transformer(config, ctx.Backend, dtype, ArenaStorage.Deferred);
-            var trainer = NewTrainer(model, ctx, _shard, offload);
+            var trainer = NewTrainer(model, ctx, _run.Shard, offload);
             trainer.LoadWeights(dir);
             return OwnedWeights(trainer);
         }, TimeSpan.FromSeconds(60));
@@ -146,7 +143,7 @@ public sealed class ShardedConstructionTests : IDisposable
         var ranks = ParallelTraining.RunThreadRanks(4, ctx =>
         {
             var model = new Transformer(config, ctx.Backend, DType.BF16, ArenaStorage.Deferred);
-            var trainer = NewTrainer(model, ctx, _shard, offload: true);
+            var trainer = NewTrainer(model, ctx, _run.Shard, offload: true);
             trainer.InitializeWeights(ParallelRun.Seed);
             var strategy = (DataParallelism)trainer.Parallelism;
             var layout = strategy.Layout;
@@ -174,7 +171,7 @@ public sealed class ShardedConstructionTests : IDisposable
             var stage2 = Assert.Throws<ArgumentException>(() => DataParallelism.Create(model, ctx.Group,
                 new DataParallelOptions { Stage = ZeroStage.Gradients }, new AdamWOptions(), ctx.Host));
             Assert.Contains("only ZeRO-3", stage2.Message);
-            var trainer = NewTrainer(model, ctx, _shard, offload: false);
+            var trainer = NewTrainer(model, ctx, _run.Shard, offload: false);
             var early = Assert.Throws<InvalidOperationException>(() => trainer.TrainStep());
             Assert.Contains("never written", early.Message);
             trainer.InitializeWeights(1);

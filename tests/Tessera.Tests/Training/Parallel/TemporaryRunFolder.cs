@@ -4,8 +4,9 @@ using Tessera.Training.Runs;
 namespace Tessera.Tests.Training.Parallel;
 
 /// <summary>
-/// A checkpoint test's scratch run folder: the token shard of <see cref="ParallelRun.WriteShard"/> the runs train on, and the
-/// checkpoint store they save to (a <see cref="RunDirectory"/>'s); the folder and all in it are deleted on dispose.
+/// A training test's scratch run folder (thread-rank, pipeline and checkpoint tests): the token shard of
+/// <see cref="ParallelRun.WriteShard"/> the runs train on, and the checkpoint store they save to (a <see cref="RunDirectory"/>'s);
+/// the folder and all in it are deleted on dispose.
 /// </summary>
 internal sealed class TemporaryRunFolder : IDisposable
 {

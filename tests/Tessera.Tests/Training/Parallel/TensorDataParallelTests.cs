@@ -20,12 +20,9 @@ namespace Tessera.Tests.Training.Parallel;
 public sealed class TensorDataParallelTests : IDisposable
 {
     private const int Steps = 6;
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-tpdp-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-tpdp-");
 
-    public TensorDataParallelTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     [Theory]
     [InlineData("gpt2-debug", ZeroStage.None, false, false)]
@@ -38,7 +35,7 @@ public sealed class TensorDataParallelTests : IDisposable
     {
         const int tp = 2, dp = 2;
         var adamW = new AdamWOptions();
-        var single = ParallelRun.Single(preset, _shard, world: dp, Steps, adamW);
+        var single = ParallelRun.Single(preset, _run.Shard, world: dp, Steps, adamW);
         var mesh = new DeviceMesh(dp: dp, tp: tp);
         var ranks = ParallelTraining.RunThreadRanks(mesh.WorldSize, ctx =>
         {
@@ -48,7 +45,7 @@ public sealed class TensorDataParallelTests : IDisposable
             model.InitializeWeights(ParallelRun.Seed);
             var strategy = DataParallelism.Create(model, groups.Dp,
                 new DataParallelOptions { Stage = stage, OffloadOptimizer = offload, BucketElements = 1500, PoisonReleasedParameters = true }, adamW, ctx.Host);
-            var loader = new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, dp);
+            var loader = new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, dp);
             var trainer = new Trainer(model, strategy, loader, null, ParallelRun.Options(Steps));
             var losses = new double[Steps];
             for (int s = 0; s < Steps; s++) losses[s] = trainer.TrainStep();

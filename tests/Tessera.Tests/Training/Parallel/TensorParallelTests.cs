@@ -23,12 +23,9 @@ public sealed class TensorParallelTests : IDisposable
 {
     private const double Tolerance = 1e-10;
     private const int Steps = 10;
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-tp-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-tp-");
 
-    public TensorParallelTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     /// <summary>What one rank recorded: its losses, the collectives of each kind per step on its groups, its parameters (name, local values, the parameter).</summary>
     private sealed record RankRun(double[] Losses, Dictionary<CollectiveKind, long> TensorCollectives, long ReplicaCollectives,
@@ -41,7 +38,7 @@ public sealed class TensorParallelTests : IDisposable
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel), ctx.Factory);
             var model = new Transformer(ModelPresets.Get(preset), ctx.Backend, DType.F64, tensorParallelism: tensor);
             model.InitializeWeights(ParallelRun.Seed);
-            var trainer = new Trainer(model, SingleDevice.For(model, adamW), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null,
+            var trainer = new Trainer(model, SingleDevice.For(model, adamW), new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null,
                 ParallelRun.Options(Steps));
             var losses = new double[Steps];
             var kinds = Enum.GetValues<CollectiveKind>();
@@ -60,7 +57,7 @@ public sealed class TensorParallelTests : IDisposable
     {
         var backend = new Tessera.Tensors.Cpu.CpuBackend(2);
         var model = ParallelRun.NewModel(preset, backend);
-        var trainer = new Trainer(model, SingleDevice.For(model, adamW), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(Steps));
+        var trainer = new Trainer(model, SingleDevice.For(model, adamW), new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(Steps));
         var losses = new double[Steps];
         for (int s = 0; s < Steps; s++) losses[s] = trainer.TrainStep();
         return (losses, model.Layout.Parameters.ToDictionary(p => p.Name, p => backend.ToArray<double>(p.Value)));

@@ -28,12 +28,9 @@ namespace Tessera.Tests.Training.Parallel;
 public sealed class ZeroThreeMemoryTests : IDisposable
 {
     private const int World = 4;
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-zero3-memory-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-zero3-memory-");
 
-    public ZeroThreeMemoryTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     /// <summary>gpt2-debug with 16 blocks (tied embeddings), so that a block is a small part of the model (Llama 8B has 32).</summary>
     private static TransformerConfig Config => ModelPresets.Get("gpt2-debug") with { Layers = 16 };
@@ -78,7 +75,7 @@ public sealed class ZeroThreeMemoryTests : IDisposable
             var model = new Transformer(config, ctx.Backend, DType.F64);
             model.InitializeWeights(ParallelRun.Seed);
             var arena = model.Parameters;
-            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, World),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, ctx.Rank, World),
                 ParallelRun.Options(3, accumulation), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
             var communication = trainer.FullySharded();
             var probe = new BindingProbe(model.PassHooks!, model.Layout.Parameters);
@@ -135,7 +132,7 @@ public sealed class ZeroThreeMemoryTests : IDisposable
         // Activation checkpointing, as ZeRO-3 runs use: a tiny model's activations of 16 blocks would otherwise outweigh its parameters.
         model.RecomputeActivations = true;
         long afterModel = backend.PeakAllocatedBytes;
-        var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world),
+        var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, ctx.Rank, world),
             ParallelRun.Options(3), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
         if (shardedConstruction) trainer.InitializeWeights(ParallelRun.Seed);
         long afterSetup = backend.PeakAllocatedBytes;
@@ -193,7 +190,7 @@ public sealed class ZeroThreeMemoryTests : IDisposable
         {
             var model = new Transformer(Config, ctx.Backend, DType.F64);
             model.InitializeWeights(ParallelRun.Seed);
-            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, 2),
+            var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, ctx.Rank, 2),
                 ParallelRun.Options(3), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters }, ctx.Host);
             var weight = model.Layout["blocks.3.attn.qkv.weight"];
             var e = Assert.Throws<InvalidOperationException>(() => weight.Value);
@@ -219,7 +216,7 @@ public sealed class ZeroThreeMemoryTests : IDisposable
                 var model = new Transformer(Config, ctx.Backend, DType.BF16);
                 model.InitializeWeights(ParallelRun.Seed);
                 var arena = model.Parameters;
-                var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, ctx.Rank, World),
+                var trainer = TrainerStrategies.DataParallel(model, ctx.Group, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, ctx.Rank, World),
                     ParallelRun.Options(3), new AdamWOptions(), new DataParallelOptions { Stage = ZeroStage.Parameters, OffloadOptimizer = offload }, ctx.Host);
                 var layout = trainer.Strategy().Layout;
                 Assert.Equal(0, arena.AllocatedBytes);

@@ -23,13 +23,10 @@ namespace Tessera.Tests.Training.Pipeline;
 public sealed class PipelineCheckpointTests : IDisposable
 {
     private const int Before = 3, After = 3;
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-pp-checkpoint-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-pp-checkpoint-");
     private readonly TransformerConfig _config = PipelineRun.Config("gpt2-debug");
 
-    public PipelineCheckpointTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     /// <summary>A rank's parameters with their values and moments (one-device strategy: moments laid out like the arena).</summary>
     private sealed record RankState(int TensorRank, Parameter? TiedCopy, List<(Parameter Parameter, double[] Value, double[] M, double[] V)> Parameters);
@@ -78,7 +75,7 @@ public sealed class PipelineCheckpointTests : IDisposable
         var ranks = ParallelTraining.RunThreadRanks(layout.World, ctx =>
         {
             var (model, groups) = PipelineRun.BuildRank(ctx, _config, layout);
-            var trainer = PipelineRun.Trainer(ctx, model, groups, _shard, layout, Before + After, new AdamWOptions());
+            var trainer = PipelineRun.Trainer(ctx, model, groups, _run.Shard, layout, Before + After, new AdamWOptions());
             before?.Invoke(trainer);
             var start = Capture(trainer);
             var losses = Enumerable.Range(0, steps).Select(_ => trainer.TrainStep()).ToArray();
@@ -91,7 +88,7 @@ public sealed class PipelineCheckpointTests : IDisposable
     [Fact]
     public void ACheckpointSavedAtPp2Tp2LoadsExactlyAtOneDeviceAndAtPp4AndTrainsOn()
     {
-        var store = new CheckpointStore(Path.Combine(_dir, "checkpoints"));
+        var store = _run.Checkpoints;
         string? directory = null;
         var saving = new PipelineLayout(2, PipelineScheduleKind.OneForwardOneBackward, 4, Tp: 2);
         var (_, savedStates, _) = Run(saving, Before, null, t => directory = ShardedCheckpoint.Save(store, t, "byte"));
@@ -104,7 +101,7 @@ public sealed class PipelineCheckpointTests : IDisposable
         // One device.
         var model = new Transformer(_config, new CpuBackend(2), DType.F64);
         model.InitializeWeights(99);   // the checkpoint must overwrite these
-        var one = new Trainer(model, SingleDevice.For(model, new AdamWOptions()), new TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null,
+        var one = new Trainer(model, SingleDevice.For(model, new AdamWOptions()), new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null,
             ParallelRun.Options(Before + After, accumulation: 4));
         ShardedCheckpoint.Restore(directory!, one);
         Assert.Equal(Before, one.Step);

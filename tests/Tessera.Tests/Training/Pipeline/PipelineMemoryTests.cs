@@ -15,15 +15,12 @@ namespace Tessera.Tests.Training.Pipeline;
 public sealed class PipelineMemoryTests : IDisposable
 {
     private const int Pp = 4, MicroBatches = 8;
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-pp-memory-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-pp-memory-");
 
-    public PipelineMemoryTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     private PipelineRankRecord[] Run(PipelineScheduleKind kind, int chunks = 1) =>
-        PipelineRun.Train(PipelineRun.Config("gpt2-debug"), _shard, new PipelineLayout(Pp, kind, MicroBatches, chunks), steps: 1, new AdamWOptions());
+        PipelineRun.Train(PipelineRun.Config("gpt2-debug"), _run.Shard, new PipelineLayout(Pp, kind, MicroBatches, chunks), steps: 1, new AdamWOptions());
 
     [Fact]
     public void OneForwardOneBackwardKeepsPMicroBatchesOnTheFirstStageWhereGPipeKeepsM()

@@ -19,12 +19,9 @@ namespace Tessera.Tests.Training.Pipeline;
 public sealed class PipelineTrainingTests : IDisposable
 {
     private const int Steps = 10;
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-pp-").FullName;
-    private readonly string _shard;
+    private readonly TemporaryRunFolder _run = new("tessera-pp-");
 
-    public PipelineTrainingTests() => _shard = ParallelRun.WriteShard(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _run.Dispose();
 
     public static TheoryData<string, int, PipelineScheduleKind, int, int> Layouts()
     {
@@ -47,8 +44,8 @@ public sealed class PipelineTrainingTests : IDisposable
         var config = PipelineRun.Config(preset);
         var adamW = new AdamWOptions();
         var layout = new PipelineLayout(pp, schedule, microBatches, chunks);
-        var (losses, parameters) = PipelineRun.OneDevice(config, _shard, microBatches, Steps, adamW);
-        var ranks = PipelineRun.Train(config, _shard, layout, Steps, adamW);
+        var (losses, parameters) = PipelineRun.OneDevice(config, _run.Shard, microBatches, Steps, adamW);
+        var ranks = PipelineRun.Train(config, _run.Shard, layout, Steps, adamW);
         foreach (var r in ranks) DataParallelTests.AssertClose(losses, r.Losses, $"{preset}, {layout}: loss of stage {r.Coordinate.Pp}");
         var gathered = PipelineRun.Gather(ranks);
         Assert.Equal(parameters.Keys.Order(), gathered.Keys.Order());
@@ -70,8 +67,8 @@ public sealed class PipelineTrainingTests : IDisposable
         var config = PipelineRun.Config(preset);
         var adamW = new AdamWOptions();
         var layout = new PipelineLayout(2, schedule, microBatches, chunks, Tp: 2, Dp: 2, SequenceParallel: sequenceParallel, Zero: ZeroStage.OptimizerStates, Recompute: recompute);
-        var (losses, parameters) = PipelineRun.OneDevice(config, _shard, microBatches * layout.Dp, Steps, adamW);
-        var ranks = PipelineRun.Train(config, _shard, layout, Steps, adamW);
+        var (losses, parameters) = PipelineRun.OneDevice(config, _run.Shard, microBatches * layout.Dp, Steps, adamW);
+        var ranks = PipelineRun.Train(config, _run.Shard, layout, Steps, adamW);
         Assert.Equal(8, ranks.Length);
         foreach (var r in ranks) DataParallelTests.AssertClose(losses, r.Losses, $"{preset}, {layout}: loss of rank {r.Coordinate}");
         var gathered = PipelineRun.Gather(ranks);
@@ -90,7 +87,7 @@ public sealed class PipelineTrainingTests : IDisposable
         var model = new Tessera.Models.Transformer(config, new Tessera.Tensors.Cpu.CpuBackend(2), Tessera.Tensors.DType.F64);
         model.InitializeWeights(ParallelRun.Seed);
         var one = new Tessera.Training.Trainer(model, Tessera.Training.SingleDevice.For(model, new AdamWOptions()),
-            new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), options);
+            new Tessera.Training.Data.TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), new Tessera.Training.Data.TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), options);
         one.TrainStep();
         double expected = one.Evaluate();
         var layout = new PipelineLayout(4, schedule, 4, chunks);
@@ -98,7 +95,7 @@ public sealed class PipelineTrainingTests : IDisposable
         {
             var (stage, groups) = PipelineRun.BuildRank(ctx, config, layout);
             var trainer = new Tessera.Training.Trainer(stage, Tessera.Training.SingleDevice.For(stage, new AdamWOptions()),
-                new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T),
+                new Tessera.Training.Data.TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), new Tessera.Training.Data.TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T),
                 options, schedule);
             trainer.TrainStep();
             return trainer.Evaluate();
@@ -115,14 +112,14 @@ public sealed class PipelineTrainingTests : IDisposable
         var messages = ParallelTraining.RunThreadRanks(layout.World, ctx =>
         {
             var (stage, groups) = PipelineRun.BuildRank(ctx, config, layout);
-            var loader = new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, 2);
+            var loader = new Tessera.Training.Data.TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, 2);
             string Refusal(ZeroStage zero)
             {
                 var strategy = DataParallelism.Create(stage, groups.Dp, new DataParallelOptions { Stage = zero }, new AdamWOptions(), ctx.Host);
                 return Assert.Throws<ArgumentException>(() => new Tessera.Training.Trainer(stage, strategy, loader, null, ParallelRun.Options(1, 2))).Message;
             }
             var noScope = Assert.Throws<ArgumentException>(() => new Tessera.Training.Trainer(stage, new AdamWOptimizer(stage.Parameters, new AdamWOptions()),
-                new Tessera.Training.Data.TokenDataLoader([_shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(1, 2))).Message;
+                new Tessera.Training.Data.TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(1, 2))).Message;
             return (Two: Refusal(ZeroStage.Gradients), Three: Refusal(ZeroStage.Parameters), NoScope: noScope);
         }, TimeSpan.FromSeconds(30));
         Assert.All(messages, m =>
