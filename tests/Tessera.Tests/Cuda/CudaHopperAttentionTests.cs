@@ -167,26 +167,28 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         cpu.AttentionBackward(cq, ck, cv, co16, cdO, cl, cdq, cdk, cdv, scale);
         double[] D(Tensor x) => cpu.ToArray<float>(x).Select(y => (double)y).ToArray();
         var (dqC, dkC, dvC) = (D(cdq), D(cdk), D(cdv));
+        var cpuGrads = (dqC, dkC, dvC);
+        // dq, dk, dv of one kernel against a reference, each within OutTolerance, named "{where}: {kernel} dq vs {reference}".
+        void Gradients(string kernel, string reference, (double[] Dq, double[] Dk, double[] Dv) expected, (double[] Dq, double[] Dk, double[] Dv) actual)
+        {
+            AssertClose(expected.Dq, actual.Dq, OutTolerance, $"{where}: {kernel} dq vs {reference}");
+            AssertClose(expected.Dk, actual.Dk, OutTolerance, $"{where}: {kernel} dk vs {reference}");
+            AssertClose(expected.Dv, actual.Dv, OutTolerance, $"{where}: {kernel} dv vs {reference}");
+        }
 
         hopper.Profiler!.Reset();
         var (dqH, dkH, dvH) = Backward(hopper, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
         Assert.Contains(hopper.Profiler.Totals(), r => r.Name == $"flash_backward_hopper_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
         var (dqF, dkF, dvF) = Backward(flash2, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
 
-        AssertClose(dqC, dqH, OutTolerance, $"{where}: Hopper dq vs the CPU backend");
-        AssertClose(dkC, dkH, OutTolerance, $"{where}: Hopper dk vs the CPU backend");
-        AssertClose(dvC, dvH, OutTolerance, $"{where}: Hopper dv vs the CPU backend");
-        AssertClose(dqF, dqH, OutTolerance, $"{where}: Hopper dq vs FlashAttention-2");
-        AssertClose(dkF, dkH, OutTolerance, $"{where}: Hopper dk vs FlashAttention-2");
-        AssertClose(dvF, dvH, OutTolerance, $"{where}: Hopper dv vs FlashAttention-2");
+        Gradients("Hopper", "the CPU backend", cpuGrads, (dqH, dkH, dvH));
+        Gradients("Hopper", "FlashAttention-2", (dqF, dkF, dvF), (dqH, dkH, dvH));
 
         var one = fixture.OneWarpgroup!;
         one.Profiler!.Reset();
         var (dq1, dk1, dv1) = Backward(one, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
         Assert.Contains(one.Profiler.Totals(), r => r.Name == $"flash_backward_hopper_wg1_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}");
-        AssertClose(dqC, dq1, OutTolerance, $"{where}: one-warpgroup Hopper dq vs the CPU backend");
-        AssertClose(dkC, dk1, OutTolerance, $"{where}: one-warpgroup Hopper dk vs the CPU backend");
-        AssertClose(dvC, dv1, OutTolerance, $"{where}: one-warpgroup Hopper dv vs the CPU backend");
+        Gradients("one-warpgroup Hopper", "the CPU backend", cpuGrads, (dq1, dk1, dv1));
 
         // The second backward kernel, each variant (overlapped products; largest work first; dQ by bulk reductions of tiles;
         // dQ before dK): every variant runs and reports before the first failure is raised.
@@ -201,12 +203,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 var names = be.Profiler.Totals().Select(r => r.Name).ToList();
                 Assert.Contains($"flash_backward_hopper_{(variant is 5 or 7 or 8 ? "v2x" : "v2")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
                 if (variant is 3 or 6 or 7 or 8) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
-                AssertClose(dqC, dq2, OutTolerance, $"{where}: backward variant {variant} dq vs the CPU backend");
-                AssertClose(dkC, dk2, OutTolerance, $"{where}: backward variant {variant} dk vs the CPU backend");
-                AssertClose(dvC, dv2, OutTolerance, $"{where}: backward variant {variant} dv vs the CPU backend");
-                AssertClose(dqF, dq2, OutTolerance, $"{where}: backward variant {variant} dq vs FlashAttention-2");
-                AssertClose(dkF, dk2, OutTolerance, $"{where}: backward variant {variant} dk vs FlashAttention-2");
-                AssertClose(dvF, dv2, OutTolerance, $"{where}: backward variant {variant} dv vs FlashAttention-2");
+                Gradients($"backward variant {variant}", "the CPU backend", cpuGrads, (dq2, dk2, dv2));
+                Gradients($"backward variant {variant}", "FlashAttention-2", (dqF, dkF, dvF), (dq2, dk2, dv2));
             }
             catch (Xunit.Sdk.XunitException e)
             {
