@@ -23,7 +23,7 @@ namespace Tessera.Bench.Gpu;
 /// With <c>--cuda-options ProfileOps=true</c> it also prints the per-op GPU time of the timed steps
 /// (<see cref="CudaOpProfiler"/>); the step times of such a run include the profiler's own overhead.
 /// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--no-fallback]
-/// [--loss-chunk ROWS] [--curve-text FILE] [--lora R[,R...]] [--lora-targets q,k,v,o] [--cuda-options SETTINGS]</para>
+/// [--loss-chunk ROWS] [--curve-text FILE [--lr RATE] [--lr-warmup STEPS]] [--lora R[,R...]] [--lora-targets q,k,v,o] [--cuda-options SETTINGS]</para>
 /// <c>--lora R</c> times LoRA fine-tuning instead: the base frozen in the run's dtype (<see cref="ArenaStorage.Frozen"/>, no
 /// gradients or masters), adapters of rank R (alpha = R) on <c>--lora-targets</c> (default q,k,v,o; Llama family) trained by
 /// AdamW in their own arena, in the same timed loop. A list such as <c>--lora 0,16</c> prints one row per rank, 0 meaning full
@@ -45,6 +45,8 @@ public static class GpuTrainingBench
         string preset = "gpt2-124m", dtypeName = "bf16";
         int batch = 64, micro = 0, seq = 1024, steps = 10, warmup = 3;
         int? lossChunk = null;
+        double learningRate = 1e-4;
+        int learningRateWarmup = 0;
         string? curveText = null;
         bool recompute = false, fallback = true, header = true;
         var cudaOptions = CudaBackendOptions.Default;
@@ -65,6 +67,8 @@ public static class GpuTrainingBench
                 case "--no-fallback": fallback = false; break;
                 case "--no-header": header = false; break;
                 case "--curve-text": curveText = args[++i]; break;
+                case "--lr": learningRate = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--lr-warmup": learningRateWarmup = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--loss-chunk": lossChunk = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
                 case "--lora": loraRanks = [.. args[++i].Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
@@ -79,7 +83,7 @@ public static class GpuTrainingBench
         if (loraRanks.Any(r => r < 0)) throw new ArgumentException($"--lora {string.Join(",", loraRanks)}: a rank is at least 1 (0 for full fine-tuning)");
         var targets = loraRanks.Any(r => r > 0) ? LoraTargets.Parse(config, loraTargets) : [];   // throws, naming a bad target, before any GPU work
         if (curveText is not null)
-            return LossCurve(config, preset, dtype, batch, micro, seq, steps, curveText, lossChunk, cudaOptions);
+            return LossCurve(config, preset, dtype, batch, micro, seq, steps, curveText, lossChunk, cudaOptions, learningRate, learningRateWarmup);
         if (header)
         {
             Console.WriteLine("| system | model | dtype | trained | B x T | recompute | ms/step | tokens/s | MFU (989) | MFU (790) | peak GiB | fwd+loss ms | bwd ms | optim ms |");
@@ -157,18 +161,22 @@ public static class GpuTrainingBench
     /// runs with different --cuda-options compare step by step.
     /// </summary>
     private static int LossCurve(TransformerConfig config, string preset, DType dtype, int batch, int micro, int seq, int steps,
-        string path, int? lossChunk, CudaBackendOptions cudaOptions)
+        string path, int? lossChunk, CudaBackendOptions cudaOptions, double learningRate, int learningRateWarmup)
     {
         var bytes = File.ReadAllBytes(path);
         using var backend = new CudaBackend(0, cudaOptions);
         var model = new Transformer(config, backend, dtype);
         if (lossChunk is { } rows) model.LossChunkRows = rows;
         BenchmarkWeights.Initialize(model, seed: 1);
-        var options = new TrainingStepBenchmarkOptions { BatchSize = batch, MicroBatchSize = micro, SequenceLength = seq, Steps = 1, WarmupSteps = 0 };
+        var options = new TrainingStepBenchmarkOptions
+        {
+            BatchSize = batch, MicroBatchSize = micro, SequenceLength = seq, Steps = 1, WarmupSteps = 0,
+            LearningRate = learningRate, LearningRateWarmupSteps = learningRateWarmup,
+        };
         var benchmark = new TrainingStepBenchmark(model, options);
         var losses = benchmark.LossCurve(bytes.Select(b => (int)b).ToArray(), steps);
         string settings = cudaOptions.Format();
-        Console.WriteLine($"| step | loss: {preset} {dtype} {batch} x {seq}, {Path.GetFileName(path)} ({bytes.Length:N0} bytes as tokens){(settings.Length > 0 ? ", " + settings : "")} |");
+        Console.WriteLine($"| step | loss: {preset} {dtype} {batch} x {seq}, {Path.GetFileName(path)} ({bytes.Length:N0} bytes as tokens), lr {learningRate:G3}{(learningRateWarmup > 0 ? $" warmed up over {learningRateWarmup} steps" : "")}{(settings.Length > 0 ? ", " + settings : "")} |");
         Console.WriteLine("|---|---|");
         for (int s = 0; s < losses.Length; s++)
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {s + 1} | {losses[s]:F5} |"));

@@ -198,7 +198,8 @@ public sealed class TrainingStepBenchmark
             _model.Backward(microBatch: 0);
             _timeline?.Mark(2 * m + 2);
         }
-        _optimizer.Step(Options.LearningRate);
+        int warm = Options.LearningRateWarmupSteps;
+        _optimizer.Step(warm > 0 ? Options.LearningRate * Math.Min(1.0, (index + 1.0) / warm) : Options.LearningRate);
         _timeline?.Mark(2 * _accumulation + 1);
         double loss = backend.ReadScalar(_lossSum);   // the step's one host read, which also waits for the step
         double ms = Stopwatch.GetElapsedTime(start).TotalMilliseconds;

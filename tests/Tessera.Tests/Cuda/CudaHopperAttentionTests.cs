@@ -336,6 +336,63 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     }
 
     /// <summary>
+    /// No query sees a later key, in the default forward and in FlashAttention-2's, at a training shape in the model's
+    /// strided layout: the keys and values at positions p and after are replaced by other (large) values, and every output
+    /// row before p must stay the same bit for bit (a masked score is exp2(-inf) = 0 exactly, so a later key adds 0 · v).
+    /// p runs over tile edges of both kernels (64- and 128-row tiles) and the first and last positions. A leak as small as
+    /// one key on one row would let training read the next token; norm-wise output checks cannot see it.
+    /// </summary>
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void NoQuerySeesALaterKey(int d)
+    {
+        Backends();
+        const int b = 2, t = 2048, h = 32, kh = 8;
+        int seed = Environment.TickCount, w = h + 2 * kh;
+        var rng = new Random(seed);
+        var qkv = new double[(long)b * t * w * d];
+        for (long i = 0; i < qkv.Length; i++) qkv[i] = Round(rng.NextDouble() * 2 - 1, DType.BF16);
+        double scale = 1 / Math.Sqrt(d);
+        var failures = new List<string>();
+        foreach (var (name, be) in new[] { ("default", fixture.Defaults!), ("FlashAttention-2", fixture.Flash2!) })
+        {
+            double[] Out(double[] values)
+            {
+                var tqkv = Put(be, values, DType.BF16, b, t, w, d);
+                var o = be.Allocate(new Shape(b, t, h, d), DType.BF16); be.Fill(o, double.NaN);
+                var lse = be.Allocate(new Shape(b, h, t), DType.F32);
+                be.AttentionForward(tqkv.Slice(2, 0, h), tqkv.Slice(2, h, kh), tqkv.Slice(2, h + kh, kh), o, lse, scale);
+                var r = Get(be, o);
+                foreach (var x in new[] { tqkv, o, lse }) x.Storage.Dispose();
+                return r;
+            }
+            var baseline = Out(qkv);
+            foreach (int p in new[] { 1, 63, 64, 65, 127, 128, 129, 192, 1000, t - 1 })
+            {
+                var changed = (double[])qkv.Clone();
+                for (int bi = 0; bi < b; bi++)
+                    for (int ti = p; ti < t; ti++)
+                        for (int j = h; j < w; j++)
+                            for (int di = 0; di < d; di++)
+                                changed[(((long)bi * t + ti) * w + j) * d + di] = Round(8 * (rng.NextDouble() * 2 - 1), DType.BF16);
+                var o = Out(changed);
+                int differ = 0; string first = "";
+                for (int bi = 0; bi < b; bi++)
+                    for (int ti = 0; ti < p; ti++)
+                        for (int j = 0; j < h * d; j++)
+                        {
+                            long i = ((long)bi * t + ti) * h * d + j;
+                            if (o[i].Equals(baseline[i])) continue;
+                            if (differ++ == 0) first = $"b {bi}, row {ti}, head {j / d}, element {j % d}: {baseline[i]} became {o[i]}";
+                        }
+                if (differ > 0) failures.Add($"{name} D{d} (seed {seed}): keys from position {p} on changed {differ} outputs of rows before it; first at {first}");
+            }
+        }
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    /// <summary>
     /// The default options take the measured best backward (variant 3 at both head sizes: the second kernel and the tile cast),
     /// and its gradients are finite and written (a NaN-filled output that the kernels leave would show).
     /// </summary>

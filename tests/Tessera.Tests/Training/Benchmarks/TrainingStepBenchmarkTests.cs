@@ -59,6 +59,25 @@ public sealed class TrainingStepBenchmarkTests
     }
 
     [Fact]
+    public void LearningRateWarmupScalesTheFirstUpdates()
+    {
+        var stream = Enumerable.Range(0, 500).Select(i => 10 + i % 7).ToArray();
+        double[] Curve(int warmup) => new TrainingStepBenchmark(DebugModel(), new TrainingStepBenchmarkOptions
+        {
+            BatchSize = 2, SequenceLength = 16, Steps = 1, WarmupSteps = 0, LearningRate = 1e-2, LearningRateWarmupSteps = warmup,
+        }).LossCurve(stream, 2);
+        var constant = Curve(0);
+        var warmed = Curve(1000);
+        // The same forward at step 1; step 1's update at 1/1000 of the rate moves step 2's loss about 1/1000 as far
+        // (AdamW's first step is lr times the gradient's sign): under 1/20 of it leaves room for the second-order terms.
+        Assert.Equal(constant[0], warmed[0]);
+        double full = Math.Abs(constant[1] - constant[0]), small = Math.Abs(warmed[1] - warmed[0]);
+        Assert.True(full > 0.05, $"the constant rate moved the loss only {full:E2}");
+        Assert.True(small < full / 20, $"warmed up over 1000 steps the first update moved the loss {small:E2}, against {full:E2} at the full rate");
+        Assert.Throws<ArgumentException>(() => new TrainingStepBenchmark(DebugModel(), new TrainingStepBenchmarkOptions { LearningRateWarmupSteps = -1 }));
+    }
+
+    [Fact]
     public void LossCurveRefusesATokenOutsideTheVocabularyAndAStreamShorterThanARow()
     {
         var bench = new TrainingStepBenchmark(DebugModel(), new TrainingStepBenchmarkOptions { BatchSize = 1, SequenceLength = 8, Steps = 1, WarmupSteps = 0 });
