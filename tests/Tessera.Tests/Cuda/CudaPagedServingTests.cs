@@ -471,7 +471,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// prompts, profiled eagerly), printed for the log (not a pass/fail bar): the default <c>paged_decode</c> beside the tiled
     /// kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>) in the default grid and with fewer, longer CTAs
     /// (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 4 and 2: at 64 sequences two splits and one; at one sequence the
-    /// 64-key floor of a split decides, so those two are left out there), then each configuration's whole op table.
+    /// positions a split (PagedDecodeSplitSpan) decide, so those two are left out there), then each configuration's whole op table.
     /// </summary>
     [Theory]
     [InlineData(1)]
