@@ -29,7 +29,7 @@ public sealed class CudaBackendOptionsTests
         HopperBackwardVariant = 3,
         FusedPagedQkv = false,
         PagedDecodeMinKeysPerSplit = 1,
-        PagedDecodeBatchedMerge = true,
+        PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
         PagedDecodeSplitSpan = 16,
         PagedDecodeCtasPerSm = 2,
