@@ -160,7 +160,8 @@ public sealed unsafe partial class CudaBackend
                 int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = Options.PagedDecodeBatchedMerge ? 1 : 0;
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge };
                 uint shared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
-                Launch("paged_attention.cu", $"paged_decode_{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
+                string kernel = Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_";   // the same arguments, grid and shared memory
+                Launch("paged_attention.cu", $"{kernel}{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, shared, dependent: true);
             }
             else

@@ -506,6 +506,217 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
 #define PAGED_DECODE(name, t) PAGED_DECODE_D(name, t, 64) PAGED_DECODE_D(name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE)
 
+// ------------------------------------------------------------------------------ attention, vectorized and tiled
+// paged_decode's computation (same grid, rows, splits, window, partial layout and last-CTA merge) with the keys walked in
+// tiles, for memory-level parallelism at large batches (CudaBackendOptions.PagedDecodeTiled): each lane group of TPK lanes
+// takes PD_TILE keys a tile (keys j0 + lag + GPW u, u < PD_TILE, the warp's GPW groups interleaved), issues the 16-byte loads
+// of all of their keys and values before it uses any (PD_TILE x 32 bytes a lane in flight, against 2 keys in paged_decode),
+// reduces the tile's G x PD_TILE scores over the group's lanes together (independent shuffles), and updates each head's
+// online softmax once a tile: m' = max(m, max_u s_u), acc = acc 2^(m - m') + sum_u 2^(s_u - m') v_u (PD_TILE + 1 exponentials
+// instead of 2 PD_TILE). Keys past the split's end load nothing (zeros) and get score -inf, weight 0. The warps take tiles in
+// turn: warp w's tiles start at begin + w GPW PD_TILE, stepping by NG PD_TILE.
+#define PD_TILE 4
+
+template <typename T, int D, int GM>
+__device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
+                                   const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
+                                   int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk,
+                                   int batched_merge)
+{
+    constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK, U = PD_TILE, STEP = NG * U;
+    static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode_tiled: a key row must be a power-of-two part of a warp");
+    extern __shared__ float pd_shared[];                           // (NG, G, D + 2): acc, then m and l
+    const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
+    const int tid = threadIdx.x, grp = tid / TPK, sub = tid % TPK, warp = tid >> 5, lag = grp - warp * GPW;
+
+    int n, b;                                                      // as in paged_decode
+    paged_short_row(x, starts, B, N, max_rows, n, b);
+    if (b < 0) return;
+    const int rows = starts[b + 1] - starts[b];
+    const int pos = lengths[b] - rows + (n - starts[b]);
+    const int first = max(0, pos - window + 1);
+    const int keys = pos + 1 - first;
+    const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
+    const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
+    const int active = chunk > 0 ? min(splits, (keys + chunk - 1) / chunk) : 0;
+    const int* table = tables + (i64)b * max_blocks;
+    int blk[U];                                                    // the current tile's table entries (read before the wait)
+#pragma unroll
+    for (int u = 0; u < U; u++)
+    {
+        const int j = begin + warp * GPW * U + lag + u * GPW;
+        blk[u] = j < end ? table[j / block_size] : 0;
+    }
+    pdl_wait();
+    pdl_launch_dependents();
+    if (splits > 1 && counters && split >= active)
+    {
+        paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
+        return;
+    }
+
+    float qv[GM][VE], acc[GM][VE], m[GM], l[GM];
+    const float qscale = scale * LOG2E;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+    {
+        m[g] = NEG_INF;
+        l[g] = 0.f;
+        if (g < G) load16(q + (i64)n * q_n + (i64)(h0 + g) * q_h + sub * VE, qv[g]);
+#pragma unroll
+        for (int i = 0; i < VE; i++)
+        {
+            qv[g][i] = g < G ? qv[g][i] * qscale : 0.f;
+            acc[g][i] = 0.f;
+        }
+    }
+
+    const i64 position_stride = (i64)2 * K * D;
+    const T* base = pool + (i64)kvh * D + sub * VE;
+    // Warp-uniform trip count (the shuffles need every lane); a lane group's key j0 + lag + GPW u is valid below end.
+    for (int j0 = begin + warp * GPW * U; j0 < end; j0 += STEP)
+    {
+        const int j = j0 + lag;
+        Bytes16 kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+        {
+            kr[u] = Bytes16{};
+            vr[u] = Bytes16{};
+            if (j + u * GPW < end)
+            {
+                const T* kp = base + ((i64)blk[u] * block_size + (j + u * GPW) % block_size) * position_stride;
+                kr[u] = *reinterpret_cast<const Bytes16*>(kp);
+                vr[u] = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)                                // the next tile's entries, while the loads fly
+        {
+            const int jn = j + STEP + u * GPW;
+            blk[u] = jn < end ? table[jn / block_size] : 0;
+        }
+        float s[GM][U];                                            // scores, then weights 2^(s - m')
+#pragma unroll
+        for (int u = 0; u < U; u++)
+        {
+            float kd[VE];
+            unpack16<T>(kr[u], kd);
+#pragma unroll
+            for (int g = 0; g < GM; g++)
+            {
+                s[g][u] = 0.f;
+                if (g >= G) continue;
+#pragma unroll
+                for (int i = 0; i < VE; i++) s[g][u] += qv[g][i] * kd[i];
+            }
+        }
+#pragma unroll
+        for (int o = TPK / 2; o > 0; o >>= 1)
+#pragma unroll
+            for (int g = 0; g < GM; g++)
+            {
+                if (g >= G) break;
+#pragma unroll
+                for (int u = 0; u < U; u++) s[g][u] += __shfl_xor_sync(FULL_MASK, s[g][u], o);
+            }
+#pragma unroll
+        for (int g = 0; g < GM; g++)
+        {
+            if (g >= G) break;
+            float tile_max = NEG_INF;
+#pragma unroll
+            for (int u = 0; u < U; u++)
+            {
+                if (j + u * GPW >= end) s[g][u] = NEG_INF;
+                tile_max = fmaxf(tile_max, s[g][u]);
+            }
+            const float m_new = fmaxf(m[g], tile_max);
+            if (m_new == NEG_INF)                                  // no key yet for this group: nothing to add
+            {
+#pragma unroll
+                for (int u = 0; u < U; u++) s[g][u] = 0.f;
+                continue;
+            }
+            const float correction = fast_exp2(m[g] - m_new);      // 2^-inf = 0 for the first keys
+            float tile_sum = 0.f;
+#pragma unroll
+            for (int u = 0; u < U; u++)
+            {
+                s[g][u] = fast_exp2(s[g][u] - m_new);
+                tile_sum += s[g][u];
+            }
+            l[g] = l[g] * correction + tile_sum;
+#pragma unroll
+            for (int i = 0; i < VE; i++) acc[g][i] *= correction;
+            m[g] = m_new;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+        {
+            float vd[VE];
+            unpack16<T>(vr[u], vd);
+#pragma unroll
+            for (int g = 0; g < GM; g++)
+            {
+                if (g >= G) break;
+#pragma unroll
+                for (int i = 0; i < VE; i++) acc[g][i] += s[g][u] * vd[i];
+            }
+        }
+    }
+
+    // Merge the groups' softmax states, then write the output or the split's state (as in paged_decode).
+    const int row_floats = D + 2;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+    {
+        if (g >= G) break;
+        float* st = pd_shared + ((i64)grp * G + g) * row_floats;
+#pragma unroll
+        for (int i = 0; i < VE; i++) st[sub * VE + i] = acc[g][i];
+        if (sub == 0) { st[D] = m[g]; st[D + 1] = l[g]; }
+    }
+    __syncthreads();
+    for (int e = tid; e < G * D; e += PD_THREADS)
+    {
+        const int g = e / D, d = e % D;
+        float big = NEG_INF;
+        for (int w = 0; w < NG; w++) big = fmaxf(big, pd_shared[((i64)w * G + g) * row_floats + D]);
+        float sum = 0.f, value = 0.f;
+        if (big != NEG_INF)
+            for (int w = 0; w < NG; w++)
+            {
+                const float* st = pd_shared + ((i64)w * G + g) * row_floats;
+                const float f = st[D] == NEG_INF ? 0.f : fast_exp2(st[D] - big);
+                sum += st[D + 1] * f;
+                value += st[d] * f;
+            }
+        if (splits == 1)
+            out[(i64)n * H * D + (i64)(h0 + g) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
+        else
+        {
+            float* state = partial + (((i64)split * X + x) * H + h0 + g) * row_floats;
+            state[d] = value;
+            if (d == 0) { state[D] = big; state[D + 1] = sum; }
+        }
+    }
+    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
+}
+#define PAGED_DECODE_TILED_ONE(name, t, D, GM)                                                                            \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_tiled_##name##_d##D##_g##GM(   \
+        const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
+        const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
+        float scale, int max_rows, int window, int min_chunk, int batched_merge)                                          \
+    {                                                                                                                     \
+        paged_decode_tiled<t, D, GM>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size, \
+                                     max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge);            \
+    }
+#define PAGED_DECODE_TILED_D(name, t, D) PAGED_DECODE_TILED_ONE(name, t, D, 1) PAGED_DECODE_TILED_ONE(name, t, D, 2)    \
+    PAGED_DECODE_TILED_ONE(name, t, D, 4) PAGED_DECODE_TILED_ONE(name, t, D, 8)
+#define PAGED_DECODE_TILED(name, t) PAGED_DECODE_TILED_D(name, t, 64) PAGED_DECODE_TILED_D(name, t, 128)
+FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
+
 // out[n, h, :] from the splits' states; grid (X, H), one thread per element of the head. Block x merges the states of row x
 // of the kernel that wrote them: partial (splits, X, H, D + 2), its row n and sequence found as that kernel found them
 // (paged_short_row with the same max_rows; X = N and x = n for the generic kernel, which computes every row).

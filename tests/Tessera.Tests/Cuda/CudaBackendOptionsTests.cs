@@ -30,6 +30,7 @@ public sealed class CudaBackendOptionsTests
         FusedPagedQkv = false,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
+        PagedDecodeTiled = true,
         PagedDecodeSplitSpan = 16,
         PagedDecodeCtasPerSm = 2,
         ProfileOps = true,

@@ -65,6 +65,63 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         AssertPagedAttention(dtype, 32, 8, 64, rows, lengths, shortSplits);
     }
 
+    /// <summary>
+    /// The tiled decode kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>) against the CPU, as the default kernel above:
+    /// the mixed batch (a prefill chunk on tensor cores beside decodes and padding), groups of 2, 4 and 7 (in registers for 8),
+    /// head sizes 64 and 128, a 3001-key row split 32 ways and merged by the last CTA beside short rows that fill only some
+    /// splits, in the default grid and with fewer, longer CTAs (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 2).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32, 8, 2, 64, null, null, 8)]
+    [InlineData(DType.BF16, 32, 8, 64, null, null, 8)]
+    [InlineData(DType.BF16, 32, 8, 128, null, null, 8)]
+    [InlineData(DType.BF16, 14, 2, 64, null, null, 8)]
+    [InlineData(DType.BF16, 32, 8, 64, new[] { 1, 1, 1 }, new[] { 3001, 40, 700 }, 8)]
+    [InlineData(DType.F32, 32, 8, 64, new[] { 1, 1 }, new[] { 3001, 40 }, 2)]
+    [InlineData(DType.BF16, 32, 8, 64, null, null, 2)]
+    public void PagedDecodeTiledMatchesTheCpu(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, int ctasPerSm)
+    {
+        using var tiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeTiled = true, PagedDecodeCtasPerSm = ctasPerSm });
+        AssertPagedAttention(dtype, h, k, d, rows, lengths, tiled);
+    }
+
+    /// <summary>
+    /// The serving shape of the tiled decode kernel: 64 decode rows of 1 to ~600 keys (block edges and several table blocks)
+    /// on llama-1b's heads (32 query, 8 kv, D 64), bf16, with the default grid (three splits a row at 64 rows) and with one
+    /// split (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 2), against the CPU.
+    /// </summary>
+    [Theory]
+    [InlineData(8)]
+    [InlineData(2)]
+    public void PagedDecodeTiledAtBatch64MatchesTheCpu(int ctasPerSm)
+    {
+        using var tiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeTiled = true, PagedDecodeCtasPerSm = ctasPerSm });
+        var rows = Enumerable.Repeat(1, 64).ToArray();
+        var lengths = Enumerable.Range(0, 64).Select(b => 1 + b * 149 % 600).ToArray();
+        AssertPagedAttention(DType.BF16, 32, 8, 64, rows, lengths, tiled);
+    }
+
+    /// <summary>
+    /// Registers, local memory (spills) and CTAs per SM of the two vectorized decode kernels (<c>paged_decode</c> and
+    /// <c>paged_decode_tiled</c>, bf16, head sizes 64 and 128, register groups of 1 to 8) at the shared memory the host gives
+    /// them, printed for the log (what decides how many CTAs of a decode grid run at once); not a pass/fail bar.
+    /// </summary>
+    [Fact]
+    public void PagedDecodeKernelResourcesAreReported()
+    {
+        var module = Gpu.Kernels.Module("paged_attention.cu");
+        foreach (var kernel in new[] { "paged_decode", "paged_decode_tiled" })
+            foreach (var d in new[] { 64, 128 })
+                foreach (var g in new[] { 1, 2, 4, 8 })
+                {
+                    int shared = PagedDecodeThreadsForReport / (d / 8) * g * (d + 2) * sizeof(float);   // (NG, G, D + 2) at bf16
+                    var r = module.Resources($"{kernel}_bf16_d{d}_g{g}", PagedDecodeThreadsForReport, shared);
+                    Console.WriteLine($"[paged decode kernel] {kernel}_bf16_d{d}_g{g}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs per SM");
+                }
+    }
+
+    private const int PagedDecodeThreadsForReport = 128;   // PD_THREADS in paged_attention.cu
+
     private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, CudaBackend? backend = null)
     {
         const int blockSize = 16;
@@ -407,6 +464,48 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
             Console.WriteLine($"[paged decode] llama-1b shape, bf16, batch 1 at ~{s2.Running[0].ComputedTokens} positions: recorded step waited for {waited:F3} ms/step, " +
                 $"pipelined {pipelined:F3} ms/step, pipelined with AdvanceOnDevice {advanced:F3} ms/step ({r2.MetadataCopiesSkipped} metadata copies skipped in 107 steps) (host included)");
         }
+    }
+
+    /// <summary>
+    /// The paged decode kernels' device time in a decode step of 1 and of 64 sequences on the llama-1b shape (bf16, 512-token
+    /// prompts, profiled eagerly), printed for the log (not a pass/fail bar): the default <c>paged_decode</c> beside the tiled
+    /// kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>) in the default grid and with fewer, longer CTAs
+    /// (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 4 and 2: at 64 sequences two splits and one; at one sequence the
+    /// positions a split (PagedDecodeSplitSpan) decide, so those two are left out there), then each configuration's whole op table.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(64)]
+    public void DecodeStepsReportThePagedDecodeKernelsTime(int sequences)
+    {
+        var configurations = new (string Name, CudaBackendOptions Options)[]
+        {
+            ("paged_decode", CudaBackendOptions.Default),
+            ("paged_decode_tiled", CudaBackendOptions.Default with { PagedDecodeTiled = true }),
+            ("paged_decode_tiled, PagedDecodeCtasPerSm=4", CudaBackendOptions.Default with { PagedDecodeTiled = true, PagedDecodeCtasPerSm = 4 }),
+            ("paged_decode_tiled, PagedDecodeCtasPerSm=2", CudaBackendOptions.Default with { PagedDecodeTiled = true, PagedDecodeCtasPerSm = 2 }),
+        };
+        var tables = new List<string>();
+        foreach (var (name, options) in configurations.Take(sequences > 1 ? configurations.Length : 2))
+        {
+            using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, options with { ProfileOps = true });
+            var (_, cache, scheduler, runner) = Llama1bServing(profiled, recordGraphs: false, sequences: sequences);
+            using (cache)
+            using (runner)
+            {
+                var step = PrefillAll(scheduler, runner, sequences);
+                for (int i = 0; i < 3; i++) step = Step(scheduler, runner);
+                profiled.Profiler!.Reset();
+                for (int i = 0; i < 5; i++) step = Step(scheduler, runner);
+                Assert.True(step.IsDecodeOnly && step.Sequences.Count == sequences);
+                var attention = profiled.Profiler.Totals().Where(r => r.Name.StartsWith("paged_decode", StringComparison.Ordinal)).ToList();
+                Assert.NotEmpty(attention);
+                foreach (var (kernel, calls, ms) in attention)
+                    Console.WriteLine($"[paged decode kernel] {sequences} sequences at ~{step.Sequences[0].Start} positions, {name}: {kernel} {1000 * ms / calls:F1} us/call ({calls} calls)");
+                tables.Add($"[paged ops] decode step of {sequences} sequences, {name}, 5 steps\n{profiled.Profiler.Table(5)}");
+            }
+        }
+        foreach (var table in tables) Console.WriteLine(table);
     }
 
     private static (Transformer Model, PagedKvCache Cache, Scheduler Scheduler, PagedModelRunner Runner) Llama1bServing(CudaBackend backend,

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Tessera.Cuda;
 using Tessera.Cuda.Compilation;
 using Xunit;
 
@@ -29,8 +30,10 @@ public sealed class KernelEmulationTests
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,
     /// skipping the rows left to the tensor-core prefill kernel, the splits merged by the kernel's last CTA (counters; its batched
-    /// merge, up to 18 splits, equal bit for bit to the serial one), and the generic kernel, against a double reference
-    /// (Emulation/paged_kernels.cpp states the batch and the 1e-5 tolerance). The tensor-core prefill kernel (mma PTX) has no
+    /// merge, up to 18 splits, equal bit for bit to the serial one), the tiled decode kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>:
+    /// rows of 1 key and at block edges, padding, groups of 1, 3, 4 and 8, splits, windows, a batch of 64, in f32 and bf16),
+    /// and the generic kernel, against a double reference (Emulation/paged_kernels.cpp states the batches and the tolerances:
+    /// 1e-5 in f32, 8e-3 for a bf16 output). The tensor-core prefill kernel (mma PTX) has no
     /// emulation: <see cref="CudaPagedServingTests"/> checks it on the device.
     /// </summary>
     [Fact]
@@ -42,7 +45,10 @@ public sealed class KernelEmulationTests
              "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=5 window=0 finish", "paged_decode H=8 K=2 D=128 splits=4 max_rows=1073741824 B=2 window=0 finish",
              "paged_decode H=6 K=2 D=64 splits=8 max_rows=7 B=5 window=0 finish min_chunk", "paged_decode H=8 K=2 D=128 splits=8 max_rows=1073741824 B=3 window=24 min_chunk",
              "paged_decode H=4 K=1 D=64 splits=18 max_rows=1073741824 B=1 window=0 finish min_chunk rel err",
-             "finish min_chunk: serial merge = batched merge bit for bit ok"]);
+             "finish min_chunk: serial merge = batched merge bit for bit ok",
+             "paged_decode_tiled H=8 K=1 D=64 splits=3 max_rows=7 B=8 window=0 rel err", "paged_decode_tiled H=2 K=2 D=64 splits=2 max_rows=1073741824 B=9 window=0 finish",
+             "paged_decode_tiled H=16 K=2 D=128 splits=2 max_rows=7 B=6 window=8", "paged_decode_tiled H=6 K=2 D=64 splits=8 max_rows=1073741824 B=4 window=0 finish min_chunk",
+             "paged_decode_tiled H=8 K=2 D=128 splits=2 max_rows=7 B=6 window=8 finish bf16", "paged_decode_tiled H=4 K=1 D=64 splits=1 max_rows=1073741824 B=64 window=0 bf16"]);
 
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
     /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>

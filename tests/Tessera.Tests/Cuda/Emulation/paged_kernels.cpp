@@ -8,7 +8,8 @@
 // prefill and a longer one, over blocks of 16 scattered in a shuffled pool. With a sliding window, the blocks wholly left of
 // every row's window point at a block of NaNs (as if returned to the pool and overwritten): reading one would poison the
 // output. Prints one line per check; the exit code is the
-// number of failures. kernels.h is written by the test: the emulation, common.cuh, paged_attention.cu.
+// number of failures. The tiled decode kernel (paged_decode_tiled) runs the same checks, also in bf16 (inputs rounded to
+// bf16 before the reference sees them). kernels.h is written by the test: the emulation, common.cuh, paged_attention.cu.
 #include "kernels.h"
 #include <algorithm>
 #include <random>
@@ -38,7 +39,7 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
 
 static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
                 std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0, bool finish = false, int min_chunk = 1,
-                bool compare_merges = false)
+                bool compare_merges = false, bool tiled = false, bool bf16_inputs = false)
 {
     const int bs = 16;
     const int B = (int)rows.size();
@@ -64,8 +65,13 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
     std::vector<float> qkv((size_t)N * R * D), pool((size_t)pool_blocks * bs * 2 * K * D);
     for (auto& x : qkv) x = u(rng);
     for (auto& x : pool) x = u(rng);
+    if (bf16_inputs)   // the reference sees the values the bf16 kernel reads
+    {
+        for (auto& x : qkv) x = to_f(from_f<bf16>(x));
+        for (auto& x : pool) x = to_f(from_f<bf16>(x));
+    }
     for (size_t i = (size_t)nan_block * bs * 2 * K * D; i < (size_t)(nan_block + 1) * bs * 2 * K * D; i++) pool[i] = NAN;
-    const float poison = 12345.f;
+    const float poison = 12288.f;   // exact in bf16, so an untouched bf16 output reads back as it
     std::vector<float> out((size_t)N * H * D, poison), partial((size_t)splits * N * H * (D + 2), NAN);
     const float scale = 1.f / std::sqrt((float)D);
 
@@ -106,6 +112,9 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
             }
         }
 
+    // bf16 output: rounding to 8 significant bits costs up to 2^-8 of a value's binade (3.9e-3 of the largest output at
+    // most); 8e-3 leaves margin for the f32 sums, and a wrong key, position, head or split is O(1).
+    const double tol = bf16_inputs ? 8e-3 : 1e-5;
     const float* q = qkv.data();
     long long q_n = (long long)R * D, q_h = D;
     int G = H / K;
@@ -135,7 +144,40 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
         int* pc = finish && splits > 1 ? counters.data() : nullptr;
         int batched = 1;
         auto launch = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, pp, po, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window, min_chunk, batched); }); };
+        // bf16 (the serving dtype: 8 lanes a key row at D = 64, 16 at 128): inputs and output converted around the launch.
+        std::vector<bf16> q16(qkv.size()), pool16(pool.size()), out16(out.size());
+        auto launch16 = [&](auto kernel) {
+            for (size_t i = 0; i < qkv.size(); i++) q16[i] = from_f<bf16>(qkv[i]);
+            for (size_t i = 0; i < pool.size(); i++) pool16[i] = from_f<bf16>(pool[i]);
+            for (size_t i = 0; i < out.size(); i++) out16[i] = from_f<bf16>(out[i]);
+            const bf16 *q6 = q16.data(), *p6 = pool16.data();
+            bf16* o6 = out16.data();
+            emu_launch(grid, 128, [&] { kernel(q6, p6, o6, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window, min_chunk, batched); });
+            if (splits > 1 && !pc)
+                emu_launch(dim3{grid.x, (unsigned)H, 1}, 64, [&] { paged_attention_combine_bf16(pw, o6, splits, N, H, D, ps, B, max_rows); });
+            for (size_t i = 0; i < out.size(); i++) out[i] = to_f(out16[i]);
+        };
         auto decode = [&] {
+            if (tiled && bf16_inputs)
+            {
+                if (D == 64 && gm == 1) launch16(paged_decode_tiled_bf16_d64_g1);
+                else if (D == 64 && gm == 4) launch16(paged_decode_tiled_bf16_d64_g4);
+                else if (D == 64 && gm == 8) launch16(paged_decode_tiled_bf16_d64_g8);
+                else if (D == 128 && gm == 4) launch16(paged_decode_tiled_bf16_d128_g4);
+                else return false;
+                return true;
+            }
+            if (tiled)
+            {
+                if (D == 64 && gm == 1) launch(paged_decode_tiled_f32_d64_g1);
+                else if (D == 64 && gm == 4) launch(paged_decode_tiled_f32_d64_g4);
+                else if (D == 64 && gm == 8) launch(paged_decode_tiled_f32_d64_g8);
+                else if (D == 128 && gm == 4) launch(paged_decode_tiled_f32_d128_g4);
+                else if (D == 128 && gm == 8) launch(paged_decode_tiled_f32_d128_g8);
+                else return false;
+                return true;
+            }
+            if (bf16_inputs) return false;
             if (D == 64 && gm == 1) launch(paged_decode_f32_d64_g1);
             else if (D == 64 && gm == 4) launch(paged_decode_f32_d64_g4);
             else if (D == 128 && gm == 4) launch(paged_decode_f32_d128_g4);
@@ -143,8 +185,8 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
             return true;
         };
         if (!decode()) { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
-        snprintf(name, sizeof name, "paged_decode H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d%s%s", H, K, D, splits, max_rows, B, window,
-                 pc ? " finish" : "", min_chunk > 1 ? " min_chunk" : "");
+        snprintf(name, sizeof name, "%s H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d%s%s%s", tiled ? "paged_decode_tiled" : "paged_decode",
+                 H, K, D, splits, max_rows, B, window, pc ? " finish" : "", min_chunk > 1 ? " min_chunk" : "", bf16_inputs ? " bf16" : "");
         if (pc && compare_merges)
         {
             // The merge that loads each split behind its weight (PagedDecodeBatchedMerge=false) must give the batched merge's
@@ -163,11 +205,11 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
             printf("%s: a counter was left nonzero FAIL\n", name);
             failures++;
         }
-        if (pc) { check(name, expected, out, mask, 1e-5); return; }
+        if (pc || bf16_inputs) { check(name, expected, out, mask, tol); return; }
     }
     if (splits > 1)
         emu_launch(dim3{grid.x, (unsigned)H, 1}, 64, [&] { paged_attention_combine_f32(pw, po, splits, N, H, D, ps, B, generic ? 1 << 30 : max_rows); });
-    check(name, expected, out, mask, 1e-5);
+    check(name, expected, out, mask, tol);
 }
 
 int main()
@@ -196,6 +238,25 @@ int main()
     // A batch-1 row of 300 keys over 18 splits of at least 16 keys (17 each): 18 active splits, so the batched merge takes
     // two batches of 16, and the serial merge must agree with it bit for bit.
     run(4, 1, 64, 18, 1 << 30, false, {1}, {300}, 0, true, 16, true);
+    // The tiled decode kernel (paged_decode_tiled, PD_TILE keys a lane group per tile): rows of 1 key, at the edges of blocks
+    // of 16 (15, 16, 17, 32, 33), a padding row, rows over many blocks (100, 300); groups of 1, 3 (in registers for 4), 4, 8;
+    // one split, splits merged by the combine kernel or by the last CTA (with the 64-key floor), sliding windows over
+    // NaN blocks, a prefill chunk left to the tensor cores; f32 (16 or 32 lanes a key row) and bf16 (8 or 16 lanes).
+    const std::vector<int> edge_rows = {1, 1, 1, 1, 1, 1, 1, 1, 1}, edge_lengths = {1, 15, 16, 17, 32, 33, 0, 100, 300};
+    run(8, 1, 64, 3, 7, false, {1, 1, 1, 1, 1, 10, 1, 1}, {1, 16, 17, 33, 0, 10, 100, 300}, 0, false, 1, false, true);
+    run(2, 2, 64, 2, 1 << 30, false, edge_rows, edge_lengths, 0, true, 1, false, true);
+    run(8, 2, 128, 4, 1 << 30, false, {1, 1, 1}, {300, 5, 100}, 0, true, 1, false, true);
+    run(6, 2, 64, 3, 7, false, wrows, wlengths, 24, false, 1, false, true);
+    run(16, 2, 128, 2, 7, false, wrows, wlengths, 8, false, 1, false, true);
+    run(6, 2, 64, 8, 1 << 30, false, {1, 1, 1, 1}, {37, 100, 0, 300}, 0, true, 64, false, true);
+    run(4, 1, 64, 1, 1 << 30, false, edge_rows, edge_lengths, 0, false, 1, false, true, true);
+    run(8, 1, 64, 3, 7, false, {1, 1, 1, 1, 1, 10, 1, 1}, {1, 16, 17, 33, 0, 10, 100, 300}, 0, false, 1, false, true, true);
+    run(8, 2, 128, 2, 7, false, wrows, wlengths, 8, true, 1, false, true, true);
+    run(2, 2, 64, 1, 1 << 30, false, edge_rows, edge_lengths, 0, false, 1, false, true, true);
+    // A decode batch of 64 (lengths 1 to ~600 across block edges), bf16, groups of 4.
+    std::vector<int> batch64(64, 1), lengths64(64);
+    for (int b = 0; b < 64; b++) lengths64[b] = 1 + (b * 149) % 600;
+    run(4, 1, 64, 1, 1 << 30, false, batch64, lengths64, 0, false, 1, false, true, true);
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
