@@ -27,9 +27,27 @@ public sealed unsafe partial class CudaBackend
     public IReadOnlyList<string> MatMulTuningLog => _tuningLog;
     private readonly List<string> _tuningLog = new();
 
-    private bool ShouldTune(MatMulKey key) =>
-        Options.TuneMatMulAlgorithms && !_capturing && key.AB is DType.BF16 or DType.F16
-        && 2.0 * key.M * key.N * key.K * key.Batch >= MatMulTuneMinFlops;
+    /// <summary>
+    /// How many row counts (M) of one product are timed; later row counts of it take the heuristic's first answer. A training
+    /// step repeats a few fixed shapes, but a serving step's rows change with every step's mix of prefill chunks and decode
+    /// rows: timing each new M (eight candidates, a host wait) cost ~20 ms a mixed step on the H200 (2026-12-03).
+    /// </summary>
+    private const int MatMulTuneRowCountsPerProduct = 4;
+
+    /// <summary>Row counts timed so far per product (the key without M and the strides that follow it).</summary>
+    private readonly Dictionary<MatMulKey, int> _tunedRowCounts = new();
+
+    private bool ShouldTune(MatMulKey key)
+    {
+        if (!(Options.TuneMatMulAlgorithms && !_capturing && key.AB is DType.BF16 or DType.F16
+              && 2.0 * key.M * key.N * key.K * key.Batch >= MatMulTuneMinFlops))
+            return false;
+        var product = key with { M = 0, StrideA = 0, StrideC = 0 };
+        int timed = _tunedRowCounts.GetValueOrDefault(product);
+        if (timed >= MatMulTuneRowCountsPerProduct) return false;
+        _tunedRowCounts[product] = timed + 1;
+        return true;
+    }
 
     /// <summary>
     /// Times each candidate (one warm-up, then three runs between events) with the real inputs and scratch outputs, so

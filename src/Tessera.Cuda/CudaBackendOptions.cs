@@ -56,8 +56,9 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
-    /// keeps the fastest; false keeps the heuristic's first answer everywhere (the same algorithms on every run, for
-    /// bitwise reproducible runs). Default true.
+    /// keeps the fastest, for the first four row counts of each product (a server's steps change their row count at every
+    /// step; later ones take the heuristic's answer untimed); false keeps the heuristic's first answer everywhere (the same
+    /// algorithms on every run, for bitwise reproducible runs). Default true.
     /// </summary>
     public bool TuneMatMulAlgorithms { get; init; } = true;
 

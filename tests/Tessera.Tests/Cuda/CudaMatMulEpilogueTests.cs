@@ -125,4 +125,34 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         var e = Assert.Throws<NotSupportedException>(() => Gpu.MatMul(a, b, c, epilogue: MatMulEpilogue.Gelu, auxiliary: aux));
         Assert.Contains("GeluForward", e.Message);
     }
+
+    /// <summary>
+    /// A product seen at six row counts (a server's steps) is timed at the first four only; the later ones take the
+    /// heuristic's answer without a host wait, and still compute the product (checked on the last one against the CPU).
+    /// </summary>
+    [Fact]
+    public void OnlyTheFirstFourRowCountsOfAProductAreTimed()
+    {
+        using var gpu = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Tessera.Cuda.CudaBackendOptions.Default with { TuneMatMulAlgorithms = true });
+        const int n = 2048, k = 2048;
+        double[] Values(int count) => Stored(Enumerable.Range(0, count).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), DType.BF16);
+        var bv = Values(n * k);
+        var b = Upload(gpu, bv, DType.BF16, n, k);
+        int[] rows = [1024, 1100, 1200, 1300, 1400, 1536];
+        Tensor? last = null; double[]? lastA = null;
+        foreach (int m in rows)
+        {
+            var av = Values(m * k);
+            var c = gpu.Allocate(new Shape(m, n), DType.BF16);
+            gpu.MatMul(Upload(gpu, av, DType.BF16, m, k), b, c, transposeB: true);
+            (last, lastA) = (c, av);
+        }
+        var timed = gpu.MatMulTuningLog.Where(line => line.Contains($"N={n} K={k}")).ToList();
+        Assert.True(timed.Count == 4, $"{timed.Count} row counts timed, expected 4:\n{string.Join("\n", gpu.MatMulTuningLog)}");
+        foreach (int m in rows[..4]) Assert.Contains(timed, line => line.Contains($"M={m} "));
+        var cc = _cpu.Allocate(new Shape(rows[^1], n), DType.F64);
+        _cpu.MatMul(Cpu(lastA!, rows[^1], k), Cpu(bv, n, k), cc, transposeB: true);
+        var got = gpu.ToArray<BFloat16>(last!).Select(v => (double)v.ToSingle()).ToArray();
+        AssertClose(CpuValues(cc), got, Tolerance(DType.BF16), "the untimed row count's product");
+    }
 }
