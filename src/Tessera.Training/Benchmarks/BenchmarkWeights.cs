@@ -36,10 +36,13 @@ public static class BenchmarkWeights
                 float a = (float)(s * Math.Sqrt(3.0));                // uniform(-a, a) has standard deviation s
                 const int chunk = 1 << 20;
                 int chunks = (values.Length + chunk - 1) / chunk;
-                // One generator per chunk, seeded by (seed, parameter, chunk): the same values whatever the thread count.
+                // One generator per chunk, seeded by (seed, parameter, chunk): the same values whatever the thread count, and in
+                // every process (HashCode.Combine and string hashes are randomized per process: two runs that were meant to
+                // start from the same weights did not, until 2026-12-03).
+                ulong nameHash = StableHash(p.Name);
                 System.Threading.Tasks.Parallel.For(0, chunks, c =>
                 {
-                    var rng = new Random(HashCode.Combine(seed, p.Name, c));
+                    var rng = new Random(ChunkSeed(seed, nameHash, c));
                     int end = Math.Min(values.Length, (c + 1) * chunk);
                     for (int i = c * chunk; i < end; i++) values[i] = a * (2f * rng.NextSingle() - 1f);
                 });
@@ -56,5 +59,24 @@ public static class BenchmarkWeights
             }
         }
         model.Parameters.SyncValuesFromMasters();
+    }
+
+    /// <summary>FNV-1a (64-bit) over the name's UTF-16 code units: the same in every process.</summary>
+    internal static ulong StableHash(string name)
+    {
+        ulong h = 14695981039346656037UL;
+        foreach (char ch in name) { h ^= ch; h *= 1099511628211UL; }
+        return h;
+    }
+
+    /// <summary>A generator seed from (seed, parameter, chunk) through SplitMix64's finalizer, folded to a non-negative int.</summary>
+    internal static int ChunkSeed(int seed, ulong nameHash, int chunk)
+    {
+        ulong z = nameHash ^ ((ulong)(uint)seed << 32 | (uint)chunk);
+        z += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        z ^= z >> 31;
+        return (int)(z & int.MaxValue);
     }
 }
