@@ -10,9 +10,9 @@ compiled step. A fixed batch of B sequences: each prompt of P tokens prefilled i
 decode steps. Prints one table row per batch size: generated tokens/s = B * (N - 1) / decode time (prefill excluded), ms
 per step, and the number of graph recordings torch skipped (0 means every step replayed a CUDA graph).
 
-Earlier versions of this peer wrote each layer's keys and values into a view of one (L, ...) cache tensor; torch then
-appears to have copied the whole cache at every write (2.8 and 1.6 ms a step at batch 1, 11.7 and 17.7 ms at batch 64, against about 1.9 ms
-that a good PyTorch decoder reaches there); they are replaced by this one.
+Earlier versions of this peer wrote each layer's keys and values into a view of one (L, ...) cache tensor and measured 2.8
+and 1.6 ms a step at batch 1, 11.7 and 17.7 ms at batch 64 (most likely torch rebuilt the whole cache at every write); with a
+buffer per layer this one gives 1.31 and 2.03 ms on an H200 (docs/benchmarks.md, session 11), as a good PyTorch decoder should.
 
     python3 bench/pytorch/batched_decode.py [--batch 1,8,32,64,128] [--prompt 512] [--new 128] [--no-tuning]
 """
