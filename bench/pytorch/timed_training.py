@@ -7,6 +7,7 @@ and the phase split (forward+loss, backward, optimizer).
 Not a script: the peers import it from their own folder (scripts/gpu-bench.sh copies it beside them).
 """
 import statistics
+import sys
 
 import torch
 
@@ -28,9 +29,11 @@ def adamw(model):
                              lr=1e-4, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
-def train_and_time(model, compile_model, token_high, batch, seq, steps, warmup):
+def train_and_time(model, compile_model, token_high, batch, seq, steps, warmup, profile=False):
     """Trains model (compiled or not) on random tokens in [0, token_high) for warmup + steps steps; returns its parameter
-    count, the timed steps' (total, forward+loss, backward, optimizer) ms, and the last loss."""
+    count, the timed steps' (total, forward+loss, backward, optimizer) ms, and the last loss. With profile, one more step
+    (not timed) runs under torch.profiler and the 25 kernels with the most GPU time are printed to stderr (the per-op
+    table beside Tessera's ProfileOps=true; which attention kernels SDPA took shows there)."""
     n_params = sum(p.numel() for p in model.parameters())
     opt = adamw(model)
     step_model = torch.compile(model) if compile_model else model
@@ -39,7 +42,11 @@ def train_and_time(model, compile_model, token_high, batch, seq, steps, warmup):
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
     rows = []
     torch.cuda.reset_peak_memory_stats()
-    for s in range(warmup + steps):
+    for s in range(warmup + steps + (1 if profile else 0)):
+        prof = None
+        if s == warmup + steps:
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            prof.__enter__()
         ev[0].record()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -52,9 +59,23 @@ def train_and_time(model, compile_model, token_high, batch, seq, steps, warmup):
         ev[3].record()
         loss_value = loss.item()
         torch.cuda.synchronize()
-        if s >= warmup:
+        if prof is not None:
+            prof.__exit__(None, None, None)
+            print_kernels(prof)
+        elif s >= warmup:
             rows.append((ev[0].elapsed_time(ev[3]), ev[0].elapsed_time(ev[1]), ev[1].elapsed_time(ev[2]), ev[2].elapsed_time(ev[3])))
     return n_params, rows, loss_value
+
+
+def print_kernels(prof):
+    """The profiled step's kernels, most GPU time first (the profiler's own table, 25 rows), to stderr."""
+    averages = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total"):
+        try:
+            print(averages.table(sort_by=key, row_limit=25, max_name_column_width=90), file=sys.stderr)
+            return
+        except (AttributeError, KeyError, ValueError):
+            continue
 
 
 def system_cell(compile_model):

@@ -13,7 +13,7 @@ warm-up), tokens/s, MFU = (6N + 12*L*T*C) * tokens/s over 989 and 790 TFLOP/s (N
 peak GiB (torch.cuda.max_memory_allocated), and the phase split (forward+loss, backward, optimizer).
 
 Usage: python3 bench/pytorch/train_llama.py [--preset llama-1b] [--batch 8] [--seq 2048] [--steps 10] [--warmup 5]
-           [--recompute] [--gqa repeat|native] [--no-compile] [--no-header] [--no-fallback]
+           [--recompute] [--gqa repeat|native] [--no-compile] [--no-header] [--no-fallback] [--profile]
 Halves the batch when it does not fit (unless --no-fallback), and says so.
 """
 import argparse
@@ -123,11 +123,11 @@ class Llama(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
-def measure(preset, batch, seq, steps, warmup, compile_model, recompute, gqa):
+def measure(preset, batch, seq, steps, warmup, compile_model, recompute, gqa, profile=False):
     torch.manual_seed(0)
     layers, c, heads, kv_heads, hidden, vocab, theta, tied = PRESETS[preset]
     model = Llama(layers, c, heads, kv_heads, hidden, vocab, theta, tied, seq, gqa, recompute).cuda()
-    n_params, rows, loss_value = timed_training.train_and_time(model, compile_model, vocab, batch, seq, steps, warmup)
+    n_params, rows, loss_value = timed_training.train_and_time(model, compile_model, vocab, batch, seq, steps, warmup, profile)
     timing = timed_training.timing_cells(rows, batch, seq, n_params, layers, c)
     print(f"train_llama.py: {torch.cuda.get_device_name()} torch {torch.__version__} {preset} B={batch} T={seq} gqa={gqa} "
           f"loss {loss_value:.4f} params {n_params}", file=sys.stderr)
@@ -147,12 +147,13 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-header", action="store_true")
     ap.add_argument("--no-fallback", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="print the last step's kernels, most GPU time first, to stderr")
     a = ap.parse_args()
     timed_training.start(a.no_header)
     batch = a.batch
     while True:
         try:
-            row = measure(a.preset, batch, a.seq, a.steps, a.warmup, not a.no_compile, a.recompute, a.gqa)
+            row = measure(a.preset, batch, a.seq, a.steps, a.warmup, not a.no_compile, a.recompute, a.gqa, a.profile)
         except torch.OutOfMemoryError:
             if batch == 1 or a.no_fallback:
                 raise
