@@ -340,6 +340,51 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
 }
 #define PD_MIN_CTAS(GM) ((GM) <= 4 ? 4 : 2)   // CTAs per SM that the registers must allow (128 registers a thread up to 4 heads: no spills)
 
+// The end of both decode kernels: each lane group's online-softmax state (acc, m, l) of the G heads merged over the CTA's NG
+// groups through shared memory (NG, G, D + 2), then the row's output (one split) or the split's state (acc, m, l) in partial
+// and, with counters, the last CTA's merge of the row's splits.
+template <typename T, int D, int GM, int VE, int NG>
+__device__ __forceinline__ void paged_decode_store(const float (&acc)[GM][VE], const float (&m)[GM], const float (&l)[GM], float* pd_shared,
+                                   int grp, int sub, int tid, T* out, float* partial, int* counters, int n, int x, int X,
+                                   int H, int h0, int G, int split, int splits, int active, int batched_merge)
+{
+    const int row_floats = D + 2;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+    {
+        if (g >= G) break;
+        float* st = pd_shared + ((i64)grp * G + g) * row_floats;
+#pragma unroll
+        for (int i = 0; i < VE; i++) st[sub * VE + i] = acc[g][i];
+        if (sub == 0) { st[D] = m[g]; st[D + 1] = l[g]; }
+    }
+    __syncthreads();
+    for (int e = tid; e < G * D; e += PD_THREADS)
+    {
+        const int g = e / D, d = e % D;
+        float big = NEG_INF;
+        for (int w = 0; w < NG; w++) big = fmaxf(big, pd_shared[((i64)w * G + g) * row_floats + D]);
+        float sum = 0.f, value = 0.f;
+        if (big != NEG_INF)
+            for (int w = 0; w < NG; w++)
+            {
+                const float* st = pd_shared + ((i64)w * G + g) * row_floats;
+                const float f = st[D] == NEG_INF ? 0.f : fast_exp2(st[D] - big);
+                sum += st[D + 1] * f;
+                value += st[d] * f;
+            }
+        if (splits == 1)
+            out[(i64)n * H * D + (i64)(h0 + g) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
+        else
+        {
+            float* state = partial + (((i64)split * X + x) * H + h0 + g) * row_floats;
+            state[d] = value;
+            if (d == 0) { state[D] = big; state[D + 1] = sum; }
+        }
+    }
+    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
+}
+
 template <typename T, int D, int GM>
 __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
                              const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
@@ -455,42 +500,8 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
         ka = nka; va16 = nva; kb = nkb; vb16 = nvb;
     }
 
-    // Merge the groups' softmax states.
-    const int row_floats = D + 2;
-#pragma unroll
-    for (int g = 0; g < GM; g++)
-    {
-        if (g >= G) break;
-        float* st = pd_shared + ((i64)grp * G + g) * row_floats;
-#pragma unroll
-        for (int i = 0; i < VE; i++) st[sub * VE + i] = acc[g][i];
-        if (sub == 0) { st[D] = m[g]; st[D + 1] = l[g]; }
-    }
-    __syncthreads();
-    for (int e = tid; e < G * D; e += PD_THREADS)
-    {
-        const int g = e / D, d = e % D;
-        float big = NEG_INF;
-        for (int w = 0; w < NG; w++) big = fmaxf(big, pd_shared[((i64)w * G + g) * row_floats + D]);
-        float sum = 0.f, value = 0.f;
-        if (big != NEG_INF)
-            for (int w = 0; w < NG; w++)
-            {
-                const float* st = pd_shared + ((i64)w * G + g) * row_floats;
-                const float f = st[D] == NEG_INF ? 0.f : fast_exp2(st[D] - big);
-                sum += st[D + 1] * f;
-                value += st[d] * f;
-            }
-        if (splits == 1)
-            out[(i64)n * H * D + (i64)(h0 + g) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
-        else
-        {
-            float* state = partial + (((i64)split * X + x) * H + h0 + g) * row_floats;
-            state[d] = value;
-            if (d == 0) { state[D] = big; state[D + 1] = sum; }
-        }
-    }
-    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
+    paged_decode_store<T, D, GM, VE, NG>(acc, m, l, pd_shared, grp, sub, tid, out, partial, counters, n, x, X, H, h0, G, split,
+                                         splits, active, batched_merge);
 }
 #define PAGED_DECODE_ONE(name, t, D, GM)                                                                                  \
     extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
@@ -666,42 +677,8 @@ __device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* par
         }
     }
 
-    // Merge the groups' softmax states, then write the output or the split's state (as in paged_decode).
-    const int row_floats = D + 2;
-#pragma unroll
-    for (int g = 0; g < GM; g++)
-    {
-        if (g >= G) break;
-        float* st = pd_shared + ((i64)grp * G + g) * row_floats;
-#pragma unroll
-        for (int i = 0; i < VE; i++) st[sub * VE + i] = acc[g][i];
-        if (sub == 0) { st[D] = m[g]; st[D + 1] = l[g]; }
-    }
-    __syncthreads();
-    for (int e = tid; e < G * D; e += PD_THREADS)
-    {
-        const int g = e / D, d = e % D;
-        float big = NEG_INF;
-        for (int w = 0; w < NG; w++) big = fmaxf(big, pd_shared[((i64)w * G + g) * row_floats + D]);
-        float sum = 0.f, value = 0.f;
-        if (big != NEG_INF)
-            for (int w = 0; w < NG; w++)
-            {
-                const float* st = pd_shared + ((i64)w * G + g) * row_floats;
-                const float f = st[D] == NEG_INF ? 0.f : fast_exp2(st[D] - big);
-                sum += st[D + 1] * f;
-                value += st[d] * f;
-            }
-        if (splits == 1)
-            out[(i64)n * H * D + (i64)(h0 + g) * D + d] = from_f<T>(sum > 0.f ? value / sum : 0.f);
-        else
-        {
-            float* state = partial + (((i64)split * X + x) * H + h0 + g) * row_floats;
-            state[d] = value;
-            if (d == 0) { state[D] = big; state[D + 1] = sum; }
-        }
-    }
-    if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
+    paged_decode_store<T, D, GM, VE, NG>(acc, m, l, pd_shared, grp, sub, tid, out, partial, counters, n, x, X, H, h0, G, split,
+                                         splits, active, batched_merge);
 }
 #define PAGED_DECODE_TILED_ONE(name, t, D, GM)                                                                            \
     extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_tiled_##name##_d##D##_g##GM(   \
