@@ -82,6 +82,8 @@ public static class GpuTrainingBench
         var config = ModelPresets.Get(preset);
         if (loraRanks.Any(r => r < 0)) throw new ArgumentException($"--lora {string.Join(",", loraRanks)}: a rank is at least 1 (0 for full fine-tuning)");
         var targets = loraRanks.Any(r => r > 0) ? LoraTargets.Parse(config, loraTargets) : [];   // throws, naming a bad target, before any GPU work
+        if (curveText is null && (args.Contains("--lr") || args.Contains("--lr-warmup")))
+            throw new ArgumentException("gpu-train: --lr and --lr-warmup set the rate of a loss curve (--curve-text FILE); the timed steps' cost does not depend on it");
         if (curveText is not null)
             return LossCurve(config, preset, dtype, batch, micro, seq, steps, curveText, lossChunk, cudaOptions, learningRate, learningRateWarmup);
         if (header)

@@ -503,18 +503,19 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     paged_decode_store<T, D, GM, VE, NG>(acc, m, l, pd_shared, grp, sub, tid, out, partial, counters, n, x, X, H, h0, G, split,
                                          splits, active, batched_merge);
 }
-#define PAGED_DECODE_ONE(name, t, D, GM)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_##name##_d##D##_g##GM(                          \
+// The exported kernels of both decode templates (kernel = paged_decode or paged_decode_tiled): <kernel>_<type>_d<D>_g<GM>.
+#define PAGED_DECODE_ONE(kernel, name, t, D, GM)                                                                          \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) kernel##_##name##_d##D##_g##GM(             \
         const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
         const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
         float scale, int max_rows, int window, int min_chunk, int batched_merge)                                          \
     {                                                                                                                     \
-        paged_decode<t, D, GM>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,      \
-                               max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge);                  \
+        kernel<t, D, GM>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size, max_blocks, \
+                         q_n, q_h, scale, max_rows, window, min_chunk, batched_merge);                                    \
     }
-#define PAGED_DECODE_D(name, t, D) PAGED_DECODE_ONE(name, t, D, 1) PAGED_DECODE_ONE(name, t, D, 2)                      \
-    PAGED_DECODE_ONE(name, t, D, 4) PAGED_DECODE_ONE(name, t, D, 8)
-#define PAGED_DECODE(name, t) PAGED_DECODE_D(name, t, 64) PAGED_DECODE_D(name, t, 128)
+#define PAGED_DECODE_D(kernel, name, t, D) PAGED_DECODE_ONE(kernel, name, t, D, 1) PAGED_DECODE_ONE(kernel, name, t, D, 2) \
+    PAGED_DECODE_ONE(kernel, name, t, D, 4) PAGED_DECODE_ONE(kernel, name, t, D, 8)
+#define PAGED_DECODE(name, t) PAGED_DECODE_D(paged_decode, name, t, 64) PAGED_DECODE_D(paged_decode, name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE)
 
 // ------------------------------------------------------------------------------ attention, vectorized and tiled
@@ -680,18 +681,8 @@ __device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* par
     paged_decode_store<T, D, GM, VE, NG>(acc, m, l, pd_shared, grp, sub, tid, out, partial, counters, n, x, X, H, h0, G, split,
                                          splits, active, batched_merge);
 }
-#define PAGED_DECODE_TILED_ONE(name, t, D, GM)                                                                            \
-    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) paged_decode_tiled_##name##_d##D##_g##GM(   \
-        const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
-        const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
-        float scale, int max_rows, int window, int min_chunk, int batched_merge)                                          \
-    {                                                                                                                     \
-        paged_decode_tiled<t, D, GM>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size, \
-                                     max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge);            \
-    }
-#define PAGED_DECODE_TILED_D(name, t, D) PAGED_DECODE_TILED_ONE(name, t, D, 1) PAGED_DECODE_TILED_ONE(name, t, D, 2)    \
-    PAGED_DECODE_TILED_ONE(name, t, D, 4) PAGED_DECODE_TILED_ONE(name, t, D, 8)
-#define PAGED_DECODE_TILED(name, t) PAGED_DECODE_TILED_D(name, t, 64) PAGED_DECODE_TILED_D(name, t, 128)
+#define PAGED_DECODE_TILED(name, t)                                                                                       \
+    PAGED_DECODE_D(paged_decode_tiled, name, t, 64) PAGED_DECODE_D(paged_decode_tiled, name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
 
 // out[n, h, :] from the splits' states; grid (X, H), one thread per element of the head. Block x merges the states of row x
