@@ -469,19 +469,21 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// <summary>
     /// The paged decode kernels' device time in a decode step of 1 and of 64 sequences on the llama-1b shape (bf16, 512-token
     /// prompts, profiled eagerly), printed for the log (not a pass/fail bar): the default <c>paged_decode</c> beside the tiled
-    /// kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>) in the default grid and with fewer, longer CTAs
+    /// kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>) in the default grid, and both with fewer, longer CTAs
     /// (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 4 and 2: at 64 sequences two splits and one; at one sequence the
     /// positions a split (PagedDecodeSplitSpan) decide, so those two are left out there), then each configuration's whole op table.
     /// </summary>
     [Theory]
-    [InlineData(1)]
     [InlineData(64)]
+    [InlineData(1)]
     public void DecodeStepsReportThePagedDecodeKernelsTime(int sequences)
     {
         var configurations = new (string Name, CudaBackendOptions Options)[]
         {
             ("paged_decode", CudaBackendOptions.Default),
             ("paged_decode_tiled", CudaBackendOptions.Default with { PagedDecodeTiled = true }),
+            ("paged_decode, PagedDecodeCtasPerSm=4", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 4 }),
+            ("paged_decode, PagedDecodeCtasPerSm=2", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 2 }),
             ("paged_decode_tiled, PagedDecodeCtasPerSm=4", CudaBackendOptions.Default with { PagedDecodeTiled = true, PagedDecodeCtasPerSm = 4 }),
             ("paged_decode_tiled, PagedDecodeCtasPerSm=2", CudaBackendOptions.Default with { PagedDecodeTiled = true, PagedDecodeCtasPerSm = 2 }),
         };
