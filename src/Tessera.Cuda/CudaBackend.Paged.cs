@@ -136,11 +136,21 @@ public sealed unsafe partial class CudaBackend
         int rowsHere = tiles ? (int)Math.Min(n, (long)(PagedPrefillMinRows - 1) * b) : n;
         long ctas = (long)rowsHere * (h / g);
         int splits;
+        string decodeKernel = "";
+        uint decodeShared = 0;
         if (specialized)
-            // Enough CTAs for about PagedDecodeCtasPerSm per SM (default 8), each split at least PagedDecodeSplitSpan (default 64)
-            // positions of the span.
-            splits = (int)Math.Clamp(Math.Min(((long)Options.PagedDecodeCtasPerSm * CudaDevice.MultiprocessorCount + ctas - 1) / ctas,
-                (span + Options.PagedDecodeSplitSpan - 1) / Options.PagedDecodeSplitSpan), 1, PagedAttentionMaxSplits);
+        {
+            int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
+            // paged_decode_tiled takes the same arguments, grid and shared memory.
+            decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{Suffix(q.DType, op)}_d{d}_g{gm}";
+            decodeShared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
+            // As many whole splits as fit one wave of resident CTAs (PagedDecodeCtasPerSm per SM; by default as many as the
+            // kernel's occupancy allows), at least one, each at least PagedDecodeSplitSpan (default 64) positions of the span:
+            // every split costs its CTA's prologue and a merge, so a grid past one wave only adds them (measured: 64 sequences
+            // of ~520 positions, 59.9 us a layer at 3 splits, 54.3 at 2, 43.8 at 1).
+            int resident = Options.PagedDecodeCtasPerSm > 0 ? Options.PagedDecodeCtasPerSm : ResidentCtas(decodeKernel, decodeShared);
+            splits = PagedDecodeSplits(resident, CudaDevice.MultiprocessorCount, ctas, span, Options.PagedDecodeSplitSpan);
+        }
         else
             // Split the keys when the rows and head groups would leave SMs idle (decoding a few long sequences): enough CTAs for
             // two waves of the SMs, each split at least 64 positions of the span.
@@ -156,13 +166,10 @@ public sealed unsafe partial class CudaBackend
             ulong pw = partial is null ? 0 : Ptr(partial);
             if (specialized)
             {
-                int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
                 int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = Options.PagedDecodeBatchedMerge ? 1 : 0;
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge };
-                uint shared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
-                string kernel = Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_";   // the same arguments, grid and shared memory
-                Launch("paged_attention.cu", $"{kernel}{Suffix(q.DType, op)}_d{d}_g{gm}", ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
-                    args, shared, dependent: true);
+                Launch("paged_attention.cu", decodeKernel, ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
+                    args, decodeShared, dependent: true);
             }
             else
             {
@@ -185,4 +192,23 @@ public sealed unsafe partial class CudaBackend
             partial?.Storage.Dispose();                                  // stream-ordered: freed after the kernels that use it
         }
     }
+
+    /// <summary>
+    /// The key splits of a paged decode grid of <paramref name="columns"/> (row, head group) CTAs per split: as many as fit one
+    /// wave of <paramref name="residentPerSm"/> CTAs on each of <paramref name="sms"/> SMs, rounded down, at least 1, at most
+    /// one per <paramref name="splitSpan"/> positions of the <paramref name="span"/> a row may read, and at most 32.
+    /// </summary>
+    internal static int PagedDecodeSplits(int residentPerSm, int sms, long columns, long span, int splitSpan) =>
+        (int)Math.Clamp(Math.Min(Math.Max(1, (long)residentPerSm * sms / columns), (span + splitSpan - 1) / splitSpan), 1, PagedAttentionMaxSplits);
+
+    /// <summary>CTAs of a paged decode kernel that fit one SM at <paramref name="shared"/> bytes of dynamic shared memory (the
+    /// occupancy calculator's answer, asked once per kernel and size).</summary>
+    private int ResidentCtas(string kernel, uint shared)
+    {
+        if (!_residentCtas.TryGetValue((kernel, shared), out int ctas))
+            _residentCtas[(kernel, shared)] = ctas = Math.Max(1, Kernels.Module("paged_attention.cu").ResidentCtas(kernel, PagedDecodeThreads, (int)shared));
+        return ctas;
+    }
+
+    private readonly Dictionary<(string Kernel, uint Shared), int> _residentCtas = new();
 }

@@ -155,11 +155,15 @@ public sealed record CudaBackendOptions
     public bool PagedDecodeTiled { get; init; }
 
     /// <summary>
-    /// CTAs per SM that serving's <c>paged_decode</c> grid aims at when it splits the keys (1 to 32): splits = this times the SMs
-    /// over the rows' head-group columns, at least 64 positions of the widest table a split, at most 32. Fewer make fewer,
-    /// longer CTAs (fewer states to merge); more hide latency when few CTAs fit an SM at once. Default 8.
+    /// CTAs per SM that serving's <c>paged_decode</c> grid may fill when it splits the keys (0, or 1 to 32): splits = this times
+    /// the SMs over the rows' head-group columns, rounded down (whole waves), at least 1, at least 64 positions of the widest
+    /// table a split, at most 32. 0 (the default) takes the kernel's occupancy (4 CTAs per SM for groups of up to 4 heads), so
+    /// a decode grid is one wave: on the H200 (2026-12-03, llama-1b bf16, 64 sequences of ~520 positions) the kernel took 59.9 us
+    /// a layer at 3 splits (the earlier rule: 8 per SM, rounded up), 54.3 at 2 and 43.8 at 1; a batch-1 grid is bounded by
+    /// <see cref="PagedDecodeSplitSpan"/> either way. Each split costs its CTA's prologue and a merge; fewer, longer CTAs
+    /// leave a long row's keys to fewer CTAs, which a batch of very unequal lengths feels.
     /// </summary>
-    public int PagedDecodeCtasPerSm { get; init; } = 8;
+    public int PagedDecodeCtasPerSm { get; init; }
 
     /// <summary>
     /// Positions of the widest block table (or of the window) per key split when the host sizes <c>paged_decode</c>'s grid
@@ -187,8 +191,8 @@ public sealed record CudaBackendOptions
     {
         if (HopperAttentionWarpgroups is not (0 or 1 or 2))
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
-        if (PagedDecodeCtasPerSm is < 1 or > 32)
-            throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32");
+        if (PagedDecodeCtasPerSm is < 0 or > 32)
+            throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32, or 0 for the kernel's occupancy");
         if (PagedDecodeSplitSpan < 1)
             throw new ArgumentException($"CUDA backend options: PagedDecodeSplitSpan ({PagedDecodeSplitSpan}) must be at least 1");
         if (PagedDecodeMinKeysPerSplit < 1)

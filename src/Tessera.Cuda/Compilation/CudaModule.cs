@@ -63,6 +63,20 @@ public sealed unsafe class CudaModule : IDisposable
         return new KernelResources(registers, local, shared, ctas);
     }
 
+    /// <summary>
+    /// How many CTAs of kernel <paramref name="name"/> with <paramref name="threads"/> threads and <paramref name="dynamicSharedBytes"/>
+    /// of dynamic shared memory fit on one SM as the kernel is launched (its own carveout preference left alone, unlike
+    /// <see cref="Resources"/>).
+    /// </summary>
+    public int ResidentCtas(string name, int threads, int dynamicSharedBytes)
+    {
+        var f = Function(name);
+        _device.MakeCurrent();
+        int ctas;
+        Check(cuOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, f, threads, (nuint)dynamicSharedBytes), "cuOccupancyMaxActiveBlocksPerMultiprocessor", name);
+        return ctas;
+    }
+
     /// <summary>Unloads the module.</summary>
     public void Dispose()
     {
