@@ -13,8 +13,22 @@ public sealed unsafe partial class CudaBackend
     /// <summary>How many algorithms cuBLASLt is asked for when a plan is built.</summary>
     private const int MatMulCandidates = 8;
 
-    /// <summary>Smallest product (2 M N K FLOPs) worth timing: below it a wrong pick costs microseconds.</summary>
+    /// <summary>Smallest product (2 M N K FLOPs) worth timing for its arithmetic: below it a wrong pick costs microseconds.</summary>
     private const double MatMulTuneMinFlops = 4e9;
+
+    /// <summary>
+    /// Smallest operand read (a and b, bytes) that makes a product worth timing however few its FLOPs: a decode step's products
+    /// (M = the batch) stream the whole weight, repeat in every layer of every step, and cuBLASLt's first answer for them
+    /// ran at 22-45 % of the copy bandwidth on the H200 (64 rows, 2026-12-03: 64x2048x2048 in 9.2 us, 64x2048x8192 in 17.9).
+    /// </summary>
+    private const long MatMulTuneMinBytes = 4L << 20;
+
+    /// <summary>Row counts up to this are a decode step's (the serving batch buckets), timed on their own budget.</summary>
+    private const int MatMulTuneDecodeRows = 256;
+
+    /// <summary>How many decode row counts (at most <see cref="MatMulTuneDecodeRows"/>) of one product are timed: the
+    /// buckets are powers of two, so 16 covers them with room for a few mixed steps' small counts.</summary>
+    private const int MatMulTuneDecodeRowCountsPerProduct = 16;
 
     /// <summary>Largest scratch output a timing run may allocate (the 50304-wide head products are left to the heuristic).</summary>
     private const long MatMulTuneMaxScratchBytes = 1L << 30;
@@ -28,7 +42,7 @@ public sealed unsafe partial class CudaBackend
     private readonly List<string> _tuningLog = new();
 
     /// <summary>
-    /// How many row counts (M) of one product are timed; later row counts of it take the heuristic's first answer. A training
+    /// How many row counts (M) above <see cref="MatMulTuneDecodeRows"/> of one product are timed; later ones take the heuristic's first answer. A training
     /// step repeats a few fixed shapes, but a serving step's rows change with every step's mix of prefill chunks and decode
     /// rows: timing each new M (eight candidates, a host wait) cost ~20 ms a mixed step on the H200 (2026-12-03).
     /// </summary>
@@ -39,12 +53,17 @@ public sealed unsafe partial class CudaBackend
 
     private bool ShouldTune(MatMulKey key)
     {
-        if (!(Options.TuneMatMulAlgorithms && !_capturing && key.AB is DType.BF16 or DType.F16
-              && 2.0 * key.M * key.N * key.K * key.Batch >= MatMulTuneMinFlops))
+        if (!(Options.TuneMatMulAlgorithms && !_capturing && key.AB is DType.BF16 or DType.F16))
             return false;
-        var product = key with { M = 0, StrideA = 0, StrideC = 0 };
+        long operandBytes = ((long)key.M * key.K + (long)key.K * key.N) * key.Batch * key.AB.SizeInBytes();
+        if (2.0 * key.M * key.N * key.K * key.Batch < MatMulTuneMinFlops && operandBytes < MatMulTuneMinBytes)
+            return false;
+        // Two budgets per product: a server's first large row counts (prefill chunks) must not use up the timing its decode
+        // buckets need, which come later and repeat in every step.
+        bool decode = key.M <= MatMulTuneDecodeRows;
+        var product = key with { M = decode ? -1 : 0, StrideA = 0, StrideC = 0 };
         int timed = _tunedRowCounts.GetValueOrDefault(product);
-        if (timed >= MatMulTuneRowCountsPerProduct) return false;
+        if (timed >= (decode ? MatMulTuneDecodeRowCountsPerProduct : MatMulTuneRowCountsPerProduct)) return false;
         _tunedRowCounts[product] = timed + 1;
         return true;
     }

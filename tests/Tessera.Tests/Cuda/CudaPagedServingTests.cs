@@ -505,6 +505,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
                 foreach (var (kernel, calls, ms) in attention)
                     Console.WriteLine($"[paged decode kernel] {sequences} sequences at ~{step.Sequences[0].Start} positions, {name}: {kernel} {1000 * ms / calls:F1} us/call ({calls} calls)");
                 tables.Add($"[paged ops] decode step of {sequences} sequences, {name}, 5 steps\n{profiled.Profiler.Table(5)}");
+                foreach (var line in profiled.MatMulTuningLog.Where(l => l.Contains($"M={sequences} ", StringComparison.Ordinal)))
+                    Console.WriteLine($"[matmul tuning] {name}: {line}");
             }
         }
         foreach (var table in tables) Console.WriteLine(table);
