@@ -15,11 +15,14 @@ namespace Tessera.Bench.Gpu;
 /// <para>A second table times the backward of each <see cref="CudaBackendOptions.HopperBackwardVariant"/> listed by
 /// --backward-variants (default 1 to 8; "none" skips it) against FA-2's, on the same inputs.</para>
 /// --backward-only prints that table alone (FA-2's backward and the variants; the forward runs once, untimed), for a profiler.
-/// <para>Usage: gpu-attention [--shapes B,T,H,K,D;...] [--reps 10] [--backward-variants 1,3,7] [--backward-only]. Default shapes: llama-1b
+/// --fused-qkv passes q, k and v (and dq, dk, dv) as the model does: strided head slices of one (B, T, H + 2K, D) tensor, the
+/// fused QKV product's output, instead of three contiguous tensors.
+/// <para>Usage: gpu-attention [--shapes B,T,H,K,D;...] [--reps 10] [--backward-variants 1,3,7] [--backward-only] [--fused-qkv]. Default shapes: llama-1b
 /// 8 x 2048 (H32 K8 D64), 4 x 4096, 2 x 8192, and llama-8b heads (H32 K8 D128) at 8 x 2048 and 4 x 4096.</para>
 /// </summary>
 public static class GpuAttentionBench
 {
+
     /// <summary>Entry point; returns the process exit code.</summary>
     public static int Run(string[] args)
     {
@@ -27,6 +30,7 @@ public static class GpuAttentionBench
         int reps = 10;
         string variantList = "1,2,3,4,5,6,7,8";
         bool backwardOnly = false;
+        bool fusedQkv = false;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -35,6 +39,7 @@ public static class GpuAttentionBench
                 case "--reps": reps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--backward-variants": variantList = args[++i]; break;
                 case "--backward-only": backwardOnly = true; break;
+                case "--fused-qkv": fusedQkv = true; break;
                 default: throw new ArgumentException($"gpu-attention: unknown argument '{args[i]}'");
             }
         }
@@ -50,7 +55,8 @@ public static class GpuAttentionBench
             HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v,
         })).ToArray();
         var variantRows = new List<string>();
-        Console.WriteLine($"device: {hopper.CudaDevice}; Hopper kernels used: forward {hopper.UsesHopperAttention}, backward {hopper.UsesHopperAttentionBackward}");
+        Console.WriteLine($"device: {hopper.CudaDevice}; Hopper kernels used: forward {hopper.UsesHopperAttention}, backward {hopper.UsesHopperAttentionBackward}; "
+            + (fusedQkv ? "q, k, v: head slices of one (B, T, H + 2K, D) tensor (the model's layout)" : "q, k, v: three contiguous tensors"));
         if (!backwardOnly)
         {
             Console.WriteLine("| B | T | H | K | D | FA-2 fwd ms | TFLOP/s | Hopper fwd ms | TFLOP/s | 1-WG fwd ms | TFLOP/s | FA-2 bwd ms | TFLOP/s | Hopper bwd ms | TFLOP/s | 1-WG bwd ms | TFLOP/s | outputs' rel. difference |");
@@ -71,14 +77,14 @@ public static class GpuAttentionBench
             var q = Values((long)b * t * h * d); var k = Values((long)b * t * kh * d); var v = Values((long)b * t * kh * d);
             var dout = Values((long)b * t * h * d);
             double fwdFlop = 2.0 * b * h * (double)t * t * d, bwdFlop = 2.5 * fwdFlop;
-            var (f2Fwd, f2Bwd, f2Out) = Measure(flash2, q, k, v, dout, b, t, h, kh, d, reps, backwardOnly: backwardOnly);
+            var (f2Fwd, f2Bwd, f2Out) = Measure(flash2, q, k, v, dout, b, t, h, kh, d, reps, fusedQkv, backwardOnly: backwardOnly);
             if (backwardOnly)
             {
-                variantRows.Add(VariantRow(variantBackends, q, k, v, dout, b, t, h, kh, d, reps, f2Bwd, bwdFlop));
+                variantRows.Add(VariantRow(variantBackends, q, k, v, dout, b, t, h, kh, d, reps, fusedQkv, f2Bwd, bwdFlop));
                 continue;
             }
-            var (hFwd, hBwd, hOut) = Measure(hopper, q, k, v, dout, b, t, h, kh, d, reps);
-            var (pFwd, pBwd, _) = Measure(one, q, k, v, dout, b, t, h, kh, d, reps);
+            var (hFwd, hBwd, hOut) = Measure(hopper, q, k, v, dout, b, t, h, kh, d, reps, fusedQkv);
+            var (pFwd, pBwd, _) = Measure(one, q, k, v, dout, b, t, h, kh, d, reps, fusedQkv);
             double diff = 0, norm = 0;
             for (int i = 0; i < f2Out.Length; i++)
             {
@@ -87,7 +93,7 @@ public static class GpuAttentionBench
             }
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {b} | {t} | {h} | {kh} | {d} | {f2Fwd:F2} | {fwdFlop / f2Fwd / 1e9:F0} | {hFwd:F2} | {fwdFlop / hFwd / 1e9:F0} | {pFwd:F2} | {fwdFlop / pFwd / 1e9:F0} | {f2Bwd:F2} | {bwdFlop / f2Bwd / 1e9:F0} | {hBwd:F2} | {bwdFlop / hBwd / 1e9:F0} | {pBwd:F2} | {bwdFlop / pBwd / 1e9:F0} | {Math.Sqrt(diff / Math.Max(norm, 1e-30)):E1} |"));
-            if (variantBackends.Length > 0) variantRows.Add(VariantRow(variantBackends, q, k, v, dout, b, t, h, kh, d, reps, f2Bwd, bwdFlop));
+            if (variantBackends.Length > 0) variantRows.Add(VariantRow(variantBackends, q, k, v, dout, b, t, h, kh, d, reps, fusedQkv, f2Bwd, bwdFlop));
         }
         if (variantBackends.Length > 0)
         {
@@ -102,7 +108,7 @@ public static class GpuAttentionBench
     }
 
     private static (double Forward, double Backward, BFloat16[] Output) Measure(CudaBackend be, BFloat16[] q, BFloat16[] k, BFloat16[] v,
-        BFloat16[] dout, int b, int t, int h, int kh, int d, int reps, bool backward = true, bool backwardOnly = false)
+        BFloat16[] dout, int b, int t, int h, int kh, int d, int reps, bool fusedQkv, bool backward = true, bool backwardOnly = false)
     {
         Tensor Put(BFloat16[] values, params int[] dims)
         {
@@ -112,22 +118,39 @@ public static class GpuAttentionBench
         }
         var tq = Put(q, b, t, h, d); var tk = Put(k, b, t, kh, d); var tv = Put(v, b, t, kh, d); var tdo = Put(dout, b, t, h, d);
         var o = be.Allocate(new Shape(b, t, h, d), DType.BF16); var lse = be.Allocate(new Shape(b, h, t), DType.F32);
-        var dq = be.Allocate(new Shape(b, t, h, d), DType.BF16);
-        var dk = be.Allocate(new Shape(b, t, kh, d), DType.BF16); var dv = be.Allocate(new Shape(b, t, kh, d), DType.BF16);
+        Tensor dq, dk, dv;
+        var owned = new List<Tensor>();
+        if (fusedQkv)
+        {
+            // The model's layout: q, k, v (and their gradients) are head slices of one (B, T, H + 2K, D) tensor.
+            var qkv = be.Allocate(new Shape(b, t, h + 2 * kh, d), DType.BF16);
+            var dqkv = be.Allocate(new Shape(b, t, h + 2 * kh, d), DType.BF16);
+            owned.AddRange([tq, tk, tv, qkv, dqkv]);
+            be.Copy(tq, qkv.Slice(2, 0, h)); be.Copy(tk, qkv.Slice(2, h, kh)); be.Copy(tv, qkv.Slice(2, h + kh, kh));
+            (tq, tk, tv) = (qkv.Slice(2, 0, h), qkv.Slice(2, h, kh), qkv.Slice(2, h + kh, kh));
+            (dq, dk, dv) = (dqkv.Slice(2, 0, h), dqkv.Slice(2, h, kh), dqkv.Slice(2, h + kh, kh));
+        }
+        else
+        {
+            dq = be.Allocate(new Shape(b, t, h, d), DType.BF16);
+            dk = be.Allocate(new Shape(b, t, kh, d), DType.BF16); dv = be.Allocate(new Shape(b, t, kh, d), DType.BF16);
+            owned.AddRange([tq, tk, tv, dq, dk, dv]);
+        }
+        owned.AddRange([tdo, o, lse]);
         double scale = 1 / Math.Sqrt(d);
         double forward = backwardOnly ? Once(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale))
             : MedianMs(be, () => be.AttentionForward(tq, tk, tv, o, lse, scale), reps);
         double backwardMs = backward ? MedianMs(be, () => be.AttentionBackward(tq, tk, tv, o, tdo, lse, dq, dk, dv, scale), reps) : double.NaN;
         var output = be.ToArray<BFloat16>(o);
-        foreach (var x in new[] { tq, tk, tv, tdo, o, lse, dq, dk, dv }) x.Storage.Dispose();
+        foreach (var x in owned) x.Storage.Dispose();
         return (forward, backwardMs, output);
     }
 
     // One row of the variants' table: FA-2's backward, then each variant's, ms (TFLOP/s).
     private static string VariantRow(CudaBackend[] backends, BFloat16[] q, BFloat16[] k, BFloat16[] v, BFloat16[] dout,
-        int b, int t, int h, int kh, int d, int reps, double flash2Ms, double flop)
+        int b, int t, int h, int kh, int d, int reps, bool fusedQkv, double flash2Ms, double flop)
     {
-        var cells = backends.Select(be => Measure(be, q, k, v, dout, b, t, h, kh, d, reps, backwardOnly: true).Backward)
+        var cells = backends.Select(be => Measure(be, q, k, v, dout, b, t, h, kh, d, reps, fusedQkv, backwardOnly: true).Backward)
             .Select(ms => string.Create(CultureInfo.InvariantCulture, $"{ms:F3} ({flop / ms / 1e9:F0})"));
         return string.Create(CultureInfo.InvariantCulture, $"| {b} | {t} | {h} | {kh} | {d} | {flash2Ms:F3} ({flop / flash2Ms / 1e9:F0}) | ") + string.Join(" | ", cells) + " |";
     }
