@@ -33,8 +33,8 @@ public sealed unsafe partial class CudaBackend
         var freq = RopeArgsFor(frequencies, d);
         long pairs = (long)b * t * (h + kv2) * (d / 2);
         if (pairs == 0) return;
-        ulong px = Ptr(qkv), pc = Ptr(keysAndValues), pp = Ptr(startPositions);
-        void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &freq };
+        ulong px = Ptr(qkv), pc = Ptr(keysAndValues), pp = Ptr(startPositions), noSlots = 0;
+        void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &freq, &noSlots };
         Launch("rope.cu", "rope_append_" + Suffix(qkv.DType, op), (GridFor(pairs), 1, 1), Threads, args, 0, dependent: true);
     }
 

@@ -37,7 +37,8 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc/>
     /// <remarks>For at most 4 rows of x, one matrix-vector kernel (gemv.cu's ROPE epilogue writing to the rows' slots instead
     /// of a dense cache's positions): the norm, the product, the rotation and the append in one launch, as the dense decode
-    /// step does; otherwise the product, <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> and <see cref="PagedAppend"/>.</remarks>
+    /// step does; otherwise the product, then the rotation and the append in one launch (rope.cu's <c>rope_append</c> writing
+    /// to the rows' slots: the bits of <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> then <see cref="PagedAppend"/>).</remarks>
     public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies)
     {
@@ -64,8 +65,17 @@ public sealed unsafe partial class CudaBackend
             var flat = qkv.Reshape(n, qkv.Size(1) * d);
             if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
             else MatMul(x, weight, flat, transposeB: true, bias: bias);
-            Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
-            PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch);
+            // The rotation and the append in one launch (rope.cu's rope_append with the rows' slots): the same bits as Rope
+            // then PagedAppend.
+            if (pool.DType != qkv.DType)
+                throw new ArgumentException($"CudaBackend.{op}: qkv is {qkv.DType} but pool is {pool.DType}");
+            int h = queryHeads, kh = kv2 / 2, one = 1;
+            var freq = RopeArgsFor(frequencies, d);
+            long items = (long)n * (h + kv2) * (d / 2);
+            long sb = qkv.Stride(0), st = 0, sh = d, cb = 0, cs = (long)kv2 * d, ch = d;
+            ulong pq = Ptr(qkv), pc = Ptr(pool), pp = Ptr(positions), ps = Ptr(batch.Slots);
+            void** ropeArgs = stackalloc void*[] { &pq, &pc, &pp, &n, &one, &h, &kh, &d, &sb, &st, &sh, &cb, &cs, &ch, &freq, &ps };
+            Launch("rope.cu", "rope_append_" + Suffix(qkv.DType, op), (GridFor(items), 1, 1), Threads, ropeArgs, 0, dependent: true);
             return;
         }
         int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;

@@ -131,8 +131,12 @@ extern "C" __global__ void rope_angles(float* cs, int positions, int D, RopeFreq
 // heads of each row; the q and k heads are rotated in place at position starts[b] + t (as rope above), and the rotated
 // k and the v heads are written to the cache (B, S, 2K, D) at that position (k heads first, as in qkv). One work item
 // per pair (i, i + D/2) of one head of one row.
+// slots (B T), when given: a paged pool instead of a dense cache (serving; B = the step's rows, T = 1, starts = their
+// positions): row r's keys and values go to cache + slots[r] * cs + head * ch, and a negative slot (padding) writes
+// nothing. The rotation is rope's (the same angles and arithmetic), the copy paged_append's: the same bits as those two
+// launches.
 template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* starts, int B, int Tn, int H, int K, int D,
-    i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f)
+    i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots)
 {
     const int half = D / 2, heads = H + 2 * K;
     const i64 n = (i64)B * Tn * heads * half;
@@ -161,17 +165,21 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
         }
         if (hh >= H)
         {
-            T* q = cache + b * cb + (i64)pos * cs + (i64)(hh - H) * ch;
-            q[i] = a;
-            q[i + half] = c;
+            const i64 slot = slots ? (i64)slots[(i64)b * Tn + t] : (i64)pos;
+            if (slot >= 0)
+            {
+                T* q = cache + (slots ? 0 : b * cb) + slot * cs + (i64)(hh - H) * ch;
+                q[i] = a;
+                q[i + half] = c;
+            }
         }
     }
 }
 
 #define ROPE_APPEND(n, T)                                                                                       \
     extern "C" __global__ void rope_append_##n(T* qkv, T* cache, const int* starts, int B, int Tn, int H, int K,  \
-        int D, i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f)                                      \
+        int D, i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots)                    \
     {                                                                                                           \
-        rope_append<T>(qkv, cache, starts, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f);                          \
+        rope_append<T>(qkv, cache, starts, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, slots);                   \
     }
 FOR_FLOAT_TYPES(ROPE_APPEND)
