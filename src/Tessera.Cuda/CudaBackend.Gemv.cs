@@ -7,15 +7,8 @@ namespace Tessera.Cuda;
 // once, with RMSNorm fused in front and the residual add, SwiGLU or RoPE and the KV-cache append fused behind.
 public sealed unsafe partial class CudaBackend
 {
-    /// <summary>Most rows of x that the matrix-vector kernels take at any width (kernels for 1 to 4 rows).</summary>
+    /// <summary>Most rows of x that the matrix-vector kernels take; larger products go to cuBLASLt.</summary>
     private const int GemvMaxRows = 4;
-
-    /// <summary>The wide kernel's rows (gemv.cu's M = 8, serving's decode bucket of 5 to 8 sequences), taken with
-    /// <see cref="CudaBackendOptions.MatrixVectorMaxRows"/> = 8 while x fits <see cref="GemvWideMaxSharedBytes"/>.</summary>
-    private const int GemvWideRows = 8;
-
-    /// <summary>x staged for the 8-row kernel at most: two CTAs per SM must still fit (a K of 4,096 in 16 bits).</summary>
-    private const long GemvWideMaxSharedBytes = 64 * 1024;
 
     /// <summary>
     /// A matrix-vector grid: <see cref="CudaBackendOptions.MatrixVectorCtasPerSm"/> CTAs of 8 warps per SM (two by default,
@@ -62,8 +55,7 @@ public sealed unsafe partial class CudaBackend
         if (!Options.MatrixVectorKernels || x.Rank != 2) return false;
         int m = x.Size(0), k = x.Size(1);
         var dtype = x.DType;
-        bool wide = m == GemvWideRows && Options.MatrixVectorMaxRows >= GemvWideRows && (long)m * k * dtype.SizeInBytes() <= GemvWideMaxSharedBytes;
-        if (m < 1 || (m > GemvMaxRows && !wide) || k == 0 || dtype is not (DType.F32 or DType.BF16 or DType.F16)) return false;
+        if (m < 1 || m > GemvMaxRows || k == 0 || dtype is not (DType.F32 or DType.BF16 or DType.F16)) return false;
         int vec = 16 / dtype.SizeInBytes();
         if (x.Stride(1) != 1 || k % vec != 0 || (m > 1 && x.Stride(0) % vec != 0) || Ptr(x) % 16 != 0) return false;
         if ((long)m * k * dtype.SizeInBytes() > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;

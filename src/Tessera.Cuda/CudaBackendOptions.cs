@@ -17,18 +17,10 @@ public sealed record CudaBackendOptions
     public static CudaBackendOptions Default { get; } = new();
 
     /// <summary>
-    /// Products with at most 4 rows (decoding), or 8 (<see cref="MatrixVectorMaxRows"/>), run on Tessera's persistent
-    /// matrix-vector kernels (gemv.cu), which stream each weight once; false sends them to cuBLASLt (to compare). Default true.
+    /// Products with at most 4 rows (decoding) run on Tessera's persistent matrix-vector kernels (gemv.cu), which stream
+    /// each weight once; false sends them to cuBLASLt (to compare). Default true.
     /// </summary>
     public bool MatrixVectorKernels { get; init; } = true;
-
-    /// <summary>
-    /// The most rows of x a matrix-vector product takes, 4 or 8. With 8 (the default), a product of exactly 8 rows whose x
-    /// fits 64 KB of shared memory (a serving decode step of 5 to 8 sequences: the QKV, output and gate/up products of
-    /// llama-1b, not its 8,192-wide down product) streams its weight once on gemv.cu's M = 8 kernel instead of cuBLASLt,
-    /// which took as long at 8 rows as at 64 (H200, 2026-12-03: 24.7 us for 8 x 16384 x 2048). 4 keeps them on cuBLASLt.
-    /// </summary>
-    public int MatrixVectorMaxRows { get; init; } = 8;
 
     /// <summary>
     /// CTAs of 8 warps per SM in a matrix-vector grid, 1 or 2 (fewer when the rows would leave warps idle). Two are resident
@@ -207,8 +199,6 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: PagedDecodeMinKeysPerSplit ({PagedDecodeMinKeysPerSplit}) must be at least 1");
         if (HopperBackwardVariant is < 0 or > 8)
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
-        if (MatrixVectorMaxRows is not (4 or 8))
-            throw new ArgumentException($"CUDA backend options: MatrixVectorMaxRows ({MatrixVectorMaxRows}) must be 4 or 8");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(DecodeAttention))
@@ -251,7 +241,6 @@ public sealed record CudaBackendOptions
         var parts = new List<string>();
         var d = Default;
         if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
-        if (MatrixVectorMaxRows != d.MatrixVectorMaxRows) parts.Add(Invariant($"{nameof(MatrixVectorMaxRows)}={MatrixVectorMaxRows}"));
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
@@ -287,7 +276,6 @@ public sealed record CudaBackendOptions
     private static readonly FrozenDictionary<string, Setter> Setters = new Dictionary<string, Setter>
     {
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
-        [nameof(MatrixVectorMaxRows)] = (o, v, s) => o with { MatrixVectorMaxRows = ParseInt(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },

@@ -1,5 +1,5 @@
 // Matrix-vector products for decoding: y (M, N) = alpha * x (M, K) W^T + bias + beta * y, with W (N, K)
-// row-major (nn.Linear's layout) and M <= 4 or M = 8 rows of x. At such M the product is bound by reading W once
+// row-major (nn.Linear's layout) and M <= 4 rows of x. At such M the product is bound by reading W once
 // (2 bytes per weight in bf16), and a general GEMM tiles for reuse that is not there.
 //
 // A grid of two CTAs of 8 warps per SM stays resident (persistent); each warp walks its rows (n = its global warp
@@ -295,7 +295,5 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
     {                                                                                                             \
         gemv_stream<T, M, GEMV_ROPE>(x, w, w, bias, bias, qkv, pairs, K, ldx, ldw, ldy, 1.f, 0.f, nw, eps, rope, early); \
     }
-// M = 8 too: serving's decode bucket of 5 to 8 sequences (the host takes it while x, 8 rows, stays within 64 KB of shared
-// memory, so two CTAs still fit an SM).
-#define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4) GEMV_STREAM(n, T, 8)
+#define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_ALL)

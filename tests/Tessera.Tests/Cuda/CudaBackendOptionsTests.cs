@@ -16,7 +16,6 @@ public sealed class CudaBackendOptionsTests
     {
         MatrixVectorKernels = false,
         MatrixVectorCtasPerSm = 1,
-        MatrixVectorMaxRows = 4,
         EarlyWeightLoads = false,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
@@ -69,7 +68,6 @@ public sealed class CudaBackendOptionsTests
 
     [Theory]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
-    [InlineData("MatrixVectorMaxRows=6", "MatrixVectorMaxRows (6) must be 4 or 8")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]

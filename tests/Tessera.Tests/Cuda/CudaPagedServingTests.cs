@@ -192,7 +192,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
 
     /// <summary>
     /// The paged step's fused QKV op (norm, product, rotation of q and k at each row's position, append of k and v to the
-    /// row's pool slot; one kernel for at most 4 rows and for 8): bit for bit the unfused GPU ops it replaces (the product, Rope at the
+    /// row's pool slot; one kernel for at most 4 rows): bit for bit the unfused GPU ops it replaces (the product, Rope at the
     /// positions, PagedAppend: the same per-row arithmetic in the same order), a padding row (slot -1) writing nothing; and
     /// within the dtype's tolerance of the CPU in f64 (<see cref="CudaTestBase.Tolerance"/>). Six and 64 rows take the other
     /// path: the product, then the rotation and the append in one launch (rope_append with the rows' slots).
@@ -201,8 +201,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData(DType.BF16, 1, true, false)]    // a batch-1 decode step (llama: norm, no bias)
     [InlineData(DType.BF16, 4, true, true)]     // three sequences and a padding row, with bias
     [InlineData(DType.F32, 3, false, true)]     // no norm
-    [InlineData(DType.BF16, 8, true, false)]    // 8 rows: the 8-row matrix-vector kernel's ROPE epilogue
-    [InlineData(DType.BF16, 6, true, false)]    // 5 to 7 and above 8 rows: the product, then rope_append to the slots
+    [InlineData(DType.BF16, 6, true, false)]    // above 4 rows: the product, then rope_append to the slots
     [InlineData(DType.BF16, 64, true, false)]   // a 64-sequence decode step's rows
     public void FusedPagedQkvMatchesTheProductRotationAndAppend(DType dtype, int n, bool withNorm, bool withBias)
     {
@@ -490,8 +489,6 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
             ("paged_decode_tiled (one wave of splits)", CudaBackendOptions.Default with { PagedDecodeTiled = true }),
             ("paged_decode, PagedDecodeCtasPerSm=8 (two waves)", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 8 }),
         };
-        if (sequences == 8)   // the 8-row matrix-vector products against cuBLASLt's
-            configurations = [.. configurations, ("paged_decode, MatrixVectorMaxRows=4 (products on cuBLASLt)", CudaBackendOptions.Default with { MatrixVectorMaxRows = 4 })];
         var tables = new List<string>();
         foreach (var (name, options) in configurations.Take(sequences > 1 ? configurations.Length : 2))
         {
