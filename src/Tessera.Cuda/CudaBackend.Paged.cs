@@ -11,7 +11,11 @@ public sealed unsafe partial class CudaBackend
         PagedAttentionMaxSplits = 32,
         PagedDecodeThreads = 128,                                       // PD_THREADS
         PagedPrefillMinRows = 8,                                        // a sequence with this many rows in a step runs on tensor cores
-        PagedDecodeMaxCounters = 1024;                                  // DecodeCounters' first capacity
+        PagedDecodeMaxCounters = 1024,                                  // DecodeCounters' first capacity
+        PagedDecodeMmaKeys = 64;                                        // PM_KEYS: positions of a K or V tile of paged_decode_mma
+
+    /// <summary>K/V tiles in flight in paged_decode_mma (PM_STAGES in the kernel).</summary>
+    private static int PagedDecodeMmaStages(int headSize) => headSize == 64 ? 4 : 3;
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
     {
@@ -141,9 +145,22 @@ public sealed unsafe partial class CudaBackend
         if (specialized)
         {
             int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
-            // paged_decode_tiled takes the same arguments, grid and shared memory.
-            decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{Suffix(q.DType, op)}_d{d}_g{gm}";
-            decodeShared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
+            if (Options.PagedDecodeTensorCores && q.DType is DType.BF16 or DType.F16)
+            {
+                // paged_decode_mma: the same arguments and grid; shared memory for its K/V tiles in flight, which the warps'
+                // states (4, G, D + 2) reuse at the end.
+                decodeKernel = $"paged_decode_mma_{Suffix(q.DType, op)}_d{d}";
+                decodeShared = (uint)Math.Max(PagedDecodeMmaStages(d) * 2 * PagedDecodeMmaKeys * d * q.DType.SizeInBytes(),
+                    PagedDecodeThreads / 32 * g * (d + 2) * sizeof(float));
+                PreferSharedMemory("paged_attention.cu", decodeKernel);
+                AllowDynamicSharedMemory("paged_attention.cu", decodeKernel, decodeShared);   // before the occupancy query
+            }
+            else
+            {
+                // paged_decode_tiled takes the same arguments, grid and shared memory.
+                decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{Suffix(q.DType, op)}_d{d}_g{gm}";
+                decodeShared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
+            }
             // As many whole splits as fit one wave of resident CTAs (PagedDecodeCtasPerSm per SM; by default as many as the
             // kernel's occupancy allows), at least one, each at least PagedDecodeSplitSpan (default 64) positions of the span:
             // every split costs its CTA's prologue and a merge, so a grid past one wave only adds them (measured: 64 sequences
@@ -211,4 +228,14 @@ public sealed unsafe partial class CudaBackend
     }
 
     private readonly Dictionary<(string Kernel, uint Shared), int> _residentCtas = new();
+
+    /// <summary>Lets <paramref name="kernel"/> take <paramref name="bytes"/> of dynamic shared memory (above 48 KB it must ask),
+    /// so that the occupancy calculator and the launch see the same limit.</summary>
+    private void AllowDynamicSharedMemory(string file, string kernel, uint bytes)
+    {
+        if (bytes <= 48 * 1024) return;
+        CudaDevice.MakeCurrent();
+        Interop.CudaDriver.Check(Interop.CudaDriver.cuFuncSetAttribute(Kernels.Module(file).Function(kernel), Interop.CudaDriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)bytes),
+            "cuFuncSetAttribute", kernel + " (dynamic shared memory)");
+    }
 }
