@@ -12,10 +12,8 @@ public sealed unsafe partial class CudaBackend
         PagedDecodeThreads = 128,                                       // PD_THREADS
         PagedPrefillMinRows = 8,                                        // a sequence with this many rows in a step runs on tensor cores
         PagedDecodeMaxCounters = 1024,                                  // DecodeCounters' first capacity
-        PagedDecodeMmaKeys = 64;                                        // PM_KEYS: positions of a K or V tile of paged_decode_mma
-
-    /// <summary>K/V tiles in flight in paged_decode_mma (PM_STAGES in the kernel).</summary>
-    private static int PagedDecodeMmaStages(int headSize) => headSize == 64 ? 4 : 3;
+        PagedDecodeMmaKeys = 64,                                        // PM_KEYS: positions of a K or V tile of paged_decode_mma
+        PagedDecodeMmaStages = 3;                                       // PM_STAGES: its K/V tiles in flight
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
     {
@@ -150,7 +148,7 @@ public sealed unsafe partial class CudaBackend
                 // paged_decode_mma: the same arguments and grid; shared memory for its K/V tiles in flight, which the warps'
                 // states (4, G, D + 2) reuse at the end.
                 decodeKernel = $"paged_decode_mma_{Suffix(q.DType, op)}_d{d}";
-                decodeShared = (uint)Math.Max(PagedDecodeMmaStages(d) * 2 * PagedDecodeMmaKeys * d * q.DType.SizeInBytes(),
+                decodeShared = (uint)Math.Max(PagedDecodeMmaStages * 2 * PagedDecodeMmaKeys * d * q.DType.SizeInBytes(),
                     PagedDecodeThreads / 32 * g * (d + 2) * sizeof(float));
                 PreferSharedMemory("paged_attention.cu", decodeKernel);
                 AllowDynamicSharedMemory("paged_attention.cu", decodeKernel, decodeShared);   // before the occupancy query
@@ -228,12 +226,15 @@ public sealed unsafe partial class CudaBackend
     }
 
     private readonly Dictionary<(string Kernel, uint Shared), int> _residentCtas = new();
+    private readonly Dictionary<string, uint> _dynamicSharedAllowed = new();
 
-    /// <summary>Lets <paramref name="kernel"/> take <paramref name="bytes"/> of dynamic shared memory (above 48 KB it must ask),
-    /// so that the occupancy calculator and the launch see the same limit.</summary>
+    /// <summary>Lets <paramref name="kernel"/> take <paramref name="bytes"/> of dynamic shared memory (past 48 KB less its static
+    /// shared memory it must ask), so that the occupancy calculator and the launch see the same limit; asked again only for
+    /// more than before.</summary>
     private void AllowDynamicSharedMemory(string file, string kernel, uint bytes)
     {
-        if (bytes <= 48 * 1024) return;
+        if (_dynamicSharedAllowed.TryGetValue(kernel, out uint allowed) && allowed >= bytes) return;
+        _dynamicSharedAllowed[kernel] = bytes;
         CudaDevice.MakeCurrent();
         Interop.CudaDriver.Check(Interop.CudaDriver.cuFuncSetAttribute(Kernels.Module(file).Function(kernel), Interop.CudaDriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)bytes),
             "cuFuncSetAttribute", kernel + " (dynamic shared memory)");

@@ -157,7 +157,7 @@ public sealed record CudaBackendOptions
     /// <summary>
     /// Serving's vectorized paged decode runs its two products on tensor cores as <c>paged_decode_mma</c> (paged_attention.cu,
     /// bf16 and f16; F32 keeps <c>paged_decode</c>): the CTA's query heads are the rows of an mma.sync m16n8k16 tile, the split's
-    /// keys and values stream through shared memory in tiles of 64 positions (cp.async through the block table, 3-4 tiles in
+    /// keys and values stream through shared memory in tiles of 64 positions (cp.async through the block table, 3 tiles in
     /// flight), and each warp keeps an online softmax over 16 keys of every tile (the same grid, splits and merge; P is
     /// rounded to 16 bits before the product with V, as in the tensor-core prefill). Takes precedence over
     /// <see cref="PagedDecodeTiled"/>. Default false: not yet measured.

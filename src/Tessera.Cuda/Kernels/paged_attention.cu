@@ -702,16 +702,18 @@ FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
 // decode: the CTA's G query heads (G <= 8, the heads of one kv head that the host groups) are the rows of an m16n8k16 A tile,
 // rows G..15 zero queries that are never stored. The split's keys [begin, end) stream through shared memory in tiles of
 // PM_KEYS positions, K and V each a swizzled tile (common.cuh) filled by cp.async through the block table (PagedRows: keys
-// at or past end zero-filled, nothing read), PM_STAGES(D) tiles in flight. Warp w takes keys 16 w .. 16 w + 15 of every
+// at or past end zero-filled, nothing read), PM_STAGES tiles in flight. Warp w takes keys 16 w .. 16 w + 15 of every
 // tile: S (16 x 16) = Q K^T from ldmatrix fragments of K (row-major in shared memory: the B operand as is), scores past end
 // -inf, an online softmax in base 2 per query row on the accumulator fragment (lane 4 g + c holds row g's keys 2c, 2c + 1,
 // 8 + 2c, 9 + 2c; the row maximum over the 4 lanes of g), P rounded to 16 bits in registers as the A operand of
 // O += P V (ldmatrix.trans of V). The 4 warps' states (acc, m, l) merge as paged_decode's lane groups do
-// (paged_decode_merge_store over (4, G, D + 2) in the tile memory). Dynamic shared memory: PM_STAGES(D) x 2 tiles of
-// PM_KEYS x D values (64 KB at D = 64, 96 KB at D = 128).
+// (paged_decode_merge_store over (4, G, D + 2) in the tile memory). Dynamic shared memory: PM_STAGES x 2 tiles of
+// PM_KEYS x D values (48 KB at D = 64, 96 KB at D = 128).
 #define PM_KEYS 64
-#define PM_STAGES(D) ((D) == 64 ? 4 : 3)
-#define PM_MIN_CTAS(D) ((D) == 64 ? 3 : 2)   // what the shared memory allows per SM; the registers must not limit it further
+#define PM_STAGES 3
+// CTAs per SM that the shared memory allows (48 KB of tiles at D = 64, 96 KB at 128); the registers must not limit it further.
+// At D = 64, 4 a SM make the 512 CTAs of a 64-sequence llama-1b decode grid one wave on 132 SMs.
+#define PM_MIN_CTAS(D) ((D) == 64 ? 4 : 2)
 
 template <typename T, int D>
 __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
@@ -719,7 +721,7 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
                                  int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk,
                                  int batched_merge)
 {
-    constexpr int NT = PD_THREADS, BN = PM_KEYS, KD = D / 16, ND = D / 8, S = PM_STAGES(D), TILE = BN * D * 2;
+    constexpr int NT = PD_THREADS, BN = PM_KEYS, KD = D / 16, ND = D / 8, S = PM_STAGES, TILE = BN * D * 2;
     static_assert(NT == 128 && BN == 16 * (NT / 32), "paged_decode_mma: 4 warps of 16 keys a tile");
     extern __shared__ float pd_shared[];                           // S x (K tile, V tile); at the end (4, G, D + 2)
     const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;

@@ -170,8 +170,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
                 }
         foreach (var d in new[] { 64, 128 })
         {
-            // paged_decode_mma: its K/V tiles in flight (PM_STAGES x 2 tiles of 64 positions; the warps' states reuse them).
-            int shared = (d == 64 ? 4 : 3) * 2 * 64 * d * 2;
+            // paged_decode_mma: its K/V tiles (PM_STAGES = 3 x 2 tiles of 64 positions; the warps' states reuse them).
+            int shared = 3 * 2 * 64 * d * 2;
             var r = module.Resources($"paged_decode_mma_bf16_d{d}", PagedDecodeThreadsForReport, shared);
             Console.WriteLine($"[paged decode kernel] paged_decode_mma_bf16_d{d}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs per SM");
         }
