@@ -11,7 +11,9 @@ public sealed unsafe partial class CudaBackend
         PagedAttentionMaxSplits = 32,
         PagedDecodeThreads = 128,                                       // PD_THREADS
         PagedPrefillMinRows = 8,                                        // a sequence with this many rows in a step runs on tensor cores
-        PagedDecodeMaxCounters = 1024;                                  // DecodeCounters' first capacity
+        PagedDecodeMaxCounters = 1024,                                  // DecodeCounters' first capacity
+        PagedDecodeMmaKeys = 64,                                        // PM_KEYS: positions of a K or V tile of paged_decode_mma
+        PagedDecodeMmaStages = 3;                                       // PM_STAGES: its K/V tiles in flight
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
     {
@@ -151,9 +153,22 @@ public sealed unsafe partial class CudaBackend
         if (specialized)
         {
             int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
-            // paged_decode_tiled takes the same arguments, grid and shared memory.
-            decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{Suffix(q.DType, op)}_d{d}_g{gm}";
-            decodeShared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
+            if (Options.PagedDecodeTensorCores && q.DType is DType.BF16 or DType.F16)
+            {
+                // paged_decode_mma: the same arguments and grid; shared memory for its K/V tiles in flight, which the warps'
+                // states (4, G, D + 2) reuse at the end.
+                decodeKernel = $"paged_decode_mma_{Suffix(q.DType, op)}_d{d}";
+                decodeShared = (uint)Math.Max(PagedDecodeMmaStages * 2 * PagedDecodeMmaKeys * d * q.DType.SizeInBytes(),
+                    PagedDecodeThreads / 32 * g * (d + 2) * sizeof(float));
+                PreferSharedMemory("paged_attention.cu", decodeKernel);
+                AllowDynamicSharedMemory("paged_attention.cu", decodeKernel, decodeShared);   // before the occupancy query
+            }
+            else
+            {
+                // paged_decode_tiled takes the same arguments, grid and shared memory.
+                decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{Suffix(q.DType, op)}_d{d}_g{gm}";
+                decodeShared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
+            }
             // As many whole splits as fit one wave of resident CTAs (PagedDecodeCtasPerSm per SM; by default as many as the
             // kernel's occupancy allows), at least one, each at least PagedDecodeSplitSpan (default 64) positions of the span:
             // every split costs its CTA's prologue and a merge, so a grid past one wave only adds them (measured: 64 sequences
@@ -221,4 +236,17 @@ public sealed unsafe partial class CudaBackend
     }
 
     private readonly Dictionary<(string Kernel, uint Shared), int> _residentCtas = new();
+    private readonly Dictionary<string, uint> _dynamicSharedAllowed = new();
+
+    /// <summary>Lets <paramref name="kernel"/> take <paramref name="bytes"/> of dynamic shared memory (past 48 KB less its static
+    /// shared memory it must ask), so that the occupancy calculator and the launch see the same limit; asked again only for
+    /// more than before.</summary>
+    private void AllowDynamicSharedMemory(string file, string kernel, uint bytes)
+    {
+        if (_dynamicSharedAllowed.TryGetValue(kernel, out uint allowed) && allowed >= bytes) return;
+        _dynamicSharedAllowed[kernel] = bytes;
+        CudaDevice.MakeCurrent();
+        Interop.CudaDriver.Check(Interop.CudaDriver.cuFuncSetAttribute(Kernels.Module(file).Function(kernel), Interop.CudaDriver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)bytes),
+            "cuFuncSetAttribute", kernel + " (dynamic shared memory)");
+    }
 }

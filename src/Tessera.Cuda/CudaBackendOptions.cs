@@ -155,6 +155,16 @@ public sealed record CudaBackendOptions
     public bool PagedDecodeTiled { get; init; }
 
     /// <summary>
+    /// Serving's vectorized paged decode runs its two products on tensor cores as <c>paged_decode_mma</c> (paged_attention.cu,
+    /// bf16 and f16; F32 keeps <c>paged_decode</c>): the CTA's query heads are the rows of an mma.sync m16n8k16 tile, the split's
+    /// keys and values stream through shared memory in tiles of 64 positions (cp.async through the block table, 3 tiles in
+    /// flight), and each warp keeps an online softmax over 16 keys of every tile (the same grid, splits and merge; P is
+    /// rounded to 16 bits before the product with V, as in the tensor-core prefill). Takes precedence over
+    /// <see cref="PagedDecodeTiled"/>. Default false: not yet measured.
+    /// </summary>
+    public bool PagedDecodeTensorCores { get; init; }
+
+    /// <summary>
     /// CTAs per SM that serving's <c>paged_decode</c> grid may fill when it splits the keys (0, or 1 to 32): splits = this times
     /// the SMs over the rows' head-group columns, rounded down (whole waves), at least 1, at least 64 positions of the widest
     /// table a split, at most 32. 0 (the default) takes the kernel's occupancy (4 CTAs per SM for groups of up to 4 heads), so
@@ -259,6 +269,7 @@ public sealed record CudaBackendOptions
         if (PagedDecodeSplitSpan != d.PagedDecodeSplitSpan) parts.Add(Invariant($"{nameof(PagedDecodeSplitSpan)}={PagedDecodeSplitSpan}"));
         if (PagedDecodeBatchedMerge != d.PagedDecodeBatchedMerge) parts.Add($"{nameof(PagedDecodeBatchedMerge)}={Bool(PagedDecodeBatchedMerge)}");
         if (PagedDecodeTiled != d.PagedDecodeTiled) parts.Add($"{nameof(PagedDecodeTiled)}={Bool(PagedDecodeTiled)}");
+        if (PagedDecodeTensorCores != d.PagedDecodeTensorCores) parts.Add($"{nameof(PagedDecodeTensorCores)}={Bool(PagedDecodeTensorCores)}");
         if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
@@ -284,6 +295,7 @@ public sealed record CudaBackendOptions
         [nameof(PagedDecodeSplitSpan)] = (o, v, s) => o with { PagedDecodeSplitSpan = ParseInt(v, s) },
         [nameof(PagedDecodeBatchedMerge)] = (o, v, s) => o with { PagedDecodeBatchedMerge = ParseBool(v, s) },
         [nameof(PagedDecodeTiled)] = (o, v, s) => o with { PagedDecodeTiled = ParseBool(v, s) },
+        [nameof(PagedDecodeTensorCores)] = (o, v, s) => o with { PagedDecodeTensorCores = ParseBool(v, s) },
         [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {

@@ -57,7 +57,7 @@ public sealed unsafe class CudaModule : IDisposable
         Check(cuFuncGetAttribute(&local, CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, f), "cuFuncGetAttribute", name);
         Check(cuFuncGetAttribute(&shared, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, f), "cuFuncGetAttribute", name);
         Check(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100), "cuFuncSetAttribute", name);
-        if (dynamicSharedBytes > 48 * 1024)
+        if (dynamicSharedBytes + shared > 48 * 1024)   // past 48 KB in all, the dynamic part must be allowed
             Check(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamicSharedBytes), "cuFuncSetAttribute", name);
         Check(cuOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, f, threads, (nuint)dynamicSharedBytes), "cuOccupancyMaxActiveBlocksPerMultiprocessor", name);
         return new KernelResources(registers, local, shared, ctas);

@@ -263,3 +263,160 @@ __device__ __forceinline__ bool aligned16(const void* a, const void* b, const vo
 {
     return (((unsigned long long)a | (unsigned long long)b | (unsigned long long)c) & 15ull) == 0;
 }
+
+// ------------------------------------------------------------------------------ tensor-core building blocks
+// Shared by flash_attention.cu, flash_attention_hopper.cu and paged_attention.cu: shared-memory addresses, cp.async
+// copies, ldmatrix fragment loads and mma.sync.m16n8k16 (bf16/f16 in, fp32 accumulators), the swizzled tile layout
+// below, and the paged pool's row loader. The inline PTX is device-only; the host compile of the kernel emulation
+// (tests/Tessera.Tests/Cuda/Emulation/cuda_emulation.h) calls its warp-collective stand-ins (bf16; f16's mma has none).
+//
+// mma.m16n8k16 fragments (g = lane / 4, c = lane % 4):
+//   A 16x16 row-major: a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)
+//   B 16x8 col-major:  b0 (k 2c..2c+1, n g), b1 (k 2c+8.., n g)
+//   C 16x8 fp32:       c0 c1 (g, 2c..2c+1), c2 c3 (g+8, 2c..2c+1)
+// Swizzled tiles: ROWS x D 16-bit values, a row of D/8 16-byte chunks; chunk c of row r is stored at chunk c ^ (r & 7),
+// so the 8 rows that one ldmatrix reads hit 8 different bank groups.
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ unsigned smem_u32(const void* p)
+{
+    unsigned r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid)
+{
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+#else   // the host compile of the kernel emulation: its warp-collective stand-ins (cuda_emulation.h)
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return emu_smem_u32(p); }
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) { emu_cp_async16(dst, src, valid); }
+__device__ __forceinline__ void cp_async_commit() {}
+template <int N> __device__ __forceinline__ void cp_async_wait() {}
+__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    unsigned r[4];
+    emu_ldsm_x4(addr, r, false);
+    r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
+{
+    unsigned r[4];
+    emu_ldsm_x4(addr, r, true);
+    r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
+}
+#endif
+
+// Per 16-bit type: the mma instruction (c += a b) and packing two floats (lo in the low half).
+template <typename T> struct Mma;
+template <> struct Mma<bf16>
+{
+    static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1)
+    {
+#ifdef __CUDA_ARCH__
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+        emu_mma_m16n8k16(c, a, b0, b1, emu_bf16_bits);
+#endif
+    }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi)
+    {
+#ifdef __CUDA_ARCH__
+        unsigned r;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+        return r;
+#else
+        return from_f<bf16>(lo).x | ((unsigned)from_f<bf16>(hi).x << 16);   // the same rounding for finite values
+#endif
+    }
+};
+template <> struct Mma<f16>
+{
+    static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1)
+    {
+#ifdef __CUDA_ARCH__
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+    }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi)
+    {
+        unsigned r = 0;   // none on the emulation (its f16 conversions are PTX)
+#ifdef __CUDA_ARCH__
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
+        return r;
+    }
+};
+
+// Byte offset of element (r, col) (col a multiple of 8) in a swizzled tile of rows of D values.
+template <int D> __device__ __forceinline__ unsigned swz(int r, int col)
+{
+    return (unsigned)(r * D * 2 + ((((col >> 3) ^ (r & 7))) << 4));
+}
+
+// Per-lane ldmatrix offsets into a swizzled tile of rows of D 16-bit values. Every row a lane addresses has r & 7 = lane & 7,
+// so a swizzled offset is a per-lane base for each 16-column step plus a compile-time row offset that folds into the
+// instruction. ldsm_offset_rows: x4 over 16 rows x 16 columns at step c as two n8 B fragments (K as the B operand of QK^T);
+// ldsm_offset_cols: the .trans x4 over 16 rows (keys) x 16 columns at step c (V as the B operand of PV).
+template <int D> __device__ __forceinline__ unsigned ldsm_offset_rows(int lane, int c)
+{
+    return (unsigned)(((lane & 7) + ((lane >> 4) << 3)) * D * 2 + (((2 * c + ((lane >> 3) & 1)) ^ (lane & 7)) << 4));
+}
+template <int D> __device__ __forceinline__ unsigned ldsm_offset_cols(int lane, int c)
+{
+    return (unsigned)(((lane & 7) + ((lane >> 3) & 1) * 8) * D * 2 + (((2 * c + (lane >> 4)) ^ (lane & 7)) << 4));
+}
+template <int D> struct TileOffsets
+{
+    unsigned rows[D / 16], cols[D / 16];
+    __device__ __forceinline__ explicit TileOffsets(int lane)
+    {
+#pragma unroll
+        for (int c = 0; c < D / 16; c++) { rows[c] = ldsm_offset_rows<D>(lane, c); cols[c] = ldsm_offset_cols<D>(lane, c); }
+    }
+};
+
+// Rows of a paged KV pool (paged_attention.cu's layout): position p at slot table[p / block_size] * block_size +
+// p % block_size, base + slot * stride (base already at the kv head, stride 2K * D); a tile's rows come from up to
+// ROWS / block_size blocks, each thread looking up the block of every row it copies. Rows at or past limit, or below
+// first, are zero-filled without reading the table (a block left of a sliding window may have gone back to the pool).
+template <typename T> struct PagedRows
+{
+    const T* base;
+    const int* table;
+    int block_size;
+    i64 stride;
+    int first;
+    template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
+    {
+        constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+        static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && RS % 8 == 0, "PagedRows::load: thread count must tile the rows");
+        const int r = tid / CH, c = tid % CH;
+        const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
+#pragma unroll
+        for (int k = 0; k < N; k++)
+        {
+            const int p = row0 + r + k * RS;
+            const bool ok = p < limit && p >= first;
+            const T* src = ok ? base + ((i64)table[p / block_size] * block_size + p % block_size) * stride + c * 8 : base;
+            cp_async16(d0 + k * RS * D * 2, src, ok);
+        }
+    }
+};

@@ -24,93 +24,8 @@ struct alignas(16) f32x4 { float x, y, z, w; };
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
-__device__ __forceinline__ unsigned smem_u32(const void* p)
-{
-    unsigned r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid)
-{
-    int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
-
-__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
-
-// Per 16-bit type: the mma instruction and packing two floats (lo in the low half).
-template <typename T> struct Mma;
-template <> struct Mma<bf16>
-{
-    static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1)
-    {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ unsigned pack(float lo, float hi)
-    {
-        unsigned r;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-        return r;
-    }
-};
-template <> struct Mma<f16>
-{
-    static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1)
-    {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ unsigned pack(float lo, float hi)
-    {
-        unsigned r;
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-        return r;
-    }
-};
-
-// Byte offset of element (r, col) (col a multiple of 8) in a swizzled tile of rows of D values.
-template <int D> __device__ __forceinline__ unsigned swz(int r, int col)
-{
-    return (unsigned)(r * D * 2 + ((((col >> 3) ^ (r & 7))) << 4));
-}
-
-// Per-lane ldmatrix offsets into a swizzled tile of rows of D 16-bit values. Every row a lane addresses has r & 7 = lane & 7,
-// so a swizzled offset is a per-lane base for each 16-column step plus a compile-time row offset that folds into the
-// instruction. ldsm_offset_rows: x4 over 16 rows x 16 columns at step c as two n8 B fragments (K as the B operand of QK^T);
-// ldsm_offset_cols: the .trans x4 over 16 rows (keys) x 16 columns at step c (V as the B operand of PV).
-template <int D> __device__ __forceinline__ unsigned ldsm_offset_rows(int lane, int c)
-{
-    return (unsigned)(((lane & 7) + ((lane >> 4) << 3)) * D * 2 + (((2 * c + ((lane >> 3) & 1)) ^ (lane & 7)) << 4));
-}
-template <int D> __device__ __forceinline__ unsigned ldsm_offset_cols(int lane, int c)
-{
-    return (unsigned)(((lane & 7) + ((lane >> 3) & 1) * 8) * D * 2 + (((2 * c + (lane >> 4)) ^ (lane & 7)) << 4));
-}
-template <int D> struct TileOffsets
-{
-    unsigned rows[D / 16], cols[D / 16];
-    __device__ __forceinline__ explicit TileOffsets(int lane)
-    {
-#pragma unroll
-        for (int c = 0; c < D / 16; c++) { rows[c] = ldsm_offset_rows<D>(lane, c); cols[c] = ldsm_offset_cols<D>(lane, c); }
-    }
-};
+// smem_u32, cp.async, ldmatrix, Mma<T>, swz and the ldmatrix offsets (TileOffsets) are common.cuh's (shared with
+// paged_attention.cu's tensor-core decode).
 
 // Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled)
 // into a swizzled tile at shared address dst, with NT threads. With NT a multiple of the D/8 chunks of a row, each
@@ -162,29 +77,7 @@ template <typename T> struct DenseRows
         load_tile<D, ROWS, NT>(dst, base, stride, row0, limit, tid);
     }
 };
-template <typename T> struct PagedRows
-{
-    const T* base;
-    const int* table;
-    int block_size;
-    i64 stride;
-    int first;
-    template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
-    {
-        constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-        static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && RS % 8 == 0, "PagedRows::load: thread count must tile the rows");
-        const int r = tid / CH, c = tid % CH;
-        const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
-#pragma unroll
-        for (int k = 0; k < N; k++)
-        {
-            const int p = row0 + r + k * RS;
-            const bool ok = p < limit && p >= first;
-            const T* src = ok ? base + ((i64)table[p / block_size] * block_size + p % block_size) * stride + c * 8 : base;
-            cp_async16(d0 + k * RS * D * 2, src, ok);
-        }
-    }
-};
+// PagedRows (a paged KV pool's rows, through the block table) is common.cuh's.
 
 // CTA: 64 * MT query rows (tile mb) of one query head, 4 warps of 16 * MT rows (MT m16 tiles per warp, so each
 // K/V fragment loaded by ldmatrix feeds MT mma); key/value tiles of 64 rows, double-buffered. qb, ob: the head's row 0

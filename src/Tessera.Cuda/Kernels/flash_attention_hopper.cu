@@ -33,21 +33,7 @@ typedef unsigned long long u64;
 
 #define LN2 0.6931471805599453f
 
-__device__ __forceinline__ unsigned smem_u32(const void* p)
-{
-    unsigned r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-    return r;
-}
-
-// 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid)
-{
-    int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+// smem_u32 and the cp.async helpers are common.cuh's.
 
 // Shared memory written by ordinary (generic-proxy) stores, cp.async included, becomes visible to wgmma (the async
 // proxy) only after this fence by the writing thread, before the barrier that orders it with the readers.

@@ -340,25 +340,15 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
 }
 #define PD_MIN_CTAS(GM) ((GM) <= 4 ? 4 : 2)   // CTAs per SM that the registers must allow (128 registers a thread up to 4 heads: no spills)
 
-// The end of both decode kernels: each lane group's online-softmax state (acc, m, l) of the G heads merged over the CTA's NG
-// groups through shared memory (NG, G, D + 2), then the row's output (one split) or the split's state (acc, m, l) in partial
-// and, with counters, the last CTA's merge of the row's splits.
-template <typename T, int D, int GM, int VE, int NG>
-__device__ __forceinline__ void paged_decode_store(const float (&acc)[GM][VE], const float (&m)[GM], const float (&l)[GM], float* pd_shared,
-                                   int grp, int sub, int tid, T* out, float* partial, int* counters, int n, int x, int X,
-                                   int H, int h0, int G, int split, int splits, int active, int batched_merge)
+// The second half of the decode kernels' end: the NG online-softmax states (acc, m, l) of each of the G heads, stored in
+// shared memory (NG, G, D + 2) and synchronized, merged; then the row's output (one split) or the split's state (acc, m, l)
+// in partial and, with counters, the last CTA's merge of the row's splits.
+template <typename T, int D, int NG>
+__device__ __forceinline__ void paged_decode_merge_store(const float* pd_shared, int tid, T* out, float* partial, int* counters,
+                                                         int n, int x, int X, int H, int h0, int G, int split, int splits,
+                                                         int active, int batched_merge)
 {
     const int row_floats = D + 2;
-#pragma unroll
-    for (int g = 0; g < GM; g++)
-    {
-        if (g >= G) break;
-        float* st = pd_shared + ((i64)grp * G + g) * row_floats;
-#pragma unroll
-        for (int i = 0; i < VE; i++) st[sub * VE + i] = acc[g][i];
-        if (sub == 0) { st[D] = m[g]; st[D + 1] = l[g]; }
-    }
-    __syncthreads();
     for (int e = tid; e < G * D; e += PD_THREADS)
     {
         const int g = e / D, d = e % D;
@@ -383,6 +373,27 @@ __device__ __forceinline__ void paged_decode_store(const float (&acc)[GM][VE], c
         }
     }
     if (splits > 1 && counters) paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
+}
+
+// The end of paged_decode and paged_decode_tiled: each lane group's online-softmax state (acc, m, l) of the G heads stored in
+// shared memory (NG, G, D + 2), then merged over the CTA's NG groups (paged_decode_merge_store).
+template <typename T, int D, int GM, int VE, int NG>
+__device__ __forceinline__ void paged_decode_store(const float (&acc)[GM][VE], const float (&m)[GM], const float (&l)[GM], float* pd_shared,
+                                   int grp, int sub, int tid, T* out, float* partial, int* counters, int n, int x, int X,
+                                   int H, int h0, int G, int split, int splits, int active, int batched_merge)
+{
+    const int row_floats = D + 2;
+#pragma unroll
+    for (int g = 0; g < GM; g++)
+    {
+        if (g >= G) break;
+        float* st = pd_shared + ((i64)grp * G + g) * row_floats;
+#pragma unroll
+        for (int i = 0; i < VE; i++) st[sub * VE + i] = acc[g][i];
+        if (sub == 0) { st[D] = m[g]; st[D + 1] = l[g]; }
+    }
+    __syncthreads();
+    paged_decode_merge_store<T, D, NG>(pd_shared, tid, out, partial, counters, n, x, X, H, h0, G, split, splits, active, batched_merge);
 }
 
 template <typename T, int D, int GM>
@@ -684,6 +695,183 @@ __device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* par
 #define PAGED_DECODE_TILED(name, t)                                                                                       \
     PAGED_DECODE_D(paged_decode_tiled, name, t, 64) PAGED_DECODE_D(paged_decode_tiled, name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
+
+// ------------------------------------------------------------------------------ attention on tensor cores
+// paged_decode's computation (same arguments, grid, rows, splits, window, partial layout and last-CTA merge) with the two
+// products on tensor cores (CudaBackendOptions.PagedDecodeTensorCores; bf16 and f16), after FlashInfer's grouped-query
+// decode: the CTA's G query heads (G <= 8, the heads of one kv head that the host groups) are the rows of an m16n8k16 A tile,
+// rows G..15 zero queries that are never stored. The split's keys [begin, end) stream through shared memory in tiles of
+// PM_KEYS positions, K and V each a swizzled tile (common.cuh) filled by cp.async through the block table (PagedRows: keys
+// at or past end zero-filled, nothing read), PM_STAGES tiles in flight. Warp w takes keys 16 w .. 16 w + 15 of every
+// tile: S (16 x 16) = Q K^T from ldmatrix fragments of K (row-major in shared memory: the B operand as is), scores past end
+// -inf, an online softmax in base 2 per query row on the accumulator fragment (lane 4 g + c holds row g's keys 2c, 2c + 1,
+// 8 + 2c, 9 + 2c; the row maximum over the 4 lanes of g), P rounded to 16 bits in registers as the A operand of
+// O += P V (ldmatrix.trans of V). The 4 warps' states (acc, m, l) merge as paged_decode's lane groups do
+// (paged_decode_merge_store over (4, G, D + 2) in the tile memory). Dynamic shared memory: PM_STAGES x 2 tiles of
+// PM_KEYS x D values (48 KB at D = 64, 96 KB at D = 128).
+#define PM_KEYS 64
+#define PM_STAGES 3
+// CTAs per SM that the shared memory allows (48 KB of tiles at D = 64, 96 KB at 128); the registers must not limit it further.
+// At D = 64, 4 a SM make the 512 CTAs of a 64-sequence llama-1b decode grid one wave on 132 SMs.
+#define PM_MIN_CTAS(D) ((D) == 64 ? 4 : 2)
+
+template <typename T, int D>
+__device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
+                                 const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
+                                 int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk,
+                                 int batched_merge)
+{
+    constexpr int NT = PD_THREADS, BN = PM_KEYS, KD = D / 16, ND = D / 8, S = PM_STAGES, TILE = BN * D * 2;
+    static_assert(NT == 128 && BN == 16 * (NT / 32), "paged_decode_mma: 4 warps of 16 keys a tile");
+    extern __shared__ float pd_shared[];                           // S x (K tile, V tile); at the end (4, G, D + 2)
+    const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+
+    int n, b;                                                      // as in paged_decode
+    paged_short_row(x, starts, B, N, max_rows, n, b);
+    if (b < 0) return;
+    const int rows = starts[b + 1] - starts[b];
+    const int pos = lengths[b] - rows + (n - starts[b]);
+    const int first = max(0, pos - window + 1);
+    const int keys = pos + 1 - first;
+    const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
+    const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
+    const int active = chunk > 0 ? min(splits, (keys + chunk - 1) / chunk) : 0;
+    const int tiles = end > begin ? (end - begin + BN - 1) / BN : 0;
+    pdl_wait();
+    pdl_launch_dependents();
+    if (splits > 1 && counters && split >= active)
+    {
+        paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
+        return;
+    }
+
+    const i64 position_stride = (i64)2 * K * D;
+    const int* table = tables + (i64)b * max_blocks;
+    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, position_stride, begin};
+    const PagedRows<T> vr{pool + (i64)(K + kvh) * D, table, block_size, position_stride, begin};
+    const unsigned smem = smem_u32(pd_shared);
+#pragma unroll
+    for (int st = 0; st < S - 1; st++)
+    {
+        if (st < tiles)
+        {
+            kr.template load<D, BN, NT>(smem + st * 2 * TILE, begin + st * BN, end, tid);
+            vr.template load<D, BN, NT>(smem + st * 2 * TILE + TILE, begin + st * BN, end, tid);
+        }
+        cp_async_commit();                                         // a group per stage, empty or not: wait_group counts them
+    }
+
+    // Query row g (head h0 + g) as A fragments, 16 bits as stored; rows g + 8 and g >= G are zero.
+    unsigned qf[KD][4];
+    const T* qrow = q + (i64)n * q_n + (i64)(h0 + min(g, G - 1)) * q_h + 2 * c4;
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++)
+    {
+        qf[kk][0] = g < G ? *reinterpret_cast<const unsigned*>(qrow + kk * 16) : 0u;
+        qf[kk][2] = g < G ? *reinterpret_cast<const unsigned*>(qrow + kk * 16 + 8) : 0u;
+        qf[kk][1] = qf[kk][3] = 0u;
+    }
+    float oacc[ND][4];
+#pragma unroll
+    for (int j = 0; j < ND; j++) oacc[j][0] = oacc[j][1] = oacc[j][2] = oacc[j][3] = 0.f;
+    float m = NEG_INF, l = 0.f;                                    // row g's state (l: this lane's keys only)
+    const float sl2 = scale * LOG2E;
+    const TileOffsets<D> off(lane);
+
+    for (int t = 0; t < tiles; t++)
+    {
+        const int ahead = t + S - 1;
+        if (ahead < tiles)
+        {
+            const unsigned dst = smem + (ahead % S) * 2 * TILE;
+            kr.template load<D, BN, NT>(dst, begin + ahead * BN, end, tid);
+            vr.template load<D, BN, NT>(dst + TILE, begin + ahead * BN, end, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<S - 1>();                                    // tile t has landed (this thread's copies) ...
+        __syncthreads();                                           // ... and every thread's
+        const unsigned tK = smem + (t % S) * 2 * TILE + warp * 16 * D * 2, tV = tK + TILE;
+        float sc[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
+        {
+            unsigned b0, b1, b2, b3;
+            ldsm_x4(tK + off.rows[kk], b0, b1, b2, b3);
+            Mma<T>::run(sc[0], qf[kk], b0, b1);
+            Mma<T>::run(sc[1], qf[kk], b2, b3);
+        }
+        // Row g's scores sc[j][e], e < 2: key begin + t BN + 16 warp + 8 j + 2 c4 + e.
+        const int key0 = begin + t * BN + warp * 16 + 2 * c4;
+        float mx = NEG_INF;
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                if (key0 + 8 * j + e >= end) sc[j][e] = NEG_INF;
+                mx = fmaxf(mx, sc[j][e]);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+        const float m_new = fmaxf(m, mx * sl2);                    // base 2, as paged_decode's scores (the scale is positive)
+        const float mu = m_new == NEG_INF ? 0.f : m_new;           // no key yet: weights 2^-inf = 0, nothing rescaled
+        const float correction = fast_exp2(m - mu);
+        m = m_new;
+        float p[2][2], sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                p[j][e] = fast_exp2(fmaf(sc[j][e], sl2, -mu));
+                sum += p[j][e];
+            }
+        l = l * correction + sum;
+#pragma unroll
+        for (int j = 0; j < ND; j++) { oacc[j][0] *= correction; oacc[j][1] *= correction; }
+        unsigned pa[4];                                            // P as the A operand: row g, keys 2c4.. and 8 + 2c4..
+        pa[0] = Mma<T>::pack(p[0][0], p[0][1]);
+        pa[2] = Mma<T>::pack(p[1][0], p[1][1]);
+        pa[1] = pa[3] = 0u;
+#pragma unroll
+        for (int j2 = 0; j2 < D / 16; j2++)
+        {
+            unsigned b0, b1, b2, b3;
+            ldsm_x4_t(tV + off.cols[j2], b0, b1, b2, b3);
+            Mma<T>::run(oacc[2 * j2], pa, b0, b1);
+            Mma<T>::run(oacc[2 * j2 + 1], pa, b2, b3);
+        }
+        __syncthreads();                                           // this stage is refilled S - 1 tiles later
+    }
+    cp_async_wait<0>();
+    __syncthreads();                                               // the tiles' memory becomes the warps' states
+
+    l += __shfl_xor_sync(FULL_MASK, l, 1);
+    l += __shfl_xor_sync(FULL_MASK, l, 2);
+    if (g < G)
+    {
+        float* st = pd_shared + ((i64)warp * G + g) * (D + 2);
+#pragma unroll
+        for (int j = 0; j < ND; j++) { st[8 * j + 2 * c4] = oacc[j][0]; st[8 * j + 2 * c4 + 1] = oacc[j][1]; }
+        if (c4 == 0) { st[D] = m; st[D + 1] = l; }
+    }
+    __syncthreads();
+    paged_decode_merge_store<T, D, NT / 32>(pd_shared, tid, out, partial, counters, n, x, X, H, h0, G, split, splits, active,
+                                            batched_merge);
+}
+#define PAGED_DECODE_MMA(name, t, D)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PM_MIN_CTAS(D)) paged_decode_mma_##name##_d##D(               \
+        const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
+        const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
+        float scale, int max_rows, int window, int min_chunk, int batched_merge)                                          \
+    {                                                                                                                     \
+        paged_decode_mma<t, D>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,        \
+                               max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge);                  \
+    }
+PAGED_DECODE_MMA(bf16, bf16, 64) PAGED_DECODE_MMA(bf16, bf16, 128) PAGED_DECODE_MMA(f16, f16, 64) PAGED_DECODE_MMA(f16, f16, 128)
 
 // out[n, h, :] from the splits' states; grid (X, H), one thread per element of the head. Block x merges the states of row x
 // of the kernel that wrote them: partial (splits, X, H, D + 2), its row n and sequence found as that kernel found them

@@ -31,6 +31,7 @@ public sealed class CudaBackendOptionsTests
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
+        PagedDecodeTensorCores = true,
         PagedDecodeSplitSpan = 16,
         PagedDecodeCtasPerSm = 2,
         ProfileOps = true,

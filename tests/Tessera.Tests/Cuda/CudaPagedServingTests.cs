@@ -102,9 +102,59 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     /// <summary>
-    /// Registers, local memory (spills) and CTAs per SM of the two vectorized decode kernels (<c>paged_decode</c> and
-    /// <c>paged_decode_tiled</c>, bf16, head sizes 64 and 128, register groups of 1 to 8) at the shared memory the host gives
-    /// them, printed for the log (what decides how many CTAs of a decode grid run at once); not a pass/fail bar.
+    /// The tensor-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>: bf16 and f16) against the CPU on
+    /// the cases of the kernels above: the mixed batch (decodes, padding, a 5-row prefill it computes row by row beside a
+    /// 37-row chunk on the prefill tiles), query-head groups of 1, 2, 4, 7 and 8 (the rows of its m16 tile), head sizes 64 and
+    /// 128, sliding windows (with and without a key split), a 3001-key row split 32 ways and merged by the last CTA beside
+    /// short rows that fill only some splits, batch-1 splits of ~21 keys (fewer than a warp's 16-key slice of a tile times 2),
+    /// and fewer, longer CTAs. Tolerance 2e-2 relative, as for the other 16-bit kernels: the inputs are the same 16-bit values
+    /// and the products accumulate in fp32; only the softmax weights are rounded to 16 bits before the product with V
+    /// (relative 2^-9 in bf16, as the tensor-core prefill rounds them), far below a wrong key, head, position or split (O(1)).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 32, 8, 64, null, null, 0, 0)]                              // llama-1b: groups of 4
+    [InlineData(DType.BF16, 32, 8, 128, null, null, 0, 0)]                             // Llama 3 8B: groups of 4, D 128
+    [InlineData(DType.F16, 32, 8, 64, null, null, 0, 0)]
+    [InlineData(DType.F16, 16, 2, 128, null, null, 0, 0)]                              // groups of 8
+    [InlineData(DType.BF16, 8, 8, 64, null, null, 0, 0)]                               // groups of 1
+    [InlineData(DType.BF16, 8, 4, 128, null, null, 0, 0)]                              // groups of 2
+    [InlineData(DType.BF16, 14, 2, 64, null, null, 0, 0)]                              // Qwen2 0.5B: groups of 7
+    [InlineData(DType.BF16, 32, 8, 64, new[] { 1 }, new[] { 3001 }, 0, 0)]             // 32 splits, merged by the last CTA
+    [InlineData(DType.F16, 32, 8, 128, new[] { 1, 1, 1 }, new[] { 3001, 40, 700 }, 0, 0)]
+    [InlineData(DType.BF16, 32, 8, 64, null, null, 48, 0)]                             // a window across a tile's edge
+    [InlineData(DType.BF16, 16, 2, 128, new[] { 1, 1, 2 }, new[] { 1001, 37, 300 }, 100, 0)]
+    [InlineData(DType.BF16, 32, 8, 64, null, null, 0, 2)]                              // PagedDecodeCtasPerSm = 2
+    public void PagedDecodeTensorCoresMatchTheCpu(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, int window, int ctasPerSm)
+    {
+        using var mma = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeTensorCores = true, PagedDecodeCtasPerSm = ctasPerSm });
+        AssertPagedAttention(dtype, h, k, d, rows, lengths, mma, window);
+    }
+
+    /// <summary>
+    /// The tensor-core decode kernel with batch-1 splits of ~21 keys (<see cref="CudaBackendOptions.PagedDecodeSplitSpan"/> and
+    /// <see cref="CudaBackendOptions.PagedDecodeMinKeysPerSplit"/> of 16: a 648-key row in 32 splits, most warps of a tile with
+    /// no key), and at the serving shape: 64 decode rows of 1 to ~600 keys on llama-1b's heads in the default grid (one split
+    /// at 64 rows) and with more splits (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 16), against the CPU
+    /// (tolerance as above).
+    /// </summary>
+    [Theory]
+    [InlineData(1, 0)]
+    [InlineData(64, 0)]
+    [InlineData(64, 16)]
+    public void PagedDecodeTensorCoresAtBatch1And64MatchTheCpu(int sequences, int ctasPerSm)
+    {
+        var options = CudaBackendOptions.Default with { PagedDecodeTensorCores = true, PagedDecodeCtasPerSm = ctasPerSm };
+        if (sequences == 1) options = options with { PagedDecodeSplitSpan = 16, PagedDecodeMinKeysPerSplit = 16 };
+        using var mma = new CudaBackend(Gpu.CudaDevice.Ordinal, options);
+        var rows = Enumerable.Repeat(1, sequences).ToArray();
+        var lengths = sequences == 1 ? new[] { 648 } : Enumerable.Range(0, sequences).Select(b => 1 + b * 149 % 600).ToArray();
+        AssertPagedAttention(DType.BF16, 32, 8, 64, rows, lengths, mma);
+    }
+
+    /// <summary>
+    /// Registers, local memory (spills) and CTAs per SM of the vectorized decode kernels (<c>paged_decode</c> and
+    /// <c>paged_decode_tiled</c>, bf16, head sizes 64 and 128, register groups of 1 to 8, and <c>paged_decode_mma</c>) at the
+    /// shared memory the host gives them, printed for the log (what decides how many CTAs of a decode grid run at once); not a pass/fail bar.
     /// </summary>
     [Fact]
     public void PagedDecodeKernelResourcesAreReported()
@@ -118,11 +168,18 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
                     var r = module.Resources($"{kernel}_bf16_d{d}_g{g}", PagedDecodeThreadsForReport, shared);
                     Console.WriteLine($"[paged decode kernel] {kernel}_bf16_d{d}_g{g}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs per SM");
                 }
+        foreach (var d in new[] { 64, 128 })
+        {
+            // paged_decode_mma: its K/V tiles (PM_STAGES = 3 x 2 tiles of 64 positions; the warps' states reuse them).
+            int shared = 3 * 2 * 64 * d * 2;
+            var r = module.Resources($"paged_decode_mma_bf16_d{d}", PagedDecodeThreadsForReport, shared);
+            Console.WriteLine($"[paged decode kernel] paged_decode_mma_bf16_d{d}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs per SM");
+        }
     }
 
     private const int PagedDecodeThreadsForReport = 128;   // PD_THREADS in paged_attention.cu
 
-    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, CudaBackend? backend = null)
+    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, CudaBackend? backend = null, int window = 0)
     {
         const int blockSize = 16;
         var gpu = backend ?? Gpu;
@@ -134,13 +191,13 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         var pool = Upload(gpu, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
         var output = gpu.Allocate(new Shape(n, h, d), dtype);
         gpu.Fill(output, double.NaN);
-        gpu.PagedAttention(q.Slice(1, 0, h), pool, batch.On(gpu), output, 1 / Math.Sqrt(d));
+        gpu.PagedAttention(q.Slice(1, 0, h), pool, batch.On(gpu), output, 1 / Math.Sqrt(d), window);
 
         var cpuQ = TestTensors.FromDoubles(_cpu, qv, DType.F64, n, h + 2 * k, d);
         var cpuPool = TestTensors.FromDoubles(_cpu, poolValues, DType.F64, batch.PoolBlocks, blockSize, 2 * k, d);
         var expected = _cpu.Allocate(new Shape(n, h, d), DType.F64);
-        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, batch.On(_cpu), expected, 1 / Math.Sqrt(d));
-        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(gpu, output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d}");
+        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, batch.On(_cpu), expected, 1 / Math.Sqrt(d), window);
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(gpu, output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d} window={window}");
     }
 
     /// <summary>
@@ -471,7 +528,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// <summary>
     /// The paged decode kernels' device time in a decode step of 64, 32, 8 and 1 sequences on the llama-1b shape (bf16, 512-token
     /// prompts, profiled eagerly), printed for the log (not a pass/fail bar): the default <c>paged_decode</c> (its splits fill one
-    /// wave of resident CTAs) beside the tiled kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>) and, above one sequence,
+    /// wave of resident CTAs) beside the tiled kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>), the tensor-core kernel
+    /// (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>) and, above one sequence,
     /// beside twice as many splits (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 8, about the rule before one-wave
     /// grids; at one sequence the positions a split (PagedDecodeSplitSpan) decide, so that row is left out there), then each
     /// configuration's whole op table.
@@ -487,10 +545,11 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         {
             ("paged_decode (one wave of splits)", CudaBackendOptions.Default),
             ("paged_decode_tiled (one wave of splits)", CudaBackendOptions.Default with { PagedDecodeTiled = true }),
+            ("paged_decode_mma (one wave of splits)", CudaBackendOptions.Default with { PagedDecodeTensorCores = true }),
             ("paged_decode, PagedDecodeCtasPerSm=8 (two waves)", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 8 }),
         };
         var tables = new List<string>();
-        foreach (var (name, options) in configurations.Take(sequences > 1 ? configurations.Length : 2))
+        foreach (var (name, options) in configurations.Take(sequences > 1 ? configurations.Length : 3))
         {
             using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, options with { ProfileOps = true });
             var (_, cache, scheduler, runner) = Llama1bServing(profiled, recordGraphs: false, sequences: sequences);

@@ -32,9 +32,12 @@ public sealed class KernelEmulationTests
     /// skipping the rows left to the tensor-core prefill kernel, the splits merged by the kernel's last CTA (counters; its batched
     /// merge, up to 18 splits, equal bit for bit to the serial one), the tiled decode kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>:
     /// rows of 1 key and at block edges, padding, groups of 1, 3, 4 and 8, splits, windows, a batch of 64, in f32 and bf16),
-    /// and the generic kernel, against a double reference (Emulation/paged_kernels.cpp states the batches and the tolerances:
-    /// 1e-5 in f32, 8e-3 for a bf16 output). The tensor-core prefill kernel (mma PTX) has no
-    /// emulation: <see cref="CudaPagedServingTests"/> checks it on the device.
+    /// the tensor-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>, bf16, on the emulation's
+    /// warp-collective stand-ins of cp.async, ldmatrix and mma.sync: tile and warp-slice edges, groups of 3, 4 and 8, D 64
+    /// and 128, splits merged by the last CTA, windows), and the generic kernel, against a double reference
+    /// (Emulation/paged_kernels.cpp states the batches and the tolerances: 1e-5 in f32, 8e-3 for a bf16 output, 1.2e-2 with
+    /// the tensor-core kernel's 16-bit softmax weights). The tensor-core prefill kernel (flash_attention.cu) is not
+    /// emulated: <see cref="CudaPagedServingTests"/> checks it, and the decode kernel's f16 instantiation, on the device.
     /// </summary>
     [Fact]
     public void PagedAttentionKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -48,7 +51,9 @@ public sealed class KernelEmulationTests
              "finish min_chunk: serial merge = batched merge bit for bit ok",
              "paged_decode_tiled H=8 K=1 D=64 splits=3 max_rows=7 B=8 window=0 rel err", "paged_decode_tiled H=2 K=2 D=64 splits=2 max_rows=1073741824 B=9 window=0 finish",
              "paged_decode_tiled H=16 K=2 D=128 splits=2 max_rows=7 B=6 window=8", "paged_decode_tiled H=6 K=2 D=64 splits=8 max_rows=1073741824 B=4 window=0 finish min_chunk",
-             "paged_decode_tiled H=8 K=2 D=128 splits=2 max_rows=7 B=6 window=8 finish bf16", "paged_decode_tiled H=4 K=1 D=64 splits=1 max_rows=1073741824 B=64 window=0 bf16"]);
+             "paged_decode_tiled H=8 K=2 D=128 splits=2 max_rows=7 B=6 window=8 finish bf16", "paged_decode_tiled H=4 K=1 D=64 splits=1 max_rows=1073741824 B=64 window=0 bf16",
+             "paged_decode_mma H=8 K=2 D=64 splits=1 max_rows=1073741824 B=10 window=0 bf16 rel err", "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16",
+             "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16"]);
 
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
     /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>

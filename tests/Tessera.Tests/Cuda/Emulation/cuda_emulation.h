@@ -3,7 +3,10 @@
 // an exchange through memory between two barriers of the warp; blocks run one after another, so a __shared__ variable
 // (made static) is the block's shared memory. Inline PTX is compiled away (asm(...) expands to nothing), so only code
 // that takes no asm path gives meaningful results: the f32 instantiations (the bf16/f16 conversions and stores use PTX).
-// `extern __shared__` arrays are declared extern by the test and defined by the check program.
+// `extern __shared__` arrays are declared extern by the test and defined by the check program. The tensor-core helpers of
+// common.cuh (cp.async, ldmatrix, mma.sync m16n8k16) have warp-collective stand-ins below with the PTX's fragment layouts,
+// so a kernel built on them runs here too (bf16 only: the f16 conversions are PTX); shared-memory addresses are byte
+// offsets from emu_shared_base, which the check program points at its dynamic shared memory.
 #include <barrier>
 #include <cmath>
 #include <cstring>
@@ -35,6 +38,7 @@ struct EmuBlock
     std::unique_ptr<std::barrier<>> block;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     std::vector<double> slots;
+    std::vector<unsigned> words;   // 8 a lane: the operands of a warp-collective ldmatrix or mma
 };
 inline EmuBlock* g_block;
 inline void __syncthreads() { g_block->block->arrive_and_wait(); }
@@ -73,6 +77,7 @@ template <typename F> void emu_launch(dim3 grid, unsigned block, F kernel)
         eb.block = std::make_unique<std::barrier<>>(block);
         for (unsigned w = 0; w < (block + 31) / 32; w++) eb.warps.push_back(std::make_unique<std::barrier<>>(32));
         eb.slots.assign(((block + 31) / 32) * 32, 0.0);
+        eb.words.assign(((block + 31) / 32) * 32 * 8, 0u);
         g_block = &eb;
         std::vector<std::thread> threads;
         for (unsigned t = 0; t < block; t++)
@@ -81,3 +86,71 @@ template <typename F> void emu_launch(dim3 grid, unsigned block, F kernel)
     }
 }
 template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel) { emu_launch(dim3{grid, 1, 1}, block, kernel); }
+
+// ---- tensor-core stand-ins (common.cuh calls these where it has no PTX)
+inline unsigned char* emu_shared_base = nullptr;
+inline unsigned emu_smem_u32(const void* p) { return (unsigned)((const unsigned char*)p - emu_shared_base); }
+// cp.async: done at once (the copy lands no later than the wait would let it).
+inline void emu_cp_async16(unsigned dst, const void* src, bool valid)
+{
+    if (valid) std::memcpy(emu_shared_base + dst, src, 16);
+    else std::memset(emu_shared_base + dst, 0, 16);
+}
+inline unsigned* emu_warp_words() { return g_block->words.data() + (threadIdx.x / 32) * 32 * 8; }
+inline void emu_warp_sync() { g_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
+// ldmatrix.m8n8.x4 (.trans): lanes 8i..8i+7 give the row addresses of matrix i; lane l receives, for each matrix, the
+// 16-bit pair (row l/4, columns 2(l%4), 2(l%4)+1), or with trans (rows 2(l%4), 2(l%4)+1, column l/4), the lower index in
+// the low half.
+inline void emu_ldsm_x4(unsigned addr, unsigned* r, bool trans)
+{
+    const int lane = threadIdx.x % 32;
+    unsigned* w = emu_warp_words();
+    w[lane * 8] = addr;
+    emu_warp_sync();
+    for (int i = 0; i < 4; i++)
+        if (!trans) std::memcpy(&r[i], emu_shared_base + w[(8 * i + lane / 4) * 8] + (lane % 4) * 4, 4);
+        else
+        {
+            unsigned short lo, hi;
+            std::memcpy(&lo, emu_shared_base + w[(8 * i + 2 * (lane % 4)) * 8] + (lane / 4) * 2, 2);
+            std::memcpy(&hi, emu_shared_base + w[(8 * i + 2 * (lane % 4) + 1) * 8] + (lane / 4) * 2, 2);
+            r[i] = lo | ((unsigned)hi << 16);
+        }
+    emu_warp_sync();
+}
+inline float emu_bf16_bits(unsigned short b) { return __uint_as_float((unsigned)b << 16); }
+// mma.sync.m16n8k16.row.col, fp32 accumulators (g = lane / 4, c = lane % 4): A a0 (g, 2c..), a1 (g + 8, 2c..),
+// a2 (g, 2c + 8..), a3 (g + 8, 2c + 8..); B b0 (k 2c.., n g), b1 (k 2c + 8.., n g); C c0 c1 (g, 2c..), c2 c3 (g + 8, 2c..).
+inline void emu_mma_m16n8k16(float* c, const unsigned* a, unsigned b0, unsigned b1, float (*element)(unsigned short))
+{
+    const int lane = threadIdx.x % 32;
+    unsigned* w = emu_warp_words();
+    for (int i = 0; i < 4; i++) w[lane * 8 + i] = a[i];
+    w[lane * 8 + 4] = b0;
+    w[lane * 8 + 5] = b1;
+    emu_warp_sync();
+    float A[16][16], Bm[16][8];
+    for (int t = 0; t < 32; t++)
+    {
+        const int g = t / 4, cc = t % 4;
+        for (int e = 0; e < 2; e++)
+        {
+            auto half = [&](int word) { return element((unsigned short)(w[t * 8 + word] >> (16 * e))); };
+            A[g][2 * cc + e] = half(0);
+            A[g + 8][2 * cc + e] = half(1);
+            A[g][2 * cc + 8 + e] = half(2);
+            A[g + 8][2 * cc + 8 + e] = half(3);
+            Bm[2 * cc + e][g] = half(4);
+            Bm[2 * cc + 8 + e][g] = half(5);
+        }
+    }
+    emu_warp_sync();
+    const int g = lane / 4, cc = lane % 4;
+    for (int r = 0; r < 2; r++)
+        for (int e = 0; e < 2; e++)
+        {
+            float sum = 0.f;
+            for (int k = 0; k < 16; k++) sum += A[g + 8 * r][k] * Bm[k][2 * cc + e];
+            c[2 * r + e] += sum;
+        }
+}

@@ -9,13 +9,15 @@
 // every row's window point at a block of NaNs (as if returned to the pool and overwritten): reading one would poison the
 // output. Prints one line per check; the exit code is the
 // number of failures. The tiled decode kernel (paged_decode_tiled) runs the same checks, also in bf16 (inputs rounded to
-// bf16 before the reference sees them). kernels.h is written by the test: the emulation, common.cuh, paged_attention.cu.
+// bf16 before the reference sees them), and so does the tensor-core decode kernel (paged_decode_mma, bf16, on the
+// emulation's stand-ins of cp.async, ldmatrix and mma.sync). kernels.h is written by the test: the emulation, common.cuh,
+// paged_attention.cu.
 #include "kernels.h"
 #include <algorithm>
 #include <random>
 
 float pa_shared[1 << 14];   // the kernels' dynamic shared memory (extern __shared__)
-float pd_shared[1 << 14];
+float pd_shared[1 << 15];   // 128 KB: paged_decode_mma's K/V tiles in flight (96 KB at D = 128)
 static int failures = 0;
 
 // Tolerance: f32 dot products of 64-128 terms, exp2 and online rescaling against double: ~1e-6 relative; 1e-5 leaves
@@ -39,7 +41,7 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
 
 static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
                 std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0, bool finish = false, int min_chunk = 1,
-                bool compare_merges = false, bool tiled = false, bool bf16_inputs = false)
+                bool compare_merges = false, bool tiled = false, bool bf16_inputs = false, bool mma = false)
 {
     const int bs = 16;
     const int B = (int)rows.size();
@@ -113,8 +115,9 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
         }
 
     // bf16 output: rounding to 8 significant bits costs up to 2^-8 of a value's binade (3.9e-3 of the largest output at
-    // most); 8e-3 leaves margin for the f32 sums, and a wrong key, position, head or split is O(1).
-    const double tol = bf16_inputs ? 8e-3 : 1e-5;
+    // most); 8e-3 leaves margin for the f32 sums, and a wrong key, position, head or split is O(1). paged_decode_mma also
+    // rounds the softmax weights to bf16 before the product with V (2^-9 relative each): 1.2e-2.
+    const double tol = mma ? 1.2e-2 : bf16_inputs ? 8e-3 : 1e-5;
     const float* q = qkv.data();
     long long q_n = (long long)R * D, q_h = D;
     int G = H / K;
@@ -158,6 +161,15 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
             for (size_t i = 0; i < out.size(); i++) out[i] = to_f(out16[i]);
         };
         auto decode = [&] {
+            if (mma)   // bf16 only, any group of up to 8 (one kernel per head size)
+            {
+                emu_shared_base = (unsigned char*)pd_shared;
+                if (!bf16_inputs || G > 8) return false;
+                if (D == 64) launch16(paged_decode_mma_bf16_d64);
+                else if (D == 128) launch16(paged_decode_mma_bf16_d128);
+                else return false;
+                return true;
+            }
             if (tiled && bf16_inputs)
             {
                 if (D == 64 && gm == 1) launch16(paged_decode_tiled_bf16_d64_g1);
@@ -185,7 +197,7 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
             return true;
         };
         if (!decode()) { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
-        snprintf(name, sizeof name, "%s H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d%s%s%s", tiled ? "paged_decode_tiled" : "paged_decode",
+        snprintf(name, sizeof name, "%s H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d%s%s%s", mma ? "paged_decode_mma" : tiled ? "paged_decode_tiled" : "paged_decode",
                  H, K, D, splits, max_rows, B, window, pc ? " finish" : "", min_chunk > 1 ? " min_chunk" : "", bf16_inputs ? " bf16" : "");
         if (pc && compare_merges)
         {
@@ -257,6 +269,14 @@ int main()
     std::vector<int> batch64(64, 1), lengths64(64);
     for (int b = 0; b < 64; b++) lengths64[b] = 1 + (b * 149) % 600;
     run(4, 1, 64, 1, 1 << 30, false, batch64, lengths64, 0, false, 1, false, true, true);
+    // The tensor-core decode kernel (paged_decode_mma, bf16) on the stand-ins of cp.async, ldmatrix and mma.sync: keys at the
+    // edges of its 64-key tiles and of a warp's 16 (1, 15, 16, 17, 33, 64, 65, 100, 200 keys: tiles in every pipeline state),
+    // a padding row, groups of 4, 3 and 8 (its m16 rows), D = 64 and 128, splits merged by the last CTA (with empty splits
+    // past the 64-key floor), sliding windows over NaN blocks, and a prefill chunk left to the tensor cores.
+    const std::vector<int> mma_rows = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, mma_lengths = {1, 15, 16, 17, 33, 64, 65, 0, 100, 200};
+    run(8, 2, 64, 1, 1 << 30, false, mma_rows, mma_lengths, 0, false, 1, false, false, true, true);
+    run(6, 2, 64, 3, 7, false, wrows, wlengths, 24, true, 1, false, false, true, true);
+    run(16, 2, 128, 4, 7, false, {1, 1, 1, 10}, {300, 5, 100, 10}, 8, true, 64, false, false, true, true);
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
