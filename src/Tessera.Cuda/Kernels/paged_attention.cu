@@ -221,6 +221,30 @@ __device__ void paged_short_row(int x, const int* starts, int B, int N, int max_
     b = short_b;
 }
 
+// Where a decode kernel's CTA works: row x of those the kernel computes (paged_short_row: its row n and sequence b), and
+// split `split` of the row's visible keys: positions [begin, end) of its window, and how many of the splits hold keys.
+// At least min_chunk keys a split: a short row fills only the first splits; the others find begin >= end, store an empty
+// state (m = -inf) and still count towards the merge. False for a CTA past the last such row (the whole CTA returns).
+struct PagedDecodeKeys
+{
+    int n, b, begin, end, active;
+};
+__device__ __forceinline__ bool paged_decode_keys(int x, const int* starts, const int* lengths, int B, int N, int max_rows,
+                                                  int window, int min_chunk, int split, int splits, PagedDecodeKeys& r)
+{
+    paged_short_row(x, starts, B, N, max_rows, r.n, r.b);
+    if (r.b < 0) return false;
+    const int rows = starts[r.b + 1] - starts[r.b];
+    const int pos = lengths[r.b] - rows + (r.n - starts[r.b]);
+    const int first = max(0, pos - window + 1);                    // the oldest key in the row's window
+    const int keys = pos + 1 - first;
+    const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
+    r.begin = first + split * chunk;
+    r.end = min(pos + 1, r.begin + chunk);
+    r.active = chunk > 0 ? min(splits, (keys + chunk - 1) / chunk) : 0;   // the splits that hold keys
+    return true;
+}
+
 // ------------------------------------------------------------------------------ attention, vectorized
 // The same computation for the common shapes (D = 64 or 128, 16-byte aligned rows), laid out for memory-level parallelism:
 // grid (X, H / G, splits), PD_THREADS threads, block x computing row x of those this kernel owns (paged_short_row: every row,
@@ -412,18 +436,9 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     // predecessor passed its own wait, i.e. after everything before that predecessor finished. q and the pool (the step's
     // keys and values were just appended) are read after the wait.
 
-    int n, b;                                                      // row x of those this kernel computes, and its sequence
-    paged_short_row(x, starts, B, N, max_rows, n, b);
-    if (b < 0) return;                                             // the whole CTA: past the last such row
-    const int rows = starts[b + 1] - starts[b];
-    const int pos = lengths[b] - rows + (n - starts[b]);
-    const int first = max(0, pos - window + 1);                    // the oldest key in the row's window
-    const int keys = pos + 1 - first;
-    // At least min_chunk keys a split: a short row fills only the first splits; the others find begin >= end, store an
-    // empty state (m = -inf) and still count towards the merge.
-    const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
-    const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
-    const int active = chunk > 0 ? min(splits, (keys + chunk - 1) / chunk) : 0;   // the splits that hold keys
+    PagedDecodeKeys span;                                          // row x of those this kernel computes, its keys
+    if (!paged_decode_keys(x, starts, lengths, B, N, max_rows, window, min_chunk, split, splits, span)) return;
+    const int n = span.n, b = span.b, begin = span.begin, end = span.end, active = span.active;
     // A split past the row's keys merged by its last CTA stores nothing (the merge reads only the active splits): it is
     // only counted. (The combine kernel reads every split, so without counters each stores its empty state.)
     const int* table = tables + (i64)b * max_blocks;
@@ -552,16 +567,9 @@ __device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* par
     const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
     const int tid = threadIdx.x, grp = tid / TPK, sub = tid % TPK, warp = tid >> 5, lag = grp - warp * GPW;
 
-    int n, b;                                                      // as in paged_decode
-    paged_short_row(x, starts, B, N, max_rows, n, b);
-    if (b < 0) return;
-    const int rows = starts[b + 1] - starts[b];
-    const int pos = lengths[b] - rows + (n - starts[b]);
-    const int first = max(0, pos - window + 1);
-    const int keys = pos + 1 - first;
-    const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
-    const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
-    const int active = chunk > 0 ? min(splits, (keys + chunk - 1) / chunk) : 0;
+    PagedDecodeKeys span;                                          // row x of those this kernel computes, its keys
+    if (!paged_decode_keys(x, starts, lengths, B, N, max_rows, window, min_chunk, split, splits, span)) return;
+    const int n = span.n, b = span.b, begin = span.begin, end = span.end, active = span.active;
     const int* table = tables + (i64)b * max_blocks;
     int blk[U];                                                    // the current tile's table entries (read before the wait)
 #pragma unroll
@@ -727,16 +735,9 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
     const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
 
-    int n, b;                                                      // as in paged_decode
-    paged_short_row(x, starts, B, N, max_rows, n, b);
-    if (b < 0) return;
-    const int rows = starts[b + 1] - starts[b];
-    const int pos = lengths[b] - rows + (n - starts[b]);
-    const int first = max(0, pos - window + 1);
-    const int keys = pos + 1 - first;
-    const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
-    const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
-    const int active = chunk > 0 ? min(splits, (keys + chunk - 1) / chunk) : 0;
+    PagedDecodeKeys span;                                          // row x of those this kernel computes, its keys
+    if (!paged_decode_keys(x, starts, lengths, B, N, max_rows, window, min_chunk, split, splits, span)) return;
+    const int n = span.n, b = span.b, begin = span.begin, end = span.end, active = span.active;
     const int tiles = end > begin ? (end - begin + BN - 1) / BN : 0;
     pdl_wait();
     pdl_launch_dependents();
