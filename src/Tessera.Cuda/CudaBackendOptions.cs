@@ -165,6 +165,14 @@ public sealed record CudaBackendOptions
     public bool PagedDecodeTensorCores { get; init; }
 
     /// <summary>
+    /// Products with 5 to 64 rows of x (a serving decode step's batch) and an nn.Linear weight W (N, K), bf16 or f16, run on
+    /// the skinny-M tensor-core kernel (skinny.cu: W streamed as the A operand of mma.sync m16n8k16, x held in shared memory as
+    /// the B operand, split-K over a persistent grid with the last CTA of a row block reducing the slices; plain, bias and
+    /// +residual epilogues) instead of cuBLASLt. Default false: proven on the CPU emulation only, not yet measured.
+    /// </summary>
+    public bool SkinnyProducts { get; init; }
+
+    /// <summary>
     /// CTAs per SM that serving's <c>paged_decode</c> grid may fill when it splits the keys (0, or 1 to 32): splits = this times
     /// the SMs over the rows' head-group columns, rounded down (whole waves), at least 1, at least 64 positions of the widest
     /// table a split, at most 32. 0 (the default) takes the kernel's occupancy (4 CTAs per SM for groups of up to 4 heads), so
@@ -270,6 +278,7 @@ public sealed record CudaBackendOptions
         if (PagedDecodeBatchedMerge != d.PagedDecodeBatchedMerge) parts.Add($"{nameof(PagedDecodeBatchedMerge)}={Bool(PagedDecodeBatchedMerge)}");
         if (PagedDecodeTiled != d.PagedDecodeTiled) parts.Add($"{nameof(PagedDecodeTiled)}={Bool(PagedDecodeTiled)}");
         if (PagedDecodeTensorCores != d.PagedDecodeTensorCores) parts.Add($"{nameof(PagedDecodeTensorCores)}={Bool(PagedDecodeTensorCores)}");
+        if (SkinnyProducts != d.SkinnyProducts) parts.Add($"{nameof(SkinnyProducts)}={Bool(SkinnyProducts)}");
         if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
@@ -296,6 +305,7 @@ public sealed record CudaBackendOptions
         [nameof(PagedDecodeBatchedMerge)] = (o, v, s) => o with { PagedDecodeBatchedMerge = ParseBool(v, s) },
         [nameof(PagedDecodeTiled)] = (o, v, s) => o with { PagedDecodeTiled = ParseBool(v, s) },
         [nameof(PagedDecodeTensorCores)] = (o, v, s) => o with { PagedDecodeTensorCores = ParseBool(v, s) },
+        [nameof(SkinnyProducts)] = (o, v, s) => o with { SkinnyProducts = ParseBool(v, s) },
         [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {

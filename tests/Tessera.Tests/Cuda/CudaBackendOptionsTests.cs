@@ -32,6 +32,7 @@ public sealed class CudaBackendOptionsTests
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
         PagedDecodeTensorCores = true,
+        SkinnyProducts = true,
         PagedDecodeSplitSpan = 16,
         PagedDecodeCtasPerSm = 2,
         ProfileOps = true,
@@ -65,6 +66,16 @@ public sealed class CudaBackendOptionsTests
         Assert.Equal(DecodeAttentionKernel.Grouped, options.DecodeAttention);
         Assert.Null(options.CrossEntropyThreadsPerRow);
         Assert.Equal(CudaBackendOptions.Default with { MatrixVectorKernels = false, ProfileOps = true, DecodeAttention = DecodeAttentionKernel.Grouped }, options);
+    }
+
+    [Fact]
+    public void SkinnyProductsAreOffByDefaultAndParseAsABoolean()
+    {
+        Assert.False(CudaBackendOptions.Default.SkinnyProducts);   // unmeasured: cuBLASLt keeps the decode step's products
+        var on = CudaBackendOptions.Parse("skinnyproducts=on");
+        Assert.Equal(CudaBackendOptions.Default with { SkinnyProducts = true }, on);
+        Assert.Equal("SkinnyProducts=true", on.Format());
+        Assert.Contains("'SkinnyProducts=2': expected true or false", Assert.Throws<ArgumentException>(() => CudaBackendOptions.Parse("SkinnyProducts=2")).Message);
     }
 
     [Theory]
