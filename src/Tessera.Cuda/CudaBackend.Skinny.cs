@@ -40,4 +40,39 @@ public sealed unsafe partial class CudaBackend
         if (partial != 0) FreeScratch(partial);
         return true;
     }
+
+    /// <summary>
+    /// output (M, F) = SiLU(h Wg^T) * (h Wu^T) with 5 &lt;= M &lt;= 64, h = RMSNorm(x) when <paramref name="norm"/> is given (into
+    /// scratch first), else x: skinny.cu's SwiGLU variant, which holds the gate and up rows of one output in one warp's MMA
+    /// rows. False, with nothing enqueued, when the option is off or the call does not fit (as <see cref="TrySkinny"/>; both
+    /// weights of one row stride, a contiguous output, no biases).
+    /// </summary>
+    private bool TrySkinnySwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias, Tensor? upBias, RmsNormPrologue? norm)
+    {
+        if (!Options.SkinnyProducts || gateBias is not null || upBias is not null || x.Rank != 2) return false;
+        int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0);
+        var dtype = x.DType;
+        if (m < SkinnyProductPlan.MinRows || m > SkinnyProductPlan.MaxRows || dtype is not (DType.BF16 or DType.F16) || f == 0 || k == 0) return false;
+        if (gateWeight.DType != dtype || upWeight.DType != dtype || output.DType != dtype || !output.IsContiguous) return false;
+        if (k % 8 != 0 || x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0) return false;
+        foreach (var w in new[] { gateWeight, upWeight })
+            if (w.Stride(1) != 1 || w.Stride(0) % 8 != 0 || Ptr(w) % 16 != 0) return false;
+        if (upWeight.Stride(0) != gateWeight.Stride(0)) return false;
+        if (norm is { } r && (r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k)) return false;
+        var plan = SkinnyProductPlan.For(m, 2 * f, k, CudaDevice.MultiprocessorCount);   // 2F rows: a row block is 32 outputs
+        if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
+        ulong counters = plan.Slices > 1 ? DecodeCounters(plan.RowBlocks) : 0;
+        if (plan.Slices > 1 && counters == 0) return false;
+        Tensor? h = norm is { } n ? NormalizedScratch(x, n) : null;
+        ulong partial = plan.Slices > 1 ? Scratch(plan.PartialFloats * sizeof(float)) : 0;
+        ulong px = Ptr(h ?? x), pg = Ptr(gateWeight), pu = Ptr(upWeight), po = Ptr(output);
+        long ldx = (h ?? x).Stride(0), ldw = gateWeight.Stride(0), ldo = f;
+        int ks = plan.SliceColumns;
+        void** args = stackalloc void*[] { &px, &pg, &pu, &po, &partial, &counters, &m, &f, &k, &ldx, &ldw, &ldo, &ks };
+        Launch("skinny.cu", $"skinny_swiglu_{Suffix(dtype, nameof(MatMulSwiGlu))}_m{plan.PaddedRows}", ((uint)plan.CtasPerSlice, (uint)plan.Slices, 1),
+            SkinnyProductPlan.Threads, args, (uint)plan.SharedBytes);
+        if (partial != 0) FreeScratch(partial);
+        h?.Storage.Dispose();
+        return true;
+    }
 }

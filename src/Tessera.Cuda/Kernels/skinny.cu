@@ -16,12 +16,19 @@
 // With S = 1 each warp applies the epilogue to its tile itself; otherwise it writes its fp32 partial (S, 8 NT, Npad) and
 // the last CTA of a row block (a counter per row block, left at zero, as paged_decode_finish counts its splits) sums the
 // S partials in slice order (deterministic) and applies the epilogue. Host side: CudaBackend.Skinny.cs.
+//
+// SwiGLU (the decode step's gate/up pair, y = SiLU(x Wg^T) * (x Wu^T), N = F outputs): a row block is 32 outputs, warp w's
+// 16 MMA rows are the gate rows (g) and the up rows (g + 8) of outputs 32 rb + 8w + g, so a lane holds both halves of an
+// output; its partials are kept in those "virtual rows" (64 a row block) and the last CTA pairs them the same way.
 
 #define SK_THREADS 128
 #define SK_ROWS 64          // rows of W a row block (4 warps x 16)
 #define SK_KB 32            // k-block: one 16-byte load a lane per row
 #define SK_KU 4             // k-blocks whose W loads are in flight together (ks is a multiple of SK_KB * SK_KU)
 #define SK_PAD 32           // elements of padding a staged x row
+
+// SiLU as elementwise.cu computes it.
+__device__ __forceinline__ float sk_silu(float g) { return g / (1.f + expf(-g)); }
 
 // 16 bytes of W, read once (no L1 allocation); zero when !valid.
 __device__ __forceinline__ Bytes16 sk_load_w(const void* p, bool valid)
@@ -59,8 +66,8 @@ __device__ __forceinline__ void sk_store(T* y, const T* bias, const T* res, int 
 
 extern __shared__ Bytes16 skinny_shared[];
 
-template <typename T, int NT>
-__device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T* __restrict__ w, const T* bias, const T* res, T* y,
+template <typename T, int NT, bool SWIGLU>
+__device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ w2, const T* bias, const T* res, T* y,
                                float* partial, int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldr, i64 ldy,
                                int ks, float alpha, float beta)
 {
@@ -68,7 +75,7 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
     T* sx = reinterpret_cast<T*>(skinny_shared);                 // (MP, ks + SK_PAD): the CTA's slice of x
     const int S = gridDim.y, s = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
     const int sx_ld = ks + SK_PAD, k0 = s * ks;
-    const int RB = (N + SK_ROWS - 1) / SK_ROWS, Npad = RB * SK_ROWS;
+    const int RB = SWIGLU ? (N + SK_ROWS / 2 - 1) / (SK_ROWS / 2) : (N + SK_ROWS - 1) / SK_ROWS, Npad = RB * SK_ROWS;
 
     // Stage the slice of x: 16-byte chunks (row m, chunk q); zero past M and past K (K % 8 == 0).
     const int chunks = ks / 8;
@@ -84,9 +91,11 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
 
     for (int rb = blockIdx.x; rb < RB; rb += gridDim.x)
     {
-        const int r_lo = rb * SK_ROWS + warp * 16 + g, r_hi = r_lo + 8;
-        const T* w_lo = w + (i64)r_lo * ldw + k0 + 8 * c;
-        const T* w_hi = w + (i64)r_hi * ldw + k0 + 8 * c;
+        // Virtual rows (the partials' index): the warp's 16 MMA rows. Linear: W rows r_lo, r_hi. SwiGLU: output o's gate, up.
+        const int r_lo = rb * SK_ROWS + warp * 16 + g, r_hi = r_lo + 8, o = rb * (SK_ROWS / 2) + warp * 8 + g;
+        const T* w_lo = SWIGLU ? w + (i64)o * ldw + k0 + 8 * c : w + (i64)r_lo * ldw + k0 + 8 * c;
+        const T* w_hi = SWIGLU ? w2 + (i64)o * ldw + k0 + 8 * c : w + (i64)r_hi * ldw + k0 + 8 * c;
+        const bool v_lo = SWIGLU ? o < N : r_lo < N, v_hi = SWIGLU ? o < N : r_hi < N;
         float acc[NT][4];
 #pragma unroll
         for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
@@ -97,8 +106,8 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
             for (int u = 0; u < SK_KU; u++)
             {
                 const bool kin = k0 + kb + u * SK_KB + 8 * c < K;
-                lo[u] = sk_load_w(w_lo + kb + u * SK_KB, kin && r_lo < N);
-                hi[u] = sk_load_w(w_hi + kb + u * SK_KB, kin && r_hi < N);
+                lo[u] = sk_load_w(w_lo + kb + u * SK_KB, kin && v_lo);
+                hi[u] = sk_load_w(w_hi + kb + u * SK_KB, kin && v_hi);
             }
 #pragma unroll
             for (int u = 0; u < SK_KU; u++)
@@ -115,6 +124,18 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
                 }
         }
         // acc[j]: (W row r_lo, batch rows 8j + 2c, 8j + 2c + 1), then (W row r_hi, the same batch rows).
+        if (S == 1 && SWIGLU)
+        {
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                {
+                    const int m = 8 * j + 2 * c + e;
+                    if (m < M && o < N) y[(i64)m * ldy + o] = from_f<T>(sk_silu(acc[j][e]) * acc[j][e + 2]);
+                }
+            continue;
+        }
         if (S == 1)
         {
 #pragma unroll
@@ -127,7 +148,7 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
                 }
             continue;
         }
-        // (S, MP, Npad) partials; rows past N are zero (their W was), never stored.
+        // (S, MP, Npad) partials at the virtual rows; rows past N are zero (their W was), never stored.
 #pragma unroll
         for (int j = 0; j < NT; j++)
 #pragma unroll
@@ -143,14 +164,31 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
         __syncthreads();
         if (!last) continue;
         __threadfence();
-        for (int e = tid; e < M * SK_ROWS; e += SK_THREADS)
+        if (SWIGLU)
         {
-            const int m = e / SK_ROWS, n = rb * SK_ROWS + e % SK_ROWS;
-            if (n >= N) continue;
-            float sum = 0.f;
-            for (int t = 0; t < S; t++) sum += sk_load_cg(partial + ((i64)t * MP + m) * Npad + n);
-            sk_store(y, bias, res, m, n, ldy, ldr, alpha, beta, sum);
+            for (int e = tid; e < M * (SK_ROWS / 2); e += SK_THREADS)
+            {
+                const int m = e / (SK_ROWS / 2), ol = e % (SK_ROWS / 2), on = rb * (SK_ROWS / 2) + ol;
+                if (on >= N) continue;
+                const int vr = rb * SK_ROWS + (ol / 8) * 16 + ol % 8;
+                float gate = 0.f, up = 0.f;
+                for (int t = 0; t < S; t++)
+                {
+                    gate += sk_load_cg(partial + ((i64)t * MP + m) * Npad + vr);
+                    up += sk_load_cg(partial + ((i64)t * MP + m) * Npad + vr + 8);
+                }
+                y[(i64)m * ldy + on] = from_f<T>(sk_silu(gate) * up);
+            }
         }
+        else
+            for (int e = tid; e < M * SK_ROWS; e += SK_THREADS)
+            {
+                const int m = e / SK_ROWS, n = rb * SK_ROWS + e % SK_ROWS;
+                if (n >= N) continue;
+                float sum = 0.f;
+                for (int t = 0; t < S; t++) sum += sk_load_cg(partial + ((i64)t * MP + m) * Npad + n);
+                sk_store(y, bias, res, m, n, ldy, ldr, alpha, beta, sum);
+            }
         if (tid == 0) counters[rb] = 0;                      // ready for the next product
     }
 }
@@ -159,7 +197,11 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
     extern "C" __global__ void __launch_bounds__(SK_THREADS) skinny_##n##_m##MP(                                          \
         const T* x, const T* w, const T* bias, const T* res, T* y, float* partial, int* counters, int M, int N, int K,   \
         i64 ldx, i64 ldw, i64 ldr, i64 ldy, int ks, float alpha, float beta)                                              \
-    { skinny_product<T, MP / 8>(x, w, bias, res, y, partial, counters, M, N, K, ldx, ldw, ldr, ldy, ks, alpha, beta); }
+    { skinny_product<T, MP / 8, false>(x, w, nullptr, bias, res, y, partial, counters, M, N, K, ldx, ldw, ldr, ldy, ks, alpha, beta); } \
+    extern "C" __global__ void __launch_bounds__(SK_THREADS) skinny_swiglu_##n##_m##MP(                                   \
+        const T* x, const T* wg, const T* wu, T* y, float* partial, int* counters, int M, int F, int K, i64 ldx, i64 ldw,  \
+        i64 ldy, int ks)                                                                                                  \
+    { skinny_product<T, MP / 8, true>(x, wg, wu, nullptr, nullptr, y, partial, counters, M, F, K, ldx, ldw, 0, ldy, ks, 1.f, 0.f); }
 #define SKINNY_ALL(n, T) SKINNY(n, T, 8) SKINNY(n, T, 16) SKINNY(n, T, 32) SKINNY(n, T, 64)
 SKINNY_ALL(bf16, bf16)
 SKINNY_ALL(f16, f16)

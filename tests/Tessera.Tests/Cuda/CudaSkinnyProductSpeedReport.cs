@@ -6,7 +6,8 @@ using Xunit;
 namespace Tessera.Tests.Cuda;
 
 /// <summary>
-/// Skinny-product timings for issue 14: the four products of a Llama-1B decode step (bf16) at 8, 32 and 64 rows, each run
+/// Skinny-product timings for issue 14: the four products of a Llama-1B decode step (bf16) at 8, 32 and 64 rows, and the
+/// gate/up pair as one SwiGLU call, each run
 /// over 16 distinct weight matrices in turn (so the L2 cannot serve a repeat: cold weights, as the 16 layers are), through
 /// skinny.cu (<see cref="CudaBackendOptions.SkinnyProducts"/>) beside cuBLASLt (the shared backend, tuned). CUDA events
 /// around each pass, median of 10 after 3 warm-ups; us per call, GB/s of weights. Runs only with TESSERA_CUDA_TIMINGS=1;
@@ -47,6 +48,34 @@ public sealed class CudaSkinnyProductSpeedReport(CudaFixture fixture) : CudaTest
                 worstRatio = Math.Max(worstRatio, skinnyUs / cublasUs);
                 lines.Add(string.Create(CultureInfo.InvariantCulture,
                     $"| {name} | {m} | {n} x {k} | {plan.Slices} x {plan.SliceColumns}, {plan.CtasPerSlice} | {skinnyUs:F1} | {cublasUs:F1} | {bytes / skinnyUs / 1e3:F0} | {bytes / cublasUs / 1e3:F0} |"));
+            }
+            foreach (var t in ws) t.Storage.Dispose();
+            foreach (var t in wc) t.Storage.Dispose();
+        }
+        // The gate/up pair as one SwiGLU call (adjacent weights: cuBLASLt at N = 2F, then the SwiGLU kernel; or skinny.cu's SwiGLU variant).
+        {
+            const int f = 8192, k = 2048;
+            Tensor[] Pairs(CudaBackend b)
+            {
+                var w = new Tensor[Layers];
+                for (int i = 0; i < Layers; i++) { w[i] = b.Allocate(new Shape(2 * f, k), DType.BF16); b.Fill(w[i], 0.001); }
+                return w;
+            }
+            var ws = Pairs(sk);
+            var wc = Pairs(Gpu);
+            foreach (int m in new[] { 8, 32, 64 })
+            {
+                var xs = sk.Allocate(new Shape(m, k), DType.BF16); sk.Fill(xs, 0.01);
+                var ys = sk.Allocate(new Shape(m, f), DType.BF16);
+                var xc = Gpu.Allocate(new Shape(m, k), DType.BF16); Gpu.Fill(xc, 0.01);
+                var yc = Gpu.Allocate(new Shape(m, f), DType.BF16);
+                double skinnyUs = Median(sk, () => { for (int i = 0; i < Layers; i++) sk.MatMulSwiGlu(xs, ws[i].Slice(0, 0, f), ws[i].Slice(0, f, f), ys); }) * 1e3 / Layers;
+                double cublasUs = Median(Gpu, () => { for (int i = 0; i < Layers; i++) Gpu.MatMulSwiGlu(xc, wc[i].Slice(0, 0, f), wc[i].Slice(0, f, f), yc); }) * 1e3 / Layers;
+                double bytes = 2.0 * 2 * f * k;
+                var plan = SkinnyProductPlan.For(m, 2 * f, k, Gpu.CudaDevice.MultiprocessorCount);
+                worstRatio = Math.Max(worstRatio, skinnyUs / cublasUs);
+                lines.Add(string.Create(CultureInfo.InvariantCulture,
+                    $"| gate/up SwiGLU | {m} | {f} x {k} x 2 | {plan.Slices} x {plan.SliceColumns}, {plan.CtasPerSlice} | {skinnyUs:F1} | {cublasUs:F1} (+ SwiGLU) | {bytes / skinnyUs / 1e3:F0} | {bytes / cublasUs / 1e3:F0} |"));
             }
             foreach (var t in ws) t.Storage.Dispose();
             foreach (var t in wc) t.Storage.Dispose();

@@ -8,7 +8,8 @@ namespace Tessera.Tests.Cuda;
 /// The skinny-M tensor-core product (skinny.cu, <see cref="CudaBackendOptions.SkinnyProducts"/>) on the device: a second
 /// backend with the option on (and the op profiler, which names the kernels that ran) against a double reference of the
 /// rounded inputs at M = 5, 8, 16, 37 and 64 (bf16 and f16, partial row blocks, K tails, bias, +residual from an addend and
-/// in place with beta = 1), against the shared backend's cuBLASLt product at the Llama-1B decode shapes, and the routing
+/// in place with beta = 1; the SwiGLU variant with and without the RMSNorm prologue), against the shared backend's
+/// cuBLASLt product (and SwiGLU kernel) at the Llama-1B decode shapes, and the routing
 /// (4 and 65 rows, f32 and transposed weights stay off the kernel). Norm-wise tolerance 1e-2 (<see cref="CudaTestBase.Tolerance"/>:
 /// 16-bit outputs of fp32 sums). Skips where there is no GPU.
 /// </summary>
@@ -65,6 +66,52 @@ public sealed class CudaSkinnyProductTests(CudaFixture fixture) : CudaTestBase(f
         Assert.DoesNotContain(KernelsRun(sk), name => name.StartsWith("matmul", StringComparison.Ordinal));
     }
 
+    /// <summary>
+    /// The SwiGLU variant (<see cref="CudaBackend.MatMulSwiGlu"/> at 5 to 64 rows): SiLU(h Wg^T) * (h Wu^T) against a double
+    /// reference, h = x or RMSNorm(x) (the reference normalizes in double; the kernel reads the norm kernel's 16-bit h,
+    /// 2^-9 relative, inside the 1e-2 tolerance).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 5, 100, 392, false)]
+    [InlineData(DType.BF16, 16, 8192, 2048, true)]
+    [InlineData(DType.BF16, 64, 200, 1024, false)]
+    [InlineData(DType.F16, 37, 70, 2048, true)]
+    public void SkinnySwiGluMatchesTheReference(DType dtype, int m, int f, int k, bool withNorm)
+    {
+        _ = Gpu;
+        int seed = Environment.TickCount;
+        TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}");
+        var rng = new Random(seed);
+        double[] Values(int count, double scale) => [.. Enumerable.Range(0, count).Select(_ => (rng.NextDouble() * 2 - 1) * scale)];
+        double[] xv = Stored(Values(m * k, 1), dtype), gv = Stored(Values(f * k, 0.05), dtype), uv = Stored(Values(f * k, 0.05), dtype);
+        double[] nv = Stored(Values(k, 1), dtype);
+        using var sk = SkinnyBackend();
+        var x = Upload(sk, xv, dtype, m, k);
+        var y = sk.Allocate(new Shape(m, f), dtype);
+        sk.Fill(y, double.NaN);
+        RmsNormPrologue? norm = withNorm ? new RmsNormPrologue(Upload(sk, nv, dtype, k), 1e-5) : null;
+        sk.MatMulSwiGlu(x, Upload(sk, gv, dtype, f, k), Upload(sk, uv, dtype, f, k), y, norm: norm);
+
+        var expected = new double[m * f];
+        Parallel.For(0, m, i =>
+        {
+            var h = new double[k];
+            double ss = 0;
+            for (int q = 0; q < k; q++) ss += xv[i * k + q] * xv[i * k + q];
+            double rstd = withNorm ? 1 / Math.Sqrt(ss / k + 1e-5) : 1;
+            for (int q = 0; q < k; q++) h[q] = withNorm ? xv[i * k + q] * rstd * nv[q] : xv[i * k + q];
+            for (int j = 0; j < f; j++)
+            {
+                double g = 0, u = 0;
+                for (int q = 0; q < k; q++) { g += h[q] * gv[j * k + q]; u += h[q] * uv[j * k + q]; }
+                expected[i * f + j] = g / (1 + Math.Exp(-g)) * u;
+            }
+        });
+        AssertClose(expected, Download(sk, y), Tolerance(dtype), $"skinny SwiGLU {dtype} {m}x{f}x{k}{(withNorm ? " norm" : "")}");
+        Assert.Contains($"skinny_swiglu_{(dtype == DType.BF16 ? "bf16" : "f16")}_m{SkinnyProductPlan.PadRows(m)}", KernelsRun(sk));
+        Assert.DoesNotContain(KernelsRun(sk), name => name.StartsWith("matmul", StringComparison.Ordinal));
+    }
+
     /// <summary>The four products of a Llama-1B decode step at 8, 32 and 64 rows against cuBLASLt on the same rounded inputs.</summary>
     [Theory]
     [InlineData(8)]
@@ -87,7 +134,21 @@ public sealed class CudaSkinnyProductTests(CudaFixture fixture) : CudaTestBase(f
             Gpu.MatMul(Upload(xv, DType.BF16, m, k), Upload(wv, DType.BF16, n, k), yc, transposeB: true);
             AssertClose(Download(yc), Download(sk, y), Tolerance(DType.BF16), $"skinny bf16 {m}x{n}x{k} against cuBLASLt");
         }
+        // The gate/up pair through MatMulSwiGlu (adjacent weights: the default path is one cuBLASLt product at N = 2F, then SwiGLU).
+        {
+            const int f = 8192, k = 2048;
+            double[] xv = [.. Enumerable.Range(0, m * k).Select(_ => rng.NextDouble() * 2 - 1)];
+            double[] wv = [.. Enumerable.Range(0, 2 * f * k).Select(_ => (rng.NextDouble() * 2 - 1) * 0.03)];
+            var ws = Upload(sk, wv, DType.BF16, 2 * f, k);
+            var y = sk.Allocate(new Shape(m, f), DType.BF16);
+            sk.MatMulSwiGlu(Upload(sk, xv, DType.BF16, m, k), ws.Slice(0, 0, f), ws.Slice(0, f, f), y);
+            var wc = Upload(wv, DType.BF16, 2 * f, k);
+            var yc = Gpu.Allocate(new Shape(m, f), DType.BF16);
+            Gpu.MatMulSwiGlu(Upload(xv, DType.BF16, m, k), wc.Slice(0, 0, f), wc.Slice(0, f, f), yc);
+            AssertClose(Download(yc), Download(sk, y), Tolerance(DType.BF16), $"skinny SwiGLU bf16 {m}x{f}x{k} against cuBLASLt + SwiGLU");
+        }
         Assert.Contains($"skinny_bf16_m{SkinnyProductPlan.PadRows(m)}", KernelsRun(sk));
+        Assert.Contains($"skinny_swiglu_bf16_m{SkinnyProductPlan.PadRows(m)}", KernelsRun(sk));
         Assert.DoesNotContain(KernelsRun(sk), name => name.StartsWith("matmul", StringComparison.Ordinal));
     }
 

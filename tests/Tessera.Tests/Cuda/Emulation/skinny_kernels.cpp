@@ -4,7 +4,8 @@
 // slice (a last slice of 8 columns), one slice (the warps' own epilogue) and 2 to 4 slices reduced by the last CTA of a
 // row block (counters: they must be left at zero), a persistent CTA walking several row blocks, and the epilogues: plain,
 // alpha, bias, +residual from another tensor (beta = 1) and in place (r = y). Rows of y past M and strides past N must stay
-// untouched. Prints one line per check; the exit code is the number of failures. kernels.h is written by the test: the
+// untouched. The SwiGLU variant (gate and up rows of one output in one warp's MMA rows) is checked the same way: one slice
+// and 2 to 3 slices, a partial row block of outputs, 5 to 64 rows. Prints one line per check; the exit code is the number of failures. kernels.h is written by the test: the
 // emulation, common.cuh, skinny.cu.
 #include "kernels.h"
 #include <algorithm>
@@ -87,6 +88,67 @@ static void run(int M, int N, int K, int ks, int P, bool bias_on, int residual /
     if (!ok) failures++;
 }
 
+// y (M, F) = SiLU(x Wg^T) * (x Wu^T), Wg and Wu (F, K) with one row stride.
+static void run_swiglu(int M, int F, int K, int ks, int P)
+{
+    const int MP = M <= 8 ? 8 : M <= 16 ? 16 : M <= 32 ? 32 : 64;
+    const int S = (K + ks - 1) / ks, RB = (F + 31) / 32;
+    const int ldy = F + 3, ldx = K + 8, ldw = K + 16;
+    const unsigned seed = 777 + M * 31 + F + K;
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<bf16> x((size_t)M * ldx), wg((size_t)F * ldw), wu((size_t)F * ldw), y((size_t)(M + 1) * ldy);
+    for (auto& v : x) v = from_f<bf16>(u(rng));
+    for (auto& v : wg) v = from_f<bf16>(0.2f * u(rng));
+    for (auto& v : wu) v = from_f<bf16>(0.2f * u(rng));
+    const float poison = 12288.f;
+    for (auto& v : y) v = from_f<bf16>(poison);
+    std::vector<double> expected(y.size(), poison);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < F; n++)
+        {
+            double g = 0, up = 0;
+            for (int k = 0; k < K; k++)
+            {
+                g += (double)to_f(x[(size_t)m * ldx + k]) * to_f(wg[(size_t)n * ldw + k]);
+                up += (double)to_f(x[(size_t)m * ldx + k]) * to_f(wu[(size_t)n * ldw + k]);
+            }
+            expected[(size_t)m * ldy + n] = g / (1 + std::exp(-g)) * up;
+        }
+    std::vector<float> partial((size_t)S * MP * RB * 64, NAN);
+    std::vector<int> counters(RB, 0);
+    emu_shared_base = (unsigned char*)skinny_shared;
+    const bf16 *px = x.data(), *pg = wg.data(), *pu = wu.data();
+    bf16* py = y.data();
+    float* pp = S > 1 ? partial.data() : nullptr;
+    int* pc = S > 1 ? counters.data() : nullptr;
+    auto launch = [&](auto kernel) {
+        emu_launch(dim3{(unsigned)P, (unsigned)S, 1}, 128, [&] { kernel(px, pg, pu, py, pp, pc, M, F, K, (i64)ldx, (i64)ldw, (i64)ldy, ks); });
+    };
+    if (MP == 8) launch(skinny_swiglu_bf16_m8);
+    else if (MP == 16) launch(skinny_swiglu_bf16_m16);
+    else if (MP == 32) launch(skinny_swiglu_bf16_m32);
+    else launch(skinny_swiglu_bf16_m64);
+    double md = 0, mr = 0;
+    bool untouched = true;
+    for (int m = 0; m <= M; m++)
+        for (int n = 0; n < ldy; n++)
+        {
+            const size_t i = (size_t)m * ldy + n;
+            const float a = to_f(y[i]);
+            if (m == M || n >= F) { untouched &= a == poison; continue; }
+            if (!std::isfinite(a)) { md = INFINITY; continue; }
+            md = std::max(md, std::abs(a - expected[i]));
+            mr = std::max(mr, std::abs(expected[i]));
+        }
+    const bool zeroed = std::all_of(counters.begin(), counters.end(), [](int c) { return c == 0; });
+    const double rel = md / (mr > 0 ? mr : 1);
+    const bool ok = rel <= 8e-3 && untouched && zeroed;
+    printf("skinny swiglu M=%d (m%d) F=%d K=%d ks=%d slices=%d P=%d seed=%u rel err %.3e%s%s %s\n", M, MP, F, K, ks, S, P, seed, rel,
+           untouched ? "" : ", a row or column past the output was written", zeroed ? "" : ", a counter was left nonzero", ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+}
+
 int main()
 {
     run(5, 200, 392, 128, 2, true, 1, 1.f);      // 4 slices (the last of 8 columns), a partial row block, 2 row blocks a CTA
@@ -96,6 +158,9 @@ int main()
     run(64, 64, 256, 128, 1, false, 1, 1.f);     // the full 64 rows, 2 slices, +residual
     run(64, 100, 1024, 512, 2, true, 1, 1.f);    // the widest slice (512: the x slice fills its 64 x 544 buffer), 2 slices
     run(12, 70, 136, 128, 2, false, 0, 1.f);     // 2 slices, the second of 8 columns; 12 rows padded to 16, more CTAs than row blocks
+    run_swiglu(5, 100, 256, 256, 2);             // one slice: the warps pair gate and up themselves; 4 row blocks of 32 outputs
+    run_swiglu(16, 70, 392, 128, 2);             // 4 slices (the last of 8 columns), a partial row block of 6 outputs
+    run_swiglu(64, 64, 384, 128, 1);             // 64 rows, 3 slices, one CTA a slice walking both row blocks
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
