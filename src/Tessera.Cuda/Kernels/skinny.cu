@@ -30,13 +30,14 @@
 // SiLU as elementwise.cu computes it.
 __device__ __forceinline__ float sk_silu(float g) { return g / (1.f + expf(-g)); }
 
-// 16 bytes of W, read once (no L1 allocation); zero when !valid.
+// 16 bytes of W, read once (no L1 allocation); zero when !valid. Not volatile (as gemv.cu's load_stream16): W is read-only
+// here, so the compiler may schedule the loads ahead of the MMAs.
 __device__ __forceinline__ Bytes16 sk_load_w(const void* p, bool valid)
 {
     Bytes16 r = {{0u, 0u, 0u, 0u}};
     if (!valid) return r;
 #ifdef __CUDA_ARCH__
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "l"(p));
 #else
     r = *reinterpret_cast<const Bytes16*>(p);

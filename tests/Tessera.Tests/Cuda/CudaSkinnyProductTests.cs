@@ -152,6 +152,23 @@ public sealed class CudaSkinnyProductTests(CudaFixture fixture) : CudaTestBase(f
         Assert.DoesNotContain(KernelsRun(sk), name => name.StartsWith("matmul", StringComparison.Ordinal));
     }
 
+    /// <summary>Registers, local (spilled) bytes and CTAs per SM of every skinny kernel at the largest slice's shared memory
+    /// (clang + ptxas 11.8 gave 76-192 registers, 255 for the SwiGLU m64 variant, and no spills); fails only if one cannot launch.</summary>
+    [Fact]
+    public void SkinnyKernelResourcesAreReported()
+    {
+        var module = Gpu.Kernels.Module("skinny.cu");
+        foreach (var variant in new[] { "", "swiglu_" })
+            foreach (var dtype in new[] { "bf16", "f16" })
+                foreach (int mp in new[] { 8, 16, 32, 64 })
+                {
+                    int shared = new SkinnyProductPlan(mp, 1, 2, SkinnyProductPlan.MaxSliceColumns, 1).SharedBytes;
+                    var r = module.Resources($"skinny_{variant}{dtype}_m{mp}", SkinnyProductPlan.Threads, shared);
+                    Console.WriteLine($"[skinny kernel] skinny_{variant}{dtype}_m{mp}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs per SM");
+                    Assert.True(r.CtasPerSm >= 1, $"skinny_{variant}{dtype}_m{mp} cannot launch with {shared} bytes of shared memory");
+                }
+    }
+
     [Fact]
     public void ProductsOutsideTheKernelsRangeStayOnTheirKernels()
     {
