@@ -24,7 +24,7 @@ public sealed unsafe partial class CudaBackend
         if (a.Stride(0) % 8 != 0 || b.Stride(0) % 8 != 0 || Ptr(a) % 16 != 0 || Ptr(b) % 16 != 0) return false;
         if (!BiasFits(bias, dtype, n)) return false;
         if (addend is not null && (addend.DType != dtype || addend.Rank != 2 || (addend.Stride(1) != 1 && n > 1))) return false;
-        var plan = SkinnyProductPlan.For(m, n, k, CudaDevice.MultiprocessorCount);
+        var plan = SkinnyProductPlan.For(m, n, k, CudaDevice.MultiprocessorCount, Options.SkinnyCtasPerSm);
         if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
         ulong counters = plan.Slices > 1 ? DecodeCounters(plan.RowBlocks) : 0;   // left at zero by every kernel that counts
         if (plan.Slices > 1 && counters == 0) return false;                      // capturing, and too few: cuBLASLt
@@ -59,7 +59,7 @@ public sealed unsafe partial class CudaBackend
             if (w.Stride(1) != 1 || w.Stride(0) % 8 != 0 || Ptr(w) % 16 != 0) return false;
         if (upWeight.Stride(0) != gateWeight.Stride(0)) return false;
         if (norm is { } r && (r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k)) return false;
-        var plan = SkinnyProductPlan.For(m, 2 * f, k, CudaDevice.MultiprocessorCount);   // 2F rows: a row block is 32 outputs
+        var plan = SkinnyProductPlan.For(m, 2 * f, k, CudaDevice.MultiprocessorCount, Options.SkinnyCtasPerSm);   // 2F rows: a row block is 32 outputs
         if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
         ulong counters = plan.Slices > 1 ? DecodeCounters(plan.RowBlocks) : 0;
         if (plan.Slices > 1 && counters == 0) return false;

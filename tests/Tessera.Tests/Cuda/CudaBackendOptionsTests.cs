@@ -33,6 +33,7 @@ public sealed class CudaBackendOptionsTests
         PagedDecodeTiled = true,
         PagedDecodeTensorCores = true,
         SkinnyProducts = true,
+        SkinnyCtasPerSm = 4,
         PagedDecodeSplitSpan = 16,
         PagedDecodeCtasPerSm = 2,
         ProfileOps = true,
@@ -83,6 +84,8 @@ public sealed class CudaBackendOptionsTests
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]
+    [InlineData("SkinnyCtasPerSm=0", "SkinnyCtasPerSm (0) must be 1 to 8")]
+    [InlineData("SkinnyCtasPerSm=9", "SkinnyCtasPerSm (9) must be 1 to 8")]
     [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
     [InlineData("PagedDecodeSplitSpan=0", "PagedDecodeSplitSpan (0) must be at least 1")]
     [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]
