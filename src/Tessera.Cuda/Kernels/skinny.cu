@@ -12,7 +12,8 @@
 //
 // Split-K over a persistent grid (gridDim.y = S slices of ks columns of K, gridDim.x = P CTAs a slice): a CTA stages its
 // slice of x (8 NT rows x ks, rows >= M and columns >= K zero) in shared memory once (row stride ks + 32: the 16-byte
-// reads of a quarter-warp hit distinct banks), then walks the row blocks of 64 rows of W (4 warps x 16) p, p + P, ...
+// reads of a quarter-warp hit distinct banks), then walks the row blocks of 64 rows of W (4 warps x 16) p, p + P, ...;
+// each warp loads its W one unit (4 k-blocks: 128 bytes a lane) ahead of its MMAs, across row blocks too.
 // With S = 1 each warp applies the epilogue to its tile itself; otherwise it writes its fp32 partial (S, 8 NT, Npad) and
 // the last CTA of a row block (a counter per row block, left at zero, as paged_decode_finish counts its splits) sums the
 // S partials in slice order (deterministic) and applies the epilogue. Host side: CudaBackend.Skinny.cs.
@@ -65,6 +66,25 @@ __device__ __forceinline__ void sk_store(T* y, const T* bias, const T* res, int 
     y[(i64)m * ldy + n] = from_f<T>(v);
 }
 
+// One unit of a warp's W stream: SK_KU k-blocks (k = k0 + kb ..) of its two MMA row groups in row block rb (zero past N and K).
+template <typename T, bool SWIGLU>
+__device__ __forceinline__ void sk_load_unit(const T* w, const T* w2, int rb, int kb, int k0, int N, int K, i64 ldw, int warp, int g, int c,
+                                             Bytes16* lo, Bytes16* hi)
+{
+    // Virtual rows: the warp's 16 MMA rows. Linear: W rows r_lo, r_hi. SwiGLU: output o's gate row and up row.
+    const int r_lo = rb * SK_ROWS + warp * 16 + g, r_hi = r_lo + 8, o = rb * (SK_ROWS / 2) + warp * 8 + g;
+    const T* w_lo = SWIGLU ? w + (i64)o * ldw + k0 + kb + 8 * c : w + (i64)r_lo * ldw + k0 + kb + 8 * c;
+    const T* w_hi = SWIGLU ? w2 + (i64)o * ldw + k0 + kb + 8 * c : w + (i64)r_hi * ldw + k0 + kb + 8 * c;
+    const bool v_lo = SWIGLU ? o < N : r_lo < N, v_hi = SWIGLU ? o < N : r_hi < N;
+#pragma unroll
+    for (int u = 0; u < SK_KU; u++)
+    {
+        const bool kin = k0 + kb + u * SK_KB + 8 * c < K;
+        lo[u] = sk_load_w(w_lo + u * SK_KB, kin && v_lo);
+        hi[u] = sk_load_w(w_hi + u * SK_KB, kin && v_hi);
+    }
+}
+
 extern __shared__ Bytes16 skinny_shared[];
 
 template <typename T, int NT, bool SWIGLU>
@@ -90,26 +110,23 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
     cp_async_wait<0>();
     __syncthreads();
 
+    // The warp's W stream is a sequence of units (row block, k-block group), loaded one unit ahead of the MMAs, across row
+    // blocks too: the next row block's first loads are in flight during this one's epilogue and reduction.
+    Bytes16 lo[SK_KU], hi[SK_KU], next_lo[SK_KU], next_hi[SK_KU];
+    if (blockIdx.x < RB) sk_load_unit<T, SWIGLU>(w, w2, blockIdx.x, 0, k0, N, K, ldw, warp, g, c, next_lo, next_hi);
     for (int rb = blockIdx.x; rb < RB; rb += gridDim.x)
     {
-        // Virtual rows (the partials' index): the warp's 16 MMA rows. Linear: W rows r_lo, r_hi. SwiGLU: output o's gate, up.
         const int r_lo = rb * SK_ROWS + warp * 16 + g, r_hi = r_lo + 8, o = rb * (SK_ROWS / 2) + warp * 8 + g;
-        const T* w_lo = SWIGLU ? w + (i64)o * ldw + k0 + 8 * c : w + (i64)r_lo * ldw + k0 + 8 * c;
-        const T* w_hi = SWIGLU ? w2 + (i64)o * ldw + k0 + 8 * c : w + (i64)r_hi * ldw + k0 + 8 * c;
-        const bool v_lo = SWIGLU ? o < N : r_lo < N, v_hi = SWIGLU ? o < N : r_hi < N;
         float acc[NT][4];
 #pragma unroll
         for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
         for (int kb = 0; kb < ks; kb += SK_KB * SK_KU)
         {
-            Bytes16 lo[SK_KU], hi[SK_KU];
 #pragma unroll
-            for (int u = 0; u < SK_KU; u++)
-            {
-                const bool kin = k0 + kb + u * SK_KB + 8 * c < K;
-                lo[u] = sk_load_w(w_lo + kb + u * SK_KB, kin && v_lo);
-                hi[u] = sk_load_w(w_hi + kb + u * SK_KB, kin && v_hi);
-            }
+            for (int u = 0; u < SK_KU; u++) { lo[u] = next_lo[u]; hi[u] = next_hi[u]; }
+            const bool last_unit = kb + SK_KB * SK_KU >= ks;
+            const int next_rb = last_unit ? rb + gridDim.x : rb, next_kb = last_unit ? 0 : kb + SK_KB * SK_KU;
+            if (next_rb < RB) sk_load_unit<T, SWIGLU>(w, w2, next_rb, next_kb, k0, N, K, ldw, warp, g, c, next_lo, next_hi);
 #pragma unroll
             for (int u = 0; u < SK_KU; u++)
 #pragma unroll
