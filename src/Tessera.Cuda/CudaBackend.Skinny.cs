@@ -11,7 +11,7 @@ public sealed unsafe partial class CudaBackend
     /// r = <paramref name="addend"/> (then beta = 1) or c itself: the skinny-M kernel of skinny.cu with the grid of
     /// <see cref="SkinnyProductPlan"/>. False, with nothing enqueued, when the option is off or the call does not fit the kernel
     /// (then cuBLASLt runs it): one 16-bit dtype throughout, contiguous rows of K with 16-byte aligned starts (K a multiple of 8),
-    /// a contiguous bias, and while a graph is being captured, counters already large enough.
+    /// a contiguous bias, and with more than one slice at most 1,024 row blocks (<see cref="CountersFit"/>).
     /// </summary>
     private bool TrySkinny(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias, Tensor? addend)
     {
@@ -25,7 +25,7 @@ public sealed unsafe partial class CudaBackend
         if (!BiasFits(bias, dtype, n)) return false;
         if (addend is not null && (addend.DType != dtype || addend.Rank != 2 || (addend.Stride(1) != 1 && n > 1))) return false;
         var plan = SkinnyProductPlan.For(m, n, k, CudaDevice.MultiprocessorCount, Options.SkinnyCtasPerSm);
-        if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
+        if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn || !CountersFit(plan)) return false;
         ulong counters = plan.Slices > 1 ? DecodeCounters(plan.RowBlocks) : 0;   // left at zero by every kernel that counts
         if (plan.Slices > 1 && counters == 0) return false;                      // capturing, and too few: cuBLASLt
         ulong partial = plan.Slices > 1 ? Scratch(plan.PartialFloats * sizeof(float)) : 0;
@@ -40,6 +40,13 @@ public sealed unsafe partial class CudaBackend
         if (partial != 0) FreeScratch(partial);
         return true;
     }
+
+    /// <summary>
+    /// Whether the plan's counters (one a row block, with more than one slice) fit the decode counters' first capacity, as the
+    /// paged decode's do: growing them would free a buffer that a captured CUDA graph may still hold. Larger products (an LM
+    /// head's 2,000 row blocks) stay on cuBLASLt.
+    /// </summary>
+    private static bool CountersFit(SkinnyProductPlan plan) => plan.Slices == 1 || plan.RowBlocks <= PagedDecodeMaxCounters;
 
     /// <summary>
     /// output (M, F) = SiLU(h Wg^T) * (h Wu^T) with 5 &lt;= M &lt;= 64, h = RMSNorm(x) when <paramref name="norm"/> is given (into
@@ -60,7 +67,7 @@ public sealed unsafe partial class CudaBackend
         if (upWeight.Stride(0) != gateWeight.Stride(0)) return false;
         if (norm is { } r && (r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k)) return false;
         var plan = SkinnyProductPlan.For(m, 2 * f, k, CudaDevice.MultiprocessorCount, Options.SkinnyCtasPerSm);   // 2F rows: a row block is 32 outputs
-        if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
+        if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn || !CountersFit(plan)) return false;
         ulong counters = plan.Slices > 1 ? DecodeCounters(plan.RowBlocks) : 0;
         if (plan.Slices > 1 && counters == 0) return false;
         Tensor? h = norm is { } n ? NormalizedScratch(x, n) : null;
