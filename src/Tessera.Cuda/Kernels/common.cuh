@@ -276,6 +276,18 @@ __device__ __forceinline__ bool aligned16(const void* a, const void* b, const vo
 //   C 16x8 fp32:       c0 c1 (g, 2c..2c+1), c2 c3 (g+8, 2c..2c+1)
 // Swizzled tiles: ROWS x D 16-bit values, a row of D/8 16-byte chunks; chunk c of row r is stored at chunk c ^ (r & 7),
 // so the 8 rows that one ldmatrix reads hit 8 different bank groups.
+// A float another CTA wrote (split partials merged by the last CTA): through L2, not a stale L1 line (inline PTX: no CUDA
+// headers under NVRTC; a plain load on the CPU emulation, which has no L1).
+__device__ __forceinline__ float load_cg(const float* p)
+{
+#ifdef __CUDA_ARCH__
+    float r;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
+    return r;
+#else
+    return *p;
+#endif
+}
 #ifdef __CUDA_ARCH__
 __device__ __forceinline__ unsigned smem_u32(const void* p)
 {

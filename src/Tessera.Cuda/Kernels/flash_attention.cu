@@ -385,13 +385,7 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
     }
 }
 
-// L2-coherent load and a device-wide fence, as inline PTX (no CUDA headers under NVRTC).
-__device__ __forceinline__ float load_cg(const float* p)
-{
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-}
+// A device-wide fence, as inline PTX (no CUDA headers under NVRTC); the L2-coherent load_cg is common.cuh's.
 __device__ __forceinline__ void fence_gpu() { asm volatile("membar.gl;" ::: "memory"); }
 
 // Most key splits of one decode launch (the host clamps to it): the merge keeps a weight per (row, split) in shared memory.

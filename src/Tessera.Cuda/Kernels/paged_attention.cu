@@ -259,17 +259,6 @@ __device__ __forceinline__ bool paged_decode_keys(int x, const int* starts, cons
 // window as in paged_attention: only the row's window is read.
 #define PD_THREADS 128
 
-// L2-coherent load (inline PTX: no CUDA headers under NVRTC; a plain load on the CPU emulation, which has no L1).
-__device__ __forceinline__ float pd_load_cg(const float* p)
-{
-#ifdef __CUDA_ARCH__
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-#else
-    return *p;
-#endif
-}
 
 // The combine folded into paged_decode (flash_decode_finish's scheme): the last of a (row x, head group) column's split
 // CTAs to finish (a counter per column, reset by that CTA so the next launch or graph replay finds it zero) merges the
@@ -299,8 +288,8 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
     for (int g = warp; g < G; g += PD_THREADS / 32)
     {
         const float* state = partial + (((i64)lane * X + x) * H + h0 + g) * row_floats;
-        const float ms = lane < active ? pd_load_cg(state + D) : NEG_INF;
-        const float ls = lane < active ? pd_load_cg(state + D + 1) : 0.f;
+        const float ms = lane < active ? load_cg(state + D) : NEG_INF;
+        const float ls = lane < active ? load_cg(state + D + 1) : 0.f;
         const float big = warp_max(ms);
         const float w = ms == NEG_INF ? 0.f : fast_exp2(ms - big);
         const float sum = warp_sum(ls * w);
@@ -328,7 +317,7 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
 #pragma unroll
                 for (int k = 0; k < 2; k++)
 #pragma unroll
-                    for (int u = 0; u < PD_MERGE_BATCH; u++) v[k][u] = s0 + u < active ? pd_load_cg(p[k] + (s0 + u) * split_stride) : 0.f;
+                    for (int u = 0; u < PD_MERGE_BATCH; u++) v[k][u] = s0 + u < active ? load_cg(p[k] + (s0 + u) * split_stride) : 0.f;
 #pragma unroll
                 for (int k = 0; k < 2; k++)
 #pragma unroll
@@ -356,7 +345,7 @@ __device__ void paged_decode_finish(const float* partial, int* counters, T* out,
         for (int s = 0; s < active; s++)
         {
             const float w = weight[e / D][s];
-            if (w != 0.f) value += w * pd_load_cg(partial + (((i64)s * X + x) * H + h) * row_floats + d);
+            if (w != 0.f) value += w * load_cg(partial + (((i64)s * X + x) * H + h) * row_floats + d);
         }
         out[((i64)n * H + h) * D + d] = from_f<T>(value);
     }

@@ -45,17 +45,6 @@ __device__ __forceinline__ Bytes16 sk_load_w(const void* p, bool valid)
 #endif
     return r;
 }
-// A partial written by another CTA: through L2 (not a stale L1 line).
-__device__ __forceinline__ float sk_load_cg(const float* p)
-{
-#ifdef __CUDA_ARCH__
-    float r;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(r) : "l"(p));
-    return r;
-#else
-    return *p;
-#endif
-}
 
 template <typename T>
 __device__ __forceinline__ void sk_store(T* y, const T* bias, const T* res, int m, int n, i64 ldy, i64 ldr, float alpha, float beta, float acc)
@@ -192,8 +181,8 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
                 float gate = 0.f, up = 0.f;
                 for (int t = 0; t < S; t++)
                 {
-                    gate += sk_load_cg(partial + ((i64)t * MP + m) * Npad + vr);
-                    up += sk_load_cg(partial + ((i64)t * MP + m) * Npad + vr + 8);
+                    gate += load_cg(partial + ((i64)t * MP + m) * Npad + vr);
+                    up += load_cg(partial + ((i64)t * MP + m) * Npad + vr + 8);
                 }
                 y[(i64)m * ldy + on] = from_f<T>(sk_silu(gate) * up);
             }
@@ -204,7 +193,7 @@ __device__ __forceinline__ void skinny_product(const T* __restrict__ x, const T*
                 const int m = e / SK_ROWS, n = rb * SK_ROWS + e % SK_ROWS;
                 if (n >= N) continue;
                 float sum = 0.f;
-                for (int t = 0; t < S; t++) sum += sk_load_cg(partial + ((i64)t * MP + m) * Npad + n);
+                for (int t = 0; t < S; t++) sum += load_cg(partial + ((i64)t * MP + m) * Npad + n);
                 sk_store(y, bias, res, m, n, ldy, ldr, alpha, beta, sum);
             }
         if (tid == 0) counters[rb] = 0;                      // ready for the next product

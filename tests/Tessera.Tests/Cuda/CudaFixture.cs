@@ -52,17 +52,21 @@ public abstract class CudaTestBase(CudaFixture fixture)
 
     /// <summary>Median milliseconds of <paramref name="op"/> on the backend's stream: CUDA events around each of
     /// <paramref name="reps"/> runs after 3 warm-ups.</summary>
-    protected double MedianMs(Action op, int reps = 20)
+    protected double MedianMs(Action op, int reps = 20) => MedianMs(Gpu, op, reps);
+
+    /// <summary>Median milliseconds of <paramref name="op"/> on <paramref name="backend"/>'s stream: CUDA events around each
+    /// of <paramref name="reps"/> runs after 3 warm-ups.</summary>
+    protected static double MedianMs(CudaBackend backend, Action op, int reps = 20)
     {
         for (int i = 0; i < 3; i++) op();
-        using var start = new Tessera.Cuda.Runtime.CudaEvent(Gpu.CudaDevice);
-        using var end = new Tessera.Cuda.Runtime.CudaEvent(Gpu.CudaDevice);
+        using var start = new Tessera.Cuda.Runtime.CudaEvent(backend.CudaDevice);
+        using var end = new Tessera.Cuda.Runtime.CudaEvent(backend.CudaDevice);
         var times = new List<double>();
         for (int i = 0; i < reps; i++)
         {
-            start.Record(Gpu.Stream);
+            start.Record(backend.Stream);
             op();
-            end.Record(Gpu.Stream);
+            end.Record(backend.Stream);
             end.Synchronize();
             times.Add(end.ElapsedSince(start));
         }

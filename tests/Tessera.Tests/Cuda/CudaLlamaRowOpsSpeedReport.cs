@@ -28,26 +28,26 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
 
         var copyFrom = Filled(Gpu, new Shape(512, 1 << 20), 1);                 // 1 GiB of BF16
         var copyTo = Gpu.Allocate(copyFrom.Shape, bf);
-        double copyMs = Median(Gpu, () => Gpu.Copy(copyFrom, copyTo));
+        double copyMs = MedianMs(Gpu, () => Gpu.Copy(copyFrom, copyTo));
         double copyRate = 2.0 * copyFrom.NumElements * 2 / copyMs;              // bytes per ms
         copyFrom.Storage.Dispose(); copyTo.Storage.Dispose();
 
         var x = Filled(Gpu, new Shape(n, c), 0.5); var w = Filled(Gpu, new Shape(c), 1.0);
         var y = Gpu.Allocate(new Shape(n, c), bf); var rstd = Gpu.Allocate(new Shape(n), DType.F32);
-        rows.Add(("rmsnorm forward", 2.0 * n * c * 2, Median(Gpu, () => Gpu.RmsNormForward(x, w, y, rstd, 1e-5))));
+        rows.Add(("rmsnorm forward", 2.0 * n * c * 2, MedianMs(Gpu, () => Gpu.RmsNormForward(x, w, y, rstd, 1e-5))));
         var dx = Filled(Gpu, new Shape(n, c), 0); var dw = Filled(Gpu, new Shape(c), 0);
-        rows.Add(("rmsnorm backward (dx +=, dW +=)", 4.0 * n * c * 2, Median(Gpu, () => Gpu.RmsNormBackward(y, x, w, rstd, dx, dw))));
+        rows.Add(("rmsnorm backward (dx +=, dW +=)", 4.0 * n * c * 2, MedianMs(Gpu, () => Gpu.RmsNormBackward(y, x, w, rstd, dx, dw))));
 
         var gu = Filled(Gpu, new Shape(n, 2 * f), 0.25); var a = Gpu.Allocate(new Shape(n, f), bf);
-        rows.Add(("swiglu forward (halves of [g|u])", 3.0 * n * f * 2, Median(Gpu, () => Gpu.SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), a))));
+        rows.Add(("swiglu forward (halves of [g|u])", 3.0 * n * f * 2, MedianMs(Gpu, () => Gpu.SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), a))));
         var dgu = Gpu.Allocate(gu.Shape, bf);
         rows.Add(("swiglu backward (into [dg|du])", 5.0 * n * f * 2,
-            Median(Gpu, () => Gpu.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), a, dgu.Slice(1, 0, f), dgu.Slice(1, f, f)))));
+            MedianMs(Gpu, () => Gpu.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), a, dgu.Slice(1, 0, f), dgu.Slice(1, f, f)))));
         foreach (var z in new[] { gu, a, dgu }) z.Storage.Dispose();
 
         var qkv = Filled(Gpu, new Shape(b, t, h + 2 * k, d), 0.5);
         var rope = new RopeFrequencies(500000);
-        rows.Add(("rope q and k (table)", 2.0 * n * (h + k) * d * 2, Median(Gpu, () => Gpu.Rope(qkv.Slice(2, 0, h + k), 0, rope))));
+        rows.Add(("rope q and k (table)", 2.0 * n * (h + k) * d * 2, MedianMs(Gpu, () => Gpu.Rope(qkv.Slice(2, 0, h + k), 0, rope))));
         qkv.Storage.Dispose();
 
         foreach (int? staged in new int?[] { null, 96 * 1024, 0 })
@@ -59,7 +59,7 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
             var losses = backend.Allocate(new Shape(chunk), DType.F32);
             string what = staged switch { null => "default staging", 0 => "no staging", _ => $"{staged / 1024} KiB staged" };
             rows.Add(($"cross-entropy in place, {what}", 2.0 * chunk * vocab * 2,
-                Median(backend, () => backend.CrossEntropy(logits, targets, losses, logits, 1.0 / chunk))));
+                MedianMs(backend, () => backend.CrossEntropy(logits, targets, losses, logits, 1.0 / chunk))));
             logits.Storage.Dispose();
         }
 
@@ -86,22 +86,4 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
         return tensor;
     }
 
-    /// <summary>Median milliseconds of <paramref name="op"/> on <paramref name="backend"/>'s stream (20 runs after 3 warm-ups).</summary>
-    private static double Median(CudaBackend backend, Action op, int reps = 20)
-    {
-        for (int i = 0; i < 3; i++) op();
-        using var start = new CudaEvent(backend.CudaDevice);
-        using var end = new CudaEvent(backend.CudaDevice);
-        var times = new List<double>();
-        for (int i = 0; i < reps; i++)
-        {
-            start.Record(backend.Stream);
-            op();
-            end.Record(backend.Stream);
-            end.Synchronize();
-            times.Add(end.ElapsedSince(start));
-        }
-        times.Sort();
-        return times[reps / 2];
-    }
 }

@@ -56,7 +56,7 @@ public sealed class CudaSkinnyProductSpeedReport(CudaFixture fixture) : CudaTest
                         Action call = swiglu
                             ? () => { for (int i = 0; i < Layers; i++) b.MatMulSwiGlu(x, w[i].Slice(0, 0, n), w[i].Slice(0, n, n), y); }
                             : () => { for (int i = 0; i < Layers; i++) b.MatMul(x, w[i], y, transposeB: true); };
-                        us[bi] = Median(b, call) * 1e3 / Layers;
+                        us[bi] = MedianMs(b, call) * 1e3 / Layers;
                         x.Storage.Dispose();
                         y.Storage.Dispose();
                     }
@@ -77,22 +77,4 @@ public sealed class CudaSkinnyProductSpeedReport(CudaFixture fixture) : CudaTest
         }
     }
 
-    /// <summary>Median milliseconds of <paramref name="op"/> on <paramref name="backend"/>'s stream, 10 runs after 3 warm-ups.</summary>
-    private static double Median(CudaBackend backend, Action op)
-    {
-        for (int i = 0; i < 3; i++) op();
-        using var start = new Tessera.Cuda.Runtime.CudaEvent(backend.CudaDevice);
-        using var end = new Tessera.Cuda.Runtime.CudaEvent(backend.CudaDevice);
-        var times = new List<double>();
-        for (int i = 0; i < 10; i++)
-        {
-            start.Record(backend.Stream);
-            op();
-            end.Record(backend.Stream);
-            end.Synchronize();
-            times.Add(end.ElapsedSince(start));
-        }
-        times.Sort();
-        return times[5];
-    }
 }
