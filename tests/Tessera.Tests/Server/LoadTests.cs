@@ -7,6 +7,7 @@ namespace Tessera.Tests.Server;
 /// Many streaming clients against a small batch, briefly (the 60-second run of the issue is bench/ ServeLoad; this keeps
 /// CI short): every request completes or is refused with 429, the blocks in use return to zero, and the heap does not grow.
 /// </summary>
+[Collection("heap")]
 public class LoadTests
 {
     [Fact]
