@@ -16,6 +16,34 @@ static int failures = 0;
 
 static float round_bf16(float v) { return to_f(from_f<bf16>(v)); }
 
+// The output against its reference: the largest error relative to the largest expected value over the M x N outputs;
+// whether the rows past M and the columns past N still hold the poison; whether every counter was left at zero (the 8e-3
+// tolerance is explained at run below).
+struct OutputCheck
+{
+    double rel;
+    bool untouched, zeroed;
+    bool ok() const { return rel <= 8e-3 && untouched && zeroed; }
+};
+static OutputCheck check_output(const std::vector<bf16>& y, const std::vector<double>& expected, int M, int N, int ldy, float poison,
+                                const std::vector<int>& counters)
+{
+    double md = 0, mr = 0;
+    bool untouched = true;
+    for (int m = 0; m <= M; m++)
+        for (int n = 0; n < ldy; n++)
+        {
+            const size_t i = (size_t)m * ldy + n;
+            const float a = to_f(y[i]);
+            if (m == M || n >= N) { untouched &= a == poison; continue; }
+            if (!std::isfinite(a)) { md = INFINITY; continue; }
+            md = std::max(md, std::abs(a - expected[i]));
+            mr = std::max(mr, std::abs(expected[i]));
+        }
+    const bool zeroed = std::all_of(counters.begin(), counters.end(), [](int c) { return c == 0; });
+    return {md / (mr > 0 ? mr : 1), untouched, zeroed};
+}
+
 // Tolerance: y is rounded to bf16 (2^-8 of a value's binade: 3.9e-3 of the largest output at most); the fp32 sums of
 // 256-400 products are ~1e-6 relative. 8e-3 leaves margin; a wrong k order, row, batch row or slice is O(1).
 static void run(int M, int N, int K, int ks, int P, bool bias_on, int residual /* 0 none, 1 another tensor, 2 in place */, float alpha)
@@ -66,21 +94,9 @@ static void run(int M, int N, int K, int ks, int P, bool bias_on, int residual /
     else if (MP == 32) launch(skinny_bf16_m32);
     else launch(skinny_bf16_m64);
 
-    double md = 0, mr = 0;
-    bool untouched = true;
-    for (int m = 0; m <= M; m++)
-        for (int n = 0; n < ldy; n++)
-        {
-            const size_t i = (size_t)m * ldy + n;
-            const float a = to_f(y[i]);
-            if (m == M || n >= N) { untouched &= a == poison; continue; }
-            if (!std::isfinite(a)) { md = INFINITY; continue; }
-            md = std::max(md, std::abs(a - expected[i]));
-            mr = std::max(mr, std::abs(expected[i]));
-        }
-    const bool zeroed = std::all_of(counters.begin(), counters.end(), [](int c) { return c == 0; });
-    const double rel = md / (mr > 0 ? mr : 1);
-    const bool ok = rel <= 8e-3 && untouched && zeroed;
+    const OutputCheck c = check_output(y, expected, M, N, ldy, poison, counters);
+    const double rel = c.rel;
+    const bool untouched = c.untouched, zeroed = c.zeroed, ok = c.ok();
     printf("skinny M=%d (m%d) N=%d K=%d ks=%d slices=%d P=%d%s%s%s seed=%u rel err %.3e%s%s %s\n", M, MP, N, K, ks, S, P,
            bias_on ? " bias" : "", residual == 1 ? " +residual" : residual == 2 ? " +=y" : "", alpha != 1.f ? " alpha" : "",
            seed, rel, untouched ? "" : ", a row or column past the output was written", zeroed ? "" : ", a counter was left nonzero",
@@ -129,21 +145,9 @@ static void run_swiglu(int M, int F, int K, int ks, int P)
     else if (MP == 16) launch(skinny_swiglu_bf16_m16);
     else if (MP == 32) launch(skinny_swiglu_bf16_m32);
     else launch(skinny_swiglu_bf16_m64);
-    double md = 0, mr = 0;
-    bool untouched = true;
-    for (int m = 0; m <= M; m++)
-        for (int n = 0; n < ldy; n++)
-        {
-            const size_t i = (size_t)m * ldy + n;
-            const float a = to_f(y[i]);
-            if (m == M || n >= F) { untouched &= a == poison; continue; }
-            if (!std::isfinite(a)) { md = INFINITY; continue; }
-            md = std::max(md, std::abs(a - expected[i]));
-            mr = std::max(mr, std::abs(expected[i]));
-        }
-    const bool zeroed = std::all_of(counters.begin(), counters.end(), [](int c) { return c == 0; });
-    const double rel = md / (mr > 0 ? mr : 1);
-    const bool ok = rel <= 8e-3 && untouched && zeroed;
+    const OutputCheck c = check_output(y, expected, M, F, ldy, poison, counters);
+    const double rel = c.rel;
+    const bool untouched = c.untouched, zeroed = c.zeroed, ok = c.ok();
     printf("skinny swiglu M=%d (m%d) F=%d K=%d ks=%d slices=%d P=%d seed=%u rel err %.3e%s%s %s\n", M, MP, F, K, ks, S, P, seed, rel,
            untouched ? "" : ", a row or column past the output was written", zeroed ? "" : ", a counter was left nonzero", ok ? "ok" : "FAIL");
     if (!ok) failures++;
