@@ -25,10 +25,7 @@ public sealed unsafe partial class CudaBackend
         if (!BiasFits(bias, dtype, n)) return false;
         if (addend is not null && (addend.DType != dtype || addend.Rank != 2 || (addend.Stride(1) != 1 && n > 1))) return false;
         var plan = SkinnyProductPlan.For(m, n, k, CudaDevice.MultiprocessorCount, Options.SkinnyCtasPerSm);
-        if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn || !CountersFit(plan)) return false;
-        ulong counters = plan.Slices > 1 ? DecodeCounters(plan.RowBlocks) : 0;   // left at zero by every kernel that counts
-        if (plan.Slices > 1 && counters == 0) return false;                      // capturing, and too few: cuBLASLt
-        ulong partial = plan.Slices > 1 ? Scratch(plan.PartialFloats * sizeof(float)) : 0;
+        if (!SkinnySlices(plan, out ulong counters, out ulong partial)) return false;
         ulong px = Ptr(a), pw = Ptr(b), pbias = PtrOrNull(bias), py = Ptr(c);
         ulong pr = addend is not null ? Ptr(addend) : beta != 0 ? py : 0;
         long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0), ldr = addend is not null ? addend.Stride(0) : ldy;
@@ -38,6 +35,23 @@ public sealed unsafe partial class CudaBackend
         Launch("skinny.cu", $"skinny_{Suffix(dtype, "MatMul")}_m{plan.PaddedRows}", ((uint)plan.CtasPerSlice, (uint)plan.Slices, 1),
             SkinnyProductPlan.Threads, args, (uint)plan.SharedBytes);
         if (partial != 0) FreeScratch(partial);
+        return true;
+    }
+
+    /// <summary>
+    /// What a plan with several K slices needs beside the kernel: the decode counters of its row blocks (left at zero by every
+    /// kernel that counts) and a scratch buffer of the slices' fp32 partials (0 and 0 with one slice). False, with nothing
+    /// allocated, when the kernel's shared memory does not fit or the counters cannot serve (too many row blocks, or too few
+    /// counters while a graph is recorded): cuBLASLt then runs the product. The caller frees the partials after the launch.
+    /// </summary>
+    private bool SkinnySlices(SkinnyProductPlan plan, out ulong counters, out ulong partial)
+    {
+        counters = partial = 0;
+        if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn || !CountersFit(plan)) return false;
+        if (plan.Slices == 1) return true;
+        counters = DecodeCounters(plan.RowBlocks);
+        if (counters == 0) return false;
+        partial = Scratch(plan.PartialFloats * sizeof(float));
         return true;
     }
 
@@ -67,11 +81,8 @@ public sealed unsafe partial class CudaBackend
         if (upWeight.Stride(0) != gateWeight.Stride(0)) return false;
         if (norm is { } r && (r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k)) return false;
         var plan = SkinnyProductPlan.For(m, 2 * f, k, CudaDevice.MultiprocessorCount, Options.SkinnyCtasPerSm);   // 2F rows: a row block is 32 outputs
-        if (plan.SharedBytes > CudaDevice.MaxSharedMemoryPerBlockOptIn || !CountersFit(plan)) return false;
-        ulong counters = plan.Slices > 1 ? DecodeCounters(plan.RowBlocks) : 0;
-        if (plan.Slices > 1 && counters == 0) return false;
+        if (!SkinnySlices(plan, out ulong counters, out ulong partial)) return false;
         Tensor? h = norm is { } n ? NormalizedScratch(x, n) : null;
-        ulong partial = plan.Slices > 1 ? Scratch(plan.PartialFloats * sizeof(float)) : 0;
         ulong px = Ptr(h ?? x), pg = Ptr(gateWeight), pu = Ptr(upWeight), po = Ptr(output);
         long ldx = (h ?? x).Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         int ks = plan.SliceColumns;

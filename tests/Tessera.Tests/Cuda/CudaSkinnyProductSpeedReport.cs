@@ -10,8 +10,8 @@ namespace Tessera.Tests.Cuda;
 /// gate/up pair as one SwiGLU call, each run over 16 distinct weight matrices in turn (so the L2 cannot serve a repeat: cold
 /// weights, as the 16 layers are), through skinny.cu (<see cref="CudaBackendOptions.SkinnyProducts"/>, grids aiming at 2 and
 /// at 4 CTAs an SM: <see cref="CudaBackendOptions.SkinnyCtasPerSm"/>) beside cuBLASLt (the shared backend, tuned; for the pair,
-/// one product at N = 2F over the adjacent weights, then the SwiGLU kernel). CUDA events around each pass, median of 10 after
-/// 3 warm-ups; us per call and GB/s of weights. Runs only with TESSERA_CUDA_TIMINGS=1; the table goes to the test output.
+/// one product at N = 2F over the adjacent weights, then the SwiGLU kernel). CUDA events around each pass, median of 20 after
+/// 3 warm-ups (<see cref="CudaTestBase.MedianMs(CudaBackend, Action, int)"/>); us per call and GB/s of weights. Runs only with TESSERA_CUDA_TIMINGS=1; the table goes to the test output.
 /// Fails only if the skinny kernel is more than 3x slower than cuBLASLt everywhere (a broken grid), not when it merely loses.
 /// </summary>
 [Collection("cuda")]
