@@ -31,12 +31,19 @@ public sealed unsafe partial class CudaBackend
         RequirePositions(op, startPositions, b);
         int h = queryHeads, k = kv2 / 2;
         var freq = RopeArgsFor(frequencies, d);
-        long pairs = (long)b * t * (h + kv2) * (d / 2);
+        long pairs = RopeAppendItems((long)b * t, h + kv2, d);
         if (pairs == 0) return;
         ulong px = Ptr(qkv), pc = Ptr(keysAndValues), pp = Ptr(startPositions), noSlots = 0;
         void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &freq, &noSlots };
         Launch("rope.cu", "rope_append_" + Suffix(qkv.DType, op), (GridFor(pairs), 1, 1), Threads, args, 0, dependent: true);
     }
+
+    /// <summary>rope.cu's <c>rope_append</c> work items for <paramref name="rows"/> rows of <paramref name="heads"/> heads of size
+    /// <paramref name="d"/>: one per pair of every group of <see cref="RopeAppendHeads"/> heads of a row.</summary>
+    private static long RopeAppendItems(long rows, int heads, int d) => rows * ((heads + RopeAppendHeads - 1) / RopeAppendHeads) * (d / 2);
+
+    /// <summary>Heads per <c>rope_append</c> work item (rope.cu's ROPE_APPEND_HEADS): each item computes its pair's angle once for them.</summary>
+    private const int RopeAppendHeads = 8;
 
     public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)
     {

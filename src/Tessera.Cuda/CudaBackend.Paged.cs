@@ -73,7 +73,7 @@ public sealed unsafe partial class CudaBackend
                 throw new ArgumentException($"CudaBackend.{op}: qkv is {qkv.DType} but pool is {pool.DType}");
             int h = queryHeads, kh = kv2 / 2, one = 1;
             var freq = RopeArgsFor(frequencies, d);
-            long items = (long)n * (h + kv2) * (d / 2);
+            long items = RopeAppendItems(n, h + kv2, d);
             long sb = qkv.Stride(0), st = 0, sh = d, cb = 0, cs = (long)kv2 * d, ch = d;
             ulong pq = Ptr(qkv), pc = Ptr(pool), pp = Ptr(positions), ps = Ptr(batch.Slots);
             void** ropeArgs = stackalloc void*[] { &pq, &pc, &pp, &n, &one, &h, &kh, &d, &sb, &st, &sh, &cb, &cs, &ch, &freq, &ps };

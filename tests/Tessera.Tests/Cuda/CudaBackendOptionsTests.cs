@@ -31,7 +31,7 @@ public sealed class CudaBackendOptionsTests
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
-        PagedDecodeTensorCores = true,
+        PagedDecodeTensorCores = !CudaBackendOptions.Default.PagedDecodeTensorCores,
         SkinnyProducts = true,
         SkinnyCtasPerSm = 4,
         PagedDecodeSplitSpan = 16,

@@ -38,6 +38,20 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     public void PagedAttentionMatchesTheCpu(DType dtype, int h, int k, int d) => AssertPagedAttention(dtype, h, k, d, null, null);
 
     /// <summary>
+    /// The CUDA-core decode kernel (<c>paged_decode</c>, <see cref="CudaBackendOptions.PagedDecodeTensorCores"/> off; F32 rows
+    /// always take it) on the 16-bit cases above, now that the tensor-core kernel is the default for them.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 8, 2, 64)]
+    [InlineData(DType.BF16, 32, 8, 128)]
+    [InlineData(DType.F16, 14, 2, 64)]
+    public void PagedAttentionOnCudaCoresMatchesTheCpu(DType dtype, int h, int k, int d)
+    {
+        using var cudaCores = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeTensorCores = false });
+        AssertPagedAttention(dtype, h, k, d, null, null, cudaCores);
+    }
+
+    /// <summary>
     /// The two ends of the key split: one sequence decoding after 3000 positions (8 CTAs without a split: the host splits its
     /// keys 33 ways, capped at 32, and the combine kernel merges them), and a 300-row prefill (enough CTAs: no split, one kernel).
     /// </summary>
@@ -81,7 +95,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData(DType.BF16, 32, 8, 64, null, null, 2)]
     public void PagedDecodeTiledMatchesTheCpu(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, int ctasPerSm)
     {
-        using var tiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeTiled = true, PagedDecodeCtasPerSm = ctasPerSm });
+        using var tiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeTensorCores = false, PagedDecodeTiled = true, PagedDecodeCtasPerSm = ctasPerSm });
         AssertPagedAttention(dtype, h, k, d, rows, lengths, tiled);
     }
 
@@ -95,7 +109,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData(2)]
     public void PagedDecodeTiledAtBatch64MatchesTheCpu(int ctasPerSm)
     {
-        using var tiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeTiled = true, PagedDecodeCtasPerSm = ctasPerSm });
+        using var tiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeTensorCores = false, PagedDecodeTiled = true, PagedDecodeCtasPerSm = ctasPerSm });
         var rows = Enumerable.Repeat(1, 64).ToArray();
         var lengths = Enumerable.Range(0, 64).Select(b => 1 + b * 149 % 600).ToArray();
         AssertPagedAttention(DType.BF16, 32, 8, 64, rows, lengths, tiled);
@@ -407,21 +421,20 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// Where the serving steps' device time goes, printed for the log (not a pass/fail bar): a second backend with the op
     /// profiler (which runs eagerly, without graphs) times each kernel and product of a step of 64 prompts of 128 tokens
     /// (tensor-core prefill), a mixed step (decodes plus a prefill chunk within DecodingStepTokens) and a decode step of 64
-    /// sequences, on the llama-1b shape, with the specialized paged attention kernels, with the tensor-core decode kernel
-    /// (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>: its mixed steps through the server were twice as long, session
-    /// 12) and with the generic kernel (the A/B of <see cref="CudaBackendOptions.SpecializedPagedAttention"/>). The recorded
+    /// sequences, on the llama-1b shape, with the specialized paged attention kernels (the tensor-core decode kernel by default),
+    /// with the CUDA-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/> off) and with the generic kernel (the A/B of <see cref="CudaBackendOptions.SpecializedPagedAttention"/>). The recorded
     /// step is faster than the profiled sum (no launch gaps, no events).
     /// </summary>
     [Theory]
     [InlineData("specialized")]
-    [InlineData("tensor cores")]
+    [InlineData("CUDA cores")]
     [InlineData("generic")]
     public void ServingStepsOnLlama1bShapeReportTheirOps(string kernels)
     {
         var options = kernels switch
         {
             "specialized" => CudaBackendOptions.Default,
-            "tensor cores" => CudaBackendOptions.Default with { PagedDecodeTensorCores = true },
+            "CUDA cores" => CudaBackendOptions.Default with { PagedDecodeTensorCores = false },
             _ => CudaBackendOptions.Default with { SpecializedPagedAttention = false },
         };
         using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, options with { ProfileOps = true });
@@ -551,10 +564,10 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     {
         var configurations = new (string Name, CudaBackendOptions Options)[]
         {
-            ("paged_decode (one wave of splits)", CudaBackendOptions.Default),
-            ("paged_decode_tiled (one wave of splits)", CudaBackendOptions.Default with { PagedDecodeTiled = true }),
-            ("paged_decode_mma (one wave of splits)", CudaBackendOptions.Default with { PagedDecodeTensorCores = true }),
-            ("paged_decode, PagedDecodeCtasPerSm=8 (two waves)", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 8 }),
+            ("paged_decode (one wave of splits)", CudaBackendOptions.Default with { PagedDecodeTensorCores = false }),
+            ("paged_decode_tiled (one wave of splits)", CudaBackendOptions.Default with { PagedDecodeTensorCores = false, PagedDecodeTiled = true }),
+            ("paged_decode_mma (one wave of splits, the default)", CudaBackendOptions.Default),
+            ("paged_decode, PagedDecodeCtasPerSm=8 (two waves)", CudaBackendOptions.Default with { PagedDecodeTensorCores = false, PagedDecodeCtasPerSm = 8 }),
         };
         var tables = new List<string>();
         foreach (var (name, options) in configurations.Take(sequences > 1 ? configurations.Length : 3))

@@ -112,6 +112,48 @@ static void rope(int b, int t, int h, int k, int d, int start, int inverse, unsi
     if (!same) failures++;
 }
 
+// rope_append (a decode step's and serving's attention prologue) on x (rows, H + 2K, D): the q and k heads rotated in place at
+// position starts[r] (angles from RopeFreq's table, scaled by its attention factor), the rotated k heads and the v heads
+// copied to a paged pool at slots[r] (2K heads of D per slot), a negative slot writing nothing. Heads split into groups of
+// ROPE_APPEND_HEADS per work item: h + 2k = 12 and 6 check a partial last group and a group of q, k and v heads at once.
+static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsigned grid, unsigned block)
+{
+    std::mt19937 rng(29 + h + d); std::uniform_real_distribution<float> u(-2, 2);
+    int half = d / 2, heads = h + 2 * k;
+    long long sh = d, sb = (long long)heads * d, n = rows * sb, cs = 2LL * k * d, ch = d;
+    float* x = alloc(n);
+    float* pool = alloc(slots_n * cs);
+    for (long long i = 0; i < n; i++) x[i] = u(rng);
+    for (long long i = 0; i < slots_n * cs; i++) pool[i] = 0.5f;   // a slot nobody writes keeps it
+    std::vector<int> starts(rows), slots(rows);
+    std::vector<double> inv(half);
+    for (int i = 0; i < half; i++) inv[i] = std::pow(10000.0, -2.0 * i / d);
+    for (int r = 0; r < rows; r++) { starts[r] = (r * 37) % 900; slots[r] = r % 5 == 3 ? -1 : (r * 7) % slots_n; }
+    RopeFreq f{inv.data(), 0.875, 10000.0, 0.0, 0, 0};
+    std::vector<double> e(x, x + n), ep(pool, pool + slots_n * cs);
+    for (int r = 0; r < rows; r++) for (int hh = 0; hh < heads; hh++) for (int i = 0; i < half; i++)
+    {
+        long long at = r * sb + hh * sh + i;
+        double y1 = x[at], y2 = x[at + half];
+        if (hh < h + k)
+        {
+            double a = (double)starts[r] * inv[i];
+            double c = (float)(std::cos(a) * f.attention), s = (float)(std::sin(a) * f.attention);
+            y1 = x[at] * c - x[at + half] * s;
+            y2 = x[at + half] * c + x[at] * s;
+            e[at] = y1; e[at + half] = y2;
+        }
+        if (hh >= h && slots[r] >= 0) { long long q = slots[r] * cs + (hh - h) * ch + i; ep[q] = y1; ep[q + half] = y2; }
+    }
+    int B = rows, Tn = 1, H = h, K = k, D = d;
+    long long st = 0, cb = 0;
+    const int* pst = starts.data(); const int* psl = slots.data();
+    emu_launch(grid, block, [&] { rope_append_f32(x, pool, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, psl); });
+    char name[96];
+    snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d qkv", rows, h, k, d); check(name, e, x, n, 1e-6);
+    snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d pool", rows, h, k, d); check(name, ep, pool, slots_n * cs, 1e-6);
+}
+
 // column_reduce (the norms' weight gradients): target (C) += the column sums of (rows, 2C) partials, and target2 += those of
 // columns C..2C, with `warps` warps per block each walking rows w, w + warps, ...
 static void column_reduce(int rows, int c, unsigned warps)
@@ -188,6 +230,8 @@ int main()
     rope(2, 5, 4, 2, 16, 3, 0, 3, 64);     // 4 pairs per vector item, 24 items per row
     rope(3, 7, 2, 1, 8, 0, 1, 5, 32);      // one item per head; the inverse rotation
     rope(1, 3, 2, 1, 12, 1, 0, 2, 32);     // D/2 = 6: element path both times
+    rope_append_paged(11, 8, 2, 16, 40, 3, 64);   // 12 heads: groups of 8 and 4; padding rows (slot -1); 3 blocks stride the items
+    rope_append_paged(6, 2, 2, 8, 9, 1, 32);      // 6 heads in one group: q, k and v heads in one item; slots shared by rows
     column_reduce(1056, 40, 32);           // the llama-1b partials' row count, 33 rows per warp
     column_reduce(37, 20, 2);              // rows not a multiple of the warps; a partial block of columns
     cross_entropy(3, 1000, 250, 64);       // the whole row staged (250 vectors, 64 threads: pairs, then a single vector)
