@@ -67,8 +67,7 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc/>
     /// <remarks>For at most 4 rows of x, one kernel streams the gate and up rows together (gemv.cu), normalizing x on the way
-    /// when asked; for 5 to 64 rows with <see cref="CudaBackendOptions.SkinnyProducts"/>, skinny.cu's SwiGLU variant (after the
-    /// norm kernel); otherwise the norm, then one cuBLASLt product over [gate; up] when the two weights are adjacent in their
+    /// when asked; otherwise the norm, then one cuBLASLt product over [gate; up] when the two weights are adjacent in their
     /// storage (two products when not) into scratch, and the SwiGLU kernel on the halves.</remarks>
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null)
@@ -83,7 +82,6 @@ public sealed unsafe partial class CudaBackend
         // One row stride serves both weights in the kernel.
         bool fused = GemvFits(x, norm, gateWeight, upWeight) && upWeight.Stride(0) == gateWeight.Stride(0) && output.DType == dtype
             && BiasFits(gateBias, dtype, f) && BiasFits(upBias, dtype, f);
-        if (!fused && TrySkinnySwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm)) return;
         if (!fused && gateBias is null && upBias is null && Stacked(gateWeight, upWeight) is { } both && output.DType == dtype)
         {
             // Gate and up adjacent in their storage (the parameter arena lays them out so): one product at N = 2F reads

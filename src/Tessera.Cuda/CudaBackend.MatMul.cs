@@ -43,7 +43,6 @@ public sealed unsafe partial class CudaBackend
         if (epilogue == MatMulEpilogue.None)
         {
             if (addend is null && TryGemv(a, b, c, transposeA, transposeB, alpha, beta, bias)) return;
-            if (TrySkinny(a, b, c, transposeA, transposeB, alpha, beta, bias, addend)) return;
             MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null, addend);
             return;
         }

@@ -167,21 +167,6 @@ public sealed record CudaBackendOptions
     public bool PagedDecodeTensorCores { get; init; } = true;
 
     /// <summary>
-    /// Products with 5 to 64 rows of x (a serving decode step's batch) and an nn.Linear weight W (N, K), bf16 or f16, run on
-    /// the skinny-M tensor-core kernel (skinny.cu: W streamed as the A operand of mma.sync m16n8k16, x held in shared memory as
-    /// the B operand, split-K over a persistent grid with the last CTA of a row block reducing the slices; plain, bias and
-    /// +residual epilogues) instead of cuBLASLt. Default false: proven on the CPU emulation only, not yet measured.
-    /// </summary>
-    public bool SkinnyProducts { get; init; }
-
-    /// <summary>
-    /// Resident CTAs per SM that the skinny products' grid aims at (1 to 8; default 2): <c>SkinnyProductPlan</c> picks the K
-    /// slicing that fills this times the SMs with the least extra traffic. More CTAs keep more weight loads in flight (each
-    /// CTA has 16 KB) but re-stage x more often. Only with <see cref="SkinnyProducts"/>; unmeasured.
-    /// </summary>
-    public int SkinnyCtasPerSm { get; init; } = 2;
-
-    /// <summary>
     /// CTAs per SM that serving's <c>paged_decode</c> grid may fill when it splits the keys (0, or 1 to 32): splits = this times
     /// the SMs over the rows' head-group columns, rounded down (whole waves), at least 1, at least 64 positions of the widest
     /// table a split, at most 32. 0 (the default) takes the kernel's occupancy (4 CTAs per SM for groups of up to 4 heads), so
@@ -218,8 +203,6 @@ public sealed record CudaBackendOptions
     {
         if (HopperAttentionWarpgroups is not (0 or 1 or 2))
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
-        if (SkinnyCtasPerSm is < 1 or > 8)
-            throw new ArgumentException($"CUDA backend options: SkinnyCtasPerSm ({SkinnyCtasPerSm}) must be 1 to 8");
         if (PagedDecodeCtasPerSm is < 0 or > 32)
             throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32, or 0 for the kernel's occupancy");
         if (PagedDecodeSplitSpan < 1)
@@ -289,8 +272,6 @@ public sealed record CudaBackendOptions
         if (PagedDecodeBatchedMerge != d.PagedDecodeBatchedMerge) parts.Add($"{nameof(PagedDecodeBatchedMerge)}={Bool(PagedDecodeBatchedMerge)}");
         if (PagedDecodeTiled != d.PagedDecodeTiled) parts.Add($"{nameof(PagedDecodeTiled)}={Bool(PagedDecodeTiled)}");
         if (PagedDecodeTensorCores != d.PagedDecodeTensorCores) parts.Add($"{nameof(PagedDecodeTensorCores)}={Bool(PagedDecodeTensorCores)}");
-        if (SkinnyProducts != d.SkinnyProducts) parts.Add($"{nameof(SkinnyProducts)}={Bool(SkinnyProducts)}");
-        if (SkinnyCtasPerSm != d.SkinnyCtasPerSm) parts.Add(Invariant($"{nameof(SkinnyCtasPerSm)}={SkinnyCtasPerSm}"));
         if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
@@ -317,8 +298,6 @@ public sealed record CudaBackendOptions
         [nameof(PagedDecodeBatchedMerge)] = (o, v, s) => o with { PagedDecodeBatchedMerge = ParseBool(v, s) },
         [nameof(PagedDecodeTiled)] = (o, v, s) => o with { PagedDecodeTiled = ParseBool(v, s) },
         [nameof(PagedDecodeTensorCores)] = (o, v, s) => o with { PagedDecodeTensorCores = ParseBool(v, s) },
-        [nameof(SkinnyProducts)] = (o, v, s) => o with { SkinnyProducts = ParseBool(v, s) },
-        [nameof(SkinnyCtasPerSm)] = (o, v, s) => o with { SkinnyCtasPerSm = ParseInt(v, s) },
         [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {

@@ -32,8 +32,6 @@ public sealed class CudaBackendOptionsTests
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
         PagedDecodeTensorCores = !CudaBackendOptions.Default.PagedDecodeTensorCores,
-        SkinnyProducts = true,
-        SkinnyCtasPerSm = 4,
         PagedDecodeSplitSpan = 16,
         PagedDecodeCtasPerSm = 2,
         ProfileOps = true,
@@ -69,23 +67,11 @@ public sealed class CudaBackendOptionsTests
         Assert.Equal(CudaBackendOptions.Default with { MatrixVectorKernels = false, ProfileOps = true, DecodeAttention = DecodeAttentionKernel.Grouped }, options);
     }
 
-    [Fact]
-    public void SkinnyProductsAreOffByDefaultAndParseAsABoolean()
-    {
-        Assert.False(CudaBackendOptions.Default.SkinnyProducts);   // unmeasured: cuBLASLt keeps the decode step's products
-        var on = CudaBackendOptions.Parse("skinnyproducts=on");
-        Assert.Equal(CudaBackendOptions.Default with { SkinnyProducts = true }, on);
-        Assert.Equal("SkinnyProducts=true", on.Format());
-        Assert.Contains("'SkinnyProducts=2': expected true or false", Assert.Throws<ArgumentException>(() => CudaBackendOptions.Parse("SkinnyProducts=2")).Message);
-    }
-
     [Theory]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]
-    [InlineData("SkinnyCtasPerSm=0", "SkinnyCtasPerSm (0) must be 1 to 8")]
-    [InlineData("SkinnyCtasPerSm=9", "SkinnyCtasPerSm (9) must be 1 to 8")]
     [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
     [InlineData("PagedDecodeSplitSpan=0", "PagedDecodeSplitSpan (0) must be at least 1")]
     [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]

@@ -56,24 +56,6 @@ public sealed class KernelEmulationTests
              "paged_decode_mma H=8 K=2 D=64 splits=1 max_rows=1073741824 B=10 window=0 bf16 rel err", "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16",
              "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16"]);
 
-    /// <summary>
-    /// The skinny-M product kernel (skinny.cu, <see cref="CudaBackendOptions.SkinnyProducts"/>, bf16) on the emulation's
-    /// warp-collective stand-in of mma.sync: batches of 5, 8, 12, 16, 37 and 64 rows, partial row blocks, K tails, one slice and
-    /// 2 to 4 slices reduced by the last CTA (counters left at zero), the plain, bias, alpha and +residual epilogues (another
-    /// tensor and in place), the SwiGLU variant (gate and up rows of one output in one warp), rows and columns past the output untouched; against a double reference with a tolerance of 8e-3
-    /// of the largest output (bf16 rounding of y, Emulation/skinny_kernels.cpp). f16 and the real tensor cores are proven by
-    /// <see cref="CudaSkinnyProductTests"/> on the device.
-    /// </summary>
-    [Fact]
-    public void SkinnyProductKernelGivesTheReferenceResultsOnTheCpuEmulation() =>
-        RunEmulated(["skinny.cu"], "skinny_kernels",
-            ["skinny M=5 (m8) N=200 K=392 ks=128 slices=4 P=2 bias +residual", "skinny M=8 (m8) N=64 K=256 ks=256 slices=1 P=1",
-             "skinny M=16 (m16) N=130 K=512 ks=256 slices=2 P=3 +=y alpha", "skinny M=37 (m64) N=96 K=384 ks=128 slices=3 P=1 bias",
-             "skinny M=64 (m64) N=64 K=256 ks=128 slices=2 P=1 +residual", "skinny M=12 (m16) N=70 K=136 ks=128 slices=2 P=2",
-             "skinny M=64 (m64) N=100 K=1024 ks=512 slices=2 P=2 bias +residual",
-             "skinny swiglu M=5 (m8) F=100 K=256 ks=256 slices=1 P=2", "skinny swiglu M=16 (m16) F=70 K=392 ks=128 slices=4 P=2",
-             "skinny swiglu M=64 (m64) F=64 K=384 ks=128 slices=3 P=1", "all ok"]);
-
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
     /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>
     private static void RunEmulated(string[] kernelFiles, string program, string[] checks)
