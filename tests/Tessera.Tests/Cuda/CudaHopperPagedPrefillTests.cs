@@ -137,4 +137,28 @@ public sealed class CudaHopperPagedPrefillTests(CudaFixture cuda, HopperPagedPre
         _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, batch.On(_cpu), expected, scale, window);
         AssertClose(TestTensors.ToDoubles(_cpu, expected), actual, OutTolerance, $"window {window}: paged_prefill on a Hopper backend vs the CPU backend (seed {seed})");
     }
+
+    /// <summary>
+    /// The Hopper forward kernels' resources, dense beside paged, printed for the log (not a pass/fail bar): registers, local
+    /// memory (spills) and CTAs per SM at each kernel's dynamic shared memory, so that a paged kernel's extra table lookups
+    /// show if they cost registers or spill. Both files' kernels must exist (the lookups fail otherwise).
+    /// </summary>
+    [Fact]
+    public void HopperForwardKernelResourcesAreReported()
+    {
+        var (one, _, _) = Backends();
+        var module = one.Kernels.Module("flash_attention_hopper.cu");
+        foreach (var t in new[] { "bf16", "f16" })
+            foreach (var d in new[] { 64, 128 })
+                foreach (var wgs in new[] { 1, 2 })
+                {
+                    int shared = 1024 + (64 * wgs + 4 * 128) * d * 2;   // CudaBackend.HopperForwardShared
+                    string infix = wgs == 1 ? "wg1_" : "";
+                    foreach (var kernel in new[] { $"flash_forward_hopper_{infix}{t}_d{d}", $"paged_prefill_hopper_{infix}{t}_d{d}" })
+                    {
+                        var r = module.Resources(kernel, 128 * wgs, shared);
+                        Console.WriteLine($"[hopper forward kernel] {kernel}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs per SM");
+                    }
+                }
+    }
 }
