@@ -409,18 +409,22 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// (tensor-core prefill), a mixed step (decodes plus a prefill chunk within DecodingStepTokens) and a decode step of 64
     /// sequences, on the llama-1b shape, with the specialized paged attention kernels, with the tensor-core decode kernel
     /// (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>: its mixed steps through the server were twice as long, session
-    /// 12) and with the generic kernel (the A/B of <see cref="CudaBackendOptions.SpecializedPagedAttention"/>). The recorded
+    /// 12), with the generic kernel (the A/B of <see cref="CudaBackendOptions.SpecializedPagedAttention"/>) and with the prefill
+    /// chunks on flash_attention.cu's <c>paged_prefill</c> rather than the Hopper tile (the A/B of
+    /// <see cref="CudaBackendOptions.HopperAttention"/>, which also moves the model's other attention calls, none here). The recorded
     /// step is faster than the profiled sum (no launch gaps, no events).
     /// </summary>
     [Theory]
     [InlineData("specialized")]
     [InlineData("tensor cores")]
     [InlineData("generic")]
+    [InlineData("flash-attention-2 prefill")]
     public void ServingStepsOnLlama1bShapeReportTheirOps(string kernels)
     {
         var options = kernels switch
         {
             "specialized" => CudaBackendOptions.Default,
+            "flash-attention-2 prefill" => CudaBackendOptions.Default with { HopperAttention = false },
             "tensor cores" => CudaBackendOptions.Default with { PagedDecodeTensorCores = true },
             _ => CudaBackendOptions.Default with { SpecializedPagedAttention = false },
         };
