@@ -56,12 +56,20 @@ public sealed unsafe partial class CudaBackend
         }
     }
 
+    /// <summary>Warpgroups per CTA of the Hopper forward tile (dense and paged) at head size <paramref name="d"/>:
+    /// <see cref="CudaBackendOptions.HopperAttentionWarpgroups"/>, or where it is 0 one at head size 64 and two at 128.</summary>
+    private int HopperForwardWarpgroups(int d) => Options.HopperAttentionWarpgroups is 0 ? (d == 64 ? 1 : 2) : Options.HopperAttentionWarpgroups;
+
+    /// <summary>The Hopper forward tile's dynamic shared memory for <paramref name="rows"/> query rows at head size
+    /// <paramref name="d"/>: 1,024 bytes of alignment slack, the Q tile and two stages of K and V (16-bit values).</summary>
+    private static uint HopperForwardShared(int rows, int d) => (uint)(1024 + (rows + 4 * HopperKeys) * d * 2);
+
     private void HopperForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts)
     {
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
-        int wgs = Options.HopperAttentionWarpgroups is 0 ? (d == 64 ? 1 : 2) : Options.HopperAttentionWarpgroups, rows = HopperWarpgroupRows * wgs;
-        uint shared = (uint)(1024 + (rows + 4 * HopperKeys) * d * 2); // Q tile + two stages of K and V
+        int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
+        uint shared = HopperForwardShared(rows, d);
         string kernel = "flash_forward_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(dtype, d);
         PreferSharedMemory(HopperFile, kernel);
         Launch(HopperFile, kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), (uint)(HopperWarpgroupThreads * wgs), args, shared);

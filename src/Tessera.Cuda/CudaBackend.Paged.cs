@@ -133,12 +133,28 @@ public sealed unsafe partial class CudaBackend
         {
             int minRows = PagedPrefillMinRows;
             void** args = stackalloc void*[] { &pq, &pp, &po, &pt, &pst, &pl, &b, &h, &k, &blockSize, &maxBlocks, &qn, &qh, &sc, &minRows, &kernelWindow };
-            // Query tiles of 64 rows (FLASH_MT = 1): at most ceil(N / 64) plus one partial tile per sequence that qualifies.
-            long tileCount = (n + FlashBlock - 1) / FlashBlock + Math.Min(b, n / PagedPrefillMinRows);
-            uint shared = (uint)((FlashBlock + 4 * FlashBlock) * d * 2);  // Q tile + two stages of K and V
-            string kernel = "paged_prefill_" + FlashSuffix(q.DType, d);
-            PreferSharedMemory("flash_attention.cu", kernel);
-            Launch("flash_attention.cu", kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
+            if (UsesHopperPagedPrefill(window))
+            {
+                // The Hopper forward tile (flash_attention_hopper.cu's paged_prefill_hopper, the same arguments): query tiles of
+                // 64 rows per warpgroup, as many warpgroups as the dense Hopper forward takes at this head size (one at 64: a
+                // chunk of 512 rows or fewer still gives 8 tiles per head; two at 128, where one warpgroup's shared memory
+                // (148 KB) would leave an SM four warps).
+                int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
+                long hopperTiles = (n + rows - 1) / rows + Math.Min(b, n / PagedPrefillMinRows);
+                string kernel = "paged_prefill_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(q.DType, d);
+                PreferSharedMemory(HopperFile, kernel);
+                Launch(HopperFile, kernel, ((uint)hopperTiles, (uint)h, 1), (uint)(HopperWarpgroupThreads * wgs), args,
+                    HopperForwardShared(rows, d), dependent: true);
+            }
+            else
+            {
+                // Query tiles of 64 rows (FLASH_MT = 1): at most ceil(N / 64) plus one partial tile per sequence that qualifies.
+                long tileCount = (n + FlashBlock - 1) / FlashBlock + Math.Min(b, n / PagedPrefillMinRows);
+                uint shared = (uint)((FlashBlock + 4 * FlashBlock) * d * 2);  // Q tile + two stages of K and V
+                string kernel = "paged_prefill_" + FlashSuffix(q.DType, d);
+                PreferSharedMemory("flash_attention.cu", kernel);
+                Launch("flash_attention.cu", kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
+            }
         }
         int maxRows = tiles ? PagedPrefillMinRows - 1 : int.MaxValue;
         // The most keys a row reads: its window, or the widest table without one (the host knows no context length).
@@ -217,6 +233,14 @@ public sealed unsafe partial class CudaBackend
             partial?.Storage.Dispose();                                  // stream-ordered: freed after the kernels that use it
         }
     }
+
+    /// <summary>
+    /// Whether <see cref="PagedAttention"/> runs its prefill chunks (sequences of at least 8 rows in a step, 16-bit types,
+    /// head size 64 or 128) on the Hopper forward tile (flash_attention_hopper.cu's <c>paged_prefill_hopper</c>) rather than
+    /// flash_attention.cu's <c>paged_prefill</c>: as <see cref="UsesHopperAttention"/> (the option on, a compute capability
+    /// 9.0 device, the file compiled), and without a sliding window (the Hopper tile masks none).
+    /// </summary>
+    public bool UsesHopperPagedPrefill(int window) => KernelWindow(nameof(UsesHopperPagedPrefill), window) == NoWindow && UsesHopperAttention;
 
     /// <summary>
     /// The key splits of a paged decode grid of <paramref name="columns"/> (row, head group) CTAs per split: as many as fit one

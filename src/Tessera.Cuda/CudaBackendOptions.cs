@@ -70,7 +70,8 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// Serving's paged attention runs on its specialized kernels where the shapes allow (head size 64 or 128, 16-byte
-    /// aligned rows): prefill chunks of at least 8 rows on tensor cores (<c>paged_prefill</c>, flash_attention.cu), the other
+    /// aligned rows): prefill chunks of at least 8 rows on tensor cores (<c>paged_prefill</c>, flash_attention.cu, or where
+    /// <see cref="HopperAttention"/> applies <c>paged_prefill_hopper</c>, flash_attention_hopper.cu), the other
     /// rows on the vectorized <c>paged_decode</c>; false runs every row on the generic per-row kernel (to compare). Default true.
     /// </summary>
     public bool SpecializedPagedAttention { get; init; } = true;
@@ -81,7 +82,8 @@ public sealed record CudaBackendOptions
     /// compiles (<see cref="CudaBackend.HopperAttentionUnavailableReason"/> says why not); false keeps the FlashAttention-2
     /// kernel (flash_attention.cu), which also serves every other device and call. Default true: its GPU tests passed on
     /// the H200 and it measured faster in every shape (2026-12-03: forward 0.57 against 0.64 ms at llama-1b's 8 x 2048,
-    /// H32 K8 D64; 0.78 against 1.22 ms at D128).
+    /// H32 K8 D64; 0.78 against 1.22 ms at D128). Serving's prefill chunks follow it (<c>paged_prefill_hopper</c> in place of
+    /// <c>paged_prefill</c>, see <see cref="CudaBackend.UsesHopperPagedPrefill"/>).
     /// </summary>
     public bool HopperAttention { get; init; } = true;
 

@@ -433,3 +433,107 @@ template <typename T> struct PagedRows
         }
     }
 };
+
+// ---- the 128-byte swizzle of wgmma's shared-memory operands (flash_attention_hopper.cu's tiles)
+// A tile of ROWS x D 16-bit values is D/64 column blocks of ROWS x 64 values; row r of a block is 128 bytes at r * 128, its
+// 16-byte chunk c stored at chunk c ^ (r & 7). Byte offset of chunk c (values 8c .. 8c + 7) of row r:
+template <int ROWS> __device__ __forceinline__ unsigned sw128_offset(int r, int c)
+{
+    return (unsigned)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+}
+
+// Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled) into a swizzled tile
+// at shared address dst (1,024-byte aligned), with the CTA's NT threads. Each thread copies one chunk c of rows
+// r, r + RS, ...: RS is a multiple of 8, so all its rows share r & 7 and one swizzled base plus a constant step serves.
+template <int D, int ROWS, int NT, typename T>
+__device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
+{
+    constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+    static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "load_tile_sw128: NT threads must tile the rows");
+    const int r = tid / CH, c = tid % CH;
+    const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
+    const T* src = base + (i64)(row0 + r) * stride + c * 8;
+    const i64 step = (i64)RS * stride;
+#pragma unroll
+    for (int k = 0; k < N; k++)
+    {
+        const bool ok = row0 + r + k * RS < limit;
+        cp_async16(d0 + k * RS * 128, ok ? src + k * step : base, ok);
+    }
+}
+
+// Where the Hopper forward's key or value rows come from, into the 128-byte-swizzled layout (as flash_attention.cu's
+// DenseRows / PagedRows are for its own swizzle). DenseRowsSw128: row r of a (.., S, .., D) tensor at base + r * stride
+// (load_tile_sw128, the training kernels' code). PagedRowsSw128: position r of a paged KV pool (paged_attention.cu's
+// layout) at slot table[r / block_size] * block_size + r % block_size, base + slot * stride (base already at the kv head,
+// stride 2K * D); the same thread-to-chunk map, each thread looking up the block of every row it copies. Rows at or past
+// limit are zero-filled without reading the table. No window: every position below limit has its block.
+template <typename T> struct DenseRowsSw128
+{
+    const T* base;
+    i64 stride;
+    template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
+    {
+        load_tile_sw128<D, ROWS, NT>(dst, base, stride, row0, limit, tid);
+    }
+};
+template <typename T> struct PagedRowsSw128
+{
+    const T* base;
+    const int* table;
+    int block_size;
+    i64 stride;
+    template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
+    {
+        constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+        static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "PagedRowsSw128::load: NT threads must tile the rows");
+        const int r = tid / CH, c = tid % CH;
+        const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
+#pragma unroll
+        for (int k = 0; k < N; k++)
+        {
+            const int p = row0 + r + k * RS;
+            const bool ok = p < limit;
+            const T* src = ok ? base + ((i64)table[p / block_size] * block_size + p % block_size) * stride + c * 8 : base;
+            cp_async16(d0 + k * RS * 128, src, ok);
+        }
+    }
+};
+
+// ---- serving's chunked prefill on query tiles (paged_prefill in flash_attention.cu, paged_prefill_hopper)
+// The query tile of this CTA in a flattened batch (starts (B + 1): sequence b's rows starts[b] .. starts[b + 1] - 1): CTA
+// blockIdx.x takes the blockIdx.x-th tile of BM rows, counting the tiles of the sequences with at least min_rows rows in
+// order; sequence -1 for a CTA past the last tile (the host launches an upper bound). Warp 0 finds it by a prefix sum over
+// the sequences' tile counts, 32 sequences at a time. Waits for the predecessor kernel (pdl_wait) before it reads starts.
+// Every thread of the CTA must call it (it holds two barriers).
+struct PrefillTile { int sequence, index; };
+template <int BM> __device__ __forceinline__ PrefillTile find_prefill_tile(const int* starts, int B, int min_rows)
+{
+    __shared__ int tile_sequence, tile_index;
+    if (threadIdx.x == 0) tile_sequence = -1;
+    pdl_wait();
+    __syncthreads();
+    if (threadIdx.x < 32)
+    {
+        const int lane = threadIdx.x, target = blockIdx.x;
+        int before = 0;                                            // tiles of the sequences before this group of 32
+        for (int b0 = 0; b0 < B && before <= target; b0 += 32)
+        {
+            const int b = b0 + lane;
+            const int rows = b < B ? starts[b + 1] - starts[b] : 0;
+            const int tiles = rows >= min_rows ? (rows + BM - 1) / BM : 0;
+            int inclusive = tiles;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1)
+            {
+                const int y = __shfl_up_sync(FULL_MASK, inclusive, o);
+                if (lane >= o) inclusive += y;
+            }
+            const int first = before + inclusive - tiles;
+            if (tiles > 0 && target >= first && target < first + tiles) { tile_sequence = b; tile_index = target - first; }
+            before += __shfl_sync(FULL_MASK, inclusive, 31);
+        }
+    }
+    __syncthreads();
+    return PrefillTile{tile_sequence, tile_index};
+}

@@ -264,41 +264,16 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
 // tensor cores. Sequence b's rows starts[b] .. starts[b + 1] - 1 are its queries at positions lengths[b] - rows .. lengths[b] - 1,
 // the dense kernel's Tq = rows and S = lengths[b]; only sequences of at least min_rows rows are computed here (the others,
 // decode rows, by paged_decode). Grid (tiles, H): blockIdx.x enumerates the 64 * MT-row query tiles of those sequences in
-// order (the host launches an upper bound; CTAs past the last tile return), warp 0 finding its tile by a prefix sum over
-// the sequences' tile counts, 32 sequences at a time. window: as in flash_forward (1 << 30 for none); the key blocks left of
-// the tile's first query's window are neither loaded nor looked up in the table.
+// order (the host launches an upper bound; CTAs past the last tile return), found by common.cuh's find_prefill_tile (warp
+// 0's prefix sum over the sequences' tile counts, 32 sequences at a time). window: as in flash_forward (1 << 30 for none);
+// the key blocks left of the tile's first query's window are neither loaded nor looked up in the table.
 template <typename T, int D>
 __device__ void paged_prefill(const T* q, const T* pool, T* out, const int* tables, const int* starts, const int* lengths, int B,
     int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window)
 {
     constexpr int BM = 64 * FLASH_MT(D);
-    __shared__ int tile_sequence, tile_index;
-    if (threadIdx.x == 0) tile_sequence = -1;
-    pdl_wait();
-    __syncthreads();
-    if (threadIdx.x < 32)
-    {
-        const int lane = threadIdx.x, target = blockIdx.x;
-        int before = 0;                                            // tiles of the sequences before this group of 32
-        for (int b0 = 0; b0 < B && before <= target; b0 += 32)
-        {
-            const int b = b0 + lane;
-            const int rows = b < B ? starts[b + 1] - starts[b] : 0;
-            const int tiles = rows >= min_rows ? (rows + BM - 1) / BM : 0;
-            int inclusive = tiles;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1)
-            {
-                const int y = __shfl_up_sync(FULL_MASK, inclusive, o);
-                if (lane >= o) inclusive += y;
-            }
-            const int first = before + inclusive - tiles;
-            if (tiles > 0 && target >= first && target < first + tiles) { tile_sequence = b; tile_index = target - first; }
-            before += __shfl_sync(FULL_MASK, inclusive, 31);
-        }
-    }
-    __syncthreads();
-    const int b = tile_sequence;
+    const PrefillTile tile = find_prefill_tile<BM>(starts, B, min_rows);   // common.cuh
+    const int b = tile.sequence, tile_index = tile.index;
     if (b < 0) return;
     const int h = blockIdx.y, kvh = h / (H / K), start = starts[b], rows = starts[b + 1] - start;
     const i64 stride = (i64)2 * K * D;

@@ -6,7 +6,9 @@
 // The contract is flash_attention.cu's flash_forward: q (B,T,H,D), k/v (B,S,K,D), output (B,T,H,D), row strides in
 // elements (last dimension contiguous, rows 16-byte aligned); query t sits at key position S - T + t; query head h reads
 // kv head h / (H / K); lse (B,H,T) natural-log log-sum-exp, or null; starts (B) device lengths of a KV cache, or null.
-// No sliding window (the host sends windowed calls to flash_attention.cu).
+// No sliding window (the host sends windowed calls to flash_attention.cu). The same tile serves serving's chunked prefill
+// (paged_prefill_hopper: flash_attention.cu's paged_prefill contract), its keys and values read through a block table; the
+// tile is generic over where its K/V rows come from (common.cuh's DenseRowsSw128 / PagedRowsSw128).
 //
 // CTA: 128 query rows of one head, two warpgroups of 64; key/value blocks of 128 rows staged by all 256 threads with
 // cp.async into a two-stage ring (the next block loads while this one is computed).
@@ -184,32 +186,15 @@ template <> struct WgmmaT<f16>
     }
 };
 
-// Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled) into a swizzled tile
-// at shared address dst (1,024-byte aligned), with the CTA's NT threads. Each thread copies one chunk c of rows
-// r, r + RS, ...: RS is a multiple of 8, so all its rows share r & 7 and one swizzled base plus a constant step serves.
-template <int D, int ROWS, int NT, typename T>
-__device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
-{
-    constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-    static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "load_tile_sw128: NT threads must tile the rows");
-    const int r = tid / CH, c = tid % CH;
-    const unsigned d0 = dst + (unsigned)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-    const T* src = base + (i64)(row0 + r) * stride + c * 8;
-    const i64 step = (i64)RS * stride;
-#pragma unroll
-    for (int k = 0; k < N; k++)
-    {
-        const bool ok = row0 + r + k * RS < limit;
-        cp_async16(d0 + k * RS * 128, ok ? src + k * step : base, ok);
-    }
-}
+// load_tile_sw128, the row sources DenseRowsSw128 / PagedRowsSw128 and find_prefill_tile are common.cuh's.
 
-// WGS warpgroups (1 or 2) of 64 query rows per CTA. Grid (query tiles of 64 WGS rows, H, B), the last tiles (the most
-// keys) first; 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two stages of
-// K and V) bytes.
-template <typename T, int D, int WGS>
-__device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
-    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
+// WGS warpgroups (1 or 2) of 64 query rows per CTA: query tile mb (64 WGS rows) of one head. qb, ob: the head's row 0
+// (row strides q_t, o_t); keys and values through kr, vr (DenseRowsSw128 or PagedRowsSw128); lse_row: the head's (Tq)
+// log-sum-exps, or null. 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two
+// stages of K and V) bytes.
+template <typename T, int D, int WGS, typename Rows>
+__device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq, int S,
+    int mb, float scale)
 {
     constexpr int BM = 64 * WGS, BN = 128, KD = D / 16, NT = 128 * WGS;
     extern __shared__ unsigned char smem_raw[];
@@ -217,17 +202,13 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
     const unsigned sK = sQ + BM * D * 2;       // 2 stages
     const unsigned sV = sK + 2 * BN * D * 2;   // 2 stages
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
     const int m0 = mb * BM, offset = S - Tq;
     const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
     const int nblocks = lastKey / BN + 1;
-    const T* qb = q + b * qs.b + (i64)h * qs.h;
-    const T* kb = k + b * ks.b + (i64)kvh * ks.h;
-    const T* vb = v + b * vs.b + (i64)kvh * vs.h;
 
-    load_tile_sw128<D, BM, NT>(sQ, qb, qs.t, m0, Tq, tid);
-    load_tile_sw128<D, BN, NT>(sK, kb, ks.t, 0, S, tid);
-    load_tile_sw128<D, BN, NT>(sV, vb, vs.t, 0, S, tid);
+    load_tile_sw128<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
+    kr.template load<D, BN, NT>(sK, 0, S, tid);
+    vr.template load<D, BN, NT>(sV, 0, S, tid);
     cp_async_commit();
 
     // This warpgroup's rows r0 .. r0 + 63; the last key any of them sees; this thread's two rows' key positions.
@@ -246,8 +227,8 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
         const int st = nb & 1;
         if (nb + 1 < nblocks)
         {
-            load_tile_sw128<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, kb, ks.t, (nb + 1) * BN, S, tid);
-            load_tile_sw128<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, vb, vs.t, (nb + 1) * BN, S, tid);
+            kr.template load<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
+            vr.template load<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
         }
         cp_async_commit();
         cp_async_wait<1>();
@@ -340,13 +321,45 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
         if (t < Tq)
         {
             const float inv = 1.f / l;
-            T* orow = o + b * os.b + (i64)t * os.t + (i64)h * os.h;
+            T* orow = ob + (i64)t * o_t;
 #pragma unroll
             for (int j = 0; j < D / 8; j++)
                 *(unsigned*)(orow + j * 8 + 2 * c4) = pack2<T>(oacc[4 * j + 2 * r] * inv, oacc[4 * j + 2 * r + 1] * inv);
-            if (lse && c4 == 0) lse[((i64)b * H + h) * Tq + t] = (mrow[r] + log2f(l)) * LN2;
+            if (lse_row && c4 == 0) lse_row[t] = (mrow[r] + log2f(l)) * LN2;
         }
     }
+}
+
+// Dense (training, the KV-cache prefill): grid (query tiles of 64 WGS rows, H, B), the last tiles (the most keys) first.
+template <typename T, int D, int WGS>
+__device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
+    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
+{
+    const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
+    const DenseRowsSw128<T> kr{k + b * ks.b + (i64)kvh * ks.h, ks.t}, vr{v + b * vs.b + (i64)kvh * vs.h, vs.t};
+    hopper_forward_tile<T, D, WGS>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
+                                   lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
+}
+
+// Paged prefill (serving) on this tile: flash_attention.cu's paged_prefill contract and arguments (q (N, H, D) with row
+// stride q_n and head stride q_h, out (N, H, D) contiguous, tables (B, max_blocks), starts (B + 1), lengths (B); sequence
+// b's rows are its queries at positions lengths[b] - rows .. lengths[b] - 1; only sequences of at least min_rows rows), and
+// its tile-finding prologue (find_prefill_tile) over tiles of 64 WGS rows. K and V through the block table
+// (PagedRowsSw128). window must be none (1 << 30): the host sends windowed calls to paged_prefill, as this tile masks no
+// window.
+template <typename T, int D, int WGS>
+__device__ void paged_prefill_hopper(const T* q, const T* pool, T* out, const int* tables, const int* starts, const int* lengths,
+    int B, int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows)
+{
+    const PrefillTile tile = find_prefill_tile<64 * WGS>(starts, B, min_rows);
+    const int b = tile.sequence;
+    if (b < 0) return;
+    const int h = blockIdx.y, kvh = h / (H / K), start = starts[b], rows = starts[b + 1] - start;
+    const i64 stride = (i64)2 * K * D;
+    const int* table = tables + (i64)b * max_blocks;
+    const PagedRowsSw128<T> kr{pool + (i64)kvh * D, table, block_size, stride}, vr{pool + (i64)(K + kvh) * D, table, block_size, stride};
+    hopper_forward_tile<T, D, WGS>(q + (i64)start * q_n + (i64)h * q_h, q_n, kr, vr, out + ((i64)start * H + h) * D, (i64)H * D,
+                                   nullptr, rows, lengths[b], tile.index, scale);
 }
 
 // CTAs of one warpgroup per SM the compiler plans registers for: three at D = 64 (their shared memory fits three times;
@@ -375,6 +388,30 @@ HOPPER_FORWARD(bf16, bf16, 64)
 HOPPER_FORWARD(bf16, bf16, 128)
 HOPPER_FORWARD(f16, f16, 64)
 HOPPER_FORWARD(f16, f16, 128)
+
+// Serving's prefill chunks (CudaBackend.PagedAttention): paged_prefill's argument list (window unused, see
+// paged_prefill_hopper), launched as a dependent kernel (find_prefill_tile waits for the predecessor first). Two warpgroups
+// and one, with the dense forward's launch bounds.
+#define PAGED_PREFILL_HOPPER(n, T, D)                                                                           \
+    extern "C" __global__ void __launch_bounds__(256, 1) paged_prefill_hopper_##n##_d##D(const T* q,          \
+        const T* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H, int K,  \
+        int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window)               \
+    {                                                                                                           \
+        paged_prefill_hopper<T, D, 2>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks,  \
+                                      q_n, q_h, scale, min_rows);                                               \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) paged_prefill_hopper_wg1_##n##_d##D( \
+        const T* q, const T* pool, T* out, const int* tables, const int* starts, const int* lengths, int B,     \
+        int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window) \
+    {                                                                                                           \
+        paged_prefill_hopper<T, D, 1>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks,  \
+                                      q_n, q_h, scale, min_rows);                                               \
+    }
+
+PAGED_PREFILL_HOPPER(bf16, bf16, 64)
+PAGED_PREFILL_HOPPER(bf16, bf16, 128)
+PAGED_PREFILL_HOPPER(f16, f16, 64)
+PAGED_PREFILL_HOPPER(f16, f16, 128)
 
 // ------------------------------------------------------------------------------------ backward
 // flash_attention.cu's flash_backward contract (S = T, no window): lse and delta (B,H,T) fp32 (delta = rowsum(dO o O),

@@ -422,19 +422,24 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// profiler (which runs eagerly, without graphs) times each kernel and product of a step of 64 prompts of 128 tokens
     /// (tensor-core prefill), a mixed step (decodes plus a prefill chunk within DecodingStepTokens) and a decode step of 64
     /// sequences, on the llama-1b shape, with the specialized paged attention kernels (the tensor-core decode kernel by default),
-    /// with the CUDA-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/> off) and with the generic kernel (the A/B of <see cref="CudaBackendOptions.SpecializedPagedAttention"/>). The recorded
+    /// with the CUDA-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/> off), with the generic kernel
+    /// (the A/B of <see cref="CudaBackendOptions.SpecializedPagedAttention"/>) and with the prefill chunks on flash_attention.cu's
+    /// <c>paged_prefill</c> rather than the Hopper tile (the A/B of <see cref="CudaBackendOptions.HopperAttention"/>, which also
+    /// moves the model's other attention calls, none here). The recorded
     /// step is faster than the profiled sum (no launch gaps, no events).
     /// </summary>
     [Theory]
     [InlineData("specialized")]
     [InlineData("CUDA cores")]
     [InlineData("generic")]
+    [InlineData("flash-attention-2 prefill")]
     public void ServingStepsOnLlama1bShapeReportTheirOps(string kernels)
     {
         var options = kernels switch
         {
             "specialized" => CudaBackendOptions.Default,
             "CUDA cores" => CudaBackendOptions.Default with { PagedDecodeTensorCores = false },
+            "flash-attention-2 prefill" => CudaBackendOptions.Default with { HopperAttention = false },
             _ => CudaBackendOptions.Default with { SpecializedPagedAttention = false },
         };
         using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, options with { ProfileOps = true });

@@ -37,8 +37,9 @@ public sealed class KernelEmulationTests
     /// warp-collective stand-ins of cp.async, ldmatrix and mma.sync: tile and warp-slice edges, groups of 3, 4 and 8, D 64
     /// and 128, splits merged by the last CTA, windows), and the generic kernel, against a double reference
     /// (Emulation/paged_kernels.cpp states the batches and the tolerances: 1e-5 in f32, 8e-3 for a bf16 output, 1.2e-2 with
-    /// the tensor-core kernel's 16-bit softmax weights). The tensor-core prefill kernel (flash_attention.cu) is not
-    /// emulated: <see cref="CudaPagedServingTests"/> checks it, and the decode kernel's f16 instantiation, on the device.
+    /// the tensor-core kernel's 16-bit softmax weights). The tensor-core prefill kernels (flash_attention.cu,
+    /// flash_attention_hopper.cu) are not emulated, only their shared indexing (<see cref="HopperPagedPrefillIndexingIsExactOnTheCpuEmulation"/>):
+    /// <see cref="CudaPagedServingTests"/> checks them, and the decode kernel's f16 instantiation, on the device.
     /// </summary>
     [Fact]
     public void PagedAttentionKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -55,6 +56,21 @@ public sealed class KernelEmulationTests
              "paged_decode_tiled H=8 K=2 D=128 splits=2 max_rows=7 B=6 window=8 finish bf16", "paged_decode_tiled H=4 K=1 D=64 splits=1 max_rows=1073741824 B=64 window=0 bf16",
              "paged_decode_mma H=8 K=2 D=64 splits=1 max_rows=1073741824 B=10 window=0 bf16 rel err", "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16",
              "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16"]);
+
+    /// <summary>
+    /// The indexing of the Hopper paged prefill (flash_attention_hopper.cu's <c>paged_prefill_hopper</c>) that common.cuh
+    /// holds, on the emulation (the wgmma tile itself is not emulated: <see cref="CudaPagedServingTests"/> checks it on the
+    /// device): the paged and dense K/V row sources write exactly the 128-byte-swizzled bytes of an independent formula (rows
+    /// through a shuffled block table, the last tile partly past the length zero-filled; head sizes 64 and 128; one and two
+    /// warpgroups), and the shared tile-finding prologue gives CTA x the x-th query tile of the sequences with at least
+    /// min_rows rows (tiles of 64 and 128 rows, 40 sequences, the host's upper bound of CTAs, the spare ones -1).
+    /// Emulation/hopper_prefill_indexing.cpp states the cases; the comparisons are exact (the loaders copy).
+    /// </summary>
+    [Fact]
+    public void HopperPagedPrefillIndexingIsExactOnTheCpuEmulation() =>
+        RunEmulated([], "hopper_prefill_indexing",
+            ["PagedRowsSw128 D=64 NT=128 row0=256 S=300", "PagedRowsSw128 D=128 NT=256 row0=256 S=300",
+             "DenseRowsSw128 D=128 NT=128 row0=0 S=300", "find_prefill_tile BM=64 B=40", "find_prefill_tile BM=128 B=40", "all ok"]);
 
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
     /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>
