@@ -500,11 +500,39 @@ template <typename T> struct PagedRowsSw128
     }
 };
 
+// ---- serving's flattened batches: which sequence holds the x-th item
+// Called by the 32 lanes of one warp: item x of those that sequences 0 .. B-1 hold in order, items(rows) of a sequence of
+// `rows` rows (starts (B + 1): sequence b's rows are starts[b] .. starts[b + 1] - 1). The lane that finds it returns true
+// with the sequence b and x's index among that sequence's items; the others return false (all, when there are fewer than
+// x + 1 items). A prefix sum by shuffles over 32 sequences at a time, stopping at the group that holds x.
+template <typename Items> __device__ __forceinline__ bool warp_find_item(const int* starts, int B, int x, Items items, int& b, int& index)
+{
+    const int lane = threadIdx.x & 31;
+    bool found = false;
+    int before = 0;                                                // items of the sequences before this group of 32
+    for (int b0 = 0; b0 < B && before <= x; b0 += 32)
+    {
+        const int sb = b0 + lane;
+        const int count = sb < B ? items(starts[sb + 1] - starts[sb]) : 0;
+        int inclusive = count;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1)
+        {
+            const int y = __shfl_up_sync(FULL_MASK, inclusive, o);
+            if (lane >= o) inclusive += y;
+        }
+        const int first = before + inclusive - count;
+        if (count > 0 && x >= first && x < first + count) { b = sb; index = x - first; found = true; }
+        before += __shfl_sync(FULL_MASK, inclusive, 31);
+    }
+    return found;
+}
+
 // ---- serving's chunked prefill on query tiles (paged_prefill in flash_attention.cu, paged_prefill_hopper)
 // The query tile of this CTA in a flattened batch (starts (B + 1): sequence b's rows starts[b] .. starts[b + 1] - 1): CTA
 // blockIdx.x takes the blockIdx.x-th tile of BM rows, counting the tiles of the sequences with at least min_rows rows in
-// order; sequence -1 for a CTA past the last tile (the host launches an upper bound). Warp 0 finds it by a prefix sum over
-// the sequences' tile counts, 32 sequences at a time. Waits for the predecessor kernel (pdl_wait) before it reads starts.
+// order; sequence -1 for a CTA past the last tile (the host launches an upper bound). Warp 0 finds it (warp_find_item over
+// the sequences' tile counts). Waits for the predecessor kernel (pdl_wait) before it reads starts.
 // Every thread of the CTA must call it (it holds two barriers).
 struct PrefillTile { int sequence, index; };
 template <int BM> __device__ __forceinline__ PrefillTile find_prefill_tile(const int* starts, int B, int min_rows)
@@ -513,26 +541,12 @@ template <int BM> __device__ __forceinline__ PrefillTile find_prefill_tile(const
     if (threadIdx.x == 0) tile_sequence = -1;
     pdl_wait();
     __syncthreads();
-    if (threadIdx.x < 32)
+    int b, index;
+    if (threadIdx.x < 32
+        && warp_find_item(starts, B, blockIdx.x, [=](int rows) { return rows >= min_rows ? (rows + BM - 1) / BM : 0; }, b, index))
     {
-        const int lane = threadIdx.x, target = blockIdx.x;
-        int before = 0;                                            // tiles of the sequences before this group of 32
-        for (int b0 = 0; b0 < B && before <= target; b0 += 32)
-        {
-            const int b = b0 + lane;
-            const int rows = b < B ? starts[b + 1] - starts[b] : 0;
-            const int tiles = rows >= min_rows ? (rows + BM - 1) / BM : 0;
-            int inclusive = tiles;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1)
-            {
-                const int y = __shfl_up_sync(FULL_MASK, inclusive, o);
-                if (lane >= o) inclusive += y;
-            }
-            const int first = before + inclusive - tiles;
-            if (tiles > 0 && target >= first && target < first + tiles) { tile_sequence = b; tile_index = target - first; }
-            before += __shfl_sync(FULL_MASK, inclusive, 31);
-        }
+        tile_sequence = b;
+        tile_index = index;
     }
     __syncthreads();
     return PrefillTile{tile_sequence, tile_index};

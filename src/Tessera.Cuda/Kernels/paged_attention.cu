@@ -177,7 +177,7 @@ FOR_FLOAT_TYPES(PAGED_ATTENTION)
 // Row x of the batch's rows that belong to sequences of at most max_rows rows (every row when max_rows >= N; the others
 // are paged_prefill's): its row index n and sequence b, or b = -1 when there are fewer than x + 1 such rows. Lets a grid
 // over an upper bound of those rows skip the tensor-core rows without a CTA for each. Called by every thread of the CTA
-// (it synchronizes when max_rows < N): warp 0 sums the sequences' counts of such rows, 32 sequences at a time.
+// (it synchronizes when max_rows < N): warp 0 finds it (common.cuh's warp_find_item).
 __device__ void paged_short_row(int x, const int* starts, int B, int N, int max_rows, int& n, int& b)
 {
     if (max_rows >= N)
@@ -195,26 +195,11 @@ __device__ void paged_short_row(int x, const int* starts, int B, int N, int max_
     __shared__ int short_n, short_b;
     if (threadIdx.x == 0) short_b = -1;
     __syncthreads();
-    if (threadIdx.x < 32)
+    int sb, index;
+    if (threadIdx.x < 32 && warp_find_item(starts, B, x, [=](int rows) { return rows <= max_rows ? rows : 0; }, sb, index))
     {
-        const int lane = threadIdx.x;
-        int before = 0;
-        for (int b0 = 0; b0 < B && before <= x; b0 += 32)
-        {
-            const int sb = b0 + lane;
-            const int rows = sb < B ? starts[sb + 1] - starts[sb] : 0;
-            const int count = rows <= max_rows ? rows : 0;
-            int inclusive = count;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1)
-            {
-                const int y = __shfl_up_sync(FULL_MASK, inclusive, o);
-                if (lane >= o) inclusive += y;
-            }
-            const int first = before + inclusive - count;
-            if (count > 0 && x >= first && x < first + count) { short_b = sb; short_n = starts[sb] + x - first; }
-            before += __shfl_sync(FULL_MASK, inclusive, 31);
-        }
+        short_b = sb;
+        short_n = starts[sb] + index;
     }
     __syncthreads();
     n = short_n;
