@@ -162,8 +162,15 @@ public static class ServeBench
         double copy = cuda is null ? double.NaN : Gpu.GpuDecodeBench.DeviceCopyBandwidth(cuda);
         long weightBytes = model.Parameters.Parameters.Sum(p => p.NumElements) * dtype.SizeInBytes();
         long kvPerPosition = PagedKvCache.BlockBytes(dtype, config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);
-        // Warm-up: every batch-size bucket the levels will use runs eagerly once and is recorded, outside the timings.
-        foreach (int n in levels) Task.WhenAll(Enumerable.Range(0, n).Select(_ => Stream(http, preset, Prompt(), 4))).GetAwaiter().GetResult();
+        // Warm-up, outside the timings: every level once with whole prompts and 4 new tokens, so that every batch-size bucket
+        // is recorded and the prefill steps' products at large row counts have spent the backend's algorithm-timing budget
+        // (a product timed during a measured level makes the engine wait: session 13 saw a 64-stream level run alone with
+        // mixed steps of 13.6 ms against 8.3 after the other levels).
+        foreach (int n in levels)
+        {
+            var warm = Enumerable.Range(0, n).Select(_ => Prompt()).ToArray();
+            Task.WhenAll(warm.Select(p => Stream(http, preset, p, 4))).GetAwaiter().GetResult();
+        }
 
         var phases = new List<(int Level, StepPhaseTimes Decode, StepPhaseTimes Mixed)>();
         Console.WriteLine($"| system | model | dtype | concurrency | requests | prompt | new | generated tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | ITL mean ms | steps | ms/step | pipelined steps | roofline share |");
@@ -172,11 +179,15 @@ public static class ServeBench
         {
             long steps0 = engine.Metrics.Steps, pipelined0 = engine.PipelinedSteps;
             var (decode0, mixed0) = (engine.Metrics.DecodeStepPhases, engine.Metrics.MixedStepPhases);
+            // Every client's prompts are drawn here, in order, before any client starts: System.Random is not thread-safe, and
+            // drawn from the clients' continuations (as until session 13) it could be corrupted into returning zeros, making
+            // the prompts identical and their prefill a prefix-cache hit (one 128-stream level ran 6 prefill steps for 256 prompts).
+            var prompts = Enumerable.Range(0, n).Select(_ => Enumerable.Range(0, rounds).Select(_ => Prompt()).ToArray()).ToArray();
             var clock = Stopwatch.StartNew();
-            var results = Task.WhenAll(Enumerable.Range(0, n).Select(async _ =>
+            var results = Task.WhenAll(prompts.Select(async mineToSend =>
             {
                 var mine = new List<RequestStats>();
-                for (int r = 0; r < rounds; r++) mine.Add(await Stream(http, preset, Prompt(), newTokens).ConfigureAwait(false));
+                foreach (var p in mineToSend) mine.Add(await Stream(http, preset, p, newTokens).ConfigureAwait(false));
                 return mine;
             })).GetAwaiter().GetResult().SelectMany(x => x).ToList();
             double wall = clock.Elapsed.TotalSeconds;
