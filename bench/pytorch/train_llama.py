@@ -14,7 +14,11 @@ peak GiB (torch.cuda.max_memory_allocated), and the phase split (forward+loss, b
 
 Usage: python3 bench/pytorch/train_llama.py [--preset llama-1b] [--batch 8] [--seq 2048] [--steps 10] [--warmup 5]
            [--recompute] [--gqa repeat|native] [--no-compile] [--no-header] [--no-fallback] [--profile]
+           [--curve-text FILE]
 Halves the batch when it does not fit (unless --no-fallback), and says so.
+--curve-text FILE trains --steps steps on the file's bytes as tokens instead, on the windows Tessera's
+`gpu-train --curve-text` reads (step s, row r: T + 1 tokens from ((s * B) + r) * (T + 1), wrapping), and prints each step's
+loss as a markdown row: the two trainers' curves side by side (random init differs, so they agree in shape, not value).
 """
 import argparse
 import gc
@@ -123,6 +127,31 @@ class Llama(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
+def curve(preset, batch, seq, steps, compile_model, gqa, path):
+    """Per-step losses on consecutive windows of a file's bytes (Tessera's TrainingStepBenchmark.LossCurve windows)."""
+    torch.manual_seed(0)
+    layers, c, heads, kv_heads, hidden, vocab, theta, tied = PRESETS[preset]
+    with torch.device("cuda"):
+        model = Llama(layers, c, heads, kv_heads, hidden, vocab, theta, tied, seq, gqa, False)
+    stream = torch.tensor(list(open(path, "rb").read()), dtype=torch.long)
+    if stream.numel() < seq + 1:
+        raise SystemExit(f"train_llama.py: {path} has {stream.numel()} bytes; one row needs {seq + 1}")
+    opt = timed_training.adamw(model)
+    step_model = torch.compile(model) if compile_model else model
+    print(f"| step | loss: {preset} PyTorch bf16 autocast {batch} x {seq}, {path.split('/')[-1]} ({stream.numel():,} bytes as tokens), lr 0.0001 |")
+    print("|---|---|")
+    for s in range(steps):
+        rows = [(torch.arange(seq + 1) + ((s * batch) + r) * (seq + 1)) % stream.numel() for r in range(batch)]
+        window = torch.stack([stream[i] for i in rows]).cuda()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step_model(window[:, :-1], window[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        print(f"| {s + 1} | {loss.item():.5f} |", flush=True)
+
+
 def measure(preset, batch, seq, steps, warmup, compile_model, recompute, gqa, profile=False):
     torch.manual_seed(0)
     layers, c, heads, kv_heads, hidden, vocab, theta, tied = PRESETS[preset]
@@ -151,7 +180,11 @@ def main():
     ap.add_argument("--no-header", action="store_true")
     ap.add_argument("--no-fallback", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print the last step's kernels, most GPU time first, to stderr")
+    ap.add_argument("--curve-text", help="print per-step losses on this file's bytes instead of timing (see the module doc)")
     a = ap.parse_args()
+    if a.curve_text:
+        curve(a.preset, a.batch, a.seq, a.steps, not a.no_compile, a.gqa, a.curve_text)
+        return
     timed_training.start(a.no_header)
     batch = a.batch
     while True:
