@@ -145,7 +145,7 @@ def curve(preset, batch, seq, steps, compile_model, gqa, path):
         window = torch.stack([stream[i] for i in rows]).cuda()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = step_model(window[:, :-1], window[:, 1:])
+            loss = step_model(window[:, :-1].contiguous(), window[:, 1:].contiguous())   # the model views targets flat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
