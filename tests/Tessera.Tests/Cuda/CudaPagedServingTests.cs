@@ -419,8 +419,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
 
     /// <summary>
     /// Where the serving steps' device time goes, printed for the log (not a pass/fail bar): a second backend with the op
-    /// profiler (which runs eagerly, without graphs) times each kernel and product of a step of 64 prompts of 128 tokens
-    /// (tensor-core prefill), a mixed step (decodes plus a prefill chunk within DecodingStepTokens) and a decode step of 64
+    /// profiler (which runs eagerly, without graphs) times each kernel and product of a prefill step of 16 prompts of 512
+    /// tokens (the 8,192-token budget), a mixed step (decodes plus a prefill chunk within DecodingStepTokens) and a decode step of 64
     /// sequences, on the llama-1b shape, with the specialized paged attention kernels (the tensor-core decode kernel by default),
     /// with the CUDA-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/> off), with the generic kernel
     /// (the A/B of <see cref="CudaBackendOptions.SpecializedPagedAttention"/>) and with the prefill chunks on flash_attention.cu's
