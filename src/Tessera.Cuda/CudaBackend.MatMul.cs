@@ -119,7 +119,7 @@ public sealed unsafe partial class CudaBackend
         {
             plan = CreatePlan(key, pbias, paux);
             _plans[key] = plan;
-            if (plan is not null && ShouldTune(key)) TunePlan(plan, key, pa, pb, pbias, paux, alpha, beta);
+            if (plan is not null) ChooseAlgorithm(plan, key, pa, pb, pbias, paux, alpha, beta);
         }
         if (plan is null) return false;
         if (pbias != 0)

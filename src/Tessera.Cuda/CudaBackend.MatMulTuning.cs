@@ -41,31 +41,72 @@ public sealed unsafe partial class CudaBackend
     public IReadOnlyList<string> MatMulTuningLog => _tuningLog;
     private readonly List<string> _tuningLog = new();
 
-    /// <summary>
-    /// How many row counts (M) above <see cref="MatMulTuneDecodeRows"/> of one product are timed; later ones take the heuristic's first answer. A training
-    /// step repeats a few fixed shapes, but a serving step's rows change with every step's mix of prefill chunks and decode
-    /// rows: timing each new M (eight candidates, a host wait) cost ~20 ms a mixed step on the H200 (2026-12-03).
-    /// </summary>
-    private const int MatMulTuneRowCountsPerProduct = 4;
-
-    /// <summary>Row counts timed so far per product (the key without M and the strides that follow it).</summary>
+    /// <summary>Decode row counts (at most <see cref="MatMulTuneDecodeRows"/>) timed so far per product (the key without M and
+    /// the strides that follow it).</summary>
     private readonly Dictionary<MatMulKey, int> _tunedRowCounts = new();
 
-    private bool ShouldTune(MatMulKey key)
+    /// <summary>
+    /// The timed algorithm of each row-count bucket (<see cref="MatMulRowBucket"/>) of a product above the decode range: a
+    /// serving step's rows change with every step's mix of prefill chunks and decode rows, so timing every new M would make
+    /// the engine wait ~20 ms a mixed step, while cuBLASLt's untimed first answer can be ten times slower than the timed one
+    /// (H200, 2026-12-03, llama-1b: 536x3072x2048 in 366 us against 17.6 us timed at 686 rows; 508x2048x2048 with
+    /// accumulation in 305 us against 27 us at 2048). The first M of a bucket is timed; later ones reuse its algorithm when
+    /// cuBLASLt accepts it for their shape.
+    /// </summary>
+    private readonly Dictionary<MatMulKey, HeuristicResult> _bucketAlgorithms = new();
+
+    /// <summary>Products (new row counts) that took a bucket's timed algorithm instead of being timed themselves.</summary>
+    public int MatMulBucketReuses { get; private set; }
+
+    /// <summary>
+    /// The bucket of a row count above the decode range: the next multiple of 256 up to 4096 rows, of 2048 above (a serving
+    /// step's token budget, 8192 by default, gives at most 18 buckets per product).
+    /// </summary>
+    internal static int MatMulRowBucket(int m) => m <= 4096 ? (m + 255) / 256 * 256 : (m + 2047) / 2048 * 2048;
+
+    /// <summary>Whether a new product's algorithm may be timed at all: tuning on, not recording a graph, 16-bit inputs, and
+    /// enough FLOPs or operand bytes for a wrong pick to matter.</summary>
+    private bool TuningApplies(MatMulKey key)
     {
         if (!(Options.TuneMatMulAlgorithms && !_capturing && key.AB is DType.BF16 or DType.F16))
             return false;
         long operandBytes = ((long)key.M * key.K + (long)key.K * key.N) * key.Batch * key.AB.SizeInBytes();
-        if (2.0 * key.M * key.N * key.K * key.Batch < MatMulTuneMinFlops && operandBytes < MatMulTuneMinBytes)
-            return false;
-        // Two budgets per product: a server's first large row counts (prefill chunks) must not use up the timing its decode
-        // buckets need, which come later and repeat in every step.
-        bool decode = key.M <= MatMulTuneDecodeRows;
-        var product = key with { M = decode ? -1 : 0, StrideA = 0, StrideC = 0 };
-        int timed = _tunedRowCounts.GetValueOrDefault(product);
-        if (timed >= (decode ? MatMulTuneDecodeRowCountsPerProduct : MatMulTuneRowCountsPerProduct)) return false;
-        _tunedRowCounts[product] = timed + 1;
-        return true;
+        return 2.0 * key.M * key.N * key.K * key.Batch >= MatMulTuneMinFlops || operandBytes >= MatMulTuneMinBytes;
+    }
+
+    /// <summary>
+    /// Picks a new plan's algorithm: decode row counts are timed on their own budget per product; larger ones take their
+    /// bucket's timed algorithm, or are timed as the first of their bucket; anything else keeps the heuristic's first answer.
+    /// </summary>
+    private void ChooseAlgorithm(MatMulPlan plan, MatMulKey key, ulong pa, ulong pb, ulong pbias, ulong paux, double alpha, double beta)
+    {
+        if (!TuningApplies(key)) return;
+        if (key.M <= MatMulTuneDecodeRows)
+        {
+            var product = key with { M = -1, StrideA = 0, StrideC = 0 };
+            int timed = _tunedRowCounts.GetValueOrDefault(product);
+            if (timed >= MatMulTuneDecodeRowCountsPerProduct) return;
+            _tunedRowCounts[product] = timed + 1;
+            TunePlan(plan, key, pa, pb, pbias, paux, alpha, beta, bucket: 0);
+            return;
+        }
+        int rows = MatMulRowBucket(key.M);
+        var bucket = key with { M = rows, StrideA = 0, StrideC = 0 };
+        if (_bucketAlgorithms.TryGetValue(bucket, out var shared) && Accepts(plan, shared))
+        {
+            plan.Heuristic = shared;
+            MatMulBucketReuses++;
+            return;
+        }
+        if (TunePlan(plan, key, pa, pb, pbias, paux, alpha, beta, rows)) _bucketAlgorithms[bucket] = plan.Heuristic;
+    }
+
+    /// <summary>Whether cuBLASLt runs <paramref name="algorithm"/> (chosen for another row count) on this plan's shapes within the workspace.</summary>
+    private bool Accepts(MatMulPlan plan, HeuristicResult algorithm)
+    {
+        HeuristicResult result;
+        int status = cublasLtMatmulAlgoCheck(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC, algorithm.Algo, &result);
+        return status == CUBLAS_STATUS_SUCCESS && result.State == CUBLAS_STATUS_SUCCESS && result.WorkspaceSize <= (nuint)MatMulWorkspaceBytes;
     }
 
     /// <summary>
@@ -74,14 +115,14 @@ public sealed unsafe partial class CudaBackend
     /// accumulating products (beta != 0) and outputs that alias inputs stay untouched, and keeps the fastest. This is the
     /// one place outside logging where the host waits for the GPU, once per new product shape.
     /// </summary>
-    private void TunePlan(MatMulPlan plan, MatMulKey key, ulong pa, ulong pb, ulong pbias, ulong paux, double alpha, double beta)
+    private bool TunePlan(MatMulPlan plan, MatMulKey key, ulong pa, ulong pb, ulong pbias, ulong paux, double alpha, double beta, int bucket)
     {
-        if (plan.Candidates.Length < 2) return;
+        if (plan.Candidates.Length < 2) return false;
         long elementSize = key.C.SizeInBytes();
         long cElements = (long)(key.Batch - 1) * key.StrideC + (long)(key.M - 1) * key.Ldc + key.N;
         bool auxIsOutput = key.Epilogue is CUBLASLT_EPILOGUE_GELU_AUX or CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
         long auxBytes = auxIsOutput ? (long)key.M * key.N * elementSize : 0;
-        if (cElements * elementSize + auxBytes > MatMulTuneMaxScratchBytes) return;
+        if (cElements * elementSize + auxBytes > MatMulTuneMaxScratchBytes) return false;
         ulong scratchC = Scratch(cElements * elementSize);
         ulong scratchAux = auxIsOutput ? Scratch(auxBytes) : 0;
         // A product tuned for its bytes rather than its FLOPs streams weights that fit in L2 (8-67 MB against the H200's
@@ -131,8 +172,10 @@ public sealed unsafe partial class CudaBackend
             }
             if (best > 0 && !(bestMs < firstMs * MatMulTuneMargin)) best = 0;
             if (best > 0) plan.Heuristic = plan.Candidates[best];
-            if (best >= 0)
-                _tuningLog.Add($"{Describe(key)}: {timed} timed{(cold ? " from a cold L2" : "")}, chose #{best}, {firstMs * 1000:F1} -> {(best == 0 ? firstMs : bestMs) * 1000:F1} us");
+            if (best < 0) return false;
+            _tuningLog.Add($"{Describe(key)}: {timed} timed{(cold ? " from a cold L2" : "")}, chose #{best}, {firstMs * 1000:F1} -> {(best == 0 ? firstMs : bestMs) * 1000:F1} us" +
+                (bucket > 0 ? $" (for rows {Math.Max(MatMulTuneDecodeRows, bucket - (bucket <= 4096 ? 256 : 2048)) + 1}-{bucket})" : ""));
+            return true;
         }
         finally
         {

@@ -56,8 +56,9 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
-    /// keeps the fastest, for the first four row counts of each product (a server's steps change their row count at every
-    /// step; later ones take the heuristic's answer untimed); false keeps the heuristic's first answer everywhere (the same
+    /// keeps the fastest: each decode row count (at most 256, sixteen per product), and above that the first row count of each
+    /// bucket of 256 rows (2048 above 4096), whose algorithm the bucket's later row counts reuse (a server's steps change their
+    /// row count at every step); false keeps the heuristic's first answer everywhere (the same
     /// algorithms on every run, for bitwise reproducible runs). Default true.
     /// </summary>
     public bool TuneMatMulAlgorithms { get; init; } = true;

@@ -173,6 +173,7 @@ public static class ServeBench
         }
 
         var phases = new List<(int Level, StepPhaseTimes Decode, StepPhaseTimes Mixed)>();
+        var ops = new List<(int Level, long Steps, string Table)>();
         Console.WriteLine($"| system | model | dtype | concurrency | requests | prompt | new | generated tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | ITL mean ms | steps | ms/step | pipelined steps | roofline share |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (int n in levels)
@@ -183,6 +184,7 @@ public static class ServeBench
             // drawn from the clients' continuations (as until session 13) it could be corrupted into returning zeros, making
             // the prompts identical and their prefill a prefix-cache hit (one 128-stream level ran 6 prefill steps for 256 prompts).
             var prompts = Enumerable.Range(0, n).Select(_ => Enumerable.Range(0, rounds).Select(_ => Prompt()).ToArray()).ToArray();
+            cuda?.Profiler?.Reset();                         // the engine is idle between levels: the per-op table is this level's
             var clock = Stopwatch.StartNew();
             var results = Task.WhenAll(prompts.Select(async mineToSend =>
             {
@@ -193,6 +195,7 @@ public static class ServeBench
             double wall = clock.Elapsed.TotalSeconds;
             long steps = engine.Metrics.Steps - steps0;
             phases.Add((n, engine.Metrics.DecodeStepPhases.Minus(decode0), engine.Metrics.MixedStepPhases.Minus(mixed0)));
+            if (cuda?.Profiler is { } profiler) ops.Add((n, steps, profiler.Table(1)));
             int generated = results.Sum(r => r.Tokens);
             var ttft = results.Select(r => r.FirstTokenSeconds * 1000).Order().ToArray();
             var itl = results.SelectMany(r => r.Gaps).Select(g => g * 1000).Order().ToArray();
@@ -208,6 +211,21 @@ public static class ServeBench
         if (engine.Options.AdvanceDecodeOnDevice)
             Console.WriteLine($"AdvanceDecodeOnDevice: {engine.MetadataCopiesSkipped} decode steps copied no metadata (of {engine.Metrics.Steps} steps, warm-up included)");
         PrintPhases(phases, engine.Options.SeparateStepPhases);
+        // --cuda-options ProfileOps=true: per level, every op the engine enqueued outside a CUDA graph (prefill and mixed steps,
+        // and decode steps when graphs are off), summed over the level in milliseconds; products are named by their shape, so a
+        // slow row count shows as its own row.
+        foreach (var (level, steps, table) in ops)
+        {
+            Console.WriteLine();
+            Console.WriteLine($"Per-op GPU time over the {level}-stream level ({steps} engine steps; graphed decode steps are not seen):");
+            Console.WriteLine();
+            Console.WriteLine(table);
+        }
+        if (cuda is { MatMulTuningLog.Count: > 0 })
+        {
+            Console.WriteLine("cuBLASLt algorithms timed on first use:");
+            foreach (var line in cuda.MatMulTuningLog) Console.WriteLine("  " + line);
+        }
         return 0;
     }
 

@@ -65,6 +65,8 @@ internal static unsafe partial class CublasLt
     [LibraryImport(Lib)] internal static partial int cublasLtMatmulPreferenceSetAttribute(IntPtr preference, int attribute, void* buffer, nuint size);
     [LibraryImport(Lib)] internal static partial int cublasLtMatmulAlgoGetHeuristic(IntPtr handle, IntPtr operation, IntPtr aDesc, IntPtr bDesc,
         IntPtr cDesc, IntPtr dDesc, IntPtr preference, int requested, HeuristicResult* results, int* returned);
+    [LibraryImport(Lib)] internal static partial int cublasLtMatmulAlgoCheck(IntPtr handle, IntPtr operation, IntPtr aDesc, IntPtr bDesc,
+        IntPtr cDesc, IntPtr dDesc, void* algo, HeuristicResult* result);
     [LibraryImport(Lib)] internal static partial int cublasLtMatmul(IntPtr handle, IntPtr operation, void* alpha, ulong a, IntPtr aDesc,
         ulong b, IntPtr bDesc, void* beta, ulong c, IntPtr cDesc, ulong d, IntPtr dDesc, void* algo, ulong workspace, nuint workspaceBytes, IntPtr stream);
     [LibraryImport(Lib)] internal static partial byte* cublasLtGetStatusName(int status);

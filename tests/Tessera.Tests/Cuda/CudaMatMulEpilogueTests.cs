@@ -127,13 +127,14 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
     }
 
     /// <summary>
-    /// A product seen at six row counts (a server's steps) is timed at the first four only; the later ones take the
-    /// heuristic's answer without a host wait, and still compute the product (checked on the last one against the CPU). Decode
-    /// row counts (64 and 8 here, after those six) have their own budget, so they are timed although the large ones used theirs
-    /// up and their FLOPs are below the arithmetic threshold (they read 8 MB of weight).
+    /// A product seen at six row counts above the decode range (a server's steps) is timed once per bucket of 256 rows: 1024,
+    /// 1100 and 1300 are each the first of their bucket and are timed; 1200, 1400 and 1536 take the algorithm timed for their
+    /// bucket without a host wait, and still compute the product (checked on 1536 against the CPU). Decode row counts (64 and 8
+    /// here) have their own budget, so they are timed although their FLOPs are below the arithmetic threshold (they read 8 MB
+    /// of weight).
     /// </summary>
     [Fact]
-    public void OnlyTheFirstFourRowCountsOfAProductAreTimed()
+    public void RowCountsOfOneBucketShareOneTimedAlgorithm()
     {
         using var gpu = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Tessera.Cuda.CudaBackendOptions.Default with { TuneMatMulAlgorithms = true });
         const int n = 2048, k = 2048;
@@ -141,21 +142,26 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         var bv = Values(n * k);
         var b = Upload(gpu, bv, DType.BF16, n, k);
         int[] rows = [1024, 1100, 1200, 1300, 1400, 1536, 64, 8];
-        Tensor? last = null; double[]? lastA = null;
+        int[] timedRows = [1024, 1100, 1300, 64, 8], sharedRows = [1200, 1400, 1536];
+        const int check = 1536;
+        Tensor? shared = null; double[]? sharedA = null;
         foreach (int m in rows)
         {
             var av = Values(m * k);
             var c = gpu.Allocate(new Shape(m, n), DType.BF16);
             gpu.MatMul(Upload(gpu, av, DType.BF16, m, k), b, c, transposeB: true);
-            (last, lastA) = (c, av);
+            if (m == check) (shared, sharedA) = (c, av);
         }
         var timed = gpu.MatMulTuningLog.Where(line => line.Contains($"N={n} K={k}")).ToList();
-        Assert.True(timed.Count == 6, $"{timed.Count} row counts timed, expected 6:\n{string.Join("\n", gpu.MatMulTuningLog)}");
-        foreach (int m in rows[..4].Concat(rows[^2..])) Assert.Contains(timed, line => line.Contains($"M={m} "));
         foreach (var line in timed) Console.WriteLine($"[matmul tuning] {line}");
-        var cc = _cpu.Allocate(new Shape(rows[^1], n), DType.F64);
-        _cpu.MatMul(Cpu(lastA!, rows[^1], k), Cpu(bv, n, k), cc, transposeB: true);
-        var got = gpu.ToArray<BFloat16>(last!).Select(v => (double)v.ToSingle()).ToArray();
-        AssertClose(CpuValues(cc), got, Tolerance(DType.BF16), "the untimed row count's product");
+        Assert.True(timed.Count == timedRows.Length, $"{timed.Count} row counts timed, expected {timedRows.Length}:\n{string.Join("\n", gpu.MatMulTuningLog)}");
+        foreach (int m in timedRows) Assert.Contains(timed, line => line.Contains($"M={m} "));
+        foreach (int m in sharedRows) Assert.DoesNotContain(timed, line => line.Contains($"M={m} "));
+        Assert.Equal(sharedRows.Length, gpu.MatMulBucketReuses);
+        Assert.Contains(timed, line => line.Contains("M=1100 ") && line.Contains("(for rows 1025-1280)"));
+        var cc = _cpu.Allocate(new Shape(check, n), DType.F64);
+        _cpu.MatMul(Cpu(sharedA!, check, k), Cpu(bv, n, k), cc, transposeB: true);
+        var got = gpu.ToArray<BFloat16>(shared!).Select(v => (double)v.ToSingle()).ToArray();
+        AssertClose(CpuValues(cc), got, Tolerance(DType.BF16), "the product on its bucket's shared algorithm");
     }
 }
