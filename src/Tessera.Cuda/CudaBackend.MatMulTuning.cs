@@ -8,7 +8,7 @@ namespace Tessera.Cuda;
 // for the training step's products with fused epilogues (GELU_AUX_BIAS, DGELU, BGRADB) it ran at 59-69 % of the
 // FLOP floor on the H200 while the plain products of the same size ran at 80-95 %. The first call of each new shape
 // times up to MatMulCandidates algorithms on scratch outputs and keeps the fastest.
-public sealed unsafe partial class CudaBackend
+public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
 {
     /// <summary>How many algorithms cuBLASLt is asked for when a plan is built.</summary>
     private const int MatMulCandidates = 8;
@@ -63,6 +63,19 @@ public sealed unsafe partial class CudaBackend
     /// step's token budget, 8192 by default, gives at most 18 buckets per product).
     /// </summary>
     internal static int MatMulRowBucket(int m) => m <= 4096 ? (m + 255) / 256 * 256 : (m + 2047) / 2048 * 2048;
+
+    /// <inheritdoc/>
+    public IReadOnlyList<int> TimedRowCounts(int maxRows)
+    {
+        var rows = new List<int>();
+        if (!Options.TuneMatMulAlgorithms) return rows;
+        for (int bucket = MatMulRowBucket(MatMulTuneDecodeRows + 1); ; bucket = MatMulRowBucket(bucket + 1))
+        {
+            rows.Add(Math.Min(bucket, maxRows));
+            if (bucket >= maxRows) break;
+        }
+        return maxRows > MatMulTuneDecodeRows ? rows : [];
+    }
 
     /// <summary>Whether a new product's algorithm may be timed at all: tuning on, not recording a graph, 16-bit inputs, and
     /// enough FLOPs or operand bytes for a wrong pick to matter.</summary>

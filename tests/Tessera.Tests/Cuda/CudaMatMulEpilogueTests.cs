@@ -164,4 +164,22 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         var got = gpu.ToArray<BFloat16>(shared!).Select(v => (double)v.ToSingle()).ToArray();
         AssertClose(CpuValues(cc), got, Tolerance(DType.BF16), "the product on its bucket's shared algorithm");
     }
+
+    /// <summary>
+    /// The row counts a server warms up at are one per bucket: 256-row buckets up to 4096, 2048-row buckets above, the last
+    /// one cut at the step's row limit; none when the backend does not time its products, or when every row count is a decode
+    /// row count (timed on its own budget).
+    /// </summary>
+    [Fact]
+    public void TheWarmUpRowCountsAreOnePerBucket()
+    {
+        using var tuned = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Tessera.Cuda.CudaBackendOptions.Default with { TuneMatMulAlgorithms = true });
+        int[] expected = [.. Enumerable.Range(2, 15).Select(i => i * 256), 6144, 8192];
+        Assert.Equal(expected, tuned.TimedRowCounts(8192));
+        Assert.Equal([512, 768, 1000], tuned.TimedRowCounts(1000));
+        Assert.Equal([512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096, 5000], tuned.TimedRowCounts(5000));
+        Assert.Empty(tuned.TimedRowCounts(256));
+        using var untuned = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Tessera.Cuda.CudaBackendOptions.Default with { TuneMatMulAlgorithms = false });
+        Assert.Empty(untuned.TimedRowCounts(8192));
+    }
 }
