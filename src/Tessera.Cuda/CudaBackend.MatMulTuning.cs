@@ -23,12 +23,8 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
     /// </summary>
     private const long MatMulTuneMinBytes = 4L << 20;
 
-    /// <summary>Row counts up to this are a decode step's (the serving batch buckets), timed on their own budget.</summary>
+    /// <summary>Row counts up to this are a decode step's (the serving batch buckets, powers of two): their buckets are powers of two.</summary>
     private const int MatMulTuneDecodeRows = 256;
-
-    /// <summary>How many decode row counts (at most <see cref="MatMulTuneDecodeRows"/>) of one product are timed: the
-    /// buckets are powers of two, so 16 covers them with room for a few mixed steps' small counts.</summary>
-    private const int MatMulTuneDecodeRowCountsPerProduct = 16;
 
     /// <summary>Largest scratch output a timing run may allocate (the 50304-wide head products are left to the heuristic).</summary>
     private const long MatMulTuneMaxScratchBytes = 1L << 30;
@@ -41,17 +37,15 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
     public IReadOnlyList<string> MatMulTuningLog => _tuningLog;
     private readonly List<string> _tuningLog = new();
 
-    /// <summary>Decode row counts (at most <see cref="MatMulTuneDecodeRows"/>) timed so far per product (the key without M and
-    /// the strides that follow it).</summary>
-    private readonly Dictionary<MatMulKey, int> _tunedRowCounts = new();
-
     /// <summary>
-    /// The timed algorithm of each row-count bucket (<see cref="MatMulRowBucket"/>) of a product above the decode range: a
-    /// serving step's rows change with every step's mix of prefill chunks and decode rows, so timing every new M would make
+    /// The timed algorithm of each row-count bucket (<see cref="MatMulRowBucket"/>) of a product: a serving step's rows change with every step's mix of prefill chunks and decode rows, so timing every new M would make
     /// the engine wait ~20 ms a mixed step, while cuBLASLt's untimed first answer can be ten times slower than the timed one
     /// (H200, 2026-12-03, llama-1b: 536x3072x2048 in 366 us against 17.6 us timed at 686 rows; 508x2048x2048 with
     /// accumulation in 305 us against 27 us at 2048). The first M of a bucket is timed; later ones reuse its algorithm when
-    /// cuBLASLt accepts it for their shape.
+    /// cuBLASLt accepts it for their shape. The decode range has power-of-two buckets, which are the decode steps' own row
+    /// counts; until session 14 it had a budget of 16 row counts per product instead, and the LM head (whose rows are a mixed
+    /// step's sampled sequences, any count up to the batch) spent it in the first steps, after which its untimed heuristic
+    /// answers took 0.8-3.3 ms for 35-59 rows against 0.15 ms timed (H200, 2026-12-03, 64 streams).
     /// </summary>
     private readonly Dictionary<MatMulKey, HeuristicResult> _bucketAlgorithms = new();
 
@@ -59,22 +53,28 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
     public int MatMulBucketReuses { get; private set; }
 
     /// <summary>
-    /// The bucket of a row count above the decode range: the next multiple of 256 up to 4096 rows, of 2048 above (a serving
-    /// step's token budget, 8192 by default, gives at most 18 buckets per product).
+    /// The bucket of a row count: the next power of two up to 256 rows (a decode step's rows), then the next multiple of 256 up
+    /// to 4096, of 2048 above (a serving step's token budget, 8192 by default, gives at most 27 buckets per product).
     /// </summary>
-    internal static int MatMulRowBucket(int m) => m <= 4096 ? (m + 255) / 256 * 256 : (m + 2047) / 2048 * 2048;
+    internal static int MatMulRowBucket(int m) =>
+        m <= MatMulTuneDecodeRows ? (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(m, 1))
+        : m <= 4096 ? (m + 255) / 256 * 256 : (m + 2047) / 2048 * 2048;
+
+    /// <summary>The first row count of <paramref name="bucket"/>'s range.</summary>
+    private static int MatMulBucketStart(int bucket) =>
+        bucket <= MatMulTuneDecodeRows ? bucket / 2 + 1 : bucket - (bucket <= 4096 ? 256 : 2048) + 1;
 
     /// <inheritdoc/>
     public IReadOnlyList<int> TimedRowCounts(int maxRows)
     {
         var rows = new List<int>();
         if (!Options.TuneMatMulAlgorithms) return rows;
-        for (int bucket = MatMulRowBucket(MatMulTuneDecodeRows + 1); ; bucket = MatMulRowBucket(bucket + 1))
+        for (int bucket = 1; ; bucket = MatMulRowBucket(bucket + 1))
         {
             rows.Add(Math.Min(bucket, maxRows));
             if (bucket >= maxRows) break;
         }
-        return maxRows > MatMulTuneDecodeRows ? rows : [];
+        return rows;
     }
 
     /// <summary>Whether a new product's algorithm may be timed at all: tuning on, not recording a graph, 16-bit inputs, and
@@ -88,21 +88,12 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
     }
 
     /// <summary>
-    /// Picks a new plan's algorithm: decode row counts are timed on their own budget per product; larger ones take their
-    /// bucket's timed algorithm, or are timed as the first of their bucket; anything else keeps the heuristic's first answer.
+    /// Picks a new plan's algorithm: a row count takes its bucket's timed algorithm, or is timed as the first of its bucket;
+    /// products not worth timing keep the heuristic's first answer.
     /// </summary>
     private void ChooseAlgorithm(MatMulPlan plan, MatMulKey key, ulong pa, ulong pb, ulong pbias, ulong paux, double alpha, double beta)
     {
         if (!TuningApplies(key)) return;
-        if (key.M <= MatMulTuneDecodeRows)
-        {
-            var product = key with { M = -1, StrideA = 0, StrideC = 0 };
-            int timed = _tunedRowCounts.GetValueOrDefault(product);
-            if (timed >= MatMulTuneDecodeRowCountsPerProduct) return;
-            _tunedRowCounts[product] = timed + 1;
-            TunePlan(plan, key, pa, pb, pbias, paux, alpha, beta, bucket: 0);
-            return;
-        }
         int rows = MatMulRowBucket(key.M);
         var bucket = key with { M = rows, StrideA = 0, StrideC = 0 };
         if (_bucketAlgorithms.TryGetValue(bucket, out var shared) && Accepts(plan, shared))
@@ -187,7 +178,7 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
             if (best > 0) plan.Heuristic = plan.Candidates[best];
             if (best < 0) return false;
             _tuningLog.Add($"{Describe(key)}: {timed} timed{(cold ? " from a cold L2" : "")}, chose #{best}, {firstMs * 1000:F1} -> {(best == 0 ? firstMs : bestMs) * 1000:F1} us" +
-                (bucket > 0 ? $" (for rows {Math.Max(MatMulTuneDecodeRows, bucket - (bucket <= 4096 ? 256 : 2048)) + 1}-{bucket})" : ""));
+                (MatMulBucketStart(bucket) < bucket ? $" (for rows {MatMulBucketStart(bucket)}-{bucket})" : ""));
             return true;
         }
         finally

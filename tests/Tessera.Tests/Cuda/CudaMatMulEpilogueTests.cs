@@ -129,9 +129,9 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
     /// <summary>
     /// A product seen at six row counts above the decode range (a server's steps) is timed once per bucket of 256 rows: 1024,
     /// 1100 and 1300 are each the first of their bucket and are timed; 1200, 1400 and 1536 take the algorithm timed for their
-    /// bucket without a host wait, and still compute the product (checked on 1536 against the CPU). Decode row counts (64 and 8
-    /// here) have their own budget, so they are timed although their FLOPs are below the arithmetic threshold (they read 8 MB
-    /// of weight).
+    /// bucket without a host wait, and still compute the product (checked on 1536 against the CPU). Decode row counts have
+    /// power-of-two buckets: 64 and 8 are timed, 48 (a mixed step's sampled rows, say) takes 64's algorithm. They are timed
+    /// although their FLOPs are below the arithmetic threshold (they read 8 MB of weight).
     /// </summary>
     [Fact]
     public void RowCountsOfOneBucketShareOneTimedAlgorithm()
@@ -141,8 +141,8 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         double[] Values(int count) => Stored(Enumerable.Range(0, count).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), DType.BF16);
         var bv = Values(n * k);
         var b = Upload(gpu, bv, DType.BF16, n, k);
-        int[] rows = [1024, 1100, 1200, 1300, 1400, 1536, 64, 8];
-        int[] timedRows = [1024, 1100, 1300, 64, 8], sharedRows = [1200, 1400, 1536];
+        int[] rows = [1024, 1100, 1200, 1300, 1400, 1536, 64, 48, 8];
+        int[] timedRows = [1024, 1100, 1300, 64, 8], sharedRows = [1200, 1400, 1536, 48];
         const int check = 1536;
         Tensor? shared = null; double[]? sharedA = null;
         foreach (int m in rows)
@@ -166,19 +166,19 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
     }
 
     /// <summary>
-    /// The row counts a server warms up at are one per bucket: 256-row buckets up to 4096, 2048-row buckets above, the last
-    /// one cut at the step's row limit; none when the backend does not time its products, or when every row count is a decode
-    /// row count (timed on its own budget).
+    /// The row counts a server warms up at are one per bucket: powers of two up to 256 (decode steps), 256-row buckets up to
+    /// 4096, 2048-row buckets above, the last one cut at the step's row limit; none when the backend does not time its products.
     /// </summary>
     [Fact]
     public void TheWarmUpRowCountsAreOnePerBucket()
     {
         using var tuned = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Tessera.Cuda.CudaBackendOptions.Default with { TuneMatMulAlgorithms = true });
-        int[] expected = [.. Enumerable.Range(2, 15).Select(i => i * 256), 6144, 8192];
+        int[] decode = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+        int[] expected = [.. decode, .. Enumerable.Range(2, 15).Select(i => i * 256), 6144, 8192];
         Assert.Equal(expected, tuned.TimedRowCounts(8192));
-        Assert.Equal([512, 768, 1000], tuned.TimedRowCounts(1000));
-        Assert.Equal([512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096, 5000], tuned.TimedRowCounts(5000));
-        Assert.Empty(tuned.TimedRowCounts(256));
+        Assert.Equal([.. decode, 512, 768, 1000], tuned.TimedRowCounts(1000));
+        Assert.Equal([.. decode, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096, 5000], tuned.TimedRowCounts(5000));
+        Assert.Equal([1, 2, 4, 8, 16, 32, 48], tuned.TimedRowCounts(48));
         using var untuned = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Tessera.Cuda.CudaBackendOptions.Default with { TuneMatMulAlgorithms = false });
         Assert.Empty(untuned.TimedRowCounts(8192));
     }
