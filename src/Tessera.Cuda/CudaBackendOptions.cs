@@ -56,9 +56,8 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
-    /// keeps the fastest: each decode row count (at most 256, sixteen per product), and above that the first row count of each
-    /// bucket of 256 rows (2048 above 4096), whose algorithm the bucket's later row counts reuse (a server's steps change their
-    /// row count at every step); false keeps the heuristic's first answer everywhere (the same
+    /// keeps the fastest, once per bucket of row counts (powers of two up to 256, then 256 rows wide, 2048 above 4096): the
+    /// bucket's later row counts reuse its algorithm (a server's steps change their row count at every step); false keeps the heuristic's first answer everywhere (the same
     /// algorithms on every run, for bitwise reproducible runs). Default true.
     /// </summary>
     public bool TuneMatMulAlgorithms { get; init; } = true;
