@@ -92,4 +92,71 @@ public sealed unsafe partial class CudaBackend
         bool vec4 = n % 4 == 0 && pp % 16 == 0 && pm % 16 == 0 && pv % 16 == 0 && pg % (ulong)(4 * gradBytes) == 0 && plow % (ulong)(4 * lowBytes) == 0;
         Launch("adamw.cu", (vec4 ? "adamw_vec4_" : "adamw_") + Suffix(gradients.DType, op), GridFor(vec4 ? n / 4 : n), Threads, args);
     }
+
+    public void AdamWSplit(Tensor values, Tensor lowWords, Tensor gradients, Tensor m, Tensor v, in AdamWStep step, Tensor? gradSumOfSquares = null)
+    {
+        const string op = "AdamWSplit";
+        RequireSplit(op, values, lowWords, (m, "m", DType.F32), (v, "v", DType.F32));
+        RequireContiguous(op, "gradients", gradients);
+        long n = values.NumElements;
+        if (gradients.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: gradients {gradients.Shape} must have {n} elements like values {values.Shape}");
+        if (gradients.DType is not (DType.BF16 or DType.F32))
+            throw new ArgumentException($"CudaBackend.{op}: gradients are {gradients.DType}; split masters take BF16 (or F32) gradients");
+        if (gradSumOfSquares is not null)
+        {
+            RequireDType(op, "gradSumOfSquares", gradSumOfSquares, DType.F32);
+            if (gradSumOfSquares.NumElements != 1) throw new ArgumentException($"CudaBackend.{op}: gradSumOfSquares must be a scalar");
+        }
+        if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), $"AdamW step count must start at 1, got {step.Step}");
+        if (n == 0) return;
+        ulong ph = Ptr(values), pl = Ptr(lowWords), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), pss = PtrOrNull(gradSumOfSquares);
+        // The constants exactly as AdamW (and the CPU backend's AdamWConstants) round them.
+        float lr = (float)step.LearningRate, b1 = (float)step.Beta1, b2 = (float)step.Beta2, eps = (float)step.Epsilon, wd = (float)step.WeightDecay;
+        float ob1 = (float)(1 - step.Beta1), ob2 = (float)(1 - step.Beta2);
+        float c1 = (float)(1.0 / (1.0 - Math.Pow(step.Beta1, step.Step))), c2 = (float)(1.0 / (1.0 - Math.Pow(step.Beta2, step.Step)));
+        float maxNorm = (float)step.MaxGradNorm;
+        void** args = stackalloc void*[] { &ph, &pl, &pg, &pm, &pv, &n, &lr, &b1, &ob1, &b2, &ob2, &eps, &wd, &c1, &c2, &pss, &maxNorm };
+        long gradBytes = gradients.DType.SizeInBytes();
+        bool vec4 = n % 4 == 0 && pm % 16 == 0 && pv % 16 == 0 && ph % 8 == 0 && pl % 8 == 0 && pg % (ulong)(4 * gradBytes) == 0;
+        Launch("adamw.cu", (vec4 ? "adamw_split_vec4_" : "adamw_split_") + Suffix(gradients.DType, op), GridFor(vec4 ? n / 4 : n), Threads, args);
+    }
+
+    public void SplitMasters(Tensor masters, Tensor values, Tensor lowWords)
+    {
+        const string op = "SplitMasters";
+        RequireSplit(op, values, lowWords, (masters, "masters", DType.F32));
+        long n = values.NumElements;
+        if (n == 0) return;
+        ulong pp = Ptr(masters), ph = Ptr(values), pl = Ptr(lowWords);
+        void** args = stackalloc void*[] { &pp, &ph, &pl, &n };
+        Launch("adamw.cu", "split_masters", GridFor(n), Threads, args);
+    }
+
+    public void JoinMasters(Tensor values, Tensor lowWords, Tensor masters)
+    {
+        const string op = "JoinMasters";
+        RequireSplit(op, values, lowWords, (masters, "masters", DType.F32));
+        long n = values.NumElements;
+        if (n == 0) return;
+        ulong ph = Ptr(values), pl = Ptr(lowWords), pp = Ptr(masters);
+        void** args = stackalloc void*[] { &ph, &pl, &pp, &n };
+        Launch("adamw.cu", "join_masters", GridFor(n), Threads, args);
+    }
+
+    /// <summary>Checks a split master's halves (BF16 values, U16 low words) and the tensors beside them: dtypes, contiguous, equal element counts.</summary>
+    private static void RequireSplit(string op, Tensor values, Tensor lowWords, params (Tensor Tensor, string Name, DType DType)[] others)
+    {
+        RequireDType(op, "values", values, DType.BF16);
+        RequireDType(op, "lowWords", lowWords, DType.U16);
+        RequireContiguous(op, "values", values);
+        RequireContiguous(op, "lowWords", lowWords);
+        long n = values.NumElements;
+        if (lowWords.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: lowWords {lowWords.Shape} must have {n} elements like values {values.Shape}");
+        foreach (var (t, name, dtype) in others)
+        {
+            RequireDType(op, name, t, dtype);
+            RequireContiguous(op, name, t);
+            if (t.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must have {n} elements like values {values.Shape}");
+        }
+    }
 }

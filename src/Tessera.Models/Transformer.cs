@@ -44,14 +44,19 @@ public sealed class Transformer
     /// <param name="lora">LoRA adapters on the layers its targets name (built by the layer factory in place of plain linear
     /// layers), allocated in their own trainable arena, <see cref="Adapters"/> (initialized; zero B), or null. Pair with
     /// <see cref="ArenaStorage.Frozen"/> to train the adapters alone.</param>
+    /// <param name="masters">How a BF16 arena keeps its F32 masters: <see cref="MasterWeights.Separate"/> (default) or
+    /// <see cref="MasterWeights.Split"/> (2 bytes per parameter less; BF16 and <see cref="ArenaStorage.Full"/> only).</param>
     public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full,
-        TensorParallelism? tensorParallelism = null, PipelineParallelism? pipeline = null, LoraOptions? lora = null)
+        TensorParallelism? tensorParallelism = null, PipelineParallelism? pipeline = null, LoraOptions? lora = null,
+        MasterWeights masters = MasterWeights.Separate)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
         config.Validate();
         if (dtype is not (DType.F32 or DType.F64 or DType.BF16))
             throw new ArgumentException($"Transformer: dtype {dtype} is not supported; use F32, F64 or BF16");
+        if (masters == MasterWeights.Split && storage != ArenaStorage.Full)
+            throw new ArgumentException($"Transformer: MasterWeights.Split needs ArenaStorage.Full (a trained arena of its own), not {storage}", nameof(masters));
         if (pipeline is not null && pipeline.Partition.Layers != config.Layers)
             throw new ArgumentException($"pipeline: the partition ({pipeline.Partition}) cuts {pipeline.Partition.Layers} blocks but the model has {config.Layers} (Layers)");
         Config = config;
@@ -132,7 +137,7 @@ public sealed class Transformer
         // The whole model's layout as this rank would hold it without pipeline stages (names, global shapes, placements, in
         // one device's order): initialization draws its random stream in this order, checkpoints describe every parameter.
         WholeLayout = Pipeline is null ? Layout : new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism).Layout;
-        if (storage != ArenaStorage.Deferred) _ = new ParameterArena(Layout, backend, dtype, frozen: storage == ArenaStorage.Frozen);   // attaches itself to the layout
+        if (storage != ArenaStorage.Deferred) _ = new ParameterArena(Layout, backend, dtype, frozen: storage == ArenaStorage.Frozen, masters);   // attaches itself to the layout
         if (lora is not null)
         {
             Adapters = layers.BuildAdapters(backend, dtype);
@@ -294,18 +299,19 @@ public sealed class Transformer
     /// </summary>
     public void InitializeWeights(int seed)
     {
-        if (Layout.Storage is not ParameterArena arena)
+        if (Layout.Storage is not ParameterArena)
             throw new InvalidOperationException("Transformer.InitializeWeights: the model has no full parameter arena (ZeRO-3 shards); " +
                 "initialize through its trainer (Trainer.InitializeWeights), which writes the same values into each rank's shards");
         foreach (var (p, global) in InitialValues(seed))
         {
             var values = p.LocalValues(global);
-            var target = p.MasterOrValue;                            // the F32 master under mixed precision
-            if (target.DType == DType.F64) Backend.CopyFromHost<double>(values, target);
-            else if (target.DType == DType.F32) Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target);
-            else Backend.Copy(Backend.FromHost<float>(Array.ConvertAll(values, v => (float)v), target.Shape), target);   // a frozen BF16 base: no master, cast on the device
+            p.WriteMasterOrValue(target =>                         // the F32 master under mixed precision (split or separate)
+            {
+                if (target.DType == DType.F64) Backend.CopyFromHost<double>(values, target);
+                else if (target.DType == DType.F32) Backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target);
+                else Backend.Copy(Backend.FromHost<float>(Array.ConvertAll(values, v => (float)v), target.Shape), target);   // a frozen BF16 base: no master, cast on the device
+            });
         }
-        arena.SyncValuesFromMasters();
     }
 
     /// <summary>

@@ -32,6 +32,24 @@ public interface IParameterStorage
     /// </summary>
     Tensor Authoritative(Parameter parameter);
 
+    /// <summary>
+    /// Calls <paramref name="read"/> with a tensor holding <paramref name="parameter"/>'s authoritative value at master precision
+    /// (the F32 master under mixed precision, else the value) and returns its result. The tensor is valid during the call only:
+    /// a split master (<see cref="MasterWeights.Split"/>) is joined into a transient one. Throws where <see cref="Authoritative"/> does.
+    /// </summary>
+    T ReadAuthoritative<T>(Parameter parameter, Func<Tensor, T> read) => read(Authoritative(parameter));
+
+    /// <summary>
+    /// Calls <paramref name="write"/> to fill a tensor that becomes <paramref name="parameter"/>'s authoritative value (the F32
+    /// master under mixed precision, else the value), then brings the value the layers read in line: cast from a separate master,
+    /// split from a transient one under <see cref="MasterWeights.Split"/>. Throws where <see cref="Authoritative"/> does.
+    /// </summary>
+    void WriteAuthoritative(Parameter parameter, Action<Tensor> write)
+    {
+        write(Authoritative(parameter));
+        if (Master(parameter) is { } master) Backend.Copy(master, Value(parameter));
+    }
+
     /// <summary>Whether <see cref="Value"/> would succeed now.</summary>
     bool IsResident(Parameter parameter);
 

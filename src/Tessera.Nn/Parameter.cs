@@ -68,11 +68,30 @@ public sealed class Parameter
     /// <summary>The gradient; throws while no gradient buffer is bound.</summary>
     public Tensor Grad => Store.Grad(this);
 
-    /// <summary>The F32 master of a 16-bit value, or null (the value is its own master, or the master lives elsewhere).</summary>
+    /// <summary>
+    /// The F32 master of a 16-bit value, or null (the value is its own master, the master lives elsewhere, or it is split:
+    /// <see cref="MasterWeights.Split"/> keeps no F32 tensor; use <see cref="ReadMasterOrValue{T}"/> and <see cref="WriteMasterOrValue"/>).
+    /// </summary>
     public Tensor? Master => Store.Master(this);
 
-    /// <summary>The authoritative value: the master when there is one, else the value; throws when the master lives elsewhere.</summary>
+    /// <summary>
+    /// The authoritative value: the master when there is one, else the value; throws when the master lives elsewhere or is
+    /// split (<see cref="MasterWeights.Split"/>), so that nothing reads or writes the BF16 value in the master's place.
+    /// </summary>
     public Tensor MasterOrValue => Store.Authoritative(this);
+
+    /// <summary>
+    /// Calls <paramref name="read"/> with a tensor holding the authoritative value at master precision and returns its result:
+    /// <see cref="MasterOrValue"/>, or under <see cref="MasterWeights.Split"/> a transient F32 master joined exactly. The
+    /// tensor is valid during the call only (copy it to the host inside <paramref name="read"/>).
+    /// </summary>
+    public T ReadMasterOrValue<T>(Func<Tensor, T> read) => Store.ReadAuthoritative(this, read);
+
+    /// <summary>
+    /// Calls <paramref name="write"/> to fill the authoritative value at master precision, then makes <see cref="Value"/>
+    /// follow it (cast from the F32 master, or split from a transient one under <see cref="MasterWeights.Split"/>).
+    /// </summary>
+    public void WriteMasterOrValue(Action<Tensor> write) => Store.WriteAuthoritative(this, write);
 
     /// <summary>Whether <see cref="Value"/> is available now.</summary>
     public bool IsResident => Storage?.IsResident(this) ?? false;

@@ -328,4 +328,39 @@ public interface IBackend
     /// </summary>
     void AdamW(Tensor parameters, Tensor gradients, Tensor m, Tensor v, in AdamWStep step,
         Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null);
+
+    /// <summary>
+    /// <see cref="AdamW"/> over split F32 masters (<see cref="SplitMasters"/>): each master is joined from its BF16 high half
+    /// <paramref name="values"/> (what layers read) and its 16-bit low word <paramref name="lowWords"/>, updated with exactly
+    /// <see cref="AdamW"/>'s operations, and split back into both. The joined masters, m and v are bitwise those of
+    /// <see cref="AdamW"/> on separate F32 masters; <paramref name="values"/> is the master rounded half away from zero
+    /// (round to nearest even except at exact ties).
+    /// </summary>
+    /// <param name="values">(n) BF16, contiguous: the high halves of the masters, updated in place.</param>
+    /// <param name="lowWords">(n) U16, contiguous: the low words of the masters, updated in place.</param>
+    /// <param name="gradients">(n) BF16 (or F32), contiguous.</param>
+    /// <param name="m">(n) F32 first moments.</param>
+    /// <param name="v">(n) F32 second moments.</param>
+    /// <param name="step">Hyper-parameters, as for <see cref="AdamW"/>.</param>
+    /// <param name="gradSumOfSquares">(1) F32 global gradient sum of squares for clipping, or null, as for <see cref="AdamW"/>.</param>
+    void AdamWSplit(Tensor values, Tensor lowWords, Tensor gradients, Tensor m, Tensor v, in AdamWStep step, Tensor? gradSumOfSquares = null);
+
+    /// <summary>
+    /// Splits F32 masters exactly into a BF16 high half and a 16-bit low word: with u the master's bits,
+    /// hi = (u + 0x8000) &gt;&gt; 16 (the master rounded half away from zero in magnitude) and lo = (u - (hi &lt;&lt; 16)) as a
+    /// signed 16-bit integer, always in [-0x8000, 0x7FFF]; <see cref="JoinMasters"/> gives u back bit for bit (integer
+    /// arithmetic mod 2^32, so for every bit pattern). Out of scope: masters whose magnitude rounds past BF16's largest finite
+    /// value (the BF16 value the layers read becomes infinity) and NaNs with bits at or above 0xFFFF8000 (the value wraps to
+    /// +0); the joined master stays exact for them too.
+    /// </summary>
+    /// <param name="masters">(n) F32, contiguous.</param>
+    /// <param name="values">(n) BF16, contiguous: receives the high halves.</param>
+    /// <param name="lowWords">(n) U16, contiguous: receives the low words (two's-complement int16 bits).</param>
+    void SplitMasters(Tensor masters, Tensor values, Tensor lowWords);
+
+    /// <summary>masters (n) F32 = bits (hi &lt;&lt; 16) + (int16)lo, mod 2^32: the inverse of <see cref="SplitMasters"/>, exact.</summary>
+    /// <param name="values">(n) BF16, contiguous: the high halves.</param>
+    /// <param name="lowWords">(n) U16, contiguous: the low words.</param>
+    /// <param name="masters">(n) F32, contiguous: receives the joined masters.</param>
+    void JoinMasters(Tensor values, Tensor lowWords, Tensor masters);
 }

@@ -81,8 +81,9 @@ public sealed class SingleDevice : IDataParallelism
         ArgumentNullException.ThrowIfNull(parameter);
         if (values.Length != parameter.NumElements)
             throw new ArgumentException($"{values.Length} values for parameter '{parameter.Name}' of {parameter.NumElements} elements");
-        HostValues.Write(_arena.Backend, values, parameter.MasterOrValue);
-        if (parameter.Master is not null) _arena.Backend.Copy(parameter.Master, parameter.Value);
+        // The F32 master under mixed precision (split or separate), and the BF16 value from it.
+        var host = values.ToArray();
+        parameter.WriteMasterOrValue(target => HostValues.Write(_arena.Backend, host, target));
     }
 
     /// <inheritdoc/>

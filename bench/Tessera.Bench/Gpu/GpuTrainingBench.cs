@@ -23,7 +23,11 @@ namespace Tessera.Bench.Gpu;
 /// With <c>--cuda-options ProfileOps=true</c> it also prints the per-op GPU time of the timed steps
 /// (<see cref="CudaOpProfiler"/>); the step times of such a run include the profiler's own overhead.
 /// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--no-fallback]
-/// [--loss-chunk ROWS] [--curve-text FILE [--lr RATE] [--lr-warmup STEPS]] [--lora R[,R...]] [--lora-targets q,k,v,o] [--cuda-options SETTINGS]</para>
+/// [--loss-chunk ROWS] [--curve-text FILE [--lr RATE] [--lr-warmup STEPS]] [--lora R[,R...]] [--lora-targets q,k,v,o] [--cuda-options SETTINGS]
+/// [--masters separate|split]</para>
+/// <c>--masters split</c> (bf16, full fine-tuning) keeps the F32 masters split (<see cref="MasterWeights.Split"/>: the BF16
+/// value is the master's high half, a 16-bit plane holds the rest; 2 bytes per parameter less than the default separate F32
+/// masters); a bf16 row's "system" cell and a loss curve's header say which.
 /// <c>--lora R</c> times LoRA fine-tuning instead: the base frozen in the run's dtype (<see cref="ArenaStorage.Frozen"/>, no
 /// gradients or masters), adapters of rank R (alpha = R) on <c>--lora-targets</c> (default q,k,v,o; Llama family) trained by
 /// AdamW in their own arena, in the same timed loop. A list such as <c>--lora 0,16</c> prints one row per rank, 0 meaning full
@@ -42,7 +46,7 @@ public static class GpuTrainingBench
     /// <summary>Entry point; returns the process exit code.</summary>
     public static int Run(string[] args)
     {
-        string preset = "gpt2-124m", dtypeName = "bf16";
+        string preset = "gpt2-124m", dtypeName = "bf16", mastersName = "separate";
         int batch = 64, micro = 0, seq = 1024, steps = 10, warmup = 3;
         int? lossChunk = null;
         double learningRate = 1e-4;
@@ -61,6 +65,7 @@ public static class GpuTrainingBench
                 case "--micro": micro = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--seq": seq = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--dtype": dtypeName = args[++i]; break;
+                case "--masters": mastersName = args[++i]; break;
                 case "--steps": steps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--warmup": warmup = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--recompute": recompute = true; break;
@@ -77,6 +82,9 @@ public static class GpuTrainingBench
             }
         }
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
+        var masters = mastersName switch { "separate" => MasterWeights.Separate, "split" => MasterWeights.Split, _ => throw new ArgumentException($"--masters {mastersName}: expected separate or split") };
+        if (masters == MasterWeights.Split && (dtype != DType.BF16 || loraRanks.Any(r => r > 0)))
+            throw new ArgumentException("--masters split: split masters are for bf16 full fine-tuning (--dtype bf16, no --lora rank above 0)");
         if (micro <= 0) micro = batch;
         if (batch % micro != 0) throw new ArgumentException($"--micro {micro} must divide --batch {batch}");
         var config = ModelPresets.Get(preset);
@@ -85,7 +93,7 @@ public static class GpuTrainingBench
         if (curveText is null && (args.Contains("--lr") || args.Contains("--lr-warmup")))
             throw new ArgumentException("gpu-train: --lr and --lr-warmup set the rate of a loss curve (--curve-text FILE); the timed steps' cost does not depend on it");
         if (curveText is not null)
-            return LossCurve(config, preset, dtype, batch, micro, seq, steps, curveText, lossChunk, cudaOptions, learningRate, learningRateWarmup);
+            return LossCurve(config, preset, dtype, masters, batch, micro, seq, steps, curveText, lossChunk, cudaOptions, learningRate, learningRateWarmup);
         if (header)
         {
             Console.WriteLine("| system | model | dtype | trained | B x T | recompute | ms/step | tokens/s | MFU (989) | MFU (790) | peak GiB | fwd+loss ms | bwd ms | optim ms |");
@@ -99,7 +107,7 @@ public static class GpuTrainingBench
             {
                 try
                 {
-                    Console.WriteLine(Measure(config, preset, dtype, batch, m, seq, steps, warmup, recompute, lossChunk, lora, cudaOptions));
+                    Console.WriteLine(Measure(config, preset, dtype, masters, batch, m, seq, steps, warmup, recompute, lossChunk, lora, cudaOptions));
                     break;
                 }
                 catch (CudaOutOfMemoryException e) when (fallback && m > 1)
@@ -116,12 +124,12 @@ public static class GpuTrainingBench
         return 0;
     }
 
-    private static string Measure(TransformerConfig config, string preset, DType dtype, int b, int micro, int t, int steps, int warmup, bool recompute,
+    private static string Measure(TransformerConfig config, string preset, DType dtype, MasterWeights masters, int b, int micro, int t, int steps, int warmup, bool recompute,
         int? lossChunk, LoraOptions? lora, CudaBackendOptions cudaOptions)
     {
         using var backend = new CudaBackend(0, cudaOptions);
         var model = lora is null
-            ? new Transformer(config, backend, dtype) { RecomputeActivations = recompute }
+            ? new Transformer(config, backend, dtype, masters: masters) { RecomputeActivations = recompute }
             : new Transformer(config, backend, dtype, ArenaStorage.Frozen, lora: lora) { RecomputeActivations = recompute };
         if (lossChunk is { } rows) model.LossChunkRows = rows;
         int chunk = model.LossChunkRows == 0 ? 0 : FusedLinearCrossEntropy.ChunkRows(micro * t, model.LossChunkRows);
@@ -154,7 +162,7 @@ public static class GpuTrainingBench
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"gpu-train: {preset} {dtype} {trained} B={b} T={t} recompute={recompute} {head} on {backend.CudaDevice.Name}: loss {r.FinalLoss:F4}, event ms/step {r.StepMilliseconds:F1}, wall ms/step {r.WallMilliseconds:F1}"));
         return string.Create(CultureInfo.InvariantCulture,
-            $"| Tessera ({head}{(settings.Length > 0 ? $", {settings}" : "")}) | {preset} | {dtype} | {trained} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
+            $"| Tessera ({MastersCell(dtype, masters, lora is null)}{head}{(settings.Length > 0 ? $", {settings}" : "")}) | {preset} | {dtype} | {trained} | {(accum > 1 ? $"{b} ({accum}x{micro})" : b.ToString(CultureInfo.InvariantCulture))} x {t} | {(recompute ? "yes" : "no")} | {r.StepMilliseconds:F1} | {r.TokensPerSecond:F0} | {r.ModelFlopsUtilization(989e12):P1} | {r.ModelFlopsUtilization(790e12):P1} | {peakGiB:F1} | {r.ForwardMilliseconds:F1} | {r.BackwardMilliseconds:F1} | {r.OptimizerMilliseconds:F1} |");
     }
 
     /// <summary>
@@ -162,12 +170,12 @@ public static class GpuTrainingBench
     /// windows, <see cref="TrainingStepBenchmark.LossCurve"/>) and prints each step's loss, one markdown row per step, so two
     /// runs with different --cuda-options compare step by step.
     /// </summary>
-    private static int LossCurve(TransformerConfig config, string preset, DType dtype, int batch, int micro, int seq, int steps,
+    private static int LossCurve(TransformerConfig config, string preset, DType dtype, MasterWeights masters, int batch, int micro, int seq, int steps,
         string path, int? lossChunk, CudaBackendOptions cudaOptions, double learningRate, int learningRateWarmup)
     {
         var bytes = File.ReadAllBytes(path);
         using var backend = new CudaBackend(0, cudaOptions);
-        var model = new Transformer(config, backend, dtype);
+        var model = new Transformer(config, backend, dtype, masters: masters);
         if (lossChunk is { } rows) model.LossChunkRows = rows;
         BenchmarkWeights.Initialize(model, seed: 1);
         var options = new TrainingStepBenchmarkOptions
@@ -178,12 +186,16 @@ public static class GpuTrainingBench
         var benchmark = new TrainingStepBenchmark(model, options);
         var losses = benchmark.LossCurve(bytes.Select(b => (int)b).ToArray(), steps);
         string settings = cudaOptions.Format();
-        Console.WriteLine($"| step | loss: {preset} {dtype} {batch} x {seq}, {Path.GetFileName(path)} ({bytes.Length:N0} bytes as tokens), lr {learningRate:G3}{(learningRateWarmup > 0 ? $" warmed up over {learningRateWarmup} steps" : "")}{(settings.Length > 0 ? ", " + settings : "")} |");
+        Console.WriteLine($"| step | loss: {preset} {dtype} {MastersCell(dtype, masters, full: true)}{batch} x {seq}, {Path.GetFileName(path)} ({bytes.Length:N0} bytes as tokens), lr {learningRate:G3}{(learningRateWarmup > 0 ? $" warmed up over {learningRateWarmup} steps" : "")}{(settings.Length > 0 ? ", " + settings : "")} |");
         Console.WriteLine("|---|---|");
         for (int s = 0; s < losses.Length; s++)
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {s + 1} | {losses[s]:F5} |"));
         return 0;
     }
+
+    /// <summary>"split masters, " or "separate masters, " for a BF16 model whose whole arena is trained; empty otherwise (F32 has no masters, a frozen base none).</summary>
+    private static string MastersCell(DType dtype, MasterWeights masters, bool full) =>
+        dtype == DType.BF16 && full ? (masters == MasterWeights.Split ? "split masters, " : "separate masters, ") : "";
 
     /// <summary>A parameter count in millions or billions: "5.64M", "1.24B".</summary>
     private static string Count(long n) => n >= 1_000_000_000

@@ -91,3 +91,95 @@ template <typename G> __device__ void adamw_vec4(float* p, const G* g, float* m,
         adamw_vec4<G>(p, g, m, v, low, lowKind, count, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, sumsq, maxNorm); \
     }
 FOR_FLOAT_TYPES(ADAMW)
+
+// Split F32 masters (IBackend.SplitMasters): a master's bits u = (hi << 16) + (int16)lo mod 2^32, hi the BF16 value the
+// layers read (u rounded half away from zero in magnitude), lo the signed 16-bit remainder. The same integer steps as
+// the CPU backend's OptimizerKernels.Split and Join, so the two agree bitwise.
+__device__ __forceinline__ void split_master(float p, unsigned short& hi, unsigned short& lo)
+{
+    const unsigned u = __float_as_uint(p);
+    const unsigned h = (u + 0x8000u) >> 16;
+    hi = (unsigned short)h;
+    lo = (unsigned short)(u - (h << 16));
+}
+
+__device__ __forceinline__ float join_master(unsigned short hi, unsigned short lo)
+{
+    return __uint_as_float(((unsigned)hi << 16) + (unsigned)(int)(short)lo);
+}
+
+// AdamW over split masters: join, adamw_one (bitwise the update of adamw above), split. hi and lo in place.
+template <typename G> __device__ void adamw_split(unsigned short* hi, unsigned short* lo, const G* g, float* m, float* v, i64 n,
+                                                  float lr, float b1, float ob1, float b2, float ob2, float eps, float wd,
+                                                  float c1, float c2, const float* sumsq, float maxNorm)
+{
+    const float clip = adamw_clip(sumsq, maxNorm);
+    GRID_STRIDE(i, n)
+    {
+        float mi = m[i], vi = v[i];
+        const float pi = adamw_one(mul_rn(to_f(g[i]), clip), mi, vi, join_master(hi[i], lo[i]), b1, ob1, b2, ob2, lr, eps, wd, c1, c2);
+        m[i] = mi; v[i] = vi;
+        unsigned short h, l;
+        split_master(pi, h, l);
+        hi[i] = h; lo[i] = l;
+    }
+}
+
+// Four elements per thread (n a multiple of 4; m, v 16-byte aligned; hi, lo 8-byte aligned; g aligned to 4 of its
+// elements): the same per-element arithmetic as adamw_split.
+struct alignas(8) u16x4 { unsigned short e[4]; };
+template <typename G> __device__ void adamw_split_vec4(unsigned short* hi, unsigned short* lo, const G* g, float* m, float* v, i64 n,
+                                                       float lr, float b1, float ob1, float b2, float ob2, float eps, float wd,
+                                                       float c1, float c2, const float* sumsq, float maxNorm)
+{
+    const float clip = adamw_clip(sumsq, maxNorm);
+    GRID_STRIDE(q, n / 4)
+    {
+        const i64 i = q * 4;
+        u16x4 hq = *reinterpret_cast<const u16x4*>(hi + i), lq = *reinterpret_cast<const u16x4*>(lo + i);
+        f32x4 mq = *reinterpret_cast<const f32x4*>(m + i), vq = *reinterpret_cast<const f32x4*>(v + i);
+        const G4<G> gq = *reinterpret_cast<const G4<G>*>(g + i);
+        float* me = &mq.x; float* ve = &vq.x;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+        {
+            const float pj = adamw_one(mul_rn(to_f(gq.e[j]), clip), me[j], ve[j], join_master(hq.e[j], lq.e[j]), b1, ob1, b2, ob2, lr, eps, wd, c1, c2);
+            split_master(pj, hq.e[j], lq.e[j]);
+        }
+        *reinterpret_cast<f32x4*>(m + i) = mq; *reinterpret_cast<f32x4*>(v + i) = vq;
+        *reinterpret_cast<u16x4*>(hi + i) = hq; *reinterpret_cast<u16x4*>(lo + i) = lq;
+    }
+}
+
+#define ADAMW_SPLIT(n, G)                                                                                    \
+    extern "C" __global__ void adamw_split_##n(unsigned short* hi, unsigned short* lo, const G* g, float* m, \
+                                               float* v, i64 count, float lr, float b1, float ob1, float b2, \
+                                               float ob2, float eps, float wd, float c1, float c2,           \
+                                               const float* sumsq, float maxNorm)                            \
+    {                                                                                                        \
+        adamw_split<G>(hi, lo, g, m, v, count, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, sumsq, maxNorm);       \
+    }                                                                                                        \
+    extern "C" __global__ void adamw_split_vec4_##n(unsigned short* hi, unsigned short* lo, const G* g,      \
+                                                    float* m, float* v, i64 count, float lr, float b1,       \
+                                                    float ob1, float b2, float ob2, float eps, float wd,      \
+                                                    float c1, float c2, const float* sumsq, float maxNorm)   \
+    {                                                                                                        \
+        adamw_split_vec4<G>(hi, lo, g, m, v, count, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, sumsq, maxNorm);  \
+    }
+ADAMW_SPLIT(f32, float)
+ADAMW_SPLIT(bf16, bf16)
+
+extern "C" __global__ void split_masters(const float* p, unsigned short* hi, unsigned short* lo, i64 n)
+{
+    GRID_STRIDE(i, n)
+    {
+        unsigned short h, l;
+        split_master(p[i], h, l);
+        hi[i] = h; lo[i] = l;
+    }
+}
+
+extern "C" __global__ void join_masters(const unsigned short* hi, const unsigned short* lo, float* p, i64 n)
+{
+    GRID_STRIDE(i, n) p[i] = join_master(hi[i], lo[i]);
+}

@@ -58,9 +58,15 @@ __device__ __forceinline__ float mul_rn(float a, float b) { return a * b; }
 __device__ __forceinline__ float add_rn(float a, float b) { return a + b; }
 __device__ __forceinline__ float sub_rn(float a, float b) { return a - b; }
 #endif
+#ifdef __CUDA_ARCH__
 __device__ __forceinline__ float div_rn(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
 __device__ __forceinline__ float sqrt_rn(float a) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }
 __device__ __forceinline__ double sqrt_rn(double a) { double r; asm("sqrt.rn.f64 %0, %1;" : "=d"(r) : "d"(a)); return r; }
+#else   // the kernel emulation: IEEE division and square root, correctly rounded as the PTX instructions are
+__device__ __forceinline__ float div_rn(float a, float b) { return a / b; }
+__device__ __forceinline__ float sqrt_rn(float a) { return std::sqrt(a); }
+__device__ __forceinline__ double sqrt_rn(double a) { return std::sqrt(a); }
+#endif
 
 // RoPE (rotate-half pairing): the angle of pair i of a head of size D at position pos, pos * (inverse frequency i) in
 // double, its cosine and sine (times the attention factor) rounded to float; then the pair (x1, x2) = (x[i], x[i + D/2]) becomes

@@ -39,7 +39,7 @@ public static class HuggingFaceExport
             Tessera.Tensors.DType.F32, options ?? new HuggingFaceExportOptions());
 
     private static HostTensor Read(Dictionary<string, Parameter> byName, string name, IBackend backend) =>
-        byName.TryGetValue(name, out var p) ? new HostTensor(p.Shape, HuggingFaceModelDirectory.CopyFromParameter(p.MasterOrValue, backend))
+        byName.TryGetValue(name, out var p) ? new HostTensor(p.Shape, p.ReadMasterOrValue(w => HuggingFaceModelDirectory.CopyFromParameter(w, backend)))
             : throw new ArgumentException($"parameter '{name}' is missing from the model");
 
     private static void Write(string directory, TransformerConfig config, Func<string, HostTensor> canonical, DType defaultType, HuggingFaceExportOptions options)

@@ -141,10 +141,10 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         CheckParameters(wholeModel ?? parameters);
         foreach (var p in parameters)
         {
-            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast from it. A tensor-parallel rank
-            // reads only its part of each split parameter.
-            CopyToParameter(ReadLocal(p), p.MasterOrValue, backend);
-            if (p.Master is not null) backend.Copy(p.Master, p.Value);
+            // Mixed precision: the weights go to the F32 master, and the BF16 value is cast (or split) from it. A
+            // tensor-parallel rank reads only its part of each split parameter.
+            var local = ReadLocal(p);
+            p.WriteMasterOrValue(target => CopyToParameter(local, target, backend));
         }
     }
 
@@ -202,7 +202,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// </summary>
     public static void Export(string directory, TransformerConfig config, IReadOnlyList<Parameter> parameters, IBackend backend)
     {
-        var canonical = parameters.ToDictionary(p => p.Name, p => new HostTensor(p.Shape, CopyFromParameter(p.MasterOrValue, backend)), StringComparer.Ordinal);
+        var canonical = parameters.ToDictionary(p => p.Name, p => new HostTensor(p.Shape, p.ReadMasterOrValue(w => CopyFromParameter(w, backend))), StringComparer.Ordinal);
         Export(directory, config, canonical);
     }
 

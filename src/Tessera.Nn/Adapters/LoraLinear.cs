@@ -189,8 +189,8 @@ public sealed class LoraLinear : Linear
     private void Fold(int sign, bool merge)
     {
         if (Merged == merge) throw new InvalidOperationException($"{Name}: the adapters are {(merge ? "already" : "not")} merged");
-        if (Weight.Master is not null)
-            throw new NotSupportedException($"{Name}: the weight has an F32 master beside its {Weight.Value.DType} value; merge into a frozen base (ArenaStorage.Frozen) or an F32/F64 model");
+        if (Weight.Master is not null || Weight.Storage is ParameterArena { LowWords: not null })
+            throw new NotSupportedException($"{Name}: the weight has an F32 master (separate or split) beside its {Weight.Value.DType} value; merge into a frozen base (ArenaStorage.Frozen) or an F32/F64 model");
         var w = Weight.Value;                                        // (out, in)
         foreach (var p in Parts)
             w.Backend.MatMul(p.B.Value, p.A.Value, w.Slice(0, p.RowStart, p.Rows), alpha: sign * Scaling, beta: 1.0);   // (rows, in) += s B A

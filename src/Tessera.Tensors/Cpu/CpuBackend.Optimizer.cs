@@ -56,6 +56,76 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
+    /// <inheritdoc/>
+    public void AdamWSplit(Tensor values, Tensor lowWords, Tensor gradients, Tensor m, Tensor v, in AdamWStep step, Tensor? gradSumOfSquares = null)
+    {
+        const string op = nameof(AdamWSplit);
+        CheckSplit(op, values, lowWords, (nameof(m), m, DType.F32), (nameof(v), v, DType.F32));
+        ArgumentNullException.ThrowIfNull(gradients);
+        RequireSameShape(op, nameof(gradients), gradients, nameof(values), values);
+        RequireContiguous(op, nameof(gradients), gradients);
+        if (gradients.DType is not (DType.BF16 or DType.F32))
+            throw new ArgumentException($"{op}: gradients are {gradients.DType}; split masters take BF16 (or F32) gradients", nameof(gradients));
+        double clip = ClipCoefficient(op, step, gradSumOfSquares);
+        ushort* hi = Ptr<ushort>(values), lo = Ptr<ushort>(lowWords);
+        float* pm = Ptr<float>(m), pv = Ptr<float>(v);
+        bool bf16 = gradients.DType == DType.BF16;
+        ushort* gb = bf16 ? Ptr<ushort>(gradients) : null;
+        float* gf = bf16 ? null : Ptr<float>(gradients);
+        var k = new AdamWConstants<float>(step, clip);
+        ParallelChunks(values.NumElements, 12, (s, e) =>
+        {
+            if (bf16) OptimizerKernels.AdamWSplit(hi + s, lo + s, gb + s, pm + s, pv + s, e - s, k);
+            else OptimizerKernels.AdamWSplit(hi + s, lo + s, gf + s, pm + s, pv + s, e - s, k);
+        });
+        KeepOperandsAlive(values, lowWords, gradients, m, v, gradSumOfSquares);
+    }
+
+    /// <inheritdoc/>
+    public void SplitMasters(Tensor masters, Tensor values, Tensor lowWords)
+    {
+        CheckSplit(nameof(SplitMasters), values, lowWords, (nameof(masters), masters, DType.F32));
+        uint* pu = Ptr<uint>(masters);
+        ushort* hi = Ptr<ushort>(values), lo = Ptr<ushort>(lowWords);
+        ParallelChunks(values.NumElements, 1, (s, e) =>
+        {
+            for (long i = s; i < e; i++) (hi[i], lo[i]) = OptimizerKernels.Split(pu[i]);
+        });
+        KeepOperandsAlive(masters, values, lowWords);
+    }
+
+    /// <inheritdoc/>
+    public void JoinMasters(Tensor values, Tensor lowWords, Tensor masters)
+    {
+        CheckSplit(nameof(JoinMasters), values, lowWords, (nameof(masters), masters, DType.F32));
+        uint* pu = Ptr<uint>(masters);
+        ushort* hi = Ptr<ushort>(values), lo = Ptr<ushort>(lowWords);
+        ParallelChunks(values.NumElements, 1, (s, e) =>
+        {
+            for (long i = s; i < e; i++) pu[i] = OptimizerKernels.Join(hi[i], lo[i]);
+        });
+        KeepOperandsAlive(masters, values, lowWords);
+    }
+
+    /// <summary>Checks a split master's halves (BF16 values, U16 low words) and the F32 tensors beside them: same shape, contiguous.</summary>
+    private static void CheckSplit(string op, Tensor values, Tensor lowWords, params (string Name, Tensor Tensor, DType DType)[] others)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        ArgumentNullException.ThrowIfNull(lowWords);
+        RequireDType(op, nameof(values), values, DType.BF16);
+        RequireDType(op, nameof(lowWords), lowWords, DType.U16);
+        RequireContiguous(op, nameof(values), values);
+        RequireContiguous(op, nameof(lowWords), lowWords);
+        RequireSameShape(op, nameof(lowWords), lowWords, nameof(values), values);
+        foreach (var (name, t, dtype) in others)
+        {
+            ArgumentNullException.ThrowIfNull(t, name);
+            RequireDType(op, name, t, dtype);
+            RequireContiguous(op, name, t);
+            RequireSameShape(op, name, t, nameof(values), values);
+        }
+    }
+
     /// <summary>
     /// Whether <see cref="AdamWStaged"/> takes parameters of <paramref name="parameterDType"/> whose gradients and values
     /// are staged as <paramref name="stagedDType"/>: F32 staged as BF16 (mixed precision) or F32, F64 staged as F64.

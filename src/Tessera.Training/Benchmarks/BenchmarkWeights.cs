@@ -1,4 +1,5 @@
 using Tessera.Models;
+using Tessera.Nn;
 using Tessera.Tensors;
 
 namespace Tessera.Training.Benchmarks;
@@ -23,42 +24,43 @@ public static class BenchmarkWeights
         var config = model.Config;
         double std = config.InitStd, residualStd = std / Math.Sqrt(2.0 * config.Layers);
         foreach (var p in model.Parameters.Parameters)
+            p.WriteMasterOrValue(target => Fill(model, p, target, seed, std, residualStd));   // the F32 master (separate or split) under mixed precision
+    }
+
+    private static void Fill(Transformer model, Parameter p, Tensor target, int seed, double std, double residualStd)
+    {
+        if (target.DType != DType.F32 && !(target.DType == DType.BF16 && model.Parameters.Frozen))
+            throw new NotSupportedException($"benchmark weights: {p.Name} is {target.DType}; benchmarks run F32, BF16 (F32 master) or frozen BF16 models");
+        var values = new float[p.NumElements];
+        bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);
+        if (!isBias && !p.WeightDecay) Array.Fill(values, 1f);   // norm scales
+        else if (!isBias)
         {
-            var target = p.MasterOrValue;
-            if (target.DType != DType.F32 && !(target.DType == DType.BF16 && model.Parameters.Frozen))
-                throw new NotSupportedException($"benchmark weights: {p.Name} is {target.DType}; benchmarks run F32, BF16 (F32 master) or frozen BF16 models");
-            var values = new float[p.NumElements];
-            bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);
-            if (!isBias && !p.WeightDecay) Array.Fill(values, 1f);   // norm scales
-            else if (!isBias)
+            double s = p.Name.EndsWith("proj.weight", StringComparison.Ordinal) ? residualStd : std;
+            float a = (float)(s * Math.Sqrt(3.0));                // uniform(-a, a) has standard deviation s
+            const int chunk = 1 << 20;
+            int chunks = (values.Length + chunk - 1) / chunk;
+            // One generator per chunk, seeded by (seed, parameter, chunk): the same values whatever the thread count, and in
+            // every process (HashCode.Combine and string hashes are randomized per process: two runs that were meant to
+            // start from the same weights did not, until 2026-12-03).
+            ulong nameHash = StableHash(p.Name);
+            System.Threading.Tasks.Parallel.For(0, chunks, c =>
             {
-                double s = p.Name.EndsWith("proj.weight", StringComparison.Ordinal) ? residualStd : std;
-                float a = (float)(s * Math.Sqrt(3.0));                // uniform(-a, a) has standard deviation s
-                const int chunk = 1 << 20;
-                int chunks = (values.Length + chunk - 1) / chunk;
-                // One generator per chunk, seeded by (seed, parameter, chunk): the same values whatever the thread count, and in
-                // every process (HashCode.Combine and string hashes are randomized per process: two runs that were meant to
-                // start from the same weights did not, until 2026-12-03).
-                ulong nameHash = StableHash(p.Name);
-                System.Threading.Tasks.Parallel.For(0, chunks, c =>
-                {
-                    var rng = new Random(ChunkSeed(seed, nameHash, c));
-                    int end = Math.Min(values.Length, (c + 1) * chunk);
-                    for (int i = c * chunk; i < end; i++) values[i] = a * (2f * rng.NextSingle() - 1f);
-                });
-            }
-            if (target.DType == DType.F32) model.Backend.CopyFromHost<float>(values, target);
-            else
-            {
-                var rounded = new BFloat16[values.Length];
-                System.Threading.Tasks.Parallel.For(0, (values.Length + (1 << 20) - 1) >> 20, c =>
-                {
-                    for (int i = c << 20, end = Math.Min(values.Length, (c + 1) << 20); i < end; i++) rounded[i] = BFloat16.FromSingle(values[i]);
-                });
-                model.Backend.CopyFromHost<BFloat16>(rounded, target);
-            }
+                var rng = new Random(ChunkSeed(seed, nameHash, c));
+                int end = Math.Min(values.Length, (c + 1) * chunk);
+                for (int i = c * chunk; i < end; i++) values[i] = a * (2f * rng.NextSingle() - 1f);
+            });
         }
-        model.Parameters.SyncValuesFromMasters();
+        if (target.DType == DType.F32) model.Backend.CopyFromHost<float>(values, target);
+        else
+        {
+            var rounded = new BFloat16[values.Length];
+            System.Threading.Tasks.Parallel.For(0, (values.Length + (1 << 20) - 1) >> 20, c =>
+            {
+                for (int i = c << 20, end = Math.Min(values.Length, (c + 1) << 20); i < end; i++) rounded[i] = BFloat16.FromSingle(values[i]);
+            });
+            model.Backend.CopyFromHost<BFloat16>(rounded, target);
+        }
     }
 
     /// <summary>FNV-1a (64-bit) over the name's UTF-16 code units: the same in every process.</summary>

@@ -64,12 +64,15 @@ public static class TrainedModel
         // scan below then finds nothing and the model is accepted).
         var sums = backend.Zeros(new Shape(list.Count), DType.F32);
         for (int i = 0; i < list.Count; i++)
-            backend.Sum(Weights(list[i]), sums.Narrow(i, new Shape(1)));
+        {
+            var slot = sums.Narrow(i, new Shape(1));
+            list[i].ReadMasterOrValue(w => { backend.Sum(w, slot); return 0; });
+        }
         var host = backend.ToArray<float>(sums);
         for (int i = 0; i < list.Count; i++)
         {
             if (float.IsFinite(host[i])) continue;
-            var values = ReadAsDouble(backend, Weights(list[i]));
+            var values = list[i].ReadMasterOrValue(w => ReadAsDouble(backend, w));
             int bad = Array.FindIndex(values, v => !double.IsFinite(v));
             if (bad >= 0)
                 throw new CheckpointException($"{source}: weight '{list[i].Name}' {list[i].Shape} holds {values[bad]} at element {bad} " +
@@ -77,9 +80,6 @@ public static class TrainedModel
                     "it was saved from a run that diverged, or the file is damaged");
         }
     }
-
-    // Mixed precision: the F32 master is what was loaded; the BF16 value is rounded from it.
-    private static Tensor Weights(Parameter p) => p.Master ?? p.Value;
 
     private static double[] ReadAsDouble(IBackend backend, Tensor t) => t.DType switch
     {

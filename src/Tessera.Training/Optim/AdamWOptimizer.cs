@@ -7,7 +7,10 @@ namespace Tessera.Training.Optim;
 /// AdamW over a <see cref="ParameterArena"/>: moments m and v are arenas of the same layout,
 /// the global gradient norm is summed on the device and the clipping factor is applied inside
 /// the update, so a step needs no host synchronization. Consecutive parameters with the same
-/// weight-decay setting are updated by one fused call over their arena range.
+/// weight-decay setting are updated by one fused call over their arena range. Under mixed precision the F32 masters are
+/// updated and the BF16 values written from them; with split masters (<see cref="MasterWeights.Split"/>) each master is
+/// joined from its value and low word, updated and split back inside the call (<see cref="IBackend.AdamWSplit"/>), bitwise
+/// the same master trajectory as separate masters.
 /// </summary>
 public sealed class AdamWOptimizer
 {
@@ -15,6 +18,7 @@ public sealed class AdamWOptimizer
     private readonly List<(long Offset, long Length, bool Decay)> _ranges = [];
     private readonly Tensor _flatValues, _flatGrads;
     private readonly Tensor? _lowPrecisionValues;   // the BF16 values beside F32 masters, else null
+    private readonly Tensor? _lowWords;             // split masters: the low words beside the BF16 values (their high halves), else null
 
     /// <summary>
     /// Creates zeroed moments for <paramref name="arena"/>. Under tensor parallelism <paramref name="normScope"/> says which
@@ -36,6 +40,7 @@ public sealed class AdamWOptimizer
         _flatValues = arena.Masters ?? arena.Values;
         _flatGrads = arena.Grads;
         _lowPrecisionValues = arena.Masters is null ? null : arena.Values;
+        _lowWords = arena.LowWords;
 
         // Merge runs of parameters that share a decay setting; cap a run so its length fits an int dimension.
         const long maxRun = 1L << 30;
@@ -93,9 +98,13 @@ public sealed class AdamWOptimizer
             var shape = new Shape((int)length);
             var step = new AdamWStep(learningRate, Options.Beta1, Options.Beta2, Options.Epsilon,
                 decay ? Options.WeightDecay : 0.0, StepCount, Options.MaxGradNorm);
-            backend.AdamW(_flatValues.Narrow(offset, shape), _flatGrads.Narrow(offset, shape),
-                M.Narrow(offset, shape), V.Narrow(offset, shape), step,
-                Options.MaxGradNorm > 0 ? GradSumOfSquares : null, _lowPrecisionValues?.Narrow(offset, shape));
+            var sumOfSquares = Options.MaxGradNorm > 0 ? GradSumOfSquares : null;
+            if (_lowWords is not null)
+                backend.AdamWSplit(_flatValues.Narrow(offset, shape), _lowWords.Narrow(offset, shape), _flatGrads.Narrow(offset, shape),
+                    M.Narrow(offset, shape), V.Narrow(offset, shape), step, sumOfSquares);
+            else
+                backend.AdamW(_flatValues.Narrow(offset, shape), _flatGrads.Narrow(offset, shape),
+                    M.Narrow(offset, shape), V.Narrow(offset, shape), step, sumOfSquares, _lowPrecisionValues?.Narrow(offset, shape));
         }
     }
 

@@ -39,6 +39,9 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
         options.Validate();
         if (options.OffloadOptimizer && host is null)
             throw new ArgumentException("parallel options: OffloadOptimizer needs a host backend (pass a CpuBackend as 'host')");
+        if ((trained ?? model.Layout).Storage is ParameterArena { MasterWeights: MasterWeights.Split })
+            throw new NotSupportedException($"{group.Describe()}: the model's arena keeps split masters (MasterWeights.Split), which the " +
+                "data-parallel strategies (sharded AdamW, ZeRO, offload) do not support; build the model with MasterWeights.Separate");
         Model = model;
         Group = group;
         Options = options;

@@ -91,10 +91,15 @@ public sealed class OffloadedAdamW
 
     /// <summary>As the arena constructor; <paramref name="fuse"/> false keeps the unfused sequence (tests compare the two bit for bit).</summary>
     internal OffloadedAdamW(ParameterArena arena, ShardLayout layout, IBackend host, long pieceElements, bool fuse)
-        : this(arena.Backend, arena.DType, layout, host, pieceElements, r => arena.Values.Narrow(r.ArenaOffset, new Shape((int)r.Length)),
+        : this(NotSplit(arena).Backend, arena.DType, layout, host, pieceElements, r => arena.Values.Narrow(r.ArenaOffset, new Shape((int)r.Length)),
             () => arena.Masters ?? (arena.MastersReleased ? null : arena.Values), loadMasters: true, fuse)
     {
     }
+
+    /// <summary>The arena, unless it keeps split masters, whose values are not the masters an offloaded update may read or overwrite.</summary>
+    private static ParameterArena NotSplit(ParameterArena arena) => arena.MasterWeights == MasterWeights.Split
+        ? throw new NotSupportedException("offloaded optimizer: the arena keeps split masters (MasterWeights.Split); offload needs MasterWeights.Separate")
+        : arena;
 
     /// <summary>
     /// As the public constructor; <paramref name="fuse"/> false keeps the unfused sequence even on a CpuBackend host (the

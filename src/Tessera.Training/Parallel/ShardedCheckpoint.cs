@@ -267,6 +267,9 @@ public static class ShardedCheckpoint
                     // One device (or one tensor-parallel rank without data parallelism): it owns its whole arena, whose
                     // moments are laid out like the arena.
                     var arena = single.Optimizer.Arena;
+                    if (arena.MasterWeights == MasterWeights.Split)
+                        throw new NotSupportedException("ShardedCheckpoint: the arena keeps split masters (MasterWeights.Split), which sharded checkpoints " +
+                            "(tensor or pipeline ranks) do not read or write; checkpoint one device with TrainingCheckpoint, or build the model with MasterWeights.Separate");
                     const long maxRange = 1L << 30;   // views are int-sized tensors
                     var owned = new List<OwnedRange>();
                     for (long start = 0; start < arena.Length; start += maxRange)

@@ -17,6 +17,8 @@ public sealed class UsageErrorTests
     [InlineData("--model gpt2-nope: unknown model preset 'gpt2-nope'", "train", "--model", "gpt2-nope", "--out", "/nonexistent/never-written")]
     [InlineData("Option '--prompt' is required", "generate", "--model", "x")]
     [InlineData("--zero and --offload need --ranks of 2 or more", "train", "--zero", "2", "--out", "/nonexistent/never-written")]
+    [InlineData("--masters split keeps the BF16 values as the F32 masters' high halves; this run trains in F32: add --dtype bf16", "train", "--masters", "split", "--out", "/nonexistent/never-written")]
+    [InlineData("--masters split: LoRA keeps the base frozen", "train", "--lora", "8", "--masters", "split", "--out", "/nonexistent/never-written")]
     public void BadValuesExit2NamingTheOption(string message, params string[] args)
     {
         var (code, stdout, stderr) = CliProcess.Run(args);

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Tessera.Cli.CommandLine;
 using Tessera.Cli.Output;
+using Tessera.Nn;
 using Tessera.Tensors;
 using Tessera.Training.Optim;
 using Tessera.Training.Pipeline;
@@ -37,6 +38,13 @@ public sealed class TrainCommand : Command
     private readonly Option<Device> _device = SharedOptions.Device();
     private readonly Option<int> _threads = SharedOptions.Threads();
     private readonly Option<DType?> _dtype = NullableDType();
+    private readonly Option<MasterWeights> _masters = new("--masters")
+    {
+        Description = "with --dtype bf16 on one device: how the F32 masters are kept; split: the BF16 values are the masters' high halves and a 16-bit plane holds the rest " +
+            "(2 bytes per parameter less, the same master updates; a value differs from round-to-nearest-even only at exact ties)",
+        HelpName = "separate|split",
+        DefaultValueFactory = _ => MasterWeights.Separate,
+    };
     private readonly Option<bool> _recompute = SharedOptions.Flag("--recompute", "recompute activations in backward (less memory, about a third more compute)");
     private readonly Option<int> _ranks = SharedOptions.Int("--ranks", "N", "data-parallel CPU ranks (threads of this process; the cores are split between them)", 1, min: 1);
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks (Megatron: attention heads, MLP width and vocabulary split over N ranks); the ranks (--ranks, or the launched processes) form a dp x tp mesh; --tp alone runs N CPU thread ranks", 1, min: 1);
@@ -61,7 +69,7 @@ public sealed class TrainCommand : Command
     public TrainCommand(Terminal terminal) : base("train", "train a model; with no options, the embedded default: gpt2-tiny on the .NET SDK's XML API documentation (byte tokens)")
     {
         Option[] options = [_model, _data, _valData, _tokenizer, _out, _steps, _batch, _micro, _seq, _lr, _warmup, _minLr, _weightDecay, _clip,
-            _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _recompute, _ranks, _tp, _sp, _zero,
+            _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _masters, _recompute, _ranks, _tp, _sp, _zero,
             _offload, _pp, _schedule, _virtualStages, _printSchedule, _printMemory, _resume, _allowChanges, _sampleTokens, _lora, _loraAlpha, _loraDropout, _loraTargets, _adapter];
         foreach (var o in options) Options.Add(o);
         _loraDropout.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<double>() >= 1) r.AddError($"--lora-dropout ({r.GetValueOrDefault<double>()}) must be below 1"); });
@@ -72,6 +80,8 @@ public sealed class TrainCommand : Command
             if (settings.LoraRank is null && (parse.GetResult(_loraAlpha) is { Implicit: false } || parse.GetResult(_loraTargets) is { Implicit: false }
                 || parse.GetResult(_loraDropout) is { Implicit: false } || settings.Adapter is not null))
                 throw new UsageException("--lora-alpha, --lora-dropout, --lora-targets and --adapter apply to LoRA fine-tuning; add --lora R");
+            if (settings.LoraRank is not null && settings.Masters == MasterWeights.Split)
+                throw new UsageException("--masters split: LoRA keeps the base frozen (no masters) and its adapters' masters separate; leave --masters out");
             // A LoRA run resumes as one: --resume of a directory whose checkpoint holds adapters needs no --lora.
             bool lora = settings.LoraRank is not null || settings.Resume && LoraTrainRun.HoldsLoraRun(settings.Out);
             return lora ? new LoraTrainRun(settings, terminal).Execute() : new TrainRun(settings, terminal).Execute();
@@ -86,7 +96,7 @@ public sealed class TrainCommand : Command
         AdamW = new AdamWOptions { WeightDecay = p.GetValue(_weightDecay), MaxGradNorm = p.GetValue(_clip) },
         EvalEvery = p.GetValue(_evalEvery), EvalBatches = p.GetValue(_evalBatches), CheckpointEvery = p.GetValue(_checkpointEvery),
         KeepLast = p.GetValue(_keepLast), LogEvery = p.GetValue(_logEvery), Device = p.GetValue(_device), Threads = p.GetValue(_threads),
-        DType = p.GetValue(_dtype), Recompute = p.GetValue(_recompute), Ranks = p.GetValue(_ranks), TensorParallel = p.GetValue(_tp), SequenceParallel = p.GetValue(_sp), Zero = p.GetValue(_zero),
+        DType = p.GetValue(_dtype), Masters = p.GetValue(_masters), Recompute = p.GetValue(_recompute), Ranks = p.GetValue(_ranks), TensorParallel = p.GetValue(_tp), SequenceParallel = p.GetValue(_sp), Zero = p.GetValue(_zero),
         Offload = p.GetValue(_offload), Pp = p.GetValue(_pp), Schedule = p.GetValue(_schedule), VirtualStages = p.GetValue(_virtualStages),
         PrintSchedule = p.GetValue(_printSchedule), PrintMemory = p.GetValue(_printMemory), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
         LoraRank = p.GetValue(_lora), LoraAlpha = p.GetValue(_loraAlpha), LoraDropout = p.GetValue(_loraDropout),

@@ -95,7 +95,7 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         if (saved is not null && MetricsLog.TruncateAfter(_run.MetricsPath, saved.Step) is int dropped and > 0)
             terminal.Note($"metrics.jsonl: dropped {dropped} entries after step {saved.Step} (logged after the checkpoint; they are run again)");
 
-        terminal.Line($"model {model.Config.Family}: {model.Config.Layers} layers, {model.Config.Embedding} wide, {model.Config.Heads} heads, {model.Layout.ParameterCount:N0} parameters, {dtype} on {backend.Device}");
+        terminal.Line($"model {model.Config.Family}: {model.Config.Layers} layers, {model.Config.Embedding} wide, {model.Config.Heads} heads, {model.Layout.ParameterCount:N0} parameters, {dtype}{(settings.Masters == MasterWeights.Split ? " (split masters)" : "")} on {backend.Device}");
         terminal.Line($"data: {data.Train.TotalTokens:N0} training tokens in {data.TrainShards} shard(s); {(data.Validation is null ? "no validation" : $"{data.Validation.TotalTokens:N0} validation tokens")}");
 
         if (resumeFrom is null && topology.Reports)
@@ -160,6 +160,10 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
                 throw new UsageException("--zero and --offload need --ranks of 2 or more, or a launched multi-GPU run");
         if (dtype == DType.BF16 && topology.Device.Kind != DeviceKind.Cuda)
             throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
+        if (settings.Masters == MasterWeights.Split && dtype != DType.BF16)
+            throw new UsageException($"--masters split keeps the BF16 values as the F32 masters' high halves; this run trains in {dtype.SafetensorsName()}: add --dtype bf16");
+        if (settings.Masters == MasterWeights.Split && topology.Kind != TopologyKind.OneDevice)
+            throw new UsageException("--masters split is for one device; data-parallel, tensor- and pipeline-parallel ranks (--ranks, --tp, --pp, tessera launch) keep separate masters");
         if (topology.Kind == TopologyKind.ThreadRanks && topology.Device.Kind != DeviceKind.Cpu)
             throw new UsageException($"{(settings.Ranks > 1 ? "--ranks" : settings.TensorParallel > 1 ? "--tp" : "--pp")} runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
         if (settings.Data is null && settings.Tokenizer is not null and not "byte")
@@ -192,7 +196,7 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             // Fine-tuning: the directory's weights (written later under sharded construction, by the trainer).
             using var hf = HuggingFaceModelDirectory.Open(spec);
             CheckTensorParallel(hf.Config, topology);
-            model = new Transformer(hf.Config, backend, dtype, storage, tensor, pipeline);
+            model = new Transformer(hf.Config, backend, dtype, storage, tensor, pipeline, masters: settings.Masters);
             if (storage == ArenaStorage.Full && saved is null) hf.LoadInto(model.Parameters.Parameters, backend, model.WholeLayout.Parameters);
             terminal.Line($"fine-tuning {spec}");
         }
@@ -203,7 +207,7 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             if (tokenizer.VocabSize > config.VocabSize)
                 throw new UsageException($"--tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary only {config.VocabSize}");
             CheckTensorParallel(config, topology);
-            model = new Transformer(config, backend, dtype, storage, tensor, pipeline);
+            model = new Transformer(config, backend, dtype, storage, tensor, pipeline, masters: settings.Masters);
             if (storage == ArenaStorage.Full && saved is null) model.InitializeWeights(seed);
         }
         model.RecomputeActivations = TrainSession.Recompute(settings);

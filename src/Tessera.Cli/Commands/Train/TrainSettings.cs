@@ -1,3 +1,4 @@
+using Tessera.Nn;
 using Tessera.Tensors;
 using Tessera.Training;
 using Tessera.Training.Checkpoints;
@@ -78,6 +79,9 @@ public sealed record TrainSettings
 
     /// <summary>Model dtype; null: f32 (or the checkpoint's).</summary>
     public DType? DType { get; init; }
+
+    /// <summary>How a BF16 model keeps its F32 masters (--masters); default <see cref="MasterWeights.Separate"/>; split: one device only.</summary>
+    public MasterWeights Masters { get; init; } = MasterWeights.Separate;
 
     /// <summary>Recompute activations in backward.</summary>
     public bool Recompute { get; init; }

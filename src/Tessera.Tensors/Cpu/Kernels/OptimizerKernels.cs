@@ -120,6 +120,47 @@ internal static unsafe class OptimizerKernels
         for (; i < n; i++) o[i] = BFloat16.FromSingle(Step(BFloat16.FromBits(g[i]).ToSingle(), p + i, m + i, v + i, k)).Bits;
     }
 
+    /// <summary>
+    /// <see cref="AdamW{T}"/> over split F32 masters: each master is joined from its BF16 high half <paramref name="hi"/>
+    /// and low word <paramref name="lo"/> (<see cref="Join"/>), updated by the scalar step (the same operations as the
+    /// vector loop, so bitwise the same), and split back (<see cref="Split"/>). The BF16 gradient widens exactly.
+    /// </summary>
+    public static void AdamWSplit(ushort* hi, ushort* lo, ushort* g, float* m, float* v, long n, in AdamWConstants<float> k)
+    {
+        for (long i = 0; i < n; i++)
+        {
+            float p = BitConverter.UInt32BitsToSingle(Join(hi[i], lo[i]));
+            Step(BitConverter.UInt32BitsToSingle((uint)g[i] << 16), &p, m + i, v + i, k);
+            (hi[i], lo[i]) = Split(BitConverter.SingleToUInt32Bits(p));
+        }
+    }
+
+    /// <summary><see cref="AdamWSplit(ushort*, ushort*, ushort*, float*, float*, long, in AdamWConstants{float})"/> with F32 gradients.</summary>
+    public static void AdamWSplit(ushort* hi, ushort* lo, float* g, float* m, float* v, long n, in AdamWConstants<float> k)
+    {
+        for (long i = 0; i < n; i++)
+        {
+            float p = BitConverter.UInt32BitsToSingle(Join(hi[i], lo[i]));
+            Step(g[i], &p, m + i, v + i, k);
+            (hi[i], lo[i]) = Split(BitConverter.SingleToUInt32Bits(p));
+        }
+    }
+
+    /// <summary>
+    /// An F32 master's bits as a BF16 high half, rounded half away from zero in magnitude (F32 bits are sign-magnitude), and
+    /// the signed 16-bit remainder, in [-0x8000, 0x7FFF]: master = (hi &lt;&lt; 16) + (int16)lo exactly, mod 2^32.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static (ushort Hi, ushort Lo) Split(uint bits)
+    {
+        uint hi = (bits + 0x8000u) >> 16;
+        return ((ushort)hi, (ushort)(bits - (hi << 16)));
+    }
+
+    /// <summary>The inverse of <see cref="Split"/>: (hi &lt;&lt; 16) + (int16)lo, mod 2^32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static uint Join(ushort hi, ushort lo) => ((uint)hi << 16) + (uint)(int)(short)lo;
+
     /// <summary>One vector of <see cref="AdamW{T}"/>'s loop body: updates m, v and p in place, returns the new p.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector<T> Step<T>(Vector<T> g, T* p, T* m, T* v, in AdamWVectors<T> c) where T : unmanaged, IFloatingPointIeee754<T>

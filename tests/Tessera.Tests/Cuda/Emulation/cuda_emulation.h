@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
+struct alignas(8) uint2 { unsigned x, y; };   // CUDA's vector type (adamw.cu stores four 16-bit copies as one)
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 #define __global__
