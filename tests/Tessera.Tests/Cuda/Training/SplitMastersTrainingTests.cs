@@ -35,7 +35,7 @@ public sealed class SplitMastersTrainingTests(CudaFixture fixture)
     /// arithmetic; the BF16 values the layers read differ by one BF16 step only where a master is an exact tie (about 2^-16 of
     /// the elements a step), so the curves must stay ten times closer than BF16 and F32 do (below 1% mean, 3% max:
     /// <see cref="MixedPrecisionTrainingTests"/>). The exactness of the update itself is checked bitwise elsewhere
-    /// (<see cref="CudaSplitMastersTests"/>, <see cref="SplitMasterCheckpointsResumeBitExactly"/>).
+    /// (<see cref="CudaSplitMastersTests"/>, <see cref="CheckpointsResumeTheSameState"/>).
     /// </summary>
     [Fact]
     public void SplitMastersFollowTheSeparateMasterLossCurve()
@@ -66,12 +66,18 @@ public sealed class SplitMastersTrainingTests(CudaFixture fixture)
     }
 
     /// <summary>
-    /// A checkpoint of a split run holds the joined F32 masters; restored into a fresh split run the values, low words and
-    /// moments are bit-identical, and the resumed run takes the uninterrupted run's next three steps bit for bit (losses,
-    /// values and low words).
+    /// A checkpoint holds the F32 masters (joined, for a split run); restored into a fresh run of the same kind the values, low
+    /// words and moments are bit-identical, so the resumed run's next loss is the uninterrupted run's bit for bit. The two runs'
+    /// later steps are compared within 2e-4 relative and their differences printed, for both kinds of masters: GPU training is
+    /// not bitwise reproducible (the attention backward adds dQ with atomic reductions, whose order varies), so the gradients
+    /// of any two runs, resumed or not, may differ in their last bits. Measured on the H200 (2026-12-03): two processes gave
+    /// step-4 losses of 5.37456 and 5.37467 from the same seed, and a resumed run's steps 5 and 6 differed from the
+    /// uninterrupted run's by up to 2.7e-5 relative with either kind of masters.
     /// </summary>
-    [Fact]
-    public void SplitMasterCheckpointsResumeBitExactly()
+    [Theory]
+    [InlineData(MasterWeights.Split)]
+    [InlineData(MasterWeights.Separate)]
+    public void CheckpointsResumeTheSameState(MasterWeights masters)
     {
         var gpu = fixture.Backend;
         var dir = Directory.CreateTempSubdirectory("tessera-split-ckpt-");
@@ -79,23 +85,27 @@ public sealed class SplitMastersTrainingTests(CudaFixture fixture)
         {
             var data = Path.Combine(dir.FullName, "data");
             ShardWriter.WriteSplit(AffineChainTokens.Generate(8 * Batch * Sequence + 1, vocab: 256, seed: 9), data, 0, 1 << 20);
-            var (trainer, model) = CreateRun(MasterWeights.Split, data);
-            Assert.Null(model.Parameters.Masters);
-            Assert.NotNull(model.Parameters.LowWords);
+            var (trainer, model) = CreateRun(masters, data);
+            Assert.Equal(masters == MasterWeights.Split, model.Parameters.LowWords is not null);
+            Assert.Equal(masters == MasterWeights.Separate, model.Parameters.Masters is not null);
             for (int i = 0; i < 3; i++) trainer.TrainStep();
 
             var store = new CheckpointStore(Path.Combine(dir.FullName, "checkpoints"));
             var saved = TrainingCheckpoint.Save(store, model, trainer, "byte");
-            var (trainer2, model2) = CreateRun(MasterWeights.Split, data);
+            var (trainer2, model2) = CreateRun(masters, data);
             TrainingCheckpoint.Restore(saved, model2, trainer2);
             Assert.Equal(gpu.ToArray<BFloat16>(model.Parameters.Values), gpu.ToArray<BFloat16>(model2.Parameters.Values));
-            Assert.Equal(gpu.ToArray<ushort>(model.Parameters.LowWords!), gpu.ToArray<ushort>(model2.Parameters.LowWords!));
+            if (masters == MasterWeights.Split)
+                Assert.Equal(gpu.ToArray<ushort>(model.Parameters.LowWords!), gpu.ToArray<ushort>(model2.Parameters.LowWords!));
+            else
+                Assert.Equal(gpu.ToArray<float>(model.Parameters.Masters!), gpu.ToArray<float>(model2.Parameters.Masters!));
             Assert.Equal(gpu.ToArray<float>(trainer.AdamW().M), gpu.ToArray<float>(trainer2.AdamW().M));
             Assert.Equal(gpu.ToArray<float>(trainer.AdamW().V), gpu.ToArray<float>(trainer2.AdamW().V));
-            for (int i = 0; i < 3; i++)
-                Assert.Equal(trainer.TrainStep(), trainer2.TrainStep());
-            Assert.Equal(gpu.ToArray<BFloat16>(model.Parameters.Values), gpu.ToArray<BFloat16>(model2.Parameters.Values));
-            Assert.Equal(gpu.ToArray<ushort>(model.Parameters.LowWords!), gpu.ToArray<ushort>(model2.Parameters.LowWords!));
+            var steps = Enumerable.Range(0, 3).Select(_ => (Uninterrupted: trainer.TrainStep(), Resumed: trainer2.TrainStep())).ToArray();
+            string report = string.Join("; ", steps.Select((x, i) => $"step {i + 4}: {x.Uninterrupted:R} vs {x.Resumed:R}"));
+            TestContext.Current.TestOutputHelper?.WriteLine($"[resume {masters}] {report}");
+            Assert.True(steps[0].Uninterrupted == steps[0].Resumed, $"the first resumed step's loss differs: {report}");
+            foreach (var (a, b) in steps) Assert.True(Math.Abs(a - b) <= 2e-4 * Math.Abs(a), report);
         }
         finally { dir.Delete(recursive: true); }
     }
