@@ -132,9 +132,8 @@ extern "C" __global__ void rope_angles(float* cs, int positions, int D, RopeFreq
 // and the rotated k and the v heads are written to the cache (B, S, 2K, D) at that position (k heads first, as in qkv).
 // One work item per pair (i, i + D/2) of ROPE_APPEND_HEADS consecutive heads of one row: the pair's angle (a double sincos)
 // is computed once for all of them. With one item per head, the angles cost more than the copy: an 8,192-row prefill chunk
-// of llama-1b (48 heads of 32 pairs) took 134 us on the H200, 5x the time of its 110 MB of traffic; 68.5 us with 8 heads
-// an item (session 13, each head's load waiting for the previous head's store). Consecutive items are consecutive pairs of
-// one head, so a warp's loads and stores stay contiguous.
+// of llama-1b (48 heads of 32 pairs) took 134 us on the H200, 5x the time of its 110 MB of traffic. Consecutive items are
+// consecutive pairs of one head, so a warp's loads and stores stay contiguous.
 // slots (B T), when given: a paged pool instead of a dense cache (serving; B = the step's rows, T = 1, starts = their
 // positions): row r's keys and values go to cache + slots[r] * cs + head * ch, and a negative slot (padding) writes
 // nothing. The rotation is rope's (the same angles and arithmetic), the copy paged_append's: the same bits as those two
@@ -160,36 +159,27 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
         if (h0 < H + K) rope_angle_at(pos, rope_inv_freq(f, i, D, len), f.attention, cf, sf);
         const i64 slot = h0 + ROPE_APPEND_HEADS > H ? (slots ? (i64)slots[(i64)b * Tn + t] : (i64)pos) : -1;
         T* row = qkv + b * sb + (i64)t * st;
-        // Every head's pair is loaded before any is stored: the stores may alias the loads as far as the compiler knows,
-        // so a load-rotate-store loop would wait for each load in turn.
-        T a[ROPE_APPEND_HEADS], c[ROPE_APPEND_HEADS];
-#pragma unroll
-        for (int j = 0; j < ROPE_APPEND_HEADS; j++)
-            if (h0 + j < heads)
-            {
-                a[j] = row[(i64)(h0 + j) * sh + i];
-                c[j] = row[(i64)(h0 + j) * sh + i + half];
-            }
 #pragma unroll
         for (int j = 0; j < ROPE_APPEND_HEADS; j++)
         {
             const int hh = h0 + j;
             if (hh >= heads) break;
+            T* p = row + (i64)hh * sh;
+            T a = p[i], c = p[i + half];
             if (hh < H + K)
             {
                 float y1, y2;
-                rope_rotate(to_f(a[j]), to_f(c[j]), cf, sf, y1, y2);
-                a[j] = from_f<T>(y1);
-                c[j] = from_f<T>(y2);
-                T* p = row + (i64)hh * sh;
-                p[i] = a[j];
-                p[i + half] = c[j];
+                rope_rotate(to_f(a), to_f(c), cf, sf, y1, y2);
+                a = from_f<T>(y1);
+                c = from_f<T>(y2);
+                p[i] = a;
+                p[i + half] = c;
             }
             if (hh >= H && slot >= 0)
             {
                 T* q = cache + (slots ? 0 : b * cb) + slot * cs + (i64)(hh - H) * ch;
-                q[i] = a[j];
-                q[i + half] = c[j];
+                q[i] = a;
+                q[i + half] = c;
             }
         }
     }
