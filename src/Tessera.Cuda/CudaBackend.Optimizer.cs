@@ -73,24 +73,39 @@ public sealed unsafe partial class CudaBackend
             DType.F16 => 2,
             var other => throw new ArgumentException($"CudaBackend.{op}: lowPrecisionCopy must be BF16 or F16, got {other}"),
         };
+        RequireNormAndStep(op, gradSumOfSquares, step);
+        if (n == 0) return;
+        ulong pp = Ptr(parameters), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), plow = PtrOrNull(lowPrecisionCopy), pss = PtrOrNull(gradSumOfSquares);
+        var k = new AdamWScalars(step);
+        void** args = stackalloc void*[] { &pp, &pg, &pm, &pv, &plow, &lowKind, &n, &k.Lr, &k.B1, &k.OneMinusB1, &k.B2, &k.OneMinusB2, &k.Eps, &k.Wd, &k.C1, &k.C2, &pss, &k.MaxNorm };
+        // Four elements per thread when every pointer allows it (the parameter arena's ranges are aligned): bitwise the same updates.
+        long gradBytes = gradients.DType.SizeInBytes(), lowBytes = lowPrecisionCopy?.DType.SizeInBytes() ?? 2;
+        bool vec4 = n % 4 == 0 && pp % 16 == 0 && pm % 16 == 0 && pv % 16 == 0 && pg % (ulong)(4 * gradBytes) == 0 && plow % (ulong)(4 * lowBytes) == 0;
+        Launch("adamw.cu", (vec4 ? "adamw_vec4_" : "adamw_") + Suffix(gradients.DType, op), GridFor(vec4 ? n / 4 : n), Threads, args);
+    }
+
+    /// <summary>The optional gradient sum of squares is one F32 value, and the step count starts at 1.</summary>
+    private static void RequireNormAndStep(string op, Tensor? gradSumOfSquares, in AdamWStep step)
+    {
         if (gradSumOfSquares is not null)
         {
             RequireDType(op, "gradSumOfSquares", gradSumOfSquares, DType.F32);
             if (gradSumOfSquares.NumElements != 1) throw new ArgumentException($"CudaBackend.{op}: gradSumOfSquares must be a scalar");
         }
         if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), $"AdamW step count must start at 1, got {step.Step}");
-        if (n == 0) return;
-        ulong pp = Ptr(parameters), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), plow = PtrOrNull(lowPrecisionCopy), pss = PtrOrNull(gradSumOfSquares);
-        // The constants as the CPU backend rounds them (AdamWConstants): the kernel then repeats its operations one for one.
-        float lr = (float)step.LearningRate, b1 = (float)step.Beta1, b2 = (float)step.Beta2, eps = (float)step.Epsilon, wd = (float)step.WeightDecay;
-        float ob1 = (float)(1 - step.Beta1), ob2 = (float)(1 - step.Beta2);
-        float c1 = (float)(1.0 / (1.0 - Math.Pow(step.Beta1, step.Step))), c2 = (float)(1.0 / (1.0 - Math.Pow(step.Beta2, step.Step)));
-        float maxNorm = (float)step.MaxGradNorm;
-        void** args = stackalloc void*[] { &pp, &pg, &pm, &pv, &plow, &lowKind, &n, &lr, &b1, &ob1, &b2, &ob2, &eps, &wd, &c1, &c2, &pss, &maxNorm };
-        // Four elements per thread when every pointer allows it (the parameter arena's ranges are aligned): bitwise the same updates.
-        long gradBytes = gradients.DType.SizeInBytes(), lowBytes = lowPrecisionCopy?.DType.SizeInBytes() ?? 2;
-        bool vec4 = n % 4 == 0 && pp % 16 == 0 && pm % 16 == 0 && pv % 16 == 0 && pg % (ulong)(4 * gradBytes) == 0 && plow % (ulong)(4 * lowBytes) == 0;
-        Launch("adamw.cu", (vec4 ? "adamw_vec4_" : "adamw_") + Suffix(gradients.DType, op), GridFor(vec4 ? n / 4 : n), Threads, args);
+    }
+
+    /// <summary>
+    /// AdamW's scalars as the CPU backend rounds them (AdamWConstants), in the order the kernels take them, so that the device
+    /// update repeats the CPU's operations one for one. A local of this type is a fixed variable: its fields' addresses are
+    /// the launch arguments.
+    /// </summary>
+    private struct AdamWScalars(in AdamWStep step)
+    {
+        public float Lr = (float)step.LearningRate, B1 = (float)step.Beta1, OneMinusB1 = (float)(1 - step.Beta1);
+        public float B2 = (float)step.Beta2, OneMinusB2 = (float)(1 - step.Beta2), Eps = (float)step.Epsilon, Wd = (float)step.WeightDecay;
+        public float C1 = (float)(1.0 / (1.0 - Math.Pow(step.Beta1, step.Step))), C2 = (float)(1.0 / (1.0 - Math.Pow(step.Beta2, step.Step)));
+        public float MaxNorm = (float)step.MaxGradNorm;
     }
 
     public void AdamWSplit(Tensor values, Tensor lowWords, Tensor gradients, Tensor m, Tensor v, in AdamWStep step, Tensor? gradSumOfSquares = null)
@@ -102,20 +117,11 @@ public sealed unsafe partial class CudaBackend
         if (gradients.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: gradients {gradients.Shape} must have {n} elements like values {values.Shape}");
         if (gradients.DType is not (DType.BF16 or DType.F32))
             throw new ArgumentException($"CudaBackend.{op}: gradients are {gradients.DType}; split masters take BF16 (or F32) gradients");
-        if (gradSumOfSquares is not null)
-        {
-            RequireDType(op, "gradSumOfSquares", gradSumOfSquares, DType.F32);
-            if (gradSumOfSquares.NumElements != 1) throw new ArgumentException($"CudaBackend.{op}: gradSumOfSquares must be a scalar");
-        }
-        if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), $"AdamW step count must start at 1, got {step.Step}");
+        RequireNormAndStep(op, gradSumOfSquares, step);
         if (n == 0) return;
         ulong ph = Ptr(values), pl = Ptr(lowWords), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), pss = PtrOrNull(gradSumOfSquares);
-        // The constants exactly as AdamW (and the CPU backend's AdamWConstants) round them.
-        float lr = (float)step.LearningRate, b1 = (float)step.Beta1, b2 = (float)step.Beta2, eps = (float)step.Epsilon, wd = (float)step.WeightDecay;
-        float ob1 = (float)(1 - step.Beta1), ob2 = (float)(1 - step.Beta2);
-        float c1 = (float)(1.0 / (1.0 - Math.Pow(step.Beta1, step.Step))), c2 = (float)(1.0 / (1.0 - Math.Pow(step.Beta2, step.Step)));
-        float maxNorm = (float)step.MaxGradNorm;
-        void** args = stackalloc void*[] { &ph, &pl, &pg, &pm, &pv, &n, &lr, &b1, &ob1, &b2, &ob2, &eps, &wd, &c1, &c2, &pss, &maxNorm };
+        var k = new AdamWScalars(step);
+        void** args = stackalloc void*[] { &ph, &pl, &pg, &pm, &pv, &n, &k.Lr, &k.B1, &k.OneMinusB1, &k.B2, &k.OneMinusB2, &k.Eps, &k.Wd, &k.C1, &k.C2, &pss, &k.MaxNorm };
         long gradBytes = gradients.DType.SizeInBytes();
         bool vec4 = n % 4 == 0 && pm % 16 == 0 && pv % 16 == 0 && ph % 8 == 0 && pl % 8 == 0 && pg % (ulong)(4 * gradBytes) == 0;
         Launch("adamw.cu", (vec4 ? "adamw_split_vec4_" : "adamw_split_") + Suffix(gradients.DType, op), GridFor(vec4 ? n / 4 : n), Threads, args);
