@@ -18,16 +18,6 @@ public sealed class MixedPrecisionTrainingTests(CudaFixture fixture)
 {
     private const int Steps = 50, Batch = 8, Sequence = 64;
 
-    private (Trainer Trainer, Transformer Model) CreateRun(DType dtype, string dataDir)
-    {
-        var model = new Transformer(ModelPresets.Get("gpt2-tiny"), fixture.Backend, dtype);
-        model.InitializeWeights(seed: 5);
-        var options = new TrainerOptions { BatchSize = Batch, SequenceLength = Sequence, Steps = Steps, LearningRate = 3e-3, WarmupSteps = 5 };
-        var loader = new TokenDataLoader(ShardWriter.Expand(Path.Combine(dataDir, "train_*.bin")), Batch, Sequence);
-        var trainer = new Trainer(model, new AdamWOptimizer(model.Parameters, new AdamWOptions()), loader, null, options);
-        return (trainer, model);
-    }
-
     /// <summary>
     /// 50 steps of gpt2-tiny (B=8, T=64, lr 3e-3) on the same data in BF16 and F32 from the same initialization:
     /// the mean relative difference of the 50 losses is below 1% and the largest below 3%. BF16 keeps 8 bits of
@@ -43,8 +33,8 @@ public sealed class MixedPrecisionTrainingTests(CudaFixture fixture)
         try
         {
             ShardWriter.WriteSplit(AffineChainTokens.Generate(Steps * Batch * Sequence + 1, vocab: 256, seed: 3), dir.FullName, 0, 1 << 20);
-            var f32 = Run(DType.F32, dir.FullName);
-            var bf16 = Run(DType.BF16, dir.FullName);
+            var f32 = TinyTrainingRun.Losses(fixture.Backend, DType.F32, dir.FullName, Steps, Batch, Sequence);
+            var bf16 = TinyTrainingRun.Losses(fixture.Backend, DType.BF16, dir.FullName, Steps, Batch, Sequence);
             var rel = f32.Zip(bf16, (a, b) => Math.Abs(b - a) / a).ToArray();
             double mean = rel.Average(), max = rel.Max();
             string curve = $"f32 {f32[0]:F4} -> {f32[^1]:F4}, bf16 {bf16[0]:F4} -> {bf16[^1]:F4}; mean relative difference {mean:P3}, max {max:P3} at step {Array.IndexOf(rel, max) + 1}";
@@ -53,14 +43,6 @@ public sealed class MixedPrecisionTrainingTests(CudaFixture fixture)
             Assert.True(mean < 0.01 && max < 0.03, curve);
         }
         finally { dir.Delete(recursive: true); }
-    }
-
-    private double[] Run(DType dtype, string dataDir)
-    {
-        var (trainer, _) = CreateRun(dtype, dataDir);
-        var losses = new double[Steps];
-        for (int i = 0; i < Steps; i++) losses[i] = trainer.TrainStep();
-        return losses;
     }
 
     /// <summary>
@@ -76,7 +58,7 @@ public sealed class MixedPrecisionTrainingTests(CudaFixture fixture)
         try
         {
             ShardWriter.WriteSplit(AffineChainTokens.Generate(4 * Batch * Sequence + 1, vocab: 256, seed: 9), Path.Combine(dir.FullName, "data"), 0, 1 << 20);
-            var (trainer, model) = CreateRun(DType.BF16, Path.Combine(dir.FullName, "data"));
+            var (trainer, model) = TinyTrainingRun.Create(fixture.Backend, DType.BF16, Path.Combine(dir.FullName, "data"), Steps, Batch, Sequence);
             Assert.NotNull(model.Parameters.Masters);
             Assert.Equal(DType.BF16, model.Parameters.Values.DType);
             Assert.Equal(DType.F32, model.Parameters.Masters!.DType);
@@ -89,7 +71,7 @@ public sealed class MixedPrecisionTrainingTests(CudaFixture fixture)
 
             var store = new CheckpointStore(Path.Combine(dir.FullName, "checkpoints"));
             var saved = TrainingCheckpoint.Save(store, model, trainer, "byte");
-            var (trainer2, model2) = CreateRun(DType.BF16, Path.Combine(dir.FullName, "data"));
+            var (trainer2, model2) = TinyTrainingRun.Create(fixture.Backend, DType.BF16, Path.Combine(dir.FullName, "data"), Steps, Batch, Sequence);
             TrainingCheckpoint.Restore(saved, model2, trainer2);
             Assert.Equal(masters, gpu.ToArray<float>(model2.Parameters.Masters!));
             Assert.Equal(values, gpu.ToArray<BFloat16>(model2.Parameters.Values));

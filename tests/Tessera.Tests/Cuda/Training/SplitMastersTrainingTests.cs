@@ -19,16 +19,6 @@ public sealed class SplitMastersTrainingTests(CudaFixture fixture)
 {
     private const int Steps = 30, Batch = 8, Sequence = 64;
 
-    private (Trainer Trainer, Transformer Model) CreateRun(MasterWeights masters, string dataDir)
-    {
-        var model = new Transformer(ModelPresets.Get("gpt2-tiny"), fixture.Backend, DType.BF16, masters: masters);
-        model.InitializeWeights(seed: 5);
-        var options = new TrainerOptions { BatchSize = Batch, SequenceLength = Sequence, Steps = Steps, LearningRate = 3e-3, WarmupSteps = 5 };
-        var loader = new TokenDataLoader(ShardWriter.Expand(Path.Combine(dataDir, "train_*.bin")), Batch, Sequence);
-        var trainer = new Trainer(model, new AdamWOptimizer(model.Parameters, new AdamWOptions()), loader, null, options);
-        return (trainer, model);
-    }
-
     /// <summary>
     /// 30 steps of gpt2-tiny (B=8, T=64, lr 3e-3) from the same initialization and data with split and with separate masters:
     /// the mean relative difference of the losses is below 0.1% and the largest below 0.3%. The master updates are the same
@@ -45,8 +35,8 @@ public sealed class SplitMastersTrainingTests(CudaFixture fixture)
         try
         {
             ShardWriter.WriteSplit(AffineChainTokens.Generate(Steps * Batch * Sequence + 1, vocab: 256, seed: 3), dir.FullName, 0, 1 << 20);
-            var separate = Run(MasterWeights.Separate, dir.FullName);
-            var split = Run(MasterWeights.Split, dir.FullName);
+            var separate = TinyTrainingRun.Losses(fixture.Backend, DType.BF16, dir.FullName, Steps, Batch, Sequence, MasterWeights.Separate);
+            var split = TinyTrainingRun.Losses(fixture.Backend, DType.BF16, dir.FullName, Steps, Batch, Sequence, MasterWeights.Split);
             var rel = separate.Zip(split, (a, b) => Math.Abs(b - a) / a).ToArray();
             double mean = rel.Average(), max = rel.Max();
             string curve = $"separate {separate[0]:F5} -> {separate[^1]:F5}, split {split[0]:F5} -> {split[^1]:F5}; mean relative difference {mean:P4}, max {max:P4} at step {Array.IndexOf(rel, max) + 1}";
@@ -55,14 +45,6 @@ public sealed class SplitMastersTrainingTests(CudaFixture fixture)
             Assert.True(mean < 1e-3 && max < 3e-3, curve);
         }
         finally { dir.Delete(recursive: true); }
-    }
-
-    private double[] Run(MasterWeights masters, string dataDir)
-    {
-        var (trainer, _) = CreateRun(masters, dataDir);
-        var losses = new double[Steps];
-        for (int i = 0; i < Steps; i++) losses[i] = trainer.TrainStep();
-        return losses;
     }
 
     /// <summary>
@@ -85,14 +67,14 @@ public sealed class SplitMastersTrainingTests(CudaFixture fixture)
         {
             var data = Path.Combine(dir.FullName, "data");
             ShardWriter.WriteSplit(AffineChainTokens.Generate(8 * Batch * Sequence + 1, vocab: 256, seed: 9), data, 0, 1 << 20);
-            var (trainer, model) = CreateRun(masters, data);
+            var (trainer, model) = TinyTrainingRun.Create(fixture.Backend, DType.BF16, data, Steps, Batch, Sequence, masters);
             Assert.Equal(masters == MasterWeights.Split, model.Parameters.LowWords is not null);
             Assert.Equal(masters == MasterWeights.Separate, model.Parameters.Masters is not null);
             for (int i = 0; i < 3; i++) trainer.TrainStep();
 
             var store = new CheckpointStore(Path.Combine(dir.FullName, "checkpoints"));
             var saved = TrainingCheckpoint.Save(store, model, trainer, "byte");
-            var (trainer2, model2) = CreateRun(masters, data);
+            var (trainer2, model2) = TinyTrainingRun.Create(fixture.Backend, DType.BF16, data, Steps, Batch, Sequence, masters);
             TrainingCheckpoint.Restore(saved, model2, trainer2);
             Assert.Equal(gpu.ToArray<BFloat16>(model.Parameters.Values), gpu.ToArray<BFloat16>(model2.Parameters.Values));
             if (masters == MasterWeights.Split)
