@@ -34,6 +34,9 @@ namespace Tessera.Bench.Serving;
 /// device between a step's phases so the forward's device time is its own (<see cref="EngineOptions.SeparateStepPhases"/>,
 /// two waits of a few microseconds per step); --no-phase-sync turns that off (the forward's device time then shows in
 /// the readback).</para>
+/// <para>--cuda-options ProfileOps=true adds, per level, the GPU time of every op the engine enqueued (products named by their
+/// shape, so a slow row count shows as its own row; no graph is recorded under the profiler, so the step times are not the
+/// server's) and the log of the cuBLASLt algorithms timed on first use.</para>
 /// <para>serve --load [--clients 256] [--max-batch 64] [--seconds 60]: the load run (every request completes or
 /// gets 429, blocks in use return to zero, the process's memory does not grow), printed as a table.</para>
 /// </summary>
