@@ -467,6 +467,31 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     /// <summary>
+    /// The runner's warm-up times the QKV product (3072 x 2048 on llama-1b) at one row count of every bucket the backend shares
+    /// algorithms over, from 8 rows (below, the products run as matrix-vector kernels) to the token budget, so the steps that
+    /// follow time nothing: a prefill step at the full budget and two mixed steps add no line to the tuning log for that
+    /// product. Without the warm-up only the budget's own row count would be timed before the first step.
+    /// </summary>
+    [Fact]
+    public void TheRunnersWarmUpTimesEveryRowCountBucketBeforeTheFirstStep()
+    {
+        using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { TuneMatMulAlgorithms = true });
+        var (_, cache, scheduler, runner) = Llama1bServing(gpu, recordGraphs: false, prompt: 500, decodingStepTokens: 512, tokenBudget: 8192);
+        using (cache)
+        using (runner)
+        {
+            List<string> Qkv() => gpu.MatMulTuningLog.Where(l => l.Contains(" N=3072 K=2048 ", StringComparison.Ordinal)).ToList();
+            var timed = Qkv();
+            foreach (var line in timed) Console.WriteLine($"[warm-up tuning] {line}");
+            foreach (int rows in gpu.TimedRowCounts(8192).Where(r => r >= 8))
+                Assert.True(timed.Any(l => l.Contains($"M={rows} ", StringComparison.Ordinal)),
+                    $"the warm-up did not time {rows} rows of the QKV product:\n{string.Join("\n", timed)}");
+            for (int i = 0; i < 3; i++) Step(scheduler, runner);
+            Assert.Equal(timed, Qkv());
+        }
+    }
+
+    /// <summary>
     /// Batch-1 decoding on the llama-1b shape (bf16, a 512-token prompt), printed for the log (not a pass/fail bar): per op,
     /// a paged step of the server beside the dense step of <c>tessera generate</c> at the same position (a profiled backend,
     /// eager), with the fused paged QKV op and without (<see cref="CudaBackendOptions.FusedPagedQkv"/>); then the paged step
