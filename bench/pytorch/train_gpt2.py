@@ -65,11 +65,11 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
-def measure(batch, seq, steps, warmup, compile_model):
+def measure(batch, seq, steps, warmup, compile_model, profile=False):
     torch.manual_seed(0)
     layers, c, vocab = 12, 768, 50304
     model = GPT(layers, c, 12, vocab, seq).cuda()
-    n_params, rows, loss_value = timed_training.train_and_time(model, compile_model, 50257, batch, seq, steps, warmup)
+    n_params, rows, loss_value = timed_training.train_and_time(model, compile_model, 50257, batch, seq, steps, warmup, profile)
     timing = timed_training.timing_cells(rows, batch, seq, n_params, layers, c)
     print(f"train_gpt2.py: {torch.cuda.get_device_name()} torch {torch.__version__} B={batch} T={seq} loss {loss_value:.4f} "
           f"params {n_params}", file=sys.stderr)
@@ -84,12 +84,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-header", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="print the last step's kernels, most GPU time first, to stderr")
     a = ap.parse_args()
     timed_training.start(a.no_header)
     batch = a.batch
     while True:
         try:
-            print(measure(batch, a.seq, a.steps, a.warmup, not a.no_compile), flush=True)
+            print(measure(batch, a.seq, a.steps, a.warmup, not a.no_compile, a.profile), flush=True)
             return
         except torch.OutOfMemoryError:
             if batch == 1:
