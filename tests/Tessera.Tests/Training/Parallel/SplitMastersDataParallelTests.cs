@@ -1,6 +1,8 @@
 using Tessera.Distributed.InProcess;
+using Tessera.Distributed.Mesh;
 using Tessera.Models;
 using Tessera.Nn;
+using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Training;
@@ -183,6 +185,77 @@ public sealed class SplitMastersDataParallelTests : IDisposable
             AssertBitwise(expectedSave.Values, atLoad.Values, $"{where}: restored value");
             AssertBitwise(expectedNext.Values, next.Values, $"{where}: value after the next step");
         }
+    }
+
+    /// <summary>
+    /// Sharded checkpoints of tensor-parallel ranks (one device's optimizer per rank, no data parallelism) keep split masters
+    /// too: tp 2 ranks of llama-debug with split masters, planted F32 masters (exact ties among them) and moments, saved and
+    /// restored on one device with split masters (the joined masters and moments bit for bit) and back on tp 2 (the values and
+    /// low words bit for bit).
+    /// </summary>
+    [Fact]
+    public void TensorParallelCheckpointOfSplitMastersLoadsExactlyOnOneDeviceAndBackOnTp2()
+    {
+        int seed = Environment.TickCount;
+        TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}");
+        var config = ModelPresets.Get("llama-debug");
+        var whole = new Transformer(config, new CpuBackend(1), DType.BF16, ArenaStorage.Deferred).Layout;
+        var rng = new Random(seed);
+        var expected = whole.Parameters.ToDictionary(p => p.Name, p => (
+            Master: Enumerable.Range(0, (int)p.NumElements).Select(i => (double)Tie((float)(rng.NextDouble() * 2 - 1) * 0.1f, i % 41 == 0)).ToArray(),
+            M: Enumerable.Range(0, (int)p.NumElements).Select(_ => (double)(float)((rng.NextDouble() * 2 - 1) * 1e-3)).ToArray(),
+            V: Enumerable.Range(0, (int)p.NumElements).Select(_ => (double)(float)(rng.NextDouble() * 1e-6)).ToArray()));
+        var store = _run.Checkpoints;
+        (ushort[] Values, ushort[] Low)[] RunTp2(bool save) => ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var model = new Transformer(config, ctx.Backend, DType.BF16, tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory),
+                masters: MasterWeights.Split);
+            var single = SingleDevice.For(model, AdamW);
+            var trainer = new Trainer(model, single, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(Steps));
+            if (save)
+            {
+                foreach (var p in model.Layout.Parameters)
+                {
+                    var (master, m, v) = expected[p.Name];
+                    var local = Array.ConvertAll(p.LocalValues(master), x => (float)x);
+                    p.WriteMasterOrValue(t => ctx.Backend.CopyFromHost<float>(local, t));
+                    var shape = new Shape((int)p.NumElements);
+                    ctx.Backend.CopyFromHost<float>(Array.ConvertAll(p.LocalValues(m), x => (float)x), single.Optimizer.M.Narrow(p.Offset, shape));
+                    ctx.Backend.CopyFromHost<float>(Array.ConvertAll(p.LocalValues(v), x => (float)x), single.Optimizer.V.Narrow(p.Offset, shape));
+                }
+                trainer.Step = 2;
+                single.StepCount = 2;
+                ShardedCheckpoint.Save(store, trainer, "byte");
+            }
+            else ShardedCheckpoint.Restore(store.Latest()!, trainer);
+            return (ctx.Backend.ToArray<BFloat16>(model.Parameters.Values).Select(x => x.Bits).ToArray(), ctx.Backend.ToArray<ushort>(model.Parameters.LowWords!));
+        }, TimeSpan.FromSeconds(60));
+        var saved = RunTp2(save: true);
+
+        var cpu = new CpuBackend(2);
+        var one = new Transformer(config, cpu, DType.BF16, masters: MasterWeights.Split);
+        var oneDevice = SingleDevice.For(one, AdamW);
+        var oneTrainer = new Trainer(one, oneDevice, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T), null, ParallelRun.Options(Steps));
+        ShardedCheckpoint.Restore(store.Latest()!, oneTrainer);
+        Assert.Equal(2, oneTrainer.Step);
+        foreach (var p in one.Layout.Parameters)
+        {
+            var (master, m, v) = expected[p.Name];
+            var shape = new Shape((int)p.NumElements);
+            AssertBitwise(Bits(master), Array.ConvertAll(p.ReadMasterOrValue(t => cpu.ToArray<float>(t)), BitConverter.SingleToUInt32Bits), $"one device: master of {p.Name}");
+            AssertBitwise(Bits(m), Array.ConvertAll(cpu.ToArray<float>(oneDevice.Optimizer.M.Narrow(p.Offset, shape)), BitConverter.SingleToUInt32Bits), $"one device: m of {p.Name}");
+            AssertBitwise(Bits(v), Array.ConvertAll(cpu.ToArray<float>(oneDevice.Optimizer.V.Narrow(p.Offset, shape)), BitConverter.SingleToUInt32Bits), $"one device: v of {p.Name}");
+        }
+        var restored = RunTp2(save: false);
+        for (int r = 0; r < 2; r++)
+        {
+            Assert.Equal(saved[r].Values, restored[r].Values);
+            Assert.Equal(saved[r].Low, restored[r].Low);
+        }
+
+        static float Tie(float f, bool tie) => tie ? BitConverter.UInt32BitsToSingle((BitConverter.SingleToUInt32Bits(f) & 0xFFFF_0000u) | 0x8000u) : f;
+        static uint[] Bits(double[] floats) => Array.ConvertAll(floats, x => BitConverter.SingleToUInt32Bits((float)x));
     }
 
     /// <summary>Whatever stays refused says so with the option's name: offload (it keeps whole F32 masters on the host).</summary>
