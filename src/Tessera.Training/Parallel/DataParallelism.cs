@@ -281,7 +281,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// Collective (every rank, same point): the rank's whole local model in its master values (the F32 masters of a BF16
     /// run, else the values), assembled on rank <paramref name="root"/>'s host as F32 in arena layout (Length elements) and
     /// null on the other ranks: what a checkpoint exports. Read from wherever the masters live (the host shard with
-    /// offload, the device otherwise), one all-gather per unit through unit-size transient buffers.
+    /// offload, the device otherwise; split masters joined on their owner), one F32 all-gather per unit through unit-size
+    /// transient buffers.
     /// </summary>
     public float[]? GatherMastersToHost(int root = 0) =>
         GatherToHost(MasterDType, root, (unit, chunk) =>
