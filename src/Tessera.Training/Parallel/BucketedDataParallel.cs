@@ -27,7 +27,7 @@ namespace Tessera.Training.Parallel;
 /// </para>
 /// Memory per rank (P arena elements, W ranks, b bytes per element): 2bP for the value and gradient arenas, 2P/W moments
 /// (ZeRO-1/2; 2P without sharding), ZeRO-2's reduced gradient in a P/W shard, and a BF16 arena's 4P bytes of F32
-/// masters unless offloaded.
+/// masters unless offloaded (2P bytes of low words with split masters).
 /// </summary>
 public sealed class BucketedDataParallel : DataParallelism
 {

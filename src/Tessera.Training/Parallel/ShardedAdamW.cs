@@ -21,8 +21,8 @@ namespace Tessera.Training.Parallel;
 /// Split masters (<see cref="MasterWeights.Split"/>): no F32 master exists on the device; an owned range's master is its BF16
 /// values (the high halves, what the stages gather) and a U16 low-word range beside them, and the update is
 /// <see cref="IBackend.AdamWSplit"/>, which joins, runs AdamW's operations and splits, so masters and moments are bitwise those
-/// of separate masters given the same gradients. Read or write such a master through <see cref="ReadMaster{T}"/> /
-/// <see cref="WriteMaster"/> (a transient F32 range); <see cref="MasterOf"/> refuses.
+/// of separate masters given the same gradients. Read such a master through <see cref="ReadMaster{T}"/> (a transient F32
+/// range); <see cref="MasterOf"/> refuses.
 /// </para>
 /// <para>
 /// With offload (<see cref="OffloadedAdamW"/>) the masters, the moments and a gradient copy of the shard live on a host
@@ -177,7 +177,7 @@ public sealed class ShardedAdamW
     /// <summary>
     /// The authoritative master values of an owned range and the backend that holds them: the host master shard when
     /// offloaded, else the arena's F32 masters (mixed precision) or values. Only owned ranges are current on a sharded rank.
-    /// Split masters have no such tensor: use <see cref="ReadMaster{T}"/> and <see cref="WriteMaster"/>.
+    /// Split masters have no such tensor: use <see cref="ReadMaster{T}"/>.
     /// </summary>
     public (IBackend Backend, Tensor Values) MasterOf(OwnedRange range)
     {
@@ -185,7 +185,7 @@ public sealed class ShardedAdamW
         if (_offload is not null) return (_offload.Host, _offload.Masters.Narrow(range.ShardOffset, shape));
         if (_lowWords is not null)
             throw new InvalidOperationException($"{_group.Describe()}: the masters are split (MasterWeights.Split: BF16 values and U16 low words), so no tensor holds " +
-                "an F32 master; read or write it through ShardedAdamW.ReadMaster / WriteMaster");
+                "an F32 master; read it through ShardedAdamW.ReadMaster (the strategy's WriteWeights writes it)");
         return (_device, _master(range) ?? _value(range));
     }
 
@@ -206,30 +206,6 @@ public sealed class ShardedAdamW
         }
         var shape = new Shape(length);
         return SplitMasterRange.Read(_device, _value(range).Narrow(start, shape), _lowWords(range).Narrow(start, shape), m => read(_device, m));
-    }
-
-    /// <summary>
-    /// Calls <paramref name="write"/> to fill the device master values of elements [<paramref name="start"/>, + <paramref name="length"/>)
-    /// of owned range <paramref name="range"/>, then makes the values follow: cast from separate F32 masters, split from a
-    /// transient F32 tensor for split masters; for F32/F64 the values are the masters. Not for an offloaded optimizer (write
-    /// its host <see cref="Masters"/>).
-    /// </summary>
-    public void WriteMaster(OwnedRange range, long start, int length, Action<IBackend, Tensor> write)
-    {
-        ArgumentNullException.ThrowIfNull(write);
-        CheckWithin(range, start, length);
-        if (_offload is not null)
-            throw new InvalidOperationException($"{_group.Describe()}: the masters are offloaded to the host; write ShardedAdamW.Masters there");
-        var shape = new Shape(length);
-        var value = _value(range).Narrow(start, shape);
-        if (_lowWords is not null)
-        {
-            SplitMasterRange.Write(_device, value, _lowWords(range).Narrow(start, shape), m => write(_device, m));
-            return;
-        }
-        var master = _master(range)?.Narrow(start, shape);
-        write(_device, master ?? value);
-        if (master is not null) _device.Copy(master, value);
     }
 
     private void CheckWithin(OwnedRange range, long start, int length)
