@@ -45,7 +45,8 @@ public sealed class Transformer
     /// layers), allocated in their own trainable arena, <see cref="Adapters"/> (initialized; zero B), or null. Pair with
     /// <see cref="ArenaStorage.Frozen"/> to train the adapters alone.</param>
     /// <param name="masters">How a BF16 arena keeps its F32 masters: <see cref="MasterWeights.Separate"/> (default) or
-    /// <see cref="MasterWeights.Split"/> (2 bytes per parameter less; BF16 and <see cref="ArenaStorage.Full"/> only).</param>
+    /// <see cref="MasterWeights.Split"/> (2 bytes per parameter less; BF16 only, with a trained arena: <see cref="ArenaStorage.Full"/>, or
+    /// <see cref="ArenaStorage.Deferred"/> for ZeRO-3's sharded construction, whose shards then keep the masters split).</param>
     public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full,
         TensorParallelism? tensorParallelism = null, PipelineParallelism? pipeline = null, LoraOptions? lora = null,
         MasterWeights masters = MasterWeights.Separate)
@@ -55,13 +56,16 @@ public sealed class Transformer
         config.Validate();
         if (dtype is not (DType.F32 or DType.F64 or DType.BF16))
             throw new ArgumentException($"Transformer: dtype {dtype} is not supported; use F32, F64 or BF16");
-        if (masters == MasterWeights.Split && storage != ArenaStorage.Full)
-            throw new ArgumentException($"Transformer: MasterWeights.Split needs ArenaStorage.Full (a trained arena of its own), not {storage}", nameof(masters));
+        if (masters == MasterWeights.Split && storage == ArenaStorage.Frozen)
+            throw new ArgumentException("Transformer: MasterWeights.Split needs a trained arena (ArenaStorage.Full, or Deferred for ZeRO-3); a frozen base has no masters", nameof(masters));
+        if (masters == MasterWeights.Split && dtype != DType.BF16 && storage == ArenaStorage.Deferred)   // a full arena checks this itself
+            throw new ArgumentException($"Transformer: MasterWeights.Split needs a BF16 model (the value is the master's high half), not {dtype}", nameof(masters));
         if (pipeline is not null && pipeline.Partition.Layers != config.Layers)
             throw new ArgumentException($"pipeline: the partition ({pipeline.Partition}) cuts {pipeline.Partition.Layers} blocks but the model has {config.Layers} (Layers)");
         Config = config;
         Backend = backend;
         DType = dtype;
+        MasterWeights = masters;
         Activations = new ActivationStore(backend);
         Pipeline = pipeline is { Stages: > 1 } || pipeline is { Chunks: > 1 } ? pipeline : null;
 
@@ -237,6 +241,13 @@ public sealed class Transformer
 
     /// <summary>Element type of parameters and activations.</summary>
     public DType DType { get; }
+
+    /// <summary>
+    /// How the model's F32 masters are kept (<see cref="Nn.MasterWeights.Split"/> or the default <see cref="Nn.MasterWeights.Separate"/>):
+    /// the arena's choice, recorded here too so that a model declared without storage (<see cref="ArenaStorage.Deferred"/>)
+    /// tells its ZeRO-3 strategy how to keep the master shards.
+    /// </summary>
+    public MasterWeights MasterWeights { get; }
 
     /// <summary>Element type of the per-token losses (and of norm statistics): F64 for F64 models, else F32.</summary>
     public DType LossDType => DType == DType.F64 ? DType.F64 : DType.F32;

@@ -13,8 +13,8 @@ public enum MasterWeights
     /// BF16 only: the value the layers read is the master's high half and a 16-bit low-word plane holds the rest, 2 bytes
     /// per parameter instead of 4 (<see cref="Tessera.Tensors.IBackend.SplitMasters"/>). The master is exact (joined inside
     /// the optimizer, bitwise the separate-master AdamW trajectory); the value is the master rounded half away from zero,
-    /// which differs from round-to-nearest-even only when the low half is exactly 0x8000 (a tie). Not for data-parallel
-    /// strategies (ZeRO, offload), which refuse it.
+    /// which differs from round-to-nearest-even only when the low half is exactly 0x8000 (a tie). Data parallelism and ZeRO 1-3
+    /// keep it (ZeRO-3 as a low-word shard); the offloaded optimizer refuses it.
     /// </summary>
     Split,
 }

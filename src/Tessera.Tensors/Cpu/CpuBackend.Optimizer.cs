@@ -7,23 +7,63 @@ namespace Tessera.Tensors.Cpu;
 public sealed unsafe partial class CpuBackend
 {
     /// <inheritdoc/>
+    /// <remarks>
+    /// Besides F32 and F64, x may be BF16 (a mixed-precision gradient, as the CUDA backend takes it): each element widens
+    /// exactly to F32 and the squares are summed in double per chunk, chunks added in order.
+    /// </remarks>
     public void SumOfSquares(Tensor x, Tensor result)
     {
         const string op = nameof(SumOfSquares);
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(result);
-        RequireComputeDType(op, nameof(x), x);
+        if (x.DType != DType.BF16) RequireComputeDType(op, nameof(x), x);
         RequireContiguous(op, nameof(x), x);
         RequireScalar(op, nameof(result), result);
-        double total = x.DType == DType.F32 ? SumTyped<float>(x, squares: true) : SumTyped<double>(x, squares: true);
+        double total = x.DType switch
+        {
+            DType.F32 => SumTyped<float>(x, squares: true),
+            DType.BF16 => SumOfSquaresBFloat16(x),
+            _ => SumTyped<double>(x, squares: true),
+        };
         WriteScalarValue(result, ReadScalarValue(result) + total);
         KeepOperandsAlive(x, result);
     }
 
+    private double SumOfSquaresBFloat16(Tensor x)
+    {
+        ushort* p = Ptr<ushort>(x);
+        long n = x.NumElements;
+        int chunks = Math.Max(1, ChunkCount(n, 1));
+        var partial = new double[chunks];
+        ParallelFixedChunks(n, chunks, (c, s, e) =>
+        {
+            double sum = 0;
+            for (long i = s; i < e; i++)
+            {
+                double w = BitConverter.UInt32BitsToSingle((uint)p[i] << 16);
+                sum += w * w;
+            }
+            partial[c] = sum;
+        });
+        double total = 0;
+        foreach (var v in partial) total += v;
+        return total;
+    }
+
     /// <inheritdoc/>
+    /// <remarks>
+    /// F32 parameters may take BF16 gradients (mixed precision, as the CUDA backend does): each gradient widens exactly to
+    /// F32 and the update is the F32 one, bit for bit (<see cref="OptimizerKernels.AdamWStagedBFloat16"/>: tested against
+    /// widening first).
+    /// </remarks>
     public void AdamW(Tensor parameters, Tensor gradients, Tensor m, Tensor v, in AdamWStep step,
         Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null)
     {
         const string op = nameof(AdamW);
+        if (gradients is { DType: DType.BF16 } && parameters is { DType: DType.F32 })
+        {
+            AdamWBFloat16Gradients(parameters, gradients, m, v, step, gradSumOfSquares, lowPrecisionCopy);
+            return;
+        }
         CheckElementwise(op, (nameof(parameters), parameters), (nameof(gradients), gradients), (nameof(m), m), (nameof(v), v));
         double clip = ClipCoefficient(op, step, gradSumOfSquares);
         if (lowPrecisionCopy is not null)
@@ -36,6 +76,32 @@ public sealed unsafe partial class CpuBackend
         }
         if (parameters.DType == DType.F32) AdamWTyped<float>(parameters, gradients, m, v, step, clip, lowPrecisionCopy);
         else AdamWTyped<double>(parameters, gradients, m, v, step, clip, lowPrecisionCopy);
+        KeepOperandsAlive(parameters, gradients, m, v, gradSumOfSquares, lowPrecisionCopy);
+    }
+
+    /// <summary>AdamW over F32 parameters with BF16 gradients; the BF16 <paramref name="lowPrecisionCopy"/> (rounded to nearest even) when given.</summary>
+    private void AdamWBFloat16Gradients(Tensor parameters, Tensor gradients, Tensor m, Tensor v, in AdamWStep step, Tensor? gradSumOfSquares, Tensor? lowPrecisionCopy)
+    {
+        const string op = nameof(AdamW);
+        CheckElementwise(op, (nameof(parameters), parameters), (nameof(m), m), (nameof(v), v));
+        RequireSameShape(op, nameof(gradients), gradients, nameof(parameters), parameters);
+        RequireContiguous(op, nameof(gradients), gradients);
+        if (lowPrecisionCopy is not null)
+        {
+            if (lowPrecisionCopy.DType != DType.BF16 || lowPrecisionCopy.NumElements != parameters.NumElements)
+                throw new ArgumentException($"{op}: with BF16 gradients the lowPrecisionCopy must be BF16 of {parameters.NumElements} elements, not {lowPrecisionCopy.DType} {lowPrecisionCopy.Shape}", nameof(lowPrecisionCopy));
+            RequireContiguous(op, nameof(lowPrecisionCopy), lowPrecisionCopy);
+        }
+        double clip = ClipCoefficient(op, step, gradSumOfSquares);
+        var k = new AdamWConstants<float>(step, clip);
+        float* pp = Ptr<float>(parameters), pm = Ptr<float>(m), pv = Ptr<float>(v);
+        ushort* pg = Ptr<ushort>(gradients);
+        ushort* po = lowPrecisionCopy is null ? null : Ptr<ushort>(lowPrecisionCopy);
+        ParallelChunks(parameters.NumElements, 12, (s, e) =>
+        {
+            if (po != null) OptimizerKernels.AdamWStagedBFloat16(pp + s, pg + s, pm + s, pv + s, po + s, e - s, k);
+            else OptimizerKernels.AdamWBFloat16Gradients(pp + s, pg + s, pm + s, pv + s, e - s, k);
+        });
         KeepOperandsAlive(parameters, gradients, m, v, gradSumOfSquares, lowPrecisionCopy);
     }
 

@@ -18,9 +18,16 @@ namespace Tessera.Training.Parallel;
 /// <see cref="SynchronizeMasters"/> gathers them whole when needed. With offload the masters and moments of the shard
 /// live on the host, and the arena's own F32 master buffer is released (the host copy is the only one).
 /// </para>
+/// <para>
+/// Split masters (<see cref="MasterWeights.Split"/>, not offloaded): the arena's BF16 values are the masters' high halves and
+/// its U16 low-word plane the rest; each owned range is updated by <see cref="IBackend.AdamWSplit"/>, and the values the
+/// stages all-gather are exactly the updated high halves, so the exchange is unchanged. Only the owned ranges of the low
+/// words stay current; <see cref="SynchronizeMasters"/> all-gathers the low words (2 bytes an element, where gathering joined
+/// F32 masters would move 4: every rank already holds every value).
+/// </para>
 /// Memory per rank (P arena elements, W ranks, b bytes per element): 2bP for the value and gradient arenas, 2P/W moments
 /// (ZeRO-1/2; 2P without sharding), ZeRO-2's reduced gradient in a P/W shard, and a BF16 arena's 4P bytes of F32
-/// masters unless offloaded.
+/// masters unless offloaded (2P bytes of low words with split masters).
 /// </summary>
 public sealed class BucketedDataParallel : DataParallelism
 {
@@ -45,7 +52,8 @@ public sealed class BucketedDataParallel : DataParallelism
         if (options.Stage >= ZeroStage.Gradients) GradientShard = model.Backend.Zeros(ShardShape(), model.DType);
         OffloadedAdamW? offload = Host is null ? null : new OffloadedAdamW(model.Backend, model.DType, Layout, Host, options.OffloadPieceElements,
             Value, () => _arena.Masters ?? (_arena.MastersReleased ? null : _arena.Values), loadMasters: true);
-        Optimizer = new ShardedAdamW(model.Backend, model.DType, Layout, group, adamW, Gradient, Value, Master, _arena.Grads, offload, NormScope);
+        Optimizer = new ShardedAdamW(model.Backend, model.DType, Layout, group, adamW, Gradient, Value, Master, _arena.Grads, offload, NormScope,
+            _arena.LowWords is null ? null : r => LowWords(r)!);
         // ZeRO-Offload: the host master shard (just loaded from the arena) is authoritative; a BF16 arena's full-size F32
         // device masters would be 4 bytes per parameter of dead weight, so they are freed.
         if (offload is not null) _arena.ReleaseMasters();
@@ -66,6 +74,9 @@ public sealed class BucketedDataParallel : DataParallelism
 
     /// <inheritdoc/>
     public override Tensor? Master(OwnedRange range) => _arena.Masters?.Narrow(range.ArenaOffset, new Shape((int)range.Length));
+
+    /// <inheritdoc/>
+    public override Tensor? LowWords(OwnedRange range) => _arena.LowWords?.Narrow(range.ArenaOffset, new Shape((int)range.Length));
 
     /// <inheritdoc/>
     public override bool ReducesEveryMicroBatch => false;
@@ -133,13 +144,14 @@ public sealed class BucketedDataParallel : DataParallelism
     /// <summary>
     /// Collective (every rank, same point): makes <see cref="ParameterArena.Masters"/> hold the whole current F32 model on
     /// every rank (training keeps only a rank's owned ranges current): one F32 all-gather per unit, one in flight at a
-    /// time. A no-op for F32/F64 arenas and without sharding; throws when the masters were released (offload).
+    /// time. Split masters: the same for <see cref="ParameterArena.LowWords"/> (U16; the values, the high halves, are whole
+    /// after every update already). A no-op for F32/F64 arenas and without sharding; throws when the masters were released (offload).
     /// </summary>
     public void SynchronizeMasters()
     {
         if (_arena.MastersReleased)
             throw new InvalidOperationException($"{Group.Describe()}: the device holds no full-size F32 masters (they live on the host with offload); use GatherMastersToHost");
-        var masters = _arena.Masters;
+        var masters = _arena.Masters ?? _arena.LowWords;
         if (masters is null || Layout.Shards == 1) return;
         (ShardUnit Unit, (CollectiveHandle Handle, Tensor Input, Tensor Output) Op)? previous = null;
         foreach (var unit in Layout.Units)
@@ -159,14 +171,31 @@ public sealed class BucketedDataParallel : DataParallelism
         if (_arena.MastersReleased) HostValues.Write(backend, values, parameter.Value);
         else
         {
-            HostValues.Write(backend, values, parameter.MasterOrValue);
-            if (parameter.Master is not null) backend.Copy(parameter.Master, parameter.Value);
+            // The master (separate: then cast into the value; split: through a transient F32 split into value and low word), or the value.
+            var host = values.ToArray();
+            parameter.WriteMasterOrValue(target => HostValues.Write(backend, host, target));
         }
     }
 
     private protected override void WriteOwned(OwnedRange range, long start, ReadOnlySpan<double> values) { }
 
-    private protected override void CopyOwnedMasters(ShardUnit unit, Tensor chunk) => CopyOwnedChunk(_arena.Masters ?? _arena.Values, unit, chunk);
+    private protected override void CopyOwnedMasters(ShardUnit unit, Tensor chunk)
+    {
+        if (_arena.LowWords is not { } low)
+        {
+            CopyOwnedChunk(_arena.Masters ?? _arena.Values, unit, chunk);
+            return;
+        }
+        // Split masters: the owned span joined into the F32 chunk (what the other ranks cannot rebuild: they hold these low words stale).
+        var device = Model.Backend;
+        var (start, end) = Layout.OwnedSpan(unit);
+        if (end > start)
+        {
+            var span = new Shape((int)(end - start));
+            device.JoinMasters(_arena.Values.Narrow(start, span), low.Narrow(start, span), chunk.Narrow(0, span));
+        }
+        if (end - start < unit.Chunk) device.Fill(chunk.Narrow(end - start, new Shape((int)(unit.Chunk - (end - start)))), 0);
+    }
 
     private protected override void CopyOwnedValues(ShardUnit unit, Tensor chunk) => CopyOwnedChunk(_arena.Values, unit, chunk);
 

@@ -39,10 +39,14 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
         options.Validate();
         if (options.OffloadOptimizer && host is null)
             throw new ArgumentException("parallel options: OffloadOptimizer needs a host backend (pass a CpuBackend as 'host')");
-        if ((trained ?? model.Layout).Storage is ParameterArena { MasterWeights: MasterWeights.Split })
-            throw new NotSupportedException($"{group.Describe()}: the model's arena keeps split masters (MasterWeights.Split), which the " +
-                "data-parallel strategies (sharded AdamW, ZeRO, offload) do not support; build the model with MasterWeights.Separate");
+        // Split masters: the arena's choice, or for a model declared without storage (ZeRO-3's sharded construction) the model's.
+        var masters = (trained ?? model.Layout).Storage is ParameterArena arena ? arena.MasterWeights
+            : trained is null || ReferenceEquals(trained, model.Layout) ? model.MasterWeights : MasterWeights.Separate;
+        if (masters == MasterWeights.Split && options.OffloadOptimizer)
+            throw new NotSupportedException($"{group.Describe()}: the model keeps split masters (MasterWeights.Split), which the offloaded optimizer does not: " +
+                "offload keeps whole F32 masters on the host and frees the device's; build the model with MasterWeights.Separate, or train without offload");
         Model = model;
+        MasterWeights = masters;
         Group = group;
         Options = options;
         Trained = trained ?? model.Layout;
@@ -115,6 +119,12 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <summary>The data-parallel group.</summary>
     public ProcessGroup Group { get; }
 
+    /// <summary>
+    /// How the trained parameters keep their F32 masters: <see cref="MasterWeights.Split"/> (BF16 values as the high halves,
+    /// U16 low words beside them: <see cref="LowWords"/>) or <see cref="MasterWeights.Separate"/>.
+    /// </summary>
+    public MasterWeights MasterWeights { get; }
+
     ProcessGroup? IDataParallelism.Group => Group;
 
     /// <summary>Data-parallel settings.</summary>
@@ -150,8 +160,11 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <summary>The values of an owned range in the model's dtype (a view of the arena's values, or of the value shard).</summary>
     public abstract Tensor Value(OwnedRange range);
 
-    /// <summary>The F32 masters of an owned range on the device (mixed precision), or null when the device holds none.</summary>
+    /// <summary>The F32 masters of an owned range on the device (mixed precision), or null when the device holds none (split masters among them).</summary>
     public abstract Tensor? Master(OwnedRange range);
+
+    /// <summary>Split masters: the U16 low words of an owned range's masters (a view of the arena's, or of the low-word shard); else null.</summary>
+    public abstract Tensor? LowWords(OwnedRange range);
 
     /// <inheritdoc/>
     public abstract void ZeroGrad();
@@ -268,7 +281,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// Collective (every rank, same point): the rank's whole local model in its master values (the F32 masters of a BF16
     /// run, else the values), assembled on rank <paramref name="root"/>'s host as F32 in arena layout (Length elements) and
     /// null on the other ranks: what a checkpoint exports. Read from wherever the masters live (the host shard with
-    /// offload, the device otherwise), one all-gather per unit through unit-size transient buffers.
+    /// offload, the device otherwise; split masters joined on their owner), one F32 all-gather per unit through unit-size
+    /// transient buffers.
     /// </summary>
     public float[]? GatherMastersToHost(int root = 0) =>
         GatherToHost(MasterDType, root, (unit, chunk) =>

@@ -19,7 +19,8 @@ namespace Tessera.Training.Parallel;
 /// saves); later micro-batches add into the shard.
 /// <para>
 /// Memory per rank (P arena elements, W ranks, b bytes per element): persistent 2bP/W (value and gradient shards) plus
-/// 4P/W of F32 master shard for a BF16 model unless offloaded; transient pooled buffers of whole units
+/// 4P/W of F32 master shard for a BF16 model unless offloaded, or with split masters (<see cref="MasterWeights.Split"/>) a
+/// 2P/W U16 low-word shard instead (<see cref="LowWordShard"/>: the value shard holds the masters' high halves); transient pooled buffers of whole units
 /// (<see cref="DataParallelism.TransientBytes"/>): at most three gathered value units (current, prefetched, and the
 /// borrowed embeddings or the kept head) and three gradient units (current, the previous one while its reduce-scatter is
 /// in flight, the borrowed embeddings), plus two chunk buffers when micro-batches accumulate.
@@ -66,10 +67,12 @@ public sealed class FullyShardedDataParallel : DataParallelism
         _borrowed = new bool[units];
         foreach (var u in Trained.Units)
             foreach (var b in u.Borrows) _borrowed[b] = true;
-        bool deviceMasters = MasterDType != model.DType && !options.OffloadOptimizer;
+        bool split = MasterWeights == MasterWeights.Split;
+        bool deviceMasters = MasterDType != model.DType && !options.OffloadOptimizer && !split;
         ValueShard = backend.Zeros(ShardShape(), model.DType);
         GradientShard = backend.Zeros(ShardShape(), model.DType);
         if (deviceMasters) MasterShard = backend.Zeros(ShardShape(), MasterDType);
+        if (split) LowWordShard = backend.Zeros(ShardShape(), DType.U16);
         OffloadedAdamW? offload = null;
         if (Host is not null)
         {
@@ -87,13 +90,15 @@ public sealed class FullyShardedDataParallel : DataParallelism
                 var shape = new Shape((int)(end - start));
                 backend.Copy(arena.Values.Narrow(start, shape), ValueShard.Narrow(unit.ShardStart, shape));
                 if (MasterShard is not null && arena.Masters is not null) backend.Copy(arena.Masters.Narrow(start, shape), MasterShard.Narrow(unit.ShardStart, shape));
+                if (LowWordShard is not null) backend.Copy(arena.LowWords!.Narrow(start, shape), LowWordShard.Narrow(unit.ShardStart, shape));
             }
             backend.Synchronize();   // the copies read the full buffers, which are freed next
             arena.Release();
         }
         _storage = new ShardedParameterStorage(Trained, backend, model.DType);
         Trained.Attach(_storage);
-        Optimizer = new ShardedAdamW(backend, model.DType, Layout, group, adamW, Gradient, Value, Master, wholeGradient: null, offload, NormScope);
+        Optimizer = new ShardedAdamW(backend, model.DType, Layout, group, adamW, Gradient, Value, Master, wholeGradient: null, offload, NormScope,
+            split ? r => LowWords(r)! : null);
     }
 
     /// <summary>This rank's value shard (ShardLength elements, model dtype, shard layout).</summary>
@@ -102,11 +107,18 @@ public sealed class FullyShardedDataParallel : DataParallelism
     /// <summary>This rank's reduced gradient shard (shard layout).</summary>
     public Tensor GradientShard { get; }
 
-    /// <summary>Mixed precision without offload: this rank's F32 master shard (shard layout); null otherwise.</summary>
+    /// <summary>Mixed precision with separate masters, without offload: this rank's F32 master shard (shard layout); null otherwise.</summary>
     public Tensor? MasterShard { get; }
 
-    /// <summary>Bytes of this rank's persistent shard buffers on the device (value, gradient and master shards).</summary>
-    public long PersistentBytes => GradientShard.Storage.ByteLength + ValueShard.Storage.ByteLength + (MasterShard?.Storage.ByteLength ?? 0);
+    /// <summary>
+    /// Split masters (<see cref="MasterWeights.Split"/>): this rank's U16 low-word shard (shard layout) beside <see cref="ValueShard"/>,
+    /// which holds the masters' high halves; null otherwise.
+    /// </summary>
+    public Tensor? LowWordShard { get; }
+
+    /// <summary>Bytes of this rank's persistent shard buffers on the device (value, gradient and master or low-word shards).</summary>
+    public long PersistentBytes => GradientShard.Storage.ByteLength + ValueShard.Storage.ByteLength + (MasterShard?.Storage.ByteLength ?? 0)
+        + (LowWordShard?.Storage.ByteLength ?? 0);
 
     /// <summary>The storage the model's parameters read while bound.</summary>
     public ShardedParameterStorage Storage => _storage;
@@ -119,6 +131,9 @@ public sealed class FullyShardedDataParallel : DataParallelism
 
     /// <inheritdoc/>
     public override Tensor? Master(OwnedRange range) => MasterShard?.Narrow(range.ShardOffset, new Shape((int)range.Length));
+
+    /// <inheritdoc/>
+    public override Tensor? LowWords(OwnedRange range) => LowWordShard?.Narrow(range.ShardOffset, new Shape((int)range.Length));
 
     /// <inheritdoc/>
     public override bool ReducesEveryMicroBatch => true;
@@ -221,12 +236,24 @@ public sealed class FullyShardedDataParallel : DataParallelism
     private protected override void WriteOwned(OwnedRange range, long start, ReadOnlySpan<double> values)
     {
         var shape = new Shape(values.Length);
-        HostValues.Write(Model.Backend, values, Value(range).Narrow(start - range.ArenaOffset, shape));
+        var value = Value(range).Narrow(start - range.ArenaOffset, shape);
+        if (LowWords(range) is { } low)
+        {
+            // Split masters: the F32 master through a transient, split into the value (high half) and low-word shards.
+            var host = values.ToArray();
+            SplitMasterRange.Write(Model.Backend, value, low.Narrow(start - range.ArenaOffset, shape), m => HostValues.Write(Model.Backend, host, m));
+            return;
+        }
+        HostValues.Write(Model.Backend, values, value);
         if (Master(range) is { } master) HostValues.Write(Model.Backend, values, master.Narrow(start - range.ArenaOffset, shape));
     }
 
-    private protected override void CopyOwnedMasters(ShardUnit unit, Tensor chunk) =>
-        Model.Backend.Copy(ShardChunk(MasterShard ?? ValueShard, unit), chunk);
+    private protected override void CopyOwnedMasters(ShardUnit unit, Tensor chunk)
+    {
+        // Split masters: the chunk joined from the value and low-word shards (padding joins to zero).
+        if (LowWordShard is not null) Model.Backend.JoinMasters(ShardChunk(ValueShard, unit), ShardChunk(LowWordShard, unit), chunk);
+        else Model.Backend.Copy(ShardChunk(MasterShard ?? ValueShard, unit), chunk);
+    }
 
     private protected override void CopyOwnedValues(ShardUnit unit, Tensor chunk) => Model.Backend.Copy(ShardChunk(ValueShard, unit), chunk);
 

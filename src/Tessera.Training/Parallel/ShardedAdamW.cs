@@ -18,6 +18,13 @@ namespace Tessera.Training.Parallel;
 /// makes them whole when the F32 weights are exported.
 /// </para>
 /// <para>
+/// Split masters (<see cref="MasterWeights.Split"/>): no F32 master exists on the device; an owned range's master is its BF16
+/// values (the high halves, what the stages gather) and a U16 low-word range beside them, and the update is
+/// <see cref="IBackend.AdamWSplit"/>, which joins, runs AdamW's operations and splits, so masters and moments are bitwise those
+/// of separate masters given the same gradients. Read such a master through <see cref="ReadMaster{T}"/> (a transient F32
+/// range); <see cref="MasterOf"/> refuses.
+/// </para>
+/// <para>
 /// With offload (<see cref="OffloadedAdamW"/>) the masters, the moments and a gradient copy of the shard live on a host
 /// backend and the update runs there; the updated values are copied back into the device arena (BF16 under mixed
 /// precision). The data-parallel trainer releases a BF16 arena's device masters under offload (the host copy is the only
@@ -32,7 +39,8 @@ public sealed class ShardedAdamW
     private readonly ProcessGroup _group;
     private readonly Func<OwnedRange, Tensor> _gradient;
     private readonly Func<OwnedRange, Tensor> _value;      // arena dtype: what the layers read (the arena's values, or ZeRO-3's value shard)
-    private readonly Func<OwnedRange, Tensor?> _master;    // F32 masters on the device, or null (F32/F64 arenas, offload)
+    private readonly Func<OwnedRange, Tensor?> _master;    // F32 masters on the device, or null (F32/F64 arenas, offload, split masters)
+    private readonly Func<OwnedRange, Tensor>? _lowWords;  // split masters: the U16 low words of an owned range; null otherwise
     private readonly Tensor _sumOfSquares;         // (1) master dtype (F32 under mixed precision), on the device
     private readonly OffloadedAdamW? _offload;
     private readonly GradientNormScope? _normScope;  // tensor parallelism: the counted elements and the tp group, or null
@@ -44,11 +52,17 @@ public sealed class ShardedAdamW
     /// gradient, its values (what the layers read) and its device F32 masters (null: none), read at each use (ZeRO-3 keeps
     /// them in shards). <paramref name="wholeGradient"/>, for plain data parallelism (one shard), is the whole reduced
     /// gradient buffer, summed in one call as the one-device optimizer does; null sums range by range.
+    /// <paramref name="lowWords"/>, for split masters (BF16 only, not offloaded), returns an owned range's U16 low words; the
+    /// values are then the masters' high halves and <paramref name="master"/> must return null.
     /// </summary>
     public ShardedAdamW(IBackend device, DType dtype, ShardLayout layout, ProcessGroup group, AdamWOptions options,
         Func<OwnedRange, Tensor> gradient, Func<OwnedRange, Tensor> value, Func<OwnedRange, Tensor?> master,
-        Tensor? wholeGradient = null, OffloadedAdamW? offload = null, GradientNormScope? normScope = null)
+        Tensor? wholeGradient = null, OffloadedAdamW? offload = null, GradientNormScope? normScope = null, Func<OwnedRange, Tensor>? lowWords = null)
     {
+        if (lowWords is not null && (dtype != DType.BF16 || offload is not null))
+            throw new ArgumentException(dtype != DType.BF16
+                ? $"sharded AdamW: split masters need BF16 values (the masters' high halves), not {dtype}"
+                : "sharded AdamW: split masters stay on the device; an offloaded optimizer keeps separate F32 masters on the host", nameof(lowWords));
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(layout);
         ArgumentNullException.ThrowIfNull(group);
@@ -62,6 +76,7 @@ public sealed class ShardedAdamW
         _gradient = gradient;
         _value = value;
         _master = master;
+        _lowWords = lowWords;
         _wholeGradient = layout.Shards == 1 && normScope is null ? wholeGradient : null;
         _normScope = normScope;
         Options = options;
@@ -97,6 +112,9 @@ public sealed class ShardedAdamW
 
     /// <summary>Second moments of the shard, laid out like <see cref="M"/>.</summary>
     public Tensor V { get; }
+
+    /// <summary>Whether the masters are split (<see cref="MasterWeights.Split"/>): BF16 values and U16 low words, no F32 master on the device.</summary>
+    public bool SplitMasters => _lowWords is not null;
 
     /// <summary>Offload only: the master values of the shard on the host (F32 for a BF16 arena); null otherwise (the arena holds them).</summary>
     public Tensor? Masters => _offload?.Masters;
@@ -139,10 +157,17 @@ public sealed class ShardedAdamW
             return;
         }
         // Mixed precision: the F32 masters are updated and the BF16 values written beside them; otherwise the values are the masters.
+        // Split masters: joined from the values and low words, updated with the same operations, split back.
         foreach (var r in _layout.Owned)
         {
             var shape = new Shape((int)r.Length);
             var value = _value(r);
+            if (_lowWords is not null)
+            {
+                backend.AdamWSplit(value, _lowWords(r), _gradient(r), M.Narrow(r.ShardOffset, shape), V.Narrow(r.ShardOffset, shape),
+                    StepFor(learningRate, r), clip);
+                continue;
+            }
             var master = _master(r);
             backend.AdamW(master ?? value, _gradient(r), M.Narrow(r.ShardOffset, shape), V.Narrow(r.ShardOffset, shape),
                 StepFor(learningRate, r), clip, master is null ? null : value);
@@ -152,12 +177,41 @@ public sealed class ShardedAdamW
     /// <summary>
     /// The authoritative master values of an owned range and the backend that holds them: the host master shard when
     /// offloaded, else the arena's F32 masters (mixed precision) or values. Only owned ranges are current on a sharded rank.
+    /// Split masters have no such tensor: use <see cref="ReadMaster{T}"/>.
     /// </summary>
     public (IBackend Backend, Tensor Values) MasterOf(OwnedRange range)
     {
         var shape = new Shape((int)range.Length);
         if (_offload is not null) return (_offload.Host, _offload.Masters.Narrow(range.ShardOffset, shape));
+        if (_lowWords is not null)
+            throw new InvalidOperationException($"{_group.Describe()}: the masters are split (MasterWeights.Split: BF16 values and U16 low words), so no tensor holds " +
+                "an F32 master; read it through ShardedAdamW.ReadMaster (the strategy's WriteWeights writes it)");
         return (_device, _master(range) ?? _value(range));
+    }
+
+    /// <summary>
+    /// Calls <paramref name="read"/> with the master values of elements [<paramref name="start"/>, + <paramref name="length"/>) of
+    /// owned range <paramref name="range"/> (start relative to the range) and the backend that holds them: a view of
+    /// <see cref="MasterOf"/>'s tensor, or for split masters a transient F32 tensor joined exactly from the values and low words.
+    /// Valid during the call only.
+    /// </summary>
+    public T ReadMaster<T>(OwnedRange range, long start, int length, Func<IBackend, Tensor, T> read)
+    {
+        ArgumentNullException.ThrowIfNull(read);
+        CheckWithin(range, start, length);
+        if (_lowWords is null)
+        {
+            var (backend, masters) = MasterOf(range);
+            return read(backend, masters.Narrow(start, new Shape(length)));
+        }
+        var shape = new Shape(length);
+        return SplitMasterRange.Read(_device, _value(range).Narrow(start, shape), _lowWords(range).Narrow(start, shape), m => read(_device, m));
+    }
+
+    private void CheckWithin(OwnedRange range, long start, int length)
+    {
+        if (start < 0 || length < 0 || start + length > range.Length)
+            throw new ArgumentOutOfRangeException(nameof(start), $"{_group.Describe()}: elements [{start}, {start + length}) are outside the owned range of {range.Length}");
     }
 
     /// <summary>The global gradient norm of the last step (reads the device: call only when logging).</summary>

@@ -24,7 +24,9 @@ namespace Tessera.Training.Parallel;
 /// parallel.json lists every parameter of the whole model. One manifest covers every file.
 /// <para>
 /// Mixed precision (a BF16 model): the "value" pieces and the Hugging Face weights are the F32 masters, never the BF16
-/// copy, and the moments are F32. Each rank writes from wherever its masters live (the host shard under offload).
+/// copy, and the moments are F32. Each rank writes from wherever its masters live (the host shard under offload; split masters,
+/// <see cref="MasterWeights.Split"/>, joined piece by piece from the values and low words, so the file is the same either way
+/// and a run of either kind resumes from it: loading writes the masters and splits them where the loading run keeps them split).
 /// trainer_state.json records the model's dtype, and a checkpoint loads only into a run of the same dtype.
 /// Rank 0 assembles the Hugging Face export from the shard files (ranks must share the checkpoint folder), one parameter
 /// at a time; loading likewise reads one parameter at a time.
@@ -185,8 +187,7 @@ public static class ShardedCheckpoint
                 if (lo >= hi) continue;
                 var shape = new Shape((int)(hi - lo));
                 long start = lo - p.Offset, at = r.ShardOffset + (lo - r.ArenaOffset);
-                var (masterBackend, masters) = rank.MasterOf(r);
-                Add(writer, $"value/{start}/{p.Name}", masterBackend, masters.Narrow(lo - r.ArenaOffset, shape));
+                rank.ReadMasters(r, lo - r.ArenaOffset, (int)(hi - lo), (masterBackend, masters) => Add(writer, $"value/{start}/{p.Name}", masterBackend, masters));
                 Add(writer, $"m/{start}/{p.Name}", rank.StateBackend, rank.M.Narrow(at, shape));
                 Add(writer, $"v/{start}/{p.Name}", rank.StateBackend, rank.V.Narrow(at, shape));
             }
@@ -194,10 +195,11 @@ public static class ShardedCheckpoint
         writer.Write(path);
     }
 
-    private static void Add(SafetensorsWriter writer, string name, IBackend backend, Tensor view)
+    private static int Add(SafetensorsWriter writer, string name, IBackend backend, Tensor view)
     {
         if (view.DType == DType.F64) writer.Add(name, view.Shape, backend.ToArray<double>(view));
         else writer.Add(name, view.Shape, backend.ToArray<float>(view));
+        return 0;
     }
 
     private static void FlushToDisk(string file)
@@ -215,7 +217,8 @@ public static class ShardedCheckpoint
         private ProcessGroup? _data, _tensor, _pipeline;
 
         public required IReadOnlyList<OwnedRange> Owned { get; init; }
-        public required Func<OwnedRange, (IBackend Backend, Tensor Values)> MasterOf { get; init; }
+        /// <summary>Reads elements [start, + length) of an owned range's masters (start relative to the range): a view, or joined split masters.</summary>
+        public required Func<OwnedRange, long, int, Func<IBackend, Tensor, int>, int> ReadMasters { get; init; }
         public required Tensor M { get; init; }
         public required Tensor V { get; init; }
         public required IBackend StateBackend { get; init; }
@@ -260,16 +263,13 @@ public static class ShardedCheckpoint
                 case DataParallelism dp:
                     return new RankState
                     {
-                        Owned = dp.Layout.Owned, MasterOf = dp.Optimizer.MasterOf, M = dp.Optimizer.M, V = dp.Optimizer.V,
+                        Owned = dp.Layout.Owned, ReadMasters = dp.Optimizer.ReadMaster, M = dp.Optimizer.M, V = dp.Optimizer.V,
                         StateBackend = dp.Optimizer.Host ?? trainer.Model.Backend, Stage = (int)dp.Options.Stage, _data = dp.Group, _tensor = tensor,
                     };
                 case SingleDevice single:
                     // One device (or one tensor-parallel rank without data parallelism): it owns its whole arena, whose
                     // moments are laid out like the arena.
                     var arena = single.Optimizer.Arena;
-                    if (arena.MasterWeights == MasterWeights.Split)
-                        throw new NotSupportedException("ShardedCheckpoint: the arena keeps split masters (MasterWeights.Split), which sharded checkpoints " +
-                            "(tensor or pipeline ranks) do not read or write; checkpoint one device with TrainingCheckpoint, or build the model with MasterWeights.Separate");
                     const long maxRange = 1L << 30;   // views are int-sized tensors
                     var owned = new List<OwnedRange>();
                     for (long start = 0; start < arena.Length; start += maxRange)
@@ -277,7 +277,14 @@ public static class ShardedCheckpoint
                     return new RankState
                     {
                         Owned = owned,
-                        MasterOf = r => (arena.Backend, (arena.Masters ?? arena.Values).Narrow(r.ArenaOffset, new Shape(checked((int)r.Length)))),
+                        ReadMasters = (r, start, length, read) =>
+                        {
+                            var shape = new Shape(length);
+                            long at = r.ArenaOffset + start;
+                            return arena.LowWords is { } low
+                                ? SplitMasterRange.Read(arena.Backend, arena.Values.Narrow(at, shape), low.Narrow(at, shape), m => read(arena.Backend, m))
+                                : read(arena.Backend, (arena.Masters ?? arena.Values).Narrow(at, shape));
+                        },
                         M = single.Optimizer.M, V = single.Optimizer.V, StateBackend = arena.Backend, Stage = 0, _tensor = tensor,
                     };
                 default:

@@ -19,6 +19,9 @@ public sealed class UsageErrorTests
     [InlineData("--zero and --offload need --ranks of 2 or more", "train", "--zero", "2", "--out", "/nonexistent/never-written")]
     [InlineData("--masters split keeps the BF16 values as the F32 masters' high halves; this run trains in F32: add --dtype bf16", "train", "--masters", "split", "--out", "/nonexistent/never-written")]
     [InlineData("--masters split: LoRA keeps the base frozen", "train", "--lora", "8", "--masters", "split", "--out", "/nonexistent/never-written")]
+    [InlineData("--masters split cannot be offloaded", "train", "--ranks", "2", "--zero", "1", "--offload", "--dtype", "bf16", "--masters", "split", "--out", "/nonexistent/never-written")]
+    [InlineData("--masters split trains on one GPU or on launched data-parallel ranks (--zero 0-3); tensor- and pipeline-parallel ranks (--tp, --pp) keep separate masters",
+        "train", "--tp", "2", "--dtype", "bf16", "--masters", "split", "--out", "/nonexistent/never-written")]
     public void BadValuesExit2NamingTheOption(string message, params string[] args)
     {
         var (code, stdout, stderr) = CliProcess.Run(args);

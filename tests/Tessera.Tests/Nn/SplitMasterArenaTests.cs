@@ -97,7 +97,7 @@ public sealed class SplitMasterArenaTests : IDisposable
     /// <summary>
     /// Nothing reads or writes the BF16 value in a split master's place: <see cref="Parameter.MasterOrValue"/> throws naming
     /// the accessors, the arena cannot release its masters, and the paths without split support refuse with the option's
-    /// name (F16, F32 and frozen arenas; ZeRO-3's deferred construction; the data-parallel strategies).
+    /// name (F16, F32 and frozen arenas and models; the offloaded optimizer).
     /// </summary>
     [Fact]
     public void PathsThatCannotKeepSplitMastersRefuseThemNamingTheOption()
@@ -113,10 +113,13 @@ public sealed class SplitMasterArenaTests : IDisposable
         Assert.Contains("F16 arenas keep separate", Assert.Throws<ArgumentException>(() => new ParameterArena(layout, _cpu, DType.F16, masters: MasterWeights.Split)).Message);
         Assert.Contains("F32 values are their own masters", Assert.Throws<ArgumentException>(() => new ParameterArena(layout, _cpu, DType.F32, masters: MasterWeights.Split)).Message);
         Assert.Contains("frozen", Assert.Throws<ArgumentException>(() => new ParameterArena(layout, _cpu, DType.BF16, frozen: true, masters: MasterWeights.Split)).Message);
-        Assert.Contains("ArenaStorage.Full", Assert.Throws<ArgumentException>(() => new Transformer(config, _cpu, DType.BF16, ArenaStorage.Deferred, masters: MasterWeights.Split)).Message);
+        Assert.Contains("frozen base has no masters", Assert.Throws<ArgumentException>(() => new Transformer(config, _cpu, DType.BF16, ArenaStorage.Frozen, masters: MasterWeights.Split)).Message);
+        Assert.Contains("needs a BF16 model", Assert.Throws<ArgumentException>(() => new Transformer(config, _cpu, DType.F32, ArenaStorage.Deferred, masters: MasterWeights.Split)).Message);
 
+        // Data parallelism and ZeRO 1-3 keep split masters (Training/Parallel/SplitMastersDataParallelTests); offload refuses them.
         var group = InProcessProcessGroup.Create(1, TimeSpan.FromSeconds(10))[0];
-        var e = Assert.Throws<NotSupportedException>(() => DataParallelism.Create(model, group, new DataParallelOptions { Stage = ZeroStage.None }, new AdamWOptions()));
+        var e = Assert.Throws<NotSupportedException>(() => DataParallelism.Create(model, group, new DataParallelOptions { Stage = ZeroStage.OptimizerStates, OffloadOptimizer = true },
+            new AdamWOptions(), new CpuBackend(1)));
         Assert.Contains("MasterWeights.Split", e.Message);
     }
 

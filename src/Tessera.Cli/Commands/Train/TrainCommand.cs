@@ -40,8 +40,9 @@ public sealed class TrainCommand : Command
     private readonly Option<DType?> _dtype = NullableDType();
     private readonly Option<MasterWeights> _masters = new("--masters")
     {
-        Description = "with --dtype bf16 on one device: how the F32 masters are kept; split: the BF16 values are the masters' high halves and a 16-bit plane holds the rest " +
-            "(2 bytes per parameter less, the same master updates; a value differs from round-to-nearest-even only at exact ties)",
+        Description = "with --dtype bf16 (one GPU, or launched data-parallel ranks with --zero 0-3): how the F32 masters are kept; split: the BF16 values are the masters' " +
+            "high halves and a 16-bit plane holds the rest (2 bytes per parameter less, the same master updates; a value differs from round-to-nearest-even only at exact ties; " +
+            "not with --offload, --tp, --pp or --lora)",
         HelpName = "separate|split",
         DefaultValueFactory = _ => MasterWeights.Separate,
     };

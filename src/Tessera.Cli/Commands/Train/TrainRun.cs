@@ -158,12 +158,14 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         if (settings.Zero > 0 || settings.Offload)
             if (topology.Kind == TopologyKind.OneDevice)
                 throw new UsageException("--zero and --offload need --ranks of 2 or more, or a launched multi-GPU run");
-        if (dtype == DType.BF16 && topology.Device.Kind != DeviceKind.Cuda)
-            throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
         if (settings.Masters == MasterWeights.Split && dtype != DType.BF16)
             throw new UsageException($"--masters split keeps the BF16 values as the F32 masters' high halves; this run trains in {dtype.SafetensorsName()}: add --dtype bf16");
-        if (settings.Masters == MasterWeights.Split && topology.Kind != TopologyKind.OneDevice)
-            throw new UsageException("--masters split is for one device; data-parallel, tensor- and pipeline-parallel ranks (--ranks, --tp, --pp, tessera launch) keep separate masters");
+        if (settings.Masters == MasterWeights.Split && settings.Offload)
+            throw new UsageException("--masters split cannot be offloaded: --offload keeps whole F32 masters on the host; leave out one of the two");
+        if (settings.Masters == MasterWeights.Split && (topology.TensorParallel > 1 || topology.PipelineParallel > 1))
+            throw new UsageException("--masters split trains on one GPU or on launched data-parallel ranks (--zero 0-3); tensor- and pipeline-parallel ranks (--tp, --pp) keep separate masters");
+        if (dtype == DType.BF16 && topology.Device.Kind != DeviceKind.Cuda)
+            throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
         if (topology.Kind == TopologyKind.ThreadRanks && topology.Device.Kind != DeviceKind.Cpu)
             throw new UsageException($"{(settings.Ranks > 1 ? "--ranks" : settings.TensorParallel > 1 ? "--tp" : "--pp")} runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
         if (settings.Data is null && settings.Tokenizer is not null and not "byte")

@@ -80,7 +80,7 @@ public sealed record TrainSettings
     /// <summary>Model dtype; null: f32 (or the checkpoint's).</summary>
     public DType? DType { get; init; }
 
-    /// <summary>How a BF16 model keeps its F32 masters (--masters); default <see cref="MasterWeights.Separate"/>; split: one device only.</summary>
+    /// <summary>How a BF16 model keeps its F32 masters (--masters); default <see cref="MasterWeights.Separate"/>; split: one GPU or launched data-parallel ranks (ZeRO 0-3), not offloaded.</summary>
     public MasterWeights Masters { get; init; } = MasterWeights.Separate;
 
     /// <summary>Recompute activations in backward.</summary>

@@ -135,6 +135,15 @@ internal static unsafe class OptimizerKernels
         }
     }
 
+    /// <summary>
+    /// <see cref="AdamW{T}"/> over F32 parameters with the BF16 gradient widened (exactly) as it is read: the scalar step, the
+    /// same operations as the vector loop, so p, m and v are bitwise those of AdamW over the widened gradient.
+    /// </summary>
+    public static void AdamWBFloat16Gradients(float* p, ushort* g, float* m, float* v, long n, in AdamWConstants<float> k)
+    {
+        for (long i = 0; i < n; i++) Step(BitConverter.UInt32BitsToSingle((uint)g[i] << 16), p + i, m + i, v + i, k);
+    }
+
     /// <summary><see cref="AdamWSplit(ushort*, ushort*, ushort*, float*, float*, long, in AdamWConstants{float})"/> with F32 gradients.</summary>
     public static void AdamWSplit(ushort* hi, ushort* lo, float* g, float* m, float* v, long n, in AdamWConstants<float> k)
     {
