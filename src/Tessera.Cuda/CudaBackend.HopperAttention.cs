@@ -80,19 +80,31 @@ public sealed unsafe partial class CudaBackend
     private const int HopperBackwardQueries = 64;
 
     /// <summary>
-    /// The Hopper backward variant in use at head size <paramref name="headSize"/> (see
-    /// <see cref="CudaBackendOptions.HopperBackwardVariant"/>): the option, or where it is 0 the measured best, variant 3 at
-    /// both head sizes (H200, 2026-12-03, gpu-attention, H32 K8 causal: at D64 1.145 ms against the first kernel's 1.637 at
-    /// 8 x 2048 and 3.78 against 5.70 at 2 x 8192; at D128 2.84 against 3.05 at 8 x 2048 and 4.68 against 5.57 at 4 x 4096).
+    /// The Hopper backward variant in use for <paramref name="queryHeads"/> query heads over <paramref name="kvHeads"/> key/value
+    /// heads of size <paramref name="headSize"/> at sequence length <paramref name="t"/> (see
+    /// <see cref="CudaBackendOptions.HopperBackwardVariant"/>): the option, or where it is 0 the measured best. Both are the second
+    /// kernel with dQ through one bulk reduction per query block; they differ in the CTAs' order. Variant 3 (largest work first
+    /// over all heads) where the head size is 64, each key/value head serves at least two query heads and T is at least 2,048:
+    /// there a CTA walks group x T / 64 query blocks, the grid is a few waves, and starting the key blocks that see every query
+    /// block first shortens the causal tail (llama-1b 8 x 2048: 1.092 ms against 1.207). Variant 6 (the launch order: a head's key
+    /// blocks together, key block 0 first) everywhere else: the CTAs running at once then share their heads' Q and dO tiles in
+    /// L2, which largest-first spreads over every head (gpt2-124m's 64 x 1024, 12 heads: 1.083 ms against 1.819; 16 x 1024 with
+    /// groups of 4: 0.703 against 0.758; head size 128, 8 x 2048, groups of 4: 2.334 against 2.831). H200, session 15,
+    /// gpu-attention --fused-qkv; docs/benchmarks.md.
     /// </summary>
-    public int HopperBackwardVariantFor(int headSize) => Options.HopperBackwardVariant is not 0 ? Options.HopperBackwardVariant : 3;
+    public int HopperBackwardVariantFor(int headSize, int queryHeads, int kvHeads, int t) =>
+        Options.HopperBackwardVariant is not 0 ? Options.HopperBackwardVariant : MeasuredBestHopperBackward(headSize, queryHeads, kvHeads, t);
+
+    /// <summary>The default options' choice in <see cref="HopperBackwardVariantFor"/>: 3 or 6 (see there).</summary>
+    public static int MeasuredBestHopperBackward(int headSize, int queryHeads, int kvHeads, int t) =>
+        headSize == 64 && queryHeads >= 2 * kvHeads && t >= 2048 ? 3 : 6;
 
     private void HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
         float sc)
     {
         string suffix = FlashSuffix(dtype, d);
-        int variant = HopperBackwardVariantFor(d);
+        int variant = HopperBackwardVariantFor(d, h, kh, t);
         // flash_backward_hopper_v2's flags: 1 = CTAs largest work first, 2 = dQ by bulk reductions of fragment-order tiles,
         // 4 = dQ's product before dK's (reductions per element), 8 = (with 2, head size 64) the dQ tile in its own buffer, sent
         // while dK runs, dK waited for in the next block.

@@ -113,9 +113,9 @@ public sealed record CudaBackendOptions
     /// 4 = the second in the launch order of the first (to measure the ordering alone); 5 = 2 with dQ's product issued before
     /// dK's, so that its reductions go out while dK runs; 6 = 3 in the launch order of the first; 7 = 3 with (head size 64) the
     /// dQ tile in its own 16 KB buffer, dQ's product before dK's, the tile sent while dK runs and dK waited for in the next
-    /// query block; 8 = 7 in the launch order of the first. 0 (the default) = the measured best per head size
-    /// (<see cref="CudaBackend.HopperBackwardVariantFor"/>: variant 3 at 64 and 128, 1.43x and 1.07-1.19x the first kernel on
-    /// the H200).
+    /// query block; 8 = 7 in the launch order of the first. 0 (the default) = the measured best per shape
+    /// (<see cref="CudaBackend.HopperBackwardVariantFor"/>: variant 3 at head size 64 with grouped heads and T of at least 2,048,
+    /// variant 6 elsewhere; H200, session 15).
     /// </summary>
     public int HopperBackwardVariant { get; init; }
 

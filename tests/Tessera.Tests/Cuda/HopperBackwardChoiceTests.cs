@@ -1,0 +1,23 @@
+using Tessera.Cuda;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Which Hopper attention backward the default options run at a shape (<see cref="CudaBackend.MeasuredBestHopperBackward"/>,
+/// no GPU needed): each row is a shape measured on the H200 (session 15, <c>gpu-attention --fused-qkv</c>, median of 10), and
+/// the expected variant is the faster of the two orders there (times in the comments, ms).
+/// </summary>
+public sealed class HopperBackwardChoiceTests
+{
+    [Theory]
+    [InlineData(64, 12, 12, 1024, 6)]    // gpt2-124m 64 x 1024: 1.083 against 1.819 largest-first
+    [InlineData(64, 32, 8, 1024, 6)]     // groups of 4 at 16 x 1024: 0.703 against 0.758
+    [InlineData(64, 12, 12, 4096, 6)]    // 16 x 4096, one head a group: 3.057 against 5.241
+    [InlineData(64, 32, 32, 2048, 6)]    // 8 x 2048, one head a group: 1.170 against 1.903
+    [InlineData(64, 32, 8, 2048, 3)]     // llama-1b 8 x 2048: 1.092 against 1.207 in launch order
+    [InlineData(128, 32, 8, 2048, 6)]    // llama-8b heads 8 x 2048: 2.334 against 2.831
+    [InlineData(128, 32, 32, 1024, 6)]   // 16 x 1024, head size 128, one head a group: 1.440 against 2.369
+    public void TheDefaultTakesTheFasterOrderOfTheMeasuredShape(int headSize, int queryHeads, int kvHeads, int t, int expected) =>
+        Assert.Equal(expected, CudaBackend.MeasuredBestHopperBackward(headSize, queryHeads, kvHeads, t));
+}
