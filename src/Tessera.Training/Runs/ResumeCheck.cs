@@ -110,7 +110,7 @@ public sealed class ResumeCheck
             int s = saved.Step;
             replan = string.Create(CultureInfo.InvariantCulture,
                 $"the learning-rate schedule is re-planned from {o.Steps} to {requested.Steps} steps in all: at step {s} the rate goes from {Rate(before.At(s))} (the saved plan) to {Rate(after.At(s))}, " +
-                $"then follows the new cosine down to {Rate(after.At(requested.Steps - 1))} at step {requested.Steps}; the remaining {requested.Steps - s} steps do not repeat a run planned for {requested.Steps} from the start");
+                $"then follows the new plan (warm-up, then cosine decay) to {Rate(after.At(requested.Steps - 1))} at step {requested.Steps}; the remaining {requested.Steps - s} steps do not repeat a run planned for {requested.Steps} from the start");
         }
         return new ResumeCheck(checkpoint, saved, savedWorld, requested, worldSize, blockers, changes, replan);
     }
