@@ -21,7 +21,8 @@ namespace Tessera.Bench.Serving;
 /// level: generated tokens/s over the wall time of the level, time to first token and inter-token latency (p50, p99, as
 /// the clients see them), engine steps, and on a GPU the share of the memory roofline: per decode step the weights once
 /// plus the keys and values of every cached position of the batch, over the step time, against a device copy measured
-/// in the same process.
+/// in the same process; and a table of the level's floors (<see cref="ServingFloor"/>: the least time any server could take
+/// for the same prompts and tokens, prefill and decode in turn and perfectly overlapped) beside the measured rate.
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--no-async] [--advance-on-device] [--cuda-options Name=value,...]</para>
@@ -178,6 +179,7 @@ public static class ServeBench
         }
 
         var phases = new List<(int Level, StepPhaseTimes Decode, StepPhaseTimes Mixed)>();
+        var floors = new List<(int Level, int Generated, double Wall, ServingFloor Floor)>();
         var ops = new List<(int Level, long Steps, string Table)>();
         Console.WriteLine($"| system | model | dtype | concurrency | requests | prompt | new | generated tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | ITL mean ms | steps | ms/step | pipelined steps | roofline share |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -209,10 +211,14 @@ public static class ServeBench
             double batch = Math.Min(n, maxBatch), stepsPerSecond = steps / wall;
             double bytesPerStep = weightBytes + batch * (prompt + newTokens / 2.0) * kvPerPosition;
             string roofline = double.IsNaN(copy) ? "n/a (CPU)" : $"{bytesPerStep * stepsPerSecond / copy:P1} of {copy / 1e12:F2} TB/s";
+            if (!double.IsNaN(copy))
+                floors.Add((n, results.Sum(r => r.Tokens), wall, ServingFloor.For(config, n * rounds, rounds, (int)batch, prompt, newTokens,
+                    weightBytes, kvPerPosition, ServingFloor.H200ProductPeak, copy)));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| Tessera (HTTP) | {preset} | {dtype} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {(itl.Length > 0 ? itl.Average() : double.NaN):F3} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {engine.PipelinedSteps - pipelined0} | {roofline} |"));
         }
         Console.WriteLine();
+        PrintFloors(floors);
         if (engine.Options.AdvanceDecodeOnDevice)
             Console.WriteLine($"AdvanceDecodeOnDevice: {engine.MetadataCopiesSkipped} decode steps copied no metadata (of {engine.Metrics.Steps} steps, warm-up included)");
         PrintPhases(phases, engine.Options.SeparateStepPhases);
@@ -291,6 +297,19 @@ public static class ServeBench
                     $"| {level} | {t.Steps} | {kind} | {t.Rows / (double)t.Steps:F1} | {ms(t.Schedule):F3} | {ms(t.Metadata):F3} | {ms(t.Forward):F3} | {ms(t.Readback):F3} | {ms(t.Emit):F3} | {ms(t.Total):F3} | {t.Total / Math.Max(all, 1e-12):P0} |"));
             }
         }
+    }
+
+    // What no server could beat at each level (ServingFloor): prefill and decode in turn, and perfectly overlapped.
+    private static void PrintFloors(List<(int Level, int Generated, double Wall, ServingFloor Floor)> floors)
+    {
+        if (floors.Count == 0) return;
+        Console.WriteLine($"Floors (products at {ServingFloor.H200ProductPeak / 1e12:F0} TFLOP/s, each decode step's weights and cached keys and values at the copy bandwidth; ServingFloor):");
+        Console.WriteLine("| concurrency | prefill TFLOP | decode TFLOP | steps | GB a step | floor in turn, tokens/s | floor overlapped, tokens/s | measured / overlapped floor |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|");
+        foreach (var (level, generated, wall, f) in floors)
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {level} | {f.PrefillTflop:F1} | {f.DecodeTflop:F1} | {f.Steps} | {f.StepBytes / 1e9:F2} | {generated / f.InTurn:F0} | {generated / f.Overlapped:F0} | {generated / wall / (generated / f.Overlapped):P1} |"));
+        Console.WriteLine();
     }
 
     private static double Pct(double[] sorted, double q) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
