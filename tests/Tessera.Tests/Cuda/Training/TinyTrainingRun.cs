@@ -3,6 +3,7 @@ using Tessera.Nn;
 using Tessera.Tensors;
 using Tessera.Training;
 using Tessera.Training.Data;
+using Tessera.Tests.Training.Parallel;
 using Tessera.Training.Optim;
 
 namespace Tessera.Tests.Cuda.Training;
@@ -34,5 +35,26 @@ internal static class TinyTrainingRun
         var losses = new double[steps];
         for (int i = 0; i < steps; i++) losses[i] = trainer.TrainStep();
         return losses;
+    }
+
+    /// <summary>
+    /// Two fresh runs of <paramref name="steps"/> steps on the same token shards (an affine chain over 256 tokens, seed 3,
+    /// written to a temporary folder and removed after), one per (dtype, masters) setting, as a <see cref="LossCurveComparison"/>
+    /// (printed to the test output).
+    /// </summary>
+    public static LossCurveComparison Compare(IBackend backend, int steps, int batch, int sequence,
+        (string Name, DType DType, MasterWeights Masters) first, (string Name, DType DType, MasterWeights Masters) second)
+    {
+        var dir = Directory.CreateTempSubdirectory("tessera-curves-");
+        try
+        {
+            ShardWriter.WriteSplit(AffineChainTokens.Generate(steps * batch * sequence + 1, vocab: 256, seed: 3), dir.FullName, 0, 1 << 20);
+            var a = Losses(backend, first.DType, dir.FullName, steps, batch, sequence, first.Masters);
+            var b = Losses(backend, second.DType, dir.FullName, steps, batch, sequence, second.Masters);
+            var comparison = new LossCurveComparison(first.Name, a, second.Name, b);
+            Xunit.TestContext.Current.TestOutputHelper?.WriteLine(comparison.ToString());
+            return comparison;
+        }
+        finally { dir.Delete(recursive: true); }
     }
 }
