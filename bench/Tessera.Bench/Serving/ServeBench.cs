@@ -207,13 +207,12 @@ public static class ServeBench
             var ttft = results.Select(r => r.FirstTokenSeconds * 1000).Order().ToArray();
             var itl = results.SelectMany(r => r.Gaps).Select(g => g * 1000).Order().ToArray();
             // Roofline: per decode step the weights once and the cached keys and values of the batch (on average the prompt
-            // plus half the new tokens per sequence), at the measured step rate.
+            // plus half the new tokens per sequence; ServingFloor.StepBytes), at the measured step rate.
             double batch = Math.Min(n, maxBatch), stepsPerSecond = steps / wall;
-            double bytesPerStep = weightBytes + batch * (prompt + newTokens / 2.0) * kvPerPosition;
-            string roofline = double.IsNaN(copy) ? "n/a (CPU)" : $"{bytesPerStep * stepsPerSecond / copy:P1} of {copy / 1e12:F2} TB/s";
-            if (!double.IsNaN(copy))
-                floors.Add((n, results.Sum(r => r.Tokens), wall, ServingFloor.For(config, n * rounds, rounds, (int)batch, prompt, newTokens,
-                    weightBytes, kvPerPosition, ServingFloor.H200ProductPeak, copy)));
+            var floor = ServingFloor.For(config, n * rounds, rounds, (int)batch, prompt, newTokens, weightBytes, kvPerPosition,
+                ServingFloor.H200ProductPeak, copy);
+            string roofline = double.IsNaN(copy) ? "n/a (CPU)" : $"{floor.StepBytes * stepsPerSecond / copy:P1} of {copy / 1e12:F2} TB/s";
+            if (!double.IsNaN(copy)) floors.Add((n, results.Sum(r => r.Tokens), wall, floor));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| Tessera (HTTP) | {preset} | {dtype} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {(itl.Length > 0 ? itl.Average() : double.NaN):F3} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {engine.PipelinedSteps - pipelined0} | {roofline} |"));
         }
