@@ -46,7 +46,8 @@ public sealed unsafe partial class CudaBackend
             MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null, addend);
             return;
         }
-        if (a.DType != DType.F64 && MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient))
+        bool fused = a.DType != DType.F64 && (epilogue != MatMulEpilogue.BiasGradient || Options.FusedBiasGradient);
+        if (fused && MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient))
             return;
         MatMulEpilogueComposition.Apply(this, a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient,
             (a2, b2, c2, ta, tb, al, be, bi) => MatMulCore(a2, b2, c2, ta, tb, al, be, bi, MatMulEpilogue.None, null, null));

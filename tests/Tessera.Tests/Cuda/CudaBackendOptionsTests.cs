@@ -20,6 +20,7 @@ public sealed class CudaBackendOptionsTests
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
         CrossEntropyStagedBytes = null,
+        FusedBiasGradient = false,
         TuneMatMulAlgorithms = false,
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,

@@ -11,9 +11,10 @@ namespace Tessera.Tests.Cuda;
 /// B = 8, T = 2048 (N = 16,384 rows, C = 2,048, F = 8,192, 32 + 8 + 8 heads of 64, a 128,256-entry vocabulary in chunks of
 /// 2,048 rows), beside a device copy of 1 GiB as the bandwidth they can reach, for docs/benchmarks.md (issue 18). Each op's
 /// bytes are what it must move at least; its floor is those bytes at the copy's rate. The cross-entropy runs with its row
-/// staged in shared memory as the default does, with 96 KiB staged (two blocks per SM) and without staging, each on its own
-/// backend. Runs only when TESSERA_CUDA_TIMINGS=1; CUDA events around 20 repetitions after 3 warm-ups, median. Not a test
-/// of speed: it fails only when an op is 10x slower than its floor (a broken launch, not a slow one).
+/// staged in shared memory (as much as fits), with 96 KiB staged (two blocks per SM) and without staging (the default), each on
+/// its own backend; then without staging at 128, 256, 512 and 1024 threads a row, at llama-1b's width and at GPT-2's (5,048
+/// rows of 50,257 logits in rows padded to 50,304). Runs only when TESSERA_CUDA_TIMINGS=1; CUDA events around 20 repetitions
+/// after 3 warm-ups, median. Not a test of speed: it fails only when an op is 10x slower than its floor (a broken launch, not a slow one).
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBase(fixture)
@@ -57,11 +58,28 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
             var targets = backend.Allocate(new Shape(chunk), DType.I32);
             backend.CopyFromHost<int>(Enumerable.Range(0, chunk).Select(i => i * 7919 % vocab).ToArray(), targets);
             var losses = backend.Allocate(new Shape(chunk), DType.F32);
-            string what = staged switch { null => "default staging", 0 => "no staging", _ => $"{staged / 1024} KiB staged" };
+            string what = staged switch { null => "as much staged as fits", 0 => "no staging", _ => $"{staged / 1024} KiB staged" };
             rows.Add(($"cross-entropy in place, {what}", 2.0 * chunk * vocab * 2,
                 MedianMs(backend, () => backend.CrossEntropy(logits, targets, losses, logits, 1.0 / chunk))));
             logits.Storage.Dispose();
         }
+
+        // Threads per row (no staging, the default): the llama-1b chunk, and GPT-2's (5,048 rows of the 50,257 real logits in
+        // rows padded to 50,304, as the fused head passes them).
+        foreach (var (label, chunkRows, width, real) in new[] { ("llama-1b", chunk, vocab, vocab), ("gpt2-124m", 5048, 50_304, 50_257) })
+            foreach (int threads in new[] { 128, 256, 512, 1024 })
+            {
+                using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyThreadsPerRow = threads });
+                var padded = Filled(backend, new Shape(chunkRows, width), 0.5);
+                var logits = padded.Slice(1, 0, real);
+                var targets = backend.Allocate(new Shape(chunkRows), DType.I32);
+                backend.CopyFromHost<int>(Enumerable.Range(0, chunkRows).Select(i => i * 7919 % real).ToArray(), targets);
+                var losses = backend.Allocate(new Shape(chunkRows), DType.F32);
+                string chosen = CudaBackend.CrossEntropyThreads(real) == threads ? ", the default" : "";
+                rows.Add(($"cross-entropy in place, {label} ({chunkRows} x {real}), {threads} threads{chosen}", 2.0 * chunkRows * real * 2,
+                    MedianMs(backend, () => backend.CrossEntropy(logits, targets, losses, logits, 1.0 / chunkRows))));
+                padded.Storage.Dispose();
+            }
 
         var table = new System.Text.StringBuilder();
         table.AppendLine(string.Create(CultureInfo.InvariantCulture,

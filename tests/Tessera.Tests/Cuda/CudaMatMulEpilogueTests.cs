@@ -95,23 +95,33 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         AssertClose(CpuValues(expected), Download(dx), Tolerance(dtype), $"{dtype} gelu backward");
     }
 
+    /// <summary>With <paramref name="fused"/> false the backend runs the plain product and <c>SumRows</c>
+    /// (<see cref="Tessera.Cuda.CudaBackendOptions.FusedBiasGradient"/>), on the same inputs and tolerances.</summary>
     [Theory]
-    [InlineData(DType.F32, DType.F32)]
-    [InlineData(DType.BF16, DType.BF16)]
-    [InlineData(DType.BF16, DType.F32)]
-    public void BiasGradientEpilogueAccumulatesLikeCpu(DType dtype, DType gradType)
+    [InlineData(DType.F32, DType.F32, true)]
+    [InlineData(DType.BF16, DType.BF16, true)]
+    [InlineData(DType.BF16, DType.F32, true)]
+    [InlineData(DType.F32, DType.F32, false)]
+    [InlineData(DType.BF16, DType.BF16, false)]
+    [InlineData(DType.BF16, DType.F32, false)]
+    public void BiasGradientEpilogueAccumulatesLikeCpu(DType dtype, DType gradType, bool fused)
     {
         int tokens = 96, outF = 64, inF = 48;
-        var (dy, dyv) = Random(dtype, 1, tokens, outF);
-        var (x, xv) = Random(dtype, 1, tokens, inF);
-        var (dw, dwv) = Random(gradType, 1, outF, inF);
-        var (db, dbv) = Random(gradType, 1, outF);
-        Gpu.MatMul(dy, x, dw, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: db);
+        using var composed = fused ? null : new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal,
+            Tessera.Cuda.CudaBackendOptions.Default with { FusedBiasGradient = false });
+        Tessera.Cuda.CudaBackend gpu = composed ?? Gpu;
+        var (_, dyv) = Random(dtype, 1, tokens, outF);
+        var (_, xv) = Random(dtype, 1, tokens, inF);
+        var (_, dwv) = Random(gradType, 1, outF, inF);
+        var (_, dbv) = Random(gradType, 1, outF);
+        Tensor dy = Upload(gpu, dyv, dtype, tokens, outF), x = Upload(gpu, xv, dtype, tokens, inF);
+        Tensor dw = Upload(gpu, dwv, gradType, outF, inF), db = Upload(gpu, dbv, gradType, outF);
+        gpu.MatMul(dy, x, dw, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: db);
         var cdw = Cpu(dwv, outF, inF); var cdb = Cpu(dbv, outF);
         _cpu.MatMul(Cpu(dyv, tokens, outF), Cpu(xv, tokens, inF), cdw, transposeA: true, beta: 1.0,
             epilogue: MatMulEpilogue.BiasGradient, biasGradient: cdb);
-        AssertClose(CpuValues(cdw), Download(dw), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16), $"{dtype}->{gradType} weight gradient");
-        AssertClose(CpuValues(cdb), Download(db), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16), $"{dtype}->{gradType} bias gradient");
+        AssertClose(CpuValues(cdw), Download(gpu, dw), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16), $"{dtype}->{gradType} weight gradient, fused {fused}");
+        AssertClose(CpuValues(cdb), Download(gpu, db), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16), $"{dtype}->{gradType} bias gradient, fused {fused}");
     }
 
     [Fact]
