@@ -41,7 +41,7 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// Threads per row of the fused cross-entropy kernel: 128, 256, 512 or 1024; null (the default) chooses by the row's
-    /// width (<c>CudaBackend.CrossEntropyThreads</c>: 256 from 256 columns on, 128 below).
+    /// width (<c>CudaBackend.CrossEntropyThreads</c>: 512 from 4,096 columns on, 256 from 256, 128 below).
     /// </summary>
     public int? CrossEntropyThreadsPerRow { get; init; }
 
