@@ -201,30 +201,4 @@ public static class GpuTrainingBench
     private static string Count(long n) => n >= 1_000_000_000
         ? string.Create(CultureInfo.InvariantCulture, $"{n / 1e9:F2}B")
         : string.Create(CultureInfo.InvariantCulture, $"{n / 1e6:F2}M");
-
-    /// <summary>
-    /// CUDA events on the backend's stream as the benchmark's timeline: the phases of a step are timed on the device,
-    /// with no host wait inside the step. Events are created as marks are first used and reused every step.
-    /// </summary>
-    private sealed class CudaEventTimeline(CudaBackend backend) : IDeviceTimeline, IDisposable
-    {
-        private readonly List<CudaEvent> _events = [];
-
-        public void Mark(int index)
-        {
-            while (_events.Count <= index) _events.Add(new CudaEvent(backend.CudaDevice));
-            _events[index].Record(backend.Stream);
-        }
-
-        public double ElapsedMilliseconds(int from, int to)
-        {
-            _events[to].Synchronize();
-            return _events[to].ElapsedSince(_events[from]);
-        }
-
-        public void Dispose()
-        {
-            foreach (var e in _events) e.Dispose();
-        }
-    }
 }

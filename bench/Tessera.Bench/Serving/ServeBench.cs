@@ -25,7 +25,9 @@ namespace Tessera.Bench.Serving;
 /// for the same prompts and tokens, prefill and decode in turn and perfectly overlapped) beside the measured rate.
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
-/// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--no-async] [--advance-on-device] [--cuda-options Name=value,...]</para>
+/// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--cuda-options Name=value,...]</para>
+/// <para>--device-time times every step on the device's clock too (<see cref="EngineOptions.MeasureDeviceTime"/>, two events a
+/// step): the phase table gains the steps' device time and the device's idle time before each step (waiting for the host).</para>
 /// <para>--advance-on-device turns on <see cref="EngineOptions.AdvanceDecodeOnDevice"/> (decode steps that read the previous step's
 /// tokens in order advance their metadata on the device and skip the host-to-device copy); the count of skipped copies is printed.</para>
 /// <para>--no-async waits for every step's tokens before the next step is scheduled (<see cref="EngineOptions.AsyncScheduling"/> off).
@@ -49,7 +51,7 @@ public static class ServeBench
         string device = "cuda", preset = "llama-1b", dtypeName = "bf16";
         int prompt = 512, newTokens = 128, rounds = 2, maxBatch = 128, tokenBudget = 8192, clients = 256, seconds = 60;
         int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
-        bool phaseSync = false, asyncScheduling = true, advanceOnDevice = false;
+        bool phaseSync = false, deviceTime = false, asyncScheduling = true, advanceOnDevice = false;
         string? cudaOptions = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
@@ -70,6 +72,7 @@ public static class ServeBench
                 case "--token-budget": tokenBudget = Int(); break;
                 case "--decoding-step-tokens": decodingStepTokens = Int(); break;
                 case "--phase-sync": phaseSync = true; break;
+                case "--device-time": deviceTime = true; break;
                 case "--no-phase-sync": phaseSync = false; break;   // the default; kept so that older commands run
                 case "--no-async": asyncScheduling = false; break;
                 case "--advance-on-device": advanceOnDevice = true; break;
@@ -104,6 +107,7 @@ public static class ServeBench
             MaxSequenceLength = context,
             RecordGraphs = graphs,
             SeparateStepPhases = phaseSync && !load,
+            MeasureDeviceTime = deviceTime && !load,
             AsyncScheduling = asyncScheduling,
             AdvanceDecodeOnDevice = advanceOnDevice,
         };
@@ -283,8 +287,10 @@ public static class ServeBench
         Console.WriteLine(separated
             ? "Engine step phases (ms per step; the engine waits for the device between phases, so forward includes its device time):"
             : "Engine step phases (ms per step; phases not separated: the forward's device time falls in readback):");
-        Console.WriteLine("| concurrency | steps | kind | rows/step | schedule | metadata + H2D | forward | D2H readback | emit (sample, detokenize, SSE events) | total | share of engine time |");
-        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|");
+        bool device = phases.Any(p => p.Decode.DeviceBusy > 0 || p.Mixed.DeviceBusy > 0);
+        Console.WriteLine("| concurrency | steps | kind | rows/step | schedule | metadata + H2D | forward | D2H readback | emit (sample, detokenize, SSE events) | total | share of engine time |"
+            + (device ? " device busy | device idle before |" : ""));
+        Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|" + (device ? "---|---|" : ""));
         foreach (var (level, decode, mixed) in phases)
         {
             double all = decode.Total + mixed.Total;
@@ -293,7 +299,8 @@ public static class ServeBench
                 if (t.Steps == 0) continue;
                 double ms(double seconds) => seconds * 1000 / t.Steps;
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"| {level} | {t.Steps} | {kind} | {t.Rows / (double)t.Steps:F1} | {ms(t.Schedule):F3} | {ms(t.Metadata):F3} | {ms(t.Forward):F3} | {ms(t.Readback):F3} | {ms(t.Emit):F3} | {ms(t.Total):F3} | {t.Total / Math.Max(all, 1e-12):P0} |"));
+                    $"| {level} | {t.Steps} | {kind} | {t.Rows / (double)t.Steps:F1} | {ms(t.Schedule):F3} | {ms(t.Metadata):F3} | {ms(t.Forward):F3} | {ms(t.Readback):F3} | {ms(t.Emit):F3} | {ms(t.Total):F3} | {t.Total / Math.Max(all, 1e-12):P0} |")
+                    + (device ? string.Create(CultureInfo.InvariantCulture, $" {ms(t.DeviceBusy):F3} | {ms(t.DeviceIdle):F3} |") : ""));
             }
         }
     }

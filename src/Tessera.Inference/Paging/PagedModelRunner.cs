@@ -44,7 +44,8 @@ public sealed class PagedModelRunner : IDisposable
     private readonly ActivationKey _attentionOut = new("paged.att.out"), _qkv = new("paged.qkv"), _lastHidden = new("paged.last.hidden");
 
     /// <summary>A step enqueued and not yet collected: where its sampled ids land, and its logits when the host samples.</summary>
-    private sealed record PendingStep(IReadbackBuffer? Readback, int Sampling, Tensor? Logits, long MetadataTicks, long ForwardTicks);
+    private sealed record PendingStep(IReadbackBuffer? Readback, int Sampling, Tensor? Logits, long MetadataTicks, long ForwardTicks,
+        int TimelineSlot = -1);
 
     /// <summary>
     /// Offsets of one step's metadata sections for <paramref name="Sequences"/> sequences of <paramref name="Rows"/> rows,
@@ -128,6 +129,31 @@ public sealed class PagedModelRunner : IDisposable
     /// </summary>
     public bool AdvanceOnDevice { get; set; }
 
+    /// <summary>
+    /// Times each step on the device's clock when the backend keeps one (<see cref="IDeviceClock"/>): a mark before its
+    /// metadata copy and one after its forward pass, read when the step is collected (<see cref="LastDeviceTimes"/>). Two
+    /// event records a step; off by default. Set before the first step.
+    /// </summary>
+    public bool MeasureDeviceTime { get; set; }
+
+    /// <summary>
+    /// The last collected step's device milliseconds with <see cref="MeasureDeviceTime"/> (zeros without): Busy from its
+    /// metadata copy to the end of its forward pass; IdleBefore from the end of the previous step's forward pass to that
+    /// copy's start, which is the device waiting for the host (the previous step's readback copy, microseconds, included).
+    /// After <see cref="ForgetDeviceTimeline"/> (the engine had nothing to run) the next step's IdleBefore is 0.
+    /// </summary>
+    public (double BusyMs, double IdleBeforeMs) LastDeviceTimes { get; private set; }
+
+    // With MeasureDeviceTime: step k's marks are 2 (k % 3) (before its metadata) and 2 (k % 3) + 1 (after its forward). At
+    // most two steps are pending when one is enqueued, so the last collected step's end, the pending step's and the new
+    // step's marks never share a slot.
+    private IDeviceTimeline? _timeline;
+    private long _timedSteps;
+    private int _lastEndMark = -1;            // the end mark of the last collected step; -1: none to measure idle time from
+
+    /// <summary>Forgets the last step's end, so that time the engine spent without work is not counted as the device waiting for it.</summary>
+    public void ForgetDeviceTimeline() => _lastEndMark = -1;
+
     /// <summary>Decode steps that copied no metadata because the device's advance had already written it (<see cref="AdvanceOnDevice"/>).</summary>
     public long MetadataCopiesSkipped { get; private set; }
 
@@ -180,6 +206,9 @@ public sealed class PagedModelRunner : IDisposable
         // and runs eagerly: the recordings skip it.
         bool inOrder = decode && sampling == sequences;
         bool fromSampled = AdvanceOnDevice && inOrder && ReadsThePreviousStepInOrder(sequences);
+        if (MeasureDeviceTime && _timeline is null && _backend is IDeviceClock clock) _timeline = clock.CreateTimeline();
+        int slot = MeasureDeviceTime && _timeline is not null ? (int)(_timedSteps++ % 3) : -1;
+        if (slot >= 0) _timeline!.Mark(2 * slot);
         CopyMetadata(layout, fromSampled);
         if (SeparatePhases) _backend.Synchronize();
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -206,6 +235,7 @@ public sealed class PagedModelRunner : IDisposable
             }
         }
         else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled);
+        if (slot >= 0) _timeline!.Mark(2 * slot + 1);
         IReadbackBuffer? readback = null;
         if (sampling > 0)
         {
@@ -215,7 +245,7 @@ public sealed class PagedModelRunner : IDisposable
         }
         if (SeparatePhases) _backend.Synchronize();
         long t2 = System.Diagnostics.Stopwatch.GetTimestamp();
-        _pending.Enqueue(new PendingStep(readback, sampling, withLogits && sampling > 0 ? stepLogits : null, t1 - t0, t2 - t1));
+        _pending.Enqueue(new PendingStep(readback, sampling, withLogits && sampling > 0 ? stepLogits : null, t1 - t0, t2 - t1, slot));
         return sampling;
     }
 
@@ -239,6 +269,15 @@ public sealed class PagedModelRunner : IDisposable
             logits = _logits.AsSpan(0, sampling * _vocab);
         }
         LastPhaseTicks = (step.MetadataTicks, step.ForwardTicks, System.Diagnostics.Stopwatch.GetTimestamp() - t0);
+        LastDeviceTimes = default;
+        if (step.TimelineSlot >= 0 && _timeline is { } timeline)
+        {
+            int begun = 2 * step.TimelineSlot, ended = begun + 1;
+            double busy = timeline.ElapsedMilliseconds(begun, ended);
+            double idle = _lastEndMark < 0 ? 0 : Math.Max(0, timeline.ElapsedMilliseconds(_lastEndMark, begun));
+            LastDeviceTimes = (busy, idle);
+            _lastEndMark = ended;
+        }
         return sampling;
     }
 
@@ -421,6 +460,8 @@ public sealed class PagedModelRunner : IDisposable
     public void Dispose()
     {
         _pending.Clear();
+        (_timeline as IDisposable)?.Dispose();
+        _timeline = null;
         _backend.Synchronize();
         foreach (var bucket in _buckets.Values) bucket.Graph?.Dispose();
         _buckets.Clear();

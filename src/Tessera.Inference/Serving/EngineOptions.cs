@@ -26,6 +26,13 @@ public sealed record EngineOptions
     public bool SeparateStepPhases { get; init; }
 
     /// <summary>
+    /// Times every step on the device's clock as well (<see cref="PagedModelRunner.MeasureDeviceTime"/>): the steps' device
+    /// time and the device's idle time between them, in <see cref="StepPhaseTimes.DeviceBusy"/> and
+    /// <see cref="StepPhaseTimes.DeviceIdle"/>. Two event records a step; default false.
+    /// </summary>
+    public bool MeasureDeviceTime { get; init; }
+
+    /// <summary>
     /// Whether a step is enqueued before the previous step's sampled tokens reach the host (vLLM's asynchronous scheduling):
     /// the next step reads them on the device, and the host's work of a step (scheduling, metadata, detokenizing, stop
     /// strings, streaming) runs while the device computes the next one. Applies to steps where every sampled sequence is

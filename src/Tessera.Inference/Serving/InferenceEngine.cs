@@ -64,6 +64,7 @@ public sealed class InferenceEngine : IDisposable
             _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs)
             {
                 SeparatePhases = options.SeparateStepPhases,
+                MeasureDeviceTime = options.MeasureDeviceTime,
                 AdvanceOnDevice = options.AdvanceDecodeOnDevice,
             };
         }
@@ -184,6 +185,7 @@ public sealed class InferenceEngine : IDisposable
                 if (_scheduler.IsIdle && _inFlight is not null) { CollectInFlight(); continue; }   // e.g. all cancelled mid-step
                 if (_scheduler.IsIdle)
                 {
+                    _runner.ForgetDeviceTimeline();                  // waiting for work is not the device waiting for the host
                     if (!_commands.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;   // writer completed: shut down
                     continue;
                 }
@@ -328,9 +330,10 @@ public sealed class InferenceEngine : IDisposable
             Accept(choice, token, now, appended: current.Pipelined);
         }
         var (metadata, forward, readback) = _runner.LastPhaseTicks;
+        var (busyMs, idleMs) = _runner.LastDeviceTimes;
         double f = 1.0 / Stopwatch.Frequency;
         Metrics.StepPhases(step.IsDecodeOnly, new StepPhaseTimes(1, step.Tokens, current.ScheduleTicks * f, metadata * f, forward * f, readback * f,
-            (Stopwatch.GetTimestamp() - now) * f));
+            (Stopwatch.GetTimestamp() - now) * f, busyMs / 1000, idleMs / 1000));
         Metrics.StepDone(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);
     }
 

@@ -17,12 +17,17 @@ namespace Tessera.Inference.Serving;
 /// <param name="Forward">Seconds enqueueing (or replaying) the forward pass, and with separated phases its device time.</param>
 /// <param name="Readback">Seconds copying the sampled ids (and logits) device to host.</param>
 /// <param name="Emit">Seconds sampling, detokenizing and emitting events on the host.</param>
-public sealed record StepPhaseTimes(long Steps, long Rows, double Schedule, double Metadata, double Forward, double Readback, double Emit)
+/// <param name="DeviceBusy">Seconds of the device's clock from each step's metadata copy to the end of its forward pass, with
+/// <see cref="EngineOptions.MeasureDeviceTime"/> (0 without).</param>
+/// <param name="DeviceIdle">Seconds of the device's clock between the previous step's forward pass and each step's metadata copy:
+/// the device waiting for the host (0 without <see cref="EngineOptions.MeasureDeviceTime"/>).</param>
+public sealed record StepPhaseTimes(long Steps, long Rows, double Schedule, double Metadata, double Forward, double Readback, double Emit,
+    double DeviceBusy = 0, double DeviceIdle = 0)
 {
     /// <summary>No steps.</summary>
     public static StepPhaseTimes Zero { get; } = new(0, 0, 0, 0, 0, 0, 0);
 
-    /// <summary>All phases together, in seconds.</summary>
+    /// <summary>All host phases together, in seconds (the device columns are another clock's view of the same steps).</summary>
     public double Total => Schedule + Metadata + Forward + Readback + Emit;
 
     /// <summary>The steps since <paramref name="earlier"/> (a snapshot of the same counters).</summary>
@@ -30,7 +35,7 @@ public sealed record StepPhaseTimes(long Steps, long Rows, double Schedule, doub
     {
         ArgumentNullException.ThrowIfNull(earlier);
         return new(Steps - earlier.Steps, Rows - earlier.Rows, Schedule - earlier.Schedule, Metadata - earlier.Metadata,
-            Forward - earlier.Forward, Readback - earlier.Readback, Emit - earlier.Emit);
+            Forward - earlier.Forward, Readback - earlier.Readback, Emit - earlier.Emit, DeviceBusy - earlier.DeviceBusy, DeviceIdle - earlier.DeviceIdle);
     }
 
     /// <summary>These times plus <paramref name="other"/>'s.</summary>
@@ -38,6 +43,6 @@ public sealed record StepPhaseTimes(long Steps, long Rows, double Schedule, doub
     {
         ArgumentNullException.ThrowIfNull(other);
         return new(Steps + other.Steps, Rows + other.Rows, Schedule + other.Schedule, Metadata + other.Metadata,
-            Forward + other.Forward, Readback + other.Readback, Emit + other.Emit);
+            Forward + other.Forward, Readback + other.Readback, Emit + other.Emit, DeviceBusy + other.DeviceBusy, DeviceIdle + other.DeviceIdle);
     }
 }

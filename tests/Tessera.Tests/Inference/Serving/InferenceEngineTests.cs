@@ -17,7 +17,7 @@ public class InferenceEngineTests
     private readonly CpuBackend _cpu = new(1);
 
     private InferenceEngine Engine(int maxBatch = 4, int budget = 16, long? kvBytes = null, int context = 64, bool asyncScheduling = true,
-        int[]? stopTokens = null, bool advanceOnDevice = false)
+        int[]? stopTokens = null, bool advanceOnDevice = false, bool measureDeviceTime = false)
     {
         var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
         var model = new Transformer(config, _cpu, DType.F64);
@@ -29,6 +29,7 @@ public class InferenceEngineTests
             AsyncScheduling = asyncScheduling,
             StopTokens = stopTokens ?? [],
             AdvanceDecodeOnDevice = advanceOnDevice,
+            MeasureDeviceTime = measureDeviceTime,
         });
     }
 
@@ -67,6 +68,37 @@ public class InferenceEngineTests
         Assert.Equal(engine.Metrics.Steps, decode.Steps + mixed.Steps);
         Assert.Equal(prompts.Sum(p => p.Length) + prompts.Length * 8 - results.Sum(r => r.Usage!.CachedPromptTokens), decode.Rows + mixed.Rows);
         Assert.True(decode.Steps > 0 && mixed.Steps > 0 && decode.Rows >= decode.Steps && decode.Forward > 0 && mixed.Schedule > 0);
+    }
+
+    /// <summary>
+    /// With <see cref="EngineOptions.MeasureDeviceTime"/> every step is also timed on the backend's clock (the CPU backend's is
+    /// the host's, <see cref="HostTimeline"/>): each kind of step reports device time, which on a backend that runs each op as
+    /// it is called lies inside the host's metadata and forward phases; without the option the device columns stay zero.
+    /// </summary>
+    [Fact]
+    public async Task DeviceTimeIsMeasuredOnlyWhenAskedAndFallsInsideTheHostPhases()
+    {
+        int[][] prompts = [[10, 20, 30, 40, 50, 60, 70], [5, 6, 7], [99, 98, 97, 96, 95]];
+        foreach (bool measure in new[] { true, false })
+        {
+            using var engine = Engine(measureDeviceTime: measure);
+            await Task.WhenAll(prompts.Select(p => Collect(engine.Submit(new CompletionRequest { Prompt = p, MaxTokens = 6 }).ReadAllAsync())));
+            foreach (var phases in new[] { engine.Metrics.DecodeStepPhases, engine.Metrics.MixedStepPhases })
+            {
+                Assert.True(phases.Steps > 0);
+                if (!measure)
+                {
+                    Assert.Equal(0, phases.DeviceBusy);
+                    Assert.Equal(0, phases.DeviceIdle);
+                    continue;
+                }
+                Assert.True(phases.DeviceBusy > 0, $"{phases}");
+                Assert.True(phases.DeviceIdle >= 0, $"{phases}");
+                // The marks sit inside Enqueue (after the metadata is written, before the readback starts): on the CPU's
+                // clock their span cannot exceed the host's metadata and forward phases (1 ms of slack for the clock reads).
+                Assert.True(phases.DeviceBusy <= phases.Metadata + phases.Forward + 1e-3, $"{phases}");
+            }
+        }
     }
 
     [Fact]

@@ -1,10 +1,10 @@
-namespace Tessera.Training.Benchmarks;
+namespace Tessera.Tensors;
 
 /// <summary>
 /// Numbered timestamps taken in a backend's order of execution, so that the phases of an asynchronous step can be
-/// timed without waiting inside it (on a GPU: CUDA events recorded on the backend's stream). Tessera.Training does not
-/// reference Tessera.Cuda, so the GPU implementation lives with the caller; without a timeline
-/// <see cref="TrainingStepBenchmark"/> times whole steps on the host clock.
+/// timed without waiting inside it (on a GPU: CUDA events recorded on the backend's stream). A backend that keeps one makes
+/// it with <see cref="IDeviceClock.CreateTimeline"/>. The training benchmark times a step's phases with it; the serving runner
+/// its steps and the device's idle time between them. A timeline belongs to one user: marks are numbered by that user.
 /// </summary>
 public interface IDeviceTimeline
 {
