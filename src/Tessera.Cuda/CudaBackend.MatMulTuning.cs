@@ -13,20 +13,6 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
     /// <summary>How many algorithms cuBLASLt is asked for when a plan is built.</summary>
     private const int MatMulCandidates = 8;
 
-    /// <summary>
-    /// How many for a product tuned for its bytes (a decode step's: few rows, the whole weight streamed once): its candidates
-    /// are cheap to time, and the heuristic's first eight for 64 rows ran the llama-1b decode products at 1.0-3.0 TB/s against
-    /// the 4.2 TB/s copy (H200, session 13), so the search goes wider (split-K variants further down the heuristic's list).
-    /// </summary>
-    private const int MatMulCandidatesForBytes = 32;
-
-    /// <summary>The candidates to ask cuBLASLt for: <see cref="MatMulCandidatesForBytes"/> for a product tuned for its bytes, else <see cref="MatMulCandidates"/>; one without tuning.</summary>
-    private int CandidatesFor(MatMulKey key) =>
-        !Options.TuneMatMulAlgorithms ? 1 : TuningApplies(key) && TunedForBytes(key) ? MatMulCandidatesForBytes : MatMulCandidates;
-
-    /// <summary>Whether a product worth timing is so for the bytes it reads rather than its FLOPs (then it is timed from a cold L2).</summary>
-    private static bool TunedForBytes(MatMulKey key) => 2.0 * key.M * key.N * key.K * key.Batch < MatMulTuneMinFlops;
-
     /// <summary>Smallest product (2 M N K FLOPs) worth timing for its arithmetic: below it a wrong pick costs microseconds.</summary>
     private const double MatMulTuneMinFlops = 4e9;
 
@@ -146,7 +132,7 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
         // A product tuned for its bytes rather than its FLOPs streams weights that fit in L2 (8-67 MB against the H200's
         // 50 MB): timed back to back it would read them from L2, which a step (other weights between two uses) never does.
         // Each of its runs is timed alone after twice the L2 is written over.
-        bool cold = TunedForBytes(key);
+        bool cold = 2.0 * key.M * key.N * key.K * key.Batch < MatMulTuneMinFlops;
         long flushBytes = 2L * CudaDevice.L2CacheBytes;
         ulong flush = cold ? Scratch(flushBytes) : 0;
         try
