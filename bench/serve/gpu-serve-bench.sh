@@ -13,7 +13,7 @@
 #       prompts, 128 new tokens, concurrency 1,8,32,64,128, 2 requests per client; SERVE_TIMEOUT s), `gpu-decode` (llama-1b
 #       bf16, prompt 512, 128 new, the dense generate path), then batched_decode.py (batches 1,8,32,64,128; TORCH_TIMEOUT s).
 #       Prints the tables last. LEVELS=..., ROUNDS=..., TORCH_BATCHES=..., RUN_TESTS=0, RUN_TORCH=0, RUN_DECODE=0 change or
-#       skip parts; SERVE_ARGS adds arguments to `serve` (e.g. "--no-graphs", "--decoding-step-tokens 1024"); SERVE_AB runs `serve`
+#       skip parts; SERVE_ARGS adds arguments to `serve` (e.g. "--no-graphs", "--decoding-step-tokens 1024", "--device-time"); SERVE_AB runs `serve`
 #       again with SERVE_AB added to SERVE_ARGS (e.g. "--no-async"), logged to serve-ab.md, and with several variants separated
 #       by ';' once per variant (serve-ab.md, serve-ab-2.md, ...), after `gpu-decode`; TEST_METHODS replaces the test selection
 #       (xunit -method patterns, space-separated); TESTS_LAST=1 runs the tests after the benchmarks (a short call measures
