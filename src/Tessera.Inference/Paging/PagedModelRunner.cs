@@ -145,8 +145,8 @@ public sealed class PagedModelRunner : IDisposable
     public (double BusyMs, double IdleBeforeMs) LastDeviceTimes { get; private set; }
 
     // With MeasureDeviceTime: step k's marks are 2 (k % 3) (before its metadata) and 2 (k % 3) + 1 (after its forward). At
-    // most two steps are pending when one is enqueued, so the last collected step's end, the pending step's and the new
-    // step's marks never share a slot.
+    // most one step is pending when another is enqueued (Enqueue refuses a third), so the last collected step's end, the
+    // pending step's marks and the new step's never share a slot.
     private IDeviceTimeline? _timeline;
     private long _timedSteps;
     private int _lastEndMark = -1;            // the end mark of the last collected step; -1: none to measure idle time from
@@ -460,9 +460,9 @@ public sealed class PagedModelRunner : IDisposable
     public void Dispose()
     {
         _pending.Clear();
+        _backend.Synchronize();
         (_timeline as IDisposable)?.Dispose();
         _timeline = null;
-        _backend.Synchronize();
         foreach (var bucket in _buckets.Values) bucket.Graph?.Dispose();
         _buckets.Clear();
         foreach (var readback in _readbacks) readback.Dispose();
