@@ -166,6 +166,7 @@ public sealed unsafe partial class CudaBackend
         int splits;
         string decodeKernel = "";
         uint decodeShared = 0;
+        bool stagedTable = false;                                    // paged_decode_mma's block table in shared memory (flags bit 1)
         if (specialized)
         {
             int gm = g <= 1 ? 1 : g <= 2 ? 2 : g <= 4 ? 4 : 8;
@@ -176,6 +177,10 @@ public sealed unsafe partial class CudaBackend
                 decodeKernel = $"paged_decode_mma_{Suffix(q.DType, op)}_d{d}";
                 decodeShared = (uint)Math.Max(PagedDecodeMmaStages * 2 * PagedDecodeMmaKeys * d * q.DType.SizeInBytes(),
                     PagedDecodeThreads / 32 * g * (d + 2) * sizeof(float));
+                // With the staged table, max_blocks ints after the tiles (which the kernel addresses at their end; they are
+                // larger than the states for its groups of up to 8).
+                stagedTable = Options.PagedDecodeStagedTable;
+                if (stagedTable) decodeShared += (uint)maxBlocks * sizeof(int);
                 PreferSharedMemory("paged_attention.cu", decodeKernel);
                 AllowDynamicSharedMemory("paged_attention.cu", decodeKernel, decodeShared);   // before the occupancy query
             }
@@ -207,7 +212,8 @@ public sealed unsafe partial class CudaBackend
             ulong pw = partial is null ? 0 : Ptr(partial);
             if (specialized)
             {
-                int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = Options.PagedDecodeBatchedMerge ? 1 : 0;
+                // The last argument: paged_decode's batched_merge, paged_decode_mma's flags (bit 0 the same, bit 1 the staged table).
+                int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = (Options.PagedDecodeBatchedMerge ? 1 : 0) | (stagedTable ? 2 : 0);
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge };
                 Launch("paged_attention.cu", decodeKernel, ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, decodeShared, dependent: true);

@@ -176,6 +176,15 @@ public sealed record CudaBackendOptions
     public bool PagedDecodeTensorCores { get; init; } = true;
 
     /// <summary>
+    /// <c>paged_decode_mma</c> first copies the block-table entries of its split's keys into shared memory (max_blocks ints
+    /// after its K/V tiles), so that each tile's row copies look their blocks up there rather than in global memory, where
+    /// each lookup is a dependent load ahead of its cp.async. The same bits either way (the emulation checks it). Default
+    /// false: written in session 16 for the 64-sequence decode attention (30 us a layer against 17.8 at the copy bandwidth)
+    /// and not yet measured on a GPU.
+    /// </summary>
+    public bool PagedDecodeStagedTable { get; init; }
+
+    /// <summary>
     /// CTAs per SM that serving's <c>paged_decode</c> grid may fill when it splits the keys (0, or 1 to 32): splits = this times
     /// the SMs over the rows' head-group columns, rounded down (whole waves), at least 1, at least 64 positions of the widest
     /// table a split, at most 32. 0 (the default) takes the kernel's occupancy (4 CTAs per SM for groups of up to 4 heads), so
@@ -282,6 +291,7 @@ public sealed record CudaBackendOptions
         if (PagedDecodeBatchedMerge != d.PagedDecodeBatchedMerge) parts.Add($"{nameof(PagedDecodeBatchedMerge)}={Bool(PagedDecodeBatchedMerge)}");
         if (PagedDecodeTiled != d.PagedDecodeTiled) parts.Add($"{nameof(PagedDecodeTiled)}={Bool(PagedDecodeTiled)}");
         if (PagedDecodeTensorCores != d.PagedDecodeTensorCores) parts.Add($"{nameof(PagedDecodeTensorCores)}={Bool(PagedDecodeTensorCores)}");
+        if (PagedDecodeStagedTable != d.PagedDecodeStagedTable) parts.Add($"{nameof(PagedDecodeStagedTable)}={Bool(PagedDecodeStagedTable)}");
         if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
@@ -308,6 +318,7 @@ public sealed record CudaBackendOptions
         [nameof(PagedDecodeBatchedMerge)] = (o, v, s) => o with { PagedDecodeBatchedMerge = ParseBool(v, s) },
         [nameof(PagedDecodeTiled)] = (o, v, s) => o with { PagedDecodeTiled = ParseBool(v, s) },
         [nameof(PagedDecodeTensorCores)] = (o, v, s) => o with { PagedDecodeTensorCores = ParseBool(v, s) },
+        [nameof(PagedDecodeStagedTable)] = (o, v, s) => o with { PagedDecodeStagedTable = ParseBool(v, s) },
         [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with
         {

@@ -416,6 +416,8 @@ template <int D> struct TileOffsets
 // p % block_size, base + slot * stride (base already at the kv head, stride 2K * D); a tile's rows come from up to
 // ROWS / block_size blocks, each thread looking up the block of every row it copies. Rows at or past limit, or below
 // first, are zero-filled without reading the table (a block left of a sliding window may have gone back to the pool).
+// table_first: the block index of table[0] (0 for a sequence's whole table in global memory; a copy of part of it, e.g.
+// paged_decode_mma's staged table in shared memory, starts at its first block).
 template <typename T> struct PagedRows
 {
     const T* base;
@@ -423,6 +425,7 @@ template <typename T> struct PagedRows
     int block_size;
     i64 stride;
     int first;
+    int table_first = 0;
     template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
     {
         constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
@@ -434,7 +437,7 @@ template <typename T> struct PagedRows
         {
             const int p = row0 + r + k * RS;
             const bool ok = p < limit && p >= first;
-            const T* src = ok ? base + ((i64)table[p / block_size] * block_size + p % block_size) * stride + c * 8 : base;
+            const T* src = ok ? base + ((i64)table[p / block_size - table_first] * block_size + p % block_size) * stride + c * 8 : base;
             cp_async16(d0 + k * RS * D * 2, src, ok);
         }
     }

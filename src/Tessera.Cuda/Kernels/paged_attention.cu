@@ -690,7 +690,11 @@ FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
 // 8 + 2c, 9 + 2c; the row maximum over the 4 lanes of g), P rounded to 16 bits in registers as the A operand of
 // O += P V (ldmatrix.trans of V). The 4 warps' states (acc, m, l) merge as paged_decode's lane groups do
 // (paged_decode_merge_store over (4, G, D + 2) in the tile memory). Dynamic shared memory: PM_STAGES x 2 tiles of
-// PM_KEYS x D values (48 KB at D = 64, 96 KB at D = 128).
+// PM_KEYS x D values (48 KB at D = 64, 96 KB at D = 128), and with a staged table max_blocks ints after them.
+// flags: bit 0 the batched merge (paged_decode's batched_merge); bit 1 the staged table
+// (CudaBackendOptions.PagedDecodeStagedTable): the CTA first copies the block-table entries of its split's keys into shared
+// memory, so that each tile's row copies look their blocks up there instead of in global memory (a dependent load ahead
+// of every cp.async otherwise). The same rows come from the same slots either way: the same bits.
 #define PM_KEYS 64
 #define PM_STAGES 3
 // CTAs per SM that the shared memory allows (48 KB of tiles at D = 64, 96 KB at 128); the registers must not limit it further.
@@ -701,9 +705,11 @@ template <typename T, int D>
 __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
                                  const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
                                  int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk,
-                                 int batched_merge)
+                                 int flags)
 {
     constexpr int NT = PD_THREADS, BN = PM_KEYS, KD = D / 16, ND = D / 8, S = PM_STAGES, TILE = BN * D * 2;
+    const int batched_merge = flags & 1;
+    const bool staged_table = (flags & 2) != 0;
     static_assert(NT == 128 && BN == 16 * (NT / 32), "paged_decode_mma: 4 warps of 16 keys a tile");
     extern __shared__ float pd_shared[];                           // S x (K tile, V tile); at the end (4, G, D + 2)
     const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
@@ -723,8 +729,19 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
 
     const i64 position_stride = (i64)2 * K * D;
     const int* table = tables + (i64)b * max_blocks;
-    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, position_stride, begin};
-    const PagedRows<T> vr{pool + (i64)(K + kvh) * D, table, block_size, position_stride, begin};
+    int table_first = 0;
+    if (staged_table)
+    {
+        // The split's blocks [begin / block_size, (end - 1) / block_size], after the K/V tiles (uniform branch).
+        int* staged = reinterpret_cast<int*>(reinterpret_cast<unsigned char*>(pd_shared) + S * 2 * TILE);
+        table_first = begin / block_size;
+        const int last = end > begin ? (end - 1) / block_size : table_first - 1;
+        for (int i = table_first + tid; i <= last; i += NT) staged[i - table_first] = table[i];
+        __syncthreads();
+        table = staged;
+    }
+    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, position_stride, begin, table_first};
+    const PagedRows<T> vr{pool + (i64)(K + kvh) * D, table, block_size, position_stride, begin, table_first};
     const unsigned smem = smem_u32(pd_shared);
 #pragma unroll
     for (int st = 0; st < S - 1; st++)
@@ -841,10 +858,10 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
     extern "C" __global__ void __launch_bounds__(PD_THREADS, PM_MIN_CTAS(D)) paged_decode_mma_##name##_d##D(               \
         const t* q, const t* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
         const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
-        float scale, int max_rows, int window, int min_chunk, int batched_merge)                                          \
+        float scale, int max_rows, int window, int min_chunk, int flags)                                                  \
     {                                                                                                                     \
         paged_decode_mma<t, D>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,        \
-                               max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge);                  \
+                               max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, flags);                          \
     }
 PAGED_DECODE_MMA(bf16, bf16, 64) PAGED_DECODE_MMA(bf16, bf16, 128) PAGED_DECODE_MMA(f16, f16, 64) PAGED_DECODE_MMA(f16, f16, 128)
 

@@ -21,6 +21,7 @@ public sealed class CudaBackendOptionsTests
         CrossEntropyThreadsPerRow = 512,
         CrossEntropyStagedBytes = null,
         FusedBiasGradient = false,
+        PagedDecodeStagedTable = true,
         TuneMatMulAlgorithms = false,
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,

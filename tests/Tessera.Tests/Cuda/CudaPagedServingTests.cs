@@ -151,13 +151,18 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// at 64 rows) and with more splits (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 16), against the CPU
     /// (tolerance as above).
     /// </summary>
+    /// <remarks>With <paramref name="stagedTable"/> the kernel looks its blocks up in a shared-memory copy of the table
+    /// (<see cref="CudaBackendOptions.PagedDecodeStagedTable"/>), against the same CPU result.</remarks>
     [Theory]
-    [InlineData(1, 0)]
-    [InlineData(64, 0)]
-    [InlineData(64, 16)]
-    public void PagedDecodeTensorCoresAtBatch1And64MatchTheCpu(int sequences, int ctasPerSm)
+    [InlineData(1, 0, false)]
+    [InlineData(64, 0, false)]
+    [InlineData(64, 16, false)]
+    [InlineData(1, 0, true)]
+    [InlineData(64, 0, true)]
+    [InlineData(64, 16, true)]
+    public void PagedDecodeTensorCoresAtBatch1And64MatchTheCpu(int sequences, int ctasPerSm, bool stagedTable)
     {
-        var options = CudaBackendOptions.Default with { PagedDecodeTensorCores = true, PagedDecodeCtasPerSm = ctasPerSm };
+        var options = CudaBackendOptions.Default with { PagedDecodeTensorCores = true, PagedDecodeCtasPerSm = ctasPerSm, PagedDecodeStagedTable = stagedTable };
         if (sequences == 1) options = options with { PagedDecodeSplitSpan = 16, PagedDecodeMinKeysPerSplit = 16 };
         using var mma = new CudaBackend(Gpu.CudaDevice.Ordinal, options);
         var rows = Enumerable.Repeat(1, sequences).ToArray();
@@ -583,7 +588,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>) and, above one sequence,
     /// beside twice as many splits (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 8, about the rule before one-wave
     /// grids; at one sequence the positions a split (PagedDecodeSplitSpan) decide, so those rows are left out there), and the
-    /// tensor-core kernel at two and three waves (8 and 12 CTAs an SM), then each configuration's whole op table.
+    /// tensor-core kernel with its block table staged in shared memory and at two and three waves (8 and 12 CTAs an SM), then
+    /// each configuration's whole op table.
     /// </summary>
     [Theory]
     [InlineData(64)]
@@ -598,6 +604,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
             ("paged_decode_tiled (one wave of splits)", CudaBackendOptions.Default with { PagedDecodeTensorCores = false, PagedDecodeTiled = true }),
             ("paged_decode_mma (one wave of splits, the default)", CudaBackendOptions.Default),
             ("paged_decode, PagedDecodeCtasPerSm=8 (two waves)", CudaBackendOptions.Default with { PagedDecodeTensorCores = false, PagedDecodeCtasPerSm = 8 }),
+            ("paged_decode_mma, PagedDecodeStagedTable=true", CudaBackendOptions.Default with { PagedDecodeStagedTable = true }),
             ("paged_decode_mma, PagedDecodeCtasPerSm=8 (two waves)", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 8 }),
             ("paged_decode_mma, PagedDecodeCtasPerSm=12 (three waves)", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 12 }),
         };

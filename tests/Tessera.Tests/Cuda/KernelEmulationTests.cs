@@ -35,7 +35,8 @@ public sealed class KernelEmulationTests
     /// rows of 1 key and at block edges, padding, groups of 1, 3, 4 and 8, splits, windows, a batch of 64, in f32 and bf16),
     /// the tensor-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>, bf16, on the emulation's
     /// warp-collective stand-ins of cp.async, ldmatrix and mma.sync: tile and warp-slice edges, groups of 3, 4 and 8, D 64
-    /// and 128, splits merged by the last CTA, windows), and the generic kernel, against a double reference
+    /// and 128, splits merged by the last CTA, windows; with its block table staged in shared memory, the same bits), and the
+    /// generic kernel, against a double reference
     /// (Emulation/paged_kernels.cpp states the batches and the tolerances: 1e-5 in f32, 8e-3 for a bf16 output, 1.2e-2 with
     /// the tensor-core kernel's 16-bit softmax weights). The tensor-core prefill kernels (flash_attention.cu,
     /// flash_attention_hopper.cu) are not emulated, only their shared indexing (<see cref="HopperPagedPrefillIndexingIsExactOnTheCpuEmulation"/>):
@@ -55,7 +56,9 @@ public sealed class KernelEmulationTests
              "paged_decode_tiled H=16 K=2 D=128 splits=2 max_rows=7 B=6 window=8", "paged_decode_tiled H=6 K=2 D=64 splits=8 max_rows=1073741824 B=4 window=0 finish min_chunk",
              "paged_decode_tiled H=8 K=2 D=128 splits=2 max_rows=7 B=6 window=8 finish bf16", "paged_decode_tiled H=4 K=1 D=64 splits=1 max_rows=1073741824 B=64 window=0 bf16",
              "paged_decode_mma H=8 K=2 D=64 splits=1 max_rows=1073741824 B=10 window=0 bf16 rel err", "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16",
-             "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16"]);
+             "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16",
+             "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16: staged table = global table bit for bit ok",
+             "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16: staged table = global table bit for bit ok"]);
 
     /// <summary>
     /// The indexing of the Hopper paged prefill (flash_attention_hopper.cu's <c>paged_prefill_hopper</c>) that common.cuh

@@ -17,7 +17,7 @@
 #include <random>
 
 float pa_shared[1 << 14];   // the kernels' dynamic shared memory (extern __shared__)
-float pd_shared[1 << 15];   // 128 KB: paged_decode_mma's K/V tiles in flight (96 KB at D = 128)
+float pd_shared[1 << 15];   // 128 KB: paged_decode_mma's K/V tiles in flight (96 KB at D = 128), then its staged table
 static int failures = 0;
 
 // Tolerance: f32 dot products of 64-128 terms, exp2 and online rescaling against double: ~1e-6 relative; 1e-5 leaves
@@ -211,6 +211,20 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
             printf("%s: serial merge = batched merge bit for bit %s\n", name, same ? "ok" : "FAIL");
             if (!same) failures++;
             out = batched_out;
+        }
+        if (mma)
+        {
+            // The block table staged in shared memory (flags bit 1, CudaBackendOptions.PagedDecodeStagedTable) must give the
+            // same bits: the same rows from the same slots, looked up in the copy instead of the global table.
+            const std::vector<float> global_out = out;
+            std::fill(out.begin(), out.end(), poison);
+            batched = 3;
+            decode();
+            batched = 1;
+            const bool same = std::memcmp(out.data(), global_out.data(), out.size() * sizeof(float)) == 0;
+            printf("%s: staged table = global table bit for bit %s\n", name, same ? "ok" : "FAIL");
+            if (!same) failures++;
+            out = global_out;
         }
         if (pc && std::any_of(counters.begin(), counters.end(), [](int c) { return c != 0; }))
         {
