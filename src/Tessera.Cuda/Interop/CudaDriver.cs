@@ -109,6 +109,10 @@ internal static unsafe partial class CudaDriver
 
     [LibraryImport(Lib)] internal static partial int cuLaunchKernelEx(LaunchConfig* config, IntPtr function, void** parameters, void** extra);
 
+    /// <summary>Starts and stops the profilers' collection (ncu --profile-from-start off, nsys --capture-range cudaProfilerApi); no effect without one.</summary>
+    [LibraryImport(Lib)] internal static partial int cuProfilerStart();
+    [LibraryImport(Lib)] internal static partial int cuProfilerStop();
+
     [LibraryImport(Lib)] internal static partial int cuGetErrorName(int error, byte** name);
     [LibraryImport(Lib)] internal static partial int cuGetErrorString(int error, byte** text);
 

@@ -405,7 +405,11 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(eager[i], recorded[i]);
     }
 
-    /// <summary>Throughput of a decode step of 64 sequences of a llama-1b-shaped random model, printed for the log (not a pass/fail bar).</summary>
+    /// <summary>
+    /// Throughput of a decode step of 64 sequences of a llama-1b-shaped random model, printed for the log (not a pass/fail bar).
+    /// The timed steps run between cuProfilerStart and cuProfilerStop, so that a profiler started with collection off
+    /// (<c>ncu --profile-from-start off</c>) sees only steady recorded decode steps, none of the runner's warm-up or prefill.
+    /// </summary>
     [Fact]
     public void DecodeStepOf64SequencesOnLlama1bShapeReportsItsTime()
     {
@@ -416,7 +420,11 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
             var step = PrefillAll(scheduler, runner);
             for (int i = 0; i < 3; i++) step = Step(scheduler, runner);      // eager, then recorded
             Assert.True(step.IsDecodeOnly);
+            Gpu.Synchronize();
+            Gpu.CudaDevice.MakeCurrent();                                   // the profiler calls act on the current context
+            Tessera.Cuda.Interop.CudaDriver.Check(Tessera.Cuda.Interop.CudaDriver.cuProfilerStart(), "cuProfilerStart");
             double ms = MedianMs(() => Step(scheduler, runner), 20);
+            Tessera.Cuda.Interop.CudaDriver.Check(Tessera.Cuda.Interop.CudaDriver.cuProfilerStop(), "cuProfilerStop");
             Assert.True(runner.RecordedGraphs > 0);
             Console.WriteLine($"[paged decode] llama-1b shape, bf16, 64 sequences at ~520 positions: {ms:F3} ms/step, {64 / ms * 1000:F0} tokens/s (host included)");
         }
