@@ -411,22 +411,32 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// (<c>ncu --profile-from-start off</c>) sees only steady recorded decode steps, none of the runner's warm-up or prefill.
     /// </summary>
     [Fact]
-    public void DecodeStepOf64SequencesOnLlama1bShapeReportsItsTime()
+    public void DecodeStepOf64SequencesOnLlama1bShapeReportsItsTime() => DecodeStepOf64Sequences(Gpu, "");
+
+    /// <summary>The same with <see cref="CudaBackendOptions.PagedDecodeStagedTable"/>: the decode attention's block table in shared memory.</summary>
+    [Fact]
+    public void DecodeStepOf64SequencesWithTheStagedTableReportsItsTime()
     {
-        var (_, cache, scheduler, runner) = Llama1bServing(Gpu, recordGraphs: true);
+        using var staged = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { PagedDecodeStagedTable = true });
+        DecodeStepOf64Sequences(staged, ", PagedDecodeStagedTable=true");
+    }
+
+    private static void DecodeStepOf64Sequences(CudaBackend backend, string label)
+    {
+        var (_, cache, scheduler, runner) = Llama1bServing(backend, recordGraphs: true);
         using (cache)
         using (runner)
         {
             var step = PrefillAll(scheduler, runner);
             for (int i = 0; i < 3; i++) step = Step(scheduler, runner);      // eager, then recorded
             Assert.True(step.IsDecodeOnly);
-            Gpu.Synchronize();
-            Gpu.CudaDevice.MakeCurrent();                                   // the profiler calls act on the current context
+            backend.Synchronize();
+            backend.CudaDevice.MakeCurrent();                               // the profiler calls act on the current context
             Tessera.Cuda.Interop.CudaDriver.Check(Tessera.Cuda.Interop.CudaDriver.cuProfilerStart(), "cuProfilerStart");
-            double ms = MedianMs(() => Step(scheduler, runner), 20);
+            double ms = MedianMs(backend, () => Step(scheduler, runner), 20);
             Tessera.Cuda.Interop.CudaDriver.Check(Tessera.Cuda.Interop.CudaDriver.cuProfilerStop(), "cuProfilerStop");
             Assert.True(runner.RecordedGraphs > 0);
-            Console.WriteLine($"[paged decode] llama-1b shape, bf16, 64 sequences at ~520 positions: {ms:F3} ms/step, {64 / ms * 1000:F0} tokens/s (host included)");
+            Console.WriteLine($"[paged decode] llama-1b shape, bf16, 64 sequences at ~520 positions{label}: {ms:F3} ms/step, {64 / ms * 1000:F0} tokens/s (host included)");
         }
     }
 
