@@ -46,9 +46,9 @@ public sealed unsafe partial class CudaBackend
     /// Threads per row of the fused cross-entropy when the options leave it open: 512 from 4,096 columns on, 256 from 256, 128
     /// below. Measured on the H200 (session 16): the kernel alone (<c>CudaLlamaRowOpsSpeedReport</c>) took 358 us at 512
     /// threads against 408 at 256 and 590 at 1,024 (the row kernels' width rule, RowBlock) on GPT-2's chunks of 5,048 rows of
-    /// 50,257 logits, and 429 against 441 and 462 on llama-1b's 2,048 rows of 128,256; gpt2-124m 64 x 1024 took 110.8 ms a
-    /// step at 256 threads against 113.1 at 1,024. Fewer threads a row put more blocks on an SM, so one block's reductions
-    /// overlap the others' loads, and each thread streams more vectors a pass.
+    /// 50,257 logits, and 429 against 441 and 462 on llama-1b's 2,048 rows of 128,256. gpt2-124m 64 x 1024 took 113.1 ms a step
+    /// at 1,024 threads and 110.8 at 256 (call 3), and 108.6 at 512 beside PyTorch's 120.5 (call 5). Fewer threads a row put
+    /// more blocks on an SM, so one block's reductions overlap the others' loads, and each thread streams more vectors a pass.
     /// </summary>
     internal static uint CrossEntropyThreads(long columns) => columns >= 4096 ? 512u : columns >= 256 ? 256u : 128u;
 
