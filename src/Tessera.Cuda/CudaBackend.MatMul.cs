@@ -21,7 +21,24 @@ public sealed unsafe partial class CudaBackend
         public HeuristicResult Heuristic;
         /// <summary>cuBLASLt's candidates, best guess first (Heuristic is one of them); the timed pick replaces Heuristic.</summary>
         public HeuristicResult[] Candidates = [];
+        /// <summary>What the timed choice tried (the candidates and <see cref="SearchCandidates"/>'s additions); empty when not timed.</summary>
+        public HeuristicResult[] Searched = [];
     }
+
+    /// <summary>The plan of the last cuBLASLt product (for the tests' hooks below).</summary>
+    private MatMulPlan? _lastPlan;
+
+    /// <summary>
+    /// For tests: while set, a product whose algorithm was timed runs the timed candidate of this index (modulo their number)
+    /// instead of the chosen one, so that every candidate's result can be checked.
+    /// </summary>
+    internal int? MatMulCandidateOverride { get; set; }
+
+    /// <summary>For tests: how many candidates the last product's timed choice tried (0 when it was not timed).</summary>
+    internal int LastMatMulCandidateCount => _lastPlan?.Searched.Length ?? 0;
+
+    /// <summary>For tests: the configuration of the last product's timed candidate <paramref name="index"/>.</summary>
+    internal string LastMatMulCandidate(int index) => AlgorithmText(_lastPlan!.Searched[index]);
 
     /// <inheritdoc/>
     /// <remarks>
@@ -123,6 +140,8 @@ public sealed unsafe partial class CudaBackend
             if (plan is not null) ChooseAlgorithm(plan, key, pa, pb, pbias, paux, alpha, beta);
         }
         if (plan is null) return false;
+        _lastPlan = plan;
+        var algorithm = MatMulCandidateOverride is int forced && plan.Searched.Length > 0 ? plan.Searched[forced % plan.Searched.Length] : plan.Heuristic;
         if (pbias != 0)
             Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pbias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
         if (paux != 0)
@@ -130,7 +149,7 @@ public sealed unsafe partial class CudaBackend
         CudaDevice.MakeCurrent();
         Profiler?.Begin($"matmul {a.DType} {m}x{n}x{k}{(batch > 1 ? $" b{batch}" : "")}{(transposeA ? " tA" : "")}{(transposeB ? " tB" : "")}{(addend is not null ? " +residual" : beta != 0 ? " acc" : "")}{(bias is not null ? " bias" : "")}{(fused != MatMulEpilogue.None ? " " + fused : "")}");
         // Column-major cuBLASLt sees the row-major c (M, N) as c^T (N, M) = op(b)^T op(a)^T: b goes first.
-        fixed (ulong* algo = plan.Heuristic.Algo)
+        ulong* algo = algorithm.Algo;
         {
             if (a.DType == DType.F64)
             {

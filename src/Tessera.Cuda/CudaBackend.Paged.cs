@@ -13,7 +13,8 @@ public sealed unsafe partial class CudaBackend
         PagedPrefillMinRows = 8,                                        // a sequence with this many rows in a step runs on tensor cores
         PagedDecodeMaxCounters = 1024,                                  // DecodeCounters' first capacity
         PagedDecodeMmaKeys = 64,                                        // PM_KEYS: positions of a K or V tile of paged_decode_mma
-        PagedDecodeMmaStages = 3;                                       // PM_STAGES: its K/V tiles in flight
+        PagedDecodeMmaStages = 3,                                       // PM_STAGES: its K/V tiles in flight
+        MaxStagedTableBlocks = 1024;                                    // the widest block table paged_decode_mma stages in shared memory
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
     {
@@ -178,8 +179,9 @@ public sealed unsafe partial class CudaBackend
                 decodeShared = (uint)Math.Max(PagedDecodeMmaStages * 2 * PagedDecodeMmaKeys * d * q.DType.SizeInBytes(),
                     PagedDecodeThreads / 32 * g * (d + 2) * sizeof(float));
                 // With the staged table, max_blocks ints after the tiles (which the kernel addresses at their end; they are
-                // larger than the states for its groups of up to 8).
-                stagedTable = Options.PagedDecodeStagedTable;
+                // larger than the states for its groups of up to 8). Up to 1,024 blocks (4 KB: 16,384 positions in blocks of
+                // 16), so that the tables never cost the D = 64 kernel its fourth CTA on an SM (4 x 53 KB of 227).
+                stagedTable = Options.PagedDecodeStagedTable && maxBlocks <= MaxStagedTableBlocks;
                 if (stagedTable) decodeShared += (uint)maxBlocks * sizeof(int);
                 PreferSharedMemory("paged_attention.cu", decodeKernel);
                 AllowDynamicSharedMemory("paged_attention.cu", decodeKernel, decodeShared);   // before the occupancy query

@@ -70,6 +70,14 @@ public sealed record CudaBackendOptions
     public bool TuneMatMulAlgorithms { get; init; } = true;
 
     /// <summary>
+    /// Which algorithms that timed choice tries for a product of at most 256 rows (a serving step's decode rows), each timed
+    /// from a cold L2. Default <see cref="MatMulCandidateSearch.SplitK"/>: cuBLASLt's heuristic candidates for the 64-row
+    /// products of a llama-1b decode step read their weights at 0.9-3.2 TB/s (H200, 2026-12-04: 2048 x 2048 in 9.2 us, 2048 x
+    /// 8192 in 19.5), leaving most SMs idle; not yet measured with the split candidates.
+    /// </summary>
+    public MatMulCandidateSearch MatMulSearch { get; init; } = MatMulCandidateSearch.SplitK;
+
+    /// <summary>
     /// Programmatic dependent launch of the decode kernels on compute capability 9.0 or later (each may start while its
     /// predecessor finishes); false launches them plainly. Off anyway while <see cref="ProfileOps"/> is on. Default true.
     /// </summary>
@@ -179,10 +187,11 @@ public sealed record CudaBackendOptions
     /// <c>paged_decode_mma</c> first copies the block-table entries of its split's keys into shared memory (max_blocks ints
     /// after its K/V tiles), so that each tile's row copies look their blocks up there rather than in global memory, where
     /// each lookup is a dependent load ahead of its cp.async. The same bits either way (the emulation checks it). Default
-    /// false: written in session 16 for the 64-sequence decode attention (30 us a layer against 17.8 at the copy bandwidth)
-    /// and not yet measured on a GPU.
+    /// true since its first GPU run (H200, 2026-12-04, `d4130db`, llama-1b bf16, 64 sequences of ~524 positions, profiled):
+    /// 29.1 us a layer against 30.3, and the recorded decode step 1.579 ms against 1.640 (tables of at most 1,024 blocks; wider ones stay in global memory). ncu found both reading the pool at
+    /// 2.1 TB/s (44 % of the DRAM peak) with half their L2 requests repeated; the table was not what held the kernel back.
     /// </summary>
-    public bool PagedDecodeStagedTable { get; init; }
+    public bool PagedDecodeStagedTable { get; init; } = true;
 
     /// <summary>
     /// CTAs per SM that serving's <c>paged_decode</c> grid may fill when it splits the keys (0, or 1 to 32): splits = this times
@@ -231,6 +240,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
+        if (!Enum.IsDefined(MatMulSearch))
+            throw new ArgumentException($"CUDA backend options: MatMulSearch ({(int)MatMulSearch}) must be one of {string.Join(", ", Enum.GetNames<MatMulCandidateSearch>())}");
         if (!Enum.IsDefined(DecodeAttention))
             throw new ArgumentException($"CUDA backend options: DecodeAttention ({(int)DecodeAttention}) must be one of {string.Join(", ", Enum.GetNames<DecodeAttentionKernel>())}");
         if (CrossEntropyThreadsPerRow is { } t && t is not (128 or 256 or 512 or 1024))
@@ -279,6 +290,7 @@ public sealed record CudaBackendOptions
             parts.Add(CrossEntropyStagedBytes is { } staged ? Invariant($"{nameof(CrossEntropyStagedBytes)}={staged}") : $"{nameof(CrossEntropyStagedBytes)}=auto");
         if (FusedBiasGradient != d.FusedBiasGradient) parts.Add($"{nameof(FusedBiasGradient)}={Bool(FusedBiasGradient)}");
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
+        if (MatMulSearch != d.MatMulSearch) parts.Add($"{nameof(MatMulSearch)}={MatMulSearch}");
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
@@ -320,12 +332,7 @@ public sealed record CudaBackendOptions
         [nameof(PagedDecodeTensorCores)] = (o, v, s) => o with { PagedDecodeTensorCores = ParseBool(v, s) },
         [nameof(PagedDecodeStagedTable)] = (o, v, s) => o with { PagedDecodeStagedTable = ParseBool(v, s) },
         [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
-        [nameof(DecodeAttention)] = (o, v, s) => o with
-        {
-            DecodeAttention = Enum.GetValues<DecodeAttentionKernel>().Cast<DecodeAttentionKernel?>()
-                .FirstOrDefault(k => k.ToString()!.Equals(v, StringComparison.OrdinalIgnoreCase))
-                ?? throw new ArgumentException($"CUDA backend options: '{s}': expected one of {string.Join(", ", Enum.GetNames<DecodeAttentionKernel>())}"),
-        },
+        [nameof(DecodeAttention)] = (o, v, s) => o with { DecodeAttention = ParseEnum<DecodeAttentionKernel>(v, s) },
         [nameof(CrossEntropyThreadsPerRow)] = (o, v, s) => o with
         {
             CrossEntropyThreadsPerRow = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
@@ -335,6 +342,7 @@ public sealed record CudaBackendOptions
             CrossEntropyStagedBytes = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
         },
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
+        [nameof(MatMulSearch)] = (o, v, s) => o with { MatMulSearch = ParseEnum<MatMulCandidateSearch>(v, s) },
         [nameof(FusedBiasGradient)] = (o, v, s) => o with { FusedBiasGradient = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
@@ -354,6 +362,10 @@ public sealed record CudaBackendOptions
         "false" or "0" or "off" => false,
         _ => throw new ArgumentException($"CUDA backend options: '{setting}': expected true or false (1/0, on/off)"),
     };
+
+    private static TEnum ParseEnum<TEnum>(string value, string setting) where TEnum : struct, Enum =>
+        Enum.GetValues<TEnum>().Cast<TEnum?>().FirstOrDefault(k => k.ToString()!.Equals(value, StringComparison.OrdinalIgnoreCase))
+            ?? throw new ArgumentException($"CUDA backend options: '{setting}': expected one of {string.Join(", ", Enum.GetNames<TEnum>())}");
 
     private static int ParseInt(string value, string setting) =>
         int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) ? n

@@ -38,6 +38,21 @@ internal static unsafe partial class CublasLt
 
     internal const int CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1;
 
+    // cublasLtMatmulAlgoCapAttributes_t: what an algorithm supports.
+    internal const int CUBLASLT_ALGO_CAP_SPLITK_SUPPORT = 0;
+    internal const int CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK = 1;
+    internal const int CUBLASLT_ALGO_CAP_TILE_IDS = 6;
+
+    // cublasLtMatmulAlgoConfigAttributes_t: how an algorithm is configured.
+    internal const int CUBLASLT_ALGO_CONFIG_ID = 0;
+    internal const int CUBLASLT_ALGO_CONFIG_TILE_ID = 1;
+    internal const int CUBLASLT_ALGO_CONFIG_SPLITK_NUM = 2;
+    internal const int CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME = 3;
+    internal const int CUBLASLT_ALGO_CONFIG_STAGES_ID = 6;
+
+    /// <summary>cublasLtReductionScheme_t COMPUTE_TYPE: split-K partial sums in the compute type (F32) in the workspace, then one reduction.</summary>
+    internal const uint CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE = 2;
+
     /// <summary>cublasLtMatmulHeuristicResult_t: the algorithm (64 bytes), workspace size, state, waves, reserved.</summary>
     [StructLayout(LayoutKind.Sequential)]
     internal struct HeuristicResult
@@ -67,6 +82,13 @@ internal static unsafe partial class CublasLt
         IntPtr cDesc, IntPtr dDesc, IntPtr preference, int requested, HeuristicResult* results, int* returned);
     [LibraryImport(Lib)] internal static partial int cublasLtMatmulAlgoCheck(IntPtr handle, IntPtr operation, IntPtr aDesc, IntPtr bDesc,
         IntPtr cDesc, IntPtr dDesc, void* algo, HeuristicResult* result);
+    [LibraryImport(Lib)] internal static partial int cublasLtMatmulAlgoGetIds(IntPtr handle, int computeType, int scaleType, int aType, int bType,
+        int cType, int dType, int requested, int* ids, int* returned);
+    [LibraryImport(Lib)] internal static partial int cublasLtMatmulAlgoInit(IntPtr handle, int computeType, int scaleType, int aType, int bType,
+        int cType, int dType, int id, void* algo);
+    [LibraryImport(Lib)] internal static partial int cublasLtMatmulAlgoCapGetAttribute(void* algo, int attribute, void* buffer, nuint size, nuint* written);
+    [LibraryImport(Lib)] internal static partial int cublasLtMatmulAlgoConfigGetAttribute(void* algo, int attribute, void* buffer, nuint size, nuint* written);
+    [LibraryImport(Lib)] internal static partial int cublasLtMatmulAlgoConfigSetAttribute(void* algo, int attribute, void* buffer, nuint size);
     [LibraryImport(Lib)] internal static partial int cublasLtMatmul(IntPtr handle, IntPtr operation, void* alpha, ulong a, IntPtr aDesc,
         ulong b, IntPtr bDesc, void* beta, ulong c, IntPtr cDesc, ulong d, IntPtr dDesc, void* algo, ulong workspace, nuint workspaceBytes, IntPtr stream);
     [LibraryImport(Lib)] internal static partial byte* cublasLtGetStatusName(int status);

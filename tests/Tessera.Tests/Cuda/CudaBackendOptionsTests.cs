@@ -21,8 +21,9 @@ public sealed class CudaBackendOptionsTests
         CrossEntropyThreadsPerRow = 512,
         CrossEntropyStagedBytes = null,
         FusedBiasGradient = false,
-        PagedDecodeStagedTable = true,
+        PagedDecodeStagedTable = false,
         TuneMatMulAlgorithms = false,
+        MatMulSearch = MatMulCandidateSearch.AllAlgorithms,
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
@@ -81,6 +82,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]
     [InlineData("TuneMatMulAlgorithms=maybe", "'TuneMatMulAlgorithms=maybe': expected true or false")]
     [InlineData("DecodeAttention=1", "'DecodeAttention=1': expected one of Automatic, Grouped, PerQueryHead")]
+    [InlineData("MatMulSearch=everything", "'MatMulSearch=everything': expected one of Heuristic, SplitK, AllAlgorithms")]
     [InlineData("MatrixVectorCtasPerSm=two", "'MatrixVectorCtasPerSm=two': expected an integer")]
     [InlineData("Gemv=false", "unknown setting 'Gemv'")]
     [InlineData("ProfileOps", "'ProfileOps' is not Name=value")]
