@@ -71,11 +71,14 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// Which algorithms that timed choice tries for a product of at most 256 rows (a serving step's decode rows), each timed
-    /// from a cold L2. Default <see cref="MatMulCandidateSearch.SplitK"/>: cuBLASLt's heuristic candidates for the 64-row
-    /// products of a llama-1b decode step read their weights at 0.9-3.2 TB/s (H200, 2026-12-04: 2048 x 2048 in 9.2 us, 2048 x
-    /// 8192 in 19.5), leaving most SMs idle; not yet measured with the split candidates.
+    /// from a cold L2. Default <see cref="MatMulCandidateSearch.Heuristic"/>: cuBLASLt's heuristic candidates read the decode
+    /// products' weights at 0.9-3.4 TB/s (H200, 2026-12-04, `37b52ee`: llama-1b's 2048 x 2048 at 64 rows in 9.3 us, llama-8b's
+    /// 28672 x 4096 in 68.3), and neither the split candidates (up to 64) nor every listed algorithm at each tile (about 107,
+    /// all cuBLASLt's algorithm 66) timed faster beyond the noise at any of 48 shapes from 8 to 256 rows; through the server
+    /// at 64 streams 24,379 tokens/s with the split candidates against 24,759 without. The heuristic's own candidates already
+    /// split K where it pays (3 to 6 parts for the 2048 x 8192 product). Kept for measurements with later cuBLASLt versions.
     /// </summary>
-    public MatMulCandidateSearch MatMulSearch { get; init; } = MatMulCandidateSearch.SplitK;
+    public MatMulCandidateSearch MatMulSearch { get; init; } = MatMulCandidateSearch.Heuristic;
 
     /// <summary>
     /// Programmatic dependent launch of the decode kernels on compute capability 9.0 or later (each may start while its

@@ -23,7 +23,7 @@ public sealed class CudaBackendOptionsTests
         FusedBiasGradient = false,
         PagedDecodeStagedTable = false,
         TuneMatMulAlgorithms = false,
-        MatMulSearch = MatMulCandidateSearch.AllAlgorithms,
+        MatMulSearch = MatMulCandidateSearch.SplitK,
         ProgrammaticDependentLaunch = false,
         SpecializedPagedAttention = false,
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
