@@ -214,11 +214,8 @@ public sealed unsafe partial class CudaBackend
             ulong pw = partial is null ? 0 : Ptr(partial);
             if (specialized)
             {
-                // The last argument: paged_decode's batched_merge, paged_decode_mma's flags (bit 0 the same, bit 1 the staged table,
-                // bits 2-3 the L2 prefetch hint).
-                int prefetch = Options.PagedDecodeL2Prefetch switch { 128 => 1, 256 => 2, _ => 0 };
-                int minChunk = Options.PagedDecodeMinKeysPerSplit,
-                    batchedMerge = (Options.PagedDecodeBatchedMerge ? 1 : 0) | (stagedTable ? 2 : 0) | prefetch << 2;
+                // The last argument: paged_decode's batched_merge, paged_decode_mma's flags (bit 0 the same, bit 1 the staged table).
+                int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = (Options.PagedDecodeBatchedMerge ? 1 : 0) | (stagedTable ? 2 : 0);
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge };
                 Launch("paged_attention.cu", decodeKernel, ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, decodeShared, dependent: true);

@@ -197,13 +197,6 @@ public sealed record CudaBackendOptions
     public bool PagedDecodeStagedTable { get; init; } = true;
 
     /// <summary>
-    /// The L2 prefetch size hint (PTX's <c>.L2::128B</c> / <c>.L2::256B</c>) on <c>paged_decode_mma</c>'s key and value copies:
-    /// 0 (none), 128 or 256 bytes. ncu (session 17) found the kernel's L2 hit rate at 50 % with every 32-byte sector of the
-    /// pool requested twice, while DRAM delivered each byte once. Default 0: not yet measured.
-    /// </summary>
-    public int PagedDecodeL2Prefetch { get; init; }
-
-    /// <summary>
     /// CTAs per SM that serving's <c>paged_decode</c> grid may fill when it splits the keys (0, or 1 to 32): splits = this times
     /// the SMs over the rows' head-group columns, rounded down (whole waves), at least 1, at least 64 positions of the widest
     /// table a split, at most 32. 0 (the default) takes the kernel's occupancy (4 CTAs per SM for groups of up to 4 heads), so
@@ -244,8 +237,6 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32, or 0 for the kernel's occupancy");
         if (PagedDecodeSplitSpan < 1)
             throw new ArgumentException($"CUDA backend options: PagedDecodeSplitSpan ({PagedDecodeSplitSpan}) must be at least 1");
-        if (PagedDecodeL2Prefetch is not (0 or 128 or 256))
-            throw new ArgumentException($"CUDA backend options: PagedDecodeL2Prefetch ({PagedDecodeL2Prefetch}) must be 0, 128 or 256");
         if (PagedDecodeMinKeysPerSplit < 1)
             throw new ArgumentException($"CUDA backend options: PagedDecodeMinKeysPerSplit ({PagedDecodeMinKeysPerSplit}) must be at least 1");
         if (HopperBackwardVariant is < 0 or > 8)
@@ -316,7 +307,6 @@ public sealed record CudaBackendOptions
         if (PagedDecodeTiled != d.PagedDecodeTiled) parts.Add($"{nameof(PagedDecodeTiled)}={Bool(PagedDecodeTiled)}");
         if (PagedDecodeTensorCores != d.PagedDecodeTensorCores) parts.Add($"{nameof(PagedDecodeTensorCores)}={Bool(PagedDecodeTensorCores)}");
         if (PagedDecodeStagedTable != d.PagedDecodeStagedTable) parts.Add($"{nameof(PagedDecodeStagedTable)}={Bool(PagedDecodeStagedTable)}");
-        if (PagedDecodeL2Prefetch != d.PagedDecodeL2Prefetch) parts.Add(Invariant($"{nameof(PagedDecodeL2Prefetch)}={PagedDecodeL2Prefetch}"));
         if (PagedDecodeMinKeysPerSplit != d.PagedDecodeMinKeysPerSplit) parts.Add(Invariant($"{nameof(PagedDecodeMinKeysPerSplit)}={PagedDecodeMinKeysPerSplit}"));
         if (ProfileOps != d.ProfileOps) parts.Add($"{nameof(ProfileOps)}={Bool(ProfileOps)}");
         if (KernelCacheFolder is { } folder) parts.Add($"{nameof(KernelCacheFolder)}={folder}");
@@ -344,7 +334,6 @@ public sealed record CudaBackendOptions
         [nameof(PagedDecodeTiled)] = (o, v, s) => o with { PagedDecodeTiled = ParseBool(v, s) },
         [nameof(PagedDecodeTensorCores)] = (o, v, s) => o with { PagedDecodeTensorCores = ParseBool(v, s) },
         [nameof(PagedDecodeStagedTable)] = (o, v, s) => o with { PagedDecodeStagedTable = ParseBool(v, s) },
-        [nameof(PagedDecodeL2Prefetch)] = (o, v, s) => o with { PagedDecodeL2Prefetch = ParseInt(v, s) },
         [nameof(PagedDecodeMinKeysPerSplit)] = (o, v, s) => o with { PagedDecodeMinKeysPerSplit = ParseInt(v, s) },
         [nameof(DecodeAttention)] = (o, v, s) => o with { DecodeAttention = ParseEnum<DecodeAttentionKernel>(v, s) },
         [nameof(CrossEntropyThreadsPerRow)] = (o, v, s) => o with

@@ -308,18 +308,6 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool v
     int n = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
 }
-// The same copy with an L2 prefetch-size hint (PTX's .L2::128B / .L2::256B): on a miss, L2 fetches that many bytes around
-// the 16 requested, in one DRAM access. prefetch: 0 (none), 128 or 256; a uniform branch.
-__device__ __forceinline__ void cp_async16_prefetch(unsigned dst, const void* src, bool valid, int prefetch)
-{
-    int n = valid ? 16 : 0;
-    if (prefetch == 256)
-        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-    else if (prefetch == 128)
-        asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-    else
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
@@ -335,7 +323,6 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned&
 #else   // the host compile of the kernel emulation: its warp-collective stand-ins (cuda_emulation.h)
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return emu_smem_u32(p); }
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) { emu_cp_async16(dst, src, valid); }
-__device__ __forceinline__ void cp_async16_prefetch(unsigned dst, const void* src, bool valid, int) { emu_cp_async16(dst, src, valid); }
 __device__ __forceinline__ void cp_async_commit() {}
 template <int N> __device__ __forceinline__ void cp_async_wait() {}
 __device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3)
@@ -439,7 +426,6 @@ template <typename T> struct PagedRows
     i64 stride;
     int first;
     int table_first = 0;
-    int prefetch = 0;                                              // cp_async16_prefetch's L2 hint: 0, 128 or 256 bytes
     template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
     {
         constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
@@ -452,7 +438,7 @@ template <typename T> struct PagedRows
             const int p = row0 + r + k * RS;
             const bool ok = p < limit && p >= first;
             const T* src = ok ? base + ((i64)table[p / block_size - table_first] * block_size + p % block_size) * stride + c * 8 : base;
-            cp_async16_prefetch(d0 + k * RS * D * 2, src, ok, prefetch);
+            cp_async16(d0 + k * RS * D * 2, src, ok);
         }
     }
 };

@@ -691,8 +691,7 @@ FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
 // O += P V (ldmatrix.trans of V). The 4 warps' states (acc, m, l) merge as paged_decode's lane groups do
 // (paged_decode_merge_store over (4, G, D + 2) in the tile memory). Dynamic shared memory: PM_STAGES x 2 tiles of
 // PM_KEYS x D values (48 KB at D = 64, 96 KB at D = 128), and with a staged table max_blocks ints after them.
-// flags: bit 0 the batched merge (paged_decode's batched_merge); bits 2-3 the L2 prefetch hint of the K/V copies
-// (CudaBackendOptions.PagedDecodeL2Prefetch: 1 = 128 bytes, 2 = 256; 0 none); bit 1 the staged table
+// flags: bit 0 the batched merge (paged_decode's batched_merge); bit 1 the staged table
 // (CudaBackendOptions.PagedDecodeStagedTable): the CTA first copies the block-table entries of its split's keys into shared
 // memory, so that each tile's row copies look their blocks up there instead of in global memory (a dependent load ahead
 // of every cp.async otherwise). The same rows come from the same slots either way: the same bits.
@@ -711,7 +710,6 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
     constexpr int NT = PD_THREADS, BN = PM_KEYS, KD = D / 16, ND = D / 8, S = PM_STAGES, TILE = BN * D * 2;
     const int batched_merge = flags & 1;
     const bool staged_table = (flags & 2) != 0;
-    const int prefetch = ((flags >> 2) & 3) == 2 ? 256 : ((flags >> 2) & 3) == 1 ? 128 : 0;
     static_assert(NT == 128 && BN == 16 * (NT / 32), "paged_decode_mma: 4 warps of 16 keys a tile");
     extern __shared__ float pd_shared[];                           // S x (K tile, V tile); at the end (4, G, D + 2)
     const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
@@ -742,8 +740,8 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
         __syncthreads();
         table = staged;
     }
-    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, position_stride, begin, table_first, prefetch};
-    const PagedRows<T> vr{pool + (i64)(K + kvh) * D, table, block_size, position_stride, begin, table_first, prefetch};
+    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, position_stride, begin, table_first};
+    const PagedRows<T> vr{pool + (i64)(K + kvh) * D, table, block_size, position_stride, begin, table_first};
     const unsigned smem = smem_u32(pd_shared);
 #pragma unroll
     for (int st = 0; st < S - 1; st++)

@@ -22,7 +22,6 @@ public sealed class CudaBackendOptionsTests
         CrossEntropyStagedBytes = null,
         FusedBiasGradient = false,
         PagedDecodeStagedTable = false,
-        PagedDecodeL2Prefetch = 256,
         TuneMatMulAlgorithms = false,
         MatMulSearch = MatMulCandidateSearch.SplitK,
         ProgrammaticDependentLaunch = false,
@@ -77,7 +76,6 @@ public sealed class CudaBackendOptionsTests
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
-    [InlineData("PagedDecodeL2Prefetch=64", "PagedDecodeL2Prefetch (64) must be 0, 128 or 256")]
     [InlineData("PagedDecodeSplitSpan=0", "PagedDecodeSplitSpan (0) must be at least 1")]
     [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]

@@ -606,9 +606,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>) and, above one sequence,
     /// beside twice as many splits (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 8, about the rule before one-wave
     /// grids; at one sequence the positions a split (PagedDecodeSplitSpan) decide, so those rows are left out there), and the
-    /// tensor-core kernel with its block table read from global memory (<see cref="CudaBackendOptions.PagedDecodeStagedTable"/>
-    /// off), with L2 prefetch hints of 128 and 256 bytes (<see cref="CudaBackendOptions.PagedDecodeL2Prefetch"/>) and at two
-    /// and three waves (8 and 12 CTAs an SM), then each configuration's whole op table.
+    /// tensor-core kernel with its block table staged in shared memory and at two and three waves (8 and 12 CTAs an SM), then
+    /// each configuration's whole op table.
     /// </summary>
     [Theory]
     [InlineData(64)]
@@ -624,8 +623,6 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
             ("paged_decode_mma (one wave of splits, the default)", CudaBackendOptions.Default),
             ("paged_decode, PagedDecodeCtasPerSm=8 (two waves)", CudaBackendOptions.Default with { PagedDecodeTensorCores = false, PagedDecodeCtasPerSm = 8 }),
             ("paged_decode_mma, PagedDecodeStagedTable=false", CudaBackendOptions.Default with { PagedDecodeStagedTable = false }),
-            ("paged_decode_mma, PagedDecodeL2Prefetch=128", CudaBackendOptions.Default with { PagedDecodeL2Prefetch = 128 }),
-            ("paged_decode_mma, PagedDecodeL2Prefetch=256", CudaBackendOptions.Default with { PagedDecodeL2Prefetch = 256 }),
             ("paged_decode_mma, PagedDecodeCtasPerSm=8 (two waves)", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 8 }),
             ("paged_decode_mma, PagedDecodeCtasPerSm=12 (three waves)", CudaBackendOptions.Default with { PagedDecodeCtasPerSm = 12 }),
         };
