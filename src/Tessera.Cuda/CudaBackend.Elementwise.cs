@@ -188,11 +188,15 @@ public sealed unsafe partial class CudaBackend
         if (sums.NumElements != c) throw new ArgumentException($"CudaBackend.SumRows: sums {sums.Shape} must have {c} elements");
         long rows = x.NumElements / Math.Max(c, 1);
         if (rows == 0 || c == 0) return;
-        int g = (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
+        // The 16-byte kernel streams: 4 CTAs of 256 threads an SM keep enough loads in flight (at 2 an SM a gpt2-124m step
+        // with FusedBiasGradient=false spent more in SumRows than the fused products cost, session 16); its partials (4 x SMs
+        // rows of C floats) are a few percent of what it reads at the widths of a bias gradient.
+        bool vectorized = Vectorizable(x.DType, c, Ptr(x));
+        int g = (int)Math.Min(rows, (vectorized ? 4L : 2L) * CudaDevice.MultiprocessorCount);
         ulong partial = Scratch((long)g * c * sizeof(float));
         ulong px = Ptr(x), ps = Ptr(sums);
         void** a1 = stackalloc void*[] { &px, &rows, &c, &partial };
-        string kernel = Vectorizable(x.DType, c, px) ? "column_partial_vec_" : "column_partial_";
+        string kernel = vectorized ? "column_partial_vec_" : "column_partial_";
         Launch("reduce.cu", kernel + Suffix(x.DType, "SumRows"), (uint)g, Threads, a1);
         ColumnReduce(partial, g, c, c, sums.DType, ps, "SumRows");
         FreeScratch(partial);

@@ -29,14 +29,16 @@ template <typename T> __device__ void column_partial(const T* x, i64 N, int C, f
 }
 
 // The same partials with 16-byte loads (x 16-byte aligned, C a multiple of 16 / sizeof(T), blockDim.x <= 256):
-// thread t reads column vector t % chunk of a chunk of up to blockDim.x vectors, on row lane t / chunk; the
-// row lanes' sums are then added in lane order through shared memory (deterministic).
+// thread t reads column vector t % chunk of a chunk of vectors, on row lane t / chunk; the row lanes' sums are then added
+// in lane order through shared memory (deterministic). A chunk is a warp's 32 vectors (512 bytes of a row) when the row's
+// vectors are a multiple of 32, so that every thread of the block reads (GPT-2's 3,072-wide rows are 384 vectors: in chunks
+// of 256 the second chunk left half the threads idle); otherwise up to blockDim.x vectors.
 template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int C, float* partial)
 {
     const int V = Vec16<T>::N;
     __shared__ float buf[256 * 8];
     int vecCols = C / V;
-    int chunk = min(vecCols, (int)blockDim.x);
+    int chunk = vecCols % 32 == 0 ? 32 : min(vecCols, (int)blockDim.x);
     int lanes = blockDim.x / chunk;
     int tc = threadIdx.x % chunk, rl = threadIdx.x / chunk;
     for (int vc0 = 0; vc0 < vecCols; vc0 += chunk)

@@ -237,9 +237,10 @@ public sealed class CudaOpTests(CudaFixture fixture) : CudaTestBase(fixture)
     }
 
     [Theory]
-    [InlineData(DType.BF16, 1000, 768)]   // 16-byte column kernel: fewer column vectors than threads (row lanes)
-    [InlineData(DType.BF16, 333, 3072)]   // more column vectors than threads (two chunks, the second partly idle)
-    [InlineData(DType.F32, 517, 200)]     // f32 vectors of 4, five row lanes
+    [InlineData(DType.BF16, 1000, 768)]   // 16-byte column kernel: 96 column vectors, chunks of a warp's 32 (8 row lanes)
+    [InlineData(DType.BF16, 333, 3072)]   // 384 column vectors: 12 chunks of 32
+    [InlineData(DType.BF16, 700, 1040)]   // 130 column vectors (not a multiple of 32): one chunk of 130, one row lane
+    [InlineData(DType.F32, 517, 200)]     // f32 vectors of 4: 50 column vectors, five row lanes
     public void SumRowsAddsColumnSumsForWideRows(DType dtype, int rows, int c)
     {
         var (x, xv) = Random(dtype, 1, rows, c);
