@@ -1,6 +1,7 @@
 using Xunit;
 using Tessera.Cuda;
 using Tessera.Tensors;
+using Tessera.Tests.Support;
 
 namespace Tessera.Tests.Cuda;
 
@@ -46,7 +47,8 @@ public sealed class CudaCollection : ICollectionFixture<CudaFixture>;
 /// <summary>Helpers shared by the CUDA op tests: random inputs (in the tensor's own precision), poisoned outputs, norm-wise comparison.</summary>
 public abstract class CudaTestBase(CudaFixture fixture)
 {
-    protected readonly Random Rng = new(Environment.TickCount);
+    /// <summary>The test's random source; its seed is in the test's output.</summary>
+    protected readonly Random Rng = TestRandom.Create();
 
     protected CudaBackend Gpu => fixture.Backend;
 

@@ -24,9 +24,7 @@ public sealed class CudaMatMulSearchTests(CudaFixture fixture) : CudaTestBase(fi
     {
         const int n = 2048, k = 2048;
         const DType bf = DType.BF16;
-        int seed = Environment.TickCount;
-        Console.WriteLine($"[matmul search] seed {seed}");
-        var rng = new Random(seed);
+        var rng = TestRandom.Create();
         double[] Values(int count) => Stored(Enumerable.Range(0, count).Select(_ => rng.NextDouble() * 2 - 1).ToArray(), bf);
         using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { TuneMatMulAlgorithms = true, MatMulSearch = search });
         double[] av = Values(m * k), bv = Values(n * k);

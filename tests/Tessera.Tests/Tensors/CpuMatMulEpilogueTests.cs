@@ -38,7 +38,7 @@ public class CpuMatMulEpilogueTests
     [InlineData(DType.F64, true)]
     public void GeluEpilogueIsBitIdenticalToProductThenGelu(DType dtype, bool withBias)
     {
-        var rng = new Random(Environment.TickCount);
+        var rng = TestRandom.Create();
         int m = 11, n = 24, k = 17;
         var a = Fresh(rng, dtype, m, k); var b = Fresh(rng, dtype, n, k);
         var bias = withBias ? Fresh(rng, dtype, n) : null;
@@ -56,7 +56,7 @@ public class CpuMatMulEpilogueTests
     [InlineData(DType.F64)]
     public void AddendIsAddedToTheProductAndLeftUntouched(DType dtype)
     {
-        var rng = new Random(Environment.TickCount);
+        var rng = TestRandom.Create();
         int m = 13, n = 20, k = 9;
         var a = Fresh(rng, dtype, m, k); var b = Fresh(rng, dtype, n, k); var bias = Fresh(rng, dtype, n);
         var residual = Fresh(rng, dtype, m, n);
@@ -93,7 +93,7 @@ public class CpuMatMulEpilogueTests
     [Fact]
     public void GeluEpilogueMatchesNaiveLoopInF64()
     {
-        var rng = new Random(Environment.TickCount);
+        var rng = TestRandom.Create();
         int m = 6, n = 8, k = 5;
         var av = TestTensors.Normal(rng, m * k); var bv = TestTensors.Normal(rng, k * n); var biasv = TestTensors.Normal(rng, n);
         var a = TestTensors.FromDoubles(_cpu, av, DType.F64, m, k);
@@ -119,7 +119,7 @@ public class CpuMatMulEpilogueTests
     [InlineData(DType.F64)]
     public void GeluBackwardEpilogueIsBitIdenticalToProductThenGeluBackward(DType dtype)
     {
-        var rng = new Random(Environment.TickCount);
+        var rng = TestRandom.Create();
         int m = 9, n = 16, k = 12;
         var dy = Fresh(rng, dtype, m, k); var w = Fresh(rng, dtype, k, n); var pre = Fresh(rng, dtype, m, n);
         var dx = Poisoned(dtype, m, n);
@@ -133,7 +133,7 @@ public class CpuMatMulEpilogueTests
     [Fact]
     public void GeluBackwardEpilogueMatchesNaiveLoopInF64()
     {
-        var rng = new Random(Environment.TickCount);
+        var rng = TestRandom.Create();
         int m = 5, n = 7, k = 4;
         var av = TestTensors.Normal(rng, m * k); var bv = TestTensors.Normal(rng, k * n); var prev = TestTensors.Normal(rng, m * n);
         var c = Poisoned(DType.F64, m, n);
@@ -156,7 +156,7 @@ public class CpuMatMulEpilogueTests
     [InlineData(DType.F64)]
     public void BiasGradientEpilogueIsBitIdenticalToProductThenSumRows(DType dtype)
     {
-        var rng = new Random(Environment.TickCount);
+        var rng = TestRandom.Create();
         int tokens = 13, outF = 10, inF = 7;
         var dy = Fresh(rng, dtype, tokens, outF); var x = Fresh(rng, dtype, tokens, inF);
         var dw0 = Fresh(rng, dtype, outF, inF); var db0 = Fresh(rng, dtype, outF);

@@ -2,6 +2,7 @@ using Tessera.Models;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Training.Optim;
+using Tessera.Tests.Support;
 using Xunit;
 
 namespace Tessera.Tests.Cuda.Training;
@@ -42,7 +43,7 @@ public sealed class GpuCpuTrainingStepTests(CudaFixture fixture)
         if (vocab > 0) config = config with { VocabSize = vocab };
         var cpu = new CpuBackend(Environment.ProcessorCount);
 
-        var rng = new Random(Environment.TickCount);
+        var rng = TestRandom.Create();
         var onGpu = new Transformer(config, gpu, DType.F32);
         var onCpu = new Transformer(config, cpu, DType.F32);
         // Fresh random weights, uniform with GPT-2's init scale (drawn in parallel: Box-Muller over 124M values costs seconds).
