@@ -40,6 +40,10 @@ public sealed unsafe partial class CudaBackend
     /// <summary>For tests: the configuration of the last product's timed candidate <paramref name="index"/>.</summary>
     internal string LastMatMulCandidate(int index) => AlgorithmText(_lastPlan!.Searched[index]);
 
+    /// <summary>For tests: the configuration the last product ran with while <see cref="MatMulCandidateOverride"/> was set.</summary>
+    internal string LastMatMulRun => AlgorithmText(_lastOverriddenRun);
+    private HeuristicResult _lastOverriddenRun;
+
     /// <inheritdoc/>
     /// <remarks>
     /// The epilogues run fused in cuBLASLt (GELU_AUX[_BIAS], DGELU, BGRADB) for F32, BF16 and F16; F64 products, and
@@ -142,6 +146,7 @@ public sealed unsafe partial class CudaBackend
         if (plan is null) return false;
         _lastPlan = plan;
         var algorithm = MatMulCandidateOverride is int forced && plan.Searched.Length > 0 ? plan.Searched[forced % plan.Searched.Length] : plan.Heuristic;
+        if (MatMulCandidateOverride is not null) _lastOverriddenRun = algorithm;
         if (pbias != 0)
             Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pbias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
         if (paux != 0)
