@@ -20,6 +20,8 @@ public sealed class TcpRendezvous : IDisposable
     private const int ProtocolVersion = 1;
     private const int MaxBlobBytes = 1 << 20;
     private static readonly TimeSpan ReplyGrace = TimeSpan.FromSeconds(2);
+    /// <summary>How long rank 0 waits for the hello of a rank that connected, at least, even past the deadline.</summary>
+    private static readonly TimeSpan HelloGrace = TimeSpan.FromSeconds(2);
 
     private readonly TcpListener _listener;
 
@@ -73,6 +75,7 @@ public sealed class TcpRendezvous : IDisposable
         var arrived = new Dictionary<int, (TcpClient Client, EndPoint? From)>();
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(Timeout);
+        var started = System.Diagnostics.Stopwatch.StartNew();
         try
         {
             while (arrived.Count < WorldSize - 1)
@@ -93,13 +96,19 @@ public sealed class TcpRendezvous : IDisposable
                 }
                 var from = client.Client.RemoteEndPoint;
                 int[] hello;
+                // A rank that connected in time gets at least HelloGrace to announce itself, even past the deadline: its
+                // 16 bytes may trail the connection on a loaded machine, and a cancelled read here would otherwise escape as
+                // an OperationCanceledException instead of the report of which ranks are missing.
+                using var helloDeadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                helloDeadline.CancelAfter(Max(HelloGrace, Timeout - started.Elapsed));
                 try
                 {
-                    hello = await ReadIntsAsync(client.GetStream(), 4, deadline.Token).ConfigureAwait(false);
+                    hello = await ReadIntsAsync(client.GetStream(), 4, helloDeadline.Token).ConfigureAwait(false);
                 }
-                catch (Exception e) when (e is IOException or SocketException or EndOfStreamException)
+                catch (Exception e) when (e is IOException or SocketException or EndOfStreamException
+                                          || (e is OperationCanceledException && !cancellationToken.IsCancellationRequested))
                 {
-                    client.Dispose(); // a probe or a rank that died while connecting; it will retry or time out
+                    client.Dispose(); // a probe, a rank that died while connecting, or one silent past the grace: it will retry or time out
                     continue;
                 }
                 if (hello[0] != Magic || hello[1] != ProtocolVersion)
@@ -120,8 +129,20 @@ public sealed class TcpRendezvous : IDisposable
                     await FailAllAsync(arrived.Values.Select(a => a.Client), client, $"rendezvous on port {Port} failed: {error}").ConfigureAwait(false);
                 arrived.Add(rank, (client, from));
             }
-            foreach (var (client, _) in arrived.Values)
-                await ReplyAsync(client, 0, blob, deadline.Token).ConfigureAwait(false);
+            // Every rank has arrived: the replies are not bound by the arrival deadline (the last rank may arrive just
+            // before it), only by the caller and a grace for a rank that stopped reading.
+            using var replies = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            replies.CancelAfter(Max(Timeout, ReplyGrace));
+            try
+            {
+                foreach (var (client, _) in arrived.Values)
+                    await ReplyAsync(client, 0, blob, replies.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                throw new RendezvousException($"rendezvous on port {Port}: every rank arrived, but rank 0 could not send them the " +
+                    $"rendezvous data within {Max(Timeout, ReplyGrace).TotalSeconds:0.###} s (a rank stopped reading)");
+            }
             return blob;
         }
         finally
@@ -224,6 +245,8 @@ public sealed class TcpRendezvous : IDisposable
         }
         return Join(environment.MasterAddress, environment.MasterPort, environment.Rank, environment.WorldSize, timeout, cancellationToken);
     }
+
+    private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
 
     /// <summary>Stops listening.</summary>
     public void Dispose() => _listener.Stop();
