@@ -23,7 +23,7 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// The heuristic's candidates followed by those <see cref="CudaBackendOptions.MatMulSearch"/> adds for a product of at most
     /// <see cref="MatMulTuneDecodeRows"/> rows with no fused epilogue but a bias; every added one is accepted by
-    /// cublasLtMatmulAlgoCheck for this plan within the workspace, and none repeats another's configuration.
+    /// cublasLtMatmulAlgoCheck for this plan within the workspace, and none repeats another's configuration (all 64 bytes of it).
     /// </summary>
     private HeuristicResult[] SearchCandidates(MatMulPlan plan, MatMulKey key)
     {
@@ -31,11 +31,11 @@ public sealed unsafe partial class CudaBackend
             || key.Epilogue is not (CUBLASLT_EPILOGUE_DEFAULT or CUBLASLT_EPILOGUE_BIAS))
             return plan.Candidates;
         var found = new List<HeuristicResult>(plan.Candidates);
-        var seen = new HashSet<string>(found.Select(AlgorithmText));
+        var seen = new HashSet<string>(found.Select(AlgorithmBytes));
         void Offer(HeuristicResult candidate)
         {
             if (found.Count >= MatMulMaxSearchCandidates) return;
-            if (!CheckCandidate(plan, ref candidate) || !seen.Add(AlgorithmText(candidate))) return;
+            if (!CheckCandidate(plan, ref candidate) || !seen.Add(AlgorithmBytes(candidate))) return;
             found.Add(candidate);
         }
         void OfferSplits(HeuristicResult candidate)
@@ -131,6 +131,14 @@ public sealed unsafe partial class CudaBackend
     {
         fixed (ulong* algo = algorithm.Algo)
             Check(cublasLtMatmulAlgoConfigSetAttribute(algo, attribute, &value, sizeof(uint)), "cublasLtMatmulAlgoConfigSetAttribute", $"attribute {attribute} = {value}");
+    }
+
+    /// <summary>An algorithm's whole opaque configuration (cublasLtMatmulAlgo_t's 64 bytes), to tell two candidates apart.</summary>
+    private static string AlgorithmBytes(HeuristicResult algorithm)
+    {
+        var words = new ulong[8];
+        for (int i = 0; i < 8; i++) words[i] = algorithm.Algo[i];
+        return string.Join(",", words);
     }
 
     /// <summary>An algorithm's configuration as the tuning log prints it: cuBLASLt's id, tile, stages, K splits, reduction scheme.</summary>
