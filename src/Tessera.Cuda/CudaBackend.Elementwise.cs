@@ -188,9 +188,10 @@ public sealed unsafe partial class CudaBackend
         if (sums.NumElements != c) throw new ArgumentException($"CudaBackend.SumRows: sums {sums.Shape} must have {c} elements");
         long rows = x.NumElements / Math.Max(c, 1);
         if (rows == 0 || c == 0) return;
-        // The 16-byte kernel streams: 4 CTAs of 256 threads an SM keep enough loads in flight (at 2 an SM a gpt2-124m step
-        // with FusedBiasGradient=false spent more in SumRows than the fused products cost, session 16); its partials (4 x SMs
-        // rows of C floats) are a few percent of what it reads at the widths of a bias gradient.
+        // The 16-byte kernel streams: 4 CTAs of 256 threads an SM keep twice the loads in flight of 2 (at 2 a gpt2-124m step
+        // with FusedBiasGradient=false spent more in SumRows than the fused products cost, session 16; at 4 it reads GPT-2's
+        // bias gradients at 2.8 TB/s, still below the copy bandwidth, session 17); its partials (4 x SMs rows of C floats) are
+        // a few percent of what it reads at the widths of a bias gradient.
         bool vectorized = Vectorizable(x.DType, c, Ptr(x));
         int g = (int)Math.Min(rows, (vectorized ? 4L : 2L) * CudaDevice.MultiprocessorCount);
         ulong partial = Scratch((long)g * c * sizeof(float));

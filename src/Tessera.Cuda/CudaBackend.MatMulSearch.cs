@@ -97,7 +97,10 @@ public sealed unsafe partial class CudaBackend
         return listed;
     }
 
-    /// <summary>Whether cuBLASLt runs <paramref name="candidate"/> on this plan's shapes within the workspace (its workspace size filled in).</summary>
+    /// <summary>
+    /// Whether cuBLASLt runs <paramref name="candidate"/> (a search's candidate, or an algorithm timed for another row count of
+    /// the bucket) on this plan's shapes within the workspace; its workspace size and waves are filled in for these shapes.
+    /// </summary>
     private bool CheckCandidate(MatMulPlan plan, ref HeuristicResult candidate)
     {
         HeuristicResult result;

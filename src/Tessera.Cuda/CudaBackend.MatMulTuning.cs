@@ -96,7 +96,7 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
         if (!TuningApplies(key)) return;
         int rows = MatMulRowBucket(key.M);
         var bucket = key with { M = rows, StrideA = 0, StrideC = 0 };
-        if (_bucketAlgorithms.TryGetValue(bucket, out var shared) && Accepts(plan, shared))
+        if (_bucketAlgorithms.TryGetValue(bucket, out var shared) && CheckCandidate(plan, ref shared))
         {
             plan.Heuristic = shared;
             MatMulBucketReuses++;
@@ -105,13 +105,6 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
         if (TunePlan(plan, key, pa, pb, pbias, paux, alpha, beta, rows)) _bucketAlgorithms[bucket] = plan.Heuristic;
     }
 
-    /// <summary>Whether cuBLASLt runs <paramref name="algorithm"/> (chosen for another row count) on this plan's shapes within the workspace.</summary>
-    private bool Accepts(MatMulPlan plan, HeuristicResult algorithm)
-    {
-        HeuristicResult result;
-        int status = cublasLtMatmulAlgoCheck(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC, algorithm.Algo, &result);
-        return status == CUBLAS_STATUS_SUCCESS && result.State == CUBLAS_STATUS_SUCCESS && result.WorkspaceSize <= (nuint)MatMulWorkspaceBytes;
-    }
 
     /// <summary>
     /// Times each candidate (the heuristic's and <see cref="SearchCandidates"/>'s; one warm-up, then three runs between events; or, for a product tuned for its bytes, three runs

@@ -193,9 +193,11 @@ public sealed record CudaBackendOptions
     /// <c>paged_decode_mma</c> first copies the block-table entries of its split's keys into shared memory (max_blocks ints
     /// after its K/V tiles), so that each tile's row copies look their blocks up there rather than in global memory, where
     /// each lookup is a dependent load ahead of its cp.async. The same bits either way (the emulation checks it). Default
-    /// true since its first GPU run (H200, 2026-12-04, `d4130db`, llama-1b bf16, 64 sequences of ~524 positions, profiled):
-    /// 29.1 us a layer against 30.3, and the recorded decode step 1.579 ms against 1.640 (tables of at most 1,024 blocks; wider ones stay in global memory). ncu found both reading the pool at
-    /// 2.1 TB/s (44 % of the DRAM peak) with half their L2 requests repeated; the table was not what held the kernel back.
+    /// true since its first GPU runs (H200, 2026-12-04, `d4130db` and `4a20eff`, llama-1b bf16, ~524 positions, profiled):
+    /// 29.1-29.3 us a layer against 30.3-31.2 at 64 sequences, 22.1 against 24.2 at 32; the recorded decode step moved within
+    /// its run-to-run spread. Tables of at most 1,024 blocks are staged; wider ones stay in global memory. ncu found both forms
+    /// reading the pool at 2.1 TB/s (44 % of the DRAM peak) with half their L2 requests repeated: the table was not what held
+    /// the kernel back.
     /// </summary>
     public bool PagedDecodeStagedTable { get; init; } = true;
 

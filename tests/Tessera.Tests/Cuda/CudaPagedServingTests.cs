@@ -601,13 +601,13 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
 
     /// <summary>
     /// The paged decode kernels' device time in a decode step of 64, 32, 8 and 1 sequences on the llama-1b shape (bf16, 512-token
-    /// prompts, profiled eagerly), printed for the log (not a pass/fail bar): the default <c>paged_decode</c> (its splits fill one
+    /// prompts, profiled eagerly), printed for the log (not a pass/fail bar): the CUDA-core <c>paged_decode</c> (its splits fill one
     /// wave of resident CTAs) beside the tiled kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>), the tensor-core kernel
-    /// (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>) and, above one sequence,
+    /// (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>, the default) and, above one sequence,
     /// beside twice as many splits (<see cref="CudaBackendOptions.PagedDecodeCtasPerSm"/> = 8, about the rule before one-wave
     /// grids; at one sequence the positions a split (PagedDecodeSplitSpan) decide, so those rows are left out there), and the
-    /// tensor-core kernel with its block table staged in shared memory and at two and three waves (8 and 12 CTAs an SM), then
-    /// each configuration's whole op table.
+    /// tensor-core kernel with its block table read from global memory (the default stages it in shared memory) and at two and
+    /// three waves (8 and 12 CTAs an SM), then each configuration's whole op table.
     /// </summary>
     [Theory]
     [InlineData(64)]
