@@ -188,19 +188,31 @@ public sealed unsafe partial class CudaBackend
         if (sums.NumElements != c) throw new ArgumentException($"CudaBackend.SumRows: sums {sums.Shape} must have {c} elements");
         long rows = x.NumElements / Math.Max(c, 1);
         if (rows == 0 || c == 0) return;
-        // The 16-byte kernel streams: 4 CTAs of 256 threads an SM keep twice the loads in flight of 2 (at 2 a gpt2-124m step
-        // with FusedBiasGradient=false spent more in SumRows than the fused products cost, session 16; at 4 it reads GPT-2's
-        // bias gradients at 2.8 TB/s, still below the copy bandwidth, session 17); its partials (4 x SMs rows of C floats) are
-        // a few percent of what it reads at the widths of a bias gradient.
-        bool vectorized = Vectorizable(x.DType, c, Ptr(x));
-        int g = (int)Math.Min(rows, (vectorized ? 4L : 2L) * CudaDevice.MultiprocessorCount);
-        ulong partial = Scratch((long)g * c * sizeof(float));
+        // The 16-byte kernel: a block per (row group, chunk of 16-byte column vectors), about 4 blocks an SM in all, each
+        // streaming its rows of one chunk with eight loads in flight a thread (session 18; session 17's blocks walked every
+        // chunk in turn and read GPT-2's bias gradients at 2.8 TB/s). Its partials (row groups x C floats) are a few percent
+        // of what it reads at the widths of a bias gradient.
         ulong px = Ptr(x), ps = Ptr(sums);
-        void** a1 = stackalloc void*[] { &px, &rows, &c, &partial };
-        string kernel = vectorized ? "column_partial_vec_" : "column_partial_";
-        Launch("reduce.cu", kernel + Suffix(x.DType, "SumRows"), (uint)g, Threads, a1);
-        ColumnReduce(partial, g, c, c, sums.DType, ps, "SumRows");
-        FreeScratch(partial);
+        if (Vectorizable(x.DType, c, Ptr(x)))
+        {
+            int vecCols = c / (16 / x.DType.SizeInBytes());
+            int chunk = vecCols % 32 == 0 ? 32 : Math.Min(vecCols, (int)Threads);
+            int chunks = (vecCols + chunk - 1) / chunk;
+            int lanes = (int)Threads / chunk;
+            int groups = (int)Math.Clamp((rows + lanes - 1) / lanes, 1, Math.Max(1, 4 * CudaDevice.MultiprocessorCount / chunks));
+            ulong partial = Scratch((long)groups * c * sizeof(float));
+            void** a1 = stackalloc void*[] { &px, &rows, &c, &chunk, &partial };
+            Launch("reduce.cu", "column_partial_vec_" + Suffix(x.DType, "SumRows"), ((uint)groups, (uint)chunks, 1), Threads, a1);
+            ColumnReduce(partial, groups, c, c, sums.DType, ps, "SumRows");
+            FreeScratch(partial);
+            return;
+        }
+        int g = (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
+        ulong scalarPartial = Scratch((long)g * c * sizeof(float));
+        void** a2 = stackalloc void*[] { &px, &rows, &c, &scalarPartial };
+        Launch("reduce.cu", "column_partial_" + Suffix(x.DType, "SumRows"), (uint)g, Threads, a2);
+        ColumnReduce(scalarPartial, g, c, c, sums.DType, ps, "SumRows");
+        FreeScratch(scalarPartial);
     }
 
     /// <summary>target (C) += column sums of a (rows, stride) f32 matrix of partials; with a second target (0 = none),

@@ -46,7 +46,7 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc/>
     /// <remarks>
-    /// The epilogues run fused in cuBLASLt (GELU_AUX[_BIAS], DGELU, BGRADB) for F32, BF16 and F16; F64 products, and
+    /// The epilogues run fused in cuBLASLt (GELU_AUX[_BIAS], DGELU, DGELU_BGRAD, BGRADB) for F32, BF16 and F16; F64 products, and
     /// configurations for which cuBLASLt offers no algorithm, compose them from the plain product and the elementwise kernels.
     /// </remarks>
     public void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false,
@@ -67,7 +67,12 @@ public sealed unsafe partial class CudaBackend
             MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null, addend);
             return;
         }
-        bool fused = a.DType != DType.F64 && (epilogue != MatMulEpilogue.BiasGradient || Options.FusedBiasGradient);
+        bool fused = a.DType != DType.F64 && epilogue switch
+        {
+            MatMulEpilogue.BiasGradient => Options.FusedBiasGradient,
+            MatMulEpilogue.GeluBackwardBiasGradient => Options.FusedGeluBiasGradient,
+            _ => true,
+        };
         if (fused && MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient))
             return;
         MatMulEpilogueComposition.Apply(this, a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient,
@@ -123,13 +128,16 @@ public sealed unsafe partial class CudaBackend
         {
             MatMulEpilogue.Gelu => bias is null ? CUBLASLT_EPILOGUE_GELU_AUX : CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
             MatMulEpilogue.GeluBackward => CUBLASLT_EPILOGUE_DGELU,
+            // cuBLASLt's D is c^T (N, M): its bias gradient is one value per row of D, the sum over its columns, i.e. c's column sums.
+            MatMulEpilogue.GeluBackwardBiasGradient => CUBLASLT_EPILOGUE_DGELU_BGRAD,
             // Under the operand swap our a is cuBLASLt's B, and its column sums (over K) are cuBLASLt's "bias gradient of B".
             MatMulEpilogue.BiasGradient => CUBLASLT_EPILOGUE_BGRADB,
             _ => bias is null ? CUBLASLT_EPILOGUE_DEFAULT : CUBLASLT_EPILOGUE_BIAS,
         };
         ulong paux = PtrOrNull(auxiliary);
         // cuBLASLt writes (does not accumulate) the bias gradient: it goes to a scratch vector added afterwards.
-        Tensor? gradScratch = biasGradient is null ? null : Allocate(new Shape(m), biasGradient.DType); // (M)
+        Tensor? gradScratch = biasGradient is null ? null
+            : Allocate(new Shape(fused == MatMulEpilogue.GeluBackwardBiasGradient ? n : m), biasGradient.DType); // (M) or, for DGELU_BGRAD, (N)
         if (gradScratch is not null) pbias = Ptr(gradScratch);
         var key = new MatMulKey(a.DType, c.DType, transposeA, transposeB, m, n, k, batch,
             a.Stride(-2), b.Stride(-2), c.Stride(-2), rank == 3 ? a.Stride(0) : 0, rank == 3 ? b.Stride(0) : 0, rank == 3 ? c.Stride(0) : 0,

@@ -56,6 +56,13 @@ public sealed record CudaBackendOptions
     public bool FusedBiasGradient { get; init; } = true;
 
     /// <summary>
+    /// The bias gradient of a product with <see cref="Tessera.Tensors.MatMulEpilogue.GeluBackwardBiasGradient"/> (GPT-2's MLP: the
+    /// up product's bias gradient, taken from the projection's input gradient) in cuBLASLt's DGELU_BGRAD epilogue; false
+    /// runs the DGELU product and sums its output's rows with <c>SumRows</c>. Default true.
+    /// </summary>
+    public bool FusedGeluBiasGradient { get; init; } = true;
+
+    /// <summary>
     /// Bytes of each row's logits that the fused cross-entropy keeps in shared memory between its statistics pass and its
     /// gradient pass (rounded down to 16-byte vectors; the rest of the row is read again): 0 (the default) reads the whole row
     /// twice; null ("auto") keeps as much as one block's shared memory holds (the whole row up to about 113,000 BF16 logits
@@ -297,6 +304,7 @@ public sealed record CudaBackendOptions
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
             parts.Add(CrossEntropyStagedBytes is { } staged ? Invariant($"{nameof(CrossEntropyStagedBytes)}={staged}") : $"{nameof(CrossEntropyStagedBytes)}=auto");
         if (FusedBiasGradient != d.FusedBiasGradient) parts.Add($"{nameof(FusedBiasGradient)}={Bool(FusedBiasGradient)}");
+        if (FusedGeluBiasGradient != d.FusedGeluBiasGradient) parts.Add($"{nameof(FusedGeluBiasGradient)}={Bool(FusedGeluBiasGradient)}");
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
         if (MatMulSearch != d.MatMulSearch) parts.Add($"{nameof(MatMulSearch)}={MatMulSearch}");
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
@@ -352,6 +360,7 @@ public sealed record CudaBackendOptions
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(MatMulSearch)] = (o, v, s) => o with { MatMulSearch = ParseEnum<MatMulCandidateSearch>(v, s) },
         [nameof(FusedBiasGradient)] = (o, v, s) => o with { FusedBiasGradient = ParseBool(v, s) },
+        [nameof(FusedGeluBiasGradient)] = (o, v, s) => o with { FusedGeluBiasGradient = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },

@@ -28,4 +28,13 @@ public enum MatMulEpilogue
     /// biasGradient receives the bias gradient, the column sums of dY. Requires a rank-2 product and no bias.
     /// </summary>
     BiasGradient,
+
+    /// <summary>
+    /// c (M,N) = (alpha * op(a) op(b)) * GELU'(auxiliary) as with <see cref="GeluBackward"/>, and biasGradient (N) += the
+    /// column sums of c: the gradient of the pre-activation and of the bias that entered it (cuBLASLt's DGELU_BGRAD). In
+    /// GPT-2's MLP the projection's input gradient is the up product's pre-activation gradient, so this gives the up
+    /// product's bias gradient in the same pass, and its weight-gradient product needs no epilogue. Requires beta = 0, no
+    /// bias and a rank-2 product.
+    /// </summary>
+    GeluBackwardBiasGradient,
 }

@@ -5,7 +5,7 @@ public static class MatMulEpilogueArguments
 {
     /// <summary>
     /// Throws when <paramref name="epilogue"/> does not fit the product: a (M,K)/(K,M), c (M,N), the auxiliary (M,N)
-    /// and bias gradient (M) present exactly when the epilogue uses them, beta = 0 for the GELU forms; an addend matching c,
+    /// and bias gradient (M for BiasGradient, N for GeluBackwardBiasGradient) present exactly when the epilogue uses them, beta = 0 for the GELU forms; an addend matching c,
     /// in storage of its own, only with beta = 0 and no epilogue.
     /// </summary>
     public static void Validate(string backend, Tensor a, Tensor c, bool transposeA, double beta, Tensor? bias,
@@ -22,16 +22,16 @@ public static class MatMulEpilogueArguments
             if (ReferenceEquals(addend.Storage, c.Storage))
                 throw new ArgumentException($"{where}: addend must not share c's storage (accumulate into c with beta = 1 instead)", nameof(addend));
         }
-        bool gelu = epilogue is MatMulEpilogue.Gelu or MatMulEpilogue.GeluBackward;
+        bool gelu = epilogue is MatMulEpilogue.Gelu or MatMulEpilogue.GeluBackward or MatMulEpilogue.GeluBackwardBiasGradient;
         if (gelu != (auxiliary is not null))
             throw new ArgumentException(gelu
                 ? $"{where}: the GELU epilogues need the pre-activation tensor 'auxiliary' ({c.Shape})"
                 : $"{where}: 'auxiliary' is only used by the GELU epilogues; pass null", nameof(auxiliary));
-        bool grad = epilogue == MatMulEpilogue.BiasGradient;
-        if (grad != (biasGradient is not null))
-            throw new ArgumentException(grad
-                ? $"{where}: the BiasGradient epilogue needs 'biasGradient' ({c.Shape[^2]})"
-                : $"{where}: 'biasGradient' is only used by the BiasGradient epilogue; pass null", nameof(biasGradient));
+        bool grad = epilogue == MatMulEpilogue.BiasGradient, geluGrad = epilogue == MatMulEpilogue.GeluBackwardBiasGradient;
+        if ((grad || geluGrad) != (biasGradient is not null))
+            throw new ArgumentException(grad || geluGrad
+                ? $"{where}: the {epilogue} epilogue needs 'biasGradient' ({(grad ? c.Shape[^2] : c.Shape[^1])})"
+                : $"{where}: 'biasGradient' is only used by the BiasGradient and GeluBackwardBiasGradient epilogues; pass null", nameof(biasGradient));
         if (epilogue == MatMulEpilogue.None) return;
         if (c.Rank != 2)
             throw new ArgumentException($"{where}: epilogues need a rank-2 product, got c {c.Shape}", nameof(c));
@@ -41,8 +41,10 @@ public static class MatMulEpilogueArguments
             if (auxiliary!.Shape != c.Shape || auxiliary.DType != c.DType || !auxiliary.IsContiguous || !c.IsContiguous)
                 throw new ArgumentException($"{where}: auxiliary {auxiliary.DType} {auxiliary.Shape} must be contiguous and match c {c.DType} {c.Shape} (contiguous)", nameof(auxiliary));
         }
-        if (epilogue == MatMulEpilogue.GeluBackward && bias is not null)
-            throw new ArgumentException($"{where}: no bias with GeluBackward", nameof(bias));
+        if ((epilogue is MatMulEpilogue.GeluBackward or MatMulEpilogue.GeluBackwardBiasGradient) && bias is not null)
+            throw new ArgumentException($"{where}: no bias with {epilogue}", nameof(bias));
+        if (geluGrad && (biasGradient!.NumElements != c.Shape[1] || !biasGradient.IsContiguous))
+            throw new ArgumentException($"{where}: biasGradient {biasGradient.Shape} must be contiguous with {c.Shape[1]} elements (N, the columns of c)", nameof(biasGradient));
         if (grad)
         {
             if (bias is not null) throw new ArgumentException($"{where}: no bias with BiasGradient", nameof(bias));

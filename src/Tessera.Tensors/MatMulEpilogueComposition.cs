@@ -25,6 +25,7 @@ public static class MatMulEpilogueComposition
                 backend.GeluForward(auxiliary!, c);
                 break;
             case MatMulEpilogue.GeluBackward:
+            case MatMulEpilogue.GeluBackwardBiasGradient:
             {
                 var product = backend.Allocate(c.Shape, c.DType); // (M, N): the gradient reaching the GELU output
                 try
@@ -33,6 +34,7 @@ public static class MatMulEpilogueComposition
                     backend.GeluBackward(auxiliary!, product, c);
                 }
                 finally { product.Storage.Dispose(); }
+                if (epilogue == MatMulEpilogue.GeluBackwardBiasGradient) backend.SumRows(c, biasGradient!);
                 break;
             }
             case MatMulEpilogue.BiasGradient:

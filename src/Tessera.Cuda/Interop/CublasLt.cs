@@ -31,6 +31,7 @@ internal static unsafe partial class CublasLt
     internal const uint CUBLASLT_EPILOGUE_GELU_AUX = 160;
     internal const uint CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 164;
     internal const uint CUBLASLT_EPILOGUE_DGELU = 192;
+    internal const uint CUBLASLT_EPILOGUE_DGELU_BGRAD = 208;
     internal const uint CUBLASLT_EPILOGUE_BGRADB = 512;
 
     internal const int CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5;

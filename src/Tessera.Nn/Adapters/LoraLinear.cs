@@ -142,14 +142,17 @@ public sealed class LoraLinear : Linear
     }
 
     /// <inheritdoc/>
-    public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
+    public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null,
+        Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false)
     {
         if (Merged) throw new InvalidOperationException($"{Name}: the adapters are merged into the weight; unmerge them before training");
         if (geluPreActivation is not null && (dx is null || accumulateDx))
             throw new ArgumentException($"{Name}: the GELU gradient is applied to dx, so it needs dx and no accumulation");
+        if (preActivationBiasGradient is not null && geluPreActivation is null)
+            throw new ArgumentException($"{Name}: a pre-activation's bias gradient is taken from the GELU gradient, so it needs geluPreActivation");
         // With a GELU in front (GPT-2's MLP projection), dx = (dy W + the low-rank terms) * GELU'(h): the base product cannot
         // apply GELU' (cuBLASLt's DGELU epilogue) before the low-rank terms are in, so it is applied last.
-        base.Backward(ctx, dy, dx, accumulateDx);                   // dx = dy W (or +=); dW only when W is trained
+        base.Backward(ctx, dy, dx, accumulateDx, biasGradientTaken: biasGradientTaken);   // dx = dy W (or +=); dW only when W is trained
         var backend = dy.Backend;
         bool dropping = Dropping(ctx);
         var input = dropping ? ctx.Get(_dropped) : ctx.Get(InputKey);   // (N, in)
@@ -173,7 +176,9 @@ public sealed class LoraLinear : Linear
                 backend.Accumulate(dx, dDropped);
             }
         }
-        if (geluPreActivation is not null) backend.GeluBackward(geluPreActivation, dx!, dx!);   // elementwise, in place
+        if (geluPreActivation is null) return;
+        backend.GeluBackward(geluPreActivation, dx!, dx!);           // elementwise, in place
+        if (preActivationBiasGradient is not null) backend.SumRows(dx!, preActivationBiasGradient);
     }
 
     /// <summary>

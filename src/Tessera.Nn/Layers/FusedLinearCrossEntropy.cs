@@ -13,7 +13,7 @@ namespace Tessera.Nn.Layers;
 /// <para>
 /// The arithmetic is the unfused head's, op for op, on row slices: <see cref="Linear.Forward"/>'s product,
 /// <see cref="IBackend.CrossEntropy"/> (or the <see cref="VocabParallelCrossEntropy"/> under tensor parallelism, whose per-row
-/// statistics are all-gathered per chunk), <see cref="Linear.Backward(in PassContext, Tensor, Tensor?, bool, Tensor?)"/>'s
+/// statistics are all-gathered per chunk), <see cref="Linear.Backward(in PassContext, Tensor, Tensor?, bool, Tensor?, Tensor?, bool)"/>'s
 /// two products. Only the weight gradient's sum over rows is split: it accumulates chunk by chunk (beta = 1), as
 /// micro-batches do, which in BF16 rounds the gradient once per chunk instead of once per micro-batch.
 /// </para>

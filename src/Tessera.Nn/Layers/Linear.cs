@@ -112,9 +112,13 @@ public class Linear
     /// <summary>
     /// From dy (N, out): dW += dy^T x, db += sum of dy's rows, and, when <paramref name="dx"/> (N, in) is given,
     /// dx = dy W (or += when <paramref name="accumulateDx"/>). When <paramref name="geluPreActivation"/> (N, in) is given,
-    /// this layer's input was GELU(geluPreActivation), and dx = (dy W) * GELU'(geluPreActivation) instead, fused into the product.
+    /// this layer's input was GELU(geluPreActivation), and dx = (dy W) * GELU'(geluPreActivation) instead, fused into the product;
+    /// then <paramref name="preActivationBiasGradient"/> (in), when given, receives += the column sums of dx in the same
+    /// product: the bias gradient of the layer that computed the pre-activation (<see cref="TakesBiasGradientFromNext"/>).
+    /// With <paramref name="biasGradientTaken"/>, this layer's bias gradient was so accumulated already, and only dW is.
     /// </summary>
-    public virtual void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
+    public virtual void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null,
+        Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false)
     {
         var x = ctx.Get(_input);
         var backend = dy.Backend;
@@ -122,15 +126,28 @@ public class Linear
             throw new ArgumentException($"{Name}: output gradient {dy.Shape} must be ({x.Size(0)}, {OutFeatures})");
         if (geluPreActivation is not null && (dx is null || accumulateDx))
             throw new ArgumentException($"{Name}: the GELU gradient is fused into dx, so it needs dx and no accumulation");
+        if (preActivationBiasGradient is not null && geluPreActivation is null)
+            throw new ArgumentException($"{Name}: a pre-activation's bias gradient is taken from the GELU gradient, so it needs geluPreActivation");
         if (dx is not null)
         {
             if (geluPreActivation is null) backend.MatMul(dy, Weight.Value, dx, beta: accumulateDx ? 1.0 : 0.0);
-            else backend.MatMul(dy, Weight.Value, dx, epilogue: MatMulEpilogue.GeluBackward, auxiliary: geluPreActivation);
+            else if (preActivationBiasGradient is null)
+                backend.MatMul(dy, Weight.Value, dx, epilogue: MatMulEpilogue.GeluBackward, auxiliary: geluPreActivation);
+            else
+                backend.MatMul(dy, Weight.Value, dx, epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: geluPreActivation,
+                    biasGradient: preActivationBiasGradient);
         }
         if (!Weight.RequiresGradient) return;                       // a frozen base weight (LoRA): no weight gradient at all
-        if (Bias is null) backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0);
+        if (Bias is null || biasGradientTaken) backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0);
         else backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: Bias.Grad);
     }
+
+    /// <summary>
+    /// Whether the next layer's backward may accumulate this layer's bias gradient for it (from the gradient of this layer's
+    /// output, which it computes anyway: <see cref="MatMulEpilogue.GeluBackwardBiasGradient"/>): this layer has a bias and
+    /// computes its gradient (its weight is trained).
+    /// </summary>
+    public bool TakesBiasGradientFromNext => Bias is not null && Weight.RequiresGradient;
 
     /// <summary>From dy (N, out): returns dx (N, in) in a pooled gradient buffer, accumulating parameter gradients.</summary>
     public Tensor Backward(in PassContext ctx, Tensor dy)

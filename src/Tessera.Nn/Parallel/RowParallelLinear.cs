@@ -79,12 +79,13 @@ public sealed class RowParallelLinear : Linear
     /// From dy, the gradient of this rank's output ((N, out), or its rows (N / tp, out) under sequence parallelism):
     /// dx (N, in / tp) and the gradients of this rank's weight slice and of the whole bias.
     /// </summary>
-    public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null)
+    public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null,
+        Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false)
     {
         var dPartial = TensorParallelism.SequenceParallel
             ? ctx.Scratch(_partialGrad, new Shape(dy.Size(0) * TensorParallelism.Size, dy.Size(1)), dy.DType)
             : dy;
         _output.Backward(ctx, dy, dPartial);
-        base.Backward(ctx, dPartial, dx, accumulateDx, geluPreActivation);
+        base.Backward(ctx, dPartial, dx, accumulateDx, geluPreActivation, preActivationBiasGradient, biasGradientTaken);
     }
 }

@@ -21,6 +21,7 @@ public sealed class CudaBackendOptionsTests
         CrossEntropyThreadsPerRow = 512,
         CrossEntropyStagedBytes = null,
         FusedBiasGradient = false,
+        FusedGeluBiasGradient = false,
         PagedDecodeStagedTable = false,
         TuneMatMulAlgorithms = false,
         MatMulSearch = MatMulCandidateSearch.SplitK,

@@ -5,7 +5,7 @@ using Tessera.Tensors.Cpu;
 namespace Tessera.Tests.Cuda;
 
 /// <summary>
-/// cuBLASLt's fused epilogues (GELU_AUX[_BIAS], DGELU, BGRADB) against the CPU backend's composition on the same
+/// cuBLASLt's fused epilogues (GELU_AUX[_BIAS], DGELU, DGELU_BGRAD, BGRADB) against the CPU backend's composition on the same
 /// (rounded) inputs. Tolerances (relative, over the whole tensor): f32 1e-5 (f32 math with long sums);
 /// bf16 1e-2 (outputs and the saved pre-activation carry 8 significant bits).
 /// </summary>
@@ -93,6 +93,37 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         var expected = _cpu.Allocate(new Shape(m, n), DType.F64);
         _cpu.MatMul(Cpu(dyv, m, k), Cpu(wv, k, n), expected, epilogue: MatMulEpilogue.GeluBackward, auxiliary: Cpu(prev, m, n));
         AssertClose(CpuValues(expected), Download(dx), Tolerance(dtype), $"{dtype} gelu backward");
+    }
+
+    /// <summary>cuBLASLt's DGELU_BGRAD (the input gradient and the column sums of it, added to the bias gradient), and with
+    /// <paramref name="fused"/> false the DGELU product then <c>SumRows</c> (<see cref="Tessera.Cuda.CudaBackendOptions.FusedGeluBiasGradient"/>);
+    /// GPT-2's shape ratio (N = 4 x K) at a size that runs in a blink.</summary>
+    [Theory]
+    [InlineData(DType.F32, DType.F32, true)]
+    [InlineData(DType.BF16, DType.BF16, true)]
+    [InlineData(DType.BF16, DType.F32, true)]
+    [InlineData(DType.BF16, DType.F32, false)]
+    public void GeluBackwardBiasGradientEpilogueAccumulatesLikeCpu(DType dtype, DType gradType, bool fused)
+    {
+        int m = 128, n = 192, k = 48;
+        using var composed = fused ? null : new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal,
+            Tessera.Cuda.CudaBackendOptions.Default with { FusedGeluBiasGradient = false });
+        Tessera.Cuda.CudaBackend gpu = composed ?? Gpu;
+        var (_, dyv) = Random(dtype, 1, m, k);
+        var (_, wv) = Random(dtype, 1, k, n);
+        var (_, prev) = Random(dtype, 3, m, n);
+        var (_, dbv) = Random(gradType, 1, n);
+        Tensor dy = Upload(gpu, dyv, dtype, m, k), w = Upload(gpu, wv, dtype, k, n), pre = Upload(gpu, prev, dtype, m, n);
+        Tensor db = Upload(gpu, dbv, gradType, n);
+        var dx = gpu.Allocate(new Shape(m, n), dtype);
+        gpu.MatMul(dy, w, dx, epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: pre, biasGradient: db);
+        var expected = _cpu.Allocate(new Shape(m, n), DType.F64);
+        var cdb = Cpu(dbv, n);
+        _cpu.MatMul(Cpu(dyv, m, k), Cpu(wv, k, n), expected, epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: Cpu(prev, m, n),
+            biasGradient: cdb);
+        AssertClose(CpuValues(expected), Download(gpu, dx), Tolerance(dtype), $"{dtype} gelu backward, fused {fused}");
+        AssertClose(CpuValues(cdb), Download(gpu, db), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16),
+            $"{dtype}->{gradType} bias gradient from the gelu backward, fused {fused}");
     }
 
     /// <summary>With <paramref name="fused"/> false the backend runs the plain product and <c>SumRows</c>

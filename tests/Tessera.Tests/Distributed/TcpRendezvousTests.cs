@@ -102,7 +102,7 @@ public class TcpRendezvousTests
     /// status byte, a length and the blob.
     /// </summary>
     [Fact]
-    public void ARankWhoseHelloTrailsTheDeadlineIsStillHeard()
+    public async Task ARankWhoseHelloTrailsTheDeadlineIsStillHeard()
     {
         var timeout = TimeSpan.FromSeconds(1);
         using var master = TcpRendezvous.Listen(0, 2, timeout, IPAddress.Loopback);
@@ -122,7 +122,7 @@ public class TcpRendezvousTests
         Assert.Equal(0, reply[0]);
         Assert.Equal(3, System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(reply.AsSpan(1)));
         Assert.Equal([5, 6, 7], reply[5..]);
-        Assert.Equal([5, 6, 7], serve.GetAwaiter().GetResult());
+        Assert.Equal([5, 6, 7], await serve);
     }
 
     [Fact]

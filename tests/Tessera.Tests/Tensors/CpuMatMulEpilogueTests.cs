@@ -154,6 +154,51 @@ public class CpuMatMulEpilogueTests
     [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.F64)]
+    public void GeluBackwardBiasGradientEpilogueIsBitIdenticalToGeluBackwardThenSumRows(DType dtype)
+    {
+        var rng = TestRandom.Create();
+        int m = 11, n = 16, k = 12;
+        var dy = Fresh(rng, dtype, m, k); var w = Fresh(rng, dtype, k, n); var pre = Fresh(rng, dtype, m, n);
+        var db0 = Fresh(rng, dtype, n);
+        var db = _cpu.Allocate(db0.Shape, dtype); _cpu.Copy(db0, db);
+        var dx = Poisoned(dtype, m, n);
+        _cpu.MatMul(dy, w, dx, epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: pre, biasGradient: db);
+        var expected = Poisoned(dtype, m, n);
+        _cpu.MatMul(dy, w, expected, epilogue: MatMulEpilogue.GeluBackward, auxiliary: pre);
+        _cpu.SumRows(expected, db0);
+        Assert.Equal(D(expected), D(dx));
+        Assert.Equal(D(db0), D(db));
+    }
+
+    [Fact]
+    public void GeluBackwardBiasGradientEpilogueMatchesNaiveLoopInF64()
+    {
+        var rng = TestRandom.Create();
+        int m = 6, n = 5, k = 4;
+        var av = TestTensors.Normal(rng, m * k); var bv = TestTensors.Normal(rng, k * n); var prev = TestTensors.Normal(rng, m * n);
+        var dbv = TestTensors.Normal(rng, n);
+        var c = Poisoned(DType.F64, m, n);
+        var db = TestTensors.FromDoubles(_cpu, dbv, DType.F64, n);
+        _cpu.MatMul(TestTensors.FromDoubles(_cpu, av, DType.F64, m, k), TestTensors.FromDoubles(_cpu, bv, DType.F64, k, n), c,
+            epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: TestTensors.FromDoubles(_cpu, prev, DType.F64, m, n), biasGradient: db);
+        var expected = new double[m * n];
+        var expectedDb = (double[])dbv.Clone();
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double s = 0;
+                for (int p = 0; p < k; p++) s += av[i * k + p] * bv[p * n + j];
+                expected[i * n + j] = s * GeluDerivative(prev[i * n + j]);
+                expectedDb[j] += expected[i * n + j];
+            }
+        // F64: rounding only, far below 1e-12.
+        NumericAssert.Close(expected, D(c), 1e-12, "gelu backward");
+        NumericAssert.Close(expectedDb, D(db), 1e-12, "bias gradient accumulated from the gelu backward's column sums");
+    }
+
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F64)]
     public void BiasGradientEpilogueIsBitIdenticalToProductThenSumRows(DType dtype)
     {
         var rng = TestRandom.Create();
@@ -178,5 +223,12 @@ public class CpuMatMulEpilogueTests
         Assert.Throws<ArgumentException>(() => _cpu.MatMul(a, b, c, beta: 1, epilogue: MatMulEpilogue.Gelu, auxiliary: Poisoned(DType.F32, 4, 5)));
         Assert.Throws<ArgumentException>(() => _cpu.MatMul(a, b, c, epilogue: MatMulEpilogue.BiasGradient, biasGradient: Poisoned(DType.F32, 4)));
         Assert.Throws<ArgumentException>(() => _cpu.MatMul(a, b, c, auxiliary: Poisoned(DType.F32, 4, 5)));
+        // GeluBackwardBiasGradient: the bias gradient has N (5) elements, not M (4), and cannot be left out.
+        var ex = Assert.Throws<ArgumentException>(() => _cpu.MatMul(a, b, c, epilogue: MatMulEpilogue.GeluBackwardBiasGradient,
+            auxiliary: Poisoned(DType.F32, 4, 5), biasGradient: Poisoned(DType.F32, 4)));
+        Assert.Contains("5 elements", ex.Message);
+        Assert.Throws<ArgumentException>(() => _cpu.MatMul(a, b, c, epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: Poisoned(DType.F32, 4, 5)));
+        Assert.Throws<ArgumentException>(() => _cpu.MatMul(a, b, c, epilogue: MatMulEpilogue.GeluBackward, auxiliary: Poisoned(DType.F32, 4, 5),
+            biasGradient: Poisoned(DType.F32, 5)));
     }
 }
