@@ -158,7 +158,9 @@ public sealed unsafe partial class CudaBackend
         ulong pi = Ptr(ids), pt = Ptr(table), po = Ptr(output);
         int acc = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &pi, &pt, &po, &n, &c, &v, &acc };
-        Launch("embedding.cu", "embedding_forward_" + Suffix(table.DType, "EmbeddingForward"), GridFor(n * c), Threads, args);
+        bool vec = Vectorizable(table.DType, c, pt, po);   // 16 bytes a thread
+        Launch("embedding.cu", (vec ? "embedding_forward_vec_" : "embedding_forward_") + Suffix(table.DType, "EmbeddingForward"),
+            GridFor(vec ? n * c / (16 / table.DType.SizeInBytes()) : n * c), Threads, args);
     }
 
     public void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dTable)
@@ -175,7 +177,9 @@ public sealed unsafe partial class CudaBackend
         if (n == 0 || c == 0) return;
         ulong pi = Ptr(ids), pd = Ptr(dOutput), pt = Ptr(dTable);
         void** args = stackalloc void*[] { &pi, &pd, &pt, &n, &c, &v };
-        Launch("embedding.cu", "embedding_backward_" + Suffix(dTable.DType, "EmbeddingBackward"), GridFor(n * c), Threads, args);
+        bool vec = Vectorizable(dTable.DType, c, pd, pt);  // 16 bytes a thread, packed BF16 atomics on sm_90
+        Launch("embedding.cu", (vec ? "embedding_backward_vec_" : "embedding_backward_") + Suffix(dTable.DType, "EmbeddingBackward"),
+            GridFor(vec ? n * c / (16 / dTable.DType.SizeInBytes()) : n * c), Threads, args);
     }
 
     // ---------------------------------------------------------------- reductions

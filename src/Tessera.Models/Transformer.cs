@@ -619,7 +619,13 @@ public sealed class Transformer
         {
             hooks?.BeforeBackward(u);
             TokenEmbedding.Backward(ctx, dResidual);
-            PositionEmbedding?.Backward(ctx, dResidual);
+            if (PositionEmbedding is not null)
+            {
+                // Embed's positions were (start + i) % T: from a sequence boundary, whole sequences sum block by block.
+                var (start, count) = Layers.ResidualRows(sequences * sequenceLength);
+                if (start % sequenceLength == 0 && count % sequenceLength == 0) PositionEmbedding.BackwardPeriodic(ctx, dResidual, sequenceLength);
+                else PositionEmbedding.Backward(ctx, dResidual);
+            }
             Activations.Release(microBatch);
             hooks?.AfterBackward(u);
         }

@@ -61,4 +61,19 @@ public class Embedding
     {
         if (Weight.RequiresGradient) dy.Backend.EmbeddingBackward(ctx.Get(_ids), dy, Weight.Grad);   // nothing for a frozen table
     }
+
+    /// <summary>
+    /// <see cref="Backward(in PassContext, Tensor)"/> for ids that were i % <paramref name="period"/> for i in [0, N), N a
+    /// multiple of the period (GPT-2's learned positions in training): weight.Grad rows [0, period) += the sum of dy's N / period
+    /// blocks of rows, one column sum over the blocks (<see cref="IBackend.SumRows"/>) instead of a scatter whose every
+    /// address takes N / period atomic adds (64 at gpt2-124m's 64 x 1024).
+    /// </summary>
+    public virtual void BackwardPeriodic(in PassContext ctx, Tensor dy, int period)
+    {
+        if (period < 1 || period > Rows || dy.Rank != 2 || dy.Size(1) != Dim || dy.Size(0) % period != 0 || !dy.IsContiguous)
+            throw new ArgumentException($"{Name}: dy {dy.Shape} must be contiguous (a multiple of {period}, {Dim}) rows of positions 0 to {period - 1} of {Rows}");
+        if (!Weight.RequiresGradient) return;                       // nothing for a frozen table
+        var grad = Weight.Grad.Slice(0, 0, period);                  // (period, C), contiguous
+        dy.Backend.SumRows(dy.Reshape(dy.Size(0) / period, period * Dim), grad.Reshape(period * Dim));
+    }
 }

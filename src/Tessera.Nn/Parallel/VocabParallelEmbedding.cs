@@ -54,6 +54,9 @@ public sealed class VocabParallelEmbedding : Embedding
         throw new NotSupportedException($"{Name}: a vocabulary-parallel table returns its reduced lookup (Forward(ctx, ids)); position tables are replicated");
 
     /// <summary>weight.Grad (this rank's rows) += scatter of dy ((N, C), or this rank's rows under sequence parallelism) by the saved ids.</summary>
+    /// <summary>The rows are sharded over the vocabulary: the scatter of <see cref="Backward"/>, whatever the ids.</summary>
+    public override void BackwardPeriodic(in PassContext ctx, Tensor dy, int period) => Backward(ctx, dy);
+
     public override void Backward(in PassContext ctx, Tensor dy)
     {
         var full = TensorParallelism.SequenceParallel
