@@ -75,6 +75,14 @@ public sealed unsafe partial class CudaBackend
         };
         if (fused && MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient))
             return;
+        // The GELU gradient's bias gradient unfused: the DGELU epilogue (a plain product and the elementwise GELU'
+        // took 0.13 ms more at GPT-2's 65536 x 3072 x 768), then the column sums of its output.
+        if (epilogue == MatMulEpilogue.GeluBackwardBiasGradient && a.DType != DType.F64
+            && MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, MatMulEpilogue.GeluBackward, auxiliary, null))
+        {
+            SumRows(c, biasGradient!);
+            return;
+        }
         MatMulEpilogueComposition.Apply(this, a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient,
             (a2, b2, c2, ta, tb, al, be, bi) => MatMulCore(a2, b2, c2, ta, tb, al, be, bi, MatMulEpilogue.None, null, null));
     }

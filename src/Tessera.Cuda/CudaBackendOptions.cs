@@ -47,20 +47,20 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// The bias gradient of a product with <see cref="Tessera.Tensors.MatMulEpilogue.BiasGradient"/> in cuBLASLt's BGRADB epilogue; false
-    /// runs the plain product and sums the rows with <c>SumRows</c> (to compare: on the H200 the fused weight-gradient
-    /// products of GPT-2 ran at 490-580 TFLOP/s against about 680 for the same products without it). Default true: false was
-    /// 2.1 ms a gpt2-124m step slower in session 16; since SumRows streams with 4 CTAs an SM (session 17) the two are level
-    /// (109.9 and 111.8 ms against 110.2 and 111.2, alternating in one call): the plain products save about 4.9 ms a step
-    /// and SumRows takes 3.9 (80 us a call, 2.8 TB/s).
+    /// (the default) runs the plain product and sums the rows with <c>SumRows</c>. On the H200 (gpt2-124m, 64 x 1024) the
+    /// BGRADB products took 120, 49 and 51 us more than the plain ones at GPT-2's 2304-, 768- and 768-wide weight gradients,
+    /// more than SumRows reading the same gradients at about 3.6 TB/s; alternating in one call the step took 109.5 and
+    /// 109.0 ms with false against 109.8 and 110.8 with true (session 18; session 17 had them level, session 16 false 2.1 ms slower).
     /// </summary>
-    public bool FusedBiasGradient { get; init; } = true;
+    public bool FusedBiasGradient { get; init; } = false;
 
     /// <summary>
     /// The bias gradient of a product with <see cref="Tessera.Tensors.MatMulEpilogue.GeluBackwardBiasGradient"/> (GPT-2's MLP: the
-    /// up product's bias gradient, taken from the projection's input gradient) in cuBLASLt's DGELU_BGRAD epilogue; false
-    /// runs the DGELU product and sums its output's rows with <c>SumRows</c>. Default true.
+    /// up product's bias gradient, taken from the projection's input gradient) in cuBLASLt's DGELU_BGRAD epilogue; false (the
+    /// default) runs the DGELU product and sums its output's rows with <c>SumRows</c>. On the H200 cuBLASLt's DGELU_BGRAD took
+    /// 1,648 us at gpt2-124m's 65536 x 3072 x 768 against 594 for DGELU alone (session 18: 12.6 ms a step).
     /// </summary>
-    public bool FusedGeluBiasGradient { get; init; } = true;
+    public bool FusedGeluBiasGradient { get; init; } = false;
 
     /// <summary>
     /// Bytes of each row's logits that the fused cross-entropy keeps in shared memory between its statistics pass and its
