@@ -273,10 +273,11 @@ public sealed unsafe partial class CudaBackend
         {
             ulong workspace = MatMulWorkspaceBytes;
             Check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
-            var results = stackalloc HeuristicResult[MatMulCandidates];
+            int asked = Options.TuneMatMulAlgorithms ? Options.MatMulHeuristicCandidates : 1;
+            var results = stackalloc HeuristicResult[asked];
             int returned = 0;
             int status = cublasLtMatmulAlgoGetHeuristic(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC,
-                preference, Options.TuneMatMulAlgorithms ? MatMulCandidates : 1, results, &returned);
+                preference, asked, results, &returned);
             bool fusedEpilogue = k.Epilogue is not (CUBLASLT_EPILOGUE_DEFAULT or CUBLASLT_EPILOGUE_BIAS);
             if (fusedEpilogue && (status != CUBLAS_STATUS_SUCCESS || returned == 0))
             {

@@ -7,12 +7,9 @@ namespace Tessera.Cuda;
 // Timed choice among cuBLASLt's candidate algorithms. The heuristic's first answer is a guess from a performance model;
 // for the training step's products with fused epilogues (GELU_AUX_BIAS, DGELU, BGRADB) it ran at 59-69 % of the
 // FLOP floor on the H200 while the plain products of the same size ran at 80-95 %. The first call of each new shape
-// times up to MatMulCandidates algorithms on scratch outputs and keeps the fastest.
+// times up to CudaBackendOptions.MatMulHeuristicCandidates algorithms on scratch outputs and keeps the fastest.
 public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
 {
-    /// <summary>How many algorithms cuBLASLt is asked for when a plan is built.</summary>
-    private const int MatMulCandidates = 8;
-
     /// <summary>Smallest product (2 M N K FLOPs) worth timing for its arithmetic: below it a wrong pick costs microseconds.</summary>
     private const double MatMulTuneMinFlops = 4e9;
 

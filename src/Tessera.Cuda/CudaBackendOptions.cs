@@ -229,6 +229,12 @@ public sealed record CudaBackendOptions
     public int PagedDecodeSplitSpan { get; init; } = 64;
 
     /// <summary>
+    /// How many algorithms the timed choice of a product asks cuBLASLt's heuristic for (1 to 64; with
+    /// <see cref="TuneMatMulAlgorithms"/> off only the first is used). Default 8.
+    /// </summary>
+    public int MatMulHeuristicCandidates { get; init; } = 8;
+
+    /// <summary>
     /// Time every op with a pair of CUDA events (<see cref="Runtime.CudaOpProfiler"/>, <see cref="CudaBackend.Profiler"/>);
     /// adds host work per op and turns off CUDA graph recording and programmatic dependent launch. Default false.
     /// </summary>
@@ -247,6 +253,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
         if (PagedDecodeCtasPerSm is < 0 or > 32)
             throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32, or 0 for the kernel's occupancy");
+        if (MatMulHeuristicCandidates is < 1 or > 64)
+            throw new ArgumentException($"CUDA backend options: MatMulHeuristicCandidates ({MatMulHeuristicCandidates}) must be 1 to 64");
         if (PagedDecodeSplitSpan < 1)
             throw new ArgumentException($"CUDA backend options: PagedDecodeSplitSpan ({PagedDecodeSplitSpan}) must be at least 1");
         if (PagedDecodeMinKeysPerSplit < 1)
@@ -316,6 +324,7 @@ public sealed record CudaBackendOptions
         if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
         if (PagedDecodeCtasPerSm != d.PagedDecodeCtasPerSm) parts.Add(Invariant($"{nameof(PagedDecodeCtasPerSm)}={PagedDecodeCtasPerSm}"));
         if (PagedDecodeSplitSpan != d.PagedDecodeSplitSpan) parts.Add(Invariant($"{nameof(PagedDecodeSplitSpan)}={PagedDecodeSplitSpan}"));
+        if (MatMulHeuristicCandidates != d.MatMulHeuristicCandidates) parts.Add(Invariant($"{nameof(MatMulHeuristicCandidates)}={MatMulHeuristicCandidates}"));
         if (PagedDecodeBatchedMerge != d.PagedDecodeBatchedMerge) parts.Add($"{nameof(PagedDecodeBatchedMerge)}={Bool(PagedDecodeBatchedMerge)}");
         if (PagedDecodeTiled != d.PagedDecodeTiled) parts.Add($"{nameof(PagedDecodeTiled)}={Bool(PagedDecodeTiled)}");
         if (PagedDecodeTensorCores != d.PagedDecodeTensorCores) parts.Add($"{nameof(PagedDecodeTensorCores)}={Bool(PagedDecodeTensorCores)}");
@@ -343,6 +352,7 @@ public sealed record CudaBackendOptions
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(PagedDecodeCtasPerSm)] = (o, v, s) => o with { PagedDecodeCtasPerSm = ParseInt(v, s) },
         [nameof(PagedDecodeSplitSpan)] = (o, v, s) => o with { PagedDecodeSplitSpan = ParseInt(v, s) },
+        [nameof(MatMulHeuristicCandidates)] = (o, v, s) => o with { MatMulHeuristicCandidates = ParseInt(v, s) },
         [nameof(PagedDecodeBatchedMerge)] = (o, v, s) => o with { PagedDecodeBatchedMerge = ParseBool(v, s) },
         [nameof(PagedDecodeTiled)] = (o, v, s) => o with { PagedDecodeTiled = ParseBool(v, s) },
         [nameof(PagedDecodeTensorCores)] = (o, v, s) => o with { PagedDecodeTensorCores = ParseBool(v, s) },

@@ -22,6 +22,7 @@ public sealed class CudaBackendOptionsTests
         CrossEntropyStagedBytes = null,
         FusedBiasGradient = true,
         FusedGeluBiasGradient = true,
+        MatMulHeuristicCandidates = 32,
         PagedDecodeStagedTable = false,
         TuneMatMulAlgorithms = false,
         MatMulSearch = MatMulCandidateSearch.SplitK,
@@ -78,6 +79,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
     [InlineData("PagedDecodeSplitSpan=0", "PagedDecodeSplitSpan (0) must be at least 1")]
+    [InlineData("MatMulHeuristicCandidates=65", "MatMulHeuristicCandidates (65) must be 1 to 64")]
     [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]
