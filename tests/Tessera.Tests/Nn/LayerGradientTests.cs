@@ -112,6 +112,30 @@ public class LayerGradientTests
         Assert.All(Enumerable.Range(2 * 6, 6), i => Assert.Equal(0.0, grad[i]));
     }
 
+    /// <summary>Learned positions in training: ids i % T over B sequences. The periodic backward (one column sum over the B
+    /// blocks) follows the finite differences like the scatter, leaves the rows past T untouched, and refuses a row count
+    /// that is not whole periods.</summary>
+    [Fact]
+    public void EmbeddingPeriodicBackwardMatchesFiniteDifferences()
+    {
+        var rng = new Random(7);
+        var (parameters, store) = Setup();
+        var layer = new Embedding(parameters, "pos_emb", T + 3, 6);   // rows T .. T + 2 are never looked up
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, arena, rng);
+        var idValues = Enumerable.Range(0, N).Select(i => i % T).ToArray();
+        var ids = _cpu.FromArray(idValues, idValues.Length);
+        var check = new LayerCheck(_cpu, () => layer.Forward(PassContext.Transient(store), ids));
+        var ctx = PassContext.Training(store, 0);
+        var dy = check.OutputGradient(rng, layer.Forward(ctx, ids));
+        layer.BackwardPeriodic(ctx, dy, T);
+        check.AssertParameters(arena);
+        var grad = TestTensors.ToDoubles(_cpu, layer.Weight.Grad);
+        Assert.All(Enumerable.Range(T * 6, 3 * 6), i => Assert.Equal(0.0, grad[i]));
+        var e = Assert.Throws<ArgumentException>(() => layer.BackwardPeriodic(ctx, dy, 5));   // 16 rows are not whole periods of 5
+        Assert.Contains("multiple of 5", e.Message);
+    }
+
     [Theory]
     [InlineData(false, 20)]
     [InlineData(true, 20)]      // 8 x 20 weights are padded to 192 elements in the arena: gate and up as two products
