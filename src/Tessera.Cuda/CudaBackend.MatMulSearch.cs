@@ -22,12 +22,12 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// The heuristic's candidates followed by those <see cref="CudaBackendOptions.MatMulSearch"/> adds for a product of at most
-    /// <see cref="MatMulTuneDecodeRows"/> rows with no fused epilogue but a bias; every added one is accepted by
+    /// <see cref="CudaBackendOptions.MatMulSearchMaxRows"/> rows with no fused epilogue but a bias; every added one is accepted by
     /// cublasLtMatmulAlgoCheck for this plan within the workspace, and none repeats another's configuration (all 64 bytes of it).
     /// </summary>
     private HeuristicResult[] SearchCandidates(MatMulPlan plan, MatMulKey key)
     {
-        if (Options.MatMulSearch == MatMulCandidateSearch.Heuristic || key.M > MatMulTuneDecodeRows
+        if (Options.MatMulSearch == MatMulCandidateSearch.Heuristic || key.M > Options.MatMulSearchMaxRows
             || key.Epilogue is not (CUBLASLT_EPILOGUE_DEFAULT or CUBLASLT_EPILOGUE_BIAS))
             return plan.Candidates;
         var found = new List<HeuristicResult>(plan.Candidates);

@@ -152,7 +152,21 @@ public sealed unsafe partial class CudaBackend : IMatMulRowBuckets
                     if (cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, scratchC, plan.LayoutC,
                             scratchC, plan.LayoutC, algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle) != CUBLAS_STATUS_SUCCESS)
                         continue;
-                    for (int r = 0; r < (cold ? 3 : 1); r++)
+                    // A warm candidate that a widened search added (MatMulSearchMaxRows past the decode rows) is probed with
+                    // one run first and is out at 3x the best so far: the listed algorithms include CUDA-core ones many times
+                    // slower than the tensor-core ones, and three runs of those would stretch the tuning to seconds.
+                    float probe = float.NaN;
+                    if (!cold && i >= plan.Candidates.Length)
+                    {
+                        start.Record(Stream);
+                        Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pb, plan.LayoutB, pa, plan.LayoutA, &be, scratchC, plan.LayoutC,
+                            scratchC, plan.LayoutC, algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle), "cublasLtMatmul", Describe(key));
+                        end.Record(Stream);
+                        end.Synchronize();
+                        probe = end.ElapsedSince(start);
+                    }
+                    if (probe > 3 * bestMs) ms = probe;
+                    else for (int r = 0; r < (cold ? 3 : 1); r++)
                     {
                         if (cold) Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(flush, (byte)r, (nuint)flushBytes, Stream.Handle), "cuMemsetD8Async", "the L2 flush of a tuning run");
                         start.Record(Stream);

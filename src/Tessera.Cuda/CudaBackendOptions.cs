@@ -91,6 +91,13 @@ public sealed record CudaBackendOptions
     public MatMulCandidateSearch MatMulSearch { get; init; } = MatMulCandidateSearch.Heuristic;
 
     /// <summary>
+    /// Most rows of a product whose timed choice <see cref="MatMulSearch"/> widens (at least 1). Default 256, the decode rows
+    /// the search was written for; larger values let it search the training step's products too (their candidates are
+    /// timed warm, back to back).
+    /// </summary>
+    public int MatMulSearchMaxRows { get; init; } = 256;
+
+    /// <summary>
     /// Programmatic dependent launch of the decode kernels on compute capability 9.0 or later (each may start while its
     /// predecessor finishes); false launches them plainly. Off anyway while <see cref="ProfileOps"/> is on. Default true.
     /// </summary>
@@ -253,6 +260,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperAttentionWarpgroups ({HopperAttentionWarpgroups}) must be 1 or 2, or 0 for the measured best");
         if (PagedDecodeCtasPerSm is < 0 or > 32)
             throw new ArgumentException($"CUDA backend options: PagedDecodeCtasPerSm ({PagedDecodeCtasPerSm}) must be 1 to 32, or 0 for the kernel's occupancy");
+        if (MatMulSearchMaxRows < 1)
+            throw new ArgumentException($"CUDA backend options: MatMulSearchMaxRows ({MatMulSearchMaxRows}) must be at least 1");
         if (MatMulHeuristicCandidates is < 1 or > 64)
             throw new ArgumentException($"CUDA backend options: MatMulHeuristicCandidates ({MatMulHeuristicCandidates}) must be 1 to 64");
         if (PagedDecodeSplitSpan < 1)
@@ -324,6 +333,7 @@ public sealed record CudaBackendOptions
         if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
         if (PagedDecodeCtasPerSm != d.PagedDecodeCtasPerSm) parts.Add(Invariant($"{nameof(PagedDecodeCtasPerSm)}={PagedDecodeCtasPerSm}"));
         if (PagedDecodeSplitSpan != d.PagedDecodeSplitSpan) parts.Add(Invariant($"{nameof(PagedDecodeSplitSpan)}={PagedDecodeSplitSpan}"));
+        if (MatMulSearchMaxRows != d.MatMulSearchMaxRows) parts.Add(Invariant($"{nameof(MatMulSearchMaxRows)}={MatMulSearchMaxRows}"));
         if (MatMulHeuristicCandidates != d.MatMulHeuristicCandidates) parts.Add(Invariant($"{nameof(MatMulHeuristicCandidates)}={MatMulHeuristicCandidates}"));
         if (PagedDecodeBatchedMerge != d.PagedDecodeBatchedMerge) parts.Add($"{nameof(PagedDecodeBatchedMerge)}={Bool(PagedDecodeBatchedMerge)}");
         if (PagedDecodeTiled != d.PagedDecodeTiled) parts.Add($"{nameof(PagedDecodeTiled)}={Bool(PagedDecodeTiled)}");
@@ -353,6 +363,7 @@ public sealed record CudaBackendOptions
         [nameof(PagedDecodeCtasPerSm)] = (o, v, s) => o with { PagedDecodeCtasPerSm = ParseInt(v, s) },
         [nameof(PagedDecodeSplitSpan)] = (o, v, s) => o with { PagedDecodeSplitSpan = ParseInt(v, s) },
         [nameof(MatMulHeuristicCandidates)] = (o, v, s) => o with { MatMulHeuristicCandidates = ParseInt(v, s) },
+        [nameof(MatMulSearchMaxRows)] = (o, v, s) => o with { MatMulSearchMaxRows = ParseInt(v, s) },
         [nameof(PagedDecodeBatchedMerge)] = (o, v, s) => o with { PagedDecodeBatchedMerge = ParseBool(v, s) },
         [nameof(PagedDecodeTiled)] = (o, v, s) => o with { PagedDecodeTiled = ParseBool(v, s) },
         [nameof(PagedDecodeTensorCores)] = (o, v, s) => o with { PagedDecodeTensorCores = ParseBool(v, s) },

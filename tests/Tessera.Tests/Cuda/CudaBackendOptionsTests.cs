@@ -23,6 +23,7 @@ public sealed class CudaBackendOptionsTests
         FusedBiasGradient = true,
         FusedGeluBiasGradient = true,
         MatMulHeuristicCandidates = 32,
+        MatMulSearchMaxRows = 100000,
         PagedDecodeStagedTable = false,
         TuneMatMulAlgorithms = false,
         MatMulSearch = MatMulCandidateSearch.SplitK,
@@ -80,6 +81,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
     [InlineData("PagedDecodeSplitSpan=0", "PagedDecodeSplitSpan (0) must be at least 1")]
     [InlineData("MatMulHeuristicCandidates=65", "MatMulHeuristicCandidates (65) must be 1 to 64")]
+    [InlineData("MatMulSearchMaxRows=0", "MatMulSearchMaxRows (0) must be at least 1")]
     [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]
