@@ -23,6 +23,9 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
 
     private double[] CpuValues(Tensor t) => Tessera.Tests.Support.TestTensors.ToDoubles(_cpu, t);
 
+    /// <summary>A gradient's tolerance: F32's when it and its inputs are F32, else BF16's (an input or the result carries 8 bits).</summary>
+    private static double GradientTolerance(DType inputs, DType gradient) => Tolerance(inputs == DType.F32 && gradient == DType.F32 ? DType.F32 : DType.BF16);
+
     [Theory]
     [InlineData(DType.F32, true)]
     [InlineData(DType.F32, false)]
@@ -127,7 +130,7 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         _cpu.MatMul(Cpu(dyv, m, k), Cpu(wv, k, n), expected, epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: Cpu(prev, m, n),
             biasGradient: cdb);
         AssertClose(CpuValues(expected), Download(gpu, dx), Tolerance(dtype), $"{dtype} gelu backward, fused {fused}");
-        AssertClose(CpuValues(cdb), Download(gpu, db), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16),
+        AssertClose(CpuValues(cdb), Download(gpu, db), GradientTolerance(dtype, gradType),
             $"{dtype}->{gradType} bias gradient from the gelu backward, fused {fused}");
     }
 
@@ -155,8 +158,8 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
         var cdw = Cpu(dwv, outF, inF); var cdb = Cpu(dbv, outF);
         _cpu.MatMul(Cpu(dyv, tokens, outF), Cpu(xv, tokens, inF), cdw, transposeA: true, beta: 1.0,
             epilogue: MatMulEpilogue.BiasGradient, biasGradient: cdb);
-        AssertClose(CpuValues(cdw), Download(gpu, dw), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16), $"{dtype}->{gradType} weight gradient, fused {fused}");
-        AssertClose(CpuValues(cdb), Download(gpu, db), Tolerance(gradType == DType.F32 && dtype == DType.F32 ? DType.F32 : DType.BF16), $"{dtype}->{gradType} bias gradient, fused {fused}");
+        AssertClose(CpuValues(cdw), Download(gpu, dw), GradientTolerance(dtype, gradType), $"{dtype}->{gradType} weight gradient, fused {fused}");
+        AssertClose(CpuValues(cdb), Download(gpu, db), GradientTolerance(dtype, gradType), $"{dtype}->{gradType} bias gradient, fused {fused}");
     }
 
     [Fact]
