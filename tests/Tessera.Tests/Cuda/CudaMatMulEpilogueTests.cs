@@ -23,6 +23,14 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
 
     private double[] CpuValues(Tensor t) => Tessera.Tests.Support.TestTensors.ToDoubles(_cpu, t);
 
+    /// <summary>(inputs, gradient, fused): F32 throughout, BF16 throughout, BF16 inputs with an F32 gradient; each with the
+    /// fused epilogue and without.</summary>
+    public static TheoryData<DType, DType, bool> GradientTypesFusedOrNot => new()
+    {
+        { DType.F32, DType.F32, true }, { DType.BF16, DType.BF16, true }, { DType.BF16, DType.F32, true },
+        { DType.F32, DType.F32, false }, { DType.BF16, DType.BF16, false }, { DType.BF16, DType.F32, false },
+    };
+
     /// <summary>A gradient's tolerance: F32's when it and its inputs are F32, else BF16's (an input or the result carries 8 bits).</summary>
     private static double GradientTolerance(DType inputs, DType gradient) => Tolerance(inputs == DType.F32 && gradient == DType.F32 ? DType.F32 : DType.BF16);
 
@@ -106,12 +114,7 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
     /// bias gradient), else (the default, <see cref="Tessera.Cuda.CudaBackendOptions.FusedGeluBiasGradient"/>) the DGELU product
     /// then <c>SumRows</c>; GPT-2's shape ratio (N = 4 x K) at a size that runs in a blink.</summary>
     [Theory]
-    [InlineData(DType.F32, DType.F32, true)]
-    [InlineData(DType.BF16, DType.BF16, true)]
-    [InlineData(DType.BF16, DType.F32, true)]
-    [InlineData(DType.F32, DType.F32, false)]
-    [InlineData(DType.BF16, DType.BF16, false)]
-    [InlineData(DType.BF16, DType.F32, false)]
+    [MemberData(nameof(GradientTypesFusedOrNot))]
     public void GeluBackwardBiasGradientEpilogueAccumulatesLikeCpu(DType dtype, DType gradType, bool fused)
     {
         int m = 128, n = 192, k = 48;
@@ -137,12 +140,7 @@ public sealed class CudaMatMulEpilogueTests(CudaFixture fixture) : CudaTestBase(
     /// <summary>With <paramref name="fused"/> cuBLASLt's BGRADB, else (the default, <see cref="Tessera.Cuda.CudaBackendOptions.FusedBiasGradient"/>)
     /// the plain product and <c>SumRows</c>, on the same inputs and tolerances.</summary>
     [Theory]
-    [InlineData(DType.F32, DType.F32, true)]
-    [InlineData(DType.BF16, DType.BF16, true)]
-    [InlineData(DType.BF16, DType.F32, true)]
-    [InlineData(DType.F32, DType.F32, false)]
-    [InlineData(DType.BF16, DType.BF16, false)]
-    [InlineData(DType.BF16, DType.F32, false)]
+    [MemberData(nameof(GradientTypesFusedOrNot))]
     public void BiasGradientEpilogueAccumulatesLikeCpu(DType dtype, DType gradType, bool fused)
     {
         int tokens = 96, outF = 64, inF = 48;
