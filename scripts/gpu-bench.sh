@@ -10,8 +10,10 @@
 #       runs the GPU tests of Tessera.Tests.Cuda.Training (TESTS=... to change the xunit filter, TESTS=none to skip),
 #       gpu-train (GPT-2 124M, bf16, B=64 as 2 micro-batches of 32 x T=1024; then with --recompute),
 #       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train,
-#       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table; TRAIN_VARIANTS="notune tune micro64 ce512" adds runs without the
-#       timed cuBLASLt algorithm choice, with it, with other micro-batches, other cross-entropy threads; NCU_TRAIN="REGEX:COUNT;..."
+#       RUN_RECOMPUTE=0 its --recompute run; PROFILE=1 adds a profiled run with a per-op table; TRAIN_VARIANTS="notune tune micro64 ce512
+#       opt:FusedBiasGradient=true" adds runs without the timed cuBLASLt algorithm choice, with it (also "default"), with other
+#       micro-batches, other cross-entropy threads, any backend options, TRAIN_ROUNDS=N times over (MICRO=64 runs gpt2-124m's
+#       64 x 1024 as one micro-batch, as docs/benchmarks.md has measured it since session 7); NCU_TRAIN="REGEX:COUNT;..."
 #       adds ncu sections of chosen kernels of one step), gpu-decode (llama-1b bf16, 512-token
 #       prompt, 256 new tokens, the step recorded as a CUDA graph; RUN_DECODE=0 skips it; DECODE_VARIANTS="eager cublas profile"
 #       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa", "ctasN", "noearly" and
@@ -93,17 +95,23 @@ run)
             t0=$(date +%s); train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --recompute --no-header; echo "gpu-train --recompute: $(( $(date +%s) - t0 )) s"
         fi
     fi
+    for round in $(seq 1 "${TRAIN_ROUNDS:-1}"); do
     for variant in ${TRAIN_VARIANTS-}; do
-        # A/B runs of the plain step: notune keeps cuBLASLt's first heuristic answer for every product, tune is the default
-        # again (to interleave), microN runs the batch as micro-batches of N, ceN gives the cross-entropy N threads per row.
+        # A/B runs of the plain step: notune keeps cuBLASLt's first heuristic answer for every product, tune (or default) is
+        # the default again (to interleave), microN runs the batch as micro-batches of N, ceN gives the cross-entropy N threads
+        # per row, opt:Name=value,... passes any backend options (--cuda-options). TRAIN_ROUNDS=N runs the list N times over,
+        # alternating, since machines of one kind differ by about 2 % from call to call and a step by about 1 % from run to run.
         t0=$(date +%s)
         case "$variant" in
             notune) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header --cuda-options TuneMatMulAlgorithms=false ;;
-            tune) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
+            tune|default) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header ;;
             micro*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${variant#micro}" --steps 6 --warmup 2 --no-header ;;
             ce*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header --cuda-options "CrossEntropyThreadsPerRow=${variant#ce}" ;;
+            opt:*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header --cuda-options "${variant#opt:}" ;;
+            *) echo "gpu-bench.sh: unknown TRAIN_VARIANTS entry '$variant'"; rc=1 ;;
         esac
-        echo "gpu-train $variant: $(( $(date +%s) - t0 )) s"
+        echo "gpu-train $variant (round $round): $(( $(date +%s) - t0 )) s"
+    done
     done
     if [ -n "${NCU_TRAIN:-}" ] && command -v ncu >/dev/null; then
         # ncu sections of chosen kernels of one training step: NCU_TRAIN="REGEX:COUNT;REGEX:COUNT", each its own ncu run
