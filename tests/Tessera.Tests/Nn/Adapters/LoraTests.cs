@@ -92,6 +92,50 @@ public sealed class LoraTests
         }
     }
 
+    /// <summary>
+    /// GPT-2 with a trained base and an adapter on the MLP's projection: the up product's bias gradient is then taken by the
+    /// adapted projection's backward (the GELU gradient's column sums, after its low-rank terms), not by the up product's
+    /// own weight-gradient product. It must match central differences like every other gradient (tolerance as above).
+    /// </summary>
+    [Fact]
+    public void TheUpProductsBiasGradientThroughAnAdaptedProjectionMatchesCentralDifferences()
+    {
+        const int seed = 20261204;
+        var cpu = new CpuBackend(1);
+        var config = ModelPresets.Get("gpt2-debug");
+        var lora = new LoraOptions { Rank = 4, Alpha = 8, Seed = seed, Targets = LoraTargets.Parse(config, ["mlp.c_proj"]) };
+        var model = new Transformer(config, cpu, DType.F64, ArenaStorage.Full, lora: lora);
+        model.InitializeWeights(seed);
+        var rng = new Random(seed + 1);
+        foreach (var p in model.Adapters!.Layout.Parameters)
+            if (p.Name.EndsWith(".lora_B", StringComparison.Ordinal)) model.Adapters.Write(p, TestTensors.Normal(rng, p.NumElements, 0.3));
+        model.LossChunkRows = 0;
+        var mlp = Assert.IsType<Tessera.Nn.Layers.GeluMlp>(model.Blocks[0].Mlp);
+        Assert.IsType<LoraLinear>(mlp.Projection);
+        Assert.True(mlp.Fc.TakesBiasGradientFromNext);
+        var (tokens, targets) = Batch(cpu, seed, 2, 6, config.VocabSize);
+        model.Parameters.ZeroGrad();
+        model.Adapters.Arena.ZeroGrad();
+        model.Loss(tokens, targets, 0, lossScale: 1.0 / 12);
+        model.Backward(0);
+        var bias = mlp.Fc.Bias!;
+        var analytic = TestTensors.ToDoubles(cpu, bias.Grad);
+        var values = TestTensors.ToDoubles(cpu, bias.Value);
+        var picks = Enumerable.Range(0, 8).Select(_ => rng.Next(values.Length)).Distinct().ToArray();
+        var numeric = picks.Select(i =>
+        {
+            double keep = values[i];
+            values[i] = keep + GradientCheck.DefaultStep; TestTensors.Write(cpu, bias.Value, values); double up = LossOf(model, tokens, targets);
+            values[i] = keep - GradientCheck.DefaultStep; TestTensors.Write(cpu, bias.Value, values); double down = LossOf(model, tokens, targets);
+            values[i] = keep; TestTensors.Write(cpu, bias.Value, values);
+            return (up - down) / (2 * GradientCheck.DefaultStep);
+        }).ToArray();
+        var expected = picks.Select(i => analytic[i]).ToArray();
+        double error = NumericAssert.MaxRelativeError(numeric, expected);
+        Assert.True(error < 1e-6, $"{bias.Name}: relative error {error:E2} (seed {seed})");
+        Assert.Contains(expected, g => g != 0);
+    }
+
     [Theory]
     [InlineData("llama-debug")]
     [InlineData("gpt2-debug")]
