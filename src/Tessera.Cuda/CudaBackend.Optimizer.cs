@@ -37,9 +37,38 @@ public sealed unsafe partial class CudaBackend
             long budget = Options.CrossEntropyStagedBytes ?? CudaDevice.MaxSharedMemoryPerBlockOptIn - 1024L;
             staged = (int)Math.Min(v * size / 16, Math.Max(0, budget) / 16);
         }
+        if (staged == 0 && aligned == 1 && rows <= int.MaxValue / 8 && ClusterCrossEntropy(v, logits.DType) is { } cluster)
+        {
+            void** cargs = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale };
+            LaunchCluster("softmax.cu", "cross_entropy_cluster_" + Suffix(logits.DType, op), (uint)(rows * cluster.Ctas),
+                (uint)cluster.Ctas, (uint)cluster.Threads, cargs);
+            return;
+        }
         void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned, &staged };
         Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, (uint?)Options.CrossEntropyThreadsPerRow ?? CrossEntropyThreads(v),
             args, (uint)staged * 16);
+    }
+
+    /// <summary>
+    /// The cluster form of the fused cross-entropy for rows of <paramref name="columns"/> logits (softmax.cu,
+    /// <c>cross_entropy_cluster_row</c>), or null for the one-CTA kernel: <see cref="CudaBackendOptions.CrossEntropyClusterCtas"/>
+    /// CTAs a row on compute capability 9.0 and later, each holding its share of the row's 16-byte vectors in registers.
+    /// </summary>
+    private (int Ctas, int Threads)? ClusterCrossEntropy(int columns, DType dtype) =>
+        CudaDevice.ComputeCapability.Major >= 9 ? ClusterCrossEntropyShape(columns, dtype.SizeInBytes(), Options.CrossEntropyClusterCtas) : null;
+
+    /// <summary>
+    /// The cluster cross-entropy's shape for rows of <paramref name="columns"/> elements of <paramref name="elementBytes"/>
+    /// bytes over <paramref name="ctas"/> CTAs (0: none): CTAs of whole warps whose threads hold four 16-byte vectors each
+    /// of a CTA's share of the row's vectors. Null when the share is under one warp's (small rows: the one-CTA kernel) or
+    /// past 4,096 vectors (1,024 threads).
+    /// </summary>
+    internal static (int Ctas, int Threads)? ClusterCrossEntropyShape(int columns, long elementBytes, int ctas)
+    {
+        if (ctas <= 0) return null;
+        long vectors = columns * elementBytes / 16, share = (vectors + ctas - 1) / ctas;
+        long threads = ((share + 3) / 4 + 31) / 32 * 32;
+        return share < 32 || threads > 1024 ? null : (ctas, (int)threads);
     }
 
     /// <summary>

@@ -148,6 +148,33 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         NoteLaunch();
     }
 
+    /// <summary>
+    /// Launches <paramref name="kernel"/> in thread-block clusters of <paramref name="clusterCtas"/> CTAs along x (compute
+    /// capability 9.0 and later; <paramref name="grid"/> a multiple of it): the CTAs of a cluster run at once on one GPC and
+    /// reach each other's shared memory.
+    /// </summary>
+    private void LaunchCluster(string file, string kernel, uint grid, uint clusterCtas, uint block, void** args, uint sharedBytes = 0)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (clusterCtas == 0 || grid % clusterCtas != 0)
+            throw new ArgumentException($"CudaBackend: {kernel}: a grid of {grid} CTAs is not a whole number of clusters of {clusterCtas}");
+        var function = Kernels.Module(file).Function(kernel);
+        CudaDevice.MakeCurrent();
+        if (sharedBytes > 48 * 1024)
+            Check(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)sharedBytes), "cuFuncSetAttribute", kernel);
+        Profiler?.Begin(kernel);
+        var attribute = new LaunchAttribute { Id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, Value = (int)clusterCtas, ValueY = 1, ValueZ = 1 };
+        var config = new LaunchConfig
+        {
+            GridX = grid, GridY = 1, GridZ = 1, BlockX = block, BlockY = 1, BlockZ = 1,
+            SharedBytes = sharedBytes, Stream = Stream.Handle, Attributes = &attribute, AttributeCount = 1,
+        };
+        Check(cuLaunchKernelEx(&config, function, args, null),
+            "cuLaunchKernelEx", $"{kernel} in {file} (clusters of {clusterCtas}), grid {grid}, block {block}, {sharedBytes} B shared");
+        Profiler?.End();
+        NoteLaunch();
+    }
+
     /// <summary>Programmatic dependent launch: compute capability 9.0 or later, unless the options turn it off.</summary>
     private bool ProgrammaticLaunch => _programmaticLaunch ??=
         CudaDevice.ComputeCapability.Major >= 9 && Options.ProgrammaticDependentLaunch;

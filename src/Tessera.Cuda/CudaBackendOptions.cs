@@ -72,6 +72,15 @@ public sealed record CudaBackendOptions
     public int? CrossEntropyStagedBytes { get; init; } = 0;
 
     /// <summary>
+    /// CTAs of the thread-block cluster that shares one row of the fused cross-entropy (compute capability 9.0 and later):
+    /// each CTA holds its share of the row's logits in registers, so the row is read once and its gradient written once, and
+    /// the CTAs merge their softmax statistics through distributed shared memory. 2, 4 or 8; 0 runs the one-CTA-a-row kernel
+    /// (which reads a row twice). Applies to rows whose starts and strides are 16-byte aligned and whose 16-byte vectors fill
+    /// at least one warp a CTA, with <see cref="CrossEntropyStagedBytes"/> at 0. Default 8.
+    /// </summary>
+    public int CrossEntropyClusterCtas { get; init; } = 8;
+
+    /// <summary>
     /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
     /// keeps the fastest, once per bucket of row counts (powers of two up to 256, then 256 rows wide, 2048 above 4096): the
     /// bucket's later row counts reuse its algorithm (a server's steps change their row count at every step); false keeps the heuristic's first answer everywhere (the same
@@ -279,6 +288,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: DecodeAttention ({(int)DecodeAttention}) must be one of {string.Join(", ", Enum.GetNames<DecodeAttentionKernel>())}");
         if (CrossEntropyThreadsPerRow is { } t && t is not (128 or 256 or 512 or 1024))
             throw new ArgumentException($"CUDA backend options: CrossEntropyThreadsPerRow ({t}) must be 128, 256, 512 or 1024, or unset to choose by the row's width");
+        if (CrossEntropyClusterCtas is not (0 or 2 or 4 or 8))
+            throw new ArgumentException($"CUDA backend options: CrossEntropyClusterCtas ({CrossEntropyClusterCtas}) must be 2, 4 or 8 CTAs a row, or 0 for one CTA a row");
         if (CrossEntropyStagedBytes is < 0)
             throw new ArgumentException($"CUDA backend options: CrossEntropyStagedBytes ({CrossEntropyStagedBytes}) must be 0 (off) or positive, or unset for as much as fits");
         if (KernelCacheFolder is { } folder && string.IsNullOrWhiteSpace(folder))
@@ -321,6 +332,7 @@ public sealed record CudaBackendOptions
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
             parts.Add(CrossEntropyStagedBytes is { } staged ? Invariant($"{nameof(CrossEntropyStagedBytes)}={staged}") : $"{nameof(CrossEntropyStagedBytes)}=auto");
+        if (CrossEntropyClusterCtas != d.CrossEntropyClusterCtas) parts.Add(Invariant($"{nameof(CrossEntropyClusterCtas)}={CrossEntropyClusterCtas}"));
         if (FusedBiasGradient != d.FusedBiasGradient) parts.Add($"{nameof(FusedBiasGradient)}={Bool(FusedBiasGradient)}");
         if (FusedGeluBiasGradient != d.FusedGeluBiasGradient) parts.Add($"{nameof(FusedGeluBiasGradient)}={Bool(FusedGeluBiasGradient)}");
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
@@ -379,6 +391,7 @@ public sealed record CudaBackendOptions
         {
             CrossEntropyStagedBytes = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
         },
+        [nameof(CrossEntropyClusterCtas)] = (o, v, s) => o with { CrossEntropyClusterCtas = ParseInt(v, s) },
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(MatMulSearch)] = (o, v, s) => o with { MatMulSearch = ParseEnum<MatMulCandidateSearch>(v, s) },
         [nameof(FusedBiasGradient)] = (o, v, s) => o with { FusedBiasGradient = ParseBool(v, s) },

@@ -87,12 +87,15 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(Lib)] internal static partial int cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ,
         uint blockX, uint blockY, uint blockZ, uint sharedBytes, IntPtr stream, void** parameters, void** extra);
 
-    /// <summary>CUlaunchAttribute: an id, padding to 8 bytes, and a 64-byte value union (its first int used here).</summary>
+    /// <summary>CUlaunchAttribute: an id, padding to 8 bytes, and a 64-byte value union (its first int, or the three unsigned of
+    /// a cluster's dimensions, used here).</summary>
     [StructLayout(LayoutKind.Explicit, Size = 72)]
     internal struct LaunchAttribute
     {
         [FieldOffset(0)] public int Id;
         [FieldOffset(8)] public int Value;
+        [FieldOffset(12)] public int ValueY;
+        [FieldOffset(16)] public int ValueZ;
     }
 
     /// <summary>CUlaunchConfig (CUDA 12+).</summary>
@@ -105,6 +108,7 @@ internal static unsafe partial class CudaDriver
         public uint AttributeCount;
     }
 
+    internal const int CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4;
     internal const int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 
     [LibraryImport(Lib)] internal static partial int cuLaunchKernelEx(LaunchConfig* config, IntPtr function, void** parameters, void** extra);

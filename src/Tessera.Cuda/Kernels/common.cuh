@@ -560,3 +560,31 @@ template <int BM> __device__ __forceinline__ PrefillTile find_prefill_tile(const
     __syncthreads();
     return PrefillTile{tile_sequence, tile_index};
 }
+
+// Thread-block clusters (sm_90): the CTA's rank in its cluster of cluster_ctas() CTAs (one-dimensional clusters), the
+// cluster barrier split into its arrive (release: this CTA's shared-memory writes become visible) and its wait (acquire),
+// and a read of two floats at the same shared-memory address in another CTA of the cluster (distributed shared memory).
+// Every thread of every CTA in the cluster must take part in each barrier (.aligned). On the CPU emulation a cluster's CTAs
+// run together and the helpers are cuda_emulation.h's.
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ unsigned cluster_rank() { unsigned r; asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r)); return r; }
+__device__ __forceinline__ unsigned cluster_ctas() { unsigned r; asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r)); return r; }
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// A CTA's own shared floats for the cluster kernels' statistics (a static __shared__ array on the device; the emulation
+// runs a cluster's CTAs together, so each gets its own block of memory there instead of one static array).
+#define CLUSTER_SHARED_FLOATS(name, n) __shared__ float name[n]
+__device__ __forceinline__ void cluster_load2(const float* local, unsigned rank, float& a, float& b)
+{
+    unsigned remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(local)), "r"(rank));
+    asm volatile("ld.shared::cluster.v2.f32 {%0, %1}, [%2];" : "=f"(a), "=f"(b) : "r"(remote) : "memory");
+}
+#else
+#define CLUSTER_SHARED_FLOATS(name, n) float* name = emu_block_shared_floats(n)
+__device__ __forceinline__ unsigned cluster_rank() { return emu_cluster_rank(); }
+__device__ __forceinline__ unsigned cluster_ctas() { return emu_cluster_ctas(); }
+__device__ __forceinline__ void cluster_arrive() { emu_cluster_arrive(); }
+__device__ __forceinline__ void cluster_wait() { emu_cluster_wait(); }
+__device__ __forceinline__ void cluster_load2(const float* local, unsigned rank, float& a, float& b) { emu_cluster_load2(local, rank, a, b); }
+#endif

@@ -6,8 +6,11 @@
 // `extern __shared__` arrays are declared extern by the test and defined by the check program. The tensor-core helpers of
 // common.cuh (cp.async, ldmatrix, mma.sync m16n8k16) have warp-collective stand-ins below with the PTX's fragment layouts,
 // so a kernel built on them runs here too (bf16 only: the f16 conversions are PTX); shared-memory addresses are byte
-// offsets from emu_shared_base, which the check program points at its dynamic shared memory.
+// offsets from emu_shared_base, which the check program points at its dynamic shared memory. Thread-block clusters
+// (emu_launch_cluster): the CTAs of a cluster run together, with a barrier over all their threads for the cluster
+// barrier, and each CTA's CLUSTER_SHARED_FLOATS in its own memory, which cluster_load2 reads across CTAs.
 #include <barrier>
+#include <optional>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -40,8 +43,9 @@ struct EmuBlock
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     std::vector<double> slots;
     std::vector<unsigned> words;   // 8 a lane: the operands of a warp-collective ldmatrix or mma
+    std::vector<float> shared = std::vector<float>(4096);   // CLUSTER_SHARED_FLOATS: this CTA's own shared floats
 };
-inline EmuBlock* g_block;
+inline thread_local EmuBlock* g_block;
 inline void __syncthreads() { g_block->block->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { g_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
 inline void __threadfence() {}
@@ -69,24 +73,75 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 // Runs kernel(args...) on a grid of `grid` blocks (x, y, z) of `block` threads, the blocks in turn.
+inline void emu_init_block(EmuBlock& eb, unsigned block)
+{
+    eb.block = std::make_unique<std::barrier<>>(block);
+    for (unsigned w = 0; w < (block + 31) / 32; w++) eb.warps.push_back(std::make_unique<std::barrier<>>(32));
+    eb.slots.assign(((block + 31) / 32) * 32, 0.0);
+    eb.words.assign(((block + 31) / 32) * 32 * 8, 0u);
+}
 template <typename F> void emu_launch(dim3 grid, unsigned block, F kernel)
 {
     gridDim = grid; blockDim.x = block;
     for (unsigned b = 0; b < grid.x * grid.y * grid.z; b++)
     {
         EmuBlock eb;
-        eb.block = std::make_unique<std::barrier<>>(block);
-        for (unsigned w = 0; w < (block + 31) / 32; w++) eb.warps.push_back(std::make_unique<std::barrier<>>(32));
-        eb.slots.assign(((block + 31) / 32) * 32, 0.0);
-        eb.words.assign(((block + 31) / 32) * 32 * 8, 0u);
-        g_block = &eb;
+        emu_init_block(eb, block);
         std::vector<std::thread> threads;
         for (unsigned t = 0; t < block; t++)
-            threads.emplace_back([=] { threadIdx.x = t; blockIdx.x = b % grid.x; blockIdx.y = b / grid.x % grid.y; blockIdx.z = b / (grid.x * grid.y); kernel(); });
+            threads.emplace_back([=, &eb] { g_block = &eb; threadIdx.x = t; blockIdx.x = b % grid.x; blockIdx.y = b / grid.x % grid.y; blockIdx.z = b / (grid.x * grid.y); kernel(); });
         for (auto& th : threads) th.join();
     }
 }
 template <typename F> void emu_launch(unsigned grid, unsigned block, F kernel) { emu_launch(dim3{grid, 1, 1}, block, kernel); }
+
+// ---- thread-block clusters of `ctas` CTAs along x (grid a multiple of it); the clusters in turn, a cluster's CTAs together
+struct EmuCluster
+{
+    std::vector<EmuBlock> blocks;
+    std::unique_ptr<std::barrier<>> barrier;   // every thread of every CTA of the cluster
+};
+inline thread_local EmuCluster* g_cluster;
+inline thread_local unsigned g_cluster_rank;
+inline thread_local std::optional<std::barrier<>::arrival_token> g_cluster_token;
+inline unsigned emu_cluster_rank() { return g_cluster_rank; }
+inline unsigned emu_cluster_ctas() { return (unsigned)g_cluster->blocks.size(); }
+inline void emu_cluster_arrive() { g_cluster_token.emplace(g_cluster->barrier->arrive()); }
+inline void emu_cluster_wait() { g_cluster->barrier->wait(std::move(*g_cluster_token)); g_cluster_token.reset(); }
+inline float* emu_block_shared_floats(int n)
+{
+    if ((size_t)n > g_block->shared.size()) { fprintf(stderr, "emulation: %d shared floats asked, %zu held\n", n, g_block->shared.size()); std::abort(); }
+    return g_block->shared.data();
+}
+// The two floats at `local`'s offset in CTA `rank`'s shared floats.
+inline void emu_cluster_load2(const float* local, unsigned rank, float& a, float& b)
+{
+    const size_t at = (size_t)(local - g_block->shared.data());
+    const float* remote = g_cluster->blocks[rank].shared.data() + at;
+    a = remote[0]; b = remote[1];
+}
+template <typename F> void emu_launch_cluster(unsigned grid, unsigned ctas, unsigned block, F kernel)
+{
+    if (grid % ctas != 0) { fprintf(stderr, "emulation: a grid of %u CTAs in clusters of %u\n", grid, ctas); std::abort(); }
+    gridDim = dim3{grid, 1, 1}; blockDim.x = block;
+    for (unsigned c = 0; c < grid / ctas; c++)
+    {
+        EmuCluster cluster;
+        cluster.blocks.resize(ctas);
+        for (auto& eb : cluster.blocks) emu_init_block(eb, block);
+        cluster.barrier = std::make_unique<std::barrier<>>(ctas * block);
+        std::vector<std::thread> threads;
+        for (unsigned r = 0; r < ctas; r++)
+            for (unsigned t = 0; t < block; t++)
+                threads.emplace_back([=, &cluster]
+                {
+                    g_cluster = &cluster; g_cluster_rank = r; g_block = &cluster.blocks[r];
+                    threadIdx.x = t; blockIdx.x = c * ctas + r; blockIdx.y = 0; blockIdx.z = 0;
+                    kernel();
+                });
+        for (auto& th : threads) th.join();
+    }
+}
 
 // ---- tensor-core stand-ins (common.cuh calls these where it has no PTX)
 inline unsigned char* emu_shared_base = nullptr;

@@ -1,0 +1,81 @@
+using Tessera.Cuda;
+using Tessera.Tensors;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// The fused cross-entropy with a row shared by a thread-block cluster (<see cref="CudaBackendOptions.CrossEntropyClusterCtas"/>,
+/// compute capability 9.0): the row's logits read once into the CTAs' registers, the statistics merged through distributed
+/// shared memory, the gradient written from the registers. Against an F64 reference on the stored inputs, at each cluster size
+/// and with the one-CTA kernel (0), on GPT-2's padded rows (50,257 real logits 50,304 apart, the gradient over the logits as
+/// the fused head writes it), Llama 3's 128,256, and the F32 and F16 instantiations; with an ignored row, a target in the last
+/// column and one past the vocabulary (NaN loss). The padding between rows must keep its values.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaCrossEntropyClusterTests(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    public static TheoryData<string, int, int, int> Rows => new()
+    {
+        { "BF16", 50_257, 50_304, 8 },     // gpt2-124m's head: 6,282 vectors a row and a one-element tail
+        { "BF16", 50_257, 50_304, 2 },
+        { "BF16", 128_256, 128_256, 8 },   // llama-3's vocabulary: 2,004 vectors a CTA
+        { "BF16", 128_256, 128_256, 0 },   // the one-CTA kernel on the same rows
+        { "F32", 32_000, 32_000, 4 },      // llama-2's vocabulary, 4 logits a vector
+        { "F16", 50_304, 50_304, 8 },
+    };
+
+    [Theory]
+    [MemberData(nameof(Rows))]
+    public void LossAndGradientMatchTheReferenceWithTheRowSharedByACluster(string type, int v, int stride, int ctas)
+    {
+        if (Gpu.CudaDevice.ComputeCapability.Major < 9 && ctas > 0)
+            Assert.Skip($"thread-block clusters need compute capability 9.0; this device is {Gpu.CudaDevice.ComputeCapability}");
+        var dtype = Enum.Parse<DType>(type);
+        const int rows = 6;
+        var values = new double[rows * stride];
+        for (int i = 0; i < values.Length; i++) values[i] = i % stride < v ? (Rng.NextDouble() * 2 - 1) * 8 : 3.0;   // padding: 3
+        values = Stored(values, dtype);
+        var targets = new int[rows];
+        for (int r = 0; r < rows; r++) targets[r] = Rng.Next(v);
+        targets[1] = -1;        // ignored: loss 0, gradient 0
+        targets[2] = v - 1;     // the last column (GPT-2: the tail element)
+        targets[3] = v;         // past the vocabulary: NaN loss
+        double scale = 1.0 / rows;
+
+        var expectedLoss = new double[rows];
+        var expectedGrad = (double[])values.Clone();
+        for (int r = 0; r < rows; r++)
+        {
+            var row = values.AsSpan(r * stride, v);
+            if (targets[r] < 0) { for (int i = 0; i < v; i++) expectedGrad[r * stride + i] = 0; continue; }
+            double m = double.NegativeInfinity, s = 0;
+            foreach (double x in row) m = Math.Max(m, x);
+            foreach (double x in row) s += Math.Exp(x - m);
+            expectedLoss[r] = targets[r] < v ? Math.Log(s) + m - row[targets[r]] : double.NaN;
+            for (int i = 0; i < v; i++) expectedGrad[r * stride + i] = (Math.Exp(row[i] - m) / s - (i == targets[r] ? 1 : 0)) * scale;
+        }
+
+        using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyClusterCtas = ctas });
+        var storage = Upload(backend, values, dtype, rows, stride);
+        var logits = stride == v ? storage : storage.Slice(1, 0, v);          // (rows, V) rows `stride` apart
+        var t = backend.Allocate(new Shape(rows), DType.I32);
+        backend.CopyFromHost<int>(targets, t);
+        var losses = backend.Allocate(new Shape(rows), DType.F32);
+        backend.Fill(losses, double.NaN);
+        backend.CrossEntropy(logits, t, losses, logits, scale);
+        var gotLoss = Download(backend, losses);
+        var gotGrad = Download(backend, storage);
+
+        Assert.True(double.IsNaN(gotLoss[3]), $"a target past the vocabulary gives a NaN loss, got {gotLoss[3]}");
+        gotLoss[3] = expectedLoss[3] = 0;
+        Assert.Equal(0.0, gotLoss[1]);
+        // Losses: f32 statistics over up to 128,256 terms with ex2.approx, ~1e-6 relative. Gradient: rounded to the dtype
+        // (BF16 2^-9 relative; F32 1e-5 as for every F32 op).
+        AssertClose(expectedLoss, gotLoss, 1e-5, $"losses, {type} V={v}, clusters of {ctas}");
+        AssertClose(expectedGrad, gotGrad, Tolerance(dtype), $"gradient and padding, {type} V={v}, clusters of {ctas}");
+        for (int i = 0; i < v; i++) Assert.Equal(0.0, gotGrad[stride + i]);
+        for (int r = 0; r < rows; r++)
+            for (int i = v; i < stride; i++) Assert.Equal(3.0, gotGrad[r * stride + i]);
+    }
+}
