@@ -11,9 +11,10 @@ namespace Tessera.Tests.Cuda;
 /// B = 8, T = 2048 (N = 16,384 rows, C = 2,048, F = 8,192, 32 + 8 + 8 heads of 64, a 128,256-entry vocabulary in chunks of
 /// 2,048 rows), beside a device copy of 1 GiB as the bandwidth they can reach, for docs/benchmarks.md (issue 18). Each op's
 /// bytes are what it must move at least; its floor is those bytes at the copy's rate. The cross-entropy runs with its row
-/// staged in shared memory (as much as fits), with 96 KiB staged (two blocks per SM) and without staging (the default), each on
-/// its own backend; then without staging at 128, 256, 512 and 1024 threads a row, at llama-1b's width and at GPT-2's (5,048
-/// rows of 50,257 logits in rows padded to 50,304). Runs only when TESSERA_CUDA_TIMINGS=1; CUDA events around 20 repetitions
+/// staged in shared memory (as much as fits), with 96 KiB staged (two blocks per SM) and without staging, each on its own
+/// backend with one CTA a row; then without staging at 128, 256, 512 and 1024 threads a row, and with the row shared by a
+/// cluster of 2, 4 or 8 CTAs (the default 8), at llama-1b's width and at GPT-2's (5,048 rows of 50,257 logits in rows padded
+/// to 50,304). Runs only when TESSERA_CUDA_TIMINGS=1; CUDA events around 20 repetitions
 /// after 3 warm-ups, median. Not a test of speed: it fails only when an op is 10x slower than its floor (a broken launch, not a slow one).
 /// </summary>
 [Collection("cuda")]
@@ -53,7 +54,7 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
 
         foreach (int? staged in new int?[] { null, 96 * 1024, 0 })
         {
-            using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyStagedBytes = staged });
+            using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyStagedBytes = staged, CrossEntropyClusterCtas = 0 });
             var logits = Filled(backend, new Shape(chunk, vocab), 0.5);
             var targets = backend.Allocate(new Shape(chunk), DType.I32);
             backend.CopyFromHost<int>(Enumerable.Range(0, chunk).Select(i => i * 7919 % vocab).ToArray(), targets);
@@ -64,19 +65,23 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
             logits.Storage.Dispose();
         }
 
-        // Threads per row (no staging, the default): the llama-1b chunk, and GPT-2's (5,048 rows of the 50,257 real logits in
-        // rows padded to 50,304, as the fused head passes them).
+        // Threads per row of the one-CTA kernel (no staging), then the cluster kernel at 2, 4 and 8 CTAs a row (the default 8):
+        // the llama-1b chunk, and GPT-2's (5,048 rows of the 50,257 real logits in rows padded to 50,304, as the fused head
+        // passes them).
+        var variants = new[] { 128, 256, 512, 1024 }.Select(n => (Threads: n, Ctas: 0)).Concat(new[] { 2, 4, 8 }.Select(n => (Threads: 0, Ctas: n)));
         foreach (var (label, chunkRows, width, real) in new[] { ("llama-1b", chunk, vocab, vocab), ("gpt2-124m", 5048, 50_304, 50_257) })
-            foreach (int threads in new[] { 128, 256, 512, 1024 })
+            foreach (var (threads, ctas) in variants)
             {
-                using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyThreadsPerRow = threads });
+                var options = new CudaBackendOptions { CrossEntropyThreadsPerRow = threads > 0 ? threads : null, CrossEntropyClusterCtas = ctas };
+                using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, options);
                 var padded = Filled(backend, new Shape(chunkRows, width), 0.5);
                 var logits = padded.Slice(1, 0, real);
                 var targets = backend.Allocate(new Shape(chunkRows), DType.I32);
                 backend.CopyFromHost<int>(Enumerable.Range(0, chunkRows).Select(i => i * 7919 % real).ToArray(), targets);
                 var losses = backend.Allocate(new Shape(chunkRows), DType.F32);
-                string chosen = CudaBackend.CrossEntropyThreads(real) == threads ? ", the default" : "";
-                rows.Add(($"cross-entropy in place, {label} ({chunkRows} x {real}), {threads} threads{chosen}", 2.0 * chunkRows * real * 2,
+                string kernel = ctas > 0 ? $"clusters of {ctas} CTAs{(ctas == CudaBackendOptions.Default.CrossEntropyClusterCtas ? ", the default" : "")}"
+                    : $"one CTA of {threads} threads{(CudaBackend.CrossEntropyThreads(real) == threads ? " (the one-CTA default)" : "")}";
+                rows.Add(($"cross-entropy in place, {label} ({chunkRows} x {real}), {kernel}", 2.0 * chunkRows * real * 2,
                     MedianMs(backend, () => backend.CrossEntropy(logits, targets, losses, logits, 1.0 / chunkRows))));
                 padded.Storage.Dispose();
             }
