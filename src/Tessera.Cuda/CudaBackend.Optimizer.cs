@@ -37,11 +37,10 @@ public sealed unsafe partial class CudaBackend
             long budget = Options.CrossEntropyStagedBytes ?? CudaDevice.MaxSharedMemoryPerBlockOptIn - 1024L;
             staged = (int)Math.Min(v * size / 16, Math.Max(0, budget) / 16);
         }
-        if (staged == 0 && aligned == 1 && rows <= int.MaxValue / 8 && ClusterCrossEntropy(v, logits.DType) is { } cluster)
+        if (staged == 0 && aligned == 1 && ClusterCrossEntropy(v, logits.DType) is { } cluster)
         {
-            void** cargs = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale };
-            LaunchCluster("softmax.cu", "cross_entropy_cluster_" + Suffix(logits.DType, op), (uint)(rows * cluster.Ctas),
-                (uint)cluster.Ctas, (uint)cluster.Threads, cargs);
+            void** cargs = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &rows, &v, &scale };
+            LaunchCluster("softmax.cu", "cross_entropy_cluster_" + Suffix(logits.DType, op), rows, (uint)cluster.Ctas, (uint)cluster.Threads, cargs);
             return;
         }
         void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned, &staged };

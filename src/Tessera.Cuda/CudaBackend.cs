@@ -150,30 +150,48 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
 
     /// <summary>
     /// Launches <paramref name="kernel"/> in thread-block clusters of <paramref name="clusterCtas"/> CTAs along x (compute
-    /// capability 9.0 and later; <paramref name="grid"/> a multiple of it): the CTAs of a cluster run at once on one GPC and
-    /// reach each other's shared memory.
+    /// capability 9.0 and later): the CTAs of a cluster run at once on one GPC and reach each other's shared memory. The grid
+    /// is as many clusters as the device holds at once (<see cref="ResidentClusters"/>), at most <paramref name="mostClusters"/>:
+    /// the kernel's clusters walk their work.
     /// </summary>
-    private void LaunchCluster(string file, string kernel, uint grid, uint clusterCtas, uint block, void** args, uint sharedBytes = 0)
+    private void LaunchCluster(string file, string kernel, long mostClusters, uint clusterCtas, uint block, void** args, uint sharedBytes = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (clusterCtas == 0 || grid % clusterCtas != 0)
-            throw new ArgumentException($"CudaBackend: {kernel}: a grid of {grid} CTAs is not a whole number of clusters of {clusterCtas}");
         var function = Kernels.Module(file).Function(kernel);
         CudaDevice.MakeCurrent();
         if (sharedBytes > 48 * 1024)
             Check(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)sharedBytes), "cuFuncSetAttribute", kernel);
-        Profiler?.Begin(kernel);
         var attribute = new LaunchAttribute { Id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, Value = (int)clusterCtas, ValueY = 1, ValueZ = 1 };
         var config = new LaunchConfig
         {
-            GridX = grid, GridY = 1, GridZ = 1, BlockX = block, BlockY = 1, BlockZ = 1,
+            GridX = clusterCtas, GridY = 1, GridZ = 1, BlockX = block, BlockY = 1, BlockZ = 1,
             SharedBytes = sharedBytes, Stream = Stream.Handle, Attributes = &attribute, AttributeCount = 1,
         };
+        long clusters = Math.Min(Math.Max(mostClusters, 1), ResidentClusters(kernel, function, &config));
+        config.GridX = (uint)(clusters * clusterCtas);
+        Profiler?.Begin(kernel);
         Check(cuLaunchKernelEx(&config, function, args, null),
-            "cuLaunchKernelEx", $"{kernel} in {file} (clusters of {clusterCtas}), grid {grid}, block {block}, {sharedBytes} B shared");
+            "cuLaunchKernelEx", $"{kernel} in {file} ({clusters} clusters of {clusterCtas}), block {block}, {sharedBytes} B shared");
         Profiler?.End();
         NoteLaunch();
     }
+
+    /// <summary>
+    /// How many clusters of <paramref name="config"/>'s shape the device runs at once (cuOccupancyMaxActiveClusters: the
+    /// CTAs' registers and shared memory, and how clusters fit the GPCs), measured once per kernel and shape.
+    /// </summary>
+    private long ResidentClusters(string kernel, IntPtr function, LaunchConfig* config)
+    {
+        var key = (kernel, config->BlockX, config->Attributes->Value, config->SharedBytes);
+        if (_residentClusters.TryGetValue(key, out long known)) return known;
+        int clusters;
+        Check(cuOccupancyMaxActiveClusters(&clusters, function, config), "cuOccupancyMaxActiveClusters", kernel);
+        if (clusters < 1)
+            throw new InvalidOperationException($"CudaBackend: {kernel} in clusters of {config->Attributes->Value} CTAs of {config->BlockX} threads does not fit on {CudaDevice.Name}");
+        return _residentClusters[key] = clusters;
+    }
+
+    private readonly Dictionary<(string Kernel, uint Block, int Ctas, uint Shared), long> _residentClusters = new();
 
     /// <summary>Programmatic dependent launch: compute capability 9.0 or later, unless the options turn it off.</summary>
     private bool ProgrammaticLaunch => _programmaticLaunch ??=

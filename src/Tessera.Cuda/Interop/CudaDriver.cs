@@ -112,6 +112,7 @@ internal static unsafe partial class CudaDriver
     internal const int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 
     [LibraryImport(Lib)] internal static partial int cuLaunchKernelEx(LaunchConfig* config, IntPtr function, void** parameters, void** extra);
+    [LibraryImport(Lib)] internal static partial int cuOccupancyMaxActiveClusters(int* clusters, IntPtr function, LaunchConfig* config);
 
     /// <summary>Starts and stops the profilers' collection (ncu --profile-from-start off, nsys --capture-range cudaProfilerApi); no effect without one.</summary>
     [LibraryImport(Lib)] internal static partial int cuProfilerStart();

@@ -124,139 +124,156 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
     }
 }
 
-// The same loss and gradient with each row split over a cluster of C CTAs (sm_90 thread-block clusters; grid = rows * C,
-// CTA r of a cluster taking the r-th of C equal runs of the row's whole 16-byte vectors, the last one also the V % N tail
-// elements). Each thread loads its K vectors once and keeps them in registers; the CTAs' (max, sum) statistics are merged
-// through distributed shared memory, in rank order so that every CTA of the row gets the same bits; the gradient is written
-// from the registers. The logits are read once and the gradient written once (the one-CTA kernel reads a row twice: a row
-// of 50,257 or 128,256 BF16 logits outgrows what a CTA can hold beside enough others on its SM to keep DRAM busy). Rows
-// and strides 16-byte aligned; the row's vectors at most C * K * blockDim.x. A negative target ignores the row (loss 0,
-// gradient 0: every CTA of the row returns before the cluster barriers), a target >= V gives a NaN loss.
-template <typename T, int K> __device__ void cross_entropy_cluster_row(const T* x, i64 xs, const int* targets, float* losses,
-                                                                      T* dl, i64 ds, int V, float scale)
+// The same loss and gradient with each row split over a cluster of C CTAs (sm_90 thread-block clusters): CTA r of a
+// cluster takes the r-th of C equal runs of the row's whole 16-byte vectors, the last one also the V % N tail elements. Each
+// thread keeps its K vectors of the row in registers; the CTAs' (max, sum) statistics are merged through distributed shared
+// memory, in rank order so that every CTA of the row gets the same bits; the gradient is written from the registers. The
+// clusters are persistent (grid = clusters * C, as many as are resident at once): a cluster walks rows row0, row0 + clusters,
+// ..., and loads its next row's vectors into a second set of registers before working on the current one, so that the
+// loads stay in flight across the row's reductions and barriers. The one-CTA kernel above reads a row twice (its second
+// read mostly from L2): a row of 50,257 or 128,256 BF16 logits outgrows what a CTA can hold beside enough others on its SM
+// to keep DRAM busy. Rows and strides 16-byte aligned; a CTA's share of a row at most K * blockDim.x vectors. A negative
+// target ignores the row (loss 0, gradient 0; every CTA of the cluster skips the row's barriers), a target >= V gives a
+// NaN loss.
+template <typename T, int K> __device__ __forceinline__ void cluster_row_load(Bytes16 (&raw)[K], const T* x, int first, int end)
 {
-    constexpr int N = Vec16<T>::N;
-    CLUSTER_SHARED_FLOATS(stats, 66);   // [0, 64): the warps' (max, sum); [64, 66): this CTA's, read by the others
-    const unsigned ctas = cluster_ctas(), rank = cluster_rank();
-    const i64 row = blockIdx.x / ctas;
-    x += row * xs;
-    if (dl) dl += row * ds;
-    const int target = targets[row];
-    const int vecs = V / N, per = (vecs + (int)ctas - 1) / (int)ctas;
-    const int first = (int)rank * per, end = min(first + per, vecs);
-    const bool tail = rank == ctas - 1 && vecs * N + (int)threadIdx.x < V;   // at most N - 1 threads, one element each
-    const int ti = vecs * N + threadIdx.x;
-    if (target < 0)
-    {
-        if (rank == 0 && threadIdx.x == 0) losses[row] = 0.f;
-        if (dl)
-        {
-            float z[N];
-#pragma unroll
-            for (int j = 0; j < N; j++) z[j] = 0.f;
-            for (int q = first + threadIdx.x; q < end; q += blockDim.x) store16(dl + (i64)q * N, z);
-            if (tail) dl[ti] = from_f<T>(0.f);
-        }
-        return;
-    }
-    const bool inRange = target < V;
-    // Read before the first cluster barrier: no CTA writes the gradient (which may alias x) before every CTA has arrived.
-    const float xt = rank == 0 && threadIdx.x == 0 && inRange ? to_f(x[target]) : 0.f;
-    Bytes16 raw[K];
 #pragma unroll
     for (int k = 0; k < K; k++)
     {
         const int q = first + (int)threadIdx.x + k * (int)blockDim.x;
-        if (q < end) raw[k] = *reinterpret_cast<const Bytes16*>(x + (i64)q * N);
+        if (q < end) raw[k] = *reinterpret_cast<const Bytes16*>(x + (i64)q * Vec16<T>::N);
     }
-    const float tv = tail ? to_f(x[ti]) : NEG_INF;
-    float m = tv;
-#pragma unroll
-    for (int k = 0; k < K; k++)
-        if (first + (int)threadIdx.x + k * (int)blockDim.x < end)
-        {
-            float a[N];
-            unpack16<T>(raw[k], a);
-#pragma unroll
-            for (int j = 0; j < N; j++) m = fmaxf(m, a[j]);
-        }
-    float s = 0.f;
-    if (m != NEG_INF)
-    {
-        const float ml = m * LOG2E;
-#pragma unroll
-        for (int k = 0; k < K; k++)
-            if (first + (int)threadIdx.x + k * (int)blockDim.x < end)
-            {
-                float a[N];
-                unpack16<T>(raw[k], a);
-#pragma unroll
-                for (int j = 0; j < N; j++) s += fast_exp2(fmaf(a[j], LOG2E, -ml));
-            }
-        if (tail) s += fast_exp2(fmaf(tv, LOG2E, -ml));
-    }
-    // The CTA's statistics: the warps', then warp order (deterministic), into stats[64, 66).
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-    {
-        const float m2 = __shfl_xor_sync(FULL_MASK, m, o), s2 = __shfl_xor_sync(FULL_MASK, s, o);
-        online_merge(m, s, m2, s2);
-    }
-    if ((threadIdx.x & 31) == 0) { stats[2 * (threadIdx.x >> 5)] = m; stats[2 * (threadIdx.x >> 5) + 1] = s; }
-    __syncthreads();
-    if (threadIdx.x == 0)
-    {
-        float bm = NEG_INF, bs = 0.f;
-        for (int w = 0; w < (int)(blockDim.x >> 5); w++) online_merge(bm, bs, stats[2 * w], stats[2 * w + 1]);
-        stats[64] = bm; stats[65] = bs;
-    }
-    cluster_arrive();   // release: stats[64, 66) and the reads of x above come before any CTA of the row goes on
-    cluster_wait();
-    m = NEG_INF; s = 0.f;
-    for (unsigned r = 0; r < ctas; r++)
-    {
-        float rm, rs;
-        cluster_load2(stats + 64, r, rm, rs);
-        online_merge(m, s, rm, rs);
-    }
-    cluster_arrive();   // done reading the others' statistics; the wait at the end keeps this CTA's until they are too
-    if (rank == 0 && threadIdx.x == 0) losses[row] = inRange ? logf(s) + m - xt : QNAN;
-    if (dl)
-    {
-        const float c = m * LOG2E + log2f(s);
-#pragma unroll
-        for (int k = 0; k < K; k++)
-        {
-            const int q = first + (int)threadIdx.x + k * (int)blockDim.x;
-            if (q < end)
-            {
-                float v[N];
-                unpack16<T>(raw[k], v);
-#pragma unroll
-                for (int j = 0; j < N; j++) v[j] = fast_exp2(fmaf(v[j], LOG2E, -c)) * scale;
-                const int at = q * N;
-                if ((unsigned)(target - at) < (unsigned)N)
-#pragma unroll
-                    for (int j = 0; j < N; j++) if (at + j == target) v[j] -= scale;
-                store16(dl + at, v);
-            }
-        }
-        if (tail)
-        {
-            const float p = expf(tv - m) / s;
-            dl[ti] = from_f<T>((p - (ti == target ? 1.f : 0.f)) * scale);
-        }
-    }
-    cluster_wait();
 }
 
-// Four 16-byte vectors a thread in CTAs of up to 1,024 threads: a CTA holds up to 4,096 vectors (64 KiB, the registers of a
-// whole SM), so a cluster of 8 takes rows of up to 262,144 BF16 logits.
+template <typename T, int K> __device__ void cross_entropy_cluster_rows(const T* x0, i64 xs, const int* targets, float* losses,
+                                                                       T* dl0, i64 ds, i64 rows, int V, float scale)
+{
+    constexpr int N = Vec16<T>::N;
+    CLUSTER_SHARED_FLOATS(stats, 66);   // [0, 64): the warps' (max, sum); [64, 66): this CTA's, read by the others
+    const unsigned ctas = cluster_ctas(), rank = cluster_rank();
+    const i64 clusters = gridDim.x / ctas;
+    const int vecs = V / N, per = (vecs + (int)ctas - 1) / (int)ctas;
+    const int first = (int)rank * per, end = min(first + per, vecs);
+    const int ti = vecs * N + threadIdx.x;
+    const bool tail = rank == ctas - 1 && ti < V;   // at most N - 1 threads, one element each
+    i64 row = blockIdx.x / ctas;
+    Bytes16 cur[K], nxt[K];
+    if (row < rows) cluster_row_load<T, K>(cur, x0 + row * xs, first, end);
+    for (; row < rows; row += clusters)
+    {
+        const T* x = x0 + row * xs;
+        T* dl = dl0 ? dl0 + row * ds : nullptr;
+        if (row + clusters < rows) cluster_row_load<T, K>(nxt, x + clusters * xs, first, end);
+        const int target = targets[row];
+        if (target < 0)
+        {
+            if (rank == 0 && threadIdx.x == 0) losses[row] = 0.f;
+            if (dl)
+            {
+                float z[N];
+#pragma unroll
+                for (int j = 0; j < N; j++) z[j] = 0.f;
+                for (int q = first + threadIdx.x; q < end; q += blockDim.x) store16(dl + (i64)q * N, z);
+                if (tail) dl[ti] = from_f<T>(0.f);
+            }
+        }
+        else
+        {
+            const bool inRange = target < V;
+            // Read before the first cluster barrier: no CTA writes the gradient (which may alias x) before every CTA has arrived.
+            const float xt = rank == 0 && threadIdx.x == 0 && inRange ? to_f(x[target]) : 0.f;
+            const float tv = tail ? to_f(x[ti]) : NEG_INF;
+            float m = tv;
+#pragma unroll
+            for (int k = 0; k < K; k++)
+                if (first + (int)threadIdx.x + k * (int)blockDim.x < end)
+                {
+                    float a[N];
+                    unpack16<T>(cur[k], a);
+#pragma unroll
+                    for (int j = 0; j < N; j++) m = fmaxf(m, a[j]);
+                }
+            float s = 0.f;
+            if (m != NEG_INF)
+            {
+                const float ml = m * LOG2E;
+#pragma unroll
+                for (int k = 0; k < K; k++)
+                    if (first + (int)threadIdx.x + k * (int)blockDim.x < end)
+                    {
+                        float a[N];
+                        unpack16<T>(cur[k], a);
+#pragma unroll
+                        for (int j = 0; j < N; j++) s += fast_exp2(fmaf(a[j], LOG2E, -ml));
+                    }
+                if (tail) s += fast_exp2(fmaf(tv, LOG2E, -ml));
+            }
+            // The CTA's statistics: the warps', then warp order (deterministic), into stats[64, 66).
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+            {
+                const float m2 = __shfl_xor_sync(FULL_MASK, m, o), s2 = __shfl_xor_sync(FULL_MASK, s, o);
+                online_merge(m, s, m2, s2);
+            }
+            if ((threadIdx.x & 31) == 0) { stats[2 * (threadIdx.x >> 5)] = m; stats[2 * (threadIdx.x >> 5) + 1] = s; }
+            __syncthreads();
+            if (threadIdx.x == 0)
+            {
+                float bm = NEG_INF, bs = 0.f;
+                for (int w = 0; w < (int)(blockDim.x >> 5); w++) online_merge(bm, bs, stats[2 * w], stats[2 * w + 1]);
+                stats[64] = bm; stats[65] = bs;
+            }
+            cluster_arrive();   // release: stats[64, 66) and the row's reads of x come before any CTA of the row goes on
+            cluster_wait();
+            m = NEG_INF; s = 0.f;
+            for (unsigned r = 0; r < ctas; r++)
+            {
+                float rm, rs;
+                cluster_load2(stats + 64, r, rm, rs);
+                online_merge(m, s, rm, rs);
+            }
+            cluster_arrive();   // done reading the others' statistics; the wait below keeps this CTA's until they are too
+            if (rank == 0 && threadIdx.x == 0) losses[row] = inRange ? logf(s) + m - xt : QNAN;
+            if (dl)
+            {
+                const float c = m * LOG2E + log2f(s);
+#pragma unroll
+                for (int k = 0; k < K; k++)
+                {
+                    const int q = first + (int)threadIdx.x + k * (int)blockDim.x;
+                    if (q < end)
+                    {
+                        float v[N];
+                        unpack16<T>(cur[k], v);
+#pragma unroll
+                        for (int j = 0; j < N; j++) v[j] = fast_exp2(fmaf(v[j], LOG2E, -c)) * scale;
+                        const int at = q * N;
+                        if ((unsigned)(target - at) < (unsigned)N)
+#pragma unroll
+                            for (int j = 0; j < N; j++) if (at + j == target) v[j] -= scale;
+                        store16(dl + at, v);
+                    }
+                }
+                if (tail)
+                {
+                    const float p = expf(tv - m) / s;
+                    dl[ti] = from_f<T>((p - (ti == target ? 1.f : 0.f)) * scale);
+                }
+            }
+            cluster_wait();     // every CTA has read this row's statistics: the next row may overwrite them
+        }
+#pragma unroll
+        for (int k = 0; k < K; k++) cur[k] = nxt[k];
+    }
+}
+
+// Four 16-byte vectors a thread in CTAs of up to 1,024 threads: a CTA holds up to 4,096 vectors of a row, so a cluster of 8
+// takes rows of up to 262,144 BF16 logits.
 #define CROSS_ENTROPY_CLUSTERS(n, T)                                                                                    \
     extern "C" __global__ void __launch_bounds__(1024) cross_entropy_cluster_##n(                                     \
-        const T* x, i64 xs, const int* targets, float* losses, T* dl, i64 ds, int V, float scale)                     \
+        const T* x, i64 xs, const int* targets, float* losses, T* dl, i64 ds, i64 rows, int V, float scale)           \
     {                                                                                                                  \
-        cross_entropy_cluster_row<T, 4>(x, xs, targets, losses, dl, ds, V, scale);                                     \
+        cross_entropy_cluster_rows<T, 4>(x, xs, targets, losses, dl, ds, rows, V, scale);                              \
     }
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 FOR_FLOAT_TYPES(CROSS_ENTROPY_CLUSTERS)
