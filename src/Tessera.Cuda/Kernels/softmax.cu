@@ -135,6 +135,18 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
 // to keep DRAM busy. Rows and strides 16-byte aligned; a CTA's share of a row at most K * blockDim.x vectors. A negative
 // target ignores the row (loss 0, gradient 0; every CTA of the cluster skips the row's barriers), a target >= V gives a
 // NaN loss.
+// Merges the (max, sum) pairs of a warp's 32 lanes (sums relative to each lane's max; lanes without one hold (-inf, 0)) into
+// lane 0: the max over the lanes, then each sum rescaled to it and added in a fixed tree, so the bits depend only on the
+// pairs and their lanes. Every lane must call it.
+__device__ __forceinline__ void warp_merge_ordered(float& m, float& s)
+{
+    const float mm = warp_max(m);
+    float r = m == NEG_INF ? 0.f : s * fast_exp2((m - mm) * LOG2E);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) r += __shfl_down_sync(FULL_MASK, r, o);
+    m = mm; s = r;
+}
+
 template <typename T, int K> __device__ __forceinline__ void cluster_row_load(Bytes16 (&raw)[K], const T* x, int first, int end)
 {
 #pragma unroll
@@ -149,7 +161,7 @@ template <typename T, int K> __device__ void cross_entropy_cluster_rows(const T*
                                                                        T* dl0, i64 ds, i64 rows, int V, float scale)
 {
     constexpr int N = Vec16<T>::N;
-    CLUSTER_SHARED_FLOATS(stats, 66);   // [0, 64): the warps' (max, sum); [64, 66): this CTA's, read by the others
+    CLUSTER_SHARED_FLOATS(stats, 68);   // [0, 64): the warps' (max, sum); [64, 66): this CTA's, read by the others; [66, 68): the row's
     const unsigned ctas = cluster_ctas(), rank = cluster_rank();
     const i64 clusters = gridDim.x / ctas;
     const int vecs = V / N, per = (vecs + (int)ctas - 1) / (int)ctas;
@@ -183,6 +195,8 @@ template <typename T, int K> __device__ void cross_entropy_cluster_rows(const T*
             // Read before the first cluster barrier: no CTA writes the gradient (which may alias x) before every CTA has arrived.
             const float xt = rank == 0 && threadIdx.x == 0 && inRange ? to_f(x[target]) : 0.f;
             const float tv = tail ? to_f(x[ti]) : NEG_INF;
+            // The warp's max first, so that each thread sums against it and the warp's sum is a plain sum (no rescaling per
+            // thread); the warps' (max, sum) pairs are merged by warp 0, and the cluster's CTAs' pairs likewise (cluster_merge).
             float m = tv;
 #pragma unroll
             for (int k = 0; k < K; k++)
@@ -193,6 +207,7 @@ template <typename T, int K> __device__ void cross_entropy_cluster_rows(const T*
 #pragma unroll
                     for (int j = 0; j < N; j++) m = fmaxf(m, a[j]);
                 }
+            m = warp_max(m);
             float s = 0.f;
             if (m != NEG_INF)
             {
@@ -208,31 +223,29 @@ template <typename T, int K> __device__ void cross_entropy_cluster_rows(const T*
                     }
                 if (tail) s += fast_exp2(fmaf(tv, LOG2E, -ml));
             }
-            // The CTA's statistics: the warps', then warp order (deterministic), into stats[64, 66).
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1)
-            {
-                const float m2 = __shfl_xor_sync(FULL_MASK, m, o), s2 = __shfl_xor_sync(FULL_MASK, s, o);
-                online_merge(m, s, m2, s2);
-            }
+            s = warp_sum(s);
             if ((threadIdx.x & 31) == 0) { stats[2 * (threadIdx.x >> 5)] = m; stats[2 * (threadIdx.x >> 5) + 1] = s; }
             __syncthreads();
-            if (threadIdx.x == 0)
+            if (threadIdx.x < 32)
             {
-                float bm = NEG_INF, bs = 0.f;
-                for (int w = 0; w < (int)(blockDim.x >> 5); w++) online_merge(bm, bs, stats[2 * w], stats[2 * w + 1]);
-                stats[64] = bm; stats[65] = bs;
+                const int lane = threadIdx.x, warps = blockDim.x >> 5;
+                float wm = lane < warps ? stats[2 * lane] : NEG_INF, ws = lane < warps ? stats[2 * lane + 1] : 0.f;
+                warp_merge_ordered(wm, ws);
+                if (lane == 0) { stats[64] = wm; stats[65] = ws; }
             }
             cluster_arrive();   // release: stats[64, 66) and the row's reads of x come before any CTA of the row goes on
             cluster_wait();
-            m = NEG_INF; s = 0.f;
-            for (unsigned r = 0; r < ctas; r++)
+            if (threadIdx.x < 32)
             {
-                float rm, rs;
-                cluster_load2(stats + 64, r, rm, rs);
-                online_merge(m, s, rm, rs);
+                const int lane = threadIdx.x;
+                float cm = NEG_INF, cs = 0.f;
+                if (lane < (int)ctas) cluster_load2(stats + 64, lane, cm, cs);
+                warp_merge_ordered(cm, cs);
+                if (lane == 0) { stats[66] = cm; stats[67] = cs; }
             }
             cluster_arrive();   // done reading the others' statistics; the wait below keeps this CTA's until they are too
+            __syncthreads();
+            m = stats[66]; s = stats[67];
             if (rank == 0 && threadIdx.x == 0) losses[row] = inRange ? logf(s) + m - xt : QNAN;
             if (dl)
             {

@@ -62,9 +62,11 @@ template <typename T> T emu_shfl(T v, int src_lane_fn(int, int), int arg)
 inline int xor_lane(int lane, int o) { return lane ^ o; }
 inline int direct_lane(int, int src) { return src; }
 inline int up_lane(int lane, int d) { return lane >= d ? lane - d : lane; }
+inline int down_lane(int lane, int d) { return lane + d < 32 ? lane + d : lane; }
 template <typename T> T __shfl_xor_sync(unsigned, T v, int o, int = 32) { return emu_shfl<T>(v, xor_lane, o); }
 template <typename T> T __shfl_sync(unsigned, T v, int src, int = 32) { return emu_shfl<T>(v, direct_lane, src); }
 template <typename T> T __shfl_up_sync(unsigned, T v, unsigned d, int = 32) { return emu_shfl<T>(v, up_lane, (int)d); }
+template <typename T> T __shfl_down_sync(unsigned, T v, unsigned d, int = 32) { return emu_shfl<T>(v, down_lane, (int)d); }
 inline float atomicAdd(float* p, float v) { float o = *p; *p += v; return o; }
 inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }
 inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { unsigned o = *p; if (o == c) *p = v; return o; }
