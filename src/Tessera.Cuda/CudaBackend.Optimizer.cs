@@ -40,7 +40,7 @@ public sealed unsafe partial class CudaBackend
         if (staged == 0 && aligned == 1 && ClusterCrossEntropy(v, logits.DType) is { } cluster)
         {
             void** cargs = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &rows, &v, &scale };
-            LaunchCluster("softmax.cu", "cross_entropy_cluster_" + Suffix(logits.DType, op), rows, (uint)cluster.Ctas, (uint)cluster.Threads, cargs);
+            LaunchCluster("softmax.cu", $"cross_entropy_cluster_{Suffix(logits.DType, op)}_v{cluster.Vectors}", rows, (uint)cluster.Ctas, (uint)cluster.Threads, cargs);
             return;
         }
         void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned, &staged };
@@ -53,21 +53,23 @@ public sealed unsafe partial class CudaBackend
     /// <c>cross_entropy_cluster_row</c>), or null for the one-CTA kernel: <see cref="CudaBackendOptions.CrossEntropyClusterCtas"/>
     /// CTAs a row on compute capability 9.0 and later, each holding its share of the row's 16-byte vectors in registers.
     /// </summary>
-    private (int Ctas, int Threads)? ClusterCrossEntropy(int columns, DType dtype) =>
-        CudaDevice.ComputeCapability.Major >= 9 ? ClusterCrossEntropyShape(columns, dtype.SizeInBytes(), Options.CrossEntropyClusterCtas) : null;
+    private (int Ctas, int Vectors, int Threads)? ClusterCrossEntropy(int columns, DType dtype) =>
+        CudaDevice.ComputeCapability.Major >= 9
+            ? ClusterCrossEntropyShape(columns, dtype.SizeInBytes(), Options.CrossEntropyClusterCtas, Options.CrossEntropyClusterVectors) : null;
 
     /// <summary>
     /// The cluster cross-entropy's shape for rows of <paramref name="columns"/> elements of <paramref name="elementBytes"/>
-    /// bytes over <paramref name="ctas"/> CTAs (0: none): CTAs of whole warps whose threads hold four 16-byte vectors each
-    /// of a CTA's share of the row's vectors. Null when the share is under one warp's (small rows: the one-CTA kernel) or
-    /// past 4,096 vectors (1,024 threads).
+    /// bytes over <paramref name="ctas"/> CTAs (0: none), <paramref name="vectors"/> 16-byte vectors a thread (4 or 8, the
+    /// kernel's instantiations, in CTAs of at most 1,024 or 512 threads): CTAs of whole warps that cover a CTA's share of the
+    /// row's vectors. Null when the share is under one warp's worth (small rows: the one-CTA kernel) or past the largest CTA.
     /// </summary>
-    internal static (int Ctas, int Threads)? ClusterCrossEntropyShape(int columns, long elementBytes, int ctas)
+    internal static (int Ctas, int Vectors, int Threads)? ClusterCrossEntropyShape(int columns, long elementBytes, int ctas, int vectors)
     {
         if (ctas <= 0) return null;
-        long vectors = columns * elementBytes / 16, share = (vectors + ctas - 1) / ctas;
-        long threads = ((share + 3) / 4 + 31) / 32 * 32;
-        return share < 32 || threads > 1024 ? null : (ctas, (int)threads);
+        if (vectors is not (4 or 8)) throw new ArgumentOutOfRangeException(nameof(vectors), $"the cluster cross-entropy holds 4 or 8 vectors a thread, not {vectors}");
+        long count = columns * elementBytes / 16, share = (count + ctas - 1) / ctas;
+        long threads = ((share + vectors - 1) / vectors + 31) / 32 * 32;
+        return share < 32 || threads > 4096 / vectors ? null : (ctas, vectors, (int)threads);
     }
 
     /// <summary>

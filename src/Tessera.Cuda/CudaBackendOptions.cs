@@ -81,6 +81,12 @@ public sealed record CudaBackendOptions
     public int CrossEntropyClusterCtas { get; init; } = 8;
 
     /// <summary>
+    /// 16-byte vectors of a row that each thread of the cluster cross-entropy holds (<see cref="CrossEntropyClusterCtas"/>):
+    /// 4 (CTAs of up to 1,024 threads) or 8 (up to 512). Default 4.
+    /// </summary>
+    public int CrossEntropyClusterVectors { get; init; } = 4;
+
+    /// <summary>
     /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
     /// keeps the fastest, once per bucket of row counts (powers of two up to 256, then 256 rows wide, 2048 above 4096): the
     /// bucket's later row counts reuse its algorithm (a server's steps change their row count at every step); false keeps the heuristic's first answer everywhere (the same
@@ -290,6 +296,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: CrossEntropyThreadsPerRow ({t}) must be 128, 256, 512 or 1024, or unset to choose by the row's width");
         if (CrossEntropyClusterCtas is not (0 or 2 or 4 or 8))
             throw new ArgumentException($"CUDA backend options: CrossEntropyClusterCtas ({CrossEntropyClusterCtas}) must be 2, 4 or 8 CTAs a row, or 0 for one CTA a row");
+        if (CrossEntropyClusterVectors is not (4 or 8))
+            throw new ArgumentException($"CUDA backend options: CrossEntropyClusterVectors ({CrossEntropyClusterVectors}) must be 4 or 8 vectors a thread");
         if (CrossEntropyStagedBytes is < 0)
             throw new ArgumentException($"CUDA backend options: CrossEntropyStagedBytes ({CrossEntropyStagedBytes}) must be 0 (off) or positive, or unset for as much as fits");
         if (KernelCacheFolder is { } folder && string.IsNullOrWhiteSpace(folder))
@@ -333,6 +341,7 @@ public sealed record CudaBackendOptions
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
             parts.Add(CrossEntropyStagedBytes is { } staged ? Invariant($"{nameof(CrossEntropyStagedBytes)}={staged}") : $"{nameof(CrossEntropyStagedBytes)}=auto");
         if (CrossEntropyClusterCtas != d.CrossEntropyClusterCtas) parts.Add(Invariant($"{nameof(CrossEntropyClusterCtas)}={CrossEntropyClusterCtas}"));
+        if (CrossEntropyClusterVectors != d.CrossEntropyClusterVectors) parts.Add(Invariant($"{nameof(CrossEntropyClusterVectors)}={CrossEntropyClusterVectors}"));
         if (FusedBiasGradient != d.FusedBiasGradient) parts.Add($"{nameof(FusedBiasGradient)}={Bool(FusedBiasGradient)}");
         if (FusedGeluBiasGradient != d.FusedGeluBiasGradient) parts.Add($"{nameof(FusedGeluBiasGradient)}={Bool(FusedGeluBiasGradient)}");
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
@@ -392,6 +401,7 @@ public sealed record CudaBackendOptions
             CrossEntropyStagedBytes = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
         },
         [nameof(CrossEntropyClusterCtas)] = (o, v, s) => o with { CrossEntropyClusterCtas = ParseInt(v, s) },
+        [nameof(CrossEntropyClusterVectors)] = (o, v, s) => o with { CrossEntropyClusterVectors = ParseInt(v, s) },
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(MatMulSearch)] = (o, v, s) => o with { MatMulSearch = ParseEnum<MatMulCandidateSearch>(v, s) },
         [nameof(FusedBiasGradient)] = (o, v, s) => o with { FusedBiasGradient = ParseBool(v, s) },

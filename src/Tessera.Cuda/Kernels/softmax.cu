@@ -280,14 +280,16 @@ template <typename T, int K> __device__ void cross_entropy_cluster_rows(const T*
     }
 }
 
-// Four 16-byte vectors a thread in CTAs of up to 1,024 threads: a CTA holds up to 4,096 vectors of a row, so a cluster of 8
-// takes rows of up to 262,144 BF16 logits.
-#define CROSS_ENTROPY_CLUSTERS(n, T)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(1024) cross_entropy_cluster_##n(                                     \
+// K = 4 or 8 16-byte vectors a thread (twice that held with the next row's), in CTAs of up to 1,024 or 512 threads: a CTA
+// holds up to 4,096 vectors of a row, so a cluster of 8 takes rows of up to 262,144 BF16 logits. More vectors a thread
+// spread each row's fixed work (the target, the reductions, the barriers) over more elements, in fewer threads.
+#define CROSS_ENTROPY_CLUSTER(n, T, K, B)                                                                               \
+    extern "C" __global__ void __launch_bounds__(B) cross_entropy_cluster_##n##_v##K(                                 \
         const T* x, i64 xs, const int* targets, float* losses, T* dl, i64 ds, i64 rows, int V, float scale)           \
     {                                                                                                                  \
-        cross_entropy_cluster_rows<T, 4>(x, xs, targets, losses, dl, ds, rows, V, scale);                              \
+        cross_entropy_cluster_rows<T, K>(x, xs, targets, losses, dl, ds, rows, V, scale);                              \
     }
+#define CROSS_ENTROPY_CLUSTERS(n, T) CROSS_ENTROPY_CLUSTER(n, T, 4, 1024) CROSS_ENTROPY_CLUSTER(n, T, 8, 512)
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 FOR_FLOAT_TYPES(CROSS_ENTROPY_CLUSTERS)
 #endif

@@ -26,24 +26,30 @@ public sealed class CrossEntropyThreadsChoiceTests
 
 /// <summary>
 /// The cluster cross-entropy's shape (<see cref="CudaBackend.ClusterCrossEntropyShape"/>, no GPU needed): CTAs of whole warps
-/// whose threads hold four 16-byte vectors each of a CTA's share of the row; none for rows under a warp's vectors a CTA or
-/// past 4,096 vectors a CTA (1,024 threads).
+/// whose threads hold 4 or 8 16-byte vectors each of a CTA's share of the row; none for rows under a warp's worth of vectors a
+/// CTA or past 4,096 vectors a CTA (1,024 or 512 threads).
 /// </summary>
 public sealed class ClusterCrossEntropyShapeTests
 {
     [Theory]
-    [InlineData(50_257, 2, 8, 224)]        // gpt2-124m in BF16: 6,282 vectors, 786 a CTA, 197 threads rounded to warps
-    [InlineData(128_256, 2, 8, 512)]       // llama-3 in BF16: 16,032 vectors, 2,004 a CTA
-    [InlineData(32_000, 4, 4, 512)]        // F32: 8,000 vectors, 2,000 a CTA
-    [InlineData(262_144, 2, 8, 1024)]      // the widest row: 4,096 vectors a CTA
-    public void FourVectorsAThreadInWholeWarps(int columns, int elementBytes, int ctas, int threads) =>
-        Assert.Equal((ctas, threads), CudaBackend.ClusterCrossEntropyShape(columns, elementBytes, ctas));
+    [InlineData(50_257, 2, 8, 4, 224)]       // gpt2-124m in BF16: 6,282 vectors, 786 a CTA, 197 threads rounded to warps
+    [InlineData(50_257, 2, 8, 8, 128)]       // 99 threads
+    [InlineData(128_256, 2, 8, 4, 512)]      // llama-3 in BF16: 16,032 vectors, 2,004 a CTA
+    [InlineData(128_256, 2, 8, 8, 256)]
+    [InlineData(32_000, 4, 4, 4, 512)]       // F32: 8,000 vectors, 2,000 a CTA
+    [InlineData(262_144, 2, 8, 4, 1024)]     // the widest row: 4,096 vectors a CTA
+    [InlineData(262_144, 2, 8, 8, 512)]
+    public void WholeWarpsThatCoverTheShare(int columns, int elementBytes, int ctas, int vectors, int threads) =>
+        Assert.Equal((ctas, vectors, threads), CudaBackend.ClusterCrossEntropyShape(columns, elementBytes, ctas, vectors));
 
     [Theory]
-    [InlineData(50_257, 2, 0)]             // clusters off
-    [InlineData(1_000, 2, 8)]              // 125 vectors: 16 a CTA, under a warp
-    [InlineData(128_256, 2, 2)]            // 8,016 vectors a CTA: past 4,096
-    [InlineData(262_160, 2, 8)]            // 4,097 a CTA
-    public void NoClusterForSmallOrHugeRowsOrWhenOff(int columns, int elementBytes, int ctas) =>
-        Assert.Null(CudaBackend.ClusterCrossEntropyShape(columns, elementBytes, ctas));
+    [InlineData(50_257, 2, 0)]               // clusters off
+    [InlineData(1_000, 2, 8)]                // 125 vectors: 16 a CTA, under a warp
+    [InlineData(128_256, 2, 2)]              // 8,016 vectors a CTA: past 4,096
+    [InlineData(262_160, 2, 8)]              // 4,097 a CTA
+    public void NoClusterForSmallOrHugeRowsOrWhenOff(int columns, int elementBytes, int ctas)
+    {
+        Assert.Null(CudaBackend.ClusterCrossEntropyShape(columns, elementBytes, ctas, 4));
+        Assert.Null(CudaBackend.ClusterCrossEntropyShape(columns, elementBytes, ctas, 8));
+    }
 }

@@ -8,26 +8,28 @@ namespace Tessera.Tests.Cuda;
 /// The fused cross-entropy with a row shared by a thread-block cluster (<see cref="CudaBackendOptions.CrossEntropyClusterCtas"/>,
 /// compute capability 9.0): the row's logits read once into the CTAs' registers, the statistics merged through distributed
 /// shared memory, the gradient written from the registers. Against an F64 reference on the stored inputs, at each cluster size
-/// and with the one-CTA kernel (0), on GPT-2's padded rows (50,257 real logits 50,304 apart, the gradient over the logits as
+/// with 4 and 8 vectors a thread, and with the one-CTA kernel (0), on GPT-2's padded rows (50,257 real logits 50,304 apart, the gradient over the logits as
 /// the fused head writes it), Llama 3's 128,256, and the F32 and F16 instantiations; with an ignored row, a target in the last
 /// column and one past the vocabulary (NaN loss). The padding between rows must keep its values.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaCrossEntropyClusterTests(CudaFixture fixture) : CudaTestBase(fixture)
 {
-    public static TheoryData<string, int, int, int> Rows => new()
+    public static TheoryData<string, int, int, int, int> Rows => new()
     {
-        { "BF16", 50_257, 50_304, 8 },     // gpt2-124m's head: 6,282 vectors a row and a one-element tail
-        { "BF16", 50_257, 50_304, 2 },
-        { "BF16", 128_256, 128_256, 8 },   // llama-3's vocabulary: 2,004 vectors a CTA
-        { "BF16", 128_256, 128_256, 0 },   // the one-CTA kernel on the same rows
-        { "F32", 32_000, 32_000, 4 },      // llama-2's vocabulary, 4 logits a vector
-        { "F16", 50_304, 50_304, 8 },
+        { "BF16", 50_257, 50_304, 8, 4 },     // gpt2-124m's head: 6,282 vectors a row and a one-element tail
+        { "BF16", 50_257, 50_304, 8, 8 },
+        { "BF16", 50_257, 50_304, 2, 4 },
+        { "BF16", 128_256, 128_256, 8, 4 },   // llama-3's vocabulary: 2,004 vectors a CTA
+        { "BF16", 128_256, 128_256, 4, 8 },
+        { "BF16", 128_256, 128_256, 0, 4 },   // the one-CTA kernel on the same rows
+        { "F32", 32_000, 32_000, 4, 4 },      // llama-2's vocabulary, 4 logits a vector
+        { "F16", 50_304, 50_304, 8, 8 },
     };
 
     [Theory]
     [MemberData(nameof(Rows))]
-    public void LossAndGradientMatchTheReferenceWithTheRowSharedByACluster(string type, int v, int stride, int ctas)
+    public void LossAndGradientMatchTheReferenceWithTheRowSharedByACluster(string type, int v, int stride, int ctas, int vectors)
     {
         if (Gpu.CudaDevice.ComputeCapability.Major < 9 && ctas > 0)
             Assert.Skip($"thread-block clusters need compute capability 9.0; this device is {Gpu.CudaDevice.ComputeCapability}");
@@ -56,7 +58,7 @@ public sealed class CudaCrossEntropyClusterTests(CudaFixture fixture) : CudaTest
             for (int i = 0; i < v; i++) expectedGrad[r * stride + i] = (Math.Exp(row[i] - m) / s - (i == targets[r] ? 1 : 0)) * scale;
         }
 
-        using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyClusterCtas = ctas });
+        using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyClusterCtas = ctas, CrossEntropyClusterVectors = vectors });
         var storage = Upload(backend, values, dtype, rows, stride);
         var logits = stride == v ? storage : storage.Slice(1, 0, v);          // (rows, V) rows `stride` apart
         var t = backend.Allocate(new Shape(rows), DType.I32);
@@ -72,8 +74,8 @@ public sealed class CudaCrossEntropyClusterTests(CudaFixture fixture) : CudaTest
         Assert.Equal(0.0, gotLoss[1]);
         // Losses: f32 statistics over up to 128,256 terms with ex2.approx, ~1e-6 relative. Gradient: rounded to the dtype
         // (BF16 2^-9 relative; F32 1e-5 as for every F32 op).
-        AssertClose(expectedLoss, gotLoss, 1e-5, $"losses, {type} V={v}, clusters of {ctas}");
-        AssertClose(expectedGrad, gotGrad, Tolerance(dtype), $"gradient and padding, {type} V={v}, clusters of {ctas}");
+        AssertClose(expectedLoss, gotLoss, 1e-5, $"losses, {type} V={v}, clusters of {ctas}, {vectors} vectors a thread");
+        AssertClose(expectedGrad, gotGrad, Tolerance(dtype), $"gradient and padding, {type} V={v}, clusters of {ctas}, {vectors} vectors a thread");
         for (int i = 0; i < v; i++) Assert.Equal(0.0, gotGrad[stride + i]);
         for (int r = 0; r < rows; r++)
             for (int i = v; i < stride; i++) Assert.Equal(3.0, gotGrad[r * stride + i]);

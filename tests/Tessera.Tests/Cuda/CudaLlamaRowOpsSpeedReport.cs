@@ -13,8 +13,8 @@ namespace Tessera.Tests.Cuda;
 /// bytes are what it must move at least; its floor is those bytes at the copy's rate. The cross-entropy runs with its row
 /// staged in shared memory (as much as fits), with 96 KiB staged (two blocks per SM) and without staging, each on its own
 /// backend with one CTA a row; then without staging at 128, 256, 512 and 1024 threads a row, and with the row shared by a
-/// cluster of 2, 4 or 8 CTAs (the default 8), at llama-1b's width and at GPT-2's (5,048 rows of 50,257 logits in rows padded
-/// to 50,304). Runs only when TESSERA_CUDA_TIMINGS=1; CUDA events around 20 repetitions
+/// cluster of 2, 4 or 8 CTAs whose threads hold 4 or 8 vectors each, at llama-1b's width and at GPT-2's (5,048 rows of 50,257
+/// logits in rows padded to 50,304). Runs only when TESSERA_CUDA_TIMINGS=1; CUDA events around 20 repetitions
 /// after 3 warm-ups, median. Not a test of speed: it fails only when an op is 10x slower than its floor (a broken launch, not a slow one).
 /// </summary>
 [Collection("cuda")]
@@ -68,18 +68,23 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
         // Threads per row of the one-CTA kernel (no staging), then the cluster kernel at 2, 4 and 8 CTAs a row (the default 8):
         // the llama-1b chunk, and GPT-2's (5,048 rows of the 50,257 real logits in rows padded to 50,304, as the fused head
         // passes them).
-        var variants = new[] { 128, 256, 512, 1024 }.Select(n => (Threads: n, Ctas: 0)).Concat(new[] { 2, 4, 8 }.Select(n => (Threads: 0, Ctas: n)));
+        var variants = new[] { 128, 256, 512, 1024 }.Select(n => (Threads: n, Ctas: 0, Vectors: 4))
+            .Concat(new[] { (0, 2, 4), (0, 4, 4), (0, 8, 4), (0, 4, 8), (0, 8, 8) });
         foreach (var (label, chunkRows, width, real) in new[] { ("llama-1b", chunk, vocab, vocab), ("gpt2-124m", 5048, 50_304, 50_257) })
-            foreach (var (threads, ctas) in variants)
+            foreach (var (threads, ctas, vectors) in variants)
             {
-                var options = new CudaBackendOptions { CrossEntropyThreadsPerRow = threads > 0 ? threads : null, CrossEntropyClusterCtas = ctas };
+                var options = new CudaBackendOptions
+                {
+                    CrossEntropyThreadsPerRow = threads > 0 ? threads : null, CrossEntropyClusterCtas = ctas, CrossEntropyClusterVectors = vectors,
+                };
                 using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, options);
                 var padded = Filled(backend, new Shape(chunkRows, width), 0.5);
                 var logits = padded.Slice(1, 0, real);
                 var targets = backend.Allocate(new Shape(chunkRows), DType.I32);
                 backend.CopyFromHost<int>(Enumerable.Range(0, chunkRows).Select(i => i * 7919 % real).ToArray(), targets);
                 var losses = backend.Allocate(new Shape(chunkRows), DType.F32);
-                string kernel = ctas > 0 ? $"clusters of {ctas} CTAs{(ctas == CudaBackendOptions.Default.CrossEntropyClusterCtas ? ", the default" : "")}"
+                var defaults = CudaBackendOptions.Default;
+                string kernel = ctas > 0 ? $"clusters of {ctas} CTAs, {vectors} vectors a thread{(ctas == defaults.CrossEntropyClusterCtas && vectors == defaults.CrossEntropyClusterVectors ? ", the default" : "")}"
                     : $"one CTA of {threads} threads{(CudaBackend.CrossEntropyThreads(real) == threads ? " (the one-CTA default)" : "")}";
                 rows.Add(($"cross-entropy in place, {label} ({chunkRows} x {real}), {kernel}", 2.0 * chunkRows * real * 2,
                     MedianMs(backend, () => backend.CrossEntropy(logits, targets, losses, logits, 1.0 / chunkRows))));

@@ -27,8 +27,9 @@ public sealed class KernelEmulationTests
              "rope_append rows=11 H=8 K=2 D=16 qkv", "rope_append rows=11 H=8 K=2 D=16 pool", "rope_append rows=6 H=2 K=2 D=8 qkv", "rope_append rows=6 H=2 K=2 D=8 pool",
              "column_reduce rows=1056 C=40 warps=32", "column_reduce rows=37 C=20 warps=2",
              "cross_entropy V=1000 staged=250 = unstaged", "cross_entropy V=1000 staged=37 grad", "cross_entropy V=1003 staged=100 loss",
-             "cross_entropy_cluster V=1000 xs=1000 ctas=4 clusters=5 grad", "cross_entropy_cluster V=1003 xs=1008 ctas=4 clusters=2 loss",
-             "cross_entropy_cluster V=1003 ctas=4 = one CTA", "cross_entropy_cluster V=40 xs=40 ctas=8 clusters=1 grad", "target = V gives a NaN loss"]);
+             "cross_entropy_cluster V=1000 xs=1000 ctas=4 clusters=5 v4 grad", "cross_entropy_cluster V=1003 xs=1008 ctas=4 clusters=2 v4 loss",
+             "cross_entropy_cluster V=1003 ctas=4 = one CTA", "cross_entropy_cluster V=40 xs=40 ctas=8 clusters=1 v4 grad",
+             "cross_entropy_cluster V=2003 xs=2008 ctas=2 clusters=2 v8 grad", "target = V gives a NaN loss"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

@@ -216,12 +216,12 @@ static void cross_entropy(int rows, int v, int staged, unsigned block)
     if (!same) failures++;
 }
 
-// The cross-entropy with each row split over a cluster of `ctas` CTAs (cross_entropy_cluster_f32), `clusters` clusters
+// The cross-entropy with each row split over a cluster of `ctas` CTAs (cross_entropy_cluster_f32_v4 or _v8: `vectors` a thread), `clusters` clusters
 // walking the 5 rows (the next row's vectors loaded ahead), the gradient written over the logits, rows `xs` apart: against
 // the double reference (1e-5, as above) and within 1e-6 of the one-CTA kernel (only the order of the f32 sums differs).
 // Row 1 is ignored (loss 0, gradient 0), row 2's target is V - 1 (the scalar tail when V % 4 != 0), row 3's is V (loss NaN).
 // The padding between rows must stay untouched.
-static void cross_entropy_cluster(int v, int xs, unsigned ctas, unsigned block, unsigned clusters)
+static void cross_entropy_cluster(int v, int xs, unsigned ctas, unsigned block, unsigned clusters, int vectors)
 {
     const int rows = 5;
     std::mt19937 rng(23 + v + (int)ctas); std::uniform_real_distribution<float> u(-4, 4);
@@ -238,7 +238,8 @@ static void cross_entropy_cluster(int v, int xs, unsigned ctas, unsigned block, 
         long long s = xs; int V = v, aligned = xs % 4 == 0 ? 1 : 0, S = 0; float scale = 0.5f;
         if (!cluster) emu_launch(rows, 64, [&] { cross_entropy_f32(x, s, targets.data(), l, x, s, V, scale, aligned, S); });
         long long R = rows;
-        if (cluster) emu_launch_cluster(clusters * ctas, ctas, block, [&] { cross_entropy_cluster_f32(x, s, targets.data(), l, x, s, R, V, scale); });
+        if (cluster && vectors == 4) emu_launch_cluster(clusters * ctas, ctas, block, [&] { cross_entropy_cluster_f32_v4(x, s, targets.data(), l, x, s, R, V, scale); });
+        if (cluster && vectors == 8) emu_launch_cluster(clusters * ctas, ctas, block, [&] { cross_entropy_cluster_f32_v8(x, s, targets.data(), l, x, s, R, V, scale); });
         grad.assign(x, x + rows * (size_t)xs); loss.assign(l, l + rows);
     };
     std::vector<float> g0, l0, g1, l1;
@@ -258,10 +259,10 @@ static void cross_entropy_cluster(int v, int xs, unsigned ctas, unsigned block, 
     char name[112];
     bool nan = std::isnan(l1[3]);
     l1[3] = 0; el[3] = 0;
-    snprintf(name, sizeof name, "cross_entropy_cluster V=%d xs=%d ctas=%u clusters=%u loss", v, xs, ctas, clusters); check(name, el, l1.data(), rows, 1e-5);
+    snprintf(name, sizeof name, "cross_entropy_cluster V=%d xs=%d ctas=%u clusters=%u v%d loss", v, xs, ctas, clusters, vectors); check(name, el, l1.data(), rows, 1e-5);
     printf("%-40s %s\n", "  target = V gives a NaN loss", nan ? "ok" : "FAIL");
     if (!nan) failures++;
-    snprintf(name, sizeof name, "cross_entropy_cluster V=%d xs=%d ctas=%u clusters=%u grad", v, xs, ctas, clusters); check(name, eg, g1.data(), g1.size(), 1e-5);
+    snprintf(name, sizeof name, "cross_entropy_cluster V=%d xs=%d ctas=%u clusters=%u v%d grad", v, xs, ctas, clusters, vectors); check(name, eg, g1.data(), g1.size(), 1e-5);
     std::vector<double> one(g0.begin(), g0.end());
     snprintf(name, sizeof name, "cross_entropy_cluster V=%d ctas=%u = one CTA", v, ctas); check(name, one, g1.data(), g1.size(), 1e-6);
 }
@@ -287,9 +288,10 @@ int main()
     cross_entropy(3, 1000, 250, 64);       // the whole row staged (250 vectors, 64 threads: pairs, then a single vector)
     cross_entropy(3, 1000, 37, 64);        // part of it: the rest read twice
     cross_entropy(3, 1003, 100, 32);       // unaligned: staging does not apply, the scalar path (same bits)
-    cross_entropy_cluster(1000, 1000, 4, 32, 5);   // 250 vectors: 63 a CTA (the last 61), two a thread; a cluster a row
-    cross_entropy_cluster(1003, 1008, 4, 64, 2);   // a 3-element tail on the last CTA; rows 1008 apart, padding kept; 3 and 2 rows a cluster
-    cross_entropy_cluster(40, 40, 8, 32, 1);       // 10 vectors over 8 CTAs: the last three CTAs hold none; one cluster walks all rows
+    cross_entropy_cluster(1000, 1000, 4, 32, 5, 4);   // 250 vectors: 63 a CTA (the last 61), two a thread; a cluster a row
+    cross_entropy_cluster(1003, 1008, 4, 64, 2, 4);   // a 3-element tail on the last CTA; rows 1008 apart, padding kept; 3 and 2 rows a cluster
+    cross_entropy_cluster(40, 40, 8, 32, 1, 4);       // 10 vectors over 8 CTAs: the last three CTAs hold none; one cluster walks all rows
+    cross_entropy_cluster(2003, 2008, 2, 32, 2, 8);   // 8 vectors a thread: 251 a CTA in 32 threads (the last vector of a thread partly used)
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
