@@ -51,10 +51,11 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// The cluster form of the fused cross-entropy for rows of <paramref name="columns"/> logits (softmax.cu,
     /// <c>cross_entropy_cluster_row</c>), or null for the one-CTA kernel: <see cref="CudaBackendOptions.CrossEntropyClusterCtas"/>
-    /// CTAs a row on compute capability 9.0 and later, each holding its share of the row's 16-byte vectors in registers.
+    /// CTAs a row on compute capability 9.0 and later, each holding its share of the row's 16-byte vectors in registers, for
+    /// rows of at least <see cref="CudaBackendOptions.CrossEntropyClusterMinRowBytes"/>.
     /// </summary>
     private (int Ctas, int Vectors, int Threads)? ClusterCrossEntropy(int columns, DType dtype) =>
-        CudaDevice.ComputeCapability.Major >= 9
+        CudaDevice.ComputeCapability.Major >= 9 && (long)columns * dtype.SizeInBytes() >= Options.CrossEntropyClusterMinRowBytes
             ? ClusterCrossEntropyShape(columns, dtype.SizeInBytes(), Options.CrossEntropyClusterCtas, Options.CrossEntropyClusterVectors) : null;
 
     /// <summary>

@@ -75,16 +75,25 @@ public sealed record CudaBackendOptions
     /// CTAs of the thread-block cluster that shares one row of the fused cross-entropy (compute capability 9.0 and later):
     /// each CTA holds its share of the row's logits in registers, so the row is read once and its gradient written once, and
     /// the CTAs merge their softmax statistics through distributed shared memory. 2, 4 or 8; 0 runs the one-CTA-a-row kernel
-    /// (which reads a row twice). Applies to rows whose starts and strides are 16-byte aligned and whose 16-byte vectors fill
-    /// at least one warp a CTA, with <see cref="CrossEntropyStagedBytes"/> at 0. Default 8.
+    /// (which reads a row twice, the second time mostly from L2 while the rows in flight fit there). Applies to rows of at
+    /// least <see cref="CrossEntropyClusterMinRowBytes"/> whose starts and strides are 16-byte aligned, with
+    /// <see cref="CrossEntropyStagedBytes"/> at 0. Default 8. On the H200 (session 19, the kernel alone): llama-1b's chunk of
+    /// 2,048 x 128,256 BF16 logits 369 us against 424 for the one-CTA kernel; gpt2-124m's 5,048 x 50,257, 363 against 349.
     /// </summary>
     public int CrossEntropyClusterCtas { get; init; } = 8;
 
     /// <summary>
-    /// 16-byte vectors of a row that each thread of the cluster cross-entropy holds (<see cref="CrossEntropyClusterCtas"/>):
-    /// 4 (CTAs of up to 1,024 threads) or 8 (up to 512). Default 4.
+    /// The narrowest row, in bytes, that the cluster cross-entropy takes (<see cref="CrossEntropyClusterCtas"/>); narrower rows
+    /// run the one-CTA kernel, which is faster while the rows its resident CTAs read twice fit in L2. Default 131,072 (128 KiB:
+    /// Llama 3's 128,256 BF16 logits, 250 KiB, take the cluster; GPT-2's 50,257, 98 KiB, do not). 0: every row wide enough.
     /// </summary>
-    public int CrossEntropyClusterVectors { get; init; } = 4;
+    public int CrossEntropyClusterMinRowBytes { get; init; } = 128 * 1024;
+
+    /// <summary>
+    /// 16-byte vectors of a row that each thread of the cluster cross-entropy holds (<see cref="CrossEntropyClusterCtas"/>):
+    /// 4 (CTAs of up to 1,024 threads) or 8 (up to 512). Default 8 (H200, llama-1b's chunk: 369 us against 390 at 4).
+    /// </summary>
+    public int CrossEntropyClusterVectors { get; init; } = 8;
 
     /// <summary>
     /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
@@ -296,6 +305,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: CrossEntropyThreadsPerRow ({t}) must be 128, 256, 512 or 1024, or unset to choose by the row's width");
         if (CrossEntropyClusterCtas is not (0 or 2 or 4 or 8))
             throw new ArgumentException($"CUDA backend options: CrossEntropyClusterCtas ({CrossEntropyClusterCtas}) must be 2, 4 or 8 CTAs a row, or 0 for one CTA a row");
+        if (CrossEntropyClusterMinRowBytes < 0)
+            throw new ArgumentException($"CUDA backend options: CrossEntropyClusterMinRowBytes ({CrossEntropyClusterMinRowBytes}) must be 0 or positive");
         if (CrossEntropyClusterVectors is not (4 or 8))
             throw new ArgumentException($"CUDA backend options: CrossEntropyClusterVectors ({CrossEntropyClusterVectors}) must be 4 or 8 vectors a thread");
         if (CrossEntropyStagedBytes is < 0)
@@ -341,6 +352,7 @@ public sealed record CudaBackendOptions
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
             parts.Add(CrossEntropyStagedBytes is { } staged ? Invariant($"{nameof(CrossEntropyStagedBytes)}={staged}") : $"{nameof(CrossEntropyStagedBytes)}=auto");
         if (CrossEntropyClusterCtas != d.CrossEntropyClusterCtas) parts.Add(Invariant($"{nameof(CrossEntropyClusterCtas)}={CrossEntropyClusterCtas}"));
+        if (CrossEntropyClusterMinRowBytes != d.CrossEntropyClusterMinRowBytes) parts.Add(Invariant($"{nameof(CrossEntropyClusterMinRowBytes)}={CrossEntropyClusterMinRowBytes}"));
         if (CrossEntropyClusterVectors != d.CrossEntropyClusterVectors) parts.Add(Invariant($"{nameof(CrossEntropyClusterVectors)}={CrossEntropyClusterVectors}"));
         if (FusedBiasGradient != d.FusedBiasGradient) parts.Add($"{nameof(FusedBiasGradient)}={Bool(FusedBiasGradient)}");
         if (FusedGeluBiasGradient != d.FusedGeluBiasGradient) parts.Add($"{nameof(FusedGeluBiasGradient)}={Bool(FusedGeluBiasGradient)}");
@@ -401,6 +413,7 @@ public sealed record CudaBackendOptions
             CrossEntropyStagedBytes = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
         },
         [nameof(CrossEntropyClusterCtas)] = (o, v, s) => o with { CrossEntropyClusterCtas = ParseInt(v, s) },
+        [nameof(CrossEntropyClusterMinRowBytes)] = (o, v, s) => o with { CrossEntropyClusterMinRowBytes = ParseInt(v, s) },
         [nameof(CrossEntropyClusterVectors)] = (o, v, s) => o with { CrossEntropyClusterVectors = ParseInt(v, s) },
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(MatMulSearch)] = (o, v, s) => o with { MatMulSearch = ParseEnum<MatMulCandidateSearch>(v, s) },

@@ -58,7 +58,7 @@ public sealed class CudaCrossEntropyClusterTests(CudaFixture fixture) : CudaTest
             for (int i = 0; i < v; i++) expectedGrad[r * stride + i] = (Math.Exp(row[i] - m) / s - (i == targets[r] ? 1 : 0)) * scale;
         }
 
-        using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyClusterCtas = ctas, CrossEntropyClusterVectors = vectors });
+        using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyClusterCtas = ctas, CrossEntropyClusterVectors = vectors, CrossEntropyClusterMinRowBytes = 0 });
         var storage = Upload(backend, values, dtype, rows, stride);
         var logits = stride == v ? storage : storage.Slice(1, 0, v);          // (rows, V) rows `stride` apart
         var t = backend.Allocate(new Shape(rows), DType.I32);

@@ -65,7 +65,7 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
             logits.Storage.Dispose();
         }
 
-        // Threads per row of the one-CTA kernel (no staging), then the cluster kernel at 2, 4 and 8 CTAs a row (the default 8):
+        // Threads per row of the one-CTA kernel (no staging), then the cluster kernel at 2, 4 and 8 CTAs a row of 4 or 8 vectors a thread:
         // the llama-1b chunk, and GPT-2's (5,048 rows of the 50,257 real logits in rows padded to 50,304, as the fused head
         // passes them).
         var variants = new[] { 128, 256, 512, 1024 }.Select(n => (Threads: n, Ctas: 0, Vectors: 4))
@@ -76,6 +76,7 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
                 var options = new CudaBackendOptions
                 {
                     CrossEntropyThreadsPerRow = threads > 0 ? threads : null, CrossEntropyClusterCtas = ctas, CrossEntropyClusterVectors = vectors,
+                    CrossEntropyClusterMinRowBytes = 0,
                 };
                 using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, options);
                 var padded = Filled(backend, new Shape(chunkRows, width), 0.5);
@@ -84,7 +85,7 @@ public sealed class CudaLlamaRowOpsSpeedReport(CudaFixture fixture) : CudaTestBa
                 backend.CopyFromHost<int>(Enumerable.Range(0, chunkRows).Select(i => i * 7919 % real).ToArray(), targets);
                 var losses = backend.Allocate(new Shape(chunkRows), DType.F32);
                 var defaults = CudaBackendOptions.Default;
-                string kernel = ctas > 0 ? $"clusters of {ctas} CTAs, {vectors} vectors a thread{(ctas == defaults.CrossEntropyClusterCtas && vectors == defaults.CrossEntropyClusterVectors ? ", the default" : "")}"
+                string kernel = ctas > 0 ? $"clusters of {ctas} CTAs, {vectors} vectors a thread{(ctas == defaults.CrossEntropyClusterCtas && vectors == defaults.CrossEntropyClusterVectors ? ", the default shape" : "")}"
                     : $"one CTA of {threads} threads{(CudaBackend.CrossEntropyThreads(real) == threads ? " (the one-CTA default)" : "")}";
                 rows.Add(($"cross-entropy in place, {label} ({chunkRows} x {real}), {kernel}", 2.0 * chunkRows * real * 2,
                     MedianMs(backend, () => backend.CrossEntropy(logits, targets, losses, logits, 1.0 / chunkRows))));
