@@ -125,6 +125,97 @@ public sealed unsafe partial class CudaBackend
         Launch("adamw.cu", (vec4 ? "adamw_vec4_" : "adamw_") + Suffix(gradients.DType, op), GridFor(vec4 ? n / 4 : n), Threads, args);
     }
 
+    /// <summary>
+    /// <see cref="IBackend.AdamWRanges"/> in one launch (<c>adamw_items</c>) over a table of work items of at most
+    /// <see cref="AdamWItemElements"/> elements each, made once per range list and kept on the device; bitwise the per-range
+    /// <see cref="AdamW"/> launches. Falls back to them when an offset, a length or a pointer rules out 16-byte access.
+    /// </summary>
+    public void AdamWRanges(Tensor parameters, Tensor gradients, Tensor m, Tensor v, IReadOnlyList<AdamWRange> ranges, in AdamWStep step,
+        Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null)
+    {
+        const string op = "AdamWRanges";
+        AdamWRange.Validate(ranges, parameters.NumElements);
+        RequireDType(op, "parameters", parameters, DType.F32);
+        RequireDType(op, "m", m, DType.F32);
+        RequireDType(op, "v", v, DType.F32);
+        RequireContiguous(op, "parameters", parameters);
+        long n = parameters.NumElements;
+        foreach (var (t, name) in new[] { (gradients, "gradients"), (m, "m"), (v, "v"), (lowPrecisionCopy, "lowPrecisionCopy") })
+        {
+            if (t is null) continue;
+            RequireContiguous(op, name, t);
+            if (t.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must have {n} elements like parameters {parameters.Shape}");
+        }
+        int lowKind = lowPrecisionCopy?.DType switch
+        {
+            null => 0,
+            DType.BF16 => 1,
+            DType.F16 => 2,
+            var other => throw new ArgumentException($"CudaBackend.{op}: lowPrecisionCopy must be BF16 or F16, got {other}"),
+        };
+        RequireNormAndStep(op, gradSumOfSquares, step);
+        ulong pp = Ptr(parameters), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), plow = PtrOrNull(lowPrecisionCopy), pss = PtrOrNull(gradSumOfSquares);
+        long gradBytes = gradients.DType.SizeInBytes(), lowBytes = lowPrecisionCopy?.DType.SizeInBytes() ?? 2;
+        bool vec4 = pp % 16 == 0 && pm % 16 == 0 && pv % 16 == 0 && pg % (ulong)(4 * gradBytes) == 0 && plow % (ulong)(4 * lowBytes) == 0
+            && ranges.All(r => r.Offset % 4 == 0 && r.Length % 4 == 0);
+        if (!vec4)
+        {
+            foreach (var r in ranges)
+            {
+                if (r.Length == 0) continue;
+                var shape = new Shape((int)r.Length);
+                Tensor Part(Tensor t) => t.Narrow(r.Offset, shape);
+                AdamW(Part(parameters), Part(gradients), Part(m), Part(v), step with { WeightDecay = r.WeightDecay ? step.WeightDecay : 0.0 },
+                    gradSumOfSquares, lowPrecisionCopy is null ? null : Part(lowPrecisionCopy));
+            }
+            return;
+        }
+        var (table, items) = AdamWItemTable(ranges);
+        if (items == 0) return;
+        var k = new AdamWScalars(step);
+        void** args = stackalloc void*[] { &table, &items, &pp, &pg, &pm, &pv, &plow, &lowKind, &k.Lr, &k.B1, &k.OneMinusB1, &k.B2, &k.OneMinusB2,
+            &k.Eps, &k.Wd, &k.C1, &k.C2, &pss, &k.MaxNorm };
+        Launch("adamw.cu", "adamw_items_" + Suffix(gradients.DType, op), (uint)Math.Min(items, CudaDevice.MultiprocessorCount * 16), Threads, args);
+    }
+
+    /// <summary>Elements of one work item of <see cref="AdamWRanges"/> (a multiple of 4): 16 vectors of 4 for each of 256 threads.</summary>
+    internal const long AdamWItemElements = 16 * 4 * 256;
+
+    /// <summary>
+    /// The work items (first element; element count times 2, plus 1 when decayed) that cover <paramref name="ranges"/> in
+    /// pieces of at most <see cref="AdamWItemElements"/>, empty ranges skipped.
+    /// </summary>
+    internal static long[] AdamWItems(IReadOnlyList<AdamWRange> ranges)
+    {
+        var items = new List<long>();
+        foreach (var r in ranges)
+            for (long at = r.Offset, end = r.Offset + r.Length; at < end; at += AdamWItemElements)
+            {
+                long count = Math.Min(AdamWItemElements, end - at);
+                items.Add(at);
+                items.Add(count * 2 + (r.WeightDecay ? 1 : 0));
+            }
+        return [.. items];
+    }
+
+    /// <summary>The device copy of <see cref="AdamWItems"/> for this range list (made on first use, kept), and its item count.</summary>
+    private (ulong Table, int Items) AdamWItemTable(IReadOnlyList<AdamWRange> ranges)
+    {
+        string key = string.Join(";", ranges.Select(r => $"{r.Offset},{r.Length},{(r.WeightDecay ? 1 : 0)}"));
+        if (!_adamwTables.TryGetValue(key, out var known))
+        {
+            var items = AdamWItems(ranges);
+            // The table's 64-bit values travel as pairs of I32 words (little-endian), the tensor types having no I64.
+            var words = System.Runtime.InteropServices.MemoryMarshal.Cast<long, int>(items).ToArray();
+            var table = Allocate(new Shape(Math.Max(words.Length, 2)), DType.I32);
+            if (words.Length > 0) CopyFromHost<int>(words, table.Narrow(0, new Shape(words.Length)));
+            _adamwTables[key] = known = (table, items.Length / 2);
+        }
+        return (Ptr(known.Table), known.Items);
+    }
+
+    private readonly Dictionary<string, (Tensor Table, int Items)> _adamwTables = new();
+
     /// <summary>The optional gradient sum of squares is one F32 value, and the step count starts at 1.</summary>
     private static void RequireNormAndStep(string op, Tensor? gradSumOfSquares, in AdamWStep step)
     {

@@ -330,6 +330,26 @@ public interface IBackend
         Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null);
 
     /// <summary>
+    /// <see cref="AdamW"/> over several <paramref name="ranges"/> of the same flat (n) arrays at once: each range's elements
+    /// updated exactly as one <see cref="AdamW"/> call on its slices would, with <paramref name="step"/>'s weight decay where
+    /// the range has <see cref="AdamWRange.WeightDecay"/> and 0 elsewhere. Ranges are sorted, disjoint and within the arrays.
+    /// A backend may do it in one launch (the CUDA backend does); this default calls <see cref="AdamW"/> range by range.
+    /// </summary>
+    void AdamWRanges(Tensor parameters, Tensor gradients, Tensor m, Tensor v, IReadOnlyList<AdamWRange> ranges, in AdamWStep step,
+        Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null)
+    {
+        AdamWRange.Validate(ranges, parameters.NumElements);
+        foreach (var r in ranges)
+        {
+            if (r.Length == 0) continue;
+            var shape = new Shape((int)r.Length);
+            Tensor Part(Tensor t) => t.Narrow(r.Offset, shape);
+            AdamW(Part(parameters), Part(gradients), Part(m), Part(v), step with { WeightDecay = r.WeightDecay ? step.WeightDecay : 0.0 },
+                gradSumOfSquares, lowPrecisionCopy is null ? null : Part(lowPrecisionCopy));
+        }
+    }
+
+    /// <summary>
     /// <see cref="AdamW"/> over split F32 masters (<see cref="SplitMasters"/>): each master is joined from its BF16 high half
     /// <paramref name="values"/> (what layers read) and its 16-bit low word <paramref name="lowWords"/>, updated with exactly
     /// <see cref="AdamW"/>'s operations, and split back into both. The joined masters, m and v are bitwise those of

@@ -44,34 +44,59 @@ template <typename G> __device__ void adamw(float* p, const G* g, float* m, floa
 // so the results are bitwise those of the scalar kernel.
 template <typename G> struct alignas(4 * sizeof(G)) G4 { G e[4]; };
 struct alignas(16) f32x4 { float x, y, z, w; };
+// Elements i .. i + 3 of adamw_vec4 (below) and adamw_items: i a multiple of 4, p, m, v 16-byte aligned, g and low aligned to
+// 4 of their elements.
+template <typename G> __device__ __forceinline__ void adamw_vec4_at(i64 i, float* p, const G* g, float* m, float* v, void* low,
+    int lowKind, float lr, float b1, float ob1, float b2, float ob2, float eps, float wd, float c1, float c2, float clip)
+{
+    f32x4 pq = *reinterpret_cast<const f32x4*>(p + i), mq = *reinterpret_cast<const f32x4*>(m + i), vq = *reinterpret_cast<const f32x4*>(v + i);
+    const G4<G> gq = *reinterpret_cast<const G4<G>*>(g + i);
+    float* pe = &pq.x; float* me = &mq.x; float* ve = &vq.x;
+#pragma unroll
+    for (int j = 0; j < 4; j++) pe[j] = adamw_one(mul_rn(to_f(gq.e[j]), clip), me[j], ve[j], pe[j], b1, ob1, b2, ob2, lr, eps, wd, c1, c2);
+    *reinterpret_cast<f32x4*>(p + i) = pq; *reinterpret_cast<f32x4*>(m + i) = mq; *reinterpret_cast<f32x4*>(v + i) = vq;
+    if (lowKind == 1)
+    {
+        G4<bf16> o;
+#pragma unroll
+        for (int j = 0; j < 4; j++) o.e[j] = from_f<bf16>(pe[j]);
+        *reinterpret_cast<uint2*>((bf16*)low + i) = *reinterpret_cast<const uint2*>(&o);
+    }
+    else if (lowKind == 2)
+    {
+        G4<f16> o;
+#pragma unroll
+        for (int j = 0; j < 4; j++) o.e[j] = from_f<f16>(pe[j]);
+        *reinterpret_cast<uint2*>((f16*)low + i) = *reinterpret_cast<const uint2*>(&o);
+    }
+}
+
 template <typename G> __device__ void adamw_vec4(float* p, const G* g, float* m, float* v, void* low, int lowKind, i64 n,
                                                  float lr, float b1, float ob1, float b2, float ob2, float eps, float wd,
                                                  float c1, float c2, const float* sumsq, float maxNorm)
 {
     const float clip = adamw_clip(sumsq, maxNorm);
-    GRID_STRIDE(q, n / 4)
+    GRID_STRIDE(q, n / 4) adamw_vec4_at<G>(q * 4, p, g, m, v, low, lowKind, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, clip);
+}
+
+// Several ranges of the same flat arrays in one launch (IBackend.AdamWRanges: the parameter arena's runs of decayed and
+// undecayed parameters, 98 launches a step for GPT-2 otherwise). items[2 w] is work item w's first element and
+// items[2 w + 1] its element count times 2, plus 1 when its range is decayed; starts and counts are multiples of 4 (the host
+// splits ranges into items of at most a fixed size, so the blocks share the work evenly). Block b takes items b,
+// b + gridDim.x, ...; an item's weight decay is wd or 0, as the per-range launches pass it, so every element's update is
+// adamw_vec4's bit for bit.
+template <typename G> __device__ void adamw_items(const i64* items, int count, float* p, const G* g, float* m, float* v, void* low,
+                                                  int lowKind, float lr, float b1, float ob1, float b2, float ob2, float eps,
+                                                  float wd, float c1, float c2, const float* sumsq, float maxNorm)
+{
+    const float clip = adamw_clip(sumsq, maxNorm);
+    for (int w = blockIdx.x; w < count; w += gridDim.x)
     {
-        const i64 i = q * 4;
-        f32x4 pq = *reinterpret_cast<const f32x4*>(p + i), mq = *reinterpret_cast<const f32x4*>(m + i), vq = *reinterpret_cast<const f32x4*>(v + i);
-        const G4<G> gq = *reinterpret_cast<const G4<G>*>(g + i);
-        float* pe = &pq.x; float* me = &mq.x; float* ve = &vq.x;
-#pragma unroll
-        for (int j = 0; j < 4; j++) pe[j] = adamw_one(mul_rn(to_f(gq.e[j]), clip), me[j], ve[j], pe[j], b1, ob1, b2, ob2, lr, eps, wd, c1, c2);
-        *reinterpret_cast<f32x4*>(p + i) = pq; *reinterpret_cast<f32x4*>(m + i) = mq; *reinterpret_cast<f32x4*>(v + i) = vq;
-        if (lowKind == 1)
-        {
-            G4<bf16> o;
-#pragma unroll
-            for (int j = 0; j < 4; j++) o.e[j] = from_f<bf16>(pe[j]);
-            *reinterpret_cast<uint2*>((bf16*)low + i) = *reinterpret_cast<const uint2*>(&o);
-        }
-        else if (lowKind == 2)
-        {
-            G4<f16> o;
-#pragma unroll
-            for (int j = 0; j < 4; j++) o.e[j] = from_f<f16>(pe[j]);
-            *reinterpret_cast<uint2*>((f16*)low + i) = *reinterpret_cast<const uint2*>(&o);
-        }
+        const i64 start = items[2 * w], packed = items[2 * w + 1];
+        const float wdi = (packed & 1) ? wd : 0.f;
+        const i64 end = start + (packed >> 1);
+        for (i64 i = start + 4 * (i64)threadIdx.x; i < end; i += 4 * (i64)blockDim.x)
+            adamw_vec4_at<G>(i, p, g, m, v, low, lowKind, lr, b1, ob1, b2, ob2, eps, wdi, c1, c2, clip);
     }
 }
 
@@ -89,6 +114,13 @@ template <typename G> __device__ void adamw_vec4(float* p, const G* g, float* m,
                                               float maxNorm)                                                 \
     {                                                                                                        \
         adamw_vec4<G>(p, g, m, v, low, lowKind, count, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, sumsq, maxNorm); \
+    }                                                                                                        \
+    extern "C" __global__ void adamw_items_##n(const i64* items, int itemCount, float* p, const G* g, float* m, \
+                                               float* v, void* low, int lowKind, float lr, float b1, float ob1, \
+                                               float b2, float ob2, float eps, float wd, float c1, float c2,  \
+                                               const float* sumsq, float maxNorm)                            \
+    {                                                                                                        \
+        adamw_items<G>(items, itemCount, p, g, m, v, low, lowKind, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, sumsq, maxNorm); \
     }
 FOR_FLOAT_TYPES(ADAMW)
 

@@ -16,6 +16,7 @@ public sealed class AdamWOptimizer
 {
     private readonly ParameterArena _arena;
     private readonly List<(long Offset, long Length, bool Decay)> _ranges = [];
+    private AdamWRange[]? _rangeList;   // _ranges for IBackend.AdamWRanges, made at the first step
     private readonly Tensor _flatValues, _flatGrads;
     private readonly Tensor? _lowPrecisionValues;   // the BF16 values beside F32 masters, else null
     private readonly Tensor? _lowWords;             // split masters: the low words beside the BF16 values (their high halves), else null
@@ -93,6 +94,14 @@ public sealed class AdamWOptimizer
             NormScope.Reduce(GradSumOfSquares);
         }
         StepCount++;
+        if (_lowWords is null)
+        {
+            // One call for the whole arena: the CUDA backend updates every range in one launch.
+            var all = new AdamWStep(learningRate, Options.Beta1, Options.Beta2, Options.Epsilon, Options.WeightDecay, StepCount, Options.MaxGradNorm);
+            _rangeList ??= [.. _ranges.Select(r => new AdamWRange(r.Offset, r.Length, r.Decay))];
+            backend.AdamWRanges(_flatValues, _flatGrads, M, V, _rangeList, all, Options.MaxGradNorm > 0 ? GradSumOfSquares : null, _lowPrecisionValues);
+            return;
+        }
         foreach (var (offset, length, decay) in _ranges)
         {
             var shape = new Shape((int)length);

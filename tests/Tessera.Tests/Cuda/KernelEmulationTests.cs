@@ -82,7 +82,8 @@ public sealed class KernelEmulationTests
     /// The split-master kernels of adamw.cu (<c>split_masters</c>, <c>join_masters</c>, <c>adamw_split</c> and
     /// <c>adamw_split_vec4</c> with bf16 and f32 gradients) against the separate-master <c>adamw</c>/<c>adamw_vec4</c> with
     /// their bf16 copy on the same inputs over six steps: joined masters, m and v bit for bit, the bf16 values equal except at
-    /// exact ties; split then join gives random and edge bit patterns back. Exact comparisons (Emulation/adamw_kernels.cpp).
+    /// exact ties; split then join gives random and edge bit patterns back; and <c>adamw_items</c> (IBackend.AdamWRanges in one
+    /// launch) against <c>adamw_vec4</c> range by range, bit for bit. Exact comparisons (Emulation/adamw_kernels.cpp).
     /// <see cref="CudaSplitMastersTests"/> checks them on the device against the CPU backend.
     /// </summary>
     [Fact]
@@ -90,7 +91,8 @@ public sealed class KernelEmulationTests
         RunEmulated(["adamw.cu"], "adamw_kernels",
             ["split/join n=4099 grid=3 round trip", "split/join n=4099 grid=3 high half", "adamw_split bf16 n=1001 decay=1 clip=1 grid=3",
              "adamw_split_vec4 bf16 n=4096 decay=1 clip=1 grid=2", "adamw_split_vec4 bf16 n=4096 decay=0 clip=0 grid=5",
-             "adamw_split f32 n=1001 decay=0 clip=1 grid=2", "adamw_split_vec4 f32 n=2048 decay=1 clip=0 grid=3"]);
+             "adamw_split f32 n=1001 decay=0 clip=1 grid=2", "adamw_split_vec4 f32 n=2048 decay=1 clip=0 grid=3",
+             "adamw_items grid=3 items=17 = adamw_vec4 by range", "adamw_items grid=40 items=6 = adamw_vec4 by range"]);
 
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
     /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>

@@ -96,6 +96,53 @@ template <typename G> static void update(int n, bool vec4, bool decay, bool clip
     report(name, badP + badM + badV + badHi, first);
 }
 
+// adamw_items (one launch over a table of work items: IBackend.AdamWRanges) against adamw_vec4 launched range by range with
+// each range's weight decay, over six steps with a bf16 copy: parameters, moments and copies bit for bit. The ranges alternate
+// decay, leave gaps (untouched: they must keep their values), and one spans several items of `itemElements`.
+static void items(unsigned grid, long long itemElements)
+{
+    const int n = 12288;
+    struct R { long long at, len; bool decay; };
+    const R ranges[] = { {0, 8, true}, {8, 4, false}, {16, 4100, true}, {4116, 12, false}, {4200, 8000, true}, {12200, 88, false} };
+    std::vector<long long> table;
+    for (const R& r : ranges)
+        for (long long at = r.at; at < r.at + r.len; at += itemElements)
+        {
+            long long count = std::min(itemElements, r.at + r.len - at);
+            table.push_back(at); table.push_back(count * 2 + (r.decay ? 1 : 0));
+        }
+    const int count = (int)(table.size() / 2);
+    std::mt19937 rng(29 + grid);
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<float> p(n), m(n, 0.f), v(n, 0.f);
+    for (int i = 0; i < n; i++) p[i] = 0.05f * u(rng);
+    std::vector<float> p2 = p, m2 = m, v2 = v;
+    std::vector<unsigned short> copy(n, 7), copy2(n, 7);
+    const double beta1 = 0.9, beta2 = 0.95, rate = 3e-3;
+    for (int t = 1; t <= 6; t++)
+    {
+        std::vector<bf16> g(n);
+        double sumsq = 0;
+        for (int i = 0; i < n; i++) { g[i] = from_f<bf16>(0.3f * u(rng)); double x = to_f(g[i]); sumsq += x * x; }
+        float ss = (float)sumsq, maxNorm = 0.5f;
+        float lr = (float)rate, b1 = (float)beta1, b2 = (float)beta2, eps = 1e-8f, wd = 0.1f;
+        float ob1 = (float)(1 - beta1), ob2 = (float)(1 - beta2);
+        float c1 = (float)(1.0 / (1.0 - std::pow(beta1, t))), c2 = (float)(1.0 / (1.0 - std::pow(beta2, t)));
+        emu_launch(grid, 64, [&] { adamw_items<bf16>(table.data(), count, p.data(), g.data(), m.data(), v.data(), copy.data(), 1, lr, b1, ob1, b2, ob2, eps, wd, c1, c2, &ss, maxNorm); });
+        for (const R& r : ranges)
+        {
+            long long len = r.len; float wdr = r.decay ? wd : 0.f;
+            emu_launch(2, 64, [&] { adamw_vec4<bf16>(p2.data() + r.at, g.data() + r.at, m2.data() + r.at, v2.data() + r.at, copy2.data() + r.at, 1, len, lr, b1, ob1, b2, ob2, eps, wdr, c1, c2, &ss, maxNorm); });
+        }
+    }
+    long long bad = 0, first = -1;
+    for (int i = 0; i < n; i++)
+        if (bits(p[i]) != bits(p2[i]) || bits(m[i]) != bits(m2[i]) || bits(v[i]) != bits(v2[i]) || copy[i] != copy2[i]) { if (!bad++) first = i; }
+    char name[128];
+    snprintf(name, sizeof name, "adamw_items grid=%u items=%d = adamw_vec4 by range", grid, count);
+    report(name, bad, first);
+}
+
 int main()
 {
     round_trip(4099, 3);
@@ -105,5 +152,7 @@ int main()
     update<bf16>(4096, true, false, false, 5, "bf16");
     update<float>(1001, false, false, true, 2, "f32");
     update<float>(2048, true, true, false, 3, "f32");
+    items(3, 1024);     // 17 items over 3 blocks
+    items(40, 16384);   // more blocks than the 6 items
     return failures;
 }
