@@ -160,14 +160,7 @@ public sealed unsafe partial class CudaBackend
             && ranges.All(r => r.Offset % 4 == 0 && r.Length % 4 == 0);
         if (!vec4)
         {
-            foreach (var r in ranges)
-            {
-                if (r.Length == 0) continue;
-                var shape = new Shape((int)r.Length);
-                Tensor Part(Tensor t) => t.Narrow(r.Offset, shape);
-                AdamW(Part(parameters), Part(gradients), Part(m), Part(v), step with { WeightDecay = r.WeightDecay ? step.WeightDecay : 0.0 },
-                    gradSumOfSquares, lowPrecisionCopy is null ? null : Part(lowPrecisionCopy));
-            }
+            this.AdamWRangeByRange(parameters, gradients, m, v, ranges, step, gradSumOfSquares, lowPrecisionCopy);
             return;
         }
         var (table, items) = AdamWItemTable(ranges);

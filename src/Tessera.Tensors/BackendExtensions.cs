@@ -54,4 +54,21 @@ public static class BackendExtensions
         backend.Copy(tensor, t);
         return t;
     }
+
+    /// <summary>
+    /// <see cref="IBackend.AdamWRanges"/> as one <see cref="IBackend.AdamW"/> call per non-empty range on the range's slices, with
+    /// <paramref name="step"/>'s weight decay where the range is decayed and 0 elsewhere (the ranges already validated).
+    /// </summary>
+    public static void AdamWRangeByRange(this IBackend backend, Tensor parameters, Tensor gradients, Tensor m, Tensor v,
+        IReadOnlyList<AdamWRange> ranges, in AdamWStep step, Tensor? gradSumOfSquares, Tensor? lowPrecisionCopy)
+    {
+        foreach (var r in ranges)
+        {
+            if (r.Length == 0) continue;
+            var shape = new Shape((int)r.Length);
+            Tensor Part(Tensor t) => t.Narrow(r.Offset, shape);
+            backend.AdamW(Part(parameters), Part(gradients), Part(m), Part(v), step with { WeightDecay = r.WeightDecay ? step.WeightDecay : 0.0 },
+                gradSumOfSquares, lowPrecisionCopy is null ? null : Part(lowPrecisionCopy));
+        }
+    }
 }

@@ -339,14 +339,7 @@ public interface IBackend
         Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null)
     {
         AdamWRange.Validate(ranges, parameters.NumElements);
-        foreach (var r in ranges)
-        {
-            if (r.Length == 0) continue;
-            var shape = new Shape((int)r.Length);
-            Tensor Part(Tensor t) => t.Narrow(r.Offset, shape);
-            AdamW(Part(parameters), Part(gradients), Part(m), Part(v), step with { WeightDecay = r.WeightDecay ? step.WeightDecay : 0.0 },
-                gradSumOfSquares, lowPrecisionCopy is null ? null : Part(lowPrecisionCopy));
-        }
+        this.AdamWRangeByRange(parameters, gradients, m, v, ranges, step, gradSumOfSquares, lowPrecisionCopy);
     }
 
     /// <summary>
