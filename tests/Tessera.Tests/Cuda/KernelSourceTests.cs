@@ -68,6 +68,7 @@ public sealed class KernelSourceTests
         __device__ float __shfl_sync(unsigned, float, int, int w = 32);
         __device__ int __shfl_sync(unsigned, int, int, int w = 32);
         __device__ int __shfl_up_sync(unsigned, int, unsigned, int w = 32);
+        __device__ float __shfl_down_sync(unsigned, float, unsigned, int w = 32);
 
         """;
 
