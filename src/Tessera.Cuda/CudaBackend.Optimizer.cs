@@ -96,25 +96,8 @@ public sealed unsafe partial class CudaBackend
         Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null)
     {
         const string op = "AdamW";
-        RequireDType(op, "parameters", parameters, DType.F32);
-        RequireDType(op, "m", m, DType.F32);
-        RequireDType(op, "v", v, DType.F32);
-        RequireContiguous(op, "parameters", parameters);
+        int lowKind = RequireAdamW(op, parameters, gradients, m, v, step, gradSumOfSquares, lowPrecisionCopy);
         long n = parameters.NumElements;
-        foreach (var (t, name) in new[] { (gradients, "gradients"), (m, "m"), (v, "v"), (lowPrecisionCopy, "lowPrecisionCopy") })
-        {
-            if (t is null) continue;
-            RequireContiguous(op, name, t);
-            if (t.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must have {n} elements like parameters {parameters.Shape}");
-        }
-        int lowKind = lowPrecisionCopy?.DType switch
-        {
-            null => 0,
-            DType.BF16 => 1,
-            DType.F16 => 2,
-            var other => throw new ArgumentException($"CudaBackend.{op}: lowPrecisionCopy must be BF16 or F16, got {other}"),
-        };
-        RequireNormAndStep(op, gradSumOfSquares, step);
         if (n == 0) return;
         ulong pp = Ptr(parameters), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), plow = PtrOrNull(lowPrecisionCopy), pss = PtrOrNull(gradSumOfSquares);
         var k = new AdamWScalars(step);
@@ -135,25 +118,7 @@ public sealed unsafe partial class CudaBackend
     {
         const string op = "AdamWRanges";
         AdamWRange.Validate(ranges, parameters.NumElements);
-        RequireDType(op, "parameters", parameters, DType.F32);
-        RequireDType(op, "m", m, DType.F32);
-        RequireDType(op, "v", v, DType.F32);
-        RequireContiguous(op, "parameters", parameters);
-        long n = parameters.NumElements;
-        foreach (var (t, name) in new[] { (gradients, "gradients"), (m, "m"), (v, "v"), (lowPrecisionCopy, "lowPrecisionCopy") })
-        {
-            if (t is null) continue;
-            RequireContiguous(op, name, t);
-            if (t.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must have {n} elements like parameters {parameters.Shape}");
-        }
-        int lowKind = lowPrecisionCopy?.DType switch
-        {
-            null => 0,
-            DType.BF16 => 1,
-            DType.F16 => 2,
-            var other => throw new ArgumentException($"CudaBackend.{op}: lowPrecisionCopy must be BF16 or F16, got {other}"),
-        };
-        RequireNormAndStep(op, gradSumOfSquares, step);
+        int lowKind = RequireAdamW(op, parameters, gradients, m, v, step, gradSumOfSquares, lowPrecisionCopy);
         ulong pp = Ptr(parameters), pg = Ptr(gradients), pm = Ptr(m), pv = Ptr(v), plow = PtrOrNull(lowPrecisionCopy), pss = PtrOrNull(gradSumOfSquares);
         long gradBytes = gradients.DType.SizeInBytes(), lowBytes = lowPrecisionCopy?.DType.SizeInBytes() ?? 2;
         bool vec4 = pp % 16 == 0 && pm % 16 == 0 && pv % 16 == 0 && pg % (ulong)(4 * gradBytes) == 0 && plow % (ulong)(4 * lowBytes) == 0
@@ -208,6 +173,34 @@ public sealed unsafe partial class CudaBackend
     }
 
     private readonly Dictionary<string, (Tensor Table, int Items)> _adamwTables = new();
+
+    /// <summary>
+    /// AdamW's arguments: F32 contiguous parameters and moments, gradients and the low-precision copy of as many elements, the
+    /// sum of squares and the step (<see cref="RequireNormAndStep"/>). Returns the copy's kind for the kernels: 0 none, 1 BF16, 2 F16.
+    /// </summary>
+    private static int RequireAdamW(string op, Tensor parameters, Tensor gradients, Tensor m, Tensor v, in AdamWStep step,
+        Tensor? gradSumOfSquares, Tensor? lowPrecisionCopy)
+    {
+        RequireDType(op, "parameters", parameters, DType.F32);
+        RequireDType(op, "m", m, DType.F32);
+        RequireDType(op, "v", v, DType.F32);
+        RequireContiguous(op, "parameters", parameters);
+        long n = parameters.NumElements;
+        foreach (var (t, name) in new[] { (gradients, "gradients"), (m, "m"), (v, "v"), (lowPrecisionCopy, "lowPrecisionCopy") })
+        {
+            if (t is null) continue;
+            RequireContiguous(op, name, t);
+            if (t.NumElements != n) throw new ArgumentException($"CudaBackend.{op}: {name} {t.Shape} must have {n} elements like parameters {parameters.Shape}");
+        }
+        RequireNormAndStep(op, gradSumOfSquares, step);
+        return lowPrecisionCopy?.DType switch
+        {
+            null => 0,
+            DType.BF16 => 1,
+            DType.F16 => 2,
+            var other => throw new ArgumentException($"CudaBackend.{op}: lowPrecisionCopy must be BF16 or F16, got {other}"),
+        };
+    }
 
     /// <summary>The optional gradient sum of squares is one F32 value, and the step count starts at 1.</summary>
     private static void RequireNormAndStep(string op, Tensor? gradSumOfSquares, in AdamWStep step)

@@ -196,7 +196,7 @@ template <typename T, int K> __device__ void cross_entropy_cluster_rows(const T*
             const float xt = rank == 0 && threadIdx.x == 0 && inRange ? to_f(x[target]) : 0.f;
             const float tv = tail ? to_f(x[ti]) : NEG_INF;
             // The warp's max first, so that each thread sums against it and the warp's sum is a plain sum (no rescaling per
-            // thread); the warps' (max, sum) pairs are merged by warp 0, and the cluster's CTAs' pairs likewise (cluster_merge).
+            // thread); the warps' (max, sum) pairs are merged by warp 0, and the cluster's CTAs' pairs likewise (warp_merge_ordered).
             float m = tv;
 #pragma unroll
             for (int k = 0; k < K; k++)
