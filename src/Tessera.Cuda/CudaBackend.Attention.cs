@@ -156,7 +156,7 @@ public sealed unsafe partial class CudaBackend
         ulong dqacc = Scratch(rows * d * sizeof(float)); // fp32 dq, (B, T, H, D) contiguous, zeroed by the preprocess
         uint grid = (uint)((rows * (d / 8) + 255) / 256);
         void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
-        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, (grid, 1, 1), 256, a1, 0, dependent: true);
+        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);
         void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &window };
         // K, V tiles, two stages of Q and dO, the dS^T tile, two stages of lse and delta.
         uint shared = (uint)(2 * FlashBlock * d * 2 + 4 * FlashBlock * d * 2 + FlashBlock * FlashBlock * 2 + 4 * FlashBlock * sizeof(float));
@@ -164,7 +164,7 @@ public sealed unsafe partial class CudaBackend
         PreferSharedMemory("flash_attention.cu", kernel);
         Launch("flash_attention.cu", kernel, ((uint)((t + FlashBlock - 1) / FlashBlock), (uint)kh, (uint)b), FlashThreads, a2, shared);
         void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
-        Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, (grid, 1, 1), 256, a3, 0, dependent: true);
+        Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
         FreeScratch(dqacc);
         FreeScratch(delta);
     }

@@ -206,7 +206,7 @@ public sealed unsafe partial class CudaBackend
             int groups = (int)Math.Clamp((rows + lanes - 1) / lanes, 1, Math.Max(1, 4 * CudaDevice.MultiprocessorCount / chunks));
             ulong partial = Scratch((long)groups * c * sizeof(float));
             void** a1 = stackalloc void*[] { &px, &rows, &c, &chunk, &partial };
-            Launch("reduce.cu", "column_partial_vec_" + Suffix(x.DType, "SumRows"), ((uint)groups, (uint)chunks, 1), Threads, a1, 0, dependent: true);
+            Launch("reduce.cu", "column_partial_vec_" + Suffix(x.DType, "SumRows"), ((uint)groups, (uint)chunks, 1), Threads, a1);
             ColumnReduce(partial, groups, c, c, sums.DType, ps, "SumRows");
             FreeScratch(partial);
             return;
@@ -229,7 +229,7 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &partial, &rows, &stride, &c, &target, &target2 };
         long columns = target2 == 0 ? c : 2L * c;
         uint warps = (uint)Math.Clamp((rows + 7) / 8, 1, 32);
-        Launch("reduce.cu", "column_reduce_" + Suffix(targetType, op), ((uint)((columns + 31) / 32), 1, 1), 32 * warps, args, 0, dependent: true);
+        Launch("reduce.cu", "column_reduce_" + Suffix(targetType, op), (uint)((columns + 31) / 32), 32 * warps, args);
     }
 
     public void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false) =>

@@ -119,7 +119,7 @@ public sealed unsafe partial class CudaBackend
         ulong dqacc = Scratch(accumulators * sizeof(float));
         uint grid = (uint)((rows * (d / 8) + 255) / 256);
         void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
-        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, (grid, 1, 1), 256, a1, 0, dependent: true);   // delta; zeroes the first rows * d
+        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);   // delta; zeroes the first rows * d
         if (accumulators > rows * d)
             Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(dqacc + (ulong)(rows * d * sizeof(float)), 0, (nuint)((accumulators - rows * d) * sizeof(float)), Stream.Handle),
                 "cuMemsetD8Async", "the padded dQ tiles");
@@ -144,9 +144,9 @@ public sealed unsafe partial class CudaBackend
         }
         void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
         if (tiles)   // one thread per 16 values (four float4) of the tiles
-            Launch(HopperFile, "flash_backward_hopper_dq_cast_" + suffix, ((uint)((accumulators / 16 + 255) / 256), 1, 1), 256, a3, 0, dependent: true);
+            Launch(HopperFile, "flash_backward_hopper_dq_cast_" + suffix, (uint)((accumulators / 16 + 255) / 256), 256, a3);
         else
-            Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, (grid, 1, 1), 256, a3, 0, dependent: true);
+            Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
         FreeScratch(dqacc);
         FreeScratch(delta);
     }

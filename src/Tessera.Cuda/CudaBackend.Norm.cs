@@ -35,7 +35,7 @@ public sealed unsafe partial class CudaBackend
         if (Vectorizable(x.DType, c, px, pw, pb, po) && vectors <= 8)
         {
             void** wargs = stackalloc void*[] { &px, &pw, &pb, &po, &pm, &pr, &rows, &c, &eps };
-            Launch("norm.cu", $"layernorm_forward_warp_{Suffix(x.DType, "LayerNormForward")}_k{vectors}", ((uint)((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock), 1, 1), 32 * WarpRowsPerBlock, wargs, 0, dependent: true);
+            Launch("norm.cu", $"layernorm_forward_warp_{Suffix(x.DType, "LayerNormForward")}_k{vectors}", (uint)((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock), 32 * WarpRowsPerBlock, wargs);
             return;
         }
         void** args = stackalloc void*[] { &px, &pw, &pb, &po, &pm, &pr, &c, &eps };
@@ -66,7 +66,7 @@ public sealed unsafe partial class CudaBackend
         {
             string kernel = $"layernorm_backward_warp_{Suffix(x.DType, op)}_k{vectors}";
             PreferSharedMemory("norm.cu", kernel); // three CTAs of 8 warps x 2C floats per SM at C = 768
-            Launch("norm.cu", kernel, ((uint)g, 1, 1), 32 * WarpRowsPerBlock, args, smemBytes, dependent: true);
+            Launch("norm.cu", kernel, (uint)g, 32 * WarpRowsPerBlock, args, smemBytes);
         }
         else Launch("norm.cu", "layernorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
         if (dBias is null || dBias.DType != dWeight.DType) // rows of the scratch: dW at [0, C), dB at [C, 2C)
@@ -102,7 +102,7 @@ public sealed unsafe partial class CudaBackend
         if (RowVectorBlock(x.DType, c, px, pw, po) is uint threads)
         {
             void** vargs = stackalloc void*[] { &px, &pw, &po, &pr, &rows, &c, &eps };
-            Launch("norm.cu", "rmsnorm_forward_vec_" + Suffix(x.DType, "RmsNormForward"), (RowVectorGrid(rows, threads), 1, 1), threads, vargs, 0, dependent: true);
+            Launch("norm.cu", "rmsnorm_forward_vec_" + Suffix(x.DType, "RmsNormForward"), RowVectorGrid(rows, threads), threads, vargs);
             return;
         }
         void** args = stackalloc void*[] { &px, &pw, &po, &pr, &c, &eps };
@@ -137,7 +137,7 @@ public sealed unsafe partial class CudaBackend
         int g = vector is uint threads ? (int)RowVectorGrid(rows, threads) : (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
         ulong scratch = Scratch((long)g * 2 * c * sizeof(float));   // (G, 2C) partials; the RMSNorm kernels fill [0, C)
         void** args = stackalloc void*[] { &pd, &px, &pw, &pr, &pdx, &scratch, &rows, &c };
-        if (vector is uint block) Launch("norm.cu", "rmsnorm_backward_vec_" + Suffix(x.DType, op), ((uint)g, 1, 1), block, args, 0, dependent: true);
+        if (vector is uint block) Launch("norm.cu", "rmsnorm_backward_vec_" + Suffix(x.DType, op), (uint)g, block, args);
         else Launch("norm.cu", "rmsnorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
         ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
         FreeScratch(scratch);

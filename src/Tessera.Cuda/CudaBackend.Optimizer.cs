@@ -44,8 +44,8 @@ public sealed unsafe partial class CudaBackend
             return;
         }
         void** args = stackalloc void*[] { &px, &xs, &pt, &pl, &pd, &ds, &v, &scale, &aligned, &staged };
-        Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), ((uint)rows, 1, 1), (uint?)Options.CrossEntropyThreadsPerRow ?? CrossEntropyThreads(v),
-            args, (uint)staged * 16, dependent: true);
+        Launch("softmax.cu", "cross_entropy_" + Suffix(logits.DType, op), (uint)rows, (uint?)Options.CrossEntropyThreadsPerRow ?? CrossEntropyThreads(v),
+            args, (uint)staged * 16);
     }
 
     /// <summary>

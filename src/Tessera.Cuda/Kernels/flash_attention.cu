@@ -661,7 +661,6 @@ template <typename T, int D>
 __device__ void flash_backward_pre(const T* o, const T* dout, float* delta, float* dqacc, int B, int Tq, int H,
     Strides3 os, Strides3 ds)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     constexpr int TPR = D / 8;
     const i64 gt = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     const i64 row = gt / TPR;
@@ -690,7 +689,6 @@ __device__ void flash_backward_pre(const T* o, const T* dout, float* delta, floa
 template <typename T, int D>
 __device__ void flash_backward_dq_cast(const float* dqacc, T* dq, int B, int Tq, int H, Strides3 dqs)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     constexpr int TPR = D / 8;
     const i64 gt = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     const i64 row = gt / TPR;

@@ -1012,7 +1012,6 @@ struct alignas(16) Word4 { unsigned x, y, z, w; };
 template <typename T, int D>
 __device__ void hopper_dq_cast_tiles(const float* dqacc, T* dq, int B, int Tq, int H, Strides3 dqs)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     constexpr int CH = D / 8;   // chunks of a tile
     const int nQB = (Tq + 63) / 64;
     const i64 gt = (i64)blockIdx.x * blockDim.x + threadIdx.x;

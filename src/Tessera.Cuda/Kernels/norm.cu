@@ -94,7 +94,6 @@ template <typename T> __device__ void rmsnorm_backward(const T* dout, const T* x
 template <typename T, int K> __device__ void layernorm_forward_rows(const T* x, const T* w, const T* b, T* out, float* mean,
                                                                     float* rstd, i64 rows, int C, float eps)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     constexpr int N = Vec16<T>::N;
     const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
@@ -157,7 +156,6 @@ template <typename T, int K> __device__ void layernorm_forward_rows(const T* x, 
 template <typename T, int K> __device__ void layernorm_backward_rows(const T* dout, const T* x, const T* w, const float* mean,
                                                                      const float* rstd, T* dx, float* scratch, i64 rows, int C)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     constexpr int N = Vec16<T>::N;
     extern __shared__ float lnacc[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -248,7 +246,6 @@ template <typename T, int K> __device__ void layernorm_backward_rows(const T* do
 // (H200, llama-1b rows of 2048: forward 52 us, backward 92 us per call against DRAM floors of 30 and 61 us).
 template <typename T> __device__ void rmsnorm_forward_vec(const T* x, const T* w, T* out, float* rstd, i64 rows, int C, float eps)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     constexpr int N = Vec16<T>::N;
     const int t = threadIdx.x;
     const bool active = t < C / N;
@@ -286,7 +283,6 @@ template <typename T> __device__ void rmsnorm_forward_vec(const T* x, const T* w
 template <typename T> __device__ void rmsnorm_backward_vec(const T* dout, const T* x, const T* w, const float* rstd, T* dx,
                                                            float* scratch, i64 rows, int C)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     constexpr int N = Vec16<T>::N;
     const int t = threadIdx.x;
     const bool active = t < C / N;

@@ -37,7 +37,6 @@ template <typename T> __device__ void column_partial(const T* x, i64 N, int C, f
 // chunk, 12 times over GPT-2's 3,072-wide rows, and read at 2.8 TB/s.
 template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int C, int chunk, float* partial)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     const int V = Vec16<T>::N;
     constexpr int Depth = 8;
     __shared__ float buf[256 * 8];
@@ -93,7 +92,6 @@ template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int 
 // 2,048 partials: 64 blocks of 132 loads per warp) still took 19 us, so the launcher gives it 32 warps of 33 loads.
 template <typename T> __device__ void column_reduce(const float* partial, int rows, i64 stride, int C, T* target, T* target2)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     __shared__ float sums[32][33];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int col = blockIdx.x * 32 + lane, cols = target2 ? 2 * C : C;

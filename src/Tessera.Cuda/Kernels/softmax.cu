@@ -27,7 +27,6 @@ extern __shared__ Bytes16 staged_row[];
 template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, const int* targets, float* losses, T* dl,
                                                         i64 ds, int V, float scale, int aligned, int staged)
 {
-    pdl_wait();   // a dependent launch (training row ops): nothing before this touches memory
     const int N = Vec16<T>::N;
     i64 row = blockIdx.x;
     x += row * xs;
