@@ -60,6 +60,11 @@ CS
     # No native libraries travel: they are the plotting library's (SkiaSharp, a dozen platforms, 100 MB), and the GPU runs
     # draw no plots; the payload must stay under the device tool's 64 MiB.
     rm -rf "$dest/app/runtimes"
+    # Nor do the XML docs, the satellite resource folders (cs, de, ..., zh-Hant) or the golden files (5.6 MB): with the runtime
+    # the folder would pass 64 MiB beside the working tree. The golden files travel with the repository; `run` copies them in.
+    find "$dest/app" -maxdepth 1 -name '*.xml' -delete
+    find "$dest/app" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended -regex '.*/[a-z]{2}(-[A-Za-z]{2,4})?' -exec rm -rf {} +
+    rm -rf "$dest/app/Golden"
     cp "$0" "$dest/gpu-bench.sh"
     cp bench/pytorch/train_gpt2.py "$dest/train_gpt2.py"
     cp bench/pytorch/train_llama.py "$dest/train_llama.py"
@@ -81,6 +86,8 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
     echo "commit $(cat "$dir/commit.txt" 2>/dev/null), $(date -u +%Y-%m-%dT%H:%MZ)" | tee -a "$out/gpu.txt"
     rc=0
+    # The golden files (left out of the payload) from the repository this runs in, for CudaGoldenModelTests.
+    [ -d "$dir/app/Golden" ] || [ ! -d tests/Tessera.Tests/Golden ] || cp -r tests/Tessera.Tests/Golden "$dir/app/Golden"
     tests="${TESTS:--namespace Tessera.Tests.Cuda.Training}"
     if [ "$tests" != none ]; then
         t0=$(date +%s)
