@@ -50,7 +50,7 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// The cluster form of the fused cross-entropy for rows of <paramref name="columns"/> logits (softmax.cu,
-    /// <c>cross_entropy_cluster_row</c>), or null for the one-CTA kernel: <see cref="CudaBackendOptions.CrossEntropyClusterCtas"/>
+    /// <c>cross_entropy_cluster_rows</c>), or null for the one-CTA kernel: <see cref="CudaBackendOptions.CrossEntropyClusterCtas"/>
     /// CTAs a row on compute capability 9.0 and later, each holding its share of the row's 16-byte vectors in registers, for
     /// rows of at least <see cref="CudaBackendOptions.CrossEntropyClusterMinRowBytes"/>.
     /// </summary>

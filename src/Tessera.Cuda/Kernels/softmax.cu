@@ -124,17 +124,6 @@ template <typename T> __device__ void cross_entropy_row(const T* x, i64 xs, cons
     }
 }
 
-// The same loss and gradient with each row split over a cluster of C CTAs (sm_90 thread-block clusters): CTA r of a
-// cluster takes the r-th of C equal runs of the row's whole 16-byte vectors, the last one also the V % N tail elements. Each
-// thread keeps its K vectors of the row in registers; the CTAs' (max, sum) statistics are merged through distributed shared
-// memory, in rank order so that every CTA of the row gets the same bits; the gradient is written from the registers. The
-// clusters are persistent (grid = clusters * C, as many as are resident at once): a cluster walks rows row0, row0 + clusters,
-// ..., and loads its next row's vectors into a second set of registers before working on the current one, so that the
-// loads stay in flight across the row's reductions and barriers. The one-CTA kernel above reads a row twice (its second
-// read mostly from L2): a row of 50,257 or 128,256 BF16 logits outgrows what a CTA can hold beside enough others on its SM
-// to keep DRAM busy. Rows and strides 16-byte aligned; a CTA's share of a row at most K * blockDim.x vectors. A negative
-// target ignores the row (loss 0, gradient 0; every CTA of the cluster skips the row's barriers), a target >= V gives a
-// NaN loss.
 // Merges the (max, sum) pairs of a warp's 32 lanes (sums relative to each lane's max; lanes without one hold (-inf, 0)) into
 // lane 0: the max over the lanes, then each sum rescaled to it and added in a fixed tree, so the bits depend only on the
 // pairs and their lanes. Every lane must call it.
@@ -157,6 +146,17 @@ template <typename T, int K> __device__ __forceinline__ void cluster_row_load(By
     }
 }
 
+// The same loss and gradient with each row split over a cluster of C CTAs (sm_90 thread-block clusters): CTA r of a
+// cluster takes the r-th of C equal runs of the row's whole 16-byte vectors, the last one also the V % N tail elements. Each
+// thread keeps its K vectors of the row in registers; the CTAs' (max, sum) statistics meet through distributed shared
+// memory, where warp 0 of each CTA merges them in a fixed tree (warp_merge_ordered), so every CTA of the row gets the same
+// bits; the gradient is written from the registers. The clusters are persistent (grid = clusters * C, as many as are
+// resident at once): a cluster walks rows row0, row0 + clusters, ..., and loads its next row's vectors into a second set of
+// registers before working on the current one, so that the loads stay in flight across the row's reductions and barriers.
+// The one-CTA kernel above reads a row twice (its second read mostly from L2): a row of 128,256 BF16 logits outgrows what a
+// CTA can hold beside enough others on its SM to keep DRAM busy. Rows and strides 16-byte aligned; a CTA's share of a row
+// at most K * blockDim.x vectors. A negative target ignores the row (loss 0, gradient 0; every CTA of the cluster skips the
+// row's barriers), a target >= V gives a NaN loss.
 template <typename T, int K> __device__ void cross_entropy_cluster_rows(const T* x0, i64 xs, const int* targets, float* losses,
                                                                        T* dl0, i64 ds, i64 rows, int V, float scale)
 {

@@ -80,4 +80,42 @@ public sealed class CudaCrossEntropyClusterTests(CudaFixture fixture) : CudaTest
         for (int r = 0; r < rows; r++)
             for (int i = v; i < stride; i++) Assert.Equal(3.0, gotGrad[r * stride + i]);
     }
+
+    /// <summary>
+    /// More rows than the device holds clusters at once (1,200 rows of 16,384 BF16 logits: CTAs of 32 threads, at most 528
+    /// clusters of 8 resident on an H200), so each cluster walks several rows with the next one loaded ahead, as in the fused head's
+    /// chunks of 2,048 rows; every 7th row ignored. The six-row cases above give each cluster one row. Losses and gradients
+    /// against F64 with the tolerances above.
+    /// </summary>
+    [Fact]
+    public void ClustersThatWalkSeveralRowsMatchTheReference()
+    {
+        if (Gpu.CudaDevice.ComputeCapability.Major < 9)
+            Assert.Skip($"thread-block clusters need compute capability 9.0; this device is {Gpu.CudaDevice.ComputeCapability}");
+        const int rows = 1200, v = 16_384;
+        var values = Stored(Enumerable.Range(0, rows * v).Select(_ => (Rng.NextDouble() * 2 - 1) * 8).ToArray(), DType.BF16);
+        var targets = Enumerable.Range(0, rows).Select(r => r % 7 == 3 ? -1 : Rng.Next(v)).ToArray();
+        double scale = 1.0 / rows;
+        var expectedLoss = new double[rows];
+        var expectedGrad = new double[rows * v];
+        for (int r = 0; r < rows; r++)
+        {
+            if (targets[r] < 0) continue;
+            var row = values.AsSpan(r * v, v);
+            double m = double.NegativeInfinity, s = 0;
+            foreach (double x in row) m = Math.Max(m, x);
+            foreach (double x in row) s += Math.Exp(x - m);
+            expectedLoss[r] = Math.Log(s) + m - row[targets[r]];
+            for (int i = 0; i < v; i++) expectedGrad[r * v + i] = (Math.Exp(row[i] - m) / s - (i == targets[r] ? 1 : 0)) * scale;
+        }
+        using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyClusterMinRowBytes = 0 });
+        var logits = Upload(backend, values, DType.BF16, rows, v);
+        var t = backend.Allocate(new Shape(rows), DType.I32);
+        backend.CopyFromHost<int>(targets, t);
+        var losses = backend.Allocate(new Shape(rows), DType.F32);
+        backend.Fill(losses, double.NaN);
+        backend.CrossEntropy(logits, t, losses, logits, scale);
+        AssertClose(expectedLoss, Download(backend, losses), 1e-5, "losses, 1,200 rows walked by the clusters");
+        AssertClose(expectedGrad, Download(backend, logits), Tolerance(DType.BF16), "gradient, 1,200 rows walked by the clusters");
+    }
 }
