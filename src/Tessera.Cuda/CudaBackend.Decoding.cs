@@ -31,16 +31,29 @@ public sealed unsafe partial class CudaBackend
         RequirePositions(op, startPositions, b);
         int h = queryHeads, k = kv2 / 2;
         var freq = RopeArgsFor(frequencies, d);
-        long pairs = RopeAppendItems((long)b * t, h + kv2, d);
-        if (pairs == 0) return;
+        if ((long)b * t == 0) return;
         ulong px = Ptr(qkv), pc = Ptr(keysAndValues), pp = Ptr(startPositions), noSlots = 0;
         void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &freq, &noSlots };
-        Launch("rope.cu", "rope_append_" + Suffix(qkv.DType, op), (GridFor(pairs), 1, 1), Threads, args, 0, dependent: true);
+        LaunchRopeAppend(op, qkv.DType, (long)b * t, h + kv2, d, args);
     }
 
-    /// <summary>rope.cu's <c>rope_append</c> work items for <paramref name="rows"/> rows of <paramref name="heads"/> heads of size
-    /// <paramref name="d"/>: one per pair of every group of <see cref="RopeAppendHeads"/> heads of a row.</summary>
-    private static long RopeAppendItems(long rows, int heads, int d) => rows * ((heads + RopeAppendHeads - 1) / RopeAppendHeads) * (d / 2);
+    /// <summary>
+    /// rope.cu's RoPE with the KV append over <paramref name="rows"/> rows of <paramref name="heads"/> heads of size
+    /// <paramref name="d"/> (<paramref name="args"/>: the kernels' common parameters): <c>rope_append_rows</c>, a CTA per row,
+    /// up to <see cref="CudaBackendOptions.RopeAppendRowKernelMaxRows"/> rows (decode steps, latency-bound); else
+    /// <c>rope_append</c>, a work item per pair of every group of <see cref="RopeAppendHeads"/> heads of a row. The same bits.
+    /// </summary>
+    private void LaunchRopeAppend(string op, DType dtype, long rows, int heads, int d, void** args)
+    {
+        if (rows <= Options.RopeAppendRowKernelMaxRows)
+            Launch("rope.cu", "rope_append_rows_" + Suffix(dtype, op), ((uint)rows, 1, 1), RopeRowThreads, args, (uint)(d * sizeof(float)), dependent: true);
+        else
+            Launch("rope.cu", "rope_append_" + Suffix(dtype, op), (GridFor(rows * ((heads + RopeAppendHeads - 1) / RopeAppendHeads) * (d / 2)), 1, 1),
+                Threads, args, 0, dependent: true);
+    }
+
+    /// <summary>Threads of a <c>rope_append_rows</c> CTA (rope.cu's ROPE_ROW_THREADS).</summary>
+    private const int RopeRowThreads = 256;
 
     /// <summary>Heads per <c>rope_append</c> work item (rope.cu's ROPE_APPEND_HEADS): each item computes its pair's angle once for them.</summary>
     private const int RopeAppendHeads = 8;

@@ -93,7 +93,8 @@ public sealed unsafe partial class CudaBackend
         ulong pg = Ptr(gate), pu = Ptr(up), po = Ptr(output);
         long gs = RowStride(gate), us = RowStride(up), os = RowStride(output);
         void** args = stackalloc void*[] { &pg, &gs, &pu, &us, &po, &os, &rows, &cols };   // (rows, cols) views, row strides in elements
-        Launch("elementwise.cu", "swiglu_forward_rows_" + Suffix(gate.DType, "SwiGluForward"), GridFor(rows * cols), Threads, args);
+        long items = RowItems(rows, cols, gate.DType, [pg, pu, po], [gs, us, os]);
+        Launch("elementwise.cu", "swiglu_forward_rows_" + Suffix(gate.DType, "SwiGluForward"), GridFor(items), Threads, args);
     }
 
     public void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp)
@@ -103,7 +104,22 @@ public sealed unsafe partial class CudaBackend
         ulong pg = Ptr(gate), pu = Ptr(up), pd = Ptr(dOutput), pdg = Ptr(dGate), pdu = Ptr(dUp);
         long gs = RowStride(gate), us = RowStride(up), ds = RowStride(dOutput), dgs = RowStride(dGate), dus = RowStride(dUp);
         void** args = stackalloc void*[] { &pg, &gs, &pu, &us, &pd, &ds, &pdg, &dgs, &pdu, &dus, &rows, &cols };
-        Launch("elementwise.cu", "swiglu_backward_rows_" + Suffix(gate.DType, "SwiGluBackward"), GridFor(rows * cols), Threads, args);
+        long items = RowItems(rows, cols, gate.DType, [pg, pu, pd, pdg, pdu], [gs, us, ds, dgs, dus]);
+        Launch("elementwise.cu", "swiglu_backward_rows_" + Suffix(gate.DType, "SwiGluBackward"), GridFor(items), Threads, args);
+    }
+
+    /// <summary>
+    /// The work items of elementwise.cu's SwiGLU row kernels over (rows, cols): 16-byte vectors when cols, every row stride and
+    /// every pointer allow them (the kernels' own test), single elements otherwise; the grid is sized by them, so that a decode
+    /// step's 64 rows do not launch eight times the CTAs that have work.
+    /// </summary>
+    private static long RowItems(long rows, long cols, DType dtype, ReadOnlySpan<ulong> pointers, ReadOnlySpan<long> rowStrides)
+    {
+        int vec = 16 / dtype.SizeInBytes();
+        bool vectors = cols % vec == 0;
+        foreach (var p in pointers) vectors &= p % 16 == 0;
+        foreach (var stride in rowStrides) vectors &= stride % vec == 0;
+        return vectors ? rows * (cols / vec) : rows * cols;
     }
 
     /// <summary>

@@ -74,11 +74,11 @@ public sealed unsafe partial class CudaBackend
                 throw new ArgumentException($"CudaBackend.{op}: qkv is {qkv.DType} but pool is {pool.DType}");
             int h = queryHeads, kh = kv2 / 2, one = 1;
             var freq = RopeArgsFor(frequencies, d);
-            long items = RopeAppendItems(n, h + kv2, d);
+            if (n == 0) return;
             long sb = qkv.Stride(0), st = 0, sh = d, cb = 0, cs = (long)kv2 * d, ch = d;
             ulong pq = Ptr(qkv), pc = Ptr(pool), pp = Ptr(positions), ps = Ptr(batch.Slots);
             void** ropeArgs = stackalloc void*[] { &pq, &pc, &pp, &n, &one, &h, &kh, &d, &sb, &st, &sh, &cb, &cs, &ch, &freq, &ps };
-            Launch("rope.cu", "rope_append_" + Suffix(qkv.DType, op), (GridFor(items), 1, 1), Threads, ropeArgs, 0, dependent: true);
+            LaunchRopeAppend(op, qkv.DType, n, h + kv2, d, ropeArgs);
             return;
         }
         int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;

@@ -37,6 +37,7 @@ public sealed class CudaBackendOptionsTests
         HopperAttentionWarpgroups = 1,
         HopperBackwardVariant = 3,
         FusedPagedQkv = false,
+        RopeAppendRowKernelMaxRows = 512,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
@@ -83,6 +84,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeMinKeysPerSplit=0", "PagedDecodeMinKeysPerSplit (0) must be at least 1")]
     [InlineData("PagedDecodeSplitSpan=0", "PagedDecodeSplitSpan (0) must be at least 1")]
+    [InlineData("RopeAppendRowKernelMaxRows=-1", "RopeAppendRowKernelMaxRows (-1) must be 0 (never) or positive")]
     [InlineData("MatMulHeuristicCandidates=65", "MatMulHeuristicCandidates (65) must be 1 to 64")]
     [InlineData("MatMulSearchMaxRows=0", "MatMulSearchMaxRows (0) must be at least 1")]
     [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]

@@ -271,7 +271,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// row's pool slot; one kernel for at most 4 rows): bit for bit the unfused GPU ops it replaces (the product, Rope at the
     /// positions, PagedAppend: the same per-row arithmetic in the same order), a padding row (slot -1) writing nothing; and
     /// within the dtype's tolerance of the CPU in f64 (<see cref="CudaTestBase.Tolerance"/>). Six and 64 rows take the other
-    /// path: the product, then the rotation and the append in one launch (rope_append with the rows' slots).
+    /// path: the product, then the rotation and the append in one launch (rope.cu's rope_append_rows with the rows' slots).
     /// </summary>
     [Theory]
     [InlineData(DType.BF16, 1, true, false)]    // a batch-1 decode step (llama: norm, no bias)
@@ -421,6 +421,14 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         DecodeStepOf64Sequences(unstaged, ", PagedDecodeStagedTable=false");
     }
 
+    /// <summary>The same with <see cref="CudaBackendOptions.RopeAppendRowKernelMaxRows"/> 0: rope.cu's item kernel for the rotation and the append.</summary>
+    [Fact]
+    public void DecodeStepOf64SequencesWithTheItemRopeAppendReportsItsTime()
+    {
+        using var items = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { RopeAppendRowKernelMaxRows = 0 });
+        DecodeStepOf64Sequences(items, ", RopeAppendRowKernelMaxRows=0");
+    }
+
     private static void DecodeStepOf64Sequences(CudaBackend backend, string label)
     {
         var (_, cache, scheduler, runner) = Llama1bServing(backend, recordGraphs: true);
@@ -448,7 +456,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// with the CUDA-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/> off), with the generic kernel
     /// (the A/B of <see cref="CudaBackendOptions.SpecializedPagedAttention"/>) and with the prefill chunks on flash_attention.cu's
     /// <c>paged_prefill</c> rather than the Hopper tile (the A/B of <see cref="CudaBackendOptions.HopperAttention"/>, which also
-    /// moves the model's other attention calls, none here). The recorded
+    /// moves the model's other attention calls, none here), and with rope.cu's item kernel for the rotation and the append (the
+    /// A/B of <see cref="CudaBackendOptions.RopeAppendRowKernelMaxRows"/>). The recorded
     /// step is faster than the profiled sum (no launch gaps, no events).
     /// </summary>
     [Theory]
@@ -456,10 +465,12 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData("CUDA cores")]
     [InlineData("generic")]
     [InlineData("flash-attention-2 prefill")]
+    [InlineData("item rope_append")]
     public void ServingStepsOnLlama1bShapeReportTheirOps(string kernels)
     {
         var options = kernels switch
         {
+            "item rope_append" => CudaBackendOptions.Default with { RopeAppendRowKernelMaxRows = 0 },
             "specialized" => CudaBackendOptions.Default,
             "CUDA cores" => CudaBackendOptions.Default with { PagedDecodeTensorCores = false },
             "flash-attention-2 prefill" => CudaBackendOptions.Default with { HopperAttention = false },

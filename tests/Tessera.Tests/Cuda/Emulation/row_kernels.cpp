@@ -10,6 +10,7 @@
 
 float lnacc[1 << 16];   // layernorm_backward_rows' dynamic shared memory (extern __shared__), unused here
 Bytes16 staged_row[1 << 12];   // cross_entropy's staged row (dynamic shared memory; the emulated blocks run in turn)
+float rope_row_angles[1 << 10];   // rope_append_rows' angles of its row (dynamic shared memory)
 static double sig(double g) { return 1 / (1 + std::exp(-g)); }
 static int failures = 0;
 static void check(const char* what, const std::vector<double>& e, const float* a, size_t n, double tol)
@@ -116,7 +117,8 @@ static void rope(int b, int t, int h, int k, int d, int start, int inverse, unsi
 // position starts[r] (angles from RopeFreq's table, scaled by its attention factor), the rotated k heads and the v heads
 // copied to a paged pool at slots[r] (2K heads of D per slot), a negative slot writing nothing. Heads split into groups of
 // ROPE_APPEND_HEADS per work item: h + 2k = 12 and 6 check a partial last group and a group of q, k and v heads at once.
-static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsigned grid, unsigned block)
+// Then rope_append_rows (a CTA per row, `row_block` threads) on copies of the same inputs must give the same bits.
+static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsigned grid, unsigned block, unsigned row_block)
 {
     std::mt19937 rng(29 + h + d); std::uniform_real_distribution<float> u(-2, 2);
     int half = d / 2, heads = h + 2 * k;
@@ -148,10 +150,19 @@ static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsign
     int B = rows, Tn = 1, H = h, K = k, D = d;
     long long st = 0, cb = 0;
     const int* pst = starts.data(); const int* psl = slots.data();
+    float* x2 = alloc(n);
+    float* pool2 = alloc(slots_n * cs);
+    std::memcpy(x2, x, n * sizeof(float));
+    std::memcpy(pool2, pool, slots_n * cs * sizeof(float));
     emu_launch(grid, block, [&] { rope_append_f32(x, pool, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, psl); });
     char name[96];
     snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d qkv", rows, h, k, d); check(name, e, x, n, 1e-6);
     snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d pool", rows, h, k, d); check(name, ep, pool, slots_n * cs, 1e-6);
+    emu_launch((unsigned)rows, row_block, [&] { rope_append_rows_f32(x2, pool2, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, psl); });
+    bool same = std::memcmp(x, x2, n * sizeof(float)) == 0 && std::memcmp(pool, pool2, slots_n * cs * sizeof(float)) == 0;
+    snprintf(name, sizeof name, "rope_append_rows rows=%d H=%d K=%d D=%d = items", rows, h, k, d);
+    printf("%-40s %s\n", name, same ? "ok" : "FAIL");
+    if (!same) failures++;
 }
 
 // column_reduce (the norms' weight gradients): target (C) += the column sums of (rows, 2C) partials, and target2 += those of
@@ -281,8 +292,9 @@ int main()
     rope(2, 5, 4, 2, 16, 3, 0, 3, 64);     // 4 pairs per vector item, 24 items per row
     rope(3, 7, 2, 1, 8, 0, 1, 5, 32);      // one item per head; the inverse rotation
     rope(1, 3, 2, 1, 12, 1, 0, 2, 32);     // D/2 = 6: element path both times
-    rope_append_paged(11, 8, 2, 16, 40, 3, 64);   // 12 heads: groups of 8 and 4; padding rows (slot -1); 3 blocks stride the items
-    rope_append_paged(6, 2, 2, 8, 9, 1, 32);      // 6 heads in one group: q, k and v heads in one item; slots shared by rows
+    rope_append_paged(11, 8, 2, 16, 40, 3, 64, 4);   // 12 heads: groups of 8 and 4; padding rows (slot -1); 3 blocks stride the items;
+                                                      // rows of 96 pairs in 4 threads: 3 batches of 8 loads, the 8 angles 2 a thread
+    rope_append_paged(6, 2, 2, 8, 9, 1, 32, 32);     // 6 heads in one group: q, k and v heads in one item; slots shared by rows; 24 pairs, 32 threads
     column_reduce(1056, 40, 32);           // the llama-1b partials' row count, 33 rows per warp
     column_reduce(37, 20, 2);              // rows not a multiple of the warps; a partial block of columns
     cross_entropy(3, 1000, 250, 64);       // the whole row staged (250 vectors, 64 threads: pairs, then a single vector)
