@@ -214,10 +214,8 @@ public sealed unsafe partial class CudaBackend
             ulong pw = partial is null ? 0 : Ptr(partial);
             if (specialized)
             {
-                // The last argument: paged_decode's batched_merge, paged_decode_mma's flags (bit 0 the same, bit 1 the staged table,
-                // bit 2 the cache's earlier positions loaded before the wait: CudaBackendOptions.EarlyCacheLoads).
-                int minChunk = Options.PagedDecodeMinKeysPerSplit;
-                int batchedMerge = (Options.PagedDecodeBatchedMerge ? 1 : 0) | (stagedTable ? 2 : 0) | (Options.EarlyCacheLoads ? 4 : 0);
+                // The last argument: paged_decode's batched_merge, paged_decode_mma's flags (bit 0 the same, bit 1 the staged table).
+                int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = (Options.PagedDecodeBatchedMerge ? 1 : 0) | (stagedTable ? 2 : 0);
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge };
                 Launch("paged_attention.cu", decodeKernel, ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, decodeShared, dependent: true);

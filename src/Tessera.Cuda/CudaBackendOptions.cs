@@ -36,14 +36,6 @@ public sealed record CudaBackendOptions
     /// </summary>
     public bool EarlyWeightLoads { get; init; } = true;
 
-    /// <summary>
-    /// The decode attention kernels (the grouped dense decode over a KV cache, serving's <c>paged_decode_mma</c>) issue their
-    /// first keys and values written before the step, the positions below the step's own, ahead of waiting on their
-    /// predecessor (which appends the step's keys), so that the loads overlap its tail; false loads everything after the wait.
-    /// Default true.
-    /// </summary>
-    public bool EarlyCacheLoads { get; init; } = true;
-
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -367,7 +359,6 @@ public sealed record CudaBackendOptions
         if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
-        if (EarlyCacheLoads != d.EarlyCacheLoads) parts.Add($"{nameof(EarlyCacheLoads)}={Bool(EarlyCacheLoads)}");
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -414,7 +405,6 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
-        [nameof(EarlyCacheLoads)] = (o, v, s) => o with { EarlyCacheLoads = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

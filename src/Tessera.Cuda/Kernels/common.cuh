@@ -441,23 +441,6 @@ template <typename T> struct PagedRows
             cp_async16(d0 + k * RS * D * 2, src, ok);
         }
     }
-    // load's copies of the rows p in [lo, hi) only (the rest of the tile untouched): a decode kernel issues its first tiles'
-    // rows written before this launch's predecessor ahead of pdl_wait, and the predecessor's rows after it, each row once.
-    template <int D, int ROWS, int NT> __device__ __forceinline__ void load_part(unsigned dst, int row0, int limit, int lo, int hi, int tid) const
-    {
-        constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-        const int r = tid / CH, c = tid % CH;
-        const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
-#pragma unroll
-        for (int k = 0; k < N; k++)
-        {
-            const int p = row0 + r + k * RS;
-            if (p < lo || p >= hi) continue;
-            const bool ok = p < limit && p >= first;
-            const T* src = ok ? base + ((i64)table[p / block_size - table_first] * block_size + p % block_size) * stride + c * 8 : base;
-            cp_async16(d0 + k * RS * D * 2, src, ok);
-        }
-    }
 };
 
 // ---- the 128-byte swizzle of wgmma's shared-memory operands (flash_attention_hopper.cu's tiles)

@@ -57,26 +57,6 @@ __device__ __forceinline__ void load_tile(unsigned dst, const T* base, i64 strid
     }
 }
 
-// load_tile's copies of rows [lo, hi) only, the rest of the tile untouched: the grouped decode issues its first chunk's
-// rows written before this launch's predecessor ahead of pdl_wait, and the predecessor's rows after it, each row once.
-template <int D, int ROWS, int NT, typename T>
-__device__ __forceinline__ void load_tile_part(unsigned dst, const T* base, i64 stride, int row0, int limit, int lo, int hi, int tid)
-{
-    constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-    const int r = tid / CH, c = tid % CH;
-    const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
-    const T* src = base + (i64)(row0 + r) * stride + c * 8;
-    const i64 step = (i64)RS * stride;
-#pragma unroll
-    for (int k = 0; k < N; k++)
-    {
-        const int p = row0 + r + k * RS;
-        if (p < lo || p >= hi) continue;
-        const bool ok = p < limit;
-        cp_async16(d0 + k * RS * D * 2, ok ? src + k * step : base, ok);
-    }
-}
-
 // ------------------------------------------------------------------------------------ forward
 // Query m16 tiles per warp in the forward. 2 (128-row CTAs) was measured 20% slower than 1 for
 // D = 64 on the H100 (B8/B64 T1024 H12), so 1 for both head sizes; the host's row count must match.
@@ -505,7 +485,7 @@ __device__ void flash_decode_finish(const float* part, int* counters, T* o, floa
 template <typename T, int D, int RPW>
 __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part, int* counters, T* o, float* lse,
     int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts,
-    int window, int early)
+    int window)
 {
     constexpr int CH = D == 64 ? 64 : 32, NT = 128, CPL = D / 32, KPL = CH / 32, NC = D / 8;
     __shared__ u32x4 tile_store[4 * CH * D * 2 / 16]; // K then V, two stages each (u32x4: 16-byte aligned)
@@ -515,11 +495,8 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
     __shared__ int last;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int split = blockIdx.x, splits = gridDim.x, kvh = blockIdx.y, b = blockIdx.z, G = H / KH, R = G * Tq;
-    // With starts (a KV cache) and early (CudaBackendOptions.EarlyCacheLoads), the split and its first chunk's keys below
-    // starts[b] are read before pdl_wait: the positions
-    // come from the host or an earlier step, and the cache's rows below starts[b] were written before this launch's
-    // predecessor, which appends the rows at starts[b] .. (the caller's contract; every kernel waits before it triggers its
-    // dependents, so earlier kernels' writes are complete here). Their memory latency overlaps the predecessor's tail.
+    pdl_wait();
+    pdl_launch_dependents();
     const int len = starts ? starts[b] + Tq : S; // keys the last query row sees
     const int lo = max(0, len - Tq - window + 1); // the oldest key the first query row's window holds
     const int per = (len - lo + splits - 1) / splits, s0 = min(len, lo + split * per), s1 = min(len, s0 + per);
@@ -529,18 +506,10 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
     const unsigned char* const pK = tiles;
     const unsigned char* const pV = tiles + 2 * CH * D * 2;
     const int nchunks = (s1 - s0 + CH - 1) / CH;
-    const int fresh = starts && early ? len - Tq : 0;   // rows from here on may be the predecessor's: read after the wait
     if (nchunks > 0)
     {
-        load_tile_part<D, CH, NT>(sK, kb, ks.t, s0, s1, s0, fresh, tid);
-        load_tile_part<D, CH, NT>(sV, vb, vs.t, s0, s1, s0, fresh, tid);
-    }
-    pdl_wait();
-    pdl_launch_dependents();
-    if (nchunks > 0)
-    {
-        load_tile_part<D, CH, NT>(sK, kb, ks.t, s0, s1, fresh, 0x7fffffff, tid);
-        load_tile_part<D, CH, NT>(sV, vb, vs.t, s0, s1, fresh, 0x7fffffff, tid);
+        load_tile<D, CH, NT>(sK, kb, ks.t, s0, s1, tid);
+        load_tile<D, CH, NT>(sV, vb, vs.t, s0, s1, tid);
     }
     cp_async_commit();
     const float sl2 = scale * LOG2E;
@@ -956,11 +925,10 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 #define FLASH_GQA(n, T, D, RPW)                                                                                 \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_gqa_##n##_d##D##_r##RPW(const T* q,        \
         const T* k, const T* v, float* part, int* counters, T* o, float* lse, int Tq, int S, int H, int KH,     \
-        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts, int window,          \
-        int early)                                                                                              \
+        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts, int window)         \
     {                                                                                                           \
         flash_decode_gqa<T, D, RPW>(q, k, v, part, counters, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale,       \
-                                    starts, window, early);                                                     \
+                                    starts, window);                                                            \
     }
 
 #define FLASH(n, T, D)                                                                                          \

@@ -212,7 +212,7 @@ __device__ void paged_short_row(int x, const int* starts, int B, int N, int max_
 // state (m = -inf) and still count towards the merge. False for a CTA past the last such row (the whole CTA returns).
 struct PagedDecodeKeys
 {
-    int n, b, begin, end, active, fresh;   // fresh: the sequence's first position written in this step (its rows' keys)
+    int n, b, begin, end, active;
 };
 __device__ __forceinline__ bool paged_decode_keys(int x, const int* starts, const int* lengths, int B, int N, int max_rows,
                                                   int window, int min_chunk, int split, int splits, PagedDecodeKeys& r)
@@ -220,8 +220,7 @@ __device__ __forceinline__ bool paged_decode_keys(int x, const int* starts, cons
     paged_short_row(x, starts, B, N, max_rows, r.n, r.b);
     if (r.b < 0) return false;
     const int rows = starts[r.b + 1] - starts[r.b];
-    r.fresh = lengths[r.b] - rows;
-    const int pos = r.fresh + (r.n - starts[r.b]);
+    const int pos = lengths[r.b] - rows + (r.n - starts[r.b]);
     const int first = max(0, pos - window + 1);                    // the oldest key in the row's window
     const int keys = pos + 1 - first;
     const int chunk = keys > 0 ? max(min_chunk, (keys + splits - 1) / splits) : 0;
@@ -692,8 +691,7 @@ FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
 // O += P V (ldmatrix.trans of V). The 4 warps' states (acc, m, l) merge as paged_decode's lane groups do
 // (paged_decode_merge_store over (4, G, D + 2) in the tile memory). Dynamic shared memory: PM_STAGES x 2 tiles of
 // PM_KEYS x D values (48 KB at D = 64, 96 KB at D = 128), and with a staged table max_blocks ints after them.
-// flags: bit 0 the batched merge (paged_decode's batched_merge); bit 2 the early loads (CudaBackendOptions.EarlyCacheLoads:
-// the first tiles' positions written before the step read ahead of pdl_wait); bit 1 the staged table
+// flags: bit 0 the batched merge (paged_decode's batched_merge); bit 1 the staged table
 // (CudaBackendOptions.PagedDecodeStagedTable): the CTA first copies the block-table entries of its split's keys into shared
 // memory, so that each tile's row copies look their blocks up there instead of in global memory (a dependent load ahead
 // of every cp.async otherwise). The same rows come from the same slots either way: the same bits.
@@ -711,21 +709,24 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
 {
     constexpr int NT = PD_THREADS, BN = PM_KEYS, KD = D / 16, ND = D / 8, S = PM_STAGES, TILE = BN * D * 2;
     const int batched_merge = flags & 1;
-    const bool staged_table = (flags & 2) != 0, early = (flags & 4) != 0;
+    const bool staged_table = (flags & 2) != 0;
     static_assert(NT == 128 && BN == 16 * (NT / 32), "paged_decode_mma: 4 warps of 16 keys a tile");
     extern __shared__ float pd_shared[];                           // S x (K tile, V tile); at the end (4, G, D + 2)
     const int x = blockIdx.x, X = gridDim.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
 
-    // Before pdl_wait: the metadata (starts, lengths, tables: host copies, or an earlier kernel's), and the first S - 1 tiles'
-    // keys and values written before this step (positions below span.fresh; the predecessor appends this step's), so that
-    // their memory latency overlaps the predecessor's tail. Every kernel before it waits before it triggers its dependents,
-    // so what kernels earlier than the predecessor wrote is complete here.
     PagedDecodeKeys span;                                          // row x of those this kernel computes, its keys
     if (!paged_decode_keys(x, starts, lengths, B, N, max_rows, window, min_chunk, split, splits, span)) return;
     const int n = span.n, b = span.b, begin = span.begin, end = span.end, active = span.active;
-    const int fresh = early ? span.fresh : begin;                  // positions from here on are loaded after the wait
     const int tiles = end > begin ? (end - begin + BN - 1) / BN : 0;
+    pdl_wait();
+    pdl_launch_dependents();
+    if (splits > 1 && counters && split >= active)
+    {
+        paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
+        return;
+    }
+
     const i64 position_stride = (i64)2 * K * D;
     const int* table = tables + (i64)b * max_blocks;
     int table_first = 0;
@@ -744,25 +745,11 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
     const unsigned smem = smem_u32(pd_shared);
 #pragma unroll
     for (int st = 0; st < S - 1; st++)
-        if (st < tiles)
-        {
-            kr.template load_part<D, BN, NT>(smem + st * 2 * TILE, begin + st * BN, end, begin, fresh, tid);
-            vr.template load_part<D, BN, NT>(smem + st * 2 * TILE + TILE, begin + st * BN, end, begin, fresh, tid);
-        }
-    pdl_wait();
-    pdl_launch_dependents();
-    if (splits > 1 && counters && split >= active)                 // no keys (tiles = 0): nothing was loaded
-    {
-        paged_decode_finish<T>(partial, counters, out, x, X, n, H, h0, G, D, active, batched_merge);
-        return;
-    }
-#pragma unroll
-    for (int st = 0; st < S - 1; st++)
     {
         if (st < tiles)
         {
-            kr.template load_part<D, BN, NT>(smem + st * 2 * TILE, begin + st * BN, end, fresh, 0x7fffffff, tid);
-            vr.template load_part<D, BN, NT>(smem + st * 2 * TILE + TILE, begin + st * BN, end, fresh, 0x7fffffff, tid);
+            kr.template load<D, BN, NT>(smem + st * 2 * TILE, begin + st * BN, end, tid);
+            vr.template load<D, BN, NT>(smem + st * 2 * TILE + TILE, begin + st * BN, end, tid);
         }
         cp_async_commit();                                         // a group per stage, empty or not: wait_group counts them
     }

@@ -38,7 +38,6 @@ public sealed class CudaBackendOptionsTests
         HopperBackwardVariant = 3,
         FusedPagedQkv = false,
         RopeAppendRowKernelMaxRows = 512,
-        EarlyCacheLoads = false,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
