@@ -185,9 +185,10 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
     }
 }
 
-// rope_append with a CTA per row (b, t), for calls of up to CudaBackendOptions.RopeAppendRowKernelMaxRows rows (decode steps): the row's D/2 angles are computed once, by
-// its first D/2 threads, into shared memory; then each thread loads all of its pairs (up to ROPE_ROW_PAIRS, strided by the
-// block) before it stores any, so a thread waits on memory once per batch instead of once per head (the item kernel above
+// rope_append with a CTA per row (b, t), for calls of up to CudaBackendOptions.RopeAppendRowKernelMaxRows rows (decode
+// steps): the row's D/2 angles are computed once, by its first D/2 threads, into shared memory; then each thread loads all of
+// its pairs (up to ROPE_ROW_PAIRS, strided by the block; ROPE_ROW_THREADS is the host's block) before it stores any, so a
+// thread waits on memory once per batch instead of once per head (the item kernel above
 // loads a head after storing the previous one: qkv and the cache may alias as far as the compiler knows). A decode step's
 // 64 rows of llama-1b took 9.5 us in the item kernel under ncu, for 0.4 MB of traffic (profiled per op on the H200: 6.9 us
 // here against 8.3; at 8,192 rows 104 against 68, so large calls stay on the item kernel). Same angles, same rotation, same

@@ -270,15 +270,17 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// The paged step's fused QKV op (norm, product, rotation of q and k at each row's position, append of k and v to the
     /// row's pool slot; one kernel for at most 4 rows): bit for bit the unfused GPU ops it replaces (the product, Rope at the
     /// positions, PagedAppend: the same per-row arithmetic in the same order), a padding row (slot -1) writing nothing; and
-    /// within the dtype's tolerance of the CPU in f64 (<see cref="CudaTestBase.Tolerance"/>). Six and 64 rows take the other
-    /// path: the product, then the rotation and the append in one launch (rope.cu's rope_append_rows with the rows' slots).
+    /// within the dtype's tolerance of the CPU in f64 (<see cref="CudaTestBase.Tolerance"/>). Six and more rows take the other
+    /// path: the product, then the rotation and the append in one launch with the rows' slots (rope.cu's rope_append_rows up to
+    /// 128 rows, rope_append above).
     /// </summary>
     [Theory]
     [InlineData(DType.BF16, 1, true, false)]    // a batch-1 decode step (llama: norm, no bias)
     [InlineData(DType.BF16, 4, true, true)]     // three sequences and a padding row, with bias
     [InlineData(DType.F32, 3, false, true)]     // no norm
-    [InlineData(DType.BF16, 6, true, false)]    // above 4 rows: the product, then rope_append to the slots
+    [InlineData(DType.BF16, 6, true, false)]    // above 4 rows: the product, then rope_append_rows to the slots
     [InlineData(DType.BF16, 64, true, false)]   // a 64-sequence decode step's rows
+    [InlineData(DType.BF16, 150, true, false)]  // above RopeAppendRowKernelMaxRows (128): rope_append's item kernel
     public void FusedPagedQkvMatchesTheProductRotationAndAppend(DType dtype, int n, bool withNorm, bool withBias)
     {
         const double theta = 500000.0, eps = 1e-5;
