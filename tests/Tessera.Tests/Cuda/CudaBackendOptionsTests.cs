@@ -38,6 +38,7 @@ public sealed class CudaBackendOptionsTests
         HopperBackwardVariant = 3,
         FusedPagedQkv = false,
         RopeAppendRowKernelMaxRows = 512,
+        DecodeProducts = true,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,

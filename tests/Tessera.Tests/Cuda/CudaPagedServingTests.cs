@@ -431,7 +431,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         DecodeStepOf64Sequences(items, ", RopeAppendRowKernelMaxRows=0");
     }
 
-    private static void DecodeStepOf64Sequences(CudaBackend backend, string label)
+    internal static void DecodeStepOf64Sequences(CudaBackend backend, string label)
     {
         var (_, cache, scheduler, runner) = Llama1bServing(backend, recordGraphs: true);
         using (cache)

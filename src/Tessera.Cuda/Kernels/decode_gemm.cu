@@ -1,0 +1,165 @@
+// Decode-size products: y (M, N) = alpha * x (M, K) W^T + bias + beta * y, with M <= 8 * MT rows of x (a decode step's
+// batch: 5 to 64), W (N, K) row-major (nn.Linear's layout), bf16 or f16, fp32 accumulation. At such M a product reads W
+// once and its time is W's bytes plus a kernel's start-up and tail, which no standalone kernel hides (session 20: cuBLASLt
+// and a hand-written Triton kernel both need 9-11 us for 8-13 MB). This kernel is launched dependent on its predecessor and
+// issues its first stages of W before waiting on it (W is never the predecessor's output; the host passes early = 0 when
+// it may be, e.g. after an optimizer step), so its DRAM traffic starts while the predecessor finishes, as gemv.cu's
+// matrix-vector kernels do at 1-4 rows.
+//
+// A CTA of 4 warps owns DG_BN = 64 rows of W (warp w: rows 16w .. 16w + 15) and one of gridDim.y slices of K (ks = K /
+// slices columns, a multiple of DG_BK). Per k-tile of DG_BK = 64 columns it stages W's 64 rows and x's 8 MT rows in
+// shared memory (cp.async, DG_ST stages, 16-byte chunks swizzled as flash_attention.cu's tiles: chunk c of row r at
+// c ^ (r & 7)), then each warp runs mma.sync m16n8k16 with W as the A operand (16 rows of W) and x as B (n8 tiles of
+// x's rows): one ldmatrix.x4 gives W's fragment (its matrices reordered: rows 0-7 / 8-15 by k 0-7 / 8-15) and one per two
+// n8 tiles gives x's. The accumulator holds W row (16w + g, + 8) by x rows (8j + 2c, + 1).
+// One slice: the epilogue writes y. Several: each CTA writes its fp32 tile to partial (slices, 8 MT, gridDim.x * 64),
+// then the last CTA of a row block (counters[blockIdx.x], left at zero for the next launch or graph replay) sums the
+// slices in order (the same bits whatever the order in which the CTAs finish) and writes y.
+#define DG_THREADS 128
+#define DG_BN 64
+#define DG_BK 64
+#define DG_ST 3
+
+template <typename T, int MT>
+__device__ void decode_gemm(const T* x, const T* w, const T* bias, T* y, float* partial, int* counters, int M, int N, int K,
+                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early)
+{
+    constexpr int MP = 8 * MT, WT = DG_BN * DG_BK * 2, XT = MP * DG_BK * 2, STAGE = WT + XT;
+    static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
+    extern __shared__ float dg_shared[];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int n0 = blockIdx.x * DG_BN, slices = gridDim.y, slice = blockIdx.y, ks = K / slices, k0 = slice * ks;
+    const int tiles = ks / DG_BK;
+    const unsigned smem = smem_u32(dg_shared);
+    // Thread tid copies 16-byte chunk (tid % 8) of rows tid / 8, + 16, ... of a tile (swizzled).
+    const int cr = tid >> 3, cc = tid & 7;
+    auto load_w = [&](int stage, int t) {
+        const unsigned dst = smem + stage * STAGE;
+#pragma unroll
+        for (int i = 0; i < DG_BN / 16; i++)
+        {
+            const int r = cr + 16 * i, n = n0 + r;
+            const bool ok = n < N;
+            cp_async16(dst + (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4)), ok ? w + (i64)n * ldw + k0 + t * DG_BK + cc * 8 : w, ok);
+        }
+    };
+    auto load_x = [&](int stage, int t) {
+        const unsigned dst = smem + stage * STAGE + WT;
+#pragma unroll
+        for (int i = 0; i < (MP + 15) / 16; i++)
+        {
+            const int r = cr + 16 * i;
+            if (r >= MP) break;
+            const bool ok = r < M;
+            cp_async16(dst + (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4)), ok ? x + (i64)r * ldx + k0 + t * DG_BK + cc * 8 : x, ok);
+        }
+    };
+    // Stages 0 .. DG_ST - 2: W before the wait when early, x (the predecessor's output) after it. Commit group s holds
+    // stage s's x (and, for s = 0, every early W copy), so "group s complete" still means "stage s complete".
+    if (early)
+        for (int s = 0; s < DG_ST - 1; s++)
+            if (s < tiles) load_w(s, s);
+    pdl_wait();
+    pdl_launch_dependents();
+    for (int s = 0; s < DG_ST - 1; s++)
+    {
+        if (s < tiles)
+        {
+            if (!early) load_w(s, s);
+            load_x(s, s);
+        }
+        cp_async_commit();
+    }
+
+    float acc[MT][4];
+#pragma unroll
+    for (int j = 0; j < MT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    const TileOffsets<DG_BK> off(lane);
+    for (int t = 0; t < tiles; t++)
+    {
+        const int ahead = t + DG_ST - 1;
+        if (ahead < tiles)
+        {
+            load_w(ahead % DG_ST, ahead);
+            load_x(ahead % DG_ST, ahead);
+        }
+        cp_async_commit();
+        cp_async_wait<DG_ST - 1>();
+        __syncthreads();
+        const unsigned tW = smem + (t % DG_ST) * STAGE + warp * 16 * DG_BK * 2, tX = smem + (t % DG_ST) * STAGE + WT;
+#pragma unroll
+        for (int kk = 0; kk < DG_BK / 16; kk++)
+        {
+            unsigned m0, m1, m2, m3;
+            ldsm_x4(tW + off.rows[kk], m0, m1, m2, m3);   // (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
+            const unsigned a[4] = {m0, m2, m1, m3};
+#pragma unroll
+            for (int j = 0; j < MT; j += 2)
+            {
+                unsigned b0, b1, b2, b3;
+                ldsm_x4(tX + j * 8 * DG_BK * 2 + off.rows[kk], b0, b1, b2, b3);
+                Mma<T>::run(acc[j], a, b0, b1);
+                Mma<T>::run(acc[j + 1], a, b2, b3);
+            }
+        }
+        __syncthreads();                                   // this stage is refilled DG_ST - 1 tiles later
+    }
+    cp_async_wait<0>();
+
+    // acc[j][e]: W row n0 + 16 warp + g (+ 8 for e >= 2), x row 8j + 2 c4 + (e & 1).
+    const int nl = warp * 16 + g;
+    if (slices == 1)
+    {
+#pragma unroll
+        for (int j = 0; j < MT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + nl + (e >> 1) * 8;
+                if (m >= M || n >= N) continue;
+                float v = alpha * acc[j][e];
+                if (bias) v += to_f(bias[n]);
+                if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n]);
+                y[(i64)m * ldy + n] = from_f<T>(v);
+            }
+        return;
+    }
+    const int Np = gridDim.x * DG_BN;
+#pragma unroll
+    for (int j = 0; j < MT; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+        {
+            const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + nl + (e >> 1) * 8;
+            partial[((i64)slice * MP + m) * Np + n] = acc[j][e];
+        }
+    __shared__ int last;
+    __threadfence();                                       // this CTA's partial is visible before it is counted
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(counters + blockIdx.x, 1) == slices - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = tid; i < MP * DG_BN; i += DG_THREADS)
+    {
+        const int m = i / DG_BN, n = n0 + i % DG_BN;
+        if (m >= M || n >= N) continue;
+        float sum = 0.f;
+        for (int s = 0; s < slices; s++) sum += partial[((i64)s * MP + m) * Np + n];
+        float v = alpha * sum;
+        if (bias) v += to_f(bias[n]);
+        if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n]);
+        y[(i64)m * ldy + n] = from_f<T>(v);
+    }
+    if (tid == 0) counters[blockIdx.x] = 0;
+}
+
+#define DECODE_GEMM(name, t, MT)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_##name##_m##MT(const t* x, const t* w,           \
+        const t* bias, t* y, float* partial, int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha,  \
+        float beta, int early)                                                                                            \
+    {                                                                                                                     \
+        decode_gemm<t, MT>(x, w, bias, y, partial, counters, M, N, K, ldx, ldw, ldy, alpha, beta, early);                 \
+    }
+DECODE_GEMM(bf16, bf16, 2) DECODE_GEMM(bf16, bf16, 4) DECODE_GEMM(bf16, bf16, 8)
+DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)

@@ -1,0 +1,68 @@
+using Tessera.Cuda;
+using Tessera.Tensors;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// The decode-size products (decode_gemm.cu, <see cref="CudaBackendOptions.DecodeProducts"/>) on the GPU: x of 5 to 64 rows
+/// times an nn.Linear weight through <see cref="IBackend.MatMul"/>, against an f64 reference on the same rounded inputs
+/// (<see cref="CudaTestBase.Tolerance"/>: 1e-2 for a bf16 or f16 output) and against cuBLASLt on the default backend;
+/// one slice of K and several (the llama-1b decode step's shapes), bias, the residual added (beta = 1), N past a multiple of
+/// the 64-row block; the output's row-stride padding untouched. And the recorded 64-sequence decode step with them, timed
+/// for the log beside the default.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    [Theory]
+    [InlineData(DType.BF16, 5, 100, 256, true, 0.0)]        // one row block and a part; 8 rows of x padded to 16
+    [InlineData(DType.BF16, 64, 3072, 2048, false, 0.0)]    // llama-1b's QKV at 64 rows: K in slices
+    [InlineData(DType.BF16, 64, 2048, 8192, false, 1.0)]    // its down product, the residual added
+    [InlineData(DType.BF16, 17, 16384, 2048, true, 0.0)]    // its gate/up product at 17 rows, with bias
+    [InlineData(DType.F16, 40, 2048, 2048, true, 1.0)]      // f16, the output product
+    public void DecodeProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, bool withBias, double beta)
+    {
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
+        var (xv, wv, bv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5));
+        var y0 = Values(m * (n + 8), 1.0);                      // y's rows are n + 8 apart: the padding must stay as it was
+        double[] Run(CudaBackend backend)
+        {
+            var x = Upload(backend, xv, dtype, m, k);
+            var w = Upload(backend, wv, dtype, n, k);
+            var y = Upload(backend, y0, dtype, m, n + 8);
+            backend.MatMul(x, w, y.Slice(1, 0, n), transposeB: true, beta: beta, bias: withBias ? Upload(backend, bv, dtype, n) : null);
+            return Download(backend, y);
+        }
+        var got = Run(decode);
+        var cublas = Run(Gpu);
+        double[] sx = Stored(xv, dtype), sw = Stored(wv, dtype), sb = Stored(bv, dtype), sy = Stored(y0, dtype);
+        var expected = new double[m * n];
+        var gotTile = new double[m * n];
+        var cublasTile = new double[m * n];
+        for (int r = 0; r < m; r++)
+        {
+            for (int c = 0; c < n; c++)
+            {
+                double s = 0;
+                for (int i = 0; i < k; i++) s += sx[r * k + i] * sw[c * k + i];
+                expected[r * n + c] = s + (withBias ? sb[c] : 0) + beta * sy[r * (n + 8) + c];
+                gotTile[r * n + c] = got[r * (n + 8) + c];
+                cublasTile[r * n + c] = cublas[r * (n + 8) + c];
+            }
+            for (int c = n; c < n + 8; c++) Assert.Equal(sy[r * (n + 8) + c], got[r * (n + 8) + c]);
+        }
+        AssertClose(expected, gotTile, Tolerance(dtype), $"decode_gemm {dtype} {m}x{n}x{k}");
+        AssertClose(cublasTile, gotTile, Tolerance(dtype), $"decode_gemm against cuBLASLt {dtype} {m}x{n}x{k}");
+    }
+
+    /// <summary>The recorded 64-sequence llama-1b decode step with the decode products, for the log (not a pass/fail bar).</summary>
+    [Fact]
+    public void DecodeStepOf64SequencesWithTheDecodeProductsReportsItsTime()
+    {
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
+        CudaPagedServingTests.DecodeStepOf64Sequences(decode, ", DecodeProducts=true");
+    }
+
+    private double[] Values(int count, double scale) => Enumerable.Range(0, count).Select(_ => (Rng.NextDouble() * 2 - 1) * scale).ToArray();
+}

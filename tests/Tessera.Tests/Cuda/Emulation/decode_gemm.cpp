@@ -1,0 +1,96 @@
+// The decode-size products (decode_gemm.cu) in bf16 on the CPU emulation of CUDA (cuda_emulation.h: its stand-ins of
+// cp.async, ldmatrix and mma.sync), against a double reference over the bf16-rounded inputs: rows of x from 5 to 64 in
+// their three instantiations (8 MT rows), N past a multiple of the 64-row block, one slice of K and several (the last CTA
+// of a row block summing the slices' fp32 partials, which must leave the counters at zero), bias, alpha and the residual
+// (beta = 1); the early weight loads (before pdl_wait) against the late ones, bit for bit. kernels.h is written by the test:
+// the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the number of failures.
+#include "kernels.h"
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+float dg_shared[1 << 14];   // 64 KB: the kernel's stages (48 KB at 64 rows of x)
+static int failures = 0;
+
+// Tolerance: the output is stored in bf16 (8 bits of mantissa: 2^-9 relative per value), the products are fp32 sums of
+// exact bf16 products; 8e-3 of the largest output leaves margin, and a wrong row, column or slice is O(1).
+static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < e.size(); i++)
+    {
+        if (!std::isfinite(a[i])) { md = INFINITY; break; }
+        md = std::max(md, std::abs(a[i] - e[i]));
+        mr = std::max(mr, std::abs(e[i]));
+    }
+    double rel = md / (mr > 0 ? mr : 1);
+    printf("%-56s rel err %.3e %s\n", what, rel, rel <= tol ? "ok" : "FAIL");
+    if (!(rel <= tol)) failures++;
+}
+
+static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta)
+{
+    std::mt19937 rng(5 + M * 3 + N + K + slices);
+    std::uniform_real_distribution<float> u(-1, 1);
+    const int ldx = K + 8, ldw = K, ldy = N + 8;   // row strides past the rows: the kernel must use them
+    std::vector<bf16> x((size_t)M * ldx), w((size_t)N * ldw), bias(N), y0((size_t)M * ldy);
+    for (auto& v : x) v = from_f<bf16>(u(rng));
+    for (auto& v : w) v = from_f<bf16>(0.1f * u(rng));
+    for (auto& v : bias) v = from_f<bf16>(u(rng));
+    for (auto& v : y0) v = from_f<bf16>(u(rng));
+    std::vector<double> e((size_t)M * N);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)to_f(x[(size_t)m * ldx + k]) * to_f(w[(size_t)n * ldw + k]);
+            e[(size_t)m * N + n] = alpha * s + (with_bias ? to_f(bias[n]) : 0.0) + beta * to_f(y0[(size_t)m * ldy + n]);
+        }
+    const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (N + 63) / 64;
+    std::vector<float> partial((size_t)slices * 8 * MT * blocks * 64, NAN);
+    std::vector<int> counters(blocks, 0);
+    std::vector<float> got[2];
+    std::vector<bf16> y[2];
+    for (int early = 0; early < 2; early++)
+    {
+        y[early] = y0;
+        const bf16 *px = x.data(), *pw = w.data(), *pb = with_bias ? bias.data() : nullptr;
+        bf16* py = y[early].data();
+        float* pp = partial.data();
+        int* pc = counters.data();
+        int m_ = M, n_ = N, k_ = K, ea = early;
+        long long lx = ldx, lw = ldw, ly = ldy;
+        float al = alpha, be = beta;
+        emu_shared_base = (unsigned char*)dg_shared;
+        auto launch = [&](auto kernel) { emu_launch(dim3{(unsigned)blocks, (unsigned)slices, 1}, 128, [&] { kernel(px, pw, pb, py, pp, pc, m_, n_, k_, lx, lw, ly, al, be, ea); }); };
+        if (MT == 2) launch(decode_gemm_bf16_m2);
+        else if (MT == 4) launch(decode_gemm_bf16_m4);
+        else launch(decode_gemm_bf16_m8);
+        got[early].resize((size_t)M * N);
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
+    }
+    char name[120];
+    snprintf(name, sizeof name, "decode_gemm M=%d N=%d K=%d slices=%d bias=%d beta=%g", M, N, K, slices, with_bias ? 1 : 0, beta);
+    check(name, e, got[1], 8e-3);
+    bool same = got[0] == got[1];
+    bool pads = true;   // the row stride's padding past N is untouched
+    for (int m = 0; m < M; m++)
+        for (int n = N; n < ldy; n++) pads &= y[1][(size_t)m * ldy + n].x == y0[(size_t)m * ldy + n].x;
+    bool zero = true;
+    for (int c : counters) zero &= c == 0;
+    printf("%-56s %s\n", (std::string(name) + ": early = late, pads, counters").c_str(), same && pads && zero ? "ok" : "FAIL");
+    if (!(same && pads && zero)) failures++;
+}
+
+int main()
+{
+    run(5, 100, 256, 1, true, 1.f, 0.f);      // 8 x-rows padded to 16 (MT 2); N past one block of 64; 4 k-tiles, 3 stages
+    run(64, 192, 512, 4, false, 1.f, 1.f);     // the 64-row decode step's batch; 4 slices of 2 k-tiles; the residual added
+    run(17, 64, 128, 2, true, 0.5f, 1.f);      // MT 4; slices of one k-tile (fewer tiles than stages); alpha
+    run(32, 130, 64, 1, false, 1.f, 0.f);      // one k-tile; 3 row blocks, the last with 2 rows
+    printf("%s\n", failures ? "FAILURES" : "all ok");
+    return failures;
+}
