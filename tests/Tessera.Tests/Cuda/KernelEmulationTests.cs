@@ -42,7 +42,7 @@ public sealed class KernelEmulationTests
     public void DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
         RunEmulated(["decode_gemm.cu"], "decode_gemm",
             ["decode_gemm M=5 N=100 K=256 slices=1 bias=1 beta=0", "decode_gemm M=64 N=192 K=512 slices=4 bias=0 beta=1",
-             "decode_gemm M=17 N=64 K=128 slices=2 bias=1 beta=1", "decode_gemm M=32 N=130 K=64 slices=1 bias=0 beta=0",
+             "decode_gemm M=17 N=64 K=128 slices=2 bias=1 beta=1", "decode_gemm M=32 N=130 K=64 slices=1 bias=0 beta=0", "decode_gemm M=48 N=64 K=1024 slices=8 bias=1 beta=1",
              "decode_gemm M=64 N=192 K=512 slices=4 bias=0 beta=1: early = late, pads, counters"]);
 
     /// <summary>

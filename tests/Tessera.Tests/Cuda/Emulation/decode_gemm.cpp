@@ -91,6 +91,7 @@ int main()
     run(64, 192, 512, 4, false, 1.f, 1.f);     // the 64-row decode step's batch; 4 slices of 2 k-tiles; the residual added
     run(17, 64, 128, 2, true, 0.5f, 1.f);      // MT 4; slices of one k-tile (fewer tiles than stages); alpha
     run(32, 130, 64, 1, false, 1.f, 0.f);      // one k-tile; 3 row blocks, the last with 2 rows
+    run(48, 64, 1024, 8, true, 1.f, 1.f);      // 8 slices of 2 k-tiles, as the host splits llama-1b's output product
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
