@@ -16,34 +16,83 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private bool TryDecodeGemm(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias)
     {
-        if (!Options.DecodeProducts || transposeA || !transposeB || a.Rank != 2 || b.Rank != 2 || c.Rank != 2) return false;
-        int m = a.Size(0), k = a.Size(1), n = b.Size(0);
-        var dtype = a.DType;
-        if (m <= GemvMaxRows || m > DecodeGemmMaxRows || n == 0 || dtype is not (DType.BF16 or DType.F16)) return false;
-        if (b.DType != dtype || c.DType != dtype || b.Size(1) != k || c.Size(0) != m || c.Size(1) != n) return false;
-        if (k % DecodeGemmTile != 0 || a.Stride(1) != 1 || b.Stride(1) != 1 || c.Stride(1) != 1) return false;
-        if (a.Stride(0) % 8 != 0 || b.Stride(0) % 8 != 0 || Ptr(a) % 16 != 0 || Ptr(b) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
-        int mt = m <= 16 ? 2 : m <= 32 ? 4 : 8, blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
-        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
-        ulong counters = slices > 1 ? DecodeCounters(blocks) : 0;
-        if (counters == 0) slices = 1;                  // no counters while recording a graph that outgrew them: one slice
-        ulong partial = slices > 1 ? Scratch((long)slices * 8 * mt * blocks * DecodeGemmBlockRows * sizeof(float)) : 0;
+        if (transposeA || !transposeB || c.Rank != 2 || !DecodeGemmFits(a, b) || c.DType != a.DType || c.Size(0) != a.Size(0)
+            || c.Size(1) != b.Size(0) || c.Stride(1) != 1 || !BiasFits(bias, a.DType, b.Size(0))) return false;
+        int m = a.Size(0), k = a.Size(1), n = b.Size(0), mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
+        var (slices, counters, partial) = DecodeGemmSplit(blocks, k, mt);
         ulong px = Ptr(a), pw = Ptr(b), pb = PtrOrNull(bias), py = Ptr(c);
         long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
         float al = (float)alpha, be = (float)beta;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &partial, &counters, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early };
-        uint shared = (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt) * DecodeGemmTile * 2);
-        Launch("decode_gemm.cu", $"decode_gemm_{Suffix(dtype, "MatMul")}_m{mt}", ((uint)blocks, (uint)slices, 1), DecodeGemmThreads, args, shared,
-            dependent: true);
+        Launch("decode_gemm.cu", $"decode_gemm_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)blocks, (uint)slices, 1), DecodeGemmThreads, args,
+            DecodeGemmShared(mt), dependent: true);
         if (partial != 0) FreeScratch(partial);
         return true;
     }
 
     /// <summary>
+    /// output (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) with 5 &lt;= M &lt;= 64 on decode_gemm.cu's SwiGLU form (gate and up rows of
+    /// an output in one warp's MMA rows; one launch, no (M, 2F) scratch), x RMS-normalized first when <paramref name="norm"/> is
+    /// given (the norm kernel into scratch); false, with nothing enqueued, when the call does not fit it.
+    /// </summary>
+    private bool TryDecodeGemmSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias, Tensor? upBias, RmsNormPrologue? norm)
+    {
+        if (!DecodeGemmFits(x, gateWeight, upWeight) || upWeight.Stride(0) != gateWeight.Stride(0) || output.DType != x.DType
+            || !output.IsContiguous || !BiasFits(gateBias, x.DType, gateWeight.Size(0)) || !BiasFits(upBias, x.DType, gateWeight.Size(0))) return false;
+        Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
+        var input = h ?? x;
+        int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0), mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
+        var (slices, counters, partial) = DecodeGemmSplit(blocks, k, mt);
+        ulong px = Ptr(input), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
+        long ldx = input.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
+        int early = EarlyWeights ? 1 : 0;
+        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &partial, &counters, &m, &f, &k, &ldx, &ldw, &ldo, &early };
+        Launch("decode_gemm.cu", $"decode_gemm_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)blocks, (uint)slices, 1), DecodeGemmThreads,
+            args, DecodeGemmShared(mt), dependent: true);
+        if (partial != 0) FreeScratch(partial);
+        h?.Storage.Dispose();
+        return true;
+    }
+
+    /// <summary>
+    /// Whether x (M, K) and the (·, K) weights suit decode_gemm.cu under <see cref="CudaBackendOptions.DecodeProducts"/>:
+    /// 5 to 64 rows, bf16 or f16 throughout, K a multiple of 64, unit column strides, 16-byte aligned rows.
+    /// </summary>
+    private bool DecodeGemmFits(Tensor x, params Tensor[] weights)
+    {
+        if (!Options.DecodeProducts || x.Rank != 2) return false;
+        int m = x.Size(0), k = x.Size(1);
+        if (m <= GemvMaxRows || m > DecodeGemmMaxRows || k % DecodeGemmTile != 0 || x.DType is not (DType.BF16 or DType.F16)) return false;
+        if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0) return false;
+        foreach (var w in weights)
+            if (w.Rank != 2 || w.Size(0) == 0 || w.DType != x.DType || w.Size(1) != k || w.Stride(1) != 1 || w.Stride(0) % 8 != 0 || Ptr(w) % 16 != 0) return false;
+        return true;
+    }
+
+    /// <summary>x's rows as the kernel's MT (n8 tiles, in pairs): 16, 32 or 64 rows.</summary>
+    private static int DecodeGemmTiles(int m) => m <= 16 ? 2 : m <= 32 ? 4 : 8;
+
+    /// <summary>Dynamic shared memory of a decode_gemm CTA: DG_ST stages of 64 W rows and 8 MT x rows of 64 columns.</summary>
+    private static uint DecodeGemmShared(int mt) => (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt) * DecodeGemmTile * 2);
+
+    /// <summary>
+    /// The slices of K for <paramref name="blocks"/> row blocks, their counters and fp32 partials (scratch: free it after the
+    /// launch); one slice, no scratch, when the grid is wide enough or no counters can be had (a graph being recorded that
+    /// outgrew them).
+    /// </summary>
+    private (int Slices, ulong Counters, ulong Partial) DecodeGemmSplit(int blocks, int k, int mt)
+    {
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        ulong counters = slices > 1 ? DecodeCounters(blocks) : 0;
+        if (counters == 0) return (1, 0, 0);
+        return (slices, counters, Scratch((long)slices * 8 * mt * blocks * DecodeGemmBlockRows * sizeof(float)));
+    }
+
+    /// <summary>
     /// Slices of K for a decode product of <paramref name="blocks"/> row blocks and <paramref name="tiles"/> k-tiles: doubled
     /// while the grid has fewer than two CTAs an SM and the tiles divide evenly, at most 8 (llama-1b at 64 rows: QKV 48
-    /// blocks x 8, the output and down products 32 x 8, gate/up 256 x 2 on 132 SMs).
+    /// blocks x 8, the output and down products 32 x 8, gate/up with SwiGLU 256 x 2 on 132 SMs).
     /// </summary>
     private int DecodeGemmSlices(int blocks, int tiles)
     {

@@ -67,7 +67,8 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc/>
     /// <remarks>For at most 4 rows of x, one kernel streams the gate and up rows together (gemv.cu), normalizing x on the way
-    /// when asked; otherwise the norm, then one cuBLASLt product over [gate; up] when the two weights are adjacent in their
+    /// when asked; for 5 to 64 under <see cref="CudaBackendOptions.DecodeProducts"/>, the norm, then decode_gemm.cu's SwiGLU
+    /// form; otherwise the norm, then one cuBLASLt product over [gate; up] when the two weights are adjacent in their
     /// storage (two products when not) into scratch, and the SwiGLU kernel on the halves.</remarks>
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null)
@@ -82,6 +83,7 @@ public sealed unsafe partial class CudaBackend
         // One row stride serves both weights in the kernel.
         bool fused = GemvFits(x, norm, gateWeight, upWeight) && upWeight.Stride(0) == gateWeight.Stride(0) && output.DType == dtype
             && BiasFits(gateBias, dtype, f) && BiasFits(upBias, dtype, f);
+        if (!fused && TryDecodeGemmSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm)) return;
         if (!fused && gateBias is null && upBias is null && Stacked(gateWeight, upWeight) is { } both && output.DType == dtype)
         {
             // Gate and up adjacent in their storage (the parameter arena lays them out so): one product at N = 2F reads

@@ -15,14 +15,20 @@
 // One slice: the epilogue writes y. Several: each CTA writes its fp32 tile to partial (slices, 8 MT, gridDim.x * 64),
 // then the last CTA of a row block (counters[blockIdx.x], left at zero for the next launch or graph replay) sums the
 // slices in order (the same bits whatever the order in which the CTAs finish) and writes y.
+// SWIGLU (a decode step's gate/up pair, y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), N = F outputs, alpha 1, beta 0): a
+// row block is 32 outputs, and warp w's 16 MMA rows are the gate rows (g) and the up rows (g + 8) of outputs 32 b + 8 w + g,
+// so a lane holds both halves of an output in registers; the partials keep those "virtual rows" (64 a block) and the last
+// CTA pairs them the same way. SiLU as elementwise.cu's, on the fp32 sums (no rounding of gate and up to 16 bits between).
 #define DG_THREADS 128
 #define DG_BN 64
 #define DG_BK 64
 #define DG_ST 3
 
-template <typename T, int MT>
-__device__ void decode_gemm(const T* x, const T* w, const T* bias, T* y, float* partial, int* counters, int M, int N, int K,
-                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early)
+__device__ __forceinline__ float dg_silu(float g) { return g / (1.f + expf(-g)); }
+
+template <typename T, int MT, bool SWIGLU>
+__device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, float* partial,
+                            int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early)
 {
     constexpr int MP = 8 * MT, WT = DG_BN * DG_BK * 2, XT = MP * DG_BK * 2, STAGE = WT + XT;
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
@@ -38,9 +44,11 @@ __device__ void decode_gemm(const T* x, const T* w, const T* bias, T* y, float* 
 #pragma unroll
         for (int i = 0; i < DG_BN / 16; i++)
         {
-            const int r = cr + 16 * i, n = n0 + r;
+            // Virtual row r: W's row n0 + r, or with SWIGLU the gate (r % 16 < 8) or up row of output o.
+            const int r = cr + 16 * i, o = blockIdx.x * (DG_BN / 2) + (r >> 4) * 8 + (r & 7), n = SWIGLU ? o : n0 + r;
+            const T* src = SWIGLU && (r & 8) ? w2 : w;
             const bool ok = n < N;
-            cp_async16(dst + (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4)), ok ? w + (i64)n * ldw + k0 + t * DG_BK + cc * 8 : w, ok);
+            cp_async16(dst + (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4)), ok ? src + (i64)n * ldw + k0 + t * DG_BK + cc * 8 : w, ok);
         }
     };
     auto load_x = [&](int stage, int t) {
@@ -106,8 +114,23 @@ __device__ void decode_gemm(const T* x, const T* w, const T* bias, T* y, float* 
     }
     cp_async_wait<0>();
 
-    // acc[j][e]: W row n0 + 16 warp + g (+ 8 for e >= 2), x row 8j + 2 c4 + (e & 1).
-    const int nl = warp * 16 + g;
+    // acc[j][e]: W row n0 + 16 warp + g (+ 8 for e >= 2), x row 8j + 2 c4 + (e & 1); with SWIGLU the gate (e < 2) and
+    // the up (e >= 2) sums of output o.
+    const int nl = warp * 16 + g, o = blockIdx.x * (DG_BN / 2) + warp * 8 + g;
+    if (SWIGLU && slices == 1)
+    {
+#pragma unroll
+        for (int j = 0; j < MT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                const int m = 8 * j + 2 * c4 + e;
+                if (m >= M || o >= N) continue;
+                const float gv = acc[j][e] + (bias ? to_f(bias[o]) : 0.f), uv = acc[j][e + 2] + (bias2 ? to_f(bias2[o]) : 0.f);
+                y[(i64)m * ldy + o] = from_f<T>(dg_silu(gv) * uv);
+            }
+        return;
+    }
     if (slices == 1)
     {
 #pragma unroll
@@ -140,6 +163,25 @@ __device__ void decode_gemm(const T* x, const T* w, const T* bias, T* y, float* 
     __syncthreads();
     if (!last) return;
     __threadfence();
+    if (SWIGLU)
+    {
+        for (int i = tid; i < MP * (DG_BN / 2); i += DG_THREADS)
+        {
+            const int m = i / (DG_BN / 2), ol = i % (DG_BN / 2), oo = blockIdx.x * (DG_BN / 2) + ol;
+            if (m >= M || oo >= N) continue;
+            const int vg = n0 + (ol >> 3) * 16 + (ol & 7);                 // the gate's virtual row; the up's is 8 further
+            float gs = 0.f, us = 0.f;
+            for (int s = 0; s < slices; s++)
+            {
+                gs += partial[((i64)s * MP + m) * Np + vg];
+                us += partial[((i64)s * MP + m) * Np + vg + 8];
+            }
+            const float gv = gs + (bias ? to_f(bias[oo]) : 0.f), uv = us + (bias2 ? to_f(bias2[oo]) : 0.f);
+            y[(i64)m * ldy + oo] = from_f<T>(dg_silu(gv) * uv);
+        }
+        if (tid == 0) counters[blockIdx.x] = 0;
+        return;
+    }
     for (int i = tid; i < MP * DG_BN; i += DG_THREADS)
     {
         const int m = i / DG_BN, n = n0 + i % DG_BN;
@@ -159,7 +201,15 @@ __device__ void decode_gemm(const T* x, const T* w, const T* bias, T* y, float* 
         const t* bias, t* y, float* partial, int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha,  \
         float beta, int early)                                                                                            \
     {                                                                                                                     \
-        decode_gemm<t, MT>(x, w, bias, y, partial, counters, M, N, K, ldx, ldw, ldy, alpha, beta, early);                 \
+        decode_gemm<t, MT, false>(x, w, nullptr, bias, nullptr, y, partial, counters, M, N, K, ldx, ldw, ldy, alpha,      \
+                                  beta, early);                                                                           \
+    }                                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_swiglu_##name##_m##MT(const t* x,               \
+        const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, float* partial, int* counters, int M,     \
+        int F, int K, i64 ldx, i64 ldw, i64 ldy, int early)                                                               \
+    {                                                                                                                     \
+        decode_gemm<t, MT, true>(x, gate, up, gate_bias, up_bias, y, partial, counters, M, F, K, ldx, ldw, ldy, 1.f, 0.f, \
+                                 early);                                                                                  \
     }
 DECODE_GEMM(bf16, bf16, 2) DECODE_GEMM(bf16, bf16, 4) DECODE_GEMM(bf16, bf16, 8)
 DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)

@@ -9,8 +9,8 @@ namespace Tessera.Tests.Cuda;
 /// times an nn.Linear weight through <see cref="IBackend.MatMul"/>, against an f64 reference on the same rounded inputs
 /// (<see cref="CudaTestBase.Tolerance"/>: 1e-2 for a bf16 or f16 output) and against cuBLASLt on the default backend;
 /// one slice of K and several (the llama-1b decode step's shapes), bias, the residual added (beta = 1), N past a multiple of
-/// the 64-row block; the output's row-stride padding untouched. And the recorded 64-sequence decode step with them, timed
-/// for the log beside the default.
+/// the 64-row block; the output's row-stride padding untouched; the SwiGLU form through <see cref="IBackend.MatMulSwiGlu"/>.
+/// And the recorded 64-sequence decode step with them, timed for the log beside the default.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -54,6 +54,50 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
         }
         AssertClose(expected, gotTile, Tolerance(dtype), $"decode_gemm {dtype} {m}x{n}x{k}");
         AssertClose(cublasTile, gotTile, Tolerance(dtype), $"decode_gemm against cuBLASLt {dtype} {m}x{n}x{k}");
+    }
+
+    /// <summary>
+    /// <see cref="IBackend.MatMulSwiGlu"/> at 5 to 64 rows on decode_gemm.cu's SwiGLU form (gate and up summed in fp32, no
+    /// 16-bit scratch between the product and SiLU): against an f64 reference of SiLU(x Wg^T + bg) * (x Wu^T + bu) on the rounded
+    /// inputs, normalized first when there is a norm, and against the default backend's path (cuBLASLt and the SwiGLU kernel).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 64, 8192, 2048, true, false)]   // llama-1b's MLP at a 64-sequence decode step, its RMSNorm in front
+    [InlineData(DType.BF16, 9, 100, 256, false, true)]      // 4 row blocks of 32 outputs, the last with 4; biases
+    public void DecodeSwiGluMatchesTheReferenceAndTheDefaultPath(DType dtype, int m, int f, int k, bool withNorm, bool withBias)
+    {
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
+        const double eps = 1e-5;
+        var (xv, gv, uv, nv) = (Values(m * k, 1.0), Values(f * k, 0.05), Values(f * k, 0.05), Values(k, 1.0));
+        var (bgv, buv) = (Values(f, 0.5), Values(f, 0.5));
+        double[] Run(CudaBackend backend)
+        {
+            var output = backend.Allocate(new Shape(m, f), dtype);
+            backend.MatMulSwiGlu(Upload(backend, xv, dtype, m, k), Upload(backend, gv, dtype, f, k), Upload(backend, uv, dtype, f, k), output,
+                withBias ? Upload(backend, bgv, dtype, f) : null, withBias ? Upload(backend, buv, dtype, f) : null,
+                withNorm ? new RmsNormPrologue(Upload(backend, nv, dtype, k), eps) : null);
+            return Download(backend, output);
+        }
+        var got = Run(decode);
+        var fallback = Run(Gpu);
+        double[] sx = Stored(xv, dtype), sg = Stored(gv, dtype), su = Stored(uv, dtype), sn = Stored(nv, dtype), sbg = Stored(bgv, dtype), sbu = Stored(buv, dtype);
+        var expected = new double[m * f];
+        for (int r = 0; r < m; r++)
+        {
+            var h = new double[k];
+            double ms = 0;
+            for (int i = 0; i < k; i++) ms += sx[r * k + i] * sx[r * k + i];
+            double rstd = withNorm ? 1 / Math.Sqrt(ms / k + eps) : 1;
+            for (int i = 0; i < k; i++) h[i] = withNorm ? sx[r * k + i] * rstd * sn[i] : sx[r * k + i];
+            for (int o = 0; o < f; o++)
+            {
+                double g = withBias ? sbg[o] : 0, u = withBias ? sbu[o] : 0;
+                for (int i = 0; i < k; i++) { g += h[i] * sg[o * k + i]; u += h[i] * su[o * k + i]; }
+                expected[r * f + o] = g / (1 + Math.Exp(-g)) * u;
+            }
+        }
+        AssertClose(expected, got, Tolerance(dtype), $"decode_gemm SwiGLU {dtype} {m}x{f}x{k}");
+        AssertClose(fallback, got, Tolerance(dtype), $"decode_gemm SwiGLU against the default path {dtype} {m}x{f}x{k}");
     }
 
     /// <summary>The recorded 64-sequence llama-1b decode step with the decode products, for the log (not a pass/fail bar).</summary>

@@ -85,6 +85,54 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
     if (!(same && pads && zero)) failures++;
 }
 
+// The SwiGLU form: y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), gate and up weights in separate arrays of one row stride.
+static void run_swiglu(int M, int F, int K, int slices, bool with_bias)
+{
+    std::mt19937 rng(7 + M * 5 + F + K + slices);
+    std::uniform_real_distribution<float> u(-1, 1);
+    const int ldx = K, ldw = K + 16, ldy = F;
+    std::vector<bf16> x((size_t)M * ldx), wg((size_t)F * ldw), wu((size_t)F * ldw), bg(F), bu(F), y((size_t)M * ldy);
+    for (auto& v : x) v = from_f<bf16>(u(rng));
+    for (auto& v : wg) v = from_f<bf16>(0.1f * u(rng));
+    for (auto& v : wu) v = from_f<bf16>(0.1f * u(rng));
+    for (auto& v : bg) v = from_f<bf16>(u(rng));
+    for (auto& v : bu) v = from_f<bf16>(u(rng));
+    std::vector<double> e((size_t)M * F);
+    for (int m = 0; m < M; m++)
+        for (int o = 0; o < F; o++)
+        {
+            double g = with_bias ? to_f(bg[o]) : 0.0, h = with_bias ? to_f(bu[o]) : 0.0;
+            for (int k = 0; k < K; k++)
+            {
+                g += (double)to_f(x[(size_t)m * ldx + k]) * to_f(wg[(size_t)o * ldw + k]);
+                h += (double)to_f(x[(size_t)m * ldx + k]) * to_f(wu[(size_t)o * ldw + k]);
+            }
+            e[(size_t)m * F + o] = g / (1 + std::exp(-g)) * h;
+        }
+    const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (F + 31) / 32;
+    std::vector<float> partial((size_t)slices * 8 * MT * blocks * 64, NAN);
+    std::vector<int> counters(blocks, 0);
+    const bf16 *px = x.data(), *pg = wg.data(), *pu = wu.data(), *pbg = with_bias ? bg.data() : nullptr, *pbu = with_bias ? bu.data() : nullptr;
+    bf16* py = y.data();
+    float* pp = partial.data();
+    int* pc = counters.data();
+    int m_ = M, f_ = F, k_ = K, early = 1;
+    long long lx = ldx, lw = ldw, ly = ldy;
+    emu_shared_base = (unsigned char*)dg_shared;
+    auto launch = [&](auto kernel) { emu_launch(dim3{(unsigned)blocks, (unsigned)slices, 1}, 128, [&] { kernel(px, pg, pu, pbg, pbu, py, pp, pc, m_, f_, k_, lx, lw, ly, early); }); };
+    if (MT == 2) launch(decode_gemm_swiglu_bf16_m2);
+    else if (MT == 4) launch(decode_gemm_swiglu_bf16_m4);
+    else launch(decode_gemm_swiglu_bf16_m8);
+    std::vector<float> got((size_t)M * F);
+    for (size_t i = 0; i < got.size(); i++) got[i] = to_f(y[i]);
+    bool zero = true;
+    for (int c : counters) zero &= c == 0;
+    char name[120];
+    snprintf(name, sizeof name, "decode_gemm swiglu M=%d F=%d K=%d slices=%d bias=%d", M, F, K, slices, with_bias ? 1 : 0);
+    check(name, e, got, 8e-3);
+    if (!zero) { printf("%-56s FAIL\n", (std::string(name) + ": counters left at zero").c_str()); failures++; }
+}
+
 int main()
 {
     run(5, 100, 256, 1, true, 1.f, 0.f);      // 8 x-rows padded to 16 (MT 2); N past one block of 64; 4 k-tiles, 3 stages
@@ -92,6 +140,9 @@ int main()
     run(17, 64, 128, 2, true, 0.5f, 1.f);      // MT 4; slices of one k-tile (fewer tiles than stages); alpha
     run(32, 130, 64, 1, false, 1.f, 0.f);      // one k-tile; 3 row blocks, the last with 2 rows
     run(48, 64, 1024, 8, true, 1.f, 1.f);      // 8 slices of 2 k-tiles, as the host splits llama-1b's output product
+    run_swiglu(17, 100, 256, 1, true);         // 4 row blocks of 32 outputs, the last with 4; gate and up biases
+    run_swiglu(64, 64, 512, 4, false);         // 4 slices: the last CTA pairs the gate and up partials
+    run_swiglu(5, 40, 128, 2, true);           // 8 x-rows padded to 16; 2 slices of one k-tile
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
