@@ -14,17 +14,19 @@ public sealed unsafe partial class CudaBackend
     /// under <see cref="CudaBackendOptions.DecodeProducts"/>; false, with nothing enqueued, when the call does not fit it
     /// (then cuBLASLt runs it): 16-bit floats of one dtype, K a multiple of 64, unit column strides, 16-byte aligned rows.
     /// </summary>
-    private bool TryDecodeGemm(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias)
+    private bool TryDecodeGemm(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
+        RmsNormPrologue? norm = null)
     {
-        if (transposeA || !transposeB || c.Rank != 2 || !DecodeGemmFits(a, b) || c.DType != a.DType || c.Size(0) != a.Size(0)
+        if (transposeA || !transposeB || c.Rank != 2 || !DecodeGemmFits(a, norm, b) || c.DType != a.DType || c.Size(0) != a.Size(0)
             || c.Size(1) != b.Size(0) || c.Stride(1) != 1 || !BiasFits(bias, a.DType, b.Size(0))) return false;
         int m = a.Size(0), k = a.Size(1), n = b.Size(0), mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
         var (slices, counters, partial) = DecodeGemmSplit(blocks, k, mt);
         ulong px = Ptr(a), pw = Ptr(b), pb = PtrOrNull(bias), py = Ptr(c);
         long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
-        float al = (float)alpha, be = (float)beta;
+        float al = (float)alpha, be = (float)beta, eps = norm is { } r ? (float)r.Epsilon : 0f;
+        ulong pn = norm is { } r2 ? Ptr(r2.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &partial, &counters, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early };
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &partial, &counters, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early, &pn, &eps };
         Launch("decode_gemm.cu", $"decode_gemm_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)blocks, (uint)slices, 1), DecodeGemmThreads, args,
             DecodeGemmShared(mt), dependent: true);
         if (partial != 0) FreeScratch(partial);
@@ -33,38 +35,46 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// output (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) with 5 &lt;= M &lt;= 64 on decode_gemm.cu's SwiGLU form (gate and up rows of
-    /// an output in one warp's MMA rows; one launch, no (M, 2F) scratch), x RMS-normalized first when <paramref name="norm"/> is
-    /// given (the norm kernel into scratch); false, with nothing enqueued, when the call does not fit it.
+    /// an output in one warp's MMA rows; one launch, no (M, 2F) scratch), x RMS-normalized on the way when <paramref name="norm"/>
+    /// is given; false, with nothing enqueued, when the call does not fit it.
     /// </summary>
     private bool TryDecodeGemmSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias, Tensor? upBias, RmsNormPrologue? norm)
     {
-        if (!DecodeGemmFits(x, gateWeight, upWeight) || upWeight.Stride(0) != gateWeight.Stride(0) || output.DType != x.DType
+        if (!DecodeGemmFits(x, norm, gateWeight, upWeight) || upWeight.Stride(0) != gateWeight.Stride(0) || output.DType != x.DType
             || !output.IsContiguous || !BiasFits(gateBias, x.DType, gateWeight.Size(0)) || !BiasFits(upBias, x.DType, gateWeight.Size(0))) return false;
-        Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
-        var input = h ?? x;
         int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0), mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
         var (slices, counters, partial) = DecodeGemmSplit(blocks, k, mt);
-        ulong px = Ptr(input), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
-        long ldx = input.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
+        ulong px = Ptr(x), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         int early = EarlyWeights ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &partial, &counters, &m, &f, &k, &ldx, &ldw, &ldo, &early };
+        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &partial, &counters, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps };
         Launch("decode_gemm.cu", $"decode_gemm_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)blocks, (uint)slices, 1), DecodeGemmThreads,
             args, DecodeGemmShared(mt), dependent: true);
         if (partial != 0) FreeScratch(partial);
-        h?.Storage.Dispose();
         return true;
     }
 
     /// <summary>
-    /// Whether x (M, K) and the (·, K) weights suit decode_gemm.cu under <see cref="CudaBackendOptions.DecodeProducts"/>:
-    /// 5 to 64 rows, bf16 or f16 throughout, K a multiple of 64, unit column strides, 16-byte aligned rows.
+    /// output (M, N) = RMSNorm(x) W^T + bias with 5 &lt;= M &lt;= 64 on decode_gemm.cu, the norm applied on the way (no normalized
+    /// copy of x, no norm launch); false, with nothing enqueued, when the call does not fit it.
     /// </summary>
-    private bool DecodeGemmFits(Tensor x, params Tensor[] weights)
+    private bool TryDecodeGemmNormalized(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias) =>
+        TryDecodeGemm(x, weight, output, false, true, 1.0, 0.0, bias, norm);
+
+    /// <summary>
+    /// Whether x (M, K) and the (·, K) weights suit decode_gemm.cu under <see cref="CudaBackendOptions.DecodeProducts"/>:
+    /// 5 to 64 rows, bf16 or f16 throughout, K a multiple of 64, unit column strides, 16-byte aligned rows; a norm's weight
+    /// contiguous, of x's dtype, K long.
+    /// </summary>
+    private bool DecodeGemmFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights)
     {
         if (!Options.DecodeProducts || x.Rank != 2) return false;
         int m = x.Size(0), k = x.Size(1);
         if (m <= GemvMaxRows || m > DecodeGemmMaxRows || k % DecodeGemmTile != 0 || x.DType is not (DType.BF16 or DType.F16)) return false;
         if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0) return false;
+        if (norm is { } r && (r.Weight.DType != x.DType || !r.Weight.IsContiguous || r.Weight.NumElements != k)) return false;
         foreach (var w in weights)
             if (w.Rank != 2 || w.Size(0) == 0 || w.DType != x.DType || w.Size(1) != k || w.Stride(1) != 1 || w.Stride(0) % 8 != 0 || Ptr(w) % 16 != 0) return false;
         return true;
@@ -86,7 +96,8 @@ public sealed unsafe partial class CudaBackend
         int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong counters = slices > 1 ? DecodeCounters(blocks) : 0;
         if (counters == 0) return (1, 0, 0);
-        return (slices, counters, Scratch((long)slices * 8 * mt * blocks * DecodeGemmBlockRows * sizeof(float)));
+        // The tiles' fp32 sums (slices, 8 MT, blocks x 64), then with a norm each slice's row sums of squares (blocks, slices, 8 MT).
+        return (slices, counters, Scratch((long)slices * 8 * mt * blocks * (DecodeGemmBlockRows + 1) * sizeof(float)));
     }
 
     /// <summary>

@@ -40,8 +40,8 @@ public sealed record CudaBackendOptions
     /// Products of 5 to 64 rows of x times an nn.Linear weight (a decode step's batch) run on decode_gemm.cu instead of
     /// cuBLASLt: tensor cores, K in slices merged by the last CTA of a row block, launched dependent on the predecessor with the
     /// first weight loads ahead of the wait (as the matrix-vector kernels at 1-4 rows); <see cref="CudaBackend.MatMulSwiGlu"/>
-    /// at those rows runs its SwiGLU form in one launch. Default false: written in session 20 and checked on the CPU emulation,
-    /// not yet measured on a GPU.
+    /// at those rows runs its SwiGLU form in one launch, and it and <see cref="CudaBackend.RmsNormMatMul"/> apply the norm on the
+    /// way (no norm launch). Default false: written in session 20 and checked on the CPU emulation, not yet measured on a GPU.
     /// </summary>
     public bool DecodeProducts { get; init; }
 

@@ -19,6 +19,12 @@
 // row block is 32 outputs, and warp w's 16 MMA rows are the gate rows (g) and the up rows (g + 8) of outputs 32 b + 8 w + g,
 // so a lane holds both halves of an output in registers; the partials keep those "virtual rows" (64 a block) and the last
 // CTA pairs them the same way. SiLU as elementwise.cu's, on the fp32 sums (no rounding of gate and up to 16 bits between).
+// nw (RMSNorm's weight, K) given: x is RMS-normalized on the way, without a pass of its own. Each staged x tile is scaled
+// in shared memory by nw's 64 columns (rounded to T, as the norm kernel's output is) while its squares are summed per row
+// (TPR = 128 / (8 MT) threads a row, each the same columns of every tile); the products then carry 1 / rms, applied to the
+// fp32 sums: rsqrt(sum of squares / K + eps) from the CTA's own sums with one slice, or, with several, from every slice's sums
+// (stored after the partials) by the merging CTA. Not the norm kernel's bits (it rounds x * rstd * w once; here x * w is
+// rounded and rstd applied to the sum): within the dtype's tolerance.
 #define DG_THREADS 128
 #define DG_BN 64
 #define DG_BK 64
@@ -28,9 +34,10 @@ __device__ __forceinline__ float dg_silu(float g) { return g / (1.f + expf(-g));
 
 template <typename T, int MT, bool SWIGLU>
 __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, float* partial,
-                            int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early)
+                            int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early,
+                            const T* nw, float eps)
 {
-    constexpr int MP = 8 * MT, WT = DG_BN * DG_BK * 2, XT = MP * DG_BK * 2, STAGE = WT + XT;
+    constexpr int MP = 8 * MT, WT = DG_BN * DG_BK * 2, XT = MP * DG_BK * 2, STAGE = WT + XT, TPR = DG_THREADS / MP;
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
     extern __shared__ float dg_shared[];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
@@ -82,6 +89,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
     float acc[MT][4];
 #pragma unroll
     for (int j = 0; j < MT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    float sq = 0.f;                                        // with nw: this thread's share of its row's sum of squares
     const TileOffsets<DG_BK> off(lane);
     for (int t = 0; t < tiles; t++)
     {
@@ -94,6 +102,22 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         cp_async_commit();
         cp_async_wait<DG_ST - 1>();
         __syncthreads();
+        if (nw)
+        {
+            // Row nr's columns nc0 .. nc0 + 64 / TPR of the tile: squares summed, then scaled by nw in place (swizzled).
+            unsigned char* xs = reinterpret_cast<unsigned char*>(dg_shared) + (t % DG_ST) * STAGE + WT;
+            const int nr = tid / TPR, nc0 = (tid % TPR) * (DG_BK / TPR), kt = k0 + t * DG_BK;
+#pragma unroll
+            for (int q = 0; q < DG_BK / TPR; q++)
+            {
+                const int col = nc0 + q;
+                T* p = reinterpret_cast<T*>(xs + nr * DG_BK * 2 + (((col >> 3) ^ (nr & 7)) << 4) + (col & 7) * 2);
+                const float v = to_f(*p);
+                sq += v * v;
+                *p = from_f<T>(v * to_f(nw[kt + col]));
+            }
+            __syncthreads();
+        }
         const unsigned tW = smem + (t % DG_ST) * STAGE + warp * 16 * DG_BK * 2, tX = smem + (t % DG_ST) * STAGE + WT;
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
@@ -113,6 +137,17 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         __syncthreads();                                   // this stage is refilled DG_ST - 1 tiles later
     }
     cp_async_wait<0>();
+    // With nw: the row sums of squares of this slice of K in dg_rowsq (a row's TPR threads are consecutive lanes).
+    __shared__ float dg_rowsq[64];
+    if (nw)
+    {
+#pragma unroll
+        for (int off = TPR / 2; off > 0; off >>= 1) sq += __shfl_xor_sync(FULL_MASK, sq, off);
+        if (tid % TPR == 0) dg_rowsq[tid / TPR] = sq;
+        __syncthreads();
+    }
+    // 1 / rms of x row m (1 without a norm): from this CTA's sums when it holds all of K.
+    auto inv_rms = [&](int m) { return nw ? rsqrtf(dg_rowsq[m] / K + eps) : 1.f; };
 
     // acc[j][e]: W row n0 + 16 warp + g (+ 8 for e >= 2), x row 8j + 2 c4 + (e & 1); with SWIGLU the gate (e < 2) and
     // the up (e >= 2) sums of output o.
@@ -126,7 +161,8 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
             {
                 const int m = 8 * j + 2 * c4 + e;
                 if (m >= M || o >= N) continue;
-                const float gv = acc[j][e] + (bias ? to_f(bias[o]) : 0.f), uv = acc[j][e + 2] + (bias2 ? to_f(bias2[o]) : 0.f);
+                const float r = inv_rms(m);
+                const float gv = acc[j][e] * r + (bias ? to_f(bias[o]) : 0.f), uv = acc[j][e + 2] * r + (bias2 ? to_f(bias2[o]) : 0.f);
                 y[(i64)m * ldy + o] = from_f<T>(dg_silu(gv) * uv);
             }
         return;
@@ -140,7 +176,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
             {
                 const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + nl + (e >> 1) * 8;
                 if (m >= M || n >= N) continue;
-                float v = alpha * acc[j][e];
+                float v = alpha * (acc[j][e] * inv_rms(m));
                 if (bias) v += to_f(bias[n]);
                 if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n]);
                 y[(i64)m * ldy + n] = from_f<T>(v);
@@ -156,6 +192,9 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
             const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + nl + (e >> 1) * 8;
             partial[((i64)slice * MP + m) * Np + n] = acc[j][e];
         }
+    // With nw, this slice's row sums of squares after the partials: (row block, slice, 8 MT).
+    float* const partial_sq = partial + (i64)slices * MP * Np + (i64)blockIdx.x * slices * MP;
+    if (nw && tid < MP) partial_sq[slice * MP + tid] = dg_rowsq[tid];
     __shared__ int last;
     __threadfence();                                       // this CTA's partial is visible before it is counted
     __syncthreads();
@@ -163,6 +202,18 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
     __syncthreads();
     if (!last) return;
     __threadfence();
+    if (nw)
+    {
+        // Every slice's sums, in slice order, into dg_rowsq: inv_rms then covers all of K.
+        __syncthreads();
+        if (tid < MP)
+        {
+            float total = 0.f;
+            for (int s = 0; s < slices; s++) total += partial_sq[s * MP + tid];
+            dg_rowsq[tid] = total;
+        }
+        __syncthreads();
+    }
     if (SWIGLU)
     {
         for (int i = tid; i < MP * (DG_BN / 2); i += DG_THREADS)
@@ -176,7 +227,8 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
                 gs += partial[((i64)s * MP + m) * Np + vg];
                 us += partial[((i64)s * MP + m) * Np + vg + 8];
             }
-            const float gv = gs + (bias ? to_f(bias[oo]) : 0.f), uv = us + (bias2 ? to_f(bias2[oo]) : 0.f);
+            const float r = inv_rms(m);
+            const float gv = gs * r + (bias ? to_f(bias[oo]) : 0.f), uv = us * r + (bias2 ? to_f(bias2[oo]) : 0.f);
             y[(i64)m * ldy + oo] = from_f<T>(dg_silu(gv) * uv);
         }
         if (tid == 0) counters[blockIdx.x] = 0;
@@ -188,7 +240,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         if (m >= M || n >= N) continue;
         float sum = 0.f;
         for (int s = 0; s < slices; s++) sum += partial[((i64)s * MP + m) * Np + n];
-        float v = alpha * sum;
+        float v = alpha * (sum * inv_rms(m));
         if (bias) v += to_f(bias[n]);
         if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n]);
         y[(i64)m * ldy + n] = from_f<T>(v);
@@ -199,17 +251,17 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
 #define DECODE_GEMM(name, t, MT)                                                                                          \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_##name##_m##MT(const t* x, const t* w,           \
         const t* bias, t* y, float* partial, int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha,  \
-        float beta, int early)                                                                                            \
+        float beta, int early, const t* nw, float eps)                                                                    \
     {                                                                                                                     \
         decode_gemm<t, MT, false>(x, w, nullptr, bias, nullptr, y, partial, counters, M, N, K, ldx, ldw, ldy, alpha,      \
-                                  beta, early);                                                                           \
+                                  beta, early, nw, eps);                                                                  \
     }                                                                                                                     \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_swiglu_##name##_m##MT(const t* x,               \
         const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, float* partial, int* counters, int M,     \
-        int F, int K, i64 ldx, i64 ldw, i64 ldy, int early)                                                               \
+        int F, int K, i64 ldx, i64 ldw, i64 ldy, int early, const t* nw, float eps)                                       \
     {                                                                                                                     \
         decode_gemm<t, MT, true>(x, gate, up, gate_bias, up_bias, y, partial, counters, M, F, K, ldx, ldw, ldy, 1.f, 0.f, \
-                                 early);                                                                                  \
+                                 early, nw, eps);                                                                         \
     }
 DECODE_GEMM(bf16, bf16, 2) DECODE_GEMM(bf16, bf16, 4) DECODE_GEMM(bf16, bf16, 8)
 DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)

@@ -9,7 +9,8 @@ namespace Tessera.Tests.Cuda;
 /// times an nn.Linear weight through <see cref="IBackend.MatMul"/>, against an f64 reference on the same rounded inputs
 /// (<see cref="CudaTestBase.Tolerance"/>: 1e-2 for a bf16 or f16 output) and against cuBLASLt on the default backend;
 /// one slice of K and several (the llama-1b decode step's shapes), bias, the residual added (beta = 1), N past a multiple of
-/// the 64-row block; the output's row-stride padding untouched; the SwiGLU form through <see cref="IBackend.MatMulSwiGlu"/>.
+/// the 64-row block; the output's row-stride padding untouched; the SwiGLU form through <see cref="IBackend.MatMulSwiGlu"/>; the
+/// RMSNorm applied on the way through <see cref="IBackend.RmsNormMatMul"/>.
 /// And the recorded 64-sequence decode step with them, timed for the log beside the default.
 /// </summary>
 [Collection("cuda")]
@@ -59,7 +60,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     /// <summary>
     /// <see cref="IBackend.MatMulSwiGlu"/> at 5 to 64 rows on decode_gemm.cu's SwiGLU form (gate and up summed in fp32, no
     /// 16-bit scratch between the product and SiLU): against an f64 reference of SiLU(x Wg^T + bg) * (x Wu^T + bu) on the rounded
-    /// inputs, normalized first when there is a norm, and against the default backend's path (cuBLASLt and the SwiGLU kernel).
+    /// inputs, normalized on the way when there is a norm, and against the default backend's path (cuBLASLt and the SwiGLU kernel).
     /// </summary>
     [Theory]
     [InlineData(DType.BF16, 64, 8192, 2048, true, false)]   // llama-1b's MLP at a 64-sequence decode step, its RMSNorm in front
@@ -98,6 +99,46 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
         }
         AssertClose(expected, got, Tolerance(dtype), $"decode_gemm SwiGLU {dtype} {m}x{f}x{k}");
         AssertClose(fallback, got, Tolerance(dtype), $"decode_gemm SwiGLU against the default path {dtype} {m}x{f}x{k}");
+    }
+
+    /// <summary>
+    /// <see cref="IBackend.RmsNormMatMul"/> at 5 to 64 rows on decode_gemm.cu with the norm applied on the way (x scaled by the
+    /// norm's weight in the staged tiles, 1 / rms on the sums; one slice and several): against an f64 reference of
+    /// RMSNorm(x) W^T + b on the rounded inputs and against the default path (the norm kernel, then cuBLASLt).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 64, 3072, 2048, false)]   // llama-1b's QKV at a 64-sequence decode step (K in slices)
+    [InlineData(DType.BF16, 7, 64, 4096, true)]       // one row block, with bias
+    public void DecodeProductsNormalizeOnTheWay(DType dtype, int m, int n, int k, bool withBias)
+    {
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
+        const double eps = 1e-5;
+        var (xv, wv, nv, bv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(k, 1.0), Values(n, 0.5));
+        double[] Run(CudaBackend backend)
+        {
+            var output = backend.Allocate(new Shape(m, n), dtype);
+            backend.RmsNormMatMul(Upload(backend, xv, dtype, m, k), new RmsNormPrologue(Upload(backend, nv, dtype, k), eps),
+                Upload(backend, wv, dtype, n, k), output, withBias ? Upload(backend, bv, dtype, n) : null);
+            return Download(backend, output);
+        }
+        var got = Run(decode);
+        var fallback = Run(Gpu);
+        double[] sx = Stored(xv, dtype), sw = Stored(wv, dtype), sn = Stored(nv, dtype), sb = Stored(bv, dtype);
+        var expected = new double[m * n];
+        for (int r = 0; r < m; r++)
+        {
+            double ms = 0;
+            for (int i = 0; i < k; i++) ms += sx[r * k + i] * sx[r * k + i];
+            double rstd = 1 / Math.Sqrt(ms / k + eps);
+            for (int c = 0; c < n; c++)
+            {
+                double s = withBias ? sb[c] : 0;
+                for (int i = 0; i < k; i++) s += sx[r * k + i] * rstd * sn[i] * sw[c * k + i];
+                expected[r * n + c] = s;
+            }
+        }
+        AssertClose(expected, got, Tolerance(dtype), $"decode_gemm with RMSNorm {dtype} {m}x{n}x{k}");
+        AssertClose(fallback, got, Tolerance(dtype), $"decode_gemm with RMSNorm against the default path {dtype} {m}x{n}x{k}");
     }
 
     /// <summary>The recorded 64-sequence llama-1b decode step with the decode products, for the log (not a pass/fail bar).</summary>

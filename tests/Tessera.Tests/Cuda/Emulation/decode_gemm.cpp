@@ -2,7 +2,8 @@
 // cp.async, ldmatrix and mma.sync), against a double reference over the bf16-rounded inputs: rows of x from 5 to 64 in
 // their three instantiations (8 MT rows), N past a multiple of the 64-row block, one slice of K and several (the last CTA
 // of a row block summing the slices' fp32 partials, which must leave the counters at zero), bias, alpha and the residual
-// (beta = 1); the early weight loads (before pdl_wait) against the late ones, bit for bit. kernels.h is written by the test:
+// (beta = 1); the early weight loads (before pdl_wait) against the late ones, bit for bit; RMSNorm on the way (x scaled by
+// its weight in the staged tiles, 1 / rms on the sums), with one slice and several. kernels.h is written by the test:
 // the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the number of failures.
 #include "kernels.h"
 #include <cmath>
@@ -30,7 +31,7 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
     if (!(rel <= tol)) failures++;
 }
 
-static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta)
+static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta, bool with_norm = false)
 {
     std::mt19937 rng(5 + M * 3 + N + K + slices);
     std::uniform_real_distribution<float> u(-1, 1);
@@ -40,16 +41,26 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
     for (auto& v : w) v = from_f<bf16>(0.1f * u(rng));
     for (auto& v : bias) v = from_f<bf16>(u(rng));
     for (auto& v : y0) v = from_f<bf16>(u(rng));
-    std::vector<double> e((size_t)M * N);
+    std::vector<bf16> nw(K);
+    for (auto& v : nw) v = from_f<bf16>(1.f + 0.5f * u(rng));
+    const float eps = 1e-5f;
+    std::vector<double> e((size_t)M * N), h((size_t)M * K);   // h: x, RMS-normalized when with_norm
+    for (int m = 0; m < M; m++)
+    {
+        double ss = 0;
+        for (int k = 0; k < K; k++) ss += (double)to_f(x[(size_t)m * ldx + k]) * to_f(x[(size_t)m * ldx + k]);
+        const double r = with_norm ? 1 / std::sqrt(ss / K + eps) : 1;
+        for (int k = 0; k < K; k++) h[(size_t)m * K + k] = to_f(x[(size_t)m * ldx + k]) * r * (with_norm ? to_f(nw[k]) : 1.0);
+    }
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++)
         {
             double s = 0;
-            for (int k = 0; k < K; k++) s += (double)to_f(x[(size_t)m * ldx + k]) * to_f(w[(size_t)n * ldw + k]);
+            for (int k = 0; k < K; k++) s += h[(size_t)m * K + k] * to_f(w[(size_t)n * ldw + k]);
             e[(size_t)m * N + n] = alpha * s + (with_bias ? to_f(bias[n]) : 0.0) + beta * to_f(y0[(size_t)m * ldy + n]);
         }
     const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (N + 63) / 64;
-    std::vector<float> partial((size_t)slices * 8 * MT * blocks * 64, NAN);
+    std::vector<float> partial((size_t)slices * 8 * MT * blocks * 65, NAN);
     std::vector<int> counters(blocks, 0);
     std::vector<float> got[2];
     std::vector<bf16> y[2];
@@ -62,9 +73,10 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
         int* pc = counters.data();
         int m_ = M, n_ = N, k_ = K, ea = early;
         long long lx = ldx, lw = ldw, ly = ldy;
-        float al = alpha, be = beta;
+        float al = alpha, be = beta, ep = eps;
+        const bf16* pn = with_norm ? nw.data() : nullptr;
         emu_shared_base = (unsigned char*)dg_shared;
-        auto launch = [&](auto kernel) { emu_launch(dim3{(unsigned)blocks, (unsigned)slices, 1}, 128, [&] { kernel(px, pw, pb, py, pp, pc, m_, n_, k_, lx, lw, ly, al, be, ea); }); };
+        auto launch = [&](auto kernel) { emu_launch(dim3{(unsigned)blocks, (unsigned)slices, 1}, 128, [&] { kernel(px, pw, pb, py, pp, pc, m_, n_, k_, lx, lw, ly, al, be, ea, pn, ep); }); };
         if (MT == 2) launch(decode_gemm_bf16_m2);
         else if (MT == 4) launch(decode_gemm_bf16_m4);
         else launch(decode_gemm_bf16_m8);
@@ -73,7 +85,7 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm M=%d N=%d K=%d slices=%d bias=%d beta=%g", M, N, K, slices, with_bias ? 1 : 0, beta);
+    snprintf(name, sizeof name, "decode_gemm M=%d N=%d K=%d slices=%d bias=%d beta=%g%s", M, N, K, slices, with_bias ? 1 : 0, beta, with_norm ? " norm" : "");
     check(name, e, got[1], 8e-3);
     bool same = got[0] == got[1];
     bool pads = true;   // the row stride's padding past N is untouched
@@ -86,7 +98,7 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
 }
 
 // The SwiGLU form: y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), gate and up weights in separate arrays of one row stride.
-static void run_swiglu(int M, int F, int K, int slices, bool with_bias)
+static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool with_norm = false)
 {
     std::mt19937 rng(7 + M * 5 + F + K + slices);
     std::uniform_real_distribution<float> u(-1, 1);
@@ -97,29 +109,40 @@ static void run_swiglu(int M, int F, int K, int slices, bool with_bias)
     for (auto& v : wu) v = from_f<bf16>(0.1f * u(rng));
     for (auto& v : bg) v = from_f<bf16>(u(rng));
     for (auto& v : bu) v = from_f<bf16>(u(rng));
+    std::vector<bf16> nw(K);
+    for (auto& v : nw) v = from_f<bf16>(1.f + 0.5f * u(rng));
+    const float eps = 1e-5f;
     std::vector<double> e((size_t)M * F);
     for (int m = 0; m < M; m++)
+    {
+        double ss = 0;
+        for (int k = 0; k < K; k++) ss += (double)to_f(x[(size_t)m * ldx + k]) * to_f(x[(size_t)m * ldx + k]);
+        const double r = with_norm ? 1 / std::sqrt(ss / K + eps) : 1;
         for (int o = 0; o < F; o++)
         {
             double g = with_bias ? to_f(bg[o]) : 0.0, h = with_bias ? to_f(bu[o]) : 0.0;
             for (int k = 0; k < K; k++)
             {
-                g += (double)to_f(x[(size_t)m * ldx + k]) * to_f(wg[(size_t)o * ldw + k]);
-                h += (double)to_f(x[(size_t)m * ldx + k]) * to_f(wu[(size_t)o * ldw + k]);
+                const double xk = to_f(x[(size_t)m * ldx + k]) * r * (with_norm ? to_f(nw[k]) : 1.0);
+                g += xk * to_f(wg[(size_t)o * ldw + k]);
+                h += xk * to_f(wu[(size_t)o * ldw + k]);
             }
             e[(size_t)m * F + o] = g / (1 + std::exp(-g)) * h;
         }
+    }
     const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (F + 31) / 32;
-    std::vector<float> partial((size_t)slices * 8 * MT * blocks * 64, NAN);
+    std::vector<float> partial((size_t)slices * 8 * MT * blocks * 65, NAN);
     std::vector<int> counters(blocks, 0);
     const bf16 *px = x.data(), *pg = wg.data(), *pu = wu.data(), *pbg = with_bias ? bg.data() : nullptr, *pbu = with_bias ? bu.data() : nullptr;
+    const bf16* pn = with_norm ? nw.data() : nullptr;
+    float ep = eps;
     bf16* py = y.data();
     float* pp = partial.data();
     int* pc = counters.data();
     int m_ = M, f_ = F, k_ = K, early = 1;
     long long lx = ldx, lw = ldw, ly = ldy;
     emu_shared_base = (unsigned char*)dg_shared;
-    auto launch = [&](auto kernel) { emu_launch(dim3{(unsigned)blocks, (unsigned)slices, 1}, 128, [&] { kernel(px, pg, pu, pbg, pbu, py, pp, pc, m_, f_, k_, lx, lw, ly, early); }); };
+    auto launch = [&](auto kernel) { emu_launch(dim3{(unsigned)blocks, (unsigned)slices, 1}, 128, [&] { kernel(px, pg, pu, pbg, pbu, py, pp, pc, m_, f_, k_, lx, lw, ly, early, pn, ep); }); };
     if (MT == 2) launch(decode_gemm_swiglu_bf16_m2);
     else if (MT == 4) launch(decode_gemm_swiglu_bf16_m4);
     else launch(decode_gemm_swiglu_bf16_m8);
@@ -128,7 +151,7 @@ static void run_swiglu(int M, int F, int K, int slices, bool with_bias)
     bool zero = true;
     for (int c : counters) zero &= c == 0;
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm swiglu M=%d F=%d K=%d slices=%d bias=%d", M, F, K, slices, with_bias ? 1 : 0);
+    snprintf(name, sizeof name, "decode_gemm swiglu M=%d F=%d K=%d slices=%d bias=%d%s", M, F, K, slices, with_bias ? 1 : 0, with_norm ? " norm" : "");
     check(name, e, got, 8e-3);
     if (!zero) { printf("%-56s FAIL\n", (std::string(name) + ": counters left at zero").c_str()); failures++; }
 }
@@ -143,6 +166,9 @@ int main()
     run_swiglu(17, 100, 256, 1, true);         // 4 row blocks of 32 outputs, the last with 4; gate and up biases
     run_swiglu(64, 64, 512, 4, false);         // 4 slices: the last CTA pairs the gate and up partials
     run_swiglu(5, 40, 128, 2, true);           // 8 x-rows padded to 16; 2 slices of one k-tile
+    run(64, 128, 512, 4, true, 1.f, 0.f, true);   // RMSNorm on the way: each slice's sums of squares merged with its partials
+    run(9, 64, 256, 1, false, 1.f, 1.f, true);    // one slice: the CTA's own sums; 8 threads a row (16 rows)
+    run_swiglu(33, 64, 256, 2, false, true);      // the SwiGLU form normalized; 2 threads a row (64 rows)
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
