@@ -3,16 +3,17 @@ using Tessera.Tensors;
 namespace Tessera.Cuda;
 
 // Decode-size products (decode_gemm.cu): 5 to 64 rows of x times an nn.Linear weight on tensor cores, launched dependent on
-// their predecessor with their first weight loads ahead of the wait, as gemv.cu's kernels are at 1-4 rows
-// (CudaBackendOptions.DecodeProducts).
+// their predecessor with their first weight loads ahead of the wait, as gemv.cu's kernels are at 1-4 rows; their SwiGLU form,
+// and RMSNorm applied on the way (CudaBackendOptions.DecodeProducts).
 public sealed unsafe partial class CudaBackend
 {
     private const int DecodeGemmMaxRows = 64, DecodeGemmBlockRows = 64, DecodeGemmTile = 64, DecodeGemmStages = 3, DecodeGemmThreads = 128;
 
     /// <summary>
     /// c (M, N) = alpha x (M, K) W^T + bias + beta c with 5 &lt;= M &lt;= 64 and W (N, K) an nn.Linear weight, on decode_gemm.cu
-    /// under <see cref="CudaBackendOptions.DecodeProducts"/>; false, with nothing enqueued, when the call does not fit it
-    /// (then cuBLASLt runs it): 16-bit floats of one dtype, K a multiple of 64, unit column strides, 16-byte aligned rows.
+    /// under <see cref="CudaBackendOptions.DecodeProducts"/>, x RMS-normalized on the way when <paramref name="norm"/> is given;
+    /// false, with nothing enqueued, when the call does not fit it (then cuBLASLt runs it): 16-bit floats of one dtype, K a
+    /// multiple of 64, unit column strides, 16-byte aligned rows.
     /// </summary>
     private bool TryDecodeGemm(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
         RmsNormPrologue? norm = null)
