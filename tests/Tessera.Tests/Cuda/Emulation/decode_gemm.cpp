@@ -31,6 +31,20 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
     if (!(rel <= tol)) failures++;
 }
 
+// The reference's input: x (M rows, ldx apart, K long) as doubles, RMS-normalized (x / rms * nw) when nw is given.
+static std::vector<double> reference_input(const std::vector<bf16>& x, int M, int K, int ldx, const std::vector<bf16>* nw, double eps)
+{
+    std::vector<double> h((size_t)M * K);
+    for (int m = 0; m < M; m++)
+    {
+        double ss = 0;
+        for (int k = 0; k < K; k++) ss += (double)to_f(x[(size_t)m * ldx + k]) * to_f(x[(size_t)m * ldx + k]);
+        const double r = nw ? 1 / std::sqrt(ss / K + eps) : 1;
+        for (int k = 0; k < K; k++) h[(size_t)m * K + k] = to_f(x[(size_t)m * ldx + k]) * r * (nw ? to_f((*nw)[k]) : 1.0);
+    }
+    return h;
+}
+
 static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta, bool with_norm = false)
 {
     std::mt19937 rng(5 + M * 3 + N + K + slices);
@@ -44,14 +58,7 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
     std::vector<bf16> nw(K);
     for (auto& v : nw) v = from_f<bf16>(1.f + 0.5f * u(rng));
     const float eps = 1e-5f;
-    std::vector<double> e((size_t)M * N), h((size_t)M * K);   // h: x, RMS-normalized when with_norm
-    for (int m = 0; m < M; m++)
-    {
-        double ss = 0;
-        for (int k = 0; k < K; k++) ss += (double)to_f(x[(size_t)m * ldx + k]) * to_f(x[(size_t)m * ldx + k]);
-        const double r = with_norm ? 1 / std::sqrt(ss / K + eps) : 1;
-        for (int k = 0; k < K; k++) h[(size_t)m * K + k] = to_f(x[(size_t)m * ldx + k]) * r * (with_norm ? to_f(nw[k]) : 1.0);
-    }
+    std::vector<double> e((size_t)M * N), h = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++)
         {
@@ -112,24 +119,18 @@ static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool wit
     std::vector<bf16> nw(K);
     for (auto& v : nw) v = from_f<bf16>(1.f + 0.5f * u(rng));
     const float eps = 1e-5f;
-    std::vector<double> e((size_t)M * F);
+    std::vector<double> e((size_t)M * F), hx = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
     for (int m = 0; m < M; m++)
-    {
-        double ss = 0;
-        for (int k = 0; k < K; k++) ss += (double)to_f(x[(size_t)m * ldx + k]) * to_f(x[(size_t)m * ldx + k]);
-        const double r = with_norm ? 1 / std::sqrt(ss / K + eps) : 1;
         for (int o = 0; o < F; o++)
         {
             double g = with_bias ? to_f(bg[o]) : 0.0, h = with_bias ? to_f(bu[o]) : 0.0;
             for (int k = 0; k < K; k++)
             {
-                const double xk = to_f(x[(size_t)m * ldx + k]) * r * (with_norm ? to_f(nw[k]) : 1.0);
-                g += xk * to_f(wg[(size_t)o * ldw + k]);
-                h += xk * to_f(wu[(size_t)o * ldw + k]);
+                g += hx[(size_t)m * K + k] * to_f(wg[(size_t)o * ldw + k]);
+                h += hx[(size_t)m * K + k] * to_f(wu[(size_t)o * ldw + k]);
             }
             e[(size_t)m * F + o] = g / (1 + std::exp(-g)) * h;
         }
-    }
     const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (F + 31) / 32;
     std::vector<float> partial((size_t)slices * 8 * MT * blocks * 65, NAN);
     std::vector<int> counters(blocks, 0);
