@@ -45,18 +45,7 @@ public sealed class CudaCrossEntropyClusterTests(CudaFixture fixture) : CudaTest
         targets[3] = v;         // past the vocabulary: NaN loss
         double scale = 1.0 / rows;
 
-        var expectedLoss = new double[rows];
-        var expectedGrad = (double[])values.Clone();
-        for (int r = 0; r < rows; r++)
-        {
-            var row = values.AsSpan(r * stride, v);
-            if (targets[r] < 0) { for (int i = 0; i < v; i++) expectedGrad[r * stride + i] = 0; continue; }
-            double m = double.NegativeInfinity, s = 0;
-            foreach (double x in row) m = Math.Max(m, x);
-            foreach (double x in row) s += Math.Exp(x - m);
-            expectedLoss[r] = targets[r] < v ? Math.Log(s) + m - row[targets[r]] : double.NaN;
-            for (int i = 0; i < v; i++) expectedGrad[r * stride + i] = (Math.Exp(row[i] - m) / s - (i == targets[r] ? 1 : 0)) * scale;
-        }
+        var (expectedLoss, expectedGrad) = CrossEntropyReference.Of(values, targets, v, stride, scale);
 
         using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyClusterCtas = ctas, CrossEntropyClusterVectors = vectors, CrossEntropyClusterMinRowBytes = 0 });
         var storage = Upload(backend, values, dtype, rows, stride);
@@ -96,18 +85,7 @@ public sealed class CudaCrossEntropyClusterTests(CudaFixture fixture) : CudaTest
         var values = Stored(Enumerable.Range(0, rows * v).Select(_ => (Rng.NextDouble() * 2 - 1) * 8).ToArray(), DType.BF16);
         var targets = Enumerable.Range(0, rows).Select(r => r % 7 == 3 ? -1 : Rng.Next(v)).ToArray();
         double scale = 1.0 / rows;
-        var expectedLoss = new double[rows];
-        var expectedGrad = new double[rows * v];
-        for (int r = 0; r < rows; r++)
-        {
-            if (targets[r] < 0) continue;
-            var row = values.AsSpan(r * v, v);
-            double m = double.NegativeInfinity, s = 0;
-            foreach (double x in row) m = Math.Max(m, x);
-            foreach (double x in row) s += Math.Exp(x - m);
-            expectedLoss[r] = Math.Log(s) + m - row[targets[r]];
-            for (int i = 0; i < v; i++) expectedGrad[r * v + i] = (Math.Exp(row[i] - m) / s - (i == targets[r] ? 1 : 0)) * scale;
-        }
+        var (expectedLoss, expectedGrad) = CrossEntropyReference.Of(values, targets, v, v, scale);
         using var backend = new CudaBackend(Gpu.CudaDevice.Ordinal, new CudaBackendOptions { CrossEntropyClusterMinRowBytes = 0 });
         var logits = Upload(backend, values, DType.BF16, rows, v);
         var t = backend.Allocate(new Shape(rows), DType.I32);

@@ -11,7 +11,9 @@ namespace Tessera.Tests.Cuda;
 /// one slice of K and several (the llama-1b decode step's shapes), bias, the residual added (beta = 1), N past a multiple of
 /// the 64-row block; the output's row-stride padding untouched; the SwiGLU form through <see cref="IBackend.MatMulSwiGlu"/>; the
 /// RMSNorm applied on the way through <see cref="IBackend.RmsNormMatMul"/>.
-/// And the recorded 64-sequence decode step with them, timed for the log beside the default.
+/// Each checks, from the op profiler's kernel names, that decode_gemm.cu ran (and no norm kernel where it normalizes), so a
+/// call that fell back to cuBLASLt would fail. And the recorded 64-sequence decode step with them, timed for the log beside
+/// the default.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -24,7 +26,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.F16, 40, 2048, 2048, true, 1.0)]      // f16, the output product
     public void DecodeProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, bool withBias, double beta)
     {
-        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, ProfileOps = true });
         var (xv, wv, bv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5));
         var y0 = Values(m * (n + 8), 1.0);                      // y's rows are n + 8 apart: the padding must stay as it was
         double[] Run(CudaBackend backend)
@@ -36,6 +38,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, y);
         }
         var got = Run(decode);
+        AssertRanOn(decode, $"decode_gemm_{Suffix(dtype)}_m");
         var cublas = Run(Gpu);
         double[] sx = Stored(xv, dtype), sw = Stored(wv, dtype), sb = Stored(bv, dtype), sy = Stored(y0, dtype);
         var expected = new double[m * n];
@@ -67,7 +70,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.BF16, 9, 100, 256, false, true)]      // 4 row blocks of 32 outputs, the last with 4; biases
     public void DecodeSwiGluMatchesTheReferenceAndTheDefaultPath(DType dtype, int m, int f, int k, bool withNorm, bool withBias)
     {
-        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, ProfileOps = true });
         const double eps = 1e-5;
         var (xv, gv, uv, nv) = (Values(m * k, 1.0), Values(f * k, 0.05), Values(f * k, 0.05), Values(k, 1.0));
         var (bgv, buv) = (Values(f, 0.5), Values(f, 0.5));
@@ -80,6 +83,8 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, output);
         }
         var got = Run(decode);
+        AssertRanOn(decode, $"decode_gemm_swiglu_{Suffix(dtype)}_m");
+        if (withNorm) Assert.DoesNotContain(decode.Profiler!.Totals(), r => r.Name.StartsWith("rmsnorm", StringComparison.Ordinal));   // no norm launch
         var fallback = Run(Gpu);
         double[] sx = Stored(xv, dtype), sg = Stored(gv, dtype), su = Stored(uv, dtype), sn = Stored(nv, dtype), sbg = Stored(bgv, dtype), sbu = Stored(buv, dtype);
         var expected = new double[m * f];
@@ -111,7 +116,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.BF16, 7, 64, 4096, true)]       // one row block, with bias
     public void DecodeProductsNormalizeOnTheWay(DType dtype, int m, int n, int k, bool withBias)
     {
-        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, ProfileOps = true });
         const double eps = 1e-5;
         var (xv, wv, nv, bv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(k, 1.0), Values(n, 0.5));
         double[] Run(CudaBackend backend)
@@ -122,6 +127,8 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, output);
         }
         var got = Run(decode);
+        AssertRanOn(decode, $"decode_gemm_{Suffix(dtype)}_m");
+        Assert.DoesNotContain(decode.Profiler!.Totals(), r => r.Name.StartsWith("rmsnorm", StringComparison.Ordinal));   // no norm launch
         var fallback = Run(Gpu);
         double[] sx = Stored(xv, dtype), sw = Stored(wv, dtype), sn = Stored(nv, dtype), sb = Stored(bv, dtype);
         var expected = new double[m * n];
@@ -148,6 +155,13 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
         using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
         CudaPagedServingTests.DecodeStepOf64Sequences(decode, ", DecodeProducts=true");
     }
+
+    /// <summary>The product ran on decode_gemm.cu (the op profiler's kernel names), not on cuBLASLt: a routing fault would
+    /// otherwise pass the comparisons.</summary>
+    private static void AssertRanOn(CudaBackend backend, string kernelPrefix) =>
+        Assert.Contains(backend.Profiler!.Totals(), r => r.Name.StartsWith(kernelPrefix, StringComparison.Ordinal));
+
+    private static string Suffix(DType dtype) => dtype == DType.BF16 ? "bf16" : "f16";
 
     private double[] Values(int count, double scale) => Enumerable.Range(0, count).Select(_ => (Rng.NextDouble() * 2 - 1) * scale).ToArray();
 }

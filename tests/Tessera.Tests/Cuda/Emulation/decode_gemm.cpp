@@ -31,6 +31,13 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
     if (!(rel <= tol)) failures++;
 }
 
+// Values offset + scale * u with u uniform in [-1, 1), rounded to bf16.
+static void fill(std::vector<bf16>& v, std::mt19937& rng, float scale, float offset = 0.f)
+{
+    std::uniform_real_distribution<float> u(-1, 1);
+    for (auto& e : v) e = from_f<bf16>(offset + scale * u(rng));
+}
+
 // The reference's input: x (M rows, ldx apart, K long) as doubles, RMS-normalized (x / rms * nw) when nw is given.
 static std::vector<double> reference_input(const std::vector<bf16>& x, int M, int K, int ldx, const std::vector<bf16>* nw, double eps)
 {
@@ -48,15 +55,9 @@ static std::vector<double> reference_input(const std::vector<bf16>& x, int M, in
 static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta, bool with_norm = false)
 {
     std::mt19937 rng(5 + M * 3 + N + K + slices);
-    std::uniform_real_distribution<float> u(-1, 1);
     const int ldx = K + 8, ldw = K, ldy = N + 8;   // row strides past the rows: the kernel must use them
-    std::vector<bf16> x((size_t)M * ldx), w((size_t)N * ldw), bias(N), y0((size_t)M * ldy);
-    for (auto& v : x) v = from_f<bf16>(u(rng));
-    for (auto& v : w) v = from_f<bf16>(0.1f * u(rng));
-    for (auto& v : bias) v = from_f<bf16>(u(rng));
-    for (auto& v : y0) v = from_f<bf16>(u(rng));
-    std::vector<bf16> nw(K);
-    for (auto& v : nw) v = from_f<bf16>(1.f + 0.5f * u(rng));
+    std::vector<bf16> x((size_t)M * ldx), w((size_t)N * ldw), bias(N), y0((size_t)M * ldy), nw(K);
+    fill(x, rng, 1.f); fill(w, rng, 0.1f); fill(bias, rng, 1.f); fill(y0, rng, 1.f); fill(nw, rng, 0.5f, 1.f);
     const float eps = 1e-5f;
     std::vector<double> e((size_t)M * N), h = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
     for (int m = 0; m < M; m++)
@@ -108,16 +109,9 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
 static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool with_norm = false)
 {
     std::mt19937 rng(7 + M * 5 + F + K + slices);
-    std::uniform_real_distribution<float> u(-1, 1);
     const int ldx = K, ldw = K + 16, ldy = F;
-    std::vector<bf16> x((size_t)M * ldx), wg((size_t)F * ldw), wu((size_t)F * ldw), bg(F), bu(F), y((size_t)M * ldy);
-    for (auto& v : x) v = from_f<bf16>(u(rng));
-    for (auto& v : wg) v = from_f<bf16>(0.1f * u(rng));
-    for (auto& v : wu) v = from_f<bf16>(0.1f * u(rng));
-    for (auto& v : bg) v = from_f<bf16>(u(rng));
-    for (auto& v : bu) v = from_f<bf16>(u(rng));
-    std::vector<bf16> nw(K);
-    for (auto& v : nw) v = from_f<bf16>(1.f + 0.5f * u(rng));
+    std::vector<bf16> x((size_t)M * ldx), wg((size_t)F * ldw), wu((size_t)F * ldw), bg(F), bu(F), y((size_t)M * ldy), nw(K);
+    fill(x, rng, 1.f); fill(wg, rng, 0.1f); fill(wu, rng, 0.1f); fill(bg, rng, 1.f); fill(bu, rng, 1.f); fill(nw, rng, 0.5f, 1.f);
     const float eps = 1e-5f;
     std::vector<double> e((size_t)M * F), hx = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
     for (int m = 0; m < M; m++)
