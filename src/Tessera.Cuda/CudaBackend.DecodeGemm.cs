@@ -7,7 +7,8 @@ namespace Tessera.Cuda;
 // and RMSNorm applied on the way (CudaBackendOptions.DecodeProducts).
 public sealed unsafe partial class CudaBackend
 {
-    private const int DecodeGemmMaxRows = 64, DecodeGemmBlockRows = 64, DecodeGemmTile = 64, DecodeGemmStages = 3, DecodeGemmThreads = 128;
+    private const int DecodeGemmMaxRows = 64, DecodeGemmBlockRows = 128, DecodeGemmTile = 64, DecodeGemmStages = 4, DecodeGemmThreads = 128,
+        DecodeGemmMaxSlices = 8;   // a cluster's CTAs (the portable most)
 
     /// <summary>
     /// c (M, N) = alpha x (M, K) W^T + bias + beta c with 5 &lt;= M &lt;= 64 and W (N, K) an nn.Linear weight, on decode_gemm.cu
@@ -21,16 +22,15 @@ public sealed unsafe partial class CudaBackend
         if (transposeA || !transposeB || c.Rank != 2 || !DecodeGemmFits(a, norm, b) || c.DType != a.DType || c.Size(0) != a.Size(0)
             || c.Size(1) != b.Size(0) || c.Stride(1) != 1 || !BiasFits(bias, a.DType, b.Size(0))) return false;
         int m = a.Size(0), k = a.Size(1), n = b.Size(0), mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
-        var (slices, counters, partial) = DecodeGemmSplit(blocks, k, mt);
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(a), pw = Ptr(b), pb = PtrOrNull(bias), py = Ptr(c);
         long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
         float al = (float)alpha, be = (float)beta, eps = norm is { } r ? (float)r.Epsilon : 0f;
         ulong pn = norm is { } r2 ? Ptr(r2.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &partial, &counters, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early, &pn, &eps };
-        Launch("decode_gemm.cu", $"decode_gemm_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)blocks, (uint)slices, 1), DecodeGemmThreads, args,
-            DecodeGemmShared(mt), dependent: true);
-        if (partial != 0) FreeScratch(partial);
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early, &pn, &eps };
+        Launch("decode_gemm.cu", $"decode_gemm_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads, args,
+            DecodeGemmShared(mt), dependent: true, clusterX: (uint)slices);
         return true;
     }
 
@@ -44,16 +44,15 @@ public sealed unsafe partial class CudaBackend
         if (!DecodeGemmFits(x, norm, gateWeight, upWeight) || upWeight.Stride(0) != gateWeight.Stride(0) || output.DType != x.DType
             || !output.IsContiguous || !BiasFits(gateBias, x.DType, gateWeight.Size(0)) || !BiasFits(upBias, x.DType, gateWeight.Size(0))) return false;
         int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0), mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
-        var (slices, counters, partial) = DecodeGemmSplit(blocks, k, mt);
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
         ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         int early = EarlyWeights ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &partial, &counters, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps };
-        Launch("decode_gemm.cu", $"decode_gemm_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)blocks, (uint)slices, 1), DecodeGemmThreads,
-            args, DecodeGemmShared(mt), dependent: true);
-        if (partial != 0) FreeScratch(partial);
+        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps };
+        Launch("decode_gemm.cu", $"decode_gemm_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads,
+            args, DecodeGemmShared(mt), dependent: true, clusterX: (uint)slices);
         return true;
     }
 
@@ -84,32 +83,22 @@ public sealed unsafe partial class CudaBackend
     /// <summary>x's rows as the kernel's MT (n8 tiles, in pairs): 16, 32 or 64 rows.</summary>
     private static int DecodeGemmTiles(int m) => m <= 16 ? 2 : m <= 32 ? 4 : 8;
 
-    /// <summary>Dynamic shared memory of a decode_gemm CTA: DG_ST stages of 64 W rows and 8 MT x rows of 64 columns.</summary>
-    private static uint DecodeGemmShared(int mt) => (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt) * DecodeGemmTile * 2);
-
     /// <summary>
-    /// The slices of K for <paramref name="blocks"/> row blocks, their counters and fp32 partials (scratch: free it after the
-    /// launch); one slice, no scratch, when the grid is wide enough or no counters can be had (a graph being recorded that
-    /// outgrew them).
+    /// Dynamic shared memory of a decode_gemm CTA: DG_ST stages of 128 W rows, 8 MT x rows and the norm weight, 64 columns each
+    /// (97 KB at 64 rows of x: two CTAs an SM).
     /// </summary>
-    private (int Slices, ulong Counters, ulong Partial) DecodeGemmSplit(int blocks, int k, int mt)
-    {
-        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
-        ulong counters = slices > 1 ? DecodeCounters(blocks) : 0;
-        if (counters == 0) return (1, 0, 0);
-        // The tiles' fp32 sums (slices, 8 MT, blocks x 64), then with a norm each slice's row sums of squares (blocks, slices, 8 MT).
-        return (slices, counters, Scratch((long)slices * 8 * mt * blocks * (DecodeGemmBlockRows + 1) * sizeof(float)));
-    }
+    private static uint DecodeGemmShared(int mt) => (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2);
 
     /// <summary>
-    /// Slices of K for a decode product of <paramref name="blocks"/> row blocks and <paramref name="tiles"/> k-tiles: doubled
-    /// while the grid has fewer than two CTAs an SM and the tiles divide evenly, at most 8 (llama-1b at 64 rows: QKV 48
-    /// blocks x 8, the output and down products 32 x 8, gate/up with SwiGLU 256 x 2 on 132 SMs).
+    /// Slices of K for a decode product of <paramref name="blocks"/> row blocks and <paramref name="tiles"/> k-tiles, each
+    /// row block's slices one thread-block cluster: doubled while the grid has fewer CTAs than the device has SMs and the
+    /// tiles divide evenly, at most 8 (llama-1b at 64 rows on 132 SMs: QKV 24 blocks x 8, the output and down products 16 x 8,
+    /// gate/up with SwiGLU 128 x 2).
     /// </summary>
     private int DecodeGemmSlices(int blocks, int tiles)
     {
-        int target = 2 * CudaDevice.MultiprocessorCount, slices = 1;
-        while (slices < 8 && blocks * slices < target && tiles % (2 * slices) == 0) slices *= 2;
+        int slices = 1;
+        while (slices < DecodeGemmMaxSlices && blocks * slices < CudaDevice.MultiprocessorCount && tiles % (2 * slices) == 0) slices *= 2;
         return slices;
     }
 }

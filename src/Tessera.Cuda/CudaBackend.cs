@@ -121,31 +121,58 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     /// before it touches anything an earlier kernel writes, so it may be launched with programmatic stream serialization
     /// (sm_90+): it starts, and prefetches what does not depend on its predecessor, while that one finishes. Off under the
     /// op profiler (its events separate the kernels anyway) and when <see cref="CudaBackendOptions.ProgrammaticDependentLaunch"/> is off.
+    /// <paramref name="clusterX"/> above 1: the grid in thread-block clusters of that many CTAs along x (sm_90+; grid.X a multiple of it).
     /// </summary>
-    private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes, bool dependent)
+    private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes, bool dependent,
+        uint clusterX = 1)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var function = Kernels.Module(file).Function(kernel);
         CudaDevice.MakeCurrent();
-        if (sharedBytes > 48 * 1024)
-            Check(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)sharedBytes), "cuFuncSetAttribute", kernel);
+        AllowDynamicShared(function, kernel, sharedBytes);
         Profiler?.Begin(kernel);
-        if (dependent && ProgrammaticLaunch && Profiler is null)
+        bool programmatic = dependent && ProgrammaticLaunch && Profiler is null;
+        if (programmatic || clusterX > 1)
         {
-            var attribute = new LaunchAttribute { Id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, Value = 1 };
+            var attributes = stackalloc LaunchAttribute[2];
+            int count = 0;
+            if (programmatic) attributes[count++] = new LaunchAttribute { Id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, Value = 1 };
+            if (clusterX > 1) attributes[count++] = new LaunchAttribute { Id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, Value = (int)clusterX, ValueY = 1, ValueZ = 1 };
             var config = new LaunchConfig
             {
                 GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block, BlockY = 1, BlockZ = 1,
-                SharedBytes = sharedBytes, Stream = Stream.Handle, Attributes = &attribute, AttributeCount = 1,
+                SharedBytes = sharedBytes, Stream = Stream.Handle, Attributes = attributes, AttributeCount = (uint)count,
             };
-            Check(cuLaunchKernelEx(&config, function, args, null),
-                "cuLaunchKernelEx", $"{kernel} in {file} (programmatic dependent launch), grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
+            Check(cuLaunchKernelEx(&config, function, args, null), "cuLaunchKernelEx",
+                $"{kernel} in {file} ({(programmatic ? "programmatic dependent launch" : "")}{(programmatic && clusterX > 1 ? ", " : "")}{(clusterX > 1 ? $"clusters of {clusterX}" : "")}), grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
         }
         else
             Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, Stream.Handle, args, null),
                 "cuLaunchKernel", $"{kernel} in {file}, grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
         Profiler?.End();
         NoteLaunch();
+    }
+
+    /// <summary>Static shared memory of each kernel launched with dynamic shared memory, read from the driver once.</summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<IntPtr, int> _staticShared = new();
+
+    /// <summary>
+    /// Raises <paramref name="function"/>'s dynamic shared-memory limit when its static and dynamic shared memory together pass
+    /// the 48 KiB a launch gets without opting in (a kernel with 48 KiB of dynamic and a few bytes of static shared memory
+    /// fails to launch otherwise).
+    /// </summary>
+    private void AllowDynamicShared(IntPtr function, string kernel, uint sharedBytes)
+    {
+        if (sharedBytes == 0)
+            return;
+        int staticBytes = _staticShared.GetOrAdd(function, f =>
+        {
+            int value;
+            Check(cuFuncGetAttribute(&value, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, f), "cuFuncGetAttribute", kernel + " (static shared memory)");
+            return value;
+        });
+        if (staticBytes + sharedBytes > 48 * 1024)
+            Check(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)sharedBytes), "cuFuncSetAttribute", kernel);
     }
 
     /// <summary>
@@ -159,8 +186,7 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         var function = Kernels.Module(file).Function(kernel);
         CudaDevice.MakeCurrent();
-        if (sharedBytes > 48 * 1024)
-            Check(cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)sharedBytes), "cuFuncSetAttribute", kernel);
+        AllowDynamicShared(function, kernel, sharedBytes);
         var attribute = new LaunchAttribute { Id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, Value = (int)clusterCtas, ValueY = 1, ValueZ = 1 };
         var config = new LaunchConfig
         {

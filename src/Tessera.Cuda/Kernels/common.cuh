@@ -320,6 +320,16 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned&
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
 }
+// One 32-bit word of shared memory at a shared-space address (as smem_u32 gives).
+__device__ __forceinline__ unsigned lds_u32(unsigned addr)
+{
+    unsigned r;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(addr));
+    return r;
+}
+// A kernel's dynamic shared memory (its extern __shared__ array; on the emulation, the CTA's own memory when its cluster's
+// CTAs run together).
+__device__ __forceinline__ float* cta_dynamic_shared(float* declared) { return declared; }
 #else   // the host compile of the kernel emulation: its warp-collective stand-ins (cuda_emulation.h)
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return emu_smem_u32(p); }
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) { emu_cp_async16(dst, src, valid); }
@@ -337,6 +347,8 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned&
     emu_ldsm_x4(addr, r, true);
     r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
 }
+__device__ __forceinline__ unsigned lds_u32(unsigned addr) { return emu_lds_u32(addr); }
+__device__ __forceinline__ float* cta_dynamic_shared(float* declared) { return emu_cta_dynamic_shared(declared); }
 #endif
 
 // Per 16-bit type: the mma instruction (c += a b) and packing two floats (lo in the low half).

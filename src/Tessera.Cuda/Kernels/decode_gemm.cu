@@ -6,44 +6,80 @@
 // it may be, e.g. after an optimizer step), so its DRAM traffic starts while the predecessor finishes, as gemv.cu's
 // matrix-vector kernels do at 1-4 rows.
 //
-// A CTA of 4 warps owns DG_BN = 64 rows of W (warp w: rows 16w .. 16w + 15) and one of gridDim.y slices of K (ks = K /
-// slices columns, a multiple of DG_BK). Per k-tile of DG_BK = 64 columns it stages W's 64 rows and x's 8 MT rows in
-// shared memory (cp.async, DG_ST stages, 16-byte chunks swizzled as flash_attention.cu's tiles: chunk c of row r at
-// c ^ (r & 7)), then each warp runs mma.sync m16n8k16 with W as the A operand (16 rows of W) and x as B (n8 tiles of
-// x's rows): one ldmatrix.x4 gives W's fragment (its matrices reordered: rows 0-7 / 8-15 by k 0-7 / 8-15) and one per two
-// n8 tiles gives x's. The accumulator holds W row (16w + g, + 8) by x rows (8j + 2c, + 1).
-// One slice: the epilogue writes y. Several: each CTA writes its fp32 tile to partial (slices, 8 MT, gridDim.x * 64),
-// then the last CTA of a row block (counters[blockIdx.x], left at zero for the next launch or graph replay) sums the
-// slices in order (the same bits whatever the order in which the CTAs finish) and writes y.
+// A CTA of 4 warps owns DG_BN = 128 rows of W (warp w: rows 32w .. 32w + 31, two m16 tiles) and slice blockIdx.x of
+// gridDim.x slices of K (ks = K / slices columns, a multiple of DG_BK); blockIdx.y is the row block. Per k-tile of DG_BK =
+// 64 columns it stages W's 128 rows, x's 8 MT rows and, with a norm, the norm weight's 64 columns in shared memory
+// (cp.async, DG_ST stages, 16-byte chunks swizzled as flash_attention.cu's tiles: chunk c of row r at c ^ (r & 7)), then
+// each warp runs mma.sync m16n8k16 with W as the A operand and x as B (n8 tiles of x's rows): one ldmatrix.x4 gives an
+// m16 tile of W (its matrices reordered: rows 0-7 / 8-15 by k 0-7 / 8-15) and one per two n8 tiles gives x's, which
+// serve both of the warp's W tiles (session 21: a warp of one W tile read x from shared memory four times per W byte, and
+// four warps of 64 W rows left the SMs idle 43 % of the time). acc[h][j] holds W row (32w + 16h + g, + 8) by x rows
+// (8j + 2c, + 1).
+// One slice: the epilogue writes y from the registers. Several: the slices of a row block are one thread-block cluster
+// (gridDim.x CTAs along x); each CTA leaves its fp32 tile in its shared memory, and after the cluster barrier each sums a
+// share of the outputs over every CTA's tile, in slice order (the same bits whatever the order in which the CTAs finish),
+// through distributed shared memory, and writes y: no partials in global memory, no counters, no last CTA doing all of it
+// (session 21: the last-CTA merge of 8 slices left a 30 us serial tail).
 // SWIGLU (a decode step's gate/up pair, y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), N = F outputs, alpha 1, beta 0): a
-// row block is 32 outputs, and warp w's 16 MMA rows are the gate rows (g) and the up rows (g + 8) of outputs 32 b + 8 w + g,
-// so a lane holds both halves of an output in registers; the partials keep those "virtual rows" (64 a block) and the last
-// CTA pairs them the same way. SiLU as elementwise.cu's, on the fp32 sums (no rounding of gate and up to 16 bits between).
-// nw (RMSNorm's weight, K) given: x is RMS-normalized on the way, without a pass of its own. Each staged x tile is scaled
-// in shared memory by nw's 64 columns (rounded to T, as the norm kernel's output is) while its squares are summed per row
-// (TPR = 128 / (8 MT) threads a row, each the same columns of every tile); the products then carry 1 / rms, applied to the
-// fp32 sums: rsqrt(sum of squares / K + eps) from the CTA's own sums with one slice, or, with several, from every slice's sums
-// (stored after the partials) by the merging CTA. Not the norm kernel's bits (it rounds x * rstd * w once; here x * w is
-// rounded and rstd applied to the sum): within the dtype's tolerance.
+// row block is 64 outputs, and each m16 tile of a warp is the gate rows (g) and the up rows (g + 8) of 8 outputs:
+// outputs 64 b + 8 (2w + h) + g, so a lane holds both halves of an output in registers; the cluster's tiles keep gate
+// and up 64 columns apart. SiLU as elementwise.cu's, on the fp32 sums (no rounding of gate and up to 16 bits between).
+// nw (RMSNorm's weight, K) given: x is RMS-normalized on the way, without a pass of its own. x's fragments are scaled by
+// nw's (staged with x) in registers, as the norm kernel rounds x * w (one correctly rounded 16-bit multiply: the product
+// of two 16-bit floats is exact in fp32), while warp w sums the squares of x's rows of its n8 tiles (w, w + 4); the
+// products then carry 1 / rms, applied to the fp32 sums: rsqrt(sum of squares / K + eps) from the CTA's own sums with one
+// slice, or, with several, from every slice's sums, read across the cluster. Not the norm kernel's bits (it rounds
+// x * rstd * w once; here x * w is rounded and rstd applied to the sum): within the dtype's tolerance.
 #define DG_THREADS 128
-#define DG_BN 64
+#define DG_BN 128
 #define DG_BK 64
-#define DG_ST 3
+#define DG_ST 4
+#define DG_RS (DG_BN + 4)   // floats a row of the cluster's fp32 tiles (x row m, W row n at m * DG_RS + n): no bank conflicts
 
 __device__ __forceinline__ float dg_silu(float g) { return g / (1.f + expf(-g)); }
 
-template <typename T, int MT, bool SWIGLU>
-__device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, float* partial,
-                            int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early,
-                            const T* nw, float eps)
+// Two 16-bit values of T in a word times two others, each correctly rounded to T (fma with -0: the exact product rounded
+// once, as from_f(to_f(a) * to_f(b)), whose fp32 product of two 16-bit floats is exact).
+template <typename T> __device__ __forceinline__ unsigned dg_mul2(unsigned a, unsigned b);
+template <> __device__ __forceinline__ unsigned dg_mul2<bf16>(unsigned a, unsigned b)
 {
-    constexpr int MP = 8 * MT, WT = DG_BN * DG_BK * 2, XT = MP * DG_BK * 2, STAGE = WT + XT, TPR = DG_THREADS / MP;
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+    return r;
+#else
+    const bf16 al{(unsigned short)(a & 0xffff)}, ah{(unsigned short)(a >> 16)}, bl{(unsigned short)(b & 0xffff)}, bh{(unsigned short)(b >> 16)};
+    return from_f<bf16>(to_f(al) * to_f(bl)).x | ((unsigned)from_f<bf16>(to_f(ah) * to_f(bh)).x << 16);
+#endif
+}
+template <> __device__ __forceinline__ unsigned dg_mul2<f16>(unsigned a, unsigned b)
+{
+    unsigned r = 0;   // none on the emulation (its f16 conversions are PTX)
+#ifdef __CUDA_ARCH__
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+#endif
+    return r;
+}
+// The squares of a word's two 16-bit values of T.
+template <typename T> __device__ __forceinline__ float dg_sq2(unsigned v)
+{
+    const float lo = to_f(T{(unsigned short)(v & 0xffff)}), hi = to_f(T{(unsigned short)(v >> 16)});
+    return lo * lo + hi * hi;
+}
+
+template <typename T, int MT, bool SWIGLU>
+__device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
+                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
+{
+    constexpr int MP = 8 * MT, WT = DG_BN * DG_BK * 2, XT = MP * DG_BK * 2, STAGE = WT + XT + DG_BK * 2, SQ = (MT + 3) / 4;
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
+    static_assert((MP * DG_RS + 2 * MP) * 4 <= DG_ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
     extern __shared__ float dg_shared[];
+    float* const shared = cta_dynamic_shared(dg_shared);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    const int n0 = blockIdx.x * DG_BN, slices = gridDim.y, slice = blockIdx.y, ks = K / slices, k0 = slice * ks;
+    const int slices = gridDim.x, slice = blockIdx.x, n0 = blockIdx.y * DG_BN, ks = K / slices, k0 = slice * ks;
     const int tiles = ks / DG_BK;
-    const unsigned smem = smem_u32(dg_shared);
+    const unsigned smem = smem_u32(shared);
     // Thread tid copies 16-byte chunk (tid % 8) of rows tid / 8, + 16, ... of a tile (swizzled).
     const int cr = tid >> 3, cc = tid & 7;
     auto load_w = [&](int stage, int t) {
@@ -52,7 +88,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         for (int i = 0; i < DG_BN / 16; i++)
         {
             // Virtual row r: W's row n0 + r, or with SWIGLU the gate (r % 16 < 8) or up row of output o.
-            const int r = cr + 16 * i, o = blockIdx.x * (DG_BN / 2) + (r >> 4) * 8 + (r & 7), n = SWIGLU ? o : n0 + r;
+            const int r = cr + 16 * i, o = blockIdx.y * (DG_BN / 2) + (r >> 4) * 8 + (r & 7), n = SWIGLU ? o : n0 + r;
             const T* src = SWIGLU && (r & 8) ? w2 : w;
             const bool ok = n < N;
             cp_async16(dst + (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4)), ok ? src + (i64)n * ldw + k0 + t * DG_BK + cc * 8 : w, ok);
@@ -68,6 +104,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
             const bool ok = r < M;
             cp_async16(dst + (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4)), ok ? x + (i64)r * ldx + k0 + t * DG_BK + cc * 8 : x, ok);
         }
+        if (nw && tid < DG_BK / 8) cp_async16(dst + XT + tid * 16, nw + k0 + t * DG_BK + tid * 8, true);
     };
     // Stages 0 .. DG_ST - 2: W before the wait when early, x (the predecessor's output) after it. Commit group s holds
     // stage s's x (and, for s = 0, every early W copy), so "group s complete" still means "stage s complete".
@@ -86,10 +123,14 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         cp_async_commit();
     }
 
-    float acc[MT][4];
+    float acc[2][MT][4];
 #pragma unroll
-    for (int j = 0; j < MT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    float sq = 0.f;                                        // with nw: this thread's share of its row's sum of squares
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int j = 0; j < MT; j++) acc[h][j][0] = acc[h][j][1] = acc[h][j][2] = acc[h][j][3] = 0.f;
+    float sq[SQ];                                          // with nw: this lane's share of the sums of squares of x rows 8 (warp + 4 i) + g
+#pragma unroll
+    for (int i = 0; i < SQ; i++) sq[i] = 0.f;
     const TileOffsets<DG_BK> off(lane);
     for (int t = 0; t < tiles; t++)
     {
@@ -102,166 +143,187 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         cp_async_commit();
         cp_async_wait<DG_ST - 1>();
         __syncthreads();
-        if (nw)
-        {
-            // Row nr's columns nc0 .. nc0 + 64 / TPR of the tile: squares summed, then scaled by nw in place (swizzled).
-            unsigned char* xs = reinterpret_cast<unsigned char*>(dg_shared) + (t % DG_ST) * STAGE + WT;
-            const int nr = tid / TPR, nc0 = (tid % TPR) * (DG_BK / TPR), kt = k0 + t * DG_BK;
-#pragma unroll
-            for (int q = 0; q < DG_BK / TPR; q++)
-            {
-                const int col = nc0 + q;
-                T* p = reinterpret_cast<T*>(xs + nr * DG_BK * 2 + (((col >> 3) ^ (nr & 7)) << 4) + (col & 7) * 2);
-                const float v = to_f(*p);
-                sq += v * v;
-                *p = from_f<T>(v * to_f(nw[kt + col]));
-            }
-            __syncthreads();
-        }
-        const unsigned tW = smem + (t % DG_ST) * STAGE + warp * 16 * DG_BK * 2, tX = smem + (t % DG_ST) * STAGE + WT;
+        const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * 32 * DG_BK * 2, tX = base + WT, tN = base + WT + XT;
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
         {
-            unsigned m0, m1, m2, m3;
-            ldsm_x4(tW + off.rows[kk], m0, m1, m2, m3);   // (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
-            const unsigned a[4] = {m0, m2, m1, m3};
+            unsigned a[2][4];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+            {
+                unsigned m0, m1, m2, m3;
+                ldsm_x4(tW + h * 16 * DG_BK * 2 + off.rows[kk], m0, m1, m2, m3);   // (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
+                a[h][0] = m0; a[h][1] = m2; a[h][2] = m1; a[h][3] = m3;
+            }
+            // With nw: its columns kk 16 + 2 c4 (+ 1) and + 8, as b0 / b1 hold x's.
+            const unsigned nlo = nw ? lds_u32(tN + kk * 32 + c4 * 4) : 0u, nhi = nw ? lds_u32(tN + kk * 32 + 16 + c4 * 4) : 0u;
 #pragma unroll
             for (int j = 0; j < MT; j += 2)
             {
                 unsigned b0, b1, b2, b3;
-                ldsm_x4(tX + j * 8 * DG_BK * 2 + off.rows[kk], b0, b1, b2, b3);
-                Mma<T>::run(acc[j], a, b0, b1);
-                Mma<T>::run(acc[j + 1], a, b2, b3);
+                ldsm_x4(tX + j * 8 * DG_BK * 2 + off.rows[kk], b0, b1, b2, b3);   // n8 tile j: b0, b1; tile j + 1: b2, b3
+                if (nw)
+                {
+                    if (j % 4 == warp) sq[j / 4] += dg_sq2<T>(b0) + dg_sq2<T>(b1);
+                    if ((j + 1) % 4 == warp) sq[(j + 1) / 4] += dg_sq2<T>(b2) + dg_sq2<T>(b3);
+                    b0 = dg_mul2<T>(b0, nlo); b1 = dg_mul2<T>(b1, nhi); b2 = dg_mul2<T>(b2, nlo); b3 = dg_mul2<T>(b3, nhi);
+                }
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                {
+                    Mma<T>::run(acc[h][j], a[h], b0, b1);
+                    Mma<T>::run(acc[h][j + 1], a[h], b2, b3);
+                }
             }
         }
         __syncthreads();                                   // this stage is refilled DG_ST - 1 tiles later
     }
     cp_async_wait<0>();
-    // With nw: the row sums of squares of this slice of K in dg_rowsq (a row's TPR threads are consecutive lanes).
-    __shared__ float dg_rowsq[64];
+    __syncthreads();                                       // the stages' memory now holds the tiles and the row sums
+    float* const tile = shared;                            // (MP, DG_RS) fp32: this CTA's sums, x row by W (virtual) row
+    float* const rowsq = shared + MP * DG_RS;              // (MP): this slice's sums of squares of x's rows
+    float* const total = rowsq + MP;                       // (MP): every slice's, with several
     if (nw)
     {
 #pragma unroll
-        for (int off = TPR / 2; off > 0; off >>= 1) sq += __shfl_xor_sync(FULL_MASK, sq, off);
-        if (tid % TPR == 0) dg_rowsq[tid / TPR] = sq;
-        __syncthreads();
+        for (int i = 0; i < SQ; i++)
+        {
+            float v = sq[i];
+            v += __shfl_xor_sync(FULL_MASK, v, 1);
+            v += __shfl_xor_sync(FULL_MASK, v, 2);
+            const int jj = warp + 4 * i;
+            if (jj < MT && c4 == 0) rowsq[8 * jj + g] = v;
+        }
     }
-    // 1 / rms of x row m (1 without a norm): from this CTA's sums when it holds all of K.
-    auto inv_rms = [&](int m) { return nw ? rsqrtf(dg_rowsq[m] / K + eps) : 1.f; };
-
-    // acc[j][e]: W row n0 + 16 warp + g (+ 8 for e >= 2), x row 8j + 2 c4 + (e & 1); with SWIGLU the gate (e < 2) and
-    // the up (e >= 2) sums of output o.
-    const int nl = warp * 16 + g, o = blockIdx.x * (DG_BN / 2) + warp * 8 + g;
-    if (SWIGLU && slices == 1)
+    // acc[h][j][e]: W (virtual) row 32 warp + 16 h + g (+ 8 for e >= 2), x row 8j + 2 c4 + (e & 1); with SWIGLU the gate
+    // (e < 2) and the up (e >= 2) sums of output 64 blockIdx.y + 8 (2 warp + h) + g.
+    if (slices == 1)
     {
+        __syncthreads();
+        auto inv_rms = [&](int m) { return nw ? rsqrtf(rowsq[m] / K + eps) : 1.f; };
 #pragma unroll
-        for (int j = 0; j < MT; j++)
+        for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int e = 0; e < 2; e++)
+            for (int j = 0; j < MT; j++)
             {
-                const int m = 8 * j + 2 * c4 + e;
-                if (m >= M || o >= N) continue;
-                const float r = inv_rms(m);
-                const float gv = acc[j][e] * r + (bias ? to_f(bias[o]) : 0.f), uv = acc[j][e + 2] * r + (bias2 ? to_f(bias2[o]) : 0.f);
-                y[(i64)m * ldy + o] = from_f<T>(dg_silu(gv) * uv);
+                if (SWIGLU)
+                {
+                    const int o = blockIdx.y * (DG_BN / 2) + (2 * warp + h) * 8 + g;
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                    {
+                        const int m = 8 * j + 2 * c4 + e;
+                        if (m >= M || o >= N) continue;
+                        const float r = inv_rms(m);
+                        const float gv = acc[h][j][e] * r + (bias ? to_f(bias[o]) : 0.f), uv = acc[h][j][e + 2] * r + (bias2 ? to_f(bias2[o]) : 0.f);
+                        y[(i64)m * ldy + o] = from_f<T>(dg_silu(gv) * uv);
+                    }
+                }
+                else
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                    {
+                        const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + 32 * warp + 16 * h + g + (e >> 1) * 8;
+                        if (m >= M || n >= N) continue;
+                        float v = alpha * (acc[h][j][e] * inv_rms(m));
+                        if (bias) v += to_f(bias[n]);
+                        if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n]);
+                        y[(i64)m * ldy + n] = from_f<T>(v);
+                    }
             }
         return;
     }
-    if (slices == 1)
-    {
+    // Several slices: this CTA's tile into its shared memory (SWIGLU: output ol's gate at column ol, its up at 64 + ol).
+#pragma unroll
+    for (int h = 0; h < 2; h++)
 #pragma unroll
         for (int j = 0; j < MT; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
             {
-                const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + nl + (e >> 1) * 8;
-                if (m >= M || n >= N) continue;
-                float v = alpha * (acc[j][e] * inv_rms(m));
-                if (bias) v += to_f(bias[n]);
-                if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n]);
-                y[(i64)m * ldy + n] = from_f<T>(v);
+                const int m = 8 * j + 2 * c4 + (e & 1);
+                const int col = SWIGLU ? (e >> 1) * (DG_BN / 2) + (2 * warp + h) * 8 + g : 32 * warp + 16 * h + g + (e >> 1) * 8;
+                tile[m * DG_RS + col] = acc[h][j][e];
             }
-        return;
-    }
-    const int Np = gridDim.x * DG_BN;
-#pragma unroll
-    for (int j = 0; j < MT; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-        {
-            const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + nl + (e >> 1) * 8;
-            partial[((i64)slice * MP + m) * Np + n] = acc[j][e];
-        }
-    // With nw, this slice's row sums of squares after the partials: (row block, slice, 8 MT).
-    float* const partial_sq = partial + (i64)slices * MP * Np + (i64)blockIdx.x * slices * MP;
-    if (nw && tid < MP) partial_sq[slice * MP + tid] = dg_rowsq[tid];
-    __shared__ int last;
-    __threadfence();                                       // this CTA's partial is visible before it is counted
-    __syncthreads();
-    if (tid == 0) last = atomicAdd(counters + blockIdx.x, 1) == slices - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    cluster_arrive();
+    cluster_wait();
     if (nw)
     {
-        // Every slice's sums, in slice order, into dg_rowsq: inv_rms then covers all of K.
-        __syncthreads();
-        if (tid < MP)
+        // Every slice's sums of squares of x's rows, in slice order.
+        for (int m = 2 * tid; m < MP; m += 2 * DG_THREADS)
         {
-            float total = 0.f;
-            for (int s = 0; s < slices; s++) total += partial_sq[s * MP + tid];
-            dg_rowsq[tid] = total;
-        }
-        __syncthreads();
-    }
-    if (SWIGLU)
-    {
-        for (int i = tid; i < MP * (DG_BN / 2); i += DG_THREADS)
-        {
-            const int m = i / (DG_BN / 2), ol = i % (DG_BN / 2), oo = blockIdx.x * (DG_BN / 2) + ol;
-            if (m >= M || oo >= N) continue;
-            const int vg = n0 + (ol >> 3) * 16 + (ol & 7);                 // the gate's virtual row; the up's is 8 further
-            float gs = 0.f, us = 0.f;
+            float s0 = 0.f, s1 = 0.f;
             for (int s = 0; s < slices; s++)
             {
-                gs += partial[((i64)s * MP + m) * Np + vg];
-                us += partial[((i64)s * MP + m) * Np + vg + 8];
+                float a, b;
+                cluster_load2(rowsq + m, s, a, b);
+                s0 += a;
+                s1 += b;
             }
-            const float r = inv_rms(m);
-            const float gv = gs * r + (bias ? to_f(bias[oo]) : 0.f), uv = us * r + (bias2 ? to_f(bias2[oo]) : 0.f);
-            y[(i64)m * ldy + oo] = from_f<T>(dg_silu(gv) * uv);
+            total[m] = s0;
+            total[m + 1] = s1;
         }
-        if (tid == 0) counters[blockIdx.x] = 0;
-        return;
+        __syncthreads();
     }
-    for (int i = tid; i < MP * DG_BN; i += DG_THREADS)
+    auto inv_rms = [&](int m) { return nw ? rsqrtf(total[m] / K + eps) : 1.f; };
+    // This CTA's share of the output pairs (x row m, W rows or outputs 2q, 2q + 1), each summed over the slices in order.
+    constexpr int PAIRS = SWIGLU ? DG_BN / 4 : DG_BN / 2;
+    const int pairs = M * PAIRS, first = (int)((long long)pairs * slice / slices), last = (int)((long long)pairs * (slice + 1) / slices);
+    for (int p = first + tid; p < last; p += DG_THREADS)
     {
-        const int m = i / DG_BN, n = n0 + i % DG_BN;
-        if (m >= M || n >= N) continue;
-        float sum = 0.f;
-        for (int s = 0; s < slices; s++) sum += partial[((i64)s * MP + m) * Np + n];
-        float v = alpha * (sum * inv_rms(m));
-        if (bias) v += to_f(bias[n]);
-        if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n]);
-        y[(i64)m * ldy + n] = from_f<T>(v);
+        const int m = p / PAIRS, q = p % PAIRS;
+        float s0 = 0.f, s1 = 0.f, u0 = 0.f, u1 = 0.f;
+        for (int s = 0; s < slices; s++)
+        {
+            float a, b;
+            cluster_load2(tile + m * DG_RS + 2 * q, s, a, b);
+            s0 += a;
+            s1 += b;
+            if (SWIGLU)
+            {
+                cluster_load2(tile + m * DG_RS + DG_BN / 2 + 2 * q, s, a, b);
+                u0 += a;
+                u1 += b;
+            }
+        }
+        const float r = inv_rms(m);
+        if (SWIGLU)
+        {
+            const int o = blockIdx.y * (DG_BN / 2) + 2 * q;
+            if (o < N) y[(i64)m * ldy + o] = from_f<T>(dg_silu(s0 * r + (bias ? to_f(bias[o]) : 0.f)) * (u0 * r + (bias2 ? to_f(bias2[o]) : 0.f)));
+            if (o + 1 < N) y[(i64)m * ldy + o + 1] = from_f<T>(dg_silu(s1 * r + (bias ? to_f(bias[o + 1]) : 0.f)) * (u1 * r + (bias2 ? to_f(bias2[o + 1]) : 0.f)));
+        }
+        else
+        {
+            const int n = n0 + 2 * q;
+            const float sums[2] = {s0, s1};
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                if (n + e >= N) continue;
+                float v = alpha * (sums[e] * r);
+                if (bias) v += to_f(bias[n + e]);
+                if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n + e]);
+                y[(i64)m * ldy + n + e] = from_f<T>(v);
+            }
+        }
     }
-    if (tid == 0) counters[blockIdx.x] = 0;
+    cluster_arrive();                                      // no CTA leaves while another still reads its tile
+    cluster_wait();
 }
 
 #define DECODE_GEMM(name, t, MT)                                                                                          \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_##name##_m##MT(const t* x, const t* w,           \
-        const t* bias, t* y, float* partial, int* counters, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha,  \
-        float beta, int early, const t* nw, float eps)                                                                    \
+        const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early,          \
+        const t* nw, float eps)                                                                                           \
     {                                                                                                                     \
-        decode_gemm<t, MT, false>(x, w, nullptr, bias, nullptr, y, partial, counters, M, N, K, ldx, ldw, ldy, alpha,      \
-                                  beta, early, nw, eps);                                                                  \
+        decode_gemm<t, MT, false>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, nw, eps);  \
     }                                                                                                                     \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_swiglu_##name##_m##MT(const t* x,               \
-        const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, float* partial, int* counters, int M,     \
-        int F, int K, i64 ldx, i64 ldw, i64 ldy, int early, const t* nw, float eps)                                       \
+        const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw,    \
+        i64 ldy, int early, const t* nw, float eps)                                                                       \
     {                                                                                                                     \
-        decode_gemm<t, MT, true>(x, gate, up, gate_bias, up_bias, y, partial, counters, M, F, K, ldx, ldw, ldy, 1.f, 0.f, \
-                                 early, nw, eps);                                                                         \
+        decode_gemm<t, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, nw, eps);   \
     }
 DECODE_GEMM(bf16, bf16, 2) DECODE_GEMM(bf16, bf16, 4) DECODE_GEMM(bf16, bf16, 8)
 DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)

@@ -8,8 +8,8 @@ namespace Tessera.Tests.Cuda;
 /// The decode-size products (decode_gemm.cu, <see cref="CudaBackendOptions.DecodeProducts"/>) on the GPU: x of 5 to 64 rows
 /// times an nn.Linear weight through <see cref="IBackend.MatMul"/>, against an f64 reference on the same rounded inputs
 /// (<see cref="CudaTestBase.Tolerance"/>: 1e-2 for a bf16 or f16 output) and against cuBLASLt on the default backend;
-/// one slice of K and several (the llama-1b decode step's shapes), bias, the residual added (beta = 1), N past a multiple of
-/// the 64-row block; the output's row-stride padding untouched; the SwiGLU form through <see cref="IBackend.MatMulSwiGlu"/>; the
+/// one slice of K and several (a thread-block cluster of the slices; the llama-1b decode step's shapes), bias, the residual
+/// added (beta = 1), N past a multiple of the 128-row block; the output's row-stride padding untouched; the SwiGLU form through <see cref="IBackend.MatMulSwiGlu"/>; the
 /// RMSNorm applied on the way through <see cref="IBackend.RmsNormMatMul"/>.
 /// Each checks, from the op profiler's kernel names, that decode_gemm.cu ran (and no norm kernel where it normalizes), so a
 /// call that fell back to cuBLASLt would fail. And the recorded 64-sequence decode step with them, timed for the log beside

@@ -8,7 +8,8 @@
 // so a kernel built on them runs here too (bf16 only: the f16 conversions are PTX); shared-memory addresses are byte
 // offsets from emu_shared_base, which the check program points at its dynamic shared memory. Thread-block clusters
 // (emu_launch_cluster): the CTAs of a cluster run together, with a barrier over all their threads for the cluster
-// barrier, and each CTA's CLUSTER_SHARED_FLOATS in its own memory, which cluster_load2 reads across CTAs.
+// barrier, and each CTA's shared floats (CLUSTER_SHARED_FLOATS, or its dynamic shared memory: cta_dynamic_shared) in its
+// own memory, which cluster_load2 reads across CTAs.
 #include <barrier>
 #include <optional>
 #include <cmath>
@@ -43,7 +44,7 @@ struct EmuBlock
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     std::vector<double> slots;
     std::vector<unsigned> words;   // 8 a lane: the operands of a warp-collective ldmatrix or mma
-    std::vector<float> shared = std::vector<float>(4096);   // CLUSTER_SHARED_FLOATS: this CTA's own shared floats
+    std::vector<float> shared = std::vector<float>(32768);   // this CTA's own shared floats (128 KB) in a cluster
 };
 inline thread_local EmuBlock* g_block;
 inline void __syncthreads() { g_block->block->arrive_and_wait(); }
@@ -104,6 +105,7 @@ struct EmuCluster
     std::unique_ptr<std::barrier<>> barrier;   // every thread of every CTA of the cluster
 };
 inline thread_local EmuCluster* g_cluster;
+inline thread_local unsigned char* emu_cta_shared = nullptr;   // in a cluster: the CTA's own memory as its dynamic shared memory
 inline thread_local unsigned g_cluster_rank;
 inline thread_local std::optional<std::barrier<>::arrival_token> g_cluster_token;
 inline unsigned emu_cluster_rank() { return g_cluster_rank; }
@@ -122,37 +124,45 @@ inline void emu_cluster_load2(const float* local, unsigned rank, float& a, float
     const float* remote = g_cluster->blocks[rank].shared.data() + at;
     a = remote[0]; b = remote[1];
 }
-template <typename F> void emu_launch_cluster(unsigned grid, unsigned ctas, unsigned block, F kernel)
+// A grid (x, y) of clusters of `ctas` CTAs along x (grid.x a multiple of it).
+template <typename F> void emu_launch_cluster(dim3 grid, unsigned ctas, unsigned block, F kernel)
 {
-    if (grid % ctas != 0) { fprintf(stderr, "emulation: a grid of %u CTAs in clusters of %u\n", grid, ctas); std::abort(); }
-    gridDim = dim3{grid, 1, 1}; blockDim.x = block;
-    for (unsigned c = 0; c < grid / ctas; c++)
-    {
-        EmuCluster cluster;
-        cluster.blocks.resize(ctas);
-        for (auto& eb : cluster.blocks) emu_init_block(eb, block);
-        cluster.barrier = std::make_unique<std::barrier<>>(ctas * block);
-        std::vector<std::thread> threads;
-        for (unsigned r = 0; r < ctas; r++)
-            for (unsigned t = 0; t < block; t++)
-                threads.emplace_back([=, &cluster]
-                {
-                    g_cluster = &cluster; g_cluster_rank = r; g_block = &cluster.blocks[r];
-                    threadIdx.x = t; blockIdx.x = c * ctas + r; blockIdx.y = 0; blockIdx.z = 0;
-                    kernel();
-                });
-        for (auto& th : threads) th.join();
-    }
+    if (grid.x % ctas != 0) { fprintf(stderr, "emulation: a grid of %u CTAs in clusters of %u\n", grid.x, ctas); std::abort(); }
+    gridDim = grid; blockDim.x = block;
+    for (unsigned cy = 0; cy < grid.y; cy++)
+        for (unsigned c = 0; c < grid.x / ctas; c++)
+        {
+            EmuCluster cluster;
+            cluster.blocks.resize(ctas);
+            for (auto& eb : cluster.blocks) emu_init_block(eb, block);
+            cluster.barrier = std::make_unique<std::barrier<>>(ctas * block);
+            std::vector<std::thread> threads;
+            for (unsigned r = 0; r < ctas; r++)
+                for (unsigned t = 0; t < block; t++)
+                    threads.emplace_back([=, &cluster]
+                    {
+                        g_cluster = &cluster; g_cluster_rank = r; g_block = &cluster.blocks[r];
+                        emu_cta_shared = (unsigned char*)g_block->shared.data();
+                        threadIdx.x = t; blockIdx.x = c * ctas + r; blockIdx.y = cy; blockIdx.z = 0;
+                        kernel();
+                    });
+            for (auto& th : threads) th.join();
+        }
 }
+template <typename F> void emu_launch_cluster(unsigned grid, unsigned ctas, unsigned block, F kernel) { emu_launch_cluster(dim3{grid, 1, 1}, ctas, block, kernel); }
 
 // ---- tensor-core stand-ins (common.cuh calls these where it has no PTX)
 inline unsigned char* emu_shared_base = nullptr;
-inline unsigned emu_smem_u32(const void* p) { return (unsigned)((const unsigned char*)p - emu_shared_base); }
+// Shared-space addresses are offsets from the CTA's own memory in a cluster, else from emu_shared_base.
+inline unsigned char* emu_shared() { return emu_cta_shared ? emu_cta_shared : emu_shared_base; }
+inline float* emu_cta_dynamic_shared(float* declared) { return emu_cta_shared ? (float*)emu_cta_shared : declared; }
+inline unsigned emu_smem_u32(const void* p) { return (unsigned)((const unsigned char*)p - emu_shared()); }
+inline unsigned emu_lds_u32(unsigned addr) { unsigned r; std::memcpy(&r, emu_shared() + addr, 4); return r; }
 // cp.async: done at once (the copy lands no later than the wait would let it).
 inline void emu_cp_async16(unsigned dst, const void* src, bool valid)
 {
-    if (valid) std::memcpy(emu_shared_base + dst, src, 16);
-    else std::memset(emu_shared_base + dst, 0, 16);
+    if (valid) std::memcpy(emu_shared() + dst, src, 16);
+    else std::memset(emu_shared() + dst, 0, 16);
 }
 inline unsigned* emu_warp_words() { return g_block->words.data() + (threadIdx.x / 32) * 32 * 8; }
 inline void emu_warp_sync() { g_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
@@ -166,12 +176,12 @@ inline void emu_ldsm_x4(unsigned addr, unsigned* r, bool trans)
     w[lane * 8] = addr;
     emu_warp_sync();
     for (int i = 0; i < 4; i++)
-        if (!trans) std::memcpy(&r[i], emu_shared_base + w[(8 * i + lane / 4) * 8] + (lane % 4) * 4, 4);
+        if (!trans) std::memcpy(&r[i], emu_shared() + w[(8 * i + lane / 4) * 8] + (lane % 4) * 4, 4);
         else
         {
             unsigned short lo, hi;
-            std::memcpy(&lo, emu_shared_base + w[(8 * i + 2 * (lane % 4)) * 8] + (lane / 4) * 2, 2);
-            std::memcpy(&hi, emu_shared_base + w[(8 * i + 2 * (lane % 4) + 1) * 8] + (lane / 4) * 2, 2);
+            std::memcpy(&lo, emu_shared() + w[(8 * i + 2 * (lane % 4)) * 8] + (lane / 4) * 2, 2);
+            std::memcpy(&hi, emu_shared() + w[(8 * i + 2 * (lane % 4) + 1) * 8] + (lane / 4) * 2, 2);
             r[i] = lo | ((unsigned)hi << 16);
         }
     emu_warp_sync();
