@@ -29,8 +29,9 @@ public sealed unsafe partial class CudaBackend
         ulong pn = norm is { } r2 ? Ptr(r2.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early, &pn, &eps };
-        Launch("decode_gemm.cu", $"decode_gemm_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads, args,
-            DecodeGemmShared(mt), dependent: true, clusterX: (uint)slices);
+        var (file, prefix, shared) = DecodeGemmKernel(mt);
+        Launch(file, $"{prefix}_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads, args,
+            shared, dependent: true, clusterX: (uint)slices);
         return true;
     }
 
@@ -51,8 +52,9 @@ public sealed unsafe partial class CudaBackend
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         int early = EarlyWeights ? 1 : 0;
         void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps };
-        Launch("decode_gemm.cu", $"decode_gemm_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads,
-            args, DecodeGemmShared(mt), dependent: true, clusterX: (uint)slices);
+        var (file, prefix, shared) = DecodeGemmKernel(mt);
+        Launch(file, $"{prefix}_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads,
+            args, shared, dependent: true, clusterX: (uint)slices);
         return true;
     }
 
@@ -84,10 +86,33 @@ public sealed unsafe partial class CudaBackend
     private static int DecodeGemmTiles(int m) => m <= 16 ? 2 : m <= 32 ? 4 : 8;
 
     /// <summary>
-    /// Dynamic shared memory of a decode_gemm CTA: DG_ST stages of 128 W rows, 8 MT x rows and the norm weight, 64 columns each
-    /// (97 KB at 64 rows of x: two CTAs an SM).
+    /// The decode products' kernel file, kernel name prefix and dynamic shared memory for x of 8 <paramref name="mt"/> rows:
+    /// decode_gemm_hopper.cu on a compute capability 9.0 device under <see cref="CudaBackendOptions.HopperDecodeProducts"/>
+    /// (when it compiles for sm_90a), else decode_gemm.cu. Both: 4 stages of 128 W rows, 8 MT x rows and the norm weight, 64
+    /// columns each (the Hopper tiles 1,024-byte aligned, with 1,024 bytes of slack to align them); 97-101 KB at 64 rows of x,
+    /// two CTAs an SM.
     /// </summary>
-    private static uint DecodeGemmShared(int mt) => (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2);
+    private (string File, string Prefix, uint Shared) DecodeGemmKernel(int mt) => UsesHopperDecodeProducts
+        ? ("decode_gemm_hopper.cu", "decode_gemm_hopper", (uint)(1024 + DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile * 2 + 8 * mt * DecodeGemmTile * 2 + 1024)))
+        : ("decode_gemm.cu", "decode_gemm", (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2));
+
+    private bool? _hopperDecodeProducts;
+
+    /// <summary>Whether the decode products run on decode_gemm_hopper.cu here (decided once: the device, the option, the compile).</summary>
+    private bool UsesHopperDecodeProducts => _hopperDecodeProducts ??= Options.HopperDecodeProducts && CudaDevice.ComputeCapability == (9, 0) && TryCompile("decode_gemm_hopper.cu");
+
+    private bool TryCompile(string file)
+    {
+        try
+        {
+            Kernels.Module(file);
+            return true;
+        }
+        catch (Compilation.KernelCompilationException)
+        {
+            return false;
+        }
+    }
 
     /// <summary>
     /// Slices of K for a decode product of <paramref name="blocks"/> row blocks and <paramref name="tiles"/> k-tiles, each

@@ -37,13 +37,22 @@ public sealed record CudaBackendOptions
     public bool EarlyWeightLoads { get; init; } = true;
 
     /// <summary>
-    /// Products of 5 to 64 rows of x times an nn.Linear weight (a decode step's batch) run on decode_gemm.cu instead of
-    /// cuBLASLt: tensor cores, K in slices merged by the last CTA of a row block, launched dependent on the predecessor with the
-    /// first weight loads ahead of the wait (as the matrix-vector kernels at 1-4 rows); <see cref="CudaBackend.MatMulSwiGlu"/>
-    /// at those rows runs its SwiGLU form in one launch, and it and <see cref="CudaBackend.RmsNormMatMul"/> apply the norm on the
-    /// way (no norm launch). Default false: written in session 20 and checked on the CPU emulation, not yet measured on a GPU.
+    /// Products of 5 to 64 rows of x times an nn.Linear weight (a decode step's batch) run on a kernel of ours instead of
+    /// cuBLASLt: tensor cores, K in slices that form a thread-block cluster and sum each other's tiles, launched dependent on
+    /// the predecessor with the first weight loads ahead of the wait (as the matrix-vector kernels at 1-4 rows);
+    /// <see cref="CudaBackend.MatMulSwiGlu"/> at those rows runs its SwiGLU form in one launch, and it and
+    /// <see cref="CudaBackend.RmsNormMatMul"/> apply the norm on the way (no norm launch). On compute capability 9.0 the
+    /// wgmma kernel (decode_gemm_hopper.cu, <see cref="HopperDecodeProducts"/>), elsewhere decode_gemm.cu's mma.sync one.
+    /// Default false: the mma.sync kernel measured about twice cuBLASLt's time at 64 rows (session 21, docs/benchmarks.md).
     /// </summary>
     public bool DecodeProducts { get; init; }
+
+    /// <summary>
+    /// Under <see cref="DecodeProducts"/> on a compute capability 9.0 device, the products run on warpgroup MMA
+    /// (decode_gemm_hopper.cu: x as the A operand from registers, W read by the tensor cores from shared memory); false keeps
+    /// decode_gemm.cu's mma.sync kernel there too. Default true.
+    /// </summary>
+    public bool HopperDecodeProducts { get; init; } = true;
 
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
@@ -369,6 +378,7 @@ public sealed record CudaBackendOptions
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
+        if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -416,6 +426,7 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
+        [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

@@ -37,7 +37,18 @@ public sealed class KernelLibrary : IDisposable
     /// Kernel files written for one architecture's own instructions (wgmma on compute capability 9.0), compiled for its
     /// architecture-specific target (sm_90a), which runs on that architecture only; every other file keeps the portable one.
     /// </summary>
-    public static IReadOnlySet<string> ArchitectureSpecificFiles { get; } = new HashSet<string> { "flash_attention_hopper.cu" };
+    public static IReadOnlySet<string> ArchitectureSpecificFiles { get; } = new HashSet<string> { "flash_attention_hopper.cu", "decode_gemm_hopper.cu" };
+
+    /// <summary>
+    /// The source NVRTC compiles for kernel file <paramref name="fileName"/>: common.cuh, then hopper.cuh (the wgmma helpers)
+    /// for an <see cref="ArchitectureSpecificFiles"/> entry, then the file, each after a #line that keeps compiler messages
+    /// pointing into it.
+    /// </summary>
+    public static string ComposedSource(string fileName)
+    {
+        var parts = ArchitectureSpecificFiles.Contains(fileName) ? new[] { "common.cuh", "hopper.cuh", fileName } : ["common.cuh", fileName];
+        return string.Concat(parts.Select(f => $"#line 1 \"{f}\"\n" + EmbeddedSource(f) + "\n"));
+    }
 
     /// <summary>NVRTC options for kernel file <paramref name="fileName"/> on this device: sm_90a for an
     /// <see cref="ArchitectureSpecificFiles"/> entry on a 9.0 device, the device's architecture otherwise.</summary>
@@ -64,8 +75,8 @@ public sealed class KernelLibrary : IDisposable
         lock (_lock)
         {
             if (_modules.TryGetValue(fileName, out var m)) return m;
-            // Every kernel file starts from the shared definitions; #line keeps NVRTC's messages pointing into the file.
-            var source = EmbeddedSource("common.cuh") + $"\n#line 1 \"{fileName}\"\n" + EmbeddedSource(fileName);
+            // Every kernel file starts from the shared definitions (ComposedSource).
+            var source = ComposedSource(fileName);
             m = Load(source, fileName);
             _modules[fileName] = m;
             return m;

@@ -396,6 +396,35 @@ template <> struct Mma<f16>
     }
 };
 
+// Two 16-bit values of T in a word times two others, each correctly rounded to T (fma with -0: the exact product rounded
+// once, as from_f(to_f(a) * to_f(b)), whose fp32 product of two 16-bit floats is exact).
+template <typename T> __device__ __forceinline__ unsigned mul2_rn(unsigned a, unsigned b);
+template <> __device__ __forceinline__ unsigned mul2_rn<bf16>(unsigned a, unsigned b)
+{
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+    return r;
+#else
+    const bf16 al{(unsigned short)(a & 0xffff)}, ah{(unsigned short)(a >> 16)}, bl{(unsigned short)(b & 0xffff)}, bh{(unsigned short)(b >> 16)};
+    return from_f<bf16>(to_f(al) * to_f(bl)).x | ((unsigned)from_f<bf16>(to_f(ah) * to_f(bh)).x << 16);
+#endif
+}
+template <> __device__ __forceinline__ unsigned mul2_rn<f16>(unsigned a, unsigned b)
+{
+    unsigned r = 0;   // none on the emulation (its f16 conversions are PTX)
+#ifdef __CUDA_ARCH__
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+#endif
+    return r;
+}
+// The squares of a word's two 16-bit values of T.
+template <typename T> __device__ __forceinline__ float sumsq2(unsigned v)
+{
+    const float lo = to_f(T{(unsigned short)(v & 0xffff)}), hi = to_f(T{(unsigned short)(v >> 16)});
+    return lo * lo + hi * hi;
+}
+
 // Byte offset of element (r, col) (col a multiple of 8) in a swizzled tile of rows of D values.
 template <int D> __device__ __forceinline__ unsigned swz(int r, int col)
 {

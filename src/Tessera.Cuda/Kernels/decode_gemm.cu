@@ -38,35 +38,6 @@
 
 __device__ __forceinline__ float dg_silu(float g) { return g / (1.f + expf(-g)); }
 
-// Two 16-bit values of T in a word times two others, each correctly rounded to T (fma with -0: the exact product rounded
-// once, as from_f(to_f(a) * to_f(b)), whose fp32 product of two 16-bit floats is exact).
-template <typename T> __device__ __forceinline__ unsigned dg_mul2(unsigned a, unsigned b);
-template <> __device__ __forceinline__ unsigned dg_mul2<bf16>(unsigned a, unsigned b)
-{
-#ifdef __CUDA_ARCH__
-    unsigned r;
-    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
-    return r;
-#else
-    const bf16 al{(unsigned short)(a & 0xffff)}, ah{(unsigned short)(a >> 16)}, bl{(unsigned short)(b & 0xffff)}, bh{(unsigned short)(b >> 16)};
-    return from_f<bf16>(to_f(al) * to_f(bl)).x | ((unsigned)from_f<bf16>(to_f(ah) * to_f(bh)).x << 16);
-#endif
-}
-template <> __device__ __forceinline__ unsigned dg_mul2<f16>(unsigned a, unsigned b)
-{
-    unsigned r = 0;   // none on the emulation (its f16 conversions are PTX)
-#ifdef __CUDA_ARCH__
-    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
-#endif
-    return r;
-}
-// The squares of a word's two 16-bit values of T.
-template <typename T> __device__ __forceinline__ float dg_sq2(unsigned v)
-{
-    const float lo = to_f(T{(unsigned short)(v & 0xffff)}), hi = to_f(T{(unsigned short)(v >> 16)});
-    return lo * lo + hi * hi;
-}
-
 template <typename T, int MT, bool SWIGLU>
 __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
@@ -164,9 +135,9 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
                 ldsm_x4(tX + j * 8 * DG_BK * 2 + off.rows[kk], b0, b1, b2, b3);   // n8 tile j: b0, b1; tile j + 1: b2, b3
                 if (nw)
                 {
-                    if (j % 4 == warp) sq[j / 4] += dg_sq2<T>(b0) + dg_sq2<T>(b1);
-                    if ((j + 1) % 4 == warp) sq[(j + 1) / 4] += dg_sq2<T>(b2) + dg_sq2<T>(b3);
-                    b0 = dg_mul2<T>(b0, nlo); b1 = dg_mul2<T>(b1, nhi); b2 = dg_mul2<T>(b2, nlo); b3 = dg_mul2<T>(b3, nhi);
+                    if (j % 4 == warp) sq[j / 4] += sumsq2<T>(b0) + sumsq2<T>(b1);
+                    if ((j + 1) % 4 == warp) sq[(j + 1) / 4] += sumsq2<T>(b2) + sumsq2<T>(b3);
+                    b0 = mul2_rn<T>(b0, nlo); b1 = mul2_rn<T>(b1, nhi); b2 = mul2_rn<T>(b2, nlo); b3 = mul2_rn<T>(b3, nhi);
                 }
 #pragma unroll
                 for (int h = 0; h < 2; h++)

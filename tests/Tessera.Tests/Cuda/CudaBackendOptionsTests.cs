@@ -17,6 +17,7 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorKernels = false,
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
+        HopperDecodeProducts = false,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
         CrossEntropyStagedBytes = null,

@@ -10,7 +10,8 @@ namespace Tessera.Tests.Cuda;
 /// (<see cref="CudaTestBase.Tolerance"/>: 1e-2 for a bf16 or f16 output) and against cuBLASLt on the default backend;
 /// one slice of K and several (a thread-block cluster of the slices; the llama-1b decode step's shapes), bias, the residual
 /// added (beta = 1), N past a multiple of the 128-row block; the output's row-stride padding untouched; the SwiGLU form through <see cref="IBackend.MatMulSwiGlu"/>; the
-/// RMSNorm applied on the way through <see cref="IBackend.RmsNormMatMul"/>.
+/// RMSNorm applied on the way through <see cref="IBackend.RmsNormMatMul"/>; on the wgmma kernel (decode_gemm_hopper.cu) on
+/// a compute capability 9.0 device and on decode_gemm.cu's mma.sync kernel.
 /// Each checks, from the op profiler's kernel names, that decode_gemm.cu ran (and no norm kernel where it normalizes), so a
 /// call that fell back to cuBLASLt would fail. And the recorded 64-sequence decode step with them, timed for the log beside
 /// the default.
@@ -19,14 +20,17 @@ namespace Tessera.Tests.Cuda;
 public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(fixture)
 {
     [Theory]
-    [InlineData(DType.BF16, 5, 100, 256, true, 0.0)]        // one row block and a part; 8 rows of x padded to 16
-    [InlineData(DType.BF16, 64, 3072, 2048, false, 0.0)]    // llama-1b's QKV at 64 rows: K in slices
-    [InlineData(DType.BF16, 64, 2048, 8192, false, 1.0)]    // its down product, the residual added
-    [InlineData(DType.BF16, 17, 16384, 2048, true, 0.0)]    // its gate/up product at 17 rows, with bias
-    [InlineData(DType.F16, 40, 2048, 2048, true, 1.0)]      // f16, the output product
-    public void DecodeProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, bool withBias, double beta)
+    [InlineData(DType.BF16, 5, 100, 256, true, 0.0, true)]        // one row block and a part; 8 rows of x padded to 16
+    [InlineData(DType.BF16, 64, 3072, 2048, false, 0.0, true)]    // llama-1b's QKV at 64 rows: K in slices
+    [InlineData(DType.BF16, 64, 2048, 8192, false, 1.0, true)]    // its down product, the residual added
+    [InlineData(DType.BF16, 17, 16384, 2048, true, 0.0, true)]    // its gate/up product at 17 rows, with bias
+    [InlineData(DType.F16, 40, 2048, 2048, true, 1.0, true)]      // f16, the output product
+    [InlineData(DType.BF16, 33, 129, 512, true, 1.0, true)]       // N odd: a pair of one output
+    [InlineData(DType.BF16, 5, 100, 256, true, 0.0, false)]       // decode_gemm.cu's mma.sync kernel on a 9.0 device too
+    [InlineData(DType.BF16, 64, 3072, 2048, false, 0.0, false)]
+    public void DecodeProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, bool withBias, double beta, bool hopper)
     {
-        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, ProfileOps = true });
+        using var decode = DecodeBackend(hopper);
         var (xv, wv, bv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5));
         var y0 = Values(m * (n + 8), 1.0);                      // y's rows are n + 8 apart: the padding must stay as it was
         double[] Run(CudaBackend backend)
@@ -38,7 +42,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, y);
         }
         var got = Run(decode);
-        AssertRanOn(decode, $"decode_gemm_{Suffix(dtype)}_m");
+        AssertRanOn(decode, $"{Prefix(hopper)}_{Suffix(dtype)}_m");
         var cublas = Run(Gpu);
         double[] sx = Stored(xv, dtype), sw = Stored(wv, dtype), sb = Stored(bv, dtype), sy = Stored(y0, dtype);
         var expected = new double[m * n];
@@ -66,11 +70,13 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     /// inputs, normalized on the way when there is a norm, and against the default backend's path (cuBLASLt and the SwiGLU kernel).
     /// </summary>
     [Theory]
-    [InlineData(DType.BF16, 64, 8192, 2048, true, false)]   // llama-1b's MLP at a 64-sequence decode step, its RMSNorm in front
-    [InlineData(DType.BF16, 9, 100, 256, false, true)]      // 4 row blocks of 32 outputs, the last with 4; biases
-    public void DecodeSwiGluMatchesTheReferenceAndTheDefaultPath(DType dtype, int m, int f, int k, bool withNorm, bool withBias)
+    [InlineData(DType.BF16, 64, 8192, 2048, true, false, true)]   // llama-1b's MLP at a 64-sequence decode step, its RMSNorm in front
+    [InlineData(DType.BF16, 9, 100, 256, false, true, true)]      // 2 row blocks of 64 outputs, the last with 36; biases
+    [InlineData(DType.F16, 24, 160, 1024, true, true, true)]      // f16, normalized, with biases
+    [InlineData(DType.BF16, 64, 8192, 2048, true, false, false)]  // decode_gemm.cu's mma.sync kernel
+    public void DecodeSwiGluMatchesTheReferenceAndTheDefaultPath(DType dtype, int m, int f, int k, bool withNorm, bool withBias, bool hopper)
     {
-        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, ProfileOps = true });
+        using var decode = DecodeBackend(hopper);
         const double eps = 1e-5;
         var (xv, gv, uv, nv) = (Values(m * k, 1.0), Values(f * k, 0.05), Values(f * k, 0.05), Values(k, 1.0));
         var (bgv, buv) = (Values(f, 0.5), Values(f, 0.5));
@@ -83,7 +89,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, output);
         }
         var got = Run(decode);
-        AssertRanOn(decode, $"decode_gemm_swiglu_{Suffix(dtype)}_m");
+        AssertRanOn(decode, $"{Prefix(hopper)}_swiglu_{Suffix(dtype)}_m");
         if (withNorm) Assert.DoesNotContain(decode.Profiler!.Totals(), r => r.Name.StartsWith("rmsnorm", StringComparison.Ordinal));   // no norm launch
         var fallback = Run(Gpu);
         double[] sx = Stored(xv, dtype), sg = Stored(gv, dtype), su = Stored(uv, dtype), sn = Stored(nv, dtype), sbg = Stored(bgv, dtype), sbu = Stored(buv, dtype);
@@ -112,11 +118,12 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     /// RMSNorm(x) W^T + b on the rounded inputs and against the default path (the norm kernel, then cuBLASLt).
     /// </summary>
     [Theory]
-    [InlineData(DType.BF16, 64, 3072, 2048, false)]   // llama-1b's QKV at a 64-sequence decode step (K in slices)
-    [InlineData(DType.BF16, 7, 64, 4096, true)]       // one row block, with bias
-    public void DecodeProductsNormalizeOnTheWay(DType dtype, int m, int n, int k, bool withBias)
+    [InlineData(DType.BF16, 64, 3072, 2048, false, true)]   // llama-1b's QKV at a 64-sequence decode step (K in slices)
+    [InlineData(DType.BF16, 7, 64, 4096, true, true)]       // one row block, with bias
+    [InlineData(DType.BF16, 64, 3072, 2048, false, false)]  // decode_gemm.cu's mma.sync kernel
+    public void DecodeProductsNormalizeOnTheWay(DType dtype, int m, int n, int k, bool withBias, bool hopper)
     {
-        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, ProfileOps = true });
+        using var decode = DecodeBackend(hopper);
         const double eps = 1e-5;
         var (xv, wv, nv, bv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(k, 1.0), Values(n, 0.5));
         double[] Run(CudaBackend backend)
@@ -127,7 +134,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, output);
         }
         var got = Run(decode);
-        AssertRanOn(decode, $"decode_gemm_{Suffix(dtype)}_m");
+        AssertRanOn(decode, $"{Prefix(hopper)}_{Suffix(dtype)}_m");
         Assert.DoesNotContain(decode.Profiler!.Totals(), r => r.Name.StartsWith("rmsnorm", StringComparison.Ordinal));   // no norm launch
         var fallback = Run(Gpu);
         double[] sx = Stored(xv, dtype), sw = Stored(wv, dtype), sn = Stored(nv, dtype), sb = Stored(bv, dtype);
@@ -149,12 +156,21 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     }
 
     /// <summary>The recorded 64-sequence llama-1b decode step with the decode products, for the log (not a pass/fail bar).</summary>
-    [Fact]
-    public void DecodeStepOf64SequencesWithTheDecodeProductsReportsItsTime()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void DecodeStepOf64SequencesWithTheDecodeProductsReportsItsTime(bool hopper)
     {
-        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true });
-        CudaPagedServingTests.DecodeStepOf64Sequences(decode, ", DecodeProducts=true");
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, HopperDecodeProducts = hopper });
+        CudaPagedServingTests.DecodeStepOf64Sequences(decode, $", DecodeProducts=true, HopperDecodeProducts={hopper}");
     }
+
+    /// <summary>A backend with the decode products and the op profiler, on the wgmma kernel where <paramref name="hopper"/> allows it.</summary>
+    private CudaBackend DecodeBackend(bool hopper) =>
+        new(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, HopperDecodeProducts = hopper, ProfileOps = true });
+
+    /// <summary>The kernels' name prefix: decode_gemm_hopper on a compute capability 9.0 device when asked, decode_gemm.cu's otherwise.</summary>
+    private string Prefix(bool hopper) => hopper && Gpu.CudaDevice.ComputeCapability == (9, 0) ? "decode_gemm_hopper" : "decode_gemm";
 
     /// <summary>The product ran on decode_gemm.cu (the op profiler's kernel names), not on cuBLASLt: a routing fault would
     /// otherwise pass the comparisons.</summary>

@@ -92,7 +92,7 @@ public sealed class KernelSourceTests
         try
         {
             string source = Path.Combine(dir.FullName, file), ptx = Path.ChangeExtension(source, ".ptx");
-            File.WriteAllText(source, Prelude + "#line 1 \"common.cuh\"\n" + KernelLibrary.EmbeddedSource("common.cuh") + $"\n#line 1 \"{file}\"\n" + KernelLibrary.EmbeddedSource(file));
+            File.WriteAllText(source, Prelude + KernelLibrary.ComposedSource(file));
             var start = new ProcessStartInfo(clang)
             {
                 RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false,

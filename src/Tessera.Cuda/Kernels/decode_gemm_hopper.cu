@@ -1,0 +1,263 @@
+// Decode-size products on Hopper's warpgroup MMA (sm_90a): decode_gemm.cu's contract, y (M, N) = alpha * x (M, K) W^T +
+// bias + beta * y with M <= 8 * MT rows of x (5 to 64), W (N, K) row-major, bf16 or f16, fp32 accumulation; its SwiGLU form
+// and its RMSNorm on the way. decode_gemm.cu's mma.sync kernel measured 2x cuBLASLt's time at 64 rows (session 21: one
+// warp an SM sub-partition exposing every ldmatrix and MMA latency, x's fragments read from shared memory once per warp
+// per W tile); here the tensor cores read W from shared memory themselves and x's fragments are loaded once per warp.
+//
+// Operands swapped ("swap AB"): x is wgmma's A operand, m64 = x's rows (padded to 64: a warp whose 16 rows lie past
+// 8 MT passes zeros), from registers (ldmatrix of the staged x tile; with a norm, scaled there by the norm weight's
+// fragment as decode_gemm.cu does); W is the B operand, n128 = 128 rows of W (SWIGLU: 64 outputs' gate and up rows,
+// interleaved so that column 2i is output i's gate and 2i + 1 its up), K-major from shared memory in the 128-byte
+// swizzle (hopper.cuh). A CTA is one warpgroup: 128 rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K;
+// per k-tile of 64 columns it stages W's 128 rows, x's 8 MT rows and the norm weight's 64 columns (cp.async, DH_ST stages,
+// W's first stages issued before pdl_wait when early, as decode_gemm.cu), then issues four m64n128k16 wgmma.
+// The accumulator (hopper.cuh's fragment) holds x row 16 w + g + 8 (e >> 1) by W column 8 j + 2 c + (e & 1), so a lane
+// holds pairs of adjacent outputs, and with SWIGLU an output's gate and up sums. With a norm, a lane also sums the squares
+// of its x rows' fragments, so the rows it writes are the rows whose sums it holds.
+// Several slices: a thread-block cluster (gridDim.x CTAs along x), each CTA's fp32 tile left in its shared memory and
+// summed over the cluster in slice order through distributed shared memory by the CTA that owns each share of the outputs,
+// as decode_gemm.cu does.
+#define DH_THREADS 128
+#define DH_BN 128
+#define DH_BK 64
+#define DH_ST 4
+#define DH_RS (DH_BN + 8)   // floats a row of the cluster's fp32 tiles (x row m, W column n at m * DH_RS + n)
+
+__device__ __forceinline__ float dh_silu(float g) { return g / (1.f + expf(-g)); }
+
+template <typename T, int MT, bool SWIGLU>
+__device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
+                                   i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
+{
+    constexpr int MP = 8 * MT, WT = DH_BN * DH_BK * 2, XT = MP * DH_BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
+    static_assert((MP * DH_RS + 2 * MP) * 4 <= DH_ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
+    extern __shared__ unsigned char dh_raw[];
+    const unsigned smem = (smem_u32(dh_raw) + 1023u) & ~1023u;
+    float* const aligned = reinterpret_cast<float*>(dh_raw + (smem - smem_u32(dh_raw)));
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int slices = gridDim.x, slice = blockIdx.x, n0 = blockIdx.y * DH_BN, ks = K / slices, k0 = slice * ks;
+    const int tiles = ks / DH_BK;
+    const bool rows = 16 * warp < MP;                      // this warp's 16 x rows exist in the tile
+    const int cr = tid >> 3, cc = tid & 7;                 // thread tid copies chunk tid % 8 of rows tid / 8, + 16, ...
+    auto load_w = [&](int stage, int t) {
+        const unsigned dst = smem + stage * STAGE;
+#pragma unroll
+        for (int i = 0; i < DH_BN / 16; i++)
+        {
+            // Column r of the product: W's row n0 + r, or with SWIGLU output r / 2's gate (r even) or up row.
+            const int r = cr + 16 * i, n = SWIGLU ? blockIdx.y * (DH_BN / 2) + (r >> 1) : n0 + r;
+            const T* src = SWIGLU && (r & 1) ? w2 : w;
+            const bool ok = n < N;
+            cp_async16(dst + (unsigned)(r * 128 + ((cc ^ (r & 7)) << 4)), ok ? src + (i64)n * ldw + k0 + t * DH_BK + cc * 8 : w, ok);
+        }
+    };
+    auto load_x = [&](int stage, int t) {
+        const unsigned dst = smem + stage * STAGE + WT;
+#pragma unroll
+        for (int i = 0; i < (MP + 15) / 16; i++)
+        {
+            const int r = cr + 16 * i;
+            if (r >= MP) break;
+            const bool ok = r < M;
+            cp_async16(dst + (unsigned)(r * 128 + ((cc ^ (r & 7)) << 4)), ok ? x + (i64)r * ldx + k0 + t * DH_BK + cc * 8 : x, ok);
+        }
+        if (nw && tid < DH_BK / 8) cp_async16(dst + XT + tid * 16, nw + k0 + t * DH_BK + tid * 8, true);
+    };
+    if (early)
+        for (int s = 0; s < DH_ST - 1; s++)
+            if (s < tiles) load_w(s, s);
+    pdl_wait();
+    pdl_launch_dependents();
+    for (int s = 0; s < DH_ST - 1; s++)
+    {
+        if (s < tiles)
+        {
+            if (!early) load_w(s, s);
+            load_x(s, s);
+        }
+        cp_async_commit();
+    }
+
+    float acc[DH_BN / 2];
+#pragma unroll
+    for (int i = 0; i < DH_BN / 2; i++) acc[i] = 0.f;
+    float sq0 = 0.f, sq1 = 0.f;                            // with nw: this lane's share of x rows 16 warp + g and + 8
+    const TileOffsets<DH_BK> off(lane);
+    for (int t = 0; t < tiles; t++)
+    {
+        const int ahead = t + DH_ST - 1;
+        if (ahead < tiles)
+        {
+            load_w(ahead % DH_ST, ahead);
+            load_x(ahead % DH_ST, ahead);
+        }
+        cp_async_commit();
+        cp_async_wait<DH_ST - 1>();
+        fence_async_shared();                              // the staged W becomes visible to wgmma
+        __syncthreads();
+        const unsigned sb = smem + (t % DH_ST) * STAGE, sx = sb + WT + warp * 16 * 128, sn = sb + WT + XT;
+        unsigned a[DH_BK / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < DH_BK / 16; kk++)
+        {
+            if (!rows) { a[kk][0] = a[kk][1] = a[kk][2] = a[kk][3] = 0u; continue; }
+            unsigned m0, m1, m2, m3;
+            ldsm_x4(sx + off.rows[kk], m0, m1, m2, m3);    // (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
+            a[kk][0] = m0; a[kk][1] = m2; a[kk][2] = m1; a[kk][3] = m3;
+            if (nw)
+            {
+                sq0 += sumsq2<T>(a[kk][0]) + sumsq2<T>(a[kk][2]);
+                sq1 += sumsq2<T>(a[kk][1]) + sumsq2<T>(a[kk][3]);
+                const unsigned nlo = lds_u32(sn + kk * 32 + c4 * 4), nhi = lds_u32(sn + kk * 32 + 16 + c4 * 4);
+                a[kk][0] = mul2_rn<T>(a[kk][0], nlo); a[kk][1] = mul2_rn<T>(a[kk][1], nlo);
+                a[kk][2] = mul2_rn<T>(a[kk][2], nhi); a[kk][3] = mul2_rn<T>(a[kk][3], nhi);
+            }
+        }
+        const u64 wdesc = sw128_descriptor(sb, 16, 1024);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < DH_BK / 16; kk++) Wgmma<T, DH_BN>::rs_kmajor(acc, a[kk], desc_plus(wdesc, kk * 32));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers<DH_BN / 2>(acc);
+        __syncthreads();                                   // this stage is refilled DH_ST - 1 tiles later
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    if (nw)
+    {
+        sq0 += __shfl_xor_sync(FULL_MASK, sq0, 1);
+        sq0 += __shfl_xor_sync(FULL_MASK, sq0, 2);
+        sq1 += __shfl_xor_sync(FULL_MASK, sq1, 1);
+        sq1 += __shfl_xor_sync(FULL_MASK, sq1, 2);
+    }
+    const int mrow = 16 * warp + g;                        // this lane's x rows: mrow and mrow + 8
+    if (slices == 1)
+    {
+        if (!rows) return;
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+        {
+            const int m = mrow + 8 * r;
+            if (m >= M) continue;
+            const float inv = nw ? rsqrtf((r ? sq1 : sq0) / K + eps) : 1.f;
+#pragma unroll
+            for (int j = 0; j < DH_BN / 8; j++)
+            {
+                const float v0 = acc[4 * j + 2 * r], v1 = acc[4 * j + 2 * r + 1];
+                if (SWIGLU)
+                {
+                    const int o = blockIdx.y * (DH_BN / 2) + 4 * j + c4;
+                    if (o < N)
+                        y[(i64)m * ldy + o] = from_f<T>(dh_silu(v0 * inv + (bias ? to_f(bias[o]) : 0.f)) * (v1 * inv + (bias2 ? to_f(bias2[o]) : 0.f)));
+                }
+                else
+                {
+                    const int n = n0 + 8 * j + 2 * c4;
+                    const float v[2] = {v0, v1};
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                    {
+                        if (n + e >= N) continue;
+                        float o = alpha * (v[e] * inv);
+                        if (bias) o += to_f(bias[n + e]);
+                        if (beta != 0.f) o += beta * to_f(y[(i64)m * ldy + n + e]);
+                        y[(i64)m * ldy + n + e] = from_f<T>(o);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    // Several slices: this CTA's tile and row sums into its shared memory, then the cluster's sums of this CTA's share.
+    float* const tile = aligned;                           // (MP, DH_RS)
+    float* const rowsq = aligned + MP * DH_RS;             // (MP): this slice's sums of squares of x's rows
+    float* const total = rowsq + MP;                       // (MP): every slice's
+    if (rows)
+    {
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int j = 0; j < DH_BN / 8; j++)
+            {
+                float* p = tile + (mrow + 8 * r) * DH_RS + 8 * j + 2 * c4;
+                p[0] = acc[4 * j + 2 * r];
+                p[1] = acc[4 * j + 2 * r + 1];
+            }
+        if (nw && c4 == 0) { rowsq[mrow] = sq0; rowsq[mrow + 8] = sq1; }
+    }
+    cluster_arrive();
+    cluster_wait();
+    if (nw)
+    {
+        for (int m = 2 * tid; m < MP; m += 2 * DH_THREADS)
+        {
+            float s0 = 0.f, s1 = 0.f;
+            for (int s = 0; s < slices; s++)
+            {
+                float u, v;
+                cluster_load2(rowsq + m, s, u, v);
+                s0 += u;
+                s1 += v;
+            }
+            total[m] = s0;
+            total[m + 1] = s1;
+        }
+        __syncthreads();
+    }
+    // Pair q of x row m: columns 2q and 2q + 1 (W rows n0 + 2q, + 1; or with SWIGLU output q's gate and up).
+    constexpr int PAIRS = DH_BN / 2;
+    const int pairs = M * PAIRS, first = (int)((long long)pairs * slice / slices), last = (int)((long long)pairs * (slice + 1) / slices);
+    for (int p = first + tid; p < last; p += DH_THREADS)
+    {
+        const int m = p / PAIRS, q = p % PAIRS;
+        float part0[8], part1[8];                          // every slice's pair, loaded together, summed in slice order
+#pragma unroll
+        for (int s = 0; s < 8; s++)
+            if (s < slices) cluster_load2(tile + m * DH_RS + 2 * q, s, part0[s], part1[s]);
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int s = 0; s < 8; s++)
+            if (s < slices) { s0 += part0[s]; s1 += part1[s]; }
+        const float inv = nw ? rsqrtf(total[m] / K + eps) : 1.f;
+        if (SWIGLU)
+        {
+            const int o = blockIdx.y * (DH_BN / 2) + q;
+            if (o < N) y[(i64)m * ldy + o] = from_f<T>(dh_silu(s0 * inv + (bias ? to_f(bias[o]) : 0.f)) * (s1 * inv + (bias2 ? to_f(bias2[o]) : 0.f)));
+        }
+        else
+        {
+            const int n = n0 + 2 * q;
+            const float v[2] = {s0, s1};
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                if (n + e >= N) continue;
+                float o = alpha * (v[e] * inv);
+                if (bias) o += to_f(bias[n + e]);
+                if (beta != 0.f) o += beta * to_f(y[(i64)m * ldy + n + e]);
+                y[(i64)m * ldy + n + e] = from_f<T>(o);
+            }
+        }
+    }
+    cluster_arrive();                                      // no CTA leaves while another still reads its tile
+    cluster_wait();
+}
+
+#define DECODE_GEMM_HOPPER(name, t, MT)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_##name##_m##MT(const t* x, const t* w,    \
+        const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early,          \
+        const t* nw, float eps)                                                                                           \
+    {                                                                                                                     \
+        decode_gemm_hopper<t, MT, false>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, nw, \
+                                         eps);                                                                            \
+    }                                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_swiglu_##name##_m##MT(const t* x,        \
+        const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw,    \
+        i64 ldy, int early, const t* nw, float eps)                                                                       \
+    {                                                                                                                     \
+        decode_gemm_hopper<t, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, nw,  \
+                                        eps);                                                                             \
+    }
+DECODE_GEMM_HOPPER(bf16, bf16, 2) DECODE_GEMM_HOPPER(bf16, bf16, 4) DECODE_GEMM_HOPPER(bf16, bf16, 8)
+DECODE_GEMM_HOPPER(f16, f16, 2) DECODE_GEMM_HOPPER(f16, f16, 4) DECODE_GEMM_HOPPER(f16, f16, 8)

@@ -1,0 +1,183 @@
+// Hopper (sm_90a) helpers shared by the architecture-specific kernel files (KernelLibrary.ArchitectureSpecificFiles,
+// compiled after common.cuh): warpgroup MMA (wgmma.mma_async) with its fences and shared-memory matrix descriptors.
+//
+// Shared-memory tiles use the 128-byte swizzle that wgmma's descriptors name (mode 1): a tile of ROWS x D 16-bit values
+// is D/64 column blocks of ROWS x 64 values; row r of a block is 128 bytes at r * 128, its 16-byte chunk c stored at
+// chunk c ^ (r & 7) (common.cuh's swizzled tiles), and the hardware applies the XOR to address bits [4,7) from bits [7,10),
+// so every tile starts on a 1,024-byte boundary. Descriptors: start address >> 4 in bits [0,14), leading byte offset >> 4
+// in [16,30), stride byte offset >> 4 in [32,46), swizzle mode in [62,64). K-major operands: stride offset 1,024 (from one
+// 8-row group to the next), leading offset unused (16); the k16 step j of a block starts 32 j bytes into its rows. N-major:
+// stride offset 1,024 (8 k rows to the next 8), leading offset ROWS * 128 (from one 64-column block to the next); the k16
+// step j starts 2,048 j bytes in.
+//
+// wgmma accumulator fragment (m64nN, f32), warp w of the warpgroup, g = lane / 4, c = lane % 4: register 4 j + e holds
+// row 16 w + g + 8 (e >> 1), column 8 j + 2 c + (e & 1). The A fragment from registers (m64k16) is mma.m16n8k16's per
+// warp: a0 (g, 2c..2c+1), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..).
+typedef unsigned long long u64;
+
+
+// smem_u32 and the cp.async helpers are common.cuh's.
+
+// Shared memory written by ordinary (generic-proxy) stores, cp.async included, becomes visible to wgmma (the async
+// proxy) only after this fence by the writing thread, before the barrier that orders it with the readers.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// wgmma ordering: fence before the first wgmma that reads registers written by other instructions (accumulators, A);
+// commit closes a group of issued wgmma; wait<N> returns when at most N groups are still running.
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+
+// Keeps the compiler from moving reads or writes of accumulator registers across the asynchronous wgmma (which
+// reads and writes them after its asm statement has "returned"): an empty asm that claims to modify each one.
+template <int N> __device__ __forceinline__ void fence_registers(float* r)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N> __device__ __forceinline__ void fence_registers(unsigned* r)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// A shared-memory matrix descriptor with the 128-byte swizzle (see the header).
+__device__ __forceinline__ u64 sw128_descriptor(unsigned address, unsigned leading, unsigned stride)
+{
+    return (u64)((address & 0x3FFFFu) >> 4) | ((u64)(leading >> 4) << 16) | ((u64)(stride >> 4) << 32) | (1ull << 62);
+}
+// The same descriptor moved by bytes (a multiple of 16, within the 14-bit address field).
+__device__ __forceinline__ u64 desc_plus(u64 desc, unsigned bytes) { return desc + (u64)(bytes >> 4); }
+
+// Packs two floats into 16-bit pairs (lo in the low half).
+template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned pack2<f16>(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// wgmma m64nNk16 with fp32 accumulators for 16-bit inputs. The accumulate flag is a predicate operand (scale-d: 0
+// overwrites d), set from a register; imm-scale-a/b 1, transposes as each name says.
+template <typename T, int N> struct Wgmma;
+#define WG_F8(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define WG_F32(d, i) WG_F8(d, i), WG_F8(d, i + 8), WG_F8(d, i + 16), WG_F8(d, i + 24)
+#define WG_ACC64(d) WG_F32(d, 0)
+#define WG_ACC128(d) WG_F32(d, 0), WG_F32(d, 32)
+#define WG_REGS64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_REGS128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+template <> struct Wgmma<bf16, 64>
+{
+    // d (64 x 64) = a (64 x 16, shared, K-major) * b (16 x 64, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 0, 0; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+    // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, N-major: the tile is stored as rows of k)
+    static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
+                     : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+};
+template <> struct Wgmma<bf16, 128>
+{
+    // d (64 x 128) = a (64 x 16, shared, K-major) * b (16 x 128, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", %64, %65, p, 1, 1, 0, 0; }"
+                     : WG_ACC128(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+    // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, N-major: the tile is stored as rows of k)
+    static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1; }"
+                     : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+    // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, K-major: the tile is stored as rows of n)
+    static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0; }"
+                     : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+};
+template <> struct Wgmma<f16, 64>
+{
+    // d (64 x 64) = a (64 x 16, shared, K-major) * b (16 x 64, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", %32, %33, p, 1, 1, 0, 0; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+    // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, N-major: the tile is stored as rows of k)
+    static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
+                     : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+};
+template <> struct Wgmma<f16, 128>
+{
+    // d (64 x 128) = a (64 x 16, shared, K-major) * b (16 x 128, shared, K-major) (+ d when accumulate)
+    static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS128 ", %64, %65, p, 1, 1, 0, 0; }"
+                     : WG_ACC128(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+    // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, N-major: the tile is stored as rows of k)
+    static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1; }"
+                     : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+    // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, K-major: the tile is stored as rows of n)
+    static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0; }"
+                     : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+    }
+};
+
+
+// The dQ product of the backward: both operands transposed (stored as rows of k), N = 64.
+template <typename T> struct WgmmaT;
+template <> struct WgmmaT<bf16>
+{
+    // d (64 x 64) = a (64 x 16, shared, M-major: stored as rows of k) * b (16 x 64, shared, N-major: rows of k) (+ d)
+    static __device__ __forceinline__ void ss_mn(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+};
+template <> struct WgmmaT<f16>
+{
+    // d (64 x 64) = a (64 x 16, shared, M-major: stored as rows of k) * b (16 x 64, shared, N-major: rows of k) (+ d)
+    static __device__ __forceinline__ void ss_mn(float* d, u64 a, u64 b, int accumulate)
+    {
+        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
+                     : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+    }
+};
+
