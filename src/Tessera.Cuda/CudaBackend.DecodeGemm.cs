@@ -2,17 +2,18 @@ using Tessera.Tensors;
 
 namespace Tessera.Cuda;
 
-// Decode-size products (decode_gemm.cu): 5 to 64 rows of x times an nn.Linear weight on tensor cores, launched dependent on
-// their predecessor with their first weight loads ahead of the wait, as gemv.cu's kernels are at 1-4 rows; their SwiGLU form,
-// and RMSNorm applied on the way (CudaBackendOptions.DecodeProducts).
+// Decode-size products (decode_gemm_hopper.cu on compute capability 9.0, decode_gemm.cu elsewhere): 5 to 64 rows of x times
+// an nn.Linear weight on tensor cores, launched dependent on their predecessor with their first weight loads ahead of the
+// wait, as gemv.cu's kernels are at 1-4 rows, K's slices of a row block one thread-block cluster; their SwiGLU form, and
+// RMSNorm applied on the way (CudaBackendOptions.DecodeProducts).
 public sealed unsafe partial class CudaBackend
 {
     private const int DecodeGemmMaxRows = 64, DecodeGemmBlockRows = 128, DecodeGemmTile = 64, DecodeGemmStages = 4, DecodeGemmThreads = 128,
         DecodeGemmMaxSlices = 8;   // a cluster's CTAs (the portable most)
 
     /// <summary>
-    /// c (M, N) = alpha x (M, K) W^T + bias + beta c with 5 &lt;= M &lt;= 64 and W (N, K) an nn.Linear weight, on decode_gemm.cu
-    /// under <see cref="CudaBackendOptions.DecodeProducts"/>, x RMS-normalized on the way when <paramref name="norm"/> is given;
+    /// c (M, N) = alpha x (M, K) W^T + bias + beta c with 5 &lt;= M &lt;= 64 and W (N, K) an nn.Linear weight, on a decode-product
+    /// kernel (<see cref="DecodeGemmKernel"/>) under <see cref="CudaBackendOptions.DecodeProducts"/>, x RMS-normalized on the way when <paramref name="norm"/> is given;
     /// false, with nothing enqueued, when the call does not fit it (then cuBLASLt runs it): 16-bit floats of one dtype, K a
     /// multiple of 64, unit column strides, 16-byte aligned rows.
     /// </summary>
@@ -36,8 +37,8 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
-    /// output (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) with 5 &lt;= M &lt;= 64 on decode_gemm.cu's SwiGLU form (gate and up rows of
-    /// an output in one warp's MMA rows; one launch, no (M, 2F) scratch), x RMS-normalized on the way when <paramref name="norm"/>
+    /// output (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) with 5 &lt;= M &lt;= 64 on the decode-product kernel's SwiGLU form (an output's
+    /// gate and up sums in one thread's registers; one launch, no (M, 2F) scratch), x RMS-normalized on the way when <paramref name="norm"/>
     /// is given; false, with nothing enqueued, when the call does not fit it.
     /// </summary>
     private bool TryDecodeGemmSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias, Tensor? upBias, RmsNormPrologue? norm)

@@ -67,8 +67,8 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc/>
     /// <remarks>For at most 4 rows of x, one kernel streams the gate and up rows together (gemv.cu), normalizing x on the way
-    /// when asked; for 5 to 64 under <see cref="CudaBackendOptions.DecodeProducts"/>, decode_gemm.cu's SwiGLU form (the norm
-    /// on the way); otherwise the norm, then one cuBLASLt product over [gate; up] when the two weights are adjacent in their
+    /// when asked; for 5 to 64 under <see cref="CudaBackendOptions.DecodeProducts"/>, the decode-product kernel's SwiGLU form (the
+    /// norm on the way); otherwise the norm, then one cuBLASLt product over [gate; up] when the two weights are adjacent in their
     /// storage (two products when not) into scratch, and the SwiGLU kernel on the halves.</remarks>
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null)
@@ -129,7 +129,7 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc/>
     /// <remarks>For at most 4 rows of x, the matrix-vector kernel normalizes x while staging it; for 5 to 64 under
-    /// <see cref="CudaBackendOptions.DecodeProducts"/>, decode_gemm.cu normalizes its staged tiles; otherwise the RMSNorm kernel
+    /// <see cref="CudaBackendOptions.DecodeProducts"/>, the decode-product kernel normalizes x's fragments; otherwise the RMSNorm kernel
     /// into scratch, then the product.</remarks>
     public void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null)
     {

@@ -4,7 +4,8 @@
 // and a hand-written Triton kernel both need 9-11 us for 8-13 MB). This kernel is launched dependent on its predecessor and
 // issues its first stages of W before waiting on it (W is never the predecessor's output; the host passes early = 0 when
 // it may be, e.g. after an optimizer step), so its DRAM traffic starts while the predecessor finishes, as gemv.cu's
-// matrix-vector kernels do at 1-4 rows.
+// matrix-vector kernels do at 1-4 rows. Measured (session 21, docs/benchmarks.md): about twice cuBLASLt's time at a 64-row
+// decode step of llama-1b; compute capability 9.0 runs decode_gemm_hopper.cu (wgmma) instead, the same contract.
 //
 // A CTA of 4 warps owns DG_BN = 128 rows of W (warp w: rows 32w .. 32w + 31, two m16 tiles) and slice blockIdx.x of
 // gridDim.x slices of K (ks = K / slices columns, a multiple of DG_BK); blockIdx.y is the row block. Per k-tile of DG_BK =

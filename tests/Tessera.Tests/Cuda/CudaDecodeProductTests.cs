@@ -65,7 +65,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     }
 
     /// <summary>
-    /// <see cref="IBackend.MatMulSwiGlu"/> at 5 to 64 rows on decode_gemm.cu's SwiGLU form (gate and up summed in fp32, no
+    /// <see cref="IBackend.MatMulSwiGlu"/> at 5 to 64 rows on the decode products' SwiGLU form (gate and up summed in fp32, no
     /// 16-bit scratch between the product and SiLU): against an f64 reference of SiLU(x Wg^T + bg) * (x Wu^T + bu) on the rounded
     /// inputs, normalized on the way when there is a norm, and against the default backend's path (cuBLASLt and the SwiGLU kernel).
     /// </summary>
@@ -113,8 +113,8 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     }
 
     /// <summary>
-    /// <see cref="IBackend.RmsNormMatMul"/> at 5 to 64 rows on decode_gemm.cu with the norm applied on the way (x scaled by the
-    /// norm's weight in the staged tiles, 1 / rms on the sums; one slice and several): against an f64 reference of
+    /// <see cref="IBackend.RmsNormMatMul"/> at 5 to 64 rows on the decode products with the norm applied on the way (x's fragments
+    /// scaled by the norm's weight, 1 / rms on the sums; one slice and a cluster of several): against an f64 reference of
     /// RMSNorm(x) W^T + b on the rounded inputs and against the default path (the norm kernel, then cuBLASLt).
     /// </summary>
     [Theory]
@@ -172,7 +172,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     /// <summary>The kernels' name prefix: decode_gemm_hopper on a compute capability 9.0 device when asked, decode_gemm.cu's otherwise.</summary>
     private string Prefix(bool hopper) => hopper && Gpu.CudaDevice.ComputeCapability == (9, 0) ? "decode_gemm_hopper" : "decode_gemm";
 
-    /// <summary>The product ran on decode_gemm.cu (the op profiler's kernel names), not on cuBLASLt: a routing fault would
+    /// <summary>The product ran on the decode-product kernel asked for (the op profiler's kernel names), not on cuBLASLt: a routing fault would
     /// otherwise pass the comparisons.</summary>
     private static void AssertRanOn(CudaBackend backend, string kernelPrefix) =>
         Assert.Contains(backend.Profiler!.Totals(), r => r.Name.StartsWith(kernelPrefix, StringComparison.Ordinal));
