@@ -396,6 +396,25 @@ template <> struct Mma<f16>
     }
 };
 
+// SiLU as the SwiGLU kernels apply it (elementwise.cu, gemv.cu, the decode products), in fp32.
+__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+
+// The decode products' output element (decode_gemm.cu, decode_gemm_hopper.cu): alpha * sum + bias[n] + beta * y[at] (the
+// residual), rounded to T; with SwiGLU, SiLU(gate + bg[o]) * (up + bu[o]).
+template <typename T>
+__device__ __forceinline__ void store_product(T* y, i64 at, float sum, float alpha, const T* bias, int n, float beta)
+{
+    float v = alpha * sum;
+    if (bias) v += to_f(bias[n]);
+    if (beta != 0.f) v += beta * to_f(y[at]);
+    y[at] = from_f<T>(v);
+}
+template <typename T>
+__device__ __forceinline__ void store_swiglu(T* y, i64 at, float gate, float up, const T* gate_bias, const T* up_bias, int o)
+{
+    y[at] = from_f<T>(silu(gate + (gate_bias ? to_f(gate_bias[o]) : 0.f)) * (up + (up_bias ? to_f(up_bias[o]) : 0.f)));
+}
+
 // Two 16-bit values of T in a word times two others, each correctly rounded to T (fma with -0: the exact product rounded
 // once, as from_f(to_f(a) * to_f(b)), whose fp32 product of two 16-bit floats is exact).
 template <typename T> __device__ __forceinline__ unsigned mul2_rn(unsigned a, unsigned b);
@@ -509,6 +528,29 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64
     {
         const bool ok = row0 + r + k * RS < limit;
         cp_async16(d0 + k * RS * 128, ok ? src + k * step : base, ok);
+    }
+}
+
+// The first ST - 1 stages of a cp.async ring whose weight tiles no earlier kernel writes (the decode products): with early,
+// load_w(s, s) for every stage before pdl_wait (the predecessor may still be running), load_x(s, s), the activations, after
+// it; without, both after. Commit group s holds stage s's activations (and, for s = 0, every early weight copy), so "group
+// s complete" still means "stage s complete". Stages past `tiles` commit empty groups.
+template <int ST, typename W, typename X>
+__device__ __forceinline__ void prologue_weights_first(int tiles, int early, W load_w, X load_x)
+{
+    if (early)
+        for (int s = 0; s < ST - 1; s++)
+            if (s < tiles) load_w(s, s);
+    pdl_wait();
+    pdl_launch_dependents();
+    for (int s = 0; s < ST - 1; s++)
+    {
+        if (s < tiles)
+        {
+            if (!early) load_w(s, s);
+            load_x(s, s);
+        }
+        cp_async_commit();
     }
 }
 
@@ -629,3 +671,22 @@ __device__ __forceinline__ void cluster_arrive() { emu_cluster_arrive(); }
 __device__ __forceinline__ void cluster_wait() { emu_cluster_wait(); }
 __device__ __forceinline__ void cluster_load2(const float* local, unsigned rank, float& a, float& b) { emu_cluster_load2(local, rank, a, b); }
 #endif
+// K split over a thread-block cluster of at most 8 CTAs (the decode products): the sums, in rank order, of the two floats at
+// `local`'s offset in every CTA's shared memory, the loads issued together; and total[m] for m < n (n even) so summed from
+// part[m], by `threads` threads (the caller synchronizes before reading total).
+__device__ __forceinline__ void cluster_sum2(const float* local, int ctas, float& a, float& b)
+{
+    float pa[8], pb[8];
+#pragma unroll
+    for (int s = 0; s < 8; s++)
+        if (s < ctas) cluster_load2(local, s, pa[s], pb[s]);
+    a = 0.f;
+    b = 0.f;
+#pragma unroll
+    for (int s = 0; s < 8; s++)
+        if (s < ctas) { a += pa[s]; b += pb[s]; }
+}
+__device__ __forceinline__ void cluster_sum_rows(const float* part, float* total, int n, int ctas, int tid, int threads)
+{
+    for (int m = 2 * tid; m < n; m += 2 * threads) cluster_sum2(part + m, ctas, total[m], total[m + 1]);
+}

@@ -37,8 +37,6 @@
 #define DG_ST 4
 #define DG_RS (DG_BN + 4)   // floats a row of the cluster's fp32 tiles (x row m, W row n at m * DG_RS + n): no bank conflicts
 
-__device__ __forceinline__ float dg_silu(float g) { return g / (1.f + expf(-g)); }
-
 template <typename T, int MT, bool SWIGLU>
 __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
@@ -68,32 +66,10 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
     };
     auto load_x = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE + WT;
-#pragma unroll
-        for (int i = 0; i < (MP + 15) / 16; i++)
-        {
-            const int r = cr + 16 * i;
-            if (r >= MP) break;
-            const bool ok = r < M;
-            cp_async16(dst + (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4)), ok ? x + (i64)r * ldx + k0 + t * DG_BK + cc * 8 : x, ok);
-        }
+        load_tile_sw128<DG_BK, MP, DG_THREADS>(dst, x + k0 + t * DG_BK, ldx, 0, M, tid);
         if (nw && tid < DG_BK / 8) cp_async16(dst + XT + tid * 16, nw + k0 + t * DG_BK + tid * 8, true);
     };
-    // Stages 0 .. DG_ST - 2: W before the wait when early, x (the predecessor's output) after it. Commit group s holds
-    // stage s's x (and, for s = 0, every early W copy), so "group s complete" still means "stage s complete".
-    if (early)
-        for (int s = 0; s < DG_ST - 1; s++)
-            if (s < tiles) load_w(s, s);
-    pdl_wait();
-    pdl_launch_dependents();
-    for (int s = 0; s < DG_ST - 1; s++)
-    {
-        if (s < tiles)
-        {
-            if (!early) load_w(s, s);
-            load_x(s, s);
-        }
-        cp_async_commit();
-    }
+    prologue_weights_first<DG_ST>(tiles, early, load_w, load_x);
 
     float acc[2][MT][4];
 #pragma unroll
@@ -187,8 +163,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
                         const int m = 8 * j + 2 * c4 + e;
                         if (m >= M || o >= N) continue;
                         const float r = inv_rms(m);
-                        const float gv = acc[h][j][e] * r + (bias ? to_f(bias[o]) : 0.f), uv = acc[h][j][e + 2] * r + (bias2 ? to_f(bias2[o]) : 0.f);
-                        y[(i64)m * ldy + o] = from_f<T>(dg_silu(gv) * uv);
+                        store_swiglu(y, (i64)m * ldy + o, acc[h][j][e] * r, acc[h][j][e + 2] * r, bias, bias2, o);
                     }
                 }
                 else
@@ -196,11 +171,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
                     for (int e = 0; e < 4; e++)
                     {
                         const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + 32 * warp + 16 * h + g + (e >> 1) * 8;
-                        if (m >= M || n >= N) continue;
-                        float v = alpha * (acc[h][j][e] * inv_rms(m));
-                        if (bias) v += to_f(bias[n]);
-                        if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n]);
-                        y[(i64)m * ldy + n] = from_f<T>(v);
+                        if (m < M && n < N) store_product(y, (i64)m * ldy + n, acc[h][j][e] * inv_rms(m), alpha, bias, n, beta);
                     }
             }
         return;
@@ -221,20 +192,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
     cluster_wait();
     if (nw)
     {
-        // Every slice's sums of squares of x's rows, in slice order.
-        for (int m = 2 * tid; m < MP; m += 2 * DG_THREADS)
-        {
-            float s0 = 0.f, s1 = 0.f;
-            for (int s = 0; s < slices; s++)
-            {
-                float a, b;
-                cluster_load2(rowsq + m, s, a, b);
-                s0 += a;
-                s1 += b;
-            }
-            total[m] = s0;
-            total[m + 1] = s1;
-        }
+        cluster_sum_rows(rowsq, total, MP, slices, tid, DG_THREADS);   // every slice's sums of squares, in slice order
         __syncthreads();
     }
     auto inv_rms = [&](int m) { return nw ? rsqrtf(total[m] / K + eps) : 1.f; };
@@ -244,40 +202,21 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
     for (int p = first + tid; p < last; p += DG_THREADS)
     {
         const int m = p / PAIRS, q = p % PAIRS;
-        float s0 = 0.f, s1 = 0.f, u0 = 0.f, u1 = 0.f;
-        for (int s = 0; s < slices; s++)
-        {
-            float a, b;
-            cluster_load2(tile + m * DG_RS + 2 * q, s, a, b);
-            s0 += a;
-            s1 += b;
-            if (SWIGLU)
-            {
-                cluster_load2(tile + m * DG_RS + DG_BN / 2 + 2 * q, s, a, b);
-                u0 += a;
-                u1 += b;
-            }
-        }
+        float s0, s1, u0 = 0.f, u1 = 0.f;
+        cluster_sum2(tile + m * DG_RS + 2 * q, slices, s0, s1);
+        if (SWIGLU) cluster_sum2(tile + m * DG_RS + DG_BN / 2 + 2 * q, slices, u0, u1);
         const float r = inv_rms(m);
         if (SWIGLU)
         {
             const int o = blockIdx.y * (DG_BN / 2) + 2 * q;
-            if (o < N) y[(i64)m * ldy + o] = from_f<T>(dg_silu(s0 * r + (bias ? to_f(bias[o]) : 0.f)) * (u0 * r + (bias2 ? to_f(bias2[o]) : 0.f)));
-            if (o + 1 < N) y[(i64)m * ldy + o + 1] = from_f<T>(dg_silu(s1 * r + (bias ? to_f(bias[o + 1]) : 0.f)) * (u1 * r + (bias2 ? to_f(bias2[o + 1]) : 0.f)));
+            if (o < N) store_swiglu(y, (i64)m * ldy + o, s0 * r, u0 * r, bias, bias2, o);
+            if (o + 1 < N) store_swiglu(y, (i64)m * ldy + o + 1, s1 * r, u1 * r, bias, bias2, o + 1);
         }
         else
         {
             const int n = n0 + 2 * q;
-            const float sums[2] = {s0, s1};
-#pragma unroll
-            for (int e = 0; e < 2; e++)
-            {
-                if (n + e >= N) continue;
-                float v = alpha * (sums[e] * r);
-                if (bias) v += to_f(bias[n + e]);
-                if (beta != 0.f) v += beta * to_f(y[(i64)m * ldy + n + e]);
-                y[(i64)m * ldy + n + e] = from_f<T>(v);
-            }
+            if (n < N) store_product(y, (i64)m * ldy + n, s0 * r, alpha, bias, n, beta);
+            if (n + 1 < N) store_product(y, (i64)m * ldy + n + 1, s1 * r, alpha, bias, n + 1, beta);
         }
     }
     cluster_arrive();                                      // no CTA leaves while another still reads its tile

@@ -26,8 +26,6 @@
 #define DH_ST 4
 #define DH_RS (DH_BN + 8)   // floats a row of the cluster's fp32 tiles (x row m, W column n at m * DH_RS + n)
 
-__device__ __forceinline__ float dh_silu(float g) { return g / (1.f + expf(-g)); }
-
 template <typename T, int MT, bool SWIGLU>
 __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                                    i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
@@ -56,30 +54,10 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     };
     auto load_x = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE + WT;
-#pragma unroll
-        for (int i = 0; i < (MP + 15) / 16; i++)
-        {
-            const int r = cr + 16 * i;
-            if (r >= MP) break;
-            const bool ok = r < M;
-            cp_async16(dst + (unsigned)(r * 128 + ((cc ^ (r & 7)) << 4)), ok ? x + (i64)r * ldx + k0 + t * DH_BK + cc * 8 : x, ok);
-        }
+        load_tile_sw128<DH_BK, MP, DH_THREADS>(dst, x + k0 + t * DH_BK, ldx, 0, M, tid);
         if (nw && tid < DH_BK / 8) cp_async16(dst + XT + tid * 16, nw + k0 + t * DH_BK + tid * 8, true);
     };
-    if (early)
-        for (int s = 0; s < DH_ST - 1; s++)
-            if (s < tiles) load_w(s, s);
-    pdl_wait();
-    pdl_launch_dependents();
-    for (int s = 0; s < DH_ST - 1; s++)
-    {
-        if (s < tiles)
-        {
-            if (!early) load_w(s, s);
-            load_x(s, s);
-        }
-        cp_async_commit();
-    }
+    prologue_weights_first<DH_ST>(tiles, early, load_w, load_x);
 
     float acc[DH_BN / 2];
 #pragma unroll
@@ -147,26 +125,17 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
 #pragma unroll
             for (int j = 0; j < DH_BN / 8; j++)
             {
-                const float v0 = acc[4 * j + 2 * r], v1 = acc[4 * j + 2 * r + 1];
+                const float v0 = acc[4 * j + 2 * r] * inv, v1 = acc[4 * j + 2 * r + 1] * inv;
                 if (SWIGLU)
                 {
                     const int o = blockIdx.y * (DH_BN / 2) + 4 * j + c4;
-                    if (o < N)
-                        y[(i64)m * ldy + o] = from_f<T>(dh_silu(v0 * inv + (bias ? to_f(bias[o]) : 0.f)) * (v1 * inv + (bias2 ? to_f(bias2[o]) : 0.f)));
+                    if (o < N) store_swiglu(y, (i64)m * ldy + o, v0, v1, bias, bias2, o);
                 }
                 else
                 {
                     const int n = n0 + 8 * j + 2 * c4;
-                    const float v[2] = {v0, v1};
-#pragma unroll
-                    for (int e = 0; e < 2; e++)
-                    {
-                        if (n + e >= N) continue;
-                        float o = alpha * (v[e] * inv);
-                        if (bias) o += to_f(bias[n + e]);
-                        if (beta != 0.f) o += beta * to_f(y[(i64)m * ldy + n + e]);
-                        y[(i64)m * ldy + n + e] = from_f<T>(o);
-                    }
+                    if (n < N) store_product(y, (i64)m * ldy + n, v0, alpha, bias, n, beta);
+                    if (n + 1 < N) store_product(y, (i64)m * ldy + n + 1, v1, alpha, bias, n + 1, beta);
                 }
             }
         }
@@ -193,19 +162,7 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     cluster_wait();
     if (nw)
     {
-        for (int m = 2 * tid; m < MP; m += 2 * DH_THREADS)
-        {
-            float s0 = 0.f, s1 = 0.f;
-            for (int s = 0; s < slices; s++)
-            {
-                float u, v;
-                cluster_load2(rowsq + m, s, u, v);
-                s0 += u;
-                s1 += v;
-            }
-            total[m] = s0;
-            total[m + 1] = s1;
-        }
+        cluster_sum_rows(rowsq, total, MP, slices, tid, DH_THREADS);   // every slice's sums of squares, in slice order
         __syncthreads();
     }
     // Pair q of x row m: columns 2q and 2q + 1 (W rows n0 + 2q, + 1; or with SWIGLU output q's gate and up).
@@ -214,33 +171,19 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     for (int p = first + tid; p < last; p += DH_THREADS)
     {
         const int m = p / PAIRS, q = p % PAIRS;
-        float part0[8], part1[8];                          // every slice's pair, loaded together, summed in slice order
-#pragma unroll
-        for (int s = 0; s < 8; s++)
-            if (s < slices) cluster_load2(tile + m * DH_RS + 2 * q, s, part0[s], part1[s]);
-        float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-        for (int s = 0; s < 8; s++)
-            if (s < slices) { s0 += part0[s]; s1 += part1[s]; }
+        float s0, s1;
+        cluster_sum2(tile + m * DH_RS + 2 * q, slices, s0, s1);
         const float inv = nw ? rsqrtf(total[m] / K + eps) : 1.f;
         if (SWIGLU)
         {
             const int o = blockIdx.y * (DH_BN / 2) + q;
-            if (o < N) y[(i64)m * ldy + o] = from_f<T>(dh_silu(s0 * inv + (bias ? to_f(bias[o]) : 0.f)) * (s1 * inv + (bias2 ? to_f(bias2[o]) : 0.f)));
+            if (o < N) store_swiglu(y, (i64)m * ldy + o, s0 * inv, s1 * inv, bias, bias2, o);
         }
         else
         {
             const int n = n0 + 2 * q;
-            const float v[2] = {s0, s1};
-#pragma unroll
-            for (int e = 0; e < 2; e++)
-            {
-                if (n + e >= N) continue;
-                float o = alpha * (v[e] * inv);
-                if (bias) o += to_f(bias[n + e]);
-                if (beta != 0.f) o += beta * to_f(y[(i64)m * ldy + n + e]);
-                y[(i64)m * ldy + n + e] = from_f<T>(o);
-            }
+            if (n < N) store_product(y, (i64)m * ldy + n, s0 * inv, alpha, bias, n, beta);
+            if (n + 1 < N) store_product(y, (i64)m * ldy + n + 1, s1 * inv, alpha, bias, n + 1, beta);
         }
     }
     cluster_arrive();                                      // no CTA leaves while another still reads its tile

@@ -64,7 +64,6 @@
 // SwiGLU, silu(gate) * up, over (rows, cols) views whose rows are contiguous, row strides in elements: the two halves of
 // a fused gate/up product are read (and their gradients written) in place. 16-byte vectors when every row start is 16-byte
 // aligned and cols is a multiple of the vector; one element per thread otherwise. fp32 math, as the CPU backend's formulas.
-__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
 // Item k of rows x per items as (row, column); 32-bit division when the count fits (the usual case).
 __device__ __forceinline__ void split_item(i64 k, i64 per, i64 total, i64& r, i64& c)

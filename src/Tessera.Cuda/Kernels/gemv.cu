@@ -233,7 +233,7 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
                 for (int m = 0; m < M; m++)
                 {
                     const float a = acc[0][m] + b0;
-                    y[m * ldy + n] = from_f<T>(a / (1.f + expf(-a)) * (acc[1][m] + b1));
+                    y[m * ldy + n] = from_f<T>(silu(a) * (acc[1][m] + b1));
                 }
             }
             if (EPI == GEMV_ROPE)
