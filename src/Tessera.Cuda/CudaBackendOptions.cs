@@ -43,7 +43,8 @@ public sealed record CudaBackendOptions
     /// <see cref="CudaBackend.MatMulSwiGlu"/> at those rows runs its SwiGLU form in one launch, and it and
     /// <see cref="CudaBackend.RmsNormMatMul"/> apply the norm on the way (no norm launch). On compute capability 9.0 the
     /// wgmma kernel (decode_gemm_hopper.cu, <see cref="HopperDecodeProducts"/>), elsewhere decode_gemm.cu's mma.sync one.
-    /// Default false: the mma.sync kernel measured about twice cuBLASLt's time at 64 rows (session 21, docs/benchmarks.md).
+    /// Default false: at a 64-sequence decode step of llama-1b the products took 1.5x (wgmma) and 2x (mma.sync) cuBLASLt's time,
+    /// the step 1.27x with the wgmma kernel (session 21, docs/benchmarks.md).
     /// </summary>
     public bool DecodeProducts { get; init; }
 
@@ -53,6 +54,12 @@ public sealed record CudaBackendOptions
     /// decode_gemm.cu's mma.sync kernel there too. Default true.
     /// </summary>
     public bool HopperDecodeProducts { get; init; } = true;
+
+    /// <summary>
+    /// Columns of K a stage of decode_gemm_hopper.cu holds: 64 (each W row's 128 contiguous bytes, 4 stages) or 128 (256
+    /// bytes, 3 stages: longer runs for DRAM, fewer bytes in flight). Default 64. A K that 128 does not divide takes 64.
+    /// </summary>
+    public int DecodeProductTileColumns { get; init; } = 64;
 
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
@@ -325,6 +332,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
+        if (DecodeProductTileColumns is not (64 or 128))
+            throw new ArgumentException($"CUDA backend options: DecodeProductTileColumns ({DecodeProductTileColumns}) must be 64 or 128");
         if (!Enum.IsDefined(MatMulSearch))
             throw new ArgumentException($"CUDA backend options: MatMulSearch ({(int)MatMulSearch}) must be one of {string.Join(", ", Enum.GetNames<MatMulCandidateSearch>())}");
         if (!Enum.IsDefined(DecodeAttention))
@@ -379,6 +388,7 @@ public sealed record CudaBackendOptions
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
+        if (DecodeProductTileColumns != d.DecodeProductTileColumns) parts.Add(Invariant($"{nameof(DecodeProductTileColumns)}={DecodeProductTileColumns}"));
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -427,6 +437,7 @@ public sealed record CudaBackendOptions
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
+        [nameof(DecodeProductTileColumns)] = (o, v, s) => o with { DecodeProductTileColumns = ParseInt(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

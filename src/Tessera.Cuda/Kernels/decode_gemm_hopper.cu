@@ -3,17 +3,19 @@
 // and its RMSNorm on the way. decode_gemm.cu's mma.sync kernel measured 2x cuBLASLt's time at 64 rows (session 21: one
 // warp an SM sub-partition exposing every ldmatrix and MMA latency, x's fragments read from shared memory once per warp
 // per W tile); here the tensor cores read W from shared memory themselves and x's fragments are loaded once per warp.
-// Measured (session 21): 15-41 us a product against cuBLASLt's 9-31 (norm and SwiGLU kernels counted), DRAM throughput
-// 13-36 % rising with the CTAs an SM holds: it waits on memory with too few bytes in flight (next: TMA loads into deeper
-// stages under mbarriers, a producer warp).
+// Measured (session 21, k-tiles of 64): 15-41 us a product against cuBLASLt's 9-31 (norm and SwiGLU kernels counted);
+// each CTA takes about 3,000 cycles a k-tile whether or not it shares its SM, so DRAM throughput (13-36 %) follows the CTAs
+// an SM holds.
 //
 // Operands swapped ("swap AB"): x is wgmma's A operand, m64 = x's rows (padded to 64: a warp whose 16 rows lie past
 // 8 MT passes zeros), from registers (ldmatrix of the staged x tile; with a norm, scaled there by the norm weight's
 // fragment as decode_gemm.cu does); W is the B operand, n128 = 128 rows of W (SWIGLU: 64 outputs' gate and up rows,
 // interleaved so that column 2i is output i's gate and 2i + 1 its up), K-major from shared memory in the 128-byte
 // swizzle (hopper.cuh). A CTA is one warpgroup: 128 rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K;
-// per k-tile of 64 columns it stages W's 128 rows, x's 8 MT rows and the norm weight's 64 columns (cp.async, DH_ST stages,
-// W's first stages issued before pdl_wait when early, as decode_gemm.cu), then issues four m64n128k16 wgmma.
+// per k-tile of BK = 64 or 128 columns (each a row's 128 or 256 contiguous bytes: BK 128 asks DRAM for longer runs, in
+// column blocks of 64 as the swizzle has them) it stages W's 128 rows, x's 8 MT rows and the norm weight's BK columns
+// (cp.async, 4 stages at BK 64, 3 at 128; W's first stages issued before pdl_wait when early, as decode_gemm.cu), then issues
+// BK / 16 m64n128k16 wgmma.
 // The accumulator (hopper.cuh's fragment) holds x row 16 w + g + 8 (e >> 1) by W column 8 j + 2 c + (e & 1), so a lane
 // holds pairs of adjacent outputs, and with SWIGLU an output's gate and up sums. With a norm, a lane also sums the squares
 // of its x rows' fragments, so the rows it writes are the rows whose sums it holds.
@@ -22,68 +24,69 @@
 // as decode_gemm.cu does.
 #define DH_THREADS 128
 #define DH_BN 128
-#define DH_BK 64
-#define DH_ST 4
 #define DH_RS (DH_BN + 8)   // floats a row of the cluster's fp32 tiles (x row m, W column n at m * DH_RS + n)
 
-template <typename T, int MT, bool SWIGLU>
+template <typename T, int MT, bool SWIGLU, int BK>
 __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                                    i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
 {
-    constexpr int MP = 8 * MT, WT = DH_BN * DH_BK * 2, XT = MP * DH_BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
-    static_assert((MP * DH_RS + 2 * MP) * 4 <= DH_ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
+    constexpr int MP = 8 * MT, WT = DH_BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
+    constexpr int ST = BK == 64 ? 4 : 3, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
+    static_assert(BK == 64 || BK == 128, "decode_gemm_hopper: k-tiles of one or two 64-column swizzle blocks");
+    static_assert((MP * DH_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
     extern __shared__ unsigned char dh_raw[];
     const unsigned smem = (smem_u32(dh_raw) + 1023u) & ~1023u;
     float* const aligned = reinterpret_cast<float*>(dh_raw + (smem - smem_u32(dh_raw)));
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
     const int slices = gridDim.x, slice = blockIdx.x, n0 = blockIdx.y * DH_BN, ks = K / slices, k0 = slice * ks;
-    const int tiles = ks / DH_BK;
+    const int tiles = ks / BK;
     const bool rows = 16 * warp < MP;                      // this warp's 16 x rows exist in the tile
-    const int cr = tid >> 3, cc = tid & 7;                 // thread tid copies chunk tid % 8 of rows tid / 8, + 16, ...
+    const int cr = tid / CH, cc = tid % CH;                // thread tid copies chunk tid % CH of rows tid / CH, + RPP, ...
     auto load_w = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE;
 #pragma unroll
-        for (int i = 0; i < DH_BN / 16; i++)
+        for (int i = 0; i < DH_BN / RPP; i++)
         {
             // Column r of the product: W's row n0 + r, or with SWIGLU output r / 2's gate (r even) or up row.
-            const int r = cr + 16 * i, n = SWIGLU ? blockIdx.y * (DH_BN / 2) + (r >> 1) : n0 + r;
+            const int r = cr + RPP * i, n = SWIGLU ? blockIdx.y * (DH_BN / 2) + (r >> 1) : n0 + r;
             const T* src = SWIGLU && (r & 1) ? w2 : w;
             const bool ok = n < N;
-            cp_async16(dst + (unsigned)(r * 128 + ((cc ^ (r & 7)) << 4)), ok ? src + (i64)n * ldw + k0 + t * DH_BK + cc * 8 : w, ok);
+            cp_async16(dst + sw128_offset<DH_BN>(r, cc), ok ? src + (i64)n * ldw + k0 + t * BK + cc * 8 : w, ok);
         }
     };
     auto load_x = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE + WT;
-        load_tile_sw128<DH_BK, MP, DH_THREADS>(dst, x + k0 + t * DH_BK, ldx, 0, M, tid);
-        if (nw && tid < DH_BK / 8) cp_async16(dst + XT + tid * 16, nw + k0 + t * DH_BK + tid * 8, true);
+        load_tile_sw128<BK, MP, DH_THREADS>(dst, x + k0 + t * BK, ldx, 0, M, tid);
+        if (nw && tid < CH) cp_async16(dst + XT + tid * 16, nw + k0 + t * BK + tid * 8, true);
     };
-    prologue_weights_first<DH_ST>(tiles, early, load_w, load_x);
+    prologue_weights_first<ST>(tiles, early, load_w, load_x);
 
     float acc[DH_BN / 2];
 #pragma unroll
     for (int i = 0; i < DH_BN / 2; i++) acc[i] = 0.f;
     float sq0 = 0.f, sq1 = 0.f;                            // with nw: this lane's share of x rows 16 warp + g and + 8
-    const TileOffsets<DH_BK> off(lane);
+    const TileOffsets<64> off(lane);                       // within a 64-column block
     for (int t = 0; t < tiles; t++)
     {
-        const int ahead = t + DH_ST - 1;
+        const int ahead = t + ST - 1;
         if (ahead < tiles)
         {
-            load_w(ahead % DH_ST, ahead);
-            load_x(ahead % DH_ST, ahead);
+            load_w(ahead % ST, ahead);
+            load_x(ahead % ST, ahead);
         }
         cp_async_commit();
-        cp_async_wait<DH_ST - 1>();
+        cp_async_wait<ST - 1>();
         fence_async_shared();                              // the staged W becomes visible to wgmma
         __syncthreads();
-        const unsigned sb = smem + (t % DH_ST) * STAGE, sx = sb + WT + warp * 16 * 128, sn = sb + WT + XT;
-        unsigned a[DH_BK / 16][4];
+        const unsigned sb = smem + (t % ST) * STAGE, sx = sb + WT + warp * 16 * 128, sn = sb + WT + XT;
+        unsigned a[BK / 16][4];
 #pragma unroll
-        for (int kk = 0; kk < DH_BK / 16; kk++)
+        for (int kk = 0; kk < BK / 16; kk++)
         {
             if (!rows) { a[kk][0] = a[kk][1] = a[kk][2] = a[kk][3] = 0u; continue; }
             unsigned m0, m1, m2, m3;
-            ldsm_x4(sx + off.rows[kk], m0, m1, m2, m3);    // (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
+            // Column block kk / 4 (MP rows of 128 bytes), its k16 step kk % 4: (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
+            ldsm_x4(sx + (kk >> 2) * MP * 128 + off.rows[kk & 3], m0, m1, m2, m3);
             a[kk][0] = m0; a[kk][1] = m2; a[kk][2] = m1; a[kk][3] = m3;
             if (nw)
             {
@@ -97,11 +100,11 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         const u64 wdesc = sw128_descriptor(sb, 16, 1024);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < DH_BK / 16; kk++) Wgmma<T, DH_BN>::rs_kmajor(acc, a[kk], desc_plus(wdesc, kk * 32));
+        for (int kk = 0; kk < BK / 16; kk++) Wgmma<T, DH_BN>::rs_kmajor(acc, a[kk], desc_plus(wdesc, (kk >> 2) * DH_BN * 128 + (kk & 3) * 32));
         wgmma_commit();
         wgmma_wait<0>();
         fence_registers<DH_BN / 2>(acc);
-        __syncthreads();                                   // this stage is refilled DH_ST - 1 tiles later
+        __syncthreads();                                   // this stage is refilled ST - 1 tiles later
     }
     cp_async_wait<0>();
     __syncthreads();
@@ -190,20 +193,22 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     cluster_wait();
 }
 
-#define DECODE_GEMM_HOPPER(name, t, MT)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_##name##_m##MT(const t* x, const t* w,    \
-        const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early,          \
-        const t* nw, float eps)                                                                                           \
+#define DECODE_GEMM_HOPPER(name, t, MT, BK, tail)                                                                         \
+    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_##name##_m##MT##tail(const t* x,          \
+        const t* w, const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta,         \
+        int early, const t* nw, float eps)                                                                                \
     {                                                                                                                     \
-        decode_gemm_hopper<t, MT, false>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, nw, \
-                                         eps);                                                                            \
+        decode_gemm_hopper<t, MT, false, BK>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, \
+                                             nw, eps);                                                                    \
     }                                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_swiglu_##name##_m##MT(const t* x,        \
+    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_swiglu_##name##_m##MT##tail(const t* x,   \
         const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw,    \
         i64 ldy, int early, const t* nw, float eps)                                                                       \
     {                                                                                                                     \
-        decode_gemm_hopper<t, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, nw,  \
-                                        eps);                                                                             \
+        decode_gemm_hopper<t, MT, true, BK>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early,  \
+                                            nw, eps);                                                                     \
     }
-DECODE_GEMM_HOPPER(bf16, bf16, 2) DECODE_GEMM_HOPPER(bf16, bf16, 4) DECODE_GEMM_HOPPER(bf16, bf16, 8)
-DECODE_GEMM_HOPPER(f16, f16, 2) DECODE_GEMM_HOPPER(f16, f16, 4) DECODE_GEMM_HOPPER(f16, f16, 8)
+// Kernels named ..._m{MT} take k-tiles of 64 columns, ..._m{MT}_k128 of 128.
+#define DECODE_GEMM_HOPPER_TILES(name, t, MT) DECODE_GEMM_HOPPER(name, t, MT, 64, ) DECODE_GEMM_HOPPER(name, t, MT, 128, _k128)
+DECODE_GEMM_HOPPER_TILES(bf16, bf16, 2) DECODE_GEMM_HOPPER_TILES(bf16, bf16, 4) DECODE_GEMM_HOPPER_TILES(bf16, bf16, 8)
+DECODE_GEMM_HOPPER_TILES(f16, f16, 2) DECODE_GEMM_HOPPER_TILES(f16, f16, 4) DECODE_GEMM_HOPPER_TILES(f16, f16, 8)
