@@ -104,22 +104,21 @@ public sealed unsafe partial class CudaBackend
     }
 
     private bool? _hopperDecodeProducts;
+    private string? _hopperDecodeProductsError;
 
     /// <summary>Whether the decode products run on decode_gemm_hopper.cu here (decided once: the device, the option, the compile).</summary>
-    private bool UsesHopperDecodeProducts => _hopperDecodeProducts ??= Options.HopperDecodeProducts && CudaDevice.ComputeCapability == (9, 0) && TryCompile("decode_gemm_hopper.cu");
+    private bool UsesHopperDecodeProducts => _hopperDecodeProducts ??=
+        Options.HopperDecodeProducts && CudaDevice.ComputeCapability == (9, 0) && TryCompile("decode_gemm_hopper.cu", out _hopperDecodeProductsError);
 
-    private bool TryCompile(string file)
-    {
-        try
-        {
-            Kernels.Module(file);
-            return true;
-        }
-        catch (Compilation.KernelCompilationException)
-        {
-            return false;
-        }
-    }
+    /// <summary>
+    /// Why the decode products run on decode_gemm.cu although <see cref="CudaBackendOptions.HopperDecodeProducts"/> asks for
+    /// the wgmma kernel: not compute capability 9.0, or NVRTC's log when decode_gemm_hopper.cu does not compile for sm_90a;
+    /// null when it runs (or was not asked for).
+    /// </summary>
+    public string? HopperDecodeProductsUnavailableReason =>
+        !Options.HopperDecodeProducts || UsesHopperDecodeProducts ? null
+        : CudaDevice.ComputeCapability != (9, 0) ? $"the wgmma decode products need compute capability 9.0; this device is {CudaDevice.Architecture}"
+        : _hopperDecodeProductsError;
 
     /// <summary>
     /// Slices of K for a decode product of <paramref name="blocks"/> row blocks and <paramref name="tiles"/> k-tiles, each

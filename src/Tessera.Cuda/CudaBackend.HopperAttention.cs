@@ -40,18 +40,20 @@ public sealed unsafe partial class CudaBackend
     private string? _hopperCompileError;
 
     /// <summary>On a 9.0 device, whether the kernel file compiles (tried once, on first use).</summary>
-    private bool HopperKernelsCompile => _hopperCompiles ??= CudaDevice.ComputeCapability == (9, 0) && TryCompileHopper();
+    private bool HopperKernelsCompile => _hopperCompiles ??= CudaDevice.ComputeCapability == (9, 0) && TryCompile(HopperFile, out _hopperCompileError);
 
-    private bool TryCompileHopper()
+    /// <summary>Whether kernel file <paramref name="file"/> compiles here (loading it); NVRTC's log in <paramref name="error"/> when not.</summary>
+    private bool TryCompile(string file, out string? error)
     {
+        error = null;
         try
         {
-            Kernels.Module(HopperFile);
+            Kernels.Module(file);
             return true;
         }
         catch (Compilation.KernelCompilationException e)
         {
-            _hopperCompileError = e.Message;
+            error = e.Message;
             return false;
         }
     }

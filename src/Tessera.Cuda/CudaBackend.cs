@@ -143,8 +143,9 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
                 GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block, BlockY = 1, BlockZ = 1,
                 SharedBytes = sharedBytes, Stream = Stream.Handle, Attributes = attributes, AttributeCount = (uint)count,
             };
+            string how = string.Join(", ", new[] { programmatic ? "programmatic dependent launch" : null, clusterX > 1 ? $"clusters of {clusterX}" : null }.OfType<string>());
             Check(cuLaunchKernelEx(&config, function, args, null), "cuLaunchKernelEx",
-                $"{kernel} in {file} ({(programmatic ? "programmatic dependent launch" : "")}{(programmatic && clusterX > 1 ? ", " : "")}{(clusterX > 1 ? $"clusters of {clusterX}" : "")}), grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
+                $"{kernel} in {file} ({how}), grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
         }
         else
             Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, Stream.Handle, args, null),
