@@ -22,7 +22,9 @@
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), LLAMA_CASES="PRESET:B:T[:recompute] ..." (gpu-train of
 #       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
-#       its own process), PP_CASES="ARGS;ARGS" (gpu-pp runs: --stages, --curve N), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
+#       its own process), PP_CASES="ARGS;ARGS" (gpu-pp runs: --stages, --curve N), SERVE_CASES="default;OPTIONS;..." (the serving benchmark at
+#       SERVE_STREAMS clients, once per case), NCU_TEST="REGEX:COUNT:Class.Method" (ncu's warp-state and memory tables of chosen
+#       kernels inside a GPU test's profiled region), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
 #       the bench's --cuda-options flag (CudaBackendOptions.Parse's "Name=value,..." form), never as environment variables. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
 set -uo pipefail
@@ -65,6 +67,9 @@ CS
     find "$dest/app" -maxdepth 1 -name '*.xml' -delete
     find "$dest/app" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended -regex '.*/[a-z]{2}(-[A-Za-z]{2,4})?' -exec rm -rf {} +
     rm -rf "$dest/app/Golden"
+    # Nor the plotting library (only the CLI's plot command uses it) or the VSTest adapter (the test assembly runs as its own
+    # program here): 3 MB that the payload, the runtime and the tracked tree together no longer have room for (session 21).
+    rm -f "$dest/app/ScottPlot.dll" "$dest/app/SkiaSharp.dll" "$dest/app/xunit.runner.visualstudio.testadapter.dll"
     cp "$0" "$dest/gpu-bench.sh"
     cp bench/pytorch/train_gpt2.py "$dest/train_gpt2.py"
     cp bench/pytorch/train_llama.py "$dest/train_llama.py"
@@ -181,6 +186,31 @@ run)
                 profile) decode --no-header --repeat 2 --cuda-options ProfileOps=true > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
             esac
         done
+    fi
+    if [ -n "${SERVE_CASES:-}" ]; then
+        # The serving benchmark (llama-1b bf16, 512-token prompts, 128 new tokens, SERVE_STREAMS clients, through HTTP, the
+        # device's time per step) once per ';'-separated case: "default", or backend options (--cuda-options). List a pair twice
+        # to alternate them: runs of one build differ by about 4 %. Its tables into $OUT/serve.md; the rows printed here.
+        IFS=';' read -ra cases <<< "$SERVE_CASES"
+        for c in "${cases[@]}"; do
+            t0=$(date +%s)
+            opts=(); [ "$c" = default ] || opts=(--cuda-options "$c")
+            echo "### serve ${SERVE_STREAMS:-64} streams, $c" >> "$out/serve.md"
+            timeout "${SERVE_TIMEOUT:-200}" $dn "$dir/app/Tessera.Bench.dll" serve --device cuda --preset llama-1b --dtype bf16 --prompt 512 --new 128 \
+                --concurrency "${SERVE_STREAMS:-64}" --rounds 1 --device-time "${opts[@]}" >> "$out/serve.md" 2>>"$out/bench.err" || rc=1
+            echo "serve $c: $(( $(date +%s) - t0 )) s"; grep -E '^\| Tessera' "$out/serve.md" | tail -1
+        done
+    fi
+    if [ -n "${NCU_TEST:-}" ] && command -v ncu >/dev/null; then
+        # ncu over a GPU test that brackets its timed work with cuProfilerStart/Stop (e.g. the recorded decode steps):
+        # NCU_TEST="REGEX:COUNT:Namespace.Class.Method", the first COUNT launches whose names match REGEX, with the warp-state,
+        # scheduler and memory tables, into $OUT/ncu-test.txt.
+        IFS=: read -r regex count method <<< "$NCU_TEST"
+        t0=$(date +%s)
+        timeout "${NCU_TIMEOUT:-150}" ncu --profile-from-start off --kernel-name "regex:$regex" --launch-count "$count" --section SpeedOfLight \
+            --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+            --section MemoryWorkloadAnalysis_Tables $dn "$dir/app/Tessera.Tests.dll" -method "$method" -parallel none > "$out/ncu-test.txt" 2>>"$out/bench.err"
+        echo "ncu $method: $(( $(date +%s) - t0 )) s"
     fi
     if [ "${RUN_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
         # GPU time of every kernel of a few eager decode steps (no host gaps): the per-kernel floor table's input.
