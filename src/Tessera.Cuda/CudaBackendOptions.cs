@@ -56,8 +56,9 @@ public sealed record CudaBackendOptions
     public bool HopperDecodeProducts { get; init; } = true;
 
     /// <summary>
-    /// Columns of K a stage of decode_gemm_hopper.cu holds: 64 (each W row's 128 contiguous bytes, 4 stages) or 128 (256
-    /// bytes, 3 stages: longer runs for DRAM, fewer bytes in flight). Default 64. A K that 128 does not divide takes 64.
+    /// Columns of K a stage of decode_gemm_hopper.cu holds: 64 (each W row's 128 contiguous bytes, 4 stages), 128 (256
+    /// bytes, 3 stages) or 256 (512 bytes, 2 stages): longer runs for DRAM, fewer tiles in flight. Default 64. A K that the
+    /// width does not divide takes 64.
     /// </summary>
     public int DecodeProductTileColumns { get; init; } = 64;
 
@@ -332,8 +333,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
-        if (DecodeProductTileColumns is not (64 or 128))
-            throw new ArgumentException($"CUDA backend options: DecodeProductTileColumns ({DecodeProductTileColumns}) must be 64 or 128");
+        if (DecodeProductTileColumns is not (64 or 128 or 256))
+            throw new ArgumentException($"CUDA backend options: DecodeProductTileColumns ({DecodeProductTileColumns}) must be 64, 128 or 256");
         if (!Enum.IsDefined(MatMulSearch))
             throw new ArgumentException($"CUDA backend options: MatMulSearch ({(int)MatMulSearch}) must be one of {string.Join(", ", Enum.GetNames<MatMulCandidateSearch>())}");
         if (!Enum.IsDefined(DecodeAttention))

@@ -12,10 +12,10 @@
 // fragment as decode_gemm.cu does); W is the B operand, n128 = 128 rows of W (SWIGLU: 64 outputs' gate and up rows,
 // interleaved so that column 2i is output i's gate and 2i + 1 its up), K-major from shared memory in the 128-byte
 // swizzle (hopper.cuh). A CTA is one warpgroup: 128 rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K;
-// per k-tile of BK = 64 or 128 columns (each a row's 128 or 256 contiguous bytes: BK 128 asks DRAM for longer runs, in
-// column blocks of 64 as the swizzle has them) it stages W's 128 rows, x's 8 MT rows and the norm weight's BK columns
-// (cp.async, 4 stages at BK 64, 3 at 128; W's first stages issued before pdl_wait when early, as decode_gemm.cu), then issues
-// BK / 16 m64n128k16 wgmma.
+// per k-tile of BK = 64, 128 or 256 columns (each a row's 128 to 512 contiguous bytes: a wider tile asks DRAM for longer
+// runs; in column blocks of 64 as the swizzle has them) it stages W's 128 rows, x's 8 MT rows and the norm weight's BK
+// columns (cp.async, 4 stages at BK 64, 3 at 128, 2 at 256; W's first stages issued before pdl_wait when early, as
+// decode_gemm.cu), then issues BK / 16 m64n128k16 wgmma.
 // The accumulator (hopper.cuh's fragment) holds x row 16 w + g + 8 (e >> 1) by W column 8 j + 2 c + (e & 1), so a lane
 // holds pairs of adjacent outputs, and with SWIGLU an output's gate and up sums. With a norm, a lane also sums the squares
 // of its x rows' fragments, so the rows it writes are the rows whose sums it holds.
@@ -31,8 +31,8 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
                                    i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
 {
     constexpr int MP = 8 * MT, WT = DH_BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
-    constexpr int ST = BK == 64 ? 4 : 3, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
-    static_assert(BK == 64 || BK == 128, "decode_gemm_hopper: k-tiles of one or two 64-column swizzle blocks");
+    constexpr int ST = BK == 64 ? 4 : BK == 128 ? 3 : 2, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
+    static_assert(BK == 64 || BK == 128 || BK == 256, "decode_gemm_hopper: k-tiles of 1, 2 or 4 64-column swizzle blocks");
     static_assert((MP * DH_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
     extern __shared__ unsigned char dh_raw[];
     const unsigned smem = (smem_u32(dh_raw) + 1023u) & ~1023u;
@@ -56,7 +56,14 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     };
     auto load_x = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE + WT;
-        load_tile_sw128<BK, MP, DH_THREADS>(dst, x + k0 + t * BK, ldx, 0, M, tid);
+        // (load_tile_sw128's shared swizzle base needs 8 rows a pass; 256 columns give 4.)
+#pragma unroll
+        for (int i = tid; i < MP * CH; i += DH_THREADS)
+        {
+            const int r = i / CH, c = i % CH;
+            const bool ok = r < M;
+            cp_async16(dst + sw128_offset<MP>(r, c), ok ? x + (i64)r * ldx + k0 + t * BK + c * 8 : x, ok);
+        }
         if (nw && tid < CH) cp_async16(dst + XT + tid * 16, nw + k0 + t * BK + tid * 8, true);
     };
     prologue_weights_first<ST>(tiles, early, load_w, load_x);
@@ -208,7 +215,8 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         decode_gemm_hopper<t, MT, true, BK>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early,  \
                                             nw, eps);                                                                     \
     }
-// Kernels named ..._m{MT} take k-tiles of 64 columns, ..._m{MT}_k128 of 128.
-#define DECODE_GEMM_HOPPER_TILES(name, t, MT) DECODE_GEMM_HOPPER(name, t, MT, 64, ) DECODE_GEMM_HOPPER(name, t, MT, 128, _k128)
+// Kernels named ..._m{MT} take k-tiles of 64 columns, ..._m{MT}_k128 and _k256 of 128 and 256.
+#define DECODE_GEMM_HOPPER_TILES(name, t, MT)                                                                             \
+    DECODE_GEMM_HOPPER(name, t, MT, 64, ) DECODE_GEMM_HOPPER(name, t, MT, 128, _k128) DECODE_GEMM_HOPPER(name, t, MT, 256, _k256)
 DECODE_GEMM_HOPPER_TILES(bf16, bf16, 2) DECODE_GEMM_HOPPER_TILES(bf16, bf16, 4) DECODE_GEMM_HOPPER_TILES(bf16, bf16, 8)
 DECODE_GEMM_HOPPER_TILES(f16, f16, 2) DECODE_GEMM_HOPPER_TILES(f16, f16, 4) DECODE_GEMM_HOPPER_TILES(f16, f16, 8)

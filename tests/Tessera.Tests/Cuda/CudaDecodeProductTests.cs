@@ -31,6 +31,8 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.BF16, 5, 100, 256, true, 0.0, true, 128)]   // k-tiles of 128 columns (two swizzle blocks)
     [InlineData(DType.BF16, 64, 3072, 2048, false, 0.0, true, 128)]
     [InlineData(DType.BF16, 64, 2048, 8192, false, 1.0, true, 128)]
+    [InlineData(DType.BF16, 64, 2048, 8192, false, 1.0, true, 256)]   // 256 columns, 2 stages
+    [InlineData(DType.BF16, 40, 3072, 2048, true, 0.0, true, 256)]
     public void DecodeProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, bool withBias, double beta, bool hopper, int columns = 64)
     {
         using var decode = DecodeBackend(hopper, columns);
@@ -78,6 +80,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.F16, 24, 160, 1024, true, true, true)]      // f16, normalized, with biases
     [InlineData(DType.BF16, 64, 8192, 2048, true, false, false)]  // decode_gemm.cu's mma.sync kernel
     [InlineData(DType.BF16, 64, 8192, 2048, true, false, true, 128)]   // k-tiles of 128 columns
+    [InlineData(DType.BF16, 64, 8192, 2048, true, false, true, 256)]
     public void DecodeSwiGluMatchesTheReferenceAndTheDefaultPath(DType dtype, int m, int f, int k, bool withNorm, bool withBias, bool hopper, int columns = 64)
     {
         using var decode = DecodeBackend(hopper, columns);
@@ -126,6 +129,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.BF16, 7, 64, 4096, true, true)]       // one row block, with bias
     [InlineData(DType.BF16, 64, 3072, 2048, false, false)]  // decode_gemm.cu's mma.sync kernel
     [InlineData(DType.BF16, 64, 3072, 2048, false, true, 128)]   // k-tiles of 128 columns, the norm weight's 256 bytes a stage
+    [InlineData(DType.BF16, 64, 3072, 2048, false, true, 256)]
     public void DecodeProductsNormalizeOnTheWay(DType dtype, int m, int n, int k, bool withBias, bool hopper, int columns = 64)
     {
         using var decode = DecodeBackend(hopper, columns);
@@ -164,6 +168,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [Theory]
     [InlineData(true, 64)]
     [InlineData(true, 128)]
+    [InlineData(true, 256)]
     [InlineData(false, 64)]
     public void DecodeStepOf64SequencesWithTheDecodeProductsReportsItsTime(bool hopper, int columns)
     {
@@ -176,8 +181,8 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     private CudaBackend DecodeBackend(bool hopper, int columns) => new(Gpu.CudaDevice.Ordinal,
         CudaBackendOptions.Default with { DecodeProducts = true, HopperDecodeProducts = hopper, DecodeProductTileColumns = columns, ProfileOps = true });
 
-    /// <summary>The kernel name's suffix for k-tiles of 128 columns (the wgmma kernel only; the test shapes' K divide by 128), else none.</summary>
-    private string? Tail(bool hopper, int columns) => columns == 128 && Prefix(hopper) == "decode_gemm_hopper" ? "_k128" : null;
+    /// <summary>The kernel name's suffix for k-tiles of 128 or 256 columns (the wgmma kernel only; the test shapes' K divide by them), else none.</summary>
+    private string? Tail(bool hopper, int columns) => columns > 64 && Prefix(hopper) == "decode_gemm_hopper" ? $"_k{columns}" : null;
 
     /// <summary>The kernels' name prefix: decode_gemm_hopper on a compute capability 9.0 device when asked, decode_gemm.cu's otherwise.</summary>
     private string Prefix(bool hopper) => hopper && Gpu.CudaDevice.ComputeCapability == (9, 0) ? "decode_gemm_hopper" : "decode_gemm";
@@ -189,7 +194,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
         Assert.True(backend.HopperDecodeProductsUnavailableReason is null || backend.CudaDevice.ComputeCapability != (9, 0),
             $"the wgmma decode products do not run on this 9.0 device: {backend.HopperDecodeProductsUnavailableReason}");
         Assert.Contains(backend.Profiler!.Totals(), r => r.Name.StartsWith(kernelPrefix, StringComparison.Ordinal)
-            && (tail is null ? !r.Name.EndsWith("_k128", StringComparison.Ordinal) : r.Name.EndsWith(tail, StringComparison.Ordinal)));
+            && (tail is null ? !r.Name.Contains("_k", StringComparison.Ordinal) : r.Name.EndsWith(tail, StringComparison.Ordinal)));
     }
 
     private static string Suffix(DType dtype) => dtype == DType.BF16 ? "bf16" : "f16";
