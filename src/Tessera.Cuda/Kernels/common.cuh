@@ -329,7 +329,7 @@ __device__ __forceinline__ unsigned lds_u32(unsigned addr)
 }
 // A kernel's dynamic shared memory (its extern __shared__ array; on the emulation, the CTA's own memory when its cluster's
 // CTAs run together).
-__device__ __forceinline__ float* cta_dynamic_shared(float* declared) { return declared; }
+template <typename T> __device__ __forceinline__ T* cta_dynamic_shared(T* declared) { return declared; }
 #else   // the host compile of the kernel emulation: its warp-collective stand-ins (cuda_emulation.h)
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return emu_smem_u32(p); }
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) { emu_cp_async16(dst, src, valid); }
@@ -348,7 +348,7 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned&
     r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
 }
 __device__ __forceinline__ unsigned lds_u32(unsigned addr) { return emu_lds_u32(addr); }
-__device__ __forceinline__ float* cta_dynamic_shared(float* declared) { return emu_cta_dynamic_shared(declared); }
+template <typename T> __device__ __forceinline__ T* cta_dynamic_shared(T* declared) { return emu_cta_dynamic_shared(declared); }
 #endif
 
 // Per 16-bit type: the mma instruction (c += a b) and packing two floats (lo in the low half).

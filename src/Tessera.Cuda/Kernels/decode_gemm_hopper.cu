@@ -35,8 +35,9 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     static_assert(BK == 64 || BK == 128 || BK == 256, "decode_gemm_hopper: k-tiles of 1, 2 or 4 64-column swizzle blocks");
     static_assert((MP * DH_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
     extern __shared__ unsigned char dh_raw[];
-    const unsigned smem = (smem_u32(dh_raw) + 1023u) & ~1023u;
-    float* const aligned = reinterpret_cast<float*>(dh_raw + (smem - smem_u32(dh_raw)));
+    unsigned char* const raw = cta_dynamic_shared(dh_raw);
+    const unsigned smem = (smem_u32(raw) + 1023u) & ~1023u;
+    float* const aligned = reinterpret_cast<float*>(raw + (smem - smem_u32(raw)));
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
     const int slices = gridDim.x, slice = blockIdx.x, n0 = blockIdx.y * DH_BN, ks = K / slices, k0 = slice * ks;
     const int tiles = ks / BK;

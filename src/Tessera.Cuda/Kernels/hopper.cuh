@@ -16,29 +16,36 @@
 typedef unsigned long long u64;
 
 
-// smem_u32 and the cp.async helpers are common.cuh's.
+// smem_u32 and the cp.async helpers are common.cuh's. On the CPU emulation (cuda_emulation.h) the inline PTX compiles
+// away (HOPPER_ASM is its asm there, which expands to nothing), the fences with it, and Wgmma<bf16, 128>::rs_kmajor runs
+// the emulation's warpgroup stand-in.
+#ifdef __CUDA_ARCH__
+#define HOPPER_ASM asm volatile
+#else
+#define HOPPER_ASM asm
+#endif
 
 // Shared memory written by ordinary (generic-proxy) stores, cp.async included, becomes visible to wgmma (the async
 // proxy) only after this fence by the writing thread, before the barrier that orders it with the readers.
-__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+__device__ __forceinline__ void fence_async_shared() { HOPPER_ASM("fence.proxy.async.shared::cta;" ::: "memory"); }
 
 // wgmma ordering: fence before the first wgmma that reads registers written by other instructions (accumulators, A);
 // commit closes a group of issued wgmma; wait<N> returns when at most N groups are still running.
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void wgmma_fence() { HOPPER_ASM("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { HOPPER_ASM("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { HOPPER_ASM("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 
 // Keeps the compiler from moving reads or writes of accumulator registers across the asynchronous wgmma (which
 // reads and writes them after its asm statement has "returned"): an empty asm that claims to modify each one.
 template <int N> __device__ __forceinline__ void fence_registers(float* r)
 {
 #pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
+    for (int i = 0; i < N; i++) HOPPER_ASM("" : "+f"(r[i])::"memory");
 }
 template <int N> __device__ __forceinline__ void fence_registers(unsigned* r)
 {
 #pragma unroll
-    for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i])::"memory");
+    for (int i = 0; i < N; i++) HOPPER_ASM("" : "+r"(r[i])::"memory");
 }
 
 // A shared-memory matrix descriptor with the 128-byte swizzle (see the header).
@@ -79,14 +86,14 @@ template <> struct Wgmma<bf16, 64>
     // d (64 x 64) = a (64 x 16, shared, K-major) * b (16 x 64, shared, K-major) (+ d when accumulate)
     static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 0, 0; }"
                      : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
     }
     // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, N-major: the tile is stored as rows of k)
     static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
                      : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
     }
@@ -96,23 +103,26 @@ template <> struct Wgmma<bf16, 128>
     // d (64 x 128) = a (64 x 16, shared, K-major) * b (16 x 128, shared, K-major) (+ d when accumulate)
     static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", %64, %65, p, 1, 1, 0, 0; }"
                      : WG_ACC128(d) : "l"(a), "l"(b), "r"(accumulate));
     }
     // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, N-major: the tile is stored as rows of k)
     static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1; }"
                      : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
     }
     // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, K-major: the tile is stored as rows of n)
     static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0; }"
                      : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+#ifndef __CUDA_ARCH__
+        emu_wgmma_rs_kmajor(d, a, b, 128, emu_bf16_bits);
+#endif
     }
 };
 template <> struct Wgmma<f16, 64>
@@ -120,14 +130,14 @@ template <> struct Wgmma<f16, 64>
     // d (64 x 64) = a (64 x 16, shared, K-major) * b (16 x 64, shared, K-major) (+ d when accumulate)
     static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", %32, %33, p, 1, 1, 0, 0; }"
                      : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
     }
     // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, N-major: the tile is stored as rows of k)
     static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
                      : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
     }
@@ -137,21 +147,21 @@ template <> struct Wgmma<f16, 128>
     // d (64 x 128) = a (64 x 16, shared, K-major) * b (16 x 128, shared, K-major) (+ d when accumulate)
     static __device__ __forceinline__ void ss(float* d, u64 a, u64 b, int accumulate)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS128 ", %64, %65, p, 1, 1, 0, 0; }"
                      : WG_ACC128(d) : "l"(a), "l"(b), "r"(accumulate));
     }
     // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, N-major: the tile is stored as rows of k)
     static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1; }"
                      : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
     }
     // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, K-major: the tile is stored as rows of n)
     static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0; }"
                      : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
     }
@@ -165,7 +175,7 @@ template <> struct WgmmaT<bf16>
     // d (64 x 64) = a (64 x 16, shared, M-major: stored as rows of k) * b (16 x 64, shared, N-major: rows of k) (+ d)
     static __device__ __forceinline__ void ss_mn(float* d, u64 a, u64 b, int accumulate)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
                      : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
     }
@@ -175,7 +185,7 @@ template <> struct WgmmaT<f16>
     // d (64 x 64) = a (64 x 16, shared, M-major: stored as rows of k) * b (16 x 64, shared, N-major: rows of k) (+ d)
     static __device__ __forceinline__ void ss_mn(float* d, u64 a, u64 b, int accumulate)
     {
-        asm volatile("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
+        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
                      : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
     }

@@ -50,6 +50,24 @@ public sealed class KernelEmulationTests
              "decode_gemm M=9 N=64 K=256 slices=1 bias=0 beta=1 norm", "decode_gemm swiglu M=33 F=65 K=256 slices=2 bias=0 norm"]);
 
     /// <summary>
+    /// The decode products on warpgroup MMA (decode_gemm_hopper.cu, with hopper.cuh): the same checks as
+    /// <see cref="DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation"/> (Emulation/decode_gemm.cpp built with -DHOPPER),
+    /// plus k-tiles of 128 and 256 columns, on the emulation's warpgroup stand-in of wgmma m64n128k16 (A from the threads'
+    /// registers, B read through its 128-byte-swizzle descriptor as the hardware reads it). The stand-in's layout is the one the
+    /// GPU tests proved at 64 columns (<see cref="CudaDecodeProductTests"/>, session 21).
+    /// </summary>
+    [Fact]
+    public void HopperDecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["hopper.cuh", "decode_gemm_hopper.cu"], "decode_gemm",
+            ["decode_gemm_hopper M=5 N=100 K=256 slices=1 bias=1 beta=0", "decode_gemm_hopper M=64 N=300 K=512 slices=4 bias=0 beta=1: early = late, pads",
+             "decode_gemm_hopper M=48 N=128 K=1024 slices=8 bias=1 beta=1", "decode_gemm_hopper M=40 N=129 K=256 slices=2 bias=1 beta=0",
+             "decode_gemm_hopper swiglu M=64 F=64 K=512 slices=4 bias=0", "decode_gemm_hopper M=64 N=128 K=512 slices=4 bias=1 beta=0 norm",
+             "decode_gemm_hopper swiglu M=33 F=65 K=256 slices=2 bias=0 norm", "decode_gemm_hopper M=64 N=300 K=1024 slices=2 bias=1 beta=1 norm k128",
+             "decode_gemm_hopper M=9 N=130 K=512 slices=1 bias=0 beta=0 k128", "decode_gemm_hopper M=48 N=128 K=1024 slices=2 bias=0 beta=1 norm k256",
+             "decode_gemm_hopper swiglu M=64 F=100 K=512 slices=2 bias=1 norm k256", "decode_gemm_hopper swiglu M=17 F=64 K=512 slices=1 bias=0 k128"],
+            "HOPPER");
+
+    /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,
     /// skipping the rows left to the tensor-core prefill kernel, the splits merged by the kernel's last CTA (counters; its batched
     /// merge, up to 18 splits, equal bit for bit to the serial one), the tiled decode kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>:
@@ -112,9 +130,10 @@ public sealed class KernelEmulationTests
              "adamw_split f32 n=1001 decay=0 clip=1 grid=2", "adamw_split_vec4 f32 n=2048 decay=1 clip=0 grid=3",
              "adamw_items grid=3 items=17 = adamw_vec4 by range", "adamw_items grid=40 items=6 = adamw_vec4 by range"]);
 
-    /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp, runs it and
-    /// checks that it exits with no failures and printed every one of <paramref name="checks"/>.</summary>
-    private static void RunEmulated(string[] kernelFiles, string program, string[] checks)
+    /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp (and the
+    /// preprocessor <paramref name="defines"/>), runs it and checks that it exits with no failures and printed every one of
+    /// <paramref name="checks"/>.</summary>
+    private static void RunEmulated(string[] kernelFiles, string program, string[] checks, params string[] defines)
     {
         var compiler = FindCompiler();
         if (compiler is null) Assert.Skip("no g++ or clang++ on PATH: the kernel emulation needs a C++20 compiler (apt-get install g++)");
@@ -129,7 +148,8 @@ public sealed class KernelEmulationTests
                 .Select(f => $"#line 1 \"{f}\"\n" + KernelLibrary.EmbeddedSource(f).Replace("extern __shared__", "extern", StringComparison.Ordinal) + "\n"));
             File.WriteAllText(Path.Combine(dir.FullName, "kernels.h"), kernels);
             string executable = Path.Combine(dir.FullName, program);
-            var (built, buildOutput) = Run(compiler, dir.FullName, "-std=c++20", "-O1", "-pthread", "-w", "-o", executable, program + ".cpp");
+            var (built, buildOutput) = Run(compiler, dir.FullName,
+                [.. defines.Select(d => "-D" + d), "-std=c++20", "-O1", "-pthread", "-w", "-o", executable, program + ".cpp"]);
             Assert.True(built == 0, $"{compiler} could not build the emulated kernels (exit {built}):\n{Tail(buildOutput, 30)}");
             var (failures, output) = Run(executable, dir.FullName);
             Assert.True(failures == 0, $"{failures} emulated kernel checks failed:\n{output}");

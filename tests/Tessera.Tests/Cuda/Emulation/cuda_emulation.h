@@ -5,7 +5,9 @@
 // that takes no asm path gives meaningful results: the f32 instantiations (the bf16/f16 conversions and stores use PTX).
 // `extern __shared__` arrays are declared extern by the test and defined by the check program. The tensor-core helpers of
 // common.cuh (cp.async, ldmatrix, mma.sync m16n8k16) have warp-collective stand-ins below with the PTX's fragment layouts,
-// so a kernel built on them runs here too (bf16 only: the f16 conversions are PTX); shared-memory addresses are byte
+// so a kernel built on them runs here too (bf16 only: the f16 conversions are PTX), and so does wgmma m64nNk16 with A from
+// registers and B K-major through its 128-byte-swizzle descriptor (emu_wgmma_rs_kmajor, the warpgroup's 128 threads
+// together; hopper.cuh calls it); shared-memory addresses are byte
 // offsets from emu_shared_base, which the check program points at its dynamic shared memory. Thread-block clusters
 // (emu_launch_cluster): the CTAs of a cluster run together, with a barrier over all their threads for the cluster
 // barrier, and each CTA's shared floats (CLUSTER_SHARED_FLOATS, or its dynamic shared memory: cta_dynamic_shared) in its
@@ -42,9 +44,10 @@ struct EmuBlock
 {
     std::unique_ptr<std::barrier<>> block;
     std::vector<std::unique_ptr<std::barrier<>>> warps;
+    std::vector<std::unique_ptr<std::barrier<>>> warpgroups;   // 128 threads each, where the block is whole warpgroups
     std::vector<double> slots;
     std::vector<unsigned> words;   // 8 a lane: the operands of a warp-collective ldmatrix or mma
-    std::vector<float> shared = std::vector<float>(32768);   // this CTA's own shared floats (128 KB) in a cluster
+    std::vector<float> shared = std::vector<float>(65536);   // this CTA's own shared floats (256 KB) in a cluster
 };
 inline thread_local EmuBlock* g_block;
 inline void __syncthreads() { g_block->block->arrive_and_wait(); }
@@ -80,6 +83,8 @@ inline void emu_init_block(EmuBlock& eb, unsigned block)
 {
     eb.block = std::make_unique<std::barrier<>>(block);
     for (unsigned w = 0; w < (block + 31) / 32; w++) eb.warps.push_back(std::make_unique<std::barrier<>>(32));
+    if (block % 128 == 0)
+        for (unsigned w = 0; w < block / 128; w++) eb.warpgroups.push_back(std::make_unique<std::barrier<>>(128));
     eb.slots.assign(((block + 31) / 32) * 32, 0.0);
     eb.words.assign(((block + 31) / 32) * 32 * 8, 0u);
 }
@@ -155,7 +160,7 @@ template <typename F> void emu_launch_cluster(unsigned grid, unsigned ctas, unsi
 inline unsigned char* emu_shared_base = nullptr;
 // Shared-space addresses are offsets from the CTA's own memory in a cluster, else from emu_shared_base.
 inline unsigned char* emu_shared() { return emu_cta_shared ? emu_cta_shared : emu_shared_base; }
-inline float* emu_cta_dynamic_shared(float* declared) { return emu_cta_shared ? (float*)emu_cta_shared : declared; }
+template <typename T> T* emu_cta_dynamic_shared(T* declared) { return emu_cta_shared ? (T*)emu_cta_shared : declared; }
 inline unsigned emu_smem_u32(const void* p) { return (unsigned)((const unsigned char*)p - emu_shared()); }
 inline unsigned emu_lds_u32(unsigned addr) { unsigned r; std::memcpy(&r, emu_shared() + addr, 4); return r; }
 // cp.async: done at once (the copy lands no later than the wait would let it).
@@ -221,4 +226,40 @@ inline void emu_mma_m16n8k16(float* c, const unsigned* a, unsigned b0, unsigned 
             for (int k = 0; k < 16; k++) sum += A[g + 8 * r][k] * Bm[k][2 * cc + e];
             c[2 * r + e] += sum;
         }
+}
+
+// wgmma.mma_async.m64nNk16 with A from registers and B K-major from shared memory (hopper.cuh), fp32 accumulators: the
+// warpgroup's 128 threads together. A: each warp's m16 fragment as mma.m16n8k16's (warp w holds rows 16w ..). B through
+// its descriptor: start address in bits [0,14) and stride byte offset (one 8-row group of n to the next) in [32,46), both
+// >> 4; element (k, n) at the logical address start + (n / 8) stride + (n % 8) 128 + 2k, which the 128-byte swizzle stores
+// at that address with bits [4,7) XORed by bits [7,10). D: register 4j + e holds row 16w + g + 8 (e >> 1), column
+// 8j + 2c + (e & 1).
+inline void emu_warpgroup_sync() { g_block->warpgroups[threadIdx.x / 128]->arrive_and_wait(); }
+inline void emu_wgmma_rs_kmajor(float* d, const unsigned* a, unsigned long long bdesc, int N, float (*element)(unsigned short))
+{
+    if (g_block->warpgroups.empty()) { fprintf(stderr, "emulation: wgmma in a block that is not whole warpgroups\n"); std::abort(); }
+    const int t = threadIdx.x, group = t / 128 * 128, lane = t % 32, w = t % 128 / 32, g = lane / 4, c = lane % 4;
+    unsigned* words = g_block->words.data();   // 8 a thread
+    for (int i = 0; i < 4; i++) words[t * 8 + i] = a[i];
+    emu_warpgroup_sync();
+    const size_t start = (size_t)(bdesc & 0x3FFF) << 4, stride = (size_t)((bdesc >> 32) & 0x3FFF) << 4;
+    auto A = [&](int row, int k) {   // the warpgroup's A (64 x 16)
+        const int rr = row % 16, word = rr / 8 + 2 * (k / 8), owner = group + 32 * (row / 16) + 4 * (rr % 8) + (k % 8) / 2;
+        return element((unsigned short)(words[owner * 8 + word] >> (16 * (k % 2))));
+    };
+    auto B = [&](int k, int n) {
+        const size_t logical = start + (size_t)(n / 8) * stride + (size_t)(n % 8) * 128 + (size_t)k * 2;
+        unsigned short v;
+        std::memcpy(&v, emu_shared() + (logical ^ (((logical >> 7) & 7) << 4)), 2);
+        return element(v);
+    };
+    for (int j = 0; j < N / 8; j++)
+        for (int e = 0; e < 4; e++)
+        {
+            const int row = 16 * w + g + 8 * (e >> 1), col = 8 * j + 2 * c + (e & 1);
+            float sum = 0.f;
+            for (int k = 0; k < 16; k++) sum += A(row, k) * B(k, col);
+            d[4 * j + e] += sum;
+        }
+    emu_warpgroup_sync();
 }
