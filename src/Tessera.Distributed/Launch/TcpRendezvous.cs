@@ -20,8 +20,11 @@ public sealed class TcpRendezvous : IDisposable
     private const int ProtocolVersion = 1;
     private const int MaxBlobBytes = 1 << 20;
     private static readonly TimeSpan ReplyGrace = TimeSpan.FromSeconds(2);
-    /// <summary>How long rank 0 waits for the hello of a rank that connected, at least, even past the deadline.</summary>
-    private static readonly TimeSpan HelloGrace = TimeSpan.FromSeconds(2);
+    /// <summary>
+    /// How long rank 0 waits for the hello of a rank that connected, at least, even past the deadline. 5 s: with 2 s, a hello
+    /// sent 0.4 s past the deadline was once not heard on a loaded 2-core CI machine (the read's continuation ran too late).
+    /// </summary>
+    private static readonly TimeSpan HelloGrace = TimeSpan.FromSeconds(5);
 
     private readonly TcpListener _listener;
 
