@@ -298,7 +298,7 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
             const int which = tid / BM, c = tid % BM, t = m0 + c;
             const float* src = (which ? delta : lse) + ((i64)b * H + hh) * Tq;
             const bool ok = t < Tq;
-            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
+            HOPPER_ASM("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
                          "l"(ok ? src + t : src), "r"(ok ? 4 : 0) : "memory");
         }
     };
@@ -399,7 +399,7 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
             }
             // The tile (generic stores) is read by wgmma next: fence, then the warpgroup's own barrier.
             fence_async_shared();
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
+            HOPPER_ASM("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
             // dQ is issued behind dV and dK without waiting for them (groups complete in order); the first wait below
             // covers all three, and only then are their registers free.
             const u64 sdesc = sw128_descriptor(sdSw, 64 * 128, 1024);
@@ -432,7 +432,7 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
                         float* dst = dqacc + (((i64)b * Tq + t) * H + hh) * D + half * 64 + 2 * c4;
 #pragma unroll
                         for (int j = 0; j < 8; j++)
-                            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
+                            HOPPER_ASM("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
                                          "f"(qacc[4 * j + 2 * r + 1] * scale) : "memory");
                     }
                 }
@@ -512,14 +512,14 @@ HOPPER_BACKWARD(f16, f16, 128)
 // issuing thread's bulk groups; shared memory written by ordinary stores must be fenced (fence_async_shared) first.
 __device__ __forceinline__ void bulk_reduce_add_f32(float* dst, unsigned src, unsigned bytes)
 {
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst), "r"(src), "r"(bytes)
+    HOPPER_ASM("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst), "r"(src), "r"(bytes)
                  : "memory");
 }
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bulk_commit() { HOPPER_ASM("cp.async.bulk.commit_group;" ::: "memory"); }
 // Until at most N bulk groups of this thread are still reading their shared-memory source.
-template <int N> __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
+template <int N> __device__ __forceinline__ void bulk_wait_read() { HOPPER_ASM("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory"); }
 // Until at most N bulk groups of this thread are incomplete (their global writes done).
-template <int N> __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory"); }
+template <int N> __device__ __forceinline__ void bulk_wait() { HOPPER_ASM("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory"); }
 
 // The two 16-bit values of a pack2 word as floats (lo = the low half).
 template <typename T> __device__ __forceinline__ float unpack_lo(unsigned w);
@@ -585,7 +585,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             const int which = tid / BM, c = tid % BM, t = m0 + c;
             const float* src = (which ? delta : lse) + ((i64)b * H + hh) * Tq;
             const bool ok = t < Tq;
-            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
+            HOPPER_ASM("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
                          "l"(ok ? src + t : src), "r"(ok ? 4 : 0) : "memory");
         }
     };
@@ -776,7 +776,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
                 for (int j = 0; j < 8; j++)
                 {
                     const unsigned dst = (sep ? sdQ : tQ) + (unsigned)(((half * 8 + j) * 128 + tid) * 16);
-                    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(qacc[4 * j] * scale),
+                    HOPPER_ASM("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(qacc[4 * j] * scale),
                                  "f"(qacc[4 * j + 1] * scale), "f"(qacc[4 * j + 2] * scale), "f"(qacc[4 * j + 3] * scale) : "memory");
                 }
             }
@@ -791,7 +791,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
                         float* dst = dqacc + (((i64)b * Tq + t) * H + hh) * D + half * 64 + 2 * c4;
 #pragma unroll
                         for (int j = 0; j < 8; j++)
-                            asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
+                            HOPPER_ASM("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
                                          "f"(qacc[4 * j + 2 * r + 1] * scale) : "memory");
                     }
                 }

@@ -17,8 +17,8 @@ typedef unsigned long long u64;
 
 
 // smem_u32 and the cp.async helpers are common.cuh's. On the CPU emulation (cuda_emulation.h) the inline PTX compiles
-// away (HOPPER_ASM is its asm there, which expands to nothing), the fences with it, and Wgmma<bf16, 128>::rs_kmajor runs
-// the emulation's warpgroup stand-in.
+// away (HOPPER_ASM is its asm there, which expands to nothing), the fences with it, and the bf16 wgmma run the emulation's
+// warpgroup stand-in (emu_wgmma: each operand from registers or through its descriptor, K- or MN-major).
 #ifdef __CUDA_ARCH__
 #define HOPPER_ASM asm volatile
 #else
@@ -58,12 +58,7 @@ __device__ __forceinline__ u64 desc_plus(u64 desc, unsigned bytes) { return desc
 
 // Packs two floats into 16-bit pairs (lo in the low half).
 template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
-template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi)
-{
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
+template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi) { return Mma<bf16>::pack(lo, hi); }
 template <> __device__ __forceinline__ unsigned pack2<f16>(float lo, float hi)
 {
     unsigned r;
@@ -89,6 +84,9 @@ template <> struct Wgmma<bf16, 64>
         HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 0, 0; }"
                      : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+#ifndef __CUDA_ARCH__
+        emu_wgmma(d, 64, nullptr, a, false, b, false, accumulate != 0, emu_bf16_bits);
+#endif
     }
     // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, N-major: the tile is stored as rows of k)
     static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
@@ -96,6 +94,9 @@ template <> struct Wgmma<bf16, 64>
         HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
                      : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+#ifndef __CUDA_ARCH__
+        emu_wgmma(d, 64, a, 0, false, b, true, true, emu_bf16_bits);
+#endif
     }
 };
 template <> struct Wgmma<bf16, 128>
@@ -106,6 +107,9 @@ template <> struct Wgmma<bf16, 128>
         HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %66, 0; "
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", %64, %65, p, 1, 1, 0, 0; }"
                      : WG_ACC128(d) : "l"(a), "l"(b), "r"(accumulate));
+#ifndef __CUDA_ARCH__
+        emu_wgmma(d, 128, nullptr, a, false, b, false, accumulate != 0, emu_bf16_bits);
+#endif
     }
     // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, N-major: the tile is stored as rows of k)
     static __device__ __forceinline__ void rs_nmajor(float* d, const unsigned* a, u64 b)
@@ -113,6 +117,9 @@ template <> struct Wgmma<bf16, 128>
         HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %69, 0; "
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1; }"
                      : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+#ifndef __CUDA_ARCH__
+        emu_wgmma(d, 128, a, 0, false, b, true, true, emu_bf16_bits);
+#endif
     }
     // d (64 x 128) += a (64 x 16, registers) * b (16 x 128, shared, K-major: the tile is stored as rows of n)
     static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b)
@@ -121,7 +128,7 @@ template <> struct Wgmma<bf16, 128>
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_REGS128 ", {%64, %65, %66, %67}, %68, p, 1, 1, 0; }"
                      : WG_ACC128(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 #ifndef __CUDA_ARCH__
-        emu_wgmma_rs_kmajor(d, a, b, 128, emu_bf16_bits);
+        emu_wgmma(d, 128, a, 0, false, b, false, true, emu_bf16_bits);
 #endif
     }
 };
@@ -178,6 +185,9 @@ template <> struct WgmmaT<bf16>
         HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %34, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", %32, %33, p, 1, 1, 1, 1; }"
                      : WG_ACC64(d) : "l"(a), "l"(b), "r"(accumulate));
+#ifndef __CUDA_ARCH__
+        emu_wgmma(d, 64, nullptr, a, true, b, true, accumulate != 0, emu_bf16_bits);
+#endif
     }
 };
 template <> struct WgmmaT<f16>

@@ -6,7 +6,7 @@
 // `extern __shared__` arrays are declared extern by the test and defined by the check program. The tensor-core helpers of
 // common.cuh (cp.async, ldmatrix, mma.sync m16n8k16) have warp-collective stand-ins below with the PTX's fragment layouts,
 // so a kernel built on them runs here too (bf16 only: the f16 conversions are PTX), and so does wgmma m64nNk16 with A from
-// registers and B K-major through its 128-byte-swizzle descriptor (emu_wgmma_rs_kmajor, the warpgroup's 128 threads
+// registers or shared memory through 128-byte-swizzle descriptors, K- or MN-major (emu_wgmma, the warpgroup's 128 threads
 // together; hopper.cuh calls it); shared-memory addresses are byte
 // offsets from emu_shared_base, which the check program points at its dynamic shared memory. Thread-block clusters
 // (emu_launch_cluster): the CTAs of a cluster run together, with a barrier over all their threads for the cluster
@@ -228,38 +228,45 @@ inline void emu_mma_m16n8k16(float* c, const unsigned* a, unsigned b0, unsigned 
         }
 }
 
-// wgmma.mma_async.m64nNk16 with A from registers and B K-major from shared memory (hopper.cuh), fp32 accumulators: the
-// warpgroup's 128 threads together. A: each warp's m16 fragment as mma.m16n8k16's (warp w holds rows 16w ..). B through
-// its descriptor: start address in bits [0,14) and stride byte offset (one 8-row group of n to the next) in [32,46), both
-// >> 4; element (k, n) at the logical address start + (n / 8) stride + (n % 8) 128 + 2k, which the 128-byte swizzle stores
-// at that address with bits [4,7) XORed by bits [7,10). D: register 4j + e holds row 16w + g + 8 (e >> 1), column
-// 8j + 2c + (e & 1).
+// wgmma.mma_async.m64nNk16, fp32 accumulators, the warpgroup's 128 threads together (hopper.cuh calls it). A: from the
+// threads' registers (`a`, each warp's m16 fragment as mma.m16n8k16's: warp w holds rows 16w ..) or through its
+// descriptor; B through its descriptor. A descriptor gives the start address in bits [0,14), the leading byte offset in
+// [16,30) and the stride byte offset in [32,46), each >> 4. Element (mn, k) of a K-major operand (rows of k) sits at the
+// logical address start + (mn / 8) stride + (mn % 8) 128 + 2k; of an MN-major one (rows of mn) at start + (mn / 64)
+// leading + (k / 8) stride + (k % 8) 128 + 2 (mn % 64); the 128-byte swizzle stores it at that address with bits [4,7)
+// XORed by bits [7,10). D: register 4j + e holds row 16w + g + 8 (e >> 1), column 8j + 2c + (e & 1); accumulate false
+// overwrites it.
 inline void emu_warpgroup_sync() { g_block->warpgroups[threadIdx.x / 128]->arrive_and_wait(); }
-inline void emu_wgmma_rs_kmajor(float* d, const unsigned* a, unsigned long long bdesc, int N, float (*element)(unsigned short))
+inline float emu_descriptor_element(unsigned long long desc, bool mn_major, int mn, int k, float (*element)(unsigned short))
+{
+    const size_t start = (size_t)(desc & 0x3FFF) << 4, leading = (size_t)((desc >> 16) & 0x3FFF) << 4, stride = (size_t)((desc >> 32) & 0x3FFF) << 4;
+    const size_t logical = mn_major ? start + (size_t)(mn / 64) * leading + (size_t)(k / 8) * stride + (size_t)(k % 8) * 128 + (size_t)(mn % 64) * 2
+                                    : start + (size_t)(mn / 8) * stride + (size_t)(mn % 8) * 128 + (size_t)k * 2;
+    unsigned short v;
+    std::memcpy(&v, emu_shared() + (logical ^ (((logical >> 7) & 7) << 4)), 2);
+    return element(v);
+}
+inline void emu_wgmma(float* d, int N, const unsigned* a, unsigned long long adesc, bool a_mn_major, unsigned long long bdesc,
+                      bool b_mn_major, bool accumulate, float (*element)(unsigned short))
 {
     if (g_block->warpgroups.empty()) { fprintf(stderr, "emulation: wgmma in a block that is not whole warpgroups\n"); std::abort(); }
     const int t = threadIdx.x, group = t / 128 * 128, lane = t % 32, w = t % 128 / 32, g = lane / 4, c = lane % 4;
     unsigned* words = g_block->words.data();   // 8 a thread
-    for (int i = 0; i < 4; i++) words[t * 8 + i] = a[i];
+    if (a)
+        for (int i = 0; i < 4; i++) words[t * 8 + i] = a[i];
     emu_warpgroup_sync();
-    const size_t start = (size_t)(bdesc & 0x3FFF) << 4, stride = (size_t)((bdesc >> 32) & 0x3FFF) << 4;
     auto A = [&](int row, int k) {   // the warpgroup's A (64 x 16)
+        if (!a) return emu_descriptor_element(adesc, a_mn_major, row, k, element);
         const int rr = row % 16, word = rr / 8 + 2 * (k / 8), owner = group + 32 * (row / 16) + 4 * (rr % 8) + (k % 8) / 2;
         return element((unsigned short)(words[owner * 8 + word] >> (16 * (k % 2))));
-    };
-    auto B = [&](int k, int n) {
-        const size_t logical = start + (size_t)(n / 8) * stride + (size_t)(n % 8) * 128 + (size_t)k * 2;
-        unsigned short v;
-        std::memcpy(&v, emu_shared() + (logical ^ (((logical >> 7) & 7) << 4)), 2);
-        return element(v);
     };
     for (int j = 0; j < N / 8; j++)
         for (int e = 0; e < 4; e++)
         {
             const int row = 16 * w + g + 8 * (e >> 1), col = 8 * j + 2 * c + (e & 1);
             float sum = 0.f;
-            for (int k = 0; k < 16; k++) sum += A(row, k) * B(k, col);
-            d[4 * j + e] += sum;
+            for (int k = 0; k < 16; k++) sum += A(row, k) * emu_descriptor_element(bdesc, b_mn_major, col, k, element);
+            d[4 * j + e] = (accumulate ? d[4 * j + e] : 0.f) + sum;
         }
     emu_warpgroup_sync();
 }

@@ -1,0 +1,99 @@
+// The Hopper attention forward (flash_attention_hopper.cu: wgmma for S = Q K^T from shared memory and O += P V with P in
+// registers and V read N-major) in bf16 on the CPU emulation of CUDA (cuda_emulation.h: its warpgroup stand-in of wgmma,
+// cp.async), against a double reference over the bf16-rounded inputs: causal grouped-query attention with query t at key
+// position S - Tq + t, one and two warpgroups a CTA, head sizes 64 and 128, T past a multiple of the query tile, keys past
+// one 128-key block, the natural-log log-sum-exp. kernels.h is written by the test: the emulation, common.cuh, hopper.cuh,
+// flash_attention_hopper.cu. Prints one line per check; the exit code is the number of failures.
+#include "kernels.h"
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+alignas(1024) unsigned char smem_raw[1 << 18];   // the kernel's Q tile and two stages of K and V (165 KB at D 128, 2 warpgroups)
+static int failures = 0;
+
+static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol, bool relative)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < e.size(); i++)
+    {
+        if (!std::isfinite(a[i])) { md = INFINITY; break; }
+        md = std::max(md, std::abs(a[i] - e[i]));
+        mr = std::max(mr, std::abs(e[i]));
+    }
+    const double err = relative ? md / (mr > 0 ? mr : 1) : md;
+    printf("%-64s %s %.3e %s\n", what, relative ? "rel err" : "abs err", err, err <= tol ? "ok" : "FAIL");
+    if (!(err <= tol)) failures++;
+}
+
+static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
+{
+    std::mt19937 rng(11 + B * 7 + H * 5 + Tq * 3 + S + D + WGS);
+    std::uniform_real_distribution<float> u(-1, 1);
+    auto fill = [&](std::vector<bf16>& v) { for (auto& e : v) e = from_f<bf16>(u(rng)); };
+    std::vector<bf16> q((size_t)B * Tq * H * D), k((size_t)B * S * KH * D), v((size_t)B * S * KH * D), o((size_t)B * Tq * H * D);
+    fill(q); fill(k); fill(v);
+    std::vector<float> lse((size_t)B * H * Tq, NAN);
+    const float scale = 1.f / std::sqrt((float)D);
+    // Reference: query t of head h attends to keys 0 .. S - Tq + t of kv head h / (H / KH).
+    std::vector<double> eo((size_t)B * Tq * H * D), lse_expected((size_t)B * H * Tq);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < Tq; t++)
+            {
+                const int kvh = h / (H / KH), last = S - Tq + t;
+                std::vector<double> s(last + 1);
+                double mx = -INFINITY;
+                for (int j = 0; j <= last; j++)
+                {
+                    double dot = 0;
+                    for (int d = 0; d < D; d++)
+                        dot += (double)to_f(q[(((size_t)b * Tq + t) * H + h) * D + d]) * to_f(k[(((size_t)b * S + j) * KH + kvh) * D + d]);
+                    s[j] = dot * scale;
+                    mx = std::max(mx, s[j]);
+                }
+                double sum = 0;
+                for (int j = 0; j <= last; j++) sum += std::exp(s[j] - mx);
+                lse_expected[((size_t)b * H + h) * Tq + t] = mx + std::log(sum);
+                for (int d = 0; d < D; d++)
+                {
+                    double acc = 0;
+                    for (int j = 0; j <= last; j++) acc += std::exp(s[j] - mx) / sum * to_f(v[(((size_t)b * S + j) * KH + kvh) * D + d]);
+                    eo[(((size_t)b * Tq + t) * H + h) * D + d] = acc;
+                }
+            }
+    const Strides3 qs{(i64)Tq * H * D, (i64)H * D, D}, ks{(i64)S * KH * D, (i64)KH * D, D};
+    const bf16 *pq = q.data(), *pk = k.data(), *pv = v.data();
+    bf16* po = o.data();
+    float* pl = lse.data();
+    int tq = Tq, s_ = S, h_ = H, kh = KH;
+    float sc = scale;
+    emu_shared_base = smem_raw;
+    const unsigned tiles = (unsigned)((Tq + 64 * WGS - 1) / (64 * WGS));
+    auto launch = [&](auto kernel) {
+        emu_launch(dim3{tiles, (unsigned)H, (unsigned)B}, 128 * WGS, [&] { kernel(pq, pk, pv, po, pl, tq, s_, h_, kh, qs, ks, ks, qs, sc, nullptr); });
+    };
+    if (D == 64) launch(WGS == 2 ? flash_forward_hopper_bf16_d64 : flash_forward_hopper_wg1_bf16_d64);
+    else launch(WGS == 2 ? flash_forward_hopper_bf16_d128 : flash_forward_hopper_wg1_bf16_d128);
+    std::vector<float> got(o.size());
+    for (size_t i = 0; i < o.size(); i++) got[i] = to_f(o[i]);
+    char name[120];
+    snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d", B, H, KH, Tq, S, D, WGS);
+    // Tolerance: P is rounded to bf16 before P V (2^-9 relative a weight) and O is stored in bf16: 1.2e-2 of the largest
+    // output, as the paged tensor-core decode kernel's; a wrong key, mask or head is O(1).
+    check(name, eo, got, 1.2e-2, true);
+    // The log-sum-exp in fp32 from the raw scores' max and exp2: 1e-3 absolute (values of order log S).
+    snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d lse", B, H, KH, Tq, S, D, WGS);
+    check(name, lse_expected, lse, 1e-3, false);
+}
+
+int main()
+{
+    run(1, 2, 1, 100, 100, 64, 1);    // one warpgroup, a query tile and a part; 2 query heads sharing a kv head
+    run(2, 2, 2, 70, 200, 64, 2);     // two warpgroups (the second wholly past T in the last tile), a KV cache longer than T
+    run(1, 4, 2, 130, 130, 128, 1);   // head size 128 (two swizzle blocks); keys past one block of 128
+    run(1, 2, 1, 64, 300, 128, 2);    // D 128, two warpgroups, three key blocks
+    printf("%s\n", failures ? "FAILURES" : "all ok");
+    return failures;
+}
