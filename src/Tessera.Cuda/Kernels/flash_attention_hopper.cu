@@ -26,6 +26,35 @@ struct Strides3 { i64 b, t, h; };
 
 // load_tile_sw128, the row sources DenseRowsSw128 / PagedRowsSw128 and find_prefill_tile are common.cuh's.
 
+// 4 bytes global -> shared, asynchronously, zero-filled when !valid (src is then not read): the backward's lse and delta rows,
+// which are not 16-byte aligned in general.
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool valid)
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0) : "memory");
+#else
+    emu_cp_async4(dst, src, valid);
+#endif
+}
+// The barrier of warpgroup wg's 128 threads alone (named barrier 1 + wg; 0 is __syncthreads').
+__device__ __forceinline__ void warpgroup_barrier(int wg)
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
+#else
+    emu_warpgroup_sync();
+#endif
+}
+// dst[0] += a and dst[1] += b in global memory, atomically (dQ's reductions into its fp32 accumulator).
+__device__ __forceinline__ void red_add2(float* dst, float a, float b)
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst), "f"(a), "f"(b) : "memory");
+#else
+    emu_red_add2(dst, a, b);
+#endif
+}
+
 // WGS warpgroups (1 or 2) of 64 query rows per CTA: query tile mb (64 WGS rows) of one head. qb, ob: the head's row 0
 // (row strides q_t, o_t); keys and values through kr, vr (DenseRowsSw128 or PagedRowsSw128); lse_row: the head's (Tq)
 // log-sum-exps, or null. 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two
@@ -298,8 +327,7 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
             const int which = tid / BM, c = tid % BM, t = m0 + c;
             const float* src = (which ? delta : lse) + ((i64)b * H + hh) * Tq;
             const bool ok = t < Tq;
-            HOPPER_ASM("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
-                         "l"(ok ? src + t : src), "r"(ok ? 4 : 0) : "memory");
+            cp_async4(smem_u32((which ? sDel : sL) + st * BM + c), ok ? src + t : src, ok);
         }
     };
 
@@ -399,7 +427,7 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
             }
             // The tile (generic stores) is read by wgmma next: fence, then the warpgroup's own barrier.
             fence_async_shared();
-            HOPPER_ASM("bar.sync %0, 128;" ::"r"(1 + wg) : "memory");
+            warpgroup_barrier(wg);
             // dQ is issued behind dV and dK without waiting for them (groups complete in order); the first wait below
             // covers all three, and only then are their registers free.
             const u64 sdesc = sw128_descriptor(sdSw, 64 * 128, 1024);
@@ -432,8 +460,7 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
                         float* dst = dqacc + (((i64)b * Tq + t) * H + hh) * D + half * 64 + 2 * c4;
 #pragma unroll
                         for (int j = 0; j < 8; j++)
-                            HOPPER_ASM("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
-                                         "f"(qacc[4 * j + 2 * r + 1] * scale) : "memory");
+                            red_add2(dst + j * 8, qacc[4 * j + 2 * r] * scale, qacc[4 * j + 2 * r + 1] * scale);
                     }
                 }
             }
@@ -585,8 +612,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             const int which = tid / BM, c = tid % BM, t = m0 + c;
             const float* src = (which ? delta : lse) + ((i64)b * H + hh) * Tq;
             const bool ok = t < Tq;
-            HOPPER_ASM("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32((which ? sDel : sL) + st * BM + c)),
-                         "l"(ok ? src + t : src), "r"(ok ? 4 : 0) : "memory");
+            cp_async4(smem_u32((which ? sDel : sL) + st * BM + c), ok ? src + t : src, ok);
         }
     };
 
@@ -791,8 +817,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
                         float* dst = dqacc + (((i64)b * Tq + t) * H + hh) * D + half * 64 + 2 * c4;
 #pragma unroll
                         for (int j = 0; j < 8; j++)
-                            HOPPER_ASM("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[4 * j + 2 * r] * scale),
-                                         "f"(qacc[4 * j + 2 * r + 1] * scale) : "memory");
+                            red_add2(dst + j * 8, qacc[4 * j + 2 * r] * scale, qacc[4 * j + 2 * r + 1] * scale);
                     }
                 }
             }

@@ -7,7 +7,7 @@ namespace Tessera.Tests.Cuda;
 
 /// <summary>
 /// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu, softmax.cu, paged_attention.cu,
-/// adamw.cu, decode_gemm.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu's forward, exactly as NVRTC gets them) compiled
+/// adamw.cu, decode_gemm.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu, exactly as NVRTC gets them) compiled
 /// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
 /// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the
 /// f32 instantiations of the SwiGLU row kernels, the row-in-registers RMSNorm kernels, RoPE from a table, RoPE with the KV append to a paged pool (rope_append, and rope_append_rows giving its bits), the column sums of the norms' gradient partials, the fused cross-entropy with its row staged, and its cluster form (a row shared by the CTAs of a thread-block cluster, the clusters walking the rows; emulated with the cluster's CTAs run together) against double references (its
@@ -80,7 +80,7 @@ public sealed class KernelEmulationTests
     /// (Emulation/paged_kernels.cpp states the batches and the tolerances: 1e-5 in f32, 8e-3 for a bf16 output, 1.2e-2 with
     /// the tensor-core kernel's 16-bit softmax weights). The tensor-core prefill kernels (flash_attention.cu,
     /// flash_attention_hopper.cu's paged tile) are not emulated here, only their shared indexing (<see cref="HopperPagedPrefillIndexingIsExactOnTheCpuEmulation"/>;
-    /// the Hopper forward tile itself in <see cref="HopperAttentionForwardGivesTheReferenceResultsOnTheCpuEmulation"/>):
+    /// the Hopper forward tile itself in <see cref="HopperAttentionGivesTheReferenceResultsOnTheCpuEmulation"/>):
     /// <see cref="CudaPagedServingTests"/> checks them, and the decode kernel's f16 instantiation, on the device.
     /// </summary>
     [Fact]
@@ -102,18 +102,23 @@ public sealed class KernelEmulationTests
              "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16: staged table = global table bit for bit ok"]);
 
     /// <summary>
-    /// The Hopper attention forward (flash_attention_hopper.cu's dense <c>flash_forward_hopper</c>, one and two warpgroups a
-    /// CTA, head sizes 64 and 128, with hopper.cuh) in bf16 on the emulation's warpgroup stand-in of wgmma (S = Q K^T with both
-    /// operands K-major from shared memory, O += P V with P from registers and V N-major), against a double reference of
-    /// causal grouped-query attention (Emulation/hopper_attention.cpp: 1.2e-2 of the largest output, P being rounded to bf16;
-    /// the log-sum-exp to 1e-3). The kernel is proven on the device (<see cref="CudaHopperAttentionTests"/>); here it proves the
-    /// stand-in's descriptor layouts, K-major and N-major, which the decode products' emulation relies on too.
+    /// The Hopper attention (flash_attention_hopper.cu with hopper.cuh, bf16, one and two warpgroups a CTA, head sizes 64 and
+    /// 128) on the emulation's warpgroup stand-in of wgmma: the dense forward <c>flash_forward_hopper</c> (S = Q K^T with both
+    /// operands K-major from shared memory, O += P V with P from registers and V N-major) and the backward
+    /// <c>flash_backward_hopper</c> (S^T, dP^T K-major; dV, dK with dO and Q N-major; dQ with dS^T M-major, added by atomic
+    /// reductions; a warpgroup's own barrier), against double references of causal grouped-query attention and its gradients
+    /// (Emulation/hopper_attention.cpp: 1.2e-2 of the largest output and 1.5e-2 of the largest gradient, P and dS being
+    /// rounded to bf16; the log-sum-exp to 1e-3). The kernels are proven on the device (<see cref="CudaHopperAttentionTests"/>);
+    /// here they prove the stand-in's descriptor layouts, K-, N- and M-major, which the decode products' emulation relies on too.
+    /// The backward's variants 2-8 (bulk reductions) are not emulated.
     /// </summary>
     [Fact]
-    public void HopperAttentionForwardGivesTheReferenceResultsOnTheCpuEmulation() =>
+    public void HopperAttentionGivesTheReferenceResultsOnTheCpuEmulation() =>
         RunEmulated(["hopper.cuh", "flash_attention_hopper.cu"], "hopper_attention",
             ["hopper forward B=1 H=2 KH=1 Tq=100 S=100 D=64 WGS=1", "hopper forward B=2 H=2 KH=2 Tq=70 S=200 D=64 WGS=2 lse",
-             "hopper forward B=1 H=4 KH=2 Tq=130 S=130 D=128 WGS=1", "hopper forward B=1 H=2 KH=1 Tq=64 S=300 D=128 WGS=2 lse"]);
+             "hopper forward B=1 H=4 KH=2 Tq=130 S=130 D=128 WGS=1", "hopper forward B=1 H=2 KH=1 Tq=64 S=300 D=128 WGS=2 lse",
+             "hopper backward B=1 H=2 KH=1 T=100 D=64 WGS=1 dQ", "hopper backward B=2 H=2 KH=2 T=150 D=64 WGS=2 dK",
+             "hopper backward B=1 H=2 KH=1 T=70 D=128 WGS=1 dV"]);
 
     /// <summary>
     /// The indexing of the Hopper paged prefill (flash_attention_hopper.cu's <c>paged_prefill_hopper</c>) that common.cuh

@@ -12,6 +12,7 @@
 // (emu_launch_cluster): the CTAs of a cluster run together, with a barrier over all their threads for the cluster
 // barrier, and each CTA's shared floats (CLUSTER_SHARED_FLOATS, or its dynamic shared memory: cta_dynamic_shared) in its
 // own memory, which cluster_load2 reads across CTAs.
+#include <atomic>
 #include <barrier>
 #include <optional>
 #include <cmath>
@@ -168,6 +169,18 @@ inline void emu_cp_async16(unsigned dst, const void* src, bool valid)
 {
     if (valid) std::memcpy(emu_shared() + dst, src, 16);
     else std::memset(emu_shared() + dst, 0, 16);
+}
+// cp.async of 4 bytes (the Hopper backward's lse and delta rows).
+inline void emu_cp_async4(unsigned dst, const void* src, bool valid)
+{
+    if (valid) std::memcpy(emu_shared() + dst, src, 4);
+    else std::memset(emu_shared() + dst, 0, 4);
+}
+// red.global.add.v2.f32: the block's threads run at once here, so the adds are atomic.
+inline void emu_red_add2(float* dst, float a, float b)
+{
+    std::atomic_ref<float>(dst[0]).fetch_add(a);
+    std::atomic_ref<float>(dst[1]).fetch_add(b);
 }
 inline unsigned* emu_warp_words() { return g_block->words.data() + (threadIdx.x / 32) * 32 * 8; }
 inline void emu_warp_sync() { g_block->warps[threadIdx.x / 32]->arrive_and_wait(); }

@@ -2,7 +2,7 @@
 // registers and V read N-major) in bf16 on the CPU emulation of CUDA (cuda_emulation.h: its warpgroup stand-in of wgmma,
 // cp.async), against a double reference over the bf16-rounded inputs: causal grouped-query attention with query t at key
 // position S - Tq + t, one and two warpgroups a CTA, head sizes 64 and 128, T past a multiple of the query tile, keys past
-// one 128-key block, the natural-log log-sum-exp. kernels.h is written by the test: the emulation, common.cuh, hopper.cuh,
+// one 128-key block, the natural-log log-sum-exp; and the backward (flash_backward_hopper, below). kernels.h is written by the test: the emulation, common.cuh, hopper.cuh,
 // flash_attention_hopper.cu. Prints one line per check; the exit code is the number of failures.
 #include "kernels.h"
 #include <cmath>
@@ -88,12 +88,101 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
     check(name, lse_expected, lse, 1e-3, false);
 }
 
+// The backward (flash_backward_hopper: the CTA's keys as wgmma's M dimension, dQ added into an fp32 accumulator by atomic
+// reductions) for self-attention (S = T, causal), given dO and the forward's lse and delta = rowsum(dO o O) from the double
+// reference, against double dQ, dK, dV (dK and dV summed over a kv head's query heads).
+static void run_backward(int B, int H, int KH, int T, int D, int WGS)
+{
+    std::mt19937 rng(29 + B * 7 + H * 5 + T * 3 + D + WGS);
+    std::uniform_real_distribution<float> u(-1, 1);
+    auto fill = [&](std::vector<bf16>& v) { for (auto& e : v) e = from_f<bf16>(u(rng)); };
+    const size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KH * D;
+    std::vector<bf16> q(nq), k(nk), v(nk), dout(nq), dk(nk), dv(nk);
+    fill(q); fill(k); fill(v); fill(dout);
+    const float scale = 1.f / std::sqrt((float)D);
+    std::vector<float> lse((size_t)B * H * T), delta((size_t)B * H * T), dqacc(nq, 0.f);
+    std::vector<double> edq(nq, 0.0), edk(nk, 0.0), edv(nk, 0.0);
+    auto Q = [&](int b, int t, int h, int d) { return (double)to_f(q[(((size_t)b * T + t) * H + h) * D + d]); };
+    auto K_ = [&](int b, int s, int h, int d) { return (double)to_f(k[(((size_t)b * T + s) * KH + h) * D + d]); };
+    auto V_ = [&](int b, int s, int h, int d) { return (double)to_f(v[(((size_t)b * T + s) * KH + h) * D + d]); };
+    auto dO = [&](int b, int t, int h, int d) { return (double)to_f(dout[(((size_t)b * T + t) * H + h) * D + d]); };
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+        {
+            const int kvh = h / (H / KH);
+            for (int t = 0; t < T; t++)
+            {
+                std::vector<double> p(t + 1), dp(t + 1);
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j <= t; j++)
+                {
+                    double dot = 0;
+                    for (int d = 0; d < D; d++) dot += Q(b, t, h, d) * K_(b, j, kvh, d);
+                    p[j] = dot * scale;
+                    mx = std::max(mx, p[j]);
+                }
+                for (int j = 0; j <= t; j++) sum += std::exp(p[j] - mx);
+                for (int j = 0; j <= t; j++) p[j] = std::exp(p[j] - mx) / sum;
+                lse[((size_t)b * H + h) * T + t] = (float)(mx + std::log(sum));
+                double del = 0;
+                for (int d = 0; d < D; d++)
+                {
+                    double o = 0;
+                    for (int j = 0; j <= t; j++) o += p[j] * V_(b, j, kvh, d);
+                    del += o * dO(b, t, h, d);
+                }
+                delta[((size_t)b * H + h) * T + t] = (float)del;
+                for (int j = 0; j <= t; j++)
+                {
+                    double x = 0;
+                    for (int d = 0; d < D; d++) x += dO(b, t, h, d) * V_(b, j, kvh, d);
+                    const double ds = p[j] * (x - del);
+                    for (int d = 0; d < D; d++)
+                    {
+                        edq[(((size_t)b * T + t) * H + h) * D + d] += ds * K_(b, j, kvh, d) * scale;
+                        edk[(((size_t)b * T + j) * KH + kvh) * D + d] += ds * Q(b, t, h, d) * scale;
+                        edv[(((size_t)b * T + j) * KH + kvh) * D + d] += p[j] * dO(b, t, h, d);
+                    }
+                }
+            }
+        }
+    const Strides3 qs{(i64)T * H * D, (i64)H * D, D}, ks{(i64)T * KH * D, (i64)KH * D, D};
+    const bf16 *pq = q.data(), *pk = k.data(), *pv = v.data(), *pd = dout.data();
+    const float *pl = lse.data(), *pdel = delta.data();
+    float* pacc = dqacc.data();
+    bf16 *pdk = dk.data(), *pdv = dv.data();
+    int t_ = T, h_ = H, kh = KH;
+    float sc = scale;
+    emu_shared_base = smem_raw;
+    const unsigned blocks = (unsigned)((T + 64 * WGS - 1) / (64 * WGS));
+    auto launch = [&](auto kernel) {
+        emu_launch(dim3{blocks, (unsigned)KH, (unsigned)B}, 128 * WGS,
+                   [&] { kernel(pq, pk, pv, pd, pl, pdel, pacc, pdk, pdv, t_, h_, kh, qs, ks, ks, qs, ks, ks, sc); });
+    };
+    if (D == 64) launch(WGS == 2 ? flash_backward_hopper_bf16_d64 : flash_backward_hopper_wg1_bf16_d64);
+    else launch(WGS == 2 ? flash_backward_hopper_bf16_d128 : flash_backward_hopper_wg1_bf16_d128);
+    std::vector<float> gk(nk), gv(nk);
+    for (size_t i = 0; i < nk; i++) { gk[i] = to_f(dk[i]); gv[i] = to_f(dv[i]); }
+    char name[120];
+    // Tolerance: P^T and dS^T are rounded to bf16 before their products (2^-9 relative each) and dK, dV are stored in bf16:
+    // 1.5e-2 of the largest gradient; a wrong key, query, head or mask is O(1).
+    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d WGS=%d dQ", B, H, KH, T, D, WGS);
+    check(name, edq, dqacc, 1.5e-2, true);
+    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d WGS=%d dK", B, H, KH, T, D, WGS);
+    check(name, edk, gk, 1.5e-2, true);
+    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d WGS=%d dV", B, H, KH, T, D, WGS);
+    check(name, edv, gv, 1.5e-2, true);
+}
+
 int main()
 {
     run(1, 2, 1, 100, 100, 64, 1);    // one warpgroup, a query tile and a part; 2 query heads sharing a kv head
     run(2, 2, 2, 70, 200, 64, 2);     // two warpgroups (the second wholly past T in the last tile), a KV cache longer than T
     run(1, 4, 2, 130, 130, 128, 1);   // head size 128 (two swizzle blocks); keys past one block of 128
     run(1, 2, 1, 64, 300, 128, 2);    // D 128, two warpgroups, three key blocks
+    run_backward(1, 2, 1, 100, 64, 1);   // one warpgroup; a query block and a part; 2 query heads into one kv head's dK, dV
+    run_backward(2, 2, 2, 150, 64, 2);   // two warpgroups (128 keys a CTA), the last CTA's second warpgroup past T
+    run_backward(1, 2, 1, 70, 128, 1);   // head size 128: dQ in two 64-column halves
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
