@@ -122,7 +122,8 @@ public sealed class KernelEmulationTests
 
     /// <summary>
     /// The indexing of the Hopper paged prefill (flash_attention_hopper.cu's <c>paged_prefill_hopper</c>) that common.cuh
-    /// holds, on the emulation (the wgmma tile itself is not emulated: <see cref="CudaPagedServingTests"/> checks it on the
+    /// holds, on the emulation (the wgmma tile itself, shared with the dense forward, in
+    /// <see cref="HopperAttentionGivesTheReferenceResultsOnTheCpuEmulation"/>; the paged kernel whole in <see cref="CudaPagedServingTests"/> on the
     /// device): the paged and dense K/V row sources write exactly the 128-byte-swizzled bytes of an independent formula (rows
     /// through a shuffled block table, the last tile partly past the length zero-filled; head sizes 64 and 128; one and two
     /// warpgroups), and the shared tile-finding prologue gives CTA x the x-th query tile of the sequences with at least
