@@ -90,16 +90,16 @@ public sealed unsafe partial class CudaBackend
     /// The decode products' kernel for x of 8 <paramref name="mt"/> rows and K = <paramref name="k"/>: its file, name prefix
     /// and suffix, dynamic shared memory and k-tile columns. decode_gemm_hopper.cu on a compute capability 9.0 device under
     /// <see cref="CudaBackendOptions.HopperDecodeProducts"/> (when it compiles for sm_90a), its k-tiles
-    /// <see cref="CudaBackendOptions.DecodeProductTileColumns"/> wide where K divides by them (4 stages of 64 columns, 3 of
-    /// 128, 2 of 256; 1,024-byte aligned tiles with 1,024 bytes of slack), else decode_gemm.cu (4 stages of 64). A stage holds
-    /// 128 W rows, 8 MT x rows and the norm weight: 97-101 KB in all at 64 rows of x and 64 columns (two CTAs an SM), 148 KB
-    /// at 128, 195 KB at 256.
+    /// <see cref="CudaBackendOptions.DecodeProductTileColumns"/> wide where K divides by them (4 stages of 64 or 128 columns, 2
+    /// of 256; 1,024-byte aligned tiles with 1,024 bytes of slack), else decode_gemm.cu (4 stages of 64). A stage holds 128 W
+    /// rows, 8 MT x rows and the norm weight: 97-101 KB in all at 64 rows of x and 64 columns (two CTAs an SM), 197 KB at 128
+    /// (three tiles of 32 KB of W in flight: as many bytes as two CTAs at 64, in runs twice as long), 195 KB at 256.
     /// </summary>
     private (string File, string Prefix, string Tail, uint Shared, int Columns) DecodeGemmKernel(int mt, int k)
     {
         if (!UsesHopperDecodeProducts)
             return ("decode_gemm.cu", "decode_gemm", "", (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2), DecodeGemmTile);
-        int columns = k % Options.DecodeProductTileColumns == 0 ? Options.DecodeProductTileColumns : DecodeGemmTile, stages = columns switch { 64 => 4, 128 => 3, _ => 2 };
+        int columns = k % Options.DecodeProductTileColumns == 0 ? Options.DecodeProductTileColumns : DecodeGemmTile, stages = columns == 256 ? 2 : 4;
         return ("decode_gemm_hopper.cu", "decode_gemm_hopper", columns == 64 ? "" : $"_k{columns}",
             (uint)(1024 + stages * ((DecodeGemmBlockRows + 8 * mt) * columns * 2 + 1024)), columns);
     }

@@ -57,7 +57,7 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// Columns of K a stage of decode_gemm_hopper.cu holds: 64 (each W row's 128 contiguous bytes, 4 stages), 128 (256
-    /// bytes, 3 stages) or 256 (512 bytes, 2 stages): longer runs for DRAM, fewer tiles in flight. Default 64. A K that the
+    /// bytes, 4 stages: as many bytes in flight as two CTAs at 64) or 256 (512 bytes, 2 stages): longer runs for DRAM. Default 64. A K that the
     /// width does not divide takes 64.
     /// </summary>
     public int DecodeProductTileColumns { get; init; } = 64;

@@ -14,7 +14,7 @@
 // swizzle (hopper.cuh). A CTA is one warpgroup: 128 rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K;
 // per k-tile of BK = 64, 128 or 256 columns (each a row's 128 to 512 contiguous bytes: a wider tile asks DRAM for longer
 // runs; in column blocks of 64 as the swizzle has them) it stages W's 128 rows, x's 8 MT rows and the norm weight's BK
-// columns (cp.async, 4 stages at BK 64, 3 at 128, 2 at 256; W's first stages issued before pdl_wait when early, as
+// columns (cp.async, 4 stages at BK 64 and 128, 2 at 256; W's first stages issued before pdl_wait when early, as
 // decode_gemm.cu), then issues BK / 16 m64n128k16 wgmma.
 // The accumulator (hopper.cuh's fragment) holds x row 16 w + g + 8 (e >> 1) by W column 8 j + 2 c + (e & 1), so a lane
 // holds pairs of adjacent outputs, and with SWIGLU an output's gate and up sums. With a norm, a lane also sums the squares
@@ -31,7 +31,7 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
                                    i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
 {
     constexpr int MP = 8 * MT, WT = DH_BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
-    constexpr int ST = BK == 64 ? 4 : BK == 128 ? 3 : 2, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
+    constexpr int ST = BK == 256 ? 2 : 4, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
     static_assert(BK == 64 || BK == 128 || BK == 256, "decode_gemm_hopper: k-tiles of 1, 2 or 4 64-column swizzle blocks");
     static_assert((MP * DH_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
     extern __shared__ unsigned char dh_raw[];

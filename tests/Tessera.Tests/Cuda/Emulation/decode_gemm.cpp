@@ -187,7 +187,7 @@ int main()
     run(9, 64, 256, 1, false, 1.f, 1.f, true);    // one slice: the CTA's own sums (warps 0 and 1 sum x's two n8 tiles)
     run_swiglu(33, 65, 256, 2, false, true);      // the SwiGLU form normalized, F odd; 8 n8 tiles over 4 warps
 #ifdef HOPPER
-    run(64, 300, 1024, 2, true, 1.f, 1.f, true, 128);   // k-tiles of 128 columns (two swizzle blocks), 3 stages, a cluster
+    run(64, 300, 1024, 2, true, 1.f, 1.f, true, 128);   // k-tiles of 128 columns (two swizzle blocks), 4 stages, a cluster
     run(9, 130, 512, 1, false, 1.f, 0.f, false, 128);
     run(48, 128, 1024, 2, false, 0.5f, 1.f, true, 256); // 256 columns, 2 stages
     run_swiglu(64, 100, 512, 2, true, true, 256);
