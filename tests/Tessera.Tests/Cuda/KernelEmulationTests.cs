@@ -106,7 +106,9 @@ public sealed class KernelEmulationTests
     /// 128) on the emulation's warpgroup stand-in of wgmma: the dense forward <c>flash_forward_hopper</c> (S = Q K^T with both
     /// operands K-major from shared memory, O += P V with P from registers and V N-major) and the backward
     /// <c>flash_backward_hopper</c> (S^T, dP^T K-major; dV, dK with dO and Q N-major; dQ with dS^T M-major, added by atomic
-    /// reductions; a warpgroup's own barrier), against double references of causal grouped-query attention and its gradients
+    /// reductions; a warpgroup's own barrier) and serving's <c>paged_prefill_hopper</c> (the forward tile over a paged pool
+    /// through shuffled block tables, chunks after cached context, a sequence under the minimum rows left untouched), against
+    /// double references of causal grouped-query attention and its gradients
     /// (Emulation/hopper_attention.cpp: 1.2e-2 of the largest output and 1.5e-2 of the largest gradient, P and dS being
     /// rounded to bf16; the log-sum-exp to 1e-3). The kernels are proven on the device (<see cref="CudaHopperAttentionTests"/>);
     /// here they prove the stand-in's descriptor layouts, K-, N- and M-major, which the decode products' emulation relies on too.
@@ -118,13 +120,13 @@ public sealed class KernelEmulationTests
             ["hopper forward B=1 H=2 KH=1 Tq=100 S=100 D=64 WGS=1", "hopper forward B=2 H=2 KH=2 Tq=70 S=200 D=64 WGS=2 lse",
              "hopper forward B=1 H=4 KH=2 Tq=130 S=130 D=128 WGS=1", "hopper forward B=1 H=2 KH=1 Tq=64 S=300 D=128 WGS=2 lse",
              "hopper backward B=1 H=2 KH=1 T=100 D=64 WGS=1 dQ", "hopper backward B=2 H=2 KH=2 T=150 D=64 WGS=2 dK",
-             "hopper backward B=1 H=2 KH=1 T=70 D=128 WGS=1 dV"]);
+             "hopper backward B=1 H=2 KH=1 T=70 D=128 WGS=1 dV", "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1: short sequences untouched",
+             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2"]);
 
     /// <summary>
     /// The indexing of the Hopper paged prefill (flash_attention_hopper.cu's <c>paged_prefill_hopper</c>) that common.cuh
-    /// holds, on the emulation (the wgmma tile itself, shared with the dense forward, in
-    /// <see cref="HopperAttentionGivesTheReferenceResultsOnTheCpuEmulation"/>; the paged kernel whole in <see cref="CudaPagedServingTests"/> on the
-    /// device): the paged and dense K/V row sources write exactly the 128-byte-swizzled bytes of an independent formula (rows
+    /// holds, on the emulation (the paged kernel whole in <see cref="HopperAttentionGivesTheReferenceResultsOnTheCpuEmulation"/>,
+    /// and in <see cref="CudaPagedServingTests"/> on the device): the paged and dense K/V row sources write exactly the 128-byte-swizzled bytes of an independent formula (rows
     /// through a shuffled block table, the last tile partly past the length zero-filled; head sizes 64 and 128; one and two
     /// warpgroups), and the shared tile-finding prologue gives CTA x the x-th query tile of the sequences with at least
     /// min_rows rows (tiles of 64 and 128 rows, 40 sequences, the host's upper bound of CTAs, the spare ones -1).

@@ -2,12 +2,15 @@
 // registers and V read N-major) in bf16 on the CPU emulation of CUDA (cuda_emulation.h: its warpgroup stand-in of wgmma,
 // cp.async), against a double reference over the bf16-rounded inputs: causal grouped-query attention with query t at key
 // position S - Tq + t, one and two warpgroups a CTA, head sizes 64 and 128, T past a multiple of the query tile, keys past
-// one 128-key block, the natural-log log-sum-exp; and the backward (flash_backward_hopper, below). kernels.h is written by the test: the emulation, common.cuh, hopper.cuh,
+// one 128-key block, the natural-log log-sum-exp; the backward (flash_backward_hopper) and serving's paged prefill
+// (paged_prefill_hopper), below. kernels.h is written by the test: the emulation, common.cuh, hopper.cuh,
 // flash_attention_hopper.cu. Prints one line per check; the exit code is the number of failures.
 #include "kernels.h"
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <random>
+#include <string>
 #include <vector>
 
 alignas(1024) unsigned char smem_raw[1 << 18];   // the kernel's Q tile and two stages of K and V (165 KB at D 128, 2 warpgroups)
@@ -174,6 +177,89 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS)
     check(name, edv, gv, 1.5e-2, true);
 }
 
+// Serving's prefill chunks on the same forward tile (paged_prefill_hopper): sequences of `rows` new queries each, their keys
+// and values in a paged pool (blocks of 16 positions in shuffled pool blocks, K heads then V heads a slot), queries at
+// positions length - rows .. length - 1; sequences under min_rows are left to the decode kernels (their output rows must
+// stay as they were).
+static void run_paged(const std::vector<int>& rows, const std::vector<int>& lengths, int H, int KH, int D, int WGS, int min_rows)
+{
+    const int B = (int)rows.size(), BS = 16;
+    std::mt19937 rng(41 + B * 7 + H * 5 + D + WGS);
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<int> starts(B + 1, 0);
+    for (int b = 0; b < B; b++) starts[b + 1] = starts[b] + rows[b];
+    const int N = starts[B];
+    int max_blocks = 0;
+    for (int b = 0; b < B; b++) max_blocks = std::max(max_blocks, (lengths[b] + BS - 1) / BS);
+    const int pool_blocks = B * max_blocks + 3;
+    std::vector<int> order(pool_blocks), tables((size_t)B * max_blocks);
+    for (int i = 0; i < pool_blocks; i++) order[i] = i;
+    std::shuffle(order.begin(), order.end(), rng);
+    for (size_t i = 0; i < tables.size(); i++) tables[i] = order[i];
+    const long long stride = 2LL * KH * D;
+    std::vector<bf16> pool((size_t)pool_blocks * BS * stride), q((size_t)N * H * D), out((size_t)N * H * D);
+    for (auto& e : pool) e = from_f<bf16>(u(rng));
+    for (auto& e : q) e = from_f<bf16>(u(rng));
+    for (auto& e : out) e = from_f<bf16>(7.f);   // untouched rows keep this
+    const float scale = 1.f / std::sqrt((float)D);
+    auto slot = [&](int b, int pos) { return (size_t)tables[(size_t)b * max_blocks + pos / BS] * BS + pos % BS; };
+    std::vector<double> expected(out.size());
+    for (size_t i = 0; i < out.size(); i++) expected[i] = 7.0;
+    for (int b = 0; b < B; b++)
+    {
+        if (rows[b] < min_rows) continue;
+        for (int r = 0; r < rows[b]; r++)
+            for (int h = 0; h < H; h++)
+            {
+                const int n = starts[b] + r, kvh = h / (H / KH), last = lengths[b] - rows[b] + r;
+                std::vector<double> sc(last + 1);
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j <= last; j++)
+                {
+                    double dot = 0;
+                    for (int d = 0; d < D; d++)
+                        dot += (double)to_f(q[((size_t)n * H + h) * D + d]) * to_f(pool[slot(b, j) * stride + (size_t)kvh * D + d]);
+                    sc[j] = dot * scale;
+                    mx = std::max(mx, sc[j]);
+                }
+                for (int j = 0; j <= last; j++) sum += std::exp(sc[j] - mx);
+                for (int d = 0; d < D; d++)
+                {
+                    double acc = 0;
+                    for (int j = 0; j <= last; j++) acc += std::exp(sc[j] - mx) / sum * to_f(pool[slot(b, j) * stride + (size_t)(KH + kvh) * D + d]);
+                    expected[((size_t)n * H + h) * D + d] = acc;
+                }
+            }
+    }
+    const bf16 *pq = q.data(), *pp = pool.data();
+    bf16* po = out.data();
+    const int *pt = tables.data(), *pst = starts.data(), *pl = lengths.data();
+    int b_ = B, h_ = H, k_ = KH, bs = BS, mb = max_blocks, mr = min_rows, window = 1 << 30;
+    long long qn = (long long)H * D, qh = D;
+    float sc = scale;
+    emu_shared_base = smem_raw;
+    const int tile_rows = 64 * WGS;
+    const unsigned tiles = (unsigned)((N + tile_rows - 1) / tile_rows + std::min(B, N / min_rows));   // as the host sizes the grid
+    auto launch = [&](auto kernel) {
+        emu_launch(dim3{tiles, (unsigned)H, 1}, 128 * WGS, [&] { kernel(pq, pp, po, pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, window); });
+    };
+    if (D == 64) launch(WGS == 2 ? paged_prefill_hopper_bf16_d64 : paged_prefill_hopper_wg1_bf16_d64);
+    else launch(WGS == 2 ? paged_prefill_hopper_bf16_d128 : paged_prefill_hopper_wg1_bf16_d128);
+    // The computed rows against the reference; the rows of sequences left to the decode kernels exactly as they were.
+    std::vector<double> e_rows;
+    std::vector<float> g_rows;
+    bool untouched = true;
+    for (int b = 0; b < B; b++)
+        for (size_t i = (size_t)starts[b] * H * D; i < (size_t)starts[b + 1] * H * D; i++)
+            if (rows[b] >= min_rows) { e_rows.push_back(expected[i]); g_rows.push_back(to_f(out[i])); }
+            else untouched &= to_f(out[i]) == 7.f;
+    char name[120];
+    snprintf(name, sizeof name, "hopper paged prefill B=%d N=%d H=%d KH=%d D=%d WGS=%d", B, N, H, KH, D, WGS);
+    check(name, e_rows, g_rows, 1.2e-2, true);
+    printf("%-64s %s\n", (std::string(name) + ": short sequences untouched").c_str(), untouched ? "ok" : "FAIL");
+    if (!untouched) failures++;
+}
+
 int main()
 {
     run(1, 2, 1, 100, 100, 64, 1);    // one warpgroup, a query tile and a part; 2 query heads sharing a kv head
@@ -183,6 +269,8 @@ int main()
     run_backward(1, 2, 1, 100, 64, 1);   // one warpgroup; a query block and a part; 2 query heads into one kv head's dK, dV
     run_backward(2, 2, 2, 150, 64, 2);   // two warpgroups (128 keys a CTA), the last CTA's second warpgroup past T
     run_backward(1, 2, 1, 70, 128, 1);   // head size 128: dQ in two 64-column halves
+    run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 2, 1, 64, 1, 8);   // chunks after cached context; a 3-row sequence left alone
+    run_paged({130, 65}, {130, 200}, 4, 2, 128, 2, 8);                   // D 128, two warpgroups, tiles across two sequences
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }

@@ -1,6 +1,5 @@
 // The indexing of the Hopper paged prefill (paged_prefill_hopper, flash_attention_hopper.cu) that lives in common.cuh, on the
-// CPU emulation of CUDA (cuda_emulation.h); the wgmma tile itself, shared with the dense forward, is checked by
-// hopper_attention.cpp.
+// CPU emulation of CUDA (cuda_emulation.h); the kernel whole (its wgmma tile included) is checked by hopper_attention.cpp.
 //  1. The K/V row sources into the 128-byte-swizzled layout: PagedRowsSw128 (rows through a block table of blocks of 16,
 //     scattered in a shuffled pool of interleaved K and V heads) and DenseRowsSw128 (load_tile_sw128, training's loader)
 //     must each write, for every tile of 128 rows a prefill reads (row0 0, 128, 256 of 300 positions: the last tile partly
