@@ -541,6 +541,19 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* dst, unsigned src, un
 {
     HOPPER_ASM("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst), "r"(src), "r"(bytes)
                  : "memory");
+#ifndef __CUDA_ARCH__
+    emu_bulk_reduce_add_f32(dst, src, bytes);   // done at once: the waits below have nothing left to wait for
+#endif
+}
+// Four floats to shared address dst (16-byte aligned) in one store.
+__device__ __forceinline__ void sts_f32x4(unsigned dst, float a, float b, float c, float d)
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+#else
+    const float v[4] = {a, b, c, d};
+    std::memcpy(emu_shared() + dst, v, 16);
+#endif
 }
 __device__ __forceinline__ void bulk_commit() { HOPPER_ASM("cp.async.bulk.commit_group;" ::: "memory"); }
 // Until at most N bulk groups of this thread are still reading their shared-memory source.
@@ -802,8 +815,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
                 for (int j = 0; j < 8; j++)
                 {
                     const unsigned dst = (sep ? sdQ : tQ) + (unsigned)(((half * 8 + j) * 128 + tid) * 16);
-                    HOPPER_ASM("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(qacc[4 * j] * scale),
-                                 "f"(qacc[4 * j + 1] * scale), "f"(qacc[4 * j + 2] * scale), "f"(qacc[4 * j + 3] * scale) : "memory");
+                    sts_f32x4(dst, qacc[4 * j] * scale, qacc[4 * j + 1] * scale, qacc[4 * j + 2] * scale, qacc[4 * j + 3] * scale);
                 }
             }
             else

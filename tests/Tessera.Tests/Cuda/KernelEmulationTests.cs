@@ -112,7 +112,9 @@ public sealed class KernelEmulationTests
     /// (Emulation/hopper_attention.cpp: 1.2e-2 of the largest output and 1.5e-2 of the largest gradient, P and dS being
     /// rounded to bf16; the log-sum-exp to 1e-3). The kernels are proven on the device (<see cref="CudaHopperAttentionTests"/>);
     /// here they prove the stand-in's descriptor layouts, K-, N- and M-major, which the decode products' emulation relies on too.
-    /// The backward's variants 2-8 (bulk reductions) are not emulated.
+    /// The second backward kernel (<c>flash_backward_hopper_v2</c>/<c>v2x</c>) runs with every flag set the host uses (variants
+    /// 2-8: largest work first, dQ by bulk reductions of fragment-order tiles then <c>flash_backward_hopper_dq_cast</c>, dQ first,
+    /// the dQ tile in its own buffer).
     /// </summary>
     [Fact]
     public void HopperAttentionGivesTheReferenceResultsOnTheCpuEmulation() =>
@@ -120,7 +122,10 @@ public sealed class KernelEmulationTests
             ["hopper forward B=1 H=2 KH=1 Tq=100 S=100 D=64 WGS=1", "hopper forward B=2 H=2 KH=2 Tq=70 S=200 D=64 WGS=2 lse",
              "hopper forward B=1 H=4 KH=2 Tq=130 S=130 D=128 WGS=1", "hopper forward B=1 H=2 KH=1 Tq=64 S=300 D=128 WGS=2 lse",
              "hopper backward B=1 H=2 KH=1 T=100 D=64 WGS=1 dQ", "hopper backward B=2 H=2 KH=2 T=150 D=64 WGS=2 dK",
-             "hopper backward B=1 H=2 KH=1 T=70 D=128 WGS=1 dV", "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1: short sequences untouched",
+             "hopper backward B=1 H=2 KH=1 T=70 D=128 WGS=1 dV", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=0 dQ",
+             "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=3 dQ", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=5 dK",
+             "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=11 dQ", "hopper backward B=1 H=2 KH=1 T=100 D=128 v2 flags=2 dQ",
+             "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1: short sequences untouched",
              "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2"]);
 
     /// <summary>

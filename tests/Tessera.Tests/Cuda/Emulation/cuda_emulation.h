@@ -176,6 +176,17 @@ inline void emu_cp_async4(unsigned dst, const void* src, bool valid)
     if (valid) std::memcpy(emu_shared() + dst, src, 4);
     else std::memset(emu_shared() + dst, 0, 4);
 }
+// cp.reduce.async.bulk .add.f32 of `bytes` from shared address src into global dst, done at once (atomically: other threads
+// of the block run beside it).
+inline void emu_bulk_reduce_add_f32(float* dst, unsigned src, unsigned bytes)
+{
+    for (unsigned i = 0; i < bytes / 4; i++)
+    {
+        float v;
+        std::memcpy(&v, emu_shared() + src + 4 * i, 4);
+        std::atomic_ref<float>(dst[i]).fetch_add(v);
+    }
+}
 // red.global.add.v2.f32: the block's threads run at once here, so the adds are atomic.
 inline void emu_red_add2(float* dst, float a, float b)
 {

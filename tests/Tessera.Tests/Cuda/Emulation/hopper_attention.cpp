@@ -94,7 +94,11 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
 // The backward (flash_backward_hopper: the CTA's keys as wgmma's M dimension, dQ added into an fp32 accumulator by atomic
 // reductions) for self-attention (S = T, causal), given dO and the forward's lse and delta = rowsum(dO o O) from the double
 // reference, against double dQ, dK, dV (dK and dV summed over a kv head's query heads).
-static void run_backward(int B, int H, int KH, int T, int D, int WGS)
+// flags < 0: the first kernel (flash_backward_hopper, WGS warpgroups); otherwise the second (one warpgroup) with those flags
+// (CudaBackendOptions.HopperBackwardVariant's: 1 largest work first, 2 dQ by bulk reductions of fragment-order tiles then
+// flash_backward_hopper_dq_cast, 4 dQ's product first, 8 with 2 and D 64 the dQ tile in its own buffer; 4 and 8 in the v2x
+// build).
+static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags = -1)
 {
     std::mt19937 rng(29 + B * 7 + H * 5 + T * 3 + D + WGS);
     std::uniform_real_distribution<float> u(-1, 1);
@@ -103,7 +107,9 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS)
     std::vector<bf16> q(nq), k(nk), v(nk), dout(nq), dk(nk), dv(nk);
     fill(q); fill(k); fill(v); fill(dout);
     const float scale = 1.f / std::sqrt((float)D);
-    std::vector<float> lse((size_t)B * H * T), delta((size_t)B * H * T), dqacc(nq, 0.f);
+    const bool tiles = flags >= 0 && (flags & 2) != 0;
+    const int query_blocks = (T + 63) / 64;
+    std::vector<float> lse((size_t)B * H * T), delta((size_t)B * H * T), dqacc(tiles ? (size_t)B * H * query_blocks * 64 * D : nq, 0.f);
     std::vector<double> edq(nq, 0.0), edk(nk, 0.0), edv(nk, 0.0);
     auto Q = [&](int b, int t, int h, int d) { return (double)to_f(q[(((size_t)b * T + t) * H + h) * D + d]); };
     auto K_ = [&](int b, int s, int h, int d) { return (double)to_f(k[(((size_t)b * T + s) * KH + h) * D + d]); };
@@ -162,18 +168,45 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS)
         emu_launch(dim3{blocks, (unsigned)KH, (unsigned)B}, 128 * WGS,
                    [&] { kernel(pq, pk, pv, pd, pl, pdel, pacc, pdk, pdv, t_, h_, kh, qs, ks, ks, qs, ks, ks, sc); });
     };
-    if (D == 64) launch(WGS == 2 ? flash_backward_hopper_bf16_d64 : flash_backward_hopper_wg1_bf16_d64);
-    else launch(WGS == 2 ? flash_backward_hopper_bf16_d128 : flash_backward_hopper_wg1_bf16_d128);
+    auto launch2 = [&](auto kernel) {
+        int f = flags;
+        emu_launch(dim3{blocks, (unsigned)KH, (unsigned)B}, 128,
+                   [&] { kernel(pq, pk, pv, pd, pl, pdel, pacc, pdk, pdv, t_, h_, kh, qs, ks, ks, qs, ks, ks, sc, f); });
+    };
+    if (flags < 0)
+    {
+        if (D == 64) launch(WGS == 2 ? flash_backward_hopper_bf16_d64 : flash_backward_hopper_wg1_bf16_d64);
+        else launch(WGS == 2 ? flash_backward_hopper_bf16_d128 : flash_backward_hopper_wg1_bf16_d128);
+    }
+    else if (flags & 12) launch2(D == 64 ? flash_backward_hopper_v2x_bf16_d64 : flash_backward_hopper_v2x_bf16_d128);
+    else launch2(D == 64 ? flash_backward_hopper_v2_bf16_d64 : flash_backward_hopper_v2_bf16_d128);
+    std::vector<float> gq(nq);
+    if (tiles)
+    {
+        // The fragment-order tiles into dq (bf16, q's strides), as the host does after the kernel.
+        std::vector<bf16> dq(nq);
+        bf16* pdq = dq.data();
+        int b_ = B;
+        const unsigned threads = (unsigned)((dqacc.size() / 16 + 255) / 256);
+        auto cast = [&](auto kernel) { emu_launch(dim3{threads, 1, 1}, 256, [&] { kernel(pacc, pdq, b_, t_, h_, qs); }); };
+        cast(D == 64 ? flash_backward_hopper_dq_cast_bf16_d64 : flash_backward_hopper_dq_cast_bf16_d128);
+        for (size_t i = 0; i < nq; i++) gq[i] = to_f(dq[i]);
+    }
+    else
+        for (size_t i = 0; i < nq; i++) gq[i] = dqacc[i];
     std::vector<float> gk(nk), gv(nk);
     for (size_t i = 0; i < nk; i++) { gk[i] = to_f(dk[i]); gv[i] = to_f(dv[i]); }
     char name[120];
     // Tolerance: P^T and dS^T are rounded to bf16 before their products (2^-9 relative each) and dK, dV are stored in bf16:
     // 1.5e-2 of the largest gradient; a wrong key, query, head or mask is O(1).
-    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d WGS=%d dQ", B, H, KH, T, D, WGS);
-    check(name, edq, dqacc, 1.5e-2, true);
-    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d WGS=%d dK", B, H, KH, T, D, WGS);
+    char kind[32];
+    if (flags < 0) snprintf(kind, sizeof kind, "WGS=%d", WGS);
+    else snprintf(kind, sizeof kind, "v2 flags=%d", flags);
+    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d %s dQ", B, H, KH, T, D, kind);
+    check(name, edq, gq, 1.5e-2, true);
+    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d %s dK", B, H, KH, T, D, kind);
     check(name, edk, gk, 1.5e-2, true);
-    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d WGS=%d dV", B, H, KH, T, D, WGS);
+    snprintf(name, sizeof name, "hopper backward B=%d H=%d KH=%d T=%d D=%d %s dV", B, H, KH, T, D, kind);
     check(name, edv, gv, 1.5e-2, true);
 }
 
@@ -269,6 +302,9 @@ int main()
     run_backward(1, 2, 1, 100, 64, 1);   // one warpgroup; a query block and a part; 2 query heads into one kv head's dK, dV
     run_backward(2, 2, 2, 150, 64, 2);   // two warpgroups (128 keys a CTA), the last CTA's second warpgroup past T
     run_backward(1, 2, 1, 70, 128, 1);   // head size 128: dQ in two 64-column halves
+    for (int flags : {0, 1, 2, 3, 5, 10, 11})   // the second kernel, every flag set the host uses (variants 2-8)
+        run_backward(1, 4, 2, 150, 64, 1, flags);
+    run_backward(1, 2, 1, 100, 128, 1, 2);      // D 128 with the bulk-reduced dQ tiles
     run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 2, 1, 64, 1, 8);   // chunks after cached context; a 3-row sequence left alone
     run_paged({130, 65}, {130, 200}, 4, 2, 128, 2, 8);                   // D 128, two warpgroups, tiles across two sequences
     printf("%s\n", failures ? "FAILURES" : "all ok");
