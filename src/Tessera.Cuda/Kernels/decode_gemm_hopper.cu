@@ -57,14 +57,7 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     };
     auto load_x = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE + WT;
-        // (load_tile_sw128's shared swizzle base needs 8 rows a pass; 256 columns give 4.)
-#pragma unroll
-        for (int i = tid; i < MP * CH; i += DH_THREADS)
-        {
-            const int r = i / CH, c = i % CH;
-            const bool ok = r < M;
-            cp_async16(dst + sw128_offset<MP>(r, c), ok ? x + (i64)r * ldx + k0 + t * BK + c * 8 : x, ok);
-        }
+        load_tile_sw128<BK, MP, DH_THREADS>(dst, x + k0 + t * BK, ldx, 0, M, tid);
         if (nw && tid < CH) cp_async16(dst + XT + tid * 16, nw + k0 + t * BK + tid * 8, true);
     };
     prologue_weights_first<ST>(tiles, early, load_w, load_x);

@@ -5,14 +5,14 @@ using Xunit;
 namespace Tessera.Tests.Cuda;
 
 /// <summary>
-/// The decode-size products (decode_gemm.cu, <see cref="CudaBackendOptions.DecodeProducts"/>) on the GPU: x of 5 to 64 rows
+/// The decode-size products (decode_gemm_hopper.cu and decode_gemm.cu, <see cref="CudaBackendOptions.DecodeProducts"/>) on the GPU: x of 5 to 64 rows
 /// times an nn.Linear weight through <see cref="IBackend.MatMul"/>, against an f64 reference on the same rounded inputs
 /// (<see cref="CudaTestBase.Tolerance"/>: 1e-2 for a bf16 or f16 output) and against cuBLASLt on the default backend;
 /// one slice of K and several (a thread-block cluster of the slices; the llama-1b decode step's shapes), bias, the residual
 /// added (beta = 1), N past a multiple of the 128-row block; the output's row-stride padding untouched; the SwiGLU form through <see cref="IBackend.MatMulSwiGlu"/>; the
 /// RMSNorm applied on the way through <see cref="IBackend.RmsNormMatMul"/>; on the wgmma kernel (decode_gemm_hopper.cu) on
 /// a compute capability 9.0 device and on decode_gemm.cu's mma.sync kernel.
-/// Each checks, from the op profiler's kernel names, that decode_gemm.cu ran (and no norm kernel where it normalizes), so a
+/// Each checks, from the op profiler's kernel names, that the kernel asked for ran (and no norm kernel where it normalizes), so a
 /// call that fell back to cuBLASLt would fail. And the recorded 64-sequence decode step with them, timed for the log beside
 /// the default.
 /// </summary>
