@@ -23,7 +23,7 @@
 #       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
 #       its own process), PP_CASES="ARGS;ARGS" (gpu-pp runs: --stages, --curve N), SERVE_CASES="default;OPTIONS;..." (the serving benchmark at
-#       SERVE_STREAMS clients, once per case), NCU_TEST="REGEX:COUNT:Class.Method" (ncu's warp-state and memory tables of chosen
+#       SERVE_STREAMS clients, once per case; SERVE_TORCH=1 adds bench/pytorch/batched_decode.py at that batch), NCU_TEST="REGEX:COUNT:Class.Method" (ncu's warp-state and memory tables of chosen
 #       kernels inside a GPU test's profiled region), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
 #       the bench's --cuda-options flag (CudaBackendOptions.Parse's "Name=value,..." form), never as environment variables. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
@@ -74,6 +74,7 @@ CS
     cp bench/pytorch/train_gpt2.py "$dest/train_gpt2.py"
     cp bench/pytorch/train_llama.py "$dest/train_llama.py"
     cp bench/pytorch/timed_training.py "$dest/timed_training.py"   # the two peers import it from their folder
+    cp bench/pytorch/batched_decode.py "$dest/batched_decode.py"
     git rev-parse --short HEAD > "$dest/commit.txt"
     du -sh "$dest"
     ;;
@@ -189,17 +190,25 @@ run)
     fi
     if [ -n "${SERVE_CASES:-}" ]; then
         # The serving benchmark (llama-1b bf16, 512-token prompts, 128 new tokens, SERVE_STREAMS clients, through HTTP, the
-        # device's time per step) once per ';'-separated case: "default", or backend options (--cuda-options). List a pair twice
+        # device's time per step) once per ';'-separated case: "default", backend options (--cuda-options), or the bench's own
+        # arguments where the case starts with "--" (e.g. "--decoding-step-tokens 4096"). List a pair twice
         # to alternate them: runs of one build differ by about 4 %. Its tables into $OUT/serve.md; the rows printed here.
         IFS=';' read -ra cases <<< "$SERVE_CASES"
         for c in "${cases[@]}"; do
             t0=$(date +%s)
-            opts=(); [ "$c" = default ] || opts=(--cuda-options "$c")
+            opts=()
+            case "$c" in default) ;; --*) read -ra opts <<< "$c" ;; *) opts=(--cuda-options "$c") ;; esac
             echo "### serve ${SERVE_STREAMS:-64} streams, $c" >> "$out/serve.md"
             timeout "${SERVE_TIMEOUT:-200}" $dn "$dir/app/Tessera.Bench.dll" serve --device cuda --preset llama-1b --dtype bf16 --prompt 512 --new 128 \
                 --concurrency "${SERVE_STREAMS:-64}" --rounds 1 --device-time "${opts[@]}" >> "$out/serve.md" 2>>"$out/bench.err" || rc=1
             echo "serve $c: $(( $(date +%s) - t0 )) s"; grep -E '^\| Tessera' "$out/serve.md" | tail -1
         done
+        if [ "${SERVE_TORCH:-0}" = 1 ]; then    # the PyTorch decoder at the same batch, prompt and length
+            t0=$(date +%s)
+            timeout "${TORCH_TIMEOUT:-240}" python3 "$dir/batched_decode.py" --batch "${SERVE_STREAMS:-64}" --prompt 512 --new 128 \
+                >> "$out/serve.md" 2>>"$out/bench.err" || rc=1
+            echo "pytorch decoder: $(( $(date +%s) - t0 )) s"; grep -E '^\| PyTorch' "$out/serve.md" | tail -1
+        fi
     fi
     if [ -n "${NCU_TEST:-}" ] && command -v ncu >/dev/null; then
         # ncu over a GPU test that brackets its timed work with cuProfilerStart/Stop (e.g. the recorded decode steps):
