@@ -88,11 +88,9 @@ public sealed unsafe partial class CudaBackend
         {
             // Gate and up adjacent in their storage (the parameter arena lays them out so): one product at N = 2F reads
             // the weights in one pass and launches once, then SwiGLU reads the two halves in place.
-            bool prefetch = ForkWeightPrefetch(m, both);                                     // beside the norm and the product
             Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
             var gu = ScratchTensor(new Shape(m, 2 * f), dtype);                              // (M, 2F): [g | u]
-            try { MatMul(h ?? x, both, gu, transposeB: true); }
-            finally { if (prefetch) JoinWeightPrefetch(); }
+            MatMul(h ?? x, both, gu, transposeB: true);
             SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), output);
             gu.Storage.Dispose();
             h?.Storage.Dispose();
@@ -100,16 +98,11 @@ public sealed unsafe partial class CudaBackend
         }
         if (!fused)
         {
-            bool prefetch = ForkWeightPrefetch(m, gateWeight, upWeight);
             Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
             var gate = ScratchTensor(output.Shape, dtype);
             var up = ScratchTensor(output.Shape, dtype);
-            try
-            {
-                MatMul(h ?? x, gateWeight, gate, transposeB: true, bias: gateBias);
-                MatMul(h ?? x, upWeight, up, transposeB: true, bias: upBias);
-            }
-            finally { if (prefetch) JoinWeightPrefetch(); }
+            MatMul(h ?? x, gateWeight, gate, transposeB: true, bias: gateBias);
+            MatMul(h ?? x, upWeight, up, transposeB: true, bias: upBias);
             SwiGluForward(gate, up, output);
             gate.Storage.Dispose();
             up.Storage.Dispose();
@@ -141,10 +134,8 @@ public sealed unsafe partial class CudaBackend
     public void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null)
     {
         if (TryGemv(x, weight, output, false, true, 1.0, 0.0, bias, norm) || TryDecodeGemmNormalized(x, norm, weight, output, bias)) return;
-        bool prefetch = x.Rank == 2 && ForkWeightPrefetch(x.Size(0), weight);               // beside the norm and the product
         var h = NormalizedScratch(x, norm);
-        try { MatMul(h, weight, output, transposeB: true, bias: bias); }
-        finally { if (prefetch) JoinWeightPrefetch(); }
+        MatMul(h, weight, output, transposeB: true, bias: bias);
         h.Storage.Dispose();
     }
 

@@ -65,9 +65,7 @@ public sealed unsafe partial class CudaBackend
         {
             if (addend is null && (TryGemv(a, b, c, transposeA, transposeB, alpha, beta, bias)
                 || TryDecodeGemm(a, b, c, transposeA, transposeB, alpha, beta, bias))) return;
-            bool prefetch = transposeB && !transposeA && a.Rank == 2 && ForkWeightPrefetch(a.Size(0), b);
-            try { MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null, addend); }
-            finally { if (prefetch) JoinWeightPrefetch(); }
+            MatMulCore(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, null, null, addend);
             return;
         }
         bool fused = a.DType != DType.F64 && epilogue switch

@@ -71,7 +71,6 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         _disposed = true;
         Stream.Synchronize();
         DisposeMatMul();
-        DisposeWeightPrefetch();
         FreePinned();
         Profiler?.Dispose();
         _allocator.Dispose();

@@ -62,19 +62,6 @@ public sealed record CudaBackendOptions
     /// </summary>
     public int DecodeProductTileColumns { get; init; } = 64;
 
-    /// <summary>
-    /// Inside an inference scope (<see cref="Tensors.IInferenceScope"/>), a cuBLASLt product of at most 256 rows of x (a decode
-    /// step's) has its weight brought into the L2 cache by a kernel on a side stream that runs beside it, and beside the RMSNorm
-    /// kernel in front of it where that norm is the product's own (<see cref="CudaBackend.RmsNormMatMul"/>,
-    /// <see cref="CudaBackend.MatMulSwiGlu"/>): bulk L2 prefetches (sm_90 and later) keep far more of the weight in flight than
-    /// the product's few CTAs ask for on their own. Weights larger than <see cref="DecodeWeightPrefetchMaxMiB"/> are left alone.
-    /// Default false.
-    /// </summary>
-    public bool DecodeWeightPrefetch { get; init; }
-
-    /// <summary>The largest weight <see cref="DecodeWeightPrefetch"/> brings into L2, in MiB (1 to 1024). Default 40 (an H200's L2 holds 50 MB).</summary>
-    public int DecodeWeightPrefetchMaxMiB { get; init; } = 40;
-
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -346,8 +333,6 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
-        if (DecodeWeightPrefetchMaxMiB is < 1 or > 1024)
-            throw new ArgumentException($"CUDA backend options: DecodeWeightPrefetchMaxMiB ({DecodeWeightPrefetchMaxMiB}) must be 1 to 1024");
         if (DecodeProductTileColumns is not (64 or 128 or 256))
             throw new ArgumentException($"CUDA backend options: DecodeProductTileColumns ({DecodeProductTileColumns}) must be 64, 128 or 256");
         if (!Enum.IsDefined(MatMulSearch))
@@ -405,8 +390,6 @@ public sealed record CudaBackendOptions
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (DecodeProductTileColumns != d.DecodeProductTileColumns) parts.Add(Invariant($"{nameof(DecodeProductTileColumns)}={DecodeProductTileColumns}"));
-        if (DecodeWeightPrefetch != d.DecodeWeightPrefetch) parts.Add($"{nameof(DecodeWeightPrefetch)}={Bool(DecodeWeightPrefetch)}");
-        if (DecodeWeightPrefetchMaxMiB != d.DecodeWeightPrefetchMaxMiB) parts.Add(Invariant($"{nameof(DecodeWeightPrefetchMaxMiB)}={DecodeWeightPrefetchMaxMiB}"));
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -456,8 +439,6 @@ public sealed record CudaBackendOptions
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(DecodeProductTileColumns)] = (o, v, s) => o with { DecodeProductTileColumns = ParseInt(v, s) },
-        [nameof(DecodeWeightPrefetch)] = (o, v, s) => o with { DecodeWeightPrefetch = ParseBool(v, s) },
-        [nameof(DecodeWeightPrefetchMaxMiB)] = (o, v, s) => o with { DecodeWeightPrefetchMaxMiB = ParseInt(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

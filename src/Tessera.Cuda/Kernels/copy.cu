@@ -90,22 +90,3 @@ extern "C" __global__ void resolve_sampled_ids(int* ids, const int* sampled, i64
         if (id < 0) ids[i] = sampled[-id - 1];
     }
 }
-
-// Brings bytes [base, base + bytes) into the L2 cache and writes nothing: each thread asks for pieces of `chunk` bytes, grid-
-// stride. On sm_90 and later one bulk prefetch per piece (the copy engine fetches it; addresses and sizes 16-byte aligned:
-// base is, chunk is a multiple of 16, a tail under 16 bytes is left out), before that a line prefetch per 128 bytes. The
-// kernel ends once the requests are issued; the lines arrive behind it (CudaBackendOptions.DecodeWeightPrefetch).
-extern "C" __global__ void prefetch_l2(const unsigned char* base, unsigned long long bytes, unsigned int chunk)
-{
-    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x * chunk;
-    for (unsigned long long at = ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) * chunk; at < bytes; at += stride)
-    {
-        unsigned int n = (unsigned int)(bytes - at < chunk ? bytes - at : chunk);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        n &= ~15u;
-        if (n != 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + at), "r"(n) : "memory");
-#elif defined(__CUDA_ARCH__)
-        for (unsigned int i = 0; i < n; i += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(base + at + i));
-#endif
-    }
-}

@@ -408,45 +408,6 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     /// <summary>
-    /// <see cref="CudaBackendOptions.DecodeWeightPrefetch"/> only reads: eight concurrent greedy requests on a BF16 debug Llama
-    /// (decode steps of up to 8 rows, so the products run on cuBLASLt) give the same tokens with it as without, recorded and
-    /// eager, and its side-stream kernels ran (the fork and the join inside the recorded graphs included).
-    /// </summary>
-    [Fact]
-    public async Task DecodeWeightPrefetchChangesNoTokenRecordedOrEager()
-    {
-        var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = 64 };
-        var onCpu = new Transformer(config, _cpu, DType.F32);
-        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, onCpu.Parameters, new Random(11));
-        var weights = _cpu.ToArray<float>(onCpu.Parameters.Values);
-        var prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 1 + 39 * i / 7).Select(j => (i * 29 + j * 13) % 256).ToArray()).ToArray();
-        const int tokens = 24;
-        using var prefetching = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeWeightPrefetch = true });
-        Transformer Bf16(CudaBackend backend)
-        {
-            var model = new Transformer(config, backend, DType.BF16);
-            backend.CopyFromHost<float>(weights, model.Parameters.Masters!);
-            model.Parameters.SyncValuesFromMasters();
-            return model;
-        }
-        var plain = Bf16(Gpu);
-        var hinted = Bf16(prefetching);
-        foreach (bool graphs in new[] { true, false })
-        {
-            List<int>[] expected, actual;
-            using (var engine = new InferenceEngine(plain, new ByteTokenizer(), Options(graphs))) expected = await RunAll(engine, prompts, tokens);
-            long before = prefetching.WeightPrefetches;
-            using (var engine = new InferenceEngine(hinted, new ByteTokenizer(), Options(graphs)))
-            {
-                actual = await RunAll(engine, prompts, tokens);
-                if (graphs) Assert.True(engine.ReplayedSteps > 0, "no decode step replayed a recorded graph");
-            }
-            Assert.True(prefetching.WeightPrefetches > before, $"no weight prefetch was forked (graphs: {graphs})");
-            for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], actual[i]);
-        }
-    }
-
-    /// <summary>
     /// Throughput of a decode step of 64 sequences of a llama-1b-shaped random model, printed for the log (not a pass/fail bar).
     /// The timed steps run between cuProfilerStart and cuProfilerStop, so that a profiler started with collection off
     /// (<c>ncu --profile-from-start off</c>) sees only steady recorded decode steps, none of the runner's warm-up or prefill.
@@ -468,18 +429,6 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     {
         using var items = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { RopeAppendRowKernelMaxRows = 0 });
         DecodeStepOf64Sequences(items, ", RopeAppendRowKernelMaxRows=0");
-    }
-
-    /// <summary>The same with <see cref="CudaBackendOptions.DecodeWeightPrefetch"/> at its default size limit and at 80 MiB (the [gate; up] weight too).</summary>
-    [Theory]
-    [InlineData(40)]
-    [InlineData(80)]
-    public void DecodeStepOf64SequencesWithTheWeightPrefetchReportsItsTime(int maxMiB)
-    {
-        using var prefetching = new CudaBackend(Gpu.CudaDevice.Ordinal,
-            CudaBackendOptions.Default with { DecodeWeightPrefetch = true, DecodeWeightPrefetchMaxMiB = maxMiB });
-        DecodeStepOf64Sequences(prefetching, $", DecodeWeightPrefetch=true, DecodeWeightPrefetchMaxMiB={maxMiB}");
-        Assert.True(prefetching.WeightPrefetches > 0, "no weight prefetch was forked");
     }
 
     internal static void DecodeStepOf64Sequences(CudaBackend backend, string label)
