@@ -23,7 +23,8 @@
 #       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
 #       its own process), PP_CASES="ARGS;ARGS" (gpu-pp runs: --stages, --curve N), SERVE_CASES="default;OPTIONS;..." (the serving benchmark at
-#       SERVE_STREAMS clients, once per case; SERVE_TORCH=1 adds bench/pytorch/batched_decode.py at that batch), NCU_TEST="REGEX:COUNT:Class.Method" (ncu's warp-state and memory tables of chosen
+#       SERVE_STREAMS clients, once per case; SERVE_TORCH=1 adds bench/pytorch/batched_decode.py at that batch,
+#       SERVE_TORCH_COMPILE_PREFILL=1 with its prompts' pass compiled), NCU_TEST="REGEX:COUNT:Class.Method" (ncu's warp-state and memory tables of chosen
 #       kernels inside a GPU test's profiled region), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
 #       the bench's --cuda-options flag (CudaBackendOptions.Parse's "Name=value,..." form), never as environment variables. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
@@ -206,7 +207,7 @@ run)
         if [ "${SERVE_TORCH:-0}" = 1 ]; then    # the PyTorch decoder at the same batch, prompt and length
             t0=$(date +%s)
             timeout "${TORCH_TIMEOUT:-240}" python3 "$dir/batched_decode.py" --batch "${SERVE_STREAMS:-64}" --prompt 512 --new 128 \
-                >> "$out/serve.md" 2>>"$out/bench.err" || rc=1
+                $([ "${SERVE_TORCH_COMPILE_PREFILL:-0}" = 1 ] && echo --compile-prefill) >> "$out/serve.md" 2>>"$out/bench.err" || rc=1
             echo "pytorch decoder: $(( $(date +%s) - t0 )) s"; grep -E '^\| PyTorch' "$out/serve.md" | tail -1
         fi
     fi
@@ -218,7 +219,7 @@ run)
         t0=$(date +%s)
         timeout "${NCU_TIMEOUT:-150}" ncu --profile-from-start off --kernel-name "regex:$regex" --launch-count "$count" --section SpeedOfLight \
             --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
-            --section MemoryWorkloadAnalysis_Tables $dn "$dir/app/Tessera.Tests.dll" -method "$method" -parallel none > "$out/ncu-test.txt" 2>>"$out/bench.err"
+            --section MemoryWorkloadAnalysis_Tables --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" $dn "$dir/app/Tessera.Tests.dll" -method "$method" -parallel none > "$out/ncu-test.txt" 2>>"$out/bench.err"
         echo "ncu $method: $(( $(date +%s) - t0 )) s"
     fi
     if [ "${RUN_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then

@@ -6,17 +6,17 @@ decoder (the gpt-fast recipe): the model is an nn.Module whose weights are param
 (B, K, S, D) buffer per layer) and rotary tables are buffers, so the CUDA graph that torch.compile(mode="reduce-overhead")
 records reads them in place; the cache is written in place at the step's position; decode attention is grouped (each key/value
 head read once for its 4 query heads) over the whole static cache under a causal mask; greedy sampling is inside the
-compiled step. A fixed batch of B sequences: each prompt of P tokens prefilled in one pass (eager), then N - 1 compiled
-decode steps. Prints one table row per batch size: generated tokens/s = B * (N - 1) / decode time (prefill excluded), ms
-per step, the prefill's time (all B prompts in one eager pass, which gives each sequence its first token), generated tokens/s
-end to end = B * N / (prefill + decode time) (the measure a server's clients see, which Tessera's serving benchmark reports),
+compiled step. A fixed batch of B sequences: each prompt of P tokens prefilled in one pass (eager, or compiled with
+--compile-prefill), then N - 1 compiled decode steps. Prints one table row per batch size: generated tokens/s = B * (N - 1) /
+decode time (prefill excluded), ms per step, the prefill's time (the pass that gives each sequence its first token), generated
+tokens/s end to end = B * N / (prefill + decode time) (what a server's clients see, as Tessera's serving benchmark reports it),
 and the number of graph recordings torch skipped (0 means every step replayed a CUDA graph).
 
 Earlier versions of this peer wrote each layer's keys and values into a view of one (L, ...) cache tensor and measured 2.8
 and 1.6 ms a step at batch 1, 11.7 and 17.7 ms at batch 64 (most likely torch rebuilt the whole cache at every write); with a
 buffer per layer this one gives 1.31 and 2.03 ms on an H200 (docs/benchmarks.md, session 11), as a good PyTorch decoder should.
 
-    python3 bench/pytorch/batched_decode.py [--batch 1,8,32,64,128] [--prompt 512] [--new 128] [--no-tuning]
+    python3 bench/pytorch/batched_decode.py [--batch 1,8,32,64,128] [--prompt 512] [--new 128] [--no-tuning] [--compile-prefill]
 """
 import argparse
 import math
@@ -97,18 +97,23 @@ class Decoder(nn.Module):
         return F.linear(rms(x[:, -1], self.norm), self.emb).argmax(-1)
 
 
-def run(batch, prompt, new):
+def run(batch, prompt, new, compile_prefill):
     torch.manual_seed(0)
     dec = Decoder(batch, prompt + new)
     tokens = torch.randint(0, V, (batch, prompt), device="cuda")
     step = torch.compile(dec, mode="reduce-overhead", fullgraph=True)
+    # The prompts' pass: eager as gpt-fast runs it by default, or compiled (its own graph at the prompt's shape; no CUDA graph).
+    # A function of its own, so that its compiled code is cached apart from the decode step's (Decoder.forward's).
+    def prompts_pass(t, pos):
+        return dec(t, pos)
+    prefill = torch.compile(prompts_pass, fullgraph=True, dynamic=False) if compile_prefill else dec
 
     def generate():
         # (prefill seconds, decode seconds): the prompts' pass gives each sequence its first token, the compiled steps the rest.
         with torch.no_grad():
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            nxt = dec(tokens, torch.arange(prompt, device="cuda"))
+            nxt = prefill(tokens, torch.arange(prompt, device="cuda"))
             pos = torch.tensor([prompt], device="cuda")
             torch.cuda.synchronize()
             t1 = time.perf_counter()
@@ -124,7 +129,8 @@ def run(batch, prompt, new):
     prefill, seconds = min(r[0] for r in runs), min(r[1] for r in runs)
     steps = new - 1
     skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
-    print(f"| PyTorch {torch.__version__} compile reduce-overhead, static cache | llama-1b | bf16 | {batch} | {prompt} | {new} | "
+    how = "compiled" if compile_prefill else "eager"
+    print(f"| PyTorch {torch.__version__} compile reduce-overhead, static cache, {how} prefill | llama-1b | bf16 | {batch} | {prompt} | {new} | "
           f"{batch * steps / seconds:,.0f} | {seconds * 1000 / steps:.3f} | {prefill * 1000:.1f} | "
           f"{batch * new / (prefill + seconds):,.0f} | {skips} |", flush=True)
     del dec, step
@@ -138,6 +144,7 @@ if __name__ == "__main__":
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--no-tuning", action="store_true", help="skip inductor's coordinate-descent tuning (faster compile)")
+    ap.add_argument("--compile-prefill", action="store_true", help="compile the prompts' pass too (torch.compile at the prompt's shape)")
     a = ap.parse_args()
     torch._inductor.config.coordinate_descent_tuning = not a.no_tuning
     torch._inductor.config.triton.unique_kernel_names = True
@@ -146,4 +153,4 @@ if __name__ == "__main__":
           "generated tokens/s (prefill + decode) | graph skips |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for b in [int(s) for s in a.batch.split(",")]:
-        run(b, a.prompt, a.new)
+        run(b, a.prompt, a.new, a.compile_prefill)
