@@ -22,9 +22,9 @@ public sealed unsafe partial class CudaBackend
     {
         if (transposeA || !transposeB || c.Rank != 2 || !DecodeGemmFits(a, norm, b) || c.DType != a.DType || c.Size(0) != a.Size(0)
             || c.Size(1) != b.Size(0) || c.Stride(1) != 1 || !BiasFits(bias, a.DType, b.Size(0))) return false;
-        int m = a.Size(0), k = a.Size(1), n = b.Size(0), mt = DecodeGemmTiles(m);
+        int m = a.Size(0), k = a.Size(1), n = b.Size(0), mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
         var kernel = DecodeGemmKernel(mt, k);
-        int blocks = (n + kernel.Rows - 1) / kernel.Rows, slices = DecodeGemmSlices(blocks, k / kernel.Columns, kernel.Rows);
+        int slices = DecodeGemmSlices(blocks, k / kernel.Columns);
         ulong px = Ptr(a), pw = Ptr(b), pb = PtrOrNull(bias), py = Ptr(c);
         long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
         float al = (float)alpha, be = (float)beta, eps = norm is { } r ? (float)r.Epsilon : 0f;
@@ -45,9 +45,9 @@ public sealed unsafe partial class CudaBackend
     {
         if (!DecodeGemmFits(x, norm, gateWeight, upWeight) || upWeight.Stride(0) != gateWeight.Stride(0) || output.DType != x.DType
             || !output.IsContiguous || !BiasFits(gateBias, x.DType, gateWeight.Size(0)) || !BiasFits(upBias, x.DType, gateWeight.Size(0))) return false;
-        int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0), mt = DecodeGemmTiles(m);
+        int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0), mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
         var kernel = DecodeGemmKernel(mt, k);
-        int blocks = (f + kernel.Rows / 2 - 1) / (kernel.Rows / 2), slices = DecodeGemmSlices(blocks, k / kernel.Columns, kernel.Rows);
+        int slices = DecodeGemmSlices(blocks, k / kernel.Columns);
         ulong px = Ptr(x), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
         ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
@@ -88,24 +88,20 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// The decode products' kernel for x of 8 <paramref name="mt"/> rows and K = <paramref name="k"/>: its file, name prefix
-    /// and suffix, dynamic shared memory, k-tile columns and W rows a CTA. decode_gemm_hopper.cu on a compute capability 9.0
-    /// device under <see cref="CudaBackendOptions.HopperDecodeProducts"/> (when it compiles for sm_90a): 64 W rows a CTA
-    /// under <see cref="CudaBackendOptions.DecodeProductTileRows"/> 64 (k-tiles of 64 columns), else 128 with k-tiles
+    /// and suffix, dynamic shared memory and k-tile columns. decode_gemm_hopper.cu on a compute capability 9.0 device under
+    /// <see cref="CudaBackendOptions.HopperDecodeProducts"/> (when it compiles for sm_90a), its k-tiles
     /// <see cref="CudaBackendOptions.DecodeProductTileColumns"/> wide where K divides by them (4 stages of 64 or 128 columns, 2
-    /// of 256; 1,024-byte aligned tiles with 1,024 bytes of slack); elsewhere decode_gemm.cu (128 rows, 4 stages of 64). A stage
-    /// holds the W rows, 8 MT x rows and the norm weight: 97-101 KB in all at 64 rows of x, 128 W rows and 64 columns (two CTAs
-    /// an SM), 69 KB at 64 W rows (three), 197 KB at 128 columns, 195 KB at 256.
+    /// of 256; 1,024-byte aligned tiles with 1,024 bytes of slack), else decode_gemm.cu (4 stages of 64). A stage holds 128 W
+    /// rows, 8 MT x rows and the norm weight: 97-101 KB in all at 64 rows of x and 64 columns (two CTAs an SM), 197 KB at 128
+    /// (three tiles of 32 KB of W in flight: as many bytes as two CTAs at 64, in runs twice as long), 195 KB at 256.
     /// </summary>
-    private (string File, string Prefix, string Tail, uint Shared, int Columns, int Rows) DecodeGemmKernel(int mt, int k)
+    private (string File, string Prefix, string Tail, uint Shared, int Columns) DecodeGemmKernel(int mt, int k)
     {
         if (!UsesHopperDecodeProducts)
-            return ("decode_gemm.cu", "decode_gemm", "", (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2),
-                DecodeGemmTile, DecodeGemmBlockRows);
-        int rows = Options.DecodeProductTileRows;
-        int columns = rows == 64 || k % Options.DecodeProductTileColumns != 0 ? DecodeGemmTile : Options.DecodeProductTileColumns;
-        int stages = columns == 256 ? 2 : 4;
-        return ("decode_gemm_hopper.cu", "decode_gemm_hopper", rows == 64 ? "_n64" : columns == 64 ? "" : $"_k{columns}",
-            (uint)(1024 + stages * ((rows + 8 * mt) * columns * 2 + 1024)), columns, rows);
+            return ("decode_gemm.cu", "decode_gemm", "", (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2), DecodeGemmTile);
+        int columns = k % Options.DecodeProductTileColumns == 0 ? Options.DecodeProductTileColumns : DecodeGemmTile, stages = columns == 256 ? 2 : 4;
+        return ("decode_gemm_hopper.cu", "decode_gemm_hopper", columns == 64 ? "" : $"_k{columns}",
+            (uint)(1024 + stages * ((DecodeGemmBlockRows + 8 * mt) * columns * 2 + 1024)), columns);
     }
 
     private bool? _hopperDecodeProducts;
@@ -126,16 +122,15 @@ public sealed unsafe partial class CudaBackend
         : _hopperDecodeProductsError;
 
     /// <summary>
-    /// Slices of K for a decode product of <paramref name="blocks"/> row blocks of <paramref name="rows"/> W rows and
-    /// <paramref name="tiles"/> k-tiles, each row block's slices one thread-block cluster: doubled while the grid has fewer
-    /// CTAs than the device has SMs (twice as many at 64 W rows a CTA, which fit three an SM) and the tiles divide evenly, at
-    /// most 8 (llama-1b at 64 rows on 132 SMs and 128 W rows: QKV 24 blocks x 8, the output and down products 16 x 8, gate/up
-    /// with SwiGLU 128 x 2; at 64 W rows: QKV 48 x 8, output and down 32 x 8, gate/up 256 x 2).
+    /// Slices of K for a decode product of <paramref name="blocks"/> row blocks and <paramref name="tiles"/> k-tiles, each
+    /// row block's slices one thread-block cluster: doubled while the grid has fewer CTAs than the device has SMs and the
+    /// tiles divide evenly, at most 8 (llama-1b at 64 rows on 132 SMs: QKV 24 blocks x 8, the output and down products 16 x 8,
+    /// gate/up with SwiGLU 128 x 2).
     /// </summary>
-    private int DecodeGemmSlices(int blocks, int tiles, int rows)
+    private int DecodeGemmSlices(int blocks, int tiles)
     {
-        int slices = 1, target = CudaDevice.MultiprocessorCount * (rows == 64 ? 2 : 1);
-        while (slices < DecodeGemmMaxSlices && blocks * slices < target && tiles % (2 * slices) == 0) slices *= 2;
+        int slices = 1;
+        while (slices < DecodeGemmMaxSlices && blocks * slices < CudaDevice.MultiprocessorCount && tiles % (2 * slices) == 0) slices *= 2;
         return slices;
     }
 }

@@ -62,13 +62,6 @@ public sealed record CudaBackendOptions
     /// </summary>
     public int DecodeProductTileColumns { get; init; } = 64;
 
-    /// <summary>
-    /// W rows a CTA of decode_gemm_hopper.cu takes (the wgmma's N): 128 (m64n128k16, k-tiles
-    /// <see cref="DecodeProductTileColumns"/> wide) or 64 (m64n64k16, k-tiles of 64 columns, 69 KB of shared memory at 64 rows of
-    /// x: three CTAs an SM, and twice the CTAs for a product). Default 128.
-    /// </summary>
-    public int DecodeProductTileRows { get; init; } = 128;
-
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -340,8 +333,6 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
-        if (DecodeProductTileRows is not (64 or 128))
-            throw new ArgumentException($"CUDA backend options: DecodeProductTileRows ({DecodeProductTileRows}) must be 64 or 128");
         if (DecodeProductTileColumns is not (64 or 128 or 256))
             throw new ArgumentException($"CUDA backend options: DecodeProductTileColumns ({DecodeProductTileColumns}) must be 64, 128 or 256");
         if (!Enum.IsDefined(MatMulSearch))
@@ -399,7 +390,6 @@ public sealed record CudaBackendOptions
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (DecodeProductTileColumns != d.DecodeProductTileColumns) parts.Add(Invariant($"{nameof(DecodeProductTileColumns)}={DecodeProductTileColumns}"));
-        if (DecodeProductTileRows != d.DecodeProductTileRows) parts.Add(Invariant($"{nameof(DecodeProductTileRows)}={DecodeProductTileRows}"));
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -449,7 +439,6 @@ public sealed record CudaBackendOptions
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(DecodeProductTileColumns)] = (o, v, s) => o with { DecodeProductTileColumns = ParseInt(v, s) },
-        [nameof(DecodeProductTileRows)] = (o, v, s) => o with { DecodeProductTileRows = ParseInt(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

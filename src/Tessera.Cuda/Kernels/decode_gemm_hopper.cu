@@ -9,13 +9,13 @@
 //
 // Operands swapped ("swap AB"): x is wgmma's A operand, m64 = x's rows (padded to 64: a warp whose 16 rows lie past
 // 8 MT passes zeros), from registers (ldmatrix of the staged x tile; with a norm, scaled there by the norm weight's
-// fragment as decode_gemm.cu does); W is the B operand, n = BN rows of W (128, or 64: twice the CTAs for a product, each
-// with half the W rows a k-tile; SWIGLU: BN / 2 outputs' gate and up rows, interleaved so that column 2i is output i's
-// gate and 2i + 1 its up), K-major from shared memory in the 128-byte swizzle (hopper.cuh). A CTA is one warpgroup: BN
-// rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K; per k-tile of BK = 64, 128 or 256 columns (each a
-// row's 128 to 512 contiguous bytes: a wider tile asks DRAM for longer runs; in column blocks of 64 as the swizzle has
-// them) it stages W's BN rows, x's 8 MT rows and the norm weight's BK columns (cp.async, 4 stages at BK 64 and 128, 2 at
-// 256; W's first stages issued before pdl_wait when early, as decode_gemm.cu), then issues BK / 16 m64nBNk16 wgmma.
+// fragment as decode_gemm.cu does); W is the B operand, n128 = 128 rows of W (SWIGLU: 64 outputs' gate and up rows,
+// interleaved so that column 2i is output i's gate and 2i + 1 its up), K-major from shared memory in the 128-byte
+// swizzle (hopper.cuh). A CTA is one warpgroup: 128 rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K;
+// per k-tile of BK = 64, 128 or 256 columns (each a row's 128 to 512 contiguous bytes: a wider tile asks DRAM for longer
+// runs; in column blocks of 64 as the swizzle has them) it stages W's 128 rows, x's 8 MT rows and the norm weight's BK
+// columns (cp.async, 4 stages at BK 64 and 128, 2 at 256; W's first stages issued before pdl_wait when early, as
+// decode_gemm.cu), then issues BK / 16 m64n128k16 wgmma.
 // The accumulator (hopper.cuh's fragment) holds x row 16 w + g + 8 (e >> 1) by W column 8 j + 2 c + (e & 1), so a lane
 // holds pairs of adjacent outputs, and with SWIGLU an output's gate and up sums. With a norm, a lane also sums the squares
 // of its x rows' fragments, so the rows it writes are the rows whose sums it holds.
@@ -23,35 +23,36 @@
 // summed over the cluster in slice order through distributed shared memory by the CTA that owns each share of the outputs,
 // as decode_gemm.cu does.
 #define DH_THREADS 128
+#define DH_BN 128
+#define DH_RS (DH_BN + 8)   // floats a row of the cluster's fp32 tiles (x row m, W column n at m * DH_RS + n)
 
-template <typename T, int MT, bool SWIGLU, int BK, int BN>
+template <typename T, int MT, bool SWIGLU, int BK>
 __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                                    i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
 {
-    constexpr int RS = BN + 8;   // floats a row of the cluster's fp32 tiles (x row m, W column n at m * RS + n)
-    constexpr int MP = 8 * MT, WT = BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
+    constexpr int MP = 8 * MT, WT = DH_BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
     constexpr int ST = BK == 256 ? 2 : 4, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
     static_assert(BK == 64 || BK == 128 || BK == 256, "decode_gemm_hopper: k-tiles of 1, 2 or 4 64-column swizzle blocks");
-    static_assert((MP * RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
+    static_assert((MP * DH_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
     extern __shared__ unsigned char dh_raw[];
     unsigned char* const raw = cta_dynamic_shared(dh_raw);
     const unsigned smem = (smem_u32(raw) + 1023u) & ~1023u;
     float* const aligned = reinterpret_cast<float*>(raw + (smem - smem_u32(raw)));
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    const int slices = gridDim.x, slice = blockIdx.x, n0 = blockIdx.y * BN, ks = K / slices, k0 = slice * ks;
+    const int slices = gridDim.x, slice = blockIdx.x, n0 = blockIdx.y * DH_BN, ks = K / slices, k0 = slice * ks;
     const int tiles = ks / BK;
     const bool rows = 16 * warp < MP;                      // this warp's 16 x rows exist in the tile
     const int cr = tid / CH, cc = tid % CH;                // thread tid copies chunk tid % CH of rows tid / CH, + RPP, ...
     auto load_w = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE;
 #pragma unroll
-        for (int i = 0; i < BN / RPP; i++)
+        for (int i = 0; i < DH_BN / RPP; i++)
         {
             // Column r of the product: W's row n0 + r, or with SWIGLU output r / 2's gate (r even) or up row.
-            const int r = cr + RPP * i, n = SWIGLU ? blockIdx.y * (BN / 2) + (r >> 1) : n0 + r;
+            const int r = cr + RPP * i, n = SWIGLU ? blockIdx.y * (DH_BN / 2) + (r >> 1) : n0 + r;
             const T* src = SWIGLU && (r & 1) ? w2 : w;
             const bool ok = n < N;
-            cp_async16(dst + sw128_offset<BN>(r, cc), ok ? src + (i64)n * ldw + k0 + t * BK + cc * 8 : w, ok);
+            cp_async16(dst + sw128_offset<DH_BN>(r, cc), ok ? src + (i64)n * ldw + k0 + t * BK + cc * 8 : w, ok);
         }
     };
     auto load_x = [&](int stage, int t) {
@@ -61,9 +62,9 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     };
     prologue_weights_first<ST>(tiles, early, load_w, load_x);
 
-    float acc[BN / 2];
+    float acc[DH_BN / 2];
 #pragma unroll
-    for (int i = 0; i < BN / 2; i++) acc[i] = 0.f;
+    for (int i = 0; i < DH_BN / 2; i++) acc[i] = 0.f;
     float sq0 = 0.f, sq1 = 0.f;                            // with nw: this lane's share of x rows 16 warp + g and + 8
     const TileOffsets<64> off(lane);                       // within a 64-column block
     for (int t = 0; t < tiles; t++)
@@ -100,10 +101,10 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         const u64 wdesc = sw128_descriptor(sb, 16, 1024);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++) Wgmma<T, BN>::rs_kmajor(acc, a[kk], desc_plus(wdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32));
+        for (int kk = 0; kk < BK / 16; kk++) Wgmma<T, DH_BN>::rs_kmajor(acc, a[kk], desc_plus(wdesc, (kk >> 2) * DH_BN * 128 + (kk & 3) * 32));
         wgmma_commit();
         wgmma_wait<0>();
-        fence_registers<BN / 2>(acc);
+        fence_registers<DH_BN / 2>(acc);
         __syncthreads();                                   // this stage is refilled ST - 1 tiles later
     }
     cp_async_wait<0>();
@@ -126,12 +127,12 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
             if (m >= M) continue;
             const float inv = nw ? rsqrtf((r ? sq1 : sq0) / K + eps) : 1.f;
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++)
+            for (int j = 0; j < DH_BN / 8; j++)
             {
                 const float v0 = acc[4 * j + 2 * r] * inv, v1 = acc[4 * j + 2 * r + 1] * inv;
                 if (SWIGLU)
                 {
-                    const int o = blockIdx.y * (BN / 2) + 4 * j + c4;
+                    const int o = blockIdx.y * (DH_BN / 2) + 4 * j + c4;
                     if (o < N) store_swiglu(y, (i64)m * ldy + o, v0, v1, bias, bias2, o);
                 }
                 else
@@ -145,17 +146,17 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         return;
     }
     // Several slices: this CTA's tile and row sums into its shared memory, then the cluster's sums of this CTA's share.
-    float* const tile = aligned;                           // (MP, RS)
-    float* const rowsq = aligned + MP * RS;             // (MP): this slice's sums of squares of x's rows
+    float* const tile = aligned;                           // (MP, DH_RS)
+    float* const rowsq = aligned + MP * DH_RS;             // (MP): this slice's sums of squares of x's rows
     float* const total = rowsq + MP;                       // (MP): every slice's
     if (rows)
     {
 #pragma unroll
         for (int r = 0; r < 2; r++)
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++)
+            for (int j = 0; j < DH_BN / 8; j++)
             {
-                float* p = tile + (mrow + 8 * r) * RS + 8 * j + 2 * c4;
+                float* p = tile + (mrow + 8 * r) * DH_RS + 8 * j + 2 * c4;
                 p[0] = acc[4 * j + 2 * r];
                 p[1] = acc[4 * j + 2 * r + 1];
             }
@@ -169,17 +170,17 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         __syncthreads();
     }
     // Pair q of x row m: columns 2q and 2q + 1 (W rows n0 + 2q, + 1; or with SWIGLU output q's gate and up).
-    constexpr int PAIRS = BN / 2;
+    constexpr int PAIRS = DH_BN / 2;
     const int pairs = M * PAIRS, first = (int)((long long)pairs * slice / slices), last = (int)((long long)pairs * (slice + 1) / slices);
     for (int p = first + tid; p < last; p += DH_THREADS)
     {
         const int m = p / PAIRS, q = p % PAIRS;
         float s0, s1;
-        cluster_sum2(tile + m * RS + 2 * q, slices, s0, s1);
+        cluster_sum2(tile + m * DH_RS + 2 * q, slices, s0, s1);
         const float inv = nw ? rsqrtf(total[m] / K + eps) : 1.f;
         if (SWIGLU)
         {
-            const int o = blockIdx.y * (BN / 2) + q;
+            const int o = blockIdx.y * (DH_BN / 2) + q;
             if (o < N) store_swiglu(y, (i64)m * ldy + o, s0 * inv, s1 * inv, bias, bias2, o);
         }
         else
@@ -193,25 +194,23 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     cluster_wait();
 }
 
-#define DECODE_GEMM_HOPPER(name, t, MT, BK, BN, tail)                                                                     \
+#define DECODE_GEMM_HOPPER(name, t, MT, BK, tail)                                                                         \
     extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_##name##_m##MT##tail(const t* x,          \
         const t* w, const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta,         \
         int early, const t* nw, float eps)                                                                                \
     {                                                                                                                     \
-        decode_gemm_hopper<t, MT, false, BK, BN>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta,    \
-                                                 early, nw, eps);                                                         \
+        decode_gemm_hopper<t, MT, false, BK>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, \
+                                             nw, eps);                                                                    \
     }                                                                                                                     \
     extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_swiglu_##name##_m##MT##tail(const t* x,   \
         const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw,    \
         i64 ldy, int early, const t* nw, float eps)                                                                       \
     {                                                                                                                     \
-        decode_gemm_hopper<t, MT, true, BK, BN>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f,     \
-                                                early, nw, eps);                                                          \
+        decode_gemm_hopper<t, MT, true, BK>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early,  \
+                                            nw, eps);                                                                     \
     }
-// Kernels named ..._m{MT} take k-tiles of 64 columns of 128 W rows, ..._m{MT}_k128 and _k256 of 128 and 256 columns,
-// ..._m{MT}_n64 of 64 columns of 64 W rows (CudaBackendOptions.DecodeProductTileRows).
+// Kernels named ..._m{MT} take k-tiles of 64 columns, ..._m{MT}_k128 and _k256 of 128 and 256.
 #define DECODE_GEMM_HOPPER_TILES(name, t, MT)                                                                             \
-    DECODE_GEMM_HOPPER(name, t, MT, 64, 128, ) DECODE_GEMM_HOPPER(name, t, MT, 128, 128, _k128)                          \
-    DECODE_GEMM_HOPPER(name, t, MT, 256, 128, _k256) DECODE_GEMM_HOPPER(name, t, MT, 64, 64, _n64)
+    DECODE_GEMM_HOPPER(name, t, MT, 64, ) DECODE_GEMM_HOPPER(name, t, MT, 128, _k128) DECODE_GEMM_HOPPER(name, t, MT, 256, _k256)
 DECODE_GEMM_HOPPER_TILES(bf16, bf16, 2) DECODE_GEMM_HOPPER_TILES(bf16, bf16, 4) DECODE_GEMM_HOPPER_TILES(bf16, bf16, 8)
 DECODE_GEMM_HOPPER_TILES(f16, f16, 2) DECODE_GEMM_HOPPER_TILES(f16, f16, 4) DECODE_GEMM_HOPPER_TILES(f16, f16, 8)

@@ -98,16 +98,6 @@ template <> struct Wgmma<bf16, 64>
         emu_wgmma(d, 64, a, 0, false, b, true, true, emu_bf16_bits);
 #endif
     }
-    // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, K-major: the tile is stored as rows of n)
-    static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b)
-    {
-        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0; }"
-                     : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
-#ifndef __CUDA_ARCH__
-        emu_wgmma(d, 64, a, 0, false, b, false, true, emu_bf16_bits);
-#endif
-    }
 };
 template <> struct Wgmma<bf16, 128>
 {
@@ -156,13 +146,6 @@ template <> struct Wgmma<f16, 64>
     {
         HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
-                     : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
-    }
-    // d (64 x 64) += a (64 x 16, registers) * b (16 x 64, shared, K-major: the tile is stored as rows of n)
-    static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b)
-    {
-        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0; }"
                      : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
     }
 };
