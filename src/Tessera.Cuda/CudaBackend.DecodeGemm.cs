@@ -23,15 +23,15 @@ public sealed unsafe partial class CudaBackend
         if (transposeA || !transposeB || c.Rank != 2 || !DecodeGemmFits(a, norm, b) || c.DType != a.DType || c.Size(0) != a.Size(0)
             || c.Size(1) != b.Size(0) || c.Stride(1) != 1 || !BiasFits(bias, a.DType, b.Size(0))) return false;
         int m = a.Size(0), k = a.Size(1), n = b.Size(0), mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
-        var kernel = DecodeGemmKernel(mt, k);
-        int slices = DecodeGemmSlices(blocks, k / kernel.Columns);
+        var kernel = DecodeGemmKernel(mt);
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(a), pw = Ptr(b), pb = PtrOrNull(bias), py = Ptr(c);
         long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
         float al = (float)alpha, be = (float)beta, eps = norm is { } r ? (float)r.Epsilon : 0f;
         ulong pn = norm is { } r2 ? Ptr(r2.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early, &pn, &eps };
-        Launch(kernel.File, $"{kernel.Prefix}_{Suffix(a.DType, "MatMul")}_m{mt}{kernel.Tail}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads,
+        Launch(kernel.File, $"{kernel.Prefix}_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads,
             args, kernel.Shared, dependent: true, clusterX: (uint)slices);
         return true;
     }
@@ -46,15 +46,15 @@ public sealed unsafe partial class CudaBackend
         if (!DecodeGemmFits(x, norm, gateWeight, upWeight) || upWeight.Stride(0) != gateWeight.Stride(0) || output.DType != x.DType
             || !output.IsContiguous || !BiasFits(gateBias, x.DType, gateWeight.Size(0)) || !BiasFits(upBias, x.DType, gateWeight.Size(0))) return false;
         int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0), mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
-        var kernel = DecodeGemmKernel(mt, k);
-        int slices = DecodeGemmSlices(blocks, k / kernel.Columns);
+        var kernel = DecodeGemmKernel(mt);
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
         ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         int early = EarlyWeights ? 1 : 0;
         void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps };
-        Launch(kernel.File, $"{kernel.Prefix}_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}{kernel.Tail}", ((uint)slices, (uint)blocks, 1),
+        Launch(kernel.File, $"{kernel.Prefix}_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)slices, (uint)blocks, 1),
             DecodeGemmThreads, args, kernel.Shared, dependent: true, clusterX: (uint)slices);
         return true;
     }
@@ -87,22 +87,14 @@ public sealed unsafe partial class CudaBackend
     private static int DecodeGemmTiles(int m) => m <= 16 ? 2 : m <= 32 ? 4 : 8;
 
     /// <summary>
-    /// The decode products' kernel for x of 8 <paramref name="mt"/> rows and K = <paramref name="k"/>: its file, name prefix
-    /// and suffix, dynamic shared memory and k-tile columns. decode_gemm_hopper.cu on a compute capability 9.0 device under
-    /// <see cref="CudaBackendOptions.HopperDecodeProducts"/> (when it compiles for sm_90a), its k-tiles
-    /// <see cref="CudaBackendOptions.DecodeProductTileColumns"/> wide where K divides by them (4 stages of 64 or 128 columns, 2
-    /// of 256; 1,024-byte aligned tiles with 1,024 bytes of slack), else decode_gemm.cu (4 stages of 64). A stage holds 128 W
-    /// rows, 8 MT x rows and the norm weight: 97-101 KB in all at 64 rows of x and 64 columns (two CTAs an SM), 197 KB at 128
-    /// (three tiles of 32 KB of W in flight: as many bytes as two CTAs at 64, in runs twice as long), 195 KB at 256.
+    /// The decode products' kernel for x of 8 <paramref name="mt"/> rows: its file, name prefix and dynamic shared memory.
+    /// decode_gemm_hopper.cu on a compute capability 9.0 device under <see cref="CudaBackendOptions.HopperDecodeProducts"/>
+    /// (when it compiles for sm_90a; 1,024-byte aligned tiles with 1,024 bytes of slack), else decode_gemm.cu; both 4 stages of
+    /// 64 columns, a stage holding 128 W rows, 8 MT x rows and the norm weight: 97-101 KB in all at 64 rows of x (two CTAs an SM).
     /// </summary>
-    private (string File, string Prefix, string Tail, uint Shared, int Columns) DecodeGemmKernel(int mt, int k)
-    {
-        if (!UsesHopperDecodeProducts)
-            return ("decode_gemm.cu", "decode_gemm", "", (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2), DecodeGemmTile);
-        int columns = k % Options.DecodeProductTileColumns == 0 ? Options.DecodeProductTileColumns : DecodeGemmTile, stages = columns == 256 ? 2 : 4;
-        return ("decode_gemm_hopper.cu", "decode_gemm_hopper", columns == 64 ? "" : $"_k{columns}",
-            (uint)(1024 + stages * ((DecodeGemmBlockRows + 8 * mt) * columns * 2 + 1024)), columns);
-    }
+    private (string File, string Prefix, uint Shared) DecodeGemmKernel(int mt) => UsesHopperDecodeProducts
+        ? ("decode_gemm_hopper.cu", "decode_gemm_hopper", (uint)(1024 + DecodeGemmStages * ((DecodeGemmBlockRows + 8 * mt) * DecodeGemmTile * 2 + 1024)))
+        : ("decode_gemm.cu", "decode_gemm", (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2));
 
     private bool? _hopperDecodeProducts;
     private string? _hopperDecodeProductsError;

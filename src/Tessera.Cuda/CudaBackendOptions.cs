@@ -55,13 +55,6 @@ public sealed record CudaBackendOptions
     /// </summary>
     public bool HopperDecodeProducts { get; init; } = true;
 
-    /// <summary>
-    /// Columns of K a stage of decode_gemm_hopper.cu holds: 64 (each W row's 128 contiguous bytes, 4 stages), 128 (256
-    /// bytes, 4 stages: as many bytes in flight as two CTAs at 64) or 256 (512 bytes, 2 stages): longer runs for DRAM. Default 64. A K that the
-    /// width does not divide takes 64.
-    /// </summary>
-    public int DecodeProductTileColumns { get; init; } = 64;
-
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -333,8 +326,6 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
-        if (DecodeProductTileColumns is not (64 or 128 or 256))
-            throw new ArgumentException($"CUDA backend options: DecodeProductTileColumns ({DecodeProductTileColumns}) must be 64, 128 or 256");
         if (!Enum.IsDefined(MatMulSearch))
             throw new ArgumentException($"CUDA backend options: MatMulSearch ({(int)MatMulSearch}) must be one of {string.Join(", ", Enum.GetNames<MatMulCandidateSearch>())}");
         if (!Enum.IsDefined(DecodeAttention))
@@ -389,7 +380,6 @@ public sealed record CudaBackendOptions
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
-        if (DecodeProductTileColumns != d.DecodeProductTileColumns) parts.Add(Invariant($"{nameof(DecodeProductTileColumns)}={DecodeProductTileColumns}"));
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -438,7 +428,6 @@ public sealed record CudaBackendOptions
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
-        [nameof(DecodeProductTileColumns)] = (o, v, s) => o with { DecodeProductTileColumns = ParseInt(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

@@ -12,10 +12,10 @@
 // fragment as decode_gemm.cu does); W is the B operand, n128 = 128 rows of W (SWIGLU: 64 outputs' gate and up rows,
 // interleaved so that column 2i is output i's gate and 2i + 1 its up), K-major from shared memory in the 128-byte
 // swizzle (hopper.cuh). A CTA is one warpgroup: 128 rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K;
-// per k-tile of BK = 64, 128 or 256 columns (each a row's 128 to 512 contiguous bytes: a wider tile asks DRAM for longer
-// runs; in column blocks of 64 as the swizzle has them) it stages W's 128 rows, x's 8 MT rows and the norm weight's BK
-// columns (cp.async, 4 stages at BK 64 and 128, 2 at 256; W's first stages issued before pdl_wait when early, as
-// decode_gemm.cu), then issues BK / 16 m64n128k16 wgmma.
+// per k-tile of BK = 64 columns (each W row's 128 contiguous bytes, one block of the swizzle) it stages W's 128 rows, x's
+// 8 MT rows and the norm weight's 64 columns (cp.async, 4 stages; W's first stages issued before pdl_wait when early, as
+// decode_gemm.cu), then issues 4 m64n128k16 wgmma. (Session 22 measured k-tiles of 128 and 256 columns, 4 and 2 stages,
+// and 64 W rows a CTA with m64n64k16: each slower, the step 2.60-2.63 and 1.99 ms against 1.89; docs/benchmarks.md.)
 // The accumulator (hopper.cuh's fragment) holds x row 16 w + g + 8 (e >> 1) by W column 8 j + 2 c + (e & 1), so a lane
 // holds pairs of adjacent outputs, and with SWIGLU an output's gate and up sums. With a norm, a lane also sums the squares
 // of its x rows' fragments, so the rows it writes are the rows whose sums it holds.
@@ -26,13 +26,12 @@
 #define DH_BN 128
 #define DH_RS (DH_BN + 8)   // floats a row of the cluster's fp32 tiles (x row m, W column n at m * DH_RS + n)
 
-template <typename T, int MT, bool SWIGLU, int BK>
+template <typename T, int MT, bool SWIGLU>
 __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                                    i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
 {
-    constexpr int MP = 8 * MT, WT = DH_BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
-    constexpr int ST = BK == 256 ? 2 : 4, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
-    static_assert(BK == 64 || BK == 128 || BK == 256, "decode_gemm_hopper: k-tiles of 1, 2 or 4 64-column swizzle blocks");
+    constexpr int BK = 64, MP = 8 * MT, WT = DH_BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
+    constexpr int ST = 4, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
     static_assert((MP * DH_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
     extern __shared__ unsigned char dh_raw[];
     unsigned char* const raw = cta_dynamic_shared(dh_raw);
@@ -86,8 +85,8 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         {
             if (!rows) { a[kk][0] = a[kk][1] = a[kk][2] = a[kk][3] = 0u; continue; }
             unsigned m0, m1, m2, m3;
-            // Column block kk / 4 (MP rows of 128 bytes), its k16 step kk % 4: (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
-            ldsm_x4(sx + (kk >> 2) * MP * 128 + off.rows[kk & 3], m0, m1, m2, m3);
+            // k16 step kk of the tile's 128-byte rows: (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
+            ldsm_x4(sx + off.rows[kk], m0, m1, m2, m3);
             a[kk][0] = m0; a[kk][1] = m2; a[kk][2] = m1; a[kk][3] = m3;
             if (nw)
             {
@@ -101,7 +100,7 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         const u64 wdesc = sw128_descriptor(sb, 16, 1024);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++) Wgmma<T, DH_BN>::rs_kmajor(acc, a[kk], desc_plus(wdesc, (kk >> 2) * DH_BN * 128 + (kk & 3) * 32));
+        for (int kk = 0; kk < BK / 16; kk++) Wgmma<T, DH_BN>::rs_kmajor(acc, a[kk], desc_plus(wdesc, kk * 32));
         wgmma_commit();
         wgmma_wait<0>();
         fence_registers<DH_BN / 2>(acc);
@@ -194,23 +193,20 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     cluster_wait();
 }
 
-#define DECODE_GEMM_HOPPER(name, t, MT, BK, tail)                                                                         \
-    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_##name##_m##MT##tail(const t* x,          \
-        const t* w, const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta,         \
-        int early, const t* nw, float eps)                                                                                \
+#define DECODE_GEMM_HOPPER(name, t, MT)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_##name##_m##MT(const t* x, const t* w,    \
+        const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early,          \
+        const t* nw, float eps)                                                                                           \
     {                                                                                                                     \
-        decode_gemm_hopper<t, MT, false, BK>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, \
-                                             nw, eps);                                                                    \
+        decode_gemm_hopper<t, MT, false>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, nw, \
+                                         eps);                                                                            \
     }                                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_swiglu_##name##_m##MT##tail(const t* x,   \
+    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_swiglu_##name##_m##MT(const t* x,         \
         const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw,    \
         i64 ldy, int early, const t* nw, float eps)                                                                       \
     {                                                                                                                     \
-        decode_gemm_hopper<t, MT, true, BK>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early,  \
-                                            nw, eps);                                                                     \
+        decode_gemm_hopper<t, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, nw,  \
+                                        eps);                                                                             \
     }
-// Kernels named ..._m{MT} take k-tiles of 64 columns, ..._m{MT}_k128 and _k256 of 128 and 256.
-#define DECODE_GEMM_HOPPER_TILES(name, t, MT)                                                                             \
-    DECODE_GEMM_HOPPER(name, t, MT, 64, ) DECODE_GEMM_HOPPER(name, t, MT, 128, _k128) DECODE_GEMM_HOPPER(name, t, MT, 256, _k256)
-DECODE_GEMM_HOPPER_TILES(bf16, bf16, 2) DECODE_GEMM_HOPPER_TILES(bf16, bf16, 4) DECODE_GEMM_HOPPER_TILES(bf16, bf16, 8)
-DECODE_GEMM_HOPPER_TILES(f16, f16, 2) DECODE_GEMM_HOPPER_TILES(f16, f16, 4) DECODE_GEMM_HOPPER_TILES(f16, f16, 8)
+DECODE_GEMM_HOPPER(bf16, bf16, 2) DECODE_GEMM_HOPPER(bf16, bf16, 4) DECODE_GEMM_HOPPER(bf16, bf16, 8)
+DECODE_GEMM_HOPPER(f16, f16, 2) DECODE_GEMM_HOPPER(f16, f16, 4) DECODE_GEMM_HOPPER(f16, f16, 8)

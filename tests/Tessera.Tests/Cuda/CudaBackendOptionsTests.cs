@@ -18,7 +18,6 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
         HopperDecodeProducts = false,
-        DecodeProductTileColumns = 128,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
         CrossEntropyStagedBytes = null,
@@ -82,7 +81,6 @@ public sealed class CudaBackendOptionsTests
 
     [Theory]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
-    [InlineData("DecodeProductTileColumns=96", "DecodeProductTileColumns (96) must be 64, 128 or 256")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]

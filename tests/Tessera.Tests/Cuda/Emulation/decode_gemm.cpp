@@ -5,8 +5,7 @@
 // tile in shared memory; emulated with the cluster's CTAs run together), bias, alpha and the residual (beta = 1); the early
 // weight loads (before pdl_wait) against the late ones, bit for bit, and the row stride's padding untouched; RMSNorm on
 // the way (x's fragments scaled by its weight, 1 / rms on the sums), with one slice and several. Built with -DHOPPER the same
-// checks run decode_gemm_hopper.cu (wgmma on the emulation's warpgroup stand-in; hopper.cuh), also with k-tiles of 128 and
-// 256 columns. kernels.h is written by the test:
+// checks run decode_gemm_hopper.cu (wgmma on the emulation's warpgroup stand-in; hopper.cuh), and five more shapes. kernels.h is written by the test:
 // the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the number of failures.
 #include "kernels.h"
 #ifdef HOPPER
@@ -25,19 +24,16 @@
 #include <vector>
 
 #ifdef HOPPER
-alignas(1024) unsigned char dh_raw[1 << 18];   // 256 KB: the wgmma kernel's stages (195 KB at 256 columns) without a cluster
+alignas(1024) unsigned char dh_raw[1 << 18];   // 256 KB: the wgmma kernel's stages (101 KB at 64 rows of x) without a cluster
 static unsigned char* const shared_base = dh_raw;
-// The kernel for x of 8 MT rows and k-tiles of `columns`.
-#define PASTE(a, b) a##b
-#define XPASTE(a, b) PASTE(a, b)
-#define KERNEL(prefix, MT, columns) (columns == 256 ? XPASTE(prefix, _m##MT##_k256) : columns == 128 ? XPASTE(prefix, _m##MT##_k128) : XPASTE(prefix, _m##MT))
 #else
 float dg_shared[1 << 15];   // 128 KB: the kernel's stages (97 KB at 64 rows of x) when it runs without a cluster
 static unsigned char* const shared_base = (unsigned char*)dg_shared;
+#endif
+// The kernel for x of 8 MT rows.
 #define PASTE(a, b) a##b
 #define XPASTE(a, b) PASTE(a, b)
-#define KERNEL(prefix, MT, columns) XPASTE(prefix, _m##MT)
-#endif
+#define KERNEL(prefix, MT) XPASTE(prefix, _m##MT)
 static int failures = 0;
 
 // Tolerance: the output is stored in bf16 (8 bits of mantissa: 2^-9 relative per value), the products are fp32 sums of
@@ -84,7 +80,7 @@ static std::vector<double> reference_input(const std::vector<bf16>& x, int M, in
     return h;
 }
 
-static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta, bool with_norm = false, int columns = 64)
+static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta, bool with_norm = false)
 {
     std::mt19937 rng(5 + M * 3 + N + K + slices);
     const int ldx = K + 8, ldw = K, ldy = N + 8;   // row strides past the rows: the kernel must use them
@@ -113,16 +109,16 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
         const bf16* pn = with_norm ? nw.data() : nullptr;
         emu_shared_base = shared_base;
         auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pw, pb, py, m_, n_, k_, lx, lw, ly, al, be, ea, pn, ep); }); };
-        if (MT == 2) launch(KERNEL(PRODUCT, 2, columns));
-        else if (MT == 4) launch(KERNEL(PRODUCT, 4, columns));
-        else launch(KERNEL(PRODUCT, 8, columns));
+        if (MT == 2) launch(KERNEL(PRODUCT, 2));
+        else if (MT == 4) launch(KERNEL(PRODUCT, 4));
+        else launch(KERNEL(PRODUCT, 8));
         got[early].resize((size_t)M * N);
         for (int m = 0; m < M; m++)
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "%s M=%d N=%d K=%d slices=%d bias=%d beta=%g%s%s", FAMILY, M, N, K, slices, with_bias ? 1 : 0, beta,
-             with_norm ? " norm" : "", columns == 64 ? "" : columns == 128 ? " k128" : " k256");
+    snprintf(name, sizeof name, "%s M=%d N=%d K=%d slices=%d bias=%d beta=%g%s", FAMILY, M, N, K, slices, with_bias ? 1 : 0, beta,
+             with_norm ? " norm" : "");
     check(name, e, got[1], 8e-3);
     bool same = got[0] == got[1];
     bool pads = true;   // the row stride's padding past N is untouched
@@ -133,7 +129,7 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
 }
 
 // The SwiGLU form: y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), gate and up weights in separate arrays of one row stride.
-static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool with_norm = false, int columns = 64)
+static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool with_norm = false)
 {
     std::mt19937 rng(7 + M * 5 + F + K + slices);
     const int ldx = K, ldw = K + 16, ldy = F;
@@ -161,14 +157,14 @@ static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool wit
     long long lx = ldx, lw = ldw, ly = ldy;
     emu_shared_base = shared_base;
     auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pg, pu, pbg, pbu, py, m_, f_, k_, lx, lw, ly, early, pn, ep); }); };
-    if (MT == 2) launch(KERNEL(SWIGLU, 2, columns));
-    else if (MT == 4) launch(KERNEL(SWIGLU, 4, columns));
-    else launch(KERNEL(SWIGLU, 8, columns));
+    if (MT == 2) launch(KERNEL(SWIGLU, 2));
+    else if (MT == 4) launch(KERNEL(SWIGLU, 4));
+    else launch(KERNEL(SWIGLU, 8));
     std::vector<float> got((size_t)M * F);
     for (size_t i = 0; i < got.size(); i++) got[i] = to_f(y[i]);
     char name[120];
-    snprintf(name, sizeof name, "%s swiglu M=%d F=%d K=%d slices=%d bias=%d%s%s", FAMILY, M, F, K, slices, with_bias ? 1 : 0,
-             with_norm ? " norm" : "", columns == 64 ? "" : columns == 128 ? " k128" : " k256");
+    snprintf(name, sizeof name, "%s swiglu M=%d F=%d K=%d slices=%d bias=%d%s", FAMILY, M, F, K, slices, with_bias ? 1 : 0,
+             with_norm ? " norm" : "");
     check(name, e, got, 8e-3);
 }
 
@@ -187,11 +183,11 @@ int main()
     run(9, 64, 256, 1, false, 1.f, 1.f, true);    // one slice: the CTA's own sums (warps 0 and 1 sum x's two n8 tiles)
     run_swiglu(33, 65, 256, 2, false, true);      // the SwiGLU form normalized, F odd; 8 n8 tiles over 4 warps
 #ifdef HOPPER
-    run(64, 300, 1024, 2, true, 1.f, 1.f, true, 128);   // k-tiles of 128 columns (two swizzle blocks), 4 stages, a cluster
-    run(9, 130, 512, 1, false, 1.f, 0.f, false, 128);
-    run(48, 128, 1024, 2, false, 0.5f, 1.f, true, 256); // 256 columns, 2 stages
-    run_swiglu(64, 100, 512, 2, true, true, 256);
-    run_swiglu(17, 64, 512, 1, false, false, 128);
+    run(64, 300, 1024, 2, true, 1.f, 1.f, true);   // 16 k-tiles in 2 slices, normalized, 3 row blocks
+    run(9, 130, 512, 1, false, 1.f, 0.f);          // 8 k-tiles in one slice: the stages refilled twice
+    run(48, 128, 1024, 2, false, 0.5f, 1.f, true);
+    run_swiglu(64, 100, 512, 2, true, true);
+    run_swiglu(17, 64, 512, 1, false, false);
 #endif
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
