@@ -513,36 +513,21 @@ template <int ROWS> __device__ __forceinline__ unsigned sw128_offset(int r, int 
 
 // Loads ROWS rows of D values (rows row0.. of a (rows, stride) matrix; rows >= limit zero-filled) into a swizzled tile
 // at shared address dst (1,024-byte aligned), with the CTA's NT threads. Each thread copies one chunk c of rows
-// r, r + RS, ...: where RS is a multiple of 8, all its rows share r & 7 and one swizzled base plus a constant step serves;
-// otherwise each chunk is placed on its own.
+// r, r + RS, ...: RS is a multiple of 8, so all its rows share r & 7 and one swizzled base plus a constant step serves.
 template <int D, int ROWS, int NT, typename T>
 __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
 {
     constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-    static_assert((ROWS * CH) % NT == 0, "load_tile_sw128: NT threads must tile the rows");
-    if constexpr (RS % 8 != 0)
-    {
-        // Fewer than 8 rows a pass (wide rows, e.g. 256 values by 128 threads): each chunk's own swizzled offset.
+    static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "load_tile_sw128: NT threads must tile the rows, 8 rows a pass at least");
+    const int r = tid / CH, c = tid % CH;
+    const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
+    const T* src = base + (i64)(row0 + r) * stride + c * 8;
+    const i64 step = (i64)RS * stride;
 #pragma unroll
-        for (int i = tid; i < ROWS * CH; i += NT)
-        {
-            const int r = i / CH, c = i % CH;
-            const bool ok = row0 + r < limit;
-            cp_async16(dst + sw128_offset<ROWS>(r, c), ok ? base + (i64)(row0 + r) * stride + c * 8 : base, ok);
-        }
-    }
-    else
+    for (int k = 0; k < N; k++)
     {
-        const int r = tid / CH, c = tid % CH;
-        const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
-        const T* src = base + (i64)(row0 + r) * stride + c * 8;
-        const i64 step = (i64)RS * stride;
-#pragma unroll
-        for (int k = 0; k < N; k++)
-        {
-            const bool ok = row0 + r + k * RS < limit;
-            cp_async16(d0 + k * RS * 128, ok ? src + k * step : base, ok);
-        }
+        const bool ok = row0 + r + k * RS < limit;
+        cp_async16(d0 + k * RS * 128, ok ? src + k * step : base, ok);
     }
 }
 

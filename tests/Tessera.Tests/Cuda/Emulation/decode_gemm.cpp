@@ -5,8 +5,9 @@
 // tile in shared memory; emulated with the cluster's CTAs run together), bias, alpha and the residual (beta = 1); the early
 // weight loads (before pdl_wait) against the late ones, bit for bit, and the row stride's padding untouched; RMSNorm on
 // the way (x's fragments scaled by its weight, 1 / rms on the sums), with one slice and several. Built with -DHOPPER the same
-// checks run decode_gemm_hopper.cu (wgmma on the emulation's warpgroup stand-in; hopper.cuh), and five more shapes. kernels.h is written by the test:
-// the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the number of failures.
+// checks run decode_gemm_hopper.cu (wgmma on the emulation's warpgroup stand-in; hopper.cuh), and five more shapes.
+// kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the
+// number of failures.
 #include "kernels.h"
 #ifdef HOPPER
 #define FAMILY "decode_gemm_hopper"
