@@ -1,4 +1,5 @@
 using Tessera.Tensors;
+using static Tessera.Cuda.Interop.CudaDriver;
 
 namespace Tessera.Cuda;
 
@@ -30,10 +31,41 @@ public sealed unsafe partial class CudaBackend
         float al = (float)alpha, be = (float)beta, eps = norm is { } r ? (float)r.Epsilon : 0f;
         ulong pn = norm is { } r2 ? Ptr(r2.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        if (Options.DecodeProductTensorMaps && UsesHopperDecodeProducts)
+        {
+            // The tensor-map form: W in boxes of 128 rows by 64 columns, x in boxes of its 8 MT (padded) rows by 64, both swizzled
+            // as the stages hold them; each 128-byte map 64-byte aligned, passed by value.
+            byte* maps = stackalloc byte[2 * 128 + 64];
+            byte* wmap = (byte*)(((nint)maps + 63) & ~(nint)63), xmap = wmap + 128;
+            EncodeTensorMap(wmap, a.DType, pw, k, n, ldw, DecodeGemmBlockRows);
+            EncodeTensorMap(xmap, a.DType, px, k, m, ldx, 8 * mt);
+            void** mapped = stackalloc void*[] { &px, &pw, &pb, &py, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early, &pn, &eps, wmap, xmap };
+            Launch(kernel.File, $"{kernel.Prefix}_tma_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads,
+                mapped, kernel.Shared, dependent: true, clusterX: (uint)slices);
+            return true;
+        }
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &m, &n, &k, &ldx, &ldw, &ldy, &al, &be, &early, &pn, &eps };
         Launch(kernel.File, $"{kernel.Prefix}_{Suffix(a.DType, "MatMul")}_m{mt}", ((uint)slices, (uint)blocks, 1), DecodeGemmThreads,
             args, kernel.Shared, dependent: true, clusterX: (uint)slices);
         return true;
+    }
+
+    /// <summary>
+    /// Writes at <paramref name="map"/> (128 bytes, 64-byte aligned) the tensor map of a row-major 16-bit matrix of
+    /// <paramref name="rows"/> rows of <paramref name="cols"/> values, <paramref name="ld"/> values apart, read in boxes of
+    /// <paramref name="boxRows"/> rows by 64 values (128 bytes) in the 128-byte swizzle; values past the matrix read as zeros.
+    /// </summary>
+    private static void EncodeTensorMap(byte* map, DType dtype, ulong address, int cols, int rows, long ld, int boxRows)
+    {
+        ulong* dims = stackalloc ulong[] { (ulong)cols, (ulong)rows };
+        ulong* strides = stackalloc ulong[] { (ulong)ld * 2 };
+        uint* box = stackalloc uint[] { (uint)DecodeGemmTile, (uint)boxRows };
+        uint* elementStrides = stackalloc uint[] { 1, 1 };
+        int type = dtype == DType.BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+        Check(cuTensorMapEncodeTiled(map, type, 2, address, dims, strides, box, elementStrides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+            "cuTensorMapEncodeTiled", $"{rows} x {cols} {dtype}, row stride {ld}, boxes of {boxRows} x {DecodeGemmTile}");
     }
 
     /// <summary>

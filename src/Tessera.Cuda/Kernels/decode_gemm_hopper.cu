@@ -26,10 +26,12 @@
 #define DH_BN 128
 #define DH_RS (DH_BN + 8)   // floats a row of the cluster's fp32 tiles (x row m, W column n at m * DH_RS + n)
 
-template <typename T, int MT, bool SWIGLU>
+template <typename T, int MT, bool SWIGLU, bool TMA = false>
 __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
-                                   i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
+                                   i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
+                                   const TensorMap* wmap = nullptr, const TensorMap* xmap = nullptr)
 {
+    static_assert(!(TMA && SWIGLU), "decode_gemm_hopper: the tensor-map form serves the plain product (SwiGLU interleaves two weights' rows)");
     constexpr int BK = 64, MP = 8 * MT, WT = DH_BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
     constexpr int ST = 4, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
     static_assert((MP * DH_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
@@ -42,8 +44,30 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     const int tiles = ks / BK;
     const bool rows = 16 * warp < MP;                      // this warp's 16 x rows exist in the tile
     const int cr = tid / CH, cc = tid % CH;                // thread tid copies chunk tid % CH of rows tid / CH, + RPP, ...
+    // TMA: stage s's transaction barrier, 512 bytes into the 1,024 that follow its x tile (its norm weight takes the first 128).
+    auto bar = [&](int stage) { return smem + stage * STAGE + WT + XT + 512; };
+    if constexpr (TMA)
+    {
+        if (tid == 0)
+        {
+            for (int s = 0; s < ST; s++) mbar_init(bar(s), 1);
+            mbar_fence_init();
+        }
+        __syncthreads();
+    }
     auto load_w = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE;
+        if constexpr (TMA)
+        {
+            // One thread: the stage's one arrival announcing all its bytes (W, x, the norm weight), then W's box of 128 rows
+            // (rows past N arrive as zeros). x's copies follow in load_x, after pdl_wait when early.
+            if (tid == 0)
+            {
+                mbar_arrive_expect_tx(bar(stage), WT + XT + (nw ? BK * 2 : 0));
+                tma_load_2d(dst, wmap, k0 + t * BK, n0, bar(stage));
+            }
+            return;
+        }
 #pragma unroll
         for (int i = 0; i < DH_BN / RPP; i++)
         {
@@ -56,6 +80,15 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     };
     auto load_x = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE + WT;
+        if constexpr (TMA)
+        {
+            if (tid == 0)
+            {
+                tma_load_2d(dst, xmap, k0 + t * BK, 0, bar(stage));        // MP rows from row 0: rows past M arrive as zeros
+                if (nw) bulk_load(dst + XT, nw + k0 + t * BK, BK * 2, bar(stage));
+            }
+            return;
+        }
         load_tile_sw128<BK, MP, DH_THREADS>(dst, x + k0 + t * BK, ldx, 0, M, tid);
         if (nw && tid < CH) cp_async16(dst + XT + tid * 16, nw + k0 + t * BK + tid * 8, true);
     };
@@ -74,10 +107,14 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
             load_w(ahead % ST, ahead);
             load_x(ahead % ST, ahead);
         }
-        cp_async_commit();
-        cp_async_wait<ST - 1>();
-        fence_async_shared();                              // the staged W becomes visible to wgmma
-        __syncthreads();
+        if constexpr (TMA) mbar_wait(bar(t % ST), (t / ST) & 1);   // the copies' bytes are visible to every thread and wgmma
+        else
+        {
+            cp_async_commit();
+            cp_async_wait<ST - 1>();
+            fence_async_shared();                          // the staged W becomes visible to wgmma
+            __syncthreads();
+        }
         const unsigned sb = smem + (t % ST) * STAGE, sx = sb + WT + warp * 16 * 128, sn = sb + WT + XT;
         unsigned a[BK / 16][4];
 #pragma unroll
@@ -107,6 +144,9 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         __syncthreads();                                   // this stage is refilled ST - 1 tiles later
     }
     cp_async_wait<0>();
+    if constexpr (TMA)
+        if (tid == 0)
+            for (int s = 0; s < ST; s++) mbar_inval(bar(s));   // the stages' memory holds the cluster's tiles next
     __syncthreads();
     if (nw)
     {
@@ -208,5 +248,18 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         decode_gemm_hopper<t, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, nw,  \
                                         eps);                                                                             \
     }
+// The plain product with W's and x's tiles copied by the tensor memory accelerator (CudaBackendOptions.DecodeProductTensorMaps):
+// wmap is W as (N rows, K columns) in boxes of 128 rows by 64 columns, xmap x as (M, K) in boxes of 8 MT rows by 64, both in
+// the 128-byte swizzle.
+#define DECODE_GEMM_HOPPER_TMA(name, t, MT)                                                                               \
+    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_tma_##name##_m##MT(const t* x,            \
+        const t* w, const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta,         \
+        int early, const t* nw, float eps, const __grid_constant__ TensorMap wmap, const __grid_constant__ TensorMap xmap) \
+    {                                                                                                                     \
+        decode_gemm_hopper<t, MT, false, true>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta,      \
+                                               early, nw, eps, &wmap, &xmap);                                             \
+    }
 DECODE_GEMM_HOPPER(bf16, bf16, 2) DECODE_GEMM_HOPPER(bf16, bf16, 4) DECODE_GEMM_HOPPER(bf16, bf16, 8)
 DECODE_GEMM_HOPPER(f16, f16, 2) DECODE_GEMM_HOPPER(f16, f16, 4) DECODE_GEMM_HOPPER(f16, f16, 8)
+DECODE_GEMM_HOPPER_TMA(bf16, bf16, 2) DECODE_GEMM_HOPPER_TMA(bf16, bf16, 4) DECODE_GEMM_HOPPER_TMA(bf16, bf16, 8)
+DECODE_GEMM_HOPPER_TMA(f16, f16, 2) DECODE_GEMM_HOPPER_TMA(f16, f16, 4) DECODE_GEMM_HOPPER_TMA(f16, f16, 8)

@@ -48,6 +48,63 @@ template <int N> __device__ __forceinline__ void fence_registers(unsigned* r)
     for (int i = 0; i < N; i++) HOPPER_ASM("" : "+r"(r[i])::"memory");
 }
 
+// The tensor memory accelerator (TMA) and transaction barriers. A CUtensorMap is passed to a kernel by value
+// (const __grid_constant__ TensorMap) and a copy names it by its address; on the CPU emulation its 128 bytes hold the fields
+// that emu_tensor_map_2d writes. An mbarrier is 8 bytes of shared memory at a shared-space address; a phase completes when
+// its arrivals have come and every byte they announced (expect_tx) has been delivered by the copies that name it.
+struct alignas(64) TensorMap { unsigned long long opaque[16]; };
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned arrivals)
+{
+    HOPPER_ASM("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(arrivals) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_mbar_init(bar, arrivals);
+#endif
+}
+// Before the barrier's memory serves anything else (every phase waited for, no copy in flight).
+__device__ __forceinline__ void mbar_inval(unsigned bar) { HOPPER_ASM("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(bar) : "memory"); }
+// After the inits, before the barrier that publishes them: makes them visible to the async proxy and the cluster.
+__device__ __forceinline__ void mbar_fence_init() { HOPPER_ASM("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+// One arrival announcing `bytes` that copies will deliver in the same phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes)
+{
+    HOPPER_ASM("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_mbar_arrive_expect_tx(bar, bytes);
+#endif
+}
+// Returns once the phase of this parity has completed.
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity)
+{
+#ifdef __CUDA_ARCH__
+    unsigned done;
+    do
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    while (!done);
+#else
+    emu_mbar_wait(bar, parity);
+#endif
+}
+// The box of `map` at element (c0, c1) (c0 along the contiguous dimension) into the 1,024-byte aligned shared tile dst, in
+// the map's swizzle; its bytes complete on bar. Elements past the tensor arrive as zeros.
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const TensorMap* map, int c0, int c1, unsigned bar)
+{
+    HOPPER_ASM("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+               ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_tma_load_2d(dst, map, c0, c1, bar);
+#endif
+}
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global src to shared dst; they complete on bar.
+__device__ __forceinline__ void bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar)
+{
+    HOPPER_ASM("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+               ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+#ifndef __CUDA_ARCH__
+    emu_bulk_load(dst, src, bytes, bar);
+#endif
+}
+
 // A shared-memory matrix descriptor with the 128-byte swizzle (see the header).
 __device__ __forceinline__ u64 sw128_descriptor(unsigned address, unsigned leading, unsigned stride)
 {

@@ -18,6 +18,7 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
         HopperDecodeProducts = false,
+        DecodeProductTensorMaps = true,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
         CrossEntropyStagedBytes = null,

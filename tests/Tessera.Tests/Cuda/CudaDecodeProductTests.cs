@@ -28,9 +28,13 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.BF16, 33, 129, 512, true, 1.0, true)]       // N odd: a pair of one output
     [InlineData(DType.BF16, 5, 100, 256, true, 0.0, false)]       // decode_gemm.cu's mma.sync kernel on a 9.0 device too
     [InlineData(DType.BF16, 64, 3072, 2048, false, 0.0, false)]
-    public void DecodeProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, bool withBias, double beta, bool hopper)
+    [InlineData(DType.BF16, 5, 100, 256, true, 0.0, true, true)]       // the tensor-map form: W's and x's tiles by the TMA
+    [InlineData(DType.BF16, 64, 2048, 8192, false, 1.0, true, true)]
+    [InlineData(DType.BF16, 33, 129, 512, true, 1.0, true, true)]
+    [InlineData(DType.F16, 40, 2048, 2048, true, 1.0, true, true)]
+    public void DecodeProductsMatchTheReferenceAndCublasLt(DType dtype, int m, int n, int k, bool withBias, double beta, bool hopper, bool tensorMaps = false)
     {
-        using var decode = DecodeBackend(hopper);
+        using var decode = DecodeBackend(hopper, tensorMaps);
         var (xv, wv, bv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(n, 0.5));
         var y0 = Values(m * (n + 8), 1.0);                      // y's rows are n + 8 apart: the padding must stay as it was
         double[] Run(CudaBackend backend)
@@ -42,7 +46,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, y);
         }
         var got = Run(decode);
-        AssertRanOn(decode, $"{Prefix(hopper)}_{Suffix(dtype)}_m");
+        AssertRanOn(decode, $"{Prefix(hopper, tensorMaps)}_{Suffix(dtype)}_m");
         var cublas = Run(Gpu);
         double[] sx = Stored(xv, dtype), sw = Stored(wv, dtype), sb = Stored(bv, dtype), sy = Stored(y0, dtype);
         var expected = new double[m * n];
@@ -121,9 +125,11 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.BF16, 64, 3072, 2048, false, true)]   // llama-1b's QKV at a 64-sequence decode step (K in slices)
     [InlineData(DType.BF16, 7, 64, 4096, true, true)]       // one row block, with bias
     [InlineData(DType.BF16, 64, 3072, 2048, false, false)]  // decode_gemm.cu's mma.sync kernel
-    public void DecodeProductsNormalizeOnTheWay(DType dtype, int m, int n, int k, bool withBias, bool hopper)
+    [InlineData(DType.BF16, 64, 3072, 2048, false, true, true)]   // the tensor-map form: the norm weight's bulk copy
+    [InlineData(DType.BF16, 7, 64, 4096, true, true, true)]
+    public void DecodeProductsNormalizeOnTheWay(DType dtype, int m, int n, int k, bool withBias, bool hopper, bool tensorMaps = false)
     {
-        using var decode = DecodeBackend(hopper);
+        using var decode = DecodeBackend(hopper, tensorMaps);
         const double eps = 1e-5;
         var (xv, wv, nv, bv) = (Values(m * k, 1.0), Values(n * k, 0.05), Values(k, 1.0), Values(n, 0.5));
         double[] Run(CudaBackend backend)
@@ -134,7 +140,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, output);
         }
         var got = Run(decode);
-        AssertRanOn(decode, $"{Prefix(hopper)}_{Suffix(dtype)}_m");
+        AssertRanOn(decode, $"{Prefix(hopper, tensorMaps)}_{Suffix(dtype)}_m");
         Assert.DoesNotContain(decode.Profiler!.Totals(), r => r.Name.StartsWith("rmsnorm", StringComparison.Ordinal));   // no norm launch
         var fallback = Run(Gpu);
         double[] sx = Stored(xv, dtype), sw = Stored(wv, dtype), sn = Stored(nv, dtype), sb = Stored(bv, dtype);
@@ -159,18 +165,22 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
-    public void DecodeStepOf64SequencesWithTheDecodeProductsReportsItsTime(bool hopper)
+    [InlineData(true, true)]
+    public void DecodeStepOf64SequencesWithTheDecodeProductsReportsItsTime(bool hopper, bool tensorMaps = false)
     {
-        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { DecodeProducts = true, HopperDecodeProducts = hopper });
-        CudaPagedServingTests.DecodeStepOf64Sequences(decode, $", DecodeProducts=true, HopperDecodeProducts={hopper}");
+        using var decode = new CudaBackend(Gpu.CudaDevice.Ordinal,
+            CudaBackendOptions.Default with { DecodeProducts = true, HopperDecodeProducts = hopper, DecodeProductTensorMaps = tensorMaps });
+        CudaPagedServingTests.DecodeStepOf64Sequences(decode, $", DecodeProducts=true, HopperDecodeProducts={hopper}, DecodeProductTensorMaps={tensorMaps}");
     }
 
     /// <summary>A backend with the decode products and the op profiler, on the wgmma kernel where <paramref name="hopper"/> allows it.</summary>
-    private CudaBackend DecodeBackend(bool hopper) => new(Gpu.CudaDevice.Ordinal,
-        CudaBackendOptions.Default with { DecodeProducts = true, HopperDecodeProducts = hopper, ProfileOps = true });
+    private CudaBackend DecodeBackend(bool hopper, bool tensorMaps = false) => new(Gpu.CudaDevice.Ordinal,
+        CudaBackendOptions.Default with { DecodeProducts = true, HopperDecodeProducts = hopper, DecodeProductTensorMaps = tensorMaps, ProfileOps = true });
 
-    /// <summary>The kernels' name prefix: decode_gemm_hopper on a compute capability 9.0 device when asked, decode_gemm.cu's otherwise.</summary>
-    private string Prefix(bool hopper) => hopper && Gpu.CudaDevice.ComputeCapability == (9, 0) ? "decode_gemm_hopper" : "decode_gemm";
+    /// <summary>The kernels' name prefix: decode_gemm_hopper (its tensor-map form decode_gemm_hopper_tma) on a compute capability
+    /// 9.0 device when asked, decode_gemm.cu's otherwise.</summary>
+    private string Prefix(bool hopper, bool tensorMaps = false) => !(hopper && Gpu.CudaDevice.ComputeCapability == (9, 0)) ? "decode_gemm"
+        : tensorMaps ? "decode_gemm_hopper_tma" : "decode_gemm_hopper";
 
     /// <summary>The product ran on the decode-product kernel asked for (the op profiler's kernel names), not on cuBLASLt: a routing fault would
     /// otherwise pass the comparisons.</summary>

@@ -24,6 +24,7 @@ public sealed class KernelSourceTests
         #define __constant__ __attribute__((constant))
         #define __forceinline__ __inline__ __attribute__((always_inline))
         #define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
+        #define __grid_constant__   /* NVRTC's kernel-parameter qualifier, which this clang does not know */
         #include <__clang_cuda_builtin_vars.h>
         typedef unsigned long size_t;
         struct __attribute__((aligned(8))) uint2 { unsigned x, y; };

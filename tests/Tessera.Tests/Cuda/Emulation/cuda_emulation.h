@@ -17,8 +17,11 @@
 #include <optional>
 #include <cmath>
 #include <cstring>
+#include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 #include <cstdio>
@@ -33,6 +36,7 @@ inline dim3 blockDim, gridDim;
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define asm(...) ((void)0)
 #define __restrict__
 using std::sqrt;
@@ -169,6 +173,93 @@ inline void emu_cp_async16(unsigned dst, const void* src, bool valid)
 {
     if (valid) std::memcpy(emu_shared() + dst, src, 16);
     else std::memset(emu_shared() + dst, 0, 16);
+}
+// Transaction barriers (mbarrier) and the tensor memory accelerator's copies, for the decode products' tensor-map form.
+// A barrier's state lives beside the CTA's memory (keyed by it and the shared address): the arrivals a phase still waits
+// for, the transaction bytes announced and not yet delivered, and the phase's parity. The copies are done at once, then
+// credit their bytes, so a wait returns only once the phase's arrival and every byte it announced have come.
+struct EmuBarrier { unsigned expected = 0, pending = 0; long long tx = 0; unsigned phase = 0; };
+inline std::mutex emu_barrier_lock;
+inline std::map<std::pair<unsigned char*, unsigned>, EmuBarrier> emu_barriers;
+inline EmuBarrier& emu_barrier(unsigned bar) { return emu_barriers[{emu_shared(), bar}]; }
+inline void emu_barrier_settle(EmuBarrier& b)
+{
+    if (b.pending == 0 && b.tx == 0) { b.phase ^= 1u; b.pending = b.expected; }
+}
+inline void emu_mbar_init(unsigned bar, unsigned count)
+{
+    std::lock_guard<std::mutex> hold(emu_barrier_lock);
+    emu_barrier(bar) = EmuBarrier{count, count, 0, 0};
+}
+inline void emu_mbar_arrive_expect_tx(unsigned bar, unsigned bytes)
+{
+    std::lock_guard<std::mutex> hold(emu_barrier_lock);
+    auto& b = emu_barrier(bar);
+    if (b.expected == 0) { std::fprintf(stderr, "mbarrier at %u used before its init\n", bar); std::abort(); }
+    b.tx += bytes;
+    b.pending--;
+    emu_barrier_settle(b);
+}
+inline void emu_mbar_complete_tx(unsigned bar, unsigned bytes)
+{
+    std::lock_guard<std::mutex> hold(emu_barrier_lock);
+    auto& b = emu_barrier(bar);
+    b.tx -= bytes;
+    if (b.tx < 0) { std::fprintf(stderr, "mbarrier at %u: %lld bytes delivered past those announced\n", bar, -b.tx); std::abort(); }
+    emu_barrier_settle(b);
+}
+// try_wait.parity: true once the phase of that parity has completed (the barrier's parity differs from it).
+inline void emu_mbar_wait(unsigned bar, unsigned parity)
+{
+    auto start = std::chrono::steady_clock::now();
+    for (;;)
+    {
+        {
+            std::lock_guard<std::mutex> hold(emu_barrier_lock);
+            if (emu_barrier(bar).phase != (parity & 1u)) return;
+        }
+        if (std::chrono::steady_clock::now() - start > std::chrono::seconds(20))
+        {
+            std::fprintf(stderr, "mbarrier at %u: phase %u never completed (a copy or an arrival missing)\n", bar, parity);
+            std::abort();
+        }
+        std::this_thread::yield();
+    }
+}
+// The emulation's tensor map (written by emu_tensor_map_2d into a TensorMap's 128 bytes): a 2-D row-major tensor of
+// dims[1] rows of dims[0] elements, its rows stride_bytes apart, copied in boxes of box[1] rows of box[0] elements whose rows
+// are 128 bytes, in the 128-byte swizzle (16-byte chunk c of box row r at c ^ (r & 7); the destination 1,024-byte aligned).
+struct EmuTensorMap2d { const unsigned char* base; unsigned long long dims[2], stride_bytes; unsigned box[2], element_bytes; };
+inline void emu_tensor_map_2d(void* map, const void* base, unsigned long long cols, unsigned long long rows, unsigned long long stride_bytes,
+                              unsigned box_cols, unsigned box_rows, unsigned element_bytes)
+{
+    static_assert(sizeof(EmuTensorMap2d) <= 128, "the emulated tensor map fits a CUtensorMap");
+    EmuTensorMap2d m{(const unsigned char*)base, {cols, rows}, stride_bytes, {box_cols, box_rows}, element_bytes};
+    std::memcpy(map, &m, sizeof m);
+}
+// cp.async.bulk.tensor.2d ... .mbarrier::complete_tx: the box at element (c0, c1), elements past the tensor zero-filled,
+// then its bytes credited to the barrier (the whole box's, as the hardware counts them).
+inline void emu_tma_load_2d(unsigned dst, const void* map_bytes, int c0, int c1, unsigned bar)
+{
+    EmuTensorMap2d m;
+    std::memcpy(&m, map_bytes, sizeof m);
+    const unsigned row_bytes = m.box[0] * m.element_bytes, per_chunk = 16 / m.element_bytes;
+    if (row_bytes != 128 || dst % 1024 != 0) { std::fprintf(stderr, "emu_tma_load_2d: 128-byte box rows into a 1,024-byte aligned tile only\n"); std::abort(); }
+    for (unsigned r = 0; r < m.box[1]; r++)
+        for (unsigned c = 0; c < 8; c++)
+        {
+            unsigned char* to = emu_shared() + dst + r * 128 + ((c ^ (r & 7)) << 4);
+            const unsigned long long row = (unsigned long long)c1 + r, col = (unsigned long long)c0 + c * per_chunk;
+            if (row < m.dims[1] && col + per_chunk <= m.dims[0]) std::memcpy(to, m.base + row * m.stride_bytes + col * m.element_bytes, 16);
+            else std::memset(to, 0, 16);
+        }
+    emu_mbar_complete_tx(bar, row_bytes * m.box[1]);
+}
+// cp.async.bulk (1-D) ... .mbarrier::complete_tx.
+inline void emu_bulk_load(unsigned dst, const void* src, unsigned bytes, unsigned bar)
+{
+    std::memcpy(emu_shared() + dst, src, bytes);
+    emu_mbar_complete_tx(bar, bytes);
 }
 // cp.async of 4 bytes (the Hopper backward's lse and delta rows).
 inline void emu_cp_async4(unsigned dst, const void* src, bool valid)

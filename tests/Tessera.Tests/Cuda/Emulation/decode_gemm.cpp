@@ -5,7 +5,8 @@
 // tile in shared memory; emulated with the cluster's CTAs run together), bias, alpha and the residual (beta = 1); the early
 // weight loads (before pdl_wait) against the late ones, bit for bit, and the row stride's padding untouched; RMSNorm on
 // the way (x's fragments scaled by its weight, 1 / rms on the sums), with one slice and several. Built with -DHOPPER the same
-// checks run decode_gemm_hopper.cu (wgmma on the emulation's warpgroup stand-in; hopper.cuh), and five more shapes.
+// checks run decode_gemm_hopper.cu (wgmma on the emulation's warpgroup stand-in; hopper.cuh), five more shapes, and its
+// tensor-map form (the tensor memory accelerator's copies and transaction barriers emulated) at four.
 // kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
@@ -81,7 +82,7 @@ static std::vector<double> reference_input(const std::vector<bf16>& x, int M, in
     return h;
 }
 
-static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta, bool with_norm = false)
+static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta, bool with_norm = false, bool tma = false)
 {
     std::mt19937 rng(5 + M * 3 + N + K + slices);
     const int ldx = K + 8, ldw = K, ldy = N + 8;   // row strides past the rows: the kernel must use them
@@ -110,6 +111,20 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
         const bf16* pn = with_norm ? nw.data() : nullptr;
         emu_shared_base = shared_base;
         auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pw, pb, py, m_, n_, k_, lx, lw, ly, al, be, ea, pn, ep); }); };
+#ifdef HOPPER
+        if (tma)
+        {
+            // The tensor maps the host encodes: W (N rows of K) in boxes of 128 rows, x (M rows of K) in boxes of 8 MT rows.
+            TensorMap wm, xm;
+            emu_tensor_map_2d(&wm, pw, K, N, (unsigned long long)ldw * 2, 64, 128, 2);
+            emu_tensor_map_2d(&xm, px, K, M, (unsigned long long)ldx * 2, 64, 8 * MT, 2);
+            auto launch_tma = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pw, pb, py, m_, n_, k_, lx, lw, ly, al, be, ea, pn, ep, wm, xm); }); };
+            if (MT == 2) launch_tma(decode_gemm_hopper_tma_bf16_m2);
+            else if (MT == 4) launch_tma(decode_gemm_hopper_tma_bf16_m4);
+            else launch_tma(decode_gemm_hopper_tma_bf16_m8);
+        }
+        else
+#endif
         if (MT == 2) launch(KERNEL(PRODUCT, 2));
         else if (MT == 4) launch(KERNEL(PRODUCT, 4));
         else launch(KERNEL(PRODUCT, 8));
@@ -118,8 +133,8 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "%s M=%d N=%d K=%d slices=%d bias=%d beta=%g%s", FAMILY, M, N, K, slices, with_bias ? 1 : 0, beta,
-             with_norm ? " norm" : "");
+    snprintf(name, sizeof name, "%s M=%d N=%d K=%d slices=%d bias=%d beta=%g%s%s", FAMILY, M, N, K, slices, with_bias ? 1 : 0, beta,
+             with_norm ? " norm" : "", tma ? " tma" : "");
     check(name, e, got[1], 8e-3);
     bool same = got[0] == got[1];
     bool pads = true;   // the row stride's padding past N is untouched
@@ -189,6 +204,12 @@ int main()
     run(48, 128, 1024, 2, false, 0.5f, 1.f, true);
     run_swiglu(64, 100, 512, 2, true, true);
     run_swiglu(17, 64, 512, 1, false, false);
+    // The tensor-map form: W and x by the tensor memory accelerator's emulation (boxes, zero fill past the tensor, the
+    // 128-byte swizzle), each stage behind its transaction barrier's phase.
+    run(5, 100, 256, 1, true, 1.f, 0.f, false, true);      // x's rows past 5 and W's past 100 zero-filled; 4 k-tiles, 4 stages
+    run(64, 300, 512, 4, false, 1.f, 1.f, false, true);    // 3 row blocks, 4 slices in a cluster, the residual
+    run(48, 128, 1024, 8, true, 1.f, 1.f, true, true);     // 8 slices, normalized: the norm weight's bulk copy
+    run(9, 130, 1024, 1, false, 0.5f, 0.f, true, true);    // 16 k-tiles in one slice: every barrier through four phases
 #endif
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
