@@ -126,13 +126,13 @@ def run(batch, prompt, new, compile_prefill):
     generate()                      # compile and record
     generate()
     runs = [generate() for _ in range(2)]
-    prefill, seconds = min(r[0] for r in runs), min(r[1] for r in runs)
+    prefill_s, seconds = min(r[0] for r in runs), min(r[1] for r in runs)
     steps = new - 1
     skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
     how = "compiled" if compile_prefill else "eager"
     print(f"| PyTorch {torch.__version__} compile reduce-overhead, static cache, {how} prefill | llama-1b | bf16 | {batch} | {prompt} | {new} | "
-          f"{batch * steps / seconds:,.0f} | {seconds * 1000 / steps:.3f} | {prefill * 1000:.1f} | "
-          f"{batch * new / (prefill + seconds):,.0f} | {skips} |", flush=True)
+          f"{batch * steps / seconds:,.0f} | {seconds * 1000 / steps:.3f} | {prefill_s * 1000:.1f} | "
+          f"{batch * new / (prefill_s + seconds):,.0f} | {skips} |", flush=True)
     del dec, step
     torch._dynamo.reset()
     torch.cuda.empty_cache()

@@ -6,7 +6,8 @@ namespace Tessera.Cuda;
 // Decode-size products (decode_gemm_hopper.cu on compute capability 9.0, decode_gemm.cu elsewhere): 5 to 64 rows of x times
 // an nn.Linear weight on tensor cores, launched dependent on their predecessor with their first weight loads ahead of the
 // wait, as gemv.cu's kernels are at 1-4 rows, K's slices of a row block one thread-block cluster; their SwiGLU form, and
-// RMSNorm applied on the way (CudaBackendOptions.DecodeProducts).
+// RMSNorm applied on the way (CudaBackendOptions.DecodeProducts); on the wgmma kernel, the plain products' tensor-map form
+// (CudaBackendOptions.DecodeProductTensorMaps: the tiles copied by the tensor memory accelerator, tensor maps encoded per launch).
 public sealed unsafe partial class CudaBackend
 {
     private const int DecodeGemmMaxRows = 64, DecodeGemmBlockRows = 128, DecodeGemmTile = 64, DecodeGemmStages = 4, DecodeGemmThreads = 128,
@@ -16,7 +17,8 @@ public sealed unsafe partial class CudaBackend
     /// c (M, N) = alpha x (M, K) W^T + bias + beta c with 5 &lt;= M &lt;= 64 and W (N, K) an nn.Linear weight, on a decode-product
     /// kernel (<see cref="DecodeGemmKernel"/>) under <see cref="CudaBackendOptions.DecodeProducts"/>, x RMS-normalized on the way when <paramref name="norm"/> is given;
     /// false, with nothing enqueued, when the call does not fit it (then cuBLASLt runs it): 16-bit floats of one dtype, K a
-    /// multiple of 64, unit column strides, 16-byte aligned rows.
+    /// multiple of 64, unit column strides, 16-byte aligned rows. Under <see cref="CudaBackendOptions.DecodeProductTensorMaps"/>
+    /// on the wgmma kernel, the tensor-map form (decode_gemm_hopper_tma_*) with W's and x's maps passed by value.
     /// </summary>
     private bool TryDecodeGemm(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
         RmsNormPrologue? norm = null)
@@ -101,7 +103,7 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// Whether x (M, K) and the (·, K) weights suit decode_gemm.cu under <see cref="CudaBackendOptions.DecodeProducts"/>:
     /// 5 to 64 rows, bf16 or f16 throughout, K a multiple of 64, unit column strides, 16-byte aligned rows; a norm's weight
-    /// contiguous, of x's dtype, K long.
+    /// contiguous, of x's dtype, K long, 16-byte aligned (the kernels copy it 16 bytes at a time, or in bulk).
     /// </summary>
     private bool DecodeGemmFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights)
     {
@@ -109,7 +111,7 @@ public sealed unsafe partial class CudaBackend
         int m = x.Size(0), k = x.Size(1);
         if (m <= GemvMaxRows || m > DecodeGemmMaxRows || k % DecodeGemmTile != 0 || x.DType is not (DType.BF16 or DType.F16)) return false;
         if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0) return false;
-        if (norm is { } r && (r.Weight.DType != x.DType || !r.Weight.IsContiguous || r.Weight.NumElements != k)) return false;
+        if (norm is { } r && (r.Weight.DType != x.DType || !r.Weight.IsContiguous || r.Weight.NumElements != k || Ptr(r.Weight) % 16 != 0)) return false;
         foreach (var w in weights)
             if (w.Rank != 2 || w.Size(0) == 0 || w.DType != x.DType || w.Size(1) != k || w.Stride(1) != 1 || w.Stride(0) % 8 != 0 || Ptr(w) % 16 != 0) return false;
         return true;

@@ -237,8 +237,9 @@ inline void emu_tensor_map_2d(void* map, const void* base, unsigned long long co
     EmuTensorMap2d m{(const unsigned char*)base, {cols, rows}, stride_bytes, {box_cols, box_rows}, element_bytes};
     std::memcpy(map, &m, sizeof m);
 }
-// cp.async.bulk.tensor.2d ... .mbarrier::complete_tx: the box at element (c0, c1), elements past the tensor zero-filled,
-// then its bytes credited to the barrier (the whole box's, as the hardware counts them).
+// cp.async.bulk.tensor.2d ... .mbarrier::complete_tx: the box at element (c0, c1), elements past the tensor zero-filled (by
+// 16-byte chunks here: a chunk that crosses the last column is zeroed whole, which the hardware does element by element; the
+// decode products' K is a multiple of 64), then its bytes credited to the barrier (the whole box's, as the hardware counts them).
 inline void emu_tma_load_2d(unsigned dst, const void* map_bytes, int c0, int c1, unsigned bar)
 {
     EmuTensorMap2d m;
