@@ -14,7 +14,8 @@
 // swizzle (hopper.cuh). A CTA is one warpgroup: 128 rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K;
 // per k-tile of BK = 64 columns (each W row's 128 contiguous bytes, one block of the swizzle) it stages W's 128 rows, x's
 // 8 MT rows and the norm weight's 64 columns (cp.async, 4 stages; W's first stages issued before pdl_wait when early, as
-// decode_gemm.cu), then issues 4 m64n128k16 wgmma. (Session 22 measured k-tiles of 128 and 256 columns, 4 and 2 stages,
+// decode_gemm.cu; in the tensor-map form, TMA box copies by one thread against the stage's transaction barrier), then issues
+// 4 m64n128k16 wgmma. (Session 22 measured k-tiles of 128 and 256 columns, 4 and 2 stages,
 // and 64 W rows a CTA with m64n64k16: each slower, the step 2.60-2.63 and 1.99 ms against 1.89; docs/benchmarks.md.)
 // The accumulator (hopper.cuh's fragment) holds x row 16 w + g + 8 (e >> 1) by W column 8 j + 2 c + (e & 1), so a lane
 // holds pairs of adjacent outputs, and with SWIGLU an output's gate and up sums. With a norm, a lane also sums the squares
