@@ -6,7 +6,7 @@ namespace Tessera.Cuda;
 // Decode-size products (decode_gemm_hopper.cu on compute capability 9.0, decode_gemm.cu elsewhere): 5 to 64 rows of x times
 // an nn.Linear weight on tensor cores, launched dependent on their predecessor with their first weight loads ahead of the
 // wait, as gemv.cu's kernels are at 1-4 rows, K's slices of a row block one thread-block cluster; their SwiGLU form, and
-// RMSNorm applied on the way (CudaBackendOptions.DecodeProducts); on the wgmma kernel, the plain products' tensor-map form
+// RMSNorm applied on the way (CudaBackendOptions.DecodeProducts); on the wgmma kernel, a tensor-map form of both
 // (CudaBackendOptions.DecodeProductTensorMaps: the tiles copied by the tensor memory accelerator, tensor maps encoded per launch).
 public sealed unsafe partial class CudaBackend
 {
@@ -73,7 +73,8 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// output (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) with 5 &lt;= M &lt;= 64 on the decode-product kernel's SwiGLU form (an output's
     /// gate and up sums in one thread's registers; one launch, no (M, 2F) scratch), x RMS-normalized on the way when <paramref name="norm"/>
-    /// is given; false, with nothing enqueued, when the call does not fit it.
+    /// is given; false, with nothing enqueued, when the call does not fit it. Under <see cref="CudaBackendOptions.DecodeProductTensorMaps"/>
+    /// on the wgmma kernel, its tensor-map form (decode_gemm_hopper_tma_swiglu_*: the gate's, the up weight's and x's maps).
     /// </summary>
     private bool TryDecodeGemmSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias, Tensor? upBias, RmsNormPrologue? norm)
     {
@@ -87,6 +88,19 @@ public sealed unsafe partial class CudaBackend
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         int early = EarlyWeights ? 1 : 0;
+        if (Options.DecodeProductTensorMaps && UsesHopperDecodeProducts)
+        {
+            // The tensor-map form: the gate and up weights each in boxes of 64 rows (a CTA's outputs), x as the plain form's.
+            byte* maps = stackalloc byte[3 * 128 + 64];
+            byte* gmap = (byte*)(((nint)maps + 63) & ~(nint)63), umap = gmap + 128, xmap = umap + 128;
+            EncodeTensorMap(gmap, x.DType, pg, k, f, ldw, DecodeGemmBlockRows / 2);
+            EncodeTensorMap(umap, x.DType, pu, k, f, ldw, DecodeGemmBlockRows / 2);
+            EncodeTensorMap(xmap, x.DType, px, k, m, ldx, 8 * mt);
+            void** mapped = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps, gmap, umap, xmap };
+            Launch(kernel.File, $"{kernel.Prefix}_tma_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)slices, (uint)blocks, 1),
+                DecodeGemmThreads, mapped, kernel.Shared, dependent: true, clusterX: (uint)slices);
+            return true;
+        }
         void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps };
         Launch(kernel.File, $"{kernel.Prefix}_swiglu_{Suffix(x.DType, "MatMulSwiGlu")}_m{mt}", ((uint)slices, (uint)blocks, 1),
             DecodeGemmThreads, args, kernel.Shared, dependent: true, clusterX: (uint)slices);

@@ -56,8 +56,8 @@ public sealed record CudaBackendOptions
     public bool HopperDecodeProducts { get; init; } = true;
 
     /// <summary>
-    /// Under <see cref="DecodeProducts"/> on the wgmma kernel (<see cref="HopperDecodeProducts"/>), the plain products (not
-    /// the SwiGLU form) copy their W and x tiles with the tensor memory accelerator: one thread issues each stage's copies
+    /// Under <see cref="DecodeProducts"/> on the wgmma kernel (<see cref="HopperDecodeProducts"/>), the products and their
+    /// SwiGLU form copy their W and x tiles with the tensor memory accelerator: one thread issues each stage's copies
     /// through tensor maps, against the stage's transaction barrier, in place of every thread's 16-byte copies and their
     /// address arithmetic (which ncu found the 128-thread CTAs spending their time on, session 22). Default false.
     /// </summary>

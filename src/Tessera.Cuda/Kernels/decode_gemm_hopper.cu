@@ -9,8 +9,8 @@
 //
 // Operands swapped ("swap AB"): x is wgmma's A operand, m64 = x's rows (padded to 64: a warp whose 16 rows lie past
 // 8 MT passes zeros), from registers (ldmatrix of the staged x tile; with a norm, scaled there by the norm weight's
-// fragment as decode_gemm.cu does); W is the B operand, n128 = 128 rows of W (SWIGLU: 64 outputs' gate and up rows,
-// interleaved so that column 2i is output i's gate and 2i + 1 its up), K-major from shared memory in the 128-byte
+// fragment as decode_gemm.cu does); W is the B operand, n128 = 128 rows of W (SWIGLU: 64 outputs' gate rows, then
+// their up rows, so that column i is output i's gate and 64 + i its up, as decode_gemm.cu lays them), K-major from shared memory in the 128-byte
 // swizzle (hopper.cuh). A CTA is one warpgroup: 128 rows of W (blockIdx.y) and slice blockIdx.x of gridDim.x slices of K;
 // per k-tile of BK = 64 columns (each W row's 128 contiguous bytes, one block of the swizzle) it stages W's 128 rows, x's
 // 8 MT rows and the norm weight's 64 columns (cp.async, 4 stages; W's first stages issued before pdl_wait when early, as
@@ -18,7 +18,7 @@
 // 4 m64n128k16 wgmma. (Session 22 measured k-tiles of 128 and 256 columns, 4 and 2 stages,
 // and 64 W rows a CTA with m64n64k16: each slower, the step 2.60-2.63 and 1.99 ms against 1.89; docs/benchmarks.md.)
 // The accumulator (hopper.cuh's fragment) holds x row 16 w + g + 8 (e >> 1) by W column 8 j + 2 c + (e & 1), so a lane
-// holds pairs of adjacent outputs, and with SWIGLU an output's gate and up sums. With a norm, a lane also sums the squares
+// holds pairs of adjacent outputs, and with SWIGLU an output's gate sum (n8 tile j < 8) and its up sum (tile j + 8). With a norm, a lane also sums the squares
 // of its x rows' fragments, so the rows it writes are the rows whose sums it holds.
 // Several slices: a thread-block cluster (gridDim.x CTAs along x), each CTA's fp32 tile left in its shared memory and
 // summed over the cluster in slice order through distributed shared memory by the CTA that owns each share of the outputs,
@@ -30,9 +30,8 @@
 template <typename T, int MT, bool SWIGLU, bool TMA = false>
 __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                                    i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
-                                   const TensorMap* wmap = nullptr, const TensorMap* xmap = nullptr)
+                                   const TensorMap* wmap = nullptr, const TensorMap* xmap = nullptr, const TensorMap* w2map = nullptr)
 {
-    static_assert(!(TMA && SWIGLU), "decode_gemm_hopper: the tensor-map form serves the plain product (SwiGLU interleaves two weights' rows)");
     constexpr int BK = 64, MP = 8 * MT, WT = DH_BN * BK * 2, XT = MP * BK * 2, STAGE = WT + XT + 1024;   // 1,024-byte aligned tiles
     constexpr int ST = 4, CH = BK / 8, RPP = DH_THREADS / CH;   // stages; 16-byte chunks a row; rows a pass
     static_assert((MP * DH_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm_hopper: the cluster's tiles fit in the stages");
@@ -60,21 +59,28 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         const unsigned dst = smem + stage * STAGE;
         if constexpr (TMA)
         {
-            // One thread: the stage's one arrival announcing all its bytes (W, x, the norm weight), then W's box of 128 rows
-            // (rows past N arrive as zeros). x's copies follow in load_x, after pdl_wait when early.
+            // One thread: the stage's one arrival announcing all its bytes (W, x, the norm weight), then W's box of 128 rows,
+            // or with SWIGLU the gate's and the up weight's boxes of 64 (rows past N arrive as zeros). x's copies follow in
+            // load_x, after pdl_wait when early.
             if (tid == 0)
             {
                 mbar_arrive_expect_tx(bar(stage), WT + XT + (nw ? BK * 2 : 0));
-                tma_load_2d(dst, wmap, k0 + t * BK, n0, bar(stage));
+                if constexpr (SWIGLU)
+                {
+                    const int o0 = blockIdx.y * (DH_BN / 2);
+                    tma_load_2d(dst, wmap, k0 + t * BK, o0, bar(stage));
+                    tma_load_2d(dst + WT / 2, w2map, k0 + t * BK, o0, bar(stage));   // 64 rows on: the swizzle's phase kept
+                }
+                else tma_load_2d(dst, wmap, k0 + t * BK, n0, bar(stage));
             }
             return;
         }
 #pragma unroll
         for (int i = 0; i < DH_BN / RPP; i++)
         {
-            // Column r of the product: W's row n0 + r, or with SWIGLU output r / 2's gate (r even) or up row.
-            const int r = cr + RPP * i, n = SWIGLU ? blockIdx.y * (DH_BN / 2) + (r >> 1) : n0 + r;
-            const T* src = SWIGLU && (r & 1) ? w2 : w;
+            // Column r of the product: W's row n0 + r, or with SWIGLU output r % 64's gate row (r < 64) or its up row.
+            const int r = cr + RPP * i, n = SWIGLU ? blockIdx.y * (DH_BN / 2) + (r & (DH_BN / 2 - 1)) : n0 + r;
+            const T* src = SWIGLU && r >= DH_BN / 2 ? w2 : w;
             const bool ok = n < N;
             cp_async16(dst + sw128_offset<DH_BN>(r, cc), ok ? src + (i64)n * ldw + k0 + t * BK + cc * 8 : w, ok);
         }
@@ -172,8 +178,12 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
                 const float v0 = acc[4 * j + 2 * r] * inv, v1 = acc[4 * j + 2 * r + 1] * inv;
                 if (SWIGLU)
                 {
-                    const int o = blockIdx.y * (DH_BN / 2) + 4 * j + c4;
-                    if (o < N) store_swiglu(y, (i64)m * ldy + o, v0, v1, bias, bias2, o);
+                    // Columns 8 j + 2 c4 (+ 1) of the first 64 are outputs' gate sums; the same 64 on, their up sums.
+                    if (j >= DH_BN / 16) continue;
+                    const float u0 = acc[4 * (j + DH_BN / 16) + 2 * r] * inv, u1 = acc[4 * (j + DH_BN / 16) + 2 * r + 1] * inv;
+                    const int o = blockIdx.y * (DH_BN / 2) + 8 * j + 2 * c4;
+                    if (o < N) store_swiglu(y, (i64)m * ldy + o, v0, u0, bias, bias2, o);
+                    if (o + 1 < N) store_swiglu(y, (i64)m * ldy + o + 1, v1, u1, bias, bias2, o + 1);
                 }
                 else
                 {
@@ -209,19 +219,22 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
         cluster_sum_rows(rowsq, total, MP, slices, tid, DH_THREADS);   // every slice's sums of squares, in slice order
         __syncthreads();
     }
-    // Pair q of x row m: columns 2q and 2q + 1 (W rows n0 + 2q, + 1; or with SWIGLU output q's gate and up).
-    constexpr int PAIRS = DH_BN / 2;
+    // Pair q of x row m: columns 2q and 2q + 1 (W rows n0 + 2q, + 1; or with SWIGLU outputs 2q and 2q + 1, their gate sums
+    // there and their up sums 64 columns on).
+    constexpr int PAIRS = SWIGLU ? DH_BN / 4 : DH_BN / 2;
     const int pairs = M * PAIRS, first = (int)((long long)pairs * slice / slices), last = (int)((long long)pairs * (slice + 1) / slices);
     for (int p = first + tid; p < last; p += DH_THREADS)
     {
         const int m = p / PAIRS, q = p % PAIRS;
-        float s0, s1;
+        float s0, s1, u0 = 0.f, u1 = 0.f;
         cluster_sum2(tile + m * DH_RS + 2 * q, slices, s0, s1);
+        if (SWIGLU) cluster_sum2(tile + m * DH_RS + DH_BN / 2 + 2 * q, slices, u0, u1);
         const float inv = nw ? rsqrtf(total[m] / K + eps) : 1.f;
         if (SWIGLU)
         {
-            const int o = blockIdx.y * (DH_BN / 2) + q;
-            if (o < N) store_swiglu(y, (i64)m * ldy + o, s0 * inv, s1 * inv, bias, bias2, o);
+            const int o = blockIdx.y * (DH_BN / 2) + 2 * q;
+            if (o < N) store_swiglu(y, (i64)m * ldy + o, s0 * inv, u0 * inv, bias, bias2, o);
+            if (o + 1 < N) store_swiglu(y, (i64)m * ldy + o + 1, s1 * inv, u1 * inv, bias, bias2, o + 1);
         }
         else
         {
@@ -251,7 +264,7 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     }
 // The plain product with W's and x's tiles copied by the tensor memory accelerator (CudaBackendOptions.DecodeProductTensorMaps):
 // wmap is W as (N rows, K columns) in boxes of 128 rows by 64 columns, xmap x as (M, K) in boxes of 8 MT rows by 64, both in
-// the 128-byte swizzle.
+// the 128-byte swizzle; the SwiGLU form's gmap and umap the gate and up weights (F rows each) in boxes of 64 rows.
 #define DECODE_GEMM_HOPPER_TMA(name, t, MT)                                                                               \
     extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_tma_##name##_m##MT(const t* x,            \
         const t* w, const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta,         \
@@ -259,6 +272,14 @@ __device__ void decode_gemm_hopper(const T* x, const T* w, const T* w2, const T*
     {                                                                                                                     \
         decode_gemm_hopper<t, MT, false, true>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta,      \
                                                early, nw, eps, &wmap, &xmap);                                             \
+    }                                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(DH_THREADS) decode_gemm_hopper_tma_swiglu_##name##_m##MT(const t* x,     \
+        const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw,    \
+        i64 ldy, int early, const t* nw, float eps, const __grid_constant__ TensorMap gmap,                               \
+        const __grid_constant__ TensorMap umap, const __grid_constant__ TensorMap xmap)                                   \
+    {                                                                                                                     \
+        decode_gemm_hopper<t, MT, true, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early,\
+                                              nw, eps, &gmap, &xmap, &umap);                                              \
     }
 DECODE_GEMM_HOPPER(bf16, bf16, 2) DECODE_GEMM_HOPPER(bf16, bf16, 4) DECODE_GEMM_HOPPER(bf16, bf16, 8)
 DECODE_GEMM_HOPPER(f16, f16, 2) DECODE_GEMM_HOPPER(f16, f16, 4) DECODE_GEMM_HOPPER(f16, f16, 8)

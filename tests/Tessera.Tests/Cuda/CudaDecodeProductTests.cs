@@ -78,9 +78,13 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.BF16, 9, 100, 256, false, true, true)]      // 2 row blocks of 64 outputs, the last with 36; biases
     [InlineData(DType.F16, 24, 160, 1024, true, true, true)]      // f16, normalized, with biases
     [InlineData(DType.BF16, 64, 8192, 2048, true, false, false)]  // decode_gemm.cu's mma.sync kernel
-    public void DecodeSwiGluMatchesTheReferenceAndTheDefaultPath(DType dtype, int m, int f, int k, bool withNorm, bool withBias, bool hopper)
+    [InlineData(DType.BF16, 64, 8192, 2048, true, false, true, true)]   // the tensor-map form: the gate's and up's boxes of 64 rows
+    [InlineData(DType.BF16, 9, 100, 256, false, true, true, true)]      // the last row block's boxes past F zero-filled
+    [InlineData(DType.F16, 24, 160, 1024, true, true, true, true)]
+    public void DecodeSwiGluMatchesTheReferenceAndTheDefaultPath(DType dtype, int m, int f, int k, bool withNorm, bool withBias, bool hopper,
+        bool tensorMaps = false)
     {
-        using var decode = DecodeBackend(hopper);
+        using var decode = DecodeBackend(hopper, tensorMaps);
         const double eps = 1e-5;
         var (xv, gv, uv, nv) = (Values(m * k, 1.0), Values(f * k, 0.05), Values(f * k, 0.05), Values(k, 1.0));
         var (bgv, buv) = (Values(f, 0.5), Values(f, 0.5));
@@ -93,7 +97,7 @@ public sealed class CudaDecodeProductTests(CudaFixture fixture) : CudaTestBase(f
             return Download(backend, output);
         }
         var got = Run(decode);
-        AssertRanOn(decode, $"{Prefix(hopper)}_swiglu_{Suffix(dtype)}_m");
+        AssertRanOn(decode, $"{Prefix(hopper, tensorMaps)}_swiglu_{Suffix(dtype)}_m");
         if (withNorm) Assert.DoesNotContain(decode.Profiler!.Totals(), r => r.Name.StartsWith("rmsnorm", StringComparison.Ordinal));   // no norm launch
         var fallback = Run(Gpu);
         double[] sx = Stored(xv, dtype), sg = Stored(gv, dtype), su = Stored(uv, dtype), sn = Stored(nv, dtype), sbg = Stored(bgv, dtype), sbu = Stored(buv, dtype);

@@ -55,7 +55,7 @@ public sealed class KernelEmulationTests
     /// <see cref="DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation"/> (Emulation/decode_gemm.cpp built with -DHOPPER),
     /// plus five more shapes (more k-tiles than stages, in one slice and in two), on the emulation's warpgroup stand-in of wgmma
     /// m64n128k16 (A from the threads' registers, B read through its 128-byte-swizzle descriptor as the hardware reads it), and
-    /// the tensor-map form at four shapes (the tensor memory accelerator's boxes, zero fill and swizzle, and the stages'
+    /// the tensor-map form at four shapes and its SwiGLU form at three (the tensor memory accelerator's boxes, zero fill and swizzle, and the stages'
     /// transaction barriers, emulated; a wrong coordinate, byte count or phase parity fails or aborts there). The stand-in's
     /// wgmma layout is the one the GPU tests proved (<see cref="CudaDecodeProductTests"/>, sessions 21 and 22).
     /// </summary>
@@ -69,7 +69,9 @@ public sealed class KernelEmulationTests
              "decode_gemm_hopper M=9 N=130 K=512 slices=1 bias=0 beta=0", "decode_gemm_hopper M=48 N=128 K=1024 slices=2 bias=0 beta=1 norm",
              "decode_gemm_hopper swiglu M=64 F=100 K=512 slices=2 bias=1 norm", "decode_gemm_hopper swiglu M=17 F=64 K=512 slices=1 bias=0",
              "decode_gemm_hopper M=5 N=100 K=256 slices=1 bias=1 beta=0 tma: early = late, pads", "decode_gemm_hopper M=64 N=300 K=512 slices=4 bias=0 beta=1 tma",
-             "decode_gemm_hopper M=48 N=128 K=1024 slices=8 bias=1 beta=1 norm tma", "decode_gemm_hopper M=9 N=130 K=1024 slices=1 bias=0 beta=0 norm tma"],
+             "decode_gemm_hopper M=48 N=128 K=1024 slices=8 bias=1 beta=1 norm tma", "decode_gemm_hopper M=9 N=130 K=1024 slices=1 bias=0 beta=0 norm tma",
+             "decode_gemm_hopper swiglu M=17 F=100 K=256 slices=1 bias=1 tma", "decode_gemm_hopper swiglu M=64 F=64 K=512 slices=4 bias=0 norm tma",
+             "decode_gemm_hopper swiglu M=33 F=65 K=1024 slices=2 bias=1 norm tma"],
             "HOPPER");
 
     /// <summary>

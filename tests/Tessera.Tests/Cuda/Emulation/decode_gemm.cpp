@@ -6,7 +6,7 @@
 // weight loads (before pdl_wait) against the late ones, bit for bit, and the row stride's padding untouched; RMSNorm on
 // the way (x's fragments scaled by its weight, 1 / rms on the sums), with one slice and several. Built with -DHOPPER the same
 // checks run decode_gemm_hopper.cu (wgmma on the emulation's warpgroup stand-in; hopper.cuh), five more shapes, and its
-// tensor-map form (the tensor memory accelerator's copies and transaction barriers emulated) at four.
+// tensor-map form (the tensor memory accelerator's copies and transaction barriers emulated) at four, its SwiGLU form at three.
 // kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
@@ -145,7 +145,7 @@ static void run(int M, int N, int K, int slices, bool with_bias, float alpha, fl
 }
 
 // The SwiGLU form: y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), gate and up weights in separate arrays of one row stride.
-static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool with_norm = false)
+static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool with_norm = false, bool tma = false)
 {
     std::mt19937 rng(7 + M * 5 + F + K + slices);
     const int ldx = K, ldw = K + 16, ldy = F;
@@ -173,14 +173,29 @@ static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool wit
     long long lx = ldx, lw = ldw, ly = ldy;
     emu_shared_base = shared_base;
     auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pg, pu, pbg, pbu, py, m_, f_, k_, lx, lw, ly, early, pn, ep); }); };
+#ifdef HOPPER
+    if (tma)
+    {
+        // The host's maps: the gate and up weights (F rows of K each) in boxes of 64 rows, x in boxes of 8 MT rows.
+        TensorMap gm, um, xm;
+        emu_tensor_map_2d(&gm, pg, K, F, (unsigned long long)ldw * 2, 64, 64, 2);
+        emu_tensor_map_2d(&um, pu, K, F, (unsigned long long)ldw * 2, 64, 64, 2);
+        emu_tensor_map_2d(&xm, px, K, M, (unsigned long long)ldx * 2, 64, 8 * MT, 2);
+        auto launch_tma = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pg, pu, pbg, pbu, py, m_, f_, k_, lx, lw, ly, early, pn, ep, gm, um, xm); }); };
+        if (MT == 2) launch_tma(decode_gemm_hopper_tma_swiglu_bf16_m2);
+        else if (MT == 4) launch_tma(decode_gemm_hopper_tma_swiglu_bf16_m4);
+        else launch_tma(decode_gemm_hopper_tma_swiglu_bf16_m8);
+    }
+    else
+#endif
     if (MT == 2) launch(KERNEL(SWIGLU, 2));
     else if (MT == 4) launch(KERNEL(SWIGLU, 4));
     else launch(KERNEL(SWIGLU, 8));
     std::vector<float> got((size_t)M * F);
     for (size_t i = 0; i < got.size(); i++) got[i] = to_f(y[i]);
     char name[120];
-    snprintf(name, sizeof name, "%s swiglu M=%d F=%d K=%d slices=%d bias=%d%s", FAMILY, M, F, K, slices, with_bias ? 1 : 0,
-             with_norm ? " norm" : "");
+    snprintf(name, sizeof name, "%s swiglu M=%d F=%d K=%d slices=%d bias=%d%s%s", FAMILY, M, F, K, slices, with_bias ? 1 : 0,
+             with_norm ? " norm" : "", tma ? " tma" : "");
     check(name, e, got, 8e-3);
 }
 
@@ -210,6 +225,10 @@ int main()
     run(64, 300, 512, 4, false, 1.f, 1.f, false, true);    // 3 row blocks, 4 slices in a cluster, the residual
     run(48, 128, 1024, 8, true, 1.f, 1.f, true, true);     // 8 slices, normalized: the norm weight's bulk copy
     run(9, 130, 1024, 1, false, 0.5f, 0.f, true, true);    // 16 k-tiles in one slice: every barrier through four phases
+    // Its SwiGLU form: the gate's and the up weight's boxes of 64 rows side by side in a stage.
+    run_swiglu(17, 100, 256, 1, true, false, true);         // 2 row blocks, the last with 36 outputs (the rest zero-filled)
+    run_swiglu(64, 64, 512, 4, false, true, true);          // 4 slices, normalized: the cluster's gate and up sums
+    run_swiglu(33, 65, 1024, 2, true, true, true);          // F odd; 8 k-tiles a slice: the barriers through two phases
 #endif
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
