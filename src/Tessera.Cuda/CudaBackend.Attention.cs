@@ -317,7 +317,7 @@ public sealed unsafe partial class CudaBackend
     }
 
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0)
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null)
     {
         const string op = "AttentionBackward";
         window = KernelWindow(op, window);
@@ -330,6 +330,12 @@ public sealed unsafe partial class CudaBackend
         RequireSameShape(op, k, "k", dv, "dv");
         RequireDType(op, "logSumExp", logSumExp, DType.F32);
         RequireContiguous(op, "logSumExp", logSumExp);
+        if (columnSums is not null)
+        {
+            RequireContiguous(op, "columnSums", columnSums);
+            if (columnSums.NumElements != (long)(h + 2 * kh) * d)
+                throw new ArgumentException($"CudaBackend.{op}: columnSums {columnSums.Shape} must have (H + 2K) D = {(h + 2 * kh) * d} elements");
+        }
         if ((long)b * t * h == 0) return;
         var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "k", k); var sv = Strides3.Of(op, "v", v);
         var so = Strides3.Of(op, "output", output); var sd = Strides3.Of(op, "dOutput", dOutput);
@@ -341,9 +347,11 @@ public sealed unsafe partial class CudaBackend
         long rows = (long)b * t * h;
         if (FlashEligible(d, q, k, v, output, dOutput, dq, dk, dv))
         {
+            bool summed = false;
             if (window == NoWindow && UsesHopperAttentionBackward)
-                HopperBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc);
+                summed = HopperBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc, columnSums);
             else FlashBackward(q.DType, b, t, h, kh, d, pq, pk, pv, po, pd, pl, pdq, pdk, pdv, sq, sk, sv, so, sd, sdq, sdk, sdv, sc, window);
+            if (columnSums is not null && !summed) AddHeadColumnSums(op, columnSums, dq, dk, dv);
             return;
         }
         ulong delta = Scratch(rows * sizeof(float));
@@ -358,5 +366,26 @@ public sealed unsafe partial class CudaBackend
         Launch("attention.cu", "attention_backward_dkdv_" + suffix,
             ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)kh, (uint)b), AttentionWarps * 32, a3, sharedDkDv);
         FreeScratch(delta);
+        if (columnSums is not null) AddHeadColumnSums(op, columnSums, dq, dk, dv);
+    }
+
+    /// <summary>
+    /// sums ((H + 2K) D) += the column sums over (B, T) of dq's (H, D) columns, then dk's and dv's (K, D): the attention
+    /// backward's bias gradient where its kernels did not take it on the way. Each of (B, T, heads, D) with its heads D
+    /// apart is read as B T rows of heads D values (one pass when its batches are T rows apart, else one a batch).
+    /// </summary>
+    private void AddHeadColumnSums(string op, Tensor sums, params Tensor[] parts)
+    {
+        ulong target = Ptr(sums);
+        foreach (var x in parts)
+        {
+            int b = x.Size(0), t = x.Size(1), heads = x.Size(2), d = x.Size(3);
+            if (x.Stride(2) != d) throw new NotSupportedException($"CudaBackend.{op}: columnSums needs each gradient's heads {d} apart, got {x.Stride(2)}");
+            long ld = x.Stride(1), es = x.DType.SizeInBytes();
+            if (x.Stride(0) == t * ld) AddColumnSums(Ptr(x), x.DType, (long)b * t, heads * d, ld, target, sums.DType, op);
+            else
+                for (int bi = 0; bi < b; bi++) AddColumnSums(Ptr(x) + (ulong)(bi * x.Stride(0) * es), x.DType, t, heads * d, ld, target, sums.DType, op);
+            target += (ulong)((long)heads * d * sums.DType.SizeInBytes());
+        }
     }
 }

@@ -208,30 +208,39 @@ public sealed unsafe partial class CudaBackend
         if (sums.NumElements != c) throw new ArgumentException($"CudaBackend.SumRows: sums {sums.Shape} must have {c} elements");
         long rows = x.NumElements / Math.Max(c, 1);
         if (rows == 0 || c == 0) return;
+        AddColumnSums(Ptr(x), x.DType, rows, c, c, Ptr(sums), sums.DType, "SumRows");
+    }
+
+    /// <summary>
+    /// target (C, <paramref name="targetType"/>) += the column sums of x (rows, C) of <paramref name="dtype"/> at
+    /// <paramref name="px"/>, its rows <paramref name="ld"/> elements apart (<see cref="SumRows"/>, and the attention
+    /// backward's bias gradient over the rows of dq, dk and dv when its kernels do not sum them on the way).
+    /// </summary>
+    private void AddColumnSums(ulong px, DType dtype, long rows, int c, long ld, ulong target, DType targetType, string op)
+    {
         // The 16-byte kernel: a block per (row group, chunk of 16-byte column vectors), about 4 blocks an SM in all, each
         // streaming its rows of one chunk with eight loads in flight a thread (session 18; session 17's blocks walked every
         // chunk in turn and read GPT-2's bias gradients at 2.8 TB/s). Its partials (row groups x C floats) are a few percent
         // of what it reads at the widths of a bias gradient.
-        ulong px = Ptr(x), ps = Ptr(sums);
-        if (Vectorizable(x.DType, c, Ptr(x)))
+        if (Vectorizable(dtype, c, px) && ld % (16 / dtype.SizeInBytes()) == 0)
         {
-            int vecCols = c / (16 / x.DType.SizeInBytes());
+            int vecCols = c / (16 / dtype.SizeInBytes());
             int chunk = vecCols % 32 == 0 ? 32 : Math.Min(vecCols, (int)Threads);
             int chunks = (vecCols + chunk - 1) / chunk;
             int lanes = (int)Threads / chunk;
             int groups = (int)Math.Clamp((rows + lanes - 1) / lanes, 1, Math.Max(1, 4 * CudaDevice.MultiprocessorCount / chunks));
             ulong partial = Scratch((long)groups * c * sizeof(float));
-            void** a1 = stackalloc void*[] { &px, &rows, &c, &chunk, &partial };
-            Launch("reduce.cu", "column_partial_vec_" + Suffix(x.DType, "SumRows"), ((uint)groups, (uint)chunks, 1), Threads, a1);
-            ColumnReduce(partial, groups, c, c, sums.DType, ps, "SumRows");
+            void** a1 = stackalloc void*[] { &px, &rows, &c, &ld, &chunk, &partial };
+            Launch("reduce.cu", "column_partial_vec_" + Suffix(dtype, op), ((uint)groups, (uint)chunks, 1), Threads, a1);
+            ColumnReduce(partial, groups, c, c, targetType, target, op);
             FreeScratch(partial);
             return;
         }
         int g = (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
         ulong scalarPartial = Scratch((long)g * c * sizeof(float));
-        void** a2 = stackalloc void*[] { &px, &rows, &c, &scalarPartial };
-        Launch("reduce.cu", "column_partial_" + Suffix(x.DType, "SumRows"), (uint)g, Threads, a2);
-        ColumnReduce(scalarPartial, g, c, c, sums.DType, ps, "SumRows");
+        void** a2 = stackalloc void*[] { &px, &rows, &c, &ld, &scalarPartial };
+        Launch("reduce.cu", "column_partial_" + Suffix(dtype, op), (uint)g, Threads, a2);
+        ColumnReduce(scalarPartial, g, c, c, targetType, target, op);
         FreeScratch(scalarPartial);
     }
 

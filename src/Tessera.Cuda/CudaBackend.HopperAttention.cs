@@ -101,9 +101,9 @@ public sealed unsafe partial class CudaBackend
     public static int MeasuredBestHopperBackward(int headSize, int queryHeads, int kvHeads, int t) =>
         headSize == 64 && queryHeads >= 2 * kvHeads && t >= 2048 ? 3 : 6;
 
-    private void HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
+    private bool HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
-        float sc)
+        float sc, Tensor? columnSums = null)
     {
         string suffix = FlashSuffix(dtype, d);
         int variant = HopperBackwardVariantFor(d, h, kh, t);
@@ -134,6 +134,13 @@ public sealed unsafe partial class CudaBackend
         string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 12) != 0 ? "v2x_" : "v2_") + suffix;
         PreferSharedMemory(HopperFile, kernel);
         var blocks = ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b);
+        // The bias gradient on the way (columnSums, under FusedAttentionBiasGradient): the second kernel's CTAs write their dK
+        // and dV column sums, one partial row of 2 K D floats a (batch, key block), and the tile cast each tile's dQ sums,
+        // D / 64 partial rows of H D floats a (batch, query block); both are summed into columnSums after. The first kernel
+        // and the per-element dQ leave it to the caller (false).
+        bool sums = columnSums is not null && Options.FusedAttentionBiasGradient && variant != 1 && tiles;
+        long kvRows = (long)b * blocks.Item1, qRows = (long)b * queryBlocks * (d / 64);
+        ulong kvPartial = sums ? Scratch(kvRows * 2 * kh * d * sizeof(float)) : 0, qPartial = sums ? Scratch(qRows * h * d * sizeof(float)) : 0;
         if (variant == 1)
         {
             void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
@@ -141,15 +148,22 @@ public sealed unsafe partial class CudaBackend
         }
         else
         {
-            void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &flags };
+            void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &flags, &kvPartial };
             Launch(HopperFile, kernel, blocks, (uint)HopperWarpgroupThreads, a2, shared);
         }
-        void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq };
+        void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq, &qPartial };
         if (tiles)   // one thread per 16 values (four float4) of the tiles
             Launch(HopperFile, "flash_backward_hopper_dq_cast_" + suffix, (uint)((accumulators / 16 + 255) / 256), 256, a3);
         else
             Launch("flash_attention.cu", "flash_backward_dq_cast_" + suffix, grid, 256, a3);
         FreeScratch(dqacc);
         FreeScratch(delta);
+        if (!sums) return false;
+        ulong target = Ptr(columnSums!);
+        ColumnReduce(qPartial, (int)qRows, (long)h * d, h * d, columnSums!.DType, target, "AttentionBackward");
+        ColumnReduce(kvPartial, (int)kvRows, 2L * kh * d, 2 * kh * d, columnSums.DType, target + (ulong)((long)h * d * columnSums.DType.SizeInBytes()), "AttentionBackward");
+        FreeScratch(qPartial);
+        FreeScratch(kvPartial);
+        return true;
     }
 }

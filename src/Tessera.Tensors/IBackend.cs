@@ -263,10 +263,13 @@ public interface IBackend
     /// <summary>
     /// Gradients of <see cref="AttentionForward"/> (S = T): writes dq (B,T,H,D), dk and dv (B,T,K,D),
     /// summing over the query heads that share a kv head. Views with a contiguous last dimension are accepted.
-    /// <paramref name="window"/> as in <see cref="AttentionForward"/>.
+    /// <paramref name="window"/> as in <see cref="AttentionForward"/>. When <paramref name="columnSums"/> ((H + 2K) D,
+    /// contiguous) is given it receives += the sums over the B T rows of dq's H D columns, then dk's K D, then dv's K D: the
+    /// bias gradient of the product that made q, k and v in one (B, T, (H + 2K) D) tensor, taken on the way where the
+    /// backend's kernels can (the Hopper backward), so that the product's backward need not read dq, dk and dv again.
     /// </summary>
     void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0);
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null);
 
     // ---------------------------------------------------------------- loss
 

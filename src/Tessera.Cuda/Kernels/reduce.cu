@@ -17,25 +17,25 @@ extern "C" __global__ void sum_finish(const double* partial, int count, float* r
     if (threadIdx.x == 0) result[0] = (float)((accumulate ? (double)result[0] : 0.0) + scale * s);
 }
 
-// partial (G, C) row b = sum of rows b, b+G, ... of x (N, C).
-template <typename T> __device__ void column_partial(const T* x, i64 N, int C, float* partial)
+// partial (G, C) row b = sum of rows b, b+G, ... of x (N, C), its rows ld apart.
+template <typename T> __device__ void column_partial(const T* x, i64 N, int C, i64 ld, float* partial)
 {
     for (int c = threadIdx.x; c < C; c += blockDim.x)
     {
         float s = 0.f;
-        for (i64 r = blockIdx.x; r < N; r += gridDim.x) s += to_f(x[r * C + c]);
+        for (i64 r = blockIdx.x; r < N; r += gridDim.x) s += to_f(x[r * ld + c]);
         partial[(i64)blockIdx.x * C + c] = s;
     }
 }
 
-// The same partials with 16-byte loads (x 16-byte aligned, C a multiple of 16 / sizeof(T), blockDim.x <= 256), for the
+// The same partials with 16-byte loads (x 16-byte aligned, C and ld multiples of 16 / sizeof(T), blockDim.x <= 256), for the
 // `chunk` column vectors of chunk blockIdx.y: thread t reads column vector t % chunk on row lane t / chunk, eight rows at a
 // time (eight 16-byte loads in flight a thread), and the row lanes' sums are added in lane order through shared memory
 // (deterministic). A chunk is a warp's 32 vectors (512 bytes of a row) when the row's vectors are a multiple of 32, so
 // that every thread of the block reads, otherwise up to blockDim.x vectors. Each block streams its rows of one chunk
 // without a barrier until the end: walking the chunks in turn inside a block (session 17) drained the loads at every
 // chunk, 12 times over GPT-2's 3,072-wide rows, and read at 2.8 TB/s.
-template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int C, int chunk, float* partial)
+template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int C, i64 ld, int chunk, float* partial)
 {
     const int V = Vec16<T>::N;
     constexpr int Depth = 8;
@@ -56,7 +56,7 @@ template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int 
         {
             Bytes16 raw[Depth];
 #pragma unroll
-            for (int u = 0; u < Depth; u++) raw[u] = *reinterpret_cast<const Bytes16*>(column + (r + u * step) * C);
+            for (int u = 0; u < Depth; u++) raw[u] = *reinterpret_cast<const Bytes16*>(column + (r + u * step) * ld);
 #pragma unroll
             for (int u = 0; u < Depth; u++)
             {
@@ -68,7 +68,7 @@ template <typename T> __device__ void column_partial_vec(const T* x, i64 N, int 
         for (; r < N; r += step)
         {
             float v[V];
-            load16(column + r * C, v);
+            load16(column + r * ld, v);
 #pragma unroll
             for (int j = 0; j < V; j++) acc[j] += v[j];
         }
@@ -117,14 +117,14 @@ template <typename T> __device__ void column_reduce(const float* partial, int ro
     {                                                                                                       \
         sum_partial<T>(x, count, partial, square);                                                          \
     }                                                                                                       \
-    extern "C" __global__ void column_partial_##n(const T* x, i64 N, int C, float* partial)                \
+    extern "C" __global__ void column_partial_##n(const T* x, i64 N, int C, i64 ld, float* partial)        \
     {                                                                                                       \
-        column_partial<T>(x, N, C, partial);                                                                \
+        column_partial<T>(x, N, C, ld, partial);                                                            \
     }                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(256, 4) column_partial_vec_##n(const T* x, i64 N, int C, int chunk, \
-                                                                                float* partial)            \
+    extern "C" __global__ void __launch_bounds__(256, 4) column_partial_vec_##n(const T* x, i64 N, int C, i64 ld, \
+                                                                                int chunk, float* partial) \
     {                                                                                                       \
-        column_partial_vec<T>(x, N, C, chunk, partial);                                                     \
+        column_partial_vec<T>(x, N, C, ld, chunk, partial);                                                 \
     }                                                                                                       \
     extern "C" __global__ void column_reduce_##n(const float* partial, int rows, i64 stride, int C, T* target, \
                                                  T* target2)                                                \

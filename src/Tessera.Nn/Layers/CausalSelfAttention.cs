@@ -130,14 +130,17 @@ public sealed class CausalSelfAttention
         var dQkv = ctx.Scratch(_dQkv, qkv.Shape, qkv.DType);        // (B, T, H+2K, D)
         var (q, k, v) = Split(qkv);
         var (dq, dk, dv) = Split(dQkv);
-        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale, SlidingWindow);
+        // The QKV product's bias gradient is the column sums of dQkv: without RoPE (which rotates dq and dk after this) the
+        // attention backward takes them on the way (the Hopper kernels sum the rows they write), and the product only its dW.
+        var qkvBiasGradient = Rope is null && Qkv.TakesBiasGradientFromNext ? Qkv.Bias!.Grad : null;
+        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale, SlidingWindow, qkvBiasGradient);
         // RoPE is a rotation: its backward is the inverse rotation of the gradient (dq and dk heads, adjacent).
         if (Rope is { } rope) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, rope, inverse: true);
         var dxRows = dx.Reshape((int)(dx.NumElements / Channels), Channels);
         if (accumulateDx && Input is not IdentityRegion)
             throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel attention is reduced over ranks and cannot accumulate into dx");
         var dInput = Input.GradientBuffer(ctx, dxRows);              // (N, C): dx itself, or the whole rows' gradient before the reduce-scatter
-        Qkv.Backward(ctx, dQkv.Reshape(n, (Heads + 2 * KvHeads) * HeadSize), dInput, accumulateDx);
+        Qkv.Backward(ctx, dQkv.Reshape(n, (Heads + 2 * KvHeads) * HeadSize), dInput, accumulateDx, biasGradientTaken: qkvBiasGradient is not null);
         Input.Backward(ctx, dInput, dxRows);
     }
 

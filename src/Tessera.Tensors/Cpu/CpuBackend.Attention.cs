@@ -159,7 +159,7 @@ public sealed unsafe partial class CpuBackend
 
     /// <inheritdoc/>
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0)
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null)
     {
         const string op = nameof(AttentionBackward);
         var (b, t, h, s, kh, d) = CheckAttention(op, q, k, v);
@@ -182,9 +182,44 @@ public sealed unsafe partial class CpuBackend
         RequireShape(op, nameof(logSumExp), logSumExp, new Shape(b, h, t));
         RequireDType(op, nameof(logSumExp), logSumExp, q.DType);
         RequireContiguous(op, nameof(logSumExp), logSumExp);
+        if (columnSums is not null)
+        {
+            RequireShape(op, nameof(columnSums), columnSums, new Shape((h + 2 * kh) * d));
+            if (columnSums.DType is not (DType.F32 or DType.F64))
+                throw new ArgumentException($"{op}: columnSums must be F32 or F64, got {columnSums.DType}", nameof(columnSums));
+            RequireContiguous(op, nameof(columnSums), columnSums);
+        }
         if (q.DType == DType.F32) AttentionBackwardTyped<float>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window);
         else AttentionBackwardTyped<double>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window);
-        KeepOperandsAlive(q, k, v, output, dOutput, logSumExp, dq, dk, dv);
+        if (columnSums is not null)
+        {
+            if (q.DType == DType.F32 && columnSums.DType == DType.F32) AddHeadColumnSums<float, float>(columnSums, dq, dk, dv);
+            else if (q.DType == DType.F32) AddHeadColumnSums<float, double>(columnSums, dq, dk, dv);
+            else if (columnSums.DType == DType.F32) AddHeadColumnSums<double, float>(columnSums, dq, dk, dv);
+            else AddHeadColumnSums<double, double>(columnSums, dq, dk, dv);
+        }
+        KeepOperandsAlive(q, k, v, output, dOutput, logSumExp, dq, dk, dv, columnSums);
+    }
+
+    /// <summary>sums ((H + 2K) D) += the column sums over (B, T) of dq's (H, D), dk's and dv's (K, D) columns, in that order.</summary>
+    private void AddHeadColumnSums<T, TSum>(Tensor sums, params Tensor[] parts)
+        where T : unmanaged, IFloatingPointIeee754<T> where TSum : unmanaged, IFloatingPointIeee754<TSum>
+    {
+        TSum* ps = Ptr<TSum>(sums);
+        foreach (var x in parts)
+        {
+            int b = x.Shape[0], t = x.Shape[1], h = x.Shape[2], d = x.Shape[3];
+            T* px = Ptr<T>(x);
+            for (int hi = 0; hi < h; hi++)
+                for (int di = 0; di < d; di++)
+                {
+                    T s = T.Zero;
+                    for (int bi = 0; bi < b; bi++)
+                        for (int ti = 0; ti < t; ti++) s += px[bi * x.Stride(0) + ti * x.Stride(1) + hi * x.Stride(2) + di];
+                    ps[hi * d + di] += TSum.CreateTruncating(s);
+                }
+            ps += h * d;
+        }
     }
 
     private void AttentionBackwardTyped<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,

@@ -627,6 +627,63 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
         return r;
     }
 
+    /// <summary>
+    /// The attention backward's column sums (<c>columnSums</c>: the QKV product's bias gradient) in the model's layout (dq, dk
+    /// and dv views into one (B, T, H + 2K, D) gradient): taken on the way by the second Hopper kernel and the tile cast
+    /// (variants 3, 6 and 7, under <see cref="CudaBackendOptions.FusedAttentionBiasGradient"/>; no column-sum kernel may run),
+    /// and after the backward for the others (variant 2's per-element dQ, the first kernel) and with the option off. Against
+    /// an f64 sum of the gradient the same call wrote, added to a non-zero start (it accumulates). Tolerance 1e-2 norm-wise:
+    /// the fused sums add the fp32 values before their rounding to bf16 (2^-9 relative each, independent), the reference the
+    /// rounded ones. Shapes: T not a multiple of 64 (rows past T must not count), GQA 4, D 128 (two partial rows a query block).
+    /// </summary>
+    [Theory]
+    [InlineData(64, 2, 200, 4, 4, 6, true)]
+    [InlineData(64, 2, 300, 8, 2, 3, true)]     // GQA 4, CTAs largest first (their rows remapped)
+    [InlineData(128, 2, 256, 4, 2, 6, true)]
+    [InlineData(64, 1, 256, 4, 4, 7, true)]     // the v2x build, dQ tile in its own buffer
+    [InlineData(64, 2, 200, 4, 4, 2, false)]    // per-element dQ: summed after
+    [InlineData(64, 2, 200, 4, 4, 1, false)]    // the first kernel: summed after
+    [InlineData(64, 2, 200, 4, 4, 0, false)]    // FusedAttentionBiasGradient = false: summed after
+    public void BackwardTakesTheBiasGradientOfTheFusedQkvOnTheWay(int d, int b, int t, int h, int kh, int variant, bool fused)
+    {
+        Backends();
+        using var off = variant == 0 ? new CudaBackend(0, CudaBackendOptions.Default with
+        {
+            HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = 6, FusedAttentionBiasGradient = false, ProfileOps = true,
+        }) : null;
+        var be = variant switch { 0 => off!, 1 => fixture.Hopper!, _ => fixture.BackwardVariants[variant - 2] };
+        int seed = Environment.TickCount, w = h + 2 * kh;
+        var rng = new Random(seed);
+        string where = $"BF16 D{d} B{b} T{t} H{h} K{kh} variant {variant} (seed {seed})";
+        double scale = 1 / Math.Sqrt(d);
+        double[] Values(long n) => Enumerable.Range(0, (int)n).Select(_ => Round(rng.NextDouble() * 2 - 1, DType.BF16)).ToArray();
+        var tqkv = Put(be, Values((long)b * t * w * d), DType.BF16, b, t, w, d);
+        var (q, k, v) = (tqkv.Slice(2, 0, h), tqkv.Slice(2, h, kh), tqkv.Slice(2, h + kh, kh));
+        var o = be.Allocate(new Shape(b, t, h, d), DType.BF16);
+        var lse = be.Allocate(new Shape(b, h, t), DType.F32);
+        be.AttentionForward(q, k, v, o, lse, scale);
+        var tdo = Put(be, Values((long)b * t * h * d), DType.BF16, b, t, h, d);
+        var dqkv = be.Allocate(new Shape(b, t, w, d), DType.BF16);
+        var start = Enumerable.Range(0, w * d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var sums = be.Allocate(new Shape(w * d), DType.F32);
+        be.CopyFromHost<float>(start, sums);
+        be.Profiler!.Reset();
+        be.AttentionBackward(q, k, v, o, tdo, lse, dqkv.Slice(2, 0, h), dqkv.Slice(2, h, kh), dqkv.Slice(2, h + kh, kh), scale, columnSums: sums);
+        var names = be.Profiler.Totals().Select(r => r.Name).ToList();
+        var g = Get(be, dqkv);
+        var got = be.ToArray<float>(sums).Select(x => (double)x).ToArray();
+        foreach (var x in new[] { tqkv, o, lse, tdo, dqkv, sums }) x.Storage.Dispose();
+        var expected = new double[w * d];
+        for (int c = 0; c < w * d; c++) expected[c] = start[c];
+        for (long r = 0; r < (long)b * t; r++)
+            for (int c = 0; c < w * d; c++) expected[c] += g[r * w * d + c];
+        Assert.Contains(names, n => n.StartsWith("flash_backward_hopper", StringComparison.Ordinal));
+        if (fused) Assert.DoesNotContain(names, n => n.StartsWith("column_partial", StringComparison.Ordinal));
+        else Assert.Contains(names, n => n.StartsWith("column_partial", StringComparison.Ordinal));
+        // The sums alone (less the start), so that a large start cannot hide a wrong sum.
+        AssertClose(expected.Select((e, i) => e - start[i]).ToArray(), got.Select((e, i) => e - start[i]).ToArray(), 1e-2, $"{where}: column sums");
+    }
+
     private static double[] Get(CudaBackend be, Tensor x) => x.DType == DType.BF16
         ? be.ToArray<BFloat16>(x).Select(y => (double)y.ToSingle()).ToArray()
         : be.ToArray<Half>(x).Select(y => (double)(float)y).ToArray();

@@ -179,6 +179,39 @@ public class CpuAttentionTests
         for (int i = 0; i < 3; i++) Assert.Equal(first[i], _cpu.ToArray<double>(grads[i]));
     }
 
+    /// <summary>
+    /// columnSums ((H + 2K) D) += the sums over (B, T) of dq's, dk's and dv's columns, in that order, for views into one
+    /// fused (B, T, H + 2K, D) gradient as the model passes them (GQA 2): against the sums of the gradient the same call
+    /// wrote, from a non-zero start, into an F64 and an F32 target. Tolerance: F64 sums of the same values in another order,
+    /// 1e-12 relative; the F32 target rounds each sum once (2^-24), 1e-6.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F64)]
+    [InlineData(DType.F32)]
+    public void BackwardAddsTheColumnSumsOfItsGradients(DType sumsType)
+    {
+        const int seed = 45;
+        var rng = new Random(seed);
+        int b = 2, t = 7, h = 4, kh = 2, d = 3, w = h + 2 * kh;
+        var qkv = TestTensors.RandomNormal(_cpu, rng, DType.F64, b, t, w, d);
+        var (q, k, v) = (qkv.Slice(2, 0, h), qkv.Slice(2, h, kh), qkv.Slice(2, h + kh, kh));
+        var dO = TestTensors.RandomNormal(_cpu, rng, DType.F64, b, t, h, d);
+        var o = _cpu.Allocate(new Shape(b, t, h, d), DType.F64); var lse = _cpu.Allocate(new Shape(b, h, t), DType.F64);
+        _cpu.AttentionForward(q, k, v, o, lse, 0.5);
+        var dqkv = _cpu.Allocate(qkv.Shape, DType.F64);
+        var start = TestTensors.Normal(rng, w * d);
+        var sums = TestTensors.FromDoubles(_cpu, start, sumsType, w * d);
+        _cpu.AttentionBackward(q, k, v, o, dO, lse, dqkv.Slice(2, 0, h), dqkv.Slice(2, h, kh), dqkv.Slice(2, h + kh, kh), 0.5, columnSums: sums);
+        var g = _cpu.ToArray<double>(dqkv);
+        var expected = (double[])start.Clone();
+        for (int r = 0; r < b * t; r++)
+            for (int c = 0; c < w * d; c++) expected[c] += g[r * w * d + c];
+        var got = TestTensors.ToDoubles(_cpu, sums);
+        NumericAssert.Close(expected, got, sumsType == DType.F64 ? 1e-12 : 1e-6, $"column sums into {sumsType} (seed {seed})");
+        Assert.Throws<ArgumentException>(() => _cpu.AttentionBackward(q, k, v, o, dO, lse, dqkv.Slice(2, 0, h), dqkv.Slice(2, h, kh),
+            dqkv.Slice(2, h + kh, kh), 0.5, columnSums: _cpu.Allocate(new Shape(w * d - 1), DType.F64)));
+    }
+
     [Fact]
     public void BackwardInF32MatchesF64OnAThreadedSize()
     {
