@@ -35,7 +35,8 @@ public sealed unsafe partial class CudaBackend
         if (x.NumElements != accumulator.NumElements)
             throw new ArgumentException($"CudaBackend.Accumulate: x {x.Shape} and accumulator {accumulator.Shape} differ in size");
         bool widening = accumulator.DType == DType.F32 && x.DType is DType.BF16 or DType.F16;
-        if (x.DType != accumulator.DType && !widening)
+        bool narrowing = x.DType == DType.F32 && accumulator.DType is DType.BF16 or DType.F16;
+        if (x.DType != accumulator.DType && !widening && !narrowing)
             throw new ArgumentException($"CudaBackend.Accumulate: cannot add {x.DType} into {accumulator.DType}");
         ulong pa = Ptr(accumulator), px = Ptr(x);
         long n = x.NumElements;

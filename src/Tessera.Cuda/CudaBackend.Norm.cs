@@ -43,39 +43,65 @@ public sealed unsafe partial class CudaBackend
     }
 
     public void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
-        Tensor dx, Tensor dWeight, Tensor? dBias)
+        Tensor dx, Tensor dWeight, Tensor? dBias, Tensor? dxColumnSums = null)
     {
         const string op = "LayerNormBackward";
-        var (rows, c) = NormShape(op, x, weight, (mean, "mean", true), (rstd, "rstd", true), (dWeight, "dWeight", false), (dBias, "dBias", false));
+        var (rows, c) = NormShape(op, x, weight, (mean, "mean", true), (rstd, "rstd", true), (dWeight, "dWeight", false), (dBias, "dBias", false),
+            (dxColumnSums, "dxColumnSums", false));
         RequireElementwise(op, x, (dOutput, "dOutput"), (dx, "dx"));
+        if (dxColumnSums is not null) Suffix(dxColumnSums.DType, op);   // any float type: column_reduce converts
         if (rows == 0) return;
         ulong pd = Ptr(dOutput), px = Ptr(x), pw = Ptr(weight), pm = Ptr(mean), pr = Ptr(rstd), pdx = Ptr(dx);
+        // Rows of the partials scratch: dW at [0, C), dB at [C, 2C), and with the column sums of dx those at [2C, 3C).
+        bool sums = dxColumnSums is not null;
+        int slices = sums ? 3 : 2;
         // The warp kernel holds a lane's row columns in registers (up to 4 16-byte vectors, so C <= 128 * (16 / element size))
-        // and its warp's gradient slice in shared memory (8 warps x 2C floats); its bounds fit three CTAs per SM, and the
-        // grid is one wave of those (fewer partial rows to sum than a grid of 4 per SM, which ran in two waves).
-        uint smemBytes = (uint)(WarpRowsPerBlock * 2 * c * sizeof(float));
+        // and its warp's gradient slices in shared memory (8 warps x 2C floats, 3C with the sums); its bounds fit three CTAs
+        // per SM, and the grid is one wave of those (fewer partial rows to sum than a grid of 4 per SM, which ran in two
+        // waves). With the sums, a C past 768 in 16-bit types leaves room for fewer CTAs: the occupancy calculator says how many.
+        uint smemBytes = (uint)(WarpRowsPerBlock * slices * c * sizeof(float));
         int vectors = VectorsPerLane(x.DType, c);
         bool warp = Vectorizable(x.DType, c, pd, px, pw, pdx) && vectors <= 4 && c % 4 == 0
             && smemBytes <= CudaDevice.MaxSharedMemoryPerBlockOptIn;
+        string kernel = warp ? $"layernorm_backward_warp_{(sums ? "sums_" : "")}{Suffix(x.DType, op)}_k{vectors}" : "layernorm_backward_" + Suffix(x.DType, op);
+        if (warp) PreferSharedMemory("norm.cu", kernel); // three CTAs of 8 warps x 2C (or 3C) floats per SM at C = 768
         int g = warp
-            ? (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, 3L * CudaDevice.MultiprocessorCount)
+            ? (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, (sums ? NormResidentCtas(kernel, smemBytes) : 3L) * CudaDevice.MultiprocessorCount)
             : (int)Math.Min(rows, 2L * CudaDevice.MultiprocessorCount);
-        ulong scratch = Scratch((long)g * 2 * c * sizeof(float));
-        void** args = stackalloc void*[] { &pd, &px, &pw, &pm, &pr, &pdx, &scratch, &rows, &c };
+        long stride = (long)slices * c;
+        ulong scratch = Scratch((long)g * stride * sizeof(float));
         if (warp)
         {
-            string kernel = $"layernorm_backward_warp_{Suffix(x.DType, op)}_k{vectors}";
-            PreferSharedMemory("norm.cu", kernel); // three CTAs of 8 warps x 2C floats per SM at C = 768
+            void** args = stackalloc void*[] { &pd, &px, &pw, &pm, &pr, &pdx, &scratch, &rows, &c };
             Launch("norm.cu", kernel, (uint)g, 32 * WarpRowsPerBlock, args, smemBytes);
         }
-        else Launch("norm.cu", "layernorm_backward_" + Suffix(x.DType, op), (uint)g, RowBlock(c), args);
-        if (dBias is null || dBias.DType != dWeight.DType) // rows of the scratch: dW at [0, C), dB at [C, 2C)
+        else
         {
-            ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op);
-            if (dBias is not null) ColumnReduce(scratch + (ulong)(c * sizeof(float)), g, 2L * c, c, dBias.DType, Ptr(dBias), op);
+            int sumsFlag = sums ? 1 : 0;
+            void** args = stackalloc void*[] { &pd, &px, &pw, &pm, &pr, &pdx, &scratch, &rows, &c, &sumsFlag };
+            Launch("norm.cu", kernel, (uint)g, RowBlock(c), args);
         }
-        else ColumnReduce(scratch, g, 2L * c, c, dWeight.DType, Ptr(dWeight), op, Ptr(dBias));
+        if (dBias is null || dBias.DType != dWeight.DType)
+        {
+            ColumnReduce(scratch, g, stride, c, dWeight.DType, Ptr(dWeight), op);
+            if (dBias is not null) ColumnReduce(scratch + (ulong)(c * sizeof(float)), g, stride, c, dBias.DType, Ptr(dBias), op);
+        }
+        else ColumnReduce(scratch, g, stride, c, dWeight.DType, Ptr(dWeight), op, Ptr(dBias));
+        // column_reduce adds into its target, so the sums accumulate like the parameter gradients.
+        if (sums) ColumnReduce(scratch + (ulong)(2 * c * sizeof(float)), g, stride, c, dxColumnSums!.DType, Ptr(dxColumnSums), op);
         FreeScratch(scratch);
+    }
+
+    /// <summary>CTAs of a warp-per-row LayerNorm backward kernel that fit one SM at <paramref name="shared"/> bytes of dynamic
+    /// shared memory, at most the three its bounds ask for (the occupancy calculator's answer, asked once per kernel and size).</summary>
+    private long NormResidentCtas(string kernel, uint shared)
+    {
+        if (!_residentCtas.TryGetValue((kernel, shared), out int ctas))
+        {
+            AllowDynamicSharedMemory("norm.cu", kernel, shared);   // before the occupancy query
+            _residentCtas[(kernel, shared)] = ctas = Math.Clamp(Kernels.Module("norm.cu").ResidentCtas(kernel, 32 * (int)WarpRowsPerBlock, (int)shared), 1, 3);
+        }
+        return ctas;
     }
 
     /// <summary>16-byte vectors per lane that a warp needs to hold a row of <paramref name="c"/> elements.</summary>

@@ -23,6 +23,7 @@ public sealed class Transformer
     private readonly ActivationKey _tokens = new("tokens"), _tokenIds = new("tok_emb.input"), _positionIds = new("pos_emb.input"),
         _blocksOut = new("blocks.out"), _targets = new("loss.targets"), _losses = new("loss.out"), _dLogits = new("loss.dlogits"),
         _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy"),
+        _dResidualSums = new("residual.dy.column_sums"),
         _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole"), _dHeadRows = new("lm_head.dx"),
         _stageOut = new("stage.out");
     private int[] _host = [];
@@ -288,6 +289,17 @@ public sealed class Transformer
     /// Gradients are bit-identical either way. Default false.
     /// </summary>
     public bool RecomputeActivations { get; set; }
+
+    /// <summary>
+    /// Whether the output projections of GPT-2's blocks (attention's and the MLP's, C wide) take their bias gradients from
+    /// the LayerNorm backwards that write their output gradients (the residual stream's: norm2 of the same block for the
+    /// attention projection, norm1 of the block above or the final norm for the MLP's), summed as the norm stores dx, in
+    /// place of each projection's own pass over its dy (issue 18). Only where that holds exactly: LayerNorm, a trained bias,
+    /// a projection that is not row-parallel (tensor and sequence parallelism keep their own reductions), and, across units,
+    /// both blocks in the range a backward runs. The gradients equal the other path's to rounding (the sums are added in
+    /// another order). Default true; false keeps every projection's own reduction.
+    /// </summary>
+    public bool ResidualBiasGradientsFromNorms { get; set; } = true;
 
     /// <summary>
     /// Whether forward passes read token ids (and targets) to the host to check their range
@@ -582,6 +594,7 @@ public sealed class Transformer
         var dResidual = residualGradient;                           // (rows, C): this rank's rows of the residual stream
         int rows = dResidual.Size(0), c = Config.Embedding;
         int u = end - 1;
+        Tensor? sums = null;                                         // (C): column sums of dResidual as it stands, when taken
         if (_units[u].Kind == UnitKind.Head)
         {
             bool fused = Activations.Contains(microBatch, _dHeadRows.Name);
@@ -605,14 +618,20 @@ public sealed class Transformer
                 HeadInput.Backward(ctx, dHeadInput, dFinal);
             }
             Backend.Fill(dResidual, 0);
-            FinalNorm.Backward(ctx, dFinal, dResidual);
+            // The final norm writes the whole of dResidual (filled with zero above), the top block's MLP projection's dy.
+            sums = ResidualSumsFor(ctx, FinalNorm, u - 1, first);
+            if (sums is not null) Backend.Fill(sums, 0);
+            FinalNorm.Backward(ctx, dFinal, dResidual, sums);
             hooks?.AfterBackward(u);
             u--;
         }
         for (; u >= first && _units[u].Kind == UnitKind.Block; u--)
         {
             hooks?.BeforeBackward(u);
-            Blocks[_units[u].Block].Backward(ctx, dResidual);
+            var block = Blocks[_units[u].Block];
+            var below = ResidualSumsFor(ctx, block.Norm1, u - 1, first);   // the same buffer as sums: read before it is refilled
+            block.Backward(ctx, dResidual, ResidualBiasGradientsFromNorms, sums, below);
+            sums = below;
             hooks?.AfterBackward(u);
         }
         if (u >= first)
@@ -630,6 +649,20 @@ public sealed class Transformer
             hooks?.AfterBackward(u);
         }
         else Activations.Release(microBatch);
+    }
+
+    /// <summary>
+    /// The (C) vector into which <paramref name="norm"/>'s backward sums the columns of the residual gradient it leaves, for the
+    /// MLP projection of the block of unit <paramref name="below"/>, or null where that block takes its own bias gradient (see
+    /// <see cref="ResidualBiasGradientsFromNorms"/>; unit <paramref name="below"/> is not a block of this backward's range
+    /// [<paramref name="first"/>, ...)). F32 for 16-bit gradients, whose bias gradient it is added to in F32 as the
+    /// projection's own reduction adds its sums.
+    /// </summary>
+    private Tensor? ResidualSumsFor(in PassContext ctx, INormalization norm, int below, int first)
+    {
+        if (!ResidualBiasGradientsFromNorms || !norm.SumsInputGradientColumns || below < first || _units[below].Kind != UnitKind.Block
+            || !Blocks[_units[below].Block].TakesMlpBiasGradientFromAbove) return null;
+        return ctx.Scratch(_dResidualSums, new Shape(Config.Embedding), DType is DType.BF16 or DType.F16 ? DType.F32 : DType);
     }
 
     /// <summary>Forgets the activations saved for <paramref name="microBatch"/> (e.g. after an evaluation forward).</summary>

@@ -142,9 +142,14 @@ public interface IBackend
     /// </summary>
     void LayerNormForward(Tensor x, Tensor weight, Tensor? bias, Tensor output, Tensor mean, Tensor rstd, double epsilon);
 
-    /// <summary>Accumulates dx (N,C) += dL/dx; dWeight, dBias (C) += their gradients (dBias may be null).</summary>
+    /// <summary>
+    /// Accumulates dx (N,C) += dL/dx; dWeight, dBias (C) += their gradients (dBias may be null). When
+    /// <paramref name="dxColumnSums"/> (C) is given it receives += the column sums of dx after the accumulation (the values
+    /// stored): when dx is the residual-stream gradient, that is the bias gradient of the linear layer whose output
+    /// gradient it is, taken without reading dx again. A backend may take it in a wider type than x (F32 for BF16).
+    /// </summary>
     void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
-        Tensor dx, Tensor dWeight, Tensor? dBias);
+        Tensor dx, Tensor dWeight, Tensor? dBias, Tensor? dxColumnSums = null);
 
     /// <summary>output (N,C) = x * rstd * weight with rstd = 1/sqrt(mean(x^2) + eps); saves rstd (N).</summary>
     void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon);

@@ -149,7 +149,8 @@ __device__ __forceinline__ float gelu_grad(float x)
 FOR_FLOAT_TYPES(ELEMENTWISE)
 FOR_FLOAT_TYPES(SWIGLU_ROWS)
 
-// accumulator += alpha * x, with the accumulator possibly wider than x (f32 gradients from bf16).
+// accumulator += alpha * x, with the accumulator possibly wider than x (f32 gradients from bf16), or narrower (a 16-bit
+// gradient plus f32 sums: one rounding, as when the sums are reduced into it directly).
 #define ACCUMULATE(an, at, xn, xt)                                                              \
     extern "C" __global__ void accumulate_##an##_##xn(at* acc, const xt* x, float alpha, i64 count) \
     {                                                                                            \
@@ -157,3 +158,4 @@ FOR_FLOAT_TYPES(SWIGLU_ROWS)
     }
 ACCUMULATE(f32, float, f32, float) ACCUMULATE(bf16, bf16, bf16, bf16) ACCUMULATE(f16, f16, f16, f16)
 ACCUMULATE(f32, float, bf16, bf16) ACCUMULATE(f32, float, f16, f16)
+ACCUMULATE(bf16, bf16, f32, float) ACCUMULATE(f16, f16, f32, float)

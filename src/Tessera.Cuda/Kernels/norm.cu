@@ -2,6 +2,9 @@ struct alignas(16) f32x4s { float x, y, z, w; };
 // LayerNorm and RMSNorm, forward and backward: one block per row, fp32 statistics.
 // Backward adds dx into dx, and writes per-block partial weight (and bias) gradients into a
 // scratch matrix (G, 2C) (G = gridDim.x); column_reduce in reduce.cu then adds them to dWeight, dBias.
+// The LayerNorm backwards can also sum the columns of the dx they store (the bias gradient of the linear layer whose output
+// gradient dx is, issue 18): their rows of scratch are then (G, 3C), the third slice the partial column sums of dx, summed in
+// fp32 from the values as stored (rounded to T), so they are exactly the column sums of the tensor the next layer reads.
 
 template <typename T> __device__ void layernorm_forward(const T* x, const T* w, const T* b, T* out, float* mean,
                                                         float* rstd, int C, float eps)
@@ -23,12 +26,15 @@ template <typename T> __device__ void layernorm_forward(const T* x, const T* w, 
     if (threadIdx.x == 0) { mean[row] = mu; rstd[row] = r; }
 }
 
+// sums != 0: rows of scratch are (dW, dB, column sums of dx), 3C floats; else (dW, dB), 2C. Thread t owns columns t,
+// t + blockDim.x, ... of its block's row of scratch for the whole kernel, so the partials need no synchronization.
 template <typename T> __device__ void layernorm_backward(const T* dout, const T* x, const T* w, const float* mean,
-                                                         const float* rstd, T* dx, float* scratch, i64 N, int C)
+                                                         const float* rstd, T* dx, float* scratch, i64 N, int C, int sums)
 {
-    float* dw = scratch + (i64)blockIdx.x * 2 * C;
+    float* dw = scratch + (i64)blockIdx.x * (sums ? 3 : 2) * C;
     float* db = dw + C;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) { dw[i] = 0.f; db[i] = 0.f; }
+    float* ds = db + C;                                    // only when sums
+    for (int i = threadIdx.x; i < C; i += blockDim.x) { dw[i] = 0.f; db[i] = 0.f; if (sums) ds[i] = 0.f; }
     for (i64 row = blockIdx.x; row < N; row += gridDim.x)
     {
         const T* xr = x + row * C; const T* dr = dout + row * C; T* dxr = dx + row * C;
@@ -47,9 +53,11 @@ template <typename T> __device__ void layernorm_backward(const T* dout, const T*
             float d = to_f(dr[i]);
             float xhat = (to_f(xr[i]) - mu) * r;
             float dn = d * to_f(w[i]);
-            dxr[i] = from_f<T>(to_f(dxr[i]) + r * (dn - a - xhat * bsum));
+            const T stored = from_f<T>(to_f(dxr[i]) + r * (dn - a - xhat * bsum));
+            dxr[i] = stored;
             dw[i] += d * xhat;
             db[i] += d;
+            if (sums) ds[i] += to_f(stored);
         }
     }
 }
@@ -152,15 +160,24 @@ template <typename T, int K> __device__ void layernorm_forward_rows(const T* x, 
 // written with 16-byte accesses); the slices are summed in warp order at the end and the block writes its row of the
 // partials scratch (G, 2C), so the result is deterministic. With unpacked rows the kernel held 117 registers, two
 // CTAs per SM, and stalled on the shared-memory accumulators (ncu, H200: 88 us per GPT-2 call, DRAM 45 %); the bounds
-// ask for three. Dynamic shared memory: warps * 2C floats.
-template <typename T, int K> __device__ void layernorm_backward_rows(const T* dout, const T* x, const T* w, const float* mean,
-                                                                     const float* rstd, T* dx, float* scratch, i64 rows, int C)
+// ask for three. Dynamic shared memory: warps * 2C floats (3C with Sums).
+//
+// Sums: the kernel also adds the column sums of the dx it stores into a third slice (dx sums at [2C, 3C) of each warp's
+// 3C floats, and of the block's row of scratch (G, 3C)). The sums sit in shared memory like dW and dB rather than in
+// registers: a lane's share of a row is K N columns (24 floats for BF16 at C = 768), which on top of the 8 K registers of
+// the packed row would pass the 80 registers that three CTAs of 256 threads leave a thread, while the third slice still
+// fits three CTAs per SM at C = 768 (3 x (8 warps x 3C x 4 bytes + 1 KB reserved) = 219 KB of the H200's 228 KB). A
+// separate instantiation (Sums = false is the kernel as before), so the plain backward keeps its registers and bits.
+template <typename T, int K, bool Sums>
+__device__ void layernorm_backward_rows(const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx,
+                                        float* scratch, i64 rows, int C)
 {
     constexpr int N = Vec16<T>::N;
+    constexpr int S = Sums ? 3 : 2;                    // C-float slices per warp and per row of scratch
     extern __shared__ float lnacc[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    float* mine = lnacc + (i64)warp * 2 * C;           // dW at [0, C), dB at [C, 2C)
-    for (int i = lane * 4; i < 2 * C; i += 32 * 4) *reinterpret_cast<f32x4s*>(mine + i) = f32x4s{0.f, 0.f, 0.f, 0.f};
+    float* mine = lnacc + (i64)warp * S * C;           // dW at [0, C), dB at [C, 2C), dx sums at [2C, 3C)
+    for (int i = lane * 4; i < S * C; i += 32 * 4) *reinterpret_cast<f32x4s*>(mine + i) = f32x4s{0.f, 0.f, 0.f, 0.f};
     __syncwarp();
     for (i64 row = (i64)blockIdx.x * warps + warp; row < rows; row += (i64)gridDim.x * warps)
     {
@@ -211,8 +228,20 @@ template <typename T, int K> __device__ void layernorm_backward_rows(const T* do
                 {
                     xh[j] = (xh[j] - mu) * r;
                     o[j] += r * (dv[j] * wv[j] - a - xh[j] * bsum);
+                    if (Sums) o[j] = to_f(from_f<T>(o[j]));   // the value stored, which store16 then writes unchanged
                 }
                 store16(dxr + i, o);
+                if (Sums)
+                {
+#pragma unroll
+                    for (int j = 0; j < N; j += 4)
+                    {
+                        f32x4s* ps = reinterpret_cast<f32x4s*>(mine + 2 * C + i + j);
+                        f32x4s gs = *ps;
+                        gs.x += o[j]; gs.y += o[j + 1]; gs.z += o[j + 2]; gs.w += o[j + 3];
+                        *ps = gs;
+                    }
+                }
 #pragma unroll
                 for (int j = 0; j < N; j += 4)
                 {
@@ -228,11 +257,11 @@ template <typename T, int K> __device__ void layernorm_backward_rows(const T* do
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x)
+    for (int i = threadIdx.x; i < S * C; i += blockDim.x)
     {
         float sum = 0.f;
-        for (int q = 0; q < warps; q++) sum += lnacc[(i64)q * 2 * C + i];
-        scratch[(i64)blockIdx.x * 2 * C + i] = sum;
+        for (int q = 0; q < warps; q++) sum += lnacc[(i64)q * S * C + i];
+        scratch[(i64)blockIdx.x * S * C + i] = sum;
     }
 }
 
@@ -335,9 +364,10 @@ template <typename T> __device__ void rmsnorm_backward_vec(const T* dout, const 
         layernorm_forward<T>(x, w, b, out, mean, rstd, C, eps);                                                \
     }                                                                                                          \
     extern "C" __global__ void layernorm_backward_##n(const T* dout, const T* x, const T* w, const float* mean, \
-                                                      const float* rstd, T* dx, float* scratch, i64 N, int C)  \
+                                                      const float* rstd, T* dx, float* scratch, i64 N, int C,  \
+                                                      int sums)                                                \
     {                                                                                                          \
-        layernorm_backward<T>(dout, x, w, mean, rstd, dx, scratch, N, C);                                      \
+        layernorm_backward<T>(dout, x, w, mean, rstd, dx, scratch, N, C, sums);                                \
     }                                                                                                          \
     extern "C" __global__ void rmsnorm_forward_##n(const T* x, const T* w, T* out, float* rstd, int C, float eps) \
     {                                                                                                          \
@@ -364,7 +394,8 @@ FOR_FLOAT_TYPES(NORM)
 FOR_FLOAT_TYPES(RMSNORM_VEC)
 
 // The warp-per-row LayerNorm kernels for K 16-byte vectors per lane (C <= 32 K 16 / sizeof(T)): K = 1..4 both ways,
-// 5..8 forward only (the backward's shared-memory slices and registers allow at most 4).
+// 5..8 forward only (the backward's shared-memory slices and registers allow at most 4). The backward comes twice:
+// layernorm_backward_warp_* (scratch rows of 2C) and layernorm_backward_warp_sums_* (3C, with the column sums of dx).
 #define NORM_ROWS_FORWARD(n, T, K)                                                                             \
     extern "C" __global__ void __launch_bounds__(256) layernorm_forward_warp_##n##_k##K(                       \
         const T* x, const T* w, const T* b, T* out, float* mean, float* rstd, i64 rows, int C, float eps)       \
@@ -377,7 +408,13 @@ FOR_FLOAT_TYPES(RMSNORM_VEC)
         const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx, float* scratch,    \
         i64 N, int C)                                                                                          \
     {                                                                                                          \
-        layernorm_backward_rows<T, K>(dout, x, w, mean, rstd, dx, scratch, N, C);                              \
+        layernorm_backward_rows<T, K, false>(dout, x, w, mean, rstd, dx, scratch, N, C);                       \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256, 3) layernorm_backward_warp_sums_##n##_k##K(              \
+        const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx, float* scratch,    \
+        i64 N, int C)                                                                                          \
+    {                                                                                                          \
+        layernorm_backward_rows<T, K, true>(dout, x, w, mean, rstd, dx, scratch, N, C);                        \
     }
 #define NORM_ROWS_ALL(n, T) NORM_ROWS(n, T, 1) NORM_ROWS(n, T, 2) NORM_ROWS(n, T, 3) NORM_ROWS(n, T, 4) \
     NORM_ROWS_FORWARD(n, T, 5) NORM_ROWS_FORWARD(n, T, 6) NORM_ROWS_FORWARD(n, T, 7) NORM_ROWS_FORWARD(n, T, 8)

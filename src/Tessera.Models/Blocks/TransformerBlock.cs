@@ -93,20 +93,52 @@ public sealed class TransformerBlock
     /// <summary>
     /// Backward in place: on entry <paramref name="dResidual"/> (shaped like the forward's x) holds dL/dy, on return dL/dx.
     /// Parameter gradients accumulate. Recomputes first when the forward pass was checkpointed.
+    /// <para>
+    /// The output projections' bias gradients are the column sums of the residual gradient, which the norms' backwards
+    /// write (issue 18). With <paramref name="normSumsBiasGradients"/>, norm2's backward sums the columns of the dL/dr it
+    /// leaves into the attention projection's bias gradient, which then skips its own reduction (where
+    /// <see cref="TakesAttentionBiasGradientFromNorm"/>). Across blocks the caller carries them:
+    /// <paramref name="outputGradientSums"/> (C), when given, holds the column sums of dL/dy on entry (summed by the norm
+    /// above: the next block's norm1, or the final norm), which this block adds to its MLP projection's bias gradient in
+    /// place of that projection's reduction (only where <see cref="TakesMlpBiasGradientFromAbove"/>); and
+    /// <paramref name="inputGradientSums"/> (C), when given, receives (overwritten) the column sums of dL/dx on return, from
+    /// norm1's backward, for the block below (only where <see cref="Norm1"/> sums columns). The two may be one buffer. They
+    /// pass through a vector rather than straight into the other block's gradient because that block's gradients are not
+    /// its own before its backward begins (ZeRO-3 binds them then).
+    /// </para>
     /// </summary>
-    public void Backward(in PassContext ctx, Tensor dResidual)
+    public void Backward(in PassContext ctx, Tensor dResidual, bool normSumsBiasGradients = false, Tensor? outputGradientSums = null,
+        Tensor? inputGradientSums = null)
     {
+        if (outputGradientSums is not null && !TakesMlpBiasGradientFromAbove)
+            throw new InvalidOperationException($"{Name}: the MLP projection's bias gradient cannot be taken from the column sums of the residual gradient (no bias, a frozen or a row-parallel projection)");
+        if (inputGradientSums is not null && !Norm1.SumsInputGradientColumns)
+            throw new InvalidOperationException($"{Name}: {Norm1.Name} does not sum the columns of its input gradient");
+        var sums = new BiasGradientSums(normSumsBiasGradients && TakesAttentionBiasGradientFromNorm, outputGradientSums, inputGradientSums);
         if (!ctx.IsShared && ctx.Store.Contains(ctx.Slot, _checkpoint.Name))
         {
             var recompute = ctx.Carrying(PassContext.Recompute(ctx.Store));
             Run(recompute, ctx.Get(_checkpoint));
-            BackwardCore(recompute, dResidual);
+            BackwardCore(recompute, dResidual, sums);
         }
         else
         {
-            BackwardCore(ctx, dResidual);
+            BackwardCore(ctx, dResidual, sums);
         }
     }
+
+    /// <summary>
+    /// Whether norm2's backward can give the attention projection its bias gradient: norm2 sums columns (LayerNorm) and the
+    /// projection has a trained bias and reads the norm's rows as its dy (not row-parallel).
+    /// </summary>
+    public bool TakesAttentionBiasGradientFromNorm =>
+        Norm2.SumsInputGradientColumns && Attention.Projection.TakesBiasGradientFromOutputGradientSums;
+
+    /// <summary>
+    /// Whether the MLP projection can take its bias gradient from column sums of the residual gradient that the norm above
+    /// summed (<see cref="Backward"/>'s outputGradientSums): it has a trained bias and reads those rows as its dy.
+    /// </summary>
+    public bool TakesMlpBiasGradientFromAbove => Mlp.Projection.TakesBiasGradientFromOutputGradientSums;
 
     /// <summary>
     /// Inference: the block applied in place to the residual stream x (B, T, C) of T new positions after those in
@@ -136,15 +168,23 @@ public sealed class TransformerBlock
         return y.Reshape(x.Shape.ToArray());
     }
 
-    private void BackwardCore(in PassContext ctx, Tensor dResidual)
+    private void BackwardCore(in PassContext ctx, Tensor dResidual, BiasGradientSums sums)
     {
         int n = (int)(dResidual.NumElements / Channels);
         var d = dResidual.Reshape(n, Channels);                       // (N, C): dL/dy, becomes dL/dr, then dL/dx
+        var backend = d.Backend;
+        // dL/dy is the MLP projection's dy: its column sums, when the norm above took them, are that projection's bias gradient.
+        if (sums.Output is { } output) backend.Accumulate(Mlp.Projection.Bias!.Grad, output);
         var dh2 = ctx.Scratch(_dNorm2, d.Shape, d.DType);
-        Mlp.Backward(ctx, d, dh2);
-        Norm2.Backward(ctx, dh2, d);                                  // dL/dr = dL/dy + norm2's path
+        Mlp.Backward(ctx, d, dh2, projectionBiasGradientTaken: sums.Output is not null);
+        // dL/dr = dL/dy + norm2's path, and dL/dr is the attention projection's dy.
+        Norm2.Backward(ctx, dh2, d, sums.Attention ? Attention.Projection.Bias!.Grad : null);
         var dh1 = ctx.Scratch(_dNorm1, d.Shape, d.DType);
-        Attention.Backward(ctx, d, dh1);
-        Norm1.Backward(ctx, dh1, d);                                  // dL/dx = dL/dr + norm1's path
+        Attention.Backward(ctx, d, dh1, projectionBiasGradientTaken: sums.Attention);
+        if (sums.Input is { } input) backend.Fill(input, 0);         // after the output sums were read: they may share a buffer
+        Norm1.Backward(ctx, dh1, d, sums.Input);                      // dL/dx = dL/dr + norm1's path
     }
+
+    /// <summary>Which bias gradients of a block's backward come from the norms' column sums (see <see cref="Backward"/>).</summary>
+    private readonly record struct BiasGradientSums(bool Attention, Tensor? Output, Tensor? Input);
 }

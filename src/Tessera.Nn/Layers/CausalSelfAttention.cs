@@ -116,9 +116,11 @@ public sealed class CausalSelfAttention
 
     /// <summary>
     /// dx from dy, both shaped like the forward's x and y (= or +=, when <paramref name="accumulateDx"/>, which a split input
-    /// region cannot do); parameter gradients accumulate.
+    /// region cannot do); parameter gradients accumulate. With <paramref name="projectionBiasGradientTaken"/> the caller has
+    /// added the column sums of dy to <see cref="Projection"/>'s bias gradient already
+    /// (<see cref="Linear.TakesBiasGradientFromOutputGradientSums"/>), and only its weight gradient is taken.
     /// </summary>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false, bool projectionBiasGradientTaken = false)
     {
         var qkv = ctx.Get(_qkv);                                     // (B, T, H+2K, D), q and k rotated
         var att = ctx.Get(_attention);                               // (B, T, H, D)
@@ -126,7 +128,8 @@ public sealed class CausalSelfAttention
         int b = qkv.Size(0), t = qkv.Size(1), n = b * t;
         var backend = dy.Backend;
         var dAtt = ctx.Scratch(_dAttention, att.Shape, att.DType);  // (B, T, H, D)
-        Projection.Backward(ctx, dy.Reshape((int)(dy.NumElements / Channels), Channels), dAtt.Reshape(n, Heads * HeadSize));
+        Projection.Backward(ctx, dy.Reshape((int)(dy.NumElements / Channels), Channels), dAtt.Reshape(n, Heads * HeadSize),
+            biasGradientTaken: projectionBiasGradientTaken);
         var dQkv = ctx.Scratch(_dQkv, qkv.Shape, qkv.DType);        // (B, T, H+2K, D)
         var (q, k, v) = Split(qkv);
         var (dq, dk, dv) = Split(dQkv);

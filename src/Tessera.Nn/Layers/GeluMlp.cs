@@ -53,14 +53,15 @@ public sealed class GeluMlp : IFeedForward
     }
 
     /// <inheritdoc/>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false, bool projectionBiasGradientTaken = false)
     {
         var h = ctx.Get(_hidden);
         var dh = ctx.Scratch(_dHidden, h.Shape, h.DType);            // (N, F) = (dy W_proj) * GELU'(h), fused
         // fc's bias gradient is the column sums of dh: the product that writes dh also sums them (cuBLASLt's DGELU_BGRAD),
         // so fc's weight-gradient product runs without a bias-gradient epilogue or a SumRows of its own (issue 18).
         var fcBiasGradient = Fc.TakesBiasGradientFromNext ? Fc.Bias!.Grad : null;
-        Projection.Backward(ctx, dy, dh, geluPreActivation: h, preActivationBiasGradient: fcBiasGradient);
+        Projection.Backward(ctx, dy, dh, geluPreActivation: h, preActivationBiasGradient: fcBiasGradient,
+            biasGradientTaken: projectionBiasGradientTaken);
         if (accumulateDx && Input is not IdentityRegion)
             throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel MLP is reduced over ranks and cannot accumulate into dx");
         var dInput = Input.GradientBuffer(ctx, dx);

@@ -24,6 +24,10 @@ public interface IFeedForward
     /// </summary>
     void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual);
 
-    /// <summary>dx (N, C) from dy (N, C) (= or +=, when <paramref name="accumulateDx"/>); parameter gradients accumulate.</summary>
-    void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false);
+    /// <summary>
+    /// dx (N, C) from dy (N, C) (= or +=, when <paramref name="accumulateDx"/>); parameter gradients accumulate. With
+    /// <paramref name="projectionBiasGradientTaken"/> the caller has added the column sums of dy to <see cref="Projection"/>'s
+    /// bias gradient already (<see cref="Linear.TakesBiasGradientFromOutputGradientSums"/>), and only its weight gradient is taken.
+    /// </summary>
+    void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false, bool projectionBiasGradientTaken = false);
 }

@@ -14,6 +14,16 @@ public interface INormalization
     /// <summary>Normalizes x (N, C) into a pooled buffer; saves what backward needs.</summary>
     Tensor Forward(in PassContext ctx, Tensor x);
 
-    /// <summary>dx (N, C) += gradient from dy (N, C); parameter gradients accumulate.</summary>
-    void Backward(in PassContext ctx, Tensor dy, Tensor dx);
+    /// <summary>
+    /// Whether <see cref="Backward"/> can also sum the columns of the dx it leaves (its dxColumnSums): LayerNorm can,
+    /// RMSNorm cannot.
+    /// </summary>
+    bool SumsInputGradientColumns { get; }
+
+    /// <summary>
+    /// dx (N, C) += gradient from dy (N, C); parameter gradients accumulate. When <paramref name="dxColumnSums"/> (C) is
+    /// given (only where <see cref="SumsInputGradientColumns"/>), it receives += the column sums of dx as left (after the
+    /// accumulation): when dx is the residual-stream gradient, the bias gradient of the output projection it flows into.
+    /// </summary>
+    void Backward(in PassContext ctx, Tensor dy, Tensor dx, Tensor? dxColumnSums = null);
 }

@@ -50,12 +50,15 @@ public sealed class LayerNorm : INormalization
     }
 
     /// <inheritdoc/>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor dx)
+    public bool SumsInputGradientColumns => true;
+
+    /// <inheritdoc/>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, Tensor? dxColumnSums = null)
     {
         // A frozen norm (LoRA) writes its (C) weight gradient into a shared scratch vector that nobody reads, and no bias gradient.
         var dWeight = Weight.RequiresGradient ? Weight.Grad : ctx.Scratch(FrozenGradient, Weight.Shape, Weight.Value.DType);
         dy.Backend.LayerNormBackward(dy, ctx.Get(_input), Weight.Value, ctx.Get(_mean), ctx.Get(_rstd), dx, dWeight,
-            Weight.RequiresGradient ? Bias?.Grad : null);
+            Weight.RequiresGradient ? Bias?.Grad : null, dxColumnSums);
     }
 
     private static readonly ActivationKey FrozenGradient = new("norm.frozen.dweight");

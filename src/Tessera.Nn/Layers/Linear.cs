@@ -149,6 +149,14 @@ public class Linear
     /// </summary>
     public bool TakesBiasGradientFromNext => Bias is not null && Weight.RequiresGradient;
 
+    /// <summary>
+    /// Whether a caller that holds the column sums of the whole output gradient dy this layer's <see cref="Backward(in PassContext, Tensor, Tensor?, bool, Tensor?, Tensor?, bool)"/>
+    /// reads may add them to the bias gradient itself and pass biasGradientTaken (a LayerNorm backward that wrote dy sums its
+    /// columns on the way, <see cref="INormalization.SumsInputGradientColumns"/>): this layer has a bias and computes its
+    /// gradient, and its dy is the caller's tensor. False for a row-parallel layer, whose product reads a gathered dy.
+    /// </summary>
+    public virtual bool TakesBiasGradientFromOutputGradientSums => TakesBiasGradientFromNext;
+
     /// <summary>From dy (N, out): returns dx (N, in) in a pooled gradient buffer, accumulating parameter gradients.</summary>
     public Tensor Backward(in PassContext ctx, Tensor dy)
     {

@@ -48,8 +48,16 @@ public sealed class RmsNorm : INormalization
     }
 
     /// <inheritdoc/>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor dx) =>
+    /// <remarks>False: Llama's projections have no biases, so no caller wants the sums.</remarks>
+    public bool SumsInputGradientColumns => false;
+
+    /// <inheritdoc/>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, Tensor? dxColumnSums = null)
+    {
+        if (dxColumnSums is not null)
+            throw new NotSupportedException($"{Name}: RMSNorm's backward does not sum the columns of dx; take the bias gradient from the projection's own reduction");
         dy.Backend.RmsNormBackward(dy, ctx.Get(_input), Weight.Value, ctx.Get(_rstd), dx, WeightGradient(ctx));
+    }
 
     /// <summary>The weight's gradient; for a frozen weight (LoRA) a shared (C) scratch vector the fused op writes and nobody reads.</summary>
     private Tensor WeightGradient(in PassContext ctx) =>

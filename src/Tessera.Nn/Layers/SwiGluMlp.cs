@@ -111,19 +111,19 @@ public sealed class SwiGluMlp : IFeedForward
     }
 
     /// <inheritdoc/>
-    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false)
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false, bool projectionBiasGradientTaken = false)
     {
         if (accumulateDx && Input is not IdentityRegion)
             throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel MLP is reduced over ranks and cannot accumulate into dx");
         if (FusesGateAndUp)
         {
-            BackwardFused(ctx, dy, dx, accumulateDx);
+            BackwardFused(ctx, dy, dx, accumulateDx, projectionBiasGradientTaken);
             return;
         }
         var g = ctx.Get(_gate);
         var u = ctx.Get(_up);
         var da = ctx.Scratch(_dActivated, g.Shape, g.DType);
-        Projection.Backward(ctx, dy, da);
+        Projection.Backward(ctx, dy, da, biasGradientTaken: projectionBiasGradientTaken);
         var dg = ctx.Scratch(_dGate, g.Shape, g.DType);
         var du = ctx.Scratch(_dUp, g.Shape, g.DType);
         dy.Backend.SwiGluBackward(g, u, da, dg, du);
@@ -134,14 +134,14 @@ public sealed class SwiGluMlp : IFeedForward
     }
 
     /// <summary>The backward of the one-product forward: SwiGLU's gradient into [dg | du] (N, 2F), then one product each for dx and [dWg; dWu].</summary>
-    private void BackwardFused(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx)
+    private void BackwardFused(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx, bool projectionBiasGradientTaken)
     {
         var backend = dy.Backend;
         var gu = ctx.Get(_gateUp);                                   // (N, 2F)
         var rows = ctx.Get(_input);                                  // (N, C)
         int n = gu.Size(0), f = Gate.OutFeatures;
         var da = ctx.Scratch(_dActivated, new Shape(n, f), gu.DType);   // (N, F)
-        Projection.Backward(ctx, dy, da);
+        Projection.Backward(ctx, dy, da, biasGradientTaken: projectionBiasGradientTaken);
         var dgu = ctx.Scratch(_dGateUp, gu.Shape, gu.DType);         // (N, 2F): [dg | du]
         backend.SwiGluBackward(gu.Slice(1, 0, f), gu.Slice(1, f, f), da, dgu.Slice(1, 0, f), dgu.Slice(1, f, f));
         var weights = Stacked(Gate.Weight.Value, Up.Weight.Value)!;  // (2F, C)

@@ -39,7 +39,7 @@ public sealed unsafe partial class CpuBackend
 
     /// <inheritdoc/>
     public void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
-        Tensor dx, Tensor dWeight, Tensor? dBias)
+        Tensor dx, Tensor dWeight, Tensor? dBias, Tensor? dxColumnSums = null)
     {
         const string op = nameof(LayerNormBackward);
         CheckNormRows(op, x, weight, (nameof(dOutput), dOutput), (nameof(dx), dx));
@@ -47,30 +47,35 @@ public sealed unsafe partial class CpuBackend
         CheckNormStat(op, nameof(rstd), rstd, x);
         CheckNormVector(op, nameof(dWeight), dWeight, x);
         if (dBias is not null) CheckNormVector(op, nameof(dBias), dBias, x);
-        if (x.DType == DType.F32) LayerNormBackwardTyped<float>(dOutput, x, weight, mean, rstd, dx, dWeight, dBias);
-        else LayerNormBackwardTyped<double>(dOutput, x, weight, mean, rstd, dx, dWeight, dBias);
-        KeepOperandsAlive(dOutput, x, weight, mean, rstd, dx, dWeight, dBias);
+        if (dxColumnSums is not null) CheckNormVector(op, nameof(dxColumnSums), dxColumnSums, x);
+        if (x.DType == DType.F32) LayerNormBackwardTyped<float>(dOutput, x, weight, mean, rstd, dx, dWeight, dBias, dxColumnSums);
+        else LayerNormBackwardTyped<double>(dOutput, x, weight, mean, rstd, dx, dWeight, dBias, dxColumnSums);
+        KeepOperandsAlive(dOutput, x, weight, mean, rstd, dx, dWeight, dBias, dxColumnSums);
     }
 
     private void LayerNormBackwardTyped<T>(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
-        Tensor dx, Tensor dWeight, Tensor? dBias) where T : unmanaged, IFloatingPointIeee754<T>
+        Tensor dx, Tensor dWeight, Tensor? dBias, Tensor? dxColumnSums) where T : unmanaged, IFloatingPointIeee754<T>
     {
         T* pdo = Ptr<T>(dOutput), px = Ptr<T>(x), pw = Ptr<T>(weight), pm = Ptr<T>(mean), pr = Ptr<T>(rstd);
         T* pdx = Ptr<T>(dx), pdw = Ptr<T>(dWeight), pdb = dBias is null ? null : Ptr<T>(dBias);
+        T* pds = dxColumnSums is null ? null : Ptr<T>(dxColumnSums);
         int c = x.Shape[^1];
         long n = x.NumElements / Math.Max(1, c);
         int chunks = ChunkCount(n, 8L * c);
-        // Each chunk sums its rows' weight and bias gradients privately; the partials are added in chunk order.
+        // Each chunk sums its rows' weight and bias gradients (and dx's columns) privately; the partials are added in chunk order.
         var partW = new T[chunks * (long)c];
         var partB = pdb == null ? null : new T[chunks * (long)c];
+        var partS = pds == null ? null : new T[chunks * (long)c];
         ParallelFixedChunks(n, chunks, (chunk, r0, r1) =>
         {
             fixed (T* gw = &partW[chunk * (long)c])
             fixed (T* gbBase = partB)
+            fixed (T* gsBase = partS)
             {
                 T* gb = gbBase == null ? null : gbBase + chunk * (long)c;
+                T* gs = gsBase == null ? null : gsBase + chunk * (long)c;
                 for (long r = r0; r < r1; r++)
-                    NormKernels.LayerNormBackwardRow(px + r * c, pdo + r * c, pw, pm[r], pr[r], pdx + r * c, gw, gb, c);
+                    NormKernels.LayerNormBackwardRow(px + r * c, pdo + r * c, pw, pm[r], pr[r], pdx + r * c, gw, gb, gs, c);
             }
         });
         for (int k = 0; k < chunks; k++)
@@ -78,6 +83,7 @@ public sealed unsafe partial class CpuBackend
             {
                 pdw[i] += partW[k * (long)c + i];
                 if (pdb != null) pdb[i] += partB![k * (long)c + i];
+                if (pds != null) pds[i] += partS![k * (long)c + i];
             }
     }
 

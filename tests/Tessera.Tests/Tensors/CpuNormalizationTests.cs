@@ -92,6 +92,65 @@ public class CpuNormalizationTests
         for (int i = 0; i < 3; i++) NumericAssert.Close(f64[i], f32[i], 1e-5, $"layernorm grad {i} F32 vs F64");
     }
 
+    /// <summary>
+    /// dxColumnSums += the column sums of dx as the op leaves it (its initial values plus this op's gradient), which must
+    /// equal SumRows of that dx; dx, dWeight and dBias must be exactly those of the call without the sums. 256 rows of 192
+    /// (several threads, several chunks of partial sums), random inputs of seed 34, every gradient starting non-zero.
+    /// Tolerance: F64 1e-12 (the same additions, only the chunks' order differs from SumRows'); F32 1e-5 (256 terms of
+    /// magnitude ~1 summed in another order: ~256 x 6e-8 of the terms' scale at worst, against column sums of ~16).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F64, true)]
+    [InlineData(DType.F64, false)]
+    [InlineData(DType.F32, true)]
+    [InlineData(DType.F32, false)]
+    public void LayerNormBackwardSumsTheColumnsOfTheDxItLeaves(DType dtype, bool withBias)
+    {
+        const int seed = 34;
+        var rng = new Random(seed);
+        int n = 256, c = 192;
+        var x = TestTensors.Normal(rng, n * c, 1.5, mean: 0.5); var w = TestTensors.Normal(rng, c); var b = TestTensors.Normal(rng, c);
+        var dy = TestTensors.Normal(rng, n * c);
+        var dx0 = TestTensors.Normal(rng, n * c); var dw0 = TestTensors.Normal(rng, c); var db0 = TestTensors.Normal(rng, c);
+        var s0 = TestTensors.Normal(rng, c);
+        var y = _cpu.Allocate(new Shape(n, c), dtype); var mean = _cpu.Allocate(new Shape(n), dtype); var rstd = _cpu.Allocate(new Shape(n), dtype);
+        var tx = TestTensors.FromDoubles(_cpu, x, dtype, n, c); var tw = TestTensors.FromDoubles(_cpu, w, dtype, c);
+        _cpu.LayerNormForward(tx, tw, TestTensors.FromDoubles(_cpu, b, dtype, c), y, mean, rstd, Eps);
+        var tdy = TestTensors.FromDoubles(_cpu, dy, dtype, n, c);
+
+        (double[] Dx, double[] Dw, double[]? Db, double[]? Sums) Run(bool sums)
+        {
+            var dx = TestTensors.FromDoubles(_cpu, dx0, dtype, n, c); var dw = TestTensors.FromDoubles(_cpu, dw0, dtype, c);
+            var db = withBias ? TestTensors.FromDoubles(_cpu, db0, dtype, c) : null;
+            var ds = sums ? TestTensors.FromDoubles(_cpu, s0, dtype, c) : null;
+            _cpu.LayerNormBackward(tdy, tx, tw, mean, rstd, dx, dw, db, ds);
+            return (TestTensors.ToDoubles(_cpu, dx), TestTensors.ToDoubles(_cpu, dw), db is null ? null : TestTensors.ToDoubles(_cpu, db),
+                ds is null ? null : TestTensors.ToDoubles(_cpu, ds));
+        }
+        var plain = Run(sums: false);
+        var summed = Run(sums: true);
+        Assert.Equal(plain.Dx, summed.Dx);
+        Assert.Equal(plain.Dw, summed.Dw);
+        if (withBias) Assert.Equal(plain.Db!, summed.Db!);
+        var expected = TestTensors.FromDoubles(_cpu, s0, dtype, c);
+        _cpu.SumRows(TestTensors.FromDoubles(_cpu, summed.Dx, dtype, n, c), expected);
+        NumericAssert.Close(TestTensors.ToDoubles(_cpu, expected), summed.Sums!, dtype == DType.F32 ? 1e-5 : 1e-12,
+            $"{dtype} column sums of dx (seed {seed}, bias {withBias})");
+        // The sums added to their initial values rather than replacing them: without s0 they would be off by s0 (~1).
+        Assert.True(NumericAssert.MaxRelativeError(s0, summed.Sums!) > 0.1, "the sums must not be the initial values");
+    }
+
+    [Fact]
+    public void LayerNormBackwardRejectsColumnSumsOfTheWrongShape()
+    {
+        int n = 3, c = 8;
+        var x = _cpu.Zeros(new Shape(n, c), DType.F64); var w = _cpu.Zeros(new Shape(c), DType.F64);
+        var stats = _cpu.Zeros(new Shape(n), DType.F64);
+        var ex = Assert.Throws<ArgumentException>(() => _cpu.LayerNormBackward(x, x, w, stats, stats, _cpu.Zeros(new Shape(n, c), DType.F64),
+            _cpu.Zeros(new Shape(c), DType.F64), null, _cpu.Zeros(new Shape(c + 1), DType.F64)));
+        Assert.Contains("dxColumnSums", ex.Message);
+    }
+
     [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.F64)]

@@ -38,8 +38,11 @@ internal static unsafe class NormKernels
         return (mean, rstd);
     }
 
-    /// <summary>dx += (w dy - mean(w dy) - norm * mean(w dy norm)) * rstd; gw += norm dy; gb += dy (gb may be null).</summary>
-    public static void LayerNormBackwardRow<T>(T* x, T* dy, T* w, T mean, T rstd, T* dx, T* gw, T* gb, int c)
+    /// <summary>
+    /// dx += (w dy - mean(w dy) - norm * mean(w dy norm)) * rstd; gw += norm dy; gb += dy; gs += dx, the new dx (gb and gs
+    /// may be null).
+    /// </summary>
+    public static void LayerNormBackwardRow<T>(T* x, T* dy, T* w, T mean, T rstd, T* dx, T* gw, T* gb, T* gs, int c)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
         var vm = new Vector<T>(mean); var vs = new Vector<T>(rstd);
@@ -74,7 +77,9 @@ internal static unsafe class NormKernels
                 var dnorm = Load(w + i) * d;
                 if (gb != null) Store(gb + i, Load(gb + i) + d);
                 Store(gw + i, Load(gw + i) + norm * d);
-                Store(dx + i, Load(dx + i) + (dnorm - vdm - norm * vdnm) * vs);
+                var o = Load(dx + i) + (dnorm - vdm - norm * vdnm) * vs;
+                Store(dx + i, o);
+                if (gs != null) Store(gs + i, Load(gs + i) + o);
             }
         for (; i < c; i++)
         {
@@ -83,6 +88,7 @@ internal static unsafe class NormKernels
             if (gb != null) gb[i] += dy[i];
             gw[i] += norm * dy[i];
             dx[i] += (dnorm - dnormMean - norm * dnormNormMean) * rstd;
+            if (gs != null) gs[i] += dx[i];
         }
     }
 

@@ -8,7 +8,7 @@
 #include "kernels.h"
 #include <random>
 
-float lnacc[1 << 16];   // layernorm_backward_rows' dynamic shared memory (extern __shared__), unused here
+float lnacc[1 << 16];   // layernorm_backward_rows' dynamic shared memory (extern __shared__; the emulated blocks run in turn)
 Bytes16 staged_row[1 << 12];   // cross_entropy's staged row (dynamic shared memory; the emulated blocks run in turn)
 float rope_row_angles[1 << 10];   // rope_append_rows' angles of its row (dynamic shared memory)
 static double sig(double g) { return 1 / (1 + std::exp(-g)); }
@@ -165,6 +165,59 @@ static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsign
     if (!same) failures++;
 }
 
+// The LayerNorm backward with the column sums of dx (issue 18): the warp-per-row kernel (K vectors a lane, 8 warps, each
+// warp's dW, dB and dx-sum slices in shared memory) or the block kernel (sums flag set), f32, into partial rows (G, 3C)
+// summed here as column_reduce would; against a double reference of dx, dW, dB and the column sums of the dx the kernel
+// stored (1e-5: f32 sums of rows terms). mean and rstd come from the host (as floats), so only the backward is checked.
+static void layernorm_sums(int rows, int c, int k, unsigned grid, bool warp)
+{
+    std::mt19937 rng(23 + c + rows); std::uniform_real_distribution<float> u(-2, 2);
+    float *x = alloc(rows * c), *w = alloc(c), *dout = alloc(rows * c), *dx = alloc(rows * c), *mean = alloc(rows), *rstd = alloc(rows);
+    for (int i = 0; i < rows * c; i++) { x[i] = u(rng); dout[i] = u(rng); dx[i] = u(rng); }
+    for (int i = 0; i < c; i++) w[i] = u(rng);
+    for (int r = 0; r < rows; r++)
+    {
+        double mu = 0, v = 0;
+        for (int i = 0; i < c; i++) mu += x[r * c + i];
+        mu /= c;
+        for (int i = 0; i < c; i++) v += (x[r * c + i] - mu) * (x[r * c + i] - mu);
+        mean[r] = (float)mu; rstd[r] = (float)(1 / std::sqrt(v / c + 1e-5));
+    }
+    std::vector<double> edx(dx, dx + rows * c), edw(c, 0.0), edb(c, 0.0), eds(c, 0.0);
+    for (int r = 0; r < rows; r++)
+    {
+        double a = 0, bs = 0;
+        for (int i = 0; i < c; i++) { double xh = (x[r * c + i] - (double)mean[r]) * rstd[r], dn = (double)dout[r * c + i] * w[i]; a += dn; bs += dn * xh; }
+        a /= c; bs /= c;
+        for (int i = 0; i < c; i++)
+        {
+            double xh = (x[r * c + i] - (double)mean[r]) * rstd[r];
+            edx[r * c + i] += rstd[r] * (dout[r * c + i] * (double)w[i] - a - xh * bs);
+            edw[i] += dout[r * c + i] * xh; edb[i] += dout[r * c + i];
+        }
+    }
+    float* scratch = alloc(grid * 3 * c);
+    long long R = rows; int C = c;
+    if (!warp) emu_launch(grid, 128, [&] { layernorm_backward_f32(dout, x, w, mean, rstd, dx, scratch, R, C, 1); });
+    else if (k == 1) emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_f32_k1(dout, x, w, mean, rstd, dx, scratch, R, C); });
+    else if (k == 2) emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_f32_k2(dout, x, w, mean, rstd, dx, scratch, R, C); });
+    else if (k == 3) emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_f32_k3(dout, x, w, mean, rstd, dx, scratch, R, C); });
+    else emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_f32_k4(dout, x, w, mean, rstd, dx, scratch, R, C); });
+    std::vector<float> dw(c, 0.f), db(c, 0.f), ds(c, 0.f);
+    for (unsigned b = 0; b < grid; b++)
+        for (int i = 0; i < c; i++) { dw[i] += scratch[b * 3 * c + i]; db[i] += scratch[b * 3 * c + c + i]; ds[i] += scratch[b * 3 * c + 2 * c + i]; }
+    for (int r = 0; r < rows; r++) for (int i = 0; i < c; i++) eds[i] += dx[r * c + i];   // the sums of what was stored
+    std::vector<double> edsRef(c, 0.0);
+    for (int r = 0; r < rows; r++) for (int i = 0; i < c; i++) edsRef[i] += edx[r * c + i];
+    char name[96];
+    const char* kind = warp ? "warp" : "block";
+    snprintf(name, sizeof name, "layernorm sums %s k%d rows=%d C=%d dx", kind, k, rows, c); check(name, edx, dx, rows * c, 1e-5);
+    snprintf(name, sizeof name, "layernorm sums %s k%d rows=%d C=%d dW", kind, k, rows, c); check(name, edw, dw.data(), c, 1e-5);
+    snprintf(name, sizeof name, "layernorm sums %s k%d rows=%d C=%d dB", kind, k, rows, c); check(name, edb, db.data(), c, 1e-5);
+    snprintf(name, sizeof name, "layernorm sums %s k%d rows=%d C=%d sums", kind, k, rows, c); check(name, eds, ds.data(), c, 1e-5);
+    snprintf(name, sizeof name, "layernorm sums %s k%d rows=%d C=%d = ref", kind, k, rows, c); check(name, edsRef, ds.data(), c, 1e-5);
+}
+
 // column_reduce (the norms' weight gradients): target (C) += the column sums of (rows, 2C) partials, and target2 += those of
 // columns C..2C, with `warps` warps per block each walking rows w, w + warps, ...
 static void column_reduce(int rows, int c, unsigned warps)
@@ -295,6 +348,10 @@ int main()
     rope_append_paged(11, 8, 2, 16, 40, 3, 64, 4);   // 12 heads: groups of 8 and 4; padding rows (slot -1); 3 blocks stride the items;
                                                       // rows of 96 pairs in 4 threads: 3 batches of 8 loads, the 8 angles 2 a thread
     rope_append_paged(6, 2, 2, 8, 9, 1, 32, 32);     // 6 heads in one group: q, k and v heads in one item; slots shared by rows; 24 pairs, 32 threads
+    layernorm_sums(37, 384, 3, 3, true);   // 3 vectors a lane (GPT-2's k at C = 768 in bf16), 8 warps x 3 blocks: rows of 0 to 2 a warp
+    layernorm_sums(50, 300, 3, 2, true);   // a partly filled last vector (300 = 2.34 x 128)
+    layernorm_sums(9, 512, 4, 1, true);    // 4 vectors a lane; one block, warps without rows
+    layernorm_sums(37, 771, 0, 5, false);  // the block kernel: odd C, 128 threads walking 7 rows each
     column_reduce(1056, 40, 32);           // the llama-1b partials' row count, 33 rows per warp
     column_reduce(37, 20, 2);              // rows not a multiple of the warps; a partial block of columns
     cross_entropy(3, 1000, 250, 64);       // the whole row staged (250 vectors, 64 threads: pairs, then a single vector)
