@@ -113,7 +113,8 @@ run)
     for variant in ${TRAIN_VARIANTS-}; do
         # A/B runs of the plain step: notune keeps cuBLASLt's first heuristic answer for every product, tune (or default) is
         # the default again (to interleave), microN runs the batch as micro-batches of N, ceN gives the cross-entropy N threads
-        # per row, opt:Name=value,... passes any backend options (--cuda-options). TRAIN_ROUNDS=N runs the list N times over,
+        # per row, opt:Name=value,... passes any backend options (--cuda-options), args:A+B+... any gpu-train arguments (split
+        # at '+', e.g. args:--no-norm-bias-sums+--cuda-options+FusedAttentionBiasGradient=false). TRAIN_ROUNDS=N runs the list N times over,
         # alternating, since machines of one kind differ by about 2 % from call to call and a step by about 1 % from run to run.
         t0=$(date +%s)
         case "$variant" in
@@ -122,6 +123,8 @@ run)
             micro*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${variant#micro}" --steps 6 --warmup 2 --no-header ;;
             ce*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header --cuda-options "CrossEntropyThreadsPerRow=${variant#ce}" ;;
             opt:*) train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header --cuda-options "${variant#opt:}" ;;
+            args:*) IFS='+' read -ra extra <<< "${variant#args:}"
+                train "${TRAIN_TIMEOUT:-75}" --batch "${BATCH:-64}" --micro "${MICRO:-32}" --steps 6 --warmup 2 --no-header "${extra[@]}" ;;
             *) echo "gpu-bench.sh: unknown TRAIN_VARIANTS entry '$variant'"; rc=1 ;;
         esac
         echo "gpu-train $variant (round $round): $(( $(date +%s) - t0 )) s"
