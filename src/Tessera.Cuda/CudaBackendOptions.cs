@@ -59,7 +59,8 @@ public sealed record CudaBackendOptions
     /// Under <see cref="DecodeProducts"/> on the wgmma kernel (<see cref="HopperDecodeProducts"/>), the products and their
     /// SwiGLU form copy their W and x tiles with the tensor memory accelerator: one thread issues each stage's copies
     /// through tensor maps, against the stage's transaction barrier, in place of every thread's 16-byte copies and their
-    /// address arithmetic (which ncu found the 128-thread CTAs spending their time on, session 22). Default false.
+    /// address arithmetic (which ncu found the 128-thread CTAs spending their time on, session 22). Default false: on the H200
+    /// it took llama-1b's 64-sequence decode step from 1.84 to 1.66 ms, cuBLASLt's being 1.55 (session 23).
     /// </summary>
     public bool DecodeProductTensorMaps { get; init; }
 
