@@ -120,8 +120,24 @@ public sealed unsafe partial class CudaBackend
         ulong delta = Scratch(rows * sizeof(float));
         ulong dqacc = Scratch(accumulators * sizeof(float));
         uint grid = (uint)((rows * (d / 8) + 255) / 256);
-        void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
-        Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);   // delta; zeroes the first rows * d
+        // The bias gradient on the way (columnSums, under FusedAttentionBiasGradient, with the tiles' cast): dv's column sums
+        // are dO's (a query's probabilities sum to 1), which the first pass reads anyway and sums into a partial row a block;
+        // dq's the tile cast sums, D / 64 partial rows of H D floats a (batch, query block); dk's are zero (softmax ignores a
+        // shift common to a query's logits, which is all a key bias adds), so nothing is added for them. The first kernel and
+        // the per-element dQ leave it to the caller (false).
+        bool sums = columnSums is not null && Options.FusedAttentionBiasGradient && tiles && (long)h * d * sizeof(float) <= 48 * 1024;
+        int preBlocks = sums ? PreSumsBlocks(h, d) : 0;
+        ulong vPartial = sums ? Scratch((long)preBlocks * h * d * sizeof(float)) : 0;
+        if (sums)
+        {
+            void** a1s = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd, &vPartial };
+            Launch("flash_attention.cu", "flash_backward_pre_sums_" + suffix, (uint)preBlocks, 256, a1s, (uint)(h * d * sizeof(float)));
+        }
+        else
+        {
+            void** a1 = stackalloc void*[] { &po, &pd, &delta, &dqacc, &b, &t, &h, &so, &sd };
+            Launch("flash_attention.cu", "flash_backward_pre_" + suffix, grid, 256, a1);   // delta; zeroes the first rows * d
+        }
         if (accumulators > rows * d)
             Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(dqacc + (ulong)(rows * d * sizeof(float)), 0, (nuint)((accumulators - rows * d) * sizeof(float)), Stream.Handle),
                 "cuMemsetD8Async", "the padded dQ tiles");
@@ -134,13 +150,8 @@ public sealed unsafe partial class CudaBackend
         string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 12) != 0 ? "v2x_" : "v2_") + suffix;
         PreferSharedMemory(HopperFile, kernel);
         var blocks = ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b);
-        // The bias gradient on the way (columnSums, under FusedAttentionBiasGradient): the second kernel's CTAs write their dK
-        // and dV column sums, one partial row of 2 K D floats a (batch, key block), and the tile cast each tile's dQ sums,
-        // D / 64 partial rows of H D floats a (batch, query block); both are summed into columnSums after. The first kernel
-        // and the per-element dQ leave it to the caller (false).
-        bool sums = columnSums is not null && Options.FusedAttentionBiasGradient && variant != 1 && tiles;
-        long kvRows = (long)b * blocks.Item1, qRows = (long)b * queryBlocks * (d / 64);
-        ulong kvPartial = sums ? Scratch(kvRows * 2 * kh * d * sizeof(float)) : 0, qPartial = sums ? Scratch(qRows * h * d * sizeof(float)) : 0;
+        long qRows = (long)b * queryBlocks * (d / 64);
+        ulong qPartial = sums ? Scratch(qRows * h * d * sizeof(float)) : 0;
         if (variant == 1)
         {
             void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc };
@@ -148,7 +159,7 @@ public sealed unsafe partial class CudaBackend
         }
         else
         {
-            void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &flags, &kvPartial };
+            void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &dqacc, &pdk, &pdv, &t, &h, &kh, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &flags };
             Launch(HopperFile, kernel, blocks, (uint)HopperWarpgroupThreads, a2, shared);
         }
         void** a3 = stackalloc void*[] { &dqacc, &pdq, &b, &t, &h, &sdq, &qPartial };
@@ -159,11 +170,36 @@ public sealed unsafe partial class CudaBackend
         FreeScratch(dqacc);
         FreeScratch(delta);
         if (!sums) return false;
-        ulong target = Ptr(columnSums!);
-        ColumnReduce(qPartial, (int)qRows, (long)h * d, h * d, columnSums!.DType, target, "AttentionBackward");
-        ColumnReduce(kvPartial, (int)kvRows, 2L * kh * d, 2 * kh * d, columnSums.DType, target + (ulong)((long)h * d * columnSums.DType.SizeInBytes()), "AttentionBackward");
+        const string op = "AttentionBackward";
+        var st = columnSums!.DType;
+        ulong target = Ptr(columnSums), vTarget = target + (ulong)((long)(h + kh) * d * st.SizeInBytes());
+        ColumnReduce(qPartial, (int)qRows, (long)h * d, h * d, st, target, op);
+        if (h == kh) ColumnReduce(vPartial, preBlocks, (long)h * d, h * d, st, vTarget, op);
+        else
+        {
+            // dO's sums per query head (H D, f32), then each kv head's group of them (G rows of D) into its dv columns.
+            ulong perHead = Scratch((long)h * d * sizeof(float));
+            Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(perHead, 0, (nuint)((long)h * d * sizeof(float)), Stream.Handle), "cuMemsetD8Async", "dO's column sums");
+            ColumnReduce(vPartial, preBlocks, (long)h * d, h * d, DType.F32, perHead, op);
+            int group = h / kh;
+            for (int j = 0; j < kh; j++)
+                ColumnReduce(perHead + (ulong)((long)j * group * d * sizeof(float)), group, d, d, st, vTarget + (ulong)((long)j * d * st.SizeInBytes()), op);
+            FreeScratch(perHead);
+        }
         FreeScratch(qPartial);
-        FreeScratch(kvPartial);
+        FreeScratch(vPartial);
         return true;
+    }
+
+    /// <summary>
+    /// Blocks of 256 threads for flash_backward_pre_sums: about four an SM, their threads a multiple of the H D / 8 that a row
+    /// of every head takes (so that each thread keeps one head's 8 columns for all its rows).
+    /// </summary>
+    private int PreSumsBlocks(int h, int d)
+    {
+        int threadsPerPass = h * (d / 8), gcd = threadsPerPass, other = 256;
+        while (other != 0) (gcd, other) = (other, gcd % other);
+        int unit = threadsPerPass / gcd;
+        return (4 * CudaDevice.MultiprocessorCount + unit - 1) / unit * unit;
     }
 }

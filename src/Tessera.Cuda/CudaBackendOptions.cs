@@ -92,9 +92,10 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// When the attention backward is asked for the column sums of dq, dk and dv (the bias gradient of the product that made
-    /// q, k and v: GPT-2's QKV), the Hopper backward's kernels take them on the way: each CTA sums its dK and dV rows, the dQ
-    /// cast each tile's rows, into partial rows summed after (9 MB of floats at gpt2-124m's 64 x 1024, against the 302 MB of
-    /// dq, dk and dv that <c>SumRows</c> reads again otherwise). False sums the rows after the backward. Default true.
+    /// q, k and v: GPT-2's QKV), the Hopper backward takes them on the way: dv's from dO in the pass that computes
+    /// rowsum(dO o O) (equal, since a query's probabilities sum to 1), dq's in the cast of the dQ tiles from the loads it
+    /// makes, dk's none (zero: softmax ignores a key bias); partial rows summed after, in place of the 302 MB of dq, dk and
+    /// dv that <c>SumRows</c> reads again at gpt2-124m's 64 x 1024. False sums the rows after the backward. Default true.
     /// </summary>
     public bool FusedAttentionBiasGradient { get; init; } = true;
 

@@ -271,7 +271,10 @@ public interface IBackend
     /// <paramref name="window"/> as in <see cref="AttentionForward"/>. When <paramref name="columnSums"/> ((H + 2K) D,
     /// contiguous) is given it receives += the sums over the B T rows of dq's H D columns, then dk's K D, then dv's K D: the
     /// bias gradient of the product that made q, k and v in one (B, T, (H + 2K) D) tensor, taken on the way where the
-    /// backend's kernels can (the Hopper backward), so that the product's backward need not read dq, dk and dv again.
+    /// backend's kernels can (the Hopper backward), so that the product's backward need not read dq, dk and dv again. dk's
+    /// sums are zero up to rounding (a key bias adds the same q·b to every logit of a query, which softmax ignores), and a
+    /// backend may add exactly zero for them; dv's equal dOutput's sums over each kv head's query heads (a query's
+    /// probabilities sum to 1), and a backend may take them from dOutput.
     /// </summary>
     void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
         Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null);

@@ -685,6 +685,62 @@ __device__ void flash_backward_pre(const T* o, const T* dout, float* delta, floa
     if (ok && sub == 0) delta[((i64)b * H + h) * Tq + t] = s;
 }
 
+// The same, and the column sums of dO: the bias gradient of the product that made v (each key's dV is the sum of its
+// probabilities times dO, and a query's probabilities sum to 1, so the column sums of dV over every key equal those of dO
+// over every query, its heads summed over their kv head's group). A grid stride that is a multiple of H D / 8 threads, so
+// that a thread keeps one (head, 8 columns) for all its rows and sums them in registers; then the block's threads add theirs
+// into shared memory (H D floats: at most 12 KB for 24 heads of 128) and the block writes its partial row (colsum: gridDim.x
+// rows of H D floats), which the host sums.
+template <typename T, int D>
+__device__ void flash_backward_pre_sums(const T* o, const T* dout, float* delta, float* dqacc, int B, int Tq, int H,
+    Strides3 os, Strides3 ds, float* colsum)
+{
+    constexpr int TPR = D / 8;
+    extern __shared__ float pre_sums[];                    // (H D)
+    for (int i = threadIdx.x; i < H * D; i += blockDim.x) pre_sums[i] = 0.f;
+    __syncthreads();
+    const i64 rows = (i64)B * Tq * H, stride = (i64)gridDim.x * blockDim.x;
+    const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const int sub = (int)(first % TPR), h = (int)(first / TPR % H);   // fixed over the thread's rows (stride % (H TPR) == 0)
+    float cs[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) cs[i] = 0.f;
+    // Every lane runs the same number of iterations (rows are padded to a whole number of the grid's passes), so that the
+    // shuffles below see full warps.
+    const i64 passes = (rows * TPR + stride - 1) / stride;
+    for (i64 p = 0; p < passes; p++)
+    {
+        const i64 gt = first + p * stride, row = gt / TPR;
+        const bool ok = row < rows;
+        const int t = (int)((row / H) % Tq), b = (int)(row / ((i64)H * Tq));
+        float s = 0.f;
+        if (ok)
+        {
+            u32x4 a = *(const u32x4*)(o + b * os.b + (i64)t * os.t + (i64)h * os.h + sub * 8);
+            u32x4 c = *(const u32x4*)(dout + b * ds.b + (i64)t * ds.t + (i64)h * ds.h + sub * 8);
+            const T* ae = (const T*)&a;
+            const T* ce = (const T*)&c;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+            {
+                const float dv = to_f(ce[i]);
+                s += to_f(ae[i]) * dv;
+                cs[i] += dv;
+            }
+            f32x4 z = {0.f, 0.f, 0.f, 0.f};
+            f32x4* dst = (f32x4*)(dqacc + row * D + sub * 8);
+            dst[0] = z; dst[1] = z;
+        }
+#pragma unroll
+        for (int off = TPR / 2; off > 0; off >>= 1) s += __shfl_xor_sync(FULL_MASK, s, off);
+        if (ok && sub == 0) delta[((i64)b * H + h) * Tq + t] = s;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) atomicAdd(&pre_sums[h * D + sub * 8 + i], cs[i]);
+    __syncthreads();
+    for (int i = threadIdx.x; i < H * D; i += blockDim.x) colsum[(i64)blockIdx.x * H * D + i] = pre_sums[i];
+}
+
 // dq (strided, T) = dqacc (fp32, contiguous (B,T,H,D)); 8 values per thread.
 template <typename T, int D>
 __device__ void flash_backward_dq_cast(const float* dqacc, T* dq, int B, int Tq, int H, Strides3 dqs)
@@ -970,6 +1026,11 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         float* dqacc, int B, int Tq, int H, Strides3 os, Strides3 ds)                                           \
     {                                                                                                           \
         flash_backward_pre<T, D>(o, dout, delta, dqacc, B, Tq, H, os, ds);                                      \
+    }                                                                                                           \
+    extern "C" __global__ void flash_backward_pre_sums_##n##_d##D(const T* o, const T* dout, float* delta,     \
+        float* dqacc, int B, int Tq, int H, Strides3 os, Strides3 ds, float* colsum)                            \
+    {                                                                                                           \
+        flash_backward_pre_sums<T, D>(o, dout, delta, dqacc, B, Tq, H, os, ds, colsum);                         \
     }                                                                                                           \
     extern "C" __global__ void flash_backward_dq_cast_##n##_d##D(const float* dqacc, T* dq, int B, int Tq,     \
         int H, Strides3 dqs)                                                                                    \

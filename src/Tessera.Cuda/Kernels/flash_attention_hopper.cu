@@ -579,51 +579,10 @@ template <> __device__ __forceinline__ float unpack_hi<f16>(unsigned w)
     return f;
 }
 
-// The column sums of a CTA's dK and dV rows (its 64 keys; the bias gradient of the product that made k and v is their sum
-// over every key), in fp32 before the rounding to T: a thread's two rows, its warp's 16 (the lanes of one c4 hold the same
-// columns: xor over the g bits), then the four warps' through shared memory at `red` (the dS^T tile, free once every
-// thread is past its last product; 2 x 4 x D floats) in warp order. `out`, the CTA's partial row of 2 KH D floats, gets
-// the dK sums at kvh D and the dV sums KH D on; the host sums the rows (deterministic: no atomics).
-template <int D>
-__device__ void hopper_backward_column_sums(const float* dkacc, const float* dvacc, float scale, bool row0, bool row1,
-                                            float* red, float* out, int kvh, int KH)
-{
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    __syncthreads();   // every warp is past its last product
-#pragma unroll
-    for (int j = 0; j < D / 8; j++)
-#pragma unroll
-        for (int e = 0; e < 2; e++)
-        {
-            float sk = (row0 ? dkacc[4 * j + e] : 0.f) + (row1 ? dkacc[4 * j + 2 + e] : 0.f);
-            float sv = (row0 ? dvacc[4 * j + e] : 0.f) + (row1 ? dvacc[4 * j + 2 + e] : 0.f);
-#pragma unroll
-            for (int o = 4; o < 32; o <<= 1)
-            {
-                sk += __shfl_xor_sync(FULL_MASK, sk, o);
-                sv += __shfl_xor_sync(FULL_MASK, sv, o);
-            }
-            if (g == 0)
-            {
-                const int col = 8 * j + 2 * c4 + e;
-                red[warp * 2 * D + col] = sk * scale;
-                red[warp * 2 * D + D + col] = sv;
-            }
-        }
-    __syncthreads();
-    for (int i = tid; i < 2 * D; i += blockDim.x)   // D = 128: two columns a thread
-    {
-        float t = 0.f;
-#pragma unroll
-        for (int w = 0; w < 4; w++) t += red[w * 2 * D + i];
-        out[i < D ? kvh * D + i : KH * D + kvh * D + i - D] = t;
-    }
-}
-
 template <typename T, int D, bool EXTRA>
 __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
     float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
-    Strides3 dks, Strides3 dvs, float scale, int flags, float* colsum)
+    Strides3 dks, Strides3 dvs, float scale, int flags)
 {
     constexpr int BM = 64, BN = 64, KD = D / 16, NT = 128;
     constexpr unsigned TILE = BM * D * 2;   // one Q or dO tile (bytes); a stage is [Q | dO]
@@ -916,13 +875,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
             }
         }
     }
-    if (colsum)   // this CTA's partial row: (batch b, key block nb) of B x gridDim.x
-        hopper_backward_column_sums<D>(dkacc, dvacc, scale, key0 < Tq, key0 + 8 < Tq, (float*)(smem_raw + (sdS - smem_u32(smem_raw))),
-                                       colsum + ((i64)b * gridDim.x + nb) * (2 * KH * D), kvh, KH);
 }
-
-template <int D>
-__device__ void hopper_dq_column_sums(const float* dqacc, int B, int Tq, int H, float* colsum, i64 tile, int c, int gg, int w);
 
 // dq (strided, T) from dqacc laid in fragment-order tiles (hopper_backward_v2 with flags & 2). One thread per float4 of a
 // tile, in tile order (c fastest, then tid' = 32 w + 4 g of the lane quads... see below): thread (tile, w, g, c) reads the
@@ -933,10 +886,10 @@ struct alignas(16) Word4 { unsigned x, y, z, w; };
 
 //
 // With colsum (the bias gradient's partial rows: (B, query blocks, D / 64) rows of H D floats), also the column sums of the
-// tile's rows, fp32 before the rounding to T: a thread's two rows of its 8 columns, its warp's (the lanes CH apart hold the
-// same chunk: xor), then the block's 8 warps through shared memory in warp order. A block of 256 threads is one tile at
-// D = 64 and half of one at D = 128 (rows 0-31 or 32-63: w / 2), each half its own partial row; the host launches exactly
-// the tiles' threads, so every thread reaches the barrier.
+// tile's rows from the same loads, fp32 before the rounding to T: a thread's two rows of its 8 columns, its warp's (the
+// lanes CH apart hold the same chunk: xor), then the block's 8 warps through shared memory in warp order. A block of 256
+// threads is one tile at D = 64 and half of one at D = 128 (rows 0-31 or 32-63: w / 2), each half its own partial row; the
+// host launches exactly the tiles' threads, and none leaves before the barrier.
 template <typename T, int D>
 __device__ void hopper_dq_cast_tiles(const float* dqacc, T* dq, int B, int Tq, int H, Strides3 dqs, float* colsum)
 {
@@ -945,56 +898,46 @@ __device__ void hopper_dq_cast_tiles(const float* dqacc, T* dq, int B, int Tq, i
     const i64 gt = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     const int c = (int)(gt % CH), gg = (int)(gt / CH % 8), w = (int)(gt / (CH * 8) % 4);
     const i64 tile = gt / (CH * 32);
-    if (colsum) hopper_dq_column_sums<D>(dqacc, B, Tq, H, colsum, tile, c, gg, w);
-    if (tile >= (i64)B * H * nQB) return;
-    const int mb = (int)(tile % nQB), h = (int)(tile / nQB % H), b = (int)(tile / ((i64)nQB * H));
-    const Float4* src = (const Float4*)(dqacc + tile * 64 * D) + c * 128 + 32 * w + 4 * gg;
-    const Float4 x0 = src[0], x1 = src[1], x2 = src[2], x3 = src[3];
-    const int t0 = mb * 64 + 16 * w + gg;
-    T* base = dq + b * dqs.b + (i64)h * dqs.h + c * 8;
-    if (t0 < Tq)
-    {
-        Word4 r;
-        r.x = pack2<T>(x0.x, x0.y); r.y = pack2<T>(x1.x, x1.y); r.z = pack2<T>(x2.x, x2.y); r.w = pack2<T>(x3.x, x3.y);
-        *(Word4*)(base + (i64)t0 * dqs.t) = r;
-    }
-    if (t0 + 8 < Tq)
-    {
-        Word4 r;
-        r.x = pack2<T>(x0.z, x0.w); r.y = pack2<T>(x1.z, x1.w); r.z = pack2<T>(x2.z, x2.w); r.w = pack2<T>(x3.z, x3.w);
-        *(Word4*)(base + (i64)(t0 + 8) * dqs.t) = r;
-    }
-}
-
-template <int D>
-__device__ void hopper_dq_column_sums(const float* dqacc, int B, int Tq, int H, float* colsum, i64 tile, int c, int gg, int w)
-{
-    constexpr int CH = D / 8;
-    __shared__ float red[8][D];
-    const int nQB = (Tq + 63) / 64, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const bool in = tile < (i64)B * H * nQB;
+    if (!in && !colsum) return;
     const int mb = (int)(tile % nQB), h = (int)(tile / nQB % H), b = (int)(tile / ((i64)nQB * H));
     const int t0 = mb * 64 + 16 * w + gg;
-    float sums[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) sums[i] = 0.f;
+    const bool r0 = in && t0 < Tq, r1 = in && t0 + 8 < Tq;
+    Float4 x[4] = {};
     if (in)
     {
-        // Column 8 c + 2 i (+ 1) of rows t0 and t0 + 8: float4 i's .x (.y) and .z (.w), as the cast pairs them.
         const Float4* src = (const Float4*)(dqacc + tile * 64 * D) + c * 128 + 32 * w + 4 * gg;
-        const bool r0 = t0 < Tq, r1 = t0 + 8 < Tq;
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-        {
-            const Float4 x = src[i];
-            sums[2 * i] = (r0 ? x.x : 0.f) + (r1 ? x.z : 0.f);
-            sums[2 * i + 1] = (r0 ? x.y : 0.f) + (r1 ? x.w : 0.f);
-        }
+        for (int i = 0; i < 4; i++) x[i] = src[i];
+    }
+    T* base = dq + b * dqs.b + (i64)h * dqs.h + c * 8;
+    if (r0)
+    {
+        Word4 r;
+        r.x = pack2<T>(x[0].x, x[0].y); r.y = pack2<T>(x[1].x, x[1].y); r.z = pack2<T>(x[2].x, x[2].y); r.w = pack2<T>(x[3].x, x[3].y);
+        *(Word4*)(base + (i64)t0 * dqs.t) = r;
+    }
+    if (r1)
+    {
+        Word4 r;
+        r.x = pack2<T>(x[0].z, x[0].w); r.y = pack2<T>(x[1].z, x[1].w); r.z = pack2<T>(x[2].z, x[2].w); r.w = pack2<T>(x[3].z, x[3].w);
+        *(Word4*)(base + (i64)(t0 + 8) * dqs.t) = r;
+    }
+    if (!colsum) return;
+    // Column 8 c + 2 i (+ 1) of rows t0 and t0 + 8: float4 i's .x (.y) and .z (.w), as the stores above pair them.
+    __shared__ float red[8][D];
+    float sums[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        sums[2 * i] = (r0 ? x[i].x : 0.f) + (r1 ? x[i].z : 0.f);
+        sums[2 * i + 1] = (r0 ? x[i].y : 0.f) + (r1 ? x[i].w : 0.f);
     }
 #pragma unroll
     for (int o = CH; o < 32; o <<= 1)
 #pragma unroll
         for (int i = 0; i < 8; i++) sums[i] += __shfl_xor_sync(FULL_MASK, sums[i], o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane < CH)
 #pragma unroll
         for (int i = 0; i < 8; i++) red[warp][8 * c + i] = sums[i];
@@ -1013,18 +956,18 @@ __device__ void hopper_dq_column_sums(const float* dqacc, int B, int Tq, int H, 
     extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_v2_##n##_d##D(  \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc,  \
         T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,  \
-        Strides3 dvs, float scale, int flags, float* colsum)                                                    \
+        Strides3 dvs, float scale, int flags)                                                                   \
     {                                                                                                           \
         hopper_backward_v2<T, D, false>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds,    \
-                                        dks, dvs, scale, flags, colsum);                                        \
+                                        dks, dvs, scale, flags);                                                \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_v2x_##n##_d##D( \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc,  \
         T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,  \
-        Strides3 dvs, float scale, int flags, float* colsum)                                                    \
+        Strides3 dvs, float scale, int flags)                                                                   \
     {                                                                                                           \
         hopper_backward_v2<T, D, true>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs, ds,     \
-                                       dks, dvs, scale, flags, colsum);                                         \
+                                       dks, dvs, scale, flags);                                                 \
     }                                                                                                           \
     extern "C" __global__ void flash_backward_hopper_dq_cast_##n##_d##D(const float* dqacc, T* dq, int B,       \
         int Tq, int H, Strides3 dqs, float* colsum)                                                             \

@@ -632,9 +632,12 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     /// and dv views into one (B, T, H + 2K, D) gradient): taken on the way by the second Hopper kernel and the tile cast
     /// (variants 3, 6 and 7, under <see cref="CudaBackendOptions.FusedAttentionBiasGradient"/>; no column-sum kernel may run),
     /// and after the backward for the others (variant 2's per-element dQ, the first kernel) and with the option off. Against
-    /// an f64 sum of the gradient the same call wrote, added to a non-zero start (it accumulates). Tolerance 1e-2 norm-wise:
-    /// the fused sums add the fp32 values before their rounding to bf16 (2^-9 relative each, independent), the reference the
-    /// rounded ones. Shapes: T not a multiple of 64 (rows past T must not count), GQA 4, D 128 (two partial rows a query block).
+    /// an f64 sum of the gradient the same call wrote, added to a non-zero start (it accumulates). Tolerance 1e-2 norm-wise
+    /// over the whole (H + 2K) D vector: the fused sums add fp32 values (dQ's before their rounding to bf16, dv's taken from
+    /// dO), the reference the rounded gradient, 2^-9 relative each and independent; the fused path adds nothing for dk,
+    /// whose sums are zero up to that rounding (softmax ignores a key bias), so its share of the difference is that noise.
+    /// Shapes: T not a multiple of 64 (rows past T must not count), GQA 4 (dO's heads summed by group), D 128 (two partial
+    /// rows a query block).
     /// </summary>
     [Theory]
     [InlineData(64, 2, 200, 4, 4, 6, true)]
