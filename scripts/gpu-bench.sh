@@ -114,7 +114,7 @@ run)
         # A/B runs of the plain step: notune keeps cuBLASLt's first heuristic answer for every product, tune (or default) is
         # the default again (to interleave), microN runs the batch as micro-batches of N, ceN gives the cross-entropy N threads
         # per row, opt:Name=value,... passes any backend options (--cuda-options), args:A+B+... any gpu-train arguments (split
-        # at '+', e.g. args:--no-norm-bias-sums+--cuda-options+FusedAttentionBiasGradient=false). TRAIN_ROUNDS=N runs the list N times over,
+        # at '+', e.g. args:--norm-bias-sums+--cuda-options+FusedAttentionBiasGradient=true). TRAIN_ROUNDS=N runs the list N times over,
         # alternating, since machines of one kind differ by about 2 % from call to call and a step by about 1 % from run to run.
         t0=$(date +%s)
         case "$variant" in

@@ -371,11 +371,25 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// sums ((H + 2K) D) += the column sums over (B, T) of dq's (H, D) columns, then dk's and dv's (K, D): the attention
-    /// backward's bias gradient where its kernels did not take it on the way. Each of (B, T, heads, D) with its heads D
-    /// apart is read as B T rows of heads D values (one pass when its batches are T rows apart, else one a batch).
+    /// backward's bias gradient where its kernels did not take it on the way. One pass over the rows of the one gradient they
+    /// are views of, in the model's layout; otherwise each of (B, T, heads, D) with its heads D apart is read as B T rows of
+    /// heads D values (one pass when its batches are T rows apart, else one a batch).
     /// </summary>
     private void AddHeadColumnSums(string op, Tensor sums, params Tensor[] parts)
     {
+        // The model's layout, dq, dk and dv side by side in the rows of one (B, T, H + 2K, D) gradient: one pass over those
+        // rows, as the QKV product's own SumRows would make.
+        var (dq, dk, dv) = (parts[0], parts[1], parts[2]);
+        int width = (dq.Size(2) + dk.Size(2) + dv.Size(2)) * dq.Size(3);
+        long size = dq.DType.SizeInBytes();
+        if (dq.Stride(1) == width && dk.Stride(1) == width && dv.Stride(1) == width
+            && dq.Stride(0) == (long)dq.Size(1) * width && dk.Stride(0) == dq.Stride(0) && dv.Stride(0) == dq.Stride(0)
+            && dq.Stride(2) == dq.Size(3) && dk.Stride(2) == dq.Size(3) && dv.Stride(2) == dq.Size(3)
+            && Ptr(dk) == Ptr(dq) + (ulong)(dq.Size(2) * dq.Size(3) * size) && Ptr(dv) == Ptr(dk) + (ulong)(dk.Size(2) * dq.Size(3) * size))
+        {
+            AddColumnSums(Ptr(dq), dq.DType, (long)dq.Size(0) * dq.Size(1), width, width, Ptr(sums), sums.DType, op);
+            return;
+        }
         ulong target = Ptr(sums);
         foreach (var x in parts)
         {

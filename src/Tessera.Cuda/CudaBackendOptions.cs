@@ -95,9 +95,12 @@ public sealed record CudaBackendOptions
     /// q, k and v: GPT-2's QKV), the Hopper backward takes them on the way: dv's from dO in the pass that computes
     /// rowsum(dO o O) (equal, since a query's probabilities sum to 1), dq's in the cast of the dQ tiles from the loads it
     /// makes, dk's none (zero: softmax ignores a key bias); partial rows summed after, in place of the 302 MB of dq, dk and
-    /// dv that <c>SumRows</c> reads again at gpt2-124m's 64 x 1024. False sums the rows after the backward. Default true.
+    /// dv that <c>SumRows</c> reads again at gpt2-124m's 64 x 1024. False sums the rows after the backward (one pass over the
+    /// fused gradient, as the QKV product's own bias gradient did). Default false: this form has run only on the CPU emulation
+    /// (the cast) and not yet on the device; a first form, summing in the backward kernel's epilogue, cost that kernel 42 us
+    /// a layer and gained nothing (session 23, docs/benchmarks.md).
     /// </summary>
-    public bool FusedAttentionBiasGradient { get; init; } = true;
+    public bool FusedAttentionBiasGradient { get; init; } = false;
 
     /// <summary>
     /// Bytes of each row's logits that the fused cross-entropy keeps in shared memory between its statistics pass and its

@@ -297,9 +297,12 @@ public sealed class Transformer
     /// place of each projection's own pass over its dy (issue 18). Only where that holds exactly: LayerNorm, a trained bias,
     /// a projection that is not row-parallel (tensor and sequence parallelism keep their own reductions), and, across units,
     /// both blocks in the range a backward runs. The gradients equal the other path's to rounding (the sums are added in
-    /// another order). Default true; false keeps every projection's own reduction.
+    /// another order). Default false, which keeps every projection's own reduction: on the H200 (gpt2-124m, 64 x 1024, session
+    /// 23) the norms' third slice of shared-memory partials cost their kernel 28 us a call, about what the 768-wide
+    /// <c>SumRows</c> it replaces took (30), so the step did not move; the path is correct on the CPU and gave the same loss
+    /// on the GPU, and its GPU tests have yet to run.
     /// </summary>
-    public bool ResidualBiasGradientsFromNorms { get; set; } = true;
+    public bool ResidualBiasGradientsFromNorms { get; set; }
 
     /// <summary>
     /// Whether forward passes read token ids (and targets) to the host to check their range

@@ -22,7 +22,7 @@ namespace Tessera.Bench.Gpu;
 /// allocator's bytes in use, and the per-phase medians.
 /// With <c>--cuda-options ProfileOps=true</c> it also prints the per-op GPU time of the timed steps
 /// (<see cref="CudaOpProfiler"/>); the step times of such a run include the profiler's own overhead.
-/// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--no-norm-bias-sums] [--no-fallback]
+/// <para>Usage: gpu-train [--preset gpt2-124m] [--batch 64] [--micro 32] [--seq 1024] [--dtype bf16|f32] [--steps 10] [--warmup 3] [--recompute] [--norm-bias-sums] [--no-fallback]
 /// [--loss-chunk ROWS] [--curve-text FILE [--lr RATE] [--lr-warmup STEPS]] [--lora R[,R...]] [--lora-targets q,k,v,o] [--cuda-options SETTINGS]
 /// [--masters separate|split]</para>
 /// <c>--masters split</c> (bf16, full fine-tuning) keeps the F32 masters split (<see cref="MasterWeights.Split"/>: the BF16
@@ -35,8 +35,8 @@ namespace Tessera.Bench.Gpu;
 /// the parameter count, or "LoRA r=R" and the adapters' count; LoRA's MFU counts 4N + 6·N_A + 12·L·T·C FLOPs per token.
 /// SETTINGS are <see cref="CudaBackendOptions.Parse"/>'s form (e.g. <c>TuneMatMulAlgorithms=false</c>,
 /// <c>CrossEntropyThreadsPerRow=512</c>); the ones that differ from the defaults are named in the row's "system" column.
-/// <c>--no-norm-bias-sums</c> turns off <see cref="Transformer.ResidualBiasGradientsFromNorms"/> (GPT-2's output projections then
-/// sum their own bias gradients), for measuring it; the row says so.
+/// <c>--norm-bias-sums</c> turns on <see cref="Transformer.ResidualBiasGradientsFromNorms"/> (GPT-2's output projections take
+/// their bias gradients from the LayerNorm backwards), for measuring it; the row says so.
 /// A step of B sequences runs as B / micro micro-batches with gradient accumulation (default micro = B). The LM head runs
 /// fused over chunks of rows (<see cref="Transformer.LossChunkRows"/>, the model's default unless --loss-chunk sets it; the
 /// row shows it), so GPT-2 at B=64, T=1024 runs as one micro-batch; --loss-chunk 0 runs the unfused head, whose logits of
@@ -54,7 +54,7 @@ public static class GpuTrainingBench
         double learningRate = 1e-4;
         int learningRateWarmup = 0;
         string? curveText = null;
-        bool recompute = false, fallback = true, header = true, normBiasSums = true;
+        bool recompute = false, fallback = true, header = true, normBiasSums = false;
         var cudaOptions = CudaBackendOptions.Default;
         int[] loraRanks = [0];
         string[] loraTargets = [.. LoraTargets.Default];
@@ -71,7 +71,7 @@ public static class GpuTrainingBench
                 case "--steps": steps = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--warmup": warmup = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--recompute": recompute = true; break;
-                case "--no-norm-bias-sums": normBiasSums = false; break;
+                case "--norm-bias-sums": normBiasSums = true; break;
                 case "--no-fallback": fallback = false; break;
                 case "--no-header": header = false; break;
                 case "--curve-text": curveText = args[++i]; break;
@@ -128,7 +128,7 @@ public static class GpuTrainingBench
     }
 
     private static string Measure(TransformerConfig config, string preset, DType dtype, MasterWeights masters, int b, int micro, int t, int steps, int warmup, bool recompute,
-        int? lossChunk, LoraOptions? lora, CudaBackendOptions cudaOptions, bool normBiasSums = true)
+        int? lossChunk, LoraOptions? lora, CudaBackendOptions cudaOptions, bool normBiasSums = false)
     {
         using var backend = new CudaBackend(0, cudaOptions);
         var model = lora is null
@@ -136,7 +136,7 @@ public static class GpuTrainingBench
             : new Transformer(config, backend, dtype, ArenaStorage.Frozen, lora: lora) { RecomputeActivations = recompute, ResidualBiasGradientsFromNorms = normBiasSums };
         if (lossChunk is { } rows) model.LossChunkRows = rows;
         int chunk = model.LossChunkRows == 0 ? 0 : FusedLinearCrossEntropy.ChunkRows(micro * t, model.LossChunkRows);
-        string head = (chunk == 0 ? "unfused head" : $"head in chunks of {chunk} rows") + (normBiasSums ? "" : ", --no-norm-bias-sums");
+        string head = (chunk == 0 ? "unfused head" : $"head in chunks of {chunk} rows") + (normBiasSums ? ", --norm-bias-sums" : "");
         BenchmarkWeights.Initialize(model, seed: 1);
         using var timeline = new CudaEventTimeline(backend);
         var options = new TrainingStepBenchmarkOptions { BatchSize = b, MicroBatchSize = micro, SequenceLength = t, Steps = steps, WarmupSteps = warmup };

@@ -27,7 +27,7 @@ public sealed class CudaBackendOptionsTests
         CrossEntropyClusterMinRowBytes = 0,
         FusedBiasGradient = true,
         FusedGeluBiasGradient = true,
-        FusedAttentionBiasGradient = false,
+        FusedAttentionBiasGradient = true,
         MatMulHeuristicCandidates = 32,
         MatMulSearchMaxRows = 100000,
         PagedDecodeStagedTable = false,

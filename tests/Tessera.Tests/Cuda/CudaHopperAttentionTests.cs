@@ -630,7 +630,7 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     /// <summary>
     /// The attention backward's column sums (<c>columnSums</c>: the QKV product's bias gradient) in the model's layout (dq, dk
     /// and dv views into one (B, T, H + 2K, D) gradient): taken on the way by the second Hopper kernel and the tile cast
-    /// (variants 3, 6 and 7, under <see cref="CudaBackendOptions.FusedAttentionBiasGradient"/>; no column-sum kernel may run),
+    /// (variants 3, 6 and 7, under <see cref="CudaBackendOptions.FusedAttentionBiasGradient"/>; no column-partial kernel may run),
     /// and after the backward for the others (variant 2's per-element dQ, the first kernel) and with the option off. Against
     /// an f64 sum of the gradient the same call wrote, added to a non-zero start (it accumulates). Tolerance 1e-2 norm-wise
     /// over the whole (H + 2K) D vector: the fused sums add fp32 values (dQ's before their rounding to bf16, dv's taken from
@@ -646,15 +646,15 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     [InlineData(64, 1, 256, 4, 4, 7, true)]     // the v2x build, dQ tile in its own buffer
     [InlineData(64, 2, 200, 4, 4, 2, false)]    // per-element dQ: summed after
     [InlineData(64, 2, 200, 4, 4, 1, false)]    // the first kernel: summed after
-    [InlineData(64, 2, 200, 4, 4, 0, false)]    // FusedAttentionBiasGradient = false: summed after
+    [InlineData(64, 2, 200, 4, 4, 0, false)]    // FusedAttentionBiasGradient = false (the default): summed after
     public void BackwardTakesTheBiasGradientOfTheFusedQkvOnTheWay(int d, int b, int t, int h, int kh, int variant, bool fused)
     {
         Backends();
-        using var off = variant == 0 ? new CudaBackend(0, CudaBackendOptions.Default with
+        using var be = new CudaBackend(0, CudaBackendOptions.Default with
         {
-            HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = 6, FusedAttentionBiasGradient = false, ProfileOps = true,
-        }) : null;
-        var be = variant switch { 0 => off!, 1 => fixture.Hopper!, _ => fixture.BackwardVariants[variant - 2] };
+            HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = variant == 0 ? 6 : variant,
+            FusedAttentionBiasGradient = variant != 0, ProfileOps = true,
+        });
         int seed = Environment.TickCount, w = h + 2 * kh;
         var rng = new Random(seed);
         string where = $"BF16 D{d} B{b} T{t} H{h} K{kh} variant {variant} (seed {seed})";
