@@ -97,7 +97,7 @@ public sealed record CudaBackendOptions
     /// makes, dk's none (zero: softmax ignores a key bias); partial rows summed after, in place of the 302 MB of dq, dk and
     /// dv that <c>SumRows</c> reads again at gpt2-124m's 64 x 1024. False sums the rows after the backward (one pass over the
     /// fused gradient, as the QKV product's own bias gradient did). Default false: this form has run only on the CPU emulation
-    /// (the cast) and not yet on the device; a first form, summing in the backward kernel's epilogue, cost that kernel 42 us
+    /// (the first pass and the cast) and not yet on the device; a first form, summing in the backward kernel's epilogue, cost that kernel 42 us
     /// a layer and gained nothing (session 23, docs/benchmarks.md).
     /// </summary>
     public bool FusedAttentionBiasGradient { get; init; } = false;

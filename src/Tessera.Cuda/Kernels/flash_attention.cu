@@ -361,7 +361,14 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
 }
 
 // A device-wide fence, as inline PTX (no CUDA headers under NVRTC); the L2-coherent load_cg is common.cuh's.
-__device__ __forceinline__ void fence_gpu() { asm volatile("membar.gl;" ::: "memory"); }
+__device__ __forceinline__ void fence_gpu()
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("membar.gl;" ::: "memory");
+#else
+    std::atomic_thread_fence(std::memory_order_seq_cst);   // the CPU emulation (KernelEmulationTests)
+#endif
+}
 
 // Most key splits of one decode launch (the host clamps to it): the merge keeps a weight per (row, split) in shared memory.
 #define DECODE_MAX_SPLITS 64
@@ -806,7 +813,11 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
             for (int i = 0; i < 4; i++)
             {
                 bool ok = t + i < Tq;
+#ifdef __CUDA_ARCH__
                 asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst + i)), "l"(ok ? src + i : src - t), "r"(ok ? 4 : 0));
+#else
+                dst[i] = ok ? src[i] : 0.f;
+#endif
             }
         }
     };
@@ -949,8 +960,13 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
                     for (int j = 0; j < ND; j++)
                     {
                         // one 8-byte reduction per adjacent pair (sm_90), fire-and-forget
+#ifdef __CUDA_ARCH__
                         asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(dst + j * 8), "f"(qacc[j][2 * r] * scale),
                                      "f"(qacc[j][2 * r + 1] * scale) : "memory");
+#else
+                        atomicAdd(dst + j * 8, qacc[j][2 * r] * scale);
+                        atomicAdd(dst + j * 8 + 1, qacc[j][2 * r + 1] * scale);
+#endif
                     }
                 }
             }

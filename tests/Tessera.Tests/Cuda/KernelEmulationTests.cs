@@ -140,6 +140,20 @@ public sealed class KernelEmulationTests
              "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2"]);
 
     /// <summary>
+    /// The FlashAttention backward's first pass with the column sums of dO (flash_attention.cu's
+    /// <c>flash_backward_pre_sums</c>: the bias gradient of the product that made v, which the Hopper backward takes there under
+    /// <see cref="CudaBackendOptions.FusedAttentionBiasGradient"/>): delta = rowsum(dO o O), the dQ accumulator zeroed, and
+    /// the partial rows of dO's column sums, on strided views of fused tensors, head sizes 64 and 128, grids of one block and
+    /// of several whose threads are whole rows of every head (Emulation/flash_prepass.cpp: 1e-5 of the largest value). A
+    /// thread that took the wrong head's columns fails it (checked by hand).
+    /// </summary>
+    [Fact]
+    public void FlashBackwardFirstPassSumsTheColumnsOfTheOutputGradientOnTheCpuEmulation() =>
+        RunEmulated(["flash_attention.cu"], "flash_prepass",
+            ["pre sums B=2 T=37 H=12 D=64 blocks=3 dO column sums", "pre sums B=1 T=50 H=3 D=128 blocks=3 delta",
+             "pre sums B=3 T=20 H=8 D=64 blocks=1 dQ accumulator zeroed"]);
+
+    /// <summary>
     /// The indexing of the Hopper paged prefill (flash_attention_hopper.cu's <c>paged_prefill_hopper</c>) that common.cuh
     /// holds, on the emulation (the paged kernel whole in <see cref="HopperAttentionGivesTheReferenceResultsOnTheCpuEmulation"/>,
     /// and in <see cref="CudaPagedServingTests"/> on the device): the paged and dense K/V row sources write exactly the 128-byte-swizzled bytes of an independent formula (rows

@@ -76,9 +76,11 @@ template <typename T> T __shfl_xor_sync(unsigned, T v, int o, int = 32) { return
 template <typename T> T __shfl_sync(unsigned, T v, int src, int = 32) { return emu_shfl<T>(v, direct_lane, src); }
 template <typename T> T __shfl_up_sync(unsigned, T v, unsigned d, int = 32) { return emu_shfl<T>(v, up_lane, (int)d); }
 template <typename T> T __shfl_down_sync(unsigned, T v, unsigned d, int = 32) { return emu_shfl<T>(v, down_lane, (int)d); }
-inline float atomicAdd(float* p, float v) { float o = *p; *p += v; return o; }
-inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }
-inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { unsigned o = *p; if (o == c) *p = v; return o; }
+// Atomics under one lock: a block's threads are std::threads running at once.
+inline std::mutex& emu_atomic_lock() { static std::mutex m; return m; }
+inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); float o = *p; *p += v; return o; }
+inline int atomicAdd(int* p, int v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); int o = *p; *p += v; return o; }
+inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned o = *p; if (o == c) *p = v; return o; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
