@@ -662,6 +662,30 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
 }
 
 // ------------------------------------------------------------------------------------ backward
+// One thread's 8 columns (sub) of the (b, t, h) row `row` of the first pass: its share of dO·O (returned), the dq
+// accumulator's 8 zeroed, and with cs, dO's 8 values added to cs.
+template <typename T, int D>
+__device__ __forceinline__ float flash_backward_pre_part(const T* o, const T* dout, float* dqacc, i64 row, int b, int t, int h,
+    int sub, Strides3 os, Strides3 ds, float* cs)
+{
+    u32x4 a = *(const u32x4*)(o + b * os.b + (i64)t * os.t + (i64)h * os.h + sub * 8);
+    u32x4 c = *(const u32x4*)(dout + b * ds.b + (i64)t * ds.t + (i64)h * ds.h + sub * 8);
+    const T* ae = (const T*)&a;
+    const T* ce = (const T*)&c;
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+    {
+        const float dv = to_f(ce[i]);
+        s += to_f(ae[i]) * dv;
+        if (cs) cs[i] += dv;
+    }
+    f32x4 z = {0.f, 0.f, 0.f, 0.f};
+    f32x4* dst = (f32x4*)(dqacc + row * D + sub * 8);
+    dst[0] = z; dst[1] = z;
+    return s;
+}
+
 // Preprocess: delta (B,H,T) = rowsum(dO * O); zeroes the fp32 dq accumulator (B,T,H,D) contiguous.
 // D/8 threads per (b, t, h) row.
 template <typename T, int D>
@@ -674,19 +698,7 @@ __device__ void flash_backward_pre(const T* o, const T* dout, float* delta, floa
     const int sub = (int)(gt % TPR);
     const bool ok = row < (i64)B * Tq * H;
     const int h = (int)(row % H), t = (int)((row / H) % Tq), b = (int)(row / ((i64)H * Tq));
-    float s = 0.f;
-    if (ok)
-    {
-        u32x4 a = *(const u32x4*)(o + b * os.b + (i64)t * os.t + (i64)h * os.h + sub * 8);
-        u32x4 c = *(const u32x4*)(dout + b * ds.b + (i64)t * ds.t + (i64)h * ds.h + sub * 8);
-        const T* ae = (const T*)&a;
-        const T* ce = (const T*)&c;
-#pragma unroll
-        for (int i = 0; i < 8; i++) s += to_f(ae[i]) * to_f(ce[i]);
-        f32x4 z = {0.f, 0.f, 0.f, 0.f};
-        f32x4* dst = (f32x4*)(dqacc + row * D + sub * 8);
-        dst[0] = z; dst[1] = z;
-    }
+    float s = ok ? flash_backward_pre_part<T, D>(o, dout, dqacc, row, b, t, h, sub, os, ds, nullptr) : 0.f;
 #pragma unroll
     for (int off = TPR / 2; off > 0; off >>= 1) s += __shfl_xor_sync(FULL_MASK, s, off);
     if (ok && sub == 0) delta[((i64)b * H + h) * Tq + t] = s;
@@ -720,24 +732,7 @@ __device__ void flash_backward_pre_sums(const T* o, const T* dout, float* delta,
         const i64 gt = first + p * stride, row = gt / TPR;
         const bool ok = row < rows;
         const int t = (int)((row / H) % Tq), b = (int)(row / ((i64)H * Tq));
-        float s = 0.f;
-        if (ok)
-        {
-            u32x4 a = *(const u32x4*)(o + b * os.b + (i64)t * os.t + (i64)h * os.h + sub * 8);
-            u32x4 c = *(const u32x4*)(dout + b * ds.b + (i64)t * ds.t + (i64)h * ds.h + sub * 8);
-            const T* ae = (const T*)&a;
-            const T* ce = (const T*)&c;
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-            {
-                const float dv = to_f(ce[i]);
-                s += to_f(ae[i]) * dv;
-                cs[i] += dv;
-            }
-            f32x4 z = {0.f, 0.f, 0.f, 0.f};
-            f32x4* dst = (f32x4*)(dqacc + row * D + sub * 8);
-            dst[0] = z; dst[1] = z;
-        }
+        float s = ok ? flash_backward_pre_part<T, D>(o, dout, dqacc, row, b, t, h, sub, os, ds, cs) : 0.f;
 #pragma unroll
         for (int off = TPR / 2; off > 0; off >>= 1) s += __shfl_xor_sync(FULL_MASK, s, off);
         if (ok && sub == 0) delta[((i64)b * H + h) * Tq + t] = s;

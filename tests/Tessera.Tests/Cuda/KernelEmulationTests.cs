@@ -143,7 +143,7 @@ public sealed class KernelEmulationTests
     /// The FlashAttention backward's first pass with the column sums of dO (flash_attention.cu's
     /// <c>flash_backward_pre_sums</c>: the bias gradient of the product that made v, which the Hopper backward takes there under
     /// <see cref="CudaBackendOptions.FusedAttentionBiasGradient"/>): delta = rowsum(dO o O), the dQ accumulator zeroed, and
-    /// the partial rows of dO's column sums, on strided views of fused tensors, head sizes 64 and 128, grids of one block and
+    /// the partial rows of dO's column sums (and the plain first pass, which shares its per-row part), on strided views of fused tensors, head sizes 64 and 128, grids of one block and
     /// of several whose threads are whole rows of every head (Emulation/flash_prepass.cpp: 1e-5 of the largest value). A
     /// thread that took the wrong head's columns fails it (checked by hand).
     /// </summary>
@@ -151,7 +151,7 @@ public sealed class KernelEmulationTests
     public void FlashBackwardFirstPassSumsTheColumnsOfTheOutputGradientOnTheCpuEmulation() =>
         RunEmulated(["flash_attention.cu"], "flash_prepass",
             ["pre sums B=2 T=37 H=12 D=64 blocks=3 dO column sums", "pre sums B=1 T=50 H=3 D=128 blocks=3 delta",
-             "pre sums B=3 T=20 H=8 D=64 blocks=1 dQ accumulator zeroed"]);
+             "pre sums B=3 T=20 H=8 D=64 blocks=1 dQ accumulator zeroed", "pre B=2 T=37 H=12 D=64 delta", "pre B=1 T=50 H=3 D=128 dQ accumulator zeroed"]);
 
     /// <summary>
     /// The indexing of the Hopper paged prefill (flash_attention_hopper.cu's <c>paged_prefill_hopper</c>) that common.cuh

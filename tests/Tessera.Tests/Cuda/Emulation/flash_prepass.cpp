@@ -1,4 +1,5 @@
-// The first pass of the FlashAttention backward (flash_attention.cu) in bf16 on the CPU emulation of CUDA: delta (B, H, T) =
+// The first pass of the FlashAttention backward (flash_attention.cu's flash_backward_pre, and its form with sums) in bf16 on
+// the CPU emulation of CUDA: delta (B, H, T) =
 // rowsum(dO o O) and the zeroed fp32 dQ accumulator, and its form with the column sums of dO (flash_backward_pre_sums: the
 // bias gradient of the product that made v, since a query's probabilities sum to 1), against a double reference over the
 // bf16 inputs, on strided (B, T, H, D) views of fused tensors as the model passes them: head sizes 64 and 128, a grid whose
@@ -73,6 +74,20 @@ static void run(int B, int T, int H, int D, int blocks)
     snprintf(name, sizeof name, "pre sums B=%d T=%d H=%d D=%d blocks=%d dQ accumulator zeroed", B, T, H, D, blocks);
     printf("%-64s %s\n", name, zero ? "ok" : "FAIL");
     if (!zero) failures++;
+    // The plain first pass (the FlashAttention-2 and Hopper backwards without the sums), a thread per 8 columns of a row.
+    std::vector<float> delta2(rows, 7.f), dqacc2(rows * D, 7.f);
+    float *pdelta2 = delta2.data(), *pacc2 = dqacc2.data();
+    emu_launch(dim3{(unsigned)((rows * (D / 8) + 255) / 256), 1, 1}, 256, [&] {
+        if (D == 64) flash_backward_pre_bf16_d64(po, pd, pdelta2, pacc2, b_, t_, h_, st, st);
+        else flash_backward_pre_bf16_d128(po, pd, pdelta2, pacc2, b_, t_, h_, st, st);
+    });
+    bool zero2 = true;
+    for (float v : dqacc2) zero2 &= v == 0.f;
+    snprintf(name, sizeof name, "pre B=%d T=%d H=%d D=%d delta", B, T, H, D);
+    check(name, edelta, delta2, 1e-5);
+    snprintf(name, sizeof name, "pre B=%d T=%d H=%d D=%d dQ accumulator zeroed", B, T, H, D);
+    printf("%-64s %s\n", name, zero2 ? "ok" : "FAIL");
+    if (!zero2) failures++;
 }
 
 int main()
