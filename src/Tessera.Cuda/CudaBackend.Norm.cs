@@ -63,7 +63,8 @@ public sealed unsafe partial class CudaBackend
         int vectors = VectorsPerLane(x.DType, c);
         bool warp = Vectorizable(x.DType, c, pd, px, pw, pdx) && vectors <= 4 && c % 4 == 0
             && smemBytes <= CudaDevice.MaxSharedMemoryPerBlockOptIn;
-        string kernel = warp ? $"layernorm_backward_warp_{(sums ? "sums_" : "")}{Suffix(x.DType, op)}_k{vectors}" : "layernorm_backward_" + Suffix(x.DType, op);
+        string sumsForm = !sums ? "" : Options.LayerNormSumsInRegisters ? "sums_regs_" : "sums_";
+        string kernel = warp ? $"layernorm_backward_warp_{sumsForm}{Suffix(x.DType, op)}_k{vectors}" : "layernorm_backward_" + Suffix(x.DType, op);
         if (warp) PreferSharedMemory("norm.cu", kernel); // three CTAs of 8 warps x 2C (or 3C) floats per SM at C = 768
         int g = warp
             ? (int)Math.Min((rows + WarpRowsPerBlock - 1) / WarpRowsPerBlock, (sums ? NormResidentCtas(kernel, smemBytes) : 3L) * CudaDevice.MultiprocessorCount)

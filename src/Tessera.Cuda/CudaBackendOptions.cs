@@ -103,6 +103,15 @@ public sealed record CudaBackendOptions
     public bool FusedAttentionBiasGradient { get; init; } = false;
 
     /// <summary>
+    /// The LayerNorm backward's column sums of dx (<see cref="Tessera.Tensors.IBackend.LayerNormBackward"/>'s dxColumnSums,
+    /// GPT-2's projection biases under <c>Transformer.ResidualBiasGradientsFromNorms</c>) kept in each lane's registers over its
+    /// rows and written to shared memory once (layernorm_backward_warp_sums_regs_*, bounds of two CTAs an SM), instead of a
+    /// read-modify-write of a third shared-memory slice a row, which cost the kernel 28 us a call at gpt2-124m's 64 x 1024 on
+    /// the H200 (session 23). Default false: written and emulated, not yet run on the device.
+    /// </summary>
+    public bool LayerNormSumsInRegisters { get; init; }
+
+    /// <summary>
     /// Bytes of each row's logits that the fused cross-entropy keeps in shared memory between its statistics pass and its
     /// gradient pass (rounded down to 16-byte vectors; the rest of the row is read again): 0 (the default) reads the whole row
     /// twice; null ("auto") keeps as much as one block's shared memory holds (the whole row up to about 113,000 BF16 logits
@@ -411,6 +420,7 @@ public sealed record CudaBackendOptions
         if (CrossEntropyClusterVectors != d.CrossEntropyClusterVectors) parts.Add(Invariant($"{nameof(CrossEntropyClusterVectors)}={CrossEntropyClusterVectors}"));
         if (FusedBiasGradient != d.FusedBiasGradient) parts.Add($"{nameof(FusedBiasGradient)}={Bool(FusedBiasGradient)}");
         if (FusedAttentionBiasGradient != d.FusedAttentionBiasGradient) parts.Add($"{nameof(FusedAttentionBiasGradient)}={Bool(FusedAttentionBiasGradient)}");
+        if (LayerNormSumsInRegisters != d.LayerNormSumsInRegisters) parts.Add($"{nameof(LayerNormSumsInRegisters)}={Bool(LayerNormSumsInRegisters)}");
         if (FusedGeluBiasGradient != d.FusedGeluBiasGradient) parts.Add($"{nameof(FusedGeluBiasGradient)}={Bool(FusedGeluBiasGradient)}");
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
         if (MatMulSearch != d.MatMulSearch) parts.Add($"{nameof(MatMulSearch)}={MatMulSearch}");
@@ -480,6 +490,7 @@ public sealed record CudaBackendOptions
         [nameof(MatMulSearch)] = (o, v, s) => o with { MatMulSearch = ParseEnum<MatMulCandidateSearch>(v, s) },
         [nameof(FusedBiasGradient)] = (o, v, s) => o with { FusedBiasGradient = ParseBool(v, s) },
         [nameof(FusedAttentionBiasGradient)] = (o, v, s) => o with { FusedAttentionBiasGradient = ParseBool(v, s) },
+        [nameof(LayerNormSumsInRegisters)] = (o, v, s) => o with { LayerNormSumsInRegisters = ParseBool(v, s) },
         [nameof(FusedGeluBiasGradient)] = (o, v, s) => o with { FusedGeluBiasGradient = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },

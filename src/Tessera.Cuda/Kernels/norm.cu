@@ -168,16 +168,25 @@ template <typename T, int K> __device__ void layernorm_forward_rows(const T* x, 
 // the packed row would pass the 80 registers that three CTAs of 256 threads leave a thread, while the third slice still
 // fits three CTAs per SM at C = 768 (3 x (8 warps x 3C x 4 bytes + 1 KB reserved) = 219 KB of the H200's 228 KB). A
 // separate instantiation (Sums = false is the kernel as before), so the plain backward keeps its registers and bits.
-template <typename T, int K, bool Sums>
+//
+// InRegisters (with Sums): a lane keeps its K N columns' dx sums in registers over all its rows and writes them to the third
+// slice once at the end, instead of a read-modify-write of shared memory a row (which cost the kernel 28 us a call at
+// gpt2-124m's 65,536 rows, session 23); its bounds ask for two CTAs an SM, to leave the registers room
+// (CudaBackendOptions.LayerNormSumsInRegisters).
+template <typename T, int K, bool Sums, bool InRegisters = false>
 __device__ void layernorm_backward_rows(const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx,
                                         float* scratch, i64 rows, int C)
 {
     constexpr int N = Vec16<T>::N;
     constexpr int S = Sums ? 3 : 2;                    // C-float slices per warp and per row of scratch
+    static_assert(Sums || !InRegisters, "layernorm_backward_rows: InRegisters keeps the dx sums");
     extern __shared__ float lnacc[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     float* mine = lnacc + (i64)warp * S * C;           // dW at [0, C), dB at [C, 2C), dx sums at [2C, 3C)
     for (int i = lane * 4; i < S * C; i += 32 * 4) *reinterpret_cast<f32x4s*>(mine + i) = f32x4s{0.f, 0.f, 0.f, 0.f};
+    float xs[InRegisters ? K * N : 1];                 // InRegisters: this lane's dx sums, column (k 32 + lane) N + j at k N + j
+#pragma unroll
+    for (int i = 0; i < (InRegisters ? K * N : 1); i++) xs[i] = 0.f;
     __syncwarp();
     for (i64 row = (i64)blockIdx.x * warps + warp; row < rows; row += (i64)gridDim.x * warps)
     {
@@ -231,7 +240,12 @@ __device__ void layernorm_backward_rows(const T* dout, const T* x, const T* w, c
                     if (Sums) o[j] = to_f(from_f<T>(o[j]));   // the value stored, which store16 then writes unchanged
                 }
                 store16(dxr + i, o);
-                if (Sums)
+                if (InRegisters)
+                {
+#pragma unroll
+                    for (int j = 0; j < N; j++) xs[k * N + j] += o[j];
+                }
+                else if (Sums)
                 {
 #pragma unroll
                     for (int j = 0; j < N; j += 4)
@@ -256,6 +270,15 @@ __device__ void layernorm_backward_rows(const T* dout, const T* x, const T* w, c
             }
         }
     }
+    if (InRegisters)
+#pragma unroll
+        for (int k = 0; k < K; k++)
+        {
+            const int i = (k * 32 + lane) * N;
+            if (i < C)
+#pragma unroll
+                for (int j = 0; j < N; j++) mine[2 * C + i + j] = xs[k * N + j];
+        }
     __syncthreads();
     for (int i = threadIdx.x; i < S * C; i += blockDim.x)
     {
@@ -395,7 +418,8 @@ FOR_FLOAT_TYPES(RMSNORM_VEC)
 
 // The warp-per-row LayerNorm kernels for K 16-byte vectors per lane (C <= 32 K 16 / sizeof(T)): K = 1..4 both ways,
 // 5..8 forward only (the backward's shared-memory slices and registers allow at most 4). The backward comes twice:
-// layernorm_backward_warp_* (scratch rows of 2C) and layernorm_backward_warp_sums_* (3C, with the column sums of dx).
+// layernorm_backward_warp_* (scratch rows of 2C) and layernorm_backward_warp_sums_* (3C, with the column sums of dx;
+// layernorm_backward_warp_sums_regs_* keeps those sums in registers).
 #define NORM_ROWS_FORWARD(n, T, K)                                                                             \
     extern "C" __global__ void __launch_bounds__(256) layernorm_forward_warp_##n##_k##K(                       \
         const T* x, const T* w, const T* b, T* out, float* mean, float* rstd, i64 rows, int C, float eps)       \
@@ -415,6 +439,12 @@ FOR_FLOAT_TYPES(RMSNORM_VEC)
         i64 N, int C)                                                                                          \
     {                                                                                                          \
         layernorm_backward_rows<T, K, true>(dout, x, w, mean, rstd, dx, scratch, N, C);                        \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256, 2) layernorm_backward_warp_sums_regs_##n##_k##K(         \
+        const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx, float* scratch,    \
+        i64 N, int C)                                                                                          \
+    {                                                                                                          \
+        layernorm_backward_rows<T, K, true, true>(dout, x, w, mean, rstd, dx, scratch, N, C);                  \
     }
 #define NORM_ROWS_ALL(n, T) NORM_ROWS(n, T, 1) NORM_ROWS(n, T, 2) NORM_ROWS(n, T, 3) NORM_ROWS(n, T, 4) \
     NORM_ROWS_FORWARD(n, T, 5) NORM_ROWS_FORWARD(n, T, 6) NORM_ROWS_FORWARD(n, T, 7) NORM_ROWS_FORWARD(n, T, 8)

@@ -28,6 +28,7 @@ public sealed class CudaBackendOptionsTests
         FusedBiasGradient = true,
         FusedGeluBiasGradient = true,
         FusedAttentionBiasGradient = true,
+        LayerNormSumsInRegisters = true,
         MatMulHeuristicCandidates = 32,
         MatMulSearchMaxRows = 100000,
         PagedDecodeStagedTable = false,

@@ -30,16 +30,22 @@ public sealed class CudaLayerNormColumnSumsTests(CudaFixture fixture) : CudaTest
     [InlineData(DType.F32, 768, 41, true, DType.F32)]       // 6 vectors a lane: the block kernel
     [InlineData(DType.BF16, 771, 37, true, DType.F32)]      // odd C, not 16-byte rows: the block kernel
     [InlineData(DType.F16, 1032, 300, false, DType.F16)]    // past the warp kernel's width: the block kernel, F16 sums
-    public void LayerNormBackwardSumsTheColumnsOfTheDxItStores(DType dtype, int c, int n, bool bias, DType sumsType)
+    [InlineData(DType.BF16, 768, 5000, true, DType.F32, true)]    // the sums in registers (LayerNormSumsInRegisters)
+    [InlineData(DType.F32, 300, 64, true, DType.F32, true)]       // in registers, a partly filled last vector
+    public void LayerNormBackwardSumsTheColumnsOfTheDxItStores(DType dtype, int c, int n, bool bias, DType sumsType, bool registers = false)
     {
         const double eps = 1e-5;
-        var (x, _) = Random(dtype, 2, n, c);
-        var (w, _) = Random(dtype, 1, c);
-        var (b, _) = Random(dtype, 1, c);
-        var y = Poisoned(dtype, n, c);
-        var mean = Poisoned(DType.F32, n); var rstd = Poisoned(DType.F32, n);
-        Gpu.LayerNormForward(x, w, b, y, mean, rstd, eps);
-        var (dout, _) = Random(dtype, 1, n, c);
+        using var inRegisters = registers
+            ? new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Tessera.Cuda.CudaBackendOptions.Default with { LayerNormSumsInRegisters = true, ProfileOps = true })
+            : null;
+        IBackend be = inRegisters ?? (IBackend)Gpu;
+        var x = Upload(be, Random(dtype, 2, n, c).Values, dtype, n, c);
+        var w = Upload(be, Random(dtype, 1, c).Values, dtype, c);
+        var b = Upload(be, Random(dtype, 1, c).Values, dtype, c);
+        var y = be.Allocate(new Shape(n, c), dtype);
+        var mean = be.Allocate(new Shape(n), DType.F32); var rstd = be.Allocate(new Shape(n), DType.F32);
+        be.LayerNormForward(x, w, b, y, mean, rstd, eps);
+        var dout = Upload(be, Random(dtype, 1, n, c).Values, dtype, n, c);
         var (_, dx0) = Random(dtype, 1, n, c);
         var (_, dw0) = Random(DType.F32, 1, c);
         var (_, db0) = Random(DType.F32, 1, c);
@@ -47,14 +53,16 @@ public sealed class CudaLayerNormColumnSumsTests(CudaFixture fixture) : CudaTest
 
         (double[] Dx, double[] Dw, double[]? Db, double[]? Sums) Run(bool sums)
         {
-            var dx = Upload(dx0, dtype, n, c); var dw = Upload(dw0, DType.F32, c);
-            var db = bias ? Upload(db0, DType.F32, c) : null;
-            var ds = sums ? Upload(s0, sumsType, c) : null;
-            Gpu.LayerNormBackward(dout, x, w, mean, rstd, dx, dw, db, ds);
-            return (Download(dx), Download(dw), db is null ? null : Download(db), ds is null ? null : Download(ds));
+            var dx = Upload(be, dx0, dtype, n, c); var dw = Upload(be, dw0, DType.F32, c);
+            var db = bias ? Upload(be, db0, DType.F32, c) : null;
+            var ds = sums ? Upload(be, s0, sumsType, c) : null;
+            be.LayerNormBackward(dout, x, w, mean, rstd, dx, dw, db, ds);
+            return (Download(be, dx), Download(be, dw), db is null ? null : Download(be, db), ds is null ? null : Download(be, ds));
         }
         var plain = Run(sums: false);
         var summed = Run(sums: true);
+        if (inRegisters is not null)
+            Assert.Contains(inRegisters.Profiler!.Totals(), r => r.Name.StartsWith("layernorm_backward_warp_sums_regs_", StringComparison.Ordinal));
         Assert.Equal(plain.Dx, summed.Dx);
         NumericAssert.Close(plain.Dw, summed.Dw, 1e-5, "dWeight");
         if (bias) NumericAssert.Close(plain.Db!, summed.Db!, 1e-5, "dBias");

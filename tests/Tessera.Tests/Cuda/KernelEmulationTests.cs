@@ -29,6 +29,7 @@ public sealed class KernelEmulationTests
              "rope_append_rows rows=11 H=8 K=2 D=16 = items", "rope_append_rows rows=6 H=2 K=2 D=8 = items",
              "layernorm sums warp k3 rows=37 C=384 sums", "layernorm sums warp k3 rows=50 C=300 dW", "layernorm sums warp k4 rows=9 C=512 dx",
              "layernorm sums block k0 rows=37 C=771 sums", "layernorm sums block k0 rows=37 C=771 dB",
+             "layernorm sums warp regs k3 rows=37 C=384 sums", "layernorm sums warp regs k2 rows=50 C=200 = ref",
              "column_reduce rows=1056 C=40 warps=32", "column_reduce rows=37 C=20 warps=2",
              "cross_entropy V=1000 staged=250 = unstaged", "cross_entropy V=1000 staged=37 grad", "cross_entropy V=1003 staged=100 loss",
              "cross_entropy_cluster V=1000 xs=1000 ctas=4 clusters=5 v4 grad", "cross_entropy_cluster V=1003 xs=1008 ctas=4 clusters=2 v4 loss",

@@ -169,7 +169,7 @@ static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsign
 // warp's dW, dB and dx-sum slices in shared memory) or the block kernel (sums flag set), f32, into partial rows (G, 3C)
 // summed here as column_reduce would; against a double reference of dx, dW, dB and the column sums of the dx the kernel
 // stored (1e-5: f32 sums of rows terms). mean and rstd come from the host (as floats), so only the backward is checked.
-static void layernorm_sums(int rows, int c, int k, unsigned grid, bool warp)
+static void layernorm_sums(int rows, int c, int k, unsigned grid, bool warp, bool regs = false)
 {
     std::mt19937 rng(23 + c + rows); std::uniform_real_distribution<float> u(-2, 2);
     float *x = alloc(rows * c), *w = alloc(c), *dout = alloc(rows * c), *dx = alloc(rows * c), *mean = alloc(rows), *rstd = alloc(rows);
@@ -199,6 +199,8 @@ static void layernorm_sums(int rows, int c, int k, unsigned grid, bool warp)
     float* scratch = alloc(grid * 3 * c);
     long long R = rows; int C = c;
     if (!warp) emu_launch(grid, 128, [&] { layernorm_backward_f32(dout, x, w, mean, rstd, dx, scratch, R, C, 1); });
+    else if (regs && k == 3) emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_regs_f32_k3(dout, x, w, mean, rstd, dx, scratch, R, C); });
+    else if (regs) emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_regs_f32_k2(dout, x, w, mean, rstd, dx, scratch, R, C); });
     else if (k == 1) emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_f32_k1(dout, x, w, mean, rstd, dx, scratch, R, C); });
     else if (k == 2) emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_f32_k2(dout, x, w, mean, rstd, dx, scratch, R, C); });
     else if (k == 3) emu_launch(grid, 256, [&] { layernorm_backward_warp_sums_f32_k3(dout, x, w, mean, rstd, dx, scratch, R, C); });
@@ -210,7 +212,7 @@ static void layernorm_sums(int rows, int c, int k, unsigned grid, bool warp)
     std::vector<double> edsRef(c, 0.0);
     for (int r = 0; r < rows; r++) for (int i = 0; i < c; i++) edsRef[i] += edx[r * c + i];
     char name[96];
-    const char* kind = warp ? "warp" : "block";
+    const char* kind = !warp ? "block" : regs ? "warp regs" : "warp";
     snprintf(name, sizeof name, "layernorm sums %s k%d rows=%d C=%d dx", kind, k, rows, c); check(name, edx, dx, rows * c, 1e-5);
     snprintf(name, sizeof name, "layernorm sums %s k%d rows=%d C=%d dW", kind, k, rows, c); check(name, edw, dw.data(), c, 1e-5);
     snprintf(name, sizeof name, "layernorm sums %s k%d rows=%d C=%d dB", kind, k, rows, c); check(name, edb, db.data(), c, 1e-5);
@@ -352,6 +354,8 @@ int main()
     layernorm_sums(50, 300, 3, 2, true);   // a partly filled last vector (300 = 2.34 x 128)
     layernorm_sums(9, 512, 4, 1, true);    // 4 vectors a lane; one block, warps without rows
     layernorm_sums(37, 771, 0, 5, false);  // the block kernel: odd C, 128 threads walking 7 rows each
+    layernorm_sums(37, 384, 3, 3, true, true);   // the sums in registers (LayerNormSumsInRegisters), written once a lane
+    layernorm_sums(50, 200, 2, 2, true, true);   // a partly filled last vector, lanes past C holding nothing
     column_reduce(1056, 40, 32);           // the llama-1b partials' row count, 33 rows per warp
     column_reduce(37, 20, 2);              // rows not a multiple of the warps; a partial block of columns
     cross_entropy(3, 1000, 250, 64);       // the whole row staged (250 vectors, 64 threads: pairs, then a single vector)
