@@ -426,26 +426,19 @@ FOR_FLOAT_TYPES(RMSNORM_VEC)
     {                                                                                                          \
         layernorm_forward_rows<T, K>(x, w, b, out, mean, rstd, rows, C, eps);                                  \
     }
+// One backward entry: its name's form (empty, sums_ or sums_regs_), the CTAs an SM its bounds ask for, and the template's switches.
+#define NORM_ROWS_BACKWARD(n, T, K, form, ctas, sums, regs)                                                    \
+    extern "C" __global__ void __launch_bounds__(256, ctas) layernorm_backward_warp_##form##n##_k##K(          \
+        const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx, float* scratch,    \
+        i64 N, int C)                                                                                          \
+    {                                                                                                          \
+        layernorm_backward_rows<T, K, sums, regs>(dout, x, w, mean, rstd, dx, scratch, N, C);                  \
+    }
 #define NORM_ROWS(n, T, K)                                                                                     \
     NORM_ROWS_FORWARD(n, T, K)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 3) layernorm_backward_warp_##n##_k##K(                   \
-        const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx, float* scratch,    \
-        i64 N, int C)                                                                                          \
-    {                                                                                                          \
-        layernorm_backward_rows<T, K, false>(dout, x, w, mean, rstd, dx, scratch, N, C);                       \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, 3) layernorm_backward_warp_sums_##n##_k##K(              \
-        const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx, float* scratch,    \
-        i64 N, int C)                                                                                          \
-    {                                                                                                          \
-        layernorm_backward_rows<T, K, true>(dout, x, w, mean, rstd, dx, scratch, N, C);                        \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256, 2) layernorm_backward_warp_sums_regs_##n##_k##K(         \
-        const T* dout, const T* x, const T* w, const float* mean, const float* rstd, T* dx, float* scratch,    \
-        i64 N, int C)                                                                                          \
-    {                                                                                                          \
-        layernorm_backward_rows<T, K, true, true>(dout, x, w, mean, rstd, dx, scratch, N, C);                  \
-    }
+    NORM_ROWS_BACKWARD(n, T, K, , 3, false, false)                                                             \
+    NORM_ROWS_BACKWARD(n, T, K, sums_, 3, true, false)                                                         \
+    NORM_ROWS_BACKWARD(n, T, K, sums_regs_, 2, true, true)
 #define NORM_ROWS_ALL(n, T) NORM_ROWS(n, T, 1) NORM_ROWS(n, T, 2) NORM_ROWS(n, T, 3) NORM_ROWS(n, T, 4) \
     NORM_ROWS_FORWARD(n, T, 5) NORM_ROWS_FORWARD(n, T, 6) NORM_ROWS_FORWARD(n, T, 7) NORM_ROWS_FORWARD(n, T, 8)
 FOR_FLOAT_TYPES(NORM_ROWS_ALL)
