@@ -134,7 +134,8 @@ public sealed class CausalSelfAttention
         var (q, k, v) = Split(qkv);
         var (dq, dk, dv) = Split(dQkv);
         // The QKV product's bias gradient is the column sums of dQkv: without RoPE (which rotates dq and dk after this) the
-        // attention backward takes them on the way (the Hopper kernels sum the rows they write), and the product only its dW.
+        // attention backward adds them (on the way where its kernels can, IBackend.AttentionBackward), and the product takes
+        // only its dW.
         var qkvBiasGradient = Rope is null && Qkv.TakesBiasGradientFromNext ? Qkv.Bias!.Grad : null;
         backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale, SlidingWindow, qkvBiasGradient);
         // RoPE is a rotation: its backward is the inverse rotation of the gradient (dq and dk heads, adjacent).

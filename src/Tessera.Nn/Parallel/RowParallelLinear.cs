@@ -72,7 +72,6 @@ public sealed class RowParallelLinear : Linear
         throw new NotSupportedException($"{Name}: a row-parallel layer ends its sub-layer; the GELU belongs to the column-parallel product before it");
 
     /// <inheritdoc/>
-    /// <inheritdoc/>
     /// <remarks>
     /// False: under sequence parallelism dy is all-gathered before the product, so the rows a norm wrote are a part of it;
     /// without, the bias gradient could be taken so (every rank holds the whole dy) but tensor parallelism keeps the
