@@ -18,6 +18,8 @@ public static class PrometheusText
         Counter(sb, "tessera_generation_tokens_total", "Generated tokens.", [("", m.GeneratedTokens)]);
         Counter(sb, "tessera_engine_steps_total", "Engine steps (one forward pass of the running batch each).", [("", m.Steps)]);
         Counter(sb, "tessera_preemptions_total", "Sequences preempted for KV blocks (recomputed later).", [("", m.Preemptions)]);
+        Counter(sb, "tessera_spec_decode_draft_tokens_total", "Draft tokens verified by speculative decoding.", [("", m.DraftTokens)]);
+        Counter(sb, "tessera_spec_decode_accepted_tokens_total", "Draft tokens the model agreed with (tokens gained).", [("", m.AcceptedDraftTokens)]);
         Counter(sb, "tessera_http_responses_total", "HTTP responses by status code.",
             responsesByStatus.OrderBy(kv => kv.Key).Select(kv => ($"code=\"{kv.Key}\"", kv.Value)).ToArray());
         Gauge(sb, "tessera_requests_running", "Sequences in the running batch.", m.Running);

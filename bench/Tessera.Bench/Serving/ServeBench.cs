@@ -5,6 +5,7 @@ using Tessera.Cuda;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Inference.Serving;
+using Tessera.Inference.Speculation;
 using Tessera.Models;
 using Tessera.Models.Chat;
 using Tessera.Server;
@@ -25,7 +26,11 @@ namespace Tessera.Bench.Serving;
 /// for the same prompts and tokens, prefill and decode in turn and perfectly overlapped) beside the measured rate.
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
-/// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--cuda-options Name=value,...]</para>
+/// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
+/// [--cuda-options Name=value,...]</para>
+/// <para>--draft-tokens N turns on speculative decoding by prompt lookup (<see cref="EngineOptions.Speculation"/>); a line per
+/// level then gives the draft tokens verified and accepted. The model's weights are random, so what its greedy output
+/// repeats (and so the acceptance) is not a real model's: read the rate with the acceptance beside it.</para>
 /// <para>--device-time times every step on the device's clock too (<see cref="EngineOptions.MeasureDeviceTime"/>, two events a
 /// step): the phase table gains the steps' device time and the device's idle time before each step (waiting for the host).</para>
 /// <para>--advance-on-device turns on <see cref="EngineOptions.AdvanceDecodeOnDevice"/> (decode steps that read the previous step's
@@ -52,6 +57,7 @@ public static class ServeBench
         int prompt = 512, newTokens = 128, rounds = 2, maxBatch = 128, tokenBudget = 8192, clients = 256, seconds = 60;
         int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
         bool phaseSync = false, deviceTime = false, asyncScheduling = true, advanceOnDevice = false;
+        int draftTokens = 0;
         string? cudaOptions = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
@@ -76,6 +82,7 @@ public static class ServeBench
                 case "--no-phase-sync": phaseSync = false; break;   // the default; kept so that older commands run
                 case "--no-async": asyncScheduling = false; break;
                 case "--advance-on-device": advanceOnDevice = true; break;
+                case "--draft-tokens": draftTokens = Int(); break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
@@ -110,6 +117,7 @@ public static class ServeBench
             MeasureDeviceTime = deviceTime && !load,
             AsyncScheduling = asyncScheduling,
             AdvanceDecodeOnDevice = advanceOnDevice,
+            Speculation = new SpeculationOptions { DraftTokens = draftTokens },
         };
         using var engine = new InferenceEngine(model, tokenizer, options);
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, true), tokenizer),
@@ -185,11 +193,13 @@ public static class ServeBench
         var phases = new List<(int Level, StepPhaseTimes Decode, StepPhaseTimes Mixed)>();
         var floors = new List<(int Level, int Generated, double Wall, ServingFloor Floor)>();
         var ops = new List<(int Level, long Steps, string Table)>();
+        var speculation = new List<(int Level, long Drafts, long Accepted)>();
         Console.WriteLine($"| system | model | dtype | concurrency | requests | prompt | new | generated tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | ITL mean ms | steps | ms/step | pipelined steps | roofline share |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (int n in levels)
         {
             long steps0 = engine.Metrics.Steps, pipelined0 = engine.PipelinedSteps;
+            long drafts0 = engine.Metrics.DraftTokens, accepted0 = engine.Metrics.AcceptedDraftTokens;
             var (decode0, mixed0) = (engine.Metrics.DecodeStepPhases, engine.Metrics.MixedStepPhases);
             // Every client's prompts are drawn here, in order, before any client starts: System.Random is not thread-safe, and
             // drawn from the clients' continuations (as until session 13) it could be corrupted into returning zeros, making
@@ -205,6 +215,7 @@ public static class ServeBench
             })).GetAwaiter().GetResult().SelectMany(x => x).ToList();
             double wall = clock.Elapsed.TotalSeconds;
             long steps = engine.Metrics.Steps - steps0;
+            speculation.Add((n, engine.Metrics.DraftTokens - drafts0, engine.Metrics.AcceptedDraftTokens - accepted0));
             phases.Add((n, engine.Metrics.DecodeStepPhases.Minus(decode0), engine.Metrics.MixedStepPhases.Minus(mixed0)));
             if (cuda?.Profiler is { } profiler) ops.Add((n, steps, profiler.Table(1)));
             int generated = results.Sum(r => r.Tokens);
@@ -222,6 +233,10 @@ public static class ServeBench
         }
         Console.WriteLine();
         PrintFloors(floors);
+        if (engine.Options.Speculation.Enabled)
+            foreach (var (level, drafts, accepted) in speculation)
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"Speculation at {level}: {drafts} draft tokens verified, {accepted} accepted ({(drafts > 0 ? (double)accepted / drafts : 0):P1})"));
         if (engine.Options.AdvanceDecodeOnDevice)
             Console.WriteLine($"AdvanceDecodeOnDevice: {engine.MetadataCopiesSkipped} decode steps copied no metadata (of {engine.Metrics.Steps} steps, warm-up included)");
         PrintPhases(phases, engine.Options.SeparateStepPhases);

@@ -151,6 +151,19 @@ public static class SharedOptions
         return option;
     }
 
+    /// <summary>Adds a validator: an integer option given on the command line must be at most <paramref name="max"/>.</summary>
+    public static Option<T> AtMost<T>(Option<T> option, int max)
+    {
+        option.Validators.Add(result =>
+        {
+            if (result.Implicit || result.Tokens.Count == 0) return;
+            var value = result.GetValueOrDefault<T>();
+            if (value is int v && v > max)
+                result.AddError($"{option.Name} ({v}) must be at most {max}");
+        });
+        return option;
+    }
+
     /// <summary>Whether the user gave <paramref name="option"/> (rather than taking its default).</summary>
     public static bool Given(this ParseResult parse, Option option) => parse.GetResult(option) is { Implicit: false };
 

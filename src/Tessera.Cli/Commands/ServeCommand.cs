@@ -5,6 +5,7 @@ using Tessera.Cli.Signals;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Inference.Serving;
+using Tessera.Inference.Speculation;
 using Tessera.Models.Chat;
 using Tessera.Server;
 using Tessera.Tensors;
@@ -36,6 +37,9 @@ public sealed class ServeCommand : Command
         "most tokens of a step in which sequences decode: their decodes first, prompt chunks fill the rest (bounds inter-token latency)", new SchedulerOptions().DecodingStepTokens, min: 1);
     private readonly Option<int?> _maxModelLen = SharedOptions.AtLeast(new Option<int?>("--max-model-len") { Description = "longest prompt + completion [default: the model's context]", HelpName = "N" }, 1);
     private readonly Option<bool> _noGraphs = SharedOptions.Flag("--no-graphs", "run every decode step eagerly (no CUDA graphs)");
+    private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
+        "speculative decoding by prompt lookup: greedy requests verify up to N tokens guessed from their own text a step (0: off)", 0, min: 0),
+        SpeculationOptions.MaxDraftTokens);
 
     /// <summary>Declares the options.</summary>
     public ServeCommand(Terminal terminal) : base("serve",
@@ -44,7 +48,7 @@ public sealed class ServeCommand : Command
         _model.Required = true;
         _model.HelpName = "DIR";
         foreach (var o in new Option[] { _model, _device, _dtype, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
-            _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs })
+            _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -78,6 +82,7 @@ public sealed class ServeCommand : Command
             },
             MaxSequenceLength = parse.GetValue(_maxModelLen),
             RecordGraphs = !parse.GetValue(_noGraphs),
+            Speculation = new SpeculationOptions { DraftTokens = parse.GetValue(_draftTokens) },
         };
         try
         {
@@ -108,6 +113,8 @@ public sealed class ServeCommand : Command
         terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}) at {server.BaseAddress}");
         terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
+        if (engineOptions.Speculation.Enabled)
+            terminal.Line($"  speculative decoding: greedy requests verify up to {engineOptions.Speculation.DraftTokens} tokens guessed from their own text a step");
         if (model.Config.SlidingWindow > 0)
             terminal.Line($"  sliding window of {model.Config.SlidingWindow}: blocks left of it go back to the pool, a sequence holds at most " +
                 $"{Scheduler.BlocksHeld(engine.MaxSequenceLength, engineOptions.Cache.BlockSize, model.Config.SlidingWindow, engineOptions.Scheduler.TokenBudget)} blocks");

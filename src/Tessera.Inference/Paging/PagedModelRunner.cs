@@ -11,7 +11,7 @@ namespace Tessera.Inference.Paging;
 /// tokens of every sequence (prefill chunks and decode tokens) are one flattened batch of N rows, so every product runs
 /// at M = N (the CUDA backend's matrix-vector kernels for a few rows, cuBLASLt above); attention reads each sequence's
 /// keys through its block table (<see cref="IBackend.PagedAttention"/>); only the last row of each sequence that samples
-/// goes through the final norm and the head. The model code is the dense path's layers called in a paged arrangement
+/// (and, when it verifies draft tokens, the rows before them) goes through the final norm and the head. The model code is the dense path's layers called in a paged arrangement
 /// (the same products, norms and MLPs), so the two agree to rounding.
 /// <para>
 /// The step's metadata (tokens, positions, slots, block tables) is written into one host array, packed for the step's
@@ -28,11 +28,11 @@ public sealed class PagedModelRunner : IDisposable
     private readonly Transformer _model;
     private readonly PagedKvCache _cache;
     private readonly IBackend _backend;
-    private readonly int _maxRows, _maxSequences, _maxBlocks, _vocab;
+    private readonly int _maxRows, _maxSequences, _maxOutputs, _maxBlocks, _vocab;
     private readonly int[] _host;
     private readonly Tensor _metadata;           // (total) I32: one step's sections (Layout), packed at the front
-    private readonly Tensor _sampled;            // (maxSequences) I32: argmax of each sampling row
-    private readonly Tensor _logitsF32;          // (maxSequences, V) F32: logits cast for the host
+    private readonly Tensor _sampled;            // (maxOutputs) I32: argmax of each sampling row
+    private readonly Tensor _logitsF32;          // (maxOutputs, V) F32: logits cast for the host
     private readonly IReadbackBuffer[] _readbacks;   // two, alternating: a step's ids land while the next one computes
     private readonly Queue<PendingStep> _pending = new();
     private int _nextReadback;
@@ -50,18 +50,20 @@ public sealed class PagedModelRunner : IDisposable
     /// <summary>
     /// Offsets of one step's metadata sections for <paramref name="Sequences"/> sequences of <paramref name="Rows"/> rows,
     /// packed so that the step copies only <see cref="Size"/> values: tokens (R), positions (R), slots (R), context lengths
-    /// (S), query starts (S + 1), sampling rows (S), block tables (S, MaxBlocks). A decode bucket always has the same
-    /// layout, so its recorded graph reads fixed addresses. Positions, slots and lengths are adjacent: what a decode step
-    /// advances by one (<see cref="AdvanceOnDevice"/>) is the one range [Positions, Starts).
+    /// (S), query starts (S + 1), sampling rows (<paramref name="Outputs"/>: S, or more when drafts are verified), block
+    /// tables (S, MaxBlocks). A decode bucket always has the same layout, so its recorded graph reads fixed addresses.
+    /// Positions, slots and lengths are adjacent: what a decode step advances by one (<see cref="AdvanceOnDevice"/>) is
+    /// the one range [Positions, Starts).
     /// </summary>
-    private readonly record struct Layout(int Sequences, int Rows, int MaxBlocks)
+    private readonly record struct Layout(int Sequences, int Rows, int MaxBlocks, int Outputs)
     {
+        public Layout(int sequences, int rows, int maxBlocks) : this(sequences, rows, maxBlocks, sequences) { }
         public int Positions => Rows;
         public int Slots => 2 * Rows;
         public int Lengths => 3 * Rows;
         public int Starts => Lengths + Sequences;
         public int Last => Starts + Sequences + 1;
-        public int Tables => Last + Sequences;
+        public int Tables => Last + Outputs;
         public int Size => Tables + Sequences * MaxBlocks;
     }
 
@@ -73,13 +75,18 @@ public sealed class PagedModelRunner : IDisposable
         public Tensor? Logits;
     }
 
-    /// <summary>A runner for steps of at most <paramref name="maxRows"/> tokens and <paramref name="maxSequences"/> sequences of up to <paramref name="maxSequenceLength"/> positions.</summary>
-    public PagedModelRunner(Transformer model, PagedKvCache cache, int maxRows, int maxSequences, int maxSequenceLength, bool recordGraphs)
+    /// <summary>
+    /// A runner for steps of at most <paramref name="maxRows"/> tokens and <paramref name="maxSequences"/> sequences of up
+    /// to <paramref name="maxSequenceLength"/> positions, each verifying up to <paramref name="maxDrafts"/> draft tokens
+    /// (speculative decoding: a sampled row for each, besides the sequence's last).
+    /// </summary>
+    public PagedModelRunner(Transformer model, PagedKvCache cache, int maxRows, int maxSequences, int maxSequenceLength, bool recordGraphs, int maxDrafts = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(cache);
         if (maxRows <= 0 || maxSequences <= 0 || maxSequences > maxRows)
             throw new ArgumentException($"PagedModelRunner: maxSequences ({maxSequences}) must lie in [1, maxRows = {maxRows}]");
+        if (maxDrafts < 0) throw new ArgumentOutOfRangeException(nameof(maxDrafts), maxDrafts, "PagedModelRunner: maxDrafts must not be negative");
         if (maxSequenceLength <= 0 || maxSequenceLength > model.Config.MaxSequenceLength)
             throw new ArgumentException($"PagedModelRunner: maxSequenceLength ({maxSequenceLength}) must lie in [1, the model's context {model.Config.MaxSequenceLength}]");
         if (cache.Layers != model.Config.Layers || cache.KvHeads != model.Config.EffectiveKvHeads || cache.HeadSize != model.Config.HeadSize)
@@ -91,19 +98,20 @@ public sealed class PagedModelRunner : IDisposable
         _backend = model.Backend;
         _maxRows = maxRows;
         _maxSequences = maxSequences;
+        _maxOutputs = (int)Math.Min(maxRows, (long)maxSequences * (1 + maxDrafts));
         // A table row holds a sequence's logical blocks; without a window they are all held, so the pool bounds them too.
         // With one, the blocks left of the window are -1 entries and a sequence may reach more logical blocks than the pool has.
         int logical = (maxSequenceLength + cache.BlockSize - 1) / cache.BlockSize;
         _maxBlocks = model.Config.SlidingWindow > 0 ? logical : Math.Min(logical, cache.Blocks);
         _vocab = model.Config.VocabSize;
-        _host = new int[new Layout(maxSequences, maxRows, _maxBlocks).Size];
+        _host = new int[new Layout(maxSequences, maxRows, _maxBlocks, _maxOutputs).Size];
         _onDevice = new int[_host.Length];
         _metadata = _backend.Allocate(new Shape(_host.Length), DType.I32);
-        _sampled = _backend.Allocate(new Shape(maxSequences), DType.I32);
-        _logitsF32 = _backend.Allocate(new Shape(maxSequences, _vocab), DType.F32);
+        _sampled = _backend.Allocate(new Shape(_maxOutputs), DType.I32);
+        _logitsF32 = _backend.Allocate(new Shape(_maxOutputs, _vocab), DType.F32);
         _readbacks = new IReadbackBuffer[2];
         for (int i = 0; i < _readbacks.Length; i++)
-            _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(maxSequences) : new SynchronousReadback(_backend, maxSequences);
+            _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(_maxOutputs) : new SynchronousReadback(_backend, _maxOutputs);
         _record = recordGraphs && _backend is IGraphCapture;
         WarmUp();
     }
@@ -169,7 +177,8 @@ public sealed class PagedModelRunner : IDisposable
 
     /// <summary>
     /// Runs <paramref name="step"/> and waits for it: <see cref="Enqueue"/> then <see cref="Collect"/>. Returns, for each
-    /// sequence that samples (in step order), the argmax of its logits in <paramref name="greedy"/>; when
+    /// sampled row (in step order: a sequence's last row, after the rows before its drafts when it has them;
+    /// <see cref="ScheduledSequence.SampledRows"/>), the argmax of its logits in <paramref name="greedy"/>; when
     /// <paramref name="withLogits"/>, also its logits row (V floats each) in <paramref name="logits"/>. Both are the runner's
     /// and are overwritten by later calls.
     /// </summary>
@@ -192,14 +201,15 @@ public sealed class PagedModelRunner : IDisposable
         ArgumentNullException.ThrowIfNull(step);
         if (step.IsEmpty) throw new ArgumentException("PagedModelRunner.Enqueue: the step is empty");
         int sequences = step.Sequences.Count, rows = step.Tokens, bucket = sequences;
-        if (rows > _maxRows || sequences > _maxSequences)
-            throw new ArgumentException($"PagedModelRunner.Enqueue: the step has {rows} tokens of {sequences} sequences; the runner takes at most {_maxRows} and {_maxSequences}");
+        int sampledRows = step.SampledRows;
+        if (rows > _maxRows || sequences > _maxSequences || sampledRows > _maxOutputs)
+            throw new ArgumentException($"PagedModelRunner.Enqueue: the step has {rows} tokens of {sequences} sequences with {sampledRows} sampled rows; the runner takes at most {_maxRows}, {_maxSequences} and {_maxOutputs}");
         if (_pending.Count >= _readbacks.Length || _pending.Any(p => p.Logits is not null))
             throw new InvalidOperationException($"PagedModelRunner.Enqueue: {_pending.Count} steps are pending{(_pending.Any(p => p.Logits is not null) ? ", one with logits" : "")}; collect first");
         bool decode = step.IsDecodeOnly;
         if (decode) bucket = BucketOf(sequences);
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        var layout = decode ? new Layout(bucket, bucket, _maxBlocks) : new Layout(sequences, rows, _maxBlocks);
+        var layout = decode ? new Layout(bucket, bucket, _maxBlocks) : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
         int sampling = FillMetadata(step, layout);
         int outputs = decode ? bucket : Math.Max(sampling, 1);        // a bucket computes logits for its padding rows too
         // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
@@ -264,7 +274,7 @@ public sealed class PagedModelRunner : IDisposable
         {
             var f32 = _logitsF32.Slice(0, 0, sampling);
             _backend.Copy(stepLogits.Slice(0, 0, sampling), f32);
-            if (_logits.Length < sampling * _vocab) _logits = new float[_maxSequences * _vocab];
+            if (_logits.Length < sampling * _vocab) _logits = new float[_maxOutputs * _vocab];
             _backend.CopyToHost<float>(f32, _logits.AsSpan(0, sampling * _vocab));
             logits = _logits.AsSpan(0, sampling * _vocab);
         }
@@ -317,8 +327,9 @@ public sealed class PagedModelRunner : IDisposable
     {
         int bs = _cache.BlockSize, row = 0, sampling = 0, b = 0, sequences = layout.Sequences, rows = layout.Rows;
         Array.Clear(_host, layout.Tables, sequences * _maxBlocks);
-        foreach (var (sequence, start, count) in step.Sequences)
+        foreach (var scheduled in step.Sequences)
         {
+            var (sequence, start, count) = scheduled;
             _host[layout.Starts + b] = row;
             var table = sequence.BlockTable;
             if (table.Count > _maxBlocks)
@@ -332,7 +343,7 @@ public sealed class PagedModelRunner : IDisposable
                 _host[layout.Slots + row] = table[position / bs] * bs + position % bs;
             }
             _host[layout.Lengths + b] = start + count;
-            if (start + count == sequence.Tokens.Count) _host[layout.Last + sampling++] = row - 1;
+            for (int j = scheduled.SampledRows; j > 0; j--) _host[layout.Last + sampling++] = row - j;   // the last row, and each draft's predecessor
             b++;
         }
         // Padding: one row per extra sequence, no context, no slot; its logits are computed and ignored.
@@ -347,7 +358,7 @@ public sealed class PagedModelRunner : IDisposable
         }
         for (; row < rows; row++) { _host[row] = 0; _host[layout.Positions + row] = 0; _host[layout.Slots + row] = -1; }
         _host[layout.Starts + sequences] = rows;
-        for (int i = sampling; i < sequences; i++) _host[layout.Last + i] = Math.Max(rows - 1, 0);
+        for (int i = sampling; i < layout.Outputs; i++) _host[layout.Last + i] = Math.Max(rows - 1, 0);
         return sampling;
     }
 
@@ -437,22 +448,23 @@ public sealed class PagedModelRunner : IDisposable
     /// </summary>
     private void WarmUp()
     {
-        WarmUp(_maxSequences, _maxRows);
+        WarmUp(_maxSequences, _maxRows, _maxOutputs);
         if (_backend is IMatMulRowBuckets buckets)
             foreach (int rows in buckets.TimedRowCounts(_maxRows))
-                if (rows < _maxRows) WarmUp(Math.Min(_maxSequences, rows), rows);
+                if (rows < _maxRows) WarmUp(Math.Min(_maxSequences, rows), rows, Math.Min(_maxSequences, rows));
     }
 
-    private void WarmUp(int sequences, int rows)
+    private void WarmUp(int sequences, int rows, int outputs)
     {
-        var layout = new Layout(sequences, rows, _maxBlocks);
+        var layout = new Layout(sequences, rows, _maxBlocks, outputs);
         Array.Clear(_host);
-        for (int b = 0; b < layout.Sequences; b++) { _host[layout.Starts + b] = b; _host[layout.Last + b] = b; }
+        for (int b = 0; b < layout.Sequences; b++) _host[layout.Starts + b] = b;
+        for (int i = 0; i < outputs; i++) _host[layout.Last + i] = i;
         _host[layout.Starts + layout.Sequences] = layout.Rows;
         for (int r = 0; r < layout.Rows; r++) _host[layout.Slots + r] = -1;
         _backend.CopyFromHost<int>(_host, _metadata);
         _backend.Fill(_sampled, 0);
-        Body(layout, sequences);
+        Body(layout, outputs);
         _backend.Synchronize();
         _onDeviceSize = -1;
     }

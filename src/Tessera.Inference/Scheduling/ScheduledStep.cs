@@ -8,6 +8,14 @@ public readonly record struct ScheduledSequence(Sequence Sequence, int Start, in
 {
     /// <summary>Whether the step computes the sequence's last token (at scheduling time), so its output is sampled.</summary>
     public bool Samples { get; } = Start + Count == Sequence.Tokens.Count;
+
+    /// <summary>Of the <see cref="Count"/> tokens, the trailing draft tokens the step verifies (speculative decoding; 0
+    /// otherwise). Their rows and the row before them are all sampled: <see cref="SampledRows"/>.</summary>
+    public int Drafts { get; init; }
+
+    /// <summary>Rows of the sequence whose outputs are sampled: the last one, and with drafts the row of each draft's
+    /// predecessor too (1 + <see cref="Drafts"/>); 0 when the step ends inside the prompt.</summary>
+    public int SampledRows => Samples ? 1 + Drafts : 0;
 }
 
 /// <summary>What one engine step runs: the decoding sequences first, then prefill chunks of running sequences (both in arrival order), then newly admitted ones.</summary>
@@ -21,6 +29,12 @@ public sealed class ScheduledStep
 
     /// <summary>Tokens computed in the step.</summary>
     public int Tokens { get; internal set; }
+
+    /// <summary>Rows sampled over all sequences (<see cref="ScheduledSequence.SampledRows"/>).</summary>
+    public int SampledRows => Sequences.Sum(s => s.SampledRows);
+
+    /// <summary>Draft tokens the step verifies over all sequences.</summary>
+    public int Drafts => Sequences.Sum(s => s.Drafts);
 
     /// <summary>Whether every sequence computes exactly one token (a pure decode step, which may replay a recorded graph).</summary>
     public bool IsDecodeOnly => Sequences.Count > 0 && Tokens == Sequences.Count;

@@ -120,13 +120,14 @@ public sealed class Scheduler
         for (int i = 0; i < _running.Count && used < Options.TokenBudget; i++)
         {
             var sequence = _running[i];
-            if (sequence.PendingTokens != 1 || sequence.IsFull) continue;    // full: its last token ends it (asynchronous scheduling)
+            if (sequence.PendingTokens - sequence.Drafts != 1 || sequence.IsFull) continue;    // full: its last token ends it (asynchronous scheduling)
             if (!Place(sequence, 1, step, scheduled)) break;          // no block for it, even after preempting: stop here
             used++;
         }
 
         // Prefill chunks fill what the decodes leave of a short step (or the whole budget when nothing decodes).
         int limit = used > 0 ? Math.Min(Options.EffectiveDecodingStepTokens, Options.TokenBudget) : Options.TokenBudget;
+        used += PlaceDrafts(step, limit - used);
         for (int i = 0; i < _running.Count && used < limit; i++)
         {
             var sequence = _running[i];
@@ -155,6 +156,43 @@ public sealed class Scheduler
         }
         step.Tokens = used;
         return step;
+    }
+
+    /// <summary>
+    /// Speculative decoding: widens the decode entries of sequences that carry drafts to verify them too, in batch order,
+    /// within <paramref name="room"/> tokens of the step and the blocks that are free (drafts never preempt anyone); a
+    /// sequence gets fewer drafts, or none, where those run out. Drafts of running sequences that do not decode in this
+    /// step are dropped. Returns the draft tokens placed.
+    /// </summary>
+    private int PlaceDrafts(ScheduledStep step, int room)
+    {
+        int placed = 0;
+        for (int i = 0; i < step.Sequences.Count; i++)
+        {
+            var (sequence, start, count) = step.Sequences[i];
+            if (sequence.Drafts == 0) continue;
+            int drafts = Math.Min(sequence.Drafts, room - placed);
+            while (drafts > 0 && !TryReserve(sequence, start + 1 + drafts)) drafts--;
+            sequence.TrimDrafts(drafts);
+            // Rebuilt even without drafts: the entry was made while the drafts were in the tokens, so it did not sample.
+            step.Sequences[i] = new ScheduledSequence(sequence, start, count + drafts) { Drafts = drafts };
+            placed += drafts;
+        }
+        foreach (var sequence in _running)
+            if (sequence.Drafts > 0 && !step.Sequences.Any(s => s.Sequence == sequence && s.Drafts > 0)) sequence.TrimDrafts(0);
+        return placed;
+    }
+
+    /// <summary>
+    /// Speculative decoding, after the step that verified <paramref name="sequence"/>'s drafts: the first
+    /// <paramref name="accepted"/> become its tokens (their keys and values are in the cache already), the others are
+    /// dropped (<see cref="Sequence.ResolveDrafts"/>), and blocks that this completes enter the prefix cache.
+    /// </summary>
+    public void ResolveDrafts(Sequence sequence, int accepted)
+    {
+        ArgumentNullException.ThrowIfNull(sequence);
+        sequence.ResolveDrafts(accepted);
+        if (sequence.Status == SequenceStatus.Running) RegisterFullBlocks(sequence);
     }
 
     /// <summary>
@@ -200,7 +238,7 @@ public sealed class Scheduler
     /// oldest key in the window of the next position (none without a window).
     /// </summary>
     private int DeadBlocks(Sequence sequence) =>
-        SlidingWindow == 0 ? 0 : Math.Min(sequence.BlockTable.Count, Math.Max(0, sequence.ComputedTokens - SlidingWindow + 1) / _cache.BlockSize);
+        SlidingWindow == 0 ? 0 : Math.Min(sequence.BlockTable.Count, Math.Max(0, sequence.ComputedTokens - sequence.Drafts - SlidingWindow + 1) / _cache.BlockSize);
 
     /// <summary>Drops the sequence's references to its dead blocks (<see cref="DeadBlocks"/>), leaving -1 in their table entries.</summary>
     private void ReleaseLeftOfWindow(Sequence sequence)
@@ -229,7 +267,7 @@ public sealed class Scheduler
     private void RegisterFullBlocks(Sequence sequence)
     {
         if (!_cache.Options.PrefixCaching) return;
-        int full = Math.Min(sequence.ComputedTokens, sequence.Tokens.Count - sequence.Unresolved) / _cache.BlockSize;
+        int full = Math.Min(sequence.ComputedTokens, sequence.KnownTokens) / _cache.BlockSize;   // never a block of unverified drafts
         for (int b = sequence.RegisteredBlocks; b < full; b++)
             if (sequence.BlockTable[b] >= 0)   // a block left of the window is already back in the pool
                 _cache.Allocator.Register(sequence.BlockTable[b], sequence.BlockHash(b, _cache.BlockSize));
@@ -272,6 +310,7 @@ public sealed class Scheduler
     private void Preempt(Sequence sequence, ScheduledStep step)
     {
         _running.Remove(sequence);
+        sequence.TrimDrafts(0);
         ReleaseBlocks(sequence);
         sequence.Status = SequenceStatus.Waiting;
         sequence.Preemptions++;

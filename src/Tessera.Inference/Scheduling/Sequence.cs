@@ -8,6 +8,12 @@ namespace Tessera.Inference.Scheduling;
 /// them. A step computes some of the uncomputed tokens; when it computes the last one, the model's output for it gives the
 /// next token (<see cref="Append"/>). Preemption drops the blocks and sets <see cref="ComputedTokens"/> to zero: the
 /// tokens are recomputed later, so nothing generated is lost.
+/// <para>
+/// Speculative decoding: a decoding sequence may carry <see cref="Drafts"/>, tokens a drafter guessed after its last
+/// known token (<see cref="AppendDrafts"/>). A step computes them with that token, and the model's outputs at those rows
+/// say how many were right (<see cref="ResolveDrafts"/>): those become ordinary tokens, whose keys and values the step
+/// already wrote; the rest are dropped, and the cache slots they were written to are overwritten later.
+/// </para>
 /// </summary>
 public sealed class Sequence
 {
@@ -73,6 +79,7 @@ public sealed class Sequence
     {
         if (token < 0) throw new ArgumentOutOfRangeException(nameof(token), token, $"Sequence {Id}: a token id is not negative (placeholders go through AppendUnresolved)");
         if (Unresolved > 0) throw new InvalidOperationException($"Sequence {Id}: {Unresolved} sampled tokens are not resolved yet; a known token cannot follow them");
+        if (Drafts > 0) throw new InvalidOperationException($"Sequence {Id}: {Drafts} draft tokens are not verified yet; resolve them before appending");
         if (_tokens.Count >= MaxLength) throw new InvalidOperationException($"Sequence {Id}: already at its maximum of {MaxLength} tokens");
         _tokens.Add(token);
     }
@@ -84,6 +91,7 @@ public sealed class Sequence
     /// </summary>
     public void AppendUnresolved(int row)
     {
+        if (Drafts > 0) throw new InvalidOperationException($"Sequence {Id}: {Drafts} draft tokens are not verified yet; resolve them before appending");
         if (row < 0) throw new ArgumentOutOfRangeException(nameof(row), row, $"Sequence {Id}: a sampling row is not negative");
         if (_tokens.Count >= MaxLength) throw new InvalidOperationException($"Sequence {Id}: already at its maximum of {MaxLength} tokens");
         _tokens.Add(-1 - row);
@@ -101,6 +109,55 @@ public sealed class Sequence
 
     /// <summary>Trailing tokens appended by <see cref="AppendUnresolved"/> and not yet resolved (0 without asynchronous scheduling).</summary>
     public int Unresolved { get; private set; }
+
+    /// <summary>Most draft tokens a step may verify for this sequence (0: it never speculates, e.g. it samples at a
+    /// temperature); set by whoever creates it.</summary>
+    public int MaxDrafts { get; init; }
+
+    /// <summary>Trailing tokens proposed by a drafter and not yet verified (0 outside a speculative step).</summary>
+    public int Drafts { get; private set; }
+
+    /// <summary>Tokens known to be the sequence's: <see cref="Tokens"/> less the unverified drafts and the unresolved samples.</summary>
+    public int KnownTokens => _tokens.Count - Drafts - Unresolved;
+
+    /// <summary>
+    /// Appends <paramref name="drafts"/> as guesses of the tokens that follow the last one, for the next step to verify
+    /// with it. Only a sequence whose every token is known and that leaves room for the token the verification samples
+    /// after them can take drafts.
+    /// </summary>
+    public void AppendDrafts(ReadOnlySpan<int> drafts)
+    {
+        if (Drafts > 0 || Unresolved > 0)
+            throw new InvalidOperationException($"Sequence {Id}: drafts follow known tokens only ({Drafts} drafts and {Unresolved} unresolved samples are pending)");
+        if (drafts.Length > MaxLength - _tokens.Count - 1)
+            throw new ArgumentException($"Sequence {Id}: {drafts.Length} drafts after {_tokens.Count} tokens leave no room under the maximum of {MaxLength} for the token sampled after them");
+        foreach (int token in drafts)
+        {
+            if (token < 0) throw new ArgumentOutOfRangeException(nameof(drafts), token, $"Sequence {Id}: a draft token id is not negative");
+            _tokens.Add(token);
+        }
+        Drafts = drafts.Length;
+    }
+
+    /// <summary>
+    /// Keeps the first <paramref name="accepted"/> drafts as the sequence's own tokens and drops the others; the computed
+    /// tokens shrink to what remains (the dropped drafts' keys and values are stale and will be overwritten).
+    /// </summary>
+    public void ResolveDrafts(int accepted)
+    {
+        TrimDrafts(accepted);
+        Drafts = 0;
+    }
+
+    /// <summary>Keeps the first <paramref name="count"/> drafts, still unverified, and drops the others (a step has room for fewer).</summary>
+    public void TrimDrafts(int count)
+    {
+        if ((uint)count > (uint)Drafts)
+            throw new ArgumentOutOfRangeException(nameof(count), count, $"Sequence {Id}: {count} drafts kept of {Drafts}");
+        _tokens.RemoveRange(_tokens.Count - (Drafts - count), Drafts - count);
+        Drafts = count;
+        ComputedTokens = Math.Min(ComputedTokens, _tokens.Count);
+    }
 
     /// <summary>Whether the sequence holds <see cref="MaxLength"/> tokens: its last one is never computed, as nothing samples after it.</summary>
     public bool IsFull => _tokens.Count >= MaxLength;

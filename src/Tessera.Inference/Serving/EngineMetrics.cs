@@ -8,7 +8,7 @@ namespace Tessera.Inference.Serving;
 public sealed class EngineMetrics
 {
     private long _requestsStarted, _requestsFinished, _requestsCancelled, _requestsRejected, _promptTokens, _generatedTokens,
-        _cachedPromptTokens, _steps, _preemptions;
+        _cachedPromptTokens, _steps, _preemptions, _draftTokens, _acceptedDraftTokens;
     private int _running, _waiting, _blocksInUse;
 
     internal EngineMetrics(int totalBlocks) => KvBlocksTotal = totalBlocks;
@@ -40,6 +40,12 @@ public sealed class EngineMetrics
     /// <summary>Sequences preempted (their keys and values recomputed later).</summary>
     public long Preemptions => Interlocked.Read(ref _preemptions);
 
+    /// <summary>Draft tokens verified (speculative decoding).</summary>
+    public long DraftTokens => Interlocked.Read(ref _draftTokens);
+
+    /// <summary>Of <see cref="DraftTokens"/>, those the model agreed with: tokens gained over decoding one a step.</summary>
+    public long AcceptedDraftTokens => Interlocked.Read(ref _acceptedDraftTokens);
+
     /// <summary>Sequences in the running batch after the last step.</summary>
     public int Running => Volatile.Read(ref _running);
 
@@ -65,6 +71,7 @@ public sealed class EngineMetrics
     internal void TokensGenerated(int count) => Interlocked.Add(ref _generatedTokens, count);
     internal void PromptTokensCached(int count) => Interlocked.Add(ref _cachedPromptTokens, count);
     internal void Preempted(int count) => Interlocked.Add(ref _preemptions, count);
+    internal void DraftsVerified(int drafts, int accepted) { Interlocked.Add(ref _draftTokens, drafts); Interlocked.Add(ref _acceptedDraftTokens, accepted); }
 
     private readonly object _phaseLock = new();
     private StepPhaseTimes _decodePhases = StepPhaseTimes.Zero, _mixedPhases = StepPhaseTimes.Zero;

@@ -1,5 +1,6 @@
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
+using Tessera.Inference.Speculation;
 
 namespace Tessera.Inference.Serving;
 
@@ -50,6 +51,15 @@ public sealed record EngineOptions
     /// </summary>
     public bool AdvanceDecodeOnDevice { get; init; }
 
+    /// <summary>
+    /// Speculative decoding by prompt lookup (<see cref="NgramDrafter"/>): each step, a greedy sequence without
+    /// log-probabilities or penalties may carry up to <see cref="SpeculationOptions.DraftTokens"/> guessed tokens, which the
+    /// step verifies beside its decode token; every guess the model agrees with is a token gained, and the output is the
+    /// greedy output without speculation (to rounding: the verifying step computes more rows). Steps are then collected at
+    /// once (<see cref="AsyncScheduling"/> does not apply: a guess needs the previous token on the host). Default off.
+    /// </summary>
+    public SpeculationOptions Speculation { get; init; } = new();
+
     /// <summary>Token ids that end a completion besides the tokenizer's end of text (e.g. a chat template's end of turn);
     /// default none.</summary>
     public IReadOnlyCollection<int> StopTokens { get; init; } = [];
@@ -59,8 +69,10 @@ public sealed record EngineOptions
     {
         ArgumentNullException.ThrowIfNull(Cache, nameof(Cache));
         ArgumentNullException.ThrowIfNull(Scheduler, nameof(Scheduler));
+        ArgumentNullException.ThrowIfNull(Speculation, nameof(Speculation));
         Cache.Validate();
         Scheduler.Validate();
+        Speculation.Validate();
         if (MaxSequenceLength is <= 1) throw new ArgumentException($"EngineOptions.MaxSequenceLength ({MaxSequenceLength}) must be at least 2");
         return this;
     }

@@ -4,6 +4,7 @@ using System.Threading.Channels;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Sampling;
 using Tessera.Inference.Scheduling;
+using Tessera.Inference.Speculation;
 using Tessera.Models;
 using Tessera.Models.Tokenization;
 
@@ -18,6 +19,8 @@ namespace Tessera.Inference.Serving;
 /// penalties or log-probabilities take the device's argmax (4 bytes per sequence read back), the others read their row
 /// of logits. With <see cref="EngineOptions.AsyncScheduling"/>, a step whose samples are all greedy is not waited for: the
 /// next step is enqueued first (it reads those tokens on the device), and the host takes them in while it computes.
+/// With <see cref="EngineOptions.Speculation"/>, greedy sequences carry tokens guessed by an <see cref="NgramDrafter"/>
+/// into each step, and the step's outputs at those rows keep the guesses the model agrees with.
 /// </summary>
 public sealed class InferenceEngine : IDisposable
 {
@@ -30,6 +33,8 @@ public sealed class InferenceEngine : IDisposable
     private readonly Dictionary<long, Choice> _choices = new();
     private readonly HashSet<RequestState> _requests = new();
     private readonly HashSet<int> _stopTokens;
+    private readonly NgramDrafter? _drafter;
+    private readonly int[] _drafts;
     private readonly Thread _loop;
     private StepInFlight? _inFlight;                 // asynchronous scheduling: enqueued, its tokens not yet taken in
     private long _nextSequence;
@@ -61,7 +66,8 @@ public sealed class InferenceEngine : IDisposable
             if (needed > _cache.Blocks)
                 throw new ArgumentException($"EngineOptions.Cache.MemoryBytes: {options.Cache.MemoryBytes:N0} bytes hold {_cache.Blocks} blocks of {_cache.BlockSize} positions, " +
                     $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes); give more KV memory or a shorter MaxSequenceLength");
-            _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs)
+            _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs,
+                options.Speculation.DraftTokens)
             {
                 SeparatePhases = options.SeparateStepPhases,
                 MeasureDeviceTime = options.MeasureDeviceTime,
@@ -75,6 +81,8 @@ public sealed class InferenceEngine : IDisposable
         }
         _stopTokens = new HashSet<int>(options.StopTokens);
         if (tokenizer.EndOfTextId is int eot) _stopTokens.Add(eot);
+        _drafter = options.Speculation.Enabled ? new NgramDrafter(options.Speculation) : null;
+        _drafts = new int[options.Speculation.DraftTokens];
         Metrics = new EngineMetrics(_cache.Blocks);
         _loop = new Thread(Loop) { IsBackground = true, Name = "tessera-engine" };
         _loop.Start();
@@ -239,10 +247,13 @@ public sealed class InferenceEngine : IDisposable
         request.Choices = new Choice[r.Choices];
         for (int i = 0; i < r.Choices; i++)
         {
-            var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens);
             var sampling = r.Sampling with { Seed = unchecked(seed + (ulong)i) };
-            var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop),
-                needsLogits: sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null);
+            bool needsLogits = sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null;
+            var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens)
+            {
+                MaxDrafts = needsLogits ? 0 : Options.Speculation.DraftTokens,     // guesses are verified by the greedy choice
+            };
+            var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop), needsLogits);
             request.Choices[i] = choice;
             _choices[sequence.Id] = choice;
             _scheduler.Add(sequence);
@@ -259,6 +270,7 @@ public sealed class InferenceEngine : IDisposable
     private void RunStep()
     {
         long start = Stopwatch.GetTimestamp();
+        if (_drafter is not null) Draft();
         var step = _scheduler.Schedule();
         if (step.IsEmpty)
         {
@@ -284,7 +296,7 @@ public sealed class InferenceEngine : IDisposable
         if (_runner.ReplayedSteps != replayedBefore) Interlocked.Increment(ref _replayed);
         Volatile.Write(ref _metadataCopiesSkipped, _runner.MetadataCopiesSkipped);
         _scheduler.Complete(step);
-        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits);
+        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits && _drafter is null);
         if (current.Pipelined)
         {
             int row = 0;
@@ -298,6 +310,23 @@ public sealed class InferenceEngine : IDisposable
         }
         if (current.Pipelined) _inFlight = current;
         else Collect(current);
+    }
+
+    /// <summary>
+    /// Speculative decoding: gives each running sequence that is about to decode (one known token to compute) the
+    /// drafter's guesses of what follows, as many as it may take and still leave room for the token sampled after them.
+    /// The scheduler keeps those the step has room and blocks for.
+    /// </summary>
+    private void Draft()
+    {
+        foreach (var sequence in _scheduler.Running)
+        {
+            if (sequence.MaxDrafts == 0 || sequence.Drafts > 0 || sequence.Unresolved > 0 || sequence.PendingTokens != 1) continue;
+            int room = Math.Min(sequence.MaxDrafts, sequence.MaxLength - sequence.Tokens.Count - 1);
+            if (room <= 0) continue;
+            int proposed = _drafter!.Propose(sequence.Tokens, _drafts.AsSpan(0, room));
+            if (proposed > 0) sequence.AppendDrafts(_drafts.AsSpan(0, proposed));
+        }
     }
 
     private void CollectInFlight()
@@ -317,9 +346,15 @@ public sealed class InferenceEngine : IDisposable
         foreach (var s in step.Sequences)
         {
             if (!s.Samples) continue;
-            int r = row++;
+            int r = row;
+            row += s.SampledRows;
             // Cancelled, or (asynchronous scheduling) finished by the previous step's token: this token is discarded.
             if (!_choices.TryGetValue(s.Sequence.Id, out var choice) || choice.Finished) continue;
+            if (s.Drafts > 0)
+            {
+                Verify(choice, greedy.Slice(r, s.SampledRows), now);
+                continue;
+            }
             int token;
             if (current.Pipelined)
             {
@@ -335,6 +370,27 @@ public sealed class InferenceEngine : IDisposable
         Metrics.StepPhases(step.IsDecodeOnly, new StepPhaseTimes(1, step.Tokens, current.ScheduleTicks * f, metadata * f, forward * f, readback * f,
             (Stopwatch.GetTimestamp() - now) * f, busyMs / 1000, idleMs / 1000));
         Metrics.StepDone(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);
+    }
+
+    /// <summary>
+    /// Speculative decoding: <paramref name="ids"/> are the model's greedy tokens at the row before each draft and at the
+    /// last row. Drafts are accepted while each equals the model's token at the row before it; the model's token after
+    /// the last accepted one is a token gained too (the correction, or the bonus when every draft was right). The
+    /// accepted drafts and that token are emitted in order, as if decoded one a step, and a stop ends them early.
+    /// </summary>
+    private void Verify(Choice choice, ReadOnlySpan<int> ids, long now)
+    {
+        var sequence = choice.Sequence;
+        int drafts = ids.Length - 1, first = sequence.Tokens.Count - drafts, accepted = 0;
+        while (accepted < drafts && ids[accepted] == sequence.Tokens[first + accepted]) accepted++;
+        Metrics.DraftsVerified(drafts, accepted);
+        _scheduler.ResolveDrafts(sequence, accepted);
+        for (int i = 0; i < accepted; i++)
+        {
+            Accept(choice, ids[i], now, appended: true);
+            if (choice.Finished) return;
+        }
+        Accept(choice, ids[accepted], now, appended: false);
     }
 
     /// <summary>A step enqueued on the runner and not yet taken in.</summary>

@@ -23,6 +23,15 @@ public sealed class ServeCommandTests : IDisposable
         Assert.Contains("--decoding-step-tokens", stderr);
     }
 
+    /// <summary>Speculation's draft count is bounded on the command line too, before any model is opened.</summary>
+    [Fact]
+    public void TooManyDraftTokensIsAUsageErrorNamingTheOption()
+    {
+        var (code, _, stderr) = CliProcess.Run("serve", "--model", Path.Combine(_dir, "no-such-run"), "--draft-tokens", "17");
+        Assert.Equal(2, code);
+        Assert.Contains("--draft-tokens (17) must be at most 16", stderr);
+    }
+
     [Fact]
     public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion()
     {
@@ -37,7 +46,7 @@ public sealed class ServeCommandTests : IDisposable
         if (string.IsNullOrEmpty(host) || !File.Exists(host)) host = "dotnet";
         var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "tessera.dll"), "serve", "--model", run, "--port", "0", "--threads", "1",
-            "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64" })
+            "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64", "--draft-tokens", "3" })
             psi.ArgumentList.Add(a);
         using var process = Process.Start(psi)!;
         var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
@@ -49,6 +58,9 @@ public sealed class ServeCommandTests : IDisposable
             while (address is null && DateTime.UtcNow < deadline && (line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null)
                 if (Regex.Match(line, @"at (http://\S+)") is { Success: true } m) address = new Uri(m.Groups[1].Value);
             Assert.True(address is not null, "serve printed no address: " + (process.HasExited ? await errors : ""));
+            var banner = new List<string>();
+            while ((line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null && !line.Contains("Ctrl-C")) banner.Add(line);
+            Assert.Contains(banner, l => l.Contains("speculative decoding: greedy requests verify up to 3 tokens"));
 
             using var http = new HttpClient { BaseAddress = address };
             var response = await http.PostAsync("v1/chat/completions", new StringContent(

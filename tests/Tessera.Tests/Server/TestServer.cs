@@ -5,6 +5,7 @@ using OpenAI;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Inference.Serving;
+using Tessera.Inference.Speculation;
 using Tessera.Models;
 using Tessera.Models.Chat;
 using Tessera.Models.Tokenization;
@@ -35,7 +36,8 @@ public sealed class TestServer : IAsyncDisposable
     public ChatPrompt Chat { get; }
     public HttpClient Http { get; }
 
-    public static async Task<TestServer> StartAsync(int maxBatch = 8, int maxQueue = 64, int context = 256, string? apiKey = null, int budget = 64, int threads = 1)
+    public static async Task<TestServer> StartAsync(int maxBatch = 8, int maxQueue = 64, int context = 256, string? apiKey = null, int budget = 64, int threads = 1,
+        int draftTokens = 0)
     {
         var cpu = new CpuBackend(threads);
         var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
@@ -46,6 +48,7 @@ public sealed class TestServer : IAsyncDisposable
         {
             Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 32 << 20 },
             Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = maxQueue },
+            Speculation = new SpeculationOptions { DraftTokens = draftTokens },
         });
         var chat = new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, IsFallback: true), tokenizer);
         var server = await OpenAiServer.StartAsync(engine, chat, new ServeOptions { Port = 0, ModelName = Model, ApiKey = apiKey });

@@ -1,0 +1,149 @@
+using Tessera.Inference;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Sampling;
+using Tessera.Inference.Scheduling;
+using Tessera.Inference.Serving;
+using Tessera.Inference.Speculation;
+using Tessera.Models;
+using Tessera.Models.Tokenization;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Nn;
+using Xunit;
+
+namespace Tessera.Tests.Inference.Serving;
+
+/// <summary>
+/// Speculative decoding by prompt lookup in the engine, on a random llama-debug model (F64, CPU) with the byte tokenizer.
+/// Exact equality with decoding one token a step is the oracle: at F64 the verifying step's extra rows change no argmax
+/// (a tie would need two logits equal to 1e-16 relative).
+/// </summary>
+public class SpeculativeDecodingTests
+{
+    private readonly CpuBackend _cpu = new(1);
+
+    // Prompts that repeat themselves, so that the drafter proposes from the first step, and one that does not.
+    private static readonly int[][] Prompts =
+    [
+        [10, 20, 30, 40, 10, 20, 30, 40, 10, 20, 30],
+        [5, 6, 5, 6, 5, 6, 5],
+        [99, 98, 97, 96, 95, 94],
+        [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2],
+        [42, 42, 42],
+    ];
+
+    private InferenceEngine Engine(int draftTokens, int budget = 32, int context = 96, int maxBatch = 4)
+    {
+        var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
+        var model = new Transformer(config, _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, model.Parameters, new Random(11));
+        return new InferenceEngine(model, new ByteTokenizer(), new EngineOptions
+        {
+            Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 1 << 20 },
+            Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = 16 },
+            Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1 },
+        });
+    }
+
+    private static async Task<(List<int> Tokens, FinishReason? Finish, CompletionUsage? Usage, string Text)> Run(InferenceEngine engine, CompletionRequest request)
+    {
+        var tokens = new List<int>();
+        FinishReason? finish = null;
+        CompletionUsage? usage = null;
+        var text = new System.Text.StringBuilder();
+        await foreach (var e in engine.Submit(request).ReadAllAsync())
+        {
+            tokens.AddRange(e.Tokens);
+            text.Append(e.Text);
+            finish ??= e.FinishReason;
+            usage ??= e.Usage;
+        }
+        return (tokens, finish, usage, text.ToString());
+    }
+
+    [Fact]
+    public async Task GreedyCompletionsEqualDecodingOneTokenAStepAndDraftsAreBothAcceptedAndRejected()
+    {
+        using var plain = Engine(draftTokens: 0);
+        using var speculative = Engine(draftTokens: 4);
+        var requests = Prompts.Select(p => new CompletionRequest { Prompt = p, MaxTokens = 40 }).ToArray();
+        var expected = await Task.WhenAll(requests.Select(r => Run(plain, r)));
+        var actual = await Task.WhenAll(requests.Select(r => Run(speculative, r)));
+        for (int i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal(expected[i].Tokens, actual[i].Tokens);
+            Assert.Equal(expected[i].Text, actual[i].Text);
+            Assert.Equal(FinishReason.Length, actual[i].Finish);
+            Assert.Equal(40, actual[i].Usage!.CompletionTokens);
+        }
+        var m = speculative.Metrics;
+        TestContext.Current.SendDiagnosticMessage($"drafts verified {m.DraftTokens}, accepted {m.AcceptedDraftTokens}; steps {m.Steps} against {plain.Metrics.Steps}");
+        Assert.Equal(0, plain.Metrics.DraftTokens);
+        Assert.True(m.AcceptedDraftTokens > 0, $"no draft was accepted of {m.DraftTokens}: the acceptance path did not run");
+        Assert.True(m.AcceptedDraftTokens < m.DraftTokens, $"every one of {m.DraftTokens} drafts was accepted: the rejection path did not run");
+        Assert.True(m.Steps < plain.Metrics.Steps, $"{m.Steps} steps with speculation against {plain.Metrics.Steps} without: accepted drafts save steps");
+        Assert.Equal(0, m.KvBlocksInUse);
+    }
+
+    [Fact]
+    public async Task StopsInsideAcceptedDraftsEndTheCompletionWhereDecodingOneAStepWould()
+    {
+        using var plain = Engine(draftTokens: 0);
+        using var speculative = Engine(draftTokens: 4);
+        // The plain engine's completions give the stops: a token from the middle of each as a stop token's stand-in (a stop
+        // string of its text), and max_tokens at every length from 1 to 12 (the last accepted draft, the bonus token).
+        foreach (var prompt in Prompts.Take(2))
+        {
+            var full = await Run(plain, new CompletionRequest { Prompt = prompt, MaxTokens = 24 });
+            string stop = full.Text.Substring(full.Text.Length / 2, 1);
+            var withStop = new CompletionRequest { Prompt = prompt, MaxTokens = 24, Stop = [stop] };
+            var a = await Run(plain, withStop);
+            var b = await Run(speculative, withStop);
+            Assert.Equal((a.Text, a.Finish), (b.Text, b.Finish));
+            Assert.Equal(FinishReason.Stop, b.Finish);
+            for (int max = 1; max <= 12; max++)
+            {
+                var request = new CompletionRequest { Prompt = prompt, MaxTokens = max };
+                var (x, y) = (await Run(plain, request), await Run(speculative, request));
+                Assert.Equal(x.Tokens, y.Tokens);
+                Assert.Equal(max, y.Usage!.CompletionTokens);
+            }
+        }
+        Assert.True(speculative.Metrics.AcceptedDraftTokens > 0);
+        Assert.Equal(0, speculative.Metrics.KvBlocksInUse);
+    }
+
+    [Fact]
+    public async Task SampledRequestsNeverDraftAndGiveTheSameSeededTokens()
+    {
+        using var plain = Engine(draftTokens: 0);
+        using var speculative = Engine(draftTokens: 4);
+        var requests = Prompts.Select((p, i) => new CompletionRequest
+        {
+            Prompt = p, MaxTokens = 16, Seed = (ulong)(1000 + i), Sampling = new SamplingOptions { Temperature = 0.8 },
+        }).ToArray();
+        var expected = await Task.WhenAll(requests.Select(r => Run(plain, r)));
+        var actual = await Task.WhenAll(requests.Select(r => Run(speculative, r)));
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(expected[i].Tokens, actual[i].Tokens);
+        Assert.Equal(0, speculative.Metrics.DraftTokens);
+        // Greedy beside sampled in one batch: only the greedy one drafts, and both still equal their plain runs.
+        var greedy = new CompletionRequest { Prompt = Prompts[1], MaxTokens = 24 };
+        var both = await Task.WhenAll(Run(speculative, greedy), Run(speculative, requests[0]));
+        Assert.Equal((await Run(plain, greedy)).Tokens, both[0].Tokens);
+        Assert.Equal(expected[0].Tokens, both[1].Tokens);
+        Assert.True(speculative.Metrics.DraftTokens > 0);
+    }
+
+    [Fact]
+    public async Task ABudgetTooSmallForEveryDraftStillDecodesEverySequence()
+    {
+        // Budget 4 with a batch of 4: no room for drafts while all four decode, some when fewer do.
+        using var plain = Engine(draftTokens: 0, budget: 4);
+        using var speculative = Engine(draftTokens: 4, budget: 4);
+        var requests = Prompts.Take(4).Select(p => new CompletionRequest { Prompt = p, MaxTokens = 20 }).ToArray();
+        var expected = await Task.WhenAll(requests.Select(r => Run(plain, r)));
+        var actual = await Task.WhenAll(requests.Select(r => Run(speculative, r)));
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(expected[i].Tokens, actual[i].Tokens);
+        Assert.Equal(0, speculative.Metrics.KvBlocksInUse);
+    }
+}
