@@ -12,6 +12,9 @@ using Tessera.Server;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Training.Benchmarks;
+using Tessera.Models.Tokenization;
+using Tessera.Training.Data;
+using Tessera.Training.Checkpoints;
 
 namespace Tessera.Bench.Serving;
 
@@ -28,6 +31,9 @@ namespace Tessera.Bench.Serving;
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
 /// [--cuda-options Name=value,...]</para>
+/// <para>--model DIR serves a trained model (a run directory, a checkpoint or a Hugging Face directory, as `tessera serve
+/// --model` takes) instead of the preset's random weights, with its tokenizer; its prompts are then windows of the embedded
+/// corpus (the README's training text), so a trained model's outputs and what they repeat are a real model's.</para>
 /// <para>--draft-tokens N turns on speculative decoding by prompt lookup (<see cref="EngineOptions.Speculation"/>); a line per
 /// level then gives the draft tokens verified and accepted. The model's weights are random, so what its greedy output
 /// repeats (and so the acceptance) is not a real model's: read the rate with the acceptance beside it.</para>
@@ -58,7 +64,7 @@ public static class ServeBench
         int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
         bool phaseSync = false, deviceTime = false, asyncScheduling = true, advanceOnDevice = false;
         int draftTokens = 0;
-        string? cudaOptions = null;
+        string? cudaOptions = null, modelDir = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
         bool graphs = true, load = false;
@@ -83,6 +89,7 @@ public static class ServeBench
                 case "--no-async": asyncScheduling = false; break;
                 case "--advance-on-device": advanceOnDevice = true; break;
                 case "--draft-tokens": draftTokens = Int(); break;
+                case "--model": modelDir = Next(); break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
@@ -99,10 +106,28 @@ public static class ServeBench
         IBackend backend = cuda ? new CudaBackend(0, CudaBackendOptions.Parse(cudaOptions)) : new CpuBackend(Environment.ProcessorCount);
         // The engine's context: what the requests need (a smaller block table per step); the model's at least that.
         int context = load ? 256 : prompt + newTokens + 16;
-        var config = ModelPresets.Get(preset) with { MaxSequenceLength = Math.Max(context, ModelPresets.Get(preset).MaxSequenceLength) };
-        var model = new Transformer(config, backend, dtype) { ValidateInputs = false };
-        BenchmarkWeights.Initialize(model, seed: 2);
-        var tokenizer = new SyntheticTokenizer(config.VocabSize);
+        Transformer model;
+        ITokenizer tokenizer;
+        Func<Random, int[]>? corpusPrompt = null;
+        if (modelDir is null)
+        {
+            var config = ModelPresets.Get(preset) with { MaxSequenceLength = Math.Max(context, ModelPresets.Get(preset).MaxSequenceLength) };
+            model = new Transformer(config, backend, dtype) { ValidateInputs = false };
+            BenchmarkWeights.Initialize(model, seed: 2);
+            tokenizer = new SyntheticTokenizer(config.VocabSize);
+        }
+        else
+        {
+            (model, string directory, string? trained) = TrainedModel.Load(modelDir, backend, dtype);
+            string spec = trained ?? directory;
+            tokenizer = spec == "byte" ? new ByteTokenizer() : TokenizerLoader.FromDirectory(spec);
+            if (context > model.Config.MaxSequenceLength)
+                throw new ArgumentException($"serve --model {modelDir}: --prompt {prompt} and --new {newTokens} need a context of {context}; the model has {model.Config.MaxSequenceLength}");
+            preset = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDir)));
+            var corpus = tokenizer.Encode(EmbeddedCorpus.Load(1 << 20, out _)).ToArray();
+            if (corpus.Length <= prompt) throw new ArgumentException($"serve --model: the embedded corpus has only {corpus.Length} tokens");
+            corpusPrompt = rng => corpus.AsSpan(rng.Next(corpus.Length - prompt), prompt).ToArray();
+        }
         long kvBytes = (long)((kvGiB ?? (cuda ? 24 : 0.25)) * (1L << 30));
         var options = new EngineOptions
         {
@@ -129,7 +154,7 @@ public static class ServeBench
         try
         {
             return load ? Load(http, engine, preset, clients, seconds, maxBatch)
-                : Levels(http, engine, backend as CudaBackend, model, preset, dtype, prompt, newTokens, rounds, levels, maxBatch);
+                : Levels(http, engine, backend as CudaBackend, model, preset, dtype, prompt, newTokens, rounds, levels, maxBatch, corpusPrompt);
         }
         finally
         {
@@ -172,11 +197,11 @@ public static class ServeBench
     }
 
     private static int Levels(HttpClient http, InferenceEngine engine, CudaBackend? cuda, Transformer model, string preset, DType dtype,
-        int prompt, int newTokens, int rounds, int[] levels, int maxBatch)
+        int prompt, int newTokens, int rounds, int[] levels, int maxBatch, Func<Random, int[]>? corpusPrompt)
     {
         var config = model.Config;
         var rng = new Random(7);
-        int[] Prompt() => Enumerable.Range(0, prompt).Select(_ => rng.Next(config.VocabSize)).ToArray();
+        int[] Prompt() => corpusPrompt?.Invoke(rng) ?? Enumerable.Range(0, prompt).Select(_ => rng.Next(config.VocabSize)).ToArray();
         double copy = cuda is null ? double.NaN : Gpu.GpuDecodeBench.DeviceCopyBandwidth(cuda);
         long weightBytes = model.Parameters.Parameters.Sum(p => p.NumElements) * dtype.SizeInBytes();
         long kvPerPosition = PagedKvCache.BlockBytes(dtype, config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);

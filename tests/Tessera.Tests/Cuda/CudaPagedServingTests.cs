@@ -3,6 +3,7 @@ using Tessera.Inference;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Inference.Serving;
+using Tessera.Inference.Speculation;
 using Tessera.Models;
 using Tessera.Models.Tokenization;
 using Tessera.Tensors;
@@ -344,12 +345,13 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Assert.Throws<ArgumentException>(() => readback.Start(UploadInts(new int[9], 9)));
     }
 
-    private static EngineOptions Options(bool graphs, bool advanceOnDevice = false) => new()
+    private static EngineOptions Options(bool graphs, bool advanceOnDevice = false, int draftTokens = 0) => new()
     {
         Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 8 << 20 },
         Scheduler = new SchedulerOptions { MaxBatch = 8, TokenBudget = 64 },
         RecordGraphs = graphs,
         AdvanceDecodeOnDevice = advanceOnDevice,
+        Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1 },
     };
 
     private static async Task<List<int>[]> RunAll(InferenceEngine engine, int[][] prompts, int tokens)
@@ -405,6 +407,34 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         using (var engine = new InferenceEngine(bf16, new ByteTokenizer(), Options(graphs: true))) recorded = await RunAll(engine, prompts, tokens);
         using (var engine = new InferenceEngine(bf16, new ByteTokenizer(), Options(graphs: false))) eager = await RunAll(engine, prompts, tokens);
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(eager[i], recorded[i]);
+    }
+
+    /// <summary>
+    /// Speculative decoding on the GPU (F32): eight concurrent greedy requests, whose prompts repeat themselves so that the
+    /// drafter proposes from the first step, verify up to 4 drafts a step through the paged prefill and decode kernels (a
+    /// sequence's draft rows are query rows after its decode token) and give the tokens of the dense CPU generator run one
+    /// sequence at a time.
+    /// </summary>
+    [Theory]
+    [InlineData("llama-debug")]
+    [InlineData("gpt2-debug")]
+    public async Task SpeculativeDecodingOnTheGpuMatchesOneSequenceAtATimeOnTheCpu(string preset)
+    {
+        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = 96 };
+        var onCpu = new Transformer(config, _cpu, DType.F32);
+        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, onCpu.Parameters, new Random(9));
+        var onGpu = new Transformer(config, Gpu, DType.F32);
+        Gpu.CopyFromHost<float>(_cpu.ToArray<float>(onCpu.Parameters.Values), onGpu.Parameters.Values);
+        // Prompt i repeats a pattern of 1 + i tokens four times (and one more token of it).
+        var prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 4 * (i + 1) + 1).Select(j => (i * 37 + (j % (i + 1)) * 11) % 256).ToArray()).ToArray();
+        const int tokens = 40;
+        var expected = prompts.Select(p => new TextGenerator(onCpu).Generate(p, new GenerationOptions { MaxNewTokens = tokens }).ToList()).ToList();
+        using var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, draftTokens: 4));
+        var results = await RunAll(engine, prompts, tokens);
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
+        Console.WriteLine($"[speculative decoding] {preset}: {engine.Metrics.DraftTokens} drafts verified, {engine.Metrics.AcceptedDraftTokens} accepted, {engine.Metrics.Steps} steps");
+        Assert.True(engine.Metrics.DraftTokens > 0, "no draft was verified");
+        Assert.Equal(0, engine.Metrics.KvBlocksInUse);
     }
 
     /// <summary>
