@@ -1,4 +1,5 @@
 using Tessera.Inference.Sampling;
+using Tessera.Inference.Speculation;
 
 namespace Tessera.Inference;
 
@@ -29,6 +30,15 @@ public sealed record GenerationOptions
     /// for a model split over tensor-parallel ranks (the paged runner serves one device). Default true.
     /// </summary>
     public bool BoundedWindowCache { get; init; } = true;
+
+    /// <summary>
+    /// Speculative decoding by prompt lookup (<see cref="NgramDrafter"/>) for greedy generation: each step feeds the last
+    /// token and up to <see cref="SpeculationOptions.DraftTokens"/> tokens guessed from the text so far, keeps the guesses
+    /// the model agrees with and the model's token after them, and truncates the cache past them. The output is greedy
+    /// decoding's. Steps then run eagerly (no recorded graph: their row count varies). Ignored when sampling and in the
+    /// bounded window cache. Default off.
+    /// </summary>
+    public SpeculationOptions Speculation { get; init; } = new();
 
     /// <summary>
     /// Most prompt tokens one forward pass computes in the bounded window cache (the prompt is prefilled in chunks of this

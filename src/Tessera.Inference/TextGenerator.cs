@@ -1,6 +1,7 @@
 using Tessera.Inference.Paging;
 using Tessera.Inference.Sampling;
 using Tessera.Inference.Scheduling;
+using Tessera.Inference.Speculation;
 using Tessera.Models;
 using Tessera.Tensors;
 
@@ -37,6 +38,12 @@ public sealed class TextGenerator
     /// <summary>The most KV blocks in use at once during the last generation through the bounded window cache (0 otherwise).</summary>
     public int LastRunPeakBlocks { get; private set; }
 
+    /// <summary>Draft tokens verified in the last generation (<see cref="GenerationOptions.Speculation"/>; 0 without).</summary>
+    public int LastRunDraftTokens { get; private set; }
+
+    /// <summary>Of <see cref="LastRunDraftTokens"/>, those the model agreed with.</summary>
+    public int LastRunAcceptedDraftTokens { get; private set; }
+
     private const int WindowBlockSize = 16;
 
     /// <summary>Yields new token ids as they are produced.</summary>
@@ -52,8 +59,12 @@ public sealed class TextGenerator
                 throw new ArgumentException($"prompt token {prompt[i]} at position {i} is outside the vocabulary of {config.VocabSize}");
         if (options.WindowPrefillChunk < 1)
             throw new ArgumentException($"GenerationOptions.WindowPrefillChunk ({options.WindowPrefillChunk}) must be at least 1");
+        ArgumentNullException.ThrowIfNull(options.Speculation);
+        options.Speculation.Validate();
         bool bounded = config.SlidingWindow > 0 && options.BoundedWindowCache && _model.TensorParallelism is not { Size: > 1 };
-        return bounded ? RunWindowed(prompt, options) : Run(prompt, options);
+        LastRunDraftTokens = LastRunAcceptedDraftTokens = 0;
+        if (bounded) return RunWindowed(prompt, options);
+        return options.Speculation.Enabled && options.Sampling.Temperature == 0 ? RunSpeculative(prompt, options) : Run(prompt, options);
     }
 
     private IEnumerable<int> Run(IReadOnlyList<int> prompt, GenerationOptions options)
@@ -103,6 +114,80 @@ public sealed class TextGenerator
         finally
         {
             row.Storage.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Greedy generation with speculative decoding by prompt lookup: each step feeds the last token and the drafter's
+    /// guesses after it as one forward over the cache, takes the argmax at every row, keeps the guesses that equal the
+    /// argmax at the row before them, and truncates the cache past the last kept one; the argmax after it is the next
+    /// token. The tokens come out as greedy decoding gives them, one by one, so stops and limits fall on the same token.
+    /// </summary>
+    private IEnumerable<int> RunSpeculative(IReadOnlyList<int> prompt, GenerationOptions options)
+    {
+        var backend = _model.Parameters.Backend;
+        var config = _model.Config;
+        int k = options.Speculation.DraftTokens, vocab = config.VocabSize;
+        var drafter = new NgramDrafter(options.Speculation);
+        var cache = _model.CreateKvCache(batch: 1);
+        LastRunCachePositions = cache.MaxSequence;
+        LastRunPeakBlocks = 0;
+        LastRunRecorded = false;
+        var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
+        var history = new List<int>(prompt);
+        var ids = backend.Allocate(new Shape(1 + k), DType.I32);
+        var host = new int[1 + k];
+        var drafts = new int[k];
+        try
+        {
+            var tokens = backend.FromHost<int>(prompt.ToArray(), new Shape(1, prompt.Count));
+            var logits = _model.ForwardWithCache(tokens, cache, validateTokens: false);   // (1, T, Vpad); the prompt was checked above
+            tokens.Storage.Dispose();
+            ArgMaxRows(logits.Select(0, 0).Slice(0, logits.Size(1) - 1, 1));
+            int next = host[0];
+            for (int produced = 0; ; )
+            {
+                if (stop.Contains(next)) yield break;
+                yield return next;
+                produced++;
+                history.Add(next);
+                // `next` sits at position cache.Length; the context ends there when that is its last slot.
+                if (cache.Length + 1 >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
+                // Drafts at the positions after `next`: each needs a slot, and the token after the last one must fit too.
+                int room = Math.Min(k, Math.Min(options.MaxNewTokens - produced - 1, config.MaxSequenceLength - cache.Length - 2));
+                int d = room > 0 ? drafter.Propose(history, drafts.AsSpan(0, room)) : 0;
+                host[0] = next;
+                drafts.AsSpan(0, d).CopyTo(host.AsSpan(1));
+                var input = backend.FromHost<int>(host.AsSpan(0, 1 + d), new Shape(1, 1 + d));
+                var stepLogits = _model.ForwardWithCache(input, cache, validateTokens: false);   // (1, 1 + d, Vpad)
+                input.Storage.Dispose();
+                ArgMaxRows(stepLogits.Select(0, 0));                        // host[i]: the model's token after row i
+                int accepted = 0;
+                while (accepted < d && host[accepted] == drafts[accepted]) accepted++;
+                cache.Truncate(cache.Length - (d - accepted));                // the rejected drafts' slots are written again later
+                LastRunDraftTokens += d;
+                LastRunAcceptedDraftTokens += accepted;
+                for (int i = 0; i < accepted; i++)
+                {
+                    if (stop.Contains(drafts[i])) yield break;
+                    yield return drafts[i];
+                    produced++;
+                    history.Add(drafts[i]);
+                }
+                next = host[accepted];
+            }
+        }
+        finally
+        {
+            ids.Storage.Dispose();
+        }
+
+        // The argmax of each row of (rows, Vpad) logits, read back into host's first entries.
+        void ArgMaxRows(Tensor rows)
+        {
+            int n = rows.Size(0);
+            backend.ArgMax(rows.Slice(1, 0, vocab), ids.Slice(0, 0, n));
+            backend.CopyToHost<int>(ids.Slice(0, 0, n), host.AsSpan(0, n));
         }
     }
 

@@ -103,4 +103,24 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
         Assert.Equal("the " + generated[..generated.IndexOf(stop, StringComparison.Ordinal)] + "\n", second);
         Assert.Contains("stopped at a --stop text", err2);
     }
+
+    /// <summary>`--draft-tokens` prints the greedy text of a run without it, and says how many guesses were kept; with
+    /// sampling (the default temperature) it is a usage error that says what to add.</summary>
+    [Fact]
+    public void SpeculativeGenerationPrintsTheGreedyTextAndCountsTheDrafts()
+    {
+        string[] greedy = ["generate", "--model", _checkpoint.Run, "--prompt", "the the the ", "--max-tokens", "60", "--temperature", "0", "--threads", "1"];
+        var (code, plain, err) = CliProcess.Run(greedy);
+        Assert.True(code == 0, err);
+        var (code2, speculative, err2) = CliProcess.Run([.. greedy, "--draft-tokens", "4"]);
+        Assert.True(code2 == 0, err2);
+        Assert.Equal(plain, speculative);
+        Assert.Matches(@"\d+ of \d+ draft tokens accepted\]", err2);
+        Assert.DoesNotContain("draft tokens", err);
+
+        var (code3, stdout3, err3) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--draft-tokens", "4", "--threads", "1");
+        Assert.Equal(2, code3);
+        Assert.Contains("add --temperature 0", err3);
+        Assert.Equal("", stdout3);
+    }
 }

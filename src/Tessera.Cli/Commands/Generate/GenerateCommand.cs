@@ -6,6 +6,7 @@ using Tessera.Cli.CommandLine;
 using Tessera.Cli.Output;
 using Tessera.Inference;
 using Tessera.Inference.Sampling;
+using Tessera.Inference.Speculation;
 using Tessera.Inference.Serving;
 using Tessera.Tensors;
 using Tessera.Training.Checkpoints;
@@ -33,6 +34,9 @@ public sealed class GenerateCommand : Command
     private readonly Option<int> _threads = SharedOptions.Threads();
     private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype: bf16 (GPU only) halves the bytes each decoded token reads", DType.F32, DType.BF16);
     private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
+    private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
+        "speculative decoding by prompt lookup (greedy only: --temperature 0): each step also verifies up to N tokens guessed from the text so far; the same text, fewer steps where it repeats itself (0: off)", 0, min: 0),
+        SpeculationOptions.MaxDraftTokens);
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks: the model split over N CPU thread ranks, or over the launched GPU processes ('tessera launch --nproc N generate --tp N --device cuda')", 1, min: 1);
 
     /// <summary>Declares the options.</summary>
@@ -49,7 +53,7 @@ public sealed class GenerateCommand : Command
                     else r.AddError($"--stop-ids: '{part}' is not a token id");
             return ids.ToArray();
         };
-        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _tokenizer, _tp })
+        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _tokenizer, _tp, _draftTokens })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -67,8 +71,11 @@ public sealed class GenerateCommand : Command
         string prompt = parse.GetValue(_prompt)!;
         int maxTokens = parse.GetValue(_maxTokens);
 
+        int draftTokens = parse.GetValue(_draftTokens);
+        if (draftTokens > 0 && sampling.Temperature > 0)
+            throw new UsageException($"--draft-tokens {draftTokens} needs greedy decoding: add --temperature 0 (guesses are checked against the model's most likely token)");
         var request = new Request(parse.GetValue(_model)!, prompt, maxTokens, sampling, parse.GetValue(_stop) ?? [], parse.GetValue(_stopIds) ?? [],
-            dtype, parse.GetValue(_tokenizer));
+            dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens };
         int tp = parse.GetValue(_tp);
         var env = DistributedEnvironment.FromEnvironment();
         if (env.IsDistributed && device.Kind == DeviceKind.Cuda)
@@ -104,7 +111,11 @@ public sealed class GenerateCommand : Command
     }
 
     /// <summary>What was asked, read from the command line.</summary>
-    private sealed record Request(string Model, string Prompt, int MaxTokens, SamplingOptions Sampling, string[] Stop, int[] StopIds, DType DType, string? Tokenizer);
+    private sealed record Request(string Model, string Prompt, int MaxTokens, SamplingOptions Sampling, string[] Stop, int[] StopIds, DType DType, string? Tokenizer)
+    {
+        /// <summary>Speculative decoding's draft tokens a step (0: off).</summary>
+        public int DraftTokens { get; init; }
+    }
 
     /// <summary>Loads the model (or this rank's part of it), then streams the continuation to <paramref name="terminal"/>.</summary>
     private static int Generate(Terminal terminal, Request request,
@@ -133,7 +144,12 @@ public sealed class GenerateCommand : Command
         terminal.Output.Write(prompt);
         var clock = Stopwatch.StartNew();
         int produced = 0;
-        foreach (var id in generator.Generate(ids, new GenerationOptions { MaxNewTokens = maxTokens, Sampling = request.Sampling, StopTokens = stops }))
+        var options = new GenerationOptions
+        {
+            MaxNewTokens = maxTokens, Sampling = request.Sampling, StopTokens = stops,
+            Speculation = new SpeculationOptions { DraftTokens = request.DraftTokens },
+        };
+        foreach (var id in generator.Generate(ids, options))
         {
             produced++;
             terminal.Output.Write(filter.Push(decoder.Push(id)));
@@ -149,8 +165,9 @@ public sealed class GenerateCommand : Command
             : ids.Length + produced >= context ? $"the model's context of {context} positions is full"
             : "an end-of-text token";
         double seconds = clock.Elapsed.TotalSeconds;
+        string drafts = request.DraftTokens > 0 ? $"; {generator.LastRunAcceptedDraftTokens} of {generator.LastRunDraftTokens} draft tokens accepted" : "";
         terminal.Note(string.Create(CultureInfo.InvariantCulture,
-            $"[{produced} tokens in {seconds:F2} s, {produced / Math.Max(seconds, 1e-9):F1} tok/s; stopped at {why}]"));
+            $"[{produced} tokens in {seconds:F2} s, {produced / Math.Max(seconds, 1e-9):F1} tok/s; stopped at {why}{drafts}]"));
         return 0;
     }
 }

@@ -1,0 +1,89 @@
+using Tessera.Inference;
+using Tessera.Inference.Sampling;
+using Tessera.Inference.Speculation;
+using Tessera.Models;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Nn;
+using Xunit;
+
+namespace Tessera.Tests.Inference.Speculation;
+
+/// <summary>
+/// Speculative decoding in <see cref="TextGenerator"/> (the dense cache, `tessera generate --draft-tokens`) against greedy
+/// decoding one token a step, on random debug models in F64: exact equality is the oracle (the verifying forward's extra rows
+/// change no argmax at F64; a tie would need two logits equal to 1e-16 relative).
+/// </summary>
+public class SpeculativeGenerationTests
+{
+    private readonly CpuBackend _cpu = new(1);
+
+    private Transformer Model(string preset, int context = 128)
+    {
+        var model = new Transformer(ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = context }, _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, model.Parameters, new Random(5));
+        return model;
+    }
+
+    private static readonly int[][] Prompts =
+    [
+        [10, 20, 30, 40, 10, 20, 30, 40, 10, 20, 30],
+        [5, 6, 5, 6, 5, 6, 5],
+        [99, 98, 97, 96, 95, 94],
+        [7],
+    ];
+
+    private static GenerationOptions Options(int max, int drafts, IReadOnlyCollection<int>? stops = null) => new()
+    {
+        MaxNewTokens = max, StopTokens = stops ?? [], Speculation = new SpeculationOptions { DraftTokens = drafts, MinNgram = 1 },
+    };
+
+    [Theory]
+    [InlineData("llama-debug")]
+    [InlineData("gpt2-debug")]
+    public void GreedyGenerationEqualsDecodingOneTokenAStepAndDraftsAreBothAcceptedAndRejected(string preset)
+    {
+        var model = Model(preset);
+        int drafted = 0, accepted = 0;
+        foreach (var prompt in Prompts)
+        {
+            var expected = new TextGenerator(model).Generate(prompt, Options(60, 0)).ToList();
+            var generator = new TextGenerator(model);
+            Assert.Equal(expected, generator.Generate(prompt, Options(60, 4)).ToList());
+            drafted += generator.LastRunDraftTokens;
+            accepted += generator.LastRunAcceptedDraftTokens;
+        }
+        TestContext.Current.SendDiagnosticMessage($"{preset}: {accepted} of {drafted} drafts accepted");
+        Assert.True(accepted > 0, $"no draft of {drafted} was accepted: the acceptance path did not run");
+        Assert.True(accepted < drafted, $"all {drafted} drafts were accepted: the rejection path did not run");
+    }
+
+    [Fact]
+    public void LimitsStopsAndTheContextEndFallOnTheSameToken()
+    {
+        var model = Model("llama-debug", context: 40);
+        foreach (var prompt in Prompts.Take(2))
+        {
+            // max_tokens at every length up to 12, and the context's end (40 positions: 29 or 33 new tokens at most).
+            foreach (int max in Enumerable.Range(1, 12).Append(100))
+                Assert.Equal(new TextGenerator(model).Generate(prompt, Options(max, 0)).ToList(), new TextGenerator(model).Generate(prompt, Options(max, 4)).ToList());
+            // A stop token from the middle of the plain output: both end just before its first occurrence.
+            var full = new TextGenerator(model).Generate(prompt, Options(100, 0)).ToList();
+            int[] stop = [full[full.Count / 2]];
+            var plain = new TextGenerator(model).Generate(prompt, Options(100, 0, stop)).ToList();
+            Assert.Equal(plain, new TextGenerator(model).Generate(prompt, Options(100, 4, stop)).ToList());
+            Assert.Equal(full.IndexOf(stop[0]), plain.Count);
+        }
+    }
+
+    [Fact]
+    public void SamplingIgnoresSpeculation()
+    {
+        var model = Model("llama-debug");
+        var sampled = Options(20, 4) with { Sampling = new SamplingOptions { Temperature = 0.9, Seed = 3 } };
+        var generator = new TextGenerator(model);
+        var tokens = generator.Generate(Prompts[1], sampled).ToList();
+        Assert.Equal(new TextGenerator(model).Generate(Prompts[1], sampled with { Speculation = new SpeculationOptions() }).ToList(), tokens);
+        Assert.Equal(0, generator.LastRunDraftTokens);
+    }
+}
