@@ -30,12 +30,13 @@ namespace Tessera.Bench.Serving;
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
-/// [--cuda-options Name=value,...]</para>
+/// [--uniform-drafts] [--model DIR] [--cuda-options Name=value,...]</para>
 /// <para>--model DIR serves a trained model (a run directory, a checkpoint or a Hugging Face directory, as `tessera serve
 /// --model` takes) instead of the preset's random weights, with its tokenizer; its prompts are then windows of the embedded
 /// corpus (the README's training text), so a trained model's outputs and what they repeat are a real model's.</para>
 /// <para>--draft-tokens N turns on speculative decoding by prompt lookup (<see cref="EngineOptions.Speculation"/>); a line per
-/// level then gives the draft tokens verified and accepted. The model's weights are random, so what its greedy output
+/// level then gives the draft tokens verified and accepted; --uniform-drafts pads every decoding sequence's guesses to N so that
+/// steps of decodes are recorded per bucket (<see cref="SpeculationOptions.UniformDrafts"/>). The model's weights are random, so what its greedy output
 /// repeats (and so the acceptance) is not a real model's: read the rate with the acceptance beside it.</para>
 /// <para>--device-time times every step on the device's clock too (<see cref="EngineOptions.MeasureDeviceTime"/>, two events a
 /// step): the phase table gains the steps' device time and the device's idle time before each step (waiting for the host).</para>
@@ -64,6 +65,7 @@ public static class ServeBench
         int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
         bool phaseSync = false, deviceTime = false, asyncScheduling = true, advanceOnDevice = false;
         int draftTokens = 0;
+        bool uniformDrafts = false;
         string? cudaOptions = null, modelDir = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
@@ -89,6 +91,7 @@ public static class ServeBench
                 case "--no-async": asyncScheduling = false; break;
                 case "--advance-on-device": advanceOnDevice = true; break;
                 case "--draft-tokens": draftTokens = Int(); break;
+                case "--uniform-drafts": uniformDrafts = true; break;
                 case "--model": modelDir = Next(); break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
@@ -142,7 +145,7 @@ public static class ServeBench
             MeasureDeviceTime = deviceTime && !load,
             AsyncScheduling = asyncScheduling,
             AdvanceDecodeOnDevice = advanceOnDevice,
-            Speculation = new SpeculationOptions { DraftTokens = draftTokens },
+            Speculation = new SpeculationOptions { DraftTokens = draftTokens, UniformDrafts = uniformDrafts },
         };
         using var engine = new InferenceEngine(model, tokenizer, options);
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, true), tokenizer),
@@ -262,6 +265,8 @@ public static class ServeBench
             foreach (var (level, drafts, accepted) in speculation)
                 Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"Speculation at {level}: {drafts} draft tokens verified, {accepted} accepted ({(drafts > 0 ? (double)accepted / drafts : 0):P1})"));
+        if (engine.Options.Speculation.UniformDrafts)
+            Console.WriteLine($"UniformDrafts: {engine.UniformVerificationSteps} steps verified in a bucket's layout, {engine.ReplayedSteps} steps replayed (warm-up included)");
         if (engine.Options.AdvanceDecodeOnDevice)
             Console.WriteLine($"AdvanceDecodeOnDevice: {engine.MetadataCopiesSkipped} decode steps copied no metadata (of {engine.Metrics.Steps} steps, warm-up included)");
         PrintPhases(phases, engine.Options.SeparateStepPhases);

@@ -20,7 +20,9 @@ namespace Tessera.Inference.Paging;
 /// (<see cref="Enqueue"/>, <see cref="Collect"/>): its unknown input ids are read from that step's argmax on the device.
 /// A decode-only step is padded to a batch-size bucket
 /// (1, 2, 4, 8, ...): on a backend that records (<see cref="IGraphCapture"/>) the first step of a bucket runs normally,
-/// the second is recorded and later ones replay the recording after copying the metadata (one graph per bucket).
+/// the second is recorded and later ones replay the recording after copying the metadata (one graph per bucket). So is a
+/// step in which every sequence verifies the same number k of draft tokens (speculative decoding), with 1 + k rows a
+/// sequence and a graph per bucket and k.
 /// </para>
 /// </summary>
 public sealed class PagedModelRunner : IDisposable
@@ -38,7 +40,7 @@ public sealed class PagedModelRunner : IDisposable
     private int _nextReadback;
     private float[] _logits = [];
     private readonly bool _record;
-    private readonly Dictionary<(int Size, bool FromSampled), Bucket> _buckets = new();   // a graph per decode bucket and input kind
+    private readonly Dictionary<(int Size, bool FromSampled, int Rows), Bucket> _buckets = new();   // a graph per bucket, input kind and rows a sequence
     private readonly int[] _onDevice;            // AdvanceOnDevice: _metadata's first _onDeviceSize values after the enqueued steps
     private int _onDeviceSize = -1;              // (-1: unknown); the token section is not tracked (resolving writes it)
     private readonly ActivationKey _attentionOut = new("paged.att.out"), _qkv = new("paged.qkv"), _lastHidden = new("paged.last.hidden");
@@ -121,6 +123,9 @@ public sealed class PagedModelRunner : IDisposable
 
     /// <summary>Steps that replayed a recorded graph.</summary>
     public long ReplayedSteps { get; private set; }
+
+    /// <summary>Steps in which every sequence verified the same number of drafts, run in a bucket's fixed layout.</summary>
+    public long UniformVerificationSteps { get; private set; }
 
     /// <summary>Whether <see cref="Enqueue"/> waits for the device after the metadata copy and after the forward pass, so that
     /// <see cref="LastPhaseTicks"/> separates the device phases (otherwise the forward's device time falls in the readback).</summary>
@@ -207,15 +212,22 @@ public sealed class PagedModelRunner : IDisposable
         if (_pending.Count >= _readbacks.Length || _pending.Any(p => p.Logits is not null))
             throw new InvalidOperationException($"PagedModelRunner.Enqueue: {_pending.Count} steps are pending{(_pending.Any(p => p.Logits is not null) ? ", one with logits" : "")}; collect first");
         bool decode = step.IsDecodeOnly;
-        if (decode) bucket = BucketOf(sequences);
+        // A bucketed step has the same shape for every batch of its size: a decode step (a row a sequence), or a step in
+        // which every sequence verifies the same number of drafts (1 + drafts rows a sequence, all sampled).
+        int perSequence = decode ? 1 : UniformVerificationRows(step);
+        if (perSequence > 1 && BucketOf(sequences) * perSequence > _maxRows) perSequence = 0;
+        bool bucketed = perSequence > 0;
+        if (bucketed) bucket = BucketOf(sequences);
+        if (perSequence > 1) UniformVerificationSteps++;
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        var layout = decode ? new Layout(bucket, bucket, _maxBlocks) : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
-        int sampling = FillMetadata(step, layout);
-        int outputs = decode ? bucket : Math.Max(sampling, 1);        // a bucket computes logits for its padding rows too
+        var layout = bucketed ? new Layout(bucket, bucket * perSequence, _maxBlocks, bucket * perSequence)
+            : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
+        int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1));
+        int outputs = bucketed ? layout.Rows : Math.Max(sampling, 1);   // a bucket computes logits for its padding rows too
         // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
         // and runs eagerly: the recordings skip it.
-        bool inOrder = decode && sampling == sequences;
-        bool fromSampled = AdvanceOnDevice && inOrder && ReadsThePreviousStepInOrder(sequences);
+        bool inOrder = bucketed && sampling == sequences * perSequence;
+        bool fromSampled = AdvanceOnDevice && decode && inOrder && ReadsThePreviousStepInOrder(sequences);
         if (MeasureDeviceTime && _timeline is null && _backend is IDeviceClock clock) _timeline = clock.CreateTimeline();
         int slot = MeasureDeviceTime && _timeline is not null ? (int)(_timedSteps++ % 3) : -1;
         if (slot >= 0) _timeline!.Mark(2 * slot);
@@ -224,12 +236,13 @@ public sealed class PagedModelRunner : IDisposable
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         Tensor stepLogits;
-        if (decode && _record && inOrder)
+        if (bucketed && _record && inOrder)
         {
-            var b = _buckets.TryGetValue((bucket, fromSampled), out var found) ? found : _buckets[(bucket, fromSampled)] = new Bucket();
+            var key = (bucket, fromSampled, perSequence);
+            var b = _buckets.TryGetValue(key, out var found) ? found : _buckets[key] = new Bucket();
             if (b.Graph is null && !b.Unrecordable && b.EagerRuns > 0 && _backend is IGraphCapture capture)
             {
-                b.Graph = capture.Capture(() => b.Logits = Body(layout, bucket, everyRowSamples: true, fromSampled));
+                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled));
                 b.Unrecordable = b.Graph is null;                    // e.g. the backend's profiler is on: run eagerly from now on
             }
             if (b.Graph is not null)
@@ -240,7 +253,7 @@ public sealed class PagedModelRunner : IDisposable
             }
             else
             {
-                stepLogits = Body(layout, bucket, everyRowSamples: true, fromSampled);
+                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled);
                 b.EagerRuns++;
             }
         }
@@ -322,8 +335,22 @@ public sealed class PagedModelRunner : IDisposable
             for (int i = from; i < layout.Starts; i++) _onDevice[i]++;
     }
 
-    /// <summary>Writes the host metadata; pads to the layout's sequences and rows. Returns the sampling rows.</summary>
-    private int FillMetadata(ScheduledStep step, Layout layout)
+    /// <summary>
+    /// Speculative decoding: 1 + k when every sequence of <paramref name="step"/> computes its decode token and k &gt; 0
+    /// drafts, the same k for all (every row sampled); 0 otherwise.
+    /// </summary>
+    private static int UniformVerificationRows(ScheduledStep step)
+    {
+        int drafts = step.Sequences[0].Drafts;
+        if (drafts == 0) return 0;
+        foreach (var s in step.Sequences)
+            if (s.Drafts != drafts || s.Count != 1 + drafts || !s.Samples) return 0;
+        return 1 + drafts;
+    }
+
+    /// <summary>Writes the host metadata; pads to the layout's sequences (<paramref name="padRows"/> rows each) and rows.
+    /// Returns the sampling rows.</summary>
+    private int FillMetadata(ScheduledStep step, Layout layout, int padRows)
     {
         int bs = _cache.BlockSize, row = 0, sampling = 0, b = 0, sequences = layout.Sequences, rows = layout.Rows;
         Array.Clear(_host, layout.Tables, sequences * _maxBlocks);
@@ -346,15 +373,17 @@ public sealed class PagedModelRunner : IDisposable
             for (int j = scheduled.SampledRows; j > 0; j--) _host[layout.Last + sampling++] = row - j;   // the last row, and each draft's predecessor
             b++;
         }
-        // Padding: one row per extra sequence, no context, no slot; its logits are computed and ignored.
-        for (; b < sequences; b++, row++)
+        // Padding: padRows rows per extra sequence, no context, no slot; their logits are computed and ignored.
+        for (; b < sequences; b++)
         {
             _host[layout.Starts + b] = row;
-            _host[row] = 0;
-            _host[layout.Positions + row] = 0;
-            _host[layout.Slots + row] = -1;
             _host[layout.Lengths + b] = 0;
-            _host[layout.Last + b] = row;
+            for (int j = 0; j < padRows; j++, row++)
+            {
+                _host[row] = 0;
+                _host[layout.Positions + row] = 0;
+                _host[layout.Slots + row] = -1;
+            }
         }
         for (; row < rows; row++) { _host[row] = 0; _host[layout.Positions + row] = 0; _host[layout.Slots + row] = -1; }
         _host[layout.Starts + sequences] = rows;

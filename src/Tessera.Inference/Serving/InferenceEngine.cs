@@ -114,6 +114,11 @@ public sealed class InferenceEngine : IDisposable
     public long MetadataCopiesSkipped => Volatile.Read(ref _metadataCopiesSkipped);
     private long _metadataCopiesSkipped;
 
+    /// <summary>Steps in which every sequence verified the same number of drafts (<see cref="SpeculationOptions.UniformDrafts"/>),
+    /// run in a bucket's fixed layout (recorded and replayed on backends that record).</summary>
+    public long UniformVerificationSteps => Volatile.Read(ref _uniformVerifications);
+    private long _uniformVerifications;
+
     /// <summary>Decode steps that replayed a recorded graph (0 on backends that do not record).</summary>
     public long ReplayedSteps => Volatile.Read(ref _replayed);
     private long _replayed;
@@ -295,6 +300,7 @@ public sealed class InferenceEngine : IDisposable
         _runner.Enqueue(step, withLogits);
         if (_runner.ReplayedSteps != replayedBefore) Interlocked.Increment(ref _replayed);
         Volatile.Write(ref _metadataCopiesSkipped, _runner.MetadataCopiesSkipped);
+        Volatile.Write(ref _uniformVerifications, _runner.UniformVerificationSteps);
         _scheduler.Complete(step);
         var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits && _drafter is null);
         if (current.Pipelined)
@@ -325,6 +331,8 @@ public sealed class InferenceEngine : IDisposable
             int room = Math.Min(sequence.MaxDrafts, sequence.MaxLength - sequence.Tokens.Count - 1);
             if (room <= 0) continue;
             int proposed = _drafter!.Propose(sequence.Tokens, _drafts.AsSpan(0, room));
+            if (Options.Speculation.UniformDrafts)                     // pad to the same count for every sequence
+                for (; proposed < room; proposed++) _drafts[proposed] = sequence.Tokens[^1];
             if (proposed > 0) sequence.AppendDrafts(_drafts.AsSpan(0, proposed));
         }
     }

@@ -22,6 +22,15 @@ public sealed record SpeculationOptions
     /// </summary>
     public int MinNgram { get; init; } = 2;
 
+    /// <summary>
+    /// Whether every sequence that decodes verifies exactly <see cref="DraftTokens"/> guesses, the drafter's or, where it has
+    /// none, its last token repeated (any token is a valid guess: a wrong one is rejected like any other). A step in which
+    /// every sequence decodes then has a fixed shape per batch-size bucket, 1 + DraftTokens rows a sequence, and is recorded
+    /// and replayed as decode steps are (CUDA graphs), at the cost of the padded rows' compute. Default false: not yet
+    /// measured on a GPU (on the CPU, which records nothing, it only adds rows).
+    /// </summary>
+    public bool UniformDrafts { get; init; }
+
     /// <summary>Whether speculation is on.</summary>
     public bool Enabled => DraftTokens > 0;
 

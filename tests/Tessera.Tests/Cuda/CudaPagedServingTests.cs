@@ -345,13 +345,13 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Assert.Throws<ArgumentException>(() => readback.Start(UploadInts(new int[9], 9)));
     }
 
-    private static EngineOptions Options(bool graphs, bool advanceOnDevice = false, int draftTokens = 0) => new()
+    private static EngineOptions Options(bool graphs, bool advanceOnDevice = false, int draftTokens = 0, bool uniformDrafts = false) => new()
     {
         Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 8 << 20 },
         Scheduler = new SchedulerOptions { MaxBatch = 8, TokenBudget = 64 },
         RecordGraphs = graphs,
         AdvanceDecodeOnDevice = advanceOnDevice,
-        Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1 },
+        Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1, UniformDrafts = uniformDrafts },
     };
 
     private static async Task<List<int>[]> RunAll(InferenceEngine engine, int[][] prompts, int tokens)
@@ -413,7 +413,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// Speculative decoding on the GPU (F32): eight concurrent greedy requests, whose prompts repeat themselves so that the
     /// drafter proposes from the first step, verify up to 4 drafts a step through the paged prefill and decode kernels (a
     /// sequence's draft rows are query rows after its decode token) and give the tokens of the dense CPU generator run one
-    /// sequence at a time.
+    /// sequence at a time; with <see cref="SpeculationOptions.UniformDrafts"/> too, whose steps of decodes are recorded and
+    /// replayed per bucket (1 + 4 rows a sequence).
     /// </summary>
     [Theory]
     [InlineData("llama-debug")]
@@ -429,12 +430,17 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         var prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 4 * (i + 1) + 1).Select(j => (i * 37 + (j % (i + 1)) * 11) % 256).ToArray()).ToArray();
         const int tokens = 40;
         var expected = prompts.Select(p => new TextGenerator(onCpu).Generate(p, new GenerationOptions { MaxNewTokens = tokens }).ToList()).ToList();
-        using var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, draftTokens: 4));
-        var results = await RunAll(engine, prompts, tokens);
-        for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
-        Console.WriteLine($"[speculative decoding] {preset}: {engine.Metrics.DraftTokens} drafts verified, {engine.Metrics.AcceptedDraftTokens} accepted, {engine.Metrics.Steps} steps");
-        Assert.True(engine.Metrics.DraftTokens > 0, "no draft was verified");
-        Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+        foreach (bool uniform in new[] { false, true })
+        {
+            using var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, draftTokens: 4, uniformDrafts: uniform));
+            var results = await RunAll(engine, prompts, tokens);
+            for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
+            Console.WriteLine($"[speculative decoding] {preset}, uniform {uniform}: {engine.Metrics.DraftTokens} drafts verified, {engine.Metrics.AcceptedDraftTokens} accepted, " +
+                $"{engine.Metrics.Steps} steps, {engine.UniformVerificationSteps} in a bucket's layout, {engine.ReplayedSteps} replayed");
+            Assert.True(engine.Metrics.DraftTokens > 0, "no draft was verified");
+            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+            if (uniform) Assert.True(engine.UniformVerificationSteps > 0 && engine.ReplayedSteps > 0, "no uniform verification step ran, or none replayed");
+        }
     }
 
     /// <summary>

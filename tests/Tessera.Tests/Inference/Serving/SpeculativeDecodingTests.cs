@@ -32,7 +32,7 @@ public class SpeculativeDecodingTests
         [42, 42, 42],
     ];
 
-    private InferenceEngine Engine(int draftTokens, int budget = 32, int context = 96, int maxBatch = 4)
+    private InferenceEngine Engine(int draftTokens, int budget = 32, int context = 96, int maxBatch = 4, bool uniform = false)
     {
         var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
         var model = new Transformer(config, _cpu, DType.F64);
@@ -41,7 +41,7 @@ public class SpeculativeDecodingTests
         {
             Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 1 << 20 },
             Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = 16 },
-            Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1 },
+            Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1, UniformDrafts = uniform },
         });
     }
 
@@ -83,6 +83,27 @@ public class SpeculativeDecodingTests
         Assert.True(m.AcceptedDraftTokens < m.DraftTokens, $"every one of {m.DraftTokens} drafts was accepted: the rejection path did not run");
         Assert.True(m.Steps < plain.Metrics.Steps, $"{m.Steps} steps with speculation against {plain.Metrics.Steps} without: accepted drafts save steps");
         Assert.Equal(0, m.KvBlocksInUse);
+    }
+
+    /// <summary>
+    /// With <see cref="SpeculationOptions.UniformDrafts"/> every decoding sequence verifies exactly 4 guesses (its last
+    /// token repeated where the drafter has none), so steps of decodes run in a bucket's fixed layout: three sequences pad
+    /// to a bucket of four, the padding sequence's five rows computed and ignored. The completions stay greedy decoding's.
+    /// </summary>
+    [Fact]
+    public async Task UniformDraftsRunInTheBucketsLayoutAndGiveTheSameCompletions()
+    {
+        using var plain = Engine(draftTokens: 0);
+        using var uniform = Engine(draftTokens: 4, uniform: true);
+        var requests = Prompts.Take(3).Select(p => new CompletionRequest { Prompt = p, MaxTokens = 30 }).ToArray();
+        var expected = await Task.WhenAll(requests.Select(r => Run(plain, r)));
+        var actual = await Task.WhenAll(requests.Select(r => Run(uniform, r)));
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(expected[i].Tokens, actual[i].Tokens);
+        TestContext.Current.SendDiagnosticMessage($"uniform: {uniform.UniformVerificationSteps} bucketed verification steps of {uniform.Metrics.Steps}; " +
+            $"{uniform.Metrics.AcceptedDraftTokens} of {uniform.Metrics.DraftTokens} drafts accepted");
+        Assert.True(uniform.UniformVerificationSteps > 0, "no step ran in the uniform verification layout");
+        Assert.True(uniform.Metrics.AcceptedDraftTokens > 0);
+        Assert.Equal(0, uniform.Metrics.KvBlocksInUse);
     }
 
     [Fact]
