@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+
 namespace Tessera.Inference.Speculation;
 
 /// <summary>
@@ -28,17 +30,26 @@ public sealed class NgramDrafter
     public int Propose(IReadOnlyList<int> tokens, Span<int> drafts)
     {
         ArgumentNullException.ThrowIfNull(tokens);
-        int count = tokens.Count;
-        if (drafts.IsEmpty || count <= _min) return 0;
-        // One pass from the latest candidate back: a match ends at e - 1 (tokens [e - length, e) equal the last `length`
-        // tokens) and is followed by tokens[e]. Keep the latest of the longest; stop at the first match of _max.
-        int bestEnd = -1, bestLength = 0;
-        int last = tokens[count - 1];
-        for (int e = count - 1; e >= _min; e--)
+        // A span over the tokens, so that the search for the last token is SIMD (Span.LastIndexOf).
+        ReadOnlySpan<int> t = tokens switch
         {
-            if (tokens[e - 1] != last) continue;
-            int length = 1, most = Math.Min(_max, e);
-            while (length < most && tokens[e - 1 - length] == tokens[count - 1 - length]) length++;
+            List<int> list => CollectionsMarshal.AsSpan(list),
+            int[] array => array,
+            _ => tokens.ToArray(),
+        };
+        int count = t.Length;
+        if (drafts.IsEmpty || count <= _min) return 0;
+        // From the latest candidate back: a match ends at e - 1 (tokens [e - length, e) equal the last `length` tokens)
+        // and is followed by t[e]. Keep the latest of the longest; stop at the first match of _max.
+        int bestEnd = -1, bestLength = 0;
+        int last = t[count - 1];
+        for (int end = count - 1; ;)
+        {
+            int i = t[..end].LastIndexOf(last);                       // i = e - 1
+            if (i < _min - 1) break;
+            end = i;
+            int e = i + 1, length = 1, most = Math.Min(_max, e);
+            while (length < most && t[e - 1 - length] == t[count - 1 - length]) length++;
             if (length < _min || length <= bestLength) continue;
             (bestEnd, bestLength) = (e, length);
             if (length == _max) break;
@@ -48,7 +59,7 @@ public sealed class NgramDrafter
         for (int j = 0; j < drafts.Length; j++)
         {
             int source = bestEnd + j;
-            drafts[j] = source < count ? tokens[source] : drafts[source - count];
+            drafts[j] = source < count ? t[source] : drafts[source - count];
         }
         return drafts.Length;
     }

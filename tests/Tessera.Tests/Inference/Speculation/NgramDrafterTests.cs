@@ -42,6 +42,21 @@ public class NgramDrafterTests
         Assert.Empty(Propose([1, 2, 1, 2], 0));                       // no room asked for
     }
 
+    /// <summary>The drafter reads a list, an array or any other read-only list of the same tokens alike.</summary>
+    [Fact]
+    public void EveryKindOfTokenListGivesTheSameDrafts()
+    {
+        int[] tokens = [3, 1, 4, 1, 5, 9, 2, 6, 1, 4, 1, 5];
+        var drafter = new NgramDrafter(new SpeculationOptions { DraftTokens = 3 });
+        int[] a = new int[3], b = new int[3], c = new int[3];
+        Assert.Equal(3, drafter.Propose(tokens, a));
+        Assert.Equal(3, drafter.Propose(new List<int>(tokens), b));
+        Assert.Equal(3, drafter.Propose(Array.AsReadOnly(tokens), c));
+        Assert.Equal([9, 2, 6], a);                                  // [1, 4, 1, 5] occurred at 1..4, then 9, 2, 6
+        Assert.Equal(a, b);
+        Assert.Equal(a, c);
+    }
+
     [Fact]
     public void OptionsOutsideTheirRangesAreRefusedNamingTheField()
     {
