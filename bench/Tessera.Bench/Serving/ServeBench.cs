@@ -30,7 +30,12 @@ namespace Tessera.Bench.Serving;
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
-/// [--uniform-drafts] [--model DIR] [--cuda-options Name=value,...]</para>
+/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--cuda-options Name=value,...]</para>
+/// <para>--draft-preset P guesses with a draft model of preset P and the bench's random weights (seed 2, as the served
+/// model's: the served preset itself gives a draft that is always right but costs what the served model costs, so it
+/// measures the mechanism, not a speed-up; another preset is almost always wrong); --draft-model DIR loads a trained
+/// draft model.
+/// --draft-tokens defaults to 4 with either.</para>
 /// <para>--model DIR serves a trained model (a run directory, a checkpoint or a Hugging Face directory, as `tessera serve
 /// --model` takes) instead of the preset's random weights, with its tokenizer; its prompts are then windows of the embedded
 /// corpus (the README's training text), so a trained model's outputs and what they repeat are a real model's.</para>
@@ -66,7 +71,7 @@ public static class ServeBench
         bool phaseSync = false, deviceTime = false, asyncScheduling = true, advanceOnDevice = false;
         int draftTokens = 0;
         bool uniformDrafts = false;
-        string? cudaOptions = null, modelDir = null;
+        string? cudaOptions = null, modelDir = null, draftPreset = null, draftDir = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
         bool graphs = true, load = false;
@@ -92,6 +97,8 @@ public static class ServeBench
                 case "--advance-on-device": advanceOnDevice = true; break;
                 case "--draft-tokens": draftTokens = Int(); break;
                 case "--uniform-drafts": uniformDrafts = true; break;
+                case "--draft-preset": draftPreset = Next(); break;
+                case "--draft-model": draftDir = Next(); break;
                 case "--model": modelDir = Next(); break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
@@ -145,9 +152,20 @@ public static class ServeBench
             MeasureDeviceTime = deviceTime && !load,
             AsyncScheduling = asyncScheduling,
             AdvanceDecodeOnDevice = advanceOnDevice,
-            Speculation = new SpeculationOptions { DraftTokens = draftTokens, UniformDrafts = uniformDrafts },
+            Speculation = new SpeculationOptions
+            {
+                DraftTokens = draftTokens == 0 && (draftPreset ?? draftDir) is not null ? 4 : draftTokens, UniformDrafts = uniformDrafts,
+            },
         };
-        using var engine = new InferenceEngine(model, tokenizer, options);
+        Transformer? draft = null;
+        if (draftPreset is not null)
+        {
+            var draftConfig = ModelPresets.Get(draftPreset) with { MaxSequenceLength = model.Config.MaxSequenceLength, VocabSize = model.Config.VocabSize };
+            draft = new Transformer(draftConfig, backend, dtype) { ValidateInputs = false };
+            BenchmarkWeights.Initialize(draft, seed: 2);
+        }
+        else if (draftDir is not null) draft = TrainedModel.Load(draftDir, backend, dtype).Model;
+        using var engine = new InferenceEngine(model, tokenizer, options, draft);
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, true), tokenizer),
             new ServeOptions { Port = 0, ModelName = preset }).GetAwaiter().GetResult();
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = 4096, PooledConnectionLifetime = Timeout.InfiniteTimeSpan })

@@ -40,6 +40,11 @@ public sealed class ServeCommand : Command
     private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
         "speculative decoding by prompt lookup: greedy requests verify up to N tokens guessed from their own text a step (0: off)", 0, min: 0),
         SpeculationOptions.MaxDraftTokens);
+    private readonly Option<string?> _draftModel = new("--draft-model")
+    {
+        Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) guessing for greedy requests; --draft-tokens defaults to 4 with it",
+        HelpName = "DIR",
+    };
 
     /// <summary>Declares the options.</summary>
     public ServeCommand(Terminal terminal) : base("serve",
@@ -48,7 +53,7 @@ public sealed class ServeCommand : Command
         _model.Required = true;
         _model.HelpName = "DIR";
         foreach (var o in new Option[] { _model, _device, _dtype, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
-            _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens })
+            _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -82,8 +87,14 @@ public sealed class ServeCommand : Command
             },
             MaxSequenceLength = parse.GetValue(_maxModelLen),
             RecordGraphs = !parse.GetValue(_noGraphs),
-            Speculation = new SpeculationOptions { DraftTokens = parse.GetValue(_draftTokens) },
+            Speculation = new SpeculationOptions
+            {
+                DraftTokens = parse.GetValue(_draftModel) is not null && !parse.Given(_draftTokens) ? 4 : parse.GetValue(_draftTokens),
+            },
         };
+        string? draftDir = parse.GetValue(_draftModel);
+        if (draftDir is not null && engineOptions.Speculation.DraftTokens == 0)
+            throw new UsageException("--draft-model needs --draft-tokens above 0 (or leave it out: 4)");
         try
         {
             serve.Validate();
@@ -105,8 +116,19 @@ public sealed class ServeCommand : Command
         if (format.EosToken is { Length: > 0 } eos && tokenizer.Encode(eos) is [int eosId])
             engineOptions = engineOptions with { StopTokens = [.. engineOptions.StopTokens, eosId] };
 
+        var draft = draftDir is null ? null : Loading.Run(terminal, $"loading the draft model {draftDir}", () => TrainedModel.Load(draftDir, backend, dtype)).Model;
+
         // Run until Ctrl-C or SIGTERM; report.
-        using var engine = new InferenceEngine(model, tokenizer, engineOptions);
+        InferenceEngine engine;
+        try
+        {
+            engine = new InferenceEngine(model, tokenizer, engineOptions, draft);
+        }
+        catch (Exception e) when (draft is not null && e is ArgumentException or NotSupportedException)
+        {
+            throw new UsageException($"--draft-model {draftDir}: {e.Message}");
+        }
+        using var _ = engine;
         using var signals = new StopSignals(terminal.Note, "shutting the server down");
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(format, tokenizer), serve).GetAwaiter().GetResult();
         var m = engine.Metrics;
@@ -114,7 +136,8 @@ public sealed class ServeCommand : Command
         terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
         if (engineOptions.Speculation.Enabled)
-            terminal.Line($"  speculative decoding: greedy requests verify up to {engineOptions.Speculation.DraftTokens} tokens guessed from their own text a step");
+            terminal.Line($"  speculative decoding: greedy requests verify up to {engineOptions.Speculation.DraftTokens} tokens a step guessed " +
+                (draft is null ? "from their own text" : $"by the draft model {draftDir} ({draft.Config.Layers} layers)"));
         if (model.Config.SlidingWindow > 0)
             terminal.Line($"  sliding window of {model.Config.SlidingWindow}: blocks left of it go back to the pool, a sequence holds at most " +
                 $"{Scheduler.BlocksHeld(engine.MaxSequenceLength, engineOptions.Cache.BlockSize, model.Config.SlidingWindow, engineOptions.Scheduler.TokenBudget)} blocks");

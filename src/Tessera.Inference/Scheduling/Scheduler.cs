@@ -322,12 +322,26 @@ public sealed class Scheduler
         step.Preempted.Add(sequence);
     }
 
+    /// <summary>
+    /// Speculative decoding with a draft model: makes the block table of running <paramref name="sequence"/> cover
+    /// <paramref name="tokens"/> positions before the step is scheduled (the draft model writes its guesses' keys there),
+    /// without preempting anyone. False when the free blocks do not suffice (nothing is taken).
+    /// </summary>
+    public bool TryReserveAhead(Sequence sequence, int tokens)
+    {
+        ArgumentNullException.ThrowIfNull(sequence);
+        if (sequence.Status != SequenceStatus.Running) throw new InvalidOperationException($"Scheduler.TryReserveAhead: sequence {sequence.Id} is not running");
+        if (tokens > sequence.MaxLength) throw new ArgumentOutOfRangeException(nameof(tokens), tokens, $"Scheduler.TryReserveAhead: sequence {sequence.Id} holds at most {sequence.MaxLength} tokens");
+        return TryReserve(sequence, tokens);
+    }
+
     private void ReleaseBlocks(Sequence sequence)
     {
         foreach (var block in sequence.BlockTable)
             if (block >= 0) _cache.Allocator.Release(block);          // -1: released already, left of the window
         sequence.BlockTable.Clear();
         sequence.ComputedTokens = 0;
+        sequence.DraftModelTokens = 0;
         sequence.RegisteredBlocks = 0;
         sequence.ReleasedBlocks = 0;
     }

@@ -149,6 +149,24 @@ public sealed class Sequence
         Drafts = 0;
     }
 
+    /// <summary>Appends one more draft token after the drafts so far (a draft model proposes them one at a time).</summary>
+    public void AppendDraft(int token)
+    {
+        if (Unresolved > 0) throw new InvalidOperationException($"Sequence {Id}: drafts follow known tokens only ({Unresolved} unresolved samples are pending)");
+        if (_tokens.Count + 1 > MaxLength - 1)
+            throw new InvalidOperationException($"Sequence {Id}: another draft after {_tokens.Count} tokens leaves no room under the maximum of {MaxLength} for the token sampled after it");
+        if (token < 0) throw new ArgumentOutOfRangeException(nameof(token), token, $"Sequence {Id}: a draft token id is not negative");
+        _tokens.Add(token);
+        Drafts++;
+    }
+
+    /// <summary>
+    /// Leading tokens whose keys and values a draft model holds in its own pool (speculative decoding with a draft model;
+    /// the pool shares the block tables). Reset with the blocks (preemption), and cut back with the drafts
+    /// (<see cref="TrimDrafts"/>, <see cref="ResolveDrafts"/>) to the tokens that remain.
+    /// </summary>
+    public int DraftModelTokens { get; internal set; }
+
     /// <summary>Keeps the first <paramref name="count"/> drafts, still unverified, and drops the others (a step has room for fewer).</summary>
     public void TrimDrafts(int count)
     {
@@ -157,6 +175,7 @@ public sealed class Sequence
         _tokens.RemoveRange(_tokens.Count - (Drafts - count), Drafts - count);
         Drafts = count;
         ComputedTokens = Math.Min(ComputedTokens, _tokens.Count);
+        DraftModelTokens = Math.Min(DraftModelTokens, _tokens.Count);   // a draft model's keys past here belong to dropped guesses
     }
 
     /// <summary>Whether the sequence holds <see cref="MaxLength"/> tokens: its last one is never computed, as nothing samples after it.</summary>

@@ -34,6 +34,7 @@ public sealed class InferenceEngine : IDisposable
     private readonly HashSet<RequestState> _requests = new();
     private readonly HashSet<int> _stopTokens;
     private readonly NgramDrafter? _drafter;
+    private readonly ModelDrafter? _modelDrafter;
     private readonly int[] _drafts;
     private readonly Thread _loop;
     private StepInFlight? _inFlight;                 // asynchronous scheduling: enqueued, its tokens not yet taken in
@@ -47,9 +48,15 @@ public sealed class InferenceEngine : IDisposable
     private sealed record CancelCommand(RequestState Request) : Command;
     private sealed record ShutdownCommand : Command;
 
-    /// <summary>Builds the cache and the runner for <paramref name="model"/> and starts the loop thread.</summary>
-    /// <exception cref="ArgumentException">An option is invalid or the KV memory cannot hold one full-length sequence.</exception>
-    public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions options)
+    /// <summary>
+    /// Builds the cache and the runner for <paramref name="model"/> and starts the loop thread. With
+    /// <paramref name="draftModel"/> (a smaller model of the same vocabulary, on the same backend), speculative decoding
+    /// guesses with it (<see cref="ModelDrafter"/>) instead of by prompt lookup; <see cref="SpeculationOptions.DraftTokens"/>
+    /// must then be positive. The draft model's pool takes as many blocks as the served model's, in its own bytes.
+    /// </summary>
+    /// <exception cref="ArgumentException">An option is invalid, the KV memory cannot hold one full-length sequence, or the
+    /// draft model does not fit the served one.</exception>
+    public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions options, Transformer? draftModel = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -81,7 +88,24 @@ public sealed class InferenceEngine : IDisposable
         }
         _stopTokens = new HashSet<int>(options.StopTokens);
         if (tokenizer.EndOfTextId is int eot) _stopTokens.Add(eot);
-        _drafter = options.Speculation.Enabled ? new NgramDrafter(options.Speculation) : null;
+        if (draftModel is not null && !options.Speculation.Enabled)
+        {
+            _runner.Dispose();
+            _cache.Dispose();
+            throw new ArgumentException("a draft model needs EngineOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
+        }
+        try
+        {
+            _modelDrafter = draftModel is null ? null
+                : new ModelDrafter(draftModel, model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs);
+        }
+        catch
+        {
+            _runner.Dispose();
+            _cache.Dispose();
+            throw;
+        }
+        _drafter = options.Speculation.Enabled && draftModel is null ? new NgramDrafter(options.Speculation) : null;
         _drafts = new int[options.Speculation.DraftTokens];
         Metrics = new EngineMetrics(_cache.Blocks);
         _loop = new Thread(Loop) { IsBackground = true, Name = "tessera-engine" };
@@ -275,7 +299,7 @@ public sealed class InferenceEngine : IDisposable
     private void RunStep()
     {
         long start = Stopwatch.GetTimestamp();
-        if (_drafter is not null) Draft();
+        if (_drafter is not null || _modelDrafter is not null) Draft();
         var step = _scheduler.Schedule();
         if (step.IsEmpty)
         {
@@ -302,7 +326,7 @@ public sealed class InferenceEngine : IDisposable
         Volatile.Write(ref _metadataCopiesSkipped, _runner.MetadataCopiesSkipped);
         Volatile.Write(ref _uniformVerifications, _runner.UniformVerificationSteps);
         _scheduler.Complete(step);
-        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits && _drafter is null);
+        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits && !Options.Speculation.Enabled);
         if (current.Pipelined)
         {
             int row = 0;
@@ -325,16 +349,31 @@ public sealed class InferenceEngine : IDisposable
     /// </summary>
     private void Draft()
     {
+        var candidates = new List<Sequence>();
+        var rooms = new List<int>();
         foreach (var sequence in _scheduler.Running)
         {
             if (sequence.MaxDrafts == 0 || sequence.Drafts > 0 || sequence.Unresolved > 0 || sequence.PendingTokens != 1) continue;
             int room = Math.Min(sequence.MaxDrafts, sequence.MaxLength - sequence.Tokens.Count - 1);
             if (room <= 0) continue;
+            if (_modelDrafter is not null)
+            {
+                // The draft model writes its guesses' keys at the positions after the pending token: their blocks first.
+                if (!_scheduler.TryReserveAhead(sequence, sequence.Tokens.Count + room)) continue;
+                candidates.Add(sequence);
+                rooms.Add(room);
+                continue;
+            }
             int proposed = _drafter!.Propose(sequence.Tokens, _drafts.AsSpan(0, room));
             if (Options.Speculation.UniformDrafts)                     // pad to the same count for every sequence
                 for (; proposed < room; proposed++) _drafts[proposed] = sequence.Tokens[^1];
             if (proposed > 0) sequence.AppendDrafts(_drafts.AsSpan(0, proposed));
         }
+        if (_modelDrafter is null || candidates.Count == 0) return;
+        _modelDrafter.Draft(candidates, rooms);
+        if (Options.Speculation.UniformDrafts)
+            for (int i = 0; i < candidates.Count; i++)
+                while (candidates[i].Drafts < rooms[i]) candidates[i].AppendDraft(candidates[i].Tokens[^1]);
     }
 
     private void CollectInFlight()
@@ -505,6 +544,7 @@ public sealed class InferenceEngine : IDisposable
         _loop.Join();
         foreach (var request in _requests) request.Output.Writer.TryComplete();
         _runner.Dispose();
+        _modelDrafter?.Dispose();
         _cache.Dispose();
     }
 

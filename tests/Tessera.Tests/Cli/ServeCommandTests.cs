@@ -23,17 +23,26 @@ public sealed class ServeCommandTests : IDisposable
         Assert.Contains("--decoding-step-tokens", stderr);
     }
 
-    /// <summary>Speculation's draft count is bounded on the command line too, before any model is opened.</summary>
+    /// <summary>Speculation's options are checked on the command line, before any model is opened: the draft count is bounded, and a draft model needs a positive one.</summary>
     [Fact]
-    public void TooManyDraftTokensIsAUsageErrorNamingTheOption()
+    public void DraftOptionsOutOfRangeAreUsageErrorsNamingTheOption()
     {
         var (code, _, stderr) = CliProcess.Run("serve", "--model", Path.Combine(_dir, "no-such-run"), "--draft-tokens", "17");
         Assert.Equal(2, code);
         Assert.Contains("--draft-tokens (17) must be at most 16", stderr);
+        (code, _, stderr) = CliProcess.Run("serve", "--model", Path.Combine(_dir, "no-such-run"), "--draft-model", Path.Combine(_dir, "no-such-draft"), "--draft-tokens", "0");
+        Assert.Equal(2, code);
+        Assert.Contains("--draft-model needs --draft-tokens above 0", stderr);
     }
 
-    [Fact]
-    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion()
+    /// <summary>
+    /// The run served with speculative decoding, by prompt lookup or with a draft model (the run itself, so every guess is
+    /// right): the banner says which, and /metrics counts the guesses.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel)
     {
         var data = Path.Combine(_dir, "data");
         TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 3000).Select(i => (i * 31) % 256).ToArray());
@@ -46,7 +55,7 @@ public sealed class ServeCommandTests : IDisposable
         if (string.IsNullOrEmpty(host) || !File.Exists(host)) host = "dotnet";
         var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "tessera.dll"), "serve", "--model", run, "--port", "0", "--threads", "1",
-            "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64", "--draft-tokens", "3" })
+            "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64", "--draft-tokens", "3" }.Concat(draftModel ? ["--draft-model", run] : []))
             psi.ArgumentList.Add(a);
         using var process = Process.Start(psi)!;
         var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
@@ -60,7 +69,8 @@ public sealed class ServeCommandTests : IDisposable
             Assert.True(address is not null, "serve printed no address: " + (process.HasExited ? await errors : ""));
             var banner = new List<string>();
             while ((line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null && !line.Contains("Ctrl-C")) banner.Add(line);
-            Assert.Contains(banner, l => l.Contains("speculative decoding: greedy requests verify up to 3 tokens"));
+            Assert.Contains(banner, l => l.Contains("speculative decoding: greedy requests verify up to 3 tokens a step guessed " +
+                (draftModel ? "by the draft model" : "from their own text")));
 
             using var http = new HttpClient { BaseAddress = address };
             var response = await http.PostAsync("v1/chat/completions", new StringContent(
@@ -70,6 +80,15 @@ public sealed class ServeCommandTests : IDisposable
             Assert.True(response.IsSuccessStatusCode, body.ToString());
             Assert.Equal(8, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
             Assert.Equal("tiny", JsonDocument.Parse(await http.GetStringAsync("v1/models", TestContext.Current.CancellationToken)).RootElement.GetProperty("data")[0].GetProperty("id").GetString());
+            var metrics = await http.GetStringAsync("metrics", TestContext.Current.CancellationToken);
+            double Sample(string name) => double.Parse(metrics.Split('\n').Single(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..], System.Globalization.CultureInfo.InvariantCulture);
+            double drafts = Sample("tessera_spec_decode_draft_tokens_total"), accepted = Sample("tessera_spec_decode_accepted_tokens_total");
+            if (draftModel)
+            {
+                Assert.True(drafts > 0, "the draft model guessed nothing");
+                Assert.Equal(drafts, accepted);                          // the served model's own weights: always right
+            }
+            else Assert.InRange(accepted, 0, drafts);
         }
         finally
         {
