@@ -414,7 +414,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// drafter proposes from the first step, verify up to 4 drafts a step through the paged prefill and decode kernels (a
     /// sequence's draft rows are query rows after its decode token) and give the tokens of the dense CPU generator run one
     /// sequence at a time; with <see cref="SpeculationOptions.UniformDrafts"/> too, whose steps of decodes are recorded and
-    /// replayed per bucket (1 + 4 rows a sequence).
+    /// replayed per bucket (1 + 4 rows a sequence); and with a draft model of the served weights, whose guesses are all right.
     /// </summary>
     [Theory]
     [InlineData("llama-debug")]
@@ -430,16 +430,20 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         var prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 4 * (i + 1) + 1).Select(j => (i * 37 + (j % (i + 1)) * 11) % 256).ToArray()).ToArray();
         const int tokens = 40;
         var expected = prompts.Select(p => new TextGenerator(onCpu).Generate(p, new GenerationOptions { MaxNewTokens = tokens }).ToList()).ToList();
-        foreach (bool uniform in new[] { false, true })
+        // A draft model with the served weights on the GPU: every guess right, its passes recorded per bucket.
+        var draft = new Transformer(config, Gpu, DType.F32);
+        Gpu.CopyFromHost<float>(_cpu.ToArray<float>(onCpu.Parameters.Values), draft.Parameters.Values);
+        foreach (var (uniform, draftModel) in new[] { (false, (Transformer?)null), (true, null), (false, draft) })
         {
-            using var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, draftTokens: 4, uniformDrafts: uniform));
+            using var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, draftTokens: 4, uniformDrafts: uniform), draftModel);
             var results = await RunAll(engine, prompts, tokens);
             for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
-            Console.WriteLine($"[speculative decoding] {preset}, uniform {uniform}: {engine.Metrics.DraftTokens} drafts verified, {engine.Metrics.AcceptedDraftTokens} accepted, " +
+            Console.WriteLine($"[speculative decoding] {preset}, uniform {uniform}, draft model {draftModel is not null}: {engine.Metrics.DraftTokens} drafts verified, {engine.Metrics.AcceptedDraftTokens} accepted, " +
                 $"{engine.Metrics.Steps} steps, {engine.UniformVerificationSteps} in a bucket's layout, {engine.ReplayedSteps} replayed");
             Assert.True(engine.Metrics.DraftTokens > 0, "no draft was verified");
             Assert.Equal(0, engine.Metrics.KvBlocksInUse);
             if (uniform) Assert.True(engine.UniformVerificationSteps > 0 && engine.ReplayedSteps > 0, "no uniform verification step ran, or none replayed");
+            if (draftModel is not null) Assert.Equal(engine.Metrics.DraftTokens, engine.Metrics.AcceptedDraftTokens);
         }
     }
 
