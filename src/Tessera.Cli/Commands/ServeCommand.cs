@@ -38,11 +38,11 @@ public sealed class ServeCommand : Command
     private readonly Option<int?> _maxModelLen = SharedOptions.AtLeast(new Option<int?>("--max-model-len") { Description = "longest prompt + completion [default: the model's context]", HelpName = "N" }, 1);
     private readonly Option<bool> _noGraphs = SharedOptions.Flag("--no-graphs", "run every decode step eagerly (no CUDA graphs)");
     private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
-        "speculative decoding by prompt lookup: greedy requests verify up to N tokens guessed from their own text a step (0: off)", 0, min: 0),
+        "speculative decoding by prompt lookup: each request verifies up to N tokens a step guessed from its own text (0: off)", 0, min: 0),
         SpeculationOptions.MaxDraftTokens);
     private readonly Option<string?> _draftModel = new("--draft-model")
     {
-        Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) guessing for greedy requests; --draft-tokens defaults to 4 with it",
+        Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing; --draft-tokens defaults to 4 with it",
         HelpName = "DIR",
     };
 
@@ -136,7 +136,7 @@ public sealed class ServeCommand : Command
         terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
         if (engineOptions.Speculation.Enabled)
-            terminal.Line($"  speculative decoding: greedy requests verify up to {engineOptions.Speculation.DraftTokens} tokens a step guessed " +
+            terminal.Line($"  speculative decoding: requests verify up to {engineOptions.Speculation.DraftTokens} tokens a step guessed " +
                 (draft is null ? "from their own text" : $"by the draft model {draftDir} ({draft.Config.Layers} layers)"));
         if (model.Config.SlidingWindow > 0)
             terminal.Line($"  sliding window of {model.Config.SlidingWindow}: blocks left of it go back to the pool, a sequence holds at most " +

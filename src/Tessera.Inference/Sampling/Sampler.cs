@@ -9,6 +9,7 @@ public sealed class Sampler
     private readonly SamplingOptions _options;
     private ulong _state;
     private (float Logit, int Id)[] _scratch = [];
+    private double[] _probs = [];
 
     /// <summary>Creates a sampler with its own random stream.</summary>
     public Sampler(SamplingOptions options)
@@ -22,7 +23,58 @@ public sealed class Sampler
     {
         logits = logits[..vocabSize];
         if (_options.Temperature == 0) return ArgMax(logits);
+        int keep = Distribution(logits);
+        var items = _scratch.AsSpan(0, keep);
+        var probs = _probs.AsSpan(0, keep);
+        double u = NextDouble(), acc = 0;
+        for (int i = 0; i < keep; i++) { acc += probs[i]; if (u < acc) return items[i].Id; }
+        return items[keep - 1].Id;
+    }
 
+    /// <summary>
+    /// Speculative sampling with a guess made without randomness (prompt lookup, or a draft model's argmax): the guess
+    /// <paramref name="draft"/> is kept with its probability p(draft) under this sampler's distribution of the row (the
+    /// temperature, top-k and top-p applied); otherwise a token is drawn from that distribution with the guess removed and
+    /// the rest renormalized. The token returned is then distributed exactly as <see cref="Sample"/>'s would be:
+    /// P(draft) = p(draft), and P(x) = (1 - p(draft)) p(x) / (1 - p(draft)) = p(x) for any other x (Leviathan et al.'s rule
+    /// for a proposal that puts all its mass on one token). Greedy keeps the guess when it is the argmax.
+    /// </summary>
+    public int Verify(ReadOnlySpan<float> logits, int vocabSize, int draft, out bool accepted)
+    {
+        logits = logits[..vocabSize];
+        if (_options.Temperature == 0)
+        {
+            int best = ArgMax(logits);
+            accepted = best == draft;
+            return best;
+        }
+        int keep = Distribution(logits);
+        var items = _scratch.AsSpan(0, keep);
+        var probs = _probs.AsSpan(0, keep);
+        double pDraft = 0;
+        for (int i = 0; i < items.Length; i++) if (items[i].Id == draft) { pDraft = probs[i]; break; }
+        accepted = NextDouble() < pDraft;
+        if (accepted) return draft;
+        // Rejected: draw from the kept tokens without the draft, whose total mass is 1 - p(draft).
+        double u = NextDouble() * (1 - pDraft), acc = 0;
+        int last = -1;
+        for (int i = 0; i < items.Length; i++)
+        {
+            if (items[i].Id == draft) continue;
+            last = items[i].Id;
+            acc += probs[i];
+            if (u < acc) return last;
+        }
+        return last >= 0 ? last : draft;                     // rounding at the end of the sum; only the draft was kept: p(draft) = 1
+    }
+
+    /// <summary>
+    /// Leaves the kept candidates, most likely first, in the first entries of _scratch and their probabilities in _probs
+    /// (temperature, top-k, top-p applied); returns how many are kept.
+    /// </summary>
+    private int Distribution(ReadOnlySpan<float> logits)
+    {
+        int vocabSize = logits.Length;
         if (_scratch.Length < vocabSize) _scratch = new (float, int)[vocabSize];
         var items = _scratch.AsSpan(0, vocabSize);
         for (int i = 0; i < vocabSize; i++) items[i] = (logits[i], i);
@@ -30,8 +82,9 @@ public sealed class Sampler
         int keep = _options.TopK > 0 ? Math.Min(_options.TopK, vocabSize) : vocabSize;
 
         // Softmax over the kept candidates, in double, max-subtracted.
+        if (_probs.Length < keep) _probs = new double[keep];
+        var probs = _probs.AsSpan(0, keep);
         double max = items[0].Logit, sum = 0;
-        Span<double> probs = keep <= 4096 ? stackalloc double[keep] : new double[keep];
         for (int i = 0; i < keep; i++) { probs[i] = Math.Exp((items[i].Logit - max) / _options.Temperature); sum += probs[i]; }
         for (int i = 0; i < keep; i++) probs[i] /= sum;
 
@@ -43,10 +96,7 @@ public sealed class Sampler
             double s = 0; for (int i = 0; i < keep; i++) s += probs[i];
             for (int i = 0; i < keep; i++) probs[i] /= s;
         }
-
-        double u = NextDouble(), acc = 0;
-        for (int i = 0; i < keep; i++) { acc += probs[i]; if (u < acc) return items[i].Id; }
-        return items[keep - 1].Id;
+        return keep;
     }
 
     /// <summary>

@@ -52,11 +52,13 @@ public sealed record EngineOptions
     public bool AdvanceDecodeOnDevice { get; init; }
 
     /// <summary>
-    /// Speculative decoding by prompt lookup (<see cref="NgramDrafter"/>): each step, a greedy sequence without
-    /// log-probabilities or penalties may carry up to <see cref="SpeculationOptions.DraftTokens"/> guessed tokens, which the
-    /// step verifies beside its decode token; every guess the model agrees with is a token gained, and the output is the
-    /// greedy output without speculation (to rounding: the verifying step computes more rows). Steps are then collected at
-    /// once (<see cref="AsyncScheduling"/> does not apply: a guess needs the previous token on the host). Default off.
+    /// Speculative decoding, by prompt lookup (<see cref="NgramDrafter"/>) or with a draft model (<see cref="ModelDrafter"/>,
+    /// given to the engine): each step, a decoding sequence may carry up to <see cref="SpeculationOptions.DraftTokens"/>
+    /// guessed tokens, which the step verifies beside its decode token; every guess kept is a token gained. A greedy
+    /// request's output is the greedy output without speculation (to rounding: the verifying step computes more rows); a
+    /// sampled one's tokens keep their distribution (<see cref="Sampling.Sampler.Verify"/>), reading 1 + guesses rows of
+    /// logits to the host. Steps are then collected at once (<see cref="AsyncScheduling"/> does not apply: a guess needs the
+    /// previous token on the host). Default off.
     /// </summary>
     public SpeculationOptions Speculation { get; init; } = new();
 

@@ -278,10 +278,7 @@ public sealed class InferenceEngine : IDisposable
         {
             var sampling = r.Sampling with { Seed = unchecked(seed + (ulong)i) };
             bool needsLogits = sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null;
-            var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens)
-            {
-                MaxDrafts = needsLogits ? 0 : Options.Speculation.DraftTokens,     // guesses are verified by the greedy choice
-            };
+            var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens) { MaxDrafts = Options.Speculation.DraftTokens };
             var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop), needsLogits);
             request.Choices[i] = choice;
             _choices[sequence.Id] = choice;
@@ -399,7 +396,7 @@ public sealed class InferenceEngine : IDisposable
             if (!_choices.TryGetValue(s.Sequence.Id, out var choice) || choice.Finished) continue;
             if (s.Drafts > 0)
             {
-                Verify(choice, greedy.Slice(r, s.SampledRows), now);
+                Verify(choice, greedy.Slice(r, s.SampledRows), choice.NeedsLogits ? logits.Slice(r * v, s.SampledRows * v) : default, now);
                 continue;
             }
             int token;
@@ -421,23 +418,50 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>
     /// Speculative decoding: <paramref name="ids"/> are the model's greedy tokens at the row before each draft and at the
-    /// last row. Drafts are accepted while each equals the model's token at the row before it; the model's token after
-    /// the last accepted one is a token gained too (the correction, or the bonus when every draft was right). The
-    /// accepted drafts and that token are emitted in order, as if decoded one a step, and a stop ends them early.
+    /// last row, <paramref name="logits"/> those rows' logits when the choice samples. A greedy choice accepts drafts while
+    /// each equals the model's token at the row before it; a sampling one keeps each with its probability under the row's
+    /// distribution (penalties counted with the drafts kept before it) and draws the correction from the rest
+    /// (<see cref="Sampler.Verify"/>), so its tokens are distributed as without speculation. The token after the last
+    /// accepted draft is a token gained too (the correction, or the bonus when every draft was kept). The accepted drafts
+    /// and that token are emitted in order, as if decoded one a step, and a stop ends them early.
     /// </summary>
-    private void Verify(Choice choice, ReadOnlySpan<int> ids, long now)
+    private void Verify(Choice choice, ReadOnlySpan<int> ids, ReadOnlySpan<float> logits, long now)
     {
         var sequence = choice.Sequence;
-        int drafts = ids.Length - 1, first = sequence.Tokens.Count - drafts, accepted = 0;
-        while (accepted < drafts && ids[accepted] == sequence.Tokens[first + accepted]) accepted++;
+        int drafts = ids.Length - 1, first = sequence.Tokens.Count - drafts, accepted = 0, last;
+        var logprobs = new TokenLogprob?[drafts + 1];
+        if (!choice.NeedsLogits)
+        {
+            while (accepted < drafts && ids[accepted] == sequence.Tokens[first + accepted]) accepted++;
+            last = ids[accepted];
+        }
+        else
+        {
+            var r = choice.Request.Request;
+            var counts = r.PresencePenalty != 0 || r.FrequencyPenalty != 0 ? new Dictionary<int, int>(choice.Counts) : choice.Counts;
+            int v = _model.Config.VocabSize;
+            while (true)
+            {
+                var row = logits.Slice(accepted * v, v);
+                var scratch = Penalized(choice, row, counts);
+                bool kept = false;
+                last = accepted < drafts ? choice.Sampler.Verify(scratch, v, sequence.Tokens[first + accepted], out kept) : choice.Sampler.Sample(scratch, v);
+                logprobs[accepted] = Logprob(choice, row, last);
+                if (!kept) break;
+                if (!ReferenceEquals(counts, choice.Counts)) counts[last] = counts.GetValueOrDefault(last) + 1;
+                accepted++;
+            }
+        }
         Metrics.DraftsVerified(drafts, accepted);
         _scheduler.ResolveDrafts(sequence, accepted);
         for (int i = 0; i < accepted; i++)
         {
-            Accept(choice, ids[i], now, appended: true);
+            choice.PendingLogprob = logprobs[i];
+            Accept(choice, sequence.Tokens[first + i], now, appended: true);
             if (choice.Finished) return;
         }
-        Accept(choice, ids[accepted], now, appended: false);
+        choice.PendingLogprob = logprobs[accepted];
+        Accept(choice, last, now, appended: false);
     }
 
     /// <summary>A step enqueued on the runner and not yet taken in.</summary>
@@ -446,18 +470,28 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>Penalties, then the request's sampler; the log-probabilities come from the raw row.</summary>
     private int Choose(Choice choice, ReadOnlySpan<float> row)
     {
+        int token = choice.Sampler.Sample(Penalized(choice, row, choice.Counts), row.Length);
+        choice.PendingLogprob = Logprob(choice, row, token);
+        return token;
+    }
+
+    /// <summary>The choice's scratch row: <paramref name="row"/> with the penalties of <paramref name="counts"/> applied.</summary>
+    private static float[] Penalized(Choice choice, ReadOnlySpan<float> row, IReadOnlyDictionary<int, int> counts)
+    {
         var r = choice.Request.Request;
         if (choice.Scratch.Length != row.Length) choice.Scratch = new float[row.Length];
         row.CopyTo(choice.Scratch);
-        LogitsProcessing.ApplyPenalties(choice.Scratch, choice.Counts, r.PresencePenalty, r.FrequencyPenalty);
-        int token = choice.Sampler.Sample(choice.Scratch, row.Length);
-        if (r.TopLogprobs is int top)
-        {
-            double lse = LogitsProcessing.LogSumExp(row);
-            var alternatives = LogitsProcessing.Top(row, top).Select(t => Describe(t.Id, t.Logprob)).ToArray();
-            choice.PendingLogprob = new TokenLogprob(Describe(token, row[token] - lse), alternatives);
-        }
-        return token;
+        LogitsProcessing.ApplyPenalties(choice.Scratch, counts, r.PresencePenalty, r.FrequencyPenalty);
+        return choice.Scratch;
+    }
+
+    /// <summary><paramref name="token"/>'s log-probability and the top alternatives in the raw <paramref name="row"/>, when the request asks for them.</summary>
+    private TokenLogprob? Logprob(Choice choice, ReadOnlySpan<float> row, int token)
+    {
+        if (choice.Request.Request.TopLogprobs is not int top) return null;
+        double lse = LogitsProcessing.LogSumExp(row);
+        var alternatives = LogitsProcessing.Top(row, top).Select(t => Describe(t.Id, t.Logprob)).ToArray();
+        return new TokenLogprob(Describe(token, row[token] - lse), alternatives);
     }
 
     private TopLogprob Describe(int id, double logprob)

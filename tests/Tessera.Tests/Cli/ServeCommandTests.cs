@@ -69,7 +69,7 @@ public sealed class ServeCommandTests : IDisposable
             Assert.True(address is not null, "serve printed no address: " + (process.HasExited ? await errors : ""));
             var banner = new List<string>();
             while ((line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null && !line.Contains("Ctrl-C")) banner.Add(line);
-            Assert.Contains(banner, l => l.Contains("speculative decoding: greedy requests verify up to 3 tokens a step guessed " +
+            Assert.Contains(banner, l => l.Contains("speculative decoding: requests verify up to 3 tokens a step guessed " +
                 (draftModel ? "by the draft model" : "from their own text")));
 
             using var http = new HttpClient { BaseAddress = address };

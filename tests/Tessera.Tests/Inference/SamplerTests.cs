@@ -52,4 +52,48 @@ public class SamplerTests
         float[] padded = [0f, 0f, 100f];   // column 2 is padding beyond a vocabulary of 2
         Assert.NotEqual(2, new Sampler(SamplingOptions.Greedy).Sample(padded, 2));
     }
+
+    /// <summary>
+    /// Speculative sampling keeps the distribution: whatever the guess (the likeliest token, an unlikely one, or one top-k
+    /// removed), the tokens <see cref="Sampler.Verify"/> returns follow the sampler's own distribution, and a guess is kept
+    /// as often as its probability. 40,000 draws a case (seeded: 5, 6, 7): the binomial standard error of a frequency is at
+    /// most 0.0025, and 0.012 is over four of them.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 5UL)]
+    [InlineData(2, 6UL)]
+    [InlineData(0, 7UL)]
+    public void VerifyKeepsTheSamplersDistributionWhateverTheGuess(int draft, ulong seed)
+    {
+        // Temperature 0.8 and top-k 4: token 2 (the smallest logit) is never drawn.
+        var options = new SamplingOptions { Temperature = 0.8, TopK = 4, Seed = seed };
+        var sampler = new Sampler(options);
+        double[] p = new double[5];
+        int[] kept = [1, 3, 4, 0];
+        double z = kept.Sum(i => Math.Exp(Logits[i] / 0.8));
+        foreach (int i in kept) p[i] = Math.Exp(Logits[i] / 0.8) / z;
+        var counts = new int[5];
+        int accepted = 0;
+        const int n = 40000;
+        for (int i = 0; i < n; i++)
+        {
+            int x = sampler.Verify(Logits, 5, draft, out bool ok);
+            counts[x]++;
+            if (ok) { accepted++; Assert.Equal(draft, x); }
+            else Assert.NotEqual(draft, x);
+        }
+        for (int i = 0; i < 5; i++) Assert.InRange((double)counts[i] / n, p[i] - 0.012, p[i] + 0.012);
+        Assert.InRange((double)accepted / n, p[draft] - 0.012, p[draft] + 0.012);
+        Assert.Equal(0, counts[2]);
+    }
+
+    [Fact]
+    public void GreedyVerifyKeepsOnlyTheArgmax()
+    {
+        var greedy = new Sampler(SamplingOptions.Greedy);
+        Assert.Equal(1, greedy.Verify(Logits, 5, 1, out bool kept));
+        Assert.True(kept);
+        Assert.Equal(1, greedy.Verify(Logits, 5, 3, out kept));
+        Assert.False(kept);
+    }
 }
