@@ -32,11 +32,11 @@ public sealed record GenerationOptions
     public bool BoundedWindowCache { get; init; } = true;
 
     /// <summary>
-    /// Speculative decoding by prompt lookup (<see cref="NgramDrafter"/>) for greedy generation: each step feeds the last
-    /// token and up to <see cref="SpeculationOptions.DraftTokens"/> tokens guessed from the text so far, keeps the guesses
-    /// the model agrees with and the model's token after them, and truncates the cache past them. The output is greedy
-    /// decoding's. Steps then run eagerly (no recorded graph: their row count varies). Ignored when sampling and in the
-    /// bounded window cache. Default off.
+    /// Speculative decoding by prompt lookup (<see cref="NgramDrafter"/>): each step feeds the last token and up to
+    /// <see cref="SpeculationOptions.DraftTokens"/> tokens guessed from the text so far, keeps the guesses the model agrees
+    /// with and the model's token after them, and truncates the cache past them. Greedy output is greedy decoding's; sampled
+    /// tokens keep their distribution (<see cref="Sampler.Verify"/>; the rows' logits are read to the host). Steps then run
+    /// eagerly (no recorded graph: their row count varies). Ignored in the bounded window cache. Default off.
     /// </summary>
     public SpeculationOptions Speculation { get; init; } = new();
 

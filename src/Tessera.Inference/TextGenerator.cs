@@ -64,7 +64,7 @@ public sealed class TextGenerator
         bool bounded = config.SlidingWindow > 0 && options.BoundedWindowCache && _model.TensorParallelism is not { Size: > 1 };
         LastRunDraftTokens = LastRunAcceptedDraftTokens = 0;
         if (bounded) return RunWindowed(prompt, options);
-        return options.Speculation.Enabled && options.Sampling.Temperature == 0 ? RunSpeculative(prompt, options) : Run(prompt, options);
+        return options.Speculation.Enabled ? RunSpeculative(prompt, options) : Run(prompt, options);
     }
 
     private IEnumerable<int> Run(IReadOnlyList<int> prompt, GenerationOptions options)
@@ -118,10 +118,11 @@ public sealed class TextGenerator
     }
 
     /// <summary>
-    /// Greedy generation with speculative decoding by prompt lookup: each step feeds the last token and the drafter's
-    /// guesses after it as one forward over the cache, takes the argmax at every row, keeps the guesses that equal the
-    /// argmax at the row before them, and truncates the cache past the last kept one; the argmax after it is the next
-    /// token. The tokens come out as greedy decoding gives them, one by one, so stops and limits fall on the same token.
+    /// Generation with speculative decoding by prompt lookup: each step feeds the last token and the drafter's guesses
+    /// after it as one forward over the cache, keeps the guesses the model agrees with (greedy: each equals the argmax at the
+    /// row before it; sampling: <see cref="Sampler.Verify"/>, which keeps the tokens' distribution) and truncates the cache
+    /// past the last kept one; the model's token after it is the next one. The tokens come out one by one, so stops and
+    /// limits fall on the same token as without speculation.
     /// </summary>
     private IEnumerable<int> RunSpeculative(IReadOnlyList<int> prompt, GenerationOptions options)
     {
@@ -135,7 +136,11 @@ public sealed class TextGenerator
         LastRunRecorded = false;
         var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
         var history = new List<int>(prompt);
+        bool greedy = options.Sampling.Temperature == 0;
+        var sampler = new Sampler(options.Sampling);
         var ids = backend.Allocate(new Shape(1 + k), DType.I32);
+        var rowsF32 = greedy ? null : backend.Allocate(new Shape(1 + k, vocab), DType.F32);
+        var rowsHost = greedy ? [] : new float[(1 + k) * vocab];
         var host = new int[1 + k];
         var drafts = new int[k];
         try
@@ -143,8 +148,7 @@ public sealed class TextGenerator
             var tokens = backend.FromHost<int>(prompt.ToArray(), new Shape(1, prompt.Count));
             var logits = _model.ForwardWithCache(tokens, cache, validateTokens: false);   // (1, T, Vpad); the prompt was checked above
             tokens.Storage.Dispose();
-            ArgMaxRows(logits.Select(0, 0).Slice(0, logits.Size(1) - 1, 1));
-            int next = host[0];
+            int next = Decide(logits.Select(0, 0).Slice(0, logits.Size(1) - 1, 1), 0, out _);
             for (int produced = 0; ; )
             {
                 if (stop.Contains(next)) yield break;
@@ -161,9 +165,7 @@ public sealed class TextGenerator
                 var input = backend.FromHost<int>(host.AsSpan(0, 1 + d), new Shape(1, 1 + d));
                 var stepLogits = _model.ForwardWithCache(input, cache, validateTokens: false);   // (1, 1 + d, Vpad)
                 input.Storage.Dispose();
-                ArgMaxRows(stepLogits.Select(0, 0));                        // host[i]: the model's token after row i
-                int accepted = 0;
-                while (accepted < d && host[accepted] == drafts[accepted]) accepted++;
+                int after = Decide(stepLogits.Select(0, 0), d, out int accepted);
                 cache.Truncate(cache.Length - (d - accepted));                // the rejected drafts' slots are written again later
                 LastRunDraftTokens += d;
                 LastRunAcceptedDraftTokens += accepted;
@@ -174,20 +176,36 @@ public sealed class TextGenerator
                     produced++;
                     history.Add(drafts[i]);
                 }
-                next = host[accepted];
+                next = after;
             }
         }
         finally
         {
             ids.Storage.Dispose();
+            rowsF32?.Storage.Dispose();
         }
 
-        // The argmax of each row of (rows, Vpad) logits, read back into host's first entries.
-        void ArgMaxRows(Tensor rows)
+        // Of the (1 + d, Vpad) logits of the last token and d drafts: how many drafts are kept, and the token after them.
+        int Decide(Tensor rows, int d, out int accepted)
         {
             int n = rows.Size(0);
-            backend.ArgMax(rows.Slice(1, 0, vocab), ids.Slice(0, 0, n));
-            backend.CopyToHost<int>(ids.Slice(0, 0, n), host.AsSpan(0, n));
+            accepted = 0;
+            if (greedy)
+            {
+                backend.ArgMax(rows.Slice(1, 0, vocab), ids.Slice(0, 0, n));
+                backend.CopyToHost<int>(ids.Slice(0, 0, n), host.AsSpan(0, n));
+                while (accepted < d && host[accepted] == drafts[accepted]) accepted++;
+                return host[accepted];
+            }
+            backend.Copy(rows.Slice(1, 0, vocab), rowsF32!.Slice(0, 0, n));
+            backend.CopyToHost<float>(rowsF32.Slice(0, 0, n), rowsHost.AsSpan(0, n * vocab));
+            for (; ; accepted++)
+            {
+                var row = rowsHost.AsSpan(accepted * vocab, vocab);
+                if (accepted == d) return sampler.Sample(row, vocab);
+                int token = sampler.Verify(row, vocab, drafts[accepted], out bool kept);
+                if (!kept) return token;
+            }
         }
     }
 

@@ -35,7 +35,7 @@ public sealed class GenerateCommand : Command
     private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype: bf16 (GPU only) halves the bytes each decoded token reads", DType.F32, DType.BF16);
     private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
     private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
-        "speculative decoding by prompt lookup (greedy only: --temperature 0): each step also verifies up to N tokens guessed from the text so far; the same text, fewer steps where it repeats itself (0: off)", 0, min: 0),
+        "speculative decoding by prompt lookup: each step also verifies up to N tokens guessed from the text so far; greedy gives the same text, sampling the same distribution, in fewer steps where the text repeats itself (0: off)", 0, min: 0),
         SpeculationOptions.MaxDraftTokens);
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks: the model split over N CPU thread ranks, or over the launched GPU processes ('tessera launch --nproc N generate --tp N --device cuda')", 1, min: 1);
 
@@ -72,8 +72,6 @@ public sealed class GenerateCommand : Command
         int maxTokens = parse.GetValue(_maxTokens);
 
         int draftTokens = parse.GetValue(_draftTokens);
-        if (draftTokens > 0 && sampling.Temperature > 0)
-            throw new UsageException($"--draft-tokens {draftTokens} needs greedy decoding: add --temperature 0 (guesses are checked against the model's most likely token)");
         var request = new Request(parse.GetValue(_model)!, prompt, maxTokens, sampling, parse.GetValue(_stop) ?? [], parse.GetValue(_stopIds) ?? [],
             dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens };
         int tp = parse.GetValue(_tp);

@@ -76,14 +76,30 @@ public class SpeculativeGenerationTests
         }
     }
 
+    /// <summary>
+    /// Sampling speculates too (<see cref="Sampler.Verify"/> keeps the distribution; SamplerTests checks it): at a low
+    /// temperature some guesses are kept and some are not, a seed gives the same tokens twice, and a stop token ends the
+    /// same tokens at its first occurrence.
+    /// </summary>
     [Fact]
-    public void SamplingIgnoresSpeculation()
+    public void SampledGenerationSpeculatesReproducibly()
     {
-        var model = Model("llama-debug");
-        var sampled = Options(20, 4) with { Sampling = new SamplingOptions { Temperature = 0.9, Seed = 3 } };
-        var generator = new TextGenerator(model);
-        var tokens = generator.Generate(Prompts[1], sampled).ToList();
-        Assert.Equal(new TextGenerator(model).Generate(Prompts[1], sampled with { Speculation = new SpeculationOptions() }).ToList(), tokens);
-        Assert.Equal(0, generator.LastRunDraftTokens);
+        var model = Model("gpt2-debug");
+        var sampled = Options(60, 4) with { Sampling = new SamplingOptions { Temperature = 0.3, Seed = 3 } };
+        int drafted = 0, accepted = 0;
+        foreach (var prompt in Prompts)
+        {
+            var generator = new TextGenerator(model);
+            var tokens = generator.Generate(prompt, sampled).ToList();
+            Assert.Equal(60, tokens.Count);
+            Assert.Equal(tokens, new TextGenerator(model).Generate(prompt, sampled).ToList());
+            drafted += generator.LastRunDraftTokens;
+            accepted += generator.LastRunAcceptedDraftTokens;
+            int[] stop = [tokens[30]];
+            var stopped = new TextGenerator(model).Generate(prompt, sampled with { StopTokens = stop }).ToList();
+            Assert.Equal(tokens.TakeWhile(t => t != stop[0]), stopped);       // the same draws up to the stop
+        }
+        TestContext.Current.SendDiagnosticMessage($"sampled: {accepted} of {drafted} drafts kept");
+        Assert.True(accepted > 0 && accepted < drafted, $"{accepted} of {drafted} drafts kept: both paths must run");
     }
 }
