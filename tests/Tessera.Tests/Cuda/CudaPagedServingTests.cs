@@ -8,6 +8,7 @@ using Tessera.Models;
 using Tessera.Models.Tokenization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
+using Tessera.Tests.Inference.Serving;
 using Tessera.Tests.Support;
 using Xunit;
 
@@ -354,17 +355,6 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1, UniformDrafts = uniformDrafts },
     };
 
-    private static async Task<List<int>[]> RunAll(InferenceEngine engine, int[][] prompts, int tokens)
-    {
-        var tasks = prompts.Select(async p =>
-        {
-            var produced = new List<int>();
-            await foreach (var e in engine.Submit(new CompletionRequest { Prompt = p, MaxTokens = tokens }).ReadAllAsync()) produced.AddRange(e.Tokens);
-            return produced;
-        });
-        return await Task.WhenAll(tasks);
-    }
-
     /// <summary>
     /// Eight concurrent greedy requests (prompts of 1 to 40 tokens, so steps mix prefill chunks and decodes, and decode
     /// batches of 1 to 8 replay recorded graphs) on the GPU in F32 give the tokens of the dense CPU generator run one
@@ -390,12 +380,12 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         foreach (bool advance in new[] { false, true })
             using (var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, advance)))
             {
-                var results = await RunAll(engine, prompts, tokens);
+                var results = await EngineRequests.RunAll(engine, prompts, tokens);
                 for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
                 Assert.True(engine.ReplayedSteps > 0, "no decode step replayed a recorded graph");
                 Assert.Equal(0, engine.Metrics.KvBlocksInUse);
                 if (!advance) continue;
-                var alone = await RunAll(engine, [prompts[3]], 40);           // batch 1 across blocks of 16: most steps skip the copy
+                var alone = await EngineRequests.RunAll(engine, [prompts[3]], 40);           // batch 1 across blocks of 16: most steps skip the copy
                 Assert.Equal(new TextGenerator(onCpu).Generate(prompts[3], new GenerationOptions { MaxNewTokens = 40 }), alone[0]);
                 Assert.True(engine.MetadataCopiesSkipped > 0, "no decode step skipped its metadata copy");
             }
@@ -404,8 +394,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Gpu.CopyFromHost<float>(weights, bf16.Parameters.Masters!);
         bf16.Parameters.SyncValuesFromMasters();
         List<int>[] recorded, eager;
-        using (var engine = new InferenceEngine(bf16, new ByteTokenizer(), Options(graphs: true))) recorded = await RunAll(engine, prompts, tokens);
-        using (var engine = new InferenceEngine(bf16, new ByteTokenizer(), Options(graphs: false))) eager = await RunAll(engine, prompts, tokens);
+        using (var engine = new InferenceEngine(bf16, new ByteTokenizer(), Options(graphs: true))) recorded = await EngineRequests.RunAll(engine, prompts, tokens);
+        using (var engine = new InferenceEngine(bf16, new ByteTokenizer(), Options(graphs: false))) eager = await EngineRequests.RunAll(engine, prompts, tokens);
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(eager[i], recorded[i]);
     }
 
@@ -436,7 +426,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         foreach (var (uniform, draftModel) in new[] { (false, (Transformer?)null), (true, null), (false, draft) })
         {
             using var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, draftTokens: 4, uniformDrafts: uniform), draftModel);
-            var results = await RunAll(engine, prompts, tokens);
+            var results = await EngineRequests.RunAll(engine, prompts, tokens);
             for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
             Console.WriteLine($"[speculative decoding] {preset}, uniform {uniform}, draft model {draftModel is not null}: {engine.Metrics.DraftTokens} drafts verified, {engine.Metrics.AcceptedDraftTokens} accepted, " +
                 $"{engine.Metrics.Steps} steps, {engine.UniformVerificationSteps} in a bucket's layout, {engine.ReplayedSteps} replayed");

@@ -27,6 +27,15 @@ public class SpeculativeSchedulerTests
         sequence.Append(token);
     }
 
+    /// <summary>Adds <paramref name="sequences"/>, prefills them in one step and appends token 0 to each, so they decode next.</summary>
+    private static void PrefillTogether(Scheduler scheduler, params Sequence[] sequences)
+    {
+        foreach (var sequence in sequences) scheduler.Add(sequence);
+        var step = scheduler.Schedule();
+        scheduler.Complete(step);
+        foreach (var sequence in sequences) sequence.Append(0);
+    }
+
     [Fact]
     public void DraftsAreVerifiedWithTheDecodeTokenAndSampledAtEachRow()
     {
@@ -58,12 +67,7 @@ public class SpeculativeSchedulerTests
         var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 6 });
         var a = Seq(1, 3, 30);
         var b = Seq(2, 3, 30, firstToken: 40);
-        scheduler.Add(a);
-        scheduler.Add(b);
-        var first = scheduler.Schedule();
-        scheduler.Complete(first);
-        a.Append(0);
-        b.Append(0);
+        PrefillTogether(scheduler, a, b);
         a.AppendDrafts([5, 6, 7]);
         b.AppendDrafts([8, 9, 10]);
         var step = scheduler.Schedule();
@@ -87,12 +91,7 @@ public class SpeculativeSchedulerTests
         var tight = new Scheduler(small, new SchedulerOptions { MaxBatch = 4, TokenBudget = 16 });
         var c = Seq(3, 3, 12);
         var d = Seq(4, 3, 12, firstToken: 60);
-        tight.Add(c);
-        tight.Add(d);
-        var prefill = tight.Schedule();
-        tight.Complete(prefill);
-        c.Append(0);
-        d.Append(0);
+        PrefillTogether(tight, c, d);
         c.AppendDrafts([1, 2, 3, 4, 5]);
         var squeezed = tight.Schedule();
         Assert.Equal([(c, 4), (d, 0)], squeezed.Sequences.Select(s => (s.Sequence, s.Drafts)));
@@ -132,12 +131,7 @@ public class SpeculativeSchedulerTests
         var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 16 });
         var first = Seq(1, 7, 14, maxDrafts: 0);
         var second = Seq(2, 7, 14, firstToken: 50);
-        scheduler.Add(first);
-        scheduler.Add(second);
-        var prefill = scheduler.Schedule();                          // 2 blocks each: the pool is full
-        scheduler.Complete(prefill);
-        first.Append(0);
-        second.Append(0);
+        PrefillTogether(scheduler, first, second);                  // 2 blocks each: the pool is full
         var decode = scheduler.Schedule();                           // position 7 still fits
         scheduler.Complete(decode);
         first.Append(0);

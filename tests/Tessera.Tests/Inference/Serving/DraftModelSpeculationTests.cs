@@ -45,28 +45,17 @@ public class DraftModelSpeculationTests
         Speculation = new SpeculationOptions { DraftTokens = draftTokens, UniformDrafts = uniform },
     };
 
-    private static async Task<List<int>[]> RunAll(InferenceEngine engine, IEnumerable<int[]> prompts, int maxTokens)
-    {
-        var tasks = prompts.Select(async p =>
-        {
-            var tokens = new List<int>();
-            await foreach (var e in engine.Submit(new CompletionRequest { Prompt = p, MaxTokens = maxTokens }).ReadAllAsync()) tokens.AddRange(e.Tokens);
-            return tokens;
-        });
-        return await Task.WhenAll(tasks);
-    }
-
     [Fact]
     public async Task ADraftWithTheServedWeightsIsAlwaysRightAndADifferentOneChangesNothing()
     {
         var served = Model(11);
         List<int>[] expected;
-        using (var plain = new InferenceEngine(served, new ByteTokenizer(), Options(0))) expected = await RunAll(plain, Prompts, 24);
+        using (var plain = new InferenceEngine(served, new ByteTokenizer(), Options(0))) expected = await EngineRequests.RunAll(plain, Prompts, 24);
 
         // The served model's own weights as the draft: every guess is accepted but those cut by max_tokens' room.
         using (var same = new InferenceEngine(served, new ByteTokenizer(), Options(4), draftModel: Model(11)))
         {
-            var results = await RunAll(same, Prompts, 24);
+            var results = await EngineRequests.RunAll(same, Prompts, 24);
             for (int i = 0; i < Prompts.Length; i++) Assert.Equal(expected[i], results[i]);
             var m = same.Metrics;
             TestContext.Current.SendDiagnosticMessage($"same weights: {m.AcceptedDraftTokens} of {m.DraftTokens} accepted in {m.Steps} steps");
@@ -78,7 +67,7 @@ public class DraftModelSpeculationTests
         // A one-layer model of other weights: mostly wrong guesses, the same output.
         using (var other = new InferenceEngine(served, new ByteTokenizer(), Options(3), draftModel: Model(12, layers: 1)))
         {
-            var results = await RunAll(other, Prompts, 24);
+            var results = await EngineRequests.RunAll(other, Prompts, 24);
             for (int i = 0; i < Prompts.Length; i++) Assert.Equal(expected[i], results[i]);
             var m = other.Metrics;
             TestContext.Current.SendDiagnosticMessage($"other weights: {m.AcceptedDraftTokens} of {m.DraftTokens} accepted");
@@ -99,11 +88,11 @@ public class DraftModelSpeculationTests
         var prompts = Prompts.Append(Prompts[3]).ToArray();
         long kvBytes = PagedKvCache.BlockBytes(DType.F64, served.Config.Layers, served.Config.EffectiveKvHeads, served.Config.HeadSize, 4) * 24;
         List<int>[] expected;
-        using (var plain = new InferenceEngine(served, new ByteTokenizer(), Options(0))) expected = await RunAll(plain, prompts, 24);
+        using (var plain = new InferenceEngine(served, new ByteTokenizer(), Options(0))) expected = await EngineRequests.RunAll(plain, prompts, 24);
         foreach (bool uniform in new[] { false, true })
         {
             using var engine = new InferenceEngine(served, new ByteTokenizer(), Options(4, kvBytes, uniform), draftModel: Model(11));
-            var results = await RunAll(engine, prompts, 24);
+            var results = await EngineRequests.RunAll(engine, prompts, 24);
             for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i]);
             TestContext.Current.SendDiagnosticMessage($"uniform {uniform}: {engine.Metrics.Preemptions} preemptions, {engine.Metrics.CachedPromptTokens} cached prompt tokens, " +
                 $"{engine.Metrics.AcceptedDraftTokens} of {engine.Metrics.DraftTokens} drafts accepted");
