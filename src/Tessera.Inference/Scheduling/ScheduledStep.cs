@@ -33,9 +33,6 @@ public sealed class ScheduledStep
     /// <summary>Rows sampled over all sequences (<see cref="ScheduledSequence.SampledRows"/>).</summary>
     public int SampledRows => Sequences.Sum(s => s.SampledRows);
 
-    /// <summary>Draft tokens the step verifies over all sequences.</summary>
-    public int Drafts => Sequences.Sum(s => s.Drafts);
-
     /// <summary>Whether every sequence computes exactly one token (a pure decode step, which may replay a recorded graph).</summary>
     public bool IsDecodeOnly => Sequences.Count > 0 && Tokens == Sequences.Count;
 

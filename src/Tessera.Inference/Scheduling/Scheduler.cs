@@ -127,7 +127,7 @@ public sealed class Scheduler
 
         // Prefill chunks fill what the decodes leave of a short step (or the whole budget when nothing decodes).
         int limit = used > 0 ? Math.Min(Options.EffectiveDecodingStepTokens, Options.TokenBudget) : Options.TokenBudget;
-        used += PlaceDrafts(step, limit - used);
+        used += PlaceDrafts(step, limit - used, scheduled);
         for (int i = 0; i < _running.Count && used < limit; i++)
         {
             var sequence = _running[i];
@@ -162,9 +162,9 @@ public sealed class Scheduler
     /// Speculative decoding: widens the decode entries of sequences that carry drafts to verify them too, in batch order,
     /// within <paramref name="room"/> tokens of the step and the blocks that are free (drafts never preempt anyone); a
     /// sequence gets fewer drafts, or none, where those run out. Drafts of running sequences that do not decode in this
-    /// step are dropped. Returns the draft tokens placed.
+    /// step (not in <paramref name="scheduled"/>) are dropped. Returns the draft tokens placed.
     /// </summary>
-    private int PlaceDrafts(ScheduledStep step, int room)
+    private int PlaceDrafts(ScheduledStep step, int room, HashSet<Sequence> scheduled)
     {
         int placed = 0;
         for (int i = 0; i < step.Sequences.Count; i++)
@@ -179,7 +179,7 @@ public sealed class Scheduler
             placed += drafts;
         }
         foreach (var sequence in _running)
-            if (sequence.Drafts > 0 && !step.Sequences.Any(s => s.Sequence == sequence && s.Drafts > 0)) sequence.TrimDrafts(0);
+            if (sequence.Drafts > 0 && !scheduled.Contains(sequence)) sequence.TrimDrafts(0);
         return placed;
     }
 

@@ -110,8 +110,7 @@ public sealed class Sequence
     /// <summary>Trailing tokens appended by <see cref="AppendUnresolved"/> and not yet resolved (0 without asynchronous scheduling).</summary>
     public int Unresolved { get; private set; }
 
-    /// <summary>Most draft tokens a step may verify for this sequence (0: it never speculates, e.g. it samples at a
-    /// temperature); set by whoever creates it.</summary>
+    /// <summary>Most draft tokens a step may verify for this sequence (0: it never speculates); set by whoever creates it.</summary>
     public int MaxDrafts { get; init; }
 
     /// <summary>Trailing tokens proposed by a drafter and not yet verified (0 outside a speculative step).</summary>

@@ -19,8 +19,9 @@ namespace Tessera.Inference.Serving;
 /// penalties or log-probabilities take the device's argmax (4 bytes per sequence read back), the others read their row
 /// of logits. With <see cref="EngineOptions.AsyncScheduling"/>, a step whose samples are all greedy is not waited for: the
 /// next step is enqueued first (it reads those tokens on the device), and the host takes them in while it computes.
-/// With <see cref="EngineOptions.Speculation"/>, greedy sequences carry tokens guessed by an <see cref="NgramDrafter"/>
-/// into each step, and the step's outputs at those rows keep the guesses the model agrees with.
+/// With <see cref="EngineOptions.Speculation"/>, decoding sequences carry tokens guessed by prompt lookup
+/// (<see cref="NgramDrafter"/>) or a draft model (<see cref="ModelDrafter"/>) into each step, and the step's outputs at those
+/// rows keep the guesses the model agrees with.
 /// </summary>
 public sealed class InferenceEngine : IDisposable
 {
@@ -61,6 +62,8 @@ public sealed class InferenceEngine : IDisposable
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
         Options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
+        if (draftModel is not null && !options.Speculation.Enabled)
+            throw new ArgumentException("a draft model needs EngineOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
         _model = model;
         _tokenizer = tokenizer;
         var config = model.Config;
@@ -80,31 +83,17 @@ public sealed class InferenceEngine : IDisposable
                 MeasureDeviceTime = options.MeasureDeviceTime,
                 AdvanceOnDevice = options.AdvanceDecodeOnDevice,
             };
-        }
-        catch
-        {
-            _cache.Dispose();
-            throw;
-        }
-        _stopTokens = new HashSet<int>(options.StopTokens);
-        if (tokenizer.EndOfTextId is int eot) _stopTokens.Add(eot);
-        if (draftModel is not null && !options.Speculation.Enabled)
-        {
-            _runner.Dispose();
-            _cache.Dispose();
-            throw new ArgumentException("a draft model needs EngineOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
-        }
-        try
-        {
             _modelDrafter = draftModel is null ? null
                 : new ModelDrafter(draftModel, model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs);
         }
         catch
         {
-            _runner.Dispose();
+            _runner?.Dispose();
             _cache.Dispose();
             throw;
         }
+        _stopTokens = new HashSet<int>(options.StopTokens);
+        if (tokenizer.EndOfTextId is int eot) _stopTokens.Add(eot);
         _drafter = options.Speculation.Enabled && draftModel is null ? new NgramDrafter(options.Speculation) : null;
         _drafts = new int[options.Speculation.DraftTokens];
         Metrics = new EngineMetrics(_cache.Blocks);

@@ -13,14 +13,13 @@ namespace Tessera.Inference.Speculation;
 /// through the same block tables, so the scheduler's allocation, prefix sharing and preemption cover both pools at once.
 /// <see cref="Sequence.DraftModelTokens"/> says how far the draft model's pool holds a sequence: it catches up (a prompt
 /// included, in chunks) in the first of the drafting passes, then proposes; dropping or verifying the drafts cuts it back
-/// to the tokens that remain (<see cref="Sequence.TrimDrafts"/>). A block shared through the prefix cache is written again by each sequence's draft model with the same
-/// tokens at the same positions, so the values do not change (to the rounding of the batch they were computed in, which
-/// affects only the guesses, never the output).
+/// to the tokens that remain (<see cref="Sequence.TrimDrafts"/>). A block shared through the prefix cache is written again
+/// by each sequence's draft model with the same tokens at the same positions, so the values do not change (to the rounding
+/// of the batch they were computed in, which affects only the guesses, never the output).
 /// </para>
 /// </summary>
 public sealed class ModelDrafter : IDisposable
 {
-    private readonly Transformer _draft;
     private readonly PagedKvCache _cache;
     private readonly PagedModelRunner _runner;
     private readonly int _maxRows, _maxSequences;
@@ -43,7 +42,6 @@ public sealed class ModelDrafter : IDisposable
             throw new ArgumentException($"the draft model's context ({d.MaxSequenceLength}) is shorter than the served sequences' {maxSequenceLength} positions; serve a shorter --max-model-len");
         if (d.SlidingWindow > 0 || s.SlidingWindow > 0)
             throw new NotSupportedException("speculative decoding with a draft model does not support sliding-window attention yet (the draft model catches up over blocks the window has released); use prompt lookup");
-        _draft = draft;
         _maxRows = maxRows;
         _maxSequences = maxSequences;
         long blockBytes = PagedKvCache.BlockBytes(draft.DType, d.Layers, d.EffectiveKvHeads, d.HeadSize, servedCache.BlockSize);
@@ -61,12 +59,6 @@ public sealed class ModelDrafter : IDisposable
             throw;
         }
     }
-
-    /// <summary>The draft model.</summary>
-    public Transformer Model => _draft;
-
-    /// <summary>Bytes of the draft model's pool.</summary>
-    public long CacheBytes => _cache.BytesPerBlock * _cache.Blocks;
 
     /// <summary>
     /// Appends up to <c>drafts[i]</c> guesses to each of <paramref name="sequences"/> (running, about to decode: one known
@@ -103,7 +95,7 @@ public sealed class ModelDrafter : IDisposable
             if (s.Samples) s.Sequence.AppendDraft(ids[r++]);
         }
         // Passes 1..: one row a sequence that wants more, its latest guess at the next position.
-        for (int pass = 1; ; pass++)
+        while (true)
         {
             active.RemoveAll(a => a.Sequence.Drafts >= a.Want);
             if (active.Count == 0) return;

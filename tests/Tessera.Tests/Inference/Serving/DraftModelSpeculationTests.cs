@@ -45,7 +45,7 @@ public class DraftModelSpeculationTests
         Speculation = new SpeculationOptions { DraftTokens = draftTokens, UniformDrafts = uniform },
     };
 
-    [Fact]
+    [Fact(Timeout = 120_000)]
     public async Task ADraftWithTheServedWeightsIsAlwaysRightAndADifferentOneChangesNothing()
     {
         var served = Model(11);
@@ -81,7 +81,7 @@ public class DraftModelSpeculationTests
     /// released and recomputed with the served one's), and two identical prompts share prefix blocks in both pools; uniform
     /// drafts pad every sequence's guesses. The output stays greedy decoding's.
     /// </summary>
-    [Fact]
+    [Fact(Timeout = 120_000)]
     public async Task PreemptionPrefixSharingAndUniformDraftsKeepTheOutput()
     {
         var served = Model(11);

@@ -63,7 +63,7 @@ public class SpeculativeDecodingTests
         return (tokens, finish, usage, text.ToString(), logprobs);
     }
 
-    [Fact]
+    [Fact(Timeout = 120_000)]
     public async Task GreedyCompletionsEqualDecodingOneTokenAStepAndDraftsAreBothAcceptedAndRejected()
     {
         using var plain = Engine(draftTokens: 0);
@@ -92,7 +92,7 @@ public class SpeculativeDecodingTests
     /// token repeated where the drafter has none), so steps of decodes run in a bucket's fixed layout: three sequences pad
     /// to a bucket of four, the padding sequence's five rows computed and ignored. The completions stay greedy decoding's.
     /// </summary>
-    [Fact]
+    [Fact(Timeout = 120_000)]
     public async Task UniformDraftsRunInTheBucketsLayoutAndGiveTheSameCompletions()
     {
         using var plain = Engine(draftTokens: 0);
@@ -108,7 +108,7 @@ public class SpeculativeDecodingTests
         Assert.Equal(0, uniform.Metrics.KvBlocksInUse);
     }
 
-    [Fact]
+    [Fact(Timeout = 120_000)]
     public async Task StopsInsideAcceptedDraftsEndTheCompletionWhereDecodingOneAStepWould()
     {
         using var plain = Engine(draftTokens: 0);
@@ -141,7 +141,7 @@ public class SpeculativeDecodingTests
     /// temperature the model's choices are peaked enough that some guesses are kept. A seeded request gives the same tokens
     /// twice, with a log-probability for every token (accepted guesses included), and penalties count the kept guesses.
     /// </summary>
-    [Fact]
+    [Fact(Timeout = 120_000)]
     public async Task SampledRequestsDraftReproduciblyWithALogprobForEveryToken()
     {
         using var speculative = Engine(draftTokens: 4);
@@ -166,7 +166,7 @@ public class SpeculativeDecodingTests
         Assert.Equal(0, m.KvBlocksInUse);
     }
 
-    [Fact]
+    [Fact(Timeout = 120_000)]
     public async Task ABudgetTooSmallForEveryDraftStillDecodesEverySequence()
     {
         // Budget 4 with a batch of 4: no room for drafts while all four decode, some when fewer do.
