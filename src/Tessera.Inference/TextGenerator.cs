@@ -24,9 +24,24 @@ namespace Tessera.Inference;
 public sealed class TextGenerator
 {
     private readonly Transformer _model;
+    private readonly Transformer? _draft;
 
-    /// <summary>Generates with <paramref name="model"/>.</summary>
-    public TextGenerator(Transformer model) => _model = model;
+    /// <summary>
+    /// Generates with <paramref name="model"/>; with <paramref name="draftModel"/> (a smaller model of the same vocabulary,
+    /// on the same backend), speculative decoding (<see cref="GenerationOptions.Speculation"/>) guesses with it instead of by
+    /// prompt lookup.
+    /// </summary>
+    /// <exception cref="ArgumentException">The draft model's vocabulary or backend differs from the model's.</exception>
+    public TextGenerator(Transformer model, Transformer? draftModel = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (draftModel is not null && draftModel.Config.VocabSize != model.Config.VocabSize)
+            throw new ArgumentException($"the draft model's vocabulary ({draftModel.Config.VocabSize} tokens) differs from the model's ({model.Config.VocabSize}); a draft model must share the tokenizer");
+        if (draftModel is not null && draftModel.Parameters.Backend != model.Parameters.Backend)
+            throw new ArgumentException("the draft model must live on the model's backend (the same device)");
+        _model = model;
+        _draft = draftModel;
+    }
 
     /// <summary>Whether the decode step of the last generation replayed a recorded graph.</summary>
     public bool LastRunRecorded { get; private set; }
@@ -61,6 +76,8 @@ public sealed class TextGenerator
             throw new ArgumentException($"GenerationOptions.WindowPrefillChunk ({options.WindowPrefillChunk}) must be at least 1");
         ArgumentNullException.ThrowIfNull(options.Speculation);
         options.Speculation.Validate();
+        if (_draft is not null && !options.Speculation.Enabled)
+            throw new ArgumentException("a draft model needs GenerationOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
         bool bounded = config.SlidingWindow > 0 && options.BoundedWindowCache && _model.TensorParallelism is not { Size: > 1 };
         LastRunDraftTokens = LastRunAcceptedDraftTokens = 0;
         if (bounded) return RunWindowed(prompt, options);
@@ -118,8 +135,9 @@ public sealed class TextGenerator
     }
 
     /// <summary>
-    /// Generation with speculative decoding by prompt lookup: each step feeds the last token and the drafter's guesses
-    /// after it as one forward over the cache, keeps the guesses the model agrees with (greedy: each equals the argmax at the
+    /// Generation with speculative decoding by prompt lookup or with the draft model (a dense cache of its own, which
+    /// catches up on the tokens it lacks and then guesses one token a forward): each step feeds the last token and the
+    /// guesses after it as one forward over the cache, keeps the guesses the model agrees with (greedy: each equals the argmax at the
     /// row before it; sampling: <see cref="Sampler.Verify"/>, which keeps the tokens' distribution) and truncates the cache
     /// past the last kept one; the model's token after it is the next one. The tokens come out one by one, so stops and
     /// limits fall on the same token as without speculation.
@@ -131,6 +149,7 @@ public sealed class TextGenerator
         int k = options.Speculation.DraftTokens, vocab = config.VocabSize;
         var drafter = new NgramDrafter(options.Speculation);
         var cache = _model.CreateKvCache(batch: 1);
+        var draftCache = _draft?.CreateKvCache(batch: 1);
         LastRunCachePositions = cache.MaxSequence;
         LastRunPeakBlocks = 0;
         LastRunRecorded = false;
@@ -159,7 +178,8 @@ public sealed class TextGenerator
                 if (cache.Length + 1 >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
                 // Drafts at the positions after `next`: each needs a slot, and the token after the last one must fit too.
                 int room = Math.Min(k, Math.Min(options.MaxNewTokens - produced - 1, config.MaxSequenceLength - cache.Length - 2));
-                int d = room > 0 ? drafter.Propose(history, drafts.AsSpan(0, room)) : 0;
+                if (draftCache is not null) room = Math.Min(room, draftCache.MaxSequence - cache.Length);   // the draft's own context
+                int d = room <= 0 ? 0 : draftCache is null ? drafter.Propose(history, drafts.AsSpan(0, room)) : DraftWithModel(room);
                 host[0] = next;
                 drafts.AsSpan(0, d).CopyTo(host.AsSpan(1));
                 var input = backend.FromHost<int>(host.AsSpan(0, 1 + d), new Shape(1, 1 + d));
@@ -167,6 +187,7 @@ public sealed class TextGenerator
                 input.Storage.Dispose();
                 int after = Decide(stepLogits.Select(0, 0), d, out int accepted);
                 cache.Truncate(cache.Length - (d - accepted));                // the rejected drafts' slots are written again later
+                if (draftCache is not null) draftCache.Truncate(Math.Min(draftCache.Length, cache.Length));
                 LastRunDraftTokens += d;
                 LastRunAcceptedDraftTokens += accepted;
                 for (int i = 0; i < accepted; i++)
@@ -183,6 +204,24 @@ public sealed class TextGenerator
         {
             ids.Storage.Dispose();
             rowsF32?.Storage.Dispose();
+        }
+
+        // The draft model's guesses after history: it computes the tokens its cache lacks (`next` at least) and takes the
+        // argmax of the last row, then feeds each guess; its cache then holds every guess but the last.
+        int DraftWithModel(int room)
+        {
+            var draftBackend = _draft!.Parameters.Backend;
+            int count = history.Count - draftCache!.Length;
+            var feed = draftBackend.FromHost<int>(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history)[draftCache.Length..], new Shape(1, count));
+            for (int i = 0; i < room; i++)
+            {
+                var rows = _draft.ForwardWithCache(feed, draftCache, validateTokens: false);   // (1, T, Vpad)
+                feed.Storage.Dispose();
+                draftBackend.ArgMax(rows.Select(0, 0).Slice(0, rows.Size(1) - 1, 1).Slice(1, 0, vocab), ids.Slice(0, 0, 1));
+                draftBackend.CopyToHost<int>(ids.Slice(0, 0, 1), drafts.AsSpan(i, 1));
+                if (i + 1 < room) feed = draftBackend.FromHost<int>(drafts.AsSpan(i, 1), new Shape(1, 1));
+            }
+            return room;
         }
 
         // Of the (1 + d, Vpad) logits of the last token and d drafts: how many drafts are kept, and the token after them.

@@ -105,7 +105,8 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
     }
 
     /// <summary>`--draft-tokens` prints the greedy text of a run without it and says how many guesses were kept; with
-    /// sampling (the default temperature) it runs too, and a seed gives the same text twice.</summary>
+    /// sampling (the default temperature) it runs too, and a seed gives the same text twice; `--draft-model` with the run
+    /// itself keeps every guess, and refuses tensor parallelism.</summary>
     [Fact]
     public void SpeculativeGenerationPrintsTheGreedyTextAndCountsTheDrafts()
     {
@@ -123,5 +124,17 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
         Assert.True(code3 == 0, err3);
         Assert.Matches(@"\d+ of \d+ draft tokens accepted\]", err3);
         Assert.Equal(first, CliProcess.Run(sampled).Stdout);
+
+        // The run itself as the draft model: the greedy text again, every guess kept.
+        var (code4, drafted, err4) = CliProcess.Run([.. greedy, "--draft-model", _checkpoint.Run]);
+        Assert.True(code4 == 0, err4);
+        Assert.Equal(plain, drafted);
+        var counts = System.Text.RegularExpressions.Regex.Match(err4, @"(\d+) of (\d+) draft tokens accepted");
+        Assert.True(counts.Success, err4);
+        Assert.Equal(counts.Groups[2].Value, counts.Groups[1].Value);
+        Assert.NotEqual("0", counts.Groups[2].Value);
+        var (code5, _, err5) = CliProcess.Run([.. greedy, "--draft-model", _checkpoint.Run, "--tp", "2"]);
+        Assert.Equal(2, code5);
+        Assert.Contains("--draft-model runs on one device", err5);
     }
 }

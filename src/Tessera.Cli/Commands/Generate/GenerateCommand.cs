@@ -37,6 +37,11 @@ public sealed class GenerateCommand : Command
     private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
         "speculative decoding by prompt lookup: each step also verifies up to N tokens guessed from the text so far; greedy gives the same text, sampling the same distribution, in fewer steps where the text repeats itself (0: off)", 0, min: 0),
         SpeculationOptions.MaxDraftTokens);
+    private readonly Option<string?> _draftModel = new("--draft-model")
+    {
+        Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing; --draft-tokens defaults to 4 with it",
+        HelpName = "DIR",
+    };
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks: the model split over N CPU thread ranks, or over the launched GPU processes ('tessera launch --nproc N generate --tp N --device cuda')", 1, min: 1);
 
     /// <summary>Declares the options.</summary>
@@ -53,7 +58,7 @@ public sealed class GenerateCommand : Command
                     else r.AddError($"--stop-ids: '{part}' is not a token id");
             return ids.ToArray();
         };
-        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _tokenizer, _tp, _draftTokens })
+        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _tokenizer, _tp, _draftTokens, _draftModel })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -71,11 +76,16 @@ public sealed class GenerateCommand : Command
         string prompt = parse.GetValue(_prompt)!;
         int maxTokens = parse.GetValue(_maxTokens);
 
-        int draftTokens = parse.GetValue(_draftTokens);
+        string? draftModel = parse.GetValue(_draftModel);
+        int draftTokens = draftModel is not null && !parse.Given(_draftTokens) ? 4 : parse.GetValue(_draftTokens);
+        if (draftModel is not null && draftTokens == 0)
+            throw new UsageException("--draft-model needs --draft-tokens above 0 (or leave it out: 4)");
         var request = new Request(parse.GetValue(_model)!, prompt, maxTokens, sampling, parse.GetValue(_stop) ?? [], parse.GetValue(_stopIds) ?? [],
-            dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens };
+            dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens, DraftModel = draftModel };
         int tp = parse.GetValue(_tp);
         var env = DistributedEnvironment.FromEnvironment();
+        if (draftModel is not null && (tp > 1 || env.IsDistributed))
+            throw new UsageException("--draft-model runs on one device: leave out --tp (and tessera launch)");
         if (env.IsDistributed && device.Kind == DeviceKind.Cuda)
         {
             // One process per GPU, launched: the world is one tensor-parallel group; rank 0 prints.
@@ -113,6 +123,9 @@ public sealed class GenerateCommand : Command
     {
         /// <summary>Speculative decoding's draft tokens a step (0: off).</summary>
         public int DraftTokens { get; init; }
+
+        /// <summary>The draft model's directory, or null for prompt lookup.</summary>
+        public string? DraftModel { get; init; }
     }
 
     /// <summary>Loads the model (or this rank's part of it), then streams the continuation to <paramref name="terminal"/>.</summary>
@@ -138,7 +151,18 @@ public sealed class GenerateCommand : Command
         // Run: stream tokens as they come, holding back text that may begin a stop string.
         var filter = new StopStringMatcher(request.Stop);
         var decoder = tokenizer.CreateIncrementalDecoder();
-        var generator = new TextGenerator(model);
+        var draft = request.DraftModel is { } draftDir
+            ? Loading.Run(terminal, $"loading the draft model {draftDir}", () => TrainedModel.Load(draftDir, backend, request.DType)).Model
+            : null;
+        TextGenerator generator;
+        try
+        {
+            generator = new TextGenerator(model, draft);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException($"--draft-model {request.DraftModel}: {e.Message}");
+        }
         terminal.Output.Write(prompt);
         var clock = Stopwatch.StartNew();
         int produced = 0;

@@ -102,4 +102,45 @@ public class SpeculativeGenerationTests
         TestContext.Current.SendDiagnosticMessage($"sampled: {accepted} of {drafted} drafts kept");
         Assert.True(accepted > 0 && accepted < drafted, $"{accepted} of {drafted} drafts kept: both paths must run");
     }
+
+    /// <summary>
+    /// With a draft model: the served model's own weights guess right every time (but where a limit cuts the guesses), a
+    /// one-layer model of other weights mostly wrong; greedy output is greedy decoding's either way, and a small draft
+    /// context only limits the guesses.
+    /// </summary>
+    [Fact]
+    public void ADraftModelsGuessesLeaveGreedyOutputUnchanged()
+    {
+        var model = Model("llama-debug");
+        var same = Model("llama-debug");                               // seed 5 as well: the same weights
+        var other = new Transformer(ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = 128, Layers = 1 }, _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, other.Parameters, new Random(6));
+        var shortContext = new Transformer(ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = 24 }, _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, shortContext.Parameters, new Random(5));
+        foreach (var prompt in Prompts)
+        {
+            var expected = new TextGenerator(model).Generate(prompt, Options(60, 0)).ToList();
+            var right = new TextGenerator(model, same);
+            Assert.Equal(expected, right.Generate(prompt, Options(60, 4)).ToList());
+            Assert.Equal(right.LastRunDraftTokens, right.LastRunAcceptedDraftTokens);
+            Assert.True(right.LastRunDraftTokens >= 40, $"only {right.LastRunDraftTokens} guesses for 60 tokens");
+            var wrong = new TextGenerator(model, other);
+            Assert.Equal(expected, wrong.Generate(prompt, Options(60, 3)).ToList());
+            Assert.True(wrong.LastRunAcceptedDraftTokens < wrong.LastRunDraftTokens);
+            var limited = new TextGenerator(model, shortContext);
+            Assert.Equal(expected, limited.Generate(prompt, Options(60, 4)).ToList());
+            Assert.True(limited.LastRunDraftTokens < right.LastRunDraftTokens);   // no guesses once the draft's 24 positions are full
+        }
+    }
+
+    [Fact]
+    public void ADraftModelThatCannotGuessIsRefused()
+    {
+        var model = Model("llama-debug");
+        var otherVocabulary = new Transformer(ModelPresets.Get("llama-debug") with { VocabSize = 300 }, _cpu, DType.F64);
+        Assert.Contains("vocabulary", Assert.Throws<ArgumentException>(() => new TextGenerator(model, otherVocabulary)).Message);
+        var elsewhere = new Transformer(ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = 128 }, new CpuBackend(1), DType.F64);
+        Assert.Contains("backend", Assert.Throws<ArgumentException>(() => new TextGenerator(model, elsewhere)).Message);
+        Assert.Contains("DraftTokens", Assert.Throws<ArgumentException>(() => new TextGenerator(model, Model("llama-debug")).Generate(Prompts[0], Options(10, 0)).ToList()).Message);
+    }
 }
