@@ -11,8 +11,8 @@ namespace Tessera.Inference.Paging;
 /// tokens of every sequence (prefill chunks and decode tokens) are one flattened batch of N rows, so every product runs
 /// at M = N (the CUDA backend's matrix-vector kernels for a few rows, cuBLASLt above); attention reads each sequence's
 /// keys through its block table (<see cref="IBackend.PagedAttention"/>); only the last row of each sequence that samples
-/// (and, when it verifies draft tokens, the rows before them) goes through the final norm and the head. The model code is the dense path's layers called in a paged arrangement
-/// (the same products, norms and MLPs), so the two agree to rounding.
+/// (and, when it verifies draft tokens, the rows before them) goes through the final norm and the head. The model code is
+/// the dense path's layers called in a paged arrangement (the same products, norms and MLPs), so the two agree to rounding.
 /// <para>
 /// The step's metadata (tokens, positions, slots, block tables) is written into one host array, packed for the step's
 /// shape, and copied to one device buffer with one copy of just that size; a decode bucket's layout never changes, so
