@@ -5,16 +5,20 @@ namespace Tessera.Tests.Server;
 
 /// <summary>
 /// Many streaming clients against a small batch, briefly (the 60-second run of the issue is bench/ ServeLoad; this keeps
-/// CI short): every request completes or is refused with 429, the blocks in use return to zero, and the heap does not grow.
+/// CI short): every request completes or is refused with 429, the blocks in use return to zero, and the heap does not grow;
+/// also with speculative decoding by prompt lookup verifying guesses for these sampled requests (a random model at
+/// temperature 1 keeps almost none: the path runs, which is what this checks).
 /// </summary>
 [Collection("heap")]
 public class LoadTests
 {
-    [Fact]
-    public async Task TwoHundredFiftySixStreamingClientsAllCompleteOrGet429AndLeaveNothingBehind()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(4)]
+    public async Task TwoHundredFiftySixStreamingClientsAllCompleteOrGet429AndLeaveNothingBehind(int draftTokens)
     {
         const int clients = 256, seed = 2026;
-        await using var server = await TestServer.StartAsync(maxBatch: 64, maxQueue: 128, context: 256, budget: 256, threads: 1);
+        await using var server = await TestServer.StartAsync(maxBatch: 64, maxQueue: 128, context: 256, budget: 256, threads: 1, draftTokens: draftTokens);
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients }) { BaseAddress = server.Server.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
         int completed = 0, rejected = 0, other = 0;
         var failures = new System.Collections.Concurrent.ConcurrentBag<string>();
@@ -49,6 +53,12 @@ public class LoadTests
         Assert.Equal(0, await server.BlocksInUseAfterSettlingAsync());
         Assert.Equal(0, await server.MetricAsync("tessera_requests_running"));
         Assert.Empty(await server.ServerErrorsAsync());
+        if (draftTokens > 0)
+        {
+            double drafts = await server.MetricAsync("tessera_spec_decode_draft_tokens_total"), kept = await server.MetricAsync("tessera_spec_decode_accepted_tokens_total");
+            Assert.True(drafts > 0, "no guess was verified under load");
+            Assert.InRange(kept, 0, drafts);
+        }
         // The managed heap after a full collection: a leak of per-request state (channels, sequences, samplers) would grow it
         // with the ~thousand requests of the second round; 8 MiB allows the allocator's own variation.
         Assert.True(heapAfter - heapBefore < 8 << 20, $"heap grew from {heapBefore:N0} to {heapAfter:N0} bytes over the second round ({completed - completedFirst} requests)");
