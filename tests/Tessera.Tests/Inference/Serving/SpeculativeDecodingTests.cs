@@ -166,6 +166,32 @@ public class SpeculativeDecodingTests
         Assert.Equal(0, m.KvBlocksInUse);
     }
 
+    /// <summary>
+    /// A request cancelled while it speculates (a loop its guesses keep up with) frees its blocks, the guesses' included,
+    /// and the one beside it still gets greedy decoding's tokens.
+    /// </summary>
+    [Fact(Timeout = 120_000)]
+    public async Task ACancelledSpeculatingRequestFreesItsBlocksAndLeavesTheOtherItsTokens()
+    {
+        using var plain = Engine(draftTokens: 0, context: 1024);
+        using var speculative = Engine(draftTokens: 4, context: 1024);
+        var other = new CompletionRequest { Prompt = Prompts[3], MaxTokens = 200 };
+        var expected = await Run(plain, other);
+        using var cts = new CancellationTokenSource();
+        var reader = speculative.Submit(new CompletionRequest { Prompt = Prompts[1], MaxTokens = 1000 }, cts.Token);
+        var otherRun = Run(speculative, other);
+        await reader.ReadAsync(TestContext.Current.CancellationToken);                                     // it is running
+        cts.Cancel();
+        int received = 1;
+        await foreach (var _ in reader.ReadAllAsync(TestContext.Current.CancellationToken)) received++;    // the stream completes
+        Assert.True(received < 1000, $"the request finished ({received} events) before the cancel");
+        Assert.Equal(expected.Tokens, (await otherRun).Tokens);
+        for (int i = 0; i < 400 && speculative.Metrics.KvBlocksInUse != 0; i++) await Task.Delay(5, TestContext.Current.CancellationToken);
+        Assert.Equal(0, speculative.Metrics.KvBlocksInUse);
+        Assert.Equal(1, speculative.Metrics.RequestsCancelled);
+        Assert.True(speculative.Metrics.DraftTokens > 0);
+    }
+
     [Fact(Timeout = 120_000)]
     public async Task ABudgetTooSmallForEveryDraftStillDecodesEverySequence()
     {
