@@ -167,6 +167,32 @@ public class SpeculativeDecodingTests
     }
 
     /// <summary>
+    /// n choices speculate each on their own sequence (their prompt blocks shared): three greedy choices are the same
+    /// greedy completion, and two seeded sampled choices repeat themselves run to run.
+    /// </summary>
+    [Fact(Timeout = 120_000)]
+    public async Task EveryChoiceOfARequestSpeculatesOnItsOwn()
+    {
+        using var plain = Engine(draftTokens: 0);
+        using var speculative = Engine(draftTokens: 4);
+        async Task<List<int>[]> Choices(InferenceEngine engine, CompletionRequest request)
+        {
+            var byChoice = Enumerable.Range(0, request.Choices).Select(_ => new List<int>()).ToArray();
+            await foreach (var e in engine.Submit(request).ReadAllAsync()) if (e.Usage is null) byChoice[e.Index].AddRange(e.Tokens);
+            return byChoice;
+        }
+        var greedy = new CompletionRequest { Prompt = Prompts[0], MaxTokens = 30, Choices = 3 };
+        var expected = (await Run(plain, greedy with { Choices = 1 })).Tokens;
+        Assert.All(await Choices(speculative, greedy), c => Assert.Equal(expected, c));
+        var sampled = greedy with { Choices = 2, Seed = 77, Sampling = new SamplingOptions { Temperature = 0.3 } };
+        var first = await Choices(speculative, sampled);
+        var again = await Choices(speculative, sampled);
+        for (int i = 0; i < 2; i++) Assert.Equal(first[i], again[i]);
+        Assert.True(speculative.Metrics.DraftTokens > 0);
+        Assert.Equal(0, speculative.Metrics.KvBlocksInUse);
+    }
+
+    /// <summary>
     /// A request cancelled while it speculates (a loop its guesses keep up with) frees its blocks, the guesses' included,
     /// and the one beside it still gets greedy decoding's tokens.
     /// </summary>
