@@ -58,21 +58,51 @@ public sealed class PromptConverter : JsonConverter<PromptBody>
 {
     public override PromptBody? Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options)
     {
+        const string forms = "must be a string, an array of strings, an array of token ids or an array of arrays of token ids";
         if (reader.TokenType == JsonTokenType.Null) return null;
-        if (reader.TokenType == JsonTokenType.String) return new PromptBody(reader.GetString(), null);
-        if (reader.TokenType != JsonTokenType.StartArray) throw new JsonException("must be a string, an array of strings or an array of token ids");
+        if (reader.TokenType == JsonTokenType.String) return new PromptBody([new PromptItem(reader.GetString(), null)]);
+        if (reader.TokenType != JsonTokenType.StartArray) throw new JsonException(forms);
         var strings = new List<string>();
         var tokens = new List<int>();
+        var lists = new List<int[]>();
         while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
         {
             if (reader.TokenType == JsonTokenType.String) strings.Add(reader.GetString()!);
             else if (reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out int id)) tokens.Add(id);
-            else throw new JsonException("must be a string, an array of strings or an array of token ids");
+            else if (reader.TokenType == JsonTokenType.StartArray) lists.Add(TokenList(ref reader, forms));
+            else throw new JsonException(forms);
         }
-        if (strings.Count > 0 && tokens.Count > 0) throw new JsonException("mixes strings and token ids");
-        if (strings.Count > 1) throw new JsonException($"holds {strings.Count} prompts; this server takes one prompt per request (use n for several completions)");
-        return strings.Count == 1 ? new PromptBody(strings[0], null) : new PromptBody(null, tokens.ToArray());
+        if ((strings.Count > 0 ? 1 : 0) + (tokens.Count > 0 ? 1 : 0) + (lists.Count > 0 ? 1 : 0) > 1) throw new JsonException("mixes strings, token ids and arrays of them");
+        if (strings.Count > 0) return new PromptBody(strings.Select(s => new PromptItem(s, null)).ToList());
+        if (lists.Count > 0) return new PromptBody(lists.Select(l => new PromptItem(null, l)).ToList());
+        return tokens.Count > 0 ? new PromptBody([new PromptItem(null, tokens.ToArray())]) : new PromptBody([]);   // []: no prompt at all
     }
 
-    public override void Write(Utf8JsonWriter writer, PromptBody value, JsonSerializerOptions options) => writer.WriteStringValue(value.Text);
+    /// <summary>One array of token ids inside the prompt array (the reader on its start).</summary>
+    private static int[] TokenList(ref Utf8JsonReader reader, string forms)
+    {
+        var ids = new List<int>();
+        while (reader.Read() && reader.TokenType != JsonTokenType.EndArray)
+        {
+            if (reader.TokenType == JsonTokenType.Number && reader.TryGetInt32(out int id)) ids.Add(id);
+            else throw new JsonException(forms);
+        }
+        return ids.ToArray();
+    }
+
+    public override void Write(Utf8JsonWriter writer, PromptBody value, JsonSerializerOptions options)
+    {
+        writer.WriteStartArray();
+        foreach (var item in value.Items)
+        {
+            if (item.Text is not null) writer.WriteStringValue(item.Text);
+            else
+            {
+                writer.WriteStartArray();
+                foreach (int id in item.Tokens ?? []) writer.WriteNumberValue(id);
+                writer.WriteEndArray();
+            }
+        }
+        writer.WriteEndArray();
+    }
 }

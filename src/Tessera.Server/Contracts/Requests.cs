@@ -37,5 +37,8 @@ public sealed class CompletionRequestBody : SamplingRequestBody
     public bool? Echo { get; set; }
 }
 
-/// <summary>A completions prompt: text, or token ids.</summary>
-public sealed record PromptBody(string? Text, int[]? Tokens);
+/// <summary>A completions prompt, or a batch of them (OpenAI's array forms): each a text or token ids.</summary>
+public sealed record PromptBody(IReadOnlyList<PromptItem> Items);
+
+/// <summary>One prompt of a <see cref="PromptBody"/>: text, or token ids.</summary>
+public sealed record PromptItem(string? Text, int[]? Tokens);

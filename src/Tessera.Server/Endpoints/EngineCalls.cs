@@ -36,11 +36,15 @@ internal static class EngineCalls
     };
 
     /// <summary>Submits, turning the engine's refusals into API errors (400, 429). The request ends when the client goes away.</summary>
-    public static ChannelReader<CompletionEvent> Submit(InferenceEngine engine, CompletionRequest request, HttpContext context)
+    public static ChannelReader<CompletionEvent> Submit(InferenceEngine engine, CompletionRequest request, HttpContext context) =>
+        Submit(engine, request, context.RequestAborted);
+
+    /// <summary>Submits, turning the engine's refusals into API errors (400, 429); the request ends when <paramref name="cancel"/> fires.</summary>
+    public static ChannelReader<CompletionEvent> Submit(InferenceEngine engine, CompletionRequest request, CancellationToken cancel)
     {
         try
         {
-            return engine.Submit(request, context.RequestAborted);
+            return engine.Submit(request, cancel);
         }
         catch (InvalidRequestException e)
         {
