@@ -15,6 +15,13 @@ public static class LogitsProcessing
                 logits[token] -= (float)(presence + frequency * count);
     }
 
+    /// <summary>OpenAI's logit_bias, in place: logit[j] += bias[j] for every biased token inside the row.</summary>
+    public static void ApplyBias(Span<float> logits, IReadOnlyDictionary<int, double> bias)
+    {
+        foreach (var (token, value) in bias)
+            if ((uint)token < (uint)logits.Length) logits[token] += (float)value;
+    }
+
     /// <summary>log softmax(logits)[token] in double, max-subtracted.</summary>
     public static double LogSoftmaxAt(ReadOnlySpan<float> logits, int token) => logits[token] - LogSumExp(logits);
 

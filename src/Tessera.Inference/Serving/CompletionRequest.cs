@@ -32,4 +32,10 @@ public sealed record CompletionRequest
     /// <summary>When set, each token's log-probability is returned with this many alternatives (0 to 20); null: none.</summary>
     public int? TopLogprobs { get; init; }
 
+    /// <summary>
+    /// Added to the logits of these token ids before every choice is made (OpenAI's logit_bias, each in [-100, 100]: -100
+    /// bans a token, 100 all but forces it); the log-probabilities stay the model's own. Default none.
+    /// </summary>
+    public IReadOnlyDictionary<int, double> LogitBias { get; init; } = new Dictionary<int, double>();
+
 }

@@ -188,6 +188,13 @@ public sealed class InferenceEngine : IDisposable
         if (!(s.Temperature >= 0 && s.Temperature <= 2)) throw new InvalidRequestException($"temperature ({s.Temperature}) must lie in [0, 2]", "temperature");
         if (!(s.TopP > 0 && s.TopP <= 1)) throw new InvalidRequestException($"top_p ({s.TopP}) must lie in (0, 1]", "top_p");
         if (s.TopK < 0) throw new InvalidRequestException($"top_k ({s.TopK}) must not be negative", "top_k");
+        if (request.LogitBias is null || request.LogitBias.Count > 300)
+            throw new InvalidRequestException($"logit_bias holds {request.LogitBias?.Count} entries; at most 300 are allowed", "logit_bias");
+        foreach (var (token, bias) in request.LogitBias)
+        {
+            if ((uint)token >= (uint)vocab) throw new InvalidRequestException($"logit_bias names token {token}, outside the vocabulary of {vocab}", "logit_bias");
+            if (!(bias >= -100 && bias <= 100)) throw new InvalidRequestException($"logit_bias of token {token} ({bias}) must lie in [-100, 100]", "logit_bias");
+        }
         if (request.Stop.Count > 16 || request.Stop.Any(x => x is null))
             throw new InvalidRequestException($"stop holds {request.Stop.Count} entries; at most 16 non-null strings are allowed", "stop");
         int length = request.MaxTokens ?? room;
@@ -266,7 +273,7 @@ public sealed class InferenceEngine : IDisposable
         for (int i = 0; i < r.Choices; i++)
         {
             var sampling = r.Sampling with { Seed = unchecked(seed + (ulong)i) };
-            bool needsLogits = sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null;
+            bool needsLogits = sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null || r.LogitBias.Count > 0;
             var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens) { MaxDrafts = Options.Speculation.DraftTokens };
             var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop), needsLogits);
             request.Choices[i] = choice;
@@ -464,13 +471,14 @@ public sealed class InferenceEngine : IDisposable
         return token;
     }
 
-    /// <summary>The choice's scratch row: <paramref name="row"/> with the penalties of <paramref name="counts"/> applied.</summary>
+    /// <summary>The choice's scratch row: <paramref name="row"/> with the penalties of <paramref name="counts"/> and the logit bias applied.</summary>
     private static float[] Penalized(Choice choice, ReadOnlySpan<float> row, IReadOnlyDictionary<int, int> counts)
     {
         var r = choice.Request.Request;
         if (choice.Scratch.Length != row.Length) choice.Scratch = new float[row.Length];
         row.CopyTo(choice.Scratch);
         LogitsProcessing.ApplyPenalties(choice.Scratch, counts, r.PresencePenalty, r.FrequencyPenalty);
+        LogitsProcessing.ApplyBias(choice.Scratch, r.LogitBias);
         return choice.Scratch;
     }
 

@@ -19,6 +19,7 @@ public abstract class SamplingRequestBody
     public int? N { get; set; }
     public double? PresencePenalty { get; set; }
     public double? FrequencyPenalty { get; set; }
+    public Dictionary<string, double>? LogitBias { get; set; }
     public bool? Stream { get; set; }
     public StreamOptionsBody? StreamOptions { get; set; }
 }

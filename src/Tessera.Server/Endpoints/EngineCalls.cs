@@ -33,7 +33,21 @@ internal static class EngineCalls
         PresencePenalty = body.PresencePenalty ?? 0,
         FrequencyPenalty = body.FrequencyPenalty ?? 0,
         Choices = body.N ?? 1,
+        LogitBias = LogitBias(body.LogitBias),
     };
+
+    /// <summary>OpenAI's logit_bias, keyed by token ids written as strings: a key that is not one is a 400 naming the field.</summary>
+    private static Dictionary<int, double> LogitBias(Dictionary<string, double>? bias)
+    {
+        var result = new Dictionary<int, double>();
+        foreach (var (key, value) in bias ?? [])
+        {
+            if (!int.TryParse(key, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int token))
+                throw new ApiException(ApiError.Invalid($"logit_bias key '{key}' is not a token id", "logit_bias"));
+            result[token] = value;
+        }
+        return result;
+    }
 
     /// <summary>Submits, turning the engine's refusals into API errors (400, 429). The request ends when the client goes away.</summary>
     public static ChannelReader<CompletionEvent> Submit(InferenceEngine engine, CompletionRequest request, HttpContext context) =>
