@@ -679,7 +679,7 @@ public sealed class Transformer
         if (s <= 0 || s > Config.MaxSequenceLength)
             throw new ArgumentOutOfRangeException(nameof(maxSequence), $"KV cache length {s} must be in [1, MaxSequenceLength = {Config.MaxSequenceLength}]");
         // Under tensor parallelism a rank caches the keys and values of its own heads.
-        return new KvCache(Backend, DType, Config.Layers, batch, s, Blocks[0].Attention.KvHeads, Config.HeadSize);
+        return new KvCache(Backend, DType, Config.Layers, batch, s, CachedKvHeads, Config.HeadSize);
     }
 
     /// <summary>
@@ -710,8 +710,7 @@ public sealed class Transformer
         var ctx = PassContext.Transient(Activations).WithBatch(b, t);
         var x = Embed(ctx, tokens, b, t, cache).Reshape(b, t, Config.Embedding);   // (B, T, C): the residual stream, updated in place
         foreach (var block in Blocks) x = block.ForwardCached(ctx, x, cache);
-        var logits = Head.ForwardNormalized(ctx, x.Reshape(b * t, Config.Embedding), FinalNorm);   // (N, V / tp)
-        if (TensorParallelism is { } tp) logits = GatherVocabulary(ctx, logits, tp);
+        var logits = ForwardHead(ctx, x.Reshape(b * t, Config.Embedding));   // (N, Vpad), gathered over tensor-parallel ranks
         cache.Advance(t);
         return logits.Reshape(b, t, Config.EffectivePaddedVocab);
     }
@@ -746,6 +745,19 @@ public sealed class Transformer
     /// Inference under tensor parallelism: each rank's columns (N, V / tp) of the logits all-gathered into the whole
     /// vocabulary (N, V), the same on every rank, for sampling. (Training never gathers them: the loss is vocabulary-parallel.)
     /// </summary>
+    /// <summary>
+    /// The head over rows of the residual stream (N, C): the final norm, then the logits (N, Vpad), every column; under
+    /// tensor parallelism each rank's vocabulary slice is gathered (a collective: every rank calls it).
+    /// </summary>
+    public Tensor ForwardHead(in PassContext ctx, Tensor hidden)
+    {
+        var logits = Head.ForwardNormalized(ctx, hidden, FinalNorm);
+        return TensorParallelism is { } tp ? GatherVocabulary(ctx, logits, tp) : logits;
+    }
+
+    /// <summary>Key/value heads this rank caches: all of them on one device, its own under tensor parallelism.</summary>
+    public int CachedKvHeads => Blocks[0].Attention.KvHeads;
+
     private Tensor GatherVocabulary(in PassContext ctx, Tensor local, TensorParallelism tp)
     {
         int n = local.Size(0), columns = local.Size(1);

@@ -8,6 +8,10 @@ using Tessera.Inference.Serving;
 using Tessera.Inference.Speculation;
 using Tessera.Models.Chat;
 using Tessera.Server;
+using Tessera.Distributed.Mesh;
+using Tessera.Models;
+using Tessera.Nn.Parallel;
+using Tessera.Training.Parallel;
 using Tessera.Tensors;
 using Tessera.Training.Checkpoints;
 
@@ -40,6 +44,8 @@ public sealed class ServeCommand : Command
     private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
         "speculative decoding by prompt lookup: each request verifies up to N tokens a step guessed from its own text (0: off)", 0, min: 0),
         SpeculationOptions.MaxDraftTokens);
+    private readonly Option<int> _tp = SharedOptions.Int("--tp", "N",
+        "tensor-parallel ranks: the model split over N CPU thread ranks, each holding its own heads' KV cache in --kv-memory (rank 0 schedules)", 1, min: 1);
     private readonly Option<string?> _draftModel = new("--draft-model")
     {
         Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing; --draft-tokens defaults to 4 with it",
@@ -53,7 +59,7 @@ public sealed class ServeCommand : Command
         _model.Required = true;
         _model.HelpName = "DIR";
         foreach (var o in new Option[] { _model, _device, _dtype, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
-            _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel })
+            _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _tp })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -95,6 +101,9 @@ public sealed class ServeCommand : Command
         string? draftDir = parse.GetValue(_draftModel);
         if (draftDir is not null && engineOptions.Speculation.DraftTokens == 0)
             throw new UsageException("--draft-model needs --draft-tokens above 0 (or leave it out: 4)");
+        int tp = parse.GetValue(_tp);
+        if (tp > 1 && cuda) throw new UsageException($"--tp {tp} serves on CPU thread ranks for now; leave out --device cuda or --tp");
+        if (tp > 1 && draftDir is not null) throw new UsageException("--draft-model runs on one device: leave out --tp");
         try
         {
             serve.Validate();
@@ -105,9 +114,34 @@ public sealed class ServeCommand : Command
             throw new UsageException(e.Message);
         }
 
+        if (tp == 1)
+        {
+            var backend = BackendFactory.Create(device, parse.GetValue(_threads));
+            var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype));
+            return Serve(parse, terminal, loaded, backend, engineOptions, serve, dtype, steps: null);
+        }
+        // Tensor-parallel thread ranks: each loads its slices; rank 0 serves, the others run the steps it hands them.
+        terminal.Note($"loading {dir} over {tp} tensor-parallel thread ranks");
+        var steps = new TensorParallelSteps(tp - 1);
+        var codes = ParallelTraining.RunThreadRanks(tp, ctx =>
+        {
+            using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
+            var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
+            var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor);
+            if (ctx.Rank == 0) return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, steps);
+            InferenceEngine.Follow(loaded.Model, engineOptions, steps, ctx.Rank);
+            return ExitCodes.Success;
+        }, TimeSpan.FromMinutes(10));
+        return codes[0];
+    }
+
+    /// <summary>Serves <paramref name="loaded"/> (rank 0's part under tensor parallelism) until Ctrl-C or SIGTERM.</summary>
+    private int Serve(ParseResult parse, Terminal terminal, (Transformer Model, string Directory, string? Tokenizer) loaded, IBackend backend,
+        EngineOptions engineOptions, ServeOptions serve, DType dtype, TensorParallelSteps? steps)
+    {
         // Build: the model verified as generate does (manifest, finite weights), its tokenizer and chat format.
-        var backend = BackendFactory.Create(device, parse.GetValue(_threads));
-        var (model, directory, trainedTokenizer) = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype));
+        var (model, directory, trainedTokenizer) = loaded;
+        string? draftDir = parse.GetValue(_draftModel);
         string tokenizerSpec = parse.GetValue(_tokenizer) ?? trainedTokenizer ?? directory;
         var tokenizer = TokenizerFactory.Create(tokenizerSpec);
         Tessera.Models.Tokenization.TokenizerLoader.CheckFits(tokenizer, model.Config.VocabSize, tokenizerSpec);
@@ -122,7 +156,7 @@ public sealed class ServeCommand : Command
         InferenceEngine engine;
         try
         {
-            engine = new InferenceEngine(model, tokenizer, engineOptions, draft);
+            engine = new InferenceEngine(model, tokenizer, engineOptions, draft, steps);
         }
         catch (Exception e) when (draft is not null && e is ArgumentException or NotSupportedException)
         {
@@ -132,7 +166,8 @@ public sealed class ServeCommand : Command
         using var signals = new StopSignals(terminal.Note, "shutting the server down");
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(format, tokenizer), serve).GetAwaiter().GetResult();
         var m = engine.Metrics;
-        terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}) at {server.BaseAddress}");
+        string ranks = steps is null ? "" : $", split over {steps.Followers + 1} tensor-parallel thread ranks";
+        terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}{ranks}) at {server.BaseAddress}");
         terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
         if (engineOptions.Speculation.Enabled)

@@ -91,10 +91,10 @@ public sealed class PagedModelRunner : IDisposable
         if (maxDrafts < 0) throw new ArgumentOutOfRangeException(nameof(maxDrafts), maxDrafts, "PagedModelRunner: maxDrafts must not be negative");
         if (maxSequenceLength <= 0 || maxSequenceLength > model.Config.MaxSequenceLength)
             throw new ArgumentException($"PagedModelRunner: maxSequenceLength ({maxSequenceLength}) must lie in [1, the model's context {model.Config.MaxSequenceLength}]");
-        if (cache.Layers != model.Config.Layers || cache.KvHeads != model.Config.EffectiveKvHeads || cache.HeadSize != model.Config.HeadSize)
-            throw new ArgumentException($"PagedModelRunner: the cache ({cache.Layers} layers, {cache.KvHeads} kv heads of {cache.HeadSize}) does not fit the model ({model.Config.Layers}, {model.Config.EffectiveKvHeads}, {model.Config.HeadSize})");
-        if (model.TensorParallelism is { Size: > 1 })
-            throw new NotSupportedException($"PagedModelRunner: serving runs the model on one device; this one is split over {model.TensorParallelism.Size} tensor-parallel ranks");
+        if (cache.Layers != model.Config.Layers || cache.KvHeads != model.CachedKvHeads || cache.HeadSize != model.Config.HeadSize)
+            throw new ArgumentException($"PagedModelRunner: the cache ({cache.Layers} layers, {cache.KvHeads} kv heads of {cache.HeadSize}) does not fit the model ({model.Config.Layers}, {model.CachedKvHeads}, {model.Config.HeadSize})");
+        if (model.Layers.SequenceParallel)
+            throw new NotSupportedException("PagedModelRunner: serving runs without sequence parallelism; build the model with a plan that has it off");
         _model = model;
         _cache = cache;
         _backend = model.Backend;
@@ -117,6 +117,12 @@ public sealed class PagedModelRunner : IDisposable
         _record = recordGraphs && _backend is IGraphCapture;
         WarmUp();
     }
+
+    /// <summary>
+    /// Serving a tensor-parallel model: the other ranks this runner (rank 0's) hands each step to before running its own part,
+    /// and joins after it (<see cref="TensorParallelSteps"/>); null on one device. Set before the first step.
+    /// </summary>
+    public TensorParallelSteps? Followers { get; init; }
 
     /// <summary>Graphs recorded so far (one per decode batch-size bucket used twice).</summary>
     public int RecordedGraphs => _buckets.Values.Count(b => b.Graph is not null);
@@ -220,6 +226,7 @@ public sealed class PagedModelRunner : IDisposable
         if (bucketed) bucket = BucketOf(sequences);
         if (perSequence > 1) UniformVerificationSteps++;
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        Followers?.Publish(step, withLogits);                             // the other ranks start the same step now
         var layout = bucketed ? new Layout(bucket, bucket * perSequence, _maxBlocks, bucket * perSequence)
             : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
         int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1));
@@ -266,6 +273,7 @@ public sealed class PagedModelRunner : IDisposable
             _nextReadback = (_nextReadback + 1) % _readbacks.Length;
             readback.Start(_sampled.Slice(0, 0, sampling));
         }
+        Followers?.Join();
         if (SeparatePhases) _backend.Synchronize();
         long t2 = System.Diagnostics.Stopwatch.GetTimestamp();
         _pending.Enqueue(new PendingStep(readback, sampling, withLogits && sampling > 0 ? stepLogits : null, t1 - t0, t2 - t1, slot));
@@ -429,7 +437,7 @@ public sealed class PagedModelRunner : IDisposable
             last = ctx.Buffer(_lastHidden, new Shape(outputs, config.Embedding), x.DType);
             _backend.EmbeddingForward(_metadata.Narrow(layout.Last, new Shape(outputs)), x, last);
         }
-        var logits = _model.Head.ForwardNormalized(ctx, last, _model.FinalNorm).Slice(1, 0, config.VocabSize);   // (M, V)
+        var logits = _model.ForwardHead(ctx, last).Slice(1, 0, config.VocabSize);   // (M, V): every column, gathered over tensor-parallel ranks
         _backend.ArgMax(logits, _sampled.Slice(0, 0, outputs));
         // The next step's positions, slots and lengths if every row stays in its block (CopyMetadata checks that on the host).
         if (fromSampled) _backend.Increment(_metadata.Narrow(layout.Positions, new Shape(layout.Starts - layout.Positions)), 1);

@@ -36,6 +36,7 @@ public sealed class InferenceEngine : IDisposable
     private readonly HashSet<int> _stopTokens;
     private readonly NgramDrafter? _drafter;
     private readonly ModelDrafter? _modelDrafter;
+    private readonly TensorParallelSteps? _tensorParallelSteps;
     private readonly int[] _drafts;
     private readonly Thread _loop;
     private StepInFlight? _inFlight;                 // asynchronous scheduling: enqueued, its tokens not yet taken in
@@ -57,18 +58,29 @@ public sealed class InferenceEngine : IDisposable
     /// </summary>
     /// <exception cref="ArgumentException">An option is invalid, the KV memory cannot hold one full-length sequence, or the
     /// draft model does not fit the served one.</exception>
-    public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions options, Transformer? draftModel = null)
+    /// <remarks>
+    /// A tensor-parallel <paramref name="model"/> is rank 0's part: the other ranks run <see cref="Follow"/> with their
+    /// parts and the same options on their own threads, and <paramref name="tensorParallelSteps"/> hands them every step.
+    /// </remarks>
+    public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions options, Transformer? draftModel = null,
+        TensorParallelSteps? tensorParallelSteps = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
         Options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
         if (draftModel is not null && !options.Speculation.Enabled)
             throw new ArgumentException("a draft model needs EngineOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
+        int ranks = model.TensorParallelism?.Size ?? 1;
+        if ((tensorParallelSteps?.Followers ?? 0) != ranks - 1)
+            throw new ArgumentException($"the model is split over {ranks} tensor-parallel ranks; the engine needs TensorParallelSteps with {ranks - 1} followers, not {tensorParallelSteps?.Followers ?? 0}");
+        if (draftModel is not null && ranks > 1)
+            throw new NotSupportedException("speculative decoding with a draft model runs on one device; use prompt lookup with a tensor-parallel model");
         _model = model;
         _tokenizer = tokenizer;
+        _tensorParallelSteps = tensorParallelSteps;
         var config = model.Config;
-        MaxSequenceLength = Math.Min(options.MaxSequenceLength ?? config.MaxSequenceLength, config.MaxSequenceLength);
-        _cache = new PagedKvCache(model.Backend, model.DType, config.Layers, config.EffectiveKvHeads, config.HeadSize, options.Cache);
+        MaxSequenceLength = MaxSequenceLengthOf(model, options);
+        _cache = CacheOf(model, options);
         try
         {
             _scheduler = new Scheduler(_cache, options.Scheduler, config.SlidingWindow);
@@ -76,13 +88,7 @@ public sealed class InferenceEngine : IDisposable
             if (needed > _cache.Blocks)
                 throw new ArgumentException($"EngineOptions.Cache.MemoryBytes: {options.Cache.MemoryBytes:N0} bytes hold {_cache.Blocks} blocks of {_cache.BlockSize} positions, " +
                     $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes); give more KV memory or a shorter MaxSequenceLength");
-            _runner = new PagedModelRunner(model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs,
-                options.Speculation.DraftTokens)
-            {
-                SeparatePhases = options.SeparateStepPhases,
-                MeasureDeviceTime = options.MeasureDeviceTime,
-                AdvanceOnDevice = options.AdvanceDecodeOnDevice,
-            };
+            _runner = RunnerOf(model, _cache, options, MaxSequenceLength, tensorParallelSteps);
             _modelDrafter = draftModel is null ? null
                 : new ModelDrafter(draftModel, model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs);
         }
@@ -103,6 +109,38 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>The options.</summary>
     public EngineOptions Options { get; }
+
+    private static int MaxSequenceLengthOf(Transformer model, EngineOptions options) =>
+        Math.Min(options.MaxSequenceLength ?? model.Config.MaxSequenceLength, model.Config.MaxSequenceLength);
+
+    /// <summary>The pool of this rank's key/value heads; under tensor parallelism every rank's holds as many blocks (the
+    /// same bytes over the same heads), so one block table addresses them all.</summary>
+    private static PagedKvCache CacheOf(Transformer model, EngineOptions options) =>
+        new(model.Backend, model.DType, model.Config.Layers, model.CachedKvHeads, model.Config.HeadSize, options.Cache);
+
+    private static PagedModelRunner RunnerOf(Transformer model, PagedKvCache cache, EngineOptions options, int maxSequenceLength, TensorParallelSteps? followers) =>
+        new(model, cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, maxSequenceLength, options.RecordGraphs, options.Speculation.DraftTokens)
+        {
+            SeparatePhases = options.SeparateStepPhases,
+            MeasureDeviceTime = options.MeasureDeviceTime,
+            AdvanceOnDevice = options.AdvanceDecodeOnDevice,
+            Followers = followers,
+        };
+
+    /// <summary>
+    /// A tensor-parallel rank other than 0 (<paramref name="rank"/> of the model's group), on its own thread: builds its
+    /// pool and runner as rank 0's engine does from the same <paramref name="options"/> (its warm-up meets rank 0's), then
+    /// runs every step rank 0 hands it through <paramref name="steps"/> until <see cref="TensorParallelSteps.Stop"/>.
+    /// </summary>
+    public static void Follow(Transformer model, EngineOptions options, TensorParallelSteps steps, int rank)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(steps);
+        options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
+        using var cache = CacheOf(model, options);
+        using var runner = RunnerOf(model, cache, options, MaxSequenceLengthOf(model, options), followers: null);
+        steps.Follow(rank, runner);
+    }
 
     /// <summary>The model served.</summary>
     public Transformer Model => _model;
@@ -575,6 +613,7 @@ public sealed class InferenceEngine : IDisposable
         _loop.Join();
         foreach (var request in _requests) request.Output.Writer.TryComplete();
         _runner.Dispose();
+        _tensorParallelSteps?.Stop();                                   // the other ranks leave their loops
         _modelDrafter?.Dispose();
         _cache.Dispose();
     }

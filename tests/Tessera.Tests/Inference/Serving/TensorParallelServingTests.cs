@@ -1,0 +1,94 @@
+using Tessera.Distributed.Mesh;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Sampling;
+using Tessera.Inference.Scheduling;
+using Tessera.Inference.Serving;
+using Tessera.Models;
+using Tessera.Models.Tokenization;
+using Tessera.Nn.Parallel;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Training.Parallel;
+using Xunit;
+
+namespace Tessera.Tests.Inference.Serving;
+
+/// <summary>
+/// Serving a tensor-parallel model on CPU thread ranks: rank 0's engine schedules and every rank runs each step over its own
+/// key/value heads (<see cref="TensorParallelSteps"/>). In F64 the logits agree with one device's to rounding, so concurrent
+/// greedy requests and a seeded sampled one must give one device's tokens; the ranks leave no block in use and stop with
+/// the engine.
+/// </summary>
+public sealed class TensorParallelServingTests
+{
+    private static readonly int[][] Prompts = [[5, 17, 3, 42, 8], [1], [60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72], [9, 9, 9]];
+
+    private static EngineOptions Options => new()
+    {
+        Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 1 << 20 },
+        Scheduler = new SchedulerOptions { MaxBatch = 4, TokenBudget = 16, MaxQueue = 16 },
+        Speculation = new Tessera.Inference.Speculation.SpeculationOptions { DraftTokens = 2, MinNgram = 1 },
+    };
+
+    private static CompletionRequest[] Requests =>
+    [
+        .. Prompts.Select(p => new CompletionRequest { Prompt = p, MaxTokens = 16 }),
+        new CompletionRequest { Prompt = Prompts[0], MaxTokens = 16, Seed = 11, Sampling = new SamplingOptions { Temperature = 0.9, TopK = 20 } },
+    ];
+
+    private static List<int>[] Serve(InferenceEngine engine) =>
+        Task.WhenAll(Requests.Select(async r =>
+        {
+            var tokens = new List<int>();
+            await foreach (var e in engine.Submit(r).ReadAllAsync()) tokens.AddRange(e.Tokens);
+            return tokens;
+        })).GetAwaiter().GetResult();
+
+    [Theory(Timeout = 120_000)]
+    [InlineData("gpt2-debug", 2)]
+    [InlineData("llama-debug", 2)]
+    [InlineData("llama-debug", 4)]   // 2 key/value heads over 4 ranks: each rank caches a replica of its head
+    public async Task TensorParallelRanksServeOneDevicesTokens(string preset, int tp)
+    {
+        var config = ModelPresets.Get(preset);
+        var one = new Transformer(config, new CpuBackend(1), DType.F64);
+        one.InitializeWeights(seed: 3);
+        List<int>[] expected;
+        using (var engine = new InferenceEngine(one, new ByteTokenizer(), Options)) expected = Serve(engine);
+
+        var steps = new TensorParallelSteps(tp - 1);
+        var results = await Task.Run(() => ParallelTraining.RunThreadRanks(tp, ctx =>
+        {
+            using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
+            var model = new Transformer(config, ctx.Backend, DType.F64,
+                tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
+            model.InitializeWeights(seed: 3);
+            if (ctx.Rank > 0)
+            {
+                InferenceEngine.Follow(model, Options, steps, ctx.Rank);
+                return null;
+            }
+            using var engine = new InferenceEngine(model, new ByteTokenizer(), Options, tensorParallelSteps: steps);
+            Assert.Equal(Math.Max(1, config.EffectiveKvHeads / tp), model.CachedKvHeads);
+            var served = Serve(engine);
+            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+            Assert.True(engine.Metrics.DraftTokens > 0, "no guess was verified across the ranks");
+            return served;
+        }, TimeSpan.FromSeconds(60)), TestContext.Current.CancellationToken);
+        Assert.All(results.Skip(1), Assert.Null);
+        for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], results[0]![i]);
+    }
+
+    [Fact]
+    public void AnEngineForASplitModelNeedsItsFollowers()
+    {
+        var results = ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            using var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var model = new Transformer(ModelPresets.Get("llama-debug"), ctx.Backend, DType.F64,
+                tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
+            return Assert.Throws<ArgumentException>(() => new InferenceEngine(model, new ByteTokenizer(), Options)).Message;
+        }, TimeSpan.FromSeconds(60));
+        Assert.All(results, m => Assert.Contains("needs TensorParallelSteps with 1 followers", m));
+    }
+}
