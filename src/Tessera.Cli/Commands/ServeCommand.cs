@@ -128,7 +128,9 @@ public sealed class ServeCommand : Command
             using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
             var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor);
-            if (ctx.Rank == 0) return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, steps);
+            if (ctx.Rank == 0)
+                try { return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, steps); }
+                finally { steps.Stop(); }                                    // also when rank 0 fails before its engine runs
             InferenceEngine.Follow(loaded.Model, engineOptions, steps, ctx.Rank);
             return ExitCodes.Success;
         }, TimeSpan.FromMinutes(10));

@@ -7,12 +7,16 @@ namespace Tessera.Inference.Paging;
 /// and every step it runs is handed to the other ranks' runners, which run the same step over the same block tables into
 /// their own pools (their key/value heads) at the same time; the model's collectives inside the step meet on every rank.
 /// Rank 0's runner publishes each step (<see cref="Publish"/>) and joins the others after its own (<see cref="Join"/>); each
-/// other rank's thread loops in <see cref="Follow"/> until <see cref="Stop"/>.
+/// other rank's thread loops in <see cref="Follow"/> until <see cref="Stop"/>. The other ranks build their runners, whose
+/// warm-up passes are collective, only once rank 0 builds its own (<see cref="Start"/>, <see cref="WaitForStart"/>), so a
+/// rank 0 that fails before (a missing tokenizer, too little KV memory) stops them at once instead of leaving them waiting
+/// in a collective.
 /// </summary>
 public sealed class TensorParallelSteps
 {
     private readonly SemaphoreSlim[] _go;
     private readonly CountdownEvent _done;
+    private readonly ManualResetEventSlim _started = new(false);
     private ScheduledStep? _step;
     private bool _withLogits, _stopped;
     private volatile Exception? _fault;
@@ -28,6 +32,16 @@ public sealed class TensorParallelSteps
 
     /// <summary>Ranks besides rank 0.</summary>
     public int Followers => _go.Length;
+
+    /// <summary>Rank 0, about to build its runner: the other ranks build theirs.</summary>
+    public void Start() => _started.Set();
+
+    /// <summary>Another rank: waits until rank 0 builds its runner (true) or stops without one (false).</summary>
+    public bool WaitForStart()
+    {
+        _started.Wait();
+        return !Volatile.Read(ref _stopped);
+    }
 
     /// <summary>Rank 0: hands <paramref name="step"/> to every other rank (they start it at once).</summary>
     public void Publish(ScheduledStep step, bool withLogits)
@@ -73,10 +87,13 @@ public sealed class TensorParallelSteps
         }
     }
 
-    /// <summary>Rank 0, at shutdown: every other rank leaves <see cref="Follow"/> after its current step.</summary>
+    /// <summary>Rank 0, at shutdown or when it fails: every other rank leaves <see cref="Follow"/> after its current step,
+    /// or <see cref="WaitForStart"/> at once. Idempotent.</summary>
     public void Stop()
     {
+        if (Volatile.Read(ref _stopped)) return;
         Volatile.Write(ref _stopped, true);
+        _started.Set();
         foreach (var go in _go) go.Release();
     }
 }

@@ -88,6 +88,7 @@ public sealed class InferenceEngine : IDisposable
             if (needed > _cache.Blocks)
                 throw new ArgumentException($"EngineOptions.Cache.MemoryBytes: {options.Cache.MemoryBytes:N0} bytes hold {_cache.Blocks} blocks of {_cache.BlockSize} positions, " +
                     $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes); give more KV memory or a shorter MaxSequenceLength");
+            tensorParallelSteps?.Start();                                   // the other ranks build their runners beside this one
             _runner = RunnerOf(model, _cache, options, MaxSequenceLength, tensorParallelSteps);
             _modelDrafter = draftModel is null ? null
                 : new ModelDrafter(draftModel, model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs);
@@ -96,6 +97,7 @@ public sealed class InferenceEngine : IDisposable
         {
             _runner?.Dispose();
             _cache.Dispose();
+            tensorParallelSteps?.Stop();
             throw;
         }
         _stopTokens = new HashSet<int>(options.StopTokens);
@@ -128,15 +130,17 @@ public sealed class InferenceEngine : IDisposable
         };
 
     /// <summary>
-    /// A tensor-parallel rank other than 0 (<paramref name="rank"/> of the model's group), on its own thread: builds its
-    /// pool and runner as rank 0's engine does from the same <paramref name="options"/> (its warm-up meets rank 0's), then
-    /// runs every step rank 0 hands it through <paramref name="steps"/> until <see cref="TensorParallelSteps.Stop"/>.
+    /// A tensor-parallel rank other than 0 (<paramref name="rank"/> of the model's group), on its own thread: once rank 0's
+    /// engine builds its runner, builds its pool and runner as that engine does from the same <paramref name="options"/> (its
+    /// warm-up meets rank 0's), then runs every step rank 0 hands it through <paramref name="steps"/> until
+    /// <see cref="TensorParallelSteps.Stop"/>. Returns at once when rank 0 stops without building one.
     /// </summary>
     public static void Follow(Transformer model, EngineOptions options, TensorParallelSteps steps, int rank)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(steps);
         options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
+        if (!steps.WaitForStart()) return;
         using var cache = CacheOf(model, options);
         using var runner = RunnerOf(model, cache, options, MaxSequenceLengthOf(model, options), followers: null);
         steps.Follow(rank, runner);

@@ -79,6 +79,29 @@ public sealed class TensorParallelServingTests
         for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], results[0]![i]);
     }
 
+    /// <summary>
+    /// Rank 0's engine refusing its options (too little KV memory for one sequence) stops the other rank before it builds
+    /// a runner, whose warm-up would otherwise wait in a collective for the world's timeout.
+    /// </summary>
+    [Fact(Timeout = 60_000)]
+    public async Task ARankZeroThatFailsBeforeItsRunnerStopsTheOthersAtOnce()
+    {
+        var tooSmall = Options with { Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 4096 } };
+        var steps = new TensorParallelSteps(1);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var failure = await Assert.ThrowsAsync<AggregateException>(() => Task.Run(() => ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            using var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var model = new Transformer(ModelPresets.Get("llama-debug"), ctx.Backend, DType.F64,
+                tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
+            if (ctx.Rank > 0) InferenceEngine.Follow(model, tooSmall, steps, ctx.Rank);
+            else using (new InferenceEngine(model, new ByteTokenizer(), tooSmall, tensorParallelSteps: steps)) { }
+            return 0;
+        }, TimeSpan.FromSeconds(50)), TestContext.Current.CancellationToken));
+        Assert.Contains("MemoryBytes", failure.InnerExceptions[0].Message);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"the ranks took {clock.Elapsed} to stop");
+    }
+
     [Fact]
     public void AnEngineForASplitModelNeedsItsFollowers()
     {
