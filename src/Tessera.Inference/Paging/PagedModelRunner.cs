@@ -114,7 +114,8 @@ public sealed class PagedModelRunner : IDisposable
         _readbacks = new IReadbackBuffer[2];
         for (int i = 0; i < _readbacks.Length; i++)
             _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(_maxOutputs) : new SynchronousReadback(_backend, _maxOutputs);
-        _record = recordGraphs && _backend is IGraphCapture;
+        // A tensor-parallel step waits on its collectives from the host, which a recorded graph cannot contain.
+        _record = recordGraphs && _backend is IGraphCapture && model.TensorParallelism is null;
         WarmUp();
     }
 
