@@ -346,6 +346,18 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Assert.Throws<ArgumentException>(() => readback.Start(UploadInts(new int[9], 9)));
     }
 
+    /// <summary>A random <paramref name="preset"/> model (byte vocabulary, seed 9) in F32 on the CPU and the same weights on the GPU.</summary>
+    private (TransformerConfig Config, Transformer OnCpu, Transformer OnGpu, float[] Weights) RandomModelOnBoth(string preset, int context)
+    {
+        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = context };
+        var onCpu = new Transformer(config, _cpu, DType.F32);
+        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, onCpu.Parameters, new Random(9));
+        var weights = _cpu.ToArray<float>(onCpu.Parameters.Values);
+        var onGpu = new Transformer(config, Gpu, DType.F32);
+        Gpu.CopyFromHost<float>(weights, onGpu.Parameters.Values);
+        return (config, onCpu, onGpu, weights);
+    }
+
     private static EngineOptions Options(bool graphs, bool advanceOnDevice = false, int draftTokens = 0, bool uniformDrafts = false) => new()
     {
         Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 8 << 20 },
@@ -367,12 +379,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData("gpt2-debug")]
     public async Task BatchedRecordedDecodingOnTheGpuMatchesOneSequenceAtATimeOnTheCpu(string preset)
     {
-        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = 64 };
-        var onCpu = new Transformer(config, _cpu, DType.F32);
-        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, onCpu.Parameters, new Random(9));
-        var weights = _cpu.ToArray<float>(onCpu.Parameters.Values);
-        var onGpu = new Transformer(config, Gpu, DType.F32);
-        Gpu.CopyFromHost<float>(weights, onGpu.Parameters.Values);
+        var (config, onCpu, onGpu, weights) = RandomModelOnBoth(preset, context: 64);
         var prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 1 + 39 * i / 7).Select(j => (i * 37 + j * 11) % 256).ToArray()).ToArray();
         const int tokens = 20;
         var expected = prompts.Select(p => new TextGenerator(onCpu).Generate(p, new GenerationOptions { MaxNewTokens = tokens }).ToList()).ToList();
@@ -411,18 +418,14 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData("gpt2-debug")]
     public async Task SpeculativeDecodingOnTheGpuMatchesOneSequenceAtATimeOnTheCpu(string preset)
     {
-        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = 96 };
-        var onCpu = new Transformer(config, _cpu, DType.F32);
-        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, onCpu.Parameters, new Random(9));
-        var onGpu = new Transformer(config, Gpu, DType.F32);
-        Gpu.CopyFromHost<float>(_cpu.ToArray<float>(onCpu.Parameters.Values), onGpu.Parameters.Values);
+        var (config, onCpu, onGpu, weights) = RandomModelOnBoth(preset, context: 96);
         // Prompt i repeats a pattern of 1 + i tokens four times (and one more token of it).
         var prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 4 * (i + 1) + 1).Select(j => (i * 37 + (j % (i + 1)) * 11) % 256).ToArray()).ToArray();
         const int tokens = 40;
         var expected = prompts.Select(p => new TextGenerator(onCpu).Generate(p, new GenerationOptions { MaxNewTokens = tokens }).ToList()).ToList();
         // A draft model with the served weights on the GPU: every guess right, its passes recorded per bucket.
         var draft = new Transformer(config, Gpu, DType.F32);
-        Gpu.CopyFromHost<float>(_cpu.ToArray<float>(onCpu.Parameters.Values), draft.Parameters.Values);
+        Gpu.CopyFromHost<float>(weights, draft.Parameters.Values);
         foreach (var (uniform, draftModel) in new[] { (false, (Transformer?)null), (true, null), (false, draft) })
         {
             using var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, draftTokens: 4, uniformDrafts: uniform), draftModel);

@@ -1,11 +1,9 @@
 using Tessera.Cuda.Distributed;
-using Tessera.Distributed.Mesh;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Inference.Serving;
 using Tessera.Models;
 using Tessera.Models.Tokenization;
-using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 using Tessera.Tests.Inference.Serving;
 using Xunit;
@@ -41,26 +39,13 @@ public sealed class CudaTensorParallelServingTests(CudaFixture fixture)
         using (var engine = new InferenceEngine(one, new ByteTokenizer(), Options)) expected = await EngineRequests.RunAll(engine, prompts, 20);
 
         var steps = new TensorParallelSteps(1);
-        var results = await Task.Run(() => CudaThreadRanks.Run(2, ctx =>
-        {
-            using var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
-            var model = new Transformer(config, ctx.Backend, DType.F32,
-                tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
-            model.InitializeWeights(seed: 3);
-            if (ctx.Rank > 0)
+        var results = await Task.Run(() => CudaThreadRanks.Run(2, ctx => TensorParallelServingRank.Run(ctx.Rank, 2, ctx.Backend, ctx.Factory,
+            config, DType.F32, Options, steps, engine =>
             {
-                InferenceEngine.Follow(model, Options, steps, ctx.Rank);
-                return null;
-            }
-            try
-            {
-                using var engine = new InferenceEngine(model, new ByteTokenizer(), Options, tensorParallelSteps: steps);
                 var served = EngineRequests.RunAll(engine, prompts, 20).GetAwaiter().GetResult();
                 Assert.Equal(0, engine.ReplayedSteps);
                 return served;
-            }
-            finally { steps.Stop(); }
-        }, timeout: TimeSpan.FromMinutes(2)), TestContext.Current.CancellationToken);
+            }), timeout: TimeSpan.FromMinutes(2)), TestContext.Current.CancellationToken);
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[0]![i]);
     }
 }

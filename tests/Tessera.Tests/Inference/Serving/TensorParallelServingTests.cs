@@ -57,24 +57,15 @@ public sealed class TensorParallelServingTests
         using (var engine = new InferenceEngine(one, new ByteTokenizer(), Options)) expected = Serve(engine);
 
         var steps = new TensorParallelSteps(tp - 1);
-        var results = await Task.Run(() => ParallelTraining.RunThreadRanks(tp, ctx =>
-        {
-            using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
-            var model = new Transformer(config, ctx.Backend, DType.F64,
-                tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
-            model.InitializeWeights(seed: 3);
-            if (ctx.Rank > 0)
+        var results = await Task.Run(() => ParallelTraining.RunThreadRanks(tp, ctx => TensorParallelServingRank.Run(ctx.Rank, tp, ctx.Backend, ctx.Factory,
+            config, DType.F64, Options, steps, engine =>
             {
-                InferenceEngine.Follow(model, Options, steps, ctx.Rank);
-                return null;
-            }
-            using var engine = new InferenceEngine(model, new ByteTokenizer(), Options, tensorParallelSteps: steps);
-            Assert.Equal(Math.Max(1, config.EffectiveKvHeads / tp), model.CachedKvHeads);
-            var served = Serve(engine);
-            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
-            Assert.True(engine.Metrics.DraftTokens > 0, "no guess was verified across the ranks");
-            return served;
-        }, TimeSpan.FromSeconds(60)), TestContext.Current.CancellationToken);
+                Assert.Equal(Math.Max(1, config.EffectiveKvHeads / tp), engine.Model.CachedKvHeads);
+                var served = Serve(engine);
+                Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+                Assert.True(engine.Metrics.DraftTokens > 0, "no guess was verified across the ranks");
+                return served;
+            }), TimeSpan.FromSeconds(60)), TestContext.Current.CancellationToken);
         Assert.All(results.Skip(1), Assert.Null);
         for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], results[0]![i]);
     }

@@ -1,0 +1,39 @@
+using Tessera.Distributed;
+using Tessera.Distributed.Mesh;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Serving;
+using Tessera.Models;
+using Tessera.Models.Tokenization;
+using Tessera.Nn.Parallel;
+using Tessera.Tensors;
+
+namespace Tessera.Tests.Inference.Serving;
+
+/// <summary>One thread rank of a tensor-parallel serving test, on the CPU or a GPU: its part of the model, then rank 0's engine or another rank's loop.</summary>
+internal static class TensorParallelServingRank
+{
+    /// <summary>
+    /// Builds rank <paramref name="rank"/>'s part of a <paramref name="config"/> model (seed 3) over the tensor-parallel group
+    /// of <paramref name="factory"/>'s world; rank 0 returns what <paramref name="serve"/> makes of its engine (and stops the
+    /// other ranks whatever happens), the other ranks follow it and return null.
+    /// </summary>
+    public static T? Run<T>(int rank, int tp, IBackend backend, IProcessGroupFactory factory, TransformerConfig config, DType dtype,
+        EngineOptions options, TensorParallelSteps steps, Func<InferenceEngine, T> serve) where T : class
+    {
+        using var groups = new DeviceMesh(tp: tp).CreateGroups(factory);
+        var model = new Transformer(config, backend, dtype,
+            tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), factory));
+        model.InitializeWeights(seed: 3);
+        if (rank > 0)
+        {
+            InferenceEngine.Follow(model, options, steps, rank);
+            return null;
+        }
+        try
+        {
+            using var engine = new InferenceEngine(model, new ByteTokenizer(), options, tensorParallelSteps: steps);
+            return serve(engine);
+        }
+        finally { steps.Stop(); }
+    }
+}
