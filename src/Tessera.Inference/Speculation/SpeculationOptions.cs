@@ -1,8 +1,8 @@
 namespace Tessera.Inference.Speculation;
 
 /// <summary>
-/// Speculative decoding by prompt lookup (<see cref="NgramDrafter"/>): how many tokens a greedy sequence may guess ahead
-/// each step, and the n-gram lengths the guesses are looked up by. Off by default.
+/// Speculative decoding, by prompt lookup (<see cref="NgramDrafter"/>) or with a draft model (<see cref="ModelDrafter"/>): how
+/// many tokens a decoding sequence may guess ahead each step, and the n-gram lengths prompt lookup looks them up by. Off by default.
 /// </summary>
 public sealed record SpeculationOptions
 {
