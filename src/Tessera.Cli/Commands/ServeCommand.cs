@@ -12,6 +12,8 @@ using Tessera.Distributed.Mesh;
 using Tessera.Models;
 using Tessera.Nn.Parallel;
 using Tessera.Training.Parallel;
+using Tessera.Distributed.Launch;
+using Tessera.Cli.Ranks;
 using Tessera.Tensors;
 using Tessera.Training.Checkpoints;
 
@@ -102,7 +104,13 @@ public sealed class ServeCommand : Command
         if (draftDir is not null && engineOptions.Speculation.DraftTokens == 0)
             throw new UsageException("--draft-model needs --draft-tokens above 0 (or leave it out: 4)");
         int tp = parse.GetValue(_tp);
-        if (tp > 1 && cuda) throw new UsageException($"--tp {tp} serves on CPU thread ranks for now; leave out --device cuda or --tp");
+        var env = DistributedEnvironment.FromEnvironment();
+        if (tp > 1 && cuda && !env.IsDistributed)
+            throw new UsageException($"--tp {tp} on GPUs runs one process per GPU: tessera launch --nproc {tp} serve --tp {tp} --device cuda ...");
+        if (env.IsDistributed && !cuda)
+            throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}): launched serving runs on GPUs through NCCL; add --device cuda, or use --tp N for CPU thread ranks in one process");
+        if (env.IsDistributed && env.WorldSize != tp)
+            throw new UsageException($"--tp {tp}: the launched world has {env.WorldSize} processes; serve splits the model over all of them (give --tp {env.WorldSize})");
         if (tp > 1 && draftDir is not null) throw new UsageException("--draft-model runs on one device: leave out --tp");
         try
         {
@@ -114,24 +122,35 @@ public sealed class ServeCommand : Command
             throw new UsageException(e.Message);
         }
 
+        if (env.IsDistributed)
+        {
+            // One process per GPU, launched: the world is one tensor-parallel group; rank 0 serves HTTP, the others follow its
+            // steps (announced by a broadcast over the group).
+            var gpu = (Tessera.Cuda.CudaBackend)BackendFactory.Create(Device.Cuda(env.LocalRank), parse.GetValue(_threads));
+            using var nccl = new NcclMesh(gpu, env, new DeviceMesh(tp: tp), ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
+            return nccl.AbortOnFailure(() =>
+            {
+                var loaded = TrainedModel.Load(dir, gpu, dtype, nccl.TensorParallelism);
+                if (env.Rank == 0) return Serve(parse, terminal, loaded, gpu, engineOptions, serve, dtype, ranks: tp);
+                InferenceEngine.Follow(loaded.Model, engineOptions);
+                return ExitCodes.Success;
+            });
+        }
         if (tp == 1)
         {
             var backend = BackendFactory.Create(device, parse.GetValue(_threads));
             var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype));
-            return Serve(parse, terminal, loaded, backend, engineOptions, serve, dtype, steps: null);
+            return Serve(parse, terminal, loaded, backend, engineOptions, serve, dtype);
         }
         // Tensor-parallel thread ranks: each loads its slices; rank 0 serves, the others run the steps it hands them.
         terminal.Note($"loading {dir} over {tp} tensor-parallel thread ranks");
-        var steps = new TensorParallelSteps(tp - 1);
         var codes = ParallelTraining.RunThreadRanks(tp, ctx =>
         {
             using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
             var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor);
-            if (ctx.Rank == 0)
-                try { return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, steps); }
-                finally { steps.Stop(); }                                    // also when rank 0 fails before its engine runs
-            InferenceEngine.Follow(loaded.Model, engineOptions, steps, ctx.Rank);
+            if (ctx.Rank == 0) return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, ranks: tp);
+            InferenceEngine.Follow(loaded.Model, engineOptions);      // a failure on any rank aborts the others' collectives
             return ExitCodes.Success;
         }, TimeSpan.FromMinutes(10));
         return codes[0];
@@ -139,7 +158,7 @@ public sealed class ServeCommand : Command
 
     /// <summary>Serves <paramref name="loaded"/> (rank 0's part under tensor parallelism) until Ctrl-C or SIGTERM.</summary>
     private int Serve(ParseResult parse, Terminal terminal, (Transformer Model, string Directory, string? Tokenizer) loaded, IBackend backend,
-        EngineOptions engineOptions, ServeOptions serve, DType dtype, TensorParallelSteps? steps)
+        EngineOptions engineOptions, ServeOptions serve, DType dtype, int ranks = 1)
     {
         // Build: the model verified as generate does (manifest, finite weights), its tokenizer and chat format.
         var (model, directory, trainedTokenizer) = loaded;
@@ -158,7 +177,7 @@ public sealed class ServeCommand : Command
         InferenceEngine engine;
         try
         {
-            engine = new InferenceEngine(model, tokenizer, engineOptions, draft, steps);
+            engine = new InferenceEngine(model, tokenizer, engineOptions, draft);
         }
         catch (Exception e) when (draft is not null && e is ArgumentException or NotSupportedException)
         {
@@ -168,8 +187,8 @@ public sealed class ServeCommand : Command
         using var signals = new StopSignals(terminal.Note, "shutting the server down");
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(format, tokenizer), serve).GetAwaiter().GetResult();
         var m = engine.Metrics;
-        string ranks = steps is null ? "" : $", split over {steps.Followers + 1} tensor-parallel thread ranks";
-        terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}{ranks}) at {server.BaseAddress}");
+        string split = ranks == 1 ? "" : $", split over {ranks} tensor-parallel ranks";
+        terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}{split}) at {server.BaseAddress}");
         terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
         if (engineOptions.Speculation.Enabled)

@@ -1,3 +1,4 @@
+using Tessera.Distributed;
 using Tessera.Inference.Scheduling;
 using Tessera.Models;
 using Tessera.Nn;
@@ -43,6 +44,10 @@ public sealed class PagedModelRunner : IDisposable
     private readonly Dictionary<(int Size, bool FromSampled, int Rows), Bucket> _buckets = new();   // a graph per bucket, input kind and rows a sequence
     private readonly int[] _onDevice;            // AdvanceOnDevice: _metadata's first _onDeviceSize values after the enqueued steps
     private int _onDeviceSize = -1;              // (-1: unknown); the token section is not tracked (resolving writes it)
+    private readonly ProcessGroup? _group;        // tensor parallelism: the group whose rank 0 schedules and the others follow
+    private readonly Tensor? _header;             // (HeaderLength) I32 with tensor parallelism: a step's shape, broadcast from rank 0
+    private readonly int[] _headerHost = new int[HeaderLength];
+    private const int HeaderLength = 8;
     private readonly ActivationKey _attentionOut = new("paged.att.out"), _qkv = new("paged.qkv"), _lastHidden = new("paged.last.hidden");
 
     /// <summary>A step enqueued and not yet collected: where its sampled ids land, and its logits when the host samples.</summary>
@@ -116,14 +121,13 @@ public sealed class PagedModelRunner : IDisposable
             _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(_maxOutputs) : new SynchronousReadback(_backend, _maxOutputs);
         // A tensor-parallel step waits on its collectives from the host, which a recorded graph cannot contain.
         _record = recordGraphs && _backend is IGraphCapture && model.TensorParallelism is null;
+        if (model.TensorParallelism is { Size: > 1 } tp)
+        {
+            _group = tp.Group;
+            _header = _backend.Allocate(new Shape(HeaderLength), DType.I32);
+        }
         WarmUp();
     }
-
-    /// <summary>
-    /// Serving a tensor-parallel model: the other ranks this runner (rank 0's) hands each step to before running its own part,
-    /// and joins after it (<see cref="TensorParallelSteps"/>); null on one device. Set before the first step.
-    /// </summary>
-    public TensorParallelSteps? Followers { get; init; }
 
     /// <summary>Graphs recorded so far (one per decode batch-size bucket used twice).</summary>
     public int RecordedGraphs => _buckets.Values.Count(b => b.Graph is not null);
@@ -227,7 +231,6 @@ public sealed class PagedModelRunner : IDisposable
         if (bucketed) bucket = BucketOf(sequences);
         if (perSequence > 1) UniformVerificationSteps++;
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-        Followers?.Publish(step, withLogits);                             // the other ranks start the same step now
         var layout = bucketed ? new Layout(bucket, bucket * perSequence, _maxBlocks, bucket * perSequence)
             : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
         int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1));
@@ -235,11 +238,12 @@ public sealed class PagedModelRunner : IDisposable
         // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
         // and runs eagerly: the recordings skip it.
         bool inOrder = bucketed && sampling == sequences * perSequence;
-        bool fromSampled = AdvanceOnDevice && decode && inOrder && ReadsThePreviousStepInOrder(sequences);
+        bool fromSampled = AdvanceOnDevice && _group is null && decode && inOrder && ReadsThePreviousStepInOrder(sequences);
         if (MeasureDeviceTime && _timeline is null && _backend is IDeviceClock clock) _timeline = clock.CreateTimeline();
         int slot = MeasureDeviceTime && _timeline is not null ? (int)(_timedSteps++ % 3) : -1;
         if (slot >= 0) _timeline!.Mark(2 * slot);
         CopyMetadata(layout, fromSampled);
+        if (_group is not null) Announce(layout, outputs, inOrder);      // the other ranks run the same step with it
         if (SeparatePhases) _backend.Synchronize();
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
@@ -274,7 +278,6 @@ public sealed class PagedModelRunner : IDisposable
             _nextReadback = (_nextReadback + 1) % _readbacks.Length;
             readback.Start(_sampled.Slice(0, 0, sampling));
         }
-        Followers?.Join();
         if (SeparatePhases) _backend.Synchronize();
         long t2 = System.Diagnostics.Stopwatch.GetTimestamp();
         _pending.Enqueue(new PendingStep(readback, sampling, withLogits && sampling > 0 ? stepLogits : null, t1 - t0, t2 - t1, slot));
@@ -311,6 +314,59 @@ public sealed class PagedModelRunner : IDisposable
             _lastEndMark = ended;
         }
         return sampling;
+    }
+
+    /// <summary>
+    /// Tensor parallelism, rank 0: broadcasts the step's shape (a header: 1 for a step (0 stop, 2 nothing), sequences, rows,
+    /// outputs, the rows that go to the head, whether every row samples in order, the metadata's length) and then its metadata, already on this rank's
+    /// device, to the other ranks, which run the same forward pass with them (<see cref="FollowStep"/>).
+    /// </summary>
+    private void Announce(Layout layout, int outputs, bool everyRowSamples)
+    {
+        int[] header = [1, layout.Sequences, layout.Rows, layout.Outputs, outputs, everyRowSamples ? 1 : 0, layout.Size, 0];
+        _backend.CopyFromHost<int>(header, _header!);
+        _group!.Broadcast(_header!, 0).WaitOnDevice();
+        _group.Broadcast(_metadata.Slice(0, 0, layout.Size), 0).WaitOnDevice();
+    }
+
+    /// <summary>
+    /// Tensor parallelism, a rank other than 0: receives the next step rank 0 announces and runs its forward pass over this
+    /// rank's pool (its own key/value heads, at the slots of rank 0's block tables); the model's collectives inside meet rank
+    /// 0's. False when rank 0 announced the end (<see cref="StopFollowers"/>).
+    /// </summary>
+    public bool FollowStep()
+    {
+        if (_group is null || _group.Rank == 0) throw new InvalidOperationException("PagedModelRunner.FollowStep: only a tensor-parallel rank other than 0 follows");
+        _group.Broadcast(_header!, 0).WaitOnDevice();
+        _backend.CopyToHost<int>(_header!, _headerHost);
+        var h = _headerHost;
+        if (h[0] == 0) return false;                                      // rank 0 stopped
+        if (h[0] == 2) return true;                                       // rank 0 is idle: nothing to run
+        var layout = new Layout(h[1], h[2], _maxBlocks, h[3]);
+        if (layout.Size != h[6] || layout.Size > _host.Length)
+            throw new InvalidOperationException($"PagedModelRunner.FollowStep: rank 0 announced {h[6]} metadata values for a layout of {layout.Size} (this rank holds {_host.Length}): the ranks were built with different options");
+        _group.Broadcast(_metadata.Slice(0, 0, layout.Size), 0).WaitOnDevice();
+        Body(layout, h[4], everyRowSamples: h[5] == 1);
+        return true;
+    }
+
+    /// <summary>Tensor parallelism, rank 0, at shutdown: the other ranks' <see cref="FollowStep"/> returns false.</summary>
+    public void StopFollowers() => AnnounceNothing(kind: 0);
+
+    /// <summary>Tensor parallelism, rank 0, idle: an empty step, so that the other ranks' wait in <see cref="FollowStep"/> (a
+    /// collective) does not reach its timeout.</summary>
+    public void KeepFollowersAlive() => AnnounceNothing(kind: 2);
+
+    /// <summary>Whether this is rank 0 of a tensor-parallel group, whose other ranks follow its steps.</summary>
+    public bool HasFollowers => _group is { Rank: 0 };
+
+    private void AnnounceNothing(int kind)
+    {
+        if (!HasFollowers) return;
+        var header = new int[HeaderLength];
+        header[0] = kind;
+        _backend.CopyFromHost<int>(header, _header!);
+        _group!.Broadcast(_header!, 0).WaitOnDevice();
     }
 
     /// <summary>Whether row i's token of the step just written is -1 - i for every real row: the previous step's i-th sample.</summary>
@@ -517,6 +573,7 @@ public sealed class PagedModelRunner : IDisposable
         _buckets.Clear();
         foreach (var readback in _readbacks) readback.Dispose();
         _metadata.Storage.Dispose();
+        _header?.Storage.Dispose();
         _sampled.Storage.Dispose();
         _logitsF32.Storage.Dispose();
     }

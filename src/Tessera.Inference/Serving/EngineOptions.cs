@@ -62,6 +62,13 @@ public sealed record EngineOptions
     /// </summary>
     public SpeculationOptions Speculation { get; init; } = new();
 
+    /// <summary>
+    /// Serving a tensor-parallel model: how often rank 0's idle engine sends the other ranks an empty step, so that their
+    /// wait for the next one (a collective, which times out) never lasts long; default 10 s, well inside the collectives'
+    /// timeouts (minutes).
+    /// </summary>
+    public TimeSpan TensorParallelKeepAlive { get; init; } = TimeSpan.FromSeconds(10);
+
     /// <summary>Token ids that end a completion besides the tokenizer's end of text (e.g. a chat template's end of turn);
     /// default none.</summary>
     public IReadOnlyCollection<int> StopTokens { get; init; } = [];

@@ -36,7 +36,6 @@ public sealed class InferenceEngine : IDisposable
     private readonly HashSet<int> _stopTokens;
     private readonly NgramDrafter? _drafter;
     private readonly ModelDrafter? _modelDrafter;
-    private readonly TensorParallelSteps? _tensorParallelSteps;
     private readonly int[] _drafts;
     private readonly Thread _loop;
     private StepInFlight? _inFlight;                 // asynchronous scheduling: enqueued, its tokens not yet taken in
@@ -59,25 +58,23 @@ public sealed class InferenceEngine : IDisposable
     /// <exception cref="ArgumentException">An option is invalid, the KV memory cannot hold one full-length sequence, or the
     /// draft model does not fit the served one.</exception>
     /// <remarks>
-    /// A tensor-parallel <paramref name="model"/> is rank 0's part: the other ranks run <see cref="Follow"/> with their
-    /// parts and the same options on their own threads, and <paramref name="tensorParallelSteps"/> hands them every step.
+    /// A tensor-parallel <paramref name="model"/> is rank 0's part: the other ranks of its group run <see cref="Follow"/>
+    /// with their parts and the same options (threads or processes), and every step's shape and metadata reach them by a
+    /// broadcast over the group.
     /// </remarks>
-    public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions options, Transformer? draftModel = null,
-        TensorParallelSteps? tensorParallelSteps = null)
+    public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions options, Transformer? draftModel = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
         Options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
         if (draftModel is not null && !options.Speculation.Enabled)
             throw new ArgumentException("a draft model needs EngineOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
-        int ranks = model.TensorParallelism?.Size ?? 1;
-        if ((tensorParallelSteps?.Followers ?? 0) != ranks - 1)
-            throw new ArgumentException($"the model is split over {ranks} tensor-parallel ranks; the engine needs TensorParallelSteps with {ranks - 1} followers, not {tensorParallelSteps?.Followers ?? 0}");
-        if (draftModel is not null && ranks > 1)
+        if (model.TensorParallelism is { Rank: > 0 } follower)
+            throw new ArgumentException($"the engine runs on tensor-parallel rank 0; rank {follower.Rank} runs InferenceEngine.Follow");
+        if (draftModel is not null && model.TensorParallelism is { Size: > 1 })
             throw new NotSupportedException("speculative decoding with a draft model runs on one device; use prompt lookup with a tensor-parallel model");
         _model = model;
         _tokenizer = tokenizer;
-        _tensorParallelSteps = tensorParallelSteps;
         var config = model.Config;
         MaxSequenceLength = MaxSequenceLengthOf(model, options);
         _cache = CacheOf(model, options);
@@ -88,8 +85,7 @@ public sealed class InferenceEngine : IDisposable
             if (needed > _cache.Blocks)
                 throw new ArgumentException($"EngineOptions.Cache.MemoryBytes: {options.Cache.MemoryBytes:N0} bytes hold {_cache.Blocks} blocks of {_cache.BlockSize} positions, " +
                     $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes); give more KV memory or a shorter MaxSequenceLength");
-            tensorParallelSteps?.Start();                                   // the other ranks build their runners beside this one
-            _runner = RunnerOf(model, _cache, options, MaxSequenceLength, tensorParallelSteps);
+            _runner = RunnerOf(model, _cache, options, MaxSequenceLength);
             _modelDrafter = draftModel is null ? null
                 : new ModelDrafter(draftModel, model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs);
         }
@@ -97,7 +93,6 @@ public sealed class InferenceEngine : IDisposable
         {
             _runner?.Dispose();
             _cache.Dispose();
-            tensorParallelSteps?.Stop();
             throw;
         }
         _stopTokens = new HashSet<int>(options.StopTokens);
@@ -120,30 +115,28 @@ public sealed class InferenceEngine : IDisposable
     private static PagedKvCache CacheOf(Transformer model, EngineOptions options) =>
         new(model.Backend, model.DType, model.Config.Layers, model.CachedKvHeads, model.Config.HeadSize, options.Cache);
 
-    private static PagedModelRunner RunnerOf(Transformer model, PagedKvCache cache, EngineOptions options, int maxSequenceLength, TensorParallelSteps? followers) =>
+    private static PagedModelRunner RunnerOf(Transformer model, PagedKvCache cache, EngineOptions options, int maxSequenceLength) =>
         new(model, cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, maxSequenceLength, options.RecordGraphs, options.Speculation.DraftTokens)
         {
             SeparatePhases = options.SeparateStepPhases,
             MeasureDeviceTime = options.MeasureDeviceTime,
             AdvanceOnDevice = options.AdvanceDecodeOnDevice,
-            Followers = followers,
         };
 
     /// <summary>
-    /// A tensor-parallel rank other than 0 (<paramref name="rank"/> of the model's group), on its own thread: once rank 0's
-    /// engine builds its runner, builds its pool and runner as that engine does from the same <paramref name="options"/> (its
-    /// warm-up meets rank 0's), then runs every step rank 0 hands it through <paramref name="steps"/> until
-    /// <see cref="TensorParallelSteps.Stop"/>. Returns at once when rank 0 stops without building one.
+    /// A tensor-parallel rank other than 0 of <paramref name="model"/>'s group (a thread or a process): builds its pool and
+    /// runner as rank 0's engine does from the same <paramref name="options"/> (their warm-up passes meet), then runs every
+    /// step rank 0 announces (<see cref="PagedModelRunner.FollowStep"/>) until rank 0's engine is disposed.
     /// </summary>
-    public static void Follow(Transformer model, EngineOptions options, TensorParallelSteps steps, int rank)
+    public static void Follow(Transformer model, EngineOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
-        ArgumentNullException.ThrowIfNull(steps);
         options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
-        if (!steps.WaitForStart()) return;
+        if (model.TensorParallelism is not { Rank: > 0 })
+            throw new ArgumentException("InferenceEngine.Follow runs a tensor-parallel rank other than 0; rank 0 builds the engine");
         using var cache = CacheOf(model, options);
-        using var runner = RunnerOf(model, cache, options, MaxSequenceLengthOf(model, options), followers: null);
-        steps.Follow(rank, runner);
+        using var runner = RunnerOf(model, cache, options, MaxSequenceLengthOf(model, options));
+        while (runner.FollowStep()) { }
     }
 
     /// <summary>The model served.</summary>
@@ -261,7 +254,12 @@ public sealed class InferenceEngine : IDisposable
                 if (_scheduler.IsIdle)
                 {
                     _runner.ForgetDeviceTimeline();                  // waiting for work is not the device waiting for the host
-                    if (!_commands.Reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;   // writer completed: shut down
+                    var work = _commands.Reader.WaitToReadAsync().AsTask();
+                    // The other tensor-parallel ranks wait for the next step inside a collective, which times out: while there is
+                    // no work they are sent an empty step now and then.
+                    if (_runner.HasFollowers)
+                        while (!work.Wait(Options.TensorParallelKeepAlive)) _runner.KeepFollowersAlive();
+                    if (!work.GetAwaiter().GetResult()) break;       // writer completed: shut down
                     continue;
                 }
                 RunStep();
@@ -616,8 +614,8 @@ public sealed class InferenceEngine : IDisposable
         _commands.Writer.TryComplete();
         _loop.Join();
         foreach (var request in _requests) request.Output.Writer.TryComplete();
+        if (_fault is null) _runner.StopFollowers();                    // the other tensor-parallel ranks leave their loops
         _runner.Dispose();
-        _tensorParallelSteps?.Stop();                                   // the other ranks leave their loops
         _modelDrafter?.Dispose();
         _cache.Dispose();
     }

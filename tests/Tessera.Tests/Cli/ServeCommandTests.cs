@@ -70,7 +70,7 @@ public sealed class ServeCommandTests : IDisposable
             while (address is null && DateTime.UtcNow < deadline && (line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null)
                 if (Regex.Match(line, @"at (http://\S+)") is { Success: true } m) (address, serving) = (new Uri(m.Groups[1].Value), line);
             Assert.True(address is not null, "serve printed no address: " + (process.HasExited ? await errors : ""));
-            if (tp > 1) Assert.Contains("split over 2 tensor-parallel thread ranks", serving);
+            if (tp > 1) Assert.Contains("split over 2 tensor-parallel ranks", serving);
             var banner = new List<string>();
             while ((line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null && !line.Contains("Ctrl-C")) banner.Add(line);
             Assert.Contains(banner, l => l.Contains("speculative decoding: requests verify up to 3 tokens a step guessed " +

@@ -38,9 +38,8 @@ public sealed class CudaTensorParallelServingTests(CudaFixture fixture)
         List<int>[] expected;
         using (var engine = new InferenceEngine(one, new ByteTokenizer(), Options)) expected = await EngineRequests.RunAll(engine, prompts, 20);
 
-        var steps = new TensorParallelSteps(1);
         var results = await Task.Run(() => CudaThreadRanks.Run(2, ctx => TensorParallelServingRank.Run(ctx.Rank, 2, ctx.Backend, ctx.Factory,
-            config, DType.F32, Options, steps, engine =>
+            config, DType.F32, Options, engine =>
             {
                 var served = EngineRequests.RunAll(engine, prompts, 20).GetAwaiter().GetResult();
                 Assert.Equal(0, engine.ReplayedSteps);

@@ -14,11 +14,11 @@ internal static class TensorParallelServingRank
 {
     /// <summary>
     /// Builds rank <paramref name="rank"/>'s part of a <paramref name="config"/> model (seed 3) over the tensor-parallel group
-    /// of <paramref name="factory"/>'s world; rank 0 returns what <paramref name="serve"/> makes of its engine (and stops the
-    /// other ranks whatever happens), the other ranks follow it and return null.
+    /// of <paramref name="factory"/>'s world; rank 0 returns what <paramref name="serve"/> makes of its engine, the other ranks
+    /// follow it and return null.
     /// </summary>
     public static T? Run<T>(int rank, int tp, IBackend backend, IProcessGroupFactory factory, TransformerConfig config, DType dtype,
-        EngineOptions options, TensorParallelSteps steps, Func<InferenceEngine, T> serve) where T : class
+        EngineOptions options, Func<InferenceEngine, T> serve) where T : class
     {
         using var groups = new DeviceMesh(tp: tp).CreateGroups(factory);
         var model = new Transformer(config, backend, dtype,
@@ -26,14 +26,10 @@ internal static class TensorParallelServingRank
         model.InitializeWeights(seed: 3);
         if (rank > 0)
         {
-            InferenceEngine.Follow(model, options, steps, rank);
+            InferenceEngine.Follow(model, options);
             return null;
         }
-        try
-        {
-            using var engine = new InferenceEngine(model, new ByteTokenizer(), options, tensorParallelSteps: steps);
-            return serve(engine);
-        }
-        finally { steps.Stop(); }
+        using var engine = new InferenceEngine(model, new ByteTokenizer(), options);
+        return serve(engine);
     }
 }

@@ -56,9 +56,8 @@ public sealed class TensorParallelServingTests
         List<int>[] expected;
         using (var engine = new InferenceEngine(one, new ByteTokenizer(), Options)) expected = Serve(engine);
 
-        var steps = new TensorParallelSteps(tp - 1);
         var results = await Task.Run(() => ParallelTraining.RunThreadRanks(tp, ctx => TensorParallelServingRank.Run(ctx.Rank, tp, ctx.Backend, ctx.Factory,
-            config, DType.F64, Options, steps, engine =>
+            config, DType.F64, Options, engine =>
             {
                 Assert.Equal(Math.Max(1, config.EffectiveKvHeads / tp), engine.Model.CachedKvHeads);
                 var served = Serve(engine);
@@ -71,38 +70,59 @@ public sealed class TensorParallelServingTests
     }
 
     /// <summary>
-    /// Rank 0's engine refusing its options (too little KV memory for one sequence) stops the other rank before it builds
-    /// a runner, whose warm-up would otherwise wait in a collective for the world's timeout.
+    /// Rank 0's engine refusing its options (too little KV memory for one sequence) stops the other rank at once: the world
+    /// aborts on rank 0's failure, so the other rank's warm-up collectives fail instead of waiting for the world's timeout.
     /// </summary>
     [Fact(Timeout = 60_000)]
     public async Task ARankZeroThatFailsBeforeItsRunnerStopsTheOthersAtOnce()
     {
         var tooSmall = Options with { Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 4096 } };
-        var steps = new TensorParallelSteps(1);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var failure = await Assert.ThrowsAsync<AggregateException>(() => Task.Run(() => ParallelTraining.RunThreadRanks(2, ctx =>
         {
             using var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
             var model = new Transformer(ModelPresets.Get("llama-debug"), ctx.Backend, DType.F64,
                 tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
-            if (ctx.Rank > 0) InferenceEngine.Follow(model, tooSmall, steps, ctx.Rank);
-            else using (new InferenceEngine(model, new ByteTokenizer(), tooSmall, tensorParallelSteps: steps)) { }
+            if (ctx.Rank > 0) InferenceEngine.Follow(model, tooSmall);
+            else using (new InferenceEngine(model, new ByteTokenizer(), tooSmall)) { }
             return 0;
         }, TimeSpan.FromSeconds(50)), TestContext.Current.CancellationToken));
-        Assert.Contains("MemoryBytes", failure.InnerExceptions[0].Message);
+        Assert.Contains(failure.InnerExceptions, e => e.Message.Contains("MemoryBytes"));
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"the ranks took {clock.Elapsed} to stop");
     }
 
+    /// <summary>
+    /// An idle server outlives the collectives' timeout: the world's is 3 s, the engine idles 4 s between two waves of
+    /// requests, and its keep-alive steps (every 0.5 s) keep the other rank's wait short. Without them that rank's wait for
+    /// the next step would time out and the second wave would fail.
+    /// </summary>
+    [Fact(Timeout = 60_000)]
+    public async Task AnIdleTensorParallelServerOutlivesTheCollectivesTimeout()
+    {
+        var options = Options with { TensorParallelKeepAlive = TimeSpan.FromMilliseconds(500) };
+        var results = await Task.Run(() => ParallelTraining.RunThreadRanks(2, ctx => TensorParallelServingRank.Run(ctx.Rank, 2, ctx.Backend, ctx.Factory,
+            ModelPresets.Get("llama-debug"), DType.F64, options, engine =>
+            {
+                var first = Serve(engine);
+                Thread.Sleep(4000);
+                return first.Zip(Serve(engine), (a, b) => a.SequenceEqual(b)).ToArray();
+            }), TimeSpan.FromSeconds(3)), TestContext.Current.CancellationToken);
+        Assert.All(results[0]!.Take(Prompts.Length), Assert.True);        // greedy requests: the same tokens in both waves
+    }
+
     [Fact]
-    public void AnEngineForASplitModelNeedsItsFollowers()
+    public void OnlyRankZeroBuildsTheEngineAndOnlyTheOthersFollow()
     {
         var results = ParallelTraining.RunThreadRanks(2, ctx =>
         {
             using var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
             var model = new Transformer(ModelPresets.Get("llama-debug"), ctx.Backend, DType.F64,
                 tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
-            return Assert.Throws<ArgumentException>(() => new InferenceEngine(model, new ByteTokenizer(), Options)).Message;
+            return ctx.Rank == 0
+                ? Assert.Throws<ArgumentException>(() => InferenceEngine.Follow(model, Options)).Message
+                : Assert.Throws<ArgumentException>(() => new InferenceEngine(model, new ByteTokenizer(), Options)).Message;
         }, TimeSpan.FromSeconds(60));
-        Assert.All(results, m => Assert.Contains("needs TensorParallelSteps with 1 followers", m));
+        Assert.Contains("rank 0 builds the engine", results[0]);
+        Assert.Contains("rank 1 runs InferenceEngine.Follow", results[1]);
     }
 }
