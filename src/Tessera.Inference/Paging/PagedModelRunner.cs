@@ -47,7 +47,7 @@ public sealed class PagedModelRunner : IDisposable
     private readonly ProcessGroup? _group;        // tensor parallelism: the group whose rank 0 schedules and the others follow
     private readonly Tensor? _header;             // (HeaderLength) I32 with tensor parallelism: a step's shape, broadcast from rank 0
     private readonly int[] _headerHost = new int[HeaderLength];
-    private const int HeaderLength = 8;
+    private const int HeaderLength = 8, StopHeader = 0, StepHeader = 1, IdleHeader = 2;   // header[0]: what rank 0 announces
     private readonly ActivationKey _attentionOut = new("paged.att.out"), _qkv = new("paged.qkv"), _lastHidden = new("paged.last.hidden");
 
     /// <summary>A step enqueued and not yet collected: where its sampled ids land, and its logits when the host samples.</summary>
@@ -317,16 +317,20 @@ public sealed class PagedModelRunner : IDisposable
     }
 
     /// <summary>
-    /// Tensor parallelism, rank 0: broadcasts the step's shape (a header: 1 for a step (0 stop, 2 nothing), sequences, rows,
-    /// outputs, the rows that go to the head, whether every row samples in order, the metadata's length) and then its metadata, already on this rank's
-    /// device, to the other ranks, which run the same forward pass with them (<see cref="FollowStep"/>).
+    /// Tensor parallelism, rank 0: broadcasts the step's shape (a header: <c>StepHeader</c>, sequences, rows, outputs, the rows
+    /// that go to the head, whether every row samples in order, the metadata's length) and then its metadata, already on this
+    /// rank's device, to the other ranks, which run the same forward pass with them (<see cref="FollowStep"/>).
     /// </summary>
     private void Announce(Layout layout, int outputs, bool everyRowSamples)
     {
-        int[] header = [1, layout.Sequences, layout.Rows, layout.Outputs, outputs, everyRowSamples ? 1 : 0, layout.Size, 0];
+        SendHeader([StepHeader, layout.Sequences, layout.Rows, layout.Outputs, outputs, everyRowSamples ? 1 : 0, layout.Size, 0]);
+        _group!.Broadcast(_metadata.Slice(0, 0, layout.Size), 0).WaitOnDevice();
+    }
+
+    private void SendHeader(int[] header)
+    {
         _backend.CopyFromHost<int>(header, _header!);
         _group!.Broadcast(_header!, 0).WaitOnDevice();
-        _group.Broadcast(_metadata.Slice(0, 0, layout.Size), 0).WaitOnDevice();
     }
 
     /// <summary>
@@ -340,8 +344,8 @@ public sealed class PagedModelRunner : IDisposable
         _group.Broadcast(_header!, 0).WaitOnDevice();
         _backend.CopyToHost<int>(_header!, _headerHost);
         var h = _headerHost;
-        if (h[0] == 0) return false;                                      // rank 0 stopped
-        if (h[0] == 2) return true;                                       // rank 0 is idle: nothing to run
+        if (h[0] == StopHeader) return false;
+        if (h[0] == IdleHeader) return true;                              // rank 0 is idle: nothing to run
         var layout = new Layout(h[1], h[2], _maxBlocks, h[3]);
         if (layout.Size != h[6] || layout.Size > _host.Length)
             throw new InvalidOperationException($"PagedModelRunner.FollowStep: rank 0 announced {h[6]} metadata values for a layout of {layout.Size} (this rank holds {_host.Length}): the ranks were built with different options");
@@ -351,11 +355,11 @@ public sealed class PagedModelRunner : IDisposable
     }
 
     /// <summary>Tensor parallelism, rank 0, at shutdown: the other ranks' <see cref="FollowStep"/> returns false.</summary>
-    public void StopFollowers() => AnnounceNothing(kind: 0);
+    public void StopFollowers() => AnnounceNothing(StopHeader);
 
     /// <summary>Tensor parallelism, rank 0, idle: an empty step, so that the other ranks' wait in <see cref="FollowStep"/> (a
     /// collective) does not reach its timeout.</summary>
-    public void KeepFollowersAlive() => AnnounceNothing(kind: 2);
+    public void KeepFollowersAlive() => AnnounceNothing(IdleHeader);
 
     /// <summary>Whether this is rank 0 of a tensor-parallel group, whose other ranks follow its steps.</summary>
     public bool HasFollowers => _group is { Rank: 0 };
@@ -365,8 +369,7 @@ public sealed class PagedModelRunner : IDisposable
         if (!HasFollowers) return;
         var header = new int[HeaderLength];
         header[0] = kind;
-        _backend.CopyFromHost<int>(header, _header!);
-        _group!.Broadcast(_header!, 0).WaitOnDevice();
+        SendHeader(header);
     }
 
     /// <summary>Whether row i's token of the step just written is -1 - i for every real row: the previous step's i-th sample.</summary>
