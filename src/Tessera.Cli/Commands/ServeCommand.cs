@@ -50,7 +50,7 @@ public sealed class ServeCommand : Command
         "tensor-parallel ranks: the model split over N CPU thread ranks, each holding its own heads' KV cache in --kv-memory (rank 0 schedules)", 1, min: 1);
     private readonly Option<string?> _draftModel = new("--draft-model")
     {
-        Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing; --draft-tokens defaults to 4 with it",
+        Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing, whole on rank 0 under --tp; --draft-tokens defaults to 4 with it",
         HelpName = "DIR",
     };
 
@@ -111,7 +111,6 @@ public sealed class ServeCommand : Command
             throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}): launched serving runs on GPUs through NCCL; add --device cuda, or use --tp N for CPU thread ranks in one process");
         if (env.IsDistributed && env.WorldSize != tp)
             throw new UsageException($"--tp {tp}: the launched world has {env.WorldSize} processes; serve splits the model over all of them (give --tp {env.WorldSize})");
-        if (tp > 1 && draftDir is not null) throw new UsageException("--draft-model runs on one device: leave out --tp");
         try
         {
             serve.Validate();

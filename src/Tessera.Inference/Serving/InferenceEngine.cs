@@ -71,8 +71,8 @@ public sealed class InferenceEngine : IDisposable
             throw new ArgumentException("a draft model needs EngineOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
         if (model.TensorParallelism is { Rank: > 0 } follower)
             throw new ArgumentException($"the engine runs on tensor-parallel rank 0; rank {follower.Rank} runs InferenceEngine.Follow");
-        if (draftModel is not null && model.TensorParallelism is { Size: > 1 })
-            throw new NotSupportedException("speculative decoding with a draft model runs on one device; use prompt lookup with a tensor-parallel model");
+        if (draftModel?.TensorParallelism is { Size: > 1 })
+            throw new NotSupportedException("a draft model runs whole on rank 0 (it is small): build it without tensor parallelism");
         _model = model;
         _tokenizer = tokenizer;
         var config = model.Config;

@@ -14,11 +14,11 @@ internal static class TensorParallelServingRank
 {
     /// <summary>
     /// Builds rank <paramref name="rank"/>'s part of a <paramref name="config"/> model (seed 3) over the tensor-parallel group
-    /// of <paramref name="factory"/>'s world; rank 0 returns what <paramref name="serve"/> makes of its engine, the other ranks
-    /// follow it and return null.
+    /// of <paramref name="factory"/>'s world; rank 0 returns what <paramref name="serve"/> makes of its engine (with the
+    /// whole <paramref name="draft"/> model it builds on rank 0's backend, if any), the other ranks follow it and return null.
     /// </summary>
     public static T? Run<T>(int rank, int tp, IBackend backend, IProcessGroupFactory factory, TransformerConfig config, DType dtype,
-        EngineOptions options, Func<InferenceEngine, T> serve) where T : class
+        EngineOptions options, Func<InferenceEngine, T> serve, Func<IBackend, Transformer>? draft = null) where T : class
     {
         using var groups = new DeviceMesh(tp: tp).CreateGroups(factory);
         var model = new Transformer(config, backend, dtype,
@@ -29,7 +29,7 @@ internal static class TensorParallelServingRank
             InferenceEngine.Follow(model, options);
             return null;
         }
-        using var engine = new InferenceEngine(model, new ByteTokenizer(), options);
+        using var engine = new InferenceEngine(model, new ByteTokenizer(), options, draft?.Invoke(backend));
         return serve(engine);
     }
 }

@@ -110,6 +110,34 @@ public sealed class TensorParallelServingTests
         Assert.All(results[0]!.Take(Prompts.Length), Assert.True);        // greedy requests: the same tokens in both waves
     }
 
+    /// <summary>
+    /// A draft model beside a split model: the draft runs whole on rank 0 (here the served weights, unsplit, so every guess is
+    /// right), its pool addressed by rank 0's block tables, while the verification runs on both ranks.
+    /// </summary>
+    [Fact(Timeout = 120_000)]
+    public async Task AWholeDraftModelOnRankZeroGuessesForASplitModel()
+    {
+        var config = ModelPresets.Get("llama-debug");
+        var one = new Transformer(config, new CpuBackend(1), DType.F64);
+        one.InitializeWeights(seed: 3);
+        List<int>[] expected;
+        using (var engine = new InferenceEngine(one, new ByteTokenizer(), Options)) expected = await EngineRequests.RunAll(engine, Prompts, 16);
+        var results = await Task.Run(() => ParallelTraining.RunThreadRanks(2, ctx => TensorParallelServingRank.Run(ctx.Rank, 2, ctx.Backend, ctx.Factory,
+            config, DType.F64, Options with { Speculation = new Tessera.Inference.Speculation.SpeculationOptions { DraftTokens = 3 } }, engine =>
+            {
+                var served = EngineRequests.RunAll(engine, Prompts, 16).GetAwaiter().GetResult();
+                Assert.True(engine.Metrics.DraftTokens > 0);
+                Assert.Equal(engine.Metrics.DraftTokens, engine.Metrics.AcceptedDraftTokens);
+                return served;
+            }, draft: backend =>
+            {
+                var whole = new Transformer(config, backend, DType.F64);
+                whole.InitializeWeights(seed: 3);
+                return whole;
+            }), TimeSpan.FromSeconds(60)), TestContext.Current.CancellationToken);
+        for (int i = 0; i < Prompts.Length; i++) Assert.Equal(expected[i], results[0]![i]);
+    }
+
     [Fact]
     public void OnlyRankZeroBuildsTheEngineAndOnlyTheOthersFollow()
     {
