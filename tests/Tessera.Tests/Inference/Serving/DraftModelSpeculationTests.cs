@@ -6,7 +6,6 @@ using Tessera.Models;
 using Tessera.Models.Tokenization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
-using Tessera.Tests.Nn;
 using Xunit;
 
 namespace Tessera.Tests.Inference.Serving;
@@ -29,14 +28,7 @@ public class DraftModelSpeculationTests
         [42, 42],
     ];
 
-    private Transformer Model(int seed, int layers = 0)
-    {
-        var preset = ModelPresets.Get("llama-debug");
-        var config = preset with { VocabSize = 256, MaxSequenceLength = 96, Layers = layers > 0 ? layers : preset.Layers };
-        var model = new Transformer(config, _cpu, DType.F64);
-        LayerCheck.Randomize(_cpu, model.Parameters, new Random(seed));
-        return model;
-    }
+    private Transformer Model(int seed, int layers = 0) => ByteModels.Random(_cpu, "llama-debug", seed, context: 96, layers: layers);
 
     private static EngineOptions Options(int draftTokens, long kvBytes = 1 << 20, bool uniform = false) => new()
     {

@@ -6,7 +6,6 @@ using Tessera.Models;
 using Tessera.Models.Tokenization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
-using Tessera.Tests.Nn;
 using Xunit;
 
 namespace Tessera.Tests.Inference.Serving;
@@ -19,10 +18,7 @@ public class InferenceEngineTests
     private InferenceEngine Engine(int maxBatch = 4, int budget = 16, long? kvBytes = null, int context = 64, bool asyncScheduling = true,
         int[]? stopTokens = null, bool advanceOnDevice = false, bool measureDeviceTime = false)
     {
-        var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
-        var model = new Transformer(config, _cpu, DType.F64);
-        LayerCheck.Randomize(_cpu, model.Parameters, new Random(11));
-        return new InferenceEngine(model, new ByteTokenizer(), new EngineOptions
+        return new InferenceEngine(ByteModels.Random(_cpu, "llama-debug", seed: 11, context), new ByteTokenizer(), new EngineOptions
         {
             Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = kvBytes ?? 1 << 20 },
             Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = 8 },

@@ -8,7 +8,6 @@ using Tessera.Models;
 using Tessera.Models.Tokenization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
-using Tessera.Tests.Nn;
 using Xunit;
 
 namespace Tessera.Tests.Inference.Serving;
@@ -34,10 +33,7 @@ public class SpeculativeDecodingTests
 
     private InferenceEngine Engine(int draftTokens, int budget = 32, int context = 96, int maxBatch = 4, bool uniform = false)
     {
-        var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
-        var model = new Transformer(config, _cpu, DType.F64);
-        LayerCheck.Randomize(_cpu, model.Parameters, new Random(11));
-        return new InferenceEngine(model, new ByteTokenizer(), new EngineOptions
+        return new InferenceEngine(ByteModels.Random(_cpu, "llama-debug", seed: 11, context), new ByteTokenizer(), new EngineOptions
         {
             Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 1 << 20 },
             Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = 16 },

@@ -1,3 +1,4 @@
+using Tessera.Distributed;
 using Tessera.Distributed.Mesh;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Sampling;
@@ -15,9 +16,9 @@ namespace Tessera.Tests.Inference.Serving;
 
 /// <summary>
 /// Serving a tensor-parallel model on CPU thread ranks: rank 0's engine schedules and every rank runs each step over its own
-/// key/value heads (<see cref="TensorParallelSteps"/>). In F64 the logits agree with one device's to rounding, so concurrent
-/// greedy requests and a seeded sampled one must give one device's tokens; the ranks leave no block in use and stop with
-/// the engine.
+/// key/value heads, announced to the other ranks by a broadcast (<see cref="Tessera.Inference.Paging.PagedModelRunner.FollowStep"/>).
+/// In F64 the logits agree with one device's to rounding, so concurrent greedy requests and a seeded sampled one must give one
+/// device's tokens; the ranks leave no block in use, stop with the engine, and issue the same collectives.
 /// </summary>
 public sealed class TensorParallelServingTests
 {
@@ -28,6 +29,7 @@ public sealed class TensorParallelServingTests
         Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 1 << 20 },
         Scheduler = new SchedulerOptions { MaxBatch = 4, TokenBudget = 16, MaxQueue = 16 },
         Speculation = new Tessera.Inference.Speculation.SpeculationOptions { DraftTokens = 2, MinNgram = 1 },
+        TensorParallelKeepAlive = TimeSpan.FromHours(1),   // none in these short runs: the broadcasts count the steps exactly
     };
 
     private static CompletionRequest[] Requests =>
@@ -56,6 +58,8 @@ public sealed class TensorParallelServingTests
         List<int>[] expected;
         using (var engine = new InferenceEngine(one, new ByteTokenizer(), Options)) expected = Serve(engine);
 
+        long steps = 0;
+        var counts = new (long Broadcast, long AllGather, long AllReduce)[tp];
         var results = await Task.Run(() => ParallelTraining.RunThreadRanks(tp, ctx => TensorParallelServingRank.Run(ctx.Rank, tp, ctx.Backend, ctx.Factory,
             config, DType.F64, Options, engine =>
             {
@@ -63,10 +67,18 @@ public sealed class TensorParallelServingTests
                 var served = Serve(engine);
                 Assert.Equal(0, engine.Metrics.KvBlocksInUse);
                 Assert.True(engine.Metrics.DraftTokens > 0, "no guess was verified across the ranks");
+                steps = engine.Metrics.Steps;
                 return served;
-            }), TimeSpan.FromSeconds(60)), TestContext.Current.CancellationToken);
+            }, finished: g => counts[ctx.Rank] = (g.Count(CollectiveKind.Broadcast), g.Count(CollectiveKind.AllGather), g.Count(CollectiveKind.AllReduce))),
+            TimeSpan.FromSeconds(60)), TestContext.Current.CancellationToken);
         Assert.All(results.Skip(1), Assert.Null);
         for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], results[0]![i]);
+        // Collectives: every rank the same; per step a header and the metadata broadcast, and one gather of the vocabulary;
+        // one more gather for the warm-up pass, one more broadcast for the stop; all-reduces the same number in every pass.
+        Assert.All(counts, c => Assert.Equal(counts[0], c));
+        Assert.Equal(2 * steps + 1, counts[0].Broadcast);
+        Assert.Equal(steps + 1, counts[0].AllGather);
+        Assert.True(counts[0].AllReduce > 0 && counts[0].AllReduce % (steps + 1) == 0, $"{counts[0].AllReduce} all-reduces over {steps + 1} passes");
     }
 
     /// <summary>

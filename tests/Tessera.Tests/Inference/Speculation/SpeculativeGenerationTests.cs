@@ -4,7 +4,6 @@ using Tessera.Inference.Speculation;
 using Tessera.Models;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
-using Tessera.Tests.Nn;
 using Xunit;
 
 namespace Tessera.Tests.Inference.Speculation;
@@ -18,12 +17,7 @@ public class SpeculativeGenerationTests
 {
     private readonly CpuBackend _cpu = new(1);
 
-    private Transformer Model(string preset, int context = 128)
-    {
-        var model = new Transformer(ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = context }, _cpu, DType.F64);
-        LayerCheck.Randomize(_cpu, model.Parameters, new Random(5));
-        return model;
-    }
+    private Transformer Model(string preset, int context = 128) => ByteModels.Random(_cpu, preset, seed: 5, context);
 
     private static readonly int[][] Prompts =
     [
@@ -113,10 +107,8 @@ public class SpeculativeGenerationTests
     {
         var model = Model("llama-debug");
         var same = Model("llama-debug");                               // seed 5 as well: the same weights
-        var other = new Transformer(ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = 128, Layers = 1 }, _cpu, DType.F64);
-        LayerCheck.Randomize(_cpu, other.Parameters, new Random(6));
-        var shortContext = new Transformer(ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = 24 }, _cpu, DType.F64);
-        LayerCheck.Randomize(_cpu, shortContext.Parameters, new Random(5));
+        var other = ByteModels.Random(_cpu, "llama-debug", seed: 6, context: 128, layers: 1);
+        var shortContext = Model("llama-debug", context: 24);
         foreach (var prompt in Prompts)
         {
             var expected = new TextGenerator(model).Generate(prompt, Options(60, 0)).ToList();
