@@ -65,6 +65,20 @@ public interface IBackend
     /// <summary>sums (C) += column sums of x (N,C): the bias gradient of a linear layer.</summary>
     void SumRows(Tensor x, Tensor sums);
 
+    /// <summary>
+    /// y (M, N) = x (M, K) W^T (+ bias (N)) (+ beta y, or + addend (M, N)), then the epilogue, with W (N, K) the int8 weight
+    /// <paramref name="weight"/> stands for (row n = Scales[n] * Values[n, ·]): an inference product over weight-only quantized
+    /// weights. x, y, bias, addend and auxiliary share one floating-point dtype. <paramref name="epilogue"/> is None or Gelu
+    /// (<paramref name="auxiliary"/> (M, N) receives the pre-activation); an addend takes beta = 0, as in <see cref="MatMul"/>.
+    /// Equal, up to the order of the sums, to <see cref="Dequantize"/> into a tensor of x's dtype and then
+    /// <see cref="MatMul"/> with transposeB.
+    /// </summary>
+    void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null);
+
+    /// <summary>output (N, K) = the weight <paramref name="weight"/> stands for, Scales[n] * Values[n, k], in output's floating-point dtype.</summary>
+    void Dequantize(QuantizedWeight weight, Tensor output);
+
     // ---------------------------------------------------------------- elementwise
 
     /// <summary>output = a + b; same shapes. <paramref name="output"/> may alias a or b.</summary>

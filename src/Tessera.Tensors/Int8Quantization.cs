@@ -1,0 +1,53 @@
+namespace Tessera.Tensors;
+
+/// <summary>
+/// Symmetric per-row int8 quantization of an nn.Linear weight on the host (LLM.int8's and TensorRT-LLM's weight-only form):
+/// row n's scale is max|w[n, ·]| / 127 and each value round(w / scale), so every weight is recovered within half a step,
+/// |w - scale q| &lt;= scale / 2 = max|w[n, ·]| / 254, and a row's largest weight exactly. A row of zeros has scale 0.
+/// </summary>
+public static class Int8Quantization
+{
+    /// <summary>The largest magnitude of a quantized value.</summary>
+    public const int Levels = 127;
+
+    /// <summary>
+    /// Quantizes <paramref name="weight"/> (<paramref name="rows"/>, <paramref name="columns"/>, row-major) into
+    /// <paramref name="values"/> (same layout) and <paramref name="scales"/> (<paramref name="rows"/>). Throws on a weight that
+    /// is not finite, naming <paramref name="name"/>, the row and the column: its scale would be too.
+    /// </summary>
+    public static void QuantizeRows(ReadOnlySpan<float> weight, int rows, int columns, Span<sbyte> values, Span<float> scales, string name = "weight")
+    {
+        long n = (long)rows * columns;
+        if (rows < 0 || columns < 0 || weight.Length != n || values.Length != n || scales.Length != rows)
+            throw new ArgumentException($"{name}: int8 quantization of ({rows}, {columns}) needs {n} weights and values and {rows} scales, " +
+                $"got {weight.Length}, {values.Length} and {scales.Length}");
+        for (int r = 0; r < rows; r++)
+        {
+            var row = weight.Slice(r * columns, columns);
+            var q = values.Slice(r * columns, columns);
+            float max = 0f;
+            for (int c = 0; c < columns; c++)
+            {
+                float v = row[c];
+                if (!float.IsFinite(v))
+                    throw new ArgumentException($"{name}: weight [{r}, {c}] is {v}; a weight that is not finite cannot be quantized " +
+                        "(the model was saved from a run that diverged, or the file is damaged)");
+                max = Math.Max(max, Math.Abs(v));
+            }
+            float scale = max / Levels;
+            scales[r] = scale;
+            if (scale == 0f) { q.Clear(); continue; }
+            float inverse = Levels / max;
+            for (int c = 0; c < columns; c++)
+                q[c] = (sbyte)Math.Clamp(MathF.Round(row[c] * inverse, MidpointRounding.ToEven), -Levels, Levels);
+        }
+    }
+
+    /// <summary>The weight <paramref name="values"/> and <paramref name="scales"/> stand for, row-major, in F32.</summary>
+    public static float[] Dequantize(ReadOnlySpan<sbyte> values, ReadOnlySpan<float> scales, int columns)
+    {
+        var w = new float[values.Length];
+        for (int i = 0; i < w.Length; i++) w[i] = scales[i / columns] * values[i];
+        return w;
+    }
+}

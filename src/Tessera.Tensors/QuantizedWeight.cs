@@ -1,0 +1,64 @@
+namespace Tessera.Tensors;
+
+/// <summary>
+/// An nn.Linear weight (N, K) stored as signed 8-bit integers with one F32 scale per output row (weight-only quantization,
+/// symmetric, per channel): the weight it stands for is <c>Scales[n] * Values[n, k]</c>. Products read it through
+/// <see cref="IBackend.QuantizedMatMul"/>; <see cref="IBackend.Dequantize"/> gives the floating-point weight back.
+/// <see cref="Int8Quantization.QuantizeRows"/> makes one from a floating-point weight.
+/// </summary>
+public sealed record QuantizedWeight
+{
+    /// <summary>Pairs <paramref name="values"/> (N, K) I8, contiguous, with <paramref name="scales"/> (N) F32 on the same backend.</summary>
+    public QuantizedWeight(Tensor values, Tensor scales)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        ArgumentNullException.ThrowIfNull(scales);
+        if (values.DType != DType.I8 || values.Rank != 2 || !values.IsContiguous)
+            throw new ArgumentException($"quantized weight: values must be a contiguous (N, K) I8 tensor, got {values.DType} {values.Shape}", nameof(values));
+        if (scales.DType != DType.F32 || scales.Rank != 1 || scales.Size(0) != values.Size(0) || !scales.IsContiguous)
+            throw new ArgumentException($"quantized weight: scales must be a contiguous ({values.Size(0)}) F32 tensor, one a row of the values {values.Shape}, got {scales.DType} {scales.Shape}", nameof(scales));
+        Values = values;
+        Scales = scales;
+    }
+
+    /// <summary>(N, K) I8.</summary>
+    public Tensor Values { get; }
+
+    /// <summary>(N) F32: row n of the weight is Scales[n] times row n of <see cref="Values"/>.</summary>
+    public Tensor Scales { get; }
+
+    /// <summary>Output features N.</summary>
+    public int Rows => Values.Size(0);
+
+    /// <summary>Input features K.</summary>
+    public int Columns => Values.Size(1);
+
+    /// <summary>The shape of the weight it stands for, (N, K).</summary>
+    public Shape Shape => Values.Shape;
+
+    /// <summary>Bytes held: one a value, four a scale.</summary>
+    public long Bytes => Values.NumElements + 4L * Rows;
+
+    /// <summary>
+    /// The checks every backend applies to <see cref="IBackend.QuantizedMatMul"/>: x (M, K) and y (M, N) of one floating-point
+    /// dtype with this weight (N, K) between them, on the backend that holds it; bias (N) of that dtype; epilogue None or
+    /// Gelu; then <see cref="MatMulEpilogueArguments.Validate"/>'s checks of beta, auxiliary and addend.
+    /// </summary>
+    public void ValidateProduct(string backend, Tensor x, Tensor y, double beta, Tensor? bias, MatMulEpilogue epilogue,
+        Tensor? auxiliary, Tensor? addend)
+    {
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(y);
+        string where = $"{backend}.QuantizedMatMul";
+        if (x.Rank != 2 || y.Rank != 2 || x.Size(1) != Columns || y.Size(0) != x.Size(0) || y.Size(1) != Rows)
+            throw new ArgumentException($"{where}: x {x.Shape} and y {y.Shape} do not fit the weight {Shape}: x (M, {Columns}), y (M, {Rows})");
+        if (x.DType is not (DType.F32 or DType.F64 or DType.BF16 or DType.F16) || y.DType != x.DType)
+            throw new ArgumentException($"{where}: x and y must share one floating-point dtype, got {x.DType} and {y.DType}");
+        if (!ReferenceEquals(x.Storage.Backend, Values.Storage.Backend) || !ReferenceEquals(Scales.Storage.Backend, Values.Storage.Backend))
+            throw new ArgumentException($"{where}: x and the quantized weight live on different backends");
+        if (bias is not null && (bias.DType != x.DType || bias.Shape != new Shape(Rows)))
+            throw new ArgumentException($"{where}: bias {bias.DType} {bias.Shape} must be ({Rows}) {x.DType}", nameof(bias));
+        if (epilogue is not (MatMulEpilogue.None or MatMulEpilogue.Gelu))
+            throw new ArgumentException($"{where}: an inference product takes the None or Gelu epilogue, not {epilogue}", nameof(epilogue));
+        MatMulEpilogueArguments.Validate(backend, x, y, transposeA: false, beta, bias, epilogue, auxiliary, biasGradient: null, addend);
+    }
+}
