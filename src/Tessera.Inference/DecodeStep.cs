@@ -26,7 +26,7 @@ internal sealed class DecodeStep : IDisposable
         _greedy = greedy;
         // A tensor-parallel step waits on its collectives from the host, which a recorded graph cannot contain.
         _record = record && model.TensorParallelism is null;
-        var backend = model.Parameters.Backend;
+        var backend = model.Backend;
         Tokens = backend.Allocate(new Shape(cache.Batch, 1), DType.I32);
     }
 
@@ -50,7 +50,7 @@ internal sealed class DecodeStep : IDisposable
             return;
         }
         // The first step runs normally so that every buffer, kernel module and product plan exists before recording.
-        if (_record && _eagerSteps > 0 && _model.Parameters.Backend is IGraphCapture capture)
+        if (_record && _eagerSteps > 0 && _model.Backend is IGraphCapture capture)
         {
             _cache.EnsureRoom(1);
             _graph = capture.Capture(Body);   // host bookkeeping (the cache's Length) ran once while recording
@@ -67,11 +67,11 @@ internal sealed class DecodeStep : IDisposable
     private void Body()
     {
         // Nothing a decode step enqueues writes a weight: the backend may overlap weight loads with the kernel in front.
-        using var scope = (_model.Parameters.Backend as IInferenceScope)?.EnterInference();
+        using var scope = (_model.Backend as IInferenceScope)?.EnterInference();
         var logits = _model.ForwardWithCache(Tokens, _cache, validateTokens: false);   // (B, 1, Vpad)
         int b = logits.Size(0), vPad = logits.Size(2);
         Logits = logits.Reshape(b, vPad).Slice(1, 0, _model.Config.VocabSize);
-        if (_greedy) _model.Parameters.Backend.ArgMax(Logits, Tokens.Reshape(b));
+        if (_greedy) _model.Backend.ArgMax(Logits, Tokens.Reshape(b));
     }
 
     public void Dispose()

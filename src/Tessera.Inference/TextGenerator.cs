@@ -37,7 +37,7 @@ public sealed class TextGenerator
         ArgumentNullException.ThrowIfNull(model);
         if (draftModel is not null && draftModel.Config.VocabSize != model.Config.VocabSize)
             throw new ArgumentException($"the draft model's vocabulary ({draftModel.Config.VocabSize} tokens) differs from the model's ({model.Config.VocabSize}); a draft model must share the tokenizer");
-        if (draftModel is not null && draftModel.Parameters.Backend != model.Parameters.Backend)
+        if (draftModel is not null && draftModel.Backend != model.Backend)
             throw new ArgumentException("the draft model must live on the model's backend (the same device)");
         _model = model;
         _draft = draftModel;
@@ -86,7 +86,7 @@ public sealed class TextGenerator
 
     private IEnumerable<int> Run(IReadOnlyList<int> prompt, GenerationOptions options)
     {
-        var backend = _model.Parameters.Backend;
+        var backend = _model.Backend;
         var config = _model.Config;
         var sampler = new Sampler(options.Sampling);
         bool greedy = options.Sampling.Temperature == 0;
@@ -144,7 +144,7 @@ public sealed class TextGenerator
     /// </summary>
     private IEnumerable<int> RunSpeculative(IReadOnlyList<int> prompt, GenerationOptions options)
     {
-        var backend = _model.Parameters.Backend;
+        var backend = _model.Backend;
         var config = _model.Config;
         int k = options.Speculation.DraftTokens, vocab = config.VocabSize;
         var drafter = new NgramDrafter(options.Speculation);
@@ -210,7 +210,7 @@ public sealed class TextGenerator
         // argmax of the last row, then feeds each guess; its cache then holds every guess but the last.
         int DraftWithModel(int room)
         {
-            var draftBackend = _draft!.Parameters.Backend;
+            var draftBackend = _draft!.Backend;
             int count = history.Count - draftCache!.Length;
             var feed = draftBackend.FromHost<int>(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history)[draftCache.Length..], new Shape(1, count));
             for (int i = 0; i < room; i++)
@@ -300,7 +300,7 @@ public sealed class TextGenerator
 
     private int ArgMax(Tensor logits, Tensor tokens, int[] chosen)
     {
-        var backend = _model.Parameters.Backend;
+        var backend = _model.Backend;
         backend.ArgMax(logits, tokens.Reshape(1));
         backend.CopyToHost<int>(tokens, chosen);
         return chosen[0];
@@ -308,7 +308,7 @@ public sealed class TextGenerator
 
     private int Sample(Tensor logits, Tensor row, float[] host, Sampler sampler)
     {
-        var backend = _model.Parameters.Backend;
+        var backend = _model.Backend;
         backend.Copy(logits, row);                                   // (1, V) cast to F32
         backend.CopyToHost<float>(row, host);
         return sampler.Sample(host, host.Length);

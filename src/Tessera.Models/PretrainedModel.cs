@@ -1,4 +1,6 @@
 using Tessera.Models.HuggingFace;
+using Tessera.Nn;
+using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 
 namespace Tessera.Models;
@@ -11,14 +13,26 @@ public static class PretrainedModel
     /// in <paramref name="dtype"/>. When <paramref name="expected"/> is given (a checkpoint's own configuration, e.g.
     /// with a padded vocabulary) the directory must describe the same architecture and the model takes that configuration.
     /// With <paramref name="tensorParallelism"/> the model is this rank's part of a tensor-parallel one, and each split
-    /// parameter keeps its slice of the weights.
+    /// parameter keeps its slice of the weights. With <paramref name="quantization"/> <see cref="WeightQuantization.Int8"/> the
+    /// model is for inference only: its linear layers' weights are quantized as they load (<see cref="QuantizedParameterStorage"/>),
+    /// and no copy of them in <paramref name="dtype"/> is ever allocated on <paramref name="backend"/>.
     /// </summary>
     public static Transformer Load(string directory, IBackend backend, DType dtype, TransformerConfig? expected = null,
-        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null)
+        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None)
     {
+        if (quantization != WeightQuantization.None && tensorParallelism is { Size: > 1 })
+            throw new NotSupportedException($"{directory}: weight quantization ({quantization}) is not built for tensor-parallel ranks yet " +
+                "(a row-parallel slice would need the whole row's scale); load it on one device, or without quantization");
         using var hf = expected is null ? HuggingFaceModelDirectory.Open(directory) : HuggingFaceModelDirectory.Open(directory, expected);
-        var model = new Transformer(hf.Config, backend, dtype, tensorParallelism: tensorParallelism);
-        hf.LoadInto(model.Parameters.Parameters, backend);
-        return model;
+        if (quantization == WeightQuantization.None)
+        {
+            var model = new Transformer(hf.Config, backend, dtype, tensorParallelism: tensorParallelism);
+            hf.LoadInto(model.Parameters.Parameters, backend);
+            return model;
+        }
+        var quantized = new Transformer(hf.Config, backend, dtype, ArenaStorage.Deferred, tensorParallelism);
+        _ = new QuantizedParameterStorage(quantized.Layout, backend, dtype, quantized.IsLinearWeight);   // attaches itself
+        hf.LoadInto(quantized.Layout.Parameters, backend);
+        return quantized;
     }
 }

@@ -280,6 +280,20 @@ public sealed class Transformer
     /// <summary>Norm after the last block, "final_norm".</summary>
     public INormalization FinalNorm => _finalNorm ?? throw NotHeld("the final norm");
 
+    /// <summary>
+    /// Bytes of this rank's parameters as the layers read them: a quantized weight's int8 values and row scales
+    /// (<see cref="Parameter.Quantized"/>), every other parameter in the model's dtype (what a decode step streams).
+    /// </summary>
+    public long WeightBytes => Layout.Parameters.Sum(p => p.Quantized is { } q ? q.Bytes : p.NumElements * DType.SizeInBytes());
+
+    /// <summary>
+    /// Whether <paramref name="parameter"/> is the weight (N, K) of a linear layer, which weight-only quantization may keep as
+    /// int8: every rank-2 parameter but the embedding tables (which are gathered by row; a tied LM head reads the token table,
+    /// so it stays in the model's dtype too).
+    /// </summary>
+    public bool IsLinearWeight(Parameter parameter) =>
+        parameter.Shape.Rank == 2 && parameter != _tokenEmbedding?.Weight && parameter != PositionEmbedding?.Weight;
+
     /// <summary>LM head C to Vpad: "lm_head" when untied, else over tok_emb.weight.</summary>
     public Linear Head => _head ?? throw NotHeld("the LM head");
 

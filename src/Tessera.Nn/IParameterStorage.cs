@@ -50,6 +50,12 @@ public interface IParameterStorage
         if (Master(parameter) is { } master) Backend.Copy(master, Value(parameter));
     }
 
+    /// <summary>
+    /// <paramref name="parameter"/>'s weight as int8 with row scales when the storage keeps it so (weight-only quantization,
+    /// <see cref="Quantization.QuantizedParameterStorage"/>; its <see cref="Value"/> then throws), else null: the default.
+    /// </summary>
+    QuantizedWeight? Quantized(Parameter parameter) => null;
+
     /// <summary>Whether <see cref="Value"/> would succeed now.</summary>
     bool IsResident(Parameter parameter);
 

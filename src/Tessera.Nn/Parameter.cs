@@ -65,6 +65,12 @@ public sealed class Parameter
     /// <summary>The value; throws while the storage does not hold it (a ZeRO-3 unit that is not gathered).</summary>
     public Tensor Value => Store.Value(this);
 
+    /// <summary>
+    /// The weight as int8 with row scales when the storage keeps it so (an inference model loaded with
+    /// <see cref="Quantization.WeightQuantization.Int8"/>; <see cref="Value"/> then throws), else null.
+    /// </summary>
+    public QuantizedWeight? Quantized => Storage?.Quantized(this);
+
     /// <summary>The gradient; throws while no gradient buffer is bound.</summary>
     public Tensor Grad => Store.Grad(this);
 

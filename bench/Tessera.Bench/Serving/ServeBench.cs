@@ -224,7 +224,7 @@ public static class ServeBench
         var rng = new Random(7);
         int[] Prompt() => corpusPrompt?.Invoke(rng) ?? Enumerable.Range(0, prompt).Select(_ => rng.Next(config.VocabSize)).ToArray();
         double copy = cuda is null ? double.NaN : Gpu.GpuDecodeBench.DeviceCopyBandwidth(cuda);
-        long weightBytes = model.Parameters.Parameters.Sum(p => p.NumElements) * dtype.SizeInBytes();
+        long weightBytes = model.WeightBytes;
         long kvPerPosition = PagedKvCache.BlockBytes(dtype, config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);
         // Warm-up, outside the timings: every level once with whole prompts and 4 new tokens, so that every batch-size bucket
         // is recorded and the prefill steps' products at large row counts have spent the backend's algorithm-timing budget

@@ -70,13 +70,13 @@ public sealed class GenerationBenchmark
         double meanCached = promptLength + (decoded + 1) / 2.0;
         return new GenerationBenchmarkResult
         {
-            ParameterCount = _model.Parameters.ParameterCount,
+            ParameterCount = _model.Layout.ParameterCount,
             PromptLength = promptLength,
             NewTokens = newTokens,
             MeasuredRounds = prefill.Count,
             PrefillMilliseconds = Median(prefill),
             DecodeMilliseconds = Median(decode),
-            WeightBytesPerToken = _model.Parameters.ParameterCount * elementBytes,
+            WeightBytesPerToken = _model.WeightBytes,
             KvCacheBytesPerToken = 2.0 * config.Layers * meanCached * config.EffectiveKvHeads * config.HeadSize * elementBytes,
             DecodeStepReplayed = replayed,
             PeakDeviceBytes = _peakDeviceBytes?.Invoke(),

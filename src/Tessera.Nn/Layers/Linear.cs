@@ -68,7 +68,8 @@ public class Linear
     {
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
-        x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value, addend: residual);
+        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, bias: Bias?.Value, addend: residual);
+        else x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value, addend: residual);
         ctx.Save(_input, x);
         return y;
     }
@@ -79,7 +80,7 @@ public class Linear
     /// </summary>
     public virtual Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm)
     {
-        if (norm is not RmsNorm rms) return Forward(ctx, norm.Forward(ctx, x));
+        if (norm is not RmsNorm rms || Weight.Quantized is not null) return Forward(ctx, norm.Forward(ctx, x));
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
         x.Backend.RmsNormMatMul(x, rms.Prologue, Weight.Value, y, Bias?.Value);
@@ -93,7 +94,8 @@ public class Linear
     public virtual void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
     {
         CheckInput(x);
-        x.Backend.MatMul(x, Weight.Value, residual, transposeB: true, beta: 1.0, bias: Bias?.Value);
+        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, residual, beta: 1.0, bias: Bias?.Value);
+        else x.Backend.MatMul(x, Weight.Value, residual, transposeB: true, beta: 1.0, bias: Bias?.Value);
     }
 
     /// <summary>
@@ -104,7 +106,8 @@ public class Linear
     {
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
-        x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value, epilogue: MatMulEpilogue.Gelu, auxiliary: preActivation);
+        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, bias: Bias?.Value, epilogue: MatMulEpilogue.Gelu, auxiliary: preActivation);
+        else x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value, epilogue: MatMulEpilogue.Gelu, auxiliary: preActivation);
         ctx.Save(_input, x);
         return y;
     }
@@ -120,6 +123,8 @@ public class Linear
     public virtual void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null,
         Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false)
     {
+        if (Weight.Quantized is not null)
+            throw new NotSupportedException($"{Name}: the weight is quantized (int8, an inference model); a backward pass needs a model loaded without quantization");
         var x = ctx.Get(_input);
         var backend = dy.Backend;
         if (dy.Rank != 2 || dy.Size(0) != x.Size(0) || dy.Size(1) != OutFeatures)
@@ -168,8 +173,9 @@ public class Linear
     /// <summary>
     /// Whether the layer computes exactly x W^T + b, so that fused ops may read <see cref="Weight"/> in its place (the MLP's
     /// one gate/up product, decoding's fused QKV product). False for a layer that adds more (an unmerged LoRA adapter).
+    /// A quantized weight (<see cref="Parameter.Quantized"/>) is not: the fused ops read floating-point weights.
     /// </summary>
-    public virtual bool IsPlainProduct => true;
+    public virtual bool IsPlainProduct => Weight.Quantized is null;
 
     /// <summary>Checks x is (N, in).</summary>
     protected void CheckInput(Tensor x)

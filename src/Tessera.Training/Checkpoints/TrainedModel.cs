@@ -1,5 +1,6 @@
 using Tessera.Models;
 using Tessera.Nn;
+using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 
 namespace Tessera.Training.Checkpoints;
@@ -33,10 +34,11 @@ public static class TrainedModel
     /// Resolves <paramref name="path"/> (<see cref="Resolve"/>), verifies a checkpoint's manifest (size and SHA-256 of
     /// every file), loads the weights onto <paramref name="backend"/> in <paramref name="dtype"/> and checks that they are
     /// finite. Returns the model, the directory it came from and, for a checkpoint, the tokenizer it was trained with.
-    /// With <paramref name="tensorParallelism"/> the model is this rank's part (its slices of the split weights).
+    /// With <paramref name="tensorParallelism"/> the model is this rank's part (its slices of the split weights); with
+    /// <paramref name="quantization"/> an inference model whose linear layers' weights are int8 (<see cref="PretrainedModel.Load"/>).
     /// </summary>
     public static (Transformer Model, string Directory, string? Tokenizer) Load(string path, IBackend backend, DType dtype,
-        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null)
+        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None)
     {
         var directory = Resolve(path);
         TrainerState? state = null;
@@ -47,8 +49,8 @@ public static class TrainedModel
         }
         else if (File.Exists(Path.Combine(directory, "manifest.json")))
             CheckpointManifest.Read(directory).Verify(directory);
-        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism);
-        EnsureFinite(model.Parameters, directory);
+        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism, quantization);
+        EnsureFinite(model.Layout.Parameters, backend, directory);
         return (model, directory, state?.Tokenizer);
     }
 
@@ -56,10 +58,8 @@ public static class TrainedModel
     /// Throws <see cref="CheckpointException"/> naming the first parameter (and element) that holds a NaN or an infinity.
     /// One device-side sum per parameter and one read of them all; only a model that fails is read element by element.
     /// </summary>
-    public static void EnsureFinite(ParameterArena parameters, string source)
+    public static void EnsureFinite(IReadOnlyList<Parameter> list, IBackend backend, string source)
     {
-        var backend = parameters.Backend;
-        var list = parameters.Parameters;
         // A sum is NaN or infinite when any element is (and, for absurd weights near 1e38, when it overflows: the element
         // scan below then finds nothing and the model is accepted).
         var sums = backend.Zeros(new Shape(list.Count), DType.F32);

@@ -91,7 +91,7 @@ public sealed class SplitMasterArenaTests : IDisposable
         Assert.Equal(_cpu.ToArray<BFloat16>(arena.Values), _cpu.ToArray<BFloat16>(restored.Parameters.Values));
         Assert.Equal(_cpu.ToArray<ushort>(arena.LowWords!), _cpu.ToArray<ushort>(restored.Parameters.LowWords!));
         AssertSameMasters(separate.Parameters, restored.Parameters, "after loading the export");
-        TrainedModel.EnsureFinite(restored.Parameters, dir);
+        TrainedModel.EnsureFinite(restored.Parameters.Parameters, restored.Backend, dir);
     }
 
     /// <summary>

@@ -1,0 +1,185 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Quantization;
+
+/// <summary>
+/// An inference model's parameters with the weights of its linear layers quantized to int8 (<see cref="WeightQuantization.Int8"/>):
+/// the chosen weights live as <see cref="QuantizedWeight"/>s (one I8 buffer, one F32 buffer of row scales), every other
+/// parameter (embeddings, norms, biases) in one value buffer of the model's dtype. No gradients and no masters: it is frozen.
+/// <para>A linear layer finds its weight through <see cref="Parameter.Quantized"/> and runs <see cref="IBackend.QuantizedMatMul"/>;
+/// <see cref="Parameter.Value"/> of a quantized weight throws, naming it, so no code reads a weight that is not there.
+/// Loaders write through <see cref="Parameter.WriteMasterOrValue"/> as into an arena: the weight arrives in a transient F32
+/// tensor and is quantized on the host (<see cref="Int8Quantization.QuantizeRows"/>); readers of the authoritative value
+/// (<see cref="Parameter.ReadMasterOrValue{T}"/>: finite checks, export) get the dequantized weight in F32.</para>
+/// </summary>
+public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
+{
+    private readonly Tensor?[] _values;
+    private readonly QuantizedWeight?[] _quantized;
+    private readonly Tensor? _valueBuffer, _quantizedBuffer, _scaleBuffer;
+    private bool _disposed;
+
+    /// <summary>
+    /// Allocates, on <paramref name="backend"/>, the parameters of <paramref name="layout"/>: those <paramref name="quantize"/>
+    /// picks (each must be a rank-2 weight (N, K)) as int8 with row scales, the rest in <paramref name="dtype"/>; all zero.
+    /// Attaches itself to the layout.
+    /// </summary>
+    public QuantizedParameterStorage(ParameterLayout layout, IBackend backend, DType dtype, Func<Parameter, bool> quantize)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        ArgumentNullException.ThrowIfNull(backend);
+        ArgumentNullException.ThrowIfNull(quantize);
+        if (dtype is not (DType.F32 or DType.F64 or DType.BF16 or DType.F16))
+            throw new ArgumentException($"quantized parameters: the other parameters' dtype must be floating point, got {dtype}", nameof(dtype));
+        Layout = layout;
+        Backend = backend;
+        DType = dtype;
+        var ps = layout.Parameters;
+        _values = new Tensor?[ps.Count];
+        _quantized = new QuantizedWeight?[ps.Count];
+        var picked = new bool[ps.Count];
+        long valueLength = 0, quantizedLength = 0, rows = 0;
+        foreach (var p in ps)
+        {
+            picked[p.Index] = quantize(p);
+            if (picked[p.Index] && p.Shape.Rank != 2)
+                throw new ArgumentException($"quantized parameters: '{p.Name}' {p.Shape} is not a (N, K) weight; only linear layers' weights are quantized");
+            if (picked[p.Index]) { quantizedLength += Aligned(p.NumElements); rows += Aligned(p.Shape[0]); }
+            else valueLength += Aligned(p.NumElements);
+        }
+        if (valueLength > 0) _valueBuffer = backend.Zeros(BufferShape(valueLength), dtype);
+        if (quantizedLength > 0)
+        {
+            _quantizedBuffer = backend.Zeros(BufferShape(quantizedLength), DType.I8);
+            _scaleBuffer = backend.Zeros(BufferShape(rows), DType.F32);
+        }
+        long valueOffset = 0, quantizedOffset = 0, rowOffset = 0;
+        foreach (var p in ps)
+        {
+            if (picked[p.Index])
+            {
+                _quantized[p.Index] = new QuantizedWeight(_quantizedBuffer!.Narrow(quantizedOffset, p.Shape),
+                    _scaleBuffer!.Narrow(rowOffset, new Shape(p.Shape[0])));
+                quantizedOffset += Aligned(p.NumElements);
+                rowOffset += Aligned(p.Shape[0]);
+            }
+            else
+            {
+                _values[p.Index] = _valueBuffer!.Narrow(valueOffset, p.Shape);
+                valueOffset += Aligned(p.NumElements);
+            }
+        }
+        QuantizedCount = picked.Count(x => x);
+        layout.Attach(this);
+    }
+
+    /// <summary>Offsets in every buffer are multiples of this many elements (64 bytes of int8, 256 of F32).</summary>
+    private const int Alignment = ParameterLayout.Alignment;
+
+    private static long Aligned(long n) => (n + Alignment - 1) / Alignment * Alignment;
+
+    // (rows, Alignment), so that buffers past 2^31 elements (Llama 8B's int8 weights) keep int dimensions.
+    private static Shape BufferShape(long length) => new(checked((int)Math.Max(length / Alignment, 1)), Alignment);
+
+    /// <summary>The layout the buffers follow.</summary>
+    public ParameterLayout Layout { get; }
+
+    /// <inheritdoc/>
+    public IBackend Backend { get; }
+
+    /// <summary>The dtype of the parameters that are not quantized (and of the products' activations).</summary>
+    public DType DType { get; }
+
+    /// <summary>How many parameters are held as int8.</summary>
+    public int QuantizedCount { get; }
+
+    /// <summary>Bytes of the buffers held on the backend: the values, the int8 weights and their scales.</summary>
+    public long AllocatedBytes => _disposed ? 0 : (_valueBuffer?.Storage.ByteLength ?? 0) + (_quantizedBuffer?.Storage.ByteLength ?? 0)
+        + (_scaleBuffer?.Storage.ByteLength ?? 0);
+
+    /// <inheritdoc/>
+    public QuantizedWeight? Quantized(Parameter parameter) => Live()._quantized[Check(parameter).Index];
+
+    /// <inheritdoc/>
+    public Tensor Value(Parameter parameter) => Live()._values[Check(parameter).Index] ?? throw new InvalidOperationException(
+        $"parameter '{parameter.Name}' is held as int8 with row scales (weight-only quantization); read Parameter.Quantized, or " +
+        "Parameter.ReadMasterOrValue for the dequantized weight");
+
+    /// <inheritdoc/>
+    public Tensor Grad(Parameter parameter) => throw new InvalidOperationException(
+        $"parameter '{parameter.Name}' belongs to a quantized inference model, which has no gradients; train a model that is not quantized");
+
+    /// <inheritdoc/>
+    public Tensor? Master(Parameter parameter) => null;
+
+    /// <inheritdoc/>
+    public Tensor Authoritative(Parameter parameter) => Value(parameter);
+
+    /// <inheritdoc/>
+    /// <remarks>A quantized weight is dequantized into a transient F32 tensor for the call.</remarks>
+    public T ReadAuthoritative<T>(Parameter parameter, Func<Tensor, T> read)
+    {
+        ArgumentNullException.ThrowIfNull(read);
+        if (Quantized(parameter) is not { } q) return read(Value(parameter));
+        var w = Backend.Zeros(parameter.Shape, DType.F32);
+        try
+        {
+            Backend.Dequantize(q, w);
+            return read(w);
+        }
+        finally { w.Storage.Dispose(); }
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>A quantized weight is written into a transient F32 tensor, read to the host and quantized there
+    /// (<see cref="Int8Quantization.QuantizeRows"/>, which refuses weights that are not finite, naming the parameter).</remarks>
+    public void WriteAuthoritative(Parameter parameter, Action<Tensor> write)
+    {
+        ArgumentNullException.ThrowIfNull(write);
+        if (Quantized(parameter) is not { } q) { write(Value(parameter)); return; }
+        var w = Backend.Zeros(parameter.Shape, DType.F32);
+        float[] host;
+        try
+        {
+            write(w);
+            host = Backend.ToArray<float>(w);
+        }
+        finally { w.Storage.Dispose(); }
+        var values = new sbyte[host.Length];
+        var scales = new float[q.Rows];
+        Int8Quantization.QuantizeRows(host, q.Rows, q.Columns, values, scales, parameter.Name);
+        Backend.CopyFromHost<sbyte>(values, q.Values);
+        Backend.CopyFromHost<float>(scales, q.Scales);
+    }
+
+    /// <inheritdoc/>
+    public bool IsResident(Parameter parameter) => !_disposed;
+
+    /// <inheritdoc/>
+    public bool HasGradient(Parameter parameter) => false;
+
+    /// <inheritdoc/>
+    public bool RequiresGradient(Parameter parameter) => false;
+
+    /// <summary>Frees the buffers.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _valueBuffer?.Storage.Dispose();
+        _quantizedBuffer?.Storage.Dispose();
+        _scaleBuffer?.Storage.Dispose();
+    }
+
+    private QuantizedParameterStorage Live() => _disposed
+        ? throw new ObjectDisposedException(nameof(QuantizedParameterStorage), "the quantized model's parameters were freed")
+        : this;
+
+    private Parameter Check(Parameter parameter)
+    {
+        ArgumentNullException.ThrowIfNull(parameter);
+        if (parameter.Index >= _values.Length || !ReferenceEquals(Layout.Parameters[parameter.Index], parameter))
+            throw new ArgumentException($"parameter '{parameter.Name}' is not one of this storage's layout");
+        return parameter;
+    }
+}

@@ -1,0 +1,168 @@
+using Tessera.Inference;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
+using Tessera.Inference.Serving;
+using Tessera.Models;
+using Tessera.Models.HuggingFace;
+using Tessera.Models.Tokenization;
+using Tessera.Nn;
+using Tessera.Nn.Quantization;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Inference.Serving;
+using Tessera.Tests.Nn;
+using Tessera.Tests.Support;
+using Xunit;
+using Model = Tessera.Models.Transformer;
+
+namespace Tessera.Tests.Models.Quantization;
+
+/// <summary>
+/// Models loaded with int8 weights (<see cref="WeightQuantization.Int8"/>, <see cref="QuantizedParameterStorage"/>), on the CPU.
+/// The oracle is the same model in floating point with its linear weights replaced by the values the int8 weights stand for
+/// (scale x value, computed in double by the test): every family's logits, the cached decoding of <see cref="TextGenerator"/>
+/// and the serving engine must equal it. How far quantization moves a model from its trained weights is measured beside it.
+/// </summary>
+public sealed class QuantizedModelTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-quantized-").FullName;
+    private readonly CpuBackend _cpu = new(2);
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    public static TheoryData<string> Families => new() { "gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug" };
+
+    /// <summary>A model of <paramref name="preset"/> with O(0.3) random weights (seed logged) saved as a Hugging Face directory.</summary>
+    private (string Directory, Model Original) Saved(string preset, DType dtype, Func<TransformerConfig, TransformerConfig>? change = null)
+    {
+        var config = ModelPresets.Get(preset);
+        if (change is not null) config = change(config);
+        var model = new Model(config, _cpu, dtype);
+        LayerCheck.Randomize(_cpu, model.Parameters, TestRandom.Create());
+        var dir = Path.Combine(_dir, preset + "-" + dtype);
+        HuggingFaceExport.Write(dir, model);
+        return (dir, model);
+    }
+
+    /// <summary>The model of <paramref name="dir"/> in floating point with every linear weight set to what <paramref name="quantized"/>'s int8 weight stands for.</summary>
+    private Model Dequantized(string dir, Model quantized, DType dtype)
+    {
+        var reference = PretrainedModel.Load(dir, _cpu, dtype);
+        int count = 0;
+        foreach (var p in quantized.Layout.Parameters)
+        {
+            if (p.Quantized is not { } q) { Assert.False(quantized.IsLinearWeight(p), $"{p.Name} is a linear weight but was not quantized"); continue; }
+            Assert.True(quantized.IsLinearWeight(p), $"{p.Name} was quantized but is not a linear weight");
+            var values = _cpu.ToArray<sbyte>(q.Values);
+            var scales = _cpu.ToArray<float>(q.Scales);
+            var w = new double[values.Length];
+            for (int i = 0; i < w.Length; i++) w[i] = (double)scales[i / q.Columns] * values[i];
+            TestTensors.Write(_cpu, reference.Parameters[p.Name].Value, w);
+            count++;
+        }
+        Assert.True(count > 0);
+        return reference;
+    }
+
+    private double[] Logits(Model model, Tensor tokens)
+    {
+        var logits = model.Forward(tokens, 0);
+        model.ReleaseActivations(0);
+        return TestTensors.ToDoubles(_cpu, _cpu.Contiguous(logits.Slice(2, 0, model.Config.VocabSize)));
+    }
+
+    private Tensor Tokens(TransformerConfig config, int b, int t)
+    {
+        var rng = new Random(3);
+        return _cpu.FromArray(Enumerable.Range(0, b * t).Select(_ => rng.Next(config.VocabSize)).ToArray(), b, t);
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void EachFamilyGivesTheLogitsOfItsDequantizedWeights(string preset)
+    {
+        var (dir, original) = Saved(preset, DType.F64);
+        var quantized = PretrainedModel.Load(dir, _cpu, DType.F64, quantization: WeightQuantization.Int8);
+        var reference = Dequantized(dir, quantized, DType.F64);
+        var tokens = Tokens(original.Config, 2, 9);
+        var expected = Logits(reference, tokens);
+        // The same weights in F64, summed in another order (the dequantized product against the reference's own): 1e-12.
+        NumericAssert.Close(expected, Logits(quantized, tokens), 1e-12, $"{preset}: int8 logits against the dequantized model's");
+        // What quantization costs: each weight moves by at most max|row| / 254 (0.4 % of the row's largest). Through two blocks
+        // of uniform O(0.3) random weights (norm scales too, far rougher than a trained model's) that moved the logits by 2-7.5 %
+        // of their largest over ten seeds in development; 20 % bounds it, where a wrong scale or a lost row moves them by O(1).
+        // A trained model's figure is docs/benchmarks.md's.
+        double drift = NumericAssert.MaxRelativeError(Logits(original, tokens), expected);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{preset}: logits moved by {drift:P3} of their largest");
+        Assert.InRange(drift, 1e-6, 0.2);
+    }
+
+    [Theory]
+    [InlineData("gpt2-debug", DType.F64)]
+    [InlineData("llama-debug", DType.F64)]
+    [InlineData("gpt2-debug", DType.F32)]    // the direct int8 kernel (a decode step's rows) and the F32 GEMM
+    [InlineData("llama-debug", DType.F32)]
+    public async Task DecodingAndServingGiveTheDequantizedModelsTokens(string preset, DType dtype)
+    {
+        var (dir, _) = Saved(preset, dtype, c => c with { VocabSize = 256, MaxSequenceLength = 64 });
+        var quantized = PretrainedModel.Load(dir, _cpu, dtype, quantization: WeightQuantization.Int8);
+        var reference = Dequantized(dir, quantized, dtype);
+        int[][] prompts = [[10, 20, 30, 40, 50], [7], [99, 98, 97, 96, 95, 94, 93, 92, 91, 90, 89, 88]];
+        var options = new GenerationOptions { MaxNewTokens = 12 };
+        // Greedy tokens of the same weights: equal unless two logits are within the sums' rounding of each other (F64: never at
+        // O(0.3) weights; F32: not at this fixed seed's draws, which the log names).
+        var expected = prompts.Select(p => new TextGenerator(reference).Generate(p, options).ToList()).ToList();
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal(expected[i], new TextGenerator(quantized).Generate(prompts[i], options).ToList());
+        using var engine = new InferenceEngine(quantized, new ByteTokenizer(), new EngineOptions
+        {
+            Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 1 << 20 },
+            Scheduler = new SchedulerOptions { MaxBatch = 4, TokenBudget = 16, MaxQueue = 8 },
+        });
+        var served = await EngineRequests.RunAll(engine, prompts, 12);
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], served[i]);
+        Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+    }
+
+    [Fact]
+    public void TheWeightsTakeAByteEachAndNothingReadsThemAsFloats()
+    {
+        var (dir, original) = Saved("llama-debug", DType.F32);
+        var quantized = PretrainedModel.Load(dir, _cpu, DType.F32, quantization: WeightQuantization.Int8);
+        var storage = Assert.IsType<QuantizedParameterStorage>(quantized.Layout.Storage);
+        var linear = quantized.Layout.Parameters.Where(quantized.IsLinearWeight).ToList();
+        Assert.Equal(linear.Count, storage.QuantizedCount);
+        long linearElements = linear.Sum(p => p.NumElements), others = quantized.Layout.ParameterCount - linearElements;
+        Assert.Equal(linearElements + 4 * linear.Sum(p => (long)p.Shape[0]) + 4 * others, quantized.WeightBytes);
+        Assert.True(quantized.WeightBytes < 0.6 * original.WeightBytes, $"{quantized.WeightBytes} bytes against {original.WeightBytes}");
+
+        var weight = quantized.Layout["blocks.0.mlp.gate.weight"];
+        var e = Assert.Throws<InvalidOperationException>(() => weight.Value);
+        Assert.Contains("blocks.0.mlp.gate.weight", e.Message);
+        Assert.Throws<InvalidOperationException>(() => weight.Grad);
+        Assert.False(weight.RequiresGradient);
+        // The authoritative value reads back as the dequantized weight in F32.
+        var back = weight.ReadMasterOrValue(t => _cpu.ToArray<float>(t));
+        var q = weight.Quantized!;
+        Assert.Equal(Int8Quantization.Dequantize(_cpu.ToArray<sbyte>(q.Values), _cpu.ToArray<float>(q.Scales), q.Columns), back);
+        // Training is refused: the loss's fused head reads the head's weight as floats, which is not there.
+        var tokens = Tokens(quantized.Config, 1, 4);
+        var t = Assert.Throws<InvalidOperationException>(() => { quantized.Loss(tokens, tokens); quantized.Backward(); });
+        Assert.Contains("int8", t.Message);
+    }
+
+    [Fact]
+    public void AWeightThatIsNotFiniteIsRefusedAtLoadNamingIt()
+    {
+        var (dir, original) = Saved("gpt2-debug", DType.F32);
+        var p = original.Parameters["blocks.1.attn.proj.weight"];
+        var w = _cpu.ToArray<float>(p.Value);
+        w[7] = float.PositiveInfinity;
+        _cpu.CopyFromHost<float>(w, p.Value);
+        var bad = Path.Combine(_dir, "bad");
+        HuggingFaceExport.Write(bad, original);
+        var e = Assert.Throws<ArgumentException>(() => PretrainedModel.Load(bad, _cpu, DType.F32, quantization: WeightQuantization.Int8));
+        Assert.Contains("blocks.1.attn.proj.weight", e.Message);
+        Assert.Contains("not finite", e.Message);
+    }
+}

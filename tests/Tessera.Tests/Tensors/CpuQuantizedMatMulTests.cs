@@ -1,0 +1,121 @@
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Support;
+using Xunit;
+
+namespace Tessera.Tests.Tensors;
+
+/// <summary>
+/// The CPU backend's products over int8 weights (<see cref="IBackend.QuantizedMatMul"/>) against a naive loop in double over the
+/// weight the int8 values and scales stand for: the direct kernel (F32, at most 16 rows), the dequantized GEMM (more rows,
+/// and F64), bias, accumulation, an addend and the GELU epilogue; <see cref="IBackend.Dequantize"/>; and the argument checks.
+/// </summary>
+public class CpuQuantizedMatMulTests
+{
+    private readonly CpuBackend _cpu = new(2);
+
+    private static double Gelu(double x) => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+
+    /// <summary>Random weights (N, K) quantized on the host; returns the weight and the dequantized values in double.</summary>
+    private (QuantizedWeight Weight, double[] Dequantized) Weight(Random rng, int n, int k)
+    {
+        var w = Array.ConvertAll(TestTensors.Normal(rng, (long)n * k, 0.3), x => (float)x);
+        var q = new sbyte[w.Length];
+        var s = new float[n];
+        Int8Quantization.QuantizeRows(w, n, k, q, s);
+        var values = _cpu.Allocate(new Shape(n, k), DType.I8);
+        var scales = _cpu.Allocate(new Shape(n), DType.F32);
+        _cpu.CopyFromHost<sbyte>(q, values);
+        _cpu.CopyFromHost<float>(s, scales);
+        var d = new double[w.Length];
+        for (int i = 0; i < d.Length; i++) d[i] = (double)s[i / k] * q[i];
+        return (new QuantizedWeight(values, scales), d);
+    }
+
+    [Theory]
+    [InlineData(DType.F32, 1, 64, 40)]      // the direct kernel: 16-wide vectors exactly
+    [InlineData(DType.F32, 5, 77, 33)]      // the direct kernel with a scalar tail
+    [InlineData(DType.F32, 16, 300, 130)]   // the direct kernel at its most rows
+    [InlineData(DType.F32, 17, 96, 50)]     // the dequantized GEMM
+    [InlineData(DType.F64, 3, 70, 20)]      // F64: always the dequantized GEMM
+    [InlineData(DType.F64, 40, 70, 20)]
+    public void ProductsEqualANaiveLoopOverTheDequantizedWeight(DType dtype, int m, int k, int n)
+    {
+        var rng = TestRandom.Create();
+        var (weight, w) = Weight(rng, n, k);
+        var xv = TestTensors.Normal(rng, (long)m * k);
+        var bv = TestTensors.Normal(rng, n);
+        var yv = TestTensors.Normal(rng, (long)m * n);
+        var av = TestTensors.Normal(rng, (long)m * n);
+        var x = TestTensors.FromDoubles(_cpu, xv, dtype, m, k);
+        var bias = TestTensors.FromDoubles(_cpu, bv, dtype, n);
+        double[] Reference(Func<int, int, double, double> finish)
+        {
+            var r = new double[m * n];
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++)
+                {
+                    double acc = 0;
+                    for (int c = 0; c < k; c++) acc += xv[i * k + c] * w[j * k + c];
+                    r[i * n + j] = finish(i, j, acc);
+                }
+            return r;
+        }
+        // F32 sums K products of O(1) terms: the relative error of the result stays near K * 2^-24 of the row's scale (1e-5 covers
+        // K = 300 with room); F64 takes 1e-12.
+        double tol = dtype == DType.F32 ? 1e-5 : 1e-12;
+
+        var y = _cpu.Allocate(new Shape(m, n), dtype);
+        _cpu.QuantizedMatMul(x, weight, y);
+        NumericAssert.Close(Reference((_, _, acc) => acc), TestTensors.ToDoubles(_cpu, y), tol, "x W^T");
+
+        _cpu.QuantizedMatMul(x, weight, y, bias: bias);
+        NumericAssert.Close(Reference((_, j, acc) => acc + bv[j]), TestTensors.ToDoubles(_cpu, y), tol, "x W^T + b");
+
+        TestTensors.Write(_cpu, y, yv);
+        _cpu.QuantizedMatMul(x, weight, y, beta: 1.0, bias: bias);
+        NumericAssert.Close(Reference((i, j, acc) => acc + bv[j] + yv[i * n + j]), TestTensors.ToDoubles(_cpu, y), tol, "y += x W^T + b");
+
+        var addend = TestTensors.FromDoubles(_cpu, av, dtype, m, n);
+        _cpu.QuantizedMatMul(x, weight, y, addend: addend);
+        NumericAssert.Close(Reference((i, j, acc) => acc + av[i * n + j]), TestTensors.ToDoubles(_cpu, y), tol, "x W^T + addend");
+
+        var pre = _cpu.Allocate(new Shape(m, n), dtype);
+        _cpu.QuantizedMatMul(x, weight, y, bias: bias, epilogue: MatMulEpilogue.Gelu, auxiliary: pre);
+        NumericAssert.Close(Reference((_, j, acc) => acc + bv[j]), TestTensors.ToDoubles(_cpu, pre), tol, "GELU's pre-activation");
+        NumericAssert.Close(Reference((_, j, acc) => Gelu(acc + bv[j])), TestTensors.ToDoubles(_cpu, y), tol, "GELU(x W^T + b)");
+    }
+
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F64)]
+    [InlineData(DType.BF16)]
+    public void DequantizeGivesScaleTimesValue(DType dtype)
+    {
+        var rng = TestRandom.Create();
+        var (weight, w) = Weight(rng, 9, 33);
+        var output = _cpu.Allocate(weight.Shape, dtype);
+        _cpu.Dequantize(weight, output);
+        // F64 holds scale x value exactly; F32 rounds it once (at most 2^-24 relative); BF16 keeps 8 significant bits (2^-8).
+        double tol = dtype switch { DType.F64 => 0, DType.F32 => 6e-8, _ => 3.91e-3 };
+        var got = TestTensors.ToDoubles(_cpu, output);
+        for (int i = 0; i < w.Length; i++) Assert.True(Math.Abs(got[i] - w[i]) <= tol * Math.Abs(w[i]), $"element {i}: {got[i]} against {w[i]}");
+    }
+
+    [Fact]
+    public void ArgumentsThatDoNotFitAreRefusedNamingThem()
+    {
+        var rng = TestRandom.Create();
+        var (weight, _) = Weight(rng, 8, 16);
+        var x = _cpu.Zeros(new Shape(2, 16), DType.F32);
+        Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMul(_cpu.Zeros(new Shape(2, 15), DType.F32), weight, _cpu.Zeros(new Shape(2, 8), DType.F32)));
+        Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMul(x, weight, _cpu.Zeros(new Shape(2, 9), DType.F32)));
+        Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMul(x, weight, _cpu.Zeros(new Shape(2, 8), DType.F64)));
+        Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMul(x, weight, _cpu.Zeros(new Shape(2, 8), DType.F32), bias: _cpu.Zeros(new Shape(16), DType.F32)));
+        var e = Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMul(x, weight, _cpu.Zeros(new Shape(2, 8), DType.F32),
+            epilogue: MatMulEpilogue.GeluBackward, auxiliary: _cpu.Zeros(new Shape(2, 8), DType.F32)));
+        Assert.Contains("GeluBackward", e.Message);
+        Assert.Throws<ArgumentException>(() => new QuantizedWeight(_cpu.Zeros(new Shape(8, 16), DType.F32), weight.Scales));
+        Assert.Throws<ArgumentException>(() => new QuantizedWeight(weight.Values, _cpu.Zeros(new Shape(7), DType.F32)));
+    }
+}
