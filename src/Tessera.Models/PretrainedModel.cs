@@ -30,9 +30,20 @@ public static class PretrainedModel
             hf.LoadInto(model.Parameters.Parameters, backend);
             return model;
         }
-        var quantized = new Transformer(hf.Config, backend, dtype, ArenaStorage.Deferred, tensorParallelism);
-        _ = new QuantizedParameterStorage(quantized.Layout, backend, dtype, quantized.IsLinearWeight);   // attaches itself
+        var quantized = Quantized(hf.Config, backend, dtype);
         hf.LoadInto(quantized.Layout.Parameters, backend);
         return quantized;
+    }
+
+    /// <summary>
+    /// A model of <paramref name="config"/> for inference on one device whose linear layers' weights are int8 with row scales
+    /// (<see cref="QuantizedParameterStorage"/>; the other parameters in <paramref name="dtype"/>), all zero until written
+    /// through <see cref="Parameter.WriteMasterOrValue"/> (a loader, benchmark weights), which quantizes them.
+    /// </summary>
+    public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype)
+    {
+        var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred);
+        _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsLinearWeight);   // attaches itself
+        return model;
     }
 }

@@ -30,7 +30,8 @@ namespace Tessera.Bench.Serving;
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
-/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--cuda-options Name=value,...]</para>
+/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8] [--cuda-options Name=value,...]</para>
+/// <para>--quantize int8 serves the model with its linear layers' weights as int8 with row scales (a byte a weight).</para>
 /// <para>--draft-preset P guesses with a draft model of preset P and the bench's random weights (seed 2, as the served
 /// model's: the served preset itself gives a draft that is always right but costs what the served model costs, so it
 /// measures the mechanism, not a speed-up; another preset is almost always wrong); --draft-model DIR loads a trained
@@ -74,7 +75,7 @@ public static class ServeBench
         string? cudaOptions = null, modelDir = null, draftPreset = null, draftDir = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
-        bool graphs = true, load = false;
+        bool graphs = true, load = false, int8 = false;
         for (int i = 0; i < args.Length; i++)
         {
             string Next() => args[++i];
@@ -100,6 +101,7 @@ public static class ServeBench
                 case "--draft-preset": draftPreset = Next(); break;
                 case "--draft-model": draftDir = Next(); break;
                 case "--model": modelDir = Next(); break;
+                case "--quantize": int8 = Next() switch { "int8" => true, "none" => false, var q => throw new ArgumentException($"--quantize {q}: expected int8 or none") }; break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
@@ -122,13 +124,15 @@ public static class ServeBench
         if (modelDir is null)
         {
             var config = ModelPresets.Get(preset) with { MaxSequenceLength = Math.Max(context, ModelPresets.Get(preset).MaxSequenceLength) };
-            model = new Transformer(config, backend, dtype) { ValidateInputs = false };
+            model = int8 ? PretrainedModel.Quantized(config, backend, dtype) : new Transformer(config, backend, dtype);
+            model.ValidateInputs = false;
             BenchmarkWeights.Initialize(model, seed: 2);
             tokenizer = new SyntheticTokenizer(config.VocabSize);
         }
         else
         {
-            (model, string directory, string? trained) = TrainedModel.Load(modelDir, backend, dtype);
+            (model, string directory, string? trained) = TrainedModel.Load(modelDir, backend, dtype,
+                quantization: int8 ? Tessera.Nn.Quantization.WeightQuantization.Int8 : Tessera.Nn.Quantization.WeightQuantization.None);
             string spec = trained ?? directory;
             tokenizer = spec == "byte" ? new ByteTokenizer() : TokenizerLoader.FromDirectory(spec);
             if (context > model.Config.MaxSequenceLength)
@@ -225,6 +229,7 @@ public static class ServeBench
         int[] Prompt() => corpusPrompt?.Invoke(rng) ?? Enumerable.Range(0, prompt).Select(_ => rng.Next(config.VocabSize)).ToArray();
         double copy = cuda is null ? double.NaN : Gpu.GpuDecodeBench.DeviceCopyBandwidth(cuda);
         long weightBytes = model.WeightBytes;
+        string weights = model.Layout.Storage is Tessera.Nn.Quantization.QuantizedParameterStorage ? $"int8 + {dtype}" : $"{dtype}";
         long kvPerPosition = PagedKvCache.BlockBytes(dtype, config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);
         // Warm-up, outside the timings: every level once with whole prompts and 4 new tokens, so that every batch-size bucket
         // is recorded and the prefill steps' products at large row counts have spent the backend's algorithm-timing budget
@@ -275,7 +280,7 @@ public static class ServeBench
             string roofline = double.IsNaN(copy) ? "n/a (CPU)" : $"{floor.StepBytes * stepsPerSecond / copy:P1} of {copy / 1e12:F2} TB/s";
             if (!double.IsNaN(copy)) floors.Add((n, results.Sum(r => r.Tokens), wall, floor));
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"| Tessera (HTTP) | {preset} | {dtype} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {(itl.Length > 0 ? itl.Average() : double.NaN):F3} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {engine.PipelinedSteps - pipelined0} | {roofline} |"));
+                $"| Tessera (HTTP) | {preset} | {weights} | {n} | {results.Count} | {prompt} | {newTokens} | {generated / wall:F0} | {Pct(ttft, 0.5):F1} | {Pct(ttft, 0.99):F1} | {Pct(itl, 0.5):F2} | {Pct(itl, 0.99):F2} | {(itl.Length > 0 ? itl.Average() : double.NaN):F3} | {steps} | {wall * 1000 / Math.Max(steps, 1):F2} | {engine.PipelinedSteps - pipelined0} | {roofline} |"));
         }
         Console.WriteLine();
         PrintFloors(floors);

@@ -61,6 +61,33 @@ public static class SharedOptions
         return option;
     }
 
+    /// <summary>--quantize none|int8: how an inference model keeps its linear layers' weights.</summary>
+    public static Option<Tessera.Nn.Quantization.WeightQuantization> Quantize()
+    {
+        string[] names = ["none", "int8"];
+        var option = new Option<Tessera.Nn.Quantization.WeightQuantization>("--quantize")
+        {
+            Description = "keep the linear layers' weights as int8 with one scale a row (a byte a weight; embeddings and norms stay " +
+                "in --dtype), quantized as the model loads [default: none]",
+            HelpName = "none|int8",
+            DefaultValueFactory = _ => Tessera.Nn.Quantization.WeightQuantization.None,
+            CustomParser = result =>
+            {
+                var text = result.Tokens.Single().Value;
+                switch (text.ToLowerInvariant())
+                {
+                    case "none": return Tessera.Nn.Quantization.WeightQuantization.None;
+                    case "int8": return Tessera.Nn.Quantization.WeightQuantization.Int8;
+                    default:
+                        result.AddError($"--quantize '{text}': expected none or int8");
+                        return Tessera.Nn.Quantization.WeightQuantization.None;
+                }
+            },
+        };
+        option.CompletionSources.Add(names);
+        return option;
+    }
+
     /// <summary>--model: a preset name or a directory (what a directory may be is the command's <paramref name="description"/>).</summary>
     public static Option<string> Model(string description, string? defaultValue = null)
     {

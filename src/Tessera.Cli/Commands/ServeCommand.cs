@@ -11,6 +11,7 @@ using Tessera.Server;
 using Tessera.Distributed.Mesh;
 using Tessera.Models;
 using Tessera.Nn.Parallel;
+using Tessera.Nn.Quantization;
 using Tessera.Training.Parallel;
 using Tessera.Distributed.Launch;
 using Tessera.Cli.Ranks;
@@ -29,6 +30,7 @@ public sealed class ServeCommand : Command
     private readonly Option<Device> _device = SharedOptions.Device();
     private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype (bf16 needs cuda)", DType.F32, DType.BF16);
     private readonly Option<int> _threads = SharedOptions.Threads();
+    private readonly Option<WeightQuantization> _quantize = SharedOptions.Quantize();
     private readonly Option<string> _host = new("--host") { Description = "address to listen on", HelpName = "ADDRESS", DefaultValueFactory = _ => "127.0.0.1" };
     private readonly Option<int> _port = SharedOptions.Int("--port", "N", "port to listen on (0: any free port, printed at start)", 8000, min: 0);
     private readonly Option<string?> _apiKey = new("--api-key") { Description = "clients must send 'Authorization: Bearer KEY'", HelpName = "KEY" };
@@ -60,7 +62,7 @@ public sealed class ServeCommand : Command
     {
         _model.Required = true;
         _model.HelpName = "DIR";
-        foreach (var o in new Option[] { _model, _device, _dtype, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
+        foreach (var o in new Option[] { _model, _device, _dtype, _quantize, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
             _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _tp })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
@@ -104,6 +106,9 @@ public sealed class ServeCommand : Command
         if (draftDir is not null && engineOptions.Speculation.DraftTokens == 0)
             throw new UsageException("--draft-model needs --draft-tokens above 0 (or leave it out: 4)");
         int tp = parse.GetValue(_tp);
+        var quantization = parse.GetValue(_quantize);
+        if (quantization != WeightQuantization.None && tp > 1)
+            throw new UsageException($"--quantize {quantization.ToString().ToLowerInvariant()} is not built for tensor-parallel ranks yet; serve it with --tp 1, or without --quantize");
         var env = DistributedEnvironment.FromEnvironment();
         if (tp > 1 && cuda && !env.IsDistributed)
             throw new UsageException($"--tp {tp} on GPUs runs one process per GPU: tessera launch --nproc {tp} serve --tp {tp} --device cuda ...");
@@ -138,7 +143,7 @@ public sealed class ServeCommand : Command
         if (tp == 1)
         {
             var backend = BackendFactory.Create(device, parse.GetValue(_threads));
-            var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype));
+            var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype, quantization: quantization));
             return Serve(parse, terminal, loaded, backend, engineOptions, serve, dtype);
         }
         // Tensor-parallel thread ranks: each loads its slices; rank 0 serves, the others run the steps it hands them.
@@ -187,7 +192,9 @@ public sealed class ServeCommand : Command
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(format, tokenizer), serve).GetAwaiter().GetResult();
         var m = engine.Metrics;
         string split = ranks == 1 ? "" : $", split over {ranks} tensor-parallel ranks";
-        terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {dtype} on {backend.Device}{split}) at {server.BaseAddress}");
+        string weights = model.Layout.Storage is QuantizedParameterStorage ? $"int8 weights and {dtype}" : $"{dtype}";
+        terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {weights} on {backend.Device}{split}; " +
+            $"{model.WeightBytes / (1024.0 * 1024):F1} MiB of weights) at {server.BaseAddress}");
         terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
         if (engineOptions.Speculation.Enabled)

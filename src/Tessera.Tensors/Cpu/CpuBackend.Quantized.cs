@@ -14,7 +14,7 @@ public sealed unsafe partial class CpuBackend
     private const int QuantizedDirectMaxRows = 16;
 
     /// <inheritdoc/>
-    /// <remarks>F32 with at most 16 rows and no epilogue: the direct kernel (AVX2 where present); otherwise, and for F64 (the
+    /// <remarks>F32 with at most 16 rows: the direct kernel (AVX2 where present, GELU after it); otherwise, and for F64 (the
     /// reference), the weight dequantized into a transient tensor of x's dtype and <see cref="MatMul"/>.</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null)
@@ -23,9 +23,17 @@ public sealed unsafe partial class CpuBackend
         ArgumentNullException.ThrowIfNull(weight);
         weight.ValidateProduct(nameof(CpuBackend), x, y, beta, bias, epilogue, auxiliary, addend);
         RequireComputeDType(op, nameof(x), x);
-        bool direct = x.DType == DType.F32 && epilogue == MatMulEpilogue.None && x.Size(0) <= QuantizedDirectMaxRows
-            && x.Stride(1) == 1 && y.Stride(1) == 1 && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous);
-        if (direct) QuantizedDirect(x, weight, y, (float)beta, bias, addend);
+        bool direct = x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
+            && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous) && (auxiliary is null || auxiliary.Stride(1) == 1);
+        if (direct)
+        {
+            // GELU: the product goes to the pre-activation, then each row through the activation into y.
+            var product = epilogue == MatMulEpilogue.Gelu ? auxiliary! : y;
+            QuantizedDirect(x, weight, product, (float)beta, bias, addend);
+            if (epilogue == MatMulEpilogue.Gelu)
+                for (int r = 0; r < x.Size(0); r++)
+                    Kernels.ActivationKernels.GeluForward(Ptr<float>(product) + r * product.Stride(0), Ptr<float>(y) + r * y.Stride(0), weight.Rows);
+        }
         else
         {
             var w = Allocate(weight.Shape, x.DType);
@@ -72,52 +80,79 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(weight.Values, weight.Scales, output);
     }
 
-    /// <summary>y = x W^T (+ bias) (+ beta y | + addend) for F32 x of few rows, a weight row at a time across the threads.</summary>
+    /// <summary>
+    /// y = x W^T (+ bias) (+ beta y | + addend) for F32 x of few rows: blocks of four weight rows across the threads, each
+    /// block's bytes converted once per row of x and dotted with it while x's chunk is in registers.
+    /// </summary>
     private void QuantizedDirect(Tensor x, QuantizedWeight weight, Tensor y, float beta, Tensor? bias, Tensor? addend)
     {
-        int m = x.Size(0), k = weight.Columns;
+        int m = x.Size(0), k = weight.Columns, n = weight.Rows;
         float* px = Ptr<float>(x), py = Ptr<float>(y), ps = Ptr<float>(weight.Scales);
         float* pb = bias is null ? null : Ptr<float>(bias);
         float* pa = addend is null ? null : Ptr<float>(addend);
         sbyte* pq = Ptr<sbyte>(weight.Values);
         long ldx = x.Stride(0), ldy = y.Stride(0), lda = addend?.Stride(0) ?? 0;
-        ParallelChunks(weight.Rows, (long)m * k, (start, end) =>
+        ParallelChunks((n + 3) / 4, 4L * m * k, (start, end) =>
         {
-            for (long n = start; n < end; n++)
+            float* dots = stackalloc float[4];
+            for (long block = start; block < end; block++)
             {
-                sbyte* row = pq + n * k;
-                float scale = ps[n], b = pb is null ? 0f : pb[n];
+                int first = (int)(block * 4), rows = Math.Min(4, n - first);
                 for (int r = 0; r < m; r++)
                 {
-                    float v = Int8Dot(px + r * ldx, row, k) * scale + b;
-                    float* out_ = py + r * ldy + n;
-                    if (pa is not null) v += pa[r * lda + n];
-                    else if (beta != 0f) v += beta * *out_;
-                    *out_ = v;
+                    Int8Dot4(px + r * ldx, pq + (long)first * k, k, rows, dots);
+                    for (int j = 0; j < rows; j++)
+                    {
+                        int col = first + j;
+                        float v = dots[j] * ps[col] + (pb is null ? 0f : pb[col]);
+                        float* out_ = py + r * ldy + col;
+                        if (pa is not null) v += pa[r * lda + col];
+                        else if (beta != 0f) v += beta * *out_;
+                        *out_ = v;
+                    }
                 }
             }
         });
     }
 
-    /// <summary>Σ x[i] q[i] over <paramref name="k"/> elements, in F32.</summary>
-    private static float Int8Dot(float* x, sbyte* q, int k)
+    /// <summary>dots[j] = Σ_i x[i] q[j k + i] for the <paramref name="rows"/> (1 to 4) consecutive rows of q, in F32.</summary>
+    private static void Int8Dot4(float* x, sbyte* q, int k, int rows, float* dots)
     {
         int i = 0;
-        float sum = 0f;
-        if (Avx2.IsSupported && Fma.IsSupported && k >= 16)
+        for (int j = 0; j < 4; j++) dots[j] = 0f;
+        if (Avx2.IsSupported && Fma.IsSupported && rows == 4 && k >= 8)
         {
-            var a0 = Vector256<float>.Zero;
-            var a1 = Vector256<float>.Zero;
-            for (; i + 16 <= k; i += 16)
+            var a0 = Vector256<float>.Zero; var a1 = Vector256<float>.Zero;
+            var a2 = Vector256<float>.Zero; var a3 = Vector256<float>.Zero;
+            sbyte* q1 = q + k, q2 = q + 2L * k, q3 = q + 3L * k;
+            for (; i + 8 <= k; i += 8)
             {
-                var w0 = Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + i));
-                var w1 = Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + i + 8));
-                a0 = Fma.MultiplyAdd(Avx.LoadVector256(x + i), w0, a0);
-                a1 = Fma.MultiplyAdd(Avx.LoadVector256(x + i + 8), w1, a1);
+                var xv = Avx.LoadVector256(x + i);
+                a0 = Fma.MultiplyAdd(xv, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + i)), a0);
+                a1 = Fma.MultiplyAdd(xv, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q1 + i)), a1);
+                a2 = Fma.MultiplyAdd(xv, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q2 + i)), a2);
+                a3 = Fma.MultiplyAdd(xv, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q3 + i)), a3);
             }
-            sum = Vector256.Sum(a0 + a1);
+            dots[0] = Vector256.Sum(a0); dots[1] = Vector256.Sum(a1); dots[2] = Vector256.Sum(a2); dots[3] = Vector256.Sum(a3);
         }
-        for (; i < k; i++) sum += x[i] * q[i];
-        return sum;
+        else if (Avx2.IsSupported && Fma.IsSupported && k >= 8)
+        {
+            for (int j = 0; j < rows; j++)
+            {
+                var a = Vector256<float>.Zero;
+                sbyte* row = q + (long)j * k;
+                for (int c = 0; c + 8 <= k; c += 8)
+                    a = Fma.MultiplyAdd(Avx.LoadVector256(x + c), Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(row + c)), a);
+                dots[j] = Vector256.Sum(a);
+            }
+            i = k / 8 * 8;
+        }
+        for (int j = 0; j < rows; j++)
+        {
+            sbyte* row = q + (long)j * k;
+            float tail = 0f;
+            for (int c = i; c < k; c++) tail += x[c] * row[c];
+            dots[j] += tail;
+        }
     }
 }

@@ -14,8 +14,9 @@ public static class BenchmarkWeights
 {
     /// <summary>
     /// Fills every parameter of <paramref name="model"/> (its F32 masters under mixed precision) and casts the compute copy; a
-    /// frozen BF16 base (LoRA), which has no masters, gets the same values rounded to BF16 on the host. LoRA adapters keep the
-    /// initialization the model gave them.
+    /// frozen BF16 base (LoRA), which has no masters, gets the same values rounded to BF16 on the host, and so do the BF16
+    /// parameters of a quantized model, whose int8 weights quantize the F32 values. LoRA adapters keep the initialization the
+    /// model gave them.
     /// </summary>
     /// <exception cref="NotSupportedException">The model's parameters are neither F32, F32 masters of BF16 values, nor frozen BF16.</exception>
     public static void Initialize(Transformer model, int seed)
@@ -23,13 +24,15 @@ public static class BenchmarkWeights
         ArgumentNullException.ThrowIfNull(model);
         var config = model.Config;
         double std = config.InitStd, residualStd = std / Math.Sqrt(2.0 * config.Layers);
-        foreach (var p in model.Parameters.Parameters)
+        foreach (var p in model.Layout.Parameters)
             p.WriteMasterOrValue(target => Fill(model, p, target, seed, std, residualStd));   // the F32 master (separate or split) under mixed precision
     }
 
     private static void Fill(Transformer model, Parameter p, Tensor target, int seed, double std, double residualStd)
     {
-        if (target.DType != DType.F32 && !(target.DType == DType.BF16 && model.Parameters.Frozen))
+        // A frozen BF16 base, or the BF16 norms and embeddings beside a quantized model's int8 weights (which take F32 and quantize it).
+        bool valuesOnly = model.Layout.Storage is ParameterArena { Frozen: true } or Nn.Quantization.QuantizedParameterStorage;
+        if (target.DType != DType.F32 && !(target.DType == DType.BF16 && valuesOnly))
             throw new NotSupportedException($"benchmark weights: {p.Name} is {target.DType}; benchmarks run F32, BF16 (F32 master) or frozen BF16 models");
         var values = new float[p.NumElements];
         bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);

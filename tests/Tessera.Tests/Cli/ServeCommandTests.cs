@@ -37,13 +37,14 @@ public sealed class ServeCommandTests : IDisposable
 
     /// <summary>
     /// The run served with speculative decoding, by prompt lookup or with a draft model (the run itself, so every guess is
-    /// right), and split over two tensor-parallel thread ranks: the banner says which, and /metrics counts the guesses.
+    /// right), split over two tensor-parallel thread ranks, or with int8 weights: the banner says which, and /metrics counts the guesses.
     /// </summary>
     [Theory]
-    [InlineData(false, 1)]
-    [InlineData(true, 1)]
-    [InlineData(false, 2)]
-    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp)
+    [InlineData(false, 1, false)]
+    [InlineData(true, 1, false)]
+    [InlineData(false, 2, false)]
+    [InlineData(false, 1, true)]
+    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, bool int8)
     {
         var data = Path.Combine(_dir, "data");
         TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 3000).Select(i => (i * 31) % 256).ToArray());
@@ -57,7 +58,7 @@ public sealed class ServeCommandTests : IDisposable
         var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "tessera.dll"), "serve", "--model", run, "--port", "0", "--threads", "1",
             "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64", "--draft-tokens", "3", "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture) }
-            .Concat(draftModel ? ["--draft-model", run] : []))
+            .Concat(draftModel ? ["--draft-model", run] : []).Concat(int8 ? ["--quantize", "int8"] : []))
             psi.ArgumentList.Add(a);
         using var process = Process.Start(psi)!;
         var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
@@ -71,6 +72,8 @@ public sealed class ServeCommandTests : IDisposable
                 if (Regex.Match(line, @"at (http://\S+)") is { Success: true } m) (address, serving) = (new Uri(m.Groups[1].Value), line);
             Assert.True(address is not null, "serve printed no address: " + (process.HasExited ? await errors : ""));
             if (tp > 1) Assert.Contains("split over 2 tensor-parallel ranks", serving);
+            if (int8) Assert.Contains("int8 weights and F32", serving);
+            else Assert.DoesNotContain("int8", serving);
             var banner = new List<string>();
             while ((line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null && !line.Contains("Ctrl-C")) banner.Add(line);
             Assert.Contains(banner, l => l.Contains("speculative decoding: requests verify up to 3 tokens a step guessed " +

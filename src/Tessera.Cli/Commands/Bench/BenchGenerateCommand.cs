@@ -5,6 +5,7 @@ using Tessera.Cli.Output;
 using Tessera.Inference;
 using Tessera.Inference.Benchmarks;
 using Tessera.Models;
+using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 using Tessera.Training.Benchmarks;
 using Tessera.Training.Checkpoints;
@@ -23,11 +24,12 @@ public sealed class BenchGenerateCommand : Command
     private readonly Option<Device> _device = SharedOptions.Device();
     private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype (bf16 needs cuda)", DType.F32, DType.BF16);
     private readonly Option<int> _threads = SharedOptions.Threads();
+    private readonly Option<WeightQuantization> _quantize = SharedOptions.Quantize();
 
     /// <summary>Declares the options.</summary>
     public BenchGenerateCommand(Terminal terminal) : base("generate", "time prefill and decoding of greedy generation from a random prompt")
     {
-        foreach (var o in new Option[] { _model, _promptTokens, _maxTokens, _repeat, _noGraph, _device, _dtype, _threads }) Options.Add(o);
+        foreach (var o in new Option[] { _model, _promptTokens, _maxTokens, _repeat, _noGraph, _device, _dtype, _quantize, _threads }) Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
 
@@ -43,15 +45,16 @@ public sealed class BenchGenerateCommand : Command
         var preset = Directory.Exists(spec) ? null : Presets.Get(spec);
         if (preset is not null) Options(preset);
 
+        var quantization = parse.GetValue(_quantize);
         var backend = BackendFactory.Create(device, threads);
         using var owned = backend as IDisposable;
         Transformer model;
         if (preset is not null)
         {
-            model = new Transformer(preset, backend, dtype);
+            model = quantization == WeightQuantization.Int8 ? PretrainedModel.Quantized(preset, backend, dtype) : new Transformer(preset, backend, dtype);
             BenchmarkWeights.Initialize(model, seed: 2);
         }
-        else model = Loading.Run(terminal, $"loading {spec}", () => TrainedModel.Load(spec, backend, dtype).Model);
+        else model = Loading.Run(terminal, $"loading {spec}", () => TrainedModel.Load(spec, backend, dtype, quantization: quantization).Model);
         var options = Options(model.Config);
         terminal.Line($"bench generate: {Describe(spec, model)} on {DeviceName(backend, threads)}");
         terminal.Line($"{options.Rounds} round(s) of a {options.PromptLength}-token random prompt + {options.NewTokens} greedy tokens" +
@@ -59,7 +62,7 @@ public sealed class BenchGenerateCommand : Command
         var r = Loading.Run(terminal, "measuring", () => new GenerationBenchmark(model, options, PeakBytes(backend)).Run());
 
         var table = Create("model", "params", "dtype", "decode step", "prompt", "new", "prefill ms", "prefill tokens/s", "decode ms/token", "decode tokens/s", "GB/s", "peak memory");
-        table.AddRow(spec, Millions(r.ParameterCount), dtype.ToString(), r.DecodeStepReplayed ? "graph" : "eager", $"{r.PromptLength}", $"{r.NewTokens}",
+        table.AddRow(spec, Millions(r.ParameterCount), quantization == WeightQuantization.Int8 ? $"int8 + {dtype}" : dtype.ToString(), r.DecodeStepReplayed ? "graph" : "eager", $"{r.PromptLength}", $"{r.NewTokens}",
             Num(r.PrefillMilliseconds, "F1"), Num(r.PrefillTokensPerSecond, "F0"), Num(r.DecodeMillisecondsPerToken, "F2"), Num(r.DecodeTokensPerSecond, "F1"),
             Num(r.BandwidthBytesPerSecond / 1e9, "F1"), GiB(r.PeakDeviceBytes));
         terminal.Line();

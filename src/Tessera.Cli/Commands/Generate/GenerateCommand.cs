@@ -15,6 +15,7 @@ using Tessera.Cli.Ranks;
 using Tessera.Distributed.Launch;
 using Tessera.Distributed.Mesh;
 using Tessera.Nn.Parallel;
+using Tessera.Nn.Quantization;
 
 namespace Tessera.Cli.Commands.Generate;
 
@@ -33,6 +34,7 @@ public sealed class GenerateCommand : Command
     private readonly Option<Device> _device = SharedOptions.Device();
     private readonly Option<int> _threads = SharedOptions.Threads();
     private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype: bf16 (GPU only) halves the bytes each decoded token reads", DType.F32, DType.BF16);
+    private readonly Option<WeightQuantization> _quantize = SharedOptions.Quantize();
     private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
     private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
         "speculative decoding by prompt lookup: each step also verifies up to N tokens guessed from the text so far; greedy gives the same text, sampling the same distribution, in fewer steps where the text repeats itself (0: off)", 0, min: 0),
@@ -58,7 +60,7 @@ public sealed class GenerateCommand : Command
                     else r.AddError($"--stop-ids: '{part}' is not a token id");
             return ids.ToArray();
         };
-        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _tokenizer, _tp, _draftTokens, _draftModel })
+        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _quantize, _tokenizer, _tp, _draftTokens, _draftModel })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -83,7 +85,10 @@ public sealed class GenerateCommand : Command
         var request = new Request(parse.GetValue(_model)!, prompt, maxTokens, sampling, parse.GetValue(_stop) ?? [], parse.GetValue(_stopIds) ?? [],
             dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens, DraftModel = draftModel };
         int tp = parse.GetValue(_tp);
+        var quantization = parse.GetValue(_quantize);
         var env = DistributedEnvironment.FromEnvironment();
+        if (quantization != WeightQuantization.None && (tp > 1 || env.IsDistributed))
+            throw new UsageException($"--quantize {quantization.ToString().ToLowerInvariant()} is not built for tensor-parallel ranks yet; leave out --tp (and tessera launch), or --quantize");
         if (draftModel is not null && (tp > 1 || env.IsDistributed))
             throw new UsageException("--draft-model runs on one device: leave out --tp (and tessera launch)");
         if (env.IsDistributed && device.Kind == DeviceKind.Cuda)
@@ -102,7 +107,8 @@ public sealed class GenerateCommand : Command
         if (tp == 1)
         {
             var backend = BackendFactory.Create(device, parse.GetValue(_threads));
-            return Generate(terminal, request, (b, d) => Loading.Run(terminal, $"loading {request.Model}", () => TrainedModel.Load(request.Model, b, d)), backend);
+            return Generate(terminal, request, (b, d) => Loading.Run(terminal, $"loading {request.Model}",
+                () => TrainedModel.Load(request.Model, b, d, quantization: quantization)), backend);
         }
         if (device.Kind != DeviceKind.Cpu)
             throw new UsageException($"--tp {tp} in one process runs CPU thread ranks; on GPUs start one process per GPU: tessera launch --nproc {tp} generate --tp {tp} --device cuda ...");
@@ -188,8 +194,9 @@ public sealed class GenerateCommand : Command
             : "an end-of-text token";
         double seconds = clock.Elapsed.TotalSeconds;
         string drafts = request.DraftTokens > 0 ? $"; {generator.LastRunAcceptedDraftTokens} of {generator.LastRunDraftTokens} draft tokens accepted" : "";
+        string weights = model.Layout.Storage is QuantizedParameterStorage ? $"; int8 weights, {model.WeightBytes / (1024.0 * 1024):F1} MiB" : "";
         terminal.Note(string.Create(CultureInfo.InvariantCulture,
-            $"[{produced} tokens in {seconds:F2} s, {produced / Math.Max(seconds, 1e-9):F1} tok/s; stopped at {why}{drafts}]"));
+            $"[{produced} tokens in {seconds:F2} s, {produced / Math.Max(seconds, 1e-9):F1} tok/s; stopped at {why}{drafts}{weights}]"));
         return 0;
     }
 }
