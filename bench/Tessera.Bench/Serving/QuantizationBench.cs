@@ -1,0 +1,103 @@
+using System.Globalization;
+using Tessera.Cuda;
+using Tessera.Models;
+using Tessera.Nn.Quantization;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Training.Checkpoints;
+using Tessera.Training.Data;
+
+namespace Tessera.Bench.Serving;
+
+/// <summary>
+/// What int8 weights cost a trained model: the same model loaded in floating point and with <see cref="WeightQuantization.Int8"/>,
+/// both run over the windows of a validation shard; a table of the mean cross-entropy (nats a token), how often the two
+/// agree on the most likely next token, the largest logit difference against the logits' spread, and the weights' bytes.
+/// <para>Usage: quantization --model DIR --val FILE [--windows 64] [--device cpu|cuda] [--dtype f32|bf16]</para>
+/// </summary>
+public static class QuantizationBench
+{
+    public static int Run(string[] args)
+    {
+        string? modelDir = null, valPath = null;
+        string device = "cpu", dtypeName = "f32";
+        int windows = 64;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string Next() => args[++i];
+            switch (args[i])
+            {
+                case "--model": modelDir = Next(); break;
+                case "--val": valPath = Next(); break;
+                case "--windows": windows = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--device": device = Next(); break;
+                case "--dtype": dtypeName = Next(); break;
+                default: throw new ArgumentException($"quantization: unknown argument '{args[i]}'");
+            }
+        }
+        if (modelDir is null || valPath is null) throw new ArgumentException("quantization: --model DIR and --val FILE are required");
+        var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
+        IBackend backend = device.StartsWith("cuda", StringComparison.Ordinal) ? new CudaBackend(0) : new CpuBackend(Environment.ProcessorCount);
+        var plain = TrainedModel.Load(modelDir, backend, dtype).Model;
+        var int8 = TrainedModel.Load(modelDir, backend, dtype, quantization: WeightQuantization.Int8).Model;
+        int t = plain.Config.MaxSequenceLength, v = plain.Config.VocabSize;
+        var tokens = TokenShard.ReadTokens(valPath).ToArray();
+        int count = Math.Min(windows, (tokens.Length - 1) / t);
+        if (count < 1) throw new ArgumentException($"quantization: {valPath} holds {tokens.Length} tokens, fewer than one window of {t + 1}");
+        double lossPlain = 0, lossInt8 = 0, maxDiff = 0, spread = 0;
+        long agree = 0, positions = 0;
+        for (int w = 0; w < count; w++)
+        {
+            int start = w * ((tokens.Length - 1 - t) / Math.Max(1, count - 1));
+            var ids = new int[t];
+            for (int i = 0; i < t; i++) ids[i] = tokens[start + i];
+            var input = backend.FromArray(ids, 1, t);
+            var a = Logits(plain, input, v);
+            var b = Logits(int8, input, v);
+            for (int i = 0; i < t; i++)
+            {
+                int target = tokens[start + i + 1];
+                lossPlain += CrossEntropy(a, i * v, v, target);
+                lossInt8 += CrossEntropy(b, i * v, v, target);
+                if (ArgMax(a, i * v, v) == ArgMax(b, i * v, v)) agree++;
+                positions++;
+                for (int j = 0; j < v; j++)
+                {
+                    maxDiff = Math.Max(maxDiff, Math.Abs(a[i * v + j] - b[i * v + j]));
+                    spread = Math.Max(spread, Math.Abs(a[i * v + j]));
+                }
+            }
+        }
+        Console.WriteLine($"quantization: {modelDir} ({plain.Config.Family}, {plain.Config.Layers} layers) on {backend.Device}, {count} windows of {t} tokens of {valPath}");
+        Console.WriteLine();
+        Console.WriteLine("| weights | weight MiB | mean cross-entropy (nats/token) | greedy next token as F32's | largest logit difference (of the largest logit) |");
+        Console.WriteLine("|---|---:|---:|---:|---:|");
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {dtype} | {plain.WeightBytes / 1048576.0:F2} | {lossPlain / positions:F4} | | |"));
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"| int8 + {dtype} | {int8.WeightBytes / 1048576.0:F2} | {lossInt8 / positions:F4} | {100.0 * agree / positions:F2} % | {maxDiff:F4} ({maxDiff / spread:P2}) |"));
+        return 0;
+    }
+
+    private static float[] Logits(Transformer model, Tensor input, int vocab)
+    {
+        var logits = model.Forward(input, 0);                                // (1, T, Vpad)
+        var host = model.Backend.ToArray<float>(model.Backend.Contiguous(logits.Slice(2, 0, vocab)));
+        model.ReleaseActivations(0);
+        return host;
+    }
+
+    private static double CrossEntropy(float[] logits, int offset, int v, int target)
+    {
+        double max = double.NegativeInfinity, sum = 0;
+        for (int j = 0; j < v; j++) max = Math.Max(max, logits[offset + j]);
+        for (int j = 0; j < v; j++) sum += Math.Exp(logits[offset + j] - max);
+        return Math.Log(sum) + max - logits[offset + target];
+    }
+
+    private static int ArgMax(float[] logits, int offset, int v)
+    {
+        int best = 0;
+        for (int j = 1; j < v; j++) if (logits[offset + j] > logits[offset + best]) best = j;
+        return best;
+    }
+}
