@@ -8,14 +8,14 @@ public sealed unsafe partial class CpuBackend
 {
     /// <summary>
     /// Most rows of x that the direct kernel takes (decoding): each weight row is read once as bytes and dotted with every
-    /// row of x while it sits in L1. Larger products dequantize the weight into a transient copy and run the GEMM, which
+    /// row of x while it sits in L1. Larger products dequantize the weight a tile at a time and run the GEMM on each, which
     /// reuses each weight across many rows.
     /// </summary>
     private const int QuantizedDirectMaxRows = 16;
 
     /// <inheritdoc/>
     /// <remarks>F32 with at most 16 rows: the direct kernel (AVX2 where present, GELU after it); otherwise, and for F64 (the
-    /// reference), the weight dequantized into a transient tensor of x's dtype and <see cref="MatMul"/>.</remarks>
+    /// reference), tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each.</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null)
     {
@@ -34,17 +34,41 @@ public sealed unsafe partial class CpuBackend
                 for (int r = 0; r < x.Size(0); r++)
                     Kernels.ActivationKernels.GeluForward(Ptr<float>(product) + r * product.Stride(0), Ptr<float>(y) + r * y.Stride(0), weight.Rows);
         }
-        else
+        else if (epilogue == MatMulEpilogue.Gelu)
         {
-            var w = Allocate(weight.Shape, x.DType);
-            try
-            {
-                Dequantize(weight, w);
-                MatMul(x, w, y, transposeB: true, beta: beta, bias: bias, epilogue: epilogue, auxiliary: auxiliary, addend: addend);
-            }
-            finally { w.Storage.Dispose(); }
+            // The GELU epilogue takes whole contiguous tensors: the tiles' products go to the pre-activation, then GELU into y.
+            QuantizedTiled(x, weight, auxiliary!, 0.0, bias, null);
+            GeluForward(auxiliary!, y);
         }
+        else QuantizedTiled(x, weight, y, beta, bias, addend);
         KeepOperandsAlive(x, weight.Values, weight.Scales, y, bias, auxiliary, addend);
+    }
+
+    /// <summary>Elements of the dequantized tile of weight rows that <see cref="QuantizedTiled"/> keeps (1 MiB in F32: L2-sized).</summary>
+    private const int QuantizedTileElements = 1 << 18;
+
+    /// <summary>
+    /// The product a tile of weight rows at a time: each tile dequantized into one scratch of x's dtype (reused, cache-sized, so the
+    /// weight is never whole in floating point), then the GEMM over the matching columns of y (and of the bias and addend),
+    /// which it reads and writes in place through their row strides.
+    /// </summary>
+    private void QuantizedTiled(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
+    {
+        int n = weight.Rows, k = weight.Columns;
+        int tile = Math.Min(n, Math.Max(16, QuantizedTileElements / Math.Max(1, k) / 16 * 16));
+        var scratch = Allocate(new Shape(tile, k), x.DType);
+        try
+        {
+            for (int first = 0; first < n; first += tile)
+            {
+                int rows = Math.Min(tile, n - first);
+                var w = scratch.Slice(0, 0, rows);
+                Dequantize(new QuantizedWeight(weight.Values.Slice(0, first, rows), weight.Scales.Slice(0, first, rows)), w);
+                MatMul(x, w, y.Slice(1, first, rows), transposeB: true, beta: beta, bias: bias?.Slice(0, first, rows),
+                    addend: addend?.Slice(1, first, rows));
+            }
+        }
+        finally { scratch.Storage.Dispose(); }
     }
 
     /// <inheritdoc/>
