@@ -52,17 +52,29 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private bool GemvFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights)
     {
+        if (!GemvInputFits(x)) return false;
+        int k = x.Size(1);
+        var dtype = x.DType;
+        int vec = 16 / dtype.SizeInBytes();
+        foreach (var w in weights)
+            if (w.Rank != 2 || w.DType != dtype || w.Size(1) != k || w.Stride(1) != 1 || w.Stride(0) % vec != 0 || Ptr(w) % 16 != 0) return false;
+        if (norm is { } r && (r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k || Ptr(r.Weight) % 16 != 0)) return false;
+        return true;
+    }
+
+    /// <summary>
+    /// Whether x (M, K) suits the matrix-vector kernels' staging, whatever the weights: <see cref="CudaBackendOptions.MatrixVectorKernels"/>
+    /// on, 1 to 4 rows of F32, BF16 or F16, 16-byte aligned rows, K a multiple of 16 bytes, x fitting shared memory.
+    /// </summary>
+    private bool GemvInputFits(Tensor x)
+    {
         if (!Options.MatrixVectorKernels || x.Rank != 2) return false;
         int m = x.Size(0), k = x.Size(1);
         var dtype = x.DType;
         if (m < 1 || m > GemvMaxRows || k == 0 || dtype is not (DType.F32 or DType.BF16 or DType.F16)) return false;
         int vec = 16 / dtype.SizeInBytes();
         if (x.Stride(1) != 1 || k % vec != 0 || (m > 1 && x.Stride(0) % vec != 0) || Ptr(x) % 16 != 0) return false;
-        if ((long)m * k * dtype.SizeInBytes() > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
-        foreach (var w in weights)
-            if (w.Rank != 2 || w.DType != dtype || w.Size(1) != k || w.Stride(1) != 1 || w.Stride(0) % vec != 0 || Ptr(w) % 16 != 0) return false;
-        if (norm is { } r && (r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k || Ptr(r.Weight) % 16 != 0)) return false;
-        return true;
+        return (long)m * k * dtype.SizeInBytes() <= CudaDevice.MaxSharedMemoryPerBlockOptIn;
     }
 
     /// <inheritdoc/>

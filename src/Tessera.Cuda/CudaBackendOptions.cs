@@ -18,7 +18,8 @@ public sealed record CudaBackendOptions
 
     /// <summary>
     /// Products with at most 4 rows (decoding) run on Tessera's persistent matrix-vector kernels (gemv.cu), which stream
-    /// each weight once; false sends them to cuBLASLt (to compare). Default true.
+    /// each weight once, int8 weights (<see cref="CudaBackend.QuantizedMatMul"/>) at one byte; false sends them to cuBLASLt
+    /// (to compare), the int8 weights dequantized first. Default true.
     /// </summary>
     public bool MatrixVectorKernels { get; init; } = true;
 

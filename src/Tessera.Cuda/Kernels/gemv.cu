@@ -2,6 +2,11 @@
 // row-major (nn.Linear's layout) and M <= 4 rows of x. At such M the product is bound by reading W once
 // (2 bytes per weight in bf16), and a general GEMM tiles for reuse that is not there.
 //
+// The weights' storage type Wt is x's type T, or signed char: an int8 weight (weight-only quantization, QuantizedWeight)
+// whose row n stands for scales[n] * W[n, ·]. A 16-byte load then holds 16 weights (not 8 bf16), so the same stream reads
+// each weight at one byte; the int8 values become fp32 exactly, the sums are over the int8 values, and the row's scale
+// multiplies its sum once in the epilogue (LINEAR only).
+//
 // A grid of two CTAs of 8 warps per SM stays resident (persistent); each warp walks its rows (n = its global warp
 // index, then every gridDim.x * 8 rows) as a stream of units, a unit being U 16-byte loads per lane (U * 32 chunks
 // of one row), and issues unit i + 1's loads before it multiplies unit i: a warp always has a unit in flight,
@@ -19,25 +24,48 @@
 __device__ __forceinline__ Bytes16 load_stream16(const void* p)
 {
     Bytes16 r;
+#ifdef __CUDA_ARCH__
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "l"(p));
+#else   // the host compile of the kernel emulation (tests/Tessera.Tests/Cuda/Emulation)
+    r = *reinterpret_cast<const Bytes16*>(p);
+#endif
     return r;
 }
 
-template <typename T, int M>
+// 16 int8 weights as fp32, exactly, without the conversion instruction: it gives 16 results a clock per SM (sm_80 and
+// sm_90), fewer than the int8 weights an SM's share of the memory bandwidth brings (about 18 a clock on an H200). q's sign
+// bit flipped is the byte b = q + 128; placed in the low mantissa bits of 2^23 it makes the float 2^23 + b, and
+// subtracting 2^23 + 128 leaves q. One byte extraction (a permute) and one add a weight.
+template <> __device__ __forceinline__ void unpack16<signed char>(const Bytes16& u, float* out)
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        const unsigned biased = u.w[i] ^ 0x80808080u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) out[4 * i + j] = __uint_as_float(0x4B000000u | ((biased >> (8 * j)) & 0xFFu)) - 8388736.f;
+    }
+}
+
+// One 16-byte chunk c of a weight row (Vec16<Wt>::N weights) against the same columns of the M staged rows of x: one
+// 16-byte piece of x a row when Wt is T, two (bf16, f16) or four (f32) for int8 weights.
+template <typename T, typename Wt, int M>
 __device__ __forceinline__ void gemv_chunk(const Bytes16& wraw, const T* sx, int K, int c, float* acc)
 {
-    constexpr int V = Vec16<T>::N;
+    constexpr int V = Vec16<Wt>::N, VX = Vec16<T>::N;
     float w[V];
-    unpack16<T>(wraw, w);
+    unpack16<Wt>(wraw, w);
 #pragma unroll
     for (int m = 0; m < M; m++)
-    {
-        float xv[V];
-        load16(sx + (i64)m * K + (i64)c * V, xv);
 #pragma unroll
-        for (int j = 0; j < V; j++) acc[m] = fmaf(w[j], xv[j], acc[m]);
-    }
+        for (int h = 0; h < V; h += VX)
+        {
+            float xv[VX];
+            load16(sx + (i64)m * K + (i64)c * V + h, xv);
+#pragma unroll
+            for (int j = 0; j < VX; j++) acc[m] = fmaf(w[h + j], xv[j], acc[m]);
+        }
 }
 
 // Staging x (M, K) into shared memory once per CTA: every warp of the CTA reads it for its rows. With a norm weight
@@ -84,10 +112,10 @@ __device__ __forceinline__ void gemv_stage_x(const T* x, i64 ldx, int K, T* sx, 
 
 // ---- The persistent stream ----
 
-template <typename T, int U>
-__device__ __forceinline__ void gemv_unit_load(const T* row, int q, int chunks, int lane, Bytes16* raw)
+template <typename Wt, int U>
+__device__ __forceinline__ void gemv_unit_load(const Wt* row, int q, int chunks, int lane, Bytes16* raw)
 {
-    constexpr int V = Vec16<T>::N;
+    constexpr int V = Vec16<Wt>::N;
 #pragma unroll
     for (int u = 0; u < U; u++)
     {
@@ -96,14 +124,14 @@ __device__ __forceinline__ void gemv_unit_load(const T* row, int q, int chunks, 
     }
 }
 
-template <typename T, int M, int U>
+template <typename T, typename Wt, int M, int U>
 __device__ __forceinline__ void gemv_unit_fma(const Bytes16* raw, const T* sx, int K, int q, int chunks, int lane, float* acc)
 {
 #pragma unroll
     for (int u = 0; u < U; u++)
     {
         const int c = (q * U + u) * 32 + lane;
-        if (c < chunks) gemv_chunk<T, M>(raw[u], sx, K, c, acc);
+        if (c < chunks) gemv_chunk<T, Wt, M>(raw[u], sx, K, c, acc);
     }
 }
 
@@ -146,19 +174,22 @@ __device__ __forceinline__ int gemv_row_of(int n, int s, int half)
 }
 
 // The row a cursor's unit reads.
-template <typename T, int EPI>
-__device__ __forceinline__ const T* gemv_row_ptr(const T* w0, const T* w1, i64 ldw, const GemvCursor& c, int half)
+template <typename Wt, int EPI>
+__device__ __forceinline__ const Wt* gemv_row_ptr(const Wt* w0, const Wt* w1, i64 ldw, const GemvCursor& c, int half)
 {
     return (c.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(c.n, c.s, half) * ldw;
 }
 
-template <typename T, int M, int EPI>
-__device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0, const T* bias1, T* y, int N, int K,
-                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw, float eps, GemvRope<T> rope,
-                            int early)
+// W0 and W1 (rows ldw weights apart) of storage type Wt; with int8 weights (LINEAR) row n's sum is multiplied by
+// scales[n] (null: by 1). LINEAR reads beta's term from c_in (ldc apart): y itself (the residual accumulated in place)
+// or another tensor (an addend, beta = 1).
+template <typename T, typename Wt, int M, int EPI>
+__device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float* scales, const T* bias0, const T* bias1, T* y,
+                            const T* c_in, int N, int K, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float alpha, float beta, const T* nw,
+                            float eps, GemvRope<T> rope, int early)
 {
     constexpr int U = M <= 2 ? 8 : 4;
-    constexpr int V = Vec16<T>::N;
+    constexpr int V = Vec16<Wt>::N;
     constexpr int HALVES = EPI == GEMV_LINEAR ? 1 : 2;
     extern __shared__ unsigned char gemv_smem[];
     T* sx = reinterpret_cast<T*>(gemv_smem);
@@ -176,11 +207,11 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
     // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
     Bytes16 raw[U];
     if (early && load.n < N)
-        gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     pdl_wait();
     pdl_launch_dependents();
     if (!early && load.n < N)
-        gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     // ROPE: lane m < M keeps row m's position (the sine and cosine are computed while a pair's first loads fly).
     int pos = 0, len = 0, slot = 0;
     if (EPI == GEMV_ROPE && lane < M)
@@ -202,11 +233,11 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
         load.advance(units, HALVES, stride);
         Bytes16 next[U];
         if (load.n < N)
-            gemv_unit_load<T, U>(gemv_row_ptr<T, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, next);
+            gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, next);
         if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0 && lane < M && (cur.n / half) < rope.H + rope.KH)
             rope_angle_at(pos, cur.n == first ? inv_freq : rope_inv_freq(rope.freq, cur.n % half, rope.D, len), rope.freq.attention, cf, sf);
-        if (cur.s == 0) gemv_unit_fma<T, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
-        else gemv_unit_fma<T, M, U>(raw, sx, K, cur.q, chunks, lane, acc[1]);
+        if (cur.s == 0) gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
+        else gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[1]);
         if (cur.q == units - 1 && cur.s == HALVES - 1)   // the output's last unit: reduce, write, start the next one
         {
 #pragma unroll
@@ -216,14 +247,13 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
             const int n = cur.n;
             if (EPI == GEMV_LINEAR && lane == 0)
             {
-                const float b0 = bias0 ? to_f(bias0[n]) : 0.f;
+                const float b0 = bias0 ? to_f(bias0[n]) : 0.f, a = scales ? alpha * scales[n] : alpha;
 #pragma unroll
                 for (int m = 0; m < M; m++)
                 {
-                    T* out = y + m * ldy + n;
-                    float r = alpha * acc[0][m] + b0;
-                    if (beta != 0.f) r += beta * to_f(*out);
-                    *out = from_f<T>(r);
+                    float r = a * acc[0][m] + b0;
+                    if (beta != 0.f) r += beta * to_f(c_in[m * ldc + n]);
+                    y[m * ldy + n] = from_f<T>(r);
                 }
             }
             if (EPI == GEMV_SWIGLU && lane == 0)
@@ -281,19 +311,35 @@ __device__ void gemv_stream(const T* x, const T* w0, const T* w1, const T* bias0
         const T* bias, T* y, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw,       \
         float eps, int early)                                                                                     \
     {                                                                                                             \
-        gemv_stream<T, M, GEMV_LINEAR>(x, w, w, bias, bias, y, N, K, ldx, ldw, ldy, alpha, beta, nw, eps, {}, early); \
+        gemv_stream<T, T, M, GEMV_LINEAR>(x, w, w, nullptr, bias, bias, y, y, N, K, ldx, ldw, ldy, ldy, alpha, beta, nw, eps, \
+                                          {}, early);                                                             \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_swiglu_##n##_m##M(const T* x, const T* wg,  \
         const T* wu, const T* bg, const T* bu, T* out, int F, int K, i64 ldx, i64 ldw, i64 ldo, const T* nw,     \
         float eps, int early)                                                                                     \
     {                                                                                                             \
-        gemv_stream<T, M, GEMV_SWIGLU>(x, wg, wu, bg, bu, out, F, K, ldx, ldw, ldo, 1.f, 0.f, nw, eps, {}, early); \
+        gemv_stream<T, T, M, GEMV_SWIGLU>(x, wg, wu, nullptr, bg, bu, out, out, F, K, ldx, ldw, ldo, ldo, 1.f, 0.f, nw, eps, \
+                                          {}, early);                                                             \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_rope_##n##_m##M(const T* x, const T* w,     \
         const T* bias, T* qkv, int pairs, int K, i64 ldx, i64 ldw, i64 ldy, const T* nw, float eps,              \
         GemvRope<T> rope, int early)                                                                              \
     {                                                                                                             \
-        gemv_stream<T, M, GEMV_ROPE>(x, w, w, bias, bias, qkv, pairs, K, ldx, ldw, ldy, 1.f, 0.f, nw, eps, rope, early); \
+        gemv_stream<T, T, M, GEMV_ROPE>(x, w, w, nullptr, bias, bias, qkv, qkv, pairs, K, ldx, ldw, ldy, ldy, 1.f, 0.f, nw, \
+                                        eps, rope, early);                                                        \
     }
 #define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
+
+// The int8-weight form (CudaBackend.QuantizedMatMul): y (M, N) = scales[n] * (x q_n) + bias[n] + beta * c_in, q (N, K) int8
+// with rows ldw bytes apart, scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's shape (beta 1). K a multiple of 16.
+#define GEMV_STREAM_Q8(n, T, M)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_q8_##n##_m##M(const T* x,                   \
+        const signed char* q, const float* scales, const T* bias, T* y, const T* c_in, int N, int K, i64 ldx,    \
+        i64 ldw, i64 ldy, i64 ldc, float beta, int early)                                                         \
+    {                                                                                                             \
+        gemv_stream<T, signed char, M, GEMV_LINEAR>(x, q, q, scales, bias, bias, y, c_in, N, K, ldx, ldw, ldy, ldc, \
+                                                    1.f, beta, nullptr, 0.f, {}, early);                          \
+    }
+#define GEMV_STREAM_Q8_ALL(n, T) GEMV_STREAM_Q8(n, T, 1) GEMV_STREAM_Q8(n, T, 2) GEMV_STREAM_Q8(n, T, 3) GEMV_STREAM_Q8(n, T, 4)
+FOR_FLOAT_TYPES(GEMV_STREAM_Q8_ALL)

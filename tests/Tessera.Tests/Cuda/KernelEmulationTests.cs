@@ -7,7 +7,7 @@ namespace Tessera.Tests.Cuda;
 
 /// <summary>
 /// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu, softmax.cu, paged_attention.cu,
-/// adamw.cu, decode_gemm.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu, exactly as NVRTC gets them) compiled
+/// adamw.cu, decode_gemm.cu, gemv.cu, quantized.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu, exactly as NVRTC gets them) compiled
 /// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
 /// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the
 /// f32 instantiations of the SwiGLU row kernels, the row-in-registers RMSNorm kernels, RoPE from a table, RoPE with the KV append to a paged pool (rope_append, and rope_append_rows giving its bits), the column sums of the norms' gradient partials, the LayerNorm backward's warp and block kernels with the column sums of dx, the fused cross-entropy with its row staged, and its cluster form (a row shared by the CTAs of a thread-block cluster, the clusters walking the rows; emulated with the cluster's CTAs run together) against double references (its
@@ -76,6 +76,27 @@ public sealed class KernelEmulationTests
              "decode_gemm_hopper swiglu M=17 F=100 K=256 slices=1 bias=1 tma", "decode_gemm_hopper swiglu M=64 F=64 K=512 slices=4 bias=0 norm tma",
              "decode_gemm_hopper swiglu M=33 F=65 K=1024 slices=2 bias=1 norm tma"],
             "HOPPER");
+
+    /// <summary>
+    /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form
+    /// <c>gemv_stream_q8_*</c> (<see cref="CudaBackend.QuantizedMatMul"/> for 1 to 4 rows of x: scales[n] times x's sums with the
+    /// int8 row, bias, beta 0 and 1, an addend read in place of y) at M = 1 to 4 in f32 and once in bf16, K short of a unit of the
+    /// stream and a unit and one chunk long, N not a multiple of the grid's warps and fewer rows than warps; the float-weight form
+    /// that shares the stream (plain, and with RMSNorm on the way); and <c>dequantize_f32</c>, against double references
+    /// (Emulation/gemv_kernels.cpp: 1e-5 of the largest output in f32, 8e-3 in bf16, the dequantized weights exactly), with the
+    /// early and late weight loads giving the same bits and y's row padding untouched. A chunk skipped, or the int8 values
+    /// off by one level, fails it (checked by hand). <see cref="CudaQuantizedMatMulTests"/> checks the kernels on the device.
+    /// </summary>
+    [Fact]
+    public void MatrixVectorKernelsWithInt8WeightsGiveTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["gemv.cu", "quantized.cu"], "gemv_kernels",
+            ["gemv_stream_q8 f32 M=1 N=100 K=1008 grid=2 bias=1 beta=0", "gemv_stream_q8 f32 M=1 N=100 K=1008 grid=2 bias=1 beta=0: early = late, pads",
+             "gemv_stream_q8 f32 M=2 N=77 K=4112 grid=3 bias=0 beta=1", "gemv_stream_q8 f32 M=3 N=45 K=2064 grid=1 bias=1 beta=1",
+             "gemv_stream_q8 f32 M=4 N=130 K=4112 grid=2 bias=1 beta=0 addend", "gemv_stream_q8 f32 M=4 N=130 K=4112 grid=2 bias=1 beta=0 addend: early = late, pads",
+             "gemv_stream_q8 f32 M=4 N=9 K=16 grid=4 bias=0 beta=0", "gemv_stream_q8 f32 M=1 N=37 K=528 grid=5 bias=1 beta=0 addend",
+             "gemv_stream_q8 bf16 M=2 N=100 K=1024 grid=2 bias=1 beta=1", "gemv_stream f32 M=1 N=100 K=1000 grid=2 bias=1 beta=1",
+             "gemv_stream f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "dequantize_f32 N=37 K=45 grid=3 block=64 exact",
+             "dequantize_f32 N=8 K=4096 grid=7 block=128 exact"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

@@ -1,0 +1,221 @@
+// Decoding's persistent matrix-vector kernels (gemv.cu) on the CPU emulation of CUDA, against double references: the
+// int8-weight form gemv_stream_q8_* (QuantizedMatMul's fast path: y = scales[n] * (x q_n) + bias + beta * y, or + an
+// addend read in place of y) for M = 1 to 4 in f32, and once in bf16; the float-weight form gemv_stream_f32_* that shares
+// its stream (once plain, once with RMSNorm on the way); and dequantize_f32 (quantized.cu). The shapes cover K short of one
+// unit of the stream and K a unit and one chunk long (U = 8 for M <= 2, 4 above), N not a multiple of the grid's warps and
+// fewer rows than warps, row strides past the rows (x, y and the addend), and a CTA count that makes warps walk several
+// rows. Each product also runs with the weights loaded before pdl_wait (early) and after, which must give the same bits,
+// and leaves y's row padding untouched.
+//
+// Tolerances: f32 outputs to 1e-5 of the largest expected value: each lane sums about K / 512 to K / 16 fp32 FMAs and the
+// warp adds 32 partial sums in a tree, so rounding leaves about 1e-7 to 1e-6 of the sums' magnitude, while a skipped or
+// repeated chunk, a wrong row or a wrong scale is off by 1e-2 or more. bf16 outputs to 8e-3: the stored output keeps 8
+// significant bits (2^-9 relative). The bf16 case is valid here because nothing it runs goes through inline PTX (to_f of
+// bf16 is a shift and from_f<bf16> integer rounding; the emulation compiles asm away). dequantize_f32 is compared
+// exactly: scale * q rounded once to fp32 is what the kernel and the CPU backend both compute.
+//
+// kernels.h is written by the test: the emulation, common.cuh, gemv.cu, quantized.cu. Prints one line per check; the exit
+// code is the number of failures.
+#include "kernels.h"
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+alignas(16) unsigned char gemv_smem[1 << 17];   // the kernels' x (M, K) staged (66 KB at M = 4, K = 4112 in f32)
+static int failures = 0;
+
+static void report(const std::string& what, bool ok, const char* detail = "")
+{
+    printf("%-72s %s%s\n", what.c_str(), detail, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+}
+
+// max |got - expected| / max |expected| against tol; a value that is not finite fails.
+static void check(const std::string& what, const std::vector<double>& e, const std::vector<float>& a, double tol)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < e.size(); i++)
+    {
+        if (!std::isfinite(a[i])) { md = INFINITY; break; }
+        md = std::max(md, std::abs(a[i] - e[i]));
+        mr = std::max(mr, std::abs(e[i]));
+    }
+    const double rel = md / (mr > 0 ? mr : 1);
+    char detail[40];
+    snprintf(detail, sizeof detail, "rel err %.3e ", rel);
+    report(what, rel <= tol, detail);
+}
+
+template <typename T> static std::vector<T> uniform(size_t n, std::mt19937& rng, float scale, float offset = 0.f)
+{
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<T> v(n);
+    for (auto& e : v) e = from_f<T>(offset + scale * u(rng));
+    return v;
+}
+
+template <typename T> static const char* type_name();
+template <> const char* type_name<float>() { return "f32"; }
+template <> const char* type_name<bf16>() { return "bf16"; }
+
+// The int8 kernel for M rows of x of type T.
+template <typename T, int M> static auto q8_kernel()
+{
+    if constexpr (std::is_same_v<T, float>)
+    {
+        if constexpr (M == 1) return gemv_stream_q8_f32_m1;
+        else if constexpr (M == 2) return gemv_stream_q8_f32_m2;
+        else if constexpr (M == 3) return gemv_stream_q8_f32_m3;
+        else return gemv_stream_q8_f32_m4;
+    }
+    else
+    {
+        if constexpr (M == 1) return gemv_stream_q8_bf16_m1;
+        else if constexpr (M == 2) return gemv_stream_q8_bf16_m2;
+        else if constexpr (M == 3) return gemv_stream_q8_bf16_m3;
+        else return gemv_stream_q8_bf16_m4;
+    }
+}
+
+// y (M, N) = scales[n] * (x q_n) + bias + beta * y, or + addend (then the kernel reads the addend with beta = 1, as
+// CudaBackend passes it), on a grid of `grid` CTAs of 8 warps.
+template <typename T, int M> static void run_q8(int N, int K, int grid, bool with_bias, float beta, bool with_addend)
+{
+    std::mt19937 rng(11 + M * 7 + N + K + grid);
+    const int ldx = K + 16, ldy = N + 8, lda = N + 3;
+    auto x = uniform<T>((size_t)M * ldx, rng, 1.f), bias = uniform<T>(N, rng, 1.f), y0 = uniform<T>((size_t)M * ldy, rng, 1.f),
+         addend = uniform<T>((size_t)M * lda, rng, 1.f);
+    std::uniform_int_distribution<int> level(-127, 127);
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    std::vector<signed char> q((size_t)N * K);
+    for (auto& v : q) v = (signed char)level(rng);
+    std::vector<float> scales(N);
+    for (auto& s : scales) s = (0.25f + u(rng)) / 127.f;
+    std::vector<double> e((size_t)M * N);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)to_f(x[(size_t)m * ldx + k]) * q[(size_t)n * K + k];
+            double r = scales[n] * s + (with_bias ? to_f(bias[n]) : 0.0);
+            r += with_addend ? to_f(addend[(size_t)m * lda + n]) : beta * to_f(y0[(size_t)m * ldy + n]);
+            e[(size_t)m * N + n] = r;
+        }
+    std::vector<T> y[2];
+    std::vector<float> got[2];
+    for (int early = 0; early < 2; early++)
+    {
+        y[early] = y0;
+        const T *px = x.data(), *pb = with_bias ? bias.data() : nullptr;
+        T* py = y[early].data();
+        const T* pc = with_addend ? addend.data() : py;
+        const signed char* pq = q.data();
+        const float* ps = scales.data();
+        int n_ = N, k_ = K, ea = early;
+        long long lx = ldx, lw = K, ly = ldy, lc = with_addend ? lda : ldy;
+        float be = with_addend ? 1.f : beta;
+        auto kernel = q8_kernel<T, M>();
+        emu_launch(grid, 256, [&] { kernel(px, pq, ps, pb, py, pc, n_, k_, lx, lw, ly, lc, be, ea); });
+        got[early].resize((size_t)M * N);
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
+    }
+    char name[120];
+    snprintf(name, sizeof name, "gemv_stream_q8 %s M=%d N=%d K=%d grid=%d bias=%d beta=%g%s", type_name<T>(), M, N, K, grid,
+             with_bias ? 1 : 0, beta, with_addend ? " addend" : "");
+    check(name, e, got[1], std::is_same_v<T, float> ? 1e-5 : 8e-3);
+    bool pads = true;   // the row stride's padding past N is untouched
+    for (int m = 0; m < M; m++)
+        for (int n = N; n < ldy; n++) pads &= std::memcmp(&y[1][(size_t)m * ldy + n], &y0[(size_t)m * ldy + n], sizeof(T)) == 0;
+    report(std::string(name) + ": early = late, pads", std::memcmp(y[0].data(), y[1].data(), y[0].size() * sizeof(T)) == 0 && pads);
+}
+
+// The float-weight form on the same stream: y = alpha * x W^T + bias + beta * y, x RMS-normalized on the way when asked.
+template <int M> static void run_f32(int N, int K, int grid, bool with_bias, float alpha, float beta, bool with_norm)
+{
+    std::mt19937 rng(13 + M * 5 + N + K + grid);
+    const int ldx = K + 4, ldw = K + 8, ldy = N + 5;
+    auto x = uniform<float>((size_t)M * ldx, rng, 1.f), w = uniform<float>((size_t)N * ldw, rng, 0.1f), bias = uniform<float>(N, rng, 1.f),
+         y0 = uniform<float>((size_t)M * ldy, rng, 1.f), nw = uniform<float>(K, rng, 0.5f, 1.f);
+    const float eps = 1e-5f;
+    std::vector<double> e((size_t)M * N);
+    for (int m = 0; m < M; m++)
+    {
+        double ss = 0;
+        for (int k = 0; k < K; k++) ss += (double)x[(size_t)m * ldx + k] * x[(size_t)m * ldx + k];
+        const double r = with_norm ? 1 / std::sqrt(ss / K + eps) : 1;
+        for (int n = 0; n < N; n++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += x[(size_t)m * ldx + k] * r * (with_norm ? nw[k] : 1.0) * w[(size_t)n * ldw + k];
+            e[(size_t)m * N + n] = alpha * s + (with_bias ? bias[n] : 0.0) + beta * y0[(size_t)m * ldy + n];
+        }
+    }
+    std::vector<float> y = y0;
+    const float *px = x.data(), *pw = w.data(), *pb = with_bias ? bias.data() : nullptr, *pn = with_norm ? nw.data() : nullptr;
+    float* py = y.data();
+    int n_ = N, k_ = K, early = 1;
+    long long lx = ldx, lw = ldw, ly = ldy;
+    float al = alpha, be = beta, ep = eps;
+    auto launch = [&](auto kernel) { emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, n_, k_, lx, lw, ly, al, be, pn, ep, early); }); };
+    if constexpr (M == 1) launch(gemv_stream_f32_m1);
+    else if constexpr (M == 2) launch(gemv_stream_f32_m2);
+    else if constexpr (M == 3) launch(gemv_stream_f32_m3);
+    else launch(gemv_stream_f32_m4);
+    std::vector<float> got((size_t)M * N);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) got[(size_t)m * N + n] = y[(size_t)m * ldy + n];
+    char name[120];
+    snprintf(name, sizeof name, "gemv_stream f32 M=%d N=%d K=%d grid=%d bias=%d beta=%g%s", M, N, K, grid, with_bias ? 1 : 0, beta,
+             with_norm ? " norm" : "");
+    check(name, e, got, 1e-5);
+}
+
+// out (N, K) = scales[n] * values[n, k]: every element exactly the fp32 product (a grid-stride loop over fewer threads
+// than elements, rows crossing the blocks' edges).
+static void run_dequantize(int N, int K, int grid, int block)
+{
+    std::mt19937 rng(17 + N + K);
+    std::uniform_int_distribution<int> level(-127, 127);
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    std::vector<signed char> q((size_t)N * K);
+    for (auto& v : q) v = (signed char)level(rng);
+    std::vector<float> scales(N), out((size_t)N * K, NAN);
+    for (auto& s : scales) s = u(rng) / 127.f;
+    scales[N / 2] = 0.f;   // a row of zeros quantizes to scale 0
+    const signed char* pq = q.data();
+    const float* ps = scales.data();
+    float* po = out.data();
+    long long n = (long long)N * K;
+    int k_ = K;
+    emu_launch(grid, block, [&] { dequantize_f32(pq, ps, po, n, k_); });
+    bool exact = true;
+    for (int r = 0; r < N; r++)
+        for (int c = 0; c < K; c++)
+        {
+            const float expected = (float)((double)scales[r] * q[(size_t)r * K + c]);   // exact in double, rounded once
+            exact &= std::memcmp(&out[(size_t)r * K + c], &expected, 4) == 0;
+        }
+    char name[120];
+    snprintf(name, sizeof name, "dequantize_f32 N=%d K=%d grid=%d block=%d exact", N, K, grid, block);
+    report(name, exact);
+}
+
+int main()
+{
+    run_q8<float, 1>(100, 1008, 2, true, 0.f, false);    // 63 chunks: one unit (256 chunks at U = 8) part full; 100 rows on 16 warps
+    run_q8<float, 2>(77, 4112, 3, false, 1.f, false);    // 257 chunks: a full unit, then one of a single chunk; the residual
+    run_q8<float, 3>(45, 2064, 1, true, 1.f, false);     // U = 4: 129 chunks, a unit of 128 and one of 1; 8 warps, 45 rows
+    run_q8<float, 4>(130, 4112, 2, true, 0.f, true);     // 3 units at U = 4; the addend read in place of y
+    run_q8<float, 4>(9, 16, 4, false, 0.f, false);       // one chunk a row; 32 warps for 9 rows (most idle)
+    run_q8<float, 1>(37, 528, 5, true, 0.f, true);       // M = 1 with an addend; 40 warps for 37 rows
+    run_q8<bf16, 2>(100, 1024, 2, true, 1.f, false);     // bf16 x, bias and y: x's two 16-byte pieces a chunk
+    run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false);    // the float-weight form: 250 chunks of 4, alpha and the residual
+    run_f32<4>(37, 516, 1, false, 1.f, 0.f, true);       // with RMSNorm on the way
+    run_dequantize(37, 45, 3, 64);
+    run_dequantize(8, 4096, 7, 128);
+    printf("%s\n", failures ? "FAILURES" : "all ok");
+    return failures;
+}
