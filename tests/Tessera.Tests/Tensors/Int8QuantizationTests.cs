@@ -32,7 +32,7 @@ public class Int8QuantizationTests
             }
             Assert.Equal(127, Math.Abs((int)q[r * cols + argmax]));
         }
-        Assert.Equal(Int8Quantization.Dequantize(q, s, cols)[5 * cols + 17], 0.9f);
+        Assert.Equal(0.9f, Int8Quantization.Dequantize(q, s, cols)[5 * cols + 17]);
     }
 
     [Fact]
