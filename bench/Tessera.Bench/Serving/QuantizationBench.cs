@@ -14,6 +14,9 @@ namespace Tessera.Bench.Serving;
 /// both run over the windows of a validation shard; a table of the mean cross-entropy (nats a token), how often the two
 /// agree on the most likely next token, the largest logit difference against the logits' spread, and the weights' bytes.
 /// <para>Usage: quantization --model DIR --val FILE [--windows 64] [--device cpu|cuda] [--dtype f32|bf16]</para>
+/// <para>quantization --ops [--device cpu|cuda] [--dtype f32|bf16]: the product alone, x (M, K) times a (N, K) weight in the dtype
+/// against the same weight as int8 (<see cref="IBackend.QuantizedMatMul"/>), median microseconds of 50 after at least 300 ms of warm-up, at
+/// decoding's and prefill's row counts.</para>
 /// </summary>
 public static class QuantizationBench
 {
@@ -22,6 +25,7 @@ public static class QuantizationBench
         string? modelDir = null, valPath = null;
         string device = "cpu", dtypeName = "f32";
         int windows = 64;
+        bool ops = false;
         for (int i = 0; i < args.Length; i++)
         {
             string Next() => args[++i];
@@ -32,12 +36,14 @@ public static class QuantizationBench
                 case "--windows": windows = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--device": device = Next(); break;
                 case "--dtype": dtypeName = Next(); break;
+                case "--ops": ops = true; break;
                 default: throw new ArgumentException($"quantization: unknown argument '{args[i]}'");
             }
         }
-        if (modelDir is null || valPath is null) throw new ArgumentException("quantization: --model DIR and --val FILE are required");
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
         IBackend backend = device.StartsWith("cuda", StringComparison.Ordinal) ? new CudaBackend(0) : new CpuBackend(Environment.ProcessorCount);
+        if (ops) return Ops(backend, dtype);
+        if (modelDir is null || valPath is null) throw new ArgumentException("quantization: --model DIR and --val FILE are required");
         var plain = TrainedModel.Load(modelDir, backend, dtype).Model;
         var int8 = TrainedModel.Load(modelDir, backend, dtype, quantization: WeightQuantization.Int8).Model;
         int t = plain.Config.MaxSequenceLength, v = plain.Config.VocabSize;
@@ -76,6 +82,58 @@ public static class QuantizationBench
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"| int8 + {dtype} | {int8.WeightBytes / 1048576.0:F2} | {lossInt8 / positions:F4} | {100.0 * agree / positions:F2} % | {maxDiff:F4} ({maxDiff / spread:P2}) |"));
         return 0;
+    }
+
+    private static int Ops(IBackend backend, DType dtype)
+    {
+        Console.WriteLine($"quantization --ops: x (M, K) W^T on {backend.Device}, {dtype} weights against int8 ones; median us of 50");
+        Console.WriteLine();
+        Console.WriteLine("| K | N | M | weights in dtype, us | int8, us | int8 speed-up |");
+        Console.WriteLine("|---:|---:|---:|---:|---:|---:|");
+        var rng = new Random(1);
+        foreach (var (k, n) in new[] { (768, 3072), (3072, 768), (2048, 8192), (256, 1024) })
+        {
+            var host = new float[(long)k * n];
+            for (int i = 0; i < host.Length; i++) host[i] = (float)(rng.NextDouble() - 0.5);
+            var w = backend.Allocate(new Shape(n, k), dtype);
+            backend.Copy(backend.FromArray(host, n, k), w);
+            var q = new sbyte[host.Length];
+            var s = new float[n];
+            Int8Quantization.QuantizeRows(host, n, k, q, s);
+            var values = backend.Allocate(new Shape(n, k), DType.I8);
+            var scales = backend.Allocate(new Shape(n), DType.F32);
+            backend.CopyFromHost<sbyte>(q, values);
+            backend.CopyFromHost<float>(s, scales);
+            var weight = new QuantizedWeight(values, scales);
+            foreach (int m in new[] { 1, 2, 4, 8, 16, 64 })
+            {
+                var x = backend.Allocate(new Shape(m, k), dtype);
+                backend.Fill(x, 0.5);
+                var y = backend.Allocate(new Shape(m, n), dtype);
+                double plain = Median(backend, () => backend.MatMul(x, w, y, transposeB: true));
+                double int8 = Median(backend, () => backend.QuantizedMatMul(x, weight, y));
+                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {k} | {n} | {m} | {plain:F1} | {int8:F1} | {plain / int8:F2}x |"));
+            }
+        }
+        return 0;
+    }
+
+    private static double Median(IBackend backend, Action op)
+    {
+        // Warm-up: 20 calls and at least 300 ms, so that the JIT's tiered compilation has replaced the first code of the kernels.
+        var warm = System.Diagnostics.Stopwatch.StartNew();
+        for (int i = 0; i < 20 || warm.ElapsedMilliseconds < 300; i++) op();
+        backend.Synchronize();
+        var times = new double[50];
+        for (int i = 0; i < times.Length; i++)
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            op();
+            backend.Synchronize();
+            times[i] = clock.Elapsed.TotalMicroseconds;
+        }
+        Array.Sort(times);
+        return times[times.Length / 2];
     }
 
     private static float[] Logits(Transformer model, Tensor input, int vocab)

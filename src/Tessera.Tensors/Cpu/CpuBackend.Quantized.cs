@@ -7,15 +7,24 @@ namespace Tessera.Tensors.Cpu;
 public sealed unsafe partial class CpuBackend
 {
     /// <summary>
-    /// Most rows of x that the direct kernel takes (decoding): each weight row is read once as bytes and dotted with every
-    /// row of x while it sits in L1. Larger products dequantize the weight a tile at a time and run the GEMM on each, which
-    /// reuses each weight across many rows.
+    /// Most rows of x that the direct kernel takes: it reads each weight once as bytes, widens them in registers and
+    /// multiplies them into the sums of up to three rows of x at a time, which pays while reading the weights bounds the
+    /// product (decoding). On two cores it is 4-9x the F32 product at one or two rows, 2-3x at four, even at eight and
+    /// behind from sixteen (`bench quantization --ops`, docs/benchmarks.md), so larger products dequantize the weight a tile
+    /// at a time and run the GEMM on each.
     /// </summary>
-    private const int QuantizedDirectMaxRows = 16;
+    private const int QuantizedDirectMaxRows = 8;
+
+    /// <summary>
+    /// Elements of the dequantized tile of weight rows that <see cref="QuantizedTiled"/> keeps (4 MiB in F32): large enough that
+    /// each tile's GEMM, threads and all, is worth its start (1 MiB tiles cost up to twice the F32 product on two cores), small
+    /// enough that a Llama 8B's down projection is never whole in floating point.
+    /// </summary>
+    private const int QuantizedTileElements = 1 << 20;
 
     /// <inheritdoc/>
-    /// <remarks>F32 with at most 16 rows: the direct kernel (AVX2 where present, GELU after it); otherwise, and for F64 (the
-    /// reference), tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each.</remarks>
+    /// <remarks>F32 with at most 8 rows: the direct kernel (AVX2 where present; GELU after it). More rows, and F64 (the
+    /// reference): tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each.</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null)
     {
@@ -25,50 +34,13 @@ public sealed unsafe partial class CpuBackend
         RequireComputeDType(op, nameof(x), x);
         bool direct = x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
             && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous) && (auxiliary is null || auxiliary.Stride(1) == 1);
-        if (direct)
-        {
-            // GELU: the product goes to the pre-activation, then each row through the activation into y.
-            var product = epilogue == MatMulEpilogue.Gelu ? auxiliary! : y;
-            QuantizedDirect(x, weight, product, (float)beta, bias, addend);
-            if (epilogue == MatMulEpilogue.Gelu)
-                for (int r = 0; r < x.Size(0); r++)
-                    Kernels.ActivationKernels.GeluForward(Ptr<float>(product) + r * product.Stride(0), Ptr<float>(y) + r * y.Stride(0), weight.Rows);
-        }
-        else if (epilogue == MatMulEpilogue.Gelu)
-        {
-            // The GELU epilogue takes whole contiguous tensors: the tiles' products go to the pre-activation, then GELU into y.
-            QuantizedTiled(x, weight, auxiliary!, 0.0, bias, null);
-            GeluForward(auxiliary!, y);
-        }
-        else QuantizedTiled(x, weight, y, beta, bias, addend);
+        // GELU: the product goes to the pre-activation (the GEMM's GELU epilogue wants whole contiguous tensors, and the direct
+        // kernel has none), then the activation into y.
+        var product = epilogue == MatMulEpilogue.Gelu ? auxiliary! : y;
+        if (direct) QuantizedDirect(x, weight, product, (float)beta, bias, addend);
+        else QuantizedTiled(x, weight, product, beta, bias, addend);
+        if (epilogue == MatMulEpilogue.Gelu) GeluForward(product, y);
         KeepOperandsAlive(x, weight.Values, weight.Scales, y, bias, auxiliary, addend);
-    }
-
-    /// <summary>Elements of the dequantized tile of weight rows that <see cref="QuantizedTiled"/> keeps (1 MiB in F32: L2-sized).</summary>
-    private const int QuantizedTileElements = 1 << 18;
-
-    /// <summary>
-    /// The product a tile of weight rows at a time: each tile dequantized into one scratch of x's dtype (reused, cache-sized, so the
-    /// weight is never whole in floating point), then the GEMM over the matching columns of y (and of the bias and addend),
-    /// which it reads and writes in place through their row strides.
-    /// </summary>
-    private void QuantizedTiled(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
-    {
-        int n = weight.Rows, k = weight.Columns;
-        int tile = Math.Min(n, Math.Max(16, QuantizedTileElements / Math.Max(1, k) / 16 * 16));
-        var scratch = Allocate(new Shape(tile, k), x.DType);
-        try
-        {
-            for (int first = 0; first < n; first += tile)
-            {
-                int rows = Math.Min(tile, n - first);
-                var w = scratch.Slice(0, 0, rows);
-                Dequantize(new QuantizedWeight(weight.Values.Slice(0, first, rows), weight.Scales.Slice(0, first, rows)), w);
-                MatMul(x, w, y.Slice(1, first, rows), transposeB: true, beta: beta, bias: bias?.Slice(0, first, rows),
-                    addend: addend?.Slice(1, first, rows));
-            }
-        }
-        finally { scratch.Storage.Dispose(); }
     }
 
     /// <inheritdoc/>
@@ -91,13 +63,11 @@ public sealed unsafe partial class CpuBackend
             {
                 float scale = s[n];
                 sbyte* row = q + n * k;
-                for (int c = 0; c < k; c++)
+                switch (dtype)
                 {
-                    float v = scale * row[c];
-                    long i = n * k + c;
-                    if (dtype == DType.F32) ((float*)o)[i] = v;
-                    else if (dtype == DType.F64) ((double*)o)[i] = (double)scale * row[c];
-                    else ((BFloat16*)o)[i] = BFloat16.FromSingle(v);
+                    case DType.F32: WidenScaled(row, k, scale, (float*)o + n * k); break;
+                    case DType.F64: for (int c = 0; c < k; c++) ((double*)o)[n * k + c] = (double)scale * row[c]; break;
+                    default: for (int c = 0; c < k; c++) ((BFloat16*)o)[n * k + c] = BFloat16.FromSingle(scale * row[c]); break;
                 }
             }
         });
@@ -105,8 +75,32 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>
-    /// y = x W^T (+ bias) (+ beta y | + addend) for F32 x of few rows: blocks of four weight rows across the threads, each
-    /// block's bytes converted once per row of x and dotted with it while x's chunk is in registers.
+    /// The product a tile of weight rows at a time: each tile dequantized into one scratch of x's dtype (reused, so the weight
+    /// is never whole in floating point), then the GEMM over the matching columns of y (and of the bias and addend), which it
+    /// reads and writes in place through their row strides.
+    /// </summary>
+    private void QuantizedTiled(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
+    {
+        int n = weight.Rows, k = weight.Columns;
+        int tile = Math.Min(n, Math.Max(16, QuantizedTileElements / Math.Max(1, k) / 16 * 16));
+        var scratch = Allocate(new Shape(tile, k), x.DType);
+        try
+        {
+            for (int first = 0; first < n; first += tile)
+            {
+                int rows = Math.Min(tile, n - first);
+                var w = scratch.Slice(0, 0, rows);
+                Dequantize(new QuantizedWeight(weight.Values.Slice(0, first, rows), weight.Scales.Slice(0, first, rows)), w);
+                MatMul(x, w, y.Slice(1, first, rows), transposeB: true, beta: beta, bias: bias?.Slice(0, first, rows),
+                    addend: addend?.Slice(1, first, rows));
+            }
+        }
+        finally { scratch.Storage.Dispose(); }
+    }
+
+    /// <summary>
+    /// y = x W^T (+ bias) (+ beta y | + addend) for F32 x of few rows: blocks of four weight rows across the threads; each
+    /// block's bytes are widened to F32 in registers once per three rows of x and multiplied into twelve sums.
     /// </summary>
     private void QuantizedDirect(Tensor x, QuantizedWeight weight, Tensor y, float beta, Tensor? bias, Tensor? addend)
     {
@@ -118,65 +112,86 @@ public sealed unsafe partial class CpuBackend
         long ldx = x.Stride(0), ldy = y.Stride(0), lda = addend?.Stride(0) ?? 0;
         ParallelChunks((n + 3) / 4, 4L * m * k, (start, end) =>
         {
-            float* dots = stackalloc float[4];
+            float* dots = stackalloc float[12];                  // (3 rows of x, 4 weight rows)
             for (long block = start; block < end; block++)
             {
                 int first = (int)(block * 4), rows = Math.Min(4, n - first);
-                for (int r = 0; r < m; r++)
+                for (int r0 = 0; r0 < m; r0 += 3)
                 {
-                    Int8Dot4(px + r * ldx, pq + (long)first * k, k, rows, dots);
-                    for (int j = 0; j < rows; j++)
-                    {
-                        int col = first + j;
-                        float v = dots[j] * ps[col] + (pb is null ? 0f : pb[col]);
-                        float* out_ = py + r * ldy + col;
-                        if (pa is not null) v += pa[r * lda + col];
-                        else if (beta != 0f) v += beta * *out_;
-                        *out_ = v;
-                    }
+                    int group = Math.Min(3, m - r0);
+                    Int8Dot3x4(px + r0 * ldx, ldx, group, pq + (long)first * k, k, rows, dots);
+                    for (int g = 0; g < group; g++)
+                        for (int j = 0; j < rows; j++)
+                        {
+                            int r = r0 + g, col = first + j;
+                            float v = dots[g * 4 + j] * ps[col] + (pb is null ? 0f : pb[col]);
+                            float* out_ = py + r * ldy + col;
+                            if (pa is not null) v += pa[r * lda + col];
+                            else if (beta != 0f) v += beta * *out_;
+                            *out_ = v;
+                        }
                 }
             }
         });
     }
 
-    /// <summary>dots[j] = Σ_i x[i] q[j k + i] for the <paramref name="rows"/> (1 to 4) consecutive rows of q, in F32.</summary>
-    private static void Int8Dot4(float* x, sbyte* q, int k, int rows, float* dots)
+    /// <summary>
+    /// dots[g 4 + j] = Σ_i x[g ldx + i] q[j k + i] for <paramref name="group"/> (1 to 3) rows of x and <paramref name="rows"/>
+    /// (1 to 4) consecutive rows of q, in F32: each 8 bytes of a weight row widened once and used by every row of x.
+    /// </summary>
+    private static void Int8Dot3x4(float* x, long ldx, int group, sbyte* q, int k, int rows, float* dots)
     {
-        int i = 0;
-        for (int j = 0; j < 4; j++) dots[j] = 0f;
+        for (int i = 0; i < 12; i++) dots[i] = 0f;
+        int c = 0;
         if (Avx2.IsSupported && Fma.IsSupported && rows == 4 && k >= 8)
         {
-            var a0 = Vector256<float>.Zero; var a1 = Vector256<float>.Zero;
-            var a2 = Vector256<float>.Zero; var a3 = Vector256<float>.Zero;
+            var z = Vector256<float>.Zero;
+            Vector256<float> a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z, a20 = z, a21 = z, a22 = z, a23 = z;
+            float* x1 = x + ldx, x2 = x + 2 * ldx;
             sbyte* q1 = q + k, q2 = q + 2L * k, q3 = q + 3L * k;
-            for (; i + 8 <= k; i += 8)
+            for (; c + 8 <= k; c += 8)
             {
-                var xv = Avx.LoadVector256(x + i);
-                a0 = Fma.MultiplyAdd(xv, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + i)), a0);
-                a1 = Fma.MultiplyAdd(xv, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q1 + i)), a1);
-                a2 = Fma.MultiplyAdd(xv, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q2 + i)), a2);
-                a3 = Fma.MultiplyAdd(xv, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q3 + i)), a3);
+                var w0 = Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + c));
+                var w1 = Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q1 + c));
+                var w2 = Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q2 + c));
+                var w3 = Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q3 + c));
+                var v0 = Avx.LoadVector256(x + c);
+                a00 = Fma.MultiplyAdd(v0, w0, a00); a01 = Fma.MultiplyAdd(v0, w1, a01); a02 = Fma.MultiplyAdd(v0, w2, a02); a03 = Fma.MultiplyAdd(v0, w3, a03);
+                if (group > 1)
+                {
+                    var v1 = Avx.LoadVector256(x1 + c);
+                    a10 = Fma.MultiplyAdd(v1, w0, a10); a11 = Fma.MultiplyAdd(v1, w1, a11); a12 = Fma.MultiplyAdd(v1, w2, a12); a13 = Fma.MultiplyAdd(v1, w3, a13);
+                }
+                if (group > 2)
+                {
+                    var v2 = Avx.LoadVector256(x2 + c);
+                    a20 = Fma.MultiplyAdd(v2, w0, a20); a21 = Fma.MultiplyAdd(v2, w1, a21); a22 = Fma.MultiplyAdd(v2, w2, a22); a23 = Fma.MultiplyAdd(v2, w3, a23);
+                }
             }
-            dots[0] = Vector256.Sum(a0); dots[1] = Vector256.Sum(a1); dots[2] = Vector256.Sum(a2); dots[3] = Vector256.Sum(a3);
+            dots[0] = Vector256.Sum(a00); dots[1] = Vector256.Sum(a01); dots[2] = Vector256.Sum(a02); dots[3] = Vector256.Sum(a03);
+            dots[4] = Vector256.Sum(a10); dots[5] = Vector256.Sum(a11); dots[6] = Vector256.Sum(a12); dots[7] = Vector256.Sum(a13);
+            dots[8] = Vector256.Sum(a20); dots[9] = Vector256.Sum(a21); dots[10] = Vector256.Sum(a22); dots[11] = Vector256.Sum(a23);
         }
-        else if (Avx2.IsSupported && Fma.IsSupported && k >= 8)
-        {
+        for (int g = 0; g < group; g++)
             for (int j = 0; j < rows; j++)
             {
-                var a = Vector256<float>.Zero;
+                float* xr = x + g * ldx;
                 sbyte* row = q + (long)j * k;
-                for (int c = 0; c + 8 <= k; c += 8)
-                    a = Fma.MultiplyAdd(Avx.LoadVector256(x + c), Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(row + c)), a);
-                dots[j] = Vector256.Sum(a);
+                float tail = 0f;
+                for (int i = c; i < k; i++) tail += xr[i] * row[i];
+                dots[g * 4 + j] += tail;
             }
-            i = k / 8 * 8;
-        }
-        for (int j = 0; j < rows; j++)
+    }
+
+    /// <summary>w[i] = scale q[i] in F32 for <paramref name="count"/> values (the product rounded once, as the scalar form).</summary>
+    private static void WidenScaled(sbyte* q, int count, float scale, float* w)
+    {
+        int i = 0;
+        if (Avx2.IsSupported)
         {
-            sbyte* row = q + (long)j * k;
-            float tail = 0f;
-            for (int c = i; c < k; c++) tail += x[c] * row[c];
-            dots[j] += tail;
+            var s = Vector256.Create(scale);
+            for (; i + 8 <= count; i += 8) Avx.Store(w + i, Avx.Multiply(s, Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + i))));
         }
+        for (; i < count; i++) w[i] = scale * q[i];
     }
 }

@@ -7,7 +7,7 @@ namespace Tessera.Tests.Tensors;
 
 /// <summary>
 /// The CPU backend's products over int8 weights (<see cref="IBackend.QuantizedMatMul"/>) against a naive loop in double over the
-/// weight the int8 values and scales stand for: the direct kernel (F32, at most 16 rows), the dequantized GEMM (more rows,
+/// weight the int8 values and scales stand for: the direct kernel (F32, at most 8 rows), the dequantized GEMM (more rows,
 /// and F64), bias, accumulation, an addend and the GELU epilogue; <see cref="IBackend.Dequantize"/>; and the argument checks.
 /// </summary>
 public class CpuQuantizedMatMulTests
@@ -33,10 +33,10 @@ public class CpuQuantizedMatMulTests
     }
 
     [Theory]
-    [InlineData(DType.F32, 1, 64, 40)]      // the direct kernel: 16-wide vectors exactly
-    [InlineData(DType.F32, 5, 77, 33)]      // the direct kernel with a scalar tail
-    [InlineData(DType.F32, 16, 300, 130)]   // the direct kernel at its most rows
-    [InlineData(DType.F32, 17, 96, 50)]     // the dequantized GEMM
+    [InlineData(DType.F32, 1, 64, 40)]      // the direct kernel: 8-wide vectors exactly, one row of x
+    [InlineData(DType.F32, 5, 77, 33)]      // the direct kernel: two groups of rows (3 + 2), a scalar tail, a last block of one weight row
+    [InlineData(DType.F32, 8, 300, 130)]    // the direct kernel at its most rows
+    [InlineData(DType.F32, 9, 96, 50)]      // the dequantized GEMM
     [InlineData(DType.F64, 3, 70, 20)]      // F64: always the dequantized GEMM
     [InlineData(DType.F64, 40, 70, 20)]
     [InlineData(DType.F32, 20, 4096, 150)]  // three tiles of weight rows (64, 64, 22 at K = 4096)
