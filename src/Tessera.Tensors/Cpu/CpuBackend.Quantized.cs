@@ -141,7 +141,7 @@ public sealed unsafe partial class CpuBackend
     /// </summary>
     private static void Int8Dot3x4(float* x, long ldx, int group, sbyte* q, int k, int rows, float* dots)
     {
-        for (int i = 0; i < 12; i++) dots[i] = 0f;
+        for (int i = 0; i < 4 * group; i++) dots[i] = 0f;
         int c = 0;
         if (Avx2.IsSupported && Fma.IsSupported && rows == 4 && k >= 8)
         {
@@ -169,8 +169,8 @@ public sealed unsafe partial class CpuBackend
                 }
             }
             dots[0] = Vector256.Sum(a00); dots[1] = Vector256.Sum(a01); dots[2] = Vector256.Sum(a02); dots[3] = Vector256.Sum(a03);
-            dots[4] = Vector256.Sum(a10); dots[5] = Vector256.Sum(a11); dots[6] = Vector256.Sum(a12); dots[7] = Vector256.Sum(a13);
-            dots[8] = Vector256.Sum(a20); dots[9] = Vector256.Sum(a21); dots[10] = Vector256.Sum(a22); dots[11] = Vector256.Sum(a23);
+            if (group > 1) { dots[4] = Vector256.Sum(a10); dots[5] = Vector256.Sum(a11); dots[6] = Vector256.Sum(a12); dots[7] = Vector256.Sum(a13); }
+            if (group > 2) { dots[8] = Vector256.Sum(a20); dots[9] = Vector256.Sum(a21); dots[10] = Vector256.Sum(a22); dots[11] = Vector256.Sum(a23); }
         }
         for (int g = 0; g < group; g++)
             for (int j = 0; j < rows; j++)
