@@ -15,14 +15,12 @@ public static class PretrainedModel
     /// With <paramref name="tensorParallelism"/> the model is this rank's part of a tensor-parallel one, and each split
     /// parameter keeps its slice of the weights. With <paramref name="quantization"/> <see cref="WeightQuantization.Int8"/> the
     /// model is for inference only: its linear layers' weights are quantized as they load (<see cref="QuantizedParameterStorage"/>),
-    /// and no copy of them in <paramref name="dtype"/> is ever allocated on <paramref name="backend"/>.
+    /// and no copy of them in <paramref name="dtype"/> is ever allocated on <paramref name="backend"/>; a tensor-parallel rank
+    /// quantizes its own slices (<see cref="Quantized"/>).
     /// </summary>
     public static Transformer Load(string directory, IBackend backend, DType dtype, TransformerConfig? expected = null,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None)
     {
-        if (quantization != WeightQuantization.None && tensorParallelism is { Size: > 1 })
-            throw new NotSupportedException($"{directory}: weight quantization ({quantization}) is not built for tensor-parallel ranks yet " +
-                "(a row-parallel slice would need the whole row's scale); load it on one device, or without quantization");
         using var hf = expected is null ? HuggingFaceModelDirectory.Open(directory) : HuggingFaceModelDirectory.Open(directory, expected);
         if (quantization == WeightQuantization.None)
         {
@@ -30,19 +28,22 @@ public static class PretrainedModel
             hf.LoadInto(model.Parameters.Parameters, backend);
             return model;
         }
-        var quantized = Quantized(hf.Config, backend, dtype);
+        var quantized = Quantized(hf.Config, backend, dtype, tensorParallelism);
         hf.LoadInto(quantized.Layout.Parameters, backend);
         return quantized;
     }
 
     /// <summary>
-    /// A model of <paramref name="config"/> for inference on one device whose linear layers' weights are int8 with row scales
+    /// A model of <paramref name="config"/> for inference whose linear layers' weights are int8 with row scales
     /// (<see cref="QuantizedParameterStorage"/>; the other parameters in <paramref name="dtype"/>), all zero until written
-    /// through <see cref="Parameter.WriteMasterOrValue"/> (a loader, benchmark weights), which quantizes them.
+    /// through <see cref="Parameter.WriteMasterOrValue"/> (a loader, benchmark weights), which quantizes them. With
+    /// <paramref name="tensorParallelism"/> it is this rank's part: each rank quantizes the slice it holds, so a column-parallel
+    /// weight's rows keep one device's scales and a row-parallel weight's rows get one scale per rank's slice of them.
     /// </summary>
-    public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype)
+    public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype,
+        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null)
     {
-        var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred);
+        var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism);
         _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsLinearWeight);   // attaches itself
         return model;
     }

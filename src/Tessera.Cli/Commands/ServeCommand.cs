@@ -107,8 +107,6 @@ public sealed class ServeCommand : Command
             throw new UsageException("--draft-model needs --draft-tokens above 0 (or leave it out: 4)");
         int tp = parse.GetValue(_tp);
         var quantization = parse.GetValue(_quantize);
-        if (quantization != WeightQuantization.None && tp > 1)
-            throw new UsageException($"--quantize {quantization.ToString().ToLowerInvariant()} is not built for tensor-parallel ranks yet; serve it with --tp 1, or without --quantize");
         var env = DistributedEnvironment.FromEnvironment();
         if (tp > 1 && cuda && !env.IsDistributed)
             throw new UsageException($"--tp {tp} on GPUs runs one process per GPU: tessera launch --nproc {tp} serve --tp {tp} --device cuda ...");
@@ -134,7 +132,7 @@ public sealed class ServeCommand : Command
             using var nccl = new NcclMesh(gpu, env, new DeviceMesh(tp: tp), ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
             return nccl.AbortOnFailure(() =>
             {
-                var loaded = TrainedModel.Load(dir, gpu, dtype, nccl.TensorParallelism);
+                var loaded = TrainedModel.Load(dir, gpu, dtype, nccl.TensorParallelism, quantization);
                 if (env.Rank == 0) return Serve(parse, terminal, loaded, gpu, engineOptions, serve, dtype, ranks: tp);
                 InferenceEngine.Follow(loaded.Model, engineOptions);
                 return ExitCodes.Success;
@@ -152,7 +150,7 @@ public sealed class ServeCommand : Command
         {
             using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
-            var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor);
+            var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor, quantization);
             if (ctx.Rank == 0) return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, ranks: tp);
             InferenceEngine.Follow(loaded.Model, engineOptions);      // a failure on any rank aborts the others' collectives
             return ExitCodes.Success;

@@ -68,8 +68,7 @@ public class Linear
     {
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
-        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, bias: Bias?.Value, addend: residual);
-        else x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value, addend: residual);
+        Product(x, y, Bias?.Value, addend: residual);
         ctx.Save(_input, x);
         return y;
     }
@@ -94,8 +93,7 @@ public class Linear
     public virtual void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
     {
         CheckInput(x);
-        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, residual, beta: 1.0, bias: Bias?.Value);
-        else x.Backend.MatMul(x, Weight.Value, residual, transposeB: true, beta: 1.0, bias: Bias?.Value);
+        Product(x, residual, Bias?.Value, beta: 1.0);
     }
 
     /// <summary>
@@ -106,8 +104,7 @@ public class Linear
     {
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
-        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, bias: Bias?.Value, epilogue: MatMulEpilogue.Gelu, auxiliary: preActivation);
-        else x.Backend.MatMul(x, Weight.Value, y, transposeB: true, bias: Bias?.Value, epilogue: MatMulEpilogue.Gelu, auxiliary: preActivation);
+        Product(x, y, Bias?.Value, epilogue: MatMulEpilogue.Gelu, auxiliary: preActivation);
         ctx.Save(_input, x);
         return y;
     }
@@ -176,6 +173,18 @@ public class Linear
     /// A quantized weight (<see cref="Parameter.Quantized"/>) is not: the fused ops read floating-point weights.
     /// </summary>
     public virtual bool IsPlainProduct => Weight.Quantized is null;
+
+    /// <summary>
+    /// y = x W^T (+ <paramref name="bias"/>) (+ beta y | + <paramref name="addend"/>), then the epilogue: the inference product
+    /// over this layer's weight as it is stored, int8 (<see cref="Parameter.Quantized"/>, <see cref="IBackend.QuantizedMatMul"/>)
+    /// or floating point (<see cref="IBackend.MatMul"/>).
+    /// </summary>
+    protected void Product(Tensor x, Tensor y, Tensor? bias, double beta = 0.0, Tensor? addend = null,
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null)
+    {
+        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, beta, bias, epilogue, auxiliary, addend);
+        else x.Backend.MatMul(x, Weight.Value, y, transposeB: true, beta: beta, bias: bias, epilogue: epilogue, auxiliary: auxiliary, addend: addend);
+    }
 
     /// <summary>Checks x is (N, in).</summary>
     protected void CheckInput(Tensor x)

@@ -47,7 +47,7 @@ public sealed class RowParallelLinear : Linear
         // micro-batch's slot; without, the all-reduce leaves the output in it and it is the residual stream, kept.
         var shape = new Shape(x.Size(0), OutFeatures);
         var partial = TensorParallelism.SequenceParallel ? ctx.Scratch(OutputKey, shape, x.DType) : ctx.Buffer(OutputKey, shape, x.DType);
-        backend.MatMul(x, Weight.Value, partial, transposeB: true, bias: _addsBias ? Bias?.Value : null);
+        Product(x, partial, _addsBias ? Bias?.Value : null);
         var y = _output.Forward(ctx, partial);
         if (residual is not null) backend.Accumulate(y, residual);
         ctx.Save(InputKey, x);
@@ -62,7 +62,7 @@ public sealed class RowParallelLinear : Linear
             throw new NotSupportedException($"{Name}: inference runs without sequence parallelism; build the model for generation with a plan that has it off");
         var backend = x.Backend;
         var partial = ctx.Buffer(OutputKey, new Shape(x.Size(0), OutFeatures), x.DType);
-        backend.MatMul(x, Weight.Value, partial, transposeB: true, bias: _addsBias ? Bias?.Value : null);
+        Product(x, partial, _addsBias ? Bias?.Value : null);
         _output.Forward(ctx, partial);
         backend.Accumulate(residual, partial);
     }

@@ -44,6 +44,7 @@ public sealed class ServeCommandTests : IDisposable
     [InlineData(true, 1, false)]
     [InlineData(false, 2, false)]
     [InlineData(false, 1, true)]
+    [InlineData(false, 2, true)]
     public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, bool int8)
     {
         var data = Path.Combine(_dir, "data");

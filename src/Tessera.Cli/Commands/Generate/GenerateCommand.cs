@@ -87,8 +87,6 @@ public sealed class GenerateCommand : Command
         int tp = parse.GetValue(_tp);
         var quantization = parse.GetValue(_quantize);
         var env = DistributedEnvironment.FromEnvironment();
-        if (quantization != WeightQuantization.None && (tp > 1 || env.IsDistributed))
-            throw new UsageException($"--quantize {quantization.ToString().ToLowerInvariant()} is not built for tensor-parallel ranks yet; leave out --tp (and tessera launch), or --quantize");
         if (draftModel is not null && (tp > 1 || env.IsDistributed))
             throw new UsageException("--draft-model runs on one device: leave out --tp (and tessera launch)");
         if (env.IsDistributed && device.Kind == DeviceKind.Cuda)
@@ -100,7 +98,7 @@ public sealed class GenerateCommand : Command
             using var nccl = new NcclMesh(backend, env, new DeviceMesh(tp: tp), ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
             var quiet = Terminal.Create(TextWriter.Null, TextWriter.Null, false);
             return nccl.AbortOnFailure(() =>
-                Generate(env.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, nccl.TensorParallelism), backend));
+                Generate(env.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, nccl.TensorParallelism, quantization), backend));
         }
         if (env.IsDistributed)
             throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}): launched generation runs on GPUs through NCCL; add --device cuda, or use --tp N for CPU thread ranks in one process");
@@ -119,7 +117,7 @@ public sealed class GenerateCommand : Command
             using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
             var quiet = Terminal.Create(TextWriter.Null, TextWriter.Null, false);
-            return Generate(ctx.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, tensor), ctx.Backend);
+            return Generate(ctx.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, tensor, quantization), ctx.Backend);
         }, TimeSpan.FromMinutes(10));
         return codes[0];
     }

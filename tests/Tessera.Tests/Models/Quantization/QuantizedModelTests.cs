@@ -1,4 +1,6 @@
+using Tessera.Distributed.Mesh;
 using Tessera.Inference;
+using Tessera.Inference.Sampling;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Inference.Serving;
@@ -6,12 +8,14 @@ using Tessera.Models;
 using Tessera.Models.HuggingFace;
 using Tessera.Models.Tokenization;
 using Tessera.Nn;
+using Tessera.Nn.Parallel;
 using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Tests.Inference.Serving;
 using Tessera.Tests.Nn;
 using Tessera.Tests.Support;
+using Tessera.Training.Parallel;
 using Xunit;
 using Model = Tessera.Models.Transformer;
 
@@ -122,6 +126,60 @@ public sealed class QuantizedModelTests : IDisposable
         var served = await EngineRequests.RunAll(engine, prompts, 12);
         for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], served[i]);
         Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+    }
+
+    /// <summary>
+    /// Tensor-parallel ranks each quantize the slices they hold: a column-parallel weight's rows keep one device's scales, a
+    /// row-parallel weight's rows get a scale per rank's slice. The oracle is one device's F64 model holding what the ranks'
+    /// int8 weights stand for, put together in double: the ranks must generate its greedy and seeded sampled tokens.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2-debug", 2)]
+    [InlineData("llama-debug", 2)]
+    public void TensorParallelRanksGenerateTheTokensOfTheWeightsTheyHold(string preset, int tp)
+    {
+        var (dir, _) = Saved(preset, DType.F64);
+        int[] prompt = [5, 17, 3, 42, 8];
+        var greedy = new SamplingOptions { Temperature = 0 };
+        var sampled = new SamplingOptions { Temperature = 0.9, TopK = 20, Seed = 7 };
+        List<int> Generate(Model model, SamplingOptions sampling) =>
+            new TextGenerator(model).Generate(prompt, new GenerationOptions { MaxNewTokens = 16, Sampling = sampling }).ToList();
+        var ranks = ParallelTraining.RunThreadRanks(tp, ctx =>
+        {
+            var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
+            var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
+            var model = PretrainedModel.Load(dir, ctx.Backend, DType.F64, tensorParallelism: tensor, quantization: WeightQuantization.Int8);
+            // What this rank's int8 weights stand for, at their places in the whole weights (zeros elsewhere).
+            var held = new Dictionary<string, double[]>();
+            foreach (var p in model.Layout.Parameters)
+            {
+                if (p.Quantized is not { } q) continue;
+                var values = ctx.Backend.ToArray<sbyte>(q.Values);
+                var scales = ctx.Backend.ToArray<float>(q.Scales);
+                var local = new double[values.Length];
+                for (int i = 0; i < local.Length; i++) local[i] = (double)scales[i / q.Columns] * values[i];
+                var global = new double[p.GlobalShape.NumElements];
+                p.ScatterToGlobal<double>(local, global);
+                held[p.Name] = global;
+            }
+            return (Held: held, Greedy: Generate(model, greedy), Sampled: Generate(model, sampled));
+        }, TimeSpan.FromSeconds(60));
+
+        var reference = PretrainedModel.Load(dir, _cpu, DType.F64);
+        foreach (var name in ranks[0].Held.Keys)
+        {
+            var whole = new double[ranks[0].Held[name].Length];
+            foreach (var r in ranks)
+                for (int i = 0; i < whole.Length; i++) whole[i] += r.Held[name][i];   // the ranks' slices are disjoint
+            TestTensors.Write(_cpu, reference.Parameters[name].Value, whole);
+        }
+        var expectedGreedy = Generate(reference, greedy);
+        var expectedSampled = Generate(reference, sampled);
+        foreach (var r in ranks)
+        {
+            Assert.Equal(expectedGreedy, r.Greedy);
+            Assert.Equal(expectedSampled, r.Sampled);
+        }
     }
 
     [Fact]
