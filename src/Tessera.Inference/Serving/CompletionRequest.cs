@@ -38,4 +38,11 @@ public sealed record CompletionRequest
     /// </summary>
     public IReadOnlyDictionary<int, double> LogitBias { get; init; } = new Dictionary<int, double>();
 
+    /// <summary>
+    /// When set, each choice is constrained to a JSON document of this grammar (OpenAI's response_format json_object or
+    /// json_schema): only tokens whose bytes the grammar accepts are sampled, and the choice ends (finish reason stop) when the
+    /// document is complete. Such choices are not speculated. Default none.
+    /// </summary>
+    public Constraints.JsonGrammar? Grammar { get; init; }
+
 }

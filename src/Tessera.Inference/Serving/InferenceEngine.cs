@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 using System.Threading.Channels;
+using Tessera.Inference.Constraints;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Sampling;
 using Tessera.Inference.Scheduling;
@@ -313,9 +314,16 @@ public sealed class InferenceEngine : IDisposable
         for (int i = 0; i < r.Choices; i++)
         {
             var sampling = r.Sampling with { Seed = unchecked(seed + (ulong)i) };
-            bool needsLogits = sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null || r.LogitBias.Count > 0;
-            var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens) { MaxDrafts = Options.Speculation.DraftTokens };
-            var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop), needsLogits);
+            bool needsLogits = sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null || r.LogitBias.Count > 0
+                || r.Grammar is not null;
+            var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens)
+            {
+                MaxDrafts = r.Grammar is null ? Options.Speculation.DraftTokens : 0,
+            };
+            var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop), needsLogits)
+            {
+                Json = r.Grammar?.Start(),
+            };
             request.Choices[i] = choice;
             _choices[sequence.Id] = choice;
             _scheduler.Add(sequence);
@@ -442,6 +450,12 @@ public sealed class InferenceEngine : IDisposable
                 _scheduler.Resolve(s.Sequence, token);
             }
             else token = choice.NeedsLogits ? Choose(choice, logits.Slice(r * v, v)) : greedy[r];
+            if (token < 0)
+            {
+                // A grammar that no token of the vocabulary can continue (a vocabulary without the bytes it needs): the choice ends.
+                Finish(choice, FinishReason.Stop, choice.Matcher.Push(choice.Decoder.Flush()) + choice.Matcher.Flush(), [], null);
+                continue;
+            }
             Accept(choice, token, now, appended: current.Pipelined);
         }
         var (metadata, forward, readback) = _runner.LastPhaseTicks;
@@ -503,13 +517,24 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>A step enqueued on the runner and not yet taken in.</summary>
     private sealed record StepInFlight(ScheduledStep Step, long ScheduleTicks, bool Pipelined);
 
-    /// <summary>Penalties, then the request's sampler; the log-probabilities come from the raw row.</summary>
+    /// <summary>
+    /// Penalties, then the request's sampler (within the choice's grammar, when it has one); the log-probabilities come from
+    /// the raw row. -1 when the grammar allows no token at all.
+    /// </summary>
     private int Choose(Choice choice, ReadOnlySpan<float> row)
     {
-        int token = choice.Sampler.Sample(Penalized(choice, row, choice.Counts), row.Length);
-        choice.PendingLogprob = Logprob(choice, row, token);
+        var scores = Penalized(choice, row, choice.Counts);
+        int token = choice.Json is { } json ? Constrained(choice, json, scores) : choice.Sampler.Sample(scores, row.Length);
+        if (token >= 0) choice.PendingLogprob = Logprob(choice, row, token);
         return token;
     }
+
+    /// <summary>A token the choice's grammar accepts (<see cref="ConstrainedSampling"/>), or -1 when it accepts none.</summary>
+    private int Constrained(Choice choice, JsonRecognizer json, float[] scores) =>
+        ConstrainedSampling.Sample(choice.Sampler, choice.Request.Request.Sampling, scores, t => Allowed(json, t));
+
+    /// <summary>The end-of-text tokens are refused until the document is complete, when the choice ends anyway.</summary>
+    private bool Allowed(JsonRecognizer json, int token) => !_stopTokens.Contains(token) && json.Accepts(_tokenizer.TokenBytes(token));
 
     /// <summary>The choice's scratch row: <paramref name="row"/> with the penalties of <paramref name="counts"/> and the logit bias applied.</summary>
     private static float[] Penalized(Choice choice, ReadOnlySpan<float> row, IReadOnlyDictionary<int, int> counts)
@@ -566,6 +591,17 @@ public sealed class InferenceEngine : IDisposable
         if (!appended) sequence.Append(token);
         string text = choice.Matcher.Push(choice.Decoder.Push(token));
         if (choice.Matcher.Stopped) { Finish(choice, FinishReason.Stop, text, [token], logprobs); return; }
+        if (choice.Json is { } json)
+        {
+            json.Advance(_tokenizer.TokenBytes(token));
+            if (json.IsComplete)                                              // the document is whole: nothing may follow
+            {
+                text += choice.Matcher.Push(choice.Decoder.Flush());
+                text += choice.Matcher.Stopped ? "" : choice.Matcher.Flush();
+                Finish(choice, FinishReason.Stop, text, [token], logprobs);
+                return;
+            }
+        }
         // Known tokens only: with asynchronous scheduling the next step's unresolved token may already follow this one.
         if (choice.Generated >= request.MaxTokens || sequence.Tokens.Count - sequence.Unresolved >= MaxSequenceLength)
         {
@@ -644,6 +680,7 @@ public sealed class InferenceEngine : IDisposable
         public Dictionary<int, int> Counts { get; } = new();
         public float[] Scratch { get; set; } = [];
         public TokenLogprob? PendingLogprob { get; set; }
+        public JsonRecognizer? Json { get; init; }
         public int Generated { get; set; }
         public long LastToken { get; set; }
         public bool Finished { get; set; }
