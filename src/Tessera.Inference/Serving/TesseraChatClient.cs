@@ -89,8 +89,21 @@ public sealed class TesseraChatClient : IChatClient
             PresencePenalty = options?.PresencePenalty ?? 0,
             FrequencyPenalty = options?.FrequencyPenalty ?? 0,
             Stop = _prompt.StopStrings(options?.StopSequences?.ToList()),
+            Grammar = Grammar(options?.ResponseFormat),
         };
     }
+
+    /// <summary>
+    /// <see cref="ChatOptions.ResponseFormat"/>: JSON with a schema (what <c>GetResponseAsync&lt;T&gt;</c> sends) or without one
+    /// constrains the reply (<see cref="Constraints.JsonGrammar"/>); text leaves it free. A schema outside the supported subset
+    /// throws <see cref="ArgumentException"/> saying what.
+    /// </summary>
+    private static Constraints.JsonGrammar? Grammar(ChatResponseFormat? format) => format switch
+    {
+        ChatResponseFormatJson { Schema: { } schema } json => Constraints.JsonGrammar.FromSchema(schema, json.SchemaName ?? "schema"),
+        ChatResponseFormatJson => Constraints.JsonGrammar.AnyObject(),
+        _ => null,
+    };
 
     private static ChatFinishReason? Reason(FinishReason? reason) => reason switch
     {

@@ -22,6 +22,22 @@ public sealed class ChatMessageBody
     public string? Content { get; set; }
 }
 
+/// <summary>response_format: "text", "json_object", or "json_schema" with its schema.</summary>
+public sealed class ResponseFormatBody
+{
+    public string? Type { get; set; }
+    public JsonSchemaFormatBody? JsonSchema { get; set; }
+}
+
+/// <summary>response_format.json_schema: a name and the schema (strict is accepted; the grammar always holds to the schema).</summary>
+public sealed class JsonSchemaFormatBody
+{
+    public string? Name { get; set; }
+    public string? Description { get; set; }
+    public System.Text.Json.JsonElement? Schema { get; set; }
+    public bool? Strict { get; set; }
+}
+
 /// <summary>stream_options.</summary>
 public sealed class StreamOptionsBody
 {

@@ -20,6 +20,7 @@ public abstract class SamplingRequestBody
     public double? PresencePenalty { get; set; }
     public double? FrequencyPenalty { get; set; }
     public Dictionary<string, double>? LogitBias { get; set; }
+    public ResponseFormatBody? ResponseFormat { get; set; }
     public bool? Stream { get; set; }
     public StreamOptionsBody? StreamOptions { get; set; }
 }

@@ -34,7 +34,34 @@ internal static class EngineCalls
         FrequencyPenalty = body.FrequencyPenalty ?? 0,
         Choices = body.N ?? 1,
         LogitBias = LogitBias(body.LogitBias),
+        Grammar = Grammar(body.ResponseFormat),
     };
+
+    /// <summary>
+    /// OpenAI's response_format: text (or absent) leaves the choices free; json_object and json_schema constrain them
+    /// (<see cref="Inference.Constraints.JsonGrammar"/>). A schema outside the supported subset is a 400 saying what.
+    /// </summary>
+    private static Inference.Constraints.JsonGrammar? Grammar(ResponseFormatBody? format)
+    {
+        switch (format?.Type)
+        {
+            case null or "text": return null;
+            case "json_object": return Inference.Constraints.JsonGrammar.AnyObject();
+            case "json_schema":
+                if (format.JsonSchema?.Schema is not { } schema)
+                    throw new ApiException(ApiError.Invalid("response_format.json_schema.schema is required with type json_schema", "response_format"));
+                try
+                {
+                    return Inference.Constraints.JsonGrammar.FromSchema(schema, format.JsonSchema.Name ?? "schema");
+                }
+                catch (ArgumentException e)
+                {
+                    throw new ApiException(ApiError.Invalid($"response_format.json_schema: {e.Message}", "response_format"));
+                }
+            default:
+                throw new ApiException(ApiError.Invalid($"response_format.type '{format.Type}' is not one of text, json_object, json_schema", "response_format"));
+        }
+    }
 
     /// <summary>OpenAI's logit_bias, keyed by token ids written as strings: a key that is not one is a 400 naming the field.</summary>
     private static Dictionary<int, double> LogitBias(Dictionary<string, double>? bias)
