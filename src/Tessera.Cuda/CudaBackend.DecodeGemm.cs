@@ -8,6 +8,7 @@ namespace Tessera.Cuda;
 // wait, as gemv.cu's kernels are at 1-4 rows, K's slices of a row block one thread-block cluster; their SwiGLU form, and
 // RMSNorm applied on the way (CudaBackendOptions.DecodeProducts); on the wgmma kernel, a tensor-map form of both
 // (CudaBackendOptions.DecodeProductTensorMaps: the tiles copied by the tensor memory accelerator, tensor maps encoded per launch).
+// The int8-weight form of decode_gemm.cu is launched from CudaBackend.Quantized.cs (TryDecodeGemmQuantized), with these constants.
 public sealed unsafe partial class CudaBackend
 {
     private const int DecodeGemmMaxRows = 64, DecodeGemmBlockRows = 128, DecodeGemmTile = 64, DecodeGemmStages = 4, DecodeGemmThreads = 128,

@@ -3,7 +3,9 @@ using Tessera.Tensors;
 namespace Tessera.Cuda;
 
 // Weight-only int8 products (QuantizedWeight): at most 4 rows of x (decoding), the matrix-vector kernel's int8 form, which
-// reads each weight once at one byte; otherwise the weight dequantized into scratch, then the product as for any weight.
+// reads each weight once at one byte; 5 to 64 rows (a serving decode step's batch), the decode product's int8 form
+// (decode_gemm.cu on tensor cores, the weight staged at one byte and turned into x's type in registers); otherwise the
+// weight dequantized into scratch, then the product as for any weight.
 public sealed unsafe partial class CudaBackend
 {
     /// <summary>Int8 weights a 16-byte load of the matrix-vector kernel holds: K must be a multiple of it.</summary>
@@ -13,7 +15,9 @@ public sealed unsafe partial class CudaBackend
     /// <remarks>For 1 to 4 rows of x with no epilogue, the matrix-vector kernel's int8 form (gemv.cu, <c>gemv_stream_q8_*</c>):
     /// each warp streams int8 rows, sums x times the values in fp32 and multiplies the sum by the row's scale, reading the
     /// addend (or y, for beta) as it writes y; it needs what <see cref="GemvFits"/> needs of x and K a multiple of 16, and
-    /// <see cref="CudaBackendOptions.MatrixVectorKernels"/> on. Otherwise the weight is dequantized into scratch of x's dtype
+    /// <see cref="CudaBackendOptions.MatrixVectorKernels"/> on. For 5 to 64 rows with no epilogue, the decode product's int8
+    /// form (decode_gemm.cu, <c>decode_gemm_q8_*</c>; <see cref="TryDecodeGemmQuantized"/> says what it needs), under
+    /// <see cref="CudaBackendOptions.QuantizedDecodeProducts"/>. Otherwise the weight is dequantized into scratch of x's dtype
     /// (one weight at a time, from the caching allocator, so it is recorded into graphs like any scratch) and
     /// <see cref="MatMul"/> runs on it. The choice depends on shapes, dtypes, alignment and options only, so an eager step
     /// and its recorded graph take the same path.</remarks>
@@ -22,7 +26,7 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(weight);
         weight.ValidateProduct(nameof(CudaBackend), x, y, beta, bias, epilogue, auxiliary, addend);
-        if (epilogue == MatMulEpilogue.None && TryGemvQuantized(x, weight, y, beta, bias, addend)) return;
+        if (epilogue == MatMulEpilogue.None && (TryGemvQuantized(x, weight, y, beta, bias, addend) || TryDecodeGemmQuantized(x, weight, y, beta, bias, addend))) return;
         var w = ScratchTensor(weight.Shape, x.DType);
         Dequantize(weight, w);
         MatMul(x, w, y, transposeB: true, beta: beta, bias: bias, epilogue: epilogue, auxiliary: auxiliary, addend: addend);
@@ -52,6 +56,46 @@ public sealed unsafe partial class CudaBackend
             GemvShared(m, k, dtype), dependent: true);
         return true;
     }
+
+    /// <summary>
+    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with 5 &lt;= M &lt;= 64 and W the int8 weight: the decode product's
+    /// int8 form (<c>decode_gemm_q8_{bf16,f16}_m{2,4,8}</c>), which stages the (N, K) values at one byte, multiplies them by x on
+    /// tensor cores in x's type with fp32 sums, K in slices of a thread-block cluster as the 16-bit form, and applies each row's
+    /// scale in the epilogue. False, with nothing enqueued, when the call does not fit it (then the dequantized product runs it):
+    /// <see cref="CudaBackendOptions.QuantizedDecodeProducts"/> off, compute capability below 9.0 (the kernel file's cluster
+    /// instructions), x not bf16 or f16, K not a multiple of 64, x's or y's or the addend's columns not unit-strided, x's rows not
+    /// 16-byte aligned, the values not 16-byte aligned. The grid follows the 16-bit form's (<see cref="DecodeGemmSlices"/>), so
+    /// an eager call and its recorded graph launch the same kernel; nothing is allocated.
+    /// </summary>
+    private bool TryDecodeGemmQuantized(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
+    {
+        if (!Options.QuantizedDecodeProducts || CudaDevice.ComputeCapability.Major < 9 || x.Rank != 2) return false;
+        int m = x.Size(0), k = x.Size(1), n = weight.Rows;
+        var dtype = x.DType;
+        if (m <= GemvMaxRows || m > DecodeGemmMaxRows || n == 0 || k % DecodeGemmTile != 0 || dtype is not (DType.BF16 or DType.F16)) return false;
+        if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
+        if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
+        // The addend is read where the kernel reads beta's term (beta = 1), as the matrix-vector form does.
+        var c = addend ?? y;
+        int mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
+        long ldx = x.Stride(0), ldw = k, ldy = y.Stride(0), ldc = c.Stride(0);
+        float be = addend is null ? (float)beta : 1f;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pc, &m, &n, &k, &ldx, &ldw, &ldy, &ldc, &be, &early };
+        Launch("decode_gemm.cu", $"decode_gemm_q8_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
+            DecodeGemmThreads, args, DecodeGemmQuantizedShared(mt), dependent: true, clusterX: (uint)slices);
+        return true;
+    }
+
+    /// <summary>
+    /// The int8 decode product's dynamic shared memory for x of 8 <paramref name="mt"/> rows: 4 stages of 64 columns, a stage
+    /// holding 128 int8 W rows (8 KB), 8 MT rows of x and the (unused) norm weight's slot that the 16-bit form's layout keeps:
+    /// 64.5 KB at 64 rows of x, 40.5 KB at 16.
+    /// </summary>
+    private static uint DecodeGemmQuantizedShared(int mt) =>
+        (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile + (8 * mt + 1) * DecodeGemmTile * 2));
 
     /// <inheritdoc/>
     public void Dequantize(QuantizedWeight weight, Tensor output)

@@ -65,6 +65,16 @@ public sealed record CudaBackendOptions
     /// </summary>
     public bool DecodeProductTensorMaps { get; init; }
 
+    /// <summary>
+    /// Products with int8 weights (<see cref="CudaBackend.QuantizedMatMul"/>) of 5 to 64 rows of x and no epilogue run on the
+    /// int8 form of decode_gemm.cu's mma.sync kernel (<c>decode_gemm_q8_*</c>: the weight staged at one byte and turned into
+    /// x's type in registers, each row's scale applied to its fp32 sum), independently of <see cref="DecodeProducts"/>; false
+    /// dequantizes the weight into 16-bit scratch and runs cuBLASLt on it, which reads each weight three times over (1 byte,
+    /// then 2 written, then 2 read). Needs compute capability 9.0 (thread-block clusters). Default true because its
+    /// alternative is that dequantized path, not a plain 16-bit product; it has not yet been measured on a device.
+    /// </summary>
+    public bool QuantizedDecodeProducts { get; init; } = true;
+
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -412,6 +422,7 @@ public sealed record CudaBackendOptions
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
+        if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -463,6 +474,7 @@ public sealed record CudaBackendOptions
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },
+        [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

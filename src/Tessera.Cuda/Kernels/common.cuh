@@ -327,6 +327,11 @@ __device__ __forceinline__ unsigned lds_u32(unsigned addr)
     asm volatile("ld.shared.u32 %0, [%1];" : "=r"(r) : "r"(addr));
     return r;
 }
+// Four words (16 bytes, 16-byte aligned) of shared memory at a shared-space address.
+__device__ __forceinline__ void lds_u32x4(unsigned addr, unsigned (&r)[4])
+{
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
 // A kernel's dynamic shared memory (its extern __shared__ array; on the emulation, the CTA's own memory when its cluster's
 // CTAs run together).
 template <typename T> __device__ __forceinline__ T* cta_dynamic_shared(T* declared) { return declared; }
@@ -348,6 +353,10 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned addr, unsigned& r0, unsigned&
     r0 = r[0]; r1 = r[1]; r2 = r[2]; r3 = r[3];
 }
 __device__ __forceinline__ unsigned lds_u32(unsigned addr) { return emu_lds_u32(addr); }
+__device__ __forceinline__ void lds_u32x4(unsigned addr, unsigned (&r)[4])
+{
+    for (int i = 0; i < 4; i++) r[i] = emu_lds_u32(addr + 4 * i);
+}
 template <typename T> __device__ __forceinline__ T* cta_dynamic_shared(T* declared) { return emu_cta_dynamic_shared(declared); }
 #endif
 

@@ -31,18 +31,95 @@
 // products then carry 1 / rms, applied to the fp32 sums: rsqrt(sum of squares / K + eps) from the CTA's own sums with one
 // slice, or, with several, from every slice's sums, read across the cluster. Not the norm kernel's bits (it rounds
 // x * rstd * w once; here x * w is rounded and rstd applied to the sum): within the dtype's tolerance.
+// Int8 weights (Wt = signed char; CudaBackend.QuantizedMatMul's form, plain product only): W (N, K) holds int8 values whose
+// row n stands for scales[n] * W[n, .]. The stages hold them at one byte (a W tile of 128 rows by 64 columns is 8 KB, not
+// 16; the same cp.async 16-byte copies, four chunks a row, unswizzled: a quarter-warp's 16-byte reads below cover two whole
+// 64-byte rows, no bank conflicts), and each warp turns its rows into T fragments in registers once per k-tile; x's
+// fragments, read from the same bf16/f16 stage, then serve both W tiles as before. Why registers and not a converted shared
+// tile that ldmatrix reads: a converted tile is a second pass through shared memory (a write and a barrier per k-tile) for
+// bytes each warp reads once, while the registers need no extra traffic, provided each lane can fetch its own weights
+// whole. ldmatrix cannot give them (its lane c gets k 2c, 2c + 1 of each 8-column chunk: two bytes of every eight of an
+// int8 row), so the product's k is permuted, the same way on both operands: mma.sync pairs A's and B's k by the lane's c
+// (A a0 / a2 and B b0 / b1 are k 2c.. and 2c + 8.. of the same lane), so any bijection of k per c is the same sum. Lane c
+// takes columns 16c .. 16c + 15 of the k-tile: one 16-byte read a W row (4 words, step kk's word kk: k 16c + 4kk + 0..3,
+// the low pair as a0 / a1, the high pair as a2 / a3) and two 16-byte reads of x's row per n8 tile (the same columns,
+// b0 / b1 the pairs 16c + 4kk + 0..1 / 2..3) in place of the ldmatrix calls. The int8 values become T exactly (at most 8
+// significant bits; see q8_pairs), the sums are fp32 over the int8 values, and the epilogue multiplies each sum by its row's
+// scale: y[m, n] = scales[n] * sum + bias[n] + beta * c_in[m, n], c_in being y (beta 0 or 1) or an addend of y's shape.
 #define DG_THREADS 128
 #define DG_BN 128
 #define DG_BK 64
 #define DG_ST 4
 #define DG_RS (DG_BN + 4)   // floats a row of the cluster's fp32 tiles (x row m, W row n at m * DG_RS + n): no bank conflicts
 
-template <typename T, int MT, bool SWIGLU>
-__device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
-                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps)
+// Four int8 weights (one word, k ascending from its low byte) as two words of T pairs, exactly: lo (bytes 0, 1), hi (2, 3).
+// bf16 through fp32 as gemv.cu's unpack16 (the sign-flipped byte in 2^23's low mantissa bits, 2^23 + 128 subtracted), the
+// top half of each float being its bf16 exactly; f16 in its own mantissa: the byte b = q + 128 under 1024's exponent is
+// 1024 + b, and 1152 subtracted (sub.f16x2) leaves q: a byte permute and a subtraction a pair.
+template <typename T> __device__ __forceinline__ void q8_pairs(unsigned q, unsigned& lo, unsigned& hi);
+template <> __device__ __forceinline__ void q8_pairs<bf16>(unsigned q, unsigned& lo, unsigned& hi)
 {
-    constexpr int MP = 8 * MT, WT = DG_BN * DG_BK * 2, XT = MP * DG_BK * 2, STAGE = WT + XT + DG_BK * 2, SQ = (MT + 3) / 4;
+    const unsigned b = q ^ 0x80808080u;
+    unsigned f[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) f[i] = __float_as_uint(__uint_as_float(0x4B000000u | ((b >> (8 * i)) & 0xFFu)) - 8388736.f);
+    lo = (f[0] >> 16) | (f[1] & 0xFFFF0000u);
+    hi = (f[2] >> 16) | (f[3] & 0xFFFF0000u);
+}
+template <> __device__ __forceinline__ void q8_pairs<f16>(unsigned q, unsigned& lo, unsigned& hi)
+{
+    lo = hi = 0;   // none on the emulation (its f16 arithmetic is PTX)
+#ifdef __CUDA_ARCH__
+    const unsigned b = q ^ 0x80808080u;
+    unsigned l, h;
+    asm("prmt.b32 %0, %1, %2, 0x4140;" : "=r"(l) : "r"(b), "r"(0x64646464u));   // 0x64 b1 0x64 b0: 1024 + b0, 1024 + b1
+    asm("prmt.b32 %0, %1, %2, 0x4342;" : "=r"(h) : "r"(b), "r"(0x64646464u));
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(l), "r"(0x64806480u));
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(h), "r"(0x64806480u));
+#endif
+}
+
+// One k-tile of the int8 form (see the file's comment): warp rows tW (32 rows of 64 int8 values, 64 bytes apart), x's
+// stage tX (8 MT rows of 64 values of T, swizzled), acc[h][j] as the 16-bit form's. Lane c4 takes the tile's columns
+// 16 c4 .. 16 c4 + 15 on both operands.
+template <typename T, int MT>
+__device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned tW, unsigned tX, int g, int c4)
+{
+    unsigned a[2][DG_BK / 16][4];                          // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            unsigned q[4];
+            lds_u32x4(tW + (16 * h + 8 * half + g) * DG_BK + c4 * 16, q);
+#pragma unroll
+            for (int kk = 0; kk < DG_BK / 16; kk++) q8_pairs<T>(q[kk], a[h][kk][half], a[h][kk][2 + half]);
+        }
+#pragma unroll
+    for (int j = 0; j < MT; j++)
+    {
+        const int r = 8 * j + g;                           // x row; its 16-byte chunks 2 c4 and 2 c4 + 1 (swizzled)
+        unsigned b[2][4];
+        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4) ^ (r & 7)) << 4), b[0]);
+        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4 + 1) ^ (r & 7)) << 4), b[1]);
+#pragma unroll
+        for (int kk = 0; kk < DG_BK / 16; kk++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) Mma<T>::run(acc[h][j], a[h][kk], b[kk >> 1][2 * (kk & 1)], b[kk >> 1][2 * (kk & 1) + 1]);
+    }
+}
+
+// Wt: W's storage type, T (the 16-bit form) or signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or nw).
+template <typename T, typename Wt, int MT, bool SWIGLU>
+__device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
+                            i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
+                            const float* scales, const T* c_in, i64 ldc)
+{
+    constexpr bool Q8 = sizeof(Wt) == 1;
+    constexpr int WB = sizeof(Wt), MP = 8 * MT, WT = DG_BN * DG_BK * WB, XT = MP * DG_BK * 2, STAGE = WT + XT + DG_BK * 2, SQ = (MT + 3) / 4;
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
+    static_assert(!(Q8 && SWIGLU), "decode_gemm: the int8 form is the plain product only");
     static_assert((MP * DG_RS + 2 * MP) * 4 <= DG_ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
     extern __shared__ float dg_shared[];
     float* const shared = cta_dynamic_shared(dg_shared);
@@ -50,18 +127,21 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
     const int slices = gridDim.x, slice = blockIdx.x, n0 = blockIdx.y * DG_BN, ks = K / slices, k0 = slice * ks;
     const int tiles = ks / DG_BK;
     const unsigned smem = smem_u32(shared);
-    // Thread tid copies 16-byte chunk (tid % 8) of rows tid / 8, + 16, ... of a tile (swizzled).
-    const int cr = tid >> 3, cc = tid & 7;
+    // Thread tid copies 16-byte chunk (tid % 8) of rows tid / 8, + 16, ... of a tile (swizzled); int8: chunk (tid % 4) of
+    // rows tid / 4, + 32, ... (a row is 4 chunks; unswizzled).
+    constexpr int CPR = DG_BK * WB / 16, RSTEP = DG_THREADS / CPR;   // 16-byte chunks a W row; rows a pass
+    const int cr = tid / CPR, cc = tid % CPR;
     auto load_w = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE;
 #pragma unroll
-        for (int i = 0; i < DG_BN / 16; i++)
+        for (int i = 0; i < DG_BN / RSTEP; i++)
         {
             // Virtual row r: W's row n0 + r, or with SWIGLU the gate (r % 16 < 8) or up row of output o.
-            const int r = cr + 16 * i, o = blockIdx.y * (DG_BN / 2) + (r >> 4) * 8 + (r & 7), n = SWIGLU ? o : n0 + r;
-            const T* src = SWIGLU && (r & 8) ? w2 : w;
+            const int r = cr + RSTEP * i, o = blockIdx.y * (DG_BN / 2) + (r >> 4) * 8 + (r & 7), n = SWIGLU ? o : n0 + r;
+            const Wt* src = SWIGLU && (r & 8) ? w2 : w;
             const bool ok = n < N;
-            cp_async16(dst + (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4)), ok ? src + (i64)n * ldw + k0 + t * DG_BK + cc * 8 : w, ok);
+            const unsigned at = Q8 ? (unsigned)(r * DG_BK + cc * 16) : (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4));
+            cp_async16(dst + at, ok ? src + (i64)n * ldw + k0 + t * DG_BK + cc * (16 / WB) : w, ok);
         }
     };
     auto load_x = [&](int stage, int t) {
@@ -91,36 +171,40 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         cp_async_commit();
         cp_async_wait<DG_ST - 1>();
         __syncthreads();
-        const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * 32 * DG_BK * 2, tX = base + WT, tN = base + WT + XT;
-#pragma unroll
-        for (int kk = 0; kk < DG_BK / 16; kk++)
+        const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * 32 * DG_BK * WB, tX = base + WT, tN = base + WT + XT;
+        if constexpr (Q8) decode_tile_q8<T, MT>(acc, tW, tX, g, c4);
+        else
         {
-            unsigned a[2][4];
 #pragma unroll
-            for (int h = 0; h < 2; h++)
+            for (int kk = 0; kk < DG_BK / 16; kk++)
             {
-                unsigned m0, m1, m2, m3;
-                ldsm_x4(tW + h * 16 * DG_BK * 2 + off.rows[kk], m0, m1, m2, m3);   // (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
-                a[h][0] = m0; a[h][1] = m2; a[h][2] = m1; a[h][3] = m3;
-            }
-            // With nw: its columns kk 16 + 2 c4 (+ 1) and + 8, as b0 / b1 hold x's.
-            const unsigned nlo = nw ? lds_u32(tN + kk * 32 + c4 * 4) : 0u, nhi = nw ? lds_u32(tN + kk * 32 + 16 + c4 * 4) : 0u;
-#pragma unroll
-            for (int j = 0; j < MT; j += 2)
-            {
-                unsigned b0, b1, b2, b3;
-                ldsm_x4(tX + j * 8 * DG_BK * 2 + off.rows[kk], b0, b1, b2, b3);   // n8 tile j: b0, b1; tile j + 1: b2, b3
-                if (nw)
-                {
-                    if (j % 4 == warp) sq[j / 4] += sumsq2<T>(b0) + sumsq2<T>(b1);
-                    if ((j + 1) % 4 == warp) sq[(j + 1) / 4] += sumsq2<T>(b2) + sumsq2<T>(b3);
-                    b0 = mul2_rn<T>(b0, nlo); b1 = mul2_rn<T>(b1, nhi); b2 = mul2_rn<T>(b2, nlo); b3 = mul2_rn<T>(b3, nhi);
-                }
+                unsigned a[2][4];
 #pragma unroll
                 for (int h = 0; h < 2; h++)
                 {
-                    Mma<T>::run(acc[h][j], a[h], b0, b1);
-                    Mma<T>::run(acc[h][j + 1], a[h], b2, b3);
+                    unsigned m0, m1, m2, m3;
+                    ldsm_x4(tW + h * 16 * DG_BK * 2 + off.rows[kk], m0, m1, m2, m3);   // (rows 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15)
+                    a[h][0] = m0; a[h][1] = m2; a[h][2] = m1; a[h][3] = m3;
+                }
+                // With nw: its columns kk 16 + 2 c4 (+ 1) and + 8, as b0 / b1 hold x's.
+                const unsigned nlo = nw ? lds_u32(tN + kk * 32 + c4 * 4) : 0u, nhi = nw ? lds_u32(tN + kk * 32 + 16 + c4 * 4) : 0u;
+#pragma unroll
+                for (int j = 0; j < MT; j += 2)
+                {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(tX + j * 8 * DG_BK * 2 + off.rows[kk], b0, b1, b2, b3);   // n8 tile j: b0, b1; tile j + 1: b2, b3
+                    if (nw)
+                    {
+                        if (j % 4 == warp) sq[j / 4] += sumsq2<T>(b0) + sumsq2<T>(b1);
+                        if ((j + 1) % 4 == warp) sq[(j + 1) / 4] += sumsq2<T>(b2) + sumsq2<T>(b3);
+                        b0 = mul2_rn<T>(b0, nlo); b1 = mul2_rn<T>(b1, nhi); b2 = mul2_rn<T>(b2, nlo); b3 = mul2_rn<T>(b3, nhi);
+                    }
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                    {
+                        Mma<T>::run(acc[h][j], a[h], b0, b1);
+                        Mma<T>::run(acc[h][j + 1], a[h], b2, b3);
+                    }
                 }
             }
         }
@@ -145,6 +229,18 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
     }
     // acc[h][j][e]: W (virtual) row 32 warp + 16 h + g (+ 8 for e >= 2), x row 8j + 2 c4 + (e & 1); with SWIGLU the gate
     // (e < 2) and the up (e >= 2) sums of output 64 blockIdx.y + 8 (2 warp + h) + g.
+    // Output (m, n) of the plain product from its fp32 sum: the 16-bit form's store_product, or the int8 form's row scale
+    // times the sum, the bias, and beta times c_in (y or the addend).
+    auto store = [&](int m, int n, float sum) {
+        if constexpr (Q8)
+        {
+            float v = scales[n] * sum;
+            if (bias) v += to_f(bias[n]);
+            if (beta != 0.f) v += beta * to_f(c_in[(i64)m * ldc + n]);
+            y[(i64)m * ldy + n] = from_f<T>(v);
+        }
+        else store_product(y, (i64)m * ldy + n, sum, alpha, bias, n, beta);
+    };
     if (slices == 1)
     {
         __syncthreads();
@@ -171,7 +267,7 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
                     for (int e = 0; e < 4; e++)
                     {
                         const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + 32 * warp + 16 * h + g + (e >> 1) * 8;
-                        if (m < M && n < N) store_product(y, (i64)m * ldy + n, acc[h][j][e] * inv_rms(m), alpha, bias, n, beta);
+                        if (m < M && n < N) store(m, n, acc[h][j][e] * inv_rms(m));
                     }
             }
         return;
@@ -215,8 +311,8 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         else
         {
             const int n = n0 + 2 * q;
-            if (n < N) store_product(y, (i64)m * ldy + n, s0 * r, alpha, bias, n, beta);
-            if (n + 1 < N) store_product(y, (i64)m * ldy + n + 1, s1 * r, alpha, bias, n + 1, beta);
+            if (n < N) store(m, n, s0 * r);
+            if (n + 1 < N) store(m, n + 1, s1 * r);
         }
     }
     cluster_arrive();                                      // no CTA leaves while another still reads its tile
@@ -228,13 +324,29 @@ __device__ void decode_gemm(const T* x, const T* w, const T* w2, const T* bias, 
         const t* bias, t* y, int M, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early,          \
         const t* nw, float eps)                                                                                           \
     {                                                                                                                     \
-        decode_gemm<t, MT, false>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, nw, eps);  \
+        decode_gemm<t, t, MT, false>(x, w, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, alpha, beta, early, nw, eps, \
+                                     nullptr, y, ldy);                                                                    \
     }                                                                                                                     \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_swiglu_##name##_m##MT(const t* x,               \
         const t* gate, const t* up, const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw,    \
         i64 ldy, int early, const t* nw, float eps)                                                                       \
     {                                                                                                                     \
-        decode_gemm<t, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, nw, eps);   \
+        decode_gemm<t, t, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, nw, eps, \
+                                    nullptr, y, ldy);                                                                     \
     }
 DECODE_GEMM(bf16, bf16, 2) DECODE_GEMM(bf16, bf16, 4) DECODE_GEMM(bf16, bf16, 8)
 DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)
+
+// The int8-weight form (CudaBackend.QuantizedMatMul at 5 to 64 rows): y (M, N) = scales[n] * (x q_n) + bias[n] + beta * c_in,
+// q (N, K) int8 with rows ldw bytes apart (16-byte aligned), scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's
+// shape (beta 1), ldc apart. K a multiple of 64, as the 16-bit form.
+#define DECODE_GEMM_Q8(name, t, MT)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_q8_##name##_m##MT(const t* x,                   \
+        const signed char* q, const float* scales, const t* bias, t* y, const t* c_in, int M, int N, int K, i64 ldx,      \
+        i64 ldw, i64 ldy, i64 ldc, float beta, int early)                                                                 \
+    {                                                                                                                     \
+        decode_gemm<t, signed char, MT, false>(x, q, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, early, \
+                                               nullptr, 0.f, scales, c_in, ldc);                                          \
+    }
+DECODE_GEMM_Q8(bf16, bf16, 2) DECODE_GEMM_Q8(bf16, bf16, 4) DECODE_GEMM_Q8(bf16, bf16, 8)
+DECODE_GEMM_Q8(f16, f16, 2) DECODE_GEMM_Q8(f16, f16, 4) DECODE_GEMM_Q8(f16, f16, 8)

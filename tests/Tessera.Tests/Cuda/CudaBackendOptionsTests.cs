@@ -19,6 +19,7 @@ public sealed class CudaBackendOptionsTests
         EarlyWeightLoads = false,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
+        QuantizedDecodeProducts = false,
         DecodeAttention = DecodeAttentionKernel.PerQueryHead,
         CrossEntropyThreadsPerRow = 512,
         CrossEntropyStagedBytes = null,

@@ -9,12 +9,16 @@ namespace Tessera.Tests.Cuda;
 /// <summary>
 /// Weight-only int8 products on the GPU (<see cref="CudaBackend.QuantizedMatMul"/>, <see cref="CudaBackend.Dequantize"/>) against
 /// the CPU backend's in F64 on the same int8 weights (<see cref="Int8Quantization.QuantizeRows"/> of random weights, the seed
-/// in the test's output): 1 to 4 rows of x on the matrix-vector kernel's int8 form (gemv.cu, <c>gemv_stream_q8_*</c>), 7 and
-/// 96 rows on the dequantized weight and cuBLASLt. Tolerances (relative, over the whole tensor): F32 1e-5 (fp32 sums over
-/// K = 1040 terms; on the dequantized path each weight is also rounded once to fp32, 2^-24); BF16 and F16 1e-2 (the stored
-/// output keeps 8 or 11 significant bits, 2^-9 or 2^-11 relative, and the dequantized path rounds each weight to the same
-/// type). <see cref="KernelEmulationTests.MatrixVectorKernelsWithInt8WeightsGiveTheReferenceResultsOnTheCpuEmulation"/> checks
-/// the int8 kernel's logic without a GPU; these tests have not yet run on a device.
+/// in the test's output): 1 to 4 rows of x on the matrix-vector kernel's int8 form (gemv.cu, <c>gemv_stream_q8_*</c>); 5 to 64
+/// rows with K a multiple of 64 on the decode product's int8 form (decode_gemm.cu, <c>decode_gemm_q8_*</c>, on compute capability
+/// 9.0 and up); 7 and 96 rows at K = 1040 (no multiple of 64), and 96 at any K, on the dequantized weight and cuBLASLt.
+/// Tolerances (relative, over the whole tensor): F32 1e-5 (fp32 sums over K = 1040 terms; on the dequantized path each weight is
+/// also rounded once to fp32, 2^-24); BF16 and F16 1e-2 (the stored output keeps 8 or 11 significant bits, 2^-9 or 2^-11
+/// relative, and the dequantized path rounds each weight to the same type; the decode product's int8 values become bf16/f16
+/// exactly and its sums are fp32, so its only rounding beyond fp32 is the output's).
+/// <see cref="KernelEmulationTests.MatrixVectorKernelsWithInt8WeightsGiveTheReferenceResultsOnTheCpuEmulation"/> and
+/// <see cref="KernelEmulationTests.DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation"/> check the int8 kernels' logic
+/// without a GPU; these tests have not yet run on a device.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -70,6 +74,150 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
     }
 
     /// <summary>
+    /// Decode-size products (5 to 64 rows): BF16 at 5, 17, 33 and 64 rows (each of the kernel's three x-tile sizes, 33 and 64
+    /// at the largest) with the bias alone, beta = 1 without a bias, and bias and addend, at K = 1024 (16 k-tiles: 5 row blocks of
+    /// N = 517 split into 8 slices, a thread-block cluster) and at K = 1088 (17 k-tiles: one slice); F16 once.
+    /// </summary>
+    public static TheoryData<DType, int, int, bool, Residual> DecodeSizeProducts()
+    {
+        var data = new TheoryData<DType, int, int, bool, Residual>();
+        foreach (int m in new[] { 5, 17, 33, 64 })
+        {
+            data.Add(DType.BF16, m, 1024, true, Residual.None);
+            data.Add(DType.BF16, m, 1024, false, Residual.Beta);
+            data.Add(DType.BF16, m, 1024, true, Residual.Addend);
+        }
+        data.Add(DType.BF16, 33, 1088, true, Residual.Addend);
+        data.Add(DType.F16, 17, 1024, true, Residual.Addend);
+        return data;
+    }
+
+    /// <summary>
+    /// At 5 to 64 rows (the int8 decode product where the device has it, else the dequantized path), y = x W^T + bias (+ y or
+    /// + addend) equals the CPU's F64 product on the same int8 weights; the addend is left as it was.
+    /// <see cref="DecodeSizeInt8KernelAgreesWithTheDequantizedProductAndRunsOnlyWhenAllowed"/> checks which kernel ran.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(DecodeSizeProducts))]
+    public void DecodeSizeQuantizedProductMatchesTheCpuInF64(DType dtype, int m, int k, bool withBias, Residual residual)
+    {
+        var (values, scales) = RandomQuantized(N, k);
+        var (x, xv) = Random(dtype, 1, m, k);
+        var (bias, biasv) = Random(dtype, 1, N);
+        var (y0, y0v) = Random(dtype, 1, m, N);
+        var (wide, widev) = Random(dtype, 1, m, N + 8);
+        var addend = wide.Slice(1, 0, N);
+        var addv = Enumerable.Range(0, m * N).Select(i => widev[i / N * (N + 8) + i % N]).ToArray();
+        var y = residual == Residual.Beta ? y0 : Poisoned(dtype, m, N);
+
+        Gpu.QuantizedMatMul(x, Upload(Gpu, values, scales, N, k), y, beta: residual == Residual.Beta ? 1.0 : 0.0,
+            bias: withBias ? bias : null, addend: residual == Residual.Addend ? addend : null);
+
+        var expected = CpuProduct(values, scales, xv, m, withBias ? biasv : null, residual == Residual.Beta ? y0v : null,
+            residual == Residual.Addend ? addv : null, MatMulEpilogue.None, out _, k);
+        string what = $"{dtype} M={m} K={k} bias={withBias} {residual}";
+        AssertClose(expected, Download(y), Tolerance(dtype), what);
+        if (residual == Residual.Addend) AssertClose(widev, Download(wide), 0, $"{what}: the addend is not written");
+    }
+
+    /// <summary>
+    /// With <see cref="CudaBackendOptions.QuantizedDecodeProducts"/> on (the default) and a compute capability 9.0 or later device,
+    /// 5, 17, 33 and 64 rows at K = 1024 run on <c>decode_gemm_q8_*_m{2,4,8,8}</c> and nothing is dequantized, while 17 rows with
+    /// the GELU epilogue, and 17 rows at K = 1040 (no multiple of 64), dequantize; off, every one of them dequantizes (the op
+    /// profiler's kernel names, so a routing fault cannot pass the comparison). The two paths agree within the dtype's tolerance.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F16)]
+    public void DecodeSizeInt8KernelAgreesWithTheDequantizedProductAndRunsOnlyWhenAllowed(DType dtype)
+    {
+        using var on = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+        using var off = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { QuantizedDecodeProducts = false, ProfileOps = true });
+        bool clusters = on.CudaDevice.ComputeCapability.Major >= 9;
+        string suffix = dtype == DType.BF16 ? "bf16" : "f16";
+        var (_, biasv) = Random(dtype, 1, N);
+        foreach (var (m, k, epilogue) in new[] { (5, 1024, MatMulEpilogue.None), (17, 1024, MatMulEpilogue.None), (33, 1024, MatMulEpilogue.None),
+                     (64, 1024, MatMulEpilogue.None), (17, 1024, MatMulEpilogue.Gelu), (17, 1040, MatMulEpilogue.None) })
+        {
+            var (values, scales) = RandomQuantized(N, k);
+            var (_, xv) = Random(dtype, 1, m, k);
+            double[] Run(CudaBackend backend)
+            {
+                backend.Profiler!.Reset();
+                var y = backend.Allocate(new Shape(m, N), dtype);
+                var aux = epilogue == MatMulEpilogue.Gelu ? backend.Allocate(new Shape(m, N), dtype) : null;
+                backend.QuantizedMatMul(Upload(backend, xv, dtype, m, k), Upload(backend, values, scales, N, k), y,
+                    bias: Upload(backend, biasv, dtype, N), epilogue: epilogue, auxiliary: aux);
+                return Download(backend, y);
+            }
+            string what = $"{dtype} M={m} K={k} {epilogue}";
+            var viaKernel = Run(on);
+            var names = on.Profiler!.Totals().Select(r => r.Name).ToList();
+            if (clusters && k % 64 == 0 && epilogue == MatMulEpilogue.None)
+            {
+                Assert.Contains($"decode_gemm_q8_{suffix}_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", names);
+                Assert.DoesNotContain(names, name => name.StartsWith("dequantize_", StringComparison.Ordinal));
+            }
+            else
+            {
+                Assert.Contains($"dequantize_{suffix}", names);
+                Assert.DoesNotContain(names, name => name.StartsWith("decode_gemm_q8", StringComparison.Ordinal));
+            }
+            var viaDequantized = Run(off);
+            names = off.Profiler!.Totals().Select(r => r.Name).ToList();
+            Assert.Contains($"dequantize_{suffix}", names);
+            Assert.DoesNotContain(names, name => name.StartsWith("decode_gemm_q8", StringComparison.Ordinal));
+            AssertClose(viaDequantized, viaKernel, Tolerance(dtype), $"{what}: QuantizedDecodeProducts on against off");
+        }
+    }
+
+    /// <summary>
+    /// llama-1b's four products of a 64-sequence decode step (K = 2048 for QKV, the attention output and gate/up as one
+    /// product; K = 8192 for down), BF16, timed for the log (not a pass/fail bar): the int8 decode product, the same int8 weight
+    /// dequantized then cuBLASLt (<see cref="CudaBackendOptions.QuantizedDecodeProducts"/> off), and cuBLASLt on the BF16
+    /// weight. Each runs over 16 distinct copies of its weight in turn (as the 16 layers are), so the L2 cannot serve a repeat,
+    /// inside an inference scope (early weight loads on, as in a decode step); CUDA events, median of 10 after 3 warm-ups.
+    /// GB/s is the int8 weight's bytes over the int8 kernel's time.
+    /// </summary>
+    [Fact]
+    public void DecodeStepProductsOf64SequencesOnLlama1bShapeReportTheirTime()
+    {
+        const int m = 64, layers = 16;
+        using var off = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { QuantizedDecodeProducts = false });
+        var lines = new List<string>
+        {
+            $"llama-1b decode-step products, M = {m}, BF16 x, {layers} weight copies each, {Gpu.CudaDevice.Architecture}",
+            "| product | N x K | int8 decode_gemm_q8 us | int8 dequantize + cuBLASLt us | bf16 cuBLASLt us | int8 GB/s |",
+            "|---|---|---|---|---|---|",
+        };
+        foreach (var (name, n, k) in new[] { ("QKV", 3072, 2048), ("attention output", 2048, 2048), ("gate + up", 16384, 2048), ("down", 2048, 8192) })
+        {
+            var values = new sbyte[n * k];
+            Rng.NextBytes((byte[])(object)values);
+            var scales = Enumerable.Range(0, n).Select(_ => (float)(0.001 + 0.001 * Rng.NextDouble())).ToArray();
+            var (_, xv) = Random(DType.BF16, 1, m, k);
+            var onWeights = Enumerable.Range(0, layers).Select(_ => Upload(Gpu, values, scales, n, k)).ToArray();
+            var offWeights = Enumerable.Range(0, layers).Select(_ => Upload(off, values, scales, n, k)).ToArray();
+            var bf16Weights = onWeights.Select(w => { var d = Gpu.Allocate(new Shape(n, k), DType.BF16); Gpu.Dequantize(w, d); return d; }).ToArray();
+            var (xOn, xOff) = (Upload(Gpu, xv, DType.BF16, m, k), Upload(off, xv, DType.BF16, m, k));
+            var (yOn, yOff) = (Gpu.Allocate(new Shape(m, n), DType.BF16), off.Allocate(new Shape(m, n), DType.BF16));
+            double int8, dequantized, bf16;
+            using (Gpu.EnterInference())
+            {
+                int8 = MedianMs(Gpu, () => { foreach (var w in onWeights) Gpu.QuantizedMatMul(xOn, w, yOn); }, 10) * 1e3 / layers;
+                bf16 = MedianMs(Gpu, () => { foreach (var w in bf16Weights) Gpu.MatMul(xOn, w, yOn, transposeB: true); }, 10) * 1e3 / layers;
+            }
+            using (off.EnterInference())
+                dequantized = MedianMs(off, () => { foreach (var w in offWeights) off.QuantizedMatMul(xOff, w, yOff); }, 10) * 1e3 / layers;
+            lines.Add(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"| {name} | {n} x {k} | {int8:F1} | {dequantized:F1} | {bf16:F1} | {(double)n * k / (int8 * 1e-6) / 1e9:F0} |"));
+            foreach (var t in onWeights.Concat(offWeights)) { t.Values.Storage.Dispose(); t.Scales.Storage.Dispose(); }
+            foreach (var t in bf16Weights) t.Storage.Dispose();
+        }
+        TestContext.Current.TestOutputHelper?.WriteLine(string.Join('\n', lines));
+    }
+
+    /// <summary>
     /// The GELU epilogue (with the bias; the pre-activation into auxiliary) equals the CPU's F64 composition: at 2 rows of x the
     /// epilogue sends the product to the dequantized path, as at 96.
     /// </summary>
@@ -110,7 +258,7 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
 
     /// <summary>
     /// With <see cref="CudaBackendOptions.MatrixVectorKernels"/> on, 1 to 4 rows of x run on <c>gemv_stream_q8_*</c> and nothing is
-    /// dequantized, while 7 rows, and the GELU epilogue at 2, dequantize; off, every product dequantizes (the op profiler's kernel
+    /// dequantized, while 7 rows (K = 1040 is no multiple of 64, so not the decode product either), and the GELU epilogue at 2, dequantize; off, every product dequantizes (the op profiler's kernel
     /// names, so a routing fault cannot pass the comparison). The two paths agree within the dtype's tolerance (the class's).
     /// </summary>
     [Theory]
@@ -158,19 +306,20 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
 
     /// <summary>
     /// A recorded graph of the product replays what the eager call computes: recording runs nothing, and the replay writes the
-    /// eager result, bit for bit on the int8 kernel (1 row: warp sums in a fixed order, no atomics) and within BF16's tolerance on
-    /// the dequantized path (7 rows: the dequantized weight is scratch taken inside the recording; cuBLASLt may reduce a split K
-    /// in any order).
+    /// eager result, bit for bit on the int8 kernels (1 row: warp sums in a fixed order, no atomics; 33 rows at K = 1024 on the
+    /// decode product: the cluster's slices summed in slice order) and within BF16's tolerance on the dequantized path (7 rows
+    /// at K = 1040: the dequantized weight is scratch taken inside the recording; cuBLASLt may reduce a split K in any order).
     /// </summary>
     [Theory]
-    [InlineData(1)]
-    [InlineData(7)]
-    public void RecordedProductReplaysTheEagerResult(int m)
+    [InlineData(1, K)]
+    [InlineData(7, K)]
+    [InlineData(33, 1024)]
+    public void RecordedProductReplaysTheEagerResult(int m, int k)
     {
         const DType dtype = DType.BF16;
-        var (values, scales) = RandomQuantized(N, K);
-        var weight = Upload(Gpu, values, scales, N, K);
-        var (x, _) = Random(dtype, 1, m, K);
+        var (values, scales) = RandomQuantized(N, k);
+        var weight = Upload(Gpu, values, scales, N, k);
+        var (x, _) = Random(dtype, 1, m, k);
         var (bias, _) = Random(dtype, 1, N);
         var (addend, _) = Random(dtype, 1, m, N);
         var eager = Poisoned(dtype, m, N);
@@ -182,7 +331,8 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
         graph!.Replay();
         graph.Replay();
         var expected = Download(eager);
-        if (m == 1) Assert.Equal(expected, Download(replayed));
+        bool int8Kernel = m == 1 || (k % 64 == 0 && Gpu.CudaDevice.ComputeCapability.Major >= 9);
+        if (int8Kernel) Assert.Equal(expected, Download(replayed));
         else AssertClose(expected, Download(replayed), Tolerance(dtype), $"M={m} replayed");
     }
 
@@ -207,14 +357,14 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
 
     /// <summary>
     /// The CPU backend's QuantizedMatMul in F64 (the weight dequantized exactly, scale * q in double, then an F64 product):
-    /// x (M, K) W^T + bias, + y0 with beta = 1 or + addend, then the epilogue; <paramref name="preActivation"/> is GELU's input.
+    /// x (M, k) W^T + bias, + y0 with beta = 1 or + addend, then the epilogue; <paramref name="preActivation"/> is GELU's input.
     /// </summary>
     private double[] CpuProduct(sbyte[] values, float[] scales, double[] xv, int m, double[]? biasv, double[]? y0v, double[]? addv,
-        MatMulEpilogue epilogue, out double[]? preActivation)
+        MatMulEpilogue epilogue, out double[]? preActivation, int k = K)
     {
         var y = y0v is null ? _cpu.Allocate(new Shape(m, N), DType.F64) : TestTensors.FromDoubles(_cpu, y0v, DType.F64, m, N);
         var aux = epilogue == MatMulEpilogue.Gelu ? _cpu.Allocate(new Shape(m, N), DType.F64) : null;
-        _cpu.QuantizedMatMul(TestTensors.FromDoubles(_cpu, xv, DType.F64, m, K), Upload(_cpu, values, scales, N, K), y,
+        _cpu.QuantizedMatMul(TestTensors.FromDoubles(_cpu, xv, DType.F64, m, k), Upload(_cpu, values, scales, N, k), y,
             beta: y0v is null ? 0.0 : 1.0, bias: biasv is null ? null : TestTensors.FromDoubles(_cpu, biasv, DType.F64, N),
             epilogue: epilogue, auxiliary: aux, addend: addv is null ? null : TestTensors.FromDoubles(_cpu, addv, DType.F64, m, N));
         preActivation = aux is null ? null : TestTensors.ToDoubles(_cpu, aux);

@@ -41,7 +41,11 @@ public sealed class KernelEmulationTests
     /// that form a thread-block cluster and sum each other's tiles through distributed shared memory (the cluster's CTAs run
     /// together); its SwiGLU form over a gate/up pair; RMSNorm applied on the way) in bf16 on the emulation's stand-ins of cp.async, ldmatrix and mma.sync, against
     /// a double reference (Emulation/decode_gemm.cpp states the cases and the tolerance, 8e-3 for a bf16 output), the weights
-    /// loaded before the wait on the predecessor giving the same bits as after it, the output's row padding untouched.
+    /// loaded before the wait on the predecessor giving the same bits as after it, the output's row padding untouched. And its
+    /// int8-weight form (<c>decode_gemm_q8_bf16_*</c>, <see cref="CudaBackend.QuantizedMatMul"/> at 5 to 64 rows: int8 tiles
+    /// staged at one byte, turned into bf16 fragments in registers with k permuted alike on both operands, the row scale in the
+    /// epilogue) at 5, 17, 33 and 64 rows, against scales[n] * q[n, k] in double: N short of and past the 128-row block, one
+    /// slice and clusters of 2, 4 and 8, bias, beta = 1 and an addend, a row of scale 0.
     /// </summary>
     [Fact]
     public void DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -51,7 +55,10 @@ public sealed class KernelEmulationTests
              "decode_gemm M=40 N=129 K=256 slices=2 bias=1 beta=0", "decode_gemm M=64 N=300 K=512 slices=4 bias=0 beta=1: early = late, pads",
              "decode_gemm swiglu M=17 F=100 K=256 slices=1 bias=1", "decode_gemm swiglu M=64 F=64 K=512 slices=4 bias=0",
              "decode_gemm swiglu M=5 F=40 K=128 slices=2 bias=1", "decode_gemm M=64 N=128 K=512 slices=4 bias=1 beta=0 norm",
-             "decode_gemm M=9 N=64 K=256 slices=1 bias=0 beta=1 norm", "decode_gemm swiglu M=33 F=65 K=256 slices=2 bias=0 norm"]);
+             "decode_gemm M=9 N=64 K=256 slices=1 bias=0 beta=1 norm", "decode_gemm swiglu M=33 F=65 K=256 slices=2 bias=0 norm",
+             "decode_gemm_q8 M=5 N=100 K=256 slices=1 bias=1 beta=0", "decode_gemm_q8 M=17 N=300 K=512 slices=4 bias=1 beta=1",
+             "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend", "decode_gemm_q8 M=64 N=200 K=512 slices=1 bias=1 addend",
+             "decode_gemm_q8 M=33 N=130 K=128 slices=2 bias=0 beta=1", "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend: early = late, pads"]);
 
     /// <summary>
     /// The decode products on warpgroup MMA (decode_gemm_hopper.cu, with hopper.cuh): the same checks as

@@ -7,6 +7,10 @@
 // the way (x's fragments scaled by its weight, 1 / rms on the sums), with one slice and several. Built with -DHOPPER the same
 // checks run decode_gemm_hopper.cu (wgmma on the emulation's warpgroup stand-in; hopper.cuh), five more shapes, and its
 // tensor-map form (the tensor memory accelerator's copies and transaction barriers emulated) at four, its SwiGLU form at three.
+// Without -DHOPPER, the int8-weight form too (decode_gemm_q8_*, CudaBackend.QuantizedMatMul at 5 to 64 rows): int8 values
+// over the whole range (-128 .. 127, rows ldw bytes apart past K) with fp32 row scales, against a double reference of
+// scales[n] * q[n, k] times the bf16 x; rows of x 5, 17, 33 and 64 (all three instantiations), N short of and past a
+// multiple of 128 and odd, one slice and 2, 4 and 8, bias, beta = 1 and an addend (its own row stride).
 // kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
@@ -199,6 +203,73 @@ static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool wit
     check(name, e, got, 8e-3);
 }
 
+#ifndef HOPPER
+// The int8-weight form: y (M, N) = scales[n] * (x q_n) + bias[n] + beta * y0, or + addend (residual 2: c_in is the addend,
+// ldc apart, beta 1). The reference sums in double over the bf16 x and the exact weights scales[n] * q[n, k]. Tolerance as
+// the 16-bit form's, 8e-3 of the largest output: the output is stored in bf16 (2^-9 relative), the products of a bf16 value
+// and an int8 value are exact in fp32 (16 significant bits at most), and their fp32 sums over at most 1,024 terms and the
+// one fp32 multiply by the scale add far less; a wrong row, column, slice, scale or k permutation is O(1).
+static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual)
+{
+    std::mt19937 rng(11 + M * 7 + N + K + slices + residual);
+    const int ldx = K + 8, ldw = K + 16, ldy = N + 8, ldc = N + 4;   // row strides past the rows: the kernel must use them
+    std::vector<bf16> x((size_t)M * ldx), bias(N), y0((size_t)M * ldy), add((size_t)M * ldc);
+    std::vector<signed char> q((size_t)N * ldw);
+    std::vector<float> scales(N);
+    fill(x, rng, 1.f); fill(bias, rng, 1.f); fill(y0, rng, 1.f); fill(add, rng, 1.f);
+    std::uniform_int_distribution<int> qd(-128, 127);
+    std::uniform_real_distribution<float> sd(0.2f / 127, 1.f / 127);
+    for (auto& v : q) v = (signed char)qd(rng);
+    for (auto& v : scales) v = sd(rng);
+    scales[N / 2] = 0.f;                                    // an all-zero row quantizes to scale 0
+    const float beta = residual == 0 ? 0.f : 1.f;
+    std::vector<double> e((size_t)M * N);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)to_f(x[(size_t)m * ldx + k]) * ((double)scales[n] * q[(size_t)n * ldw + k]);
+            const double r = residual == 1 ? to_f(y0[(size_t)m * ldy + n]) : residual == 2 ? to_f(add[(size_t)m * ldc + n]) : 0.0;
+            e[(size_t)m * N + n] = s + (with_bias ? to_f(bias[n]) : 0.0) + r;
+        }
+    const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (N + 127) / 128;
+    std::vector<float> got[2];
+    std::vector<bf16> y[2];
+    for (int early = 0; early < 2; early++)
+    {
+        y[early] = y0;
+        const bf16 *px = x.data(), *pb = with_bias ? bias.data() : nullptr;
+        const signed char* pq = q.data();
+        const float* ps = scales.data();
+        bf16* py = y[early].data();
+        const bf16* pc = residual == 2 ? add.data() : py;
+        int m_ = M, n_ = N, k_ = K, ea = early;
+        long long lx = ldx, lw = ldw, ly = ldy, lc = residual == 2 ? ldc : ldy;
+        float be = beta;
+        emu_shared_base = shared_base;
+        auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pb, py, pc, m_, n_, k_, lx, lw, ly, lc, be, ea); }); };
+        if (MT == 2) launch(decode_gemm_q8_bf16_m2);
+        else if (MT == 4) launch(decode_gemm_q8_bf16_m4);
+        else launch(decode_gemm_q8_bf16_m8);
+        got[early].resize((size_t)M * N);
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
+    }
+    char name[120];
+    snprintf(name, sizeof name, "decode_gemm_q8 M=%d N=%d K=%d slices=%d bias=%d %s", M, N, K, slices, with_bias ? 1 : 0,
+             residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend");
+    check(name, e, got[1], 8e-3);
+    bool same = got[0] == got[1];
+    bool pads = true;   // the row stride's padding past N is untouched
+    for (int m = 0; m < M; m++)
+        for (int n = N; n < ldy; n++) pads &= y[1][(size_t)m * ldy + n].x == y0[(size_t)m * ldy + n].x;
+    bool zero_row = true;   // the scale-0 row is the bias and the residual alone
+    for (int m = 0; m < M; m++) zero_row &= std::abs(got[1][(size_t)m * N + N / 2] - e[(size_t)m * N + N / 2]) <= 8e-3 * (1 + std::abs(e[(size_t)m * N + N / 2]));
+    printf("%-56s %s\n", (std::string(name) + ": early = late, pads").c_str(), same && pads && zero_row ? "ok" : "FAIL");
+    if (!(same && pads && zero_row)) failures++;
+}
+#endif
+
 int main()
 {
     run(5, 100, 256, 1, true, 1.f, 0.f);      // 8 x-rows padded to 16 (MT 2); N short of one block of 128; 4 k-tiles, 4 stages
@@ -213,6 +284,13 @@ int main()
     run(64, 128, 512, 4, true, 1.f, 0.f, true);   // RMSNorm on the way: every slice's sums of squares read across the cluster
     run(9, 64, 256, 1, false, 1.f, 1.f, true);    // one slice: the CTA's own sums (warps 0 and 1 sum x's two n8 tiles)
     run_swiglu(33, 65, 256, 2, false, true);      // the SwiGLU form normalized, F odd; 8 n8 tiles over 4 warps
+#ifndef HOPPER
+    run_q8(5, 100, 256, 1, true, 0);       // 8 x-rows padded to 16 (MT 2); N short of one block; 4 k-tiles, 4 stages
+    run_q8(17, 300, 512, 4, true, 1);      // MT 4; 3 row blocks; 4 slices of 2 k-tiles (a cluster); beta = 1
+    run_q8(64, 129, 1024, 8, false, 2);    // the 64-row batch; N odd (a last pair of one output); 8 slices; the addend
+    run_q8(64, 200, 512, 1, true, 2);      // one slice of 8 k-tiles: the stages refilled; bias and addend
+    run_q8(33, 130, 128, 2, false, 1);     // MT 8 with 33 rows; slices of one k-tile (fewer tiles than stages)
+#endif
 #ifdef HOPPER
     run(64, 300, 1024, 2, true, 1.f, 1.f, true);   // 16 k-tiles in 2 slices, normalized, 3 row blocks
     run(9, 130, 512, 1, false, 1.f, 0.f);          // 8 k-tiles in one slice: the stages refilled twice
