@@ -107,7 +107,7 @@ public sealed class JsonGrammar
                 var properties = new List<JsonGrammarProperty>();
                 foreach (var p in props.EnumerateObject())
                 {
-                    var key = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(p.Name, Relaxed) + ":");
+                    var key = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(p.Name, Relaxed));
                     properties.Add(new JsonGrammarProperty(key, Compile(p.Value, $"{path}.properties.{p.Name}"), required.Remove(p.Name)));
                 }
                 if (required.Count > 0) throw new ArgumentException($"{path}.required: '{required.First()}' is not among the properties");

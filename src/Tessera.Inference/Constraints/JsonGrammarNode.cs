@@ -34,7 +34,7 @@ internal sealed class ObjectNode(IReadOnlyList<JsonGrammarProperty> properties) 
     public override bool MayStartWith(byte b) => b == '{';
 }
 
-/// <summary>A property of an <see cref="ObjectNode"/>: its key as it is written with the colon after it (<c>"name":</c>).</summary>
+/// <summary>A property of an <see cref="ObjectNode"/>: its key as it is written, quotes included (<c>"name"</c>).</summary>
 internal sealed record JsonGrammarProperty(byte[] Key, JsonGrammarNode Value, bool Required);
 
 /// <summary>An array of values of one node.</summary>

@@ -3,22 +3,32 @@ namespace Tessera.Inference.Constraints;
 /// <summary>
 /// One sequence's place in a <see cref="JsonGrammar"/>: a pushdown recognizer over the bytes of the generated text, which says
 /// whether a token's bytes may come next (<see cref="Accepts"/>) and takes them in (<see cref="Advance"/>). The text it accepts
-/// is compact JSON (no whitespace between tokens of the syntax): one value of the grammar's root, then nothing more
-/// (<see cref="IsComplete"/>). Numbers are bounded (16 digits before and after the point, 3 in the exponent) and values nest
-/// at most <see cref="MaxDepth"/> deep, so no state is infinite; strings are not bounded (max_tokens bounds them).
+/// is one value of the grammar's root, then nothing more (<see cref="IsComplete"/>), with at most one space in each gap
+/// between tokens of the syntax (<c>{"a": 1, "b": [2, 3]}</c> and the compact form; no newlines: given any more room, a
+/// model can spend its tokens on whitespace, as outlines found and as random models here do at once). Numbers are bounded (16 digits before and after the point, 3 in the exponent) and values nest at most
+/// <see cref="MaxDepth"/> deep, so no state is infinite; strings are not bounded (max_tokens bounds them).
 /// </summary>
 public sealed class JsonRecognizer
 {
     /// <summary>Deepest nesting of arrays and objects.</summary>
     public const int MaxDepth = 32;
 
+    /// <summary>Most whitespace bytes (spaces) in one gap between tokens of the syntax.</summary>
+    public const int MaxWhitespace = 1;
+
     private const int MaxDigits = 16, MaxExponentDigits = 3;
 
     private List<Frame> _stack;
+    private int _gap;            // whitespace bytes in the current gap
+    private bool _spaced;        // whether the byte being read went to a gap
 
     internal JsonRecognizer(JsonGrammarNode root) => _stack = [Frame.Value(root)];
 
-    private JsonRecognizer(List<Frame> stack) => _stack = stack;
+    private JsonRecognizer(List<Frame> stack, int gap)
+    {
+        _stack = stack;
+        _gap = gap;
+    }
 
     /// <summary>Whether the root value is complete: no byte may follow.</summary>
     public bool IsComplete => _stack.Count == 0;
@@ -45,7 +55,7 @@ public sealed class JsonRecognizer
     {
         var stack = new List<Frame>(_stack.Count + 4);
         foreach (var f in _stack) stack.Add(f.Clone());
-        return new JsonRecognizer(stack);
+        return new JsonRecognizer(stack, _gap);
     }
 
     private enum Kind { Value, Object, AnyObject, Array, String, Number, Literal }
@@ -63,7 +73,7 @@ public sealed class JsonRecognizer
         public JsonGrammarNode Node = AnyValueNode.Instance;
         public int State;
         public int Index;              // Object: the next property that may come; Literal: bytes matched; Number: digits in the part
-        public int First;              // Object: the first property of the key being matched
+        public int First;              // Object: the first property of the key being matched, then the property matched
         public ulong Alive;            // Literal: the alternatives still matching (bit i: alternative i)
         public IReadOnlyList<byte[]> Alternatives = [];
 
@@ -76,11 +86,14 @@ public sealed class JsonRecognizer
 
     private bool Feed(byte b)
     {
+        _spaced = false;
         while (_stack.Count > 0)
         {
             switch (Read(_stack[^1], b))
             {
-                case Step.Consumed: return true;
+                case Step.Consumed:
+                    if (!_spaced) _gap = 0;
+                    return true;
                 case Step.Rejected: return false;
                 default: Complete(); break;
             }
@@ -99,10 +112,9 @@ public sealed class JsonRecognizer
         {
             case Kind.Object when parent.State == KeyPending:
                 int matched = parent.First + MatchedAlternative(child);
-                var property = ((ObjectNode)parent.Node).Properties[matched];
+                parent.First = matched;
                 parent.Index = matched + 1;
-                parent.State = ValuePending;
-                _stack.Add(Frame.Value(property.Value));
+                parent.State = Colon;
                 break;
             case Kind.AnyObject when parent.State == KeyPending:
                 parent.State = Colon;
@@ -131,9 +143,21 @@ public sealed class JsonRecognizer
         _ => ReadLiteral(f, b),
     };
 
-    /// <summary>The first byte of a value: the frame becomes the value's own, which reads the byte.</summary>
+    private static bool IsSpace(byte b) => b == ' ';
+
+    /// <summary>A whitespace byte in a gap, while the gap has room.</summary>
+    private Step Gap()
+    {
+        if (_gap >= MaxWhitespace) return Step.Rejected;
+        _gap++;
+        _spaced = true;
+        return Step.Consumed;
+    }
+
+    /// <summary>The first byte of a value (or whitespace before it): the frame becomes the value's own, which reads the byte.</summary>
     private Step Begin(Frame f, byte b)
     {
+        if (IsSpace(b)) return Gap();
         var node = f.Node;
         if (node is UnionNode union)
         {
@@ -176,6 +200,7 @@ public sealed class JsonRecognizer
     private Step ReadObject(Frame f, byte b)
     {
         var properties = ((ObjectNode)f.Node).Properties;
+        if (IsSpace(b)) return Gap();                       // Open, Colon, AfterValue, Comma: a child reads the other states
         switch (f.State)
         {
             case Open or Comma when b == '"':
@@ -199,12 +224,17 @@ public sealed class JsonRecognizer
                 if (f.Index >= properties.Count) return Step.Rejected;
                 f.State = Comma;
                 return Step.Consumed;
+            case Colon when b == ':':
+                f.State = ValuePending;
+                _stack.Add(Frame.Value(properties[f.First].Value));
+                return Step.Consumed;
             default: return Step.Rejected;
         }
     }
 
     private Step ReadAnyObject(Frame f, byte b)
     {
+        if (IsSpace(b)) return Gap();
         switch (f.State)
         {
             case Open or Comma when b == '"':
@@ -228,6 +258,7 @@ public sealed class JsonRecognizer
     private Step ReadArray(Frame f, byte b)
     {
         var items = ((ArrayNode)f.Node).Items;
+        if (IsSpace(b)) return Gap();
         switch (f.State)
         {
             case Open when b == ']':

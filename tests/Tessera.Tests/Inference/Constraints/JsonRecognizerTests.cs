@@ -45,6 +45,7 @@ public class JsonRecognizerTests
     [InlineData("""{"a":1}""")]
     [InlineData("""{"a":[1,-2.5e+3,0,"x",true,false,null,{"b":{}}],"c":"\u00e9\n\"ü"}""")]
     [InlineData("""{"":[[],[[]]]}""")]
+    [InlineData(""" {"a" : [ 1 , 2 ], "b": { } }""")]   // a space in any gap
     public void JsonObjectModeTakesObjects(string text)
     {
         Assert.Equal((Encoding.UTF8.GetByteCount(text), true), Feed(JsonGrammar.AnyObject(), text));
@@ -52,7 +53,6 @@ public class JsonRecognizerTests
 
     [Theory]
     [InlineData("""[1]""", 0)]                // the root must be an object
-    [InlineData(""" {}""", 0)]                // no whitespace
     [InlineData("""{"a":1,}""", 7)]           // trailing comma
     [InlineData("""{a:1}""", 1)]              // unquoted key
     [InlineData("""{"a":01}""", 6)]           // leading zero
@@ -60,6 +60,10 @@ public class JsonRecognizerTests
     [InlineData("""{"a":tru}""", 8)]
     [InlineData("""{"a":"\x"}""", 7)]         // not an escape
     [InlineData("""{"a":1}}""", 7)]           // nothing after the value
+    [InlineData("""{"a":1} """, 7)]           // not even whitespace
+    [InlineData("""{"a":t rue}""", 6)]        // no whitespace inside a token of the syntax
+    [InlineData("""{"a":  1}""", 6)]          // at most one space in a gap
+    [InlineData("{\n\"a\":1}", 1)]             // and no newline
     public void JsonObjectModeRefusesAtTheFirstWrongByte(string text, int at)
     {
         Assert.Equal((at, false), Feed(JsonGrammar.AnyObject(), text));
@@ -84,6 +88,7 @@ public class JsonRecognizerTests
     [InlineData("""{"name":"Ada","age":-3,"height":1.75,"kind":"dog","tags":["a","b"],"home":{"city":"Paris","zip":75001},"ok":false}""")]
     [InlineData("""{"name":"","age":0,"height":null,"kind":3,"tags":[""],"home":{"city":"x"}}""")]
     [InlineData("""{"name":"x","age":1,"kind":true,"tags":[]}""")]
+    [InlineData("""{ "name": "x", "age" : 1, "tags": [ "a" ] }""")]
     public void ASchemaTakesItsDocuments(string text)
     {
         Assert.Equal((Encoding.UTF8.GetByteCount(text), true), Feed(Person(), text));
