@@ -28,6 +28,8 @@ switch (args[0])
         return Tessera.Bench.Training.PipelineBubbleBench.Run(rest);
     case "serve":
         return Tessera.Bench.Serving.ServeBench.Run(rest);
+    case "constrained":
+        return Tessera.Bench.Serving.ConstrainedBench.Run(rest);
     case "quantization":
         return Tessera.Bench.Serving.QuantizationBench.Run(rest);
     case "host-optimizer":
@@ -59,6 +61,7 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("  gpu-attention  causal attention forward and backward, FlashAttention-2 kernels against the Hopper kernel: ms, TFLOP/s");
     w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
     w.WriteLine("         (the gpu-* commands take --cuda-options Name=value,... : the CUDA backend's options, e.g. ProfileOps=true)");
+    w.WriteLine("  constrained   what checking every token against a JSON grammar costs a step, token by token and through the trie (--tokenizer DIR)");
     w.WriteLine("  quantization  what int8 weights cost a trained model: cross-entropy, greedy agreement, logit error, bytes (--model DIR --val FILE)");
     w.WriteLine("  host-optimizer  the CPU half of ZeRO-Offload: host AdamW, BF16/F32 casts, a whole offloaded update, GB/s (options: --threads N --elements N --preset NAME)");
     return code;

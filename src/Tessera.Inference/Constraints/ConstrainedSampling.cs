@@ -17,9 +17,11 @@ public static class ConstrainedSampling
     /// draw is struck out and the sampler draws again from the rest, which renormalizes over what is left, so the first allowed
     /// draw has the constrained distribution (greedy: the best allowed token) and usually costs one check. After
     /// <see cref="Rejections"/> refusals, and always under top-k or top-p (whose cut must see the allowed tokens only), every
-    /// token is checked and the refused ones masked first.
+    /// token is checked and the refused ones masked first: by <paramref name="allowedMask"/> when given (the whole vocabulary's
+    /// verdicts at once, e.g. <see cref="TokenVocabulary.Allowed"/>; it must agree with <paramref name="allowed"/>), else one
+    /// token at a time.
     /// </summary>
-    public static int Sample(Sampler sampler, SamplingOptions options, float[] scores, Func<int, bool> allowed)
+    public static int Sample(Sampler sampler, SamplingOptions options, float[] scores, Func<int, bool> allowed, Func<bool[]>? allowedMask = null)
     {
         ArgumentNullException.ThrowIfNull(sampler);
         ArgumentNullException.ThrowIfNull(options);
@@ -36,10 +38,11 @@ public static class ConstrainedSampling
                 scores[t] = float.NegativeInfinity;
             }
         bool any = false;
+        var mask = allowedMask?.Invoke();
         for (int t = 0; t < v; t++)
         {
             if (float.IsNegativeInfinity(scores[t])) continue;
-            if (allowed(t)) any = true;
+            if (mask is null ? allowed(t) : mask[t]) any = true;
             else scores[t] = float.NegativeInfinity;
         }
         return any ? sampler.Sample(scores, v) : -1;

@@ -51,6 +51,25 @@ public sealed class JsonRecognizer
             if (!Feed(b)) throw new ArgumentException($"JSON grammar: byte 0x{b:x2} is not allowed here");
     }
 
+    /// <summary>
+    /// Whether reading <paramref name="b"/> leaves the state exactly as it is: an ordinary byte inside a string (not a quote,
+    /// a backslash or a control character). <see cref="TokenVocabulary"/> walks such bytes without copying the state.
+    /// </summary>
+    internal bool KeepsStateOn(byte b) => InString && IsOrdinaryStringByte(b);
+
+    /// <summary>Whether the recognizer is inside a string, past any escape: where an ordinary byte keeps the state.</summary>
+    internal bool InString => _stack.Count > 0 && _stack[^1] is { Kind: Kind.String, State: Normal };
+
+    /// <summary>A byte a string takes as it is: not a quote, a backslash or a control character.</summary>
+    internal static bool IsOrdinaryStringByte(byte b) => b >= 0x20 && b != '"' && b != '\\';
+
+    /// <summary>A copy of this state after <paramref name="b"/>, or null when the grammar refuses it here.</summary>
+    internal JsonRecognizer? After(byte b)
+    {
+        var next = Clone();
+        return next.Feed(b) ? next : null;
+    }
+
     private JsonRecognizer Clone()
     {
         var stack = new List<Frame>(_stack.Count + 4);

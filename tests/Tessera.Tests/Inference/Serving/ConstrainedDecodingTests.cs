@@ -50,17 +50,18 @@ public class ConstrainedDecodingTests
     }
 
     [Theory(Timeout = 120_000)]
-    [InlineData("llama-debug", 0.0)]
-    [InlineData("llama-debug", 1.0)]
-    [InlineData("gpt2-debug", 1.5)]
-    public async Task EveryChoiceIsADocumentOfTheSchema(string preset, double temperature)
+    [InlineData("llama-debug", 0.0, 0)]
+    [InlineData("llama-debug", 1.0, 0)]
+    [InlineData("gpt2-debug", 1.5, 0)]
+    [InlineData("llama-debug", 1.0, 5)]      // top-k: every token checked (through the vocabulary's trie) before the cut
+    public async Task EveryChoiceIsADocumentOfTheSchema(string preset, double temperature, int topK)
     {
         using var engine = Engine(preset, draftTokens: 3);
         var grammar = JsonGrammar.FromSchema(JsonDocument.Parse(Schema).RootElement);
         var constrained = Run(engine, new CompletionRequest
         {
             Prompt = [.. "{\"answer\": "u8.ToArray().Select(b => (int)b)], MaxTokens = 90, Choices = 3, Seed = 5,
-            Sampling = new SamplingOptions { Temperature = temperature }, Grammar = grammar,
+            Sampling = new SamplingOptions { Temperature = temperature, TopK = topK }, Grammar = grammar,
         });
         var free = EngineRequests.RunAll(engine, [[1, 2, 3, 1, 2, 3, 1, 2]], 30);   // beside it, speculating, unconstrained
         foreach (var (text, finish) in await constrained)
