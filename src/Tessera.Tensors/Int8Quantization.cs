@@ -43,6 +43,30 @@ public static class Int8Quantization
         }
     }
 
+    /// <summary>
+    /// Quantizes <paramref name="weight"/> (<paramref name="rows"/>, <paramref name="columns"/>) on the host into a new
+    /// <see cref="QuantizedWeight"/> on <paramref name="backend"/>.
+    /// </summary>
+    public static QuantizedWeight Quantize(IBackend backend, ReadOnlySpan<float> weight, int rows, int columns, string name = "weight")
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        var target = new QuantizedWeight(backend.Allocate(new Shape(rows, columns), DType.I8), backend.Allocate(new Shape(rows), DType.F32));
+        QuantizeInto(backend, weight, target, name);
+        return target;
+    }
+
+    /// <summary>Quantizes <paramref name="weight"/> (of <paramref name="target"/>'s shape) on the host into <paramref name="target"/>'s tensors on <paramref name="backend"/>.</summary>
+    public static void QuantizeInto(IBackend backend, ReadOnlySpan<float> weight, QuantizedWeight target, string name = "weight")
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        ArgumentNullException.ThrowIfNull(target);
+        var values = new sbyte[target.Values.NumElements];
+        var scales = new float[target.Rows];
+        QuantizeRows(weight, target.Rows, target.Columns, values, scales, name);
+        backend.CopyFromHost<sbyte>(values, target.Values);
+        backend.CopyFromHost<float>(scales, target.Scales);
+    }
+
     /// <summary>The weight <paramref name="values"/> and <paramref name="scales"/> stand for, row-major, in F32.</summary>
     public static float[] Dequantize(ReadOnlySpan<sbyte> values, ReadOnlySpan<float> scales, int columns)
     {

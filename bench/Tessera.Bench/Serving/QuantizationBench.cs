@@ -97,14 +97,7 @@ public static class QuantizationBench
             for (int i = 0; i < host.Length; i++) host[i] = (float)(rng.NextDouble() - 0.5);
             var w = backend.Allocate(new Shape(n, k), dtype);
             backend.Copy(backend.FromArray(host, n, k), w);
-            var q = new sbyte[host.Length];
-            var s = new float[n];
-            Int8Quantization.QuantizeRows(host, n, k, q, s);
-            var values = backend.Allocate(new Shape(n, k), DType.I8);
-            var scales = backend.Allocate(new Shape(n), DType.F32);
-            backend.CopyFromHost<sbyte>(q, values);
-            backend.CopyFromHost<float>(s, scales);
-            var weight = new QuantizedWeight(values, scales);
+            var weight = Int8Quantization.Quantize(backend, host, n, k);
             foreach (int m in new[] { 1, 2, 4, 8, 16, 64 })
             {
                 var x = backend.Allocate(new Shape(m, k), dtype);

@@ -145,11 +145,7 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
             host = Backend.ToArray<float>(w);
         }
         finally { w.Storage.Dispose(); }
-        var values = new sbyte[host.Length];
-        var scales = new float[q.Rows];
-        Int8Quantization.QuantizeRows(host, q.Rows, q.Columns, values, scales, parameter.Name);
-        Backend.CopyFromHost<sbyte>(values, q.Values);
-        Backend.CopyFromHost<float>(scales, q.Scales);
+        Int8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
     }
 
     /// <inheritdoc/>

@@ -52,26 +52,8 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
     /// <summary>y = x W^T + bias (+ y or + addend) equals the CPU's F64 product on the same int8 weights; the addend is left as it was.</summary>
     [Theory]
     [MemberData(nameof(Products))]
-    public void QuantizedProductMatchesTheCpuInF64(DType dtype, int m, bool withBias, Residual residual)
-    {
-        var (values, scales) = RandomQuantized(N, K);
-        var (x, xv) = Random(dtype, 1, m, K);
-        var (bias, biasv) = Random(dtype, 1, N);
-        var (y0, y0v) = Random(dtype, 1, m, N);
-        var (wide, widev) = Random(dtype, 1, m, N + 8);
-        var addend = wide.Slice(1, 0, N);
-        var addv = Enumerable.Range(0, m * N).Select(i => widev[i / N * (N + 8) + i % N]).ToArray();
-        var y = residual == Residual.Beta ? y0 : Poisoned(dtype, m, N);
-
-        Gpu.QuantizedMatMul(x, Upload(Gpu, values, scales, N, K), y, beta: residual == Residual.Beta ? 1.0 : 0.0,
-            bias: withBias ? bias : null, addend: residual == Residual.Addend ? addend : null);
-
-        var expected = CpuProduct(values, scales, xv, m, withBias ? biasv : null, residual == Residual.Beta ? y0v : null,
-            residual == Residual.Addend ? addv : null, MatMulEpilogue.None, out _);
-        string what = $"{dtype} M={m} bias={withBias} {residual}";
-        AssertClose(expected, Download(y), Tolerance(dtype), what);
-        if (residual == Residual.Addend) AssertClose(widev, Download(wide), 0, $"{what}: the addend is not written");
-    }
+    public void QuantizedProductMatchesTheCpuInF64(DType dtype, int m, bool withBias, Residual residual) =>
+        AssertProductMatchesTheCpu(dtype, m, K, withBias, residual);
 
     /// <summary>
     /// Decode-size products (5 to 64 rows): BF16 at 5, 17, 33 and 64 rows (each of the kernel's three x-tile sizes, 33 and 64
@@ -99,7 +81,11 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
     /// </summary>
     [Theory]
     [MemberData(nameof(DecodeSizeProducts))]
-    public void DecodeSizeQuantizedProductMatchesTheCpuInF64(DType dtype, int m, int k, bool withBias, Residual residual)
+    public void DecodeSizeQuantizedProductMatchesTheCpuInF64(DType dtype, int m, int k, bool withBias, Residual residual) =>
+        AssertProductMatchesTheCpu(dtype, m, k, withBias, residual);
+
+    /// <summary>y = x W^T + bias (+ y or + addend) on the GPU against the CPU's F64 product on the same int8 weights (N, k); the addend is left as it was.</summary>
+    private void AssertProductMatchesTheCpu(DType dtype, int m, int k, bool withBias, Residual residual)
     {
         var (values, scales) = RandomQuantized(N, k);
         var (x, xv) = Random(dtype, 1, m, k);

@@ -20,16 +20,12 @@ public class CpuQuantizedMatMulTests
     private (QuantizedWeight Weight, double[] Dequantized) Weight(Random rng, int n, int k)
     {
         var w = Array.ConvertAll(TestTensors.Normal(rng, (long)n * k, 0.3), x => (float)x);
-        var q = new sbyte[w.Length];
-        var s = new float[n];
-        Int8Quantization.QuantizeRows(w, n, k, q, s);
-        var values = _cpu.Allocate(new Shape(n, k), DType.I8);
-        var scales = _cpu.Allocate(new Shape(n), DType.F32);
-        _cpu.CopyFromHost<sbyte>(q, values);
-        _cpu.CopyFromHost<float>(s, scales);
+        var weight = Int8Quantization.Quantize(_cpu, w, n, k);
+        var q = _cpu.ToArray<sbyte>(weight.Values);
+        var s = _cpu.ToArray<float>(weight.Scales);
         var d = new double[w.Length];
         for (int i = 0; i < d.Length; i++) d[i] = (double)s[i / k] * q[i];
-        return (new QuantizedWeight(values, scales), d);
+        return (weight, d);
     }
 
     [Theory]
