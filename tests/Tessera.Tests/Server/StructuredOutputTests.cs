@@ -56,6 +56,22 @@ public class StructuredOutputTests(ServerFixture fixture) : IClassFixture<Server
         else Assert.Equal(60, completion.Usage.OutputTokenCount);
     }
 
+    /// <summary>The legacy completions endpoint takes response_format too (as vLLM's does): each of two choices is a document.</summary>
+    [Fact]
+    public async Task TheCompletionsEndpointTakesAJsonSchemaToo()
+    {
+        string format = $$$"""{"type": "json_schema", "json_schema": {"name": "pet", "schema": {{{PetSchema}}}}}""";
+        var (status, json, _) = await S.PostAsync("v1/completions",
+            $$"""{"model": "{{TestServer.Model}}", "prompt": "A pet:", "max_tokens": 80, "n": 2, "temperature": 1, "seed": 4, "response_format": {{format}}}""");
+        Assert.Equal(200, status);
+        foreach (var choice in json.GetProperty("choices").EnumerateArray())
+        {
+            Assert.Equal("stop", choice.GetProperty("finish_reason").GetString());
+            using var doc = JsonDocument.Parse(choice.GetProperty("text").GetString()!);
+            Assert.Contains(doc.RootElement.GetProperty("colour").GetString(), new[] { "red", "green" });
+        }
+    }
+
     public enum Colour { Red, Green }
 
     // Legs is a long: the grammar bounds integers to 16 digits, so any integer the random model writes fits (an int might not).
