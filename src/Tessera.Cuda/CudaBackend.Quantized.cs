@@ -98,6 +98,23 @@ public sealed unsafe partial class CudaBackend
         (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile + (8 * mt + 1) * DecodeGemmTile * 2));
 
     /// <inheritdoc/>
+    public void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false)
+    {
+        ArgumentNullException.ThrowIfNull(table);
+        RequireDType(nameof(QuantizedEmbeddingForward), "ids", ids, DType.I32);
+        RequireContiguous(nameof(QuantizedEmbeddingForward), "ids", ids);
+        RequireContiguous(nameof(QuantizedEmbeddingForward), "output", output);
+        long n = ids.NumElements;
+        int c = table.Columns, v = table.Rows;
+        if (output.NumElements != n * c) throw new ArgumentException($"CudaBackend.QuantizedEmbeddingForward: output {output.Shape} must hold {n} x {c} elements");
+        if (n == 0 || c == 0) return;
+        ulong pi = Ptr(ids), pv = Ptr(table.Values), ps = Ptr(table.Scales), po = Ptr(output);
+        int acc = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &pi, &pv, &ps, &po, &n, &c, &v, &acc };
+        Launch("quantized.cu", "embedding_q8_" + Suffix(output.DType, nameof(QuantizedEmbeddingForward)), GridFor(n * c), Threads, args);
+    }
+
+    /// <inheritdoc/>
     public void Dequantize(QuantizedWeight weight, Tensor output)
     {
         ArgumentNullException.ThrowIfNull(weight);

@@ -44,7 +44,7 @@ public static class PretrainedModel
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null)
     {
         var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism);
-        _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsLinearWeight);   // attaches itself
+        _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsQuantizable);   // attaches itself
         return model;
     }
 }

@@ -287,12 +287,13 @@ public sealed class Transformer
     public long WeightBytes => Layout.Parameters.Sum(p => p.Quantized is { } q ? q.Bytes : p.NumElements * DType.SizeInBytes());
 
     /// <summary>
-    /// Whether <paramref name="parameter"/> is the weight (N, K) of a linear layer, which weight-only quantization may keep as
-    /// int8: every rank-2 parameter but the embedding tables (which are gathered by row; a tied LM head reads the token table,
-    /// so it stays in the model's dtype too).
+    /// Whether weight-only quantization keeps <paramref name="parameter"/> as int8 with row scales: every rank-2 parameter,
+    /// i.e. the linear layers' weights and, on one device, the embedding tables too (their rows are gathered and dequantized
+    /// on the way; a tied LM head then reads the int8 token table). A tensor-parallel rank keeps its vocabulary shard of the
+    /// token table in the model's dtype (the sharded gather has no int8 form).
     /// </summary>
-    public bool IsLinearWeight(Parameter parameter) =>
-        parameter.Shape.Rank == 2 && parameter != _tokenEmbedding?.Weight && parameter != PositionEmbedding?.Weight;
+    public bool IsQuantizable(Parameter parameter) =>
+        parameter.Shape.Rank == 2 && (TensorParallelism is null || (parameter != _tokenEmbedding?.Weight && parameter != PositionEmbedding?.Weight));
 
     /// <summary>LM head C to Vpad: "lm_head" when untied, else over tok_emb.weight.</summary>
     public Linear Head => _head ?? throw NotHeld("the LM head");

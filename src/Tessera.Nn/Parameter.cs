@@ -71,6 +71,9 @@ public sealed class Parameter
     /// </summary>
     public QuantizedWeight? Quantized => Storage?.Quantized(this);
 
+    /// <summary>The dtype layers compute in with this parameter: its value's, or, for a quantized weight, the rest of the model's.</summary>
+    public DType ComputeDType => Store.DType;
+
     /// <summary>The gradient; throws while no gradient buffer is bound.</summary>
     public Tensor Grad => Store.Grad(this);
 

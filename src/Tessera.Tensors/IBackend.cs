@@ -135,6 +135,12 @@ public interface IBackend
     /// <summary>output (N,C) = table[ids] (or += when <paramref name="accumulate"/>); ids (N) I32, table (V,C).</summary>
     void EmbeddingForward(Tensor ids, Tensor table, Tensor output, bool accumulate = false);
 
+    /// <summary>
+    /// output (N,C) = the rows of an int8 table (V,C) by ids (N) I32, each dequantized (Scales[id] * Values[id, ·]) into output's
+    /// floating-point dtype (or added, when <paramref name="accumulate"/>): the lookup of a quantized embedding table.
+    /// </summary>
+    void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false);
+
     /// <summary>dTable (V,C) += scatter of dOutput (N,C) rows by ids (N).</summary>
     void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dTable);
 

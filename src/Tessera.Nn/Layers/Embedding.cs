@@ -40,7 +40,7 @@ public class Embedding
     /// <summary>A pooled (N, C) buffer filled with the rows of ids (N) I32; saves ids (the caller keeps them unchanged until backward).</summary>
     public virtual Tensor Forward(in PassContext ctx, Tensor ids)
     {
-        var y = ctx.Buffer(_output, new Shape(ids.Size(0), Dim), Weight.Value.DType);
+        var y = ctx.Buffer(_output, new Shape(ids.Size(0), Dim), Weight.ComputeDType);
         Forward(ctx, ids, y, accumulate: false);
         return y;
     }
@@ -52,7 +52,8 @@ public class Embedding
             throw new ArgumentException($"{Name}: ids must be (N) I32, got {ids.Shape} {ids.DType}");
         if (output.Rank != 2 || output.Size(0) != ids.Size(0) || output.Size(1) != Dim)
             throw new ArgumentException($"{Name}: output {output.Shape} must be ({ids.Size(0)}, {Dim})");
-        ids.Backend.EmbeddingForward(ids, Weight.Value, output, accumulate);
+        if (Weight.Quantized is { } q) ids.Backend.QuantizedEmbeddingForward(ids, q, output, accumulate);
+        else ids.Backend.EmbeddingForward(ids, Weight.Value, output, accumulate);
         ctx.Save(_ids, ids);
     }
 

@@ -74,6 +74,43 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(weight.Values, weight.Scales, output);
     }
 
+    /// <inheritdoc/>
+    public void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false)
+    {
+        const string op = nameof(QuantizedEmbeddingForward);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(table);
+        ArgumentNullException.ThrowIfNull(output);
+        RequireDType(op, nameof(ids), ids, DType.I32);
+        RequireRank(op, nameof(ids), ids, 1, "(N)");
+        RequireContiguous(op, nameof(ids), ids);
+        RequireComputeDType(op, nameof(output), output);
+        RequireContiguous(op, nameof(output), output);
+        int n = ids.Size(0), c = table.Columns, v = table.Rows;
+        RequireShape(op, nameof(output), output, new Shape(n, c));
+        int* pid = Ptr<int>(ids);
+        for (int r = 0; r < n; r++)
+            if ((uint)pid[r] >= (uint)v) throw new ArgumentException($"{op}: id {pid[r]} at row {r} is outside the table's {v} rows", nameof(ids));
+        sbyte* q = Ptr<sbyte>(table.Values);
+        float* s = Ptr<float>(table.Scales);
+        bool f32 = output.DType == DType.F32;
+        byte* o = BytePtr(output);
+        ParallelChunks(n, c, (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++)
+            {
+                long id = pid[r];
+                for (int j = 0; j < c; j++)
+                {
+                    double value = (double)s[id] * q[id * c + j];
+                    if (f32) { float* d = (float*)o + r * c + j; *d = accumulate ? *d + (float)value : (float)value; }
+                    else { double* d = (double*)o + r * c + j; *d = accumulate ? *d + value : value; }
+                }
+            }
+        });
+        KeepOperandsAlive(ids, table.Values, table.Scales, output);
+    }
+
     /// <summary>
     /// The product a tile of weight rows at a time: each tile dequantized into one scratch of x's dtype (reused, so the weight
     /// is never whole in floating point), then the GEMM over the matching columns of y (and of the bias and addend), which it

@@ -243,6 +243,27 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
     }
 
     /// <summary>
+    /// The lookup of an int8 embedding table equals the dequantized table's rows (scale * q rounded once to F32 on both, so F32
+    /// is bit for bit the CPU's): ids repeating, the zero row (scale 0), and the accumulating form onto existing rows.
+    /// </summary>
+    [Fact]
+    public void QuantizedEmbeddingLookupEqualsTheDequantizedRowsExactly()
+    {
+        const int v = 40, c = 200;
+        var (values, scales) = RandomQuantized(v, c);
+        int[] ids = [3, 5, 3, 39, 0, 5];
+        var output = Gpu.Allocate(new Shape(ids.Length, c), DType.F32);
+        Gpu.QuantizedEmbeddingForward(UploadInts(ids, ids.Length), Upload(Gpu, values, scales, v, c), output);
+        var table = _cpu.Allocate(new Shape(v, c), DType.F32);
+        _cpu.Dequantize(Upload(_cpu, values, scales, v, c), table);
+        var rows = _cpu.ToArray<float>(table);
+        var expected = ids.SelectMany(id => rows.Skip(id * c).Take(c)).ToArray();
+        Assert.Equal(expected, Gpu.ToArray<float>(output));
+        Gpu.QuantizedEmbeddingForward(UploadInts(ids, ids.Length), Upload(Gpu, values, scales, v, c), output, accumulate: true);
+        Assert.Equal(expected.Select(x => x + x).ToArray(), Gpu.ToArray<float>(output));
+    }
+
+    /// <summary>
     /// With <see cref="CudaBackendOptions.MatrixVectorKernels"/> on, 1 to 4 rows of x run on <c>gemv_stream_q8_*</c> and nothing is
     /// dequantized, while 7 rows (K = 1040 is no multiple of 64, so not the decode product either), and the GELU epilogue at 2, dequantize; off, every product dequantizes (the op profiler's kernel
     /// names, so a routing fault cannot pass the comparison). The two paths agree within the dtype's tolerance (the class's).

@@ -47,7 +47,7 @@ public sealed class CudaQuantizedModelTests(CudaFixture fixture) : CudaTestBase(
         var dir = Saved(preset, context: 64);
         var onCpu = PretrainedModel.Load(dir, _cpu, DType.F32, quantization: WeightQuantization.Int8);
         var onGpu = PretrainedModel.Load(dir, Gpu, DType.F32, quantization: WeightQuantization.Int8);
-        var name = onCpu.Layout.Parameters.First(onCpu.IsLinearWeight).Name;
+        var name = onCpu.Layout.Parameters.First(onCpu.IsQuantizable).Name;
         Assert.Equal(_cpu.ToArray<sbyte>(onCpu.Layout[name].Quantized!.Values), Gpu.ToArray<sbyte>(onGpu.Layout[name].Quantized!.Values));
         Assert.Equal(_cpu.ToArray<float>(onCpu.Layout[name].Quantized!.Scales), Gpu.ToArray<float>(onGpu.Layout[name].Quantized!.Scales));
 

@@ -100,6 +100,26 @@ public class CpuQuantizedMatMulTests
         for (int i = 0; i < w.Length; i++) Assert.True(Math.Abs(got[i] - w[i]) <= tol * Math.Abs(w[i]), $"element {i}: {got[i]} against {w[i]}");
     }
 
+    /// <summary>An int8 table's lookup gives its dequantized rows (F64: scale x value exactly; F32: rounded once), added with accumulate.</summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F64)]
+    public void EmbeddingLookupGivesTheDequantizedRows(DType dtype)
+    {
+        var rng = TestRandom.Create();
+        var (table, w) = Weight(rng, 12, 37);
+        int[] ids = [4, 0, 11, 4];
+        var output = _cpu.Allocate(new Shape(ids.Length, 37), dtype);
+        _cpu.QuantizedEmbeddingForward(_cpu.FromArray(ids, ids.Length), table, output);
+        var expected = ids.SelectMany(id => w.Skip(id * 37).Take(37)).ToArray();
+        double tol = dtype == DType.F64 ? 0 : 6e-8;               // F32 rounds scale x value once (2^-24 relative)
+        NumericAssert.Close(expected, TestTensors.ToDoubles(_cpu, output), tol, "lookup");
+        _cpu.QuantizedEmbeddingForward(_cpu.FromArray(ids, ids.Length), table, output, accumulate: true);
+        NumericAssert.Close([.. expected.Select(x => 2 * x)], TestTensors.ToDoubles(_cpu, output), tol, "lookup, accumulated");
+        var e = Assert.Throws<ArgumentException>(() => _cpu.QuantizedEmbeddingForward(_cpu.FromArray(new[] { 12 }, 1), table, _cpu.Allocate(new Shape(1, 37), dtype)));
+        Assert.Contains("outside the table's 12 rows", e.Message);
+    }
+
     [Fact]
     public void ArgumentsThatDoNotFitAreRefusedNamingThem()
     {

@@ -55,8 +55,8 @@ public sealed class QuantizedModelTests : IDisposable
         int count = 0;
         foreach (var p in quantized.Layout.Parameters)
         {
-            if (p.Quantized is not { } q) { Assert.False(quantized.IsLinearWeight(p), $"{p.Name} is a linear weight but was not quantized"); continue; }
-            Assert.True(quantized.IsLinearWeight(p), $"{p.Name} was quantized but is not a linear weight");
+            if (p.Quantized is not { } q) { Assert.False(quantized.IsQuantizable(p), $"{p.Name} is quantizable but was not quantized"); continue; }
+            Assert.True(quantized.IsQuantizable(p), $"{p.Name} was quantized but is not quantizable");
             var values = _cpu.ToArray<sbyte>(q.Values);
             var scales = _cpu.ToArray<float>(q.Scales);
             var w = new double[values.Length];
@@ -188,7 +188,7 @@ public sealed class QuantizedModelTests : IDisposable
         var (dir, original) = Saved("llama-debug", DType.F32);
         var quantized = PretrainedModel.Load(dir, _cpu, DType.F32, quantization: WeightQuantization.Int8);
         var storage = Assert.IsType<QuantizedParameterStorage>(quantized.Layout.Storage);
-        var linear = quantized.Layout.Parameters.Where(quantized.IsLinearWeight).ToList();
+        var linear = quantized.Layout.Parameters.Where(quantized.IsQuantizable).ToList();
         Assert.Equal(linear.Count, storage.QuantizedCount);
         long linearElements = linear.Sum(p => p.NumElements), others = quantized.Layout.ParameterCount - linearElements;
         Assert.Equal(linearElements + 4 * linear.Sum(p => (long)p.Shape[0]) + 4 * others, quantized.WeightBytes);
