@@ -45,4 +45,15 @@ public sealed record GenerationOptions
     /// many); the cache holds window + this many positions, rounded up to blocks. Default 256; at least 1.
     /// </summary>
     public int WindowPrefillChunk { get; init; } = 256;
+
+    /// <summary>
+    /// When set, the tokens are constrained to a JSON document of this grammar (structured output, as the server's
+    /// response_format): only tokens whose bytes it accepts are chosen (<see cref="Constraints.ConstrainedSampling"/>, the
+    /// logits read to the host each step), and generation ends once the document is whole. Needs <see cref="Tokenizer"/>;
+    /// not with speculation or the bounded window cache. Default none.
+    /// </summary>
+    public Constraints.JsonGrammar? Grammar { get; init; }
+
+    /// <summary>The tokenizer whose tokens' bytes <see cref="Grammar"/> reads; required with it.</summary>
+    public Tessera.Models.Tokenization.ITokenizer? Tokenizer { get; init; }
 }

@@ -59,6 +59,9 @@ public sealed class TextGenerator
     /// <summary>Of <see cref="LastRunDraftTokens"/>, those the model agreed with.</summary>
     public int LastRunAcceptedDraftTokens { get; private set; }
 
+    /// <summary>Whether the last run's grammar (<see cref="GenerationOptions.Grammar"/>) ended it with a whole document.</summary>
+    public bool LastRunDocumentComplete { get; private set; }
+
     private const int WindowBlockSize = 16;
 
     /// <summary>Yields new token ids as they are produced.</summary>
@@ -79,7 +82,14 @@ public sealed class TextGenerator
         if (_draft is not null && !options.Speculation.Enabled)
             throw new ArgumentException("a draft model needs GenerationOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
         bool bounded = config.SlidingWindow > 0 && options.BoundedWindowCache && _model.TensorParallelism is not { Size: > 1 };
+        if (options.Grammar is not null)
+        {
+            if (options.Tokenizer is null) throw new ArgumentException("GenerationOptions.Grammar needs GenerationOptions.Tokenizer (the grammar reads the tokens' bytes)");
+            if (options.Speculation.Enabled || _draft is not null) throw new ArgumentException("a grammar (structured output) runs without speculative decoding");
+            if (bounded) throw new ArgumentException("a grammar (structured output) runs without the bounded window cache (GenerationOptions.BoundedWindowCache = false)");
+        }
         LastRunDraftTokens = LastRunAcceptedDraftTokens = 0;
+        LastRunDocumentComplete = false;
         if (bounded) return RunWindowed(prompt, options);
         return options.Speculation.Enabled ? RunSpeculative(prompt, options) : Run(prompt, options);
     }
@@ -89,7 +99,8 @@ public sealed class TextGenerator
         var backend = _model.Backend;
         var config = _model.Config;
         var sampler = new Sampler(options.Sampling);
-        bool greedy = options.Sampling.Temperature == 0;
+        var json = options.Grammar?.Start();
+        bool greedy = options.Sampling.Temperature == 0 && json is null;   // a grammar reads every step's logits on the host
         var cache = _model.CreateKvCache(batch: 1);
         LastRunCachePositions = cache.MaxSequence;
         LastRunPeakBlocks = 0;
@@ -105,12 +116,21 @@ public sealed class TextGenerator
             var logits = _model.ForwardWithCache(tokens, cache, validateTokens: false);   // (1, T, Vpad); the prompt was checked above
             tokens.Storage.Dispose();
             var last = logits.Select(0, 0).Select(0, logits.Size(1) - 1).Slice(0, 0, config.VocabSize).Reshape(1, config.VocabSize);
-            int next = greedy ? ArgMax(last, step.Tokens, chosen) : Sample(last, row, host, sampler);
+            int next = greedy ? ArgMax(last, step.Tokens, chosen) : Sample(last, row, host, sampler, json, options, stop);
             for (int produced = 0; ; )
             {
-                if (stop.Contains(next)) yield break;
+                if (next < 0 || stop.Contains(next)) yield break;       // -1: the grammar allows no token of the vocabulary
                 yield return next;
                 produced++;
+                if (json is not null)
+                {
+                    json.Advance(options.Tokenizer!.TokenBytes(next));
+                    if (json.IsComplete)                                 // the document is whole
+                    {
+                        LastRunDocumentComplete = true;
+                        yield break;
+                    }
+                }
                 // The token just produced sits at position cache.Length; the context ends there when that is its last slot.
                 if (cache.Length + 1 >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
                 if (!greedy)
@@ -125,7 +145,7 @@ public sealed class TextGenerator
                     backend.CopyToHost<int>(step.Tokens, chosen);
                     next = chosen[0];
                 }
-                else next = Sample(step.Logits!, row, host, sampler);
+                else next = Sample(step.Logits!, row, host, sampler, json, options, stop);
             }
         }
         finally
@@ -306,11 +326,29 @@ public sealed class TextGenerator
         return chosen[0];
     }
 
-    private int Sample(Tensor logits, Tensor row, float[] host, Sampler sampler)
+    private int Sample(Tensor logits, Tensor row, float[] host, Sampler sampler, Constraints.JsonRecognizer? json = null,
+        GenerationOptions? options = null, ISet<int>? stop = null)
     {
         var backend = _model.Backend;
         backend.Copy(logits, row);                                   // (1, V) cast to F32
         backend.CopyToHost<float>(row, host);
-        return sampler.Sample(host, host.Length);
+        if (json is null) return sampler.Sample(host, host.Length);
+        var tokenizer = options!.Tokenizer!;
+        return Constraints.ConstrainedSampling.Sample(sampler, options.Sampling, host,
+            t => t < tokenizer.VocabSize && !stop!.Contains(t) && json.Accepts(tokenizer.TokenBytes(t)),
+            () =>
+            {
+                // Every token at once through the vocabulary's trie (built for the first grammar of this tokenizer).
+                if (!ReferenceEquals(_vocabularyOf, tokenizer)) (_vocabulary, _vocabularyOf) = (new Constraints.TokenVocabulary(tokenizer), tokenizer);
+                if (_allowed.Length != Math.Max(host.Length, tokenizer.VocabSize)) _allowed = new bool[Math.Max(host.Length, tokenizer.VocabSize)];
+                _vocabulary!.Allowed(json, _allowed);
+                _allowed.AsSpan(tokenizer.VocabSize).Clear();
+                foreach (var t in stop!) if (t < _allowed.Length) _allowed[t] = false;
+                return _allowed;
+            });
     }
+
+    private Constraints.TokenVocabulary? _vocabulary;
+    private Tessera.Models.Tokenization.ITokenizer? _vocabularyOf;
+    private bool[] _allowed = [];
 }

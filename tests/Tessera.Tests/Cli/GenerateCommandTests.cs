@@ -159,4 +159,32 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
         Assert.Equal(2, code3);
         Assert.Contains("--quantize 'int4': expected none or int8", err3);
     }
+
+    /// <summary>
+    /// `--json-schema FILE` prints one JSON object of the schema alone (no prompt) and says the document ended it; `--json`
+    /// prints an object; a file that is not JSON, or a schema outside the subset, is a usage error naming the option.
+    /// </summary>
+    [Fact]
+    public void JsonSchemaPrintsOneDocumentOfTheSchema()
+    {
+        var schema = _checkpoint.Folder.Run("schema.json");
+        File.WriteAllText(schema, """{"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}}, "required": ["ok", "n"]}""");
+        var (code, stdout, err) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "60", "--json-schema", schema, "--threads", "1");
+        Assert.True(code == 0, err);
+        using (var doc = System.Text.Json.JsonDocument.Parse(stdout))
+            Assert.True(doc.RootElement.GetProperty("n").TryGetInt64(out _), stdout);
+        Assert.Contains("stopped at the end of the JSON document", err);
+        var (code2, stdout2, err2) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "40", "--json", "--temperature", "0", "--threads", "1");
+        Assert.True(code2 == 0, err2);
+        Assert.True(Tessera.Inference.Constraints.JsonGrammar.AnyObject().Start().Accepts(System.Text.Encoding.UTF8.GetBytes(stdout2.TrimEnd('\n'))), stdout2);
+        File.WriteAllText(schema, """{"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}""");
+        var (code3, _, err3) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--json-schema", schema);
+        Assert.Equal(2, code3);
+        Assert.Contains("--json-schema", err3);
+        Assert.Contains("'pattern'", err3);
+        File.WriteAllText(schema, "{not json");
+        var (code4, _, err4) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--json-schema", schema);
+        Assert.Equal(2, code4);
+        Assert.Contains("not JSON", err4);
+    }
 }

@@ -35,6 +35,12 @@ public sealed class GenerateCommand : Command
     private readonly Option<int> _threads = SharedOptions.Threads();
     private readonly Option<DType> _dtype = SharedOptions.DType("weights' dtype: bf16 (GPU only) halves the bytes each decoded token reads", DType.F32, DType.BF16);
     private readonly Option<WeightQuantization> _quantize = SharedOptions.Quantize();
+    private readonly Option<bool> _json = SharedOptions.Flag("--json", "constrain the continuation to one JSON object (structured output), printed alone; it ends when the object is whole");
+    private readonly Option<FileInfo?> _jsonSchema = new("--json-schema")
+    {
+        Description = "constrain the continuation to one JSON object of the schema in FILE (the subset docs/architecture.md lists), printed alone; it ends when the object is whole",
+        HelpName = "FILE",
+    };
     private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
     private readonly Option<int> _draftTokens = SharedOptions.AtMost(SharedOptions.Int("--draft-tokens", "N",
         "speculative decoding by prompt lookup: each step also verifies up to N tokens guessed from the text so far; greedy gives the same text, sampling the same distribution, in fewer steps where the text repeats itself (0: off)", 0, min: 0),
@@ -60,7 +66,7 @@ public sealed class GenerateCommand : Command
                     else r.AddError($"--stop-ids: '{part}' is not a token id");
             return ids.ToArray();
         };
-        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _quantize, _tokenizer, _tp, _draftTokens, _draftModel })
+        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _quantize, _tokenizer, _tp, _draftTokens, _draftModel, _json, _jsonSchema })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -83,7 +89,9 @@ public sealed class GenerateCommand : Command
         if (draftModel is not null && draftTokens == 0)
             throw new UsageException("--draft-model needs --draft-tokens above 0 (or leave it out: 4)");
         var request = new Request(parse.GetValue(_model)!, prompt, maxTokens, sampling, parse.GetValue(_stop) ?? [], parse.GetValue(_stopIds) ?? [],
-            dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens, DraftModel = draftModel };
+            dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens, DraftModel = draftModel, Grammar = Grammar(parse) };
+        if (request.Grammar is not null && (draftTokens > 0 || draftModel is not null))
+            throw new UsageException("--json and --json-schema run without speculative decoding: leave out --draft-tokens and --draft-model");
         int tp = parse.GetValue(_tp);
         var quantization = parse.GetValue(_quantize);
         var env = DistributedEnvironment.FromEnvironment();
@@ -122,6 +130,28 @@ public sealed class GenerateCommand : Command
         return codes[0];
     }
 
+    /// <summary>--json (any object) or --json-schema FILE (an object of the schema), compiled; a bad file or schema is a usage error naming the option.</summary>
+    private Tessera.Inference.Constraints.JsonGrammar? Grammar(ParseResult parse)
+    {
+        var file = parse.GetValue(_jsonSchema);
+        if (file is null) return parse.GetValue(_json) ? Tessera.Inference.Constraints.JsonGrammar.AnyObject() : null;
+        if (parse.GetValue(_json)) throw new UsageException("--json and --json-schema: give one (--json-schema FILE already asks for JSON)");
+        if (!file.Exists) throw new UsageException($"--json-schema {file}: no such file");
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(file.FullName));
+            return Tessera.Inference.Constraints.JsonGrammar.FromSchema(doc.RootElement.Clone(), Path.GetFileNameWithoutExtension(file.Name));
+        }
+        catch (System.Text.Json.JsonException e)
+        {
+            throw new UsageException($"--json-schema {file}: not JSON: {e.Message}");
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException($"--json-schema {file}: {e.Message}");
+        }
+    }
+
     /// <summary>What was asked, read from the command line.</summary>
     private sealed record Request(string Model, string Prompt, int MaxTokens, SamplingOptions Sampling, string[] Stop, int[] StopIds, DType DType, string? Tokenizer)
     {
@@ -130,6 +160,9 @@ public sealed class GenerateCommand : Command
 
         /// <summary>The draft model's directory, or null for prompt lookup.</summary>
         public string? DraftModel { get; init; }
+
+        /// <summary>The JSON grammar the continuation keeps to (--json, --json-schema), or null.</summary>
+        public Tessera.Inference.Constraints.JsonGrammar? Grammar { get; init; }
     }
 
     /// <summary>Loads the model (or this rank's part of it), then streams the continuation to <paramref name="terminal"/>.</summary>
@@ -167,13 +200,16 @@ public sealed class GenerateCommand : Command
         {
             throw new UsageException($"--draft-model {request.DraftModel}: {e.Message}");
         }
-        terminal.Output.Write(prompt);
+        if (request.Grammar is null) terminal.Output.Write(prompt);   // structured output prints the document alone
         var clock = Stopwatch.StartNew();
         int produced = 0;
         var options = new GenerationOptions
         {
             MaxNewTokens = maxTokens, Sampling = request.Sampling, StopTokens = stops,
             Speculation = new SpeculationOptions { DraftTokens = request.DraftTokens },
+            Grammar = request.Grammar,
+            Tokenizer = tokenizer,
+            BoundedWindowCache = request.Grammar is null,
         };
         foreach (var id in generator.Generate(ids, options))
         {
@@ -186,7 +222,8 @@ public sealed class GenerateCommand : Command
         terminal.Output.WriteLine();
 
         // Report (standard error, so that standard output is the text alone).
-        string why = filter.Stopped ? "a --stop text"
+        string why = generator.LastRunDocumentComplete ? "the end of the JSON document"
+            : filter.Stopped ? "a --stop text"
             : produced >= maxTokens ? "--max-tokens"
             : ids.Length + produced >= context ? $"the model's context of {context} positions is full"
             : "an end-of-text token";
