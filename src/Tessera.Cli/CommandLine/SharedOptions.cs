@@ -67,8 +67,8 @@ public static class SharedOptions
         string[] names = ["none", "int8"];
         var option = new Option<Tessera.Nn.Quantization.WeightQuantization>("--quantize")
         {
-            Description = "keep the linear layers' weights as int8 with one scale a row (a byte a weight; embeddings and norms stay " +
-                "in --dtype), quantized as the model loads [default: none]",
+            Description = "keep the weight matrices (the draft model's too) as int8 with one scale a row (a byte a weight; norms and " +
+                "biases stay in --dtype), quantized as the model loads [default: none]",
             HelpName = "none|int8",
             DefaultValueFactory = _ => Tessera.Nn.Quantization.WeightQuantization.None,
             CustomParser = result =>

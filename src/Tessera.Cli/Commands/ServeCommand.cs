@@ -173,7 +173,7 @@ public sealed class ServeCommand : Command
         if (format.EosToken is { Length: > 0 } eos && tokenizer.Encode(eos) is [int eosId])
             engineOptions = engineOptions with { StopTokens = [.. engineOptions.StopTokens, eosId] };
 
-        var draft = draftDir is null ? null : Loading.Run(terminal, $"loading the draft model {draftDir}", () => TrainedModel.Load(draftDir, backend, dtype)).Model;
+        var draft = draftDir is null ? null : Loading.Run(terminal, $"loading the draft model {draftDir}", () => TrainedModel.Load(draftDir, backend, dtype, quantization: parse.GetValue(_quantize))).Model;
 
         // Run until Ctrl-C or SIGTERM; report.
         InferenceEngine engine;

@@ -141,7 +141,8 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
     /// <summary>
     /// `--quantize int8` loads the run with int8 weights and says so; a seed gives the same text twice; the greedy text of the
     /// trained README model is the float model's (checked by hand, docs/benchmarks.md: a two-step run's near-uniform logits
-    /// make no such promise); split over two tensor-parallel thread ranks too. An unknown scheme is a usage error naming the option.
+    /// make no such promise); split over two tensor-parallel thread ranks too, and with the run as its own quantized draft model
+    /// (every guess kept). An unknown scheme is a usage error naming the option.
     /// </summary>
     [Fact]
     public void QuantizedGenerationRunsAndSaysSo()
@@ -155,6 +156,12 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
         var (code2, _, err2) = CliProcess.Run([.. args, "--tp", "2"]);   // each rank quantizes its slices
         Assert.True(code2 == 0, err2);
         Assert.Matches(@"\[30 tokens .*; int8 weights, [\d.]+ MiB\]", err2);
+        // The run as its own draft model, both quantized: the same int8 weights, so greedy keeps every guess.
+        var (code5, _, err5) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the the ", "--max-tokens", "30", "--temperature", "0",
+            "--quantize", "int8", "--draft-model", _checkpoint.Run, "--threads", "1");
+        Assert.True(code5 == 0, err5);
+        var counts = System.Text.RegularExpressions.Regex.Match(err5, @"(\d+) of (\d+) draft tokens accepted");
+        Assert.True(counts.Success && counts.Groups[1].Value == counts.Groups[2].Value && counts.Groups[2].Value != "0", err5);
         var (code3, _, err3) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--quantize", "int4");
         Assert.Equal(2, code3);
         Assert.Contains("--quantize 'int4': expected none or int8", err3);

@@ -89,7 +89,7 @@ public sealed class GenerateCommand : Command
         if (draftModel is not null && draftTokens == 0)
             throw new UsageException("--draft-model needs --draft-tokens above 0 (or leave it out: 4)");
         var request = new Request(parse.GetValue(_model)!, prompt, maxTokens, sampling, parse.GetValue(_stop) ?? [], parse.GetValue(_stopIds) ?? [],
-            dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens, DraftModel = draftModel, Grammar = Grammar(parse) };
+            dtype, parse.GetValue(_tokenizer)) { DraftTokens = draftTokens, DraftModel = draftModel, Grammar = Grammar(parse), Quantization = parse.GetValue(_quantize) };
         if (request.Grammar is not null && (draftTokens > 0 || draftModel is not null))
             throw new UsageException("--json and --json-schema run without speculative decoding: leave out --draft-tokens and --draft-model");
         int tp = parse.GetValue(_tp);
@@ -161,6 +161,9 @@ public sealed class GenerateCommand : Command
         /// <summary>The draft model's directory, or null for prompt lookup.</summary>
         public string? DraftModel { get; init; }
 
+        /// <summary>How the model and the draft model keep their weights (--quantize).</summary>
+        public WeightQuantization Quantization { get; init; }
+
         /// <summary>The JSON grammar the continuation keeps to (--json, --json-schema), or null.</summary>
         public Tessera.Inference.Constraints.JsonGrammar? Grammar { get; init; }
     }
@@ -189,7 +192,7 @@ public sealed class GenerateCommand : Command
         var filter = new StopStringMatcher(request.Stop);
         var decoder = tokenizer.CreateIncrementalDecoder();
         var draft = request.DraftModel is { } draftDir
-            ? Loading.Run(terminal, $"loading the draft model {draftDir}", () => TrainedModel.Load(draftDir, backend, request.DType)).Model
+            ? Loading.Run(terminal, $"loading the draft model {draftDir}", () => TrainedModel.Load(draftDir, backend, request.DType, quantization: request.Quantization)).Model
             : null;
         TextGenerator generator;
         try
