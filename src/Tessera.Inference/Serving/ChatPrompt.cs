@@ -23,14 +23,26 @@ public sealed class ChatPrompt
     /// <summary>The chat format.</summary>
     public ChatFormat Format => _format;
 
-    /// <summary>The rendered prompt text of <paramref name="messages"/>.</summary>
+    /// <summary>
+    /// The rendered prompt text of <paramref name="messages"/>, with <paramref name="tools"/> described to the model: through the
+    /// template when it reads <c>tools</c>, else in the Hermes format in plain text (<see cref="Tools.HermesToolFormat"/>), as
+    /// are earlier calls and tool replies. With <paramref name="forceCall"/> the reply is opened with a call's tag, for a forced
+    /// call whose JSON is then constrained.
+    /// </summary>
     /// <exception cref="InvalidRequestException">The template refused the conversation (e.g. roles that do not alternate).</exception>
-    public string Render(IReadOnlyList<ChatMessage> messages)
+    public string Render(IReadOnlyList<ChatMessage> messages, IReadOnlyList<Tools.ChatTool>? tools = null, bool forceCall = false)
     {
         if (messages.Count == 0) throw new InvalidRequestException("messages is empty: give at least one message", "messages");
+        tools ??= [];
+        IReadOnlyList<ChatMessage> conversation = messages;
+        Dictionary<string, object?>? variables = null;
+        bool toolTurns = messages.Any(m => m.Role == "tool" || m.ToolCalls is { Count: > 0 });
+        if (_format.Template.UsesTools) { if (tools.Count > 0) variables = new() { ["tools"] = Tools.HermesToolFormat.TemplateTools(tools) }; }
+        else if (tools.Count > 0 || toolTurns) conversation = Tools.HermesToolFormat.InPlainText(messages, tools);
         try
         {
-            return _format.Template.Render(messages, addGenerationPrompt: true, _format.BosToken, _format.EosToken);
+            string text = _format.Template.Render(conversation, addGenerationPrompt: true, _format.BosToken, _format.EosToken, variables);
+            return forceCall ? text + Tools.HermesToolFormat.Open + "\n" : text;
         }
         catch (ChatTemplateException e)
         {
@@ -38,8 +50,9 @@ public sealed class ChatPrompt
         }
     }
 
-    /// <summary>Token ids of the rendered conversation.</summary>
-    public int[] Tokens(IReadOnlyList<ChatMessage> messages) => _tokenizer.Encode(Render(messages));
+    /// <summary>Token ids of the rendered conversation (<see cref="Render"/>).</summary>
+    public int[] Tokens(IReadOnlyList<ChatMessage> messages, IReadOnlyList<Tools.ChatTool>? tools = null, bool forceCall = false) =>
+        _tokenizer.Encode(Render(messages, tools, forceCall));
 
     /// <summary>The caller's stop strings plus the format's end-of-turn texts.</summary>
     public IReadOnlyList<string> StopStrings(IReadOnlyList<string>? requested) =>

@@ -36,27 +36,48 @@ public sealed class TesseraChatClient : IChatClient
         var text = new StringBuilder();
         FinishReason? finish = null;
         CompletionUsage? usage = null;
-        await foreach (var e in _engine.Submit(Request(messages, options), cancellationToken).ReadAllAsync(cancellationToken).ConfigureAwait(false))
+        var (request, tools) = Request(messages, options);
+        await foreach (var e in _engine.Submit(request, cancellationToken).ReadAllAsync(cancellationToken).ConfigureAwait(false))
         {
             text.Append(e.Text);
             finish ??= e.FinishReason;
             usage ??= e.Usage;
         }
         cancellationToken.ThrowIfCancellationRequested();
-        return new ChatResponse(new Microsoft.Extensions.AI.ChatMessage(ChatRole.Assistant, text.ToString()))
+        var (contents, reason) = Reply(text.ToString(), Reason(finish), tools);
+        return new ChatResponse(new Microsoft.Extensions.AI.ChatMessage(ChatRole.Assistant, contents))
         {
             ModelId = _modelId,
             CreatedAt = DateTimeOffset.UtcNow,
-            FinishReason = Reason(finish),
+            FinishReason = reason,
             Usage = Usage(usage),
         };
+    }
+
+    /// <summary>
+    /// The reply's contents: with tools the model may call, its calls (<see cref="Tools.HermesToolFormat"/>; a forced call's text
+    /// is the call's JSON) as <see cref="FunctionCallContent"/> beside the rest of the text, and the finish reason tool calls.
+    /// </summary>
+    private static (List<AIContent> Contents, ChatFinishReason? Reason) Reply(string text, ChatFinishReason? reason, Tools.ToolChoice? tools)
+    {
+        if (tools is null) return ([new TextContent(text)], reason);
+        var (content, calls) = Tools.HermesToolFormat.Parse(tools.Forces ? Tools.HermesToolFormat.Open + text + Tools.HermesToolFormat.Close : text,
+            () => "call_" + Guid.NewGuid().ToString("N")[..24]);
+        if (calls.Count == 0) return ([new TextContent(text)], reason);
+        var contents = new List<AIContent>();
+        if (content is not null) contents.Add(new TextContent(content));
+        foreach (var c in calls)
+            contents.Add(new FunctionCallContent(c.Id, c.Name, System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, object?>>(c.Arguments)));
+        return (contents, ChatFinishReason.ToolCalls);
     }
 
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<Microsoft.Extensions.AI.ChatMessage> messages,
         ChatOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
-        await foreach (var e in _engine.Submit(Request(messages, options), cancellationToken).ReadAllAsync(cancellationToken).ConfigureAwait(false))
+        var (request, tools) = Request(messages, options);
+        var held = tools is null ? null : new StringBuilder();      // with tools, the text is read whole for its calls at the end
+        await foreach (var e in _engine.Submit(request, cancellationToken).ReadAllAsync(cancellationToken).ConfigureAwait(false))
         {
             if (e.Usage is { } usage)
             {
@@ -64,6 +85,14 @@ public sealed class TesseraChatClient : IChatClient
                 continue;
             }
             if (e.Text.Length == 0 && e.FinishReason is null) continue;
+            if (held is not null)
+            {
+                held.Append(e.Text);
+                if (e.FinishReason is null) continue;
+                var (contents, reason) = Reply(held.ToString(), Reason(e.FinishReason), tools);
+                yield return new ChatResponseUpdate(ChatRole.Assistant, contents) { ResponseId = id, ModelId = _modelId, FinishReason = reason };
+                continue;
+            }
             yield return new ChatResponseUpdate(ChatRole.Assistant, e.Text) { ResponseId = id, ModelId = _modelId, FinishReason = Reason(e.FinishReason) };
         }
     }
@@ -77,20 +106,45 @@ public sealed class TesseraChatClient : IChatClient
 
     public void Dispose() { }   // the engine belongs to whoever made it
 
-    private CompletionRequest Request(IEnumerable<Microsoft.Extensions.AI.ChatMessage> messages, ChatOptions? options)
+    /// <summary>
+    /// The engine request: the conversation (function calls into assistant turns, function results into tool turns) rendered
+    /// with <see cref="ChatOptions.Tools"/>' declarations; <see cref="ChatOptions.ToolMode"/> none, auto (the default with tools),
+    /// required or a named function, a forced call constrained to its JSON. Returns the tool choice when calls may come back.
+    /// </summary>
+    private (CompletionRequest Request, Tools.ToolChoice? Calls) Request(IEnumerable<Microsoft.Extensions.AI.ChatMessage> messages, ChatOptions? options)
     {
-        var conversation = messages.Select(m => new TemplateMessage(m.Role.Value, m.Text)).ToList();
-        return new CompletionRequest
+        var conversation = new List<TemplateMessage>();
+        foreach (var m in messages)
         {
-            Prompt = _prompt.Tokens(conversation),
+            var calls = m.Contents.OfType<FunctionCallContent>()
+                .Select(c => new Tessera.Models.Chat.ChatToolCall(c.CallId, c.Name, System.Text.Json.JsonSerializer.Serialize(c.Arguments ?? new Dictionary<string, object?>()))).ToList();
+            var results = m.Contents.OfType<FunctionResultContent>().ToList();
+            foreach (var r in results)
+                conversation.Add(new TemplateMessage("tool", r.Result as string ?? System.Text.Json.JsonSerializer.Serialize(r.Result)) { ToolCallId = r.CallId });
+            if (results.Count > 0 && string.IsNullOrEmpty(m.Text) && calls.Count == 0) continue;
+            conversation.Add(new TemplateMessage(m.Role.Value, m.Text) { ToolCalls = calls.Count > 0 ? calls : null });
+        }
+        var tools = (options?.Tools ?? []).OfType<AIFunctionDeclaration>()
+            .Select(f => new Tools.ChatTool(f.Name, f.Description, f.JsonSchema)).ToList();
+        var choice = options?.ToolMode switch
+        {
+            NoneChatToolMode => Tools.ToolChoice.None,
+            RequiredChatToolMode { RequiredFunctionName: { } name } => new Tools.ToolChoice(Tools.ToolChoiceMode.Named, name),
+            RequiredChatToolMode => new Tools.ToolChoice(Tools.ToolChoiceMode.Required),
+            _ => tools.Count > 0 ? Tools.ToolChoice.Auto : Tools.ToolChoice.None,
+        };
+        var request = new CompletionRequest
+        {
+            Prompt = _prompt.Tokens(conversation, tools, choice.Forces),
             MaxTokens = options?.MaxOutputTokens,
             Sampling = new SamplingOptions { Temperature = options?.Temperature ?? 1.0, TopP = options?.TopP ?? 1.0, TopK = options?.TopK ?? 0 },
             Seed = options?.Seed is long seed ? unchecked((ulong)seed) : null,
             PresencePenalty = options?.PresencePenalty ?? 0,
             FrequencyPenalty = options?.FrequencyPenalty ?? 0,
             Stop = _prompt.StopStrings(options?.StopSequences?.ToList()),
-            Grammar = Grammar(options?.ResponseFormat),
+            Grammar = choice.Forces ? Tools.HermesToolFormat.ForcedCall(tools, choice) : Grammar(options?.ResponseFormat),
         };
+        return (request, tools.Count > 0 && choice.Mode != Tools.ToolChoiceMode.None ? choice : null);
     }
 
     /// <summary>

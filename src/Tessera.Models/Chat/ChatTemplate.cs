@@ -62,7 +62,7 @@ public sealed class ChatTemplate
         ArgumentNullException.ThrowIfNull(messages);
         var globals = new Dictionary<string, object?>
         {
-            ["messages"] = messages.Select(m => (object?)new Dictionary<string, object?> { ["role"] = m.Role, ["content"] = m.Content }).ToList(),
+            ["messages"] = messages.Select(m => (object?)Message(m)).ToList(),
             ["add_generation_prompt"] = addGenerationPrompt,
             ["bos_token"] = bosToken ?? "",
             ["eos_token"] = eosToken ?? "",
@@ -88,6 +88,57 @@ public sealed class ChatTemplate
         var renderer = new JinjaRenderer(globals, (position, problem) => Error(Name, Source, position, problem));
         return renderer.Render(_nodes);
     }
+
+    /// <summary>
+    /// Whether the template reads a <c>tools</c> variable (Llama 3.1, Qwen2.5, Mistral and Hermes templates do): then tools are
+    /// rendered by it, else the caller describes them itself.
+    /// </summary>
+    public bool UsesTools => Source.Contains("tools", StringComparison.Ordinal);
+
+    /// <summary>
+    /// A message as transformers passes it: role and content, and when present <c>tool_calls</c> (each
+    /// <c>{"id", "type": "function", "function": {"name", "arguments"}}</c>, the arguments parsed into a mapping, as templates
+    /// expect them) and <c>tool_call_id</c>.
+    /// </summary>
+    private static Dictionary<string, object?> Message(ChatMessage m)
+    {
+        var message = new Dictionary<string, object?> { ["role"] = m.Role, ["content"] = m.Content };
+        if (m.ToolCalls is { Count: > 0 } calls)
+            message["tool_calls"] = calls.Select(c => (object?)new Dictionary<string, object?>
+            {
+                ["id"] = c.Id,
+                ["type"] = "function",
+                ["function"] = new Dictionary<string, object?> { ["name"] = c.Name, ["arguments"] = JsonValue(c.Arguments) },
+            }).ToList();
+        if (m.ToolCallId is not null) message["tool_call_id"] = m.ToolCallId;
+        return message;
+    }
+
+    /// <summary>JSON text as the template's values (mappings, lists, strings, numbers, booleans, null); text that is not JSON stays text.</summary>
+    public static object? JsonValue(string json)
+    {
+        try
+        {
+            using var doc = System.Text.Json.JsonDocument.Parse(json);
+            return JsonValue(doc.RootElement);
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return json;
+        }
+    }
+
+    /// <summary>A JSON element as the template's values.</summary>
+    public static object? JsonValue(System.Text.Json.JsonElement e) => e.ValueKind switch
+    {
+        System.Text.Json.JsonValueKind.Object => e.EnumerateObject().ToDictionary(p => p.Name, p => JsonValue(p.Value)),
+        System.Text.Json.JsonValueKind.Array => e.EnumerateArray().Select(JsonValue).ToList(),
+        System.Text.Json.JsonValueKind.String => e.GetString(),
+        System.Text.Json.JsonValueKind.Number => e.TryGetInt64(out long l) ? l : e.GetDouble(),
+        System.Text.Json.JsonValueKind.True => true,
+        System.Text.Json.JsonValueKind.False => false,
+        _ => null,
+    };
 
     private long Long(object? v, int position) => v is long l ? l : throw Error(Name, Source, position, $"expected an integer, got {JinjaValues.TypeName(v)}");
 

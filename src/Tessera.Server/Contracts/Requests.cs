@@ -12,14 +12,50 @@ public sealed class ChatCompletionRequestBody : SamplingRequestBody
     public int? MaxCompletionTokens { get; set; }
     public bool? Logprobs { get; set; }
     public int? TopLogprobs { get; set; }
+    public List<ToolBody>? Tools { get; set; }
+    public System.Text.Json.JsonElement? ToolChoice { get; set; }
+    public bool? ParallelToolCalls { get; set; }
 }
 
-/// <summary>One message; content is a string or a list of parts of which the text parts are joined.</summary>
+/// <summary>One message; content is a string or a list of parts of which the text parts are joined. An assistant turn may carry
+/// tool calls, a tool turn the id of the call it answers.</summary>
 public sealed class ChatMessageBody
 {
     public string? Role { get; set; }
     [JsonConverter(typeof(ContentConverter))]
     public string? Content { get; set; }
+    public List<ToolCallBody>? ToolCalls { get; set; }
+    public string? ToolCallId { get; set; }
+}
+
+/// <summary>tools[i]: a function the model may call.</summary>
+public sealed class ToolBody
+{
+    public string? Type { get; set; }
+    public FunctionBody? Function { get; set; }
+}
+
+/// <summary>tools[i].function.</summary>
+public sealed class FunctionBody
+{
+    public string? Name { get; set; }
+    public string? Description { get; set; }
+    public System.Text.Json.JsonElement? Parameters { get; set; }
+}
+
+/// <summary>messages[i].tool_calls[j]: a call an earlier assistant turn made.</summary>
+public sealed class ToolCallBody
+{
+    public string? Id { get; set; }
+    public string? Type { get; set; }
+    public ToolCallFunctionBody? Function { get; set; }
+}
+
+/// <summary>A call's function: its name and its arguments as JSON text.</summary>
+public sealed class ToolCallFunctionBody
+{
+    public string? Name { get; set; }
+    public string? Arguments { get; set; }
 }
 
 /// <summary>response_format: "text", "json_object", or "json_schema" with its schema.</summary>

@@ -16,11 +16,14 @@ public sealed record TopLogprobBody(string Token, double Logprob, List<int>? Byt
 public sealed record TokenLogprobBody(string Token, double Logprob, List<int>? Bytes, List<TopLogprobBody> TopLogprobs);
 public sealed record ChoiceLogprobs(List<TokenLogprobBody> Content);
 
-public sealed record AssistantMessage(string Role, string? Content);
+public sealed record AssistantMessage(string Role, string? Content, List<ToolCallOut>? ToolCalls = null);
+public sealed record ToolCallOut(string Id, string Type, ToolCallFunctionOut Function);
+public sealed record ToolCallFunctionOut(string Name, string Arguments);
+public sealed record ToolCallDeltaOut(int Index, string Id, string Type, ToolCallFunctionOut Function);
 public sealed record ChatChoice(int Index, AssistantMessage Message, ChoiceLogprobs? Logprobs, string? FinishReason);
 public sealed record ChatCompletionBody(string Id, string Object, long Created, string Model, List<ChatChoice> Choices, UsageBody Usage);
 
-public sealed record ChatDelta(string? Role, string? Content);
+public sealed record ChatDelta(string? Role, string? Content, List<ToolCallDeltaOut>? ToolCalls = null);
 public sealed record ChatChunkChoice(int Index, ChatDelta Delta, ChoiceLogprobs? Logprobs, string? FinishReason);
 public sealed record ChatCompletionChunk(string Id, string Object, long Created, string Model, List<ChatChunkChoice> Choices, UsageBody? Usage);
 

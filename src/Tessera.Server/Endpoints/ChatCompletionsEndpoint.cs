@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Tessera.Inference.Serving;
+using Tessera.Inference.Tools;
 using Tessera.Server.Contracts;
 using TemplateMessage = Tessera.Models.Chat.ChatMessage;
 
@@ -24,8 +25,16 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             if (m.Role is null || !Roles.Contains(m.Role))
                 throw new ApiException(ApiError.Invalid($"messages[{i}].role is '{m.Role}'; expected one of {string.Join(", ", Roles)}", $"messages[{i}].role"));
             // "developer" is OpenAI's newer name for the system turn; templates know "system".
-            messages.Add(new TemplateMessage(m.Role == "developer" ? "system" : m.Role, m.Content ?? ""));
+            messages.Add(new TemplateMessage(m.Role == "developer" ? "system" : m.Role, m.Content ?? "")
+            {
+                ToolCalls = m.ToolCalls?.Select((c, j) => new Tessera.Models.Chat.ChatToolCall(c.Id ?? $"call_{i}_{j}",
+                    c.Function?.Name ?? throw new ApiException(ApiError.Invalid($"messages[{i}].tool_calls[{j}].function.name is missing", $"messages[{i}].tool_calls")),
+                    c.Function.Arguments ?? "{}")).ToList(),
+                ToolCallId = m.ToolCallId,
+            });
         }
+        var tools = Tools(body.Tools);
+        var toolChoice = Choice(body.ToolChoice, tools);
         if (body.TopLogprobs is not null && body.Logprobs != true)
             throw new ApiException(ApiError.Invalid("top_logprobs needs logprobs set to true", "top_logprobs"));
         if (body.Stop is { Count: > 4 }) throw new ApiException(ApiError.Invalid($"stop holds {body.Stop.Count} strings; at most 4 are allowed", "stop"));
@@ -33,7 +42,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
         int[] prompt;
         try
         {
-            prompt = chat.Tokens(messages);
+            prompt = chat.Tokens(messages, tools, toolChoice.Forces);
         }
         catch (InvalidRequestException e)
         {
@@ -45,14 +54,81 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             Stop = chat.StopStrings(body.Stop),
             TopLogprobs = body.Logprobs == true ? body.TopLogprobs ?? 0 : null,
         };
+        if (toolChoice.Forces)
+        {
+            if (request.Grammar is not null)
+                throw new ApiException(ApiError.Invalid("tool_choice forces a tool call, which response_format cannot constrain too; give one of them", "tool_choice"));
+            try
+            {
+                request = request with { Grammar = HermesToolFormat.ForcedCall(tools, toolChoice) };
+            }
+            catch (ArgumentException e)
+            {
+                throw new ApiException(ApiError.Invalid(e.Message, "tools"));
+            }
+        }
         var events = EngineCalls.Submit(engine, request, context);
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = EngineCalls.Now();
-        if (body.Stream == true) await StreamAsync(context, events, id, created, request.Choices, body.StreamOptions?.IncludeUsage == true).ConfigureAwait(false);
-        else await WholeAsync(context, events, id, created, request.Choices).ConfigureAwait(false);
+        // With tools the model may call (auto, required, named), each choice's text is read whole for its calls.
+        var calls = tools.Count > 0 && toolChoice.Mode != ToolChoiceMode.None ? toolChoice : null;
+        if (body.Stream == true) await StreamAsync(context, events, id, created, request.Choices, body.StreamOptions?.IncludeUsage == true, calls).ConfigureAwait(false);
+        else await WholeAsync(context, events, id, created, request.Choices, calls).ConfigureAwait(false);
     }
 
-    private async Task WholeAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n)
+    /// <summary>OpenAI's tools: functions, each with a name; their parameters' schemas are checked when a call is forced.</summary>
+    private static List<ChatTool> Tools(List<ToolBody>? tools)
+    {
+        var result = new List<ChatTool>();
+        for (int i = 0; i < (tools?.Count ?? 0); i++)
+        {
+            var t = tools![i];
+            if (t?.Type != "function" || t.Function?.Name is not { Length: > 0 } name)
+                throw new ApiException(ApiError.Invalid($"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}", "tools"));
+            if (result.Any(r => r.Name == name)) throw new ApiException(ApiError.Invalid($"tools[{i}]: the name '{name}' is given twice", "tools"));
+            result.Add(new ChatTool(name, t.Function.Description, t.Function.Parameters));
+        }
+        return result;
+    }
+
+    /// <summary>OpenAI's tool_choice: "none", "auto" (the default with tools), "required", or a function by name.</summary>
+    private static ToolChoice Choice(System.Text.Json.JsonElement? choice, List<ChatTool> tools)
+    {
+        if (choice is not { } c || c.ValueKind == System.Text.Json.JsonValueKind.Null) return tools.Count > 0 ? ToolChoice.Auto : ToolChoice.None;
+        var parsed = c.ValueKind == System.Text.Json.JsonValueKind.String
+            ? c.GetString() switch
+            {
+                "none" => ToolChoice.None,
+                "auto" => ToolChoice.Auto,
+                "required" => new ToolChoice(ToolChoiceMode.Required),
+                var other => throw new ApiException(ApiError.Invalid($"tool_choice '{other}' is not one of none, auto, required, or a function", "tool_choice")),
+            }
+            : c.ValueKind == System.Text.Json.JsonValueKind.Object && c.TryGetProperty("function", out var f) && f.TryGetProperty("name", out var n) && n.ValueKind == System.Text.Json.JsonValueKind.String
+                ? new ToolChoice(ToolChoiceMode.Named, n.GetString())
+                : throw new ApiException(ApiError.Invalid("tool_choice must be none, auto, required, or {\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice"));
+        if (parsed.Mode != ToolChoiceMode.None && tools.Count == 0)
+            throw new ApiException(ApiError.Invalid($"tool_choice is {parsed.Mode.ToString().ToLowerInvariant()} but no tools are given", "tool_choice"));
+        if (parsed.Mode == ToolChoiceMode.Named && tools.All(t => t.Name != parsed.Name))
+            throw new ApiException(ApiError.Invalid($"tool_choice names '{parsed.Name}', which is not among the tools", "tool_choice"));
+        return parsed;
+    }
+
+    /// <summary>
+    /// A choice's text as the message says it: its tool calls (a forced call's text is the call's JSON; otherwise the Hermes
+    /// blocks in it, <see cref="HermesToolFormat.Parse"/>) and the rest as content; the finish reason becomes tool_calls when
+    /// there are calls.
+    /// </summary>
+    private static (string? Content, List<ToolCallOut>? Calls, string Reason) Message(string text, string reason, ToolChoice? tools)
+    {
+        if (tools is null) return (text, null, reason);
+        var (content, calls) = HermesToolFormat.Parse(tools.Forces ? HermesToolFormat.Open + text + HermesToolFormat.Close : text,
+            () => "call_" + Guid.NewGuid().ToString("N")[..24]);
+        if (calls.Count == 0) return (text, null, reason);
+        return (content, [.. calls.Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))], "tool_calls");
+    }
+
+    private async Task WholeAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n,
+        ToolChoice? tools)
     {
         var texts = Enumerable.Range(0, n).Select(_ => new StringBuilder()).ToArray();
         var logprobs = new List<TokenLogprobBody>?[n];
@@ -66,15 +142,21 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             if (e.FinishReason is { } r) reasons[e.Index] = EngineCalls.Reason(r);
         }
         if (usage is null) return;                                      // cancelled: the client is gone
-        var choices = Enumerable.Range(0, n).Select(i => new ChatChoice(i, new AssistantMessage("assistant", texts[i].ToString()),
-            logprobs[i] is { } l ? new ChoiceLogprobs(l) : null, reasons[i] ?? "stop")).ToList();
+        var choices = Enumerable.Range(0, n).Select(i =>
+        {
+            var (content, calls, reason) = Message(texts[i].ToString(), reasons[i] ?? "stop", tools);
+            return new ChatChoice(i, new AssistantMessage("assistant", content, calls), logprobs[i] is { } l ? new ChoiceLogprobs(l) : null, reason);
+        }).ToList();
         context.Response.ContentType = "application/json";
         await context.Response.WriteAsync(JsonSerializer.Serialize(new ChatCompletionBody(id, "chat.completion", created, options.ModelName, choices, usage),
             ServerJsonContext.Default.ChatCompletionBody), context.RequestAborted).ConfigureAwait(false);
     }
 
-    private async Task StreamAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n, bool includeUsage)
+    private async Task StreamAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n, bool includeUsage,
+        ToolChoice? tools)
     {
+        // With tools a choice's text is held until it ends (its calls are known only then), then sent as content and calls.
+        var held = tools is null ? null : Enumerable.Range(0, n).Select(_ => new StringBuilder()).ToArray();
         EngineCalls.BeginStream(context);
         // OpenAI opens each choice with a delta carrying the role.
         for (int i = 0; i < n; i++) await SendAsync(context, id, created, new ChatChunkChoice(i, new ChatDelta("assistant", ""), null, null), null).ConfigureAwait(false);
@@ -92,6 +174,18 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             }
             if (e.Text.Length == 0 && e.Logprobs is null && e.FinishReason is null) continue;
             var logprobs = e.Logprobs is { } lp ? new ChoiceLogprobs(lp.Select(Logprob).ToList()) : null;
+            if (held is not null)
+            {
+                held[e.Index].Append(e.Text);
+                if (e.FinishReason is not { } end) continue;
+                var (content, calls, reason) = Message(held[e.Index].ToString(), EngineCalls.Reason(end), tools);
+                if (content is not null) await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, content), null, null), null).ConfigureAwait(false);
+                if (calls is not null)
+                    await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null,
+                        [.. calls.Select((c, k) => new ToolCallDeltaOut(k, c.Id, c.Type, c.Function))]), null, null), null).ConfigureAwait(false);
+                await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null), logprobs, reason), null).ConfigureAwait(false);
+                continue;
+            }
             await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, e.Text.Length > 0 || e.FinishReason is null ? e.Text : null),
                 logprobs, e.FinishReason is { } r ? EngineCalls.Reason(r) : null), null).ConfigureAwait(false);
         }

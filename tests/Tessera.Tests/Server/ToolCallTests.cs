@@ -1,0 +1,127 @@
+using System.Text.Json;
+using Microsoft.Extensions.AI;
+using OpenAI.Chat;
+using Tessera.Inference.Serving;
+using Xunit;
+
+namespace Tessera.Tests.Server;
+
+/// <summary>
+/// Tool calls as clients make them, on the random debug model (which never calls a tool unprompted, so the calls are forced:
+/// tool_choice required or named): the OpenAI SDK, whole and streamed, a second turn that carries the call and the tool's
+/// reply, and Microsoft.Extensions.AI's function calls over HTTP and in process; bad tool fields are 400s naming them.
+/// </summary>
+public class ToolCallTests(ToolCallTests.LongContext fixture) : IClassFixture<ToolCallTests.LongContext>
+{
+    /// <summary>A server whose model holds 1,536 byte positions: the tools' description alone is about 800 bytes of the prompt.</summary>
+    public sealed class LongContext : IAsyncLifetime
+    {
+        public TestServer Server { get; private set; } = null!;
+
+        public async ValueTask InitializeAsync() => Server = await TestServer.StartAsync(context: 1536, budget: 512);
+
+        public async ValueTask DisposeAsync() => await Server.DisposeAsync();
+    }
+
+    private TestServer S => fixture.Server;
+    private ChatClient Chat => S.Client().GetChatClient(TestServer.Model);
+
+    // Bounded arguments (an enum and a boolean), so the random model's forced call ends well within max_tokens.
+    private static readonly ChatTool Weather = ChatTool.CreateFunctionTool("get_weather", "The weather in a city.", BinaryData.FromString(
+        """{"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}, "celsius": {"type": "boolean"}}, "required": ["city", "celsius"]}"""));
+    private static readonly ChatTool Time = ChatTool.CreateFunctionTool("get_time", "The time.", BinaryData.FromString(
+        """{"type": "object", "properties": {"utc": {"type": "boolean"}}, "required": ["utc"]}"""));
+
+    private static ChatCompletionOptions Options(ChatToolChoice choice)
+    {
+        var options = new ChatCompletionOptions { MaxOutputTokenCount = 80, Temperature = 0, ToolChoice = choice };
+        options.Tools.Add(Weather);
+        options.Tools.Add(Time);
+        return options;
+    }
+
+    private static void AssertWeatherCall(string name, string arguments)
+    {
+        Assert.Equal("get_weather", name);
+        using var args = JsonDocument.Parse(arguments);
+        Assert.Contains(args.RootElement.GetProperty("city").GetString(), new[] { "Paris", "Oslo" });
+        Assert.Contains(args.RootElement.GetProperty("celsius").ValueKind, new[] { JsonValueKind.True, JsonValueKind.False });
+    }
+
+    [Fact]
+    public async Task ANamedToolChoiceGivesThatCallWholeAndStreamedAndASecondTurnReadsTheReply()
+    {
+        var messages = new List<OpenAI.Chat.ChatMessage> { new UserChatMessage("Weather in Oslo?") };
+        var completion = (await Chat.CompleteChatAsync(messages, Options(ChatToolChoice.CreateFunctionChoice("get_weather")), TestContext.Current.CancellationToken)).Value;
+        Assert.Equal(OpenAI.Chat.ChatFinishReason.ToolCalls, completion.FinishReason);
+        var call = Assert.Single(completion.ToolCalls);
+        AssertWeatherCall(call.FunctionName, call.FunctionArguments.ToString());
+
+        string? name = null;
+        var arguments = new System.Text.StringBuilder();
+        OpenAI.Chat.ChatFinishReason? finish = null;
+        await foreach (var update in Chat.CompleteChatStreamingAsync(messages, Options(ChatToolChoice.CreateFunctionChoice("get_weather")), TestContext.Current.CancellationToken))
+        {
+            foreach (var t in update.ToolCallUpdates) { name ??= t.FunctionName; arguments.Append(t.FunctionArgumentsUpdate?.ToString()); }
+            finish ??= update.FinishReason;
+        }
+        Assert.Equal(OpenAI.Chat.ChatFinishReason.ToolCalls, finish);
+        AssertWeatherCall(name!, arguments.ToString());
+        Assert.Equal(call.FunctionArguments.ToString(), arguments.ToString());   // greedy: the same call both ways
+
+        // The second turn: the call and the tool's reply go back; with tool_choice none the model answers in text.
+        messages.Add(new AssistantChatMessage(completion));
+        messages.Add(new ToolChatMessage(call.Id, """{"temp": 3}"""));
+        var answer = (await Chat.CompleteChatAsync(messages, Options(ChatToolChoice.CreateNoneChoice()), TestContext.Current.CancellationToken)).Value;
+        Assert.Empty(answer.ToolCalls);
+        Assert.NotEqual(OpenAI.Chat.ChatFinishReason.ToolCalls, answer.FinishReason);
+        Assert.Equal(0, await S.BlocksInUseAfterSettlingAsync());
+    }
+
+    [Fact]
+    public async Task ARequiredToolChoiceGivesACallOfOneOfTheTools()
+    {
+        var completion = (await Chat.CompleteChatAsync([new UserChatMessage("Anything.")], Options(ChatToolChoice.CreateRequiredChoice()),
+            TestContext.Current.CancellationToken)).Value;
+        var call = Assert.Single(completion.ToolCalls);
+        Assert.Contains(call.FunctionName, new[] { "get_weather", "get_time" });
+        Assert.Equal(JsonValueKind.Object, JsonDocument.Parse(call.FunctionArguments.ToString()).RootElement.ValueKind);
+    }
+
+    [Fact]
+    public async Task FunctionCallsReachMicrosoftExtensionsAiOverHttpAndInProcess()
+    {
+        var tool = AIFunctionFactory.Create((bool celsius) => celsius ? "3 C" : "37 F", "get_weather", "The weather.");
+        var options = new ChatOptions { MaxOutputTokens = 60, Temperature = 0, Tools = [tool], ToolMode = ChatToolMode.RequireSpecific("get_weather") };
+        IChatClient http = S.Client().GetChatClient(TestServer.Model).AsIChatClient();
+        IChatClient local = new TesseraChatClient(S.Engine, S.Chat, TestServer.Model);
+        foreach (var client in new[] { http, local })
+        {
+            var response = await client.GetResponseAsync("Weather?", options, TestContext.Current.CancellationToken);
+            var call = Assert.Single(response.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+            Assert.Equal("get_weather", call.Name);
+            Assert.True(call.Arguments!.ContainsKey("celsius"));
+            Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.ToolCalls, response.FinishReason);
+        }
+
+        // FunctionInvokingChatClient runs the function and sends its result back; the model's answer ends the exchange.
+        using var invoking = new ChatClientBuilder(local).UseFunctionInvocation(configure: c => c.MaximumIterationsPerRequest = 2).Build();
+        var final = await invoking.GetResponseAsync("Weather?", options, TestContext.Current.CancellationToken);
+        Assert.Contains(final.Messages, m => m.Contents.OfType<FunctionResultContent>().Any(r => r.Result?.ToString() is "3 C" or "37 F"));
+    }
+
+    [Theory]
+    [InlineData(""", "tool_choice": "required" """, "no tools are given", "tool_choice")]
+    [InlineData(""", "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}} """, "'g', which is not among the tools", "tool_choice")]
+    [InlineData(""", "tools": [{"type": "function"}] """, "tools[0] must be", "tools")]
+    [InlineData(""", "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"pattern": "x"}}}}}], "tool_choice": "required" """, "'pattern'", "tools")]
+    [InlineData(""", "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes" """, "is not one of", "tool_choice")]
+    public async Task BadToolFieldsAreRefusedNamingThem(string fields, string message, string param)
+    {
+        var (status, json, _) = await S.PostAsync("v1/chat/completions",
+            $$"""{"model": "{{TestServer.Model}}", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4{{fields}}}""");
+        Assert.Equal(400, status);
+        Assert.Equal(param, json.GetProperty("error").GetProperty("param").GetString());
+        Assert.Contains(message, json.GetProperty("error").GetProperty("message").GetString());
+    }
+}
