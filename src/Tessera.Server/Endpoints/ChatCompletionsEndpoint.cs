@@ -157,6 +157,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     {
         // With tools a choice's text is held until it ends (its calls are known only then), then sent as content and calls.
         var held = tools is null ? null : Enumerable.Range(0, n).Select(_ => new StringBuilder()).ToArray();
+        var heldLogprobs = new List<TokenLogprobBody>?[n];
         EngineCalls.BeginStream(context);
         // OpenAI opens each choice with a delta carrying the role.
         for (int i = 0; i < n; i++) await SendAsync(context, id, created, new ChatChunkChoice(i, new ChatDelta("assistant", ""), null, null), null).ConfigureAwait(false);
@@ -177,13 +178,15 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             if (held is not null)
             {
                 held[e.Index].Append(e.Text);
+                if (logprobs is not null) (heldLogprobs[e.Index] ??= []).AddRange(logprobs.Content);
                 if (e.FinishReason is not { } end) continue;
                 var (content, calls, reason) = Message(held[e.Index].ToString(), EngineCalls.Reason(end), tools);
                 if (content is not null) await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, content), null, null), null).ConfigureAwait(false);
                 if (calls is not null)
                     await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null,
                         [.. calls.Select((c, k) => new ToolCallDeltaOut(k, c.Id, c.Type, c.Function))]), null, null), null).ConfigureAwait(false);
-                await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null), logprobs, reason), null).ConfigureAwait(false);
+                await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null),
+                    heldLogprobs[e.Index] is { } all ? new ChoiceLogprobs(all) : null, reason), null).ConfigureAwait(false);
                 continue;
             }
             await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, e.Text.Length > 0 || e.FinishReason is null ? e.Text : null),
