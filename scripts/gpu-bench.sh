@@ -18,7 +18,8 @@
 #       prompt, 256 new tokens, the step recorded as a CUDA graph; RUN_DECODE=0 skips it; DECODE_VARIANTS="eager cublas profile"
 #       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa", "ctasN", "noearly" and
 #       "default" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
-#       with the products' first weight loads after the wait even in a decode step, and the default again), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
+#       with the products' first weight loads after the wait even in a decode step, and the default again; "int8" with every
+#       weight matrix in int8, --quantize int8), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), LLAMA_CASES="PRESET:B:T[:recompute] ..." (gpu-train of
 #       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
@@ -188,6 +189,7 @@ run)
                 ctas*) decode --no-header --cuda-options "MatrixVectorCtasPerSm=${variant#ctas}" ;;
                 noearly) decode --no-header --cuda-options EarlyWeightLoads=false ;;
                 default) decode --no-header ;;
+                int8) decode --no-header --quantize int8 ;;
                 profile) decode --no-header --repeat 2 --cuda-options ProfileOps=true > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
             esac
         done
