@@ -23,11 +23,14 @@ public sealed class ChatPrompt
     /// <summary>The chat format.</summary>
     public ChatFormat Format => _format;
 
+    /// <summary>How the model writes tool calls, read from its template (<see cref="Tools.ToolCallFormat.For"/>).</summary>
+    public Tools.ToolCallFormat ToolCalls => Tools.ToolCallFormat.For(_format.Template);
+
     /// <summary>
     /// The rendered prompt text of <paramref name="messages"/>, with <paramref name="tools"/> described to the model: through the
     /// template when it reads <c>tools</c>, else in the Hermes format in plain text (<see cref="Tools.HermesToolFormat"/>), as
-    /// are earlier calls and tool replies. With <paramref name="forceCall"/> the reply is opened with a call's tag, for a forced
-    /// call whose JSON is then constrained.
+    /// are earlier calls and tool replies. With <paramref name="forceCall"/> the reply is opened as the model's format opens a call
+    /// (<see cref="Tools.ToolCallFormat.ForcedOpening"/>), for a forced call whose JSON is then constrained.
     /// </summary>
     /// <exception cref="InvalidRequestException">The template refused the conversation (e.g. roles that do not alternate).</exception>
     public string Render(IReadOnlyList<ChatMessage> messages, IReadOnlyList<Tools.ChatTool>? tools = null, bool forceCall = false)
@@ -42,7 +45,7 @@ public sealed class ChatPrompt
         try
         {
             string text = _format.Template.Render(conversation, addGenerationPrompt: true, _format.BosToken, _format.EosToken, variables);
-            return forceCall ? text + Tools.HermesToolFormat.Open + "\n" : text;
+            return forceCall ? text + ToolCalls.ForcedOpening : text;
         }
         catch (ChatTemplateException e)
         {

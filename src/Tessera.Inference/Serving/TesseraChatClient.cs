@@ -44,7 +44,7 @@ public sealed class TesseraChatClient : IChatClient
             usage ??= e.Usage;
         }
         cancellationToken.ThrowIfCancellationRequested();
-        var (contents, reason) = Reply(text.ToString(), Reason(finish), tools);
+        var (contents, reason) = Reply(text.ToString(), Reason(finish), tools, _prompt.ToolCalls);
         return new ChatResponse(new Microsoft.Extensions.AI.ChatMessage(ChatRole.Assistant, contents))
         {
             ModelId = _modelId,
@@ -58,11 +58,11 @@ public sealed class TesseraChatClient : IChatClient
     /// The reply's contents: with tools the model may call, its calls (<see cref="Tools.HermesToolFormat"/>; a forced call's text
     /// is the call's JSON) as <see cref="FunctionCallContent"/> beside the rest of the text, and the finish reason tool calls.
     /// </summary>
-    private static (List<AIContent> Contents, ChatFinishReason? Reason) Reply(string text, ChatFinishReason? reason, Tools.ToolChoice? tools)
+    private static (List<AIContent> Contents, ChatFinishReason? Reason) Reply(string text, ChatFinishReason? reason, Tools.ToolChoice? tools,
+        Tools.ToolCallFormat format)
     {
         if (tools is null) return ([new TextContent(text)], reason);
-        var (content, calls) = Tools.HermesToolFormat.Parse(tools.Forces ? Tools.HermesToolFormat.Open + text + Tools.HermesToolFormat.Close : text,
-            () => "call_" + Guid.NewGuid().ToString("N")[..24]);
+        var (content, calls) = format.Parse(text, tools.Forces, () => "call_" + Guid.NewGuid().ToString("N")[..24]);
         if (calls.Count == 0) return ([new TextContent(text)], reason);
         var contents = new List<AIContent>();
         if (content is not null) contents.Add(new TextContent(content));
@@ -89,7 +89,7 @@ public sealed class TesseraChatClient : IChatClient
             {
                 held.Append(e.Text);
                 if (e.FinishReason is null) continue;
-                var (contents, reason) = Reply(held.ToString(), Reason(e.FinishReason), tools);
+                var (contents, reason) = Reply(held.ToString(), Reason(e.FinishReason), tools, _prompt.ToolCalls);
                 yield return new ChatResponseUpdate(ChatRole.Assistant, contents) { ResponseId = id, ModelId = _modelId, FinishReason = reason };
                 continue;
             }
@@ -142,7 +142,7 @@ public sealed class TesseraChatClient : IChatClient
             PresencePenalty = options?.PresencePenalty ?? 0,
             FrequencyPenalty = options?.FrequencyPenalty ?? 0,
             Stop = _prompt.StopStrings(options?.StopSequences?.ToList()),
-            Grammar = choice.Forces ? Tools.HermesToolFormat.ForcedCall(tools, choice) : Grammar(options?.ResponseFormat),
+            Grammar = choice.Forces ? _prompt.ToolCalls.ForcedCall(tools, choice) : Grammar(options?.ResponseFormat),
         };
         return (request, tools.Count > 0 && choice.Mode != Tools.ToolChoiceMode.None ? choice : null);
     }

@@ -13,7 +13,7 @@ namespace Tessera.Inference.Tools;
 /// template without them (the ChatML fallback, a template of a model not trained for tools) this writes the same format in
 /// plain text: the tools and the instruction in a system turn, earlier calls into the assistant's text, replies as user turns.
 /// A forced call (tool_choice required or named) opens the reply with <see cref="Open"/> and constrains the rest to the
-/// call's JSON (<see cref="ForcedCall"/>).
+/// call's JSON (<see cref="ForcedCall(IReadOnlyList{ChatTool}, ToolChoice)"/>).
 /// </summary>
 public static class HermesToolFormat
 {
@@ -82,7 +82,10 @@ public static class HermesToolFormat
     /// name chosen before them).
     /// </summary>
     /// <exception cref="ArgumentException">A tool's parameters fall outside the schema subset, or the named tool is not among the tools.</exception>
-    public static JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice)
+    public static JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => ForcedCall(tools, choice, "arguments");
+
+    /// <summary><see cref="ForcedCall(IReadOnlyList{ChatTool}, ToolChoice)"/> with the arguments under <paramref name="argumentsKey"/> ("parameters" for Llama 3.1).</summary>
+    internal static JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice, string argumentsKey)
     {
         var candidates = choice.Mode == ToolChoiceMode.Named
             ? tools.Where(t => t.Name == choice.Name).ToList()
@@ -95,9 +98,9 @@ public static class HermesToolFormat
             ["properties"] = new Dictionary<string, object>
             {
                 ["name"] = new Dictionary<string, object> { ["enum"] = candidates.Select(t => t.Name).ToArray() },
-                ["arguments"] = arguments,
+                [argumentsKey] = arguments,
             },
-            ["required"] = new[] { "name", "arguments" },
+            ["required"] = new[] { "name", argumentsKey },
         };
         using var doc = JsonDocument.Parse(JsonSerializer.Serialize(schema));
         return JsonGrammar.FromSchema(doc.RootElement.Clone(), "tool call");
@@ -133,7 +136,8 @@ public static class HermesToolFormat
         return (rest.Length == 0 ? null : rest, calls);
     }
 
-    private static bool TryCall(string json, Func<string> newId, out ChatToolCall call)
+    /// <summary>A call written as one JSON object (<c>{"name": ..., "arguments" or "parameters": {...}}</c>), or false.</summary>
+    internal static bool TryCall(string json, Func<string> newId, out ChatToolCall call)
     {
         call = null!;
         try

@@ -60,7 +60,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
                 throw new ApiException(ApiError.Invalid("tool_choice forces a tool call, which response_format cannot constrain too; give one of them", "tool_choice"));
             try
             {
-                request = request with { Grammar = HermesToolFormat.ForcedCall(tools, toolChoice) };
+                request = request with { Grammar = chat.ToolCalls.ForcedCall(tools, toolChoice) };
             }
             catch (ArgumentException e)
             {
@@ -114,15 +114,13 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     }
 
     /// <summary>
-    /// A choice's text as the message says it: its tool calls (a forced call's text is the call's JSON; otherwise the Hermes
-    /// blocks in it, <see cref="HermesToolFormat.Parse"/>) and the rest as content; the finish reason becomes tool_calls when
-    /// there are calls.
+    /// A choice's text as the message says it: its tool calls, as the model's format writes them (<see cref="ToolCallFormat"/>;
+    /// a forced call's text is the call's JSON) and the rest as content; the finish reason becomes tool_calls when there are calls.
     /// </summary>
-    private static (string? Content, List<ToolCallOut>? Calls, string Reason) Message(string text, string reason, ToolChoice? tools)
+    private (string? Content, List<ToolCallOut>? Calls, string Reason) Message(string text, string reason, ToolChoice? tools)
     {
         if (tools is null) return (text, null, reason);
-        var (content, calls) = HermesToolFormat.Parse(tools.Forces ? HermesToolFormat.Open + text + HermesToolFormat.Close : text,
-            () => "call_" + Guid.NewGuid().ToString("N")[..24]);
+        var (content, calls) = chat.ToolCalls.Parse(text, tools.Forces, () => "call_" + Guid.NewGuid().ToString("N")[..24]);
         if (calls.Count == 0) return (text, null, reason);
         return (content, [.. calls.Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))], "tool_calls");
     }

@@ -1,0 +1,85 @@
+using Tessera.Inference.Constraints;
+using Tessera.Models.Chat;
+
+namespace Tessera.Inference.Tools;
+
+/// <summary>
+/// How a model writes a tool call, chosen from its chat template (<see cref="For"/>): what opens a forced call, the grammar of
+/// the call's JSON, and how calls are found in a reply.
+/// <list type="bullet">
+/// <item><see cref="Hermes"/>: <c>&lt;tool_call&gt;{"name": ..., "arguments": {...}}&lt;/tool_call&gt;</c> (Qwen2.5, Hermes templates,
+/// and every template that does not read tools, to which <see cref="HermesToolFormat.InPlainText"/> describes this syntax).</item>
+/// <item><see cref="LlamaJson"/>: the reply is the call, <c>{"name": ..., "parameters": {...}}</c>, perhaps after
+/// <c>&lt;|python_tag|&gt;</c> (Llama 3.1 to 3.3's templates, which mention ipython and describe that syntax themselves).</item>
+/// </list>
+/// </summary>
+public abstract class ToolCallFormat
+{
+    /// <summary>The Hermes tags.</summary>
+    public static ToolCallFormat Hermes { get; } = new HermesCalls();
+
+    /// <summary>Llama 3.1's bare JSON call.</summary>
+    public static ToolCallFormat LlamaJson { get; } = new LlamaJsonCalls();
+
+    /// <summary>
+    /// The format of <paramref name="template"/>: <see cref="LlamaJson"/> for a template that reads tools and speaks of
+    /// ipython or <c>&lt;|python_tag|&gt;</c> without the Hermes tag; <see cref="Hermes"/> otherwise.
+    /// </summary>
+    public static ToolCallFormat For(ChatTemplate template)
+    {
+        ArgumentNullException.ThrowIfNull(template);
+        string s = template.Source;
+        bool llama = template.UsesTools && !s.Contains(HermesToolFormat.Open, StringComparison.Ordinal)
+            && (s.Contains("<|python_tag|>", StringComparison.Ordinal) || s.Contains("ipython", StringComparison.Ordinal));
+        return llama ? LlamaJson : Hermes;
+    }
+
+    /// <summary>"hermes" or "llama3-json".</summary>
+    public abstract string Name { get; }
+
+    /// <summary>The text after the generation prompt that opens a forced call (its JSON then follows, constrained).</summary>
+    public abstract string ForcedOpening { get; }
+
+    /// <summary>The grammar of a forced call's JSON (the name among the allowed tools, the arguments by the one tool's schema).</summary>
+    /// <exception cref="ArgumentException">A tool's parameters fall outside the schema subset, or the named tool is not among the tools.</exception>
+    public abstract JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice);
+
+    /// <summary>
+    /// The calls in a reply and the rest of its text (trimmed; null when nothing else was said). A forced reply's text is the
+    /// call's JSON alone. Text that does not parse as a call stays content.
+    /// </summary>
+    public abstract (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId);
+
+    private sealed class HermesCalls : ToolCallFormat
+    {
+        public override string Name => "hermes";
+
+        public override string ForcedOpening => HermesToolFormat.Open + "\n";
+
+        public override JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => HermesToolFormat.ForcedCall(tools, choice, "arguments");
+
+        public override (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId) =>
+            HermesToolFormat.Parse(forced ? HermesToolFormat.Open + text + HermesToolFormat.Close : text, newId);
+    }
+
+    private sealed class LlamaJsonCalls : ToolCallFormat
+    {
+        private const string PythonTag = "<|python_tag|>";
+
+        public override string Name => "llama3-json";
+
+        public override string ForcedOpening => "";
+
+        public override JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => HermesToolFormat.ForcedCall(tools, choice, "parameters");
+
+        public override (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId)
+        {
+            ArgumentNullException.ThrowIfNull(text);
+            string body = text.Trim();
+            if (body.StartsWith(PythonTag, StringComparison.Ordinal)) body = body[PythonTag.Length..].Trim();
+            if (body.StartsWith('{') && HermesToolFormat.TryCall(body, newId, out var call)) return (null, [call]);
+            string rest = text.Trim();
+            return (rest.Length == 0 ? null : rest, []);
+        }
+    }
+}
