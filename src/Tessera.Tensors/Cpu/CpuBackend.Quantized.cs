@@ -9,7 +9,7 @@ public sealed unsafe partial class CpuBackend
     /// <summary>
     /// Most rows of x that the direct kernel takes: it reads each weight once as bytes, widens them in registers and
     /// multiplies them into the sums of up to three rows of x at a time, which pays while reading the weights bounds the
-    /// product (decoding). On two cores it is 4-9x the F32 product at one or two rows, 2-3x at four, even at eight and
+    /// product (decoding). On two cores it is 4-9x the F32 product at one or two rows, 2-4x at four, even at eight and
     /// behind from sixteen (`bench quantization --ops`, docs/benchmarks.md), so larger products dequantize the weight a tile
     /// at a time and run the GEMM on each.
     /// </summary>
