@@ -126,12 +126,12 @@ public sealed class TesseraChatClient : IChatClient
         }
         var tools = (options?.Tools ?? []).OfType<AIFunctionDeclaration>()
             .Select(f => new Tools.ChatTool(f.Name, f.Description, f.JsonSchema)).ToList();
-        var choice = options?.ToolMode switch
+        var choice = tools.Count == 0 ? Tools.ToolChoice.None : options?.ToolMode switch
         {
             NoneChatToolMode => Tools.ToolChoice.None,
             RequiredChatToolMode { RequiredFunctionName: { } name } => new Tools.ToolChoice(Tools.ToolChoiceMode.Named, name),
             RequiredChatToolMode => new Tools.ToolChoice(Tools.ToolChoiceMode.Required),
-            _ => tools.Count > 0 ? Tools.ToolChoice.Auto : Tools.ToolChoice.None,
+            _ => Tools.ToolChoice.Auto,
         };
         var request = new CompletionRequest
         {
