@@ -11,7 +11,8 @@ namespace Tessera.Inference.Constraints;
 /// <para>The schema subset: <c>type</c> (object, array, string, number, integer, boolean, null, or a list of them),
 /// <c>properties</c> with <c>required</c> (properties are written in their declared order, the optional ones may be left out,
 /// no others appear: <c>additionalProperties</c> may only be false or absent), <c>items</c>, <c>enum</c> and <c>const</c> of
-/// strings, numbers, booleans and null, <c>anyOf</c> of members that begin differently, and an empty schema (any value).
+/// strings, numbers, booleans and null, <c>anyOf</c> of members that begin differently, <c>$ref</c> to <c>#/$defs/Name</c> or
+/// <c>#/definitions/Name</c> (what Pydantic writes for nested models; not recursive ones), and an empty schema (any value).
 /// Annotations (description, title, default, examples, format, $schema, $comment, $id) are ignored. Anything else is refused
 /// by name (<see cref="ArgumentException"/>), never silently dropped: a keyword the grammar cannot enforce would let the output
 /// break the schema.</para>
@@ -45,7 +46,7 @@ public sealed class JsonGrammar
     /// <exception cref="ArgumentException">The schema uses something outside the subset, or is not an object schema; the message names the place.</exception>
     public static JsonGrammar FromSchema(JsonElement schema, string name = "schema")
     {
-        var root = Compile(schema, "schema");
+        var root = Compile(schema, "schema", new Definitions(schema, []));
         if (root is not (ObjectNode or AnyObjectNode))
             throw new ArgumentException("schema: the root must be an object schema (\"type\": \"object\"), as OpenAI's structured outputs require");
         return new JsonGrammar(root, $"json_schema '{name}'");
@@ -54,14 +55,16 @@ public sealed class JsonGrammar
     /// <summary>A fresh recognizer at the start of the text.</summary>
     public JsonRecognizer Start() => new(_root);
 
-    private static JsonGrammarNode Compile(JsonElement schema, string path)
+    private static JsonGrammarNode Compile(JsonElement schema, string path, Definitions defs)
     {
         if (schema.ValueKind == JsonValueKind.True) return AnyValueNode.Instance;
         if (schema.ValueKind != JsonValueKind.Object) throw new ArgumentException($"{path}: a schema must be an object, got {schema.ValueKind}");
         foreach (var p in schema.EnumerateObject())
-            if (!Annotations.Contains(p.Name) && p.Name is not ("type" or "properties" or "required" or "additionalProperties" or "items" or "enum" or "const" or "anyOf"))
+            if (!Annotations.Contains(p.Name) && p.Name is not ("type" or "properties" or "required" or "additionalProperties" or "items" or "enum" or "const"
+                or "anyOf" or "$ref" or "$defs" or "definitions"))
                 throw new ArgumentException($"{path}: the keyword '{p.Name}' is not supported by constrained decoding (supported: type, properties, required, " +
-                    "additionalProperties: false, items, enum, const, anyOf)");
+                    "additionalProperties: false, items, enum, const, anyOf, $ref to $defs)");
+        if (schema.TryGetProperty("$ref", out var reference)) return Reference(schema, reference, path, defs);
         if (schema.TryGetProperty("const", out var constant)) return Literal([constant], path + ".const");
         if (schema.TryGetProperty("enum", out var values))
         {
@@ -71,21 +74,48 @@ public sealed class JsonGrammar
         if (schema.TryGetProperty("anyOf", out var anyOf))
         {
             if (anyOf.ValueKind != JsonValueKind.Array || anyOf.GetArrayLength() == 0) throw new ArgumentException($"{path}.anyOf: must be a non-empty array");
-            return Union([.. anyOf.EnumerateArray().Select((s, i) => Compile(s, $"{path}.anyOf[{i}]"))], path + ".anyOf");
+            return Union([.. anyOf.EnumerateArray().Select((s, i) => Compile(s, $"{path}.anyOf[{i}]", defs))], path + ".anyOf");
         }
         if (!schema.TryGetProperty("type", out var type))
         {
-            if (schema.TryGetProperty("properties", out _)) return Typed("object", schema, path);
+            if (schema.TryGetProperty("properties", out _)) return Typed("object", schema, path, defs);
             return AnyValueNode.Instance;                           // {} (or annotations only): any value
         }
-        if (type.ValueKind == JsonValueKind.String) return Typed(type.GetString()!, schema, path);
+        if (type.ValueKind == JsonValueKind.String) return Typed(type.GetString()!, schema, path, defs);
         if (type.ValueKind != JsonValueKind.Array || type.GetArrayLength() == 0) throw new ArgumentException($"{path}.type: must be a type name or a non-empty array of them");
         return Union([.. type.EnumerateArray().Select(t => t.ValueKind == JsonValueKind.String
-            ? Typed(t.GetString()!, schema, path)
+            ? Typed(t.GetString()!, schema, path, defs)
             : throw new ArgumentException($"{path}.type: '{t}' is not a type name"))], path + ".type");
     }
 
-    private static JsonGrammarNode Typed(string type, JsonElement schema, string path)
+    /// <summary>The definitions a schema's <c>$ref</c>s point into (its root), and the references being compiled (a cycle is refused).</summary>
+    private sealed record Definitions(JsonElement Root, HashSet<string> Resolving);
+
+    /// <summary>
+    /// <c>"$ref": "#/$defs/Name"</c> (or <c>#/definitions/Name</c>, Pydantic's and older generators' place): the definition compiled in
+    /// place, beside annotations only. A definition that refers back to itself is refused: a recursive schema would need a
+    /// grammar without a bound on its depth's description.
+    /// </summary>
+    private static JsonGrammarNode Reference(JsonElement schema, JsonElement reference, string path, Definitions defs)
+    {
+        foreach (var p in schema.EnumerateObject())
+            if (p.Name != "$ref" && !Annotations.Contains(p.Name) && p.Name is not ("$defs" or "definitions"))
+                throw new ArgumentException($"{path}: '{p.Name}' beside $ref is not supported (the reference is compiled alone)");
+        string target = reference.ValueKind == JsonValueKind.String ? reference.GetString()! : throw new ArgumentException($"{path}.$ref: must be a string");
+        string[] parts = target.Split('/');
+        if (parts.Length != 3 || parts[0] != "#" || parts[1] is not ("$defs" or "definitions"))
+            throw new ArgumentException($"{path}.$ref: '{target}' is not supported (only #/$defs/Name and #/definitions/Name)");
+        if (!defs.Root.TryGetProperty(parts[1], out var container) || container.ValueKind != JsonValueKind.Object || !container.TryGetProperty(parts[2], out var definition))
+            throw new ArgumentException($"{path}.$ref: '{target}' names no definition of the schema");
+        if (!defs.Resolving.Add(target)) throw new ArgumentException($"{path}.$ref: '{target}' refers back to itself; recursive schemas are not supported");
+        try
+        {
+            return Compile(definition, target, defs);
+        }
+        finally { defs.Resolving.Remove(target); }
+    }
+
+    private static JsonGrammarNode Typed(string type, JsonElement schema, string path, Definitions defs)
     {
         switch (type)
         {
@@ -95,7 +125,7 @@ public sealed class JsonGrammar
             case "boolean": return new LiteralNode([[.. "true"u8], [.. "false"u8]]);
             case "null": return new LiteralNode([[.. "null"u8]]);
             case "array":
-                return new ArrayNode(schema.TryGetProperty("items", out var items) ? Compile(items, path + ".items") : AnyValueNode.Instance);
+                return new ArrayNode(schema.TryGetProperty("items", out var items) ? Compile(items, path + ".items", defs) : AnyValueNode.Instance);
             case "object":
                 if (schema.TryGetProperty("additionalProperties", out var extra) && extra.ValueKind != JsonValueKind.False)
                     throw new ArgumentException($"{path}.additionalProperties: only false is supported (constrained decoding writes the declared properties only)");
@@ -108,7 +138,7 @@ public sealed class JsonGrammar
                 foreach (var p in props.EnumerateObject())
                 {
                     var key = Encoding.UTF8.GetBytes(JsonSerializer.Serialize(p.Name, Relaxed));
-                    properties.Add(new JsonGrammarProperty(key, Compile(p.Value, $"{path}.properties.{p.Name}"), required.Remove(p.Name)));
+                    properties.Add(new JsonGrammarProperty(key, Compile(p.Value, $"{path}.properties.{p.Name}", defs), required.Remove(p.Name)));
                 }
                 if (required.Count > 0) throw new ArgumentException($"{path}.required: '{required.First()}' is not among the properties");
                 if (properties.Count > MaxAlternatives) throw new ArgumentException($"{path}.properties: at most {MaxAlternatives} properties an object");

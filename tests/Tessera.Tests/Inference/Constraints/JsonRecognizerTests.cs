@@ -108,10 +108,26 @@ public class JsonRecognizerTests
         Assert.Equal((at, false), Feed(Person(), text));
     }
 
+    /// <summary>References into $defs (Pydantic's form for nested models) are compiled in place.</summary>
+    [Fact]
+    public void ReferencesToDefinitionsAreCompiledInPlace()
+    {
+        var grammar = JsonGrammar.FromSchema(JsonDocument.Parse("""
+            {"$defs": {"Address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "title": "Address"}},
+             "type": "object", "properties": {"home": {"$ref": "#/$defs/Address"}, "work": {"anyOf": [{"$ref": "#/$defs/Address"}, {"type": "null"}]}},
+             "required": ["home", "work"], "title": "Person"}
+            """).RootElement);
+        Assert.Equal((33, true), Feed(grammar, """{"home":{"city":"x"},"work":null}"""));
+        Assert.Equal((10, false), Feed(grammar, """{"home":{"town":"x"}}"""));   // "city" is the only key
+    }
+
     [Theory]
     [InlineData("""{"type": "array"}""", "root must be an object")]
+    [InlineData("""{"type": "object", "properties": {"a": {"$ref": "#/$defs/Node"}}, "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}}}""", "refers back to itself")]
+    [InlineData("""{"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}""", "names no definition")]
+    [InlineData("""{"type": "object", "properties": {"a": {"$ref": "https://example.com/x.json"}}}""", "only #/$defs/Name")]
     [InlineData("""{"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}""", "'pattern'")]
-    [InlineData("""{"type": "object", "properties": {"a": {"$ref": "#/x"}}}""", "'$ref'")]
+    [InlineData("""{"type": "object", "properties": {"a": {"$ref": "#/x"}}}""", "only #/$defs/Name")]
     [InlineData("""{"type": "object", "additionalProperties": true}""", "additionalProperties")]
     [InlineData("""{"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}}}""", "same character '\"'")]
     [InlineData("""{"type": "object", "properties": {"a": {"type": "date"}}}""", "'date' is not a JSON schema type")]
