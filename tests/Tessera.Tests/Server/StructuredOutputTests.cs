@@ -45,6 +45,27 @@ public class StructuredOutputTests(ServerFixture fixture) : IClassFixture<Server
         Assert.Contains(root.GetProperty("colour").GetString(), new[] { "red", "green" });
     }
 
+    /// <summary>Streamed, the deltas join into a document of the schema, and the last says stop.</summary>
+    [Fact]
+    public async Task AStreamedJsonSchemaReplyJoinsIntoADocument()
+    {
+        var options = new ChatCompletionOptions
+        {
+            MaxOutputTokenCount = 80, Temperature = 0,
+            ResponseFormat = OpenAI.Chat.ChatResponseFormat.CreateJsonSchemaFormat("pet", BinaryData.FromString(PetSchema), jsonSchemaIsStrict: true),
+        };
+        var text = new System.Text.StringBuilder();
+        OpenAI.Chat.ChatFinishReason? finish = null;
+        await foreach (var update in Chat.CompleteChatStreamingAsync(Conversation, options, TestContext.Current.CancellationToken))
+        {
+            foreach (var part in update.ContentUpdate) text.Append(part.Text);
+            finish ??= update.FinishReason;
+        }
+        Assert.Equal(OpenAI.Chat.ChatFinishReason.Stop, finish);
+        using var doc = JsonDocument.Parse(text.ToString());
+        Assert.Contains(doc.RootElement.GetProperty("colour").GetString(), new[] { "red", "green" });
+    }
+
     [Fact]
     public async Task AJsonObjectReplyIsAnObjectOrItsPrefixWhenCutShort()
     {
