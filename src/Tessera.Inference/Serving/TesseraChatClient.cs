@@ -76,7 +76,10 @@ public sealed class TesseraChatClient : IChatClient
     {
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         var (request, tools) = Request(messages, options);
-        var held = tools is null ? null : new StringBuilder();      // with tools, the text is read whole for its calls at the end
+        // With tools the text streams as long as no call can be part of it (Tools.ToolCallFormat.Streamable); the rest is read
+        // whole for its calls at the end.
+        var held = tools is null ? null : new StringBuilder();
+        int sent = 0;
         await foreach (var e in _engine.Submit(request, cancellationToken).ReadAllAsync(cancellationToken).ConfigureAwait(false))
         {
             if (e.Usage is { } usage)
@@ -88,8 +91,15 @@ public sealed class TesseraChatClient : IChatClient
             if (held is not null)
             {
                 held.Append(e.Text);
-                if (e.FinishReason is null) continue;
-                var (contents, reason) = Reply(held.ToString(), Reason(e.FinishReason), tools, _prompt.ToolCalls);
+                string so = held.ToString();
+                int safe = tools!.Forces ? 0 : _prompt.ToolCalls.Streamable(so);
+                if (e.FinishReason is null)
+                {
+                    if (safe > sent) yield return new ChatResponseUpdate(ChatRole.Assistant, so[sent..safe]) { ResponseId = id, ModelId = _modelId };
+                    sent = Math.Max(sent, safe);
+                    continue;
+                }
+                var (contents, reason) = Reply(so[sent..], Reason(e.FinishReason), tools, _prompt.ToolCalls);
                 yield return new ChatResponseUpdate(ChatRole.Assistant, contents) { ResponseId = id, ModelId = _modelId, FinishReason = reason };
                 continue;
             }

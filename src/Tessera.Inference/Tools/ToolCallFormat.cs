@@ -50,6 +50,13 @@ public abstract class ToolCallFormat
     /// </summary>
     public abstract (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId);
 
+    /// <summary>
+    /// How much of a reply written so far (more may follow) is text that no call can be part of, so that a stream may send it
+    /// now: Hermes's up to a call's tag (holding back what could be the start of one), Llama's all of it once the reply has
+    /// begun with something other than a call. What follows, calls included, is read whole when the reply ends.
+    /// </summary>
+    public abstract int Streamable(string text);
+
     private sealed class HermesCalls : ToolCallFormat
     {
         public override string Name => "hermes";
@@ -60,6 +67,16 @@ public abstract class ToolCallFormat
 
         public override (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId) =>
             HermesToolFormat.Parse(forced ? HermesToolFormat.Open + text + HermesToolFormat.Close : text, newId);
+
+        public override int Streamable(string text)
+        {
+            ArgumentNullException.ThrowIfNull(text);
+            int open = text.IndexOf(HermesToolFormat.Open, StringComparison.Ordinal);
+            if (open >= 0) return open;
+            for (int keep = Math.Min(HermesToolFormat.Open.Length - 1, text.Length); keep > 0; keep--)
+                if (text.EndsWith(HermesToolFormat.Open[..keep], StringComparison.Ordinal)) return text.Length - keep;
+            return text.Length;
+        }
     }
 
     private sealed class LlamaJsonCalls : ToolCallFormat
@@ -80,6 +97,15 @@ public abstract class ToolCallFormat
             if (body.StartsWith('{') && HermesToolFormat.TryCall(body, newId, out var call)) return (null, [call]);
             string rest = text.Trim();
             return (rest.Length == 0 ? null : rest, []);
+        }
+
+        public override int Streamable(string text)
+        {
+            ArgumentNullException.ThrowIfNull(text);
+            string start = text.TrimStart();
+            bool mayBeCall = start.Length == 0 || start[0] == '{' || start.StartsWith(PythonTag, StringComparison.Ordinal)
+                || PythonTag.StartsWith(start, StringComparison.Ordinal);
+            return mayBeCall ? 0 : text.Length;
         }
     }
 }

@@ -153,8 +153,10 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     private async Task StreamAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n, bool includeUsage,
         ToolChoice? tools)
     {
-        // With tools a choice's text is held until it ends (its calls are known only then), then sent as content and calls.
+        // With tools a choice's text streams as long as no call can be part of it (ToolCallFormat.Streamable; a forced call's
+        // never); from there it is held until the choice ends, when its calls are read and sent with the rest.
         var held = tools is null ? null : Enumerable.Range(0, n).Select(_ => new StringBuilder()).ToArray();
+        var sent = new int[n];
         var heldLogprobs = new List<TokenLogprobBody>?[n];
         EngineCalls.BeginStream(context);
         // OpenAI opens each choice with a delta carrying the role.
@@ -177,8 +179,15 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             {
                 held[e.Index].Append(e.Text);
                 if (logprobs is not null) (heldLogprobs[e.Index] ??= []).AddRange(logprobs.Content);
+                string so = held[e.Index].ToString();
+                int safe = tools!.Forces ? 0 : chat.ToolCalls.Streamable(so);
+                if (e.FinishReason is null && safe > sent[e.Index])
+                {
+                    await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, so[sent[e.Index]..safe]), null, null), null).ConfigureAwait(false);
+                    sent[e.Index] = safe;
+                }
                 if (e.FinishReason is not { } end) continue;
-                var (content, calls, reason) = Message(held[e.Index].ToString(), EngineCalls.Reason(end), tools);
+                var (content, calls, reason) = Message(so[sent[e.Index]..], EngineCalls.Reason(end), tools);
                 if (content is not null) await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, content), null, null), null).ConfigureAwait(false);
                 if (calls is not null)
                     await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null,

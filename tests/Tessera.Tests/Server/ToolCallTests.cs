@@ -78,6 +78,25 @@ public class ToolCallTests(ToolCallTests.LongContext fixture) : IClassFixture<To
         Assert.Equal(0, await S.BlocksInUseAfterSettlingAsync());
     }
 
+    /// <summary>
+    /// With tools the model may call (auto) but a reply of text, the text streams as it is written, in several deltas, and joins
+    /// into what the whole reply says.
+    /// </summary>
+    [Fact]
+    public async Task AnAutoReplyOfTextStreamsAsItIsWritten()
+    {
+        var options = Options(ChatToolChoice.CreateAutoChoice());
+        var whole = (await Chat.CompleteChatAsync([new UserChatMessage("Say something.")], options, TestContext.Current.CancellationToken)).Value;
+        Assert.Empty(whole.ToolCalls);                                 // the random model writes no call
+        int deltas = 0;
+        var text = new System.Text.StringBuilder();
+        await foreach (var update in Chat.CompleteChatStreamingAsync([new UserChatMessage("Say something.")], Options(ChatToolChoice.CreateAutoChoice()),
+            TestContext.Current.CancellationToken))
+            foreach (var part in update.ContentUpdate) { text.Append(part.Text); if (part.Text.Length > 0) deltas++; }
+        Assert.Equal(whole.Content[0].Text, text.ToString());
+        Assert.True(deltas > 5, $"{deltas} deltas: the text did not stream");
+    }
+
     [Fact]
     public async Task ARequiredToolChoiceGivesACallOfOneOfTheTools()
     {

@@ -53,6 +53,22 @@ public class ToolCallFormatTests
         Assert.Equal("UTC", JsonDocument.Parse(c.Arguments).RootElement.GetProperty("zone").GetString());
     }
 
+    [Theory]
+    [InlineData("hermes", "Hello", 5)]
+    [InlineData("hermes", "Hello <tool", 6)]                  // what could begin a tag is held back
+    [InlineData("hermes", "Hello <tool_call>{\"na", 6)]      // a call from its tag on
+    [InlineData("hermes", "a < b", 5)]
+    [InlineData("llama3-json", "It is", 5)]                   // a reply that began as text is text
+    [InlineData("llama3-json", "  {\"name\"", 0)]           // one that may be a call is held
+    [InlineData("llama3-json", "<|py", 0)]
+    [InlineData("llama3-json", " ", 0)]
+    public void WhatMayStreamBeforeACallCouldBegin(string format, string text, int streamable)
+    {
+        var f = format == "hermes" ? ToolCallFormat.Hermes : ToolCallFormat.LlamaJson;
+        Assert.Equal(format, f.Name);
+        Assert.Equal(streamable, f.Streamable(text));
+    }
+
     [Fact]
     public async Task AForcedLlamaCallIsTheRepliesJsonInProcess()
     {
