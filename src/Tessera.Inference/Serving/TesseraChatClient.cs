@@ -62,7 +62,7 @@ public sealed class TesseraChatClient : IChatClient
         Tools.ToolCallFormat format)
     {
         if (tools is null) return ([new TextContent(text)], reason);
-        var (content, calls) = format.Parse(text, tools.Forces, () => "call_" + Guid.NewGuid().ToString("N")[..24]);
+        var (content, calls) = format.Parse(text, tools.Forces, format.NewCallId);
         if (calls.Count == 0) return ([new TextContent(text)], reason);
         var contents = new List<AIContent>();
         if (content is not null) contents.Add(new TextContent(content));

@@ -11,6 +11,8 @@ namespace Tessera.Inference.Tools;
 /// and every template that does not read tools, to which <see cref="HermesToolFormat.InPlainText"/> describes this syntax).</item>
 /// <item><see cref="LlamaJson"/>: the reply is the call, <c>{"name": ..., "parameters": {...}}</c>, perhaps after
 /// <c>&lt;|python_tag|&gt;</c> (Llama 3.1 to 3.3's templates, which mention ipython and describe that syntax themselves).</item>
+/// <item><see cref="Mistral"/>: <c>[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]</c> (Mistral's v3 templates, whose
+/// call ids are nine letters and digits).</item>
 /// </list>
 /// </summary>
 public abstract class ToolCallFormat
@@ -21,21 +23,29 @@ public abstract class ToolCallFormat
     /// <summary>Llama 3.1's bare JSON call.</summary>
     public static ToolCallFormat LlamaJson { get; } = new LlamaJsonCalls();
 
+    /// <summary>Mistral's [TOOL_CALLS] list.</summary>
+    public static ToolCallFormat Mistral { get; } = new MistralCalls();
+
     /// <summary>
-    /// The format of <paramref name="template"/>: <see cref="LlamaJson"/> for a template that reads tools and speaks of
-    /// ipython or <c>&lt;|python_tag|&gt;</c> without the Hermes tag; <see cref="Hermes"/> otherwise.
+    /// The format of <paramref name="template"/>: <see cref="Mistral"/> for a template that reads tools and writes
+    /// <c>[TOOL_CALLS]</c>; <see cref="LlamaJson"/> for one that reads tools and speaks of ipython or <c>&lt;|python_tag|&gt;</c>
+    /// without the Hermes tag; <see cref="Hermes"/> otherwise.
     /// </summary>
     public static ToolCallFormat For(ChatTemplate template)
     {
         ArgumentNullException.ThrowIfNull(template);
         string s = template.Source;
+        if (template.UsesTools && s.Contains("[TOOL_CALLS]", StringComparison.Ordinal)) return Mistral;
         bool llama = template.UsesTools && !s.Contains(HermesToolFormat.Open, StringComparison.Ordinal)
             && (s.Contains("<|python_tag|>", StringComparison.Ordinal) || s.Contains("ipython", StringComparison.Ordinal));
         return llama ? LlamaJson : Hermes;
     }
 
-    /// <summary>"hermes" or "llama3-json".</summary>
+    /// <summary>"hermes", "llama3-json" or "mistral".</summary>
     public abstract string Name { get; }
+
+    /// <summary>A fresh id for a call the reply made (Mistral's templates want nine letters and digits; the others take any).</summary>
+    public virtual string NewCallId() => "call_" + Guid.NewGuid().ToString("N")[..24];
 
     /// <summary>The text after the generation prompt that opens a forced call (its JSON then follows, constrained).</summary>
     public abstract string ForcedOpening { get; }
@@ -106,6 +116,61 @@ public abstract class ToolCallFormat
             bool mayBeCall = start.Length == 0 || start[0] == '{' || start.StartsWith(PythonTag, StringComparison.Ordinal)
                 || PythonTag.StartsWith(start, StringComparison.Ordinal);
             return mayBeCall ? 0 : text.Length;
+        }
+    }
+
+    private sealed class MistralCalls : ToolCallFormat
+    {
+        private const string Tag = "[TOOL_CALLS]";
+
+        public override string Name => "mistral";
+
+        public override string ForcedOpening => Tag + " [";
+
+        public override string NewCallId()
+        {
+            const string alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+            return string.Create(9, 0, (span, _) => { for (int i = 0; i < span.Length; i++) span[i] = alphabet[Random.Shared.Next(alphabet.Length)]; });
+        }
+
+        public override JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => HermesToolFormat.ForcedCall(tools, choice, "arguments");
+
+        public override (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId)
+        {
+            ArgumentNullException.ThrowIfNull(text);
+            if (forced) text = ForcedOpening + text + "]";
+            string body = text.Trim();
+            int tag = body.IndexOf(Tag, StringComparison.Ordinal);
+            if (tag >= 0)
+            {
+                string list = body[(tag + Tag.Length)..].Trim();
+                var calls = new List<ChatToolCall>();
+                try
+                {
+                    using var doc = System.Text.Json.JsonDocument.Parse(list);
+                    if (doc.RootElement.ValueKind == System.Text.Json.JsonValueKind.Array)
+                        foreach (var item in doc.RootElement.EnumerateArray())
+                            if (HermesToolFormat.TryCall(item.GetRawText(), newId, out var call)) calls.Add(call);
+                }
+                catch (System.Text.Json.JsonException) { calls.Clear(); }
+                if (calls.Count > 0)
+                {
+                    string before = body[..tag].Trim();
+                    return (before.Length == 0 ? null : before, calls);
+                }
+            }
+            string rest = text.Trim();
+            return (rest.Length == 0 ? null : rest, []);
+        }
+
+        public override int Streamable(string text)
+        {
+            ArgumentNullException.ThrowIfNull(text);
+            int tag = text.IndexOf(Tag, StringComparison.Ordinal);
+            if (tag >= 0) return tag;
+            for (int keep = Math.Min(Tag.Length - 1, text.Length); keep > 0; keep--)
+                if (text.EndsWith(Tag[..keep], StringComparison.Ordinal)) return text.Length - keep;
+            return text.Length;
         }
     }
 }

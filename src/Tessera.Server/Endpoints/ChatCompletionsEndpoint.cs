@@ -120,7 +120,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     private (string? Content, List<ToolCallOut>? Calls, string Reason) Message(string text, string reason, ToolChoice? tools)
     {
         if (tools is null) return (text, null, reason);
-        var (content, calls) = chat.ToolCalls.Parse(text, tools.Forces, () => "call_" + Guid.NewGuid().ToString("N")[..24]);
+        var (content, calls) = chat.ToolCalls.Parse(text, tools.Forces, chat.ToolCalls.NewCallId);
         if (calls.Count == 0) return (text, null, reason);
         return (content, [.. calls.Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))], "tool_calls");
     }

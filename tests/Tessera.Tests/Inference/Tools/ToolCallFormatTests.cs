@@ -53,6 +53,24 @@ public class ToolCallFormatTests
         Assert.Equal("UTC", JsonDocument.Parse(c.Arguments).RootElement.GetProperty("zone").GetString());
     }
 
+    /// <summary>Mistral's list after [TOOL_CALLS], its nine-character call ids, and a forced call's text (the object the prompt's "[TOOL_CALLS] [" opened).</summary>
+    [Fact]
+    public void MistralsCallsAreTheListAfterItsTag()
+    {
+        Assert.Same(ToolCallFormat.Mistral, ToolCallFormat.For(ChatTemplate.Parse("{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}{% endif %}[TOOL_CALLS]")));
+        var mistral = ToolCallFormat.Mistral;
+        var (content, calls) = mistral.Parse("[TOOL_CALLS] [{\"name\": \"get_time\", \"arguments\": {\"utc\": true}}, {\"name\": \"get_date\", \"arguments\": {}}]",
+            forced: false, mistral.NewCallId);
+        Assert.Null(content);
+        Assert.Equal(["get_time", "get_date"], calls.Select(c => c.Name));
+        Assert.All(calls, c => Assert.Matches("^[A-Za-z0-9]{9}$", c.Id));
+        var forced = mistral.Parse("{\"name\": \"get_time\", \"arguments\": {\"utc\": false}}", forced: true, mistral.NewCallId);
+        Assert.Equal("get_time", Assert.Single(forced.Calls).Name);
+        Assert.Equal("plain text", mistral.Parse("plain text", forced: false, mistral.NewCallId).Content);
+        Assert.Equal(4, mistral.Streamable("Hi, [TOOL"));
+        Assert.Equal("[TOOL_CALLS] [", mistral.ForcedOpening);
+    }
+
     [Theory]
     [InlineData("hermes", "Hello", 5)]
     [InlineData("hermes", "Hello <tool", 6)]                  // what could begin a tag is held back
