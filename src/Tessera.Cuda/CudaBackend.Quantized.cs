@@ -115,6 +115,22 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <inheritdoc/>
+    public void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output)
+    {
+        ArgumentNullException.ThrowIfNull(table);
+        RequireDType(nameof(QuantizedEmbeddingShardForward), "ids", ids, DType.I32);
+        RequireContiguous(nameof(QuantizedEmbeddingShardForward), "ids", ids);
+        RequireContiguous(nameof(QuantizedEmbeddingShardForward), "output", output);
+        long n = ids.NumElements;
+        int c = table.Columns, v = table.Rows;
+        if (output.NumElements != n * c) throw new ArgumentException($"CudaBackend.QuantizedEmbeddingShardForward: output {output.Shape} must hold {n} x {c} elements");
+        if (n == 0 || c == 0) return;
+        ulong pi = Ptr(ids), pv = Ptr(table.Values), ps = Ptr(table.Scales), po = Ptr(output);
+        void** args = stackalloc void*[] { &pi, &pv, &ps, &po, &n, &c, &v, &rowOffset };
+        Launch("quantized.cu", "embedding_shard_q8_" + Suffix(output.DType, nameof(QuantizedEmbeddingShardForward)), GridFor(n * c), Threads, args);
+    }
+
+    /// <inheritdoc/>
     public void Dequantize(QuantizedWeight weight, Tensor output)
     {
         ArgumentNullException.ThrowIfNull(weight);

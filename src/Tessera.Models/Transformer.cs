@@ -288,12 +288,10 @@ public sealed class Transformer
 
     /// <summary>
     /// Whether weight-only quantization keeps <paramref name="parameter"/> as int8 with row scales: every rank-2 parameter,
-    /// i.e. the linear layers' weights and, on one device, the embedding tables too (their rows are gathered and dequantized
-    /// on the way; a tied LM head then reads the int8 token table). A tensor-parallel rank keeps its vocabulary shard of the
-    /// token table in the model's dtype (the sharded gather has no int8 form).
+    /// i.e. the linear layers' weights and the embedding tables (their rows are gathered and dequantized on the way, a
+    /// tensor-parallel rank's vocabulary shard too; a tied LM head then reads the int8 token table).
     /// </summary>
-    public bool IsQuantizable(Parameter parameter) =>
-        parameter.Shape.Rank == 2 && (TensorParallelism is null || (parameter != _tokenEmbedding?.Weight && parameter != PositionEmbedding?.Weight));
+    public bool IsQuantizable(Parameter parameter) => parameter.Shape.Rank == 2;
 
     /// <summary>LM head C to Vpad: "lm_head" when untied, else over tok_emb.weight.</summary>
     public Linear Head => _head ?? throw NotHeld("the LM head");

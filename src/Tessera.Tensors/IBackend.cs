@@ -141,6 +141,12 @@ public interface IBackend
     /// </summary>
     void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false);
 
+    /// <summary>
+    /// <see cref="EmbeddingShardForward"/> over an int8 shard (V,C) of a vocabulary-parallel table: output (N,C) = the dequantized
+    /// row ids - rowOffset for ids in [rowOffset, rowOffset + V), zero for every other id.
+    /// </summary>
+    void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output);
+
     /// <summary>dTable (V,C) += scatter of dOutput (N,C) rows by ids (N).</summary>
     void EmbeddingBackward(Tensor ids, Tensor dOutput, Tensor dTable);
 

@@ -22,3 +22,19 @@ FOR_FLOAT_TYPES(DEQUANTIZE)
         } \
     }
 FOR_FLOAT_TYPES(EMBEDDING_Q8)
+
+// embedding_shard_q8_*: out[r, c] = scales[l] * values[l, c] with l = ids[r] - row_offset when l is one of this shard's V rows,
+// else 0: one rank's part of a vocabulary-parallel int8 table's lookup (the shards' parts sum to the whole).
+#define EMBEDDING_SHARD_Q8(name, t) \
+    extern "C" __global__ void embedding_shard_q8_##name(const int* ids, const signed char* values, const float* scales, t* out, i64 N, \
+                                                         int C, int V, int row_offset) \
+    { \
+        GRID_STRIDE(i, N * C) \
+        { \
+            i64 row = i / C; int c = (int)(i - row * C); \
+            i64 local = (i64)ids[row] - row_offset; \
+            float v = (local >= 0 && local < V) ? scales[local] * (float)values[local * C + c] : 0.f; \
+            out[i] = from_f<t>(v); \
+        } \
+    }
+FOR_FLOAT_TYPES(EMBEDDING_SHARD_Q8)

@@ -42,8 +42,9 @@ public sealed class VocabParallelEmbedding : Embedding
             throw new ArgumentException($"{Name}: ids must be (N) I32, got {ids.Shape} {ids.DType}");
         // (N, C) partial lookups; under sequence parallelism dead once reduce-scattered, so in a shared buffer (RowParallelLinear's reason).
         var shape = new Shape(ids.Size(0), Dim);
-        var partial = TensorParallelism.SequenceParallel ? ctx.Scratch(OutputKey, shape, Weight.Value.DType) : ctx.Buffer(OutputKey, shape, Weight.Value.DType);
-        ids.Backend.EmbeddingShardForward(ids, Weight.Value, RowOffset, partial);
+        var partial = TensorParallelism.SequenceParallel ? ctx.Scratch(OutputKey, shape, Weight.ComputeDType) : ctx.Buffer(OutputKey, shape, Weight.ComputeDType);
+        if (Weight.Quantized is { } q) ids.Backend.QuantizedEmbeddingShardForward(ids, q, RowOffset, partial);
+        else ids.Backend.EmbeddingShardForward(ids, Weight.Value, RowOffset, partial);
         var y = _output.Forward(ctx, partial);
         ctx.Save(IdsKey, ids);
         return y;

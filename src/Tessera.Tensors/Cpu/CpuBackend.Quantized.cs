@@ -111,6 +111,41 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(ids, table.Values, table.Scales, output);
     }
 
+    /// <inheritdoc/>
+    public void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output)
+    {
+        const string op = nameof(QuantizedEmbeddingShardForward);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(table);
+        ArgumentNullException.ThrowIfNull(output);
+        RequireDType(op, nameof(ids), ids, DType.I32);
+        RequireRank(op, nameof(ids), ids, 1, "(N)");
+        RequireContiguous(op, nameof(ids), ids);
+        RequireComputeDType(op, nameof(output), output);
+        RequireContiguous(op, nameof(output), output);
+        int n = ids.Size(0), c = table.Columns, v = table.Rows;
+        RequireShape(op, nameof(output), output, new Shape(n, c));
+        int* pid = Ptr<int>(ids);
+        sbyte* q = Ptr<sbyte>(table.Values);
+        float* s = Ptr<float>(table.Scales);
+        bool f32 = output.DType == DType.F32;
+        byte* o = BytePtr(output);
+        ParallelChunks(n, c, (r0, r1) =>
+        {
+            for (long r = r0; r < r1; r++)
+            {
+                long local = (long)pid[r] - rowOffset;
+                bool held = local >= 0 && local < v;
+                for (int j = 0; j < c; j++)
+                {
+                    double value = held ? (double)s[local] * q[local * c + j] : 0.0;
+                    if (f32) ((float*)o)[r * c + j] = (float)value; else ((double*)o)[r * c + j] = value;
+                }
+            }
+        });
+        KeepOperandsAlive(ids, table.Values, table.Scales, output);
+    }
+
     /// <summary>
     /// The product a tile of weight rows at a time: each tile dequantized into one scratch of x's dtype (reused, so the weight
     /// is never whole in floating point), then the GEMM over the matching columns of y (and of the bias and addend), which it

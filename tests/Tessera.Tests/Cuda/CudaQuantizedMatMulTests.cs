@@ -261,6 +261,13 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
         Assert.Equal(expected, Gpu.ToArray<float>(output));
         Gpu.QuantizedEmbeddingForward(UploadInts(ids, ids.Length), Upload(Gpu, values, scales, v, c), output, accumulate: true);
         Assert.Equal(expected.Select(x => x + x).ToArray(), Gpu.ToArray<float>(output));
+
+        // As a vocabulary shard holding rows 3..42 of a whole table: ids below 3 and past 42 give zeros.
+        int[] shardIds = [2, 3, 42, 43, 20];
+        var shard = Gpu.Allocate(new Shape(shardIds.Length, c), DType.F32);
+        Gpu.QuantizedEmbeddingShardForward(UploadInts(shardIds, shardIds.Length), Upload(Gpu, values, scales, v, c), 3, shard);
+        var shardExpected = shardIds.SelectMany(id => id is >= 3 and < 43 ? rows.Skip((id - 3) * c).Take(c) : Enumerable.Repeat(0f, c)).ToArray();
+        Assert.Equal(shardExpected, Gpu.ToArray<float>(shard));
     }
 
     /// <summary>

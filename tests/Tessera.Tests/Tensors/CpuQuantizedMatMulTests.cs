@@ -120,6 +120,19 @@ public class CpuQuantizedMatMulTests
         Assert.Contains("outside the table's 12 rows", e.Message);
     }
 
+    /// <summary>A vocabulary shard's lookup: the dequantized row for ids in the shard, zeros for the others.</summary>
+    [Fact]
+    public void ShardLookupGivesItsRowsAndZerosElsewhere()
+    {
+        var rng = TestRandom.Create();
+        var (table, w) = Weight(rng, 6, 20);                       // rows 10..15 of a whole table
+        int[] ids = [9, 10, 15, 16, 12];
+        var output = _cpu.Allocate(new Shape(ids.Length, 20), DType.F64);
+        _cpu.QuantizedEmbeddingShardForward(_cpu.FromArray(ids, ids.Length), table, 10, output);
+        var expected = ids.SelectMany(id => id is >= 10 and < 16 ? w.Skip((id - 10) * 20).Take(20) : Enumerable.Repeat(0.0, 20)).ToArray();
+        Assert.Equal(expected, TestTensors.ToDoubles(_cpu, output));   // F64 holds scale x value exactly
+    }
+
     [Fact]
     public void ArgumentsThatDoNotFitAreRefusedNamingThem()
     {
