@@ -20,6 +20,8 @@ public static class PrometheusText
         Counter(sb, "tessera_preemptions_total", "Sequences preempted for KV blocks (recomputed later).", [("", m.Preemptions)]);
         Counter(sb, "tessera_spec_decode_draft_tokens_total", "Draft tokens verified by speculative decoding.", [("", m.DraftTokens)]);
         Counter(sb, "tessera_spec_decode_accepted_tokens_total", "Draft tokens the model agreed with (tokens gained).", [("", m.AcceptedDraftTokens)]);
+        Counter(sb, "tessera_constrained_requests_total", "Requests constrained to a JSON grammar (response_format, forced tool calls).", [("", m.ConstrainedRequests)]);
+        Counter(sb, "tessera_constrained_documents_total", "Constrained choices that ended with a whole JSON document.", [("", m.WholeDocuments)]);
         Counter(sb, "tessera_http_responses_total", "HTTP responses by status code.",
             responsesByStatus.OrderBy(kv => kv.Key).Select(kv => ($"code=\"{kv.Key}\"", kv.Value)).ToArray());
         Gauge(sb, "tessera_requests_running", "Sequences in the running batch.", m.Running);

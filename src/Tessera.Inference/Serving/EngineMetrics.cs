@@ -8,7 +8,7 @@ namespace Tessera.Inference.Serving;
 public sealed class EngineMetrics
 {
     private long _requestsStarted, _requestsFinished, _requestsCancelled, _requestsRejected, _promptTokens, _generatedTokens,
-        _cachedPromptTokens, _steps, _preemptions, _draftTokens, _acceptedDraftTokens;
+        _cachedPromptTokens, _steps, _preemptions, _draftTokens, _acceptedDraftTokens, _constrainedRequests, _wholeDocuments;
     private int _running, _waiting, _blocksInUse;
 
     internal EngineMetrics(int totalBlocks) => KvBlocksTotal = totalBlocks;
@@ -71,6 +71,14 @@ public sealed class EngineMetrics
     internal void TokensGenerated(int count) => Interlocked.Add(ref _generatedTokens, count);
     internal void PromptTokensCached(int count) => Interlocked.Add(ref _cachedPromptTokens, count);
     internal void Preempted(int count) => Interlocked.Add(ref _preemptions, count);
+    /// <summary>Requests constrained to a JSON grammar (response_format, forced tool calls).</summary>
+    public long ConstrainedRequests => Interlocked.Read(ref _constrainedRequests);
+
+    /// <summary>Constrained choices that ended with a whole document (the others ran into max_tokens or the context).</summary>
+    public long WholeDocuments => Interlocked.Read(ref _wholeDocuments);
+
+    internal void ConstrainedRequestStarted() => Interlocked.Increment(ref _constrainedRequests);
+    internal void WholeDocument() => Interlocked.Increment(ref _wholeDocuments);
     internal void DraftsVerified(int drafts, int accepted) { Interlocked.Add(ref _draftTokens, drafts); Interlocked.Add(ref _acceptedDraftTokens, accepted); }
 
     private readonly object _phaseLock = new();

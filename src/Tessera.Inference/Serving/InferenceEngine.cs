@@ -330,6 +330,7 @@ public sealed class InferenceEngine : IDisposable
         }
         _requests.Add(request);
         Metrics.RequestStarted(r.Prompt.Count);
+        if (r.Grammar is not null) Metrics.ConstrainedRequestStarted();
     }
 
     /// <summary>
@@ -611,6 +612,7 @@ public sealed class InferenceEngine : IDisposable
             json.Advance(_tokenizer.TokenBytes(token));
             if (json.IsComplete)                                              // the document is whole: nothing may follow
             {
+                Metrics.WholeDocument();
                 text += choice.Matcher.Push(choice.Decoder.Flush());
                 text += choice.Matcher.Stopped ? "" : choice.Matcher.Flush();
                 Finish(choice, FinishReason.Stop, text, [token], logprobs);

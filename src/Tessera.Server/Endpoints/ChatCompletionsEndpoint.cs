@@ -72,8 +72,9 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
         long created = EngineCalls.Now();
         // With tools the model may call (auto, required, named), each choice's text is read whole for its calls.
         var calls = tools.Count > 0 && toolChoice.Mode != ToolChoiceMode.None ? toolChoice : null;
-        if (body.Stream == true) await StreamAsync(context, events, id, created, request.Choices, body.StreamOptions?.IncludeUsage == true, calls).ConfigureAwait(false);
-        else await WholeAsync(context, events, id, created, request.Choices, calls).ConfigureAwait(false);
+        bool oneCall = body.ParallelToolCalls == false;
+        if (body.Stream == true) await StreamAsync(context, events, id, created, request.Choices, body.StreamOptions?.IncludeUsage == true, calls, oneCall).ConfigureAwait(false);
+        else await WholeAsync(context, events, id, created, request.Choices, calls, oneCall).ConfigureAwait(false);
     }
 
     /// <summary>OpenAI's tools: functions, each with a name; their parameters' schemas are checked when a call is forced.</summary>
@@ -117,16 +118,17 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     /// A choice's text as the message says it: its tool calls, as the model's format writes them (<see cref="ToolCallFormat"/>;
     /// a forced call's text is the call's JSON) and the rest as content; the finish reason becomes tool_calls when there are calls.
     /// </summary>
-    private (string? Content, List<ToolCallOut>? Calls, string Reason) Message(string text, string reason, ToolChoice? tools)
+    private (string? Content, List<ToolCallOut>? Calls, string Reason) Message(string text, string reason, ToolChoice? tools, bool oneCall)
     {
         if (tools is null) return (text, null, reason);
         var (content, calls) = chat.ToolCalls.Parse(text, tools.Forces, chat.ToolCalls.NewCallId);
         if (calls.Count == 0) return (text, null, reason);
-        return (content, [.. calls.Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))], "tool_calls");
+        // parallel_tool_calls false: one call a reply (the first the model wrote).
+        return (content, [.. calls.Take(oneCall ? 1 : int.MaxValue).Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))], "tool_calls");
     }
 
     private async Task WholeAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n,
-        ToolChoice? tools)
+        ToolChoice? tools, bool oneCall)
     {
         var texts = Enumerable.Range(0, n).Select(_ => new StringBuilder()).ToArray();
         var logprobs = new List<TokenLogprobBody>?[n];
@@ -142,7 +144,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
         if (usage is null) return;                                      // cancelled: the client is gone
         var choices = Enumerable.Range(0, n).Select(i =>
         {
-            var (content, calls, reason) = Message(texts[i].ToString(), reasons[i] ?? "stop", tools);
+            var (content, calls, reason) = Message(texts[i].ToString(), reasons[i] ?? "stop", tools, oneCall);
             return new ChatChoice(i, new AssistantMessage("assistant", content, calls), logprobs[i] is { } l ? new ChoiceLogprobs(l) : null, reason);
         }).ToList();
         context.Response.ContentType = "application/json";
@@ -151,7 +153,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     }
 
     private async Task StreamAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n, bool includeUsage,
-        ToolChoice? tools)
+        ToolChoice? tools, bool oneCall)
     {
         // With tools a choice's text streams as long as no call can be part of it (ToolCallFormat.Streamable; a forced call's
         // never); from there it is held until the choice ends, when its calls are read and sent with the rest.
@@ -187,7 +189,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
                     sent[e.Index] = safe;
                 }
                 if (e.FinishReason is not { } end) continue;
-                var (content, calls, reason) = Message(so[sent[e.Index]..], EngineCalls.Reason(end), tools);
+                var (content, calls, reason) = Message(so[sent[e.Index]..], EngineCalls.Reason(end), tools, oneCall);
                 if (content is not null) await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, content), null, null), null).ConfigureAwait(false);
                 if (calls is not null)
                     await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null,

@@ -43,6 +43,11 @@ public class StructuredOutputTests(ServerFixture fixture) : IClassFixture<Server
         Assert.Contains(root.GetProperty("indoor").ValueKind, new[] { JsonValueKind.True, JsonValueKind.False });
         Assert.True(root.GetProperty("legs").TryGetInt64(out _));
         Assert.Contains(root.GetProperty("colour").GetString(), new[] { "red", "green" });
+        var metrics = await S.Http.GetStringAsync("metrics", TestContext.Current.CancellationToken);
+        double Sample(string name) => double.Parse(metrics.Split('\n').Single(l => l.StartsWith(name + " ", StringComparison.Ordinal))[(name.Length + 1)..],
+            System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(Sample("tessera_constrained_requests_total") >= 1);
+        Assert.True(Sample("tessera_constrained_documents_total") >= 1);
     }
 
     /// <summary>Streamed, the deltas join into a document of the schema, and the last says stop.</summary>
