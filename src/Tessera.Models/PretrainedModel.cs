@@ -38,12 +38,14 @@ public static class PretrainedModel
     /// (<see cref="QuantizedParameterStorage"/>; the other parameters in <paramref name="dtype"/>), all zero until written
     /// through <see cref="Parameter.WriteMasterOrValue"/> (a loader, benchmark weights), which quantizes them. With
     /// <paramref name="tensorParallelism"/> it is this rank's part: each rank quantizes the slice it holds, so a column-parallel
-    /// weight's rows keep one device's scales and a row-parallel weight's rows get one scale per rank's slice of them.
+    /// weight's rows keep one device's scales and a row-parallel weight's rows get one scale per rank's slice of them. With
+    /// <paramref name="lora"/> the int8 weights are the frozen base under trainable LoRA adapters (QLoRA's idea with int8):
+    /// the base's gradients flow through dequantized copies, one layer at a time, and only the adapters are trained.
     /// </summary>
     public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype,
-        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null)
+        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, Tessera.Nn.Adapters.LoraOptions? lora = null)
     {
-        var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism);
+        var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism, lora: lora);
         _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsQuantizable);   // attaches itself
         return model;
     }

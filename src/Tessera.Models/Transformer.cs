@@ -175,7 +175,8 @@ public sealed class Transformer
     /// The parameters a trainer updates: the adapters' layout when the model is LoRA over a frozen base
     /// (<see cref="ArenaStorage.Frozen"/>), else the model's own.
     /// </summary>
-    public ParameterLayout TrainableLayout => Adapters is not null && Layout.Storage is ParameterArena { Frozen: true } ? Adapters.Layout : Layout;
+    public ParameterLayout TrainableLayout => Adapters is not null && Layout.Storage is ParameterArena { Frozen: true } or Nn.Quantization.QuantizedParameterStorage
+        ? Adapters.Layout : Layout;
 
     /// <summary>This rank's pipeline stage (its group and the partition of the blocks), or null for the whole model.</summary>
     public PipelineParallelism? Pipeline { get; }

@@ -106,7 +106,7 @@ public sealed class LoraLinear : Linear
         if (Merged) return base.ForwardGelu(ctx, x, preActivation);
         CheckInput(x);
         var backend = x.Backend;
-        backend.MatMul(x, Weight.Value, preActivation, transposeB: true, bias: Bias?.Value);   // (N, out)
+        Product(x, preActivation, Bias?.Value);                                               // (N, out), int8 base or not
         AddLowRank(ctx, x, preActivation);
         var y = ctx.Buffer(OutputKey, preActivation.Shape, x.DType);                          // (N, out)
         backend.GeluForward(preActivation, y);

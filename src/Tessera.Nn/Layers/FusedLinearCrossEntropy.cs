@@ -100,8 +100,12 @@ public sealed class FusedLinearCrossEntropy
         if (dx is not null && (dx.Shape != x.Shape || !dx.IsContiguous))
             throw new ArgumentException($"{name}: input gradient {dx.Shape} must be contiguous and shaped as the input {x.Shape}");
         var backend = x.Backend;
-        var weight = Head.Weight.Value;                                      // (V, C)
+        // A frozen int8 head (LoRA over a quantized base): the logits from the int8 weight, dx through one dequantized copy.
+        var quantized = Head.Weight.Quantized;
+        var weight = quantized is null ? Head.Weight.Value : null;           // (V, C)
         int rows = ChunkRows(n, maxChunkRows);
+        try
+        {
         for (int start = 0; start < n; start += rows)
         {
             int r = Math.Min(rows, n - start);
@@ -109,7 +113,8 @@ public sealed class FusedLinearCrossEntropy
             var tc = targets.Slice(0, start, r);                             // (R)
             var lc = losses.Slice(0, start, r);                              // (R)
             var logits = ctx.Scratch(_logits, new Shape(r, columns), x.DType);   // (R, V): the chunk's logits, then their gradient
-            backend.MatMul(xc, weight, logits, transposeB: true, bias: Head.Bias?.Value);
+            if (quantized is null) backend.MatMul(xc, weight!, logits, transposeB: true, bias: Head.Bias?.Value);
+            else backend.QuantizedMatMul(xc, quantized, logits, bias: Head.Bias?.Value);
             if (VocabularyParallel is not null)
             {
                 VocabularyParallel.Forward(ctx, logits, tc, lc, lossScale);  // one all-gather of (tp, R, 3) statistics
@@ -130,10 +135,21 @@ public sealed class FusedLinearCrossEntropy
                 }
             }
             if (dx is null) continue;
+            if (weight is null)
+            {
+                var w = backend.Allocate(quantized!.Shape, x.DType);
+                backend.Dequantize(quantized, w);
+                weight = w;
+            }
             backend.MatMul(logits, weight, dx.Slice(0, start, r));          // dx (R, C) = dlogits W
             if (!Head.Weight.RequiresGradient) continue;                   // a frozen head (LoRA): dx only
             if (Head.Bias is null) backend.MatMul(logits, xc, Head.Weight.Grad, transposeA: true, beta: 1.0);
             else backend.MatMul(logits, xc, Head.Weight.Grad, transposeA: true, beta: 1.0, epilogue: MatMulEpilogue.BiasGradient, biasGradient: Head.Bias.Grad);
+        }
+        }
+        finally
+        {
+            if (quantized is not null) weight?.Storage.Dispose();
         }
     }
 }

@@ -120,10 +120,10 @@ public class Linear
     public virtual void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null,
         Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false)
     {
-        if (Weight.Quantized is not null)
-            throw new NotSupportedException($"{Name}: the weight is quantized (int8, an inference model); a backward pass needs a model loaded without quantization");
         var x = ctx.Get(_input);
         var backend = dy.Backend;
+        if (Weight.Quantized is not null && Weight.RequiresGradient)
+            throw new NotSupportedException($"{Name}: the weight is quantized (int8) and cannot be trained; train LoRA adapters over it, or load the model without quantization");
         if (dy.Rank != 2 || dy.Size(0) != x.Size(0) || dy.Size(1) != OutFeatures)
             throw new ArgumentException($"{Name}: output gradient {dy.Shape} must be ({x.Size(0)}, {OutFeatures})");
         if (geluPreActivation is not null && (dx is null || accumulateDx))
@@ -132,12 +132,19 @@ public class Linear
             throw new ArgumentException($"{Name}: a pre-activation's bias gradient is taken from the GELU gradient, so it needs geluPreActivation");
         if (dx is not null)
         {
-            if (geluPreActivation is null) backend.MatMul(dy, Weight.Value, dx, beta: accumulateDx ? 1.0 : 0.0);
-            else if (preActivationBiasGradient is null)
-                backend.MatMul(dy, Weight.Value, dx, epilogue: MatMulEpilogue.GeluBackward, auxiliary: geluPreActivation);
-            else
-                backend.MatMul(dy, Weight.Value, dx, epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: geluPreActivation,
-                    biasGradient: preActivationBiasGradient);
+            // A frozen int8 weight (LoRA over a quantized base): dx through a transient dequantized copy, this layer's alone.
+            var quantized = Weight.Quantized;
+            var w = quantized is null ? Weight.Value : Dequantized(quantized, dy.DType);
+            try
+            {
+                if (geluPreActivation is null) backend.MatMul(dy, w, dx, beta: accumulateDx ? 1.0 : 0.0);
+                else if (preActivationBiasGradient is null)
+                    backend.MatMul(dy, w, dx, epilogue: MatMulEpilogue.GeluBackward, auxiliary: geluPreActivation);
+                else
+                    backend.MatMul(dy, w, dx, epilogue: MatMulEpilogue.GeluBackwardBiasGradient, auxiliary: geluPreActivation,
+                        biasGradient: preActivationBiasGradient);
+            }
+            finally { if (quantized is not null) w.Storage.Dispose(); }
         }
         if (!Weight.RequiresGradient) return;                       // a frozen base weight (LoRA): no weight gradient at all
         if (Bias is null || biasGradientTaken) backend.MatMul(dy, x, Weight.Grad, transposeA: true, beta: 1.0);
@@ -184,6 +191,15 @@ public class Linear
     {
         if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, beta, bias, epilogue, auxiliary, addend);
         else x.Backend.MatMul(x, Weight.Value, y, transposeB: true, beta: beta, bias: bias, epilogue: epilogue, auxiliary: auxiliary, addend: addend);
+    }
+
+    /// <summary>The weight <paramref name="q"/> stands for, in a transient tensor of <paramref name="dtype"/> the caller disposes.</summary>
+    protected static Tensor Dequantized(QuantizedWeight q, DType dtype)
+    {
+        var backend = q.Values.Storage.Backend;
+        var w = backend.Allocate(q.Shape, dtype);
+        backend.Dequantize(q, w);
+        return w;
     }
 
     /// <summary>Checks x is (N, in).</summary>

@@ -130,8 +130,10 @@ public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, strin
     private Transformer BuildModel(IBackend backend)
     {
         using var hf = HuggingFaceModelDirectory.Open(plan.ModelDir);
-        var model = new Transformer(hf.Config, backend, plan.DType, ArenaStorage.Frozen, lora: plan.Lora);
-        hf.LoadInto(model.Parameters.Parameters, backend);
+        var model = plan.Settings.Quantize == Tessera.Nn.Quantization.WeightQuantization.Int8
+            ? PretrainedModel.Quantized(hf.Config, backend, plan.DType, lora: plan.Lora)          // the base a byte a weight
+            : new Transformer(hf.Config, backend, plan.DType, ArenaStorage.Frozen, lora: plan.Lora);
+        hf.LoadInto(model.Layout.Parameters, backend);
         model.RecomputeActivations = plan.Settings.Recompute;
         if (plan.Settings.Adapter is string start) PeftAdapter.Load(start, model.Adapters!);
         return model;
@@ -143,7 +145,8 @@ public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, strin
     private DataParallelOptions Parallel() => new DataParallelOptions { Stage = (ZeroStage)plan.Settings.Zero }.Validate();
 
     private void Describe(Transformer model, string where) =>
-        terminal.Line($"{model.Adapters!.ParameterCount:N0} trainable parameters beside {model.Layout.ParameterCount:N0} frozen, {plan.DType} on {where}");
+        terminal.Line($"{model.Adapters!.ParameterCount:N0} trainable parameters beside {model.Layout.ParameterCount:N0} frozen" +
+            $"{(plan.Settings.Quantize == Tessera.Nn.Quantization.WeightQuantization.Int8 ? " (int8)" : "")}, {plan.DType} on {where}");
 
     /// <summary>Collective under data parallelism: the checkpoint (rank 0 writes), then rank 0 copies its adapter to OUT/adapter.</summary>
     private void Save(Trainer trainer)

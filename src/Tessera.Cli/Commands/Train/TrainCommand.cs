@@ -64,6 +64,7 @@ public sealed class TrainCommand : Command
     private readonly Option<double?> _loraAlpha = Positive("--lora-alpha", "A", "with --lora: the adapters' output is scaled by A / R [default: R]");
     private readonly Option<double> _loraDropout = SharedOptions.Double("--lora-dropout", "P", "with --lora: dropout on the adapters' input in training", 0.0, min: 0);
     private readonly Option<string?> _loraTargets = new("--lora-targets") { Description = "with --lora: the projections adapted, from q, k, v, o, gate, up, down (or q_proj, ..., down_proj); GPT-2: c_attn, attn.c_proj, c_fc, mlp.c_proj (c_proj: both) [default: the attention projections, q,k,v,o or c_attn,attn.c_proj]", HelpName = "LIST" };
+    private readonly Option<Tessera.Nn.Quantization.WeightQuantization> _quantize = SharedOptions.Quantize();
     private readonly Option<string?> _adapter = new("--adapter") { Description = "with --lora: start from this PEFT adapter directory (adapter_config.json + adapter_model.safetensors) instead of a fresh one", HelpName = "DIR" };
 
     /// <summary>Declares the options.</summary>
@@ -71,7 +72,7 @@ public sealed class TrainCommand : Command
     {
         Option[] options = [_model, _data, _valData, _tokenizer, _out, _steps, _batch, _micro, _seq, _lr, _warmup, _minLr, _weightDecay, _clip,
             _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _masters, _recompute, _ranks, _tp, _sp, _zero,
-            _offload, _pp, _schedule, _virtualStages, _printSchedule, _printMemory, _resume, _allowChanges, _sampleTokens, _lora, _loraAlpha, _loraDropout, _loraTargets, _adapter];
+            _offload, _pp, _schedule, _virtualStages, _printSchedule, _printMemory, _resume, _allowChanges, _sampleTokens, _lora, _loraAlpha, _loraDropout, _loraTargets, _adapter, _quantize];
         foreach (var o in options) Options.Add(o);
         _loraDropout.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<double>() >= 1) r.AddError($"--lora-dropout ({r.GetValueOrDefault<double>()}) must be below 1"); });
         _zero.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<int>() > 3) r.AddError($"--zero ({r.GetValueOrDefault<int>()}) must be 0, 1, 2 or 3"); });
@@ -81,6 +82,8 @@ public sealed class TrainCommand : Command
             if (settings.LoraRank is null && (parse.GetResult(_loraAlpha) is { Implicit: false } || parse.GetResult(_loraTargets) is { Implicit: false }
                 || parse.GetResult(_loraDropout) is { Implicit: false } || settings.Adapter is not null))
                 throw new UsageException("--lora-alpha, --lora-dropout, --lora-targets and --adapter apply to LoRA fine-tuning; add --lora R");
+            if (settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None && settings.LoraRank is null && !settings.Resume)
+                throw new UsageException("--quantize int8 trains LoRA adapters over an int8 base (the base's weights are not trained); add --lora R");
             if (settings.LoraRank is not null && settings.Masters == MasterWeights.Split)
                 throw new UsageException("--masters split: LoRA keeps the base frozen (no masters) and its adapters' masters separate; leave --masters out");
             // A LoRA run resumes as one: --resume of a directory whose checkpoint holds adapters needs no --lora.
@@ -102,6 +105,7 @@ public sealed class TrainCommand : Command
         PrintSchedule = p.GetValue(_printSchedule), PrintMemory = p.GetValue(_printMemory), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
         LoraRank = p.GetValue(_lora), LoraAlpha = p.GetValue(_loraAlpha), LoraDropout = p.GetValue(_loraDropout),
         LoraTargets = p.GetValue(_loraTargets)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), Adapter = p.GetValue(_adapter),
+        Quantize = p.GetValue(_quantize),
     };
 
     /// <summary>The command-line option of each trainer setting, for messages about a resume.</summary>

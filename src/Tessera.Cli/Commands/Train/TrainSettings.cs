@@ -144,6 +144,12 @@ public sealed record TrainSettings
     public string? Adapter { get; init; }
 
     /// <summary>
+    /// With --lora, how the frozen base keeps its weight matrices (--quantize): int8 holds them a byte a weight (gradients reach
+    /// the adapters through dequantized copies, a layer at a time). Not saved with the run: a resume takes it again.
+    /// </summary>
+    public Tessera.Nn.Quantization.WeightQuantization Quantize { get; init; }
+
+    /// <summary>
     /// The run's trainer options and the remaining choices: given values first, then the checkpoint's (<paramref name="saved"/>,
     /// with the ranks that saved it; <paramref name="worldSize"/> ranks resume it), then the defaults. Throws <see cref="CommandLine.UsageException"/> naming the option when
     /// the micro-batch does not divide the batch.
