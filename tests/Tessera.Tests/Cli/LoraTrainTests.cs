@@ -81,7 +81,8 @@ public sealed class LoraTrainTests : IDisposable
 
     /// <summary>
     /// `--quantize int8` trains the adapters over an int8 base: the run says so, the loss falls over a few steps at a high
-    /// learning rate, and the adapter is written; without --lora the option is a usage error.
+    /// learning rate, the adapter is written, and a resume (without the option) continues over the int8 base; without --lora
+    /// the option is a usage error.
     /// </summary>
     [Fact]
     public void LoraOverAnInt8BaseTrainsTheAdapters()
@@ -97,6 +98,11 @@ public sealed class LoraTrainTests : IDisposable
         Assert.Equal(6, losses.Count);
         Assert.True(losses[^1] < losses[0], $"the loss did not fall: {string.Join(", ", losses)}");
         Assert.True(File.Exists(Path.Combine(output, "adapter", "adapter_model.safetensors")));
+        // A resume holds the base as the run did, --quantize given again or not.
+        var (code1, stdout1, stderr1) = CliProcess.Run("train", "--out", output, "--resume", "--steps", "8", "--threads", "1");
+        Assert.True(code1 == 0, stdout1 + stderr1);
+        Assert.Contains("frozen (int8)", stdout1);
+        Assert.Contains("done: 8 steps", stdout1);
         var (code2, _, err2) = CliProcess.Run("train", "--model", model, "--data", data, "--quantize", "int8", "--steps", "1", "--out", Path.Combine(_dir, "q2"));
         Assert.Equal(2, code2);
         Assert.Contains("add --lora R", err2);

@@ -145,7 +145,7 @@ public sealed record TrainSettings
 
     /// <summary>
     /// With --lora, how the frozen base keeps its weight matrices (--quantize): int8 holds them a byte a weight (gradients reach
-    /// the adapters through dequantized copies, a layer at a time). Not saved with the run: a resume takes it again.
+    /// the adapters through dequantized copies, a layer at a time). Saved with the run: a resume holds the base as it was held.
     /// </summary>
     public Tessera.Nn.Quantization.WeightQuantization Quantize { get; init; }
 
