@@ -98,36 +98,28 @@ public sealed unsafe partial class CudaBackend
         (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile + (8 * mt + 1) * DecodeGemmTile * 2));
 
     /// <inheritdoc/>
-    public void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false)
-    {
-        ArgumentNullException.ThrowIfNull(table);
-        RequireDType(nameof(QuantizedEmbeddingForward), "ids", ids, DType.I32);
-        RequireContiguous(nameof(QuantizedEmbeddingForward), "ids", ids);
-        RequireContiguous(nameof(QuantizedEmbeddingForward), "output", output);
-        long n = ids.NumElements;
-        int c = table.Columns, v = table.Rows;
-        if (output.NumElements != n * c) throw new ArgumentException($"CudaBackend.QuantizedEmbeddingForward: output {output.Shape} must hold {n} x {c} elements");
-        if (n == 0 || c == 0) return;
-        ulong pi = Ptr(ids), pv = Ptr(table.Values), ps = Ptr(table.Scales), po = Ptr(output);
-        int acc = accumulate ? 1 : 0;
-        void** args = stackalloc void*[] { &pi, &pv, &ps, &po, &n, &c, &v, &acc };
-        Launch("quantized.cu", "embedding_q8_" + Suffix(output.DType, nameof(QuantizedEmbeddingForward)), GridFor(n * c), Threads, args);
-    }
+    public void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false) =>
+        QuantizedLookup(nameof(QuantizedEmbeddingForward), ids, table, output, rowOffset: 0, shard: false, accumulate);
 
     /// <inheritdoc/>
-    public void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output)
+    public void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output) =>
+        QuantizedLookup(nameof(QuantizedEmbeddingShardForward), ids, table, output, rowOffset, shard: true, accumulate: false);
+
+    /// <summary>The lookup of an int8 table (<c>embedding_q8_*</c>): a whole table's, or a vocabulary <paramref name="shard"/>'s.</summary>
+    private void QuantizedLookup(string op, Tensor ids, QuantizedWeight table, Tensor output, int rowOffset, bool shard, bool accumulate)
     {
         ArgumentNullException.ThrowIfNull(table);
-        RequireDType(nameof(QuantizedEmbeddingShardForward), "ids", ids, DType.I32);
-        RequireContiguous(nameof(QuantizedEmbeddingShardForward), "ids", ids);
-        RequireContiguous(nameof(QuantizedEmbeddingShardForward), "output", output);
+        RequireDType(op, "ids", ids, DType.I32);
+        RequireContiguous(op, "ids", ids);
+        RequireContiguous(op, "output", output);
         long n = ids.NumElements;
         int c = table.Columns, v = table.Rows;
-        if (output.NumElements != n * c) throw new ArgumentException($"CudaBackend.QuantizedEmbeddingShardForward: output {output.Shape} must hold {n} x {c} elements");
+        if (output.NumElements != n * c) throw new ArgumentException($"CudaBackend.{op}: output {output.Shape} must hold {n} x {c} elements");
         if (n == 0 || c == 0) return;
         ulong pi = Ptr(ids), pv = Ptr(table.Values), ps = Ptr(table.Scales), po = Ptr(output);
-        void** args = stackalloc void*[] { &pi, &pv, &ps, &po, &n, &c, &v, &rowOffset };
-        Launch("quantized.cu", "embedding_shard_q8_" + Suffix(output.DType, nameof(QuantizedEmbeddingShardForward)), GridFor(n * c), Threads, args);
+        int sh = shard ? 1 : 0, acc = accumulate ? 1 : 0;
+        void** args = stackalloc void*[] { &pi, &pv, &ps, &po, &n, &c, &v, &rowOffset, &sh, &acc };
+        Launch("quantized.cu", "embedding_q8_" + Suffix(output.DType, op), GridFor(n * c), Threads, args);
     }
 
     /// <inheritdoc/>

@@ -75,46 +75,19 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc/>
-    public void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false)
-    {
-        const string op = nameof(QuantizedEmbeddingForward);
-        ArgumentNullException.ThrowIfNull(ids);
-        ArgumentNullException.ThrowIfNull(table);
-        ArgumentNullException.ThrowIfNull(output);
-        RequireDType(op, nameof(ids), ids, DType.I32);
-        RequireRank(op, nameof(ids), ids, 1, "(N)");
-        RequireContiguous(op, nameof(ids), ids);
-        RequireComputeDType(op, nameof(output), output);
-        RequireContiguous(op, nameof(output), output);
-        int n = ids.Size(0), c = table.Columns, v = table.Rows;
-        RequireShape(op, nameof(output), output, new Shape(n, c));
-        int* pid = Ptr<int>(ids);
-        for (int r = 0; r < n; r++)
-            if ((uint)pid[r] >= (uint)v) throw new ArgumentException($"{op}: id {pid[r]} at row {r} is outside the table's {v} rows", nameof(ids));
-        sbyte* q = Ptr<sbyte>(table.Values);
-        float* s = Ptr<float>(table.Scales);
-        bool f32 = output.DType == DType.F32;
-        byte* o = BytePtr(output);
-        ParallelChunks(n, c, (r0, r1) =>
-        {
-            for (long r = r0; r < r1; r++)
-            {
-                long id = pid[r];
-                for (int j = 0; j < c; j++)
-                {
-                    double value = (double)s[id] * q[id * c + j];
-                    if (f32) { float* d = (float*)o + r * c + j; *d = accumulate ? *d + (float)value : (float)value; }
-                    else { double* d = (double*)o + r * c + j; *d = accumulate ? *d + value : value; }
-                }
-            }
-        });
-        KeepOperandsAlive(ids, table.Values, table.Scales, output);
-    }
+    public void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false) =>
+        QuantizedLookup(nameof(QuantizedEmbeddingForward), ids, table, output, rowOffset: 0, shard: false, accumulate);
 
     /// <inheritdoc/>
-    public void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output)
+    public void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output) =>
+        QuantizedLookup(nameof(QuantizedEmbeddingShardForward), ids, table, output, rowOffset, shard: true, accumulate: false);
+
+    /// <summary>
+    /// output (N, C) (+)= the dequantized rows ids - rowOffset of an int8 table (V, C); an id outside the table is refused, or,
+    /// for a vocabulary <paramref name="shard"/>, gives a row of zeros.
+    /// </summary>
+    private void QuantizedLookup(string op, Tensor ids, QuantizedWeight table, Tensor output, int rowOffset, bool shard, bool accumulate)
     {
-        const string op = nameof(QuantizedEmbeddingShardForward);
         ArgumentNullException.ThrowIfNull(ids);
         ArgumentNullException.ThrowIfNull(table);
         ArgumentNullException.ThrowIfNull(output);
@@ -126,6 +99,9 @@ public sealed unsafe partial class CpuBackend
         int n = ids.Size(0), c = table.Columns, v = table.Rows;
         RequireShape(op, nameof(output), output, new Shape(n, c));
         int* pid = Ptr<int>(ids);
+        if (!shard)
+            for (int r = 0; r < n; r++)
+                if ((uint)pid[r] >= (uint)v) throw new ArgumentException($"{op}: id {pid[r]} at row {r} is outside the table's {v} rows", nameof(ids));
         sbyte* q = Ptr<sbyte>(table.Values);
         float* s = Ptr<float>(table.Scales);
         bool f32 = output.DType == DType.F32;
@@ -138,8 +114,9 @@ public sealed unsafe partial class CpuBackend
                 bool held = local >= 0 && local < v;
                 for (int j = 0; j < c; j++)
                 {
-                    double value = held ? (double)s[local] * q[local * c + j] : 0.0;
-                    if (f32) ((float*)o)[r * c + j] = (float)value; else ((double*)o)[r * c + j] = value;
+                    double value = held ? (double)s[local] * q[local * c + j] : 0.0;   // exact in double; F32 rounds it once
+                    if (f32) { float* d = (float*)o + r * c + j; *d = accumulate ? *d + (float)value : (float)value; }
+                    else { double* d = (double*)o + r * c + j; *d = accumulate ? *d + value : value; }
                 }
             }
         });
