@@ -334,21 +334,9 @@ public sealed class TextGenerator
         backend.CopyToHost<float>(row, host);
         if (json is null) return sampler.Sample(host, host.Length);
         var tokenizer = options!.Tokenizer!;
-        return Constraints.ConstrainedSampling.Sample(sampler, options.Sampling, host,
-            t => t < tokenizer.VocabSize && !stop!.Contains(t) && json.Accepts(tokenizer.TokenBytes(t)),
-            () =>
-            {
-                // Every token at once through the vocabulary's trie (built for the first grammar of this tokenizer).
-                if (!ReferenceEquals(_vocabularyOf, tokenizer)) (_vocabulary, _vocabularyOf) = (new Constraints.TokenVocabulary(tokenizer), tokenizer);
-                if (_allowed.Length != Math.Max(host.Length, tokenizer.VocabSize)) _allowed = new bool[Math.Max(host.Length, tokenizer.VocabSize)];
-                _vocabulary!.Allowed(json, _allowed);
-                _allowed.AsSpan(tokenizer.VocabSize).Clear();
-                foreach (var t in stop!) if (t < _allowed.Length) _allowed[t] = false;
-                return _allowed;
-            });
+        if (!ReferenceEquals(_constrained?.Tokenizer, tokenizer)) _constrained = new Constraints.ConstrainedVocabulary(tokenizer);
+        return _constrained!.Sample(sampler, options.Sampling, host, json, stop!);
     }
 
-    private Constraints.TokenVocabulary? _vocabulary;
-    private Tessera.Models.Tokenization.ITokenizer? _vocabularyOf;
-    private bool[] _allowed = [];
+    private Constraints.ConstrainedVocabulary? _constrained;   // the last grammar's tokenizer's
 }

@@ -531,26 +531,13 @@ public sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>
-    /// A token the choice's grammar accepts (<see cref="ConstrainedSampling"/>), or -1 when it accepts none; a check of every
-    /// token goes through the vocabulary's trie (<see cref="TokenVocabulary"/>, built at the first constrained request).
+    /// A token the choice's grammar accepts (<see cref="ConstrainedVocabulary"/>), or -1 when it accepts none. The end-of-text
+    /// tokens are refused until the document is complete, when the choice ends anyway.
     /// </summary>
     private int Constrained(Choice choice, JsonRecognizer json, float[] scores) =>
-        ConstrainedSampling.Sample(choice.Sampler, choice.Request.Request.Sampling, scores, t => Allowed(json, t), () =>
-        {
-            _vocabulary ??= new TokenVocabulary(_tokenizer);
-            if (_allowed.Length != Math.Max(scores.Length, _vocabulary.VocabSize)) _allowed = new bool[Math.Max(scores.Length, _vocabulary.VocabSize)];
-            _vocabulary.Allowed(json, _allowed);
-            _allowed.AsSpan(_vocabulary.VocabSize).Clear();                       // ids past the tokenizer's (a padded head)
-            foreach (var stop in _stopTokens) if (stop < _allowed.Length) _allowed[stop] = false;
-            return _allowed;
-        });
+        (_constrained ??= new ConstrainedVocabulary(_tokenizer)).Sample(choice.Sampler, choice.Request.Request.Sampling, scores, json, _stopTokens);
 
-    /// <summary>The end-of-text tokens are refused until the document is complete, when the choice ends anyway.</summary>
-    private bool Allowed(JsonRecognizer json, int token) =>
-        token < _tokenizer.VocabSize && !_stopTokens.Contains(token) && json.Accepts(_tokenizer.TokenBytes(token));
-
-    private TokenVocabulary? _vocabulary;   // built at the first constrained request
-    private bool[] _allowed = [];
+    private ConstrainedVocabulary? _constrained;   // built at the first constrained request
 
     /// <summary>The choice's scratch row: <paramref name="row"/> with the penalties of <paramref name="counts"/> and the logit bias applied.</summary>
     private static float[] Penalized(Choice choice, ReadOnlySpan<float> row, IReadOnlyDictionary<int, int> counts)
