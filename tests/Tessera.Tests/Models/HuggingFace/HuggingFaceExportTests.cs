@@ -26,7 +26,7 @@ public sealed class HuggingFaceExportTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    public static TheoryData<string> Families => new() { "gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug" };
+    public static TheoryData<string> Families => DebugFamilies.Each;
 
     /// <summary>A model with O(0.3) random weights, so logits depend on every parameter.</summary>
     private Model RandomModel(TransformerConfig config, DType dtype, int seed)

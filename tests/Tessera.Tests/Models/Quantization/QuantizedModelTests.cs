@@ -34,7 +34,7 @@ public sealed class QuantizedModelTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    public static TheoryData<string> Families => new() { "gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug" };
+    public static TheoryData<string> Families => DebugFamilies.Each;
 
     /// <summary>A model of <paramref name="preset"/> with O(0.3) random weights (seed logged) saved as a Hugging Face directory.</summary>
     private (string Directory, Model Original) Saved(string preset, DType dtype, Func<TransformerConfig, TransformerConfig>? change = null)
