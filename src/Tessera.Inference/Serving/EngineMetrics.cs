@@ -52,7 +52,8 @@ public sealed class EngineMetrics
     /// <summary>Sequences waiting after the last step.</summary>
     public int Waiting => Volatile.Read(ref _waiting);
 
-    /// <summary>KV blocks referenced by some sequence after the last step.</summary>
+    /// <summary>KV blocks referenced by some sequence after the last step, or after the last choice that finished (so a client that
+    /// has read a finish reason reads a count without that choice's blocks).</summary>
     public int KvBlocksInUse => Volatile.Read(ref _blocksInUse);
 
     /// <summary>KV blocks in the pool.</summary>

@@ -301,6 +301,7 @@ public sealed class InferenceEngine : IDisposable
             _choices.Remove(choice.Sequence.Id);
             choice.Finished = true;
         }
+        Metrics.Gauges(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);
         if (!request.Started) Interlocked.Decrement(ref _queued);
         Metrics.RequestCancelled();
         Close(request);
@@ -621,6 +622,7 @@ public sealed class InferenceEngine : IDisposable
     {
         var request = choice.Request;
         _scheduler.Finish(choice.Sequence);
+        Metrics.Gauges(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);   // current when the client sees the end
         _choices.Remove(choice.Sequence.Id);
         choice.Finished = true;
         request.Output.Writer.TryWrite(new CompletionEvent { Index = choice.Index, Text = text, Tokens = tokens, Logprobs = logprobs, FinishReason = reason });
