@@ -20,27 +20,35 @@ public sealed unsafe partial class CudaBackend
     /// <see cref="CudaBackendOptions.QuantizedDecodeProducts"/>. Otherwise the weight is dequantized into scratch of x's dtype
     /// (one weight at a time, from the caching allocator, so it is recorded into graphs like any scratch) and
     /// <see cref="MatMul"/> runs on it. The choice depends on shapes, dtypes, alignment and options only, so an eager step
-    /// and its recorded graph take the same path.</remarks>
+    /// and its recorded graph take the same path. A norm rides in the matrix-vector kernel (it stages x normalized, as for
+    /// 16-bit weights); on the other paths x is normalized into scratch first.</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
-        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null)
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null)
     {
         ArgumentNullException.ThrowIfNull(weight);
-        weight.ValidateProduct(nameof(CudaBackend), x, y, beta, bias, epilogue, auxiliary, addend);
-        if (epilogue == MatMulEpilogue.None && (TryGemvQuantized(x, weight, y, beta, bias, addend) || TryDecodeGemmQuantized(x, weight, y, beta, bias, addend))) return;
-        var w = ScratchTensor(weight.Shape, x.DType);
-        Dequantize(weight, w);
-        MatMul(x, w, y, transposeB: true, beta: beta, bias: bias, epilogue: epilogue, auxiliary: auxiliary, addend: addend);
-        w.Storage.Dispose();
+        weight.ValidateProduct(nameof(CudaBackend), x, y, beta, bias, epilogue, auxiliary, addend, norm);
+        if (epilogue == MatMulEpilogue.None && TryGemvQuantized(x, weight, y, beta, bias, addend, norm)) return;
+        var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
+        var input = normalized ?? x;
+        if (epilogue != MatMulEpilogue.None || !TryDecodeGemmQuantized(input, weight, y, beta, bias, addend))
+        {
+            var w = ScratchTensor(weight.Shape, x.DType);
+            Dequantize(weight, w);
+            MatMul(input, w, y, transposeB: true, beta: beta, bias: bias, epilogue: epilogue, auxiliary: auxiliary, addend: addend);
+            w.Storage.Dispose();
+        }
+        normalized?.Storage.Dispose();
     }
 
     /// <summary>
     /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int8 weight: the persistent matrix-vector
-    /// kernel's int8 form, which streams the (N, K) values once and applies each row's scale to its sum. False, with nothing
-    /// enqueued, when the call does not fit it (then the dequantized product runs it).
+    /// kernel's int8 form, which streams the (N, K) values once and applies each row's scale to its sum, x RMS-normalized as
+    /// it is staged when <paramref name="norm"/> is given. False, with nothing enqueued, when the call does not fit it (then
+    /// the dequantized product runs it).
     /// </summary>
-    private bool TryGemvQuantized(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
+    private bool TryGemvQuantized(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend, RmsNormPrologue? norm)
     {
-        if (!GemvInputFits(x)) return false;
+        if (!GemvFits(x, norm)) return false;
         int m = x.Size(0), k = x.Size(1), n = weight.Rows;
         var dtype = x.DType;
         if (n == 0 || k % QuantizedGemvChunk != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
@@ -50,8 +58,10 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldw = k, ldy = y.Stride(0), ldc = c.Stride(0);
         float be = addend is null ? (float)beta : 1f;
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pc, &n, &k, &ldx, &ldw, &ldy, &ldc, &be, &early };
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pc, &n, &k, &ldx, &ldw, &ldy, &ldc, &be, &pn, &eps, &early };
         Launch("gemv.cu", $"gemv_stream_q8_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", (GemvGrid(n), 1, 1), 256, args,
             GemvShared(m, k, dtype), dependent: true);
         return true;

@@ -71,10 +71,11 @@ public interface IBackend
     /// weights. x, y, bias, addend and auxiliary share one floating-point dtype. <paramref name="epilogue"/> is None or Gelu
     /// (<paramref name="auxiliary"/> (M, N) receives the pre-activation); an addend takes beta = 0, as in <see cref="MatMul"/>.
     /// Equal, up to the order of the sums, to <see cref="Dequantize"/> into a tensor of x's dtype and then
-    /// <see cref="MatMul"/> with transposeB.
+    /// <see cref="MatMul"/> with transposeB. With <paramref name="norm"/>, x is RMS-normalized first, as
+    /// <see cref="RmsNormMatMul"/> does for a floating-point weight (the int8 decode step's norms ride in its products).
     /// </summary>
     void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
-        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null);
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null);
 
     /// <summary>output (N, K) = the weight <paramref name="weight"/> stands for, Scales[n] * Values[n, k], in output's floating-point dtype.</summary>
     void Dequantize(QuantizedWeight weight, Tensor output);

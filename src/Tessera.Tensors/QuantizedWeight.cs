@@ -42,10 +42,10 @@ public sealed record QuantizedWeight
     /// <summary>
     /// The checks every backend applies to <see cref="IBackend.QuantizedMatMul"/>: x (M, K) and y (M, N) of one floating-point
     /// dtype with this weight (N, K) between them, on the backend that holds it; bias (N) of that dtype; epilogue None or
-    /// Gelu; then <see cref="MatMulEpilogueArguments.Validate"/>'s checks of beta, auxiliary and addend.
+    /// Gelu; a norm's weight (K) of x's dtype; then <see cref="MatMulEpilogueArguments.Validate"/>'s checks of beta, auxiliary and addend.
     /// </summary>
     public void ValidateProduct(string backend, Tensor x, Tensor y, double beta, Tensor? bias, MatMulEpilogue epilogue,
-        Tensor? auxiliary, Tensor? addend)
+        Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm = null)
     {
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(y);
         string where = $"{backend}.QuantizedMatMul";
@@ -57,6 +57,8 @@ public sealed record QuantizedWeight
             throw new ArgumentException($"{where}: x and the quantized weight live on different backends");
         if (bias is not null && (bias.DType != x.DType || bias.Shape != new Shape(Rows)))
             throw new ArgumentException($"{where}: bias {bias.DType} {bias.Shape} must be ({Rows}) {x.DType}", nameof(bias));
+        if (norm is { } r && (r.Weight.DType != x.DType || r.Weight.Shape != new Shape(Columns)))
+            throw new ArgumentException($"{where}: the norm's weight {r.Weight.DType} {r.Weight.Shape} must be ({Columns}) {x.DType}", nameof(norm));
         if (epilogue is not (MatMulEpilogue.None or MatMulEpilogue.Gelu))
             throw new ArgumentException($"{where}: an inference product takes the None or Gelu epilogue, not {epilogue}", nameof(epilogue));
         MatMulEpilogueArguments.Validate(backend, x, y, transposeA: false, beta, bias, epilogue, auxiliary, biasGradient: null, addend);

@@ -350,13 +350,14 @@ FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
 
 // The int8-weight form (CudaBackend.QuantizedMatMul): y (M, N) = scales[n] * (x q_n) + bias[n] + beta * c_in, q (N, K) int8
 // with rows ldw bytes apart, scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's shape (beta 1). K a multiple of 16.
+// nw (K, or null): x RMS-normalized as it is staged, as in the 16-bit forms.
 #define GEMV_STREAM_Q8(n, T, M)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_q8_##n##_m##M(const T* x,                   \
         const signed char* q, const float* scales, const T* bias, T* y, const T* c_in, int N, int K, i64 ldx,    \
-        i64 ldw, i64 ldy, i64 ldc, float beta, int early)                                                         \
+        i64 ldw, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int early)                                 \
     {                                                                                                             \
         gemv_stream<T, signed char, M, GEMV_LINEAR>(x, q, q, scales, bias, bias, y, c_in, N, K, ldx, ldw, ldy, ldc, \
-                                                    1.f, beta, nullptr, 0.f, {}, early);                          \
+                                                    1.f, beta, nw, eps, {}, early);                               \
     }
 #define GEMV_STREAM_Q8_ALL(n, T) GEMV_STREAM_Q8(n, T, 1) GEMV_STREAM_Q8(n, T, 2) GEMV_STREAM_Q8(n, T, 3) GEMV_STREAM_Q8(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_Q8_ALL)

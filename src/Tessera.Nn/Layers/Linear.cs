@@ -75,14 +75,16 @@ public class Linear
 
     /// <summary>
     /// Inference: y (N, out) = norm(x) W^T + b for x (N, in), in a pooled buffer of <paramref name="ctx"/>: the norm in front of
-    /// this layer applied by the product itself where the backend fuses them (<see cref="RmsNorm"/>), else first. Saves nothing.
+    /// this layer applied by the product itself where the backend fuses them (<see cref="RmsNorm"/>; int8 weights too, through
+    /// <see cref="IBackend.QuantizedMatMul"/>'s norm), else first. Saves nothing.
     /// </summary>
     public virtual Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm)
     {
-        if (norm is not RmsNorm rms || Weight.Quantized is not null) return Forward(ctx, norm.Forward(ctx, x));
+        if (norm is not RmsNorm rms) return Forward(ctx, norm.Forward(ctx, x));
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
-        x.Backend.RmsNormMatMul(x, rms.Prologue, Weight.Value, y, Bias?.Value);
+        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, bias: Bias?.Value, norm: rms.Prologue);
+        else x.Backend.RmsNormMatMul(x, rms.Prologue, Weight.Value, y, Bias?.Value);
         return y;
     }
 

@@ -100,7 +100,15 @@ public sealed class SwiGluMlp : IFeedForward
         var a = ctx.Buffer(_activated, new Shape(x.Size(0), Gate.OutFeatures), x.DType);   // (N, F)
         if (!Gate.IsPlainProduct || !Up.IsPlainProduct)
         {
-            // Unmerged adapters: gate and up through their own layers, which add their low-rank terms.
+            if (norm is RmsNorm && Input is not GatherFromSequenceParallelRegion)
+            {
+                // Int8 weights, or unmerged adapters: gate and up through their own layers (the adapters add their low-rank
+                // terms), each normalizing x in its product where it can (an int8 product's norm; an adapter normalizes first).
+                x.Backend.SwiGluForward(Gate.ForwardNormalized(ctx, x, norm), Up.ForwardNormalized(ctx, x, norm), a);
+                Projection.ForwardAccumulate(ctx, a, residual);
+                return;
+            }
+            // Other norms, or a sequence-parallel gather: the rows once, then gate and up through their own layers.
             var rows = Input.Forward(ctx, norm.Forward(ctx, x));
             x.Backend.SwiGluForward(Gate.Forward(ctx, rows), Up.Forward(ctx, rows), a);
         }

@@ -24,14 +24,23 @@ public sealed unsafe partial class CpuBackend
 
     /// <inheritdoc/>
     /// <remarks>F32 with at most 8 rows: the direct kernel (AVX2 where present; GELU after it). More rows, and F64 (the
-    /// reference): tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each.</remarks>
+    /// reference): tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each. A norm
+    /// normalizes x into a tensor of its own first (<see cref="RmsNormMatMul"/>'s composition).</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
-        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null)
+        MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null)
     {
         const string op = nameof(QuantizedMatMul);
         ArgumentNullException.ThrowIfNull(weight);
-        weight.ValidateProduct(nameof(CpuBackend), x, y, beta, bias, epilogue, auxiliary, addend);
+        weight.ValidateProduct(nameof(CpuBackend), x, y, beta, bias, epilogue, auxiliary, addend, norm);
         RequireComputeDType(op, nameof(x), x);
+        if (norm is { } r)
+        {
+            var normalized = Normalized(x, r);
+            try { QuantizedMatMul(normalized, weight, y, beta, bias, epilogue, auxiliary, addend); }
+            finally { normalized.Storage.Dispose(); }
+            KeepOperandsAlive(x, r.Weight);
+            return;
+        }
         bool direct = x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
             && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous) && (auxiliary is null || auxiliary.Stride(1) == 1);
         // GELU: the product goes to the pre-activation (the GEMM's GELU epilogue wants whole contiguous tensors, and the direct

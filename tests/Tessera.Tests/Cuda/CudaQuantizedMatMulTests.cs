@@ -84,6 +84,32 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
     public void DecodeSizeQuantizedProductMatchesTheCpuInF64(DType dtype, int m, int k, bool withBias, Residual residual) =>
         AssertProductMatchesTheCpu(dtype, m, k, withBias, residual);
 
+    /// <summary>
+    /// With a norm (the int8 decode step's RMSNorm riding in its products): 1 and 3 rows on the matrix-vector kernel, which
+    /// normalizes x as it stages it, and 17 rows (bf16, K = 1024) on the decode product over x normalized into scratch, against
+    /// the CPU's F64 product with the same norm. The tolerance is the dtype's, as above: the normalized x is rounded to the
+    /// dtype once on either path, as the norm kernel stores it.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32, 1, K)]
+    [InlineData(DType.BF16, 3, K)]
+    [InlineData(DType.BF16, 17, 1024)]
+    public void NormalizedQuantizedProductMatchesTheCpuInF64(DType dtype, int m, int k)
+    {
+        var (values, scales) = RandomQuantized(N, k);
+        var (x, xv) = Random(dtype, 1, m, k);
+        var (gain, gainv) = Random(dtype, 1, k);
+        var (bias, biasv) = Random(dtype, 1, N);
+        var y = Poisoned(dtype, m, N);
+        const double eps = 1e-5;
+        Gpu.QuantizedMatMul(x, Upload(Gpu, values, scales, N, k), y, bias: bias, norm: new RmsNormPrologue(gain, eps));
+
+        var expected = _cpu.Allocate(new Shape(m, N), DType.F64);
+        _cpu.QuantizedMatMul(TestTensors.FromDoubles(_cpu, xv, DType.F64, m, k), Upload(_cpu, values, scales, N, k), expected,
+            bias: TestTensors.FromDoubles(_cpu, biasv, DType.F64, N), norm: new RmsNormPrologue(TestTensors.FromDoubles(_cpu, gainv, DType.F64, k), eps));
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(y), Tolerance(dtype), $"{dtype} M={m} K={k} with a norm");
+    }
+
     /// <summary>y = x W^T + bias (+ y or + addend) on the GPU against the CPU's F64 product on the same int8 weights (N, k); the addend is left as it was.</summary>
     private void AssertProductMatchesTheCpu(DType dtype, int m, int k, bool withBias, Residual residual)
     {

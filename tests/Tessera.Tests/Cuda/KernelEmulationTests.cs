@@ -87,8 +87,9 @@ public sealed class KernelEmulationTests
     /// <summary>
     /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form
     /// <c>gemv_stream_q8_*</c> (<see cref="CudaBackend.QuantizedMatMul"/> for 1 to 4 rows of x: scales[n] times x's sums with the
-    /// int8 row, bias, beta 0 and 1, an addend read in place of y) at M = 1 to 4 in f32 and once in bf16, K short of a unit of the
-    /// stream and a unit and one chunk long, N not a multiple of the grid's warps and fewer rows than warps; the float-weight form
+    /// int8 row, bias, beta 0 and 1, an addend read in place of y, x RMS-normalized as it is staged) at M = 1 to 4 in f32 and once
+    /// in bf16, K short of a unit of the stream, one full unit (2,048: the stream two units ahead) and a unit and one chunk long, N
+    /// not a multiple of the grid's warps and fewer rows than warps; the float-weight form
     /// that shares the stream (plain, and with RMSNorm on the way); and <c>dequantize_f32</c>, against double references
     /// (Emulation/gemv_kernels.cpp: 1e-5 of the largest output in f32, 8e-3 in bf16, the dequantized weights exactly), with the
     /// early and late weight loads giving the same bits and y's row padding untouched. A chunk skipped, or the int8 values
@@ -101,7 +102,8 @@ public sealed class KernelEmulationTests
              "gemv_stream_q8 f32 M=2 N=77 K=4112 grid=3 bias=0 beta=1", "gemv_stream_q8 f32 M=3 N=45 K=2064 grid=1 bias=1 beta=1",
              "gemv_stream_q8 f32 M=4 N=130 K=4112 grid=2 bias=1 beta=0 addend", "gemv_stream_q8 f32 M=4 N=130 K=4112 grid=2 bias=1 beta=0 addend: early = late, pads",
              "gemv_stream_q8 f32 M=4 N=9 K=16 grid=4 bias=0 beta=0", "gemv_stream_q8 f32 M=1 N=37 K=528 grid=5 bias=1 beta=0 addend",
-             "gemv_stream_q8 bf16 M=2 N=100 K=1024 grid=2 bias=1 beta=1", "gemv_stream f32 M=1 N=100 K=1000 grid=2 bias=1 beta=1",
+             "gemv_stream_q8 bf16 M=2 N=100 K=1024 grid=2 bias=1 beta=1", "gemv_stream_q8 f32 M=1 N=100 K=2048 grid=2 bias=1 beta=0 norm",
+             "gemv_stream_q8 f32 M=3 N=45 K=2064 grid=1 bias=0 beta=1 norm", "gemv_stream f32 M=1 N=100 K=1000 grid=2 bias=1 beta=1",
              "gemv_stream f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "dequantize_f32 N=37 K=45 grid=3 block=64 exact",
              "dequantize_f32 N=8 K=4096 grid=7 block=128 exact"]);
 

@@ -133,6 +133,44 @@ public class CpuQuantizedMatMulTests
         Assert.Equal(expected, TestTensors.ToDoubles(_cpu, output));   // F64 holds scale x value exactly
     }
 
+    /// <summary>
+    /// With a norm, the product is x RMS-normalized (x * rsqrt(mean(x^2) + eps) * g) times the weight, plus the bias: a naive loop
+    /// in double over the dequantized weight, F64 within 1e-12 (the sums' order alone differs), on the direct kernel's path (F32,
+    /// 3 rows, 1e-5 of F32's rounding of the normalized x and the sums) and the dequantized GEMM's (F64).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F64, 5, 70, 20, 1e-12)]
+    [InlineData(DType.F32, 3, 64, 40, 1e-5)]
+    public void NormalizedProductsEqualANaiveLoopOverTheNormalizedInput(DType dtype, int m, int k, int n, double tolerance)
+    {
+        var rng = TestRandom.Create();
+        var (weight, w) = Weight(rng, n, k);
+        var xv = TestTensors.Normal(rng, (long)m * k);
+        var gv = TestTensors.Normal(rng, k);
+        var bv = TestTensors.Normal(rng, n);
+        const double eps = 1e-5;
+        var y = _cpu.Zeros(new Shape(m, n), dtype);
+        _cpu.QuantizedMatMul(TestTensors.FromDoubles(_cpu, xv, dtype, m, k), weight, y, bias: TestTensors.FromDoubles(_cpu, bv, dtype, n),
+            norm: new RmsNormPrologue(TestTensors.FromDoubles(_cpu, gv, dtype, k), eps));
+        var expected = new double[m * n];
+        for (int i = 0; i < m; i++)
+        {
+            double ss = 0;
+            for (int c = 0; c < k; c++) ss += xv[i * k + c] * xv[i * k + c];
+            double rstd = 1 / Math.Sqrt(ss / k + eps);
+            for (int j = 0; j < n; j++)
+            {
+                double acc = 0;
+                for (int c = 0; c < k; c++) acc += xv[i * k + c] * rstd * gv[c] * w[j * k + c];
+                expected[i * n + j] = acc + bv[j];
+            }
+        }
+        var got = TestTensors.ToDoubles(_cpu, y);
+        double scale = expected.Max(Math.Abs);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(got[i] - expected[i]) <= tolerance * scale, $"{dtype} [{i}]: {got[i]} against {expected[i]} (bound {tolerance} x {scale:G3})");
+    }
+
     [Fact]
     public void ArgumentsThatDoNotFitAreRefusedNamingThem()
     {
@@ -146,6 +184,9 @@ public class CpuQuantizedMatMulTests
         var e = Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMul(x, weight, _cpu.Zeros(new Shape(2, 8), DType.F32),
             epilogue: MatMulEpilogue.GeluBackward, auxiliary: _cpu.Zeros(new Shape(2, 8), DType.F32)));
         Assert.Contains("GeluBackward", e.Message);
+        var n = Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMul(x, weight, _cpu.Zeros(new Shape(2, 8), DType.F32),
+            norm: new RmsNormPrologue(_cpu.Zeros(new Shape(15), DType.F32), 1e-5)));
+        Assert.Equal("norm", n.ParamName);
         Assert.Throws<ArgumentException>(() => new QuantizedWeight(_cpu.Zeros(new Shape(8, 16), DType.F32), weight.Scales));
         Assert.Throws<ArgumentException>(() => new QuantizedWeight(weight.Values, _cpu.Zeros(new Shape(7), DType.F32)));
     }

@@ -80,8 +80,9 @@ template <typename T, int M> static auto q8_kernel()
 }
 
 // y (M, N) = scales[n] * (x q_n) + bias + beta * y, or + addend (then the kernel reads the addend with beta = 1, as
-// CudaBackend passes it), on a grid of `grid` CTAs of 8 warps.
-template <typename T, int M> static void run_q8(int N, int K, int grid, bool with_bias, float beta, bool with_addend)
+// CudaBackend passes it), on a grid of `grid` CTAs of 8 warps; x RMS-normalized as it is staged when with_norm.
+template <typename T, int M> static void run_q8(int N, int K, int grid, bool with_bias, float beta, bool with_addend,
+                                                bool with_norm = false)
 {
     std::mt19937 rng(11 + M * 7 + N + K + grid);
     const int ldx = K + 16, ldy = N + 8, lda = N + 3;
@@ -93,12 +94,18 @@ template <typename T, int M> static void run_q8(int N, int K, int grid, bool wit
     for (auto& v : q) v = (signed char)level(rng);
     std::vector<float> scales(N);
     for (auto& s : scales) s = (0.25f + u(rng)) / 127.f;
+    auto nw = uniform<T>(K, rng, 1.f);
+    const float eps = 1e-5f;
     std::vector<double> e((size_t)M * N);
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++)
         {
+            double ss = 0;
+            for (int k = 0; k < K; k++) ss += (double)to_f(x[(size_t)m * ldx + k]) * to_f(x[(size_t)m * ldx + k]);
+            const double rstd = with_norm ? 1 / std::sqrt(ss / K + eps) : 1;
             double s = 0;
-            for (int k = 0; k < K; k++) s += (double)to_f(x[(size_t)m * ldx + k]) * q[(size_t)n * K + k];
+            for (int k = 0; k < K; k++)
+                s += (double)to_f(x[(size_t)m * ldx + k]) * rstd * (with_norm ? to_f(nw[k]) : 1.0) * q[(size_t)n * K + k];
             double r = scales[n] * s + (with_bias ? to_f(bias[n]) : 0.0);
             r += with_addend ? to_f(addend[(size_t)m * lda + n]) : beta * to_f(y0[(size_t)m * ldy + n]);
             e[(size_t)m * N + n] = r;
@@ -113,18 +120,19 @@ template <typename T, int M> static void run_q8(int N, int K, int grid, bool wit
         const T* pc = with_addend ? addend.data() : py;
         const signed char* pq = q.data();
         const float* ps = scales.data();
+        const T* pn = with_norm ? nw.data() : nullptr;
         int n_ = N, k_ = K, ea = early;
         long long lx = ldx, lw = K, ly = ldy, lc = with_addend ? lda : ldy;
         float be = with_addend ? 1.f : beta;
         auto kernel = q8_kernel<T, M>();
-        emu_launch(grid, 256, [&] { kernel(px, pq, ps, pb, py, pc, n_, k_, lx, lw, ly, lc, be, ea); });
+        emu_launch(grid, 256, [&] { kernel(px, pq, ps, pb, py, pc, n_, k_, lx, lw, ly, lc, be, pn, eps, ea); });
         got[early].resize((size_t)M * N);
         for (int m = 0; m < M; m++)
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "gemv_stream_q8 %s M=%d N=%d K=%d grid=%d bias=%d beta=%g%s", type_name<T>(), M, N, K, grid,
-             with_bias ? 1 : 0, beta, with_addend ? " addend" : "");
+    snprintf(name, sizeof name, "gemv_stream_q8 %s M=%d N=%d K=%d grid=%d bias=%d beta=%g%s%s", type_name<T>(), M, N, K, grid,
+             with_bias ? 1 : 0, beta, with_addend ? " addend" : "", with_norm ? " norm" : "");
     check(name, e, got[1], std::is_same_v<T, float> ? 1e-5 : 8e-3);
     bool pads = true;   // the row stride's padding past N is untouched
     for (int m = 0; m < M; m++)
@@ -212,6 +220,8 @@ int main()
     run_q8<float, 4>(9, 16, 4, false, 0.f, false);       // one chunk a row; 32 warps for 9 rows (most idle)
     run_q8<float, 1>(37, 528, 5, true, 0.f, true);       // M = 1 with an addend; 40 warps for 37 rows
     run_q8<bf16, 2>(100, 1024, 2, true, 1.f, false);     // bf16 x, bias and y: x's two 16-byte pieces a chunk
+    run_q8<float, 1>(100, 2048, 2, true, 0.f, false, true);   // RMS-normalized x (the int8 decode step's norms): K = 2048, a full unit
+    run_q8<float, 3>(45, 2064, 1, false, 1.f, false, true);   // the norm with beta = 1, three rows, two units a row
     run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false);    // the float-weight form: 250 chunks of 4, alpha and the residual
     run_f32<4>(37, 516, 1, false, 1.f, 0.f, true);       // with RMSNorm on the way
     run_dequantize(37, 45, 3, 64);
