@@ -16,7 +16,7 @@ public sealed unsafe partial class CudaBackend
         PagedDecodeMmaStages = 3,                                       // PM_STAGES: its K/V tiles in flight
         MaxStagedTableBlocks = 1024;                                    // the widest block table paged_decode_mma stages in shared memory
 
-    public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
+    public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null)
     {
         const string op = nameof(PagedAppend);
         batch.Validate($"CudaBackend.{op}");
@@ -43,7 +43,7 @@ public sealed unsafe partial class CudaBackend
     /// step does; otherwise the product, then the rotation and the append in one launch (rope.cu's <c>rope_append</c> writing
     /// to the rows' slots: the bits of <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> then <see cref="PagedAppend"/>).</remarks>
     public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
-        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies)
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
     {
         const string op = nameof(MatMulRopePagedAppend);
         batch.Validate($"CudaBackend.{op}");
@@ -97,7 +97,7 @@ public sealed unsafe partial class CudaBackend
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
-    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0)
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null)
     {
         const string op = nameof(PagedAttention);
         int kernelWindow = KernelWindow(op, window);
