@@ -170,6 +170,7 @@ inline unsigned char* emu_shared() { return emu_cta_shared ? emu_cta_shared : em
 template <typename T> T* emu_cta_dynamic_shared(T* declared) { return emu_cta_shared ? (T*)emu_cta_shared : declared; }
 inline unsigned emu_smem_u32(const void* p) { return (unsigned)((const unsigned char*)p - emu_shared()); }
 inline unsigned emu_lds_u32(unsigned addr) { unsigned r; std::memcpy(&r, emu_shared() + addr, 4); return r; }
+inline void emu_sts(unsigned addr, const void* src, int bytes) { std::memcpy(emu_shared() + addr, src, bytes); }
 // cp.async: done at once (the copy lands no later than the wait would let it).
 inline void emu_cp_async16(unsigned dst, const void* src, bool valid)
 {
