@@ -678,6 +678,36 @@ template <typename T> __device__ __forceinline__ void dequantize8(const BytesN<8
     for (int j = 0; j < 4; j++) w[j] = Mma<T>::pack(byte_at(v, 2 * j) * scale, byte_at(v, 2 * j + 1) * scale);
 }
 
+// Dequantizes N chunks of 8 int8 values into shared memory: chunk k comes from pool slot slot_of(k) (negative: zeros,
+// nothing read), values at base + slot * stride + c * 8 with the scale at scales[slot * scale_stride], and goes to the
+// shared-space address dst_of(k) as 8 values of T. Every chunk's loads are issued before any is converted and stored.
+template <typename T, int N, typename SlotOf, typename DstOf>
+__device__ __forceinline__ void dequantize_chunks(const signed char* base, const float* scales, i64 stride, int scale_stride, int c,
+                                                  SlotOf slot_of, DstOf dst_of)
+{
+    BytesN<8> v[N];
+    float s[N];
+#pragma unroll
+    for (int k = 0; k < N; k++)
+    {
+        const i64 slot = slot_of(k);
+        v[k] = BytesN<8>{};
+        s[k] = 0.f;
+        if (slot >= 0)
+        {
+            v[k] = *reinterpret_cast<const BytesN<8>*>(base + slot * stride + c * 8);
+            s[k] = scales[slot * scale_stride];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < N; k++)
+    {
+        unsigned w[4];
+        dequantize8<T>(v[k], s[k], w);
+        sts_u32x4(dst_of(k), w);
+    }
+}
+
 // PagedRows over an int8 pool: the same rows, table lookups, limits and swizzled 16-bit tile, each thread's 16-byte
 // chunk (8 values) dequantized from 8 bytes and the row's scale and stored (not copied asynchronously: the kernels'
 // cp_async_wait and __syncthreads before a tile is read cover plain stores too, and the stage a load refills has been
@@ -698,28 +728,12 @@ template <typename T> struct PagedRowsI8
         static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && RS % 8 == 0, "PagedRowsI8::load: thread count must tile the rows");
         const int r = tid / CH, c = tid % CH;
         const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
-        BytesN<8> v[N];
-        float s[N];
-#pragma unroll
-        for (int k = 0; k < N; k++)
-        {
-            const int p = row0 + r + k * RS;
-            v[k] = BytesN<8>{};
-            s[k] = 0.f;
-            if (p < limit && p >= first)
-            {
-                const i64 slot = (i64)table[p / block_size - table_first] * block_size + p % block_size;
-                v[k] = *reinterpret_cast<const BytesN<8>*>(base + slot * stride + c * 8);
-                s[k] = scales[slot * scale_stride];
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < N; k++)
-        {
-            unsigned w[4];
-            dequantize8<T>(v[k], s[k], w);
-            sts_u32x4(d0 + k * RS * D * 2, w);
-        }
+        dequantize_chunks<T, N>(base, scales, stride, scale_stride, c,
+            [&](int k) {
+                const int p = row0 + r + k * RS;
+                return p < limit && p >= first ? (i64)table[p / block_size - table_first] * block_size + p % block_size : (i64)-1;
+            },
+            [&](int k) { return d0 + k * RS * D * 2; });
     }
 };
 
@@ -738,28 +752,12 @@ template <typename T> struct PagedRowsSw128I8
         static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "PagedRowsSw128I8::load: NT threads must tile the rows");
         const int r = tid / CH, c = tid % CH;
         const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
-        BytesN<8> v[N];
-        float s[N];
-#pragma unroll
-        for (int k = 0; k < N; k++)
-        {
-            const int p = row0 + r + k * RS;
-            v[k] = BytesN<8>{};
-            s[k] = 0.f;
-            if (p < limit)
-            {
-                const i64 slot = (i64)table[p / block_size] * block_size + p % block_size;
-                v[k] = *reinterpret_cast<const BytesN<8>*>(base + slot * stride + c * 8);
-                s[k] = scales[slot * scale_stride];
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < N; k++)
-        {
-            unsigned w[4];
-            dequantize8<T>(v[k], s[k], w);
-            sts_u32x4(d0 + k * RS * 128, w);
-        }
+        dequantize_chunks<T, N>(base, scales, stride, scale_stride, c,
+            [&](int k) {
+                const int p = row0 + r + k * RS;
+                return p < limit ? (i64)table[p / block_size] * block_size + p % block_size : (i64)-1;
+            },
+            [&](int k) { return d0 + k * RS * 128; });
     }
 };
 

@@ -155,7 +155,8 @@ public sealed class KernelEmulationTests
     /// operands K-major from shared memory, O += P V with P from registers and V N-major) and the backward
     /// <c>flash_backward_hopper</c> (S^T, dP^T K-major; dV, dK with dO and Q N-major; dQ with dS^T M-major, added by atomic
     /// reductions; a warpgroup's own barrier) and serving's <c>paged_prefill_hopper</c> (the forward tile over a paged pool
-    /// through shuffled block tables, chunks after cached context, a sequence under the minimum rows left untouched), against
+    /// through shuffled block tables, chunks after cached context, a sequence under the minimum rows left untouched; and its
+    /// <c>_i8</c> instantiation over an int8 pool, whose row source PagedRowsSw128I8 dequantizes into the same tiles), against
     /// double references of causal grouped-query attention and its gradients
     /// (Emulation/hopper_attention.cpp: 1.2e-2 of the largest output and 1.5e-2 of the largest gradient, P and dS being
     /// rounded to bf16; the log-sum-exp to 1e-3). The kernels are proven on the device (<see cref="CudaHopperAttentionTests"/>);
@@ -177,7 +178,9 @@ public sealed class KernelEmulationTests
              "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=2 dQ column sums", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=11 dQ column sums",
              "hopper backward B=1 H=2 KH=1 T=100 D=128 v2 flags=2 dQ column sums", "hopper backward B=2 H=2 KH=2 T=200 D=128 v2 flags=3 dQ column sums",
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1: short sequences untouched",
-             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2"]);
+             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2",
+             "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1 int8: short sequences untouched",
+             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2 int8"]);
 
     /// <summary>
     /// The FlashAttention backward's first pass with the column sums of dO (flash_attention.cu's

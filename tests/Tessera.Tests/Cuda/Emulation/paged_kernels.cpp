@@ -39,22 +39,7 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
     if (!ok) failures++;
 }
 
-// Int8Quantization.QuantizeRow (Tessera.Tensors) in C++: scale = max|x| / 127 and round-to-nearest-even of x * (127 / max)
-// clamped to [-127, 127], in float; zeros (scale 0) for a zero row; a NaN scale and zeros for a row with a non-finite value.
-static float quantize_row(const float* x, signed char* q, int D)
-{
-    float big = 0;
-    bool finite = true;
-    for (int d = 0; d < D; d++) { finite &= std::isfinite(x[d]); big = std::max(big, std::abs(x[d])); }
-    if (!finite) { std::fill(q, q + D, 0); return NAN; }
-    const float scale = big / 127.f;
-    if (scale == 0.f) { std::fill(q, q + D, 0); return 0.f; }
-    const float inverse = 127.f / big;
-    for (int d = 0; d < D; d++) q[d] = (signed char)std::clamp(std::nearbyint(x[d] * inverse), -127.f, 127.f);
-    return scale;
-}
-
-// paged_append_i8 (f32 and bf16 rows, D = 64 and 40, a head of zeros, a head with a NaN, padding rows) against quantize_row,
+// paged_append_i8 (f32 and bf16 rows, D = 64 and 40, a head of zeros, a head with a NaN, padding rows) against emu_quantize_row,
 // bit for bit: the same fp32 operations. Slots not written keep their poison.
 static void append_i8()
 {
@@ -90,7 +75,7 @@ static void append_i8()
                 written[slots[n]] = 1;
                 for (int r = 0; r < R; r++)
                 {
-                    const float s = quantize_row(&kv[(size_t)(n * R + r) * D], q.data(), D);
+                    const float s = emu_quantize_row(&kv[(size_t)(n * R + r) * D], q.data(), D);
                     const float got = scales[(size_t)slots[n] * R + r];
                     ok &= std::isnan(s) ? std::isnan(got) : got == s;
                     ok &= std::memcmp(q.data(), &pool[((size_t)slots[n] * R + r) * D], D) == 0;
@@ -137,7 +122,7 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
         for (auto& x : pool) x = to_f(from_f<bf16>(x));
     }
     for (size_t i = (size_t)nan_block * bs * 2 * K * D; i < (size_t)(nan_block + 1) * bs * 2 * K * D; i++) pool[i] = NAN;
-    // An int8 pool: each (slot, head) row quantized as the append does (quantize_row), and the reference reads what the
+    // An int8 pool: each (slot, head) row quantized as the append does (emu_quantize_row), and the reference reads what the
     // int8 values stand for, scale x value (exact in f32: a 24-bit scale times a 7-bit integer rounds once, as the kernels'
     // fp32 product does). The NaN block quantizes to a NaN scale and zeros: still NaN to any kernel that reads it.
     std::vector<signed char> pool8(int8 ? pool.size() : 0);
@@ -145,7 +130,7 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
     if (int8)
         for (size_t row = 0; row < scales.size(); row++)
         {
-            scales[row] = quantize_row(&pool[row * D], &pool8[row * D], D);
+            scales[row] = emu_quantize_row(&pool[row * D], &pool8[row * D], D);
             for (int d = 0; d < D; d++) pool[row * D + d] = scales[row] * (float)pool8[row * D + d];
         }
     const float poison = 12288.f;   // exact in bf16, so an untouched bf16 output reads back as it
