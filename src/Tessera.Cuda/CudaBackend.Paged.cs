@@ -4,7 +4,9 @@ namespace Tessera.Cuda;
 
 // Paged KV-cache ops for serving (paged_attention.cu): the append of a step's keys and values to their slots, and
 // attention of a flattened batch over block tables. Every sequence-dependent value is read from device memory, so a
-// decode step of a given batch size can be recorded once and replayed with new metadata.
+// decode step of a given batch size can be recorded once and replayed with new metadata. An int8 pool (PagedKvPool: I8 values
+// and F32 scales per position and head) is written by paged_append_i8 and read by each attention kernel's _i8
+// instantiation (the same grid, shared memory and arguments, the scales last); the fused QKV product steps aside for it.
 public sealed unsafe partial class CudaBackend
 {
     private const int PagedAttentionWarps = 4, PagedAttentionMaxGroup = 8, PagedAttentionMaxHeadSize = 256,   // PA_* in the kernel
@@ -14,16 +16,17 @@ public sealed unsafe partial class CudaBackend
         PagedDecodeMaxCounters = 1024,                                  // DecodeCounters' first capacity
         PagedDecodeMmaKeys = 64,                                        // PM_KEYS: positions of a K or V tile of paged_decode_mma
         PagedDecodeMmaStages = 3,                                       // PM_STAGES: its K/V tiles in flight
-        MaxStagedTableBlocks = 1024;                                    // the widest block table paged_decode_mma stages in shared memory
+        MaxStagedTableBlocks = 1024,                                    // the widest block table paged_decode_mma stages in shared memory
+        PagedAppendWarps = 4;                                           // paged_append_i8's CTA: a warp per (row, head)
 
-    public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
+    public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null)
     {
         const string op = nameof(PagedAppend);
         batch.Validate($"CudaBackend.{op}");
         if (keysAndValues.Rank != 3 || (keysAndValues.Stride(2) != 1 && keysAndValues.Size(2) > 1))
             throw new ArgumentException($"CudaBackend.{op}: keysAndValues must be (N, R, D) with a contiguous last dimension, got {keysAndValues.Shape}");
         RequireContiguous(op, "pool", pool);
-        RequireDType(op, "pool", pool, keysAndValues.DType);
+        PagedKvPool.Validate($"CudaBackend.{op}", pool, poolScales, keysAndValues.DType);
         int n = keysAndValues.Size(0), r = keysAndValues.Size(1), d = keysAndValues.Size(2);
         if (pool.Rank != 4 || pool.Size(1) != batch.BlockSize || pool.Size(2) != r || pool.Size(3) != d)
             throw new ArgumentException($"CudaBackend.{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, {r}, {d}) for keysAndValues {keysAndValues.Shape}");
@@ -33,6 +36,16 @@ public sealed unsafe partial class CudaBackend
         if (total == 0) return;
         ulong pk = Ptr(keysAndValues), pp = Ptr(pool), ps = Ptr(batch.Slots);
         long rowStride = keysAndValues.Stride(0), headStride = keysAndValues.Stride(1);
+        if (pool.DType == DType.I8)
+        {
+            // A warp per (row, head): its scale is the row's largest magnitude, so the warp reduces before it writes.
+            ulong psc = Ptr(poolScales!);
+            long heads = (long)n * r;
+            uint ctas = (uint)Math.Clamp((heads + PagedAppendWarps - 1) / PagedAppendWarps, 1, (long)CudaDevice.MultiprocessorCount * 32);
+            void** quantized = stackalloc void*[] { &pk, &pp, &psc, &ps, &n, &r, &d, &rowStride, &headStride };
+            Launch("paged_attention.cu", $"paged_append_i8_{Suffix(keysAndValues.DType, op)}", (ctas, 1, 1), PagedAppendWarps * 32, quantized, 0, dependent: true);
+            return;
+        }
         void** args = stackalloc void*[] { &pk, &pp, &ps, &n, &r, &d, &rowStride, &headStride };
         Launch("paged_attention.cu", $"paged_append_b{keysAndValues.DType.SizeInBytes()}", (GridFor(total), 1, 1), Threads, args, 0, dependent: true);
     }
@@ -41,9 +54,11 @@ public sealed unsafe partial class CudaBackend
     /// <remarks>For at most 4 rows of x, one matrix-vector kernel (gemv.cu's ROPE epilogue writing to the rows' slots instead
     /// of a dense cache's positions): the norm, the product, the rotation and the append in one launch, as the dense decode
     /// step does; otherwise the product, then the rotation and the append in one launch (rope.cu's <c>rope_append</c> writing
-    /// to the rows' slots: the bits of <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> then <see cref="PagedAppend"/>).</remarks>
+    /// to the rows' slots: the bits of <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> then <see cref="PagedAppend"/>). An
+    /// int8 pool takes neither fusion: the product, <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/>, then
+    /// <see cref="PagedAppend"/>'s quantizing kernel (two launches more than the fused decode step of a 16-bit pool).</remarks>
     public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
-        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies)
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
     {
         const string op = nameof(MatMulRopePagedAppend);
         batch.Validate($"CudaBackend.{op}");
@@ -60,7 +75,19 @@ public sealed unsafe partial class CudaBackend
             throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of pool {pool.Shape}");
         if (batch.Rows != n) throw new ArgumentException($"CudaBackend.{op}: PagedBatch.Slots has {batch.Rows} rows but qkv {qkv.Shape} has {n}");
         RequirePositions(op, positions, n);
+        PagedKvPool.Validate($"CudaBackend.{op}", pool, poolScales, qkv.DType);
         var dtype = x.DType;
+        if (pool.DType == DType.I8)
+        {
+            // Quantizing needs each head row's largest magnitude, which neither fused kernel has at hand: the product, the
+            // rotation, then the quantizing append.
+            var product = qkv.Reshape(n, qkv.Size(1) * d);
+            if (norm is { } rn) RmsNormMatMul(x, rn, weight, product, bias);
+            else MatMul(x, weight, product, transposeB: true, bias: bias);
+            Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
+            PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch, poolScales);
+            return;
+        }
         bool fused = Options.FusedPagedQkv && GemvFits(x, norm, weight) && d % 2 == 0 && qkv.DType == dtype && pool.DType == dtype
             && BiasFits(bias, dtype, weight.Size(0));
         if (!fused)
@@ -97,7 +124,7 @@ public sealed unsafe partial class CudaBackend
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
-    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0)
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null)
     {
         const string op = nameof(PagedAttention);
         int kernelWindow = KernelWindow(op, window);
@@ -106,7 +133,7 @@ public sealed unsafe partial class CudaBackend
             throw new ArgumentException($"CudaBackend.{op}: q must be (N, H, D) with a contiguous last dimension, got {q.Shape}");
         RequireContiguous(op, "pool", pool);
         RequireContiguous(op, "output", output);
-        RequireDType(op, "pool", pool, q.DType);
+        PagedKvPool.Validate($"CudaBackend.{op}", pool, poolScales, q.DType);
         RequireDType(op, "output", output, q.DType);
         if (output.Shape != q.Shape) throw new ArgumentException($"CudaBackend.{op}: output {output.Shape} must have the shape of q {q.Shape}");
         int n = q.Size(0), h = q.Size(1), d = q.Size(2);
@@ -128,12 +155,16 @@ public sealed unsafe partial class CudaBackend
         // sequence has at least one row, so a decode step, N = B, launches nothing here).
         bool tiles = specialized && (q.DType is DType.BF16 or DType.F16) && n - (b - 1) >= PagedPrefillMinRows;
         ulong pq = Ptr(q), pp = Ptr(pool), po = Ptr(output), pt = Ptr(batch.BlockTables), pst = Ptr(batch.QueryStarts), pl = Ptr(batch.ContextLengths);
+        // An int8 pool: each kernel's _i8 instantiation (i8 before the type in its name), whose last argument is the scales;
+        // the 16-bit kernels have one argument fewer and never read the extra pointer.
+        string i8 = pool.DType == DType.I8 ? "i8_" : "";
+        ulong psc = poolScales is null ? 0 : Ptr(poolScales);
         long qn = q.Stride(0), qh = q.Stride(1);
         float sc = (float)scale;
         if (tiles)
         {
             int minRows = PagedPrefillMinRows;
-            void** args = stackalloc void*[] { &pq, &pp, &po, &pt, &pst, &pl, &b, &h, &k, &blockSize, &maxBlocks, &qn, &qh, &sc, &minRows, &kernelWindow };
+            void** args = stackalloc void*[] { &pq, &pp, &po, &pt, &pst, &pl, &b, &h, &k, &blockSize, &maxBlocks, &qn, &qh, &sc, &minRows, &kernelWindow, &psc };
             if (UsesHopperPagedPrefill(window))
             {
                 // The Hopper forward tile (flash_attention_hopper.cu's paged_prefill_hopper, the same arguments): query tiles of
@@ -142,7 +173,7 @@ public sealed unsafe partial class CudaBackend
                 // (148 KB) would leave an SM four warps).
                 int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
                 long hopperTiles = (n + rows - 1) / rows + Math.Min(b, n / PagedPrefillMinRows);
-                string kernel = "paged_prefill_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(q.DType, d);
+                string kernel = "paged_prefill_hopper_" + (wgs == 1 ? "wg1_" : "") + i8 + FlashSuffix(q.DType, d);
                 PreferSharedMemory(HopperFile, kernel);
                 Launch(HopperFile, kernel, ((uint)hopperTiles, (uint)h, 1), (uint)(HopperWarpgroupThreads * wgs), args,
                     HopperForwardShared(rows, d), dependent: true);
@@ -152,7 +183,7 @@ public sealed unsafe partial class CudaBackend
                 // Query tiles of 64 rows (FLASH_MT = 1): at most ceil(N / 64) plus one partial tile per sequence that qualifies.
                 long tileCount = (n + FlashBlock - 1) / FlashBlock + Math.Min(b, n / PagedPrefillMinRows);
                 uint shared = (uint)((FlashBlock + 4 * FlashBlock) * d * 2);  // Q tile + two stages of K and V
-                string kernel = "paged_prefill_" + FlashSuffix(q.DType, d);
+                string kernel = "paged_prefill_" + i8 + FlashSuffix(q.DType, d);
                 PreferSharedMemory("flash_attention.cu", kernel);
                 Launch("flash_attention.cu", kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
             }
@@ -175,7 +206,7 @@ public sealed unsafe partial class CudaBackend
             {
                 // paged_decode_mma: the same arguments and grid; shared memory for its K/V tiles in flight, which the warps'
                 // states (4, G, D + 2) reuse at the end.
-                decodeKernel = $"paged_decode_mma_{Suffix(q.DType, op)}_d{d}";
+                decodeKernel = $"paged_decode_mma_{i8}{Suffix(q.DType, op)}_d{d}";
                 decodeShared = (uint)Math.Max(PagedDecodeMmaStages * 2 * PagedDecodeMmaKeys * d * q.DType.SizeInBytes(),
                     PagedDecodeThreads / 32 * g * (d + 2) * sizeof(float));
                 // With the staged table, max_blocks ints after the tiles (which the kernel addresses at their end; they are
@@ -189,7 +220,7 @@ public sealed unsafe partial class CudaBackend
             else
             {
                 // paged_decode_tiled takes the same arguments, grid and shared memory.
-                decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{Suffix(q.DType, op)}_d{d}_g{gm}";
+                decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{i8}{Suffix(q.DType, op)}_d{d}_g{gm}";
                 decodeShared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
             }
             // As many whole splits as fit one wave of resident CTAs (PagedDecodeCtasPerSm per SM; by default as many as the
@@ -216,15 +247,15 @@ public sealed unsafe partial class CudaBackend
             {
                 // The last argument: paged_decode's batched_merge, paged_decode_mma's flags (bit 0 the same, bit 1 the staged table).
                 int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = (Options.PagedDecodeBatchedMerge ? 1 : 0) | (stagedTable ? 2 : 0);
-                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge };
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge, &psc };
                 Launch("paged_attention.cu", decodeKernel, ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, decodeShared, dependent: true);
             }
             else
             {
-                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &kernelWindow };
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &kernelWindow, &psc };
                 uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
-                Launch("paged_attention.cu", "paged_attention_" + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
+                Launch("paged_attention.cu", "paged_attention_" + i8 + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
                     args, shared, dependent: true);
             }
             if (partial is not null && counters == 0)

@@ -253,8 +253,11 @@ public interface IBackend
     /// keysAndValues (N, R, D) (last dimension contiguous; typically the k and v heads of a fused QKV activation, R = 2K)
     /// into pool (Blocks, BlockSize, R, D) of the same dtype, slots from <paramref name="batch"/>.Slots (N); rows whose slot
     /// is negative write nothing. Slots must be below Blocks * BlockSize (unchecked on devices).
+    /// An I8 pool (<see cref="PagedKvPool"/>) takes <paramref name="poolScales"/> (Blocks, BlockSize, R) F32, required iff the
+    /// pool is I8: each (row, head) of D values is quantized on the way in (<see cref="Int8Quantization.QuantizeRow"/>: scale
+    /// max|x| / 127 to poolScales[slot, r], round-to-nearest-even of x · 127 / max|x| clamped to [-127, 127] to pool[slot, r]).
     /// </summary>
-    void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch);
+    void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null);
 
     /// <summary>
     /// A paged step's attention input as one op (serving's counterpart of <see cref="MatMulRopeAppend"/>): qkv (N, H+2K, D),
@@ -262,10 +265,11 @@ public interface IBackend
     /// given; then the q and k heads rotated in place at <paramref name="positions"/> (N) I32 (<see cref="Rope(Tensor, Tensor, RopeFrequencies)"/>
     /// of qkv viewed as (N, 1, H+K, D)), then <see cref="PagedAppend"/> of the k and v heads into pool (Blocks, BlockSize, 2K, D)
     /// at <paramref name="batch"/>.Slots. The result equals those calls; a device may do all of it in one launch (a decode
-    /// step's few rows), so that a paged decode layer launches no more kernels than a dense one.
+    /// step's few rows), so that a paged decode layer launches no more kernels than a dense one. An I8 pool takes
+    /// <paramref name="poolScales"/> as <see cref="PagedAppend"/> does.
     /// </summary>
     void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
-        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies);
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null);
 
     /// <summary>
     /// Causal grouped-query attention of a flattened batch over a paged KV cache: q (N, H, D) (last dimension contiguous),
@@ -276,8 +280,11 @@ public interface IBackend
     /// <paramref name="window"/> &gt; 0 is a sliding window as in <see cref="AttentionForward"/>: the row sees positions
     /// p - window + 1 .. p only, and a block wholly left of the window of every row of its sequence is neither read nor
     /// looked up in the block table (a bounded cache returns it to the pool; its entry may hold anything, e.g. -1).
+    /// An I8 pool takes <paramref name="poolScales"/> (Blocks, BlockSize, 2K) F32, required iff the pool is I8, and attention
+    /// reads key and value heads as poolScales[slot, r] x pool[slot, r, ·] (dequantized on read): the result is that of a
+    /// pool of q's dtype holding those values.
     /// </summary>
-    void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0);
+    void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null);
 
     /// <summary>
     /// Input ids of a step enqueued before the previous step's sampled tokens reached the host (asynchronous scheduling):

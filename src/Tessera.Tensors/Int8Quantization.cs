@@ -25,22 +25,39 @@ public static class Int8Quantization
         {
             var row = weight.Slice(r * columns, columns);
             var q = values.Slice(r * columns, columns);
-            float max = 0f;
             for (int c = 0; c < columns; c++)
-            {
-                float v = row[c];
-                if (!float.IsFinite(v))
-                    throw new ArgumentException($"{name}: weight [{r}, {c}] is {v}; a weight that is not finite cannot be quantized " +
+                if (!float.IsFinite(row[c]))
+                    throw new ArgumentException($"{name}: weight [{r}, {c}] is {row[c]}; a weight that is not finite cannot be quantized " +
                         "(the model was saved from a run that diverged, or the file is damaged)");
-                max = Math.Max(max, Math.Abs(v));
-            }
-            float scale = max / Levels;
-            scales[r] = scale;
-            if (scale == 0f) { q.Clear(); continue; }
-            float inverse = Levels / max;
-            for (int c = 0; c < columns; c++)
-                q[c] = (sbyte)Math.Clamp(MathF.Round(row[c] * inverse, MidpointRounding.ToEven), -Levels, Levels);
+            scales[r] = QuantizeRow(row, q);
         }
+    }
+
+    /// <summary>
+    /// Quantizes one row into <paramref name="values"/> (of its length) and returns its scale, max|row| / 127: each value is
+    /// round(x · 127 / max|row|) to nearest even, clamped to [-127, 127]; a row of zeros gets scale 0 and zeros. A row with a
+    /// value that is not finite gets a NaN scale and zeros, so that what it stands for is NaN, as a floating-point copy would
+    /// be (callers that must refuse such rows check first, as <see cref="QuantizeRows"/> does). The CUDA kernels that
+    /// quantize (the int8 paged KV cache's append) compute the same F32 operations.
+    /// </summary>
+    public static float QuantizeRow(ReadOnlySpan<float> row, Span<sbyte> values)
+    {
+        if (values.Length != row.Length)
+            throw new ArgumentException($"int8 quantization of a row of {row.Length} values needs as many outputs, got {values.Length}", nameof(values));
+        float max = 0f;
+        bool finite = true;
+        foreach (float v in row)
+        {
+            finite &= float.IsFinite(v);
+            max = Math.Max(max, Math.Abs(v));
+        }
+        if (!finite) { values.Clear(); return float.NaN; }
+        float scale = max / Levels;
+        if (scale == 0f) { values.Clear(); return 0f; }
+        float inverse = Levels / max;
+        for (int c = 0; c < row.Length; c++)
+            values[c] = (sbyte)Math.Clamp(MathF.Round(row[c] * inverse, MidpointRounding.ToEven), -Levels, Levels);
+        return scale;
     }
 
     /// <summary>

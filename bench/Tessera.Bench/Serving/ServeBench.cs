@@ -30,8 +30,11 @@ namespace Tessera.Bench.Serving;
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
-/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8] [--cuda-options Name=value,...]</para>
+/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8] [--kv-dtype model|int8] [--cuda-options Name=value,...]</para>
 /// <para>--quantize int8 serves the model with its linear layers' weights as int8 with row scales (a byte a weight).</para>
+/// <para>--kv-dtype int8 holds the paged KV cache as int8 with one F32 scale per position and head
+/// (<see cref="PagedKvCacheOptions.DType"/>): more positions in --kv-memory, and fewer bytes read per decode step (the roofline
+/// counts the int8 bytes and scales).</para>
 /// <para>--draft-preset P guesses with a draft model of preset P and the bench's random weights (seed 2, as the served
 /// model's: the served preset itself gives a draft that is always right but costs what the served model costs, so it
 /// measures the mechanism, not a speed-up; another preset is almost always wrong); --draft-model DIR loads a trained
@@ -76,6 +79,7 @@ public static class ServeBench
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
         bool graphs = true, load = false, int8 = false;
+        DType? kvDType = null;
         for (int i = 0; i < args.Length; i++)
         {
             string Next() => args[++i];
@@ -102,6 +106,7 @@ public static class ServeBench
                 case "--draft-model": draftDir = Next(); break;
                 case "--model": modelDir = Next(); break;
                 case "--quantize": int8 = Next() switch { "int8" => true, "none" => false, var q => throw new ArgumentException($"--quantize {q}: expected int8 or none") }; break;
+                case "--kv-dtype": kvDType = Next() switch { "int8" => DType.I8, "model" => null, var k => throw new ArgumentException($"--kv-dtype {k}: expected model (the model's dtype) or int8") }; break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
@@ -145,7 +150,7 @@ public static class ServeBench
         long kvBytes = (long)((kvGiB ?? (cuda ? 24 : 0.25)) * (1L << 30));
         var options = new EngineOptions
         {
-            Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = kvBytes },
+            Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = kvBytes, DType = kvDType },
             Scheduler = new SchedulerOptions
             {
                 MaxBatch = maxBatch, TokenBudget = Math.Max(tokenBudget, maxBatch), DecodingStepTokens = decodingStepTokens, MaxQueue = load ? 128 : 4096,
@@ -230,7 +235,8 @@ public static class ServeBench
         double copy = cuda is null ? double.NaN : Gpu.GpuDecodeBench.DeviceCopyBandwidth(cuda);
         long weightBytes = model.WeightBytes;
         string weights = model.Layout.Storage is Tessera.Nn.Quantization.QuantizedParameterStorage ? $"int8 + {dtype}" : $"{dtype}";
-        long kvPerPosition = PagedKvCache.BlockBytes(dtype, config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);
+        long kvPerPosition = PagedKvCache.BlockBytes(engine.Options.Cache.PoolDType(dtype), config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);
+        if (engine.Options.Cache.DType == DType.I8) weights += ", int8 KV";
         // Warm-up, outside the timings: every level once with whole prompts and 4 new tokens, so that every batch-size bucket
         // is recorded and the prefill steps' products at large row counts have spent the backend's algorithm-timing budget
         // (a product timed during a measured level makes the engine wait: session 13 saw a 64-stream level run alone with

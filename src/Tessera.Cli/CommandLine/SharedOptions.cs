@@ -88,6 +88,34 @@ public static class SharedOptions
         return option;
     }
 
+    /// <summary>--kv-dtype model|int8: what serving's paged KV cache holds (null: the model's dtype; I8: int8 with a scale
+    /// per position and head).</summary>
+    public static Option<DType?> KvDType()
+    {
+        string[] names = ["model", "int8"];
+        var option = new Option<DType?>("--kv-dtype")
+        {
+            Description = "what the paged KV cache holds: the model's dtype, or int8 with one scale per position and head " +
+                "(quantized as keys and values are written: ~1.9x the positions in --kv-memory at head size 64 against bf16) [default: model]",
+            HelpName = "model|int8",
+            DefaultValueFactory = _ => null,
+            CustomParser = result =>
+            {
+                var text = result.Tokens.Single().Value;
+                switch (text.ToLowerInvariant())
+                {
+                    case "model": return null;
+                    case "int8": return Tessera.Tensors.DType.I8;
+                    default:
+                        result.AddError($"--kv-dtype '{text}': expected model (the model's dtype) or int8");
+                        return null;
+                }
+            },
+        };
+        option.CompletionSources.Add(names);
+        return option;
+    }
+
     /// <summary>--model: a preset name or a directory (what a directory may be is the command's <paramref name="description"/>).</summary>
     public static Option<string> Model(string description, string? defaultValue = null)
     {

@@ -39,6 +39,7 @@ public sealed class ServeCommand : Command
     private readonly Option<int> _maxBatch = SharedOptions.Int("--max-batch", "N", "sequences per step", 64, min: 1);
     private readonly Option<int> _maxQueue = SharedOptions.Int("--max-queue", "N", "waiting requests before 429", 256, min: 0);
     private readonly Option<double?> _kvMemory = new("--kv-memory") { Description = "KV-cache pool in GiB [default: 0.25 on cpu, 4 on cuda]", HelpName = "GiB" };
+    private readonly Option<DType?> _kvDType = SharedOptions.KvDType();
     private readonly Option<int> _blockSize = SharedOptions.Int("--block-size", "N", "positions per KV block", 16, min: 1);
     private readonly Option<int> _tokenBudget = SharedOptions.Int("--token-budget", "N", "tokens per step (longer prompts are prefilled in chunks)", 2048, min: 1);
     private readonly Option<int> _decodingStepTokens = SharedOptions.Int("--decoding-step-tokens", "N",
@@ -63,7 +64,7 @@ public sealed class ServeCommand : Command
         _model.Required = true;
         _model.HelpName = "DIR";
         foreach (var o in new Option[] { _model, _device, _dtype, _quantize, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
-            _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _tp })
+            _kvDType, _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _tp })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -89,6 +90,7 @@ public sealed class ServeCommand : Command
             {
                 BlockSize = parse.GetValue(_blockSize),
                 MemoryBytes = (long)((parse.GetValue(_kvMemory) ?? (cuda ? 4 : 0.25)) * (1L << 30)),
+                DType = parse.GetValue(_kvDType),
             },
             Scheduler = new SchedulerOptions
             {
@@ -193,7 +195,8 @@ public sealed class ServeCommand : Command
         string weights = model.Layout.Storage is QuantizedParameterStorage ? $"int8 weights and {dtype}" : $"{dtype}";
         terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {weights} on {backend.Device}{split}; " +
             $"{model.WeightBytes / (1024.0 * 1024):F1} MiB of weights) at {server.BaseAddress}");
-        terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions; batch up to {engineOptions.Scheduler.MaxBatch}, " +
+        string kvKind = engineOptions.Cache.DType == DType.I8 ? " (int8, a scale per position and head)" : "";
+        terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions{kvKind}; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
         if (engineOptions.Speculation.Enabled)
             terminal.Line($"  speculative decoding: requests verify up to {engineOptions.Speculation.DraftTokens} tokens a step guessed " +

@@ -601,6 +601,192 @@ template <typename T> struct PagedRowsSw128
     }
 };
 
+// ---- int8 paged KV pools (Tessera.Tensors.PagedKvPool)
+// A pool of signed bytes (Blocks, BlockSize, 2K, D) with one fp32 scale per (position, head) in scales (Blocks,
+// BlockSize, 2K): head r of slot s stands for scales[s * 2K + r] * pool[(s * 2K + r) * D + d]. paged_append_i8 writes
+// them (symmetric: scale = max|row| / 127, a row of zeros scale 0); every attention kernel that reads a pool of T is also
+// instantiated over P = signed char, reading these helpers instead of T's loads: KvVec for the CUDA-core kernels'
+// registers, PagedRowsI8 / PagedRowsSw128I8 for the tensor-core kernels' shared-memory tiles (the row sources' loaders,
+// dequantizing into the 16-bit tile the kernel's ldmatrix or wgmma reads: the tile and everything after it are the
+// 16-bit kernel's own). For P = T every helper is the kernel's former code.
+
+// x rounded to the nearest integer, ties to even (the CPU's MidpointRounding.ToEven).
+__device__ __forceinline__ float round_even(float x)
+{
+#ifdef __CUDA_ARCH__
+    float r;
+    asm("cvt.rni.f32.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+#else
+    return std::nearbyint(x);   // the emulation: the default rounding mode, to nearest even
+#endif
+}
+
+// N bytes (4 or 8) loaded as one access.
+template <int N> struct alignas(N) BytesN { unsigned w[N / 4]; };
+template <int N> __device__ __forceinline__ float byte_at(const BytesN<N>& v, int j) { return (float)(signed char)(v.w[j >> 2] >> (8 * (j & 3))); }
+
+// The scale of value (or key) head row `at` of a pool of P (1 for a floating-point pool, never read), and an element of
+// it as fp32.
+template <typename P> __device__ __forceinline__ float kv_scale(const float*, i64) { return 1.f; }
+template <> __device__ __forceinline__ float kv_scale<signed char>(const float* scales, i64 at) { return scales[at]; }
+template <typename P> __device__ __forceinline__ float kv_value(P v, float) { return to_f(v); }
+__device__ __forceinline__ float kv_value(signed char v, float scale) { return (float)v * scale; }
+
+// 16 / sizeof(T) consecutive elements of one head row of a pool of P, as the vectorized decode kernels hold them in
+// registers between the load and the use: the 16 raw bytes of T, or as many int8 values and the row's scale.
+template <typename T, typename P> struct KvVec;
+template <typename T> struct KvVec<T, T>
+{
+    Bytes16 raw;
+    __device__ __forceinline__ void load(const T* p, const float*, i64) { raw = *reinterpret_cast<const Bytes16*>(p); }
+    __device__ __forceinline__ void clear() { raw = Bytes16{}; }
+    __device__ __forceinline__ void unpack(float* out) const { unpack16<T>(raw, out); }
+};
+template <typename T> struct KvVec<T, signed char>
+{
+    static constexpr int VE = 16 / sizeof(T);
+    BytesN<VE> raw;
+    float scale;
+    __device__ __forceinline__ void load(const signed char* p, const float* scales, i64 at)
+    {
+        raw = *reinterpret_cast<const BytesN<VE>*>(p);
+        scale = scales[at];
+    }
+    __device__ __forceinline__ void clear() { raw = BytesN<VE>{}; scale = 0.f; }
+    __device__ __forceinline__ void unpack(float* out) const
+    {
+#pragma unroll
+        for (int j = 0; j < VE; j++) out[j] = byte_at(raw, j) * scale;
+    }
+};
+
+// 16 bytes to shared memory at a shared-space address.
+__device__ __forceinline__ void sts_u32x4(unsigned addr, const unsigned (&r)[4])
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3]) : "memory");
+#else
+    emu_sts(addr, r, 16);
+#endif
+}
+
+// Eight int8 values times their row's scale, as four words of two T each (T bf16 or f16: Mma<T>::pack's rounding).
+template <typename T> __device__ __forceinline__ void dequantize8(const BytesN<8>& v, float scale, unsigned (&w)[4])
+{
+#pragma unroll
+    for (int j = 0; j < 4; j++) w[j] = Mma<T>::pack(byte_at(v, 2 * j) * scale, byte_at(v, 2 * j + 1) * scale);
+}
+
+// Dequantizes N chunks of 8 int8 values into shared memory: chunk k comes from pool slot slot_of(k) (negative: zeros,
+// nothing read), values at base + slot * stride + c * 8 with the scale at scales[slot * scale_stride], and goes to the
+// shared-space address dst_of(k) as 8 values of T. Every chunk's loads are issued before any is converted and stored.
+template <typename T, int N, typename SlotOf, typename DstOf>
+__device__ __forceinline__ void dequantize_chunks(const signed char* base, const float* scales, i64 stride, int scale_stride, int c,
+                                                  SlotOf slot_of, DstOf dst_of)
+{
+    BytesN<8> v[N];
+    float s[N];
+#pragma unroll
+    for (int k = 0; k < N; k++)
+    {
+        const i64 slot = slot_of(k);
+        v[k] = BytesN<8>{};
+        s[k] = 0.f;
+        if (slot >= 0)
+        {
+            v[k] = *reinterpret_cast<const BytesN<8>*>(base + slot * stride + c * 8);
+            s[k] = scales[slot * scale_stride];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < N; k++)
+    {
+        unsigned w[4];
+        dequantize8<T>(v[k], s[k], w);
+        sts_u32x4(dst_of(k), w);
+    }
+}
+
+// PagedRows over an int8 pool: the same rows, table lookups, limits and swizzled 16-bit tile, each thread's 16-byte
+// chunk (8 values) dequantized from 8 bytes and the row's scale and stored (not copied asynchronously: the kernels'
+// cp_async_wait and __syncthreads before a tile is read cover plain stores too, and the stage a load refills has been
+// released by the same barriers). A thread issues all its rows' loads before it converts and stores any.
+template <typename T> struct PagedRowsI8
+{
+    const signed char* base;   // at the kv head
+    const float* scales;       // at the kv head: position slot's scale at scales[slot * scale_stride]
+    const int* table;
+    int block_size;
+    i64 stride;                // 2K * D
+    int scale_stride;          // 2K
+    int first;
+    int table_first = 0;
+    template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
+    {
+        constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+        static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && RS % 8 == 0, "PagedRowsI8::load: thread count must tile the rows");
+        const int r = tid / CH, c = tid % CH;
+        const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
+        dequantize_chunks<T, N>(base, scales, stride, scale_stride, c,
+            [&](int k) {
+                const int p = row0 + r + k * RS;
+                return p < limit && p >= first ? (i64)table[p / block_size - table_first] * block_size + p % block_size : (i64)-1;
+            },
+            [&](int k) { return d0 + k * RS * D * 2; });
+    }
+};
+
+// PagedRowsSw128 over an int8 pool (flash_attention_hopper.cu's tiles), as PagedRowsI8 is PagedRows'.
+template <typename T> struct PagedRowsSw128I8
+{
+    const signed char* base;
+    const float* scales;
+    const int* table;
+    int block_size;
+    i64 stride;
+    int scale_stride;
+    template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
+    {
+        constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
+        static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "PagedRowsSw128I8::load: NT threads must tile the rows");
+        const int r = tid / CH, c = tid % CH;
+        const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
+        dequantize_chunks<T, N>(base, scales, stride, scale_stride, c,
+            [&](int k) {
+                const int p = row0 + r + k * RS;
+                return p < limit ? (i64)table[p / block_size] * block_size + p % block_size : (i64)-1;
+            },
+            [&](int k) { return d0 + k * RS * 128; });
+    }
+};
+
+// The row source of kv head `head` of a paged pool of T or of int8 (overloaded on the pool's pointer): base is the pool at
+// that head; scales the pool's scales (unused for T).
+template <typename T>
+__device__ __forceinline__ PagedRows<T> pool_rows(const T* base, const float*, int, int, const int* table, int block_size, i64 stride,
+                                                  int first, int table_first = 0)
+{
+    return PagedRows<T>{base, table, block_size, stride, first, table_first};
+}
+template <typename T>
+__device__ __forceinline__ PagedRowsI8<T> pool_rows(const signed char* base, const float* scales, int head, int scale_stride, const int* table,
+                                                    int block_size, i64 stride, int first, int table_first = 0)
+{
+    return PagedRowsI8<T>{base, scales + head, table, block_size, stride, scale_stride, first, table_first};
+}
+template <typename T>
+__device__ __forceinline__ PagedRowsSw128<T> pool_rows_sw128(const T* base, const float*, int, int, const int* table, int block_size, i64 stride)
+{
+    return PagedRowsSw128<T>{base, table, block_size, stride};
+}
+template <typename T>
+__device__ __forceinline__ PagedRowsSw128I8<T> pool_rows_sw128(const signed char* base, const float* scales, int head, int scale_stride,
+                                                               const int* table, int block_size, i64 stride)
+{
+    return PagedRowsSw128I8<T>{base, scales + head, table, block_size, stride, scale_stride};
+}
+
 // ---- serving's flattened batches: which sequence holds the x-th item
 // Called by the 32 lanes of one warp: item x of those that sequences 0 .. B-1 hold in order, items(rows) of a sequence of
 // `rows` rows (starts (B + 1): sequence b's rows are starts[b] .. starts[b + 1] - 1). The lane that finds it returns true

@@ -267,9 +267,11 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
 // order (the host launches an upper bound; CTAs past the last tile return), found by common.cuh's find_prefill_tile (warp
 // 0's prefix sum over the sequences' tile counts, 32 sequences at a time). window: as in flash_forward (1 << 30 for none);
 // the key blocks left of the tile's first query's window are neither loaded nor looked up in the table.
-template <typename T, int D>
-__device__ void paged_prefill(const T* q, const T* pool, T* out, const int* tables, const int* starts, const int* lengths, int B,
-    int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window)
+// Over an int8 pool (P = signed char, with its scales): the same tile over common.cuh's PagedRowsI8, which dequantizes the
+// pool's rows into the 16-bit K and V tiles.
+template <typename T, int D, typename P = T>
+__device__ void paged_prefill(const T* q, const P* pool, T* out, const int* tables, const int* starts, const int* lengths, int B,
+    int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window, const float* scales = nullptr)
 {
     constexpr int BM = 64 * FLASH_MT(D);
     const PrefillTile tile = find_prefill_tile<BM>(starts, B, min_rows);   // common.cuh
@@ -279,8 +281,8 @@ __device__ void paged_prefill(const T* q, const T* pool, T* out, const int* tabl
     const i64 stride = (i64)2 * K * D;
     const int* table = tables + (i64)b * max_blocks;
     const int first = max(0, lengths[b] - rows + tile_index * BM - window + 1);
-    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, stride, first},
-        vr{pool + (i64)(K + kvh) * D, table, block_size, stride, first};
+    const auto kr = pool_rows<T>(pool + (i64)kvh * D, scales, kvh, 2 * K, table, block_size, stride, first);
+    const auto vr = pool_rows<T>(pool + (i64)(K + kvh) * D, scales, K + kvh, 2 * K, table, block_size, stride, first);
     flash_forward_tile<T, D, FLASH_MT(D)>(q + (i64)start * q_n + (i64)h * q_h, q_n, kr, vr, out + ((i64)start * H + h) * D, (i64)H * D,
                                           nullptr, rows, lengths[b], tile_index, scale, window);
 }
@@ -1027,6 +1029,14 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     {                                                                                                           \
         paged_prefill<T, D>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, q_n, q_h,   \
                             scale, min_rows, window);                                                           \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) paged_prefill_i8_##n##_d##D(const T* q,                  \
+        const signed char* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H, \
+        int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window,         \
+        const float* scales)                                                                                    \
+    {                                                                                                           \
+        paged_prefill<T, D, signed char>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, \
+                                         q_n, q_h, scale, min_rows, window, scales);                            \
     }                                                                                                           \
     extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
         int H, int splits, Strides3 os)                                                                         \

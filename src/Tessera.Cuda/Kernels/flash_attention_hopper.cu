@@ -214,9 +214,11 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
 // its tile-finding prologue (find_prefill_tile) over tiles of 64 WGS rows. K and V through the block table
 // (PagedRowsSw128). window must be none (1 << 30): the host sends windowed calls to paged_prefill, as this tile masks no
 // window.
-template <typename T, int D, int WGS>
-__device__ void paged_prefill_hopper(const T* q, const T* pool, T* out, const int* tables, const int* starts, const int* lengths,
-    int B, int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows)
+// Over an int8 pool (P = signed char, with its scales): common.cuh's PagedRowsSw128I8 dequantizes the rows into the same
+// swizzled 16-bit tiles.
+template <typename T, int D, int WGS, typename P = T>
+__device__ void paged_prefill_hopper(const T* q, const P* pool, T* out, const int* tables, const int* starts, const int* lengths,
+    int B, int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, const float* scales = nullptr)
 {
     const PrefillTile tile = find_prefill_tile<64 * WGS>(starts, B, min_rows);
     const int b = tile.sequence;
@@ -224,7 +226,8 @@ __device__ void paged_prefill_hopper(const T* q, const T* pool, T* out, const in
     const int h = blockIdx.y, kvh = h / (H / K), start = starts[b], rows = starts[b + 1] - start;
     const i64 stride = (i64)2 * K * D;
     const int* table = tables + (i64)b * max_blocks;
-    const PagedRowsSw128<T> kr{pool + (i64)kvh * D, table, block_size, stride}, vr{pool + (i64)(K + kvh) * D, table, block_size, stride};
+    const auto kr = pool_rows_sw128<T>(pool + (i64)kvh * D, scales, kvh, 2 * K, table, block_size, stride);
+    const auto vr = pool_rows_sw128<T>(pool + (i64)(K + kvh) * D, scales, K + kvh, 2 * K, table, block_size, stride);
     hopper_forward_tile<T, D, WGS>(q + (i64)start * q_n + (i64)h * q_h, q_n, kr, vr, out + ((i64)start * H + h) * D, (i64)H * D,
                                    nullptr, rows, lengths[b], tile.index, scale);
 }
@@ -279,6 +282,31 @@ PAGED_PREFILL_HOPPER(bf16, bf16, 64)
 PAGED_PREFILL_HOPPER(bf16, bf16, 128)
 PAGED_PREFILL_HOPPER(f16, f16, 64)
 PAGED_PREFILL_HOPPER(f16, f16, 128)
+
+// Over an int8 pool: paged_prefill_hopper[_wg1]_i8_<type>_d<D>, the same arguments with the pool's int8 values and its
+// scales last.
+#define PAGED_PREFILL_HOPPER_I8(n, T, D)                                                                        \
+    extern "C" __global__ void __launch_bounds__(256, 1) paged_prefill_hopper_i8_##n##_d##D(const T* q,       \
+        const signed char* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H, \
+        int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window,         \
+        const float* scales)                                                                                    \
+    {                                                                                                           \
+        paged_prefill_hopper<T, D, 2, signed char>(q, pool, out, tables, starts, lengths, B, H, K, block_size,  \
+                                                   max_blocks, q_n, q_h, scale, min_rows, scales);              \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) paged_prefill_hopper_wg1_i8_##n##_d##D( \
+        const T* q, const signed char* pool, T* out, const int* tables, const int* starts, const int* lengths,  \
+        int B, int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows,       \
+        int window, const float* scales)                                                                        \
+    {                                                                                                           \
+        paged_prefill_hopper<T, D, 1, signed char>(q, pool, out, tables, starts, lengths, B, H, K, block_size,  \
+                                                   max_blocks, q_n, q_h, scale, min_rows, scales);              \
+    }
+
+PAGED_PREFILL_HOPPER_I8(bf16, bf16, 64)
+PAGED_PREFILL_HOPPER_I8(bf16, bf16, 128)
+PAGED_PREFILL_HOPPER_I8(f16, f16, 64)
+PAGED_PREFILL_HOPPER_I8(f16, f16, 128)
 
 // ------------------------------------------------------------------------------------ backward
 // flash_attention.cu's flash_backward contract (S = T, no window): lse and delta (B,H,T) fp32 (delta = rowsum(dO o O),

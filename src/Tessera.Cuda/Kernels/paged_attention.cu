@@ -29,6 +29,48 @@ template <typename W> __device__ void paged_append(const W* kv, W* pool, const i
     }
 PAGED_APPEND(b2, unsigned short) PAGED_APPEND(b4, unsigned int) PAGED_APPEND(b8, unsigned long long)
 
+// An int8 pool (common.cuh's int8 paged KV pools): each (row n, head r) of kv quantized into pool[slots[n], r, :] with its
+// scale in scales[slots[n], r]: scale = max|x| / 127, values round-to-nearest-even of x * (127 / max|x|) clamped to
+// [-127, 127], in fp32 with single roundings (Tessera.Tensors.Int8Quantization.QuantizeRow's operations, so the CPU backend
+// writes the same bytes); a row of zeros gets scale 0 and zeros, a row with a value that is not finite a NaN scale and zeros.
+// A warp per (row, head), grid-stride over them.
+template <typename T>
+__device__ void paged_append_i8(const T* kv, signed char* pool, float* scales, const int* slots, int N, int R, int D, i64 kv_n, i64 kv_r)
+{
+    pdl_wait();
+    const int lane = threadIdx.x & 31, warps_per_cta = blockDim.x >> 5;
+    const i64 heads = (i64)N * R, stride = (i64)gridDim.x * warps_per_cta;
+    for (i64 w = (i64)blockIdx.x * warps_per_cta + (threadIdx.x >> 5); w < heads; w += stride)
+    {
+        const int row = (int)(w / R), r = (int)(w % R);
+        const int slot = slots[row];
+        if (slot < 0) continue;                                    // warp-uniform: padding writes nothing
+        const T* x = kv + row * kv_n + r * kv_r;
+        float big = 0.f, bad = 0.f;
+        for (int d = lane; d < D; d += 32)
+        {
+            const float v = to_f(x[d]);
+            if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) bad = 1.f;
+            big = fmaxf(big, fabsf(v));
+        }
+        big = warp_max(big);
+        bad = warp_max(bad);
+        const float scale = bad != 0.f ? QNAN : div_rn(big, 127.f);
+        const float inverse = bad != 0.f || scale == 0.f ? 0.f : div_rn(127.f, big);
+        signed char* q = pool + ((i64)slot * R + r) * D;
+        for (int d = lane; d < D; d += 32)
+            q[d] = inverse == 0.f ? (signed char)0 : (signed char)fminf(fmaxf(round_even(mul_rn(to_f(x[d]), inverse)), -127.f), 127.f);
+        if (lane == 0) scales[(i64)slot * R + r] = scale;
+    }
+}
+#define PAGED_APPEND_I8(name, t)                                                                                       \
+    extern "C" __global__ void paged_append_i8_##name(const t* kv, signed char* pool, float* scales, const int* slots,  \
+                                                      int N, int R, int D, i64 kv_n, i64 kv_r)                         \
+    {                                                                                                                  \
+        paged_append_i8<t>(kv, pool, scales, slots, N, R, D, kv_n, kv_r);                                              \
+    }
+FOR_FLOAT_TYPES(PAGED_APPEND_I8)
+
 // ------------------------------------------------------------------------------ attention
 // Grid (N, H / G, splits): one CTA per new row, group of G query heads that share one kv head (G <= PA_MAX_G, so the group
 // reads each key and value once), and split of the row's visible keys (flash-decoding: a few rows with long contexts would
@@ -46,10 +88,10 @@ PAGED_APPEND(b2, unsigned short) PAGED_APPEND(b4, unsigned int) PAGED_APPEND(b8,
 #define PA_MAX_G 8
 #define PA_MAX_DPL 8   // D <= 256
 
-template <typename T>
-__device__ void paged_attention(const T* q, const T* pool, T* out, float* partial, const int* tables, const int* starts,
+template <typename T, typename P = T>
+__device__ void paged_attention(const T* q, const P* pool, T* out, float* partial, const int* tables, const int* starts,
                                 const int* lengths, int B, int N, int H, int K, int D, int G, int block_size, int max_blocks,
-                                i64 q_n, i64 q_h, float scale, int window)
+                                i64 q_n, i64 q_h, float scale, int window, const float* scales = nullptr)
 {
     extern __shared__ float pa_shared[];                           // (PA_WARPS, G, D + 2): acc, then m and l
     const int n = blockIdx.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
@@ -93,16 +135,17 @@ __device__ void paged_attention(const T* q, const T* pool, T* out, float* partia
     for (int j = begin + warp; j < end; j += PA_WARPS)
     {
         const i64 slot = (i64)table[j / block_size] * block_size + j % block_size;
-        const T* kp = pool + slot * position_stride + (i64)kvh * D;
-        const T* vp = kp + (i64)K * D;
+        const P* kp = pool + slot * position_stride + (i64)kvh * D;
+        const P* vp = kp + (i64)K * D;
+        const float ks = kv_scale<P>(scales, slot * 2 * K + kvh), vs = kv_scale<P>(scales, slot * 2 * K + K + kvh);
         float kd[PA_MAX_DPL], vd[PA_MAX_DPL];
 #pragma unroll
         for (int i = 0; i < PA_MAX_DPL; i++)
         {
             const int d = lane + 32 * i;
             const bool in = i < dpl && d < D;
-            kd[i] = in ? to_f(kp[d]) : 0.f;
-            vd[i] = in ? to_f(vp[d]) : 0.f;
+            kd[i] = in ? kv_value(kp[d], ks) : 0.f;
+            vd[i] = in ? kv_value(vp[d], vs) : 0.f;
         }
 #pragma unroll
         for (int g = 0; g < PA_MAX_G; g++)
@@ -172,6 +215,17 @@ __device__ void paged_attention(const T* q, const T* pool, T* out, float* partia
                            q_n, q_h, scale, window);                                                                      \
     }
 FOR_FLOAT_TYPES(PAGED_ATTENTION)
+// Over an int8 pool: paged_attention_i8_<type>, the same arguments with the pool's int8 values and its scales last.
+#define PAGED_ATTENTION_I8(name, t)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(PA_WARPS * 32) paged_attention_i8_##name(                                \
+        const t* q, const signed char* pool, t* out, float* partial, const int* tables, const int* starts,                \
+        const int* lengths, int B, int N, int H, int K, int D, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,   \
+        float scale, int window, const float* scales)                                                                     \
+    {                                                                                                                     \
+        paged_attention<t, signed char>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, D, G, block_size,     \
+                                        max_blocks, q_n, q_h, scale, window, scales);                                    \
+    }
+FOR_FLOAT_TYPES(PAGED_ATTENTION_I8)
 
 // ------------------------------------------------------------------------------ rows left to the CUDA cores
 // Row x of the batch's rows that belong to sequences of at most max_rows rows (every row when max_rows >= N; the others
@@ -394,11 +448,11 @@ __device__ __forceinline__ void paged_decode_store(const float (&acc)[GM][VE], c
     paged_decode_merge_store<T, D, NG>(pd_shared, tid, out, partial, counters, n, x, X, H, h0, G, split, splits, active, batched_merge);
 }
 
-template <typename T, int D, int GM>
-__device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
+template <typename T, int D, int GM, typename P = T>
+__device__ void paged_decode(const T* q, const P* pool, T* out, float* partial, int* counters, const int* tables,
                              const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
                              int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk,
-                             int batched_merge)
+                             int batched_merge, const float* scales = nullptr)
 {
     constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK;
     static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode: a key row must be a power-of-two part of a warp");
@@ -446,25 +500,26 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     }
 
     const i64 position_stride = (i64)2 * K * D;
-    const T* base = pool + (i64)kvh * D + sub * VE;
+    const P* base = pool + (i64)kvh * D + sub * VE;
     // Warp-uniform trip count (the shuffles need every lane): key j = j0 + grp (and j + NG), valid when below end. Software
     // pipelined two deep: while an iteration computes, the next one's keys and values are in flight and the table entries
     // of the one after are, so neither the table read nor the pool read waits in the loop (one round trip an iteration
     // instead of two dependent ones, none of them exposed once the pipeline runs).
-    auto fetch = [&](int j, int blk, Bytes16& kr, Bytes16& vr) {
+    auto fetch = [&](int j, int blk, KvVec<T, P>& kr, KvVec<T, P>& vr) {
         if (j < end)
         {
-            const T* kp = base + ((i64)blk * block_size + j % block_size) * position_stride;
-            kr = *reinterpret_cast<const Bytes16*>(kp);
-            vr = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
+            const i64 slot = (i64)blk * block_size + j % block_size;
+            const P* kp = base + slot * position_stride;
+            kr.load(kp, scales, slot * 2 * K + kvh);
+            vr.load(kp + (i64)K * D, scales, slot * 2 * K + K + kvh);
         }
     };
-    Bytes16 ka, va16, kb, vb16;                                    // raw until used: 4 registers each
+    KvVec<T, P> ka, va16, kb, vb16;                                // raw until used: 4 registers each (16-bit pools)
     fetch(ja, ea, ka, va16);
     fetch(ja + NG, eb, kb, vb16);
     for (int j0 = begin + warp * GPW; j0 < end; j0 += step, ja += step)
     {
-        Bytes16 nka, nva, nkb, nvb;
+        KvVec<T, P> nka, nva, nkb, nvb;
         fetch(ja + step, na, nka, nva);
         fetch(ja + step + NG, nb, nkb, nvb);
         na = entry(ja + 2 * step);
@@ -475,8 +530,8 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
         {
             const bool valid = two == 0 ? va : vb;
             float kd[VE], vd[VE];
-            unpack16<T>(two == 0 ? ka : kb, kd);
-            unpack16<T>(two == 0 ? va16 : vb16, vd);
+            (two == 0 ? ka : kb).unpack(kd);
+            (two == 0 ? va16 : vb16).unpack(vd);
 #pragma unroll
             for (int g = 0; g < GM; g++)
             {
@@ -517,6 +572,20 @@ __device__ void paged_decode(const T* q, const T* pool, T* out, float* partial, 
     PAGED_DECODE_ONE(kernel, name, t, D, 4) PAGED_DECODE_ONE(kernel, name, t, D, 8)
 #define PAGED_DECODE(name, t) PAGED_DECODE_D(paged_decode, name, t, 64) PAGED_DECODE_D(paged_decode, name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE)
+// Over an int8 pool: <kernel>_i8_<type>_d<D>_g<GM>, the same arguments with the pool's int8 values and its scales last.
+#define PAGED_DECODE_ONE_I8(kernel, name, t, D, GM)                                                                       \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) kernel##_i8_##name##_d##D##_g##GM(          \
+        const t* q, const signed char* pool, t* out, float* partial, int* counters, const int* tables, const int* starts, \
+        const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
+        float scale, int max_rows, int window, int min_chunk, int batched_merge, const float* scales)                     \
+    {                                                                                                                     \
+        kernel<t, D, GM, signed char>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,\
+                                      max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge, scales);   \
+    }
+#define PAGED_DECODE_D_I8(kernel, name, t, D) PAGED_DECODE_ONE_I8(kernel, name, t, D, 1) PAGED_DECODE_ONE_I8(kernel, name, t, D, 2) \
+    PAGED_DECODE_ONE_I8(kernel, name, t, D, 4) PAGED_DECODE_ONE_I8(kernel, name, t, D, 8)
+#define PAGED_DECODE_I8(name, t) PAGED_DECODE_D_I8(paged_decode, name, t, 64) PAGED_DECODE_D_I8(paged_decode, name, t, 128)
+FOR_FLOAT_TYPES(PAGED_DECODE_I8)
 
 // ------------------------------------------------------------------------------ attention, vectorized and tiled
 // paged_decode's computation (same grid, rows, splits, window, partial layout and last-CTA merge) with the keys walked in
@@ -529,11 +598,11 @@ FOR_FLOAT_TYPES(PAGED_DECODE)
 // turn: warp w's tiles start at begin + w GPW PD_TILE, stepping by NG PD_TILE.
 #define PD_TILE 4
 
-template <typename T, int D, int GM>
-__device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
+template <typename T, int D, int GM, typename P = T>
+__device__ void paged_decode_tiled(const T* q, const P* pool, T* out, float* partial, int* counters, const int* tables,
                                    const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
                                    int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk,
-                                   int batched_merge)
+                                   int batched_merge, const float* scales = nullptr)
 {
     constexpr int VE = 16 / sizeof(T), TPK = D / VE, NG = PD_THREADS / TPK, GPW = 32 / TPK, U = PD_TILE, STEP = NG * U;
     static_assert(D % VE == 0 && 32 % TPK == 0, "paged_decode_tiled: a key row must be a power-of-two part of a warp");
@@ -577,22 +646,23 @@ __device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* par
     }
 
     const i64 position_stride = (i64)2 * K * D;
-    const T* base = pool + (i64)kvh * D + sub * VE;
+    const P* base = pool + (i64)kvh * D + sub * VE;
     // Warp-uniform trip count (the shuffles need every lane); a lane group's key j0 + lag + GPW u is valid below end.
     for (int j0 = begin + warp * GPW * U; j0 < end; j0 += STEP)
     {
         const int j = j0 + lag;
-        Bytes16 kr[U], vr[U];
+        KvVec<T, P> kr[U], vr[U];
 #pragma unroll
         for (int u = 0; u < U; u++)
         {
-            kr[u] = Bytes16{};
-            vr[u] = Bytes16{};
+            kr[u].clear();
+            vr[u].clear();
             if (j + u * GPW < end)
             {
-                const T* kp = base + ((i64)blk[u] * block_size + (j + u * GPW) % block_size) * position_stride;
-                kr[u] = *reinterpret_cast<const Bytes16*>(kp);
-                vr[u] = *reinterpret_cast<const Bytes16*>(kp + (i64)K * D);
+                const i64 slot = (i64)blk[u] * block_size + (j + u * GPW) % block_size;
+                const P* kp = base + slot * position_stride;
+                kr[u].load(kp, scales, slot * 2 * K + kvh);
+                vr[u].load(kp + (i64)K * D, scales, slot * 2 * K + K + kvh);
             }
         }
 #pragma unroll
@@ -606,7 +676,7 @@ __device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* par
         for (int u = 0; u < U; u++)
         {
             float kd[VE];
-            unpack16<T>(kr[u], kd);
+            kr[u].unpack(kd);
 #pragma unroll
             for (int g = 0; g < GM; g++)
             {
@@ -660,7 +730,7 @@ __device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* par
         for (int u = 0; u < U; u++)
         {
             float vd[VE];
-            unpack16<T>(vr[u], vd);
+            vr[u].unpack(vd);
 #pragma unroll
             for (int g = 0; g < GM; g++)
             {
@@ -677,6 +747,9 @@ __device__ void paged_decode_tiled(const T* q, const T* pool, T* out, float* par
 #define PAGED_DECODE_TILED(name, t)                                                                                       \
     PAGED_DECODE_D(paged_decode_tiled, name, t, 64) PAGED_DECODE_D(paged_decode_tiled, name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
+#define PAGED_DECODE_TILED_I8(name, t)                                                                                    \
+    PAGED_DECODE_D_I8(paged_decode_tiled, name, t, 64) PAGED_DECODE_D_I8(paged_decode_tiled, name, t, 128)
+FOR_FLOAT_TYPES(PAGED_DECODE_TILED_I8)
 
 // ------------------------------------------------------------------------------ attention on tensor cores
 // paged_decode's computation (same arguments, grid, rows, splits, window, partial layout and last-CTA merge) with the two
@@ -701,11 +774,11 @@ FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
 // At D = 64, 4 a SM make the 512 CTAs of a 64-sequence llama-1b decode grid one wave on 132 SMs.
 #define PM_MIN_CTAS(D) ((D) == 64 ? 4 : 2)
 
-template <typename T, int D>
-__device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* partial, int* counters, const int* tables,
+template <typename T, int D, typename P = T>
+__device__ void paged_decode_mma(const T* q, const P* pool, T* out, float* partial, int* counters, const int* tables,
                                  const int* starts, const int* lengths, int B, int N, int H, int K, int G, int block_size,
                                  int max_blocks, i64 q_n, i64 q_h, float scale, int max_rows, int window, int min_chunk,
-                                 int flags)
+                                 int flags, const float* scales = nullptr)
 {
     constexpr int NT = PD_THREADS, BN = PM_KEYS, KD = D / 16, ND = D / 8, S = PM_STAGES, TILE = BN * D * 2;
     const int batched_merge = flags & 1;
@@ -740,8 +813,9 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
         __syncthreads();
         table = staged;
     }
-    const PagedRows<T> kr{pool + (i64)kvh * D, table, block_size, position_stride, begin, table_first};
-    const PagedRows<T> vr{pool + (i64)(K + kvh) * D, table, block_size, position_stride, begin, table_first};
+    // The rows of the pool (PagedRows, or PagedRowsI8 dequantizing an int8 pool into the same tiles).
+    const auto kr = pool_rows<T>(pool + (i64)kvh * D, scales, kvh, 2 * K, table, block_size, position_stride, begin, table_first);
+    const auto vr = pool_rows<T>(pool + (i64)(K + kvh) * D, scales, K + kvh, 2 * K, table, block_size, position_stride, begin, table_first);
     const unsigned smem = smem_u32(pd_shared);
 #pragma unroll
     for (int st = 0; st < S - 1; st++)
@@ -864,6 +938,18 @@ __device__ void paged_decode_mma(const T* q, const T* pool, T* out, float* parti
                                max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, flags);                          \
     }
 PAGED_DECODE_MMA(bf16, bf16, 64) PAGED_DECODE_MMA(bf16, bf16, 128) PAGED_DECODE_MMA(f16, f16, 64) PAGED_DECODE_MMA(f16, f16, 128)
+// Over an int8 pool: paged_decode_mma_i8_<type>_d<D>, the same arguments with the pool's int8 values and its scales last.
+#define PAGED_DECODE_MMA_I8(name, t, D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PM_MIN_CTAS(D)) paged_decode_mma_i8_##name##_d##D(            \
+        const t* q, const signed char* pool, t* out, float* partial, int* counters, const int* tables, const int* starts, \
+        const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
+        float scale, int max_rows, int window, int min_chunk, int flags, const float* scales)                             \
+    {                                                                                                                     \
+        paged_decode_mma<t, D, signed char>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G,       \
+                                            block_size, max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, flags,  \
+                                            scales);                                                                      \
+    }
+PAGED_DECODE_MMA_I8(bf16, bf16, 64) PAGED_DECODE_MMA_I8(bf16, bf16, 128) PAGED_DECODE_MMA_I8(f16, f16, 64) PAGED_DECODE_MMA_I8(f16, f16, 128)
 
 // out[n, h, :] from the splits' states; grid (X, H), one thread per element of the head. Block x merges the states of row x
 // of the kernel that wrote them: partial (splits, X, H, D + 2), its row n and sequence found as that kernel found them

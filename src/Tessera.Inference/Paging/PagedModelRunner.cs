@@ -509,23 +509,24 @@ public sealed class PagedModelRunner : IDisposable
         var attention = block.Attention;
         int n = x.Size(0), h = attention.Heads, k = attention.KvHeads, d = attention.HeadSize;
         var pool = _cache.Pool(block.Index);
+        var scales = _cache.Scales(block.Index);                                                     // null unless the pool is I8
         Tensor qkv;                                                                                  // (N, H+2K, D)
         if (attention.Rope is { } frequencies && block.Norm1 is RmsNorm rms && attention.Qkv.IsPlainProduct)
         {
             // Llama: the norm, the QKV product, the rotation and the append to the rows' slots as one op (one launch for a
             // decode step's few rows on a GPU, as in the dense decode step).
             qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
-            _backend.MatMulRopePagedAppend(x, rms.Prologue, attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies);
+            _backend.MatMulRopePagedAppend(x, rms.Prologue, attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies, scales);
         }
         else
         {
             qkv = attention.Qkv.ForwardNormalized(ctx, x, block.Norm1).Reshape(n, h + 2 * k, d);
             if (attention.Rope is { } rope)
                 _backend.Rope(qkv.Reshape(n, 1, h + 2 * k, d).Slice(2, 0, h + k), positions, rope);   // q and k heads at each row's position
-            _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch);
+            _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch, scales);
         }
         var output = ctx.Buffer(_attentionOut, new Shape(n, h, d), x.DType);                        // (N, H, D)
-        _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, 1.0 / Math.Sqrt(d), attention.SlidingWindow);
+        _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, 1.0 / Math.Sqrt(d), attention.SlidingWindow, scales);
         attention.Projection.ForwardAccumulate(ctx, output.Reshape(n, h * d), x);
     }
 

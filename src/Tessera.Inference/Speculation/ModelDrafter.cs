@@ -44,7 +44,9 @@ public sealed class ModelDrafter : IDisposable
             throw new NotSupportedException("speculative decoding with a draft model does not support sliding-window attention yet (the draft model catches up over blocks the window has released); use prompt lookup");
         _maxRows = maxRows;
         _maxSequences = maxSequences;
-        long blockBytes = PagedKvCache.BlockBytes(draft.DType, d.Layers, d.EffectiveKvHeads, d.HeadSize, servedCache.BlockSize);
+        // The draft pool follows the served one's element type (an I8 served cache gives an I8 draft cache), as the draft's
+        // weights follow the served model's quantization: both are sized by the same choice of precision.
+        long blockBytes = PagedKvCache.BlockBytes(servedCache.Options.PoolDType(draft.DType), d.Layers, d.EffectiveKvHeads, d.HeadSize, servedCache.BlockSize);
         var options = servedCache.Options with { MemoryBytes = blockBytes * servedCache.Blocks };
         _cache = new PagedKvCache(draft.Backend, draft.DType, d.Layers, d.EffectiveKvHeads, d.HeadSize, options);
         try

@@ -5,9 +5,11 @@ namespace Tessera.Tensors.Cpu;
 // dense causal attention on them, so paged attention is exactly AttentionForward over the same positions. With a sliding
 // window it gathers from the first block that the window of the sequence's first row reaches (the blocks before it may be
 // back in the pool): the same attention on keys shifted by a whole number of blocks, which the window rule does not see.
+// An I8 pool (PagedKvPool) is quantized on the append, a (position, head) row at a time, and dequantized as it is gathered,
+// so attention over it is exactly AttentionForward over what its values stand for.
 public sealed unsafe partial class CpuBackend
 {
-    public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch)
+    public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null)
     {
         const string op = nameof(PagedAppend);
         ArgumentNullException.ThrowIfNull(keysAndValues); ArgumentNullException.ThrowIfNull(pool);
@@ -16,7 +18,7 @@ public sealed unsafe partial class CpuBackend
         RequireRank(op, nameof(pool), pool, 4, "(Blocks,BlockSize,R,D)");
         RequireContiguous(op, nameof(pool), pool);
         RequireUnitLastStride(op, nameof(keysAndValues), keysAndValues);
-        RequireDType(op, nameof(pool), pool, keysAndValues.DType);
+        PagedKvPool.Validate(op, pool, poolScales, keysAndValues.DType);
         int n = keysAndValues.Size(0), r = keysAndValues.Size(1), d = keysAndValues.Size(2);
         if (pool.Size(1) != batch.BlockSize || pool.Size(2) != r || pool.Size(3) != d)
             throw new ArgumentException($"{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, {r}, {d}) for keysAndValues {keysAndValues.Shape}", nameof(pool));
@@ -27,6 +29,8 @@ public sealed unsafe partial class CpuBackend
         int size = keysAndValues.DType.SizeInBytes();
         bool rowsContiguous = keysAndValues.Stride(1) == d || r == 1;
         var flat = pool.Reshape((int)slotCount, r, d);
+        bool quantized = pool.DType == DType.I8;
+        var row = quantized ? new float[d] : null;
         for (int i = 0; i < n; i++)
         {
             int slot = slots[i];
@@ -35,14 +39,65 @@ public sealed unsafe partial class CpuBackend
                 throw new ArgumentException($"{op}: PagedBatch.Slots[{i}] = {slot} is beyond the pool's {slotCount} slots ({pool.Size(0)} blocks of {batch.BlockSize})", nameof(batch));
             var source = keysAndValues.Select(0, i);
             var destination = flat.Select(0, slot);
-            if (rowsContiguous) Buffer.MemoryCopy(BytePtr(source), BytePtr(destination), (long)r * d * size, (long)r * d * size);
+            if (quantized)
+            {
+                // Each (position, head) row: its scale and its values, as Int8Quantization quantizes a weight row (in F32).
+                float* scales = Ptr<float>(poolScales!) + (long)slot * r;
+                sbyte* values = Ptr<sbyte>(destination);
+                for (int j = 0; j < r; j++)
+                {
+                    ReadRow(source.Select(0, j), row!);
+                    scales[j] = Int8Quantization.QuantizeRow(row, new Span<sbyte>(values + (long)j * d, d));
+                }
+            }
+            else if (rowsContiguous) Buffer.MemoryCopy(BytePtr(source), BytePtr(destination), (long)r * d * size, (long)r * d * size);
             else Copy(source, destination);
         }
-        KeepOperandsAlive(batch, keysAndValues, pool);
+        KeepOperandsAlive(batch, keysAndValues, pool, poolScales);
+    }
+
+    /// <summary>A contiguous (D) row of a compute dtype as F32 (F64 rounded once, as the GPU's F32 quantization sees it).</summary>
+    private static void ReadRow(Tensor source, float[] row)
+    {
+        byte* p = BytePtr(source);
+        switch (source.DType)
+        {
+            case DType.F32: for (int c = 0; c < row.Length; c++) row[c] = ((float*)p)[c]; break;
+            case DType.F64: for (int c = 0; c < row.Length; c++) row[c] = (float)((double*)p)[c]; break;
+            case DType.BF16: for (int c = 0; c < row.Length; c++) row[c] = ((BFloat16*)p)[c].ToSingle(); break;
+            default: throw new NotSupportedException($"PagedAppend: an I8 pool quantizes F32, F64 or BF16 keys and values, not {source.DType}");
+        }
+    }
+
+    /// <summary>
+    /// Rows [from, from + count) of an I8 pool's block, heads [head, head + k), dequantized into <paramref name="target"/>
+    /// (count, k, D) of a compute dtype: scale x value, exact in F64, rounded once in F32 and BF16.
+    /// </summary>
+    private void GatherDequantized(Tensor pool, Tensor scales, int block, int count, int head, int k, Tensor target)
+    {
+        int r = pool.Size(2), d = pool.Size(3), bs = pool.Size(1);
+        sbyte* values = Ptr<sbyte>(pool);
+        float* s = Ptr<float>(scales);
+        byte* o = BytePtr(target);
+        var dtype = target.DType;
+        for (int p = 0; p < count; p++)
+            for (int j = 0; j < k; j++)
+            {
+                long row = ((long)block * bs + p) * r + head + j;
+                double scale = s[row];
+                sbyte* q = values + row * d;
+                long at = ((long)p * k + j) * d;
+                switch (dtype)
+                {
+                    case DType.F64: for (int c = 0; c < d; c++) ((double*)o)[at + c] = scale * q[c]; break;
+                    case DType.F32: for (int c = 0; c < d; c++) ((float*)o)[at + c] = (float)(scale * q[c]); break;
+                    default: for (int c = 0; c < d; c++) ((BFloat16*)o)[at + c] = BFloat16.FromSingle((float)(scale * q[c])); break;
+                }
+            }
     }
 
     public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
-        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies)
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
     {
         const string op = nameof(MatMulRopePagedAppend);
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight); ArgumentNullException.ThrowIfNull(qkv);
@@ -57,15 +112,16 @@ public sealed unsafe partial class CpuBackend
             throw new ArgumentException($"{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of pool {pool.Shape}", nameof(qkv));
         if (positions.Rank != 1 || positions.Size(0) != n)
             throw new ArgumentException($"{op}: positions {positions.Shape} must hold one position per row of qkv {qkv.Shape}", nameof(positions));
+        PagedKvPool.Validate(op, pool, poolScales, qkv.DType);
         var flat = qkv.Reshape(n, weight.Size(0));
         if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
         else MatMul(x, weight, flat, transposeB: true, bias: bias);
         Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
-        PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch);
-        KeepOperandsAlive(batch, x, norm?.Weight, weight, bias, qkv, pool, positions);
+        PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch, poolScales);
+        KeepOperandsAlive(batch, x, norm?.Weight, weight, bias, qkv, pool, positions, poolScales);
     }
 
-    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0)
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null)
     {
         const string op = nameof(PagedAttention);
         if (window < 0) throw new ArgumentOutOfRangeException(nameof(window), window, $"{op}: sliding window must be 0 (none) or positive");
@@ -77,7 +133,7 @@ public sealed unsafe partial class CpuBackend
         RequireUnitLastStride(op, nameof(q), q);
         RequireContiguous(op, nameof(pool), pool);
         RequireContiguous(op, nameof(output), output);
-        RequireDType(op, nameof(pool), pool, q.DType);
+        PagedKvPool.Validate(op, pool, poolScales, q.DType);
         RequireShape(op, nameof(output), output, q.Shape);
         int n = q.Size(0), h = q.Size(1), d = q.Size(2), kv2 = pool.Size(2), bs = batch.BlockSize;
         if (kv2 % 2 != 0 || pool.Size(3) != d || pool.Size(1) != bs || h % (kv2 / 2) != 0)
@@ -109,9 +165,17 @@ public sealed unsafe partial class CpuBackend
                     int block = tables[(long)b * maxBlocks + start / bs], count = Math.Min(bs, context - start);
                     if ((uint)block >= (uint)pool.Size(0))
                         throw new ArgumentException($"{op}: PagedBatch.BlockTables[{b}, {start / bs}] = {block} is outside the pool's {pool.Size(0)} blocks", nameof(batch));
+                    var keysHere = keys.Select(0, 0).Slice(0, start - from, count);                  // (count, K, D)
+                    var valuesHere = values.Select(0, 0).Slice(0, start - from, count);
+                    if (poolScales is not null)
+                    {
+                        GatherDequantized(pool, poolScales, block, count, 0, k, keysHere);
+                        GatherDequantized(pool, poolScales, block, count, k, k, valuesHere);
+                        continue;
+                    }
                     var cached = pool.Select(0, block).Slice(0, 0, count);                          // (count, 2K, D)
-                    Copy(cached.Slice(1, 0, k), keys.Select(0, 0).Slice(0, start - from, count));
-                    Copy(cached.Slice(1, k, k), values.Select(0, 0).Slice(0, start - from, count));
+                    Copy(cached.Slice(1, 0, k), keysHere);
+                    Copy(cached.Slice(1, k, k), valuesHere);
                 }
                 var queries = RowsView(q, first + skip, live);
                 var result = RowsView(output, first + skip, live);
@@ -123,7 +187,7 @@ public sealed unsafe partial class CpuBackend
                 values.Storage.Dispose();
             }
         }
-        KeepOperandsAlive(batch, q, pool, output);
+        KeepOperandsAlive(batch, q, pool, output, poolScales);
     }
 
     /// <summary>Rows [first, first + count) of an (N, H, D) view as a (1, count, H, D) view with the same strides.</summary>

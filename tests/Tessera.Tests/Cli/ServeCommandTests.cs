@@ -1,5 +1,8 @@
+using System.ClientModel;
 using System.Diagnostics;
 using System.Text.Json;
+using OpenAI;
+using OpenAI.Chat;
 using System.Text.RegularExpressions;
 using Tessera.Training.Data;
 using Xunit;
@@ -35,17 +38,31 @@ public sealed class ServeCommandTests : IDisposable
         Assert.Contains("--draft-model needs --draft-tokens above 0", stderr);
     }
 
+    /// <summary>--kv-dtype takes model or int8; anything else is a usage error (exit 2) naming the option and the value, before
+    /// any model is opened.</summary>
+    [Fact]
+    public void AnUnknownKvDTypeIsAUsageErrorNamingTheOption()
+    {
+        var (code, _, stderr) = CliProcess.Run("serve", "--model", Path.Combine(_dir, "no-such-run"), "--kv-dtype", "fp4");
+        Assert.Equal(2, code);
+        Assert.Contains("--kv-dtype 'fp4': expected model (the model's dtype) or int8", stderr);
+    }
+
     /// <summary>
     /// The run served with speculative decoding, by prompt lookup or with a draft model (the run itself, so every guess is
-    /// right), split over two tensor-parallel thread ranks, or with int8 weights: the banner says which, and /metrics counts the guesses.
+    /// right), split over two tensor-parallel thread ranks, with int8 weights, or with an int8 KV cache (<c>--kv-dtype int8</c>,
+    /// the draft model's pool and every rank's too): the banner says which, /metrics counts the guesses, and the OpenAI .NET
+    /// SDK's chat client gets an answer.
     /// </summary>
     [Theory]
-    [InlineData(false, 1, false)]
-    [InlineData(true, 1, false)]
-    [InlineData(false, 2, false)]
-    [InlineData(false, 1, true)]
-    [InlineData(false, 2, true)]
-    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, bool int8)
+    [InlineData(false, 1, false, false)]
+    [InlineData(true, 1, false, false)]
+    [InlineData(false, 2, false, false)]
+    [InlineData(false, 1, true, false)]
+    [InlineData(false, 2, true, false)]
+    [InlineData(false, 1, false, true)]
+    [InlineData(true, 2, false, true)]
+    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, bool int8, bool int8Kv)
     {
         var data = Path.Combine(_dir, "data");
         TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 3000).Select(i => (i * 31) % 256).ToArray());
@@ -59,7 +76,7 @@ public sealed class ServeCommandTests : IDisposable
         var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "tessera.dll"), "serve", "--model", run, "--port", "0", "--threads", "1",
             "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64", "--draft-tokens", "3", "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture) }
-            .Concat(draftModel ? ["--draft-model", run] : []).Concat(int8 ? ["--quantize", "int8"] : []))
+            .Concat(draftModel ? ["--draft-model", run] : []).Concat(int8 ? ["--quantize", "int8"] : []).Concat(int8Kv ? ["--kv-dtype", "int8"] : []))
             psi.ArgumentList.Add(a);
         using var process = Process.Start(psi)!;
         var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
@@ -79,6 +96,13 @@ public sealed class ServeCommandTests : IDisposable
             while ((line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null && !line.Contains("Ctrl-C")) banner.Add(line);
             Assert.Contains(banner, l => l.Contains("speculative decoding: requests verify up to 3 tokens a step guessed " +
                 (draftModel ? "by the draft model" : "from their own text")));
+            Assert.Equal(int8Kv, banner.Any(l => l.Contains("KV cache: ") && l.Contains("(int8, a scale per position and head)")));
+
+            var sdk = new OpenAIClient(new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(address, "v1") }).GetChatClient("tiny");
+            ChatCompletion answer = await sdk.CompleteChatAsync([new UserChatMessage("Gets the value")],
+                new ChatCompletionOptions { MaxOutputTokenCount = 6, Temperature = 0 }, TestContext.Current.CancellationToken);
+            Assert.Equal(6, answer.Usage.OutputTokenCount);
+            Assert.Equal(ChatFinishReason.Length, answer.FinishReason);
 
             using var http = new HttpClient { BaseAddress = address };
             var response = await http.PostAsync("v1/chat/completions", new StringContent(

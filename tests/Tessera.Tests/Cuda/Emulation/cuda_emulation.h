@@ -12,6 +12,7 @@
 // (emu_launch_cluster): the CTAs of a cluster run together, with a barrier over all their threads for the cluster
 // barrier, and each CTA's shared floats (CLUSTER_SHARED_FLOATS, or its dynamic shared memory: cta_dynamic_shared) in its
 // own memory, which cluster_load2 reads across CTAs.
+#include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <optional>
@@ -170,6 +171,24 @@ inline unsigned char* emu_shared() { return emu_cta_shared ? emu_cta_shared : em
 template <typename T> T* emu_cta_dynamic_shared(T* declared) { return emu_cta_shared ? (T*)emu_cta_shared : declared; }
 inline unsigned emu_smem_u32(const void* p) { return (unsigned)((const unsigned char*)p - emu_shared()); }
 inline unsigned emu_lds_u32(unsigned addr) { unsigned r; std::memcpy(&r, emu_shared() + addr, 4); return r; }
+inline void emu_sts(unsigned addr, const void* src, int bytes) { std::memcpy(emu_shared() + addr, src, bytes); }
+
+// Tessera.Tensors.Int8Quantization.QuantizeRow in C++, what the emulated int8 paged KV kernels are checked against:
+// scale = max|x| / 127 and round-to-nearest-even of x * (127 / max) clamped to [-127, 127], in float; zeros (scale 0) for a
+// zero row; a NaN scale and zeros for a row with a value that is not finite.
+inline float emu_quantize_row(const float* x, signed char* q, int D)
+{
+    float big = 0;
+    bool finite = true;
+    for (int d = 0; d < D; d++) { finite &= std::isfinite(x[d]); big = std::max(big, std::abs(x[d])); }
+    if (!finite) { std::fill(q, q + D, (signed char)0); return NAN; }
+    const float scale = big / 127.f;
+    if (scale == 0.f) { std::fill(q, q + D, (signed char)0); return 0.f; }
+    const float inverse = 127.f / big;
+    for (int d = 0; d < D; d++) q[d] = (signed char)std::clamp(std::nearbyint(x[d] * inverse), -127.f, 127.f);
+    return scale;
+}
+
 // cp.async: done at once (the copy lands no later than the wait would let it).
 inline void emu_cp_async16(unsigned dst, const void* src, bool valid)
 {
