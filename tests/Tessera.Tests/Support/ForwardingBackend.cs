@@ -21,7 +21,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void Synchronize() => Inner.Synchronize();
     public virtual void MatMul(Tensor a, Tensor b, Tensor c, bool transposeA = false, bool transposeB = false, double alpha = 1.0, double beta = 0.0, Tensor? bias = null, MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? biasGradient = null, Tensor? addend = null) => Inner.MatMul(a, b, c, transposeA, transposeB, alpha, beta, bias, epilogue, auxiliary, biasGradient, addend);
     public virtual void SumRows(Tensor x, Tensor sums) => Inner.SumRows(x, sums);
-    public virtual void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null, MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null) => Inner.QuantizedMatMul(x, weight, y, beta, bias, epilogue, auxiliary, addend);
+    public virtual void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null, MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null) => Inner.QuantizedMatMul(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm);
     public virtual void Dequantize(QuantizedWeight weight, Tensor output) => Inner.Dequantize(weight, output);
     public virtual void Add(Tensor a, Tensor b, Tensor output) => Inner.Add(a, b, output);
     public virtual void Accumulate(Tensor accumulator, Tensor x, double alpha = 1.0) => Inner.Accumulate(accumulator, x, alpha);
