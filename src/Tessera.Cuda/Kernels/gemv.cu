@@ -9,7 +9,7 @@
 //
 // A grid of two CTAs of 8 warps per SM stays resident (persistent); each warp walks its rows (n = its global warp
 // index, then every gridDim.x * 8 rows) as a stream of units, a unit being U 16-byte loads per lane (U * 32 chunks
-// of one row), and issues unit i + 1's loads (int8 weights: i + 2's) before it multiplies unit i: a warp always has a unit in flight,
+// of one row), and issues unit i + 1's loads before it multiplies unit i: a warp always has a unit in flight,
 // across row boundaries too, and no barrier stops it after x is staged (once per CTA, in shared memory; the loads
 // bypass L1). fp32 accumulation; one warp reduction per output. Three epilogues share the stream:
 //   LINEAR  y = alpha * x W^T + bias + beta * y (beta = 1: the residual add).
@@ -188,12 +188,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
                             const T* c_in, int N, int K, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float alpha, float beta, const T* nw,
                             float eps, GemvRope<T> rope, int early)
 {
-    // Int8 weights stream two units ahead, of half the loads: a 16-byte chunk holds 16 int8 weights, so a row of K = 2048
-    // is 128 chunks, and a unit of 8 loads a lane (256 chunks) would be half predicated off: one unit ahead would keep half
-    // the bytes of the bf16 stream in flight (session 26, H200: 1.3 TB/s against 2.4). Two full units of 4 keep as many.
-    constexpr bool Q8 = sizeof(Wt) == 1;
-    constexpr int U = Q8 ? (M <= 2 ? 4 : 2) : (M <= 2 ? 8 : 4);
-    constexpr int DEPTH = Q8 ? 2 : 1;
+    constexpr int U = M <= 2 ? 8 : 4;
     constexpr int V = Vec16<Wt>::N;
     constexpr int HALVES = EPI == GEMV_LINEAR ? 1 : 2;
     extern __shared__ unsigned char gemv_smem[];
@@ -210,21 +205,13 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     if (EPI == GEMV_ROPE && lane < M && first < N) inv_freq = rope.freq.inv[first % half];
     // Weights are read after pdl_wait unless the host says no earlier kernel still writes them (early): an optimizer step
     // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
-    // raw: the unit being multiplied; mid: the one after it (DEPTH 2 only); load: the cursor of the last unit issued.
-    Bytes16 raw[U], mid[U];
-    auto prime = [&]()
-    {
-        if (load.n < N) gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
-        if (DEPTH == 2)
-        {
-            load.advance(units, HALVES, stride);
-            if (load.n < N) gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, mid);
-        }
-    };
-    if (early) prime();
+    Bytes16 raw[U];
+    if (early && load.n < N)
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     pdl_wait();
     pdl_launch_dependents();
-    if (!early) prime();
+    if (!early && load.n < N)
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     // ROPE: lane m < M keeps row m's position (the sine and cosine are computed while a pair's first loads fly).
     int pos = 0, len = 0, slot = 0;
     if (EPI == GEMV_ROPE && lane < M)
@@ -314,11 +301,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
                 for (int m = 0; m < M; m++) acc[s][m] = 0.f;
         }
 #pragma unroll
-        for (int u = 0; u < U; u++)
-        {
-            if (DEPTH == 2) { raw[u] = mid[u]; mid[u] = next[u]; }
-            else raw[u] = next[u];
-        }
+        for (int u = 0; u < U; u++) raw[u] = next[u];
         cur.advance(units, HALVES, stride);
     }
 }
