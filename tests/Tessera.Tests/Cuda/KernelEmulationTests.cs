@@ -88,7 +88,7 @@ public sealed class KernelEmulationTests
     /// Decoding's persistent matrix-vector kernels (gemv.cu) and the int8 dequantization (quantized.cu): the int8-weight form
     /// <c>gemv_stream_q8_*</c> (<see cref="CudaBackend.QuantizedMatMul"/> for 1 to 4 rows of x: scales[n] times x's sums with the
     /// int8 row, bias, beta 0 and 1, an addend read in place of y, x RMS-normalized as it is staged) at M = 1 to 4 in f32 and once
-    /// in bf16, K short of a unit of the stream, one full unit (2,048: the stream two units ahead) and a unit and one chunk long, N
+    /// in bf16, K short of a unit of the stream, half a unit (2,048, llama-1b's rows) and a unit and one chunk long, N
     /// not a multiple of the grid's warps and fewer rows than warps; the float-weight form
     /// that shares the stream (plain, and with RMSNorm on the way); and <c>dequantize_f32</c>, against double references
     /// (Emulation/gemv_kernels.cpp: 1e-5 of the largest output in f32, 8e-3 in bf16, the dequantized weights exactly), with the

@@ -220,7 +220,7 @@ int main()
     run_q8<float, 4>(9, 16, 4, false, 0.f, false);       // one chunk a row; 32 warps for 9 rows (most idle)
     run_q8<float, 1>(37, 528, 5, true, 0.f, true);       // M = 1 with an addend; 40 warps for 37 rows
     run_q8<bf16, 2>(100, 1024, 2, true, 1.f, false);     // bf16 x, bias and y: x's two 16-byte pieces a chunk
-    run_q8<float, 1>(100, 2048, 2, true, 0.f, false, true);   // RMS-normalized x (the int8 decode step's norms): K = 2048, a full unit
+    run_q8<float, 1>(100, 2048, 2, true, 0.f, false, true);   // RMS-normalized x (the int8 decode step's norms): K = 2048, half a unit
     run_q8<float, 3>(45, 2064, 1, false, 1.f, false, true);   // the norm with beta = 1, three rows, two units a row
     run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false);    // the float-weight form: 250 chunks of 4, alpha and the residual
     run_f32<4>(37, 516, 1, false, 1.f, 0.f, true);       // with RMSNorm on the way
