@@ -1,4 +1,5 @@
 using Tessera.Tensors;
+using Tessera.Cuda.Compilation;
 
 namespace Tessera.Cuda;
 
@@ -43,7 +44,7 @@ public sealed unsafe partial class CudaBackend
             long heads = (long)n * r;
             uint ctas = (uint)Math.Clamp((heads + PagedAppendWarps - 1) / PagedAppendWarps, 1, (long)CudaDevice.MultiprocessorCount * 32);
             void** quantized = stackalloc void*[] { &pk, &pp, &psc, &ps, &n, &r, &d, &rowStride, &headStride };
-            Launch("paged_attention.cu", $"paged_append_i8_{Suffix(keysAndValues.DType, op)}", (ctas, 1, 1), PagedAppendWarps * 32, quantized, 0, dependent: true);
+            Launch(KernelLibrary.Int8KvModule("paged_attention.cu"), $"paged_append_i8_{Suffix(keysAndValues.DType, op)}", (ctas, 1, 1), PagedAppendWarps * 32, quantized, 0, dependent: true);
             return;
         }
         void** args = stackalloc void*[] { &pk, &pp, &ps, &n, &r, &d, &rowStride, &headStride };
@@ -157,7 +158,12 @@ public sealed unsafe partial class CudaBackend
         ulong pq = Ptr(q), pp = Ptr(pool), po = Ptr(output), pt = Ptr(batch.BlockTables), pst = Ptr(batch.QueryStarts), pl = Ptr(batch.ContextLengths);
         // An int8 pool: each kernel's _i8 instantiation (i8 before the type in its name), whose last argument is the scales;
         // the 16-bit kernels have one argument fewer and never read the extra pointer.
-        string i8 = pool.DType == DType.I8 ? "i8_" : "";
+        // They live in the files' int8-KV modules (KernelLibrary.Int8KvModule), which a 16-bit cache never compiles.
+        bool int8 = pool.DType == DType.I8;
+        string i8 = int8 ? "i8_" : "";
+        string pagedFile = int8 ? KernelLibrary.Int8KvModule("paged_attention.cu") : "paged_attention.cu";
+        string flashFile = int8 ? KernelLibrary.Int8KvModule("flash_attention.cu") : "flash_attention.cu";
+        string hopperFile = int8 ? KernelLibrary.Int8KvModule(HopperFile) : HopperFile;
         ulong psc = poolScales is null ? 0 : Ptr(poolScales);
         long qn = q.Stride(0), qh = q.Stride(1);
         float sc = (float)scale;
@@ -174,8 +180,8 @@ public sealed unsafe partial class CudaBackend
                 int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
                 long hopperTiles = (n + rows - 1) / rows + Math.Min(b, n / PagedPrefillMinRows);
                 string kernel = "paged_prefill_hopper_" + (wgs == 1 ? "wg1_" : "") + i8 + FlashSuffix(q.DType, d);
-                PreferSharedMemory(HopperFile, kernel);
-                Launch(HopperFile, kernel, ((uint)hopperTiles, (uint)h, 1), (uint)(HopperWarpgroupThreads * wgs), args,
+                PreferSharedMemory(hopperFile, kernel);
+                Launch(hopperFile, kernel, ((uint)hopperTiles, (uint)h, 1), (uint)(HopperWarpgroupThreads * wgs), args,
                     HopperForwardShared(rows, d), dependent: true);
             }
             else
@@ -184,8 +190,8 @@ public sealed unsafe partial class CudaBackend
                 long tileCount = (n + FlashBlock - 1) / FlashBlock + Math.Min(b, n / PagedPrefillMinRows);
                 uint shared = (uint)((FlashBlock + 4 * FlashBlock) * d * 2);  // Q tile + two stages of K and V
                 string kernel = "paged_prefill_" + i8 + FlashSuffix(q.DType, d);
-                PreferSharedMemory("flash_attention.cu", kernel);
-                Launch("flash_attention.cu", kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
+                PreferSharedMemory(flashFile, kernel);
+                Launch(flashFile, kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
             }
         }
         int maxRows = tiles ? PagedPrefillMinRows - 1 : int.MaxValue;
@@ -214,8 +220,8 @@ public sealed unsafe partial class CudaBackend
                 // 16), so that the tables never cost the D = 64 kernel its fourth CTA on an SM (4 x 53 KB of 227).
                 stagedTable = Options.PagedDecodeStagedTable && maxBlocks <= MaxStagedTableBlocks;
                 if (stagedTable) decodeShared += (uint)maxBlocks * sizeof(int);
-                PreferSharedMemory("paged_attention.cu", decodeKernel);
-                AllowDynamicSharedMemory("paged_attention.cu", decodeKernel, decodeShared);   // before the occupancy query
+                PreferSharedMemory(pagedFile, decodeKernel);
+                AllowDynamicSharedMemory(pagedFile, decodeKernel, decodeShared);   // before the occupancy query
             }
             else
             {
@@ -227,7 +233,7 @@ public sealed unsafe partial class CudaBackend
             // kernel's occupancy allows), at least one, each at least PagedDecodeSplitSpan (default 64) positions of the span:
             // every split costs its CTA's prologue and a merge, so a grid past one wave only adds them (measured: 64 sequences
             // of ~520 positions, 59.9 us a layer at 3 splits, 54.3 at 2, 43.8 at 1).
-            int resident = Options.PagedDecodeCtasPerSm > 0 ? Options.PagedDecodeCtasPerSm : ResidentCtas(decodeKernel, decodeShared);
+            int resident = Options.PagedDecodeCtasPerSm > 0 ? Options.PagedDecodeCtasPerSm : ResidentCtas(pagedFile, decodeKernel, decodeShared);
             splits = PagedDecodeSplits(resident, CudaDevice.MultiprocessorCount, ctas, span, Options.PagedDecodeSplitSpan);
         }
         else
@@ -248,14 +254,14 @@ public sealed unsafe partial class CudaBackend
                 // The last argument: paged_decode's batched_merge, paged_decode_mma's flags (bit 0 the same, bit 1 the staged table).
                 int minChunk = Options.PagedDecodeMinKeysPerSplit, batchedMerge = (Options.PagedDecodeBatchedMerge ? 1 : 0) | (stagedTable ? 2 : 0);
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &counters, &pt, &pst, &pl, &b, &n, &h, &k, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &maxRows, &kernelWindow, &minChunk, &batchedMerge, &psc };
-                Launch("paged_attention.cu", decodeKernel, ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
+                Launch(pagedFile, decodeKernel, ((uint)rowsHere, (uint)(h / g), (uint)splits), PagedDecodeThreads,
                     args, decodeShared, dependent: true);
             }
             else
             {
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &kernelWindow, &psc };
                 uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
-                Launch("paged_attention.cu", "paged_attention_" + i8 + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
+                Launch(pagedFile, "paged_attention_" + i8 + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
                     args, shared, dependent: true);
             }
             if (partial is not null && counters == 0)
@@ -291,10 +297,10 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>CTAs of a paged decode kernel that fit one SM at <paramref name="shared"/> bytes of dynamic shared memory (the
     /// occupancy calculator's answer, asked once per kernel and size).</summary>
-    private int ResidentCtas(string kernel, uint shared)
+    private int ResidentCtas(string module, string kernel, uint shared)
     {
         if (!_residentCtas.TryGetValue((kernel, shared), out int ctas))
-            _residentCtas[(kernel, shared)] = ctas = Math.Max(1, Kernels.Module("paged_attention.cu").ResidentCtas(kernel, PagedDecodeThreads, (int)shared));
+            _residentCtas[(kernel, shared)] = ctas = Math.Max(1, Kernels.Module(module).ResidentCtas(kernel, PagedDecodeThreads, (int)shared));
         return ctas;
     }
 

@@ -40,22 +40,49 @@ public sealed class KernelLibrary : IDisposable
     public static IReadOnlySet<string> ArchitectureSpecificFiles { get; } = new HashSet<string> { "flash_attention_hopper.cu", "decode_gemm_hopper.cu" };
 
     /// <summary>
-    /// The source NVRTC compiles for kernel file <paramref name="fileName"/>: common.cuh, then hopper.cuh (the wgmma helpers)
-    /// for an <see cref="ArchitectureSpecificFiles"/> entry, then the file, each after a #line that keeps compiler messages
-    /// pointing into it.
+    /// Kernel files that also hold the int8 KV cache's kernels (<c>_i8</c> instantiations over an I8 pool and its scales), behind
+    /// <c>#ifdef TESSERA_INT8_KV</c>: a 16-bit cache loads the file's plain module, which never compiles them, and an int8
+    /// cache loads <see cref="Int8KvModule"/>, the file compiled with the switch on. Why: with both in one module (session 26,
+    /// a fresh H200), the first int8 paged attention test took 130 s, nearly all of it compiling, where the first paged serving
+    /// test before the int8 kernels took 54; every 16-bit server and training run would have paid that on its first start.
     /// </summary>
-    public static string ComposedSource(string fileName)
+    public static IReadOnlySet<string> Int8KvFiles { get; } = new HashSet<string> { "paged_attention.cu", "flash_attention.cu", "flash_attention_hopper.cu" };
+
+    private const string Int8KvVariant = "#int8-kv";
+
+    /// <summary>The module name of <paramref name="fileName"/> compiled with its int8 KV cache kernels (an <see cref="Int8KvFiles"/> entry).</summary>
+    /// <exception cref="ArgumentException">The file holds no int8 KV cache kernels.</exception>
+    public static string Int8KvModule(string fileName) => Int8KvFiles.Contains(fileName)
+        ? fileName + Int8KvVariant
+        : throw new ArgumentException($"kernel file '{fileName}' holds no int8 KV cache kernels; those that do: {string.Join(", ", Int8KvFiles)}", nameof(fileName));
+
+    /// <summary>Every module name beyond the plain files: each <see cref="Int8KvFiles"/> entry's <see cref="Int8KvModule"/>.</summary>
+    public static IEnumerable<string> VariantModules => Int8KvFiles.Order(StringComparer.Ordinal).Select(Int8KvModule);
+
+    /// <summary>The kernel file of module <paramref name="moduleName"/> (a file name, or <see cref="Int8KvModule"/>'s), and whether it is the int8-KV variant.</summary>
+    private static (string File, bool Int8Kv) Parse(string moduleName) => moduleName.EndsWith(Int8KvVariant, StringComparison.Ordinal)
+        ? (moduleName[..^Int8KvVariant.Length], true)
+        : (moduleName, false);
+
+    /// <summary>
+    /// The source NVRTC compiles for module <paramref name="moduleName"/> (a kernel file, or <see cref="Int8KvModule"/> of one):
+    /// <c>#define TESSERA_INT8_KV</c> for the int8-KV variant, then common.cuh, then hopper.cuh (the wgmma helpers) for an
+    /// <see cref="ArchitectureSpecificFiles"/> entry, then the file, each after a #line that keeps compiler messages pointing into it.
+    /// </summary>
+    public static string ComposedSource(string moduleName)
     {
+        var (fileName, int8Kv) = Parse(moduleName);
+        if (int8Kv) _ = Int8KvModule(fileName);   // a variant of a file without int8 KV kernels is refused, naming it
         var parts = ArchitectureSpecificFiles.Contains(fileName) ? new[] { "common.cuh", "hopper.cuh", fileName } : ["common.cuh", fileName];
-        return string.Concat(parts.Select(f => $"#line 1 \"{f}\"\n" + EmbeddedSource(f) + "\n"));
+        return (int8Kv ? "#define TESSERA_INT8_KV 1\n" : "") + string.Concat(parts.Select(f => $"#line 1 \"{f}\"\n" + EmbeddedSource(f) + "\n"));
     }
 
-    /// <summary>NVRTC options for kernel file <paramref name="fileName"/> on this device: sm_90a for an
-    /// <see cref="ArchitectureSpecificFiles"/> entry on a 9.0 device, the device's architecture otherwise.</summary>
-    public IReadOnlyList<string> OptionsFor(string fileName)
+    /// <summary>NVRTC options for module <paramref name="moduleName"/> on this device: sm_90a for an
+    /// <see cref="ArchitectureSpecificFiles"/> entry (or its variant) on a 9.0 device, the device's architecture otherwise.</summary>
+    public IReadOnlyList<string> OptionsFor(string moduleName)
     {
         string architecture = _device.Architecture;
-        if (architecture == "sm_90" && ArchitectureSpecificFiles.Contains(fileName)) architecture += "a";
+        if (architecture == "sm_90" && ArchitectureSpecificFiles.Contains(Parse(moduleName).File)) architecture += "a";
         return [$"--gpu-architecture={architecture}", "--std=c++17", "-default-device"];
     }
 
@@ -69,7 +96,7 @@ public sealed class KernelLibrary : IDisposable
         return reader.ReadToEnd();
     }
 
-    /// <summary>The module compiled from embedded file <paramref name="fileName"/>.</summary>
+    /// <summary>The module compiled from embedded file <paramref name="fileName"/> (or the variant <see cref="Int8KvModule"/> names).</summary>
     public CudaModule Module(string fileName)
     {
         lock (_lock)

@@ -1000,6 +1000,22 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
                                     starts, window);                                                            \
     }
 
+// Over an int8 pool (the int8-KV module only, KernelLibrary.Int8KvModule: 16-bit caches and training never compile it):
+// paged_prefill_i8_<type>_d<D>, the same arguments with the pool's int8 values and its scales last.
+#ifdef TESSERA_INT8_KV
+#define PAGED_PREFILL_I8(n, T, D)                                                                               \
+    extern "C" __global__ void __launch_bounds__(128) paged_prefill_i8_##n##_d##D(const T* q,                  \
+        const signed char* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H, \
+        int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window,         \
+        const float* scales)                                                                                    \
+    {                                                                                                           \
+        paged_prefill<T, D, signed char>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, \
+                                         q_n, q_h, scale, min_rows, window, scales);                            \
+    }
+#else
+#define PAGED_PREFILL_I8(n, T, D)
+#endif
+
 #define FLASH(n, T, D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) flash_forward_##n##_d##D(const T* q, const T* k,          \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
@@ -1030,14 +1046,7 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         paged_prefill<T, D>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, q_n, q_h,   \
                             scale, min_rows, window);                                                           \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) paged_prefill_i8_##n##_d##D(const T* q,                  \
-        const signed char* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H, \
-        int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window,         \
-        const float* scales)                                                                                    \
-    {                                                                                                           \
-        paged_prefill<T, D, signed char>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, \
-                                         q_n, q_h, scale, min_rows, window, scales);                            \
-    }                                                                                                           \
+    PAGED_PREFILL_I8(n, T, D)                                                                                   \
     extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
         int H, int splits, Strides3 os)                                                                         \
     {                                                                                                           \

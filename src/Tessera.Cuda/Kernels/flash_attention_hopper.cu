@@ -303,10 +303,12 @@ PAGED_PREFILL_HOPPER(f16, f16, 128)
                                                    max_blocks, q_n, q_h, scale, min_rows, scales);              \
     }
 
+#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): training and 16-bit caches never compile these
 PAGED_PREFILL_HOPPER_I8(bf16, bf16, 64)
 PAGED_PREFILL_HOPPER_I8(bf16, bf16, 128)
 PAGED_PREFILL_HOPPER_I8(f16, f16, 64)
 PAGED_PREFILL_HOPPER_I8(f16, f16, 128)
+#endif
 
 // ------------------------------------------------------------------------------------ backward
 // flash_attention.cu's flash_backward contract (S = T, no window): lse and delta (B,H,T) fp32 (delta = rowsum(dO o O),

@@ -69,7 +69,9 @@ __device__ void paged_append_i8(const T* kv, signed char* pool, float* scales, c
     {                                                                                                                  \
         paged_append_i8<t>(kv, pool, scales, slots, N, R, D, kv_n, kv_r);                                              \
     }
+#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
 FOR_FLOAT_TYPES(PAGED_APPEND_I8)
+#endif
 
 // ------------------------------------------------------------------------------ attention
 // Grid (N, H / G, splits): one CTA per new row, group of G query heads that share one kv head (G <= PA_MAX_G, so the group
@@ -225,7 +227,9 @@ FOR_FLOAT_TYPES(PAGED_ATTENTION)
         paged_attention<t, signed char>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, D, G, block_size,     \
                                         max_blocks, q_n, q_h, scale, window, scales);                                    \
     }
+#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
 FOR_FLOAT_TYPES(PAGED_ATTENTION_I8)
+#endif
 
 // ------------------------------------------------------------------------------ rows left to the CUDA cores
 // Row x of the batch's rows that belong to sequences of at most max_rows rows (every row when max_rows >= N; the others
@@ -585,7 +589,9 @@ FOR_FLOAT_TYPES(PAGED_DECODE)
 #define PAGED_DECODE_D_I8(kernel, name, t, D) PAGED_DECODE_ONE_I8(kernel, name, t, D, 1) PAGED_DECODE_ONE_I8(kernel, name, t, D, 2) \
     PAGED_DECODE_ONE_I8(kernel, name, t, D, 4) PAGED_DECODE_ONE_I8(kernel, name, t, D, 8)
 #define PAGED_DECODE_I8(name, t) PAGED_DECODE_D_I8(paged_decode, name, t, 64) PAGED_DECODE_D_I8(paged_decode, name, t, 128)
+#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
 FOR_FLOAT_TYPES(PAGED_DECODE_I8)
+#endif
 
 // ------------------------------------------------------------------------------ attention, vectorized and tiled
 // paged_decode's computation (same grid, rows, splits, window, partial layout and last-CTA merge) with the keys walked in
@@ -749,7 +755,9 @@ __device__ void paged_decode_tiled(const T* q, const P* pool, T* out, float* par
 FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
 #define PAGED_DECODE_TILED_I8(name, t)                                                                                    \
     PAGED_DECODE_D_I8(paged_decode_tiled, name, t, 64) PAGED_DECODE_D_I8(paged_decode_tiled, name, t, 128)
+#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
 FOR_FLOAT_TYPES(PAGED_DECODE_TILED_I8)
+#endif
 
 // ------------------------------------------------------------------------------ attention on tensor cores
 // paged_decode's computation (same arguments, grid, rows, splits, window, partial layout and last-CTA merge) with the two
@@ -949,7 +957,9 @@ PAGED_DECODE_MMA(bf16, bf16, 64) PAGED_DECODE_MMA(bf16, bf16, 128) PAGED_DECODE_
                                             block_size, max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, flags,  \
                                             scales);                                                                      \
     }
+#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
 PAGED_DECODE_MMA_I8(bf16, bf16, 64) PAGED_DECODE_MMA_I8(bf16, bf16, 128) PAGED_DECODE_MMA_I8(f16, f16, 64) PAGED_DECODE_MMA_I8(f16, f16, 128)
+#endif
 
 // out[n, h, :] from the splits' states; grid (X, H), one thread per element of the head. Block x merges the states of row x
 // of the kernel that wrote them: partial (splits, X, H, D + 2), its row n and sequence found as that kernel found them

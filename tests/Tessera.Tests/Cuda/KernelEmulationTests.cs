@@ -149,7 +149,8 @@ public sealed class KernelEmulationTests
              "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16 int8: staged table = global table bit for bit ok",
              "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16 int8",
              "paged_append_i8 f32 D=64 = quantize_row bit for bit ok", "paged_append_i8 bf16 D=64 = quantize_row bit for bit ok",
-             "paged_append_i8 f32 D=40 = quantize_row bit for bit ok", "paged_append_i8 bf16 D=40 = quantize_row bit for bit ok"]);
+             "paged_append_i8 f32 D=40 = quantize_row bit for bit ok", "paged_append_i8 bf16 D=40 = quantize_row bit for bit ok"],
+            "TESSERA_INT8_KV");   // the int8-KV module's instantiations (KernelLibrary.Int8KvModule) beside the plain ones
 
     /// <summary>
     /// The Hopper attention (flash_attention_hopper.cu with hopper.cuh, bf16, one and two warpgroups a CTA, head sizes 64 and
@@ -182,7 +183,8 @@ public sealed class KernelEmulationTests
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1: short sequences untouched",
              "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2",
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1 int8: short sequences untouched",
-             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2 int8"]);
+             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2 int8"],
+            "TESSERA_INT8_KV");
 
     /// <summary>
     /// The FlashAttention backward's first pass with the column sums of dO (flash_attention.cu's

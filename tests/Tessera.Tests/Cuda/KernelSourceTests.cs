@@ -73,13 +73,15 @@ public sealed class KernelSourceTests
 
         """;
 
-    /// <summary>The kernel files embedded in Tessera.Cuda (each compiled by NVRTC on its own, after common.cuh).</summary>
+    /// <summary>The kernel files embedded in Tessera.Cuda (each compiled by NVRTC on its own, after common.cuh), and the
+    /// variant modules compiled from some of them (<see cref="KernelLibrary.VariantModules"/>: the int8 KV cache's kernels).</summary>
     public static TheoryData<string> KernelFiles()
     {
         const string prefix = "Tessera.Cuda.Kernels.";
         var files = new TheoryData<string>();
         foreach (var name in typeof(KernelLibrary).Assembly.GetManifestResourceNames().Order(StringComparer.Ordinal))
             if (name.StartsWith(prefix, StringComparison.Ordinal) && name.EndsWith(".cu", StringComparison.Ordinal)) files.Add(name[prefix.Length..]);
+        foreach (var module in KernelLibrary.VariantModules) files.Add(module);
         return files;
     }
 
@@ -92,7 +94,8 @@ public sealed class KernelSourceTests
         var dir = Directory.CreateTempSubdirectory("tessera-kernel-check-");
         try
         {
-            string source = Path.Combine(dir.FullName, file), ptx = Path.ChangeExtension(source, ".ptx");
+            string source = Path.Combine(dir.FullName, file.Replace('#', '.') + (file.EndsWith(".cu", StringComparison.Ordinal) ? "" : ".cu")),
+                ptx = Path.ChangeExtension(source, ".ptx");
             File.WriteAllText(source, Prelude + KernelLibrary.ComposedSource(file));
             var start = new ProcessStartInfo(clang)
             {
@@ -107,12 +110,31 @@ public sealed class KernelSourceTests
             Assert.True(process.WaitForExit(TimeSpan.FromSeconds(120)), $"{clang} did not finish {file} within 120 s");
             var messages = (await errors).Split('\n').Where(l => l.Contains("error", StringComparison.Ordinal)).Take(20);
             Assert.True(process.ExitCode == 0, $"{file} does not compile for the device ({clang}, exit {process.ExitCode}):\n{string.Join('\n', messages)}");
-            Assert.Contains(".entry", File.ReadAllText(ptx));            // at least one kernel came out
+            var kernels = File.ReadAllText(ptx);
+            Assert.Contains(".entry", kernels);                          // at least one kernel came out
+            // The int8 KV cache's kernels come out of the variant modules alone: a plain module never pays their compile.
+            if (file.EndsWith(".cu", StringComparison.Ordinal)) Assert.DoesNotContain("_i8_", kernels);
+            else Assert.Contains("_i8_", kernels);
         }
         finally
         {
             dir.Delete(recursive: true);
         }
+    }
+
+    /// <summary>
+    /// The int8 KV cache's module of a kernel file is the file compiled with <c>TESSERA_INT8_KV</c> defined, and only the files
+    /// holding such kernels have one: another file's is refused, naming the files that do.
+    /// </summary>
+    [Fact]
+    public void Int8KvModulesAreTheFilesWithTheirSwitchOnAndNoOthers()
+    {
+        string module = KernelLibrary.Int8KvModule("paged_attention.cu");
+        Assert.StartsWith("#define TESSERA_INT8_KV 1\n", KernelLibrary.ComposedSource(module), StringComparison.Ordinal);
+        Assert.DoesNotContain("TESSERA_INT8_KV 1", KernelLibrary.ComposedSource("paged_attention.cu"), StringComparison.Ordinal);
+        var e = Assert.Throws<ArgumentException>(() => KernelLibrary.Int8KvModule("gemv.cu"));
+        Assert.Contains("paged_attention.cu", e.Message, StringComparison.Ordinal);
+        Assert.Throws<ArgumentException>(() => KernelLibrary.ComposedSource("gemv.cu#int8-kv"));
     }
 
     /// <summary>clang++ on PATH, else the newest /usr/lib/llvm-N/bin/clang++ (Debian installs LLVM there), else null.</summary>
