@@ -7,6 +7,7 @@
 #       bench/pytorch/train_gpt2.py. The .NET runtime is NOT packed again: `run` takes DEST/dotnet-runtime.tar.xz,
 #       else DEST/../dotnet-runtime.tar.xz (made by scripts/gpu-check.sh prepare).
 #   bash .device/gputrain/gpu-bench.sh run          (GPU machine, repository root, .device carried)
+#       compiles every kernel module side by side first (gpu-compile; PRECOMPILE=0 skips it), then
 #       runs the GPU tests of Tessera.Tests.Cuda.Training (TESTS=... to change the xunit filter, TESTS=none to skip),
 #       gpu-train (GPT-2 124M, bf16, B=64 as 2 micro-batches of 32 x T=1024; then with --recompute),
 #       bench/pytorch/train_gpt2.py with the same shape (RUN_TORCH=0 skips it; RUN_TRAIN=0 skips gpu-train,
@@ -54,9 +55,10 @@ return args.Length == 0 ? Usage() : args[0] switch
     "gpu-tp" => Tessera.Bench.Gpu.TensorParallelComputeBench.Run(args[1..]),
     "gpu-pp" => Tessera.Bench.Gpu.PipelineBench.Run(args[1..]),
     "gpu-attention" => Tessera.Bench.Gpu.GpuAttentionBench.Run(args[1..]),
+    "gpu-compile" => Tessera.Bench.Gpu.KernelPrecompileBench.Run(args[1..]),
     _ => Usage(),
 };
-static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload|gpu-tp|gpu-pp|gpu-attention [options]"); return 2; }
+static int Usage() { Console.Error.WriteLine("usage: GpuBenchLauncher gpu-train|gpu-decode|gpu-offload|gpu-tp|gpu-pp|gpu-attention|gpu-compile [options]"); return 2; }
 CS
     dotnet build "$launcher/GpuBenchLauncher.csproj" -c Release -o "$dest/app" -v q -nologo
     rm -rf "$launcher"
@@ -100,6 +102,14 @@ run)
     rc=0
     # The golden files (left out of the payload) from the repository this runs in, for CudaGoldenModelTests.
     [ -d "$dir/app/Golden" ] || [ ! -d tests/Tessera.Tests/Golden ] || cp -r tests/Tessera.Tests/Golden "$dir/app/Golden"
+    if [ "${PRECOMPILE:-1}" = 1 ]; then
+        # Every kernel module compiled side by side on the machine's cores before anything launches (a fresh machine's cache is
+        # empty, and each module would otherwise compile alone at its first launch: minutes of NVRTC in series). A failure
+        # here stops nothing: what did not compile compiles at its first launch, as before. PRECOMPILE=0 skips it.
+        t0=$(date +%s)
+        timeout "${PRECOMPILE_TIMEOUT:-240}" $dn "$dir/app/GpuBenchLauncher.dll" gpu-compile > "$out/compile.md" 2>&1 || echo "gpu-compile failed (see compile.md)"
+        echo "gpu-compile: $(( $(date +%s) - t0 )) s"; tail -1 "$out/compile.md"
+    fi
     tests="${TESTS:--namespace Tessera.Tests.Cuda.Training}"
     if [ "$tests" != none ]; then
         t0=$(date +%s)

@@ -27,8 +27,10 @@ public sealed class KernelLibrary : IDisposable
     /// <summary>The compiler in use.</summary>
     public NvrtcCompiler Compiler { get; }
 
-    /// <summary>Number of NVRTC compilations this library ran (cache misses).</summary>
-    public int Compilations { get; private set; }
+    private int _compilations;
+
+    /// <summary>Number of NVRTC compilations this library ran (cache misses, <see cref="Precompile"/>'s included).</summary>
+    public int Compilations => Volatile.Read(ref _compilations);
 
     /// <summary>NVRTC options for this device.</summary>
     public IReadOnlyList<string> Options => OptionsFor("");
@@ -125,11 +127,66 @@ public sealed class KernelLibrary : IDisposable
             if (module is not null) return module;
         }
         var cubin = Compiler.CompileToCubin(source, fileName, options);
-        Compilations++;
+        Interlocked.Increment(ref _compilations);
         var fresh = CudaModule.TryLoad(_device, cubin, fileName, out int status)
             ?? throw Interop.CudaDriver.Error(status, "cuModuleLoadData", $"fresh cubin of {fileName} for {_device.Architecture}");
         Cache.Write(key, fileName, cubin);
         return fresh;
+    }
+
+    /// <summary>
+    /// Every module this device can load: each embedded kernel file (the <see cref="ArchitectureSpecificFiles"/> only on
+    /// compute capability 9.0, the architecture they are written for) and the <see cref="VariantModules"/> of those.
+    /// </summary>
+    public IReadOnlyList<string> AllModules()
+    {
+        const string prefix = "Tessera.Cuda.Kernels.";
+        var files = typeof(KernelLibrary).Assembly.GetManifestResourceNames()
+            .Where(n => n.StartsWith(prefix, StringComparison.Ordinal) && n.EndsWith(".cu", StringComparison.Ordinal))
+            .Select(n => n[prefix.Length..])
+            .Where(f => !ArchitectureSpecificFiles.Contains(f) || _device.Architecture == "sm_90")
+            .Order(StringComparer.Ordinal)
+            .ToList();
+        return [.. files, .. VariantModules.Where(m => files.Contains(Parse(m).File))];
+    }
+
+    /// <summary>
+    /// Compiles the modules not yet in the cache, <paramref name="parallelism"/> at a time (default: the host's processors),
+    /// into the cache only (nothing is loaded): a later <see cref="Module"/> finds them there. Modules compile lazily, one at a
+    /// time, as kernels are first launched, and NVRTC takes seconds to minutes a file, so a fresh machine's first run spends
+    /// minutes compiling in series what its processors can compile side by side. Each module's outcome is reported: taken
+    /// from the cache, compiled (with its seconds), or the compiler's error (a file that does not compile fails its first
+    /// launch all the same; here it does not stop the others).
+    /// </summary>
+    public IReadOnlyList<KernelPrecompilation> Precompile(IEnumerable<string>? modules = null, int parallelism = 0)
+    {
+        var names = (modules ?? AllModules()).ToList();
+        var results = new KernelPrecompilation[names.Count];
+        var options = new ParallelOptions { MaxDegreeOfParallelism = parallelism > 0 ? parallelism : Environment.ProcessorCount };
+        Parallel.For(0, names.Count, options, i =>
+        {
+            string name = names[i];
+            var started = System.Diagnostics.Stopwatch.StartNew();
+            try
+            {
+                var source = ComposedSource(name);
+                var compileOptions = OptionsFor(name);
+                var key = KernelCache.Key(source, _device.Architecture, compileOptions, Compiler.Version);
+                if (Cache.TryRead(key, name) is not null)
+                {
+                    results[i] = new KernelPrecompilation(name, Compiled: false, started.Elapsed, Error: null);
+                    return;
+                }
+                Cache.Write(key, name, Compiler.CompileToCubin(source, name, compileOptions));
+                Interlocked.Increment(ref _compilations);
+                results[i] = new KernelPrecompilation(name, Compiled: true, started.Elapsed, Error: null);
+            }
+            catch (KernelCompilationException e)
+            {
+                results[i] = new KernelPrecompilation(name, Compiled: false, started.Elapsed, e.Message);
+            }
+        });
+        return results;
     }
 
     /// <summary>Unloads every module.</summary>
