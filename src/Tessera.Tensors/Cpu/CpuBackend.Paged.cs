@@ -65,13 +65,13 @@ public sealed unsafe partial class CpuBackend
             case DType.F32: for (int c = 0; c < row.Length; c++) row[c] = ((float*)p)[c]; break;
             case DType.F64: for (int c = 0; c < row.Length; c++) row[c] = (float)((double*)p)[c]; break;
             case DType.BF16: for (int c = 0; c < row.Length; c++) row[c] = ((BFloat16*)p)[c].ToSingle(); break;
-            default: throw new NotSupportedException($"PagedAppend: an I8 pool quantizes F32, F64 or BF16 keys and values, not {source.DType}");
+            default: throw new ArgumentException($"PagedAppend: an I8 pool quantizes F32, F64 or BF16 keys and values, not {source.DType}", "keysAndValues");
         }
     }
 
     /// <summary>
     /// Rows [from, from + count) of an I8 pool's block, heads [head, head + k), dequantized into <paramref name="target"/>
-    /// (count, k, D) of a compute dtype: scale x value, exact in F64, rounded once in F32 and BF16.
+    /// (count, k, D) of the CPU's compute dtype (PagedAttention has checked it): scale x value, exact in F64, rounded once in F32.
     /// </summary>
     private void GatherDequantized(Tensor pool, Tensor scales, int block, int count, int head, int k, Tensor target)
     {
@@ -91,7 +91,7 @@ public sealed unsafe partial class CpuBackend
                 {
                     case DType.F64: for (int c = 0; c < d; c++) ((double*)o)[at + c] = scale * q[c]; break;
                     case DType.F32: for (int c = 0; c < d; c++) ((float*)o)[at + c] = (float)(scale * q[c]); break;
-                    default: for (int c = 0; c < d; c++) ((BFloat16*)o)[at + c] = BFloat16.FromSingle((float)(scale * q[c])); break;
+                    default: throw new ArgumentException($"PagedAttention: the CPU dequantizes an I8 pool into F32 or F64, not {dtype}");
                 }
             }
     }
