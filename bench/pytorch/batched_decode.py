@@ -12,11 +12,16 @@ decode time (prefill excluded), ms per step, the prefill's time (the pass that g
 tokens/s end to end = B * N / (prefill + decode time) (what a server's clients see, as Tessera's serving benchmark reports it),
 and the number of graph recordings torch skipped (0 means every step replayed a CUDA graph).
 
+With --fp8 every linear weight (QKV, output, gate/up, down and the tied head) is kept as float8_e4m3fn with one scale per
+output row, and each product quantizes its input per row (scale = the row's largest magnitude / 448) and multiplies on the
+FP8 tensor cores through torch._scaled_mm with row-wise scales and a bf16 output: the dynamic per-token FP8 recipe (as
+torchao's float8 row-wise inference and vLLM's dynamic FP8 do), the peer of Tessera's `--quantize fp8`.
+
 Earlier versions of this peer wrote each layer's keys and values into a view of one (L, ...) cache tensor and measured 2.8
 and 1.6 ms a step at batch 1, 11.7 and 17.7 ms at batch 64 (most likely torch rebuilt the whole cache at every write); with a
 buffer per layer this one gives 1.31 and 2.03 ms on an H200 (docs/benchmarks.md, session 11), as a good PyTorch decoder should.
 
-    python3 bench/pytorch/batched_decode.py [--batch 1,8,32,64,128] [--prompt 512] [--new 128] [--no-tuning] [--compile-prefill]
+    python3 bench/pytorch/batched_decode.py [--batch 1,8,32,64,128] [--prompt 512] [--new 128] [--no-tuning] [--compile-prefill] [--fp8]
 """
 import argparse
 import math
@@ -28,6 +33,27 @@ import torch.nn.functional as F
 
 L, C, H, K, D, FF, V, THETA = 16, 2048, 32, 8, 64, 8192, 128256, 500000.0
 G = H // K
+F8 = torch.float8_e4m3fn
+F8_MAX = 448.0
+PRODUCTS = ("qkv", "o", "gu", "down")
+
+
+def to_fp8(w):
+    # (N, K) bf16 -> the (N, K) e4m3 values and the (1, N) f32 scales that _scaled_mm takes for its second operand
+    s = w.float().abs().amax(1, keepdim=True).clamp(min=1e-12) / F8_MAX
+    return (w.float() / s).to(F8), s.t().contiguous()
+
+
+def linear(x, m, name):
+    # x @ W^T: in bf16, or (with --fp8) x quantized per row and multiplied by the e4m3 weight on the FP8 tensor cores
+    if not hasattr(m, name + "_q"):
+        return F.linear(x, getattr(m, name))
+    wq, ws = getattr(m, name + "_q"), getattr(m, name + "_s")
+    x2 = x.reshape(-1, x.shape[-1])
+    sx = x2.float().abs().amax(-1, keepdim=True).clamp(min=1e-12) / F8_MAX
+    xq = (x2.float() / sx).clamp(-F8_MAX, F8_MAX).to(F8)
+    y = torch._scaled_mm(xq, wq.t(), scale_a=sx, scale_b=ws, out_dtype=torch.bfloat16)
+    return y.view(*x.shape[:-1], y.shape[-1])
 
 
 def rms(x, w, eps=1e-5):
@@ -55,9 +81,16 @@ class Block(nn.Module):
         self.gu = nn.Parameter(w(2 * FF, C), requires_grad=False)
         self.down = nn.Parameter(w(C, FF, std=0.02 / math.sqrt(2 * L)), requires_grad=False)
 
+    def to_fp8(self):
+        for name in PRODUCTS:
+            q, s = to_fp8(getattr(self, name))
+            delattr(self, name)
+            self.register_buffer(name + "_q", q)
+            self.register_buffer(name + "_s", s)
+
 
 class Decoder(nn.Module):
-    def __init__(self, batch, max_len):
+    def __init__(self, batch, max_len, fp8=False):
         super().__init__()
         g = torch.Generator(device="cuda").manual_seed(0)
         def w(*shape, std=0.02):
@@ -70,6 +103,12 @@ class Decoder(nn.Module):
         self.register_buffer("cos", ang.cos().to(torch.bfloat16))
         self.register_buffer("sin", ang.sin().to(torch.bfloat16))
         self.register_buffer("causal", torch.tril(torch.ones(max_len, max_len, dtype=torch.bool, device="cuda")))
+        if fp8:                                    # the tied head's FP8 copy; the lookup keeps the bf16 table
+            for p in self.layers:
+                p.to_fp8()
+            q, s = to_fp8(self.emb)
+            self.register_buffer("head_q", q)
+            self.register_buffer("head_s", s)
 
     def forward(self, tokens, pos):
         # tokens (B, T); pos (T,) absolute positions shared by the batch; writes K/V at pos, attends to everything up to it,
@@ -78,7 +117,7 @@ class Decoder(nn.Module):
         x = F.embedding(tokens, self.emb)
         cos, sin = self.cos[pos][None, :, None, :], self.sin[pos][None, :, None, :]
         for p in self.layers:
-            qkv = F.linear(rms(x, p.n1), p.qkv).view(b, t, H + 2 * K, D)
+            qkv = linear(rms(x, p.n1), p, "qkv").view(b, t, H + 2 * K, D)
             q, k, v = qkv[:, :, :H], qkv[:, :, H:H + K], qkv[:, :, H + K:]
             q, k = rope(q, cos, sin), rope(k, cos, sin)
             p.kc[:, :, pos] = k.transpose(1, 2)
@@ -91,15 +130,16 @@ class Decoder(nn.Module):
                 s = torch.matmul(qg, p.kc.transpose(-1, -2)).float() * (1.0 / math.sqrt(D))   # (B, K, G, S)
                 s = s.masked_fill(~self.causal[pos][None, None], float("-inf"))
                 att = torch.matmul(torch.softmax(s, dim=-1).to(x.dtype), p.vc)                 # (B, K, G, D)
-            x = x + F.linear(att.reshape(b, t, C), p.o)
-            gu = F.linear(rms(x, p.n2), p.gu)
-            x = x + F.linear(F.silu(gu[..., :FF]) * gu[..., FF:], p.down)
-        return F.linear(rms(x[:, -1], self.norm), self.emb).argmax(-1)
+            x = x + linear(att.reshape(b, t, C), p, "o")
+            gu = linear(rms(x, p.n2), p, "gu")
+            x = x + linear(F.silu(gu[..., :FF]) * gu[..., FF:], p, "down")
+        h = rms(x[:, -1], self.norm)
+        return (linear(h, self, "head") if hasattr(self, "head_q") else F.linear(h, self.emb)).argmax(-1)
 
 
-def run(batch, prompt, new, compile_prefill):
+def run(batch, prompt, new, compile_prefill, fp8):
     torch.manual_seed(0)
-    dec = Decoder(batch, prompt + new)
+    dec = Decoder(batch, prompt + new, fp8)
     tokens = torch.randint(0, V, (batch, prompt), device="cuda")
     step = torch.compile(dec, mode="reduce-overhead", fullgraph=True)
     # The prompts' pass: eager as gpt-fast runs it by default, or compiled (its own graph at the prompt's shape; no CUDA graph).
@@ -130,7 +170,8 @@ def run(batch, prompt, new, compile_prefill):
     steps = new - 1
     skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
     how = "compiled" if compile_prefill else "eager"
-    print(f"| PyTorch {torch.__version__} compile reduce-overhead, static cache, {how} prefill | llama-1b | bf16 | {batch} | {prompt} | {new} | "
+    dtype = "fp8 (e4m3, row-wise scales) + bf16" if fp8 else "bf16"
+    print(f"| PyTorch {torch.__version__} compile reduce-overhead, static cache, {how} prefill | llama-1b | {dtype} | {batch} | {prompt} | {new} | "
           f"{batch * steps / seconds:,.0f} | {seconds * 1000 / steps:.3f} | {prefill_s * 1000:.1f} | "
           f"{batch * new / (prefill_s + seconds):,.0f} | {skips} |", flush=True)
     del dec, step
@@ -145,6 +186,7 @@ if __name__ == "__main__":
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--no-tuning", action="store_true", help="skip inductor's coordinate-descent tuning (faster compile)")
     ap.add_argument("--compile-prefill", action="store_true", help="compile the prompts' pass too (torch.compile at the prompt's shape)")
+    ap.add_argument("--fp8", action="store_true", help="e4m3 weights with row-wise scales, inputs quantized per row, torch._scaled_mm")
     a = ap.parse_args()
     torch._inductor.config.coordinate_descent_tuning = not a.no_tuning
     torch._inductor.config.triton.unique_kernel_names = True
@@ -153,4 +195,4 @@ if __name__ == "__main__":
           "generated tokens/s (prefill + decode) | graph skips |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for b in [int(s) for s in a.batch.split(",")]:
-        run(b, a.prompt, a.new, a.compile_prefill)
+        run(b, a.prompt, a.new, a.compile_prefill, a.fp8)
