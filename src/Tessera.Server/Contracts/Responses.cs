@@ -19,7 +19,10 @@ public sealed record ChoiceLogprobs(List<TokenLogprobBody> Content);
 public sealed record AssistantMessage(string Role, string? Content, List<ToolCallOut>? ToolCalls = null);
 public sealed record ToolCallOut(string Id, string Type, ToolCallFunctionOut Function);
 public sealed record ToolCallFunctionOut(string Name, string Arguments);
-public sealed record ToolCallDeltaOut(int Index, string Id, string Type, ToolCallFunctionOut Function);
+// A streamed call, OpenAI's way: the first delta of call k has its index, id, type and name with arguments "", the later
+// ones only the index and the next piece of the arguments (the absent fields are null here, so they are not written).
+public sealed record ToolCallDeltaOut(int Index, string? Id, string? Type, ToolCallFunctionDeltaOut Function);
+public sealed record ToolCallFunctionDeltaOut(string? Name, string? Arguments);
 public sealed record ChatChoice(int Index, AssistantMessage Message, ChoiceLogprobs? Logprobs, string? FinishReason);
 public sealed record ChatCompletionBody(string Id, string Object, long Created, string Model, List<ChatChoice> Choices, UsageBody Usage);
 
