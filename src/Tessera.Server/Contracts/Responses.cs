@@ -1,7 +1,7 @@
 namespace Tessera.Server.Contracts;
 
-// OpenAI's response objects as Tessera writes them (null members are omitted, except where the schema requires them
-// present: a chunk's finish_reason and a choice's logprobs are written as null).
+// OpenAI's response objects as Tessera writes them. ServerJsonContext omits every null member (WhenWritingNull), a chunk's
+// finish_reason and a choice's logprobs included, which OpenAI writes as null; the OpenAI SDK reads both forms.
 
 public sealed record ErrorBody(string Message, string Type, string? Param, string? Code);
 public sealed record ErrorResponse(ErrorBody Error);
