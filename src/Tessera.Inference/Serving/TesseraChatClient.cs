@@ -66,20 +66,23 @@ public sealed class TesseraChatClient : IChatClient
         if (calls.Count == 0) return ([new TextContent(text)], reason);
         var contents = new List<AIContent>();
         if (content is not null) contents.Add(new TextContent(content));
-        foreach (var c in calls)
-            contents.Add(new FunctionCallContent(c.Id, c.Name, System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, object?>>(c.Arguments)));
+        foreach (var c in calls) contents.Add(Call(c));
         return (contents, ChatFinishReason.ToolCalls);
     }
+
+    private static FunctionCallContent Call(Tessera.Models.Chat.ChatToolCall c) =>
+        new(c.Id, c.Name, System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, object?>>(c.Arguments));
 
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<Microsoft.Extensions.AI.ChatMessage> messages,
         ChatOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         var (request, tools) = Request(messages, options);
-        // With tools the text streams as long as no call can be part of it (Tools.ToolCallFormat.Streamable); the rest is read
-        // whole for its calls at the end.
-        var held = tools is null ? null : new StringBuilder();
-        int sent = 0;
+        // With tools the text goes through a Tools.ToolCallStreamReader, as the HTTP stream's does: text before a call streams
+        // as it comes. Microsoft.Extensions.AI carries a call as one FunctionCallContent with its arguments parsed (there is no
+        // content for a piece of arguments; its OpenAI client, too, gathers a call's pieces and yields the call whole), so the
+        // calls come whole in the last update, as the reader confirms them against Parse when the reply ends.
+        var reader = tools is null ? null : new Tools.ToolCallStreamReader(_prompt.ToolCalls, tools.Forces);
         await foreach (var e in _engine.Submit(request, cancellationToken).ReadAllAsync(cancellationToken).ConfigureAwait(false))
         {
             if (e.Usage is { } usage)
@@ -88,19 +91,24 @@ public sealed class TesseraChatClient : IChatClient
                 continue;
             }
             if (e.Text.Length == 0 && e.FinishReason is null) continue;
-            if (held is not null)
+            if (reader is not null)
             {
-                held.Append(e.Text);
-                string so = held.ToString();
-                int safe = tools!.Forces ? 0 : _prompt.ToolCalls.Streamable(so);
+                var found = e.Text.Length > 0 ? reader.Append(e.Text) : [];
                 if (e.FinishReason is null)
                 {
-                    if (safe > sent) yield return new ChatResponseUpdate(ChatRole.Assistant, so[sent..safe]) { ResponseId = id, ModelId = _modelId };
-                    sent = Math.Max(sent, safe);
+                    foreach (var f in found.Where(f => f.Kind == Tools.ToolCallStreamEventKind.Content))
+                        yield return new ChatResponseUpdate(ChatRole.Assistant, f.Text) { ResponseId = id, ModelId = _modelId };
                     continue;
                 }
-                var (contents, reason) = Reply(so[sent..], Reason(e.FinishReason), tools, _prompt.ToolCalls);
-                yield return new ChatResponseUpdate(ChatRole.Assistant, contents) { ResponseId = id, ModelId = _modelId, FinishReason = reason };
+                var contents = found.Concat(reader.Finish()).Where(f => f.Kind == Tools.ToolCallStreamEventKind.Content)
+                    .Select(f => (AIContent)new TextContent(f.Text)).ToList();
+                foreach (var c in reader.Calls) contents.Add(Call(c));
+                yield return new ChatResponseUpdate(ChatRole.Assistant, contents)
+                {
+                    ResponseId = id,
+                    ModelId = _modelId,
+                    FinishReason = reader.Calls.Count > 0 ? ChatFinishReason.ToolCalls : Reason(e.FinishReason),
+                };
                 continue;
             }
             yield return new ChatResponseUpdate(ChatRole.Assistant, e.Text) { ResponseId = id, ModelId = _modelId, FinishReason = Reason(e.FinishReason) };

@@ -67,11 +67,16 @@ public abstract class ToolCallFormat
     /// </summary>
     public abstract int Streamable(string text);
 
+    /// <summary>Where calls sit in a reply, for <see cref="ToolCallStreamReader"/>.</summary>
+    internal abstract ToolCallFraming Framing { get; }
+
     private sealed class HermesCalls : ToolCallFormat
     {
         public override string Name => "hermes";
 
         public override string ForcedOpening => HermesToolFormat.Open + "\n";
+
+        internal override ToolCallFraming Framing { get; } = new(HermesToolFormat.Open, HermesToolFormat.Close, List: false, Prefix: null);
 
         public override JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => HermesToolFormat.ForcedCall(tools, choice, "arguments");
 
@@ -96,6 +101,8 @@ public abstract class ToolCallFormat
         public override string Name => "llama3-json";
 
         public override string ForcedOpening => "";
+
+        internal override ToolCallFraming Framing { get; } = new(Open: null, Close: null, List: false, PythonTag);
 
         public override JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => HermesToolFormat.ForcedCall(tools, choice, "parameters");
 
@@ -126,6 +133,8 @@ public abstract class ToolCallFormat
         public override string Name => "mistral";
 
         public override string ForcedOpening => Tag + " [";
+
+        internal override ToolCallFraming Framing { get; } = new(Tag, Close: null, List: true, Prefix: null);
 
         public override string NewCallId()
         {

@@ -1,7 +1,7 @@
 namespace Tessera.Server.Contracts;
 
-// OpenAI's response objects as Tessera writes them (null members are omitted, except where the schema requires them
-// present: a chunk's finish_reason and a choice's logprobs are written as null).
+// OpenAI's response objects as Tessera writes them. ServerJsonContext omits every null member (WhenWritingNull), a chunk's
+// finish_reason and a choice's logprobs included, which OpenAI writes as null; the OpenAI SDK reads both forms.
 
 public sealed record ErrorBody(string Message, string Type, string? Param, string? Code);
 public sealed record ErrorResponse(ErrorBody Error);
@@ -19,7 +19,10 @@ public sealed record ChoiceLogprobs(List<TokenLogprobBody> Content);
 public sealed record AssistantMessage(string Role, string? Content, List<ToolCallOut>? ToolCalls = null);
 public sealed record ToolCallOut(string Id, string Type, ToolCallFunctionOut Function);
 public sealed record ToolCallFunctionOut(string Name, string Arguments);
-public sealed record ToolCallDeltaOut(int Index, string Id, string Type, ToolCallFunctionOut Function);
+// A streamed call, OpenAI's way: the first delta of call k has its index, id, type and name with arguments "", the later
+// ones only the index and the next piece of the arguments (the absent fields are null here, so they are not written).
+public sealed record ToolCallDeltaOut(int Index, string? Id, string? Type, ToolCallFunctionDeltaOut Function);
+public sealed record ToolCallFunctionDeltaOut(string? Name, string? Arguments);
 public sealed record ChatChoice(int Index, AssistantMessage Message, ChoiceLogprobs? Logprobs, string? FinishReason);
 public sealed record ChatCompletionBody(string Id, string Object, long Created, string Model, List<ChatChoice> Choices, UsageBody Usage);
 

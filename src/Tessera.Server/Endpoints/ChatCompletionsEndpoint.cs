@@ -155,10 +155,11 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     private async Task StreamAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n, bool includeUsage,
         ToolChoice? tools, bool oneCall)
     {
-        // With tools a choice's text streams as long as no call can be part of it (ToolCallFormat.Streamable; a forced call's
-        // never); from there it is held until the choice ends, when its calls are read and sent with the rest.
-        var held = tools is null ? null : Enumerable.Range(0, n).Select(_ => new StringBuilder()).ToArray();
-        var sent = new int[n];
+        // With tools each choice's text goes through a ToolCallStreamReader: text before a call streams as it comes, a call's
+        // name goes out once known and its arguments as they are written; when the choice ends the reader reads it whole with
+        // Parse (the whole-reply path's reading) and sends what is left. Logprobs ride on the next chunk the choice sends.
+        var readers = tools is null ? null
+            : Enumerable.Range(0, n).Select(_ => new ToolCallStreamReader(chat.ToolCalls, tools.Forces, oneCall ? 1 : int.MaxValue)).ToArray();
         var heldLogprobs = new List<TokenLogprobBody>?[n];
         EngineCalls.BeginStream(context);
         // OpenAI opens each choice with a delta carrying the role.
@@ -177,30 +178,44 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             }
             if (e.Text.Length == 0 && e.Logprobs is null && e.FinishReason is null) continue;
             var logprobs = e.Logprobs is { } lp ? new ChoiceLogprobs(lp.Select(Logprob).ToList()) : null;
-            if (held is not null)
+            if (readers is not null)
             {
-                held[e.Index].Append(e.Text);
+                var reader = readers[e.Index];
                 if (logprobs is not null) (heldLogprobs[e.Index] ??= []).AddRange(logprobs.Content);
-                string so = held[e.Index].ToString();
-                int safe = tools!.Forces ? 0 : chat.ToolCalls.Streamable(so);
-                if (e.FinishReason is null && safe > sent[e.Index])
+                IEnumerable<ToolCallStreamEvent> found = e.Text.Length > 0 ? reader.Append(e.Text) : [];
+                if (e.FinishReason is not null) found = found.Concat(reader.Finish());
+                foreach (var f in found)
                 {
-                    await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, so[sent[e.Index]..safe]), null, null), null).ConfigureAwait(false);
-                    sent[e.Index] = safe;
+                    if (Delta(f) is not { } delta) continue;
+                    await SendAsync(context, id, created, new ChatChunkChoice(e.Index, delta, TakeLogprobs(heldLogprobs, e.Index), null), null).ConfigureAwait(false);
                 }
                 if (e.FinishReason is not { } end) continue;
-                var (content, calls, reason) = Message(so[sent[e.Index]..], EngineCalls.Reason(end), tools, oneCall);
-                if (content is not null) await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, content), null, null), null).ConfigureAwait(false);
-                if (calls is not null)
-                    await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null,
-                        [.. calls.Select((c, k) => new ToolCallDeltaOut(k, c.Id, c.Type, c.Function))]), null, null), null).ConfigureAwait(false);
-                await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null),
-                    heldLogprobs[e.Index] is { } all ? new ChoiceLogprobs(all) : null, reason), null).ConfigureAwait(false);
+                await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null), TakeLogprobs(heldLogprobs, e.Index),
+                    reader.Calls.Count > 0 ? "tool_calls" : EngineCalls.Reason(end)), null).ConfigureAwait(false);
                 continue;
             }
             await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, e.Text.Length > 0 || e.FinishReason is null ? e.Text : null),
                 logprobs, e.FinishReason is { } r ? EngineCalls.Reason(r) : null), null).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// What a reader found, as a delta: content; a call's start (index, id, type, name, arguments ""); the next piece of its
+    /// arguments (index and arguments only); nothing for a call's end.
+    /// </summary>
+    private static ChatDelta? Delta(ToolCallStreamEvent found) => found.Kind switch
+    {
+        ToolCallStreamEventKind.Content => new ChatDelta(null, found.Text),
+        ToolCallStreamEventKind.CallStarted => new ChatDelta(null, null, [new ToolCallDeltaOut(found.Index, found.Id, "function", new ToolCallFunctionDeltaOut(found.Name, ""))]),
+        ToolCallStreamEventKind.Arguments => new ChatDelta(null, null, [new ToolCallDeltaOut(found.Index, null, null, new ToolCallFunctionDeltaOut(null, found.Text))]),
+        _ => null,
+    };
+
+    private static ChoiceLogprobs? TakeLogprobs(List<TokenLogprobBody>?[] held, int index)
+    {
+        if (held[index] is not { } list) return null;
+        held[index] = null;
+        return new ChoiceLogprobs(list);
     }
 
     private Task SendAsync(HttpContext context, string id, long created, ChatChunkChoice choice, UsageBody? usage) =>

@@ -129,6 +129,118 @@ public class ToolCallTests(ToolCallTests.LongContext fixture) : IClassFixture<To
         Assert.Contains(final.Messages, m => m.Contents.OfType<FunctionResultContent>().Any(r => r.Result?.ToString() is "3 C" or "37 F"));
     }
 
+    /// <summary>
+    /// A forced call streamed the way OpenAI streams one: its id and name once, in the first update, then its arguments in
+    /// several pieces that join, byte for byte, into the arguments the whole response gives for the same seed (sampled, so the
+    /// arguments are not the same every time); one call at index 0; finish reason tool calls.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task AForcedCallStreamsItsNameOnceAndItsArgumentsInPiecesThatJoinIntoTheWholeResponses(bool parallel)
+    {
+        ChatCompletionOptions Seeded()
+        {
+            var options = Options(ChatToolChoice.CreateFunctionChoice("get_weather"));
+            options.Temperature = 1;
+#pragma warning disable OPENAI001 // Seed is marked experimental in the SDK; the server implements it
+            options.Seed = 11;
+#pragma warning restore OPENAI001
+            if (!parallel) options.AllowParallelToolCalls = false;
+            return options;
+        }
+        var whole = (await Chat.CompleteChatAsync([new UserChatMessage("Weather?")], Seeded(), TestContext.Current.CancellationToken)).Value;
+        var call = Assert.Single(whole.ToolCalls);
+
+        var updates = new List<StreamingChatToolCallUpdate>();
+        OpenAI.Chat.ChatFinishReason? finish = null;
+        await foreach (var update in Chat.CompleteChatStreamingAsync([new UserChatMessage("Weather?")], Seeded(), TestContext.Current.CancellationToken))
+        {
+            updates.AddRange(update.ToolCallUpdates);
+            finish ??= update.FinishReason;
+        }
+        Assert.Equal(OpenAI.Chat.ChatFinishReason.ToolCalls, finish);
+        Assert.All(updates, u => Assert.Equal(0, u.Index));
+        Assert.Equal("get_weather", Assert.Single(updates, u => u.FunctionName is not null).FunctionName);
+        Assert.Same(updates[0], Assert.Single(updates, u => u.ToolCallId is not null));
+        var pieces = updates.Select(u => u.FunctionArgumentsUpdate?.ToString() ?? "").Where(p => p.Length > 0).ToList();
+        Assert.True(pieces.Count > 1, $"{pieces.Count} pieces: the arguments did not stream");
+        Assert.Equal(call.FunctionArguments.ToString(), string.Concat(pieces));
+        AssertWeatherCall("get_weather", string.Concat(pieces));
+    }
+
+    /// <summary>
+    /// The wire itself: the first tool-call delta has index, id, type and name with arguments ""; a later one has only index and
+    /// a piece of the arguments (the other fields absent, not null). Logprobs and usage still arrive.
+    /// </summary>
+    [Fact]
+    public async Task TheToolCallDeltasHaveOpenAisShapeOnTheWire()
+    {
+        string body = $$$$"""
+            {"model": "{{{{TestServer.Model}}}}", "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 80, "temperature": 0,
+             "stream": true, "stream_options": {"include_usage": true}, "logprobs": true,
+             "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}}, "required": ["city"]}}}],
+             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+            """;
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions") { Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json") };
+        using var response = await S.Http.SendAsync(request, TestContext.Current.CancellationToken);
+        string text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        var chunks = text.Split("\n\n").Where(e => e.StartsWith("data: {", StringComparison.Ordinal))
+            .Select(e => JsonDocument.Parse(e["data: ".Length..]).RootElement.Clone()).ToList();
+        var deltas = chunks.Where(c => c.GetProperty("choices").GetArrayLength() > 0)
+            .Select(c => c.GetProperty("choices")[0]).ToList();
+        var calls = deltas.Where(d => d.GetProperty("delta").TryGetProperty("tool_calls", out _))
+            .Select(d => Assert.Single(d.GetProperty("delta").GetProperty("tool_calls").EnumerateArray())).ToList();
+        Assert.True(calls.Count > 2, $"{calls.Count} tool-call deltas");
+
+        var first = calls[0];
+        Assert.Equal(0, first.GetProperty("index").GetInt32());
+        Assert.StartsWith("call_", first.GetProperty("id").GetString());
+        Assert.Equal("function", first.GetProperty("type").GetString());
+        Assert.Equal("get_weather", first.GetProperty("function").GetProperty("name").GetString());
+        Assert.Equal("", first.GetProperty("function").GetProperty("arguments").GetString());
+        foreach (var later in calls.Skip(1))
+        {
+            Assert.Equal(["index", "function"], later.EnumerateObject().Select(p => p.Name));
+            Assert.Equal(0, later.GetProperty("index").GetInt32());
+            Assert.Equal(["arguments"], later.GetProperty("function").EnumerateObject().Select(p => p.Name));
+        }
+        string arguments = string.Concat(calls.Select(c => c.GetProperty("function").GetProperty("arguments").GetString()));
+        Assert.Contains(JsonDocument.Parse(arguments).RootElement.GetProperty("city").GetString(), new[] { "Paris", "Oslo" });
+
+        Assert.Equal("tool_calls", deltas[^1].GetProperty("finish_reason").GetString());
+        int logprobs = deltas.Where(d => d.TryGetProperty("logprobs", out var l) && l.ValueKind == JsonValueKind.Object)
+            .Sum(d => d.GetProperty("logprobs").GetProperty("content").GetArrayLength());
+        var usage = chunks[^1].GetProperty("usage");
+        Assert.Equal(usage.GetProperty("completion_tokens").GetInt32(), logprobs);   // every token's logprob, once
+    }
+
+    /// <summary>
+    /// Microsoft.Extensions.AI's convention for a streamed call is one whole FunctionCallContent: its OpenAI client gathers the
+    /// pieces the server streams, and the in-process client yields the call when the reply ends.
+    /// </summary>
+    [Fact]
+    public async Task MicrosoftExtensionsAiGetsEachStreamedCallWhole()
+    {
+        var tool = AIFunctionFactory.Create((bool celsius) => celsius ? "3 C" : "37 F", "get_weather", "The weather.");
+        var options = new ChatOptions { MaxOutputTokens = 60, Temperature = 0, Tools = [tool], ToolMode = ChatToolMode.RequireSpecific("get_weather") };
+        IChatClient http = S.Client().GetChatClient(TestServer.Model).AsIChatClient();
+        IChatClient local = new TesseraChatClient(S.Engine, S.Chat, TestServer.Model);
+        string? previous = null;
+        foreach (var client in new[] { http, local })
+        {
+            var updates = new List<ChatResponseUpdate>();
+            await foreach (var update in client.GetStreamingResponseAsync("Weather?", options, TestContext.Current.CancellationToken)) updates.Add(update);
+            var call = Assert.Single(updates.SelectMany(u => u.Contents).OfType<FunctionCallContent>());
+            Assert.Equal("get_weather", call.Name);
+            string arguments = JsonSerializer.Serialize(call.Arguments);
+            Assert.True(call.Arguments!.ContainsKey("celsius"), arguments);
+            Assert.Contains(updates, u => u.FinishReason == Microsoft.Extensions.AI.ChatFinishReason.ToolCalls);
+            if (previous is not null) Assert.Equal(previous, arguments);           // greedy: the same call over HTTP and in process
+            previous = arguments;
+        }
+    }
+
     [Theory]
     [InlineData(""", "tool_choice": "required" """, "no tools are given", "tool_choice")]
     [InlineData(""", "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}} """, "'g', which is not among the tools", "tool_choice")]
