@@ -35,7 +35,7 @@ __device__ __forceinline__ unsigned char e4m3_from_f(float v)
     if (mag > 0x7f800000u) return 0x7f;
     if (mag > 0x43e00000u) return (unsigned char)(sign | 0x7eu);              // above 448
     if (mag < 0x3c800000u)                                                     // below 2^-6: steps of 2^-9, v 2^9 exact
-        return (unsigned char)(sign | (unsigned)rintf(__uint_as_float(mag) * 512.f));
+        return (unsigned char)(sign | (unsigned)round_even(__uint_as_float(mag) * 512.f));
     unsigned code = (((mag >> 23) - 120u) << 3) | ((mag >> 20) & 7u);         // exponent rebiased 127 -> 7, 3 mantissa bits
     const unsigned dropped = mag & 0xfffffu;
     if (dropped > 0x80000u || (dropped == 0x80000u && (code & 1u))) code++;    // a carry moves into the exponent
