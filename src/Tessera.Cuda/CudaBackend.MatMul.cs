@@ -321,6 +321,7 @@ public sealed unsafe partial class CudaBackend
 
     private void DisposeMatMul()
     {
+        DisposeFp8Plans();
         foreach (var p in _plans.Values)
             if (p is not null) DestroyPlan(p);
         _plans.Clear();

@@ -5,7 +5,7 @@ namespace Tessera.Cuda;
 // Weight-only int8 products (QuantizedWeight): at most 4 rows of x (decoding), the matrix-vector kernel's int8 form, which
 // reads each weight once at one byte; 5 to 64 rows (a serving decode step's batch), the decode product's int8 form
 // (decode_gemm.cu on tensor cores, the weight staged at one byte and turned into x's type in registers); otherwise the
-// weight dequantized into scratch, then the product as for any weight.
+// weight dequantized into scratch, then the product as for any weight. FP8 weights: CudaBackend.QuantizedFp8.cs.
 public sealed unsafe partial class CudaBackend
 {
     /// <summary>Int8 weights a 16-byte load of the matrix-vector kernel holds: K must be a multiple of it.</summary>
@@ -27,6 +27,7 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(weight);
         weight.ValidateProduct(nameof(CudaBackend), x, y, beta, bias, epilogue, auxiliary, addend, norm);
+        if (weight.IsFp8) { QuantizedMatMulFp8(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm); return; }
         if (epilogue == MatMulEpilogue.None && TryGemvQuantized(x, weight, y, beta, bias, addend, norm)) return;
         var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
         var input = normalized ?? x;
@@ -115,7 +116,7 @@ public sealed unsafe partial class CudaBackend
     public void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output) =>
         QuantizedLookup(nameof(QuantizedEmbeddingShardForward), ids, table, output, rowOffset, shard: true, accumulate: false);
 
-    /// <summary>The lookup of an int8 table (<c>embedding_q8_*</c>): a whole table's, or a vocabulary <paramref name="shard"/>'s.</summary>
+    /// <summary>The lookup of an int8 table (<c>embedding_q8_*</c>) or an FP8 one (<c>embedding_fp8_*</c>): a whole table's, or a vocabulary <paramref name="shard"/>'s.</summary>
     private void QuantizedLookup(string op, Tensor ids, QuantizedWeight table, Tensor output, int rowOffset, bool shard, bool accumulate)
     {
         ArgumentNullException.ThrowIfNull(table);
@@ -129,7 +130,7 @@ public sealed unsafe partial class CudaBackend
         ulong pi = Ptr(ids), pv = Ptr(table.Values), ps = Ptr(table.Scales), po = Ptr(output);
         int sh = shard ? 1 : 0, acc = accumulate ? 1 : 0;
         void** args = stackalloc void*[] { &pi, &pv, &ps, &po, &n, &c, &v, &rowOffset, &sh, &acc };
-        Launch("quantized.cu", "embedding_q8_" + Suffix(output.DType, op), GridFor(n * c), Threads, args);
+        Launch("quantized.cu", (table.IsFp8 ? "embedding_fp8_" : "embedding_q8_") + Suffix(output.DType, op), GridFor(n * c), Threads, args);
     }
 
     /// <inheritdoc/>
@@ -143,6 +144,6 @@ public sealed unsafe partial class CudaBackend
         long n = weight.Values.NumElements;
         int k = weight.Columns;
         void** args = stackalloc void*[] { &pv, &ps, &po, &n, &k };
-        Launch("quantized.cu", "dequantize_" + Suffix(output.DType, nameof(Dequantize)), GridFor(n), Threads, args);
+        Launch("quantized.cu", (weight.IsFp8 ? "dequantize_fp8_" : "dequantize_") + Suffix(output.DType, nameof(Dequantize)), GridFor(n), Threads, args);
     }
 }

@@ -13,7 +13,8 @@ public static class PretrainedModel
     /// in <paramref name="dtype"/>. When <paramref name="expected"/> is given (a checkpoint's own configuration, e.g.
     /// with a padded vocabulary) the directory must describe the same architecture and the model takes that configuration.
     /// With <paramref name="tensorParallelism"/> the model is this rank's part of a tensor-parallel one, and each split
-    /// parameter keeps its slice of the weights. With <paramref name="quantization"/> <see cref="WeightQuantization.Int8"/> the
+    /// parameter keeps its slice of the weights. With <paramref name="quantization"/> <see cref="WeightQuantization.Int8"/> (or
+    /// <see cref="WeightQuantization.Fp8"/>) the
     /// model is for inference only: its linear layers' weights are quantized as they load (<see cref="QuantizedParameterStorage"/>),
     /// and no copy of them in <paramref name="dtype"/> is ever allocated on <paramref name="backend"/>; a tensor-parallel rank
     /// quantizes its own slices (<see cref="Quantized"/>).
@@ -28,13 +29,14 @@ public static class PretrainedModel
             hf.LoadInto(model.Parameters.Parameters, backend);
             return model;
         }
-        var quantized = Quantized(hf.Config, backend, dtype, tensorParallelism);
+        var quantized = Quantized(hf.Config, backend, dtype, tensorParallelism, quantization: quantization);
         hf.LoadInto(quantized.Layout.Parameters, backend);
         return quantized;
     }
 
     /// <summary>
-    /// A model of <paramref name="config"/> for inference whose linear layers' weights are int8 with row scales
+    /// A model of <paramref name="config"/> for inference whose linear layers' weights are int8 (or, with
+    /// <paramref name="quantization"/> <see cref="WeightQuantization.Fp8"/>, FP8 E4M3) with row scales
     /// (<see cref="QuantizedParameterStorage"/>; the other parameters in <paramref name="dtype"/>), all zero until written
     /// through <see cref="Parameter.WriteMasterOrValue"/> (a loader, benchmark weights), which quantizes them. With
     /// <paramref name="tensorParallelism"/> it is this rank's part: each rank quantizes the slice it holds, so a column-parallel
@@ -43,10 +45,13 @@ public static class PretrainedModel
     /// the base's gradients flow through dequantized copies, one layer at a time, and only the adapters are trained.
     /// </summary>
     public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype,
-        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, Tessera.Nn.Adapters.LoraOptions? lora = null)
+        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, Tessera.Nn.Adapters.LoraOptions? lora = null,
+        WeightQuantization quantization = WeightQuantization.Int8)
     {
+        if (quantization == WeightQuantization.None)
+            throw new ArgumentException("PretrainedModel.Quantized: quantization must be Int8 or Fp8; build a plain Transformer for None", nameof(quantization));
         var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism, lora: lora);
-        _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsQuantizable);   // attaches itself
+        _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsQuantizable, quantization);   // attaches itself
         return model;
     }
 }

@@ -265,7 +265,7 @@ public sealed class Transformer
         Layout.Storage is null
             ? "Transformer: the model was declared without storage (ArenaStorage.Deferred); its weights live where its trainer puts them (ZeRO-3 shards)"
             : Layout.Storage is Nn.Quantization.QuantizedParameterStorage
-                ? "Transformer: the model's weights are held as int8 (weight-only quantization) and have no arena to train; train LoRA adapters over it (--lora with --quantize int8), or load it without quantization"
+                ? "Transformer: the model's weights are held quantized (int8 or fp8) and have no arena to train; train LoRA adapters over it (--lora with --quantize int8 or fp8), or load it without quantization"
                 : "Transformer: the model's parameters are fully sharded (ZeRO-3) and have no full arena; read them through the data-parallel strategy");
 
     /// <summary>Saved activations per micro-batch and the pooled buffers.</summary>

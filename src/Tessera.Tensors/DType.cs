@@ -17,4 +17,10 @@ public enum DType
     U16,
     /// <summary>Signed 8-bit integer (weight-only quantization).</summary>
     I8,
+    /// <summary>
+    /// OCP FP8 E4M3 ("e4m3fn"): sign, 4 exponent bits (bias 7), 3 mantissa bits; no infinities, NaN 0x7F/0xFF, largest finite
+    /// 448, smallest subnormal 2^-9 (<see cref="Float8E4M3"/>). A storage format of FP8 weights and quantized activations;
+    /// no op computes in it.
+    /// </summary>
+    F8E4M3,
 }

@@ -9,7 +9,7 @@ public static class DTypeInfo
         DType.F32 or DType.I32 => 4,
         DType.F64 => 8,
         DType.BF16 or DType.F16 or DType.U16 => 2,
-        DType.I8 => 1,
+        DType.I8 or DType.F8E4M3 => 1,
         _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "unknown dtype"),
     };
 
@@ -17,7 +17,7 @@ public static class DTypeInfo
     public static bool IsFloatingPoint(this DType dtype) =>
         dtype is DType.F32 or DType.F64 or DType.BF16 or DType.F16;
 
-    /// <summary>The DType that stores a CLR type <typeparamref name="T"/>.</summary>
+    /// <summary>The DType that stores a CLR type <typeparamref name="T"/> (<see cref="byte"/>: the raw codes of F8E4M3).</summary>
     public static DType Of<T>() where T : unmanaged
     {
         if (typeof(T) == typeof(float)) return DType.F32;
@@ -27,6 +27,7 @@ public static class DTypeInfo
         if (typeof(T) == typeof(int)) return DType.I32;
         if (typeof(T) == typeof(ushort)) return DType.U16;
         if (typeof(T) == typeof(sbyte)) return DType.I8;
+        if (typeof(T) == typeof(byte)) return DType.F8E4M3;
         throw new NotSupportedException($"no DType stores CLR type {typeof(T).Name}");
     }
 
@@ -40,6 +41,7 @@ public static class DTypeInfo
         DType.I32 => "I32",
         DType.U16 => "U16",
         DType.I8 => "I8",
+        DType.F8E4M3 => "F8_E4M3",
         _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
     };
 
@@ -53,6 +55,7 @@ public static class DTypeInfo
         "I32" => DType.I32,
         "U16" => DType.U16,
         "I8" => DType.I8,
+        "F8_E4M3" => DType.F8E4M3,
         _ => null,
     };
 }

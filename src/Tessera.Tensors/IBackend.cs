@@ -66,13 +66,18 @@ public interface IBackend
     void SumRows(Tensor x, Tensor sums);
 
     /// <summary>
-    /// y (M, N) = x (M, K) W^T (+ bias (N)) (+ beta y, or + addend (M, N)), then the epilogue, with W (N, K) the int8 weight
+    /// y (M, N) = x (M, K) W^T (+ bias (N)) (+ beta y, or + addend (M, N)), then the epilogue, with W (N, K) the int8 or FP8 weight
     /// <paramref name="weight"/> stands for (row n = Scales[n] * Values[n, ·]): an inference product over weight-only quantized
     /// weights. x, y, bias, addend and auxiliary share one floating-point dtype. <paramref name="epilogue"/> is None or Gelu
     /// (<paramref name="auxiliary"/> (M, N) receives the pre-activation); an addend takes beta = 0, as in <see cref="MatMul"/>.
-    /// Equal, up to the order of the sums, to <see cref="Dequantize"/> into a tensor of x's dtype and then
+    /// For int8 values: equal, up to the order of the sums, to <see cref="Dequantize"/> into a tensor of x's dtype and then
     /// <see cref="MatMul"/> with transposeB. With <paramref name="norm"/>, x is RMS-normalized first, as
     /// <see cref="RmsNormMatMul"/> does for a floating-point weight (the int8 decode step's norms ride in its products).
+    /// <para>FP8 weights (<see cref="QuantizedWeight.IsFp8"/>, W8A8-FP8): each row m of x (normalized first when
+    /// <paramref name="norm"/> is given) is quantized dynamically as <see cref="Fp8Quantization.QuantizeRow"/> does, scale
+    /// sx[m] = max|x[m, ·]| / 448 in F32 (1 for a row of zeros) and codes qx = e4m3(x / sx[m]) by an F32 division, and
+    /// y[m, n] = sx[m] Scales[n] Σ_k qx[m, k] Values[n, k] + bias[n] (+ beta y, or + addend), then the epilogue, in y's dtype.
+    /// Every backend computes these codes and scales; the sums' order and precision are the backend's.</para>
     /// </summary>
     void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null);
@@ -137,13 +142,13 @@ public interface IBackend
     void EmbeddingForward(Tensor ids, Tensor table, Tensor output, bool accumulate = false);
 
     /// <summary>
-    /// output (N,C) = the rows of an int8 table (V,C) by ids (N) I32, each dequantized (Scales[id] * Values[id, ·]) into output's
+    /// output (N,C) = the rows of an int8 or FP8 table (V,C) by ids (N) I32, each dequantized (Scales[id] * Values[id, ·]) into output's
     /// floating-point dtype (or added, when <paramref name="accumulate"/>): the lookup of a quantized embedding table.
     /// </summary>
     void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false);
 
     /// <summary>
-    /// <see cref="EmbeddingShardForward"/> over an int8 shard (V,C) of a vocabulary-parallel table: output (N,C) = the dequantized
+    /// <see cref="EmbeddingShardForward"/> over an int8 or FP8 shard (V,C) of a vocabulary-parallel table: output (N,C) = the dequantized
     /// row ids - rowOffset for ids in [rowOffset, rowOffset + V), zero for every other id.
     /// </summary>
     void QuantizedEmbeddingShardForward(Tensor ids, QuantizedWeight table, int rowOffset, Tensor output);

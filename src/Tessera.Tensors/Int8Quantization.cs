@@ -77,6 +77,8 @@ public static class Int8Quantization
     {
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(target);
+        if (target.Values.DType != DType.I8)
+            throw new ArgumentException($"{name}: int8 quantization writes I8 values, the target holds {target.Values.DType}", nameof(target));
         var values = new sbyte[target.Values.NumElements];
         var scales = new float[target.Rows];
         QuantizeRows(weight, target.Rows, target.Columns, values, scales, name);

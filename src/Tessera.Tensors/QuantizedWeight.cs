@@ -1,28 +1,33 @@
 namespace Tessera.Tensors;
 
 /// <summary>
-/// An nn.Linear weight (N, K) stored as signed 8-bit integers with one F32 scale per output row (weight-only quantization,
-/// symmetric, per channel): the weight it stands for is <c>Scales[n] * Values[n, k]</c>. Products read it through
+/// An nn.Linear weight (N, K) stored a byte a weight with one F32 scale per output row (symmetric, per channel): the weight it
+/// stands for is <c>Scales[n] * Values[n, k]</c>, the values either signed 8-bit integers (<see cref="DType.I8"/>, weight-only
+/// int8: the products multiply x by them in x's precision) or E4M3 codes (<see cref="DType.F8E4M3"/>, W8A8-FP8: the products
+/// quantize each row of x to E4M3 as well and multiply codes by codes). Products read it through
 /// <see cref="IBackend.QuantizedMatMul"/>; <see cref="IBackend.Dequantize"/> gives the floating-point weight back.
-/// <see cref="Int8Quantization.QuantizeRows"/> makes one from a floating-point weight.
+/// <see cref="Int8Quantization.QuantizeRows"/> and <see cref="Fp8Quantization.QuantizeRows"/> make one from a floating-point weight.
 /// </summary>
 public sealed record QuantizedWeight
 {
-    /// <summary>Pairs <paramref name="values"/> (N, K) I8, contiguous, with <paramref name="scales"/> (N) F32 on the same backend.</summary>
+    /// <summary>Pairs <paramref name="values"/> (N, K) I8 or F8E4M3, contiguous, with <paramref name="scales"/> (N) F32 on the same backend.</summary>
     public QuantizedWeight(Tensor values, Tensor scales)
     {
         ArgumentNullException.ThrowIfNull(values);
         ArgumentNullException.ThrowIfNull(scales);
-        if (values.DType != DType.I8 || values.Rank != 2 || !values.IsContiguous)
-            throw new ArgumentException($"quantized weight: values must be a contiguous (N, K) I8 tensor, got {values.DType} {values.Shape}", nameof(values));
+        if (values.DType is not (DType.I8 or DType.F8E4M3) || values.Rank != 2 || !values.IsContiguous)
+            throw new ArgumentException($"quantized weight: values must be a contiguous (N, K) I8 or F8E4M3 tensor, got {values.DType} {values.Shape}", nameof(values));
         if (scales.DType != DType.F32 || scales.Rank != 1 || scales.Size(0) != values.Size(0) || !scales.IsContiguous)
             throw new ArgumentException($"quantized weight: scales must be a contiguous ({values.Size(0)}) F32 tensor, one a row of the values {values.Shape}, got {scales.DType} {scales.Shape}", nameof(scales));
         Values = values;
         Scales = scales;
     }
 
-    /// <summary>(N, K) I8.</summary>
+    /// <summary>(N, K) I8 or F8E4M3.</summary>
     public Tensor Values { get; }
+
+    /// <summary>True when the values are E4M3 codes (the products quantize x too), false for int8.</summary>
+    public bool IsFp8 => Values.DType == DType.F8E4M3;
 
     /// <summary>(N) F32: row n of the weight is Scales[n] times row n of <see cref="Values"/>.</summary>
     public Tensor Scales { get; }
@@ -36,7 +41,7 @@ public sealed record QuantizedWeight
     /// <summary>The shape of the weight it stands for, (N, K).</summary>
     public Shape Shape => Values.Shape;
 
-    /// <summary>Bytes held: one a value, four a scale.</summary>
+    /// <summary>Bytes held: one a value (int8 or E4M3), four a scale.</summary>
     public long Bytes => Values.NumElements + 4L * Rows;
 
     /// <summary>

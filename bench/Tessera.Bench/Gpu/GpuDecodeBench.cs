@@ -28,7 +28,8 @@ public static class GpuDecodeBench
     {
         string preset = "llama-1b", dtypeName = "bf16";
         int promptLength = 512, newTokens = 256, repeat = 2;
-        bool graph = true, header = true, int8 = false;
+        bool graph = true, header = true;
+        var quantization = Tessera.Nn.Quantization.WeightQuantization.None;
         var cudaOptions = CudaBackendOptions.Default;
         for (int i = 0; i < args.Length; i++)
         {
@@ -42,15 +43,15 @@ public static class GpuDecodeBench
                 case "--no-graph": graph = false; break;
                 case "--no-header": header = false; break;
                 case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
-                case "--quantize": int8 = args[++i] switch { "int8" => true, "none" => false, var q => throw new ArgumentException($"--quantize {q}: expected int8 or none") }; break;
+                case "--quantize": quantization = args[++i] switch { "int8" => Tessera.Nn.Quantization.WeightQuantization.Int8, "fp8" => Tessera.Nn.Quantization.WeightQuantization.Fp8, "none" => Tessera.Nn.Quantization.WeightQuantization.None, var q => throw new ArgumentException($"--quantize {q}: expected int8, fp8 or none") }; break;
                 default: throw new ArgumentException($"gpu-decode: unknown argument '{args[i]}'");
             }
         }
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
         using var backend = new CudaBackend(0, cudaOptions);
         var config = ModelPresets.Get(preset);
-        // --quantize int8: every weight matrix a byte a weight (the tied head reads the int8 token table).
-        var model = int8 ? PretrainedModel.Quantized(config, backend, dtype) : new Transformer(config, backend, dtype);
+        // --quantize int8|fp8: every weight matrix a byte a weight (the tied head reads the quantized token table).
+        var model = quantization != Tessera.Nn.Quantization.WeightQuantization.None ? PretrainedModel.Quantized(config, backend, dtype, quantization: quantization) : new Transformer(config, backend, dtype);
         model.ValidateInputs = false;
         BenchmarkWeights.Initialize(model, seed: 2);
         var options = new GenerationBenchmarkOptions
@@ -72,7 +73,7 @@ public static class GpuDecodeBench
             Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         }
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"| Tessera | {preset} | {(int8 ? $"int8 + {dtype}" : $"{dtype}")} | {path} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F3} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / copyBandwidth:P1} of {copyBandwidth / 1e12:F2} TB/s | {bandwidth / 3.0e12:P1} | {result.PeakDeviceBytes / (double)(1L << 30):F1} |"));
+            $"| Tessera | {preset} | {(quantization != Tessera.Nn.Quantization.WeightQuantization.None ? $"{quantization.ToString().ToLowerInvariant()} + {dtype}" : $"{dtype}")} | {path} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F3} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / copyBandwidth:P1} of {copyBandwidth / 1e12:F2} TB/s | {bandwidth / 3.0e12:P1} | {result.PeakDeviceBytes / (double)(1L << 30):F1} |"));
         // Per token over every round, the warm-up included (the profiler is never reset).
         if (backend.Profiler is { } profiler) Console.WriteLine(profiler.Table(options.Rounds * (decoded + 1)));
         return 0;

@@ -30,8 +30,9 @@ namespace Tessera.Bench.Serving;
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
-/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8] [--kv-dtype model|int8] [--cuda-options Name=value,...]</para>
-/// <para>--quantize int8 serves the model with its linear layers' weights as int8 with row scales (a byte a weight).</para>
+/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8|fp8] [--kv-dtype model|int8] [--cuda-options Name=value,...]</para>
+/// <para>--quantize int8 serves the model with its linear layers' weights as int8 with row scales (a byte a weight); fp8 as
+/// E4M3 codes with row scales, each product quantizing its input's rows to E4M3 too (W8A8-FP8).</para>
 /// <para>--kv-dtype int8 holds the paged KV cache as int8 with one F32 scale per position and head
 /// (<see cref="PagedKvCacheOptions.DType"/>): more positions in --kv-memory, and fewer bytes read per decode step (the roofline
 /// counts the int8 bytes and scales).</para>
@@ -78,7 +79,8 @@ public static class ServeBench
         string? cudaOptions = null, modelDir = null, draftPreset = null, draftDir = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
-        bool graphs = true, load = false, int8 = false;
+        bool graphs = true, load = false;
+        var quantization = Tessera.Nn.Quantization.WeightQuantization.None;
         DType? kvDType = null;
         for (int i = 0; i < args.Length; i++)
         {
@@ -105,7 +107,7 @@ public static class ServeBench
                 case "--draft-preset": draftPreset = Next(); break;
                 case "--draft-model": draftDir = Next(); break;
                 case "--model": modelDir = Next(); break;
-                case "--quantize": int8 = Next() switch { "int8" => true, "none" => false, var q => throw new ArgumentException($"--quantize {q}: expected int8 or none") }; break;
+                case "--quantize": quantization = Next() switch { "int8" => Tessera.Nn.Quantization.WeightQuantization.Int8, "fp8" => Tessera.Nn.Quantization.WeightQuantization.Fp8, "none" => Tessera.Nn.Quantization.WeightQuantization.None, var q => throw new ArgumentException($"--quantize {q}: expected int8, fp8 or none") }; break;
                 case "--kv-dtype": kvDType = Next() switch { "int8" => DType.I8, "model" => null, var k => throw new ArgumentException($"--kv-dtype {k}: expected model (the model's dtype) or int8") }; break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
@@ -129,7 +131,7 @@ public static class ServeBench
         if (modelDir is null)
         {
             var config = ModelPresets.Get(preset) with { MaxSequenceLength = Math.Max(context, ModelPresets.Get(preset).MaxSequenceLength) };
-            model = int8 ? PretrainedModel.Quantized(config, backend, dtype) : new Transformer(config, backend, dtype);
+            model = quantization != Tessera.Nn.Quantization.WeightQuantization.None ? PretrainedModel.Quantized(config, backend, dtype, quantization: quantization) : new Transformer(config, backend, dtype);
             model.ValidateInputs = false;
             BenchmarkWeights.Initialize(model, seed: 2);
             tokenizer = new SyntheticTokenizer(config.VocabSize);
@@ -137,7 +139,7 @@ public static class ServeBench
         else
         {
             (model, string directory, string? trained) = TrainedModel.Load(modelDir, backend, dtype,
-                quantization: int8 ? Tessera.Nn.Quantization.WeightQuantization.Int8 : Tessera.Nn.Quantization.WeightQuantization.None);
+                quantization: quantization);
             string spec = trained ?? directory;
             tokenizer = spec == "byte" ? new ByteTokenizer() : TokenizerLoader.FromDirectory(spec);
             if (context > model.Config.MaxSequenceLength)
@@ -234,7 +236,7 @@ public static class ServeBench
         int[] Prompt() => corpusPrompt?.Invoke(rng) ?? Enumerable.Range(0, prompt).Select(_ => rng.Next(config.VocabSize)).ToArray();
         double copy = cuda is null ? double.NaN : Gpu.GpuDecodeBench.DeviceCopyBandwidth(cuda);
         long weightBytes = model.WeightBytes;
-        string weights = model.Layout.Storage is Tessera.Nn.Quantization.QuantizedParameterStorage ? $"int8 + {dtype}" : $"{dtype}";
+        string weights = model.Layout.Storage is Tessera.Nn.Quantization.QuantizedParameterStorage q ? $"{q.Format.ToString().ToLowerInvariant()} + {dtype}" : $"{dtype}";
         long kvPerPosition = PagedKvCache.BlockBytes(engine.Options.Cache.PoolDType(dtype), config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);
         if (engine.Options.Cache.DType == DType.I8) weights += ", int8 KV";
         // Warm-up, outside the timings: every level once with whole prompts and 4 new tokens, so that every batch-size bucket

@@ -61,15 +61,17 @@ public static class SharedOptions
         return option;
     }
 
-    /// <summary>--quantize none|int8: how an inference model keeps its linear layers' weights.</summary>
+    /// <summary>--quantize none|int8|fp8: how an inference model keeps its linear layers' weights.</summary>
     public static Option<Tessera.Nn.Quantization.WeightQuantization> Quantize()
     {
-        string[] names = ["none", "int8"];
+        string[] names = ["none", "int8", "fp8"];
         var option = new Option<Tessera.Nn.Quantization.WeightQuantization>("--quantize")
         {
-            Description = "keep the weight matrices (the draft model's too) as int8 with one scale a row (a byte a weight; norms and " +
-                "biases stay in --dtype), quantized as the model loads [default: none]",
-            HelpName = "none|int8",
+            Description = "keep the weight matrices (the draft model's too) a byte a weight with one scale a row, quantized as the " +
+                "model loads: int8 (weight-only: products in --dtype), or fp8 (E4M3 weights, and each product quantizes its input's " +
+                "rows to E4M3 too: FP8 tensor cores on compute capability 8.9+, a dequantized product elsewhere; bf16/f16/f32 on " +
+                "CUDA, f32/f64 on the CPU); norms and biases stay in --dtype [default: none]",
+            HelpName = "none|int8|fp8",
             DefaultValueFactory = _ => Tessera.Nn.Quantization.WeightQuantization.None,
             CustomParser = result =>
             {
@@ -78,8 +80,9 @@ public static class SharedOptions
                 {
                     case "none": return Tessera.Nn.Quantization.WeightQuantization.None;
                     case "int8": return Tessera.Nn.Quantization.WeightQuantization.Int8;
+                    case "fp8": return Tessera.Nn.Quantization.WeightQuantization.Fp8;
                     default:
-                        result.AddError($"--quantize '{text}': expected none or int8");
+                        result.AddError($"--quantize '{text}': expected none, int8 or fp8");
                         return Tessera.Nn.Quantization.WeightQuantization.None;
                 }
             },

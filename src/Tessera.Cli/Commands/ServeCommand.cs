@@ -192,7 +192,7 @@ public sealed class ServeCommand : Command
         var server = OpenAiServer.StartAsync(engine, new ChatPrompt(format, tokenizer), serve).GetAwaiter().GetResult();
         var m = engine.Metrics;
         string split = ranks == 1 ? "" : $", split over {ranks} tensor-parallel ranks";
-        string weights = model.Layout.Storage is QuantizedParameterStorage ? $"int8 weights and {dtype}" : $"{dtype}";
+        string weights = model.Layout.Storage is QuantizedParameterStorage q ? $"{q.Format.ToString().ToLowerInvariant()} weights and {dtype}" : $"{dtype}";
         terminal.Line($"serving '{serve.ModelName}' ({model.Config.Family}, {model.Config.Layers} layers, {weights} on {backend.Device}{split}; " +
             $"{model.WeightBytes / (1024.0 * 1024):F1} MiB of weights) at {server.BaseAddress}");
         string kvKind = engineOptions.Cache.DType == DType.I8 ? " (int8, a scale per position and head)" : "";

@@ -13,6 +13,8 @@ internal static unsafe partial class CublasLt
     internal const int CUDA_R_64F = 1;
     internal const int CUDA_R_16F = 2;
     internal const int CUDA_R_16BF = 14;
+    /// <summary>cudaDataType CUDA_R_8F_E4M3: OCP FP8 E4M3 ("fn").</summary>
+    internal const int CUDA_R_8F_E4M3 = 28;
 
     internal const int CUBLAS_OP_N = 0;
     internal const int CUBLAS_OP_T = 1;
@@ -24,6 +26,17 @@ internal static unsafe partial class CublasLt
     internal const int CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER = 11;
     internal const int CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD = 12;
     internal const int CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26;
+    // FP8 scaling (cublasLtMatmulDescAttributes_t): device pointers to A's and B's scales, and how they are read.
+    internal const int CUBLASLT_MATMUL_DESC_A_SCALE_POINTER = 17;
+    internal const int CUBLASLT_MATMUL_DESC_B_SCALE_POINTER = 18;
+    internal const int CUBLASLT_MATMUL_DESC_A_SCALE_MODE = 31;
+    internal const int CUBLASLT_MATMUL_DESC_B_SCALE_MODE = 32;
+
+    /// <summary>
+    /// cublasLtMatmulMatrixScale_t OUTER_VEC_32F (cuBLAS 12.9+): A's scales are an F32 vector of one value a row of op(A) (M),
+    /// B's one a column of op(B) (N), and D[i, j] = alpha scaleA[i] scaleB[j] Σ A[i, l] B[l, j] + beta C[i, j].
+    /// </summary>
+    internal const int CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F = 3;
 
     internal const uint CUBLASLT_EPILOGUE_DEFAULT = 1;
     internal const uint CUBLASLT_EPILOGUE_BIAS = 4;

@@ -41,6 +41,7 @@ internal static class HostCollectives
                     case DType.F16: Move<Half>(cs, size); break;
                     case DType.U16: Move<ushort>(cs, size); break;
                     case DType.I8: Move<sbyte>(cs, size); break;
+                    case DType.F8E4M3: Move<byte>(cs, size); break;
                     default: throw new NotSupportedException($"data movement of {dtype}");
                 }
                 break;

@@ -251,6 +251,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         DType.F16 => (NcclDataType.Float16, (nuint)t.NumElements),
         DType.I32 => (NcclDataType.Int32, (nuint)t.NumElements),
         DType.I8 => (NcclDataType.Int8, (nuint)t.NumElements),
+        DType.F8E4M3 => (NcclDataType.Uint8, (nuint)t.NumElements),     // moved as bytes; never reduced
         DType.U16 => (NcclDataType.Uint8, (nuint)(2 * t.NumElements)), // moved as bytes; never reduced
         _ => throw new NotSupportedException($"NCCL has no type for {t.DType}"),
     };

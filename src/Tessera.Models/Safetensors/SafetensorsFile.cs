@@ -134,6 +134,9 @@ public sealed class SafetensorsFile : IDisposable
     {
         ArgumentNullException.ThrowIfNull(runs);
         var t = this[name];
+        if (t.DType == DType.F8E4M3)
+            throw new NotSupportedException($"{Path}: tensor '{name}' is F8_E4M3, a pre-quantized FP8 checkpoint (its scales live in other " +
+                "tensors), which Tessera does not read; load the model's BF16, F16 or F32 weights and quantize them as they load (--quantize fp8)");
         if (!t.DType.IsFloatingPoint())
             throw new NotSupportedException($"{Path}: tensor '{name}' is {t.DType}, not a floating-point type");
         long total = 0;

@@ -102,7 +102,7 @@ internal static class SafetensorsHeaderParser
                         throw new SafetensorsFormatException(path, $"tensor '{name}': dtype must be a string");
                     string text = reader.GetString()!;
                     dtype = DTypeInfo.FromSafetensorsName(text)
-                        ?? throw new SafetensorsFormatException(path, $"tensor '{name}': unknown or unsupported dtype '{text}' (supported: F64, F32, BF16, F16, I32, U16, I8)");
+                        ?? throw new SafetensorsFormatException(path, $"tensor '{name}': unknown or unsupported dtype '{text}' (supported: F64, F32, BF16, F16, I32, U16, I8, F8_E4M3)");
                     break;
                 case "shape":
                     shape = ReadIntegers(ref reader, path, name, "shape").Select(d => d > int.MaxValue

@@ -49,8 +49,8 @@ public sealed class SafetensorsWriter
     /// <summary>The order the reference implementation lays tensors out: larger dtype alignment first, then name.</summary>
     internal static int DTypeRank(DType dtype) => dtype switch
     {
-        // Position in the reference Dtype enum (BOOL, ..., U8, I8, ..., I16, U16, F16, BF16, I32, U32, F32, C64, F64, ...).
-        DType.I8 => 0, DType.U16 => 1, DType.F16 => 2, DType.BF16 => 3, DType.I32 => 4, DType.F32 => 5, DType.F64 => 6,
+        // Position in the reference Dtype enum (BOOL, ..., U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32, U32, F32, C64, F64, ...).
+        DType.I8 => 0, DType.F8E4M3 => 1, DType.U16 => 2, DType.F16 => 3, DType.BF16 => 4, DType.I32 => 5, DType.F32 => 6, DType.F64 => 7,
         _ => throw new ArgumentOutOfRangeException(nameof(dtype)),
     };
 

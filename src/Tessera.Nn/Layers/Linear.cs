@@ -125,7 +125,7 @@ public class Linear
         var x = ctx.Get(_input);
         var backend = dy.Backend;
         if (Weight.Quantized is not null && Weight.RequiresGradient)
-            throw new NotSupportedException($"{Name}: the weight is quantized (int8) and cannot be trained; train LoRA adapters over it, or load the model without quantization");
+            throw new NotSupportedException($"{Name}: the weight is quantized (int8 or fp8) and cannot be trained; train LoRA adapters over it, or load the model without quantization");
         if (dy.Rank != 2 || dy.Size(0) != x.Size(0) || dy.Size(1) != OutFeatures)
             throw new ArgumentException($"{Name}: output gradient {dy.Shape} must be ({x.Size(0)}, {OutFeatures})");
         if (geluPreActivation is not null && (dx is null || accumulateDx))

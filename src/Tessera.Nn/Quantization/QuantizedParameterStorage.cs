@@ -3,13 +3,14 @@ using Tessera.Tensors;
 namespace Tessera.Nn.Quantization;
 
 /// <summary>
-/// An inference model's parameters with the weights of its linear layers quantized to int8 (<see cref="WeightQuantization.Int8"/>):
-/// the chosen weights live as <see cref="QuantizedWeight"/>s (one I8 buffer, one F32 buffer of row scales), every other
+/// An inference model's parameters with the weights of its linear layers quantized to int8 (<see cref="WeightQuantization.Int8"/>)
+/// or FP8 E4M3 (<see cref="WeightQuantization.Fp8"/>): the chosen weights live as <see cref="QuantizedWeight"/>s (one I8 or
+/// F8E4M3 buffer, one F32 buffer of row scales), every other
 /// parameter (embeddings, norms, biases) in one value buffer of the model's dtype. No gradients and no masters: it is frozen.
 /// <para>A linear layer finds its weight through <see cref="Parameter.Quantized"/> and runs <see cref="IBackend.QuantizedMatMul"/>;
 /// <see cref="Parameter.Value"/> of a quantized weight throws, naming it, so no code reads a weight that is not there.
 /// Loaders write through <see cref="Parameter.WriteMasterOrValue"/> as into an arena: the weight arrives in a transient F32
-/// tensor and is quantized on the host (<see cref="Int8Quantization.QuantizeRows"/>); readers of the authoritative value
+/// tensor and is quantized on the host (<see cref="Int8Quantization.QuantizeRows"/>, <see cref="Fp8Quantization.QuantizeRows"/>); readers of the authoritative value
 /// (<see cref="Parameter.ReadMasterOrValue{T}"/>: finite checks, export) get the dequantized weight in F32.</para>
 /// </summary>
 public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
@@ -21,16 +22,20 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
 
     /// <summary>
     /// Allocates, on <paramref name="backend"/>, the parameters of <paramref name="layout"/>: those <paramref name="quantize"/>
-    /// picks (each must be a rank-2 weight (N, K)) as int8 with row scales, the rest in <paramref name="dtype"/>; all zero.
-    /// Attaches itself to the layout.
+    /// picks (each must be a rank-2 weight (N, K)) as int8 (or, with <paramref name="format"/> <see cref="WeightQuantization.Fp8"/>,
+    /// E4M3) with row scales, the rest in <paramref name="dtype"/>; all zero. Attaches itself to the layout.
     /// </summary>
-    public QuantizedParameterStorage(ParameterLayout layout, IBackend backend, DType dtype, Func<Parameter, bool> quantize)
+    public QuantizedParameterStorage(ParameterLayout layout, IBackend backend, DType dtype, Func<Parameter, bool> quantize,
+        WeightQuantization format = WeightQuantization.Int8)
     {
         ArgumentNullException.ThrowIfNull(layout);
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(quantize);
         if (dtype is not (DType.F32 or DType.F64 or DType.BF16 or DType.F16))
             throw new ArgumentException($"quantized parameters: the other parameters' dtype must be floating point, got {dtype}", nameof(dtype));
+        if (format is not (WeightQuantization.Int8 or WeightQuantization.Fp8))
+            throw new ArgumentException($"quantized parameters: the format must be Int8 or Fp8, got {format}", nameof(format));
+        Format = format;
         Layout = layout;
         Backend = backend;
         DType = dtype;
@@ -50,7 +55,7 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
         if (valueLength > 0) _valueBuffer = backend.Zeros(BufferShape(valueLength), dtype);
         if (quantizedLength > 0)
         {
-            _quantizedBuffer = backend.Zeros(BufferShape(quantizedLength), DType.I8);
+            _quantizedBuffer = backend.Zeros(BufferShape(quantizedLength), format == WeightQuantization.Fp8 ? DType.F8E4M3 : DType.I8);
             _scaleBuffer = backend.Zeros(BufferShape(rows), DType.F32);
         }
         long valueOffset = 0, quantizedOffset = 0, rowOffset = 0;
@@ -90,10 +95,13 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
     /// <summary>The dtype of the parameters that are not quantized (and of the products' activations).</summary>
     public DType DType { get; }
 
-    /// <summary>How many parameters are held as int8.</summary>
+    /// <summary>How the quantized weights are held: <see cref="WeightQuantization.Int8"/> or <see cref="WeightQuantization.Fp8"/>.</summary>
+    public WeightQuantization Format { get; }
+
+    /// <summary>How many parameters are held quantized.</summary>
     public int QuantizedCount { get; }
 
-    /// <summary>Bytes of the buffers held on the backend: the values, the int8 weights and their scales.</summary>
+    /// <summary>Bytes of the buffers held on the backend: the values, the quantized weights and their scales.</summary>
     public long AllocatedBytes => _disposed ? 0 : (_valueBuffer?.Storage.ByteLength ?? 0) + (_quantizedBuffer?.Storage.ByteLength ?? 0)
         + (_scaleBuffer?.Storage.ByteLength ?? 0);
 
@@ -102,7 +110,7 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
 
     /// <inheritdoc/>
     public Tensor Value(Parameter parameter) => Live()._values[Check(parameter).Index] ?? throw new InvalidOperationException(
-        $"parameter '{parameter.Name}' is held as int8 with row scales (weight-only quantization); read Parameter.Quantized, or " +
+        $"parameter '{parameter.Name}' is held as {(Format == WeightQuantization.Fp8 ? "fp8" : "int8")} with row scales (quantized weights); read Parameter.Quantized, or " +
         "Parameter.ReadMasterOrValue for the dequantized weight");
 
     /// <inheritdoc/>
@@ -132,7 +140,8 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
 
     /// <inheritdoc/>
     /// <remarks>A quantized weight is written into a transient F32 tensor, read to the host and quantized there
-    /// (<see cref="Int8Quantization.QuantizeRows"/>, which refuses weights that are not finite, naming the parameter).</remarks>
+    /// (<see cref="Int8Quantization.QuantizeRows"/> or <see cref="Fp8Quantization.QuantizeRows"/>, which refuse weights that are
+    /// not finite, naming the parameter).</remarks>
     public void WriteAuthoritative(Parameter parameter, Action<Tensor> write)
     {
         ArgumentNullException.ThrowIfNull(write);
@@ -145,7 +154,8 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
             host = Backend.ToArray<float>(w);
         }
         finally { w.Storage.Dispose(); }
-        Int8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
+        if (q.IsFp8) Fp8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
+        else Int8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
     }
 
     /// <inheritdoc/>

@@ -8,7 +8,14 @@ public enum WeightQuantization
 
     /// <summary>
     /// Signed 8-bit integers with one F32 scale per output row (<see cref="Tessera.Tensors.QuantizedWeight"/>): a byte a weight
-    /// instead of two (BF16) or four (F32); embeddings and norms stay in the model's dtype.
+    /// instead of two (BF16) or four (F32); norms and biases stay in the model's dtype.
     /// </summary>
     Int8,
+
+    /// <summary>
+    /// OCP FP8 E4M3 codes with one F32 scale per output row (W8A8-FP8, vLLM's dynamic form): a byte a weight, and the products
+    /// quantize each row of their input to E4M3 as they run (<see cref="Tessera.Tensors.Fp8Quantization"/>), so that tensor
+    /// cores of compute capability 8.9 and above multiply codes by codes. Norms and biases stay in the model's dtype.
+    /// </summary>
+    Fp8,
 }

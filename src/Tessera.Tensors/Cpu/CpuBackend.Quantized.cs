@@ -3,7 +3,8 @@ using System.Runtime.Intrinsics.X86;
 
 namespace Tessera.Tensors.Cpu;
 
-// Weight-only int8 products: x times a weight of int8 rows with one F32 scale each (QuantizedWeight).
+// Weight-only int8 products: x times a weight of int8 rows with one F32 scale each (QuantizedWeight); FP8 weights' in
+// CpuBackend.QuantizedFp8.cs. Dequantize and the embedding lookups take both.
 public sealed unsafe partial class CpuBackend
 {
     /// <summary>
@@ -24,8 +25,9 @@ public sealed unsafe partial class CpuBackend
 
     /// <inheritdoc/>
     /// <remarks>F32 with at most 8 rows: the direct kernel (AVX2 where present; GELU after it). More rows, and F64 (the
-    /// reference): tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each. A norm
-    /// normalizes x into a tensor of its own first (<see cref="RmsNormMatMul"/>'s composition).</remarks>
+    /// reference): tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each. FP8 weights:
+    /// x quantized row by row and the sums of codes in F64 (<see cref="QuantizedFp8"/>). A norm normalizes x into a tensor of
+    /// its own first (<see cref="RmsNormMatMul"/>'s composition).</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null)
     {
@@ -41,12 +43,13 @@ public sealed unsafe partial class CpuBackend
             KeepOperandsAlive(x, r.Weight);
             return;
         }
-        bool direct = x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
+        bool direct = !weight.IsFp8 && x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
             && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous) && (auxiliary is null || auxiliary.Stride(1) == 1);
         // GELU: the product goes to the pre-activation (the GEMM's GELU epilogue wants whole contiguous tensors, and the direct
         // kernel has none), then the activation into y.
         var product = epilogue == MatMulEpilogue.Gelu ? auxiliary! : y;
-        if (direct) QuantizedDirect(x, weight, product, (float)beta, bias, addend);
+        if (weight.IsFp8) QuantizedFp8(x, weight, product, beta, bias, addend);
+        else if (direct) QuantizedDirect(x, weight, product, (float)beta, bias, addend);
         else QuantizedTiled(x, weight, product, beta, bias, addend);
         if (epilogue == MatMulEpilogue.Gelu) GeluForward(product, y);
         KeepOperandsAlive(x, weight.Values, weight.Scales, y, bias, auxiliary, addend);
@@ -66,11 +69,28 @@ public sealed unsafe partial class CpuBackend
         float* s = Ptr<float>(weight.Scales);
         var dtype = output.DType;
         byte* o = BytePtr(output);
+        bool fp8 = weight.IsFp8;
         ParallelChunks(weight.Rows, k, (start, end) =>
         {
             for (long n = start; n < end; n++)
             {
                 float scale = s[n];
+                if (fp8)
+                {
+                    // scale x code: exact in F64, rounded once in F32 and (through F32) in BF16, as the int8 form.
+                    byte* codes = (byte*)q + n * k;
+                    for (int c = 0; c < k; c++)
+                    {
+                        float v = Float8E4M3.ToSingle(codes[c]);
+                        switch (dtype)
+                        {
+                            case DType.F32: ((float*)o)[n * k + c] = scale * v; break;
+                            case DType.F64: ((double*)o)[n * k + c] = (double)scale * v; break;
+                            default: ((BFloat16*)o)[n * k + c] = BFloat16.FromSingle(scale * v); break;
+                        }
+                    }
+                    continue;
+                }
                 sbyte* row = q + n * k;
                 switch (dtype)
                 {
@@ -92,7 +112,7 @@ public sealed unsafe partial class CpuBackend
         QuantizedLookup(nameof(QuantizedEmbeddingShardForward), ids, table, output, rowOffset, shard: true, accumulate: false);
 
     /// <summary>
-    /// output (N, C) (+)= the dequantized rows ids - rowOffset of an int8 table (V, C); an id outside the table is refused, or,
+    /// output (N, C) (+)= the dequantized rows ids - rowOffset of an int8 or FP8 table (V, C); an id outside the table is refused, or,
     /// for a vocabulary <paramref name="shard"/>, gives a row of zeros.
     /// </summary>
     private void QuantizedLookup(string op, Tensor ids, QuantizedWeight table, Tensor output, int rowOffset, bool shard, bool accumulate)
@@ -113,7 +133,7 @@ public sealed unsafe partial class CpuBackend
                 if ((uint)pid[r] >= (uint)v) throw new ArgumentException($"{op}: id {pid[r]} at row {r} is outside the table's {v} rows", nameof(ids));
         sbyte* q = Ptr<sbyte>(table.Values);
         float* s = Ptr<float>(table.Scales);
-        bool f32 = output.DType == DType.F32;
+        bool f32 = output.DType == DType.F32, fp8 = table.IsFp8;
         byte* o = BytePtr(output);
         ParallelChunks(n, c, (r0, r1) =>
         {
@@ -123,7 +143,8 @@ public sealed unsafe partial class CpuBackend
                 bool held = local >= 0 && local < v;
                 for (int j = 0; j < c; j++)
                 {
-                    double value = held ? (double)s[local] * q[local * c + j] : 0.0;   // exact in double; F32 rounds it once
+                    double value = !held ? 0.0                                         // exact in double; F32 rounds it once
+                        : fp8 ? (double)s[local] * Float8E4M3.ToSingle(((byte*)q)[local * c + j]) : (double)s[local] * q[local * c + j];
                     if (f32) { float* d = (float*)o + r * c + j; *d = accumulate ? *d + (float)value : (float)value; }
                     else { double* d = (double*)o + r * c + j; *d = accumulate ? *d + value : value; }
                 }

@@ -65,7 +65,7 @@ public static class LoraCheckpoint
                 {
                     Rank = o.Rank, Alpha = o.Alpha, Dropout = o.Dropout, Targets = o.Targets.Select(t => t.Name).ToList(), BaseModel = baseModel,
                     DataParallel = trainer.Parallelism.Group?.Size ?? 1, MasksDrawn = adapters.MasksDrawn,
-                    BaseQuantization = trainer.Model.Layout.Storage is Nn.Quantization.QuantizedParameterStorage ? "int8" : "none",
+                    BaseQuantization = trainer.Model.Layout.Storage is Nn.Quantization.QuantizedParameterStorage q ? q.Format.ToString().ToLowerInvariant() : "none",
                 },
             };
             AtomicFile.WriteAllText(Path.Combine(dir, "trainer_state.json"), JsonSerializer.Serialize(state, Json));

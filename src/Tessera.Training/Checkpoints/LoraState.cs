@@ -24,7 +24,7 @@ public sealed record LoraState
     [JsonPropertyName("data_parallel")] public int DataParallel { get; init; } = 1;
 
     /// <summary>How the frozen base held its weight matrices: "none" (the model's dtype, and checkpoints written before this
-    /// field) or "int8" (<c>--quantize int8</c>); a resume holds the base the same way.</summary>
+    /// field), "int8" (<c>--quantize int8</c>) or "fp8" (<c>--quantize fp8</c>); a resume holds the base the same way.</summary>
     [JsonPropertyName("base_quantization")] public string BaseQuantization { get; init; } = "none";
 
     /// <summary>Dropout masks drawn by each adapted layer so far, in layer order (the dropout's random state).</summary>

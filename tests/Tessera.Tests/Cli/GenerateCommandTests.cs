@@ -142,7 +142,7 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
     /// `--quantize int8` loads the run with int8 weights and says so; a seed gives the same text twice; the greedy text of the
     /// trained README model is the float model's (checked by hand, docs/benchmarks.md: a two-step run's near-uniform logits
     /// make no such promise); split over two tensor-parallel thread ranks too, and with the run as its own quantized draft model
-    /// (every guess kept). An unknown scheme is a usage error naming the option.
+    /// (every guess kept); `--quantize fp8` likewise loads and says so. An unknown scheme is a usage error naming the option.
     /// </summary>
     [Fact]
     public void QuantizedGenerationRunsAndSaysSo()
@@ -164,7 +164,13 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
         Assert.True(counts.Success && counts.Groups[1].Value == counts.Groups[2].Value && counts.Groups[2].Value != "0", err5);
         var (code3, _, err3) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--quantize", "int4");
         Assert.Equal(2, code3);
-        Assert.Contains("--quantize 'int4': expected none or int8", err3);
+        Assert.Contains("--quantize 'int4': expected none, int8 or fp8", err3);
+        // FP8 weights (W8A8: the CPU quantizes each product's input rows too) load, generate and say so.
+        var (code6, fp8Text, err6) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "30", "--seed", "3",
+            "--quantize", "fp8", "--threads", "1");
+        Assert.True(code6 == 0, err6);
+        Assert.StartsWith("the ", fp8Text);
+        Assert.Matches(@"\[30 tokens .*; fp8 weights, [\d.]+ MiB\]", err6);
     }
 
     /// <summary>

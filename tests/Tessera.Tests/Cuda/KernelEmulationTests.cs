@@ -108,6 +108,20 @@ public sealed class KernelEmulationTests
              "dequantize_f32 N=8 K=4096 grid=7 block=128 exact"]);
 
     /// <summary>
+    /// The FP8 kernels of quantized.cu: the E4M3 conversions against the format's definition (every code; a sweep, the
+    /// midpoints and the special values encoded to the nearest code by search) and <c>quantize_rows_fp8_f32</c> (the dynamic
+    /// per-row quantization of <see cref="CudaBackend.QuantizedMatMul"/>'s FP8 path) against a C++ copy of
+    /// <see cref="Tessera.Tensors.Fp8Quantization.QuantizeRow"/>: codes and scales exactly without a norm; with the RMSNorm
+    /// prologue a code may move by one step where the block's sums round differently (Emulation/fp8_kernels.cpp).
+    /// <see cref="CudaFp8QuantizedMatMulTests"/> checks them on the device.
+    /// </summary>
+    [Fact]
+    public void Fp8QuantizationKernelsGiveTheCpusCodesOnTheCpuEmulation() =>
+        RunEmulated(["quantized.cu"], "fp8_kernels",
+            ["e4m3_to_f: every code is its definition's value", "e4m3_from_f: sweep, midpoints and special values = nearest code",
+             "quantize_rows_fp8_f32 M=5 K=1000 ld=1024 exact", "quantize_rows_fp8_f32 M=5 K=1000 ld=1024 norm"]);
+
+    /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,
     /// skipping the rows left to the tensor-core prefill kernel, the splits merged by the kernel's last CTA (counters; its batched
     /// merge, up to 18 splits, equal bit for bit to the serial one), the tiled decode kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>:

@@ -51,7 +51,7 @@ public sealed class BenchGenerateCommand : Command
         Transformer model;
         if (preset is not null)
         {
-            model = quantization == WeightQuantization.Int8 ? PretrainedModel.Quantized(preset, backend, dtype) : new Transformer(preset, backend, dtype);
+            model = quantization != WeightQuantization.None ? PretrainedModel.Quantized(preset, backend, dtype, quantization: quantization) : new Transformer(preset, backend, dtype);
             BenchmarkWeights.Initialize(model, seed: 2);
         }
         else model = Loading.Run(terminal, $"loading {spec}", () => TrainedModel.Load(spec, backend, dtype, quantization: quantization).Model);
@@ -62,7 +62,7 @@ public sealed class BenchGenerateCommand : Command
         var r = Loading.Run(terminal, "measuring", () => new GenerationBenchmark(model, options, PeakBytes(backend)).Run());
 
         var table = Create("model", "params", "dtype", "decode step", "prompt", "new", "prefill ms", "prefill tokens/s", "decode ms/token", "decode tokens/s", "GB/s", "peak memory");
-        table.AddRow(spec, Millions(r.ParameterCount), quantization == WeightQuantization.Int8 ? $"int8 + {dtype}" : dtype.ToString(), r.DecodeStepReplayed ? "graph" : "eager", $"{r.PromptLength}", $"{r.NewTokens}",
+        table.AddRow(spec, Millions(r.ParameterCount), quantization != WeightQuantization.None ? $"{quantization.ToString().ToLowerInvariant()} + {dtype}" : dtype.ToString(), r.DecodeStepReplayed ? "graph" : "eager", $"{r.PromptLength}", $"{r.NewTokens}",
             Num(r.PrefillMilliseconds, "F1"), Num(r.PrefillTokensPerSecond, "F0"), Num(r.DecodeMillisecondsPerToken, "F2"), Num(r.DecodeTokensPerSecond, "F1"),
             Num(r.BandwidthBytesPerSecond / 1e9, "F1"), GiB(r.PeakDeviceBytes));
         terminal.Line();

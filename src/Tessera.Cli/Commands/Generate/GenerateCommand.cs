@@ -232,7 +232,7 @@ public sealed class GenerateCommand : Command
             : "an end-of-text token";
         double seconds = clock.Elapsed.TotalSeconds;
         string drafts = request.DraftTokens > 0 ? $"; {generator.LastRunAcceptedDraftTokens} of {generator.LastRunDraftTokens} draft tokens accepted" : "";
-        string weights = model.Layout.Storage is QuantizedParameterStorage ? $"; int8 weights, {model.WeightBytes / (1024.0 * 1024):F1} MiB" : "";
+        string weights = model.Layout.Storage is QuantizedParameterStorage q ? $"; {q.Format.ToString().ToLowerInvariant()} weights, {model.WeightBytes / (1024.0 * 1024):F1} MiB" : "";
         terminal.Note(string.Create(CultureInfo.InvariantCulture,
             $"[{produced} tokens in {seconds:F2} s, {produced / Math.Max(seconds, 1e-9):F1} tok/s; stopped at {why}{drafts}{weights}]"));
         return 0;

@@ -53,8 +53,9 @@ public sealed class LoraTrainRun(TrainSettings settings, Terminal terminal)
             resumeFrom = _run.Checkpoints.Latest() ?? throw new UsageException($"--resume: {settings.Out} has no checkpoint to resume ({_run.Checkpoints.Root}/latest is missing); start the run without --resume");
             saved = TrainingCheckpoint.ReadState(resumeFrom);
             if (saved.Lora is null) throw new UsageException($"--resume with --lora: {resumeFrom} is a full-weight checkpoint; resume it without --lora");
-            // The base is held as the run held it: an int8 run resumes over int8 whether or not --quantize is given again.
+            // The base is held as the run held it: an int8 (fp8) run resumes over int8 (fp8) whether or not --quantize is given again.
             if (saved.Lora.BaseQuantization == "int8") settings = settings with { Quantize = Tessera.Nn.Quantization.WeightQuantization.Int8 };
+            else if (saved.Lora.BaseQuantization == "fp8") settings = settings with { Quantize = Tessera.Nn.Quantization.WeightQuantization.Fp8 };
             else if (settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None)
                 throw new UsageException($"--quantize {settings.Quantize.ToString().ToLowerInvariant()}: {resumeFrom} trained its adapters over a base in its dtype; resume it without --quantize");
         }

@@ -130,8 +130,8 @@ public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, strin
     private Transformer BuildModel(IBackend backend)
     {
         using var hf = HuggingFaceModelDirectory.Open(plan.ModelDir);
-        var model = plan.Settings.Quantize == Tessera.Nn.Quantization.WeightQuantization.Int8
-            ? PretrainedModel.Quantized(hf.Config, backend, plan.DType, lora: plan.Lora)          // the base a byte a weight
+        var model = plan.Settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None
+            ? PretrainedModel.Quantized(hf.Config, backend, plan.DType, lora: plan.Lora, quantization: plan.Settings.Quantize)   // the base a byte a weight
             : new Transformer(hf.Config, backend, plan.DType, ArenaStorage.Frozen, lora: plan.Lora);
         hf.LoadInto(model.Layout.Parameters, backend);
         model.RecomputeActivations = plan.Settings.Recompute;
@@ -146,7 +146,7 @@ public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, strin
 
     private void Describe(Transformer model, string where) =>
         terminal.Line($"{model.Adapters!.ParameterCount:N0} trainable parameters beside {model.Layout.ParameterCount:N0} frozen" +
-            $"{(plan.Settings.Quantize == Tessera.Nn.Quantization.WeightQuantization.Int8 ? " (int8)" : "")}, {plan.DType} on {where}");
+            $"{(plan.Settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None ? $" ({plan.Settings.Quantize.ToString().ToLowerInvariant()})" : "")}, {plan.DType} on {where}");
 
     /// <summary>Collective under data parallelism: the checkpoint (rank 0 writes), then rank 0 copies its adapter to OUT/adapter.</summary>
     private void Save(Trainer trainer)

@@ -83,7 +83,7 @@ public sealed class TrainCommand : Command
                 || parse.GetResult(_loraDropout) is { Implicit: false } || settings.Adapter is not null))
                 throw new UsageException("--lora-alpha, --lora-dropout, --lora-targets and --adapter apply to LoRA fine-tuning; add --lora R");
             if (settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None && settings.LoraRank is null && !settings.Resume)
-                throw new UsageException("--quantize int8 trains LoRA adapters over an int8 base (the base's weights are not trained); add --lora R");
+                throw new UsageException($"--quantize {settings.Quantize.ToString().ToLowerInvariant()} trains LoRA adapters over a quantized base (the base's weights are not trained); add --lora R");
             if (settings.LoraRank is not null && settings.Masters == MasterWeights.Split)
                 throw new UsageException("--masters split: LoRA keeps the base frozen (no masters) and its adapters' masters separate; leave --masters out");
             // A LoRA run resumes as one: --resume of a directory whose checkpoint holds adapters needs no --lora.

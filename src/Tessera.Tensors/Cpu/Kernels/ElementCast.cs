@@ -5,7 +5,7 @@ namespace Tessera.Tensors.Cpu.Kernels;
 
 /// <summary>
 /// Converts runs of elements between dtypes. Floating to integer truncates toward zero and
-/// saturates (NaN becomes 0), as .NET's conversions do. F64 to BF16 rounds through F32.
+/// saturates (NaN becomes 0), as .NET's conversions do. F64 to BF16 and to F8E4M3 rounds through F32.
 /// </summary>
 internal static unsafe class ElementCast
 {
@@ -98,6 +98,7 @@ internal static unsafe class ElementCast
         DType.I32 => *(int*)p,
         DType.U16 => *(ushort*)p,
         DType.I8 => *(sbyte*)p,
+        DType.F8E4M3 => Float8E4M3.ToSingle(*p),
         _ => throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype"),
     };
 
@@ -114,6 +115,7 @@ internal static unsafe class ElementCast
             case DType.I32: *(int*)p = (int)value; break;
             case DType.U16: *(ushort*)p = (ushort)value; break;
             case DType.I8: *(sbyte*)p = (sbyte)value; break;
+            case DType.F8E4M3: *p = Float8E4M3.FromSingle((float)value); break;
             default: throw new ArgumentOutOfRangeException(nameof(type), type, "unknown dtype");
         }
     }
