@@ -1,3 +1,4 @@
+using Tessera.Cuda.Runtime;
 using Tessera.Cuda.Interop;
 using Tessera.Tensors;
 using static Tessera.Cuda.Interop.CublasLt;
@@ -19,9 +20,23 @@ public sealed unsafe partial class CudaBackend
     {
         public IntPtr Operation, LayoutW, LayoutX, LayoutY;
         public HeuristicResult Heuristic;
+
+        /// <summary>The heuristic's answers, best guess first (up to <see cref="CudaBackendOptions.MatMulHeuristicCandidates"/>).</summary>
+        public HeuristicResult[] Candidates = [];
+
+        /// <summary>Whether the algorithm was chosen yet: timed, taken from the row bucket, or left at the heuristic's first answer.</summary>
+        public bool Chosen;
     }
 
     private readonly Dictionary<Fp8Key, Fp8Plan?> _fp8Plans = new();
+
+    /// <summary>
+    /// The timed algorithm of each row-count bucket (<see cref="MatMulRowBucket"/>) of an FP8 product, as
+    /// <see cref="_bucketAlgorithms"/> keeps the 16-bit products': a serving step's row count changes with every step, and
+    /// the heuristic's first answer for FP8 at decode sizes ran the 64-stream decode step at 2.43 ms against 1.61 in BF16
+    /// (H200, 2026-12-05, session 27).
+    /// </summary>
+    private readonly Dictionary<Fp8Key, HeuristicResult> _fp8BucketAlgorithms = new();
 
     /// <summary>For tests: whether the last FP8 product ran on cuBLASLt's FP8 kernels (false: the dequantized fallback).</summary>
     internal bool LastFp8ProductOnTensorCores { get; private set; }
@@ -91,7 +106,9 @@ public sealed unsafe partial class CudaBackend
         long ldx = x.Stride(0);
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
         void** args = stackalloc void*[] { &px, &pn, &pc, &ps, &k, &ldx, &eps };
-        Launch("quantized.cu", "quantize_rows_fp8_" + Suffix(x.DType, "QuantizedMatMul"), ((uint)m, 1, 1), QuantizeRowsThreads, args);
+        // Dependent launch (programmatic, where the options allow it): its blocks are placed while the kernel that writes x
+        // finishes, and wait for it (pdl_wait) before reading.
+        Launch("quantized.cu", "quantize_rows_fp8_" + Suffix(x.DType, "QuantizedMatMul"), ((uint)m, 1, 1), QuantizeRowsThreads, args, 0, dependent: true);
     }
 
     /// <summary>For tests: <see cref="QuantizeRowsFp8"/> alone, x (M, K) into codes (M, K) F8E4M3 and scales (M) F32.</summary>
@@ -126,6 +143,7 @@ public sealed unsafe partial class CudaBackend
             _fp8Plans[key] = plan;
         }
         if (plan is null) return false;
+        if (!plan.Chosen) ChooseFp8Algorithm(plan, key, pw, px, pws, pxs, pbias);
         Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &pws, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
         Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &pxs, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
         if (pbias != 0)
@@ -182,22 +200,113 @@ public sealed unsafe partial class CudaBackend
         {
             ulong workspace = MatMulWorkspaceBytes;
             Check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
-            HeuristicResult result;
+            int asked = Options.TuneMatMulAlgorithms ? Options.MatMulHeuristicCandidates : 1;
+            var results = stackalloc HeuristicResult[asked];
             int returned = 0;
             int status = cublasLtMatmulAlgoGetHeuristic(_cublasLt, operation, plan.LayoutW, plan.LayoutX, plan.LayoutY, plan.LayoutY,
-                preference, 1, &result, &returned);
+                preference, asked, results, &returned);
             if (status != CUBLAS_STATUS_SUCCESS || returned == 0)
             {
                 DestroyFp8Plan(plan);
                 return null;
             }
-            plan.Heuristic = result;
+            plan.Heuristic = results[0];
+            plan.Candidates = new HeuristicResult[returned];
+            for (int i = 0; i < returned; i++) plan.Candidates[i] = results[i];
         }
         finally
         {
             cublasLtMatmulPreferenceDestroy(preference);
         }
         return plan;
+    }
+
+    /// <summary>
+    /// Picks a new FP8 plan's algorithm as <see cref="ChooseAlgorithm"/> does for 16-bit products: its row bucket's timed
+    /// algorithm when cuBLASLt accepts it for this shape, else the heuristic's candidates timed on this call's operands into
+    /// a scratch output (each run after an L2 flush for decode-size row counts, whose weights a step never finds in L2), the
+    /// fastest kept when it beats the first answer by 3 %. Not while a graph is recorded (the first answer stands) and not
+    /// with tuning off.
+    /// </summary>
+    private void ChooseFp8Algorithm(Fp8Plan plan, Fp8Key key, ulong pw, ulong px, ulong pws, ulong pxs, ulong pbias)
+    {
+        plan.Chosen = true;
+        if (!Options.TuneMatMulAlgorithms || _capturing || plan.Candidates.Length < 2) return;
+        var bucket = key with { M = MatMulRowBucket(key.M), Ldy = 0 };
+        if (_fp8BucketAlgorithms.TryGetValue(bucket, out var shared) && CheckFp8Candidate(plan, ref shared))
+        {
+            plan.Heuristic = shared;
+            MatMulBucketReuses++;
+            return;
+        }
+        long yBytes = ((long)(key.M - 1) * key.Ldy + key.N) * key.Out.SizeInBytes();
+        if (yBytes > MatMulTuneMaxScratchBytes) return;
+        bool cold = key.M <= MatMulTuneDecodeRows;
+        long flushBytes = 2L * CudaDevice.L2CacheBytes;
+        ulong scratchY = Scratch(yBytes), flush = cold ? Scratch(flushBytes) : 0;
+        try
+        {
+            Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &pws, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
+            Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &pxs, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
+            if (pbias != 0)
+                Check(cublasLtMatmulDescSetAttribute(plan.Operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &pbias, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute(BIAS_POINTER)");
+            CudaDevice.MakeCurrent();
+            using var start = new CudaEvent(CudaDevice);
+            using var end = new CudaEvent(CudaDevice);
+            float al = 1f, be = 0f;
+            int best = -1;
+            float bestMs = float.MaxValue, firstMs = float.NaN;
+            for (int i = 0; i < plan.Candidates.Length; i++)
+            {
+                float ms = 0;
+                fixed (ulong* algo = plan.Candidates[i].Algo)
+                {
+                    // A candidate turned down at run time (workspace, alignment) is skipped; the first run also warms it up.
+                    if (cublasLtMatmul(_cublasLt, plan.Operation, &al, pw, plan.LayoutW, px, plan.LayoutX, &be, scratchY, plan.LayoutY,
+                            scratchY, plan.LayoutY, algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle) != CUBLAS_STATUS_SUCCESS)
+                        continue;
+                    for (int r = 0; r < 3; r++)
+                    {
+                        if (cold) Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(flush, (byte)r, (nuint)flushBytes, Stream.Handle), "cuMemsetD8Async", "the L2 flush of an FP8 tuning run");
+                        start.Record(Stream);
+                        Check(cublasLtMatmul(_cublasLt, plan.Operation, &al, pw, plan.LayoutW, px, plan.LayoutX, &be, scratchY, plan.LayoutY,
+                            scratchY, plan.LayoutY, algo, _workspace, (nuint)MatMulWorkspaceBytes, Stream.Handle), "cublasLtMatmul", Describe(key));
+                        end.Record(Stream);
+                        end.Synchronize();
+                        ms += end.ElapsedSince(start) / 3;
+                    }
+                }
+                if (i == 0) firstMs = ms;
+                if (ms < bestMs) { bestMs = ms; best = i; }
+            }
+            if (best < 0) return;
+            if (best > 0 && !(bestMs < firstMs * MatMulTuneMargin)) best = 0;
+            plan.Heuristic = plan.Candidates[best];
+            _fp8BucketAlgorithms[bucket] = plan.Heuristic;
+            _tuningLog.Add($"{Describe(key)}: {plan.Candidates.Length} timed{(cold ? " from a cold L2" : "")}, chose #{best} ({AlgorithmText(plan.Heuristic)}), " +
+                $"{firstMs * 1000:F1} -> {(best == 0 ? firstMs : bestMs) * 1000:F1} us (for rows {MatMulBucketStart(bucket.M)}-{bucket.M})");
+        }
+        finally
+        {
+            if (flush != 0) FreeScratch(flush);
+            FreeScratch(scratchY);
+        }
+    }
+
+    /// <summary>Whether cuBLASLt accepts <paramref name="candidate"/> (another row count's algorithm) for this plan's shape; fills in its workspace.</summary>
+    private bool CheckFp8Candidate(Fp8Plan plan, ref HeuristicResult candidate)
+    {
+        HeuristicResult result;
+        fixed (ulong* algo = candidate.Algo)
+        {
+            int status = cublasLtMatmulAlgoCheck(_cublasLt, plan.Operation, plan.LayoutW, plan.LayoutX, plan.LayoutY, plan.LayoutY, algo, &result);
+            if (status != CUBLAS_STATUS_SUCCESS || result.State != CUBLAS_STATUS_SUCCESS || result.WorkspaceSize > (nuint)MatMulWorkspaceBytes)
+                return false;
+        }
+        candidate.WorkspaceSize = result.WorkspaceSize;
+        candidate.WavesCount = result.WavesCount;
+        candidate.State = CUBLAS_STATUS_SUCCESS;
+        return true;
     }
 
     private static void DestroyFp8Plan(Fp8Plan p)

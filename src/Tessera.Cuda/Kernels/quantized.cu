@@ -86,6 +86,7 @@ template <typename T> __device__ void quantize_rows_fp8(const T* x, const T* nor
 {
     const i64 row = blockIdx.x;
     x += row * ldx; codes += row * (i64)K;
+    pdl_wait();   // launched dependent on the kernel that writes x: nothing is read before it has finished
     float r = 1.f;
     if (norm_w)
     {

@@ -13,11 +13,13 @@ namespace Tessera.Tests.Cuda;
 /// codes and scales are identical (checked directly on <c>quantize_rows_fp8_*</c>), and the products differ only by the GPU's
 /// fp32 sums (exact codes times codes, then the scales) and the output's rounding. Tolerance 1e-2 of the largest output in
 /// BF16 and F16: the stored output keeps 8 (11) significant bits; on the dequantized fallback the operands are also rounded
-/// to that type (2^-9 relative each). With a norm, the GPU's rsqrt and sums may round differently from the CPU's, which can
-/// move a code of x by one E4M3 step (2^-3 of its binade at worst, one element of K): still well inside 1e-2 of the largest.
+/// to that type (2^-9 relative each). With a norm, the GPU rounds the normalized row to x's type before quantizing it (as
+/// the CPU backend does in BF16), where this F64 reference does not: about one code in 32 then lies one E4M3 step (2^-4
+/// relative) from the reference's, which moves an output by about sqrt(K / 32) 2^-4 terms against its sqrt(K) terms, 1e-2 of
+/// a typical output (the H200 measured 1.14-1.17e-2 of the largest, session 27): 3e-2 of the largest there.
 /// On compute capability 8.9 and up, shapes with K and N multiples of 16 must run on cuBLASLt's FP8 kernels
 /// (<see cref="FittingShapesRunOnTheFp8TensorCores"/>: if the enum values or layouts were wrong, cuBLASLt would refuse and
-/// every product would silently fall back). Not yet run on a device.
+/// every product would silently fall back). First run on an H200 in session 27.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaFp8QuantizedMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -135,7 +137,7 @@ public sealed class CudaFp8QuantizedMatMulTests(CudaFixture fixture) : CudaTestB
         }
     }
 
-    /// <summary>RMSNorm on the way, GELU after: within the tolerance the class states (a code of x may move by one step with the norm).</summary>
+    /// <summary>RMSNorm on the way (3e-2, the class says why), GELU after (1e-2).</summary>
     [Theory]
     [InlineData(DType.BF16, 4)]
     [InlineData(DType.BF16, 64)]
@@ -150,7 +152,7 @@ public sealed class CudaFp8QuantizedMatMulTests(CudaFixture fixture) : CudaTestB
         var y = Poisoned(dtype, m, N);
         Gpu.QuantizedMatMul(x, weight, y, bias: bias, norm: new RmsNormPrologue(g, 1e-5));
         var expected = CpuProduct(codes, scales, xv, m, N, K, bv, null, null, norm: new RmsNormPrologue(TestTensors.FromDoubles(_cpu, gv, DType.F64, K), 1e-5));
-        AssertClose(expected, Download(y), 1e-2, $"{dtype} M={m} with a norm");
+        AssertClose(expected, Download(y), 3e-2, $"{dtype} M={m} with a norm");
         var aux = Poisoned(dtype, m, N);
         Gpu.QuantizedMatMul(x, weight, y, bias: bias, epilogue: MatMulEpilogue.Gelu, auxiliary: aux);
         AssertClose(CpuProduct(codes, scales, xv, m, N, K, bv, null, null, MatMulEpilogue.Gelu), Download(y), 1e-2, $"{dtype} M={m} GELU");
