@@ -10,9 +10,10 @@ using Tessera.Training.Data;
 namespace Tessera.Bench.Serving;
 
 /// <summary>
-/// What int8 weights cost a trained model: the same model loaded in floating point and with <see cref="WeightQuantization.Int8"/>,
-/// both run over the windows of a validation shard; a table of the mean cross-entropy (nats a token), how often the two
-/// agree on the most likely next token, the largest logit difference against the logits' spread, and the weights' bytes.
+/// What int8 and FP8 weights cost a trained model: the same model loaded in floating point, with <see cref="WeightQuantization.Int8"/>
+/// and with <see cref="WeightQuantization.Fp8"/> (its activations quantized per row too), each run over the windows of a
+/// validation shard; a table of the mean cross-entropy (nats a token), how often each quantized model agrees with the float
+/// one on the most likely next token, the largest logit difference against the logits' spread, and the weights' bytes.
 /// <para>Usage: quantization --model DIR --val FILE [--windows 64] [--device cpu|cuda] [--dtype f32|bf16]</para>
 /// <para>quantization --ops [--device cpu|cuda] [--dtype f32|bf16]: the product alone, x (M, K) times a (N, K) weight in the dtype
 /// against the same weight as int8 (<see cref="IBackend.QuantizedMatMul"/>), median microseconds of 50 after at least 300 ms of warm-up, at
@@ -45,13 +46,20 @@ public static class QuantizationBench
         if (ops) return Ops(backend, dtype);
         if (modelDir is null || valPath is null) throw new ArgumentException("quantization: --model DIR and --val FILE are required");
         var plain = TrainedModel.Load(modelDir, backend, dtype).Model;
-        var int8 = TrainedModel.Load(modelDir, backend, dtype, quantization: WeightQuantization.Int8).Model;
+        (string Name, Transformer Model)[] quantized =
+        [
+            ("int8", TrainedModel.Load(modelDir, backend, dtype, quantization: WeightQuantization.Int8).Model),
+            ("fp8", TrainedModel.Load(modelDir, backend, dtype, quantization: WeightQuantization.Fp8).Model),
+        ];
         int t = plain.Config.MaxSequenceLength, v = plain.Config.VocabSize;
         var tokens = TokenShard.ReadTokens(valPath).ToArray();
         int count = Math.Min(windows, (tokens.Length - 1) / t);
         if (count < 1) throw new ArgumentException($"quantization: {valPath} holds {tokens.Length} tokens, fewer than one window of {t + 1}");
-        double lossPlain = 0, lossInt8 = 0, maxDiff = 0, spread = 0;
-        long agree = 0, positions = 0;
+        double lossPlain = 0, spread = 0;
+        var loss = new double[quantized.Length];
+        var maxDiff = new double[quantized.Length];
+        var agree = new long[quantized.Length];
+        long positions = 0;
         for (int w = 0; w < count; w++)
         {
             int start = w * ((tokens.Length - 1 - t) / Math.Max(1, count - 1));
@@ -59,18 +67,20 @@ public static class QuantizationBench
             for (int i = 0; i < t; i++) ids[i] = tokens[start + i];
             var input = backend.FromArray(ids, 1, t);
             var a = Logits(plain, input, v);
-            var b = Logits(int8, input, v);
             for (int i = 0; i < t; i++)
             {
-                int target = tokens[start + i + 1];
-                lossPlain += CrossEntropy(a, i * v, v, target);
-                lossInt8 += CrossEntropy(b, i * v, v, target);
-                if (ArgMax(a, i * v, v) == ArgMax(b, i * v, v)) agree++;
-                positions++;
-                for (int j = 0; j < v; j++)
+                lossPlain += CrossEntropy(a, i * v, v, tokens[start + i + 1]);
+                for (int j = 0; j < v; j++) spread = Math.Max(spread, Math.Abs(a[i * v + j]));
+            }
+            positions += t;
+            for (int q = 0; q < quantized.Length; q++)
+            {
+                var b = Logits(quantized[q].Model, input, v);
+                for (int i = 0; i < t; i++)
                 {
-                    maxDiff = Math.Max(maxDiff, Math.Abs(a[i * v + j] - b[i * v + j]));
-                    spread = Math.Max(spread, Math.Abs(a[i * v + j]));
+                    loss[q] += CrossEntropy(b, i * v, v, tokens[start + i + 1]);
+                    if (ArgMax(a, i * v, v) == ArgMax(b, i * v, v)) agree[q]++;
+                    for (int j = 0; j < v; j++) maxDiff[q] = Math.Max(maxDiff[q], Math.Abs(a[i * v + j] - b[i * v + j]));
                 }
             }
         }
@@ -79,8 +89,9 @@ public static class QuantizationBench
         Console.WriteLine("| weights | weight MiB | mean cross-entropy (nats/token) | greedy next token as F32's | largest logit difference (of the largest logit) |");
         Console.WriteLine("|---|---:|---:|---:|---:|");
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {dtype} | {plain.WeightBytes / 1048576.0:F2} | {lossPlain / positions:F4} | | |"));
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"| int8 + {dtype} | {int8.WeightBytes / 1048576.0:F2} | {lossInt8 / positions:F4} | {100.0 * agree / positions:F2} % | {maxDiff:F4} ({maxDiff / spread:P2}) |"));
+        for (int q = 0; q < quantized.Length; q++)
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {quantized[q].Name} + {dtype} | {quantized[q].Model.WeightBytes / 1048576.0:F2} | {loss[q] / positions:F4} | {100.0 * agree[q] / positions:F2} % | {maxDiff[q]:F4} ({maxDiff[q] / spread:P2}) |"));
         return 0;
     }
 
