@@ -101,12 +101,19 @@ public sealed unsafe partial class CudaBackend
     /// Whether cuBLASLt runs <paramref name="candidate"/> (a search's candidate, or an algorithm timed for another row count of
     /// the bucket) on this plan's shapes within the workspace; its workspace size and waves are filled in for these shapes.
     /// </summary>
-    private bool CheckCandidate(MatMulPlan plan, ref HeuristicResult candidate)
+    private bool CheckCandidate(MatMulPlan plan, ref HeuristicResult candidate) =>
+        CheckAlgorithm(plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, ref candidate);
+
+    /// <summary>
+    /// Whether cuBLASLt accepts <paramref name="candidate"/> for the product (<paramref name="operation"/>, cuBLAS's A and B
+    /// layouts, C = D's layout) within the workspace; fills in its workspace size and waves.
+    /// </summary>
+    private bool CheckAlgorithm(IntPtr operation, IntPtr layoutA, IntPtr layoutB, IntPtr layoutC, ref HeuristicResult candidate)
     {
         HeuristicResult result;
         fixed (ulong* algo = candidate.Algo)
         {
-            int status = cublasLtMatmulAlgoCheck(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC, algo, &result);
+            int status = cublasLtMatmulAlgoCheck(_cublasLt, operation, layoutA, layoutB, layoutC, layoutC, algo, &result);
             if (status != CUBLAS_STATUS_SUCCESS || result.State != CUBLAS_STATUS_SUCCESS || result.WorkspaceSize > (nuint)MatMulWorkspaceBytes)
                 return false;
         }

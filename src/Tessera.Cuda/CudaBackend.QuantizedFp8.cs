@@ -293,21 +293,9 @@ public sealed unsafe partial class CudaBackend
         }
     }
 
-    /// <summary>Whether cuBLASLt accepts <paramref name="candidate"/> (another row count's algorithm) for this plan's shape; fills in its workspace.</summary>
-    private bool CheckFp8Candidate(Fp8Plan plan, ref HeuristicResult candidate)
-    {
-        HeuristicResult result;
-        fixed (ulong* algo = candidate.Algo)
-        {
-            int status = cublasLtMatmulAlgoCheck(_cublasLt, plan.Operation, plan.LayoutW, plan.LayoutX, plan.LayoutY, plan.LayoutY, algo, &result);
-            if (status != CUBLAS_STATUS_SUCCESS || result.State != CUBLAS_STATUS_SUCCESS || result.WorkspaceSize > (nuint)MatMulWorkspaceBytes)
-                return false;
-        }
-        candidate.WorkspaceSize = result.WorkspaceSize;
-        candidate.WavesCount = result.WavesCount;
-        candidate.State = CUBLAS_STATUS_SUCCESS;
-        return true;
-    }
+    /// <summary>Whether cuBLASLt accepts <paramref name="candidate"/> (another row count's algorithm) for this plan's shape.</summary>
+    private bool CheckFp8Candidate(Fp8Plan plan, ref HeuristicResult candidate) =>
+        CheckAlgorithm(plan.Operation, plan.LayoutW, plan.LayoutX, plan.LayoutY, ref candidate);
 
     private static void DestroyFp8Plan(Fp8Plan p)
     {
