@@ -5,8 +5,9 @@ using static Tessera.Cuda.Interop.CublasLt;
 
 namespace Tessera.Cuda;
 
-// W8A8-FP8 products (QuantizedWeight with F8E4M3 values): x's rows quantized to E4M3 by quantize_rows_fp8_* (quantized.cu),
-// then codes times codes on the FP8 tensor cores through cuBLASLt with per-row and per-column ("outer vector") scales, or,
+// W8A8-FP8 products (QuantizedWeight with F8E4M3 values): at most 4 rows of x (decoding), the matrix-vector kernel's FP8 form
+// (gemv_stream_f8_*, gemv.cu: x quantized in shared memory, the codes streamed once); otherwise x's rows quantized to E4M3 by
+// quantize_rows_fp8_* (quantized.cu), then codes times codes on the FP8 tensor cores through cuBLASLt with per-row and per-column ("outer vector") scales, or,
 // where that cannot run, both operands dequantized into scratch and the ordinary product.
 public sealed unsafe partial class CudaBackend
 {
@@ -38,11 +39,47 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private readonly Dictionary<Fp8Key, HeuristicResult> _fp8BucketAlgorithms = new();
 
-    /// <summary>For tests: whether the last FP8 product ran on cuBLASLt's FP8 kernels (false: the dequantized fallback).</summary>
+    /// <summary>For tests: whether the last FP8 product ran on cuBLASLt's FP8 kernels (false: the matrix-vector form or the dequantized fallback).</summary>
     internal bool LastFp8ProductOnTensorCores { get; private set; }
 
+    /// <summary>For tests: whether the last FP8 product ran on the matrix-vector kernel's FP8 form (<c>gemv_stream_f8_*</c>).</summary>
+    internal bool LastFp8ProductOnMatrixVector { get; private set; }
+
     /// <summary>
-    /// The FP8 product (<see cref="IBackend.QuantizedMatMul"/>'s semantics): x's rows, RMS-normalized first when
+    /// y (M, N) = sx[m] sw[n] Σ_k e4m3(x[m, k] / sx[m]) W[n, k] + bias + beta y, or + addend, with M &lt;= 4 and W the FP8 weight:
+    /// the matrix-vector kernel's FP8 form (gemv.cu, <c>gemv_stream_f8_*</c>), which stages x in shared memory (RMS-normalized
+    /// on the way when <paramref name="norm"/> is given, rounded to x's type), quantizes the staged rows in place as
+    /// <c>quantize_rows_fp8_*</c> does (the same scales and codes), streams the (N, K) codes once at a byte a weight, and
+    /// applies both scales to each fp32 sum: one dependent launch instead of the quantizer and a cuBLASLt FP8 product. The
+    /// conditions are the int8 form's (<see cref="TryGemvQuantized"/>: <see cref="GemvFits"/>, which needs
+    /// <see cref="CudaBackendOptions.MatrixVectorKernels"/> on, K a multiple of 16, 16-byte aligned values, the bias fitting,
+    /// unit column strides), plus the M row scales in shared memory: shapes, dtypes, alignment and options only, so an eager
+    /// step and its recorded graph take the same path. False, with nothing enqueued, when the call does not fit.
+    /// </summary>
+    private bool TryGemvFp8(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend, RmsNormPrologue? norm)
+    {
+        if (!GemvFits(x, norm)) return false;
+        int m = x.Size(0), k = x.Size(1), n = weight.Rows;
+        var dtype = x.DType;
+        if (n == 0 || k % QuantizedGemvChunk != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
+        if (n > 1 && (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1))) return false;
+        uint shared = GemvShared(m, k, dtype) + (uint)(m * sizeof(float));
+        if (shared > CudaDevice.MaxSharedMemoryPerBlockOptIn) return false;
+        var c = addend ?? y;   // the addend is read where the kernel reads beta's term (beta = 1), as the int8 form does
+        ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
+        long ldx = x.Stride(0), ldw = k, ldy = y.Stride(0), ldc = c.Stride(0);
+        float be = addend is null ? (float)beta : 1f;
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pc, &n, &k, &ldx, &ldw, &ldy, &ldc, &be, &pn, &eps, &early };
+        Launch("gemv.cu", $"gemv_stream_f8_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", (GemvGrid(n), 1, 1), 256, args, shared, dependent: true);
+        return true;
+    }
+
+    /// <summary>
+    /// The FP8 product (<see cref="IBackend.QuantizedMatMul"/>'s semantics): 1 to 4 rows with no epilogue on the matrix-vector
+    /// kernel's FP8 form where it fits (<see cref="TryGemvFp8"/>); otherwise x's rows, RMS-normalized first when
     /// <paramref name="norm"/> is given, quantized into an (M, K) E4M3 scratch and an (M) F32 scratch of scales (from the
     /// caching allocator, so the step records into graphs), then <see cref="TryFp8MatMul"/>; GELU is applied to the product
     /// written into the auxiliary. Where cuBLASLt's FP8 path does not fit (F32 x, compute capability below 8.9, K or N not a
@@ -59,6 +96,12 @@ public sealed unsafe partial class CudaBackend
                 "(load the model in bf16, f16 or f32 with --quantize fp8, or use --quantize int8 for F64)", nameof(x));
         int m = x.Size(0), k = weight.Columns, n = weight.Rows;
         if (m == 0 || n == 0) return;
+        LastFp8ProductOnMatrixVector = epilogue == MatMulEpilogue.None && TryGemvFp8(x, weight, y, beta, bias, addend, norm);
+        if (LastFp8ProductOnMatrixVector)
+        {
+            LastFp8ProductOnTensorCores = false;
+            return;
+        }
         var input = x;
         Tensor? packed = null;
         if (x.Stride(1) != 1 && k > 1)

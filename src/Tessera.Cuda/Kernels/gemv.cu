@@ -5,7 +5,10 @@
 // The weights' storage type Wt is x's type T, or signed char: an int8 weight (weight-only quantization, QuantizedWeight)
 // whose row n stands for scales[n] * W[n, ·]. A 16-byte load then holds 16 weights (not 8 bf16), so the same stream reads
 // each weight at one byte; the int8 values become fp32 exactly, the sums are over the int8 values, and the row's scale
-// multiplies its sum once in the epilogue (LINEAR only).
+// multiplies its sum once in the epilogue (LINEAR only). Wt = fp8e4m3 (FP8 weights, W8A8): the same stream of 16 E4M3 codes a
+// load, decoded exactly; x's staged rows are quantized to E4M3 in place first (gemv_quantize_x: per row the scale
+// max|x| / 448 and x replaced by the value of its code, as quantize_rows_fp8 and the CPU's Fp8Quantization do), and the
+// epilogue multiplies row n's sum of code products by scales[n] times row m's scale.
 //
 // A grid of two CTAs of 8 warps per SM stays resident (persistent); each warp walks its rows (n = its global warp
 // index, then every gridDim.x * 8 rows) as a stream of units, a unit being U 16-byte loads per lane (U * 32 chunks
@@ -45,6 +48,39 @@ template <> __device__ __forceinline__ void unpack16<signed char>(const Bytes16&
         const unsigned biased = u.w[i] ^ 0x80808080u;
 #pragma unroll
         for (int j = 0; j < 4; j++) out[4 * i + j] = __uint_as_float(0x4B000000u | ((biased >> (8 * j)) & 0xFFu)) - 8388736.f;
+    }
+}
+
+// An FP8 (E4M3) weight code: the weights' storage type of the FP8 form.
+struct fp8e4m3 { unsigned char bits; };
+template <typename W> struct IsFp8 { static const bool value = false; };
+template <> struct IsFp8<fp8e4m3> { static const bool value = true; };
+
+// 16 E4M3 codes as fp32, exactly (e4m3_to_f's values) in a few integer operations a code: the code's byte moved to the top
+// of a word keeps its sign in bit 31, and its 7 magnitude bits shifted to bits 20-26 are an fp32 whose exponent and
+// mantissa are the code's, 120 below fp32's bias (a denormal for the code's subnormals, e = 0), so 2^120 times it is the
+// code's value (an exact multiplication: NVRTC keeps denormals, no -ftz). The NaN codes (0x7F, 0xFF), which this would read
+// as 480, are found a word at a time (a byte of 0xFF after setting each byte's top bit) and made NaN on a rare path.
+template <> __device__ __forceinline__ void unpack16<fp8e4m3>(const Bytes16& u, float* out)
+{
+    unsigned nan = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        const unsigned w = u.w[i], v = ~(w | 0x80808080u);
+        nan |= (v - 0x01010101u) & ~v & 0x80808080u;   // a byte of v is 0 where the code is 0x7F or 0xFF
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+        {
+            const unsigned t = w << (24 - 8 * j);
+            out[4 * i + j] = __uint_as_float((t & 0x80000000u) | ((t >> 4) & 0x07f00000u)) * 0x1p120f;
+        }
+    }
+    if (nan)
+    {
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            if (((u.w[i >> 2] >> (8 * (i & 3))) & 0x7fu) == 0x7fu) out[i] = QNAN;
     }
 }
 
@@ -105,6 +141,46 @@ __device__ __forceinline__ void gemv_stage_x(const T* x, i64 ldx, int K, T* sx, 
 #pragma unroll
             for (int j = 0; j < V; j++) v[j] = v[j] * r * w[j];
             store16(sx + (i64)m * K + (i64)c * V, v);
+        }
+    }
+    __syncthreads();
+}
+
+// The FP8 form's activation quantization, on the M rows gemv_stage_x left in shared memory (every thread; barriers inside):
+// per row m, scale[m] = max_k |x| / 448 (div_rn: an IEEE division; a row of zeros 1; a row holding a NaN or an infinity
+// NaN), and each x replaced by the value of e4m3(x / scale) (div_rn, to nearest even, satfinite: e4m3_from_f), which T
+// holds exactly (4 significant bits, magnitudes 2^-9 to 448). The quantized values are the CPU's (Fp8Quantization.QuantizeRow
+// on x as stored, or on the normalized row rounded to T), and the stream then sums code times code.
+template <typename T, int M>
+__device__ __forceinline__ void gemv_quantize_x(T* sx, int K, float* scale)
+{
+    constexpr int V = Vec16<T>::N;
+    const int chunks = K / V;
+#pragma unroll
+    for (int m = 0; m < M; m++)
+    {
+        T* row = sx + (i64)m * K;
+        float amax = 0.f;
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x)
+        {
+            float v[V];
+            load16(row + (i64)c * V, v);
+#pragma unroll
+            for (int j = 0; j < V; j++)   // a NaN or an infinity counts as +inf: the scale becomes NaN
+                amax = fmaxf(amax, (__float_as_uint(v[j]) & 0x7f800000u) == 0x7f800000u ? -NEG_INF : fabsf(v[j]));
+        }
+        amax = block_max(amax);   // barriers inside (its first one also orders the previous row's reads of its partials)
+        float s = div_rn(amax, 448.f);
+        if (s == 0.f) s = 1.f;
+        if (amax == -NEG_INF) s = QNAN;
+        if (threadIdx.x == 0) scale[m] = s;
+        for (int c = threadIdx.x; c < chunks; c += blockDim.x)
+        {
+            float v[V];
+            load16(row + (i64)c * V, v);
+            T* e = row + (i64)c * V;
+#pragma unroll
+            for (int j = 0; j < V; j++) e[j] = from_f<T>(e4m3_to_f(e4m3_from_f(div_rn(v[j], s))));   // exact in T
         }
     }
     __syncthreads();
@@ -181,7 +257,8 @@ __device__ __forceinline__ const Wt* gemv_row_ptr(const Wt* w0, const Wt* w1, i6
 }
 
 // W0 and W1 (rows ldw weights apart) of storage type Wt; with int8 weights (LINEAR) row n's sum is multiplied by
-// scales[n] (null: by 1). LINEAR reads beta's term from c_in (ldc apart): y itself (the residual accumulated in place)
+// scales[n] (null: by 1); with FP8 weights x is quantized once staged, and the sum is multiplied by scales[n] and x's row
+// scale (shared memory after x: M floats). LINEAR reads beta's term from c_in (ldc apart): y itself (the residual accumulated in place)
 // or another tensor (an addend, beta = 1).
 template <typename T, typename Wt, int M, int EPI>
 __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float* scales, const T* bias0, const T* bias1, T* y,
@@ -222,6 +299,9 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
         if (len > rope.freq.dyn_original && first < N) inv_freq = rope_inv_freq(rope.freq, first % half, rope.D, len);
     }
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
+    constexpr bool F8 = IsFp8<Wt>::value;
+    float* xscale = reinterpret_cast<float*>(gemv_smem + (i64)M * K * sizeof(T));   // F8: the M rows' scales after x
+    if (F8) gemv_quantize_x<T, M>(sx, K, xscale);
     float acc[2][M];
 #pragma unroll
     for (int s = 0; s < 2; s++)
@@ -251,7 +331,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
 #pragma unroll
                 for (int m = 0; m < M; m++)
                 {
-                    float r = a * acc[0][m] + b0;
+                    float r = (F8 ? a * xscale[m] : a) * acc[0][m] + b0;
                     if (beta != 0.f) r += beta * to_f(c_in[m * ldc + n]);
                     y[m * ldy + n] = from_f<T>(r);
                 }
@@ -344,3 +424,19 @@ FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
     }
 #define GEMV_STREAM_Q8_ALL(n, T) GEMV_STREAM_Q8(n, T, 1) GEMV_STREAM_Q8(n, T, 2) GEMV_STREAM_Q8(n, T, 3) GEMV_STREAM_Q8(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_Q8_ALL)
+
+// The FP8-weight form (CudaBackend.QuantizedMatMul with F8E4M3 values, 1 to 4 rows): y (M, N) = sx[m] * scales[n] *
+// (e4m3(x_m / sx[m]) . q_n) + bias[n] + beta * c_in, q (N, K) E4M3 codes with rows ldw bytes apart, scales (N) fp32, x's rows
+// quantized in shared memory (gemv_quantize_x) after the optional norm; otherwise as gemv_stream_q8_*. Dynamic shared
+// memory: x (M, K) of T, then M floats.
+#define GEMV_STREAM_F8(n, T, M)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_f8_##n##_m##M(const T* x,                   \
+        const unsigned char* q, const float* scales, const T* bias, T* y, const T* c_in, int N, int K, i64 ldx,  \
+        i64 ldw, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int early)                                 \
+    {                                                                                                             \
+        const fp8e4m3* w = reinterpret_cast<const fp8e4m3*>(q);                                                   \
+        gemv_stream<T, fp8e4m3, M, GEMV_LINEAR>(x, w, w, scales, bias, bias, y, c_in, N, K, ldx, ldw, ldy, ldc,   \
+                                                1.f, beta, nw, eps, {}, early);                                   \
+    }
+#define GEMV_STREAM_F8_ALL(n, T) GEMV_STREAM_F8(n, T, 1) GEMV_STREAM_F8(n, T, 2) GEMV_STREAM_F8(n, T, 3) GEMV_STREAM_F8(n, T, 4)
+FOR_FLOAT_TYPES(GEMV_STREAM_F8_ALL)

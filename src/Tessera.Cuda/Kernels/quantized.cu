@@ -26,30 +26,7 @@ FOR_FLOAT_TYPES(EMBEDDING_Q8)
 
 // ---- FP8 (OCP E4M3 "fn"): sign, 4 exponent bits (bias 7), 3 mantissa bits; no infinities, NaN 0x7F/0xFF, largest 448.
 
-// The E4M3 code of v: round to nearest, ties to even; magnitudes above 448 (infinities too) saturate to +-448; NaN gives
-// 0x7F. Bit for bit Float8E4M3.FromSingle (the CPU's), and what cvt.rn.satfinite.e4m3x2.f32 does on sm_89+; written out so
-// that every architecture and the CPU emulation compute the same codes.
-__device__ __forceinline__ unsigned char e4m3_from_f(float v)
-{
-    const unsigned bits = __float_as_uint(v), sign = (bits >> 24) & 0x80u, mag = bits & 0x7fffffffu;
-    if (mag > 0x7f800000u) return 0x7f;
-    if (mag > 0x43e00000u) return (unsigned char)(sign | 0x7eu);              // above 448
-    if (mag < 0x3c800000u)                                                     // below 2^-6: steps of 2^-9, v 2^9 exact
-        return (unsigned char)(sign | (unsigned)round_even(__uint_as_float(mag) * 512.f));
-    unsigned code = (((mag >> 23) - 120u) << 3) | ((mag >> 20) & 7u);         // exponent rebiased 127 -> 7, 3 mantissa bits
-    const unsigned dropped = mag & 0xfffffu;
-    if (dropped > 0x80000u || (dropped == 0x80000u && (code & 1u))) code++;    // a carry moves into the exponent
-    return (unsigned char)(sign | (code < 0x7eu ? code : 0x7eu));
-}
-
-// The value of an E4M3 code (exact in fp32).
-__device__ __forceinline__ float e4m3_to_f(unsigned char c)
-{
-    const unsigned sign = (unsigned)(c & 0x80u) << 24, e = (c >> 3) & 15u, m = c & 7u;
-    if ((c & 0x7fu) == 0x7fu) return QNAN;
-    if (e == 0) return __uint_as_float(sign | __float_as_uint((float)m * 0.001953125f));   // m 2^-9
-    return __uint_as_float(sign | ((e + 120u) << 23) | (m << 20));
-}
+// e4m3_from_f and e4m3_to_f (the E4M3 code of a float and the value of a code) are in common.cuh: gemv.cu's FP8 form uses them too.
 
 // dequantize_fp8_*: out[n, k] = scales[n] * e4m3(values[n, k]) in the output's type (the fp32 product rounded once, as the CPU).
 #define DEQUANTIZE_FP8(name, t) \

@@ -19,7 +19,9 @@ namespace Tessera.Tests.Cuda;
 /// a typical output (the H200 measured 1.14-1.17e-2 of the largest, session 27): 3e-2 of the largest there.
 /// On compute capability 8.9 and up, shapes with K and N multiples of 16 must run on cuBLASLt's FP8 kernels
 /// (<see cref="FittingShapesRunOnTheFp8TensorCores"/>: if the enum values or layouts were wrong, cuBLASLt would refuse and
-/// every product would silently fall back). First run on an H200 in session 27.
+/// every product would silently fall back). First run on an H200 in session 27. 1 to 4 rows with no epilogue run the
+/// matrix-vector kernel's FP8 form (<c>gemv_stream_f8_*</c>; <c>LastFp8ProductOnMatrixVector</c>, asserted), held to the same
+/// tolerances: it computes the same codes and scales and sums code products in fp32 (not yet run on a device).
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaFp8QuantizedMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -88,7 +90,11 @@ public sealed class CudaFp8QuantizedMatMulTests(CudaFixture fixture) : CudaTestB
             addend: residual == Residual.Addend ? addend : null);
         var expected = CpuProduct(codes, scales, xv, m, N, K, withBias ? bv : null, residual == Residual.Beta ? y0v : null,
             residual == Residual.Addend ? addv : null);
-        AssertClose(expected, Download(y), 1e-2, $"{dtype} M={m} bias={withBias} {residual} (tensor cores: {Gpu.LastFp8ProductOnTensorCores})");
+        AssertClose(expected, Download(y), 1e-2, $"{dtype} M={m} bias={withBias} {residual} (tensor cores: {Gpu.LastFp8ProductOnTensorCores}, " +
+            $"matrix-vector: {Gpu.LastFp8ProductOnMatrixVector})");
+        // 1 to 4 rows with no epilogue run the matrix-vector kernel's FP8 form (gemv_stream_f8_*), more the quantizer and cuBLASLt.
+        Assert.Equal(m <= 4, Gpu.LastFp8ProductOnMatrixVector);
+        if (m <= 4) Assert.False(Gpu.LastFp8ProductOnTensorCores);
         Assert.Equal(widev, Download(wide));                              // the addend is read, not written
     }
 
@@ -153,9 +159,11 @@ public sealed class CudaFp8QuantizedMatMulTests(CudaFixture fixture) : CudaTestB
         Gpu.QuantizedMatMul(x, weight, y, bias: bias, norm: new RmsNormPrologue(g, 1e-5));
         var expected = CpuProduct(codes, scales, xv, m, N, K, bv, null, null, norm: new RmsNormPrologue(TestTensors.FromDoubles(_cpu, gv, DType.F64, K), 1e-5));
         AssertClose(expected, Download(y), 3e-2, $"{dtype} M={m} with a norm");
+        Assert.Equal(m <= 4, Gpu.LastFp8ProductOnMatrixVector);   // the norm rides in the matrix-vector form's staging
         var aux = Poisoned(dtype, m, N);
         Gpu.QuantizedMatMul(x, weight, y, bias: bias, epilogue: MatMulEpilogue.Gelu, auxiliary: aux);
         AssertClose(CpuProduct(codes, scales, xv, m, N, K, bv, null, null, MatMulEpilogue.Gelu), Download(y), 1e-2, $"{dtype} M={m} GELU");
+        Assert.False(Gpu.LastFp8ProductOnMatrixVector, "GELU is not the matrix-vector form's epilogue");
     }
 
     /// <summary>Dequantize and the FP8 table's lookups equal the CPU's in F32 exactly (scale x code, one fp32 rounding on both).</summary>

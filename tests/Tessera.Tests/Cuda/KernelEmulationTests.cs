@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using Tessera.Cuda;
 using Tessera.Cuda.Compilation;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
 using Xunit;
 
 namespace Tessera.Tests.Cuda;
@@ -106,6 +108,78 @@ public sealed class KernelEmulationTests
              "gemv_stream_q8 f32 M=3 N=45 K=2064 grid=1 bias=0 beta=1 norm", "gemv_stream f32 M=1 N=100 K=1000 grid=2 bias=1 beta=1",
              "gemv_stream f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "dequantize_f32 N=37 K=45 grid=3 block=64 exact",
              "dequantize_f32 N=8 K=4096 grid=7 block=128 exact"]);
+
+    /// <summary>
+    /// The matrix-vector kernel's FP8 form (<c>gemv_stream_f8_*</c>, <see cref="CudaBackend.QuantizedMatMul"/> with FP8 weights
+    /// for 1 to 4 rows) on the CPU emulation against <see cref="CpuBackend.QuantizedMatMul"/> on the same inputs: M = 1 to 4,
+    /// K of part of one unit of the stream to three units, bias, beta = 1, an addend, the RMSNorm prologue (F32), a row of zeros,
+    /// in F32 and BF16 (without a norm: gemv_stage_x's BF16 norm stores are PTX, compiled away by the emulation).
+    /// Emulation/gemv_kernels.cpp runs each case (seed in its output) and writes its inputs and output to f8_&lt;index&gt;.bin.
+    /// Tolerances, of the largest expected output: F32 without a norm 1e-5: the codes and scales are the CPU's bit for bit (the
+    /// same F32 operations on the same values), each code product is exact in fp32, and only the fp32 sums' order and the
+    /// scales' fp32 products differ from the CPU's exact F64 sums (about 1e-7 relative). F32 with a norm 2e-3: the kernel's
+    /// block sum and rsqrtf differ from the CPU's norm in the last bits, which moves a code by one E4M3 step (2^-4 relative)
+    /// where a normalized value lies at a rounding boundary (rare), each such code moving an output by up to about 2^-4 of one
+    /// term against sqrt(K) terms. BF16 8e-3: the output rounded to BF16 (2^-9 relative), the inputs being BF16 values
+    /// read exactly by both. A wrong scale, a skipped chunk or a code read wrongly is off by 1e-2 or more.
+    /// </summary>
+    [Fact]
+    public void MatrixVectorKernelsWithFp8WeightsGiveTheCpusProductsOnTheCpuEmulation()
+    {
+        string[] cases =
+        [
+            "gemv_stream_f8 f32 M=1 N=100 K=1008 grid=2 bias=1 beta=0", "gemv_stream_f8 f32 M=2 N=77 K=4112 grid=3 bias=0 beta=1",
+            "gemv_stream_f8 f32 M=3 N=45 K=4112 grid=1 bias=1 beta=0 norm", "gemv_stream_f8 f32 M=4 N=130 K=2064 grid=2 bias=1 beta=0 addend norm",
+            "gemv_stream_f8 f32 M=1 N=37 K=2048 grid=5 bias=0 beta=0 addend norm", "gemv_stream_f8 bf16 M=2 N=100 K=1024 grid=2 bias=1 beta=1",
+            "gemv_stream_f8 bf16 M=4 N=64 K=2064 grid=2 bias=0 beta=0 addend",
+        ];
+        RunEmulatedAndInspect(["gemv.cu", "quantized.cu"], "gemv_kernels", [.. cases.Select(c => c + ": early = late, pads")], dir =>
+        {
+            var cpu = new CpuBackend(2);
+            for (int i = 0; i < cases.Length; i++)
+            {
+                var c = ReadFp8Case(Path.Combine(dir, $"f8_{i}.bin"));
+                var x = cpu.FromHost<float>(c.X, new Shape(c.M, c.K));
+                var weight = new Tessera.Tensors.QuantizedWeight(cpu.FromHost<byte>(c.Codes, new Shape(c.N, c.K)), cpu.FromHost<float>(c.Scales, new Shape(c.N)));
+                var y = c.Addend ? cpu.Allocate(new Shape(c.M, c.N), DType.F32) : cpu.FromHost<float>(c.C, new Shape(c.M, c.N));
+                cpu.QuantizedMatMul(x, weight, y, beta: c.Addend ? 0.0 : c.Beta, bias: c.Bias ? cpu.FromHost<float>(c.BiasValues, new Shape(c.N)) : null,
+                    addend: c.Addend ? cpu.FromHost<float>(c.C, new Shape(c.M, c.N)) : null,
+                    norm: c.Norm ? new RmsNormPrologue(cpu.FromHost<float>(c.NormWeight, new Shape(c.K)), c.Eps) : null);
+                var expected = cpu.ToArray<float>(y);
+                double worst = 0, largest = 0;
+                for (int j = 0; j < expected.Length; j++)
+                {
+                    Assert.True(float.IsFinite(c.Y[j]), $"{cases[i]}: output {j} is {c.Y[j]}");
+                    worst = Math.Max(worst, Math.Abs((double)c.Y[j] - expected[j]));
+                    largest = Math.Max(largest, Math.Abs((double)expected[j]));
+                }
+                double tolerance = c.Bf16 ? 8e-3 : c.Norm ? 2e-3 : 1e-5, relative = worst / largest;
+                TestContext.Current.TestOutputHelper?.WriteLine($"{cases[i]} (seed {c.Seed}): {relative:E3} of the largest output against the CPU (tolerance {tolerance:G})");
+                Assert.True(relative <= tolerance, $"{cases[i]} (seed {c.Seed}): {relative:E3} of the largest output from the CPU's product, tolerance {tolerance:G}");
+            }
+        });
+    }
+
+    private sealed record Fp8Case(int M, int N, int K, bool Bf16, bool Bias, bool Addend, bool Norm, int Seed, float Beta, float Eps,
+        float[] X, float[] NormWeight, float[] BiasValues, float[] C, float[] Scales, byte[] Codes, float[] Y);
+
+    private static Fp8Case ReadFp8Case(string path)
+    {
+        using var r = new BinaryReader(File.OpenRead(path));
+        int m = r.ReadInt32(), n = r.ReadInt32(), k = r.ReadInt32();
+        bool bf16 = r.ReadInt32() != 0, bias = r.ReadInt32() != 0, addend = r.ReadInt32() != 0, norm = r.ReadInt32() != 0;
+        int seed = r.ReadInt32();
+        float beta = r.ReadSingle(), eps = r.ReadSingle();
+        float[] Floats(int count) => Enumerable.Range(0, count).Select(_ => r.ReadSingle()).ToArray();
+        var x = Floats(m * k);
+        var nw = Floats(k);
+        var b = Floats(n);
+        var c = Floats(m * n);
+        var scales = Floats(n);
+        var codes = r.ReadBytes(n * k);
+        var y = Floats(m * n);
+        return new Fp8Case(m, n, k, bf16, bias, addend, norm, seed, beta, eps, x, nw, b, c, scales, codes, y);
+    }
 
     /// <summary>
     /// The FP8 kernels of quantized.cu: the E4M3 conversions against the format's definition (every code; a sweep, the
@@ -248,7 +322,11 @@ public sealed class KernelEmulationTests
     /// <summary>Compiles common.cuh and <paramref name="kernelFiles"/> with Emulation/<paramref name="program"/>.cpp (and the
     /// preprocessor <paramref name="defines"/>), runs it and checks that it exits with no failures and printed every one of
     /// <paramref name="checks"/>.</summary>
-    private static void RunEmulated(string[] kernelFiles, string program, string[] checks, params string[] defines)
+    private static void RunEmulated(string[] kernelFiles, string program, string[] checks, params string[] defines) =>
+        RunEmulatedAndInspect(kernelFiles, program, checks, null, defines);
+
+    /// <summary><see cref="RunEmulated"/>, then <paramref name="inspect"/> on the folder the program ran in (the files it wrote), before the folder is deleted.</summary>
+    private static void RunEmulatedAndInspect(string[] kernelFiles, string program, string[] checks, Action<string>? inspect, params string[] defines)
     {
         var compiler = FindCompiler();
         if (compiler is null) Assert.Skip("no g++ or clang++ on PATH: the kernel emulation needs a C++20 compiler (apt-get install g++)");
@@ -271,6 +349,7 @@ public sealed class KernelEmulationTests
             foreach (var check in checks)
                 Assert.Contains(check, output);
             TestContext.Current.TestOutputHelper?.WriteLine(output);
+            inspect?.Invoke(dir.FullName);
         }
         finally
         {

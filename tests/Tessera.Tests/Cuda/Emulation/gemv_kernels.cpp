@@ -5,7 +5,9 @@
 // unit of the stream and K a unit and one chunk long (U = 8 for M <= 2, 4 above), N not a multiple of the grid's warps and
 // fewer rows than warps, row strides past the rows (x, y and the addend), and a CTA count that makes warps walk several
 // rows. Each product also runs with the weights loaded before pdl_wait (early) and after, which must give the same bits,
-// and leaves y's row padding untouched.
+// and leaves y's row padding untouched. The FP8 form gemv_stream_f8_* runs in f32 (with and without the norm) and in bf16
+// (without: gemv_stage_x's bf16 norm stores go through PTX, compiled away here); its values are compared against the CPU
+// backend by KernelEmulationTests (the cases written to f8_<index>.bin, see run_f8).
 //
 // Tolerances: f32 outputs to 1e-5 of the largest expected value: each lane sums about K / 512 to K / 16 fp32 FMAs and the
 // warp adds 32 partial sums in a tree, so rounding leaves about 1e-7 to 1e-6 of the sums' magnitude, while a skipped or
@@ -181,6 +183,91 @@ template <int M> static void run_f32(int N, int K, int grid, bool with_bias, flo
     check(name, e, got, 1e-5);
 }
 
+// The FP8 kernel for M rows of x of type T.
+template <typename T, int M> static auto f8_kernel()
+{
+    if constexpr (std::is_same_v<T, float>)
+    {
+        if constexpr (M == 1) return gemv_stream_f8_f32_m1;
+        else if constexpr (M == 2) return gemv_stream_f8_f32_m2;
+        else if constexpr (M == 3) return gemv_stream_f8_f32_m3;
+        else return gemv_stream_f8_f32_m4;
+    }
+    else
+    {
+        if constexpr (M == 1) return gemv_stream_f8_bf16_m1;
+        else if constexpr (M == 2) return gemv_stream_f8_bf16_m2;
+        else if constexpr (M == 3) return gemv_stream_f8_bf16_m3;
+        else return gemv_stream_f8_bf16_m4;
+    }
+}
+
+// The FP8 form gemv_stream_f8_*: y = sx[m] * scales[n] * (e4m3(x_m / sx[m]) . q_n) + bias + beta * y, or + addend, x
+// RMS-normalized as it is staged when with_norm. Checked here: the early and late weight loads give the same bits and y's
+// row padding is untouched; the values against CpuBackend.QuantizedMatMul in KernelEmulationTests, which reads the case
+// this writes to f8_<index>.bin (int32 M, N, K, bf16, bias, addend, norm, seed; float beta, eps; float x (M, K), norm
+// weight (K), bias (N), y0 or the addend (M, N), weight scales (N); bytes codes (N, K); float y (M, N)). Random codes
+// (never NaN: 0x7F and 0xFF become 0x7E and 0xFE), x uniform in [-1, 1) with one large value a row (its scale), and a
+// row of zeros (scale 1) as x's last row when M > 2.
+template <typename T, int M> static void run_f8(int index, int N, int K, int grid, bool with_bias, float beta, bool with_addend,
+                                                bool with_norm)
+{
+    const unsigned seed = 29 + 1000 * index + M * 7 + N + K + grid;
+    std::mt19937 rng(seed);
+    const int ldx = K + 16, ldy = N + 8, lda = N + 3;
+    auto x = uniform<T>((size_t)M * ldx, rng, 1.f), bias = uniform<T>(N, rng, 1.f), y0 = uniform<T>((size_t)M * ldy, rng, 1.f),
+         addend = uniform<T>((size_t)M * lda, rng, 1.f), nw = uniform<T>(K, rng, 0.5f, 1.f);
+    for (int m = 0; m < M; m++) x[(size_t)m * ldx + (rng() % K)] = from_f<T>(3.f + m);
+    if (M > 2)
+        for (int k = 0; k < K; k++) x[(size_t)(M - 1) * ldx + k] = from_f<T>(0.f);
+    std::vector<unsigned char> q((size_t)N * K);
+    for (auto& v : q) { v = (unsigned char)(rng() & 0xFF); if ((v & 0x7F) == 0x7F) v--; }
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    std::vector<float> scales(N);
+    for (auto& s : scales) s = (0.25f + u(rng)) * 0.1f / 448.f;
+    const float eps = 1e-5f;
+    std::vector<T> y[2];
+    for (int early = 0; early < 2; early++)
+    {
+        y[early] = y0;
+        const T *px = x.data(), *pb = with_bias ? bias.data() : nullptr;
+        T* py = y[early].data();
+        const T* pc = with_addend ? addend.data() : py;
+        const unsigned char* pq = q.data();
+        const float* ps = scales.data();
+        const T* pn = with_norm ? nw.data() : nullptr;
+        int n_ = N, k_ = K, ea = early;
+        long long lx = ldx, lw = K, ly = ldy, lc = with_addend ? lda : ldy;
+        float be = with_addend ? 1.f : beta;
+        auto kernel = f8_kernel<T, M>();
+        emu_launch(grid, 256, [&] { kernel(px, pq, ps, pb, py, pc, n_, k_, lx, lw, ly, lc, be, pn, eps, ea); });
+    }
+    char name[160];
+    snprintf(name, sizeof name, "gemv_stream_f8 %s M=%d N=%d K=%d grid=%d bias=%d beta=%g%s%s", type_name<T>(), M, N, K, grid,
+             with_bias ? 1 : 0, beta, with_addend ? " addend" : "", with_norm ? " norm" : "");
+    bool pads = true;
+    for (int m = 0; m < M; m++)
+        for (int n = N; n < ldy; n++) pads &= std::memcmp(&y[1][(size_t)m * ldy + n], &y0[(size_t)m * ldy + n], sizeof(T)) == 0;
+    report(std::string(name) + ": early = late, pads", std::memcmp(y[0].data(), y[1].data(), y[0].size() * sizeof(T)) == 0 && pads);
+    char file[32];
+    snprintf(file, sizeof file, "f8_%d.bin", index);
+    FILE* f = fopen(file, "wb");
+    auto ints = [&](std::initializer_list<int> v) { for (int i : v) fwrite(&i, 4, 1, f); };
+    auto flt = [&](float v) { fwrite(&v, 4, 1, f); };
+    ints({M, N, K, std::is_same_v<T, float> ? 0 : 1, with_bias, with_addend, with_norm, (int)seed});
+    flt(with_addend ? 1.f : beta);
+    flt(eps);
+    for (int m = 0; m < M; m++) for (int k = 0; k < K; k++) flt(to_f(x[(size_t)m * ldx + k]));
+    for (int k = 0; k < K; k++) flt(to_f(nw[k]));
+    for (int n = 0; n < N; n++) flt(to_f(bias[n]));
+    for (int m = 0; m < M; m++) for (int n = 0; n < N; n++) flt(to_f(with_addend ? addend[(size_t)m * lda + n] : y0[(size_t)m * ldy + n]));
+    for (int n = 0; n < N; n++) flt(scales[n]);
+    fwrite(q.data(), 1, q.size(), f);
+    for (int m = 0; m < M; m++) for (int n = 0; n < N; n++) flt(to_f(y[1][(size_t)m * ldy + n]));
+    fclose(f);
+    printf("%s: seed %u, written to %s\n", name, seed, file);
+}
+
 // out (N, K) = scales[n] * values[n, k]: every element exactly the fp32 product (a grid-stride loop over fewer threads
 // than elements, rows crossing the blocks' edges).
 static void run_dequantize(int N, int K, int grid, int block)
@@ -224,6 +311,14 @@ int main()
     run_q8<float, 3>(45, 2064, 1, false, 1.f, false, true);   // the norm with beta = 1, three rows, two units a row
     run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false);    // the float-weight form: 250 chunks of 4, alpha and the residual
     run_f32<4>(37, 516, 1, false, 1.f, 0.f, true);       // with RMSNorm on the way
+    // The FP8 form (rows of one to three units: 256 chunks of 16 codes at U = 8 for M <= 2, 128 at U = 4 above).
+    run_f8<float, 1>(0, 100, 1008, 2, true, 0.f, false, false);   // part of one unit; 100 rows on 16 warps
+    run_f8<float, 2>(1, 77, 4112, 3, false, 1.f, false, false);   // a full unit and one chunk; the residual
+    run_f8<float, 3>(2, 45, 4112, 1, true, 0.f, false, true);     // U = 4: three units; the norm; a row of zeros
+    run_f8<float, 4>(3, 130, 2064, 2, true, 0.f, true, true);     // two units; the addend and the norm; a row of zeros
+    run_f8<float, 1>(4, 37, 2048, 5, false, 0.f, true, true);     // half a unit (llama-1b's rows), 40 warps for 37 rows
+    run_f8<bf16, 2>(5, 100, 1024, 2, true, 1.f, false, false);    // bf16 x, bias and y; the residual
+    run_f8<bf16, 4>(6, 64, 2064, 2, false, 0.f, true, false);     // bf16, two units, the addend, a row of zeros
     run_dequantize(37, 45, 3, 64);
     run_dequantize(8, 4096, 7, 128);
     printf("%s\n", failures ? "FAILURES" : "all ok");
