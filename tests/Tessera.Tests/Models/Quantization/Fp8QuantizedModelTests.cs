@@ -26,36 +26,25 @@ namespace Tessera.Tests.Models.Quantization;
 /// </summary>
 public sealed class Fp8QuantizedModelTests : IDisposable
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-fp8-").FullName;
-    private readonly CpuBackend _cpu = new(2);
+    private readonly CpuBackend _cpu;
+    private readonly SavedDebugModels _models;
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public Fp8QuantizedModelTests()
+    {
+        _cpu = new CpuBackend(2);
+        _models = new SavedDebugModels(_cpu, "tessera-fp8-");
+    }
+
+    public void Dispose() => _models.Dispose();
 
     public static TheoryData<string> Families => DebugFamilies.Each;
 
-    private (string Directory, Model Original) Saved(string preset, DType dtype, Func<TransformerConfig, TransformerConfig>? change = null)
-    {
-        var config = ModelPresets.Get(preset);
-        if (change is not null) config = change(config);
-        var model = new Model(config, _cpu, dtype);
-        LayerCheck.Randomize(_cpu, model.Parameters, TestRandom.Create());
-        var dir = Path.Combine(_dir, preset + "-" + dtype);
-        HuggingFaceExport.Write(dir, model);
-        return (dir, model);
-    }
+    private (string Directory, Model Original) Saved(string preset, DType dtype, Func<TransformerConfig, TransformerConfig>? change = null) =>
+        _models.Save(preset, dtype, change);
 
-    private double[] Logits(Model model, Tensor tokens)
-    {
-        var logits = model.Forward(tokens, 0);
-        model.ReleaseActivations(0);
-        return TestTensors.ToDoubles(_cpu, _cpu.Contiguous(logits.Slice(2, 0, model.Config.VocabSize)));
-    }
+    private double[] Logits(Model model, Tensor tokens) => _models.Logits(model, tokens);
 
-    private Tensor Tokens(TransformerConfig config, int b, int t)
-    {
-        var rng = new Random(3);
-        return _cpu.FromArray(Enumerable.Range(0, b * t).Select(_ => rng.Next(config.VocabSize)).ToArray(), b, t);
-    }
+    private Tensor Tokens(TransformerConfig config, int b, int t) => _models.Tokens(config, b, t);
 
     [Theory]
     [MemberData(nameof(Families))]

@@ -29,24 +29,22 @@ namespace Tessera.Tests.Models.Quantization;
 /// </summary>
 public sealed class QuantizedModelTests : IDisposable
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-quantized-").FullName;
-    private readonly CpuBackend _cpu = new(2);
+    private readonly CpuBackend _cpu;
+    private readonly SavedDebugModels _models;
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public QuantizedModelTests()
+    {
+        _cpu = new CpuBackend(2);
+        _models = new SavedDebugModels(_cpu, "tessera-quantized-");
+    }
+
+    public void Dispose() => _models.Dispose();
 
     public static TheoryData<string> Families => DebugFamilies.Each;
 
     /// <summary>A model of <paramref name="preset"/> with O(0.3) random weights (seed logged) saved as a Hugging Face directory.</summary>
-    private (string Directory, Model Original) Saved(string preset, DType dtype, Func<TransformerConfig, TransformerConfig>? change = null)
-    {
-        var config = ModelPresets.Get(preset);
-        if (change is not null) config = change(config);
-        var model = new Model(config, _cpu, dtype);
-        LayerCheck.Randomize(_cpu, model.Parameters, TestRandom.Create());
-        var dir = Path.Combine(_dir, preset + "-" + dtype);
-        HuggingFaceExport.Write(dir, model);
-        return (dir, model);
-    }
+    private (string Directory, Model Original) Saved(string preset, DType dtype, Func<TransformerConfig, TransformerConfig>? change = null) =>
+        _models.Save(preset, dtype, change);
 
     /// <summary>The model of <paramref name="dir"/> in floating point with every linear weight set to what <paramref name="quantized"/>'s int8 weight stands for.</summary>
     private Model Dequantized(string dir, Model quantized, DType dtype)
@@ -68,18 +66,9 @@ public sealed class QuantizedModelTests : IDisposable
         return reference;
     }
 
-    private double[] Logits(Model model, Tensor tokens)
-    {
-        var logits = model.Forward(tokens, 0);
-        model.ReleaseActivations(0);
-        return TestTensors.ToDoubles(_cpu, _cpu.Contiguous(logits.Slice(2, 0, model.Config.VocabSize)));
-    }
+    private double[] Logits(Model model, Tensor tokens) => _models.Logits(model, tokens);
 
-    private Tensor Tokens(TransformerConfig config, int b, int t)
-    {
-        var rng = new Random(3);
-        return _cpu.FromArray(Enumerable.Range(0, b * t).Select(_ => rng.Next(config.VocabSize)).ToArray(), b, t);
-    }
+    private Tensor Tokens(TransformerConfig config, int b, int t) => _models.Tokens(config, b, t);
 
     [Theory]
     [MemberData(nameof(Families))]
@@ -219,7 +208,7 @@ public sealed class QuantizedModelTests : IDisposable
         var w = _cpu.ToArray<float>(p.Value);
         w[7] = float.PositiveInfinity;
         _cpu.CopyFromHost<float>(w, p.Value);
-        var bad = Path.Combine(_dir, "bad");
+        var bad = Path.Combine(_models.Folder, "bad");
         HuggingFaceExport.Write(bad, original);
         var e = Assert.Throws<ArgumentException>(() => PretrainedModel.Load(bad, _cpu, DType.F32, quantization: WeightQuantization.Int8));
         Assert.Contains("blocks.1.attn.proj.weight", e.Message);
