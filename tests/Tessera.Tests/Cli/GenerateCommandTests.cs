@@ -165,12 +165,12 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
         var (code3, _, err3) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--quantize", "int4");
         Assert.Equal(2, code3);
         Assert.Contains("--quantize 'int4': expected none, int8 or fp8", err3);
-        // FP8 weights (W8A8: the CPU quantizes each product's input rows too) load, generate and say so.
+        // FP8 weights (W8A8: the CPU quantizes each product's input rows too) load, generate and say so, and that the CPU runs them as the reference.
         var (code6, fp8Text, err6) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "30", "--seed", "3",
             "--quantize", "fp8", "--threads", "1");
         Assert.True(code6 == 0, err6);
         Assert.StartsWith("the ", fp8Text);
-        Assert.Matches(@"\[30 tokens .*; fp8 weights, [\d.]+ MiB\]", err6);
+        Assert.Matches(@"\[30 tokens .*; fp8 weights, [\d.]+ MiB \(FP8 on the CPU is the exact reference, not a fast path; --quantize int8 is one there\)\]", err6);
     }
 
     /// <summary>

@@ -233,6 +233,7 @@ public sealed class GenerateCommand : Command
         double seconds = clock.Elapsed.TotalSeconds;
         string drafts = request.DraftTokens > 0 ? $"; {generator.LastRunAcceptedDraftTokens} of {generator.LastRunDraftTokens} draft tokens accepted" : "";
         string weights = model.Layout.Storage is QuantizedParameterStorage q ? $"; {q.Format.ToString().ToLowerInvariant()} weights, {model.WeightBytes / (1024.0 * 1024):F1} MiB" : "";
+        if (request.Quantization == WeightQuantization.Fp8 && Fp8Support.Caveat(model.Backend, request.DType) is { Length: > 0 } caveat) weights += $" ({caveat})";
         terminal.Note(string.Create(CultureInfo.InvariantCulture,
             $"[{produced} tokens in {seconds:F2} s, {produced / Math.Max(seconds, 1e-9):F1} tok/s; stopped at {why}{drafts}{weights}]"));
         return 0;
