@@ -2,7 +2,10 @@ using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using Tessera.Models;
 using Tessera.Models.HuggingFace;
+using Tessera.Distributed.Mesh;
 using Tessera.Models.Safetensors;
+using Tessera.Nn.Parallel;
+using Tessera.Training.Parallel;
 using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
@@ -203,6 +206,45 @@ public sealed class PreQuantizedFp8CheckpointTests : IDisposable
         double drift = NumericAssert.MaxRelativeError(_models.Logits(dequantized, tokens), _models.Logits(fp8, tokens));
         TestContext.Current.TestOutputHelper?.WriteLine($"logits moved by {drift:P3} of their largest");
         Assert.InRange(drift, 1e-6, 0.75);
+    }
+
+    [Fact]
+    public void Int8QuantizesTheDequantizedValuesAsAFloatCheckpointOfThem()
+    {
+        var written = WriteFp8("llama-debug", Scheme.Block);
+        string floatDir = written.Directory + "-dequantized";
+        HuggingFaceModelDirectory.Export(floatDir, written.Config, HuggingFaceWeightMap.For(written.Config).ToCanonical(written.Values));
+        var int8 = PretrainedModel.Load(written.Directory, _cpu, DType.F32, quantization: WeightQuantization.Int8);
+        var reference = PretrainedModel.Load(floatDir, _cpu, DType.F32, quantization: WeightQuantization.Int8);
+        foreach (var p in int8.Layout.Parameters)
+            if (p.Quantized is { } q)
+            {
+                Assert.False(q.IsFp8);
+                Assert.Equal(_cpu.ToArray<sbyte>(reference.Layout[p.Name].Quantized!.Values), _cpu.ToArray<sbyte>(q.Values));
+                Assert.Equal(_cpu.ToArray<float>(reference.Layout[p.Name].Quantized!.Scales), _cpu.ToArray<float>(q.Scales));
+            }
+    }
+
+    [Theory]
+    [InlineData(Scheme.PerChannel)]
+    [InlineData(Scheme.Block)]
+    public void ATensorParallelRankReadsTheSliceOfTheDequantizedWeights(Scheme scheme)
+    {
+        var written = WriteFp8("llama-debug", scheme, inputScales: true);
+        var config = written.Config;
+        ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            using var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var model = new Model(config, ctx.Backend, DType.F32,
+                tensorParallelism: new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
+            using var hf = HuggingFaceModelDirectory.Open(written.Directory, config);
+            hf.LoadInto(model.Layout.Parameters, ctx.Backend);
+            var whole = HuggingFaceWeightMap.For(config).ToCanonical(written.Values);
+            foreach (var p in model.Layout.Parameters)
+                Assert.True(p.LocalValues(whole[p.Name].Data).AsSpan().SequenceEqual(ctx.Backend.ToArray<float>(p.Value)),
+                    $"rank {ctx.Rank}: '{p.Name}' ({p.Placement}) is not the slice of code x scale");
+            return 0;
+        }, TimeSpan.FromSeconds(60));
     }
 
     [Fact]
