@@ -175,6 +175,10 @@ public sealed class PreQuantizedFp8CheckpointTests : IDisposable
             count++;
         }
         Assert.Equal(2 * 5, count);   // a layer's q/k/v (stacked into one), o, gate, up and down
+        // The load log's line: seven F8_E4M3 weights a layer, and the input scales ignored.
+        string note = PretrainedModel.WeightsNote(written.Directory)!;
+        Assert.Contains("14 F8_E4M3 weights (14 " + (scheme == Scheme.PerChannel ? "per-channel" : "per-tensor"), note);
+        Assert.Contains("14 input_scale tensors read and ignored", note);
     }
 
     [Fact]
