@@ -35,6 +35,17 @@ public static class PretrainedModel
     }
 
     /// <summary>
+    /// What the load log should say about the form of <paramref name="directory"/>'s weights, or null when there is nothing
+    /// to say: for a pre-quantized FP8 checkpoint, how many F8_E4M3 weights with which scales, and that its input_scale
+    /// tensors are ignored (reads the safetensors headers and config.json only).
+    /// </summary>
+    public static string? WeightsNote(string directory)
+    {
+        using var source = SafetensorsShardSource.Open(directory);
+        return new Fp8CheckpointSource(source, Path.Combine(directory, HuggingFaceModelDirectory.ConfigFile)).Summary;
+    }
+
+    /// <summary>
     /// A model of <paramref name="config"/> for inference whose linear layers' weights are int8 (or, with
     /// <paramref name="quantization"/> <see cref="WeightQuantization.Fp8"/>, FP8 E4M3) with row scales
     /// (<see cref="QuantizedParameterStorage"/>; the other parameters in <paramref name="dtype"/>), all zero until written

@@ -16,16 +16,18 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// <summary>Configuration file name.</summary>
     public const string ConfigFile = "config.json";
 
-    private readonly SafetensorsShardSource _source;
+    private readonly SafetensorsShardSource _files;
+    private readonly Fp8CheckpointSource _source;
     private readonly Dictionary<string, string> _resolved;
 
     private HuggingFaceModelDirectory(string path, TransformerConfig config, SafetensorsShardSource source)
     {
         Path = path;
         Config = config;
-        _source = source;
+        _files = source;
+        _source = new Fp8CheckpointSource(source, System.IO.Path.Combine(path, ConfigFile));
         Map = HuggingFaceWeightMap.For(config);
-        _resolved = Map.Check(source);
+        _resolved = Map.Check(_source);
     }
 
     /// <summary>The directory.</summary>
@@ -33,6 +35,12 @@ public sealed class HuggingFaceModelDirectory : IDisposable
 
     /// <summary>The configuration read from config.json (vocabulary padded as asked when opened).</summary>
     public TransformerConfig Config { get; }
+
+    /// <summary>
+    /// What the load log should say about the weights' form, or null: for a pre-quantized FP8 checkpoint, how many F8_E4M3
+    /// weights with which scales, and that input_scale tensors are ignored.
+    /// </summary>
+    public string? WeightsNote => _source.Summary;
 
     /// <summary>The name map expanded for <see cref="Config"/>.</summary>
     public HuggingFaceWeightMap Map { get; }
@@ -125,7 +133,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     }
 
     /// <summary>Bytes of tensor data read from the weight files so far (headers excluded): what a rank's loading cost.</summary>
-    public long BytesRead => _source.BytesRead;
+    public long BytesRead => _files.BytesRead;
 
     /// <summary>Every Tessera parameter, read and converted (holds the whole model in host memory as F32).</summary>
     public Dictionary<string, HostTensor> ReadAllCanonical() =>
@@ -143,6 +151,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         {
             // Mixed precision: the weights go to the F32 master, and the BF16 value is cast (or split) from it. A
             // tensor-parallel rank reads only its part of each split parameter.
+            if (TryLoadFp8Exactly(p, backend)) continue;
             var local = ReadLocal(p);
             p.WriteMasterOrValue(target => CopyToParameter(local, target, backend));
         }
@@ -168,6 +177,32 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         foreach (var e in Map.Entries)
             if (!given.Contains(e.Canonical))
                 throw new ArgumentException($"{Path}: the model declares no parameter '{e.Canonical}', which the weights provide");
+    }
+
+    /// <summary>
+    /// Writes a pre-quantized FP8 weight's codes bit for bit, with its per-tensor or per-row scales broadcast to rows, into
+    /// <paramref name="p"/>'s FP8 <see cref="QuantizedWeight"/>, when the parameter is one, is not split across ranks, and its
+    /// sources are all such FP8 tensors stacked by rows (not transposed). False otherwise: the caller then loads the
+    /// dequantized values, which an FP8 parameter re-quantizes per row (block scales, tensor-parallel slices).
+    /// </summary>
+    private bool TryLoadFp8Exactly(Parameter p, IBackend backend)
+    {
+        if (p.Quantized is not { IsFp8: true } q || p.Shape != p.GlobalShape) return false;
+        var entry = Map.Entries.FirstOrDefault(e => e.Canonical == p.Name);
+        if (entry is null || entry.Transform is not (WeightTransform.Identity or WeightTransform.ConcatRows)) return false;
+        var parts = new List<(byte[] Codes, float[] RowScales)>();
+        foreach (var (name, _) in entry.Sources)
+        {
+            if (_source.ReadRowQuantized(_resolved[name]) is not { } part) return false;
+            parts.Add(part);
+        }
+        var codes = parts.SelectMany(x => x.Codes).ToArray();
+        var scales = parts.SelectMany(x => x.RowScales).ToArray();
+        if (codes.Length != q.Values.NumElements || scales.Length != q.Rows)
+            throw new InvalidOperationException($"{Path}: parameter '{p.Name}' assembled {codes.Length} codes and {scales.Length} scales for {p.Shape}");
+        backend.CopyFromHost<byte>(codes, q.Values);
+        backend.CopyFromHost<float>(scales, q.Scales);
+        return true;
     }
 
     private static void CopyToParameter(float[] data, Tensor value, IBackend backend)
@@ -222,5 +257,5 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     }
 
     /// <summary>Closes the weight files.</summary>
-    public void Dispose() => _source.Dispose();
+    public void Dispose() => _files.Dispose();
 }

@@ -38,6 +38,12 @@ internal sealed class SafetensorsShardSource : ITensorSource, IDisposable
         return result;
     }
 
+    /// <summary>The header entry of <paramref name="name"/> (dtype, shape).</summary>
+    public SafetensorsTensorInfo InfoOf(string name) => _byTensor[name][name];
+
+    /// <summary>The raw E4M3 codes of the runs <paramref name="runs"/> of F8_E4M3 tensor <paramref name="name"/>.</summary>
+    public byte[] ReadFp8Codes(string name, IReadOnlyList<(long Start, long Length)> runs) => _byTensor[name].ReadFp8Codes(name, runs);
+
     /// <summary>Bytes of tensor data read from every file so far (headers excluded).</summary>
     public long BytesRead => _files.Sum(f => f.BytesRead);
 

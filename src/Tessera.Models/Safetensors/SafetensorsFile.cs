@@ -117,6 +117,34 @@ public sealed class SafetensorsFile : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// The raw E4M3 codes (one byte an element) of the element runs <paramref name="runs"/> (start, length) of F8_E4M3 tensor
+    /// <paramref name="name"/>, one run after another; what they stand for depends on the checkpoint's scale tensors, which
+    /// the caller applies.
+    /// </summary>
+    public byte[] ReadFp8Codes(string name, IReadOnlyList<(long Start, long Length)> runs)
+    {
+        ArgumentNullException.ThrowIfNull(runs);
+        var t = this[name];
+        if (t.DType != DType.F8E4M3)
+            throw new NotSupportedException($"{Path}: tensor '{name}' is {t.DType}, not F8_E4M3");
+        long total = 0;
+        foreach (var (start, length) in runs)
+        {
+            if (start < 0 || length < 0 || start + length > t.NumElements)
+                throw new ArgumentOutOfRangeException(nameof(runs), $"{Path}: run ({start}, {length}) is outside tensor '{name}' of {t.NumElements} elements");
+            total += length;
+        }
+        var result = new byte[checked((int)total)];
+        int at = 0;
+        foreach (var (start, length) in runs)
+        {
+            ReadData(result.AsSpan(at, (int)length), t.Begin + start);
+            at += (int)length;
+        }
+        return result;
+    }
+
     private delegate void Converter<T>(DType dtype, ReadOnlySpan<byte> source, Span<T> destination);
 
     /// <summary>
@@ -135,8 +163,8 @@ public sealed class SafetensorsFile : IDisposable
         ArgumentNullException.ThrowIfNull(runs);
         var t = this[name];
         if (t.DType == DType.F8E4M3)
-            throw new NotSupportedException($"{Path}: tensor '{name}' is F8_E4M3, a pre-quantized FP8 checkpoint (its scales live in other " +
-                "tensors), which Tessera does not read; load the model's BF16, F16 or F32 weights and quantize them as they load (--quantize fp8)");
+            throw new NotSupportedException($"{Path}: tensor '{name}' is F8_E4M3, whose values are codes that stand for weights only with " +
+                "their scale tensor; read the codes with ReadFp8Codes (a model directory applies the scales as it loads)");
         if (!t.DType.IsFloatingPoint())
             throw new NotSupportedException($"{Path}: tensor '{name}' is {t.DType}, not a floating-point type");
         long total = 0;

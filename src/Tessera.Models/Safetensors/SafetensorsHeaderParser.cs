@@ -101,6 +101,9 @@ internal static class SafetensorsHeaderParser
                     if (reader.TokenType != JsonTokenType.String)
                         throw new SafetensorsFormatException(path, $"tensor '{name}': dtype must be a string");
                     string text = reader.GetString()!;
+                    if (text == "F8_E5M2")
+                        throw new SafetensorsFormatException(path, $"tensor '{name}': dtype F8_E5M2 (FP8 E5M2) is not supported; Tessera reads " +
+                            "FP8 checkpoints in F8_E4M3 only (with their weight_scale or weight_scale_inv tensors), or BF16, F16 and F32 weights");
                     dtype = DTypeInfo.FromSafetensorsName(text)
                         ?? throw new SafetensorsFormatException(path, $"tensor '{name}': unknown or unsupported dtype '{text}' (supported: F64, F32, BF16, F16, I32, U16, I8, F8_E4M3)");
                     break;

@@ -9,6 +9,7 @@ using Tessera.Inference.Sampling;
 using Tessera.Inference.Speculation;
 using Tessera.Inference.Serving;
 using Tessera.Tensors;
+using Tessera.Models;
 using Tessera.Training.Checkpoints;
 using Tessera.Training.Parallel;
 using Tessera.Cli.Ranks;
@@ -234,6 +235,7 @@ public sealed class GenerateCommand : Command
         string drafts = request.DraftTokens > 0 ? $"; {generator.LastRunAcceptedDraftTokens} of {generator.LastRunDraftTokens} draft tokens accepted" : "";
         string weights = model.Layout.Storage is QuantizedParameterStorage q ? $"; {q.Format.ToString().ToLowerInvariant()} weights, {model.WeightBytes / (1024.0 * 1024):F1} MiB" : "";
         if (request.Quantization == WeightQuantization.Fp8 && Fp8Support.Caveat(model.Backend, request.DType) is { Length: > 0 } caveat) weights += $" ({caveat})";
+        if (Directory.Exists(request.Model) && PretrainedModel.WeightsNote(TrainedModel.Resolve(request.Model)) is { } weightsNote) weights += $"; {weightsNote}";
         terminal.Note(string.Create(CultureInfo.InvariantCulture,
             $"[{produced} tokens in {seconds:F2} s, {produced / Math.Max(seconds, 1e-9):F1} tok/s; stopped at {why}{drafts}{weights}]"));
         return 0;
