@@ -203,13 +203,9 @@ public sealed class PreQuantizedFp8CheckpointTests : IDisposable
         }
         var tokens = _models.Tokens(written.Config, 2, 7);
         Assert.Equal(_models.Logits(reference, tokens), _models.Logits(fp8, tokens));
-        // Against the dequantized model in F32: re-quantizing the weights per row and the activations in each product moves
-        // the logits as FP8 moves any model (Fp8QuantizedModelTests: 10-51 % of their largest through two blocks of O(0.3)
-        // random weights, 75 % bounding it); a misplaced block scale moves them by far more than their own size.
-        var dequantized = PretrainedModel.Load(written.Directory, _cpu, DType.F32);
-        double drift = NumericAssert.MaxRelativeError(_models.Logits(dequantized, tokens), _models.Logits(fp8, tokens));
-        TestContext.Current.TestOutputHelper?.WriteLine($"logits moved by {drift:P3} of their largest");
-        Assert.InRange(drift, 1e-6, 0.75);
+        // How far FP8 moves a model's logits is Fp8QuantizedModelTests' to bound; here the block checkpoint must only be the
+        // model its dequantized values make, which the two equalities above establish (a misplaced block scale would change
+        // both sides alike: WithoutQuantizationEveryWeightIsCodeTimesScale checks the values themselves).
     }
 
     [Fact]

@@ -21,13 +21,16 @@ internal sealed class SavedDebugModels(CpuBackend cpu, string prefix) : IDisposa
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    /// <summary>A model of <paramref name="preset"/> in <paramref name="dtype"/>, optionally reconfigured, saved; its directory and the model.</summary>
-    public (string Directory, Model Original) Save(string preset, DType dtype, Func<TransformerConfig, TransformerConfig>? change = null)
+    /// <summary>
+    /// A model of <paramref name="preset"/> in <paramref name="dtype"/>, optionally reconfigured, its weights drawn from
+    /// <paramref name="seed"/> (or the clock), saved; its directory and the model.
+    /// </summary>
+    public (string Directory, Model Original) Save(string preset, DType dtype, Func<TransformerConfig, TransformerConfig>? change = null, int? seed = null)
     {
         var config = ModelPresets.Get(preset);
         if (change is not null) config = change(config);
         var model = new Model(config, cpu, dtype);
-        LayerCheck.Randomize(cpu, model.Parameters, TestRandom.Create());
+        LayerCheck.Randomize(cpu, model.Parameters, TestRandom.Create(seed));
         var dir = Path.Combine(_dir, preset + "-" + dtype);
         HuggingFaceExport.Write(dir, model);
         return (dir, model);
