@@ -50,19 +50,20 @@ public sealed class ServeCommandTests : IDisposable
 
     /// <summary>
     /// The run served with speculative decoding, by prompt lookup or with a draft model (the run itself, so every guess is
-    /// right), split over two tensor-parallel thread ranks, with int8 weights, or with an int8 KV cache (<c>--kv-dtype int8</c>,
+    /// right), split over two tensor-parallel thread ranks, with int8 or FP8 weights, or with an int8 KV cache (<c>--kv-dtype int8</c>,
     /// the draft model's pool and every rank's too): the banner says which, /metrics counts the guesses, and the OpenAI .NET
     /// SDK's chat client gets an answer.
     /// </summary>
     [Theory]
-    [InlineData(false, 1, false, false)]
-    [InlineData(true, 1, false, false)]
-    [InlineData(false, 2, false, false)]
-    [InlineData(false, 1, true, false)]
-    [InlineData(false, 2, true, false)]
-    [InlineData(false, 1, false, true)]
-    [InlineData(true, 2, false, true)]
-    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, bool int8, bool int8Kv)
+    [InlineData(false, 1, "none", false)]
+    [InlineData(true, 1, "none", false)]
+    [InlineData(false, 2, "none", false)]
+    [InlineData(false, 1, "int8", false)]
+    [InlineData(false, 2, "int8", false)]
+    [InlineData(false, 1, "none", true)]
+    [InlineData(true, 2, "none", true)]
+    [InlineData(false, 1, "fp8", false)]
+    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, string quantize, bool int8Kv)
     {
         var data = Path.Combine(_dir, "data");
         TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 3000).Select(i => (i * 31) % 256).ToArray());
@@ -76,7 +77,7 @@ public sealed class ServeCommandTests : IDisposable
         var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "tessera.dll"), "serve", "--model", run, "--port", "0", "--threads", "1",
             "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64", "--draft-tokens", "3", "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture) }
-            .Concat(draftModel ? ["--draft-model", run] : []).Concat(int8 ? ["--quantize", "int8"] : []).Concat(int8Kv ? ["--kv-dtype", "int8"] : []))
+            .Concat(draftModel ? ["--draft-model", run] : []).Concat(quantize != "none" ? ["--quantize", quantize] : []).Concat(int8Kv ? ["--kv-dtype", "int8"] : []))
             psi.ArgumentList.Add(a);
         using var process = Process.Start(psi)!;
         var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
@@ -90,13 +91,15 @@ public sealed class ServeCommandTests : IDisposable
                 if (Regex.Match(line, @"at (http://\S+)") is { Success: true } m) (address, serving) = (new Uri(m.Groups[1].Value), line);
             Assert.True(address is not null, "serve printed no address: " + (process.HasExited ? await errors : ""));
             if (tp > 1) Assert.Contains("split over 2 tensor-parallel ranks", serving);
-            if (int8) Assert.Contains("int8 weights and F32", serving);
-            else Assert.DoesNotContain("int8", serving);
+            if (quantize != "none") Assert.Contains($"{quantize} weights and F32", serving);
+            else Assert.DoesNotContain("weights and", serving);
             var banner = new List<string>();
             while ((line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null && !line.Contains("Ctrl-C")) banner.Add(line);
             Assert.Contains(banner, l => l.Contains("speculative decoding: requests verify up to 3 tokens a step guessed " +
                 (draftModel ? "by the draft model" : "from their own text")));
             Assert.Equal(int8Kv, banner.Any(l => l.Contains("KV cache: ") && l.Contains("(int8, a scale per position and head)")));
+            // FP8 on the CPU is the reference, and serve says so (Fp8Support).
+            Assert.Equal(quantize == "fp8", banner.Any(l => l.Contains("fp8: FP8 on the CPU is the exact reference")));
 
             var sdk = new OpenAIClient(new ApiKeyCredential("unused"), new OpenAIClientOptions { Endpoint = new Uri(address, "v1") }).GetChatClient("tiny");
             ChatCompletion answer = await sdk.CompleteChatAsync([new UserChatMessage("Gets the value")],
