@@ -63,6 +63,7 @@ public sealed class ServeCommandTests : IDisposable
     [InlineData(false, 1, "none", true)]
     [InlineData(true, 2, "none", true)]
     [InlineData(false, 1, "fp8", false)]
+    [InlineData(false, 2, "fp8", false)]
     public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, string quantize, bool int8Kv)
     {
         var data = Path.Combine(_dir, "data");
