@@ -268,6 +268,28 @@ public sealed unsafe partial class CudaBackend
         plan.LayoutB = Layout(k.AB, k.TransB ? k.K : k.N, k.TransB ? k.N : k.K, k.Ldb, k.Batch, k.StrideB);
         plan.LayoutA = Layout(k.AB, k.TransA ? k.M : k.K, k.TransA ? k.K : k.M, k.Lda, k.Batch, k.StrideA);
         plan.LayoutC = Layout(k.C, k.N, k.M, k.Ldc, k.Batch, k.StrideC);
+        var candidates = HeuristicCandidates(plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, out int status);
+        bool fusedEpilogue = k.Epilogue is not (CUBLASLT_EPILOGUE_DEFAULT or CUBLASLT_EPILOGUE_BIAS);
+        if (fusedEpilogue && (status != CUBLAS_STATUS_SUCCESS || candidates.Length == 0))
+        {
+            DestroyPlan(plan); // cuBLASLt rejects this epilogue here: the caller composes it
+            return null;
+        }
+        Check(status, "cublasLtMatmulAlgoGetHeuristic", Describe(k));
+        if (candidates.Length == 0)
+            throw new NotSupportedException($"CudaBackend.MatMul: cuBLASLt has no algorithm for {Describe(k)}");
+        plan.Heuristic = candidates[0];
+        plan.Candidates = candidates;
+        return plan;
+    }
+
+    /// <summary>
+    /// cuBLASLt's heuristic answers for a product (<paramref name="operation"/>, cuBLAS's A and B layouts, C = D's layout)
+    /// within the workspace, best guess first: up to <see cref="CudaBackendOptions.MatMulHeuristicCandidates"/> when tuning
+    /// is on, else one. Empty, with the call's <paramref name="status"/>, when cuBLASLt offers none.
+    /// </summary>
+    private HeuristicResult[] HeuristicCandidates(IntPtr operation, IntPtr layoutA, IntPtr layoutB, IntPtr layoutC, out int status)
+    {
         IntPtr preference;
         Check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
         try
@@ -277,26 +299,16 @@ public sealed unsafe partial class CudaBackend
             int asked = Options.TuneMatMulAlgorithms ? Options.MatMulHeuristicCandidates : 1;
             var results = stackalloc HeuristicResult[asked];
             int returned = 0;
-            int status = cublasLtMatmulAlgoGetHeuristic(_cublasLt, plan.Operation, plan.LayoutB, plan.LayoutA, plan.LayoutC, plan.LayoutC,
-                preference, asked, results, &returned);
-            bool fusedEpilogue = k.Epilogue is not (CUBLASLT_EPILOGUE_DEFAULT or CUBLASLT_EPILOGUE_BIAS);
-            if (fusedEpilogue && (status != CUBLAS_STATUS_SUCCESS || returned == 0))
-            {
-                DestroyPlan(plan); // cuBLASLt rejects this epilogue here: the caller composes it
-                return null;
-            }
-            Check(status, "cublasLtMatmulAlgoGetHeuristic", Describe(k));
-            if (returned == 0)
-                throw new NotSupportedException($"CudaBackend.MatMul: cuBLASLt has no algorithm for {Describe(k)}");
-            plan.Heuristic = results[0];
-            plan.Candidates = new HeuristicResult[returned];
-            for (int i = 0; i < returned; i++) plan.Candidates[i] = results[i];
+            status = cublasLtMatmulAlgoGetHeuristic(_cublasLt, operation, layoutA, layoutB, layoutC, layoutC, preference, asked, results, &returned);
+            if (status != CUBLAS_STATUS_SUCCESS) returned = 0;
+            var candidates = new HeuristicResult[returned];
+            for (int i = 0; i < returned; i++) candidates[i] = results[i];
+            return candidates;
         }
         finally
         {
             cublasLtMatmulPreferenceDestroy(preference);
         }
-        return plan;
     }
 
     private static IntPtr Layout(DType dtype, int rows, int cols, long ld, int batch, long batchStride)

@@ -237,30 +237,14 @@ public sealed unsafe partial class CudaBackend
         plan.LayoutX = layout;
         Check(cublasLtMatrixLayoutCreate(&layout, CudaType(key.Out), (ulong)key.N, (ulong)key.M, key.Ldy), "cublasLtMatrixLayoutCreate(Y)");
         plan.LayoutY = layout;
-        IntPtr preference;
-        Check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate");
-        try
+        var candidates = HeuristicCandidates(operation, plan.LayoutW, plan.LayoutX, plan.LayoutY, out _);
+        if (candidates.Length == 0)
         {
-            ulong workspace = MatMulWorkspaceBytes;
-            Check(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
-            int asked = Options.TuneMatMulAlgorithms ? Options.MatMulHeuristicCandidates : 1;
-            var results = stackalloc HeuristicResult[asked];
-            int returned = 0;
-            int status = cublasLtMatmulAlgoGetHeuristic(_cublasLt, operation, plan.LayoutW, plan.LayoutX, plan.LayoutY, plan.LayoutY,
-                preference, asked, results, &returned);
-            if (status != CUBLAS_STATUS_SUCCESS || returned == 0)
-            {
-                DestroyFp8Plan(plan);
-                return null;
-            }
-            plan.Heuristic = results[0];
-            plan.Candidates = new HeuristicResult[returned];
-            for (int i = 0; i < returned; i++) plan.Candidates[i] = results[i];
+            DestroyFp8Plan(plan);
+            return null;
         }
-        finally
-        {
-            cublasLtMatmulPreferenceDestroy(preference);
-        }
+        plan.Heuristic = candidates[0];
+        plan.Candidates = candidates;
         return plan;
     }
 
