@@ -1,53 +1,47 @@
-// Quantized weights: a weight (N, K) stored a byte a weight (int8 values, or FP8 E4M3 codes below) with one fp32 scale per row n.
-// dequantize_*: out[n, k] = scales[n] * values[n, k] in the output's type (the product then runs on the
-// dequantized copy).
+// Quantized weights: a weight (N, K) stored a byte a weight (int8 values, or FP8 E4M3 codes) with one fp32 scale per row n.
+// dequantize_* writes the weight it stands for in the output's type (a product then runs on the dequantized copy).
 
-#define DEQUANTIZE(name, t) \
+// The value a stored byte stands for before its row's scale: an int8 value, or an FP8 E4M3 code (e4m3_to_f, common.cuh:
+// OCP E4M3 "fn", sign, 4 exponent bits of bias 7, 3 mantissa bits, no infinities, NaN 0x7F/0xFF, largest 448).
+struct Int8Code { typedef signed char Byte; __device__ __forceinline__ static float value(signed char b) { return (float)b; } };
+struct Fp8Code { typedef unsigned char Byte; __device__ __forceinline__ static float value(unsigned char b) { return e4m3_to_f(b); } };
+
+// out[n, k] = scales[n] * value(values[n, k]) in the output's type (the fp32 product rounded once, as the CPU).
+template <typename Code, typename T>
+__device__ __forceinline__ void dequantize(const typename Code::Byte* values, const float* scales, T* out, i64 n, int K)
+{
+    GRID_STRIDE(i, n) out[i] = from_f<T>(scales[i / K] * Code::value(values[i]));
+}
+
+// out[r, c] (+)= scales[l] * value(values[l, c]) with l = ids[r] - row_offset, the lookup of a quantized embedding table
+// (V, C). An l outside [0, V) gives NaN (as embedding_forward does), or 0 for a vocabulary shard, whose parts the shards'
+// all-reduce sums into the whole lookup.
+template <typename Code, typename T>
+__device__ __forceinline__ void embedding_quantized(const int* ids, const typename Code::Byte* values, const float* scales, T* out, i64 N,
+                                                    int C, int V, int row_offset, int shard, int accumulate)
+{
+    GRID_STRIDE(i, N * C)
+    {
+        i64 row = i / C; int c = (int)(i - row * C);
+        i64 local = (i64)ids[row] - row_offset;
+        float v = (local >= 0 && local < V) ? scales[local] * Code::value(values[local * C + c]) : (shard ? 0.f : QNAN);
+        out[i] = from_f<T>(accumulate ? to_f(out[i]) + v : v);
+    }
+}
+
+// dequantize_* and embedding_q8_*: int8 values; dequantize_fp8_* and embedding_fp8_*: FP8 E4M3 codes.
+#define QUANTIZED_TABLES(name, t) \
     extern "C" __global__ void dequantize_##name(const signed char* values, const float* scales, t* out, i64 n, int K) \
-    { GRID_STRIDE(i, n) out[i] = from_f<t>(scales[i / K] * (float)values[i]); }
-FOR_FLOAT_TYPES(DEQUANTIZE)
-
-// embedding_q8_*: out[r, c] (+)= scales[l] * values[l, c] with l = ids[r] - row_offset, the lookup of an int8 embedding
-// table (V, C). An l outside [0, V) gives NaN (as embedding_forward does), or 0 for a vocabulary shard, whose parts the
-// shards' all-reduce sums into the whole lookup.
-#define EMBEDDING_Q8(name, t) \
+    { dequantize<Int8Code, t>(values, scales, out, n, K); } \
+    extern "C" __global__ void dequantize_fp8_##name(const unsigned char* values, const float* scales, t* out, i64 n, int K) \
+    { dequantize<Fp8Code, t>(values, scales, out, n, K); } \
     extern "C" __global__ void embedding_q8_##name(const int* ids, const signed char* values, const float* scales, t* out, i64 N, int C, \
                                                    int V, int row_offset, int shard, int accumulate) \
-    { \
-        GRID_STRIDE(i, N * C) \
-        { \
-            i64 row = i / C; int c = (int)(i - row * C); \
-            i64 local = (i64)ids[row] - row_offset; \
-            float v = (local >= 0 && local < V) ? scales[local] * (float)values[local * C + c] : (shard ? 0.f : QNAN); \
-            out[i] = from_f<t>(accumulate ? to_f(out[i]) + v : v); \
-        } \
-    }
-FOR_FLOAT_TYPES(EMBEDDING_Q8)
-
-// ---- FP8 (OCP E4M3 "fn"): sign, 4 exponent bits (bias 7), 3 mantissa bits; no infinities, NaN 0x7F/0xFF, largest 448.
-
-// e4m3_from_f and e4m3_to_f (the E4M3 code of a float and the value of a code) are in common.cuh: gemv.cu's FP8 form uses them too.
-
-// dequantize_fp8_*: out[n, k] = scales[n] * e4m3(values[n, k]) in the output's type (the fp32 product rounded once, as the CPU).
-#define DEQUANTIZE_FP8(name, t) \
-    extern "C" __global__ void dequantize_fp8_##name(const unsigned char* values, const float* scales, t* out, i64 n, int K) \
-    { GRID_STRIDE(i, n) out[i] = from_f<t>(scales[i / K] * e4m3_to_f(values[i])); }
-FOR_FLOAT_TYPES(DEQUANTIZE_FP8)
-
-// embedding_fp8_*: embedding_q8_* over an FP8 table.
-#define EMBEDDING_FP8(name, t) \
+    { embedding_quantized<Int8Code, t>(ids, values, scales, out, N, C, V, row_offset, shard, accumulate); } \
     extern "C" __global__ void embedding_fp8_##name(const int* ids, const unsigned char* values, const float* scales, t* out, i64 N, int C, \
                                                     int V, int row_offset, int shard, int accumulate) \
-    { \
-        GRID_STRIDE(i, N * C) \
-        { \
-            i64 row = i / C; int c = (int)(i - row * C); \
-            i64 local = (i64)ids[row] - row_offset; \
-            float v = (local >= 0 && local < V) ? scales[local] * e4m3_to_f(values[local * C + c]) : (shard ? 0.f : QNAN); \
-            out[i] = from_f<t>(accumulate ? to_f(out[i]) + v : v); \
-        } \
-    }
-FOR_FLOAT_TYPES(EMBEDDING_FP8)
+    { embedding_quantized<Fp8Code, t>(ids, values, scales, out, N, C, V, row_offset, shard, accumulate); }
+FOR_FLOAT_TYPES(QUANTIZED_TABLES)
 
 // quantize_rows_fp8_*: the dynamic per-row quantization of an FP8 product's input, one block a row of x (M, K) (row stride
 // ldx, unit column stride): codes (M, K) contiguous and scales (M), as Fp8Quantization.QuantizeRow on the CPU: scale =
