@@ -116,7 +116,7 @@ public sealed class TextGenerator
             var logits = _model.ForwardWithCache(tokens, cache, validateTokens: false);   // (1, T, Vpad); the prompt was checked above
             tokens.Storage.Dispose();
             var last = logits.Select(0, 0).Select(0, logits.Size(1) - 1).Slice(0, 0, config.VocabSize).Reshape(1, config.VocabSize);
-            int next = greedy ? ArgMax(last, step.Tokens, chosen) : Sample(last, row, host, sampler, json, options, stop);
+            int next = greedy ? ArgMax(last, step.Tokens, chosen) : Sample(last, row, host, sampler, prompt.Count, json, options, stop);
             for (int produced = 0; ; )
             {
                 if (next < 0 || stop.Contains(next)) yield break;       // -1: the grammar allows no token of the vocabulary
@@ -145,7 +145,7 @@ public sealed class TextGenerator
                     backend.CopyToHost<int>(step.Tokens, chosen);
                     next = chosen[0];
                 }
-                else next = Sample(step.Logits!, row, host, sampler, json, options, stop);
+                else next = Sample(step.Logits!, row, host, sampler, prompt.Count + produced, json, options, stop);
             }
         }
         finally
@@ -261,8 +261,9 @@ public sealed class TextGenerator
             for (; ; accepted++)
             {
                 var row = rowsHost.AsSpan(accepted * vocab, vocab);
-                if (accepted == d) return sampler.Sample(row, vocab);
-                int token = sampler.Verify(row, vocab, drafts[accepted], out bool kept);
+                long position = history.Count + accepted;                // the token row `accepted` draws
+                if (accepted == d) return sampler.Sample(row, vocab, position);
+                int token = sampler.Verify(row, vocab, drafts[accepted], position, out bool kept);
                 if (!kept) return token;
             }
         }
@@ -315,7 +316,7 @@ public sealed class TextGenerator
         int sampled = runner.Run(step, withLogits: !greedy, out var ids, out var logits);
         scheduler.Complete(step);
         if (sampled == 0) return -1;
-        return greedy ? ids[0] : sampler.Sample(logits, _model.Config.VocabSize);
+        return greedy ? ids[0] : sampler.Sample(logits, _model.Config.VocabSize, step.Sequences[0].Sequence.Tokens.Count);
     }
 
     private int ArgMax(Tensor logits, Tensor tokens, int[] chosen)
@@ -326,16 +327,16 @@ public sealed class TextGenerator
         return chosen[0];
     }
 
-    private int Sample(Tensor logits, Tensor row, float[] host, Sampler sampler, Constraints.JsonRecognizer? json = null,
+    private int Sample(Tensor logits, Tensor row, float[] host, Sampler sampler, long position, Constraints.JsonRecognizer? json = null,
         GenerationOptions? options = null, ISet<int>? stop = null)
     {
         var backend = _model.Backend;
         backend.Copy(logits, row);                                   // (1, V) cast to F32
         backend.CopyToHost<float>(row, host);
-        if (json is null) return sampler.Sample(host, host.Length);
+        if (json is null) return sampler.Sample(host, host.Length, position);
         var tokenizer = options!.Tokenizer!;
         if (!ReferenceEquals(_constrained?.Tokenizer, tokenizer)) _constrained = new Constraints.ConstrainedVocabulary(tokenizer);
-        return _constrained!.Sample(sampler, options.Sampling, host, json, stop!);
+        return _constrained!.Sample(sampler, options.Sampling, host, position, json, stop!);
     }
 
     private Constraints.ConstrainedVocabulary? _constrained;   // the last grammar's tokenizer's

@@ -359,6 +359,15 @@ public interface IBackend
     /// </summary>
     void ArgMax(Tensor x, Tensor indices);
 
+    /// <summary>
+    /// ids (M) I32 = the token drawn from each row of logits (M, V) (a row-strided view with a contiguous last dimension is
+    /// accepted) by <see cref="TokenSampling"/>'s rule, a pure function of the row and its parameters: parameters (M,
+    /// <see cref="TokenSampling.ParameterColumns"/>) I32 as <see cref="TokenSampling.WriteParameters"/> writes them
+    /// (temperature, top-k, top-p, seed), positions (M) I32 the position each drawn token will take. A row of temperature 0
+    /// is the argmax. Sampling on the device: only the ids go back to the host.
+    /// </summary>
+    void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids);
+
     /// <summary>result (scalar) = scale * sum(x) (or += when <paramref name="accumulate"/>).</summary>
     void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false);
 

@@ -19,9 +19,11 @@ public static class ConstrainedSampling
     /// <see cref="Rejections"/> refusals, and always under top-k or top-p (whose cut must see the allowed tokens only), every
     /// token is checked and the refused ones masked first: by <paramref name="allowedMask"/> when given (the whole vocabulary's
     /// verdicts at once, e.g. <see cref="TokenVocabulary.Allowed"/>; it must agree with <paramref name="allowed"/>), else one
-    /// token at a time.
+    /// token at a time. <paramref name="position"/> is the drawn token's (<see cref="Sampler.Sample"/>): a draw struck out and
+    /// drawn again at the same position takes the next candidate in the order of the Gumbel scores, which is a draw from the
+    /// rest (the scores' order is a draw without replacement).
     /// </summary>
-    public static int Sample(Sampler sampler, SamplingOptions options, float[] scores, Func<int, bool> allowed, Func<bool[]>? allowedMask = null)
+    public static int Sample(Sampler sampler, SamplingOptions options, float[] scores, long position, Func<int, bool> allowed, Func<bool[]>? allowedMask = null)
     {
         ArgumentNullException.ThrowIfNull(sampler);
         ArgumentNullException.ThrowIfNull(options);
@@ -32,7 +34,7 @@ public static class ConstrainedSampling
         if (!filtered)
             for (int attempt = 0; attempt < Rejections; attempt++)
             {
-                int t = sampler.Sample(scores, v);
+                int t = sampler.Sample(scores, v, position);
                 if (float.IsNegativeInfinity(scores[t]) || float.IsNaN(scores[t])) break;   // nothing left to draw from
                 if (allowed(t)) return t;
                 scores[t] = float.NegativeInfinity;
@@ -45,6 +47,6 @@ public static class ConstrainedSampling
             if (mask is null ? allowed(t) : mask[t]) any = true;
             else scores[t] = float.NegativeInfinity;
         }
-        return any ? sampler.Sample(scores, v) : -1;
+        return any ? sampler.Sample(scores, v, position) : -1;
     }
 }

@@ -22,13 +22,14 @@ public sealed class ConstrainedVocabulary
 
     /// <summary>
     /// A token of <paramref name="scores"/> (the row after penalties and biases, which this overwrites) that <paramref name="json"/>
-    /// accepts and <paramref name="stop"/> does not hold, drawn as <see cref="ConstrainedSampling.Sample"/> draws; -1 when none is.
+    /// accepts and <paramref name="stop"/> does not hold, drawn at <paramref name="position"/> as
+    /// <see cref="ConstrainedSampling.Sample"/> draws; -1 when none is.
     /// </summary>
-    public int Sample(Sampler sampler, SamplingOptions options, float[] scores, JsonRecognizer json, ICollection<int> stop)
+    public int Sample(Sampler sampler, SamplingOptions options, float[] scores, long position, JsonRecognizer json, ICollection<int> stop)
     {
         ArgumentNullException.ThrowIfNull(json);
         ArgumentNullException.ThrowIfNull(stop);
-        return ConstrainedSampling.Sample(sampler, options, scores,
+        return ConstrainedSampling.Sample(sampler, options, scores, position,
             t => t < Tokenizer.VocabSize && !stop.Contains(t) && json.Accepts(Tokenizer.TokenBytes(t)),
             () =>
             {

@@ -41,7 +41,7 @@ public sealed class PagedModelRunner : IDisposable
     private int _nextReadback;
     private float[] _logits = [];
     private readonly bool _record;
-    private readonly Dictionary<(int Size, bool FromSampled, int Rows), Bucket> _buckets = new();   // a graph per bucket, input kind and rows a sequence
+    private readonly Dictionary<(int Size, bool FromSampled, int Rows, bool Draws), Bucket> _buckets = new();   // a graph per bucket, input kind, rows a sequence and whether the device draws
     private readonly int[] _onDevice;            // AdvanceOnDevice: _metadata's first _onDeviceSize values after the enqueued steps
     private int _onDeviceSize = -1;              // (-1: unknown); the token section is not tracked (resolving writes it)
     private readonly ProcessGroup? _group;        // tensor parallelism: the group whose rank 0 schedules and the others follow
@@ -57,10 +57,11 @@ public sealed class PagedModelRunner : IDisposable
     /// <summary>
     /// Offsets of one step's metadata sections for <paramref name="Sequences"/> sequences of <paramref name="Rows"/> rows,
     /// packed so that the step copies only <see cref="Size"/> values: tokens (R), positions (R), slots (R), context lengths
-    /// (S), query starts (S + 1), sampling rows (<paramref name="Outputs"/>: S, or more when drafts are verified), block
-    /// tables (S, MaxBlocks). A decode bucket always has the same layout, so its recorded graph reads fixed addresses.
-    /// Positions, slots and lengths are adjacent: what a decode step advances by one (<see cref="AdvanceOnDevice"/>) is
-    /// the one range [Positions, Starts).
+    /// (S), the positions of the tokens the sampling rows draw (O), query starts (S + 1), sampling rows
+    /// (<paramref name="Outputs"/>, O: S, or more when drafts are verified), their sampling parameters (O,
+    /// <see cref="TokenSampling.ParameterColumns"/>), block tables (S, MaxBlocks). A decode bucket always has the same layout,
+    /// so its recorded graph reads fixed addresses. Positions, slots, lengths and drawn positions are adjacent: what a
+    /// decode step advances by one (<see cref="AdvanceOnDevice"/>) is the one range [Positions, Starts).
     /// </summary>
     private readonly record struct Layout(int Sequences, int Rows, int MaxBlocks, int Outputs)
     {
@@ -68,9 +69,11 @@ public sealed class PagedModelRunner : IDisposable
         public int Positions => Rows;
         public int Slots => 2 * Rows;
         public int Lengths => 3 * Rows;
-        public int Starts => Lengths + Sequences;
+        public int Drawn => Lengths + Sequences;
+        public int Starts => Drawn + Outputs;
         public int Last => Starts + Sequences + 1;
-        public int Tables => Last + Outputs;
+        public int Parameters => Last + Outputs;
+        public int Tables => Parameters + Outputs * TokenSampling.ParameterColumns;
         public int Size => Tables + Sequences * MaxBlocks;
     }
 
@@ -233,7 +236,7 @@ public sealed class PagedModelRunner : IDisposable
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         var layout = bucketed ? new Layout(bucket, bucket * perSequence, _maxBlocks, bucket * perSequence)
             : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
-        int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1));
+        int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1), out bool draws);
         int outputs = bucketed ? layout.Rows : Math.Max(sampling, 1);   // a bucket computes logits for its padding rows too
         // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
         // and runs eagerly: the recordings skip it.
@@ -243,18 +246,18 @@ public sealed class PagedModelRunner : IDisposable
         int slot = MeasureDeviceTime && _timeline is not null ? (int)(_timedSteps++ % 3) : -1;
         if (slot >= 0) _timeline!.Mark(2 * slot);
         CopyMetadata(layout, fromSampled);
-        if (_group is not null) Announce(layout, outputs, inOrder);      // the other ranks run the same step with it
+        if (_group is not null) Announce(layout, outputs, inOrder, draws);   // the other ranks run the same step with it
         if (SeparatePhases) _backend.Synchronize();
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         Tensor stepLogits;
         if (bucketed && _record && inOrder)
         {
-            var key = (bucket, fromSampled, perSequence);
+            var key = (bucket, fromSampled, perSequence, draws);
             var b = _buckets.TryGetValue(key, out var found) ? found : _buckets[key] = new Bucket();
             if (b.Graph is null && !b.Unrecordable && b.EagerRuns > 0 && _backend is IGraphCapture capture)
             {
-                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled));
+                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws));
                 b.Unrecordable = b.Graph is null;                    // e.g. the backend's profiler is on: run eagerly from now on
             }
             if (b.Graph is not null)
@@ -265,11 +268,11 @@ public sealed class PagedModelRunner : IDisposable
             }
             else
             {
-                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled);
+                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws);
                 b.EagerRuns++;
             }
         }
-        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled);
+        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws);
         if (slot >= 0) _timeline!.Mark(2 * slot + 1);
         IReadbackBuffer? readback = null;
         if (sampling > 0)
@@ -318,12 +321,13 @@ public sealed class PagedModelRunner : IDisposable
 
     /// <summary>
     /// Tensor parallelism, rank 0: broadcasts the step's shape (a header: <c>StepHeader</c>, sequences, rows, outputs, the rows
-    /// that go to the head, whether every row samples in order, the metadata's length) and then its metadata, already on this
-    /// rank's device, to the other ranks, which run the same forward pass with them (<see cref="FollowStep"/>).
+    /// that go to the head, whether every row samples in order, the metadata's length, whether the device draws) and then its
+    /// metadata, already on this rank's device, to the other ranks, which run the same forward pass with them
+    /// (<see cref="FollowStep"/>) and draw the same ids (the next step may read them on the device).
     /// </summary>
-    private void Announce(Layout layout, int outputs, bool everyRowSamples)
+    private void Announce(Layout layout, int outputs, bool everyRowSamples, bool draws)
     {
-        SendHeader([StepHeader, layout.Sequences, layout.Rows, layout.Outputs, outputs, everyRowSamples ? 1 : 0, layout.Size, 0]);
+        SendHeader([StepHeader, layout.Sequences, layout.Rows, layout.Outputs, outputs, everyRowSamples ? 1 : 0, layout.Size, draws ? 1 : 0]);
         _group!.Broadcast(_metadata.Slice(0, 0, layout.Size), 0).WaitOnDevice();
     }
 
@@ -350,7 +354,7 @@ public sealed class PagedModelRunner : IDisposable
         if (layout.Size != h[6] || layout.Size > _host.Length)
             throw new InvalidOperationException($"PagedModelRunner.FollowStep: rank 0 announced {h[6]} metadata values for a layout of {layout.Size} (this rank holds {_host.Length}): the ranks were built with different options");
         _group.Broadcast(_metadata.Slice(0, 0, layout.Size), 0).WaitOnDevice();
-        Body(layout, h[4], everyRowSamples: h[5] == 1);
+        Body(layout, h[4], everyRowSamples: h[5] == 1, draws: h[7] == 1);
         return true;
     }
 
@@ -417,9 +421,12 @@ public sealed class PagedModelRunner : IDisposable
     }
 
     /// <summary>Writes the host metadata; pads to the layout's sequences (<paramref name="padRows"/> rows each) and rows.
-    /// Returns the sampling rows.</summary>
-    private int FillMetadata(ScheduledStep step, Layout layout, int padRows)
+    /// Returns the sampling rows; <paramref name="draws"/>: whether a sequence's tokens are drawn on the device
+    /// (<see cref="Sequence.DeviceSampling"/>; the other rows' parameters say temperature 0, the argmax).</summary>
+    private int FillMetadata(ScheduledStep step, Layout layout, int padRows, out bool draws)
     {
+        draws = false;
+        Array.Clear(_host, layout.Parameters, layout.Outputs * TokenSampling.ParameterColumns);
         int bs = _cache.BlockSize, row = 0, sampling = 0, b = 0, sequences = layout.Sequences, rows = layout.Rows;
         Array.Clear(_host, layout.Tables, sequences * _maxBlocks);
         foreach (var scheduled in step.Sequences)
@@ -438,7 +445,17 @@ public sealed class PagedModelRunner : IDisposable
                 _host[layout.Slots + row] = table[position / bs] * bs + position % bs;
             }
             _host[layout.Lengths + b] = start + count;
-            for (int j = scheduled.SampledRows; j > 0; j--) _host[layout.Last + sampling++] = row - j;   // the last row, and each draft's predecessor
+            var drawing = sequence.DeviceSampling;
+            draws |= drawing is not null && scheduled.SampledRows > 0;
+            for (int j = scheduled.SampledRows; j > 0; j--)
+            {
+                _host[layout.Last + sampling] = row - j;                          // the last row, and each draft's predecessor
+                _host[layout.Drawn + sampling] = start + count - j + 1;           // the position of the token it draws
+                if (drawing is not null)
+                    TokenSampling.WriteParameters(_host.AsSpan(layout.Parameters + sampling * TokenSampling.ParameterColumns, TokenSampling.ParameterColumns),
+                        (float)drawing.Temperature, drawing.TopK, (float)drawing.TopP, drawing.Seed);
+                sampling++;
+            }
             b++;
         }
         // Padding: padRows rows per extra sequence, no context, no slot; their logits are computed and ignored.
@@ -455,15 +472,17 @@ public sealed class PagedModelRunner : IDisposable
         }
         for (; row < rows; row++) { _host[row] = 0; _host[layout.Positions + row] = 0; _host[layout.Slots + row] = -1; }
         _host[layout.Starts + sequences] = rows;
-        for (int i = sampling; i < layout.Outputs; i++) _host[layout.Last + i] = Math.Max(rows - 1, 0);
+        for (int i = sampling; i < layout.Outputs; i++) { _host[layout.Last + i] = Math.Max(rows - 1, 0); _host[layout.Drawn + i] = 0; }
         return sampling;
     }
 
     /// <summary>The forward pass over the metadata in <paramref name="layout"/>; logits (outputs, V). With
     /// <paramref name="everyRowSamples"/> (a decode step in which every sequence samples) the rows go to the head as they are,
     /// without the gather of the sampling rows. With <paramref name="fromSampled"/> (<see cref="AdvanceOnDevice"/>) row i's
-    /// input id is the previous step's i-th argmax, and the step's positions, slots and lengths advance by one at its end.</summary>
-    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false)
+    /// input id is the previous step's i-th argmax, and the step's positions, slots and lengths advance by one at its end.
+    /// With <paramref name="draws"/> the ids are drawn on the device with each row's sampling parameters
+    /// (<see cref="IBackend.SampleRows"/>) rather than the argmax.</summary>
+    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false, bool draws = false)
     {
         var config = _model.Config;
         int sequences = layout.Sequences, rows = layout.Rows;
@@ -498,7 +517,10 @@ public sealed class PagedModelRunner : IDisposable
             _backend.EmbeddingForward(_metadata.Narrow(layout.Last, new Shape(outputs)), x, last);
         }
         var logits = _model.ForwardHead(ctx, last).Slice(1, 0, config.VocabSize);   // (M, V): every column, gathered over tensor-parallel ranks
-        _backend.ArgMax(logits, _sampled.Slice(0, 0, outputs));
+        if (draws)
+            _backend.SampleRows(logits, _metadata.Narrow(layout.Parameters, new Shape(outputs, TokenSampling.ParameterColumns)),
+                _metadata.Narrow(layout.Drawn, new Shape(outputs)), _sampled.Slice(0, 0, outputs));
+        else _backend.ArgMax(logits, _sampled.Slice(0, 0, outputs));
         // The next step's positions, slots and lengths if every row stays in its block (CopyMetadata checks that on the host).
         if (fromSampled) _backend.Increment(_metadata.Narrow(layout.Positions, new Shape(layout.Starts - layout.Positions)), 1);
         return logits;

@@ -113,6 +113,13 @@ public sealed class Sequence
     /// <summary>Most draft tokens a step may verify for this sequence (0: it never speculates); set by whoever creates it.</summary>
     public int MaxDrafts { get; init; }
 
+    /// <summary>
+    /// How the device draws this sequence's tokens (<see cref="Tessera.Tensors.IBackend.SampleRows"/>, the runner's sampled ids), or null for
+    /// the argmax: the host then reads the argmax, or the row of logits when it samples itself (penalties, logit bias,
+    /// log-probabilities, a grammar).
+    /// </summary>
+    public Sampling.SamplingOptions? DeviceSampling { get; init; }
+
     /// <summary>Trailing tokens proposed by a drafter and not yet verified (0 outside a speculative step).</summary>
     public int Drafts { get; private set; }
 

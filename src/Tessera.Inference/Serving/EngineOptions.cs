@@ -37,10 +37,20 @@ public sealed record EngineOptions
     /// Whether a step is enqueued before the previous step's sampled tokens reach the host (vLLM's asynchronous scheduling):
     /// the next step reads them on the device, and the host's work of a step (scheduling, metadata, detokenizing, stop
     /// strings, streaming) runs while the device computes the next one. Applies to steps where every sampled sequence is
-    /// greedy without log-probabilities or penalties (the others need the logits on the host first). A sequence that finishes
-    /// on a token has then computed one more step, whose result is discarded. Default true.
+    /// greedy or drawn on the device (<see cref="SampleOnDevice"/>), without log-probabilities or penalties (the others need
+    /// the logits on the host first). A sequence that finishes on a token has then computed one more step, whose result is
+    /// discarded. Default true.
     /// </summary>
     public bool AsyncScheduling { get; init; } = true;
+
+    /// <summary>
+    /// Whether a request that samples (temperature above 0, top-k, top-p, seed) without penalties, logit bias,
+    /// log-probabilities or a grammar has its tokens drawn on the device (<see cref="Tessera.Tensors.IBackend.SampleRows"/>):
+    /// only the ids come back, where the host sampler needs the sampled rows' logits (V floats each) and the steps cannot be
+    /// scheduled asynchronously. Both follow <see cref="Tessera.Tensors.TokenSampling"/>'s rule, so the tokens are the same
+    /// either way up to the rounding of the cut of top-p (and of the last bit of a logf). Default true.
+    /// </summary>
+    public bool SampleOnDevice { get; init; } = true;
 
     /// <summary>
     /// Whether a decode step that reads the previous step's tokens in order (asynchronous scheduling, the same batch) takes its
@@ -55,9 +65,10 @@ public sealed record EngineOptions
     /// Speculative decoding, by prompt lookup (<see cref="NgramDrafter"/>) or with a draft model (<see cref="ModelDrafter"/>,
     /// given to the engine): each step, a decoding sequence may carry up to <see cref="SpeculationOptions.DraftTokens"/>
     /// guessed tokens, which the step verifies beside its decode token; every guess kept is a token gained. A greedy
-    /// request's output is the greedy output without speculation (to rounding: the verifying step computes more rows); a
-    /// sampled one's tokens keep their distribution (<see cref="Sampling.Sampler.Verify"/>), reading 1 + guesses rows of
-    /// logits to the host. Steps are then collected at once (<see cref="AsyncScheduling"/> does not apply: a guess needs the
+    /// request's output is the greedy output without speculation (to rounding: the verifying step computes more rows), and so
+    /// is a sampled one's: a guess is kept when it is the token its row draws (<see cref="Sampling.Sampler.Verify"/>), which
+    /// is the token that position draws without speculation; drawn on the device (<see cref="SampleOnDevice"/>), or on the
+    /// host from 1 + guesses rows of logits. Steps are then collected at once (<see cref="AsyncScheduling"/> does not apply: a guess needs the
     /// previous token on the host). Default off.
     /// </summary>
     public SpeculationOptions Speculation { get; init; } = new();

@@ -16,9 +16,10 @@ namespace Tessera.Inference.Serving;
 /// <see cref="Scheduler"/> and the <see cref="PagedModelRunner"/>, and runs steps for as long as there is work. Requests
 /// arrive through a channel (<see cref="Submit"/> is thread-safe) and each gets a channel of its own for what it produces;
 /// a cancelled request's sequences leave the scheduler, their blocks released, before the next step. New requests join
-/// the running batch at the next step (continuous batching). Sampling happens on this thread: greedy choices without
-/// penalties or log-probabilities take the device's argmax (4 bytes per sequence read back), the others read their row
-/// of logits. With <see cref="EngineOptions.AsyncScheduling"/>, a step whose samples are all greedy is not waited for: the
+/// the running batch at the next step (continuous batching). Greedy choices without penalties or log-probabilities take
+/// the device's argmax, and sampling ones without them are drawn on the device (<see cref="EngineOptions.SampleOnDevice"/>;
+/// 4 bytes per sequence read back); the others read their row of logits and sample on this thread. With
+/// <see cref="EngineOptions.AsyncScheduling"/>, a step whose tokens all come from the device is not waited for: the
 /// next step is enqueued first (it reads those tokens on the device), and the host takes them in while it computes.
 /// With <see cref="EngineOptions.Speculation"/>, decoding sequences carry tokens guessed by prompt lookup
 /// (<see cref="NgramDrafter"/>) or a draft model (<see cref="ModelDrafter"/>) into each step, and the step's outputs at those
@@ -315,11 +316,13 @@ public sealed class InferenceEngine : IDisposable
         for (int i = 0; i < r.Choices; i++)
         {
             var sampling = r.Sampling with { Seed = unchecked(seed + (ulong)i) };
-            bool needsLogits = sampling.Temperature > 0 || r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null || r.LogitBias.Count > 0
-                || r.Grammar is not null;
+            bool hostWork = r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null || r.LogitBias.Count > 0 || r.Grammar is not null;
+            bool draws = sampling.Temperature > 0 && !hostWork && Options.SampleOnDevice;   // drawn on the device: only the ids come back
+            bool needsLogits = hostWork || (sampling.Temperature > 0 && !draws);
             var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens)
             {
                 MaxDrafts = r.Grammar is null ? Options.Speculation.DraftTokens : 0,
+                DeviceSampling = draws ? sampling : null,
             };
             var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop), needsLogits)
             {
@@ -451,7 +454,7 @@ public sealed class InferenceEngine : IDisposable
                 token = greedy[r];
                 _scheduler.Resolve(s.Sequence, token);
             }
-            else token = choice.NeedsLogits ? Choose(choice, logits.Slice(r * v, v)) : greedy[r];
+            else token = choice.NeedsLogits ? Choose(choice, logits.Slice(r * v, v), s.Sequence.Tokens.Count) : greedy[r];
             if (token < 0)
             {
                 // A grammar that no token of the vocabulary can continue (a vocabulary without the bytes it needs): the choice ends.
@@ -469,11 +472,11 @@ public sealed class InferenceEngine : IDisposable
     }
 
     /// <summary>
-    /// Speculative decoding: <paramref name="ids"/> are the model's greedy tokens at the row before each draft and at the
-    /// last row, <paramref name="logits"/> those rows' logits when the choice samples. A greedy choice accepts drafts while
-    /// each equals the model's token at the row before it; a sampling one keeps each with its probability under the row's
-    /// distribution (penalties counted with the drafts kept before it) and draws the correction from the rest
-    /// (<see cref="Sampler.Verify"/>), so its tokens are distributed as without speculation. The token after the last
+    /// Speculative decoding: <paramref name="ids"/> are the model's tokens at the row before each draft and at the last row
+    /// (the argmax, or drawn on the device), <paramref name="logits"/> those rows' logits when the host samples. A choice
+    /// accepts drafts while each equals the token drawn at the row before it (the host's draws with the penalties counted
+    /// with the drafts kept before it; <see cref="Sampler.Verify"/>), which is the token drawn there without speculation,
+    /// so its tokens are the ones it would have had without speculation. The token after the last
     /// accepted draft is a token gained too (the correction, or the bonus when every draft was kept). The accepted drafts
     /// and that token are emitted in order, as if decoded one a step, and a stop ends them early.
     /// </summary>
@@ -497,7 +500,8 @@ public sealed class InferenceEngine : IDisposable
                 var row = logits.Slice(accepted * v, v);
                 var scratch = Penalized(choice, row, counts);
                 bool kept = false;
-                last = accepted < drafts ? choice.Sampler.Verify(scratch, v, sequence.Tokens[first + accepted], out kept) : choice.Sampler.Sample(scratch, v);
+                last = accepted < drafts ? choice.Sampler.Verify(scratch, v, sequence.Tokens[first + accepted], first + accepted, out kept)
+                    : choice.Sampler.Sample(scratch, v, first + accepted);
                 logprobs[accepted] = Logprob(choice, row, last);
                 if (!kept) break;
                 if (!ReferenceEquals(counts, choice.Counts)) counts[last] = counts.GetValueOrDefault(last) + 1;
@@ -523,10 +527,10 @@ public sealed class InferenceEngine : IDisposable
     /// Penalties, then the request's sampler (within the choice's grammar, when it has one); the log-probabilities come from
     /// the raw row. -1 when the grammar allows no token at all.
     /// </summary>
-    private int Choose(Choice choice, ReadOnlySpan<float> row)
+    private int Choose(Choice choice, ReadOnlySpan<float> row, long position)
     {
         var scores = Penalized(choice, row, choice.Counts);
-        int token = choice.Json is { } json ? Constrained(choice, json, scores) : choice.Sampler.Sample(scores, row.Length);
+        int token = choice.Json is { } json ? Constrained(choice, json, scores, position) : choice.Sampler.Sample(scores, row.Length, position);
         if (token >= 0) choice.PendingLogprob = Logprob(choice, row, token);
         return token;
     }
@@ -535,8 +539,8 @@ public sealed class InferenceEngine : IDisposable
     /// A token the choice's grammar accepts (<see cref="ConstrainedVocabulary"/>), or -1 when it accepts none. The end-of-text
     /// tokens are refused until the document is complete, when the choice ends anyway.
     /// </summary>
-    private int Constrained(Choice choice, JsonRecognizer json, float[] scores) =>
-        (_constrained ??= new ConstrainedVocabulary(_tokenizer)).Sample(choice.Sampler, choice.Request.Request.Sampling, scores, json, _stopTokens);
+    private int Constrained(Choice choice, JsonRecognizer json, float[] scores, long position) =>
+        (_constrained ??= new ConstrainedVocabulary(_tokenizer)).Sample(choice.Sampler, choice.Request.Request.Sampling, scores, position, json, _stopTokens);
 
     private ConstrainedVocabulary? _constrained;   // built at the first constrained request
 

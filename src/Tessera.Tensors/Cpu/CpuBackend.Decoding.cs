@@ -164,6 +164,39 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(x, indices);
     }
 
+    public void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids)
+    {
+        const string op = nameof(SampleRows);
+        ArgumentNullException.ThrowIfNull(logits); ArgumentNullException.ThrowIfNull(parameters);
+        ArgumentNullException.ThrowIfNull(positions); ArgumentNullException.ThrowIfNull(ids);
+        RequireComputeDType(op, nameof(logits), logits);
+        RequireRank(op, nameof(logits), logits, 2, "(M,V)");
+        RequireUnitLastStride(op, nameof(logits), logits);
+        int m = logits.Shape[0], v = logits.Shape[1];
+        if (v == 0) throw new ArgumentException($"{op}: logits {logits.Shape} has no columns", nameof(logits));
+        RequireDType(op, nameof(parameters), parameters, DType.I32);
+        RequireContiguous(op, nameof(parameters), parameters);
+        RequireShape(op, nameof(parameters), parameters, new Shape(m, TokenSampling.ParameterColumns));
+        foreach (var (name, t) in new[] { (nameof(positions), positions), (nameof(ids), ids) })
+        {
+            RequireDType(op, name, t, DType.I32);
+            RequireContiguous(op, name, t);
+            if (t.NumElements != m) throw new ArgumentException($"{op}: {name} {t.Shape} must hold one value per row of logits {logits.Shape}", name);
+        }
+        int* pp = Ptr<int>(parameters), pos = Ptr<int>(positions), pi = Ptr<int>(ids);
+        long ld = logits.Stride(0);
+        var row = new float[v];
+        for (int r = 0; r < m; r++)
+        {
+            // The row as floats: F64 logits are rounded once, as the host sampler reads them.
+            if (logits.DType == DType.F32) new ReadOnlySpan<float>(Ptr<float>(logits) + r * ld, v).CopyTo(row);
+            else { double* src = Ptr<double>(logits) + r * ld; for (int i = 0; i < v; i++) row[i] = (float)src[i]; }
+            var (temperature, topK, topP, seed) = TokenSampling.ReadParameters(new ReadOnlySpan<int>(pp + r * TokenSampling.ParameterColumns, TokenSampling.ParameterColumns));
+            pi[r] = TokenSampling.Choose(row, temperature, topK, topP, seed, pos[r]);
+        }
+        KeepOperandsAlive(logits, parameters, positions, ids);
+    }
+
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null)
     {

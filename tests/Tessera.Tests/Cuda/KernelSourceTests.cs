@@ -60,12 +60,14 @@ public sealed class KernelSourceTests
         __device__ float atomicAdd(float*, float);
         __device__ int atomicAdd(int*, int);
         __device__ unsigned atomicAdd(unsigned*, unsigned);
+        __device__ unsigned long long atomicAdd(unsigned long long*, unsigned long long);
         __device__ unsigned atomicCAS(unsigned*, unsigned, unsigned);
         __device__ unsigned atomicInc(unsigned*, unsigned);
         __device__ float __shfl_xor_sync(unsigned, float, int, int w = 32);
         __device__ double __shfl_xor_sync(unsigned, double, int, int w = 32);
         __device__ int __shfl_xor_sync(unsigned, int, int, int w = 32);
         __device__ unsigned __shfl_xor_sync(unsigned, unsigned, int, int w = 32);
+        __device__ unsigned long long __shfl_xor_sync(unsigned, unsigned long long, int, int w = 32);
         __device__ float __shfl_sync(unsigned, float, int, int w = 32);
         __device__ int __shfl_sync(unsigned, int, int, int w = 32);
         __device__ int __shfl_up_sync(unsigned, int, unsigned, int w = 32);

@@ -36,7 +36,7 @@ public class TextGeneratorTests
             int vPad = model.Config.EffectivePaddedVocab;
             var last = new float[v];
             for (int j = 0; j < v; j++) last[j] = (float)logits[(tokens.Count - 1) * vPad + j];
-            int next = sampler.Sample(last, v);
+            int next = sampler.Sample(last, v, tokens.Count);            // the token's position
             produced.Add(next);
             tokens.Add(next);
         }

@@ -63,9 +63,11 @@ template <typename T> T emu_shfl(T v, int src_lane_fn(int, int), int arg)
 {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     double* slot = g_block->slots.data() + warp * 32;
-    slot[lane] = (double)v;
+    static_assert(sizeof(T) <= sizeof(double), "a shuffled value fits a slot");
+    std::memcpy(&slot[lane], &v, sizeof(T));   // the bits, so 64-bit integers pass exactly
     g_block->warps[warp]->arrive_and_wait();
-    T r = (T)slot[src_lane_fn(lane, arg)];
+    T r;
+    std::memcpy(&r, &slot[src_lane_fn(lane, arg)], sizeof(T));
     g_block->warps[warp]->arrive_and_wait();
     return r;
 }
@@ -81,6 +83,7 @@ template <typename T> T __shfl_down_sync(unsigned, T v, unsigned d, int = 32) { 
 inline std::mutex& emu_atomic_lock() { static std::mutex m; return m; }
 inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); float o = *p; *p += v; return o; }
 inline int atomicAdd(int* p, int v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); int o = *p; *p += v; return o; }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned long long o = *p; *p += v; return o; }
 inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned o = *p; if (o == c) *p = v; return o; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }

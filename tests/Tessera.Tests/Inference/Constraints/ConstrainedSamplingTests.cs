@@ -6,7 +6,8 @@ namespace Tessera.Tests.Inference.Constraints;
 
 /// <summary>
 /// Sampling within a constraint gives the sampler's distribution over the allowed tokens alone: by rejection (greedy, or a
-/// temperature alone), and by masking first (top-k, top-p); the frequencies of 40,000 draws against the exact probabilities.
+/// temperature alone), and by masking first (top-k, top-p); the frequencies of 40,000 draws (positions 0 to 39,999) against
+/// the exact probabilities.
 /// </summary>
 public class ConstrainedSamplingTests
 {
@@ -20,7 +21,7 @@ public class ConstrainedSamplingTests
         int calls = 0;
         for (int i = 0; i < n; i++)
         {
-            int t = ConstrainedSampling.Sample(sampler, options, (float[])Logits.Clone(), t => { calls++; return Allowed.Contains(t); });
+            int t = ConstrainedSampling.Sample(sampler, options, (float[])Logits.Clone(), position: i, t => { calls++; return Allowed.Contains(t); });
             Assert.Contains(t, Allowed);
             counts[t]++;
         }
@@ -48,7 +49,7 @@ public class ConstrainedSamplingTests
     [Fact]
     public void GreedyTakesTheBestAllowedToken()
     {
-        var t = ConstrainedSampling.Sample(new Sampler(SamplingOptions.Greedy), SamplingOptions.Greedy, (float[])Logits.Clone(), Allowed.Contains);
+        var t = ConstrainedSampling.Sample(new Sampler(SamplingOptions.Greedy), SamplingOptions.Greedy, (float[])Logits.Clone(), position: 0, Allowed.Contains);
         Assert.Equal(7, t);                                     // 5, 0 and 2 score higher but are refused
     }
 
@@ -74,8 +75,8 @@ public class ConstrainedSamplingTests
     [Fact]
     public void NothingAllowedGivesMinusOne()
     {
-        Assert.Equal(-1, ConstrainedSampling.Sample(new Sampler(SamplingOptions.Greedy), SamplingOptions.Greedy, (float[])Logits.Clone(), _ => false));
+        Assert.Equal(-1, ConstrainedSampling.Sample(new Sampler(SamplingOptions.Greedy), SamplingOptions.Greedy, (float[])Logits.Clone(), position: 0, _ => false));
         var sampled = new SamplingOptions { Temperature = 1, Seed = 2 };
-        Assert.Equal(-1, ConstrainedSampling.Sample(new Sampler(sampled), sampled, (float[])Logits.Clone(), _ => false));
+        Assert.Equal(-1, ConstrainedSampling.Sample(new Sampler(sampled), sampled, (float[])Logits.Clone(), position: 0, _ => false));
     }
 }

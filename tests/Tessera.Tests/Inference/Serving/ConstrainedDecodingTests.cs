@@ -60,7 +60,7 @@ public class ConstrainedDecodingTests
         var grammar = JsonGrammar.FromSchema(JsonDocument.Parse(Schema).RootElement);
         var constrained = Run(engine, new CompletionRequest
         {
-            Prompt = [.. "{\"answer\": "u8.ToArray().Select(b => (int)b)], MaxTokens = 90, Choices = 3, Seed = 5,
+            Prompt = [.. "{\"answer\": "u8.ToArray().Select(b => (int)b)], MaxTokens = 116, Choices = 3, Seed = 5,   // the context (128) less the prompt: a random model writes long integers
             Sampling = new SamplingOptions { Temperature = temperature, TopK = topK }, Grammar = grammar,
         });
         var free = EngineRequests.RunAll(engine, [[1, 2, 3, 1, 2, 3, 1, 2]], 30);   // beside it, speculating, unconstrained

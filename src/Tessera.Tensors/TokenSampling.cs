@@ -1,0 +1,128 @@
+namespace Tessera.Tensors;
+
+/// <summary>
+/// The definition of a sampled token, shared by the host sampler and every backend's <see cref="IBackend.SampleRows"/>:
+/// a pure function of the row of logits, the temperature, top-k, top-p, the request's seed and the position the token will
+/// take in its sequence. Nothing is carried from one draw to the next, so the token at a position does not depend on the
+/// batch, on preemption (a recomputed sequence draws the same tokens) or on speculative decoding (a verifying row draws the
+/// token the plain decode step would have drawn), and a device can draw it without the host.
+/// <para>
+/// The rule: with temperature 0 (or below), the argmax (<see cref="ArgMax"/>). Otherwise the candidates are the finite or
+/// infinite logits (NaN is never drawn), ordered by logit, highest first, the lower id first on ties; top-k keeps the first
+/// k of them; top-p keeps the shortest prefix of those whose softmax probabilities (at the temperature, over what top-k
+/// kept) sum to at least p; and the token is the kept candidate of the largest score (logit - max) / temperature + g, where
+/// g is a Gumbel variable drawn for (seed, position, token) (<see cref="Noise"/>): the Gumbel-max trick, which draws from the
+/// softmax of the kept logits at the temperature without normalizing them. A row whose largest logit is infinite draws the
+/// argmax.
+/// </para>
+/// <para>
+/// The noise is -log(-log u), u = (2k + 1) 2^-24 for 23 bits k of a SplitMix64 hash of the row's key and the token; both
+/// logarithms are of exact float inputs, so the host and a GPU compute the same floats up to their logf's last bit. It is
+/// bounded by about 16.6: a candidate 16.6 below the best in (logit - max) / temperature is never drawn (probability
+/// e^-16.6, 6e-8, of the best's).
+/// </para>
+/// </summary>
+public static class TokenSampling
+{
+    /// <summary>Columns of a row of <see cref="IBackend.SampleRows"/>'s parameters (I32): the temperature's float bits,
+    /// top-k, top-p's float bits, the seed's low and high 32 bits.</summary>
+    public const int ParameterColumns = 5;
+
+    /// <summary>Writes one row of <see cref="IBackend.SampleRows"/>'s parameters.</summary>
+    public static void WriteParameters(Span<int> row, float temperature, int topK, float topP, ulong seed)
+    {
+        if (row.Length < ParameterColumns) throw new ArgumentException($"TokenSampling.WriteParameters: a row holds {ParameterColumns} values, got {row.Length}", nameof(row));
+        row[0] = BitConverter.SingleToInt32Bits(temperature);
+        row[1] = topK;
+        row[2] = BitConverter.SingleToInt32Bits(topP);
+        row[3] = unchecked((int)(uint)seed);
+        row[4] = unchecked((int)(uint)(seed >> 32));
+    }
+
+    /// <summary>Reads one row of parameters written by <see cref="WriteParameters"/>.</summary>
+    public static (float Temperature, int TopK, float TopP, ulong Seed) ReadParameters(ReadOnlySpan<int> row) =>
+        (BitConverter.Int32BitsToSingle(row[0]), row[1], BitConverter.Int32BitsToSingle(row[2]), (uint)row[3] | (ulong)(uint)row[4] << 32);
+
+    /// <summary>The key of the draw at <paramref name="position"/> for <paramref name="seed"/>.</summary>
+    public static ulong RowKey(ulong seed, long position) => Mix(unchecked(seed + 0x9E3779B97F4A7C15UL * (ulong)(position + 1)));
+
+    /// <summary>The Gumbel noise of <paramref name="token"/> in the draw of <paramref name="rowKey"/>.</summary>
+    public static float Noise(ulong rowKey, int token)
+    {
+        ulong h = Mix(rowKey ^ unchecked(0xD1B54A32D192ED03UL * (ulong)(token + 1)));
+        float u = (2 * (uint)(h >> 41) + 1) * 5.9604644775390625e-8f;   // (2k + 1) 2^-24 in (0, 1), exact
+        return -MathF.Log(-MathF.Log(u));
+    }
+
+    /// <summary>The token drawn from <paramref name="logits"/> (see the class remarks).</summary>
+    public static int Choose(ReadOnlySpan<float> logits, float temperature, int topK, float topP, ulong seed, long position)
+    {
+        if (logits.IsEmpty) throw new ArgumentException("TokenSampling.Choose: the row is empty", nameof(logits));
+        int best = ArgMax(logits);
+        float max = logits[best];
+        if (!(temperature > 0) || float.IsNaN(max) || float.IsInfinity(max)) return best;
+        int candidates = 0;
+        foreach (var v in logits) if (!float.IsNaN(v)) candidates++;
+        bool filtered = (topK > 0 && topK < candidates) || topP < 1;
+        ulong key = RowKey(seed, position);
+        if (!filtered) return Gumbel(logits, max, temperature, key, []);
+
+        // The order of the candidates: logit descending, id ascending.
+        var order = new int[candidates];
+        for (int i = 0, j = 0; i < logits.Length; i++) if (!float.IsNaN(logits[i])) order[j++] = i;
+        var values = logits.ToArray();
+        Array.Sort(order, (a, b) => values[a] != values[b] ? values[b].CompareTo(values[a]) : a.CompareTo(b));
+        int keep = topK > 0 ? Math.Min(topK, candidates) : candidates;
+        if (topP < 1)
+        {
+            double sum = 0;
+            var p = new double[keep];
+            for (int i = 0; i < keep; i++) sum += p[i] = Math.Exp(((double)values[order[i]] - max) / temperature);
+            double target = topP * sum, cumulative = 0;
+            for (int i = 0; i < keep; i++)
+            {
+                cumulative += p[i];
+                if (cumulative >= target) { keep = i + 1; break; }
+            }
+        }
+        return Gumbel(logits, max, temperature, key, order.AsSpan(0, keep));
+    }
+
+    /// <summary>
+    /// Index of the largest logit: the lowest index on ties, as PyTorch's argmax; NaN is skipped (0 when all are NaN), the
+    /// rule of <see cref="IBackend.ArgMax"/>.
+    /// </summary>
+    public static int ArgMax(ReadOnlySpan<float> logits)
+    {
+        int best = -1;
+        for (int i = 0; i < logits.Length; i++)
+            if (!float.IsNaN(logits[i]) && (best < 0 || logits[i] > logits[best])) best = i;
+        return Math.Max(best, 0);
+    }
+
+    /// <summary>SplitMix64's finalizer.</summary>
+    private static ulong Mix(ulong z)
+    {
+        z = unchecked((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL);
+        z = unchecked((z ^ (z >> 27)) * 0x94D049BB133111EBUL);
+        return z ^ (z >> 31);
+    }
+
+    /// <summary>The candidate of the largest score among every non-NaN logit (<paramref name="kept"/> empty) or the kept ones;
+    /// the lowest id on ties.</summary>
+    private static int Gumbel(ReadOnlySpan<float> logits, float max, float temperature, ulong key, ReadOnlySpan<int> kept)
+    {
+        int chosen = -1;
+        float top = float.NegativeInfinity;
+        int count = kept.IsEmpty ? logits.Length : kept.Length;
+        for (int j = 0; j < count; j++)
+        {
+            int i = kept.IsEmpty ? j : kept[j];
+            float logit = logits[i];
+            if (float.IsNaN(logit)) continue;
+            float score = (logit - max) / temperature + Noise(key, i);
+            if (chosen < 0 || score > top || (score == top && i < chosen)) { chosen = i; top = score; }
+        }
+        return chosen;
+    }
+}

@@ -1,0 +1,130 @@
+using Tessera.Inference.Paging;
+using Tessera.Inference.Sampling;
+using Tessera.Inference.Scheduling;
+using Tessera.Inference.Serving;
+using Tessera.Inference.Speculation;
+using Tessera.Models.Tokenization;
+using Tessera.Tensors.Cpu;
+using Xunit;
+
+namespace Tessera.Tests.Inference.Serving;
+
+/// <summary>
+/// Sampled requests drawn on the device (<see cref="EngineOptions.SampleOnDevice"/>, <c>IBackend.SampleRows</c>) on a random
+/// llama-debug model (F64, CPU) with the byte tokenizer. Both the device's draws and the host sampler's follow one rule, a
+/// function of the row, the options and the token's position, so exact equality is the oracle: drawn on the device or on
+/// the host, in a batch or alone, with speculation or without, a seeded request has the same tokens.
+/// </summary>
+public class DeviceSamplingTests
+{
+    private readonly CpuBackend _cpu = new(1);
+
+    private static readonly int[][] Prompts =
+    [
+        [10, 20, 30, 40, 10, 20, 30, 40, 10, 20, 30],
+        [5, 6, 5, 6, 5, 6, 5],
+        [99, 98, 97, 96, 95, 94],
+        [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2],
+    ];
+
+    private static readonly SamplingOptions[] Samplings =
+    [
+        new() { Temperature = 1.0 },
+        new() { Temperature = 0.7, TopP = 0.9 },
+        new() { Temperature = 1.2, TopK = 20 },
+        new() { Temperature = 0.5, TopK = 40, TopP = 0.8 },
+    ];
+
+    private InferenceEngine Engine(bool onDevice, int draftTokens = 0) =>
+        new(ByteModels.Random(_cpu, "llama-debug", seed: 11, context: 96), new ByteTokenizer(), new EngineOptions
+        {
+            Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 1 << 20 },
+            Scheduler = new SchedulerOptions { MaxBatch = 8, TokenBudget = 32, MaxQueue = 16 },
+            SampleOnDevice = onDevice,
+            Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1 },
+        });
+
+    private static CompletionRequest[] Requests(double frequencyPenalty = 0, double temperatureScale = 1) =>
+        [.. Prompts.Select((p, i) => new CompletionRequest
+        {
+            Prompt = p, MaxTokens = 24, Choices = 2, Seed = (ulong)(500 + i),
+            Sampling = Samplings[i % Samplings.Length] with { Temperature = Samplings[i % Samplings.Length].Temperature * temperatureScale },
+            FrequencyPenalty = i == 3 ? frequencyPenalty : 0,
+        })];
+
+    private static async Task<List<int>[][]> RunAll(InferenceEngine engine, CompletionRequest[] requests)
+    {
+        var runs = requests.Select(async r =>
+        {
+            var tokens = Enumerable.Range(0, r.Choices).Select(_ => new List<int>()).ToArray();
+            await foreach (var e in engine.Submit(r).ReadAllAsync()) tokens[e.Index].AddRange(e.Tokens);
+            return tokens;
+        });
+        return await Task.WhenAll(runs);
+    }
+
+    /// <summary>
+    /// The same seeded requests (four samplings: temperature alone, with top-p, top-k, both; two choices each; run
+    /// together) give the same tokens drawn on the device as on the host, and the device's steps are scheduled
+    /// asynchronously where the host's are not (they need the logits first). The choices of a request differ (their seeds do).
+    /// </summary>
+    [Fact(Timeout = 120_000)]
+    public async Task TheDeviceDrawsTheTokensTheHostDraws()
+    {
+        using var device = Engine(onDevice: true);
+        using var host = Engine(onDevice: false);
+        var requests = Requests();
+        var onDevice = await RunAll(device, requests);
+        var onHost = await RunAll(host, requests);
+        for (int i = 0; i < requests.Length; i++)
+        {
+            for (int c = 0; c < 2; c++)
+            {
+                Assert.Equal(24, onDevice[i][c].Count);
+                Assert.Equal(onHost[i][c], onDevice[i][c]);
+            }
+            Assert.NotEqual(onDevice[i][0], onDevice[i][1]);
+        }
+        Assert.True(device.PipelinedSteps > 0, "no device-sampled step was scheduled asynchronously");
+        Assert.Equal(0, host.PipelinedSteps);
+        Assert.Equal(0, device.Metrics.KvBlocksInUse);
+    }
+
+    /// <summary>
+    /// Speculation by prompt lookup keeps a sampled request's tokens exactly (a guess is kept when it is the token its row
+    /// draws, which is the token that position draws without guesses): on the device, and on the host with a frequency
+    /// penalty counted over the kept guesses. At a third of the temperatures the model's choices are peaked enough that some
+    /// guesses are kept and some rejected, so both paths run.
+    /// </summary>
+    [Theory(Timeout = 120_000)]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task SpeculationKeepsASampledRequestsTokens(bool onDevice)
+    {
+        using var plain = Engine(onDevice);
+        using var speculative = Engine(onDevice, draftTokens: 3);
+        var requests = Requests(frequencyPenalty: 0.5, temperatureScale: 0.3);
+        var expected = await RunAll(plain, requests);
+        var actual = await RunAll(speculative, requests);
+        for (int i = 0; i < requests.Length; i++)
+            for (int c = 0; c < 2; c++) Assert.Equal(expected[i][c], actual[i][c]);
+        var m = speculative.Metrics;
+        TestContext.Current.SendDiagnosticMessage($"on the device: {onDevice}; {m.AcceptedDraftTokens} of {m.DraftTokens} guesses kept");
+        Assert.True(m.AcceptedDraftTokens > 0 && m.AcceptedDraftTokens < m.DraftTokens, $"{m.AcceptedDraftTokens} of {m.DraftTokens} guesses kept: both paths must run");
+        Assert.Equal(0, m.KvBlocksInUse);
+    }
+
+    /// <summary>A sampled request run alone draws what it draws in a full batch beside others (greedy, sampled and penalized).</summary>
+    [Fact(Timeout = 120_000)]
+    public async Task ARequestAloneDrawsWhatItDrawsInABatch()
+    {
+        using var engine = Engine(onDevice: true);
+        var requests = Requests(frequencyPenalty: 0.5);
+        var together = await RunAll(engine, requests);
+        for (int i = 0; i < requests.Length; i++)
+        {
+            var alone = await RunAll(engine, [requests[i]]);
+            for (int c = 0; c < 2; c++) Assert.Equal(together[i][c], alone[0][c]);
+        }
+    }
+}
