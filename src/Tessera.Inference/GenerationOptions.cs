@@ -36,7 +36,9 @@ public sealed record GenerationOptions
     /// <see cref="SpeculationOptions.DraftTokens"/> tokens guessed from the text so far, keeps the guesses the model agrees
     /// with and the model's token after them, and truncates the cache past them. Greedy output is greedy decoding's; sampled
     /// tokens keep their distribution (<see cref="Sampler.Verify"/>; the rows' logits are read to the host). Steps then run
-    /// eagerly (no recorded graph: their row count varies). Ignored in the bounded window cache. Default off.
+    /// eagerly (no recorded graph: their row count varies). In the bounded window cache of a windowed model the guesses
+    /// are verified in the paged runner's steps instead, and a draft model keeps its keys in a pool beside the served one,
+    /// through the same block table (its blocks kept while either model reads them). Default off.
     /// </summary>
     public SpeculationOptions Speculation { get; init; } = new();
 
