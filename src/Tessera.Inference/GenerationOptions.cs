@@ -34,9 +34,12 @@ public sealed record GenerationOptions
     /// <summary>
     /// Speculative decoding by prompt lookup (<see cref="NgramDrafter"/>): each step feeds the last token and up to
     /// <see cref="SpeculationOptions.DraftTokens"/> tokens guessed from the text so far, keeps the guesses the model agrees
-    /// with and the model's token after them, and truncates the cache past them. Greedy output is greedy decoding's; sampled
-    /// tokens keep their distribution (<see cref="Sampler.Verify"/>; the rows' logits are read to the host). Steps then run
-    /// eagerly (no recorded graph: their row count varies). Ignored in the bounded window cache. Default off.
+    /// with and the model's token after them, and truncates the cache past them. Greedy output is greedy decoding's, and
+    /// sampled output is the same seed's without speculation (<see cref="Sampler.Verify"/>: a guess is kept when it is the
+    /// token its position draws; the rows' logits are read to the host). Steps then run
+    /// eagerly (no recorded graph: their row count varies). In the bounded window cache of a windowed model the guesses
+    /// are verified in the paged runner's steps instead, and a draft model keeps its keys in a pool beside the served one,
+    /// through the same block table (its blocks kept while either model reads them). Default off.
     /// </summary>
     public SpeculationOptions Speculation { get; init; } = new();
 

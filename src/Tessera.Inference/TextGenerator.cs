@@ -18,7 +18,9 @@ namespace Tessera.Inference;
 /// (window + prefill chunk positions), and its runner, with one sequence. The scheduler returns the blocks left of the
 /// window to the pool after each step and the next positions take them, so the pool works as a ring buffer of blocks and
 /// memory stays O(window) however long the generation; the paged kernels never read a block left of the window. The
-/// dense path, and with it the non-windowed decode step and its recorded graph, is untouched.
+/// dense path, and with it the non-windowed decode step and its recorded graph, is untouched. Speculative decoding runs
+/// there too, as in serving: the guesses are verified in the step, and a draft model's pool shares the block table (its
+/// window, or its lack of one, then counts in what the pool holds: <see cref="DraftModelPool"/>).
 /// </para>
 /// </summary>
 public sealed class TextGenerator
@@ -158,7 +160,7 @@ public sealed class TextGenerator
     /// Generation with speculative decoding by prompt lookup or with the draft model (a dense cache of its own, which
     /// catches up on the tokens it lacks and then guesses one token a forward): each step feeds the last token and the
     /// guesses after it as one forward over the cache, keeps the guesses the model agrees with (greedy: each equals the argmax at the
-    /// row before it; sampling: <see cref="Sampler.Verify"/>, which keeps the tokens' distribution) and truncates the cache
+    /// row before it; sampling: it is the token drawn at its position, <see cref="Sampler.Verify"/>) and truncates the cache
     /// past the last kept one; the model's token after it is the next one. The tokens come out one by one, so stops and
     /// limits fall on the same token as without speculation.
     /// </summary>
@@ -269,13 +271,19 @@ public sealed class TextGenerator
         }
     }
 
-    /// <summary>Generation through a paged pool of the blocks one windowed sequence holds at once (see the class remarks).</summary>
+    /// <summary>
+    /// Generation through a paged pool of the blocks one windowed sequence holds at once (see the class remarks). With
+    /// speculation each step first guesses (prompt lookup, or the draft model in a pool of its own beside the served one,
+    /// addressed through the same block table, which follows every step's tokens so that the window's release never takes
+    /// a block it still reads), then verifies the guesses in the step as the engine does.
+    /// </summary>
     private IEnumerable<int> RunWindowed(IReadOnlyList<int> prompt, GenerationOptions options)
     {
         var config = _model.Config;
-        int chunk = options.WindowPrefillChunk;
+        int chunk = options.WindowPrefillChunk, k = options.Speculation.DraftTokens;
         int maxLength = (int)Math.Min((long)prompt.Count + options.MaxNewTokens, config.MaxSequenceLength);
-        int blocks = Scheduler.BlocksHeld(maxLength, WindowBlockSize, config.SlidingWindow, chunk);
+        var draftPool = _draft is null ? null : new DraftModelPool { SlidingWindow = _draft.Config.SlidingWindow, LookaheadTokens = k };
+        int blocks = Scheduler.BlocksHeld(maxLength, WindowBlockSize, config.SlidingWindow, chunk, draftPool);
         var cacheOptions = new PagedKvCacheOptions
         {
             BlockSize = WindowBlockSize,
@@ -283,40 +291,71 @@ public sealed class TextGenerator
             PrefixCaching = false,                                   // one sequence: nothing to share
         };
         using var cache = new PagedKvCache(_model.Backend, _model.DType, config.Layers, config.EffectiveKvHeads, config.HeadSize, cacheOptions);
-        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 1, TokenBudget = chunk, DecodingStepTokens = chunk }, config.SlidingWindow);
-        using var runner = new PagedModelRunner(_model, cache, chunk, 1, maxLength, options.CaptureGraph);
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 1, TokenBudget = chunk, DecodingStepTokens = chunk }, config.SlidingWindow, draftPool);
+        using var runner = new PagedModelRunner(_model, cache, chunk, 1, maxLength, options.CaptureGraph, k);
+        using var modelDrafter = _draft is null ? null : new ModelDrafter(_draft, _model, cache, chunk, 1, maxLength, options.CaptureGraph);
+        var ngram = k > 0 && _draft is null ? new NgramDrafter(options.Speculation) : null;
+        var guesses = new int[k];
         var sampler = new Sampler(options.Sampling);
         bool greedy = options.Sampling.Temperature == 0;
         var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
-        var sequence = new Sequence(0, prompt, maxLength);
+        var sequence = new Sequence(0, prompt, maxLength) { MaxDrafts = k };
         scheduler.Add(sequence);
         LastRunCachePositions = cache.Blocks * cache.BlockSize;
         LastRunPeakBlocks = 0;
         LastRunRecorded = false;
         for (int produced = 0; ; )
         {
-            int next = StepWindowed(scheduler, runner, cache, greedy, sampler);
-            if (next < 0) continue;                                   // a prefill chunk short of the prompt's end
+            int room = sequence.PendingTokens == 1 ? Math.Min(k, sequence.MaxLength - sequence.Tokens.Count - 1) : 0;
+            if (room > 0 && modelDrafter is not null && scheduler.TryReserveAhead(sequence, sequence.Tokens.Count + room))
+                modelDrafter.Draft([sequence], [room]);
+            else if (room > 0 && ngram is not null && ngram.Propose(sequence.Tokens, guesses.AsSpan(0, room)) is > 0 and var proposed)
+                sequence.AppendDrafts(guesses.AsSpan(0, proposed));
+            var step = scheduler.Schedule();
+            if (step.IsEmpty)
+                throw new InvalidOperationException($"TextGenerator: the bounded window cache of {cache.Blocks} blocks could not place the sequence (a bug: it is sized for one sequence)");
+            modelDrafter?.CatchUp(step);                              // before Complete releases what the window left behind
+            LastRunPeakBlocks = Math.Max(LastRunPeakBlocks, cache.Allocator.InUse);   // before Complete releases the blocks the step left behind
+            int sampled = runner.Run(step, withLogits: !greedy, out var ids, out var logits);
+            scheduler.Complete(step);
+            if (sampled == 0) continue;                               // a prefill chunk short of the prompt's end
             LastRunRecorded = runner.ReplayedSteps > 0;
-            if (stop.Contains(next)) yield break;
-            yield return next;
-            produced++;
-            if (prompt.Count + produced >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
-            sequence.Append(next);
+            // The token after the last kept guess: a guess is kept while it is the token the row before it gives (the argmax,
+            // or the token drawn at its position: Sampler.Verify), so the tokens are those decoding one a step gives.
+            int drafts = step.Sequences[0].Drafts, first = sequence.Tokens.Count - drafts, accepted = 0, last;
+            int vocab = config.VocabSize;
+            if (greedy)
+            {
+                while (accepted < drafts && ids[accepted] == sequence.Tokens[first + accepted]) accepted++;
+                last = ids[accepted];
+            }
+            else
+            {
+                for (; ; accepted++)
+                {
+                    var row = logits.Slice(accepted * vocab, vocab);
+                    long position = first + accepted;                // the token row `accepted` draws
+                    if (accepted == drafts) { last = sampler.Sample(row, vocab, position); break; }
+                    last = sampler.Verify(row, vocab, sequence.Tokens[first + accepted], position, out bool kept);
+                    if (!kept) break;
+                }
+            }
+            if (drafts > 0)
+            {
+                scheduler.ResolveDrafts(sequence, accepted);
+                LastRunDraftTokens += drafts;
+                LastRunAcceptedDraftTokens += accepted;
+            }
+            for (int i = 0; i <= accepted; i++)                       // one by one: stops and limits fall on the same token
+            {
+                int token = i < accepted ? sequence.Tokens[first + i] : last;
+                if (stop.Contains(token)) yield break;
+                yield return token;
+                produced++;
+                if (prompt.Count + produced >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
+            }
+            sequence.Append(last);
         }
-    }
-
-    /// <summary>Runs one scheduled step; the sampled token, or -1 when the step sampled nothing.</summary>
-    private int StepWindowed(Scheduler scheduler, PagedModelRunner runner, PagedKvCache cache, bool greedy, Sampler sampler)
-    {
-        var step = scheduler.Schedule();
-        if (step.IsEmpty)
-            throw new InvalidOperationException($"TextGenerator: the bounded window cache of {cache.Blocks} blocks could not place the sequence (a bug: it is sized for one sequence)");
-        LastRunPeakBlocks = Math.Max(LastRunPeakBlocks, cache.Allocator.InUse);   // before Complete releases the blocks the step left behind
-        int sampled = runner.Run(step, withLogits: !greedy, out var ids, out var logits);
-        scheduler.Complete(step);
-        if (sampled == 0) return -1;
-        return greedy ? ids[0] : sampler.Sample(logits, _model.Config.VocabSize, step.Sequences[0].Sequence.Tokens.Count);
     }
 
     private int ArgMax(Tensor logits, Tensor tokens, int[] chosen)

@@ -204,8 +204,12 @@ public sealed class ServeCommand : Command
             terminal.Line($"  speculative decoding: requests verify up to {engineOptions.Speculation.DraftTokens} tokens a step guessed " +
                 (draft is null ? "from their own text" : $"by the draft model {draftDir} ({draft.Config.Layers} layers)"));
         if (model.Config.SlidingWindow > 0)
-            terminal.Line($"  sliding window of {model.Config.SlidingWindow}: blocks left of it go back to the pool, a sequence holds at most " +
-                $"{Scheduler.BlocksHeld(engine.MaxSequenceLength, engineOptions.Cache.BlockSize, model.Config.SlidingWindow, engineOptions.Scheduler.TokenBudget)} blocks");
+        {
+            string pair = draft is null ? "" : draft.Config.SlidingWindow == 0 ? " (and the draft model's, which has none: every block is kept)"
+                : $" (and the draft model's of {draft.Config.SlidingWindow})";
+            terminal.Line($"  sliding window of {model.Config.SlidingWindow}: blocks left of it{pair} go back to the pool, a sequence holds at most " +
+                $"{engine.BlocksHeldPerSequence} blocks");
+        }
         terminal.Line("  Ctrl-C stops the server");
         terminal.Output.Flush();
         server.WaitAsync(signals.Token).GetAwaiter().GetResult();

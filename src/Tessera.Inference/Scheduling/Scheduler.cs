@@ -21,6 +21,14 @@ namespace Tessera.Inference.Scheduling;
 /// stays findable in the prefix cache) and their table entries become -1, which the attention kernels never look up. A
 /// sequence then holds at most <see cref="BlocksHeld(int)"/> blocks however long it grows, and admission counts that bound.
 /// </para>
+/// <para>
+/// With a draft model whose pool shares the block tables (<see cref="DraftModel"/>), a block goes back only once neither
+/// model reads it again: the served model's next query (window <see cref="SlidingWindow"/>) and the draft model's, at
+/// <see cref="Sequence.DraftModelTokens"/> (its own window; none keeps every block). The draft model follows every step's
+/// tokens (<see cref="Speculation.ModelDrafter.CatchUp"/>), so it never lags the served model by more than the guesses of a
+/// step, and the bound is that of the larger window (<see cref="RetainedWindow"/>). A block enters the prefix cache only
+/// once both pools hold its tokens, so a sequence that takes cached blocks takes them in both pools.
+/// </para>
 /// </summary>
 public sealed class Scheduler
 {
@@ -32,13 +40,16 @@ public sealed class Scheduler
     /// A scheduler placing sequences into <paramref name="cache"/> for a model whose every attention layer slides over
     /// <paramref name="slidingWindow"/> positions (0: full causal attention, the blocks stay until the sequence ends).
     /// </summary>
-    public Scheduler(PagedKvCache cache, SchedulerOptions options, int slidingWindow = 0)
+    /// <remarks>With <paramref name="draftModel"/>, a draft model's pool shares the block tables (see the class remarks).</remarks>
+    public Scheduler(PagedKvCache cache, SchedulerOptions options, int slidingWindow = 0, DraftModelPool? draftModel = null)
     {
         ArgumentNullException.ThrowIfNull(cache);
         Options = (options ?? throw new ArgumentNullException(nameof(options))).Validate();
         if (slidingWindow < 0) throw new ArgumentOutOfRangeException(nameof(slidingWindow), slidingWindow, "Scheduler: the sliding window must be 0 (none) or positive");
         _cache = cache;
         SlidingWindow = slidingWindow;
+        DraftModel = draftModel?.Validate();
+        RetainedWindow = RetainedWindowOf(slidingWindow, DraftModel);
     }
 
     /// <summary>The limits.</summary>
@@ -46,6 +57,25 @@ public sealed class Scheduler
 
     /// <summary>Positions each query sees (the model's sliding window), or 0 for all.</summary>
     public int SlidingWindow { get; }
+
+    /// <summary>The draft model whose pool shares the block tables (speculative decoding with a draft model), or null.</summary>
+    public DraftModelPool? DraftModel { get; }
+
+    /// <summary>
+    /// Positions behind a sequence's next one whose blocks are kept, for both models: the larger of the served model's and
+    /// the draft model's windows, or 0 (every block kept) when either reads every position.
+    /// </summary>
+    public int RetainedWindow { get; }
+
+    private static int RetainedWindowOf(int slidingWindow, DraftModelPool? draftModel) =>
+        slidingWindow == 0 || draftModel is { SlidingWindow: 0 } ? 0 : Math.Max(slidingWindow, draftModel?.SlidingWindow ?? 0);
+
+    /// <summary>
+    /// Most positions a sequence's blocks reach past its known computed tokens: a prefill chunk of the token budget, or with
+    /// a draft model the guesses reserved before a step after those of the previous step were kept (2 x lookahead + 1).
+    /// </summary>
+    private static int StepSpan(int tokenBudget, DraftModelPool? draftModel) =>
+        draftModel is null ? tokenBudget : Math.Max(tokenBudget, 2 * draftModel.LookaheadTokens + 1);
 
     /// <summary>Sequences in the running batch.</summary>
     public IReadOnlyList<Sequence> Running => _running;
@@ -67,7 +97,16 @@ public sealed class Scheduler
     /// one, at most min(that, the blocks of window - 1 + TokenBudget positions starting anywhere in a block): before a step
     /// it holds the blocks from that of position ComputedTokens - window + 1 on, and the step adds at most a budget's chunk.
     /// </summary>
-    public int BlocksHeld(int tokens) => BlocksHeld(tokens, _cache.BlockSize, SlidingWindow, Options.TokenBudget);
+    /// <remarks>With a draft model the window is <see cref="RetainedWindow"/>, and a step may reach further (its guesses).</remarks>
+    public int BlocksHeld(int tokens) => BlocksHeld(tokens, _cache.BlockSize, SlidingWindow, Options.TokenBudget, DraftModel);
+
+    /// <summary>
+    /// <see cref="BlocksHeld(int, int, int, int)"/> of a model whose draft model's pool (<paramref name="draftModel"/>, or null)
+    /// shares the block tables: the window is the pair's (<see cref="RetainedWindow"/>), and the positions a step reaches
+    /// include the draft model's guesses.
+    /// </summary>
+    public static int BlocksHeld(int tokens, int blockSize, int slidingWindow, int tokenBudget, DraftModelPool? draftModel) =>
+        BlocksHeld(tokens, blockSize, RetainedWindowOf(slidingWindow, draftModel), StepSpan(tokenBudget, draftModel));
 
     /// <summary>
     /// <see cref="BlocksHeld(int)"/> for blocks of <paramref name="blockSize"/>, a <paramref name="slidingWindow"/> (0: none)
@@ -235,10 +274,18 @@ public sealed class Scheduler
 
     /// <summary>
     /// Blocks of a sequence that no future query reads: those wholly before position ComputedTokens - window + 1, the
-    /// oldest key in the window of the next position (none without a window).
+    /// oldest key in the window of the next position (none without a window), counting verified tokens only. With a draft
+    /// model, also before the oldest key of the draft model's next position, min(DraftModelTokens, KnownTokens) - its
+    /// window + 1 (a dropped guess is computed again from there at the earliest).
     /// </summary>
-    private int DeadBlocks(Sequence sequence) =>
-        SlidingWindow == 0 ? 0 : Math.Min(sequence.BlockTable.Count, Math.Max(0, sequence.ComputedTokens - sequence.Drafts - SlidingWindow + 1) / _cache.BlockSize);
+    private int DeadBlocks(Sequence sequence)
+    {
+        if (RetainedWindow == 0) return 0;
+        int oldest = sequence.ComputedTokens - sequence.Drafts - SlidingWindow + 1;
+        if (DraftModel is { } draft)
+            oldest = Math.Min(oldest, Math.Min(sequence.DraftModelTokens, sequence.KnownTokens) - draft.SlidingWindow + 1);
+        return Math.Min(sequence.BlockTable.Count, Math.Max(0, oldest) / _cache.BlockSize);
+    }
 
     /// <summary>Drops the sequence's references to its dead blocks (<see cref="DeadBlocks"/>), leaving -1 in their table entries.</summary>
     private void ReleaseLeftOfWindow(Sequence sequence)
@@ -268,6 +315,7 @@ public sealed class Scheduler
     {
         if (!_cache.Options.PrefixCaching) return;
         int full = Math.Min(sequence.ComputedTokens, sequence.KnownTokens) / _cache.BlockSize;   // never a block of unverified drafts
+        if (DraftModel is not null) full = Math.Min(full, sequence.DraftModelTokens / _cache.BlockSize);   // nor one the draft pool lacks
         for (int b = sequence.RegisteredBlocks; b < full; b++)
             if (sequence.BlockTable[b] >= 0)   // a block left of the window is already back in the pool
                 _cache.Allocator.Register(sequence.BlockTable[b], sequence.BlockHash(b, _cache.BlockSize));
@@ -291,18 +339,20 @@ public sealed class Scheduler
     /// <summary>
     /// Shares the cached blocks of the longest computed prefix of the sequence's tokens, leaving at least its last token to
     /// compute. With a sliding window the prefix's blocks left of the window of its first uncomputed position are only
-    /// checked to be cached (their hashes chain the prefix), not taken: their entries are -1 from the start.
+    /// checked to be cached (their hashes chain the prefix), not taken: their entries are -1 from the start. With a draft
+    /// model the window is the pair's, and the draft pool holds the prefix too (a block is registered only once it does).
     /// </summary>
     private void TakeCachedPrefix(Sequence sequence)
     {
         if (!_cache.Options.PrefixCaching) return;
         int bs = _cache.BlockSize, reusable = (sequence.Tokens.Count - 1) / bs, found = 0;
         while (found < reusable && _cache.Allocator.IsCached(sequence.BlockHash(found, bs))) found++;
-        int dead = SlidingWindow == 0 ? 0 : Math.Max(0, found * bs - SlidingWindow + 1) / bs;
+        int dead = RetainedWindow == 0 ? 0 : Math.Max(0, found * bs - RetainedWindow + 1) / bs;
         for (int b = 0; b < found; b++)
             sequence.BlockTable.Add(b < dead ? -1 : _cache.Allocator.Reuse(sequence.BlockHash(b, bs)));
         sequence.ReleasedBlocks = dead;
         sequence.ComputedTokens = sequence.BlockTable.Count * bs;
+        if (DraftModel is not null) sequence.DraftModelTokens = sequence.ComputedTokens;
         sequence.RegisteredBlocks = sequence.BlockTable.Count;
         sequence.CachedPromptTokens = Math.Max(sequence.CachedPromptTokens, Math.Min(sequence.ComputedTokens, sequence.PromptLength));
     }

@@ -82,11 +82,15 @@ public sealed class InferenceEngine : IDisposable
         _cache = CacheOf(model, options);
         try
         {
-            _scheduler = new Scheduler(_cache, options.Scheduler, config.SlidingWindow);
+            // A draft model's pool shares the block tables: the blocks then stay until neither model reads them.
+            var draftPool = draftModel is null ? null
+                : new DraftModelPool { SlidingWindow = draftModel.Config.SlidingWindow, LookaheadTokens = options.Speculation.DraftTokens };
+            _scheduler = new Scheduler(_cache, options.Scheduler, config.SlidingWindow, draftPool);
             int needed = _scheduler.BlocksHeld(MaxSequenceLength);           // bounded by the window with one
             if (needed > _cache.Blocks)
                 throw new ArgumentException($"EngineOptions.Cache.MemoryBytes: {options.Cache.MemoryBytes:N0} bytes hold {_cache.Blocks} blocks of {_cache.BlockSize} positions, " +
-                    $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes); give more KV memory or a shorter MaxSequenceLength");
+                    $"but one sequence of {MaxSequenceLength} positions needs {needed} ({needed * _cache.BytesPerBlock:N0} bytes){DraftModelNeed(config.SlidingWindow, draftModel)}; " +
+                    "give more KV memory or a shorter MaxSequenceLength");
             _runner = RunnerOf(model, _cache, options, MaxSequenceLength);
             _modelDrafter = draftModel is null ? null
                 : new ModelDrafter(draftModel, model, _cache, options.Scheduler.TokenBudget, options.Scheduler.MaxBatch, MaxSequenceLength, options.RecordGraphs);
@@ -108,6 +112,21 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>The options.</summary>
     public EngineOptions Options { get; }
+
+    /// <summary>Most KV blocks one sequence of <see cref="MaxSequenceLength"/> positions holds at once (<see cref="Scheduler.BlocksHeld(int)"/>:
+    /// all of its blocks, or fewer with a sliding window).</summary>
+    public int BlocksHeldPerSequence => _scheduler.BlocksHeld(MaxSequenceLength);
+
+    /// <summary>Why a draft model makes a windowed model's sequences hold more blocks than the window alone would ("" when it does not).</summary>
+    private static string DraftModelNeed(int slidingWindow, Transformer? draftModel)
+    {
+        if (draftModel is null || slidingWindow == 0) return "";
+        int window = draftModel.Config.SlidingWindow;
+        if (window > 0 && window <= slidingWindow) return "";
+        return window == 0
+            ? $", since the draft model has no sliding_window (it reads every position, so the served model's window of {slidingWindow} releases no block); use a draft model whose sliding_window is at most {slidingWindow}"
+            : $", since the draft model's sliding_window ({window}) is wider than the served model's ({slidingWindow}) and its blocks are kept for it";
+    }
 
     private static int MaxSequenceLengthOf(Transformer model, EngineOptions options) =>
         Math.Min(options.MaxSequenceLength ?? model.Config.MaxSequenceLength, model.Config.MaxSequenceLength);
@@ -353,6 +372,8 @@ public sealed class InferenceEngine : IDisposable
             else Thread.Sleep(1);
             return;
         }
+        // The draft model computes the step's known tokens too, before Complete releases blocks left of the window.
+        _modelDrafter?.CatchUp(step);
         long scheduled = Stopwatch.GetTimestamp();
         Metrics.Preempted(step.Preempted.Count);
         bool withLogits = false;

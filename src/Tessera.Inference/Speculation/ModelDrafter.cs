@@ -11,11 +11,16 @@ namespace Tessera.Inference.Speculation;
 /// <para>
 /// The draft model keeps its keys and values in a pool of its own with as many blocks as the served model's, addressed
 /// through the same block tables, so the scheduler's allocation, prefix sharing and preemption cover both pools at once.
-/// <see cref="Sequence.DraftModelTokens"/> says how far the draft model's pool holds a sequence: it catches up (a prompt
-/// included, in chunks) in the first of the drafting passes, then proposes; dropping or verifying the drafts cuts it back
-/// to the tokens that remain (<see cref="Sequence.TrimDrafts"/>). A block shared through the prefix cache is written again
-/// by each sequence's draft model with the same tokens at the same positions, so the values do not change (to the rounding
-/// of the batch they were computed in, which affects only the guesses, never the output).
+/// <see cref="Sequence.DraftModelTokens"/> says how far the draft model's pool holds a sequence. The draft model follows
+/// every step of the served model (<see cref="CatchUp"/>: the same prefill chunks and decode tokens, in a pass of its own
+/// before the step), catches up on what the last verification kept in the first of the drafting passes (at most the
+/// step's kept guesses and the token after them), then proposes; dropping or verifying the drafts cuts it back to the
+/// tokens that remain (<see cref="Sequence.TrimDrafts"/>). So it never lags the served model by more than a step's
+/// guesses, which lets the scheduler release the blocks left of a sliding window: a block goes back once neither model
+/// reads it again (<see cref="Scheduler"/>, <see cref="DraftModelPool"/>). The draft model's window may differ from the
+/// served one's, or be absent; the blocks then follow the larger need of the two. A block enters the prefix cache only
+/// once both pools hold its tokens, so a sequence that takes cached blocks takes the draft model's keys with them and
+/// starts its draft pool where its served one starts.
 /// </para>
 /// </summary>
 public sealed class ModelDrafter : IDisposable
@@ -29,7 +34,7 @@ public sealed class ModelDrafter : IDisposable
     /// steps of up to <paramref name="maxRows"/> tokens of <paramref name="maxSequences"/> sequences of up to
     /// <paramref name="maxSequenceLength"/> positions.
     /// </summary>
-    /// <exception cref="ArgumentException">The draft model cannot draft for the served one (vocabulary, context, window).</exception>
+    /// <exception cref="ArgumentException">The draft model cannot draft for the served one (vocabulary, context).</exception>
     public ModelDrafter(Transformer draft, Transformer served, PagedKvCache servedCache, int maxRows, int maxSequences, int maxSequenceLength, bool recordGraphs)
     {
         ArgumentNullException.ThrowIfNull(draft);
@@ -40,8 +45,6 @@ public sealed class ModelDrafter : IDisposable
             throw new ArgumentException($"the draft model's vocabulary ({d.VocabSize} tokens) differs from the served model's ({s.VocabSize}); a draft model must share the tokenizer");
         if (d.MaxSequenceLength < maxSequenceLength)
             throw new ArgumentException($"the draft model's context ({d.MaxSequenceLength}) is shorter than the served sequences' {maxSequenceLength} positions; serve a shorter --max-model-len");
-        if (d.SlidingWindow > 0 || s.SlidingWindow > 0)
-            throw new NotSupportedException("speculative decoding with a draft model does not support sliding-window attention yet (the draft model catches up over blocks the window has released); use prompt lookup");
         _maxRows = maxRows;
         _maxSequences = maxSequences;
         // The draft pool follows the served one's element type (an I8 served cache gives an I8 draft cache), as the draft's
@@ -110,6 +113,40 @@ public sealed class ModelDrafter : IDisposable
                 active[i].Sequence.DraftModelTokens = active[i].Sequence.Tokens.Count;
                 active[i].Sequence.AppendDraft(ids[i]);
             }
+        }
+    }
+
+    /// <summary>
+    /// Computes in the draft model's pool the known tokens that the served model's <paramref name="step"/> computes (its
+    /// prefill chunks, and the decode tokens of sequences that did not draft; a verifying sequence's pool holds them
+    /// already), from where each sequence's draft pool ends, before the step runs: the draft pool keeps pace with the
+    /// served one, so no block the scheduler releases after the step is one the draft model still needs. Passes of at
+    /// most the runner's rows and sequences, as many as it takes (one, unless a sequence lags).
+    /// </summary>
+    public void CatchUp(ScheduledStep step)
+    {
+        ArgumentNullException.ThrowIfNull(step);
+        var pending = new List<(Sequence Sequence, int End)>();
+        foreach (var s in step.Sequences)
+        {
+            int end = Math.Min(s.Start + s.Count, s.Sequence.KnownTokens);
+            if (s.Sequence.DraftModelTokens < end) pending.Add((s.Sequence, end));
+        }
+        while (pending.Count > 0)
+        {
+            var pass = new ScheduledStep();
+            int rows = 0;
+            for (int i = 0; i < pending.Count && pass.Sequences.Count < _maxSequences && rows < _maxRows; i++)
+            {
+                var (sequence, end) = pending[i];
+                int count = Math.Min(end - sequence.DraftModelTokens, _maxRows - rows);
+                pass.Sequences.Add(new ScheduledSequence(sequence, sequence.DraftModelTokens, count));
+                rows += count;
+            }
+            pass.Tokens = rows;
+            Run(pass);
+            foreach (var s in pass.Sequences) s.Sequence.DraftModelTokens = s.Start + s.Count;
+            pending.RemoveAll(p => p.Sequence.DraftModelTokens >= p.End);
         }
     }
 
