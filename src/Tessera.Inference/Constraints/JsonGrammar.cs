@@ -55,6 +55,13 @@ public sealed class JsonGrammar
     /// <summary>A fresh recognizer at the start of the text.</summary>
     public JsonRecognizer Start() => new(_root);
 
+    /// <summary>A grammar of <paramref name="root"/>, which may be more than one JSON value (tool calls between their tags).</summary>
+    internal static JsonGrammar Of(JsonGrammarNode root, string description) => new(root, description);
+
+    /// <summary>The node of any schema of the subset (the root need not be an object); <paramref name="path"/> names it in errors.</summary>
+    /// <exception cref="ArgumentException">The schema uses something outside the subset; the message names the place.</exception>
+    internal static JsonGrammarNode CompileValue(JsonElement schema, string path) => Compile(schema, path, new Definitions(schema, []));
+
     private static JsonGrammarNode Compile(JsonElement schema, string path, Definitions defs)
     {
         if (schema.ValueKind == JsonValueKind.True) return AnyValueNode.Instance;

@@ -54,13 +54,15 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             Stop = chat.StopStrings(body.Stop),
             TopLogprobs = body.Logprobs == true ? body.TopLogprobs ?? 0 : null,
         };
+        bool oneCall = body.ParallelToolCalls == false;
         if (toolChoice.Forces)
         {
             if (request.Grammar is not null)
                 throw new ApiException(ApiError.Invalid("tool_choice forces a tool call, which response_format cannot constrain too; give one of them", "tool_choice"));
             try
             {
-                request = request with { Grammar = chat.ToolCalls.ForcedCall(tools, toolChoice) };
+                // Required (with parallel calls allowed): one or more calls, ended by the end-of-text token or the format's own end.
+                request = request with { Grammar = chat.ToolCalls.ForcedCalls(tools, toolChoice, !oneCall, engine.StopTokens.Count > 0) };
             }
             catch (ArgumentException e)
             {
@@ -72,7 +74,6 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
         long created = EngineCalls.Now();
         // With tools the model may call (auto, required, named), each choice's text is read whole for its calls.
         var calls = tools.Count > 0 && toolChoice.Mode != ToolChoiceMode.None ? toolChoice : null;
-        bool oneCall = body.ParallelToolCalls == false;
         if (body.Stream == true) await StreamAsync(context, events, id, created, request.Choices, body.StreamOptions?.IncludeUsage == true, calls, oneCall).ConfigureAwait(false);
         else await WholeAsync(context, events, id, created, request.Choices, calls, oneCall).ConfigureAwait(false);
     }
