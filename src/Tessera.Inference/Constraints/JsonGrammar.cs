@@ -16,6 +16,9 @@ namespace Tessera.Inference.Constraints;
 /// Annotations (description, title, default, examples, format, $schema, $comment, $id) are ignored. Anything else is refused
 /// by name (<see cref="ArgumentException"/>), never silently dropped: a keyword the grammar cannot enforce would let the output
 /// break the schema.</para>
+/// <para>Inside the assembly, the tool-call formats build grammars of more than one value from the same nodes
+/// (<see cref="Tools.ToolCallGrammar"/>): fixed text between values, sequences, repetitions, and an object whose properties
+/// after its first depend on that first value (a call's arguments on its name).</para>
 /// </summary>
 public sealed class JsonGrammar
 {

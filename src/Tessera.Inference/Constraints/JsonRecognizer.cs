@@ -3,7 +3,8 @@ namespace Tessera.Inference.Constraints;
 /// <summary>
 /// One sequence's place in a <see cref="JsonGrammar"/>: a pushdown recognizer over the bytes of the generated text, which says
 /// whether a token's bytes may come next (<see cref="Accepts"/>) and takes them in (<see cref="Advance"/>). The text it accepts
-/// is one value of the grammar's root, then nothing more (<see cref="IsComplete"/>), with at most one space in each gap
+/// is one value of the grammar's root, then nothing more (<see cref="IsComplete"/>); a root of forced tool calls is a sequence of
+/// JSON values and fixed text that may end before it is complete, between two calls (<see cref="CanEnd"/>). JSON is read with at most one space in each gap
 /// between tokens of the syntax (<c>{"a": 1, "b": [2, 3]}</c> and the compact form; no newlines: given any more room, a
 /// model can spend its tokens on whitespace, as outlines found and as random models here do at once). Numbers are bounded (16 digits before and after the point, 3 in the exponent) and values nest at most
 /// <see cref="MaxDepth"/> deep, so no state is infinite; strings are not bounded (max_tokens bounds them).

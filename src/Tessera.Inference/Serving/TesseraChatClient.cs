@@ -67,7 +67,7 @@ public sealed class TesseraChatClient : IChatClient
         var contents = new List<AIContent>();
         if (content is not null) contents.Add(new TextContent(content));
         foreach (var c in calls.Take(maxCalls)) contents.Add(Call(c));
-        return (contents, ChatFinishReason.ToolCalls);
+        return (contents, reason == ChatFinishReason.Length ? reason : ChatFinishReason.ToolCalls);   // cut by max_tokens: a later call may be missing
     }
 
     /// <summary>Most calls a reply gives: one when <see cref="ChatOptions.AllowMultipleToolCalls"/> is false (OpenAI's parallel_tool_calls).</summary>
@@ -110,7 +110,7 @@ public sealed class TesseraChatClient : IChatClient
                 {
                     ResponseId = id,
                     ModelId = _modelId,
-                    FinishReason = reader.Calls.Count > 0 ? ChatFinishReason.ToolCalls : Reason(e.FinishReason),
+                    FinishReason = reader.Calls.Count > 0 && e.FinishReason != FinishReason.Length ? ChatFinishReason.ToolCalls : Reason(e.FinishReason),
                 };
                 continue;
             }

@@ -4,8 +4,8 @@ using Tessera.Models.Chat;
 namespace Tessera.Inference.Tools;
 
 /// <summary>
-/// How a model writes a tool call, chosen from its chat template (<see cref="For"/>): what opens a forced call, the grammar of
-/// the call's JSON, and how calls are found in a reply.
+/// How a model writes a tool call, chosen from its chat template (<see cref="For"/>): what opens a forced reply, the grammar of
+/// one forced call or of one or more (<see cref="ForcedCalls"/>), and how calls are found in a reply.
 /// <list type="bullet">
 /// <item><see cref="Hermes"/>: <c>&lt;tool_call&gt;{"name": ..., "arguments": {...}}&lt;/tool_call&gt;</c> (Qwen2.5, Hermes templates,
 /// and every template that does not read tools, to which <see cref="HermesToolFormat.InPlainText"/> describes this syntax).</item>

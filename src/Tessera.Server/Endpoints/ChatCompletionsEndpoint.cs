@@ -117,15 +117,18 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
 
     /// <summary>
     /// A choice's text as the message says it: its tool calls, as the model's format writes them (<see cref="ToolCallFormat"/>;
-    /// a forced call's text is the call's JSON) and the rest as content; the finish reason becomes tool_calls when there are calls.
+    /// a forced reply's text is the calls after the format's forced opening) and the rest as content; the finish reason becomes
+    /// tool_calls when there are calls, unless max_tokens cut the reply (length).
     /// </summary>
     private (string? Content, List<ToolCallOut>? Calls, string Reason) Message(string text, string reason, ToolChoice? tools, bool oneCall)
     {
         if (tools is null) return (text, null, reason);
         var (content, calls) = chat.ToolCalls.Parse(text, tools.Forces, chat.ToolCalls.NewCallId);
         if (calls.Count == 0) return (text, null, reason);
-        // parallel_tool_calls false: one call a reply (the first the model wrote).
-        return (content, [.. calls.Take(oneCall ? 1 : int.MaxValue).Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))], "tool_calls");
+        // parallel_tool_calls false: one call a reply (the first the model wrote). A reply max_tokens cut keeps finish reason
+        // length beside the whole calls before the cut, so the client knows a later call may be missing.
+        return (content, [.. calls.Take(oneCall ? 1 : int.MaxValue).Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))],
+            reason == "length" ? reason : "tool_calls");
     }
 
     private async Task WholeAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n,
@@ -192,7 +195,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
                 }
                 if (e.FinishReason is not { } end) continue;
                 await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null), TakeLogprobs(heldLogprobs, e.Index),
-                    reader.Calls.Count > 0 ? "tool_calls" : EngineCalls.Reason(end)), null).ConfigureAwait(false);
+                    reader.Calls.Count > 0 && end != FinishReason.Length ? "tool_calls" : EngineCalls.Reason(end)), null).ConfigureAwait(false);
                 continue;
             }
             await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, e.Text.Length > 0 || e.FinishReason is null ? e.Text : null),

@@ -138,6 +138,28 @@ public class ForcedToolCallsTests(ForcedToolCallsTests.WithEndOfText fixture) : 
         Assert.Equal((several.ToolCalls[0].FunctionName, several.ToolCalls[0].FunctionArguments.ToString()), (call.FunctionName, call.FunctionArguments.ToString()));
     }
 
+    /// <summary>
+    /// max_tokens still cuts a forced reply: cut inside its last call's JSON (20 tokens before its end; the byte tokenizer's
+    /// tokens are bytes, and a call's JSON is longer), the calls before it come whole, the cut one is not a call, and the
+    /// finish reason is length, whole and streamed, so the client knows a call may be missing.
+    /// </summary>
+    [Fact]
+    public async Task MaxTokensCutsAForcedReplyWithFinishReasonLengthAndTheWholeCallsBeforeTheCut()
+    {
+        var several = await WholeAsync(SdkSeed);
+        Assert.True(several.ToolCalls.Count >= 2, $"{several.ToolCalls.Count} calls");
+        var options = Options(SdkSeed);
+        options.MaxOutputTokenCount = several.Usage.OutputTokenCount - 20;
+        var cut = (await Chat.CompleteChatAsync(Question, options, TestContext.Current.CancellationToken)).Value;
+        Assert.Equal(OpenAI.Chat.ChatFinishReason.Length, cut.FinishReason);
+        Assert.Equal(several.ToolCalls.SkipLast(1).Select(c => (c.FunctionName, c.FunctionArguments.ToString())),
+            cut.ToolCalls.Select(c => (c.FunctionName, c.FunctionArguments.ToString())));
+
+        OpenAI.Chat.ChatFinishReason? finish = null;
+        await foreach (var update in Chat.CompleteChatStreamingAsync(Question, options, TestContext.Current.CancellationToken)) finish ??= update.FinishReason;
+        Assert.Equal(OpenAI.Chat.ChatFinishReason.Length, finish);
+    }
+
     /// <summary>Microsoft.Extensions.AI's RequireAny in process: several FunctionCallContent, whole and streamed alike; AllowMultipleToolCalls false gives one.</summary>
     [Fact]
     public async Task MicrosoftExtensionsAiRequireAnyGetsSeveralFunctionCalls()
