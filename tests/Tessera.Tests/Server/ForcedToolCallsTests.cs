@@ -27,9 +27,11 @@ public class ForcedToolCallsTests(ForcedToolCallsTests.WithEndOfText fixture) : 
     }
 
     // The first seeds (trying 1, 2, ...) whose sampled forced reply holds two or more calls on this model: through the OpenAI
-    // SDK (the same request whole, streamed and with parallel calls off), and in process through Microsoft.Extensions.AI.
+    // SDK (the same request whole, streamed and with parallel calls off), in process through Microsoft.Extensions.AI, and
+    // through Microsoft.Extensions.AI's OpenAI client over HTTP (its tools' schemas reach the prompt as it writes them).
     private const int SdkSeed = 2;
     private const int InProcessSeed = 1;
+    private const int HttpSeed = 3;
 
     private TestServer S => fixture.Server;
     private ChatClient Chat => S.Client().GetChatClient(TestServer.Model);
@@ -160,17 +162,20 @@ public class ForcedToolCallsTests(ForcedToolCallsTests.WithEndOfText fixture) : 
         Assert.Equal(OpenAI.Chat.ChatFinishReason.Length, finish);
     }
 
+    private static readonly AIFunction WeatherFunction = AIFunctionFactory.Create((string city, bool celsius) => "3 C", "get_weather", "The weather in a city.");
+    private static readonly AIFunction TimeFunction = AIFunctionFactory.Create((bool utc) => "noon", "get_time", "The time.");
+
+    private static ChatOptions RequireAny(int seed, bool? multiple = null) => new()
+    {
+        MaxOutputTokens = 400, Temperature = 1, Seed = seed, Tools = [WeatherFunction, TimeFunction], ToolMode = ChatToolMode.RequireAny,
+        AllowMultipleToolCalls = multiple,
+    };
+
     /// <summary>Microsoft.Extensions.AI's RequireAny in process: several FunctionCallContent, whole and streamed alike; AllowMultipleToolCalls false gives one.</summary>
     [Fact]
     public async Task MicrosoftExtensionsAiRequireAnyGetsSeveralFunctionCalls()
     {
-        var weather = AIFunctionFactory.Create((string city, bool celsius) => "3 C", "get_weather", "The weather in a city.");
-        var time = AIFunctionFactory.Create((bool utc) => "noon", "get_time", "The time.");
-        ChatOptions Options(bool? multiple = null) => new()
-        {
-            MaxOutputTokens = 400, Temperature = 1, Seed = InProcessSeed, Tools = [weather, time], ToolMode = ChatToolMode.RequireAny,
-            AllowMultipleToolCalls = multiple,
-        };
+        ChatOptions Options(bool? multiple = null) => RequireAny(InProcessSeed, multiple);
         IChatClient local = new TesseraChatClient(S.Engine, S.Chat, TestServer.Model);
         var response = await local.GetResponseAsync("Weather in Oslo, and the time?", Options(), TestContext.Current.CancellationToken);
         var calls = response.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().ToList();
@@ -187,5 +192,25 @@ public class ForcedToolCallsTests(ForcedToolCallsTests.WithEndOfText fixture) : 
         var one = await local.GetResponseAsync("Weather in Oslo, and the time?", Options(multiple: false), TestContext.Current.CancellationToken);
         var single = Assert.Single(one.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
         Assert.Equal((calls[0].Name, JsonSerializer.Serialize(calls[0].Arguments)), (single.Name, JsonSerializer.Serialize(single.Arguments)));
+    }
+
+    /// <summary>
+    /// Microsoft.Extensions.AI's OpenAI client over HTTP with RequireAny: the server's several calls arrive as several
+    /// FunctionCallContent, and streamed (its client gathers each index's pieces) as the same calls.
+    /// </summary>
+    [Fact]
+    public async Task MicrosoftExtensionsAiOverHttpGetsSeveralFunctionCallsWholeAndStreamed()
+    {
+        IChatClient http = S.Client().GetChatClient(TestServer.Model).AsIChatClient();
+        var response = await http.GetResponseAsync("Weather in Oslo, and the time?", RequireAny(HttpSeed), TestContext.Current.CancellationToken);
+        var calls = response.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>().ToList();
+        Assert.True(calls.Count >= 2, $"{calls.Count} calls");
+        Assert.All(calls, c => Assert.Contains(c.Name, new[] { "get_weather", "get_time" }));
+
+        var updates = new List<ChatResponseUpdate>();
+        await foreach (var u in http.GetStreamingResponseAsync("Weather in Oslo, and the time?", RequireAny(HttpSeed), TestContext.Current.CancellationToken)) updates.Add(u);
+        var streamed = updates.SelectMany(u => u.Contents).OfType<FunctionCallContent>().ToList();
+        Assert.Equal(calls.Select(c => (c.Name, JsonSerializer.Serialize(c.Arguments))), streamed.Select(c => (c.Name, JsonSerializer.Serialize(c.Arguments))));
+        Assert.Equal(calls.Count, streamed.Select(c => c.CallId).Distinct().Count());
     }
 }
