@@ -121,7 +121,12 @@ public sealed class TextGenerator
             int next = greedy ? ArgMax(last, step.Tokens, chosen) : Sample(last, row, host, sampler, prompt.Count, json, options, stop);
             for (int produced = 0; ; )
             {
-                if (next < 0 || stop.Contains(next)) yield break;       // -1: the grammar allows no token of the vocabulary
+                if (next < 0) yield break;                               // the grammar allows no token of the vocabulary
+                if (stop.Contains(next))
+                {
+                    LastRunDocumentComplete = json is not null;          // a grammar allows the end-of-text token only where the text may end
+                    yield break;
+                }
                 yield return next;
                 produced++;
                 if (json is not null)

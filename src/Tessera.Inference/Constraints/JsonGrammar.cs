@@ -16,6 +16,9 @@ namespace Tessera.Inference.Constraints;
 /// Annotations (description, title, default, examples, format, $schema, $comment, $id) are ignored. Anything else is refused
 /// by name (<see cref="ArgumentException"/>), never silently dropped: a keyword the grammar cannot enforce would let the output
 /// break the schema.</para>
+/// <para>Inside the assembly, the tool-call formats build grammars of more than one value from the same nodes
+/// (<see cref="Tools.ToolCallGrammar"/>): fixed text between values, sequences, repetitions, and an object whose properties
+/// after its first depend on that first value (a call's arguments on its name).</para>
 /// </summary>
 public sealed class JsonGrammar
 {
@@ -54,6 +57,13 @@ public sealed class JsonGrammar
 
     /// <summary>A fresh recognizer at the start of the text.</summary>
     public JsonRecognizer Start() => new(_root);
+
+    /// <summary>A grammar of <paramref name="root"/>, which may be more than one JSON value (tool calls between their tags).</summary>
+    internal static JsonGrammar Of(JsonGrammarNode root, string description) => new(root, description);
+
+    /// <summary>The node of any schema of the subset (the root need not be an object); <paramref name="path"/> names it in errors.</summary>
+    /// <exception cref="ArgumentException">The schema uses something outside the subset; the message names the place.</exception>
+    internal static JsonGrammarNode CompileValue(JsonElement schema, string path) => Compile(schema, path, new Definitions(schema, []));
 
     private static JsonGrammarNode Compile(JsonElement schema, string path, Definitions defs)
     {

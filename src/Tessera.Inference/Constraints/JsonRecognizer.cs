@@ -3,7 +3,8 @@ namespace Tessera.Inference.Constraints;
 /// <summary>
 /// One sequence's place in a <see cref="JsonGrammar"/>: a pushdown recognizer over the bytes of the generated text, which says
 /// whether a token's bytes may come next (<see cref="Accepts"/>) and takes them in (<see cref="Advance"/>). The text it accepts
-/// is one value of the grammar's root, then nothing more (<see cref="IsComplete"/>), with at most one space in each gap
+/// is one value of the grammar's root, then nothing more (<see cref="IsComplete"/>); a root of forced tool calls is a sequence of
+/// JSON values and fixed text that may end before it is complete, between two calls (<see cref="CanEnd"/>). JSON is read with at most one space in each gap
 /// between tokens of the syntax (<c>{"a": 1, "b": [2, 3]}</c> and the compact form; no newlines: given any more room, a
 /// model can spend its tokens on whitespace, as outlines found and as random models here do at once). Numbers are bounded (16 digits before and after the point, 3 in the exponent) and values nest at most
 /// <see cref="MaxDepth"/> deep, so no state is infinite; strings are not bounded (max_tokens bounds them).
@@ -32,6 +33,13 @@ public sealed class JsonRecognizer
 
     /// <summary>Whether the root value is complete: no byte may follow.</summary>
     public bool IsComplete => _stack.Count == 0;
+
+    /// <summary>
+    /// Whether the text may end here: it is complete, or what is open may end without another byte (a repetition that has
+    /// its fewest items, between two of them). Then the end-of-text token may be sampled (<see cref="ConstrainedVocabulary"/>),
+    /// beside the bytes that go on. For a grammar of one JSON value this is <see cref="IsComplete"/>.
+    /// </summary>
+    public bool CanEnd => IsComplete || Clone().EndHere();
 
     /// <summary>Whether <paramref name="bytes"/> may come next (all of them; an empty token only once the value is complete).</summary>
     public bool Accepts(ReadOnlySpan<byte> bytes)
@@ -77,7 +85,7 @@ public sealed class JsonRecognizer
         return new JsonRecognizer(stack, _gap);
     }
 
-    private enum Kind { Value, Object, AnyObject, Array, String, Number, Literal }
+    private enum Kind { Value, Object, AnyObject, Array, String, Number, Literal, Text, Sequence, Repeat }
 
     // Object and array states. Pending: a child frame above this one is being read.
     private const int Open = 0, KeyPending = 1, Colon = 2, ValuePending = 3, AfterValue = 4, Comma = 5;
@@ -91,7 +99,8 @@ public sealed class JsonRecognizer
         public Kind Kind;
         public JsonGrammarNode Node = AnyValueNode.Instance;
         public int State;
-        public int Index;              // Object: the next property that may come; Literal: bytes matched; Number: digits in the part
+        public int Index;              // Object: the next property that may come; Literal, Text: bytes matched; Number: digits in the part;
+                                       // Sequence: the part being read (or next); Repeat: items read
         public int First;              // Object: the first property of the key being matched, then the property matched
         public ulong Alive;            // Literal: the alternatives still matching (bit i: alternative i)
         public IReadOnlyList<byte[]> Alternatives = [];
@@ -120,29 +129,65 @@ public sealed class JsonRecognizer
         return false;                                       // the value is complete: nothing may follow
     }
 
-    /// <summary>Pops the top frame, which has read a whole value, and tells its parent.</summary>
+    /// <summary>
+    /// Pops the top frame, which has read a whole value, and tells its parent; a sequence past its last part and a repetition
+    /// at its most items are whole then too, and complete in turn.
+    /// </summary>
     private void Complete()
     {
-        var child = _stack[^1];
-        _stack.RemoveAt(_stack.Count - 1);
-        if (_stack.Count == 0) return;
-        var parent = _stack[^1];
-        switch (parent.Kind)
+        while (true)
         {
-            case Kind.Object when parent.State == KeyPending:
-                int matched = parent.First + MatchedAlternative(child);
-                parent.First = matched;
-                parent.Index = matched + 1;
-                parent.State = Colon;
-                break;
-            case Kind.AnyObject when parent.State == KeyPending:
-                parent.State = Colon;
-                break;
-            default:                                        // a value inside an object or an array
-                parent.State = AfterValue;
-                break;
+            var child = _stack[^1];
+            _stack.RemoveAt(_stack.Count - 1);
+            if (_stack.Count == 0) return;
+            var parent = _stack[^1];
+            switch (parent.Kind)
+            {
+                case Kind.Object when parent.State == KeyPending:
+                    int matched = parent.First + MatchedAlternative(child);
+                    parent.First = matched;
+                    parent.Index = matched + 1;
+                    parent.State = Colon;
+                    return;
+                case Kind.AnyObject when parent.State == KeyPending:
+                    parent.State = Colon;
+                    return;
+                case Kind.Sequence:
+                    if (++parent.Index < ((SequenceNode)parent.Node).Parts.Count) return;
+                    continue;                               // its last part: the sequence is whole
+                case Kind.Repeat:
+                    if (parent.Index < int.MaxValue) parent.Index++;
+                    if (parent.Index < ((RepeatNode)parent.Node).Max) return;
+                    continue;                               // its most items: the repetition is whole
+                default:                                    // a value inside an object or an array
+                    // A discriminated union's discriminator was read: the object goes on as the variant it names.
+                    if (parent.Kind == Kind.Object && ((ObjectNode)parent.Node).Variants is { } variants) parent.Node = variants[MatchedAlternative(child)];
+                    parent.State = AfterValue;
+                    return;
+            }
         }
     }
+
+    /// <summary>Ends the text here if every open frame may end without another byte; returns whether it could (the state is then spent).</summary>
+    private bool EndHere()
+    {
+        while (_stack.Count > 0)
+        {
+            if (!MayEnd(_stack[^1])) return false;
+            Complete();
+        }
+        return true;
+    }
+
+    private static bool MayEnd(Frame f) => f.Kind switch
+    {
+        Kind.Value => f.Node.MayBeEmpty,
+        Kind.Number => f.State is NZero or NInt or NFrac or NExp,
+        Kind.Literal => Enumerable.Range(0, f.Alternatives.Count).Any(i => (f.Alive & (1UL << i)) != 0 && f.Alternatives[i].Length == f.Index),
+        Kind.Sequence => ((SequenceNode)f.Node).MayEndAt(f.Index),
+        Kind.Repeat => f.Index >= ((RepeatNode)f.Node).Min,
+        _ => false,
+    };
 
     private static int MatchedAlternative(Frame literal)
     {
@@ -159,6 +204,9 @@ public sealed class JsonRecognizer
         Kind.Array => ReadArray(f, b),
         Kind.String => ReadString(f, b),
         Kind.Number => ReadNumber(f, b),
+        Kind.Text => ReadText(f, b),
+        Kind.Sequence => ReadSequence(f, b),
+        Kind.Repeat => ReadRepeat(f, b),
         _ => ReadLiteral(f, b),
     };
 
@@ -176,8 +224,14 @@ public sealed class JsonRecognizer
     /// <summary>The first byte of a value (or whitespace before it): the frame becomes the value's own, which reads the byte.</summary>
     private Step Begin(Frame f, byte b)
     {
-        if (IsSpace(b)) return Gap();
         var node = f.Node;
+        switch (node)                                       // not JSON values: no whitespace before them
+        {
+            case TextNode: f.Kind = Kind.Text; f.Index = 0; return ReadText(f, b);
+            case SequenceNode: f.Kind = Kind.Sequence; f.Index = 0; return ReadSequence(f, b);
+            case RepeatNode: f.Kind = Kind.Repeat; f.Index = 0; return ReadRepeat(f, b);
+        }
+        if (IsSpace(b)) return Gap();
         if (node is UnionNode union)
         {
             node = union.Members.FirstOrDefault(m => m.MayStartWith(b))!;
@@ -295,6 +349,37 @@ public sealed class JsonRecognizer
                 return Begin(value, b);
             default: return Step.Rejected;
         }
+    }
+
+    private Step ReadText(Frame f, byte b)
+    {
+        var bytes = ((TextNode)f.Node).Bytes;
+        if (bytes[f.Index] != b) return Step.Rejected;
+        if (++f.Index == bytes.Length) Complete();
+        return Step.Consumed;
+    }
+
+    /// <summary>A sequence on top of the stack has no part open: the byte begins the next one (a part that may be empty may end at once).</summary>
+    private Step ReadSequence(Frame f, byte b)
+    {
+        var parts = ((SequenceNode)f.Node).Parts;
+        if (f.Index >= parts.Count) return Step.Done;
+        var part = Frame.Value(parts[f.Index]);
+        _stack.Add(part);
+        return Begin(part, b);
+    }
+
+    /// <summary>Between items (or before the first): a byte that may begin another item begins it, else the repetition ends, once it has its fewest.</summary>
+    private Step ReadRepeat(Frame f, byte b)
+    {
+        var repeat = (RepeatNode)f.Node;
+        if (f.Index < repeat.Max && repeat.Item.MayStartWith(b))
+        {
+            var item = Frame.Value(repeat.Item);
+            _stack.Add(item);
+            return Begin(item, b);
+        }
+        return f.Index >= repeat.Min ? Step.Done : Step.Rejected;
     }
 
     private Step ReadString(Frame f, byte b)

@@ -558,7 +558,8 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>
     /// A token the choice's grammar accepts (<see cref="ConstrainedVocabulary"/>), or -1 when it accepts none. The end-of-text
-    /// tokens are refused until the document is complete, when the choice ends anyway.
+    /// tokens are refused until the text may end (<see cref="JsonRecognizer.CanEnd"/>); a complete document ends the choice anyway,
+    /// and where more may follow (between forced tool calls) an end-of-text token ends it.
     /// </summary>
     private int Constrained(Choice choice, JsonRecognizer json, float[] scores, long position) =>
         (_constrained ??= new ConstrainedVocabulary(_tokenizer)).Sample(choice.Sampler, choice.Request.Request.Sampling, scores, position, json, _stopTokens);
@@ -613,6 +614,7 @@ public sealed class InferenceEngine : IDisposable
 
         if (_stopTokens.Contains(token))
         {
+            if (choice.Json is not null) Metrics.WholeDocument();             // the grammar allowed the end here
             string rest = choice.Matcher.Push(choice.Decoder.Flush()) + choice.Matcher.Flush();
             Finish(choice, FinishReason.Stop, rest, [], null);
             return;

@@ -44,7 +44,7 @@ public sealed class TesseraChatClient : IChatClient
             usage ??= e.Usage;
         }
         cancellationToken.ThrowIfCancellationRequested();
-        var (contents, reason) = Reply(text.ToString(), Reason(finish), tools, _prompt.ToolCalls);
+        var (contents, reason) = Reply(text.ToString(), Reason(finish), tools, _prompt.ToolCalls, MaxCalls(options));
         return new ChatResponse(new Microsoft.Extensions.AI.ChatMessage(ChatRole.Assistant, contents))
         {
             ModelId = _modelId,
@@ -59,16 +59,19 @@ public sealed class TesseraChatClient : IChatClient
     /// is the call's JSON) as <see cref="FunctionCallContent"/> beside the rest of the text, and the finish reason tool calls.
     /// </summary>
     private static (List<AIContent> Contents, ChatFinishReason? Reason) Reply(string text, ChatFinishReason? reason, Tools.ToolChoice? tools,
-        Tools.ToolCallFormat format)
+        Tools.ToolCallFormat format, int maxCalls)
     {
         if (tools is null) return ([new TextContent(text)], reason);
         var (content, calls) = format.Parse(text, tools.Forces, format.NewCallId);
         if (calls.Count == 0) return ([new TextContent(text)], reason);
         var contents = new List<AIContent>();
         if (content is not null) contents.Add(new TextContent(content));
-        foreach (var c in calls) contents.Add(Call(c));
-        return (contents, ChatFinishReason.ToolCalls);
+        foreach (var c in calls.Take(maxCalls)) contents.Add(Call(c));
+        return (contents, reason == ChatFinishReason.Length ? reason : ChatFinishReason.ToolCalls);   // cut by max_tokens: a later call may be missing
     }
+
+    /// <summary>Most calls a reply gives: one when <see cref="ChatOptions.AllowMultipleToolCalls"/> is false (OpenAI's parallel_tool_calls).</summary>
+    private static int MaxCalls(ChatOptions? options) => options?.AllowMultipleToolCalls == false ? 1 : int.MaxValue;
 
     private static FunctionCallContent Call(Tessera.Models.Chat.ChatToolCall c) =>
         new(c.Id, c.Name, System.Text.Json.JsonSerializer.Deserialize<Dictionary<string, object?>>(c.Arguments));
@@ -82,7 +85,7 @@ public sealed class TesseraChatClient : IChatClient
         // as it comes. Microsoft.Extensions.AI carries a call as one FunctionCallContent with its arguments parsed (there is no
         // content for a piece of arguments; its OpenAI client, too, gathers a call's pieces and yields the call whole), so the
         // calls come whole in the last update, as the reader confirms them against Parse when the reply ends.
-        var reader = tools is null ? null : new Tools.ToolCallStreamReader(_prompt.ToolCalls, tools.Forces);
+        var reader = tools is null ? null : new Tools.ToolCallStreamReader(_prompt.ToolCalls, tools.Forces, MaxCalls(options));
         await foreach (var e in _engine.Submit(request, cancellationToken).ReadAllAsync(cancellationToken).ConfigureAwait(false))
         {
             if (e.Usage is { } usage)
@@ -107,7 +110,7 @@ public sealed class TesseraChatClient : IChatClient
                 {
                     ResponseId = id,
                     ModelId = _modelId,
-                    FinishReason = reader.Calls.Count > 0 ? ChatFinishReason.ToolCalls : Reason(e.FinishReason),
+                    FinishReason = reader.Calls.Count > 0 && e.FinishReason != FinishReason.Length ? ChatFinishReason.ToolCalls : Reason(e.FinishReason),
                 };
                 continue;
             }
@@ -160,7 +163,9 @@ public sealed class TesseraChatClient : IChatClient
             PresencePenalty = options?.PresencePenalty ?? 0,
             FrequencyPenalty = options?.FrequencyPenalty ?? 0,
             Stop = _prompt.StopStrings(options?.StopSequences?.ToList()),
-            Grammar = choice.Forces ? _prompt.ToolCalls.ForcedCall(tools, choice) : Grammar(options?.ResponseFormat),
+            // RequireAny: one or more calls, unless AllowMultipleToolCalls is false (OpenAI's parallel_tool_calls).
+            Grammar = choice.Forces ? _prompt.ToolCalls.ForcedCalls(tools, choice, options?.AllowMultipleToolCalls != false, _engine.StopTokens.Count > 0)
+                : Grammar(options?.ResponseFormat),
         };
         return (request, tools.Count > 0 && choice.Mode != Tools.ToolChoiceMode.None ? choice : null);
     }

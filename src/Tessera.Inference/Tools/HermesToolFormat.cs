@@ -13,7 +13,8 @@ namespace Tessera.Inference.Tools;
 /// template without them (the ChatML fallback, a template of a model not trained for tools) this writes the same format in
 /// plain text: the tools and the instruction in a system turn, earlier calls into the assistant's text, replies as user turns.
 /// A forced call (tool_choice required or named) opens the reply with <see cref="Open"/> and constrains the rest to the
-/// call's JSON (<see cref="ForcedCall(IReadOnlyList{ChatTool}, ToolChoice)"/>).
+/// call's JSON (<see cref="ForcedCall(IReadOnlyList{ChatTool}, ToolChoice)"/>), or to one or more calls between tags
+/// (<see cref="ToolCallFormat.ForcedCalls"/>).
 /// </summary>
 public static class HermesToolFormat
 {
@@ -76,35 +77,16 @@ public static class HermesToolFormat
     }
 
     /// <summary>
-    /// The grammar of a forced call's JSON, which follows <see cref="Open"/>: <c>{"name": ..., "arguments": {...}}</c> with the
-    /// name one of <paramref name="tools"/> (or the named one) and, when one tool is possible, its parameters' schema for the
-    /// arguments; with several, the arguments are any object (the grammar cannot make the arguments' schema depend on the
-    /// name chosen before them).
+    /// The grammar of one forced call's JSON, which follows <see cref="Open"/>: <c>{"name": ..., "arguments": {...}}</c> with the
+    /// name one of <paramref name="tools"/> (or the named one) and the arguments by the parameters' schema of the tool the name
+    /// chose (<see cref="ToolCallGrammar.Call"/>). <see cref="ToolCallFormat.ForcedCalls"/> gives one or more.
     /// </summary>
     /// <exception cref="ArgumentException">A tool's parameters fall outside the schema subset, or the named tool is not among the tools.</exception>
     public static JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => ForcedCall(tools, choice, "arguments");
 
     /// <summary><see cref="ForcedCall(IReadOnlyList{ChatTool}, ToolChoice)"/> with the arguments under <paramref name="argumentsKey"/> ("parameters" for Llama 3.1).</summary>
-    internal static JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice, string argumentsKey)
-    {
-        var candidates = choice.Mode == ToolChoiceMode.Named
-            ? tools.Where(t => t.Name == choice.Name).ToList()
-            : [.. tools];
-        if (candidates.Count == 0) throw new ArgumentException($"tool_choice names '{choice.Name}', which is not among the tools");
-        object arguments = candidates.Count == 1 && candidates[0].Parameters is { } p ? p : new Dictionary<string, object> { ["type"] = "object" };
-        var schema = new Dictionary<string, object>
-        {
-            ["type"] = "object",
-            ["properties"] = new Dictionary<string, object>
-            {
-                ["name"] = new Dictionary<string, object> { ["enum"] = candidates.Select(t => t.Name).ToArray() },
-                [argumentsKey] = arguments,
-            },
-            ["required"] = new[] { "name", argumentsKey },
-        };
-        using var doc = JsonDocument.Parse(JsonSerializer.Serialize(schema));
-        return JsonGrammar.FromSchema(doc.RootElement.Clone(), "tool call");
-    }
+    internal static JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice, string argumentsKey) =>
+        JsonGrammar.Of(ToolCallGrammar.Call(tools, choice, argumentsKey), "tool call");
 
     /// <summary>
     /// The calls in an assistant's text: each <c>&lt;tool_call&gt;</c> block whose JSON is an object with a string "name" and an

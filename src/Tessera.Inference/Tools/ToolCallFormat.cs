@@ -4,8 +4,8 @@ using Tessera.Models.Chat;
 namespace Tessera.Inference.Tools;
 
 /// <summary>
-/// How a model writes a tool call, chosen from its chat template (<see cref="For"/>): what opens a forced call, the grammar of
-/// the call's JSON, and how calls are found in a reply.
+/// How a model writes a tool call, chosen from its chat template (<see cref="For"/>): what opens a forced reply, the grammar of
+/// one forced call or of one or more (<see cref="ForcedCalls"/>), and how calls are found in a reply.
 /// <list type="bullet">
 /// <item><see cref="Hermes"/>: <c>&lt;tool_call&gt;{"name": ..., "arguments": {...}}&lt;/tool_call&gt;</c> (Qwen2.5, Hermes templates,
 /// and every template that does not read tools, to which <see cref="HermesToolFormat.InPlainText"/> describes this syntax).</item>
@@ -50,13 +50,41 @@ public abstract class ToolCallFormat
     /// <summary>The text after the generation prompt that opens a forced call (its JSON then follows, constrained).</summary>
     public abstract string ForcedOpening { get; }
 
-    /// <summary>The grammar of a forced call's JSON (the name among the allowed tools, the arguments by the one tool's schema).</summary>
+    /// <summary>
+    /// The grammar of one forced call's JSON, which follows <see cref="ForcedOpening"/>: the name among the allowed tools, the
+    /// arguments by the schema of the tool the name chose (<see cref="ToolCallGrammar.Call"/>). The text ends with the JSON.
+    /// </summary>
     /// <exception cref="ArgumentException">A tool's parameters fall outside the schema subset, or the named tool is not among the tools.</exception>
-    public abstract JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice);
+    public JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => Forced(tools, choice, several: false);
 
     /// <summary>
-    /// The calls in a reply and the rest of its text (trimmed; null when nothing else was said). A forced reply's text is the
-    /// call's JSON alone. Text that does not parse as a call stays content.
+    /// The grammar of a forced reply, which follows <see cref="ForcedOpening"/>: one or more calls, in the format's own
+    /// writing of several, when tool_choice is required, <paramref name="parallel"/> calls are allowed (OpenAI's
+    /// parallel_tool_calls, true by default) and the format can (<see cref="MayForceSeveral"/>); else exactly one call
+    /// (<see cref="ForcedCall"/>), as with a named tool_choice.
+    /// </summary>
+    /// <param name="tools">The tools.</param>
+    /// <param name="choice">Required or named.</param>
+    /// <param name="parallel">Whether the reply may make several calls.</param>
+    /// <param name="endOfTextToken">Whether the engine has an end-of-text token, which samples where the text may end.</param>
+    /// <exception cref="ArgumentException">A tool's parameters fall outside the schema subset, or the named tool is not among the tools.</exception>
+    public JsonGrammar ForcedCalls(IReadOnlyList<ChatTool> tools, ToolChoice choice, bool parallel, bool endOfTextToken) =>
+        Forced(tools, choice, several: choice.Mode == ToolChoiceMode.Required && parallel && MayForceSeveral(endOfTextToken));
+
+    /// <summary>
+    /// Whether a forced reply in this format may hold several calls: Hermes's when the vocabulary has an end-of-text token
+    /// (after a closing tag only that token can end the reply, as another call may follow); Mistral's always (its list's
+    /// closing bracket ends the reply); Llama's never (its template writes one call a reply and refuses more).
+    /// </summary>
+    public abstract bool MayForceSeveral(bool endOfTextToken);
+
+    /// <summary>One call's grammar, or with <paramref name="several"/> one or more calls'.</summary>
+    private protected abstract JsonGrammar Forced(IReadOnlyList<ChatTool> tools, ToolChoice choice, bool several);
+
+    /// <summary>
+    /// The calls in a reply and the rest of its text (trimmed; null when nothing else was said). A forced reply's text follows
+    /// <see cref="ForcedOpening"/>: one call's JSON, or several calls as the format writes them. Text that does not parse as a
+    /// call stays content.
     /// </summary>
     public abstract (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId);
 
@@ -78,10 +106,18 @@ public abstract class ToolCallFormat
 
         internal override ToolCallFraming Framing { get; } = new(HermesToolFormat.Open, HermesToolFormat.Close, List: false, Prefix: null);
 
-        public override JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => HermesToolFormat.ForcedCall(tools, choice, "arguments");
+        public override bool MayForceSeveral(bool endOfTextToken) => endOfTextToken;
 
+        private protected override JsonGrammar Forced(IReadOnlyList<ChatTool> tools, ToolChoice choice, bool several)
+        {
+            var call = ToolCallGrammar.Call(tools, choice, "arguments");
+            return several ? JsonGrammar.Of(ToolCallGrammar.HermesCalls(call), "tool calls") : JsonGrammar.Of(call, "tool call");
+        }
+
+        // A forced reply is one call's JSON (closed here), or calls that close their own tags.
         public override (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId) =>
-            HermesToolFormat.Parse(forced ? HermesToolFormat.Open + text + HermesToolFormat.Close : text, newId);
+            HermesToolFormat.Parse(!forced ? text
+                : HermesToolFormat.Open + text + (text.Contains(HermesToolFormat.Close, StringComparison.Ordinal) ? "" : HermesToolFormat.Close), newId);
 
         public override int Streamable(string text)
         {
@@ -104,7 +140,11 @@ public abstract class ToolCallFormat
 
         internal override ToolCallFraming Framing { get; } = new(Open: null, Close: null, List: false, PythonTag);
 
-        public override JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => HermesToolFormat.ForcedCall(tools, choice, "parameters");
+        // Llama 3.1's template raises "This model only supports single tool-calls at once!" for an assistant turn of two calls.
+        public override bool MayForceSeveral(bool endOfTextToken) => false;
+
+        private protected override JsonGrammar Forced(IReadOnlyList<ChatTool> tools, ToolChoice choice, bool several) =>
+            HermesToolFormat.ForcedCall(tools, choice, "parameters");
 
         public override (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId)
         {
@@ -142,12 +182,19 @@ public abstract class ToolCallFormat
             return string.Create(9, 0, (span, _) => { for (int i = 0; i < span.Length; i++) span[i] = alphabet[Random.Shared.Next(alphabet.Length)]; });
         }
 
-        public override JsonGrammar ForcedCall(IReadOnlyList<ChatTool> tools, ToolChoice choice) => HermesToolFormat.ForcedCall(tools, choice, "arguments");
+        public override bool MayForceSeveral(bool endOfTextToken) => true;
+
+        private protected override JsonGrammar Forced(IReadOnlyList<ChatTool> tools, ToolChoice choice, bool several)
+        {
+            var call = ToolCallGrammar.Call(tools, choice, "arguments");
+            return several ? JsonGrammar.Of(ToolCallGrammar.MistralCalls(call), "tool calls") : JsonGrammar.Of(call, "tool call");
+        }
 
         public override (string? Content, IReadOnlyList<ChatToolCall> Calls) Parse(string text, bool forced, Func<string> newId)
         {
             ArgumentNullException.ThrowIfNull(text);
-            if (forced) text = ForcedOpening + text + "]";
+            // A forced reply is one call's JSON (the list closed here), or calls whose list the reply closed itself.
+            if (forced) text = ForcedOpening + text + (text.TrimEnd().EndsWith(']') ? "" : "]");
             string body = text.Trim();
             int tag = body.IndexOf(Tag, StringComparison.Ordinal);
             if (tag >= 0)

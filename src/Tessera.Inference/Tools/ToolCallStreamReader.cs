@@ -42,7 +42,7 @@ public sealed class ToolCallStreamReader
 
     /// <summary>A reader of a reply in <paramref name="format"/>.</summary>
     /// <param name="format">How the model writes calls.</param>
-    /// <param name="forced">Whether the reply is a forced call (its text is the call's JSON, after the format's forced opening).</param>
+    /// <param name="forced">Whether the reply is forced calls (its text, after the format's forced opening, is one call's JSON, or several calls as the format writes them).</param>
     /// <param name="maxCalls">Most calls to report (1 for <c>parallel_tool_calls: false</c>); later ones are read and dropped.</param>
     /// <param name="newId">Makes call ids; the format's own by default.</param>
     public ToolCallStreamReader(ToolCallFormat format, bool forced, int maxCalls = int.MaxValue, Func<string>? newId = null)

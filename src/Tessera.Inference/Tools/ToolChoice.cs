@@ -11,7 +11,7 @@ public sealed record ToolChoice(ToolChoiceMode Mode, string? Name = null)
     /// <summary>No tool is called; the tools are still described to the model.</summary>
     public static ToolChoice None { get; } = new(ToolChoiceMode.None);
 
-    /// <summary>Whether the reply is one call, forced (required, or named).</summary>
+    /// <summary>Whether the reply is forced to be calls (required: one or more, or one with parallel_tool_calls false; named: one).</summary>
     public bool Forces => Mode is ToolChoiceMode.Required or ToolChoiceMode.Named;
 }
 
@@ -24,7 +24,7 @@ public enum ToolChoiceMode
     /// <summary>"auto".</summary>
     Auto,
 
-    /// <summary>"required": one call of any of the tools.</summary>
+    /// <summary>"required": one or more calls of any of the tools (one with parallel_tool_calls false, or in a format that writes one).</summary>
     Required,
 
     /// <summary><c>{"type": "function", "function": {"name": ...}}</c>: one call of that tool.</summary>

@@ -54,13 +54,15 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             Stop = chat.StopStrings(body.Stop),
             TopLogprobs = body.Logprobs == true ? body.TopLogprobs ?? 0 : null,
         };
+        bool oneCall = body.ParallelToolCalls == false;
         if (toolChoice.Forces)
         {
             if (request.Grammar is not null)
                 throw new ApiException(ApiError.Invalid("tool_choice forces a tool call, which response_format cannot constrain too; give one of them", "tool_choice"));
             try
             {
-                request = request with { Grammar = chat.ToolCalls.ForcedCall(tools, toolChoice) };
+                // Required (with parallel calls allowed): one or more calls, ended by the end-of-text token or the format's own end.
+                request = request with { Grammar = chat.ToolCalls.ForcedCalls(tools, toolChoice, !oneCall, engine.StopTokens.Count > 0) };
             }
             catch (ArgumentException e)
             {
@@ -72,7 +74,6 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
         long created = EngineCalls.Now();
         // With tools the model may call (auto, required, named), each choice's text is read whole for its calls.
         var calls = tools.Count > 0 && toolChoice.Mode != ToolChoiceMode.None ? toolChoice : null;
-        bool oneCall = body.ParallelToolCalls == false;
         if (body.Stream == true) await StreamAsync(context, events, id, created, request.Choices, body.StreamOptions?.IncludeUsage == true, calls, oneCall).ConfigureAwait(false);
         else await WholeAsync(context, events, id, created, request.Choices, calls, oneCall).ConfigureAwait(false);
     }
@@ -116,15 +117,18 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
 
     /// <summary>
     /// A choice's text as the message says it: its tool calls, as the model's format writes them (<see cref="ToolCallFormat"/>;
-    /// a forced call's text is the call's JSON) and the rest as content; the finish reason becomes tool_calls when there are calls.
+    /// a forced reply's text is the calls after the format's forced opening) and the rest as content; the finish reason becomes
+    /// tool_calls when there are calls, unless max_tokens cut the reply (length).
     /// </summary>
     private (string? Content, List<ToolCallOut>? Calls, string Reason) Message(string text, string reason, ToolChoice? tools, bool oneCall)
     {
         if (tools is null) return (text, null, reason);
         var (content, calls) = chat.ToolCalls.Parse(text, tools.Forces, chat.ToolCalls.NewCallId);
         if (calls.Count == 0) return (text, null, reason);
-        // parallel_tool_calls false: one call a reply (the first the model wrote).
-        return (content, [.. calls.Take(oneCall ? 1 : int.MaxValue).Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))], "tool_calls");
+        // parallel_tool_calls false: one call a reply (the first the model wrote). A reply max_tokens cut keeps finish reason
+        // length beside the whole calls before the cut, so the client knows a later call may be missing.
+        return (content, [.. calls.Take(oneCall ? 1 : int.MaxValue).Select(c => new ToolCallOut(c.Id, "function", new ToolCallFunctionOut(c.Name, c.Arguments)))],
+            reason == "length" ? reason : "tool_calls");
     }
 
     private async Task WholeAsync(HttpContext context, System.Threading.Channels.ChannelReader<CompletionEvent> events, string id, long created, int n,
@@ -191,7 +195,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
                 }
                 if (e.FinishReason is not { } end) continue;
                 await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, null), TakeLogprobs(heldLogprobs, e.Index),
-                    reader.Calls.Count > 0 ? "tool_calls" : EngineCalls.Reason(end)), null).ConfigureAwait(false);
+                    reader.Calls.Count > 0 && end != FinishReason.Length ? "tool_calls" : EngineCalls.Reason(end)), null).ConfigureAwait(false);
                 continue;
             }
             await SendAsync(context, id, created, new ChatChunkChoice(e.Index, new ChatDelta(null, e.Text.Length > 0 || e.FinishReason is null ? e.Text : null),

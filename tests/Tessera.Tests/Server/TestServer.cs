@@ -17,7 +17,8 @@ namespace Tessera.Tests.Server;
 
 /// <summary>
 /// A real server on a loopback port (port 0: the bound address is read back) in front of an engine serving a random
-/// llama-debug model (byte vocabulary of 256, F32 on the CPU) with the byte tokenizer and the ChatML fallback template.
+/// llama-debug model (byte vocabulary of 256, F32 on the CPU) with the byte tokenizer and the ChatML fallback template; the
+/// byte tokenizer has no end-of-text token, and a test that needs one names a byte as the engine's stop token.
 /// </summary>
 public sealed class TestServer : IAsyncDisposable
 {
@@ -37,7 +38,7 @@ public sealed class TestServer : IAsyncDisposable
     public HttpClient Http { get; }
 
     public static async Task<TestServer> StartAsync(int maxBatch = 8, int maxQueue = 64, int context = 256, string? apiKey = null, int budget = 64, int threads = 1,
-        int draftTokens = 0)
+        int draftTokens = 0, IReadOnlyCollection<int>? stopTokens = null)
     {
         var cpu = new CpuBackend(threads);
         var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
@@ -49,6 +50,7 @@ public sealed class TestServer : IAsyncDisposable
             Cache = new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 32 << 20 },
             Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = maxQueue },
             Speculation = new SpeculationOptions { DraftTokens = draftTokens },
+            StopTokens = stopTokens ?? [],
         });
         var chat = new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, IsFallback: true), tokenizer);
         var server = await OpenAiServer.StartAsync(engine, chat, new ServeOptions { Port = 0, ModelName = Model, ApiKey = apiKey });

@@ -97,6 +97,7 @@ public class ToolCallTests(ToolCallTests.LongContext fixture) : IClassFixture<To
         Assert.True(deltas > 5, $"{deltas} deltas: the text did not stream");
     }
 
+    /// <summary>This server's byte vocabulary has no end-of-text token, so a Hermes reply could not end between calls: required gives one (ForcedToolCallsTests has one or more).</summary>
     [Fact]
     public async Task ARequiredToolChoiceGivesACallOfOneOfTheTools()
     {

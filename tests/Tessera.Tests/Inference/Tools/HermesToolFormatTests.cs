@@ -95,7 +95,7 @@ public class HermesToolFormatTests
     }
 
     [Fact]
-    public void AForcedCallsGrammarTakesTheToolsNamesAndTheOneToolsArguments()
+    public void AForcedCallsGrammarTakesTheToolsNamesAndTheArgumentsOfTheToolTheNameChose()
     {
         static bool Takes(Tessera.Inference.Constraints.JsonGrammar g, string json)
         {
@@ -110,7 +110,9 @@ public class HermesToolFormatTests
         Assert.False(Takes(named, "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\",\"celsius\":false}}"));
         Assert.False(Takes(named, "{\"name\":\"get_time\",\"arguments\":{}}"));
         var required = HermesToolFormat.ForcedCall(Tools, new ToolChoice(ToolChoiceMode.Required));
-        Assert.True(Takes(required, "{\"name\":\"get_time\",\"arguments\":{\"anything\":[1]}}"));   // several tools: any object
+        Assert.True(Takes(required, "{\"name\":\"get_time\",\"arguments\":{\"anything\":[1]}}"));   // get_time has no schema: any object
+        Assert.False(Takes(required, "{\"name\":\"get_weather\",\"arguments\":{\"anything\":[1]}}"));  // get_weather's schema, chosen by the name
+        Assert.True(Takes(required, "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\",\"celsius\":true}}"));
         Assert.False(Takes(required, "{\"name\":\"get_date\",\"arguments\":{}}"));
         Assert.Throws<ArgumentException>(() => HermesToolFormat.ForcedCall(Tools, new ToolChoice(ToolChoiceMode.Named, "nope")));
     }

@@ -28,6 +28,10 @@ public class ToolCallStreamReaderTests
         { "llama3-json", "  {\"name\": \"f\", \"parameters\": {\"a\": \"b\"}}\n", true },
         { "mistral", "Sure. [TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {\"x\": 1}}, {\"name\": \"b\", \"arguments\": {\"y\": \"]}\"}}]", false },
         { "mistral", "{\"name\": \"a\", \"arguments\": " + Nested + "}", true },
+        // Forced replies of several calls, as their grammars write them after the forced opening.
+        { "hermes", "{\"name\": \"a\", \"arguments\": " + Nested + "}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": {\"k\": [1]}}\n</tool_call>", true },
+        { "hermes", "{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"a\", \"arguments\": {\"y\": \"</\"}}\n</tool_call>", true },
+        { "mistral", "{\"name\": \"a\", \"arguments\": " + Nested + "}, {\"name\": \"b\", \"arguments\": {\"y\": \"]}\"}}]", true },
     };
 
     private static ToolCallFormat Format(string name) => name switch
