@@ -6,7 +6,8 @@ namespace Tessera.Inference;
 
 /// <summary>
 /// One decoding step of a batch: the tokens in <see cref="Tokens"/> (B, 1) through the model with the KV cache, and,
-/// for greedy sampling, the argmax of the logits written back into <see cref="Tokens"/> for the next step. Every launch
+/// for greedy decoding the argmax of the logits, or with a sampler's options the token drawn on the device
+/// (<see cref="IBackend.SampleRows"/> at the cache's positions), written back into <see cref="Tokens"/> for the next step. Every launch
 /// reads the position from the cache's device-side positions, so where the backend can record (<see cref="IGraphCapture"/>)
 /// the second step is recorded and every later step is one replay: the host's per-op cost leaves the decode loop.
 /// </summary>
@@ -15,11 +16,12 @@ internal sealed class DecodeStep : IDisposable
     private readonly Transformer _model;
     private readonly KvCache _cache;
     private readonly bool _greedy, _record;
+    private readonly Tensor? _parameters;                 // (B, TokenSampling.ParameterColumns) I32 when the step draws
     private ICapturedGraph? _graph;
     private int _eagerSteps;
 
     /// <summary>A step over <paramref name="cache"/>; <paramref name="record"/> allows a graph where the backend has them.</summary>
-    public DecodeStep(Transformer model, KvCache cache, bool greedy, bool record)
+    public DecodeStep(Transformer model, KvCache cache, bool greedy, bool record, Sampling.SamplingOptions? draws = null)
     {
         _model = model;
         _cache = cache;
@@ -28,7 +30,25 @@ internal sealed class DecodeStep : IDisposable
         _record = record && model.TensorParallelism is null;
         var backend = model.Backend;
         Tokens = backend.Allocate(new Shape(cache.Batch, 1), DType.I32);
+        if (!greedy && draws is { Temperature: > 0 } o)
+        {
+            var host = new int[cache.Batch * TokenSampling.ParameterColumns];
+            for (int b = 0; b < cache.Batch; b++)
+                TokenSampling.WriteParameters(host.AsSpan(b * TokenSampling.ParameterColumns), (float)o.Temperature, o.TopK, (float)o.TopP, o.Seed);
+            _parameters = backend.FromHost<int>(host, new Shape(cache.Batch, TokenSampling.ParameterColumns));
+        }
     }
+
+    /// <summary>Whether the step draws its tokens on the device (a sampler's options were given).</summary>
+    public bool Draws => _parameters is not null;
+
+    /// <summary>
+    /// Draws the next tokens of <paramref name="logits"/> (B, V) on the device into <see cref="Tokens"/>, at the cache's
+    /// positions (the position each token takes); the step must draw (<see cref="Draws"/>).
+    /// </summary>
+    public void Draw(Tensor logits) =>
+        _model.Backend.SampleRows(logits, _parameters ?? throw new InvalidOperationException("DecodeStep.Draw: the step was built without a sampler's options"),
+            _cache.Positions, Tokens.Reshape(logits.Size(0)));
 
     /// <summary>(B, 1) I32: the step's input tokens; after a greedy step, the tokens it chose.</summary>
     public Tensor Tokens { get; }
@@ -72,6 +92,7 @@ internal sealed class DecodeStep : IDisposable
         int b = logits.Size(0), vPad = logits.Size(2);
         Logits = logits.Reshape(b, vPad).Slice(1, 0, _model.Config.VocabSize);
         if (_greedy) _model.Backend.ArgMax(Logits, Tokens.Reshape(b));
+        else if (_parameters is not null) Draw(Logits);       // the cache has advanced: its positions are the drawn tokens'
     }
 
     public void Dispose()
@@ -79,5 +100,6 @@ internal sealed class DecodeStep : IDisposable
         _graph?.Dispose();
         _graph = null;
         Tokens.Storage.Dispose();
+        _parameters?.Storage.Dispose();
     }
 }

@@ -110,7 +110,9 @@ public sealed class TextGenerator
         var host = new float[config.VocabSize];
         int[] chosen = new int[1];
         var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
-        using var step = new DecodeStep(_model, cache, greedy, options.CaptureGraph);
+        // Without a grammar the device draws the sampled tokens too: 4 bytes a token come back instead of the row.
+        using var step = new DecodeStep(_model, cache, greedy, options.CaptureGraph, json is null ? options.Sampling : null);
+        bool onDevice = greedy || step.Draws;
         LastRunRecorded = false;
         try
         {
@@ -118,7 +120,9 @@ public sealed class TextGenerator
             var logits = _model.ForwardWithCache(tokens, cache, validateTokens: false);   // (1, T, Vpad); the prompt was checked above
             tokens.Storage.Dispose();
             var last = logits.Select(0, 0).Select(0, logits.Size(1) - 1).Slice(0, 0, config.VocabSize).Reshape(1, config.VocabSize);
-            int next = greedy ? ArgMax(last, step.Tokens, chosen) : Sample(last, row, host, sampler, prompt.Count, json, options, stop);
+            int next = greedy ? ArgMax(last, step.Tokens, chosen)
+                : step.Draws ? Drawn(step, last, chosen)
+                : Sample(last, row, host, sampler, prompt.Count, json, options, stop);
             for (int produced = 0; ; )
             {
                 if (next < 0) yield break;                               // the grammar allows no token of the vocabulary
@@ -140,14 +144,14 @@ public sealed class TextGenerator
                 }
                 // The token just produced sits at position cache.Length; the context ends there when that is its last slot.
                 if (cache.Length + 1 >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
-                if (!greedy)
+                if (!onDevice)
                 {
                     chosen[0] = next;
                     backend.CopyFromHost<int>(chosen, step.Tokens);
                 }
-                step.Run();                                          // greedy: the step's argmax lands in step.Tokens
+                step.Run();                                          // greedy or drawn: the step's token lands in step.Tokens
                 LastRunRecorded = step.Recorded;
-                if (greedy)
+                if (onDevice)
                 {
                     backend.CopyToHost<int>(step.Tokens, chosen);
                     next = chosen[0];
@@ -183,11 +187,18 @@ public sealed class TextGenerator
         var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
         var history = new List<int>(prompt);
         bool greedy = options.Sampling.Temperature == 0;
-        var sampler = new Sampler(options.Sampling);
         var ids = backend.Allocate(new Shape(1 + k), DType.I32);
-        var rowsF32 = greedy ? null : backend.Allocate(new Shape(1 + k, vocab), DType.F32);
-        var rowsHost = greedy ? [] : new float[(1 + k) * vocab];
         var host = new int[1 + k];
+        // Sampled: every row drawn on the device at the position of the token it draws (TokenSampling), only ids back.
+        var parameters = greedy ? null : backend.Allocate(new Shape(1 + k, TokenSampling.ParameterColumns), DType.I32);
+        var positions = greedy ? null : backend.Allocate(new Shape(1 + k), DType.I32);
+        if (parameters is not null)
+        {
+            var rows = new int[(1 + k) * TokenSampling.ParameterColumns];
+            for (int r = 0; r <= k; r++)
+                TokenSampling.WriteParameters(rows.AsSpan(r * TokenSampling.ParameterColumns), (float)options.Sampling.Temperature, options.Sampling.TopK, (float)options.Sampling.TopP, options.Sampling.Seed);
+            backend.CopyFromHost<int>(rows, parameters);
+        }
         var drafts = new int[k];
         try
         {
@@ -230,7 +241,8 @@ public sealed class TextGenerator
         finally
         {
             ids.Storage.Dispose();
-            rowsF32?.Storage.Dispose();
+            parameters?.Storage.Dispose();
+            positions?.Storage.Dispose();
         }
 
         // The draft model's guesses after history: it computes the tokens its cache lacks (`next` at least) and takes the
@@ -256,23 +268,18 @@ public sealed class TextGenerator
         {
             int n = rows.Size(0);
             accepted = 0;
-            if (greedy)
+            if (greedy) backend.ArgMax(rows.Slice(1, 0, vocab), ids.Slice(0, 0, n));
+            else
             {
-                backend.ArgMax(rows.Slice(1, 0, vocab), ids.Slice(0, 0, n));
-                backend.CopyToHost<int>(ids.Slice(0, 0, n), host.AsSpan(0, n));
-                while (accepted < d && host[accepted] == drafts[accepted]) accepted++;
-                return host[accepted];
+                for (int r = 0; r < n; r++) host[r] = history.Count + r;     // the token row r draws
+                backend.CopyFromHost<int>(host.AsSpan(0, n), positions!.Slice(0, 0, n));
+                backend.SampleRows(rows.Slice(1, 0, vocab), parameters!.Slice(0, 0, n), positions.Slice(0, 0, n), ids.Slice(0, 0, n));
             }
-            backend.Copy(rows.Slice(1, 0, vocab), rowsF32!.Slice(0, 0, n));
-            backend.CopyToHost<float>(rowsF32.Slice(0, 0, n), rowsHost.AsSpan(0, n * vocab));
-            for (; ; accepted++)
-            {
-                var row = rowsHost.AsSpan(accepted * vocab, vocab);
-                long position = history.Count + accepted;                // the token row `accepted` draws
-                if (accepted == d) return sampler.Sample(row, vocab, position);
-                int token = sampler.Verify(row, vocab, drafts[accepted], position, out bool kept);
-                if (!kept) return token;
-            }
+            backend.CopyToHost<int>(ids.Slice(0, 0, n), host.AsSpan(0, n));
+            // A guess is kept while it is the token the row before it gives: the argmax, or the token drawn at its position
+            // (as Sampler.Verify keeps it), which is the token decoding one a step gives there.
+            while (accepted < d && host[accepted] == drafts[accepted]) accepted++;
+            return host[accepted];
         }
     }
 
@@ -301,10 +308,9 @@ public sealed class TextGenerator
         using var modelDrafter = _draft is null ? null : new ModelDrafter(_draft, _model, cache, chunk, 1, maxLength, options.CaptureGraph);
         var ngram = k > 0 && _draft is null ? new NgramDrafter(options.Speculation) : null;
         var guesses = new int[k];
-        var sampler = new Sampler(options.Sampling);
         bool greedy = options.Sampling.Temperature == 0;
         var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
-        var sequence = new Sequence(0, prompt, maxLength) { MaxDrafts = k };
+        var sequence = new Sequence(0, prompt, maxLength) { MaxDrafts = k, DeviceSampling = greedy ? null : options.Sampling };   // drawn on the device
         scheduler.Add(sequence);
         LastRunCachePositions = cache.Blocks * cache.BlockSize;
         LastRunPeakBlocks = 0;
@@ -321,30 +327,15 @@ public sealed class TextGenerator
                 throw new InvalidOperationException($"TextGenerator: the bounded window cache of {cache.Blocks} blocks could not place the sequence (a bug: it is sized for one sequence)");
             modelDrafter?.CatchUp(step);                              // before Complete releases what the window left behind
             LastRunPeakBlocks = Math.Max(LastRunPeakBlocks, cache.Allocator.InUse);   // before Complete releases the blocks the step left behind
-            int sampled = runner.Run(step, withLogits: !greedy, out var ids, out var logits);
+            int sampled = runner.Run(step, withLogits: false, out var ids, out _);   // the argmax, or drawn on the device
             scheduler.Complete(step);
             if (sampled == 0) continue;                               // a prefill chunk short of the prompt's end
             LastRunRecorded = runner.ReplayedSteps > 0;
             // The token after the last kept guess: a guess is kept while it is the token the row before it gives (the argmax,
-            // or the token drawn at its position: Sampler.Verify), so the tokens are those decoding one a step gives.
-            int drafts = step.Sequences[0].Drafts, first = sequence.Tokens.Count - drafts, accepted = 0, last;
-            int vocab = config.VocabSize;
-            if (greedy)
-            {
-                while (accepted < drafts && ids[accepted] == sequence.Tokens[first + accepted]) accepted++;
-                last = ids[accepted];
-            }
-            else
-            {
-                for (; ; accepted++)
-                {
-                    var row = logits.Slice(accepted * vocab, vocab);
-                    long position = first + accepted;                // the token row `accepted` draws
-                    if (accepted == drafts) { last = sampler.Sample(row, vocab, position); break; }
-                    last = sampler.Verify(row, vocab, sequence.Tokens[first + accepted], position, out bool kept);
-                    if (!kept) break;
-                }
-            }
+            // or the token drawn at its position, as Sampler.Verify keeps it), so the tokens are those decoding one a step gives.
+            int drafts = step.Sequences[0].Drafts, first = sequence.Tokens.Count - drafts, accepted = 0;
+            while (accepted < drafts && ids[accepted] == sequence.Tokens[first + accepted]) accepted++;
+            int last = ids[accepted];
             if (drafts > 0)
             {
                 scheduler.ResolveDrafts(sequence, accepted);
@@ -361,6 +352,14 @@ public sealed class TextGenerator
             }
             sequence.Append(last);
         }
+    }
+
+    /// <summary>The token <paramref name="step"/> draws on the device from <paramref name="logits"/> (1, V), read back.</summary>
+    private int Drawn(DecodeStep step, Tensor logits, int[] chosen)
+    {
+        step.Draw(logits);
+        _model.Backend.CopyToHost<int>(step.Tokens, chosen);
+        return chosen[0];
     }
 
     private int ArgMax(Tensor logits, Tensor tokens, int[] chosen)

@@ -71,9 +71,9 @@ public class SpeculativeGenerationTests
     }
 
     /// <summary>
-    /// Sampling speculates too (<see cref="Sampler.Verify"/> keeps the distribution; SamplerTests checks it): at a low
-    /// temperature some guesses are kept and some are not, a seed gives the same tokens twice, and a stop token ends the
-    /// same tokens at its first occurrence.
+    /// Sampling speculates too, every row drawn on the device at its token's position (<see cref="Sampler.Verify"/>'s rule): at a
+    /// low temperature some guesses are kept and some are not, the tokens are those of the same seed without speculation, and a
+    /// stop token ends the same tokens at its first occurrence.
     /// </summary>
     [Fact]
     public void SampledGenerationSpeculatesReproducibly()
@@ -87,6 +87,7 @@ public class SpeculativeGenerationTests
             var tokens = generator.Generate(prompt, sampled).ToList();
             Assert.Equal(60, tokens.Count);
             Assert.Equal(tokens, new TextGenerator(model).Generate(prompt, sampled).ToList());
+            Assert.Equal(new TextGenerator(model).Generate(prompt, sampled with { Speculation = new() }).ToList(), tokens);
             drafted += generator.LastRunDraftTokens;
             accepted += generator.LastRunAcceptedDraftTokens;
             int[] stop = [tokens[30]];
