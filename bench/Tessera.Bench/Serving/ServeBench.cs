@@ -27,10 +27,14 @@ namespace Tessera.Bench.Serving;
 /// plus the keys and values of every cached position of the batch, over the step time, against a device copy measured
 /// in the same process; and a table of the level's floors (<see cref="ServingFloor"/>: the least time any server could take
 /// for the same prompts and tokens, prefill and decode in turn and perfectly overlapped) beside the measured rate.
-/// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 128]
+/// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32 (bf16 on cuda, f32 on cpu)] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
-/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8|fp8] [--kv-dtype model|int8] [--cuda-options Name=value,...]</para>
+/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8|fp8] [--kv-dtype model|int8]
+/// [--temperature T] [--top-p P] [--host-sampling] [--cuda-options Name=value,...]</para>
+/// <para>--temperature T (default 0: greedy) and --top-p P make every request sample, as an OpenAI client's default
+/// (temperature 1) does; the tokens are drawn on the device (<see cref="EngineOptions.SampleOnDevice"/>) unless
+/// --host-sampling, where each sampled row's logits go to the host and the host sampler draws.</para>
 /// <para>--quantize int8 serves the model with its linear layers' weights as int8 with row scales (a byte a weight); fp8 as
 /// E4M3 codes with row scales, each product quantizing its input's rows to E4M3 too (W8A8-FP8).</para>
 /// <para>--kv-dtype int8 holds the paged KV cache as int8 with one F32 scale per position and head
@@ -70,7 +74,8 @@ public static class ServeBench
 {
     public static int Run(string[] args)
     {
-        string device = "cuda", preset = "llama-1b", dtypeName = "bf16";
+        string device = "cuda", preset = "llama-1b";
+        string? dtypeName = null;                                // bf16 on CUDA, f32 on the CPU (which computes in F32 or F64)
         int prompt = 512, newTokens = 128, rounds = 2, maxBatch = 128, tokenBudget = 8192, clients = 256, seconds = 60;
         int decodingStepTokens = new SchedulerOptions().DecodingStepTokens;
         bool phaseSync = false, deviceTime = false, asyncScheduling = true, advanceOnDevice = false;
@@ -79,7 +84,8 @@ public static class ServeBench
         string? cudaOptions = null, modelDir = null, draftPreset = null, draftDir = null;
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
-        bool graphs = true, load = false;
+        bool graphs = true, load = false, hostSampling = false;
+        double temperature = 0, topP = 1;
         var quantization = Tessera.Nn.Quantization.WeightQuantization.None;
         DType? kvDType = null;
         for (int i = 0; i < args.Length; i++)
@@ -115,11 +121,15 @@ public static class ServeBench
                 case "--no-graphs": graphs = false; break;
                 case "--load": load = true; break;
                 case "--clients": clients = Int(); break;
+                case "--temperature": temperature = double.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--top-p": topP = double.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--host-sampling": hostSampling = true; break;
                 case "--seconds": seconds = Int(); break;
                 default: throw new ArgumentException($"serve: unknown argument '{args[i]}'");
             }
         }
         if (load) { maxBatch = args.Contains("--max-batch") ? maxBatch : 64; }
+        dtypeName ??= device.StartsWith("cuda", StringComparison.Ordinal) ? "bf16" : "f32";
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
         bool cuda = device.StartsWith("cuda", StringComparison.Ordinal);
         IBackend backend = cuda ? new CudaBackend(0, CudaBackendOptions.Parse(cudaOptions)) : new CpuBackend(Environment.ProcessorCount);
@@ -163,6 +173,7 @@ public static class ServeBench
             MeasureDeviceTime = deviceTime && !load,
             AsyncScheduling = asyncScheduling,
             AdvanceDecodeOnDevice = advanceOnDevice,
+            SampleOnDevice = !hostSampling,
             Speculation = new SpeculationOptions
             {
                 DraftTokens = draftTokens == 0 && (draftPreset ?? draftDir) is not null ? 4 : draftTokens, UniformDrafts = uniformDrafts,
@@ -185,8 +196,11 @@ public static class ServeBench
         };
         try
         {
-            return load ? Load(http, engine, preset, clients, seconds, maxBatch)
-                : Levels(http, engine, backend as CudaBackend, model, preset, dtype, prompt, newTokens, rounds, levels, maxBatch, corpusPrompt);
+            // The request's sampling fields: greedy by default; a fixed seed, so that a run draws the same tokens.
+            string sampling = FormattableString.Invariant($"\"temperature\": {temperature}, \"top_p\": {topP}, \"seed\": 1");
+            Console.WriteLine($"requests: temperature {temperature}, top_p {topP}{(temperature > 0 ? hostSampling ? ", drawn on the host" : ", drawn on the device" : "")}");
+            return load ? Load(http, engine, preset, sampling, clients, seconds, maxBatch)
+                : Levels(http, engine, backend as CudaBackend, model, preset, sampling, dtype, prompt, newTokens, rounds, levels, maxBatch, corpusPrompt);
         }
         finally
         {
@@ -197,9 +211,9 @@ public static class ServeBench
     private sealed record RequestStats(double FirstTokenSeconds, List<double> Gaps, int Tokens, int Status);
 
     /// <summary>One streaming completion; times as the client sees them.</summary>
-    private static async Task<RequestStats> Stream(HttpClient http, string model, int[] prompt, int maxTokens)
+    private static async Task<RequestStats> Stream(HttpClient http, string model, string sampling, int[] prompt, int maxTokens)
     {
-        string body = $$$"""{"model": "{{{model}}}", "prompt": [{{{string.Join(',', prompt)}}}], "max_tokens": {{{maxTokens}}}, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}""";
+        string body = $$$"""{"model": "{{{model}}}", "prompt": [{{{string.Join(',', prompt)}}}], "max_tokens": {{{maxTokens}}}, {{{sampling}}}, "stream": true, "stream_options": {"include_usage": true}}""";
         var clock = Stopwatch.StartNew();
         using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(body, System.Text.Encoding.UTF8, "application/json") };
         using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead).ConfigureAwait(false);
@@ -228,7 +242,7 @@ public static class ServeBench
         return new RequestStats(first, gaps, tokens, 200);
     }
 
-    private static int Levels(HttpClient http, InferenceEngine engine, CudaBackend? cuda, Transformer model, string preset, DType dtype,
+    private static int Levels(HttpClient http, InferenceEngine engine, CudaBackend? cuda, Transformer model, string preset, string sampling, DType dtype,
         int prompt, int newTokens, int rounds, int[] levels, int maxBatch, Func<Random, int[]>? corpusPrompt)
     {
         var config = model.Config;
@@ -246,7 +260,7 @@ public static class ServeBench
         foreach (int n in levels)
         {
             var warm = Enumerable.Range(0, n).Select(_ => Prompt()).ToArray();
-            Task.WhenAll(warm.Select(p => Stream(http, preset, p, 4))).GetAwaiter().GetResult();
+            Task.WhenAll(warm.Select(p => Stream(http, preset, sampling, p, 4))).GetAwaiter().GetResult();
         }
 
         var phases = new List<(int Level, StepPhaseTimes Decode, StepPhaseTimes Mixed)>();
@@ -269,7 +283,7 @@ public static class ServeBench
             var results = Task.WhenAll(prompts.Select(async mineToSend =>
             {
                 var mine = new List<RequestStats>();
-                foreach (var p in mineToSend) mine.Add(await Stream(http, preset, p, newTokens).ConfigureAwait(false));
+                foreach (var p in mineToSend) mine.Add(await Stream(http, preset, sampling, p, newTokens).ConfigureAwait(false));
                 return mine;
             })).GetAwaiter().GetResult().SelectMany(x => x).ToList();
             double wall = clock.Elapsed.TotalSeconds;
@@ -319,7 +333,7 @@ public static class ServeBench
         return 0;
     }
 
-    private static int Load(HttpClient http, InferenceEngine engine, string preset, int clients, int seconds, int maxBatch)
+    private static int Load(HttpClient http, InferenceEngine engine, string preset, string sampling, int clients, int seconds, int maxBatch)
     {
         int completed = 0, rejected = 0, failed = 0;
         var process = Process.GetCurrentProcess();
@@ -331,7 +345,7 @@ public static class ServeBench
             while (DateTime.UtcNow < until)
             {
                 var prompt = Enumerable.Range(0, mine.Next(4, 64)).Select(_ => mine.Next(engine.Model.Config.VocabSize)).ToArray();
-                var stats = await Stream(http, preset, prompt, mine.Next(8, 64)).ConfigureAwait(false);
+                var stats = await Stream(http, preset, sampling, prompt, mine.Next(8, 64)).ConfigureAwait(false);
                 if (stats.Status == 200 && stats.Tokens > 0) Interlocked.Increment(ref completed);
                 else if (stats.Status == 429) { Interlocked.Increment(ref rejected); await Task.Delay(mine.Next(10, 100)).ConfigureAwait(false); }
                 else Interlocked.Increment(ref failed);
