@@ -82,6 +82,43 @@ public sealed class TensorParallelServingTests
     }
 
     /// <summary>
+    /// Sampled requests drawn on the device, without speculation so that steps are scheduled asynchronously: a step's input
+    /// ids are the previous step's draws read on the device, on every rank, so the other ranks must draw what rank 0 draws
+    /// (the header says the step draws). Tokens are one device's, and some steps were pipelined.
+    /// </summary>
+    [Fact(Timeout = 120_000)]
+    public async Task PipelinedSampledStepsDrawOneDevicesTokensOnEveryRank()
+    {
+        var config = ModelPresets.Get("llama-debug");
+        var options = Options with { Speculation = new() };
+        CompletionRequest[] requests =
+        [
+            new() { Prompt = Prompts[0], MaxTokens = 16, Seed = 11, Sampling = new SamplingOptions { Temperature = 0.9, TopK = 20 } },
+            new() { Prompt = Prompts[2], MaxTokens = 16, Seed = 12, Sampling = new SamplingOptions { Temperature = 0.7, TopP = 0.9 } },
+            new() { Prompt = Prompts[3], MaxTokens = 16 },
+        ];
+        List<int>[] Run(InferenceEngine engine) =>
+            Task.WhenAll(requests.Select(async r =>
+            {
+                var tokens = new List<int>();
+                await foreach (var e in engine.Submit(r).ReadAllAsync()) tokens.AddRange(e.Tokens);
+                return tokens;
+            })).GetAwaiter().GetResult();
+        var one = new Transformer(config, new CpuBackend(1), DType.F64);
+        one.InitializeWeights(seed: 3);
+        List<int>[] expected;
+        using (var engine = new InferenceEngine(one, new ByteTokenizer(), options)) expected = Run(engine);
+        var results = await Task.Run(() => ParallelTraining.RunThreadRanks(2, ctx => TensorParallelServingRank.Run(ctx.Rank, 2, ctx.Backend, ctx.Factory,
+            config, DType.F64, options, engine =>
+            {
+                var served = Run(engine);
+                Assert.True(engine.PipelinedSteps > 0, "no sampled step was scheduled asynchronously");
+                return served;
+            }), TimeSpan.FromSeconds(60)), TestContext.Current.CancellationToken);
+        for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], results[0]![i]);
+    }
+
+    /// <summary>
     /// Rank 0's engine refusing its options (too little KV memory for one sequence) stops the other rank at once: the world
     /// aborts on rank 0's failure, so the other rank's warm-up collectives fail instead of waiting for the world's timeout.
     /// </summary>
