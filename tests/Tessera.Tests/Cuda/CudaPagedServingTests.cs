@@ -407,6 +407,44 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     /// <summary>
+    /// Eight concurrent sampled requests (temperature, top-k, top-p mixed; seeded) drawn on the GPU in F32 (recorded steps,
+    /// scheduled asynchronously, also with the advance on the device) give the tokens the CPU engine draws, and with
+    /// speculation by prompt lookup too. Both follow one rule (TokenSampling); the GPU's F32 logits differ from the CPU's in
+    /// their last bits, which changes a draw only where two Gumbel scores lie that close (about 1e-6 of a draw's chance), so
+    /// equality is expected.
+    /// </summary>
+    [Theory]
+    [InlineData("llama-debug")]
+    [InlineData("gpt2-debug")]
+    public async Task SampledRequestsDrawnOnTheGpuGiveTheCpusTokens(string preset)
+    {
+        var (_, onCpu, onGpu, _) = RandomModelOnBoth(preset, context: 96);
+        var prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 4 * (i + 1) + 1).Select(j => (i * 37 + (j % (i + 1)) * 11) % 256).ToArray()).ToArray();
+        Tessera.Inference.Sampling.SamplingOptions[] samplings =
+        [
+            new() { Temperature = 1.0 }, new() { Temperature = 0.7, TopP = 0.9 }, new() { Temperature = 1.2, TopK = 20 }, new() { Temperature = 0.4, TopK = 50, TopP = 0.8 },
+        ];
+        var requests = prompts.Select((p, i) => new CompletionRequest { Prompt = p, MaxTokens = 30, Seed = (ulong)(40 + i), Sampling = samplings[i % 4] }).ToArray();
+        async Task<List<int>[]> Run(InferenceEngine engine) => await Task.WhenAll(requests.Select(async r =>
+        {
+            var tokens = new List<int>();
+            await foreach (var e in engine.Submit(r).ReadAllAsync()) tokens.AddRange(e.Tokens);
+            return tokens;
+        }));
+        List<int>[] expected;
+        using (var cpu = new InferenceEngine(onCpu, new ByteTokenizer(), Options(graphs: false))) expected = await Run(cpu);
+        foreach (var (advance, drafts) in new[] { (false, 0), (true, 0), (false, 4) })
+        {
+            using var engine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(graphs: true, advance, draftTokens: drafts));
+            var results = await Run(engine);
+            for (int i = 0; i < requests.Length; i++) Assert.Equal(expected[i], results[i]);
+            Console.WriteLine($"[sampled on the GPU] {preset}, advance {advance}, drafts {drafts}: {engine.PipelinedSteps} pipelined, {engine.ReplayedSteps} replayed, {engine.Metrics.AcceptedDraftTokens} of {engine.Metrics.DraftTokens} guesses kept");
+            if (drafts == 0) Assert.True(engine.PipelinedSteps > 0 && engine.ReplayedSteps > 0, "no sampled step was pipelined or replayed");
+            Assert.Equal(0, engine.Metrics.KvBlocksInUse);
+        }
+    }
+
+    /// <summary>
     /// Speculative decoding on the GPU (F32): eight concurrent greedy requests, whose prompts repeat themselves so that the
     /// drafter proposes from the first step, verify up to 4 drafts a step through the paged prefill and decode kernels (a
     /// sequence's draft rows are query rows after its decode token) and give the tokens of the dense CPU generator run one

@@ -1,0 +1,63 @@
+using Tessera.Tensors;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// <see cref="IBackend.SampleRows"/> on the GPU (sampling.cu) against <see cref="TokenSampling.Choose"/>, the definition the
+/// CPU backend follows, on the same rounded logits: 96 rows of a 128,256-entry vocabulary (Llama 3's), row-strided, each with
+/// its own temperature, top-k, top-p, seed and position, in bf16 (whose logits tie by the hundred at the cuts) and f32. The
+/// two may keep different sets only where a cumulative probability lies within about 1e-7 of top-p, or differ by a logf's
+/// last bit in a Gumbel score; so at most one row in 96 may differ, and such a row's two tokens must both lie among the
+/// row's candidates that the definition could keep (its top-k). The inputs come from the fixture's logged seed.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaSamplingTests(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    [Theory]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F32)]
+    public void DrawsTheDefinitionsTokens(DType dtype)
+    {
+        int m = 96, v = 128256, ld = v + 64;
+        var values = Stored(Enumerable.Range(0, m * ld).Select(_ => (Rng.NextDouble() + Rng.NextDouble() + Rng.NextDouble() - 1.5) * 6).ToArray(), dtype);
+        var parameters = new int[m * TokenSampling.ParameterColumns];
+        var positions = new int[m];
+        float[] temperatures = [0f, 0.6f, 1f, 1.3f];
+        int[] topKs = [0, 1, 40, 1000, 0];
+        float[] topPs = [1f, 0.9f, 0.5f, 0.99f, 1f, 0.95f];
+        for (int r = 0; r < m; r++)
+        {
+            TokenSampling.WriteParameters(parameters.AsSpan(r * TokenSampling.ParameterColumns), temperatures[r % 4], topKs[r % 5], topPs[r % 6], (ulong)(1000 + 7 * r));
+            positions[r] = 100 * r + 5;
+        }
+        var logits = Upload(values, dtype, m, ld);
+        var ids = Gpu.Allocate(new Shape(m), DType.I32);
+        Gpu.SampleRows(logits.Slice(1, 0, v), UploadInts(parameters, m, TokenSampling.ParameterColumns), UploadInts(positions, m), ids);
+        var drawn = Gpu.ToArray<int>(ids);
+        int differ = 0;
+        for (int r = 0; r < m; r++)
+        {
+            var row = values.Skip(r * ld).Take(v).Select(x => (float)x).ToArray();
+            var (t, k, p, s) = TokenSampling.ReadParameters(parameters.AsSpan(r * TokenSampling.ParameterColumns));
+            int expected = TokenSampling.Choose(row, t, k, p, s, positions[r]);
+            if (expected == drawn[r]) continue;
+            differ++;
+            TestContext.Current.TestOutputHelper?.WriteLine($"row {r} (temperature {t}, top-k {k}, top-p {p}): GPU {drawn[r]}, definition {expected}");
+            float floor = row.OrderByDescending(x => x).ElementAt(Math.Min(k > 0 ? k : 200, v) - 1);
+            Assert.True(t > 0 && row[drawn[r]] >= floor, $"row {r}: the GPU drew {drawn[r]} (logit {row[drawn[r]]}), outside what the definition could keep");
+        }
+        Assert.True(differ <= 1, $"{differ} of {m} rows drew another token than the definition");
+    }
+
+    [Fact]
+    public void RefusesOperandsThatDoNotFit()
+    {
+        var logits = Gpu.Allocate(new Shape(3, 10), DType.BF16);
+        var ids = Gpu.Allocate(new Shape(3), DType.I32);
+        var e = Assert.Throws<ArgumentException>(() => Gpu.SampleRows(logits, Gpu.Allocate(new Shape(3, 4), DType.I32), Gpu.Allocate(new Shape(3), DType.I32), ids));
+        Assert.Contains("parameters", e.Message);
+        e = Assert.Throws<ArgumentException>(() => Gpu.SampleRows(logits, Gpu.Allocate(new Shape(3, TokenSampling.ParameterColumns), DType.I32), Gpu.Allocate(new Shape(2), DType.I32), ids));
+        Assert.Contains("positions", e.Message);
+    }
+}
