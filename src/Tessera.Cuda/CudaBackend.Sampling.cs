@@ -33,4 +33,34 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &px, &ld, &v, &pp, &pq, &pi };
         Launch("sampling.cu", "sample_rows_" + Suffix(logits.DType, op), (uint)m, SamplingThreads, args);
     }
+
+    public void TokenLogprobs(Tensor logits, Tensor ids, int count, Tensor logprobs, Tensor? topIds)
+    {
+        const string op = nameof(TokenLogprobs);
+        ArgumentNullException.ThrowIfNull(logits); ArgumentNullException.ThrowIfNull(ids); ArgumentNullException.ThrowIfNull(logprobs);
+        if (logits.Rank != 2 || (logits.Stride(1) != 1 && logits.Size(1) > 1))
+            throw new ArgumentException($"CudaBackend.{op}: logits must be (M, V) with a contiguous last dimension, got {logits.Shape}");
+        int m = logits.Size(0), v = logits.Size(1);
+        if (count < 0 || count > v) throw new ArgumentOutOfRangeException(nameof(count), count, $"CudaBackend.{op}: count must lie in [0, {v}], the row's columns");
+        RequireDType(op, "ids", ids, DType.I32);
+        RequireContiguous(op, "ids", ids);
+        if (ids.NumElements != m) throw new ArgumentException($"CudaBackend.{op}: ids {ids.Shape} must hold one id per row of logits {logits.Shape}");
+        RequireDType(op, "logprobs", logprobs, DType.F32);
+        RequireContiguous(op, "logprobs", logprobs);
+        if (logprobs.Rank != 2 || logprobs.Size(0) != m || logprobs.Size(1) != 1 + count)
+            throw new ArgumentException($"CudaBackend.{op}: logprobs must be ({m}, {1 + count}), got {logprobs.Shape}");
+        if ((count > 0) != (topIds is not null)) throw new ArgumentException($"CudaBackend.{op}: topIds must be given exactly when count ({count}) is above 0");
+        if (topIds is not null)
+        {
+            RequireDType(op, "topIds", topIds, DType.I32);
+            RequireContiguous(op, "topIds", topIds);
+            if (topIds.Rank != 2 || topIds.Size(0) != m || topIds.Size(1) != count)
+                throw new ArgumentException($"CudaBackend.{op}: topIds must be ({m}, {count}), got {topIds.Shape}");
+        }
+        if (m == 0) return;
+        ulong px = Ptr(logits), pi = Ptr(ids), pl = Ptr(logprobs), pt = topIds is null ? 0 : Ptr(topIds);
+        long ld = logits.Stride(0);
+        void** args = stackalloc void*[] { &px, &ld, &v, &pi, &count, &pl, &pt };
+        Launch("sampling.cu", "token_logprobs_" + Suffix(logits.DType, op), (uint)m, SamplingThreads, args);
+    }
 }

@@ -368,6 +368,15 @@ public interface IBackend
     /// </summary>
     void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids);
 
+    /// <summary>
+    /// The log-probabilities OpenAI's logprobs report, on the device, for each row r of logits (M, V) (a row-strided view with a
+    /// contiguous last dimension is accepted): logprobs[r, 0] = log softmax(row r)[ids[r]], and for j &lt;
+    /// <paramref name="count"/> topIds[r, j] = the column of the row's (j+1)-th largest logit (the lower column first on
+    /// ties) and logprobs[r, 1 + j] its log-probability (<see cref="LogProbabilities"/>, NaN skipped). ids (M) I32, logprobs
+    /// (M, 1 + count) F32, topIds (M, count) I32 or null when <paramref name="count"/> is 0.
+    /// </summary>
+    void TokenLogprobs(Tensor logits, Tensor ids, int count, Tensor logprobs, Tensor? topIds);
+
     /// <summary>result (scalar) = scale * sum(x) (or += when <paramref name="accumulate"/>).</summary>
     void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false);
 

@@ -82,16 +82,17 @@ struct SampleOne
     __device__ unsigned long long operator()(float) const { return 1ull; }
 };
 
-// The block's sum of a 64-bit value; every thread gets it.
-__device__ unsigned long long sample_block_sum(unsigned long long v, SampleShared& s)
+// The block's sum of a 64-bit value (an integer, or a double added in the threads' fixed order); every thread gets it.
+template <typename U> __device__ U sample_block_sum(U v, SampleShared& s)
 {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    if (lane == 0) s.sums[warp] = v;
+    U* sums = reinterpret_cast<U*>(s.sums);
+    if (lane == 0) sums[warp] = v;
     __syncthreads();
-    unsigned long long total = 0;
-    for (int w = 0; w < warps; w++) total += s.sums[w];
+    U total = 0;
+    for (int w = 0; w < warps; w++) total += sums[w];
     __syncthreads();
     return total;
 }
@@ -232,7 +233,7 @@ __device__ void sample_rows(const T* logits, i64 ld, int V, const int* params, c
         if (v > best || (v == best && i < index)) { best = v; index = i; }
     }
     sample_block_argmax(best, index, s);
-    const int candidates = (int)sample_block_sum((unsigned long long)count, s);
+    const int candidates = (int)sample_block_sum<unsigned long long>((unsigned long long)count, s);
     const bool infinite = (__float_as_uint(best) & 0x7fffffffu) == 0x7f800000u;
     if (!(temperature > 0) || candidates == 0 || infinite)
     {
@@ -259,7 +260,7 @@ __device__ void sample_rows(const T* logits, i64 ld, int V, const int* params, c
             const float v = to_f(row[i]);
             if (v == v && kept.has(sample_key(v), i)) z += mass(v);
         }
-        z = sample_block_sum(z, s);
+        z = sample_block_sum<unsigned long long>(z, s);
         const double target = (double)top_p * (double)z;
         unsigned key;
         unsigned long long above;
@@ -299,3 +300,68 @@ __device__ void sample_rows(const T* logits, i64 ld, int V, const int* params, c
         sample_rows<T>(logits, ld, V, params, positions, ids);                                                    \
     }
 FOR_FLOAT_TYPES(SAMPLE_ROWS)
+
+// ------------------------------------------------------------------------------------ log-probabilities
+// logprobs[r, 0] = log softmax(row r)[ids[r]]; for j < count, top_ids[r, j] = the column of the row's (j+1)-th largest logit
+// (the lower column first on ties) and logprobs[r, 1 + j] its log-probability: Tessera.Tensors.LogProbabilities's
+// definition (NaN skipped), which the host computes in double. Here each thread sums its exponentials in float and the
+// block adds them in double in a fixed order (about 1e-7 relative of the host's); the top columns are one block argmax a
+// rank, each among the logits below the previous one in (logit descending, column ascending) order. One CTA a row.
+template <typename T>
+__device__ void token_logprobs(const T* logits, i64 ld, int V, const int* ids, int count, float* logprobs, int* top_ids)
+{
+    __shared__ SampleShared s;
+    const T* row = logits + (i64)blockIdx.x * ld;
+    float best = NEG_INF;
+    int index = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+    {
+        const float v = to_f(row[i]);
+        if (v != v) continue;
+        if (v > best || (v == best && i < index)) { best = v; index = i; }
+    }
+    sample_block_argmax(best, index, s);
+    double partial = 0;
+    if (best > NEG_INF)
+    {
+        float sum = 0.f;
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+        {
+            const float v = to_f(row[i]);
+            if (v == v) sum += expf(v - best);
+        }
+        partial = sum;
+    }
+    const double lse = (double)best + log(sample_block_sum<double>(partial, s));
+    float* out = logprobs + (i64)blockIdx.x * (1 + count);
+    if (threadIdx.x == 0) out[0] = (float)((double)to_f(row[ids[blockIdx.x]]) - lse);
+    float previous = __int_as_float(0x7f800000);   // +inf: every logit lies below it in the order
+    int previous_index = -1;
+    for (int j = 0; j < count; j++)
+    {
+        float b = NEG_INF;
+        int bi = 0x7fffffff;
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+        {
+            const float v = to_f(row[i]);
+            if (v != v || !(v < previous || (v == previous && i > previous_index))) continue;
+            if (v > b || (v == b && i < bi)) { b = v; bi = i; }
+        }
+        sample_block_argmax(b, bi, s);
+        if (threadIdx.x == 0)
+        {
+            top_ids[(i64)blockIdx.x * count + j] = bi == 0x7fffffff ? 0 : bi;
+            out[1 + j] = bi == 0x7fffffff ? NEG_INF : (float)((double)b - lse);
+        }
+        previous = b;
+        previous_index = bi;
+    }
+}
+
+#define TOKEN_LOGPROBS(n, T)                                                                                      \
+    extern "C" __global__ void token_logprobs_##n(const T* logits, i64 ld, int V, const int* ids, int count,     \
+                                                  float* logprobs, int* top_ids)                                 \
+    {                                                                                                             \
+        token_logprobs<T>(logits, ld, V, ids, count, logprobs, top_ids);                                          \
+    }
+FOR_FLOAT_TYPES(TOKEN_LOGPROBS)

@@ -36,12 +36,16 @@ public sealed class PagedModelRunner : IDisposable
     private readonly Tensor _metadata;           // (total) I32: one step's sections (Layout), packed at the front
     private readonly Tensor _sampled;            // (maxOutputs) I32: argmax of each sampling row
     private readonly Tensor _logitsF32;          // (maxOutputs, V) F32: logits cast for the host
+    private readonly Tensor _logprobs;           // (maxOutputs * (1 + MaxTopLogprobs)) F32: TokenLogprobs' output, packed
+    private readonly Tensor _topIds;             // (maxOutputs * MaxTopLogprobs) I32
+    private float[] _logprobsHost = [];
+    private int[] _topIdsHost = [];
     private readonly IReadbackBuffer[] _readbacks;   // two, alternating: a step's ids land while the next one computes
     private readonly Queue<PendingStep> _pending = new();
     private int _nextReadback;
     private float[] _logits = [];
     private readonly bool _record;
-    private readonly Dictionary<(int Size, bool FromSampled, int Rows, bool Draws), Bucket> _buckets = new();   // a graph per bucket, input kind, rows a sequence and whether the device draws
+    private readonly Dictionary<(int Size, bool FromSampled, int Rows, bool Draws, int Logprobs), Bucket> _buckets = new();   // a graph per bucket, input kind, rows a sequence, whether the device draws and its log-probabilities
     private readonly int[] _onDevice;            // AdvanceOnDevice: _metadata's first _onDeviceSize values after the enqueued steps
     private int _onDeviceSize = -1;              // (-1: unknown); the token section is not tracked (resolving writes it)
     private readonly ProcessGroup? _group;        // tensor parallelism: the group whose rank 0 schedules and the others follow
@@ -52,7 +56,10 @@ public sealed class PagedModelRunner : IDisposable
 
     /// <summary>A step enqueued and not yet collected: where its sampled ids land, and its logits when the host samples.</summary>
     private sealed record PendingStep(IReadbackBuffer? Readback, int Sampling, Tensor? Logits, long MetadataTicks, long ForwardTicks,
-        int TimelineSlot = -1);
+        int TimelineSlot = -1, int Logprobs = -1);
+
+    /// <summary>Most alternatives a row's log-probabilities report (OpenAI's top_logprobs bound).</summary>
+    public const int MaxTopLogprobs = 20;
 
     /// <summary>
     /// Offsets of one step's metadata sections for <paramref name="Sequences"/> sequences of <paramref name="Rows"/> rows,
@@ -119,6 +126,8 @@ public sealed class PagedModelRunner : IDisposable
         _metadata = _backend.Allocate(new Shape(_host.Length), DType.I32);
         _sampled = _backend.Allocate(new Shape(_maxOutputs), DType.I32);
         _logitsF32 = _backend.Allocate(new Shape(_maxOutputs, _vocab), DType.F32);
+        _logprobs = _backend.Allocate(new Shape(_maxOutputs * (1 + MaxTopLogprobs)), DType.F32);
+        _topIds = _backend.Allocate(new Shape(_maxOutputs * MaxTopLogprobs), DType.I32);
         _readbacks = new IReadbackBuffer[2];
         for (int i = 0; i < _readbacks.Length; i++)
             _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(_maxOutputs) : new SynchronousReadback(_backend, _maxOutputs);
@@ -223,8 +232,8 @@ public sealed class PagedModelRunner : IDisposable
         int sampledRows = step.SampledRows;
         if (rows > _maxRows || sequences > _maxSequences || sampledRows > _maxOutputs)
             throw new ArgumentException($"PagedModelRunner.Enqueue: the step has {rows} tokens of {sequences} sequences with {sampledRows} sampled rows; the runner takes at most {_maxRows}, {_maxSequences} and {_maxOutputs}");
-        if (_pending.Count >= _readbacks.Length || _pending.Any(p => p.Logits is not null))
-            throw new InvalidOperationException($"PagedModelRunner.Enqueue: {_pending.Count} steps are pending{(_pending.Any(p => p.Logits is not null) ? ", one with logits" : "")}; collect first");
+        if (_pending.Count >= _readbacks.Length || _pending.Any(p => p.Logits is not null || p.Logprobs >= 0))
+            throw new InvalidOperationException($"PagedModelRunner.Enqueue: {_pending.Count} steps are pending{(_pending.Any(p => p.Logits is not null || p.Logprobs >= 0) ? ", one with logits or log-probabilities" : "")}; collect first");
         bool decode = step.IsDecodeOnly;
         // A bucketed step has the same shape for every batch of its size: a decode step (a row a sequence), or a step in
         // which every sequence verifies the same number of drafts (1 + drafts rows a sequence, all sampled).
@@ -236,7 +245,7 @@ public sealed class PagedModelRunner : IDisposable
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         var layout = bucketed ? new Layout(bucket, bucket * perSequence, _maxBlocks, bucket * perSequence)
             : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
-        int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1), out bool draws);
+        int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1), out bool draws, out int logprobs);
         int outputs = bucketed ? layout.Rows : Math.Max(sampling, 1);   // a bucket computes logits for its padding rows too
         // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
         // and runs eagerly: the recordings skip it.
@@ -253,11 +262,11 @@ public sealed class PagedModelRunner : IDisposable
         Tensor stepLogits;
         if (bucketed && _record && inOrder)
         {
-            var key = (bucket, fromSampled, perSequence, draws);
+            var key = (bucket, fromSampled, perSequence, draws, logprobs);
             var b = _buckets.TryGetValue(key, out var found) ? found : _buckets[key] = new Bucket();
             if (b.Graph is null && !b.Unrecordable && b.EagerRuns > 0 && _backend is IGraphCapture capture)
             {
-                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws));
+                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs));
                 b.Unrecordable = b.Graph is null;                    // e.g. the backend's profiler is on: run eagerly from now on
             }
             if (b.Graph is not null)
@@ -268,11 +277,11 @@ public sealed class PagedModelRunner : IDisposable
             }
             else
             {
-                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws);
+                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs);
                 b.EagerRuns++;
             }
         }
-        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws);
+        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws, logprobs);
         if (slot >= 0) _timeline!.Mark(2 * slot + 1);
         IReadbackBuffer? readback = null;
         if (sampling > 0)
@@ -283,7 +292,8 @@ public sealed class PagedModelRunner : IDisposable
         }
         if (SeparatePhases) _backend.Synchronize();
         long t2 = System.Diagnostics.Stopwatch.GetTimestamp();
-        _pending.Enqueue(new PendingStep(readback, sampling, withLogits && sampling > 0 ? stepLogits : null, t1 - t0, t2 - t1, slot));
+        _pending.Enqueue(new PendingStep(readback, sampling, withLogits && sampling > 0 ? stepLogits : null, t1 - t0, t2 - t1, slot,
+            sampling > 0 ? logprobs : -1));
         return sampling;
     }
 
@@ -291,13 +301,34 @@ public sealed class PagedModelRunner : IDisposable
     /// Waits for the oldest enqueued step and returns its results (see <see cref="Run"/>); only the ids when it was
     /// enqueued without logits. Returns its sampling rows.
     /// </summary>
-    public int Collect(out ReadOnlySpan<int> greedy, out ReadOnlySpan<float> logits)
+    public int Collect(out ReadOnlySpan<int> greedy, out ReadOnlySpan<float> logits) => Collect(out greedy, out logits, out _, out _, out _);
+
+    /// <summary>
+    /// <see cref="Collect(out ReadOnlySpan{int}, out ReadOnlySpan{float})"/>, and the log-probabilities the device computed for
+    /// the step's sampling rows when a sequence asked for them (<see cref="Sequence.DeviceLogprobs"/>): for row j,
+    /// <paramref name="logprobs"/>[j (1 + count)] is its token's and the next count are its top alternatives', whose ids are
+    /// <paramref name="topIds"/>[j count ...]; <paramref name="count"/> is -1 when the step computed none.
+    /// </summary>
+    public int Collect(out ReadOnlySpan<int> greedy, out ReadOnlySpan<float> logits, out ReadOnlySpan<float> logprobs, out ReadOnlySpan<int> topIds, out int count)
     {
         if (!_pending.TryDequeue(out var step)) throw new InvalidOperationException("PagedModelRunner.Collect: no step is pending");
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         int sampling = step.Sampling;
         greedy = step.Readback is { } r ? r.Wait() : default;
         logits = default;
+        logprobs = default;
+        topIds = default;
+        count = step.Logprobs;
+        if (count >= 0)
+        {
+            int n = sampling * (1 + count), t = sampling * count;
+            if (_logprobsHost.Length < n) _logprobsHost = new float[_maxOutputs * (1 + MaxTopLogprobs)];
+            if (_topIdsHost.Length < t) _topIdsHost = new int[_maxOutputs * MaxTopLogprobs];
+            _backend.CopyToHost<float>(_logprobs.Slice(0, 0, n), _logprobsHost.AsSpan(0, n));
+            if (t > 0) _backend.CopyToHost<int>(_topIds.Slice(0, 0, t), _topIdsHost.AsSpan(0, t));
+            logprobs = _logprobsHost.AsSpan(0, n);
+            topIds = _topIdsHost.AsSpan(0, t);
+        }
         if (step.Logits is { } stepLogits)
         {
             var f32 = _logitsF32.Slice(0, 0, sampling);
@@ -423,9 +454,10 @@ public sealed class PagedModelRunner : IDisposable
     /// <summary>Writes the host metadata; pads to the layout's sequences (<paramref name="padRows"/> rows each) and rows.
     /// Returns the sampling rows; <paramref name="draws"/>: whether a sequence's tokens are drawn on the device
     /// (<see cref="Sequence.DeviceSampling"/>; the other rows' parameters say temperature 0, the argmax).</summary>
-    private int FillMetadata(ScheduledStep step, Layout layout, int padRows, out bool draws)
+    private int FillMetadata(ScheduledStep step, Layout layout, int padRows, out bool draws, out int logprobs)
     {
         draws = false;
+        logprobs = -1;
         Array.Clear(_host, layout.Parameters, layout.Outputs * TokenSampling.ParameterColumns);
         int bs = _cache.BlockSize, row = 0, sampling = 0, b = 0, sequences = layout.Sequences, rows = layout.Rows;
         Array.Clear(_host, layout.Tables, sequences * _maxBlocks);
@@ -447,6 +479,7 @@ public sealed class PagedModelRunner : IDisposable
             _host[layout.Lengths + b] = start + count;
             var drawing = sequence.DeviceSampling;
             draws |= drawing is not null && scheduled.SampledRows > 0;
+            if (scheduled.SampledRows > 0 && sequence.DeviceLogprobs is int top) logprobs = Math.Max(logprobs, Math.Clamp(top, 0, MaxTopLogprobs));
             for (int j = scheduled.SampledRows; j > 0; j--)
             {
                 _host[layout.Last + sampling] = row - j;                          // the last row, and each draft's predecessor
@@ -481,8 +514,9 @@ public sealed class PagedModelRunner : IDisposable
     /// without the gather of the sampling rows. With <paramref name="fromSampled"/> (<see cref="AdvanceOnDevice"/>) row i's
     /// input id is the previous step's i-th argmax, and the step's positions, slots and lengths advance by one at its end.
     /// With <paramref name="draws"/> the ids are drawn on the device with each row's sampling parameters
-    /// (<see cref="IBackend.SampleRows"/>) rather than the argmax.</summary>
-    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false, bool draws = false)
+    /// (<see cref="IBackend.SampleRows"/>) rather than the argmax; with <paramref name="logprobs"/> 0 or more the rows' tokens'
+    /// log-probabilities and their top alternatives follow (<see cref="IBackend.TokenLogprobs"/>).</summary>
+    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false, bool draws = false, int logprobs = -1)
     {
         var config = _model.Config;
         int sequences = layout.Sequences, rows = layout.Rows;
@@ -521,6 +555,9 @@ public sealed class PagedModelRunner : IDisposable
             _backend.SampleRows(logits, _metadata.Narrow(layout.Parameters, new Shape(outputs, TokenSampling.ParameterColumns)),
                 _metadata.Narrow(layout.Drawn, new Shape(outputs)), _sampled.Slice(0, 0, outputs));
         else _backend.ArgMax(logits, _sampled.Slice(0, 0, outputs));
+        if (logprobs >= 0)
+            _backend.TokenLogprobs(logits, _sampled.Slice(0, 0, outputs), logprobs, _logprobs.Narrow(0, new Shape(outputs, 1 + logprobs)),
+                logprobs > 0 ? _topIds.Narrow(0, new Shape(outputs, logprobs)) : null);
         // The next step's positions, slots and lengths if every row stays in its block (CopyMetadata checks that on the host).
         if (fromSampled) _backend.Increment(_metadata.Narrow(layout.Positions, new Shape(layout.Starts - layout.Positions)), 1);
         return logits;
@@ -602,6 +639,8 @@ public sealed class PagedModelRunner : IDisposable
         _header?.Storage.Dispose();
         _sampled.Storage.Dispose();
         _logitsF32.Storage.Dispose();
+        _logprobs.Storage.Dispose();
+        _topIds.Storage.Dispose();
     }
 
     /// <summary>The readback of a backend that computes synchronously: the copy happens at <see cref="Start"/>.</summary>

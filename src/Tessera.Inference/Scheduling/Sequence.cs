@@ -120,6 +120,12 @@ public sealed class Sequence
     /// </summary>
     public Sampling.SamplingOptions? DeviceSampling { get; init; }
 
+    /// <summary>
+    /// How many most likely alternatives the device reports with each token's log-probability
+    /// (<see cref="Tessera.Tensors.IBackend.TokenLogprobs"/>, 0 to 20), or null when the device computes none.
+    /// </summary>
+    public int? DeviceLogprobs { get; init; }
+
     /// <summary>Trailing tokens proposed by a drafter and not yet verified (0 outside a speculative step).</summary>
     public int Drafts { get; private set; }
 

@@ -8,6 +8,7 @@ using Tessera.Inference.Scheduling;
 using Tessera.Inference.Speculation;
 using Tessera.Models;
 using Tessera.Models.Tokenization;
+using Tessera.Tensors;
 
 namespace Tessera.Inference.Serving;
 
@@ -335,13 +336,15 @@ public sealed class InferenceEngine : IDisposable
         for (int i = 0; i < r.Choices; i++)
         {
             var sampling = r.Sampling with { Seed = unchecked(seed + (ulong)i) };
-            bool hostWork = r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.TopLogprobs is not null || r.LogitBias.Count > 0 || r.Grammar is not null;
-            bool draws = sampling.Temperature > 0 && !hostWork && Options.SampleOnDevice;   // drawn on the device: only the ids come back
-            bool needsLogits = hostWork || (sampling.Temperature > 0 && !draws);
+            bool hostWork = r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.LogitBias.Count > 0 || r.Grammar is not null;
+            bool onDevice = !hostWork && Options.SampleOnDevice;         // drawn (and log-probabilities computed) on the device
+            bool draws = sampling.Temperature > 0 && onDevice;
+            bool needsLogits = !onDevice && (sampling.Temperature > 0 || r.TopLogprobs is not null || hostWork);
             var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens)
             {
                 MaxDrafts = r.Grammar is null ? Options.Speculation.DraftTokens : 0,
                 DeviceSampling = draws ? sampling : null,
+                DeviceLogprobs = onDevice ? r.TopLogprobs : null,
             };
             var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop), needsLogits)
             {
@@ -376,7 +379,7 @@ public sealed class InferenceEngine : IDisposable
         _modelDrafter?.CatchUp(step);
         long scheduled = Stopwatch.GetTimestamp();
         Metrics.Preempted(step.Preempted.Count);
-        bool withLogits = false;
+        bool withLogits = false, withLogprobs = false;
         foreach (var s in step.Sequences)
         {
             var choice = _choices[s.Sequence.Id];
@@ -386,6 +389,7 @@ public sealed class InferenceEngine : IDisposable
                 Interlocked.Decrement(ref _queued);
             }
             withLogits |= s.Samples && choice.NeedsLogits;
+            withLogprobs |= s.Samples && s.Sequence.DeviceLogprobs is not null;
         }
         long replayedBefore = _runner.ReplayedSteps;
         _runner.Enqueue(step, withLogits);
@@ -393,7 +397,7 @@ public sealed class InferenceEngine : IDisposable
         Volatile.Write(ref _metadataCopiesSkipped, _runner.MetadataCopiesSkipped);
         Volatile.Write(ref _uniformVerifications, _runner.UniformVerificationSteps);
         _scheduler.Complete(step);
-        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits && !Options.Speculation.Enabled);
+        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits && !withLogprobs && !Options.Speculation.Enabled);
         if (current.Pipelined)
         {
             int row = 0;
@@ -454,7 +458,8 @@ public sealed class InferenceEngine : IDisposable
     private void Collect(StepInFlight current)
     {
         var step = current.Step;
-        _runner.Collect(out var greedy, out var logits);
+        _runner.Collect(out var greedy, out var logits, out var logprobs, out var topIds, out int count);
+        var device = new DeviceLogprobRows(logprobs, topIds, count);
         long now = Stopwatch.GetTimestamp();
         int v = _model.Config.VocabSize, row = 0;
         foreach (var s in step.Sequences)
@@ -466,7 +471,7 @@ public sealed class InferenceEngine : IDisposable
             if (!_choices.TryGetValue(s.Sequence.Id, out var choice) || choice.Finished) continue;
             if (s.Drafts > 0)
             {
-                Verify(choice, greedy.Slice(r, s.SampledRows), choice.NeedsLogits ? logits.Slice(r * v, s.SampledRows * v) : default, now);
+                Verify(choice, greedy.Slice(r, s.SampledRows), choice.NeedsLogits ? logits.Slice(r * v, s.SampledRows * v) : default, device, r, now);
                 continue;
             }
             int token;
@@ -476,6 +481,7 @@ public sealed class InferenceEngine : IDisposable
                 _scheduler.Resolve(s.Sequence, token);
             }
             else token = choice.NeedsLogits ? Choose(choice, logits.Slice(r * v, v), s.Sequence.Tokens.Count) : greedy[r];
+            if (s.Sequence.DeviceLogprobs is not null) choice.PendingLogprob = DeviceLogprob(choice, device, r, token);
             if (token < 0)
             {
                 // A grammar that no token of the vocabulary can continue (a vocabulary without the bytes it needs): the choice ends.
@@ -501,7 +507,7 @@ public sealed class InferenceEngine : IDisposable
     /// accepted draft is a token gained too (the correction, or the bonus when every draft was kept). The accepted drafts
     /// and that token are emitted in order, as if decoded one a step, and a stop ends them early.
     /// </summary>
-    private void Verify(Choice choice, ReadOnlySpan<int> ids, ReadOnlySpan<float> logits, long now)
+    private void Verify(Choice choice, ReadOnlySpan<int> ids, ReadOnlySpan<float> logits, DeviceLogprobRows device, int firstRow, long now)
     {
         var sequence = choice.Sequence;
         int drafts = ids.Length - 1, first = sequence.Tokens.Count - drafts, accepted = 0, last;
@@ -510,6 +516,8 @@ public sealed class InferenceEngine : IDisposable
         {
             while (accepted < drafts && ids[accepted] == sequence.Tokens[first + accepted]) accepted++;
             last = ids[accepted];
+            if (sequence.DeviceLogprobs is not null)
+                for (int i = 0; i <= accepted; i++) logprobs[i] = DeviceLogprob(choice, device, firstRow + i, ids[i]);
         }
         else
         {
@@ -581,9 +589,28 @@ public sealed class InferenceEngine : IDisposable
     private TokenLogprob? Logprob(Choice choice, ReadOnlySpan<float> row, int token)
     {
         if (choice.Request.Request.TopLogprobs is not int top) return null;
-        double lse = LogitsProcessing.LogSumExp(row);
-        var alternatives = LogitsProcessing.Top(row, top).Select(t => Describe(t.Id, t.Logprob)).ToArray();
+        double lse = LogProbabilities.LogSumExp(row);
+        var alternatives = LogProbabilities.Top(row, top).Select(t => Describe(t.Id, t.Logprob)).ToArray();
         return new TokenLogprob(Describe(token, row[token] - lse), alternatives);
+    }
+
+    /// <summary>A step's log-probabilities computed on the device (<see cref="PagedModelRunner.Collect(out ReadOnlySpan{int}, out ReadOnlySpan{float}, out ReadOnlySpan{float}, out ReadOnlySpan{int}, out int)"/>).</summary>
+    private readonly ref struct DeviceLogprobRows(ReadOnlySpan<float> logprobs, ReadOnlySpan<int> topIds, int count)
+    {
+        public readonly ReadOnlySpan<float> Logprobs = logprobs;
+        public readonly ReadOnlySpan<int> TopIds = topIds;
+        public readonly int Count = count;
+    }
+
+    /// <summary>The device's log-probability of sampling row <paramref name="row"/>'s <paramref name="token"/> and the top
+    /// alternatives the request asks for (the step computed at least as many).</summary>
+    private TokenLogprob DeviceLogprob(Choice choice, DeviceLogprobRows device, int row, int token)
+    {
+        int top = choice.Request.Request.TopLogprobs ?? 0, stride = 1 + device.Count;
+        var alternatives = new TopLogprob[Math.Min(top, device.Count)];
+        for (int j = 0; j < alternatives.Length; j++)
+            alternatives[j] = Describe(device.TopIds[row * device.Count + j], device.Logprobs[row * stride + 1 + j]);
+        return new TokenLogprob(Describe(token, device.Logprobs[row * stride]), alternatives);
     }
 
     private TopLogprob Describe(int id, double logprob)

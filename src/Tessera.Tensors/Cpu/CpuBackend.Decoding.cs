@@ -197,6 +197,50 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(logits, parameters, positions, ids);
     }
 
+    public void TokenLogprobs(Tensor logits, Tensor ids, int count, Tensor logprobs, Tensor? topIds)
+    {
+        const string op = nameof(TokenLogprobs);
+        ArgumentNullException.ThrowIfNull(logits); ArgumentNullException.ThrowIfNull(ids); ArgumentNullException.ThrowIfNull(logprobs);
+        RequireComputeDType(op, nameof(logits), logits);
+        RequireRank(op, nameof(logits), logits, 2, "(M,V)");
+        RequireUnitLastStride(op, nameof(logits), logits);
+        int m = logits.Shape[0], v = logits.Shape[1];
+        if (count < 0 || count > v) throw new ArgumentOutOfRangeException(nameof(count), count, $"{op}: count must lie in [0, {v}], the row's columns");
+        RequireDType(op, nameof(ids), ids, DType.I32);
+        RequireContiguous(op, nameof(ids), ids);
+        if (ids.NumElements != m) throw new ArgumentException($"{op}: ids {ids.Shape} must hold one id per row of logits {logits.Shape}", nameof(ids));
+        RequireDType(op, nameof(logprobs), logprobs, DType.F32);
+        RequireContiguous(op, nameof(logprobs), logprobs);
+        RequireShape(op, nameof(logprobs), logprobs, new Shape(m, 1 + count));
+        if ((count > 0) != (topIds is not null)) throw new ArgumentException($"{op}: topIds must be given exactly when count ({count}) is above 0", nameof(topIds));
+        if (topIds is not null)
+        {
+            RequireDType(op, nameof(topIds), topIds, DType.I32);
+            RequireContiguous(op, nameof(topIds), topIds);
+            RequireShape(op, nameof(topIds), topIds, new Shape(m, count));
+        }
+        int* pi = Ptr<int>(ids);
+        float* pl = Ptr<float>(logprobs);
+        int* pt = topIds is null ? null : Ptr<int>(topIds);
+        long ld = logits.Stride(0);
+        var row = new float[v];
+        for (int r = 0; r < m; r++)
+        {
+            if (logits.DType == DType.F32) new ReadOnlySpan<float>(Ptr<float>(logits) + r * ld, v).CopyTo(row);
+            else { double* src = Ptr<double>(logits) + r * ld; for (int i = 0; i < v; i++) row[i] = (float)src[i]; }
+            int id = pi[r];
+            if ((uint)id >= (uint)v) throw new ArgumentException($"{op}: ids[{r}] = {id} lies outside the row's {v} columns", nameof(ids));
+            pl[r * (1 + count)] = (float)(row[id] - LogProbabilities.LogSumExp(row));
+            var top = LogProbabilities.Top(row, count);
+            for (int j = 0; j < count; j++)
+            {
+                (pt![r * count + j], double lp) = j < top.Length ? top[j] : (0, double.NegativeInfinity);   // fewer non-NaN columns than count
+                pl[r * (1 + count) + 1 + j] = (float)lp;
+            }
+        }
+        KeepOperandsAlive(logits, ids, logprobs, topIds);
+    }
+
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null)
     {

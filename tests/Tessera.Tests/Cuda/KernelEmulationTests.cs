@@ -166,7 +166,9 @@ public sealed class KernelEmulationTests
     /// temperature, top-k and top-p mixed over the rows, block sizes 64 to 1024, quarters that tie by the hundred at the cuts,
     /// the bf16 instantiation, NaN, infinities and all-tied rows, a row stride past the row). Exact equality is expected: the
     /// two keep different sets only where a cumulative probability lies within about 1e-7 of top-p, and their Gumbel scores
-    /// differ only by the last bit of a logf; the cases' fixed seeds hit neither.
+    /// differ only by the last bit of a logf; the cases' fixed seeds hit neither. Then <c>token_logprobs</c>
+    /// (<see cref="CudaBackend.TokenLogprobs"/>) at the drawn ids, against <see cref="LogProbabilities"/>: the top 5 columns
+    /// exactly (ties lowest column first), log-probabilities within 1e-5 relative (its float exponentials, summed in double).
     /// </summary>
     [Fact]
     public void SamplingKernelDrawsTheReferenceTokensOnTheCpuEmulation()
@@ -189,16 +191,34 @@ public sealed class KernelEmulationTests
                 var positions = Ints(rows);
                 var logits = Enumerable.Range(0, rows * ld).Select(_ => r.ReadSingle()).ToArray();
                 var ids = Ints(rows);
+                int count = r.ReadInt32();
+                var logprobs = Enumerable.Range(0, rows * (1 + count)).Select(_ => r.ReadSingle()).ToArray();
+                var top = Ints(rows * count);
                 for (int row = 0; row < rows; row++)
                 {
                     var (temperature, topK, topP, seed) = TokenSampling.ReadParameters(parameters.AsSpan(row * TokenSampling.ParameterColumns));
-                    int expected = TokenSampling.Choose(logits.AsSpan(row * ld, v), temperature, topK, topP, seed, positions[row]);
+                    var values = logits.AsSpan(row * ld, v);
+                    int expected = TokenSampling.Choose(values, temperature, topK, topP, seed, positions[row]);
                     Assert.True(expected == ids[row],
                         $"{cases[c]}, row {row} (temperature {temperature}, top-k {topK}, top-p {topP}, seed {seed}, position {positions[row]}): the kernel drew {ids[row]}, the definition {expected}");
+                    // token_logprobs: the top columns exactly, the log-probabilities within 1e-5 (float exponentials
+                    // summed in double against the definition's double sums; NaN where the definition is NaN).
+                    var best = LogProbabilities.Top(values, count);
+                    var got = logprobs.AsSpan(row * (1 + count), 1 + count);
+                    AssertLogprob(values[ids[row]] - LogProbabilities.LogSumExp(values), got[0], $"{cases[c]}, row {row}, the drawn token");
+                    for (int j = 0; j < best.Length; j++)
+                    {
+                        Assert.True(best[j].Id == top[row * count + j], $"{cases[c]}, row {row}: top {j} is {top[row * count + j]}, the definition's {best[j].Id}");
+                        AssertLogprob(best[j].Logprob, got[1 + j], $"{cases[c]}, row {row}, top {j}");
+                    }
                 }
             }
         });
     }
+
+    private static void AssertLogprob(double expected, float actual, string what) =>
+        Assert.True(double.IsNaN(expected) ? float.IsNaN(actual) : expected == actual || Math.Abs(expected - actual) <= 1e-5 * Math.Max(1, Math.Abs(expected)),
+            $"{what}: log-probability {actual}, the definition's {expected}");
 
     private sealed record Fp8Case(int M, int N, int K, bool Bf16, bool Bias, bool Addend, bool Norm, int Seed, float Beta, float Eps,
         float[] X, float[] NormWeight, float[] BiasValues, float[] C, float[] Scales, byte[] Codes, float[] Y);

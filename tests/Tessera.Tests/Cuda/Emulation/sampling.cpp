@@ -3,8 +3,9 @@
 // rows holding NaN and infinities), gives each row its own temperature, top-k, top-p, seed and position, runs the kernel
 // with the case's block size and writes the case to sample_<n>.bin (V, ld, rows, dtype, the parameters, positions, the
 // logits as floats and the kernel's ids) for KernelEmulationTests to compare with Tessera.Tensors.TokenSampling, the
-// definition. Here it checks only what needs no reference: every id is a token of the row that is not NaN, and a row of
-// temperature 0 gives the argmax.
+// definition; then token_logprobs at the drawn ids (the top 5), which the test compares with LogProbabilities. Here it
+// checks only what needs no reference: every id is a token of the row that is not NaN, and a row of temperature 0 gives
+// the argmax.
 //
 // kernels.h is written by the test: the emulation, common.cuh, sampling.cu. Prints one line per case; the exit code is
 // the number of failures.
@@ -110,6 +111,15 @@ static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows
             ok = id == (best < 0 ? 0 : best);
         }
     }
+    // token_logprobs over the same rows at the drawn ids: the chosen token's and the top 5's log-probabilities.
+    const int count = 5;
+    std::vector<float> logprobs((size_t)rows * (1 + count), 0.f);
+    std::vector<int> top((size_t)rows * count, -1);
+    if (kind == Bf16)
+        emu_launch((unsigned)rows, block, [&] { token_logprobs_bf16(reinterpret_cast<const bf16*>(half.data()), (long long)ld, V, ids.data(), count, logprobs.data(), top.data()); });
+    else
+        emu_launch((unsigned)rows, block, [&] { token_logprobs_f32(logits.data(), (long long)ld, V, ids.data(), count, logprobs.data(), top.data()); });
+
     FILE* f = fopen(("sample_" + std::to_string(n) + ".bin").c_str(), "wb");
     int header[4] = {V, ld, rows, kind == Bf16 ? 1 : 0};
     fwrite(header, 4, 4, f);
@@ -117,6 +127,9 @@ static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows
     fwrite(positions.data(), 4, positions.size(), f);
     fwrite(logits.data(), 4, logits.size(), f);
     fwrite(ids.data(), 4, ids.size(), f);
+    fwrite(&count, 4, 1, f);
+    fwrite(logprobs.data(), 4, logprobs.size(), f);
+    fwrite(top.data(), 4, top.size(), f);
     fclose(f);
     report(name, ok);
 }
