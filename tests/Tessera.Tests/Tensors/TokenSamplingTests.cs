@@ -135,6 +135,37 @@ public class TokenSamplingTests
         }
     }
 
+    /// <summary>The CPU backend's <see cref="IBackend.TokenLogprobs"/> writes <see cref="LogProbabilities"/>' values over a
+    /// row-strided F64 view (rows read as floats): the drawn token's and the top three's, ties lowest column first; with
+    /// count 0 only the token's.</summary>
+    [Fact]
+    public void TheCpuLogprobsOpWritesTheDefinitionsValues()
+    {
+        var cpu = new CpuBackend(1);
+        int m = 4, v = 50, ld = 64;
+        var values = Enumerable.Range(0, m * ld).Select(i => Math.Round(Math.Sin(i * 0.37) * 8) / 4).ToArray();   // quarters: ties
+        var full = cpu.FromHost<double>(values, new Shape(m, ld));
+        var ids = cpu.FromHost<int>([3, 0, 49, 17], new Shape(m));
+        var logprobs = cpu.Allocate(new Shape(m, 4), DType.F32);
+        var top = cpu.Allocate(new Shape(m, 3), DType.I32);
+        cpu.TokenLogprobs(full.Slice(1, 0, v), ids, 3, logprobs, top);
+        var lp = cpu.ToArray<float>(logprobs);
+        var ti = cpu.ToArray<int>(top);
+        int[] drawn = [3, 0, 49, 17];
+        for (int r = 0; r < m; r++)
+        {
+            var row = values.Skip(r * ld).Take(v).Select(x => (float)x).ToArray();
+            Assert.Equal((float)(row[drawn[r]] - LogProbabilities.LogSumExp(row)), lp[r * 4]);
+            var best = LogProbabilities.Top(row, 3);
+            Assert.Equal(best.Select(b => (b.Id, (float)b.Logprob)), Enumerable.Range(0, 3).Select(j => (ti[r * 3 + j], lp[r * 4 + 1 + j])));
+            Assert.True(best[0].Id < best[1].Id || row[best[0].Id] > row[best[1].Id], $"row {r}: ties must come lowest column first");
+        }
+        var only = cpu.Allocate(new Shape(m, 1), DType.F32);
+        cpu.TokenLogprobs(full.Slice(1, 0, v), ids, 0, only, null);
+        Assert.Equal(Enumerable.Range(0, m).Select(r => lp[r * 4]), cpu.ToArray<float>(only));
+        Assert.Throws<ArgumentException>(() => cpu.TokenLogprobs(full.Slice(1, 0, v), ids, 2, cpu.Allocate(new Shape(m, 3), DType.F32), null));
+    }
+
     [Fact]
     public void TheCpuOpRefusesOperandsThatDoNotFit()
     {

@@ -114,6 +114,51 @@ public class DeviceSamplingTests
         Assert.Equal(0, m.KvBlocksInUse);
     }
 
+    /// <summary>
+    /// Log-probabilities computed on the device (<c>IBackend.TokenLogprobs</c>, greedy and sampled requests asking for 0 to 3
+    /// alternatives, with and without speculation) are the host's: the same tokens, alternatives and values (on the CPU the
+    /// op and the host read the same float rows and follow one definition, so exactly).
+    /// </summary>
+    [Theory(Timeout = 120_000)]
+    [InlineData(0)]
+    [InlineData(3)]
+    public async Task LogprobsComputedOnTheDeviceAreTheHosts(int draftTokens)
+    {
+        using var device = Engine(onDevice: true, draftTokens);
+        using var host = Engine(onDevice: false, draftTokens);
+        var requests = Prompts.Select((p, i) => new CompletionRequest
+        {
+            Prompt = p, MaxTokens = 12, Seed = (ulong)(70 + i), TopLogprobs = i % 4,
+            Sampling = i % 2 == 0 ? SamplingOptions.Greedy : Samplings[i % Samplings.Length] with { Temperature = 0.3 },
+        }).ToArray();
+        async Task<List<(List<int> Tokens, List<TokenLogprob> Logprobs)>> Run(InferenceEngine engine) =>
+            [.. await Task.WhenAll(requests.Select(async r =>
+            {
+                var tokens = new List<int>();
+                var logprobs = new List<TokenLogprob>();
+                await foreach (var e in engine.Submit(r).ReadAllAsync())
+                {
+                    tokens.AddRange(e.Tokens);
+                    if (e.Logprobs is not null) logprobs.AddRange(e.Logprobs);
+                }
+                return (tokens, logprobs);
+            }))];
+        var onDevice = await Run(device);
+        var onHost = await Run(host);
+        for (int i = 0; i < requests.Length; i++)
+        {
+            Assert.Equal(onHost[i].Tokens, onDevice[i].Tokens);
+            Assert.Equal(12, onDevice[i].Logprobs.Count);
+            for (int t = 0; t < 12; t++)
+            {
+                var (d, h) = (onDevice[i].Logprobs[t], onHost[i].Logprobs[t]);
+                Assert.Equal((h.Token.Id, (float)h.Token.Logprob), (d.Token.Id, (float)d.Token.Logprob));
+                Assert.Equal(h.Top.Select(a => (a.Id, (float)a.Logprob)), d.Top.Select(a => (a.Id, (float)a.Logprob)));
+                Assert.Equal(i % 4, d.Top.Count);
+            }
+        }
+    }
+
     /// <summary>A sampled request run alone draws what it draws in a full batch beside others (greedy, sampled and penalized).</summary>
     [Fact(Timeout = 120_000)]
     public async Task ARequestAloneDrawsWhatItDrawsInABatch()
