@@ -4,7 +4,7 @@ using Xunit;
 namespace Tessera.Tests.Cuda;
 
 /// <summary>
-/// <see cref="IBackend.SampleRows"/> on the GPU (sampling.cu) against <see cref="TokenSampling.Choose"/>, the definition the
+/// <see cref="IBackend.SampleRows"/> and <see cref="IBackend.TokenLogprobs"/> on the GPU (sampling.cu) against <see cref="TokenSampling.Choose"/>, the definition the
 /// CPU backend follows, on the same rounded logits: 96 rows of a 128,256-entry vocabulary (Llama 3's), row-strided, each with
 /// its own temperature, top-k, top-p, seed and position, in bf16 (whose logits tie by the hundred at the cuts) and f32. The
 /// two may keep different sets only where a cumulative probability lies within about 1e-7 of top-p, or differ by a logf's
@@ -48,6 +48,39 @@ public sealed class CudaSamplingTests(CudaFixture fixture) : CudaTestBase(fixtur
             Assert.True(t > 0 && row[drawn[r]] >= floor, $"row {r}: the GPU drew {drawn[r]} (logit {row[drawn[r]]}), outside what the definition could keep");
         }
         Assert.True(differ <= 1, $"{differ} of {m} rows drew another token than the definition");
+    }
+
+    /// <summary>
+    /// <see cref="IBackend.TokenLogprobs"/> on the GPU against <see cref="LogProbabilities"/> on the same rounded rows (32 rows of
+    /// 128,256 columns, row-strided): the top 20 columns exactly (ties lowest column first, which bf16 rows have by the
+    /// hundred), every log-probability within 1e-5 of the definition's (float exponentials summed per thread, then in double,
+    /// against the definition's double sums: about 1e-7 relative of a log-sum-exp near 12).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F32)]
+    public void LogprobsAreTheDefinitions(DType dtype)
+    {
+        int m = 32, v = 128256, ld = v + 64, count = 20;
+        var values = Stored(Enumerable.Range(0, m * ld).Select(_ => (Rng.NextDouble() + Rng.NextDouble() - 1) * 8).ToArray(), dtype);
+        var drawn = Enumerable.Range(0, m).Select(r => (r * 7919) % v).ToArray();
+        var logprobs = Gpu.Allocate(new Shape(m, 1 + count), DType.F32);
+        var top = Gpu.Allocate(new Shape(m, count), DType.I32);
+        Gpu.TokenLogprobs(Upload(values, dtype, m, ld).Slice(1, 0, v), UploadInts(drawn, m), count, logprobs, top);
+        var lp = Gpu.ToArray<float>(logprobs);
+        var ids = Gpu.ToArray<int>(top);
+        for (int r = 0; r < m; r++)
+        {
+            var row = values.Skip(r * ld).Take(v).Select(x => (float)x).ToArray();
+            double lse = LogProbabilities.LogSumExp(row);
+            Assert.True(Math.Abs(lp[r * (1 + count)] - (row[drawn[r]] - lse)) <= 1e-5, $"row {r}: the token's log-probability {lp[r * (1 + count)]} against {row[drawn[r]] - lse}");
+            var best = LogProbabilities.Top(row, count);
+            for (int j = 0; j < count; j++)
+            {
+                Assert.Equal(best[j].Id, ids[r * count + j]);
+                Assert.True(Math.Abs(lp[r * (1 + count) + 1 + j] - best[j].Logprob) <= 1e-5, $"row {r}, top {j}: {lp[r * (1 + count) + 1 + j]} against {best[j].Logprob}");
+            }
+        }
     }
 
     [Fact]
