@@ -63,4 +63,27 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &px, &ld, &v, &pi, &count, &pl, &pt };
         Launch("sampling.cu", "token_logprobs_" + Suffix(logits.DType, op), (uint)m, SamplingThreads, args);
     }
+
+    public void AddToColumns(Tensor x, Tensor starts, Tensor columns, Tensor values)
+    {
+        const string op = nameof(AddToColumns);
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(starts);
+        ArgumentNullException.ThrowIfNull(columns); ArgumentNullException.ThrowIfNull(values);
+        RequireDType(op, "x", x, DType.F32);
+        if (x.Rank != 2 || (x.Stride(1) != 1 && x.Size(1) > 1))
+            throw new ArgumentException($"CudaBackend.{op}: x must be (M, V) with a contiguous last dimension, got {x.Shape}");
+        int m = x.Size(0);
+        RequireDType(op, "starts", starts, DType.I32);
+        RequireContiguous(op, "starts", starts);
+        if (starts.NumElements != m + 1) throw new ArgumentException($"CudaBackend.{op}: starts {starts.Shape} must hold {m + 1} offsets, one per row of x {x.Shape} and the end");
+        RequireDType(op, "columns", columns, DType.I32);
+        RequireContiguous(op, "columns", columns);
+        RequireDType(op, "values", values, DType.F32);
+        RequireContiguous(op, "values", values);
+        if (m == 0) return;
+        ulong px = Ptr(x), ps = Ptr(starts), pc = Ptr(columns), pv = Ptr(values);
+        long ld = x.Stride(0);
+        void** args = stackalloc void*[] { &px, &ld, &ps, &pc, &pv };
+        Launch("sampling.cu", "add_to_columns", (uint)m, 256, args);
+    }
 }

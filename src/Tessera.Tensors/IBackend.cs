@@ -377,6 +377,14 @@ public interface IBackend
     /// </summary>
     void TokenLogprobs(Tensor logits, Tensor ids, int count, Tensor logprobs, Tensor? topIds);
 
+    /// <summary>
+    /// x[r, columns[e]] += values[e] for every row r of x (M, V) F32 and e in [starts[r], starts[r + 1]): OpenAI's penalties
+    /// and logit_bias on the device, each added once in F32 as the host adds them. starts (M + 1) I32, columns (A) I32 and
+    /// values (A) F32 with A at least starts[M]; a row's columns must be distinct (its entries are added in parallel), so a
+    /// column with two terms is given in two calls, in the order the host adds them.
+    /// </summary>
+    void AddToColumns(Tensor x, Tensor starts, Tensor columns, Tensor values);
+
     /// <summary>result (scalar) = scale * sum(x) (or += when <paramref name="accumulate"/>).</summary>
     void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false);
 

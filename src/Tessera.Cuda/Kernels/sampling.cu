@@ -365,3 +365,12 @@ __device__ void token_logprobs(const T* logits, i64 ld, int V, const int* ids, i
         token_logprobs<T>(logits, ld, V, ids, count, logprobs, top_ids);                                          \
     }
 FOR_FLOAT_TYPES(TOKEN_LOGPROBS)
+
+// ------------------------------------------------------------------------------------ penalties and logit bias
+// x[r, columns[e]] += values[e] for e in [starts[r], starts[r + 1]): a row's columns are distinct, so its entries are
+// added in parallel, each once in fp32 as the host adds them. One CTA a row.
+extern "C" __global__ void add_to_columns(float* x, i64 ld, const int* starts, const int* columns, const float* values)
+{
+    float* row = x + (i64)blockIdx.x * ld;
+    for (int e = starts[blockIdx.x] + threadIdx.x; e < starts[blockIdx.x + 1]; e += blockDim.x) row[columns[e]] += values[e];
+}

@@ -40,12 +40,18 @@ public sealed class PagedModelRunner : IDisposable
     private readonly Tensor _topIds;             // (maxOutputs * MaxTopLogprobs) I32
     private float[] _logprobsHost = [];
     private int[] _topIdsHost = [];
+    private readonly Tensor _termColumns;        // (maxOutputs * MaxTermsPerRow) I32: a step's penalty terms, then its bias terms
+    private readonly Tensor _termValues;         // (maxOutputs * MaxTermsPerRow) F32
+    private readonly List<int> _penaltyColumns = [], _biasColumns = [];
+    private readonly List<float> _penaltyValues = [], _biasValues = [];
+    private int[] _termColumnsHost = [];
+    private float[] _termValuesHost = [];
     private readonly IReadbackBuffer[] _readbacks;   // two, alternating: a step's ids land while the next one computes
     private readonly Queue<PendingStep> _pending = new();
     private int _nextReadback;
     private float[] _logits = [];
     private readonly bool _record;
-    private readonly Dictionary<(int Size, bool FromSampled, int Rows, bool Draws, int Logprobs), Bucket> _buckets = new();   // a graph per bucket, input kind, rows a sequence, whether the device draws and its log-probabilities
+    private readonly Dictionary<(int Size, bool FromSampled, int Rows, bool Draws, int Logprobs, bool Terms), Bucket> _buckets = new();   // a graph per bucket, input kind, rows a sequence, whether the device draws, its log-probabilities, whether penalties apply
     private readonly int[] _onDevice;            // AdvanceOnDevice: _metadata's first _onDeviceSize values after the enqueued steps
     private int _onDeviceSize = -1;              // (-1: unknown); the token section is not tracked (resolving writes it)
     private readonly ProcessGroup? _group;        // tensor parallelism: the group whose rank 0 schedules and the others follow
@@ -61,12 +67,17 @@ public sealed class PagedModelRunner : IDisposable
     /// <summary>Most alternatives a row's log-probabilities report (OpenAI's top_logprobs bound).</summary>
     public const int MaxTopLogprobs = 20;
 
+    /// <summary>Most penalty and bias terms a sampling row may get on the device (<see cref="Sequence.DevicePenalties"/>); a
+    /// choice that could need more samples on the host.</summary>
+    public const int MaxTermsPerRow = 2048;
+
     /// <summary>
     /// Offsets of one step's metadata sections for <paramref name="Sequences"/> sequences of <paramref name="Rows"/> rows,
     /// packed so that the step copies only <see cref="Size"/> values: tokens (R), positions (R), slots (R), context lengths
     /// (S), the positions of the tokens the sampling rows draw (O), query starts (S + 1), sampling rows
     /// (<paramref name="Outputs"/>, O: S, or more when drafts are verified), their sampling parameters (O,
-    /// <see cref="TokenSampling.ParameterColumns"/>), block tables (S, MaxBlocks). A decode bucket always has the same layout,
+    /// <see cref="TokenSampling.ParameterColumns"/>), where each row's penalty terms and its bias terms start in the step's
+    /// terms (O + 1 each), block tables (S, MaxBlocks). A decode bucket always has the same layout,
     /// so its recorded graph reads fixed addresses. Positions, slots, lengths and drawn positions are adjacent: what a
     /// decode step advances by one (<see cref="AdvanceOnDevice"/>) is the one range [Positions, Starts).
     /// </summary>
@@ -80,7 +91,9 @@ public sealed class PagedModelRunner : IDisposable
         public int Starts => Drawn + Outputs;
         public int Last => Starts + Sequences + 1;
         public int Parameters => Last + Outputs;
-        public int Tables => Parameters + Outputs * TokenSampling.ParameterColumns;
+        public int PenaltyStarts => Parameters + Outputs * TokenSampling.ParameterColumns;
+        public int BiasStarts => PenaltyStarts + Outputs + 1;
+        public int Tables => BiasStarts + Outputs + 1;
         public int Size => Tables + Sequences * MaxBlocks;
     }
 
@@ -128,6 +141,8 @@ public sealed class PagedModelRunner : IDisposable
         _logitsF32 = _backend.Allocate(new Shape(_maxOutputs, _vocab), DType.F32);
         _logprobs = _backend.Allocate(new Shape(_maxOutputs * (1 + MaxTopLogprobs)), DType.F32);
         _topIds = _backend.Allocate(new Shape(_maxOutputs * MaxTopLogprobs), DType.I32);
+        _termColumns = _backend.Allocate(new Shape(_maxOutputs * MaxTermsPerRow), DType.I32);
+        _termValues = _backend.Allocate(new Shape(_maxOutputs * MaxTermsPerRow), DType.F32);
         _readbacks = new IReadbackBuffer[2];
         for (int i = 0; i < _readbacks.Length; i++)
             _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(_maxOutputs) : new SynchronousReadback(_backend, _maxOutputs);
@@ -245,7 +260,7 @@ public sealed class PagedModelRunner : IDisposable
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         var layout = bucketed ? new Layout(bucket, bucket * perSequence, _maxBlocks, bucket * perSequence)
             : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
-        int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1), out bool draws, out int logprobs);
+        int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1), out bool draws, out int logprobs, out bool terms);
         int outputs = bucketed ? layout.Rows : Math.Max(sampling, 1);   // a bucket computes logits for its padding rows too
         // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
         // and runs eagerly: the recordings skip it.
@@ -255,6 +270,7 @@ public sealed class PagedModelRunner : IDisposable
         int slot = MeasureDeviceTime && _timeline is not null ? (int)(_timedSteps++ % 3) : -1;
         if (slot >= 0) _timeline!.Mark(2 * slot);
         CopyMetadata(layout, fromSampled);
+        if (terms) CopyTerms();
         if (_group is not null) Announce(layout, outputs, inOrder, draws);   // the other ranks run the same step with it
         if (SeparatePhases) _backend.Synchronize();
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -262,11 +278,11 @@ public sealed class PagedModelRunner : IDisposable
         Tensor stepLogits;
         if (bucketed && _record && inOrder)
         {
-            var key = (bucket, fromSampled, perSequence, draws, logprobs);
+            var key = (bucket, fromSampled, perSequence, draws, logprobs, terms);
             var b = _buckets.TryGetValue(key, out var found) ? found : _buckets[key] = new Bucket();
             if (b.Graph is null && !b.Unrecordable && b.EagerRuns > 0 && _backend is IGraphCapture capture)
             {
-                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs));
+                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs, terms));
                 b.Unrecordable = b.Graph is null;                    // e.g. the backend's profiler is on: run eagerly from now on
             }
             if (b.Graph is not null)
@@ -277,11 +293,11 @@ public sealed class PagedModelRunner : IDisposable
             }
             else
             {
-                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs);
+                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs, terms);
                 b.EagerRuns++;
             }
         }
-        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws, logprobs);
+        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws, logprobs, terms);
         if (slot >= 0) _timeline!.Mark(2 * slot + 1);
         IReadbackBuffer? readback = null;
         if (sampling > 0)
@@ -438,6 +454,17 @@ public sealed class PagedModelRunner : IDisposable
             for (int i = from; i < layout.Starts; i++) _onDevice[i]++;
     }
 
+    /// <summary>Copies the step's penalty and bias terms (penalties first) to the device buffers the step's rows index.</summary>
+    private void CopyTerms()
+    {
+        int p = _penaltyColumns.Count, n = p + _biasColumns.Count;
+        if (_termColumnsHost.Length < n) { _termColumnsHost = new int[Math.Max(n, 1024)]; _termValuesHost = new float[_termColumnsHost.Length]; }
+        _penaltyColumns.CopyTo(_termColumnsHost); _biasColumns.CopyTo(_termColumnsHost, p);
+        _penaltyValues.CopyTo(_termValuesHost); _biasValues.CopyTo(_termValuesHost, p);
+        _backend.CopyFromHost<int>(_termColumnsHost.AsSpan(0, n), _termColumns.Slice(0, 0, n));
+        _backend.CopyFromHost<float>(_termValuesHost.AsSpan(0, n), _termValues.Slice(0, 0, n));
+    }
+
     /// <summary>
     /// Speculative decoding: 1 + k when every sequence of <paramref name="step"/> computes its decode token and k &gt; 0
     /// drafts, the same k for all (every row sampled); 0 otherwise.
@@ -454,10 +481,11 @@ public sealed class PagedModelRunner : IDisposable
     /// <summary>Writes the host metadata; pads to the layout's sequences (<paramref name="padRows"/> rows each) and rows.
     /// Returns the sampling rows; <paramref name="draws"/>: whether a sequence's tokens are drawn on the device
     /// (<see cref="Sequence.DeviceSampling"/>; the other rows' parameters say temperature 0, the argmax).</summary>
-    private int FillMetadata(ScheduledStep step, Layout layout, int padRows, out bool draws, out int logprobs)
+    private int FillMetadata(ScheduledStep step, Layout layout, int padRows, out bool draws, out int logprobs, out bool terms)
     {
         draws = false;
         logprobs = -1;
+        _penaltyColumns.Clear(); _penaltyValues.Clear(); _biasColumns.Clear(); _biasValues.Clear();
         Array.Clear(_host, layout.Parameters, layout.Outputs * TokenSampling.ParameterColumns);
         int bs = _cache.BlockSize, row = 0, sampling = 0, b = 0, sequences = layout.Sequences, rows = layout.Rows;
         Array.Clear(_host, layout.Tables, sequences * _maxBlocks);
@@ -480,8 +508,18 @@ public sealed class PagedModelRunner : IDisposable
             var drawing = sequence.DeviceSampling;
             draws |= drawing is not null && scheduled.SampledRows > 0;
             if (scheduled.SampledRows > 0 && sequence.DeviceLogprobs is int top) logprobs = Math.Max(logprobs, Math.Clamp(top, 0, MaxTopLogprobs));
+            int firstGuess = sequence.Tokens.Count - scheduled.Drafts;
             for (int j = scheduled.SampledRows; j > 0; j--)
             {
+                _host[layout.PenaltyStarts + sampling] = _penaltyColumns.Count;
+                _host[layout.BiasStarts + sampling] = _biasColumns.Count;
+                if (sequence.DevicePenalties is { } penalties)                    // the terms of the row after k guesses
+                {
+                    int k = scheduled.SampledRows - j, before = _penaltyColumns.Count + _biasColumns.Count;
+                    penalties.Write(sequence.Tokens, firstGuess, k, _penaltyColumns, _penaltyValues, _biasColumns, _biasValues);
+                    if (_penaltyColumns.Count + _biasColumns.Count - before > MaxTermsPerRow)
+                        throw new InvalidOperationException($"PagedModelRunner: sequence {sequence.Id}'s row has {_penaltyColumns.Count + _biasColumns.Count - before} penalty and bias terms, more than the {MaxTermsPerRow} a row may have on the device");
+                }
                 _host[layout.Last + sampling] = row - j;                          // the last row, and each draft's predecessor
                 _host[layout.Drawn + sampling] = start + count - j + 1;           // the position of the token it draws
                 if (drawing is not null)
@@ -506,6 +544,10 @@ public sealed class PagedModelRunner : IDisposable
         for (; row < rows; row++) { _host[row] = 0; _host[layout.Positions + row] = 0; _host[layout.Slots + row] = -1; }
         _host[layout.Starts + sequences] = rows;
         for (int i = sampling; i < layout.Outputs; i++) { _host[layout.Last + i] = Math.Max(rows - 1, 0); _host[layout.Drawn + i] = 0; }
+        // Penalty terms first, bias terms after them in the same buffers: each section's starts end at its own total.
+        terms = _penaltyColumns.Count + _biasColumns.Count > 0;
+        for (int i = sampling; i <= layout.Outputs; i++) { _host[layout.PenaltyStarts + i] = _penaltyColumns.Count; _host[layout.BiasStarts + i] = _biasColumns.Count; }
+        for (int i = 0; i <= layout.Outputs; i++) _host[layout.BiasStarts + i] += _penaltyColumns.Count;
         return sampling;
     }
 
@@ -516,7 +558,7 @@ public sealed class PagedModelRunner : IDisposable
     /// With <paramref name="draws"/> the ids are drawn on the device with each row's sampling parameters
     /// (<see cref="IBackend.SampleRows"/>) rather than the argmax; with <paramref name="logprobs"/> 0 or more the rows' tokens'
     /// log-probabilities and their top alternatives follow (<see cref="IBackend.TokenLogprobs"/>).</summary>
-    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false, bool draws = false, int logprobs = -1)
+    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false, bool draws = false, int logprobs = -1, bool terms = false)
     {
         var config = _model.Config;
         int sequences = layout.Sequences, rows = layout.Rows;
@@ -551,10 +593,19 @@ public sealed class PagedModelRunner : IDisposable
             _backend.EmbeddingForward(_metadata.Narrow(layout.Last, new Shape(outputs)), x, last);
         }
         var logits = _model.ForwardHead(ctx, last).Slice(1, 0, config.VocabSize);   // (M, V): every column, gathered over tensor-parallel ranks
+        var scores = logits;                                                   // what the tokens are drawn from
+        if (terms)
+        {
+            // OpenAI's penalties, then logit_bias, added in F32 to a copy of the rows (the raw rows stay for the log-probabilities).
+            scores = _logitsF32.Slice(0, 0, outputs);
+            _backend.Copy(logits, scores);
+            _backend.AddToColumns(scores, _metadata.Narrow(layout.PenaltyStarts, new Shape(outputs + 1)), _termColumns, _termValues);
+            _backend.AddToColumns(scores, _metadata.Narrow(layout.BiasStarts, new Shape(outputs + 1)), _termColumns, _termValues);
+        }
         if (draws)
-            _backend.SampleRows(logits, _metadata.Narrow(layout.Parameters, new Shape(outputs, TokenSampling.ParameterColumns)),
+            _backend.SampleRows(scores, _metadata.Narrow(layout.Parameters, new Shape(outputs, TokenSampling.ParameterColumns)),
                 _metadata.Narrow(layout.Drawn, new Shape(outputs)), _sampled.Slice(0, 0, outputs));
-        else _backend.ArgMax(logits, _sampled.Slice(0, 0, outputs));
+        else _backend.ArgMax(scores, _sampled.Slice(0, 0, outputs));
         if (logprobs >= 0)
             _backend.TokenLogprobs(logits, _sampled.Slice(0, 0, outputs), logprobs, _logprobs.Narrow(0, new Shape(outputs, 1 + logprobs)),
                 logprobs > 0 ? _topIds.Narrow(0, new Shape(outputs, logprobs)) : null);
@@ -641,6 +692,8 @@ public sealed class PagedModelRunner : IDisposable
         _logitsF32.Storage.Dispose();
         _logprobs.Storage.Dispose();
         _topIds.Storage.Dispose();
+        _termColumns.Storage.Dispose();
+        _termValues.Storage.Dispose();
     }
 
     /// <summary>The readback of a backend that computes synchronously: the copy happens at <see cref="Start"/>.</summary>

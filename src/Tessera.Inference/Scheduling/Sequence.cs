@@ -126,6 +126,12 @@ public sealed class Sequence
     /// </summary>
     public int? DeviceLogprobs { get; init; }
 
+    /// <summary>
+    /// The penalties and logit bias the device adds to this sequence's rows before drawing (<see cref="Sampling.PenaltyTerms"/>),
+    /// or null when it adds none.
+    /// </summary>
+    public Sampling.PenaltyTerms? DevicePenalties { get; init; }
+
     /// <summary>Trailing tokens proposed by a drafter and not yet verified (0 outside a speculative step).</summary>
     public int Drafts { get; private set; }
 

@@ -44,9 +44,9 @@ public sealed record EngineOptions
     public bool AsyncScheduling { get; init; } = true;
 
     /// <summary>
-    /// Whether a request that samples (temperature above 0, top-k, top-p, seed) without penalties, logit bias or a grammar
-    /// has its tokens drawn on the device (<see cref="Tessera.Tensors.IBackend.SampleRows"/>), and its log-probabilities,
-    /// greedy or not, computed there (<see cref="Tessera.Tensors.IBackend.TokenLogprobs"/>):
+    /// Whether a request without a grammar has its tokens drawn on the device (<see cref="Tessera.Tensors.IBackend.SampleRows"/>;
+    /// its penalties and logit bias added there, <see cref="Tessera.Tensors.IBackend.AddToColumns"/>) and its log-probabilities
+    /// computed there (<see cref="Tessera.Tensors.IBackend.TokenLogprobs"/>):
     /// only the ids come back, where the host sampler needs the sampled rows' logits (V floats each) and the steps cannot be
     /// scheduled asynchronously. Both follow <see cref="Tessera.Tensors.TokenSampling"/>'s rule, so the tokens are the same
     /// either way up to the rounding of the cut of top-p (and of the last bit of a logf). Default true.

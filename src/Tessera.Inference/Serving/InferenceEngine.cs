@@ -336,18 +336,24 @@ public sealed class InferenceEngine : IDisposable
         for (int i = 0; i < r.Choices; i++)
         {
             var sampling = r.Sampling with { Seed = unchecked(seed + (ulong)i) };
-            bool hostWork = r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.LogitBias.Count > 0 || r.Grammar is not null;
-            bool onDevice = !hostWork && Options.SampleOnDevice;         // drawn (and log-probabilities computed) on the device
+            // Drawn on the device (with the penalties and bias added there, and the log-probabilities computed there) unless a
+            // grammar checks tokens on the host, or the penalty and bias terms could pass what a row may have on the device.
+            var counts = new Dictionary<int, int>();
+            var terms = r.PresencePenalty != 0 || r.FrequencyPenalty != 0 || r.LogitBias.Count > 0
+                ? new PenaltyTerms(r.PresencePenalty, r.FrequencyPenalty, r.LogitBias, counts) : null;
+            bool onDevice = Options.SampleOnDevice && r.Grammar is null && (terms?.MostTerms(request.MaxTokens) ?? 0) <= PagedModelRunner.MaxTermsPerRow;
             bool draws = sampling.Temperature > 0 && onDevice;
-            bool needsLogits = !onDevice && (sampling.Temperature > 0 || r.TopLogprobs is not null || hostWork);
+            bool needsLogits = !onDevice && (sampling.Temperature > 0 || r.TopLogprobs is not null || terms is not null || r.Grammar is not null);
             var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens)
             {
                 MaxDrafts = r.Grammar is null ? Options.Speculation.DraftTokens : 0,
                 DeviceSampling = draws ? sampling : null,
                 DeviceLogprobs = onDevice ? r.TopLogprobs : null,
+                DevicePenalties = onDevice ? terms : null,
             };
             var choice = new Choice(request, i, sequence, new Sampler(sampling), _tokenizer.CreateIncrementalDecoder(), new StopStringMatcher(r.Stop), needsLogits)
             {
+                Counts = counts,
                 Json = r.Grammar?.Start(),
             };
             request.Choices[i] = choice;
@@ -379,7 +385,7 @@ public sealed class InferenceEngine : IDisposable
         _modelDrafter?.CatchUp(step);
         long scheduled = Stopwatch.GetTimestamp();
         Metrics.Preempted(step.Preempted.Count);
-        bool withLogits = false, withLogprobs = false;
+        bool withLogits = false, collectAtOnce = false;
         foreach (var s in step.Sequences)
         {
             var choice = _choices[s.Sequence.Id];
@@ -389,7 +395,7 @@ public sealed class InferenceEngine : IDisposable
                 Interlocked.Decrement(ref _queued);
             }
             withLogits |= s.Samples && choice.NeedsLogits;
-            withLogprobs |= s.Samples && s.Sequence.DeviceLogprobs is not null;
+            collectAtOnce |= s.Samples && (s.Sequence.DeviceLogprobs is not null || s.Sequence.DevicePenalties is not null);   // buffers the next step reuses; counts it needs
         }
         long replayedBefore = _runner.ReplayedSteps;
         _runner.Enqueue(step, withLogits);
@@ -397,7 +403,7 @@ public sealed class InferenceEngine : IDisposable
         Volatile.Write(ref _metadataCopiesSkipped, _runner.MetadataCopiesSkipped);
         Volatile.Write(ref _uniformVerifications, _runner.UniformVerificationSteps);
         _scheduler.Complete(step);
-        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits && !withLogprobs && !Options.Speculation.Enabled);
+        var current = new StepInFlight(step, scheduled - start, Options.AsyncScheduling && !withLogits && !collectAtOnce && !Options.Speculation.Enabled);
         if (current.Pipelined)
         {
             int row = 0;
@@ -737,7 +743,7 @@ public sealed class InferenceEngine : IDisposable
         public IncrementalDecoder Decoder { get; } = decoder;
         public StopStringMatcher Matcher { get; } = matcher;
         public bool NeedsLogits { get; } = needsLogits;
-        public Dictionary<int, int> Counts { get; } = new();
+        public required Dictionary<int, int> Counts { get; init; }
         public float[] Scratch { get; set; } = [];
         public TokenLogprob? PendingLogprob { get; set; }
         public JsonRecognizer? Json { get; init; }

@@ -241,6 +241,42 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(logits, ids, logprobs, topIds);
     }
 
+    public void AddToColumns(Tensor x, Tensor starts, Tensor columns, Tensor values)
+    {
+        const string op = nameof(AddToColumns);
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(starts);
+        ArgumentNullException.ThrowIfNull(columns); ArgumentNullException.ThrowIfNull(values);
+        RequireDType(op, nameof(x), x, DType.F32);
+        RequireRank(op, nameof(x), x, 2, "(M,V)");
+        RequireUnitLastStride(op, nameof(x), x);
+        int m = x.Shape[0], v = x.Shape[1];
+        RequireDType(op, nameof(starts), starts, DType.I32);
+        RequireContiguous(op, nameof(starts), starts);
+        if (starts.NumElements != m + 1) throw new ArgumentException($"{op}: starts {starts.Shape} must hold {m + 1} offsets, one per row of x {x.Shape} and the end", nameof(starts));
+        RequireDType(op, nameof(columns), columns, DType.I32);
+        RequireContiguous(op, nameof(columns), columns);
+        RequireDType(op, nameof(values), values, DType.F32);
+        RequireContiguous(op, nameof(values), values);
+        int* ps = Ptr<int>(starts), pc = Ptr<int>(columns);
+        float* pv = Ptr<float>(values), px = Ptr<float>(x);
+        long ld = x.Stride(0), entries = Math.Min(columns.NumElements, values.NumElements);
+        var seen = new HashSet<int>();
+        for (int r = 0; r < m; r++)
+        {
+            if (ps[r] < 0 || ps[r] > ps[r + 1] || ps[r + 1] > entries)
+                throw new ArgumentException($"{op}: row {r}'s entries [{ps[r]}, {ps[r + 1]}) do not lie within the {entries} given", nameof(starts));
+            seen.Clear();
+            for (int e = ps[r]; e < ps[r + 1]; e++)
+            {
+                int c = pc[e];
+                if ((uint)c >= (uint)v) throw new ArgumentException($"{op}: row {r}'s column {c} lies outside its {v} columns", nameof(columns));
+                if (!seen.Add(c)) throw new ArgumentException($"{op}: row {r} names column {c} twice (its entries are added in parallel on a device)", nameof(columns));
+                px[r * ld + c] += pv[e];
+            }
+        }
+        KeepOperandsAlive(x, starts, columns, values);
+    }
+
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
         RmsNormPrologue? norm = null)
     {

@@ -407,9 +407,9 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     /// <summary>
-    /// Eight concurrent sampled requests (temperature, top-k, top-p mixed; seeded) drawn on the GPU in F32 (recorded steps,
-    /// scheduled asynchronously, also with the advance on the device) give the tokens the CPU engine draws, and with
-    /// speculation by prompt lookup too. Both follow one rule (TokenSampling); the GPU's F32 logits differ from the CPU's in
+    /// Eight concurrent sampled requests (temperature, top-k, top-p mixed; seeded; some with log-probabilities, penalties or
+    /// logit_bias, computed and added on the device) drawn on the GPU in F32 (recorded steps, scheduled asynchronously, also
+    /// with the advance on the device) give the tokens the CPU engine draws, and with speculation by prompt lookup too. Both follow one rule (TokenSampling); the GPU's F32 logits differ from the CPU's in
     /// their last bits, which changes a draw only where two Gumbel scores lie that close (about 1e-6 of a draw's chance), so
     /// equality is expected.
     /// </summary>
@@ -424,7 +424,12 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         [
             new() { Temperature = 1.0 }, new() { Temperature = 0.7, TopP = 0.9 }, new() { Temperature = 1.2, TopK = 20 }, new() { Temperature = 0.4, TopK = 50, TopP = 0.8 },
         ];
-        var requests = prompts.Select((p, i) => new CompletionRequest { Prompt = p, MaxTokens = 30, Seed = (ulong)(40 + i), Sampling = samplings[i % 4] }).ToArray();
+        var requests = prompts.Select((p, i) => new CompletionRequest
+        {
+            Prompt = p, MaxTokens = 30, Seed = (ulong)(40 + i), Sampling = samplings[i % 4], TopLogprobs = i % 3 == 0 ? 2 : null,
+            FrequencyPenalty = i == 5 ? 0.7 : 0, PresencePenalty = i == 6 ? 0.5 : 0,
+            LogitBias = i == 7 ? new Dictionary<int, double> { [p[0]] = 2.0, [3] = -100 } : new Dictionary<int, double>(),
+        }).ToArray();
         async Task<List<int>[]> Run(InferenceEngine engine) => await Task.WhenAll(requests.Select(async r =>
         {
             var tokens = new List<int>();

@@ -65,6 +65,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void ArgMax(Tensor x, Tensor indices) => Inner.ArgMax(x, indices);
     public virtual void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids) => Inner.SampleRows(logits, parameters, positions, ids);
     public virtual void TokenLogprobs(Tensor logits, Tensor ids, int count, Tensor logprobs, Tensor? topIds) => Inner.TokenLogprobs(logits, ids, count, logprobs, topIds);
+    public virtual void AddToColumns(Tensor x, Tensor starts, Tensor columns, Tensor values) => Inner.AddToColumns(x, starts, columns, values);
     public virtual void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false) => Inner.Sum(x, result, scale, accumulate);
     public virtual void SumOfSquares(Tensor x, Tensor result) => Inner.SumOfSquares(x, result);
     public virtual void AdamW(Tensor parameters, Tensor gradients, Tensor m, Tensor v, in AdamWStep step, Tensor? gradSumOfSquares = null, Tensor? lowPrecisionCopy = null) => Inner.AdamW(parameters, gradients, m, v, in step, gradSumOfSquares, lowPrecisionCopy);

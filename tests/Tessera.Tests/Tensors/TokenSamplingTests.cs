@@ -166,6 +166,23 @@ public class TokenSamplingTests
         Assert.Throws<ArgumentException>(() => cpu.TokenLogprobs(full.Slice(1, 0, v), ids, 2, cpu.Allocate(new Shape(m, 3), DType.F32), null));
     }
 
+    /// <summary><see cref="IBackend.AddToColumns"/> adds each row's terms to its own columns of a row-strided view, once each,
+    /// and refuses a row that names a column twice (a device adds a row's terms in parallel).</summary>
+    [Fact]
+    public void AddToColumnsAddsEachRowsTermsOnce()
+    {
+        var cpu = new CpuBackend(1);
+        var x = cpu.FromHost<float>(Enumerable.Range(0, 3 * 8).Select(i => (float)i).ToArray(), new Shape(3, 8));
+        var view = x.Slice(1, 0, 6);
+        cpu.AddToColumns(view, cpu.FromHost<int>([0, 2, 2, 4], new Shape(4)), cpu.FromHost<int>([1, 5, 0, 3, 9], new Shape(5)),
+            cpu.FromHost<float>([0.5f, -1f, 2f, 4f, 100f], new Shape(5)));
+        float[] expected = [0, 1.5f, 2, 3, 4, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 18, 17, 18, 23, 20, 21, 22, 23];
+        Assert.Equal(expected, cpu.ToArray<float>(x));
+        var e = Assert.Throws<ArgumentException>(() => cpu.AddToColumns(view, cpu.FromHost<int>([0, 2, 2, 2], new Shape(4)),
+            cpu.FromHost<int>([3, 3], new Shape(2)), cpu.FromHost<float>([1f, 1f], new Shape(2))));
+        Assert.Contains("twice", e.Message);
+    }
+
     [Fact]
     public void TheCpuOpRefusesOperandsThatDoNotFit()
     {

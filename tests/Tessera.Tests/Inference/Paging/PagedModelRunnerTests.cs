@@ -185,5 +185,49 @@ public class PagedModelRunnerTests
         }
     }
 
+    /// <summary>
+    /// Penalties and logit_bias added on the device (<see cref="Sequence.DevicePenalties"/>) to a verifying step's rows count
+    /// the guesses before each row: token t has a bias of +50 and a frequency penalty of 30, so it wins the prompt's row (no
+    /// count), wins the decode row once generated (net +20), and loses every row after a guess of t (net -10 or less) where
+    /// it would win again if the guess were not counted. Each row's id is the argmax of the host's penalized row
+    /// (<see cref="Tessera.Inference.Sampling.LogitsProcessing"/>, counts plus the guesses before it).
+    /// </summary>
+    [Fact]
+    public void PenaltiesOnTheDeviceCountTheGuessesBeforeEachRow()
+    {
+        var model = RandomModel("llama-debug", 7);
+        int v = model.Config.VocabSize, t = 11;
+        var counts = new Dictionary<int, int>();
+        var bias = new Dictionary<int, double> { [t] = 50 };
+        using var cache = new PagedKvCache(_cpu, DType.F64, model.Config.Layers, model.Config.EffectiveKvHeads, model.Config.HeadSize,
+            new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 16 * PagedKvCache.BlockBytes(DType.F64, model.Config.Layers, model.Config.EffectiveKvHeads, model.Config.HeadSize, 4) });
+        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 1, TokenBudget = 16 });
+        using var runner = new PagedModelRunner(model, cache, 16, 1, model.Config.MaxSequenceLength, recordGraphs: false, maxDrafts: 3);
+        var sequence = new Sequence(0, [3, 1, 4, 1, 5], 20)
+        {
+            MaxDrafts = 3, DevicePenalties = new Tessera.Inference.Sampling.PenaltyTerms(0, 30, bias, counts),
+        };
+        scheduler.Add(sequence);
+        var prefill = scheduler.Schedule();
+        runner.Run(prefill, withLogits: false, out var first, out _);
+        scheduler.Complete(prefill);
+        Assert.Equal(t, first[0]);                                           // +50, nothing generated yet
+        sequence.Append(first[0]);
+        counts[t] = 1;                                                       // the engine counts what it accepts
+        sequence.AppendDrafts([t, t, t]);
+        var step = scheduler.Schedule();
+        Assert.Equal(3, step.Sequences[0].Drafts);
+        runner.Run(step, withLogits: true, out var ids, out var logits);
+        for (int k = 0; k < 4; k++)
+        {
+            var row = logits.Slice(k * v, v).ToArray();
+            var withGuesses = new Dictionary<int, int>(counts) { [t] = counts[t] + k };
+            Tessera.Inference.Sampling.LogitsProcessing.ApplyPenalties(row, withGuesses, 0, 30);
+            Tessera.Inference.Sampling.LogitsProcessing.ApplyBias(row, bias);
+            Assert.Equal(TokenSampling.ArgMax(row), ids[k]);
+            Assert.Equal(k == 0, ids[k] == t);                               // +20 at the decode row, -10 or less after a guess of t
+        }
+    }
+
     private static int[] Prompt(Random rng, int length) => Enumerable.Range(0, length).Select(_ => rng.Next(1, 90)).ToArray();
 }

@@ -44,12 +44,14 @@ public class DeviceSamplingTests
             Speculation = new SpeculationOptions { DraftTokens = draftTokens, MinNgram = 1 },
         });
 
-    private static CompletionRequest[] Requests(double frequencyPenalty = 0, double temperatureScale = 1) =>
+    private static CompletionRequest[] Requests(double frequencyPenalty = 0, double temperatureScale = 1, bool presenceAndBias = false) =>
         [.. Prompts.Select((p, i) => new CompletionRequest
         {
             Prompt = p, MaxTokens = 24, Choices = 2, Seed = (ulong)(500 + i),
             Sampling = Samplings[i % Samplings.Length] with { Temperature = Samplings[i % Samplings.Length].Temperature * temperatureScale },
             FrequencyPenalty = i == 3 ? frequencyPenalty : 0,
+            PresencePenalty = presenceAndBias && i == 1 ? 0.8 : 0,
+            LogitBias = presenceAndBias && i >= 2 ? new Dictionary<int, double> { [p[0]] = 3.0, [7] = -100, [200] = 1.5 } : new Dictionary<int, double>(),
         })];
 
     private static async Task<List<int>[][]> RunAll(InferenceEngine engine, CompletionRequest[] requests)
@@ -65,15 +67,20 @@ public class DeviceSamplingTests
 
     /// <summary>
     /// The same seeded requests (four samplings: temperature alone, with top-p, top-k, both; two choices each; run
-    /// together) give the same tokens drawn on the device as on the host, and the device's steps are scheduled
+    /// together; with <paramref name="penalties"/> a frequency penalty, a presence penalty and logit_bias on some, added on the
+    /// device; with speculation too, where a row's penalties count the guesses kept before it) give the same tokens drawn on the
+    /// device as on the host, and without penalties the device's steps are scheduled
     /// asynchronously where the host's are not (they need the logits first). The choices of a request differ (their seeds do).
     /// </summary>
-    [Fact(Timeout = 120_000)]
-    public async Task TheDeviceDrawsTheTokensTheHostDraws()
+    [Theory(Timeout = 120_000)]
+    [InlineData(false, 0)]
+    [InlineData(true, 0)]
+    [InlineData(true, 3)]
+    public async Task TheDeviceDrawsTheTokensTheHostDraws(bool penalties, int draftTokens)
     {
-        using var device = Engine(onDevice: true);
-        using var host = Engine(onDevice: false);
-        var requests = Requests();
+        using var device = Engine(onDevice: true, draftTokens);
+        using var host = Engine(onDevice: false, draftTokens);
+        var requests = penalties ? Requests(frequencyPenalty: 0.5, temperatureScale: draftTokens > 0 ? 0.3 : 1, presenceAndBias: true) : Requests();
         var onDevice = await RunAll(device, requests);
         var onHost = await RunAll(host, requests);
         for (int i = 0; i < requests.Length; i++)
@@ -85,7 +92,10 @@ public class DeviceSamplingTests
             }
             Assert.NotEqual(onDevice[i][0], onDevice[i][1]);
         }
-        Assert.True(device.PipelinedSteps > 0, "no device-sampled step was scheduled asynchronously");
+        // Steps with penalty terms are collected at once (the next step's terms count their tokens): here every step has some.
+        if (!penalties) Assert.True(device.PipelinedSteps > 0, "no device-sampled step was scheduled asynchronously");
+        // With guesses, a row's penalties count the guesses kept before it: some must be kept for that to be checked.
+        if (draftTokens > 0) Assert.True(device.Metrics.AcceptedDraftTokens > 0, "no guess was kept");
         Assert.Equal(0, host.PipelinedSteps);
         Assert.Equal(0, device.Metrics.KvBlocksInUse);
     }
