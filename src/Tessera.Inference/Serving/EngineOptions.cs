@@ -37,9 +37,10 @@ public sealed record EngineOptions
     /// Whether a step is enqueued before the previous step's sampled tokens reach the host (vLLM's asynchronous scheduling):
     /// the next step reads them on the device, and the host's work of a step (scheduling, metadata, detokenizing, stop
     /// strings, streaming) runs while the device computes the next one. Applies to steps where every sampled sequence is
-    /// greedy or drawn on the device (<see cref="SampleOnDevice"/>), without log-probabilities or penalties (the others need
-    /// the logits on the host first). A sequence that finishes on a token has then computed one more step, whose result is
-    /// discarded. Default true.
+    /// greedy or drawn on the device (<see cref="SampleOnDevice"/>), without log-probabilities or penalties (those steps are
+    /// collected at once: their buffers are the next step's, and the next step's penalties count their tokens; steps whose
+    /// rows sample on the host need the logits first). A sequence that finishes on a token has then computed one more step,
+    /// whose result is discarded. Default true.
     /// </summary>
     public bool AsyncScheduling { get; init; } = true;
 
