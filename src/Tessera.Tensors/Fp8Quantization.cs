@@ -15,7 +15,7 @@ public static class Fp8Quantization
     /// <see cref="Int8Quantization.QuantizeRow"/>. The CUDA kernel that quantizes activations (<c>quantize_rows_fp8_*</c>)
     /// computes the same F32 operations.
     /// </summary>
-    public static float QuantizeRow(ReadOnlySpan<float> row, Span<byte> codes) => QuantizeRow(row, codes, zeroScaleForZeros: false);
+    public static float QuantizeRow(ReadOnlySpan<float> row, Span<byte> codes) => QuantizeOneRow(row, codes, zeroScaleForZeros: false);
 
     /// <summary>
     /// Quantizes one (position, head) row of a paged KV cache (<see cref="PagedKvPool"/>, an F8E4M3 pool) into
@@ -26,9 +26,9 @@ public static class Fp8Quantization
     /// zeros. A row with a value that is not finite gets a NaN scale and zero codes. The CUDA append
     /// (<c>paged_append_f8_*</c>) computes the same F32 operations.
     /// </summary>
-    public static float QuantizeKvRow(ReadOnlySpan<float> row, Span<byte> codes) => QuantizeRow(row, codes, zeroScaleForZeros: true);
+    public static float QuantizeKvRow(ReadOnlySpan<float> row, Span<byte> codes) => QuantizeOneRow(row, codes, zeroScaleForZeros: true);
 
-    private static float QuantizeRow(ReadOnlySpan<float> row, Span<byte> codes, bool zeroScaleForZeros)
+    private static float QuantizeOneRow(ReadOnlySpan<float> row, Span<byte> codes, bool zeroScaleForZeros)
     {
         if (codes.Length != row.Length)
             throw new ArgumentException($"fp8 quantization of a row of {row.Length} values needs as many outputs, got {codes.Length}", nameof(codes));
