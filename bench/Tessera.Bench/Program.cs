@@ -62,7 +62,7 @@ static int Usage(TextWriter w, int code)
     w.WriteLine("  gpu-offload  one-GPU training with the AdamW state on the GPU or offloaded to the host (ZeRO-Offload)");
     w.WriteLine("         (the gpu-* commands take --cuda-options Name=value,... : the CUDA backend's options, e.g. ProfileOps=true)");
     w.WriteLine("  constrained   what checking every token against a JSON grammar costs a step, token by token and through the trie (--tokenizer DIR)");
-    w.WriteLine("  quantization  what int8 weights cost a trained model: cross-entropy, greedy agreement, logit error, bytes (--model DIR --val FILE)");
+    w.WriteLine("  quantization  what int8/fp8 weights and int8/fp8 KV caches cost a trained model: cross-entropy, greedy agreement, logit error, bytes (--model DIR --val FILE)");
     w.WriteLine("  host-optimizer  the CPU half of ZeRO-Offload: host AdamW, BF16/F32 casts, a whole offloaded update, GB/s (options: --threads N --elements N --preset NAME)");
     return code;
 }

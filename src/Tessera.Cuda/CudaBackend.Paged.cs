@@ -5,9 +5,10 @@ namespace Tessera.Cuda;
 
 // Paged KV-cache ops for serving (paged_attention.cu): the append of a step's keys and values to their slots, and
 // attention of a flattened batch over block tables. Every sequence-dependent value is read from device memory, so a
-// decode step of a given batch size can be recorded once and replayed with new metadata. An int8 pool (PagedKvPool: I8 values
-// and F32 scales per position and head) is written by paged_append_i8 and read by each attention kernel's _i8
-// instantiation (the same grid, shared memory and arguments, the scales last); the fused QKV product steps aside for it.
+// decode step of a given batch size can be recorded once and replayed with new metadata. A quantized pool (PagedKvPool: I8
+// values or F8E4M3 codes, and F32 scales per position and head) is written by paged_append_i8 / paged_append_f8 and read by
+// each attention kernel's _i8 / _f8 instantiation (the same grid, shared memory and arguments, the scales last), from the
+// files' modules for that code (KernelLibrary.QuantizedKvModule); the fused QKV product steps aside for it.
 public sealed unsafe partial class CudaBackend
 {
     private const int PagedAttentionWarps = 4, PagedAttentionMaxGroup = 8, PagedAttentionMaxHeadSize = 256,   // PA_* in the kernel
@@ -18,7 +19,7 @@ public sealed unsafe partial class CudaBackend
         PagedDecodeMmaKeys = 64,                                        // PM_KEYS: positions of a K or V tile of paged_decode_mma
         PagedDecodeMmaStages = 3,                                       // PM_STAGES: its K/V tiles in flight
         MaxStagedTableBlocks = 1024,                                    // the widest block table paged_decode_mma stages in shared memory
-        PagedAppendWarps = 4;                                           // paged_append_i8's CTA: a warp per (row, head)
+        PagedAppendWarps = 4;                                           // paged_append_q's CTA: a warp per (row, head)
 
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null)
     {
@@ -37,14 +38,15 @@ public sealed unsafe partial class CudaBackend
         if (total == 0) return;
         ulong pk = Ptr(keysAndValues), pp = Ptr(pool), ps = Ptr(batch.Slots);
         long rowStride = keysAndValues.Stride(0), headStride = keysAndValues.Stride(1);
-        if (pool.DType == DType.I8)
+        if (PagedKvPool.IsQuantized(pool.DType))
         {
             // A warp per (row, head): its scale is the row's largest magnitude, so the warp reduces before it writes.
             ulong psc = Ptr(poolScales!);
             long heads = (long)n * r;
             uint ctas = (uint)Math.Clamp((heads + PagedAppendWarps - 1) / PagedAppendWarps, 1, (long)CudaDevice.MultiprocessorCount * 32);
             void** quantized = stackalloc void*[] { &pk, &pp, &psc, &ps, &n, &r, &d, &rowStride, &headStride };
-            Launch(KernelLibrary.Int8KvModule("paged_attention.cu"), $"paged_append_i8_{Suffix(keysAndValues.DType, op)}", (ctas, 1, 1), PagedAppendWarps * 32, quantized, 0, dependent: true);
+            Launch(KernelLibrary.QuantizedKvModule("paged_attention.cu", pool.DType), $"paged_append_{KvCode(pool.DType)}_{Suffix(keysAndValues.DType, op)}",
+                (ctas, 1, 1), PagedAppendWarps * 32, quantized, 0, dependent: true);
             return;
         }
         void** args = stackalloc void*[] { &pk, &pp, &ps, &n, &r, &d, &rowStride, &headStride };
@@ -55,8 +57,8 @@ public sealed unsafe partial class CudaBackend
     /// <remarks>For at most 4 rows of x, one matrix-vector kernel (gemv.cu's ROPE epilogue writing to the rows' slots instead
     /// of a dense cache's positions): the norm, the product, the rotation and the append in one launch, as the dense decode
     /// step does; otherwise the product, then the rotation and the append in one launch (rope.cu's <c>rope_append</c> writing
-    /// to the rows' slots: the bits of <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> then <see cref="PagedAppend"/>). An
-    /// int8 pool takes neither fusion: the product, <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/>, then
+    /// to the rows' slots: the bits of <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> then <see cref="PagedAppend"/>). A
+    /// quantized (I8 or F8E4M3) pool takes neither fusion: the product, <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/>, then
     /// <see cref="PagedAppend"/>'s quantizing kernel (two launches more than the fused decode step of a 16-bit pool).</remarks>
     public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
@@ -78,7 +80,7 @@ public sealed unsafe partial class CudaBackend
         RequirePositions(op, positions, n);
         PagedKvPool.Validate($"CudaBackend.{op}", pool, poolScales, qkv.DType);
         var dtype = x.DType;
-        if (pool.DType == DType.I8)
+        if (PagedKvPool.IsQuantized(pool.DType))
         {
             // Quantizing needs each head row's largest magnitude, which neither fused kernel has at hand: the product, the
             // rotation, then the quantizing append.
@@ -156,14 +158,14 @@ public sealed unsafe partial class CudaBackend
         // sequence has at least one row, so a decode step, N = B, launches nothing here).
         bool tiles = specialized && (q.DType is DType.BF16 or DType.F16) && n - (b - 1) >= PagedPrefillMinRows;
         ulong pq = Ptr(q), pp = Ptr(pool), po = Ptr(output), pt = Ptr(batch.BlockTables), pst = Ptr(batch.QueryStarts), pl = Ptr(batch.ContextLengths);
-        // An int8 pool: each kernel's _i8 instantiation (i8 before the type in its name), whose last argument is the scales;
-        // the 16-bit kernels have one argument fewer and never read the extra pointer.
-        // They live in the files' int8-KV modules (KernelLibrary.Int8KvModule), which a 16-bit cache never compiles.
-        bool int8 = pool.DType == DType.I8;
-        string i8 = int8 ? "i8_" : "";
-        string pagedFile = int8 ? KernelLibrary.Int8KvModule("paged_attention.cu") : "paged_attention.cu";
-        string flashFile = int8 ? KernelLibrary.Int8KvModule("flash_attention.cu") : "flash_attention.cu";
-        string hopperFile = int8 ? KernelLibrary.Int8KvModule(HopperFile) : HopperFile;
+        // A quantized pool: each kernel's _i8 or _f8 instantiation (the code before the type in its name), whose last argument
+        // is the scales; the 16-bit kernels have one argument fewer and never read the extra pointer. They live in the files'
+        // modules for that code (KernelLibrary.QuantizedKvModule), which a 16-bit cache never compiles.
+        bool quantized = PagedKvPool.IsQuantized(pool.DType);
+        string code = quantized ? KvCode(pool.DType) + "_" : "";
+        string pagedFile = quantized ? KernelLibrary.QuantizedKvModule("paged_attention.cu", pool.DType) : "paged_attention.cu";
+        string flashFile = quantized ? KernelLibrary.QuantizedKvModule("flash_attention.cu", pool.DType) : "flash_attention.cu";
+        string hopperFile = quantized ? KernelLibrary.QuantizedKvModule(HopperFile, pool.DType) : HopperFile;
         ulong psc = poolScales is null ? 0 : Ptr(poolScales);
         long qn = q.Stride(0), qh = q.Stride(1);
         float sc = (float)scale;
@@ -179,7 +181,7 @@ public sealed unsafe partial class CudaBackend
                 // (148 KB) would leave an SM four warps).
                 int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
                 long hopperTiles = (n + rows - 1) / rows + Math.Min(b, n / PagedPrefillMinRows);
-                string kernel = "paged_prefill_hopper_" + (wgs == 1 ? "wg1_" : "") + i8 + FlashSuffix(q.DType, d);
+                string kernel = "paged_prefill_hopper_" + (wgs == 1 ? "wg1_" : "") + code + FlashSuffix(q.DType, d);
                 PreferSharedMemory(hopperFile, kernel);
                 Launch(hopperFile, kernel, ((uint)hopperTiles, (uint)h, 1), (uint)(HopperWarpgroupThreads * wgs), args,
                     HopperForwardShared(rows, d), dependent: true);
@@ -189,7 +191,7 @@ public sealed unsafe partial class CudaBackend
                 // Query tiles of 64 rows (FLASH_MT = 1): at most ceil(N / 64) plus one partial tile per sequence that qualifies.
                 long tileCount = (n + FlashBlock - 1) / FlashBlock + Math.Min(b, n / PagedPrefillMinRows);
                 uint shared = (uint)((FlashBlock + 4 * FlashBlock) * d * 2);  // Q tile + two stages of K and V
-                string kernel = "paged_prefill_" + i8 + FlashSuffix(q.DType, d);
+                string kernel = "paged_prefill_" + code + FlashSuffix(q.DType, d);
                 PreferSharedMemory(flashFile, kernel);
                 Launch(flashFile, kernel, ((uint)tileCount, (uint)h, 1), FlashThreads, args, shared, dependent: true);
             }
@@ -212,7 +214,7 @@ public sealed unsafe partial class CudaBackend
             {
                 // paged_decode_mma: the same arguments and grid; shared memory for its K/V tiles in flight, which the warps'
                 // states (4, G, D + 2) reuse at the end.
-                decodeKernel = $"paged_decode_mma_{i8}{Suffix(q.DType, op)}_d{d}";
+                decodeKernel = $"paged_decode_mma_{code}{Suffix(q.DType, op)}_d{d}";
                 decodeShared = (uint)Math.Max(PagedDecodeMmaStages * 2 * PagedDecodeMmaKeys * d * q.DType.SizeInBytes(),
                     PagedDecodeThreads / 32 * g * (d + 2) * sizeof(float));
                 // With the staged table, max_blocks ints after the tiles (which the kernel addresses at their end; they are
@@ -226,7 +228,7 @@ public sealed unsafe partial class CudaBackend
             else
             {
                 // paged_decode_tiled takes the same arguments, grid and shared memory.
-                decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{i8}{Suffix(q.DType, op)}_d{d}_g{gm}";
+                decodeKernel = $"{(Options.PagedDecodeTiled ? "paged_decode_tiled_" : "paged_decode_")}{code}{Suffix(q.DType, op)}_d{d}_g{gm}";
                 decodeShared = (uint)(PagedDecodeThreads / (d / vector) * g * (d + 2) * sizeof(float));   // (NG, G, D + 2)
             }
             // As many whole splits as fit one wave of resident CTAs (PagedDecodeCtasPerSm per SM; by default as many as the
@@ -261,7 +263,7 @@ public sealed unsafe partial class CudaBackend
             {
                 void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &kernelWindow, &psc };
                 uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
-                Launch(pagedFile, "paged_attention_" + i8 + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
+                Launch(pagedFile, "paged_attention_" + code + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
                     args, shared, dependent: true);
             }
             if (partial is not null && counters == 0)
@@ -278,6 +280,9 @@ public sealed unsafe partial class CudaBackend
             partial?.Storage.Dispose();                                  // stream-ordered: freed after the kernels that use it
         }
     }
+
+    /// <summary>The kernels' name for a quantized pool's code (FOR_KV_CODES in common.cuh): i8 for I8, f8 for F8E4M3.</summary>
+    private static string KvCode(DType poolDType) => poolDType == DType.I8 ? "i8" : "f8";
 
     /// <summary>
     /// Whether <see cref="PagedAttention"/> runs its prefill chunks (sequences of at least 8 rows in a step, 16-bit types,

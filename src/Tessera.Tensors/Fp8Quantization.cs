@@ -15,7 +15,20 @@ public static class Fp8Quantization
     /// <see cref="Int8Quantization.QuantizeRow"/>. The CUDA kernel that quantizes activations (<c>quantize_rows_fp8_*</c>)
     /// computes the same F32 operations.
     /// </summary>
-    public static float QuantizeRow(ReadOnlySpan<float> row, Span<byte> codes)
+    public static float QuantizeRow(ReadOnlySpan<float> row, Span<byte> codes) => QuantizeOneRow(row, codes, zeroScaleForZeros: false);
+
+    /// <summary>
+    /// Quantizes one (position, head) row of a paged KV cache (<see cref="PagedKvPool"/>, an F8E4M3 pool) into
+    /// <paramref name="codes"/> and returns its scale: as <see cref="QuantizeRow(ReadOnlySpan{float}, Span{byte})"/> (scale =
+    /// max|row| / 448, codes e4m3(x / scale), both F32 operations), except that a row whose scale is 0 (zeros, or magnitudes
+    /// below 448 x 2^-149) gets scale 0 and +0 codes, as <see cref="Int8Quantization.QuantizeRow"/> gives it: a pool's zero
+    /// scale then means zeros in both one-byte formats, and a row of negative zeros is written as the same bytes as one of
+    /// zeros. A row with a value that is not finite gets a NaN scale and zero codes. The CUDA append
+    /// (<c>paged_append_f8_*</c>) computes the same F32 operations.
+    /// </summary>
+    public static float QuantizeKvRow(ReadOnlySpan<float> row, Span<byte> codes) => QuantizeOneRow(row, codes, zeroScaleForZeros: true);
+
+    private static float QuantizeOneRow(ReadOnlySpan<float> row, Span<byte> codes, bool zeroScaleForZeros)
     {
         if (codes.Length != row.Length)
             throw new ArgumentException($"fp8 quantization of a row of {row.Length} values needs as many outputs, got {codes.Length}", nameof(codes));
@@ -28,7 +41,11 @@ public static class Fp8Quantization
         }
         if (!finite) { codes.Clear(); return float.NaN; }
         float scale = max / Float8E4M3.MaxValue;
-        if (scale == 0f) scale = 1f;       // zeros (or magnitudes so small that the scale underflows) stay zeros
+        if (scale == 0f)
+        {
+            if (zeroScaleForZeros) { codes.Clear(); return 0f; }
+            scale = 1f;                    // zeros (or magnitudes so small that the scale underflows) stay zeros
+        }
         for (int c = 0; c < row.Length; c++) codes[c] = Float8E4M3.FromSingle(row[c] / scale);
         return scale;
     }

@@ -1,5 +1,7 @@
 using System.Globalization;
 using Tessera.Cuda;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
 using Tessera.Models;
 using Tessera.Nn.Quantization;
 using Tessera.Tensors;
@@ -13,7 +15,9 @@ namespace Tessera.Bench.Serving;
 /// What int8 and FP8 weights cost a trained model: the same model loaded in floating point, with <see cref="WeightQuantization.Int8"/>
 /// and with <see cref="WeightQuantization.Fp8"/> (its activations quantized per row too), each run over the windows of a
 /// validation shard; a table of the mean cross-entropy (nats a token), how often each quantized model agrees with the float
-/// one on the most likely next token, the largest logit difference against the logits' spread, and the weights' bytes.
+/// one on the most likely next token, the largest logit difference against the logits' spread, and the weights' bytes. Then
+/// the float model's paged KV cache (<see cref="KvCacheRows"/>): in the model's dtype, in int8 and in FP8 (E4M3), what
+/// serving's <c>--kv-dtype model|int8|fp8</c> holds, with the bytes a (position, head) row takes.
 /// <para>Usage: quantization --model DIR --val FILE [--windows 64] [--device cpu|cuda] [--dtype f32|bf16]</para>
 /// <para>quantization --ops [--device cpu|cuda] [--dtype f32|bf16]: the product alone, x (M, K) times a (N, K) weight in the dtype
 /// against the same weight as int8 (<see cref="IBackend.QuantizedMatMul"/>), median microseconds of 50 after at least 300 ms of warm-up, at
@@ -92,8 +96,79 @@ public static class QuantizationBench
         for (int q = 0; q < quantized.Length; q++)
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {quantized[q].Name} + {dtype} | {quantized[q].Model.WeightBytes / 1048576.0:F2} | {loss[q] / positions:F4} | {100.0 * agree[q] / positions:F2} % | {maxDiff[q]:F4} ({maxDiff[q] / spread:P2}) |"));
+        KvCacheRows(plain, tokens, count, t, spread);
         return 0;
     }
+
+    /// <summary>
+    /// The same windows through serving's paged path (<see cref="PagedModelRunner"/> over a <see cref="PagedKvCache"/>), once
+    /// with the cache in the model's dtype and once each in I8 and F8E4M3: each window is one prefill step whose every row is
+    /// sampled (its rows after the first scheduled as verified drafts, speculative decoding's form), so each position's logits
+    /// are computed after its own keys and values were appended, and read back from, the pool (quantized, for I8 and
+    /// F8E4M3): the teacher-forced loss of serving with that cache. Agreement and logit differences are against the dense
+    /// forward's (<paramref name="spread"/> its largest logit); the float cache's row shows the paged path's own rounding.
+    /// </summary>
+    private static void KvCacheRows(Transformer model, ushort[] tokens, int count, int t, double spread)
+    {
+        var config = model.Config;
+        int v = config.VocabSize, d = config.HeadSize;
+        DType?[] caches = [null, DType.I8, DType.F8E4M3];
+        var loss = new double[caches.Length];
+        var maxDiff = new double[caches.Length];
+        var agree = new long[caches.Length];
+        long positions = 0;
+        var dense = new List<float[]>();
+        for (int w = 0; w < count; w++)
+        {
+            int start = w * ((tokens.Length - 1 - t) / Math.Max(1, count - 1));
+            dense.Add(Logits(model, model.Backend.FromArray(Window(tokens, start, t), 1, t), v));
+            positions += t;
+        }
+        for (int c = 0; c < caches.Length; c++)
+        {
+            var options = new PagedKvCacheOptions
+            {
+                BlockSize = 16, DType = caches[c], PrefixCaching = false,   // every window computed whole
+                MemoryBytes = PagedKvCache.BlockBytes(caches[c] ?? model.DType, config.Layers, model.CachedKvHeads, d, 16) * ((t + 15) / 16),
+            };
+            using var cache = new PagedKvCache(model.Backend, model.DType, config.Layers, model.CachedKvHeads, d, options);
+            var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 1, TokenBudget = t, DecodingStepTokens = t });
+            using var runner = new PagedModelRunner(model, cache, maxRows: t, maxSequences: 1, maxSequenceLength: t, recordGraphs: false, maxDrafts: t - 1);
+            for (int w = 0; w < count; w++)
+            {
+                int start = w * ((tokens.Length - 1 - t) / Math.Max(1, count - 1));
+                var sequence = new Sequence(w, Window(tokens, start, t), t);
+                scheduler.Add(sequence);
+                var step = scheduler.Schedule();
+                if (step.Sequences.Count != 1 || step.Sequences[0].Count != t)
+                    throw new InvalidOperationException($"quantization: window {w} was not scheduled as one prefill of {t} tokens");
+                step.Sequences[0] = step.Sequences[0] with { Drafts = t - 1 };   // every row sampled
+                int rows = runner.Run(step, withLogits: true, out _, out var logits);
+                if (rows != t) throw new InvalidOperationException($"quantization: the runner sampled {rows} rows of {t}");
+                var a = dense[w];
+                for (int i = 0; i < t; i++)
+                {
+                    var b = logits.Slice(i * v, v);
+                    loss[c] += CrossEntropy(b.ToArray(), 0, v, tokens[start + i + 1]);
+                    if (ArgMax(a, i * v, v) == ArgMax(b.ToArray(), 0, v)) agree[c]++;
+                    for (int j = 0; j < v; j++) maxDiff[c] = Math.Max(maxDiff[c], Math.Abs(a[i * v + j] - b[j]));
+                }
+                scheduler.Finish(sequence);
+            }
+        }
+        Console.WriteLine();
+        Console.WriteLine($"| KV cache (paged, {model.DType} weights) | bytes a (position, head) row (D = {d}) | mean cross-entropy (nats/token) | greedy next token as the dense pass's | largest logit difference (of the largest logit) |");
+        Console.WriteLine("|---|---:|---:|---:|---:|");
+        for (int c = 0; c < caches.Length; c++)
+        {
+            var pool = caches[c] ?? model.DType;
+            string name = caches[c] switch { DType.I8 => "int8, a scale per position and head", DType.F8E4M3 => "fp8 (e4m3), a scale per position and head", _ => $"{pool}" };
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {name} | {PagedKvPool.RowBytes(pool, d)} | {loss[c] / positions:F4} | {100.0 * agree[c] / positions:F2} % | {maxDiff[c]:F4} ({maxDiff[c] / spread:P2}) |"));
+        }
+    }
+
+    private static int[] Window(ushort[] tokens, int start, int t) => Array.ConvertAll(tokens[start..(start + t)], x => (int)x);
 
     private static int Ops(IBackend backend, DType dtype)
     {

@@ -30,16 +30,16 @@ namespace Tessera.Bench.Serving;
 /// <para>Usage: serve [--device cuda|cpu] [--preset llama-1b] [--dtype bf16|f32 (bf16 on cuda, f32 on cpu)] [--prompt 512] [--new 128]
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
-/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8|fp8] [--kv-dtype model|int8]
+/// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8|fp8] [--kv-dtype model|int8|fp8]
 /// [--temperature T] [--top-p P] [--host-sampling] [--cuda-options Name=value,...]</para>
 /// <para>--temperature T (default 0: greedy) and --top-p P make every request sample, as an OpenAI client's default
 /// (temperature 1) does; the tokens are drawn on the device (<see cref="EngineOptions.SampleOnDevice"/>) unless
 /// --host-sampling, where each sampled row's logits go to the host and the host sampler draws.</para>
 /// <para>--quantize int8 serves the model with its linear layers' weights as int8 with row scales (a byte a weight); fp8 as
 /// E4M3 codes with row scales, each product quantizing its input's rows to E4M3 too (W8A8-FP8).</para>
-/// <para>--kv-dtype int8 holds the paged KV cache as int8 with one F32 scale per position and head
+/// <para>--kv-dtype int8 (fp8) holds the paged KV cache as int8 values (E4M3 codes) with one F32 scale per position and head
 /// (<see cref="PagedKvCacheOptions.DType"/>): more positions in --kv-memory, and fewer bytes read per decode step (the roofline
-/// counts the int8 bytes and scales).</para>
+/// counts the bytes and scales).</para>
 /// <para>--draft-preset P guesses with a draft model of preset P and the bench's random weights (seed 2, as the served
 /// model's: the served preset itself gives a draft that is always right but costs what the served model costs, so it
 /// measures the mechanism, not a speed-up; another preset is almost always wrong); --draft-model DIR loads a trained
@@ -114,7 +114,7 @@ public static class ServeBench
                 case "--draft-model": draftDir = Next(); break;
                 case "--model": modelDir = Next(); break;
                 case "--quantize": quantization = Next() switch { "int8" => Tessera.Nn.Quantization.WeightQuantization.Int8, "fp8" => Tessera.Nn.Quantization.WeightQuantization.Fp8, "none" => Tessera.Nn.Quantization.WeightQuantization.None, var q => throw new ArgumentException($"--quantize {q}: expected int8, fp8 or none") }; break;
-                case "--kv-dtype": kvDType = Next() switch { "int8" => DType.I8, "model" => null, var k => throw new ArgumentException($"--kv-dtype {k}: expected model (the model's dtype) or int8") }; break;
+                case "--kv-dtype": kvDType = Next() switch { "int8" => DType.I8, "fp8" => DType.F8E4M3, "model" => null, var k => throw new ArgumentException($"--kv-dtype {k}: expected model (the model's dtype), int8 or fp8") }; break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--concurrency": levels = Next().Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); break;
@@ -253,6 +253,7 @@ public static class ServeBench
         string weights = model.Layout.Storage is Tessera.Nn.Quantization.QuantizedParameterStorage q ? $"{q.Format.ToString().ToLowerInvariant()} + {dtype}" : $"{dtype}";
         long kvPerPosition = PagedKvCache.BlockBytes(engine.Options.Cache.PoolDType(dtype), config.Layers, config.EffectiveKvHeads, config.HeadSize, 1);
         if (engine.Options.Cache.DType == DType.I8) weights += ", int8 KV";
+        else if (engine.Options.Cache.DType == DType.F8E4M3) weights += ", fp8 KV";
         // Warm-up, outside the timings: every level once with whole prompts and 4 new tokens, so that every batch-size bucket
         // is recorded and the prefill steps' products at large row counts have spent the backend's algorithm-timing budget
         // (a product timed during a measured level makes the engine wait: session 13 saw a 64-stream level run alone with

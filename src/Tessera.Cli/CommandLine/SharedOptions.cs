@@ -91,16 +91,16 @@ public static class SharedOptions
         return option;
     }
 
-    /// <summary>--kv-dtype model|int8: what serving's paged KV cache holds (null: the model's dtype; I8: int8 with a scale
-    /// per position and head).</summary>
+    /// <summary>--kv-dtype model|int8|fp8: what serving's paged KV cache holds (null: the model's dtype; I8: int8 values, F8E4M3:
+    /// OCP E4M3 codes, each with a scale per position and head).</summary>
     public static Option<DType?> KvDType()
     {
-        string[] names = ["model", "int8"];
+        string[] names = ["model", "int8", "fp8"];
         var option = new Option<DType?>("--kv-dtype")
         {
-            Description = "what the paged KV cache holds: the model's dtype, or int8 with one scale per position and head " +
-                "(quantized as keys and values are written: ~1.9x the positions in --kv-memory at head size 64 against bf16) [default: model]",
-            HelpName = "model|int8",
+            Description = "what the paged KV cache holds: the model's dtype, or int8 values or fp8 (E4M3) codes with one scale per position " +
+                "and head (quantized as keys and values are written: ~1.9x the positions in --kv-memory at head size 64 against bf16) [default: model]",
+            HelpName = "model|int8|fp8",
             DefaultValueFactory = _ => null,
             CustomParser = result =>
             {
@@ -109,8 +109,9 @@ public static class SharedOptions
                 {
                     case "model": return null;
                     case "int8": return Tessera.Tensors.DType.I8;
+                    case "fp8": return Tessera.Tensors.DType.F8E4M3;
                     default:
-                        result.AddError($"--kv-dtype '{text}': expected model (the model's dtype) or int8");
+                        result.AddError($"--kv-dtype '{text}': expected model (the model's dtype), int8 or fp8");
                         return null;
                 }
             },

@@ -197,7 +197,12 @@ public sealed class ServeCommand : Command
             $"{model.WeightBytes / (1024.0 * 1024):F1} MiB of weights) at {server.BaseAddress}");
         if (parse.GetValue(_quantize) == WeightQuantization.Fp8 && Fp8Support.Caveat(backend, dtype) is { Length: > 0 } caveat) terminal.Line($"  fp8: {caveat}");
         if (PretrainedModel.WeightsNote(directory) is { } weightsNote) terminal.Line($"  {weightsNote}");
-        string kvKind = engineOptions.Cache.DType == DType.I8 ? " (int8, a scale per position and head)" : "";
+        string kvKind = engineOptions.Cache.DType switch
+        {
+            DType.I8 => " (int8, a scale per position and head)",
+            DType.F8E4M3 => " (fp8 e4m3, a scale per position and head)",
+            _ => "",
+        };
         terminal.Line($"  KV cache: {m.KvBlocksTotal} blocks of {engineOptions.Cache.BlockSize} positions{kvKind}; batch up to {engineOptions.Scheduler.MaxBatch}, " +
             $"{engineOptions.Scheduler.TokenBudget} tokens per step; context {engine.MaxSequenceLength}; chat template: {(format.IsFallback ? "ChatML fallback" : format.Template.Name)}");
         if (engineOptions.Speculation.Enabled)

@@ -1,5 +1,6 @@
 using System.Reflection;
 using Tessera.Cuda.Runtime;
+using Tessera.Tensors;
 
 namespace Tessera.Cuda.Compilation;
 
@@ -42,41 +43,62 @@ public sealed class KernelLibrary : IDisposable
     public static IReadOnlySet<string> ArchitectureSpecificFiles { get; } = new HashSet<string> { "flash_attention_hopper.cu", "decode_gemm_hopper.cu" };
 
     /// <summary>
-    /// Kernel files that also hold the int8 KV cache's kernels (<c>_i8</c> instantiations over an I8 pool and its scales), behind
-    /// <c>#ifdef TESSERA_INT8_KV</c>: a 16-bit cache loads the file's plain module, which never compiles them, and an int8
-    /// cache loads <see cref="Int8KvModule"/>, the file compiled with the switch on. Why: with both in one module (session 26,
-    /// a fresh H200), the first int8 paged attention test took 130 s, nearly all of it compiling, where the first paged serving
-    /// test before the int8 kernels took 54; every 16-bit server and training run would have paid that on its first start.
+    /// Kernel files that also hold the quantized KV caches' kernels (<c>_i8</c> instantiations over an I8 pool and its scales
+    /// behind <c>#ifdef TESSERA_INT8_KV</c>, <c>_f8</c> ones over an F8E4M3 pool behind <c>#ifdef TESSERA_FP8_KV</c>): a 16-bit
+    /// cache loads the file's plain module, which compiles neither, and a quantized cache loads
+    /// <see cref="QuantizedKvModule"/>, the file compiled with its code's switch on (one code a module: an int8 cache never
+    /// compiles the FP8 forms, nor the reverse). Why: with both in one module (session 26, a fresh H200), the first int8 paged
+    /// attention test took 130 s, nearly all of it compiling, where the first paged serving test before the int8 kernels took
+    /// 54; every 16-bit server and training run would have paid that on its first start.
     /// </summary>
-    public static IReadOnlySet<string> Int8KvFiles { get; } = new HashSet<string> { "paged_attention.cu", "flash_attention.cu", "flash_attention_hopper.cu" };
+    public static IReadOnlySet<string> QuantizedKvFiles { get; } = new HashSet<string> { "paged_attention.cu", "flash_attention.cu", "flash_attention_hopper.cu" };
 
-    private const string Int8KvVariant = "#int8-kv";
+    // The variants' module-name suffixes and the switches they define, per quantized pool dtype.
+    private static readonly (DType PoolDType, string Suffix, string Switch)[] KvVariants =
+        [(DType.I8, "#int8-kv", "TESSERA_INT8_KV"), (DType.F8E4M3, "#fp8-kv", "TESSERA_FP8_KV")];
 
-    /// <summary>The module name of <paramref name="fileName"/> compiled with its int8 KV cache kernels (an <see cref="Int8KvFiles"/> entry).</summary>
-    /// <exception cref="ArgumentException">The file holds no int8 KV cache kernels.</exception>
-    public static string Int8KvModule(string fileName) => Int8KvFiles.Contains(fileName)
-        ? fileName + Int8KvVariant
-        : throw new ArgumentException($"kernel file '{fileName}' holds no int8 KV cache kernels; those that do: {string.Join(", ", Int8KvFiles)}", nameof(fileName));
+    /// <summary>The module name of <paramref name="fileName"/> compiled with the kernels over a quantized pool of
+    /// <paramref name="poolDType"/> (I8 or F8E4M3; a <see cref="QuantizedKvFiles"/> entry).</summary>
+    /// <exception cref="ArgumentException">The file holds no quantized KV cache kernels, or <paramref name="poolDType"/> is no
+    /// quantized pool's.</exception>
+    public static string QuantizedKvModule(string fileName, DType poolDType)
+    {
+        if (!QuantizedKvFiles.Contains(fileName))
+            throw new ArgumentException($"kernel file '{fileName}' holds no quantized KV cache kernels; those that do: {string.Join(", ", QuantizedKvFiles)}", nameof(fileName));
+        foreach (var v in KvVariants) if (v.PoolDType == poolDType) return fileName + v.Suffix;
+        throw new ArgumentException($"a {poolDType} KV pool has no kernels of its own; quantized pools are {string.Join(" or ", KvVariants.Select(v => v.PoolDType))}", nameof(poolDType));
+    }
 
-    /// <summary>Every module name beyond the plain files: each <see cref="Int8KvFiles"/> entry's <see cref="Int8KvModule"/>.</summary>
-    public static IEnumerable<string> VariantModules => Int8KvFiles.Order(StringComparer.Ordinal).Select(Int8KvModule);
+    /// <summary>Every module name beyond the plain files: each <see cref="QuantizedKvFiles"/> entry's
+    /// <see cref="QuantizedKvModule"/> for I8 and for F8E4M3.</summary>
+    public static IEnumerable<string> VariantModules =>
+        QuantizedKvFiles.Order(StringComparer.Ordinal).SelectMany(f => KvVariants.Select(v => QuantizedKvModule(f, v.PoolDType)));
 
-    /// <summary>The kernel file of module <paramref name="moduleName"/> (a file name, or <see cref="Int8KvModule"/>'s), and whether it is the int8-KV variant.</summary>
-    private static (string File, bool Int8Kv) Parse(string moduleName) => moduleName.EndsWith(Int8KvVariant, StringComparison.Ordinal)
-        ? (moduleName[..^Int8KvVariant.Length], true)
-        : (moduleName, false);
+    /// <summary>The kernel file of module <paramref name="moduleName"/> (a file name, or <see cref="QuantizedKvModule"/>'s), and
+    /// the switch its variant defines (null for a plain file).</summary>
+    private static (string File, string? Switch) Parse(string moduleName)
+    {
+        foreach (var v in KvVariants)
+            if (moduleName.EndsWith(v.Suffix, StringComparison.Ordinal))
+            {
+                string file = moduleName[..^v.Suffix.Length];
+                _ = QuantizedKvModule(file, v.PoolDType);   // a variant of a file without quantized KV kernels is refused, naming it
+                return (file, v.Switch);
+            }
+        return (moduleName, null);
+    }
 
     /// <summary>
-    /// The source NVRTC compiles for module <paramref name="moduleName"/> (a kernel file, or <see cref="Int8KvModule"/> of one):
-    /// <c>#define TESSERA_INT8_KV</c> for the int8-KV variant, then common.cuh, then hopper.cuh (the wgmma helpers) for an
-    /// <see cref="ArchitectureSpecificFiles"/> entry, then the file, each after a #line that keeps compiler messages pointing into it.
+    /// The source NVRTC compiles for module <paramref name="moduleName"/> (a kernel file, or <see cref="QuantizedKvModule"/> of
+    /// one): <c>#define TESSERA_INT8_KV</c> or <c>TESSERA_FP8_KV</c> for a quantized-KV variant, then common.cuh, then hopper.cuh
+    /// (the wgmma helpers) for an <see cref="ArchitectureSpecificFiles"/> entry, then the file, each after a #line that keeps
+    /// compiler messages pointing into it.
     /// </summary>
     public static string ComposedSource(string moduleName)
     {
-        var (fileName, int8Kv) = Parse(moduleName);
-        if (int8Kv) _ = Int8KvModule(fileName);   // a variant of a file without int8 KV kernels is refused, naming it
+        var (fileName, kvSwitch) = Parse(moduleName);
         var parts = ArchitectureSpecificFiles.Contains(fileName) ? new[] { "common.cuh", "hopper.cuh", fileName } : ["common.cuh", fileName];
-        return (int8Kv ? "#define TESSERA_INT8_KV 1\n" : "") + string.Concat(parts.Select(f => $"#line 1 \"{f}\"\n" + EmbeddedSource(f) + "\n"));
+        return (kvSwitch is null ? "" : $"#define {kvSwitch} 1\n") + string.Concat(parts.Select(f => $"#line 1 \"{f}\"\n" + EmbeddedSource(f) + "\n"));
     }
 
     /// <summary>NVRTC options for module <paramref name="moduleName"/> on this device: sm_90a for an
@@ -98,7 +120,7 @@ public sealed class KernelLibrary : IDisposable
         return reader.ReadToEnd();
     }
 
-    /// <summary>The module compiled from embedded file <paramref name="fileName"/> (or the variant <see cref="Int8KvModule"/> names).</summary>
+    /// <summary>The module compiled from embedded file <paramref name="fileName"/> (or the variant <see cref="QuantizedKvModule"/> names).</summary>
     public CudaModule Module(string fileName)
     {
         lock (_lock)

@@ -601,14 +601,16 @@ template <typename T> struct PagedRowsSw128
     }
 };
 
-// ---- int8 paged KV pools (Tessera.Tensors.PagedKvPool)
-// A pool of signed bytes (Blocks, BlockSize, 2K, D) with one fp32 scale per (position, head) in scales (Blocks,
-// BlockSize, 2K): head r of slot s stands for scales[s * 2K + r] * pool[(s * 2K + r) * D + d]. paged_append_i8 writes
-// them (symmetric: scale = max|row| / 127, a row of zeros scale 0); every attention kernel that reads a pool of T is also
-// instantiated over P = signed char, reading these helpers instead of T's loads: KvVec for the CUDA-core kernels'
-// registers, PagedRowsI8 / PagedRowsSw128I8 for the tensor-core kernels' shared-memory tiles (the row sources' loaders,
-// dequantizing into the 16-bit tile the kernel's ldmatrix or wgmma reads: the tile and everything after it are the
-// 16-bit kernel's own). For P = T every helper is the kernel's former code.
+// ---- quantized paged KV pools (Tessera.Tensors.PagedKvPool): a byte a value, int8 values or FP8 E4M3 codes
+// A pool of bytes (Blocks, BlockSize, 2K, D) with one fp32 scale per (position, head) in scales (Blocks, BlockSize, 2K):
+// head r of slot s stands for scales[s * 2K + r] * Code::value(pool[(s * 2K + r) * D + d]), the code being the pool's
+// (KvCode: Int8Code for a pool of signed char, Fp8Code for one of unsigned char). paged_append_q writes them (symmetric:
+// scale = max|row| / Code::levels, a row of zeros scale 0); every attention kernel that reads a pool of T is also
+// instantiated over P = signed char and P = unsigned char, reading these helpers instead of T's loads: KvVec for the
+// CUDA-core kernels' registers, PagedRowsQuantized / PagedRowsSw128Quantized for the tensor-core kernels' shared-memory
+// tiles (the row sources' loaders, dequantizing into the 16-bit tile the kernel's ldmatrix or wgmma reads: the tile and
+// everything after it are the 16-bit kernel's own). For P = T every helper is the kernel's former code.
+// Each code's instantiations sit in a module of their own (KernelLibrary.QuantizedKvModule): FOR_KV_CODES below.
 
 // x rounded to the nearest integer, ties to even (the CPU's MidpointRounding.ToEven).
 __device__ __forceinline__ float round_even(float x)
@@ -650,33 +652,81 @@ __device__ __forceinline__ float e4m3_to_f(unsigned char c)
     return __uint_as_float(sign | ((e + 120u) << 23) | (m << 20));
 }
 
+// The value a stored byte stands for before its row's scale, and how a quantizing append writes it (the KV cache's
+// paged_append_q; Tessera.Tensors.PagedKvPool.QuantizeRow on the CPU, the same fp32 operations): with big = max|row| > 0
+// and scale = div_rn(big, levels), encode(x, row_factor(big, scale)) is the code of x. Shared by quantized.cu (the
+// quantized weights' dequantization and lookups) and the quantized KV pools.
+// Int8Code: an int8 value; x (127 / big) rounded to nearest even, clamped to [-127, 127] (Int8Quantization.QuantizeRow).
+struct Int8Code
+{
+    typedef signed char Byte;
+    static constexpr float levels = 127.f;
+    __device__ __forceinline__ static float value(signed char b) { return (float)b; }
+    __device__ __forceinline__ static float row_factor(float big, float) { return div_rn(127.f, big); }
+    __device__ __forceinline__ static signed char encode(float x, float factor)
+    {
+        return (signed char)fminf(fmaxf(round_even(mul_rn(x, factor)), -127.f), 127.f);
+    }
+};
+// Fp8Code: an OCP E4M3 code (e4m3_to_f); e4m3(x / scale), an IEEE division (Fp8Quantization.QuantizeKvRow).
+struct Fp8Code
+{
+    typedef unsigned char Byte;
+    static constexpr float levels = 448.f;
+    __device__ __forceinline__ static float value(unsigned char b) { return e4m3_to_f(b); }
+    __device__ __forceinline__ static float row_factor(float, float scale) { return scale; }
+    __device__ __forceinline__ static unsigned char encode(float x, float scale) { return e4m3_from_f(div_rn(x, scale)); }
+};
+
+// The code of a quantized pool's element type P (a pool of T has none: the primary template is empty, which takes the
+// row sources' overloads for quantized pools out of a 16-bit pool's overload set).
+template <typename P> struct KvCode {};
+template <> struct KvCode<signed char> { typedef Int8Code type; };
+template <> struct KvCode<unsigned char> { typedef Fp8Code type; };
+
+// The quantized pool codes a module holds kernels for, each as MACRO(code, P): i8 (int8 values, P = signed char) in the
+// module compiled with TESSERA_INT8_KV, f8 (E4M3 codes, P = unsigned char) in the one with TESSERA_FP8_KV; none in a plain
+// module (KernelLibrary.QuantizedKvModule: a 16-bit cache and training never compile them).
+#ifdef TESSERA_INT8_KV
+#define KV_CODE_I8(MACRO) MACRO(i8, signed char)
+#else
+#define KV_CODE_I8(MACRO)
+#endif
+#ifdef TESSERA_FP8_KV
+#define KV_CODE_F8(MACRO) MACRO(f8, unsigned char)
+#else
+#define KV_CODE_F8(MACRO)
+#endif
+#define FOR_KV_CODES(MACRO) KV_CODE_I8(MACRO) KV_CODE_F8(MACRO)
+// MACRO(code, P, name, t) for each floating-point type, as FOR_FLOAT_TYPES, within a FOR_KV_CODES expansion.
+#define FOR_FLOAT_TYPES_OF(MACRO, code, P) MACRO(code, P, f32, float) MACRO(code, P, bf16, bf16) MACRO(code, P, f16, f16)
+
 // N bytes (4 or 8) loaded as one access.
 template <int N> struct alignas(N) BytesN { unsigned w[N / 4]; };
-template <int N> __device__ __forceinline__ float byte_at(const BytesN<N>& v, int j) { return (float)(signed char)(v.w[j >> 2] >> (8 * (j & 3))); }
+// Byte j of v decoded by Code, as fp32.
+template <typename Code, int N> __device__ __forceinline__ float code_at(const BytesN<N>& v, int j)
+{
+    return Code::value((typename Code::Byte)((v.w[j >> 2] >> (8 * (j & 3))) & 0xffu));
+}
 
 // The scale of value (or key) head row `at` of a pool of P (1 for a floating-point pool, never read), and an element of
 // it as fp32.
 template <typename P> __device__ __forceinline__ float kv_scale(const float*, i64) { return 1.f; }
 template <> __device__ __forceinline__ float kv_scale<signed char>(const float* scales, i64 at) { return scales[at]; }
+template <> __device__ __forceinline__ float kv_scale<unsigned char>(const float* scales, i64 at) { return scales[at]; }
 template <typename P> __device__ __forceinline__ float kv_value(P v, float) { return to_f(v); }
-__device__ __forceinline__ float kv_value(signed char v, float scale) { return (float)v * scale; }
+__device__ __forceinline__ float kv_value(signed char v, float scale) { return Int8Code::value(v) * scale; }
+__device__ __forceinline__ float kv_value(unsigned char v, float scale) { return Fp8Code::value(v) * scale; }
 
 // 16 / sizeof(T) consecutive elements of one head row of a pool of P, as the vectorized decode kernels hold them in
-// registers between the load and the use: the 16 raw bytes of T, or as many int8 values and the row's scale.
-template <typename T, typename P> struct KvVec;
-template <typename T> struct KvVec<T, T>
+// registers between the load and the use: the 16 raw bytes of T, or as many one-byte codes (KvCode<P>) and the row's scale.
+template <typename T, typename P> struct KvVec
 {
-    Bytes16 raw;
-    __device__ __forceinline__ void load(const T* p, const float*, i64) { raw = *reinterpret_cast<const Bytes16*>(p); }
-    __device__ __forceinline__ void clear() { raw = Bytes16{}; }
-    __device__ __forceinline__ void unpack(float* out) const { unpack16<T>(raw, out); }
-};
-template <typename T> struct KvVec<T, signed char>
-{
+    typedef typename KvCode<P>::type Code;
     static constexpr int VE = 16 / sizeof(T);
     BytesN<VE> raw;
     float scale;
-    __device__ __forceinline__ void load(const signed char* p, const float* scales, i64 at)
+    __device__ __forceinline__ void load(const P* p, const float* scales, i64 at)
     {
         raw = *reinterpret_cast<const BytesN<VE>*>(p);
         scale = scales[at];
@@ -685,8 +735,15 @@ template <typename T> struct KvVec<T, signed char>
     __device__ __forceinline__ void unpack(float* out) const
     {
 #pragma unroll
-        for (int j = 0; j < VE; j++) out[j] = byte_at(raw, j) * scale;
+        for (int j = 0; j < VE; j++) out[j] = code_at<Code>(raw, j) * scale;
     }
+};
+template <typename T> struct KvVec<T, T>
+{
+    Bytes16 raw;
+    __device__ __forceinline__ void load(const T* p, const float*, i64) { raw = *reinterpret_cast<const Bytes16*>(p); }
+    __device__ __forceinline__ void clear() { raw = Bytes16{}; }
+    __device__ __forceinline__ void unpack(float* out) const { unpack16<T>(raw, out); }
 };
 
 // 16 bytes to shared memory at a shared-space address.
@@ -699,18 +756,18 @@ __device__ __forceinline__ void sts_u32x4(unsigned addr, const unsigned (&r)[4])
 #endif
 }
 
-// Eight int8 values times their row's scale, as four words of two T each (T bf16 or f16: Mma<T>::pack's rounding).
-template <typename T> __device__ __forceinline__ void dequantize8(const BytesN<8>& v, float scale, unsigned (&w)[4])
+// Eight codes times their row's scale, as four words of two T each (T bf16 or f16: Mma<T>::pack's rounding).
+template <typename T, typename Code> __device__ __forceinline__ void dequantize8(const BytesN<8>& v, float scale, unsigned (&w)[4])
 {
 #pragma unroll
-    for (int j = 0; j < 4; j++) w[j] = Mma<T>::pack(byte_at(v, 2 * j) * scale, byte_at(v, 2 * j + 1) * scale);
+    for (int j = 0; j < 4; j++) w[j] = Mma<T>::pack(code_at<Code>(v, 2 * j) * scale, code_at<Code>(v, 2 * j + 1) * scale);
 }
 
-// Dequantizes N chunks of 8 int8 values into shared memory: chunk k comes from pool slot slot_of(k) (negative: zeros,
-// nothing read), values at base + slot * stride + c * 8 with the scale at scales[slot * scale_stride], and goes to the
-// shared-space address dst_of(k) as 8 values of T. Every chunk's loads are issued before any is converted and stored.
-template <typename T, int N, typename SlotOf, typename DstOf>
-__device__ __forceinline__ void dequantize_chunks(const signed char* base, const float* scales, i64 stride, int scale_stride, int c,
+// Dequantizes N chunks of 8 codes into shared memory: chunk k comes from pool slot slot_of(k) (negative: zeros, nothing
+// read), codes at base + slot * stride + c * 8 with the scale at scales[slot * scale_stride], and goes to the shared-space
+// address dst_of(k) as 8 values of T. Every chunk's loads are issued before any is converted and stored.
+template <typename T, typename Code, int N, typename SlotOf, typename DstOf>
+__device__ __forceinline__ void dequantize_chunks(const typename Code::Byte* base, const float* scales, i64 stride, int scale_stride, int c,
                                                   SlotOf slot_of, DstOf dst_of)
 {
     BytesN<8> v[N];
@@ -731,32 +788,32 @@ __device__ __forceinline__ void dequantize_chunks(const signed char* base, const
     for (int k = 0; k < N; k++)
     {
         unsigned w[4];
-        dequantize8<T>(v[k], s[k], w);
+        dequantize8<T, Code>(v[k], s[k], w);
         sts_u32x4(dst_of(k), w);
     }
 }
 
-// PagedRows over an int8 pool: the same rows, table lookups, limits and swizzled 16-bit tile, each thread's 16-byte
-// chunk (8 values) dequantized from 8 bytes and the row's scale and stored (not copied asynchronously: the kernels'
-// cp_async_wait and __syncthreads before a tile is read cover plain stores too, and the stage a load refills has been
-// released by the same barriers). A thread issues all its rows' loads before it converts and stores any.
-template <typename T> struct PagedRowsI8
+// PagedRows over a quantized pool of Code: the same rows, table lookups, limits and swizzled 16-bit tile, each thread's
+// 16-byte chunk (8 values) dequantized from 8 codes and the row's scale and stored (not copied asynchronously: the
+// kernels' cp_async_wait and __syncthreads before a tile is read cover plain stores too, and the stage a load refills has
+// been released by the same barriers). A thread issues all its rows' loads before it converts and stores any.
+template <typename T, typename Code> struct PagedRowsQuantized
 {
-    const signed char* base;   // at the kv head
-    const float* scales;       // at the kv head: position slot's scale at scales[slot * scale_stride]
+    const typename Code::Byte* base;   // at the kv head
+    const float* scales;               // at the kv head: position slot's scale at scales[slot * scale_stride]
     const int* table;
     int block_size;
-    i64 stride;                // 2K * D
-    int scale_stride;          // 2K
+    i64 stride;                        // 2K * D
+    int scale_stride;                  // 2K
     int first;
     int table_first = 0;
     template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
     {
         constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-        static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && RS % 8 == 0, "PagedRowsI8::load: thread count must tile the rows");
+        static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && RS % 8 == 0, "PagedRowsQuantized::load: thread count must tile the rows");
         const int r = tid / CH, c = tid % CH;
         const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
-        dequantize_chunks<T, N>(base, scales, stride, scale_stride, c,
+        dequantize_chunks<T, Code, N>(base, scales, stride, scale_stride, c,
             [&](int k) {
                 const int p = row0 + r + k * RS;
                 return p < limit && p >= first ? (i64)table[p / block_size - table_first] * block_size + p % block_size : (i64)-1;
@@ -765,10 +822,10 @@ template <typename T> struct PagedRowsI8
     }
 };
 
-// PagedRowsSw128 over an int8 pool (flash_attention_hopper.cu's tiles), as PagedRowsI8 is PagedRows'.
-template <typename T> struct PagedRowsSw128I8
+// PagedRowsSw128 over a quantized pool (flash_attention_hopper.cu's tiles), as PagedRowsQuantized is PagedRows'.
+template <typename T, typename Code> struct PagedRowsSw128Quantized
 {
-    const signed char* base;
+    const typename Code::Byte* base;
     const float* scales;
     const int* table;
     int block_size;
@@ -777,10 +834,10 @@ template <typename T> struct PagedRowsSw128I8
     template <int D, int ROWS, int NT> __device__ __forceinline__ void load(unsigned dst, int row0, int limit, int tid) const
     {
         constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-        static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "PagedRowsSw128I8::load: NT threads must tile the rows");
+        static_assert(RS % 8 == 0 && (ROWS * CH) % NT == 0, "PagedRowsSw128Quantized::load: NT threads must tile the rows");
         const int r = tid / CH, c = tid % CH;
         const unsigned d0 = dst + sw128_offset<ROWS>(r, c);
-        dequantize_chunks<T, N>(base, scales, stride, scale_stride, c,
+        dequantize_chunks<T, Code, N>(base, scales, stride, scale_stride, c,
             [&](int k) {
                 const int p = row0 + r + k * RS;
                 return p < limit ? (i64)table[p / block_size] * block_size + p % block_size : (i64)-1;
@@ -789,30 +846,33 @@ template <typename T> struct PagedRowsSw128I8
     }
 };
 
-// The row source of kv head `head` of a paged pool of T or of int8 (overloaded on the pool's pointer): base is the pool at
-// that head; scales the pool's scales (unused for T).
+// The row source of kv head `head` of a paged pool of T or of a quantized pool (overloaded on the pool's pointer; the
+// quantized overloads exist only for a P with a KvCode): base is the pool at that head; scales the pool's scales (unused
+// for T).
 template <typename T>
 __device__ __forceinline__ PagedRows<T> pool_rows(const T* base, const float*, int, int, const int* table, int block_size, i64 stride,
                                                   int first, int table_first = 0)
 {
     return PagedRows<T>{base, table, block_size, stride, first, table_first};
 }
-template <typename T>
-__device__ __forceinline__ PagedRowsI8<T> pool_rows(const signed char* base, const float* scales, int head, int scale_stride, const int* table,
-                                                    int block_size, i64 stride, int first, int table_first = 0)
+template <typename T, typename P>
+__device__ __forceinline__ PagedRowsQuantized<T, typename KvCode<P>::type> pool_rows(const P* base, const float* scales, int head, int scale_stride,
+                                                                                     const int* table, int block_size, i64 stride, int first,
+                                                                                     int table_first = 0)
 {
-    return PagedRowsI8<T>{base, scales + head, table, block_size, stride, scale_stride, first, table_first};
+    return PagedRowsQuantized<T, typename KvCode<P>::type>{base, scales + head, table, block_size, stride, scale_stride, first, table_first};
 }
 template <typename T>
 __device__ __forceinline__ PagedRowsSw128<T> pool_rows_sw128(const T* base, const float*, int, int, const int* table, int block_size, i64 stride)
 {
     return PagedRowsSw128<T>{base, table, block_size, stride};
 }
-template <typename T>
-__device__ __forceinline__ PagedRowsSw128I8<T> pool_rows_sw128(const signed char* base, const float* scales, int head, int scale_stride,
-                                                               const int* table, int block_size, i64 stride)
+template <typename T, typename P>
+__device__ __forceinline__ PagedRowsSw128Quantized<T, typename KvCode<P>::type> pool_rows_sw128(const P* base, const float* scales, int head,
+                                                                                                int scale_stride, const int* table,
+                                                                                                int block_size, i64 stride)
 {
-    return PagedRowsSw128I8<T>{base, scales + head, table, block_size, stride, scale_stride};
+    return PagedRowsSw128Quantized<T, typename KvCode<P>::type>{base, scales + head, table, block_size, stride, scale_stride};
 }
 
 // ---- serving's flattened batches: which sequence holds the x-th item

@@ -267,8 +267,8 @@ __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* l
 // order (the host launches an upper bound; CTAs past the last tile return), found by common.cuh's find_prefill_tile (warp
 // 0's prefix sum over the sequences' tile counts, 32 sequences at a time). window: as in flash_forward (1 << 30 for none);
 // the key blocks left of the tile's first query's window are neither loaded nor looked up in the table.
-// Over an int8 pool (P = signed char, with its scales): the same tile over common.cuh's PagedRowsI8, which dequantizes the
-// pool's rows into the 16-bit K and V tiles.
+// Over a quantized pool (P = signed char or unsigned char, with its scales): the same tile over common.cuh's
+// PagedRowsQuantized, which dequantizes the pool's rows into the 16-bit K and V tiles.
 template <typename T, int D, typename P = T>
 __device__ void paged_prefill(const T* q, const P* pool, T* out, const int* tables, const int* starts, const int* lengths, int B,
     int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window, const float* scales = nullptr)
@@ -1000,21 +1000,17 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
                                     starts, window);                                                            \
     }
 
-// Over an int8 pool (the int8-KV module only, KernelLibrary.Int8KvModule: 16-bit caches and training never compile it):
-// paged_prefill_i8_<type>_d<D>, the same arguments with the pool's int8 values and its scales last.
-#ifdef TESSERA_INT8_KV
-#define PAGED_PREFILL_I8(n, T, D)                                                                               \
-    extern "C" __global__ void __launch_bounds__(128) paged_prefill_i8_##n##_d##D(const T* q,                  \
-        const signed char* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H, \
+// Over a quantized pool (its code's module only, KernelLibrary.QuantizedKvModule: 16-bit caches and training never compile
+// it): paged_prefill_<code>_<type>_d<D> (code i8 or f8), the same arguments with the pool's codes and its scales last.
+#define PAGED_PREFILL_Q_ONE(code, P, n, T, D)                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) paged_prefill_##code##_##n##_d##D(const T* q,           \
+        const P* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H,         \
         int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window,         \
         const float* scales)                                                                                    \
     {                                                                                                           \
-        paged_prefill<T, D, signed char>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, \
-                                         q_n, q_h, scale, min_rows, window, scales);                            \
+        paged_prefill<T, D, P>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks,          \
+                               q_n, q_h, scale, min_rows, window, scales);                                      \
     }
-#else
-#define PAGED_PREFILL_I8(n, T, D)
-#endif
 
 #define FLASH(n, T, D)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) flash_forward_##n##_d##D(const T* q, const T* k,          \
@@ -1046,7 +1042,6 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         paged_prefill<T, D>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, q_n, q_h,   \
                             scale, min_rows, window);                                                           \
     }                                                                                                           \
-    PAGED_PREFILL_I8(n, T, D)                                                                                   \
     extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
         int H, int splits, Strides3 os)                                                                         \
     {                                                                                                           \
@@ -1080,3 +1075,7 @@ FLASH(bf16, bf16, 64)
 FLASH(bf16, bf16, 128)
 FLASH(f16, f16, 64)
 FLASH(f16, f16, 128)
+
+#define PAGED_PREFILL_Q(code, P) PAGED_PREFILL_Q_ONE(code, P, bf16, bf16, 64) PAGED_PREFILL_Q_ONE(code, P, bf16, bf16, 128) \
+    PAGED_PREFILL_Q_ONE(code, P, f16, f16, 64) PAGED_PREFILL_Q_ONE(code, P, f16, f16, 128)
+FOR_KV_CODES(PAGED_PREFILL_Q)

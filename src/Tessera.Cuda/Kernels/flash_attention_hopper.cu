@@ -214,8 +214,8 @@ __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* 
 // its tile-finding prologue (find_prefill_tile) over tiles of 64 WGS rows. K and V through the block table
 // (PagedRowsSw128). window must be none (1 << 30): the host sends windowed calls to paged_prefill, as this tile masks no
 // window.
-// Over an int8 pool (P = signed char, with its scales): common.cuh's PagedRowsSw128I8 dequantizes the rows into the same
-// swizzled 16-bit tiles.
+// Over a quantized pool (P = signed char or unsigned char, with its scales): common.cuh's PagedRowsSw128Quantized
+// dequantizes the rows into the same swizzled 16-bit tiles.
 template <typename T, int D, int WGS, typename P = T>
 __device__ void paged_prefill_hopper(const T* q, const P* pool, T* out, const int* tables, const int* starts, const int* lengths,
     int B, int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, const float* scales = nullptr)
@@ -283,32 +283,29 @@ PAGED_PREFILL_HOPPER(bf16, bf16, 128)
 PAGED_PREFILL_HOPPER(f16, f16, 64)
 PAGED_PREFILL_HOPPER(f16, f16, 128)
 
-// Over an int8 pool: paged_prefill_hopper[_wg1]_i8_<type>_d<D>, the same arguments with the pool's int8 values and its
-// scales last.
-#define PAGED_PREFILL_HOPPER_I8(n, T, D)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256, 1) paged_prefill_hopper_i8_##n##_d##D(const T* q,       \
-        const signed char* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H, \
+// Over a quantized pool: paged_prefill_hopper[_wg1]_<code>_<type>_d<D> (code i8 or f8, each in its own module:
+// FOR_KV_CODES), the same arguments with the pool's codes and its scales last.
+#define PAGED_PREFILL_HOPPER_Q_ONE(code, P, n, T, D)                                                            \
+    extern "C" __global__ void __launch_bounds__(256, 1) paged_prefill_hopper_##code##_##n##_d##D(const T* q, \
+        const P* pool, T* out, const int* tables, const int* starts, const int* lengths, int B, int H,         \
         int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows, int window,         \
         const float* scales)                                                                                    \
     {                                                                                                           \
-        paged_prefill_hopper<T, D, 2, signed char>(q, pool, out, tables, starts, lengths, B, H, K, block_size,  \
-                                                   max_blocks, q_n, q_h, scale, min_rows, scales);              \
+        paged_prefill_hopper<T, D, 2, P>(q, pool, out, tables, starts, lengths, B, H, K, block_size,            \
+                                         max_blocks, q_n, q_h, scale, min_rows, scales);                        \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) paged_prefill_hopper_wg1_i8_##n##_d##D( \
-        const T* q, const signed char* pool, T* out, const int* tables, const int* starts, const int* lengths,  \
+    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) paged_prefill_hopper_wg1_##code##_##n##_d##D( \
+        const T* q, const P* pool, T* out, const int* tables, const int* starts, const int* lengths,            \
         int B, int H, int K, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale, int min_rows,       \
         int window, const float* scales)                                                                        \
     {                                                                                                           \
-        paged_prefill_hopper<T, D, 1, signed char>(q, pool, out, tables, starts, lengths, B, H, K, block_size,  \
-                                                   max_blocks, q_n, q_h, scale, min_rows, scales);              \
+        paged_prefill_hopper<T, D, 1, P>(q, pool, out, tables, starts, lengths, B, H, K, block_size,            \
+                                         max_blocks, q_n, q_h, scale, min_rows, scales);                        \
     }
-
-#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): training and 16-bit caches never compile these
-PAGED_PREFILL_HOPPER_I8(bf16, bf16, 64)
-PAGED_PREFILL_HOPPER_I8(bf16, bf16, 128)
-PAGED_PREFILL_HOPPER_I8(f16, f16, 64)
-PAGED_PREFILL_HOPPER_I8(f16, f16, 128)
-#endif
+#define PAGED_PREFILL_HOPPER_Q(code, P) PAGED_PREFILL_HOPPER_Q_ONE(code, P, bf16, bf16, 64)                      \
+    PAGED_PREFILL_HOPPER_Q_ONE(code, P, bf16, bf16, 128) PAGED_PREFILL_HOPPER_Q_ONE(code, P, f16, f16, 64)      \
+    PAGED_PREFILL_HOPPER_Q_ONE(code, P, f16, f16, 128)
+FOR_KV_CODES(PAGED_PREFILL_HOPPER_Q)
 
 // ------------------------------------------------------------------------------------ backward
 // flash_attention.cu's flash_backward contract (S = T, no window): lse and delta (B,H,T) fp32 (delta = rowsum(dO o O),

@@ -29,13 +29,14 @@ template <typename W> __device__ void paged_append(const W* kv, W* pool, const i
     }
 PAGED_APPEND(b2, unsigned short) PAGED_APPEND(b4, unsigned int) PAGED_APPEND(b8, unsigned long long)
 
-// An int8 pool (common.cuh's int8 paged KV pools): each (row n, head r) of kv quantized into pool[slots[n], r, :] with its
-// scale in scales[slots[n], r]: scale = max|x| / 127, values round-to-nearest-even of x * (127 / max|x|) clamped to
-// [-127, 127], in fp32 with single roundings (Tessera.Tensors.Int8Quantization.QuantizeRow's operations, so the CPU backend
-// writes the same bytes); a row of zeros gets scale 0 and zeros, a row with a value that is not finite a NaN scale and zeros.
-// A warp per (row, head), grid-stride over them.
-template <typename T>
-__device__ void paged_append_i8(const T* kv, signed char* pool, float* scales, const int* slots, int N, int R, int D, i64 kv_n, i64 kv_r)
+// A quantized pool (common.cuh's quantized paged KV pools; Code Int8Code or Fp8Code): each (row n, head r) of kv quantized
+// into pool[slots[n], r, :] with its scale in scales[slots[n], r]: scale = max|x| / Code::levels (127 or 448) by an IEEE
+// fp32 division, then each code Code::encode(x, Code::row_factor(max|x|, scale)) with single fp32 roundings: for int8 the
+// round-to-nearest-even of x * (127 / max|x|) clamped to [-127, 127], for E4M3 e4m3(x / scale) (Tessera.Tensors.PagedKvPool.
+// QuantizeRow's operations, so the CPU backend writes the same bytes); a row of zeros gets scale 0 and zero codes, a row with
+// a value that is not finite a NaN scale and zero codes. A warp per (row, head), grid-stride over them.
+template <typename T, typename Code>
+__device__ void paged_append_q(const T* kv, typename Code::Byte* pool, float* scales, const int* slots, int N, int R, int D, i64 kv_n, i64 kv_r)
 {
     pdl_wait();
     const int lane = threadIdx.x & 31, warps_per_cta = blockDim.x >> 5;
@@ -55,23 +56,24 @@ __device__ void paged_append_i8(const T* kv, signed char* pool, float* scales, c
         }
         big = warp_max(big);
         bad = warp_max(bad);
-        const float scale = bad != 0.f ? QNAN : div_rn(big, 127.f);
-        const float inverse = bad != 0.f || scale == 0.f ? 0.f : div_rn(127.f, big);
-        signed char* q = pool + ((i64)slot * R + r) * D;
+        const float scale = bad != 0.f ? QNAN : div_rn(big, Code::levels);
+        const bool zeros = bad != 0.f || scale == 0.f;
+        const float factor = zeros ? 0.f : Code::row_factor(big, scale);
+        typename Code::Byte* q = pool + ((i64)slot * R + r) * D;
         for (int d = lane; d < D; d += 32)
-            q[d] = inverse == 0.f ? (signed char)0 : (signed char)fminf(fmaxf(round_even(mul_rn(to_f(x[d]), inverse)), -127.f), 127.f);
+            q[d] = zeros ? (typename Code::Byte)0 : Code::encode(to_f(x[d]), factor);
         if (lane == 0) scales[(i64)slot * R + r] = scale;
     }
 }
-#define PAGED_APPEND_I8(name, t)                                                                                       \
-    extern "C" __global__ void paged_append_i8_##name(const t* kv, signed char* pool, float* scales, const int* slots,  \
-                                                      int N, int R, int D, i64 kv_n, i64 kv_r)                         \
+// paged_append_<code>_<type> (code i8 or f8, in its own module: FOR_KV_CODES).
+#define PAGED_APPEND_Q_TYPE(code, P, name, t)                                                                          \
+    extern "C" __global__ void paged_append_##code##_##name(const t* kv, P* pool, float* scales, const int* slots,    \
+                                                            int N, int R, int D, i64 kv_n, i64 kv_r)                   \
     {                                                                                                                  \
-        paged_append_i8<t>(kv, pool, scales, slots, N, R, D, kv_n, kv_r);                                              \
+        paged_append_q<t, KvCode<P>::type>(kv, pool, scales, slots, N, R, D, kv_n, kv_r);                              \
     }
-#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
-FOR_FLOAT_TYPES(PAGED_APPEND_I8)
-#endif
+#define PAGED_APPEND_Q(code, P) FOR_FLOAT_TYPES_OF(PAGED_APPEND_Q_TYPE, code, P)
+FOR_KV_CODES(PAGED_APPEND_Q)
 
 // ------------------------------------------------------------------------------ attention
 // Grid (N, H / G, splits): one CTA per new row, group of G query heads that share one kv head (G <= PA_MAX_G, so the group
@@ -217,19 +219,19 @@ __device__ void paged_attention(const T* q, const P* pool, T* out, float* partia
                            q_n, q_h, scale, window);                                                                      \
     }
 FOR_FLOAT_TYPES(PAGED_ATTENTION)
-// Over an int8 pool: paged_attention_i8_<type>, the same arguments with the pool's int8 values and its scales last.
-#define PAGED_ATTENTION_I8(name, t)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(PA_WARPS * 32) paged_attention_i8_##name(                                \
-        const t* q, const signed char* pool, t* out, float* partial, const int* tables, const int* starts,                \
+// Over a quantized pool: paged_attention_<code>_<type> (code i8 or f8), the same arguments with the pool's codes and its
+// scales last.
+#define PAGED_ATTENTION_Q_TYPE(code, P, name, t)                                                                          \
+    extern "C" __global__ void __launch_bounds__(PA_WARPS * 32) paged_attention_##code##_##name(                          \
+        const t* q, const P* pool, t* out, float* partial, const int* tables, const int* starts,                          \
         const int* lengths, int B, int N, int H, int K, int D, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,   \
         float scale, int window, const float* scales)                                                                     \
     {                                                                                                                     \
-        paged_attention<t, signed char>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, D, G, block_size,     \
-                                        max_blocks, q_n, q_h, scale, window, scales);                                    \
+        paged_attention<t, P>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, D, G, block_size, max_blocks,   \
+                              q_n, q_h, scale, window, scales);                                                           \
     }
-#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
-FOR_FLOAT_TYPES(PAGED_ATTENTION_I8)
-#endif
+#define PAGED_ATTENTION_Q(code, P) FOR_FLOAT_TYPES_OF(PAGED_ATTENTION_Q_TYPE, code, P)
+FOR_KV_CODES(PAGED_ATTENTION_Q)
 
 // ------------------------------------------------------------------------------ rows left to the CUDA cores
 // Row x of the batch's rows that belong to sequences of at most max_rows rows (every row when max_rows >= N; the others
@@ -576,22 +578,24 @@ __device__ void paged_decode(const T* q, const P* pool, T* out, float* partial, 
     PAGED_DECODE_ONE(kernel, name, t, D, 4) PAGED_DECODE_ONE(kernel, name, t, D, 8)
 #define PAGED_DECODE(name, t) PAGED_DECODE_D(paged_decode, name, t, 64) PAGED_DECODE_D(paged_decode, name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE)
-// Over an int8 pool: <kernel>_i8_<type>_d<D>_g<GM>, the same arguments with the pool's int8 values and its scales last.
-#define PAGED_DECODE_ONE_I8(kernel, name, t, D, GM)                                                                       \
-    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) kernel##_i8_##name##_d##D##_g##GM(          \
-        const t* q, const signed char* pool, t* out, float* partial, int* counters, const int* tables, const int* starts, \
+// Over a quantized pool: <kernel>_<code>_<type>_d<D>_g<GM> (code i8 or f8), the same arguments with the pool's codes and
+// its scales last.
+#define PAGED_DECODE_ONE_Q(code, P, kernel, name, t, D, GM)                                                               \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PD_MIN_CTAS(GM)) kernel##_##code##_##name##_d##D##_g##GM(    \
+        const t* q, const P* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
         const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
         float scale, int max_rows, int window, int min_chunk, int batched_merge, const float* scales)                     \
     {                                                                                                                     \
-        kernel<t, D, GM, signed char>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,\
-                                      max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge, scales);   \
+        kernel<t, D, GM, P>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,          \
+                            max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, batched_merge, scales);             \
     }
-#define PAGED_DECODE_D_I8(kernel, name, t, D) PAGED_DECODE_ONE_I8(kernel, name, t, D, 1) PAGED_DECODE_ONE_I8(kernel, name, t, D, 2) \
-    PAGED_DECODE_ONE_I8(kernel, name, t, D, 4) PAGED_DECODE_ONE_I8(kernel, name, t, D, 8)
-#define PAGED_DECODE_I8(name, t) PAGED_DECODE_D_I8(paged_decode, name, t, 64) PAGED_DECODE_D_I8(paged_decode, name, t, 128)
-#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
-FOR_FLOAT_TYPES(PAGED_DECODE_I8)
-#endif
+#define PAGED_DECODE_D_Q(code, P, kernel, name, t, D) PAGED_DECODE_ONE_Q(code, P, kernel, name, t, D, 1)                   \
+    PAGED_DECODE_ONE_Q(code, P, kernel, name, t, D, 2) PAGED_DECODE_ONE_Q(code, P, kernel, name, t, D, 4)                 \
+    PAGED_DECODE_ONE_Q(code, P, kernel, name, t, D, 8)
+#define PAGED_DECODE_Q_TYPE(code, P, name, t)                                                                             \
+    PAGED_DECODE_D_Q(code, P, paged_decode, name, t, 64) PAGED_DECODE_D_Q(code, P, paged_decode, name, t, 128)
+#define PAGED_DECODE_Q(code, P) FOR_FLOAT_TYPES_OF(PAGED_DECODE_Q_TYPE, code, P)
+FOR_KV_CODES(PAGED_DECODE_Q)
 
 // ------------------------------------------------------------------------------ attention, vectorized and tiled
 // paged_decode's computation (same grid, rows, splits, window, partial layout and last-CTA merge) with the keys walked in
@@ -753,11 +757,10 @@ __device__ void paged_decode_tiled(const T* q, const P* pool, T* out, float* par
 #define PAGED_DECODE_TILED(name, t)                                                                                       \
     PAGED_DECODE_D(paged_decode_tiled, name, t, 64) PAGED_DECODE_D(paged_decode_tiled, name, t, 128)
 FOR_FLOAT_TYPES(PAGED_DECODE_TILED)
-#define PAGED_DECODE_TILED_I8(name, t)                                                                                    \
-    PAGED_DECODE_D_I8(paged_decode_tiled, name, t, 64) PAGED_DECODE_D_I8(paged_decode_tiled, name, t, 128)
-#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
-FOR_FLOAT_TYPES(PAGED_DECODE_TILED_I8)
-#endif
+#define PAGED_DECODE_TILED_Q_TYPE(code, P, name, t)                                                                       \
+    PAGED_DECODE_D_Q(code, P, paged_decode_tiled, name, t, 64) PAGED_DECODE_D_Q(code, P, paged_decode_tiled, name, t, 128)
+#define PAGED_DECODE_TILED_Q(code, P) FOR_FLOAT_TYPES_OF(PAGED_DECODE_TILED_Q_TYPE, code, P)
+FOR_KV_CODES(PAGED_DECODE_TILED_Q)
 
 // ------------------------------------------------------------------------------ attention on tensor cores
 // paged_decode's computation (same arguments, grid, rows, splits, window, partial layout and last-CTA merge) with the two
@@ -821,7 +824,7 @@ __device__ void paged_decode_mma(const T* q, const P* pool, T* out, float* parti
         __syncthreads();
         table = staged;
     }
-    // The rows of the pool (PagedRows, or PagedRowsI8 dequantizing an int8 pool into the same tiles).
+    // The rows of the pool (PagedRows, or PagedRowsQuantized dequantizing a quantized pool into the same tiles).
     const auto kr = pool_rows<T>(pool + (i64)kvh * D, scales, kvh, 2 * K, table, block_size, position_stride, begin, table_first);
     const auto vr = pool_rows<T>(pool + (i64)(K + kvh) * D, scales, K + kvh, 2 * K, table, block_size, position_stride, begin, table_first);
     const unsigned smem = smem_u32(pd_shared);
@@ -946,20 +949,20 @@ __device__ void paged_decode_mma(const T* q, const P* pool, T* out, float* parti
                                max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, flags);                          \
     }
 PAGED_DECODE_MMA(bf16, bf16, 64) PAGED_DECODE_MMA(bf16, bf16, 128) PAGED_DECODE_MMA(f16, f16, 64) PAGED_DECODE_MMA(f16, f16, 128)
-// Over an int8 pool: paged_decode_mma_i8_<type>_d<D>, the same arguments with the pool's int8 values and its scales last.
-#define PAGED_DECODE_MMA_I8(name, t, D)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(PD_THREADS, PM_MIN_CTAS(D)) paged_decode_mma_i8_##name##_d##D(            \
-        const t* q, const signed char* pool, t* out, float* partial, int* counters, const int* tables, const int* starts, \
+// Over a quantized pool: paged_decode_mma_<code>_<type>_d<D> (code i8 or f8), the same arguments with the pool's codes and
+// its scales last.
+#define PAGED_DECODE_MMA_Q_ONE(code, P, name, t, D)                                                                       \
+    extern "C" __global__ void __launch_bounds__(PD_THREADS, PM_MIN_CTAS(D)) paged_decode_mma_##code##_##name##_d##D(      \
+        const t* q, const P* pool, t* out, float* partial, int* counters, const int* tables, const int* starts,            \
         const int* lengths, int B, int N, int H, int K, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,          \
         float scale, int max_rows, int window, int min_chunk, int flags, const float* scales)                             \
     {                                                                                                                     \
-        paged_decode_mma<t, D, signed char>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G,       \
-                                            block_size, max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, flags,  \
-                                            scales);                                                                      \
+        paged_decode_mma<t, D, P>(q, pool, out, partial, counters, tables, starts, lengths, B, N, H, K, G, block_size,     \
+                                  max_blocks, q_n, q_h, scale, max_rows, window, min_chunk, flags, scales);               \
     }
-#ifdef TESSERA_INT8_KV   // the int8-KV module only (KernelLibrary.Int8KvModule): 16-bit caches never compile these
-PAGED_DECODE_MMA_I8(bf16, bf16, 64) PAGED_DECODE_MMA_I8(bf16, bf16, 128) PAGED_DECODE_MMA_I8(f16, f16, 64) PAGED_DECODE_MMA_I8(f16, f16, 128)
-#endif
+#define PAGED_DECODE_MMA_Q(code, P) PAGED_DECODE_MMA_Q_ONE(code, P, bf16, bf16, 64) PAGED_DECODE_MMA_Q_ONE(code, P, bf16, bf16, 128) \
+    PAGED_DECODE_MMA_Q_ONE(code, P, f16, f16, 64) PAGED_DECODE_MMA_Q_ONE(code, P, f16, f16, 128)
+FOR_KV_CODES(PAGED_DECODE_MMA_Q)
 
 // out[n, h, :] from the splits' states; grid (X, H), one thread per element of the head. Block x merges the states of row x
 // of the kernel that wrote them: partial (splits, X, H, D + 2), its row n and sequence found as that kernel found them

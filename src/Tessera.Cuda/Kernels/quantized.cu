@@ -1,10 +1,9 @@
 // Quantized weights: a weight (N, K) stored a byte a weight (int8 values, or FP8 E4M3 codes) with one fp32 scale per row n.
 // dequantize_* writes the weight it stands for in the output's type (a product then runs on the dequantized copy).
 
-// The value a stored byte stands for before its row's scale: an int8 value, or an FP8 E4M3 code (e4m3_to_f, common.cuh:
-// OCP E4M3 "fn", sign, 4 exponent bits of bias 7, 3 mantissa bits, no infinities, NaN 0x7F/0xFF, largest 448).
-struct Int8Code { typedef signed char Byte; __device__ __forceinline__ static float value(signed char b) { return (float)b; } };
-struct Fp8Code { typedef unsigned char Byte; __device__ __forceinline__ static float value(unsigned char b) { return e4m3_to_f(b); } };
+// The value a stored byte stands for before its row's scale: common.cuh's Int8Code (an int8 value) or Fp8Code (an FP8 E4M3
+// code, e4m3_to_f: OCP E4M3 "fn", sign, 4 exponent bits of bias 7, 3 mantissa bits, no infinities, NaN 0x7F/0xFF, largest
+// 448), which the quantized KV pools share.
 
 // out[n, k] = scales[n] * value(values[n, k]) in the output's type (the fp32 product rounded once, as the CPU).
 template <typename Code, typename T>

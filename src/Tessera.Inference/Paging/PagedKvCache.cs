@@ -7,9 +7,9 @@ namespace Tessera.Inference.Paging;
 /// PagedAttention): per layer one tensor (Blocks, BlockSize, 2K, D) holding, for each position, the K key heads then the
 /// K value heads (the dense <c>KvCache</c>'s row layout, so the append is one row copy). Which blocks a sequence owns is
 /// its block table, kept by the scheduler; <see cref="Allocator"/> counts references and caches full prefix blocks.
-/// With <see cref="PagedKvCacheOptions.DType"/> I8 the pool holds signed bytes and each layer has a second tensor of
-/// scales (Blocks, BlockSize, 2K) F32, one per position and head (<see cref="PagedKvPool"/>): the append quantizes,
-/// attention dequantizes, and a block's bytes count both.
+/// With <see cref="PagedKvCacheOptions.DType"/> I8 or F8E4M3 the pool holds a byte a value (int8 values or E4M3 codes) and
+/// each layer has a second tensor of scales (Blocks, BlockSize, 2K) F32, one per position and head (<see cref="PagedKvPool"/>):
+/// the append quantizes, attention dequantizes, and a block's bytes count both.
 /// </summary>
 public sealed class PagedKvCache : IDisposable
 {
@@ -18,7 +18,8 @@ public sealed class PagedKvCache : IDisposable
 
     /// <summary>Allocates the pool on <paramref name="backend"/> for a model of <paramref name="dtype"/>, in
     /// <paramref name="options"/>' dtype (the model's by default): as many blocks as <paramref name="options"/>' bytes hold.</summary>
-    /// <exception cref="ArgumentException">A dimension is not positive, the options' dtype is neither I8 nor the model's, or
+    /// <exception cref="ArgumentException">A dimension is not positive, the options' dtype is neither a one-byte code (I8,
+    /// F8E4M3) nor the model's, or
     /// the memory holds no block.</exception>
     public PagedKvCache(IBackend backend, DType dtype, int layers, int kvHeads, int headSize, PagedKvCacheOptions options)
     {
@@ -39,7 +40,7 @@ public sealed class PagedKvCache : IDisposable
                 $"({layers} layers x {BlockSize} positions x {2 * kvHeads} heads x {PagedKvPool.RowBytes(DType, headSize)} B a head); give more memory");
         Blocks = (int)Math.Min(blocks, int.MaxValue / ((long)BlockSize * 2 * kvHeads * headSize));
         _pools = new Tensor[layers];
-        _scales = DType == DType.I8 ? new Tensor[layers] : null;
+        _scales = PagedKvPool.IsQuantized(DType) ? new Tensor[layers] : null;
         for (int l = 0; l < layers; l++)
         {
             _pools[l] = backend.Allocate(new Shape(Blocks, BlockSize, 2 * kvHeads, headSize), DType);
@@ -49,7 +50,7 @@ public sealed class PagedKvCache : IDisposable
         Allocator = new KvBlockAllocator(Blocks);
     }
 
-    /// <summary>The pool's element type: the model's dtype, or I8 (then <see cref="Scales"/> gives each layer's scales).</summary>
+    /// <summary>The pool's element type: the model's dtype, or I8 or F8E4M3 (then <see cref="Scales"/> gives each layer's scales).</summary>
     public DType DType { get; }
 
     /// <summary>The options it was built with.</summary>
@@ -79,12 +80,12 @@ public sealed class PagedKvCache : IDisposable
     /// <summary>Layer <paramref name="layer"/>'s pool (Blocks, BlockSize, 2K, D): key heads then value heads per position.</summary>
     public Tensor Pool(int layer) => _pools[layer];
 
-    /// <summary>Layer <paramref name="layer"/>'s scales (Blocks, BlockSize, 2K) F32 for an I8 pool; null otherwise. The
+    /// <summary>Layer <paramref name="layer"/>'s scales (Blocks, BlockSize, 2K) F32 for an I8 or F8E4M3 pool; null otherwise. The
     /// operand <c>poolScales</c> of the paged ops.</summary>
     public Tensor? Scales(int layer) => _scales?[layer];
 
     /// <summary>Bytes of one block in a pool of <paramref name="poolDType"/>: layers x blockSize positions x 2K heads x
-    /// (D x the element size, plus the F32 scale of an I8 row).</summary>
+    /// (D x the element size, plus the F32 scale of an I8 or F8E4M3 row).</summary>
     public static long BlockBytes(DType poolDType, int layers, int kvHeads, int headSize, int blockSize) =>
         (long)layers * blockSize * 2 * kvHeads * PagedKvPool.RowBytes(poolDType, headSize);
 

@@ -619,7 +619,7 @@ public sealed class PagedModelRunner : IDisposable
         var attention = block.Attention;
         int n = x.Size(0), h = attention.Heads, k = attention.KvHeads, d = attention.HeadSize;
         var pool = _cache.Pool(block.Index);
-        var scales = _cache.Scales(block.Index);                                                     // null unless the pool is I8
+        var scales = _cache.Scales(block.Index);                                                     // null unless the pool is I8 or F8E4M3
         Tensor qkv;                                                                                  // (N, H+2K, D)
         if (attention.Rope is { } frequencies && block.Norm1 is RmsNorm rms && attention.Qkv.IsPlainProduct)
         {

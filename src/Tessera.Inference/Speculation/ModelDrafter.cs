@@ -47,7 +47,7 @@ public sealed class ModelDrafter : IDisposable
             throw new ArgumentException($"the draft model's context ({d.MaxSequenceLength}) is shorter than the served sequences' {maxSequenceLength} positions; serve a shorter --max-model-len");
         _maxRows = maxRows;
         _maxSequences = maxSequences;
-        // The draft pool follows the served one's element type (an I8 served cache gives an I8 draft cache), as the draft's
+        // The draft pool follows the served one's element type (an I8 or F8E4M3 served cache gives a draft cache of the same codes), as the draft's
         // weights follow the served model's quantization: both are sized by the same choice of precision.
         long blockBytes = PagedKvCache.BlockBytes(servedCache.Options.PoolDType(draft.DType), d.Layers, d.EffectiveKvHeads, d.HeadSize, servedCache.BlockSize);
         var options = servedCache.Options with { MemoryBytes = blockBytes * servedCache.Blocks };

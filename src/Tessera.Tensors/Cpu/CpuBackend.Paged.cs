@@ -5,8 +5,9 @@ namespace Tessera.Tensors.Cpu;
 // dense causal attention on them, so paged attention is exactly AttentionForward over the same positions. With a sliding
 // window it gathers from the first block that the window of the sequence's first row reaches (the blocks before it may be
 // back in the pool): the same attention on keys shifted by a whole number of blocks, which the window rule does not see.
-// An I8 pool (PagedKvPool) is quantized on the append, a (position, head) row at a time, and dequantized as it is gathered,
-// so attention over it is exactly AttentionForward over what its values stand for.
+// A quantized pool (PagedKvPool: I8 or F8E4M3 codes with a scale per position and head) is quantized on the append, a
+// (position, head) row at a time, and dequantized as it is gathered, so attention over it is exactly AttentionForward over
+// what its codes stand for.
 public sealed unsafe partial class CpuBackend
 {
     public void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null)
@@ -29,7 +30,7 @@ public sealed unsafe partial class CpuBackend
         int size = keysAndValues.DType.SizeInBytes();
         bool rowsContiguous = keysAndValues.Stride(1) == d || r == 1;
         var flat = pool.Reshape((int)slotCount, r, d);
-        bool quantized = pool.DType == DType.I8;
+        bool quantized = PagedKvPool.IsQuantized(pool.DType);
         var row = quantized ? new float[d] : null;
         for (int i = 0; i < n; i++)
         {
@@ -41,13 +42,13 @@ public sealed unsafe partial class CpuBackend
             var destination = flat.Select(0, slot);
             if (quantized)
             {
-                // Each (position, head) row: its scale and its values, as Int8Quantization quantizes a weight row (in F32).
+                // Each (position, head) row: its scale and its codes, in F32 (PagedKvPool.QuantizeRow).
                 float* scales = Ptr<float>(poolScales!) + (long)slot * r;
-                sbyte* values = Ptr<sbyte>(destination);
+                byte* codes = BytePtr(destination);
                 for (int j = 0; j < r; j++)
                 {
                     ReadRow(source.Select(0, j), row!);
-                    scales[j] = Int8Quantization.QuantizeRow(row, new Span<sbyte>(values + (long)j * d, d));
+                    scales[j] = PagedKvPool.QuantizeRow(pool.DType, row, new Span<byte>(codes + (long)j * d, d));
                 }
             }
             else if (rowsContiguous) Buffer.MemoryCopy(BytePtr(source), BytePtr(destination), (long)r * d * size, (long)r * d * size);
@@ -65,18 +66,20 @@ public sealed unsafe partial class CpuBackend
             case DType.F32: for (int c = 0; c < row.Length; c++) row[c] = ((float*)p)[c]; break;
             case DType.F64: for (int c = 0; c < row.Length; c++) row[c] = (float)((double*)p)[c]; break;
             case DType.BF16: for (int c = 0; c < row.Length; c++) row[c] = ((BFloat16*)p)[c].ToSingle(); break;
-            default: throw new ArgumentException($"PagedAppend: an I8 pool quantizes F32, F64 or BF16 keys and values, not {source.DType}", "keysAndValues");
+            default: throw new ArgumentException($"PagedAppend: a quantized pool (I8, F8E4M3) quantizes F32, F64 or BF16 keys and values, not {source.DType}", "keysAndValues");
         }
     }
 
     /// <summary>
-    /// Rows [from, from + count) of an I8 pool's block, heads [head, head + k), dequantized into <paramref name="target"/>
-    /// (count, k, D) of the CPU's compute dtype (PagedAttention has checked it): scale x value, exact in F64, rounded once in F32.
+    /// Rows [from, from + count) of a quantized pool's block, heads [head, head + k), dequantized into <paramref name="target"/>
+    /// (count, k, D) of the CPU's compute dtype (PagedAttention has checked it): scale x the code's value (an int8 value or an
+    /// E4M3 value, at most 8 significant bits), exact in F64, rounded once in F32.
     /// </summary>
     private void GatherDequantized(Tensor pool, Tensor scales, int block, int count, int head, int k, Tensor target)
     {
         int r = pool.Size(2), d = pool.Size(3), bs = pool.Size(1);
-        sbyte* values = Ptr<sbyte>(pool);
+        var value = PagedKvPool.CodeValues(pool.DType);
+        byte* codes = BytePtr(pool);
         float* s = Ptr<float>(scales);
         byte* o = BytePtr(target);
         var dtype = target.DType;
@@ -85,13 +88,13 @@ public sealed unsafe partial class CpuBackend
             {
                 long row = ((long)block * bs + p) * r + head + j;
                 double scale = s[row];
-                sbyte* q = values + row * d;
+                byte* q = codes + row * d;
                 long at = ((long)p * k + j) * d;
                 switch (dtype)
                 {
-                    case DType.F64: for (int c = 0; c < d; c++) ((double*)o)[at + c] = scale * q[c]; break;
-                    case DType.F32: for (int c = 0; c < d; c++) ((float*)o)[at + c] = (float)(scale * q[c]); break;
-                    default: throw new ArgumentException($"PagedAttention: the CPU dequantizes an I8 pool into F32 or F64, not {dtype}");
+                    case DType.F64: for (int c = 0; c < d; c++) ((double*)o)[at + c] = scale * value[q[c]]; break;
+                    case DType.F32: for (int c = 0; c < d; c++) ((float*)o)[at + c] = (float)(scale * value[q[c]]); break;
+                    default: throw new ArgumentException($"PagedAttention: the CPU dequantizes a {pool.DType} pool into F32 or F64, not {dtype}");
                 }
             }
     }

@@ -38,33 +38,35 @@ public sealed class ServeCommandTests : IDisposable
         Assert.Contains("--draft-model needs --draft-tokens above 0", stderr);
     }
 
-    /// <summary>--kv-dtype takes model or int8; anything else is a usage error (exit 2) naming the option and the value, before
+    /// <summary>--kv-dtype takes model, int8 or fp8; anything else is a usage error (exit 2) naming the option and the value, before
     /// any model is opened.</summary>
     [Fact]
     public void AnUnknownKvDTypeIsAUsageErrorNamingTheOption()
     {
         var (code, _, stderr) = CliProcess.Run("serve", "--model", Path.Combine(_dir, "no-such-run"), "--kv-dtype", "fp4");
         Assert.Equal(2, code);
-        Assert.Contains("--kv-dtype 'fp4': expected model (the model's dtype) or int8", stderr);
+        Assert.Contains("--kv-dtype 'fp4': expected model (the model's dtype), int8 or fp8", stderr);
     }
 
     /// <summary>
     /// The run served with speculative decoding, by prompt lookup or with a draft model (the run itself, so every guess is
-    /// right), split over two tensor-parallel thread ranks, with int8 or FP8 weights, or with an int8 KV cache (<c>--kv-dtype int8</c>,
-    /// the draft model's pool and every rank's too): the banner says which, /metrics counts the guesses, and the OpenAI .NET
-    /// SDK's chat client gets an answer.
+    /// right), split over two tensor-parallel thread ranks, with int8 or FP8 weights, or with an int8 or FP8 KV cache
+    /// (<c>--kv-dtype int8|fp8</c>, the draft model's pool and every rank's too): the banner says which, /metrics counts the
+    /// guesses, and the OpenAI .NET SDK's chat client gets an answer.
     /// </summary>
     [Theory]
-    [InlineData(false, 1, "none", false)]
-    [InlineData(true, 1, "none", false)]
-    [InlineData(false, 2, "none", false)]
-    [InlineData(false, 1, "int8", false)]
-    [InlineData(false, 2, "int8", false)]
-    [InlineData(false, 1, "none", true)]
-    [InlineData(true, 2, "none", true)]
-    [InlineData(false, 1, "fp8", false)]
-    [InlineData(false, 2, "fp8", false)]
-    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, string quantize, bool int8Kv)
+    [InlineData(false, 1, "none", "model")]
+    [InlineData(true, 1, "none", "model")]
+    [InlineData(false, 2, "none", "model")]
+    [InlineData(false, 1, "int8", "model")]
+    [InlineData(false, 2, "int8", "model")]
+    [InlineData(false, 1, "none", "int8")]
+    [InlineData(true, 2, "none", "int8")]
+    [InlineData(false, 1, "fp8", "model")]
+    [InlineData(false, 2, "fp8", "model")]
+    [InlineData(false, 1, "none", "fp8")]
+    [InlineData(true, 2, "none", "fp8")]
+    public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, string quantize, string kvDType)
     {
         var data = Path.Combine(_dir, "data");
         TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 3000).Select(i => (i * 31) % 256).ToArray());
@@ -78,7 +80,7 @@ public sealed class ServeCommandTests : IDisposable
         var psi = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "tessera.dll"), "serve", "--model", run, "--port", "0", "--threads", "1",
             "--served-model-name", "tiny", "--max-batch", "4", "--token-budget", "64", "--draft-tokens", "3", "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture) }
-            .Concat(draftModel ? ["--draft-model", run] : []).Concat(quantize != "none" ? ["--quantize", quantize] : []).Concat(int8Kv ? ["--kv-dtype", "int8"] : []))
+            .Concat(draftModel ? ["--draft-model", run] : []).Concat(quantize != "none" ? ["--quantize", quantize] : []).Concat(kvDType != "model" ? ["--kv-dtype", kvDType] : []))
             psi.ArgumentList.Add(a);
         using var process = Process.Start(psi)!;
         var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
@@ -98,7 +100,8 @@ public sealed class ServeCommandTests : IDisposable
             while ((line = await process.StandardOutput.ReadLineAsync(TestContext.Current.CancellationToken)) is not null && !line.Contains("Ctrl-C")) banner.Add(line);
             Assert.Contains(banner, l => l.Contains("speculative decoding: requests verify up to 3 tokens a step guessed " +
                 (draftModel ? "by the draft model" : "from their own text")));
-            Assert.Equal(int8Kv, banner.Any(l => l.Contains("KV cache: ") && l.Contains("(int8, a scale per position and head)")));
+            Assert.Equal(kvDType == "int8", banner.Any(l => l.Contains("KV cache: ") && l.Contains("(int8, a scale per position and head)")));
+            Assert.Equal(kvDType == "fp8", banner.Any(l => l.Contains("KV cache: ") && l.Contains("(fp8 e4m3, a scale per position and head)")));
             // FP8 on the CPU is the reference, and serve says so (Fp8Support).
             Assert.Equal(quantize == "fp8", banner.Any(l => l.Contains("fp8: FP8 on the CPU is the exact reference")));
 

@@ -1,5 +1,6 @@
 using Xunit;
 using Tessera.Cuda.Compilation;
+using Tessera.Tensors;
 
 namespace Tessera.Tests.Cuda;
 
@@ -83,24 +84,24 @@ public sealed class KernelCompilationTests(CudaFixture fixture) : CudaTestBase(f
     /// <summary>
     /// Precompiling three modules side by side (three threads of NVRTC) puts them in the cache: a second pass compiles none,
     /// and a new library on the same cache loads and launches from them without compiling; every module of the device is
-    /// listed, the int8 KV cache's variants among them.
+    /// listed, the quantized KV caches' variants among them.
     /// </summary>
     [Fact]
     public void PrecompiledModulesAreLoadedWithoutCompiling()
     {
         var cache = new KernelCache(_folder);
-        string[] modules = ["copy.cu", "reduce.cu", KernelLibrary.Int8KvModule("paged_attention.cu")];
+        string[] modules = ["copy.cu", "reduce.cu", KernelLibrary.QuantizedKvModule("paged_attention.cu", DType.I8)];
         using (var first = new KernelLibrary(Gpu.CudaDevice, cache))
         {
             var done = first.Precompile(modules, parallelism: 3);
             Assert.All(done, d => Assert.True(d.Compiled && d.Error is null, $"{d.Module}: compiled {d.Compiled}, {d.Error}"));
             Assert.Equal(3, first.Compilations);
             Assert.All(first.Precompile(modules, parallelism: 3), d => Assert.False(d.Compiled, $"{d.Module} was compiled again"));
-            Assert.Contains(KernelLibrary.Int8KvModule("paged_attention.cu"), first.AllModules());
+            Assert.Contains(KernelLibrary.QuantizedKvModule("paged_attention.cu", DType.I8), first.AllModules());
             Assert.Contains("gemv.cu", first.AllModules());
         }
         using var second = new KernelLibrary(Gpu.CudaDevice, cache);
-        _ = second.Module(KernelLibrary.Int8KvModule("paged_attention.cu")).Function("paged_append_i8_f32");
+        _ = second.Module(KernelLibrary.QuantizedKvModule("paged_attention.cu", DType.I8)).Function("paged_append_i8_f32");
         _ = second.Module("reduce.cu");
         Assert.Equal(0, second.Compilations);
     }

@@ -263,9 +263,12 @@ public sealed class KernelEmulationTests
     /// the tensor-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>, bf16, on the emulation's
     /// warp-collective stand-ins of cp.async, ldmatrix and mma.sync: tile and warp-slice edges, groups of 3, 4 and 8, D 64
     /// and 128, splits merged by the last CTA, windows; with its block table staged in shared memory, the same bits), and the
-    /// generic kernel, each also over an int8 pool (the <c>_i8</c> instantiations: KvVec and PagedRowsI8 reading int8 values
-    /// and their scales; the reference reads what they stand for), and <c>paged_append_i8</c> bit for bit against a C++ copy of
-    /// <see cref="Tessera.Tensors.Int8Quantization.QuantizeRow"/>, against a double reference
+    /// generic kernel, each also over an int8 and an fp8 pool (the <c>_i8</c> and <c>_f8</c> instantiations: KvVec and
+    /// PagedRowsQuantized reading int8 values or E4M3 codes and their scales; the reference reads what they stand for), and
+    /// <c>paged_append_i8</c> / <c>paged_append_f8</c> bit for bit against C++ copies of
+    /// <see cref="Tessera.Tensors.Int8Quantization.QuantizeRow"/> and <see cref="Tessera.Tensors.Fp8Quantization.QuantizeKvRow"/>
+    /// (the E4M3 codes by a search over every code; zero and negative-zero heads, a NaN head, a head reaching E4M3's
+    /// subnormals), against a double reference
     /// (Emulation/paged_kernels.cpp states the batches and the tolerances: 1e-5 in f32, 8e-3 for a bf16 output, 1.2e-2 with
     /// the tensor-core kernel's 16-bit softmax weights). The tensor-core prefill kernels (flash_attention.cu,
     /// flash_attention_hopper.cu's paged tile) are not emulated here, only their shared indexing (<see cref="HopperPagedPrefillIndexingIsExactOnTheCpuEmulation"/>;
@@ -297,8 +300,17 @@ public sealed class KernelEmulationTests
              "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16 int8: staged table = global table bit for bit ok",
              "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16 int8",
              "paged_append_i8 f32 D=64 = quantize_row bit for bit ok", "paged_append_i8 bf16 D=64 = quantize_row bit for bit ok",
-             "paged_append_i8 f32 D=40 = quantize_row bit for bit ok", "paged_append_i8 bf16 D=40 = quantize_row bit for bit ok"],
-            "TESSERA_INT8_KV");   // the int8-KV module's instantiations (KernelLibrary.Int8KvModule) beside the plain ones
+             "paged_append_i8 f32 D=40 = quantize_row bit for bit ok", "paged_append_i8 bf16 D=40 = quantize_row bit for bit ok",
+             "paged_attention fp8 H=8 K=2 D=64 splits=3 window=24", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=5 window=0 finish fp8",
+             "paged_decode H=8 K=2 D=128 splits=2 max_rows=1073741824 B=6 window=8 fp8", "paged_decode H=8 K=2 D=64 splits=4 max_rows=7 B=9 window=0 finish min_chunk bf16 fp8",
+             "paged_decode_tiled H=2 K=2 D=64 splits=2 max_rows=1073741824 B=9 window=0 finish fp8",
+             "paged_decode_tiled H=8 K=2 D=128 splits=2 max_rows=7 B=6 window=8 finish bf16 fp8",
+             "paged_decode_mma H=8 K=2 D=64 splits=1 max_rows=1073741824 B=10 window=0 bf16 fp8",
+             "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16 fp8: staged table = global table bit for bit ok",
+             "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16 fp8",
+             "paged_append_f8 f32 D=64 = quantize_row bit for bit ok", "paged_append_f8 bf16 D=64 = quantize_row bit for bit ok",
+             "paged_append_f8 f32 D=40 = quantize_row bit for bit ok", "paged_append_f8 bf16 D=40 = quantize_row bit for bit ok"],
+            "TESSERA_INT8_KV", "TESSERA_FP8_KV");   // the quantized-KV modules' instantiations (KernelLibrary.QuantizedKvModule) beside the plain ones
 
     /// <summary>
     /// The Hopper attention (flash_attention_hopper.cu with hopper.cuh, bf16, one and two warpgroups a CTA, head sizes 64 and
@@ -307,7 +319,8 @@ public sealed class KernelEmulationTests
     /// <c>flash_backward_hopper</c> (S^T, dP^T K-major; dV, dK with dO and Q N-major; dQ with dS^T M-major, added by atomic
     /// reductions; a warpgroup's own barrier) and serving's <c>paged_prefill_hopper</c> (the forward tile over a paged pool
     /// through shuffled block tables, chunks after cached context, a sequence under the minimum rows left untouched; and its
-    /// <c>_i8</c> instantiation over an int8 pool, whose row source PagedRowsSw128I8 dequantizes into the same tiles), against
+    /// <c>_i8</c> and <c>_f8</c> instantiations over int8 and fp8 pools, whose row source PagedRowsSw128Quantized dequantizes
+    /// into the same tiles), against
     /// double references of causal grouped-query attention and its gradients
     /// (Emulation/hopper_attention.cpp: 1.2e-2 of the largest output and 1.5e-2 of the largest gradient, P and dS being
     /// rounded to bf16; the log-sum-exp to 1e-3). The kernels are proven on the device (<see cref="CudaHopperAttentionTests"/>);
@@ -331,8 +344,10 @@ public sealed class KernelEmulationTests
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1: short sequences untouched",
              "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2",
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1 int8: short sequences untouched",
-             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2 int8"],
-            "TESSERA_INT8_KV");
+             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2 int8",
+             "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1 fp8: short sequences untouched",
+             "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2 fp8"],
+            "TESSERA_INT8_KV", "TESSERA_FP8_KV");
 
     /// <summary>
     /// The FlashAttention backward's first pass with the column sums of dO (flash_attention.cu's

@@ -1,5 +1,7 @@
 using System.Diagnostics;
+using System.Text.RegularExpressions;
 using Tessera.Cuda.Compilation;
+using Tessera.Tensors;
 using Xunit;
 
 namespace Tessera.Tests.Cuda;
@@ -76,7 +78,7 @@ public sealed class KernelSourceTests
         """;
 
     /// <summary>The kernel files embedded in Tessera.Cuda (each compiled by NVRTC on its own, after common.cuh), and the
-    /// variant modules compiled from some of them (<see cref="KernelLibrary.VariantModules"/>: the int8 KV cache's kernels).</summary>
+    /// variant modules compiled from some of them (<see cref="KernelLibrary.VariantModules"/>: the int8 and fp8 KV caches' kernels).</summary>
     public static TheoryData<string> KernelFiles()
     {
         const string prefix = "Tessera.Cuda.Kernels.";
@@ -114,9 +116,12 @@ public sealed class KernelSourceTests
             Assert.True(process.ExitCode == 0, $"{file} does not compile for the device ({clang}, exit {process.ExitCode}):\n{string.Join('\n', messages)}");
             var kernels = File.ReadAllText(ptx);
             Assert.Contains(".entry", kernels);                          // at least one kernel came out
-            // The int8 KV cache's kernels come out of the variant modules alone: a plain module never pays their compile.
-            if (file.EndsWith(".cu", StringComparison.Ordinal)) Assert.DoesNotContain("_i8_", kernels);
-            else Assert.Contains("_i8_", kernels);
+            // The quantized KV caches' kernels come out of their code's variant module alone: a plain module never pays their
+            // compile, and an int8 module never pays the fp8 kernels' (nor the reverse).
+            bool int8Module = file.EndsWith("#int8-kv", StringComparison.Ordinal), fp8Module = file.EndsWith("#fp8-kv", StringComparison.Ordinal);
+            Assert.True(int8Module || fp8Module || file.EndsWith(".cu", StringComparison.Ordinal), $"{file}: an unknown module kind");
+            Assert.Equal(int8Module, Regex.IsMatch(kernels, @"\.entry\s+paged_\w*_i8_"));
+            Assert.Equal(fp8Module, Regex.IsMatch(kernels, @"\.entry\s+paged_\w*_f8_"));   // gemv.cu's FP8 weights' kernels are gemv_stream_f8_*
         }
         finally
         {
@@ -125,18 +130,26 @@ public sealed class KernelSourceTests
     }
 
     /// <summary>
-    /// The int8 KV cache's module of a kernel file is the file compiled with <c>TESSERA_INT8_KV</c> defined, and only the files
-    /// holding such kernels have one: another file's is refused, naming the files that do.
+    /// A quantized KV cache's module of a kernel file is the file compiled with its code's switch defined
+    /// (<c>TESSERA_INT8_KV</c> for I8, <c>TESSERA_FP8_KV</c> for F8E4M3), and only the files holding such kernels have them:
+    /// another file's, or a dtype that is no quantized pool's, is refused, naming what would do.
     /// </summary>
-    [Fact]
-    public void Int8KvModulesAreTheFilesWithTheirSwitchOnAndNoOthers()
+    [Theory]
+    [InlineData(DType.I8, "TESSERA_INT8_KV", "TESSERA_FP8_KV", "#int8-kv")]
+    [InlineData(DType.F8E4M3, "TESSERA_FP8_KV", "TESSERA_INT8_KV", "#fp8-kv")]
+    public void QuantizedKvModulesAreTheFilesWithTheirCodesSwitchOnAndNoOthers(DType poolDType, string on, string off, string suffix)
     {
-        string module = KernelLibrary.Int8KvModule("paged_attention.cu");
-        Assert.StartsWith("#define TESSERA_INT8_KV 1\n", KernelLibrary.ComposedSource(module), StringComparison.Ordinal);
-        Assert.DoesNotContain("TESSERA_INT8_KV 1", KernelLibrary.ComposedSource("paged_attention.cu"), StringComparison.Ordinal);
-        var e = Assert.Throws<ArgumentException>(() => KernelLibrary.Int8KvModule("gemv.cu"));
+        string module = KernelLibrary.QuantizedKvModule("paged_attention.cu", poolDType);
+        Assert.Equal("paged_attention.cu" + suffix, module);
+        Assert.StartsWith($"#define {on} 1\n", KernelLibrary.ComposedSource(module), StringComparison.Ordinal);
+        Assert.DoesNotContain($"{off} 1", KernelLibrary.ComposedSource(module), StringComparison.Ordinal);
+        Assert.DoesNotContain($"{on} 1", KernelLibrary.ComposedSource("paged_attention.cu"), StringComparison.Ordinal);
+        Assert.Contains(module, KernelLibrary.VariantModules);
+        var e = Assert.Throws<ArgumentException>(() => KernelLibrary.QuantizedKvModule("gemv.cu", poolDType));
         Assert.Contains("paged_attention.cu", e.Message, StringComparison.Ordinal);
-        Assert.Throws<ArgumentException>(() => KernelLibrary.ComposedSource("gemv.cu#int8-kv"));
+        Assert.Throws<ArgumentException>(() => KernelLibrary.ComposedSource("gemv.cu" + suffix));
+        Assert.Contains("I8 or F8E4M3", Assert.Throws<ArgumentException>(() => KernelLibrary.QuantizedKvModule("paged_attention.cu", DType.BF16)).Message,
+            StringComparison.Ordinal);
     }
 
     /// <summary>clang++ on PATH, else the newest /usr/lib/llvm-N/bin/clang++ (Debian installs LLVM there), else null.</summary>

@@ -192,6 +192,57 @@ inline float emu_quantize_row(const float* x, signed char* q, int D)
     return scale;
 }
 
+// OCP E4M3 from the format's definition, independently of common.cuh's bit operations: the value of code c (sign, 4
+// exponent bits of bias 7, 3 mantissa bits; exponent 0 subnormal; S.1111.111 NaN), and the code nearest v by a search over
+// every code (ties to the even code, saturating at +-448, NaN to 0x7F, the sign of a zero kept).
+inline double emu_e4m3_definition(int c)
+{
+    int s = c >> 7, e = (c >> 3) & 15, m = c & 7;
+    if (e == 15 && m == 7) return NAN;
+    double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1 + m / 8.0, e - 7);
+    return s ? -v : v;
+}
+inline unsigned char emu_e4m3_nearest(float v)
+{
+    if (std::isnan(v)) return 0x7f;
+    double t = std::fmin(std::fmax((double)v, -448.0), 448.0);
+    int best = 0; double bd = INFINITY;
+    for (int c = 0; c < 256; c++)
+    {
+        if ((c & 0x7f) == 0x7f) continue;
+        double d = std::fabs(emu_e4m3_definition(c) - t);
+        if (d < bd || (d == bd && (c & 1) == 0 && (c & 0x7f) != 0)) { best = c; bd = d; }
+    }
+    if (std::signbit(v) && best == 0) best = 0x80;
+    if (!std::signbit(v) && best == 0x80) best = 0;
+    return (unsigned char)best;
+}
+
+// Tessera.Tensors.Fp8Quantization.QuantizeKvRow in C++ (the codes by emu_e4m3_nearest), what the emulated FP8 paged KV
+// kernels are checked against: scale = max|x| / 448 and codes e4m3(x / scale), in float; zeros (scale 0, +0 codes) for a
+// row whose scale is 0; a NaN scale and zeros for a row with a value that is not finite.
+inline float emu_quantize_row_fp8(const float* x, unsigned char* q, int D)
+{
+    float big = 0;
+    bool finite = true;
+    for (int d = 0; d < D; d++) { finite &= std::isfinite(x[d]); big = std::max(big, std::abs(x[d])); }
+    if (!finite) { std::fill(q, q + D, (unsigned char)0); return NAN; }
+    const float scale = big / 448.f;
+    if (scale == 0.f) { std::fill(q, q + D, (unsigned char)0); return 0.f; }
+    for (int d = 0; d < D; d++) q[d] = emu_e4m3_nearest(x[d] / scale);
+    return scale;
+}
+
+// A quantized KV pool's code (Tessera.Tensors.PagedKvPool): none (a pool of T), int8 values, or E4M3 codes; a row of D
+// floats quantized as the pool's append does (into bytes), and what a byte stands for before the row's scale.
+enum class EmuKv { None, Int8, Fp8 };
+inline const char* emu_kv_name(EmuKv code) { return code == EmuKv::Int8 ? " int8" : code == EmuKv::Fp8 ? " fp8" : ""; }
+inline float emu_quantize_kv_row(EmuKv code, const float* x, unsigned char* q, int D)
+{
+    return code == EmuKv::Int8 ? emu_quantize_row(x, reinterpret_cast<signed char*>(q), D) : emu_quantize_row_fp8(x, q, D);
+}
+inline float emu_kv_value(EmuKv code, unsigned char b) { return code == EmuKv::Int8 ? (float)(signed char)b : (float)emu_e4m3_definition(b); }
+
 // cp.async: done at once (the copy lands no later than the wait would let it).
 inline void emu_cp_async16(unsigned dst, const void* src, bool valid)
 {

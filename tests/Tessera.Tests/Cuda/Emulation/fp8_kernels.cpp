@@ -22,29 +22,9 @@ static void report(const std::string& what, bool ok, const std::string& detail =
     if (!ok) failures++;
 }
 
-static double definition(int c)
-{
-    int s = c >> 7, e = (c >> 3) & 15, m = c & 7;
-    if (e == 15 && m == 7) return NAN;
-    double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1 + m / 8.0, e - 7);
-    return s ? -v : v;
-}
-
-static unsigned char nearest(float v)
-{
-    if (std::isnan(v)) return 0x7f;
-    double t = std::fmin(std::fmax((double)v, -448.0), 448.0);
-    int best = 0; double bd = INFINITY;
-    for (int c = 0; c < 256; c++)
-    {
-        if ((c & 0x7f) == 0x7f) continue;
-        double d = std::fabs(definition(c) - t);
-        if (d < bd || (d == bd && (c & 1) == 0 && (c & 0x7f) != 0)) { best = c; bd = d; }
-    }
-    if (std::signbit(v) && best == 0) best = 0x80;
-    if (!std::signbit(v) && best == 0x80) best = 0;
-    return (unsigned char)best;
-}
+// The format's definition and the nearest code by search: cuda_emulation.h's emu_e4m3_definition and emu_e4m3_nearest.
+static double definition(int c) { return emu_e4m3_definition(c); }
+static unsigned char nearest(float v) { return emu_e4m3_nearest(v); }
 
 // Fp8Quantization.QuantizeRow, the codes by search.
 static float reference_row(const float* row, int k, unsigned char* codes)

@@ -229,10 +229,11 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags 
 // and values in a paged pool (blocks of 16 positions in shuffled pool blocks, K heads then V heads a slot), queries at
 // positions length - rows .. length - 1; sequences under min_rows are left to the decode kernels (their output rows must
 // stay as they were).
-// int8: the pool as int8 values with a scale per (slot, head) (emu_quantize_row), read by the _i8 instantiation through
-// PagedRowsSw128I8; the reference reads the bf16 values its tiles hold (scale x value rounded to bf16).
+// code int8 or fp8: the pool as int8 values or E4M3 codes with a scale per (slot, head) (emu_quantize_kv_row), read by the
+// _i8 or _f8 instantiation through PagedRowsSw128Quantized; the reference reads the bf16 values its tiles hold (scale x
+// value rounded to bf16).
 static void run_paged(const std::vector<int>& rows, const std::vector<int>& lengths, int H, int KH, int D, int WGS, int min_rows,
-                      bool int8 = false)
+                      EmuKv code = EmuKv::None)
 {
     const int B = (int)rows.size(), BS = 16;
     std::mt19937 rng(41 + B * 7 + H * 5 + D + WGS);
@@ -252,13 +253,14 @@ static void run_paged(const std::vector<int>& rows, const std::vector<int>& leng
     for (auto& e : pool) e = from_f<bf16>(u(rng));
     for (auto& e : q) e = from_f<bf16>(u(rng));
     for (auto& e : out) e = from_f<bf16>(7.f);   // untouched rows keep this
-    std::vector<signed char> pool8(int8 ? pool.size() : 0);
-    std::vector<float> scales8(int8 ? pool.size() / D : 0), row(D);
+    const bool quantized = code != EmuKv::None;
+    std::vector<unsigned char> pool8(quantized ? pool.size() : 0);
+    std::vector<float> scales8(quantized ? pool.size() / D : 0), row(D);
     for (size_t r = 0; r < scales8.size(); r++)
     {
         for (int d = 0; d < D; d++) row[d] = to_f(pool[r * D + d]);
-        scales8[r] = emu_quantize_row(row.data(), &pool8[r * D], D);
-        for (int d = 0; d < D; d++) pool[r * D + d] = from_f<bf16>(scales8[r] * (float)pool8[r * D + d]);
+        scales8[r] = emu_quantize_kv_row(code, row.data(), &pool8[r * D], D);
+        for (int d = 0; d < D; d++) pool[r * D + d] = from_f<bf16>(scales8[r] * emu_kv_value(code, pool8[r * D + d]));
     }
     const float scale = 1.f / std::sqrt((float)D);
     auto slot = [&](int b, int pos) { return (size_t)tables[(size_t)b * max_blocks + pos / BS] * BS + pos % BS; };
@@ -302,13 +304,16 @@ static void run_paged(const std::vector<int>& rows, const std::vector<int>& leng
     auto launch = [&](auto kernel) {
         emu_launch(dim3{tiles, (unsigned)H, 1}, 128 * WGS, [&] { kernel(pq, pp, po, pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, window); });
     };
-    const signed char* p8 = pool8.data();
+    const signed char* p8 = reinterpret_cast<const signed char*>(pool8.data());   // the pool's bytes as int8 values
+    const unsigned char* pf8 = pool8.data();                                      // or as E4M3 codes
     const float* ps8 = scales8.data();
-    auto launch8 = [&](auto kernel) {
-        emu_launch(dim3{tiles, (unsigned)H, 1}, 128 * WGS, [&] { kernel(pq, p8, po, pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, window, ps8); });
+    auto launch8 = [&](auto kernel, auto codes) {
+        emu_launch(dim3{tiles, (unsigned)H, 1}, 128 * WGS, [&] { kernel(pq, codes, po, pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, window, ps8); });
     };
-    if (int8 && D == 64) launch8(WGS == 2 ? paged_prefill_hopper_i8_bf16_d64 : paged_prefill_hopper_wg1_i8_bf16_d64);
-    else if (int8) launch8(WGS == 2 ? paged_prefill_hopper_i8_bf16_d128 : paged_prefill_hopper_wg1_i8_bf16_d128);
+    if (code == EmuKv::Int8 && D == 64) launch8(WGS == 2 ? paged_prefill_hopper_i8_bf16_d64 : paged_prefill_hopper_wg1_i8_bf16_d64, p8);
+    else if (code == EmuKv::Int8) launch8(WGS == 2 ? paged_prefill_hopper_i8_bf16_d128 : paged_prefill_hopper_wg1_i8_bf16_d128, p8);
+    else if (code == EmuKv::Fp8 && D == 64) launch8(WGS == 2 ? paged_prefill_hopper_f8_bf16_d64 : paged_prefill_hopper_wg1_f8_bf16_d64, pf8);
+    else if (code == EmuKv::Fp8) launch8(WGS == 2 ? paged_prefill_hopper_f8_bf16_d128 : paged_prefill_hopper_wg1_f8_bf16_d128, pf8);
     else if (D == 64) launch(WGS == 2 ? paged_prefill_hopper_bf16_d64 : paged_prefill_hopper_wg1_bf16_d64);
     else launch(WGS == 2 ? paged_prefill_hopper_bf16_d128 : paged_prefill_hopper_wg1_bf16_d128);
     // The computed rows against the reference; the rows of sequences left to the decode kernels exactly as they were.
@@ -320,7 +325,7 @@ static void run_paged(const std::vector<int>& rows, const std::vector<int>& leng
             if (rows[b] >= min_rows) { e_rows.push_back(expected[i]); g_rows.push_back(to_f(out[i])); }
             else untouched &= to_f(out[i]) == 7.f;
     char name[120];
-    snprintf(name, sizeof name, "hopper paged prefill B=%d N=%d H=%d KH=%d D=%d WGS=%d%s", B, N, H, KH, D, WGS, int8 ? " int8" : "");
+    snprintf(name, sizeof name, "hopper paged prefill B=%d N=%d H=%d KH=%d D=%d WGS=%d%s", B, N, H, KH, D, WGS, emu_kv_name(code));
     check(name, e_rows, g_rows, 1.2e-2, true);
     printf("%-64s %s\n", (std::string(name) + ": short sequences untouched").c_str(), untouched ? "ok" : "FAIL");
     if (!untouched) failures++;
@@ -341,8 +346,11 @@ int main()
     run_backward(2, 2, 2, 200, 128, 1, 3);      // D 128, two batches: two partial rows a query block
     run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 2, 1, 64, 1, 8);   // chunks after cached context; a 3-row sequence left alone
     run_paged({130, 65}, {130, 200}, 4, 2, 128, 2, 8);                   // D 128, two warpgroups, tiles across two sequences
-    run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 2, 1, 64, 1, 8, true);   // the same over int8 pools
-    run_paged({130, 65}, {130, 200}, 4, 2, 128, 2, 8, true);
+    for (EmuKv code : {EmuKv::Int8, EmuKv::Fp8})   // the same over int8 and fp8 pools
+    {
+        run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 2, 1, 64, 1, 8, code);
+        run_paged({130, 65}, {130, 200}, 4, 2, 128, 2, 8, code);
+    }
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }

@@ -39,58 +39,78 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
     if (!ok) failures++;
 }
 
-// paged_append_i8 (f32 and bf16 rows, D = 64 and 40, a head of zeros, a head with a NaN, padding rows) against emu_quantize_row,
-// bit for bit: the same fp32 operations. Slots not written keep their poison.
-static void append_i8()
+// paged_append_i8 and paged_append_f8 (f32 and bf16 rows, D = 64 and 40, a head of zeros, a head of negative zeros, a head
+// with a NaN, a head whose magnitudes span 1e-6 to 3 (E4M3's subnormals), padding rows) against emu_quantize_kv_row, bit for
+// bit: the same fp32 operations (the E4M3 codes by a search over every code). Slots not written keep their poison.
+static void append_q(EmuKv code)
 {
     for (int D : {64, 40})
         for (bool bf16_rows : {false, true})
         {
             const int N = 7, R = 4, slots_total = 32;
             std::mt19937 rng(5 + D + bf16_rows);
-            std::uniform_real_distribution<float> u(-3, 3);
+            std::uniform_real_distribution<float> u(-3, 3), e(0, 6);
             std::vector<float> kv((size_t)N * R * D);
             for (auto& x : kv) x = u(rng);
             for (int d = 0; d < D; d++) kv[(size_t)(1 * R + 2) * D + d] = 0.f;   // row 1, head 2: zeros
+            for (int d = 0; d < D; d++) kv[(size_t)(1 * R + 3) * D + d] = -0.f;  // row 1, head 3: negative zeros
             kv[(size_t)(3 * R + 1) * D + 5] = NAN;                              // row 3, head 1: not finite
+            for (int d = 0; d < D; d++)                                         // row 4, head 0: 3 down to 3e-6
+                kv[(size_t)(4 * R) * D + d] = (d & 1 ? -3.f : 3.f) * std::pow(10.f, -e(rng));
             if (bf16_rows) for (auto& x : kv) x = to_f(from_f<bf16>(x));
             std::vector<int> slots = {9, -1, 3, 30, 0, -1, 17};
-            slots[1] = 12;                                                      // row 1 (its zero head) is written
-            std::vector<signed char> pool((size_t)slots_total * R * D, 99);
+            slots[1] = 12;                                                      // row 1 (its zero heads) is written
+            std::vector<unsigned char> pool((size_t)slots_total * R * D, 99);
             std::vector<float> scales((size_t)slots_total * R, -5.f);
             std::vector<bf16> kv16(kv.size());
             for (size_t i = 0; i < kv.size(); i++) kv16[i] = from_f<bf16>(kv[i]);
-            signed char* pp = pool.data();
             float* ps = scales.data();
             const int* sl = slots.data();
             const long long kv_n = (long long)R * D, kv_r = D;
-            if (bf16_rows) { const bf16* k = kv16.data(); emu_launch(3, 64, [&] { paged_append_i8_bf16(k, pp, ps, sl, N, R, D, kv_n, kv_r); }); }
-            else { const float* k = kv.data(); emu_launch(3, 64, [&] { paged_append_i8_f32(k, pp, ps, sl, N, R, D, kv_n, kv_r); }); }
+            const bf16* k16 = kv16.data();
+            const float* k32 = kv.data();
+            if (code == EmuKv::Int8)
+            {
+                signed char* pp = reinterpret_cast<signed char*>(pool.data());
+                if (bf16_rows) emu_launch(3, 64, [&] { paged_append_i8_bf16(k16, pp, ps, sl, N, R, D, kv_n, kv_r); });
+                else emu_launch(3, 64, [&] { paged_append_i8_f32(k32, pp, ps, sl, N, R, D, kv_n, kv_r); });
+            }
+            else
+            {
+                unsigned char* pp = pool.data();
+                if (bf16_rows) emu_launch(3, 64, [&] { paged_append_f8_bf16(k16, pp, ps, sl, N, R, D, kv_n, kv_r); });
+                else emu_launch(3, 64, [&] { paged_append_f8_f32(k32, pp, ps, sl, N, R, D, kv_n, kv_r); });
+            }
             bool ok = true;
             std::vector<char> written(slots_total, 0);
-            std::vector<signed char> q(D);
+            std::vector<unsigned char> q(D);
+            int subnormal = 0;
             for (int n = 0; n < N; n++)
             {
                 if (slots[n] < 0) continue;
                 written[slots[n]] = 1;
                 for (int r = 0; r < R; r++)
                 {
-                    const float s = emu_quantize_row(&kv[(size_t)(n * R + r) * D], q.data(), D);
+                    const float s = emu_quantize_kv_row(code, &kv[(size_t)(n * R + r) * D], q.data(), D);
                     const float got = scales[(size_t)slots[n] * R + r];
                     ok &= std::isnan(s) ? std::isnan(got) : got == s;
                     ok &= std::memcmp(q.data(), &pool[((size_t)slots[n] * R + r) * D], D) == 0;
+                    for (int d = 0; d < D; d++) subnormal += code == EmuKv::Fp8 && q[d] != 0 && (q[d] & 0x78) == 0;
                 }
             }
+            ok &= scales[(size_t)12 * R + 2] == 0.f && scales[(size_t)12 * R + 3] == 0.f;   // both zero heads: scale 0, +0 codes
+            for (int d = 0; d < D; d++) ok &= pool[((size_t)12 * R + 3) * D + d] == 0;
+            ok &= code != EmuKv::Fp8 || subnormal > 0;                                      // the wide head reached the subnormals
             for (int sl2 = 0; sl2 < slots_total; sl2++)
                 if (!written[sl2]) ok &= scales[(size_t)sl2 * R] == -5.f && pool[(size_t)sl2 * R * D] == 99;
-            printf("paged_append_i8 %s D=%d = quantize_row bit for bit %s\n", bf16_rows ? "bf16" : "f32", D, ok ? "ok" : "FAIL");
+            printf("paged_append_%s %s D=%d = quantize_row bit for bit %s\n", code == EmuKv::Int8 ? "i8" : "f8", bf16_rows ? "bf16" : "f32", D, ok ? "ok" : "FAIL");
             if (!ok) failures++;
         }
 }
 
 static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
                 std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0, bool finish = false, int min_chunk = 1,
-                bool compare_merges = false, bool tiled = false, bool bf16_inputs = false, bool mma = false, bool int8 = false)
+                bool compare_merges = false, bool tiled = false, bool bf16_inputs = false, bool mma = false, EmuKv code = EmuKv::None)
 {
     const int bs = 16;
     const int B = (int)rows.size();
@@ -122,16 +142,18 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
         for (auto& x : pool) x = to_f(from_f<bf16>(x));
     }
     for (size_t i = (size_t)nan_block * bs * 2 * K * D; i < (size_t)(nan_block + 1) * bs * 2 * K * D; i++) pool[i] = NAN;
-    // An int8 pool: each (slot, head) row quantized as the append does (emu_quantize_row), and the reference reads what the
-    // int8 values stand for, scale x value (exact in f32: a 24-bit scale times a 7-bit integer rounds once, as the kernels'
-    // fp32 product does). The NaN block quantizes to a NaN scale and zeros: still NaN to any kernel that reads it.
-    std::vector<signed char> pool8(int8 ? pool.size() : 0);
-    std::vector<float> scales(int8 ? pool.size() / D : 0);
-    if (int8)
+    // A quantized pool (int8 or fp8): each (slot, head) row quantized as the append does (emu_quantize_kv_row), and the
+    // reference reads what the codes stand for, scale x value (in f32: a 24-bit scale times a code of at most 8 significant
+    // bits rounds once, as the kernels' fp32 product does). The NaN block quantizes to a NaN scale and zeros: still NaN to
+    // any kernel that reads it.
+    const bool quantized = code != EmuKv::None;
+    std::vector<unsigned char> codes(quantized ? pool.size() : 0);
+    std::vector<float> scales(quantized ? pool.size() / D : 0);
+    if (quantized)
         for (size_t row = 0; row < scales.size(); row++)
         {
-            scales[row] = emu_quantize_row(&pool[row * D], &pool8[row * D], D);
-            for (int d = 0; d < D; d++) pool[row * D + d] = scales[row] * (float)pool8[row * D + d];
+            scales[row] = emu_quantize_kv_row(code, &pool[row * D], &codes[row * D], D);
+            for (int d = 0; d < D; d++) pool[row * D + d] = scales[row] * emu_kv_value(code, codes[row * D + d]);
         }
     const float poison = 12288.f;   // exact in bf16, so an untouched bf16 output reads back as it
     std::vector<float> out((size_t)N * H * D, poison), partial((size_t)splits * N * H * (D + 2), NAN);
@@ -195,13 +217,15 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
     dim3 grid{(unsigned)(generic ? N : X), (unsigned)(H / G), (unsigned)splits};
     char name[160];
     const int kernel_window = window > 0 ? window : 1 << 30;
-    const signed char* p8 = pool8.data();
+    const signed char* p8 = reinterpret_cast<const signed char*>(codes.data());   // the pool's bytes as int8 values
+    const unsigned char* pf8 = codes.data();                                       // or as E4M3 codes
     const float* sc8 = scales.data();
     if (generic)
     {
-        if (int8) emu_launch(grid, 128, [&] { paged_attention_i8_f32(q, p8, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window, sc8); });
+        if (code == EmuKv::Int8) emu_launch(grid, 128, [&] { paged_attention_i8_f32(q, p8, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window, sc8); });
+        else if (code == EmuKv::Fp8) emu_launch(grid, 128, [&] { paged_attention_f8_f32(q, pf8, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window, sc8); });
         else emu_launch(grid, 128, [&] { paged_attention_f32(q, pp, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window); });
-        snprintf(name, sizeof name, "paged_attention%s H=%d K=%d D=%d splits=%d window=%d", int8 ? " int8" : "", H, K, D, splits, window);
+        snprintf(name, sizeof name, "paged_attention%s H=%d K=%d D=%d splits=%d window=%d", emu_kv_name(code), H, K, D, splits, window);
     }
     else
     {
@@ -223,9 +247,9 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
                 emu_launch(dim3{grid.x, (unsigned)H, 1}, 64, [&] { paged_attention_combine_bf16(pw, o6, splits, N, H, D, ps, B, max_rows); });
             for (size_t i = 0; i < out.size(); i++) out[i] = to_f(out16[i]);
         };
-        // Over the int8 pool: the same kernels' _i8 instantiations, the scales last.
-        auto launch8 = [&](auto kernel) { emu_launch(grid, 128, [&] { kernel(q, p8, po, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window, min_chunk, batched, sc8); }); };
-        auto launch16_8 = [&](auto kernel) {
+        // Over a quantized pool p8 (int8 values or E4M3 codes): the same kernels' _i8 or _f8 instantiations, the scales last.
+        auto launch8 = [&](auto kernel, auto p8) { emu_launch(grid, 128, [&] { kernel(q, p8, po, pw, pc, pt, ps, pl, B, N, H, K, G, bs, max_blocks, q_n, q_h, scale, max_rows, kernel_window, min_chunk, batched, sc8); }); };
+        auto launch16_8 = [&](auto kernel, auto p8) {
             for (size_t i = 0; i < qkv.size(); i++) q16[i] = from_f<bf16>(qkv[i]);
             for (size_t i = 0; i < out.size(); i++) out16[i] = from_f<bf16>(out[i]);
             const bf16* q6 = q16.data();
@@ -235,24 +259,28 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
                 emu_launch(dim3{grid.x, (unsigned)H, 1}, 64, [&] { paged_attention_combine_bf16(pw, o6, splits, N, H, D, ps, B, max_rows); });
             for (size_t i = 0; i < out.size(); i++) out[i] = to_f(out16[i]);
         };
-        auto decode8 = [&] {
-            emu_shared_base = (unsigned char*)pd_shared;
-            if (mma && bf16_inputs && D == 64) launch16_8(paged_decode_mma_i8_bf16_d64);
-            else if (mma && bf16_inputs && D == 128) launch16_8(paged_decode_mma_i8_bf16_d128);
-            else if (mma) return false;
-            else if (tiled && bf16_inputs && D == 64 && gm == 4) launch16_8(paged_decode_tiled_i8_bf16_d64_g4);
-            else if (tiled && bf16_inputs && D == 128 && gm == 4) launch16_8(paged_decode_tiled_i8_bf16_d128_g4);
-            else if (tiled && !bf16_inputs && D == 64 && gm == 1) launch8(paged_decode_tiled_i8_f32_d64_g1);
-            else if (tiled) return false;
-            else if (bf16_inputs && D == 64 && gm == 4) launch16_8(paged_decode_i8_bf16_d64_g4);
-            else if (!bf16_inputs && D == 64 && gm == 4) launch8(paged_decode_i8_f32_d64_g4);
-            else if (!bf16_inputs && D == 64 && gm == 1) launch8(paged_decode_i8_f32_d64_g1);
-            else if (!bf16_inputs && D == 128 && gm == 4) launch8(paged_decode_i8_f32_d128_g4);
-            else return false;
-            return true;
-        };
+        // The instantiations of one code (i8 or f8) over its view of the pool's bytes.
+#define DECODE_Q(c, p)                                                                                                    \
+        [&] {                                                                                                             \
+            emu_shared_base = (unsigned char*)pd_shared;                                                                  \
+            if (mma && bf16_inputs && D == 64) launch16_8(paged_decode_mma_##c##_bf16_d64, p);                            \
+            else if (mma && bf16_inputs && D == 128) launch16_8(paged_decode_mma_##c##_bf16_d128, p);                     \
+            else if (mma) return false;                                                                                   \
+            else if (tiled && bf16_inputs && D == 64 && gm == 4) launch16_8(paged_decode_tiled_##c##_bf16_d64_g4, p);     \
+            else if (tiled && bf16_inputs && D == 128 && gm == 4) launch16_8(paged_decode_tiled_##c##_bf16_d128_g4, p);   \
+            else if (tiled && !bf16_inputs && D == 64 && gm == 1) launch8(paged_decode_tiled_##c##_f32_d64_g1, p);        \
+            else if (tiled) return false;                                                                                 \
+            else if (bf16_inputs && D == 64 && gm == 4) launch16_8(paged_decode_##c##_bf16_d64_g4, p);                    \
+            else if (!bf16_inputs && D == 64 && gm == 4) launch8(paged_decode_##c##_f32_d64_g4, p);                       \
+            else if (!bf16_inputs && D == 64 && gm == 1) launch8(paged_decode_##c##_f32_d64_g1, p);                       \
+            else if (!bf16_inputs && D == 128 && gm == 4) launch8(paged_decode_##c##_f32_d128_g4, p);                     \
+            else return false;                                                                                            \
+            return true;                                                                                                  \
+        }
+        auto decode8 = [&] { return code == EmuKv::Int8 ? DECODE_Q(i8, p8)() : DECODE_Q(f8, pf8)(); };
+#undef DECODE_Q
         auto decode = [&] {
-            if (int8) return decode8();
+            if (quantized) return decode8();
             if (mma)   // bf16 only, any group of up to 8 (one kernel per head size)
             {
                 emu_shared_base = (unsigned char*)pd_shared;
@@ -290,7 +318,7 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
         };
         if (!decode()) { printf("no instantiation for D=%d GM=%d\n", D, gm); failures++; return; }
         snprintf(name, sizeof name, "%s H=%d K=%d D=%d splits=%d max_rows=%d B=%d window=%d%s%s%s%s", mma ? "paged_decode_mma" : tiled ? "paged_decode_tiled" : "paged_decode",
-                 H, K, D, splits, max_rows, B, window, pc ? " finish" : "", min_chunk > 1 ? " min_chunk" : "", bf16_inputs ? " bf16" : "", int8 ? " int8" : "");
+                 H, K, D, splits, max_rows, B, window, pc ? " finish" : "", min_chunk > 1 ? " min_chunk" : "", bf16_inputs ? " bf16" : "", emu_kv_name(code));
         if (pc && compare_merges)
         {
             // The merge that loads each split behind its weight (PagedDecodeBatchedMerge=false) must give the batched merge's
@@ -383,19 +411,22 @@ int main()
     run(8, 2, 64, 1, 1 << 30, false, mma_rows, mma_lengths, 0, false, 1, false, false, true, true);
     run(6, 2, 64, 3, 7, false, wrows, wlengths, 24, true, 1, false, false, true, true);
     run(16, 2, 128, 4, 7, false, {1, 1, 1, 10}, {300, 5, 100, 10}, 8, true, 64, false, false, true, true);
-    // Over int8 pools (the _i8 instantiations): the generic kernel, paged_decode (f32 and bf16 queries), the tiled kernel,
-    // and the tensor-core kernel (PagedRowsI8 dequantizing into its bf16 tiles), with splits, last-CTA merges, windows over
-    // NaN blocks and a prefill chunk left alone; against the reference over what the int8 values stand for.
-    run(8, 2, 64, 3, 1 << 30, true, wrows, wlengths, 24, false, 1, false, false, false, false, true);
-    run(6, 2, 64, 3, 7, false, {1, 1, 1, 3, 10}, {37, 100, 0, 20, 10}, 0, true, 1, false, false, false, false, true);
-    run(8, 2, 128, 2, 1 << 30, false, wrows, wlengths, 8, false, 1, false, false, false, false, true);
-    run(8, 2, 64, 4, 7, false, edge_rows, edge_lengths, 0, true, 64, false, false, true, false, true);   // bf16 queries
-    run(2, 2, 64, 2, 1 << 30, false, edge_rows, edge_lengths, 0, true, 1, false, true, false, false, true);
-    run(8, 2, 128, 2, 7, false, wrows, wlengths, 8, true, 1, false, true, true, false, true);
-    run(8, 2, 64, 1, 1 << 30, false, mma_rows, mma_lengths, 0, false, 1, false, false, true, true, true);
-    run(6, 2, 64, 3, 7, false, wrows, wlengths, 24, true, 1, false, false, true, true, true);
-    run(16, 2, 128, 4, 7, false, {1, 1, 1, 10}, {300, 5, 100, 10}, 8, true, 64, false, false, true, true, true);
-    append_i8();
+    // Over quantized pools (the _i8 and _f8 instantiations): the generic kernel, paged_decode (f32 and bf16 queries), the
+    // tiled kernel, and the tensor-core kernel (PagedRowsQuantized dequantizing into its bf16 tiles), with splits, last-CTA
+    // merges, windows over NaN blocks and a prefill chunk left alone; against the reference over what the codes stand for.
+    for (EmuKv code : {EmuKv::Int8, EmuKv::Fp8})
+    {
+        run(8, 2, 64, 3, 1 << 30, true, wrows, wlengths, 24, false, 1, false, false, false, false, code);
+        run(6, 2, 64, 3, 7, false, {1, 1, 1, 3, 10}, {37, 100, 0, 20, 10}, 0, true, 1, false, false, false, false, code);
+        run(8, 2, 128, 2, 1 << 30, false, wrows, wlengths, 8, false, 1, false, false, false, false, code);
+        run(8, 2, 64, 4, 7, false, edge_rows, edge_lengths, 0, true, 64, false, false, true, false, code);   // bf16 queries
+        run(2, 2, 64, 2, 1 << 30, false, edge_rows, edge_lengths, 0, true, 1, false, true, false, false, code);
+        run(8, 2, 128, 2, 7, false, wrows, wlengths, 8, true, 1, false, true, true, false, code);
+        run(8, 2, 64, 1, 1 << 30, false, mma_rows, mma_lengths, 0, false, 1, false, false, true, true, code);
+        run(6, 2, 64, 3, 7, false, wrows, wlengths, 24, true, 1, false, false, true, true, code);
+        run(16, 2, 128, 4, 7, false, {1, 1, 1, 10}, {300, 5, 100, 10}, 8, true, 64, false, false, true, true, code);
+        append_q(code);
+    }
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }

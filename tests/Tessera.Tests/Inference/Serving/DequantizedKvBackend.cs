@@ -4,21 +4,22 @@ using Tessera.Tests.Support;
 namespace Tessera.Tests.Inference.Serving;
 
 /// <summary>
-/// The int8 KV cache's oracle: a backend whose floating-point paged pools hold what an int8 pool's values stand for. Each
-/// append quantizes every (row, head) exactly as an int8 pool's append does (<see cref="Int8Quantization.QuantizeRow"/> on
-/// the row in F32) and writes scale x value (exact in double, rounded once for F32) into the float pool; everything else runs
-/// on <see cref="ForwardingBackend.Inner"/>. On the CPU, whose int8 attention gathers the same numbers, an engine over this
-/// backend with a float cache must compute what an engine with an int8 cache computes, bit for bit.
+/// The quantized KV caches' oracle: a backend whose floating-point paged pools hold what a pool of
+/// <paramref name="poolDType"/> (I8 or F8E4M3) would stand for. Each append quantizes every (row, head) exactly as that
+/// pool's append does (<see cref="PagedKvPool.QuantizeRow"/> on the row in F32) and writes scale x value (exact in double,
+/// rounded once for F32) into the float pool; everything else runs on <see cref="ForwardingBackend.Inner"/>. On the CPU,
+/// whose quantized attention gathers the same numbers, an engine over this backend with a float cache must compute what an
+/// engine with a quantized cache computes, bit for bit.
 /// </summary>
-internal sealed class DequantizedKvBackend(IBackend inner) : ForwardingBackend(inner)
+internal sealed class DequantizedKvBackend(IBackend inner, DType poolDType) : ForwardingBackend(inner)
 {
     /// <summary>Rows appended so far (to show the oracle ran).</summary>
     public long RowsQuantized { get; private set; }
 
     public override void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null)
     {
-        if (poolScales is not null || pool.DType == DType.I8)
-            throw new InvalidOperationException("DequantizedKvBackend stands in for an int8 pool with a float one: give it float pools");
+        if (poolScales is not null || PagedKvPool.IsQuantized(pool.DType))
+            throw new InvalidOperationException($"DequantizedKvBackend stands in for a {poolDType} pool with a float one: give it float pools");
         int n = keysAndValues.Size(0), r = keysAndValues.Size(1), d = keysAndValues.Size(2);
         var rows = Inner.Allocate(new Shape(n, r, d), keysAndValues.DType);
         try
@@ -26,12 +27,13 @@ internal sealed class DequantizedKvBackend(IBackend inner) : ForwardingBackend(i
             Inner.Copy(keysAndValues, rows);
             var host = TestTensors.ToDoubles(Inner, rows);
             var row = new float[d];
-            var values = new sbyte[d];
+            var codes = new byte[d];
+            var value = PagedKvPool.CodeValues(poolDType).ToArray();
             for (long at = 0; at < host.Length; at += d)
             {
                 for (int i = 0; i < d; i++) row[i] = (float)host[at + i];
-                double scale = Int8Quantization.QuantizeRow(row, values);
-                for (int i = 0; i < d; i++) host[at + i] = scale * values[i];
+                double scale = PagedKvPool.QuantizeRow(poolDType, row, codes);
+                for (int i = 0; i < d; i++) host[at + i] = scale * value[codes[i]];
             }
             TestTensors.Write(Inner, rows, host);
             Inner.PagedAppend(rows, pool, batch);
@@ -47,7 +49,7 @@ internal sealed class DequantizedKvBackend(IBackend inner) : ForwardingBackend(i
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
     {
         // The fused op computes qkv and appends the raw keys and values; the append again overwrites the same slots with
-        // what the int8 cache would hold.
+        // what the quantized cache would hold.
         Inner.MatMulRopePagedAppend(x, norm, weight, bias, qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
         PagedAppend(qkv.Slice(1, queryHeads, pool.Size(2)), pool, batch, poolScales);
     }

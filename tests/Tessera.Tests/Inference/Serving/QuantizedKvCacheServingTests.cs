@@ -12,13 +12,13 @@ using Xunit;
 namespace Tessera.Tests.Inference.Serving;
 
 /// <summary>
-/// Serving with an int8 paged KV cache (<see cref="PagedKvCacheOptions.DType"/> I8) on random debug models (F64, CPU). The
-/// oracle is the same engine whose float cache holds what the int8 values stand for (<see cref="DequantizedKvBackend"/>):
-/// on the CPU both compute the same numbers, so tokens and log-probabilities must be equal exactly, through chunked prefill,
-/// prefix sharing, preemption by recompute, prompt-lookup and draft-model speculation; and tensor-parallel ranks, each with
-/// its own int8 pool, must give one device's int8 tokens.
+/// Serving with a quantized paged KV cache (<see cref="PagedKvCacheOptions.DType"/> I8 or F8E4M3: each test runs for both)
+/// on random debug models (F64, CPU). The oracle is the same engine whose float cache holds what the codes stand for
+/// (<see cref="DequantizedKvBackend"/>): on the CPU both compute the same numbers, so tokens and log-probabilities must be
+/// equal exactly, through chunked prefill, prefix sharing, preemption by recompute, prompt-lookup and draft-model
+/// speculation; and tensor-parallel ranks, each with its own quantized pool, must give one device's tokens.
 /// </summary>
-public class Int8KvCacheServingTests
+public class QuantizedKvCacheServingTests
 {
     private const int BlockSize = 4, Context = 64, Seed = 11;
 
@@ -33,7 +33,7 @@ public class Int8KvCacheServingTests
     ];
 
     /// <summary>Options with room for exactly <paramref name="blocks"/> blocks of a model of <paramref name="config"/> in
-    /// <paramref name="kvDType"/>'s pool (null: the model's F64), so that the int8 engine and its oracle schedule alike.</summary>
+    /// <paramref name="kvDType"/>'s pool (null: the model's F64), so that the quantized engine and its oracle schedule alike.</summary>
     private static EngineOptions Options(TransformerConfig config, DType? kvDType, int blocks, int draftTokens = 2) => new()
     {
         Cache = new PagedKvCacheOptions
@@ -67,81 +67,87 @@ public class Int8KvCacheServingTests
     /// oracle's (F64, exact: the same sums of the same numbers).
     /// </summary>
     [Theory(Timeout = 120_000)]
-    [InlineData("gpt2-debug")]
-    [InlineData("llama-debug")]
-    public async Task AnInt8CacheServesWhatAFloatCacheHoldingItsValuesServes(string preset)
+    [InlineData("gpt2-debug", DType.I8)]
+    [InlineData("llama-debug", DType.I8)]
+    [InlineData("gpt2-debug", DType.F8E4M3)]
+    [InlineData("llama-debug", DType.F8E4M3)]
+    public async Task AQuantizedCacheServesWhatAFloatCacheHoldingItsValuesServes(string preset, DType kvDType)
     {
         TestContext.Current.SendDiagnosticMessage($"model seed {Seed}");
         var cpu = new CpuBackend(1);
-        var oracleBackend = new DequantizedKvBackend(cpu);
-        var int8Model = ByteModels.Random(cpu, preset, Seed, Context);
+        var oracleBackend = new DequantizedKvBackend(cpu, kvDType);
+        var quantizedModel = ByteModels.Random(cpu, preset, Seed, Context);
         var oracleModel = ByteModels.Random(oracleBackend, preset, Seed, Context);
-        var config = int8Model.Config;
+        var config = quantizedModel.Config;
         List<(int Token, double Logprob)>[] expected, actual;
-        EngineMetrics oracleMetrics, int8Metrics;
+        EngineMetrics oracleMetrics, quantizedMetrics;
         using (var oracle = new InferenceEngine(oracleModel, new ByteTokenizer(), Options(config, null, blocks: 20)))
         {
             expected = await Serve(oracle);
             oracleMetrics = oracle.Metrics;
         }
-        using (var int8 = new InferenceEngine(int8Model, new ByteTokenizer(), Options(config, DType.I8, blocks: 20)))
+        using (var quantized = new InferenceEngine(quantizedModel, new ByteTokenizer(), Options(config, kvDType, blocks: 20)))
         {
-            actual = await Serve(int8);
-            int8Metrics = int8.Metrics;
+            actual = await Serve(quantized);
+            quantizedMetrics = quantized.Metrics;
         }
         Assert.True(oracleBackend.RowsQuantized > 0);
-        Assert.Equal(20, int8Metrics.KvBlocksTotal);
-        TestContext.Current.SendDiagnosticMessage($"{preset}: {int8Metrics.Preemptions} preemptions, {int8Metrics.CachedPromptTokens} cached prompt tokens, " +
-            $"{int8Metrics.AcceptedDraftTokens} of {int8Metrics.DraftTokens} guesses kept");
-        Assert.True(int8Metrics.Preemptions > 0, "no sequence was preempted");
-        Assert.True(int8Metrics.CachedPromptTokens > 0, "no prefix block was shared");
-        Assert.True(int8Metrics.DraftTokens > 0, "no guess was verified");
-        Assert.Equal(oracleMetrics.Preemptions, int8Metrics.Preemptions);
-        Assert.Equal(oracleMetrics.CachedPromptTokens, int8Metrics.CachedPromptTokens);
-        Assert.Equal(0, int8Metrics.KvBlocksInUse);
+        Assert.Equal(20, quantizedMetrics.KvBlocksTotal);
+        TestContext.Current.SendDiagnosticMessage($"{preset}: {quantizedMetrics.Preemptions} preemptions, {quantizedMetrics.CachedPromptTokens} cached prompt tokens, " +
+            $"{quantizedMetrics.AcceptedDraftTokens} of {quantizedMetrics.DraftTokens} guesses kept");
+        Assert.True(quantizedMetrics.Preemptions > 0, "no sequence was preempted");
+        Assert.True(quantizedMetrics.CachedPromptTokens > 0, "no prefix block was shared");
+        Assert.True(quantizedMetrics.DraftTokens > 0, "no guess was verified");
+        Assert.Equal(oracleMetrics.Preemptions, quantizedMetrics.Preemptions);
+        Assert.Equal(oracleMetrics.CachedPromptTokens, quantizedMetrics.CachedPromptTokens);
+        Assert.Equal(0, quantizedMetrics.KvBlocksInUse);
         for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i]);
     }
 
     /// <summary>
-    /// A draft model (the served weights: every guess right) with an int8 served cache: its own pool follows the served one
-    /// into int8, and the output equals the oracle's, whose draft model also runs over the dequantizing backend.
+    /// A draft model (the served weights: every guess right) with a quantized served cache: its own pool follows the served
+    /// one into the same code, and the output equals the oracle's, whose draft model also runs over the dequantizing backend.
     /// </summary>
-    [Fact(Timeout = 120_000)]
-    public async Task ADraftModelOverAnInt8CacheServesTheOraclesTokens()
+    [Theory(Timeout = 120_000)]
+    [InlineData(DType.I8)]
+    [InlineData(DType.F8E4M3)]
+    public async Task ADraftModelOverAQuantizedCacheServesTheOraclesTokens(DType kvDType)
     {
         var cpu = new CpuBackend(1);
-        var oracleBackend = new DequantizedKvBackend(cpu);
+        var oracleBackend = new DequantizedKvBackend(cpu, kvDType);
         var config = ByteModels.Random(cpu, "llama-debug", Seed, Context).Config;
         List<(int, double)>[] expected, actual;
         using (var oracle = new InferenceEngine(ByteModels.Random(oracleBackend, "llama-debug", Seed, Context), new ByteTokenizer(),
             Options(config, null, blocks: 64, draftTokens: 3), draftModel: ByteModels.Random(oracleBackend, "llama-debug", Seed, Context)))
             expected = await Serve(oracle);
-        using (var int8 = new InferenceEngine(ByteModels.Random(cpu, "llama-debug", Seed, Context), new ByteTokenizer(),
-            Options(config, DType.I8, blocks: 64, draftTokens: 3), draftModel: ByteModels.Random(cpu, "llama-debug", Seed, Context)))
+        using (var quantized = new InferenceEngine(ByteModels.Random(cpu, "llama-debug", Seed, Context), new ByteTokenizer(),
+            Options(config, kvDType, blocks: 64, draftTokens: 3), draftModel: ByteModels.Random(cpu, "llama-debug", Seed, Context)))
         {
-            actual = await Serve(int8);
-            var m = int8.Metrics;
+            actual = await Serve(quantized);
+            var m = quantized.Metrics;
             TestContext.Current.SendDiagnosticMessage($"{m.AcceptedDraftTokens} of {m.DraftTokens} guesses kept");
             Assert.True(m.DraftTokens > 0);
-            Assert.Equal(m.DraftTokens, m.AcceptedDraftTokens);   // the draft's int8 pool computes what the served one does
+            Assert.Equal(m.DraftTokens, m.AcceptedDraftTokens);   // the draft's quantized pool computes what the served one does
         }
         for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i]);
     }
 
     /// <summary>
-    /// Tensor parallelism on 2 CPU thread ranks, each holding its own key/value heads in an int8 pool: rank 0's tokens equal
-    /// one device's with an int8 cache. Scales are per (position, head), so a rank quantizes its heads as one device does;
+    /// Tensor parallelism on 2 CPU thread ranks, each holding its own key/value heads in a quantized pool: rank 0's tokens
+    /// equal one device's with the same cache. Scales are per (position, head), so a rank quantizes its heads as one device does;
     /// only the F64 rounding of the split products could move a value across a rounding boundary, which these random models'
     /// well-separated logits do not feel (the float tensor-parallel serving tests make the same comparison).
     /// </summary>
     [Theory(Timeout = 120_000)]
-    [InlineData("gpt2-debug")]
-    [InlineData("llama-debug")]
-    public async Task TensorParallelRanksWithInt8PoolsServeOneDevicesInt8Tokens(string preset)
+    [InlineData("gpt2-debug", DType.I8)]
+    [InlineData("llama-debug", DType.I8)]
+    [InlineData("gpt2-debug", DType.F8E4M3)]
+    [InlineData("llama-debug", DType.F8E4M3)]
+    public async Task TensorParallelRanksWithQuantizedPoolsServeOneDevicesTokens(string preset, DType kvDType)
     {
         const int tp = 2;
         var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = Context };
-        var options = Options(config, DType.I8, blocks: 64);
+        var options = Options(config, kvDType, blocks: 64);
         var one = new Transformer(config, new CpuBackend(1), DType.F64);
         one.InitializeWeights(seed: 3);
         List<(int, double)>[] expected;
@@ -156,23 +162,26 @@ public class Int8KvCacheServingTests
             Assert.Equal(expected[i].Select(t => t.Item1), results[0]![i].Select(t => t.Item1));
     }
 
-    /// <summary>The same bytes hold (8 D) / (D + 4) times the positions of an F64 cache in int8 (D = 16 here, 6.4x: each
-    /// (position, head) is D bytes and a 4-byte scale instead of 8 D bytes); a float dtype other than the model's is refused
-    /// by name.</summary>
-    [Fact]
-    public void AnInt8CacheHoldsMoreBlocksInTheSameBytesAndOtherDTypesAreRefused()
+    /// <summary>The same bytes hold (8 D) / (D + 4) times the positions of an F64 cache in a quantized pool (D = 16 here,
+    /// 6.4x: each (position, head) is D bytes and a 4-byte scale instead of 8 D bytes); a float dtype other than the model's
+    /// is refused by name.</summary>
+    [Theory]
+    [InlineData(DType.I8)]
+    [InlineData(DType.F8E4M3)]
+    public void AQuantizedCacheHoldsMoreBlocksInTheSameBytesAndOtherDTypesAreRefused(DType kvDType)
     {
         var cpu = new CpuBackend(1);
         var config = ByteModels.Random(cpu, "llama-debug", Seed, Context).Config;
         var options = new PagedKvCacheOptions { BlockSize = BlockSize, MemoryBytes = 1 << 20 };
         using var f64 = new PagedKvCache(cpu, DType.F64, config.Layers, config.EffectiveKvHeads, config.HeadSize, options);
-        using var i8 = new PagedKvCache(cpu, DType.F64, config.Layers, config.EffectiveKvHeads, config.HeadSize, options with { DType = DType.I8 });
+        using var q8 = new PagedKvCache(cpu, DType.F64, config.Layers, config.EffectiveKvHeads, config.HeadSize, options with { DType = kvDType });
         int d = config.HeadSize;
-        Assert.Equal(DType.I8, i8.DType);
+        Assert.Equal(kvDType, q8.DType);
+        Assert.Equal(kvDType, q8.Pool(0).DType);
         Assert.Null(f64.Scales(0));
-        Assert.Equal(new Shape(i8.Blocks, BlockSize, 2 * config.EffectiveKvHeads), i8.Scales(0)!.Shape);
-        Assert.Equal((long)config.Layers * BlockSize * 2 * config.EffectiveKvHeads * (d + 4), i8.BytesPerBlock);
-        Assert.Equal(8.0 * d / (d + 4), (double)i8.Blocks / f64.Blocks, 2);
+        Assert.Equal(new Shape(q8.Blocks, BlockSize, 2 * config.EffectiveKvHeads), q8.Scales(0)!.Shape);
+        Assert.Equal((long)config.Layers * BlockSize * 2 * config.EffectiveKvHeads * (d + 4), q8.BytesPerBlock);
+        Assert.Equal(8.0 * d / (d + 4), (double)q8.Blocks / f64.Blocks, 2);
         var e = Assert.Throws<ArgumentException>(() => new PagedKvCache(cpu, DType.F64, config.Layers, config.EffectiveKvHeads, config.HeadSize, options with { DType = DType.F32 }));
         Assert.Contains("PagedKvCacheOptions.DType", e.Message);
     }
