@@ -98,8 +98,10 @@ public class QuantizedKvCacheServingTests
         Assert.True(quantizedMetrics.Preemptions > 0, "no sequence was preempted");
         Assert.True(quantizedMetrics.CachedPromptTokens > 0, "no prefix block was shared");
         Assert.True(quantizedMetrics.DraftTokens > 0, "no guess was verified");
-        Assert.Equal(oracleMetrics.Preemptions, quantizedMetrics.Preemptions);
-        Assert.Equal(oracleMetrics.CachedPromptTokens, quantizedMetrics.CachedPromptTokens);
+        // How many preemptions and shared blocks there are depends on when the concurrent requests reach each engine's loop
+        // (a step later, a different batch), so the two engines' counts are not compared; each request's tokens and
+        // log-probabilities do not depend on its batch, and those must be equal.
+        Assert.True(oracleMetrics.Preemptions > 0 && oracleMetrics.CachedPromptTokens > 0, "the oracle neither preempted nor shared a block");
         Assert.Equal(0, quantizedMetrics.KvBlocksInUse);
         for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i]);
     }
