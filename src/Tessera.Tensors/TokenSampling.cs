@@ -43,6 +43,12 @@ public static class TokenSampling
     public static (float Temperature, int TopK, float TopP, ulong Seed) ReadParameters(ReadOnlySpan<int> row) =>
         (BitConverter.Int32BitsToSingle(row[0]), row[1], BitConverter.Int32BitsToSingle(row[2]), (uint)row[3] | (ulong)(uint)row[4] << 32);
 
+    /// <summary>
+    /// Above every value <see cref="Noise"/> takes (its largest, -log(-log(1 - 2^-24)), is 16.64): a candidate whose
+    /// (logit - max) / temperature lies more than this below the best score so far cannot win, and its noise need not be drawn.
+    /// </summary>
+    public const float NoiseBound = 16.7f;
+
     /// <summary>The key of the draw at <paramref name="position"/> for <paramref name="seed"/>.</summary>
     public static ulong RowKey(ulong seed, long position) => Mix(unchecked(seed + 0x9E3779B97F4A7C15UL * (ulong)(position + 1)));
 
@@ -120,7 +126,9 @@ public static class TokenSampling
             int i = kept.IsEmpty ? j : kept[j];
             float logit = logits[i];
             if (float.IsNaN(logit)) continue;
-            float score = (logit - max) / temperature + Noise(key, i);
+            float scaled = (logit - max) / temperature;
+            if (chosen >= 0 && scaled + NoiseBound < top) continue;        // cannot win: its noise is at most NoiseBound
+            float score = scaled + Noise(key, i);
             if (chosen < 0 || score > top || (score == top && i < chosen)) { chosen = i; top = score; }
         }
         return chosen;

@@ -14,6 +14,7 @@
 // positions: (rows) I32, the position each drawn token takes in its sequence (the noise's counter).
 
 #define SAMPLE_FIXED 1099511627776.0   // 2^40: a probability's fixed-point scale
+#define SAMPLE_NOISE_BOUND 16.7f       // TokenSampling.NoiseBound: above every noise value (the largest is 16.64)
 
 __device__ __forceinline__ unsigned long long sample_mix(unsigned long long z)
 {
@@ -286,7 +287,9 @@ __device__ void sample_rows(const T* logits, i64 ld, int V, const int* params, c
     {
         const float v = to_f(row[i]);
         if (v != v || !kept.has(sample_key(v), i)) continue;
-        const float score = add_rn(sub_rn(v, best) / temperature, sample_noise(key, i));
+        const float scaled = sub_rn(v, best) / temperature;
+        if (chosen != 0x7fffffff && add_rn(scaled, SAMPLE_NOISE_BOUND) < top) continue;   // cannot win: no noise draw needed
+        const float score = add_rn(scaled, sample_noise(key, i));
         if (chosen == 0x7fffffff || score > top || (score == top && i < chosen)) { top = score; chosen = i; }
     }
     sample_block_argmax(top, chosen, s);

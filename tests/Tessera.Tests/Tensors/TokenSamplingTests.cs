@@ -97,6 +97,27 @@ public class TokenSamplingTests
         }
     }
 
+    /// <summary>The noise stays below <see cref="TokenSampling.NoiseBound"/> (which lets a draw skip candidates that cannot
+    /// win) and above about -2.82, its extremes at u = 1 - 2^-24 and 2^-24: a million tokens' noise for three keys.</summary>
+    [Fact]
+    public void NoiseStaysWithinItsBounds()
+    {
+        float low = float.MaxValue, high = float.MinValue;
+        foreach (ulong seed in new ulong[] { 1, 2, 3 })
+        {
+            ulong key = TokenSampling.RowKey(seed, 7);
+            for (int t = 0; t < 1_000_000; t++)
+            {
+                float g = TokenSampling.Noise(key, t);
+                low = Math.Min(low, g);
+                high = Math.Max(high, g);
+            }
+        }
+        Assert.InRange(high, 10f, 16.64f);
+        Assert.True(high < TokenSampling.NoiseBound);
+        Assert.InRange(low, -2.82f, -1.5f);
+    }
+
     [Fact]
     public void ParametersRoundTripThroughTheirIntegerRow()
     {
