@@ -507,7 +507,7 @@ public sealed class PagedModelRunner : IDisposable
             _host[layout.Lengths + b] = start + count;
             var drawing = sequence.DeviceSampling;
             draws |= drawing is not null && scheduled.SampledRows > 0;
-            if (scheduled.SampledRows > 0 && sequence.DeviceLogprobs is int top) logprobs = Math.Max(logprobs, Math.Clamp(top, 0, MaxTopLogprobs));
+            if (scheduled.SampledRows > 0 && sequence.DeviceLogprobs is int top) logprobs = Math.Max(logprobs, Math.Clamp(top, 0, Math.Min(MaxTopLogprobs, _vocab)));
             int firstGuess = sequence.Tokens.Count - scheduled.Drafts;
             for (int j = scheduled.SampledRows; j > 0; j--)
             {
@@ -656,13 +656,15 @@ public sealed class PagedModelRunner : IDisposable
     /// </summary>
     private void WarmUp()
     {
-        WarmUp(_maxSequences, _maxRows, _maxOutputs);
+        // The first pass also runs what a step does after the head when rows are drawn on the device (penalty terms, the draw,
+        // log-probabilities), so that their kernels are built before the first request that needs them.
+        WarmUp(_maxSequences, _maxRows, _maxOutputs, everyKernel: true);
         if (_backend is IMatMulRowBuckets buckets)
             foreach (int rows in buckets.TimedRowCounts(_maxRows))
                 if (rows < _maxRows) WarmUp(Math.Min(_maxSequences, rows), rows, Math.Min(_maxSequences, rows));
     }
 
-    private void WarmUp(int sequences, int rows, int outputs)
+    private void WarmUp(int sequences, int rows, int outputs, bool everyKernel = false)
     {
         var layout = new Layout(sequences, rows, _maxBlocks, outputs);
         Array.Clear(_host);
@@ -672,7 +674,8 @@ public sealed class PagedModelRunner : IDisposable
         for (int r = 0; r < layout.Rows; r++) _host[layout.Slots + r] = -1;
         _backend.CopyFromHost<int>(_host, _metadata);
         _backend.Fill(_sampled, 0);
-        Body(layout, outputs);
+        if (everyKernel) Body(layout, outputs, draws: true, logprobs: Math.Min(MaxTopLogprobs, _vocab), terms: true);   // no terms, temperature 0: the argmax
+        else Body(layout, outputs);
         _backend.Synchronize();
         _onDeviceSize = -1;
     }
