@@ -26,7 +26,8 @@
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
 #       its own process), PP_CASES="ARGS;ARGS" (gpu-pp runs: --stages, --curve N), SERVE_CASES="default;OPTIONS;..." (the serving benchmark at
 #       SERVE_STREAMS clients, once per case; SERVE_TORCH=1 adds bench/pytorch/batched_decode.py at that batch,
-#       SERVE_TORCH_COMPILE_PREFILL=1 with its prompts' pass compiled, SERVE_TORCH_FP8=1 its FP8 form (--fp8) after it), NCU_TEST="REGEX:COUNT:Class.Method" (ncu's warp-state and memory tables of chosen
+#       SERVE_TORCH_COMPILE_PREFILL=1 with its prompts' pass compiled, SERVE_TORCH_FP8=1 its FP8 form (--fp8) after it,
+#       SERVE_TORCH_SAMPLED=1 its sampled form (--temperature 1 --top-p 0.95)), NCU_TEST="REGEX:COUNT:Class.Method" (ncu's warp-state and memory tables of chosen
 #       kernels inside a GPU test's profiled region), keeps logs under $OUT, and prints the summary tables last. Every variant reaches the CUDA backend as
 #       the bench's --cuda-options flag (CudaBackendOptions.Parse's "Name=value,..." form), never as environment variables. The .NET runtime comes from
 #       `scripts/pack-dotnet-runtime.sh .device/dotnet-runtime.tar.xz`.
@@ -226,11 +227,13 @@ run)
                 --concurrency "${SERVE_STREAMS:-64}" --rounds 1 --device-time "${opts[@]}" >> "$out/serve.md" 2>>"$out/bench.err" || rc=1
             echo "serve $c: $(( $(date +%s) - t0 )) s"; grep -E '^\| Tessera' "$out/serve.md" | tail -1
         done
-        # the PyTorch decoder at the same batch, prompt and length: SERVE_TORCH=1 in bf16, SERVE_TORCH_FP8=1 with FP8 products too
-        for torch_case in $([ "${SERVE_TORCH:-0}" = 1 ] && echo bf16) $([ "${SERVE_TORCH_FP8:-0}" = 1 ] && echo fp8); do
+        # the PyTorch decoder at the same batch, prompt and length: SERVE_TORCH=1 in bf16, SERVE_TORCH_FP8=1 with FP8 products too,
+        # SERVE_TORCH_SAMPLED=1 sampling in its compiled step (temperature 1, top_p 0.95: a sampled Tessera case's peer)
+        for torch_case in $([ "${SERVE_TORCH:-0}" = 1 ] && echo bf16) $([ "${SERVE_TORCH_FP8:-0}" = 1 ] && echo fp8) $([ "${SERVE_TORCH_SAMPLED:-0}" = 1 ] && echo sampled); do
             t0=$(date +%s)
             timeout "${TORCH_TIMEOUT:-240}" python3 "$dir/batched_decode.py" --batch "${SERVE_STREAMS:-64}" --prompt 512 --new 128 \
                 $([ "${SERVE_TORCH_COMPILE_PREFILL:-0}" = 1 ] && echo --compile-prefill) $([ "$torch_case" = fp8 ] && echo --fp8) \
+                $([ "$torch_case" = sampled ] && echo --temperature 1 --top-p 0.95) \
                 >> "$out/serve.md" 2>>"$out/bench.err" || rc=1
             echo "pytorch decoder ($torch_case): $(( $(date +%s) - t0 )) s"; grep -E '^\| PyTorch' "$out/serve.md" | tail -1
         done

@@ -17,11 +17,17 @@ output row, and each product quantizes its input per row (scale = the row's larg
 FP8 tensor cores through torch._scaled_mm with row-wise scales and a bf16 output: the dynamic per-token FP8 recipe (as
 torchao's float8 row-wise inference and vLLM's dynamic FP8 do), the peer of Tessera's `--quantize fp8`.
 
+With --temperature T (and --top-p P) the compiled step samples instead of taking the argmax, the way a PyTorch user writes it
+(gpt-fast's exponential race, with a sorted-cumsum nucleus for top-p): logits / T in fp32, the tokens outside the shortest
+prefix of probability P masked, softmax, then argmax(p / E) for E ~ Exp(1) drawn in the graph (torch's CUDA-graph-safe RNG):
+the peer of Tessera's serving bench with --temperature and --top-p, whose tokens are drawn on the device.
+
 Earlier versions of this peer wrote each layer's keys and values into a view of one (L, ...) cache tensor and measured 2.8
 and 1.6 ms a step at batch 1, 11.7 and 17.7 ms at batch 64 (most likely torch rebuilt the whole cache at every write); with a
 buffer per layer this one gives 1.31 and 2.03 ms on an H200 (docs/benchmarks.md, session 11), as a good PyTorch decoder should.
 
     python3 bench/pytorch/batched_decode.py [--batch 1,8,32,64,128] [--prompt 512] [--new 128] [--no-tuning] [--compile-prefill] [--fp8]
+        [--temperature T] [--top-p P]
 """
 import argparse
 import math
@@ -90,8 +96,9 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, batch, max_len, fp8=False):
+    def __init__(self, batch, max_len, fp8=False, temperature=0.0, top_p=1.0):
         super().__init__()
+        self.temperature, self.top_p = temperature, top_p
         g = torch.Generator(device="cuda").manual_seed(0)
         def w(*shape, std=0.02):
             return (torch.randn(*shape, generator=g, device="cuda", dtype=torch.float32) * std).to(torch.bfloat16)
@@ -134,12 +141,25 @@ class Decoder(nn.Module):
             gu = linear(rms(x, p.n2), p, "gu")
             x = x + linear(F.silu(gu[..., :FF]) * gu[..., FF:], p, "down")
         h = rms(x[:, -1], self.norm)
-        return (linear(h, self, "head") if hasattr(self, "head_q") else F.linear(h, self.emb)).argmax(-1)
+        return self.choose(linear(h, self, "head") if hasattr(self, "head_q") else F.linear(h, self.emb))
+
+    def choose(self, logits):
+        # (B, V) -> (B,): greedy, or a draw at the temperature within the top-p nucleus (exponential race).
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        x = logits.float() / self.temperature
+        if self.top_p < 1:
+            s, i = torch.sort(x, dim=-1, descending=True)
+            p = torch.softmax(s, dim=-1)
+            s = s.masked_fill(p.cumsum(-1) - p >= self.top_p, float("-inf"))   # keep the shortest prefix reaching top_p
+            x = torch.full_like(x, float("-inf")).scatter(-1, i, s)
+        p = torch.softmax(x, dim=-1)
+        return torch.argmax(p / torch.empty_like(p).exponential_(1), dim=-1)
 
 
-def run(batch, prompt, new, compile_prefill, fp8):
+def run(batch, prompt, new, compile_prefill, fp8, temperature=0.0, top_p=1.0):
     torch.manual_seed(0)
-    dec = Decoder(batch, prompt + new, fp8)
+    dec = Decoder(batch, prompt + new, fp8, temperature, top_p)
     tokens = torch.randint(0, V, (batch, prompt), device="cuda")
     step = torch.compile(dec, mode="reduce-overhead", fullgraph=True)
     # The prompts' pass: eager as gpt-fast runs it by default, or compiled (its own graph at the prompt's shape; no CUDA graph).
@@ -171,7 +191,8 @@ def run(batch, prompt, new, compile_prefill, fp8):
     skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
     how = "compiled" if compile_prefill else "eager"
     dtype = "fp8 (e4m3, row-wise scales) + bf16" if fp8 else "bf16"
-    print(f"| PyTorch {torch.__version__} compile reduce-overhead, static cache, {how} prefill | llama-1b | {dtype} | {batch} | {prompt} | {new} | "
+    sampling = f", sampled (temperature {temperature}, top_p {top_p})" if temperature > 0 else ""
+    print(f"| PyTorch {torch.__version__} compile reduce-overhead, static cache, {how} prefill{sampling} | llama-1b | {dtype} | {batch} | {prompt} | {new} | "
           f"{batch * steps / seconds:,.0f} | {seconds * 1000 / steps:.3f} | {prefill_s * 1000:.1f} | "
           f"{batch * new / (prefill_s + seconds):,.0f} | {skips} |", flush=True)
     del dec, step
@@ -187,6 +208,8 @@ if __name__ == "__main__":
     ap.add_argument("--no-tuning", action="store_true", help="skip inductor's coordinate-descent tuning (faster compile)")
     ap.add_argument("--compile-prefill", action="store_true", help="compile the prompts' pass too (torch.compile at the prompt's shape)")
     ap.add_argument("--fp8", action="store_true", help="e4m3 weights with row-wise scales, inputs quantized per row, torch._scaled_mm")
+    ap.add_argument("--temperature", type=float, default=0.0, help="sample at this temperature inside the compiled step (0: greedy)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="with --temperature: keep the shortest prefix of this probability")
     a = ap.parse_args()
     torch._inductor.config.coordinate_descent_tuning = not a.no_tuning
     torch._inductor.config.triton.unique_kernel_names = True
@@ -195,4 +218,4 @@ if __name__ == "__main__":
           "generated tokens/s (prefill + decode) | graph skips |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for b in [int(s) for s in a.batch.split(",")]:
-        run(b, a.prompt, a.new, a.compile_prefill, a.fp8)
+        run(b, a.prompt, a.new, a.compile_prefill, a.fp8, a.temperature, a.top_p)
