@@ -73,25 +73,86 @@ public static class TokenSampling
         ulong key = RowKey(seed, position);
         if (!filtered) return Gumbel(logits, max, temperature, key, []);
 
-        // The order of the candidates: logit descending, id ascending.
-        var order = new int[candidates];
-        for (int i = 0, j = 0; i < logits.Length; i++) if (!float.IsNaN(logits[i])) order[j++] = i;
-        var values = logits.ToArray();
-        Array.Sort(order, (a, b) => values[a] != values[b] ? values[b].CompareTo(values[a]) : a.CompareTo(b));
-        int keep = topK > 0 ? Math.Min(topK, candidates) : candidates;
-        if (topP < 1)
+        // The kept candidates in their order (logit descending, id ascending), without sorting the whole row: top-k's best k
+        // by a bounded heap; for top-p alone, the candidates within a widening distance of the maximum, until their mass
+        // holds the cut (every candidate at least as likely as the cut's lies within it).
+        int[] order;
+        int keep;
+        if (topK > 0 && topK < candidates)
         {
-            double sum = 0;
-            var p = new double[keep];
-            for (int i = 0; i < keep; i++) sum += p[i] = Math.Exp(((double)values[order[i]] - max) / temperature);
-            double target = topP * sum, cumulative = 0;
-            for (int i = 0; i < keep; i++)
+            order = Best(logits, topK);
+            keep = topK;
+            if (topP < 1) keep = Math.Max(1, NucleusLength(logits, order, keep, max, temperature, topP, Mass(logits, order, keep, max, temperature)));
+        }
+        else
+        {
+            double total = 0;
+            foreach (var v in logits) if (!float.IsNaN(v)) total += Math.Exp(((double)v - max) / temperature);
+            for (double reach = 8; ; reach *= 2)
             {
-                cumulative += p[i];
-                if (cumulative >= target) { keep = i + 1; break; }
+                order = Within(logits, max, temperature, reach);
+                keep = NucleusLength(logits, order, order.Length, max, temperature, topP, total);
+                if (keep > 0 || order.Length == candidates) break;
             }
+            if (keep == 0) keep = order.Length;                               // the rounding of the sums: every candidate
         }
         return Gumbel(logits, max, temperature, key, order.AsSpan(0, keep));
+    }
+
+    private static readonly Comparer<(float Logit, int Id)> Worse =
+        Comparer<(float Logit, int Id)>.Create((a, b) => a.Logit != b.Logit ? a.Logit.CompareTo(b.Logit) : b.Id.CompareTo(a.Id));
+
+    /// <summary>The <paramref name="k"/> first candidates in the order logit descending, id ascending.</summary>
+    private static int[] Best(ReadOnlySpan<float> logits, int k)
+    {
+        var heap = new PriorityQueue<int, (float, int)>(k, Worse);   // the worst kept candidate on top
+        for (int i = 0; i < logits.Length; i++)
+        {
+            float v = logits[i];
+            if (float.IsNaN(v)) continue;
+            if (heap.Count < k) heap.Enqueue(i, (v, i));
+            else
+            {
+                int worst = heap.Peek();
+                if (Worse.Compare((v, i), (logits[worst], worst)) > 0) heap.EnqueueDequeue(i, (v, i));
+            }
+        }
+        var best = new int[heap.Count];
+        for (int j = best.Length - 1; j >= 0; j--) best[j] = heap.Dequeue();
+        return best;
+    }
+
+    /// <summary>The candidates whose (logit - max) / temperature is at least -<paramref name="reach"/>, in their order.</summary>
+    private static int[] Within(ReadOnlySpan<float> logits, float max, float temperature, double reach)
+    {
+        var near = new List<int>();
+        for (int i = 0; i < logits.Length; i++)
+            if (!float.IsNaN(logits[i]) && ((double)logits[i] - max) / temperature >= -reach) near.Add(i);
+        var order = near.ToArray();
+        var values = logits.ToArray();
+        Array.Sort(order, (a, b) => values[a] != values[b] ? values[b].CompareTo(values[a]) : a.CompareTo(b));
+        return order;
+    }
+
+    /// <summary>The sum of the first <paramref name="count"/> candidates' exp((logit - max) / temperature), in double.</summary>
+    private static double Mass(ReadOnlySpan<float> logits, int[] order, int count, float max, float temperature)
+    {
+        double sum = 0;
+        for (int i = 0; i < count; i++) sum += Math.Exp(((double)logits[order[i]] - max) / temperature);
+        return sum;
+    }
+
+    /// <summary>How many of the first <paramref name="count"/> candidates top-p keeps: the shortest prefix whose mass reaches
+    /// <paramref name="topP"/> of <paramref name="total"/>; 0 when these candidates do not reach it.</summary>
+    private static int NucleusLength(ReadOnlySpan<float> logits, int[] order, int count, float max, float temperature, float topP, double total)
+    {
+        double target = topP * total, cumulative = 0;
+        for (int i = 0; i < count; i++)
+        {
+            cumulative += Math.Exp(((double)logits[order[i]] - max) / temperature);
+            if (cumulative >= target) return i + 1;
+        }
+        return 0;
     }
 
     /// <summary>
