@@ -31,10 +31,12 @@ namespace Tessera.Bench.Serving;
 /// [--concurrency 1,8,32,64,128] [--rounds 2] [--max-batch 128] [--kv-memory GiB] [--token-budget 8192]
 /// [--decoding-step-tokens 512] [--no-graphs] [--phase-sync] [--device-time] [--no-async] [--advance-on-device] [--draft-tokens N]
 /// [--uniform-drafts] [--draft-preset P | --draft-model DIR] [--model DIR] [--quantize int8|fp8] [--kv-dtype model|int8|fp8]
-/// [--temperature T] [--top-p P] [--host-sampling] [--cuda-options Name=value,...]</para>
+/// [--temperature T] [--top-p P] [--logprobs N] [--frequency-penalty F] [--host-sampling] [--cuda-options Name=value,...]</para>
 /// <para>--temperature T (default 0: greedy) and --top-p P make every request sample, as an OpenAI client's default
 /// (temperature 1) does; the tokens are drawn on the device (<see cref="EngineOptions.SampleOnDevice"/>) unless
-/// --host-sampling, where each sampled row's logits go to the host and the host sampler draws.</para>
+/// --host-sampling, where each sampled row's logits go to the host and the host sampler draws. --logprobs N asks every
+/// request for its tokens' log-probabilities and N alternatives, --frequency-penalty F for OpenAI's frequency penalty: both
+/// computed on the device unless --host-sampling.</para>
 /// <para>--quantize int8 serves the model with its linear layers' weights as int8 with row scales (a byte a weight); fp8 as
 /// E4M3 codes with row scales, each product quantizing its input's rows to E4M3 too (W8A8-FP8).</para>
 /// <para>--kv-dtype int8 (fp8) holds the paged KV cache as int8 values (E4M3 codes) with one F32 scale per position and head
@@ -85,7 +87,8 @@ public static class ServeBench
         int[] levels = [1, 8, 32, 64, 128];
         double? kvGiB = null;
         bool graphs = true, load = false, hostSampling = false;
-        double temperature = 0, topP = 1;
+        double temperature = 0, topP = 1, frequencyPenalty = 0;
+        int? logprobs = null;
         var quantization = Tessera.Nn.Quantization.WeightQuantization.None;
         DType? kvDType = null;
         for (int i = 0; i < args.Length; i++)
@@ -124,6 +127,8 @@ public static class ServeBench
                 case "--temperature": temperature = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--top-p": topP = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--host-sampling": hostSampling = true; break;
+                case "--logprobs": logprobs = Int(); break;
+                case "--frequency-penalty": frequencyPenalty = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--seconds": seconds = Int(); break;
                 default: throw new ArgumentException($"serve: unknown argument '{args[i]}'");
             }
@@ -197,8 +202,10 @@ public static class ServeBench
         try
         {
             // The request's sampling fields: greedy by default; a fixed seed, so that a run draws the same tokens.
-            string sampling = FormattableString.Invariant($"\"temperature\": {temperature}, \"top_p\": {topP}, \"seed\": 1");
-            Console.WriteLine($"requests: temperature {temperature}, top_p {topP}{(temperature > 0 ? hostSampling ? ", drawn on the host" : ", drawn on the device" : "")}");
+            string sampling = FormattableString.Invariant($"\"temperature\": {temperature}, \"top_p\": {topP}, \"seed\": 1, \"frequency_penalty\": {frequencyPenalty}")
+                + (logprobs is int n ? FormattableString.Invariant($", \"logprobs\": {n}") : "");
+            Console.WriteLine($"requests: temperature {temperature}, top_p {topP}, frequency_penalty {frequencyPenalty}, logprobs {(logprobs?.ToString(CultureInfo.InvariantCulture) ?? "none")}; " +
+                (hostSampling ? "sampled on the host" : "sampled on the device"));
             return load ? Load(http, engine, preset, sampling, clients, seconds, maxBatch)
                 : Levels(http, engine, backend as CudaBackend, model, preset, sampling, dtype, prompt, newTokens, rounds, levels, maxBatch, corpusPrompt);
         }
