@@ -50,12 +50,12 @@ public static class TokenSampling
     public const float NoiseBound = 16.7f;
 
     /// <summary>The key of the draw at <paramref name="position"/> for <paramref name="seed"/>.</summary>
-    public static ulong RowKey(ulong seed, long position) => Mix(unchecked(seed + 0x9E3779B97F4A7C15UL * (ulong)(position + 1)));
+    public static ulong RowKey(ulong seed, long position) => SplitMix64.Mix(unchecked(seed + SplitMix64.Golden * (ulong)(position + 1)));
 
     /// <summary>The Gumbel noise of <paramref name="token"/> in the draw of <paramref name="rowKey"/>.</summary>
     public static float Noise(ulong rowKey, int token)
     {
-        ulong h = Mix(rowKey ^ unchecked(0xD1B54A32D192ED03UL * (ulong)(token + 1)));
+        ulong h = SplitMix64.Mix(rowKey ^ unchecked(0xD1B54A32D192ED03UL * (ulong)(token + 1)));
         float u = (2 * (uint)(h >> 41) + 1) * 5.9604644775390625e-8f;   // (2k + 1) 2^-24 in (0, 1), exact
         return -MathF.Log(-MathF.Log(u));
     }
@@ -165,14 +165,6 @@ public static class TokenSampling
         for (int i = 0; i < logits.Length; i++)
             if (!float.IsNaN(logits[i]) && (best < 0 || logits[i] > logits[best])) best = i;
         return Math.Max(best, 0);
-    }
-
-    /// <summary>SplitMix64's finalizer.</summary>
-    private static ulong Mix(ulong z)
-    {
-        z = unchecked((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL);
-        z = unchecked((z ^ (z >> 27)) * 0x94D049BB133111EBUL);
-        return z ^ (z >> 31);
     }
 
     /// <summary>The candidate of the largest score among every non-NaN logit (<paramref name="kept"/> empty) or the kept ones;

@@ -208,7 +208,7 @@ public sealed class LoraLinear : Linear
         long count = mask.NumElements;
         if (_hostMask.Length < count) _hostMask = new double[count];
         double keep = 1.0 / (1.0 - Dropout);
-        var random = new Random(unchecked((int)SplitMix(((ulong)(uint)_dropoutSeed << 32) ^ (ulong)MasksDrawn)));
+        var random = new Random(unchecked((int)SplitMix64.Next(((ulong)(uint)_dropoutSeed << 32) ^ (ulong)MasksDrawn)));   // (seed, mask index) spread over the seeds
         MasksDrawn++;
         for (long i = 0; i < count; i++) _hostMask[i] = random.NextDouble() < Dropout ? 0.0 : keep;
         var values = _hostMask.AsSpan(0, (int)count);
@@ -229,12 +229,4 @@ public sealed class LoraLinear : Linear
         }
     }
 
-    /// <summary>SplitMix64's finalizer: spreads (seed, mask index) over the seed space of the mask's generator.</summary>
-    private static ulong SplitMix(ulong z)
-    {
-        z += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        return z ^ (z >> 31);
-    }
 }

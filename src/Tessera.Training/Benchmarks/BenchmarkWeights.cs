@@ -77,11 +77,7 @@ public static class BenchmarkWeights
     /// <summary>A generator seed from (seed, parameter, chunk) through SplitMix64's finalizer, folded to a non-negative int.</summary>
     internal static int ChunkSeed(int seed, ulong nameHash, int chunk)
     {
-        ulong z = nameHash ^ ((ulong)(uint)seed << 32 | (uint)chunk);
-        z += 0x9E3779B97F4A7C15UL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
-        z ^= z >> 31;
+        ulong z = SplitMix64.Next(nameHash ^ ((ulong)(uint)seed << 32 | (uint)chunk));
         return (int)(z & int.MaxValue);
     }
 }
