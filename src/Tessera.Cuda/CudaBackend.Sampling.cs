@@ -8,13 +8,19 @@ public sealed unsafe partial class CudaBackend
     /// <summary>Threads of <c>sample_rows</c>'s CTA (one a row): the row's passes are grid-stride loops over its columns.</summary>
     private const int SamplingThreads = 1024;
 
+    /// <summary>Refuses anything but rows (M, V) with a contiguous last dimension (a row-strided view is accepted).</summary>
+    private static void RequireRows(string op, string name, Tensor t)
+    {
+        if (t.Rank != 2 || (t.Stride(1) != 1 && t.Size(1) > 1))
+            throw new ArgumentException($"CudaBackend.{op}: {name} must be (M, V) with a contiguous last dimension, got {t.Shape}");
+    }
+
     public void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids)
     {
         const string op = nameof(SampleRows);
         ArgumentNullException.ThrowIfNull(logits); ArgumentNullException.ThrowIfNull(parameters);
         ArgumentNullException.ThrowIfNull(positions); ArgumentNullException.ThrowIfNull(ids);
-        if (logits.Rank != 2 || (logits.Stride(1) != 1 && logits.Size(1) > 1))
-            throw new ArgumentException($"CudaBackend.{op}: logits must be (M, V) with a contiguous last dimension, got {logits.Shape}");
+        RequireRows(op, "logits", logits);
         int m = logits.Size(0), v = logits.Size(1);
         if (v == 0) throw new ArgumentException($"CudaBackend.{op}: logits {logits.Shape} has no columns");
         RequireDType(op, "parameters", parameters, DType.I32);
@@ -38,8 +44,7 @@ public sealed unsafe partial class CudaBackend
     {
         const string op = nameof(TokenLogprobs);
         ArgumentNullException.ThrowIfNull(logits); ArgumentNullException.ThrowIfNull(ids); ArgumentNullException.ThrowIfNull(logprobs);
-        if (logits.Rank != 2 || (logits.Stride(1) != 1 && logits.Size(1) > 1))
-            throw new ArgumentException($"CudaBackend.{op}: logits must be (M, V) with a contiguous last dimension, got {logits.Shape}");
+        RequireRows(op, "logits", logits);
         int m = logits.Size(0), v = logits.Size(1);
         if (count < 0 || count > v) throw new ArgumentOutOfRangeException(nameof(count), count, $"CudaBackend.{op}: count must lie in [0, {v}], the row's columns");
         RequireDType(op, "ids", ids, DType.I32);
@@ -70,8 +75,7 @@ public sealed unsafe partial class CudaBackend
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(starts);
         ArgumentNullException.ThrowIfNull(columns); ArgumentNullException.ThrowIfNull(values);
         RequireDType(op, "x", x, DType.F32);
-        if (x.Rank != 2 || (x.Stride(1) != 1 && x.Size(1) > 1))
-            throw new ArgumentException($"CudaBackend.{op}: x must be (M, V) with a contiguous last dimension, got {x.Shape}");
+        RequireRows(op, "x", x);
         int m = x.Size(0);
         RequireDType(op, "starts", starts, DType.I32);
         RequireContiguous(op, "starts", starts);

@@ -18,7 +18,7 @@ namespace Tessera.Inference.Paging;
 /// The step's metadata (tokens, positions, slots, block tables) is written into one host array, packed for the step's
 /// shape, and copied to one device buffer with one copy of just that size; a decode bucket's layout never changes, so
 /// its device addresses do not either. A step may be enqueued before the previous one's sampled ids reach the host
-/// (<see cref="Enqueue"/>, <see cref="Collect"/>): its unknown input ids are read from that step's argmax on the device.
+/// (<see cref="Enqueue"/>, <see cref="Collect(out ReadOnlySpan{int}, out ReadOnlySpan{float})"/>): its unknown input ids are read from that step's argmax on the device.
 /// A decode-only step is padded to a batch-size bucket
 /// (1, 2, 4, 8, ...): on a backend that records (<see cref="IGraphCapture"/>) the first step of a bucket runs normally,
 /// the second is recorded and later ones replay the recording after copying the metadata (one graph per bucket). So is a
@@ -212,14 +212,14 @@ public sealed class PagedModelRunner : IDisposable
     public int PendingSteps => _pending.Count;
 
     /// <summary>
-    /// Stopwatch ticks of the step that <see cref="Collect"/> returned last: writing and copying its metadata, its forward
+    /// Stopwatch ticks of the step that <see cref="Collect(out ReadOnlySpan{int}, out ReadOnlySpan{float})"/> returned last: writing and copying its metadata, its forward
     /// pass (enqueue or replay, and with <see cref="SeparatePhases"/> its device time), and the collect (waiting for the
     /// sampled ids, reading the logits).
     /// </summary>
     public (long Metadata, long Forward, long Readback) LastPhaseTicks { get; private set; }
 
     /// <summary>
-    /// Runs <paramref name="step"/> and waits for it: <see cref="Enqueue"/> then <see cref="Collect"/>. Returns, for each
+    /// Runs <paramref name="step"/> and waits for it: <see cref="Enqueue"/> then <see cref="Collect(out ReadOnlySpan{int}, out ReadOnlySpan{float})"/>. Returns, for each
     /// sampled row (in step order: a sequence's last row, after the rows before its drafts when it has them;
     /// <see cref="ScheduledSequence.SampledRows"/>), the argmax of its logits in <paramref name="greedy"/>; when
     /// <paramref name="withLogits"/>, also its logits row (V floats each) in <paramref name="logits"/>. Both are the runner's
@@ -237,7 +237,7 @@ public sealed class PagedModelRunner : IDisposable
     /// and the copy of its sampled ids to the host. A token of the step that is negative, -1 - j, is the one that the
     /// previously enqueued step sampled in its j-th sampling row: it is read on the device, so this step may be enqueued
     /// before that one's ids reach the host. At most two steps may be pending, and none after a step with logits (their
-    /// buffer is the next step's). Returns the step's sampling rows; <see cref="Collect"/> returns their results, in order.
+    /// buffer is the next step's). Returns the step's sampling rows; <see cref="Collect(out ReadOnlySpan{int}, out ReadOnlySpan{float})"/> returns their results, in order.
     /// </summary>
     public int Enqueue(ScheduledStep step, bool withLogits)
     {

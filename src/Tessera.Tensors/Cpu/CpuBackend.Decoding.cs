@@ -164,6 +164,14 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(x, indices);
     }
 
+    /// <summary>Row <paramref name="r"/> of logits (M, V) as floats: F64 logits rounded once, as the host sampler reads them.</summary>
+    private void ReadRowAsSingles(Tensor logits, int r, float[] row)
+    {
+        long at = r * logits.Stride(0);
+        if (logits.DType == DType.F32) new ReadOnlySpan<float>(Ptr<float>(logits) + at, row.Length).CopyTo(row);
+        else { double* src = Ptr<double>(logits) + at; for (int i = 0; i < row.Length; i++) row[i] = (float)src[i]; }
+    }
+
     public void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids)
     {
         const string op = nameof(SampleRows);
@@ -184,13 +192,10 @@ public sealed unsafe partial class CpuBackend
             if (t.NumElements != m) throw new ArgumentException($"{op}: {name} {t.Shape} must hold one value per row of logits {logits.Shape}", name);
         }
         int* pp = Ptr<int>(parameters), pos = Ptr<int>(positions), pi = Ptr<int>(ids);
-        long ld = logits.Stride(0);
         var row = new float[v];
         for (int r = 0; r < m; r++)
         {
-            // The row as floats: F64 logits are rounded once, as the host sampler reads them.
-            if (logits.DType == DType.F32) new ReadOnlySpan<float>(Ptr<float>(logits) + r * ld, v).CopyTo(row);
-            else { double* src = Ptr<double>(logits) + r * ld; for (int i = 0; i < v; i++) row[i] = (float)src[i]; }
+            ReadRowAsSingles(logits, r, row);
             var (temperature, topK, topP, seed) = TokenSampling.ReadParameters(new ReadOnlySpan<int>(pp + r * TokenSampling.ParameterColumns, TokenSampling.ParameterColumns));
             pi[r] = TokenSampling.Choose(row, temperature, topK, topP, seed, pos[r]);
         }
@@ -222,12 +227,10 @@ public sealed unsafe partial class CpuBackend
         int* pi = Ptr<int>(ids);
         float* pl = Ptr<float>(logprobs);
         int* pt = topIds is null ? null : Ptr<int>(topIds);
-        long ld = logits.Stride(0);
         var row = new float[v];
         for (int r = 0; r < m; r++)
         {
-            if (logits.DType == DType.F32) new ReadOnlySpan<float>(Ptr<float>(logits) + r * ld, v).CopyTo(row);
-            else { double* src = Ptr<double>(logits) + r * ld; for (int i = 0; i < v; i++) row[i] = (float)src[i]; }
+            ReadRowAsSingles(logits, r, row);
             int id = pi[r];
             if ((uint)id >= (uint)v) throw new ArgumentException($"{op}: ids[{r}] = {id} lies outside the row's {v} columns", nameof(ids));
             pl[r * (1 + count)] = (float)(row[id] - LogProbabilities.LogSumExp(row));
