@@ -15,7 +15,7 @@ namespace Tessera.Tests.Models.Adapters;
 
 /// <summary>
 /// A tiny base model and a PEFT adapter for it, written as files, and what <c>tessera export</c> makes of the two: the inputs of
-/// the --adapter tests. The base has random weights of O(0.3) (norm weights near 1) and the byte vocabulary with a tokenizer, so
+/// the --adapter tests. The base has random weights of O(0.3) (norm weights near 1) and the byte vocabulary with a tokenizer and a context of 128 (room for a chat prompt), so
 /// the commands can serve it; the adapter has rank 4, alpha 8, A as PEFT initializes it and B of O(0.3), so it moves the logits.
 /// </summary>
 /// <param name="Base">The base model's Hugging Face directory.</param>
@@ -33,7 +33,7 @@ internal sealed record AdapterCase(string Base, string Adapter, TransformerConfi
     {
         TestContext.Current.TestOutputHelper?.WriteLine($"{preset}: weights and adapter seed {seed}");
         var cpu = new CpuBackend(2);
-        var config = ModelPresets.Get(preset) with { VocabSize = 256 };
+        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = 128 };
         var plain = new Tessera.Models.Transformer(config, cpu, DType.F32);
         LayerCheck.Randomize(cpu, plain.Parameters, new Random(seed));
         string baseDir = Path.Combine(root, preset + "-base");

@@ -165,7 +165,7 @@ public sealed class LoraWeightMergeTests : IDisposable
 
         // A GPT-2 adapter on a Llama base: its target modules are no layers of the model.
         var gpt2 = Path.Combine(_dir, "gpt2-adapter");
-        AdapterCase.WriteAdapter(gpt2, ModelPresets.Get("gpt2-debug") with { VocabSize = 256 }, ["c_attn"], 332);
+        AdapterCase.WriteAdapter(gpt2, ModelPresets.Get("gpt2-debug") with { VocabSize = 256, MaxSequenceLength = 128 }, ["c_attn"], 332);
         Assert.Contains("target_modules: LoRA target 'c_attn' names no layer of a Llama model", Refusal<InvalidDataException>(gpt2));
         // An adapter of a wider MLP: the shapes do not fit; of a deeper model: tensors the base's layers do not have.
         var wide = Path.Combine(_dir, "wide-adapter");
