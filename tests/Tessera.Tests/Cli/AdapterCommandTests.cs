@@ -97,6 +97,40 @@ public sealed class AdapterCommandTests : IDisposable
     }
 
     /// <summary>
+    /// The base may be a Tessera run (its latest checkpoint, read with the checkpoint's own configuration): generate --model RUN
+    /// --adapter DIR prints, greedily, what the export of that checkpoint with the adapter prints.
+    /// </summary>
+    [Fact]
+    public void ARunsCheckpointTakesTheAdapterAsItsExportDoes()
+    {
+        var data = Path.Combine(_dir, "data");
+        Tessera.Training.Data.TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 3000).Select(i => (i * 31) % 256).ToArray());
+        var run = Path.Combine(_dir, "run");
+        var (code, stdout, stderr) = CliProcess.Run("train", "--model", "gpt2-tiny", "--data", Path.Combine(data, "train_000.bin"), "--out", run, "--seq", "16",
+            "--batch", "2", "--steps", "1", "--threads", "1", "--sample-tokens", "0", "--eval-every", "0");
+        Assert.True(code == 0, stdout + stderr);
+        string checkpoint = Tessera.Training.Checkpoints.TrainedModel.Resolve(run);
+        var config = Tessera.Models.HuggingFace.HuggingFaceConfig.Load(Path.Combine(checkpoint, "config.json"));
+        var adapter = Path.Combine(_dir, "adapter");
+        AdapterCase.WriteAdapter(adapter, config, AdapterCase.AllTargets("gpt2"), 431);
+        TestContext.Current.TestOutputHelper?.WriteLine("adapter seed 431");
+        var merged = Path.Combine(_dir, "merged");
+        (code, stdout, stderr) = CliProcess.Run("export", "--model", checkpoint, "--adapter", adapter, "--out", merged);
+        Assert.True(code == 0, stdout + stderr);
+
+        string[] greedy = ["--prompt", "abc", "--max-tokens", "12", "--temperature", "0", "--threads", "1", "--tokenizer", "byte"];
+        (code, stdout, stderr) = CliProcess.Run(["generate", "--model", run, "--adapter", adapter, .. greedy]);
+        Assert.True(code == 0, stdout + stderr);
+        Assert.Contains($"merging the LoRA adapter {adapter} (r = 4, alpha = 8, {4 * config.Layers} layers)", stderr);
+        var (code1, expected, stderr1) = CliProcess.Run(["generate", "--model", merged, .. greedy]);
+        Assert.True(code1 == 0, expected + stderr1);
+        Assert.Equal(expected, stdout);
+        var (code2, plain, stderr2) = CliProcess.Run(["generate", "--model", run, .. greedy]);
+        Assert.True(code2 == 0, plain + stderr2);
+        Assert.NotEqual(plain, stdout);
+    }
+
+    /// <summary>
     /// A missing adapter directory or file, a malformed adapter_config.json, target modules the model lacks and an adapter of
     /// another model's shapes are usage errors (exit 2) naming --adapter and what is wrong; serve starts no server.
     /// </summary>
