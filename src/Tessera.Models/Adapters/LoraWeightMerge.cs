@@ -14,8 +14,8 @@ namespace Tessera.Models.Adapters;
 /// (F32, on the CPU, the same targets, so the same names, shapes and checks), whose base is only declared
 /// (<see cref="ArenaStorage.Deferred"/>: no weight buffer), and each weight is folded by its layer's
 /// <see cref="LoraLinear.MergeInto"/>, the products <see cref="LoraLinear.Merge"/> runs. Host memory: the adapter itself (F32)
-/// plus, while a targeted weight is merged, three F32 copies of that one weight (read, on the CPU backend, read back); never a
-/// copy of the whole model.
+/// plus, while a targeted weight is merged, a few F32 copies of that one weight (as read, on the CPU backend, read back, and a
+/// tensor-parallel rank's slice of it); never a copy of the whole model (export holds the whole model in F32).
 /// </summary>
 public sealed class LoraWeightMerge
 {
