@@ -17,12 +17,17 @@ public static class PretrainedModel
     /// <see cref="WeightQuantization.Fp8"/>) the
     /// model is for inference only: its linear layers' weights are quantized as they load (<see cref="QuantizedParameterStorage"/>),
     /// and no copy of them in <paramref name="dtype"/> is ever allocated on <paramref name="backend"/>; a tensor-parallel rank
-    /// quantizes its own slices (<see cref="Quantized"/>).
+    /// quantizes its own slices (<see cref="Quantized"/>). With <paramref name="adapter"/> (a PEFT LoRA adapter directory) the
+    /// adapter is checked against the model before any weight is read, then merged into each weight it targets as that weight is
+    /// read, before the conversion to <paramref name="dtype"/>, the quantization and the slicing
+    /// (<see cref="HuggingFaceModelDirectory.MergeAdapter"/>): the model equals one loaded from what <c>tessera export</c> writes.
     /// </summary>
     public static Transformer Load(string directory, IBackend backend, DType dtype, TransformerConfig? expected = null,
-        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None)
+        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None,
+        string? adapter = null)
     {
         using var hf = expected is null ? HuggingFaceModelDirectory.Open(directory) : HuggingFaceModelDirectory.Open(directory, expected);
+        if (adapter is not null) hf.MergeAdapter(adapter);
         if (quantization == WeightQuantization.None)
         {
             var model = new Transformer(hf.Config, backend, dtype, tensorParallelism: tensorParallelism);
@@ -32,6 +37,21 @@ public static class PretrainedModel
         var quantized = Quantized(hf.Config, backend, dtype, tensorParallelism, quantization: quantization);
         hf.LoadInto(quantized.Layout.Parameters, backend);
         return quantized;
+    }
+
+    /// <summary>
+    /// Checks the PEFT LoRA adapter in <paramref name="adapter"/> against the model in <paramref name="directory"/> (of
+    /// configuration <paramref name="expected"/> when given, as <see cref="Load"/> takes it) without reading any weight: what a
+    /// command does before it loads anything, to refuse a bad adapter at once and say what it will merge.
+    /// </summary>
+    /// <exception cref="HuggingFaceFormatException">The model directory is malformed.</exception>
+    /// <exception cref="DirectoryNotFoundException">The adapter directory does not exist.</exception>
+    /// <exception cref="FileNotFoundException">One of the adapter's two files is missing.</exception>
+    /// <exception cref="InvalidDataException">The adapter does not fit the model or its config is malformed.</exception>
+    public static Adapters.LoraWeightMerge CheckAdapter(string directory, string adapter, TransformerConfig? expected = null)
+    {
+        using var hf = expected is null ? HuggingFaceModelDirectory.Open(directory) : HuggingFaceModelDirectory.Open(directory, expected);
+        return hf.MergeAdapter(adapter);
     }
 
     /// <summary>

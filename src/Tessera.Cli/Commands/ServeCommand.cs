@@ -51,6 +51,7 @@ public sealed class ServeCommand : Command
         SpeculationOptions.MaxDraftTokens);
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N",
         "tensor-parallel ranks: the model split over N CPU thread ranks, each holding its own heads' KV cache in --kv-memory (rank 0 schedules)", 1, min: 1);
+    private readonly Option<string?> _adapter = AdapterOption.Create();
     private readonly Option<string?> _draftModel = new("--draft-model")
     {
         Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing, whole on rank 0 under --tp; --draft-tokens defaults to 4 with it",
@@ -64,7 +65,7 @@ public sealed class ServeCommand : Command
         _model.Required = true;
         _model.HelpName = "DIR";
         foreach (var o in new Option[] { _model, _device, _dtype, _quantize, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
-            _kvDType, _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _tp })
+            _kvDType, _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _adapter, _tp })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -125,6 +126,9 @@ public sealed class ServeCommand : Command
         {
             throw new UsageException(e.Message);
         }
+        // The adapter is checked against the model before anything loads (every launched rank checks it alike).
+        string? adapter = parse.GetValue(_adapter);
+        string? adapterNote = adapter is null ? null : AdapterOption.Check(dir, adapter).Summary;
 
         if (env.IsDistributed)
         {
@@ -134,8 +138,8 @@ public sealed class ServeCommand : Command
             using var nccl = new NcclMesh(gpu, env, new DeviceMesh(tp: tp), ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
             return nccl.AbortOnFailure(() =>
             {
-                var loaded = TrainedModel.Load(dir, gpu, dtype, nccl.TensorParallelism, quantization);
-                if (env.Rank == 0) return Serve(parse, terminal, loaded, gpu, engineOptions, serve, dtype, ranks: tp);
+                var loaded = TrainedModel.Load(dir, gpu, dtype, nccl.TensorParallelism, quantization, adapter);
+                if (env.Rank == 0) return Serve(parse, terminal, loaded, gpu, engineOptions, serve, dtype, adapterNote, ranks: tp);
                 InferenceEngine.Follow(loaded.Model, engineOptions);
                 return ExitCodes.Success;
             });
@@ -143,8 +147,8 @@ public sealed class ServeCommand : Command
         if (tp == 1)
         {
             var backend = BackendFactory.Create(device, parse.GetValue(_threads));
-            var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype, quantization: quantization));
-            return Serve(parse, terminal, loaded, backend, engineOptions, serve, dtype);
+            var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype, quantization: quantization, adapter: adapter));
+            return Serve(parse, terminal, loaded, backend, engineOptions, serve, dtype, adapterNote);
         }
         // Tensor-parallel thread ranks: each loads its slices; rank 0 serves, the others run the steps it hands them.
         terminal.Note($"loading {dir} over {tp} tensor-parallel thread ranks");
@@ -152,17 +156,20 @@ public sealed class ServeCommand : Command
         {
             using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
-            var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor, quantization);
-            if (ctx.Rank == 0) return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, ranks: tp);
+            var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor, quantization, adapter);
+            if (ctx.Rank == 0) return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, adapterNote, ranks: tp);
             InferenceEngine.Follow(loaded.Model, engineOptions);      // a failure on any rank aborts the others' collectives
             return ExitCodes.Success;
         }, TimeSpan.FromMinutes(10));
         return codes[0];
     }
 
-    /// <summary>Serves <paramref name="loaded"/> (rank 0's part under tensor parallelism) until Ctrl-C or SIGTERM.</summary>
+    /// <summary>
+    /// Serves <paramref name="loaded"/> (rank 0's part under tensor parallelism) until Ctrl-C or SIGTERM; <paramref name="adapter"/>
+    /// describes the LoRA adapter merged into it, or is null.
+    /// </summary>
     private int Serve(ParseResult parse, Terminal terminal, (Transformer Model, string Directory, string? Tokenizer) loaded, IBackend backend,
-        EngineOptions engineOptions, ServeOptions serve, DType dtype, int ranks = 1)
+        EngineOptions engineOptions, ServeOptions serve, DType dtype, string? adapter, int ranks = 1)
     {
         // Build: the model verified as generate does (manifest, finite weights), its tokenizer and chat format.
         var (model, directory, trainedTokenizer) = loaded;
@@ -197,6 +204,7 @@ public sealed class ServeCommand : Command
             $"{model.WeightBytes / (1024.0 * 1024):F1} MiB of weights) at {server.BaseAddress}");
         if (parse.GetValue(_quantize) == WeightQuantization.Fp8 && Fp8Support.Caveat(backend, dtype) is { Length: > 0 } caveat) terminal.Line($"  fp8: {caveat}");
         if (PretrainedModel.WeightsNote(directory) is { } weightsNote) terminal.Line($"  {weightsNote}");
+        if (adapter is not null) terminal.Line($"  LoRA adapter {adapter} merged into the weights");
         string kvKind = engineOptions.Cache.DType switch
         {
             DType.I8 => " (int8, a scale per position and head)",

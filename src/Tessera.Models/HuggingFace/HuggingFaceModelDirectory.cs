@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Tessera.Models.Adapters;
 using Tessera.Models.Safetensors;
 using Tessera.Nn;
 using Tessera.Tensors;
@@ -19,6 +20,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     private readonly SafetensorsShardSource _files;
     private readonly Fp8CheckpointSource _source;
     private readonly Dictionary<string, string> _resolved;
+    private LoraWeightMerge? _adapter;
 
     private HuggingFaceModelDirectory(string path, TransformerConfig config, SafetensorsShardSource source)
     {
@@ -108,12 +110,36 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         return null;
     }
 
-    /// <summary>Reads one Tessera parameter (canonical name) from the files, converted to Tessera's layout.</summary>
+    /// <summary>The LoRA adapter merged into the weights as they are read (<see cref="MergeAdapter"/>), or null.</summary>
+    public LoraWeightMerge? Adapter => _adapter;
+
+    /// <summary>
+    /// Reads the PEFT LoRA adapter in <paramref name="adapterDirectory"/> (checked whole against <see cref="Config"/> first:
+    /// <see cref="LoraWeightMerge.Open"/>), after which every weight it targets is read with it merged (W += alpha / r · B A,
+    /// <c>tessera export</c>'s merge bit for bit) by <see cref="ReadCanonical"/>, <see cref="ReadLocal"/>,
+    /// <see cref="ReadAllCanonical"/> and <see cref="LoadInto"/>: before any dtype conversion, quantization or tensor-parallel
+    /// slicing, one weight at a time. Call before any weight is read; once.
+    /// </summary>
+    public LoraWeightMerge MergeAdapter(string adapterDirectory)
+    {
+        if (_adapter is not null) throw new InvalidOperationException($"{Path}: the adapter {_adapter.Directory} is merged already; merge one adapter");
+        if (BytesRead > 0) throw new InvalidOperationException($"{Path}: weights were read before the adapter {adapterDirectory} was given; give it first");
+        _adapter = LoraWeightMerge.Open(adapterDirectory, Config);
+        return _adapter;
+    }
+
+    /// <summary>Reads one Tessera parameter (canonical name) from the files, converted to Tessera's layout (the adapter merged, if any).</summary>
     public HostTensor ReadCanonical(string canonicalName)
     {
         var entry = Map.Entries.FirstOrDefault(e => e.Canonical == canonicalName)
             ?? throw new KeyNotFoundException($"{Path}: no Tessera parameter '{canonicalName}' in a {Config.Family} model");
-        return Map.ReadCanonical(entry, _source, _resolved);
+        return ReadMerged(entry);
+    }
+
+    private HostTensor ReadMerged(WeightMapEntry entry)
+    {
+        var tensor = Map.ReadCanonical(entry, _source, _resolved);
+        return _adapter is null ? tensor : _adapter.Apply(entry.Canonical, tensor);
     }
 
     /// <summary>
@@ -121,6 +147,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// <see cref="Parameter.Shape"/>; <see cref="Parameter.LocalValues{T}"/> of the whole, bit for bit), converted to Tessera's
     /// layout, reading only the elements the part is made of: a row slice is one read, a column slice one read per row, a
     /// fused q/k/v slice a read from each of q, k and v, a padded vocabulary's zero rows none (<see cref="BytesRead"/> counts).
+    /// A weight the <see cref="Adapter"/> targets is read whole, merged, then sliced: the merge needs every row of B A.
     /// </summary>
     public float[] ReadLocal(Parameter parameter)
     {
@@ -129,15 +156,16 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             ?? throw new KeyNotFoundException($"{Path}: no Tessera parameter '{parameter.Name}' in a {Config.Family} model");
         if (entry.Shape != parameter.GlobalShape)
             throw new ArgumentException($"{Path}: parameter '{parameter.Name}' has shape {parameter.GlobalShape} but config.json implies {entry.Shape}");
+        if (_adapter is not null && _adapter.Adapts(parameter.Name)) return parameter.LocalValues(ReadMerged(entry).Data);
         return Map.ReadSlice(entry, _source, _resolved, TensorSlice.Of(parameter));
     }
 
     /// <summary>Bytes of tensor data read from the weight files so far (headers excluded): what a rank's loading cost.</summary>
     public long BytesRead => _files.BytesRead;
 
-    /// <summary>Every Tessera parameter, read and converted (holds the whole model in host memory as F32).</summary>
+    /// <summary>Every Tessera parameter, read and converted, the adapter merged if any (holds the whole model in host memory as F32).</summary>
     public Dictionary<string, HostTensor> ReadAllCanonical() =>
-        Map.Entries.ToDictionary(e => e.Canonical, e => Map.ReadCanonical(e, _source, _resolved), StringComparer.Ordinal);
+        Map.Entries.ToDictionary(e => e.Canonical, ReadMerged, StringComparer.Ordinal);
 
     /// <summary>
     /// Copies the weights into <paramref name="parameters"/> (values of dtype F32, F64, BF16 or F16), one tensor at
@@ -182,12 +210,12 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// <summary>
     /// Writes a pre-quantized FP8 weight's codes bit for bit, with its per-tensor or per-row scales broadcast to rows, into
     /// <paramref name="p"/>'s FP8 <see cref="QuantizedWeight"/>, when the parameter is one, is not split across ranks, and its
-    /// sources are all such FP8 tensors stacked by rows (not transposed). False otherwise: the caller then loads the
+    /// sources are all such FP8 tensors stacked by rows (not transposed), and no adapter is merged into it. False otherwise: the caller then loads the
     /// dequantized values, which an FP8 parameter re-quantizes per row (block scales, tensor-parallel slices).
     /// </summary>
     private bool TryLoadFp8Exactly(Parameter p, IBackend backend)
     {
-        if (p.Quantized is not { IsFp8: true } q || p.Shape != p.GlobalShape) return false;
+        if (p.Quantized is not { IsFp8: true } q || p.Shape != p.GlobalShape || _adapter?.Adapts(p.Name) == true) return false;
         var entry = Map.Entries.FirstOrDefault(e => e.Canonical == p.Name);
         if (entry is null || entry.Transform is not (WeightTransform.Identity or WeightTransform.ConcatRows)) return false;
         var parts = new List<(byte[] Codes, float[] RowScales)>();

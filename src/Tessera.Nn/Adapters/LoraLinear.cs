@@ -196,10 +196,27 @@ public sealed class LoraLinear : Linear
         if (Merged == merge) throw new InvalidOperationException($"{Name}: the adapters are {(merge ? "already" : "not")} merged");
         if (Weight.Master is not null || Weight.Storage is ParameterArena { LowWords: not null })
             throw new NotSupportedException($"{Name}: the weight has an F32 master (separate or split) beside its {Weight.Value.DType} value; merge into a frozen base (ArenaStorage.Frozen) or an F32/F64 model");
-        var w = Weight.Value;                                        // (out, in)
+        AddProducts(Weight.Value, sign);
+        Merged = merge;
+    }
+
+    /// <summary>
+    /// Adds s · B A into <paramref name="weight"/> (out, in) on each part's rows: a copy of this layer's weight (the whole, unsplit
+    /// tensor) on the adapters' backend, folded by the very products <see cref="Merge"/> uses, so the result holds the bits Merge
+    /// would leave in W. For a loader that merges each weight as it reads it; the layer itself stays unmerged.
+    /// </summary>
+    public void MergeInto(Tensor weight)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.Shape != new Shape(OutFeatures, InFeatures))
+            throw new ArgumentException($"{Name}: a weight of shape {weight.Shape} cannot take the adapters of a ({OutFeatures}, {InFeatures}) layer");
+        AddProducts(weight, +1);
+    }
+
+    private void AddProducts(Tensor w, int sign)                     // w (out, in)
+    {
         foreach (var p in Parts)
             w.Backend.MatMul(p.B.Value, p.A.Value, w.Slice(0, p.RowStart, p.Rows), alpha: sign * Scaling, beta: 1.0);   // (rows, in) += s B A
-        Merged = merge;
     }
 
     /// <summary>The next mask of 0 and 1 / (1 - p) from this layer's stream (host-drawn: seeded and backend-independent).</summary>

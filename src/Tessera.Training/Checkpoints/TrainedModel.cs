@@ -27,6 +27,18 @@ public static class TrainedModel
         throw new FileNotFoundException($"{path}: neither a model directory (config.json) nor a run with checkpoints (checkpoints/latest)");
     }
 
+    /// <summary>
+    /// Checks the PEFT LoRA adapter in <paramref name="adapter"/> against the model <paramref name="path"/> names (resolved as
+    /// <see cref="Load"/> resolves it; a checkpoint with its own configuration) before any weight is read: what generate and serve
+    /// do first, so that a bad adapter is refused before anything loads. Returns the adapter, for the load log.
+    /// </summary>
+    public static Tessera.Models.Adapters.LoraWeightMerge CheckAdapter(string path, string adapter)
+    {
+        var directory = Resolve(path);
+        var expected = IsCheckpoint(directory) ? TrainingCheckpoint.ReadState(directory).Model : null;
+        return PretrainedModel.CheckAdapter(directory, adapter, expected);
+    }
+
     /// <summary>Whether <paramref name="directory"/> is a Tessera training checkpoint (it has trainer_state.json).</summary>
     public static bool IsCheckpoint(string directory) => File.Exists(Path.Combine(directory, "trainer_state.json"));
 
@@ -35,10 +47,12 @@ public static class TrainedModel
     /// every file), loads the weights onto <paramref name="backend"/> in <paramref name="dtype"/> and checks that they are
     /// finite. Returns the model, the directory it came from and, for a checkpoint, the tokenizer it was trained with.
     /// With <paramref name="tensorParallelism"/> the model is this rank's part (its slices of the split weights); with
-    /// <paramref name="quantization"/> an inference model whose linear layers' weights are int8 (<see cref="PretrainedModel.Load"/>).
+    /// <paramref name="quantization"/> an inference model whose linear layers' weights are int8 (<see cref="PretrainedModel.Load"/>);
+    /// with <paramref name="adapter"/> a PEFT LoRA adapter merged into the weights as they are read, before all that.
     /// </summary>
     public static (Transformer Model, string Directory, string? Tokenizer) Load(string path, IBackend backend, DType dtype,
-        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None)
+        Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None,
+        string? adapter = null)
     {
         var directory = Resolve(path);
         TrainerState? state = null;
@@ -49,7 +63,7 @@ public static class TrainedModel
         }
         else if (File.Exists(Path.Combine(directory, "manifest.json")))
             CheckpointManifest.Read(directory).Verify(directory);
-        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism, quantization);
+        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism, quantization, adapter);
         EnsureFinite(model.Layout.Parameters, backend, directory);
         return (model, directory, state?.Tokenizer);
     }

@@ -51,6 +51,7 @@ public sealed class GenerateCommand : Command
         Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing; --draft-tokens defaults to 4 with it",
         HelpName = "DIR",
     };
+    private readonly Option<string?> _adapter = AdapterOption.Create();
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks: the model split over N CPU thread ranks, or over the launched GPU processes ('tessera launch --nproc N generate --tp N --device cuda')", 1, min: 1);
 
     /// <summary>Declares the options.</summary>
@@ -67,7 +68,7 @@ public sealed class GenerateCommand : Command
                     else r.AddError($"--stop-ids: '{part}' is not a token id");
             return ids.ToArray();
         };
-        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _quantize, _tokenizer, _tp, _draftTokens, _draftModel, _json, _jsonSchema })
+        foreach (var o in new Option[] { _model, _prompt, _maxTokens, _temperature, _topK, _topP, _seed, _stop, _stopIds, _device, _threads, _dtype, _quantize, _tokenizer, _adapter, _tp, _draftTokens, _draftModel, _json, _jsonSchema })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -98,6 +99,13 @@ public sealed class GenerateCommand : Command
         var env = DistributedEnvironment.FromEnvironment();
         if (draftModel is not null && (tp > 1 || env.IsDistributed))
             throw new UsageException("--draft-model runs on one device: leave out --tp (and tessera launch)");
+        // The adapter is checked against the model before anything loads (every launched rank checks it alike).
+        string? adapter = parse.GetValue(_adapter);
+        if (adapter is not null)
+        {
+            var merge = AdapterOption.Check(request.Model, adapter);
+            if (env.Rank == 0) terminal.Note($"merging the LoRA adapter {merge.Summary} into {request.Model} as it loads");
+        }
         if (env.IsDistributed && device.Kind == DeviceKind.Cuda)
         {
             // One process per GPU, launched: the world is one tensor-parallel group; rank 0 prints.
@@ -107,7 +115,7 @@ public sealed class GenerateCommand : Command
             using var nccl = new NcclMesh(backend, env, new DeviceMesh(tp: tp), ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
             var quiet = Terminal.Create(TextWriter.Null, TextWriter.Null, false);
             return nccl.AbortOnFailure(() =>
-                Generate(env.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, nccl.TensorParallelism, quantization), backend));
+                Generate(env.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, nccl.TensorParallelism, quantization, adapter), backend));
         }
         if (env.IsDistributed)
             throw new UsageException($"this process is rank {env.Rank} of {env.WorldSize} ({env.Source}): launched generation runs on GPUs through NCCL; add --device cuda, or use --tp N for CPU thread ranks in one process");
@@ -115,7 +123,7 @@ public sealed class GenerateCommand : Command
         {
             var backend = BackendFactory.Create(device, parse.GetValue(_threads));
             return Generate(terminal, request, (b, d) => Loading.Run(terminal, $"loading {request.Model}",
-                () => TrainedModel.Load(request.Model, b, d, quantization: quantization)), backend);
+                () => TrainedModel.Load(request.Model, b, d, quantization: quantization, adapter: adapter)), backend);
         }
         if (device.Kind != DeviceKind.Cpu)
             throw new UsageException($"--tp {tp} in one process runs CPU thread ranks; on GPUs start one process per GPU: tessera launch --nproc {tp} generate --tp {tp} --device cuda ...");
@@ -126,7 +134,7 @@ public sealed class GenerateCommand : Command
             using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
             var quiet = Terminal.Create(TextWriter.Null, TextWriter.Null, false);
-            return Generate(ctx.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, tensor, quantization), ctx.Backend);
+            return Generate(ctx.Rank == 0 ? terminal : quiet, request, (b, d) => TrainedModel.Load(request.Model, b, d, tensor, quantization, adapter), ctx.Backend);
         }, TimeSpan.FromMinutes(10));
         return codes[0];
     }
