@@ -51,7 +51,7 @@ public sealed record PeftAdapterConfig(int Rank, double Alpha, double Dropout, I
     /// <summary>Reads <paramref name="path"/>; throws <see cref="InvalidDataException"/> naming the file and field for anything Tessera cannot apply.</summary>
     public static PeftAdapterConfig Read(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no adapter_config.json (a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors)", path);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: missing (a PEFT adapter directory holds {FileName} and adapter_model.safetensors)", path);
         JsonObject root;
         try
         {

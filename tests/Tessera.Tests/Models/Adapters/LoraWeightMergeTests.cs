@@ -152,7 +152,7 @@ public sealed class LoraWeightMergeTests : IDisposable
         Assert.Contains("no such adapter directory", Refusal<DirectoryNotFoundException>(Path.Combine(_dir, "nowhere")));
         var noConfig = Copy("no-config");
         File.Delete(Path.Combine(noConfig, PeftAdapterConfig.FileName));
-        Assert.Contains("no adapter_config.json", Refusal<FileNotFoundException>(noConfig));
+        Assert.Contains($"{PeftAdapterConfig.FileName}: missing", Refusal<FileNotFoundException>(noConfig));
         var noWeights = Copy("no-weights");
         File.Delete(Path.Combine(noWeights, PeftAdapter.WeightsFile));
         Assert.Contains($"{PeftAdapter.WeightsFile}: missing", Refusal<FileNotFoundException>(noWeights));
