@@ -307,6 +307,7 @@ public sealed class PagedModelRunner : IDisposable
             }
         }
         else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws, logprobs, terms);
+        if (adapterStep) _served!.Clear();                           // the model's other users (a dense generator) see the base
         if (slot >= 0) _timeline!.Mark(2 * slot + 1);
         IReadbackBuffer? readback = null;
         if (sampling > 0)
@@ -704,6 +705,7 @@ public sealed class PagedModelRunner : IDisposable
     private void WarmUp(int sequences, int rows, int outputs, bool everyKernel = false)
     {
         var layout = new Layout(sequences, rows, _maxBlocks, outputs);
+        _served?.Clear();                                            // warm-up rows are the base's
         Array.Clear(_host);
         for (int b = 0; b < layout.Sequences; b++) _host[layout.Starts + b] = b;
         for (int i = 0; i < outputs; i++) _host[layout.Last + i] = i;
