@@ -183,6 +183,32 @@ public sealed class MultiLoraServingTests : IDisposable
         Assert.Contains("draft model", refused.Message);
     }
 
+    /// <summary>
+    /// <see cref="TesseraChatClient"/> (Microsoft.Extensions.AI): <see cref="Microsoft.Extensions.AI.ChatOptions.ModelId"/> naming an
+    /// adapter answers as a client of the merged model does; the client's own id is the base; an unknown id is refused.
+    /// </summary>
+    [Fact]
+    public async Task ChatClientModelIdPicksTheAdapter()
+    {
+        var (c, _) = Write("llama-debug", 591);
+        var served = PretrainedModel.Load(c.Base, _cpu, DType.F64, loraModules: [new LoraModule("a", c.Adapter)]);
+        var chat = new ChatPrompt(new Tessera.Models.Chat.ChatFormat(Tessera.Models.Chat.ChatTemplate.Fallback, null, null, IsFallback: true), new ByteTokenizer());
+        async Task<string> Ask(InferenceEngine engine, string? modelId)
+        {
+            var client = new TesseraChatClient(engine, chat, "base");
+            var response = await client.GetResponseAsync([new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "Name a colour")],
+                new Microsoft.Extensions.AI.ChatOptions { ModelId = modelId, Temperature = 0, MaxOutputTokens = 10 }, TestContext.Current.CancellationToken);
+            Assert.Equal(modelId ?? "base", response.ModelId);
+            return response.Text;
+        }
+        using var engine = Engine(served);
+        string adapted = await Ask(engine, "a"), plain = await Ask(engine, "base");
+        using (var merged = Engine(PretrainedModel.Load(c.Base, _cpu, DType.F64, adapter: c.Adapter))) Assert.Equal(await Ask(merged, null), adapted);
+        using (var alone = Engine(PretrainedModel.Load(c.Base, _cpu, DType.F64))) Assert.Equal(await Ask(alone, null), plain);
+        Assert.NotEqual(plain, adapted);
+        await Assert.ThrowsAsync<InvalidRequestException>(() => Ask(engine, "nope"));
+    }
+
     private static double MaxDifference(ReadOnlySpan<double> a, ReadOnlySpan<double> b)
     {
         double max = 0;
