@@ -36,10 +36,11 @@ public sealed class MultiLoraServingTests : IDisposable
         return (c, second);
     }
 
-    private InferenceEngine Engine(Transformer model, int budget = 8, int maxBatch = 6) => new(model, new ByteTokenizer(), new EngineOptions
+    private InferenceEngine Engine(Transformer model, int budget = 8, int maxBatch = 6, int draftTokens = 0) => new(model, new ByteTokenizer(), new EngineOptions
     {
         Cache = new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 4 << 20 },
         Scheduler = new SchedulerOptions { MaxBatch = maxBatch, TokenBudget = budget, MaxQueue = 64 },
+        Speculation = new Tessera.Inference.Speculation.SpeculationOptions { DraftTokens = draftTokens },
     });
 
     private static async Task<(List<int> Tokens, CompletionUsage Usage)> Complete(InferenceEngine engine, int[] prompt, int adapter, int maxTokens)
@@ -99,26 +100,32 @@ public sealed class MultiLoraServingTests : IDisposable
     /// <summary>
     /// Many concurrent greedy requests, each on the base or one of two adapters, in steps that mix decodes and prompt chunks
     /// (a budget of 8 tokens splits the longer prompts): every request's tokens equal those of the dense generator over the
-    /// model with its adapter merged (the base's over the plain base), and the adapters' answers differ from the base's.
+    /// model with its adapter merged (the base's over the plain base), and the adapters' answers differ from the base's. With
+    /// prompt-lookup speculation (3 drafts) each sequence verifies its guesses under its own adapter, and the tokens stay the same.
     /// </summary>
     [Theory]
-    [InlineData("llama-debug", 521)]
-    [InlineData("gpt2-debug", 531)]
-    public async Task MixedAdapterBatchesAnswerEachRequestAsItsMergedModelAlone(string preset, int seed)
+    [InlineData("llama-debug", 521, 0)]
+    [InlineData("gpt2-debug", 531, 0)]
+    [InlineData("llama-debug", 536, 3)]
+    public async Task MixedAdapterBatchesAnswerEachRequestAsItsMergedModelAlone(string preset, int seed, int draftTokens)
     {
         var (c, second) = Write(preset, seed);
         var served = PretrainedModel.Load(c.Base, _cpu, DType.F64, loraModules: [new LoraModule("a", c.Adapter), new LoraModule("b", second)]);
         Transformer[] references = [PretrainedModel.Load(c.Base, _cpu, DType.F64), PretrainedModel.Load(c.Base, _cpu, DType.F64, adapter: c.Adapter),
             PretrainedModel.Load(c.Base, _cpu, DType.F64, adapter: second)];
         var prompts = Prompts(seed, 12, 2, 19);
+        if (draftTokens > 0)   // repeated motifs, so that prompt lookup finds something to guess
+            prompts = prompts.Select(p => Enumerable.Range(0, 18).Select(i => p[i % Math.Min(p.Length, 4)]).ToArray()).ToArray();
         int[] adapters = prompts.Select((_, i) => i % 3).ToArray();
         const int maxTokens = 8;
         var expected = prompts.Select((p, i) => new TextGenerator(references[adapters[i]]).Generate(p, new GenerationOptions { MaxNewTokens = maxTokens }).ToList()).ToList();
-        using var engine = Engine(served);
+        using var engine = Engine(served, draftTokens: draftTokens);
         Assert.Equal(["a", "b"], engine.AdapterNames);
         var results = await Task.WhenAll(prompts.Select((p, i) => Complete(engine, p, adapters[i], maxTokens)));
         for (int i = 0; i < prompts.Length; i++) Assert.True(expected[i].SequenceEqual(results[i].Tokens), $"request {i} (adapter {adapters[i]}): expected {string.Join(",", expected[i])}, got {string.Join(",", results[i].Tokens)}");
         Assert.True(engine.Metrics.MixedStepPhases.Steps > 0 && engine.Metrics.DecodeStepPhases.Steps > 0);
+        if (draftTokens > 0) Assert.True(engine.Metrics.DraftTokens > 0, "no draft was verified");
+        TestContext.Current.TestOutputHelper?.WriteLine($"drafts verified {engine.Metrics.DraftTokens}, accepted {engine.Metrics.AcceptedDraftTokens}");
         // The adapters matter: some adapter request's tokens differ from what the base says for the same prompt.
         int differing = Enumerable.Range(0, prompts.Length).Count(i => adapters[i] != 0
             && !new TextGenerator(references[0]).Generate(prompts[i], new GenerationOptions { MaxNewTokens = maxTokens }).SequenceEqual(expected[i]));
