@@ -21,22 +21,29 @@ public static class PretrainedModel
     /// adapter is checked against the model before any weight is read, then merged into each weight it targets as that weight is
     /// read, before the conversion to <paramref name="dtype"/>, the quantization and the slicing
     /// (<see cref="HuggingFaceModelDirectory.MergeAdapter"/>): the model equals one loaded from what <c>tessera export</c> writes.
+    /// With <paramref name="loraModules"/> those PEFT adapters are served unmerged over the (so loaded) base, each under its name
+    /// (<see cref="Transformer.ServedAdapters"/>, multi-LoRA): checked against the model before any weight is read, attached after.
     /// </summary>
     public static Transformer Load(string directory, IBackend backend, DType dtype, TransformerConfig? expected = null,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None,
-        string? adapter = null)
+        string? adapter = null, IReadOnlyList<Adapters.LoraModule>? loraModules = null)
     {
         using var hf = expected is null ? HuggingFaceModelDirectory.Open(directory) : HuggingFaceModelDirectory.Open(directory, expected);
         if (adapter is not null) hf.MergeAdapter(adapter);
+        var served = loraModules is { Count: > 0 } ? Adapters.ServedLoraAdapters.Open(loraModules, hf.Config) : null;
+        Transformer model;
         if (quantization == WeightQuantization.None)
         {
-            var model = new Transformer(hf.Config, backend, dtype, tensorParallelism: tensorParallelism);
+            model = new Transformer(hf.Config, backend, dtype, tensorParallelism: tensorParallelism, servedAdapters: served?.Batch);
             hf.LoadInto(model.Parameters.Parameters, backend);
-            return model;
         }
-        var quantized = Quantized(hf.Config, backend, dtype, tensorParallelism, quantization: quantization);
-        hf.LoadInto(quantized.Layout.Parameters, backend);
-        return quantized;
+        else
+        {
+            model = Quantized(hf.Config, backend, dtype, tensorParallelism, quantization: quantization, servedAdapters: served?.Batch);
+            hf.LoadInto(model.Layout.Parameters, backend);
+        }
+        served?.AttachTo(model);
+        return model;
     }
 
     /// <summary>
@@ -73,15 +80,16 @@ public static class PretrainedModel
     /// <paramref name="tensorParallelism"/> it is this rank's part: each rank quantizes the slice it holds, so a column-parallel
     /// weight's rows keep one device's scales and a row-parallel weight's rows get one scale per rank's slice of them. With
     /// <paramref name="lora"/> the int8 weights are the frozen base under trainable LoRA adapters (QLoRA's idea with int8):
-    /// the base's gradients flow through dequantized copies, one layer at a time, and only the adapters are trained.
+    /// the base's gradients flow through dequantized copies, one layer at a time, and only the adapters are trained. With
+    /// <paramref name="servedAdapters"/> the layers they target serve LoRA adapters unmerged over the quantized base (multi-LoRA).
     /// </summary>
     public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, Tessera.Nn.Adapters.LoraOptions? lora = null,
-        WeightQuantization quantization = WeightQuantization.Int8)
+        WeightQuantization quantization = WeightQuantization.Int8, Tessera.Nn.Adapters.MultiLoraBatch? servedAdapters = null)
     {
         if (quantization == WeightQuantization.None)
             throw new ArgumentException("PretrainedModel.Quantized: quantization must be Int8 or Fp8; build a plain Transformer for None", nameof(quantization));
-        var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism, lora: lora);
+        var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism, lora: lora, servedAdapters: servedAdapters);
         _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsQuantizable, quantization);   // attaches itself
         return model;
     }

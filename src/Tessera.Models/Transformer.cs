@@ -48,9 +48,11 @@ public sealed class Transformer
     /// <param name="masters">How a BF16 arena keeps its F32 masters: <see cref="MasterWeights.Separate"/> (default) or
     /// <see cref="MasterWeights.Split"/> (2 bytes per parameter less; BF16 only, with a trained arena: <see cref="ArenaStorage.Full"/>, or
     /// <see cref="ArenaStorage.Deferred"/> for ZeRO-3's sharded construction, whose shards then keep the masters split).</param>
+    /// <param name="servedAdapters">LoRA adapters served unmerged over this model (multi-LoRA): the layers their targets name
+    /// are built as <see cref="MultiLoraLinear"/>s (their adapters attached after loading), <see cref="ServedAdapters"/>; or null.</param>
     public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full,
         TensorParallelism? tensorParallelism = null, PipelineParallelism? pipeline = null, LoraOptions? lora = null,
-        MasterWeights masters = MasterWeights.Separate)
+        MasterWeights masters = MasterWeights.Separate, MultiLoraBatch? servedAdapters = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
@@ -81,7 +83,10 @@ public sealed class Transformer
             : new ParameterLayoutBuilder(tensorParallelism.Mesh, tensorParallelism.Coordinate);
         if (lora is not null && Pipeline is not null)
             throw new NotSupportedException("LoRA: adapters are not built for pipeline stages; train LoRA without --pp");
-        var layers = new LayerFactory(parameters, tensorParallelism, lora);
+        if (servedAdapters is not null && Pipeline is not null)
+            throw new NotSupportedException("multi-LoRA: served adapters are not built for pipeline stages");
+        var layers = new LayerFactory(parameters, tensorParallelism, lora, servedAdapters);
+        ServedAdapters = servedAdapters;
         Layers = layers;
         int c = config.Embedding, vPad = config.EffectivePaddedVocab;
         bool first = Pipeline?.IsFirst ?? true, last = Pipeline?.IsLast ?? true;
@@ -170,6 +175,12 @@ public sealed class Transformer
 
     /// <summary>The LoRA adapters (their trainable arena and layers) when the model was built with LoRA options, else null.</summary>
     public LoraAdapters? Adapters { get; }
+
+    /// <summary>
+    /// The LoRA adapters served unmerged over this model (multi-LoRA: each row of a step with its own adapter or the base), or
+    /// null. A serving loop sets each step's rows on it before the forward pass.
+    /// </summary>
+    public MultiLoraBatch? ServedAdapters { get; }
 
     /// <summary>
     /// The parameters a trainer updates: the adapters' layout when the model is LoRA over a frozen base

@@ -93,7 +93,10 @@ public sealed class OpenAiServer : IAsyncDisposable
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         app.MapPost("/v1/chat/completions", chatEndpoint.HandleAsync);
         app.MapPost("/v1/completions", completionsEndpoint.HandleAsync);
-        app.MapGet("/v1/models", () => Results.Json(new ModelList("list", [new ModelCard(options.ModelName, "model", created, "tessera", engine.MaxSequenceLength)]),
+        // The base first, then each served LoRA adapter under its own name (owned by the base, as vLLM lists its --lora-modules).
+        app.MapGet("/v1/models", () => Results.Json(new ModelList("list",
+                [new ModelCard(options.ModelName, "model", created, "tessera", engine.MaxSequenceLength),
+                 .. engine.AdapterNames.Select(n => new ModelCard(n, "model", created, "tessera", engine.MaxSequenceLength))]),
             ServerJsonContext.Default.ModelList));
         app.MapGet("/health", () => Results.Text("ok"));
         app.MapGet("/metrics", () => Results.Text(PrometheusText.Render(engine.Metrics, counts), "text/plain; version=0.0.4; charset=utf-8"));

@@ -52,6 +52,7 @@ public sealed class ServeCommand : Command
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N",
         "tensor-parallel ranks: the model split over N CPU thread ranks, each holding its own heads' KV cache in --kv-memory (rank 0 schedules)", 1, min: 1);
     private readonly Option<string?> _adapter = AdapterOption.Create();
+    private readonly Option<string[]> _lora = LoraModulesOption.Create();
     private readonly Option<string?> _draftModel = new("--draft-model")
     {
         Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing, whole on rank 0 under --tp; --draft-tokens defaults to 4 with it",
@@ -65,7 +66,7 @@ public sealed class ServeCommand : Command
         _model.Required = true;
         _model.HelpName = "DIR";
         foreach (var o in new Option[] { _model, _device, _dtype, _quantize, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
-            _kvDType, _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _adapter, _tp })
+            _kvDType, _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _adapter, _lora, _tp })
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -129,6 +130,7 @@ public sealed class ServeCommand : Command
         // The adapter is checked against the model before anything loads (every launched rank checks it alike).
         string? adapter = parse.GetValue(_adapter);
         string? adapterNote = adapter is null ? null : AdapterOption.Check(dir, adapter).Summary;
+        var loraModules = LoraModulesOption.Check(parse.GetValue(_lora) ?? [], dir, serve.ModelName, tp, draftDir, adapter);
 
         if (env.IsDistributed)
         {
@@ -147,7 +149,8 @@ public sealed class ServeCommand : Command
         if (tp == 1)
         {
             var backend = BackendFactory.Create(device, parse.GetValue(_threads));
-            var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype, quantization: quantization, adapter: adapter));
+            var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype, quantization: quantization, adapter: adapter,
+                loraModules: loraModules.Count > 0 ? loraModules : null));
             return Serve(parse, terminal, loaded, backend, engineOptions, serve, dtype, adapterNote);
         }
         // Tensor-parallel thread ranks: each loads its slices; rank 0 serves, the others run the steps it hands them.
@@ -205,6 +208,8 @@ public sealed class ServeCommand : Command
         if (parse.GetValue(_quantize) == WeightQuantization.Fp8 && Fp8Support.Caveat(backend, dtype) is { Length: > 0 } caveat) terminal.Line($"  fp8: {caveat}");
         if (PretrainedModel.WeightsNote(directory) is { } weightsNote) terminal.Line($"  {weightsNote}");
         if (adapter is not null) terminal.Line($"  LoRA adapter {adapter} merged into the weights");
+        foreach (var (name, i) in engine.AdapterNames.Select((n, i) => (n, i)))
+            terminal.Line($"  LoRA adapter '{name}' served unmerged over the base{(i == 0 ? " (steps with adapter rows run eagerly, without CUDA graphs)" : "")}");
         string kvKind = engineOptions.Cache.DType switch
         {
             DType.I8 => " (int8, a scale per position and head)",

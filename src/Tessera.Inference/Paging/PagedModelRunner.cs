@@ -48,6 +48,8 @@ public sealed class PagedModelRunner : IDisposable
     private float[] _termValuesHost = [];
     private readonly IReadbackBuffer[] _readbacks;   // two, alternating: a step's ids land while the next one computes
     private readonly Queue<PendingStep> _pending = new();
+    private readonly Nn.Adapters.MultiLoraBatch? _served;    // the model's served LoRA adapters (multi-LoRA), or null
+    private readonly int[] _adapterOfRow;                     // (maxRows): a step's adapter per row (-1: the base or padding)
     private int _nextReadback;
     private float[] _logits = [];
     private readonly bool _record;
@@ -135,6 +137,10 @@ public sealed class PagedModelRunner : IDisposable
         _maxBlocks = model.Config.SlidingWindow > 0 ? logical : Math.Min(logical, cache.Blocks);
         _vocab = model.Config.VocabSize;
         _host = new int[new Layout(maxSequences, maxRows, _maxBlocks, _maxOutputs).Size];
+        _served = model.ServedAdapters;
+        if (_served is not null && model.TensorParallelism is not null)
+            throw new NotSupportedException("PagedModelRunner: served LoRA adapters (multi-LoRA) run on one device; serve them without tensor parallelism");
+        _adapterOfRow = _served is null ? [] : new int[maxRows];
         _onDevice = new int[_host.Length];
         _metadata = _backend.Allocate(new Shape(_host.Length), DType.I32);
         _sampled = _backend.Allocate(new Shape(_maxOutputs), DType.I32);
@@ -261,6 +267,9 @@ public sealed class PagedModelRunner : IDisposable
         var layout = bucketed ? new Layout(bucket, bucket * perSequence, _maxBlocks, bucket * perSequence)
             : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
         int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1), out bool draws, out int logprobs, out bool terms);
+        // A step in which a row uses a served LoRA adapter runs eagerly, through the layers' unfused paths (their products are
+        // no plain products then); a step of base rows only keeps the recorded graphs and fused ops.
+        bool adapterStep = SetAdapterRows(step, layout);
         int outputs = bucketed ? layout.Rows : Math.Max(sampling, 1);   // a bucket computes logits for its padding rows too
         // A decode step in which a sequence computes a one-token prompt chunk without sampling (rare) keeps the gather
         // and runs eagerly: the recordings skip it.
@@ -276,7 +285,7 @@ public sealed class PagedModelRunner : IDisposable
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         Tensor stepLogits;
-        if (bucketed && _record && inOrder)
+        if (bucketed && _record && inOrder && !adapterStep)
         {
             var key = (bucket, fromSampled, perSequence, draws, logprobs, terms);
             var b = _buckets.TryGetValue(key, out var found) ? found : _buckets[key] = new Bucket();
@@ -298,6 +307,7 @@ public sealed class PagedModelRunner : IDisposable
             }
         }
         else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws, logprobs, terms);
+        if (adapterStep) _served!.Clear();                           // the model's other users (a dense generator) see the base
         if (slot >= 0) _timeline!.Mark(2 * slot + 1);
         IReadbackBuffer? readback = null;
         if (sampling > 0)
@@ -476,6 +486,34 @@ public sealed class PagedModelRunner : IDisposable
         foreach (var s in step.Sequences)
             if (s.Drafts != drafts || s.Count != 1 + drafts || !s.Samples) return 0;
         return 1 + drafts;
+    }
+
+    /// <summary>
+    /// Tells the model's served LoRA adapters which adapter each of the step's rows uses (in the order <see cref="FillMetadata"/>
+    /// lays the rows out; padding rows none); clears them for a step of base rows only. Returns whether any row uses one.
+    /// </summary>
+    private bool SetAdapterRows(ScheduledStep step, Layout layout)
+    {
+        if (_served is null) return false;
+        bool any = false;
+        foreach (var scheduled in step.Sequences) any |= scheduled.Sequence.Adapter != 0;
+        if (!any)
+        {
+            _served.Clear();
+            return false;
+        }
+        var rows = _adapterOfRow.AsSpan(0, layout.Rows);
+        rows.Fill(-1);
+        int row = 0;
+        foreach (var (sequence, _, count) in step.Sequences)
+        {
+            if (sequence.Adapter < 0 || sequence.Adapter > _served.Names.Count)
+                throw new InvalidOperationException($"PagedModelRunner: sequence {sequence.Id} asks for adapter {sequence.Adapter}; the model serves {_served.Names.Count}");
+            rows.Slice(row, count).Fill(sequence.Adapter - 1);
+            row += count;
+        }
+        _served.SetRows(rows);
+        return true;
     }
 
     /// <summary>Writes the host metadata; pads to the layout's sequences (<paramref name="padRows"/> rows each) and rows.
@@ -667,6 +705,7 @@ public sealed class PagedModelRunner : IDisposable
     private void WarmUp(int sequences, int rows, int outputs, bool everyKernel = false)
     {
         var layout = new Layout(sequences, rows, _maxBlocks, outputs);
+        _served?.Clear();                                            // warm-up rows are the base's
         Array.Clear(_host);
         for (int b = 0; b < layout.Sequences; b++) _host[layout.Starts + b] = b;
         for (int i = 0; i < outputs; i++) _host[layout.Last + i] = i;

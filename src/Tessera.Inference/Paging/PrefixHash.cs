@@ -11,6 +11,13 @@ namespace Tessera.Inference.Paging;
 /// </summary>
 public static class PrefixHash
 {
+    /// <summary>
+    /// The chain's seed (the "previous" hash of a sequence's first block) for a sequence served with LoRA adapter
+    /// <paramref name="adapter"/> (0: the base, whose seed is 0 as before). The same tokens give other keys and values under
+    /// another adapter, so each adapter's blocks form their own chains and are never shared with another's or the base's.
+    /// </summary>
+    public static UInt128 SeedOf(int adapter) => adapter == 0 ? UInt128.Zero : Of(UInt128.MaxValue, [adapter]);
+
     /// <summary>Hash of the block holding <paramref name="tokens"/> after the block hashed <paramref name="previous"/> (0 for the first).</summary>
     public static UInt128 Of(UInt128 previous, ReadOnlySpan<int> tokens)
     {

@@ -34,6 +34,13 @@ public sealed class Sequence
     /// <summary>Unique id, increasing in arrival order (first come, first served).</summary>
     public long Id { get; }
 
+    /// <summary>
+    /// The served LoRA adapter the sequence runs with: 0 the base, k the model's k-th served adapter
+    /// (<see cref="Models.Transformer.ServedAdapters"/>, index k - 1). Its keys and values differ by adapter, so its prefix-cache
+    /// hashes start from the adapter's seed (<see cref="Paging.PrefixHash.SeedOf"/>). Default 0.
+    /// </summary>
+    public int Adapter { get; init; }
+
     /// <summary>Prompt tokens at the start of <see cref="Tokens"/>.</summary>
     public int PromptLength { get; }
 
@@ -204,7 +211,7 @@ public sealed class Sequence
     {
         for (int i = _blockHashes.Count; i <= index; i++)
         {
-            var previous = i == 0 ? UInt128.Zero : _blockHashes[i - 1];
+            var previous = i == 0 ? PrefixHash.SeedOf(Adapter) : _blockHashes[i - 1];
             _blockHashes.Add(PrefixHash.Of(previous, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens).Slice(i * blockSize, blockSize)));
         }
         return _blockHashes[index];

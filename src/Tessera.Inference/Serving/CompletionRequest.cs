@@ -45,4 +45,9 @@ public sealed record CompletionRequest
     /// </summary>
     public Constraints.JsonGrammar? Grammar { get; init; }
 
+    /// <summary>
+    /// The served LoRA adapter to run with (multi-LoRA): 0 the base model (default), k the k-th of
+    /// <see cref="InferenceEngine.AdapterNames"/>. Requests for different adapters share the engine's continuous batch.
+    /// </summary>
+    public int Adapter { get; init; }
 }

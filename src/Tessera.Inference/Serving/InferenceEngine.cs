@@ -74,6 +74,8 @@ public sealed class InferenceEngine : IDisposable
             throw new ArgumentException("a draft model needs EngineOptions.Speculation.DraftTokens above 0 (the guesses it makes a step)");
         if (model.TensorParallelism is { Rank: > 0 } follower)
             throw new ArgumentException($"the engine runs on tensor-parallel rank 0; rank {follower.Rank} runs InferenceEngine.Follow");
+        if (draftModel is not null && model.ServedAdapters is not null)
+            throw new NotSupportedException("a draft model guesses for the base alone; with served LoRA adapters (multi-LoRA) use prompt-lookup drafts (no draft model) or none");
         if (draftModel?.TensorParallelism is { Size: > 1 })
             throw new NotSupportedException("a draft model runs whole on rank 0 (it is small): build it without tensor parallelism");
         _model = model;
@@ -218,10 +220,18 @@ public sealed class InferenceEngine : IDisposable
         return state.Output.Reader;
     }
 
+    /// <summary>
+    /// The names of the LoRA adapters served unmerged over the model (multi-LoRA, <see cref="Transformer.ServedAdapters"/>): a
+    /// request's <see cref="CompletionRequest.Adapter"/> k picks the k-th (1-based); empty when none is served.
+    /// </summary>
+    public IReadOnlyList<string> AdapterNames => _model.ServedAdapters?.Names ?? [];
+
     /// <summary>Checks the request against the model; returns the completion length per choice.</summary>
     private int Validate(CompletionRequest request)
     {
         int context = MaxSequenceLength, vocab = _model.Config.VocabSize;
+        if (request.Adapter < 0 || request.Adapter > AdapterNames.Count)
+            throw new InvalidRequestException($"adapter {request.Adapter} is not served: 0 is the base{(AdapterNames.Count > 0 ? $", 1 to {AdapterNames.Count} the LoRA adapters {string.Join(", ", AdapterNames)}" : " and no LoRA adapter is served")}", "model", "model_not_found");
         if (request.Prompt is null || request.Prompt.Count == 0) throw new InvalidRequestException("the prompt is empty: give at least one token", "prompt");
         if (request.Prompt.Count >= context)
             throw new InvalidRequestException($"the prompt has {request.Prompt.Count} tokens but the model's context holds {context}, which leaves no room for a completion; shorten the prompt to at most {context - 1} tokens", "messages", "context_length_exceeded");
@@ -346,6 +356,7 @@ public sealed class InferenceEngine : IDisposable
             bool needsLogits = !onDevice && (sampling.Temperature > 0 || r.TopLogprobs is not null || terms is not null || r.Grammar is not null);
             var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens)
             {
+                Adapter = r.Adapter,
                 MaxDrafts = r.Grammar is null ? Options.Speculation.DraftTokens : 0,
                 DeviceSampling = draws ? sampling : null,
                 DeviceLogprobs = onDevice ? r.TopLogprobs : null,

@@ -47,7 +47,7 @@ public sealed class TesseraChatClient : IChatClient
         var (contents, reason) = Reply(text.ToString(), Reason(finish), tools, _prompt.ToolCalls, MaxCalls(options));
         return new ChatResponse(new Microsoft.Extensions.AI.ChatMessage(ChatRole.Assistant, contents))
         {
-            ModelId = _modelId,
+            ModelId = request.Adapter == 0 ? _modelId : options!.ModelId,
             CreatedAt = DateTimeOffset.UtcNow,
             FinishReason = reason,
             Usage = Usage(usage),
@@ -156,6 +156,7 @@ public sealed class TesseraChatClient : IChatClient
         };
         var request = new CompletionRequest
         {
+            Adapter = AdapterOf(options?.ModelId),
             Prompt = _prompt.Tokens(conversation, tools, choice.Forces),
             MaxTokens = options?.MaxOutputTokens,
             Sampling = new SamplingOptions { Temperature = options?.Temperature ?? 1.0, TopP = options?.TopP ?? 1.0, TopK = options?.TopK ?? 0 },
@@ -168,6 +169,20 @@ public sealed class TesseraChatClient : IChatClient
                 : Grammar(options?.ResponseFormat),
         };
         return (request, tools.Count > 0 && choice.Mode != Tools.ToolChoiceMode.None ? choice : null);
+    }
+
+    /// <summary>
+    /// The served LoRA adapter <see cref="ChatOptions.ModelId"/> names (multi-LoRA, <see cref="InferenceEngine.AdapterNames"/>): 0, the
+    /// base, for none or this client's own model id. Without served adapters the id is not checked, as before; with them an id that
+    /// is neither the base's nor an adapter's is refused rather than silently answered by the base.
+    /// </summary>
+    private int AdapterOf(string? modelId)
+    {
+        if (modelId is null || modelId == _modelId) return 0;
+        var names = _engine.AdapterNames;
+        for (int i = 0; i < names.Count; i++) if (names[i] == modelId) return i + 1;
+        if (names.Count == 0) return 0;
+        throw new InvalidRequestException($"ChatOptions.ModelId '{modelId}' is neither the model '{_modelId}' nor one of its LoRA adapters ({string.Join(", ", names)})", "model", "model_not_found");
     }
 
     /// <summary>

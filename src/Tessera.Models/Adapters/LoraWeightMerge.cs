@@ -26,6 +26,7 @@ public sealed class LoraWeightMerge
     {
         Directory = directory;
         Options = adapters.Options;
+        Adapters = adapters;
         _backend = backend;
         _layers = adapters.Layers.ToDictionary(l => l.Weight.Name, StringComparer.Ordinal);
     }
@@ -35,6 +36,9 @@ public sealed class LoraWeightMerge
 
     /// <summary>Its rank, alpha and targets (from adapter_config.json).</summary>
     public LoraOptions Options { get; }
+
+    /// <summary>The adapter as read: its layers (names, parts, rows) and their A and B values (F32 on the CPU).</summary>
+    public LoraAdapters Adapters { get; }
 
     /// <summary>How many of the model's layers it adapts (Llama's q, k and v adapt one fused layer).</summary>
     public int LayerCount => _layers.Count;

@@ -23,14 +23,28 @@ public sealed class LayerFactory
     /// tensor-parallel rank. With <paramref name="lora"/>, the linear layers it targets are built as <see cref="LoraLinear"/>s
     /// whose adapters are declared into <see cref="AdapterParameters"/> (applied from outside, as the parallel plan is).
     /// </summary>
-    public LayerFactory(ParameterLayoutBuilder parameters, TensorParallelism? tensorParallelism = null, LoraOptions? lora = null)
+    /// <param name="parameters">Where parameters are declared.</param>
+    /// <param name="tensorParallelism">This rank's tensor parallelism, or null.</param>
+    /// <param name="lora">LoRA adapters to train, or null.</param>
+    /// <param name="servedAdapters">LoRA adapters to serve unmerged (multi-LoRA): the layers their targets name are built as
+    /// <see cref="MultiLoraLinear"/>s reading that batch's rows; or null.</param>
+    public LayerFactory(ParameterLayoutBuilder parameters, TensorParallelism? tensorParallelism = null, LoraOptions? lora = null,
+        MultiLoraBatch? servedAdapters = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         Parameters = parameters;
         TensorParallelism = tensorParallelism is { Size: > 1 } ? tensorParallelism : null;
         Lora = lora?.Validate();
         if (Lora is not null) AdapterParameters = new ParameterLayoutBuilder();
+        if (Lora is not null && servedAdapters is not null)
+            throw new ArgumentException("LayerFactory: adapters are either trained (lora) or served (servedAdapters), not both");
+        ServedAdapters = servedAdapters;
     }
+
+    /// <summary>The LoRA adapters served unmerged over the model (multi-LoRA), or null.</summary>
+    public MultiLoraBatch? ServedAdapters { get; }
+
+    private bool Served(string name) => ServedAdapters is not null && ServedAdapters.Targets.Any(t => t.Matches(name));
 
     /// <summary>The LoRA adapters to attach, or null.</summary>
     public LoraOptions? Lora { get; }
@@ -69,6 +83,8 @@ public sealed class LayerFactory
         var style = StyleOf(name);
         if (Lora is not null && style != ParallelStyle.Replicate && Lora.TargetsOf(name).Any())
             throw new NotSupportedException($"LoRA: layer '{name}' is {style} under tensor parallelism; adapters are built for replicated layers only (train LoRA without --tp)");
+        if (style != ParallelStyle.Replicate && Served(name))
+            throw new NotSupportedException($"multi-LoRA: layer '{name}' is {style} under tensor parallelism; served adapters are built for replicated layers only (serve --lora without --tp)");
         switch (style)
         {
             case ParallelStyle.ColumnParallel:
@@ -79,7 +95,10 @@ public sealed class LayerFactory
             case ParallelStyle.RowParallel:
                 return new RowParallelLinear(Parameters, name, inFeatures, outFeatures, bias, TensorParallelism!);
             case ParallelStyle.Replicate:
-                return Adapt(new Linear(Parameters, name, inFeatures, outFeatures, bias), outputParts);
+                var plain = new Linear(Parameters, name, inFeatures, outFeatures, bias);
+                if (Served(name))
+                    return new MultiLoraLinear(plain, outputParts.Length == 0 ? [outFeatures] : outputParts.Select(q => q.Units * q.UnitSize).ToArray(), ServedAdapters!);
+                return Adapt(plain, outputParts);
             case var other:
                 throw new InvalidOperationException($"parallel plan: layer '{name}' is a linear layer; style {other} does not apply to it");
         }

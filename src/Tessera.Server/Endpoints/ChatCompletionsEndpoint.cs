@@ -16,7 +16,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     public async Task HandleAsync(HttpContext context)
     {
         var body = await RequestBody.ReadAsync(context, ServerJsonContext.Default.ChatCompletionRequestBody).ConfigureAwait(false);
-        EngineCalls.CheckModel(body.Model, options);
+        int adapter = EngineCalls.CheckModel(context, body.Model, options, engine);
         if (body.Messages is null) throw new ApiException(ApiError.Invalid("you must provide 'messages'", "messages", "missing_required_parameter"));
         var messages = new List<TemplateMessage>(body.Messages.Count);
         for (int i = 0; i < body.Messages.Count; i++)
@@ -48,7 +48,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
         {
             throw new ApiException(ApiError.Invalid(e.Message, e.Parameter, e.Code));
         }
-        var request = EngineCalls.Request(body, prompt) with
+        var request = EngineCalls.Request(body, prompt, adapter) with
         {
             MaxTokens = body.MaxCompletionTokens ?? body.MaxTokens,
             Stop = chat.StopStrings(body.Stop),
@@ -152,7 +152,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             return new ChatChoice(i, new AssistantMessage("assistant", content, calls), logprobs[i] is { } l ? new ChoiceLogprobs(l) : null, reason);
         }).ToList();
         context.Response.ContentType = "application/json";
-        await context.Response.WriteAsync(JsonSerializer.Serialize(new ChatCompletionBody(id, "chat.completion", created, options.ModelName, choices, usage),
+        await context.Response.WriteAsync(JsonSerializer.Serialize(new ChatCompletionBody(id, "chat.completion", created, EngineCalls.ModelOf(context, options), choices, usage),
             ServerJsonContext.Default.ChatCompletionBody), context.RequestAborted).ConfigureAwait(false);
     }
 
@@ -174,7 +174,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
             {
                 if (includeUsage)
                 {
-                    var chunk = new ChatCompletionChunk(id, "chat.completion.chunk", created, options.ModelName, [], EngineCalls.Usage(usage));
+                    var chunk = new ChatCompletionChunk(id, "chat.completion.chunk", created, EngineCalls.ModelOf(context, options), [], EngineCalls.Usage(usage));
                     await EngineCalls.SendEventAsync(context, JsonSerializer.Serialize(chunk, ServerJsonContext.Default.ChatCompletionChunk)).ConfigureAwait(false);
                 }
                 await EngineCalls.SendDoneAsync(context).ConfigureAwait(false);
@@ -224,7 +224,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
 
     private Task SendAsync(HttpContext context, string id, long created, ChatChunkChoice choice, UsageBody? usage) =>
         EngineCalls.SendEventAsync(context, JsonSerializer.Serialize(
-            new ChatCompletionChunk(id, "chat.completion.chunk", created, options.ModelName, [choice], usage), ServerJsonContext.Default.ChatCompletionChunk));
+            new ChatCompletionChunk(id, "chat.completion.chunk", created, EngineCalls.ModelOf(context, options), [choice], usage), ServerJsonContext.Default.ChatCompletionChunk));
 
     private static TokenLogprobBody Logprob(TokenLogprob lp) => new(lp.Token.Text, lp.Token.Logprob, EngineCalls.Bytes(lp.Token.Bytes),
         lp.Top.Select(t => new TopLogprobBody(t.Text, t.Logprob, EngineCalls.Bytes(t.Bytes))).ToList());

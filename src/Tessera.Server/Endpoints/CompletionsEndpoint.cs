@@ -21,7 +21,7 @@ internal sealed class CompletionsEndpoint(InferenceEngine engine, ITokenizer tok
     public async Task HandleAsync(HttpContext context)
     {
         var body = await RequestBody.ReadAsync(context, ServerJsonContext.Default.CompletionRequestBody).ConfigureAwait(false);
-        EngineCalls.CheckModel(body.Model, options);
+        int adapter = EngineCalls.CheckModel(context, body.Model, options, engine);
         if (body.Prompt is null) throw new ApiException(ApiError.Invalid("you must provide 'prompt'", "prompt", "missing_required_parameter"));
         if (body.Logprobs is < 0 or > 5) throw new ApiException(ApiError.Invalid($"logprobs ({body.Logprobs}) must lie in [0, 5]", "logprobs"));
         if (body.Stop is { Count: > 4 }) throw new ApiException(ApiError.Invalid($"stop holds {body.Stop.Count} strings; at most 4 are allowed", "stop"));
@@ -39,7 +39,7 @@ internal sealed class CompletionsEndpoint(InferenceEngine engine, ITokenizer tok
             for (int p = 0; p < items.Count; p++)
             {
                 int[] prompt = items[p].Tokens ?? tokenizer.Encode(items[p].Text ?? "");
-                var request = EngineCalls.Request(body, prompt) with
+                var request = EngineCalls.Request(body, prompt, adapter) with
                 {
                     MaxTokens = body.MaxTokens ?? 16,                    // OpenAI's default for this endpoint
                     Stop = body.Stop ?? [],
@@ -109,7 +109,7 @@ internal sealed class CompletionsEndpoint(InferenceEngine engine, ITokenizer tok
         var choices = Enumerable.Range(0, n).Select(i => new CompletionChoice(i, texts[i].ToString(),
             logprobs[i] is { } l ? Logprobs(l, echoes[i].Length) : null, reasons[i] ?? "stop")).ToList();
         context.Response.ContentType = "application/json";
-        await context.Response.WriteAsync(JsonSerializer.Serialize(new TextCompletionBody(id, "text_completion", created, options.ModelName, choices, usage),
+        await context.Response.WriteAsync(JsonSerializer.Serialize(new TextCompletionBody(id, "text_completion", created, EngineCalls.ModelOf(context, options), choices, usage),
             ServerJsonContext.Default.TextCompletionBody), context.RequestAborted).ConfigureAwait(false);
     }
 
@@ -125,7 +125,7 @@ internal sealed class CompletionsEndpoint(InferenceEngine engine, ITokenizer tok
             {
                 if (includeUsage)
                 {
-                    var last = new TextCompletionBody(id, "text_completion", created, options.ModelName, [], EngineCalls.Usage(usage));
+                    var last = new TextCompletionBody(id, "text_completion", created, EngineCalls.ModelOf(context, options), [], EngineCalls.Usage(usage));
                     await EngineCalls.SendEventAsync(context, JsonSerializer.Serialize(last, ServerJsonContext.Default.TextCompletionBody)).ConfigureAwait(false);
                 }
                 await EngineCalls.SendDoneAsync(context).ConfigureAwait(false);
@@ -140,7 +140,7 @@ internal sealed class CompletionsEndpoint(InferenceEngine engine, ITokenizer tok
 
     private Task SendAsync(HttpContext context, string id, long created, CompletionChoice choice) =>
         EngineCalls.SendEventAsync(context, JsonSerializer.Serialize(
-            new TextCompletionBody(id, "text_completion", created, options.ModelName, [choice], null), ServerJsonContext.Default.TextCompletionBody));
+            new TextCompletionBody(id, "text_completion", created, EngineCalls.ModelOf(context, options), [choice], null), ServerJsonContext.Default.TextCompletionBody));
 
     /// <summary>The legacy logprobs object: tokens, their log-probabilities, the top alternatives by text, and text offsets.</summary>
     private static CompletionLogprobs Logprobs(IReadOnlyList<TokenLogprob> tokens, int offset)

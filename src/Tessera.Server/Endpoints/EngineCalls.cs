@@ -8,21 +8,43 @@ namespace Tessera.Server.Endpoints;
 /// <summary>What the chat and completions endpoints share: the model check, sampling fields, submission and usage.</summary>
 internal static class EngineCalls
 {
-    public static void CheckModel(string? model, ServeOptions options)
+    /// <summary>
+    /// Checks the body's model against the served names (the base's, then the engine's LoRA adapters'); returns the request's
+    /// <see cref="CompletionRequest.Adapter"/> (0: the base) and records the name for the response (<see cref="ModelOf"/>).
+    /// </summary>
+    public static int CheckModel(HttpContext context, string? model, ServeOptions options, InferenceEngine engine)
     {
         if (string.IsNullOrEmpty(model)) throw new ApiException(ApiError.Invalid("you must provide a model parameter", "model", "missing_required_parameter"));
-        if (!string.Equals(model, options.ModelName, StringComparison.Ordinal))
-            throw new ApiException(new ApiError(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves '{options.ModelName}'",
+        int adapter = string.Equals(model, options.ModelName, StringComparison.Ordinal) ? 0 : IndexOf(engine.AdapterNames, model) + 1;
+        if (adapter == 0 && !string.Equals(model, options.ModelName, StringComparison.Ordinal))
+        {
+            string served = engine.AdapterNames.Count == 0 ? $"'{options.ModelName}'" : string.Join(", ", new[] { options.ModelName }.Concat(engine.AdapterNames).Select(n => $"'{n}'"));
+            throw new ApiException(new ApiError(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves {served}",
                 "invalid_request_error", "model", "model_not_found"));
+        }
+        context.Items[ModelKey] = model;
+        return adapter;
+    }
+
+    /// <summary>The model name a response carries: the one the request asked for (the base's or an adapter's).</summary>
+    public static string ModelOf(HttpContext context, ServeOptions options) => context.Items[ModelKey] as string ?? options.ModelName;
+
+    private const string ModelKey = "tessera.model";
+
+    private static int IndexOf(IReadOnlyList<string> names, string name)
+    {
+        for (int i = 0; i < names.Count; i++) if (string.Equals(names[i], name, StringComparison.Ordinal)) return i;
+        return -1;
     }
 
     /// <summary>
     /// The engine request for <paramref name="prompt"/> with the body's sampling, seed, penalties and number of choices (OpenAI's
-    /// defaults where a field is absent); the endpoint adds its own token limit, stop strings and logprobs.
+    /// defaults where a field is absent), run with served LoRA adapter <paramref name="adapter"/> (0: the base); the endpoint adds its own token limit, stop strings and logprobs.
     /// </summary>
-    public static CompletionRequest Request(SamplingRequestBody body, int[] prompt) => new()
+    public static CompletionRequest Request(SamplingRequestBody body, int[] prompt, int adapter = 0) => new()
     {
         Prompt = prompt,
+        Adapter = adapter,
         Sampling = new Inference.Sampling.SamplingOptions
         {
             Temperature = body.Temperature ?? 1.0,

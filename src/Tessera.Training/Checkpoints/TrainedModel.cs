@@ -48,11 +48,12 @@ public static class TrainedModel
     /// finite. Returns the model, the directory it came from and, for a checkpoint, the tokenizer it was trained with.
     /// With <paramref name="tensorParallelism"/> the model is this rank's part (its slices of the split weights); with
     /// <paramref name="quantization"/> an inference model whose linear layers' weights are int8 (<see cref="PretrainedModel.Load"/>);
-    /// with <paramref name="adapter"/> a PEFT LoRA adapter merged into the weights as they are read, before all that.
+    /// with <paramref name="adapter"/> a PEFT LoRA adapter merged into the weights as they are read, before all that; with
+    /// <paramref name="loraModules"/> PEFT adapters served unmerged over it (multi-LoRA, <see cref="Transformer.ServedAdapters"/>).
     /// </summary>
     public static (Transformer Model, string Directory, string? Tokenizer) Load(string path, IBackend backend, DType dtype,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None,
-        string? adapter = null)
+        string? adapter = null, IReadOnlyList<Tessera.Models.Adapters.LoraModule>? loraModules = null)
     {
         var directory = Resolve(path);
         TrainerState? state = null;
@@ -63,7 +64,7 @@ public static class TrainedModel
         }
         else if (File.Exists(Path.Combine(directory, "manifest.json")))
             CheckpointManifest.Read(directory).Verify(directory);
-        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism, quantization, adapter);
+        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism, quantization, adapter, loraModules);
         EnsureFinite(model.Layout.Parameters, backend, directory);
         return (model, directory, state?.Tokenizer);
     }

@@ -1,0 +1,66 @@
+using System.CommandLine;
+using Tessera.Models.Adapters;
+using Tessera.Training.Checkpoints;
+
+namespace Tessera.Cli.CommandLine;
+
+/// <summary>
+/// --lora NAME=DIR of serve, repeatable: PEFT LoRA adapters served unmerged over --model, each under its own model name
+/// (multi-LoRA, as vLLM's --lora-modules): a request's model field picks the base or an adapter, and requests for any of them share
+/// the continuous batch.
+/// </summary>
+public static class LoraModulesOption
+{
+    /// <summary>The option.</summary>
+    public static Option<string[]> Create() => new("--lora")
+    {
+        Description = "serve a PEFT LoRA adapter directory (e.g. a LoRA run's OUT/adapter) unmerged over --model under the model name NAME; " +
+            "repeatable: requests name the base or any adapter in their model field and share one batch (steps with adapter rows run " +
+            "without CUDA graphs); not with --tp, --draft-model or --adapter",
+        HelpName = "NAME=DIR",
+        AllowMultipleArgumentsPerToken = false,
+    };
+
+    /// <summary>
+    /// The adapters <paramref name="values"/> name, checked before anything loads: each NAME=DIR well formed, names distinct and
+    /// none the served model's own <paramref name="servedName"/>, no tensor parallelism, draft model or merged --adapter beside
+    /// them, and each adapter fitting the model <paramref name="model"/> names (files, target modules, tensor shapes). Every
+    /// problem is a usage error naming the option.
+    /// </summary>
+    public static IReadOnlyList<LoraModule> Check(string[] values, string model, string servedName, int tp, string? draftModel, string? adapter)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        var modules = new List<LoraModule>();
+        foreach (var value in values)
+        {
+            int eq = value.IndexOf('=', StringComparison.Ordinal);
+            if (eq <= 0 || eq == value.Length - 1)
+                throw new UsageException($"--lora {value}: give NAME=DIR, the model name requests use and the PEFT adapter directory (e.g. --lora sql=runs/sql/adapter)");
+            string name = value[..eq].Trim(), directory = value[(eq + 1)..];
+            if (name.Length == 0) throw new UsageException($"--lora {value}: the name is empty");
+            if (modules.Any(m => m.Name == name)) throw new UsageException($"--lora {value}: the name '{name}' is given twice; each adapter needs its own name");
+            if (name == servedName)
+                throw new UsageException($"--lora {value}: '{name}' is the served model's own name (--served-model-name, or the model directory's name); name the adapter otherwise");
+            modules.Add(new LoraModule(name, directory));
+        }
+        if (modules.Count == 0) return modules;
+        if (tp > 1) throw new UsageException($"--lora with --tp {tp}: served adapters run on one device for now (tensor-parallel multi-LoRA is not supported yet); drop --tp, or merge one adapter with --adapter");
+        if (draftModel is not null)
+            throw new UsageException("--lora with --draft-model: the draft model guesses for the base alone, so it is not supported with served adapters; drop --draft-model (--draft-tokens N guesses by prompt lookup and works with --lora)");
+        if (adapter is not null)
+            throw new UsageException($"--lora with --adapter {adapter}: serve that adapter as one more --lora NAME=DIR, or export the merged base first (tessera export --adapter) and serve adapters over it");
+        foreach (var m in modules)
+        {
+            if (!Directory.Exists(m.Directory)) throw new UsageException($"--lora {m.Name}={m.Directory}: not a directory (give a PEFT adapter directory: adapter_config.json and adapter_model.safetensors)");
+            try
+            {
+                TrainedModel.CheckAdapter(model, m.Directory);
+            }
+            catch (Exception e) when (e is InvalidDataException or FileNotFoundException or NotSupportedException)
+            {
+                throw new UsageException($"--lora {m.Name}={m.Directory} does not apply to --model {model}: {e.Message}");
+            }
+        }
+        return modules;
+    }
+}

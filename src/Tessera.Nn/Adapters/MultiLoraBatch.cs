@@ -1,0 +1,117 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Adapters;
+
+/// <summary>
+/// The LoRA adapters a model serves unmerged over one base (multi-LoRA, as vLLM's --lora-modules, S-LoRA or Punica serve them),
+/// and which adapter each row of the current step uses. The serving loop sets a step's rows (<see cref="SetRows"/>) before its
+/// forward pass; every <see cref="MultiLoraLinear"/> of the model reads them, so that one continuous batch mixes requests for the
+/// base and for any adapter. Built empty (no adapter in any row), the model is the base and its layers are plain products.
+/// </summary>
+public sealed class MultiLoraBatch
+{
+    private readonly List<MultiLoraLinear> _layers = [];
+    private readonly Dictionary<string, Tensor> _masks = new(StringComparer.Ordinal);   // per stack signature: (capacity, R) buffer
+    private readonly HashSet<string> _filled = new(StringComparer.Ordinal);              // signatures whose mask holds this step's rows
+    private int[] _adapterOfRow = [];
+    private int _rows;
+
+    /// <summary>Adapters named <paramref name="names"/> (index i is adapter i), on the layers <paramref name="targets"/> name.</summary>
+    public MultiLoraBatch(IReadOnlyList<string> names, IReadOnlyList<LoraTarget> targets)
+    {
+        ArgumentNullException.ThrowIfNull(names);
+        ArgumentNullException.ThrowIfNull(targets);
+        if (names.Count == 0) throw new ArgumentException("multi-LoRA: no adapter name given");
+        if (names.Distinct(StringComparer.Ordinal).Count() != names.Count) throw new ArgumentException($"multi-LoRA: adapter names must differ ({string.Join(", ", names)})");
+        Names = names;
+        Targets = targets;
+    }
+
+    /// <summary>The adapters' names, in index order.</summary>
+    public IReadOnlyList<string> Names { get; }
+
+    /// <summary>The layers any adapter targets (the union of the adapters' targets): the layers built as <see cref="MultiLoraLinear"/>.</summary>
+    public IReadOnlyList<LoraTarget> Targets { get; }
+
+    /// <summary>The layers that serve the adapters, in declaration order.</summary>
+    public IReadOnlyList<MultiLoraLinear> Layers => _layers;
+
+    /// <summary>Whether a row of the current step uses an adapter: the adapted layers are then no plain products.</summary>
+    public bool Active { get; private set; }
+
+    /// <summary>Rows of the current step (0 when none is set).</summary>
+    public int Rows => _rows;
+
+    /// <summary>The layer named <paramref name="name"/>, or null when no adapter targets it.</summary>
+    public MultiLoraLinear? Layer(string name) => _layers.FirstOrDefault(l => l.Name == name);
+
+    internal void Add(MultiLoraLinear layer) => _layers.Add(layer);
+
+    /// <summary>
+    /// The current step's rows: row i uses adapter <paramref name="adapterOfRow"/>[i], or none (the base) when it is negative.
+    /// Padding rows are negative. Stays until the next call or <see cref="Clear"/>.
+    /// </summary>
+    public void SetRows(ReadOnlySpan<int> adapterOfRow)
+    {
+        if (_adapterOfRow.Length < adapterOfRow.Length) _adapterOfRow = new int[Math.Max(adapterOfRow.Length, 2 * _adapterOfRow.Length)];
+        bool active = false;
+        for (int i = 0; i < adapterOfRow.Length; i++)
+        {
+            int a = adapterOfRow[i];
+            if (a >= Names.Count) throw new ArgumentOutOfRangeException(nameof(adapterOfRow), $"multi-LoRA: row {i} uses adapter {a}; there are {Names.Count}");
+            _adapterOfRow[i] = a;
+            active |= a >= 0;
+        }
+        _rows = adapterOfRow.Length;
+        Active = active;
+        _filled.Clear();
+    }
+
+    /// <summary>No adapter in any row: the layers are the base's plain products again (a step of base requests only).</summary>
+    public void Clear()
+    {
+        _rows = 0;
+        Active = false;
+        _filled.Clear();
+    }
+
+    /// <summary>Whether a row of the current step uses adapter <paramref name="adapter"/>.</summary>
+    public bool Uses(int adapter)
+    {
+        for (int i = 0; i < _rows; i++) if (_adapterOfRow[i] == adapter) return true;
+        return false;
+    }
+
+    /// <summary>
+    /// The (N, R) mask of a layer part's stacked adapters (<paramref name="stack"/>: each adapter's index, first column and rank
+    /// in the stack) for the current step's N rows: row i holds the scaling alpha/r of its adapter in that adapter's columns and 0
+    /// elsewhere, so (x A_stack^T ⊙ mask) B_stack^T adds each row's own adapter only. Layers whose stacks are alike share one
+    /// mask, filled once a step; the buffers are kept between steps.
+    /// </summary>
+    internal Tensor Mask(IBackend backend, DType dtype, IReadOnlyList<(int Adapter, int Column, int Rank, double Scaling)> stack, int columns, string signature)
+    {
+        int n = _rows;
+        if (!_masks.TryGetValue(signature, out var buffer) || buffer.Size(0) < n || buffer.DType != dtype)
+        {
+            buffer?.Storage.Dispose();
+            buffer = backend.Allocate(new Shape(Math.Max(n, buffer?.Size(0) * 2 ?? 0), columns), dtype);
+            _masks[signature] = buffer;
+            _filled.Remove(signature);
+        }
+        var mask = buffer.Slice(0, 0, n);
+        if (_filled.Add(signature))
+        {
+            var host = new double[n * columns];
+            for (int i = 0; i < n; i++)
+                foreach (var (adapter, column, rank, scaling) in stack)
+                    if (_adapterOfRow[i] == adapter) host.AsSpan(i * columns + column, rank).Fill(scaling);
+            switch (dtype)
+            {
+                case DType.F64: backend.CopyFromHost<double>(host, mask); break;
+                case DType.BF16: backend.CopyFromHost<BFloat16>(Array.ConvertAll(host, v => BFloat16.FromSingle((float)v)), mask); break;
+                default: backend.CopyFromHost<float>(Array.ConvertAll(host, v => (float)v), mask); break;
+            }
+        }
+        return mask;
+    }
+}
