@@ -105,12 +105,7 @@ public sealed class MultiLoraBatch
             for (int i = 0; i < n; i++)
                 foreach (var (adapter, column, rank, scaling) in stack)
                     if (_adapterOfRow[i] == adapter) host.AsSpan(i * columns + column, rank).Fill(scaling);
-            switch (dtype)
-            {
-                case DType.F64: backend.CopyFromHost<double>(host, mask); break;
-                case DType.BF16: backend.CopyFromHost<BFloat16>(Array.ConvertAll(host, v => BFloat16.FromSingle((float)v)), mask); break;
-                default: backend.CopyFromHost<float>(Array.ConvertAll(host, v => (float)v), mask); break;
-            }
+            MultiLoraLinear.CopyFromHost(backend, host, mask);
         }
         return mask;
     }

@@ -159,13 +159,24 @@ public sealed class MultiLoraLinear : Linear
     private static Tensor Upload(IBackend backend, DType dtype, double[] values, Shape shape)
     {
         var t = backend.Allocate(shape, dtype);
-        switch (dtype)
-        {
-            case DType.F64: backend.CopyFromHost<double>(values, t); break;
-            case DType.BF16: backend.CopyFromHost<BFloat16>(Array.ConvertAll(values, v => BFloat16.FromSingle((float)v)), t); break;
-            default: backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), t); break;
-        }
+        CopyFromHost(backend, values, t);
         return t;
+    }
+
+    /// <summary>
+    /// Copies host values into <paramref name="target"/>, rounded to its dtype (F64, F32, BF16 or F16, the dtypes a served model
+    /// computes in): the adapters' stacked factors and the step's masks.
+    /// </summary>
+    internal static void CopyFromHost(IBackend backend, double[] values, Tensor target)
+    {
+        switch (target.DType)
+        {
+            case DType.F64: backend.CopyFromHost<double>(values, target); break;
+            case DType.F32: backend.CopyFromHost<float>(Array.ConvertAll(values, v => (float)v), target); break;
+            case DType.BF16: backend.CopyFromHost<BFloat16>(Array.ConvertAll(values, v => BFloat16.FromSingle((float)v)), target); break;
+            case DType.F16: backend.CopyFromHost<Half>(Array.ConvertAll(values, v => (Half)v), target); break;
+            default: throw new NotSupportedException($"multi-LoRA: adapters are served in F64, F32, BF16 or F16, not {target.DType}");
+        }
     }
 
     private void DisposeStacks()

@@ -55,6 +55,6 @@ public sealed class MultiLoraCommandTests : IDisposable
         Assert.Contains("LoRA adapter 'sql' served unmerged over the base", serve.Stdout);
         using var http = new HttpClient { BaseAddress = address };
         var models = System.Text.Json.JsonDocument.Parse(await http.GetStringAsync("v1/models", TestContext.Current.CancellationToken)).RootElement;
-        Assert.Equal(["tiny", "sql"], models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToArray());
+        Assert.Equal(["tiny", "sql"], models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()!).ToArray());
     }
 }

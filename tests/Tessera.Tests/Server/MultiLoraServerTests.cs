@@ -64,7 +64,7 @@ public sealed class MultiLoraServerTests : IDisposable
 
         using var http = new HttpClient { BaseAddress = server.BaseAddress };
         var models = System.Text.Json.JsonDocument.Parse(await http.GetStringAsync("v1/models", TestContext.Current.CancellationToken)).RootElement;
-        Assert.Equal(["base", "sql", "poet"], models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()).ToArray());
+        Assert.Equal(["base", "sql", "poet"], models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()!).ToArray());
 
         // Asked at once, so the three names share the engine's batches.
         var answers = await Task.WhenAll(Ask(server, "base"), Ask(server, "sql"), Ask(server, "poet"));

@@ -177,7 +177,7 @@ public sealed class MultiLoraServingTests : IDisposable
         var served = PretrainedModel.Load(c.Base, _cpu, DType.F64, loraModules: [new LoraModule("a", c.Adapter)]);
         using (var engine = Engine(served))
         {
-            var e = Assert.Throws<InvalidRequestException>(() => engine.Submit(new CompletionRequest { Prompt = [1, 2], MaxTokens = 2, Adapter = 2 }));
+            var e = Assert.Throws<InvalidRequestException>(() => engine.Submit(new CompletionRequest { Prompt = [1, 2], MaxTokens = 2, Adapter = 2 }, TestContext.Current.CancellationToken));
             Assert.Contains("adapter 2", e.Message);
         }
         var draft = PretrainedModel.Load(c.Base, _cpu, DType.F64);
