@@ -20,7 +20,7 @@ public static class ModelPresets
 
     /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
     public static IReadOnlyList<string> Names { get; } =
-        ["gpt2-debug", "gpt2-tiny", "gpt2-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama3-debug", "qwen2-debug",
+        ["gpt2-debug", "gpt2-tiny", "gpt2-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-headsize-debug", "llama3-debug", "qwen2-debug",
          "mistral-debug", "llama-1b", "llama-3b", "llama-8b"];
 
     /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
@@ -50,6 +50,13 @@ public static class ModelPresets
         {
             Family = ModelFamily.Llama, VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
             KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 10000,
+        },
+        // llama-debug with heads wider than Embedding / Heads (48 / 4 = 12; head size 16), as Qwen3 and Mistral Nemo have:
+        // the QKV product is (4 + 2·2)·16 x 48 and the output projection 48 x 64.
+        "llama-headsize-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 48, Heads = 4,
+            ExplicitHeadSize = 16, KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 10000,
         },
         // Llama 3.2 in small: theta 500000, rope_type llama3 (factor 8, bands 1 and 4, original context 64), tied head.
         "llama3-debug" => new TransformerConfig

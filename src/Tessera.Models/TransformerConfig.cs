@@ -28,7 +28,7 @@ public sealed record TransformerConfig
     /// <summary>Residual stream width C (channels).</summary>
     public int Embedding { get; init; } = 768;
 
-    /// <summary>Number of query heads H; must divide <see cref="Embedding"/>.</summary>
+    /// <summary>Number of query heads H; must divide <see cref="Embedding"/> unless <see cref="ExplicitHeadSize"/> is set.</summary>
     public int Heads { get; init; } = 12;
 
     /// <summary>Number of key/value heads K (grouped-query attention); must divide Heads. Default: Heads.</summary>
@@ -67,8 +67,16 @@ public sealed record TransformerConfig
     /// <summary>Standard deviation of the normal weight initialization. Default 0.02.</summary>
     public double InitStd { get; init; } = 0.02;
 
-    /// <summary>Head size D = Embedding / Heads.</summary>
-    [JsonIgnore] public int HeadSize => Embedding / Heads;
+    /// <summary>
+    /// Head size D (channels of one query, key or value head) when it is not Embedding / Heads (Hugging Face's head_dim:
+    /// Qwen3, Mistral Nemo), or 0 (the default, left out of the JSON) for Embedding / Heads. The QKV product is then
+    /// (H + 2K) D x C and the output projection C x H D.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int ExplicitHeadSize { get; init; }
+
+    /// <summary>Head size D actually used: <see cref="ExplicitHeadSize"/>, or Embedding / Heads.</summary>
+    [JsonIgnore] public int HeadSize => ExplicitHeadSize > 0 ? ExplicitHeadSize : Embedding / Heads;
 
     /// <summary>Rows of the embedding table actually allocated.</summary>
     [JsonIgnore] public int EffectivePaddedVocab => PaddedVocabSize > 0 ? PaddedVocabSize : VocabSize;
@@ -108,7 +116,9 @@ public sealed record TransformerConfig
         Positive(Heads, nameof(Heads));
         if (PaddedVocabSize != 0 && PaddedVocabSize < VocabSize)
             throw new ArgumentException($"TransformerConfig: PaddedVocabSize ({PaddedVocabSize}) must be at least VocabSize ({VocabSize})");
-        if (Embedding % Heads != 0)
+        if (ExplicitHeadSize < 0)
+            throw new ArgumentException($"TransformerConfig: ExplicitHeadSize ({ExplicitHeadSize}) must be 0 (Embedding / Heads) or positive");
+        if (ExplicitHeadSize == 0 && Embedding % Heads != 0)
             throw new ArgumentException($"TransformerConfig: Heads ({Heads}) must divide Embedding ({Embedding})");
         if (KvHeads < 0 || EffectiveKvHeads > Heads || Heads % EffectiveKvHeads != 0)
             throw new ArgumentException($"TransformerConfig: KvHeads ({KvHeads}) must divide Heads ({Heads})");

@@ -121,8 +121,14 @@ public static class HuggingFaceConfig
         int heads = f.RequiredInt("num_attention_heads");
         string act = f.String("hidden_act") ?? "silu";
         if (act != "silu") throw f.Error("hidden_act", $"'{act}' is not supported; {modelType} in Tessera uses silu (SwiGLU)");
-        if (f.Int("head_dim") is int headDim && heads > 0 && headDim * heads != hidden)
-            throw f.Error("head_dim", $"{headDim} must equal hidden_size / num_attention_heads ({hidden} / {heads})");
+        // head_dim need not be hidden_size / num_attention_heads (Qwen3, Mistral Nemo); when it is, the config keeps the
+        // derived head size (ExplicitHeadSize 0), as one without head_dim does.
+        int explicitHeadSize = 0;
+        if (f.Int("head_dim") is int headDim)
+        {
+            if (headDim <= 0) throw f.Error("head_dim", $"{headDim} must be positive");
+            if (heads <= 0 || headDim * heads != hidden) explicitHeadSize = headDim;
+        }
         if (f.Double("partial_rotary_factor") is double partial && partial != 1.0)
             throw f.Error("partial_rotary_factor", $"{partial} is not supported: Tessera rotates whole heads");
         var (theta, scaling) = ReadRope(f);
@@ -136,6 +142,7 @@ public static class HuggingFaceConfig
             Layers = f.RequiredInt("num_hidden_layers"),
             Embedding = hidden,
             Heads = heads,
+            ExplicitHeadSize = explicitHeadSize,
             KvHeads = f.Int("num_key_value_heads") ?? heads,
             Hidden = f.RequiredInt("intermediate_size"),
             NormEpsilon = f.Double("rms_norm_eps") ?? 1e-6,
@@ -187,6 +194,8 @@ public static class HuggingFaceConfig
     private static JsonObject ToGpt2(TransformerConfig c)
     {
         if (!c.Bias) throw new ArgumentException("TransformerConfig: a GPT-2 export needs Bias = true (Hugging Face GPT-2 always has biases)");
+        if (c.Heads * c.HeadSize != c.Embedding)
+            throw new ArgumentException($"TransformerConfig: a GPT-2 export needs the head size to be Embedding / Heads (HF GPT-2 has no head_dim); ExplicitHeadSize is {c.ExplicitHeadSize}");
         if (c.EffectiveKvHeads != c.Heads) throw new ArgumentException("TransformerConfig: a GPT-2 export needs KvHeads = Heads (no grouped-query attention in Hugging Face GPT-2)");
         return new JsonObject
         {

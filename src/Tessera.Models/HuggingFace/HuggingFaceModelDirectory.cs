@@ -100,6 +100,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             ("family", found.Family, expected.Family), ("vocab_size", found.VocabSize, expected.VocabSize),
             ("layers", found.Layers, expected.Layers), ("hidden size", found.Embedding, expected.Embedding),
             ("heads", found.Heads, expected.Heads), ("kv heads", found.EffectiveKvHeads, expected.EffectiveKvHeads),
+            ("head size", found.HeadSize, expected.HeadSize),
             ("MLP width", found.EffectiveHidden, expected.EffectiveHidden), ("context", found.MaxSequenceLength, expected.MaxSequenceLength),
             ("tied embeddings", found.TiedEmbeddings, expected.TiedEmbeddings), ("biases", found.Bias, expected.Bias),
             ("q/k/v biases", found.AttentionBias, expected.AttentionBias), ("sliding window", found.SlidingWindow, expected.SlidingWindow),

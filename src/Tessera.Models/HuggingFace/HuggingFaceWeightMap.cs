@@ -24,6 +24,7 @@ public sealed class HuggingFaceWeightMap
     private static int[] FC(TransformerConfig c) => [c.EffectiveHidden, c.Embedding];
     private static int[] CF(TransformerConfig c) => [c.Embedding, c.EffectiveHidden];
     private static int[] F(TransformerConfig c) => [c.EffectiveHidden];
+    private static int[] CHd(TransformerConfig c) => [c.Embedding, c.Heads * c.HeadSize];
     private static int[] Qkv(TransformerConfig c) => [(c.Heads + 2 * c.EffectiveKvHeads) * c.HeadSize, c.Embedding];
 
     /// <summary>GPT-2 (GPT2LMHeadModel.save_pretrained): Conv1D weights are stored (in, out), hence the transposes.</summary>
@@ -57,7 +58,7 @@ public sealed class HuggingFaceWeightMap
             Hf("model.layers.{i}.self_attn.q_proj.weight", c => [c.Heads * c.HeadSize, c.Embedding]),
             Hf("model.layers.{i}.self_attn.k_proj.weight", c => [c.EffectiveKvHeads * c.HeadSize, c.Embedding]),
             Hf("model.layers.{i}.self_attn.v_proj.weight", c => [c.EffectiveKvHeads * c.HeadSize, c.Embedding])),
-        Row("blocks.{i}.attn.proj.weight", CC, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.o_proj.weight", CC)),
+        Row("blocks.{i}.attn.proj.weight", CHd, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.o_proj.weight", CHd)),
         Row("blocks.{i}.norm2.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.post_attention_layernorm.weight", C)),
         Row("blocks.{i}.mlp.gate.weight", FC, WeightTransform.Identity, Hf("model.layers.{i}.mlp.gate_proj.weight", FC)),
         Row("blocks.{i}.mlp.up.weight", FC, WeightTransform.Identity, Hf("model.layers.{i}.mlp.up_proj.weight", FC)),
@@ -127,8 +128,8 @@ public sealed class HuggingFaceWeightMap
     public static HuggingFaceWeightMap For(TransformerConfig config)
     {
         config.Validate();
-        if (config.Family == ModelFamily.Gpt2 && (!config.Bias || config.EffectiveKvHeads != config.Heads))
-            throw new ArgumentException("TransformerConfig: Hugging Face GPT-2 needs Bias = true and KvHeads = Heads");
+        if (config.Family == ModelFamily.Gpt2 && (!config.Bias || config.EffectiveKvHeads != config.Heads || config.Heads * config.HeadSize != config.Embedding))
+            throw new ArgumentException("TransformerConfig: Hugging Face GPT-2 needs Bias = true, KvHeads = Heads and the head size Embedding / Heads");
         if (config.Family == ModelFamily.Llama && config.Bias)
             throw new ArgumentException("TransformerConfig: Hugging Face Llama (as mapped here) needs Bias = false");
         return config.Family switch

@@ -5,7 +5,8 @@ namespace Tessera.Nn.Layers;
 
 /// <summary>
 /// Multi-head causal self-attention with grouped-query heads: one fused QKV projection C to
-/// (H + 2K) D whose rows are the query heads, then the key heads, then the value heads; optional
+/// (H + 2K) D whose rows are the query heads, then the key heads, then the value heads (D is C / H unless given:
+/// Qwen3 and Mistral Nemo heads are wider or narrower than that); optional
 /// rotary position embedding on q and k (Llama: plain or scaled frequencies); causal attention with scale 1/sqrt(D),
 /// optionally within a sliding window (Mistral); an output projection C to C.
 /// <para>
@@ -21,22 +22,24 @@ public sealed class CausalSelfAttention
     private readonly ActivationKey _qkv, _attention, _logSumExp, _dAttention, _dQkv;
 
     /// <summary>
-    /// Declares "<paramref name="name"/>.qkv" ((H+2K) D, C) and "<paramref name="name"/>.proj" (C, C), with biases when
+    /// Declares "<paramref name="name"/>.qkv" ((H+2K) D, C) and "<paramref name="name"/>.proj" (C, H D), with biases when
     /// <paramref name="bias"/> (the qkv bias alone when <paramref name="qkvBias"/>: Qwen2), as <paramref name="layers"/>' plan
     /// splits them; <paramref name="rope"/> is the rotary frequencies (a bare theta converts), or null for no rotary embedding
-    /// (GPT-2); <paramref name="slidingWindow"/> &gt; 0 limits each query to that many newest keys (Mistral).
+    /// (GPT-2); <paramref name="slidingWindow"/> &gt; 0 limits each query to that many newest keys (Mistral);
+    /// <paramref name="headSize"/> is D, or 0 (the default) for C / H.
     /// </summary>
     public CausalSelfAttention(LayerFactory layers, string name, int channels, int heads, int kvHeads, bool bias, RopeFrequencies? rope,
-        bool qkvBias = false, int slidingWindow = 0)
+        bool qkvBias = false, int slidingWindow = 0, int headSize = 0)
     {
         ArgumentNullException.ThrowIfNull(layers);
-        if (heads <= 0 || channels % heads != 0)
+        if (headSize < 0) throw new ArgumentException($"{name}: head size ({headSize}) must be 0 (channels / heads) or positive");
+        if (heads <= 0 || (headSize == 0 && channels % heads != 0))
             throw new ArgumentException($"{name}: heads ({heads}) must divide channels ({channels})");
         if (kvHeads <= 0 || heads % kvHeads != 0)
             throw new ArgumentException($"{name}: kvHeads ({kvHeads}) must divide heads ({heads})");
         Name = name;
         Channels = channels;
-        HeadSize = channels / heads;
+        HeadSize = headSize > 0 ? headSize : channels / heads;
         if (rope is not null && HeadSize % 2 != 0)
             throw new ArgumentException($"{name}: RoPE needs an even head size, got {HeadSize}");
         rope?.Validate(HeadSize);
@@ -46,7 +49,7 @@ public sealed class CausalSelfAttention
         Input = layers.InputRegion(name);
         Qkv = layers.Linear(name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias || qkvBias,
             new ShardPart(heads, HeadSize), new ShardPart(kvHeads, HeadSize), new ShardPart(kvHeads, HeadSize));
-        Projection = layers.Linear(name + ".proj", channels, channels, bias);
+        Projection = layers.Linear(name + ".proj", heads * HeadSize, channels, bias);
         // The heads this rank computes: all of them, or its share of each part of the split QKV rows.
         int shards = Qkv.Weight.ShardCount;
         Heads = Qkv.Weight.Placement.IsReplicated ? heads : new ShardPart(heads, HeadSize).LocalUnits(shards);

@@ -70,7 +70,7 @@ public sealed class TrainingStepBenchmark
 
     /// <summary>FLOPs per trained token: 6N + 12·L·T·C for N parameters, L layers, sequence length T and width C.</summary>
     public static double FlopsPerToken(TransformerConfig config, long parameterCount, int sequenceLength) =>
-        6.0 * parameterCount + 12.0 * config.Layers * sequenceLength * config.Embedding;
+        6.0 * parameterCount + 12.0 * config.Layers * sequenceLength * config.Heads * config.HeadSize;
 
     /// <summary>
     /// FLOPs per token of LoRA training: 4N + 6·N_A + 12·L·T·C for N frozen base parameters (forward 2N and the input
@@ -78,7 +78,7 @@ public sealed class TrainingStepBenchmark
     /// so LoRA's MFU counts the work it does, not the full fine-tuning it replaces.
     /// </summary>
     public static double FlopsPerToken(TransformerConfig config, long frozenParameterCount, int sequenceLength, long adapterParameterCount) =>
-        4.0 * frozenParameterCount + 6.0 * adapterParameterCount + 12.0 * config.Layers * sequenceLength * config.Embedding;
+        4.0 * frozenParameterCount + 6.0 * adapterParameterCount + 12.0 * config.Layers * sequenceLength * config.Heads * config.HeadSize;
 
     /// <summary>Runs <see cref="TrainingStepBenchmarkOptions.WarmupSteps"/> untimed steps, then <see cref="Measure"/>.</summary>
     public TrainingStepBenchmarkResult Run()

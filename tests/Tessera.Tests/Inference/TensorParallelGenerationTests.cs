@@ -26,6 +26,7 @@ public sealed class TensorParallelGenerationTests
     [InlineData("gpt2-debug", 2)]
     [InlineData("llama-debug", 2)]
     [InlineData("llama-debug", 4)]   // 2 key/value heads over 4 ranks: each rank caches a replica of its head
+    [InlineData("llama-headsize-debug", 2)]   // head size 16 != C / H: each rank's output projection takes 2·16 of 64 inputs
     public void TensorParallelRanksGenerateOneDevicesTokens(string preset, int tp)
     {
         var config = ModelPresets.Get(preset);

@@ -25,6 +25,7 @@ public class PagedModelRunnerTests
     [Theory]
     [InlineData("gpt2-debug")]
     [InlineData("llama-debug")]
+    [InlineData("llama-headsize-debug")]   // the pool's rows are D = 16 wide, not C / H = 12
     public void GreedyTokensOfSequencesBatchedWithChunkedPrefillEqualEachSequenceAlone(string preset)
     {
         const int seed = 7, newTokens = 10;

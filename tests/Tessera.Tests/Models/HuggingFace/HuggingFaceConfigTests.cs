@@ -61,7 +61,8 @@ public sealed class HuggingFaceConfigTests
     [InlineData("\"attention_bias\":false", "\"attention_bias\":true", "'attention_bias'")]
     [InlineData("\"mlp_bias\":false", "\"mlp_bias\":true", "'mlp_bias'")]
     [InlineData("\"hidden_act\":\"silu\"", "\"hidden_act\":\"gelu\"", "'hidden_act'")]
-    [InlineData("\"head_dim\":128", "\"head_dim\":64", "'head_dim': 64 must equal")]
+    [InlineData("\"head_dim\":128", "\"head_dim\":0", "'head_dim': 0 must be positive")]
+    [InlineData("\"head_dim\":128", "\"head_dim\":63", "RoPE needs an even head size, got 63")]
     [InlineData("\"num_key_value_heads\":8", "\"num_key_value_heads\":5", "KvHeads (5) must divide Heads (32)")]
     [InlineData("\"intermediate_size\":14336,", "", "'intermediate_size': is missing")]
     public void BadLlamaFieldsAreRejectedNamingFileAndField(string from, string to, string expected)
@@ -75,6 +76,7 @@ public sealed class HuggingFaceConfigTests
     [InlineData("gpt2-debug")]
     [InlineData("llama-8b")]
     [InlineData("llama-debug")]
+    [InlineData("llama-headsize-debug")]   // head_dim 16 != hidden_size / num_attention_heads
     public void WrittenConfigParsesBackToTheSameModel(string preset)
     {
         var c = ModelPresets.Get(preset);

@@ -71,6 +71,7 @@ public sealed class SliceLoadingTests : IDisposable
     [InlineData("llama-debug", 2, DType.BF16)]   // q/k/v stacked: each rank's heads from three tensors; o/down: a run per row
     [InlineData("llama-debug", 4, DType.F16)]    // 2 key/value heads over 4 ranks: replicated in pairs
     [InlineData("qwen2-debug", 2, DType.F16)]    // stacked q/k/v biases
+    [InlineData("llama-headsize-debug", 2, DType.F32)]   // o_proj is C x H·D = 48 x 64
     public void EachRankReadsOnlyItsSliceAndGetsTheSliceOfTheWholeTensorBitForBit(string preset, int tp, DType stored)
     {
         var config = Config(preset);

@@ -72,6 +72,7 @@ public class TransformerTests
     [InlineData("yarn-short")]
     [InlineData("qwen2-debug")]
     [InlineData("mistral-window3")]
+    [InlineData("llama-headsize-debug")]   // head size 16 with C 48 and 4 heads: the products are (H + 2K)·D x C and C x H·D
     public void ModelGradientMatchesFiniteDifferencesOnEveryParameter(string preset)
     {
         var config = Config(preset);
@@ -217,6 +218,7 @@ public class TransformerTests
     [InlineData("yarn-short")]          // YaRN's frequencies and attention factor
     [InlineData("qwen2-debug")]         // theta 1e6, q/k/v biases
     [InlineData("mistral-window3")]     // the window slides during decoding
+    [InlineData("llama-headsize-debug")] // head size 16 != C / H = 12
     public void CachedDecodingMatchesFullForwardLogits(string preset)
     {
         var config = Config(preset);
@@ -350,6 +352,7 @@ public class TransformerTests
     [Theory]
     [InlineData("gpt2-debug")]
     [InlineData("llama-debug")]
+    [InlineData("llama-headsize-debug")]
     public void F32TrainingStepsOverfitOneBatch(string preset)
     {
         var config = Config(preset);
