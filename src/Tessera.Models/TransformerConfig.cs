@@ -54,7 +54,7 @@ public sealed record TransformerConfig
     /// means full causal attention. Positions.</summary>
     public int SlidingWindow { get; init; }
 
-    /// <summary>The Hugging Face model_type this configuration came from and exports as ("llama", "qwen2", "mistral",
+    /// <summary>The Hugging Face model_type this configuration came from and exports as ("llama", "qwen2", "qwen3", "mistral",
     /// "gpt2"), or null (the default) for the family's own.</summary>
     public string? ModelType { get; init; }
 
@@ -74,6 +74,11 @@ public sealed record TransformerConfig
     /// </summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public int ExplicitHeadSize { get; init; }
+
+    /// <summary>Whether each query and key head is RMS-normalized (weights q_norm and k_norm of size D, epsilon
+    /// <see cref="NormEpsilon"/>) after the QKV product and before RoPE: Qwen3. Default false (left out of the JSON).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool QkNorm { get; init; }
 
     /// <summary>Head size D actually used: <see cref="ExplicitHeadSize"/>, or Embedding / Heads.</summary>
     [JsonIgnore] public int HeadSize => ExplicitHeadSize > 0 ? ExplicitHeadSize : Embedding / Heads;
@@ -132,8 +137,8 @@ public sealed record TransformerConfig
         if (SlidingWindow < 0) throw new ArgumentException($"TransformerConfig: SlidingWindow ({SlidingWindow}) must be 0 (none) or positive");
         if (OriginalMaxSequenceLength < 0 || OriginalMaxSequenceLength > MaxSequenceLength)
             throw new ArgumentException($"TransformerConfig: OriginalMaxSequenceLength ({OriginalMaxSequenceLength}) must be in [0, MaxSequenceLength = {MaxSequenceLength}]");
-        if (Family == ModelFamily.Gpt2 && (RopeScaling is not null || AttentionBias || SlidingWindow > 0))
-            throw new ArgumentException("TransformerConfig: RopeScaling, AttentionBias and SlidingWindow are Llama-family settings; GPT-2 has none of them");
+        if (Family == ModelFamily.Gpt2 && (RopeScaling is not null || AttentionBias || SlidingWindow > 0 || QkNorm))
+            throw new ArgumentException("TransformerConfig: RopeScaling, AttentionBias, SlidingWindow and QkNorm are Llama-family settings; GPT-2 has none of them");
         RopeScaling?.Validate();
         if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && HeadSize <= 2)
             throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs a head size above 2, got {HeadSize}");

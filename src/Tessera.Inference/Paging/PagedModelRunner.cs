@@ -659,7 +659,7 @@ public sealed class PagedModelRunner : IDisposable
         var pool = _cache.Pool(block.Index);
         var scales = _cache.Scales(block.Index);                                                     // null unless the pool is I8 or F8E4M3
         Tensor qkv;                                                                                  // (N, H+2K, D)
-        if (attention.Rope is { } frequencies && block.Norm1 is RmsNorm rms && attention.Qkv.IsPlainProduct)
+        if (attention.Rope is { } frequencies && block.Norm1 is RmsNorm rms && attention.Qkv.IsPlainProduct && attention.QueryNorm is null)
         {
             // Llama: the norm, the QKV product, the rotation and the append to the rows' slots as one op (one launch for a
             // decode step's few rows on a GPU, as in the dense decode step).
@@ -668,7 +668,9 @@ public sealed class PagedModelRunner : IDisposable
         }
         else
         {
+            // Unfused: the product, Qwen3's q/k head norms (between the product and the rotation), RoPE, the append.
             qkv = attention.Qkv.ForwardNormalized(ctx, x, block.Norm1).Reshape(n, h + 2 * k, d);
+            attention.NormalizeHeads(ctx, qkv);
             if (attention.Rope is { } rope)
                 _backend.Rope(qkv.Reshape(n, 1, h + 2 * k, d).Slice(2, 0, h + k), positions, rope);   // q and k heads at each row's position
             _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch, scales);

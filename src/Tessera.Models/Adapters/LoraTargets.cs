@@ -5,7 +5,7 @@ namespace Tessera.Models.Adapters;
 /// <summary>
 /// The LoRA targets of each model family as data: each target's short name, its Hugging Face module under a block (what PEFT's
 /// target_modules and tensor names say) and the canonical layer (and part of the fused QKV) it adapts. The Llama layer set
-/// (Llama, Qwen2, Mistral) has separate q/k/v projections in Hugging Face's layout, which Tessera fuses: each is a part of
+/// (Llama, Qwen2, Qwen3, Mistral) has separate q/k/v projections in Hugging Face's layout, which Tessera fuses: each is a part of
 /// "blocks.N.attn.qkv". GPT-2's c_attn is fused in both, so it is one whole-layer adapter, as PEFT makes it (its Conv1D layers
 /// are why PEFT's config says fan_in_fan_out; lora_A (r, in) and lora_B (out, r) are laid out as for nn.Linear either way).
 /// </summary>

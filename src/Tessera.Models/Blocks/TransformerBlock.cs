@@ -34,7 +34,8 @@ public sealed class TransformerBlock
             ? layers.RmsNorm(Name + ".norm1", c, config.NormEpsilon)
             : layers.LayerNorm(Name + ".norm1", c, config.NormEpsilon, config.Bias);
         Attention = new CausalSelfAttention(layers, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
-            config.Rope, qkvBias: config.AttentionBias, slidingWindow: config.SlidingWindow, headSize: config.HeadSize);
+            config.Rope, qkvBias: config.AttentionBias, slidingWindow: config.SlidingWindow, headSize: config.HeadSize,
+            headNormEpsilon: config.QkNorm ? config.NormEpsilon : null);
         Norm2 = llama
             ? layers.RmsNorm(Name + ".norm2", c, config.NormEpsilon)
             : layers.LayerNorm(Name + ".norm2", c, config.NormEpsilon, config.Bias);

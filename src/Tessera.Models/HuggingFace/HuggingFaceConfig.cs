@@ -4,16 +4,16 @@ using System.Text.Json.Nodes;
 namespace Tessera.Models.HuggingFace;
 
 /// <summary>
-/// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2" or "mistral") into a <see cref="TransformerConfig"/>
+/// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3" or "mistral") into a <see cref="TransformerConfig"/>
 /// and writes one back for export. RoPE scaling (rope_scaling of transformers 4, rope_parameters of 5; rope_type linear,
 /// dynamic, llama3, yarn) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
-/// on Llama's output projection or MLP, other rope types, Qwen2's per-layer sliding windows) are rejected with a message
+/// on Llama's output projection or MLP, other rope types, Qwen2's and Qwen3's per-layer sliding windows) are rejected with a message
 /// naming the file and the field rather than silently ignored.
 /// </summary>
 public static class HuggingFaceConfig
 {
     /// <summary>The model_type values Tessera reads and writes.</summary>
-    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "mistral"];
+    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral"];
 
     /// <summary>GPT-2 activations that are the tanh approximation of GELU Tessera implements.</summary>
     private static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];
@@ -46,6 +46,7 @@ public static class HuggingFaceConfig
             "gpt2" => ParseGpt2(fields),
             "llama" => ParseLlama(fields),
             "qwen2" => ParseQwen2(fields),
+            "qwen3" => ParseQwen3(fields),
             "mistral" => ParseMistral(fields),
             _ => throw new HuggingFaceFormatException(path, $"field 'model_type': '{modelType}' is not supported (supported: {string.Join(", ", ModelTypes)})"),
         };
@@ -104,6 +105,19 @@ public static class HuggingFaceConfig
         if (f.Node("layer_types") is JsonArray types && types.Any(t => t?.GetValue<string>() != "full_attention"))
             throw f.Error("layer_types", "only \"full_attention\" layers are supported for Qwen2");
         return ParseLlamaLike(f, "qwen2") with { AttentionBias = true };
+    }
+
+    private static TransformerConfig ParseQwen3(Fields f)
+    {
+        // Qwen3: Qwen2's layout without the q/k/v biases (attention_bias, false in every release, would bias o_proj too), an
+        // explicit head_dim, and an RMSNorm of each query and key head (q_norm, k_norm) before RoPE.
+        if (f.Bool("attention_bias") == true)
+            throw f.Error("attention_bias", "true is not supported: Qwen3's attention_bias puts biases on q, k, v and o_proj; Qwen3 checkpoints ship false");
+        if (f.Bool("use_sliding_window") == true)
+            throw f.Error("use_sliding_window", "true is not supported: Qwen3's per-layer sliding windows (max_window_layers) are not implemented; Qwen3 checkpoints ship false");
+        if (f.Node("layer_types") is JsonArray types && types.Any(t => t?.GetValue<string>() != "full_attention"))
+            throw f.Error("layer_types", "only \"full_attention\" layers are supported for Qwen3");
+        return ParseLlamaLike(f, "qwen3") with { QkNorm = true };
     }
 
     private static TransformerConfig ParseMistral(Fields f)
@@ -222,15 +236,17 @@ public static class HuggingFaceConfig
     {
         if (c.Bias) throw new ArgumentException("TransformerConfig: a Llama-family export needs Bias = false");
         string type = c.EffectiveModelType;
-        if (type is not ("llama" or "qwen2" or "mistral"))
-            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, mistral)");
+        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral"))
+            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral)");
+        if (c.QkNorm != (type == "qwen3"))
+            throw new ArgumentException($"TransformerConfig: QkNorm = {c.QkNorm} cannot be exported as model_type '{type}' (only qwen3 has q/k head norms, and always)");
         if (c.AttentionBias != (type == "qwen2"))
             throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 has q/k/v biases, and always)");
         if (c.SlidingWindow > 0 && type != "mistral")
             throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral'");
         var o = new JsonObject
         {
-            ["architectures"] = new JsonArray(type switch { "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
+            ["architectures"] = new JsonArray(type switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
             ["model_type"] = type,
             ["vocab_size"] = c.VocabSize,
             ["max_position_embeddings"] = c.OriginalMaxSequenceLength > 0 ? c.OriginalMaxSequenceLength : c.MaxSequenceLength,
@@ -255,6 +271,12 @@ public static class HuggingFaceConfig
                 o["mlp_bias"] = false;
                 break;
             case "qwen2":
+                o["use_sliding_window"] = false;
+                o["sliding_window"] = null;
+                o["max_window_layers"] = c.Layers;
+                break;
+            case "qwen3":
+                o["attention_bias"] = false;
                 o["use_sliding_window"] = false;
                 o["sliding_window"] = null;
                 o["max_window_layers"] = c.Layers;

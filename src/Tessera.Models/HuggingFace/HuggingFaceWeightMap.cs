@@ -24,6 +24,7 @@ public sealed class HuggingFaceWeightMap
     private static int[] FC(TransformerConfig c) => [c.EffectiveHidden, c.Embedding];
     private static int[] CF(TransformerConfig c) => [c.Embedding, c.EffectiveHidden];
     private static int[] F(TransformerConfig c) => [c.EffectiveHidden];
+    private static int[] D(TransformerConfig c) => [c.HeadSize];
     private static int[] CHd(TransformerConfig c) => [c.Embedding, c.Heads * c.HeadSize];
     private static int[] Qkv(TransformerConfig c) => [(c.Heads + 2 * c.EffectiveKvHeads) * c.HeadSize, c.Embedding];
 
@@ -81,6 +82,18 @@ public sealed class HuggingFaceWeightMap
         .. LlamaRows.Skip(2),
     ];
 
+    /// <summary>
+    /// Qwen3 (Qwen3ForCausalLM): Llama's names (no q/k/v biases), plus each layer's per-head RMSNorm weights of q and k (D),
+    /// after the fused qkv as Tessera declares them.
+    /// </summary>
+    public static IReadOnlyList<WeightMapRow> Qwen3Rows { get; } =
+    [
+        .. LlamaRows.Take(3),
+        Row("blocks.{i}.attn.q_norm.weight", D, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.q_norm.weight", D)),
+        Row("blocks.{i}.attn.k_norm.weight", D, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.k_norm.weight", D)),
+        .. LlamaRows.Skip(3),
+    ];
+
     /// <summary>Non-parameter buffers some GPT-2 checkpoints carry (causal masks); ignored on load.</summary>
     public static IReadOnlyList<string> Gpt2IgnoredBuffers { get; } =
         ["transformer.h.{i}.attn.bias", "transformer.h.{i}.attn.masked_bias"];
@@ -132,10 +145,12 @@ public sealed class HuggingFaceWeightMap
             throw new ArgumentException("TransformerConfig: Hugging Face GPT-2 needs Bias = true, KvHeads = Heads and the head size Embedding / Heads");
         if (config.Family == ModelFamily.Llama && config.Bias)
             throw new ArgumentException("TransformerConfig: Hugging Face Llama (as mapped here) needs Bias = false");
+        if (config.QkNorm && config.AttentionBias)
+            throw new ArgumentException("TransformerConfig: no Hugging Face model_type has both q/k head norms and q/k/v biases (Qwen3 has the norms, Qwen2 the biases)");
         return config.Family switch
         {
             ModelFamily.Gpt2 => new HuggingFaceWeightMap(config, Gpt2Rows, Gpt2IgnoredBuffers, Gpt2OptionalPrefix),
-            ModelFamily.Llama => new HuggingFaceWeightMap(config, config.AttentionBias ? Qwen2Rows : LlamaRows, LlamaIgnoredBuffers, null),
+            ModelFamily.Llama => new HuggingFaceWeightMap(config, config.QkNorm ? Qwen3Rows : config.AttentionBias ? Qwen2Rows : LlamaRows, LlamaIgnoredBuffers, null),
             _ => throw new ArgumentOutOfRangeException(nameof(config), config.Family, "no Hugging Face map for this family"),
         };
     }

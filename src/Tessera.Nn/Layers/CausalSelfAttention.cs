@@ -6,7 +6,8 @@ namespace Tessera.Nn.Layers;
 /// <summary>
 /// Multi-head causal self-attention with grouped-query heads: one fused QKV projection C to
 /// (H + 2K) D whose rows are the query heads, then the key heads, then the value heads (D is C / H unless given:
-/// Qwen3 and Mistral Nemo heads are wider or narrower than that); optional
+/// Qwen3 and Mistral Nemo heads are wider or narrower than that); optionally an RMSNorm over each query head and each key
+/// head (Qwen3's q_norm and k_norm, weights of size D); optional
 /// rotary position embedding on q and k (Llama: plain or scaled frequencies); causal attention with scale 1/sqrt(D),
 /// optionally within a sliding window (Mistral); an output projection C to C.
 /// <para>
@@ -20,16 +21,19 @@ namespace Tessera.Nn.Layers;
 public sealed class CausalSelfAttention
 {
     private readonly ActivationKey _qkv, _attention, _logSumExp, _dAttention, _dQkv;
+    private readonly ActivationKey _qNormIn, _kNormIn, _dqNormOut, _dkNormOut, _dqNormIn, _dkNormIn;
 
     /// <summary>
     /// Declares "<paramref name="name"/>.qkv" ((H+2K) D, C) and "<paramref name="name"/>.proj" (C, H D), with biases when
     /// <paramref name="bias"/> (the qkv bias alone when <paramref name="qkvBias"/>: Qwen2), as <paramref name="layers"/>' plan
     /// splits them; <paramref name="rope"/> is the rotary frequencies (a bare theta converts), or null for no rotary embedding
     /// (GPT-2); <paramref name="slidingWindow"/> &gt; 0 limits each query to that many newest keys (Mistral);
-    /// <paramref name="headSize"/> is D, or 0 (the default) for C / H.
+    /// <paramref name="headSize"/> is D, or 0 (the default) for C / H; <paramref name="headNormEpsilon"/>, when given, adds
+    /// "<paramref name="name"/>.q_norm" (D) and "<paramref name="name"/>.k_norm" (D), RMSNorms of each query and key head
+    /// with that epsilon between the QKV product and RoPE (Qwen3), replicated on every rank.
     /// </summary>
     public CausalSelfAttention(LayerFactory layers, string name, int channels, int heads, int kvHeads, bool bias, RopeFrequencies? rope,
-        bool qkvBias = false, int slidingWindow = 0, int headSize = 0)
+        bool qkvBias = false, int slidingWindow = 0, int headSize = 0, double? headNormEpsilon = null)
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (headSize < 0) throw new ArgumentException($"{name}: head size ({headSize}) must be 0 (channels / heads) or positive");
@@ -49,6 +53,13 @@ public sealed class CausalSelfAttention
         Input = layers.InputRegion(name);
         Qkv = layers.Linear(name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias || qkvBias,
             new ShardPart(heads, HeadSize), new ShardPart(kvHeads, HeadSize), new ShardPart(kvHeads, HeadSize));
+        if (headNormEpsilon is { } epsilon)
+        {
+            // Each rank normalizes its own heads: with the QKV split over ranks each holds part of the weights' gradients.
+            bool headsSplit = !Qkv.Weight.Placement.IsReplicated;
+            QueryNorm = layers.HeadRmsNorm(name + ".q_norm", HeadSize, epsilon, headsSplit);
+            KeyNorm = layers.HeadRmsNorm(name + ".k_norm", HeadSize, epsilon, headsSplit);
+        }
         Projection = layers.Linear(name + ".proj", heads * HeadSize, channels, bias);
         // The heads this rank computes: all of them, or its share of each part of the split QKV rows.
         int shards = Qkv.Weight.ShardCount;
@@ -59,6 +70,12 @@ public sealed class CausalSelfAttention
         _logSumExp = new ActivationKey(name + ".att.lse");
         _dAttention = new ActivationKey(name + ".att.dy");
         _dQkv = new ActivationKey(name + ".qkv.dy");
+        _qNormIn = new ActivationKey(name + ".q_norm.in");
+        _kNormIn = new ActivationKey(name + ".k_norm.in");
+        _dqNormOut = new ActivationKey(name + ".q_norm.dy");
+        _dkNormOut = new ActivationKey(name + ".k_norm.dy");
+        _dqNormIn = new ActivationKey(name + ".q_norm.dx");
+        _dkNormIn = new ActivationKey(name + ".k_norm.dx");
     }
 
     /// <summary>Name prefix of the parameters and activations.</summary>
@@ -88,6 +105,12 @@ public sealed class CausalSelfAttention
     /// <summary>Fused QKV projection C to (H + 2K) D (this rank's heads).</summary>
     public Linear Qkv { get; }
 
+    /// <summary>RMSNorm of each query head (D), or null (Qwen3's q_norm).</summary>
+    public RmsNorm? QueryNorm { get; }
+
+    /// <summary>RMSNorm of each key head (D), or null (Qwen3's k_norm).</summary>
+    public RmsNorm? KeyNorm { get; }
+
     /// <summary>Output projection H D to C (row-parallel under tensor parallelism).</summary>
     public Linear Projection { get; }
 
@@ -106,6 +129,7 @@ public sealed class CausalSelfAttention
         var backend = x.Backend;
         var rows = Input.Forward(ctx, x.Reshape((int)(x.NumElements / Channels), Channels));        // (N, C): whole rows
         var qkv = Qkv.Forward(ctx, rows).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
+        NormalizeHeads(ctx, qkv);
         var (q, k, v) = Split(qkv);
         if (Rope is { } rope) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), 0, rope);   // q and k heads, adjacent
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
@@ -139,10 +163,15 @@ public sealed class CausalSelfAttention
         // The QKV product's bias gradient is the column sums of dQkv: without RoPE (which rotates dq and dk after this) the
         // attention backward adds them (on the way where its kernels can, IBackend.AttentionBackward), and the product takes
         // only its dW.
-        var qkvBiasGradient = Rope is null && Qkv.TakesBiasGradientFromNext ? Qkv.Bias!.Grad : null;
+        var qkvBiasGradient = Rope is null && QueryNorm is null && Qkv.TakesBiasGradientFromNext ? Qkv.Bias!.Grad : null;
         backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale, SlidingWindow, qkvBiasGradient);
         // RoPE is a rotation: its backward is the inverse rotation of the gradient (dq and dk heads, adjacent).
         if (Rope is { } rope) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, rope, inverse: true);
+        if (QueryNorm is not null)
+        {
+            NormalizeHeadsBackward(ctx, QueryNorm, _dqNormOut, _dqNormIn, dQkv.Slice(2, 0, Heads));
+            NormalizeHeadsBackward(ctx, KeyNorm!, _dkNormOut, _dkNormIn, dQkv.Slice(2, Heads, KvHeads));
+        }
         var dxRows = dx.Reshape((int)(dx.NumElements / Channels), Channels);
         if (accumulateDx && Input is not IdentityRegion)
             throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel attention is reduced over ranks and cannot accumulate into dx");
@@ -170,7 +199,7 @@ public sealed class CausalSelfAttention
         var backend = x.Backend;
         var positions = cache.Positions;
         Tensor qkv;
-        if (Rope is { } frequencies && norm is RmsNorm rms && Qkv.IsPlainProduct)
+        if (Rope is { } frequencies && norm is RmsNorm rms && Qkv.IsPlainProduct && QueryNorm is null)
         {
             // Llama: the norm, the QKV product, the rotation of q and k and the append of k and v, as one op (one
             // launch on a GPU for a decode step's few rows).
@@ -181,6 +210,7 @@ public sealed class CausalSelfAttention
         else
         {
             qkv = Qkv.ForwardNormalized(ctx, x.Reshape(n, Channels), norm).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
+            NormalizeHeads(ctx, qkv);
             // q, k and v heads are adjacent in the fused activation: one op rotates q and k and appends k and v.
             if (Rope is { } rope) backend.RopeAndAppend(qkv, Heads, cache.KeysAndValues(layer), positions, rope);
             else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
@@ -188,6 +218,47 @@ public sealed class CausalSelfAttention
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale, SlidingWindow);
         Projection.ForwardAccumulate(ctx, att.Reshape(n, Heads * HeadSize), residual);
+    }
+
+    /// <summary>
+    /// With <see cref="QueryNorm"/>: RMS-normalizes, in place, each query and each key head of <paramref name="qkv"/>
+    /// (..., H + 2K, D), the rows of the QKV product before RoPE (Qwen3). The heads are copied out to (rows·H, D) and
+    /// (rows·K, D) for the norm (whose input is saved for backward as a training pass saves everything) and back. Nothing
+    /// without the norms.
+    /// </summary>
+    public void NormalizeHeads(in PassContext ctx, Tensor qkv)
+    {
+        if (QueryNorm is null) return;
+        int axis = qkv.Rank - 2;
+        if (qkv.Size(axis) != Heads + 2 * KvHeads || qkv.Size(-1) != HeadSize)
+            throw new ArgumentException($"{Name}: qkv {qkv.Shape} must end in ({Heads + 2 * KvHeads}, {HeadSize})");
+        NormalizeHeads(ctx, QueryNorm, _qNormIn, qkv.Slice(axis, 0, Heads));
+        NormalizeHeads(ctx, KeyNorm!, _kNormIn, qkv.Slice(axis, Heads, KvHeads));
+    }
+
+    private static void NormalizeHeads(in PassContext ctx, RmsNorm norm, ActivationKey inputKey, Tensor heads)
+    {
+        int d = heads.Size(-1);
+        var backend = heads.Backend;
+        var input = ctx.Buffer(inputKey, heads.Shape, heads.DType);                                  // (..., heads, D)
+        backend.Copy(heads, input);
+        var normalized = norm.Forward(ctx, input.Reshape((int)(input.NumElements / d), d));         // (rows·heads, D)
+        backend.Copy(normalized.Reshape(heads.Shape.ToArray()), heads);
+    }
+
+    /// <summary>dHeads (the gradient of the normalized heads, a view into dQkv) becomes the gradient of the heads before the
+    /// norm; the norm's weight gradient accumulates.</summary>
+    private static void NormalizeHeadsBackward(in PassContext ctx, RmsNorm norm, ActivationKey dyKey, ActivationKey dxKey, Tensor dHeads)
+    {
+        int d = dHeads.Size(-1);
+        var backend = dHeads.Backend;
+        var dy = ctx.Scratch(dyKey, dHeads.Shape, dHeads.DType);                                     // (B, T, heads, D)
+        var dx = ctx.Scratch(dxKey, dHeads.Shape, dHeads.DType);
+        backend.Copy(dHeads, dy);
+        backend.Fill(dx, 0);                                                                          // the norm's backward adds into dx
+        int rows = (int)(dy.NumElements / d);
+        norm.Backward(ctx, dy.Reshape(rows, d), dx.Reshape(rows, d));
+        backend.Copy(dx, dHeads);
     }
 
     private (Tensor Q, Tensor K, Tensor V) Split(Tensor qkv) =>

@@ -176,6 +176,20 @@ public sealed class LayerFactory
         return norm;
     }
 
+    /// <summary>
+    /// An RMSNorm "<paramref name="name"/>" over each attention head's <paramref name="headSize"/> channels (Qwen3's q_norm
+    /// and k_norm), replicated. When <paramref name="headsSplit"/> (a column-parallel QKV) each rank normalizes only its own
+    /// heads, so its weight gradient is a part of the whole, summed over the tensor-parallel ranks (replicated key heads
+    /// included: each replica's part comes from its own query heads).
+    /// </summary>
+    public RmsNorm HeadRmsNorm(string name, int headSize, double epsilon, bool headsSplit)
+    {
+        var placement = headsSplit ? Placement.ReplicatedWithPartialGradient(MeshAxis.Tp) : null;
+        var norm = new RmsNorm(Parameters, name, headSize, epsilon, placement);
+        if (headsSplit) Partial(norm.Weight);
+        return norm;
+    }
+
     /// <summary>A LayerNorm "<paramref name="name"/>"; its weight's and bias's gradients are partial when it is sequence-parallel.</summary>
     public LayerNorm LayerNorm(string name, int channels, double epsilon, bool bias)
     {

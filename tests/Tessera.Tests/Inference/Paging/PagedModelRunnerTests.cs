@@ -26,6 +26,7 @@ public class PagedModelRunnerTests
     [InlineData("gpt2-debug")]
     [InlineData("llama-debug")]
     [InlineData("llama-headsize-debug")]   // the pool's rows are D = 16 wide, not C / H = 12
+    [InlineData("qwen3-debug")]            // the unfused paged path: product, q/k norms, RoPE, append
     public void GreedyTokensOfSequencesBatchedWithChunkedPrefillEqualEachSequenceAlone(string preset)
     {
         const int seed = 7, newTokens = 10;

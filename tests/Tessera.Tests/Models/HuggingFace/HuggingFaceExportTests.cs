@@ -52,6 +52,7 @@ public sealed class HuggingFaceExportTests : IDisposable
     [Theory]
     [MemberData(nameof(Families))]
     [InlineData("llama-headsize-debug")]   // head_dim 16 written and read back; o_proj 48 x 64
+    [InlineData("qwen3-debug")]            // q_norm and k_norm, Qwen3ForCausalLM
     public void EachFamilyReloadsFromItsExportWithTheSameConfigurationAndLogits(string preset)
     {
         var config = ModelPresets.Get(preset);

@@ -73,6 +73,7 @@ public class TransformerTests
     [InlineData("qwen2-debug")]
     [InlineData("mistral-window3")]
     [InlineData("llama-headsize-debug")]   // head size 16 with C 48 and 4 heads: the products are (H + 2K)·D x C and C x H·D
+    [InlineData("qwen3-debug")]            // through the q/k head norms, their weights included
     public void ModelGradientMatchesFiniteDifferencesOnEveryParameter(string preset)
     {
         var config = Config(preset);
@@ -219,6 +220,7 @@ public class TransformerTests
     [InlineData("qwen2-debug")]         // theta 1e6, q/k/v biases
     [InlineData("mistral-window3")]     // the window slides during decoding
     [InlineData("llama-headsize-debug")] // head size 16 != C / H = 12
+    [InlineData("qwen3-debug")]          // the unfused decode: product, q/k norms, RoPE, append
     public void CachedDecodingMatchesFullForwardLogits(string preset)
     {
         var config = Config(preset);
@@ -353,6 +355,7 @@ public class TransformerTests
     [InlineData("gpt2-debug")]
     [InlineData("llama-debug")]
     [InlineData("llama-headsize-debug")]
+    [InlineData("qwen3-debug")]
     public void F32TrainingStepsOverfitOneBatch(string preset)
     {
         var config = Config(preset);

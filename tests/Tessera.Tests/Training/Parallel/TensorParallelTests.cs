@@ -69,6 +69,8 @@ public sealed class TensorParallelTests : IDisposable
     [InlineData("llama-debug", 2, false)]
     [InlineData("llama-debug", 4, false)]   // 2 key/value heads over 4 ranks: each head replicated on 2 ranks
     [InlineData("llama-headsize-debug", 2, false)]   // head size 16 != C / H = 12
+    [InlineData("qwen3-debug", 2, false)]            // q/k norm gradients are partial on each rank and summed over them
+    [InlineData("qwen3-debug", 2, true)]
     [InlineData("gpt2-debug", 2, true)]
     [InlineData("gpt2-debug", 4, true)]
     [InlineData("llama-debug", 2, true)]
