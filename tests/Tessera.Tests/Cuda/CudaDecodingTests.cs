@@ -326,6 +326,7 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     [Theory]
     [InlineData("llama-debug")]
     [InlineData("gpt2-debug")]
+    [InlineData("qwen3-debug")]   // the unfused decode (product, q/k norms, RoPE, append) recorded into a graph
     public void GreedyGenerationOnTheGpuMatchesTheCpuWithAndWithoutAGraph(string preset)
     {
         var config = ModelPresets.Get(preset);

@@ -377,6 +377,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [Theory]
     [InlineData("llama-debug")]
     [InlineData("gpt2-debug")]
+    [InlineData("qwen3-debug")]   // the unfused paged path with q/k head norms
     public async Task BatchedRecordedDecodingOnTheGpuMatchesOneSequenceAtATimeOnTheCpu(string preset)
     {
         var (config, onCpu, onGpu, weights) = RandomModelOnBoth(preset, context: 64);

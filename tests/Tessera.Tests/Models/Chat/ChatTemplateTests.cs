@@ -58,6 +58,79 @@ public class ChatTemplateTests
         if (!problem.StartsWith("the template ends", StringComparison.Ordinal)) Assert.Equal((line, column), (e.Line, e.Column));
     }
 
+    /// <summary>
+    /// Qwen3's chat template without its tools branch (written here from the released template's constructs: a namespace
+    /// updated in a reversed loop to find the last user query, is string tests, startswith/endswith, splitting the thinking
+    /// out of earlier assistant turns with split, rstrip, lstrip and strip with arguments, enable_thinking is defined and is
+    /// false). Earlier turns lose their thinking, the last one keeps it, and enable_thinking = false opens an empty block.
+    /// </summary>
+    [Fact]
+    public void AShortenedQwen3TemplateRendersItsThinkingRules()
+    {
+        const string source = """
+            {%- if messages[0].role == 'system' %}
+                {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+            {%- endif %}
+            {%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+            {%- for message in messages[::-1] %}
+                {%- set index = (messages|length - 1) - loop.index0 %}
+                {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+                    {%- set ns.multi_step_tool = false %}
+                    {%- set ns.last_query_index = index %}
+                {%- endif %}
+            {%- endfor %}
+            {%- for message in messages %}
+                {%- if message.content is string %}
+                    {%- set content = message.content %}
+                {%- else %}
+                    {%- set content = '' %}
+                {%- endif %}
+                {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+                    {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+                {%- elif message.role == "assistant" %}
+                    {%- set reasoning_content = '' %}
+                    {%- if message.reasoning_content is string %}
+                        {%- set reasoning_content = message.reasoning_content %}
+                    {%- else %}
+                        {%- if '</think>' in content %}
+                            {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                            {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+                        {%- endif %}
+                    {%- endif %}
+                    {%- if loop.index0 > ns.last_query_index %}
+                        {%- if loop.last or (not loop.last and reasoning_content) %}
+                            {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+                        {%- else %}
+                            {{- '<|im_start|>' + message.role + '\n' + content }}
+                        {%- endif %}
+                    {%- else %}
+                        {{- '<|im_start|>' + message.role + '\n' + content }}
+                    {%- endif %}
+                    {{- '<|im_end|>\n' }}
+                {%- endif %}
+            {%- endfor %}
+            {%- if add_generation_prompt %}
+                {{- '<|im_start|>assistant\n' }}
+                {%- if enable_thinking is defined and enable_thinking is false %}
+                    {{- '<think>\n\n</think>\n\n' }}
+                {%- endif %}
+            {%- endif %}
+            """;
+        var template = ChatTemplate.Parse(source, "qwen3 template");
+        ChatMessage[] conversation =
+        [
+            new("system", "You are terse."), new("user", "Hi"), new("assistant", "<think>\nGreet back.\n</think>\n\nHello."), new("user", "And?"),
+        ];
+        Assert.Equal(
+            "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n" +
+            "<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+            template.Render(conversation, variables: new Dictionary<string, object?> { ["enable_thinking"] = false }));
+        Assert.Equal(
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\nGreet back.\n</think>\n\nHello.<|im_end|>\n",
+            template.Render(conversation[1..3], addGenerationPrompt: false));
+        Assert.EndsWith("<|im_start|>assistant\n", template.Render(conversation));   // thinking left on: no empty block
+    }
+
     [Fact]
     public void ExpressionsFollowPythonAndJinjaSemantics()
     {
