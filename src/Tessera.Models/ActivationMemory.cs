@@ -100,6 +100,16 @@ public sealed class ActivationMemory
         };
         if (sp) block.Add(("attn.input.gathered", "(N, C)", n * c * b));
         block.Add(("attn.qkv.out", "(N, (H/t + 2K/t) D)", n * (hl + 2 * kl) * d * b));
+        if (config.QkNorm)
+        {
+            // Qwen3's head norms: each head copied out for the norm (its saved input), the norm's output, its 1/rms.
+            block.Add(("attn.q_norm.in", "(N H/t, D)", n * hl * d * b));
+            block.Add(("attn.q_norm.out", "(N H/t, D)", n * hl * d * b));
+            block.Add(("attn.q_norm.rstd", "(N H/t)", n * hl * stat));
+            block.Add(("attn.k_norm.in", "(N K/t, D)", n * kl * d * b));
+            block.Add(("attn.k_norm.out", "(N K/t, D)", n * kl * d * b));
+            block.Add(("attn.k_norm.rstd", "(N K/t)", n * kl * stat));
+        }
         block.Add(("attn.att.out", "(N, H/t D)", n * hl * d * b));
         block.Add(("attn.att.lse", "(N, H/t) F32", n * hl * stat));
         // The row-parallel products' outputs: the residual stream itself without SP; under SP partial sums (N, C) that are
