@@ -9,7 +9,7 @@ namespace Tessera.Nn.Layers;
 /// Qwen3 and Mistral Nemo heads are wider or narrower than that); optionally an RMSNorm over each query head and each key
 /// head (Qwen3's q_norm and k_norm, weights of size D); optional
 /// rotary position embedding on q and k (Llama: plain or scaled frequencies); causal attention with scale 1/sqrt(D),
-/// optionally within a sliding window (Mistral); an output projection C to C.
+/// optionally within a sliding window (Mistral); an output projection H D to C.
 /// <para>
 /// Under tensor parallelism (the <see cref="LayerFactory"/>'s plan) the heads are split: the QKV product is column-parallel
 /// with each rank's rows its query heads, then its key heads, then its value heads (key/value heads replicated over blocks of
