@@ -98,6 +98,38 @@ public sealed class MultiLoraServingTests : IDisposable
     }
 
     /// <summary>
+    /// Adapters served over an int8 base (<c>serve --quantize int8 --lora ...</c>): a row on an adapter gets the logits of the
+    /// training path's LoRA model over the same int8 base (<see cref="Tessera.Nn.Adapters.LoraLinear"/> unmerged, the adapter read
+    /// by <see cref="PeftAdapter.Load"/>), within 1e-9 of the largest logit: both add s·B(A x) to the same int8 product in F64,
+    /// only the scaling's place in the order differs (about 1e-15); the adapter moves the logits by far more.
+    /// </summary>
+    [Fact]
+    public void AdaptersOverAnInt8BaseGiveTheLogitsOfLoraOverThatBase()
+    {
+        const int seed = 541;
+        var c = AdapterCase.Write(_dir, "llama-debug", AdapterCase.AllTargets("llama-debug"), seed);
+        var int8 = Tessera.Nn.Quantization.WeightQuantization.Int8;
+        var served = PretrainedModel.Load(c.Base, _cpu, DType.F64, quantization: int8, loraModules: [new LoraModule("a", c.Adapter)]);
+        var plain = PretrainedModel.Load(c.Base, _cpu, DType.F64, quantization: int8);
+        Transformer lora;
+        using (var hf = Tessera.Models.HuggingFace.HuggingFaceModelDirectory.Open(c.Base))
+        {
+            lora = PretrainedModel.Quantized(hf.Config, _cpu, DType.F64, lora: PeftAdapter.ReadOptions(c.Adapter, hf.Config), quantization: int8);
+            hf.LoadInto(lora.Layout.Parameters, _cpu);
+        }
+        PeftAdapter.Load(c.Adapter, lora.Adapters!);
+        int[] tokens = Prompts(seed, 1, 24, 24)[0];                       // (2, 12), as AdapterCase.Logits takes them
+        served.ServedAdapters!.SetRows(Enumerable.Repeat(0, tokens.Length).ToArray());
+        var actual = AdapterCase.Logits(served, tokens);
+        served.ServedAdapters.Clear();
+        var expected = AdapterCase.Logits(lora, tokens);
+        var p = AdapterCase.Logits(plain, tokens);
+        double scale = p.Max(Math.Abs);
+        AssertClose(expected, actual, 1e-9 * scale, "adapter over int8");
+        Assert.True(MaxDifference(expected, p) > 0.05 * scale, "the adapter does not move the logits");
+    }
+
+    /// <summary>
     /// Many concurrent greedy requests, each on the base or one of two adapters, in steps that mix decodes and prompt chunks
     /// (a budget of 8 tokens splits the longer prompts): every request's tokens equal those of the dense generator over the
     /// model with its adapter merged (the base's over the plain base), and the adapters' answers differ from the base's. With
