@@ -274,6 +274,7 @@ public sealed class InferenceEngine : IDisposable
     public async Task LoadAdapterAsync(string name, string directory, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_fault is { } fault) throw new InvalidOperationException($"the inference engine stopped after an error: {fault.Message}", fault);
         if (string.IsNullOrWhiteSpace(name)) throw new LoraAdapterException(LoraAdapterError.Invalid, "the adapter's name is empty");
         if (string.IsNullOrWhiteSpace(directory)) throw new LoraAdapterException(LoraAdapterError.Invalid, "the adapter's path is empty");
         var batch = _model.ServedAdapters;
@@ -393,6 +394,8 @@ public sealed class InferenceEngine : IDisposable
         catch (Exception e)
         {
             _fault = e;
+            while (_commands.Reader.TryRead(out var left))                // loads waiting for the loop would wait forever
+                if (left is LoadAdapterCommand load) load.Done.TrySetException(new InvalidOperationException($"the inference engine stopped after an error: {e.Message}", e));
             foreach (var request in _requests) request.Output.Writer.TryComplete(e);
             _requests.Clear();
             _choices.Clear();

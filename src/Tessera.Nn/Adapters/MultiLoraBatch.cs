@@ -6,7 +6,10 @@ namespace Tessera.Nn.Adapters;
 /// The LoRA adapters a model serves unmerged over one base (multi-LoRA, as vLLM's --lora-modules, S-LoRA or Punica serve them),
 /// and which adapter each row of the current step uses. The serving loop sets a step's rows (<see cref="SetRows"/>) before its
 /// forward pass; every <see cref="MultiLoraLinear"/> of the model reads them, so that one continuous batch mixes requests for the
-/// base and for any adapter. Built empty (no adapter in any row), the model is the base and its layers are plain products.
+/// base and for any adapter. The adapters live in <see cref="Slots"/> slots of rank up to <see cref="MaxRank"/>, allocated once
+/// (<see cref="Allocate"/>): an adapter is written into a free slot and emptied from it (<see cref="Detach"/>) between steps, as
+/// vLLM's --max-loras and --max-lora-rank size its slots. With no adapter in any row, the model is the base and its layers are
+/// plain products.
 /// </summary>
 public sealed class MultiLoraBatch
 {
