@@ -22,15 +22,17 @@ public static class PretrainedModel
     /// read, before the conversion to <paramref name="dtype"/>, the quantization and the slicing
     /// (<see cref="HuggingFaceModelDirectory.MergeAdapter"/>): the model equals one loaded from what <c>tessera export</c> writes.
     /// With <paramref name="loraModules"/> those PEFT adapters are served unmerged over the (so loaded) base, each under its name
-    /// (<see cref="Transformer.ServedAdapters"/>, multi-LoRA): checked against the model before any weight is read, attached after.
+    /// (<see cref="Transformer.ServedAdapters"/>, multi-LoRA): checked against the model before any weight is read, attached after,
+    /// in the slots <paramref name="loraSlots"/> sizes (with runtime loading on, slots are built even without start-up adapters).
     /// </summary>
     public static Transformer Load(string directory, IBackend backend, DType dtype, TransformerConfig? expected = null,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None,
-        string? adapter = null, IReadOnlyList<Adapters.LoraModule>? loraModules = null)
+        string? adapter = null, IReadOnlyList<Adapters.LoraModule>? loraModules = null, Adapters.LoraSlotOptions? loraSlots = null)
     {
         using var hf = expected is null ? HuggingFaceModelDirectory.Open(directory) : HuggingFaceModelDirectory.Open(directory, expected);
         if (adapter is not null) hf.MergeAdapter(adapter);
-        var served = loraModules is { Count: > 0 } ? Adapters.ServedLoraAdapters.Open(loraModules, hf.Config) : null;
+        var served = loraModules is { Count: > 0 } || loraSlots is { RuntimeLoading: true }
+            ? Adapters.ServedLoraAdapters.Open(loraModules ?? [], hf.Config, loraSlots) : null;
         Transformer model;
         if (quantization == WeightQuantization.None)
         {

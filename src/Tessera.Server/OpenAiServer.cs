@@ -16,7 +16,8 @@ namespace Tessera.Server;
 /// <summary>
 /// The OpenAI-compatible HTTP server (ASP.NET Core minimal APIs on Kestrel) in front of an <see cref="InferenceEngine"/>:
 /// GET /v1/models, POST /v1/completions and /v1/chat/completions (whole or streamed as server-sent events ending with
-/// "data: [DONE]"), GET /health and GET /metrics (Prometheus text). It is thin: it parses and checks requests, renders chat
+/// "data: [DONE]"), GET /health and GET /metrics (Prometheus text); with <see cref="ServeOptions.EnableLoraLoading"/> also POST
+/// /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's, <see cref="LoraAdaptersEndpoint"/>). It is thin: it parses and checks requests, renders chat
 /// prompts, forwards to the engine and writes what the engine produces; every refusal is an OpenAI error object (400,
 /// 401, 404, 429 with Retry-After), and a client that goes away cancels its request, which frees its KV blocks.
 /// </summary>
@@ -93,7 +94,14 @@ public sealed class OpenAiServer : IAsyncDisposable
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         app.MapPost("/v1/chat/completions", chatEndpoint.HandleAsync);
         app.MapPost("/v1/completions", completionsEndpoint.HandleAsync);
-        // The base first, then each served LoRA adapter under its own name (owned by the base, as vLLM lists its --lora-modules).
+        if (options.EnableLoraLoading)
+        {
+            var lora = new LoraAdaptersEndpoint(engine, options);
+            app.MapPost("/v1/load_lora_adapter", lora.LoadAsync);
+            app.MapPost("/v1/unload_lora_adapter", lora.UnloadAsync);
+        }
+        // The base first, then each served LoRA adapter under its own name (owned by the base, as vLLM lists its --lora-modules), as
+        // served now: loads and unloads show at once.
         app.MapGet("/v1/models", () => Results.Json(new ModelList("list",
                 [new ModelCard(options.ModelName, "model", created, "tessera", engine.MaxSequenceLength),
                  .. engine.AdapterNames.Select(n => new ModelCard(n, "model", created, "tessera", engine.MaxSequenceLength))]),

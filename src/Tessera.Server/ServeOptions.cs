@@ -18,6 +18,12 @@ public sealed record ServeOptions
     /// <summary>Seconds a client is told to wait after a 429 (the Retry-After header); default 1.</summary>
     public int RetryAfterSeconds { get; init; } = 1;
 
+    /// <summary>
+    /// Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING); default
+    /// false: they are 404 like any unknown route. Loading lets a client make the server read a local directory, so it is opt-in.
+    /// </summary>
+    public bool EnableLoraLoading { get; init; }
+
     /// <summary>Throws <see cref="ArgumentException"/> naming an invalid field.</summary>
     public ServeOptions Validate()
     {

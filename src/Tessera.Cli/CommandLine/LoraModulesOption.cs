@@ -25,9 +25,11 @@ public static class LoraModulesOption
     /// The adapters <paramref name="values"/> name, checked before anything loads: each NAME=DIR well formed, names distinct and
     /// none the served model's own <paramref name="servedName"/>, no tensor parallelism, draft model or merged --adapter beside
     /// them, and each adapter fitting the model <paramref name="model"/> names (files, target modules, tensor shapes). Every
-    /// problem is a usage error naming the option.
+    /// problem is a usage error naming the option. With <paramref name="slots"/>' runtime loading on, the same limits hold with no
+    /// --lora at all (the base alone at start), and the slots must hold the start-up adapters (count and rank).
     /// </summary>
-    public static IReadOnlyList<LoraModule> Check(string[] values, string model, string servedName, int tp, string? draftModel, string? adapter)
+    public static IReadOnlyList<LoraModule> Check(string[] values, string model, string servedName, int tp, string? draftModel, string? adapter,
+        Tessera.Models.Adapters.LoraSlotOptions? slots = null)
     {
         ArgumentNullException.ThrowIfNull(values);
         var modules = new List<LoraModule>();
@@ -43,12 +45,19 @@ public static class LoraModulesOption
                 throw new UsageException($"--lora {value}: '{name}' is the served model's own name (--served-model-name, or the model directory's name); name the adapter otherwise");
             modules.Add(new LoraModule(name, directory));
         }
-        if (modules.Count == 0) return modules;
-        if (tp > 1) throw new UsageException($"--lora with --tp {tp}: served adapters run on one device for now (tensor-parallel multi-LoRA is not supported yet); drop --tp, or merge one adapter with --adapter");
+        bool loading = slots?.RuntimeLoading == true;
+        if (modules.Count == 0 && !loading)
+        {
+            if (slots?.MaxLoras is not null || slots?.MaxLoraRank is not null)
+                throw new UsageException("--max-loras and --max-lora-rank size the slots of served LoRA adapters: give --lora NAME=DIR or --enable-lora-loading");
+            return modules;
+        }
+        string what = modules.Count > 0 ? "--lora" : "--enable-lora-loading";
+        if (tp > 1) throw new UsageException($"{what} with --tp {tp}: served adapters run on one device for now (tensor-parallel multi-LoRA is not supported yet); drop --tp, or merge one adapter with --adapter");
         if (draftModel is not null)
-            throw new UsageException("--lora with --draft-model: the draft model guesses for the base alone, so it is not supported with served adapters; drop --draft-model (--draft-tokens N guesses by prompt lookup and works with --lora)");
+            throw new UsageException($"{what} with --draft-model: the draft model guesses for the base alone, so it is not supported with served adapters; drop --draft-model (--draft-tokens N guesses by prompt lookup and works with --lora)");
         if (adapter is not null)
-            throw new UsageException($"--lora with --adapter {adapter}: serve that adapter as one more --lora NAME=DIR, or export the merged base first (tessera export --adapter) and serve adapters over it");
+            throw new UsageException($"{what} with --adapter {adapter}: serve that adapter as one more --lora NAME=DIR, or export the merged base first (tessera export --adapter) and serve adapters over it");
         foreach (var m in modules)
         {
             if (!Directory.Exists(m.Directory)) throw new UsageException($"--lora {m.Name}={m.Directory}: not a directory (give a PEFT adapter directory: adapter_config.json and adapter_model.safetensors)");
@@ -61,6 +70,12 @@ public static class LoraModulesOption
                 throw new UsageException($"--lora {m.Name}={m.Directory} does not apply to --model {model}: {e.Message}");
             }
         }
+        if (slots?.MaxLoras is int max && max < modules.Count)
+            throw new UsageException($"--max-loras {max}: {modules.Count} adapters are given with --lora; give at least {modules.Count}");
+        if (slots?.MaxLoraRank is int rank)
+            foreach (var m in modules)
+                if (TrainedModel.CheckAdapter(model, m.Directory) is var merge && ServedLoraAdapters.RankOf(merge) > rank)
+                    throw new UsageException($"--max-lora-rank {rank}: --lora {m.Name}={m.Directory} has rank {ServedLoraAdapters.RankOf(merge)}; give at least that");
         return modules;
     }
 }

@@ -53,6 +53,7 @@ public sealed class ServeCommand : Command
         "tensor-parallel ranks: the model split over N CPU thread ranks, each holding its own heads' KV cache in --kv-memory (rank 0 schedules)", 1, min: 1);
     private readonly Option<string?> _adapter = AdapterOption.Create();
     private readonly Option<string[]> _lora = LoraModulesOption.Create();
+    private readonly LoraLoadingOptions _loraSlots = new();
     private readonly Option<string?> _draftModel = new("--draft-model")
     {
         Description = "speculative decoding with a smaller model of the same tokenizer (a run, checkpoint or Hugging Face directory) doing the guessing, whole on rank 0 under --tp; --draft-tokens defaults to 4 with it",
@@ -66,7 +67,7 @@ public sealed class ServeCommand : Command
         _model.Required = true;
         _model.HelpName = "DIR";
         foreach (var o in new Option[] { _model, _device, _dtype, _quantize, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
-            _kvDType, _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _adapter, _lora, _tp })
+            _kvDType, _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _adapter, _lora, _tp }.Concat(_loraSlots.All))
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
     }
@@ -84,6 +85,7 @@ public sealed class ServeCommand : Command
             Host = parse.GetValue(_host)!,
             Port = parse.GetValue(_port),
             ApiKey = parse.GetValue(_apiKey),
+            EnableLoraLoading = parse.GetValue(_loraSlots.EnableLoading),
             ModelName = parse.GetValue(_name) ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir))),
         };
         var engineOptions = new EngineOptions
@@ -130,7 +132,8 @@ public sealed class ServeCommand : Command
         // The adapter is checked against the model before anything loads (every launched rank checks it alike).
         string? adapter = parse.GetValue(_adapter);
         string? adapterNote = adapter is null ? null : AdapterOption.Check(dir, adapter).Summary;
-        var loraModules = LoraModulesOption.Check(parse.GetValue(_lora) ?? [], dir, serve.ModelName, tp, draftDir, adapter);
+        var loraSlots = _loraSlots.Read(parse);
+        var loraModules = LoraModulesOption.Check(parse.GetValue(_lora) ?? [], dir, serve.ModelName, tp, draftDir, adapter, loraSlots);
 
         if (env.IsDistributed)
         {
@@ -150,7 +153,7 @@ public sealed class ServeCommand : Command
         {
             var backend = BackendFactory.Create(device, parse.GetValue(_threads));
             var loaded = Loading.Run(terminal, $"loading {dir}", () => TrainedModel.Load(dir, backend, dtype, quantization: quantization, adapter: adapter,
-                loraModules: loraModules.Count > 0 ? loraModules : null));
+                loraModules: loraModules.Count > 0 ? loraModules : null, loraSlots: loraSlots));
             return Serve(parse, terminal, loaded, backend, engineOptions, serve, dtype, adapterNote);
         }
         // Tensor-parallel thread ranks: each loads its slices; rank 0 serves, the others run the steps it hands them.
@@ -210,6 +213,9 @@ public sealed class ServeCommand : Command
         if (adapter is not null) terminal.Line($"  LoRA adapter {adapter} merged into the weights");
         foreach (var (name, i) in engine.AdapterNames.Select((n, i) => (n, i)))
             terminal.Line($"  LoRA adapter '{name}' served unmerged over the base{(i == 0 ? " (steps with adapter rows run eagerly, without CUDA graphs)" : "")}");
+        if (model.ServedAdapters is { } slots)
+            terminal.Line($"  LoRA slots: {slots.Slots} of rank up to {slots.MaxRank} on {string.Join(", ", slots.Targets.Select(t => t.Name))}" +
+                (serve.EnableLoraLoading ? "; POST /v1/load_lora_adapter and /v1/unload_lora_adapter enabled" : ""));
         string kvKind = engineOptions.Cache.DType switch
         {
             DType.I8 => " (int8, a scale per position and head)",

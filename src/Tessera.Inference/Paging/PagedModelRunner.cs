@@ -507,8 +507,8 @@ public sealed class PagedModelRunner : IDisposable
         int row = 0;
         foreach (var (sequence, _, count) in step.Sequences)
         {
-            if (sequence.Adapter < 0 || sequence.Adapter > _served.Names.Count)
-                throw new InvalidOperationException($"PagedModelRunner: sequence {sequence.Id} asks for adapter {sequence.Adapter}; the model serves {_served.Names.Count}");
+            if (sequence.Adapter < 0 || sequence.Adapter > _served.Slots)
+                throw new InvalidOperationException($"PagedModelRunner: sequence {sequence.Id} asks for adapter {sequence.Adapter}; the model has {_served.Slots} adapter slots");
             rows.Slice(row, count).Fill(sequence.Adapter - 1);
             row += count;
         }

@@ -15,8 +15,11 @@ public static class PrefixHash
     /// The chain's seed (the "previous" hash of a sequence's first block) for a sequence served with LoRA adapter
     /// <paramref name="adapter"/> (0: the base, whose seed is 0 as before). The same tokens give other keys and values under
     /// another adapter, so each adapter's blocks form their own chains and are never shared with another's or the base's.
+    /// <paramref name="load"/> tells apart the adapters a slot held over time (adapters loaded and unloaded at run time): the
+    /// engine numbers each load, so a re-used slot, or a name loaded again with other weights, never meets an earlier load's blocks.
     /// </summary>
-    public static UInt128 SeedOf(int adapter) => adapter == 0 ? UInt128.Zero : Of(UInt128.MaxValue, [adapter]);
+    public static UInt128 SeedOf(int adapter, long load) =>
+        adapter == 0 ? UInt128.Zero : Of(UInt128.MaxValue, [adapter, unchecked((int)load), (int)(load >> 32)]);
 
     /// <summary>Hash of the block holding <paramref name="tokens"/> after the block hashed <paramref name="previous"/> (0 for the first).</summary>
     public static UInt128 Of(UInt128 previous, ReadOnlySpan<int> tokens)

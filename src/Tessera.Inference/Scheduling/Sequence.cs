@@ -41,6 +41,12 @@ public sealed class Sequence
     /// </summary>
     public int Adapter { get; init; }
 
+    /// <summary>
+    /// Which load of <see cref="Adapter"/>'s slot the sequence runs with (the engine numbers every adapter load), so that the
+    /// prefix-cache chain of a slot's next adapter never meets this one's blocks (<see cref="Paging.PrefixHash.SeedOf"/>). Default 0.
+    /// </summary>
+    public long AdapterLoad { get; init; }
+
     /// <summary>Prompt tokens at the start of <see cref="Tokens"/>.</summary>
     public int PromptLength { get; }
 
@@ -211,7 +217,7 @@ public sealed class Sequence
     {
         for (int i = _blockHashes.Count; i <= index; i++)
         {
-            var previous = i == 0 ? PrefixHash.SeedOf(Adapter) : _blockHashes[i - 1];
+            var previous = i == 0 ? PrefixHash.SeedOf(Adapter, AdapterLoad) : _blockHashes[i - 1];
             _blockHashes.Add(PrefixHash.Of(previous, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens).Slice(i * blockSize, blockSize)));
         }
         return _blockHashes[index];

@@ -46,8 +46,15 @@ public sealed record CompletionRequest
     public Constraints.JsonGrammar? Grammar { get; init; }
 
     /// <summary>
-    /// The served LoRA adapter to run with (multi-LoRA): 0 the base model (default), k the k-th of
-    /// <see cref="InferenceEngine.AdapterNames"/>. Requests for different adapters share the engine's continuous batch.
+    /// The served LoRA adapter to run with (multi-LoRA): 0 the base model (default), k the adapter in slot k - 1 (the start-up
+    /// adapters hold slots 0, 1, ...; <see cref="InferenceEngine.AdapterSlot"/>). Ignored when <see cref="AdapterName"/> is given.
+    /// Requests for different adapters share the engine's continuous batch.
     /// </summary>
     public int Adapter { get; init; }
+
+    /// <summary>
+    /// The served LoRA adapter to run with, by name (<see cref="InferenceEngine.AdapterNames"/>), or null to use <see cref="Adapter"/>.
+    /// Resolved when the request is queued, in order with loads and unloads: an adapter unloaded before is refused (model_not_found).
+    /// </summary>
+    public string? AdapterName { get; init; }
 }

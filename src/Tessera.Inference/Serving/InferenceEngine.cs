@@ -41,6 +41,8 @@ public sealed class InferenceEngine : IDisposable
     private readonly ModelDrafter? _modelDrafter;
     private readonly int[] _drafts;
     private readonly Thread _loop;
+    private readonly LoraSlotTable? _slots;          // served LoRA adapters by slot (multi-LoRA), or null
+    private readonly HashSet<int> _draining = new(); // slots unloaded while requests still ran with them
     private StepInFlight? _inFlight;                 // asynchronous scheduling: enqueued, its tokens not yet taken in
     private long _nextSequence;
     private int _queued;
@@ -51,6 +53,8 @@ public sealed class InferenceEngine : IDisposable
     private sealed record AddCommand(RequestState Request) : Command;
     private sealed record CancelCommand(RequestState Request) : Command;
     private sealed record ShutdownCommand : Command;
+    private sealed record LoadAdapterCommand(int Slot, string Name, Models.Adapters.LoraWeightMerge Adapter, TaskCompletionSource Done) : Command;
+    private sealed record UnloadAdapterCommand(int Slot) : Command;
 
     /// <summary>
     /// Builds the cache and the runner for <paramref name="model"/> and starts the loop thread. With
@@ -109,6 +113,7 @@ public sealed class InferenceEngine : IDisposable
         _drafter = options.Speculation.Enabled && draftModel is null ? new NgramDrafter(options.Speculation) : null;
         _drafts = new int[options.Speculation.DraftTokens];
         Metrics = new EngineMetrics(_cache.Blocks);
+        _slots = model.ServedAdapters is { } served ? new LoraSlotTable(served.Slots, served.StartupNames) : null;
         _loop = new Thread(Loop) { IsBackground = true, Name = "tessera-engine" };
         _loop.Start();
     }
@@ -207,31 +212,119 @@ public sealed class InferenceEngine : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_fault is { } fault) throw new InvalidOperationException($"the inference engine stopped after an error: {fault.Message}", fault);
         int maxTokens = Validate(request);
+        var state = new RequestState(request, maxTokens, Stopwatch.GetTimestamp());
+        if (_slots is null) Enqueue(state);
+        else lock (_slots.Gate) Enqueue(state);         // resolved and queued in order with the adapters' loads and unloads
+        if (cancellationToken.CanBeCanceled)
+            state.Registration = cancellationToken.Register(() => _commands.Writer.TryWrite(new CancelCommand(state)));
+        return state.Output.Reader;
+    }
+
+    private void Enqueue(RequestState state)
+    {
+        (state.Adapter, state.AdapterLoad) = ResolveAdapter(state.Request);
         if (Interlocked.Increment(ref _queued) > Options.Scheduler.MaxQueue)
         {
             int waiting = Interlocked.Decrement(ref _queued);
             Metrics.RequestRejected();
             throw new EngineOverloadedException(waiting, TimeSpan.FromSeconds(1));
         }
-        var state = new RequestState(request, maxTokens, Stopwatch.GetTimestamp());
         _commands.Writer.TryWrite(new AddCommand(state));
-        if (cancellationToken.CanBeCanceled)
-            state.Registration = cancellationToken.Register(() => _commands.Writer.TryWrite(new CancelCommand(state)));
-        return state.Output.Reader;
     }
+
+    /// <summary>The request's adapter slot (1-based; 0 the base) and its load number, as served now (call under the slots' lock).</summary>
+    private (int Adapter, long Load) ResolveAdapter(CompletionRequest request)
+    {
+        if (request.AdapterName is { } name)
+        {
+            int slot = _slots?.SlotOf(name) ?? -1;
+            if (slot < 0)
+                throw new InvalidRequestException($"the LoRA adapter '{name}' is not served{(AdapterNames.Count > 0 ? $"; served: {string.Join(", ", AdapterNames)}" : "")}", "model", "model_not_found");
+            return (slot + 1, _slots!.Load(slot));
+        }
+        if (request.Adapter == 0) return (0, 0);
+        if (_slots is null || !_slots.IsServing(request.Adapter - 1))
+            throw new InvalidRequestException($"adapter {request.Adapter} is not served: 0 is the base{(AdapterNames.Count > 0 ? $", and the LoRA adapters {string.Join(", ", AdapterNames.Select(n => $"{n} (adapter {AdapterSlot(n) + 1})"))}" : " and no LoRA adapter is served")}", "model", "model_not_found");
+        return (request.Adapter, _slots.Load(request.Adapter - 1));
+    }
+
 
     /// <summary>
     /// The names of the LoRA adapters served unmerged over the model (multi-LoRA, <see cref="Transformer.ServedAdapters"/>): a
     /// request's <see cref="CompletionRequest.Adapter"/> k picks the k-th (1-based); empty when none is served.
     /// </summary>
-    public IReadOnlyList<string> AdapterNames => _model.ServedAdapters?.Names ?? [];
+    public IReadOnlyList<string> AdapterNames => _slots?.Names ?? [];
+
+    /// <summary>The slot serving the LoRA adapter <paramref name="name"/> (a request's <see cref="CompletionRequest.Adapter"/> is the slot + 1), or -1.</summary>
+    public int AdapterSlot(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        if (_slots is null) return -1;
+        lock (_slots.Gate) return _slots.SlotOf(name);
+    }
+
+    /// <summary>
+    /// Loads the PEFT LoRA adapter in <paramref name="directory"/> into a free slot and serves it as <paramref name="name"/> (vLLM's
+    /// /v1/load_lora_adapter): read and checked on the caller's thread exactly as a start-up adapter is (files, config, target
+    /// modules, tensor shapes), then fitted to the slots (targets among the served ones, rank at most theirs), then written into its
+    /// slot by the engine's loop between two steps. Completes once requests may name it. A refused load changes nothing.
+    /// </summary>
+    /// <exception cref="LoraAdapterException">Invalid: the model has no slots, or the adapter does not fit; Conflict: the name is
+    /// served (or being loaded) already, or no slot is free.</exception>
+    public async Task LoadAdapterAsync(string name, string directory, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_fault is { } fault) throw new InvalidOperationException($"the inference engine stopped after an error: {fault.Message}", fault);
+        if (string.IsNullOrWhiteSpace(name)) throw new LoraAdapterException(LoraAdapterError.Invalid, "the adapter's name is empty");
+        if (string.IsNullOrWhiteSpace(directory)) throw new LoraAdapterException(LoraAdapterError.Invalid, "the adapter's path is empty");
+        var batch = _model.ServedAdapters;
+        if (_slots is null || batch is null)
+            throw new LoraAdapterException(LoraAdapterError.Invalid, "this model has no LoRA slots: serve it with --enable-lora-loading (or --lora)");
+        Models.Adapters.LoraWeightMerge adapter;
+        try
+        {
+            adapter = Models.Adapters.LoraWeightMerge.Open(directory, _model.Config);
+            Models.Adapters.ServedLoraAdapters.CheckFits(batch, adapter);
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or ArgumentException or NotSupportedException or UnauthorizedAccessException)
+        {
+            throw new LoraAdapterException(LoraAdapterError.Invalid, $"LoRA adapter '{name}': {e.Message}", e);
+        }
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_slots.Gate)
+        {
+            var (slot, _) = _slots.Reserve(name);
+            if (!_commands.Writer.TryWrite(new LoadAdapterCommand(slot, name, adapter, done)))
+            {
+                _slots.Free(slot);
+                throw new ObjectDisposedException(nameof(InferenceEngine));
+            }
+        }
+        await done.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Stops serving the LoRA adapter <paramref name="name"/> (vLLM's /v1/unload_lora_adapter): at once for new requests (they get
+    /// model_not_found, and <see cref="AdapterNames"/> no longer lists it); requests already queued or running with it finish with
+    /// its weights, and its slot is emptied and freed after the last of them ends.
+    /// </summary>
+    /// <exception cref="LoraAdapterException">NotFound: no adapter of that name is served.</exception>
+    public void UnloadAdapter(string name)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(name);
+        if (_slots is null) throw new LoraAdapterException(LoraAdapterError.NotFound, $"no LoRA adapter named '{name}' is served (this model has no LoRA slots)");
+        lock (_slots.Gate)
+        {
+            int slot = _slots.Unload(name);
+            _commands.Writer.TryWrite(new UnloadAdapterCommand(slot));
+        }
+    }
 
     /// <summary>Checks the request against the model; returns the completion length per choice.</summary>
     private int Validate(CompletionRequest request)
     {
         int context = MaxSequenceLength, vocab = _model.Config.VocabSize;
-        if (request.Adapter < 0 || request.Adapter > AdapterNames.Count)
-            throw new InvalidRequestException($"adapter {request.Adapter} is not served: 0 is the base{(AdapterNames.Count > 0 ? $", 1 to {AdapterNames.Count} the LoRA adapters {string.Join(", ", AdapterNames)}" : " and no LoRA adapter is served")}", "model", "model_not_found");
         if (request.Prompt is null || request.Prompt.Count == 0) throw new InvalidRequestException("the prompt is empty: give at least one token", "prompt");
         if (request.Prompt.Count >= context)
             throw new InvalidRequestException($"the prompt has {request.Prompt.Count} tokens but the model's context holds {context}, which leaves no room for a completion; shorten the prompt to at most {context - 1} tokens", "messages", "context_length_exceeded");
@@ -281,6 +374,7 @@ public sealed class InferenceEngine : IDisposable
             {
                 bool handled = false;
                 while (_commands.Reader.TryRead(out var command)) { Handle(command); handled = true; }
+                if (_draining.Count > 0) ReleaseDrained();
                 if (handled) Metrics.Gauges(_scheduler.Running.Count, _scheduler.WaitingCount, _cache.Allocator.InUse);   // a cancel frees blocks between steps
                 if (_scheduler.IsIdle && _inFlight is not null) { CollectInFlight(); continue; }   // e.g. all cancelled mid-step
                 if (_scheduler.IsIdle)
@@ -300,6 +394,8 @@ public sealed class InferenceEngine : IDisposable
         catch (Exception e)
         {
             _fault = e;
+            while (_commands.Reader.TryRead(out var left))                // loads waiting for the loop would wait forever
+                if (left is LoadAdapterCommand load) load.Done.TrySetException(new InvalidOperationException($"the inference engine stopped after an error: {e.Message}", e));
             foreach (var request in _requests) request.Output.Writer.TryComplete(e);
             _requests.Clear();
             _choices.Clear();
@@ -319,6 +415,46 @@ public sealed class InferenceEngine : IDisposable
             case CancelCommand cancel when _requests.Contains(cancel.Request):
                 Cancel(cancel.Request);
                 break;
+            case LoadAdapterCommand load:
+                LoadAdapter(load);
+                break;
+            case UnloadAdapterCommand unload:
+                _draining.Add(unload.Slot);
+                break;
+        }
+    }
+
+    /// <summary>Writes a loaded adapter into its slot, no step running (a pipelined one is taken in first); then it serves.</summary>
+    private void LoadAdapter(LoadAdapterCommand load)
+    {
+        if (_inFlight is not null) CollectInFlight();
+        var batch = _model.ServedAdapters!;
+        try
+        {
+            Models.Adapters.ServedLoraAdapters.Attach(batch, load.Slot, load.Name, load.Adapter);
+        }
+        catch (Exception e)
+        {
+            batch.Detach(load.Slot);
+            _slots!.Free(load.Slot);
+            load.Done.TrySetException(new LoraAdapterException(LoraAdapterError.Invalid, $"LoRA adapter '{load.Name}': {e.Message}", e));
+            return;
+        }
+        _slots!.Loaded(load.Slot);
+        load.Done.TrySetResult();
+    }
+
+    /// <summary>Empties and frees the unloaded slots no request runs with any more (between steps, none in flight).</summary>
+    private void ReleaseDrained()
+    {
+        foreach (int slot in _draining.ToList())
+        {
+            if (_choices.Values.Any(c => c.Sequence.Adapter == slot + 1)) continue;
+            if (_inFlight is not null) CollectInFlight();
+            if (_choices.Values.Any(c => c.Sequence.Adapter == slot + 1)) continue;
+            _model.ServedAdapters!.Detach(slot);
+            _slots!.Free(slot);
+            _draining.Remove(slot);
         }
     }
 
@@ -356,7 +492,8 @@ public sealed class InferenceEngine : IDisposable
             bool needsLogits = !onDevice && (sampling.Temperature > 0 || r.TopLogprobs is not null || terms is not null || r.Grammar is not null);
             var sequence = new Sequence(_nextSequence++, r.Prompt, r.Prompt.Count + request.MaxTokens)
             {
-                Adapter = r.Adapter,
+                Adapter = request.Adapter,
+                AdapterLoad = request.AdapterLoad,
                 MaxDrafts = r.Grammar is null ? Options.Speculation.DraftTokens : 0,
                 DeviceSampling = draws ? sampling : null,
                 DeviceLogprobs = onDevice ? r.TopLogprobs : null,
@@ -743,6 +880,8 @@ public sealed class InferenceEngine : IDisposable
         public bool Started { get; set; }
         public bool FirstTokenSeen { get; set; }
         public CancellationTokenRegistration Registration { get; set; }
+        public int Adapter { get; set; }              // the served slot + 1 (0: the base), resolved when queued
+        public long AdapterLoad { get; set; }         // that slot's load number then
     }
 
     private sealed class Choice(RequestState request, int index, Sequence sequence, Sampler sampler, IncrementalDecoder decoder, StopStringMatcher matcher, bool needsLogits)

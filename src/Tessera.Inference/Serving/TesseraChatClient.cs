@@ -47,7 +47,7 @@ public sealed class TesseraChatClient : IChatClient
         var (contents, reason) = Reply(text.ToString(), Reason(finish), tools, _prompt.ToolCalls, MaxCalls(options));
         return new ChatResponse(new Microsoft.Extensions.AI.ChatMessage(ChatRole.Assistant, contents))
         {
-            ModelId = request.Adapter == 0 ? _modelId : options!.ModelId,
+            ModelId = request.AdapterName is null ? _modelId : options!.ModelId,
             CreatedAt = DateTimeOffset.UtcNow,
             FinishReason = reason,
             Usage = Usage(usage),
@@ -156,7 +156,7 @@ public sealed class TesseraChatClient : IChatClient
         };
         var request = new CompletionRequest
         {
-            Adapter = AdapterOf(options?.ModelId),
+            AdapterName = AdapterOf(options?.ModelId),
             Prompt = _prompt.Tokens(conversation, tools, choice.Forces),
             MaxTokens = options?.MaxOutputTokens,
             Sampling = new SamplingOptions { Temperature = options?.Temperature ?? 1.0, TopP = options?.TopP ?? 1.0, TopK = options?.TopK ?? 0 },
@@ -172,16 +172,16 @@ public sealed class TesseraChatClient : IChatClient
     }
 
     /// <summary>
-    /// The served LoRA adapter <see cref="ChatOptions.ModelId"/> names (multi-LoRA, <see cref="InferenceEngine.AdapterNames"/>): 0, the
+    /// The served LoRA adapter <see cref="ChatOptions.ModelId"/> names (multi-LoRA, <see cref="InferenceEngine.AdapterNames"/>): null, the
     /// base, for none or this client's own model id. Without served adapters the id is not checked, as before; with them an id that
     /// is neither the base's nor an adapter's is refused rather than silently answered by the base.
     /// </summary>
-    private int AdapterOf(string? modelId)
+    private string? AdapterOf(string? modelId)
     {
-        if (modelId is null || modelId == _modelId) return 0;
+        if (modelId is null || modelId == _modelId) return null;
         var names = _engine.AdapterNames;
-        for (int i = 0; i < names.Count; i++) if (names[i] == modelId) return i + 1;
-        if (names.Count == 0) return 0;
+        if (names.Contains(modelId)) return modelId;                 // resolved again when queued: an adapter unloaded meanwhile is refused then
+        if (_engine.Model.ServedAdapters is null) return null;
         throw new InvalidRequestException($"ChatOptions.ModelId '{modelId}' is neither the model '{_modelId}' nor one of its LoRA adapters ({string.Join(", ", names)})", "model", "model_not_found");
     }
 

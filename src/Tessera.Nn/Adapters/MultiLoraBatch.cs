@@ -6,7 +6,10 @@ namespace Tessera.Nn.Adapters;
 /// The LoRA adapters a model serves unmerged over one base (multi-LoRA, as vLLM's --lora-modules, S-LoRA or Punica serve them),
 /// and which adapter each row of the current step uses. The serving loop sets a step's rows (<see cref="SetRows"/>) before its
 /// forward pass; every <see cref="MultiLoraLinear"/> of the model reads them, so that one continuous batch mixes requests for the
-/// base and for any adapter. Built empty (no adapter in any row), the model is the base and its layers are plain products.
+/// base and for any adapter. The adapters live in <see cref="Slots"/> slots of rank up to <see cref="MaxRank"/>, allocated once
+/// (<see cref="Allocate"/>): an adapter is written into a free slot and emptied from it (<see cref="Detach"/>) between steps, as
+/// vLLM's --max-loras and --max-lora-rank size its slots. With no adapter in any row, the model is the base and its layers are
+/// plain products.
 /// </summary>
 public sealed class MultiLoraBatch
 {
@@ -16,19 +19,34 @@ public sealed class MultiLoraBatch
     private int[] _adapterOfRow = [];
     private int _rows;
 
-    /// <summary>Adapters named <paramref name="names"/> (index i is adapter i), on the layers <paramref name="targets"/> name.</summary>
-    public MultiLoraBatch(IReadOnlyList<string> names, IReadOnlyList<LoraTarget> targets)
+    /// <summary>
+    /// <paramref name="slots"/> adapter slots of rank up to <paramref name="maxRank"/> each (vLLM's --max-loras and --max-lora-rank),
+    /// on the layers <paramref name="targets"/> name; <paramref name="names"/> are the adapters attached when the model is built, in
+    /// slots 0, 1, ... (the others free until an adapter is loaded into them at run time).
+    /// </summary>
+    public MultiLoraBatch(IReadOnlyList<string> names, IReadOnlyList<LoraTarget> targets, int slots, int maxRank)
     {
         ArgumentNullException.ThrowIfNull(names);
         ArgumentNullException.ThrowIfNull(targets);
-        if (names.Count == 0) throw new ArgumentException("multi-LoRA: no adapter name given");
+        if (slots < 1) throw new ArgumentException($"multi-LoRA: slots ({slots}) must be at least 1");
+        if (maxRank < 1) throw new ArgumentException($"multi-LoRA: maxRank ({maxRank}) must be at least 1");
+        if (names.Count > slots) throw new ArgumentException($"multi-LoRA: {names.Count} adapters do not fit {slots} slots");
         if (names.Distinct(StringComparer.Ordinal).Count() != names.Count) throw new ArgumentException($"multi-LoRA: adapter names must differ ({string.Join(", ", names)})");
-        Names = names;
+        if (targets.Count == 0) throw new ArgumentException("multi-LoRA: no target layer given");
+        StartupNames = names;
         Targets = targets;
+        Slots = slots;
+        MaxRank = maxRank;
     }
 
-    /// <summary>The adapters' names, in index order.</summary>
-    public IReadOnlyList<string> Names { get; }
+    /// <summary>The adapters attached when the model was built, in slots 0, 1, ...</summary>
+    public IReadOnlyList<string> StartupNames { get; }
+
+    /// <summary>How many adapters the layers hold at once (each a slot of <see cref="MaxRank"/> columns in every stack).</summary>
+    public int Slots { get; }
+
+    /// <summary>The largest rank a slot holds; an adapter of smaller rank fills the rest of its slot with zeros.</summary>
+    public int MaxRank { get; }
 
     /// <summary>The layers any adapter targets (the union of the adapters' targets): the layers built as <see cref="MultiLoraLinear"/>.</summary>
     public IReadOnlyList<LoraTarget> Targets { get; }
@@ -58,12 +76,36 @@ public sealed class MultiLoraBatch
         for (int i = 0; i < adapterOfRow.Length; i++)
         {
             int a = adapterOfRow[i];
-            if (a >= Names.Count) throw new ArgumentOutOfRangeException(nameof(adapterOfRow), $"multi-LoRA: row {i} uses adapter {a}; there are {Names.Count}");
+            if (a >= Slots) throw new ArgumentOutOfRangeException(nameof(adapterOfRow), $"multi-LoRA: row {i} uses slot {a}; there are {Slots}");
             _adapterOfRow[i] = a;
             active |= a >= 0;
         }
         _rows = adapterOfRow.Length;
         Active = active;
+        _filled.Clear();
+    }
+
+    /// <summary>
+    /// Allocates every layer's stacks (zeros: no slot attached) on <paramref name="backend"/> in <paramref name="dtype"/>, once, when
+    /// the model is built: loading an adapter later only writes into its slot.
+    /// </summary>
+    public void Allocate(IBackend backend, DType dtype)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        foreach (var layer in _layers) layer.Allocate(backend, dtype);
+    }
+
+    /// <summary>Empties slot <paramref name="slot"/> in every layer (its columns zero, its mask entries gone).</summary>
+    public void Detach(int slot)
+    {
+        foreach (var layer in _layers) layer.Detach(slot);
+    }
+
+    /// <summary>Drops the cached masks: a slot's rank or scaling changed (a load or an unload between steps).</summary>
+    internal void ForgetMasks()
+    {
+        foreach (var buffer in _masks.Values) buffer.Storage.Dispose();
+        _masks.Clear();
         _filled.Clear();
     }
 

@@ -6,29 +6,37 @@ namespace Tessera.Nn.Adapters;
 /// <summary>
 /// A linear layer that serves several LoRA adapters unmerged over its base weight, each row of a step with its own adapter or
 /// none (<see cref="MultiLoraBatch"/>): y = x W^T + b, then, on the output rows of each part p (the whole layer, or the query, key
-/// or value rows of a fused QKV), y_p += (x A_p^T ⊙ M_p) B_p^T. A_p (R, in) and B_p (rows, R) stack the adapters that target the
-/// part along the rank (R = the sum of their ranks), and the step's mask M_p (N, R) holds alpha/r of row i's adapter in that
-/// adapter's columns and zeros elsewhere. So every adapter present costs two products per part whatever the step's mix, without a
-/// gather or scatter of rows; the price is that each row's low-rank product runs over every stacked adapter's columns (R instead
-/// of its own r: small beside the base product while R stays far below the layer's width). Inference only; built by the
-/// <see cref="Parallel.LayerFactory"/> in place of the plain layers the served adapters target.
+/// or value rows of a fused QKV), y_p += (x A_p^T ⊙ M_p) Bt_p. The batch has S slots of rank up to R (vLLM's --max-loras and
+/// --max-lora-rank): A_p (S·R, in) holds slot s's A in rows [s·R, s·R + r) and Bt_p (S·R, rows) its B transposed in the same rows,
+/// zeros elsewhere (a smaller rank, an empty slot), allocated once when the model is built, so loading or unloading an adapter
+/// only writes its own rows. The step's mask M_p (N, S·R) holds alpha/r of row i's adapter in that adapter's columns and zeros
+/// elsewhere. So every part costs two products over S·R columns whatever the step's mix, without a gather or scatter of rows
+/// (small beside the base product while S·R stays far below the layer's width). Inference only; built by the
+/// <see cref="Parallel.LayerFactory"/> in place of the plain layers the served targets name.
 /// </summary>
 public sealed class MultiLoraLinear : Linear
 {
     private readonly MultiLoraBatch _batch;
     private readonly (int Start, int Rows)[] _parts;                 // the layer's output parts (a fused QKV's q, k, v), or one: all rows
-    private readonly List<Adapter> _adapters = [];
-    private Stack[]? _stacks;                                        // per part with adapters: built on first use after an Attach
+    private readonly Stack[] _stacks;                                // per part some served target adapts
     private readonly ActivationKey _hidden;
 
-    private sealed record Adapter(int Index, int Part, int Rank, double Scaling, double[] A, double[] B);   // A (r, in), B (rows, r), host F64
-
-    private sealed record Stack(int Start, int Rows, Tensor A, Tensor B, IReadOnlyList<(int Adapter, int Column, int Rank, double Scaling)> Entries,
-        int Columns, string Signature);                             // A (R, in), B (rows, R)
+    private sealed class Stack(int part, int start, int rows, int slots)
+    {
+        public int Part { get; } = part;                             // -1: a whole-layer adapter on a layer declared in parts (GPT-2's c_attn)
+        public int Start { get; } = start;
+        public int Rows { get; } = rows;
+        public Tensor? A { get; set; }                               // (S·R, in)
+        public Tensor? Bt { get; set; }                              // (S·R, rows)
+        public (int Rank, double Scaling)[] Slots { get; } = new (int, double)[slots];   // rank 0: empty
+        public IReadOnlyList<(int Adapter, int Column, int Rank, double Scaling)> Entries { get; set; } = [];
+        public string Signature { get; set; } = "";
+    }
 
     /// <summary>
-    /// Serves the adapters of <paramref name="batch"/> over <paramref name="layer"/> (a plain, replicated linear layer) whose output
-    /// rows are the parts <paramref name="partRows"/> (row counts, in order; one part for a layer not declared in parts).
+    /// Serves the slots of <paramref name="batch"/> over <paramref name="layer"/> (a plain, replicated linear layer) whose output
+    /// rows are the parts <paramref name="partRows"/> (row counts, in order; one part for a layer not declared in parts), on the
+    /// parts the batch's targets name for this layer.
     /// </summary>
     public MultiLoraLinear(Linear layer, IReadOnlyList<int> partRows, MultiLoraBatch batch)
         : base(layer?.Name ?? throw new ArgumentNullException(nameof(layer)), layer.Weight, layer.Bias)
@@ -41,31 +49,87 @@ public sealed class MultiLoraLinear : Linear
         _parts = new (int, int)[partRows.Count];
         for (int i = 0, start = 0; i < partRows.Count; start += partRows[i], i++) _parts[i] = (start, partRows[i]);
         _batch = batch;
+        _stacks = batch.Targets.Where(t => t.Matches(Name)).Select(t => PartOf(t.Part)).Distinct().Order()
+            .Select(p => p < 0 ? new Stack(p, 0, OutFeatures, batch.Slots) : new Stack(p, _parts[p].Start, _parts[p].Rows, batch.Slots)).ToArray();
         _hidden = new ActivationKey(Name + ".multilora.h");
         batch.Add(this);
     }
 
-    /// <summary>How many adapters this layer serves (an adapter targeting two parts counts once a part).</summary>
-    public int AdapterParts => _adapters.Count;
+    /// <summary>How many (slot, part) pairs hold an adapter now (an adapter targeting two parts counts once a part).</summary>
+    public int AdapterParts => _stacks.Sum(s => s.Slots.Count(x => x.Rank > 0));
+
+    private int PartOf(int? part)
+    {
+        int p = part ?? (_parts.Length == 1 ? 0 : -1);               // -1: a whole-layer adapter on a layer declared in parts (GPT-2's c_attn)
+        if (part is not null && (p < 0 || p >= _parts.Length)) throw new ArgumentException($"{Name}: the layer has {_parts.Length} output parts, not a part {p}");
+        return p;
+    }
+
+    /// <summary>Allocates the stacks (zeros) on <paramref name="backend"/> in <paramref name="dtype"/>; again only if the dtype changes.</summary>
+    internal void Allocate(IBackend backend, DType dtype)
+    {
+        int columns = _batch.Slots * _batch.MaxRank;
+        foreach (var s in _stacks)
+        {
+            if (s.A is not null && s.A.DType == dtype) continue;
+            if (s.A is not null) throw new InvalidOperationException($"{Name}: the stacks are allocated in {s.A.DType} already, not {dtype}");
+            s.A = backend.Zeros(new Shape(columns, InFeatures), dtype);
+            s.Bt = backend.Zeros(new Shape(columns, s.Rows), dtype);
+        }
+    }
 
     /// <summary>
-    /// Adds adapter <paramref name="index"/> of the batch on output part <paramref name="part"/> (null: the whole layer): A (r, in)
-    /// and B (rows, r) row-major host values, scaled by <paramref name="scaling"/> (alpha / r). Copied to the weight's backend in its
-    /// dtype on the next forward pass.
+    /// Writes an adapter into slot <paramref name="slot"/> on output part <paramref name="part"/> (null: the whole layer): A (r, in)
+    /// and B (rows, r) row-major host values, scaled by <paramref name="scaling"/> (alpha / r), r at most the batch's
+    /// <see cref="MultiLoraBatch.MaxRank"/>; the slot's other rows are zeroed. Copied at once into the stacks (allocated first with
+    /// <see cref="MultiLoraBatch.Allocate"/>): call it between steps.
     /// </summary>
-    public void Attach(int index, int? part, int rank, double scaling, double[] a, double[] b)
+    public void Attach(int slot, int? part, int rank, double scaling, double[] a, double[] b)
     {
         ArgumentNullException.ThrowIfNull(a);
         ArgumentNullException.ThrowIfNull(b);
-        if (index < 0 || index >= _batch.Names.Count) throw new ArgumentOutOfRangeException(nameof(index), $"{Name}: adapter {index} is none of the batch's {_batch.Names.Count}");
-        int p = part ?? (_parts.Length == 1 ? 0 : -1);               // -1: a whole-layer adapter on a layer declared in parts (GPT-2's c_attn)
-        if (part is not null && (p < 0 || p >= _parts.Length)) throw new ArgumentException($"{Name}: the layer has {_parts.Length} output parts, not a part {p}");
-        int rows = p < 0 ? OutFeatures : _parts[p].Rows;
-        if (rank <= 0 || a.Length != rank * InFeatures || b.Length != rows * rank)
-            throw new ArgumentException($"{Name}: adapter '{_batch.Names[index]}' has {a.Length} A and {b.Length} B values; expected ({rank}, {InFeatures}) and ({rows}, {rank})");
-        if (_adapters.Any(x => x.Index == index && x.Part == p)) throw new ArgumentException($"{Name}: adapter '{_batch.Names[index]}' is attached to this part already");
-        _adapters.Add(new Adapter(index, p, rank, scaling, a, b));
-        DisposeStacks();
+        if (slot < 0 || slot >= _batch.Slots) throw new ArgumentOutOfRangeException(nameof(slot), $"{Name}: slot {slot} is none of the batch's {_batch.Slots}");
+        int p = PartOf(part);
+        var stack = _stacks.FirstOrDefault(s => s.Part == p)
+            ?? throw new ArgumentException($"{Name}: part {p} is not among the served targets of this layer; an adapter on it cannot be served");
+        int rows = stack.Rows, inFeatures = InFeatures, maxRank = _batch.MaxRank;
+        if (rank <= 0 || rank > maxRank) throw new ArgumentException($"{Name}: rank {rank} does not fit a slot of rank {maxRank}");
+        if (a.Length != rank * inFeatures || b.Length != rows * rank)
+            throw new ArgumentException($"{Name}: slot {slot} gets {a.Length} A and {b.Length} B values; expected ({rank}, {inFeatures}) and ({rows}, {rank})");
+        if (stack.A is null || stack.Bt is null) throw new InvalidOperationException($"{Name}: the stacks are not allocated (MultiLoraBatch.Allocate)");
+        var slotA = new double[maxRank * inFeatures];                // (R, in): A, then zero rows
+        a.CopyTo(slotA, 0);
+        var slotBt = new double[maxRank * rows];                     // (R, rows): B transposed, then zero rows
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < rank; j++) slotBt[j * rows + r] = b[r * rank + j];
+        var backend = stack.A.Backend;
+        CopyFromHost(backend, slotA, stack.A.Slice(0, slot * maxRank, maxRank));
+        CopyFromHost(backend, slotBt, stack.Bt.Slice(0, slot * maxRank, maxRank));
+        stack.Slots[slot] = (rank, scaling);
+        Rebuild(stack);
+    }
+
+    /// <summary>Empties slot <paramref name="slot"/> on every part: its rows zeroed, its mask entries gone.</summary>
+    internal void Detach(int slot)
+    {
+        int maxRank = _batch.MaxRank;
+        foreach (var stack in _stacks)
+        {
+            if (stack.Slots[slot].Rank == 0) continue;
+            var backend = stack.A!.Backend;
+            CopyFromHost(backend, new double[maxRank * InFeatures], stack.A.Slice(0, slot * maxRank, maxRank));
+            CopyFromHost(backend, new double[maxRank * stack.Rows], stack.Bt!.Slice(0, slot * maxRank, maxRank));
+            stack.Slots[slot] = default;
+            Rebuild(stack);
+        }
+    }
+
+    private void Rebuild(Stack stack)
+    {
+        int maxRank = _batch.MaxRank;
+        stack.Entries = stack.Slots.Select((x, slot) => (slot, slot * maxRank, x.Rank, x.Scaling)).Where(e => e.Rank > 0).ToList();
+        stack.Signature = string.Join("|", stack.Entries.Select(e => $"{e.Adapter}:{e.Rank}:{e.Scaling:R}"));
+        _batch.ForgetMasks();
     }
 
     /// <inheritdoc/>
@@ -110,57 +174,23 @@ public sealed class MultiLoraLinear : Linear
         Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false) =>
         throw new NotSupportedException($"{Name}: served LoRA adapters are for inference; train one adapter at a time (tessera train --lora)");
 
-    /// <summary>y[:, part rows] += (x A^T ⊙ M) B^T for every part with an adapter in the step's rows.</summary>
+    /// <summary>y[:, part rows] += (x A^T ⊙ M) Bt for every part with an adapter in the step's rows.</summary>
     private void AddLowRank(in PassContext ctx, Tensor x, Tensor y)
     {
-        if (!_batch.Active || _adapters.Count == 0) return;
-        int n = x.Size(0);
+        if (!_batch.Active || _stacks.Length == 0) return;
+        int n = x.Size(0), columns = _batch.Slots * _batch.MaxRank;
         if (n != _batch.Rows) throw new InvalidOperationException($"{Name}: the step has {_batch.Rows} rows set but the input has {n}");
         var backend = x.Backend;
-        foreach (var stack in Stacks(backend, x.DType))
+        foreach (var stack in _stacks)
         {
             if (!stack.Entries.Any(e => _batch.Uses(e.Adapter))) continue;
-            var mask = _batch.Mask(backend, x.DType, stack.Entries, stack.Columns, stack.Signature);   // (N, R)
-            var h = ctx.Buffer(_hidden, new Shape(n, stack.Columns), x.DType);                        // (N, R)
+            if (stack.A!.DType != x.DType) throw new InvalidOperationException($"{Name}: the stacks are {stack.A.DType} but the input is {x.DType}");
+            var mask = _batch.Mask(backend, x.DType, stack.Entries, columns, stack.Signature);    // (N, S·R)
+            var h = ctx.Buffer(_hidden, new Shape(n, columns), x.DType);                          // (N, S·R)
             backend.MatMul(x, stack.A, h, transposeB: true);
             backend.Multiply(h, mask, h);
-            backend.MatMul(h, stack.B, y.Slice(1, stack.Start, stack.Rows), transposeB: true, beta: 1.0);
+            backend.MatMul(h, stack.Bt!, y.Slice(1, stack.Start, stack.Rows), beta: 1.0);
         }
-    }
-
-    private Stack[] Stacks(IBackend backend, DType dtype)
-    {
-        if (_stacks is not null && (_stacks.Length == 0 || _stacks[0].A.DType == dtype)) return _stacks;
-        DisposeStacks();
-        var stacks = new List<Stack>();
-        foreach (var group in _adapters.GroupBy(a => a.Part).OrderBy(g => g.Key))
-        {
-            var members = group.OrderBy(a => a.Index).ToList();
-            int start = group.Key < 0 ? 0 : _parts[group.Key].Start, rows = group.Key < 0 ? OutFeatures : _parts[group.Key].Rows;
-            int columns = members.Sum(m => m.Rank), inFeatures = InFeatures;
-            var a = new double[columns * inFeatures];                // (R, in): the adapters' A stacked by rows
-            var b = new double[rows * columns];                      // (rows, R): their B side by side
-            var entries = new List<(int, int, int, double)>();
-            int column = 0;
-            foreach (var m in members)
-            {
-                m.A.CopyTo(a, column * inFeatures);
-                for (int r = 0; r < rows; r++) Array.Copy(m.B, r * m.Rank, b, r * columns + column, m.Rank);
-                entries.Add((m.Index, column, m.Rank, m.Scaling));
-                column += m.Rank;
-            }
-            string signature = string.Join("|", entries.Select(e => $"{e.Item1}:{e.Item2}:{e.Item3}:{e.Item4:R}"));
-            stacks.Add(new Stack(start, rows, Upload(backend, dtype, a, new Shape(columns, inFeatures)), Upload(backend, dtype, b, new Shape(rows, columns)),
-                entries, columns, signature));
-        }
-        return _stacks = [.. stacks];
-    }
-
-    private static Tensor Upload(IBackend backend, DType dtype, double[] values, Shape shape)
-    {
-        var t = backend.Allocate(shape, dtype);
-        CopyFromHost(backend, values, t);
-        return t;
     }
 
     /// <summary>
@@ -177,12 +207,5 @@ public sealed class MultiLoraLinear : Linear
             case DType.F16: backend.CopyFromHost<Half>(Array.ConvertAll(values, v => (Half)v), target); break;
             default: throw new NotSupportedException($"multi-LoRA: adapters are served in F64, F32, BF16 or F16, not {target.DType}");
         }
-    }
-
-    private void DisposeStacks()
-    {
-        if (_stacks is null) return;
-        foreach (var s in _stacks) { s.A.Storage.Dispose(); s.B.Storage.Dispose(); }
-        _stacks = null;
     }
 }

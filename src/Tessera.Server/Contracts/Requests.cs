@@ -94,3 +94,16 @@ public sealed record PromptBody(IReadOnlyList<PromptItem> Items);
 
 /// <summary>One prompt of a <see cref="PromptBody"/>: text, or token ids.</summary>
 public sealed record PromptItem(string? Text, int[]? Tokens);
+
+/// <summary>POST /v1/load_lora_adapter (vLLM's body): the name requests will use and the PEFT adapter directory on the server.</summary>
+public sealed class LoadLoraAdapterRequestBody
+{
+    public string? LoraName { get; set; }
+    public string? LoraPath { get; set; }
+}
+
+/// <summary>POST /v1/unload_lora_adapter (vLLM's body): the served adapter's name.</summary>
+public sealed class UnloadLoraAdapterRequestBody
+{
+    public string? LoraName { get; set; }
+}

@@ -8,6 +8,8 @@ namespace Tessera.Server.Contracts;
 [JsonSerializable(typeof(ChatCompletionRequestBody))]
 [JsonSerializable(typeof(CompletionRequestBody))]
 [JsonSerializable(typeof(ErrorResponse))]
+[JsonSerializable(typeof(LoadLoraAdapterRequestBody))]
+[JsonSerializable(typeof(UnloadLoraAdapterRequestBody))]
 [JsonSerializable(typeof(ModelList))]
 [JsonSerializable(typeof(ChatCompletionBody))]
 [JsonSerializable(typeof(ChatCompletionChunk))]

@@ -16,7 +16,7 @@ internal sealed class ChatCompletionsEndpoint(InferenceEngine engine, ChatPrompt
     public async Task HandleAsync(HttpContext context)
     {
         var body = await RequestBody.ReadAsync(context, ServerJsonContext.Default.ChatCompletionRequestBody).ConfigureAwait(false);
-        int adapter = EngineCalls.CheckModel(context, body.Model, options, engine);
+        string? adapter = EngineCalls.CheckModel(context, body.Model, options, engine);
         if (body.Messages is null) throw new ApiException(ApiError.Invalid("you must provide 'messages'", "messages", "missing_required_parameter"));
         var messages = new List<TemplateMessage>(body.Messages.Count);
         for (int i = 0; i < body.Messages.Count; i++)

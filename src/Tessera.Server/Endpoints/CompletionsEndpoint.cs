@@ -21,7 +21,7 @@ internal sealed class CompletionsEndpoint(InferenceEngine engine, ITokenizer tok
     public async Task HandleAsync(HttpContext context)
     {
         var body = await RequestBody.ReadAsync(context, ServerJsonContext.Default.CompletionRequestBody).ConfigureAwait(false);
-        int adapter = EngineCalls.CheckModel(context, body.Model, options, engine);
+        string? adapter = EngineCalls.CheckModel(context, body.Model, options, engine);
         if (body.Prompt is null) throw new ApiException(ApiError.Invalid("you must provide 'prompt'", "prompt", "missing_required_parameter"));
         if (body.Logprobs is < 0 or > 5) throw new ApiException(ApiError.Invalid($"logprobs ({body.Logprobs}) must lie in [0, 5]", "logprobs"));
         if (body.Stop is { Count: > 4 }) throw new ApiException(ApiError.Invalid($"stop holds {body.Stop.Count} strings; at most 4 are allowed", "stop"));

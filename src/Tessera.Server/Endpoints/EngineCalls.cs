@@ -9,21 +9,26 @@ namespace Tessera.Server.Endpoints;
 internal static class EngineCalls
 {
     /// <summary>
-    /// Checks the body's model against the served names (the base's, then the engine's LoRA adapters'); returns the request's
-    /// <see cref="CompletionRequest.Adapter"/> (0: the base) and records the name for the response (<see cref="ModelOf"/>).
+    /// Checks the body's model against the served names (the base's, then the engine's LoRA adapters'); returns the adapter's name
+    /// for <see cref="CompletionRequest.AdapterName"/> (null: the base), which the engine resolves again when it queues the request
+    /// (an adapter unloaded in between is then the same 404), and records the name for the response (<see cref="ModelOf"/>).
     /// </summary>
-    public static int CheckModel(HttpContext context, string? model, ServeOptions options, InferenceEngine engine)
+    public static string? CheckModel(HttpContext context, string? model, ServeOptions options, InferenceEngine engine)
     {
         if (string.IsNullOrEmpty(model)) throw new ApiException(ApiError.Invalid("you must provide a model parameter", "model", "missing_required_parameter"));
-        int adapter = string.Equals(model, options.ModelName, StringComparison.Ordinal) ? 0 : IndexOf(engine.AdapterNames, model) + 1;
-        if (adapter == 0 && !string.Equals(model, options.ModelName, StringComparison.Ordinal))
-        {
-            string served = engine.AdapterNames.Count == 0 ? $"'{options.ModelName}'" : string.Join(", ", new[] { options.ModelName }.Concat(engine.AdapterNames).Select(n => $"'{n}'"));
-            throw new ApiException(new ApiError(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves {served}",
-                "invalid_request_error", "model", "model_not_found"));
-        }
         context.Items[ModelKey] = model;
-        return adapter;
+        if (string.Equals(model, options.ModelName, StringComparison.Ordinal)) return null;
+        if (engine.AdapterNames.Contains(model)) return model;
+        throw new ApiException(ModelNotFound(model, options, engine));
+    }
+
+    /// <summary>The 404 for a model name the server does not serve, listing what it serves.</summary>
+    public static ApiError ModelNotFound(string model, ServeOptions options, InferenceEngine engine)
+    {
+        var names = engine.AdapterNames;
+        string served = names.Count == 0 ? $"'{options.ModelName}'" : string.Join(", ", new[] { options.ModelName }.Concat(names).Select(n => $"'{n}'"));
+        return new ApiError(StatusCodes.Status404NotFound, $"The model '{model}' does not exist; this server serves {served}",
+            "invalid_request_error", "model", "model_not_found");
     }
 
     /// <summary>The model name a response carries: the one the request asked for (the base's or an adapter's).</summary>
@@ -31,20 +36,14 @@ internal static class EngineCalls
 
     private const string ModelKey = "tessera.model";
 
-    private static int IndexOf(IReadOnlyList<string> names, string name)
-    {
-        for (int i = 0; i < names.Count; i++) if (string.Equals(names[i], name, StringComparison.Ordinal)) return i;
-        return -1;
-    }
-
     /// <summary>
     /// The engine request for <paramref name="prompt"/> with the body's sampling, seed, penalties and number of choices (OpenAI's
-    /// defaults where a field is absent), run with served LoRA adapter <paramref name="adapter"/> (0: the base); the endpoint adds its own token limit, stop strings and logprobs.
+    /// defaults where a field is absent), run with the served LoRA adapter named <paramref name="adapter"/> (null: the base); the endpoint adds its own token limit, stop strings and logprobs.
     /// </summary>
-    public static CompletionRequest Request(SamplingRequestBody body, int[] prompt, int adapter = 0) => new()
+    public static CompletionRequest Request(SamplingRequestBody body, int[] prompt, string? adapter = null) => new()
     {
         Prompt = prompt,
-        Adapter = adapter,
+        AdapterName = adapter,
         Sampling = new Inference.Sampling.SamplingOptions
         {
             Temperature = body.Temperature ?? 1.0,
@@ -108,6 +107,11 @@ internal static class EngineCalls
         try
         {
             return engine.Submit(request, cancel);
+        }
+        catch (InvalidRequestException e) when (e.Code == "model_not_found" && request.AdapterName is { } name)
+        {
+            throw new ApiException(new ApiError(StatusCodes.Status404NotFound, $"The model '{name}' does not exist (the LoRA adapter was unloaded); {e.Message}",
+                "invalid_request_error", "model", "model_not_found"));
         }
         catch (InvalidRequestException e)
         {

@@ -49,11 +49,13 @@ public static class TrainedModel
     /// With <paramref name="tensorParallelism"/> the model is this rank's part (its slices of the split weights); with
     /// <paramref name="quantization"/> an inference model whose linear layers' weights are int8 (<see cref="PretrainedModel.Load"/>);
     /// with <paramref name="adapter"/> a PEFT LoRA adapter merged into the weights as they are read, before all that; with
-    /// <paramref name="loraModules"/> PEFT adapters served unmerged over it (multi-LoRA, <see cref="Transformer.ServedAdapters"/>).
+    /// <paramref name="loraModules"/> PEFT adapters served unmerged over it (multi-LoRA, <see cref="Transformer.ServedAdapters"/>) in the
+    /// slots of <paramref name="loraSlots"/>.
     /// </summary>
     public static (Transformer Model, string Directory, string? Tokenizer) Load(string path, IBackend backend, DType dtype,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, WeightQuantization quantization = WeightQuantization.None,
-        string? adapter = null, IReadOnlyList<Tessera.Models.Adapters.LoraModule>? loraModules = null)
+        string? adapter = null, IReadOnlyList<Tessera.Models.Adapters.LoraModule>? loraModules = null,
+        Tessera.Models.Adapters.LoraSlotOptions? loraSlots = null)
     {
         var directory = Resolve(path);
         TrainerState? state = null;
@@ -64,7 +66,7 @@ public static class TrainedModel
         }
         else if (File.Exists(Path.Combine(directory, "manifest.json")))
             CheckpointManifest.Read(directory).Verify(directory);
-        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism, quantization, adapter, loraModules);
+        var model = PretrainedModel.Load(directory, backend, dtype, state?.Model, tensorParallelism, quantization, adapter, loraModules, loraSlots);
         EnsureFinite(model.Layout.Parameters, backend, directory);
         return (model, directory, state?.Tokenizer);
     }

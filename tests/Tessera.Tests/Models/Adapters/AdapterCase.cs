@@ -43,11 +43,11 @@ internal sealed record AdapterCase(string Base, string Adapter, TransformerConfi
         return new AdapterCase(baseDir, adapter, config);
     }
 
-    /// <summary>An adapter of rank 4, alpha 8 on <paramref name="targets"/> for a model of <paramref name="config"/>, B drawn from <paramref name="seed"/>.</summary>
-    public static void WriteAdapter(string directory, TransformerConfig config, string[] targets, int seed, string? baseModel = null)
+    /// <summary>An adapter of rank <paramref name="rank"/> (default 4), alpha 2·rank on <paramref name="targets"/> for a model of <paramref name="config"/>, B drawn from <paramref name="seed"/>.</summary>
+    public static void WriteAdapter(string directory, TransformerConfig config, string[] targets, int seed, string? baseModel = null, int rank = 4)
     {
         var cpu = new CpuBackend(1);
-        var lora = new LoraOptions { Rank = 4, Alpha = 8, Seed = seed, Targets = LoraTargets.Parse(config, targets) };
+        var lora = new LoraOptions { Rank = rank, Alpha = 2 * rank, Seed = seed, Targets = LoraTargets.Parse(config, targets) };
         var adapters = new Tessera.Models.Transformer(config, cpu, DType.F32, ArenaStorage.Deferred, lora: lora).Adapters!;
         var rng = new Random(seed);
         foreach (var p in adapters.Layout.Parameters)
