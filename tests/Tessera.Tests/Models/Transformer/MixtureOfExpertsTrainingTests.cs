@@ -108,6 +108,19 @@ public sealed class MixtureOfExpertsTrainingTests
     }
 
     [Fact]
+    public void LoraAdaptsTheAttentionOfAnMoeModelAndRefusesMlpTargets()
+    {
+        var config = ModelPresets.Get("mixtral-debug");
+        var attention = new Tessera.Nn.Adapters.LoraOptions { Targets = Tessera.Models.Adapters.LoraTargets.Parse(config, ["q", "v"]) };
+        var model = new Model(config, _cpu, DType.F64, lora: attention);
+        Assert.NotEmpty(model.Layers.AdaptedLayers);
+        // The dense MLP's targets name no layer here: the experts are not adapted (yet), and that is said, not ignored.
+        var mlp = new Tessera.Nn.Adapters.LoraOptions { Targets = Tessera.Models.Adapters.LoraTargets.Parse(config, ["gate"]) };
+        var e = Assert.Throws<ArgumentException>(() => new Model(config, _cpu, DType.F64, lora: mlp));
+        Assert.Contains("names no layer of this model", e.Message);
+    }
+
+    [Fact]
     public void TheModelBuildsASparseBlockPerLayer()
     {
         var model = new Model(ModelPresets.Get("qwen3-moe-debug"), _cpu, DType.F32, Tessera.Nn.ArenaStorage.Deferred);
