@@ -94,7 +94,8 @@ public sealed class SparseMoeFeedForward : IFeedForward
     /// </summary>
     public double AuxiliaryLossWeight { get; set; } = 1.0;
 
-    /// <summary>The load-balancing loss (coefficient included) of the last forward that saved for backward; 0 when off.</summary>
+    /// <summary>The load-balancing loss (coefficient included) of the last <see cref="Forward"/> (a training or evaluation pass;
+    /// inference's <see cref="ForwardAccumulate"/> leaves it); 0 when off.</summary>
     public double LastAuxiliaryLoss { get; private set; }
 
     /// <summary>The first expert's output projection (every expert's is alike; none has a bias).</summary>
@@ -107,7 +108,7 @@ public sealed class SparseMoeFeedForward : IFeedForward
         if (residual is not null) x.Backend.Copy(residual, y);
         else x.Backend.Fill(y, 0);
         var routing = Run(ctx, x, y);
-        if (ctx.SaveForBackward) LastAuxiliaryLoss = routing.AuxiliaryLoss(AuxiliaryLossCoefficient);
+        LastAuxiliaryLoss = routing.AuxiliaryLoss(AuxiliaryLossCoefficient);   // checkpointed blocks' forwards save nothing
         return y;
     }
 

@@ -94,17 +94,21 @@ public sealed class MixtureOfExpertsTrainingTests
         const int seed = 6201;
         var config = ModelPresets.Get(preset) with { RouterAuxLossCoefficient = 0.01 };
         var (tokens, targets) = RandomBatch(config, seed + 1);
-        double[] Gradients(bool recompute)
+        (double[] Gradients, double Aux) Run(bool recompute)
         {
             var model = RandomModel(config, seed);
             model.RecomputeActivations = recompute;
             model.Parameters.ZeroGrad();
             model.Loss(tokens, targets, 0, 1.0 / (B * T));
+            double aux = model.RouterAuxiliaryLoss;                  // known after the forward, checkpointed or not
             model.Backward(0);
-            return TestTensors.ToDoubles(_cpu, model.Parameters.Grads);
+            return (TestTensors.ToDoubles(_cpu, model.Parameters.Grads), aux);
         }
         // The recomputation runs the same ops on the same input and routes the same way: the same bits.
-        Assert.Equal(Gradients(false), Gradients(true));
+        var (saved, recomputed) = (Run(false), Run(true));
+        Assert.Equal(saved.Gradients, recomputed.Gradients);
+        Assert.True(saved.Aux > 0);
+        Assert.Equal(saved.Aux, recomputed.Aux);
     }
 
     [Fact]
