@@ -112,6 +112,30 @@ public sealed class MixtureOfExpertsTrainingTests
     }
 
     [Fact]
+    public void TheTrainerLowersTheLossAndReportsTheLoadBalancingLoss()
+    {
+        using var run = new Tessera.Tests.Training.Parallel.TemporaryRunFolder("tessera-moe-");
+        // A learnable shard: a cycle of 12 tokens, each next token fixed by the current one.
+        string shard = Path.Combine(run.Root, "cycle.bin");
+        Tessera.Training.Data.TokenShard.Write(shard, Enumerable.Range(0, 4000).Select(i => i % 12 * 7 % 96).ToArray());
+        var config = ModelPresets.Get("mixtral-debug") with { RouterAuxLossCoefficient = 0.02 };
+        var model = new Model(config, _cpu, DType.F32);
+        model.InitializeWeights(Tessera.Tests.Training.Parallel.ParallelRun.Seed);
+        var trainer = new Tessera.Training.Trainer(model, Tessera.Training.SingleDevice.For(model, new Tessera.Training.Optim.AdamWOptions()),
+            new Tessera.Training.Data.TokenDataLoader([shard], 4, Tessera.Tests.Training.Parallel.ParallelRun.T), null,
+            Tessera.Tests.Training.Parallel.ParallelRun.Options(30, batch: 4) with { LearningRate = 1e-2 });
+        var steps = new List<Tessera.Training.StepMetrics>();
+        var log = Path.Combine(run.Root, "metrics.jsonl");
+        using (var metrics = new Tessera.Training.MetricsLog(log)) trainer.Run(steps.Add, metrics: metrics);
+        // 30 AdamW steps at 1e-2 on the cycle: well below the first step's loss (ln 96 = 4.56 at a small init).
+        Assert.True(steps[^1].Loss < 0.9 * steps[0].Loss, $"loss went from {steps[0].Loss} to {steps[^1].Loss}");
+        // The load-balancing loss is reported beside it: coef · E · Σ f P lies in (0, coef · E] (f_e <= 1, Σ P = 1) per block,
+        // two blocks; balanced routing gives coef · k per block.
+        Assert.All(steps, m => Assert.InRange(m.RouterAuxLoss!.Value, 1e-6, 2 * 0.02 * 4));
+        Assert.Contains("\"router_aux_loss\":", File.ReadAllLines(log)[0]);
+    }
+
+    [Fact]
     public void LoraAdaptsTheAttentionOfAnMoeModelAndRefusesMlpTargets()
     {
         var config = ModelPresets.Get("mixtral-debug");
