@@ -126,7 +126,7 @@ public sealed class MixtureOfExpertsTrainingTests
             Tessera.Tests.Training.Parallel.ParallelRun.Options(30, batch: 4) with { LearningRate = 1e-2 });
         var steps = new List<Tessera.Training.StepMetrics>();
         var log = Path.Combine(run.Root, "metrics.jsonl");
-        using (var metrics = new Tessera.Training.MetricsLog(log)) trainer.Run(steps.Add, metrics: metrics);
+        using (var metrics = new Tessera.Training.MetricsLog(log)) trainer.Run(steps.Add, metrics: metrics, cancellation: TestContext.Current.CancellationToken);
         // 30 AdamW steps at 1e-2 on the cycle: well below the first step's loss (ln 96 = 4.56 at a small init).
         Assert.True(steps[^1].Loss < 0.9 * steps[0].Loss, $"loss went from {steps[0].Loss} to {steps[^1].Loss}");
         // The load-balancing loss is reported beside it: coef · E · Σ f P lies in (0, coef · E] (f_e <= 1, Σ P = 1) per block,
