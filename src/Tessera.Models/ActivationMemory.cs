@@ -119,7 +119,24 @@ public sealed class ActivationMemory
         block.Add(("norm2.out", $"({rows}, C)", r * c * b));
         block.Add(("norm2 statistics", $"{normStats} x ({rows})", normStats * r * stat));
         if (sp) block.Add(("mlp.input.gathered", "(N, C)", n * c * b));
-        if (llama)
+        if (config.IsMixtureOfExperts)
+        {
+            // The experts' buffers hold the rows routed to them, N k over all experts; each keeps the largest count it has
+            // seen, so later micro-batches routed otherwise can hold more (up to N rows an expert), and checkpointed blocks,
+            // whose recomputation buffers every block shares, hold the largest count of any block: a lower bound then.
+            int e = config.Experts, fe = config.EffectiveExpertHidden;
+            long nk = n * config.ExpertsPerToken;
+            block.Add(("mlp.router.out", "(N, E)", n * e * b));
+            block.Add(("mlp.out (the residual plus the experts' sum)", "(N, C)", n * c * b));
+            block.Add(("mlp.experts.ids", "(N k) I32 over the experts", nk * 4));
+            block.Add(("mlp.experts.w", "(N k) over the experts", nk * b));
+            block.Add(("mlp.experts.x (gathered rows)", "(N k, C)", nk * c * b));
+            block.Add(("mlp.experts.gate_up.out", "(N k, 2F')", nk * 2 * fe * b));
+            block.Add(("mlp.experts.swiglu.out", "(N k, F')", nk * fe * b));
+            block.Add(("mlp.experts.proj.out", "(N k, C)", nk * c * b));
+            block.Add(("mlp.experts.wy (weighted rows)", "(N k, C)", nk * c * b));
+        }
+        else if (llama)
         {
             block.Add(("mlp.gate_up.out", "(N, 2F/t)", n * 2 * fl * b));
             block.Add(("mlp.swiglu.out", "(N, F/t)", n * fl * b));
@@ -130,7 +147,7 @@ public sealed class ActivationMemory
             block.Add(("mlp.fc.out", "(N, F/t)", n * fl * b));
         }
         if (sp) block.Add(("mlp.proj.output.scattered", "(R, C)", r * c * b));
-        else block.Add(("mlp.proj.out", "(N, C)", n * c * b));
+        else if (!config.IsMixtureOfExperts) block.Add(("mlp.proj.out", "(N, C)", n * c * b));
 
         var items = new List<ActivationMemoryItem> { new("tok_emb.input", "(N) I32", n * 4, 1) };
         var shared = new List<ActivationMemoryItem>();

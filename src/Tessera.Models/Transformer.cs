@@ -388,6 +388,7 @@ public sealed class Transformer
             else
             {
                 double s = p.Name.EndsWith("attn.proj.weight", StringComparison.Ordinal) || p.Name.EndsWith("mlp.proj.weight", StringComparison.Ordinal)
+                    || (p.Name.Contains(".mlp.experts.", StringComparison.Ordinal) && p.Name.EndsWith(".proj.weight", StringComparison.Ordinal))
                     ? residualStd : std;
                 long rows = p.Name is "tok_emb.weight" or "lm_head.weight" ? Config.VocabSize : p.GlobalShape[0];
                 long filled = rows * (p.GlobalShape.Rank == 2 ? p.GlobalShape[1] : 1);
@@ -469,6 +470,7 @@ public sealed class Transformer
         if (_units[end - 1].Kind != UnitKind.Head)
             throw new ArgumentException($"Transformer.LossUnits: units [{first}, {end}) do not end with the head; their forward is ForwardUnits");
         int head = end - 1, b = sequences, t = sequenceLength;
+        SetRouterLossScale(lossScale, b * t);
         var rows = RunForward(first, end, microBatch, input, b, t);   // (N, C) whole rows: the head's input
         var ctx = PassContext.Training(Activations, microBatch);
         var hooks = PassHooks;
@@ -824,12 +826,32 @@ public sealed class Transformer
     }
 
     /// <summary>
+    /// The sum over this model's mixture-of-experts blocks of their load-balancing losses (coefficient included) in the last
+    /// training forward; 0 for a dense model or a coefficient of 0. Reading it does not wait on the device (routing already did).
+    /// </summary>
+    public double RouterAuxiliaryLoss => Blocks.Sum(b => b.Mlp is SparseMoeFeedForward moe ? moe.LastAuxiliaryLoss : 0);
+
+    /// <summary>
+    /// Gives the mixture-of-experts blocks the weight of their load-balancing losses in the objective: the loss scale of the
+    /// step (<see cref="Loss"/>'s lossScale) times the micro-batch's <paramref name="tokens"/>, so that each block's loss
+    /// counts as if every token carried it, as the cross-entropy's terms do. <see cref="LossUnits"/> calls it; a pipeline stage
+    /// without the head calls it before its backward.
+    /// </summary>
+    public void SetRouterLossScale(double lossScale, int tokens)
+    {
+        foreach (var block in Blocks)
+            if (block.Mlp is SparseMoeFeedForward moe) moe.AuxiliaryLossWeight = lossScale * tokens;
+    }
+
+    /// <summary>
     /// Tensor parallelism over <paramref name="tp"/> ranks splits heads, hidden units and the padded vocabulary; each must
     /// divide evenly, or (key/value heads) be a divisor of tp. The message names the configuration field and the numbers.
     /// </summary>
     public static void CheckTensorParallel(TransformerConfig config, int tp)
     {
         int kv = config.EffectiveKvHeads;
+        if (config.IsMixtureOfExperts && tp > 1)
+            throw new ArgumentException($"tensor parallelism: a mixture-of-experts model (Experts = {config.Experts}) has no tensor-parallel split yet; run it with tp 1 (got {tp}), with data or pipeline parallelism");
         if (config.Heads % tp != 0)
             throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the attention heads (Heads = {config.Heads})");
         if (kv % tp != 0 && tp % kv != 0)

@@ -80,6 +80,45 @@ public sealed record TransformerConfig
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public bool QkNorm { get; init; }
 
+    /// <summary>
+    /// Number of experts E of each block's sparse mixture-of-experts feed-forward (Mixtral's num_local_experts, Qwen3-MoE's
+    /// num_experts), or 0 (the default, left out of the JSON) for a dense MLP. Llama family only.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int Experts { get; init; }
+
+    /// <summary>Experts each token is routed to, k (num_experts_per_tok); 1 to <see cref="Experts"/>. Default 0, left out
+    /// of the JSON; required when Experts is set.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int ExpertsPerToken { get; init; }
+
+    /// <summary>Hidden width of one expert's SwiGLU (channels; Qwen3-MoE's moe_intermediate_size, Mixtral's
+    /// intermediate_size), or 0 (the default, left out of the JSON) for <see cref="EffectiveHidden"/>.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int ExpertHidden { get; init; }
+
+    /// <summary>
+    /// Whether a token's k routing weights are divided by their sum (Mixtral always: its softmax over the top-k logits is
+    /// that; Qwen3-MoE when norm_topk_prob), rather than left as the router's softmax probabilities over all E experts.
+    /// Default false (left out of the JSON).
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool NormalizeExpertWeights { get; init; }
+
+    /// <summary>
+    /// Coefficient of the router's load-balancing loss (Switch Transformer / Mixtral: coef · E · Σ_i f_i P_i per MoE block,
+    /// f_i the fraction of tokens routed to expert i among their k, P_i its mean router probability), added to the training
+    /// loss; 0 (the default, left out of the JSON) turns it off. Dimensionless.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double RouterAuxLossCoefficient { get; init; }
+
+    /// <summary>Whether the blocks' feed-forward is a sparse mixture of experts (<see cref="Experts"/> &gt; 0).</summary>
+    [JsonIgnore] public bool IsMixtureOfExperts => Experts > 0;
+
+    /// <summary>Hidden width of one expert actually used: <see cref="ExpertHidden"/>, or <see cref="EffectiveHidden"/>.</summary>
+    [JsonIgnore] public int EffectiveExpertHidden => ExpertHidden > 0 ? ExpertHidden : EffectiveHidden;
+
     /// <summary>Head size D actually used: <see cref="ExplicitHeadSize"/>, or Embedding / Heads.</summary>
     [JsonIgnore] public int HeadSize => ExplicitHeadSize > 0 ? ExplicitHeadSize : Embedding / Heads;
 
@@ -139,6 +178,20 @@ public sealed record TransformerConfig
             throw new ArgumentException($"TransformerConfig: OriginalMaxSequenceLength ({OriginalMaxSequenceLength}) must be in [0, MaxSequenceLength = {MaxSequenceLength}]");
         if (Family == ModelFamily.Gpt2 && (RopeScaling is not null || AttentionBias || SlidingWindow > 0 || QkNorm))
             throw new ArgumentException("TransformerConfig: RopeScaling, AttentionBias, SlidingWindow and QkNorm are Llama-family settings; GPT-2 has none of them");
+        if (Experts < 0) throw new ArgumentException($"TransformerConfig: Experts ({Experts}) must be 0 (a dense MLP) or positive");
+        if (Experts == 0 && (ExpertsPerToken != 0 || ExpertHidden != 0 || NormalizeExpertWeights || RouterAuxLossCoefficient != 0))
+            throw new ArgumentException("TransformerConfig: ExpertsPerToken, ExpertHidden, NormalizeExpertWeights and RouterAuxLossCoefficient are mixture-of-experts settings; set Experts (> 0) or leave them at their defaults");
+        if (Experts > 0)
+        {
+            if (Family != ModelFamily.Llama)
+                throw new ArgumentException("TransformerConfig: Experts is a Llama-family setting (Mixtral, Qwen3-MoE); GPT-2 has a dense MLP");
+            if (ExpertsPerToken < 1 || ExpertsPerToken > Experts)
+                throw new ArgumentException($"TransformerConfig: ExpertsPerToken ({ExpertsPerToken}) must be in [1, Experts = {Experts}]");
+            if (ExpertHidden < 0)
+                throw new ArgumentException($"TransformerConfig: ExpertHidden ({ExpertHidden}) must be 0 (Hidden) or positive");
+            if (!(RouterAuxLossCoefficient >= 0) || double.IsInfinity(RouterAuxLossCoefficient))
+                throw new ArgumentException($"TransformerConfig: RouterAuxLossCoefficient ({RouterAuxLossCoefficient}) must be a finite number, 0 or more");
+        }
         RopeScaling?.Validate();
         if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && HeadSize <= 2)
             throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs a head size above 2, got {HeadSize}");

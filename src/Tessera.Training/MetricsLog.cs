@@ -22,6 +22,7 @@ public sealed class MetricsLog : IDisposable
         var sb = new StringBuilder();
         sb.Append(CultureInfo.InvariantCulture, $"{{\"step\":{m.Step},\"loss\":{m.Loss:R},\"lr\":{m.LearningRate:R},\"grad_norm\":{m.GradNorm:R},\"tokens_per_second\":{m.TokensPerSecond:F1},\"step_ms\":{m.StepMilliseconds:F2}");
         if (m.ValidationLoss is double v) sb.Append(CultureInfo.InvariantCulture, $",\"val_loss\":{v:R}");
+        if (m.RouterAuxLoss is double aux) sb.Append(CultureInfo.InvariantCulture, $",\"router_aux_loss\":{aux:R}");
         sb.Append('}');
         _writer.WriteLine(sb.ToString());
         _writer.Flush();

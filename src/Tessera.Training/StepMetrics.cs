@@ -9,5 +9,7 @@ namespace Tessera.Training;
 /// <param name="TokensPerSecond">Throughput of this step.</param>
 /// <param name="StepMilliseconds">Wall time of the step.</param>
 /// <param name="ValidationLoss">Mean validation loss when evaluated at this step.</param>
+/// <param name="RouterAuxLoss">A mixture-of-experts model's load-balancing loss (coefficient included, summed over the
+/// blocks this rank holds) of the step's last micro-batch, when the coefficient is above 0; not part of <paramref name="Loss"/>.</param>
 public sealed record StepMetrics(int Step, int TotalSteps, double Loss, double LearningRate, double GradNorm,
-    double TokensPerSecond, double StepMilliseconds, double? ValidationLoss);
+    double TokensPerSecond, double StepMilliseconds, double? ValidationLoss, double? RouterAuxLoss = null);

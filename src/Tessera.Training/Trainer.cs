@@ -284,12 +284,14 @@ public sealed class Trainer
             var clock = Stopwatch.StartNew();
             double loss = TrainStep();
             double ms = clock.Elapsed.TotalMilliseconds;
+            // Read before an evaluation's forwards replace it.
+            double? aux = _model.Config.RouterAuxLossCoefficient > 0 ? _model.RouterAuxiliaryLoss : null;
             if (!double.IsFinite(loss))
                 throw new InvalidOperationException($"{Where}training diverged: loss is {loss} at step {Step}; lower the learning rate or check the data");
             double? validation = _validation is not null && Options.EvalEvery > 0 && (Step % Options.EvalEvery == 0 || Step == Options.Steps) ? Evaluate() : null;
             if (Reports && (Step % Options.LogEvery == 0 || Step == Options.Steps || validation is not null))
             {
-                var m = new StepMetrics(Step, Options.Steps, loss, lr, Parallelism.LastGradNorm(), TokensPerStep / (ms / 1000), ms, validation);
+                var m = new StepMetrics(Step, Options.Steps, loss, lr, Parallelism.LastGradNorm(), TokensPerStep / (ms / 1000), ms, validation, aux);
                 onStep?.Invoke(m);
                 metrics?.Append(m);
             }

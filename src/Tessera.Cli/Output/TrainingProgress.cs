@@ -60,6 +60,7 @@ public sealed class TrainingProgress
         var line = string.Create(CultureInfo.InvariantCulture,
             $"step {m.Step,5}/{m.TotalSteps} | loss {m.Loss:F4} | lr {m.LearningRate:E2} | norm {m.GradNorm:F3} | {m.TokensPerSecond,8:F0} tok/s | {m.StepMilliseconds,7:F1} ms | eta {Durations.Format(eta)}");
         if (m.ValidationLoss is double v) line += string.Create(CultureInfo.InvariantCulture, $" | val {v:F4}");
+        if (m.RouterAuxLoss is double aux) line += string.Create(CultureInfo.InvariantCulture, $" | router aux {aux:F4}");
         if (_bar is not null)
         {
             _terminal.Console.WriteLine(line);   // Spectre draws it above the live bar

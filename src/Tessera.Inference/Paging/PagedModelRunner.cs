@@ -153,7 +153,8 @@ public sealed class PagedModelRunner : IDisposable
         for (int i = 0; i < _readbacks.Length; i++)
             _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(_maxOutputs) : new SynchronousReadback(_backend, _maxOutputs);
         // A tensor-parallel step waits on its collectives from the host, which a recorded graph cannot contain.
-        _record = recordGraphs && _backend is IGraphCapture && model.TensorParallelism is null;
+        // A mixture-of-experts model routes on the host every layer (reads the router's logits back): its steps run eagerly.
+        _record = recordGraphs && _backend is IGraphCapture && model.TensorParallelism is null && !model.Config.IsMixtureOfExperts;
         if (model.TensorParallelism is { Size: > 1 } tp)
         {
             _group = tp.Group;

@@ -7,7 +7,8 @@ namespace Tessera.Models.Blocks;
 
 /// <summary>
 /// One pre-norm decoder block: r = x + attn(norm1(x)); y = r + mlp(norm2(r)). LayerNorm, learned
-/// positions and a GELU MLP for GPT-2; RMSNorm, RoPE and a SwiGLU MLP for Llama.
+/// positions and a GELU MLP for GPT-2; RMSNorm, RoPE and a SwiGLU MLP for Llama; a sparse mixture of SwiGLU experts
+/// (<see cref="SparseMoeFeedForward"/>) in place of the MLP when the configuration has experts (Mixtral, Qwen3-MoE).
 /// <para>
 /// With checkpointing (selective recomputation) the forward pass keeps only a copy of the block's
 /// input for the micro-batch and computes in shared buffers; the backward pass first recomputes
@@ -39,7 +40,10 @@ public sealed class TransformerBlock
         Norm2 = llama
             ? layers.RmsNorm(Name + ".norm2", c, config.NormEpsilon)
             : layers.LayerNorm(Name + ".norm2", c, config.NormEpsilon, config.Bias);
-        Mlp = llama
+        Mlp = config.IsMixtureOfExperts
+            ? new SparseMoeFeedForward(layers, Name + ".mlp", c, config.EffectiveExpertHidden, config.Experts, config.ExpertsPerToken,
+                config.NormalizeExpertWeights, config.RouterAuxLossCoefficient)
+            : llama
             ? new SwiGluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias)
             : new GeluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
         Channels = c;
@@ -66,7 +70,7 @@ public sealed class TransformerBlock
     /// <summary>Norm before the MLP.</summary>
     public INormalization Norm2 { get; }
 
-    /// <summary>The MLP.</summary>
+    /// <summary>The MLP (a <see cref="SparseMoeFeedForward"/> for a mixture of experts).</summary>
     public IFeedForward Mlp { get; }
 
     /// <summary>

@@ -4,7 +4,8 @@ using System.Text.Json.Nodes;
 namespace Tessera.Models.HuggingFace;
 
 /// <summary>
-/// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3" or "mistral") into a <see cref="TransformerConfig"/>
+/// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3", "mistral", and the sparse mixtures of
+/// experts "mixtral" and "qwen3_moe") into a <see cref="TransformerConfig"/>
 /// and writes one back for export. RoPE scaling (rope_scaling of transformers 4, rope_parameters of 5; rope_type linear,
 /// dynamic, llama3, yarn) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
 /// on Llama's output projection or MLP, other rope types, Qwen2's and Qwen3's per-layer sliding windows) are rejected with a message
@@ -13,7 +14,7 @@ namespace Tessera.Models.HuggingFace;
 public static class HuggingFaceConfig
 {
     /// <summary>The model_type values Tessera reads and writes.</summary>
-    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral"];
+    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe"];
 
     /// <summary>GPT-2 activations that are the tanh approximation of GELU Tessera implements.</summary>
     private static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];
@@ -48,6 +49,8 @@ public static class HuggingFaceConfig
             "qwen2" => ParseQwen2(fields),
             "qwen3" => ParseQwen3(fields),
             "mistral" => ParseMistral(fields),
+            "mixtral" => ParseMixtral(fields),
+            "qwen3_moe" => ParseQwen3Moe(fields),
             _ => throw new HuggingFaceFormatException(path, $"field 'model_type': '{modelType}' is not supported (supported: {string.Join(", ", ModelTypes)})"),
         };
         int padded = (config.VocabSize + paddedVocabMultiple - 1) / paddedVocabMultiple * paddedVocabMultiple;
@@ -126,6 +129,55 @@ public static class HuggingFaceConfig
         int window = f.Int("sliding_window") ?? 0;
         if (window < 0) throw f.Error("sliding_window", $"must be positive or null, got {window}");
         return config with { SlidingWindow = window };
+    }
+
+    private static TransformerConfig ParseMixtral(Fields f)
+    {
+        // Mixtral: Mistral's attention, and in place of the MLP num_local_experts SwiGLU experts of intermediate_size, each
+        // token's num_experts_per_tok chosen by softmax then top-k, their weights renormalized (always).
+        var config = ParseMistral(f) with { ModelType = "mixtral" };
+        if (f.Double("router_jitter_noise") is double jitter && jitter != 0)
+            throw f.Error("router_jitter_noise", $"{jitter} is not supported: Tessera's router has no training noise (Mixtral checkpoints ship 0.0)");
+        return config with
+        {
+            Experts = f.RequiredInt("num_local_experts"),
+            ExpertsPerToken = f.RequiredInt("num_experts_per_tok"),
+            NormalizeExpertWeights = true,
+            RouterAuxLossCoefficient = RouterAuxLoss(f),
+        };
+    }
+
+    private static TransformerConfig ParseQwen3Moe(Fields f)
+    {
+        // Qwen3-MoE: Qwen3's attention (q/k head norms, head_dim), and in place of the MLP num_experts SwiGLU experts of
+        // moe_intermediate_size, num_experts_per_tok a token, renormalized when norm_topk_prob. Every layer must be sparse.
+        if (f.Int("decoder_sparse_step") is int step && step != 1)
+            throw f.Error("decoder_sparse_step", $"{step} is not supported: Tessera makes every layer sparse (decoder_sparse_step 1); interleaved dense layers are not implemented");
+        if (f.Node("mlp_only_layers") is JsonArray dense && dense.Count > 0)
+            throw f.Error("mlp_only_layers", $"[{string.Join(", ", dense.Select(d => d?.ToJsonString()))}] is not supported: Tessera makes every layer sparse (an empty list); dense layers among sparse ones are not implemented");
+        if (f.Node("mlp_only_layers") is { } node && node is not JsonArray)
+            throw f.Error("mlp_only_layers", $"must be a list of layer indices, got {node.GetValueKind()}");
+        var config = ParseQwen3(f) with { ModelType = "qwen3_moe" };
+        return config with
+        {
+            Experts = f.RequiredInt("num_experts"),
+            ExpertsPerToken = f.RequiredInt("num_experts_per_tok"),
+            ExpertHidden = f.RequiredInt("moe_intermediate_size"),
+            NormalizeExpertWeights = f.Bool("norm_topk_prob") ?? false,
+            RouterAuxLossCoefficient = RouterAuxLoss(f),
+        };
+    }
+
+    /// <summary>
+    /// The load-balancing loss's coefficient: router_aux_loss_coef (transformers' default 0.001) when output_router_logits is
+    /// true, which is when transformers adds it to the loss; 0 (off) otherwise, as the released configs ship it.
+    /// </summary>
+    private static double RouterAuxLoss(Fields f)
+    {
+        if (f.Bool("output_router_logits") != true) return 0;
+        double coefficient = f.Double("router_aux_loss_coef") ?? 0.001;
+        return coefficient >= 0 && !double.IsInfinity(coefficient) ? coefficient
+            : throw f.Error("router_aux_loss_coef", $"must be a finite number, 0 or more, got {coefficient}");
     }
 
     /// <summary>The fields Llama, Qwen2 and Mistral share (RMSNorm, RoPE, SwiGLU, grouped-query attention).</summary>
@@ -236,17 +288,25 @@ public static class HuggingFaceConfig
     {
         if (c.Bias) throw new ArgumentException("TransformerConfig: a Llama-family export needs Bias = false");
         string type = c.EffectiveModelType;
-        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral"))
-            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral)");
-        if (c.QkNorm != (type == "qwen3"))
-            throw new ArgumentException($"TransformerConfig: QkNorm = {c.QkNorm} cannot be exported as model_type '{type}' (only qwen3 has q/k head norms, and always)");
+        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral" or "mixtral" or "qwen3_moe"))
+            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral, mixtral, qwen3_moe)");
+        if (c.QkNorm != (type is "qwen3" or "qwen3_moe"))
+            throw new ArgumentException($"TransformerConfig: QkNorm = {c.QkNorm} cannot be exported as model_type '{type}' (only qwen3 and qwen3_moe have q/k head norms, and always)");
+        if (c.IsMixtureOfExperts != (type is "mixtral" or "qwen3_moe"))
+            throw new ArgumentException($"TransformerConfig: Experts = {c.Experts} cannot be exported as model_type '{type}' (mixtral and qwen3_moe are the mixtures of experts, and always have experts)");
+        if (type == "mixtral" && (!c.NormalizeExpertWeights || c.EffectiveExpertHidden != c.EffectiveHidden))
+            throw new ArgumentException("TransformerConfig: a mixtral export needs NormalizeExpertWeights = true and ExpertHidden = Hidden (Mixtral always renormalizes, and its experts are intermediate_size wide)");
         if (c.AttentionBias != (type == "qwen2"))
             throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 has q/k/v biases, and always)");
-        if (c.SlidingWindow > 0 && type != "mistral")
-            throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral'");
+        if (c.SlidingWindow > 0 && type is not ("mistral" or "mixtral"))
+            throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral' or 'mixtral'");
         var o = new JsonObject
         {
-            ["architectures"] = new JsonArray(type switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
+            ["architectures"] = new JsonArray(type switch
+            {
+                "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "mixtral" => "MixtralForCausalLM",
+                "qwen3_moe" => "Qwen3MoeForCausalLM", _ => "LlamaForCausalLM",
+            }),
             ["model_type"] = type,
             ["vocab_size"] = c.VocabSize,
             ["max_position_embeddings"] = c.OriginalMaxSequenceLength > 0 ? c.OriginalMaxSequenceLength : c.MaxSequenceLength,
@@ -284,6 +344,30 @@ public static class HuggingFaceConfig
             case "mistral":
                 o["sliding_window"] = c.SlidingWindow > 0 ? c.SlidingWindow : null;
                 break;
+            case "mixtral":
+                o["sliding_window"] = c.SlidingWindow > 0 ? c.SlidingWindow : null;
+                o["num_local_experts"] = c.Experts;
+                o["num_experts_per_tok"] = c.ExpertsPerToken;
+                o["router_jitter_noise"] = 0.0;
+                break;
+            case "qwen3_moe":
+                o["attention_bias"] = false;
+                o["use_sliding_window"] = false;
+                o["sliding_window"] = null;
+                o["max_window_layers"] = c.Layers;
+                o["num_experts"] = c.Experts;
+                o["num_experts_per_tok"] = c.ExpertsPerToken;
+                o["moe_intermediate_size"] = c.EffectiveExpertHidden;
+                o["norm_topk_prob"] = c.NormalizeExpertWeights;
+                o["decoder_sparse_step"] = 1;
+                o["mlp_only_layers"] = new JsonArray();
+                break;
+        }
+        if (c.IsMixtureOfExperts)
+        {
+            // transformers adds the load-balancing loss only with output_router_logits; off, its coefficient is left at the default.
+            o["output_router_logits"] = c.RouterAuxLossCoefficient > 0;
+            if (c.RouterAuxLossCoefficient > 0) o["router_aux_loss_coef"] = c.RouterAuxLossCoefficient;
         }
         return o;
     }

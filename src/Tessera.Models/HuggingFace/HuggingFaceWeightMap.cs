@@ -94,6 +94,39 @@ public sealed class HuggingFaceWeightMap
         .. LlamaRows.Skip(3),
     ];
 
+    /// <summary>
+    /// A sparse mixture-of-experts model's rows: <paramref name="dense"/>'s without the MLP, and in its place the router
+    /// ("blocks.{i}.mlp.router", E x C) and each expert j's gate, up (F' x C) and proj (C x F'), in Tessera's declaration
+    /// order. Mixtral (MixtralForCausalLM) names them block_sparse_moe.gate and block_sparse_moe.experts.{j}.w1 (gate), w3
+    /// (up) and w2 (down); Qwen3-MoE (Qwen3MoeForCausalLM) mlp.gate and mlp.experts.{j}.gate_proj, up_proj and down_proj.
+    /// </summary>
+    public static IReadOnlyList<WeightMapRow> MixtureOfExpertsRows(IReadOnlyList<WeightMapRow> dense, TransformerConfig config, bool mixtral)
+    {
+        ArgumentNullException.ThrowIfNull(dense);
+        ArgumentNullException.ThrowIfNull(config);
+        string prefix = mixtral ? "model.layers.{i}.block_sparse_moe" : "model.layers.{i}.mlp";
+        var (gate, up, down) = mixtral ? ("w1", "w3", "w2") : ("gate_proj", "up_proj", "down_proj");
+        static int[] EC(TransformerConfig c) => [c.Experts, c.Embedding];
+        static int[] FeC(TransformerConfig c) => [c.EffectiveExpertHidden, c.Embedding];
+        static int[] CFe(TransformerConfig c) => [c.Embedding, c.EffectiveExpertHidden];
+        var rows = new List<WeightMapRow>();
+        foreach (var row in dense)
+        {
+            if (row.Canonical.StartsWith("blocks.{i}.mlp.", StringComparison.Ordinal)) continue;
+            rows.Add(row);
+            if (row.Canonical != "blocks.{i}.norm2.weight") continue;
+            rows.Add(Row("blocks.{i}.mlp.router.weight", EC, WeightTransform.Identity, Hf(prefix + ".gate.weight", EC)));
+            for (int j = 0; j < config.Experts; j++)
+            {
+                string expert = $"{prefix}.experts.{j}.";
+                rows.Add(Row($"blocks.{{i}}.mlp.experts.{j}.gate.weight", FeC, WeightTransform.Identity, Hf(expert + gate + ".weight", FeC)));
+                rows.Add(Row($"blocks.{{i}}.mlp.experts.{j}.up.weight", FeC, WeightTransform.Identity, Hf(expert + up + ".weight", FeC)));
+                rows.Add(Row($"blocks.{{i}}.mlp.experts.{j}.proj.weight", CFe, WeightTransform.Identity, Hf(expert + down + ".weight", CFe)));
+            }
+        }
+        return rows;
+    }
+
     /// <summary>Non-parameter buffers some GPT-2 checkpoints carry (causal masks); ignored on load.</summary>
     public static IReadOnlyList<string> Gpt2IgnoredBuffers { get; } =
         ["transformer.h.{i}.attn.bias", "transformer.h.{i}.attn.masked_bias"];
@@ -147,6 +180,14 @@ public sealed class HuggingFaceWeightMap
             throw new ArgumentException("TransformerConfig: Hugging Face Llama (as mapped here) needs Bias = false");
         if (config.QkNorm && config.AttentionBias)
             throw new ArgumentException("TransformerConfig: no Hugging Face model_type has both q/k head norms and q/k/v biases (Qwen3 has the norms, Qwen2 the biases)");
+        if (config.IsMixtureOfExperts)
+        {
+            string type = config.EffectiveModelType;
+            if (type is not ("mixtral" or "qwen3_moe"))
+                throw new ArgumentException($"TransformerConfig: a mixture-of-experts model maps to Hugging Face as model_type 'mixtral' or 'qwen3_moe', not '{type}'");
+            var dense = config.QkNorm ? Qwen3Rows : config.AttentionBias ? Qwen2Rows : LlamaRows;
+            return new HuggingFaceWeightMap(config, MixtureOfExpertsRows(dense, config, type == "mixtral"), LlamaIgnoredBuffers, null);
+        }
         return config.Family switch
         {
             ModelFamily.Gpt2 => new HuggingFaceWeightMap(config, Gpt2Rows, Gpt2IgnoredBuffers, Gpt2OptionalPrefix),

@@ -2,7 +2,7 @@ namespace Tessera.Nn.Layers;
 
 using Tessera.Tensors;
 
-/// <summary>The position-wise MLP of a transformer block (GELU for GPT-2, SwiGLU for Llama).</summary>
+/// <summary>The position-wise MLP of a transformer block (GELU for GPT-2, SwiGLU for Llama, a sparse mixture of SwiGLU experts for Mixtral and Qwen3-MoE).</summary>
 public interface IFeedForward
 {
     /// <summary>Name prefix of the parameters and activations.</summary>

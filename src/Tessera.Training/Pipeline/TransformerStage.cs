@@ -44,6 +44,7 @@ internal sealed class TransformerStage : IPipelineStage
         _lossSum = lossSum;
         _lossScale = lossScale;
         _sumScale = sumScale;
+        _model.SetRouterLossScale(lossScale, inputs.Length == 0 ? 0 : inputs[0].Length);   // a micro-batch's tokens
     }
 
     /// <summary>The activation-store slot of message slot 0: message buffers keep out of the activation slots' range, so the store's per-slot sizes read as activations.</summary>

@@ -32,6 +32,9 @@ public sealed class ActivationMemoryTests
     [InlineData("llama-debug", 4, true, true, DType.F32, 0)]   // 2 key/value heads replicated over 4 ranks
     [InlineData("qwen3-debug", 1, false, false, DType.F64, 0)] // the q/k head norms' buffers; heads of 16 over a width of 32
     [InlineData("qwen3-debug", 2, true, false, DType.F32, 0)]
+    [InlineData("mixtral-debug", 1, false, false, DType.F64, 0)]   // router logits, each expert's gathered rows: N k in all
+    [InlineData("qwen3-moe-debug", 1, false, false, DType.F32, 0)] // (not checkpointed: the shared buffers of an expert keep the
+                                                                   // largest count of any block, above the estimate's N k)
     public void TheEstimateIsWhatTheCpuBackendAllocatesForEachMicroBatchBetweenForwardAndBackward(
         string preset, int tp, bool sp, bool recompute, DType dtype, int chunkRows)
     {

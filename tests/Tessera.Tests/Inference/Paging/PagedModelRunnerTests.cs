@@ -27,6 +27,8 @@ public class PagedModelRunnerTests
     [InlineData("llama-debug")]
     [InlineData("llama-headsize-debug")]   // the pool's rows are D = 16 wide, not C / H = 12
     [InlineData("qwen3-debug")]            // the unfused paged path: product, q/k norms, RoPE, append
+    [InlineData("mixtral-debug")]          // experts routed on the host per step, through ForwardAccumulate
+    [InlineData("qwen3-moe-debug")]
     public void GreedyTokensOfSequencesBatchedWithChunkedPrefillEqualEachSequenceAlone(string preset)
     {
         const int seed = 7, newTokens = 10;

@@ -53,6 +53,8 @@ public sealed class HuggingFaceExportTests : IDisposable
     [MemberData(nameof(Families))]
     [InlineData("llama-headsize-debug")]   // head_dim 16 written and read back; o_proj 48 x 64
     [InlineData("qwen3-debug")]            // q_norm and k_norm, Qwen3ForCausalLM
+    [InlineData("mixtral-debug")]          // block_sparse_moe.gate and experts.{j}.w1/w2/w3, MixtralForCausalLM
+    [InlineData("qwen3-moe-debug")]        // mlp.gate and mlp.experts.{j}.*_proj, moe_intermediate_size, Qwen3MoeForCausalLM
     public void EachFamilyReloadsFromItsExportWithTheSameConfigurationAndLogits(string preset)
     {
         var config = ModelPresets.Get(preset);

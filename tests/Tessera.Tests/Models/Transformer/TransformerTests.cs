@@ -74,6 +74,8 @@ public class TransformerTests
     [InlineData("mistral-window3")]
     [InlineData("llama-headsize-debug")]   // head size 16 with C 48 and 4 heads: the products are (H + 2K)·D x C and C x H·D
     [InlineData("qwen3-debug")]            // through the q/k head norms, their weights included
+    [InlineData("mixtral-debug")]          // router and experts: the gradient through the routing weights and the softmax
+    [InlineData("qwen3-moe-debug")]        // weights not renormalized, q/k head norms
     public void ModelGradientMatchesFiniteDifferencesOnEveryParameter(string preset)
     {
         var config = Config(preset);
@@ -221,6 +223,8 @@ public class TransformerTests
     [InlineData("mistral-window3")]     // the window slides during decoding
     [InlineData("llama-headsize-debug")] // head size 16 != C / H = 12
     [InlineData("qwen3-debug")]          // the unfused decode: product, q/k norms, RoPE, append
+    [InlineData("mixtral-debug")]        // the experts through ForwardAccumulate, routed on the host
+    [InlineData("qwen3-moe-debug")]
     public void CachedDecodingMatchesFullForwardLogits(string preset)
     {
         var config = Config(preset);
@@ -356,6 +360,8 @@ public class TransformerTests
     [InlineData("llama-debug")]
     [InlineData("llama-headsize-debug")]
     [InlineData("qwen3-debug")]
+    [InlineData("mixtral-debug")]
+    [InlineData("qwen3-moe-debug")]
     public void F32TrainingStepsOverfitOneBatch(string preset)
     {
         var config = Config(preset);

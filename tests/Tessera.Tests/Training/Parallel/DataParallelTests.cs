@@ -51,6 +51,8 @@ public sealed class DataParallelTests : IDisposable
     [InlineData("llama-debug", 2, ZeroStage.OptimizerStates, true, 4)]
     [InlineData("gpt2-debug", 2, ZeroStage.Gradients, true, 4)]
     [InlineData("gpt2-debug", 2, ZeroStage.Parameters, true, 4)]
+    [InlineData("mixtral-debug", 2, ZeroStage.None, false, 4)]            // routing is per token: each rank's tokens route as on one rank
+    [InlineData("qwen3-moe-debug", 2, ZeroStage.Parameters, false, 4)]    // the experts' weights gathered and their gradients scattered as any
     public void RanksMatchOneRankWithTheSameGlobalBatch(string preset, int world, ZeroStage stage, bool offload, int steps)
     {
         var adamW = new AdamWOptions();   // clipping at 1.0: the global norm matters

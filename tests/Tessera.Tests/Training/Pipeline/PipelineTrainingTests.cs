@@ -53,6 +53,25 @@ public sealed class PipelineTrainingTests : IDisposable
     }
 
     /// <summary>
+    /// Mixture-of-experts blocks on pipeline stages, the load-balancing loss on: a stage without the head weighs its blocks'
+    /// aux losses by the loss scale it was given (<see cref="Tessera.Models.Transformer.SetRouterLossScale"/>) as one device does.
+    /// </summary>
+    [Theory]
+    [InlineData("mixtral-debug", PipelineScheduleKind.OneForwardOneBackward, 1, 4)]
+    [InlineData("qwen3-moe-debug", PipelineScheduleKind.Interleaved, 2, 4)]
+    public void MixtureOfExpertsStagesWithTheLoadBalancingLossTrainLikeOneDevice(string preset, PipelineScheduleKind schedule, int chunks, int microBatches)
+    {
+        var config = PipelineRun.Config(preset) with { RouterAuxLossCoefficient = 0.05 };
+        var adamW = new AdamWOptions();
+        var layout = new PipelineLayout(2, schedule, microBatches, chunks);
+        var (losses, parameters) = PipelineRun.OneDevice(config, _run.Shard, microBatches, Steps, adamW);
+        var ranks = PipelineRun.Train(config, _run.Shard, layout, Steps, adamW);
+        foreach (var r in ranks) DataParallelTests.AssertClose(losses, r.Losses, $"{preset}, {layout}: loss of stage {r.Coordinate.Pp}");
+        var gathered = PipelineRun.Gather(ranks);
+        foreach (var (name, expected) in parameters) DataParallelTests.AssertClose(expected, gathered[name], $"{preset}, {layout}: parameter {name}");
+    }
+
+    /// <summary>
     /// PTD-P on one mesh of 8 thread ranks: pp 2 x tp 2 x dp 2 (tp innermost, Megatron's order), ZeRO-1 over dp, Megatron's
     /// tensor-parallel plan (with sequence parallelism for GPT-2, whose messages between stages are then each rank's half of the
     /// residual stream), 1F1B and interleaved 1F1B, and activation recomputation in one case. The one-device reference

@@ -1,0 +1,233 @@
+using Tessera.Nn.Parallel;
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Layers;
+
+/// <summary>
+/// A sparse mixture-of-experts feed-forward (Mixtral, Qwen3-MoE): a router C to E without bias, the softmax of its logits,
+/// each token's k experts of highest probability (<see cref="ExpertRouting"/>), and y = Σ_s w_s expert_s(x) over them, each
+/// expert a <see cref="SwiGluMlp"/> (gate and up C to F', proj F' to C).
+/// <para>
+/// Routing is decided on the host: each forward reads the router's logits (N, E) back (one synchronization of the device
+/// per layer), chooses the experts in F64, and uploads each expert's token ids (n_e) and weights (n_e); the backward reads
+/// the logits again and each expert's n_e weight gradients. So a CUDA step waits on the host once per layer (and once per
+/// expert with tokens in the backward), which also keeps it out of recorded CUDA graphs. The experts run on the device:
+/// each gathers its tokens' rows (<see cref="IBackend.EmbeddingForward"/>, a row gather by ids), runs its SwiGLU on that
+/// contiguous block, scales the rows by their weights (a batched product with K = 1) and scatter-adds them into the output
+/// (<see cref="IBackend.EmbeddingBackward"/>). An expert no token chose is skipped: its gradients get nothing. There is no
+/// grouped product over the experts and no device routing kernel yet, and no tensor parallelism (the constructor refuses it).
+/// </para>
+/// <para>
+/// The load-balancing loss (<see cref="AuxiliaryLossCoefficient"/> &gt; 0) is this layer's own: forward records it
+/// (<see cref="LastAuxiliaryLoss"/>), backward adds <see cref="AuxiliaryLossWeight"/> times its gradient to the router's.
+/// </para>
+/// </summary>
+public sealed class SparseMoeFeedForward : IFeedForward
+{
+    private readonly ActivationKey _logits, _hostStaging, _dLogits, _dots, _output;
+    private readonly ActivationKey[] _ids, _weights, _rows, _expertOut, _scaled, _dRows, _dScaled, _dExpertIn;
+
+    /// <summary>
+    /// Declares "<paramref name="name"/>.router" (E, C) and, for each expert j, "<paramref name="name"/>.experts.{j}.gate"
+    /// (F', C), ".up" (F', C) and ".proj" (C, F'), none with biases.
+    /// </summary>
+    public SparseMoeFeedForward(LayerFactory layers, string name, int channels, int expertHidden, int experts, int expertsPerToken,
+        bool normalizeWeights, double auxiliaryLossCoefficient = 0)
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        if (layers.TensorParallelism is not null)
+            throw new NotSupportedException($"{name}: a mixture-of-experts feed-forward has no tensor-parallel split (nor expert parallelism) yet; run it without --tp");
+        if (experts < 1 || expertsPerToken < 1 || expertsPerToken > experts)
+            throw new ArgumentException($"{name}: experts per token ({expertsPerToken}) must be in [1, experts = {experts}]");
+        if (!(auxiliaryLossCoefficient >= 0))
+            throw new ArgumentException($"{name}: the auxiliary loss coefficient ({auxiliaryLossCoefficient}) must be 0 or more");
+        Name = name;
+        Input = IdentityRegion.Instance;
+        Router = layers.Linear(name + ".router", channels, experts, bias: false);
+        var list = new SwiGluMlp[experts];
+        for (int j = 0; j < experts; j++) list[j] = new SwiGluMlp(layers, $"{name}.experts.{j}", channels, expertHidden, bias: false);
+        Experts = list;
+        ExpertsPerToken = expertsPerToken;
+        NormalizeWeights = normalizeWeights;
+        AuxiliaryLossCoefficient = auxiliaryLossCoefficient;
+        _logits = new ActivationKey(name + ".router.logits");
+        _hostStaging = new ActivationKey(name + ".router.host");
+        _dLogits = new ActivationKey(name + ".router.dy");
+        _dots = new ActivationKey(name + ".experts.dw");
+        _output = new ActivationKey(name + ".out");
+        ActivationKey[] Keys(string suffix) => Enumerable.Range(0, experts).Select(j => new ActivationKey($"{name}.experts.{j}.{suffix}")).ToArray();
+        _ids = Keys("ids");
+        _weights = Keys("w");
+        _rows = Keys("x");
+        _expertOut = Keys("y");
+        _scaled = Keys("wy");
+        _dRows = Keys("dy_rows");
+        _dScaled = Keys("dwy");
+        _dExpertIn = Keys("dx");
+    }
+
+    /// <inheritdoc/>
+    public string Name { get; }
+
+    /// <inheritdoc/>
+    public ITensorParallelRegion Input { get; }
+
+    /// <summary>The router C to E (no bias).</summary>
+    public Linear Router { get; }
+
+    /// <summary>The E experts.</summary>
+    public IReadOnlyList<SwiGluMlp> Experts { get; }
+
+    /// <summary>Experts each token is routed to, k.</summary>
+    public int ExpertsPerToken { get; }
+
+    /// <summary>Whether a token's k weights are divided by their sum.</summary>
+    public bool NormalizeWeights { get; }
+
+    /// <summary>Coefficient of the load-balancing loss; 0 turns it off.</summary>
+    public double AuxiliaryLossCoefficient { get; }
+
+    /// <summary>
+    /// The weight of this layer's load-balancing loss in the objective whose gradient backward computes (default 1). The
+    /// transformer sets it to the step's loss scale times the micro-batch's tokens, so that the loss counts as if each token
+    /// carried it, as the cross-entropy's terms do.
+    /// </summary>
+    public double AuxiliaryLossWeight { get; set; } = 1.0;
+
+    /// <summary>The load-balancing loss (coefficient included) of the last <see cref="Forward"/> (a training or evaluation pass;
+    /// inference's <see cref="ForwardAccumulate"/> leaves it); 0 when off.</summary>
+    public double LastAuxiliaryLoss { get; private set; }
+
+    /// <summary>The first expert's output projection (every expert's is alike; none has a bias).</summary>
+    public Linear Projection => Experts[0].Projection;
+
+    /// <inheritdoc/>
+    public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
+    {
+        var y = ctx.Buffer(_output, x.Shape, x.DType);               // (N, C)
+        if (residual is not null) x.Backend.Copy(residual, y);
+        else x.Backend.Fill(y, 0);
+        var routing = Run(ctx, x, y);
+        LastAuxiliaryLoss = routing.AuxiliaryLoss(AuxiliaryLossCoefficient);   // checkpointed blocks' forwards save nothing
+        return y;
+    }
+
+    /// <inheritdoc/>
+    public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
+    {
+        ArgumentNullException.ThrowIfNull(norm);
+        Run(ctx, norm.Forward(ctx, x), residual);
+    }
+
+    /// <summary>Routes the rows x (N, C) and adds each expert's weighted output into <paramref name="output"/> (N, C).</summary>
+    private ExpertRouting Run(in PassContext ctx, Tensor x, Tensor output)
+    {
+        if (x.Rank != 2 || x.Size(1) != Router.InFeatures)
+            throw new ArgumentException($"{Name}: input {x.Shape} must be rows (N, {Router.InFeatures})");
+        var backend = x.Backend;
+        int n = x.Size(0), c = x.Size(1);
+        var logits = Router.Forward(ctx, x);                         // (N, E)
+        ctx.Save(_logits, logits);
+        var routing = Route(ctx, logits);
+        for (int j = 0; j < Experts.Count; j++)
+        {
+            var tokens = routing.TokensOf(j);
+            int count = tokens.Length;
+            if (count == 0) continue;
+            var ids = ctx.Buffer(_ids[j], new Shape(count), DType.I32);                  // (n_j)
+            backend.CopyFromHost<int>(tokens, ids);
+            var w = ctx.Buffer(_weights[j], new Shape(count, 1, 1), x.DType);            // (n_j, 1, 1)
+            Upload(ctx, SlotValues(routing.Weights, routing.SlotsOf(j)), w);
+            var rows = ctx.Buffer(_rows[j], new Shape(count, c), x.DType);               // (n_j, C): the expert's tokens
+            backend.EmbeddingForward(ids, x, rows);
+            var expertOut = Experts[j].Forward(ctx, rows);                               // (n_j, C)
+            var scaled = ctx.Buffer(_scaled[j], new Shape(count, 1, c), x.DType);        // (n_j, 1, C) = w · expert(x)
+            backend.MatMul(w, expertOut.Reshape(count, 1, c), scaled);
+            backend.EmbeddingBackward(ids, scaled.Reshape(count, c), output);           // output[ids] += rows
+            ctx.Save(_ids[j], ids);
+            ctx.Save(_weights[j], w);
+            ctx.Save(_expertOut[j], expertOut);
+        }
+        return routing;
+    }
+
+    /// <inheritdoc/>
+    public void Backward(in PassContext ctx, Tensor dy, Tensor dx, bool accumulateDx = false, bool projectionBiasGradientTaken = false)
+    {
+        if (projectionBiasGradientTaken)
+            throw new InvalidOperationException($"{Name}: the experts' projections have no bias whose gradient could have been taken");
+        var backend = dy.Backend;
+        int n = dy.Size(0), c = dy.Size(1), k = ExpertsPerToken;
+        var routing = Route(ctx, ctx.Get(_logits));
+        var weightGradients = new double[n * k];                     // (N, k): dL/dw of each slot
+        if (!accumulateDx) backend.Fill(dx, 0);
+        for (int j = 0; j < Experts.Count; j++)
+        {
+            var slots = routing.SlotsOf(j);
+            int count = slots.Length;
+            if (count == 0) continue;                                // no token chose it: no gradient
+            var ids = ctx.Get(_ids[j]);                              // (n_j)
+            var w = ctx.Get(_weights[j]);                            // (n_j, 1, 1)
+            var expertOut = ctx.Get(_expertOut[j]);                  // (n_j, C)
+            var dRows = ctx.Scratch(_dRows[j], new Shape(count, 1, c), dy.DType);        // (n_j, 1, C): dy of the tokens
+            backend.EmbeddingForward(ids, dy, dRows.Reshape(count, c));
+            var dots = ctx.Scratch(_dots, new Shape(count, 1, 1), dy.DType);             // (n_j, 1, 1): dL/dw = dy · expert(x)
+            backend.MatMul(dRows, expertOut.Reshape(count, 1, c), dots, transposeB: true);
+            var host = Download(ctx, dots);
+            for (int i = 0; i < count; i++) weightGradients[slots[i]] = host[i];
+            var dScaled = ctx.Scratch(_dScaled[j], new Shape(count, 1, c), dy.DType);    // (n_j, 1, C): w · dy
+            backend.MatMul(w, dRows, dScaled);
+            var dIn = ctx.Scratch(_dExpertIn[j], new Shape(count, c), dy.DType);         // (n_j, C)
+            Experts[j].Backward(ctx, dScaled.Reshape(count, c), dIn);
+            backend.EmbeddingBackward(ids, dIn, dx);                 // dx[ids] += the expert's input gradient
+        }
+        var dz = routing.LogitGradient(weightGradients, AuxiliaryLossCoefficient, AuxiliaryLossWeight);
+        var dLogits = ctx.Scratch(_dLogits, new Shape(n, Experts.Count), dy.DType);     // (N, E)
+        Upload(ctx, dz, dLogits);
+        Router.Backward(ctx, dLogits, dx, accumulateDx: true);
+    }
+
+    /// <summary>Reads the logits (N, E) back and routes them (the device waits here).</summary>
+    private ExpertRouting Route(in PassContext ctx, Tensor logits) =>
+        ExpertRouting.Route(Download(ctx, logits), logits.Size(0), Experts.Count, ExpertsPerToken, NormalizeWeights);
+
+    private static double[] SlotValues(double[] values, ReadOnlySpan<int> slots)
+    {
+        var result = new double[slots.Length];
+        for (int i = 0; i < slots.Length; i++) result[i] = values[slots[i]];
+        return result;
+    }
+
+    /// <summary>A tensor's values on the host in F64 (F32 and F64 read directly, other dtypes through an F32 copy).</summary>
+    private double[] Download(in PassContext ctx, Tensor t)
+    {
+        var backend = t.Backend;
+        var result = new double[t.NumElements];
+        if (t.DType == DType.F64) backend.CopyToHost<double>(t, result);
+        else
+        {
+            var source = t;
+            if (t.DType != DType.F32)
+            {
+                source = ctx.Scratch(_hostStaging, t.Shape, DType.F32);
+                backend.Copy(t, source);
+            }
+            var floats = new float[t.NumElements];
+            backend.CopyToHost<float>(source, floats);
+            for (int i = 0; i < floats.Length; i++) result[i] = floats[i];
+        }
+        return result;
+    }
+
+    /// <summary>Writes host F64 <paramref name="values"/> into the contiguous <paramref name="destination"/> in its dtype.</summary>
+    private void Upload(in PassContext ctx, double[] values, Tensor destination)
+    {
+        var backend = destination.Backend;
+        if (destination.DType == DType.F64) { backend.CopyFromHost<double>(values, destination); return; }
+        var floats = Array.ConvertAll(values, v => (float)v);
+        if (destination.DType == DType.F32) { backend.CopyFromHost<float>(floats, destination); return; }
+        var staging = ctx.Scratch(_hostStaging, destination.Shape, DType.F32);
+        backend.CopyFromHost<float>(floats, staging);
+        backend.Copy(staging, destination);
+    }
+}
