@@ -667,6 +667,7 @@ public sealed class Transformer
         if (u >= first)
         {
             hooks?.BeforeBackward(u);
+            ScaleEmbeddings(dResidual);                              // Gemma's sqrt(C): the rows' gradient scales alike
             TokenEmbedding.Backward(ctx, dResidual);
             if (PositionEmbedding is not null)
             {
@@ -765,8 +766,27 @@ public sealed class Transformer
             }
             PositionEmbedding.Forward(ctx, positions, x, accumulate: true);
         }
+        ScaleEmbeddings(x);
         return x;
     }
+
+    /// <summary>
+    /// Gemma: the embedding rows x (N, C) multiplied in place by sqrt(C) as the model's dtype rounds it (transformers
+    /// multiplies by the normalizer cast to the hidden states' dtype); nothing otherwise. Serving's embedding calls it too.
+    /// </summary>
+    public void ScaleEmbeddings(Tensor x)
+    {
+        if (Config.ScaleEmbeddings) Backend.Scale(x, EmbeddingMultiplier);
+    }
+
+    /// <summary>sqrt(C) rounded to the model's dtype (Gemma's embedding normalizer); 1 unless <see cref="TransformerConfig.ScaleEmbeddings"/>.</summary>
+    public double EmbeddingMultiplier => !Config.ScaleEmbeddings ? 1.0 : DType switch
+    {
+        DType.F64 => Math.Sqrt(Config.Embedding),
+        DType.BF16 => (float)(BFloat16)(float)Math.Sqrt(Config.Embedding),
+        DType.F16 => (double)(Half)Math.Sqrt(Config.Embedding),
+        _ => (float)Math.Sqrt(Config.Embedding),
+    };
 
     /// <summary>
     /// Inference under tensor parallelism: each rank's columns (N, V / tp) of the logits all-gathered into the whole

@@ -30,10 +30,11 @@ public sealed class CausalSelfAttention
     /// (GPT-2); <paramref name="slidingWindow"/> &gt; 0 limits each query to that many newest keys (Mistral);
     /// <paramref name="headSize"/> is D, or 0 (the default) for C / H; <paramref name="headNormEpsilon"/>, when given, adds
     /// "<paramref name="name"/>.q_norm" (D) and "<paramref name="name"/>.k_norm" (D), RMSNorms of each query and key head
-    /// with that epsilon between the QKV product and RoPE (Qwen3), replicated on every rank.
+    /// with that epsilon between the QKV product and RoPE (Qwen3), replicated on every rank; <paramref name="scale"/>, when
+    /// given, replaces the score scale 1/sqrt(D) (Gemma's 1/sqrt(query_pre_attn_scalar)).
     /// </summary>
     public CausalSelfAttention(LayerFactory layers, string name, int channels, int heads, int kvHeads, bool bias, RopeFrequencies? rope,
-        bool qkvBias = false, int slidingWindow = 0, int headSize = 0, double? headNormEpsilon = null)
+        bool qkvBias = false, int slidingWindow = 0, int headSize = 0, double? headNormEpsilon = null, double? scale = null)
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (headSize < 0) throw new ArgumentException($"{name}: head size ({headSize}) must be 0 (channels / heads) or positive");
@@ -48,8 +49,10 @@ public sealed class CausalSelfAttention
             throw new ArgumentException($"{name}: RoPE needs an even head size, got {HeadSize}");
         rope?.Validate(HeadSize);
         if (slidingWindow < 0) throw new ArgumentException($"{name}: sliding window ({slidingWindow}) must be 0 (none) or positive");
+        if (scale is { } s && !(s > 0 && !double.IsInfinity(s))) throw new ArgumentException($"{name}: score scale ({s}) must be positive and finite");
         Rope = rope;
         SlidingWindow = slidingWindow;
+        Scale = scale ?? 1.0 / Math.Sqrt(HeadSize);
         Input = layers.InputRegion(name);
         Qkv = layers.Linear(name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias || qkvBias,
             new ShardPart(heads, HeadSize), new ShardPart(kvHeads, HeadSize), new ShardPart(kvHeads, HeadSize));
@@ -114,7 +117,8 @@ public sealed class CausalSelfAttention
     /// <summary>Output projection H D to C (row-parallel under tensor parallelism).</summary>
     public Linear Projection { get; }
 
-    private double Scale => 1.0 / Math.Sqrt(HeadSize);
+    /// <summary>What the scores q·k are multiplied by: 1/sqrt(D) unless the constructor was given another.</summary>
+    public double Scale { get; }
 
     /// <summary>
     /// y from x attending causally within the T positions of each sequence (+ <paramref name="residual"/>, added once, after

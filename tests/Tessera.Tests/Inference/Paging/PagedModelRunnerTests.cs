@@ -27,6 +27,8 @@ public class PagedModelRunnerTests
     [InlineData("llama-debug")]
     [InlineData("llama-headsize-debug")]   // the pool's rows are D = 16 wide, not C / H = 12
     [InlineData("qwen3-debug")]            // the unfused paged path: product, q/k norms, RoPE, append
+    [InlineData("gemma2-debug")]           // scaled embeddings, post-norms, GeGLU, local layers windowed, the others not
+    [InlineData("gemma3-debug")]           // and q/k norms, the local layers' own RoPE base
     public void GreedyTokensOfSequencesBatchedWithChunkedPrefillEqualEachSequenceAlone(string preset)
     {
         const int seed = 7, newTokens = 10;

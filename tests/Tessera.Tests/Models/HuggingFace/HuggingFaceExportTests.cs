@@ -53,6 +53,8 @@ public sealed class HuggingFaceExportTests : IDisposable
     [MemberData(nameof(Families))]
     [InlineData("llama-headsize-debug")]   // head_dim 16 written and read back; o_proj 48 x 64
     [InlineData("qwen3-debug")]            // q_norm and k_norm, Qwen3ForCausalLM
+    [InlineData("gemma2-debug")]           // four norms a block written as w = scale - 1, Gemma2ForCausalLM
+    [InlineData("gemma3-debug")]           // and q_norm, k_norm, rope_local_base_freq, layer_types
     public void EachFamilyReloadsFromItsExportWithTheSameConfigurationAndLogits(string preset)
     {
         var config = ModelPresets.Get(preset);

@@ -29,6 +29,9 @@ public class TransformerTests
         },
         // A window of 3 over sequences of 8.
         "mistral-window3" => ModelPresets.Get("mistral-debug") with { SlidingWindow = 3 },
+        // Gemma's local layers with a window of 3 over sequences of 8 (the presets' 8 would see every position).
+        "gemma2-window3" => ModelPresets.Get("gemma2-debug") with { LocalWindow = 3 },
+        "gemma3-window3" => ModelPresets.Get("gemma3-debug") with { LocalWindow = 3 },
         _ => ModelPresets.Get(preset),
     };
 
@@ -74,6 +77,8 @@ public class TransformerTests
     [InlineData("mistral-window3")]
     [InlineData("llama-headsize-debug")]   // head size 16 with C 48 and 4 heads: the products are (H + 2K)·D x C and C x H·D
     [InlineData("qwen3-debug")]            // through the q/k head norms, their weights included
+    [InlineData("gemma2-window3")]         // GeGLU, post-norms, embedding scale, the local layers' window
+    [InlineData("gemma3-window3")]         // and the q/k norms, two RoPE bases
     public void ModelGradientMatchesFiniteDifferencesOnEveryParameter(string preset)
     {
         var config = Config(preset);
@@ -221,6 +226,8 @@ public class TransformerTests
     [InlineData("mistral-window3")]     // the window slides during decoding
     [InlineData("llama-headsize-debug")] // head size 16 != C / H = 12
     [InlineData("qwen3-debug")]          // the unfused decode: product, q/k norms, RoPE, append
+    [InlineData("gemma2-window3")]       // post-norms on each branch; local layers slide, global ones do not
+    [InlineData("gemma3-window3")]
     public void CachedDecodingMatchesFullForwardLogits(string preset)
     {
         var config = Config(preset);
@@ -356,6 +363,8 @@ public class TransformerTests
     [InlineData("llama-debug")]
     [InlineData("llama-headsize-debug")]
     [InlineData("qwen3-debug")]
+    [InlineData("gemma2-debug")]
+    [InlineData("gemma3-debug")]
     public void F32TrainingStepsOverfitOneBatch(string preset)
     {
         var config = Config(preset);
