@@ -86,14 +86,15 @@ public static class ModelPresets
             Family = ModelFamily.Llama, ModelType = "mistral", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
             KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 1000000, SlidingWindow = 5,
         },
-        // Gemma 2 in small, without its soft caps (not implemented): GeGLU, four norms a block, embeddings scaled by sqrt(32),
-        // scores by 1/sqrt(32) (query_pre_attn_scalar, not the head size 16), even layers local with a window of 8, tied head.
+        // Gemma 2 in small: GeGLU, four norms a block, embeddings scaled by sqrt(32), scores by 1/sqrt(32) (query_pre_attn_scalar,
+        // not the head size 16) and capped at 5, logits capped at 3 (low enough to bite with O(1) weights), even layers local with a
+        // window of 8, tied head.
         "gemma2-debug" => new TransformerConfig
         {
             Family = ModelFamily.Llama, ModelType = "gemma2", VocabSize = 96, MaxSequenceLength = 64, Layers = 4, Embedding = 32, Heads = 4,
             ExplicitHeadSize = 16, KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = true, RopeTheta = 10000, NormEpsilon = 1e-6,
             ScaleEmbeddings = true, GeluGate = true, PostNorms = true, UnitOffsetNorms = true, QueryPreAttentionScalar = 32,
-            LocalWindow = 8, LocalPeriod = 2,
+            LocalWindow = 8, LocalPeriod = 2, AttentionSoftCap = 5, FinalSoftCap = 3,
         },
         // Gemma 3 in small: Gemma 2's block with q/k norms, five local layers (window 8, RoPE base 10000) then a global one
         // (base 1e6, linear scaling 8 as in 4B and up), scores by 1/sqrt(16), tied head.

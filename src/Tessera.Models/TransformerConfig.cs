@@ -124,21 +124,32 @@ public sealed record TransformerConfig
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public double LocalRopeTheta { get; init; }
 
+    /// <summary>Soft cap c of the attention scores, s = c tanh(s / c) after the scale and before the mask (Gemma 2's
+    /// attn_logit_softcapping), or 0 (the default, left out of the JSON) for none. The CUDA attention kernels refuse it.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double AttentionSoftCap { get; init; }
+
+    /// <summary>Soft cap c of the final logits, z = c tanh(z / c) (Gemma 2's final_logit_softcapping), or 0 (the default,
+    /// left out of the JSON) for none. Training then runs the unfused head (the whole micro-batch's logits); the CUDA backend
+    /// refuses it.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double FinalSoftCap { get; init; }
+
     /// <summary>Whether layer <paramref name="layer"/> is a local (sliding-window) layer of an interleaved stack.</summary>
     public bool IsLocalLayer(int layer) => LocalWindow > 0 && LocalPeriod > 0 && (layer + 1) % LocalPeriod != 0;
 
     /// <summary>
     /// The attention of layer <paramref name="layer"/>: its window (<see cref="SlidingWindow"/>, or <see cref="LocalWindow"/>
     /// on a local layer of an interleaved stack), its rotary frequencies (<see cref="Rope"/>, or plain RoPE at
-    /// <see cref="LocalRopeTheta"/> on a local layer when that is set) and its score scale.
+    /// <see cref="LocalRopeTheta"/> on a local layer when that is set), its score scale and soft cap.
     /// </summary>
     public LayerAttention LayerAttention(int layer)
     {
         if (layer < 0 || layer >= Layers) throw new ArgumentOutOfRangeException(nameof(layer), layer, $"layer must be in [0, {Layers})");
         double scale = 1.0 / Math.Sqrt(QueryPreAttentionScalar > 0 ? QueryPreAttentionScalar : HeadSize);
-        if (!IsLocalLayer(layer)) return new LayerAttention(SlidingWindow, Rope, scale);
+        if (!IsLocalLayer(layer)) return new LayerAttention(SlidingWindow, Rope, scale, AttentionSoftCap);
         var rope = Family == ModelFamily.Llama && LocalRopeTheta > 0 ? new RopeFrequencies(LocalRopeTheta) : Rope;
-        return new LayerAttention(LocalWindow, rope, scale);
+        return new LayerAttention(LocalWindow, rope, scale, AttentionSoftCap);
     }
 
     /// <summary>Head size D actually used: <see cref="ExplicitHeadSize"/>, or Embedding / Heads.</summary>
@@ -200,8 +211,8 @@ public sealed record TransformerConfig
             throw new ArgumentException($"TransformerConfig: OriginalMaxSequenceLength ({OriginalMaxSequenceLength}) must be in [0, MaxSequenceLength = {MaxSequenceLength}]");
         if (Family == ModelFamily.Gpt2 && (RopeScaling is not null || AttentionBias || SlidingWindow > 0 || QkNorm))
             throw new ArgumentException("TransformerConfig: RopeScaling, AttentionBias, SlidingWindow and QkNorm are Llama-family settings; GPT-2 has none of them");
-        if (Family == ModelFamily.Gpt2 && (ScaleEmbeddings || GeluGate || PostNorms || UnitOffsetNorms || LocalWindow > 0 || LocalRopeTheta > 0))
-            throw new ArgumentException("TransformerConfig: ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow and LocalRopeTheta are Gemma (Llama-family) settings; GPT-2 has none of them");
+        if (Family == ModelFamily.Gpt2 && (ScaleEmbeddings || GeluGate || PostNorms || UnitOffsetNorms || LocalWindow > 0 || LocalRopeTheta > 0 || AttentionSoftCap > 0 || FinalSoftCap > 0))
+            throw new ArgumentException("TransformerConfig: ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow, LocalRopeTheta and the soft caps are Gemma (Llama-family) settings; GPT-2 has none of them");
         if (QueryPreAttentionScalar < 0 || double.IsNaN(QueryPreAttentionScalar) || double.IsInfinity(QueryPreAttentionScalar))
             throw new ArgumentException($"TransformerConfig: QueryPreAttentionScalar ({QueryPreAttentionScalar}) must be 0 (the head size) or positive");
         if (LocalWindow < 0 || LocalPeriod < 0)
@@ -212,6 +223,8 @@ public sealed record TransformerConfig
             throw new ArgumentException($"TransformerConfig: SlidingWindow ({SlidingWindow}) windows every layer; it cannot be combined with LocalWindow ({LocalWindow}) of an interleaved stack");
         if (LocalRopeTheta < 0 || double.IsNaN(LocalRopeTheta) || double.IsInfinity(LocalRopeTheta))
             throw new ArgumentException($"TransformerConfig: LocalRopeTheta ({LocalRopeTheta}) must be 0 (the global rotation) or positive and finite");
+        if (!(AttentionSoftCap >= 0) || !(FinalSoftCap >= 0) || double.IsInfinity(AttentionSoftCap) || double.IsInfinity(FinalSoftCap))
+            throw new ArgumentException($"TransformerConfig: AttentionSoftCap ({AttentionSoftCap}) and FinalSoftCap ({FinalSoftCap}) must be 0 (none) or positive and finite");
         RopeScaling?.Validate();
         if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && HeadSize <= 2)
             throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs a head size above 2, got {HeadSize}");

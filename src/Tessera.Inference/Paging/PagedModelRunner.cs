@@ -677,7 +677,7 @@ public sealed class PagedModelRunner : IDisposable
             _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch, scales);
         }
         var output = ctx.Buffer(_attentionOut, new Shape(n, h, d), x.DType);                        // (N, H, D)
-        _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, attention.Scale, attention.SlidingWindow, scales);
+        _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, attention.Scale, attention.SlidingWindow, scales, attention.SoftCap);
         block.AccumulateAttentionOutput(ctx, output.Reshape(n, h * d), x);
     }
 

@@ -37,7 +37,8 @@ public sealed class TransformerBlock
         var attention = config.LayerAttention(index);
         Attention = new CausalSelfAttention(layers, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
             attention.Rope, qkvBias: config.AttentionBias, slidingWindow: attention.Window, headSize: config.HeadSize,
-            headNormEpsilon: config.QkNorm ? config.NormEpsilon : null, scale: attention.Scale);
+            headNormEpsilon: config.QkNorm ? config.NormEpsilon : null, scale: attention.Scale,
+            softCap: attention.SoftCap);
         if (config.PostNorms) PostAttentionNorm = layers.RmsNorm(Name + ".post_attn_norm", c, config.NormEpsilon);
         Norm2 = llama
             ? layers.RmsNorm(Name + ".norm2", c, config.NormEpsilon)
@@ -144,16 +145,17 @@ public sealed class TransformerBlock
 
     /// <summary>
     /// Whether norm2's backward can give the attention projection its bias gradient: norm2 sums columns (LayerNorm) and the
-    /// projection has a trained bias and reads the norm's rows as its dy (not row-parallel).
+    /// projection has a trained bias and reads the norm's rows as its dy (not row-parallel), and no post-norm stands between.
     /// </summary>
     public bool TakesAttentionBiasGradientFromNorm =>
-        Norm2.SumsInputGradientColumns && Attention.Projection.TakesBiasGradientFromOutputGradientSums;
+        PostAttentionNorm is null && Norm2.SumsInputGradientColumns && Attention.Projection.TakesBiasGradientFromOutputGradientSums;
 
     /// <summary>
     /// Whether the MLP projection can take its bias gradient from column sums of the residual gradient that the norm above
     /// summed (<see cref="Backward"/>'s outputGradientSums): it has a trained bias and reads those rows as its dy.
     /// </summary>
-    public bool TakesMlpBiasGradientFromAbove => Mlp.Projection.TakesBiasGradientFromOutputGradientSums;
+    /// <remarks>False with a post-norm: the projection's dy is then the norm's input gradient, not the residual's.</remarks>
+    public bool TakesMlpBiasGradientFromAbove => PostMlpNorm is null && Mlp.Projection.TakesBiasGradientFromOutputGradientSums;
 
     /// <summary>
     /// Inference: the block applied in place to the residual stream x (B, T, C) of T new positions after those in

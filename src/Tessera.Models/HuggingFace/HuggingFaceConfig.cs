@@ -135,8 +135,8 @@ public static class HuggingFaceConfig
     /// embeddings scaled by sqrt(hidden_size), scores scaled by 1/sqrt(query_pre_attn_scalar), and an interleaved stack of
     /// sliding-window (local) and global layers: layer_types where given (transformers 4.53+), else Gemma 2's even layers
     /// local, Gemma 3's sliding_window_pattern (every sixth layer global). Gemma 3 adds q_norm and k_norm and its local layers'
-    /// RoPE base rope_local_base_freq (unscaled). Soft-capping (Gemma 2's attn_logit_softcapping and final_logit_softcapping) is
-    /// not implemented: a config that sets either is refused.
+    /// RoPE base rope_local_base_freq (unscaled). attn_logit_softcapping and final_logit_softcapping (Gemma 2's; null in
+    /// Gemma 3) are read for either.
     /// </summary>
     private static TransformerConfig ParseGemma(Fields f, string modelType)
     {
@@ -145,9 +145,10 @@ public static class HuggingFaceConfig
         if (!TanhGelu.Contains(act))
             throw f.Error(activationField, $"'{act}' is not supported; Tessera's {modelType} gates its MLP with the tanh GELU ({string.Join(", ", TanhGelu)})");
         if (f.Bool("attention_bias") == true) throw f.Error("attention_bias", $"true is not supported: {modelType} checkpoints ship false");
-        foreach (var cap in new[] { "attn_logit_softcapping", "final_logit_softcapping" })
-            if (f.Double(cap) is double value)
-                throw f.Error(cap, $"{value} is not supported: Tessera does not implement soft-capping (set it to null to run {modelType} without it, which changes the model)");
+        double SoftCap(string field) => f.Double(field) is not double cap ? 0
+            : cap > 0 && !double.IsInfinity(cap) ? cap : throw f.Error(field, $"must be a positive number or null, got {cap}");
+        // Gemma 2 caps its scores and logits (50 and 30 in every release); Gemma 3 ships both null.
+        double attentionCap = SoftCap("attn_logit_softcapping"), finalCap = SoftCap("final_logit_softcapping");
         if (f.Object("rope_parameters") is { } parameters && (parameters.ContainsKey("full_attention") || parameters.ContainsKey("sliding_attention")))
             throw f.Error("rope_parameters", "per-layer-type RoPE parameters (transformers 5) are not read; write rope_theta, rope_scaling and rope_local_base_freq as transformers 4 does");
         int hidden = f.RequiredInt("hidden_size");
@@ -191,6 +192,8 @@ public static class HuggingFaceConfig
             LocalWindow = period > 0 ? window : 0,
             LocalPeriod = period,
             LocalRopeTheta = localTheta,
+            AttentionSoftCap = attentionCap,
+            FinalSoftCap = finalCap,
         };
     }
 
@@ -207,16 +210,15 @@ public static class HuggingFaceConfig
             foreach (var name in names)
                 if (name is not ("sliding_attention" or "full_attention"))
                     throw f.Error("layer_types", $"'{name}' is not a layer type Tessera reads (sliding_attention, full_attention)");
+            if (!names.Contains("sliding_attention")) return 0;
             int firstGlobal = Array.IndexOf(names, "full_attention");
-            int period = firstGlobal < 0 ? layers + 1 : firstGlobal + 1;   // no global layer: every layer local
-            if (firstGlobal < 0 && layers > 0) period = int.MaxValue;
+            if (firstGlobal < 0)
+                throw f.Error("layer_types", "every layer is sliding_attention: Tessera's interleaved stacks have global layers");
+            int period = firstGlobal + 1;
             for (int i = 0; i < layers; i++)
-            {
-                bool local = period == int.MaxValue || (i + 1) % period != 0;
-                if (local != (names[i] == "sliding_attention"))
-                    throw f.Error("layer_types", $"layer {i} is '{names[i]}', but Tessera's interleaved stacks make every {(period == int.MaxValue ? "layer local" : $"{period}-th layer global and the others local")}");
-            }
-            return names.Contains("sliding_attention") ? period : 0;
+                if (((i + 1) % period != 0) != (names[i] == "sliding_attention"))
+                    throw f.Error("layer_types", $"layer {i} is '{names[i]}', but Tessera's interleaved stacks make every {period}-th layer global and the others local");
+            return period;
         }
         if (modelType == "gemma2") return 2;
         int pattern = f.Int("sliding_window_pattern") ?? 6;
@@ -340,8 +342,9 @@ public static class HuggingFaceConfig
             throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 has q/k/v biases, and always)");
         if (c.SlidingWindow > 0 && type != "mistral")
             throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral'");
-        if (c.ScaleEmbeddings || c.GeluGate || c.PostNorms || c.UnitOffsetNorms || c.LocalWindow > 0 || c.LocalRopeTheta > 0 || c.QueryPreAttentionScalar > 0)
-            throw new ArgumentException($"TransformerConfig: Gemma's settings (ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow, LocalRopeTheta, QueryPreAttentionScalar) cannot be exported as model_type '{type}'; use gemma2 or gemma3_text");
+        if (c.ScaleEmbeddings || c.GeluGate || c.PostNorms || c.UnitOffsetNorms || c.LocalWindow > 0 || c.LocalRopeTheta > 0 || c.QueryPreAttentionScalar > 0
+            || c.AttentionSoftCap > 0 || c.FinalSoftCap > 0)
+            throw new ArgumentException($"TransformerConfig: Gemma's settings (ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow, LocalRopeTheta, QueryPreAttentionScalar, the soft caps) cannot be exported as model_type '{type}'; use gemma2 or gemma3_text");
         var o = new JsonObject
         {
             ["architectures"] = new JsonArray(type switch { "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
@@ -419,8 +422,8 @@ public static class HuggingFaceConfig
             // Without local layers the window is as wide as the context: every layer then sees every position.
             ["sliding_window"] = c.LocalWindow > 0 ? c.LocalWindow : c.MaxSequenceLength,
             ["layer_types"] = layerTypes,
-            ["attn_logit_softcapping"] = null,
-            ["final_logit_softcapping"] = null,
+            ["attn_logit_softcapping"] = c.AttentionSoftCap > 0 ? c.AttentionSoftCap : null,
+            ["final_logit_softcapping"] = c.FinalSoftCap > 0 ? c.FinalSoftCap : null,
             ["attention_bias"] = false,
             ["attention_dropout"] = 0.0,
             ["initializer_range"] = c.InitStd,

@@ -109,6 +109,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             ("local window", found.LocalWindow, expected.LocalWindow), ("local period", found.LocalPeriod, expected.LocalPeriod),
             ("local rope theta", found.LocalRopeTheta, expected.LocalRopeTheta),
             ("query_pre_attn_scalar", found.QueryPreAttentionScalar, expected.QueryPreAttentionScalar),
+            ("attention soft cap", found.AttentionSoftCap, expected.AttentionSoftCap), ("final soft cap", found.FinalSoftCap, expected.FinalSoftCap),
             ("rope theta", found.RopeTheta, expected.RopeTheta), ("rope scaling", found.RopeScaling?.ToString() ?? "none", expected.RopeScaling?.ToString() ?? "none"),
         ];
         foreach (var (name, f, e) in fields)

@@ -32,6 +32,10 @@ public sealed class ActivationMemoryTests
     [InlineData("llama-debug", 4, true, true, DType.F32, 0)]   // 2 key/value heads replicated over 4 ranks
     [InlineData("qwen3-debug", 1, false, false, DType.F64, 0)] // the q/k head norms' buffers; heads of 16 over a width of 32
     [InlineData("qwen3-debug", 2, true, false, DType.F32, 0)]
+    [InlineData("gemma2-debug", 1, false, false, DType.F64, 0)] // post-norms, residual adds, GeGLU; the soft-capped head unfused
+    [InlineData("gemma2-debug", 2, true, false, DType.F32, 0)]  // the vocabulary-parallel loss of the unfused head
+    [InlineData("gemma3-debug", 2, true, false, DType.F32, 0)]
+    [InlineData("gemma3-debug", 1, false, true, DType.F32, 0)]
     public void TheEstimateIsWhatTheCpuBackendAllocatesForEachMicroBatchBetweenForwardAndBackward(
         string preset, int tp, bool sp, bool recompute, DType dtype, int chunkRows)
     {

@@ -96,6 +96,7 @@ public sealed class QuantizedModelTests : IDisposable
     [InlineData("gpt2-debug", DType.F32)]    // the direct int8 kernel (a decode step's rows) and the F32 GEMM
     [InlineData("llama-debug", DType.F32)]
     [InlineData("qwen3-debug", DType.F32)]   // int8 products; the q/k head norms stay in F32
+    [InlineData("gemma3-debug", DType.F32)]  // int8 GeGLU products through their own layers; the four norms stay in F32
     public async Task DecodingAndServingGiveTheDequantizedModelsTokens(string preset, DType dtype)
     {
         var (dir, _) = Saved(preset, dtype, c => c with { VocabSize = 256, MaxSequenceLength = 64 });
