@@ -126,7 +126,7 @@ public sealed class Transformer
                 TiedEmbeddingCopy = _tokenEmbedding.Weight;
             }
             _finalNorm = config.Family == ModelFamily.Llama
-                ? layers.RmsNorm("final_norm", c, config.NormEpsilon)
+                ? layers.RmsNorm("final_norm", c, config.NormEpsilon, config.UnitOffsetNorms)
                 : layers.LayerNorm("final_norm", c, config.NormEpsilon, config.Bias);
             _headInput = layers.InputRegion("head");
             _head = config.TiedEmbeddings
@@ -348,7 +348,7 @@ public sealed class Transformer
     /// <summary>
     /// GPT-2 initialization, deterministic for <paramref name="seed"/>: normal(0, InitStd) for matrices and
     /// embeddings, InitStd / sqrt(2 * Layers) for the residual projections (attn.proj, mlp.proj), ones for
-    /// norm weights, zeros for biases and for the padding rows of the vocabulary. Writes the masters (F32 under mixed
+    /// norm weights (zeros where they apply as 1 + w: Gemma), zeros for biases and for the padding rows of the vocabulary. Writes the masters (F32 under mixed
     /// precision) and casts the values. A sharded arena (ZeRO-3) is initialized through its trainer
     /// (<c>DataParallelTrainer.InitializeWeights</c>), which writes the same values into the rank's shards.
     /// </summary>
@@ -386,7 +386,7 @@ public sealed class Transformer
             var values = new double[p.GlobalShape.NumElements];
             bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);
             if (isBias) { /* zeros */ }
-            else if (!p.WeightDecay) Array.Fill(values, 1.0);          // norm scales
+            else if (!p.WeightDecay) Array.Fill(values, Config.UnitOffsetNorms ? 0.0 : 1.0);   // norm scales: one, or Gemma's 1 + 0
             else
             {
                 double s = p.Name.EndsWith("attn.proj.weight", StringComparison.Ordinal) || p.Name.EndsWith("mlp.proj.weight", StringComparison.Ordinal)

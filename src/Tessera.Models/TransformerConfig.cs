@@ -96,9 +96,9 @@ public sealed record TransformerConfig
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public bool PostNorms { get; init; }
 
-    /// <summary>Whether Hugging Face's RMSNorm weights w are applied as 1 + w (Gemma). Tessera stores the applied scale 1 + w
-    /// (so its norms stay Llama's: initialized to ones, fused into the products' prologues as they are): import adds one,
-    /// export subtracts one. Only the Hugging Face mapping reads this. Default false (left out of the JSON).</summary>
+    /// <summary>Whether every RMSNorm weight w (the blocks', the final one, the q/k head norms) is applied as 1 + w (Gemma), so
+    /// that w = 0, its initialization, is the identity scale; the weights are stored as w, as Hugging Face's are. Llama family
+    /// only. Default false (left out of the JSON).</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public bool UnitOffsetNorms { get; init; }
 

@@ -665,7 +665,7 @@ public sealed class PagedModelRunner : IDisposable
             // Llama: the norm, the QKV product, the rotation and the append to the rows' slots as one op (one launch for a
             // decode step's few rows on a GPU, as in the dense decode step).
             qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
-            _backend.MatMulRopePagedAppend(x, rms.Prologue, attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies, scales);
+            _backend.MatMulRopePagedAppend(x, rms.Prologue(ctx), attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies, scales);
         }
         else
         {

@@ -32,21 +32,21 @@ public sealed class TransformerBlock
         int c = config.Embedding;
         bool llama = config.Family == ModelFamily.Llama;
         Norm1 = llama
-            ? layers.RmsNorm(Name + ".norm1", c, config.NormEpsilon)
+            ? layers.RmsNorm(Name + ".norm1", c, config.NormEpsilon, config.UnitOffsetNorms)
             : layers.LayerNorm(Name + ".norm1", c, config.NormEpsilon, config.Bias);
         var attention = config.LayerAttention(index);
         Attention = new CausalSelfAttention(layers, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
             attention.Rope, qkvBias: config.AttentionBias, slidingWindow: attention.Window, headSize: config.HeadSize,
             headNormEpsilon: config.QkNorm ? config.NormEpsilon : null, scale: attention.Scale,
-            softCap: attention.SoftCap);
-        if (config.PostNorms) PostAttentionNorm = layers.RmsNorm(Name + ".post_attn_norm", c, config.NormEpsilon);
+            softCap: attention.SoftCap, headNormUnitOffset: config.UnitOffsetNorms);
+        if (config.PostNorms) PostAttentionNorm = layers.RmsNorm(Name + ".post_attn_norm", c, config.NormEpsilon, config.UnitOffsetNorms);
         Norm2 = llama
-            ? layers.RmsNorm(Name + ".norm2", c, config.NormEpsilon)
+            ? layers.RmsNorm(Name + ".norm2", c, config.NormEpsilon, config.UnitOffsetNorms)
             : layers.LayerNorm(Name + ".norm2", c, config.NormEpsilon, config.Bias);
         Mlp = llama
             ? new SwiGluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias, config.GeluGate)
             : new GeluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
-        if (config.PostNorms) PostMlpNorm = layers.RmsNorm(Name + ".post_mlp_norm", c, config.NormEpsilon);
+        if (config.PostNorms) PostMlpNorm = layers.RmsNorm(Name + ".post_mlp_norm", c, config.NormEpsilon, config.UnitOffsetNorms);
         Channels = c;
         _checkpoint = new ActivationKey(Name + ".checkpoint");
         _dNorm1 = new ActivationKey(Name + ".norm1.dy");

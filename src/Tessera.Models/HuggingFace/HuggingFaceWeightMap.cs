@@ -97,29 +97,29 @@ public sealed class HuggingFaceWeightMap
     /// <summary>
     /// Gemma 2 (Gemma2ForCausalLM) and, with <paramref name="qkNorm"/>, Gemma 3 text (Gemma3ForCausalLM): Llama's projections,
     /// four norms per block (input_layernorm and pre_feedforward_layernorm are norm1 and norm2; post_attention_layernorm and
-    /// post_feedforward_layernorm normalize the branches' outputs) and Gemma 3's q_norm and k_norm; every norm weight w stored
-    /// by Tessera as the 1 + w it applies.
+    /// post_feedforward_layernorm normalize the branches' outputs) and Gemma 3's q_norm and k_norm; the norm weights w as they
+    /// are (Tessera's Gemma norms apply them as 1 + w, as transformers' do).
     /// </summary>
     private static IReadOnlyList<WeightMapRow> GemmaRows(bool qkNorm) =>
     [
         LlamaRows[0],
-        Row("blocks.{i}.norm1.weight", C, WeightTransform.UnitOffset, Hf("model.layers.{i}.input_layernorm.weight", C)),
+        Row("blocks.{i}.norm1.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.input_layernorm.weight", C)),
         LlamaRows[2],
         .. qkNorm
             ? new[]
             {
-                Row("blocks.{i}.attn.q_norm.weight", D, WeightTransform.UnitOffset, Hf("model.layers.{i}.self_attn.q_norm.weight", D)),
-                Row("blocks.{i}.attn.k_norm.weight", D, WeightTransform.UnitOffset, Hf("model.layers.{i}.self_attn.k_norm.weight", D)),
+                Row("blocks.{i}.attn.q_norm.weight", D, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.q_norm.weight", D)),
+                Row("blocks.{i}.attn.k_norm.weight", D, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.k_norm.weight", D)),
             }
             : [],
         LlamaRows[3],
-        Row("blocks.{i}.post_attn_norm.weight", C, WeightTransform.UnitOffset, Hf("model.layers.{i}.post_attention_layernorm.weight", C)),
-        Row("blocks.{i}.norm2.weight", C, WeightTransform.UnitOffset, Hf("model.layers.{i}.pre_feedforward_layernorm.weight", C)),
+        Row("blocks.{i}.post_attn_norm.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.post_attention_layernorm.weight", C)),
+        Row("blocks.{i}.norm2.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.pre_feedforward_layernorm.weight", C)),
         LlamaRows[5],
         LlamaRows[6],
         LlamaRows[7],
-        Row("blocks.{i}.post_mlp_norm.weight", C, WeightTransform.UnitOffset, Hf("model.layers.{i}.post_feedforward_layernorm.weight", C)),
-        Row("final_norm.weight", C, WeightTransform.UnitOffset, Hf("model.norm.weight", C)),
+        Row("blocks.{i}.post_mlp_norm.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.post_feedforward_layernorm.weight", C)),
+        Row("final_norm.weight", C, WeightTransform.Identity, Hf("model.norm.weight", C)),
         LlamaRows[9],
     ];
 
@@ -297,8 +297,6 @@ public sealed class HuggingFaceWeightMap
         {
             case WeightTransform.Identity:
                 return ReadPart(0, slice);
-            case WeightTransform.UnitOffset:
-                return AddOne(ReadPart(0, slice), 1f);
             case WeightTransform.Transpose:
             {
                 // Canonical (R, K) is source (K, R) transposed: the canonical slice along dim d is the source's along 1 - d.
@@ -368,8 +366,6 @@ public sealed class HuggingFaceWeightMap
         {
             case WeightTransform.Identity:
                 return (float[])parts[0].Clone();
-            case WeightTransform.UnitOffset:
-                return AddOne((float[])parts[0].Clone(), 1f);
             case WeightTransform.Transpose:
                 return Transpose(parts[0], e.Sources[0].Shape[0], e.Sources[0].Shape[1]);
             case WeightTransform.ConcatRows:
@@ -395,8 +391,6 @@ public sealed class HuggingFaceWeightMap
         {
             case WeightTransform.Identity:
                 return [(float[])data.Clone()];
-            case WeightTransform.UnitOffset:
-                return [AddOne((float[])data.Clone(), -1f)];
             case WeightTransform.Transpose:
                 return [Transpose(data, e.Shape[0], e.Shape[1])];
             case WeightTransform.ConcatRows:
@@ -414,13 +408,6 @@ public sealed class HuggingFaceWeightMap
                 return [data.AsSpan(0, (int)e.Sources[0].Shape.NumElements).ToArray()];
             default: throw new ArgumentOutOfRangeException(nameof(e), e.Transform, "unknown transform");
         }
-    }
-
-    /// <summary>Adds <paramref name="offset"/> (1 on import, -1 on export) to every element of <paramref name="a"/> in place.</summary>
-    private static float[] AddOne(float[] a, float offset)
-    {
-        for (int i = 0; i < a.Length; i++) a[i] += offset;
-        return a;
     }
 
     /// <summary>(rows, cols) row-major to (cols, rows) row-major.</summary>

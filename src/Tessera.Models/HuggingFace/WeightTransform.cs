@@ -11,7 +11,4 @@ public enum WeightTransform
     ConcatRows,
     /// <summary>(V, C) rows followed by zero rows up to Tessera's padded vocabulary (Vpad, C); export keeps the first V rows.</summary>
     PadRows,
-    /// <summary>Same shape and order, Tessera's value one more than Hugging Face's: Gemma's RMSNorm applies its stored weight w
-    /// as 1 + w, which Tessera stores as the scale it applies.</summary>
-    UnitOffset,
 }

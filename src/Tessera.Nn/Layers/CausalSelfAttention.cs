@@ -32,11 +32,12 @@ public sealed class CausalSelfAttention
     /// "<paramref name="name"/>.q_norm" (D) and "<paramref name="name"/>.k_norm" (D), RMSNorms of each query and key head
     /// with that epsilon between the QKV product and RoPE (Qwen3), replicated on every rank; <paramref name="scale"/>, when
     /// given, replaces the score scale 1/sqrt(D) (Gemma's 1/sqrt(query_pre_attn_scalar)); <paramref name="softCap"/> &gt; 0 caps
-    /// the scaled scores, c tanh(s / c) (Gemma 2), in every pass (a backend without capping kernels refuses it).
+    /// the scaled scores, c tanh(s / c) (Gemma 2), in every pass (a backend without capping kernels refuses it);
+    /// <paramref name="headNormUnitOffset"/> applies the head norms' weights as 1 + w (Gemma 3).
     /// </summary>
     public CausalSelfAttention(LayerFactory layers, string name, int channels, int heads, int kvHeads, bool bias, RopeFrequencies? rope,
         bool qkvBias = false, int slidingWindow = 0, int headSize = 0, double? headNormEpsilon = null, double? scale = null,
-        double softCap = 0)
+        double softCap = 0, bool headNormUnitOffset = false)
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (headSize < 0) throw new ArgumentException($"{name}: head size ({headSize}) must be 0 (channels / heads) or positive");
@@ -64,8 +65,8 @@ public sealed class CausalSelfAttention
         {
             // Each rank normalizes its own heads: with the QKV split over ranks each holds part of the weights' gradients.
             bool headsSplit = !Qkv.Weight.Placement.IsReplicated;
-            QueryNorm = layers.HeadRmsNorm(name + ".q_norm", HeadSize, epsilon, headsSplit);
-            KeyNorm = layers.HeadRmsNorm(name + ".k_norm", HeadSize, epsilon, headsSplit);
+            QueryNorm = layers.HeadRmsNorm(name + ".q_norm", HeadSize, epsilon, headsSplit, headNormUnitOffset);
+            KeyNorm = layers.HeadRmsNorm(name + ".k_norm", HeadSize, epsilon, headsSplit, headNormUnitOffset);
         }
         Projection = layers.Linear(name + ".proj", heads * HeadSize, channels, bias);
         // The heads this rank computes: all of them, or its share of each part of the split QKV rows.
@@ -215,7 +216,7 @@ public sealed class CausalSelfAttention
             // Llama: the norm, the QKV product, the rotation of q and k and the append of k and v, as one op (one
             // launch on a GPU for a decode step's few rows).
             qkv = ctx.Buffer(_qkv, new Shape(b, t, Heads + 2 * KvHeads, HeadSize), x.DType);
-            backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue, Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
+            backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue(ctx), Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
                 cache.KeysAndValues(layer), positions, frequencies);
         }
         else

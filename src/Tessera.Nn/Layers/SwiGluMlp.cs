@@ -131,7 +131,7 @@ public sealed class SwiGluMlp : IFeedForward
             }
         }
         else if (norm is RmsNorm rms && Input is not GatherFromSequenceParallelRegion)
-            x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue);
+            x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue(ctx));
         else x.Backend.MatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value);
         Projection.ForwardAccumulate(ctx, a, residual);              // (N, C) += proj(a)
     }

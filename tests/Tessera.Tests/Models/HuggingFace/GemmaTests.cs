@@ -85,8 +85,8 @@ public sealed class GemmaTests : IDisposable
     }
 
     /// <summary>
-    /// Hugging Face's tensors of a random Gemma (F32). Norm weights w are O(0.3) multiples of 2^-12, so that the 1 + w Tessera
-    /// stores is exact in F32 and the reference's (1 + w) in double is the same number; the rest O(0.3).
+    /// Hugging Face's tensors of a random Gemma (F32), all O(0.3): the norms' scales 1 + w lie in [0.7, 1.3]. (Norm weights are
+    /// multiples of 2^-12, which nothing needs now that Tessera stores w as transformers does; kept so the seeds' draws stay.)
     /// </summary>
     private static Dictionary<string, (int[] Shape, float[] Data)> RandomWeights(Variant g, int seed)
     {
@@ -288,12 +288,30 @@ public sealed class GemmaTests : IDisposable
         var tokens = Tokens(seed + 1, 13);                            // 13 positions: the local layers' window of 4 bites
         var expected = ReferenceForward(g, weights, tokens).SelectMany(r => r).ToArray();
         var actual = TesseraLogits(model, tokens);
-        // Both sides compute in double from the same F32 weights (1 + w exact in F32 by construction); they differ in summation
+        // Both sides compute in double from the same F32 weights (1 + w formed in double on both); they differ in summation
         // order and in exp/tanh/sqrt/cos rounding, ~1e-15 relative per operation through 4 or 6 layers: 1e-10 leaves a wide
         // margin and still catches any wrong formula (a norm applied as w, a missing post-norm, a window on the wrong layers, a
         // cap left out or a wrong RoPE base moves the logits by 1e-3 or more).
         double error = NumericAssert.MaxRelativeError(expected, actual);
         Assert.True(error <= 1e-10, $"{modelType}: max relative difference {error:E2} (seed {seed})");
+    }
+
+    [Theory]
+    [InlineData("gemma2-debug")]
+    [InlineData("gemma3-debug")]
+    public void FreshGemmaNormWeightsAreZeroAndActAsTheIdentityScale(string preset)
+    {
+        var config = ModelPresets.Get(preset);
+        var model = new Model(config, _cpu, DType.F64);
+        model.InitializeWeights(seed: 3);
+        var norms = model.Parameters.Parameters.Where(p => p.Name.Contains("norm", StringComparison.Ordinal)).ToList();
+        Assert.Equal(config.Layers * (config.QkNorm ? 6 : 4) + 1, norms.Count);
+        Assert.All(norms, p => Assert.All(_cpu.ToArray<double>(p.Value), v => Assert.Equal(0.0, v)));
+        // The same model with Llama's norms initialized to ones (w applied as w) computes the same logits, bit for bit.
+        var llamaNorms = new Model(config with { UnitOffsetNorms = false }, _cpu, DType.F64);
+        llamaNorms.InitializeWeights(seed: 3);
+        var tokens = Tokens(5, 12);
+        Assert.Equal(TesseraLogits(model, tokens), TesseraLogits(llamaNorms, tokens));
     }
 
     [Fact]
@@ -313,6 +331,7 @@ public sealed class GemmaTests : IDisposable
     [InlineData("gemma2-debug", "final soft cap")]
     [InlineData("gemma3-debug", "local window")]
     [InlineData("gemma3-debug", "local RoPE base")]
+    [InlineData("gemma3-debug", "1 + w norms")]
     public void EachGemmaSettingChangesTheLogits(string preset, string setting)
     {
         var config = ModelPresets.Get(preset);
@@ -325,6 +344,7 @@ public sealed class GemmaTests : IDisposable
             "local RoPE base" => config with { LocalRopeTheta = 0 },
             "attention soft cap" => config with { AttentionSoftCap = 0 },
             "final soft cap" => config with { FinalSoftCap = 0 },
+            "1 + w norms" => config with { UnitOffsetNorms = false },
             _ => throw new ArgumentOutOfRangeException(nameof(setting)),
         };
         // The same parameters (each setting leaves the parameter set alone), O(0.3) weights, 20 positions (past the window of 8).
@@ -378,7 +398,7 @@ public sealed class GemmaTests : IDisposable
         Assert.Equal(model.Config with { PaddedVocabSize = 0 }, back.Config with { PaddedVocabSize = 0 });
         foreach (var p in model.Parameters.Parameters)
             Assert.Equal(_cpu.ToArray<float>(p.Value), _cpu.ToArray<float>(back.Parameters.Parameters.Single(x => x.Name == p.Name).Value));
-        // The file holds w, not the 1 + w Tessera applies: every norm weight as it was written (exact: w is a multiple of 2^-12).
+        // The file holds every norm weight w as it was written: Tessera stores w and applies 1 + w, as transformers does.
         using var file = SafetensorsFile.Open(Path.Combine(dir, "model.safetensors"));
         foreach (var name in weights.Keys.Where(n => n.EndsWith("norm.weight", StringComparison.Ordinal)))
             Assert.Equal(weights[name].Data, file.ReadAsSingle(name));
