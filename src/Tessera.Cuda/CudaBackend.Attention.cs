@@ -277,12 +277,25 @@ public sealed unsafe partial class CudaBackend
         if (q.DType != k.DType || q.DType != v.DType) throw new ArgumentException($"CudaBackend.{op}: q, k, v must share one dtype");
     }
 
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0) =>
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0, double softCap = 0)
+    {
+        RefuseSoftCap("AttentionForward", softCap);
         AttentionForwardCore("AttentionForward", q, k, v, output, logSumExp, scale, null, window);
+    }
 
     public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
-        int window = 0) =>
+        int window = 0, double softCap = 0)
+    {
+        RefuseSoftCap("AttentionForwardCached", softCap);
         AttentionForwardCore("AttentionForwardCached", q, keyCache, valueCache, output, null, scale, startPositions, window);
+    }
+
+    /// <summary>None of the CUDA attention kernels (simple, flash, Hopper, paged) caps scores: a cap is refused, never ignored.</summary>
+    internal static void RefuseSoftCap(string op, double softCap)
+    {
+        if (softCap != 0)
+            throw new NotSupportedException($"CudaBackend.{op}: attention soft-capping (softCap {softCap}, Gemma 2's attn_logit_softcapping) is not implemented by the CUDA attention kernels; run this model on the CPU backend");
+    }
 
     private void AttentionForwardCore(string op, Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, Tensor? startPositions,
         int window)
@@ -317,9 +330,10 @@ public sealed unsafe partial class CudaBackend
     }
 
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null)
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null, double softCap = 0)
     {
         const string op = "AttentionBackward";
+        RefuseSoftCap(op, softCap);
         window = KernelWindow(op, window);
         CheckAttention(op, q, k, v, out int b, out int t, out int s, out int h, out int kh, out int d);
         if (s != t) throw new ArgumentException($"CudaBackend.{op}: backward needs S = T, got S = {s}, T = {t}");

@@ -56,6 +56,12 @@ public sealed unsafe partial class CudaBackend
         Launch("elementwise.cu", "multiply_" + Suffix(a.DType, "Multiply"), GridFor(n), Threads, args);
     }
 
+    public void SoftCap(Tensor x, double cap) =>
+        throw new NotSupportedException($"CudaBackend.SoftCap: logit soft-capping (cap {cap}, Gemma 2's final_logit_softcapping) has no CUDA kernel; run this model on the CPU backend");
+
+    public void SoftCapBackward(Tensor y, Tensor dy, double cap) =>
+        throw new NotSupportedException($"CudaBackend.SoftCapBackward: logit soft-capping (cap {cap}, Gemma 2's final_logit_softcapping) has no CUDA kernel; run this model on the CPU backend");
+
     public void Scale(Tensor x, double factor)
     {
         RequireElementwise("Scale", x);

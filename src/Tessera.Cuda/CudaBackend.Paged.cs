@@ -127,9 +127,11 @@ public sealed unsafe partial class CudaBackend
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
-    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null)
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null,
+        double softCap = 0)
     {
         const string op = nameof(PagedAttention);
+        RefuseSoftCap(op, softCap);
         int kernelWindow = KernelWindow(op, window);
         batch.Validate($"CudaBackend.{op}");
         if (q.Rank != 3 || (q.Stride(2) != 1 && q.Size(2) > 1))

@@ -116,6 +116,13 @@ public sealed class ActivationMemory
         // dead once reduce-scattered, in buffers shared by every block (below), and the rank's rows kept.
         if (sp) block.Add(("attn.proj.output.scattered", "(R, C)", r * c * b));
         else block.Add(("attn.proj.out", "(N, C)", n * c * b));
+        if (config.PostNorms)
+        {
+            // Gemma: the branch's output normalized, then added to the block's input in a buffer of its own.
+            block.Add(("post_attn_norm.out", $"({rows}, C)", r * c * b));
+            block.Add(("post_attn_norm statistics", $"({rows})", r * stat));
+            block.Add(("residual (x + the normalized attention)", $"({rows}, C)", r * c * b));
+        }
         block.Add(("norm2.out", $"({rows}, C)", r * c * b));
         block.Add(("norm2 statistics", $"{normStats} x ({rows})", normStats * r * stat));
         if (sp) block.Add(("mlp.input.gathered", "(N, C)", n * c * b));
@@ -136,6 +143,14 @@ public sealed class ActivationMemory
             block.Add(("mlp.experts.proj.out", "(N k, C)", nk * c * b));
             block.Add(("mlp.experts.wy (weighted rows)", "(N k, C)", nk * c * b));
         }
+        else if (config.GeluGate)
+        {
+            // GeGLU: gate and up as two products, GELU(gate) and the gated product.
+            block.Add(("mlp.gate.out", "(N, F/t)", n * fl * b));
+            block.Add(("mlp.up.out", "(N, F/t)", n * fl * b));
+            block.Add(("mlp.gelu_gate.out", "(N, F/t)", n * fl * b));
+            block.Add(("mlp.swiglu.out", "(N, F/t)", n * fl * b));
+        }
         else if (llama)
         {
             block.Add(("mlp.gate_up.out", "(N, 2F/t)", n * 2 * fl * b));
@@ -148,9 +163,22 @@ public sealed class ActivationMemory
         }
         if (sp) block.Add(("mlp.proj.output.scattered", "(R, C)", r * c * b));
         else if (!config.IsMixtureOfExperts) block.Add(("mlp.proj.out", "(N, C)", n * c * b));
+        if (config.PostNorms)
+        {
+            block.Add(("post_mlp_norm.out", $"({rows}, C)", r * c * b));
+            block.Add(("post_mlp_norm statistics", $"({rows})", r * stat));
+            block.Add(("out (the residual + the normalized MLP)", $"({rows}, C)", r * c * b));
+        }
 
         var items = new List<ActivationMemoryItem> { new("tok_emb.input", "(N) I32", n * 4, 1) };
         var shared = new List<ActivationMemoryItem>();
+        if (config.UnitOffsetNorms)
+        {
+            // Gemma's norms form their scales 1 + w in small buffers shared by every block and pass (one per norm role).
+            int norms = 3 + (config.PostNorms ? 2 : 0);
+            shared.Add(new("norm scales 1 + w (norm1, norm2, the post-norms, final_norm)", $"{norms} x (C)", norms * c * b, 1));
+            if (config.QkNorm) shared.Add(new("q/k norm scales 1 + w", "2 x (D)", 2 * d * b, 1));
+        }
         if (sp)
         {
             items.Add(new("tok_emb.output.scattered", "(R, C)", r * c * b, 1));
@@ -172,6 +200,22 @@ public sealed class ActivationMemory
         if (sp) items.Add(new("head.input.gathered", "(N, C)", n * c * b, 1));
         items.Add(new("loss.targets", "(N) I32", n * 4, 1));
         items.Add(new("loss.out", "(N) F32", n * stat, 1));
+        if (config.FinalSoftCap > 0)
+        {
+            // Gemma 2's capped logits take the unfused head: the whole micro-batch's logits (their gradient, in place, kept for
+            // the backward) and a shared copy of the capped values for the cap's backward.
+            items.Add(new("lm_head.out (the logits, then their gradient)", "(N, V/t)", n * vl * b, 1));
+            if (t > 1)
+            {
+                items.Add(new("lm_head.loss.statistics", "(N, 3) F32", n * 3 * stat, 1));
+                items.Add(new("lm_head.loss.statistics.gathered", "(t, N, 3) F32", t * n * 3 * stat, 1));
+                items.Add(new("lm_head.loss.lse", "(N) F32", n * stat, 1));
+            }
+            shared.Add(new("lm_head.capped (the capped logits)", "(N, V/t)", n * vl * b, 1));
+            if (t == 1 && vPad > config.VocabSize)
+                shared.Add(new("loss.padding", "(N, Vpad - V)", n * (vPad - config.VocabSize) * b, 1));
+            return new ActivationMemory(items, shared, Megatron(sequenceLength, sequences, c, heads, t, sp, recompute));
+        }
         items.Add(new("lm_head.dx (the loss's gradient at the head's input)", "(N, C)", n * c * b, 1));
         long chunk = FusedLinearCrossEntropy.ChunkRows((int)Math.Min(n, int.MaxValue), lossChunkRows ?? FusedLinearCrossEntropy.DefaultChunkRows(vl));
         if (t > 1)

@@ -3,7 +3,7 @@ namespace Tessera.Models;
 /// <summary>
 /// Named configurations: the GPT-2 sizes, Llama-shape 1B, 3B and 8B, and a tiny debug model per family (the shapes of
 /// the golden files that scripts/golden/make_golden.py writes: gpt2, llama, llama3 with rope_type llama3, qwen2, mistral;
-/// llama-headsize-debug, qwen3-debug, mixtral-debug and qwen3-moe-debug have no golden files).
+/// llama-headsize-debug, qwen3-debug, mixtral-debug, qwen3-moe-debug, gemma2-debug and gemma3-debug have no golden files).
 /// </summary>
 public static class ModelPresets
 {
@@ -22,7 +22,7 @@ public static class ModelPresets
     /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
     public static IReadOnlyList<string> Names { get; } =
         ["gpt2-debug", "gpt2-tiny", "gpt2-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-headsize-debug", "llama3-debug", "qwen2-debug",
-         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "mistral-debug", "llama-1b", "llama-3b", "llama-8b"];
+         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "llama-1b", "llama-3b", "llama-8b"];
 
     /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
     public static TransformerConfig Get(string name) => name.ToLowerInvariant() switch
@@ -100,6 +100,26 @@ public static class ModelPresets
         {
             Family = ModelFamily.Llama, ModelType = "mistral", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
             KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 1000000, SlidingWindow = 5,
+        },
+        // Gemma 2 in small: GeGLU, four norms a block, embeddings scaled by sqrt(32), scores by 1/sqrt(32) (query_pre_attn_scalar,
+        // not the head size 16) and capped at 5, logits capped at 3 (low enough to bite with O(1) weights), even layers local with a
+        // window of 8, tied head.
+        "gemma2-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "gemma2", VocabSize = 96, MaxSequenceLength = 64, Layers = 4, Embedding = 32, Heads = 4,
+            ExplicitHeadSize = 16, KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = true, RopeTheta = 10000, NormEpsilon = 1e-6,
+            ScaleEmbeddings = true, GeluGate = true, PostNorms = true, UnitOffsetNorms = true, QueryPreAttentionScalar = 32,
+            LocalWindow = 8, LocalPeriod = 2, AttentionSoftCap = 5, FinalSoftCap = 3,
+        },
+        // Gemma 3 in small: Gemma 2's block with q/k norms, five local layers (window 8, RoPE base 10000) then a global one
+        // (base 1e6, linear scaling 8 as in 4B and up), scores by 1/sqrt(16), tied head.
+        "gemma3-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "gemma3_text", VocabSize = 96, MaxSequenceLength = 64, Layers = 6, Embedding = 32, Heads = 4,
+            ExplicitHeadSize = 16, KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = true, RopeTheta = 1000000, NormEpsilon = 1e-6,
+            RopeScaling = new RopeScaling { Type = RopeScalingType.Linear, Factor = 8 },
+            ScaleEmbeddings = true, GeluGate = true, PostNorms = true, UnitOffsetNorms = true, QkNorm = true, QueryPreAttentionScalar = 16,
+            LocalWindow = 8, LocalPeriod = 6, LocalRopeTheta = 10000,
         },
         // Llama 3.2 1B shape.
         "llama-1b" => Llama(16, 2048, 32, 8, 8192, 128256, 500000, tied: true),

@@ -25,7 +25,7 @@ public sealed class Transformer
         _lossPadding = new("loss.padding"), _dFinal = new("final_norm.dy"), _dResidual = new("residual.dy"),
         _dResidualSums = new("residual.dy.column_sums"),
         _gatheredLogits = new("lm_head.gathered"), _wholeLogits = new("lm_head.whole"), _dHeadRows = new("lm_head.dx"),
-        _stageOut = new("stage.out");
+        _stageOut = new("stage.out"), _cappedLogits = new("lm_head.capped");
     private int[] _host = [];
     private int _lossChunkRows;
 
@@ -126,7 +126,7 @@ public sealed class Transformer
                 TiedEmbeddingCopy = _tokenEmbedding.Weight;
             }
             _finalNorm = config.Family == ModelFamily.Llama
-                ? layers.RmsNorm("final_norm", c, config.NormEpsilon)
+                ? layers.RmsNorm("final_norm", c, config.NormEpsilon, config.UnitOffsetNorms)
                 : layers.LayerNorm("final_norm", c, config.NormEpsilon, config.Bias);
             _headInput = layers.InputRegion("head");
             _head = config.TiedEmbeddings
@@ -236,7 +236,9 @@ public sealed class Transformer
     /// micro-batch. Default: <see cref="FusedLinearCrossEntropy.DefaultChunkRows"/> of this rank's vocabulary columns (the
     /// rows whose logits fit in 2^28 elements: 5,336 for GPT-2's 50,304, 2,092 for Llama 3's 128,256); a micro-batch of
     /// fewer rows is one chunk. 0 runs the unfused head: the whole micro-batch's logits materialized and their gradient
-    /// kept until <see cref="Backward"/> (the reference the fused head is tested against).
+    /// kept until <see cref="Backward"/> (the reference the fused head is tested against). A final soft cap
+    /// (<see cref="TransformerConfig.FinalSoftCap"/>, Gemma 2) sits between the product and the loss, so the head then runs
+    /// unfused whatever this says.
     /// </summary>
     public int LossChunkRows
     {
@@ -346,7 +348,7 @@ public sealed class Transformer
     /// <summary>
     /// GPT-2 initialization, deterministic for <paramref name="seed"/>: normal(0, InitStd) for matrices and
     /// embeddings, InitStd / sqrt(2 * Layers) for the residual projections (attn.proj, mlp.proj), ones for
-    /// norm weights, zeros for biases and for the padding rows of the vocabulary. Writes the masters (F32 under mixed
+    /// norm weights (zeros where they apply as 1 + w: Gemma), zeros for biases and for the padding rows of the vocabulary. Writes the masters (F32 under mixed
     /// precision) and casts the values. A sharded arena (ZeRO-3) is initialized through its trainer
     /// (<c>DataParallelTrainer.InitializeWeights</c>), which writes the same values into the rank's shards.
     /// </summary>
@@ -384,7 +386,7 @@ public sealed class Transformer
             var values = new double[p.GlobalShape.NumElements];
             bool isBias = p.Name.EndsWith(".bias", StringComparison.Ordinal);
             if (isBias) { /* zeros */ }
-            else if (!p.WeightDecay) Array.Fill(values, 1.0);          // norm scales
+            else if (!p.WeightDecay) Array.Fill(values, Config.UnitOffsetNorms ? 0.0 : 1.0);   // norm scales: one, or Gemma's 1 + 0
             else
             {
                 double s = p.Name.EndsWith("attn.proj.weight", StringComparison.Ordinal) || p.Name.EndsWith("mlp.proj.weight", StringComparison.Ordinal)
@@ -412,6 +414,7 @@ public sealed class Transformer
         var (b, t) = CheckTokens(tokens, "tokens", 0, null);
         var rows = RunForward(0, _units.Length, microBatch, tokens, b, t);   // (B T, C): the head's input
         var logits = Head.Forward(PassContext.Training(Activations, microBatch), rows);   // (B T, V)
+        CapLogits(logits);
         PassHooks?.AfterForward(_units.Length - 1);
         return logits.Reshape(b, t, LocalVocab);
     }
@@ -474,9 +477,11 @@ public sealed class Transformer
         var rows = RunForward(first, end, microBatch, input, b, t);   // (N, C) whole rows: the head's input
         var ctx = PassContext.Training(Activations, microBatch);
         var hooks = PassHooks;
-        if (LossChunkRows == 0)
+        // A final soft cap sits between the product and the loss, where the fused head has no place for it.
+        if (LossChunkRows == 0 || Config.FinalSoftCap > 0)
         {
             var logits = Head.Forward(ctx, rows);                     // (N, V)
+            CapLogits(logits);
             hooks?.AfterForward(head);
             return UnfusedLoss(ctx, logits, targets, b, t, lossScale);
         }
@@ -559,6 +564,12 @@ public sealed class Transformer
         int n = b * t, v = Config.VocabSize, vPad = Config.EffectivePaddedVocab;
         var (target, losses) = LossBuffers(ctx, targets, b, t);
         var l2 = logits.Reshape(n, LocalVocab);
+        Tensor? capped = null;                                       // (N, V): the capped logits, whose gradient the loss overwrites them with
+        if (Config.FinalSoftCap > 0)
+        {
+            capped = ctx.Scratch(_cappedLogits, l2.Shape, DType);
+            Backend.Copy(l2, capped);
+        }
         if (_vocabParallelLoss is not null)
         {
             // Each rank holds V / tp columns; the loss combines per-row statistics, and the padding columns' gradient is zero.
@@ -577,6 +588,7 @@ public sealed class Transformer
             Backend.Fill(zeros, 0);
             Backend.Copy(zeros, l2.Slice(1, v, vPad - v));
         }
+        if (capped is not null) Backend.SoftCapBackward(capped, l2, Config.FinalSoftCap);   // dL/dz through z = c tanh(z / c)
         ctx.Save(_dLogits, l2);
         return losses;
     }
@@ -669,6 +681,7 @@ public sealed class Transformer
         if (u >= first)
         {
             hooks?.BeforeBackward(u);
+            ScaleEmbeddings(dResidual);                              // Gemma's sqrt(C): the rows' gradient scales alike
             TokenEmbedding.Backward(ctx, dResidual);
             if (PositionEmbedding is not null)
             {
@@ -767,8 +780,27 @@ public sealed class Transformer
             }
             PositionEmbedding.Forward(ctx, positions, x, accumulate: true);
         }
+        ScaleEmbeddings(x);
         return x;
     }
+
+    /// <summary>
+    /// Gemma: the embedding rows x (N, C) multiplied in place by sqrt(C) as the model's dtype rounds it (transformers
+    /// multiplies by the normalizer cast to the hidden states' dtype); nothing otherwise. Serving's embedding calls it too.
+    /// </summary>
+    public void ScaleEmbeddings(Tensor x)
+    {
+        if (Config.ScaleEmbeddings) Backend.Scale(x, EmbeddingMultiplier);
+    }
+
+    /// <summary>sqrt(C) rounded to the model's dtype (Gemma's embedding normalizer); 1 unless <see cref="TransformerConfig.ScaleEmbeddings"/>.</summary>
+    public double EmbeddingMultiplier => !Config.ScaleEmbeddings ? 1.0 : DType switch
+    {
+        DType.F64 => Math.Sqrt(Config.Embedding),
+        DType.BF16 => (float)(BFloat16)(float)Math.Sqrt(Config.Embedding),
+        DType.F16 => (double)(Half)Math.Sqrt(Config.Embedding),
+        _ => (float)Math.Sqrt(Config.Embedding),
+    };
 
     /// <summary>
     /// Inference under tensor parallelism: each rank's columns (N, V / tp) of the logits all-gathered into the whole
@@ -781,7 +813,14 @@ public sealed class Transformer
     public Tensor ForwardHead(in PassContext ctx, Tensor hidden)
     {
         var logits = Head.ForwardNormalized(ctx, hidden, FinalNorm);
+        CapLogits(logits);
         return TensorParallelism is { } tp ? GatherVocabulary(ctx, logits, tp) : logits;
+    }
+
+    /// <summary>Gemma 2's final soft cap, z = c tanh(z / c), on this rank's logits (N, V) in place; nothing without one.</summary>
+    private void CapLogits(Tensor logits)
+    {
+        if (Config.FinalSoftCap > 0) Backend.SoftCap(logits, Config.FinalSoftCap);
     }
 
     /// <summary>Key/value heads this rank caches: all of them on one device, its own under tensor parallelism.</summary>

@@ -119,6 +119,78 @@ public sealed record TransformerConfig
     /// <summary>Hidden width of one expert actually used: <see cref="ExpertHidden"/>, or <see cref="EffectiveHidden"/>.</summary>
     [JsonIgnore] public int EffectiveExpertHidden => ExpertHidden > 0 ? ExpertHidden : EffectiveHidden;
 
+    /// <summary>Whether the token embeddings are multiplied by sqrt(<see cref="Embedding"/>) (rounded to the model's dtype) before
+    /// the first block: Gemma. The tied head reads the table unscaled. Default false (left out of the JSON).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool ScaleEmbeddings { get; init; }
+
+    /// <summary>Whether the gated MLP's gate goes through the tanh-approximated GELU instead of SiLU (GeGLU: Gemma's
+    /// hidden_activation gelu_pytorch_tanh). Llama family only. Default false (left out of the JSON).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool GeluGate { get; init; }
+
+    /// <summary>Whether each block also RMS-normalizes its attention output and its MLP output before the residual adds
+    /// (Gemma's post_attention_layernorm and post_feedforward_layernorm; its pre-norms are norm1 and norm2). Llama family only.
+    /// Default false (left out of the JSON).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool PostNorms { get; init; }
+
+    /// <summary>Whether every RMSNorm weight w (the blocks', the final one, the q/k head norms) is applied as 1 + w (Gemma), so
+    /// that w = 0, its initialization, is the identity scale; the weights are stored as w, as Hugging Face's are. Llama family
+    /// only. Default false (left out of the JSON).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool UnitOffsetNorms { get; init; }
+
+    /// <summary>Attention scores are scaled by 1/sqrt of this (Gemma's query_pre_attn_scalar) instead of 1/sqrt(<see cref="HeadSize"/>),
+    /// or 0 (the default, left out of the JSON) for the head size.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double QueryPreAttentionScalar { get; init; }
+
+    /// <summary>Sliding window (positions) of the local layers of an interleaved local/global stack (Gemma), or 0 (the default,
+    /// left out of the JSON) for none. Unlike <see cref="SlidingWindow"/>, which windows every layer and lets serving drop
+    /// blocks left of it, global layers here read every position, so caches keep all of them.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int LocalWindow { get; init; }
+
+    /// <summary>With <see cref="LocalWindow"/>: every this-many-th layer is global, the others local (layer i is local when
+    /// (i + 1) % period != 0; Hugging Face's sliding_window_pattern: 2 for Gemma 2, whose even layers are local; 6 for Gemma 3).
+    /// Default 0 (left out of the JSON).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int LocalPeriod { get; init; }
+
+    /// <summary>RoPE base of the local layers, without scaling (Gemma 3's rope_local_base_freq), or 0 (the default, left out of
+    /// the JSON) for the global layers' rotation (<see cref="RopeTheta"/> and <see cref="RopeScaling"/>).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double LocalRopeTheta { get; init; }
+
+    /// <summary>Soft cap c of the attention scores, s = c tanh(s / c) after the scale and before the mask (Gemma 2's
+    /// attn_logit_softcapping), or 0 (the default, left out of the JSON) for none. The CUDA attention kernels refuse it.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double AttentionSoftCap { get; init; }
+
+    /// <summary>Soft cap c of the final logits, z = c tanh(z / c) (Gemma 2's final_logit_softcapping), or 0 (the default,
+    /// left out of the JSON) for none. Training then runs the unfused head (the whole micro-batch's logits); the CUDA backend
+    /// refuses it.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double FinalSoftCap { get; init; }
+
+    /// <summary>Whether layer <paramref name="layer"/> is a local (sliding-window) layer of an interleaved stack.</summary>
+    public bool IsLocalLayer(int layer) => LocalWindow > 0 && LocalPeriod > 0 && (layer + 1) % LocalPeriod != 0;
+
+    /// <summary>
+    /// The attention of layer <paramref name="layer"/>: its window (<see cref="SlidingWindow"/>, or <see cref="LocalWindow"/>
+    /// on a local layer of an interleaved stack), its rotary frequencies (<see cref="Rope"/>, or plain RoPE at
+    /// <see cref="LocalRopeTheta"/> on a local layer when that is set), its score scale and soft cap.
+    /// </summary>
+    public LayerAttention LayerAttention(int layer)
+    {
+        if (layer < 0 || layer >= Layers) throw new ArgumentOutOfRangeException(nameof(layer), layer, $"layer must be in [0, {Layers})");
+        double scale = 1.0 / Math.Sqrt(QueryPreAttentionScalar > 0 ? QueryPreAttentionScalar : HeadSize);
+        if (!IsLocalLayer(layer)) return new LayerAttention(SlidingWindow, Rope, scale, AttentionSoftCap);
+        var rope = Family == ModelFamily.Llama && LocalRopeTheta > 0 ? new RopeFrequencies(LocalRopeTheta) : Rope;
+        return new LayerAttention(LocalWindow, rope, scale, AttentionSoftCap);
+    }
+
     /// <summary>Head size D actually used: <see cref="ExplicitHeadSize"/>, or Embedding / Heads.</summary>
     [JsonIgnore] public int HeadSize => ExplicitHeadSize > 0 ? ExplicitHeadSize : Embedding / Heads;
 
@@ -192,6 +264,20 @@ public sealed record TransformerConfig
             if (!(RouterAuxLossCoefficient >= 0) || double.IsInfinity(RouterAuxLossCoefficient))
                 throw new ArgumentException($"TransformerConfig: RouterAuxLossCoefficient ({RouterAuxLossCoefficient}) must be a finite number, 0 or more");
         }
+        if (Family == ModelFamily.Gpt2 && (ScaleEmbeddings || GeluGate || PostNorms || UnitOffsetNorms || LocalWindow > 0 || LocalRopeTheta > 0 || AttentionSoftCap > 0 || FinalSoftCap > 0))
+            throw new ArgumentException("TransformerConfig: ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow, LocalRopeTheta and the soft caps are Gemma (Llama-family) settings; GPT-2 has none of them");
+        if (QueryPreAttentionScalar < 0 || double.IsNaN(QueryPreAttentionScalar) || double.IsInfinity(QueryPreAttentionScalar))
+            throw new ArgumentException($"TransformerConfig: QueryPreAttentionScalar ({QueryPreAttentionScalar}) must be 0 (the head size) or positive");
+        if (LocalWindow < 0 || LocalPeriod < 0)
+            throw new ArgumentException($"TransformerConfig: LocalWindow ({LocalWindow}) and LocalPeriod ({LocalPeriod}) must be 0 (none) or positive");
+        if ((LocalWindow > 0) != (LocalPeriod > 0))
+            throw new ArgumentException($"TransformerConfig: LocalWindow ({LocalWindow}) and LocalPeriod ({LocalPeriod}) go together: set both for an interleaved local/global stack, or neither");
+        if (LocalWindow > 0 && SlidingWindow > 0)
+            throw new ArgumentException($"TransformerConfig: SlidingWindow ({SlidingWindow}) windows every layer; it cannot be combined with LocalWindow ({LocalWindow}) of an interleaved stack");
+        if (LocalRopeTheta < 0 || double.IsNaN(LocalRopeTheta) || double.IsInfinity(LocalRopeTheta))
+            throw new ArgumentException($"TransformerConfig: LocalRopeTheta ({LocalRopeTheta}) must be 0 (the global rotation) or positive and finite");
+        if (!(AttentionSoftCap >= 0) || !(FinalSoftCap >= 0) || double.IsInfinity(AttentionSoftCap) || double.IsInfinity(FinalSoftCap))
+            throw new ArgumentException($"TransformerConfig: AttentionSoftCap ({AttentionSoftCap}) and FinalSoftCap ({FinalSoftCap}) must be 0 (none) or positive and finite");
         RopeScaling?.Validate();
         if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && HeadSize <= 2)
             throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs a head size above 2, got {HeadSize}");

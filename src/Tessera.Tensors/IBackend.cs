@@ -99,6 +99,12 @@ public interface IBackend
     /// <summary>x *= factor, in place.</summary>
     void Scale(Tensor x, double factor);
 
+    /// <summary>x = cap tanh(x / cap), in place, contiguous (Gemma 2's final logit soft-capping); cap &gt; 0.</summary>
+    void SoftCap(Tensor x, double cap);
+
+    /// <summary>dy *= 1 - (y / cap)^2, in place: the gradient through <see cref="SoftCap"/> from its output y; same shapes, contiguous.</summary>
+    void SoftCapBackward(Tensor y, Tensor dy, double cap);
+
     /// <summary>output = GELU(x), tanh approximation (GPT-2's "gelu_new").</summary>
     void GeluForward(Tensor x, Tensor output);
 
@@ -208,8 +214,10 @@ public interface IBackend
     /// S &gt; T when decoding with a KV cache. Views with a contiguous last dimension are accepted.
     /// <paramref name="window"/> &gt; 0 is a sliding window (Mistral's): a query at position p sees only keys
     /// p - window + 1 .. p (transformers' rule, key j visible when p - window &lt; j &lt;= p); 0 means no window.
+    /// <paramref name="softCap"/> &gt; 0 caps each score after the scale: s = softCap tanh(s / softCap) (Gemma 2's
+    /// attn_logit_softcapping); 0 means none. A backend whose kernels do not cap refuses a positive cap.
     /// </summary>
-    void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0);
+    void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0, double softCap = 0);
 
     /// <summary>
     /// <see cref="Rope(Tensor, int, RopeFrequencies, bool)"/> at per-sequence positions: row (b, t) of x (B,T,H,D) sits at
@@ -226,8 +234,9 @@ public interface IBackend
     /// keys 0 .. startPositions[b] + t (only the last <paramref name="window"/> of them when window &gt; 0). output (B,T,H,D)
     /// contiguous; startPositions (B) I32 on this backend. Views with a contiguous last dimension are accepted for q and the caches.
     /// </summary>
+    /// <remarks><paramref name="softCap"/> as in <see cref="AttentionForward"/>.</remarks>
     void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
-        int window = 0);
+        int window = 0, double softCap = 0);
 
     /// <summary>
     /// destination[b, startPositions[b] + t, r, :] = source[b, t, r, :] for source (B,T,R,D) and destination (B,S,R,D) of one
@@ -289,7 +298,9 @@ public interface IBackend
     /// reads key and value heads as poolScales[slot, r] x pool[slot, r, ·] (dequantized on read): the result is that of a
     /// pool of q's dtype holding those values.
     /// </summary>
-    void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null);
+    /// <remarks><paramref name="softCap"/> as in <see cref="AttentionForward"/>.</remarks>
+    void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null,
+        double softCap = 0);
 
     /// <summary>
     /// Input ids of a step enqueued before the previous step's sampled tokens reached the host (asynchronous scheduling):
@@ -316,7 +327,7 @@ public interface IBackend
     /// probabilities sum to 1), and a backend may take them from dOutput.
     /// </summary>
     void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null);
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null, double softCap = 0);
 
     // ---------------------------------------------------------------- loss
 

@@ -619,10 +619,11 @@ public sealed class PagedModelRunner : IDisposable
         var ctx = PassContext.Transient(_model.Activations);
         var x = _model.TokenEmbedding.Forward(ctx, tokens);                     // (N, C): the residual stream, updated in place
         _model.PositionEmbedding?.Forward(ctx, positions, x, accumulate: true);
+        _model.ScaleEmbeddings(x);                                              // Gemma's sqrt(C); nothing otherwise
         foreach (var block in _model.Blocks)
         {
             Attention(ctx, block, x, positions, batch);
-            block.Mlp.ForwardAccumulate(ctx, x, block.Norm2, x);
+            block.AccumulateMlp(ctx, x);
         }
         Tensor last;                                                            // (M, C): the sampling rows
         if (everyRowSamples) last = x;                                          // a decode step whose rows all sample, in order
@@ -665,7 +666,7 @@ public sealed class PagedModelRunner : IDisposable
             // Llama: the norm, the QKV product, the rotation and the append to the rows' slots as one op (one launch for a
             // decode step's few rows on a GPU, as in the dense decode step).
             qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
-            _backend.MatMulRopePagedAppend(x, rms.Prologue, attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies, scales);
+            _backend.MatMulRopePagedAppend(x, rms.Prologue(ctx), attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies, scales);
         }
         else
         {
@@ -677,8 +678,8 @@ public sealed class PagedModelRunner : IDisposable
             _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch, scales);
         }
         var output = ctx.Buffer(_attentionOut, new Shape(n, h, d), x.DType);                        // (N, H, D)
-        _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, 1.0 / Math.Sqrt(d), attention.SlidingWindow, scales);
-        attention.Projection.ForwardAccumulate(ctx, output.Reshape(n, h * d), x);
+        _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, attention.Scale, attention.SlidingWindow, scales, attention.SoftCap);
+        block.AccumulateAttentionOutput(ctx, output.Reshape(n, h * d), x);
     }
 
     private int BucketOf(int sequences)

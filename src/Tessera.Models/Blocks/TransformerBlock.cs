@@ -9,6 +9,8 @@ namespace Tessera.Models.Blocks;
 /// One pre-norm decoder block: r = x + attn(norm1(x)); y = r + mlp(norm2(r)). LayerNorm, learned
 /// positions and a GELU MLP for GPT-2; RMSNorm, RoPE and a SwiGLU MLP for Llama; a sparse mixture of SwiGLU experts
 /// (<see cref="SparseMoeFeedForward"/>) in place of the MLP when the configuration has experts (Mixtral, Qwen3-MoE).
+/// Gemma adds a norm on each branch's output before its residual add (<see cref="TransformerConfig.PostNorms"/>):
+/// r = x + pn1(attn(norm1(x))); y = r + pn2(mlp(norm2(r))).
 /// <para>
 /// With checkpointing (selective recomputation) the forward pass keeps only a copy of the block's
 /// input for the micro-batch and computes in shared buffers; the backward pass first recomputes
@@ -17,7 +19,7 @@ namespace Tessera.Models.Blocks;
 /// </summary>
 public sealed class TransformerBlock
 {
-    private readonly ActivationKey _checkpoint, _dNorm1, _dNorm2;
+    private readonly ActivationKey _checkpoint, _dNorm1, _dNorm2, _residual, _output, _dBranch, _branch;
 
     /// <summary>
     /// Declares the block's parameters, named "blocks.{<paramref name="index"/>}.*", in canonical order, its layers built by
@@ -32,24 +34,32 @@ public sealed class TransformerBlock
         int c = config.Embedding;
         bool llama = config.Family == ModelFamily.Llama;
         Norm1 = llama
-            ? layers.RmsNorm(Name + ".norm1", c, config.NormEpsilon)
+            ? layers.RmsNorm(Name + ".norm1", c, config.NormEpsilon, config.UnitOffsetNorms)
             : layers.LayerNorm(Name + ".norm1", c, config.NormEpsilon, config.Bias);
+        var attention = config.LayerAttention(index);
         Attention = new CausalSelfAttention(layers, Name + ".attn", c, config.Heads, config.EffectiveKvHeads, config.Bias,
-            config.Rope, qkvBias: config.AttentionBias, slidingWindow: config.SlidingWindow, headSize: config.HeadSize,
-            headNormEpsilon: config.QkNorm ? config.NormEpsilon : null);
+            attention.Rope, qkvBias: config.AttentionBias, slidingWindow: attention.Window, headSize: config.HeadSize,
+            headNormEpsilon: config.QkNorm ? config.NormEpsilon : null, scale: attention.Scale,
+            softCap: attention.SoftCap, headNormUnitOffset: config.UnitOffsetNorms);
+        if (config.PostNorms) PostAttentionNorm = layers.RmsNorm(Name + ".post_attn_norm", c, config.NormEpsilon, config.UnitOffsetNorms);
         Norm2 = llama
-            ? layers.RmsNorm(Name + ".norm2", c, config.NormEpsilon)
+            ? layers.RmsNorm(Name + ".norm2", c, config.NormEpsilon, config.UnitOffsetNorms)
             : layers.LayerNorm(Name + ".norm2", c, config.NormEpsilon, config.Bias);
         Mlp = config.IsMixtureOfExperts
             ? new SparseMoeFeedForward(layers, Name + ".mlp", c, config.EffectiveExpertHidden, config.Experts, config.ExpertsPerToken,
                 config.NormalizeExpertWeights, config.RouterAuxLossCoefficient)
             : llama
-            ? new SwiGluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias)
+            ? new SwiGluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias, config.GeluGate)
             : new GeluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias);
+        if (config.PostNorms) PostMlpNorm = layers.RmsNorm(Name + ".post_mlp_norm", c, config.NormEpsilon, config.UnitOffsetNorms);
         Channels = c;
         _checkpoint = new ActivationKey(Name + ".checkpoint");
         _dNorm1 = new ActivationKey(Name + ".norm1.dy");
         _dNorm2 = new ActivationKey(Name + ".norm2.dy");
+        _residual = new ActivationKey(Name + ".residual");
+        _output = new ActivationKey(Name + ".out");
+        _dBranch = new ActivationKey(Name + ".branch.dy");
+        _branch = new ActivationKey(Name + ".branch.out");
     }
 
     /// <summary>Position of the block in the stack.</summary>
@@ -72,6 +82,12 @@ public sealed class TransformerBlock
 
     /// <summary>The MLP (a <see cref="SparseMoeFeedForward"/> for a mixture of experts).</summary>
     public IFeedForward Mlp { get; }
+
+    /// <summary>Norm of the attention output before its residual add (Gemma's post_attention_layernorm), or null.</summary>
+    public RmsNorm? PostAttentionNorm { get; }
+
+    /// <summary>Norm of the MLP output before its residual add (Gemma's post_feedforward_layernorm), or null.</summary>
+    public RmsNorm? PostMlpNorm { get; }
 
     /// <summary>
     /// y from x, both (B, T, C), or both the rows (N, C) of the residual stream this rank holds under sequence parallelism
@@ -134,16 +150,17 @@ public sealed class TransformerBlock
 
     /// <summary>
     /// Whether norm2's backward can give the attention projection its bias gradient: norm2 sums columns (LayerNorm) and the
-    /// projection has a trained bias and reads the norm's rows as its dy (not row-parallel).
+    /// projection has a trained bias and reads the norm's rows as its dy (not row-parallel), and no post-norm stands between.
     /// </summary>
     public bool TakesAttentionBiasGradientFromNorm =>
-        Norm2.SumsInputGradientColumns && Attention.Projection.TakesBiasGradientFromOutputGradientSums;
+        PostAttentionNorm is null && Norm2.SumsInputGradientColumns && Attention.Projection.TakesBiasGradientFromOutputGradientSums;
 
     /// <summary>
     /// Whether the MLP projection can take its bias gradient from column sums of the residual gradient that the norm above
     /// summed (<see cref="Backward"/>'s outputGradientSums): it has a trained bias and reads those rows as its dy.
     /// </summary>
-    public bool TakesMlpBiasGradientFromAbove => Mlp.Projection.TakesBiasGradientFromOutputGradientSums;
+    /// <remarks>False with a post-norm: the projection's dy is then the norm's input gradient, not the residual's.</remarks>
+    public bool TakesMlpBiasGradientFromAbove => PostMlpNorm is null && Mlp.Projection.TakesBiasGradientFromOutputGradientSums;
 
     /// <summary>
     /// Inference: the block applied in place to the residual stream x (B, T, C) of T new positions after those in
@@ -156,9 +173,55 @@ public sealed class TransformerBlock
             throw new ArgumentException($"{Name}: input {x.Shape} must be contiguous (B, T, {Channels})");
         int b = x.Size(0), t = x.Size(1), n = b * t;
         var xf = x.Reshape(n, Channels);                              // (N, C): the residual stream, updated in place
-        Attention.ForwardCached(ctx, x, Norm1, cache, Index, xf);
-        Mlp.ForwardAccumulate(ctx, xf, Norm2, xf);
+        if (PostAttentionNorm is null) Attention.ForwardCached(ctx, x, Norm1, cache, Index, xf);
+        else
+        {
+            // Gemma: the branch into a zeroed buffer, normalized, then added.
+            var branch = ZeroedBranch(ctx, xf);
+            Attention.ForwardCached(ctx, x, Norm1, cache, Index, branch);
+            x.Backend.Accumulate(xf, PostAttentionNorm.Forward(ctx, branch));
+        }
+        AccumulateMlp(ctx, xf);
         return x;
+    }
+
+    /// <summary>
+    /// Inference: the residual rows <paramref name="residual"/> (N, C) += the attention branch's output from the attention
+    /// heads <paramref name="heads"/> (N, H D) this rank computed: the output projection, then (Gemma) the post-attention
+    /// norm. For callers that run the attention themselves (paged serving).
+    /// </summary>
+    public void AccumulateAttentionOutput(in PassContext ctx, Tensor heads, Tensor residual)
+    {
+        if (PostAttentionNorm is null)
+        {
+            Attention.Projection.ForwardAccumulate(ctx, heads, residual);
+            return;
+        }
+        var branch = ZeroedBranch(ctx, residual);
+        Attention.Projection.ForwardAccumulate(ctx, heads, branch);
+        residual.Backend.Accumulate(residual, PostAttentionNorm.Forward(ctx, branch));
+    }
+
+    /// <summary>Inference: the residual rows <paramref name="residual"/> (N, C) += the MLP branch of norm2(residual) (then, in
+    /// Gemma, its post-norm).</summary>
+    public void AccumulateMlp(in PassContext ctx, Tensor residual)
+    {
+        if (PostMlpNorm is null)
+        {
+            Mlp.ForwardAccumulate(ctx, residual, Norm2, residual);
+            return;
+        }
+        var branch = ZeroedBranch(ctx, residual);
+        Mlp.ForwardAccumulate(ctx, residual, Norm2, branch);
+        residual.Backend.Accumulate(residual, PostMlpNorm.Forward(ctx, branch));
+    }
+
+    /// <summary>A zeroed (N, C) buffer shaped like the residual rows, for a branch whose output is normalized before its add.</summary>
+    private Tensor ZeroedBranch(in PassContext ctx, Tensor residual)
+    {
+        var branch = ctx.Buffer(_branch, residual.Shape, residual.DType);   // (N, C)
+        residual.Backend.Fill(branch, 0);
+        return branch;
     }
 
     private Tensor Run(in PassContext ctx, Tensor x)
@@ -168,9 +231,19 @@ public sealed class TransformerBlock
         var h1 = Norm1.Forward(ctx, xf);
         // r1 = x + attn(h1) and y = r1 + mlp(norm2(r1)): each residual add done by the branch's output projection.
         var attnIn = x.Rank == 3 ? h1.Reshape(x.Size(0), x.Size(1), Channels) : h1;
-        var r1 = Attention.Forward(ctx, attnIn, xf);                 // (N, C)
-        var y = Mlp.Forward(ctx, Norm2.Forward(ctx, r1), r1);        // (N, C)
-        return y.Reshape(x.Shape.ToArray());
+        if (PostAttentionNorm is null)
+        {
+            var r1 = Attention.Forward(ctx, attnIn, xf);             // (N, C)
+            var y = Mlp.Forward(ctx, Norm2.Forward(ctx, r1), r1);    // (N, C)
+            return y.Reshape(x.Shape.ToArray());
+        }
+        // Gemma: each branch's output normalized before its residual add, so the adds are separate ops.
+        var backend = x.Backend;
+        var r = ctx.Buffer(_residual, xf.Shape, xf.DType);           // (N, C): x + pn1(attn(norm1(x)))
+        backend.Add(xf, PostAttentionNorm.Forward(ctx, Attention.Forward(ctx, attnIn)), r);
+        var output = ctx.Buffer(_output, xf.Shape, xf.DType);        // (N, C): r + pn2(mlp(norm2(r)))
+        backend.Add(r, PostMlpNorm!.Forward(ctx, Mlp.Forward(ctx, Norm2.Forward(ctx, r))), output);
+        return output.Reshape(x.Shape.ToArray());
     }
 
     private void BackwardCore(in PassContext ctx, Tensor dResidual, BiasGradientSums sums)
@@ -181,6 +254,18 @@ public sealed class TransformerBlock
         // dL/dy is the MLP projection's dy: its column sums, when the norm above took them, are that projection's bias gradient.
         if (sums.Output is { } output) backend.Accumulate(Mlp.Projection.Bias!.Grad, output);
         var dh2 = ctx.Scratch(_dNorm2, d.Shape, d.DType);
+        if (PostMlpNorm is not null)
+        {
+            // Gemma: dL/dy reaches the MLP through its post-norm; the residual path keeps it in d.
+            var dBranch = PostNormBackward(ctx, PostMlpNorm, d);
+            Mlp.Backward(ctx, dBranch, dh2);
+            Norm2.Backward(ctx, dh2, d);                              // dL/dr = dL/dy + norm2's path
+            var dh1Post = ctx.Scratch(_dNorm1, d.Shape, d.DType);
+            Attention.Backward(ctx, PostNormBackward(ctx, PostAttentionNorm!, d), dh1Post);
+            if (sums.Input is { } gemmaInput) backend.Fill(gemmaInput, 0);
+            Norm1.Backward(ctx, dh1Post, d, sums.Input);             // dL/dx = dL/dr + norm1's path
+            return;
+        }
         Mlp.Backward(ctx, d, dh2, projectionBiasGradientTaken: sums.Output is not null);
         // dL/dr = dL/dy + norm2's path, and dL/dr is the attention projection's dy.
         Norm2.Backward(ctx, dh2, d, sums.Attention ? Attention.Projection.Bias!.Grad : null);
@@ -188,6 +273,16 @@ public sealed class TransformerBlock
         Attention.Backward(ctx, d, dh1, projectionBiasGradientTaken: sums.Attention);
         if (sums.Input is { } input) backend.Fill(input, 0);         // after the output sums were read: they may share a buffer
         Norm1.Backward(ctx, dh1, d, sums.Input);                      // dL/dx = dL/dr + norm1's path
+    }
+
+    /// <summary>The gradient (N, C) of a post-norm's input from that of its output <paramref name="dy"/>; the norm's weight
+    /// gradient accumulates. (The norms' backward adds into dx, so the buffer is zeroed first.)</summary>
+    private Tensor PostNormBackward(in PassContext ctx, RmsNorm norm, Tensor dy)
+    {
+        var dx = ctx.Scratch(_dBranch, dy.Shape, dy.DType);           // (N, C)
+        dy.Backend.Fill(dx, 0);
+        norm.Backward(ctx, dy, dx);
+        return dx;
     }
 
     /// <summary>Which bias gradients of a block's backward come from the norms' column sums (see <see cref="Backward"/>).</summary>

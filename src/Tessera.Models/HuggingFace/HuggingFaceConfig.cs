@@ -4,8 +4,8 @@ using System.Text.Json.Nodes;
 namespace Tessera.Models.HuggingFace;
 
 /// <summary>
-/// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3", "mistral", and the sparse mixtures of
-/// experts "mixtral" and "qwen3_moe") into a <see cref="TransformerConfig"/>
+/// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3", "mistral", the sparse mixtures of
+/// experts "mixtral" and "qwen3_moe", and "gemma2" or "gemma3_text") into a <see cref="TransformerConfig"/>
 /// and writes one back for export. RoPE scaling (rope_scaling of transformers 4, rope_parameters of 5; rope_type linear,
 /// dynamic, llama3, yarn) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
 /// on Llama's output projection or MLP, other rope types, Qwen2's and Qwen3's per-layer sliding windows) are rejected with a message
@@ -14,7 +14,7 @@ namespace Tessera.Models.HuggingFace;
 public static class HuggingFaceConfig
 {
     /// <summary>The model_type values Tessera reads and writes.</summary>
-    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe"];
+    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "gemma2", "gemma3_text"];
 
     /// <summary>GPT-2 activations that are the tanh approximation of GELU Tessera implements.</summary>
     private static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];
@@ -51,6 +51,8 @@ public static class HuggingFaceConfig
             "mistral" => ParseMistral(fields),
             "mixtral" => ParseMixtral(fields),
             "qwen3_moe" => ParseQwen3Moe(fields),
+            "gemma2" or "gemma3_text" => ParseGemma(fields, modelType),
+            "gemma3" => throw new HuggingFaceFormatException(path, "field 'model_type': 'gemma3' is the multimodal Gemma 3 (a vision tower around a text model); Tessera reads the text-only model_type 'gemma3_text' (Gemma 3 1B and 270M, or a text model saved on its own)"),
             _ => throw new HuggingFaceFormatException(path, $"field 'model_type': '{modelType}' is not supported (supported: {string.Join(", ", ModelTypes)})"),
         };
         int padded = (config.VocabSize + paddedVocabMultiple - 1) / paddedVocabMultiple * paddedVocabMultiple;
@@ -169,6 +171,73 @@ public static class HuggingFaceConfig
     }
 
     /// <summary>
+    /// Gemma 2 and Gemma 3 text: Llama's projections with a GELU-gated MLP, four norms per block whose weights apply as 1 + w,
+    /// embeddings scaled by sqrt(hidden_size), scores scaled by 1/sqrt(query_pre_attn_scalar), and an interleaved stack of
+    /// sliding-window (local) and global layers: layer_types where given (transformers 4.53+), else Gemma 2's even layers
+    /// local, Gemma 3's sliding_window_pattern (every sixth layer global). Gemma 3 adds q_norm and k_norm and its local layers'
+    /// RoPE base rope_local_base_freq (unscaled). attn_logit_softcapping and final_logit_softcapping (Gemma 2's; null in
+    /// Gemma 3) are read for either.
+    /// </summary>
+    private static TransformerConfig ParseGemma(Fields f, string modelType)
+    {
+        string activationField = f.Has("hidden_activation") ? "hidden_activation" : "hidden_act";
+        string act = f.String(activationField) ?? "gelu_pytorch_tanh";
+        if (!TanhGelu.Contains(act))
+            throw f.Error(activationField, $"'{act}' is not supported; Tessera's {modelType} gates its MLP with the tanh GELU ({string.Join(", ", TanhGelu)})");
+        if (f.Bool("attention_bias") == true) throw f.Error("attention_bias", $"true is not supported: {modelType} checkpoints ship false");
+        double SoftCap(string field) => f.Double(field) is not double cap ? 0
+            : cap > 0 && !double.IsInfinity(cap) ? cap : throw f.Error(field, $"must be a positive number or null, got {cap}");
+        // Gemma 2 caps its scores and logits (50 and 30 in every release); Gemma 3 ships both null.
+        double attentionCap = SoftCap("attn_logit_softcapping"), finalCap = SoftCap("final_logit_softcapping");
+        if (f.Object("rope_parameters") is { } parameters && (parameters.ContainsKey("full_attention") || parameters.ContainsKey("sliding_attention")))
+            throw f.Error("rope_parameters", "per-layer-type RoPE parameters (transformers 5) are not read; write rope_theta, rope_scaling and rope_local_base_freq as transformers 4 does");
+        int hidden = f.RequiredInt("hidden_size");
+        int heads = f.RequiredInt("num_attention_heads");
+        int headDim = f.Int("head_dim") ?? 256;
+        if (headDim <= 0) throw f.Error("head_dim", $"{headDim} must be positive");
+        var (theta, scaling) = ReadRope(f);
+        int layers = f.RequiredInt("num_hidden_layers");
+        int window = f.Int("sliding_window") ?? 0;
+        if (window < 0) throw f.Error("sliding_window", $"must be positive or null, got {window}");
+        int period = window == 0 ? 0 : LocalPeriod(f, modelType, layers);
+        bool gemma3 = modelType == "gemma3_text";
+        double scalar = f.Double("query_pre_attn_scalar") ?? 256;
+        if (!(scalar > 0)) throw f.Error("query_pre_attn_scalar", $"must be positive, got {scalar}");
+        double localTheta = gemma3 ? f.Double("rope_local_base_freq") ?? 10000 : 0;
+        if (gemma3) CheckTheta(f, "rope_local_base_freq", localTheta);
+        return new TransformerConfig
+        {
+            Family = ModelFamily.Llama,
+            ModelType = modelType,
+            VocabSize = f.RequiredInt("vocab_size"),
+            MaxSequenceLength = f.RequiredInt("max_position_embeddings"),
+            Layers = layers,
+            Embedding = hidden,
+            Heads = heads,
+            ExplicitHeadSize = headDim * heads == hidden ? 0 : headDim,
+            KvHeads = f.Int("num_key_value_heads") ?? heads,
+            Hidden = f.RequiredInt("intermediate_size"),
+            NormEpsilon = f.Double("rms_norm_eps") ?? 1e-6,
+            RopeTheta = theta,
+            RopeScaling = scaling,
+            TiedEmbeddings = f.Bool("tie_word_embeddings") ?? true,
+            InitStd = f.Double("initializer_range") ?? 0.02,
+            Bias = false,
+            QkNorm = gemma3,
+            ScaleEmbeddings = true,
+            GeluGate = true,
+            PostNorms = true,
+            UnitOffsetNorms = true,
+            QueryPreAttentionScalar = scalar,
+            LocalWindow = period > 0 ? window : 0,
+            LocalPeriod = period,
+            LocalRopeTheta = localTheta,
+            AttentionSoftCap = attentionCap,
+            FinalSoftCap = finalCap,
+        };
+    }
+
+    /// <summary>
     /// The load-balancing loss's coefficient: router_aux_loss_coef (transformers' default 0.001) when output_router_logits is
     /// true, which is when transformers adds it to the loss; 0 (off) otherwise, as the released configs ship it.
     /// </summary>
@@ -178,6 +247,34 @@ public static class HuggingFaceConfig
         double coefficient = f.Double("router_aux_loss_coef") ?? 0.001;
         return coefficient >= 0 && !double.IsInfinity(coefficient) ? coefficient
             : throw f.Error("router_aux_loss_coef", $"must be a finite number, 0 or more, got {coefficient}");
+    }
+
+    /// <summary>
+    /// Every how-many-th layer is global: from layer_types (which must be that pattern: "sliding_attention" except at layers
+    /// P - 1, 2P - 1, ...), else Gemma 2's 2, else Gemma 3's sliding_window_pattern (default 6). 0 when no layer is local.
+    /// </summary>
+    private static int LocalPeriod(Fields f, string modelType, int layers)
+    {
+        if (f.Node("layer_types") is JsonArray types)
+        {
+            if (types.Count != layers) throw f.Error("layer_types", $"has {types.Count} entries for {layers} layers");
+            var names = types.Select(t => t?.GetValueKind() == JsonValueKind.String ? t.GetValue<string>() : "").ToArray();
+            foreach (var name in names)
+                if (name is not ("sliding_attention" or "full_attention"))
+                    throw f.Error("layer_types", $"'{name}' is not a layer type Tessera reads (sliding_attention, full_attention)");
+            if (!names.Contains("sliding_attention")) return 0;
+            int firstGlobal = Array.IndexOf(names, "full_attention");
+            if (firstGlobal < 0)
+                throw f.Error("layer_types", "every layer is sliding_attention: Tessera's interleaved stacks have global layers");
+            int period = firstGlobal + 1;
+            for (int i = 0; i < layers; i++)
+                if (((i + 1) % period != 0) != (names[i] == "sliding_attention"))
+                    throw f.Error("layer_types", $"layer {i} is '{names[i]}', but Tessera's interleaved stacks make every {period}-th layer global and the others local");
+            return period;
+        }
+        if (modelType == "gemma2") return 2;
+        int pattern = f.Int("sliding_window_pattern") ?? 6;
+        return pattern > 0 ? pattern : throw f.Error("sliding_window_pattern", $"must be positive, got {pattern}");
     }
 
     /// <summary>The fields Llama, Qwen2 and Mistral share (RMSNorm, RoPE, SwiGLU, grouped-query attention).</summary>
@@ -239,6 +336,7 @@ public static class HuggingFaceConfig
         JsonObject o = config.Family switch
         {
             ModelFamily.Gpt2 => ToGpt2(config),
+            ModelFamily.Llama when config.EffectiveModelType is "gemma2" or "gemma3_text" => ToGemma(config),
             ModelFamily.Llama => ToLlamaLike(config),
             _ => throw new ArgumentOutOfRangeException(nameof(config), config.Family, "unknown family"),
         };
@@ -300,6 +398,9 @@ public static class HuggingFaceConfig
             throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 has q/k/v biases, and always)");
         if (c.SlidingWindow > 0 && type is not ("mistral" or "mixtral"))
             throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral' or 'mixtral'");
+        if (c.ScaleEmbeddings || c.GeluGate || c.PostNorms || c.UnitOffsetNorms || c.LocalWindow > 0 || c.LocalRopeTheta > 0 || c.QueryPreAttentionScalar > 0
+            || c.AttentionSoftCap > 0 || c.FinalSoftCap > 0)
+            throw new ArgumentException($"TransformerConfig: Gemma's settings (ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow, LocalRopeTheta, QueryPreAttentionScalar, the soft caps) cannot be exported as model_type '{type}'; use gemma2 or gemma3_text");
         var o = new JsonObject
         {
             ["architectures"] = new JsonArray(type switch
@@ -368,6 +469,54 @@ public static class HuggingFaceConfig
             // transformers adds the load-balancing loss only with output_router_logits; off, its coefficient is left at the default.
             o["output_router_logits"] = c.RouterAuxLossCoefficient > 0;
             if (c.RouterAuxLossCoefficient > 0) o["router_aux_loss_coef"] = c.RouterAuxLossCoefficient;
+        }
+        return o;
+    }
+
+    private static JsonObject ToGemma(TransformerConfig c)
+    {
+        string type = c.EffectiveModelType;
+        bool gemma3 = type == "gemma3_text";
+        if (c.Bias || c.AttentionBias || c.SlidingWindow > 0)
+            throw new ArgumentException($"TransformerConfig: a {type} export has no biases and no all-layer SlidingWindow (local layers use LocalWindow)");
+        if (!(c.ScaleEmbeddings && c.GeluGate && c.PostNorms && c.UnitOffsetNorms))
+            throw new ArgumentException($"TransformerConfig: a {type} export needs ScaleEmbeddings, GeluGate, PostNorms and UnitOffsetNorms (Hugging Face's Gemma always has them)");
+        if (c.QkNorm != gemma3)
+            throw new ArgumentException($"TransformerConfig: QkNorm = {c.QkNorm} cannot be exported as model_type '{type}' (gemma3_text has q/k norms, gemma2 none)");
+        if (!gemma3 && (c.LocalRopeTheta > 0 || (c.LocalPeriod is not (0 or 2))))
+            throw new ArgumentException($"TransformerConfig: a gemma2 export has its even layers local (LocalPeriod 2) and one RoPE base (LocalRopeTheta 0); got LocalPeriod {c.LocalPeriod}, LocalRopeTheta {c.LocalRopeTheta}");
+        var layerTypes = new JsonArray(Enumerable.Range(0, c.Layers).Select(i => (JsonNode)(c.IsLocalLayer(i) ? "sliding_attention" : "full_attention")).ToArray());
+        var o = new JsonObject
+        {
+            ["architectures"] = new JsonArray(gemma3 ? "Gemma3ForCausalLM" : "Gemma2ForCausalLM"),
+            ["model_type"] = type,
+            ["vocab_size"] = c.VocabSize,
+            ["max_position_embeddings"] = c.MaxSequenceLength,
+            ["hidden_size"] = c.Embedding,
+            ["intermediate_size"] = c.EffectiveHidden,
+            ["num_hidden_layers"] = c.Layers,
+            ["num_attention_heads"] = c.Heads,
+            ["num_key_value_heads"] = c.EffectiveKvHeads,
+            ["head_dim"] = c.HeadSize,
+            ["hidden_activation"] = "gelu_pytorch_tanh",
+            ["rms_norm_eps"] = c.NormEpsilon,
+            ["rope_theta"] = c.RopeTheta,
+            ["rope_scaling"] = c.RopeScaling is { } r ? RopeScalingJson(r) : null,
+            ["query_pre_attn_scalar"] = c.QueryPreAttentionScalar > 0 ? c.QueryPreAttentionScalar : c.HeadSize,
+            // Without local layers the window is as wide as the context: every layer then sees every position.
+            ["sliding_window"] = c.LocalWindow > 0 ? c.LocalWindow : c.MaxSequenceLength,
+            ["layer_types"] = layerTypes,
+            ["attn_logit_softcapping"] = c.AttentionSoftCap > 0 ? c.AttentionSoftCap : null,
+            ["final_logit_softcapping"] = c.FinalSoftCap > 0 ? c.FinalSoftCap : null,
+            ["attention_bias"] = false,
+            ["attention_dropout"] = 0.0,
+            ["initializer_range"] = c.InitStd,
+            ["tie_word_embeddings"] = c.TiedEmbeddings,
+        };
+        if (gemma3)
+        {
+            o["rope_local_base_freq"] = c.LocalRopeTheta > 0 ? c.LocalRopeTheta : c.RopeTheta;
+            o["sliding_window_pattern"] = c.LocalPeriod > 0 ? c.LocalPeriod : c.Layers + 1;   // transformers before layer_types
         }
         return o;
     }

@@ -104,6 +104,12 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             ("MLP width", found.EffectiveHidden, expected.EffectiveHidden), ("context", found.MaxSequenceLength, expected.MaxSequenceLength),
             ("tied embeddings", found.TiedEmbeddings, expected.TiedEmbeddings), ("biases", found.Bias, expected.Bias),
             ("q/k/v biases", found.AttentionBias, expected.AttentionBias), ("sliding window", found.SlidingWindow, expected.SlidingWindow),
+            ("q/k head norms", found.QkNorm, expected.QkNorm), ("post-norms", found.PostNorms, expected.PostNorms),
+            ("GELU gate", found.GeluGate, expected.GeluGate), ("scaled embeddings", found.ScaleEmbeddings, expected.ScaleEmbeddings),
+            ("local window", found.LocalWindow, expected.LocalWindow), ("local period", found.LocalPeriod, expected.LocalPeriod),
+            ("local rope theta", found.LocalRopeTheta, expected.LocalRopeTheta),
+            ("query_pre_attn_scalar", found.QueryPreAttentionScalar, expected.QueryPreAttentionScalar),
+            ("attention soft cap", found.AttentionSoftCap, expected.AttentionSoftCap), ("final soft cap", found.FinalSoftCap, expected.FinalSoftCap),
             ("rope theta", found.RopeTheta, expected.RopeTheta), ("rope scaling", found.RopeScaling?.ToString() ?? "none", expected.RopeScaling?.ToString() ?? "none"),
         ];
         foreach (var (name, f, e) in fields)

@@ -127,6 +127,41 @@ public sealed class HuggingFaceWeightMap
         return rows;
     }
 
+    /// <summary>
+    /// Gemma 2 (Gemma2ForCausalLM) and, with <paramref name="qkNorm"/>, Gemma 3 text (Gemma3ForCausalLM): Llama's projections,
+    /// four norms per block (input_layernorm and pre_feedforward_layernorm are norm1 and norm2; post_attention_layernorm and
+    /// post_feedforward_layernorm normalize the branches' outputs) and Gemma 3's q_norm and k_norm; the norm weights w as they
+    /// are (Tessera's Gemma norms apply them as 1 + w, as transformers' do).
+    /// </summary>
+    private static IReadOnlyList<WeightMapRow> GemmaRows(bool qkNorm) =>
+    [
+        LlamaRows[0],
+        Row("blocks.{i}.norm1.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.input_layernorm.weight", C)),
+        LlamaRows[2],
+        .. qkNorm
+            ? new[]
+            {
+                Row("blocks.{i}.attn.q_norm.weight", D, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.q_norm.weight", D)),
+                Row("blocks.{i}.attn.k_norm.weight", D, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.k_norm.weight", D)),
+            }
+            : [],
+        LlamaRows[3],
+        Row("blocks.{i}.post_attn_norm.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.post_attention_layernorm.weight", C)),
+        Row("blocks.{i}.norm2.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.pre_feedforward_layernorm.weight", C)),
+        LlamaRows[5],
+        LlamaRows[6],
+        LlamaRows[7],
+        Row("blocks.{i}.post_mlp_norm.weight", C, WeightTransform.Identity, Hf("model.layers.{i}.post_feedforward_layernorm.weight", C)),
+        Row("final_norm.weight", C, WeightTransform.Identity, Hf("model.norm.weight", C)),
+        LlamaRows[9],
+    ];
+
+    /// <summary>Gemma 2's rows (<see cref="GemmaRows"/>).</summary>
+    public static IReadOnlyList<WeightMapRow> Gemma2Rows { get; } = GemmaRows(qkNorm: false);
+
+    /// <summary>Gemma 3 text's rows (<see cref="GemmaRows"/> with q_norm and k_norm).</summary>
+    public static IReadOnlyList<WeightMapRow> Gemma3Rows { get; } = GemmaRows(qkNorm: true);
+
     /// <summary>Non-parameter buffers some GPT-2 checkpoints carry (causal masks); ignored on load.</summary>
     public static IReadOnlyList<string> Gpt2IgnoredBuffers { get; } =
         ["transformer.h.{i}.attn.bias", "transformer.h.{i}.attn.masked_bias"];
@@ -191,6 +226,9 @@ public sealed class HuggingFaceWeightMap
         return config.Family switch
         {
             ModelFamily.Gpt2 => new HuggingFaceWeightMap(config, Gpt2Rows, Gpt2IgnoredBuffers, Gpt2OptionalPrefix),
+            ModelFamily.Llama when config.PostNorms != config.UnitOffsetNorms => throw new ArgumentException(
+                "TransformerConfig: Hugging Face's Gemma has both post-norms and 1 + w norm weights (PostNorms and UnitOffsetNorms), other model types neither"),
+            ModelFamily.Llama when config.PostNorms => new HuggingFaceWeightMap(config, config.QkNorm ? Gemma3Rows : Gemma2Rows, LlamaIgnoredBuffers, null),
             ModelFamily.Llama => new HuggingFaceWeightMap(config, config.QkNorm ? Qwen3Rows : config.AttentionBias ? Qwen2Rows : LlamaRows, LlamaIgnoredBuffers, null),
             _ => throw new ArgumentOutOfRangeException(nameof(config), config.Family, "no Hugging Face map for this family"),
         };

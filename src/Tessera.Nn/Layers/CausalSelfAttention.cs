@@ -30,10 +30,14 @@ public sealed class CausalSelfAttention
     /// (GPT-2); <paramref name="slidingWindow"/> &gt; 0 limits each query to that many newest keys (Mistral);
     /// <paramref name="headSize"/> is D, or 0 (the default) for C / H; <paramref name="headNormEpsilon"/>, when given, adds
     /// "<paramref name="name"/>.q_norm" (D) and "<paramref name="name"/>.k_norm" (D), RMSNorms of each query and key head
-    /// with that epsilon between the QKV product and RoPE (Qwen3), replicated on every rank.
+    /// with that epsilon between the QKV product and RoPE (Qwen3), replicated on every rank; <paramref name="scale"/>, when
+    /// given, replaces the score scale 1/sqrt(D) (Gemma's 1/sqrt(query_pre_attn_scalar)); <paramref name="softCap"/> &gt; 0 caps
+    /// the scaled scores, c tanh(s / c) (Gemma 2), in every pass (a backend without capping kernels refuses it);
+    /// <paramref name="headNormUnitOffset"/> applies the head norms' weights as 1 + w (Gemma 3).
     /// </summary>
     public CausalSelfAttention(LayerFactory layers, string name, int channels, int heads, int kvHeads, bool bias, RopeFrequencies? rope,
-        bool qkvBias = false, int slidingWindow = 0, int headSize = 0, double? headNormEpsilon = null)
+        bool qkvBias = false, int slidingWindow = 0, int headSize = 0, double? headNormEpsilon = null, double? scale = null,
+        double softCap = 0, bool headNormUnitOffset = false)
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (headSize < 0) throw new ArgumentException($"{name}: head size ({headSize}) must be 0 (channels / heads) or positive");
@@ -48,8 +52,12 @@ public sealed class CausalSelfAttention
             throw new ArgumentException($"{name}: RoPE needs an even head size, got {HeadSize}");
         rope?.Validate(HeadSize);
         if (slidingWindow < 0) throw new ArgumentException($"{name}: sliding window ({slidingWindow}) must be 0 (none) or positive");
+        if (scale is { } s && !(s > 0 && !double.IsInfinity(s))) throw new ArgumentException($"{name}: score scale ({s}) must be positive and finite");
         Rope = rope;
         SlidingWindow = slidingWindow;
+        Scale = scale ?? 1.0 / Math.Sqrt(HeadSize);
+        if (!(softCap >= 0) || double.IsInfinity(softCap)) throw new ArgumentException($"{name}: soft cap ({softCap}) must be 0 (none) or positive and finite");
+        SoftCap = softCap;
         Input = layers.InputRegion(name);
         Qkv = layers.Linear(name + ".qkv", channels, (heads + 2 * kvHeads) * HeadSize, bias || qkvBias,
             new ShardPart(heads, HeadSize), new ShardPart(kvHeads, HeadSize), new ShardPart(kvHeads, HeadSize));
@@ -57,8 +65,8 @@ public sealed class CausalSelfAttention
         {
             // Each rank normalizes its own heads: with the QKV split over ranks each holds part of the weights' gradients.
             bool headsSplit = !Qkv.Weight.Placement.IsReplicated;
-            QueryNorm = layers.HeadRmsNorm(name + ".q_norm", HeadSize, epsilon, headsSplit);
-            KeyNorm = layers.HeadRmsNorm(name + ".k_norm", HeadSize, epsilon, headsSplit);
+            QueryNorm = layers.HeadRmsNorm(name + ".q_norm", HeadSize, epsilon, headsSplit, headNormUnitOffset);
+            KeyNorm = layers.HeadRmsNorm(name + ".k_norm", HeadSize, epsilon, headsSplit, headNormUnitOffset);
         }
         Projection = layers.Linear(name + ".proj", heads * HeadSize, channels, bias);
         // The heads this rank computes: all of them, or its share of each part of the split QKV rows.
@@ -114,7 +122,11 @@ public sealed class CausalSelfAttention
     /// <summary>Output projection H D to C (row-parallel under tensor parallelism).</summary>
     public Linear Projection { get; }
 
-    private double Scale => 1.0 / Math.Sqrt(HeadSize);
+    /// <summary>What the scores q·k are multiplied by: 1/sqrt(D) unless the constructor was given another.</summary>
+    public double Scale { get; }
+
+    /// <summary>Soft cap of the scaled scores (Gemma 2's attn_logit_softcapping), or 0 for none.</summary>
+    public double SoftCap { get; }
 
     /// <summary>
     /// y from x attending causally within the T positions of each sequence (+ <paramref name="residual"/>, added once, after
@@ -134,7 +146,7 @@ public sealed class CausalSelfAttention
         if (Rope is { } rope) backend.Rope(qkv.Slice(2, 0, Heads + KvHeads), 0, rope);   // q and k heads, adjacent
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         var lse = ctx.Buffer(_logSumExp, new Shape(b, Heads, t), x.DType == DType.F64 ? DType.F64 : DType.F32); // (B, H, T)
-        backend.AttentionForward(q, k, v, att, lse, Scale, SlidingWindow);
+        backend.AttentionForward(q, k, v, att, lse, Scale, SlidingWindow, SoftCap);
         ctx.Save(_qkv, qkv);
         ctx.Save(_attention, att);
         ctx.Save(_logSumExp, lse);
@@ -164,7 +176,7 @@ public sealed class CausalSelfAttention
         // attention backward adds them (on the way where its kernels can, IBackend.AttentionBackward), and the product takes
         // only its dW.
         var qkvBiasGradient = Rope is null && QueryNorm is null && Qkv.TakesBiasGradientFromNext ? Qkv.Bias!.Grad : null;
-        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale, SlidingWindow, qkvBiasGradient);
+        backend.AttentionBackward(q, k, v, att, dAtt, lse, dq, dk, dv, Scale, SlidingWindow, qkvBiasGradient, SoftCap);
         // RoPE is a rotation: its backward is the inverse rotation of the gradient (dq and dk heads, adjacent).
         if (Rope is { } rope) backend.Rope(dQkv.Slice(2, 0, Heads + KvHeads), 0, rope, inverse: true);
         if (QueryNorm is not null)
@@ -204,7 +216,7 @@ public sealed class CausalSelfAttention
             // Llama: the norm, the QKV product, the rotation of q and k and the append of k and v, as one op (one
             // launch on a GPU for a decode step's few rows).
             qkv = ctx.Buffer(_qkv, new Shape(b, t, Heads + 2 * KvHeads, HeadSize), x.DType);
-            backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue, Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
+            backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue(ctx), Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
                 cache.KeysAndValues(layer), positions, frequencies);
         }
         else
@@ -216,7 +228,7 @@ public sealed class CausalSelfAttention
             else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
         }
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
-        backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale, SlidingWindow);
+        backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale, SlidingWindow, SoftCap);
         Projection.ForwardAccumulate(ctx, att.Reshape(n, Heads * HeadSize), residual);
     }
 

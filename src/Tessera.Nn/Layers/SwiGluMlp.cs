@@ -16,13 +16,15 @@ namespace Tessera.Nn.Layers;
 /// </summary>
 public sealed class SwiGluMlp : IFeedForward
 {
-    private readonly ActivationKey _gate, _up, _activated, _dActivated, _dGate, _dUp, _gateUp, _input, _dGateUp;
+    private readonly ActivationKey _gate, _up, _activated, _dActivated, _dGate, _dUp, _gateUp, _input, _dGateUp, _geluGate, _dGeluGate;
 
-    /// <summary>Declares "<paramref name="name"/>.gate" (F, C), ".up" (F, C) and ".proj" (C, F), with biases when <paramref name="bias"/>, as <paramref name="layers"/>' plan splits them.</summary>
-    public SwiGluMlp(LayerFactory layers, string name, int channels, int hidden, bool bias)
+    /// <summary>Declares "<paramref name="name"/>.gate" (F, C), ".up" (F, C) and ".proj" (C, F), with biases when <paramref name="bias"/>, as <paramref name="layers"/>' plan splits them;
+    /// <paramref name="geluGate"/> puts the tanh GELU on the gate in place of SiLU (GeGLU).</summary>
+    public SwiGluMlp(LayerFactory layers, string name, int channels, int hidden, bool bias, bool geluGate = false)
     {
         ArgumentNullException.ThrowIfNull(layers);
         Name = name;
+        GeluGate = geluGate;
         Input = layers.InputRegion(name);
         Gate = layers.Linear(name + ".gate", channels, hidden, bias);
         Up = layers.Linear(name + ".up", channels, hidden, bias);
@@ -36,7 +38,12 @@ public sealed class SwiGluMlp : IFeedForward
         _gateUp = new ActivationKey(name + ".gate_up.out");
         _input = new ActivationKey(name + ".x");
         _dGateUp = new ActivationKey(name + ".gate_up.dy");
+        _geluGate = new ActivationKey(name + ".gelu_gate.out");
+        _dGeluGate = new ActivationKey(name + ".gelu_gate.dy");
     }
+
+    /// <summary>Whether the gate's activation is the tanh GELU (GeGLU) rather than SiLU.</summary>
+    public bool GeluGate { get; }
 
     /// <inheritdoc/>
     public string Name { get; }
@@ -57,7 +64,7 @@ public sealed class SwiGluMlp : IFeedForward
     /// Whether training runs gate and up as one product: their weights (and so their gradients, which the storages lay out
     /// alike) are adjacent (F, C) blocks of one storage, and neither has a bias.
     /// </summary>
-    public bool FusesGateAndUp => Gate.Bias is null && Up.Bias is null && Gate.IsPlainProduct && Up.IsPlainProduct
+    public bool FusesGateAndUp => !GeluGate && Gate.Bias is null && Up.Bias is null && Gate.IsPlainProduct && Up.IsPlainProduct
         && Stacked(Gate.Weight.Value, Up.Weight.Value) is not null;
 
     /// <summary>The (2F, C) matrix [a; b] when b follows a in their storage (both contiguous, of one shape), else null.</summary>
@@ -88,7 +95,7 @@ public sealed class SwiGluMlp : IFeedForward
         var g = Gate.Forward(ctx, rows);                             // (N, F)
         var u = Up.Forward(ctx, rows);                               // (N, F)
         var a = ctx.Buffer(_activated, g.Shape, g.DType);            // (N, F)
-        x.Backend.SwiGluForward(g, u, a);
+        Activate(ctx, g, u, a);
         ctx.Save(_gate, g);
         ctx.Save(_up, u);
         return Projection.Forward(ctx, a, residual);                 // x's rows, (N, C)
@@ -104,16 +111,27 @@ public sealed class SwiGluMlp : IFeedForward
             {
                 // Int8 weights, or unmerged adapters: gate and up through their own layers (the adapters add their low-rank
                 // terms), each normalizing x in its product where it can (an int8 product's norm; an adapter normalizes first).
-                x.Backend.SwiGluForward(Gate.ForwardNormalized(ctx, x, norm), Up.ForwardNormalized(ctx, x, norm), a);
+                Activate(ctx, Gate.ForwardNormalized(ctx, x, norm), Up.ForwardNormalized(ctx, x, norm), a);
                 Projection.ForwardAccumulate(ctx, a, residual);
                 return;
             }
             // Other norms, or a sequence-parallel gather: the rows once, then gate and up through their own layers.
             var rows = Input.Forward(ctx, norm.Forward(ctx, x));
-            x.Backend.SwiGluForward(Gate.Forward(ctx, rows), Up.Forward(ctx, rows), a);
+            Activate(ctx, Gate.Forward(ctx, rows), Up.Forward(ctx, rows), a);
+        }
+        else if (GeluGate)
+        {
+            // GeGLU: the two products (the norm in their prologue where it fuses), then the composed activation.
+            if (norm is RmsNorm && Input is not GatherFromSequenceParallelRegion)
+                Activate(ctx, Gate.ForwardNormalized(ctx, x, norm), Up.ForwardNormalized(ctx, x, norm), a);
+            else
+            {
+                var rows = Input.Forward(ctx, norm.Forward(ctx, x));
+                Activate(ctx, Gate.Forward(ctx, rows), Up.Forward(ctx, rows), a);
+            }
         }
         else if (norm is RmsNorm rms && Input is not GatherFromSequenceParallelRegion)
-            x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue);
+            x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue(ctx));
         else x.Backend.MatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value);
         Projection.ForwardAccumulate(ctx, a, residual);              // (N, C) += proj(a)
     }
@@ -134,11 +152,34 @@ public sealed class SwiGluMlp : IFeedForward
         Projection.Backward(ctx, dy, da, biasGradientTaken: projectionBiasGradientTaken);
         var dg = ctx.Scratch(_dGate, g.Shape, g.DType);
         var du = ctx.Scratch(_dUp, g.Shape, g.DType);
-        dy.Backend.SwiGluBackward(g, u, da, dg, du);
+        if (GeluGate)
+        {
+            var backend = dy.Backend;
+            var gelu = ctx.Scratch(_geluGate, g.Shape, g.DType);     // (N, F): GELU(g), recomputed
+            var daUp = ctx.Scratch(_dGeluGate, g.Shape, g.DType);    // (N, F): da u, the gradient of GELU(g)
+            backend.GeluForward(g, gelu);
+            backend.Multiply(da, gelu, du);
+            backend.Multiply(da, u, daUp);
+            backend.GeluBackward(g, daUp, dg);
+        }
+        else dy.Backend.SwiGluBackward(g, u, da, dg, du);
         var dInput = Input.GradientBuffer(ctx, dx);
         Gate.Backward(ctx, dg, dInput, accumulateDx);
         Up.Backward(ctx, du, dInput, accumulateDx: true);
         Input.Backward(ctx, dInput, dx);
+    }
+
+    /// <summary>a (N, F) = act(g) u: SiLU (one op), or the tanh GELU (<see cref="GeluGate"/>: GELU into a buffer, then the product).</summary>
+    private void Activate(in PassContext ctx, Tensor g, Tensor u, Tensor a)
+    {
+        if (!GeluGate)
+        {
+            g.Backend.SwiGluForward(g, u, a);
+            return;
+        }
+        var gelu = ctx.Buffer(_geluGate, g.Shape, g.DType);          // (N, F), not saved: backward recomputes it from g
+        g.Backend.GeluForward(g, gelu);
+        g.Backend.Multiply(gelu, u, a);
     }
 
     /// <summary>The backward of the one-product forward: SwiGLU's gradient into [dg | du] (N, 2F), then one product each for dx and [dWg; dWu].</summary>

@@ -168,10 +168,11 @@ public sealed class LayerFactory
         }
     }
 
-    /// <summary>An RMSNorm "<paramref name="name"/>"; its weight's gradient is partial when it is sequence-parallel.</summary>
-    public RmsNorm RmsNorm(string name, int channels, double epsilon)
+    /// <summary>An RMSNorm "<paramref name="name"/>" (its weight applied as 1 + w when <paramref name="unitOffset"/>: Gemma); its
+    /// weight's gradient is partial when it is sequence-parallel.</summary>
+    public RmsNorm RmsNorm(string name, int channels, double epsilon, bool unitOffset = false)
     {
-        var norm = new RmsNorm(Parameters, name, channels, epsilon, NormPlacement(name));
+        var norm = new RmsNorm(Parameters, name, channels, epsilon, NormPlacement(name), unitOffset);
         if (IsSequenceParallel(name)) Partial(norm.Weight);
         return norm;
     }
@@ -180,12 +181,12 @@ public sealed class LayerFactory
     /// An RMSNorm "<paramref name="name"/>" over each attention head's <paramref name="headSize"/> channels (Qwen3's q_norm
     /// and k_norm), replicated. When <paramref name="headsSplit"/> (a column-parallel QKV) each rank normalizes only its own
     /// heads, so its weight gradient is a part of the whole, summed over the tensor-parallel ranks (replicated key heads
-    /// included: each replica's part comes from its own query heads).
+    /// included: each replica's part comes from its own query heads). <paramref name="unitOffset"/>: applied as 1 + w (Gemma 3).
     /// </summary>
-    public RmsNorm HeadRmsNorm(string name, int headSize, double epsilon, bool headsSplit)
+    public RmsNorm HeadRmsNorm(string name, int headSize, double epsilon, bool headsSplit, bool unitOffset = false)
     {
         var placement = headsSplit ? Placement.ReplicatedWithPartialGradient(MeshAxis.Tp) : null;
-        var norm = new RmsNorm(Parameters, name, headSize, epsilon, placement);
+        var norm = new RmsNorm(Parameters, name, headSize, epsilon, placement, unitOffset);
         if (headsSplit) Partial(norm.Weight);
         return norm;
     }

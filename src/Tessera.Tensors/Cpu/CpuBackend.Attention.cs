@@ -80,11 +80,12 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc/>
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0)
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0, double softCap = 0)
     {
         const string op = nameof(AttentionForward);
         var (b, t, h, s, kh, d) = CheckAttention(op, q, k, v);
         RequireWindow(op, window);
+        RequireSoftCap(op, softCap);
         RequireShape(op, nameof(output), output, q.Shape);
         RequireDType(op, nameof(output), output, q.DType);
         RequireContiguous(op, nameof(output), output);
@@ -94,8 +95,8 @@ public sealed unsafe partial class CpuBackend
             RequireDType(op, nameof(logSumExp), logSumExp, q.DType);
             RequireContiguous(op, nameof(logSumExp), logSumExp);
         }
-        if (q.DType == DType.F32) AttentionForwardTyped<float>(q, k, v, output, logSumExp, scale, window);
-        else AttentionForwardTyped<double>(q, k, v, output, logSumExp, scale, window);
+        if (q.DType == DType.F32) AttentionForwardTyped<float>(q, k, v, output, logSumExp, scale, window, softCap);
+        else AttentionForwardTyped<double>(q, k, v, output, logSumExp, scale, window, softCap);
         KeepOperandsAlive(q, k, v, output, logSumExp);
     }
 
@@ -108,8 +109,18 @@ public sealed unsafe partial class CpuBackend
         if (window < 0) throw new ArgumentOutOfRangeException(nameof(window), window, $"{op}: sliding window must be 0 (none) or positive");
     }
 
-    private void AttentionForwardTyped<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window)
-        where T : unmanaged, IFloatingPointIeee754<T>
+    private static void RequireSoftCap(string op, double softCap)
+    {
+        if (!(softCap >= 0) || double.IsInfinity(softCap))
+            throw new ArgumentOutOfRangeException(nameof(softCap), softCap, $"{op}: soft cap must be 0 (none) or positive and finite");
+    }
+
+    /// <summary>The score of scaled dot product <paramref name="raw"/>: itself, or cap tanh(raw / cap) with a soft cap.</summary>
+    private static T Capped<T>(T raw, T cap, T inverseCap) where T : IFloatingPointIeee754<T> =>
+        cap == T.Zero ? raw : cap * T.Tanh(raw * inverseCap);
+
+    private void AttentionForwardTyped<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window,
+        double softCap) where T : unmanaged, IFloatingPointIeee754<T>
     {
         int b = q.Shape[0], t = q.Shape[1], h = q.Shape[2], d = q.Shape[3], s = k.Shape[1], kh = k.Shape[2];
         int group = h / kh;
@@ -119,7 +130,8 @@ public sealed unsafe partial class CpuBackend
         long kb = k.Stride(0), ks = k.Stride(1), khs = k.Stride(2);
         long vb = v.Stride(0), vs = v.Stride(1), vhs = v.Stride(2);
         T sc = T.CreateTruncating(scale);
-        if (t >= GemmAttentionMinLength)
+        T cap = T.CreateTruncating(softCap), inverseCap = softCap > 0 ? T.One / cap : T.Zero;
+        if (t >= GemmAttentionMinLength && softCap == 0)   // the GEMM path does not cap; capped scores take the loop
         {
             AttentionForwardGemm(pq, pk, pv, po, pl, b, t, h, s, kh, d, qb, qt, qh, kb, ks, khs, vb, vs, vhs, sc, window);
             return;
@@ -142,7 +154,7 @@ public sealed unsafe partial class CpuBackend
                         T max = T.NegativeInfinity;
                         for (int j = first; j <= last; j++)
                         {
-                            T sj = sc * RowKernels.Dot(qr, kbase + j * ks, d);
+                            T sj = Capped(sc * RowKernels.Dot(qr, kbase + j * ks, d), cap, inverseCap);
                             p[j] = sj;
                             if (sj > max) max = sj;
                         }
@@ -159,11 +171,12 @@ public sealed unsafe partial class CpuBackend
 
     /// <inheritdoc/>
     public void AttentionBackward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null)
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null, double softCap = 0)
     {
         const string op = nameof(AttentionBackward);
         var (b, t, h, s, kh, d) = CheckAttention(op, q, k, v);
         RequireWindow(op, window);
+        RequireSoftCap(op, softCap);
         if (s != t) throw new ArgumentException($"{op}: needs S == T (training), got q {q.Shape} and k {k.Shape}", nameof(k));
         foreach (var (name, tensor) in new[] { (nameof(output), output), (nameof(dOutput), dOutput), (nameof(dq), dq) })
         {
@@ -189,8 +202,8 @@ public sealed unsafe partial class CpuBackend
                 throw new ArgumentException($"{op}: columnSums must be F32 or F64, got {columnSums.DType}", nameof(columnSums));
             RequireContiguous(op, nameof(columnSums), columnSums);
         }
-        if (q.DType == DType.F32) AttentionBackwardTyped<float>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window);
-        else AttentionBackwardTyped<double>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window);
+        if (q.DType == DType.F32) AttentionBackwardTyped<float>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window, softCap);
+        else AttentionBackwardTyped<double>(q, k, v, output, dOutput, logSumExp, dq, dk, dv, scale, window, softCap);
         if (columnSums is not null)
         {
             if (q.DType == DType.F32 && columnSums.DType == DType.F32) AddHeadColumnSums<float, float>(columnSums, dq, dk, dv);
@@ -223,14 +236,15 @@ public sealed unsafe partial class CpuBackend
     }
 
     private void AttentionBackwardTyped<T>(Tensor q, Tensor k, Tensor v, Tensor output, Tensor dOutput, Tensor logSumExp,
-        Tensor dq, Tensor dk, Tensor dv, double scale, int window) where T : unmanaged, IFloatingPointIeee754<T>
+        Tensor dq, Tensor dk, Tensor dv, double scale, int window, double softCap) where T : unmanaged, IFloatingPointIeee754<T>
     {
         int b = q.Shape[0], t = q.Shape[1], h = q.Shape[2], d = q.Shape[3], kh = k.Shape[2];
         int group = h / kh;
         T* pq = Ptr<T>(q), pk = Ptr<T>(k), pv = Ptr<T>(v), po = Ptr<T>(output), pdo = Ptr<T>(dOutput);
         T* pl = Ptr<T>(logSumExp), pdq = Ptr<T>(dq), pdk = Ptr<T>(dk), pdv = Ptr<T>(dv);
         T sc = T.CreateTruncating(scale);
-        if (t >= GemmAttentionMinLength)
+        T cap = T.CreateTruncating(softCap), inverseCap = softCap > 0 ? T.One / cap : T.Zero;
+        if (t >= GemmAttentionMinLength && softCap == 0)   // the GEMM path does not cap; capped scores take the loop
         {
             AttentionBackwardGemm(q, k, v, output, dOutput, pq, pk, pv, po, pdo, pl, pdq, pdk, pdv, dq, dk, dv, sc, window);
             return;
@@ -262,9 +276,13 @@ public sealed unsafe partial class CpuBackend
                             new Span<T>(dqr, d).Clear();
                             for (int j = FirstVisibleKey(ti, window); j <= ti; j++)
                             {
-                                T pj = T.Exp(sc * RowKernels.Dot(qr, kbase + j * ks, d) - lse);
+                                T raw = sc * RowKernels.Dot(qr, kbase + j * ks, d);
+                                T sj = Capped(raw, cap, inverseCap);
+                                T pj = T.Exp(sj - lse);
                                 T dpj = RowKernels.Dot(dor, vbase + j * vs, d);
+                                // dL/d(raw): softmax's pj (dpj - delta), times the cap's derivative 1 - tanh^2 = 1 - (sj / cap)^2.
                                 T dsj = pj * (dpj - delta) * sc;
+                                if (cap != T.Zero) dsj *= T.One - sj * inverseCap * (sj * inverseCap);
                                 RowKernels.Axpy(dsj, kbase + j * ks, dqr, d);
                                 RowKernels.Axpy(dsj, qr, dkbase + j * dks, d);
                                 RowKernels.Axpy(pj, dor, dvbase + j * dvs, d);

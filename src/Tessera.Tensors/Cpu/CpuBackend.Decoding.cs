@@ -18,7 +18,7 @@ public sealed unsafe partial class CpuBackend
     }
 
     public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
-        int window = 0)
+        int window = 0, double softCap = 0)
     {
         const string op = nameof(AttentionForwardCached);
         var (b, t, _, s, _, _) = CheckAttention(op, q, keyCache, valueCache);
@@ -30,7 +30,7 @@ public sealed unsafe partial class CpuBackend
             if (filled > s)
                 throw new ArgumentException($"{op}: sequence {i} starts at {starts[i]} with {t} new positions, beyond the cache's {s}", nameof(startPositions));
             AttentionForward(q.Slice(0, i, 1), keyCache.Slice(0, i, 1).Slice(1, 0, filled), valueCache.Slice(0, i, 1).Slice(1, 0, filled),
-                output.Slice(0, i, 1), null, scale, window);
+                output.Slice(0, i, 1), null, scale, window, softCap);
         }
         KeepOperandsAlive(q, keyCache, valueCache, startPositions, output);
     }

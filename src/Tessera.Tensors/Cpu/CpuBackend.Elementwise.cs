@@ -68,6 +68,48 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc/>
+    public void SoftCap(Tensor x, double cap)
+    {
+        CheckElementwise(nameof(SoftCap), (nameof(x), x));
+        if (!(cap > 0) || double.IsInfinity(cap)) throw new ArgumentOutOfRangeException(nameof(cap), cap, "SoftCap: the cap must be positive and finite");
+        if (x.DType == DType.F32) SoftCapTyped<float>(x, cap); else SoftCapTyped<double>(x, cap);
+        KeepOperandsAlive(x);
+    }
+
+    private void SoftCapTyped<T>(Tensor x, double cap) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* px = Ptr<T>(x);
+        T c = T.CreateTruncating(cap), inverse = T.One / c;
+        ParallelChunks(x.NumElements, 16, (s, e) =>
+        {
+            for (long i = s; i < e; i++) px[i] = c * T.Tanh(px[i] * inverse);
+        });
+    }
+
+    /// <inheritdoc/>
+    public void SoftCapBackward(Tensor y, Tensor dy, double cap)
+    {
+        CheckElementwise(nameof(SoftCapBackward), (nameof(y), y), (nameof(dy), dy));
+        if (!(cap > 0) || double.IsInfinity(cap)) throw new ArgumentOutOfRangeException(nameof(cap), cap, "SoftCapBackward: the cap must be positive and finite");
+        if (y.DType == DType.F32) SoftCapBackwardTyped<float>(y, dy, cap); else SoftCapBackwardTyped<double>(y, dy, cap);
+        KeepOperandsAlive(y, dy);
+    }
+
+    private void SoftCapBackwardTyped<T>(Tensor y, Tensor dy, double cap) where T : unmanaged, IFloatingPointIeee754<T>
+    {
+        T* py = Ptr<T>(y), pd = Ptr<T>(dy);
+        T inverse = T.One / T.CreateTruncating(cap);
+        ParallelChunks(y.NumElements, 4, (s, e) =>
+        {
+            for (long i = s; i < e; i++)
+            {
+                T u = py[i] * inverse;                                  // tanh(x / cap)
+                pd[i] *= T.One - u * u;
+            }
+        });
+    }
+
+    /// <inheritdoc/>
     public void Scale(Tensor x, double factor)
     {
         CheckElementwise(nameof(Scale), (nameof(x), x));

@@ -124,7 +124,8 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(batch, x, norm?.Weight, weight, bias, qkv, pool, positions, poolScales);
     }
 
-    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null)
+    public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null,
+        double softCap = 0)
     {
         const string op = nameof(PagedAttention);
         if (window < 0) throw new ArgumentOutOfRangeException(nameof(window), window, $"{op}: sliding window must be 0 (none) or positive");
@@ -182,7 +183,7 @@ public sealed unsafe partial class CpuBackend
                 }
                 var queries = RowsView(q, first + skip, live);
                 var result = RowsView(output, first + skip, live);
-                AttentionForward(queries, keys, values, result, null, scale, window);
+                AttentionForward(queries, keys, values, result, null, scale, window, softCap);
             }
             finally
             {

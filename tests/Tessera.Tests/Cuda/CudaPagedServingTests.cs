@@ -378,6 +378,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData("llama-debug")]
     [InlineData("gpt2-debug")]
     [InlineData("qwen3-debug")]   // the unfused paged path with q/k head norms
+    [InlineData("gemma3-debug")]  // post-norms, GeGLU, per-layer windows and RoPE bases (not run here: no GPU)
     public async Task BatchedRecordedDecodingOnTheGpuMatchesOneSequenceAtATimeOnTheCpu(string preset)
     {
         var (config, onCpu, onGpu, weights) = RandomModelOnBoth(preset, context: 64);

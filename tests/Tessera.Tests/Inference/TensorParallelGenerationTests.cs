@@ -28,6 +28,8 @@ public sealed class TensorParallelGenerationTests
     [InlineData("llama-debug", 4)]   // 2 key/value heads over 4 ranks: each rank caches a replica of its head
     [InlineData("llama-headsize-debug", 2)]   // head size 16 != C / H: each rank's output projection takes 2·16 of 64 inputs
     [InlineData("qwen3-debug", 2)]            // each rank normalizes its own heads with the replicated q/k norms
+    [InlineData("gemma3-debug", 2)]           // post-norms replicated after the row-parallel reductions, GeGLU column-parallel
+    [InlineData("gemma2-debug", 2)]           // each rank caps its vocabulary columns before the gather
     public void TensorParallelRanksGenerateOneDevicesTokens(string preset, int tp)
     {
         var config = ModelPresets.Get(preset);

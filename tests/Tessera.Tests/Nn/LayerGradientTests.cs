@@ -70,12 +70,14 @@ public class LayerGradientTests
         CheckNorm(layer, arena, store, rng);
     }
 
-    [Fact]
-    public void RmsNormBackwardMatchesFiniteDifferences()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]      // Gemma: the weight applied as 1 + w
+    public void RmsNormBackwardMatchesFiniteDifferences(bool unitOffset)
     {
         var rng = new Random(4);
         var (parameters, store) = Setup();
-        var layer = new RmsNorm(parameters, "rms", 16, 1e-5);
+        var layer = new RmsNorm(parameters, "rms", 16, 1e-5, unitOffset: unitOffset);
         var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         LayerCheck.Randomize(_cpu, arena, rng);
         CheckNorm(layer, arena, store, rng);
@@ -137,16 +139,17 @@ public class LayerGradientTests
     }
 
     [Theory]
-    [InlineData(false, 20)]
-    [InlineData(true, 20)]      // 8 x 20 weights are padded to 192 elements in the arena: gate and up as two products
-    [InlineData(true, 24)]      // 8 x 24 = 192: gate and up adjacent, one product
-    public void GeluAndSwiGluMlpBackwardMatchFiniteDifferences(bool swiglu, int hidden)
+    [InlineData(false, 20, false)]
+    [InlineData(true, 20, false)]      // 8 x 20 weights are padded to 192 elements in the arena: gate and up as two products
+    [InlineData(true, 24, false)]      // 8 x 24 = 192: gate and up adjacent, one product
+    [InlineData(true, 24, true)]       // GeGLU (Gemma): the tanh GELU on the gate, always two products
+    public void GeluAndSwiGluMlpBackwardMatchFiniteDifferences(bool swiglu, int hidden, bool geluGate)
     {
         var rng = new Random(6);
         var (parameters, store) = Setup();
-        IFeedForward mlp = swiglu ? new SwiGluMlp(new LayerFactory(parameters), "mlp", 8, hidden, bias: false) : new GeluMlp(new LayerFactory(parameters), "mlp", 8, hidden, bias: true);
+        IFeedForward mlp = swiglu ? new SwiGluMlp(new LayerFactory(parameters), "mlp", 8, hidden, bias: false, geluGate) : new GeluMlp(new LayerFactory(parameters), "mlp", 8, hidden, bias: true);
         var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
-        if (mlp is SwiGluMlp s) Assert.Equal(hidden == 24, s.FusesGateAndUp);
+        if (mlp is SwiGluMlp s) Assert.Equal(hidden == 24 && !geluGate, s.FusesGateAndUp);
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, N, 8);
         var check = new LayerCheck(_cpu, () => mlp.Forward(PassContext.Transient(store), x));
@@ -192,6 +195,29 @@ public class LayerGradientTests
         var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
         Assert.NotNull(attn.Qkv.Bias);
         Assert.Null(attn.Projection.Bias);
+        LayerCheck.Randomize(_cpu, arena, rng);
+        var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, 16);
+        var check = new LayerCheck(_cpu, () => attn.Forward(PassContext.Transient(store), x));
+        var ctx = PassContext.Training(store, 0);
+        var dy = check.OutputGradient(rng, attn.Forward(ctx, x));
+        var dx = _cpu.Allocate(x.Shape, DType.F64);
+        TestTensors.Poison(_cpu, dx);
+        attn.Backward(ctx, dy, dx);
+        check.Assert(x, dx, "dx");
+        check.AssertParameters(arena);
+    }
+
+    [Fact]
+    public void GemmaAttentionWithAScaleASoftCapAndOnePlusWHeadNormsBackwardMatchesFiniteDifferences()
+    {
+        // Gemma: 1/sqrt(query_pre_attn_scalar) in place of 1/sqrt(D), scores capped at 1.5 (Gemma 2), q/k head norms applied
+        // as 1 + w (Gemma 3), a window of 2.
+        var rng = new Random(9);
+        var (parameters, store) = Setup();
+        var attn = new CausalSelfAttention(new LayerFactory(parameters), "attn", 16, 4, 2, bias: false, 10000.0, slidingWindow: 2,
+            headSize: 8, headNormEpsilon: 1e-6, scale: 0.3, softCap: 1.5, headNormUnitOffset: true);
+        var arena = new ParameterArena(parameters.Build(), _cpu, DType.F64);
+        Assert.True(attn.QueryNorm is { UnitOffset: true } && attn.KeyNorm is { UnitOffset: true });
         LayerCheck.Randomize(_cpu, arena, rng);
         var x = TestTensors.RandomNormal(_cpu, rng, DType.F64, B, T, 16);
         var check = new LayerCheck(_cpu, () => attn.Forward(PassContext.Transient(store), x));

@@ -131,6 +131,67 @@ public class ChatTemplateTests
         Assert.EndsWith("<|im_start|>assistant\n", template.Render(conversation));   // thinking left on: no empty block
     }
 
+    /// <summary>
+    /// Gemma 3's chat template as released (its text and image branches; Gemma 2's is the same without the system prefix): the
+    /// bos token, a system message folded into the first user turn, assistant turns as "model", content trimmed, roles checked
+    /// to alternate with loop.index0 and raise_exception.
+    /// </summary>
+    [Fact]
+    public void GemmasTemplateRendersTurnsAndRefusesRolesThatDoNotAlternate()
+    {
+        const string source = """
+            {{ bos_token }}
+            {%- if messages[0]['role'] == 'system' -%}
+                {%- if messages[0]['content'] is string -%}
+                    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+                {%- else -%}
+                    {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+                {%- endif -%}
+                {%- set loop_messages = messages[1:] -%}
+            {%- else -%}
+                {%- set first_user_prefix = "" -%}
+                {%- set loop_messages = messages -%}
+            {%- endif -%}
+            {%- for message in loop_messages -%}
+                {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+                    {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+                {%- endif -%}
+                {%- if (message['role'] == 'assistant') -%}
+                    {%- set role = "model" -%}
+                {%- else -%}
+                    {%- set role = message['role'] -%}
+                {%- endif -%}
+                {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+                {%- if message['content'] is string -%}
+                    {{ message['content'] | trim }}
+                {%- elif message['content'] is iterable -%}
+                    {%- for item in message['content'] -%}
+                        {%- if item['type'] == 'image' -%}
+                            {{ '<start_of_image>' }}
+                        {%- elif item['type'] == 'text' -%}
+                            {{ item['text'] | trim }}
+                        {%- endif -%}
+                    {%- endfor -%}
+                {%- else -%}
+                    {{ raise_exception("Invalid content type") }}
+                {%- endif -%}
+                {{ '<end_of_turn>\n' }}
+            {%- endfor -%}
+            {%- if add_generation_prompt -%}
+                {{'<start_of_turn>model\n'}}
+            {%- endif -%}
+            """;
+        var template = ChatTemplate.Parse(source, "gemma template");
+        ChatMessage[] conversation = [new("system", "Be brief."), new("user", " Hi "), new("assistant", "Hello."), new("user", "And?")];
+        Assert.Equal(
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n" +
+            "<start_of_turn>user\nAnd?<end_of_turn>\n<start_of_turn>model\n",
+            template.Render(conversation, bosToken: "<bos>"));
+        Assert.Equal("<start_of_turn>user\nHi<end_of_turn>\n", template.Render(conversation[1..2], addGenerationPrompt: false));
+        var e = Assert.Throws<ChatTemplateException>(() => template.Render([new("user", "a"), new("user", "b")]));
+        Assert.Contains("Conversation roles must alternate", e.Message);
+    }
+
     [Fact]
     public void ExpressionsFollowPythonAndJinjaSemantics()
     {

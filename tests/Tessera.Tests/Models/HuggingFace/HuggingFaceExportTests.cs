@@ -55,6 +55,8 @@ public sealed class HuggingFaceExportTests : IDisposable
     [InlineData("qwen3-debug")]            // q_norm and k_norm, Qwen3ForCausalLM
     [InlineData("mixtral-debug")]          // block_sparse_moe.gate and experts.{j}.w1/w2/w3, MixtralForCausalLM
     [InlineData("qwen3-moe-debug")]        // mlp.gate and mlp.experts.{j}.*_proj, moe_intermediate_size, Qwen3MoeForCausalLM
+    [InlineData("gemma2-debug")]           // four norms a block written as w = scale - 1, Gemma2ForCausalLM
+    [InlineData("gemma3-debug")]           // and q_norm, k_norm, rope_local_base_freq, layer_types
     public void EachFamilyReloadsFromItsExportWithTheSameConfigurationAndLogits(string preset)
     {
         var config = ModelPresets.Get(preset);

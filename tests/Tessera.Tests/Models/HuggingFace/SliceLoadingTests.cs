@@ -73,6 +73,7 @@ public sealed class SliceLoadingTests : IDisposable
     [InlineData("qwen2-debug", 2, DType.F16)]    // stacked q/k/v biases
     [InlineData("llama-headsize-debug", 2, DType.F32)]   // o_proj is C x H·D = 48 x 64
     [InlineData("qwen3-debug", 2, DType.BF16)]           // q_norm and k_norm whole on every rank
+    [InlineData("gemma3-debug", 2, DType.F32)]           // 1 + w norm weights whole on every rank
     public void EachRankReadsOnlyItsSliceAndGetsTheSliceOfTheWholeTensorBitForBit(string preset, int tp, DType stored)
     {
         var config = Config(preset);

@@ -29,6 +29,9 @@ public class TransformerTests
         },
         // A window of 3 over sequences of 8.
         "mistral-window3" => ModelPresets.Get("mistral-debug") with { SlidingWindow = 3 },
+        // Gemma's local layers with a window of 3 over sequences of 8 (the presets' 8 would see every position).
+        "gemma2-window3" => ModelPresets.Get("gemma2-debug") with { LocalWindow = 3 },
+        "gemma3-window3" => ModelPresets.Get("gemma3-debug") with { LocalWindow = 3 },
         _ => ModelPresets.Get(preset),
     };
 
@@ -76,6 +79,8 @@ public class TransformerTests
     [InlineData("qwen3-debug")]            // through the q/k head norms, their weights included
     [InlineData("mixtral-debug")]          // router and experts: the gradient through the routing weights and the softmax
     [InlineData("qwen3-moe-debug")]        // weights not renormalized, q/k head norms
+    [InlineData("gemma2-window3")]         // GeGLU, post-norms, embedding scale, the local layers' window
+    [InlineData("gemma3-window3")]         // and the q/k norms, two RoPE bases
     public void ModelGradientMatchesFiniteDifferencesOnEveryParameter(string preset)
     {
         var config = Config(preset);
@@ -225,6 +230,8 @@ public class TransformerTests
     [InlineData("qwen3-debug")]          // the unfused decode: product, q/k norms, RoPE, append
     [InlineData("mixtral-debug")]        // the experts through ForwardAccumulate, routed on the host
     [InlineData("qwen3-moe-debug")]
+    [InlineData("gemma2-window3")]       // post-norms on each branch; local layers slide, global ones do not
+    [InlineData("gemma3-window3")]
     public void CachedDecodingMatchesFullForwardLogits(string preset)
     {
         var config = Config(preset);
@@ -362,6 +369,8 @@ public class TransformerTests
     [InlineData("qwen3-debug")]
     [InlineData("mixtral-debug")]
     [InlineData("qwen3-moe-debug")]
+    [InlineData("gemma2-debug")]
+    [InlineData("gemma3-debug")]
     public void F32TrainingStepsOverfitOneBatch(string preset)
     {
         var config = Config(preset);

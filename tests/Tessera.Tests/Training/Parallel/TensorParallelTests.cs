@@ -71,6 +71,10 @@ public sealed class TensorParallelTests : IDisposable
     [InlineData("llama-headsize-debug", 2, false)]   // head size 16 != C / H = 12
     [InlineData("qwen3-debug", 2, false)]            // q/k norm gradients are partial on each rank and summed over them
     [InlineData("qwen3-debug", 2, true)]
+    [InlineData("gemma2-debug", 2, false)]           // post-norms replicated after the row-parallel reductions
+    [InlineData("gemma3-debug", 2, false)]
+    [InlineData("gemma3-debug", 2, true)]            // sequence-parallel post-norms: partial gradients summed
+    [InlineData("gemma2-debug", 2, true)]            // and the capped logits through the vocabulary-parallel loss
     [InlineData("gpt2-debug", 2, true)]
     [InlineData("gpt2-debug", 4, true)]
     [InlineData("llama-debug", 2, true)]
