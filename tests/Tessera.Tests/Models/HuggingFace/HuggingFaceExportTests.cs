@@ -188,13 +188,14 @@ public sealed class HuggingFaceExportTests : IDisposable
         if (missing is not null) Assert.Skip($"transformers round trip not run: {missing}");
         var dirs = new List<string>();
         int seed = 20;
-        foreach (var preset in new[] { "gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug" })
+        foreach (var preset in new[] { "gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug", "qwen3-debug",
+                     "mixtral-debug", "qwen3-moe-debug", "gemma2-debug", "gemma3-debug" })
         {
             var config = ModelPresets.Get(preset);
             var model = RandomModel(config, DType.F32, seed++);
             var dir = Path.Combine(_dir, "hf-" + preset);
             HuggingFaceExport.Write(dir, model);
-            int t = preset == "mistral-debug" ? 16 : 12;       // past Mistral's window of 5
+            int t = preset == "mistral-debug" ? 16 : 12;       // past Mistral's window of 5 and the Gemma presets' local window of 8
             var tokens = Tokens(config, 2, t, seed++);
             var logits = Logits(model, tokens);
             int[] prompt = [5, 17, 42, 73, 90];
