@@ -16,6 +16,8 @@ namespace Tessera.Nn.Layers;
 /// contiguous block, scales the rows by their weights (a batched product with K = 1) and scatter-adds them into the output
 /// (<see cref="IBackend.EmbeddingBackward"/>). An expert no token chose is skipped: its gradients get nothing. There is no
 /// grouped product over the experts and no device routing kernel yet, and no tensor parallelism (the constructor refuses it).
+/// With expert parallelism (a <see cref="LayerFactory"/> given an <see cref="Parallel.ExpertParallelism"/>) the layer holds E / ep
+/// experts and exchanges token rows with the other ranks by all-to-all (SparseMoeFeedForward.ExpertParallel.cs).
 /// </para>
 /// <para>
 /// The load-balancing loss (<see cref="AuxiliaryLossCoefficient"/> &gt; 0) is this layer's own: forward records it
