@@ -17,4 +17,6 @@ public enum CollectiveKind
     Send,
     /// <summary>Point-to-point: this rank's tensor is filled from one peer.</summary>
     Recv,
+    /// <summary>Every rank sends a block of rows to every rank (its own included) and receives one from each, of per-peer sizes.</summary>
+    AllToAll,
 }

@@ -48,7 +48,7 @@ public abstract class ProcessGroup : IDisposable
     /// <summary>How long a rank waits for its peers before an operation fails with <see cref="CollectiveTimeoutException"/>.</summary>
     public TimeSpan Timeout { get; }
 
-    /// <summary>Number of collectives (AllReduce, ReduceScatter, AllGather, Broadcast, Barrier) issued; also the last sequence number.</summary>
+    /// <summary>Number of collectives (AllReduce, ReduceScatter, AllGather, Broadcast, Barrier, AllToAll) issued; also the last sequence number.</summary>
     public long CollectiveCount => Interlocked.Read(ref _collectives);
 
     /// <summary>Number of operations of <paramref name="kind"/> issued by this rank (Send and Recv included).</summary>
@@ -100,6 +100,56 @@ public abstract class ProcessGroup : IDisposable
         CheckTensor(tensor, nameof(tensor), CollectiveKind.Broadcast);
         CheckRank(root, nameof(root), CollectiveKind.Broadcast);
         return BroadcastCore(tensor, root, NextCollective(CollectiveKind.Broadcast));
+    }
+
+    /// <summary>
+    /// A variable-size exchange of rows (torch.distributed's all_to_all_single with input and output split sizes): the rows of
+    /// <paramref name="input"/> (Σ inputSplits, ...) are dealt out in rank order, <paramref name="inputSplits"/>[r] rows to group
+    /// rank r, and <paramref name="output"/> (Σ outputSplits, ...) receives <paramref name="outputSplits"/>[r] rows from rank r, in
+    /// rank order. A row is everything past dimension 0 (the same on every rank); splits may be zero. Rank s's inputSplits[d]
+    /// must equal rank d's outputSplits[s] (the sizes are usually exchanged first, by an all-to-all of one count per peer).
+    /// Input and output must not overlap. Counted and numbered as one collective.
+    /// </summary>
+    public CollectiveHandle AllToAll(Tensor input, Tensor output, IReadOnlyList<int> inputSplits, IReadOnlyList<int> outputSplits) // input (Σ in, R...), output (Σ out, R...)
+    {
+        const CollectiveKind kind = CollectiveKind.AllToAll;
+        CheckTensor(input, nameof(input), kind);
+        CheckTensor(output, nameof(output), kind);
+        CheckSameDType(input, output, kind);
+        ArgumentNullException.ThrowIfNull(inputSplits);
+        ArgumentNullException.ThrowIfNull(outputSplits);
+        if (input.Rank == 0 || output.Rank == 0)
+            throw new ArgumentException($"{kind} in {Describe()}: input {input.Shape} and output {output.Shape} must have a row dimension (dimension 0)");
+        if (RowElements(input) != RowElements(output))
+            throw new ArgumentException($"{kind} in {Describe()}: input rows {input.Shape} and output rows {output.Shape} differ past dimension 0");
+        CheckSplits(inputSplits, input, nameof(inputSplits), kind);
+        CheckSplits(outputSplits, output, nameof(outputSplits), kind);
+        if (inputSplits[Rank] != outputSplits[Rank])
+            throw new ArgumentException($"{kind} in {Describe()}: this rank sends itself {inputSplits[Rank]} rows (inputSplits[{Rank}]) but receives {outputSplits[Rank]} from itself (outputSplits[{Rank}])");
+        return AllToAllCore(input, output, [.. inputSplits], [.. outputSplits], NextCollective(kind));
+    }
+
+    /// <summary>Elements of one row of <paramref name="t"/>: the product of its dimensions past the first.</summary>
+    public static long RowElements(Tensor t)
+    {
+        ArgumentNullException.ThrowIfNull(t);
+        long n = 1;
+        for (int d = 1; d < t.Rank; d++) n *= t.Size(d);
+        return n;
+    }
+
+    private void CheckSplits(IReadOnlyList<int> splits, Tensor t, string argument, CollectiveKind kind)
+    {
+        if (splits.Count != Size)
+            throw new ArgumentException($"{kind} in {Describe()}: {argument} has {splits.Count} sizes, expected one per rank ({Size})", argument);
+        long sum = 0;
+        for (int r = 0; r < splits.Count; r++)
+        {
+            if (splits[r] < 0) throw new ArgumentOutOfRangeException(argument, $"{kind} in {Describe()}: {argument}[{r}] = {splits[r]} is negative");
+            sum += splits[r];
+        }
+        if (sum != t.Size(0))
+            throw new ArgumentException($"{kind} in {Describe()}: {argument} sum to {sum} rows but the tensor {t.Shape} has {t.Size(0)}", argument);
     }
 
     /// <summary>Completes on every rank once every rank has issued it.</summary>
@@ -177,6 +227,9 @@ public abstract class ProcessGroup : IDisposable
 
     /// <summary>Issues a validated broadcast.</summary>
     protected abstract CollectiveHandle BroadcastCore(Tensor tensor, int root, long sequenceNumber);
+
+    /// <summary>Issues a validated all-to-all (splits in rows, one per rank; this rank's own split equal both ways).</summary>
+    protected abstract CollectiveHandle AllToAllCore(Tensor input, Tensor output, int[] inputSplits, int[] outputSplits, long sequenceNumber);
 
     /// <summary>Issues a barrier.</summary>
     protected abstract CollectiveHandle BarrierCore(long sequenceNumber);

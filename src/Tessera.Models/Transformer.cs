@@ -50,9 +50,11 @@ public sealed class Transformer
     /// <see cref="ArenaStorage.Deferred"/> for ZeRO-3's sharded construction, whose shards then keep the masters split).</param>
     /// <param name="servedAdapters">LoRA adapters served unmerged over this model (multi-LoRA): the layers their targets name
     /// are built as <see cref="MultiLoraLinear"/>s (their adapters attached after loading), <see cref="ServedAdapters"/>; or null.</param>
+    /// <param name="expertParallelism">This rank's expert parallelism (a mixture-of-experts model only): each MoE layer declares
+    /// and allocates only the rank's E / ep experts (named by their global index), <see cref="ExpertParallelism"/>; or null.</param>
     public Transformer(TransformerConfig config, IBackend backend, DType dtype, ArenaStorage storage = ArenaStorage.Full,
         TensorParallelism? tensorParallelism = null, PipelineParallelism? pipeline = null, LoraOptions? lora = null,
-        MasterWeights masters = MasterWeights.Separate, MultiLoraBatch? servedAdapters = null)
+        MasterWeights masters = MasterWeights.Separate, MultiLoraBatch? servedAdapters = null, ExpertParallelism? expertParallelism = null)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(backend);
@@ -73,6 +75,7 @@ public sealed class Transformer
         Pipeline = pipeline is { Stages: > 1 } || pipeline is { Chunks: > 1 } ? pipeline : null;
 
         if (tensorParallelism is { Size: > 1 }) CheckTensorParallel(config, tensorParallelism.Size);
+        if (expertParallelism is { Size: > 1 }) CheckExpertParallel(config, expertParallelism.Size, tensorParallelism, Pipeline, lora, servedAdapters);
 
         // The model's units, in pass order: embeddings, one per block, the final norm and head (which borrows the
         // embeddings when tied). Every consumer (pass hooks, ZeRO-3, gradient buckets, pipeline stages) reads them.
@@ -85,7 +88,7 @@ public sealed class Transformer
             throw new NotSupportedException("LoRA: adapters are not built for pipeline stages; train LoRA without --pp");
         if (servedAdapters is not null && Pipeline is not null)
             throw new NotSupportedException("multi-LoRA: served adapters are not built for pipeline stages");
-        var layers = new LayerFactory(parameters, tensorParallelism, lora, servedAdapters);
+        var layers = new LayerFactory(parameters, tensorParallelism, lora, servedAdapters, expertParallelism);
         ServedAdapters = servedAdapters;
         Layers = layers;
         int c = config.Embedding, vPad = config.EffectivePaddedVocab;
@@ -146,7 +149,7 @@ public sealed class Transformer
         if (config.TiedEmbeddings && Pipeline is { Stages: > 1 }) Pipeline.EmbeddingGroup();
         // The whole model's layout as this rank would hold it without pipeline stages (names, global shapes, placements, in
         // one device's order): initialization draws its random stream in this order, checkpoints describe every parameter.
-        WholeLayout = Pipeline is null ? Layout : new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism).Layout;
+        WholeLayout = Pipeline is null && layers.ExpertParallelism is null ? Layout : new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism).Layout;
         if (storage != ArenaStorage.Deferred) _ = new ParameterArena(Layout, backend, dtype, frozen: storage == ArenaStorage.Frozen, masters);   // attaches itself to the layout
         if (lora is not null)
         {
@@ -172,6 +175,9 @@ public sealed class Transformer
 
     /// <summary>This rank's tensor parallelism, or null on one device.</summary>
     public TensorParallelism? TensorParallelism => Layers.TensorParallelism;
+
+    /// <summary>This rank's expert parallelism (it holds E / ep experts of each mixture-of-experts layer), or null.</summary>
+    public ExpertParallelism? ExpertParallelism => Layers.ExpertParallelism;
 
     /// <summary>The LoRA adapters (their trainable arena and layers) when the model was built with LoRA options, else null.</summary>
     public LoraAdapters? Adapters { get; }
@@ -880,6 +886,18 @@ public sealed class Transformer
     {
         foreach (var block in Blocks)
             if (block.Mlp is SparseMoeFeedForward moe) moe.AuxiliaryLossWeight = lossScale * tokens;
+    }
+
+    private static void CheckExpertParallel(TransformerConfig config, int ep, TensorParallelism? tp, PipelineParallelism? pipeline,
+        LoraOptions? lora, MultiLoraBatch? served)
+    {
+        if (!config.IsMixtureOfExperts)
+            throw new ArgumentException($"expert parallelism: the model has no experts (Experts = {config.Experts}); ep ({ep}) applies to mixture-of-experts models (Mixtral, Qwen3-MoE) only");
+        if (config.Experts % ep != 0)
+            throw new ArgumentException($"expert parallelism: ep ({ep}) must divide the experts ({config.Experts})");
+        if (tp is { Size: > 1 }) throw new NotSupportedException($"expert parallelism: ep ({ep}) with tensor parallelism (tp {tp.Size}) is not built");
+        if (pipeline is not null) throw new NotSupportedException($"expert parallelism: ep ({ep}) with pipeline stages is not built");
+        if (lora is not null || served is not null) throw new NotSupportedException($"expert parallelism: ep ({ep}) with LoRA adapters is not built");
     }
 
     /// <summary>

@@ -17,7 +17,7 @@ internal sealed class ComputeOnlyGroup : ProcessGroup
     {
     }
 
-    /// <summary>Bytes per rank each kind of collective would have sent: all-reduce 2 (n-1)/n of the tensor (ring), all-gather and reduce-scatter (n-1)/n of the whole.</summary>
+    /// <summary>Bytes per rank each kind of collective would have sent: all-reduce 2 (n-1)/n of the tensor (ring), all-gather and reduce-scatter (n-1)/n of the whole, all-to-all the rows sent to other ranks.</summary>
     public Dictionary<CollectiveKind, double> WireBytes { get; } = [];
 
     private CollectiveHandle Count(CollectiveKind kind, long sequence, double bytes)
@@ -36,6 +36,9 @@ internal sealed class ComputeOnlyGroup : ProcessGroup
 
     protected override CollectiveHandle AllGatherCore(Tensor input, Tensor output, long sequenceNumber) =>
         Count(CollectiveKind.AllGather, sequenceNumber, Fraction * output.NumElements * output.DType.SizeInBytes());
+
+    protected override CollectiveHandle AllToAllCore(Tensor input, Tensor output, int[] inputSplits, int[] outputSplits, long sequenceNumber) =>
+        Count(CollectiveKind.AllToAll, sequenceNumber, (input.Size(0) - inputSplits[Rank]) * RowElements(input) * input.DType.SizeInBytes());
 
     protected override CollectiveHandle BroadcastCore(Tensor tensor, int root, long sequenceNumber) => new Done(CollectiveKind.Broadcast, sequenceNumber);
 

@@ -200,6 +200,9 @@ public sealed unsafe class CudaInProcessTransport : InProcessTransport, IDisposa
                 var copies = new List<(ulong, ulong)> { (Pointer(operation, recv, recv.Output!, "tensor"), Pointer(operation, send, send.Input!, "tensor")) };
                 return new Work(where) { Copies = copies, Bytes = bytes };
             }
+            case CollectiveKind.AllToAll:
+                throw new NotSupportedException($"{operation.Label} in group '{operation.GroupName}': the device in-process transport has no all-to-all yet " +
+                    "(its copies are of one size); use the host transport or NCCL for expert parallelism");
             default:
                 throw new NotSupportedException($"{operation.Label}: {first.Kind} is not an operation of the in-process group");
         }

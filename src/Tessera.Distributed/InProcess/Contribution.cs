@@ -15,8 +15,10 @@ namespace Tessera.Distributed.InProcess;
 /// <param name="Root">The root's group rank (Broadcast).</param>
 /// <param name="ArrivedAtMs">Environment.TickCount64 when the rank issued it.</param>
 /// <param name="Token">The transport's note from <see cref="InProcessTransport.Issue"/>, disposed once the operation has executed or failed.</param>
+/// <param name="InputSplits">AllToAll: rows sent to each group rank; null otherwise.</param>
+/// <param name="OutputSplits">AllToAll: rows received from each group rank; null otherwise.</param>
 public sealed record Contribution(int Rank, CollectiveKind Kind, Tensor? Input, Tensor? Output, ReduceOp Op, int Root, long ArrivedAtMs,
-    IDisposable? Token = null)
+    IDisposable? Token = null, IReadOnlyList<int>? InputSplits = null, IReadOnlyList<int>? OutputSplits = null)
 {
     /// <summary>"AllReduce(F32, 1024 elements, Sum)": how mismatch messages show a call.</summary>
     public string Describe()
@@ -29,6 +31,7 @@ public sealed record Contribution(int Rank, CollectiveKind Kind, Tensor? Input, 
             CollectiveKind.ReduceScatter => $"ReduceScatter({what} -> {Output!.NumElements}, {Op})",
             CollectiveKind.AllGather => $"AllGather({what} -> {Output!.NumElements})",
             CollectiveKind.Broadcast => $"Broadcast({what}, root {Root})",
+            CollectiveKind.AllToAll => $"AllToAll({Input!.DType}, rows of {ProcessGroup.RowElements(Input)}, sends [{string.Join(", ", InputSplits!)}], receives [{string.Join(", ", OutputSplits!)}])",
             _ => $"{Kind}({what})",
         };
     }

@@ -109,6 +109,9 @@ internal static class HostCollectives
                 Relay<T>(root, cs.Where(c => c.Rank != first.Root).Select(c => c.Output!));
                 break;
             }
+            case CollectiveKind.AllToAll:
+                Exchange<T>(cs);
+                break;
             case CollectiveKind.Send:
             case CollectiveKind.Recv:
             {
@@ -119,6 +122,32 @@ internal static class HostCollectives
             }
             default:
                 throw new NotSupportedException($"{first.Kind} is not a data-movement operation");
+        }
+    }
+
+    /// <summary>All-to-all: every rank's input staged once, then each output assembled on the host from its senders' row blocks in rank order.</summary>
+    private static void Exchange<T>(Contribution[] cs) where T : unmanaged
+    {
+        long row = ProcessGroup.RowElements(cs[0].Input!);
+        var inputs = new T[cs.Length][];
+        foreach (var c in cs)
+        {
+            inputs[c.Rank] = new T[c.Input!.NumElements];
+            if (inputs[c.Rank].Length > 0) c.Input.Backend.CopyToHost(c.Input, inputs[c.Rank].AsSpan());
+        }
+        foreach (var d in cs)
+        {
+            var received = new T[d.Output!.NumElements];
+            long at = 0;
+            foreach (var s in cs)
+            {
+                long offset = 0;                                   // rows rank s sends to ranks before d
+                for (int r = 0; r < d.Rank; r++) offset += s.InputSplits![r];
+                long n = s.InputSplits![d.Rank] * row;
+                inputs[s.Rank].AsSpan(checked((int)(offset * row)), checked((int)n)).CopyTo(received.AsSpan(checked((int)at)));
+                at += n;
+            }
+            if (received.Length > 0) d.Output.Backend.CopyFromHost<T>(received, d.Output);
         }
     }
 

@@ -53,11 +53,33 @@ public sealed class InProcessOperation
                     "a Send and its Recv need the same dtype and element count");
             return;
         }
+        if (Kind == CollectiveKind.AllToAll)
+        {
+            CheckAllToAll();
+            return;
+        }
         var reference = cs[0].Describe();
         if (cs.All(c => c.Describe() == reference)) return;
         throw new CollectiveMismatchException(
             $"collective #{SequenceNumber} in group '{GroupName}' does not match across ranks: " +
             string.Join(", ", cs.Select(c => $"rank {c.Rank} issued {c.Describe()}")) +
             "; every rank must issue the same collectives, with the same dtype, sizes and arguments, in the same order");
+    }
+
+    /// <summary>An all-to-all matches when every rank issued one, of one dtype and row size, and rank s sends rank d what d receives from s.</summary>
+    private void CheckAllToAll()
+    {
+        var cs = Contributions;
+        var first = cs[0];
+        string Issued() => string.Join(", ", cs.Select(c => $"rank {c.Rank} issued {c.Describe()}"));
+        if (cs.Any(c => c.Kind != CollectiveKind.AllToAll || c.Input!.DType != first.Input!.DType ||
+                        ProcessGroup.RowElements(c.Input) != ProcessGroup.RowElements(first.Input)))
+            throw new CollectiveMismatchException($"collective #{SequenceNumber} in group '{GroupName}' does not match across ranks: {Issued()}; " +
+                "every rank must issue the same collectives, an all-to-all of the same dtype and row size, in the same order");
+        foreach (var s in cs)
+            foreach (var d in cs)
+                if (s.InputSplits![d.Rank] != d.OutputSplits![s.Rank])
+                    throw new CollectiveMismatchException($"AllToAll #{SequenceNumber} in group '{GroupName}': rank {s.Rank} sends rank {d.Rank} {s.InputSplits[d.Rank]} rows " +
+                        $"but rank {d.Rank} expects {d.OutputSplits[s.Rank]} from it ({Issued()}); exchange the split sizes first");
     }
 }

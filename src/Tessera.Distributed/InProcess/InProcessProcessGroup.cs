@@ -58,6 +58,16 @@ public sealed class InProcessProcessGroup : ProcessGroup
         Collective(sequenceNumber, CollectiveKind.Broadcast, tensor, tensor, ReduceOp.Sum, root);
 
     /// <inheritdoc/>
+    protected override CollectiveHandle AllToAllCore(Tensor input, Tensor output, int[] inputSplits, int[] outputSplits, long sequenceNumber)
+    {
+        var token = Issue(CollectiveKind.AllToAll);
+        long now = Environment.TickCount64;
+        var pending = _rendezvous.ArriveCollective(sequenceNumber,
+            new Contribution(Rank, CollectiveKind.AllToAll, input, output, ReduceOp.Sum, 0, now, token, inputSplits, outputSplits));
+        return new InProcessHandle(pending, _rendezvous, Rank, now);
+    }
+
+    /// <inheritdoc/>
     protected override CollectiveHandle BarrierCore(long sequenceNumber) =>
         Collective(sequenceNumber, CollectiveKind.Barrier, null, null, ReduceOp.Sum, 0);
 

@@ -196,6 +196,41 @@ public sealed class NcclProcessGroup : ProcessGroup
     }
 
     /// <inheritdoc/>
+    /// <remarks>One ncclGroupStart/ncclGroupEnd of an ncclSend and an ncclRecv per peer with rows to move (itself included, which
+    /// NCCL copies), at row offsets of the two buffers; zero-size splits issue nothing. The handle's event is recorded after the group.</remarks>
+    protected override CollectiveHandle AllToAllCore(Tensor input, Tensor output, int[] inputSplits, int[] outputSplits, long sequenceNumber)
+    {
+        Access.OrderCommunicationAfterCompute();
+        var (type, _) = Elements(input);
+        long rowBytes = RowElements(input) * input.DType.SizeInBytes();
+        nuint rowCount = (nuint)RowElements(input);
+        string where = Where(CollectiveKind.AllToAll, sequenceNumber);
+        GroupStart();
+        NcclHandle handle;
+        try
+        {
+            long sent = 0, received = 0;
+            for (int peer = 0; peer < Size; peer++)
+            {
+                if (inputSplits[peer] > 0)
+                    Check(NcclNative.ncclSend(Access.DevicePointer(input) + (nint)(sent * rowBytes), (nuint)inputSplits[peer] * rowCount, type, peer, Comm,
+                        Access.CommunicationStream), "ncclSend (all-to-all)", where);
+                if (outputSplits[peer] > 0)
+                    Check(NcclNative.ncclRecv(Access.DevicePointer(output) + (nint)(received * rowBytes), (nuint)outputSplits[peer] * rowCount, type, peer, Comm,
+                        Access.CommunicationStream), "ncclRecv (all-to-all)", where);
+                sent += inputSplits[peer];
+                received += outputSplits[peer];
+            }
+            handle = Issued(CollectiveKind.AllToAll, sequenceNumber);
+        }
+        finally
+        {
+            GroupEnd();
+        }
+        return handle;
+    }
+
+    /// <inheritdoc/>
     protected override CollectiveHandle BarrierCore(long sequenceNumber)
     {
         Access.OrderCommunicationAfterCompute();

@@ -16,16 +16,19 @@ namespace Tessera.Nn.Layers;
 /// contiguous block, scales the rows by their weights (a batched product with K = 1) and scatter-adds them into the output
 /// (<see cref="IBackend.EmbeddingBackward"/>). An expert no token chose is skipped: its gradients get nothing. There is no
 /// grouped product over the experts and no device routing kernel yet, and no tensor parallelism (the constructor refuses it).
+/// With expert parallelism (a <see cref="LayerFactory"/> given an <see cref="Parallel.ExpertParallelism"/>) the layer holds E / ep
+/// experts and exchanges token rows with the other ranks by all-to-all (SparseMoeFeedForward.ExpertParallel.cs).
 /// </para>
 /// <para>
 /// The load-balancing loss (<see cref="AuxiliaryLossCoefficient"/> &gt; 0) is this layer's own: forward records it
 /// (<see cref="LastAuxiliaryLoss"/>), backward adds <see cref="AuxiliaryLossWeight"/> times its gradient to the router's.
 /// </para>
 /// </summary>
-public sealed class SparseMoeFeedForward : IFeedForward
+public sealed partial class SparseMoeFeedForward : IFeedForward
 {
     private readonly ActivationKey _logits, _hostStaging, _dLogits, _dots, _output;
-    private readonly ActivationKey[] _ids, _weights, _rows, _expertOut, _scaled, _dRows, _dScaled, _dExpertIn;
+    private readonly ActivationKey[] _ids, _weights, _rows, _expertOut, _scaled, _dRows, _dScaled, _dExpertIn, _localIds;
+    private readonly ExpertDispatchKeys _dispatch;
 
     /// <summary>
     /// Declares "<paramref name="name"/>.router" (E, C) and, for each expert j, "<paramref name="name"/>.experts.{j}.gate"
@@ -36,16 +39,25 @@ public sealed class SparseMoeFeedForward : IFeedForward
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (layers.TensorParallelism is not null)
-            throw new NotSupportedException($"{name}: a mixture-of-experts feed-forward has no tensor-parallel split (nor expert parallelism) yet; run it without --tp");
+            throw new NotSupportedException($"{name}: a mixture-of-experts feed-forward has no tensor-parallel split yet; run it without --tp (expert parallelism, --ep, splits the experts)");
         if (experts < 1 || expertsPerToken < 1 || expertsPerToken > experts)
             throw new ArgumentException($"{name}: experts per token ({expertsPerToken}) must be in [1, experts = {experts}]");
         if (!(auxiliaryLossCoefficient >= 0))
             throw new ArgumentException($"{name}: the auxiliary loss coefficient ({auxiliaryLossCoefficient}) must be 0 or more");
         Name = name;
         Input = IdentityRegion.Instance;
+        ExpertParallelism = layers.ExpertParallelism;
+        ExpertCount = experts;
+        int local = ExpertParallelism?.LocalExperts(experts, name) ?? experts;
+        FirstExpert = ExpertParallelism is null ? 0 : ExpertParallelism.Rank * local;
         Router = layers.Linear(name + ".router", channels, experts, bias: false);
-        var list = new SwiGluMlp[experts];
-        for (int j = 0; j < experts; j++) list[j] = new SwiGluMlp(layers, $"{name}.experts.{j}", channels, expertHidden, bias: false);
+        var list = new SwiGluMlp[local];
+        for (int j = 0; j < local; j++)
+        {
+            list[j] = new SwiGluMlp(layers, $"{name}.experts.{FirstExpert + j}", channels, expertHidden, bias: false);
+            if (ExpertParallelism is null) continue;
+            foreach (var linear in new[] { list[j].Gate, list[j].Up, list[j].Projection }) layers.MarkExpertParameter(linear.Weight.Name);
+        }
         Experts = list;
         ExpertsPerToken = expertsPerToken;
         NormalizeWeights = normalizeWeights;
@@ -64,6 +76,8 @@ public sealed class SparseMoeFeedForward : IFeedForward
         _dRows = Keys("dy_rows");
         _dScaled = Keys("dwy");
         _dExpertIn = Keys("dx");
+        _localIds = Keys("received_ids");
+        _dispatch = new ExpertDispatchKeys(name);
     }
 
     /// <inheritdoc/>
@@ -75,8 +89,17 @@ public sealed class SparseMoeFeedForward : IFeedForward
     /// <summary>The router C to E (no bias).</summary>
     public Linear Router { get; }
 
-    /// <summary>The E experts.</summary>
+    /// <summary>The experts this rank holds: all E on one device, experts [<see cref="FirstExpert"/>, + E / ep) under expert parallelism.</summary>
     public IReadOnlyList<SwiGluMlp> Experts { get; }
+
+    /// <summary>The layer's experts E (on every rank, whatever it holds).</summary>
+    public int ExpertCount { get; }
+
+    /// <summary>The global index of <see cref="Experts"/>[0] (0 on one device).</summary>
+    public int FirstExpert { get; }
+
+    /// <summary>This rank's expert parallelism, or null when the layer holds every expert.</summary>
+    public ExpertParallelism? ExpertParallelism { get; }
 
     /// <summary>Experts each token is routed to, k.</summary>
     public int ExpertsPerToken { get; }
@@ -129,6 +152,11 @@ public sealed class SparseMoeFeedForward : IFeedForward
         var logits = Router.Forward(ctx, x);                         // (N, E)
         ctx.Save(_logits, logits);
         var routing = Route(ctx, logits);
+        if (ExpertParallelism is not null)
+        {
+            RunExpertParallel(ctx, x, output, routing);
+            return routing;
+        }
         for (int j = 0; j < Experts.Count; j++)
         {
             var tokens = routing.TokensOf(j);
@@ -161,7 +189,8 @@ public sealed class SparseMoeFeedForward : IFeedForward
         var routing = Route(ctx, ctx.Get(_logits));
         var weightGradients = new double[n * k];                     // (N, k): dL/dw of each slot
         if (!accumulateDx) backend.Fill(dx, 0);
-        for (int j = 0; j < Experts.Count; j++)
+        if (ExpertParallelism is not null) BackwardExpertParallel(ctx, dy, dx, routing, weightGradients);
+        else for (int j = 0; j < Experts.Count; j++)
         {
             var slots = routing.SlotsOf(j);
             int count = slots.Length;
@@ -182,14 +211,14 @@ public sealed class SparseMoeFeedForward : IFeedForward
             backend.EmbeddingBackward(ids, dIn, dx);                 // dx[ids] += the expert's input gradient
         }
         var dz = routing.LogitGradient(weightGradients, AuxiliaryLossCoefficient, AuxiliaryLossWeight);
-        var dLogits = ctx.Scratch(_dLogits, new Shape(n, Experts.Count), dy.DType);     // (N, E)
+        var dLogits = ctx.Scratch(_dLogits, new Shape(n, ExpertCount), dy.DType);      // (N, E)
         Upload(ctx, dz, dLogits);
         Router.Backward(ctx, dLogits, dx, accumulateDx: true);
     }
 
     /// <summary>Reads the logits (N, E) back and routes them (the device waits here).</summary>
     private ExpertRouting Route(in PassContext ctx, Tensor logits) =>
-        ExpertRouting.Route(Download(ctx, logits), logits.Size(0), Experts.Count, ExpertsPerToken, NormalizeWeights);
+        ExpertRouting.Route(Download(ctx, logits), logits.Size(0), ExpertCount, ExpertsPerToken, NormalizeWeights);
 
     private static double[] SlotValues(double[] values, ReadOnlySpan<int> slots)
     {

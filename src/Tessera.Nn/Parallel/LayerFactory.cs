@@ -28,11 +28,13 @@ public sealed class LayerFactory
     /// <param name="lora">LoRA adapters to train, or null.</param>
     /// <param name="servedAdapters">LoRA adapters to serve unmerged (multi-LoRA): the layers their targets name are built as
     /// <see cref="MultiLoraLinear"/>s reading that batch's rows; or null.</param>
+    /// <param name="expertParallelism">This rank's expert parallelism (mixture-of-experts layers declare only the rank's experts), or null.</param>
     public LayerFactory(ParameterLayoutBuilder parameters, TensorParallelism? tensorParallelism = null, LoraOptions? lora = null,
-        MultiLoraBatch? servedAdapters = null)
+        MultiLoraBatch? servedAdapters = null, ExpertParallelism? expertParallelism = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         Parameters = parameters;
+        ExpertParallelism = expertParallelism is { Size: > 1 } ? expertParallelism : null;
         TensorParallelism = tensorParallelism is { Size: > 1 } ? tensorParallelism : null;
         Lora = lora?.Validate();
         if (Lora is not null) AdapterParameters = new ParameterLayoutBuilder();
@@ -40,6 +42,21 @@ public sealed class LayerFactory
             throw new ArgumentException("LayerFactory: adapters are either trained (lora) or served (servedAdapters), not both");
         ServedAdapters = servedAdapters;
     }
+
+    /// <summary>This rank's expert parallelism, or null (a group of one rank counts as none).</summary>
+    public ExpertParallelism? ExpertParallelism { get; }
+
+    /// <summary>
+    /// The names of the parameters held by expert-parallel ranks apart (each rank its own experts'): their gradients are reduced
+    /// over the expert-data-parallel group only, and each rank's count toward the global gradient norm is summed over the
+    /// expert-parallel group. Empty without expert parallelism.
+    /// </summary>
+    public IReadOnlyCollection<string> ExpertParameters => _experts;
+
+    /// <summary>Records <paramref name="name"/> as an expert-parallel parameter (<see cref="ExpertParameters"/>).</summary>
+    public void MarkExpertParameter(string name) => _experts.Add(name);
+
+    private readonly HashSet<string> _experts = [];
 
     /// <summary>The LoRA adapters served unmerged over the model (multi-LoRA), or null.</summary>
     public MultiLoraBatch? ServedAdapters { get; }

@@ -11,7 +11,9 @@ namespace Tessera.Training.Optim;
 /// alone and a key/value head replicated over a block of ranks by the block's first rank (<see cref="Parameter.CanonicalRanges"/>);
 /// under pipeline parallelism each stage counts its own parameters, except the last stage's copy of a tied token embedding
 /// (the first stage counts the table). The squares are then all-reduced over the tensor-parallel group, then the pipeline
-/// group. A model on one device has no scope and the optimizers sum the whole arena, as always.
+/// group. Under expert parallelism each rank counts its own experts and the expert-parallel group's rank 0 counts the rest
+/// (replicated over the group), and the squares are summed over the expert-parallel group. A model on one device has no
+/// scope and the optimizers sum the whole arena, as always.
 /// </summary>
 public sealed class GradientNormScope
 {
@@ -28,6 +30,14 @@ public sealed class GradientNormScope
     {
         ArgumentNullException.ThrowIfNull(model);
         var tp = model.TensorParallelism;
+        if (model.ExpertParallelism is { } ep)
+        {
+            // The model refuses ep with tp or pp: only the expert split needs counting.
+            var experts = model.Layers.ExpertParameters;
+            var counted = model.Layout.Parameters.Where(p => ep.Rank == 0 || experts.Contains(p.Name))
+                .Select(p => (p.Offset, p.NumElements)).Where(r => r.NumElements > 0).ToArray();
+            return new GradientNormScope(counted, [ep.Group]);
+        }
         if (tp is null && model.Pipeline is null) return null;
         var ranges = new List<(long, long)>();
         foreach (var p in model.Layout.Parameters)
@@ -41,7 +51,7 @@ public sealed class GradientNormScope
         return new GradientNormScope([.. ranges], groups);
     }
 
-    /// <summary>The groups the squares are summed over, in order: the tensor-parallel group, then the pipeline group (those the model is split over).</summary>
+    /// <summary>The groups the squares are summed over, in order: the tensor-parallel group, then the pipeline group (those the model is split over); or the expert-parallel group.</summary>
     public IReadOnlyList<ProcessGroup> Groups { get; }
 
     /// <summary>The arena ranges [Start, Start + Length) this rank counts, in arena order.</summary>

@@ -25,6 +25,14 @@ namespace Tessera.Training.Parallel;
 /// words stay current; <see cref="SynchronizeMasters"/> all-gathers the low words (2 bytes an element, where gathering joined
 /// F32 masters would move 4: every rank already holds every value).
 /// </para>
+/// <para>
+/// Expert parallelism (plain data parallelism only): the arena's expert parameters differ between the ranks of an
+/// expert-parallel group, so each bucket is reduced in runs: the runs of non-expert parameters over the data-parallel group
+/// as always, the runs of the rank's experts over the expert-data-parallel group (<see cref="DataParallelism.ExpertData"/>;
+/// nothing when it has one rank). Each expert's gradient already holds the contributions of every token routed to it within
+/// the expert-parallel group (they arrived with the all-to-all, each scaled by its own rank's loss scale, 1 / (dp tokens)), so
+/// the sum over the expert-data-parallel group is the whole dp sum, as one device's gradient.
+/// </para>
 /// Memory per rank (P arena elements, W ranks, b bytes per element): 2bP for the value and gradient arenas, 2P/W moments
 /// (ZeRO-1/2; 2P without sharding), ZeRO-2's reduced gradient in a P/W shard, and a BF16 arena's 4P bytes of F32
 /// masters unless offloaded (2P bytes of low words with split masters).
@@ -33,14 +41,16 @@ public sealed class BucketedDataParallel : DataParallelism
 {
     private readonly ParameterArena _arena;
     private readonly List<(CollectiveHandle Handle, Tensor? Staging)> _gradientOps = [];
+    private readonly (long Start, long End)[] _expertRanges;   // expert parallelism: the arena ranges of the rank's experts, ascending
     private int _nextBucket;
     private bool _lastMicroBatch = true;
 
     /// <summary>Sets up rank <paramref name="group"/>.Rank: layout, optimizer shard (on <paramref name="host"/> when offloaded), pass hooks.</summary>
     /// <remarks><paramref name="trained"/>: what is trained, the model's layout when null (see <see cref="DataParallelism.Trained"/>).</remarks>
+    /// <remarks><paramref name="expertData"/>: with expert parallelism, the group over which expert gradients are summed.</remarks>
     public BucketedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null,
-        ParameterLayout? trained = null)
-        : base(model, group, options, host, trained)
+        ParameterLayout? trained = null, ProcessGroup? expertData = null)
+        : base(model, group, options, host, trained, expertData)
     {
         if (options.Stage == ZeroStage.Parameters)
             throw new ArgumentException($"{group.Describe()}: ZeRO-3 shards the parameters; use FullyShardedDataParallel");
@@ -49,6 +59,7 @@ public sealed class BucketedDataParallel : DataParallelism
             $"build the model with ArenaStorage.Full for stage {(int)options.Stage}");
         if (_arena.Frozen)
             throw new ArgumentException($"{group.Describe()}: the trained parameter arena is frozen (no gradients); for LoRA, train the adapters' layout (model.Adapters.Layout)");
+        _expertRanges = ExpertData is null ? [] : ExpertRanges(model);
         if (options.Stage >= ZeroStage.Gradients) GradientShard = model.Backend.Zeros(ShardShape(), model.DType);
         OffloadedAdamW? offload = Host is null ? null : new OffloadedAdamW(model.Backend, model.DType, Layout, Host, options.OffloadPieceElements,
             Value, () => _arena.Masters ?? (_arena.MastersReleased ? null : _arena.Values), loadMasters: true);
@@ -138,6 +149,7 @@ public sealed class BucketedDataParallel : DataParallelism
     {
         int units = Layout.Units.Count;
         int count = Layout.Shards > 1 ? 1 : 0;                       // the sharded optimizer's norm all-reduce
+        if (ExpertData is not null) return Layout.Units.Sum(u => Runs(u).Count(r => !r.Expert));   // the expert runs are on their own group
         return count + (Layout.Stage == ZeroStage.None ? units : 2 * units);
     }
 
@@ -199,8 +211,48 @@ public sealed class BucketedDataParallel : DataParallelism
 
     private protected override void CopyOwnedValues(ShardUnit unit, Tensor chunk) => CopyOwnedChunk(_arena.Values, unit, chunk);
 
+    /// <summary>The arena ranges of the parameters the model's layer factory marked as its rank's experts, merged where adjacent.</summary>
+    private static (long Start, long End)[] ExpertRanges(Transformer model)
+    {
+        var names = model.Layers.ExpertParameters;
+        var ranges = new List<(long Start, long End)>();
+        foreach (var p in model.Layout.Parameters.Where(p => names.Contains(p.Name)).OrderBy(p => p.Offset))
+        {
+            if (ranges.Count > 0 && ranges[^1].End == p.Offset) ranges[^1] = (ranges[^1].Start, p.Offset + p.NumElements);
+            else ranges.Add((p.Offset, p.Offset + p.NumElements));
+        }
+        return [.. ranges];
+    }
+
+    /// <summary>Expert parallelism: <paramref name="unit"/> cut into runs of expert and non-expert elements, in arena order.</summary>
+    private List<(long Start, long Length, bool Expert)> Runs(ShardUnit unit)
+    {
+        var runs = new List<(long, long, bool)>();
+        long at = unit.Start, end = unit.Start + unit.Length;
+        foreach (var (s, e) in _expertRanges)
+        {
+            long lo = Math.Max(s, at), hi = Math.Min(e, end);
+            if (lo >= hi) continue;
+            if (lo > at) runs.Add((at, lo - at, false));
+            runs.Add((lo, hi - lo, true));
+            at = hi;
+        }
+        if (at < end) runs.Add((at, end - at, false));
+        return runs;
+    }
+
     private void IssueGradient(ShardUnit unit)
     {
+        if (ExpertData is { } expertData)
+        {
+            foreach (var (start, length, expert) in Runs(unit))
+            {
+                if (expert && expertData.Size == 1) continue;            // ep = dp: each expert lives on one rank, its gradient is whole
+                var run = _arena.Grads.Narrow(start, new Shape((int)length));
+                _gradientOps.Add(((expert ? expertData : Group).AllReduce(run, ReduceOp.Sum), null));
+            }
+            return;
+        }
         var grads = _arena.Grads.Narrow(unit.Start, new Shape((int)unit.Length));
         if (Layout.Stage <= ZeroStage.OptimizerStates)
         {

@@ -31,7 +31,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// Lays out rank <paramref name="group"/>.Rank's share of <paramref name="trained"/> (the model's own layout when null) and
     /// installs the pass hooks on <paramref name="model"/>.
     /// </summary>
-    private protected DataParallelism(Transformer model, ProcessGroup group, DataParallelOptions options, IBackend? host, ParameterLayout? trained)
+    private protected DataParallelism(Transformer model, ProcessGroup group, DataParallelOptions options, IBackend? host, ParameterLayout? trained,
+        ProcessGroup? expertData = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(group);
@@ -53,6 +54,7 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
         if (!ReferenceEquals(Trained, model.Layout) && (model.TensorParallelism is not null || model.Pipeline is not null))
             throw new NotSupportedException($"{group.Describe()}: training a layout other than the model's (LoRA adapters) is data-parallel only; the model is split over tensor or pipeline ranks");
         Host = options.OffloadOptimizer ? host : null;
+        ExpertData = CheckExpertParallel(model, group, options, expertData);
         Layout = new ShardLayout(Trained, options.Stage, group.Size, group.Rank, options.BucketElements);
         _weightsPending = Trained.Storage is null;
         (_trainedUnit, _frontier) = MapUnits(model.Layout, Trained, group);
@@ -65,11 +67,13 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <see cref="DataParallelOptions.OffloadOptimizer"/>). <paramref name="trained"/> is what is trained: by default the model's
     /// <see cref="Transformer.TrainableLayout"/> (its own layout, or a LoRA model's adapters over its frozen base).
     /// </summary>
+    /// <remarks><paramref name="expertData"/>: with a model built with expert parallelism, the expert-data-parallel group
+    /// (<see cref="ExpertParallelGroups.ExpertData"/>) over which the experts' gradients are summed (plain data parallelism only).</remarks>
     public static DataParallelism Create(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null,
-        ParameterLayout? trained = null) =>
+        ParameterLayout? trained = null, ProcessGroup? expertData = null) =>
         options.Stage == ZeroStage.Parameters
-            ? new FullyShardedDataParallel(model, group, options, adamW, host, trained ?? model.TrainableLayout)
-            : new BucketedDataParallel(model, group, options, adamW, host, trained ?? model.TrainableLayout);
+            ? new FullyShardedDataParallel(model, group, options, adamW, host, trained ?? model.TrainableLayout, expertData)
+            : new BucketedDataParallel(model, group, options, adamW, host, trained ?? model.TrainableLayout, expertData);
 
     /// <summary>The model this rank trains.</summary>
     public Transformer Model { get; }
@@ -85,6 +89,34 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
 
     /// <summary>The norm scope of the optimizer: the model's (tensor and pipeline parallel sums) when the model's layout is trained, else none.</summary>
     private protected GradientNormScope? NormScope => ReferenceEquals(Trained, Model.Layout) ? GradientNormScope.For(Model) : null;
+
+    /// <summary>
+    /// Expert parallelism is proven with plain data parallelism only: its expert parameters differ between the ranks of an
+    /// expert-parallel group, so a dp-wide shard of them (ZeRO-1/2's all-gather of updated values, ZeRO-3's parameter shards)
+    /// would mix different experts. Those, offload and a trained layout other than the model's are refused here.
+    /// </summary>
+    private static ProcessGroup? CheckExpertParallel(Transformer model, ProcessGroup group, DataParallelOptions options, ProcessGroup? expertData)
+    {
+        if (model.ExpertParallelism is not { } ep)
+        {
+            if (expertData is not null && expertData.Size != group.Size)
+                throw new ArgumentException($"{group.Describe()}: an expert-data-parallel group was given but the model has no expert parallelism");
+            return null;
+        }
+        if (expertData is null)
+            throw new ArgumentException($"{group.Describe()}: the model's experts are split over ep ({ep.Size}) ranks; give the expert-data-parallel group (ExpertParallelGroups.ExpertData), over which their gradients are summed");
+        if (expertData.Size * ep.Size != group.Size)
+            throw new ArgumentException($"{group.Describe()}: the expert-data-parallel group has {expertData.Size} ranks; with ep {ep.Size} of dp {group.Size} it must have dp / ep = {group.Size / ep.Size}");
+        if (options.Stage != ZeroStage.None)
+            throw new NotSupportedException($"{group.Describe()}: expert parallelism (ep {ep.Size}) with ZeRO stage {(int)options.Stage} is not built: a dp-wide shard of the " +
+                "parameters or optimizer state would mix different experts; train with --zero 0");
+        if (options.OffloadOptimizer)
+            throw new NotSupportedException($"{group.Describe()}: expert parallelism (ep {ep.Size}) with an offloaded optimizer is not built; train without --offload");
+        return expertData;
+    }
+
+    /// <summary>The expert-data-parallel group over which expert gradients are summed (dp / ep ranks), or null without expert parallelism.</summary>
+    public ProcessGroup? ExpertData { get; }
 
     private static (int[] Units, long[] Frontier) MapUnits(ParameterLayout model, ParameterLayout trained, ProcessGroup group)
     {

@@ -49,9 +49,10 @@ public sealed class FullyShardedDataParallel : DataParallelism
     /// <paramref name="host"/> when offloaded) and installs the pass hooks.
     /// </summary>
     /// <remarks><paramref name="trained"/>: what is trained, the model's layout when null (see <see cref="DataParallelism.Trained"/>).</remarks>
+    /// <remarks><paramref name="expertData"/>: refused with expert parallelism (ZeRO-3 would shard different experts together).</remarks>
     public FullyShardedDataParallel(Transformer model, ProcessGroup group, DataParallelOptions options, AdamWOptions adamW, IBackend? host = null,
-        ParameterLayout? trained = null)
-        : base(model, group, options, host, trained)
+        ParameterLayout? trained = null, ProcessGroup? expertData = null)
+        : base(model, group, options, host, trained, expertData)
     {
         if (options.Stage != ZeroStage.Parameters)
             throw new ArgumentException($"{group.Describe()}: stage {(int)options.Stage} keeps whole parameters; use BucketedDataParallel");

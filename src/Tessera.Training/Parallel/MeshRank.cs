@@ -8,4 +8,6 @@ namespace Tessera.Training.Parallel;
 /// <param name="Groups">Its groups along each mesh axis (and its coordinate).</param>
 /// <param name="TensorParallelism">What its model is built with when the mesh has tp &gt; 1; null otherwise.</param>
 /// <param name="Pipeline">Its pipeline stage when the mesh has pp &gt; 1; null otherwise.</param>
-public sealed record MeshRank(RankContext Context, MeshGroups Groups, TensorParallelism? TensorParallelism, PipelineParallelism? Pipeline = null);
+/// <param name="ExpertParallelism">What its mixture-of-experts model is built with when training runs ep &gt; 1 expert-parallel ranks inside dp; null otherwise.</param>
+public sealed record MeshRank(RankContext Context, MeshGroups Groups, TensorParallelism? TensorParallelism, PipelineParallelism? Pipeline = null,
+    ExpertParallelism? ExpertParallelism = null);

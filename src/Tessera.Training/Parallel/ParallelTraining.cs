@@ -16,6 +16,23 @@ namespace Tessera.Training.Parallel;
 /// </summary>
 public static class ParallelTraining
 {
+    /// <summary>The layouts expert parallelism is proven in (plain data parallelism, no other split); the message names what to change.</summary>
+    public static void CheckExpertParallel(DeviceMesh mesh, DataParallelOptions parallel, int expertParallel)
+    {
+        ArgumentNullException.ThrowIfNull(mesh);
+        ArgumentNullException.ThrowIfNull(parallel);
+        if (expertParallel < 1) throw new ArgumentException($"expert parallelism: ep ({expertParallel}) must be at least 1");
+        if (expertParallel == 1) return;
+        if (mesh.Dp % expertParallel != 0)
+            throw new ArgumentException($"expert parallelism: ep ({expertParallel}) must divide dp ({mesh.Dp}); the ep ranks of one group are data-parallel replicas of everything but the experts");
+        if (mesh.Tp > 1 || mesh.Cp > 1 || mesh.Pp > 1)
+            throw new NotSupportedException($"expert parallelism: ep ({expertParallel}) is built with data parallelism only; mesh {mesh} also splits over tp, cp or pp");
+        if (parallel.Stage != ZeroStage.None)
+            throw new NotSupportedException($"expert parallelism: ep ({expertParallel}) with ZeRO stage {(int)parallel.Stage} is not built (a dp-wide shard would mix different experts); use ZeRO 0");
+        if (parallel.OffloadOptimizer)
+            throw new NotSupportedException($"expert parallelism: ep ({expertParallel}) with an offloaded optimizer is not built");
+    }
+
     /// <summary>
     /// Runs <paramref name="body"/> on <paramref name="worldSize"/> threads, one per rank, and returns each rank's
     /// result (index = rank). Each rank's backend gets ProcessorCount / worldSize threads (at least one). If a rank
@@ -66,14 +83,18 @@ public static class ParallelTraining
     /// builds reads slice <see cref="MeshCoordinate.Dp"/> of <see cref="DeviceMesh.Dp"/> (the ranks of one tp group read the
     /// same rows). When the mesh has pp &gt; 1 each rank's <see cref="MeshRank.Pipeline"/> is its stage of
     /// <paramref name="pipeline"/> (the partition of the blocks), its model is built as that stage, and its trainer runs each
-    /// step's micro-batches through <paramref name="schedule"/>. Otherwise as the overload over <c>worldSize</c> data-parallel ranks.
+    /// step's micro-batches through <paramref name="schedule"/>. With <paramref name="expertParallel"/> &gt; 1 (a mixture-of-experts
+    /// model, plain data parallelism, no tp, cp or pp) each dp group is cut into expert-parallel groups of that many consecutive ranks
+    /// (<see cref="ExpertParallelGroups"/>): the rank's <see cref="MeshRank.ExpertParallelism"/> is what its model is built with, and
+    /// its experts' gradients are summed over the expert-data-parallel group. Otherwise as the overload over <c>worldSize</c> data-parallel ranks.
     /// </summary>
     public static int Train(DeviceMesh mesh, ParallelPlan plan, DataParallelOptions parallel, TrainerOptions options, AdamWOptions adamW,
         Func<MeshRank, (Transformer Model, ITokenBatchSource Train)> buildRank,
         Action<StepMetrics>? onStep = null, Action<Trainer>? checkpoint = null,
         Action<Trainer>? resume = null, CancellationToken cancellation = default, Action<Trainer>? weights = null,
-        PipelinePartition? pipeline = null, PipelineScheduleKind schedule = PipelineScheduleKind.OneForwardOneBackward)
+        PipelinePartition? pipeline = null, PipelineScheduleKind schedule = PipelineScheduleKind.OneForwardOneBackward, int expertParallel = 1)
     {
+        CheckExpertParallel(mesh, parallel, expertParallel);
         if (mesh.Pp > 1 && pipeline is null) throw new ArgumentException($"parallel training: mesh {mesh} has pipeline stages; give the partition of the model's blocks", nameof(pipeline));
         ArgumentNullException.ThrowIfNull(mesh);
         ArgumentNullException.ThrowIfNull(plan);
@@ -83,8 +104,11 @@ public static class ParallelTraining
             using var groups = mesh.CreateGroups(ctx.Factory);
             var tensor = mesh.Tp > 1 ? new TensorParallelism(groups.Tp, plan, ctx.Factory) : null;
             var stage = mesh.Pp > 1 ? new PipelineParallelism(groups.Pp, pipeline!, ctx.Factory) : null;
-            var (model, train) = buildRank(new MeshRank(ctx, groups, tensor, stage));
-            var trainer = new Trainer(model, DataParallelism.Create(model, groups.Dp, parallel, adamW, ctx.Host), train, null, options, schedule);
+            using var experts = expertParallel > 1 ? ExpertParallelGroups.Create(groups.Dp, expertParallel, ctx.Factory) : null;
+            var (model, train) = buildRank(new MeshRank(ctx, groups, tensor, stage, experts is null ? null : new ExpertParallelism(experts.Expert)));
+            if (experts is not null && model.ExpertParallelism?.Group != experts.Expert)
+                throw new ArgumentException($"parallel training: ep ({expertParallel}) was asked for but rank {ctx.Rank}'s model was not built with the rank's ExpertParallelism (MeshRank.ExpertParallelism)");
+            var trainer = new Trainer(model, DataParallelism.Create(model, groups.Dp, parallel, adamW, ctx.Host, expertData: experts?.ExpertData), train, null, options, schedule);
             if (resume is not null) resume(trainer);
             else weights?.Invoke(trainer);
             try

@@ -21,7 +21,9 @@ namespace Tessera.Training.Parallel;
 /// and deals it out again through the loading model's own, so a checkpoint saved at any tp x dp x pp and ZeRO stage loads at
 /// any other (one device included), exactly. A pipeline stage writes the parameters of its own units (the last stage's copy of
 /// a tied token embedding is not written: the first stage's table is the parameter, and loading gives it to both), and
-/// parallel.json lists every parameter of the whole model. One manifest covers every file.
+/// parallel.json lists every parameter of the whole model. Under expert parallelism each rank's experts are parameters of their
+/// own global names (replicated placement, whole on their holders): the first expert-data-parallel replica writes each once, and
+/// the checkpoint is that of the whole model, loading into one device or any ep. One manifest covers every file.
 /// <para>
 /// Mixed precision (a BF16 model): the "value" pieces and the Hugging Face weights are the F32 masters, never the BF16
 /// copy, and the moments are F32. Each rank writes from wherever its masters live (the host shard under offload; split masters,
@@ -214,7 +216,8 @@ public static class ShardedCheckpoint
     /// </summary>
     private sealed class RankState
     {
-        private ProcessGroup? _data, _tensor, _pipeline;
+        private ProcessGroup? _data, _tensor, _pipeline, _expertData;
+        private IReadOnlyList<OwnedRange> _experts = [];
 
         public required IReadOnlyList<OwnedRange> Owned { get; init; }
         /// <summary>Reads elements [start, + length) of an owned range's masters (start relative to the range): a view, or joined split masters.</summary>
@@ -233,9 +236,25 @@ public static class ShardedCheckpoint
 
         /// <summary>
         /// The ranges this rank writes: its owned ones, except under plain data parallelism (stage 0), where every data-parallel
-        /// rank owns the whole arena and holds the same values; there data-parallel rank 0 alone writes them, once.
+        /// rank owns the whole arena and holds the same values; there data-parallel rank 0 alone writes them, once. Under expert
+        /// parallelism the other ranks of the first expert-data-parallel replica (dp ranks 1 .. ep-1, each holding other experts)
+        /// also write their experts' ranges, so every expert of the whole model is written once, named by its global index.
         /// </summary>
-        public IReadOnlyList<OwnedRange> Saved => Stage == 0 && (_data?.Rank ?? 0) != 0 ? [] : Owned;
+        public IReadOnlyList<OwnedRange> Saved => Stage != 0 || (_data?.Rank ?? 0) == 0 ? Owned : _expertData is { Rank: 0 } ? _experts : [];
+
+        /// <summary>The parts of <paramref name="owned"/> that hold the rank's expert parameters (expert parallelism).</summary>
+        private static List<OwnedRange> ExpertParts(IReadOnlyList<OwnedRange> owned, Transformer model)
+        {
+            var names = model.Layers.ExpertParameters;
+            var parts = new List<OwnedRange>();
+            foreach (var p in model.Layout.Parameters.Where(p => names.Contains(p.Name)))
+                foreach (var r in owned)
+                {
+                    long lo = Math.Max(r.ArenaOffset, p.Offset), hi = Math.Min(r.ArenaOffset + r.Length, p.Offset + p.NumElements);
+                    if (lo < hi) parts.Add(r with { ArenaOffset = lo, Length = hi - lo, ShardOffset = r.ShardOffset + (lo - r.ArenaOffset) });
+                }
+            return parts;
+        }
 
         /// <summary>
         /// Every rank of the run has arrived: the tensor-parallel peers, then the data-parallel ones (whose own tensor-parallel
@@ -265,6 +284,7 @@ public static class ShardedCheckpoint
                     {
                         Owned = dp.Layout.Owned, ReadMasters = dp.Optimizer.ReadMaster, M = dp.Optimizer.M, V = dp.Optimizer.V,
                         StateBackend = dp.Optimizer.Host ?? trainer.Model.Backend, Stage = (int)dp.Options.Stage, _data = dp.Group, _tensor = tensor,
+                        _expertData = dp.ExpertData, _experts = dp.ExpertData is null ? [] : ExpertParts(dp.Layout.Owned, trainer.Model),
                     };
                 case SingleDevice single:
                     // One device (or one tensor-parallel rank without data parallelism): it owns its whole arena, whose

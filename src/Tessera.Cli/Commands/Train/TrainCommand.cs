@@ -49,6 +49,7 @@ public sealed class TrainCommand : Command
     private readonly Option<bool> _recompute = SharedOptions.Flag("--recompute", "recompute activations in backward (less memory, about a third more compute)");
     private readonly Option<int> _ranks = SharedOptions.Int("--ranks", "N", "data-parallel CPU ranks (threads of this process; the cores are split between them)", 1, min: 1);
     private readonly Option<int> _tp = SharedOptions.Int("--tp", "N", "tensor-parallel ranks (Megatron: attention heads, MLP width and vocabulary split over N ranks); the ranks (--ranks, or the launched processes) form a dp x tp mesh; --tp alone runs N CPU thread ranks", 1, min: 1);
+    private readonly Option<int> _ep = SharedOptions.Int("--ep", "N", "expert-parallel ranks (a mixture-of-experts model, with --ranks, ZeRO 0): each group of N data-parallel ranks splits every layer's experts, E / N a rank, and exchanges tokens by all-to-all; N must divide --ranks and the experts", 1, min: 1);
     private readonly Option<bool> _sp = SharedOptions.Flag("--sp", "with --tp: sequence parallelism (norms and residuals on 1/tp of the tokens; same result, less activation memory: see --print-memory)");
     private readonly Option<int> _zero = SharedOptions.Int("--zero", "0-3", "with --ranks or under 'tessera launch': ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters sharded)", 0, min: 0);
     private readonly Option<bool> _offload = SharedOptions.Flag("--offload", "with --zero: optimizer state and update on the host (ZeRO-Offload)");
@@ -71,7 +72,7 @@ public sealed class TrainCommand : Command
     public TrainCommand(Terminal terminal) : base("train", "train a model; with no options, the embedded default: gpt2-tiny on the .NET SDK's XML API documentation (byte tokens)")
     {
         Option[] options = [_model, _data, _valData, _tokenizer, _out, _steps, _batch, _micro, _seq, _lr, _warmup, _minLr, _weightDecay, _clip,
-            _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _masters, _recompute, _ranks, _tp, _sp, _zero,
+            _seed, _evalEvery, _evalBatches, _checkpointEvery, _keepLast, _logEvery, _device, _threads, _dtype, _masters, _recompute, _ranks, _tp, _ep, _sp, _zero,
             _offload, _pp, _schedule, _virtualStages, _printSchedule, _printMemory, _resume, _allowChanges, _sampleTokens, _lora, _loraAlpha, _loraDropout, _loraTargets, _adapter, _quantize];
         foreach (var o in options) Options.Add(o);
         _loraDropout.Validators.Add(r => { if (!r.Implicit && r.GetValueOrDefault<double>() >= 1) r.AddError($"--lora-dropout ({r.GetValueOrDefault<double>()}) must be below 1"); });
@@ -88,6 +89,8 @@ public sealed class TrainCommand : Command
                 throw new UsageException("--masters split: LoRA keeps the base frozen (no masters) and its adapters' masters separate; leave --masters out");
             // A LoRA run resumes as one: --resume of a directory whose checkpoint holds adapters needs no --lora.
             bool lora = settings.LoraRank is not null || settings.Resume && LoraTrainRun.HoldsLoraRun(settings.Out);
+            if (lora && settings.ExpertParallel > 1)
+                throw new UsageException($"--ep {settings.ExpertParallel}: LoRA fine-tuning keeps the base frozen and whole on every rank; expert parallelism is for training the model itself");
             return lora ? new LoraTrainRun(settings, terminal).Execute() : new TrainRun(settings, terminal).Execute();
         });
     }
@@ -100,7 +103,7 @@ public sealed class TrainCommand : Command
         AdamW = new AdamWOptions { WeightDecay = p.GetValue(_weightDecay), MaxGradNorm = p.GetValue(_clip) },
         EvalEvery = p.GetValue(_evalEvery), EvalBatches = p.GetValue(_evalBatches), CheckpointEvery = p.GetValue(_checkpointEvery),
         KeepLast = p.GetValue(_keepLast), LogEvery = p.GetValue(_logEvery), Device = p.GetValue(_device), Threads = p.GetValue(_threads),
-        DType = p.GetValue(_dtype), Masters = p.GetValue(_masters), Recompute = p.GetValue(_recompute), Ranks = p.GetValue(_ranks), TensorParallel = p.GetValue(_tp), SequenceParallel = p.GetValue(_sp), Zero = p.GetValue(_zero),
+        DType = p.GetValue(_dtype), Masters = p.GetValue(_masters), Recompute = p.GetValue(_recompute), Ranks = p.GetValue(_ranks), TensorParallel = p.GetValue(_tp), ExpertParallel = p.GetValue(_ep), SequenceParallel = p.GetValue(_sp), Zero = p.GetValue(_zero),
         Offload = p.GetValue(_offload), Pp = p.GetValue(_pp), Schedule = p.GetValue(_schedule), VirtualStages = p.GetValue(_virtualStages),
         PrintSchedule = p.GetValue(_printSchedule), PrintMemory = p.GetValue(_printMemory), Resume = p.GetValue(_resume), AllowChanges = p.GetValue(_allowChanges), SampleTokens = p.GetValue(_sampleTokens),
         LoraRank = p.GetValue(_lora), LoraAlpha = p.GetValue(_loraAlpha), LoraDropout = p.GetValue(_loraDropout),

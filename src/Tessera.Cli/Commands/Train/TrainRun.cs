@@ -168,6 +168,21 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
             throw new UsageException("--dtype bf16 (mixed precision) needs --device cuda: the CPU backend computes in f32 or f64");
         if (topology.Kind == TopologyKind.ThreadRanks && topology.Device.Kind != DeviceKind.Cpu)
             throw new UsageException($"{(settings.Ranks > 1 ? "--ranks" : settings.TensorParallel > 1 ? "--tp" : "--pp")} runs CPU thread ranks; for GPUs start one process per GPU with 'tessera launch'");
+        if (settings.ExpertParallel > 1)
+        {
+            if (topology.Kind == TopologyKind.ProcessPerGpu)
+                throw new UsageException($"--ep {settings.ExpertParallel}: expert parallelism runs on CPU thread ranks (--ranks N); over launched GPU ranks it is not wired yet");
+            if (topology.Kind == TopologyKind.OneDevice)
+                throw new UsageException($"--ep {settings.ExpertParallel} splits the experts over data-parallel ranks: add --ranks (a multiple of {settings.ExpertParallel})");
+            try
+            {
+                ParallelTraining.CheckExpertParallel(topology.Mesh, new DataParallelOptions { Stage = (ZeroStage)settings.Zero, OffloadOptimizer = settings.Offload }, settings.ExpertParallel);
+            }
+            catch (Exception e) when (e is ArgumentException or NotSupportedException)
+            {
+                throw new UsageException($"--ep {settings.ExpertParallel}: {e.Message}");
+            }
+        }
         if (settings.Data is null && settings.Tokenizer is not null and not "byte")
             throw new UsageException("--tokenizer: the embedded corpus uses byte tokens; give --data for another tokenizer");
     }
@@ -216,8 +231,12 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
         return model;
     }
 
-    private static void CheckTensorParallel(TransformerConfig config, Topology topology)
+    private void CheckTensorParallel(TransformerConfig config, Topology topology)
     {
+        if (settings.ExpertParallel > 1 && !config.IsMixtureOfExperts)
+            throw new UsageException($"--ep {settings.ExpertParallel}: the model has no experts; expert parallelism applies to mixture-of-experts models (mixtral, qwen3-moe)");
+        if (settings.ExpertParallel > 1 && config.Experts % settings.ExpertParallel != 0)
+            throw new UsageException($"--ep {settings.ExpertParallel} must divide the model's experts ({config.Experts})");
         if (topology.TensorParallel < 2) return;
         try
         {

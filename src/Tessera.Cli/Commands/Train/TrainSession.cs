@@ -52,6 +52,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
 
     private string DescribeParallelism() =>
         $"{topology.Describe()}{(settings.SequenceParallel ? " with sequence parallelism" : "")}" +
+        (settings.ExpertParallel > 1 ? $", experts split over ep {settings.ExpertParallel} (expert data parallel {topology.DataParallelSize / settings.ExpertParallel})" : "") +
         (settings.Pp > 1 ? $", {PipelinePlan.Name(settings.Schedule)} schedule{(settings.Chunks > 1 ? $" with {settings.Chunks} chunks per stage" : "")} over {options.GradientAccumulationSteps} micro-batches{(Recompute(settings) ? ", recomputing activations" : "")}" : "") +
         $", ZeRO stage {settings.Zero}{(settings.Offload ? " with optimizer offload" : "")}, " +
         $"global batch {topology.DataParallelSize} x {options.BatchSize * options.GradientAccumulationSteps} x {options.SequenceLength}";
@@ -114,7 +115,8 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
                     rank =>
                     {
                         var ctx = rank.Context;
-                        var rankModel = new Transformer(config, ctx.Backend, dtype, storage, rank.TensorParallelism, rank.Pipeline);
+                        var rankModel = new Transformer(config, ctx.Backend, dtype, storage, rank.TensorParallelism, rank.Pipeline,
+                            expertParallelism: rank.ExpertParallelism);
                         if (storage == Tessera.Nn.ArenaStorage.Full && resumeFrom is null)
                         {
                             if (initDirectory is not null)
@@ -135,7 +137,7 @@ public sealed class TrainSession(TrainSettings settings, TrainerOptions options,
                     },
                     resume: resumeFrom is null ? null : t => { Capture(t); ShardedCheckpoint.Restore(resumeFrom, t); },
                     cancellation: signals.Token,
-                    pipeline: partition, schedule: settings.Schedule,
+                    pipeline: partition, schedule: settings.Schedule, expertParallel: settings.ExpertParallel,
                     weights: t =>
                     {
                         Capture(t);

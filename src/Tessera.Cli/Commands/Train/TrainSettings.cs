@@ -92,6 +92,10 @@ public sealed record TrainSettings
     /// <summary>Tensor-parallel ranks (Megatron): the ranks form a dp x tp mesh, tp innermost; 1: data parallelism only.</summary>
     public int TensorParallel { get; init; } = 1;
 
+    /// <summary>Expert-parallel ranks (--ep; a mixture-of-experts model on CPU thread ranks): each group of this many data-parallel
+    /// ranks splits every layer's experts between them; 1 (default): every rank holds every expert.</summary>
+    public int ExpertParallel { get; init; } = 1;
+
     /// <summary>With <see cref="TensorParallel"/> &gt; 1: sequence parallelism (norms on sequence slices).</summary>
     public bool SequenceParallel { get; init; }
 
