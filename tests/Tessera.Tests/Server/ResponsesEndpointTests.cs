@@ -244,6 +244,32 @@ public class ResponsesEndpointTests(ResponsesEndpointTests.LongContext fixture) 
         Assert.Equal(Microsoft.Extensions.AI.ChatFinishReason.Length, whole.FinishReason);
     }
 
+    /// <summary>
+    /// Microsoft.Extensions.AI's function calls: a required call comes back as a <see cref="FunctionCallContent"/>, and the
+    /// second turn, as Microsoft.Extensions.AI writes it (the call as a function_call item, the result as function_call_output),
+    /// is read and answered in text.
+    /// </summary>
+    [Fact]
+    public async Task MicrosoftExtensionsAiFunctionCallsRoundTrip()
+    {
+        IChatClient client = Responses.AsIChatClient(TestServer.Model);
+        // A boolean argument only: a free string would let the random model write bytes until the token limit cuts the call.
+        var weather = AIFunctionFactory.Create((bool celsius) => celsius ? "3" : "37", "get_weather", "The weather in Oslo.");
+        var options = new ChatOptions { Temperature = 0, MaxOutputTokens = 80, Tools = [weather], ToolMode = ChatToolMode.RequireSpecific("get_weather") };
+        List<Microsoft.Extensions.AI.ChatMessage> messages = [new(ChatRole.User, "Weather in Oslo?")];
+        ChatResponse first = await client.GetResponseAsync(messages, options, Cancel);
+        var call = Assert.Single(first.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+        Assert.Equal("get_weather", call.Name);
+        Assert.NotNull(call.Arguments?["celsius"]);
+
+        messages.AddMessages(first);
+        messages.Add(new Microsoft.Extensions.AI.ChatMessage(ChatRole.Tool, [new FunctionResultContent(call.CallId, "3")]));
+        ChatResponse second = await client.GetResponseAsync(messages, new ChatOptions { Temperature = 0, MaxOutputTokens = 8, Tools = [weather], ToolMode = ChatToolMode.None }, Cancel);
+        Assert.Empty(second.Messages.SelectMany(m => m.Contents).OfType<FunctionCallContent>());
+        Assert.Equal(8, second.Usage?.OutputTokenCount);
+        Assert.True(second.Usage?.InputTokenCount > first.Usage?.InputTokenCount);   // the call and its result are in the prompt
+    }
+
     [Fact]
     public async Task StoredResponsesAreReadByIdDeletedAndNotStoredWhenStoreIsFalse()
     {
