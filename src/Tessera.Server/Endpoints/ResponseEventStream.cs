@@ -20,11 +20,17 @@ namespace Tessera.Server.Endpoints;
 internal sealed class ResponseEventStream(HttpContext context, ResponseBody response, ToolCallStreamReader? reader)
 {
     private readonly List<ResponseOutputItem> _output = [];
-    private readonly Dictionary<int, (int OutputIndex, string ItemId, string CallId, string Name, StringBuilder Arguments)> _calls = [];
+    private readonly Dictionary<int, StreamedCall> _calls = [];       // by the reader's call index
+    private readonly string _messageId = "msg_" + Guid.NewGuid().ToString("N");
+    private readonly StringBuilder _text = new();
     private int _sequence;
     private int _messageIndex = -1;                 // the message's output index once opened
-    private string _messageId = "msg_" + Guid.NewGuid().ToString("N");
-    private readonly StringBuilder _text = new();
+
+    /// <summary>A function call being streamed: its output index and item id, its call id and name, the arguments sent so far.</summary>
+    private sealed record StreamedCall(int OutputIndex, string ItemId, string CallId, string Name)
+    {
+        public StringBuilder Arguments { get; } = new();
+    }
 
     /// <summary>Streams the response; returns it as finished (null when the client went away first).</summary>
     public async Task<ResponseBody?> RunAsync(ChannelReader<CompletionEvent> events)
@@ -57,17 +63,19 @@ internal sealed class ResponseEventStream(HttpContext context, ResponseBody resp
                 await TextAsync(found.Text).ConfigureAwait(false);
                 break;
             case ToolCallStreamEventKind.CallStarted:
-                var call = (_output.Count, "fc_" + Guid.NewGuid().ToString("N"), found.Id!, found.Name!, new StringBuilder());
+                var call = new StreamedCall(_output.Count, "fc_" + Guid.NewGuid().ToString("N"), found.Id!, found.Name!);
                 _calls[found.Index] = call;
-                var item = ResponsesEndpoint.FunctionCall(call.Item3, call.Item4, "", "in_progress", call.Item2);
+                var item = ResponsesEndpoint.FunctionCall(call.CallId, call.Name, "", "in_progress", call.ItemId);
                 _output.Add(item);
-                await SendAsync(new ResponseStreamEvent("response.output_item.added", 0) { OutputIndex = call.Item1, Item = item }).ConfigureAwait(false);
+                await SendAsync(new ResponseStreamEvent("response.output_item.added", 0) { OutputIndex = call.OutputIndex, Item = item }).ConfigureAwait(false);
                 break;
             case ToolCallStreamEventKind.Arguments:
-                var (index, itemId, _, _, arguments) = _calls[found.Index];
-                arguments.Append(found.Text);
-                await SendAsync(new ResponseStreamEvent("response.function_call_arguments.delta", 0) { ItemId = itemId, OutputIndex = index, Delta = found.Text })
-                    .ConfigureAwait(false);
+                var streamed = _calls[found.Index];
+                streamed.Arguments.Append(found.Text);
+                await SendAsync(new ResponseStreamEvent("response.function_call_arguments.delta", 0)
+                {
+                    ItemId = streamed.ItemId, OutputIndex = streamed.OutputIndex, Delta = found.Text,
+                }).ConfigureAwait(false);
                 break;
         }
     }
@@ -122,13 +130,14 @@ internal sealed class ResponseEventStream(HttpContext context, ResponseBody resp
                 output.Add(message);
                 continue;
             }
-            var (_, itemId, callId, name, arguments) = _calls.Values.First(c => c.OutputIndex == i);
-            bool whole = confirmed.Contains(callId);
+            var call = _calls.Values.First(c => c.OutputIndex == i);
+            bool whole = confirmed.Contains(call.CallId);
+            string arguments = call.Arguments.ToString();
             await SendAsync(new ResponseStreamEvent("response.function_call_arguments.done", 0)
             {
-                ItemId = itemId, OutputIndex = i, Name = name, Arguments = arguments.ToString(),
+                ItemId = call.ItemId, OutputIndex = i, Name = call.Name, Arguments = arguments,
             }).ConfigureAwait(false);
-            var item = ResponsesEndpoint.FunctionCall(callId, name, arguments.ToString(), whole ? "completed" : "incomplete", itemId);
+            var item = ResponsesEndpoint.FunctionCall(call.CallId, call.Name, arguments, whole ? "completed" : "incomplete", call.ItemId);
             await SendAsync(new ResponseStreamEvent("response.output_item.done", 0) { OutputIndex = i, Item = item }).ConfigureAwait(false);
             if (whole) output.Add(item);
         }

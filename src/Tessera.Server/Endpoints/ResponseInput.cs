@@ -67,13 +67,26 @@ internal static class ResponseInput
     private static string Content(JsonElement item, string at)
     {
         if (!item.TryGetProperty("content", out var content)) throw Invalid($"{at}.content is missing", $"{at}.content", "missing_required_parameter");
-        if (content.ValueKind == JsonValueKind.String) return content.GetString()!;
-        if (content.ValueKind != JsonValueKind.Array) throw Invalid($"{at}.content must be a string or a list of content parts", $"{at}.content", "invalid_type");
+        return Text(content, $"{at}.content");
+    }
+
+    /// <summary>A function_call_output's output: a string, or text parts joined.</summary>
+    private static string Output(JsonElement item, string at)
+    {
+        if (!item.TryGetProperty("output", out var output)) throw Invalid($"{at}.output is missing", $"{at}.output", "missing_required_parameter");
+        return Text(output, $"{at}.output");
+    }
+
+    /// <summary>Text given as a string or as a list of text parts (joined); anything else is a 400 naming <paramref name="at"/>.</summary>
+    private static string Text(JsonElement value, string at)
+    {
+        if (value.ValueKind == JsonValueKind.String) return value.GetString()!;
+        if (value.ValueKind != JsonValueKind.Array) throw Invalid($"{at} must be a string or a list of content parts", at, "invalid_type");
         var text = new StringBuilder();
         int j = 0;
-        foreach (var part in content.EnumerateArray())
+        foreach (var part in value.EnumerateArray())
         {
-            string partAt = $"{at}.content[{j++}]";
+            string partAt = $"{at}[{j++}]";
             if (part.ValueKind != JsonValueKind.Object) throw Invalid($"{partAt} must be an object", partAt, "invalid_type");
             string? type = OptionalString(part, "type", partAt);
             if (type is not ("input_text" or "output_text" or "text"))
@@ -81,14 +94,6 @@ internal static class ResponseInput
             text.Append(RequiredString(part, "text", partAt));
         }
         return text.ToString();
-    }
-
-    /// <summary>A function_call_output's output: a string, or text parts joined.</summary>
-    private static string Output(JsonElement item, string at)
-    {
-        if (item.TryGetProperty("output", out var output) && output.ValueKind == JsonValueKind.Array)
-            return Content(JsonDocument.Parse($"{{\"content\": {output.GetRawText()}}}").RootElement, at);
-        return RequiredString(item, "output", at);
     }
 
     private static string RequiredString(JsonElement item, string name, string at) =>
