@@ -19,7 +19,8 @@ using Xunit;
 namespace Tessera.Tests.Server;
 
 /// <summary>
-/// POST /v1/responses on servers set up otherwise than the shared fixture: an API key (401 without it), a store of two responses
+/// POST /v1/responses on servers set up otherwise than the shared fixture: an API key (401 without it), a queue of one (429 with
+/// Retry-After), a store of two responses
 /// (the least recently used evicted), and a served LoRA adapter named as the model (the adapter's greedy answer, as chat's).
 /// </summary>
 public sealed class ResponsesServerOptionsTests : IDisposable
@@ -42,6 +43,25 @@ public sealed class ResponsesServerOptionsTests : IDisposable
         Assert.Equal("invalid_api_key", body.GetProperty("error").GetProperty("code").GetString());
         Assert.Equal(401, (await server.PostAsync("v1/responses", Body("hi"))).Status);
         Assert.Equal(200, (await server.PostAsync("v1/responses", Body("hi"), key: "secret")).Status);
+    }
+
+    [Fact]
+    public async Task AFullQueueIsA429WithRetryAfter()
+    {
+        // One sequence runs at a time and one may wait; six long requests at once find the queue full: each completes or gets 429.
+        await using var small = await TestServer.StartAsync(maxBatch: 1, maxQueue: 1, context: 2048, budget: 64);
+        string body = $$"""{"model": "{{TestServer.Model}}", "input": "x", "max_output_tokens": 1500, "temperature": 0}""";
+        var results = await Task.WhenAll(Enumerable.Range(0, 6).Select(_ => small.PostAsync("v1/responses", body)));
+        Assert.All(results, r => Assert.Contains(r.Status, new[] { 200, 429 }));
+        var rejected = results.Where(r => r.Status == 429).ToList();
+        Assert.NotEmpty(rejected);
+        foreach (var (_, json, response) in rejected)
+        {
+            Assert.Equal("1", response.Headers.GetValues("Retry-After").Single());
+            Assert.Equal("rate_limit_exceeded", json.GetProperty("error").GetProperty("code").GetString());
+        }
+        Assert.Equal(0, await small.BlocksInUseAfterSettlingAsync());
+        Assert.Empty(await small.ServerErrorsAsync());
     }
 
     [Fact]
