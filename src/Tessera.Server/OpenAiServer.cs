@@ -16,7 +16,8 @@ namespace Tessera.Server;
 /// <summary>
 /// The OpenAI-compatible HTTP server (ASP.NET Core minimal APIs on Kestrel) in front of an <see cref="InferenceEngine"/>:
 /// GET /v1/models, POST /v1/completions and /v1/chat/completions (whole or streamed as server-sent events ending with
-/// "data: [DONE]"), GET /health and GET /metrics (Prometheus text); with <see cref="ServeOptions.EnableLoraLoading"/> also POST
+/// "data: [DONE]"), POST /v1/responses (OpenAI's Responses API, whole or streamed as its typed events; GET and DELETE /v1/responses/{id} for the
+/// responses kept in memory), GET /health and GET /metrics (Prometheus text); with <see cref="ServeOptions.EnableLoraLoading"/> also POST
 /// /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's, <see cref="LoraAdaptersEndpoint"/>). It is thin: it parses and checks requests, renders chat
 /// prompts, forwards to the engine and writes what the engine produces; every refusal is an OpenAI error object (400,
 /// 401, 404, 429 with Retry-After), and a client that goes away cancels its request, which frees its KV blocks.
@@ -94,6 +95,10 @@ public sealed class OpenAiServer : IAsyncDisposable
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         app.MapPost("/v1/chat/completions", chatEndpoint.HandleAsync);
         app.MapPost("/v1/completions", completionsEndpoint.HandleAsync);
+        var responsesEndpoint = new ResponsesEndpoint(engine, chat, options);
+        app.MapPost("/v1/responses", responsesEndpoint.HandleAsync);
+        app.MapGet("/v1/responses/{id}", responsesEndpoint.GetAsync);
+        app.MapDelete("/v1/responses/{id}", responsesEndpoint.DeleteAsync);
         if (options.EnableLoraLoading)
         {
             var lora = new LoraAdaptersEndpoint(engine, options);

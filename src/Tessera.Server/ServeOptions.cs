@@ -24,6 +24,14 @@ public sealed record ServeOptions
     /// </summary>
     public bool EnableLoraLoading { get; init; }
 
+    /// <summary>
+    /// Responses (POST /v1/responses with store not false) kept in memory for previous_response_id and GET /v1/responses/{id},
+    /// the least recently used evicted first; default 128; 0 stores none (previous_response_id is then always unknown). Each
+    /// holds its conversation's text, at most the model's context in tokens, so the store's memory is bounded by this count times
+    /// the text of a full context.
+    /// </summary>
+    public int StoredResponses { get; init; } = 128;
+
     /// <summary>Throws <see cref="ArgumentException"/> naming an invalid field.</summary>
     public ServeOptions Validate()
     {
@@ -32,6 +40,7 @@ public sealed record ServeOptions
         if (string.IsNullOrWhiteSpace(ModelName)) throw new ArgumentException("ServeOptions.ModelName must not be empty");
         if (ApiKey is { Length: 0 }) throw new ArgumentException("ServeOptions.ApiKey must not be empty when given");
         if (RetryAfterSeconds <= 0) throw new ArgumentException($"ServeOptions.RetryAfterSeconds ({RetryAfterSeconds}) must be positive");
+        if (StoredResponses < 0) throw new ArgumentException($"ServeOptions.StoredResponses ({StoredResponses}) must not be negative");
         return this;
     }
 }

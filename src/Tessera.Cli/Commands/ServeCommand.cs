@@ -38,6 +38,8 @@ public sealed class ServeCommand : Command
     private readonly Option<string?> _tokenizer = new("--tokenizer") { Description = "override the tokenizer found with the model", HelpName = "byte|DIR" };
     private readonly Option<int> _maxBatch = SharedOptions.Int("--max-batch", "N", "sequences per step", 64, min: 1);
     private readonly Option<int> _maxQueue = SharedOptions.Int("--max-queue", "N", "waiting requests before 429", 256, min: 0);
+    private readonly Option<int> _storedResponses = SharedOptions.Int("--stored-responses", "N",
+        "responses kept in memory for previous_response_id and GET /v1/responses/ID (least recently used evicted; 0: none)", 128, min: 0);
     private readonly Option<double?> _kvMemory = new("--kv-memory") { Description = "KV-cache pool in GiB [default: 0.25 on cpu, 4 on cuda]", HelpName = "GiB" };
     private readonly Option<DType?> _kvDType = SharedOptions.KvDType();
     private readonly Option<int> _blockSize = SharedOptions.Int("--block-size", "N", "positions per KV block", 16, min: 1);
@@ -62,11 +64,11 @@ public sealed class ServeCommand : Command
 
     /// <summary>Declares the options.</summary>
     public ServeCommand(Terminal terminal) : base("serve",
-        "an OpenAI-compatible HTTP server (continuous batching, paged KV cache): GET /v1/models, POST /v1/completions, POST /v1/chat/completions (stream for SSE), GET /health, GET /metrics")
+        "an OpenAI-compatible HTTP server (continuous batching, paged KV cache): GET /v1/models, POST /v1/completions, POST /v1/chat/completions and /v1/responses (stream for SSE), GET /health, GET /metrics")
     {
         _model.Required = true;
         _model.HelpName = "DIR";
-        foreach (var o in new Option[] { _model, _device, _dtype, _quantize, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _kvMemory,
+        foreach (var o in new Option[] { _model, _device, _dtype, _quantize, _threads, _host, _port, _apiKey, _name, _tokenizer, _maxBatch, _maxQueue, _storedResponses, _kvMemory,
             _kvDType, _blockSize, _tokenBudget, _decodingStepTokens, _maxModelLen, _noGraphs, _draftTokens, _draftModel, _adapter, _lora, _tp }.Concat(_loraSlots.All))
             Options.Add(o);
         SetAction(parse => Run(parse, terminal));
@@ -86,6 +88,7 @@ public sealed class ServeCommand : Command
             Port = parse.GetValue(_port),
             ApiKey = parse.GetValue(_apiKey),
             EnableLoraLoading = parse.GetValue(_loraSlots.EnableLoading),
+            StoredResponses = parse.GetValue(_storedResponses),
             ModelName = parse.GetValue(_name) ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(dir))),
         };
         var engineOptions = new EngineOptions

@@ -14,4 +14,8 @@ namespace Tessera.Server.Contracts;
 [JsonSerializable(typeof(ChatCompletionBody))]
 [JsonSerializable(typeof(ChatCompletionChunk))]
 [JsonSerializable(typeof(TextCompletionBody))]
+[JsonSerializable(typeof(ResponseRequestBody))]
+[JsonSerializable(typeof(ResponseBody))]
+[JsonSerializable(typeof(ResponseStreamEvent))]
+[JsonSerializable(typeof(ResponseDeletedBody))]
 public sealed partial class ServerJsonContext : JsonSerializerContext;

@@ -62,25 +62,33 @@ internal static class EngineCalls
     /// OpenAI's response_format: text (or absent) leaves the choices free; json_object and json_schema constrain them
     /// (<see cref="Inference.Constraints.JsonGrammar"/>). A schema outside the supported subset is a 400 saying what.
     /// </summary>
-    private static Inference.Constraints.JsonGrammar? Grammar(ResponseFormatBody? format)
+    private static Inference.Constraints.JsonGrammar? Grammar(ResponseFormatBody? format) =>
+        Grammar(format?.Type, format?.JsonSchema?.Schema, format?.JsonSchema?.Name, "response_format", "response_format.json_schema");
+
+    /// <summary>
+    /// A structured-output format by its parts, as chat's response_format and the Responses API's text.format give them:
+    /// <paramref name="type"/> text (or null), json_object or json_schema with <paramref name="schema"/>. Errors name
+    /// <paramref name="field"/> (the parameter) and <paramref name="schemaField"/> (where the schema sits in the body).
+    /// </summary>
+    public static Inference.Constraints.JsonGrammar? Grammar(string? type, System.Text.Json.JsonElement? schema, string? name, string field, string schemaField)
     {
-        switch (format?.Type)
+        switch (type)
         {
             case null or "text": return null;
             case "json_object": return Inference.Constraints.JsonGrammar.AnyObject();
             case "json_schema":
-                if (format.JsonSchema?.Schema is not { } schema)
-                    throw new ApiException(ApiError.Invalid("response_format.json_schema.schema is required with type json_schema", "response_format"));
+                if (schema is not { } s || s.ValueKind == System.Text.Json.JsonValueKind.Null)
+                    throw new ApiException(ApiError.Invalid($"{schemaField}.schema is required with type json_schema", field));
                 try
                 {
-                    return Inference.Constraints.JsonGrammar.FromSchema(schema, format.JsonSchema.Name ?? "schema");
+                    return Inference.Constraints.JsonGrammar.FromSchema(s, name ?? "schema");
                 }
                 catch (ArgumentException e)
                 {
-                    throw new ApiException(ApiError.Invalid($"response_format.json_schema: {e.Message}", "response_format"));
+                    throw new ApiException(ApiError.Invalid($"{schemaField}: {e.Message}", field));
                 }
             default:
-                throw new ApiException(ApiError.Invalid($"response_format.type '{format.Type}' is not one of text, json_object, json_schema", "response_format"));
+                throw new ApiException(ApiError.Invalid($"{field}.type '{type}' is not one of text, json_object, json_schema", field));
         }
     }
 

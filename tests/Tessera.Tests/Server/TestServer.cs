@@ -38,7 +38,7 @@ public sealed class TestServer : IAsyncDisposable
     public HttpClient Http { get; }
 
     public static async Task<TestServer> StartAsync(int maxBatch = 8, int maxQueue = 64, int context = 256, string? apiKey = null, int budget = 64, int threads = 1,
-        int draftTokens = 0, IReadOnlyCollection<int>? stopTokens = null)
+        int draftTokens = 0, IReadOnlyCollection<int>? stopTokens = null, int storedResponses = 128)
     {
         var cpu = new CpuBackend(threads);
         var config = ModelPresets.Get("llama-debug") with { VocabSize = 256, MaxSequenceLength = context };
@@ -53,7 +53,7 @@ public sealed class TestServer : IAsyncDisposable
             StopTokens = stopTokens ?? [],
         });
         var chat = new ChatPrompt(new ChatFormat(ChatTemplate.Fallback, null, null, IsFallback: true), tokenizer);
-        var server = await OpenAiServer.StartAsync(engine, chat, new ServeOptions { Port = 0, ModelName = Model, ApiKey = apiKey });
+        var server = await OpenAiServer.StartAsync(engine, chat, new ServeOptions { Port = 0, ModelName = Model, ApiKey = apiKey, StoredResponses = storedResponses });
         return new TestServer(server, engine, chat);
     }
 
