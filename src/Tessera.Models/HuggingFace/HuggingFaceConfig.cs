@@ -5,7 +5,8 @@ namespace Tessera.Models.HuggingFace;
 
 /// <summary>
 /// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3", "mistral", the sparse mixtures of
-/// experts "mixtral" and "qwen3_moe", and "gemma2" or "gemma3_text") into a <see cref="TransformerConfig"/>
+/// experts "mixtral" and "qwen3_moe", "gemma2" or "gemma3_text", and "phi3": Phi-3 and Phi-4 with whole-head RoPE and no
+/// longrope) into a <see cref="TransformerConfig"/>
 /// and writes one back for export. RoPE scaling (rope_scaling of transformers 4, rope_parameters of 5; rope_type linear,
 /// dynamic, llama3, yarn) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
 /// on Llama's output projection or MLP, other rope types, Qwen2's and Qwen3's per-layer sliding windows) are rejected with a message
@@ -14,7 +15,7 @@ namespace Tessera.Models.HuggingFace;
 public static class HuggingFaceConfig
 {
     /// <summary>The model_type values Tessera reads and writes.</summary>
-    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "gemma2", "gemma3_text"];
+    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "gemma2", "gemma3_text", "phi3"];
 
     /// <summary>GPT-2 activations that are the tanh approximation of GELU Tessera implements.</summary>
     private static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];
@@ -52,6 +53,7 @@ public static class HuggingFaceConfig
             "mixtral" => ParseMixtral(fields),
             "qwen3_moe" => ParseQwen3Moe(fields),
             "gemma2" or "gemma3_text" => ParseGemma(fields, modelType),
+            "phi3" => ParsePhi3(fields),
             "gemma3" => throw new HuggingFaceFormatException(path, "field 'model_type': 'gemma3' is the multimodal Gemma 3 (a vision tower around a text model); Tessera reads the text-only model_type 'gemma3_text' (Gemma 3 1B and 270M, or a text model saved on its own)"),
             _ => throw new HuggingFaceFormatException(path, $"field 'model_type': '{modelType}' is not supported (supported: {string.Join(", ", ModelTypes)})"),
         };
@@ -128,6 +130,20 @@ public static class HuggingFaceConfig
     private static TransformerConfig ParseMistral(Fields f)
     {
         var config = ParseLlamaLike(f, "mistral");
+        int window = f.Int("sliding_window") ?? 0;
+        if (window < 0) throw f.Error("sliding_window", $"must be positive or null, got {window}");
+        return config with { SlidingWindow = window };
+    }
+
+    private static TransformerConfig ParsePhi3(Fields f)
+    {
+        // Phi-3 / Phi-4: Llama's decoder whose checkpoint fuses q, k, v (qkv_proj) and gate, up (gate_up_proj), which the
+        // weight map splits and fuses; sliding_window windows every layer as Mistral's does (transformers passes it to the
+        // attention and builds the sliding-window mask when it is set). resid_pdrop, embd_pdrop and attention_dropout act
+        // only in training in transformers; Tessera trains every family without dropout and ignores them.
+        // partial_rotary_factor below 1 (Phi-4-mini) and rope_scaling longrope/su (Phi-3-mini-128k, Phi-3.5, Phi-4-mini) are
+        // refused by ParseLlamaLike and ReadRope, naming the field.
+        var config = ParseLlamaLike(f, "phi3");
         int window = f.Int("sliding_window") ?? 0;
         if (window < 0) throw f.Error("sliding_window", $"must be positive or null, got {window}");
         return config with { SlidingWindow = window };
@@ -293,7 +309,7 @@ public static class HuggingFaceConfig
             if (heads <= 0 || headDim * heads != hidden) explicitHeadSize = headDim;
         }
         if (f.Double("partial_rotary_factor") is double partial && partial != 1.0)
-            throw f.Error("partial_rotary_factor", $"{partial} is not supported: Tessera rotates whole heads");
+            throw f.Error("partial_rotary_factor", $"{partial} is not supported: Tessera rotates whole heads (Phi-4-mini's 0.75, RoPE on part of each head, is not implemented)");
         var (theta, scaling) = ReadRope(f);
         int maxPositions = f.RequiredInt("max_position_embeddings");
         var config = new TransformerConfig
@@ -386,8 +402,8 @@ public static class HuggingFaceConfig
     {
         if (c.Bias) throw new ArgumentException("TransformerConfig: a Llama-family export needs Bias = false");
         string type = c.EffectiveModelType;
-        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral" or "mixtral" or "qwen3_moe"))
-            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral, mixtral, qwen3_moe)");
+        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral" or "mixtral" or "qwen3_moe" or "phi3"))
+            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, phi3)");
         if (c.QkNorm != (type is "qwen3" or "qwen3_moe"))
             throw new ArgumentException($"TransformerConfig: QkNorm = {c.QkNorm} cannot be exported as model_type '{type}' (only qwen3 and qwen3_moe have q/k head norms, and always)");
         if (c.IsMixtureOfExperts != (type is "mixtral" or "qwen3_moe"))
@@ -396,8 +412,8 @@ public static class HuggingFaceConfig
             throw new ArgumentException("TransformerConfig: a mixtral export needs NormalizeExpertWeights = true and ExpertHidden = Hidden (Mixtral always renormalizes, and its experts are intermediate_size wide)");
         if (c.AttentionBias != (type == "qwen2"))
             throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 has q/k/v biases, and always)");
-        if (c.SlidingWindow > 0 && type is not ("mistral" or "mixtral"))
-            throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral' or 'mixtral'");
+        if (c.SlidingWindow > 0 && type is not ("mistral" or "mixtral" or "phi3"))
+            throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral', 'mixtral' or 'phi3'");
         if (c.ScaleEmbeddings || c.GeluGate || c.PostNorms || c.UnitOffsetNorms || c.LocalWindow > 0 || c.LocalRopeTheta > 0 || c.QueryPreAttentionScalar > 0
             || c.AttentionSoftCap > 0 || c.FinalSoftCap > 0)
             throw new ArgumentException($"TransformerConfig: Gemma's settings (ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow, LocalRopeTheta, QueryPreAttentionScalar, the soft caps) cannot be exported as model_type '{type}'; use gemma2 or gemma3_text");
@@ -406,7 +422,7 @@ public static class HuggingFaceConfig
             ["architectures"] = new JsonArray(type switch
             {
                 "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "mixtral" => "MixtralForCausalLM",
-                "qwen3_moe" => "Qwen3MoeForCausalLM", _ => "LlamaForCausalLM",
+                "qwen3_moe" => "Qwen3MoeForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM",
             }),
             ["model_type"] = type,
             ["vocab_size"] = c.VocabSize,
@@ -450,6 +466,19 @@ public static class HuggingFaceConfig
                 o["num_local_experts"] = c.Experts;
                 o["num_experts_per_tok"] = c.ExpertsPerToken;
                 o["router_jitter_noise"] = 0.0;
+                break;
+            case "phi3":
+                o["sliding_window"] = c.SlidingWindow > 0 ? c.SlidingWindow : null;
+                // Phi3Config reads original_max_position_embeddings (default 4096) to switch longrope's factors and to drop the
+                // cache in generation past it; without longrope, the context itself.
+                o["original_max_position_embeddings"] = o["max_position_embeddings"]!.GetValue<int>();
+                o["resid_pdrop"] = 0.0;
+                o["embd_pdrop"] = 0.0;
+                // Phi3Config's defaults (pad 32000, bos 1, eos 32000) name Phi-3's vocabulary; a padding id past a smaller
+                // vocabulary fails nn.Embedding. Null unless the generation defaults below give them.
+                o["pad_token_id"] = null;
+                o["bos_token_id"] = null;
+                o["eos_token_id"] = null;
                 break;
             case "qwen3_moe":
                 o["attention_bias"] = false;
@@ -575,6 +604,7 @@ public static class HuggingFaceConfig
             "dynamic" => RopeScalingType.Dynamic,
             "llama3" => RopeScalingType.Llama3,
             "yarn" => RopeScalingType.Yarn,
+            "longrope" or "su" => throw r.Error("rope_type", $"'{type}' is not supported: LongRoPE's per-dimension short_factor/long_factor switch (Phi-3-mini-128k, Phi-3.5, Phi-4-mini) is not implemented (supported: default, linear, dynamic, llama3, yarn)"),
             _ => throw r.Error("rope_type", $"'{type}' is not supported (supported: default, linear, dynamic, llama3, yarn)"),
         };
         if (type == "default") return (theta, null);

@@ -31,6 +31,7 @@ public class PagedModelRunnerTests
     [InlineData("qwen3-moe-debug")]
     [InlineData("gemma2-debug")]           // scaled embeddings, post-norms, GeGLU, local layers windowed, the others not
     [InlineData("gemma3-debug")]           // and q/k norms, the local layers' own RoPE base
+    [InlineData("phi3-debug")]
     public void GreedyTokensOfSequencesBatchedWithChunkedPrefillEqualEachSequenceAlone(string preset)
     {
         const int seed = 7, newTokens = 10;

@@ -57,6 +57,7 @@ public sealed class HuggingFaceExportTests : IDisposable
     [InlineData("qwen3-moe-debug")]        // mlp.gate and mlp.experts.{j}.*_proj, moe_intermediate_size, Qwen3MoeForCausalLM
     [InlineData("gemma2-debug")]           // four norms a block written as w = scale - 1, Gemma2ForCausalLM
     [InlineData("gemma3-debug")]           // and q_norm, k_norm, rope_local_base_freq, layer_types
+    [InlineData("phi3-debug")]             // qkv_proj and gate_up_proj written fused, Phi3ForCausalLM
     public void EachFamilyReloadsFromItsExportWithTheSameConfigurationAndLogits(string preset)
     {
         var config = ModelPresets.Get(preset);
@@ -189,7 +190,7 @@ public sealed class HuggingFaceExportTests : IDisposable
         var dirs = new List<string>();
         int seed = 20;
         foreach (var preset in new[] { "gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug", "qwen3-debug",
-                     "mixtral-debug", "qwen3-moe-debug", "gemma2-debug", "gemma3-debug" })
+                     "mixtral-debug", "qwen3-moe-debug", "gemma2-debug", "gemma3-debug", "phi3-debug" })
         {
             var config = ModelPresets.Get(preset);
             var model = RandomModel(config, DType.F32, seed++);

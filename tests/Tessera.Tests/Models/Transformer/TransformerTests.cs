@@ -81,6 +81,7 @@ public class TransformerTests
     [InlineData("qwen3-moe-debug")]        // weights not renormalized, q/k head norms
     [InlineData("gemma2-window3")]         // GeGLU, post-norms, embedding scale, the local layers' window
     [InlineData("gemma3-window3")]         // and the q/k norms, two RoPE bases
+    [InlineData("phi3-debug")]             // Phi-3's layout (fused in its checkpoint, Tessera's own parameters in the model)
     public void ModelGradientMatchesFiniteDifferencesOnEveryParameter(string preset)
     {
         var config = Config(preset);
@@ -232,6 +233,7 @@ public class TransformerTests
     [InlineData("qwen3-moe-debug")]
     [InlineData("gemma2-window3")]       // post-norms on each branch; local layers slide, global ones do not
     [InlineData("gemma3-window3")]
+    [InlineData("phi3-debug")]
     public void CachedDecodingMatchesFullForwardLogits(string preset)
     {
         var config = Config(preset);
@@ -371,6 +373,7 @@ public class TransformerTests
     [InlineData("qwen3-moe-debug")]
     [InlineData("gemma2-debug")]
     [InlineData("gemma3-debug")]
+    [InlineData("phi3-debug")]
     public void F32TrainingStepsOverfitOneBatch(string preset)
     {
         var config = Config(preset);
