@@ -5,10 +5,10 @@ namespace Tessera.Models.HuggingFace;
 
 /// <summary>
 /// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3", "mistral", the sparse mixtures of
-/// experts "mixtral" and "qwen3_moe", "gemma2" or "gemma3_text", and "phi3": Phi-3 and Phi-4 with whole-head RoPE and no
-/// longrope) into a <see cref="TransformerConfig"/>
+/// experts "mixtral" and "qwen3_moe", "gemma2" or "gemma3_text", and "phi3": Phi-3 and Phi-4, with partial_rotary_factor and
+/// rope_type longrope) into a <see cref="TransformerConfig"/>
 /// and writes one back for export. RoPE scaling (rope_scaling of transformers 4, rope_parameters of 5; rope_type linear,
-/// dynamic, llama3, yarn) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
+/// dynamic, llama3, yarn; longrope for phi3) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
 /// on Llama's output projection or MLP, other rope types, Qwen2's and Qwen3's per-layer sliding windows) are rejected with a message
 /// naming the file and the field rather than silently ignored.
 /// </summary>
@@ -141,11 +141,14 @@ public static class HuggingFaceConfig
         // weight map splits and fuses; sliding_window windows every layer as Mistral's does (transformers passes it to the
         // attention and builds the sliding-window mask when it is set). resid_pdrop, embd_pdrop and attention_dropout act
         // only in training in transformers; Tessera trains every family without dropout and ignores them.
-        // partial_rotary_factor below 1 (Phi-4-mini) and rope_scaling longrope/su (Phi-3-mini-128k, Phi-3.5, Phi-4-mini) are
-        // refused by ParseLlamaLike and ReadRope, naming the field.
+        // partial_rotary_factor (Phi-4-mini's 0.75) and rope_scaling longrope/su (Phi-3-mini-128k, Phi-3.5, Phi-4-mini) are
+        // read here only (ParseLlamaLike and ReadRope): Phi3Config's original_max_position_embeddings sits at the top level
+        // and defaults to 4096.
         var config = ParseLlamaLike(f, "phi3");
         int window = f.Int("sliding_window") ?? 0;
         if (window < 0) throw f.Error("sliding_window", $"must be positive or null, got {window}");
+        if (config.RopeScaling is { Type: RopeScalingType.LongRope, OriginalMaxPositions: 0 } longRope)
+            config = config with { RopeScaling = longRope with { OriginalMaxPositions = 4096 } };
         return config with { SlidingWindow = window };
     }
 
@@ -308,9 +311,15 @@ public static class HuggingFaceConfig
             if (headDim <= 0) throw f.Error("head_dim", $"{headDim} must be positive");
             if (heads <= 0 || headDim * heads != hidden) explicitHeadSize = headDim;
         }
+        bool phi3 = modelType == "phi3";
+        double partialRotary = 0;
         if (f.Double("partial_rotary_factor") is double partial && partial != 1.0)
-            throw f.Error("partial_rotary_factor", $"{partial} is not supported: Tessera rotates whole heads (Phi-4-mini's 0.75, RoPE on part of each head, is not implemented)");
-        var (theta, scaling) = ReadRope(f);
+        {
+            if (!phi3) throw f.Error("partial_rotary_factor", $"{partial} is not supported for model_type '{modelType}': Tessera rotates part of each head for phi3 only");
+            if (!(partial > 0 && partial < 1)) throw f.Error("partial_rotary_factor", $"must be in (0, 1], got {partial}");
+            partialRotary = partial;
+        }
+        var (theta, scaling) = ReadRope(f, longRope: phi3);
         int maxPositions = f.RequiredInt("max_position_embeddings");
         var config = new TransformerConfig
         {
@@ -327,6 +336,7 @@ public static class HuggingFaceConfig
             NormEpsilon = f.Double("rms_norm_eps") ?? 1e-6,
             RopeTheta = theta,
             RopeScaling = scaling,
+            PartialRotaryFactor = partialRotary,
             TiedEmbeddings = f.Bool("tie_word_embeddings") ?? false,
             InitStd = f.Double("initializer_range") ?? 0.02,
             Bias = false,
@@ -441,6 +451,8 @@ public static class HuggingFaceConfig
             ["tie_word_embeddings"] = c.TiedEmbeddings,
             ["attention_dropout"] = 0.0,
         };
+        if (type != "phi3" && (c.PartialRotaryFactor is not (0 or 1) || c.RopeScaling?.Type == RopeScalingType.LongRope))
+            throw new ArgumentException($"TransformerConfig: PartialRotaryFactor and LongRoPE can only be exported as model_type 'phi3', not '{type}'");
         switch (type)
         {
             case "llama":
@@ -470,8 +482,9 @@ public static class HuggingFaceConfig
             case "phi3":
                 o["sliding_window"] = c.SlidingWindow > 0 ? c.SlidingWindow : null;
                 // Phi3Config reads original_max_position_embeddings (default 4096) to switch longrope's factors and to drop the
-                // cache in generation past it; without longrope, the context itself.
-                o["original_max_position_embeddings"] = o["max_position_embeddings"]!.GetValue<int>();
+                // cache in generation past it: longrope's own, else the context itself.
+                o["original_max_position_embeddings"] = c.RopeScaling is { Type: RopeScalingType.LongRope } lr ? lr.OriginalMaxPositions : o["max_position_embeddings"]!.GetValue<int>();
+                o["partial_rotary_factor"] = c.PartialRotaryFactor is > 0 and < 1 ? c.PartialRotaryFactor : 1.0;
                 o["resid_pdrop"] = 0.0;
                 o["embd_pdrop"] = 0.0;
                 // Phi3Config's defaults (pad 32000, bos 1, eos 32000) name Phi-3's vocabulary; a padding id past a smaller
@@ -552,6 +565,19 @@ public static class HuggingFaceConfig
 
     private static JsonObject RopeScalingJson(RopeScaling r)
     {
+        if (r.Type == RopeScalingType.LongRope)
+        {
+            // Phi3Config (transformers 4.4x) accepts exactly type, short_factor and long_factor (original_max_position_embeddings
+            // at the top level); later versions read "type" as rope_type.
+            var lr = new JsonObject
+            {
+                ["type"] = "longrope",
+                ["short_factor"] = new JsonArray(r.ShortFactor!.Select(x => (JsonNode)x).ToArray()),
+                ["long_factor"] = new JsonArray(r.LongFactor!.Select(x => (JsonNode)x).ToArray()),
+            };
+            if (r.AttentionFactor is double af) lr["attention_factor"] = af;
+            return lr;
+        }
         var o = new JsonObject
         {
             ["rope_type"] = r.Type switch
@@ -587,7 +613,7 @@ public static class HuggingFaceConfig
     /// RoPE theta and scaling from transformers 4's top-level rope_theta + rope_scaling, or transformers 5's rope_parameters
     /// (theta inside). rope_type "default" (or none) is plain RoPE.
     /// </summary>
-    private static (double Theta, RopeScaling? Scaling) ReadRope(Fields f)
+    private static (double Theta, RopeScaling? Scaling) ReadRope(Fields f, bool longRope = false)
     {
         string field = f.Has("rope_parameters") ? "rope_parameters" : "rope_scaling";
         var rope = f.Object(field);
@@ -604,24 +630,28 @@ public static class HuggingFaceConfig
             "dynamic" => RopeScalingType.Dynamic,
             "llama3" => RopeScalingType.Llama3,
             "yarn" => RopeScalingType.Yarn,
-            "longrope" or "su" => throw r.Error("rope_type", $"'{type}' is not supported: LongRoPE's per-dimension short_factor/long_factor switch (Phi-3-mini-128k, Phi-3.5, Phi-4-mini) is not implemented (supported: default, linear, dynamic, llama3, yarn)"),
+            "longrope" or "su" when longRope => RopeScalingType.LongRope,
+            "longrope" or "su" => throw r.Error("rope_type", $"'{type}' is not supported for this model_type: Tessera reads LongRoPE for model_type 'phi3' only (supported here: default, linear, dynamic, llama3, yarn)"),
             _ => throw r.Error("rope_type", $"'{type}' is not supported (supported: default, linear, dynamic, llama3, yarn)"),
         };
         if (type == "default") return (theta, null);
-        double factor = r.Double("factor") ?? throw r.Error("factor", $"is missing (rope_type '{type}' needs it)");
+        // longrope's factor is optional: transformers takes max_position_embeddings / original_max_position_embeddings.
+        double factor = r.Double("factor") ?? (kind == RopeScalingType.LongRope ? 1.0 : throw r.Error("factor", $"is missing (rope_type '{type}' needs it)"));
         var scaling = new RopeScaling
         {
             Type = kind,
             Factor = factor,
             LowFrequencyFactor = kind == RopeScalingType.Llama3 ? r.Double("low_freq_factor") ?? throw r.Error("low_freq_factor", "is missing (rope_type 'llama3' needs it)") : 1.0,
             HighFrequencyFactor = kind == RopeScalingType.Llama3 ? r.Double("high_freq_factor") ?? throw r.Error("high_freq_factor", "is missing (rope_type 'llama3' needs it)") : 4.0,
-            OriginalMaxPositions = r.Int("original_max_position_embeddings") ?? f.Int("original_max_position_embeddings") ?? 0,
+            OriginalMaxPositions = r.Int("original_max_position_embeddings") ?? f.Int("original_max_position_embeddings") ?? (kind == RopeScalingType.LongRope ? 4096 : 0),   // Phi3Config's default
             AttentionFactor = r.Double("attention_factor"),
             BetaFast = r.Double("beta_fast") ?? 32,
             BetaSlow = r.Double("beta_slow") ?? 1,
             Mscale = r.Double("mscale"),
             MscaleAllDim = r.Double("mscale_all_dim"),
             Truncate = r.Bool("truncate") ?? true,
+            ShortFactor = kind == RopeScalingType.LongRope ? r.Doubles("short_factor") ?? throw r.Error("short_factor", "is missing (rope_type 'longrope' needs it)") : null,
+            LongFactor = kind == RopeScalingType.LongRope ? r.Doubles("long_factor") ?? throw r.Error("long_factor", "is missing (rope_type 'longrope' needs it)") : null,
         };
         try
         {
@@ -688,6 +718,18 @@ public static class HuggingFaceConfig
             var v = Value(field, "a number");
             if (v is null) return null;
             return v.GetValueKind() == JsonValueKind.Number ? v.GetValue<double>() : throw Error(field, $"must be a number, got {v.ToJsonString()}");
+        }
+
+        /// <summary>An array of numbers, or null when absent.</summary>
+        public double[]? Doubles(string field)
+        {
+            if (!root.TryGetPropertyValue(field, out var node) || node is null) return null;
+            if (node is not JsonArray array) throw Error(field, $"must be an array of numbers, got {node.GetValueKind()}");
+            var result = new double[array.Count];
+            for (int i = 0; i < array.Count; i++)
+                result[i] = array[i] is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? v.GetValue<double>()
+                    : throw Error(field, $"element {i} must be a number, got {array[i]?.ToJsonString() ?? "null"}");
+            return result;
         }
 
         public int? Int(string field)

@@ -83,6 +83,7 @@ public sealed class HuggingFaceConfigTests
     [InlineData("gemma2-debug")]
     [InlineData("gemma3-debug")]
     [InlineData("phi3-debug")]
+    [InlineData("phi4-mini-debug")]
     public void WrittenConfigParsesBackToTheSameModel(string preset)
     {
         var c = ModelPresets.Get(preset);

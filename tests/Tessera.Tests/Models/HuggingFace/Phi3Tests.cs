@@ -18,8 +18,8 @@ namespace Tessera.Tests.Models.HuggingFace;
 /// </summary>
 public sealed class Phi3Tests : IDisposable
 {
-    // hidden 32, 4 query heads of 8, 2 key/value heads, MLP 48, 2 layers.
-    private const int Vocab = 60, Hidden = 32, Heads = 4, KvHeads = 2, HeadDim = 8, Mlp = 48, Layers = 2, Positions = 32;
+    // hidden 32, 4 query heads of 8 (Phi-4-mini's variant: of 16), 2 key/value heads, MLP 48, 2 layers.
+    private const int Vocab = 60, Hidden = 32, Heads = 4, KvHeads = 2, Mlp = 48, Layers = 2, Positions = 32;
     private const double Eps = 1e-5, Theta = 10000;
 
     private readonly CpuBackend _cpu = new(1);
@@ -29,8 +29,19 @@ public sealed class Phi3Tests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    /// <summary>What a test varies: the window (0: none) and a tied head.</summary>
-    private sealed record Variant(int Window = 0, bool Tied = false);
+    /// <summary>
+    /// What a test varies: the window (0: none), a tied head, the head size, partial_rotary_factor, and LongRoPE's factors with
+    /// its original context (null: no rope_scaling).
+    /// </summary>
+    private sealed record Variant(int Window = 0, bool Tied = false, int HeadDim = 8, double Partial = 1.0,
+        double[]? ShortFactor = null, double[]? LongFactor = null, int Original = 8)
+    {
+        public int Rotary => (int)(HeadDim * Partial);
+    }
+
+    // Phi-4-mini in small: heads of 16 of which 12 rotate, LongRoPE (6 factors each) from an original context of 8 of the 32.
+    private static readonly double[] Short = [1.0, 1.1, 1.3, 1.6, 2.2, 3.1], Long = [1.0, 1.7, 2.9, 4.5, 7.5, 13.0];
+    private static readonly Variant Phi4Mini = new(Tied: true, HeadDim: 16, Partial: 0.75, ShortFactor: Short, LongFactor: Long);
 
     private static JsonObject ConfigJson(Variant v) => new()
     {
@@ -38,7 +49,8 @@ public sealed class Phi3Tests : IDisposable
         ["model_type"] = "phi3",
         ["vocab_size"] = Vocab,
         ["max_position_embeddings"] = Positions,
-        ["original_max_position_embeddings"] = Positions,
+        ["original_max_position_embeddings"] = v.ShortFactor is null ? Positions : v.Original,
+        ["head_dim"] = v.HeadDim,
         ["hidden_size"] = Hidden,
         ["intermediate_size"] = Mlp,
         ["num_hidden_layers"] = Layers,
@@ -47,8 +59,13 @@ public sealed class Phi3Tests : IDisposable
         ["hidden_act"] = "silu",
         ["rms_norm_eps"] = Eps,
         ["rope_theta"] = Theta,
-        ["rope_scaling"] = null,
-        ["partial_rotary_factor"] = 1.0,
+        ["rope_scaling"] = v.ShortFactor is null ? null : new JsonObject
+        {
+            ["type"] = "longrope",
+            ["short_factor"] = new JsonArray(v.ShortFactor.Select(x => (JsonNode)x).ToArray()),
+            ["long_factor"] = new JsonArray(v.LongFactor!.Select(x => (JsonNode)x).ToArray()),
+        },
+        ["partial_rotary_factor"] = v.Partial,
         ["sliding_window"] = v.Window > 0 ? v.Window : null,
         ["resid_pdrop"] = 0.0,
         ["embd_pdrop"] = 0.0,
@@ -63,7 +80,7 @@ public sealed class Phi3Tests : IDisposable
     };
 
     /// <summary>Hugging Face's tensors of a random Phi-3 in its fused layout (norm weights around 1, the rest O(0.3)).</summary>
-    private static Dictionary<string, (int[] Shape, float[] Data)> RandomWeights(int seed, bool tied = false)
+    private static Dictionary<string, (int[] Shape, float[] Data)> RandomWeights(int seed, bool tied = false, int headDim = 8)
     {
         var rng = new Random(seed);
         var w = new Dictionary<string, (int[] Shape, float[] Data)>(StringComparer.Ordinal);
@@ -77,8 +94,8 @@ public sealed class Phi3Tests : IDisposable
         {
             string p = $"model.layers.{l}.";
             Add(p + "input_layernorm.weight", true, Hidden);
-            Add(p + "self_attn.qkv_proj.weight", false, (Heads + 2 * KvHeads) * HeadDim, Hidden);
-            Add(p + "self_attn.o_proj.weight", false, Hidden, Heads * HeadDim);
+            Add(p + "self_attn.qkv_proj.weight", false, (Heads + 2 * KvHeads) * headDim, Hidden);
+            Add(p + "self_attn.o_proj.weight", false, Hidden, Heads * headDim);
             Add(p + "post_attention_layernorm.weight", true, Hidden);
             Add(p + "mlp.gate_up_proj.weight", false, 2 * Mlp, Hidden);
             Add(p + "mlp.down_proj.weight", false, Hidden, Mlp);
@@ -125,14 +142,29 @@ public sealed class Phi3Tests : IDisposable
         return y;
     }
 
-    /// <summary>apply_rotary_pos_emb on head <paramref name="h"/> at position <paramref name="pos"/>: pairs (i, i + D/2), rotate_half.</summary>
-    private static void Rope(double[] heads, int h, int pos)
+    /// <summary>
+    /// apply_rotary_pos_emb on head <paramref name="h"/> at position <paramref name="pos"/> of a forward over
+    /// <paramref name="length"/> positions: the first R channels rotate in pairs (i, i + R/2) (rotate_half over q_rot), the rest
+    /// pass through (q_pass); LongRoPE's frequencies 1 / (factor_i theta^(2i/R)) with the long factors when the forward reaches
+    /// past the original context (longrope_frequency_update: max position + 1 > original), and cos and sin times
+    /// sqrt(1 + ln(max / original) / ln(original)).
+    /// </summary>
+    private static void Rope(double[] heads, int h, int pos, int length, Variant v)
     {
-        int half = HeadDim / 2, o = h * HeadDim;
+        int r = v.Rotary, half = r / 2, o = h * v.HeadDim;
+        double scale = 1;
+        double[]? factors = null;
+        if (v.ShortFactor is not null)
+        {
+            factors = length > v.Original ? v.LongFactor! : v.ShortFactor;
+            double s = (double)Positions / v.Original;
+            scale = s <= 1 ? 1 : Math.Sqrt(1 + Math.Log(s) / Math.Log(v.Original));
+        }
         for (int i = 0; i < half; i++)
         {
-            double angle = pos * Math.Pow(Theta, -2.0 * i / HeadDim);
-            double cos = Math.Cos(angle), sin = Math.Sin(angle);
+            double inv = 1.0 / ((factors?[i] ?? 1.0) * Math.Pow(Theta, 2.0 * i / r));
+            double angle = pos * inv;
+            double cos = Math.Cos(angle) * scale, sin = Math.Sin(angle) * scale;
             double a = heads[o + i], b = heads[o + i + half];
             heads[o + i] = a * cos - b * sin;
             heads[o + i + half] = b * cos + a * sin;
@@ -142,7 +174,7 @@ public sealed class Phi3Tests : IDisposable
     /// <summary>Logits (T, V) of one sequence.</summary>
     private static double[][] ReferenceForward(Dictionary<string, (int[] Shape, float[] Data)> w, int[] tokens, Variant variant)
     {
-        int t = tokens.Length, qRows = Heads * HeadDim, kvRows = KvHeads * HeadDim;
+        int t = tokens.Length, headDim = variant.HeadDim, qRows = Heads * headDim, kvRows = KvHeads * headDim;
         var x = tokens.Select(id => w["model.embed_tokens.weight"].Data.Skip(id * Hidden).Take(Hidden).Select(v => (double)v).ToArray()).ToArray();
         for (int l = 0; l < Layers; l++)
         {
@@ -155,8 +187,8 @@ public sealed class Phi3Tests : IDisposable
                 q[p] = MatVec(W("self_attn.qkv_proj"), h, qRows);
                 k[p] = MatVec(W("self_attn.qkv_proj"), h, kvRows, qRows);
                 v[p] = MatVec(W("self_attn.qkv_proj"), h, kvRows, qRows + kvRows);
-                for (int hd = 0; hd < Heads; hd++) Rope(q[p], hd, p);
-                for (int hd = 0; hd < KvHeads; hd++) Rope(k[p], hd, p);
+                for (int hd = 0; hd < Heads; hd++) Rope(q[p], hd, p, t, variant);
+                for (int hd = 0; hd < KvHeads; hd++) Rope(k[p], hd, p, t, variant);
             }
             for (int p = 0; p < t; p++)
             {
@@ -170,13 +202,13 @@ public sealed class Phi3Tests : IDisposable
                     for (int j = first; j <= p; j++)
                     {
                         double s = 0;
-                        for (int i = 0; i < HeadDim; i++) s += q[p][hd * HeadDim + i] * k[j][g * HeadDim + i];
-                        scores[j] = s / Math.Sqrt(HeadDim);
+                        for (int i = 0; i < headDim; i++) s += q[p][hd * headDim + i] * k[j][g * headDim + i];
+                        scores[j] = s / Math.Sqrt(headDim);
                     }
                     double max = scores.Skip(first).Max(), sum = 0;
                     for (int j = first; j <= p; j++) { scores[j] = Math.Exp(scores[j] - max); sum += scores[j]; }
                     for (int j = first; j <= p; j++)
-                        for (int i = 0; i < HeadDim; i++) att[hd * HeadDim + i] += scores[j] / sum * v[j][g * HeadDim + i];
+                        for (int i = 0; i < headDim; i++) att[hd * headDim + i] += scores[j] / sum * v[j][g * headDim + i];
                 }
                 var o = MatVec(W("self_attn.o_proj"), att, Hidden);
                 for (int i = 0; i < Hidden; i++) x[p][i] += o[i];
@@ -292,18 +324,175 @@ public sealed class Phi3Tests : IDisposable
     }
 
     [Theory]
-    [InlineData("partial_rotary_factor", "0.75", "'partial_rotary_factor': 0.75 is not supported")]
-    [InlineData("rope_scaling", "{\"type\":\"longrope\",\"short_factor\":[1,1,1,1],\"long_factor\":[2,2,2,2]}", "'rope_scaling.rope_type': 'longrope'")]
-    [InlineData("rope_scaling", "{\"type\":\"su\",\"short_factor\":[1,1,1,1],\"long_factor\":[2,2,2,2]}", "'rope_scaling.rope_type': 'su'")]
     [InlineData("rope_scaling", "{\"rope_type\":\"fancy\"}", "'rope_scaling.rope_type': 'fancy' is not supported")]
     [InlineData("hidden_act", "\"gelu\"", "'hidden_act': 'gelu' is not supported")]
     [InlineData("sliding_window", "-3", "'sliding_window': must be positive or null")]
+    [InlineData("rope_scaling", "{\"type\":\"su\",\"short_factor\":[1,1,1,1],\"long_factor\":[2,2]}", "long_factor has 2 values and short_factor 4")]
     public void UnsupportedPhi3FieldsAreRefusedByName(string field, string value, string expected)
     {
         var config = ConfigJson(new Variant());
         config[field] = JsonNode.Parse(value);
         var e = Assert.Throws<HuggingFaceFormatException>(() => HuggingFaceConfig.Parse(config.ToJsonString(), "config.json"));
         Assert.Contains(expected, e.Message);
+    }
+
+    // ---- Phi-4-mini: partial rotary embedding and LongRoPE ----
+
+    private Model LoadVariant(string name, Variant v, Dictionary<string, (int[] Shape, float[] Data)> weights, DType dtype = DType.F64) =>
+        PretrainedModel.Load(WriteCheckpoint(name, weights, ConfigJson(v)), _cpu, dtype);
+
+    private static int[] RandomTokens(int seed, int count)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, count).Select(_ => rng.Next(Vocab)).ToArray();
+    }
+
+    [Theory]
+    [InlineData(8)]    // = original_max_position_embeddings: the short factors
+    [InlineData(9)]    // one past it: every position of the forward on the long factors
+    [InlineData(5)]
+    [InlineData(20)]
+    public void Phi4MiniForwardMatchesThePlainLoopReferenceOnBothSidesOfTheOriginalContext(int length)
+    {
+        int seed = 4600 + length;   // weights and tokens
+        var weights = RandomWeights(seed, tied: true, headDim: 16);
+        var model = LoadVariant($"phi4-{length}", Phi4Mini, weights);
+        Assert.True(model.Config is { PartialRotaryFactor: 0.75, RotaryDimensions: 12, HeadSize: 16, TiedEmbeddings: true });
+        Assert.Equal(RopeScalingType.LongRope, model.Config.RopeScaling!.Type);
+        Assert.Equal(8, model.Config.RopeScaling.OriginalMaxPositions);
+        var tokens = RandomTokens(seed + 1, length);
+        var expected = ReferenceForward(weights, tokens, Phi4Mini).SelectMany(r => r).ToArray();
+        double error = NumericAssert.MaxRelativeError(expected, TesseraLogits(model, tokens));
+        Assert.True(error <= 1e-10, $"max relative difference {error:E2} at length {length} (seed {seed})");
+    }
+
+    [Fact]
+    public void TheLongFactorsTakeOverForTheWholeForwardPastTheOriginalContext()
+    {
+        const int seed = 4701;
+        var weights = RandomWeights(seed, tied: true, headDim: 16);
+        var model = LoadVariant("switch", Phi4Mini, weights);
+        var tokens = RandomTokens(seed + 1, 9);
+        // The first 8 positions' logits of a forward of 8 (short factors) and of 9 (long factors) differ, as transformers'
+        // per-forward switch makes them (position 0 alone is the same: angle 0 under either table).
+        var eight = TesseraLogits(model, tokens[..8]);
+        var nine = TesseraLogits(model, tokens).Take(8 * Vocab).ToArray();
+        Assert.True(NumericAssert.MaxRelativeError(eight, nine) > 1e-3, $"the long factors do not change the first 8 positions' logits (seed {seed})");
+        var reference = ReferenceForward(weights, tokens, Phi4Mini).Take(8).SelectMany(r => r).ToArray();
+        Assert.True(NumericAssert.MaxRelativeError(reference, nine) <= 1e-10, $"seed {seed}");
+    }
+
+    [Fact]
+    public void PartialRotaryAndLongRopeEachChangeTheLogits()
+    {
+        const int seed = 4801;
+        var weights = RandomWeights(seed, tied: true, headDim: 16);
+        var tokens = RandomTokens(seed + 1, 12);
+        var plain = new Variant(Tied: true, HeadDim: 16);
+        var partial = plain with { Partial = 0.75 };
+        var baseline = TesseraLogits(LoadVariant("plain", plain, weights), tokens);
+        var partialLogits = TesseraLogits(LoadVariant("partial", partial, weights), tokens);
+        var longRope = TesseraLogits(LoadVariant("longrope", Phi4Mini, weights), tokens);
+        Assert.True(NumericAssert.MaxRelativeError(baseline, partialLogits) > 1e-3, $"partial_rotary_factor 0.75 does not change the logits (seed {seed})");
+        Assert.True(NumericAssert.MaxRelativeError(partialLogits, longRope) > 1e-3, $"longrope does not change the logits (seed {seed})");
+        Assert.True(NumericAssert.MaxRelativeError(ReferenceForward(weights, tokens, partial).SelectMany(r => r).ToArray(), partialLogits) <= 1e-10, $"seed {seed}");
+    }
+
+    [Fact]
+    public void GreedyGenerationAcrossTheOriginalContextRecomputesAsTransformersDoes()
+    {
+        // transformers' Phi3ForCausalLM: the cache holds rotated keys; when generation first passes original_max_position_embeddings
+        // (input length >= original + 1 with a past of at most original) it drops the cache and recomputes the whole sequence,
+        // so every step's logits are those of a full forward over the sequence so far (short factors up to 8 positions, long
+        // past). The expected tokens are the argmax of the reference's last row at every step.
+        const int seed = 4901;
+        var weights = RandomWeights(seed, tied: true, headDim: 16);
+        var model = LoadVariant("generate", Phi4Mini, weights);
+        var prompt = RandomTokens(seed + 1, 5);
+        var expected = new List<int>();
+        var history = new List<int>(prompt);
+        for (int step = 0; step < 9; step++)
+        {
+            var last = ReferenceForward(weights, history.ToArray(), Phi4Mini)[^1];
+            int next = Array.IndexOf(last, last.Max());
+            expected.Add(next);
+            history.Add(next);
+        }
+        var actual = new Tessera.Inference.TextGenerator(model).Generate(prompt, new Tessera.Inference.GenerationOptions { MaxNewTokens = 9 }).ToArray();
+        Assert.Equal(expected, actual);
+    }
+
+    [Fact]
+    public void CachedDecodingThatCrossesTheOriginalContextWithoutRecomputingIsRefused()
+    {
+        var model = LoadVariant("crossing", Phi4Mini, RandomWeights(5001, tied: true, headDim: 16));
+        var cache = model.CreateKvCache(batch: 1);
+        model.ForwardWithCache(_cpu.FromArray(RandomTokens(5002, 8), 1, 8), cache);
+        var e = Assert.Throws<InvalidOperationException>(() => model.ForwardWithCache(_cpu.FromArray(new[] { 3 }, 1, 1), cache));
+        Assert.Contains("LongRoPE", e.Message);
+        Assert.Contains("original_max_position_embeddings", e.Message);
+    }
+
+    [Fact]
+    public void PagedServingRefusesLongRopePastTheOriginalContextByName()
+    {
+        var model = new Model(ModelPresets.Get("phi4-mini-debug"), _cpu, DType.F64);
+        var c = model.Config;
+        using var cache = new Tessera.Inference.Paging.PagedKvCache(_cpu, DType.F64, c.Layers, c.EffectiveKvHeads, c.HeadSize,
+            new Tessera.Inference.Paging.PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 16 * Tessera.Inference.Paging.PagedKvCache.BlockBytes(DType.F64, c.Layers, c.EffectiveKvHeads, c.HeadSize, 4) });
+        var e = Assert.Throws<NotSupportedException>(() => new Tessera.Inference.Paging.PagedModelRunner(model, cache, 8, 4, c.MaxSequenceLength, recordGraphs: false));
+        Assert.Contains("LongRoPE", e.Message);
+        Assert.Contains("original_max_position_embeddings (16)", e.Message);
+        using var runner = new Tessera.Inference.Paging.PagedModelRunner(model, cache, 8, 4, 16, recordGraphs: false);   // within it: served
+    }
+
+    [Fact]
+    public void Phi4MiniExportThenImportKeepsTheRopeSettingsAndWeightsBitForBit()
+    {
+        const int seed = 5101;
+        var model = LoadVariant("phi4-source", Phi4Mini, RandomWeights(seed, tied: true, headDim: 16), DType.F32);
+        var dir = Path.Combine(_dir, "phi4-exported");
+        HuggingFaceExport.Write(dir, model);
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!;
+        Assert.Equal(0.75, json["partial_rotary_factor"]!.GetValue<double>());
+        Assert.Equal(8, json["original_max_position_embeddings"]!.GetValue<int>());
+        Assert.Equal("longrope", json["rope_scaling"]!["type"]!.GetValue<string>());
+        Assert.Equal(Long, json["rope_scaling"]!["long_factor"]!.AsArray().Select(n => n!.GetValue<double>()));
+        var back = PretrainedModel.Load(dir, _cpu, DType.F32);
+        Assert.Equal(model.Config with { PaddedVocabSize = 0 }, back.Config with { PaddedVocabSize = 0 });
+        foreach (var p in model.Parameters.Parameters)
+            Assert.Equal(_cpu.ToArray<float>(p.Value), _cpu.ToArray<float>(back.Parameters.Parameters.Single(x => x.Name == p.Name).Value));
+    }
+
+    [Theory]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1],\"long_factor\":[2,2,2,2,2]}", "short_factor and long_factor have 5 values; the 12 rotated channels of a head need 6")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1],\"long_factor\":[2,2,2,2,2]}", "long_factor has 5 values and short_factor 6")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1]}", "'rope_scaling.long_factor': is missing")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,0],\"long_factor\":[2,2,2,2,2,2]}", "short_factor[5] (0) must be positive")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":\"wide\",\"long_factor\":[2,2,2,2,2,2]}", "'rope_scaling.short_factor': must be an array of numbers")]
+    [InlineData("{\"rope_type\":\"stretchy\"}", "'rope_scaling.rope_type': 'stretchy' is not supported")]
+    public void BadLongRopeConfigsAreRefusedNamingTheField(string ropeScaling, string expected)
+    {
+        var config = ConfigJson(Phi4Mini);
+        config["rope_scaling"] = JsonNode.Parse(ropeScaling);
+        var e = Assert.Throws<HuggingFaceFormatException>(() => HuggingFaceConfig.Parse(config.ToJsonString(), "config.json"));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void PartialRotaryAndLongRopeAreRefusedForOtherModelTypes()
+    {
+        var llama = ConfigJson(Phi4Mini);
+        llama["model_type"] = "llama";
+        var e = Assert.Throws<HuggingFaceFormatException>(() => HuggingFaceConfig.Parse(llama.ToJsonString(), "config.json"));
+        Assert.Contains("'partial_rotary_factor': 0.75 is not supported for model_type 'llama'", e.Message);
+        llama["partial_rotary_factor"] = 1.0;
+        e = Assert.Throws<HuggingFaceFormatException>(() => HuggingFaceConfig.Parse(llama.ToJsonString(), "config.json"));
+        Assert.Contains("'rope_scaling.rope_type': 'longrope' is not supported", e.Message);
+        var bad = ConfigJson(Phi4Mini);
+        bad["partial_rotary_factor"] = 1.5;
+        e = Assert.Throws<HuggingFaceFormatException>(() => HuggingFaceConfig.Parse(bad.ToJsonString(), "config.json"));
+        Assert.Contains("'partial_rotary_factor': must be in (0, 1]", e.Message);
     }
 
     [Fact]

@@ -75,6 +75,7 @@ public sealed class TensorParallelTests : IDisposable
     [InlineData("gemma3-debug", 2, false)]
     [InlineData("gemma3-debug", 2, true)]            // sequence-parallel post-norms: partial gradients summed
     [InlineData("phi3-debug", 2, false)]
+    [InlineData("phi4-mini-debug", 2, false)]
     [InlineData("gemma2-debug", 2, true)]            // and the capped logits through the vocabulary-parallel loss
     [InlineData("gpt2-debug", 2, true)]
     [InlineData("gpt2-debug", 4, true)]
