@@ -103,18 +103,18 @@ public static class ModelPresets
             Family = ModelFamily.Llama, ModelType = "phi3", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
             KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 10000, NormEpsilon = 1e-5,
         },
-        // Phi-4-mini in small: phi3 with heads of 16 of which RoPE turns the first 12 (partial_rotary_factor 0.75), LongRoPE
-        // (6 short and 6 long factors, original context 16 of the 64: the long factors past position 15, attention factor
-        // sqrt(1 + ln 4 / ln 16)), tied head.
+        // Phi-4-mini in small: phi3 with heads of 8 of which RoPE turns the first 6 (partial_rotary_factor 0.75), LongRoPE
+        // (3 short and 3 long factors, original context 16 of the 64: the long factors past position 15, attention factor
+        // sqrt(1 + ln 4 / ln 16)), tied head. The head size is hidden / heads, as Phi3Config's factor-length check assumes.
         "phi4-mini-debug" => new TransformerConfig
         {
             Family = ModelFamily.Llama, ModelType = "phi3", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
-            ExplicitHeadSize = 16, KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = true, RopeTheta = 10000, NormEpsilon = 1e-5,
+            KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = true, RopeTheta = 10000, NormEpsilon = 1e-5,
             PartialRotaryFactor = 0.75,
             RopeScaling = new RopeScaling
             {
                 Type = RopeScalingType.LongRope, OriginalMaxPositions = 16,
-                ShortFactor = [1.0, 1.05, 1.2, 1.5, 2.0, 3.0], LongFactor = [1.0, 1.5, 2.5, 4.0, 8.0, 16.0],
+                ShortFactor = [1.0, 1.4, 2.5], LongFactor = [1.0, 3.0, 12.0],
             },
         },
         // Mistral in small: a sliding window of 5 positions, theta 1e6.

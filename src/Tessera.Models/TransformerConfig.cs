@@ -303,8 +303,8 @@ public sealed record TransformerConfig
             throw new ArgumentException($"TransformerConfig: rope_scaling.short_factor and long_factor have {longRope.ShortFactor.Count} values; the {RotaryDimensions} rotated channels of a head need {RotaryDimensions / 2}");
         if (RopeScaling?.Type == RopeScalingType.LongRope && LocalRopeTheta > 0)
             throw new ArgumentException("TransformerConfig: LongRoPE does not combine with LocalRopeTheta");
-        if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && HeadSize <= 2)
-            throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs a head size above 2, got {HeadSize}");
+        if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && RotaryDimensions <= 2)
+            throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs more than 2 rotated channels a head, got {RotaryDimensions}");
         if (RopeScaling?.Type == RopeScalingType.Dynamic && OriginalMaxSequenceLength == 0)
             throw new ArgumentException("TransformerConfig: dynamic RoPE scaling needs OriginalMaxSequenceLength (config.json's max_position_embeddings, where the rescaling starts; MaxSequenceLength is then factor times it)");
         return this;

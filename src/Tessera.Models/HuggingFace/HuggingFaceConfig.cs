@@ -623,6 +623,8 @@ public static class HuggingFaceConfig
         theta = r.Double("rope_theta") ?? theta;
         CheckTheta(r, "rope_theta", theta);
         string type = r.String("rope_type") ?? r.String("type") ?? "default";
+        if (longRope && type == "yarn")
+            throw r.Error("rope_type", "'yarn' on phi3 is not read: transformers' Phi3Config renames it to longrope (older releases called LongRoPE su or yarn); write rope_type longrope with short_factor and long_factor");
         RopeScalingType kind = type switch
         {
             "default" => default,

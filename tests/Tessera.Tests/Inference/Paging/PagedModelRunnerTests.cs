@@ -42,7 +42,7 @@ public class PagedModelRunnerTests
     [InlineData("gemma2-debug")]           // scaled embeddings, post-norms, GeGLU, local layers windowed, the others not
     [InlineData("gemma3-debug")]           // and q/k norms, the local layers' own RoPE base
     [InlineData("phi3-debug")]
-    [InlineData("phi4-mini-served")]       // partial rotary (12 of 16 channels) through the paged path, LongRoPE's short factors
+    [InlineData("phi4-mini-served")]       // partial rotary (6 of 8 channels) through the paged path, LongRoPE's short factors
     public void GreedyTokensOfSequencesBatchedWithChunkedPrefillEqualEachSequenceAlone(string preset)
     {
         const int seed = 7, newTokens = 10;

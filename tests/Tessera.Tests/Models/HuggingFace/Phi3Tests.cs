@@ -18,7 +18,7 @@ namespace Tessera.Tests.Models.HuggingFace;
 /// </summary>
 public sealed class Phi3Tests : IDisposable
 {
-    // hidden 32, 4 query heads of 8 (Phi-4-mini's variant: of 16), 2 key/value heads, MLP 48, 2 layers.
+    // hidden 32, 4 query heads of 8, 2 key/value heads, MLP 48, 2 layers.
     private const int Vocab = 60, Hidden = 32, Heads = 4, KvHeads = 2, Mlp = 48, Layers = 2, Positions = 32;
     private const double Eps = 1e-5, Theta = 10000;
 
@@ -39,9 +39,10 @@ public sealed class Phi3Tests : IDisposable
         public int Rotary => (int)(HeadDim * Partial);
     }
 
-    // Phi-4-mini in small: heads of 16 of which 12 rotate, LongRoPE (6 factors each) from an original context of 8 of the 32.
-    private static readonly double[] Short = [1.0, 1.1, 1.3, 1.6, 2.2, 3.1], Long = [1.0, 1.7, 2.9, 4.5, 7.5, 13.0];
-    private static readonly Variant Phi4Mini = new(Tied: true, HeadDim: 16, Partial: 0.75, ShortFactor: Short, LongFactor: Long);
+    // Phi-4-mini in small: heads of 8 of which 6 rotate, LongRoPE (3 factors each: Phi3Config checks the lists against
+    // hidden_size / num_attention_heads x partial_rotary_factor / 2) from an original context of 8 of the 32.
+    private static readonly double[] Short = [1.0, 1.3, 2.2], Long = [1.0, 2.9, 13.0];
+    private static readonly Variant Phi4Mini = new(Tied: true, Partial: 0.75, ShortFactor: Short, LongFactor: Long);
 
     private static JsonObject ConfigJson(Variant v) => new()
     {
@@ -355,9 +356,9 @@ public sealed class Phi3Tests : IDisposable
     public void Phi4MiniForwardMatchesThePlainLoopReferenceOnBothSidesOfTheOriginalContext(int length)
     {
         int seed = 4600 + length;   // weights and tokens
-        var weights = RandomWeights(seed, tied: true, headDim: 16);
+        var weights = RandomWeights(seed, tied: true);
         var model = LoadVariant($"phi4-{length}", Phi4Mini, weights);
-        Assert.True(model.Config is { PartialRotaryFactor: 0.75, RotaryDimensions: 12, HeadSize: 16, TiedEmbeddings: true });
+        Assert.True(model.Config is { PartialRotaryFactor: 0.75, RotaryDimensions: 6, HeadSize: 8, TiedEmbeddings: true });
         Assert.Equal(RopeScalingType.LongRope, model.Config.RopeScaling!.Type);
         Assert.Equal(8, model.Config.RopeScaling.OriginalMaxPositions);
         var tokens = RandomTokens(seed + 1, length);
@@ -370,7 +371,7 @@ public sealed class Phi3Tests : IDisposable
     public void TheLongFactorsTakeOverForTheWholeForwardPastTheOriginalContext()
     {
         const int seed = 4701;
-        var weights = RandomWeights(seed, tied: true, headDim: 16);
+        var weights = RandomWeights(seed, tied: true);
         var model = LoadVariant("switch", Phi4Mini, weights);
         var tokens = RandomTokens(seed + 1, 9);
         // The first 8 positions' logits of a forward of 8 (short factors) and of 9 (long factors) differ, as transformers'
@@ -386,9 +387,9 @@ public sealed class Phi3Tests : IDisposable
     public void PartialRotaryAndLongRopeEachChangeTheLogits()
     {
         const int seed = 4801;
-        var weights = RandomWeights(seed, tied: true, headDim: 16);
+        var weights = RandomWeights(seed, tied: true);
         var tokens = RandomTokens(seed + 1, 12);
-        var plain = new Variant(Tied: true, HeadDim: 16);
+        var plain = new Variant(Tied: true);
         var partial = plain with { Partial = 0.75 };
         var baseline = TesseraLogits(LoadVariant("plain", plain, weights), tokens);
         var partialLogits = TesseraLogits(LoadVariant("partial", partial, weights), tokens);
@@ -406,7 +407,7 @@ public sealed class Phi3Tests : IDisposable
         // so every step's logits are those of a full forward over the sequence so far (short factors up to 8 positions, long
         // past). The expected tokens are the argmax of the reference's last row at every step.
         const int seed = 4901;
-        var weights = RandomWeights(seed, tied: true, headDim: 16);
+        var weights = RandomWeights(seed, tied: true);
         var model = LoadVariant("generate", Phi4Mini, weights);
         var prompt = RandomTokens(seed + 1, 5);
         var expected = new List<int>();
@@ -425,7 +426,7 @@ public sealed class Phi3Tests : IDisposable
     [Fact]
     public void CachedDecodingThatCrossesTheOriginalContextWithoutRecomputingIsRefused()
     {
-        var model = LoadVariant("crossing", Phi4Mini, RandomWeights(5001, tied: true, headDim: 16));
+        var model = LoadVariant("crossing", Phi4Mini, RandomWeights(5001, tied: true));
         var cache = model.CreateKvCache(batch: 1);
         model.ForwardWithCache(_cpu.FromArray(RandomTokens(5002, 8), 1, 8), cache);
         var e = Assert.Throws<InvalidOperationException>(() => model.ForwardWithCache(_cpu.FromArray(new[] { 3 }, 1, 1), cache));
@@ -450,7 +451,7 @@ public sealed class Phi3Tests : IDisposable
     public void Phi4MiniExportThenImportKeepsTheRopeSettingsAndWeightsBitForBit()
     {
         const int seed = 5101;
-        var model = LoadVariant("phi4-source", Phi4Mini, RandomWeights(seed, tied: true, headDim: 16), DType.F32);
+        var model = LoadVariant("phi4-source", Phi4Mini, RandomWeights(seed, tied: true), DType.F32);
         var dir = Path.Combine(_dir, "phi4-exported");
         HuggingFaceExport.Write(dir, model);
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!;
@@ -465,11 +466,12 @@ public sealed class Phi3Tests : IDisposable
     }
 
     [Theory]
-    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1],\"long_factor\":[2,2,2,2,2]}", "short_factor and long_factor have 5 values; the 12 rotated channels of a head need 6")]
-    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1],\"long_factor\":[2,2,2,2,2]}", "long_factor has 5 values and short_factor 6")]
-    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1]}", "'rope_scaling.long_factor': is missing")]
-    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,0],\"long_factor\":[2,2,2,2,2,2]}", "short_factor[5] (0) must be positive")]
-    [InlineData("{\"type\":\"longrope\",\"short_factor\":\"wide\",\"long_factor\":[2,2,2,2,2,2]}", "'rope_scaling.short_factor': must be an array of numbers")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1,1],\"long_factor\":[2,2,2,2]}", "short_factor and long_factor have 4 values; the 6 rotated channels of a head need 3")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1],\"long_factor\":[2,2]}", "long_factor has 2 values and short_factor 3")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,1]}", "'rope_scaling.long_factor': is missing")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":[1,1,0],\"long_factor\":[2,2,2]}", "short_factor[2] (0) must be positive")]
+    [InlineData("{\"type\":\"longrope\",\"short_factor\":\"wide\",\"long_factor\":[2,2,2]}", "'rope_scaling.short_factor': must be an array of numbers")]
+    [InlineData("{\"rope_type\":\"yarn\",\"factor\":2.0}", "'rope_scaling.rope_type': 'yarn' on phi3")]
     [InlineData("{\"rope_type\":\"stretchy\"}", "'rope_scaling.rope_type': 'stretchy' is not supported")]
     public void BadLongRopeConfigsAreRefusedNamingTheField(string ropeScaling, string expected)
     {
