@@ -201,6 +201,11 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(frequencies);
         frequencies.Validate(d);
+        // The kernels rotate whole heads from one table: partial rotary and LongRoPE's switch are CPU-only so far.
+        if (frequencies.RotatedOf(d) != d)
+            throw new NotSupportedException($"CudaBackend: partial rotary embedding (RotaryDimensions {frequencies.RotaryDimensions} of a head of {d}; partial_rotary_factor) is not implemented on CUDA; run on the CPU");
+        if (frequencies.SwitchesToLong)
+            throw new NotSupportedException("CudaBackend: LongRoPE (rope_type longrope: short/long factor tables) is not implemented on CUDA; run on the CPU");
         if (!_ropeTables.TryGetValue((frequencies, d), out var table))
         {
             if (_capturing)

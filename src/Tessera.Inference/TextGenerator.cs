@@ -114,6 +114,12 @@ public sealed class TextGenerator
         using var step = new DecodeStep(_model, cache, greedy, options.CaptureGraph, json is null ? options.Sampling : null);
         bool onDevice = greedy || step.Draws;
         LastRunRecorded = false;
+        // LongRoPE: the first step past original_max_position_embeddings switches to the long factors, which the cached keys
+        // (rotated with the short ones) do not have; transformers' Phi3ForCausalLM drops its cache there and recomputes the
+        // whole sequence, and so does this loop (once: every later step is past it too).
+        var rope = config.Rope;
+        int longFrom = rope is { SwitchesToLong: true } ? rope.LongOriginalLength : -1;
+        var history = longFrom >= 0 ? new List<int>(prompt) : null;
         try
         {
             var tokens = backend.FromHost<int>(prompt.ToArray(), new Shape(1, prompt.Count));
@@ -144,6 +150,22 @@ public sealed class TextGenerator
                 }
                 // The token just produced sits at position cache.Length; the context ends there when that is its last slot.
                 if (cache.Length + 1 >= config.MaxSequenceLength || produced >= options.MaxNewTokens) yield break;
+                if (history is not null)
+                {
+                    history.Add(next);
+                    if (cache.Length == longFrom)
+                    {
+                        cache.Reset();
+                        var all = backend.FromHost<int>(history.ToArray(), new Shape(1, history.Count));
+                        var again = _model.ForwardWithCache(all, cache, validateTokens: false);
+                        all.Storage.Dispose();
+                        var lastRow = again.Select(0, 0).Select(0, again.Size(1) - 1).Slice(0, 0, config.VocabSize).Reshape(1, config.VocabSize);
+                        next = greedy ? ArgMax(lastRow, step.Tokens, chosen)
+                            : step.Draws ? Drawn(step, lastRow, chosen)
+                            : Sample(lastRow, row, host, sampler, prompt.Count + produced, json, options, stop);
+                        continue;
+                    }
+                }
                 if (!onDevice)
                 {
                     chosen[0] = next;

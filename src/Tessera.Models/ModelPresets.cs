@@ -3,7 +3,8 @@ namespace Tessera.Models;
 /// <summary>
 /// Named configurations: the GPT-2 sizes, Llama-shape 1B, 3B and 8B, and a tiny debug model per family (the shapes of
 /// the golden files that scripts/golden/make_golden.py writes: gpt2, llama, llama3 with rope_type llama3, qwen2, mistral;
-/// llama-headsize-debug, qwen3-debug, mixtral-debug, qwen3-moe-debug, gemma2-debug and gemma3-debug have no golden files).
+/// llama-headsize-debug, qwen3-debug, mixtral-debug, qwen3-moe-debug, gemma2-debug, gemma3-debug, phi3-debug and phi4-mini-debug
+/// have no golden files).
 /// </summary>
 public static class ModelPresets
 {
@@ -22,7 +23,7 @@ public static class ModelPresets
     /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
     public static IReadOnlyList<string> Names { get; } =
         ["gpt2-debug", "gpt2-tiny", "gpt2-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-headsize-debug", "llama3-debug", "qwen2-debug",
-         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "llama-1b", "llama-3b", "llama-8b"];
+         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug", "llama-1b", "llama-3b", "llama-8b"];
 
     /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
     public static TransformerConfig Get(string name) => name.ToLowerInvariant() switch
@@ -94,6 +95,27 @@ public static class ModelPresets
             Family = ModelFamily.Llama, ModelType = "qwen3_moe", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
             ExplicitHeadSize = 16, KvHeads = 2, Hidden = 64, ExpertHidden = 48, Experts = 4, ExpertsPerToken = 2, Bias = false, QkNorm = true,
             TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
+        },
+        // Phi-3 in small: Llama's decoder saved as model_type phi3 (q, k, v fused in qkv_proj, gate and up in gate_up_proj),
+        // plain RoPE over whole heads, untied head, no sliding window.
+        "phi3-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "phi3", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
+            KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = false, RopeTheta = 10000, NormEpsilon = 1e-5,
+        },
+        // Phi-4-mini in small: phi3 with heads of 8 of which RoPE turns the first 6 (partial_rotary_factor 0.75), LongRoPE
+        // (3 short and 3 long factors, original context 16 of the 64: the long factors past position 15, attention factor
+        // sqrt(1 + ln 4 / ln 16)), tied head. The head size is hidden / heads, as Phi3Config's factor-length check assumes.
+        "phi4-mini-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "phi3", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
+            KvHeads = 2, Hidden = 64, Bias = false, TiedEmbeddings = true, RopeTheta = 10000, NormEpsilon = 1e-5,
+            PartialRotaryFactor = 0.75,
+            RopeScaling = new RopeScaling
+            {
+                Type = RopeScalingType.LongRope, OriginalMaxPositions = 16,
+                ShortFactor = [1.0, 1.4, 2.5], LongFactor = [1.0, 3.0, 12.0],
+            },
         },
         // Mistral in small: a sliding window of 5 positions, theta 1e6.
         "mistral-debug" => new TransformerConfig

@@ -14,4 +14,7 @@ public enum RopeScalingType
     Llama3,
     /// <summary>"yarn": YaRN's ramp between interpolation and extrapolation, with an attention factor.</summary>
     Yarn,
+    /// <summary>"longrope" (also "su"): per-pair short and long factors dividing the frequencies, the long ones once a call
+    /// passes the original context (Phi-3-mini-128k, Phi-3.5, Phi-4-mini), with an attention factor.</summary>
+    LongRope,
 }

@@ -75,6 +75,17 @@ public sealed record TransformerConfig
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public int ExplicitHeadSize { get; init; }
 
+    /// <summary>
+    /// The fraction of each head's channels that RoPE rotates (Hugging Face's partial_rotary_factor: Phi-4-mini's 0.75): the
+    /// first R = floor(D x factor) channels rotate as a head of size R, the rest pass through. 0 (the default, left out of the
+    /// JSON) or 1 for whole heads.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public double PartialRotaryFactor { get; init; }
+
+    /// <summary>Channels of each head that RoPE rotates: floor(D x <see cref="PartialRotaryFactor"/>), or D.</summary>
+    [JsonIgnore] public int RotaryDimensions => PartialRotaryFactor > 0 && PartialRotaryFactor < 1 ? (int)(HeadSize * PartialRotaryFactor) : HeadSize;
+
     /// <summary>Whether each query and key head is RMS-normalized (weights q_norm and k_norm of size D, epsilon
     /// <see cref="NormEpsilon"/>) after the QKV product and before RoPE: Qwen3. Default false (left out of the JSON).</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
@@ -209,8 +220,8 @@ public sealed record TransformerConfig
     /// <summary>The rotary frequencies of a Llama-family model (theta and scaling); null for GPT-2.</summary>
     [JsonIgnore]
     public RopeFrequencies? Rope => Family != ModelFamily.Llama ? null
-        : RopeScaling is { } scaling ? scaling.Frequencies(RopeTheta, HeadSize, MaxSequenceLengthBeforeScaling)
-        : new RopeFrequencies(RopeTheta);
+        : (RopeScaling is { } scaling ? scaling.Frequencies(RopeTheta, RotaryDimensions, MaxSequenceLengthBeforeScaling) : new RopeFrequencies(RopeTheta))
+            with { RotaryDimensions = RotaryDimensions < HeadSize ? RotaryDimensions : 0 };
 
     /// <summary>The max_position_embeddings of config.json: dynamic NTK scaling starts there (and
     /// <see cref="MaxSequenceLength"/> is that times the factor).</summary>
@@ -278,9 +289,22 @@ public sealed record TransformerConfig
             throw new ArgumentException($"TransformerConfig: LocalRopeTheta ({LocalRopeTheta}) must be 0 (the global rotation) or positive and finite");
         if (!(AttentionSoftCap >= 0) || !(FinalSoftCap >= 0) || double.IsInfinity(AttentionSoftCap) || double.IsInfinity(FinalSoftCap))
             throw new ArgumentException($"TransformerConfig: AttentionSoftCap ({AttentionSoftCap}) and FinalSoftCap ({FinalSoftCap}) must be 0 (none) or positive and finite");
+        if (PartialRotaryFactor != 0)
+        {
+            if (!(PartialRotaryFactor > 0 && PartialRotaryFactor <= 1))
+                throw new ArgumentException($"TransformerConfig: PartialRotaryFactor ({PartialRotaryFactor}) must be 0 (whole heads) or in (0, 1]");
+            if (Family != ModelFamily.Llama) throw new ArgumentException("TransformerConfig: PartialRotaryFactor is a RoPE (Llama-family) setting; GPT-2 has learned positions");
+            if (RotaryDimensions < 2 || RotaryDimensions % 2 != 0)
+                throw new ArgumentException($"TransformerConfig: PartialRotaryFactor ({PartialRotaryFactor}) rotates {RotaryDimensions} of the {HeadSize} channels of a head; that must be even and at least 2");
+            if (LocalRopeTheta > 0) throw new ArgumentException("TransformerConfig: PartialRotaryFactor does not combine with LocalRopeTheta (the local layers' plain RoPE)");
+        }
         RopeScaling?.Validate();
-        if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && HeadSize <= 2)
-            throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs a head size above 2, got {HeadSize}");
+        if (Family == ModelFamily.Llama && RopeScaling is { Type: RopeScalingType.LongRope } longRope && longRope.ShortFactor!.Count * 2 != RotaryDimensions)
+            throw new ArgumentException($"TransformerConfig: rope_scaling.short_factor and long_factor have {longRope.ShortFactor.Count} values; the {RotaryDimensions} rotated channels of a head need {RotaryDimensions / 2}");
+        if (RopeScaling?.Type == RopeScalingType.LongRope && LocalRopeTheta > 0)
+            throw new ArgumentException("TransformerConfig: LongRoPE does not combine with LocalRopeTheta");
+        if (Family == ModelFamily.Llama && RopeScaling?.Type == RopeScalingType.Dynamic && RotaryDimensions <= 2)
+            throw new ArgumentException($"TransformerConfig: dynamic RoPE scaling needs more than 2 rotated channels a head, got {RotaryDimensions}");
         if (RopeScaling?.Type == RopeScalingType.Dynamic && OriginalMaxSequenceLength == 0)
             throw new ArgumentException("TransformerConfig: dynamic RoPE scaling needs OriginalMaxSequenceLength (config.json's max_position_embeddings, where the rescaling starts; MaxSequenceLength is then factor times it)");
         return this;

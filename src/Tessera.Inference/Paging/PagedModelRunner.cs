@@ -125,6 +125,12 @@ public sealed class PagedModelRunner : IDisposable
             throw new ArgumentException($"PagedModelRunner: the cache ({cache.Layers} layers, {cache.KvHeads} kv heads of {cache.HeadSize}) does not fit the model ({model.Config.Layers}, {model.CachedKvHeads}, {model.Config.HeadSize})");
         if (model.Layers.SequenceParallel)
             throw new NotSupportedException("PagedModelRunner: serving runs without sequence parallelism; build the model with a plan that has it off");
+        // LongRoPE switches every sequence of a step to the long factors once the step's largest position passes the original
+        // context, over keys cached with the short ones; transformers recomputes a sequence there, the paged engine cannot.
+        // Within the original context the short factors hold throughout, exactly.
+        if (model.Config.Rope is { SwitchesToLong: true } longRope && maxSequenceLength > longRope.LongOriginalLength)
+            throw new NotSupportedException($"PagedModelRunner: LongRoPE (rope_type longrope) is served up to original_max_position_embeddings ({longRope.LongOriginalLength}) positions; " +
+                $"set the served context (max sequence length, {maxSequenceLength}) to at most that, or generate with the dense generator, which recomputes the sequence where the factors switch");
         _model = model;
         _cache = cache;
         _backend = model.Backend;

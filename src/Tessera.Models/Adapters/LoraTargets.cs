@@ -55,6 +55,9 @@ public static class LoraTargets
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(names);
+        if (config.EffectiveModelType == "phi3")
+            throw new ArgumentException("LoRA: model_type 'phi3' keeps q, k, v fused in self_attn.qkv_proj and gate, up in mlp.gate_up_proj, " +
+                "so PEFT's Phi-3 adapters target those fused modules; Tessera's adapters (per q, k, v, gate, up) do not map onto them and are not supported for phi3");
         var table = Of(config.Family);
         var targets = new List<LoraTarget>();
         foreach (var raw in names)

@@ -5,16 +5,17 @@ namespace Tessera.Models.HuggingFace;
 
 /// <summary>
 /// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3", "mistral", the sparse mixtures of
-/// experts "mixtral" and "qwen3_moe", and "gemma2" or "gemma3_text") into a <see cref="TransformerConfig"/>
+/// experts "mixtral" and "qwen3_moe", "gemma2" or "gemma3_text", and "phi3": Phi-3 and Phi-4, with partial_rotary_factor and
+/// rope_type longrope) into a <see cref="TransformerConfig"/>
 /// and writes one back for export. RoPE scaling (rope_scaling of transformers 4, rope_parameters of 5; rope_type linear,
-/// dynamic, llama3, yarn) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
+/// dynamic, llama3, yarn; longrope for phi3) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
 /// on Llama's output projection or MLP, other rope types, Qwen2's and Qwen3's per-layer sliding windows) are rejected with a message
 /// naming the file and the field rather than silently ignored.
 /// </summary>
 public static class HuggingFaceConfig
 {
     /// <summary>The model_type values Tessera reads and writes.</summary>
-    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "gemma2", "gemma3_text"];
+    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "gemma2", "gemma3_text", "phi3"];
 
     /// <summary>GPT-2 activations that are the tanh approximation of GELU Tessera implements.</summary>
     private static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];
@@ -52,6 +53,7 @@ public static class HuggingFaceConfig
             "mixtral" => ParseMixtral(fields),
             "qwen3_moe" => ParseQwen3Moe(fields),
             "gemma2" or "gemma3_text" => ParseGemma(fields, modelType),
+            "phi3" => ParsePhi3(fields),
             "gemma3" => throw new HuggingFaceFormatException(path, "field 'model_type': 'gemma3' is the multimodal Gemma 3 (a vision tower around a text model); Tessera reads the text-only model_type 'gemma3_text' (Gemma 3 1B and 270M, or a text model saved on its own)"),
             _ => throw new HuggingFaceFormatException(path, $"field 'model_type': '{modelType}' is not supported (supported: {string.Join(", ", ModelTypes)})"),
         };
@@ -130,6 +132,23 @@ public static class HuggingFaceConfig
         var config = ParseLlamaLike(f, "mistral");
         int window = f.Int("sliding_window") ?? 0;
         if (window < 0) throw f.Error("sliding_window", $"must be positive or null, got {window}");
+        return config with { SlidingWindow = window };
+    }
+
+    private static TransformerConfig ParsePhi3(Fields f)
+    {
+        // Phi-3 / Phi-4: Llama's decoder whose checkpoint fuses q, k, v (qkv_proj) and gate, up (gate_up_proj), which the
+        // weight map splits and fuses; sliding_window windows every layer as Mistral's does (transformers passes it to the
+        // attention and builds the sliding-window mask when it is set). resid_pdrop, embd_pdrop and attention_dropout act
+        // only in training in transformers; Tessera trains every family without dropout and ignores them.
+        // partial_rotary_factor (Phi-4-mini's 0.75) and rope_scaling longrope/su (Phi-3-mini-128k, Phi-3.5, Phi-4-mini) are
+        // read here only (ParseLlamaLike and ReadRope): Phi3Config's original_max_position_embeddings sits at the top level
+        // and defaults to 4096.
+        var config = ParseLlamaLike(f, "phi3");
+        int window = f.Int("sliding_window") ?? 0;
+        if (window < 0) throw f.Error("sliding_window", $"must be positive or null, got {window}");
+        if (config.RopeScaling is { Type: RopeScalingType.LongRope, OriginalMaxPositions: 0 } longRope)
+            config = config with { RopeScaling = longRope with { OriginalMaxPositions = 4096 } };
         return config with { SlidingWindow = window };
     }
 
@@ -292,9 +311,15 @@ public static class HuggingFaceConfig
             if (headDim <= 0) throw f.Error("head_dim", $"{headDim} must be positive");
             if (heads <= 0 || headDim * heads != hidden) explicitHeadSize = headDim;
         }
+        bool phi3 = modelType == "phi3";
+        double partialRotary = 0;
         if (f.Double("partial_rotary_factor") is double partial && partial != 1.0)
-            throw f.Error("partial_rotary_factor", $"{partial} is not supported: Tessera rotates whole heads");
-        var (theta, scaling) = ReadRope(f);
+        {
+            if (!phi3) throw f.Error("partial_rotary_factor", $"{partial} is not supported for model_type '{modelType}': Tessera rotates part of each head for phi3 only");
+            if (!(partial > 0 && partial < 1)) throw f.Error("partial_rotary_factor", $"must be in (0, 1], got {partial}");
+            partialRotary = partial;
+        }
+        var (theta, scaling) = ReadRope(f, longRope: phi3);
         int maxPositions = f.RequiredInt("max_position_embeddings");
         var config = new TransformerConfig
         {
@@ -311,6 +336,7 @@ public static class HuggingFaceConfig
             NormEpsilon = f.Double("rms_norm_eps") ?? 1e-6,
             RopeTheta = theta,
             RopeScaling = scaling,
+            PartialRotaryFactor = partialRotary,
             TiedEmbeddings = f.Bool("tie_word_embeddings") ?? false,
             InitStd = f.Double("initializer_range") ?? 0.02,
             Bias = false,
@@ -386,8 +412,8 @@ public static class HuggingFaceConfig
     {
         if (c.Bias) throw new ArgumentException("TransformerConfig: a Llama-family export needs Bias = false");
         string type = c.EffectiveModelType;
-        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral" or "mixtral" or "qwen3_moe"))
-            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral, mixtral, qwen3_moe)");
+        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral" or "mixtral" or "qwen3_moe" or "phi3"))
+            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, phi3)");
         if (c.QkNorm != (type is "qwen3" or "qwen3_moe"))
             throw new ArgumentException($"TransformerConfig: QkNorm = {c.QkNorm} cannot be exported as model_type '{type}' (only qwen3 and qwen3_moe have q/k head norms, and always)");
         if (c.IsMixtureOfExperts != (type is "mixtral" or "qwen3_moe"))
@@ -396,8 +422,8 @@ public static class HuggingFaceConfig
             throw new ArgumentException("TransformerConfig: a mixtral export needs NormalizeExpertWeights = true and ExpertHidden = Hidden (Mixtral always renormalizes, and its experts are intermediate_size wide)");
         if (c.AttentionBias != (type == "qwen2"))
             throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 has q/k/v biases, and always)");
-        if (c.SlidingWindow > 0 && type is not ("mistral" or "mixtral"))
-            throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral' or 'mixtral'");
+        if (c.SlidingWindow > 0 && type is not ("mistral" or "mixtral" or "phi3"))
+            throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral', 'mixtral' or 'phi3'");
         if (c.ScaleEmbeddings || c.GeluGate || c.PostNorms || c.UnitOffsetNorms || c.LocalWindow > 0 || c.LocalRopeTheta > 0 || c.QueryPreAttentionScalar > 0
             || c.AttentionSoftCap > 0 || c.FinalSoftCap > 0)
             throw new ArgumentException($"TransformerConfig: Gemma's settings (ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow, LocalRopeTheta, QueryPreAttentionScalar, the soft caps) cannot be exported as model_type '{type}'; use gemma2 or gemma3_text");
@@ -406,7 +432,7 @@ public static class HuggingFaceConfig
             ["architectures"] = new JsonArray(type switch
             {
                 "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "mixtral" => "MixtralForCausalLM",
-                "qwen3_moe" => "Qwen3MoeForCausalLM", _ => "LlamaForCausalLM",
+                "qwen3_moe" => "Qwen3MoeForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM",
             }),
             ["model_type"] = type,
             ["vocab_size"] = c.VocabSize,
@@ -425,6 +451,8 @@ public static class HuggingFaceConfig
             ["tie_word_embeddings"] = c.TiedEmbeddings,
             ["attention_dropout"] = 0.0,
         };
+        if (type != "phi3" && (c.PartialRotaryFactor is not (0 or 1) || c.RopeScaling?.Type == RopeScalingType.LongRope))
+            throw new ArgumentException($"TransformerConfig: PartialRotaryFactor and LongRoPE can only be exported as model_type 'phi3', not '{type}'");
         switch (type)
         {
             case "llama":
@@ -450,6 +478,20 @@ public static class HuggingFaceConfig
                 o["num_local_experts"] = c.Experts;
                 o["num_experts_per_tok"] = c.ExpertsPerToken;
                 o["router_jitter_noise"] = 0.0;
+                break;
+            case "phi3":
+                o["sliding_window"] = c.SlidingWindow > 0 ? c.SlidingWindow : null;
+                // Phi3Config reads original_max_position_embeddings (default 4096) to switch longrope's factors and to drop the
+                // cache in generation past it: longrope's own, else the context itself.
+                o["original_max_position_embeddings"] = c.RopeScaling is { Type: RopeScalingType.LongRope } lr ? lr.OriginalMaxPositions : o["max_position_embeddings"]!.GetValue<int>();
+                o["partial_rotary_factor"] = c.PartialRotaryFactor is > 0 and < 1 ? c.PartialRotaryFactor : 1.0;
+                o["resid_pdrop"] = 0.0;
+                o["embd_pdrop"] = 0.0;
+                // Phi3Config's defaults (pad 32000, bos 1, eos 32000) name Phi-3's vocabulary; a padding id past a smaller
+                // vocabulary fails nn.Embedding. Null unless the generation defaults below give them.
+                o["pad_token_id"] = null;
+                o["bos_token_id"] = null;
+                o["eos_token_id"] = null;
                 break;
             case "qwen3_moe":
                 o["attention_bias"] = false;
@@ -523,6 +565,19 @@ public static class HuggingFaceConfig
 
     private static JsonObject RopeScalingJson(RopeScaling r)
     {
+        if (r.Type == RopeScalingType.LongRope)
+        {
+            // Phi3Config (transformers 4.4x) accepts exactly type, short_factor and long_factor (original_max_position_embeddings
+            // at the top level); later versions read "type" as rope_type.
+            var lr = new JsonObject
+            {
+                ["type"] = "longrope",
+                ["short_factor"] = new JsonArray(r.ShortFactor!.Select(x => (JsonNode)x).ToArray()),
+                ["long_factor"] = new JsonArray(r.LongFactor!.Select(x => (JsonNode)x).ToArray()),
+            };
+            if (r.AttentionFactor is double af) lr["attention_factor"] = af;
+            return lr;
+        }
         var o = new JsonObject
         {
             ["rope_type"] = r.Type switch
@@ -558,7 +613,7 @@ public static class HuggingFaceConfig
     /// RoPE theta and scaling from transformers 4's top-level rope_theta + rope_scaling, or transformers 5's rope_parameters
     /// (theta inside). rope_type "default" (or none) is plain RoPE.
     /// </summary>
-    private static (double Theta, RopeScaling? Scaling) ReadRope(Fields f)
+    private static (double Theta, RopeScaling? Scaling) ReadRope(Fields f, bool longRope = false)
     {
         string field = f.Has("rope_parameters") ? "rope_parameters" : "rope_scaling";
         var rope = f.Object(field);
@@ -568,6 +623,8 @@ public static class HuggingFaceConfig
         theta = r.Double("rope_theta") ?? theta;
         CheckTheta(r, "rope_theta", theta);
         string type = r.String("rope_type") ?? r.String("type") ?? "default";
+        if (longRope && type == "yarn")
+            throw r.Error("rope_type", "'yarn' on phi3 is not read: transformers' Phi3Config renames it to longrope (older releases called LongRoPE su or yarn); write rope_type longrope with short_factor and long_factor");
         RopeScalingType kind = type switch
         {
             "default" => default,
@@ -575,23 +632,28 @@ public static class HuggingFaceConfig
             "dynamic" => RopeScalingType.Dynamic,
             "llama3" => RopeScalingType.Llama3,
             "yarn" => RopeScalingType.Yarn,
+            "longrope" or "su" when longRope => RopeScalingType.LongRope,
+            "longrope" or "su" => throw r.Error("rope_type", $"'{type}' is not supported for this model_type: Tessera reads LongRoPE for model_type 'phi3' only (supported here: default, linear, dynamic, llama3, yarn)"),
             _ => throw r.Error("rope_type", $"'{type}' is not supported (supported: default, linear, dynamic, llama3, yarn)"),
         };
         if (type == "default") return (theta, null);
-        double factor = r.Double("factor") ?? throw r.Error("factor", $"is missing (rope_type '{type}' needs it)");
+        // longrope's factor is optional: transformers takes max_position_embeddings / original_max_position_embeddings.
+        double factor = r.Double("factor") ?? (kind == RopeScalingType.LongRope ? 1.0 : throw r.Error("factor", $"is missing (rope_type '{type}' needs it)"));
         var scaling = new RopeScaling
         {
             Type = kind,
             Factor = factor,
             LowFrequencyFactor = kind == RopeScalingType.Llama3 ? r.Double("low_freq_factor") ?? throw r.Error("low_freq_factor", "is missing (rope_type 'llama3' needs it)") : 1.0,
             HighFrequencyFactor = kind == RopeScalingType.Llama3 ? r.Double("high_freq_factor") ?? throw r.Error("high_freq_factor", "is missing (rope_type 'llama3' needs it)") : 4.0,
-            OriginalMaxPositions = r.Int("original_max_position_embeddings") ?? f.Int("original_max_position_embeddings") ?? 0,
+            OriginalMaxPositions = r.Int("original_max_position_embeddings") ?? f.Int("original_max_position_embeddings") ?? (kind == RopeScalingType.LongRope ? 4096 : 0),   // Phi3Config's default
             AttentionFactor = r.Double("attention_factor"),
             BetaFast = r.Double("beta_fast") ?? 32,
             BetaSlow = r.Double("beta_slow") ?? 1,
             Mscale = r.Double("mscale"),
             MscaleAllDim = r.Double("mscale_all_dim"),
             Truncate = r.Bool("truncate") ?? true,
+            ShortFactor = kind == RopeScalingType.LongRope ? r.Doubles("short_factor") ?? throw r.Error("short_factor", "is missing (rope_type 'longrope' needs it)") : null,
+            LongFactor = kind == RopeScalingType.LongRope ? r.Doubles("long_factor") ?? throw r.Error("long_factor", "is missing (rope_type 'longrope' needs it)") : null,
         };
         try
         {
@@ -658,6 +720,18 @@ public static class HuggingFaceConfig
             var v = Value(field, "a number");
             if (v is null) return null;
             return v.GetValueKind() == JsonValueKind.Number ? v.GetValue<double>() : throw Error(field, $"must be a number, got {v.ToJsonString()}");
+        }
+
+        /// <summary>An array of numbers, or null when absent.</summary>
+        public double[]? Doubles(string field)
+        {
+            if (!root.TryGetPropertyValue(field, out var node) || node is null) return null;
+            if (node is not JsonArray array) throw Error(field, $"must be an array of numbers, got {node.GetValueKind()}");
+            var result = new double[array.Count];
+            for (int i = 0; i < array.Count; i++)
+                result[i] = array[i] is JsonValue v && v.GetValueKind() == JsonValueKind.Number ? v.GetValue<double>()
+                    : throw Error(field, $"element {i} must be a number, got {array[i]?.ToJsonString() ?? "null"}");
+            return result;
         }
 
         public int? Int(string field)

@@ -89,6 +89,7 @@ public static class HuggingFaceExport
         foreach (var e in map.Entries)
             foreach (var (name, shape) in e.Sources)
             {
+                if (shardOf.ContainsKey(name)) continue;   // a tensor several parameters share (Phi-3's gate_up_proj) counts once
                 long bytes = shape.NumElements * size;
                 if (shardBytes[^1] > 0 && shardBytes[^1] + bytes > maxShardBytes) shardBytes.Add(0);
                 shardBytes[^1] += bytes;
@@ -100,9 +101,8 @@ public static class HuggingFaceExport
         {
             var writer = new SafetensorsWriter();
             writer.Metadata["format"] = "pt";
-            foreach (var e in map.Entries.Where(e => e.Sources.Any(src => shardOf[src.Name] == s)))
-                foreach (var (name, t) in map.ToHuggingFace(e, canonical(e.Canonical)))
-                    if (shardOf[name] == s) writer.Add(name, dtype, t.Shape, Encode(t.Data, dtype));
+            foreach (var (name, t) in map.ToHuggingFace(map.Entries.Where(e => e.Sources.Any(src => shardOf[src.Name] == s)), canonical))
+                if (shardOf[name] == s) writer.Add(name, dtype, t.Shape, Encode(t.Data, dtype));
             writer.Write(Path.Combine(directory, FileName(s)));
         }
         if (shards > 1)

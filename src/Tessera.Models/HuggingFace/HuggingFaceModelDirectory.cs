@@ -110,7 +110,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             ("local rope theta", found.LocalRopeTheta, expected.LocalRopeTheta),
             ("query_pre_attn_scalar", found.QueryPreAttentionScalar, expected.QueryPreAttentionScalar),
             ("attention soft cap", found.AttentionSoftCap, expected.AttentionSoftCap), ("final soft cap", found.FinalSoftCap, expected.FinalSoftCap),
-            ("rope theta", found.RopeTheta, expected.RopeTheta), ("rope scaling", found.RopeScaling?.ToString() ?? "none", expected.RopeScaling?.ToString() ?? "none"),
+            ("rope theta", found.RopeTheta, expected.RopeTheta), ("partial rotary factor", found.RotaryDimensions, expected.RotaryDimensions),
+            ("rope scaling", found.RopeScaling?.ToString() ?? "none", expected.RopeScaling?.ToString() ?? "none"),
         ];
         foreach (var (name, f, e) in fields)
             if (!Equals(f, e)) return $"{name} is {f} but {e} was expected";

@@ -95,6 +95,28 @@ public sealed class HuggingFaceWeightMap
     ];
 
     /// <summary>
+    /// Phi-3 and Phi-4 (Phi3ForCausalLM): Llama's names, but q, k and v saved fused as self_attn.qkv_proj ((H + 2K)·D x C:
+    /// the query rows, then the key rows, then the value rows), Tessera's qkv layout as it is, and the MLP's gate and up
+    /// saved fused as mlp.gate_up_proj (2F x C, the gate's F rows first: transformers chunks the product in two, gate then
+    /// up), each of Tessera's gate and up one half of it.
+    /// </summary>
+    public static IReadOnlyList<WeightMapRow> Phi3Rows { get; } =
+    [
+        LlamaRows[0],
+        LlamaRows[1],
+        Row("blocks.{i}.attn.qkv.weight", Qkv, WeightTransform.Identity, Hf("model.layers.{i}.self_attn.qkv_proj.weight", Qkv)),
+        LlamaRows[3],
+        LlamaRows[4],
+        new WeightMapRow("blocks.{i}.mlp.gate.weight", FC, WeightTransform.RowBlock, [Hf("model.layers.{i}.mlp.gate_up_proj.weight", GateUp)], SourceRowOffset: _ => 0),
+        new WeightMapRow("blocks.{i}.mlp.up.weight", FC, WeightTransform.RowBlock, [Hf("model.layers.{i}.mlp.gate_up_proj.weight", GateUp)], SourceRowOffset: c => c.EffectiveHidden),
+        LlamaRows[7],
+        LlamaRows[8],
+        LlamaRows[9],
+    ];
+
+    private static int[] GateUp(TransformerConfig c) => [2 * c.EffectiveHidden, c.Embedding];
+
+    /// <summary>
     /// A sparse mixture-of-experts model's rows: <paramref name="dense"/>'s without the MLP, and in its place the router
     /// ("blocks.{i}.mlp.router", E x C) and each expert j's gate, up (F' x C) and proj (C x F'), in Tessera's declaration
     /// order. Mixtral (MixtralForCausalLM) names them block_sparse_moe.gate and block_sparse_moe.experts.{j}.w1 (gate), w3
@@ -188,7 +210,7 @@ public sealed class HuggingFaceWeightMap
             {
                 string Expand(string pattern) => pattern.Replace("{i}", i.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal);
                 entries.Add(new WeightMapEntry(Expand(row.Canonical), new Shape(row.Shape(config)), row.Transform,
-                    row.Sources.Select(s => (Expand(s.Name), new Shape(s.Shape(config)))).ToList()));
+                    row.Sources.Select(s => (Expand(s.Name), new Shape(s.Shape(config)))).ToList(), row.SourceRowOffset?.Invoke(config) ?? 0));
             }
         }
         Entries = entries;
@@ -228,6 +250,9 @@ public sealed class HuggingFaceWeightMap
             ModelFamily.Gpt2 => new HuggingFaceWeightMap(config, Gpt2Rows, Gpt2IgnoredBuffers, Gpt2OptionalPrefix),
             ModelFamily.Llama when config.PostNorms != config.UnitOffsetNorms => throw new ArgumentException(
                 "TransformerConfig: Hugging Face's Gemma has both post-norms and 1 + w norm weights (PostNorms and UnitOffsetNorms), other model types neither"),
+            ModelFamily.Llama when config.EffectiveModelType == "phi3" && (config.QkNorm || config.AttentionBias || config.PostNorms) => throw new ArgumentException(
+                "TransformerConfig: Hugging Face's phi3 has no q/k head norms, q/k/v biases or post-norms (QkNorm, AttentionBias, PostNorms)"),
+            ModelFamily.Llama when config.EffectiveModelType == "phi3" => new HuggingFaceWeightMap(config, Phi3Rows, LlamaIgnoredBuffers, null),
             ModelFamily.Llama when config.PostNorms => new HuggingFaceWeightMap(config, config.QkNorm ? Gemma3Rows : Gemma2Rows, LlamaIgnoredBuffers, null),
             ModelFamily.Llama => new HuggingFaceWeightMap(config, config.QkNorm ? Qwen3Rows : config.AttentionBias ? Qwen2Rows : LlamaRows, LlamaIgnoredBuffers, null),
             _ => throw new ArgumentOutOfRangeException(nameof(config), config.Family, "no Hugging Face map for this family"),
@@ -258,8 +283,53 @@ public sealed class HuggingFaceWeightMap
             t.Validate();
             if (t.Shape != e.Shape)
                 throw new ArgumentException($"parameter '{e.Canonical}' has shape {t.Shape}, the configuration implies {e.Shape}");
+            if (e.Transform == WeightTransform.RowBlock)
+            {
+                var (name, shape) = e.Sources[0];
+                if (!result.TryGetValue(name, out var shared)) result.Add(name, shared = new HostTensor(shape, new float[shape.NumElements]));
+                PlaceRowBlock(e, t.Data, shared.Data);
+                continue;
+            }
             var parts = FromCanonical(e, t.Data);
             for (int j = 0; j < parts.Length; j++) result.Add(e.Sources[j].Name, new HostTensor(e.Sources[j].Shape, parts[j]));
+        }
+        return result;
+    }
+
+    /// <summary>Copies a <see cref="WeightTransform.RowBlock"/> parameter's rows into its place in the shared tensor.</summary>
+    private static void PlaceRowBlock(WeightMapEntry e, float[] data, float[] shared)
+    {
+        long inner = e.Shape.NumElements / e.Shape[0];
+        data.CopyTo(shared, e.SourceRowOffset * inner);
+    }
+
+    /// <summary>
+    /// The Hugging Face tensors (names, shapes, data) of <paramref name="entries"/>, each entry's sources in order, a tensor that
+    /// several <see cref="WeightTransform.RowBlock"/> entries share assembled from all of them (they must all be among
+    /// <paramref name="entries"/>) and listed once, where its first part is.
+    /// </summary>
+    internal IReadOnlyList<(string Name, HostTensor Tensor)> ToHuggingFace(IEnumerable<WeightMapEntry> entries, Func<string, HostTensor> canonical)
+    {
+        var result = new List<(string Name, HostTensor Tensor)>();
+        var shared = new Dictionary<string, HostTensor>(StringComparer.Ordinal);
+        foreach (var e in entries)
+        {
+            if (e.Transform != WeightTransform.RowBlock)
+            {
+                result.AddRange(ToHuggingFace(e, canonical(e.Canonical)));
+                continue;
+            }
+            var t = canonical(e.Canonical);
+            t.Validate();
+            if (t.Shape != e.Shape)
+                throw new ArgumentException($"parameter '{e.Canonical}' has shape {t.Shape}, the configuration implies {e.Shape}");
+            var (name, shape) = e.Sources[0];
+            if (!shared.TryGetValue(name, out var whole))
+            {
+                shared.Add(name, whole = new HostTensor(shape, new float[shape.NumElements]));
+                result.Add((name, whole));
+            }
+            PlaceRowBlock(e, t.Data, whole.Data);
         }
         return result;
     }
@@ -267,6 +337,8 @@ public sealed class HuggingFaceWeightMap
     /// <summary>One entry's canonical tensor as its Hugging Face tensors (names, shapes, data), in the entry's source order.</summary>
     internal IReadOnlyList<(string Name, HostTensor Tensor)> ToHuggingFace(WeightMapEntry entry, HostTensor canonical)
     {
+        if (entry.Transform == WeightTransform.RowBlock)
+            throw new ArgumentException($"parameter '{entry.Canonical}' is part of '{entry.Sources[0].Name}'; export the entries that share it together");
         canonical.Validate();
         if (canonical.Shape != entry.Shape)
             throw new ArgumentException($"parameter '{entry.Canonical}' has shape {canonical.Shape}, the configuration implies {entry.Shape}");
@@ -319,6 +391,7 @@ public sealed class HuggingFaceWeightMap
     /// <summary>Reads one entry's sources and builds the canonical tensor (after <see cref="Check"/>).</summary>
     internal HostTensor ReadCanonical(WeightMapEntry e, ITensorSource source, IReadOnlyDictionary<string, string> resolved)
     {
+        if (e.Transform == WeightTransform.RowBlock) return new HostTensor(e.Shape, ReadSlice(e, source, resolved, TensorSlice.Whole(e.Shape)));
         var parts = e.Sources.Select(s => source.Read(resolved[s.Name])).ToArray();
         return new HostTensor(e.Shape, ToCanonicalData(e, parts));
     }
@@ -382,6 +455,14 @@ public sealed class HuggingFaceWeightMap
             }
             case WeightTransform.ConcatRows:
                 return Concat(e.Sources.Select((_, j) => ReadPart(j, slice)).ToList(), local.NumElements);
+            case WeightTransform.RowBlock:
+            {
+                // The parameter's elements are one contiguous block of the shared tensor from row SourceRowOffset on: the
+                // slice's runs over the parameter's shape, moved by that many rows.
+                long shift = e.SourceRowOffset * (e.Shape.NumElements / e.Shape[0]);
+                var runs = slice.Runs(e.Shape).Select(r => (r.Start + shift, r.Length)).ToList();
+                return source.Read(resolved[e.Sources[0].Name], runs);
+            }
             default: throw new ArgumentOutOfRangeException(nameof(e), e.Transform, "unknown transform");
         }
 

@@ -9,12 +9,14 @@ namespace Tessera.Models.HuggingFace;
 /// <param name="Transform">How the sources become the parameter.</param>
 /// <param name="Sources">Hugging Face tensors, in concatenation order for <see cref="WeightTransform.ConcatRows"/>.</param>
 /// <param name="UntiedOnly">Present only when the LM head is not tied to the token embedding.</param>
+/// <param name="SourceRowOffset">For <see cref="WeightTransform.RowBlock"/>: the first row of the source the parameter starts at.</param>
 public sealed record WeightMapRow(
     string Canonical,
     Func<TransformerConfig, int[]> Shape,
     WeightTransform Transform,
     IReadOnlyList<HuggingFaceTensorPattern> Sources,
-    bool UntiedOnly = false)
+    bool UntiedOnly = false,
+    Func<TransformerConfig, int>? SourceRowOffset = null)
 {
     /// <summary>Whether the pattern repeats per transformer block.</summary>
     public bool PerLayer => Canonical.Contains("{i}", StringComparison.Ordinal);

@@ -11,4 +11,10 @@ public enum WeightTransform
     ConcatRows,
     /// <summary>(V, C) rows followed by zero rows up to Tessera's padded vocabulary (Vpad, C); export keeps the first V rows.</summary>
     PadRows,
+    /// <summary>
+    /// Rows [offset, offset + rows) of one larger tensor that several parameters share (Phi-3's gate_up_proj: the gate the
+    /// first F rows, the up projection the next F; <see cref="WeightMapRow.SourceRowOffset"/>); export writes each parameter
+    /// back into its rows of the shared tensor.
+    /// </summary>
+    RowBlock,
 }

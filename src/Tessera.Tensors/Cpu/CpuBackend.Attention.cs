@@ -30,6 +30,12 @@ public sealed unsafe partial class CpuBackend
         int d = x.Shape[3];
         if (d % 2 != 0) throw new ArgumentException($"{op}: head size D must be even, got x {x.Shape}", nameof(x));
         if (startPosition < 0) throw new ArgumentOutOfRangeException(nameof(startPosition), $"{op}: start position {startPosition} is negative");
+        if (frequencies.SwitchesToLong && startPosition > 0 && startPosition <= frequencies.LongOriginalLength && length > frequencies.LongOriginalLength)
+            // The keys of positions before startPosition were rotated by earlier calls with the short factors; this call would
+            // rotate with the long ones. transformers never mixes them (its generation recomputes the whole sequence when it first
+            // passes original_max_position_embeddings): the caller must do the same, from position 0.
+            throw new InvalidOperationException($"{op}: LongRoPE: a call from position {startPosition} reaching {length} positions passes original_max_position_embeddings " +
+                $"({frequencies.LongOriginalLength}) with earlier positions rotated by the short factors; recompute the sequence from position 0 (as transformers does) instead");
         var inverseFrequencies = frequencies.At(d, length);
         if (x.DType == DType.F32) RopeTyped<float>(x, startPosition, inverseFrequencies, frequencies.AttentionFactor, inverse);
         else RopeTyped<double>(x, startPosition, inverseFrequencies, frequencies.AttentionFactor, inverse);
@@ -38,7 +44,8 @@ public sealed unsafe partial class CpuBackend
     private void RopeTyped<T>(Tensor x, int startPosition, double[] inverseFrequencies, double attentionFactor, bool inverse)
         where T : unmanaged, IFloatingPointIeee754<T>
     {
-        int b = x.Shape[0], t = x.Shape[1], h = x.Shape[2], d = x.Shape[3], half = d / 2;
+        // Pairs (i, i + R/2) of the first R = 2 x (table length) channels of each head; channels R.. pass through (partial rotary).
+        int b = x.Shape[0], t = x.Shape[1], h = x.Shape[2], d = x.Shape[3], half = inverseFrequencies.Length;
         // Angles in double: positions reach 1e5 and more, where a float angle loses the low bits. cos and sin are scaled
         // in double and rounded once (the CUDA kernels' rope_angle_at does the same).
         var cos = new T[(long)t * half];

@@ -79,6 +79,17 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
         AssertClose(_cpu.ToArray<double>(co), Download(o), Tolerance(dtype), $"cached attention {dtype} D={d} T={t} S={capacity} window {window}");
     }
 
+    /// <summary>Partial rotary embedding and LongRoPE's table switch are CPU-only: the CUDA backend refuses them by name.</summary>
+    [Fact]
+    public void PartialRotaryAndLongRopeAreRefusedByName()
+    {
+        var (x, _) = Random(DType.F32, 1, 1, 4, 2, 16);
+        var partial = new RopeFrequencies(10000) { RotaryDimensions = 12 };
+        Assert.Contains("partial rotary", Assert.Throws<NotSupportedException>(() => Gpu.Rope(x, 0, partial)).Message);
+        var longRope = new RopeFrequencies(10000) { InverseFrequencies = new double[8], LongInverseFrequencies = new double[8], LongOriginalLength = 4 };
+        Assert.Contains("LongRoPE", Assert.Throws<NotSupportedException>(() => Gpu.Rope(x, 0, longRope)).Message);
+    }
+
     /// <summary>YaRN-like table and attention factor, and dynamic NTK past the original length, at host and device positions.</summary>
     [Theory]
     [InlineData(DType.F32)]

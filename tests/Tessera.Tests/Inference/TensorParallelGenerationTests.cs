@@ -29,6 +29,8 @@ public sealed class TensorParallelGenerationTests
     [InlineData("llama-headsize-debug", 2)]   // head size 16 != C / H: each rank's output projection takes 2·16 of 64 inputs
     [InlineData("qwen3-debug", 2)]            // each rank normalizes its own heads with the replicated q/k norms
     [InlineData("gemma3-debug", 2)]           // post-norms replicated after the row-parallel reductions, GeGLU column-parallel
+    [InlineData("phi3-debug", 2)]
+    [InlineData("phi4-mini-debug", 2)]        // each rank rotates 6 of its heads' 8 channels
     [InlineData("gemma2-debug", 2)]           // each rank caps its vocabulary columns before the gather
     public void TensorParallelRanksGenerateOneDevicesTokens(string preset, int tp)
     {

@@ -120,4 +120,55 @@ public sealed class CpuRopeFrequencyTests
         var e = Assert.Throws<ArgumentException>(() => _cpu.Rope(x, 0, freq));
         Assert.Contains($"InverseFrequencies has {entries} values; a head of size 8 needs 4", e.Message);
     }
+
+    [Fact]
+    public void PartialRotaryTurnsTheFirstRChannelsAsAHeadOfSizeRAndPassesTheRestThrough()
+    {
+        var rng = new Random(7);
+        int b = 2, t = 4, h = 3, d = 16, r = 12;
+        var freq = new RopeFrequencies(10000) { RotaryDimensions = r, AttentionFactor = 1.1 };
+        var values = TestTensors.Normal(rng, b * t * h * d);
+        var x = TestTensors.FromDoubles(_cpu, values, DType.F64, b, t, h, d);
+        _cpu.Rope(x, 5, freq);
+        var got = _cpu.ToArray<double>(x);
+        var inv = Enumerable.Range(0, r / 2).Select(i => Math.Pow(10000, -2.0 * i / r)).ToArray();   // frequencies over R, not D
+        for (int row = 0; row < b * t * h; row++)
+        {
+            int ti = row / h % t;
+            var head = values.Skip(row * d).Take(r).ToArray();
+            var expected = Reference(head, 1, 1, 1, r, 5 + ti, inv, 1.1);
+            NumericAssert.Close(expected, got.Skip(row * d).Take(r).ToArray(), 1e-14, $"rotated channels of row {row}");
+            for (int i = r; i < d; i++) Assert.Equal(values[row * d + i], got[row * d + i]);   // passed through untouched
+        }
+        _cpu.Rope(x, 5, freq, inverse: true);   // the transpose: the rotated part comes back scaled by the factor squared
+        var back = _cpu.ToArray<double>(x);
+        for (int row = 0; row < b * t * h; row++)
+            for (int i = 0; i < d; i++)
+                Assert.Equal(values[row * d + i] * (i < r ? 1.1 * 1.1 : 1), back[row * d + i], 12);
+    }
+
+    [Fact]
+    public void LongRopeSwitchesTablesWhenTheCallReachesPastTheOriginalLengthAndRefusesMixingWithShortKeys()
+    {
+        double[] shortTable = [1.0, 0.1, 0.01, 0.001], longTable = [0.5, 0.05, 0.002, 0.0001];
+        var freq = new RopeFrequencies(10000) { InverseFrequencies = shortTable, LongInverseFrequencies = longTable, LongOriginalLength = 6, AttentionFactor = 1.2 };
+        Assert.Equal(shortTable, freq.At(8, 6));
+        Assert.Equal(longTable, freq.At(8, 7));
+        var rng = new Random(8);
+        int t = 7, h = 2, d = 8;
+        var values = TestTensors.Normal(rng, t * h * d);
+        foreach (var (length, table) in new[] { (6, shortTable), (7, longTable) })
+        {
+            var x = TestTensors.FromDoubles(_cpu, values.Take(length * h * d).ToArray(), DType.F64, 1, length, h, d);
+            _cpu.Rope(x, 0, freq);
+            NumericAssert.Close(Reference(values.Take(length * h * d).ToArray(), 1, length, h, d, 0, table, 1.2), _cpu.ToArray<double>(x), 1e-14, $"length {length}");
+        }
+        // A cached step from position 6 (keys 0..5 rotated with the short table) reaching 7 would rotate with the long one.
+        var step = TestTensors.FromDoubles(_cpu, values.Take(h * d).ToArray(), DType.F64, 1, 1, h, d);
+        var e = Assert.Throws<InvalidOperationException>(() => _cpu.Rope(step, 6, freq));
+        Assert.Contains("LongRoPE", e.Message);
+        _cpu.Rope(step, 7, freq);   // past the switch on both sides: fine
+        var bad = freq with { InverseFrequencies = null };
+        Assert.Contains("needs InverseFrequencies", Assert.Throws<ArgumentException>(() => bad.Validate(8)).Message);
+    }
 }

@@ -12,6 +12,8 @@ public sealed class TrainerStateFamilyTests
     [InlineData("llama3-debug")]
     [InlineData("qwen2-debug")]
     [InlineData("mistral-debug")]
+    [InlineData("phi3-debug")]
+    [InlineData("phi4-mini-debug")]   // PartialRotaryFactor, LongRoPE's factor lists
     public void FamilySettingsSurviveTheStateFile(string preset)
     {
         var config = ModelPresets.Get(preset) with
@@ -22,5 +24,15 @@ public sealed class TrainerStateFamilyTests
         var state = new TrainerState { Model = config };
         var back = JsonSerializer.Deserialize<TrainerState>(JsonSerializer.Serialize(state))!;
         Assert.Equal(config, back.Model);
+    }
+
+    [Fact]
+    public void SettingsAtTheirDefaultsAreLeftOutOfTheJson()
+    {
+        var json = JsonSerializer.Serialize(ModelPresets.Get("phi3-debug"));
+        Assert.DoesNotContain("PartialRotaryFactor", json);
+        var rope = JsonSerializer.Serialize(ModelPresets.Get("llama3-debug").RopeScaling);
+        Assert.DoesNotContain("ShortFactor", rope);
+        Assert.DoesNotContain("LongFactor", rope);
     }
 }

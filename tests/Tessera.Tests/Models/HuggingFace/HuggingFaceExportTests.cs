@@ -57,6 +57,8 @@ public sealed class HuggingFaceExportTests : IDisposable
     [InlineData("qwen3-moe-debug")]        // mlp.gate and mlp.experts.{j}.*_proj, moe_intermediate_size, Qwen3MoeForCausalLM
     [InlineData("gemma2-debug")]           // four norms a block written as w = scale - 1, Gemma2ForCausalLM
     [InlineData("gemma3-debug")]           // and q_norm, k_norm, rope_local_base_freq, layer_types
+    [InlineData("phi3-debug")]             // qkv_proj and gate_up_proj written fused, Phi3ForCausalLM
+    [InlineData("phi4-mini-debug")]        // partial_rotary_factor, rope_scaling longrope with its factors, tied
     public void EachFamilyReloadsFromItsExportWithTheSameConfigurationAndLogits(string preset)
     {
         var config = ModelPresets.Get(preset);
@@ -189,17 +191,20 @@ public sealed class HuggingFaceExportTests : IDisposable
         var dirs = new List<string>();
         int seed = 20;
         foreach (var preset in new[] { "gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug", "qwen3-debug",
-                     "mixtral-debug", "qwen3-moe-debug", "gemma2-debug", "gemma3-debug" })
+                     "mixtral-debug", "qwen3-moe-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug" })
         {
             var config = ModelPresets.Get(preset);
             var model = RandomModel(config, DType.F32, seed++);
             var dir = Path.Combine(_dir, "hf-" + preset);
             HuggingFaceExport.Write(dir, model);
-            int t = preset == "mistral-debug" ? 16 : 12;       // past Mistral's window of 5 and the Gemma presets' local window of 8
+            // Past Mistral's window of 5 and the Gemma presets' local window of 8; phi4-mini-debug past its original 16 (long factors).
+            int t = preset switch { "mistral-debug" => 16, "phi4-mini-debug" => 20, _ => 12 };
             var tokens = Tokens(config, 2, t, seed++);
             var logits = Logits(model, tokens);
             int[] prompt = [5, 17, 42, 73, 90];
-            var greedy = new TextGenerator(model).Generate(prompt, new GenerationOptions { MaxNewTokens = 10 }).ToArray();
+            // phi4-mini-debug generates past its original context of 16, where transformers' Phi3ForCausalLM drops its cache and
+            // recomputes with the long factors (as TextGenerator does).
+            var greedy = new TextGenerator(model).Generate(prompt, new GenerationOptions { MaxNewTokens = preset == "phi4-mini-debug" ? 18 : 10 }).ToArray();
             var writer = new SafetensorsWriter();
             writer.Add("tokens", DType.I32, tokens.Shape, System.Runtime.InteropServices.MemoryMarshal.AsBytes(_cpu.ToArray<int>(tokens).AsSpan()).ToArray());
             writer.Add("logits", new Shape(2, t, config.VocabSize), Array.ConvertAll(logits, x => (float)x));

@@ -74,6 +74,9 @@ public sealed class SliceLoadingTests : IDisposable
     [InlineData("llama-headsize-debug", 2, DType.F32)]   // o_proj is C x H·D = 48 x 64
     [InlineData("qwen3-debug", 2, DType.BF16)]           // q_norm and k_norm whole on every rank
     [InlineData("gemma3-debug", 2, DType.F32)]           // 1 + w norm weights whole on every rank
+    [InlineData("phi3-debug", 2, DType.BF16)]            // qkv_proj's rows of each rank's heads; gate and up: rows of each half of gate_up_proj
+    [InlineData("phi3-debug", 4, DType.F16)]
+    [InlineData("phi4-mini-debug", 2, DType.F32)]        // tied head (no lm_head tensor to read)
     public void EachRankReadsOnlyItsSliceAndGetsTheSliceOfTheWholeTensorBitForBit(string preset, int tp, DType stored)
     {
         var config = Config(preset);

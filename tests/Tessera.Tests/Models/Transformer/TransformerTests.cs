@@ -32,6 +32,14 @@ public class TransformerTests
         // Gemma's local layers with a window of 3 over sequences of 8 (the presets' 8 would see every position).
         "gemma2-window3" => ModelPresets.Get("gemma2-debug") with { LocalWindow = 3 },
         "gemma3-window3" => ModelPresets.Get("gemma3-debug") with { LocalWindow = 3 },
+        // Partial rotary alone (no rope_scaling).
+        "phi4-mini-untied" => ModelPresets.Get("phi4-mini-debug") with { TiedEmbeddings = false },
+        "phi3-tied" => ModelPresets.Get("phi3-debug") with { TiedEmbeddings = true },
+        // LongRoPE with an original context of 4: a training forward of 8 positions runs on the long factors.
+        "phi4-mini-long" => ModelPresets.Get("phi4-mini-debug") with
+        {
+            RopeScaling = ModelPresets.Get("phi4-mini-debug").RopeScaling! with { OriginalMaxPositions = 4 },
+        },
         _ => ModelPresets.Get(preset),
     };
 
@@ -81,6 +89,8 @@ public class TransformerTests
     [InlineData("qwen3-moe-debug")]        // weights not renormalized, q/k head norms
     [InlineData("gemma2-window3")]         // GeGLU, post-norms, embedding scale, the local layers' window
     [InlineData("gemma3-window3")]         // and the q/k norms, two RoPE bases
+    [InlineData("phi3-debug")]             // Phi-3's layout (fused in its checkpoint, Tessera's own parameters in the model)
+    [InlineData("phi4-mini-long")]         // partial rotary (6 of 8 channels) and LongRoPE's long factors (sequences past 4)
     public void ModelGradientMatchesFiniteDifferencesOnEveryParameter(string preset)
     {
         var config = Config(preset);
@@ -232,6 +242,8 @@ public class TransformerTests
     [InlineData("qwen3-moe-debug")]
     [InlineData("gemma2-window3")]       // post-norms on each branch; local layers slide, global ones do not
     [InlineData("gemma3-window3")]
+    [InlineData("phi3-debug")]
+    [InlineData("phi4-mini-debug")]      // partial rotary, LongRoPE's short factors (within the original 16)
     public void CachedDecodingMatchesFullForwardLogits(string preset)
     {
         var config = Config(preset);
@@ -371,6 +383,9 @@ public class TransformerTests
     [InlineData("qwen3-moe-debug")]
     [InlineData("gemma2-debug")]
     [InlineData("gemma3-debug")]
+    [InlineData("phi3-debug")]
+    [InlineData("phi4-mini-untied")]       // partial rotary and LongRoPE; phi4-mini-debug's tied head under this recipe (plain SGD at rate 1) diverges
+    [InlineData("phi3-tied")]              // Phi-3 with a tied head (its gradient: the phi4-mini-long row of the finite-difference check)
     public void F32TrainingStepsOverfitOneBatch(string preset)
     {
         var config = Config(preset);

@@ -74,6 +74,8 @@ public sealed class TensorParallelTests : IDisposable
     [InlineData("gemma2-debug", 2, false)]           // post-norms replicated after the row-parallel reductions
     [InlineData("gemma3-debug", 2, false)]
     [InlineData("gemma3-debug", 2, true)]            // sequence-parallel post-norms: partial gradients summed
+    [InlineData("phi3-debug", 2, false)]
+    [InlineData("phi4-mini-debug", 2, false)]
     [InlineData("gemma2-debug", 2, true)]            // and the capped logits through the vocabulary-parallel loss
     [InlineData("gpt2-debug", 2, true)]
     [InlineData("gpt2-debug", 4, true)]
