@@ -21,8 +21,9 @@ namespace Tessera.Nn.Adapters;
 /// each of them), so x A^T is computed on every rank (small) and each rank adds its rows. Over a <see cref="RowParallelLinear"/>
 /// (o_proj, down_proj; input columns split) each rank keeps the columns of A of its input slice and B whole: x_r A_r^T is one
 /// rank's part of the rank-r hidden, and since (sum_r x_r A_r^T ⊙ M) Bt = sum_r (x_r A_r^T ⊙ M) Bt, each rank adds its term to
-/// its partial output before the layer's own all-reduce sums the ranks (no collective of its own, where vLLM all-reduces the
-/// hidden first). Slots and masks are the same on every rank.
+/// its partial output before the layer's own all-reduce sums the ranks (no collective of its own; vLLM's RowParallelLinearWithLoRA
+/// does the same, while its fully sharded variant after S-LoRA all-reduces the hidden to shard B too). Slots and masks are the
+/// same on every rank.
 /// </para>
 /// </summary>
 public sealed class MultiLoraLinear : Linear, IPartialOutputTerm
