@@ -16,15 +16,15 @@ public static class LoraModulesOption
     {
         Description = "serve a PEFT LoRA adapter directory (e.g. a LoRA run's OUT/adapter) unmerged over --model under the model name NAME; " +
             "repeatable: requests name the base or any adapter in their model field and share one batch (steps with adapter rows run " +
-            "without CUDA graphs); not with --tp, --draft-model or --adapter",
+            "without CUDA graphs); with --tp each rank holds its share of every adapter; not with --draft-model or --adapter",
         HelpName = "NAME=DIR",
         AllowMultipleArgumentsPerToken = false,
     };
 
     /// <summary>
     /// The adapters <paramref name="values"/> name, checked before anything loads: each NAME=DIR well formed, names distinct and
-    /// none the served model's own <paramref name="servedName"/>, no tensor parallelism, draft model or merged --adapter beside
-    /// them, and each adapter fitting the model <paramref name="model"/> names (files, target modules, tensor shapes). Every
+    /// none the served model's own <paramref name="servedName"/>, no draft model or merged --adapter beside them (tensor
+    /// parallelism, <paramref name="tp"/>, is fine: each rank holds its share of every adapter), and each adapter fitting the model <paramref name="model"/> names (files, target modules, tensor shapes). Every
     /// problem is a usage error naming the option. With <paramref name="slots"/>' runtime loading on, the same limits hold with no
     /// --lora at all (the base alone at start), and the slots must hold the start-up adapters (count and rank).
     /// </summary>
@@ -53,7 +53,6 @@ public static class LoraModulesOption
             return modules;
         }
         string what = modules.Count > 0 ? "--lora" : "--enable-lora-loading";
-        if (tp > 1) throw new UsageException($"{what} with --tp {tp}: served adapters run on one device for now (tensor-parallel multi-LoRA is not supported yet); drop --tp, or merge one adapter with --adapter");
         if (draftModel is not null)
             throw new UsageException($"{what} with --draft-model: the draft model guesses for the base alone, so it is not supported with served adapters; drop --draft-model (--draft-tokens N guesses by prompt lookup and works with --lora)");
         if (adapter is not null)

@@ -146,7 +146,8 @@ public sealed class ServeCommand : Command
             using var nccl = new NcclMesh(gpu, env, new DeviceMesh(tp: tp), ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
             return nccl.AbortOnFailure(() =>
             {
-                var loaded = TrainedModel.Load(dir, gpu, dtype, nccl.TensorParallelism, quantization, adapter);
+                var loaded = TrainedModel.Load(dir, gpu, dtype, nccl.TensorParallelism, quantization, adapter,
+                    loraModules.Count > 0 ? loraModules : null, loraSlots);
                 if (env.Rank == 0) return Serve(parse, terminal, loaded, gpu, engineOptions, serve, dtype, adapterNote, ranks: tp);
                 InferenceEngine.Follow(loaded.Model, engineOptions);
                 return ExitCodes.Success;
@@ -165,7 +166,8 @@ public sealed class ServeCommand : Command
         {
             using var groups = new DeviceMesh(tp: tp).CreateGroups(ctx.Factory);
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
-            var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor, quantization, adapter);
+            var loaded = TrainedModel.Load(dir, ctx.Backend, dtype, tensor, quantization, adapter,
+                loraModules.Count > 0 ? loraModules : null, loraSlots);   // each rank keeps its share of every adapter
             if (ctx.Rank == 0) return Serve(parse, terminal, loaded, ctx.Backend, engineOptions, serve, dtype, adapterNote, ranks: tp);
             InferenceEngine.Follow(loaded.Model, engineOptions);      // a failure on any rank aborts the others' collectives
             return ExitCodes.Success;

@@ -26,7 +26,7 @@ namespace Tessera.Inference.Paging;
 /// sequence and a graph per bucket and k.
 /// </para>
 /// </summary>
-public sealed class PagedModelRunner : IDisposable
+public sealed partial class PagedModelRunner : IDisposable
 {
     private readonly Transformer _model;
     private readonly PagedKvCache _cache;
@@ -59,7 +59,9 @@ public sealed class PagedModelRunner : IDisposable
     private readonly ProcessGroup? _group;        // tensor parallelism: the group whose rank 0 schedules and the others follow
     private readonly Tensor? _header;             // (HeaderLength) I32 with tensor parallelism: a step's shape, broadcast from rank 0
     private readonly int[] _headerHost = new int[HeaderLength];
-    private const int HeaderLength = 8, StopHeader = 0, StepHeader = 1, IdleHeader = 2;   // header[0]: what rank 0 announces
+    private const int HeaderLength = 9, StopHeader = 0, StepHeader = 1, IdleHeader = 2;   // header[0]: what rank 0 announces
+    private const int LoadAdapterHeader = 3, UnloadAdapterHeader = 4;                     // served LoRA adapters' loads and unloads
+    private readonly Tensor? _adapterRows;        // (maxRows) I32 with tensor parallelism and served adapters: a step's adapter per row
     private readonly ActivationKey _attentionOut = new("paged.att.out"), _qkv = new("paged.qkv"), _lastHidden = new("paged.last.hidden");
 
     /// <summary>A step enqueued and not yet collected: where its sampled ids land, and its logits when the host samples.</summary>
@@ -144,8 +146,6 @@ public sealed class PagedModelRunner : IDisposable
         _vocab = model.Config.VocabSize;
         _host = new int[new Layout(maxSequences, maxRows, _maxBlocks, _maxOutputs).Size];
         _served = model.ServedAdapters;
-        if (_served is not null && model.TensorParallelism is not null)
-            throw new NotSupportedException("PagedModelRunner: served LoRA adapters (multi-LoRA) run on one device; serve them without tensor parallelism");
         _adapterOfRow = _served is null ? [] : new int[maxRows];
         _onDevice = new int[_host.Length];
         _metadata = _backend.Allocate(new Shape(_host.Length), DType.I32);
@@ -165,6 +165,7 @@ public sealed class PagedModelRunner : IDisposable
         {
             _group = tp.Group;
             _header = _backend.Allocate(new Shape(HeaderLength), DType.I32);
+            if (_served is not null) _adapterRows = _backend.Allocate(new Shape(maxRows), DType.I32);
         }
         WarmUp();
     }
@@ -287,7 +288,7 @@ public sealed class PagedModelRunner : IDisposable
         if (slot >= 0) _timeline!.Mark(2 * slot);
         CopyMetadata(layout, fromSampled);
         if (terms) CopyTerms();
-        if (_group is not null) Announce(layout, outputs, inOrder, draws);   // the other ranks run the same step with it
+        if (_group is not null) Announce(layout, outputs, inOrder, draws, adapterStep);   // the other ranks run the same step with it
         if (SeparatePhases) _backend.Synchronize();
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
@@ -387,12 +388,14 @@ public sealed class PagedModelRunner : IDisposable
     /// Tensor parallelism, rank 0: broadcasts the step's shape (a header: <c>StepHeader</c>, sequences, rows, outputs, the rows
     /// that go to the head, whether every row samples in order, the metadata's length, whether the device draws) and then its
     /// metadata, already on this rank's device, to the other ranks, which run the same forward pass with them
-    /// (<see cref="FollowStep"/>) and draw the same ids (the next step may read them on the device).
+    /// (<see cref="FollowStep"/>) and draw the same ids (the next step may read them on the device). A step in which a row uses a
+    /// served LoRA adapter says so (header[8]) and broadcasts its rows' adapters too, so that every rank masks the same rows.
     /// </summary>
-    private void Announce(Layout layout, int outputs, bool everyRowSamples, bool draws)
+    private void Announce(Layout layout, int outputs, bool everyRowSamples, bool draws, bool adapterStep)
     {
-        SendHeader([StepHeader, layout.Sequences, layout.Rows, layout.Outputs, outputs, everyRowSamples ? 1 : 0, layout.Size, draws ? 1 : 0]);
+        SendHeader([StepHeader, layout.Sequences, layout.Rows, layout.Outputs, outputs, everyRowSamples ? 1 : 0, layout.Size, draws ? 1 : 0, adapterStep ? 1 : 0]);
         _group!.Broadcast(_metadata.Slice(0, 0, layout.Size), 0).WaitOnDevice();
+        if (adapterStep) AnnounceAdapterRows(layout.Rows);
     }
 
     private void SendHeader(int[] header)
@@ -414,11 +417,24 @@ public sealed class PagedModelRunner : IDisposable
         var h = _headerHost;
         if (h[0] == StopHeader) return false;
         if (h[0] == IdleHeader) return true;                              // rank 0 is idle: nothing to run
+        if (h[0] == LoadAdapterHeader)
+        {
+            FollowAdapterLoad(slot: h[1], pathLength: h[2]);
+            return true;
+        }
+        if (h[0] == UnloadAdapterHeader)
+        {
+            _served!.Detach(h[1]);
+            return true;
+        }
         var layout = new Layout(h[1], h[2], _maxBlocks, h[3]);
         if (layout.Size != h[6] || layout.Size > _host.Length)
             throw new InvalidOperationException($"PagedModelRunner.FollowStep: rank 0 announced {h[6]} metadata values for a layout of {layout.Size} (this rank holds {_host.Length}): the ranks were built with different options");
         _group.Broadcast(_metadata.Slice(0, 0, layout.Size), 0).WaitOnDevice();
+        if (h[8] == 1) FollowAdapterRows(layout.Rows);
+        else _served?.Clear();
         Body(layout, h[4], everyRowSamples: h[5] == 1, draws: h[7] == 1);
+        _served?.Clear();
         return true;
     }
 
@@ -740,6 +756,7 @@ public sealed class PagedModelRunner : IDisposable
         foreach (var readback in _readbacks) readback.Dispose();
         _metadata.Storage.Dispose();
         _header?.Storage.Dispose();
+        _adapterRows?.Storage.Dispose();
         _sampled.Storage.Dispose();
         _logitsF32.Storage.Dispose();
         _logprobs.Storage.Dispose();

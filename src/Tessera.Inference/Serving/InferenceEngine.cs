@@ -424,20 +424,33 @@ public sealed class InferenceEngine : IDisposable
         }
     }
 
-    /// <summary>Writes a loaded adapter into its slot, no step running (a pipelined one is taken in first); then it serves.</summary>
+    /// <summary>
+    /// Writes a loaded adapter into its slot, no step running (a pipelined one is taken in first); then it serves. Under tensor
+    /// parallelism every rank writes its share between the same two steps (<see cref="PagedModelRunner.AnnounceAdapterLoad"/>), and
+    /// the load succeeds only when every rank's did.
+    /// </summary>
     private void LoadAdapter(LoadAdapterCommand load)
     {
         if (_inFlight is not null) CollectInFlight();
         var batch = _model.ServedAdapters!;
+        _runner.AnnounceAdapterLoad(load.Slot, load.Adapter.Directory);
+        Exception? failure = null;
         try
         {
             Models.Adapters.ServedLoraAdapters.Attach(batch, load.Slot, load.Name, load.Adapter);
         }
         catch (Exception e)
         {
+            failure = e;
+        }
+        int failedRank = _runner.AgreeOnAdapterLoad(failure is null);
+        if (failure is null && failedRank >= 0)
+            failure = new InvalidDataException($"tensor-parallel rank {failedRank} could not read {load.Adapter.Directory} or write its share of it");
+        if (failure is not null)
+        {
             batch.Detach(load.Slot);
             _slots!.Free(load.Slot);
-            load.Done.TrySetException(new LoraAdapterException(LoraAdapterError.Invalid, $"LoRA adapter '{load.Name}': {e.Message}", e));
+            load.Done.TrySetException(new LoraAdapterException(LoraAdapterError.Invalid, $"LoRA adapter '{load.Name}': {failure.Message}", failure));
             return;
         }
         _slots!.Loaded(load.Slot);
@@ -452,6 +465,7 @@ public sealed class InferenceEngine : IDisposable
             if (_choices.Values.Any(c => c.Sequence.Adapter == slot + 1)) continue;
             if (_inFlight is not null) CollectInFlight();
             if (_choices.Values.Any(c => c.Sequence.Adapter == slot + 1)) continue;
+            _runner.AnnounceAdapterUnload(slot);                         // every tensor-parallel rank empties its share now
             _model.ServedAdapters!.Detach(slot);
             _slots!.Free(slot);
             _draining.Remove(slot);

@@ -27,7 +27,8 @@ public sealed class LayerFactory
     /// <param name="tensorParallelism">This rank's tensor parallelism, or null.</param>
     /// <param name="lora">LoRA adapters to train, or null.</param>
     /// <param name="servedAdapters">LoRA adapters to serve unmerged (multi-LoRA): the layers their targets name are built as
-    /// <see cref="MultiLoraLinear"/>s reading that batch's rows; or null.</param>
+    /// <see cref="MultiLoraLinear"/>s reading that batch's rows (over the column- or row-parallel layer the plan asks for, each
+    /// rank holding its share of the adapters); or null.</param>
     /// <param name="expertParallelism">This rank's expert parallelism (mixture-of-experts layers declare only the rank's experts), or null.</param>
     public LayerFactory(ParameterLayoutBuilder parameters, TensorParallelism? tensorParallelism = null, LoraOptions? lora = null,
         MultiLoraBatch? servedAdapters = null, ExpertParallelism? expertParallelism = null)
@@ -100,21 +101,20 @@ public sealed class LayerFactory
         var style = StyleOf(name);
         if (Lora is not null && style != ParallelStyle.Replicate && Lora.TargetsOf(name).Any())
             throw new NotSupportedException($"LoRA: layer '{name}' is {style} under tensor parallelism; adapters are built for replicated layers only (train LoRA without --tp)");
-        if (style != ParallelStyle.Replicate && Served(name))
-            throw new NotSupportedException($"multi-LoRA: layer '{name}' is {style} under tensor parallelism; served adapters are built for replicated layers only (serve --lora without --tp)");
         switch (style)
         {
             case ParallelStyle.ColumnParallel:
                 var placement = Placement.Shard(MeshAxis.Tp, 0, outputParts);
                 var column = new Linear(Parameters, name, inFeatures, outFeatures, bias, placement, placement);
                 RecordReplicas(column, outputParts);
-                return column;
+                return Served(name) ? new MultiLoraLinear(column, outputParts, ServedAdapters!) : column;
             case ParallelStyle.RowParallel:
-                return new RowParallelLinear(Parameters, name, inFeatures, outFeatures, bias, TensorParallelism!);
+                var row = new RowParallelLinear(Parameters, name, inFeatures, outFeatures, bias, TensorParallelism!);
+                return Served(name) ? new MultiLoraLinear(row, [], ServedAdapters!) : row;
             case ParallelStyle.Replicate:
                 var plain = new Linear(Parameters, name, inFeatures, outFeatures, bias);
                 if (Served(name))
-                    return new MultiLoraLinear(plain, outputParts.Length == 0 ? [outFeatures] : outputParts.Select(q => q.Units * q.UnitSize).ToArray(), ServedAdapters!);
+                    return new MultiLoraLinear(plain, outputParts, ServedAdapters!);
                 return Adapt(plain, outputParts);
             case var other:
                 throw new InvalidOperationException($"parallel plan: layer '{name}' is a linear layer; style {other} does not apply to it");

@@ -34,6 +34,9 @@ public sealed class RowParallelLinear : Linear
     /// <summary>The tensor parallelism it belongs to.</summary>
     public TensorParallelism TensorParallelism { get; }
 
+    /// <summary>A term added to this rank's partial output before the reduction (served LoRA adapters), or null.</summary>
+    internal IPartialOutputTerm? PartialOutputTerm { get; set; }
+
     /// <summary>
     /// y = reduce(x W_r^T (+ b on rank 0)) (+ <paramref name="residual"/>) for this rank's input slice x (N, in / tp): (N, out),
     /// or this rank's rows (N / tp, out) under sequence parallelism (and a residual of those rows). Saves x.
@@ -48,6 +51,7 @@ public sealed class RowParallelLinear : Linear
         var shape = new Shape(x.Size(0), OutFeatures);
         var partial = TensorParallelism.SequenceParallel ? ctx.Scratch(OutputKey, shape, x.DType) : ctx.Buffer(OutputKey, shape, x.DType);
         Product(x, partial, _addsBias ? Bias?.Value : null);
+        PartialOutputTerm?.AddTo(ctx, x, partial);
         var y = _output.Forward(ctx, partial);
         if (residual is not null) backend.Accumulate(y, residual);
         ctx.Save(InputKey, x);
@@ -63,6 +67,7 @@ public sealed class RowParallelLinear : Linear
         var backend = x.Backend;
         var partial = ctx.Buffer(OutputKey, new Shape(x.Size(0), OutFeatures), x.DType);
         Product(x, partial, _addsBias ? Bias?.Value : null);
+        PartialOutputTerm?.AddTo(ctx, x, partial);
         _output.Forward(ctx, partial);
         backend.Accumulate(residual, partial);
     }

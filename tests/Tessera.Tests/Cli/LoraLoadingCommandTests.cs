@@ -31,15 +31,20 @@ public sealed class LoraLoadingCommandTests : IDisposable
         Refused("give --lora NAME=DIR or --enable-lora-loading", "--max-loras", "2");
         Refused("--max-loras 1: 2 adapters are given with --lora", "--lora", "a=" + c.Adapter, "--lora", "b=" + c.Adapter, "--max-loras", "1");
         Refused("--max-lora-rank 2: --lora a=", "--lora", "a=" + c.Adapter, "--max-lora-rank", "2");
-        Refused("--enable-lora-loading with --tp 2", "--enable-lora-loading", "--tp", "2");
     }
 
-    /// <summary>serve --enable-lora-loading starts with the base alone, says its slots, and serves an adapter loaded over HTTP.</summary>
-    [Fact(Timeout = 120_000)]
-    public async Task ServeLoadsAnAdapterOverHttp()
+    /// <summary>
+    /// serve --enable-lora-loading starts with the base alone (on one device and over 2 tensor-parallel thread ranks), says its
+    /// slots, and serves an adapter loaded over HTTP: listed, and a completion by its name answers.
+    /// </summary>
+    [Theory(Timeout = 120_000)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task ServeLoadsAnAdapterOverHttp(int tp)
     {
         var c = AdapterCase.Write(_dir, "gpt2-debug", ["c_attn"], 691);
-        using var serve = CliProcess.Start("serve", "--model", c.Base, "--threads", "1", "--port", "0", "--served-model-name", "tiny", "--enable-lora-loading", "--max-loras", "2");
+        using var serve = CliProcess.Start("serve", "--model", c.Base, "--threads", "1", "--port", "0", "--served-model-name", "tiny", "--enable-lora-loading", "--max-loras", "2",
+            "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture));
         var address = new Uri(Regex.Match(serve.WaitForLine(l => l.Contains(" at http://")), @"at (http://\S+)").Groups[1].Value);
         serve.WaitForLine(l => l.Contains("Ctrl-C"));
         Assert.Contains("LoRA slots: 2 of rank up to 16", serve.Stdout);
@@ -49,5 +54,8 @@ public sealed class LoraLoadingCommandTests : IDisposable
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         var models = System.Text.Json.JsonDocument.Parse(await http.GetStringAsync("v1/models", TestContext.Current.CancellationToken)).RootElement;
         Assert.Equal(["tiny", "sql"], models.GetProperty("data").EnumerateArray().Select(m => m.GetProperty("id").GetString()!).ToArray());
+        var completion = System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, object> { ["model"] = "sql", ["prompt"] = "hello", ["max_tokens"] = 4 });
+        using var answer = await http.PostAsync("v1/completions", new StringContent(completion, Encoding.UTF8, "application/json"), TestContext.Current.CancellationToken);
+        Assert.True(answer.StatusCode == HttpStatusCode.OK, await answer.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
     }
 }

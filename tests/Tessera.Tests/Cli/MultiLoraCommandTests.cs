@@ -15,7 +15,7 @@ public sealed class MultiLoraCommandTests : IDisposable
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
     /// <summary>
-    /// A malformed NAME=DIR, a name given twice, the served model's own name, an adapter of another model, --tp, --draft-model and
+    /// A malformed NAME=DIR, a name given twice, the served model's own name, an adapter of another model, --draft-model and
     /// --adapter beside --lora are each refused with exit 2 and a message naming the problem; no server starts.
     /// </summary>
     [Fact]
@@ -39,17 +39,19 @@ public sealed class MultiLoraCommandTests : IDisposable
         Refused("'tiny' is the served model's own name", "--lora", "tiny=" + c.Adapter);
         Refused("LoRA target 'c_attn' names no layer of a Llama model", "--lora", "g=" + gpt2);
         Refused("not a directory", "--lora", "x=" + Path.Combine(_dir, "nowhere"));
-        Refused("tensor-parallel multi-LoRA is not supported yet", "--lora", good, "--tp", "2");
         Refused("not supported with served adapters", "--lora", good, "--draft-model", c.Base);
         Refused("serve that adapter as one more --lora NAME=DIR", "--lora", good, "--adapter", c.Adapter);
     }
 
-    /// <summary>serve --lora starts, says what it serves, and lists the base and the adapter in /v1/models.</summary>
-    [Fact(Timeout = 120_000)]
-    public async Task ServeListsTheBaseAndEachAdapter()
+    /// <summary>serve --lora starts (on one device and over 2 tensor-parallel thread ranks), says what it serves, and lists the base and the adapter in /v1/models.</summary>
+    [Theory(Timeout = 120_000)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public async Task ServeListsTheBaseAndEachAdapter(int tp)
     {
         var c = AdapterCase.Write(_dir, "gpt2-debug", ["c_attn"], 581);
-        using var serve = CliProcess.Start("serve", "--model", c.Base, "--threads", "1", "--port", "0", "--served-model-name", "tiny", "--lora", "sql=" + c.Adapter);
+        using var serve = CliProcess.Start("serve", "--model", c.Base, "--threads", "1", "--port", "0", "--served-model-name", "tiny", "--lora", "sql=" + c.Adapter,
+            "--tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture));
         var address = new Uri(Regex.Match(serve.WaitForLine(l => l.Contains(" at http://")), @"at (http://\S+)").Groups[1].Value);
         serve.WaitForLine(l => l.Contains("Ctrl-C"));
         Assert.Contains("LoRA adapter 'sql' served unmerged over the base", serve.Stdout);
