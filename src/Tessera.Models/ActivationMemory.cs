@@ -142,6 +142,16 @@ public sealed class ActivationMemory
             block.Add(("mlp.experts.swiglu.out", "(N k, F')", nk * fe * b));
             block.Add(("mlp.experts.proj.out", "(N k, C)", nk * c * b));
             block.Add(("mlp.experts.wy (weighted rows)", "(N k, C)", nk * c * b));
+            if (config.HasSharedExpert)
+            {
+                // Every row runs the shared expert (one SwiGLU over all N), scaled by the sigmoid of its gate's logit.
+                int fs = config.SharedExpertHidden;
+                block.Add(("mlp.shared_expert.gate_up.out", "(N, 2F_s)", n * 2 * fs * b));
+                block.Add(("mlp.shared_expert.swiglu.out", "(N, F_s)", n * fs * b));
+                block.Add(("mlp.shared_expert.proj.out", "(N, C)", n * c * b));
+                block.Add(("mlp.shared_expert_gate.out", "(N, 1)", n * b));
+                block.Add(("mlp.shared_expert_gate.sigmoid", "(N, 1, 1)", n * b));
+            }
         }
         else if (config.GeluGate)
         {

@@ -3,8 +3,8 @@ namespace Tessera.Models;
 /// <summary>
 /// Named configurations: the GPT-2 sizes, Llama-shape 1B, 3B and 8B, and a tiny debug model per family (the shapes of
 /// the golden files that scripts/golden/make_golden.py writes: gpt2, llama, llama3 with rope_type llama3, qwen2, mistral;
-/// llama-headsize-debug, qwen3-debug, mixtral-debug, qwen3-moe-debug, gemma2-debug, gemma3-debug, phi3-debug and phi4-mini-debug
-/// have no golden files).
+/// llama-headsize-debug, qwen3-debug, mixtral-debug, qwen3-moe-debug, qwen2-moe-debug, gemma2-debug, gemma3-debug, phi3-debug and
+/// phi4-mini-debug have no golden files).
 /// </summary>
 public static class ModelPresets
 {
@@ -23,7 +23,7 @@ public static class ModelPresets
     /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
     public static IReadOnlyList<string> Names { get; } =
         ["gpt2-debug", "gpt2-tiny", "gpt2-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-headsize-debug", "llama3-debug", "qwen2-debug",
-         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug", "llama-1b", "llama-3b", "llama-8b"];
+         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "qwen2-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug", "llama-1b", "llama-3b", "llama-8b"];
 
     /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
     public static TransformerConfig Get(string name) => name.ToLowerInvariant() switch
@@ -116,6 +116,14 @@ public static class ModelPresets
                 Type = RopeScalingType.LongRope, OriginalMaxPositions = 16,
                 ShortFactor = [1.0, 1.4, 2.5], LongFactor = [1.0, 3.0, 12.0],
             },
+        },
+        // Qwen2-MoE in small: qwen2-debug's attention (q/k/v biases), 4 experts of width 24, two a token, the weights left as
+        // the router's probabilities (norm_topk_prob false, as released), and a sigmoid-gated shared expert of width 40.
+        "qwen2-moe-debug" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "qwen2_moe", VocabSize = 96, MaxSequenceLength = 64, Layers = 2, Embedding = 32, Heads = 4,
+            KvHeads = 2, Hidden = 64, ExpertHidden = 24, Experts = 4, ExpertsPerToken = 2, SharedExpertHidden = 40, SharedExpertGated = true,
+            Bias = false, AttentionBias = true, TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
         },
         // Mistral in small: a sliding window of 5 positions, theta 1e6.
         "mistral-debug" => new TransformerConfig

@@ -124,6 +124,25 @@ public sealed record TransformerConfig
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public double RouterAuxLossCoefficient { get; init; }
 
+    /// <summary>
+    /// Hidden width F_s of each mixture-of-experts block's shared expert (Qwen2-MoE's shared_expert_intermediate_size): a
+    /// SwiGLU C to F_s to C that every token runs, its output added to the routed experts' sum; 0 (the default, left out of
+    /// the JSON) for none (Mixtral, Qwen3-MoE). Channels.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public int SharedExpertHidden { get; init; }
+
+    /// <summary>
+    /// Whether the shared expert's output is multiplied by sigmoid(shared_expert_gate(x)), a C to 1 linear without bias
+    /// (Qwen2-MoE, always). Default false (left out of the JSON). Required with <see cref="SharedExpertHidden"/> &gt; 0:
+    /// an ungated shared expert (DeepSeek-MoE's) is not built yet.
+    /// </summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
+    public bool SharedExpertGated { get; init; }
+
+    /// <summary>Whether the mixture-of-experts blocks have a shared expert (<see cref="SharedExpertHidden"/> &gt; 0).</summary>
+    [JsonIgnore] public bool HasSharedExpert => SharedExpertHidden > 0;
+
     /// <summary>Whether the blocks' feed-forward is a sparse mixture of experts (<see cref="Experts"/> &gt; 0).</summary>
     [JsonIgnore] public bool IsMixtureOfExperts => Experts > 0;
 
@@ -262,8 +281,9 @@ public sealed record TransformerConfig
         if (Family == ModelFamily.Gpt2 && (RopeScaling is not null || AttentionBias || SlidingWindow > 0 || QkNorm))
             throw new ArgumentException("TransformerConfig: RopeScaling, AttentionBias, SlidingWindow and QkNorm are Llama-family settings; GPT-2 has none of them");
         if (Experts < 0) throw new ArgumentException($"TransformerConfig: Experts ({Experts}) must be 0 (a dense MLP) or positive");
-        if (Experts == 0 && (ExpertsPerToken != 0 || ExpertHidden != 0 || NormalizeExpertWeights || RouterAuxLossCoefficient != 0))
-            throw new ArgumentException("TransformerConfig: ExpertsPerToken, ExpertHidden, NormalizeExpertWeights and RouterAuxLossCoefficient are mixture-of-experts settings; set Experts (> 0) or leave them at their defaults");
+        if (Experts == 0 && (ExpertsPerToken != 0 || ExpertHidden != 0 || NormalizeExpertWeights || RouterAuxLossCoefficient != 0
+            || SharedExpertHidden != 0 || SharedExpertGated))
+            throw new ArgumentException("TransformerConfig: ExpertsPerToken, ExpertHidden, NormalizeExpertWeights, RouterAuxLossCoefficient, SharedExpertHidden and SharedExpertGated are mixture-of-experts settings; set Experts (> 0) or leave them at their defaults");
         if (Experts > 0)
         {
             if (Family != ModelFamily.Llama)
@@ -274,6 +294,12 @@ public sealed record TransformerConfig
                 throw new ArgumentException($"TransformerConfig: ExpertHidden ({ExpertHidden}) must be 0 (Hidden) or positive");
             if (!(RouterAuxLossCoefficient >= 0) || double.IsInfinity(RouterAuxLossCoefficient))
                 throw new ArgumentException($"TransformerConfig: RouterAuxLossCoefficient ({RouterAuxLossCoefficient}) must be a finite number, 0 or more");
+            if (SharedExpertHidden < 0)
+                throw new ArgumentException($"TransformerConfig: SharedExpertHidden ({SharedExpertHidden}) must be 0 (no shared expert) or positive");
+            if (SharedExpertHidden > 0 && !SharedExpertGated)
+                throw new ArgumentException($"TransformerConfig: SharedExpertHidden ({SharedExpertHidden}) needs SharedExpertGated = true: only Qwen2-MoE's sigmoid-gated shared expert is built (an ungated one, DeepSeek-MoE's, is not yet)");
+            if (SharedExpertGated && SharedExpertHidden == 0)
+                throw new ArgumentException("TransformerConfig: SharedExpertGated gates a shared expert; set SharedExpertHidden (> 0) or leave SharedExpertGated false");
         }
         if (Family == ModelFamily.Gpt2 && (ScaleEmbeddings || GeluGate || PostNorms || UnitOffsetNorms || LocalWindow > 0 || LocalRopeTheta > 0 || AttentionSoftCap > 0 || FinalSoftCap > 0))
             throw new ArgumentException("TransformerConfig: ScaleEmbeddings, GeluGate, PostNorms, UnitOffsetNorms, LocalWindow, LocalRopeTheta and the soft caps are Gemma (Llama-family) settings; GPT-2 has none of them");

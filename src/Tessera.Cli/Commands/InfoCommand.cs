@@ -21,7 +21,7 @@ public sealed class InfoCommand : Command
             {
                 var c = ModelPresets.Get(name);
                 table.AddRow(name, c.ModelType ?? c.Family.ToString().ToLowerInvariant(), $"{c.Layers}", $"{c.Embedding}", $"{c.Heads}", $"{c.EffectiveKvHeads}",
-                    c.IsMixtureOfExperts ? $"{c.Experts} x {c.EffectiveExpertHidden}, top {c.ExpertsPerToken}" : $"{c.EffectiveHidden}", $"{c.VocabSize:N0}", $"{c.MaxSequenceLength:N0}", Parameters(c));
+                    c.IsMixtureOfExperts ? $"{c.Experts} x {c.EffectiveExpertHidden}, top {c.ExpertsPerToken}{(c.HasSharedExpert ? $", shared {c.SharedExpertHidden}" : "")}" : $"{c.EffectiveHidden}", $"{c.VocabSize:N0}", $"{c.MaxSequenceLength:N0}", Parameters(c));
             }
             terminal.Write(table);
             return 0;

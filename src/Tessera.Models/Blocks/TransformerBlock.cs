@@ -8,7 +8,7 @@ namespace Tessera.Models.Blocks;
 /// <summary>
 /// One pre-norm decoder block: r = x + attn(norm1(x)); y = r + mlp(norm2(r)). LayerNorm, learned
 /// positions and a GELU MLP for GPT-2; RMSNorm, RoPE and a SwiGLU MLP for Llama; a sparse mixture of SwiGLU experts
-/// (<see cref="SparseMoeFeedForward"/>) in place of the MLP when the configuration has experts (Mixtral, Qwen3-MoE).
+/// (<see cref="SparseMoeFeedForward"/>) in place of the MLP when the configuration has experts (Mixtral, Qwen3-MoE, Qwen2-MoE with its shared expert).
 /// Gemma adds a norm on each branch's output before its residual add (<see cref="TransformerConfig.PostNorms"/>):
 /// r = x + pn1(attn(norm1(x))); y = r + pn2(mlp(norm2(r))).
 /// <para>
@@ -47,7 +47,7 @@ public sealed class TransformerBlock
             : layers.LayerNorm(Name + ".norm2", c, config.NormEpsilon, config.Bias);
         Mlp = config.IsMixtureOfExperts
             ? new SparseMoeFeedForward(layers, Name + ".mlp", c, config.EffectiveExpertHidden, config.Experts, config.ExpertsPerToken,
-                config.NormalizeExpertWeights, config.RouterAuxLossCoefficient)
+                config.NormalizeExpertWeights, config.RouterAuxLossCoefficient, config.SharedExpertHidden, config.SharedExpertGated)
             : llama
             ? new SwiGluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias, config.GeluGate)
             : new GeluMlp(layers, Name + ".mlp", c, config.EffectiveHidden, config.Bias);

@@ -5,8 +5,8 @@ namespace Tessera.Models.HuggingFace;
 
 /// <summary>
 /// Reads a Hugging Face config.json (model_type "gpt2", "llama", "qwen2", "qwen3", "mistral", the sparse mixtures of
-/// experts "mixtral" and "qwen3_moe", "gemma2" or "gemma3_text", and "phi3": Phi-3 and Phi-4, with partial_rotary_factor and
-/// rope_type longrope) into a <see cref="TransformerConfig"/>
+/// experts "mixtral", "qwen3_moe" and "qwen2_moe", "gemma2" or "gemma3_text", and "phi3": Phi-3 and Phi-4, with
+/// partial_rotary_factor and rope_type longrope) into a <see cref="TransformerConfig"/>
 /// and writes one back for export. RoPE scaling (rope_scaling of transformers 4, rope_parameters of 5; rope_type linear,
 /// dynamic, llama3, yarn; longrope for phi3) is read into <see cref="RopeScaling"/>. Fields Tessera cannot honour (other activations, biases
 /// on Llama's output projection or MLP, other rope types, Qwen2's and Qwen3's per-layer sliding windows) are rejected with a message
@@ -15,7 +15,7 @@ namespace Tessera.Models.HuggingFace;
 public static class HuggingFaceConfig
 {
     /// <summary>The model_type values Tessera reads and writes.</summary>
-    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "gemma2", "gemma3_text", "phi3"];
+    public static IReadOnlyList<string> ModelTypes { get; } = ["gpt2", "llama", "qwen2", "qwen3", "mistral", "mixtral", "qwen3_moe", "qwen2_moe", "gemma2", "gemma3_text", "phi3"];
 
     /// <summary>GPT-2 activations that are the tanh approximation of GELU Tessera implements.</summary>
     private static readonly string[] TanhGelu = ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"];
@@ -52,6 +52,7 @@ public static class HuggingFaceConfig
             "mistral" => ParseMistral(fields),
             "mixtral" => ParseMixtral(fields),
             "qwen3_moe" => ParseQwen3Moe(fields),
+            "qwen2_moe" => ParseQwen2Moe(fields),
             "gemma2" or "gemma3_text" => ParseGemma(fields, modelType),
             "phi3" => ParsePhi3(fields),
             "gemma3" => throw new HuggingFaceFormatException(path, "field 'model_type': 'gemma3' is the multimodal Gemma 3 (a vision tower around a text model); Tessera reads the text-only model_type 'gemma3_text' (Gemma 3 1B and 270M, or a text model saved on its own)"),
@@ -172,12 +173,7 @@ public static class HuggingFaceConfig
     {
         // Qwen3-MoE: Qwen3's attention (q/k head norms, head_dim), and in place of the MLP num_experts SwiGLU experts of
         // moe_intermediate_size, num_experts_per_tok a token, renormalized when norm_topk_prob. Every layer must be sparse.
-        if (f.Int("decoder_sparse_step") is int step && step != 1)
-            throw f.Error("decoder_sparse_step", $"{step} is not supported: Tessera makes every layer sparse (decoder_sparse_step 1); interleaved dense layers are not implemented");
-        if (f.Node("mlp_only_layers") is JsonArray dense && dense.Count > 0)
-            throw f.Error("mlp_only_layers", $"[{string.Join(", ", dense.Select(d => d?.ToJsonString()))}] is not supported: Tessera makes every layer sparse (an empty list); dense layers among sparse ones are not implemented");
-        if (f.Node("mlp_only_layers") is { } node && node is not JsonArray)
-            throw f.Error("mlp_only_layers", $"must be a list of layer indices, got {node.GetValueKind()}");
+        CheckEveryLayerSparse(f);
         var config = ParseQwen3(f) with { ModelType = "qwen3_moe" };
         return config with
         {
@@ -187,6 +183,38 @@ public static class HuggingFaceConfig
             NormalizeExpertWeights = f.Bool("norm_topk_prob") ?? false,
             RouterAuxLossCoefficient = RouterAuxLoss(f),
         };
+    }
+
+    private static TransformerConfig ParseQwen2Moe(Fields f)
+    {
+        // Qwen2-MoE (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B): Qwen2's attention (q/k/v biases), num_experts SwiGLU experts of
+        // moe_intermediate_size, num_experts_per_tok a token from the softmax (renormalized when norm_topk_prob, false in the
+        // releases), and a shared expert of shared_expert_intermediate_size that every token runs, scaled by
+        // sigmoid(shared_expert_gate(x)). intermediate_size is the width of mlp_only_layers' dense MLPs, which must be none.
+        CheckEveryLayerSparse(f);
+        var config = ParseQwen2(f) with { ModelType = "qwen2_moe" };
+        return config with
+        {
+            Experts = f.RequiredInt("num_experts"),
+            ExpertsPerToken = f.RequiredInt("num_experts_per_tok"),
+            ExpertHidden = f.RequiredInt("moe_intermediate_size"),
+            NormalizeExpertWeights = f.Bool("norm_topk_prob") ?? false,
+            RouterAuxLossCoefficient = RouterAuxLoss(f),
+            SharedExpertHidden = f.RequiredInt("shared_expert_intermediate_size"),
+            SharedExpertGated = true,
+        };
+    }
+
+    /// <summary>Qwen2-MoE's and Qwen3-MoE's layer pattern: Tessera reads only stacks whose every layer is sparse
+    /// (decoder_sparse_step 1, mlp_only_layers empty or absent).</summary>
+    private static void CheckEveryLayerSparse(Fields f)
+    {
+        if (f.Int("decoder_sparse_step") is int step && step != 1)
+            throw f.Error("decoder_sparse_step", $"{step} is not supported: Tessera makes every layer sparse (decoder_sparse_step 1); interleaved dense layers are not implemented");
+        if (f.Node("mlp_only_layers") is JsonArray dense && dense.Count > 0)
+            throw f.Error("mlp_only_layers", $"[{string.Join(", ", dense.Select(d => d?.ToJsonString()))}] is not supported: Tessera makes every layer sparse (an empty list); dense layers among sparse ones are not implemented");
+        if (f.Node("mlp_only_layers") is { } node && node is not JsonArray)
+            throw f.Error("mlp_only_layers", $"must be a list of layer indices, got {node.GetValueKind()}");
     }
 
     /// <summary>
@@ -412,16 +440,18 @@ public static class HuggingFaceConfig
     {
         if (c.Bias) throw new ArgumentException("TransformerConfig: a Llama-family export needs Bias = false");
         string type = c.EffectiveModelType;
-        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral" or "mixtral" or "qwen3_moe" or "phi3"))
-            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, phi3)");
+        if (type is not ("llama" or "qwen2" or "qwen3" or "mistral" or "mixtral" or "qwen3_moe" or "qwen2_moe" or "phi3"))
+            throw new ArgumentException($"TransformerConfig: ModelType '{type}' is not a Llama-family model_type (llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, qwen2_moe, phi3)");
         if (c.QkNorm != (type is "qwen3" or "qwen3_moe"))
             throw new ArgumentException($"TransformerConfig: QkNorm = {c.QkNorm} cannot be exported as model_type '{type}' (only qwen3 and qwen3_moe have q/k head norms, and always)");
-        if (c.IsMixtureOfExperts != (type is "mixtral" or "qwen3_moe"))
-            throw new ArgumentException($"TransformerConfig: Experts = {c.Experts} cannot be exported as model_type '{type}' (mixtral and qwen3_moe are the mixtures of experts, and always have experts)");
+        if (c.IsMixtureOfExperts != (type is "mixtral" or "qwen3_moe" or "qwen2_moe"))
+            throw new ArgumentException($"TransformerConfig: Experts = {c.Experts} cannot be exported as model_type '{type}' (mixtral, qwen3_moe and qwen2_moe are the mixtures of experts, and always have experts)");
+        if (c.HasSharedExpert != (type == "qwen2_moe"))
+            throw new ArgumentException($"TransformerConfig: SharedExpertHidden = {c.SharedExpertHidden} cannot be exported as model_type '{type}' (only qwen2_moe has a shared expert, and always)");
         if (type == "mixtral" && (!c.NormalizeExpertWeights || c.EffectiveExpertHidden != c.EffectiveHidden))
             throw new ArgumentException("TransformerConfig: a mixtral export needs NormalizeExpertWeights = true and ExpertHidden = Hidden (Mixtral always renormalizes, and its experts are intermediate_size wide)");
-        if (c.AttentionBias != (type == "qwen2"))
-            throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 has q/k/v biases, and always)");
+        if (c.AttentionBias != (type is "qwen2" or "qwen2_moe"))
+            throw new ArgumentException($"TransformerConfig: AttentionBias = {c.AttentionBias} cannot be exported as model_type '{type}' (only qwen2 and qwen2_moe have q/k/v biases, and always)");
         if (c.SlidingWindow > 0 && type is not ("mistral" or "mixtral" or "phi3"))
             throw new ArgumentException($"TransformerConfig: SlidingWindow = {c.SlidingWindow} can only be exported as model_type 'mistral', 'mixtral' or 'phi3'");
         if (c.ScaleEmbeddings || c.GeluGate || c.PostNorms || c.UnitOffsetNorms || c.LocalWindow > 0 || c.LocalRopeTheta > 0 || c.QueryPreAttentionScalar > 0
@@ -432,7 +462,7 @@ public static class HuggingFaceConfig
             ["architectures"] = new JsonArray(type switch
             {
                 "qwen2" => "Qwen2ForCausalLM", "qwen3" => "Qwen3ForCausalLM", "mistral" => "MistralForCausalLM", "mixtral" => "MixtralForCausalLM",
-                "qwen3_moe" => "Qwen3MoeForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM",
+                "qwen3_moe" => "Qwen3MoeForCausalLM", "qwen2_moe" => "Qwen2MoeForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM",
             }),
             ["model_type"] = type,
             ["vocab_size"] = c.VocabSize,
@@ -501,6 +531,18 @@ public static class HuggingFaceConfig
                 o["num_experts"] = c.Experts;
                 o["num_experts_per_tok"] = c.ExpertsPerToken;
                 o["moe_intermediate_size"] = c.EffectiveExpertHidden;
+                o["norm_topk_prob"] = c.NormalizeExpertWeights;
+                o["decoder_sparse_step"] = 1;
+                o["mlp_only_layers"] = new JsonArray();
+                break;
+            case "qwen2_moe":
+                o["use_sliding_window"] = false;
+                o["sliding_window"] = null;
+                o["max_window_layers"] = c.Layers;
+                o["num_experts"] = c.Experts;
+                o["num_experts_per_tok"] = c.ExpertsPerToken;
+                o["moe_intermediate_size"] = c.EffectiveExpertHidden;
+                o["shared_expert_intermediate_size"] = c.SharedExpertHidden;
                 o["norm_topk_prob"] = c.NormalizeExpertWeights;
                 o["decoder_sparse_step"] = 1;
                 o["mlp_only_layers"] = new JsonArray();

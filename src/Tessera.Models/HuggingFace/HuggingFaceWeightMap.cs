@@ -121,6 +121,9 @@ public sealed class HuggingFaceWeightMap
     /// ("blocks.{i}.mlp.router", E x C) and each expert j's gate, up (F' x C) and proj (C x F'), in Tessera's declaration
     /// order. Mixtral (MixtralForCausalLM) names them block_sparse_moe.gate and block_sparse_moe.experts.{j}.w1 (gate), w3
     /// (up) and w2 (down); Qwen3-MoE (Qwen3MoeForCausalLM) mlp.gate and mlp.experts.{j}.gate_proj, up_proj and down_proj.
+    /// A shared expert (Qwen2-MoE, Qwen2MoeForCausalLM, with Qwen3-MoE's names for the rest) follows the experts: its gate, up
+    /// (F_s x C) and proj (C x F_s) from mlp.shared_expert.gate_proj, up_proj and down_proj, and its gate (1 x C) from
+    /// mlp.shared_expert_gate.
     /// </summary>
     public static IReadOnlyList<WeightMapRow> MixtureOfExpertsRows(IReadOnlyList<WeightMapRow> dense, TransformerConfig config, bool mixtral)
     {
@@ -131,6 +134,9 @@ public sealed class HuggingFaceWeightMap
         static int[] EC(TransformerConfig c) => [c.Experts, c.Embedding];
         static int[] FeC(TransformerConfig c) => [c.EffectiveExpertHidden, c.Embedding];
         static int[] CFe(TransformerConfig c) => [c.Embedding, c.EffectiveExpertHidden];
+        static int[] FsC(TransformerConfig c) => [c.SharedExpertHidden, c.Embedding];
+        static int[] CFs(TransformerConfig c) => [c.Embedding, c.SharedExpertHidden];
+        static int[] OneC(TransformerConfig c) => [1, c.Embedding];
         var rows = new List<WeightMapRow>();
         foreach (var row in dense)
         {
@@ -145,6 +151,12 @@ public sealed class HuggingFaceWeightMap
                 rows.Add(Row($"blocks.{{i}}.mlp.experts.{j}.up.weight", FeC, WeightTransform.Identity, Hf(expert + up + ".weight", FeC)));
                 rows.Add(Row($"blocks.{{i}}.mlp.experts.{j}.proj.weight", CFe, WeightTransform.Identity, Hf(expert + down + ".weight", CFe)));
             }
+            if (!config.HasSharedExpert) continue;
+            if (mixtral) throw new ArgumentException("TransformerConfig: Mixtral has no shared expert (SharedExpertHidden must be 0)");
+            rows.Add(Row("blocks.{i}.mlp.shared_expert.gate.weight", FsC, WeightTransform.Identity, Hf(prefix + ".shared_expert.gate_proj.weight", FsC)));
+            rows.Add(Row("blocks.{i}.mlp.shared_expert.up.weight", FsC, WeightTransform.Identity, Hf(prefix + ".shared_expert.up_proj.weight", FsC)));
+            rows.Add(Row("blocks.{i}.mlp.shared_expert.proj.weight", CFs, WeightTransform.Identity, Hf(prefix + ".shared_expert.down_proj.weight", CFs)));
+            rows.Add(Row("blocks.{i}.mlp.shared_expert_gate.weight", OneC, WeightTransform.Identity, Hf(prefix + ".shared_expert_gate.weight", OneC)));
         }
         return rows;
     }
@@ -240,8 +252,10 @@ public sealed class HuggingFaceWeightMap
         if (config.IsMixtureOfExperts)
         {
             string type = config.EffectiveModelType;
-            if (type is not ("mixtral" or "qwen3_moe"))
-                throw new ArgumentException($"TransformerConfig: a mixture-of-experts model maps to Hugging Face as model_type 'mixtral' or 'qwen3_moe', not '{type}'");
+            if (type is not ("mixtral" or "qwen3_moe" or "qwen2_moe"))
+                throw new ArgumentException($"TransformerConfig: a mixture-of-experts model maps to Hugging Face as model_type 'mixtral', 'qwen3_moe' or 'qwen2_moe', not '{type}'");
+            if (config.HasSharedExpert != (type == "qwen2_moe"))
+                throw new ArgumentException($"TransformerConfig: a shared expert (SharedExpertHidden = {config.SharedExpertHidden}) maps to Hugging Face as model_type 'qwen2_moe' only, which always has one; got '{type}'");
             var dense = config.QkNorm ? Qwen3Rows : config.AttentionBias ? Qwen2Rows : LlamaRows;
             return new HuggingFaceWeightMap(config, MixtureOfExpertsRows(dense, config, type == "mixtral"), LlamaIgnoredBuffers, null);
         }

@@ -20,6 +20,10 @@ namespace Tessera.Nn.Layers;
 /// experts and exchanges token rows with the other ranks by all-to-all (SparseMoeFeedForward.ExpertParallel.cs).
 /// </para>
 /// <para>
+/// Qwen2-MoE adds a shared expert (<see cref="SharedExpert"/>, SparseMoeFeedForward.SharedExpert.cs): a SwiGLU every token runs,
+/// its output scaled by sigmoid(<see cref="SharedExpertGate"/>(x)) and added to the routed experts' sum.
+/// </para>
+/// <para>
 /// The load-balancing loss (<see cref="AuxiliaryLossCoefficient"/> &gt; 0) is this layer's own: forward records it
 /// (<see cref="LastAuxiliaryLoss"/>), backward adds <see cref="AuxiliaryLossWeight"/> times its gradient to the router's.
 /// </para>
@@ -29,13 +33,16 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     private readonly ActivationKey _logits, _hostStaging, _dLogits, _dots, _output;
     private readonly ActivationKey[] _ids, _weights, _rows, _expertOut, _scaled, _dRows, _dScaled, _dExpertIn, _localIds;
     private readonly ExpertDispatchKeys _dispatch;
+    private readonly SharedExpertKeys _shared;
 
     /// <summary>
     /// Declares "<paramref name="name"/>.router" (E, C) and, for each expert j, "<paramref name="name"/>.experts.{j}.gate"
-    /// (F', C), ".up" (F', C) and ".proj" (C, F'), none with biases.
+    /// (F', C), ".up" (F', C) and ".proj" (C, F'), none with biases; with <paramref name="sharedExpertHidden"/> F_s &gt; 0 also
+    /// "<paramref name="name"/>.shared_expert.gate" (F_s, C), ".up" (F_s, C), ".proj" (C, F_s) and, when
+    /// <paramref name="sharedExpertGated"/>, "<paramref name="name"/>.shared_expert_gate" (1, C), replicated on every rank.
     /// </summary>
     public SparseMoeFeedForward(LayerFactory layers, string name, int channels, int expertHidden, int experts, int expertsPerToken,
-        bool normalizeWeights, double auxiliaryLossCoefficient = 0)
+        bool normalizeWeights, double auxiliaryLossCoefficient = 0, int sharedExpertHidden = 0, bool sharedExpertGated = true)
     {
         ArgumentNullException.ThrowIfNull(layers);
         if (layers.TensorParallelism is not null)
@@ -44,6 +51,10 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             throw new ArgumentException($"{name}: experts per token ({expertsPerToken}) must be in [1, experts = {experts}]");
         if (!(auxiliaryLossCoefficient >= 0))
             throw new ArgumentException($"{name}: the auxiliary loss coefficient ({auxiliaryLossCoefficient}) must be 0 or more");
+        if (sharedExpertHidden < 0)
+            throw new ArgumentException($"{name}: the shared expert's width ({sharedExpertHidden}) must be 0 (none) or positive");
+        if (sharedExpertHidden > 0 && !sharedExpertGated)
+            throw new NotSupportedException($"{name}: an ungated shared expert (DeepSeek-MoE's) is not built; Qwen2-MoE's shared expert is sigmoid-gated");
         Name = name;
         Input = IdentityRegion.Instance;
         ExpertParallelism = layers.ExpertParallelism;
@@ -59,6 +70,13 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             foreach (var linear in new[] { list[j].Gate, list[j].Up, list[j].Projection }) layers.MarkExpertParameter(linear.Weight.Name);
         }
         Experts = list;
+        if (sharedExpertHidden > 0)
+        {
+            // Declared after the routed experts and never marked as expert parameters: every rank holds the whole shared
+            // expert and its gate, as it does the router, so data parallelism reduces them over the whole dp group.
+            SharedExpert = new SwiGluMlp(layers, name + ".shared_expert", channels, sharedExpertHidden, bias: false);
+            SharedExpertGate = layers.Linear(name + ".shared_expert_gate", channels, 1, bias: false);
+        }
         ExpertsPerToken = expertsPerToken;
         NormalizeWeights = normalizeWeights;
         AuxiliaryLossCoefficient = auxiliaryLossCoefficient;
@@ -78,6 +96,7 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
         _dExpertIn = Keys("dx");
         _localIds = Keys("received_ids");
         _dispatch = new ExpertDispatchKeys(name);
+        _shared = new SharedExpertKeys(name);
     }
 
     /// <inheritdoc/>
@@ -91,6 +110,12 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
 
     /// <summary>The experts this rank holds: all E on one device, experts [<see cref="FirstExpert"/>, + E / ep) under expert parallelism.</summary>
     public IReadOnlyList<SwiGluMlp> Experts { get; }
+
+    /// <summary>The shared expert every token runs (Qwen2-MoE's shared_expert, SwiGLU C to F_s to C), or null when there is none.</summary>
+    public SwiGluMlp? SharedExpert { get; }
+
+    /// <summary>The shared expert's gate C to 1 (no bias): its output is scaled by the sigmoid of this; null without a shared expert.</summary>
+    public Linear? SharedExpertGate { get; }
 
     /// <summary>The layer's experts E (on every rank, whatever it holds).</summary>
     public int ExpertCount { get; }
@@ -131,6 +156,7 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
         if (residual is not null) x.Backend.Copy(residual, y);
         else x.Backend.Fill(y, 0);
         var routing = Run(ctx, x, y);
+        if (SharedExpert is not null) AddSharedExpert(ctx, x, y);
         LastAuxiliaryLoss = routing.AuxiliaryLoss(AuxiliaryLossCoefficient);   // checkpointed blocks' forwards save nothing
         return y;
     }
@@ -139,7 +165,9 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
     {
         ArgumentNullException.ThrowIfNull(norm);
-        Run(ctx, norm.Forward(ctx, x), residual);
+        var rows = norm.Forward(ctx, x);                             // (N, C)
+        Run(ctx, rows, residual);
+        if (SharedExpert is not null) AddSharedExpert(ctx, rows, residual);
     }
 
     /// <summary>Routes the rows x (N, C) and adds each expert's weighted output into <paramref name="output"/> (N, C).</summary>
@@ -210,6 +238,7 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             Experts[j].Backward(ctx, dScaled.Reshape(count, c), dIn);
             backend.EmbeddingBackward(ids, dIn, dx);                 // dx[ids] += the expert's input gradient
         }
+        if (SharedExpert is not null) BackwardSharedExpert(ctx, dy, dx);
         var dz = routing.LogitGradient(weightGradients, AuxiliaryLossCoefficient, AuxiliaryLossWeight);
         var dLogits = ctx.Scratch(_dLogits, new Shape(n, ExpertCount), dy.DType);      // (N, E)
         Upload(ctx, dz, dLogits);

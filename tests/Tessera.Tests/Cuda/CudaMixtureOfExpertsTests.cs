@@ -40,6 +40,7 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
     [Theory]
     [InlineData("mixtral-debug")]
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]
     public void F32GradientsOnTheGpuMatchTheCpuInF64(string preset)
     {
         var (config, onCpu, onGpu, _) = RandomModelOnBoth(preset, DType.F64);
@@ -61,6 +62,7 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
     [Theory]
     [InlineData("mixtral-debug")]
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]
     public async Task GreedyTokensOnTheGpuMatchTheCpuAndNoStepIsRecorded(string preset)
     {
         var (config, onCpu, onGpu, weights) = RandomModelOnBoth(preset, DType.F32);

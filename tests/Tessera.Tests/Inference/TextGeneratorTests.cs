@@ -48,6 +48,7 @@ public class TextGeneratorTests
     [InlineData("llama-debug")]
     [InlineData("mixtral-debug")]      // experts routed on the host at every decode step (no recorded graph)
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]
     public void GreedyDecodingMatchesArgmaxOfFullForwardPasses(string preset)
     {
         var model = RandomModel(preset, 5);

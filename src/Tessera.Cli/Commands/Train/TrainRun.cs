@@ -234,7 +234,7 @@ public sealed class TrainRun(TrainSettings settings, Terminal terminal)
     private void CheckTensorParallel(TransformerConfig config, Topology topology)
     {
         if (settings.ExpertParallel > 1 && !config.IsMixtureOfExperts)
-            throw new UsageException($"--ep {settings.ExpertParallel}: the model has no experts; expert parallelism applies to mixture-of-experts models (mixtral, qwen3-moe)");
+            throw new UsageException($"--ep {settings.ExpertParallel}: the model has no experts; expert parallelism applies to mixture-of-experts models (mixtral, qwen3-moe, qwen2-moe)");
         if (settings.ExpertParallel > 1 && config.Experts % settings.ExpertParallel != 0)
             throw new UsageException($"--ep {settings.ExpertParallel} must divide the model's experts ({config.Experts})");
         if (topology.TensorParallel < 2) return;

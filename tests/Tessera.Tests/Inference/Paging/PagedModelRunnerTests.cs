@@ -39,6 +39,7 @@ public class PagedModelRunnerTests
     [InlineData("qwen3-debug")]            // the unfused paged path: product, q/k norms, RoPE, append
     [InlineData("mixtral-debug")]          // experts routed on the host per step, through ForwardAccumulate
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]        // the shared expert on every row of the step
     [InlineData("gemma2-debug")]           // scaled embeddings, post-norms, GeGLU, local layers windowed, the others not
     [InlineData("gemma3-debug")]           // and q/k norms, the local layers' own RoPE base
     [InlineData("phi3-debug")]

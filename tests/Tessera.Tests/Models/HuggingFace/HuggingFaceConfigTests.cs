@@ -44,7 +44,7 @@ public sealed class HuggingFaceConfigTests
     [InlineData("\"activation_function\":\"gelu_new\"", "\"activation_function\":\"relu\"", "'activation_function': 'relu' is not supported")]
     [InlineData("\"n_head\":12", "\"n_head\":7", "Heads (7) must divide Embedding (768)")]
     [InlineData("\"n_layer\":12", "\"n_layer\":\"12\"", "'n_layer': must be an integer")]
-    [InlineData("\"model_type\":\"gpt2\"", "\"model_type\":\"bert\"", "field 'model_type': 'bert' is not supported (supported: gpt2, llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, gemma2, gemma3_text, phi3)")]
+    [InlineData("\"model_type\":\"gpt2\"", "\"model_type\":\"bert\"", "field 'model_type': 'bert' is not supported (supported: gpt2, llama, qwen2, qwen3, mistral, mixtral, qwen3_moe, qwen2_moe, gemma2, gemma3_text, phi3)")]
     public void BadGpt2FieldsAreRejectedNamingFileAndField(string from, string to, string expected)
     {
         var e = Assert.Throws<HuggingFaceFormatException>(() => HuggingFaceConfig.Parse(Gpt2Json.Replace(from, to), "dir/config.json"));
@@ -80,6 +80,7 @@ public sealed class HuggingFaceConfigTests
     [InlineData("qwen3-debug")]
     [InlineData("mixtral-debug")]
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]
     [InlineData("gemma2-debug")]
     [InlineData("gemma3-debug")]
     [InlineData("phi3-debug")]

@@ -55,6 +55,7 @@ public sealed class HuggingFaceExportTests : IDisposable
     [InlineData("qwen3-debug")]            // q_norm and k_norm, Qwen3ForCausalLM
     [InlineData("mixtral-debug")]          // block_sparse_moe.gate and experts.{j}.w1/w2/w3, MixtralForCausalLM
     [InlineData("qwen3-moe-debug")]        // mlp.gate and mlp.experts.{j}.*_proj, moe_intermediate_size, Qwen3MoeForCausalLM
+    [InlineData("qwen2-moe-debug")]        // and mlp.shared_expert.*_proj, mlp.shared_expert_gate, q/k/v biases, Qwen2MoeForCausalLM
     [InlineData("gemma2-debug")]           // four norms a block written as w = scale - 1, Gemma2ForCausalLM
     [InlineData("gemma3-debug")]           // and q_norm, k_norm, rope_local_base_freq, layer_types
     [InlineData("phi3-debug")]             // qkv_proj and gate_up_proj written fused, Phi3ForCausalLM
@@ -191,7 +192,7 @@ public sealed class HuggingFaceExportTests : IDisposable
         var dirs = new List<string>();
         int seed = 20;
         foreach (var preset in new[] { "gpt2-debug", "llama-debug", "llama3-debug", "qwen2-debug", "mistral-debug", "qwen3-debug",
-                     "mixtral-debug", "qwen3-moe-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug" })
+                     "mixtral-debug", "qwen3-moe-debug", "qwen2-moe-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug" })
         {
             var config = ModelPresets.Get(preset);
             var model = RandomModel(config, DType.F32, seed++);

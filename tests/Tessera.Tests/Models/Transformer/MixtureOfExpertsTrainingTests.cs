@@ -43,6 +43,7 @@ public sealed class MixtureOfExpertsTrainingTests
     [Theory]
     [InlineData("mixtral-debug")]
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]
     public void TheLoadBalancingLossGradientMatchesCentralDifferences(string preset)
     {
         const int seed = 6101;
@@ -89,6 +90,7 @@ public sealed class MixtureOfExpertsTrainingTests
     [Theory]
     [InlineData("mixtral-debug")]
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]
     public void RecomputedBlocksGiveTheSavedPassGradientsBitForBit(string preset)
     {
         const int seed = 6201;

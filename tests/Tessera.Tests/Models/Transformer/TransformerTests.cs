@@ -87,6 +87,7 @@ public class TransformerTests
     [InlineData("qwen3-debug")]            // through the q/k head norms, their weights included
     [InlineData("mixtral-debug")]          // router and experts: the gradient through the routing weights and the softmax
     [InlineData("qwen3-moe-debug")]        // weights not renormalized, q/k head norms
+    [InlineData("qwen2-moe-debug")]        // the shared expert and its sigmoid gate, q/k/v biases
     [InlineData("gemma2-window3")]         // GeGLU, post-norms, embedding scale, the local layers' window
     [InlineData("gemma3-window3")]         // and the q/k norms, two RoPE bases
     [InlineData("phi3-debug")]             // Phi-3's layout (fused in its checkpoint, Tessera's own parameters in the model)
@@ -240,6 +241,7 @@ public class TransformerTests
     [InlineData("qwen3-debug")]          // the unfused decode: product, q/k norms, RoPE, append
     [InlineData("mixtral-debug")]        // the experts through ForwardAccumulate, routed on the host
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]      // the shared expert through ForwardAccumulate on every row
     [InlineData("gemma2-window3")]       // post-norms on each branch; local layers slide, global ones do not
     [InlineData("gemma3-window3")]
     [InlineData("phi3-debug")]
@@ -381,6 +383,7 @@ public class TransformerTests
     [InlineData("qwen3-debug")]
     [InlineData("mixtral-debug")]
     [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]
     [InlineData("gemma2-debug")]
     [InlineData("gemma3-debug")]
     [InlineData("phi3-debug")]

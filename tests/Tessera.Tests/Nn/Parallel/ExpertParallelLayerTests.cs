@@ -40,13 +40,13 @@ public sealed class ExpertParallelLayerTests(ITestOutputHelper output)
     /// sets the one-device layer's weights (random, or arranged), <paramref name="tokens"/> makes rank r's x.
     /// </summary>
     private void AssertExpertParallelMatchesOneDevice(int ranks, int k, bool normalize, double coefficient, int seed,
-        Action<IBackend, ParameterArena, Random> weights, Func<Random, double[]> tokens, int[]? idleExperts = null)
+        Action<IBackend, ParameterArena, Random> weights, Func<Random, double[]> tokens, int[]? idleExperts = null, int sharedExpertHidden = 0)
     {
         output.WriteLine($"seed {seed}");
         var cpu = new CpuBackend(1);
         var rng = new Random(seed);
         var parameters = new ParameterLayoutBuilder();
-        var single = new SparseMoeFeedForward(new LayerFactory(parameters), "moe", C, F, E, k, normalize, coefficient) { AuxiliaryLossWeight = 0.7 };
+        var single = new SparseMoeFeedForward(new LayerFactory(parameters), "moe", C, F, E, k, normalize, coefficient, sharedExpertHidden) { AuxiliaryLossWeight = 0.7 };
         var singleArena = new ParameterArena(parameters.Build(), cpu, DType.F64);
         weights(cpu, singleArena, rng);
         var values = singleArena.Layout.Parameters.ToDictionary(p => p.Name, p => TestTensors.ToDoubles(cpu, p.Value));
@@ -62,11 +62,12 @@ public sealed class ExpertParallelLayerTests(ITestOutputHelper output)
             var backend = new CpuBackend(1);
             var local = new ParameterLayoutBuilder();
             var factory = new LayerFactory(local, expertParallelism: new ExpertParallelism(groups[r]));
-            var moe = new SparseMoeFeedForward(factory, "moe", C, F, E, k, normalize, coefficient) { AuxiliaryLossWeight = 0.7 };
+            var moe = new SparseMoeFeedForward(factory, "moe", C, F, E, k, normalize, coefficient, sharedExpertHidden) { AuxiliaryLossWeight = 0.7 };
             var arena = new ParameterArena(local.Build(), backend, DType.F64);
             foreach (var p in arena.Layout.Parameters) TestTensors.Write(backend, p.Value, values[p.Name]);
             Assert.Equal(E / ranks, moe.Experts.Count);
             Assert.Equal(3 * E / ranks, factory.ExpertParameters.Count);       // gate, up and proj of each held expert
+            Assert.DoesNotContain(factory.ExpertParameters, name => name.Contains("shared_expert", StringComparison.Ordinal));
             got[r] = Run(moe, arena, backend, xs[r], dys[r]);
             counts[r] = groups[r].Count(CollectiveKind.AllToAll);
         });
@@ -83,6 +84,10 @@ public sealed class ExpertParallelLayerTests(ITestOutputHelper output)
             Assert.Equal(expected[r].Aux, got[r].Aux);                  // routing is each rank's own, decided as on one device
             foreach (var (name, grad) in got[r].Grads)
             {
+                // The shared expert and its gate are replicated: each rank's gradient is the one device's on that rank's tokens
+                // (data parallelism then sums it over every rank, as it does the router's).
+                if (name.Contains("shared_expert", StringComparison.Ordinal))
+                    NumericAssert.Close(expected[r].Grads[name], grad, 1e-12, $"rank {r} {name} (seed {seed})");
                 if (!name.Contains(".experts.", StringComparison.Ordinal)) continue;
                 var sum = new double[grad.Length];
                 foreach (var pass in expected) for (int i = 0; i < sum.Length; i++) sum[i] += pass.Grads[name][i];
@@ -101,6 +106,13 @@ public sealed class ExpertParallelLayerTests(ITestOutputHelper output)
     public void ExpertParallelRanksMatchTheOneDeviceLayerOnEachRanksTokens(int ranks, int k, bool normalize, double coefficient, int seed) =>
         AssertExpertParallelMatchesOneDevice(ranks, k, normalize, coefficient, seed, (cpu, arena, rng) => LayerCheck.Randomize(cpu, arena, rng),
             rng => TestTensors.Normal(rng, N * C));
+
+    [Theory]
+    [InlineData(2, 5111)]
+    [InlineData(4, 5112)]
+    public void ASharedExpertRunsOnEachRanksOwnRowsAndStaysReplicated(int ranks, int seed) =>
+        AssertExpertParallelMatchesOneDevice(ranks, 2, false, 0.3, seed, (cpu, arena, rng) => LayerCheck.Randomize(cpu, arena, rng),
+            rng => TestTensors.Normal(rng, N * C), sharedExpertHidden: 5);
 
     [Fact]
     public void ARankWhoseExpertsReceiveNoTokensStillJoinsEveryExchange()

@@ -52,6 +52,7 @@ public sealed class DataParallelTests : IDisposable
     [InlineData("gpt2-debug", 2, ZeroStage.Gradients, true, 4)]
     [InlineData("gpt2-debug", 2, ZeroStage.Parameters, true, 4)]
     [InlineData("mixtral-debug", 2, ZeroStage.None, false, 4)]            // routing is per token: each rank's tokens route as on one rank
+    [InlineData("qwen2-moe-debug", 2, ZeroStage.None, false, 4)]          // the shared expert on each rank's rows
     [InlineData("qwen3-moe-debug", 2, ZeroStage.Parameters, false, 4)]    // the experts' weights gathered and their gradients scattered as any
     public void RanksMatchOneRankWithTheSameGlobalBatch(string preset, int world, ZeroStage stage, bool offload, int steps)
     {

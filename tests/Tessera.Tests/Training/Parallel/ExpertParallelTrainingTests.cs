@@ -70,6 +70,8 @@ public sealed class ExpertParallelTrainingTests(ITestOutputHelper output) : IDis
     [InlineData("qwen3-moe-debug", 2, 2, 0.02)]
     [InlineData("mixtral-debug", 4, 2, 0.02)]      // two expert-parallel groups: expert gradients summed over edp (2 ranks)
     [InlineData("qwen3-moe-debug", 4, 2, 0.0)]
+    [InlineData("qwen2-moe-debug", 2, 2, 0.02)]    // the shared expert and its gate replicated: reduced over dp (edp is one rank here)
+    [InlineData("qwen2-moe-debug", 4, 2, 0.0)]     // edp 2 != dp 4: a shared expert reduced over edp only would differ
     [InlineData("qwen3-moe-debug", 4, 4, 0.02)]    // one expert a rank, edp of one rank
     public void ExpertParallelRanksTrainLikeOneDevice(string preset, int dp, int ep, double aux)
     {
