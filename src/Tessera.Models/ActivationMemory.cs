@@ -78,7 +78,9 @@ public sealed class ActivationMemory
         long n = (long)sequences * sequenceLength;
         if (heads % t != 0) throw new ArgumentException($"activation memory: tp ({t}) must divide the attention heads (Heads = {heads})");
         if (!new ShardPart(kv, d).Divides(t)) throw new ArgumentException($"activation memory: tp ({t}) must divide the key/value heads (KvHeads = {kv}) or be a multiple of them");
-        if (f % t != 0) throw new ArgumentException($"activation memory: tp ({t}) must divide the MLP width (Hidden = {f})");
+        if (!config.IsMixtureOfExperts && f % t != 0) throw new ArgumentException($"activation memory: tp ({t}) must divide the MLP width (Hidden = {f})");
+        if (config.IsMixtureOfExperts && (config.EffectiveExpertHidden % t != 0 || config.SharedExpertHidden % t != 0))
+            throw new ArgumentException($"activation memory: tp ({t}) must divide the experts' width (ExpertHidden = {config.EffectiveExpertHidden}) and the shared expert's (SharedExpertHidden = {config.SharedExpertHidden})");
         if (vPad % t != 0) throw new ArgumentException($"activation memory: tp ({t}) must divide the padded vocabulary (PaddedVocabSize = {vPad})");
         bool sp = sequenceParallel && t > 1;
         if (sp && n % t != 0) throw new ArgumentException($"activation memory: tp ({t}) must divide the micro-batch's tokens ({sequences} x {sequenceLength}) under sequence parallelism");
@@ -131,23 +133,25 @@ public sealed class ActivationMemory
             // The experts' buffers hold the rows routed to them, N k over all experts; each keeps the largest count it has
             // seen, so later micro-batches routed otherwise can hold more (up to N rows an expert), and checkpointed blocks,
             // whose recomputation buffers every block shares, hold the largest count of any block: a lower bound then.
-            int e = config.Experts, fe = config.EffectiveExpertHidden;
+            // Under tp every rank routes all N rows and holds F' / t of every expert; its combined output is a partial (N, C),
+            // reduced in place (the residual added after), or reduce-scattered into the rank's rows under SP (counted below).
+            int e = config.Experts, fe = config.EffectiveExpertHidden / t;
             long nk = n * config.ExpertsPerToken;
             block.Add(("mlp.router.out", "(N, E)", n * e * b));
-            block.Add(("mlp.out (the residual plus the experts' sum)", "(N, C)", n * c * b));
+            if (!sp) block.Add((t > 1 ? "mlp.out.partial (this rank's part of the experts' sum, all-reduced in place)" : "mlp.out (the residual plus the experts' sum)", "(N, C)", n * c * b));
             block.Add(("mlp.experts.ids", "(N k) I32 over the experts", nk * 4));
             block.Add(("mlp.experts.w", "(N k) over the experts", nk * b));
             block.Add(("mlp.experts.x (gathered rows)", "(N k, C)", nk * c * b));
-            block.Add(("mlp.experts.gate_up.out", "(N k, 2F')", nk * 2 * fe * b));
-            block.Add(("mlp.experts.swiglu.out", "(N k, F')", nk * fe * b));
+            block.Add(("mlp.experts.gate_up.out", "(N k, 2F'/t)", nk * 2 * fe * b));
+            block.Add(("mlp.experts.swiglu.out", "(N k, F'/t)", nk * fe * b));
             block.Add(("mlp.experts.proj.out", "(N k, C)", nk * c * b));
             block.Add(("mlp.experts.wy (weighted rows)", "(N k, C)", nk * c * b));
             if (config.HasSharedExpert)
             {
                 // Every row runs the shared expert (one SwiGLU over all N), scaled by the sigmoid of its gate's logit.
-                int fs = config.SharedExpertHidden;
-                block.Add(("mlp.shared_expert.gate_up.out", "(N, 2F_s)", n * 2 * fs * b));
-                block.Add(("mlp.shared_expert.swiglu.out", "(N, F_s)", n * fs * b));
+                int fs = config.SharedExpertHidden / t;
+                block.Add(("mlp.shared_expert.gate_up.out", "(N, 2F_s/t)", n * 2 * fs * b));
+                block.Add(("mlp.shared_expert.swiglu.out", "(N, F_s/t)", n * fs * b));
                 block.Add(("mlp.shared_expert.proj.out", "(N, C)", n * c * b));
                 block.Add(("mlp.shared_expert_gate.out", "(N, 1)", n * b));
                 block.Add(("mlp.shared_expert_gate.sigmoid", "(N, 1, 1)", n * b));
@@ -171,7 +175,7 @@ public sealed class ActivationMemory
             block.Add(("mlp.fc.preact", "(N, F/t)", n * fl * b));
             block.Add(("mlp.fc.out", "(N, F/t)", n * fl * b));
         }
-        if (sp) block.Add(("mlp.proj.output.scattered", "(R, C)", r * c * b));
+        if (sp) block.Add((config.IsMixtureOfExperts ? "mlp.output.scattered" : "mlp.proj.output.scattered", "(R, C)", r * c * b));
         else if (!config.IsMixtureOfExperts) block.Add(("mlp.proj.out", "(N, C)", n * c * b));
         if (config.PostNorms)
         {
@@ -194,7 +198,7 @@ public sealed class ActivationMemory
             items.Add(new("tok_emb.output.scattered", "(R, C)", r * c * b, 1));
             shared.Add(new("tok_emb.out (partial lookups before the reduce-scatter)", "(N, C)", n * c * b, 1));
             shared.Add(new("attn.proj.out (partial sums before the reduce-scatter)", "(N, C)", n * c * b, 1));
-            shared.Add(new("mlp.proj.out (partial sums before the reduce-scatter)", "(N, C)", n * c * b, 1));
+            shared.Add(new(config.IsMixtureOfExperts ? "mlp.out.partial (the experts' partial sum before the reduce-scatter)" : "mlp.proj.out (partial sums before the reduce-scatter)", "(N, C)", n * c * b, 1));
         }
         else items.Add(new("tok_emb.out", "(N, C)", n * c * b, 1));
         if (!llama) items.Add(new("pos_emb.input", $"({rows}) I32", r * 4, 1));

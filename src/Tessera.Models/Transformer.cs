@@ -907,14 +907,17 @@ public sealed class Transformer
     public static void CheckTensorParallel(TransformerConfig config, int tp)
     {
         int kv = config.EffectiveKvHeads;
-        if (config.IsMixtureOfExperts && tp > 1)
-            throw new ArgumentException($"tensor parallelism: a mixture-of-experts model (Experts = {config.Experts}) has no tensor-parallel split yet; run it with tp 1 (got {tp}), with data or pipeline parallelism");
         if (config.Heads % tp != 0)
             throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the attention heads (Heads = {config.Heads})");
         if (kv % tp != 0 && tp % kv != 0)
             throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the key/value heads (KvHeads = {kv}) or be a multiple of them");
-        if (config.EffectiveHidden % tp != 0)
+        if (!config.IsMixtureOfExperts && config.EffectiveHidden % tp != 0)
             throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the MLP width (Hidden = {config.EffectiveHidden})");
+        // A mixture of experts splits every expert's hidden units (and the shared expert's) over the ranks.
+        if (config.IsMixtureOfExperts && config.EffectiveExpertHidden % tp != 0)
+            throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the experts' width (ExpertHidden = {config.EffectiveExpertHidden}); each rank holds ExpertHidden / tp of every expert");
+        if (config.SharedExpertHidden % tp != 0)
+            throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the shared expert's width (SharedExpertHidden = {config.SharedExpertHidden})");
         if (config.EffectivePaddedVocab % tp != 0)
             throw new ArgumentException($"tensor parallelism: tp ({tp}) must divide the padded vocabulary (PaddedVocabSize = {config.EffectivePaddedVocab}); pad it to a multiple of tp");
     }

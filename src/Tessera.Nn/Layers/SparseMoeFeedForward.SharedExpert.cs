@@ -41,9 +41,9 @@ public sealed partial class SparseMoeFeedForward
         ctx.Save(_shared.Weights, weights);
     }
 
-    /// <summary>The shared expert's and its gate's gradients for the output gradient <paramref name="dy"/> (N, C); their input
-    /// gradients are added into <paramref name="dx"/> (N, C).</summary>
-    private void BackwardSharedExpert(in PassContext ctx, Tensor dy, Tensor dx)
+    /// <summary>The shared expert's gradients for the output gradient <paramref name="dy"/> (N, C), its input gradient added into
+    /// <paramref name="dx"/> (N, C); returns dL/dg = dy · shared_expert(x) (N), this rank's part under tensor parallelism.</summary>
+    private double[] BackwardSharedExpert(in PassContext ctx, Tensor dy, Tensor dx)
     {
         var backend = dy.Backend;
         int n = dy.Size(0), c = dy.Size(1);
@@ -53,14 +53,24 @@ public sealed partial class SparseMoeFeedForward
         var dots = ctx.Scratch(_shared.Dots, new Shape(n, 1, 1), dy.DType);                 // (N, 1, 1)
         backend.MatMul(dy3, shared.Reshape(n, 1, c), dots, transposeB: true);
         var dg = Download(ctx, dots);
-        var g = Download(ctx, weights);
-        var dz = new double[n];
-        for (int i = 0; i < n; i++) dz[i] = dg[i] * g[i] * (1 - g[i]);
-        var dLogits = ctx.Scratch(_shared.DLogits, new Shape(n, 1), dy.DType);              // (N, 1)
-        Upload(ctx, dz, dLogits);
         var dScaled = ctx.Scratch(_shared.DScaled, new Shape(n, 1, c), dy.DType);           // (N, 1, C): g dy
         backend.MatMul(weights, dy3, dScaled);
         SharedExpert!.Backward(ctx, dScaled.Reshape(n, c), dx, accumulateDx: true);
+        return dg;
+    }
+
+    /// <summary>The shared expert gate's gradient from dL/dg <paramref name="dg"/> (N, whole); its input gradient added into
+    /// <paramref name="dx"/> (N, C) unless null (tensor-parallel ranks other than 0: the replicated gate's input gradient is
+    /// added once before the input's reduction).</summary>
+    private void BackwardSharedExpertGate(in PassContext ctx, double[] dg, Tensor? dx)
+    {
+        var weights = ctx.Get(_shared.Weights);                      // (N, 1, 1)
+        int n = weights.Size(0);
+        var g = Download(ctx, weights);
+        var dz = new double[n];
+        for (int i = 0; i < n; i++) dz[i] = dg[i] * g[i] * (1 - g[i]);
+        var dLogits = ctx.Scratch(_shared.DLogits, new Shape(n, 1), weights.DType);         // (N, 1)
+        Upload(ctx, dz, dLogits);
         SharedExpertGate!.Backward(ctx, dLogits, dx, accumulateDx: true);
     }
 

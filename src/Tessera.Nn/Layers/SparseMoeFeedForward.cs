@@ -15,7 +15,9 @@ namespace Tessera.Nn.Layers;
 /// each gathers its tokens' rows (<see cref="IBackend.EmbeddingForward"/>, a row gather by ids), runs its SwiGLU on that
 /// contiguous block, scales the rows by their weights (a batched product with K = 1) and scatter-adds them into the output
 /// (<see cref="IBackend.EmbeddingBackward"/>). An expert no token chose is skipped: its gradients get nothing. There is no
-/// grouped product over the experts and no device routing kernel yet, and no tensor parallelism (the constructor refuses it).
+/// grouped product over the experts and no device routing kernel yet.
+/// Under tensor parallelism (SparseMoeFeedForward.TensorParallel.cs) each rank holds a slice F' / tp of every expert's hidden
+/// units and routes identically; one reduction after the combine sums the ranks' partial outputs.
 /// With expert parallelism (a <see cref="LayerFactory"/> given an <see cref="Parallel.ExpertParallelism"/>) the layer holds E / ep
 /// experts and exchanges token rows with the other ranks by all-to-all (SparseMoeFeedForward.ExpertParallel.cs).
 /// </para>
@@ -30,7 +32,7 @@ namespace Tessera.Nn.Layers;
 /// </summary>
 public sealed partial class SparseMoeFeedForward : IFeedForward
 {
-    private readonly ActivationKey _logits, _hostStaging, _dLogits, _dots, _output;
+    private readonly ActivationKey _logits, _hostStaging, _dLogits, _dots, _output, _partialOutput, _dOutputGathered, _tensorParallelDots;
     private readonly ActivationKey[] _ids, _weights, _rows, _expertOut, _scaled, _dRows, _dScaled, _dExpertIn, _localIds;
     private readonly ExpertDispatchKeys _dispatch;
     private readonly SharedExpertKeys _shared;
@@ -45,8 +47,6 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
         bool normalizeWeights, double auxiliaryLossCoefficient = 0, int sharedExpertHidden = 0, bool sharedExpertGated = true)
     {
         ArgumentNullException.ThrowIfNull(layers);
-        if (layers.TensorParallelism is not null)
-            throw new NotSupportedException($"{name}: a mixture-of-experts feed-forward has no tensor-parallel split yet; run it without --tp (expert parallelism, --ep, splits the experts)");
         if (experts < 1 || expertsPerToken < 1 || expertsPerToken > experts)
             throw new ArgumentException($"{name}: experts per token ({expertsPerToken}) must be in [1, experts = {experts}]");
         if (!(auxiliaryLossCoefficient >= 0))
@@ -56,8 +56,13 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
         if (sharedExpertHidden > 0 && !sharedExpertGated)
             throw new NotSupportedException($"{name}: an ungated shared expert (DeepSeek-MoE's) is not built; Qwen2-MoE's shared expert is sigmoid-gated");
         Name = name;
-        Input = IdentityRegion.Instance;
         ExpertParallelism = layers.ExpertParallelism;
+        TensorParallelism = layers.TensorParallelism;
+        if (TensorParallelism is not null) CheckTensorParallel(layers, expertHidden, sharedExpertHidden);
+        Input = TensorParallelism is null ? IdentityRegion.Instance : layers.InputRegion(name);
+        _outputRegion = TensorParallelism is null ? null
+            : TensorParallelism.SequenceParallel ? new ReduceScatterToSequenceParallelRegion(name + ".output", TensorParallelism.Group)
+            : new ReduceFromTensorParallelRegion(TensorParallelism.Group);
         ExpertCount = experts;
         int local = ExpertParallelism?.LocalExperts(experts, name) ?? experts;
         FirstExpert = ExpertParallelism is null ? 0 : ExpertParallelism.Rank * local;
@@ -85,6 +90,9 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
         _dLogits = new ActivationKey(name + ".router.dy");
         _dots = new ActivationKey(name + ".experts.dw");
         _output = new ActivationKey(name + ".out");
+        _partialOutput = new ActivationKey(name + ".out.partial");
+        _dOutputGathered = new ActivationKey(name + ".out.gathered.dy");
+        _tensorParallelDots = new ActivationKey(name + ".dw.tp");
         ActivationKey[] Keys(string suffix) => Enumerable.Range(0, experts).Select(j => new ActivationKey($"{name}.experts.{j}.{suffix}")).ToArray();
         _ids = Keys("ids");
         _weights = Keys("w");
@@ -123,6 +131,9 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     /// <summary>The global index of <see cref="Experts"/>[0] (0 on one device).</summary>
     public int FirstExpert { get; }
 
+    /// <summary>This rank's tensor parallelism (a slice of every expert's hidden units), or null.</summary>
+    public TensorParallelism? TensorParallelism { get; }
+
     /// <summary>This rank's expert parallelism, or null when the layer holds every expert.</summary>
     public ExpertParallelism? ExpertParallelism { get; }
 
@@ -152,6 +163,7 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     /// <inheritdoc/>
     public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
+        if (TensorParallelism is not null) return ForwardTensorParallel(ctx, x, residual);
         var y = ctx.Buffer(_output, x.Shape, x.DType);               // (N, C)
         if (residual is not null) x.Backend.Copy(residual, y);
         else x.Backend.Fill(y, 0);
@@ -165,6 +177,11 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
     {
         ArgumentNullException.ThrowIfNull(norm);
+        if (TensorParallelism is not null)
+        {
+            ForwardAccumulateTensorParallel(ctx, x, norm, residual);
+            return;
+        }
         var rows = norm.Forward(ctx, x);                             // (N, C)
         Run(ctx, rows, residual);
         if (SharedExpert is not null) AddSharedExpert(ctx, rows, residual);
@@ -212,12 +229,16 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     {
         if (projectionBiasGradientTaken)
             throw new InvalidOperationException($"{Name}: the experts' projections have no bias whose gradient could have been taken");
+        if (accumulateDx && TensorParallelism is not null)
+            throw new NotSupportedException($"{Name}: the input gradient of a tensor-parallel mixture of experts is reduced over ranks and cannot accumulate into dx");
         var backend = dy.Backend;
-        int n = dy.Size(0), c = dy.Size(1), k = ExpertsPerToken;
+        var dOut = OutputGradient(ctx, dy);                          // (N, C): the gradient of the whole combined output
+        var dIn = Input.GradientBuffer(ctx, dx);                     // (N, C): the gradient of the rows the router and experts read
+        int n = dOut.Size(0), c = dOut.Size(1), k = ExpertsPerToken;
         var routing = Route(ctx, ctx.Get(_logits));
-        var weightGradients = new double[n * k];                     // (N, k): dL/dw of each slot
-        if (!accumulateDx) backend.Fill(dx, 0);
-        if (ExpertParallelism is not null) BackwardExpertParallel(ctx, dy, dx, routing, weightGradients);
+        var weightGradients = new double[n * k];                     // (N, k): dL/dw of each slot (this rank's part under tp)
+        if (!accumulateDx) backend.Fill(dIn, 0);
+        if (ExpertParallelism is not null) BackwardExpertParallel(ctx, dOut, dIn, routing, weightGradients);
         else for (int j = 0; j < Experts.Count; j++)
         {
             var slots = routing.SlotsOf(j);
@@ -226,23 +247,29 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             var ids = ctx.Get(_ids[j]);                              // (n_j)
             var w = ctx.Get(_weights[j]);                            // (n_j, 1, 1)
             var expertOut = ctx.Get(_expertOut[j]);                  // (n_j, C)
-            var dRows = ctx.Scratch(_dRows[j], new Shape(count, 1, c), dy.DType);        // (n_j, 1, C): dy of the tokens
-            backend.EmbeddingForward(ids, dy, dRows.Reshape(count, c));
-            var dots = ctx.Scratch(_dots, new Shape(count, 1, 1), dy.DType);             // (n_j, 1, 1): dL/dw = dy · expert(x)
+            var dRows = ctx.Scratch(_dRows[j], new Shape(count, 1, c), dOut.DType);      // (n_j, 1, C): dy of the tokens
+            backend.EmbeddingForward(ids, dOut, dRows.Reshape(count, c));
+            var dots = ctx.Scratch(_dots, new Shape(count, 1, 1), dOut.DType);           // (n_j, 1, 1): dL/dw = dy · expert(x)
             backend.MatMul(dRows, expertOut.Reshape(count, 1, c), dots, transposeB: true);
             var host = Download(ctx, dots);
             for (int i = 0; i < count; i++) weightGradients[slots[i]] = host[i];
-            var dScaled = ctx.Scratch(_dScaled[j], new Shape(count, 1, c), dy.DType);    // (n_j, 1, C): w · dy
+            var dScaled = ctx.Scratch(_dScaled[j], new Shape(count, 1, c), dOut.DType);  // (n_j, 1, C): w · dy
             backend.MatMul(w, dRows, dScaled);
-            var dIn = ctx.Scratch(_dExpertIn[j], new Shape(count, c), dy.DType);         // (n_j, C)
-            Experts[j].Backward(ctx, dScaled.Reshape(count, c), dIn);
-            backend.EmbeddingBackward(ids, dIn, dx);                 // dx[ids] += the expert's input gradient
+            var dExpertIn = ctx.Scratch(_dExpertIn[j], new Shape(count, c), dOut.DType); // (n_j, C)
+            Experts[j].Backward(ctx, dScaled.Reshape(count, c), dExpertIn);
+            backend.EmbeddingBackward(ids, dExpertIn, dIn);          // dIn[ids] += the expert's input gradient
         }
-        if (SharedExpert is not null) BackwardSharedExpert(ctx, dy, dx);
+        var gateGradients = SharedExpert is not null ? BackwardSharedExpert(ctx, dOut, dIn) : null;   // (N): dL/dg
+        // Under tp each expert output, and so each dot product with dy, is this rank's partial: summed over the ranks (one
+        // all-reduce of the (N, k [+ 1]) dot products) the router's and the shared gate's gradients are every rank's, bit for bit.
+        if (TensorParallelism is not null) SumOverTensorParallel(ctx, weightGradients, gateGradients, dOut.DType);
+        var replicatedDx = ReplicatedInputGradient(dIn);
+        if (gateGradients is not null) BackwardSharedExpertGate(ctx, gateGradients, replicatedDx);
         var dz = routing.LogitGradient(weightGradients, AuxiliaryLossCoefficient, AuxiliaryLossWeight);
-        var dLogits = ctx.Scratch(_dLogits, new Shape(n, ExpertCount), dy.DType);      // (N, E)
+        var dLogits = ctx.Scratch(_dLogits, new Shape(n, ExpertCount), dOut.DType);    // (N, E)
         Upload(ctx, dz, dLogits);
-        Router.Backward(ctx, dLogits, dx, accumulateDx: true);
+        Router.Backward(ctx, dLogits, replicatedDx, accumulateDx: true);
+        Input.Backward(ctx, dIn, dx);
     }
 
     /// <summary>Reads the logits (N, E) back and routes them (the device waits here).</summary>

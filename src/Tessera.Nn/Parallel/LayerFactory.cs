@@ -111,6 +111,11 @@ public sealed class LayerFactory
             case ParallelStyle.RowParallel:
                 var row = new RowParallelLinear(Parameters, name, inFeatures, outFeatures, bias, TensorParallelism!);
                 return Served(name) ? new MultiLoraLinear(row, [], ServedAdapters!) : row;
+            case ParallelStyle.RowParallelUnreduced:
+                // No bias: it would be added on every rank and then summed tp times (a reduced layer adds it on rank 0 only).
+                if (bias) throw new NotSupportedException($"parallel plan: layer '{name}' is {style} (its partial sums reduced by the layer around it) and cannot have a bias");
+                if (Served(name)) throw new NotSupportedException($"served LoRA: layer '{name}' is {style}; adapters are not served on a mixture of experts' experts");
+                return new Linear(Parameters, name, inFeatures, outFeatures, bias: false, Placement.Shard(MeshAxis.Tp, 1));
             case ParallelStyle.Replicate:
                 var plain = new Linear(Parameters, name, inFeatures, outFeatures, bias);
                 if (Served(name))

@@ -26,7 +26,9 @@ public sealed class ParallelPlan
     /// <summary>
     /// Megatron-LM's tensor parallelism for a decoder (GPT-2 and Llama): the vocabulary-parallel token embedding, the
     /// fused QKV and the MLP's first products column-parallel, the attention and MLP output projections row-parallel, the
-    /// LM head column-parallel over the vocabulary (with a vocabulary-parallel loss), and, when
+    /// LM head column-parallel over the vocabulary (with a vocabulary-parallel loss), a mixture of experts' experts and shared
+    /// expert split as the dense MLP but with their output projections left unreduced (the MoE block reduces its combined
+    /// output once; its router and shared-expert gate stay replicated), and, when
     /// <paramref name="sequenceParallel"/>, the norms and residual stream split along the sequence (Megatron-SP).
     /// </summary>
     public static ParallelPlan Megatron(bool sequenceParallel) => new(
@@ -44,6 +46,12 @@ public sealed class ParallelPlan
         ("blocks.*.mlp.gate", ParallelStyle.ColumnParallel),
         ("blocks.*.mlp.up", ParallelStyle.ColumnParallel),
         ("blocks.*.mlp.proj", ParallelStyle.RowParallel),
+        ("blocks.*.mlp.experts.*.gate", ParallelStyle.ColumnParallel),
+        ("blocks.*.mlp.experts.*.up", ParallelStyle.ColumnParallel),
+        ("blocks.*.mlp.experts.*.proj", ParallelStyle.RowParallelUnreduced),
+        ("blocks.*.mlp.shared_expert.gate", ParallelStyle.ColumnParallel),
+        ("blocks.*.mlp.shared_expert.up", ParallelStyle.ColumnParallel),
+        ("blocks.*.mlp.shared_expert.proj", ParallelStyle.RowParallelUnreduced),
         ("blocks.*.post_mlp_norm", ParallelStyle.SequenceParallel),
         ("final_norm", ParallelStyle.SequenceParallel),
         ("head", ParallelStyle.PrepareInput),

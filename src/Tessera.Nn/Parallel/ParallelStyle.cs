@@ -12,6 +12,13 @@ public enum ParallelStyle
     /// <summary>The input features (columns of the weight) are split: each rank's product is a partial sum, reduced over the ranks (all-reduce, or reduce-scatter into sequence-parallel rows).</summary>
     RowParallel,
 
+    /// <summary>
+    /// The input features are split as in <see cref="RowParallel"/>, but the layer leaves its product a partial sum, unreduced
+    /// (vLLM's <c>reduce_results=False</c>): the layer around it sums the partials once. A mixture of experts' expert output
+    /// projections: each rank's weighted sum of its slices of every expert is reduced once after the combine, not per expert.
+    /// </summary>
+    RowParallelUnreduced,
+
     /// <summary>An embedding whose rows (the vocabulary) are split: each rank looks up the ids in its rows, and the partial lookups are reduced.</summary>
     VocabParallel,
 

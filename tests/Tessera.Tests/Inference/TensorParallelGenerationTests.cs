@@ -32,6 +32,10 @@ public sealed class TensorParallelGenerationTests
     [InlineData("phi3-debug", 2)]
     [InlineData("phi4-mini-debug", 2)]        // each rank rotates 6 of its heads' 8 channels
     [InlineData("gemma2-debug", 2)]           // each rank caps its vocabulary columns before the gather
+    [InlineData("mixtral-debug", 2)]          // every rank routes alike and runs its half of every expert; one all-reduce a block
+    [InlineData("mixtral-debug", 4)]
+    [InlineData("qwen3-moe-debug", 2)]
+    [InlineData("qwen2-moe-debug", 2)]        // the shared expert split too, its sigmoid gate replicated
     public void TensorParallelRanksGenerateOneDevicesTokens(string preset, int tp)
     {
         var config = ModelPresets.Get(preset);

@@ -36,6 +36,9 @@ public sealed class ActivationMemoryTests
     [InlineData("qwen3-moe-debug", 1, false, false, DType.F32, 0)] // (not checkpointed: the shared buffers of an expert keep the
                                                                    // largest count of any block, above the estimate's N k)
     [InlineData("qwen2-moe-debug", 1, false, false, DType.F64, 0)] // and the shared expert's SwiGLU over all N rows, its gate's sigmoid
+    [InlineData("mixtral-debug", 2, false, false, DType.F64, 0)]   // tp: every rank routes all N rows through F' / tp of each expert
+    [InlineData("qwen2-moe-debug", 2, false, false, DType.F32, 0)]
+    [InlineData("qwen2-moe-debug", 2, true, false, DType.F64, 0)]  // + SP: the gathered input, the partial sum in a shared buffer
     [InlineData("gemma2-debug", 1, false, false, DType.F64, 0)] // post-norms, residual adds, GeGLU; the soft-capped head unfused
     [InlineData("gemma2-debug", 2, true, false, DType.F32, 0)]  // the vocabulary-parallel loss of the unfused head
     [InlineData("gemma3-debug", 2, true, false, DType.F32, 0)]

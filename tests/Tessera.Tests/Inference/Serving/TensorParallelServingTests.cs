@@ -50,6 +50,8 @@ public sealed class TensorParallelServingTests
     [InlineData("gpt2-debug", 2)]
     [InlineData("llama-debug", 2)]
     [InlineData("llama-debug", 4)]   // 2 key/value heads over 4 ranks: each rank caches a replica of its head
+    [InlineData("mixtral-debug", 2)] // paged MoE steps: every rank routes the batch's rows alike, its slice of every expert
+    [InlineData("qwen2-moe-debug", 2)]
     public async Task TensorParallelRanksServeOneDevicesTokens(string preset, int tp)
     {
         var config = ModelPresets.Get(preset);

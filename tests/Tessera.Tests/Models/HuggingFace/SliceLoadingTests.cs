@@ -77,6 +77,10 @@ public sealed class SliceLoadingTests : IDisposable
     [InlineData("phi3-debug", 2, DType.BF16)]            // qkv_proj's rows of each rank's heads; gate and up: rows of each half of gate_up_proj
     [InlineData("phi3-debug", 4, DType.F16)]
     [InlineData("phi4-mini-debug", 2, DType.F32)]        // tied head (no lm_head tensor to read)
+    [InlineData("mixtral-debug", 2, DType.BF16)]         // w1/w3: each rank's rows of every expert; w2: its columns; the router whole
+    [InlineData("mixtral-debug", 4, DType.F32)]
+    [InlineData("qwen3-moe-debug", 2, DType.F16)]
+    [InlineData("qwen2-moe-debug", 2, DType.BF16)]       // the shared expert sliced as the experts, its gate whole
     public void EachRankReadsOnlyItsSliceAndGetsTheSliceOfTheWholeTensorBitForBit(string preset, int tp, DType stored)
     {
         var config = Config(preset);

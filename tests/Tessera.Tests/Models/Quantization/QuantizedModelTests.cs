@@ -129,6 +129,8 @@ public sealed class QuantizedModelTests : IDisposable
     [Theory]
     [InlineData("gpt2-debug", 2)]
     [InlineData("llama-debug", 2)]
+    [InlineData("mixtral-debug", 2)]     // the experts' slices quantized per rank (proj: a scale per rank's columns), the router whole
+    [InlineData("qwen2-moe-debug", 2)]   // and the shared expert's slices, its C x 1 gate whole
     public void TensorParallelRanksGenerateTheTokensOfTheWeightsTheyHold(string preset, int tp)
     {
         var (dir, _) = Saved(preset, DType.F64);

@@ -217,9 +217,10 @@ public sealed class MixtureOfExpertsLayerTests
     }
 
     [Fact]
-    public void TensorParallelismIsRefusedForAMixtureOfExperts()
+    public void TensorParallelismSplitsTheExpertsOnlyWhereTpDividesTheirWidth()
     {
-        var e = Assert.Throws<ArgumentException>(() => Tessera.Models.Transformer.CheckTensorParallel(ModelPresets.Get("qwen3-moe-debug"), 2));
-        Assert.Contains("mixture-of-experts model (Experts = 4) has no tensor-parallel split", e.Message);
+        Tessera.Models.Transformer.CheckTensorParallel(ModelPresets.Get("qwen3-moe-debug"), 2);   // 48 / 2 units of each expert a rank
+        var e = Assert.Throws<ArgumentException>(() => Tessera.Models.Transformer.CheckTensorParallel(ModelPresets.Get("qwen3-moe-debug") with { ExpertHidden = 50 }, 4));
+        Assert.Contains("tp (4) must divide the experts' width (ExpertHidden = 50)", e.Message);
     }
 }

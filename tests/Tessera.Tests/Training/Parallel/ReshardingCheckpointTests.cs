@@ -18,11 +18,14 @@ namespace Tessera.Tests.Training.Parallel;
 /// loads into other layouts: one device, tp 4 (key/value heads replicated on pairs of ranks), and dp 4 under ZeRO-2. Each
 /// must hold exactly (bitwise: the values are copied, never computed) the saved run's whole parameters and AdamW moments,
 /// put back together from its shards; and the first step after the restore must give the loss the saved run itself took
-/// (within 1e-10: the layouts sum the same numbers in other orders).
+/// (within 1e-10: the layouts sum the same numbers in other orders). The same for qwen2-moe-debug, whose experts and shared
+/// expert are saved as each tp rank's slices of their hidden units (its router and shared gate replicated) and put back
+/// together at tp 4, on one device and under data parallelism.
 /// </summary>
 public sealed class ReshardingCheckpointTests : IDisposable
 {
     private const string Preset = "llama-debug";
+    private string _preset = Preset;
     private readonly TemporaryRunFolder _run = new("tessera-reshard-");
 
     public void Dispose() => _run.Dispose();
@@ -60,14 +63,17 @@ public sealed class ReshardingCheckpointTests : IDisposable
 
     private Transformer NewModel(IBackend backend, TensorParallelism? tensor)
     {
-        var model = new Transformer(ModelPresets.Get(Preset), backend, DType.F64, tensorParallelism: tensor);
+        var model = new Transformer(ModelPresets.Get(_preset), backend, DType.F64, tensorParallelism: tensor);
         model.InitializeWeights(seed: 99);   // the checkpoint must overwrite these
         return model;
     }
 
-    [Fact]
-    public void CheckpointOfTensorTimesDataParallelRunLoadsExactlyAtOneDeviceTp4AndDp4()
+    [Theory]
+    [InlineData(Preset)]
+    [InlineData("qwen2-moe-debug")]   // every expert's slices (and the shared expert's) saved by each tp rank, regathered at tp 4
+    public void CheckpointOfTensorTimesDataParallelRunLoadsExactlyAtOneDeviceTp4AndDp4(string preset)
     {
+        _preset = preset;
         var adamW = new AdamWOptions();
         var store = _run.Checkpoints;
         // The saving run: tp 2 x dp 2, ZeRO-1, micro-batches of B per dp rank (global batch 2B); three steps, save, one more.
@@ -76,7 +82,7 @@ public sealed class ReshardingCheckpointTests : IDisposable
         {
             var groups = saveMesh.CreateGroups(ctx.Factory);
             var tensor = new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
-            var model = new Transformer(ModelPresets.Get(Preset), ctx.Backend, DType.F64, tensorParallelism: tensor);
+            var model = new Transformer(ModelPresets.Get(preset), ctx.Backend, DType.F64, tensorParallelism: tensor);
             model.InitializeWeights(ParallelRun.Seed);
             var strategy = DataParallelism.Create(model, groups.Dp, new DataParallelOptions { Stage = ZeroStage.OptimizerStates, BucketElements = 1500 }, adamW, ctx.Host);
             var trainer = new Trainer(model, strategy, new TokenDataLoader([_run.Shard], ParallelRun.B, ParallelRun.T, groups.Coordinate.Dp, 2), null, ParallelRun.Options(5));
