@@ -173,8 +173,16 @@ public static class HuggingFaceConfig
     {
         // Qwen3-MoE: Qwen3's attention (q/k head norms, head_dim), and in place of the MLP num_experts SwiGLU experts of
         // moe_intermediate_size, num_experts_per_tok a token, renormalized when norm_topk_prob. Every layer must be sparse.
+        return QwenExperts(f, ParseQwen3(f) with { ModelType = "qwen3_moe" });
+    }
+
+    /// <summary>
+    /// The expert fields Qwen2-MoE and Qwen3-MoE share, on <paramref name="config"/> (their attention): num_experts SwiGLU experts
+    /// of moe_intermediate_size, num_experts_per_tok a token, renormalized when norm_topk_prob; every layer sparse.
+    /// </summary>
+    private static TransformerConfig QwenExperts(Fields f, TransformerConfig config)
+    {
         CheckEveryLayerSparse(f);
-        var config = ParseQwen3(f) with { ModelType = "qwen3_moe" };
         return config with
         {
             Experts = f.RequiredInt("num_experts"),
@@ -191,15 +199,8 @@ public static class HuggingFaceConfig
         // moe_intermediate_size, num_experts_per_tok a token from the softmax (renormalized when norm_topk_prob, false in the
         // releases), and a shared expert of shared_expert_intermediate_size that every token runs, scaled by
         // sigmoid(shared_expert_gate(x)). intermediate_size is the width of mlp_only_layers' dense MLPs, which must be none.
-        CheckEveryLayerSparse(f);
-        var config = ParseQwen2(f) with { ModelType = "qwen2_moe" };
-        return config with
+        return QwenExperts(f, ParseQwen2(f) with { ModelType = "qwen2_moe" }) with
         {
-            Experts = f.RequiredInt("num_experts"),
-            ExpertsPerToken = f.RequiredInt("num_experts_per_tok"),
-            ExpertHidden = f.RequiredInt("moe_intermediate_size"),
-            NormalizeExpertWeights = f.Bool("norm_topk_prob") ?? false,
-            RouterAuxLossCoefficient = RouterAuxLoss(f),
             SharedExpertHidden = f.RequiredInt("shared_expert_intermediate_size"),
             SharedExpertGated = true,
         };
