@@ -524,26 +524,16 @@ public static class HuggingFaceConfig
                 o["bos_token_id"] = null;
                 o["eos_token_id"] = null;
                 break;
-            case "qwen3_moe":
-                o["attention_bias"] = false;
+            case "qwen3_moe" or "qwen2_moe":
+                // Qwen3-MoE's attention has no biases (Qwen2-MoE's has, always, and no field for it); every layer sparse.
+                if (type == "qwen3_moe") o["attention_bias"] = false;
                 o["use_sliding_window"] = false;
                 o["sliding_window"] = null;
                 o["max_window_layers"] = c.Layers;
                 o["num_experts"] = c.Experts;
                 o["num_experts_per_tok"] = c.ExpertsPerToken;
                 o["moe_intermediate_size"] = c.EffectiveExpertHidden;
-                o["norm_topk_prob"] = c.NormalizeExpertWeights;
-                o["decoder_sparse_step"] = 1;
-                o["mlp_only_layers"] = new JsonArray();
-                break;
-            case "qwen2_moe":
-                o["use_sliding_window"] = false;
-                o["sliding_window"] = null;
-                o["max_window_layers"] = c.Layers;
-                o["num_experts"] = c.Experts;
-                o["num_experts_per_tok"] = c.ExpertsPerToken;
-                o["moe_intermediate_size"] = c.EffectiveExpertHidden;
-                o["shared_expert_intermediate_size"] = c.SharedExpertHidden;
+                if (type == "qwen2_moe") o["shared_expert_intermediate_size"] = c.SharedExpertHidden;
                 o["norm_topk_prob"] = c.NormalizeExpertWeights;
                 o["decoder_sparse_step"] = 1;
                 o["mlp_only_layers"] = new JsonArray();
