@@ -22,24 +22,12 @@ public sealed class MixtureOfExpertsTensorParallelTrainTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private string TinyMixtral()
-    {
-        var config = ModelPresets.Get("mixtral-debug") with { VocabSize = 256 };
-        var model = new Transformer(config, new CpuBackend(1), DType.F32);
-        model.InitializeWeights(17);
-        var dir = Path.Combine(_dir, "base");
-        HuggingFaceExport.Write(dir, model, new HuggingFaceExportOptions { Tokenizer = new ByteTokenizer() });
-        return dir;
-    }
 
     [Fact]
     public void TensorParallelRanksTrainAMixtureOfExpertsLikeOneDeviceAndGenerateItsText()
     {
-        var baseModel = TinyMixtral();
-        var data = Path.Combine(_dir, "data");
-        TokenShard.Write(Path.Combine(data, "train_000.bin"), Enumerable.Range(0, 4000).Select(i => (i * 37 + i / 7) % 256).ToArray());
-        string[] Common(string run) => ["--model", baseModel, "--data", Path.Combine(data, "train_000.bin"), "--out", run, "--seq", "16",
-            "--threads", "2", "--log-every", "1", "--sample-tokens", "0", "--eval-every", "0", "--warmup", "1", "--steps", "3", "--batch", "4"];
+        var run = MixtralRunCase.Write(_dir);
+        string[] Common(string dir) => [.. run.Common(dir), "--steps", "3", "--batch", "4"];
 
         var one = Path.Combine(_dir, "one");
         var (code, stdout, stderr) = CliProcess.Run(["train", .. Common(one)]);
