@@ -12,6 +12,7 @@ peft.PeftModel.from_pretrained(model, adapter/), and checks that
     renamed: peft loads adapters non-strictly, so a wrong name would otherwise pass silently as a zero adapter),
   - the adapted logits agree with Tessera's within --tolerance (default 1e-4, max |diff| / max |reference|),
   - the adapter matters: the logits with peft's adapter disabled differ from Tessera's by more than 100x the tolerance.
+A mixture-of-experts case is skipped, saying so, where transformers builds no per-expert modules (fused expert parameters).
 It prints one JSON line per case and exits 0 when every case passes.
 
     python3 check_peft.py CASE_DIR [CASE_DIR...] [--tolerance 1e-4]
@@ -34,6 +35,14 @@ def check(path, tolerance):
     ref = load_file(os.path.join(path, "tessera_reference.safetensors"))
     adapter_dir = os.path.join(path, "adapter")
     base = AutoModelForCausalLM.from_pretrained(os.path.join(path, "base"), dtype=torch.float32, attn_implementation="sdpa")
+    # Tessera's expert adapters are one per expert's nn.Linear (block_sparse_moe.experts.J.w1, mlp.experts.J.gate_proj), as PEFT
+    # makes them where transformers builds the experts as modules. Releases that hold the experts as fused 3-D parameters
+    # (experts.gate_up_proj) have no such modules (PEFT adapts those through target_parameters): say so and skip the case.
+    expert = {"mixtral": ".experts.0.w1", "qwen2_moe": ".experts.0.gate_proj", "qwen3_moe": ".experts.0.gate_proj"}.get(base.config.model_type)
+    if expert is not None and not any(name.endswith(expert) for name, _ in base.named_modules()):
+        print(json.dumps({"dir": path, "model_type": base.config.model_type, "skipped":
+                          f"transformers {transformers.__version__} builds no per-expert modules (*{expert}); per-expert PEFT adapters do not apply"}), flush=True)
+        return True
     model = PeftModel.from_pretrained(base, adapter_dir)
     model.eval()
 

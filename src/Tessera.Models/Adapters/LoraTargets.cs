@@ -32,6 +32,77 @@ public static class LoraTargets
         ("mlp.c_proj", "mlp.c_proj", "blocks.*.mlp.proj", null),
     ];
 
+    /// <summary>
+    /// Mixtral's targets (modules under model.layers.N): the attention's q, k, v, o; each expert's w1 (gate), w3 (up) and w2
+    /// (down), one adapter per expert and block (PEFT's "w1" matches block_sparse_moe.experts.{j}.w1 for every j); and the router
+    /// block_sparse_moe.gate (PEFT's "gate"), which PEFT adapts when named: its low-rank term changes the routing logits.
+    /// Tessera's short names gate, up, down mean the experts' products here too, and router the router (<see cref="Aliases"/>).
+    /// </summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Mixtral { get; } =
+    [
+        .. Llama.Take(4),
+        ("w1", "block_sparse_moe.experts.*.w1", "blocks.*.mlp.experts.*.gate", null),
+        ("w3", "block_sparse_moe.experts.*.w3", "blocks.*.mlp.experts.*.up", null),
+        ("w2", "block_sparse_moe.experts.*.w2", "blocks.*.mlp.experts.*.proj", null),
+        ("block_sparse_moe.gate", "block_sparse_moe.gate", "blocks.*.mlp.router", null),
+    ];
+
+    /// <summary>Qwen3-MoE's targets: attention, each expert's gate_proj, up_proj, down_proj under mlp.experts.{j}, the router mlp.gate.</summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Qwen3Moe { get; } =
+    [
+        .. Llama.Take(4),
+        ("gate", "mlp.experts.*.gate_proj", "blocks.*.mlp.experts.*.gate", null),
+        ("up", "mlp.experts.*.up_proj", "blocks.*.mlp.experts.*.up", null),
+        ("down", "mlp.experts.*.down_proj", "blocks.*.mlp.experts.*.proj", null),
+        ("router", "mlp.gate", "blocks.*.mlp.router", null),
+    ];
+
+    /// <summary>
+    /// Qwen2-MoE's targets: Qwen3-MoE's and the shared expert's gate_proj, up_proj, down_proj (mlp.shared_expert). PEFT's
+    /// "gate_proj" matches the experts' and the shared expert's, and adapts both; so do Tessera's gate, up and down here. The
+    /// shared expert's gate mlp.shared_expert_gate (C to 1) is no target.
+    /// </summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Qwen2Moe { get; } =
+    [
+        .. Qwen3Moe,
+        ("shared_expert.gate", "mlp.shared_expert.gate_proj", "blocks.*.mlp.shared_expert.gate", null),
+        ("shared_expert.up", "mlp.shared_expert.up_proj", "blocks.*.mlp.shared_expert.up", null),
+        ("shared_expert.down", "mlp.shared_expert.down_proj", "blocks.*.mlp.shared_expert.proj", null),
+    ];
+
+    /// <summary>
+    /// Tessera's names that stand for other short names in a mixture-of-experts table, read only where a name is given to
+    /// Tessera (--lora-targets; not PEFT's target_modules, whose "gate" is the router as PEFT matches it): Mixtral's gate, up,
+    /// down are w1, w3, w2; router is the router; Qwen2-MoE's gate, up, down are the experts' and the shared expert's.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string[]> Aliases(IReadOnlyList<(string Short, string Module, string Layer, int? Part)> table) =>
+        ReferenceEquals(table, Mixtral) ? new Dictionary<string, string[]>
+        {
+            ["gate"] = ["w1"], ["up"] = ["w3"], ["down"] = ["w2"], ["router"] = ["block_sparse_moe.gate"],
+        }
+        : ReferenceEquals(table, Qwen2Moe) ? new Dictionary<string, string[]>
+        {
+            ["gate"] = ["gate", "shared_expert.gate"], ["up"] = ["up", "shared_expert.up"], ["down"] = ["down", "shared_expert.down"],
+        }
+        : new Dictionary<string, string[]>();
+
+    /// <summary>Whether <paramref name="target"/> adapts a layer of a mixture of experts' block (an expert, the shared expert, the router).</summary>
+    public static bool IsMixtureOfExperts(LoraTarget target)
+    {
+        ArgumentNullException.ThrowIfNull(target);
+        return target.LayerPattern.StartsWith("blocks.*.mlp.experts.", StringComparison.Ordinal)
+            || target.LayerPattern.StartsWith("blocks.*.mlp.shared_expert.", StringComparison.Ordinal)
+            || target.LayerPattern == "blocks.*.mlp.router";
+    }
+
+    /// <summary>The target table of the model <paramref name="config"/> describes: its family's, or a mixture of experts' (by model_type).</summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Of(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (!config.IsMixtureOfExperts) return Of(config.Family);
+        return config.EffectiveModelType == "mixtral" ? Mixtral : config.HasSharedExpert ? Qwen2Moe : Qwen3Moe;
+    }
+
     /// <summary>The default targets of the Llama layer set: the attention projections q, k, v, o.</summary>
     public static IReadOnlyList<string> Default { get; } = ["q", "k", "v", "o"];
 
@@ -48,30 +119,46 @@ public static class LoraTargets
 
     /// <summary>
     /// The targets named by <paramref name="names"/>: short names (Llama: q, k, v, o, gate, up, down; GPT-2: c_attn, attn.c_proj,
-    /// c_fc, mlp.c_proj) or PEFT module names (q_proj, ..., down_proj; for GPT-2 "c_proj" is both c_proj modules, as in PEFT),
-    /// each once. Throws, naming it, for a name that is no layer of <paramref name="config"/>'s family.
+    /// c_fc, mlp.c_proj; a mixture of experts: q, k, v, o, gate, up, down of the experts (and the shared expert), router) or PEFT
+    /// module names (q_proj, ..., down_proj, w1, w2, w3; for GPT-2 "c_proj" is both c_proj modules, as in PEFT), each once.
+    /// With <paramref name="peftModules"/> (PEFT's target_modules) a name is first matched as PEFT matches it, against the module
+    /// path or a suffix of it after a dot (so a mixture of experts' "gate" is its router), then as a short name; otherwise a short
+    /// name (or <see cref="Aliases"/>) first. Throws, naming it, for a name that is no layer of <paramref name="config"/>'s model.
     /// </summary>
-    public static IReadOnlyList<LoraTarget> Parse(TransformerConfig config, IEnumerable<string> names)
+    public static IReadOnlyList<LoraTarget> Parse(TransformerConfig config, IEnumerable<string> names, bool peftModules = false)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(names);
         if (config.EffectiveModelType == "phi3")
             throw new ArgumentException("LoRA: model_type 'phi3' keeps q, k, v fused in self_attn.qkv_proj and gate, up in mlp.gate_up_proj, " +
                 "so PEFT's Phi-3 adapters target those fused modules; Tessera's adapters (per q, k, v, gate, up) do not map onto them and are not supported for phi3");
-        var table = Of(config.Family);
+        var table = Of(config);
+        var aliases = Aliases(table);
         var targets = new List<LoraTarget>();
+        var viaAlias = new HashSet<LoraTarget>();   // added by an alias's expansion: naming one of them again is no repetition
         foreach (var raw in names)
         {
             var name = raw.Trim();
             // A PEFT module name matches as PEFT matches it: the whole module path or a suffix of it after a dot.
-            var rows = table.Where(r => r.Short == name || r.Module == name || r.Module.EndsWith("." + name, StringComparison.Ordinal)).ToList();
+            var byModule = table.Where(r => r.Module == name || r.Module.EndsWith("." + name, StringComparison.Ordinal)).ToList();
+            bool alias = aliases.TryGetValue(name, out var shorts);
+            var byShort = table.Where(r => alias ? shorts!.Contains(r.Short) : r.Short == name).ToList();
+            var rows = peftModules ? (byModule.Count > 0 ? byModule : byShort) : (byShort.Count > 0 ? byShort : byModule);
+            bool soft = alias && ReferenceEquals(rows, byShort);
             if (rows.Count == 0)
-                throw new ArgumentException($"LoRA target '{name}' names no layer of a {config.Family} model; expected some of {string.Join(", ", table.Select(r => r.Short))} " +
-                    $"(or {string.Join(", ", table.Select(r => r.Module[(r.Module.IndexOf('.') + 1)..]).Distinct())})");
+                throw new ArgumentException($"LoRA target '{name}' names no layer of a {(config.IsMixtureOfExperts ? config.EffectiveModelType : config.Family)} model; expected some of {string.Join(", ", table.Select(r => r.Short).Concat(aliases.Keys).Distinct())} " +
+                    $"(or {string.Join(", ", table.Select(r => r.Module[(r.Module.LastIndexOf('.') + 1)..]).Distinct())})");
             foreach (var row in rows)
             {
-                if (targets.Any(t => t.Name == row.Short)) throw new ArgumentException($"LoRA target '{name}' is given twice ({row.Short})");
-                targets.Add(new LoraTarget(row.Layer, row.Part, row.Short));
+                var target = new LoraTarget(row.Layer, row.Part, row.Short);
+                if (targets.Contains(target))
+                {
+                    if (soft) continue;
+                    if (viaAlias.Remove(target)) continue;
+                    throw new ArgumentException($"LoRA target '{name}' is given twice ({row.Short})");
+                }
+                targets.Add(target);
+                if (soft) viaAlias.Add(target);
             }
         }
         if (targets.Count == 0) throw new ArgumentException("LoRA: no target given; name at least one of " + string.Join(", ", table.Select(r => r.Short)));
@@ -86,6 +173,9 @@ public static class LoraTargets
     {
         var (table, row) = RowOf(target);
         string last = row.Module[(row.Module.LastIndexOf('.') + 1)..];
+        // A mixture of experts' module names are PEFT's own: "w1" is every expert's, "gate_proj" the experts' and the shared
+        // expert's (both adapted together), "gate" the router.
+        if (IsMixtureOfExpertsTable(table)) return last;
         return table.Count(r => r.Module.EndsWith("." + last, StringComparison.Ordinal) || r.Module == last) == 1 ? last : row.Module;
     }
 
@@ -100,12 +190,37 @@ public static class LoraTargets
         return $"base_model.model.{blocks}.{block}.{row.Module}.lora_{(isA ? "A" : "B")}.weight";
     }
 
+    /// <summary>
+    /// PEFT's tensor name of an adapter parameter of layer <paramref name="layer"/> (a canonical name such as
+    /// "blocks.3.mlp.experts.5.gate"): "base_model.model.model.layers.3.block_sparse_moe.experts.5.w1.lora_A.weight"; the
+    /// module's "*" (the expert) is the layer name's segment at the pattern's second "*".
+    /// </summary>
+    public static string PeftName(LoraPart part, string layer, bool isA)
+    {
+        ArgumentNullException.ThrowIfNull(part);
+        ArgumentNullException.ThrowIfNull(layer);
+        var (table, row) = RowOf(part.Target);
+        var pattern = row.Layer.Split('.');
+        var segments = layer.Split('.');
+        if (pattern.Length != segments.Length || !part.Target.Matches(layer))
+            throw new ArgumentException($"LoRA: layer '{layer}' is not one of target '{part.Target.Name}' ({row.Layer})");
+        var wildcards = new Queue<string>(Enumerable.Range(0, pattern.Length).Where(i => pattern[i] == "*").Select(i => segments[i]));
+        if (!int.TryParse(wildcards.Dequeue(), out int block))
+            throw new InvalidOperationException($"LoRA: layer '{layer}' is not in a block; PEFT names exist for block layers only");
+        string module = string.Join('.', row.Module.Split('.').Select(s => s == "*" ? wildcards.Dequeue() : s));
+        string blocks = ReferenceEquals(table, Gpt2) ? "transformer.h" : "model.layers";
+        return $"base_model.model.{blocks}.{block}.{module}.lora_{(isA ? "A" : "B")}.weight";
+    }
+
     /// <summary>Whether PEFT sees target <paramref name="target"/>'s layers as Conv1D (GPT-2), so its config says fan_in_fan_out.</summary>
     public static bool IsConv1D(LoraTarget target) => ReferenceEquals(RowOf(target).Table, Gpt2);
 
+    private static bool IsMixtureOfExpertsTable(IReadOnlyList<(string Short, string Module, string Layer, int? Part)> table) =>
+        ReferenceEquals(table, Mixtral) || ReferenceEquals(table, Qwen2Moe) || ReferenceEquals(table, Qwen3Moe);
+
     private static (IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Table, (string Short, string Module, string Layer, int? Part) Row) RowOf(LoraTarget target)
     {
-        foreach (var table in new[] { Llama, Gpt2 })
+        foreach (var table in new[] { Llama, Gpt2, Mixtral, Qwen2Moe })
             foreach (var r in table)
                 if (r.Short == target.Name && r.Layer == target.LayerPattern && r.Part == target.Part) return (table, r);
         throw new ArgumentException($"LoRA target '{target.Name}' ({target.LayerPattern}) has no Hugging Face module name");

@@ -8,7 +8,8 @@ namespace Tessera.Models.Adapters;
 /// LoRA adapters in Hugging Face PEFT's layout, which peft's <c>PeftModel.from_pretrained</c> loads: a directory with
 /// adapter_config.json (<see cref="PeftAdapterConfig"/>) and adapter_model.safetensors holding, per adapted module,
 /// "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight" (r, in) and "...lora_B.weight" (out, r) in F32 (GPT-2:
-/// "base_model.model.transformer.h.N.attn.c_attn.lora_A.weight", fan_in_fan_out true).
+/// "base_model.model.transformer.h.N.attn.c_attn.lora_A.weight", fan_in_fan_out true; Mixtral's experts:
+/// "base_model.model.model.layers.N.block_sparse_moe.experts.J.w1.lora_A.weight", one adapter per expert).
 /// </summary>
 public static class PeftAdapter
 {
@@ -50,10 +51,10 @@ public static class PeftAdapter
         ArgumentNullException.ThrowIfNull(read);
         var writer = new SafetensorsWriter();
         writer.Metadata["format"] = "pt";
-        foreach (var (part, block) in Parts(adapters))
+        foreach (var (part, layer) in Parts(adapters))
         {
-            writer.Add(LoraTargets.PeftName(part, block, isA: true), part.A.Shape, Array.ConvertAll(read(part.A), v => (float)v));
-            writer.Add(LoraTargets.PeftName(part, block, isA: false), part.B.Shape, Array.ConvertAll(read(part.B), v => (float)v));
+            writer.Add(LoraTargets.PeftName(part, layer, isA: true), part.A.Shape, Array.ConvertAll(read(part.A), v => (float)v));
+            writer.Add(LoraTargets.PeftName(part, layer, isA: false), part.B.Shape, Array.ConvertAll(read(part.B), v => (float)v));
         }
         var o = adapters.Options;
         var config = new PeftAdapterConfig(o.Rank, o.Alpha, o.Dropout, o.Targets.Select(LoraTargets.ModuleOf).Distinct().ToList(), baseModel,
@@ -72,7 +73,7 @@ public static class PeftAdapter
         IReadOnlyList<LoraTarget> targets;
         try
         {
-            targets = LoraTargets.Parse(config, c.TargetModules);
+            targets = LoraTargets.Parse(config, c.TargetModules, peftModules: true);
         }
         catch (ArgumentException e)
         {
@@ -96,10 +97,10 @@ public static class PeftAdapter
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: missing (a PEFT adapter directory holds adapter_config.json and {WeightsFile})", path);
         using var file = SafetensorsFile.Open(path);
         var expected = new List<(string Name, Nn.Parameter Parameter)>();
-        foreach (var (part, block) in Parts(adapters))
+        foreach (var (part, layer) in Parts(adapters))
         {
-            expected.Add((LoraTargets.PeftName(part, block, isA: true), part.A));
-            expected.Add((LoraTargets.PeftName(part, block, isA: false), part.B));
+            expected.Add((LoraTargets.PeftName(part, layer, isA: true), part.A));
+            expected.Add((LoraTargets.PeftName(part, layer, isA: false), part.B));
         }
         foreach (var (name, p) in expected)
         {
@@ -113,15 +114,15 @@ public static class PeftAdapter
         foreach (var (name, p) in expected) adapters.Write(p, file.ReadAsDouble(name));
     }
 
-    /// <summary>Every adapter with the block index of its layer ("blocks.3.attn.qkv" -> 3).</summary>
-    private static IEnumerable<(LoraPart Part, int Block)> Parts(LoraAdapters adapters)
+    /// <summary>Every adapter with its layer's name ("blocks.3.attn.qkv", "blocks.3.mlp.experts.5.gate"), which must be in a block.</summary>
+    private static IEnumerable<(LoraPart Part, string Layer)> Parts(LoraAdapters adapters)
     {
         foreach (var layer in adapters.Layers)
         {
             var segments = layer.Name.Split('.');
-            if (segments.Length < 2 || segments[0] != "blocks" || !int.TryParse(segments[1], out int block))
+            if (segments.Length < 2 || segments[0] != "blocks" || !int.TryParse(segments[1], out _))
                 throw new InvalidOperationException($"LoRA: layer '{layer.Name}' is not in a block; PEFT names exist for block layers only");
-            foreach (var part in layer.Parts) yield return (part, block);
+            foreach (var part in layer.Parts) yield return (part, layer.Name);
         }
     }
 }

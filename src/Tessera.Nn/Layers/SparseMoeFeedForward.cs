@@ -67,6 +67,10 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
         int local = ExpertParallelism?.LocalExperts(experts, name) ?? experts;
         FirstExpert = ExpertParallelism is null ? 0 : ExpertParallelism.Rank * local;
         Router = layers.Linear(name + ".router", channels, experts, bias: false);
+        // The experts' adapters are refused under tensor parallelism by the layer factory (their layers are split); the router
+        // is replicated, and its adapter is refused here so that no LoRA reaches a tensor-parallel mixture of experts.
+        if (TensorParallelism is not null && Router is Adapters.LoraLinear)
+            throw new NotSupportedException($"LoRA: layer '{Router.Name}' is a tensor-parallel mixture of experts' router; adapters on a mixture of experts are built without --tp only");
         var list = new SwiGluMlp[local];
         for (int j = 0; j < local; j++)
         {
@@ -82,6 +86,11 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             SharedExpert = new SwiGluMlp(layers, name + ".shared_expert", channels, sharedExpertHidden, bias: false);
             SharedExpertGate = layers.Linear(name + ".shared_expert_gate", channels, 1, bias: false);
         }
+        // Served adapters (multi-LoRA) pick each row's adapter by its place in the step's rows; an expert runs a gathered subset
+        // of them, which that index does not follow. Expert adapters are trained (LoraLinear: one adapter for every row) or merged.
+        if (new[] { Router }.Concat(Experts.Concat(SharedExpert is null ? [] : [SharedExpert]).SelectMany(e => new[] { e.Gate, e.Up, e.Projection }))
+            .FirstOrDefault(l => l is Adapters.MultiLoraLinear) is { } served)
+            throw new NotSupportedException($"served LoRA: layer '{served.Name}' is a mixture of experts' layer; adapters are served unmerged on the attention only (merge expert adapters at load)");
         ExpertsPerToken = expertsPerToken;
         NormalizeWeights = normalizeWeights;
         AuxiliaryLossCoefficient = auxiliaryLossCoefficient;

@@ -80,6 +80,53 @@ public sealed class LoraTrainTests : IDisposable
     }
 
     /// <summary>
+    /// A mixture of experts (qwen2-moe-debug, byte vocabulary): --lora-targets gate,up,down,router trains every expert's, the
+    /// shared expert's and the router's adapters; the adapter is written under Hugging Face's names (mlp.experts.J.gate_proj,
+    /// mlp.shared_expert.gate_proj, mlp.gate), a resume parses the checkpoint's target names back to the same targets, and the
+    /// export merges it (logits within 1e-5 relative in F32, as above).
+    /// </summary>
+    [Fact]
+    public void LoraOnTheExpertsOfAMixtureOfExpertsTrainsResumesAndExports()
+    {
+        var config = ModelPresets.Get("qwen2-moe-debug") with { VocabSize = 256, MaxSequenceLength = 128 };
+        var baseModel = new Transformer(config, new CpuBackend(1), DType.F32);
+        baseModel.InitializeWeights(19);
+        var model = Path.Combine(_dir, "moe-base");
+        HuggingFaceExport.Write(model, baseModel, new HuggingFaceExportOptions { Tokenizer = new ByteTokenizer() });
+        var data = Chat(Conversations);
+        var output = Path.Combine(_dir, "moe-run");
+        var (code, stdout, stderr) = CliProcess.Run("train", "--model", model, "--data", data, "--lora", "4", "--lora-targets", "q,gate,up,down,router",
+            "--steps", "3", "--batch", "2", "--seq", "96", "--lr", "1e-2", "--warmup", "0", "--log-every", "1", "--out", output, "--threads", "1");
+        Assert.True(code == 0, stdout + stderr);
+        (code, stdout, stderr) = CliProcess.Run("train", "--out", output, "--resume", "--steps", "4", "--threads", "1");
+        Assert.True(code == 0, stdout + stderr);
+        Assert.Contains("done: 4 steps", stdout);
+        var adapter = Path.Combine(output, "adapter");
+        using (var file = Tessera.Models.Safetensors.SafetensorsFile.Open(Path.Combine(adapter, "adapter_model.safetensors")))
+        {
+            Assert.Equal(2 * (1 + 3 * 4 + 3 + 1) * config.Layers, file.Tensors.Count);
+            foreach (var name in new[] { "mlp.experts.3.gate_proj", "mlp.experts.0.down_proj", "mlp.shared_expert.up_proj", "mlp.gate", "self_attn.q_proj" })
+                Assert.True(file.Contains($"base_model.model.model.layers.1.{name}.lora_B.weight"), name);
+        }
+        var merged = Path.Combine(_dir, "moe-merged");
+        (code, stdout, stderr) = CliProcess.Run("export", "--model", model, "--adapter", adapter, "--out", merged);
+        Assert.True(code == 0, stdout + stderr);
+        var cpu = new CpuBackend(1);
+        using var hf = HuggingFaceModelDirectory.Open(model);
+        var adapted = new Transformer(hf.Config, cpu, DType.F32, ArenaStorage.Frozen, lora: PeftAdapter.ReadOptions(adapter, hf.Config));
+        hf.LoadInto(adapted.Parameters.Parameters, cpu);
+        PeftAdapter.Load(adapter, adapted.Adapters!);
+        Assert.All(adapted.Adapters!.Layout.Parameters.Where(p => p.Name.EndsWith("lora_B", StringComparison.Ordinal)),
+            p => Assert.Contains(TestTensors.ToDoubles(cpu, p.Value), v => v != 0));   // every B trained: every expert saw tokens
+        using var mergedHf = HuggingFaceModelDirectory.Open(merged);
+        var full = new Transformer(mergedHf.Config, cpu, DType.F32);
+        mergedHf.LoadInto(full.Parameters.Parameters, cpu);
+        var tokens = cpu.Allocate(new Shape(1, 12), DType.I32);
+        cpu.CopyFromHost<int>(System.Text.Encoding.ASCII.GetBytes("Hello there!").Select(b => (int)b).ToArray(), tokens);
+        NumericAssert.Close(TestTensors.ToDoubles(cpu, adapted.Forward(tokens)), TestTensors.ToDoubles(cpu, full.Forward(tokens)), 1e-5, "merged export against base + adapter");
+    }
+
+    /// <summary>
     /// `--quantize int8` trains the adapters over an int8 base: the run says so, the loss falls over a few steps at a high
     /// learning rate, the adapter is written, and a resume (without the option) continues over the int8 base; without --lora
     /// the option is a usage error.

@@ -14,9 +14,10 @@ using Model = Tessera.Models.Transformer;
 namespace Tessera.Tests.Models.Adapters;
 
 /// <summary>
-/// Hugging Face's peft loads the adapters Tessera writes: for a Llama and a GPT-2 base directory (random weights, Tessera's export)
-/// and an adapter on every target of the family, <c>PeftModel.from_pretrained</c> gives Tessera's logits (base + unmerged
-/// adapter) within 1e-4 in F32 (scripts/golden/check_peft.py). Needs python3 with torch, transformers and peft (the GPU
+/// Hugging Face's peft loads the adapters Tessera writes: for a Llama, a GPT-2, a Mixtral and a Qwen2-MoE base directory (random
+/// weights, Tessera's export) and an adapter on every target of the family (the experts' and the shared expert's products included), <c>PeftModel.from_pretrained</c> gives Tessera's logits (base + unmerged
+/// adapter) within 1e-4 in F32 (scripts/golden/check_peft.py; a mixture-of-experts case is skipped, saying so, where transformers
+/// builds no per-expert modules). Needs python3 with torch, transformers and peft (the GPU
 /// machine); skipped, with the reason, elsewhere.
 /// </summary>
 public sealed class PeftInteropTests : IDisposable
@@ -31,7 +32,11 @@ public sealed class PeftInteropTests : IDisposable
         // The cases are written everywhere (the Tessera half runs on every machine); only python's half skips.
         var cases = new List<string>();
         int seed = 40;
-        foreach (var (preset, targets) in new[] { ("llama-debug", new[] { "q", "k", "v", "o", "gate", "up", "down" }), ("gpt2-debug", new[] { "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj" }) })
+        foreach (var (preset, targets) in new[] { ("llama-debug", new[] { "q", "k", "v", "o", "gate", "up", "down" }), ("gpt2-debug", new[] { "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj" }),
+            // Mixture of experts: PEFT's usual Mixtral targets (each expert's w1, w2, w3); Qwen2-MoE's gate_proj, up_proj,
+            // down_proj, which PEFT matches in every expert and the shared expert alike.
+            ("mixtral-debug", new[] { "q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3" }),
+            ("qwen2-moe-debug", new[] { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" }) })
             cases.Add(WriteCase(preset, targets, seed += 10));
         string? missing = PythonProcess.Missing("torch", "transformers", "safetensors", "peft");
         if (missing is not null) Assert.Skip($"peft round trip not run: {missing}");

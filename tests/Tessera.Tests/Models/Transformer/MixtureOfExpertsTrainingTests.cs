@@ -138,16 +138,18 @@ public sealed class MixtureOfExpertsTrainingTests
     }
 
     [Fact]
-    public void LoraAdaptsTheAttentionOfAnMoeModelAndRefusesMlpTargets()
+    public void LoraAdaptsTheAttentionOfAnMoeModelAndItsExperts()
     {
         var config = ModelPresets.Get("mixtral-debug");
         var attention = new Tessera.Nn.Adapters.LoraOptions { Targets = Tessera.Models.Adapters.LoraTargets.Parse(config, ["q", "v"]) };
         var model = new Model(config, _cpu, DType.F64, lora: attention);
         Assert.NotEmpty(model.Layers.AdaptedLayers);
-        // The dense MLP's targets name no layer here: the experts are not adapted (yet), and that is said, not ignored.
+        Assert.All(model.Layers.AdaptedLayers, l => Assert.EndsWith(".attn.qkv", l.Name));
+        // The MLP's short names are the experts' products here (MixtureOfExpertsLoraTests covers them).
         var mlp = new Tessera.Nn.Adapters.LoraOptions { Targets = Tessera.Models.Adapters.LoraTargets.Parse(config, ["gate"]) };
-        var e = Assert.Throws<ArgumentException>(() => new Model(config, _cpu, DType.F64, lora: mlp));
-        Assert.Contains("names no layer of this model", e.Message);
+        var experts = new Model(config, _cpu, DType.F64, lora: mlp);
+        Assert.Equal(config.Layers * config.Experts, experts.Layers.AdaptedLayers.Count);
+        Assert.All(experts.Layers.AdaptedLayers, l => Assert.Matches(@"^blocks\.\d\.mlp\.experts\.\d\.gate$", l.Name));
     }
 
     [Fact]
