@@ -8,6 +8,11 @@ namespace Tessera.Models.Adapters;
 /// (Llama, Qwen2, Qwen3, Mistral) has separate q/k/v projections in Hugging Face's layout, which Tessera fuses: each is a part of
 /// "blocks.N.attn.qkv". GPT-2's c_attn is fused in both, so it is one whole-layer adapter, as PEFT makes it (its Conv1D layers
 /// are why PEFT's config says fan_in_fan_out; lora_A (r, in) and lora_B (out, r) are laid out as for nn.Linear either way).
+/// Phi-3 (model_type phi3) fuses q, k, v into self_attn.qkv_proj, Tessera's qkv as it is (one whole-layer adapter, as GPT-2's
+/// c_attn), and gate, up into mlp.gate_up_proj, which Tessera keeps as the two layers gate and up: its row names both
+/// ("blocks.*.mlp.gate+blocks.*.mlp.up"), one adapter whose A both layers share and whose B (2F, r) is split by rows, the gate's
+/// F rows first (<see cref="LoraTarget.FusedWith"/>). PEFT cannot express an adapter on q, k, v, gate or up alone for such a
+/// checkpoint, so those names are refused for phi3.
 /// </summary>
 public static class LoraTargets
 {
@@ -32,11 +37,39 @@ public static class LoraTargets
         ("mlp.c_proj", "mlp.c_proj", "blocks.*.mlp.proj", null),
     ];
 
+    /// <summary>
+    /// Phi-3's targets (modules under model.layers.N, PEFT's target_modules for Phi-3): the fused QKV, the attention output, the
+    /// fused gate and up (two Tessera layers, "+" joining their patterns: one A, B split by rows), the down projection.
+    /// </summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Phi3 { get; } =
+    [
+        ("qkv", "self_attn.qkv_proj", "blocks.*.attn.qkv", null),
+        ("o", "self_attn.o_proj", "blocks.*.attn.proj", null),
+        ("gate_up", "mlp.gate_up_proj", "blocks.*.mlp.gate+blocks.*.mlp.up", null),
+        ("down", "mlp.down_proj", "blocks.*.mlp.proj", null),
+    ];
+
     /// <summary>The default targets of the Llama layer set: the attention projections q, k, v, o.</summary>
     public static IReadOnlyList<string> Default { get; } = ["q", "k", "v", "o"];
 
     /// <summary>The default targets of <paramref name="family"/>: its attention projections (GPT-2: c_attn and attn.c_proj).</summary>
     public static IReadOnlyList<string> DefaultOf(ModelFamily family) => family == ModelFamily.Gpt2 ? ["c_attn", "attn.c_proj"] : Default;
+
+    /// <summary>The default targets of a model of <paramref name="config"/>: its attention projections (Phi-3: qkv and o).</summary>
+    public static IReadOnlyList<string> DefaultOf(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return IsPhi3(config) ? ["qkv", "o"] : DefaultOf(config.Family);
+    }
+
+    /// <summary>The target table of a model of <paramref name="config"/> (Phi-3's fused modules for model_type phi3).</summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Of(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return IsPhi3(config) ? Phi3 : Of(config.Family);
+    }
+
+    private static bool IsPhi3(TransformerConfig config) => config.Family == ModelFamily.Llama && config.EffectiveModelType == "phi3";
 
     /// <summary>The target table of <paramref name="family"/>.</summary>
     public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Of(ModelFamily family) => family switch
@@ -48,30 +81,33 @@ public static class LoraTargets
 
     /// <summary>
     /// The targets named by <paramref name="names"/>: short names (Llama: q, k, v, o, gate, up, down; GPT-2: c_attn, attn.c_proj,
-    /// c_fc, mlp.c_proj) or PEFT module names (q_proj, ..., down_proj; for GPT-2 "c_proj" is both c_proj modules, as in PEFT),
-    /// each once. Throws, naming it, for a name that is no layer of <paramref name="config"/>'s family.
+    /// c_fc, mlp.c_proj; Phi-3: qkv, o, gate_up, down) or PEFT module names (q_proj, ..., down_proj; for GPT-2 "c_proj" is both
+    /// c_proj modules, as in PEFT; Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj), each once. Throws, naming it, for a name that
+    /// is no layer of <paramref name="config"/>'s family (for phi3, q, k, v, gate and up: PEFT cannot save them for a fused checkpoint).
     /// </summary>
     public static IReadOnlyList<LoraTarget> Parse(TransformerConfig config, IEnumerable<string> names)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(names);
-        if (config.EffectiveModelType == "phi3")
-            throw new ArgumentException("LoRA: model_type 'phi3' keeps q, k, v fused in self_attn.qkv_proj and gate, up in mlp.gate_up_proj, " +
-                "so PEFT's Phi-3 adapters target those fused modules; Tessera's adapters (per q, k, v, gate, up) do not map onto them and are not supported for phi3");
-        var table = Of(config.Family);
+        var table = Of(config);
         var targets = new List<LoraTarget>();
         foreach (var raw in names)
         {
             var name = raw.Trim();
             // A PEFT module name matches as PEFT matches it: the whole module path or a suffix of it after a dot.
             var rows = table.Where(r => r.Short == name || r.Module == name || r.Module.EndsWith("." + name, StringComparison.Ordinal)).ToList();
+            if (rows.Count == 0 && ReferenceEquals(table, Phi3) && Llama.Any(r => r.Short == name || r.Module == name || r.Module.EndsWith("." + name, StringComparison.Ordinal)))
+                throw new ArgumentException($"LoRA target '{name}': model_type 'phi3' keeps q, k, v fused in self_attn.qkv_proj and gate, up in mlp.gate_up_proj, " +
+                    "and a PEFT adapter of a Phi-3 checkpoint adapts a fused module whole (one A, one B over all its rows), so q, k, v, gate and up " +
+                    "cannot be adapted alone; name qkv (qkv_proj) or gate_up (gate_up_proj)");
             if (rows.Count == 0)
-                throw new ArgumentException($"LoRA target '{name}' names no layer of a {config.Family} model; expected some of {string.Join(", ", table.Select(r => r.Short))} " +
+                throw new ArgumentException($"LoRA target '{name}' names no layer of a {(ReferenceEquals(table, Phi3) ? "phi3" : config.Family.ToString())} model; expected some of {string.Join(", ", table.Select(r => r.Short))} " +
                     $"(or {string.Join(", ", table.Select(r => r.Module[(r.Module.IndexOf('.') + 1)..]).Distinct())})");
             foreach (var row in rows)
             {
                 if (targets.Any(t => t.Name == row.Short)) throw new ArgumentException($"LoRA target '{name}' is given twice ({row.Short})");
-                targets.Add(new LoraTarget(row.Layer, row.Part, row.Short));
+                var layers = row.Layer.Split('+');
+                targets.Add(new LoraTarget(layers[0], row.Part, row.Short) { FusedWith = layers.Length > 1 ? layers[1] : null });
             }
         }
         if (targets.Count == 0) throw new ArgumentException("LoRA: no target given; name at least one of " + string.Join(", ", table.Select(r => r.Short)));
@@ -105,9 +141,10 @@ public static class LoraTargets
 
     private static (IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Table, (string Short, string Module, string Layer, int? Part) Row) RowOf(LoraTarget target)
     {
-        foreach (var table in new[] { Llama, Gpt2 })
+        string layer = target.FusedWith is null ? target.LayerPattern : target.LayerPattern + "+" + target.FusedWith;
+        foreach (var table in new[] { Llama, Gpt2, Phi3 })
             foreach (var r in table)
-                if (r.Short == target.Name && r.Layer == target.LayerPattern && r.Part == target.Part) return (table, r);
+                if (r.Short == target.Name && r.Layer == layer && r.Part == target.Part) return (table, r);
         throw new ArgumentException($"LoRA target '{target.Name}' ({target.LayerPattern}) has no Hugging Face module name");
     }
 }

@@ -51,7 +51,7 @@ public sealed class ServedLoraAdapters
             throw new ArgumentException($"max-lora-rank ({maxRank}) must be at least 1 and hold the largest start-up adapter's rank ({largest}: " +
                 string.Join(", ", modules.Select((m, i) => $"{m.Name} r = {RankOf(adapters[i])}")) + ")");
         var targets = slots.RuntimeLoading
-            ? LoraTargets.Parse(config, LoraTargets.Of(config.Family).Select(r => r.Short))
+            ? LoraTargets.Parse(config, LoraTargets.Of(config).Select(r => r.Short))
             : adapters.SelectMany(a => a.Options.Targets).Distinct().ToList();
         return new ServedLoraAdapters(modules, adapters, new MultiLoraBatch(modules.Select(m => m.Name).ToList(), targets, count, maxRank));
     }

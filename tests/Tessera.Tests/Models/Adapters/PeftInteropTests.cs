@@ -14,8 +14,8 @@ using Model = Tessera.Models.Transformer;
 namespace Tessera.Tests.Models.Adapters;
 
 /// <summary>
-/// Hugging Face's peft loads the adapters Tessera writes: for a Llama and a GPT-2 base directory (random weights, Tessera's export)
-/// and an adapter on every target of the family, <c>PeftModel.from_pretrained</c> gives Tessera's logits (base + unmerged
+/// Hugging Face's peft loads the adapters Tessera writes: for a Llama, a GPT-2 and a Phi-3 base directory (random weights, Tessera's
+/// export) and an adapter on every target of the family (Phi-3: PEFT's fused qkv_proj and gate_up_proj, o_proj, down_proj), <c>PeftModel.from_pretrained</c> gives Tessera's logits (base + unmerged
 /// adapter) within 1e-4 in F32 (scripts/golden/check_peft.py). Needs python3 with torch, transformers and peft (the GPU
 /// machine); skipped, with the reason, elsewhere.
 /// </summary>
@@ -31,7 +31,8 @@ public sealed class PeftInteropTests : IDisposable
         // The cases are written everywhere (the Tessera half runs on every machine); only python's half skips.
         var cases = new List<string>();
         int seed = 40;
-        foreach (var (preset, targets) in new[] { ("llama-debug", new[] { "q", "k", "v", "o", "gate", "up", "down" }), ("gpt2-debug", new[] { "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj" }) })
+        foreach (var (preset, targets) in new[] { ("llama-debug", new[] { "q", "k", "v", "o", "gate", "up", "down" }), ("gpt2-debug", new[] { "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj" }),
+            ("phi3-debug", new[] { "qkv_proj", "o_proj", "gate_up_proj", "down_proj" }) })
             cases.Add(WriteCase(preset, targets, seed += 10));
         string? missing = PythonProcess.Missing("torch", "transformers", "safetensors", "peft");
         if (missing is not null) Assert.Skip($"peft round trip not run: {missing}");
