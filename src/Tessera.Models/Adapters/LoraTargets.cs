@@ -8,6 +8,11 @@ namespace Tessera.Models.Adapters;
 /// (Llama, Qwen2, Qwen3, Mistral) has separate q/k/v projections in Hugging Face's layout, which Tessera fuses: each is a part of
 /// "blocks.N.attn.qkv". GPT-2's c_attn is fused in both, so it is one whole-layer adapter, as PEFT makes it (its Conv1D layers
 /// are why PEFT's config says fan_in_fan_out; lora_A (r, in) and lora_B (out, r) are laid out as for nn.Linear either way).
+/// Phi-3 (model_type phi3) fuses q, k, v into self_attn.qkv_proj, Tessera's qkv as it is (one whole-layer adapter, as GPT-2's
+/// c_attn), and gate, up into mlp.gate_up_proj, which Tessera keeps as the two layers gate and up: its row names both
+/// ("blocks.*.mlp.gate+blocks.*.mlp.up"), one adapter whose A both layers share and whose B (2F, r) is split by rows, the gate's
+/// F rows first (<see cref="LoraTarget.FusedWith"/>). PEFT cannot express an adapter on q, k, v, gate or up alone for such a
+/// checkpoint, so those names are refused for phi3.
 /// </summary>
 public static class LoraTargets
 {
@@ -95,19 +100,44 @@ public static class LoraTargets
             || target.LayerPattern == "blocks.*.mlp.router";
     }
 
-    /// <summary>The target table of the model <paramref name="config"/> describes: its family's, or a mixture of experts' (by model_type).</summary>
-    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Of(TransformerConfig config)
-    {
-        ArgumentNullException.ThrowIfNull(config);
-        if (!config.IsMixtureOfExperts) return Of(config.Family);
-        return config.EffectiveModelType == "mixtral" ? Mixtral : config.HasSharedExpert ? Qwen2Moe : Qwen3Moe;
-    }
+    /// <summary>
+    /// Phi-3's targets (modules under model.layers.N, PEFT's target_modules for Phi-3): the fused QKV, the attention output, the
+    /// fused gate and up (two Tessera layers, "+" joining their patterns: one A, B split by rows), the down projection.
+    /// </summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Phi3 { get; } =
+    [
+        ("qkv", "self_attn.qkv_proj", "blocks.*.attn.qkv", null),
+        ("o", "self_attn.o_proj", "blocks.*.attn.proj", null),
+        ("gate_up", "mlp.gate_up_proj", "blocks.*.mlp.gate+blocks.*.mlp.up", null),
+        ("down", "mlp.down_proj", "blocks.*.mlp.proj", null),
+    ];
 
     /// <summary>The default targets of the Llama layer set: the attention projections q, k, v, o.</summary>
     public static IReadOnlyList<string> Default { get; } = ["q", "k", "v", "o"];
 
     /// <summary>The default targets of <paramref name="family"/>: its attention projections (GPT-2: c_attn and attn.c_proj).</summary>
     public static IReadOnlyList<string> DefaultOf(ModelFamily family) => family == ModelFamily.Gpt2 ? ["c_attn", "attn.c_proj"] : Default;
+
+    /// <summary>The default targets of a model of <paramref name="config"/>: its attention projections (Phi-3: qkv and o).</summary>
+    public static IReadOnlyList<string> DefaultOf(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return IsPhi3(config) ? ["qkv", "o"] : DefaultOf(config.Family);
+    }
+
+    /// <summary>
+    /// The target table of a model of <paramref name="config"/>: its family's, Phi-3's fused modules for model_type phi3, or a
+    /// mixture of experts' (by model_type).
+    /// </summary>
+    public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Of(TransformerConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (IsPhi3(config)) return Phi3;
+        if (!config.IsMixtureOfExperts) return Of(config.Family);
+        return config.EffectiveModelType == "mixtral" ? Mixtral : config.HasSharedExpert ? Qwen2Moe : Qwen3Moe;
+    }
+
+    private static bool IsPhi3(TransformerConfig config) => config.Family == ModelFamily.Llama && config.EffectiveModelType == "phi3";
 
     /// <summary>The target table of <paramref name="family"/>.</summary>
     public static IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Of(ModelFamily family) => family switch
@@ -119,19 +149,18 @@ public static class LoraTargets
 
     /// <summary>
     /// The targets named by <paramref name="names"/>: short names (Llama: q, k, v, o, gate, up, down; GPT-2: c_attn, attn.c_proj,
-    /// c_fc, mlp.c_proj; a mixture of experts: q, k, v, o, gate, up, down of the experts (and the shared expert), router) or PEFT
-    /// module names (q_proj, ..., down_proj, w1, w2, w3; for GPT-2 "c_proj" is both c_proj modules, as in PEFT), each once.
+    /// c_fc, mlp.c_proj; a mixture of experts: q, k, v, o, gate, up, down of the experts (and the shared expert), router; Phi-3:
+    /// qkv, o, gate_up, down) or PEFT module names (q_proj, ..., down_proj, w1, w2, w3; for GPT-2 "c_proj" is both c_proj modules,
+    /// as in PEFT; Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj), each once.
     /// With <paramref name="peftModules"/> (PEFT's target_modules) a name is first matched as PEFT matches it, against the module
     /// path or a suffix of it after a dot (so a mixture of experts' "gate" is its router), then as a short name; otherwise a short
-    /// name (or <see cref="Aliases"/>) first. Throws, naming it, for a name that is no layer of <paramref name="config"/>'s model.
+    /// name (or <see cref="Aliases"/>) first. Throws, naming it, for a name that is no layer of <paramref name="config"/>'s model
+    /// (for phi3, q, k, v, gate and up: PEFT cannot save them for a fused checkpoint).
     /// </summary>
     public static IReadOnlyList<LoraTarget> Parse(TransformerConfig config, IEnumerable<string> names, bool peftModules = false)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(names);
-        if (config.EffectiveModelType == "phi3")
-            throw new ArgumentException("LoRA: model_type 'phi3' keeps q, k, v fused in self_attn.qkv_proj and gate, up in mlp.gate_up_proj, " +
-                "so PEFT's Phi-3 adapters target those fused modules; Tessera's adapters (per q, k, v, gate, up) do not map onto them and are not supported for phi3");
         var table = Of(config);
         var aliases = Aliases(table);
         var targets = new List<LoraTarget>();
@@ -145,12 +174,17 @@ public static class LoraTargets
             var byShort = table.Where(r => alias ? shorts!.Contains(r.Short) : r.Short == name).ToList();
             var rows = peftModules ? (byModule.Count > 0 ? byModule : byShort) : (byShort.Count > 0 ? byShort : byModule);
             bool soft = alias && ReferenceEquals(rows, byShort);
+            if (rows.Count == 0 && ReferenceEquals(table, Phi3) && Llama.Any(r => r.Short == name || r.Module == name || r.Module.EndsWith("." + name, StringComparison.Ordinal)))
+                throw new ArgumentException($"LoRA target '{name}': model_type 'phi3' keeps q, k, v fused in self_attn.qkv_proj and gate, up in mlp.gate_up_proj, " +
+                    "and a PEFT adapter of a Phi-3 checkpoint adapts a fused module whole (one A, one B over all its rows), so q, k, v, gate and up " +
+                    "cannot be adapted alone; name qkv (qkv_proj) or gate_up (gate_up_proj)");
             if (rows.Count == 0)
-                throw new ArgumentException($"LoRA target '{name}' names no layer of a {(config.IsMixtureOfExperts ? config.EffectiveModelType : config.Family)} model; expected some of {string.Join(", ", table.Select(r => r.Short).Concat(aliases.Keys).Distinct())} " +
+                throw new ArgumentException($"LoRA target '{name}' names no layer of a {(ReferenceEquals(table, Phi3) ? "phi3" : config.IsMixtureOfExperts ? config.EffectiveModelType : config.Family)} model; expected some of {string.Join(", ", table.Select(r => r.Short).Concat(aliases.Keys).Distinct())} " +
                     $"(or {string.Join(", ", table.Select(r => r.Module[(r.Module.LastIndexOf('.') + 1)..]).Distinct())})");
             foreach (var row in rows)
             {
-                var target = new LoraTarget(row.Layer, row.Part, row.Short);
+                var layers = row.Layer.Split('+');   // Phi-3's gate_up: two layers, one adapter
+                var target = new LoraTarget(layers[0], row.Part, row.Short) { FusedWith = layers.Length > 1 ? layers[1] : null };
                 if (targets.Contains(target))
                 {
                     if (soft) continue;
@@ -200,7 +234,8 @@ public static class LoraTargets
         ArgumentNullException.ThrowIfNull(part);
         ArgumentNullException.ThrowIfNull(layer);
         var (table, row) = RowOf(part.Target);
-        var pattern = row.Layer.Split('.');
+        // The pattern of the layer itself: a fused target's second layer (Phi-3's up) matches FusedWith, not LayerPattern.
+        var pattern = (part.Target.OwnerOf(layer) is null ? part.Target.LayerPattern : part.Target.FusedWith!).Split('.');
         var segments = layer.Split('.');
         if (pattern.Length != segments.Length || !part.Target.Matches(layer))
             throw new ArgumentException($"LoRA: layer '{layer}' is not one of target '{part.Target.Name}' ({row.Layer})");
@@ -220,9 +255,10 @@ public static class LoraTargets
 
     private static (IReadOnlyList<(string Short, string Module, string Layer, int? Part)> Table, (string Short, string Module, string Layer, int? Part) Row) RowOf(LoraTarget target)
     {
-        foreach (var table in new[] { Llama, Gpt2, Mixtral, Qwen2Moe })
+        string layer = target.FusedWith is null ? target.LayerPattern : target.LayerPattern + "+" + target.FusedWith;
+        foreach (var table in new[] { Llama, Gpt2, Mixtral, Qwen2Moe, Phi3 })
             foreach (var r in table)
-                if (r.Short == target.Name && r.Layer == target.LayerPattern && r.Part == target.Part) return (table, r);
+                if (r.Short == target.Name && r.Layer == layer && r.Part == target.Part) return (table, r);
         throw new ArgumentException($"LoRA target '{target.Name}' ({target.LayerPattern}) has no Hugging Face module name");
     }
 }

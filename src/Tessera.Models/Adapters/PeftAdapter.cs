@@ -9,7 +9,9 @@ namespace Tessera.Models.Adapters;
 /// adapter_config.json (<see cref="PeftAdapterConfig"/>) and adapter_model.safetensors holding, per adapted module,
 /// "base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight" (r, in) and "...lora_B.weight" (out, r) in F32 (GPT-2:
 /// "base_model.model.transformer.h.N.attn.c_attn.lora_A.weight", fan_in_fan_out true; Mixtral's experts:
-/// "base_model.model.model.layers.N.block_sparse_moe.experts.J.w1.lora_A.weight", one adapter per expert).
+/// "base_model.model.model.layers.N.block_sparse_moe.experts.J.w1.lora_A.weight", one adapter per expert). A module that spans
+/// two Tessera layers (Phi-3's mlp.gate_up_proj over gate and up) is one A, the layers' shared one, and one B whose rows are the
+/// layers' B in order.
 /// </summary>
 public static class PeftAdapter
 {
@@ -51,10 +53,10 @@ public static class PeftAdapter
         ArgumentNullException.ThrowIfNull(read);
         var writer = new SafetensorsWriter();
         writer.Metadata["format"] = "pt";
-        foreach (var (part, layer) in Parts(adapters))
+        foreach (var m in Modules(adapters))
         {
-            writer.Add(LoraTargets.PeftName(part, layer, isA: true), part.A.Shape, Array.ConvertAll(read(part.A), v => (float)v));
-            writer.Add(LoraTargets.PeftName(part, layer, isA: false), part.B.Shape, Array.ConvertAll(read(part.B), v => (float)v));
+            writer.Add(m.AName, m.A.Shape, Array.ConvertAll(read(m.A), v => (float)v));
+            writer.Add(m.BName, m.BShape, m.B.SelectMany(read).Select(v => (float)v).ToArray());   // the layers' B rows in order
         }
         var o = adapters.Options;
         var config = new PeftAdapterConfig(o.Rank, o.Alpha, o.Dropout, o.Targets.Select(LoraTargets.ModuleOf).Distinct().ToList(), baseModel,
@@ -96,22 +98,64 @@ public static class PeftAdapter
         string path = Path.Combine(directory, WeightsFile);
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: missing (a PEFT adapter directory holds adapter_config.json and {WeightsFile})", path);
         using var file = SafetensorsFile.Open(path);
-        var expected = new List<(string Name, Nn.Parameter Parameter)>();
-        foreach (var (part, layer) in Parts(adapters))
+        var expected = new List<(string Name, Shape Shape, IReadOnlyList<Nn.Parameter> Parameters)>();
+        foreach (var m in Modules(adapters))
         {
-            expected.Add((LoraTargets.PeftName(part, layer, isA: true), part.A));
-            expected.Add((LoraTargets.PeftName(part, layer, isA: false), part.B));
+            expected.Add((m.AName, m.A.Shape, [m.A]));
+            expected.Add((m.BName, m.BShape, m.B));
         }
-        foreach (var (name, p) in expected)
+        foreach (var (name, shape, p) in expected)
         {
-            if (!file.Contains(name)) throw new InvalidDataException($"{path}: tensor '{name}' is missing (the model's adapters need it for {p.Name})");
+            string what = string.Join(" + ", p.Select(x => x.Name));
+            if (!file.Contains(name)) throw new InvalidDataException($"{path}: tensor '{name}' is missing (the model's adapters need it for {what})");
             var info = file[name];
-            if (info.Shape != p.Shape) throw new InvalidDataException($"{path}: tensor '{name}' is {info.Shape}; the model's adapter {p.Name} is {p.Shape}");
+            if (info.Shape != shape) throw new InvalidDataException($"{path}: tensor '{name}' is {info.Shape}; the model's adapter {what} is {shape}");
         }
         var extra = file.Tensors.Select(t => t.Name).Except(expected.Select(e => e.Name), StringComparer.Ordinal).ToList();
         if (extra.Count > 0)
             throw new InvalidDataException($"{path}: {extra.Count} tensor(s) the model's adapters do not have, e.g. '{extra[0]}' (its target_modules or layers differ from the model's)");
-        foreach (var (name, p) in expected) adapters.Write(p, file.ReadAsDouble(name));
+        foreach (var (name, _, parameters) in expected)
+        {
+            var values = file.ReadAsDouble(name);
+            long offset = 0;
+            foreach (var p in parameters)                            // a fused module's B: each layer's rows in order
+            {
+                adapters.Write(p, values.AsSpan((int)offset, (int)p.NumElements));
+                offset += p.NumElements;
+            }
+        }
+    }
+
+    /// <summary>
+    /// One PEFT module's adapter: its tensor names, its A and the B of each Tessera layer it spans, in row order (one, or the gate's
+    /// and the up's for Phi-3's gate_up_proj, which share the A).
+    /// </summary>
+    private sealed record Module(string AName, string BName, Nn.Parameter A, IReadOnlyList<Nn.Parameter> B)
+    {
+        public Shape BShape => new(B.Sum(b => b.Shape[0]), A.Shape[0]);
+    }
+
+    /// <summary>The adapters grouped by PEFT module name (parts of layers the checkpoint fuses share one name and one A), in layer order.</summary>
+    private static List<Module> Modules(LoraAdapters adapters)
+    {
+        var modules = new List<Module>();
+        var index = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var (part, block) in Parts(adapters))
+        {
+            string a = LoraTargets.PeftName(part, block, isA: true);
+            if (index.TryGetValue(a, out int i))
+            {
+                if (!ReferenceEquals(modules[i].A, part.A))
+                    throw new InvalidOperationException($"LoRA: {modules[i].A.Name} and {part.A.Name} are both PEFT's '{a}'; only layers sharing one A fuse into one module");
+                modules[i] = modules[i] with { B = [.. modules[i].B, part.B] };
+            }
+            else
+            {
+                index[a] = modules.Count;
+                modules.Add(new Module(a, LoraTargets.PeftName(part, block, isA: false), part.A, [part.B]));
+            }
+        }
+        return modules;
     }
 
     /// <summary>Every adapter with its layer's name ("blocks.3.attn.qkv", "blocks.3.mlp.experts.5.gate"), which must be in a block.</summary>

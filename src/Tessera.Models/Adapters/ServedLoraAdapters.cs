@@ -53,7 +53,7 @@ public sealed class ServedLoraAdapters
         foreach (var adapter in adapters) RefuseExperts(adapter);
         // A mixture of experts serves adapters on its attention only (see RefuseExperts).
         var targets = slots.RuntimeLoading
-            ? LoraTargets.Parse(config, config.IsMixtureOfExperts ? LoraTargets.Default : LoraTargets.Of(config.Family).Select(r => r.Short))
+            ? LoraTargets.Parse(config, config.IsMixtureOfExperts ? LoraTargets.Default : LoraTargets.Of(config).Select(r => r.Short))
             : adapters.SelectMany(a => a.Options.Targets).Distinct().ToList();
         return new ServedLoraAdapters(modules, adapters, new MultiLoraBatch(modules.Select(m => m.Name).ToList(), targets, count, maxRank));
     }

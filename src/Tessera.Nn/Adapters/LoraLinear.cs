@@ -49,6 +49,9 @@ public sealed class LoraLinear : Linear
         _dDropped = new ActivationKey(Name + ".lora.dx");
     }
 
+    /// <summary>The seed of this layer's dropout masks (a layer sharing another's A draws that layer's masks: the same seed).</summary>
+    public int DropoutSeed => _dropoutSeed;
+
     /// <summary>The adapters, each on its rows of the output.</summary>
     public IReadOnlyList<LoraPart> Parts { get; }
 

@@ -136,6 +136,7 @@ public sealed class LayerFactory
     {
         if (Lora is null) return layer;
         var parts = new List<LoraPart>();
+        int dropoutSeed = unchecked(Lora.Seed * 1_000_003 + _adapted.Count);
         foreach (var target in Lora.TargetsOf(layer.Name))
         {
             if (Parameters.CurrentUnit is string unit && AdapterParameters!.CurrentUnit != unit) AdapterParameters.BeginUnit(unit);
@@ -148,12 +149,27 @@ public sealed class LayerFactory
                 rows = outputParts[part].Units * outputParts[part].UnitSize;
             }
             string prefix = target.Part is null ? layer.Name : $"{layer.Name}.{target.Name}";
-            var a = AdapterParameters!.Declare(prefix + ".lora_A", new Shape(Lora.Rank, layer.InFeatures), weightDecay: true);
-            var b = AdapterParameters.Declare(prefix + ".lora_B", new Shape(rows, Lora.Rank), weightDecay: true);
+            Parameter a;
+            if (target.OwnerOf(layer.Name) is string ownerName)
+            {
+                // One adapter over layers the checkpoint fuses (Phi-3's gate_up_proj): the owner's A (its gradient gets both
+                // layers' terms) and its dropout stream (the same masks, drawn in lockstep); this layer declares its B rows only.
+                var owner = _adapted.LastOrDefault(l => l.Name == ownerName);
+                var ownerPart = owner?.Parts.FirstOrDefault(p => p.Target == target)
+                    ?? throw new ArgumentException($"LoRA target '{target.Name}': layer '{layer.Name}' shares the A of '{ownerName}', which is not adapted by it before this layer");
+                if (ownerPart.A.Shape != new Shape(Lora.Rank, layer.InFeatures))
+                    throw new ArgumentException($"LoRA target '{target.Name}': layer '{layer.Name}' takes {layer.InFeatures} inputs but '{ownerName}' {ownerPart.A.Shape[1]}; they cannot share A");
+                if (Lora.TargetsOf(layer.Name).Count() != 1)
+                    throw new ArgumentException($"LoRA target '{target.Name}': layer '{layer.Name}' shares '{ownerName}''s adapter and cannot take other targets");
+                a = ownerPart.A;
+                dropoutSeed = owner!.DropoutSeed;
+            }
+            else a = AdapterParameters!.Declare(prefix + ".lora_A", new Shape(Lora.Rank, layer.InFeatures), weightDecay: true);
+            var b = AdapterParameters!.Declare(prefix + ".lora_B", new Shape(rows, Lora.Rank), weightDecay: true);
             parts.Add(new LoraPart(target, start, rows, a, b));
         }
         if (parts.Count == 0) return layer;
-        var adapted = new LoraLinear(layer, parts, Lora, unchecked(Lora.Seed * 1_000_003 + _adapted.Count));
+        var adapted = new LoraLinear(layer, parts, Lora, dropoutSeed);
         _adapted.Add(adapted);
         return adapted;
     }

@@ -155,7 +155,7 @@ public sealed class LoraTrainRun(TrainSettings settings, Terminal terminal)
         IReadOnlyList<LoraTarget> targets;
         try
         {
-            targets = LoraTargets.Parse(config, settings.LoraTargets ?? saved?.Targets ?? LoraTargets.DefaultOf(config.Family));
+            targets = LoraTargets.Parse(config, settings.LoraTargets ?? saved?.Targets ?? LoraTargets.DefaultOf(config));
         }
         catch (Exception e) when (e is ArgumentException or NotSupportedException)
         {

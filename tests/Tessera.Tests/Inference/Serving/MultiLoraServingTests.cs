@@ -31,7 +31,8 @@ public sealed class MultiLoraServingTests : IDisposable
     {
         var c = AdapterCase.Write(_dir, preset, AdapterCase.AllTargets(preset), seed);
         string second = Path.Combine(_dir, preset + "-adapter2");
-        string[] fewer = preset.StartsWith("gpt2", StringComparison.Ordinal) ? ["c_attn", "mlp.c_proj"] : ["q", "v", "down"];
+        string[] fewer = preset.StartsWith("gpt2", StringComparison.Ordinal) ? ["c_attn", "mlp.c_proj"]
+            : preset.StartsWith("phi", StringComparison.Ordinal) ? ["qkv_proj", "gate_up_proj"] : ["q", "v", "down"];
         AdapterCase.WriteAdapter(second, c.Config, fewer, seed + 7, c.Base);
         return (c, second);
     }
@@ -70,6 +71,7 @@ public sealed class MultiLoraServingTests : IDisposable
     [Theory]
     [InlineData("llama-debug", 501)]
     [InlineData("gpt2-debug", 511)]
+    [InlineData("phi3-debug", 512)]
     public void EachRowGetsTheLogitsOfItsOwnAdapterMerged(string preset, int seed)
     {
         var (c, second) = Write(preset, seed);
@@ -138,6 +140,7 @@ public sealed class MultiLoraServingTests : IDisposable
     [Theory]
     [InlineData("llama-debug", 521, 0)]
     [InlineData("gpt2-debug", 531, 0)]
+    [InlineData("phi3-debug", 532, 0)]
     [InlineData("llama-debug", 536, 3)]
     public async Task MixedAdapterBatchesAnswerEachRequestAsItsMergedModelAlone(string preset, int seed, int draftTokens)
     {

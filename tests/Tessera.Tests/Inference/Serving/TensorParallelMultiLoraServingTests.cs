@@ -103,11 +103,13 @@ public sealed class TensorParallelMultiLoraServingTests : IDisposable
     [InlineData("llama-debug", 2, 701)]
     [InlineData("llama-debug", 4, 711)]
     [InlineData("gpt2-debug", 2, 721)]
+    [InlineData("phi3-debug", 2, 731)]
     public async Task MixedAdapterBatchesOverTensorParallelRanksAnswerAsOneDevice(string preset, int tp, int seed)
     {
         var c = AdapterCase.Write(_dir, preset, AdapterCase.AllTargets(preset), seed);
         string second = Path.Combine(_dir, preset + "-adapter2");
-        string[] fewer = preset.StartsWith("gpt2", StringComparison.Ordinal) ? ["c_attn", "mlp.c_proj"] : ["q", "v", "down"];
+        string[] fewer = preset.StartsWith("gpt2", StringComparison.Ordinal) ? ["c_attn", "mlp.c_proj"]
+            : preset.StartsWith("phi", StringComparison.Ordinal) ? ["qkv_proj", "gate_up_proj"] : ["q", "v", "down"];
         AdapterCase.WriteAdapter(second, c.Config, fewer, seed + 7, c.Base);
         LoraModule[] modules = [new("a", c.Adapter), new("b", second)];
         var prompts = Prompts(seed, 9);

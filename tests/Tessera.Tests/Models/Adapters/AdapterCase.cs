@@ -23,9 +23,10 @@ namespace Tessera.Tests.Models.Adapters;
 /// <param name="Config">The base's configuration.</param>
 internal sealed record AdapterCase(string Base, string Adapter, TransformerConfig Config)
 {
-    /// <summary>Every target of each family: Llama's q, k, v (parts of the fused QKV), o and the MLP; GPT-2's Conv1D layers.</summary>
+    /// <summary>Every target of each family: Llama's q, k, v (parts of the fused QKV), o and the MLP; GPT-2's Conv1D layers; Phi-3's fused modules (PEFT's names).</summary>
     public static string[] AllTargets(string preset) => preset.StartsWith("gpt2", StringComparison.Ordinal)
         ? ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
+        : preset.StartsWith("phi", StringComparison.Ordinal) ? ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
         : ["q", "k", "v", "o", "gate", "up", "down"];
 
     /// <summary>Writes the base of <paramref name="preset"/> (byte vocabulary) and an adapter on <paramref name="targets"/> under <paramref name="root"/>; the seed goes to the test output.</summary>

@@ -42,6 +42,7 @@ public sealed class LoraWeightMergeTests : IDisposable
     [Theory]
     [InlineData("llama-debug", 301)]
     [InlineData("gpt2-debug", 302)]
+    [InlineData("phi3-debug", 303)]
     public void ALoadWithTheAdapterEqualsTheExportedMergeBitForBit(string preset, int seed)
     {
         var cpu = new CpuBackend(2);
@@ -57,7 +58,8 @@ public sealed class LoraWeightMergeTests : IDisposable
             Assert.True(got.AsSpan().SequenceEqual(cpu.ToArray<float>(exported.Layout[p.Name].Value)), $"{preset}: '{p.Name}' differs from the exported merge (seed {seed})");
             if (!got.AsSpan().SequenceEqual(cpu.ToArray<float>(plain.Layout[p.Name].Value))) changed++;
         }
-        // Every adapted layer's weight changed: Llama's qkv, o, gate, up, down; GPT-2's c_attn, c_proj, c_fc, mlp c_proj; per block.
+        // Every adapted layer's weight changed: Llama's qkv, o, gate, up, down; GPT-2's c_attn, c_proj, c_fc, mlp c_proj; Phi-3's
+        // qkv, o, gate and up (one gate_up_proj adapter over both), down; per block.
         int perBlock = preset.StartsWith("gpt2", StringComparison.Ordinal) ? 4 : 5;
         Assert.Equal(perBlock * c.Config.Layers, changed);
 
@@ -95,6 +97,7 @@ public sealed class LoraWeightMergeTests : IDisposable
     [Theory]
     [InlineData("llama-debug", 321)]
     [InlineData("gpt2-debug", 322)]
+    [InlineData("phi3-debug", 323)]
     public void TensorParallelRanksLoadTheSlicesOfTheMergedWeights(string preset, int seed)
     {
         var c = AdapterCase.Write(_dir, preset, AdapterCase.AllTargets(preset), seed);

@@ -14,10 +14,11 @@ using Model = Tessera.Models.Transformer;
 namespace Tessera.Tests.Models.Adapters;
 
 /// <summary>
-/// Hugging Face's peft loads the adapters Tessera writes: for a Llama, a GPT-2, a Mixtral and a Qwen2-MoE base directory (random
-/// weights, Tessera's export) and an adapter on every target of the family (the experts' and the shared expert's products included), <c>PeftModel.from_pretrained</c> gives Tessera's logits (base + unmerged
-/// adapter) within 1e-4 in F32 (scripts/golden/check_peft.py; a mixture-of-experts case is skipped, saying so, where transformers
-/// builds no per-expert modules). Needs python3 with torch, transformers and peft (the GPU
+/// Hugging Face's peft loads the adapters Tessera writes: for a Llama, a GPT-2, a Mixtral, a Qwen2-MoE and a Phi-3 base directory
+/// (random weights, Tessera's export) and an adapter on every target of the family (the experts' and the shared expert's products
+/// included; Phi-3: PEFT's fused qkv_proj and gate_up_proj, o_proj, down_proj), <c>PeftModel.from_pretrained</c> gives Tessera's
+/// logits (base + unmerged adapter) within 1e-4 in F32 (scripts/golden/check_peft.py; a mixture-of-experts case is skipped,
+/// saying so, where transformers builds no per-expert modules). Needs python3 with torch, transformers and peft (the GPU
 /// machine); skipped, with the reason, elsewhere.
 /// </summary>
 public sealed class PeftInteropTests : IDisposable
@@ -36,7 +37,8 @@ public sealed class PeftInteropTests : IDisposable
             // Mixture of experts: PEFT's usual Mixtral targets (each expert's w1, w2, w3); Qwen2-MoE's gate_proj, up_proj,
             // down_proj, which PEFT matches in every expert and the shared expert alike.
             ("mixtral-debug", new[] { "q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3" }),
-            ("qwen2-moe-debug", new[] { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" }) })
+            ("qwen2-moe-debug", new[] { "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj" }),
+            ("phi3-debug", new[] { "qkv_proj", "o_proj", "gate_up_proj", "down_proj" }) })
             cases.Add(WriteCase(preset, targets, seed += 10));
         string? missing = PythonProcess.Missing("torch", "transformers", "safetensors", "peft");
         if (missing is not null) Assert.Skip($"peft round trip not run: {missing}");

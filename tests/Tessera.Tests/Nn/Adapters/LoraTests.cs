@@ -12,11 +12,19 @@ using Xunit;
 
 namespace Tessera.Tests.Nn.Adapters;
 
-/// <summary>LoRA on the Llama layer set (llama-debug, 2 blocks) and GPT-2 (gpt2-debug), F64 on the CPU: gradients, merging, frozen base weights.</summary>
+/// <summary>LoRA on the Llama layer set (llama-debug, 2 blocks), GPT-2 (gpt2-debug) and Phi-3's fused modules (phi3-debug), F64 on the CPU: gradients, merging, frozen base weights.</summary>
 public sealed class LoraTests
 {
     private static readonly string[] AllTargets = ["q", "k", "v", "o", "gate", "up", "down"];
     internal static readonly string[] AllGpt2Targets = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"];
+    internal static readonly string[] AllPhi3Targets = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"];
+
+    private static string[] AllTargetsOf(string preset) => preset switch
+    {
+        "gpt2-debug" => AllGpt2Targets,
+        "phi3-debug" => AllPhi3Targets,
+        _ => AllTargets,
+    };
 
     /// <summary>llama-debug (or <paramref name="preset"/>) in <paramref name="dtype"/> with a frozen base and adapters of rank 4 on <paramref name="targets"/>; B filled with random values so every path carries gradient.</summary>
     internal static Transformer Model(CpuBackend cpu, DType dtype, int seed, string[] targets, double dropout = 0, double alpha = 8, string preset = "llama-debug")
@@ -56,14 +64,17 @@ public sealed class LoraTests
     [Theory]
     [InlineData("llama-debug")]
     [InlineData("gpt2-debug")]
+    [InlineData("phi3-debug")]
     public void AdapterGradientsMatchCentralDifferencesInF64(string preset)
     {
         // Tolerance 1e-6 norm-wise relative: central differences at h = 1e-5 in F64 are accurate to about 1e-9 here
         // (GradientCheck's error analysis); a wrong term (scaling, a missing part, a transposed product) is off by O(1).
-        // GPT-2 covers the fused QKV as one adapter and the MLP's two products on either side of its GELU.
+        // GPT-2 covers the fused QKV as one adapter and the MLP's two products on either side of its GELU; Phi-3 the fused qkv_proj
+        // as one adapter and gate_up_proj's A shared by the gate and up layers (its gradient is both layers' terms summed: one
+        // half alone is off by O(1)).
         const int seed = 20261215;
         var cpu = new CpuBackend(1);
-        var model = Model(cpu, DType.F64, seed, preset == "gpt2-debug" ? AllGpt2Targets : AllTargets, preset: preset);
+        var model = Model(cpu, DType.F64, seed, AllTargetsOf(preset), preset: preset);
         var (tokens, targets) = Batch(cpu, seed, 2, 6, model.Config.VocabSize);
         var adapters = model.Adapters!;
         adapters.Arena.ZeroGrad();
@@ -139,12 +150,13 @@ public sealed class LoraTests
     [Theory]
     [InlineData("llama-debug")]
     [InlineData("gpt2-debug")]
+    [InlineData("phi3-debug")]
     public void MergedForwardEqualsUnmergedForwardAndUnmergeRestoresTheWeights(string preset)
     {
         // 1e-12 relative in F64: merging changes only the order of the roundings (x (W + s B A)^T against x W^T + s (x A^T) B^T).
         const int seed = 7;
         var cpu = new CpuBackend(1);
-        var model = Model(cpu, DType.F64, seed, preset == "gpt2-debug" ? AllGpt2Targets : AllTargets, alpha: 16, preset: preset);
+        var model = Model(cpu, DType.F64, seed, AllTargetsOf(preset), alpha: 16, preset: preset);
         var (tokens, _) = Batch(cpu, seed, 2, 8, model.Config.VocabSize);
         var before = TestTensors.ToDoubles(cpu, model.Parameters.Values);
         var unmerged = TestTensors.ToDoubles(cpu, model.Forward(tokens));

@@ -42,7 +42,7 @@ public sealed class LoraDataParallelTests
     };
 
     private static Transformer Model(IBackend backend, string preset) =>
-        LoraTests.Model((CpuBackend)backend, DType.F64, Seed, preset == "gpt2-debug" ? LoraTests.AllGpt2Targets : ["q", "v", "o", "down"], preset: preset);
+        LoraTests.Model((CpuBackend)backend, DType.F64, Seed, preset switch { "gpt2-debug" => LoraTests.AllGpt2Targets, "phi3-debug" => LoraTests.AllPhi3Targets, _ => ["q", "v", "o", "down"] }, preset: preset);
 
     private static (double[] Losses, double[] Adapters) OneDevice(string preset, int batch)
     {
@@ -59,6 +59,8 @@ public sealed class LoraDataParallelTests
     [InlineData("gpt2-debug", 2, ZeroStage.Gradients)]
     [InlineData("llama-debug", 3, ZeroStage.Parameters)]
     [InlineData("gpt2-debug", 2, ZeroStage.Parameters)]
+    [InlineData("phi3-debug", 2, ZeroStage.Gradients)]
+    [InlineData("phi3-debug", 2, ZeroStage.Parameters)]
     public void RanksTrainTheSameAdaptersAsOneDeviceWithTheWholeBatch(string preset, int world, ZeroStage stage)
     {
         const int b = 2;
