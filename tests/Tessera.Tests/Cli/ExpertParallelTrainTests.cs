@@ -49,8 +49,8 @@ public sealed class ExpertParallelTrainTests : IDisposable
         Assert.True(code == 0, stderr);
         Assert.Contains("resuming", stdout);
 
-        var expected = Losses(one);
-        var actual = Losses(ep);
+        var expected = TrainRunMetrics.Losses(one);
+        var actual = TrainRunMetrics.Losses(ep);
         Assert.Equal(3, expected.Length);
         Assert.Equal(3, actual.Length);
         for (int i = 0; i < 3; i++)
@@ -80,10 +80,4 @@ public sealed class ExpertParallelTrainTests : IDisposable
         Assert.Contains(message, stderr);
         Assert.False(Directory.Exists(Path.Combine(run, "checkpoints")));
     }
-
-    private static double[] Losses(string run) =>
-        File.ReadAllLines(Path.Combine(run, "metrics.jsonl"))
-            .Select(l => JsonDocument.Parse(l).RootElement)
-            .Where(e => e.TryGetProperty("loss", out _))
-            .Select(e => e.GetProperty("loss").GetDouble()).ToArray();
 }

@@ -39,8 +39,8 @@ public sealed class MixtureOfExpertsTensorParallelTrainTests : IDisposable
         using (var layout = JsonDocument.Parse(File.ReadAllText(Path.Combine(tp, "checkpoints", "step_000003", "parallel.json"))))
             Assert.Equal(2, layout.RootElement.GetProperty("tp").GetInt32());
 
-        var expected = Losses(one);
-        var actual = Losses(tp);
+        var expected = TrainRunMetrics.Losses(one);
+        var actual = TrainRunMetrics.Losses(tp);
         Assert.Equal(3, expected.Length);
         Assert.Equal(3, actual.Length);
         for (int i = 0; i < 3; i++)
@@ -71,10 +71,4 @@ public sealed class MixtureOfExpertsTensorParallelTrainTests : IDisposable
         Assert.Contains(message, stderr);
         Assert.False(Directory.Exists(Path.Combine(run, "checkpoints")));
     }
-
-    private static double[] Losses(string run) =>
-        File.ReadAllLines(Path.Combine(run, "metrics.jsonl"))
-            .Select(l => JsonDocument.Parse(l).RootElement)
-            .Where(e => e.TryGetProperty("loss", out _))
-            .Select(e => e.GetProperty("loss").GetDouble()).ToArray();
 }

@@ -45,8 +45,8 @@ public sealed class TensorParallelTrainTests : IDisposable
         Assert.Contains("resuming", stdout);
         Assert.Contains("2 ranks as dp 1 x tp 2", stdout);
 
-        var expected = Losses(one);
-        var actual = Losses(mesh);
+        var expected = TrainRunMetrics.Losses(one);
+        var actual = TrainRunMetrics.Losses(mesh);
         Assert.Equal(3, expected.Length);
         Assert.Equal(3, actual.Length);
         for (int i = 0; i < 3; i++)
@@ -79,10 +79,4 @@ public sealed class TensorParallelTrainTests : IDisposable
         Assert.Contains(message, stderr);
         Assert.False(Directory.Exists(Path.Combine(run, "checkpoints")));
     }
-
-    private static double[] Losses(string run) =>
-        File.ReadAllLines(Path.Combine(run, "metrics.jsonl"))
-            .Select(l => JsonDocument.Parse(l).RootElement)
-            .Where(e => e.TryGetProperty("loss", out _))
-            .Select(e => e.GetProperty("loss").GetDouble()).ToArray();
 }

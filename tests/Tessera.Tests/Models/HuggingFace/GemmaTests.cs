@@ -8,14 +8,16 @@ using Tessera.Tests.Nn;
 using Tessera.Tests.Support;
 using Xunit;
 using Model = Tessera.Models.Transformer;
+using static Tessera.Tests.Models.HuggingFace.PlainLoopReference;
 
 namespace Tessera.Tests.Models.HuggingFace;
 
 /// <summary>
 /// Gemma 2 (model_type "gemma2") and Gemma 3 text ("gemma3_text"): tiny random checkpoints written here as Hugging Face saves
 /// them (config.json with the real field names, four norms a block, a tied head), loaded by Tessera and checked against a
-/// reference forward written in this file with plain loops after transformers' modeling_gemma2 / modeling_gemma3; each
-/// Gemma setting shown to change the logits; the export writing Hugging Face's own norm weights w; bad configs refused.
+/// reference forward written in this file with <see cref="PlainLoopReference"/> after transformers' modeling_gemma2 /
+/// modeling_gemma3; each Gemma setting shown to change the logits; the export writing Hugging Face's own norm weights w; bad
+/// configs refused.
 /// </summary>
 public sealed class GemmaTests : IDisposable
 {
@@ -126,60 +128,14 @@ public sealed class GemmaTests : IDisposable
         return w;
     }
 
-    private string WriteCheckpoint(string name, string configJson, Dictionary<string, (int[] Shape, float[] Data)> weights)
-    {
-        var dir = Path.Combine(_dir, name);
-        Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), configJson);
-        var writer = new SafetensorsWriter();
-        foreach (var (n, (shape, data)) in weights) writer.Add(n, new Shape(shape), data);
-        writer.Write(Path.Combine(dir, "model.safetensors"));
-        return dir;
-    }
+    private string WriteCheckpoint(string name, string configJson, Dictionary<string, (int[] Shape, float[] Data)> weights) =>
+        TinyHuggingFaceCheckpoint.Write(Path.Combine(_dir, name), configJson, weights);
 
     // ---- The reference: Gemma's forward as transformers computes it, in double, with plain loops. ----
 
     /// <summary>Gemma's RMSNorm: x / sqrt(mean(x^2) + eps) * (1 + w).</summary>
-    private static double[] RmsNorm(double[] x, float[] w, int offset = 0, int length = -1)
-    {
-        int c = length < 0 ? x.Length : length;
-        double ms = 0;
-        for (int i = 0; i < c; i++) ms += x[offset + i] * x[offset + i];
-        double r = 1 / Math.Sqrt(ms / c + Eps);
-        var y = new double[c];
-        for (int i = 0; i < c; i++) y[i] = x[offset + i] * r * (1.0 + w[i]);
-        return y;
-    }
-
-    private static double[] MatVec(float[] w, double[] x, int rows)
-    {
-        int cols = x.Length;
-        var y = new double[rows];
-        for (int r = 0; r < rows; r++)
-        {
-            double s = 0;
-            for (int c = 0; c < cols; c++) s += w[r * cols + c] * x[c];
-            y[r] = s;
-        }
-        return y;
-    }
-
-    private static double GeluTanh(double x) => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
-
-    /// <summary>Rotates head <paramref name="h"/> in place at position <paramref name="pos"/>: rotate_half pairs (i, i + D/2),
-    /// inverse frequencies theta^(-2i/D) / factor (linear scaling).</summary>
-    private static void Rope(double[] heads, int h, int pos, double theta, double factor)
-    {
-        int half = HeadDim / 2, o = h * HeadDim;
-        for (int i = 0; i < half; i++)
-        {
-            double angle = pos * Math.Pow(theta, -2.0 * i / HeadDim) / factor;
-            double cos = Math.Cos(angle), sin = Math.Sin(angle);
-            double a = heads[o + i], b = heads[o + i + half];
-            heads[o + i] = a * cos - b * sin;
-            heads[o + i + half] = b * cos + a * sin;
-        }
-    }
+    private static double[] RmsNorm(double[] x, float[] w, int offset = 0, int length = -1) =>
+        PlainLoopReference.RmsNorm(x, w, Eps, offset, length, unitOffset: true);
 
     /// <summary>Logits (T, V) of one sequence.</summary>
     private static double[][] ReferenceForward(Variant g, Dictionary<string, (int[] Shape, float[] Data)> w, int[] tokens)
@@ -205,37 +161,23 @@ public sealed class GemmaTests : IDisposable
                 for (int hd = 0; hd < Heads; hd++)
                 {
                     if (g.QkNorm) RmsNorm(q[p], W("self_attn.q_norm"), hd * HeadDim, HeadDim).CopyTo(q[p], hd * HeadDim);
-                    Rope(q[p], hd, p, theta, factor);
+                    Rope(q[p], hd * HeadDim, HeadDim, p, theta, factor);
                 }
                 for (int hd = 0; hd < KvHeads; hd++)
                 {
                     if (g.QkNorm) RmsNorm(k[p], W("self_attn.k_norm"), hd * HeadDim, HeadDim).CopyTo(k[p], hd * HeadDim);
-                    Rope(k[p], hd, p, theta, factor);
+                    Rope(k[p], hd * HeadDim, HeadDim, p, theta, factor);
                 }
             }
             for (int p = 0; p < t; p++)
             {
-                var att = new double[Heads * HeadDim];
-                for (int hd = 0; hd < Heads; hd++)
+                // Local layers see key j when p - window < j <= p; scores scaled by query_pre_attn_scalar^-1/2, then capped.
+                var att = CausalAttention(q[p], k, v, p, Heads, KvHeads, HeadDim, local ? Window : 0, s =>
                 {
-                    int kv = hd / (Heads / KvHeads);
-                    int first = local ? Math.Max(0, p - Window + 1) : 0;   // key j visible when p - window < j <= p
-                    var scores = new double[p + 1];
-                    double max = double.NegativeInfinity;
-                    for (int j = first; j <= p; j++)
-                    {
-                        double s = 0;
-                        for (int i = 0; i < HeadDim; i++) s += q[p][hd * HeadDim + i] * k[j][kv * HeadDim + i];
-                        s *= Math.Pow(g.Scalar, -0.5);
-                        if (g.AttentionCap > 0) s = g.AttentionCap * Math.Tanh(s / g.AttentionCap);
-                        scores[j] = s;
-                        max = Math.Max(max, s);
-                    }
-                    double sum = 0;
-                    for (int j = first; j <= p; j++) { scores[j] = Math.Exp(scores[j] - max); sum += scores[j]; }
-                    for (int j = first; j <= p; j++)
-                        for (int i = 0; i < HeadDim; i++) att[hd * HeadDim + i] += scores[j] / sum * v[j][kv * HeadDim + i];
-                }
+                    s *= Math.Pow(g.Scalar, -0.5);
+                    if (g.AttentionCap > 0) s = g.AttentionCap * Math.Tanh(s / g.AttentionCap);
+                    return s;
+                });
                 // The attention output is normalized (post_attention_layernorm) before the residual add.
                 var o = RmsNorm(MatVec(W("self_attn.o_proj"), att, Hidden), W("post_attention_layernorm"));
                 for (int i = 0; i < Hidden; i++) x[p][i] += o[i];
@@ -245,9 +187,7 @@ public sealed class GemmaTests : IDisposable
                 var h = RmsNorm(x[p], W("pre_feedforward_layernorm"));
                 var gate = MatVec(W("mlp.gate_proj"), h, Mlp);
                 var up = MatVec(W("mlp.up_proj"), h, Mlp);
-                var act = new double[Mlp];
-                for (int i = 0; i < Mlp; i++) act[i] = GeluTanh(gate[i]) * up[i];
-                var d = RmsNorm(MatVec(W("mlp.down_proj"), act, Hidden), W("post_feedforward_layernorm"));
+                var d = RmsNorm(MatVec(W("mlp.down_proj"), GeGlu(gate, up), Hidden), W("post_feedforward_layernorm"));
                 for (int i = 0; i < Hidden; i++) x[p][i] += d[i];
             }
         }

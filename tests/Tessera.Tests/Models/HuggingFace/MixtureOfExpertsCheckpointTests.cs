@@ -7,15 +7,16 @@ using Tessera.Tensors.Cpu;
 using Tessera.Tests.Support;
 using Xunit;
 using Model = Tessera.Models.Transformer;
+using static Tessera.Tests.Models.HuggingFace.PlainLoopReference;
 
 namespace Tessera.Tests.Models.HuggingFace;
 
 /// <summary>
 /// Mixtral (model_type "mixtral") and Qwen3-MoE ("qwen3_moe"): tiny random checkpoints written here as transformers saves them
 /// (hand-written config.json with transformers' field names, block_sparse_moe.experts.{j}.w1/w2/w3 or mlp.experts.{j}.*_proj),
-/// loaded by Tessera and checked against a reference forward written here with plain loops (modeling_mixtral's and
-/// modeling_qwen3_moe's routing: softmax in float, top-k, renormalized always for Mixtral and iff norm_topk_prob for
-/// Qwen3-MoE); the export round trip; and the refusals.
+/// loaded by Tessera and checked against a reference forward written here from the plain loops of
+/// <see cref="PlainLoopReference"/> (modeling_mixtral's and modeling_qwen3_moe's routing: softmax in float, top-k,
+/// renormalized always for Mixtral and iff norm_topk_prob for Qwen3-MoE); the export round trip; and the refusals.
 /// </summary>
 public sealed class MixtureOfExpertsCheckpointTests : IDisposable
 {
@@ -87,11 +88,7 @@ public sealed class MixtureOfExpertsCheckpointTests : IDisposable
     {
         var rng = new Random(seed);
         var w = new Dictionary<string, (int[] Shape, float[] Data)>(StringComparer.Ordinal);
-        void Add(string name, bool norm, params int[] shape)
-        {
-            int n = shape.Aggregate(1, (a, b) => a * b);
-            w[name] = (shape, Enumerable.Range(0, n).Select(_ => (float)(norm ? 1 + 0.3 * (rng.NextDouble() * 2 - 1) : 0.3 * (rng.NextDouble() * 2 - 1))).ToArray());
-        }
+        void Add(string name, bool norm, params int[] shape) => TinyHuggingFaceCheckpoint.AddRandom(w, rng, name, norm, shape);
         int d = HeadDim(type), f = ExpertFfn(type);
         Add("model.embed_tokens.weight", false, Vocab, Hidden);
         for (int l = 0; l < Layers; l++)
@@ -128,108 +125,47 @@ public sealed class MixtureOfExpertsCheckpointTests : IDisposable
         ? ($"mlp.experts.{j}.gate_proj.weight", $"mlp.experts.{j}.up_proj.weight", $"mlp.experts.{j}.down_proj.weight")
         : ($"block_sparse_moe.experts.{j}.w1.weight", $"block_sparse_moe.experts.{j}.w3.weight", $"block_sparse_moe.experts.{j}.w2.weight");
 
-    private string WriteCheckpoint(string name, JsonObject config, Dictionary<string, (int[] Shape, float[] Data)> weights)
-    {
-        var dir = Path.Combine(_dir, name);
-        Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
-        var writer = new SafetensorsWriter();
-        foreach (var (n, (shape, data)) in weights) writer.Add(n, new Shape(shape), data);
-        writer.Write(Path.Combine(dir, "model.safetensors"));
-        return dir;
-    }
+    private string WriteCheckpoint(string name, JsonObject config, Dictionary<string, (int[] Shape, float[] Data)> weights) =>
+        TinyHuggingFaceCheckpoint.Write(Path.Combine(_dir, name), config.ToJsonString(), weights);
 
     // ---- The reference: the models' forward as transformers computes it, in double, with plain loops. ----
-
-    private static double[] RmsNorm(double[] x, float[] w, int offset = 0, int length = -1)
-    {
-        int c = length < 0 ? x.Length : length;
-        double ms = 0;
-        for (int i = 0; i < c; i++) ms += x[offset + i] * x[offset + i];
-        double r = 1 / Math.Sqrt(ms / c + Eps);
-        var y = new double[c];
-        for (int i = 0; i < c; i++) y[i] = x[offset + i] * r * w[i];
-        return y;
-    }
-
-    private static double[] MatVec(float[] w, double[] x, int rows)
-    {
-        int cols = x.Length;
-        var y = new double[rows];
-        for (int r = 0; r < rows; r++)
-        {
-            double s = 0;
-            for (int c = 0; c < cols; c++) s += w[r * cols + c] * x[c];
-            y[r] = s;
-        }
-        return y;
-    }
-
-    private static void Rope(double[] heads, int h, int pos, int d)
-    {
-        int half = d / 2, o = h * d;
-        for (int i = 0; i < half; i++)
-        {
-            double angle = pos * Math.Pow(Theta, -2.0 * i / d);
-            double cos = Math.Cos(angle), sin = Math.Sin(angle);
-            double a = heads[o + i], b = heads[o + i + half];
-            heads[o + i] = a * cos - b * sin;
-            heads[o + i + half] = b * cos + a * sin;
-        }
-    }
 
     /// <summary>Logits (T, V) of one sequence.</summary>
     private static double[][] ReferenceForward(string type, bool normalize, Dictionary<string, (int[] Shape, float[] Data)> w, int[] tokens)
     {
         int t = tokens.Length, d = HeadDim(type), ffn = ExpertFfn(type);
-        var x = tokens.Select(id => w["model.embed_tokens.weight"].Data.Skip(id * Hidden).Take(Hidden).Select(v => (double)v).ToArray()).ToArray();
+        var x = Embed(w["model.embed_tokens.weight"].Data, tokens, Hidden);
         for (int l = 0; l < Layers; l++)
         {
             float[] W(string n) => w[$"model.layers.{l}.{n}"].Data;
             var q = new double[t][]; var k = new double[t][]; var v = new double[t][];
             for (int p = 0; p < t; p++)
             {
-                var h = RmsNorm(x[p], W("input_layernorm.weight"));
+                var h = RmsNorm(x[p], W("input_layernorm.weight"), Eps);
                 q[p] = MatVec(W("self_attn.q_proj.weight"), h, Heads * d);
                 k[p] = MatVec(W("self_attn.k_proj.weight"), h, KvHeads * d);
                 v[p] = MatVec(W("self_attn.v_proj.weight"), h, KvHeads * d);
                 for (int hd = 0; hd < Heads; hd++)
                 {
-                    if (IsQwen(type)) RmsNorm(q[p], W("self_attn.q_norm.weight"), hd * d, d).CopyTo(q[p], hd * d);
-                    Rope(q[p], hd, p, d);
+                    if (IsQwen(type)) RmsNorm(q[p], W("self_attn.q_norm.weight"), Eps, hd * d, d).CopyTo(q[p], hd * d);
+                    Rope(q[p], hd * d, d, p, Theta);
                 }
                 for (int hd = 0; hd < KvHeads; hd++)
                 {
-                    if (IsQwen(type)) RmsNorm(k[p], W("self_attn.k_norm.weight"), hd * d, d).CopyTo(k[p], hd * d);
-                    Rope(k[p], hd, p, d);
+                    if (IsQwen(type)) RmsNorm(k[p], W("self_attn.k_norm.weight"), Eps, hd * d, d).CopyTo(k[p], hd * d);
+                    Rope(k[p], hd * d, d, p, Theta);
                 }
             }
             for (int p = 0; p < t; p++)
             {
-                var att = new double[Heads * d];
-                for (int hd = 0; hd < Heads; hd++)
-                {
-                    int g = hd / (Heads / KvHeads);
-                    var scores = new double[p + 1];
-                    for (int j = 0; j <= p; j++)
-                    {
-                        double s = 0;
-                        for (int i = 0; i < d; i++) s += q[p][hd * d + i] * k[j][g * d + i];
-                        scores[j] = s / Math.Sqrt(d);
-                    }
-                    double max = scores.Max(), sum = 0;
-                    for (int j = 0; j <= p; j++) { scores[j] = Math.Exp(scores[j] - max); sum += scores[j]; }
-                    for (int j = 0; j <= p; j++)
-                        for (int i = 0; i < d; i++) att[hd * d + i] += scores[j] / sum * v[j][g * d + i];
-                }
-                var o = MatVec(W("self_attn.o_proj.weight"), att, Hidden);
+                var o = MatVec(W("self_attn.o_proj.weight"), CausalAttention(q[p], k, v, p, Heads, KvHeads, d), Hidden);
                 for (int i = 0; i < Hidden; i++) x[p][i] += o[i];
             }
             for (int p = 0; p < t; p++)
             {
                 // The sparse block: softmax over the router's logits, the top k (ties cannot occur at random weights), their
                 // weights renormalized (Mixtral; Qwen3-MoE with norm_topk_prob), the weighted sum of the experts' SwiGLUs.
-                var h = RmsNorm(x[p], W("post_attention_layernorm.weight"));
+                var h = RmsNorm(x[p], W("post_attention_layernorm.weight"), Eps);
                 var z = MatVec(W(IsQwen(type) ? "mlp.gate.weight" : "block_sparse_moe.gate.weight"), h, Experts);
                 double zmax = z.Max();
                 var prob = z.Select(s => Math.Exp(s - zmax)).ToArray();
@@ -240,16 +176,12 @@ public sealed class MixtureOfExpertsCheckpointTests : IDisposable
                 foreach (int e in top)
                 {
                     var (gn, un, dn) = Names(type, e);
-                    var gate = MatVec(W(gn), h, ffn);
-                    var up = MatVec(W(un), h, ffn);
-                    var act = new double[ffn];
-                    for (int i = 0; i < ffn; i++) act[i] = gate[i] / (1 + Math.Exp(-gate[i])) * up[i];
-                    var down = MatVec(W(dn), act, Hidden);
+                    var down = SwiGlu(W(gn), W(un), W(dn), h, ffn, Hidden);
                     for (int i = 0; i < Hidden; i++) x[p][i] += prob[e] / norm * down[i];
                 }
             }
         }
-        return x.Select(row => MatVec(w["lm_head.weight"].Data, RmsNorm(row, w["model.norm.weight"].Data), Vocab)).ToArray();
+        return x.Select(row => MatVec(w["lm_head.weight"].Data, RmsNorm(row, w["model.norm.weight"].Data, Eps), Vocab)).ToArray();
     }
 
     private double[] TesseraLogits(Model model, int[] tokens)

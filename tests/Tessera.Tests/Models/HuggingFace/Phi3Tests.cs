@@ -7,14 +7,16 @@ using Tessera.Tensors.Cpu;
 using Tessera.Tests.Support;
 using Xunit;
 using Model = Tessera.Models.Transformer;
+using static Tessera.Tests.Models.HuggingFace.PlainLoopReference;
 
 namespace Tessera.Tests.Models.HuggingFace;
 
 /// <summary>
 /// Phi-3 / Phi-4 (model_type "phi3"): tiny random checkpoints written here as transformers saves them (config.json with
 /// Phi3Config's field names; q, k, v fused in self_attn.qkv_proj and gate, up in mlp.gate_up_proj), loaded by Tessera and
-/// checked against a reference forward written in this file with plain loops from modeling_phi3's formulas; the export
-/// round trip (fused names written back); refusals of what Tessera does not implement, naming the field.
+/// checked against a reference forward written in this file from modeling_phi3's formulas with
+/// <see cref="PlainLoopReference"/>; the export round trip (fused names written back); refusals of what Tessera does not
+/// implement, naming the field.
 /// </summary>
 public sealed class Phi3Tests : IDisposable
 {
@@ -85,11 +87,7 @@ public sealed class Phi3Tests : IDisposable
     {
         var rng = new Random(seed);
         var w = new Dictionary<string, (int[] Shape, float[] Data)>(StringComparer.Ordinal);
-        void Add(string name, bool norm, params int[] shape)
-        {
-            int n = shape.Aggregate(1, (a, b) => a * b);
-            w[name] = (shape, Enumerable.Range(0, n).Select(_ => (float)(norm ? 1 + 0.3 * (rng.NextDouble() * 2 - 1) : 0.3 * (rng.NextDouble() * 2 - 1))).ToArray());
-        }
+        void Add(string name, bool norm, params int[] shape) => TinyHuggingFaceCheckpoint.AddRandom(w, rng, name, norm, shape);
         Add("model.embed_tokens.weight", false, Vocab, Hidden);
         for (int l = 0; l < Layers; l++)
         {
@@ -106,42 +104,10 @@ public sealed class Phi3Tests : IDisposable
         return w;
     }
 
-    private string WriteCheckpoint(string name, Dictionary<string, (int[] Shape, float[] Data)> weights, JsonObject config)
-    {
-        var dir = Path.Combine(_dir, name);
-        Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
-        var writer = new SafetensorsWriter();
-        foreach (var (n, (shape, data)) in weights) writer.Add(n, new Shape(shape), data);
-        writer.Write(Path.Combine(dir, "model.safetensors"));
-        return dir;
-    }
+    private string WriteCheckpoint(string name, Dictionary<string, (int[] Shape, float[] Data)> weights, JsonObject config) =>
+        TinyHuggingFaceCheckpoint.Write(Path.Combine(_dir, name), config.ToJsonString(), weights);
 
     // ---- The reference: Phi-3's forward as transformers' modeling_phi3 computes it, in double, with plain loops. ----
-
-    private static double[] RmsNorm(double[] x, float[] w)
-    {
-        double ms = 0;
-        for (int i = 0; i < x.Length; i++) ms += x[i] * x[i];
-        double r = 1 / Math.Sqrt(ms / x.Length + Eps);
-        var y = new double[x.Length];
-        for (int i = 0; i < x.Length; i++) y[i] = x[i] * r * w[i];
-        return y;
-    }
-
-    /// <summary>Rows [from, from + rows) of W (.., cols) times x.</summary>
-    private static double[] MatVec(float[] w, double[] x, int rows, int from = 0)
-    {
-        int cols = x.Length;
-        var y = new double[rows];
-        for (int r = 0; r < rows; r++)
-        {
-            double s = 0;
-            for (int c = 0; c < cols; c++) s += w[(from + r) * cols + c] * x[c];
-            y[r] = s;
-        }
-        return y;
-    }
 
     /// <summary>
     /// apply_rotary_pos_emb on head <paramref name="h"/> at position <paramref name="pos"/> of a forward over
@@ -152,7 +118,7 @@ public sealed class Phi3Tests : IDisposable
     /// </summary>
     private static void Rope(double[] heads, int h, int pos, int length, Variant v)
     {
-        int r = v.Rotary, half = r / 2, o = h * v.HeadDim;
+        int r = v.Rotary;
         double scale = 1;
         double[]? factors = null;
         if (v.ShortFactor is not null)
@@ -161,73 +127,47 @@ public sealed class Phi3Tests : IDisposable
             double s = (double)Positions / v.Original;
             scale = s <= 1 ? 1 : Math.Sqrt(1 + Math.Log(s) / Math.Log(v.Original));
         }
-        for (int i = 0; i < half; i++)
-        {
-            double inv = 1.0 / ((factors?[i] ?? 1.0) * Math.Pow(Theta, 2.0 * i / r));
-            double angle = pos * inv;
-            double cos = Math.Cos(angle) * scale, sin = Math.Sin(angle) * scale;
-            double a = heads[o + i], b = heads[o + i + half];
-            heads[o + i] = a * cos - b * sin;
-            heads[o + i + half] = b * cos + a * sin;
-        }
+        PlainLoopReference.Rope(heads, h * v.HeadDim, r, i => pos * (1.0 / ((factors?[i] ?? 1.0) * Math.Pow(Theta, 2.0 * i / r))), scale);
     }
 
     /// <summary>Logits (T, V) of one sequence.</summary>
     private static double[][] ReferenceForward(Dictionary<string, (int[] Shape, float[] Data)> w, int[] tokens, Variant variant)
     {
         int t = tokens.Length, headDim = variant.HeadDim, qRows = Heads * headDim, kvRows = KvHeads * headDim;
-        var x = tokens.Select(id => w["model.embed_tokens.weight"].Data.Skip(id * Hidden).Take(Hidden).Select(v => (double)v).ToArray()).ToArray();
+        var x = Embed(w["model.embed_tokens.weight"].Data, tokens, Hidden);
         for (int l = 0; l < Layers; l++)
         {
             float[] W(string n) => w[$"model.layers.{l}.{n}.weight"].Data;
             var q = new double[t][]; var k = new double[t][]; var v = new double[t][];
             for (int p = 0; p < t; p++)
             {
-                var h = RmsNorm(x[p], W("input_layernorm"));
+                var h = RmsNorm(x[p], W("input_layernorm"), Eps);
                 // qkv_proj's rows: the query heads, then the key heads, then the value heads (modeling_phi3's query_pos split).
                 q[p] = MatVec(W("self_attn.qkv_proj"), h, qRows);
-                k[p] = MatVec(W("self_attn.qkv_proj"), h, kvRows, qRows);
-                v[p] = MatVec(W("self_attn.qkv_proj"), h, kvRows, qRows + kvRows);
+                k[p] = MatVec(W("self_attn.qkv_proj"), h, kvRows, from: qRows);
+                v[p] = MatVec(W("self_attn.qkv_proj"), h, kvRows, from: qRows + kvRows);
                 for (int hd = 0; hd < Heads; hd++) Rope(q[p], hd, p, t, variant);
                 for (int hd = 0; hd < KvHeads; hd++) Rope(k[p], hd, p, t, variant);
             }
             for (int p = 0; p < t; p++)
             {
                 // Causal, and with sliding_window W the keys j with p - j < W (transformers' sliding-window mask).
-                int first = variant.Window > 0 ? Math.Max(0, p - variant.Window + 1) : 0;
-                var att = new double[qRows];
-                for (int hd = 0; hd < Heads; hd++)
-                {
-                    int g = hd / (Heads / KvHeads);
-                    var scores = new double[p + 1];
-                    for (int j = first; j <= p; j++)
-                    {
-                        double s = 0;
-                        for (int i = 0; i < headDim; i++) s += q[p][hd * headDim + i] * k[j][g * headDim + i];
-                        scores[j] = s / Math.Sqrt(headDim);
-                    }
-                    double max = scores.Skip(first).Max(), sum = 0;
-                    for (int j = first; j <= p; j++) { scores[j] = Math.Exp(scores[j] - max); sum += scores[j]; }
-                    for (int j = first; j <= p; j++)
-                        for (int i = 0; i < headDim; i++) att[hd * headDim + i] += scores[j] / sum * v[j][g * headDim + i];
-                }
+                var att = CausalAttention(q[p], k, v, p, Heads, KvHeads, headDim, variant.Window);
                 var o = MatVec(W("self_attn.o_proj"), att, Hidden);
                 for (int i = 0; i < Hidden; i++) x[p][i] += o[i];
             }
             for (int p = 0; p < t; p++)
             {
-                var h = RmsNorm(x[p], W("post_attention_layernorm"));
+                var h = RmsNorm(x[p], W("post_attention_layernorm"), Eps);
                 // gate_up_proj's product chunked in two along the features: gate first, then up.
                 var gate = MatVec(W("mlp.gate_up_proj"), h, Mlp);
-                var up = MatVec(W("mlp.gate_up_proj"), h, Mlp, Mlp);
-                var act = new double[Mlp];
-                for (int i = 0; i < Mlp; i++) act[i] = up[i] * (gate[i] / (1 + Math.Exp(-gate[i])));
-                var d = MatVec(W("mlp.down_proj"), act, Hidden);
+                var up = MatVec(W("mlp.gate_up_proj"), h, Mlp, from: Mlp);
+                var d = MatVec(W("mlp.down_proj"), SwiGlu(gate, up), Hidden);
                 for (int i = 0; i < Hidden; i++) x[p][i] += d[i];
             }
         }
         var head = variant.Tied ? w["model.embed_tokens.weight"].Data : w["lm_head.weight"].Data;
-        return x.Select(row => MatVec(head, RmsNorm(row, w["model.norm.weight"].Data), Vocab)).ToArray();
+        return x.Select(row => MatVec(head, RmsNorm(row, w["model.norm.weight"].Data, Eps), Vocab)).ToArray();
     }
 
     private double[] TesseraLogits(Model model, int[] tokens)

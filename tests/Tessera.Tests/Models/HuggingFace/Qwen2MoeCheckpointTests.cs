@@ -7,6 +7,7 @@ using Tessera.Tensors.Cpu;
 using Tessera.Tests.Support;
 using Xunit;
 using Model = Tessera.Models.Transformer;
+using static Tessera.Tests.Models.HuggingFace.PlainLoopReference;
 
 namespace Tessera.Tests.Models.HuggingFace;
 
@@ -14,8 +15,8 @@ namespace Tessera.Tests.Models.HuggingFace;
 /// Qwen2-MoE (model_type "qwen2_moe": Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B): a tiny random checkpoint written here as transformers
 /// saves it (hand-written config.json with Qwen2MoeConfig's field names; mlp.gate, mlp.experts.{j}.*_proj,
 /// mlp.shared_expert.*_proj, mlp.shared_expert_gate; q/k/v biases), loaded by Tessera and checked against a reference forward
-/// written here with plain loops (modeling_qwen2_moe: softmax in float, top-k, renormalized iff norm_topk_prob, plus
-/// sigmoid(shared_expert_gate(x)) · shared_expert(x)); the export round trip; and the refusals.
+/// written here with <see cref="PlainLoopReference"/> (modeling_qwen2_moe: softmax in float, top-k, renormalized iff
+/// norm_topk_prob, plus sigmoid(shared_expert_gate(x)) · shared_expert(x)); the export round trip; and the refusals.
 /// </summary>
 public sealed class Qwen2MoeCheckpointTests : IDisposable
 {
@@ -68,11 +69,7 @@ public sealed class Qwen2MoeCheckpointTests : IDisposable
     {
         var rng = new Random(seed);
         var w = new Dictionary<string, (int[] Shape, float[] Data)>(StringComparer.Ordinal);
-        void Add(string name, bool norm, params int[] shape)
-        {
-            int n = shape.Aggregate(1, (a, b) => a * b);
-            w[name] = (shape, Enumerable.Range(0, n).Select(_ => (float)(norm ? 1 + 0.3 * (rng.NextDouble() * 2 - 1) : 0.3 * (rng.NextDouble() * 2 - 1))).ToArray());
-        }
+        void Add(string name, bool norm, params int[] shape) => TinyHuggingFaceCheckpoint.AddRandom(w, rng, name, norm, shape);
         Add("model.embed_tokens.weight", false, Vocab, Hidden);
         for (int l = 0; l < Layers; l++)
         {
@@ -103,105 +100,43 @@ public sealed class Qwen2MoeCheckpointTests : IDisposable
         return w;
     }
 
-    private string WriteCheckpoint(string name, JsonObject config, Dictionary<string, (int[] Shape, float[] Data)> weights)
-    {
-        var dir = Path.Combine(_dir, name);
-        Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString());
-        var writer = new SafetensorsWriter();
-        foreach (var (n, (shape, data)) in weights) writer.Add(n, new Shape(shape), data);
-        writer.Write(Path.Combine(dir, "model.safetensors"));
-        return dir;
-    }
+    private string WriteCheckpoint(string name, JsonObject config, Dictionary<string, (int[] Shape, float[] Data)> weights) =>
+        TinyHuggingFaceCheckpoint.Write(Path.Combine(_dir, name), config.ToJsonString(), weights);
 
     // ---- The reference: Qwen2-MoE's forward as transformers computes it, in double, with plain loops. ----
 
-    private static double[] RmsNorm(double[] x, float[] w)
-    {
-        double ms = x.Sum(v => v * v) / x.Length;
-        double r = 1 / Math.Sqrt(ms + Eps);
-        return x.Select((v, i) => v * r * w[i]).ToArray();
-    }
-
-    private static double[] MatVec(float[] w, double[] x, int rows, float[]? bias = null)
-    {
-        int cols = x.Length;
-        var y = new double[rows];
-        for (int r = 0; r < rows; r++)
-        {
-            double s = bias is null ? 0 : bias[r];
-            for (int c = 0; c < cols; c++) s += w[r * cols + c] * x[c];
-            y[r] = s;
-        }
-        return y;
-    }
-
-    private static void Rope(double[] heads, int h, int pos)
-    {
-        int half = D / 2, o = h * D;
-        for (int i = 0; i < half; i++)
-        {
-            double angle = pos * Math.Pow(Theta, -2.0 * i / D);
-            double cos = Math.Cos(angle), sin = Math.Sin(angle);
-            double a = heads[o + i], b = heads[o + i + half];
-            heads[o + i] = a * cos - b * sin;
-            heads[o + i + half] = b * cos + a * sin;
-        }
-    }
-
-    private static double[] SwiGlu(Func<string, float[]> w, string prefix, double[] h, int f)
-    {
-        var gate = MatVec(w(prefix + "gate_proj.weight"), h, f);
-        var up = MatVec(w(prefix + "up_proj.weight"), h, f);
-        var act = new double[f];
-        for (int i = 0; i < f; i++) act[i] = gate[i] / (1 + Math.Exp(-gate[i])) * up[i];
-        return MatVec(w(prefix + "down_proj.weight"), act, Hidden);
-    }
+    /// <summary>The SwiGLU MLP of one token whose gate_proj, up_proj and down_proj follow <paramref name="prefix"/>.</summary>
+    private static double[] SwiGlu(Func<string, float[]> w, string prefix, double[] h, int f) =>
+        PlainLoopReference.SwiGlu(w(prefix + "gate_proj.weight"), w(prefix + "up_proj.weight"), w(prefix + "down_proj.weight"), h, f, Hidden);
 
     /// <summary>Logits (T, V) of one sequence; <paramref name="shared"/> false leaves the shared expert out (to show it matters).</summary>
     private static double[][] ReferenceForward(bool normalize, Dictionary<string, (int[] Shape, float[] Data)> w, int[] tokens, bool shared = true)
     {
         int t = tokens.Length;
-        var x = tokens.Select(id => w["model.embed_tokens.weight"].Data.Skip(id * Hidden).Take(Hidden).Select(v => (double)v).ToArray()).ToArray();
+        var x = Embed(w["model.embed_tokens.weight"].Data, tokens, Hidden);
         for (int l = 0; l < Layers; l++)
         {
             float[] W(string n) => w[$"model.layers.{l}.{n}"].Data;
             var q = new double[t][]; var k = new double[t][]; var v = new double[t][];
             for (int p = 0; p < t; p++)
             {
-                var h = RmsNorm(x[p], W("input_layernorm.weight"));
+                var h = RmsNorm(x[p], W("input_layernorm.weight"), Eps);
                 q[p] = MatVec(W("self_attn.q_proj.weight"), h, Heads * D, W("self_attn.q_proj.bias"));
                 k[p] = MatVec(W("self_attn.k_proj.weight"), h, KvHeads * D, W("self_attn.k_proj.bias"));
                 v[p] = MatVec(W("self_attn.v_proj.weight"), h, KvHeads * D, W("self_attn.v_proj.bias"));
-                for (int hd = 0; hd < Heads; hd++) Rope(q[p], hd, p);
-                for (int hd = 0; hd < KvHeads; hd++) Rope(k[p], hd, p);
+                for (int hd = 0; hd < Heads; hd++) Rope(q[p], hd * D, D, p, Theta);
+                for (int hd = 0; hd < KvHeads; hd++) Rope(k[p], hd * D, D, p, Theta);
             }
             for (int p = 0; p < t; p++)
             {
-                var att = new double[Heads * D];
-                for (int hd = 0; hd < Heads; hd++)
-                {
-                    int g = hd / (Heads / KvHeads);
-                    var scores = new double[p + 1];
-                    for (int j = 0; j <= p; j++)
-                    {
-                        double s = 0;
-                        for (int i = 0; i < D; i++) s += q[p][hd * D + i] * k[j][g * D + i];
-                        scores[j] = s / Math.Sqrt(D);
-                    }
-                    double max = scores.Max(), sum = 0;
-                    for (int j = 0; j <= p; j++) { scores[j] = Math.Exp(scores[j] - max); sum += scores[j]; }
-                    for (int j = 0; j <= p; j++)
-                        for (int i = 0; i < D; i++) att[hd * D + i] += scores[j] / sum * v[j][g * D + i];
-                }
-                var o = MatVec(W("self_attn.o_proj.weight"), att, Hidden);
+                var o = MatVec(W("self_attn.o_proj.weight"), CausalAttention(q[p], k, v, p, Heads, KvHeads, D), Hidden);
                 for (int i = 0; i < Hidden; i++) x[p][i] += o[i];
             }
             for (int p = 0; p < t; p++)
             {
                 // The sparse block: softmax over the router's logits, the top k (no ties at random weights), renormalized iff
                 // norm_topk_prob; then the shared expert, scaled by the sigmoid of its gate's logit, added for every token.
-                var h = RmsNorm(x[p], W("post_attention_layernorm.weight"));
+                var h = RmsNorm(x[p], W("post_attention_layernorm.weight"), Eps);
                 var z = MatVec(W("mlp.gate.weight"), h, Experts);
                 double zmax = z.Max();
                 var prob = z.Select(s => Math.Exp(s - zmax)).ToArray();
@@ -224,7 +159,7 @@ public sealed class Qwen2MoeCheckpointTests : IDisposable
                 for (int i = 0; i < Hidden; i++) x[p][i] += y[i];
             }
         }
-        return x.Select(row => MatVec(w["lm_head.weight"].Data, RmsNorm(row, w["model.norm.weight"].Data), Vocab)).ToArray();
+        return x.Select(row => MatVec(w["lm_head.weight"].Data, RmsNorm(row, w["model.norm.weight"].Data, Eps), Vocab)).ToArray();
     }
 
     private double[] TesseraLogits(Model model, int[] tokens)

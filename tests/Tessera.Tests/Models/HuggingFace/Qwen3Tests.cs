@@ -7,13 +7,15 @@ using Tessera.Tensors.Cpu;
 using Tessera.Tests.Support;
 using Xunit;
 using Model = Tessera.Models.Transformer;
+using static Tessera.Tests.Models.HuggingFace.PlainLoopReference;
 
 namespace Tessera.Tests.Models.HuggingFace;
 
 /// <summary>
 /// Qwen3 (model_type "qwen3"): a tiny random checkpoint written here as Hugging Face would save it (config.json with
 /// head_dim != hidden_size / num_attention_heads, an untied head, q_norm and k_norm), loaded by Tessera and checked against a
-/// reference forward written in this file with plain loops; the export round trip; the head norms' effect.
+/// reference forward written in this file from the plain loops of <see cref="PlainLoopReference"/>; the export round trip;
+/// the head norms' effect.
 /// </summary>
 public sealed class Qwen3Tests : IDisposable
 {
@@ -57,11 +59,7 @@ public sealed class Qwen3Tests : IDisposable
     {
         var rng = new Random(seed);
         var w = new Dictionary<string, (int[] Shape, float[] Data)>(StringComparer.Ordinal);
-        void Add(string name, bool norm, params int[] shape)
-        {
-            int n = shape.Aggregate(1, (a, b) => a * b);
-            w[name] = (shape, Enumerable.Range(0, n).Select(_ => (float)(norm ? 1 + 0.3 * (rng.NextDouble() * 2 - 1) : 0.3 * (rng.NextDouble() * 2 - 1))).ToArray());
-        }
+        void Add(string name, bool norm, params int[] shape) => TinyHuggingFaceCheckpoint.AddRandom(w, rng, name, norm, shape);
         Add("model.embed_tokens.weight", false, Vocab, Hidden);
         for (int l = 0; l < Layers; l++)
         {
@@ -83,118 +81,51 @@ public sealed class Qwen3Tests : IDisposable
         return w;
     }
 
-    private string WriteCheckpoint(string name, Dictionary<string, (int[] Shape, float[] Data)> weights)
-    {
-        var dir = Path.Combine(_dir, name);
-        Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "config.json"), ConfigJson());
-        var writer = new SafetensorsWriter();
-        foreach (var (n, (shape, data)) in weights) writer.Add(n, new Shape(shape), data);
-        writer.Write(Path.Combine(dir, "model.safetensors"));
-        return dir;
-    }
+    private string WriteCheckpoint(string name, Dictionary<string, (int[] Shape, float[] Data)> weights) =>
+        TinyHuggingFaceCheckpoint.Write(Path.Combine(_dir, name), ConfigJson(), weights);
 
     // ---- The reference: Qwen3's forward as transformers' modeling_qwen3 computes it, in double, with plain loops. ----
-
-    private static double[] RmsNorm(double[] x, float[] w, int offset = 0, int length = -1)
-    {
-        int c = length < 0 ? x.Length : length;
-        double ms = 0;
-        for (int i = 0; i < c; i++) ms += x[offset + i] * x[offset + i];
-        double r = 1 / Math.Sqrt(ms / c + Eps);
-        var y = new double[c];
-        for (int i = 0; i < c; i++) y[i] = x[offset + i] * r * w[i];
-        return y;
-    }
-
-    /// <summary>y = W x for W (rows, cols) row-major.</summary>
-    private static double[] MatVec(float[] w, double[] x, int rows)
-    {
-        int cols = x.Length;
-        var y = new double[rows];
-        for (int r = 0; r < rows; r++)
-        {
-            double s = 0;
-            for (int c = 0; c < cols; c++) s += w[r * cols + c] * x[c];
-            y[r] = s;
-        }
-        return y;
-    }
-
-    /// <summary>Rotates head <paramref name="h"/> in place at position <paramref name="pos"/>: pairs (i, i + D/2), rotate_half.</summary>
-    private static void Rope(double[] heads, int h, int pos)
-    {
-        int half = HeadDim / 2, o = h * HeadDim;
-        for (int i = 0; i < half; i++)
-        {
-            double angle = pos * Math.Pow(Theta, -2.0 * i / HeadDim);
-            double cos = Math.Cos(angle), sin = Math.Sin(angle);
-            double a = heads[o + i], b = heads[o + i + half];
-            heads[o + i] = a * cos - b * sin;
-            heads[o + i + half] = b * cos + a * sin;
-        }
-    }
 
     /// <summary>Logits (T, V) of one sequence.</summary>
     private static double[][] ReferenceForward(Dictionary<string, (int[] Shape, float[] Data)> w, int[] tokens)
     {
         int t = tokens.Length;
-        var x = tokens.Select(id => w["model.embed_tokens.weight"].Data.Skip(id * Hidden).Take(Hidden).Select(v => (double)v).ToArray()).ToArray();
+        var x = Embed(w["model.embed_tokens.weight"].Data, tokens, Hidden);
         for (int l = 0; l < Layers; l++)
         {
             float[] W(string n) => w[$"model.layers.{l}.{n}.weight"].Data;
             var q = new double[t][]; var k = new double[t][]; var v = new double[t][];
             for (int p = 0; p < t; p++)
             {
-                var h = RmsNorm(x[p], W("input_layernorm"));
+                var h = RmsNorm(x[p], W("input_layernorm"), Eps);
                 q[p] = MatVec(W("self_attn.q_proj"), h, Heads * HeadDim);
                 k[p] = MatVec(W("self_attn.k_proj"), h, KvHeads * HeadDim);
                 v[p] = MatVec(W("self_attn.v_proj"), h, KvHeads * HeadDim);
                 // Qwen3: each head RMS-normalized over its D channels, then rotated.
                 for (int hd = 0; hd < Heads; hd++)
                 {
-                    RmsNorm(q[p], W("self_attn.q_norm"), hd * HeadDim, HeadDim).CopyTo(q[p], hd * HeadDim);
-                    Rope(q[p], hd, p);
+                    RmsNorm(q[p], W("self_attn.q_norm"), Eps, hd * HeadDim, HeadDim).CopyTo(q[p], hd * HeadDim);
+                    Rope(q[p], hd * HeadDim, HeadDim, p, Theta);
                 }
                 for (int hd = 0; hd < KvHeads; hd++)
                 {
-                    RmsNorm(k[p], W("self_attn.k_norm"), hd * HeadDim, HeadDim).CopyTo(k[p], hd * HeadDim);
-                    Rope(k[p], hd, p);
+                    RmsNorm(k[p], W("self_attn.k_norm"), Eps, hd * HeadDim, HeadDim).CopyTo(k[p], hd * HeadDim);
+                    Rope(k[p], hd * HeadDim, HeadDim, p, Theta);
                 }
             }
             for (int p = 0; p < t; p++)
             {
-                var att = new double[Heads * HeadDim];
-                for (int hd = 0; hd < Heads; hd++)
-                {
-                    int g = hd / (Heads / KvHeads);                   // grouped-query: query head hd reads key/value head g
-                    var scores = new double[p + 1];
-                    for (int j = 0; j <= p; j++)
-                    {
-                        double s = 0;
-                        for (int i = 0; i < HeadDim; i++) s += q[p][hd * HeadDim + i] * k[j][g * HeadDim + i];
-                        scores[j] = s / Math.Sqrt(HeadDim);
-                    }
-                    double max = scores.Max(), sum = 0;
-                    for (int j = 0; j <= p; j++) { scores[j] = Math.Exp(scores[j] - max); sum += scores[j]; }
-                    for (int j = 0; j <= p; j++)
-                        for (int i = 0; i < HeadDim; i++) att[hd * HeadDim + i] += scores[j] / sum * v[j][g * HeadDim + i];
-                }
+                var att = CausalAttention(q[p], k, v, p, Heads, KvHeads, HeadDim);   // grouped-query: head hd reads kv head hd / 2
                 var o = MatVec(W("self_attn.o_proj"), att, Hidden);
                 for (int i = 0; i < Hidden; i++) x[p][i] += o[i];
             }
             for (int p = 0; p < t; p++)
             {
-                var h = RmsNorm(x[p], W("post_attention_layernorm"));
-                var gate = MatVec(W("mlp.gate_proj"), h, Mlp);
-                var up = MatVec(W("mlp.up_proj"), h, Mlp);
-                var act = new double[Mlp];
-                for (int i = 0; i < Mlp; i++) act[i] = gate[i] / (1 + Math.Exp(-gate[i])) * up[i];
-                var d = MatVec(W("mlp.down_proj"), act, Hidden);
+                var d = SwiGlu(W("mlp.gate_proj"), W("mlp.up_proj"), W("mlp.down_proj"), RmsNorm(x[p], W("post_attention_layernorm"), Eps), Mlp, Hidden);
                 for (int i = 0; i < Hidden; i++) x[p][i] += d[i];
             }
         }
-        return x.Select(row => MatVec(w["lm_head.weight"].Data, RmsNorm(row, w["model.norm.weight"].Data), Vocab)).ToArray();
+        return x.Select(row => MatVec(w["lm_head.weight"].Data, RmsNorm(row, w["model.norm.weight"].Data, Eps), Vocab)).ToArray();
     }
 
     private double[] TesseraLogits(Model model, int[] tokens)

@@ -10,7 +10,7 @@ using Xunit;
 namespace Tessera.Tests.Nn.Layers;
 
 /// <summary>
-/// <see cref="SparseMoeFeedForward"/> in F64 on the CPU against a reference written here with plain loops (per token: the
+/// <see cref="SparseMoeFeedForward"/> in F64 on the CPU against the plain-loop <see cref="SparseMoeReference"/> (per token: the
 /// router's softmax, the k experts of highest probability with ties to the lower index, their weights renormalized or not,
 /// the weighted sum of their SwiGLUs), and its backward against central differences of that reference.
 /// </summary>
@@ -19,56 +19,12 @@ public sealed class MixtureOfExpertsLayerTests
     private const int N = 10, C = 8, F = 6, E = 4;
     private readonly CpuBackend _cpu = new(1);
 
-    /// <summary>The layer's weights read back to the host: router (E, C), and per expert gate, up (F, C) and proj (C, F).</summary>
-    private sealed record Weights(double[] Router, double[][] Gate, double[][] Up, double[][] Proj);
+    private SparseMoeReference.Weights Read(SparseMoeFeedForward moe) => SparseMoeReference.Read(_cpu, moe);
 
-    private Weights Read(SparseMoeFeedForward moe) => new(
-        TestTensors.ToDoubles(_cpu, moe.Router.Weight.Value),
-        moe.Experts.Select(x => TestTensors.ToDoubles(_cpu, x.Gate.Weight.Value)).ToArray(),
-        moe.Experts.Select(x => TestTensors.ToDoubles(_cpu, x.Up.Weight.Value)).ToArray(),
-        moe.Experts.Select(x => TestTensors.ToDoubles(_cpu, x.Projection.Weight.Value)).ToArray());
-
-    /// <summary>y (N, C) of x (N, C); <paramref name="aux"/> = coef · E · Σ_e f_e P_e with f_e the tokens routed to e over N.</summary>
-    private static double[] Reference(double[] x, Weights w, int k, bool normalize, double coefficient, out double aux, out int[] counts)
-    {
-        int n = x.Length / C;
-        var y = new double[n * C];
-        var routed = new int[E];
-        var meanP = new double[E];
-        for (int t = 0; t < n; t++)
-        {
-            var z = new double[E];
-            for (int e = 0; e < E; e++)
-                for (int c = 0; c < C; c++) z[e] += w.Router[e * C + c] * x[t * C + c];
-            double max = z.Max();
-            var p = z.Select(v => Math.Exp(v - max)).ToArray();
-            double sum = p.Sum();
-            for (int e = 0; e < E; e++) { p[e] /= sum; meanP[e] += p[e] / n; }
-            // The k largest; equal probabilities go to the lower index (a stable sort by falling probability).
-            var chosen = Enumerable.Range(0, E).OrderByDescending(e => p[e]).ThenBy(e => e).Take(k).ToArray();
-            double norm = normalize ? chosen.Sum(e => p[e]) : 1.0;
-            foreach (int e in chosen)
-            {
-                routed[e]++;
-                var a = new double[F];
-                for (int f = 0; f < F; f++)
-                {
-                    double g = 0, u = 0;
-                    for (int c = 0; c < C; c++) { g += w.Gate[e][f * C + c] * x[t * C + c]; u += w.Up[e][f * C + c] * x[t * C + c]; }
-                    a[f] = g / (1 + Math.Exp(-g)) * u;
-                }
-                for (int c = 0; c < C; c++)
-                {
-                    double o = 0;
-                    for (int f = 0; f < F; f++) o += w.Proj[e][c * F + f] * a[f];
-                    y[t * C + c] += p[e] / norm * o;
-                }
-            }
-        }
-        aux = coefficient * E * Enumerable.Range(0, E).Sum(e => (double)routed[e] / n * meanP[e]);
-        counts = routed;
-        return y;
-    }
+    /// <summary>y (N, C) of x (N, C) by <see cref="SparseMoeReference"/> (no shared expert); <paramref name="aux"/> the
+    /// load-balancing loss, <paramref name="counts"/> the tokens each expert took.</summary>
+    private static double[] Reference(double[] x, SparseMoeReference.Weights w, int k, bool normalize, double coefficient, out double aux, out int[] counts) =>
+        SparseMoeReference.Forward(x, w, k, normalize, coefficient, shared: false, out aux, out counts);
 
     private (SparseMoeFeedForward Moe, ParameterArena Arena) Layer(int k, bool normalize, double coefficient, Random rng)
     {

@@ -10,8 +10,8 @@ using Xunit;
 namespace Tessera.Tests.Nn.Layers;
 
 /// <summary>
-/// <see cref="SparseMoeFeedForward"/>'s shared expert (Qwen2-MoE) in F64 on the CPU against a reference written here with plain
-/// loops (per token: the routed experts as in <see cref="MixtureOfExpertsLayerTests"/>, plus sigmoid(x · w_g) times the shared
+/// <see cref="SparseMoeFeedForward"/>'s shared expert (Qwen2-MoE) in F64 on the CPU against the plain-loop
+/// <see cref="SparseMoeReference"/> (per token: the routed experts as in <see cref="MixtureOfExpertsLayerTests"/>, plus sigmoid(x · w_g) times the shared
 /// SwiGLU of every token), its backward against central differences of that reference, and the refusals.
 /// </summary>
 public sealed class SharedExpertTests
@@ -19,72 +19,12 @@ public sealed class SharedExpertTests
     private const int N = 10, C = 8, F = 6, Fs = 5, E = 4;
     private readonly CpuBackend _cpu = new(1);
 
-    /// <summary>The layer's weights on the host: router (E, C); per expert gate, up (F, C), proj (C, F); the shared expert's
-    /// gate, up (Fs, C), proj (C, Fs); its gate (1, C).</summary>
-    private sealed record Weights(double[] Router, double[][] Gate, double[][] Up, double[][] Proj,
-        double[] SharedGate, double[] SharedUp, double[] SharedProj, double[] SharedExpertGate);
+    private SparseMoeReference.Weights Read(SparseMoeFeedForward moe) => SparseMoeReference.Read(_cpu, moe);
 
-    private Weights Read(SparseMoeFeedForward moe) => new(
-        TestTensors.ToDoubles(_cpu, moe.Router.Weight.Value),
-        moe.Experts.Select(x => TestTensors.ToDoubles(_cpu, x.Gate.Weight.Value)).ToArray(),
-        moe.Experts.Select(x => TestTensors.ToDoubles(_cpu, x.Up.Weight.Value)).ToArray(),
-        moe.Experts.Select(x => TestTensors.ToDoubles(_cpu, x.Projection.Weight.Value)).ToArray(),
-        TestTensors.ToDoubles(_cpu, moe.SharedExpert!.Gate.Weight.Value),
-        TestTensors.ToDoubles(_cpu, moe.SharedExpert.Up.Weight.Value),
-        TestTensors.ToDoubles(_cpu, moe.SharedExpert.Projection.Weight.Value),
-        TestTensors.ToDoubles(_cpu, moe.SharedExpertGate!.Weight.Value));
-
-    /// <summary>proj(SiLU(gate x) * up x) of one row (C) through a SwiGLU of width <paramref name="f"/>.</summary>
-    private static double[] SwiGlu(double[] x, int t, double[] gate, double[] up, double[] proj, int f)
-    {
-        var a = new double[f];
-        for (int i = 0; i < f; i++)
-        {
-            double g = 0, u = 0;
-            for (int c = 0; c < C; c++) { g += gate[i * C + c] * x[t * C + c]; u += up[i * C + c] * x[t * C + c]; }
-            a[i] = g / (1 + Math.Exp(-g)) * u;
-        }
-        var y = new double[C];
-        for (int c = 0; c < C; c++)
-            for (int i = 0; i < f; i++) y[c] += proj[c * f + i] * a[i];
-        return y;
-    }
-
-    /// <summary>y (N, C) of x (N, C): the routed experts' weighted sum plus, when <paramref name="shared"/>, the gated shared expert;
-    /// <paramref name="aux"/> the load-balancing loss.</summary>
-    private static double[] Reference(double[] x, Weights w, int k, bool normalize, double coefficient, bool shared, out double aux)
-    {
-        int n = x.Length / C;
-        var y = new double[n * C];
-        var routed = new int[E];
-        var meanP = new double[E];
-        for (int t = 0; t < n; t++)
-        {
-            var z = new double[E];
-            for (int e = 0; e < E; e++)
-                for (int c = 0; c < C; c++) z[e] += w.Router[e * C + c] * x[t * C + c];
-            double max = z.Max();
-            var p = z.Select(v => Math.Exp(v - max)).ToArray();
-            double sum = p.Sum();
-            for (int e = 0; e < E; e++) { p[e] /= sum; meanP[e] += p[e] / n; }
-            var chosen = Enumerable.Range(0, E).OrderByDescending(e => p[e]).ThenBy(e => e).Take(k).ToArray();
-            double norm = normalize ? chosen.Sum(e => p[e]) : 1.0;
-            foreach (int e in chosen)
-            {
-                routed[e]++;
-                var o = SwiGlu(x, t, w.Gate[e], w.Up[e], w.Proj[e], F);
-                for (int c = 0; c < C; c++) y[t * C + c] += p[e] / norm * o[c];
-            }
-            if (!shared) continue;
-            double gz = 0;
-            for (int c = 0; c < C; c++) gz += w.SharedExpertGate[c] * x[t * C + c];
-            double g = 1 / (1 + Math.Exp(-gz));
-            var s = SwiGlu(x, t, w.SharedGate, w.SharedUp, w.SharedProj, Fs);
-            for (int c = 0; c < C; c++) y[t * C + c] += g * s[c];
-        }
-        aux = coefficient * E * Enumerable.Range(0, E).Sum(e => (double)routed[e] / n * meanP[e]);
-        return y;
-    }
+    /// <summary>y (N, C) of x (N, C) by <see cref="SparseMoeReference"/>: the routed experts' weighted sum plus, when
+    /// <paramref name="shared"/>, the gated shared expert; <paramref name="aux"/> the load-balancing loss.</summary>
+    private static double[] Reference(double[] x, SparseMoeReference.Weights w, int k, bool normalize, double coefficient, bool shared, out double aux) =>
+        SparseMoeReference.Forward(x, w, k, normalize, coefficient, shared, out aux, out _);
 
     private (SparseMoeFeedForward Moe, ParameterArena Arena) Layer(int k, bool normalize, double coefficient, Random rng)
     {
@@ -170,10 +110,10 @@ public sealed class SharedExpertTests
             NumericAssert.Close(GradientCheck.Numerical(J, values), TestTensors.ToDoubles(_cpu, grad), 1e-6, $"{what} (seed {seed})");
         Check(x, dx, "dx");
         Check(w.Router, moe.Router.Weight.Grad, "router");
-        Check(w.SharedGate, moe.SharedExpert!.Gate.Weight.Grad, "shared expert gate");
-        Check(w.SharedUp, moe.SharedExpert.Up.Weight.Grad, "shared expert up");
-        Check(w.SharedProj, moe.SharedExpert.Projection.Weight.Grad, "shared expert proj");
-        Check(w.SharedExpertGate, moe.SharedExpertGate!.Weight.Grad, "shared_expert_gate");
+        Check(w.SharedGate!, moe.SharedExpert!.Gate.Weight.Grad, "shared expert gate");
+        Check(w.SharedUp!, moe.SharedExpert.Up.Weight.Grad, "shared expert up");
+        Check(w.SharedProj!, moe.SharedExpert.Projection.Weight.Grad, "shared expert proj");
+        Check(w.SharedExpertGate!, moe.SharedExpertGate!.Weight.Grad, "shared_expert_gate");
         for (int e = 0; e < E; e++)
         {
             Check(w.Gate[e], moe.Experts[e].Gate.Weight.Grad, $"expert {e} gate");
