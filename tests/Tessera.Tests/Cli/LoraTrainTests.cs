@@ -65,18 +65,10 @@ public sealed class LoraTrainTests : IDisposable
         // The merged directory's logits against the base with the adapter applied unmerged, in F32: 1e-5 relative (a merge
         // rounds W + s B A once in F32; the unmerged path rounds the two products separately).
         var cpu = new CpuBackend(1);
-        using var hf = HuggingFaceModelDirectory.Open(model);
-        var adapted = new Transformer(hf.Config, cpu, DType.F32, ArenaStorage.Frozen, lora: PeftAdapter.ReadOptions(adapter, hf.Config));
-        hf.LoadInto(adapted.Parameters.Parameters, cpu);
-        PeftAdapter.Load(adapter, adapted.Adapters!);
+        var adapted = BaseWithAdapter(model, adapter, cpu);
         Assert.Contains(adapted.Adapters!.Layout.Parameters.Where(p => p.Name.EndsWith("lora_B", StringComparison.Ordinal)),
             p => TestTensors.ToDoubles(cpu, p.Value).Any(v => v != 0));   // trained: B left zero
-        using var mergedHf = HuggingFaceModelDirectory.Open(merged);
-        var full = new Transformer(mergedHf.Config, cpu, DType.F32);
-        mergedHf.LoadInto(full.Parameters.Parameters, cpu);
-        var tokens = cpu.Allocate(new Shape(1, 12), DType.I32);
-        cpu.CopyFromHost<int>(System.Text.Encoding.ASCII.GetBytes("Hello there!").Select(b => (int)b).ToArray(), tokens);
-        NumericAssert.Close(TestTensors.ToDoubles(cpu, adapted.Forward(tokens)), TestTensors.ToDoubles(cpu, full.Forward(tokens)), 1e-5, "merged export against base + adapter");
+        AssertMergedGivesTheAdaptedLogits(adapted, merged, cpu);
     }
 
     /// <summary>
@@ -112,18 +104,10 @@ public sealed class LoraTrainTests : IDisposable
         (code, stdout, stderr) = CliProcess.Run("export", "--model", model, "--adapter", adapter, "--out", merged);
         Assert.True(code == 0, stdout + stderr);
         var cpu = new CpuBackend(1);
-        using var hf = HuggingFaceModelDirectory.Open(model);
-        var adapted = new Transformer(hf.Config, cpu, DType.F32, ArenaStorage.Frozen, lora: PeftAdapter.ReadOptions(adapter, hf.Config));
-        hf.LoadInto(adapted.Parameters.Parameters, cpu);
-        PeftAdapter.Load(adapter, adapted.Adapters!);
+        var adapted = BaseWithAdapter(model, adapter, cpu);
         Assert.All(adapted.Adapters!.Layout.Parameters.Where(p => p.Name.EndsWith("lora_B", StringComparison.Ordinal)),
             p => Assert.Contains(TestTensors.ToDoubles(cpu, p.Value), v => v != 0));   // every B trained: every expert saw tokens
-        using var mergedHf = HuggingFaceModelDirectory.Open(merged);
-        var full = new Transformer(mergedHf.Config, cpu, DType.F32);
-        mergedHf.LoadInto(full.Parameters.Parameters, cpu);
-        var tokens = cpu.Allocate(new Shape(1, 12), DType.I32);
-        cpu.CopyFromHost<int>(System.Text.Encoding.ASCII.GetBytes("Hello there!").Select(b => (int)b).ToArray(), tokens);
-        NumericAssert.Close(TestTensors.ToDoubles(cpu, adapted.Forward(tokens)), TestTensors.ToDoubles(cpu, full.Forward(tokens)), 1e-5, "merged export against base + adapter");
+        AssertMergedGivesTheAdaptedLogits(adapted, merged, cpu);
     }
 
     /// <summary>
@@ -160,19 +144,11 @@ public sealed class LoraTrainTests : IDisposable
         (code, stdout, stderr) = CliProcess.Run("export", "--model", model, "--adapter", adapter, "--out", merged);
         Assert.True(code == 0, stdout + stderr);
         var cpu = new CpuBackend(1);
-        using var hf = HuggingFaceModelDirectory.Open(model);
-        var adapted = new Transformer(hf.Config, cpu, DType.F32, ArenaStorage.Frozen, lora: PeftAdapter.ReadOptions(adapter, hf.Config));
-        hf.LoadInto(adapted.Parameters.Parameters, cpu);
-        PeftAdapter.Load(adapter, adapted.Adapters!);
+        var adapted = BaseWithAdapter(model, adapter, cpu);
         Assert.Contains(adapted.Adapters!.Layout.Parameters.Where(p => p.Name.EndsWith("up.lora_B", StringComparison.Ordinal)),
             p => TestTensors.ToDoubles(cpu, p.Value).Any(v => v != 0));   // trained: B left zero
-        using var mergedHf = HuggingFaceModelDirectory.Open(merged);
-        Assert.Equal("phi3", mergedHf.Config.EffectiveModelType);
-        var full = new Transformer(mergedHf.Config, cpu, DType.F32);
-        mergedHf.LoadInto(full.Parameters.Parameters, cpu);
-        var tokens = cpu.Allocate(new Shape(1, 12), DType.I32);
-        cpu.CopyFromHost<int>(System.Text.Encoding.ASCII.GetBytes("Hello there!").Select(b => (int)b).ToArray(), tokens);
-        NumericAssert.Close(TestTensors.ToDoubles(cpu, adapted.Forward(tokens)), TestTensors.ToDoubles(cpu, full.Forward(tokens)), 1e-5, "merged export against base + adapter");
+        Assert.Equal("phi3", MergedModelType(merged));
+        AssertMergedGivesTheAdaptedLogits(adapted, merged, cpu);
 
         (code, stdout, stderr) = CliProcess.Run("train", "--model", model, "--data", data, "--lora", "4", "--lora-targets", "q,v",
             "--steps", "1", "--out", Path.Combine(_dir, "refused"), "--threads", "1");
@@ -297,5 +273,35 @@ public sealed class LoraTrainTests : IDisposable
             Assert.Contains(message, err);
         }
         Assert.Equal(before, Directory.GetFiles(output, "*", SearchOption.AllDirectories).ToDictionary(f => f, File.GetLastWriteTimeUtc));
+    }
+
+    /// <summary>The base model of <paramref name="model"/> (F32, frozen) with the PEFT adapter <paramref name="adapter"/> unmerged.</summary>
+    private static Transformer BaseWithAdapter(string model, string adapter, CpuBackend cpu)
+    {
+        using var hf = HuggingFaceModelDirectory.Open(model);
+        var adapted = new Transformer(hf.Config, cpu, DType.F32, ArenaStorage.Frozen, lora: PeftAdapter.ReadOptions(adapter, hf.Config));
+        hf.LoadInto(adapted.Parameters.Parameters, cpu);
+        PeftAdapter.Load(adapter, adapted.Adapters!);
+        return adapted;
+    }
+
+    private static string MergedModelType(string merged)
+    {
+        using var hf = HuggingFaceModelDirectory.Open(merged);
+        return hf.Config.EffectiveModelType;
+    }
+
+    /// <summary>
+    /// The merged export <paramref name="merged"/> gives <paramref name="adapted"/>'s logits for "Hello there!" within 1e-5 relative
+    /// (F32: the merge rounds W + s B A once, the unmerged path rounds the two products separately).
+    /// </summary>
+    private static void AssertMergedGivesTheAdaptedLogits(Transformer adapted, string merged, CpuBackend cpu)
+    {
+        using var mergedHf = HuggingFaceModelDirectory.Open(merged);
+        var full = new Transformer(mergedHf.Config, cpu, DType.F32);
+        mergedHf.LoadInto(full.Parameters.Parameters, cpu);
+        var tokens = cpu.Allocate(new Shape(1, 12), DType.I32);
+        cpu.CopyFromHost<int>(System.Text.Encoding.ASCII.GetBytes("Hello there!").Select(b => (int)b).ToArray(), tokens);
+        NumericAssert.Close(TestTensors.ToDoubles(cpu, adapted.Forward(tokens)), TestTensors.ToDoubles(cpu, full.Forward(tokens)), 1e-5, "merged export against base + adapter");
     }
 }
