@@ -50,26 +50,13 @@ public sealed class ServedLoraAdapters
         if (maxRank < Math.Max(largest, 1))
             throw new ArgumentException($"max-lora-rank ({maxRank}) must be at least 1 and hold the largest start-up adapter's rank ({largest}: " +
                 string.Join(", ", modules.Select((m, i) => $"{m.Name} r = {RankOf(adapters[i])}")) + ")");
-        foreach (var adapter in adapters) RefuseExperts(adapter);
-        // A mixture of experts serves adapters on its attention only (see RefuseExperts).
+        // A mixture of experts' runtime-loading slots cover its attention (q, k, v, o) beside the start-up adapters' targets
+        // (experts, shared expert and router among them, served unmerged: each expert's rows follow its gather), not every expert.
+        var startup = adapters.SelectMany(a => a.Options.Targets);
         var targets = slots.RuntimeLoading
-            ? LoraTargets.Parse(config, config.IsMixtureOfExperts ? LoraTargets.Default : LoraTargets.Of(config).Select(r => r.Short))
-            : adapters.SelectMany(a => a.Options.Targets).Distinct().ToList();
+            ? (config.IsMixtureOfExperts ? LoraTargets.Parse(config, LoraTargets.Default).Concat(startup) : LoraTargets.Parse(config, LoraTargets.Of(config).Select(r => r.Short))).Distinct().ToList()
+            : startup.Distinct().ToList();
         return new ServedLoraAdapters(modules, adapters, new MultiLoraBatch(modules.Select(m => m.Name).ToList(), targets, count, maxRank));
-    }
-
-    /// <summary>
-    /// Refuses an adapter on a mixture of experts' experts, shared expert or router: served unmerged, each row reads its own
-    /// adapter by its place in the step's rows, but an expert runs a gathered subset of the rows (its tokens), which the per-row
-    /// adapter index does not follow. Such an adapter is served merged (--adapter at load, or <c>tessera export</c>).
-    /// </summary>
-    private static void RefuseExperts(LoraWeightMerge adapter)
-    {
-        var experts = adapter.Options.Targets.Where(LoraTargets.IsMixtureOfExperts).Select(t => t.Name).ToList();
-        if (experts.Count > 0)
-            throw new InvalidDataException($"{adapter.Directory}: adapts the mixture of experts' {string.Join(", ", experts)}; multi-LoRA serving " +
-                "serves adapters on the attention only (each expert runs a gathered subset of the step's rows, which the per-row adapter " +
-                "index does not follow); merge this adapter at load (--adapter) or with tessera export instead");
     }
 
     /// <summary>The largest rank of an adapter's layers.</summary>
@@ -95,7 +82,6 @@ public sealed class ServedLoraAdapters
     {
         ArgumentNullException.ThrowIfNull(batch);
         ArgumentNullException.ThrowIfNull(adapter);
-        RefuseExperts(adapter);
         var other = adapter.Options.Targets.Where(t => !batch.Targets.Contains(t)).Select(t => t.Name).ToList();
         if (other.Count > 0)
             throw new InvalidDataException($"{adapter.Directory}: targets {string.Join(", ", other)}, which the server does not serve " +

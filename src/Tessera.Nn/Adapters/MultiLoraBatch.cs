@@ -18,6 +18,12 @@ public sealed class MultiLoraBatch
     private readonly HashSet<string> _filled = new(StringComparer.Ordinal);              // signatures whose mask holds this step's rows
     private int[] _adapterOfRow = [];
     private int _rows;
+    private int[] _stepAdapterOfRow = [];                                                // the step's rows while a gathered view is open
+    private int _stepRows;
+    private bool _stepActive;
+    private int[] _viewAdapterOfRow = [];
+    private bool _inView;
+    private const string ViewKey = "view:";                                              // masks of a view, apart from the step's
 
     /// <summary>
     /// <paramref name="slots"/> adapter slots of rank up to <paramref name="maxRank"/> each (vLLM's --max-loras and --max-lora-rank),
@@ -54,10 +60,11 @@ public sealed class MultiLoraBatch
     /// <summary>The layers that serve the adapters, in declaration order.</summary>
     public IReadOnlyList<MultiLoraLinear> Layers => _layers;
 
-    /// <summary>Whether a row of the current step uses an adapter: the adapted layers are then no plain products.</summary>
+    /// <summary>Whether a row of the current step (or of the open gathered view, <see cref="Gather"/>) uses an adapter: the
+    /// adapted layers are then no plain products.</summary>
     public bool Active { get; private set; }
 
-    /// <summary>Rows of the current step (0 when none is set).</summary>
+    /// <summary>Rows of the current step, or of the open gathered view (0 when none is set).</summary>
     public int Rows => _rows;
 
     /// <summary>The layer named <paramref name="name"/>, or null when no adapter targets it.</summary>
@@ -71,6 +78,7 @@ public sealed class MultiLoraBatch
     /// </summary>
     public void SetRows(ReadOnlySpan<int> adapterOfRow)
     {
+        if (_inView) throw new InvalidOperationException("multi-LoRA: the step's rows cannot change while a gathered view of them is open");
         if (_adapterOfRow.Length < adapterOfRow.Length) _adapterOfRow = new int[Math.Max(adapterOfRow.Length, 2 * _adapterOfRow.Length)];
         bool active = false;
         for (int i = 0; i < adapterOfRow.Length; i++)
@@ -112,9 +120,58 @@ public sealed class MultiLoraBatch
     /// <summary>No adapter in any row: the layers are the base's plain products again (a step of base requests only).</summary>
     public void Clear()
     {
+        if (_inView) throw new InvalidOperationException("multi-LoRA: the step's rows cannot be cleared while a gathered view of them is open");
         _rows = 0;
         Active = false;
         _filled.Clear();
+    }
+
+    /// <summary>
+    /// Makes the rows <paramref name="ids"/> of the current step the rows the layers see until the returned scope is disposed:
+    /// row i of the view uses the adapter of step row <paramref name="ids"/>[i]. A mixture of experts opens one around each expert's
+    /// products, whose input is the gathered rows of the tokens routed to it, so that every gathered row adds its own adapter;
+    /// <see cref="Active"/> then says whether a gathered row uses one (an expert whose rows are all the base's runs its plain, fused
+    /// products). The view's masks are cached apart from the step's (which stay filled), rebuilt for each view. Views do not nest;
+    /// with no adapter in the step the scope does nothing.
+    /// </summary>
+    public RowsView Gather(ReadOnlySpan<int> ids)
+    {
+        if (!Active) return default;
+        if (_inView) throw new InvalidOperationException("multi-LoRA: gathered views of the step's rows do not nest");
+        if (_viewAdapterOfRow.Length < ids.Length) _viewAdapterOfRow = new int[Math.Max(ids.Length, 2 * _viewAdapterOfRow.Length)];
+        bool active = false;
+        for (int i = 0; i < ids.Length; i++)
+        {
+            int id = ids[i];
+            if ((uint)id >= (uint)_rows) throw new ArgumentOutOfRangeException(nameof(ids), $"multi-LoRA: gathered row {i} is step row {id}; the step has {_rows}");
+            int a = _adapterOfRow[id];
+            _viewAdapterOfRow[i] = a;
+            active |= a >= 0;
+        }
+        (_stepAdapterOfRow, _stepRows, _stepActive) = (_adapterOfRow, _rows, Active);
+        (_adapterOfRow, _rows, Active) = (_viewAdapterOfRow, ids.Length, active);
+        _inView = true;
+        _filled.RemoveWhere(k => k.StartsWith(ViewKey, StringComparison.Ordinal));
+        return new RowsView(this);
+    }
+
+    private void EndView()
+    {
+        if (!_inView) return;
+        (_viewAdapterOfRow, _adapterOfRow, _rows, Active) = (_adapterOfRow, _stepAdapterOfRow, _stepRows, _stepActive);
+        _inView = false;
+        _filled.RemoveWhere(k => k.StartsWith(ViewKey, StringComparison.Ordinal));
+    }
+
+    /// <summary>The scope of a gathered view of the step's rows (<see cref="Gather"/>): disposing it restores the step's rows.</summary>
+    public readonly struct RowsView : IDisposable
+    {
+        private readonly MultiLoraBatch? _batch;
+
+        internal RowsView(MultiLoraBatch batch) => _batch = batch;
+
+        /// <inheritdoc/>
+        public void Dispose() => _batch?.EndView();
     }
 
     /// <summary>Whether a row of the current step uses adapter <paramref name="adapter"/>.</summary>
@@ -133,6 +190,7 @@ public sealed class MultiLoraBatch
     internal Tensor Mask(IBackend backend, DType dtype, IReadOnlyList<(int Adapter, int Column, int Rank, double Scaling)> stack, int columns, string signature)
     {
         int n = _rows;
+        if (_inView) signature = ViewKey + signature;
         if (!_masks.TryGetValue(signature, out var buffer) || buffer.Size(0) < n || buffer.DType != dtype)
         {
             buffer?.Storage.Dispose();

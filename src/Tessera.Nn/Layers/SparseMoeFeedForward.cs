@@ -36,6 +36,7 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     private readonly ActivationKey[] _ids, _weights, _rows, _expertOut, _scaled, _dRows, _dScaled, _dExpertIn, _localIds;
     private readonly ExpertDispatchKeys _dispatch;
     private readonly SharedExpertKeys _shared;
+    private readonly Adapters.MultiLoraBatch? _servedAdapters;     // when an expert, the shared expert or the router serves adapters
 
     /// <summary>
     /// Declares "<paramref name="name"/>.router" (E, C) and, for each expert j, "<paramref name="name"/>.experts.{j}.gate"
@@ -87,10 +88,15 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             SharedExpertGate = layers.Linear(name + ".shared_expert_gate", channels, 1, bias: false);
         }
         // Served adapters (multi-LoRA) pick each row's adapter by its place in the step's rows; an expert runs a gathered subset
-        // of them, which that index does not follow. Expert adapters are trained (LoraLinear: one adapter for every row) or merged.
+        // of them, so around each expert's products the batch's rows follow the gather (MultiLoraBatch.Gather, in Run). The
+        // router and the shared expert read all the step's rows as they are. Under tensor or expert parallelism they are refused.
         if (new[] { Router }.Concat(Experts.Concat(SharedExpert is null ? [] : [SharedExpert]).SelectMany(e => new[] { e.Gate, e.Up, e.Projection }))
             .FirstOrDefault(l => l is Adapters.MultiLoraLinear) is { } served)
-            throw new NotSupportedException($"served LoRA: layer '{served.Name}' is a mixture of experts' layer; adapters are served unmerged on the attention only (merge expert adapters at load)");
+        {
+            if (TensorParallelism is not null || ExpertParallelism is not null)
+                throw new NotSupportedException($"served LoRA: layer '{served.Name}' is a mixture of experts' layer under {(TensorParallelism is not null ? "tensor" : "expert")} parallelism; adapters on a mixture of experts are served unmerged on one device only (merge them at load)");
+            _servedAdapters = layers.ServedAdapters;
+        }
         ExpertsPerToken = expertsPerToken;
         NormalizeWeights = normalizeWeights;
         AuxiliaryLossCoefficient = auxiliaryLossCoefficient;
@@ -222,7 +228,9 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             Upload(ctx, SlotValues(routing.Weights, routing.SlotsOf(j)), w);
             var rows = ctx.Buffer(_rows[j], new Shape(count, c), x.DType);               // (n_j, C): the expert's tokens
             backend.EmbeddingForward(ids, x, rows);
-            var expertOut = Experts[j].Forward(ctx, rows);                               // (n_j, C)
+            Tensor expertOut;
+            using (_servedAdapters is null ? default : _servedAdapters.Gather(tokens))   // the gathered rows' own adapters
+                expertOut = Experts[j].Forward(ctx, rows);                               // (n_j, C)
             var scaled = ctx.Buffer(_scaled[j], new Shape(count, 1, c), x.DType);        // (n_j, 1, C) = w · expert(x)
             backend.MatMul(w, expertOut.Reshape(count, 1, c), scaled);
             backend.EmbeddingBackward(ids, scaled.Reshape(count, c), output);           // output[ids] += rows

@@ -26,13 +26,18 @@ public sealed class MultiLoraServingTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    /// <summary>A base of <paramref name="preset"/> and two adapters: one on every target, one on fewer (so the stacks differ by layer and part).</summary>
+    /// <summary>
+    /// A base of <paramref name="preset"/> and two adapters: one on every target, one on fewer (so the stacks differ by layer and
+    /// part). On a mixture of experts (mixtral-debug, qwen2-moe-debug) the first also adapts the router and the second only the
+    /// experts' up and down (and the shared expert's, on Qwen2-MoE), so each expert's gathered rows mix the two adapters and the base.
+    /// </summary>
     private (AdapterCase Case, string Second) Write(string preset, int seed)
     {
-        var c = AdapterCase.Write(_dir, preset, AdapterCase.AllTargets(preset), seed);
+        bool moe = ModelPresets.Get(preset).IsMixtureOfExperts;
+        var c = AdapterCase.Write(_dir, preset, moe ? [.. AdapterCase.AllTargets(preset), "router"] : AdapterCase.AllTargets(preset), seed);
         string second = Path.Combine(_dir, preset + "-adapter2");
         string[] fewer = preset.StartsWith("gpt2", StringComparison.Ordinal) ? ["c_attn", "mlp.c_proj"]
-            : preset.StartsWith("phi", StringComparison.Ordinal) ? ["qkv_proj", "gate_up_proj"] : ["q", "v", "down"];
+            : preset.StartsWith("phi", StringComparison.Ordinal) ? ["qkv_proj", "gate_up_proj"] : moe ? ["up", "down"] : ["q", "v", "down"];
         AdapterCase.WriteAdapter(second, c.Config, fewer, seed + 7, c.Base);
         return (c, second);
     }
@@ -72,6 +77,8 @@ public sealed class MultiLoraServingTests : IDisposable
     [InlineData("llama-debug", 501)]
     [InlineData("gpt2-debug", 511)]
     [InlineData("phi3-debug", 512)]
+    [InlineData("mixtral-debug", 513)]
+    [InlineData("qwen2-moe-debug", 514)]
     public void EachRowGetsTheLogitsOfItsOwnAdapterMerged(string preset, int seed)
     {
         var (c, second) = Write(preset, seed);
@@ -141,6 +148,8 @@ public sealed class MultiLoraServingTests : IDisposable
     [InlineData("llama-debug", 521, 0)]
     [InlineData("gpt2-debug", 531, 0)]
     [InlineData("phi3-debug", 532, 0)]
+    [InlineData("mixtral-debug", 533, 0)]
+    [InlineData("qwen2-moe-debug", 534, 0)]
     [InlineData("llama-debug", 536, 3)]
     public async Task MixedAdapterBatchesAnswerEachRequestAsItsMergedModelAlone(string preset, int seed, int draftTokens)
     {

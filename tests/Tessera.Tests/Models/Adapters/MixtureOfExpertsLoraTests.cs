@@ -19,7 +19,7 @@ namespace Tessera.Tests.Models.Adapters;
 /// <summary>
 /// LoRA on a mixture of experts' experts (mixtral-debug: 4 experts, top 2; qwen2-moe-debug: 4 experts and a shared expert), F64
 /// or F32 on the CPU: targets named as PEFT names them, gradients, training with a frozen base, merging, PEFT files, the merge
-/// at load against <c>tessera export</c>, and multi-LoRA serving's refusal. Seeds are written to the test output.
+/// at load against <c>tessera export</c>, multi-LoRA serving of expert adapters unmerged, and the tp/ep refusals. Seeds are written to the test output.
 /// </summary>
 public sealed class MixtureOfExpertsLoraTests : IDisposable
 {
@@ -258,27 +258,73 @@ public sealed class MixtureOfExpertsLoraTests : IDisposable
         Assert.True(NumericAssert.MaxRelativeError(logits, AdapterCase.Logits(plain, tokens)) > 5e-2, "the adapter hardly moves the logits");
     }
 
-    [Fact]
-    public void ServingExpertAdaptersUnmergedIsRefusedAndMergingAtLoadIsNamed()
+    /// <summary>
+    /// Adapters on the experts served unmerged (multi-LoRA, F64): adapter a on q, every expert's gate and down (the shared expert's
+    /// too on Qwen2-MoE) and the router, adapter b on the experts' up and down. Each expert runs the gathered rows of its tokens, and
+    /// the batch's rows follow that gather (<see cref="MultiLoraBatch.Gather"/>), so in a step of two sequences, one on an adapter
+    /// and one on the base (then a and b), every row gets the logits of its own merged model: within 1e-5 of the largest logit for
+    /// adapter rows (the merge rounds s·BA into the F32 weights, about 1e-7 relative, and the routing weights follow the router's
+    /// logits as closely), within 1e-10 for base rows (the same F64 products, only the unfused order of a step with adapter rows).
+    /// Without the gathered view an expert's rows do not match the step's and the step throws. Runtime-loading slots of a mixture
+    /// of experts cover the attention and the start-up adapters' targets.
+    /// </summary>
+    [Theory]
+    [InlineData("mixtral-debug", 71)]
+    [InlineData("qwen2-moe-debug", 72)]
+    public void ServedExpertAdaptersFollowEachExpertsGatheredRows(string preset, int seed)
     {
         var cpu = new CpuBackend(1);
-        var c = AdapterCase.Write(_dir, "qwen2-moe-debug", ["q", "gate"], 71);
-        var e = Assert.Throws<InvalidDataException>(() => PretrainedModel.Load(c.Base, cpu, DType.F32, loraModules: [new LoraModule("experts", c.Adapter)]));
-        Assert.Contains("multi-LoRA serving serves adapters on the attention only", e.Message);
-        Assert.Contains("--adapter", e.Message);
-        // An adapter on the attention alone is served unmerged on a mixture of experts as on a dense model; runtime loading's
-        // slots are the attention's, and a runtime load of the expert adapter is refused the same way.
-        string attention = Path.Combine(_dir, "attention");
-        AdapterCase.WriteAdapter(attention, c.Config, ["q", "v"], 72, c.Base);
-        var served = PretrainedModel.Load(c.Base, cpu, DType.F32, loraModules: [new LoraModule("attn", attention)],
+        var c = AdapterCase.Write(_dir, preset, ["q", "gate", "down", "router"], seed);
+        string second = Path.Combine(_dir, "second");
+        AdapterCase.WriteAdapter(second, c.Config, ["up", "down"], seed + 7, c.Base);
+        var served = PretrainedModel.Load(c.Base, cpu, DType.F64, loraModules: [new LoraModule("a", c.Adapter), new LoraModule("b", second)]);
+        Assert.Contains(served.ServedAdapters!.Layers, l => l.Name == "blocks.1.mlp.experts.3.up");
+        Assert.Contains(served.ServedAdapters.Layers, l => l.Name == "blocks.0.mlp.router");
+        var plain = PretrainedModel.Load(c.Base, cpu, DType.F64);
+        var mergedA = PretrainedModel.Load(c.Base, cpu, DType.F64, adapter: c.Adapter);
+        var mergedB = PretrainedModel.Load(c.Base, cpu, DType.F64, adapter: second);
+        var rng = new Random(seed);
+        int[] tokens = Enumerable.Range(0, 24).Select(_ => rng.Next(256)).ToArray();   // (2, 12)
+        var p = AdapterCase.Logits(plain, tokens);
+        var a = AdapterCase.Logits(mergedA, tokens);
+        var b = AdapterCase.Logits(mergedB, tokens);
+        double scale = p.Max(Math.Abs);
+        int half = p.Length / 2;
+        double[] Step(int first, int last)
+        {
+            served.ServedAdapters!.SetRows(Enumerable.Repeat(first, 12).Concat(Enumerable.Repeat(last, 12)).ToArray());
+            var logits = AdapterCase.Logits(served, tokens);
+            served.ServedAdapters!.Clear();
+            return logits;
+        }
+        void Within(ReadOnlySpan<double> expected, ReadOnlySpan<double> actual, double tolerance, string what)
+        {
+            double max = 0;
+            for (int i = 0; i < expected.Length; i++) max = Math.Max(max, Math.Abs(expected[i] - actual[i]));
+            TestContext.Current.TestOutputHelper?.WriteLine($"{preset} {what}: max difference {max:G3} (largest logit {scale:G3})");
+            Assert.True(max <= tolerance, $"{preset} {what}: logits differ by up to {max:G3}, more than {tolerance:G3} (seed {seed})");
+        }
+        var bBase = Step(1, -1);
+        Within(b.AsSpan(0, half), bBase.AsSpan(0, half), 1e-5 * scale, "adapter b's rows beside base rows");
+        Within(p.AsSpan(half), bBase.AsSpan(half), 1e-10 * scale, "base rows beside adapter b's");
+        var baseA = Step(-1, 0);
+        Within(p.AsSpan(0, half), baseA.AsSpan(0, half), 1e-10 * scale, "base rows beside adapter a's");
+        Within(a.AsSpan(half), baseA.AsSpan(half), 1e-5 * scale, "adapter a's rows beside base rows");
+        var ab = Step(0, 1);
+        Within(a.AsSpan(0, half), ab.AsSpan(0, half), 1e-5 * scale, "adapter a's rows beside b's");
+        Within(b.AsSpan(half), ab.AsSpan(half), 1e-5 * scale, "adapter b's rows beside a's");
+        Assert.True(NumericAssert.MaxRelativeError(p, a) > 5e-2 && NumericAssert.MaxRelativeError(p, b) > 5e-2, "an adapter hardly moves the logits");
+        Assert.Equal(p, AdapterCase.Logits(served, tokens));                          // no adapter row: the base, bit for bit
+
+        // Runtime loading: the attention and the start-up adapter's targets are served; an adapter on other expert layers is not.
+        var loading = PretrainedModel.Load(c.Base, cpu, DType.F64, loraModules: [new LoraModule("a", c.Adapter)],
             loraSlots: new LoraSlotOptions { RuntimeLoading = true, MaxLoras = 2 });
-        Assert.All(served.ServedAdapters!.Targets, t => Assert.False(LoraTargets.IsMixtureOfExperts(t)));
-        var f = Assert.Throws<InvalidDataException>(() => ServedLoraAdapters.CheckFits(served.ServedAdapters, LoraWeightMerge.Open(c.Adapter, c.Config)));
-        Assert.Contains("attention only", f.Message);
-        // The layer itself refuses a served adapter on an expert, whatever built the batch.
-        var batch = new MultiLoraBatch(["x"], LoraTargets.Parse(c.Config, ["gate"]), 1, 4);
-        var g = Assert.Throws<NotSupportedException>(() => new Model(c.Config, cpu, DType.F32, ArenaStorage.Deferred, servedAdapters: batch));
-        Assert.Contains("mixture of experts' layer", g.Message);
+        var names = loading.ServedAdapters!.Targets.Select(t => t.Name).ToList();
+        Assert.Contains("k", names);
+        Assert.Contains(loading.ServedAdapters.Targets, LoraTargets.IsMixtureOfExperts);
+        ServedLoraAdapters.CheckFits(loading.ServedAdapters, LoraWeightMerge.Open(c.Adapter, c.Config));
+        var f = Assert.Throws<InvalidDataException>(() => ServedLoraAdapters.CheckFits(loading.ServedAdapters, LoraWeightMerge.Open(second, c.Config)));
+        Assert.Contains("does not serve", f.Message);
     }
 
     [Fact]
@@ -286,6 +332,7 @@ public sealed class MixtureOfExpertsLoraTests : IDisposable
     {
         var config = ModelPresets.Get("mixtral-debug");
         LoraOptions On(params string[] targets) => new() { Rank = 2, Targets = LoraTargets.Parse(config, targets) };
+        MultiLoraBatch Served(params string[] targets) => new(["x"], LoraTargets.Parse(config, targets), 1, 4);   // serve --tp with --lora
         var messages = Tessera.Training.Parallel.ParallelTraining.RunThreadRanks(2, ctx =>
         {
             using var groups = new Tessera.Distributed.Mesh.DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
@@ -296,6 +343,8 @@ public sealed class MixtureOfExpertsLoraTests : IDisposable
                 Assert.Throws<NotSupportedException>(() => new Model(config, ctx.Backend, DType.F64, ArenaStorage.Deferred, tensor, lora: On("w1"))).Message,
                 Assert.Throws<NotSupportedException>(() => new Model(config, ctx.Backend, DType.F64, ArenaStorage.Deferred, tensor, lora: On("router"))).Message,
                 Assert.Throws<NotSupportedException>(() => new Model(config, ctx.Backend, DType.F64, lora: On("w1"), expertParallelism: ep)).Message,
+                Assert.Throws<NotSupportedException>(() => new Model(config, ctx.Backend, DType.F64, ArenaStorage.Deferred, tensor, servedAdapters: Served("w1"))).Message,
+                Assert.Throws<NotSupportedException>(() => new Model(config, ctx.Backend, DType.F64, ArenaStorage.Deferred, tensor, servedAdapters: Served("router"))).Message,
             };
         }, TimeSpan.FromSeconds(60));
         foreach (var m in messages)
@@ -303,6 +352,8 @@ public sealed class MixtureOfExpertsLoraTests : IDisposable
             Assert.Contains("blocks.0.mlp.experts.0.gate", m[0]);
             Assert.Contains("router", m[1]);
             Assert.Contains("LoRA", m[2]);
+            Assert.Contains("tensor parallelism", m[3]);
+            Assert.Contains("router", m[4]);
         }
     }
 }
