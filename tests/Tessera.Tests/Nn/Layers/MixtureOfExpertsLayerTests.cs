@@ -81,15 +81,7 @@ public sealed class MixtureOfExpertsLayerTests
         const double auxWeight = 0.7;
         var rng = new Random(seed);
         var (moe, arena) = Layer(k, normalize, coefficient, rng);
-        moe.AuxiliaryLossWeight = auxWeight;
-        var x = TestTensors.Normal(rng, N * C);
-        var dy = TestTensors.Normal(rng, N * C);
-        var ctx = PassContext.Training(new ActivationStore(_cpu), 0);
-        moe.Forward(ctx, TestTensors.FromDoubles(_cpu, x, DType.F64, N, C));
-        arena.ZeroGrad();
-        var dx = TestTensors.FromDoubles(_cpu, new double[N * C], DType.F64, N, C);
-        TestTensors.Poison(_cpu, dx);                                 // "=" semantics: every element written
-        moe.Backward(ctx, TestTensors.FromDoubles(_cpu, dy, DType.F64, N, C), dx);
+        var (x, dy, dx) = SparseMoeLayerRun.ForwardBackward(_cpu, moe, arena, rng, N, C, auxWeight);   // dx poisoned first: "=" semantics
 
         // J = Σ dy · y + auxWeight · aux: the objective whose gradient the layer's backward computes.
         var w = Read(moe);
