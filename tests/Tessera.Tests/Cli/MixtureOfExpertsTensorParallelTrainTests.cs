@@ -39,16 +39,7 @@ public sealed class MixtureOfExpertsTensorParallelTrainTests : IDisposable
         using (var layout = JsonDocument.Parse(File.ReadAllText(Path.Combine(tp, "checkpoints", "step_000003", "parallel.json"))))
             Assert.Equal(2, layout.RootElement.GetProperty("tp").GetInt32());
 
-        var expected = TrainRunMetrics.Losses(one);
-        var actual = TrainRunMetrics.Losses(tp);
-        Assert.Equal(3, expected.Length);
-        Assert.Equal(3, actual.Length);
-        for (int i = 0; i < 3; i++)
-        {
-            double rel = Math.Abs(actual[i] - expected[i]) / Math.Abs(expected[i]);
-            TestContext.Current.TestOutputHelper?.WriteLine($"step {i + 1}: one device {expected[i]:R}, tp 2 {actual[i]:R}, relative difference {rel:E2}");
-            Assert.True(rel < 1e-4, $"step {i + 1}: loss {actual[i]} at tp 2, {expected[i]} on one device (relative {rel:E2} > 1e-4)");
-        }
+        TrainRunMetrics.AssertLossesMatchOneDevice(one, tp, 3, "tp 2");
 
         // The tp run's checkpoint is the whole model: one device and 2 tensor-parallel ranks decode the same greedy text (F32
         // logits differ by about 1e-6, far below the gaps between the top tokens).

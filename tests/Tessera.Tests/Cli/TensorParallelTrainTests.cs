@@ -45,16 +45,7 @@ public sealed class TensorParallelTrainTests : IDisposable
         Assert.Contains("resuming", stdout);
         Assert.Contains("2 ranks as dp 1 x tp 2", stdout);
 
-        var expected = TrainRunMetrics.Losses(one);
-        var actual = TrainRunMetrics.Losses(mesh);
-        Assert.Equal(3, expected.Length);
-        Assert.Equal(3, actual.Length);
-        for (int i = 0; i < 3; i++)
-        {
-            double rel = Math.Abs(actual[i] - expected[i]) / Math.Abs(expected[i]);
-            TestContext.Current.TestOutputHelper?.WriteLine($"step {i + 1}: one device {expected[i]:R}, mesh {actual[i]:R}, relative difference {rel:E2}");
-            Assert.True(rel < 1e-4, $"step {i + 1}: loss {actual[i]} on the mesh, {expected[i]} on one device (relative {rel:E2} > 1e-4)");
-        }
+        TrainRunMetrics.AssertLossesMatchOneDevice(one, mesh, 3, "mesh");
 
         // The tensor-parallel checkpoint holds the whole model for generate (and any Hugging Face reader); split over two
         // thread ranks, greedy decoding gives one device's text (8 tokens; F32 logits differ by about 1e-6, far below the gaps).
