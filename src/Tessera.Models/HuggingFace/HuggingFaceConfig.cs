@@ -404,7 +404,34 @@ public static class HuggingFaceConfig
                 o["eos_token_id"] = generation.EosTokenIds.Count == 1 ? generation.EosTokenIds[0] : new JsonArray(generation.EosTokenIds.Select(i => (JsonNode)i).ToArray());
             if (generation.PadTokenId is int pad) o["pad_token_id"] = pad;
         }
+        WriteFloatsWithAPoint(o);
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
+
+    /// <summary>
+    /// Gives every floating-point value of <paramref name="node"/> that is a whole number a decimal point (0.0, not 0), in
+    /// place. transformers 5 checks its configs' typed fields, and a float field given 0 (router_jitter_noise, a soft cap of
+    /// 30, a LongRoPE factor of 1) is refused as an int; System.Text.Json writes a whole double without the point. Integer
+    /// fields are written from ints and stay as they are.
+    /// </summary>
+    private static void WriteFloatsWithAPoint(JsonNode? node)
+    {
+        switch (node)
+        {
+            case JsonObject o:
+                foreach (var key in o.Select(p => p.Key).ToList())
+                    if (WithAPoint(o[key]) is { } value) o[key] = value; else WriteFloatsWithAPoint(o[key]);
+                break;
+            case JsonArray a:
+                for (int i = 0; i < a.Count; i++)
+                    if (WithAPoint(a[i]) is { } value) a[i] = value; else WriteFloatsWithAPoint(a[i]);
+                break;
+        }
+
+        static JsonNode? WithAPoint(JsonNode? n) =>
+            n is JsonValue v && !v.TryGetValue<JsonElement>(out _) && v.TryGetValue<double>(out double d) && double.IsFinite(d) && d == Math.Floor(d) && Math.Abs(d) < 1e15
+                ? JsonValue.Create(JsonDocument.Parse(d.ToString("F1", System.Globalization.CultureInfo.InvariantCulture)).RootElement)
+                : null;
     }
 
     /// <summary>Writes <see cref="ToJson"/> to <paramref name="path"/>.</summary>
@@ -577,7 +604,8 @@ public static class HuggingFaceConfig
             ["rms_norm_eps"] = c.NormEpsilon,
             ["rope_theta"] = c.RopeTheta,
             ["rope_scaling"] = c.RopeScaling is { } r ? RopeScalingJson(r) : null,
-            ["query_pre_attn_scalar"] = c.QueryPreAttentionScalar > 0 ? c.QueryPreAttentionScalar : c.HeadSize,
+            ["query_pre_attn_scalar"] = c.QueryPreAttentionScalar is > 0 and var q && q != Math.Floor(q) ? (JsonNode)q   // an int in transformers' Gemma configs
+                : (JsonNode)(int)(c.QueryPreAttentionScalar > 0 ? c.QueryPreAttentionScalar : c.HeadSize),
             // Without local layers the window is as wide as the context: every layer then sees every position.
             ["sliding_window"] = c.LocalWindow > 0 ? c.LocalWindow : c.MaxSequenceLength,
             ["layer_types"] = layerTypes,

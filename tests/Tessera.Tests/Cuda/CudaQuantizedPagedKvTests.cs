@@ -175,7 +175,53 @@ public sealed class CudaQuantizedPagedKvTests(CudaFixture fixture) : CudaTestBas
             Assert.True(Math.Abs(gs[i] - cs[i]) <= Tolerance(dtype) * Math.Max(Math.Abs(cs[i]), 1e-30) + 1e-30, $"scale {i}: {gs[i]} against {cs[i]}");
         var (gv, cv) = (CpuQuantizedPagedOpsTests.Codes(Gpu, pool), CpuQuantizedPagedOpsTests.Codes(_cpu, cpuPool));
         for (int i = 0; i < gv.Length; i++)
-            Assert.True(Math.Abs(Ordinal(poolDType, gv[i]) - Ordinal(poolDType, cv[i])) <= 1, $"code {i}: {gv[i]:x2} against {cv[i]:x2}");
+            Assert.True(CodesAgree(poolDType, dtype, gv[i], cv[i]), $"code {i}: {gv[i]:x2} against {cv[i]:x2}");
+    }
+
+    /// <summary>
+    /// Whether a code the GPU wrote agrees with the CPU's. Int8 codes are evenly spaced (a step is 1/127 of the row's largest
+    /// magnitude, wider than a 16-bit product's error), so one step apart. E4M3 codes are spaced by magnitude: near zero a
+    /// step is far finer than the error of a bf16 product, which is relative to the row's largest value (mapped to 448), so
+    /// there the codes' values may differ by the product's tolerance times 448 plus one step (seen on an H100: 0xbc against
+    /// 0xbe, -1.5 and -1.75, in a row whose largest value codes 448; F32 keeps to one step).
+    /// </summary>
+    private static bool CodesAgree(DType poolDType, DType dtype, byte gpu, byte cpu)
+    {
+        if (Math.Abs(Ordinal(poolDType, gpu) - Ordinal(poolDType, cpu)) <= 1) return true;
+        if (poolDType != DType.F8E4M3 || dtype == DType.F32) return false;
+        var (g, c) = ((double)Float8E4M3.ToSingle(gpu), (double)Float8E4M3.ToSingle(cpu));
+        double step = Math.Abs(Float8E4M3.ToSingle((byte)((cpu & 0x7F) == 0x7E ? cpu : cpu + 1)) - c);
+        return Math.Abs(g - c) <= Tolerance(dtype) * 448 + step;
+    }
+
+    /// <summary>Greedy completions with the top two log-probabilities of every position (the CPU engine's).</summary>
+    private static async Task<List<(int Token, TokenLogprob? Logprob)>[]> RunWithTopTwo(InferenceEngine engine, int[][] prompts, int maxTokens) =>
+        await Task.WhenAll(prompts.Select(async p =>
+        {
+            var tokens = new List<(int, TokenLogprob?)>();
+            await foreach (var e in engine.Submit(new CompletionRequest { Prompt = p, MaxTokens = maxTokens, TopLogprobs = 2 }).ReadAllAsync())
+                for (int j = 0; j < e.Tokens.Count; j++) tokens.Add((e.Tokens[j], e.Logprobs?[j]));
+            return tokens;
+        }));
+
+    /// <summary>
+    /// Whether the GPU's tokens equal the CPU's outright (true), or equal them up to a position where the CPU's two most likely
+    /// tokens lie within 0.05 nats and the GPU took the second (false; what follows is another text and is not compared). A
+    /// key or value whose product lands on the other side of a code's rounding boundary on the GPU (F32 sums in another order)
+    /// moves by a whole code step, 1/127 of its row's largest magnitude for int8: that moves a logit by a few hundredths at
+    /// most in these models, enough to swap a near tie and nothing else. Any other difference fails.
+    /// </summary>
+    private static bool AgreeUpToANearTie(List<(int Token, TokenLogprob? Logprob)> cpu, List<int> gpu, string what)
+    {
+        Assert.Equal(cpu.Count, gpu.Count);
+        int k = 0;
+        while (k < cpu.Count && cpu[k].Token == gpu[k]) k++;
+        if (k == cpu.Count) return true;
+        var top = cpu[k].Logprob?.Top ?? throw new InvalidOperationException($"{what}: no log-probabilities at position {k}");
+        double gap = top[0].Logprob - top[1].Logprob;
+        Console.WriteLine($"[quantized cache] {what}: parted at token {k}: CPU {cpu[k].Token}, GPU {gpu[k]}, the CPU's top two {top[0].Id} and {top[1].Id}, {gap:E2} nats apart");
+        Assert.True(top[1].Id == gpu[k] && gap < 0.05, $"{what}: the GPU took {gpu[k]} at token {k} where the CPU's top two are {top[0].Id} and {top[1].Id}, {gap:E2} nats apart");
+        return false;
     }
 
     private static EngineOptions Options(DType kvDType, bool graphs, int draftTokens = 0) => new()
@@ -189,9 +235,9 @@ public sealed class CudaQuantizedPagedKvTests(CudaFixture fixture) : CudaTestBas
     /// <summary>
     /// Eight concurrent greedy requests (prompts of 1 to 40 tokens: steps mix prefill chunks and decodes, and decode batches
     /// of 1 to 8 replay recorded graphs) with a quantized cache: in F32 on the GPU they give the tokens of the CPU engine with
-    /// the same cache (the random model's logits are far from ties; a key rounded across a code step by the GPU's other
-    /// summation order moves a logit by far less), also with prompt-lookup speculation; in BF16 the recorded and the eager
-    /// engine agree token for token.
+    /// the same cache, also with prompt-lookup speculation, except that at most one request may part from them at a near tie
+    /// (<see cref="AgreeUpToANearTie"/>: on an H100, llama-debug with int8 parted at its 19th token); in BF16 the recorded
+    /// and the eager engine agree token for token.
     /// </summary>
     [Theory]
     [InlineData("llama-debug", DType.I8)]
@@ -210,15 +256,18 @@ public sealed class CudaQuantizedPagedKvTests(CudaFixture fixture) : CudaTestBas
         const int tokens = 20;
         foreach (int drafts in new[] { 0, 4 })
         {
-            List<int>[] expected, actual;
-            using (var cpuEngine = new InferenceEngine(onCpu, new ByteTokenizer(), Options(kvDType, graphs: false, drafts))) expected = await EngineRequests.RunAll(cpuEngine, prompts, tokens);
+            List<(int Token, TokenLogprob? Logprob)>[] expected;
+            List<int>[] actual;
+            using (var cpuEngine = new InferenceEngine(onCpu, new ByteTokenizer(), Options(kvDType, graphs: false, drafts))) expected = await RunWithTopTwo(cpuEngine, prompts, tokens);
             using (var gpuEngine = new InferenceEngine(onGpu, new ByteTokenizer(), Options(kvDType, graphs: true, drafts)))
             {
                 actual = await EngineRequests.RunAll(gpuEngine, prompts, tokens);
                 if (drafts == 0) Assert.True(gpuEngine.ReplayedSteps > 0, "no decode step replayed a recorded graph");
                 Assert.Equal(0, gpuEngine.Metrics.KvBlocksInUse);
             }
-            for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], actual[i]);
+            int parted = 0;
+            for (int i = 0; i < prompts.Length; i++) parted += AgreeUpToANearTie(expected[i], actual[i], $"{preset} {kvDType} drafts {drafts} request {i}") ? 0 : 1;
+            Assert.True(parted <= 1, $"{parted} of {prompts.Length} requests parted from the CPU's tokens at a near tie; at most one is expected");
         }
 
         var bf16 = new Transformer(config, Gpu, DType.BF16);

@@ -96,4 +96,24 @@ public sealed class HuggingFaceConfigTests
         Assert.Equal(c with { PaddedVocabSize = 0, Hidden = c.EffectiveHidden, KvHeads = c.EffectiveKvHeads, ModelType = c.EffectiveModelType },
             back with { PaddedVocabSize = 0, Hidden = back.EffectiveHidden, KvHeads = back.EffectiveKvHeads, ModelType = back.EffectiveModelType });
     }
+
+    /// <summary>
+    /// transformers 5 checks the types of its config fields, and a float field written as a whole number without a point is
+    /// refused as an int (seen on the GPU machine with transformers 5.17: Mixtral's router_jitter_noise 0). Every float field
+    /// of a written config keeps its point when it is whole; integer fields stay integers (query_pre_attn_scalar among them).
+    /// </summary>
+    [Theory]
+    [InlineData("mixtral-debug", "\"router_jitter_noise\": 0.0", "num_local_experts")]
+    [InlineData("gemma2-debug", "\"final_logit_softcapping\": 3.0", "query_pre_attn_scalar")]
+    [InlineData("gemma2-debug", "\"attn_logit_softcapping\": 5.0", "head_dim")]
+    [InlineData("gemma3-debug", "\"factor\": 8.0", "sliding_window")]
+    [InlineData("llama-debug", "\"attention_dropout\": 0.0", "num_hidden_layers")]
+    [InlineData("phi3-debug", "\"resid_pdrop\": 0.0", "original_max_position_embeddings")]
+    public void WholeFloatsAreWrittenWithAPointAndIntegersWithout(string preset, string floatField, string intField)
+    {
+        var json = HuggingFaceConfig.ToJson(ModelPresets.Get(preset));
+        Assert.Contains(floatField, json);
+        Assert.Matches($"\"{intField}\": [0-9]+,", json);
+        Assert.Equal(HuggingFaceConfig.Parse(json, "config.json"), HuggingFaceConfig.Parse(json.Replace(".0,", ","), "config.json"));
+    }
 }
