@@ -29,6 +29,9 @@ public sealed partial class SparseMoeFeedForward
     /// </summary>
     public bool DeviceRouting { get; set; } = true;
 
+    /// <summary>Inference forwards that took the device path (a count for tests and diagnostics; a recorded graph's replays add nothing).</summary>
+    public long DeviceRoutedForwards { get; private set; }
+
     /// <summary>
     /// Whether an inference step of <paramref name="rows"/> rows takes the device path, so that it reads nothing back and may be
     /// recorded: the layer is a plain mixture of experts on one device (no tensor or expert parallelism, no served adapters,
@@ -91,6 +94,7 @@ public sealed partial class SparseMoeFeedForward
             sharedLogits = SharedExpertGate!.Forward(ctx, x);                                       // (N, 1)
         }
         backend.MoeCombine(expertOut, weights, output, shared, sharedLogits);
+        DeviceRoutedForwards++;
         return true;
     }
 
