@@ -172,7 +172,7 @@ public sealed class KernelEmulationTests
     [Fact]
     public void MixtureOfExpertsKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
         RunEmulated(["moe.cu"], "moe_kernels",
-            ["route N=37 E=8 k=2 norm=1 ties=0 ids", "route N=37 E=8 k=2 norm=0 ties=1 weights", "route N=12 E=5 k=1 norm=1 ties=1 ids",
+            ["combine adds the slots in slot order", "route N=37 E=8 k=2 norm=1 ties=0 ids", "route N=37 E=8 k=2 norm=0 ties=1 weights", "route N=12 E=5 k=1 norm=1 ties=1 ids",
              "route N=12 E=5 k=5 norm=1 ties=1 ids", "route N=5 E=64 k=8 norm=1 ties=1 ids",
              "align N=13 E=8 k=2 empty=3 threads=64", "align N=40 E=70 k=4 empty=10 threads=64", "align N=1 E=4 k=4 empty=0 threads=32",
              "experts N=13 E=6 k=2 C=50 F=45 norm=1 shared=0 threads=64", "experts N=40 E=4 k=2 C=33 F=72 norm=0 shared=1 threads=64",

@@ -173,6 +173,19 @@ public sealed class CpuMoeRoutingOpsTests
             Assert.True(Math.Abs(got[i] - expected[i]) <= 1e-12 * scale, $"seed {seed}: element {i}: {got[i]} vs {expected[i]}");
     }
 
+    /// <summary>
+    /// The combine adds a row's slots in slot order, exactly: outputs 1, 1e16, -1e16 (weights 1, residual 0) sum to 0 in slot
+    /// order ((1 + 1e16) rounds to 1e16 in F64) and to 1 in any order that adds the two large ones first. Tolerance 0.
+    /// </summary>
+    [Fact]
+    public void CombineAddsTheSlotsInSlotOrder()
+    {
+        var y = _cpu.FromArray(new[] { 1.0, 1e16, -1e16, -1e16, 1e16, 1.0 }, 6, 1);       // (N k, C) = (2 x 3, 1)
+        var output = _cpu.FromArray(new double[2], 2, 1);
+        _cpu.MoeCombine(y, _cpu.FromArray(new[] { 1.0, 1, 1, 1, 1, 1 }, 2, 3), output);
+        Assert.Equal(new[] { 0.0, 1.0 }, _cpu.ToArray<double>(output));
+    }
+
     /// <summary>Bad input is refused by name: k above E, ids that name no expert, a shared expert without its gate's logits.</summary>
     [Fact]
     public void BadInputIsRefusedWithAClearMessage()

@@ -191,8 +191,18 @@ static void pipeline_case(int N, int E, int k, int C, int F, bool normalize, int
         "empty experts " + std::to_string(empty) + ", most rows " + std::to_string(most) + ", max rel " + sci(worst) + " ");
 }
 
+// The combine's order: a row's slots 1, 1e8, -1e8 (weights 1, residual 0) give 0 in slot order (1 + 1e8 rounds to 1e8 in
+// F32) and 1 if the large ones meet first; the mirrored row gives 1. Exact.
+static void combine_order()
+{
+    std::vector<float> y = { 1.f, 1e8f, -1e8f, -1e8f, 1e8f, 1.f }, w(6, 1.f), out(2, 0.f);
+    emu_launch(1, 32, [&] { moe_combine_f32(y.data(), w.data(), out.data(), nullptr, nullptr, 2, 3, 1); });
+    report("combine adds the slots in slot order", out[0] == 0.f && out[1] == 1.f);
+}
+
 int main()
 {
+    combine_order();
     route_case(37, 8, 2, true, false, 2, 32);
     route_case(37, 8, 2, false, true, 1, 64);
     for (int k = 1; k <= 5; k++) route_case(12, 5, k, k % 2 == 1, true, 1, 32);
