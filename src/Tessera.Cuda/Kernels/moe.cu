@@ -71,9 +71,9 @@ extern "C" __global__ void moe_align(const int* ids, int pairs, int E, int* offs
 
 // The experts' products over a static grid (E experts, output tiles of MOE_FEATURES): a CTA reads its expert's range of
 // pairs from offsets and returns at once when it is empty; otherwise each warp takes output features of the tile and, for
-// MOE_ROWS of the expert's rows at a time, reads the feature's weight row once (coalesced over the lanes) against all of
-// them, F32 accumulation, warp sums. Decode steps give an expert few rows, so every weight is read about once: the
-// memory-bound case. The weights come from a table of addresses (IBackend.PrepareMoeExperts): expert e's gate, up, down.
+// MOE_ROWS of the expert's rows at a time, reads the feature's weight row once (coalesced over the lanes, 16-byte loads
+// a lane where aligned) against all of them, F32 accumulation, warp sums. Decode steps give an expert few rows, so every
+// weight is read about once: the memory-bound case. The weights come from a table of addresses (IBackend.PrepareMoeExperts): expert e's gate, up, down.
 #define MOE_FEATURES 32
 #define MOE_ROWS 8
 
@@ -89,6 +89,10 @@ template <typename T, bool SWIGLU> __device__ void moe_expert_product(const T* i
     const T* w1 = SWIGLU ? (const T*)table[3 * e + 1] : w0;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int first = blockIdx.y * MOE_FEATURES, last = min(O, first + MOE_FEATURES);
+    // Vector loads where every row of the weights and the input starts 16-byte aligned (K a multiple of 16 bytes, aligned
+    // bases: the arena's weights and the step's buffers are); otherwise an element a lane.
+    constexpr int V = Vec16<T>::N;
+    bool vec = K % V == 0 && aligned16(w0, w1, in);
     for (int f = first + warp; f < last; f += warps)
     {
         const T* a = w0 + (i64)f * K;
@@ -105,18 +109,38 @@ template <typename T, bool SWIGLU> __device__ void moe_expert_product(const T* i
                 g[r] = 0.f;
                 u[r] = 0.f;
             }
-            for (int c = lane; c < K; c += 32)
-            {
-                float wa = to_f(a[c]), wb = SWIGLU ? to_f(b[c]) : 0.f;
+            if (vec)                                                    // 16 bytes a lane: 512 bytes a warp per load
+                for (int c = lane * V; c < K; c += 32 * V)
+                {
+                    float wa[V], wb[V], v[V];
+                    load16(a + c, wa);
+                    if (SWIGLU) load16(b + c, wb);
 #pragma unroll
-                for (int r = 0; r < MOE_ROWS; r++)
-                    if (r < rows)
-                    {
-                        float v = to_f(x[r][c]);
-                        g[r] += wa * v;
-                        if (SWIGLU) u[r] += wb * v;
-                    }
-            }
+                    for (int r = 0; r < MOE_ROWS; r++)
+                        if (r < rows)
+                        {
+                            load16(x[r] + c, v);
+#pragma unroll
+                            for (int j = 0; j < V; j++)
+                            {
+                                g[r] += wa[j] * v[j];
+                                if (SWIGLU) u[r] += wb[j] * v[j];
+                            }
+                        }
+                }
+            else
+                for (int c = lane; c < K; c += 32)
+                {
+                    float wa = to_f(a[c]), wb = SWIGLU ? to_f(b[c]) : 0.f;
+#pragma unroll
+                    for (int r = 0; r < MOE_ROWS; r++)
+                        if (r < rows)
+                        {
+                            float v = to_f(x[r][c]);
+                            g[r] += wa * v;
+                            if (SWIGLU) u[r] += wb * v;
+                        }
+                }
 #pragma unroll
             for (int r = 0; r < MOE_ROWS; r++)
             {

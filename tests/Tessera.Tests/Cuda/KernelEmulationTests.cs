@@ -8,7 +8,7 @@ using Xunit;
 namespace Tessera.Tests.Cuda;
 
 /// <summary>
-/// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu, softmax.cu, paged_attention.cu,
+/// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu, softmax.cu, paged_attention.cu, moe.cu,
 /// adamw.cu, decode_gemm.cu, gemv.cu, quantized.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu, exactly as NVRTC gets them) compiled
 /// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
 /// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the

@@ -8,7 +8,8 @@
 // - the whole pipeline: the output within 1e-5 relative to the largest |reference| of the case (F32 accumulation over
 //   C and F of at most a few hundred terms of O(1) values, then two more products; F32 rounding is about 6e-8 a step).
 // Cases cover several N, E, k, experts with no rows (the logits push every row away from some experts), more rows for
-// one expert than a CTA takes at once (MOE_ROWS = 8), and C and F that are not multiples of the 32-feature tile.
+// one expert than a CTA takes at once (MOE_ROWS = 8), C and F that are not multiples of the 32-feature tile, and inputs of
+// K = C or F a multiple of 4 (the 16-byte vector loads) or not (an element a lane).
 // kernels.h is written by the test: the emulation, common.cuh, moe.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
