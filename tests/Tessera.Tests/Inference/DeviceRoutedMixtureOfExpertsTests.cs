@@ -144,5 +144,37 @@ public sealed class DeviceRoutedMixtureOfExpertsTests
             NumericAssert.Close(host.Logits[s], device.Logits[s], 1e-6, $"{preset} (seed {seed}) step {s} logits");
     }
 
+    /// <summary>
+    /// A step of more than <see cref="SparseMoeFeedForward.DeviceRoutingMaxRows"/> rows (a 70-token prefill) keeps the host
+    /// routing and the decode steps after it take the device path; the logits of both equal the host path's within 1e-12
+    /// (as above).
+    /// </summary>
+    [Fact]
+    public void StepsAboveTheRowBoundRouteOnTheHost()
+    {
+        const int seed = 11;
+        var model = new Transformer(ModelPresets.Get("mixtral-debug") with { MaxSequenceLength = 80 }, _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, model.Parameters, new Random(seed));
+        var rng = new Random(seed);
+        var prompt = Prompt(rng, 70);
+        Assert.False(model.RoutesExpertsOnDevice(prompt.Length));
+        double[] Run(bool onDevice, out long deviceForwards)
+        {
+            Route(model, onDevice);
+            var cache = model.CreateKvCache(1);
+            long before = DeviceForwards(model);
+            var prefill = _cpu.ToArray<double>(model.ForwardWithCache(_cpu.FromArray(prompt, 1, prompt.Length), cache));
+            Assert.Equal(before, DeviceForwards(model));
+            var step = _cpu.ToArray<double>(model.ForwardWithCache(_cpu.FromArray(new[] { 7 }, 1, 1), cache));
+            deviceForwards = DeviceForwards(model) - before;
+            return prefill.Concat(step).ToArray();
+        }
+        var device = Run(onDevice: true, out long routed);
+        Assert.Equal(Layers(model).Count(), routed);                     // the decode step only
+        var host = Run(onDevice: false, out long none);
+        Assert.Equal(0, none);
+        NumericAssert.Close(host, device, 1e-12, $"mixtral-debug (seed {seed}) prefill and decode logits");
+    }
+
     private static int[] Prompt(Random rng, int length) => Enumerable.Range(0, length).Select(_ => rng.Next(1, 90)).ToArray();
 }
