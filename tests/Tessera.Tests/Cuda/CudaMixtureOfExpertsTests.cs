@@ -88,7 +88,7 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
             Assert.True(engine.ReplayedSteps > 0, "no mixture-of-experts serving step replayed a recorded graph");
         }
 
-        // BF16: the router's logits and weights go through the F32 staging buffers; the tokens are in the vocabulary.
+        // BF16: the 8-token prefill and every decode step route on the device (moe.cu's bf16 kernels); the tokens are in the vocabulary.
         var bf16 = new Transformer(config, Gpu, DType.BF16);
         Gpu.CopyFromHost<float>(weights, bf16.Parameters.Masters!);
         bf16.Parameters.SyncValuesFromMasters();
@@ -98,7 +98,8 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
     /// <summary>
     /// The device ops on the GPU (route, align, the experts' SwiGLU and down products, the combine with and without the gated
     /// shared expert) against the CPU backend's on the same values: the expert ids exactly (normal logits, rows of equal
-    /// logits: ties to the lower index on both), the routing weights within 1e-6 relative (F32 expf against F64), the output
+    /// logits: ties to the lower index on both), the routing weights within 2e-6 relative (the device's expf is within 2 ulp,
+    /// and a sum of E of them and the renormalization add a few more F32 roundings, against F64), the output
     /// within 1e-5 (F32) or 2e-2 (BF16: the hidden activations and expert outputs are rounded to 8 bits, 4e-3 each, before
     /// two more sums) of its largest value, k = 1, 2 and E, N from 1 to 64, C and F off the 32-feature tile, experts with no rows.
     /// </summary>
@@ -150,7 +151,7 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
         Assert.True(cpuIds.SequenceEqual(gpuIds), $"seed {seed}: the GPU's experts [{string.Join(",", gpuIds)}], the CPU's [{string.Join(",", cpuIds)}]");
         Assert.Equal(Enumerable.Range(0, k), gpuIds.Take(k));
         for (int i = 0; i < cpuWeights.Length; i++)
-            Assert.True(Math.Abs(gpuWeights[i] - cpuWeights[i]) <= 1e-6 * Math.Abs(cpuWeights[i]), $"seed {seed}: weight {i} {gpuWeights[i]} vs {cpuWeights[i]}");
+            Assert.True(Math.Abs(gpuWeights[i] - cpuWeights[i]) <= 2e-6 * Math.Abs(cpuWeights[i]), $"seed {seed}: weight {i} {gpuWeights[i]} vs {cpuWeights[i]}");
         AssertClose(cpuOut, gpuOut, dtype == DType.BF16 ? 2e-2 : 1e-5, $"seed {seed}: the MoE output ({dtype})");
     }
 
