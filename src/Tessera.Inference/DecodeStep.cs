@@ -27,8 +27,9 @@ internal sealed class DecodeStep : IDisposable
         _cache = cache;
         _greedy = greedy;
         // A tensor-parallel step waits on its collectives from the host, which a recorded graph cannot contain.
-        // A mixture-of-experts step routes on the host (it reads the router's logits back), which a graph cannot replay either.
-        _record = record && model.TensorParallelism is null && !model.Config.IsMixtureOfExperts;
+        // A mixture-of-experts step records when every MoE layer routes its B rows on the device; a layer that routes on the
+        // host (it reads the router's logits back) cannot be replayed, so such a step runs eagerly.
+        _record = record && model.TensorParallelism is null && model.RoutesExpertsOnDevice(cache.Batch);
         var backend = model.Backend;
         Tokens = backend.Allocate(new Shape(cache.Batch, 1), DType.I32);
         if (!greedy && draws is { Temperature: > 0 } o)

@@ -299,6 +299,14 @@ public sealed class Transformer
     /// <summary>The decoder blocks.</summary>
     public IReadOnlyList<TransformerBlock> Blocks { get; }
 
+    /// <summary>
+    /// Whether an inference step of <paramref name="rows"/> rows reads nothing back for its mixture-of-experts layers (every
+    /// one routes it on the device: <see cref="SparseMoeFeedForward.RoutesOnDevice"/>), so that a recorded graph can replay
+    /// it; true for a model without experts. Prepares the layers' device tables on first call (outside a recording).
+    /// </summary>
+    public bool RoutesExpertsOnDevice(int rows) =>
+        Blocks.All(b => b.Mlp is not SparseMoeFeedForward moe || moe.RoutesOnDevice(rows));
+
     /// <summary>Norm after the last block, "final_norm".</summary>
     public INormalization FinalNorm => _finalNorm ?? throw NotHeld("the final norm");
 

@@ -139,6 +139,56 @@ public interface IBackend
     /// </summary>
     void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null);
 
+    // ---------------------------------------------------------------- mixture of experts, routed on the device (inference)
+    // One family: route (softmax, top-k), align (each expert's slots), the experts' SwiGLU and down products over a fixed
+    // grid of E experts, and the combine. Fixed-size outputs, nothing read back: a step that uses them can be recorded.
+    // N rows, E experts, k experts a row, C channels, F an expert's hidden width; a slot is n k + s (row n's s-th expert).
+
+    /// <summary>
+    /// Routing: for each row n of logits (N, E) (F32 or F64; BF16/F16 where the backend takes them), p = softmax(row), the k
+    /// experts of highest p by falling p, equal p going to the lower expert index, into expertIds (N, k) I32, and their
+    /// weights p (or, with <paramref name="normalize"/>, p divided by the sum of the k chosen) into weights (N, k) F32 or F64.
+    /// The rule of the host's <c>ExpertRouting</c>.
+    /// </summary>
+    void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize);
+
+    /// <summary>
+    /// Alignment: from expertIds (N, k) I32 (each in [0, E)), offsets (E + 1) I32 with offsets[0] = 0 and offsets[e + 1] -
+    /// offsets[e] the slots routed to expert e, and slots (N k) I32 holding, in [offsets[e], offsets[e + 1]), the slots
+    /// n k + s whose expert is e in ascending order (row order). A pair p is a position in slots.
+    /// </summary>
+    void MoeAlign(Tensor expertIds, Tensor offsets, Tensor slots);
+
+    /// <summary>
+    /// The experts' first half: hidden[p] (N k, F) = SiLU(x[n] gate_e^T) * (x[n] up_e^T) for every pair p, n = slots[p] / k
+    /// and e the expert whose range of <paramref name="offsets"/> holds p; x (N, C) in the experts' dtype, offsets (E + 1)
+    /// and slots (N k) from <see cref="MoeAlign"/>. Each expert's weights are read once for all its rows; an expert with no
+    /// rows costs a launch slot only.
+    /// </summary>
+    void MoeExpertSwiGlu(Tensor x, MoeExpertWeights experts, Tensor offsets, Tensor slots, Tensor hidden);
+
+    /// <summary>
+    /// The experts' second half: expertOutput[slots[p]] (N k, C), indexed by slot, = hidden[p] down_e^T for every pair p;
+    /// hidden (N k, F) from <see cref="MoeExpertSwiGlu"/>, offsets and slots as there.
+    /// </summary>
+    void MoeExpertDown(Tensor hidden, MoeExpertWeights experts, Tensor offsets, Tensor slots, Tensor expertOutput);
+
+    /// <summary>
+    /// The combine: output[n] (N, C) += Σ_s weights[n, s] expertOutput[n k + s], the slots summed in slot order (s = 0 first,
+    /// no atomics: deterministic), then, when <paramref name="shared"/> is given, + sigmoid(sharedGateLogits[n]) shared[n]
+    /// (Qwen2-MoE's gated shared expert: shared (N, C), sharedGateLogits (N, 1)). expertOutput (N k, C) from
+    /// <see cref="MoeExpertDown"/>, weights (N, k) from <see cref="MoeRoute"/>; output holds the residual on entry.
+    /// </summary>
+    void MoeCombine(Tensor expertOutput, Tensor weights, Tensor output, Tensor? shared = null, Tensor? sharedGateLogits = null);
+
+    /// <summary>
+    /// The experts' weights as <see cref="MoeExpertSwiGlu"/> and <see cref="MoeExpertDown"/> read them: E gate and up (F, C) and
+    /// down (C, F) weights of one dtype, contiguous, on this backend. A backend that reads them through a device table of
+    /// addresses builds it here (one small upload): call it once, outside a recorded graph, and keep the result while the
+    /// weights stay where they are.
+    /// </summary>
+    MoeExpertWeights PrepareMoeExperts(IReadOnlyList<Tensor> gate, IReadOnlyList<Tensor> up, IReadOnlyList<Tensor> down);
+
     /// <summary>Row-wise softmax of x (N,V) into output (N,V).</summary>
     void Softmax(Tensor x, Tensor output);
 

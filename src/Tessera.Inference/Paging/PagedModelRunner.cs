@@ -159,8 +159,9 @@ public sealed partial class PagedModelRunner : IDisposable
         for (int i = 0; i < _readbacks.Length; i++)
             _readbacks[i] = _backend is IAsyncReadback async ? async.CreateReadbackBuffer(_maxOutputs) : new SynchronousReadback(_backend, _maxOutputs);
         // A tensor-parallel step waits on its collectives from the host, which a recorded graph cannot contain.
-        // A mixture-of-experts model routes on the host every layer (reads the router's logits back): its steps run eagerly.
-        _record = recordGraphs && _backend is IGraphCapture && model.TensorParallelism is null && !model.Config.IsMixtureOfExperts;
+        // A mixture-of-experts model records only the steps whose rows every MoE layer routes on the device (Enqueue asks); a
+        // layer that routes on the host reads the router's logits back, which a graph cannot replay.
+        _record = recordGraphs && _backend is IGraphCapture && model.TensorParallelism is null;
         if (model.TensorParallelism is { Size: > 1 } tp)
         {
             _group = tp.Group;
@@ -293,7 +294,7 @@ public sealed partial class PagedModelRunner : IDisposable
         long t1 = System.Diagnostics.Stopwatch.GetTimestamp();
 
         Tensor stepLogits;
-        if (bucketed && _record && inOrder && !adapterStep)
+        if (bucketed && _record && inOrder && !adapterStep && _model.RoutesExpertsOnDevice(layout.Rows))
         {
             var key = (bucket, fromSampled, perSequence, draws, logprobs, terms);
             var b = _buckets.TryGetValue(key, out var found) ? found : _buckets[key] = new Bucket();

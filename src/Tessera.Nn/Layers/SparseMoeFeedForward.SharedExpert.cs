@@ -7,8 +7,9 @@ namespace Tessera.Nn.Layers;
 /// SwiGLU C to F_s to C. Every token runs it, so it is one dense <see cref="SwiGluMlp"/> over all N rows, beside the routed
 /// experts and independent of their routing (under expert parallelism it runs on the rank's own rows, never dispatched).
 /// <para>
-/// The sigmoid is taken on the host, as the routing is: the gate's N logits are read back (one more wait on the device per
-/// layer) and the weights g (N) uploaded; the backward reads back dL/dg = dy · shared_expert(x) (N) and uploads
+/// On the host-routed path the sigmoid is taken on the host, as the routing is: the gate's N logits are read back (one more
+/// wait on the device per layer) and the weights g (N) uploaded (the device-routed path hands the logits to
+/// <see cref="IBackend.MoeCombine"/>, which takes the sigmoid on the device); the backward reads back dL/dg = dy · shared_expert(x) (N) and uploads
 /// dL/dz = dL/dg g (1 - g). The scaling and its input gradient are batched products with K = 1, as the routed experts' weights are.
 /// </para>
 /// </summary>

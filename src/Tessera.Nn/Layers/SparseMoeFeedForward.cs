@@ -15,7 +15,8 @@ namespace Tessera.Nn.Layers;
 /// each gathers its tokens' rows (<see cref="IBackend.EmbeddingForward"/>, a row gather by ids), runs its SwiGLU on that
 /// contiguous block, scales the rows by their weights (a batched product with K = 1) and scatter-adds them into the output
 /// (<see cref="IBackend.EmbeddingBackward"/>). An expert no token chose is skipped: its gradients get nothing. There is no
-/// grouped product over the experts and no device routing kernel yet.
+/// grouped product over the experts. Inference's decode-size steps route on the device instead
+/// (SparseMoeFeedForward.DeviceRouted.cs: no read-back, recordable as CUDA graphs).
 /// Under tensor parallelism (SparseMoeFeedForward.TensorParallel.cs) each rank holds a slice F' / tp of every expert's hidden
 /// units and routes identically; one reduction after the combine sums the ranks' partial outputs.
 /// With expert parallelism (a <see cref="LayerFactory"/> given an <see cref="Parallel.ExpertParallelism"/>) the layer holds E / ep
@@ -36,6 +37,7 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     private readonly ActivationKey[] _ids, _weights, _rows, _expertOut, _scaled, _dRows, _dScaled, _dExpertIn, _localIds;
     private readonly ExpertDispatchKeys _dispatch;
     private readonly SharedExpertKeys _shared;
+    private readonly DeviceRoutingKeys _deviceKeys;
     private readonly Adapters.MultiLoraBatch? _servedAdapters;     // when an expert, the shared expert or the router serves adapters
 
     /// <summary>
@@ -120,6 +122,7 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
         _localIds = Keys("received_ids");
         _dispatch = new ExpertDispatchKeys(name);
         _shared = new SharedExpertKeys(name);
+        _deviceKeys = new DeviceRoutingKeys(name);
     }
 
     /// <inheritdoc/>
@@ -198,6 +201,7 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             return;
         }
         var rows = norm.Forward(ctx, x);                             // (N, C)
+        if (TryRunOnDevice(ctx, rows, residual)) return;             // decode-size steps: routed on the device, nothing read back
         Run(ctx, rows, residual);
         if (SharedExpert is not null) AddSharedExpert(ctx, rows, residual);
     }

@@ -15,9 +15,10 @@ using Xunit;
 namespace Tessera.Tests.Cuda;
 
 /// <summary>
-/// Mixture-of-experts models on the GPU (routing on the host, experts through the row gather, a batched K = 1 product and
-/// the row scatter-add): gradients and greedy tokens against the CPU, decode steps never recorded into a graph, and BF16
-/// through the F32 staging of the router's logits. Skipped without a CUDA device.
+/// Mixture-of-experts models on the GPU: training routes on the host (experts through the row gather, a batched K = 1 product
+/// and the row scatter-add), decode-size inference steps on the device (moe.cu: <see cref="IBackend.MoeRoute"/> and its
+/// family). Gradients and greedy tokens against the CPU, the device ops against the CPU backend's, decode and paged serving
+/// steps recorded as graphs giving the eager steps' tokens, and BF16. Skipped without a CUDA device.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -63,7 +64,7 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
     [InlineData("mixtral-debug")]
     [InlineData("qwen3-moe-debug")]
     [InlineData("qwen2-moe-debug")]
-    public async Task GreedyTokensOnTheGpuMatchTheCpuAndNoStepIsRecorded(string preset)
+    public async Task GreedyTokensOnTheGpuMatchTheCpuAndDecodeStepsAreRecorded(string preset)
     {
         var (config, onCpu, onGpu, weights) = RandomModelOnBoth(preset, DType.F32);
         int[] prompt = [5, 1, 4, 1, 5, 9, 2, 6];
@@ -71,7 +72,7 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
         var expected = TextGeneratorTests.Reference(onCpu, _cpu, prompt, count, SamplingOptions.Greedy);
         var generator = new TextGenerator(onGpu);
         Assert.Equal(expected, generator.Generate(prompt, new GenerationOptions { MaxNewTokens = count }).ToList());
-        Assert.False(generator.LastRunRecorded, "a mixture-of-experts decode step routes on the host and must run eagerly");
+        Assert.True(generator.LastRunRecorded, "a mixture-of-experts decode step routes on the device and should be recorded");
 
         int[][] prompts = [prompt, [7], [3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]];
         using (var engine = new InferenceEngine(onGpu, new ByteTokenizer(), new EngineOptions
@@ -84,13 +85,121 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
             var served = await EngineRequests.RunAll(engine, prompts, count);
             for (int i = 0; i < prompts.Length; i++)
                 Assert.Equal(TextGeneratorTests.Reference(onCpu, _cpu, prompts[i], count, SamplingOptions.Greedy), served[i]);
-            Assert.Equal(0L, engine.ReplayedSteps);
+            Assert.True(engine.ReplayedSteps > 0, "no mixture-of-experts serving step replayed a recorded graph");
         }
 
-        // BF16: the router's logits and weights go through the F32 staging buffers; the tokens are in the vocabulary.
+        // BF16: the 8-token prefill and every decode step route on the device (moe.cu's bf16 kernels); the tokens are in the vocabulary.
         var bf16 = new Transformer(config, Gpu, DType.BF16);
         Gpu.CopyFromHost<float>(weights, bf16.Parameters.Masters!);
         bf16.Parameters.SyncValuesFromMasters();
         Assert.All(new TextGenerator(bf16).Generate(prompt, new GenerationOptions { MaxNewTokens = count }), t => Assert.InRange(t, 0, config.VocabSize - 1));
+    }
+
+    /// <summary>
+    /// The device ops on the GPU (route, align, the experts' SwiGLU and down products, the combine with and without the gated
+    /// shared expert) against the CPU backend's on the same values: the expert ids exactly (normal logits, rows of equal
+    /// logits: ties to the lower index on both), the routing weights within 2e-6 relative (the device's expf is within 2 ulp,
+    /// and a sum of E of them and the renormalization add a few more F32 roundings, against F64), the output
+    /// within 1e-5 (F32) or 2e-2 (BF16: the hidden activations and expert outputs are rounded to 8 bits, 4e-3 each, before
+    /// two more sums) of its largest value, k = 1, 2 and E, N from 1 to 64, C and F off the 32-feature tile, experts with no rows.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 8, 2, 64, 96, true, false, DType.F32)]
+    [InlineData(13, 6, 2, 50, 45, true, true, DType.F32)]
+    [InlineData(64, 8, 2, 96, 200, false, false, DType.F32)]
+    [InlineData(9, 4, 4, 40, 33, true, true, DType.F32)]
+    [InlineData(7, 5, 1, 32, 64, false, true, DType.F32)]
+    [InlineData(16, 8, 2, 128, 160, true, true, DType.BF16)]
+    public void DeviceOpsOnTheGpuMatchTheCpuBackend(int n, int e, int k, int c, int f, bool normalize, bool shared, DType dtype)
+    {
+        var gpu = Gpu;
+        int seed = 91 + n + e + k;
+        var rng = new Random(seed);
+        double[] Draw(int count, double scale) => Stored(Enumerable.Range(0, count).Select(_ => scale * (rng.NextDouble() * 2 - 1)).ToArray(), dtype);
+        var z = Draw(n * e, 3);
+        for (int j = 0; j < e; j++) z[j] = 0.5;                        // row 0: every logit equal
+        if (e > 3) for (int r = 1; r < n; r++) z[r * e + e - 1] = -40;  // the last expert: no rows (unless k = E)
+        var x = Draw(n * c, 1);
+        var residual = Draw(n * c, 1);
+        var sharedOut = Draw(n * c, 1);
+        var gate = Draw(n, 3);
+        var wg = Enumerable.Range(0, e).Select(_ => Draw(f * c, 2 / Math.Sqrt(c))).ToArray();
+        var wu = Enumerable.Range(0, e).Select(_ => Draw(f * c, 2 / Math.Sqrt(c))).ToArray();
+        var wd = Enumerable.Range(0, e).Select(_ => Draw(c * f, 2 / Math.Sqrt(f))).ToArray();
+
+        (int[] Ids, double[] Weights, double[] Output) Run(IBackend backend, DType t)
+        {
+            var experts = backend.PrepareMoeExperts(wg.Select(w => Upload(backend, w, t, f, c)).ToList(), wu.Select(w => Upload(backend, w, t, f, c)).ToList(),
+                wd.Select(w => Upload(backend, w, t, c, f)).ToList());
+            var ids = backend.Allocate(new Shape(n, k), DType.I32);
+            var weights = backend.Allocate(new Shape(n, k), DType.F32);
+            var offsets = backend.Allocate(new Shape(e + 1), DType.I32);
+            var slots = backend.Allocate(new Shape(n * k), DType.I32);
+            var hidden = backend.Allocate(new Shape(n * k, f), t);
+            var y = backend.Allocate(new Shape(n * k, c), t);
+            var output = Upload(backend, residual, t, n, c);
+            backend.MoeRoute(Upload(backend, z, t, n, e), ids, weights, normalize);
+            backend.MoeAlign(ids, offsets, slots);
+            backend.MoeExpertSwiGlu(Upload(backend, x, t, n, c), experts, offsets, slots, hidden);
+            backend.MoeExpertDown(hidden, experts, offsets, slots, y);
+            backend.MoeCombine(y, weights, output, shared ? Upload(backend, sharedOut, t, n, c) : null, shared ? Upload(backend, gate, t, n, 1) : null);
+            return (backend.ToArray<int>(ids), Download(backend, weights), Download(backend, output));
+        }
+
+        var (cpuIds, cpuWeights, cpuOut) = Run(_cpu, DType.F32);
+        var (gpuIds, gpuWeights, gpuOut) = Run(gpu, dtype);
+        Assert.True(cpuIds.SequenceEqual(gpuIds), $"seed {seed}: the GPU's experts [{string.Join(",", gpuIds)}], the CPU's [{string.Join(",", cpuIds)}]");
+        Assert.Equal(Enumerable.Range(0, k), gpuIds.Take(k));
+        for (int i = 0; i < cpuWeights.Length; i++)
+            Assert.True(Math.Abs(gpuWeights[i] - cpuWeights[i]) <= 2e-6 * Math.Abs(cpuWeights[i]), $"seed {seed}: weight {i} {gpuWeights[i]} vs {cpuWeights[i]}");
+        AssertClose(cpuOut, gpuOut, dtype == DType.BF16 ? 2e-2 : 1e-5, $"seed {seed}: the MoE output ({dtype})");
+    }
+
+    /// <summary>
+    /// A paged-serving decode step of a mixture-of-experts model is recorded as a graph (the runner records buckets and
+    /// replays them) and its tokens equal the eager runner's, step for step (F32 on the GPU, greedy; the same kernels in the
+    /// same order, so the replay is bit for bit the eager step and the tokens equal exactly).
+    /// </summary>
+    [Theory]
+    [InlineData("mixtral-debug")]
+    [InlineData("qwen2-moe-debug")]
+    public void PagedDecodeStepsOfAMixtureOfExpertsAreRecordedAndGiveTheEagerTokens(string preset)
+    {
+        var (config, _, onGpu, _) = RandomModelOnBoth(preset, DType.F32);
+        int[][] prompts = [[5, 1, 4, 1, 5, 9], [7], [3, 3, 3]];
+        const int newTokens = 12;
+        (List<int>[] Tokens, long Replayed, int Graphs) Serve(bool record)
+        {
+            using var cache = new PagedKvCache(Gpu, DType.F32, config.Layers, config.EffectiveKvHeads, config.HeadSize,
+                new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 64 * PagedKvCache.BlockBytes(DType.F32, config.Layers, config.EffectiveKvHeads, config.HeadSize, 4) });
+            var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 16 });
+            using var runner = new PagedModelRunner(onGpu, cache, 16, 4, config.MaxSequenceLength, recordGraphs: record);
+            var sequences = prompts.Select((p, i) => new Sequence(i, p, p.Length + newTokens)).ToList();
+            foreach (var s in sequences) scheduler.Add(s);
+            while (!scheduler.IsIdle)
+            {
+                var step = scheduler.Schedule();
+                runner.Run(step, withLogits: false, out var greedy, out _);
+                scheduler.Complete(step);
+                int m = 0;
+                foreach (var s in step.Sequences.Where(s => s.Samples))
+                {
+                    s.Sequence.Append(greedy[m++]);
+                    if (s.Sequence.GeneratedCount == newTokens) scheduler.Finish(s.Sequence);
+                }
+            }
+            return (sequences.Select((s, i) => s.Tokens.Skip(prompts[i].Length).ToList()).ToArray(), runner.ReplayedSteps, runner.RecordedGraphs);
+        }
+        var eager = Serve(record: false);
+        var recorded = Serve(record: true);
+        Assert.Equal(0L, eager.Replayed);
+        Assert.True(recorded.Graphs > 0 && recorded.Replayed > 0, $"{preset}: {recorded.Graphs} graphs recorded, {recorded.Replayed} steps replayed");
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(eager.Tokens[i], recorded.Tokens[i]);
+
+        // Dense decoding too: the recorded DecodeStep gives the eager one's tokens.
+        var generator = new TextGenerator(onGpu);
+        var withGraph = generator.Generate(prompts[0], new GenerationOptions { MaxNewTokens = newTokens }).ToList();
+        Assert.True(generator.LastRunRecorded);
+        Assert.Equal(generator.Generate(prompts[0], new GenerationOptions { MaxNewTokens = newTokens, CaptureGraph = false }).ToList(), withGraph);
     }
 }

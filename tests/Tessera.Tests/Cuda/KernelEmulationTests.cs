@@ -8,7 +8,7 @@ using Xunit;
 namespace Tessera.Tests.Cuda;
 
 /// <summary>
-/// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu, softmax.cu, paged_attention.cu,
+/// Kernels run without a GPU: the embedded sources (common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu, softmax.cu, paged_attention.cu, moe.cu,
 /// adamw.cu, decode_gemm.cu, gemv.cu, quantized.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu, exactly as NVRTC gets them) compiled
 /// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
 /// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the
@@ -159,6 +159,24 @@ public sealed class KernelEmulationTests
             }
         });
     }
+
+    /// <summary>
+    /// moe.cu's device-routed mixture-of-experts kernels (<see cref="CudaBackend.MoeRoute"/>, <see cref="CudaBackend.MoeAlign"/>,
+    /// <see cref="CudaBackend.MoeExpertSwiGlu"/>, <see cref="CudaBackend.MoeExpertDown"/>, <see cref="CudaBackend.MoeCombine"/>; f32)
+    /// against double references (Emulation/moe_kernels.cpp states the cases and tolerances): the routing's ids exactly with
+    /// ties to the lower index (quarters, rows of equal logits), k = 1..E, renormalized or not, its weights within 1e-6
+    /// relative; the alignment exactly, experts with no rows among them; the whole path (route, align, SwiGLU, down, combine
+    /// with and without the gated shared expert) within 1e-5 of the largest reference value, for C and F off the 32-feature
+    /// tile, an expert with more rows than a CTA takes at once, and experts with none.
+    /// </summary>
+    [Fact]
+    public void MixtureOfExpertsKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["moe.cu"], "moe_kernels",
+            ["combine adds the slots in slot order", "route N=37 E=8 k=2 norm=1 ties=0 ids", "route N=37 E=8 k=2 norm=0 ties=1 weights", "route N=12 E=5 k=1 norm=1 ties=1 ids",
+             "route N=12 E=5 k=5 norm=1 ties=1 ids", "route N=5 E=64 k=8 norm=1 ties=1 ids",
+             "align N=13 E=8 k=2 empty=3 threads=64", "align N=40 E=70 k=4 empty=10 threads=64", "align N=1 E=4 k=4 empty=0 threads=32",
+             "experts N=13 E=6 k=2 C=50 F=45 norm=1 shared=0 threads=64", "experts N=40 E=4 k=2 C=33 F=72 norm=0 shared=1 threads=64",
+             "experts N=1 E=8 k=2 C=64 F=100 norm=1 shared=0 threads=256", "experts N=9 E=5 k=5 C=40 F=20 norm=1 shared=1 threads=64"]);
 
     /// <summary>
     /// sampling.cu's <c>sample_rows</c> (<see cref="CudaBackend.SampleRows"/>) draws the token that

@@ -46,7 +46,7 @@ public class TextGeneratorTests
     [Theory]
     [InlineData("gpt2-debug")]
     [InlineData("llama-debug")]
-    [InlineData("mixtral-debug")]      // experts routed on the host at every decode step (no recorded graph)
+    [InlineData("mixtral-debug")]      // decode steps routed on the device, against full forwards routed on the host
     [InlineData("qwen3-moe-debug")]
     [InlineData("qwen2-moe-debug")]
     public void GreedyDecodingMatchesArgmaxOfFullForwardPasses(string preset)

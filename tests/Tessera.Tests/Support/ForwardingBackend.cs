@@ -35,6 +35,12 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) => Inner.SwiGluBackward(gate, up, dOutput, dGate, dUp);
     public virtual void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null) => Inner.MatMulSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm);
     public virtual void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null) => Inner.RmsNormMatMul(x, norm, weight, output, bias);
+    public virtual void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize) => Inner.MoeRoute(logits, expertIds, weights, normalize);
+    public virtual void MoeAlign(Tensor expertIds, Tensor offsets, Tensor slots) => Inner.MoeAlign(expertIds, offsets, slots);
+    public virtual void MoeExpertSwiGlu(Tensor x, MoeExpertWeights experts, Tensor offsets, Tensor slots, Tensor hidden) => Inner.MoeExpertSwiGlu(x, experts, offsets, slots, hidden);
+    public virtual void MoeExpertDown(Tensor hidden, MoeExpertWeights experts, Tensor offsets, Tensor slots, Tensor expertOutput) => Inner.MoeExpertDown(hidden, experts, offsets, slots, expertOutput);
+    public virtual void MoeCombine(Tensor expertOutput, Tensor weights, Tensor output, Tensor? shared = null, Tensor? sharedGateLogits = null) => Inner.MoeCombine(expertOutput, weights, output, shared, sharedGateLogits);
+    public virtual MoeExpertWeights PrepareMoeExperts(IReadOnlyList<Tensor> gate, IReadOnlyList<Tensor> up, IReadOnlyList<Tensor> down) => Inner.PrepareMoeExperts(gate, up, down);
     public virtual void Softmax(Tensor x, Tensor output) => Inner.Softmax(x, output);
     public virtual void EmbeddingForward(Tensor ids, Tensor table, Tensor output, bool accumulate = false) => Inner.EmbeddingForward(ids, table, output, accumulate);
     public virtual void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false) => Inner.QuantizedEmbeddingForward(ids, table, output, accumulate);

@@ -37,7 +37,7 @@ public class PagedModelRunnerTests
     [InlineData("llama-debug")]
     [InlineData("llama-headsize-debug")]   // the pool's rows are D = 16 wide, not C / H = 12
     [InlineData("qwen3-debug")]            // the unfused paged path: product, q/k norms, RoPE, append
-    [InlineData("mixtral-debug")]          // experts routed on the host per step, through ForwardAccumulate
+    [InlineData("mixtral-debug")]          // experts routed on the device per step (at most 8 rows), through ForwardAccumulate
     [InlineData("qwen3-moe-debug")]
     [InlineData("qwen2-moe-debug")]        // the shared expert on every row of the step
     [InlineData("gemma2-debug")]           // scaled embeddings, post-norms, GeGLU, local layers windowed, the others not

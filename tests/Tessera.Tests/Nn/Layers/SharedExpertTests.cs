@@ -76,9 +76,17 @@ public sealed class SharedExpertTests
         var normalized = norm.Forward(trainingCtx, TestTensors.FromDoubles(_cpu, x, DType.F64, N, C));
         var expected = TestTensors.ToDoubles(_cpu, moe.Forward(trainingCtx, normalized, TestTensors.FromDoubles(_cpu, residual, DType.F64, N, C)));
         var accumulated = TestTensors.FromDoubles(_cpu, residual, DType.F64, N, C);
+        moe.DeviceRouting = false;                                   // the host-routed inference path
         moe.ForwardAccumulate(PassContext.Transient(new ActivationStore(_cpu)), TestTensors.FromDoubles(_cpu, x, DType.F64, N, C), norm, accumulated);
         // The same operations in the same order on the same rows: bit for bit.
         Assert.Equal(expected, TestTensors.ToDoubles(_cpu, accumulated));
+        // The device-routed path (the MoE ops, the shared expert through MoeCombine): the same F64 values summed in another
+        // order (slots, not experts; the sigmoid-gated shared term in the combine), within 1e-12 of the largest.
+        moe.DeviceRouting = true;
+        var routed = TestTensors.FromDoubles(_cpu, residual, DType.F64, N, C);
+        moe.ForwardAccumulate(PassContext.Transient(new ActivationStore(_cpu)), TestTensors.FromDoubles(_cpu, x, DType.F64, N, C), norm, routed);
+        Assert.Equal(1, moe.DeviceRoutedForwards);
+        NumericAssert.Close(expected, TestTensors.ToDoubles(_cpu, routed), 1e-12, $"device-routed output (seed {seed})");
         GC.KeepAlive(normArena);
     }
 

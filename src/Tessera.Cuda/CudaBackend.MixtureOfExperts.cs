@@ -1,0 +1,88 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+// Mixture of experts routed on the device (moe.cu): routing, alignment, the experts' products over a fixed grid and the
+// combine, with nothing read back, so decode steps of MoE models can be recorded as graphs.
+public sealed unsafe partial class CudaBackend
+{
+    /// <summary>Threads of the experts' CTAs (8 warps; each warp takes output features of the CTA's tile of 32).</summary>
+    private const int MoeExpertThreads = 256, MoeFeatures = 32, MoeAlignThreads = 256, MoeRouteThreads = 128;
+
+    public void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize)
+    {
+        var (n, e, k) = MoeOpShapes.Route(nameof(CudaBackend), logits, expertIds, weights);
+        RequireDType(nameof(MoeRoute), "weights", weights, DType.F32);
+        if (n == 0) return;
+        ulong pl = Ptr(logits), pi = Ptr(expertIds), pw = Ptr(weights);
+        int norm = normalize ? 1 : 0;
+        void** args = stackalloc void*[] { &pl, &n, &e, &k, &norm, &pi, &pw };
+        Launch("moe.cu", "moe_route_" + Suffix(logits.DType, nameof(MoeRoute)), (uint)((n + MoeRouteThreads - 1) / MoeRouteThreads), MoeRouteThreads, args);
+    }
+
+    public void MoeAlign(Tensor expertIds, Tensor offsets, Tensor slots)
+    {
+        var (n, e, k) = MoeOpShapes.Align(nameof(CudaBackend), expertIds, offsets, slots);
+        int pairs = n * k;
+        ulong pi = Ptr(expertIds), po = Ptr(offsets), ps = Ptr(slots);
+        void** args = stackalloc void*[] { &pi, &pairs, &e, &po, &ps };
+        Launch("moe.cu", "moe_align", 1, MoeAlignThreads, args);
+    }
+
+    public void MoeExpertSwiGlu(Tensor x, MoeExpertWeights experts, Tensor offsets, Tensor slots, Tensor hidden)
+    {
+        var (n, k) = MoeOpShapes.ExpertSwiGlu(nameof(CudaBackend), x, experts, offsets, slots, hidden);
+        var table = RequireTable(nameof(MoeExpertSwiGlu), experts);
+        if (n == 0) return;
+        int c = experts.Channels, f = experts.Hidden;
+        ulong px = Ptr(x), pt = Ptr(table), po = Ptr(offsets), ps = Ptr(slots), ph = Ptr(hidden);
+        void** args = stackalloc void*[] { &px, &pt, &po, &ps, &k, &c, &f, &ph };
+        Launch("moe.cu", "moe_expert_swiglu_" + Suffix(x.DType, nameof(MoeExpertSwiGlu)),
+            ((uint)experts.Experts, (uint)((f + MoeFeatures - 1) / MoeFeatures), 1), MoeExpertThreads, args);
+    }
+
+    public void MoeExpertDown(Tensor hidden, MoeExpertWeights experts, Tensor offsets, Tensor slots, Tensor expertOutput)
+    {
+        var (pairs, _) = MoeOpShapes.ExpertDown(nameof(CudaBackend), hidden, experts, offsets, slots, expertOutput);
+        var table = RequireTable(nameof(MoeExpertDown), experts);
+        if (pairs == 0) return;
+        int c = experts.Channels, f = experts.Hidden;
+        ulong ph = Ptr(hidden), pt = Ptr(table), po = Ptr(offsets), ps = Ptr(slots), py = Ptr(expertOutput);
+        void** args = stackalloc void*[] { &ph, &pt, &po, &ps, &c, &f, &py };
+        Launch("moe.cu", "moe_expert_down_" + Suffix(hidden.DType, nameof(MoeExpertDown)),
+            ((uint)experts.Experts, (uint)((c + MoeFeatures - 1) / MoeFeatures), 1), MoeExpertThreads, args);
+    }
+
+    public void MoeCombine(Tensor expertOutput, Tensor weights, Tensor output, Tensor? shared = null, Tensor? sharedGateLogits = null)
+    {
+        var (n, k, c) = MoeOpShapes.Combine(nameof(CudaBackend), expertOutput, weights, output, shared, sharedGateLogits);
+        RequireDType(nameof(MoeCombine), "weights", weights, DType.F32);
+        if ((long)n * c == 0) return;
+        ulong py = Ptr(expertOutput), pw = Ptr(weights), po = Ptr(output), psh = PtrOrNull(shared), pg = PtrOrNull(sharedGateLogits);
+        void** args = stackalloc void*[] { &py, &pw, &po, &psh, &pg, &n, &k, &c };
+        Launch("moe.cu", "moe_combine_" + Suffix(output.DType, nameof(MoeCombine)), GridFor((long)n * c), Threads, args);
+    }
+
+    public MoeExpertWeights PrepareMoeExperts(IReadOnlyList<Tensor> gate, IReadOnlyList<Tensor> up, IReadOnlyList<Tensor> down)
+    {
+        var checkedLists = new MoeExpertWeights(gate, up, down, addresses: null);    // checks the lists before anything is uploaded
+        _ = Suffix(checkedLists.DType, nameof(PrepareMoeExperts));
+        RefuseWhileCapturing(nameof(PrepareMoeExperts));
+        int experts = checkedLists.Experts;
+        var words = new ulong[3 * experts];
+        for (int e = 0; e < experts; e++)
+        {
+            words[3 * e] = Ptr(gate[e]);
+            words[3 * e + 1] = Ptr(up[e]);
+            words[3 * e + 2] = Ptr(down[e]);
+        }
+        var addresses = Allocate(new Shape(experts, 6), DType.I32);
+        CopyFromHost<int>(System.Runtime.InteropServices.MemoryMarshal.Cast<ulong, int>(words), addresses);
+        return new MoeExpertWeights(gate, up, down, addresses);
+    }
+
+    /// <summary>The experts' table of addresses, refusing weights prepared by another backend.</summary>
+    private Tensor RequireTable(string op, MoeExpertWeights experts) =>
+        experts.Addresses is { } t && t.Backend == this ? t
+            : throw new ArgumentException($"CudaBackend.{op}: the experts' weights were not prepared by this backend; build them with PrepareMoeExperts");
+}

@@ -1,0 +1,114 @@
+using Tessera.Tensors;
+
+namespace Tessera.Nn.Layers;
+
+/// <summary>
+/// Inference's device-routed path (<see cref="IBackend.MoeRoute"/> and its family): for a decode-size step (at most
+/// <see cref="DeviceRoutingMaxRows"/> rows) the router's logits never leave the device. The softmax and top-k write each
+/// row's k experts and weights, the alignment each expert's slots, one launch over a fixed grid of E experts runs every
+/// expert's SwiGLU on its rows and one its down product, and the combine adds the weighted outputs (and Qwen2-MoE's gated
+/// shared expert) onto the residual in slot order. Nothing is read back, so such a step can be recorded as a CUDA graph.
+/// Training, larger steps and every layer the ops do not cover (tensor or expert parallelism, served LoRA adapters,
+/// int8/FP8 or adapted experts, a dtype the backend's kernels lack) keep the host's routing (<see cref="Run"/>).
+/// </summary>
+public sealed partial class SparseMoeFeedForward
+{
+    /// <summary>
+    /// The most rows a step may have for the device path (64): decode steps and small verification steps. Every expert's
+    /// kernel reads its weights once per 8 of its rows on CUDA cores, which is the memory-bound decode case; past a few
+    /// dozen rows an expert's rows are better served by the host-routed path's tensor-core products over gathered blocks
+    /// (and a prefill's sync per layer is cheap next to its work). 64 is also the bound of the backend's decode products.
+    /// </summary>
+    public const int DeviceRoutingMaxRows = 64;
+
+    private DeviceRoutingState? _device;
+
+    /// <summary>
+    /// Whether inference's forward (<see cref="ForwardAccumulate"/>) may route decode-size steps on the device (default true).
+    /// Off, every step routes on the host as training does: tests compare the two paths this way.
+    /// </summary>
+    public bool DeviceRouting { get; set; } = true;
+
+    /// <summary>Inference forwards that took the device path (a count for tests and diagnostics; a recorded graph's replays add nothing).</summary>
+    public long DeviceRoutedForwards { get; private set; }
+
+    /// <summary>
+    /// Whether an inference step of <paramref name="rows"/> rows takes the device path, so that it reads nothing back and may be
+    /// recorded: the layer is a plain mixture of experts on one device (no tensor or expert parallelism, no served adapters,
+    /// experts of plain floating-point products in the rows' dtype) whose backend has the ops for its dtype, and
+    /// <paramref name="rows"/> is at most <see cref="DeviceRoutingMaxRows"/>. Prepares the experts' table of weights on first
+    /// call (one small upload; call it outside a recorded graph).
+    /// </summary>
+    public bool RoutesOnDevice(int rows) => rows <= DeviceRoutingMaxRows && DeviceExperts() is not null;
+
+    /// <summary>The experts' weights as the device ops read them, prepared once; null when the device path is not for this layer.</summary>
+    private MoeExpertWeights? DeviceExperts()
+    {
+        if (!DeviceRouting || TensorParallelism is not null || ExpertParallelism is not null || _servedAdapters is not null) return null;
+        var layers = Experts.SelectMany(e => new[] { e.Gate, e.Up, e.Projection }).ToList();
+        if (layers.Any(l => !l.IsPlainProduct || l.Bias is not null) || Experts.Any(e => e.GeluGate)) return null;
+        var weights = layers.Select(l => l.Weight.Value).ToList();
+        if (_device is { } state && state.Weights.SequenceEqual(weights)) return state.Experts;   // weights do not move at inference
+        MoeExpertWeights? experts = null;
+        if (weights.All(w => w.IsContiguous))
+        {
+            try
+            {
+                experts = weights[0].Backend.PrepareMoeExperts(
+                    Experts.Select(e => e.Gate.Weight.Value).ToList(), Experts.Select(e => e.Up.Weight.Value).ToList(),
+                    Experts.Select(e => e.Projection.Weight.Value).ToList());
+            }
+            catch (Exception ex) when (ex is NotSupportedException or ArgumentException)
+            {
+                experts = null;                                  // a dtype the backend's kernels lack: the host path
+            }
+        }
+        _device = new DeviceRoutingState(weights, experts);
+        return experts;
+    }
+
+    /// <summary>Routes the rows x (N, C) on the device and adds the experts' weighted outputs (and the shared expert's) into
+    /// <paramref name="output"/> (N, C); false, having done nothing, when the step is not for the device path.</summary>
+    private bool TryRunOnDevice(in PassContext ctx, Tensor x, Tensor output)
+    {
+        if (x.Rank != 2 || x.Size(0) > DeviceRoutingMaxRows) return false;
+        var experts = DeviceExperts();
+        if (experts is null || x.DType != experts.DType || !x.IsContiguous || !output.IsContiguous) return false;
+        var backend = x.Backend;
+        int n = x.Size(0), c = x.Size(1), k = ExpertsPerToken, e = ExpertCount;
+        var logits = Router.Forward(ctx, x);                                                        // (N, E)
+        var ids = ctx.Buffer(_deviceKeys.Ids, new Shape(n, k), DType.I32);                          // (N, k)
+        var weights = ctx.Buffer(_deviceKeys.Weights, new Shape(n, k), x.DType == DType.F64 ? DType.F64 : DType.F32);   // (N, k)
+        backend.MoeRoute(logits, ids, weights, NormalizeWeights);
+        var offsets = ctx.Buffer(_deviceKeys.Offsets, new Shape(e + 1), DType.I32);                 // (E + 1)
+        var slots = ctx.Buffer(_deviceKeys.Slots, new Shape(n * k), DType.I32);                     // (N k)
+        backend.MoeAlign(ids, offsets, slots);
+        var hidden = ctx.Buffer(_deviceKeys.Hidden, new Shape(n * k, experts.Hidden), x.DType);     // (N k, F'): by pair
+        backend.MoeExpertSwiGlu(x, experts, offsets, slots, hidden);
+        var expertOut = ctx.Buffer(_deviceKeys.Output, new Shape(n * k, c), x.DType);              // (N k, C): by slot
+        backend.MoeExpertDown(hidden, experts, offsets, slots, expertOut);
+        Tensor? shared = null, sharedLogits = null;
+        if (SharedExpert is not null)
+        {
+            shared = SharedExpert.Forward(ctx, x);                                                  // (N, C)
+            sharedLogits = SharedExpertGate!.Forward(ctx, x);                                       // (N, 1)
+        }
+        backend.MoeCombine(expertOut, weights, output, shared, sharedLogits);
+        DeviceRoutedForwards++;
+        return true;
+    }
+
+    /// <summary>The layer's weights when the device path was last prepared, and what it prepared (null: not for the device path).</summary>
+    private sealed record DeviceRoutingState(IReadOnlyList<Tensor> Weights, MoeExpertWeights? Experts);
+
+    /// <summary>The device path's buffers.</summary>
+    private sealed class DeviceRoutingKeys(string name)
+    {
+        public ActivationKey Ids { get; } = new(name + ".device.ids");             // (N, k) I32
+        public ActivationKey Weights { get; } = new(name + ".device.w");           // (N, k) F32 (F64 for F64 rows)
+        public ActivationKey Offsets { get; } = new(name + ".device.offsets");     // (E + 1) I32
+        public ActivationKey Slots { get; } = new(name + ".device.slots");         // (N k) I32
+        public ActivationKey Hidden { get; } = new(name + ".device.hidden");       // (N k, F')
+        public ActivationKey Output { get; } = new(name + ".device.y");            // (N k, C)
+    }
+}

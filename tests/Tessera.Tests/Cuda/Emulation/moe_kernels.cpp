@@ -1,0 +1,219 @@
+// moe.cu's mixture-of-experts kernels (moe_route, moe_align, moe_expert_swiglu, moe_expert_down, moe_combine; f32) on the
+// CPU emulation of CUDA (cuda_emulation.h), against double references written here from the definition (softmax, the k
+// largest with equal probabilities to the lower index, optional renormalization; each expert's SwiGLU and down product;
+// the weighted sum in slot order plus the sigmoid-gated shared expert):
+// - routing: the ids exactly (ties are made by rounding logits to quarters, and rows of equal logits), the weights within
+//   1e-6 relative (F32 expf and sums against double);
+// - alignment: offsets and slots exactly (integer work);
+// - the whole pipeline: the output within 1e-5 relative to the largest |reference| of the case (F32 accumulation over
+//   C and F of at most a few hundred terms of O(1) values, then two more products; F32 rounding is about 6e-8 a step).
+// Cases cover several N, E, k, experts with no rows (the logits push every row away from some experts), more rows for
+// one expert than a CTA takes at once (MOE_ROWS = 8), C and F that are not multiples of the 32-feature tile, and inputs of
+// K = C or F a multiple of 4 (the 16-byte vector loads) or not (an element a lane).
+// kernels.h is written by the test: the emulation, common.cuh, moe.cu. Prints one line per check; the exit code is the
+// number of failures.
+#include "kernels.h"
+#include <random>
+#include <string>
+
+static int failures = 0;
+static void report(const std::string& what, bool ok, const std::string& detail = "")
+{
+    printf("%-64s %s%s\n", what.c_str(), detail.c_str(), ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+}
+
+static std::string sci(double v) { char b[32]; snprintf(b, sizeof b, "%.2e", v); return b; }
+
+// The reference routing of one row, in double.
+static void route_ref(const float* z, int E, int k, bool normalize, int* ids, double* w)
+{
+    std::vector<double> p(E);
+    double max = -INFINITY, sum = 0;
+    for (int e = 0; e < E; e++) max = std::max(max, (double)z[e]);
+    for (int e = 0; e < E; e++) sum += p[e] = std::exp((double)z[e] - max);
+    std::vector<bool> taken(E, false);
+    double chosen = 0;
+    for (int s = 0; s < k; s++)
+    {
+        int best = -1;
+        for (int e = 0; e < E; e++) if (!taken[e] && (best < 0 || p[e] > p[best])) best = e;
+        taken[best] = true;
+        ids[s] = best;
+        w[s] = p[best] / sum;
+        chosen += w[s];
+    }
+    if (normalize) for (int s = 0; s < k; s++) w[s] /= chosen;
+}
+
+// Logits (N, E): normal, rounded to quarters when `ties` (many equal values), every third row all equal when `ties`,
+// and experts [E - avoid, E) pushed down by 30 so that no row picks them while k <= E - avoid.
+static std::vector<float> draw_logits(int N, int E, bool ties, int avoid, unsigned seed)
+{
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.f, 1.5f);
+    std::vector<float> z((size_t)N * E);
+    for (int n = 0; n < N; n++)
+        for (int e = 0; e < E; e++)
+        {
+            float v = normal(rng);
+            if (ties) v = std::round(v * 4.f) / 4.f;
+            if (ties && n % 3 == 0) v = 0.5f;
+            if (e >= E - avoid) v -= 30.f;
+            z[(size_t)n * E + e] = v;
+        }
+    return z;
+}
+
+static void route_case(int N, int E, int k, bool normalize, bool ties, unsigned grid, unsigned block)
+{
+    auto z = draw_logits(N, E, ties, 0, 100 + N * 7 + E * 3 + k);
+    std::vector<int> ids((size_t)N * k, -1);
+    std::vector<float> w((size_t)N * k, -1.f);
+    int norm = normalize ? 1 : 0;
+    emu_launch(grid, block, [&] { moe_route_f32(z.data(), N, E, k, norm, ids.data(), w.data()); });
+    int badIds = 0;
+    double worst = 0;
+    for (int n = 0; n < N; n++)
+    {
+        std::vector<int> rid(k);
+        std::vector<double> rw(k);
+        route_ref(&z[(size_t)n * E], E, k, normalize, rid.data(), rw.data());
+        for (int s = 0; s < k; s++)
+        {
+            if (ids[(size_t)n * k + s] != rid[s]) badIds++;
+            worst = std::max(worst, std::abs(w[(size_t)n * k + s] - rw[s]) / rw[s]);
+        }
+    }
+    char name[128];
+    snprintf(name, sizeof name, "route N=%d E=%d k=%d norm=%d ties=%d ids", N, E, k, (int)normalize, (int)ties);
+    report(name, badIds == 0, badIds ? std::to_string(badIds) + " wrong " : "");
+    snprintf(name, sizeof name, "route N=%d E=%d k=%d norm=%d ties=%d weights", N, E, k, (int)normalize, (int)ties);
+    report(name, worst <= 1e-6, "max rel " + sci(worst) + " ");
+}
+
+static void align_case(int N, int E, int k, int avoid, unsigned block)
+{
+    std::mt19937 rng(7 + N + E);
+    std::vector<int> ids((size_t)N * k);
+    for (int n = 0; n < N; n++)            // k distinct experts of [0, E - avoid) a row
+    {
+        std::vector<int> pool(E - avoid);
+        for (int e = 0; e < E - avoid; e++) pool[e] = e;
+        std::shuffle(pool.begin(), pool.end(), rng);
+        for (int s = 0; s < k; s++) ids[(size_t)n * k + s] = pool[s];
+    }
+    std::vector<int> offsets(E + 1, -1), slots((size_t)N * k, -1);
+    int pairs = N * k;
+    emu_launch(1, block, [&] { moe_align(ids.data(), pairs, E, offsets.data(), slots.data()); });
+    std::vector<int> ro(E + 1, 0), rs;
+    for (int e = 0; e < E; e++)
+    {
+        for (int i = 0; i < pairs; i++) if (ids[i] == e) rs.push_back(i);
+        ro[e + 1] = (int)rs.size();
+    }
+    char name[128];
+    snprintf(name, sizeof name, "align N=%d E=%d k=%d empty=%d threads=%u", N, E, k, avoid, block);
+    report(name, offsets == ro && slots == rs);
+}
+
+static float uniform(std::mt19937& rng, float scale) { return std::uniform_real_distribution<float>(-scale, scale)(rng); }
+
+// The whole device path: route, align, the experts' SwiGLU and down products, combine (with the shared expert when `shared`).
+static void pipeline_case(int N, int E, int k, int C, int F, bool normalize, int avoid, bool shared, unsigned block)
+{
+    unsigned seed = 1000 + N * 31 + E * 7 + C + F;
+    std::mt19937 rng(seed);
+    auto z = draw_logits(N, E, false, avoid, seed);
+    std::vector<float> x((size_t)N * C), out((size_t)N * C), sh((size_t)N * C), gate(N);
+    for (auto& v : x) v = uniform(rng, 1.f);
+    for (auto& v : out) v = uniform(rng, 1.f);                 // the residual
+    for (auto& v : sh) v = uniform(rng, 1.f);
+    for (auto& v : gate) v = uniform(rng, 3.f);
+    std::vector<std::vector<float>> wg(E), wu(E), wd(E);
+    std::vector<unsigned long long> table(3 * E);
+    float sc = 1.f / std::sqrt((float)C), sd = 1.f / std::sqrt((float)F);
+    for (int e = 0; e < E; e++)
+    {
+        wg[e].resize((size_t)F * C); wu[e].resize((size_t)F * C); wd[e].resize((size_t)C * F);
+        for (auto& v : wg[e]) v = uniform(rng, 2.f * sc);
+        for (auto& v : wu[e]) v = uniform(rng, 2.f * sc);
+        for (auto& v : wd[e]) v = uniform(rng, 2.f * sd);
+        table[3 * e] = (unsigned long long)(uintptr_t)wg[e].data();
+        table[3 * e + 1] = (unsigned long long)(uintptr_t)wu[e].data();
+        table[3 * e + 2] = (unsigned long long)(uintptr_t)wd[e].data();
+    }
+    std::vector<double> ref(out.begin(), out.end());
+    for (int n = 0; n < N; n++)
+    {
+        std::vector<int> rid(k);
+        std::vector<double> rw(k);
+        route_ref(&z[(size_t)n * E], E, k, normalize, rid.data(), rw.data());
+        for (int s = 0; s < k; s++)
+        {
+            int e = rid[s];
+            std::vector<double> h(F);
+            for (int f = 0; f < F; f++)
+            {
+                double g = 0, u = 0;
+                for (int c = 0; c < C; c++) { g += (double)x[(size_t)n * C + c] * wg[e][(size_t)f * C + c]; u += (double)x[(size_t)n * C + c] * wu[e][(size_t)f * C + c]; }
+                h[f] = g / (1 + std::exp(-g)) * u;
+            }
+            for (int c = 0; c < C; c++)
+            {
+                double y = 0;
+                for (int f = 0; f < F; f++) y += h[f] * wd[e][(size_t)c * F + f];
+                ref[(size_t)n * C + c] += rw[s] * y;
+            }
+        }
+        if (shared)
+            for (int c = 0; c < C; c++) ref[(size_t)n * C + c] += 1 / (1 + std::exp(-(double)gate[n])) * sh[(size_t)n * C + c];
+    }
+    std::vector<int> ids((size_t)N * k), offsets(E + 1), slots((size_t)N * k);
+    std::vector<float> w((size_t)N * k), hidden((size_t)N * k * F, NAN), y((size_t)N * k * C, NAN);
+    int norm = normalize ? 1 : 0, pairs = N * k;
+    emu_launch(2, 32, [&] { moe_route_f32(z.data(), N, E, k, norm, ids.data(), w.data()); });
+    emu_launch(1, 64, [&] { moe_align(ids.data(), pairs, E, offsets.data(), slots.data()); });
+    int empty = 0;
+    for (int e = 0; e < E; e++) empty += offsets[e + 1] == offsets[e];
+    int most = 0;
+    for (int e = 0; e < E; e++) most = std::max(most, offsets[e + 1] - offsets[e]);
+    emu_launch(dim3{(unsigned)E, (unsigned)((F + 31) / 32), 1}, block,
+        [&] { moe_expert_swiglu_f32(x.data(), table.data(), offsets.data(), slots.data(), k, C, F, hidden.data()); });
+    emu_launch(dim3{(unsigned)E, (unsigned)((C + 31) / 32), 1}, block,
+        [&] { moe_expert_down_f32(hidden.data(), table.data(), offsets.data(), slots.data(), C, F, y.data()); });
+    emu_launch(3, 64, [&] { moe_combine_f32(y.data(), w.data(), out.data(), shared ? sh.data() : nullptr, shared ? gate.data() : nullptr, N, k, C); });
+    double scale = 0, worst = 0;
+    for (double v : ref) scale = std::max(scale, std::abs(v));
+    for (size_t i = 0; i < ref.size(); i++) worst = std::max(worst, std::abs(out[i] - ref[i]) / scale);
+    char name[160];
+    snprintf(name, sizeof name, "experts N=%d E=%d k=%d C=%d F=%d norm=%d shared=%d threads=%u", N, E, k, C, F, (int)normalize, (int)shared, block);
+    report(name, worst <= 1e-5 && (avoid == 0 || empty >= avoid),
+        "empty experts " + std::to_string(empty) + ", most rows " + std::to_string(most) + ", max rel " + sci(worst) + " ");
+}
+
+// The combine's order: a row's slots 1, 1e8, -1e8 (weights 1, residual 0) give 0 in slot order (1 + 1e8 rounds to 1e8 in
+// F32) and 1 if the large ones meet first; the mirrored row gives 1. Exact.
+static void combine_order()
+{
+    std::vector<float> y = { 1.f, 1e8f, -1e8f, -1e8f, 1e8f, 1.f }, w(6, 1.f), out(2, 0.f);
+    emu_launch(1, 32, [&] { moe_combine_f32(y.data(), w.data(), out.data(), nullptr, nullptr, 2, 3, 1); });
+    report("combine adds the slots in slot order", out[0] == 0.f && out[1] == 1.f);
+}
+
+int main()
+{
+    combine_order();
+    route_case(37, 8, 2, true, false, 2, 32);
+    route_case(37, 8, 2, false, true, 1, 64);
+    for (int k = 1; k <= 5; k++) route_case(12, 5, k, k % 2 == 1, true, 1, 32);
+    route_case(5, 64, 8, true, true, 1, 32);
+    align_case(13, 8, 2, 3, 64);
+    align_case(40, 70, 4, 10, 64);
+    align_case(1, 4, 4, 0, 32);
+    pipeline_case(13, 6, 2, 50, 45, true, 2, false, 64);
+    pipeline_case(40, 4, 2, 33, 72, false, 0, true, 64);
+    pipeline_case(1, 8, 2, 64, 100, true, 0, false, 256);
+    pipeline_case(9, 5, 5, 40, 20, true, 0, true, 64);
+    return failures;
+}

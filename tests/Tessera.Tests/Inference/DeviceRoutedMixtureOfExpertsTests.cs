@@ -1,0 +1,180 @@
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
+using Tessera.Models;
+using Tessera.Nn.Layers;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Nn;
+using Tessera.Tests.Support;
+using Xunit;
+
+namespace Tessera.Tests.Inference;
+
+/// <summary>
+/// Mixture-of-experts models decoding and serving through the device-routed path (<see cref="SparseMoeFeedForward"/>'s
+/// decode-size inference steps: <see cref="IBackend.MoeRoute"/> and its family, no read-back) against the host-routed path
+/// of the same model (<see cref="SparseMoeFeedForward.DeviceRouting"/> off), on the CPU in F64.
+/// </summary>
+public sealed class DeviceRoutedMixtureOfExpertsTests
+{
+    private readonly CpuBackend _cpu = new(1);
+
+    private Transformer RandomModel(string preset, int seed)
+    {
+        var model = new Transformer(ModelPresets.Get(preset), _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, model.Parameters, new Random(seed));   // O(0.3) weights: no routing near a tie
+        return model;
+    }
+
+    private static IEnumerable<SparseMoeFeedForward> Layers(Transformer model) => model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>();
+
+    private static void Route(Transformer model, bool onDevice)
+    {
+        foreach (var layer in Layers(model)) layer.DeviceRouting = onDevice;
+    }
+
+    private static long DeviceForwards(Transformer model) => Layers(model).Sum(l => l.DeviceRoutedForwards);
+
+    /// <summary>
+    /// Dense KV-cache decoding (a 5-token prefill, then 8 single-token steps of the device path's greedy tokens): every
+    /// step's logits through the device path equal the host path's within 1e-12 of the largest logit. Both are F64 with the
+    /// same routing (O(0.3) weights keep every choice far from a tie); they differ only in summation order (the device path
+    /// adds a row's k outputs in slot order, the host in expert order; the CPU products block differently), about 1e-16 a term.
+    /// The device path is taken at every step (its counter), the host path at none; a step above the 64-row bound is not.
+    /// </summary>
+    [Theory]
+    [InlineData("mixtral-debug")]
+    [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]        // the gated shared expert through MoeCombine
+    public void DeviceRoutedDecodingEqualsHostRoutedDecoding(string preset)
+    {
+        const int seed = 5, steps = 8;
+        var model = RandomModel(preset, seed);
+        int[] prompt = [3, 14, 15, 9, 2];
+        Assert.True(model.RoutesExpertsOnDevice(1));
+        Assert.False(model.RoutesExpertsOnDevice(SparseMoeFeedForward.DeviceRoutingMaxRows + 1));
+
+        List<double[]> Decode(bool onDevice, IReadOnlyList<int>? tokens, List<int> chosen)
+        {
+            Route(model, onDevice);
+            var cache = model.CreateKvCache(1);
+            var all = new List<double[]>();
+            int v = model.Config.VocabSize, vPad = model.Config.EffectivePaddedVocab;
+            var input = prompt;
+            for (int step = 0; step <= steps; step++)
+            {
+                var logits = model.ForwardWithCache(_cpu.FromArray(input, 1, input.Length), cache);
+                var host = new double[logits.NumElements];
+                _cpu.CopyToHost<double>(logits, host);
+                var last = host.Skip((input.Length - 1) * vPad).Take(v).ToArray();
+                all.Add(last);
+                int next = tokens?[step] ?? Array.IndexOf(last, last.Max());
+                chosen.Add(next);
+                input = [next];
+            }
+            return all;
+        }
+
+        var deviceTokens = new List<int>();
+        long before = DeviceForwards(model);
+        var device = Decode(onDevice: true, null, deviceTokens);
+        Assert.Equal(before + (steps + 1) * Layers(model).Count(), DeviceForwards(model));
+        long afterDevice = DeviceForwards(model);
+        var hostTokens = new List<int>();
+        var host = Decode(onDevice: false, deviceTokens, hostTokens);
+        Assert.Equal(afterDevice, DeviceForwards(model));
+        for (int s = 0; s < device.Count; s++)
+            NumericAssert.Close(host[s], device[s], 1e-12, $"{preset} (seed {seed}) step {s} logits");
+    }
+
+    /// <summary>
+    /// Paged serving (four sequences, chunked prefill beside decode steps, blocks of 4, a budget of 8 tokens): the greedy
+    /// tokens through the device path equal the host path's exactly and every step's logits agree within 1e-6 relative (the
+    /// runner hands logits out as F32: the F64 values, equal within 1e-12 as above, rounded to F32, 2^-24, with margin).
+    /// Every step of the serving takes the device path (at most 8 rows), counted by the layers.
+    /// </summary>
+    [Theory]
+    [InlineData("mixtral-debug")]
+    [InlineData("qwen3-moe-debug")]
+    [InlineData("qwen2-moe-debug")]
+    public void DeviceRoutedPagedServingEqualsHostRoutedServing(string preset)
+    {
+        const int seed = 7, newTokens = 8;
+        var model = RandomModel(preset, seed);
+        var rng = new Random(seed);
+        int[][] prompts = [Prompt(rng, 13), Prompt(rng, 3), Prompt(rng, 9), Prompt(rng, 1)];
+
+        (List<int>[] Tokens, List<double[]> Logits, int Steps) Serve(bool onDevice)
+        {
+            Route(model, onDevice);
+            using var cache = new PagedKvCache(_cpu, DType.F64, model.Config.Layers, model.Config.EffectiveKvHeads, model.Config.HeadSize,
+                new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 64 * PagedKvCache.BlockBytes(DType.F64, model.Config.Layers, model.Config.EffectiveKvHeads, model.Config.HeadSize, 4) });
+            var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 4, TokenBudget = 8 });
+            using var runner = new PagedModelRunner(model, cache, 8, 4, model.Config.MaxSequenceLength, recordGraphs: true);
+            var sequences = prompts.Select((p, i) => new Sequence(i, p, p.Length + newTokens)).ToList();
+            foreach (var s in sequences) scheduler.Add(s);
+            var logits = new List<double[]>();
+            int steps = 0;
+            while (!scheduler.IsIdle)
+            {
+                var step = scheduler.Schedule();
+                runner.Run(step, withLogits: true, out var greedy, out var rows);
+                logits.Add(rows.ToArray().Select(x => (double)x).ToArray());
+                steps++;
+                scheduler.Complete(step);
+                int m = 0;
+                foreach (var s in step.Sequences.Where(s => s.Samples))
+                {
+                    s.Sequence.Append(greedy[m++]);
+                    if (s.Sequence.GeneratedCount == newTokens) scheduler.Finish(s.Sequence);
+                }
+            }
+            return (sequences.Select((s, i) => s.Tokens.Skip(prompts[i].Length).ToList()).ToArray(), logits, steps);
+        }
+
+        long before = DeviceForwards(model);
+        var device = Serve(onDevice: true);
+        Assert.True(DeviceForwards(model) - before >= device.Steps * Layers(model).Count(), "a serving step took the host path");
+        long afterDevice = DeviceForwards(model);
+        var host = Serve(onDevice: false);
+        Assert.Equal(afterDevice, DeviceForwards(model));
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(host.Tokens[i], device.Tokens[i]);
+        Assert.Equal(host.Logits.Count, device.Logits.Count);
+        for (int s = 0; s < host.Logits.Count; s++)
+            NumericAssert.Close(host.Logits[s], device.Logits[s], 1e-6, $"{preset} (seed {seed}) step {s} logits");
+    }
+
+    /// <summary>
+    /// A step of more than <see cref="SparseMoeFeedForward.DeviceRoutingMaxRows"/> rows (a 70-token prefill) keeps the host
+    /// routing and the decode steps after it take the device path; the logits of both equal the host path's within 1e-12
+    /// (as above).
+    /// </summary>
+    [Fact]
+    public void StepsAboveTheRowBoundRouteOnTheHost()
+    {
+        const int seed = 11;
+        var model = new Transformer(ModelPresets.Get("mixtral-debug") with { MaxSequenceLength = 80 }, _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, model.Parameters, new Random(seed));
+        var rng = new Random(seed);
+        var prompt = Prompt(rng, 70);
+        Assert.False(model.RoutesExpertsOnDevice(prompt.Length));
+        double[] Run(bool onDevice, out long deviceForwards)
+        {
+            Route(model, onDevice);
+            var cache = model.CreateKvCache(1);
+            long before = DeviceForwards(model);
+            var prefill = _cpu.ToArray<double>(model.ForwardWithCache(_cpu.FromArray(prompt, 1, prompt.Length), cache));
+            Assert.Equal(before, DeviceForwards(model));
+            var step = _cpu.ToArray<double>(model.ForwardWithCache(_cpu.FromArray(new[] { 7 }, 1, 1), cache));
+            deviceForwards = DeviceForwards(model) - before;
+            return prefill.Concat(step).ToArray();
+        }
+        var device = Run(onDevice: true, out long routed);
+        Assert.Equal(Layers(model).Count(), routed);                     // the decode step only
+        var host = Run(onDevice: false, out long none);
+        Assert.Equal(0, none);
+        NumericAssert.Close(host, device, 1e-12, $"mixtral-debug (seed {seed}) prefill and decode logits");
+    }
+
+    private static int[] Prompt(Random rng, int length) => Enumerable.Range(0, length).Select(_ => rng.Next(1, 90)).ToArray();
+}

@@ -1,0 +1,203 @@
+using Tessera.Nn.Layers;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Xunit;
+
+namespace Tessera.Tests.Tensors;
+
+/// <summary>
+/// The CPU backend's device-routed mixture-of-experts ops (<see cref="IBackend.MoeRoute"/>, <see cref="IBackend.MoeAlign"/>,
+/// <see cref="IBackend.MoeExpertSwiGlu"/>, <see cref="IBackend.MoeExpertDown"/>, <see cref="IBackend.MoeCombine"/>) against the
+/// host's <see cref="ExpertRouting"/> and a plain-loop F64 reference. They are the reference the CUDA kernels are held to.
+/// </summary>
+public sealed class CpuMoeRoutingOpsTests
+{
+    private readonly CpuBackend _cpu = new(1);
+
+    /// <summary>Logits (N, E), normal; with <paramref name="ties"/> rounded to halves and every third row all equal.</summary>
+    private static double[] Logits(Random rng, int n, int e, bool ties)
+    {
+        var z = new double[n * e];
+        for (int i = 0; i < z.Length; i++)
+        {
+            double v = 2 * (rng.NextDouble() * 2 - 1);
+            if (ties) v = Math.Round(v * 2) / 2;
+            if (ties && i / e % 3 == 0) v = 0.25;
+            z[i] = v;
+        }
+        return z;
+    }
+
+    /// <summary>
+    /// The routing equals <see cref="ExpertRouting.Route"/> exactly, ids and weights (tolerance 0: the op takes the same F64
+    /// operations in the same order: max, exponentials, their sum, the divisions, the k chosen summed by rank), for k = 1..E,
+    /// renormalized or not, with many equal logits (halves, and all-equal rows), where the lower expert index must win.
+    /// </summary>
+    [Theory]
+    [InlineData(5, false)]
+    [InlineData(5, true)]
+    [InlineData(8, true)]
+    public void RoutingEqualsTheHostRoutingWithTiesToTheLowerIndex(int experts, bool ties)
+    {
+        const int n = 23, seed = 41;
+        var rng = new Random(seed);
+        var z = Logits(rng, n, experts, ties);
+        var logits = _cpu.FromArray(z, n, experts);
+        for (int k = 1; k <= experts; k++)
+            foreach (bool normalize in new[] { false, true })
+            {
+                var ids = _cpu.Allocate(new Shape(n, k), DType.I32);
+                var weights = _cpu.Allocate(new Shape(n, k), DType.F64);
+                _cpu.MoeRoute(logits, ids, weights, normalize);
+                var host = ExpertRouting.Route(z, n, experts, k, normalize);
+                var got = new int[n * k];
+                _cpu.CopyToHost<int>(ids, got);
+                var w = new double[n * k];
+                _cpu.CopyToHost<double>(weights, w);
+                Assert.True(host.Selected.SequenceEqual(got), $"seed {seed}, E {experts}, k {k}, normalize {normalize}: ids [{string.Join(",", got)}], host [{string.Join(",", host.Selected)}]");
+                Assert.Equal(host.Weights, w);
+                if (ties)                                          // an all-equal row (row 0) picks experts 0..k-1 in order
+                    Assert.Equal(Enumerable.Range(0, k), got.Take(k));
+            }
+    }
+
+    /// <summary>F32 logits and weights: the same experts as the host routing in F64 and weights within 1e-6 relative (the op
+    /// computes in F64 and rounds the weights once to F32, 6e-8).</summary>
+    [Fact]
+    public void F32RoutingGivesTheHostExpertsAndRoundedWeights()
+    {
+        const int n = 17, e = 6, k = 2, seed = 43;
+        var z = Logits(new Random(seed), n, e, ties: false).Select(v => (double)(float)v).ToArray();
+        var ids = _cpu.Allocate(new Shape(n, k), DType.I32);
+        var weights = _cpu.Allocate(new Shape(n, k), DType.F32);
+        _cpu.MoeRoute(_cpu.FromArray(z.Select(v => (float)v).ToArray(), n, e), ids, weights, normalize: true);
+        var host = ExpertRouting.Route(z, n, e, k, normalize: true);
+        var got = new int[n * k];
+        _cpu.CopyToHost<int>(ids, got);
+        var w = new float[n * k];
+        _cpu.CopyToHost<float>(weights, w);
+        Assert.Equal(host.Selected, got);
+        for (int i = 0; i < w.Length; i++) Assert.True(Math.Abs(w[i] - host.Weights[i]) <= 1e-6 * host.Weights[i], $"seed {seed}: weight {i} {w[i]} vs {host.Weights[i]}");
+    }
+
+    /// <summary>The alignment lists each expert's slots as <see cref="ExpertRouting.SlotsOf"/> does (ascending, row order),
+    /// experts no row chose empty; exact (integers).</summary>
+    [Fact]
+    public void AlignmentListsEachExpertsSlotsInRowOrder()
+    {
+        const int n = 19, e = 7, k = 2, seed = 47;
+        var z = Logits(new Random(seed), n, e, ties: true);
+        for (int i = 0; i < n; i++) z[i * e + 6] = z[i * e + 5] = -50;   // experts 5 and 6: no rows
+        var host = ExpertRouting.Route(z, n, e, k, normalize: false);
+        var ids = _cpu.FromArray(host.Selected, n, k);
+        var offsets = _cpu.Allocate(new Shape(e + 1), DType.I32);
+        var slots = _cpu.Allocate(new Shape(n * k), DType.I32);
+        _cpu.MoeAlign(ids, offsets, slots);
+        var o = new int[e + 1];
+        _cpu.CopyToHost<int>(offsets, o);
+        var s = new int[n * k];
+        _cpu.CopyToHost<int>(slots, s);
+        Assert.Equal(0, o[0]);
+        for (int j = 0; j < e; j++) Assert.Equal(host.SlotsOf(j).ToArray(), s[o[j]..o[j + 1]]);
+        Assert.Equal(o[5], o[7]);
+    }
+
+    /// <summary>
+    /// Route, align, the experts' SwiGLU and down products and the combine (with the gated shared expert or without) equal a
+    /// plain-loop F64 reference of y = residual + Σ_s w_s expert_s(x) (+ sigmoid(g) shared) within 1e-12 relative to the
+    /// largest value: the same F64 arithmetic, sums in other orders only (about 1e-16 a term over C = 12 and F = 20).
+    /// </summary>
+    [Theory]
+    [InlineData(1, 4, 2, false, false)]
+    [InlineData(9, 5, 2, true, false)]
+    [InlineData(16, 6, 3, true, true)]
+    [InlineData(7, 4, 4, false, true)]
+    public void ExpertsAndCombineEqualAPlainLoopReference(int n, int e, int k, bool normalize, bool withShared)
+    {
+        const int c = 12, f = 20;
+        int seed = 53 + n + e + k;
+        var rng = new Random(seed);
+        double[] Draw(int count, double scale) => Enumerable.Range(0, count).Select(_ => scale * (rng.NextDouble() * 2 - 1)).ToArray();
+        var z = Logits(rng, n, e, ties: false);
+        var x = Draw(n * c, 1);
+        var residual = Draw(n * c, 1);
+        var shared = Draw(n * c, 1);
+        var gate = Draw(n, 3);
+        var wg = Enumerable.Range(0, e).Select(_ => Draw(f * c, 0.5)).ToArray();
+        var wu = Enumerable.Range(0, e).Select(_ => Draw(f * c, 0.5)).ToArray();
+        var wd = Enumerable.Range(0, e).Select(_ => Draw(c * f, 0.4)).ToArray();
+        var routing = ExpertRouting.Route(z, n, e, k, normalize);
+        var expected = (double[])residual.Clone();
+        for (int r = 0; r < n; r++)
+        {
+            for (int s = 0; s < k; s++)
+            {
+                int j = routing.Selected[r * k + s];
+                var h = new double[f];
+                for (int u = 0; u < f; u++)
+                {
+                    double a = 0, b = 0;
+                    for (int i = 0; i < c; i++) { a += x[r * c + i] * wg[j][u * c + i]; b += x[r * c + i] * wu[j][u * c + i]; }
+                    h[u] = a / (1 + Math.Exp(-a)) * b;
+                }
+                for (int o = 0; o < c; o++)
+                {
+                    double y = 0;
+                    for (int u = 0; u < f; u++) y += h[u] * wd[j][o * f + u];
+                    expected[r * c + o] += routing.Weights[r * k + s] * y;
+                }
+            }
+            if (withShared)
+                for (int o = 0; o < c; o++) expected[r * c + o] += 1 / (1 + Math.Exp(-gate[r])) * shared[r * c + o];
+        }
+
+        var experts = _cpu.PrepareMoeExperts(wg.Select(w => _cpu.FromArray(w, f, c)).ToList(), wu.Select(w => _cpu.FromArray(w, f, c)).ToList(),
+            wd.Select(w => _cpu.FromArray(w, c, f)).ToList());
+        var ids = _cpu.Allocate(new Shape(n, k), DType.I32);
+        var weights = _cpu.Allocate(new Shape(n, k), DType.F64);
+        var offsets = _cpu.Allocate(new Shape(e + 1), DType.I32);
+        var slots = _cpu.Allocate(new Shape(n * k), DType.I32);
+        var hidden = _cpu.Allocate(new Shape(n * k, f), DType.F64);
+        var expertOut = _cpu.Allocate(new Shape(n * k, c), DType.F64);
+        var output = _cpu.FromArray(residual, n, c);
+        var xs = _cpu.FromArray(x, n, c);
+        _cpu.MoeRoute(_cpu.FromArray(z, n, e), ids, weights, normalize);
+        _cpu.MoeAlign(ids, offsets, slots);
+        _cpu.MoeExpertSwiGlu(xs, experts, offsets, slots, hidden);
+        _cpu.MoeExpertDown(hidden, experts, offsets, slots, expertOut);
+        _cpu.MoeCombine(expertOut, weights, output, withShared ? _cpu.FromArray(shared, n, c) : null, withShared ? _cpu.FromArray(gate, n, 1) : null);
+        var got = new double[n * c];
+        _cpu.CopyToHost<double>(output, got);
+        double scale = expected.Max(Math.Abs);
+        for (int i = 0; i < got.Length; i++)
+            Assert.True(Math.Abs(got[i] - expected[i]) <= 1e-12 * scale, $"seed {seed}: element {i}: {got[i]} vs {expected[i]}");
+    }
+
+    /// <summary>
+    /// The combine adds a row's slots in slot order, exactly: outputs 1, 1e16, -1e16 (weights 1, residual 0) sum to 0 in slot
+    /// order ((1 + 1e16) rounds to 1e16 in F64) and to 1 in any order that adds the two large ones first. Tolerance 0.
+    /// </summary>
+    [Fact]
+    public void CombineAddsTheSlotsInSlotOrder()
+    {
+        var y = _cpu.FromArray(new[] { 1.0, 1e16, -1e16, -1e16, 1e16, 1.0 }, 6, 1);       // (N k, C) = (2 x 3, 1)
+        var output = _cpu.FromArray(new double[2], 2, 1);
+        _cpu.MoeCombine(y, _cpu.FromArray(new[] { 1.0, 1, 1, 1, 1, 1 }, 2, 3), output);
+        Assert.Equal(new[] { 0.0, 1.0 }, _cpu.ToArray<double>(output));
+    }
+
+    /// <summary>Bad input is refused by name: k above E, ids that name no expert, a shared expert without its gate's logits.</summary>
+    [Fact]
+    public void BadInputIsRefusedWithAClearMessage()
+    {
+        var logits = _cpu.Allocate(new Shape(3, 4), DType.F64);
+        _cpu.Fill(logits, 0);
+        var ex = Assert.Throws<ArgumentException>(() => _cpu.MoeRoute(logits, _cpu.Allocate(new Shape(3, 5), DType.I32), _cpu.Allocate(new Shape(3, 5), DType.F64), false));
+        Assert.Contains("k (5", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => _cpu.MoeAlign(_cpu.FromArray(new[] { 0, 9, 1, 2 }, 2, 2), _cpu.Allocate(new Shape(5), DType.I32), _cpu.Allocate(new Shape(4), DType.I32)));
+        Assert.Contains("no expert of [0, 4)", ex.Message);
+        var y = _cpu.Allocate(new Shape(4, 2), DType.F64);
+        ex = Assert.Throws<ArgumentException>(() => _cpu.MoeCombine(y, _cpu.Allocate(new Shape(2, 2), DType.F64), _cpu.Allocate(new Shape(2, 2), DType.F64), shared: _cpu.Allocate(new Shape(2, 2), DType.F64)));
+        Assert.Contains("together", ex.Message);
+    }
+}
