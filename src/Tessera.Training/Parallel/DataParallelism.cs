@@ -51,8 +51,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
         Group = group;
         Options = options;
         Trained = trained ?? model.Layout;
-        if (!ReferenceEquals(Trained, model.Layout) && (model.TensorParallelism is not null || model.Pipeline is not null))
-            throw new NotSupportedException($"{group.Describe()}: training a layout other than the model's (LoRA adapters) is data-parallel only; the model is split over tensor or pipeline ranks");
+        if (!ReferenceEquals(Trained, model.Layout) && model.Pipeline is not null)
+            throw new NotSupportedException($"{group.Describe()}: training a layout other than the model's (LoRA adapters) over pipeline stages is not built; the model is split over pp ranks");
         Host = options.OffloadOptimizer ? host : null;
         ExpertData = CheckExpertParallel(model, group, options, expertData);
         Layout = new ShardLayout(Trained, options.Stage, group.Size, group.Rank, options.BucketElements);
@@ -87,8 +87,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <summary>The trained element from which every gradient is complete once model unit <paramref name="segment"/>'s backward is done (the pass runs backward in unit order).</summary>
     private protected long GradientFrontier(int segment) => _frontier[segment];
 
-    /// <summary>The norm scope of the optimizer: the model's (tensor and pipeline parallel sums) when the model's layout is trained, else none.</summary>
-    private protected GradientNormScope? NormScope => ReferenceEquals(Trained, Model.Layout) ? GradientNormScope.For(Model) : null;
+    /// <summary>The norm scope of the optimizer: the model's (tensor and pipeline parallel sums), or the LoRA adapters' (their tensor-parallel split).</summary>
+    private protected GradientNormScope? NormScope => GradientNormScope.For(Model, Trained);
 
     /// <summary>
     /// Expert parallelism is proven with plain data parallelism only: its expert parameters differ between the ranks of an
