@@ -53,9 +53,10 @@ public sealed class LoraTensorParallelTests : IDisposable
         }).ToList();
     }
 
-    private static TrainerOptions Options(int batch, int steps = Steps) => new()
+    private static TrainerOptions Options(int batch, int steps = Steps, int accumulation = 1) => new()
     {
         BatchSize = batch, SequenceLength = T, Steps = steps, LearningRate = 1e-2, WarmupSteps = 1, Seed = Seed, EvalEvery = 0, LogEvery = 1, CheckpointEvery = 0,
+        GradientAccumulationSteps = accumulation,
     };
 
     internal static string[] Targets(string preset) => preset switch
@@ -93,10 +94,10 @@ public sealed class LoraTensorParallelTests : IDisposable
         return ([.. losses], [.. norms]);
     }
 
-    private Run OneDevice(string preset, int batch, double dropout, string name, int steps = Steps, string? restore = null)
+    private Run OneDevice(string preset, int batch, double dropout, string name, int steps = Steps, string? restore = null, int accumulation = 1)
     {
         var model = Model(new CpuBackend(2), preset, null, dropout);
-        var trainer = new Trainer(model, SingleDevice.For(model, AdamW), new ChatExampleLoader(Examples(), batch, T), null, Options(batch, steps));
+        var trainer = new Trainer(model, SingleDevice.For(model, AdamW), new ChatExampleLoader(Examples(), batch, T), null, Options(batch, steps, accumulation));
         if (restore is not null) LoraCheckpoint.Restore(restore, trainer, model.Adapters!);
         var (losses, norms) = Train(trainer, steps);
         var dir = LoraCheckpoint.Save(new CheckpointStore(Path.Combine(_dir, name)), trainer, model.Adapters!, "base-model", "byte");
@@ -109,7 +110,7 @@ public sealed class LoraTensorParallelTests : IDisposable
     /// when given; saves a checkpoint (collective, rank 0 writes). Returns rank 0's losses and norms (every rank's are checked equal).
     /// </summary>
     private Run Ranks(string preset, int tp, int dp, bool sequenceParallel, ZeroStage stage, double dropout, string name,
-        int steps = Steps, int? to = null, string? restore = null)
+        int steps = Steps, int? to = null, string? restore = null, int accumulation = 1)
     {
         var mesh = new DeviceMesh(dp: dp, tp: tp);
         string store = Path.Combine(_dir, name);
@@ -121,7 +122,7 @@ public sealed class LoraTensorParallelTests : IDisposable
             IDataParallelism strategy = dp == 1
                 ? SingleDevice.For(model, AdamW)
                 : DataParallelism.Create(model, groups.Dp, new DataParallelOptions { Stage = stage, BucketElements = 300, PoisonReleasedParameters = true }, AdamW);
-            var trainer = new Trainer(model, strategy, new ChatExampleLoader(Examples(), B, T, groups.Coordinate.Dp, dp), null, Options(B, steps));
+            var trainer = new Trainer(model, strategy, new ChatExampleLoader(Examples(), B, T, groups.Coordinate.Dp, dp), null, Options(B, steps, accumulation));
             if (restore is not null) LoraCheckpoint.Restore(restore, trainer, model.Adapters!);
             var (losses, norms) = Train(trainer, to ?? steps);
             var dir = LoraCheckpoint.Save(new CheckpointStore(store), trainer, model.Adapters!, "base-model", "byte");
@@ -185,6 +186,22 @@ public sealed class LoraTensorParallelTests : IDisposable
         var start = Model(new CpuBackend(1), preset, null, dropout).Adapters!;
         var trained = Tensors(Path.Combine(single.Checkpoint, LoraCheckpoint.StateFile));
         Assert.All(start.Layout.Parameters, p => Assert.True(NumericAssert.MaxRelativeError(start.Read(p), trained["value/" + p.Name].Values) > 1e-4, $"{p.Name} did not train"));
+    }
+
+    /// <summary>
+    /// Two accumulated micro-batches a step: the partial factors are summed over tp once, on the step's last micro-batch (ZeRO-3
+    /// reduces every micro-batch, and so does the tp sum then), and the step equals one device's with the same micro-batches.
+    /// </summary>
+    [Theory]
+    [InlineData(1, ZeroStage.None)]
+    [InlineData(2, ZeroStage.Parameters)]
+    public void AccumulatedMicroBatchesSumThePartialFactorsOnceAStep(int dp, ZeroStage stage)
+    {
+        var single = OneDevice("llama-debug", dp * B, 0.0, "one", accumulation: 2);
+        var split = Ranks("llama-debug", 2, dp, sequenceParallel: true, stage, 0.0, "split", accumulation: 2);
+        NumericAssert.Close(single.Losses, split.Losses, Tolerance, "losses with accumulation");
+        NumericAssert.Close(single.Norms, split.Norms, Tolerance, "gradient norms with accumulation");
+        AssertSameTensors(Path.Combine(single.Checkpoint, LoraCheckpoint.StateFile), Path.Combine(split.Checkpoint, LoraCheckpoint.StateFile), Tolerance, "lora_state with accumulation");
     }
 
     [Theory]
