@@ -224,6 +224,40 @@ public sealed class LoraTensorParallelTests : IDisposable
         AssertSameTensors(Path.Combine(whole.Checkpoint, LoraCheckpoint.StateFile), Path.Combine(onOne.Checkpoint, LoraCheckpoint.StateFile), Tolerance, "resumed on one device");
     }
 
+    /// <summary>
+    /// --adapter under tp: a one-device PEFT adapter loads into a tp 2 model as each rank's share of its tensors (bit for bit: F32 on
+    /// file into an F64 arena), while writing a split layout straight to a PEFT directory is refused (a rank holds only its share).
+    /// </summary>
+    [Fact]
+    public void APeftAdapterLoadsAsEachRanksShareAndASplitLayoutIsNotSavedWhole()
+    {
+        var single = OneDevice("phi3-debug", B, 0.0, "one", steps: 1);
+        var file = Tensors(Path.Combine(single.Checkpoint, PeftAdapter.WeightsFile));
+        var results = ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            using var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var model = Model(ctx.Backend, "phi3-debug", new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory), 0.0);
+            PeftAdapter.Load(single.Checkpoint, model.Adapters!);
+            var refusal = Assert.Throws<InvalidOperationException>(() => PeftAdapter.Save(Path.Combine(_dir, $"split-{ctx.Rank}"), model.Adapters!, null)).Message;
+            // Each adapter's local values against its file tensor (phi3's gate_up_proj: one A shared, B the gate's rows then the up's).
+            var checks = model.Adapters!.Layers.SelectMany(l => l.Parts.SelectMany(part => new[]
+            {
+                (part.A, Global: file[LoraTargets.PeftName(part, l.Name, isA: true)].Values),
+                (part.B, Global: Rows(file[LoraTargets.PeftName(part, l.Name, isA: false)].Values, l.Name)),
+            })).Select(c => (c.Item1.Name, Expected: c.Item1.LocalValues(c.Global), Actual: model.Adapters.Read(c.Item1))).ToArray();
+            return (checks, refusal);
+        }, TimeSpan.FromSeconds(60));
+        foreach (var (checks, refusal) in results)
+        {
+            Assert.Contains("split over tensor-parallel ranks", refusal);
+            Assert.All(checks, c => Assert.True(c.Expected.SequenceEqual(c.Actual), $"{c.Name}: not this rank's share of the file's tensor"));
+        }
+
+        static double[] Rows(double[] b, string layer) =>
+            layer.EndsWith("mlp.gate", StringComparison.Ordinal) ? b.AsSpan(0, b.Length / 2).ToArray()
+            : layer.EndsWith("mlp.up", StringComparison.Ordinal) ? b.AsSpan(b.Length / 2).ToArray() : b;
+    }
+
     [Fact]
     public void ATensorParallelMixtureOfExpertsStillRefusesLora()
     {
