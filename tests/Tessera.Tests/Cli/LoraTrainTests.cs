@@ -87,6 +87,11 @@ public sealed class LoraTrainTests : IDisposable
         HuggingFaceExport.Write(model, baseModel, new HuggingFaceExportOptions { Tokenizer = new ByteTokenizer() });
         var data = Chat(Conversations);
         var output = Path.Combine(_dir, "moe-run");
+        var (refused, _, why) = CliProcess.Run("train", "--model", model, "--data", data, "--lora", "4", "--tp", "2", "--steps", "1", "--out", output, "--threads", "1");
+        Assert.Equal(2, refused);                                                // tensor-parallel LoRA covers dense models
+        Assert.Contains("--lora with --tp 2", why);
+        Assert.Contains("is a mixture of experts", why);
+        Assert.False(Directory.Exists(output));
         var (code, stdout, stderr) = CliProcess.Run("train", "--model", model, "--data", data, "--lora", "4", "--lora-targets", "q,gate,up,down,router",
             "--steps", "3", "--batch", "2", "--seq", "96", "--lr", "1e-2", "--warmup", "0", "--log-every", "1", "--out", output, "--threads", "1");
         Assert.True(code == 0, stdout + stderr);
