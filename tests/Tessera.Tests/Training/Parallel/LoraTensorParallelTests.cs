@@ -67,10 +67,10 @@ public sealed class LoraTensorParallelTests : IDisposable
     };
 
     /// <summary>A LoRA model over a frozen F64 base, split over <paramref name="tensor"/> when given: every rank holds its share of one device's values.</summary>
-    private static Transformer Model(IBackend backend, string preset, TensorParallelism? tensor, double dropout)
+    private static Transformer Model(IBackend backend, string preset, TensorParallelism? tensor, double dropout, string[]? targets = null)
     {
         var config = ModelPresets.Get(preset);
-        var lora = new LoraOptions { Rank = 4, Alpha = 8, Dropout = dropout, Seed = Seed, Targets = LoraTargets.Parse(config, Targets(preset)) };
+        var lora = new LoraOptions { Rank = 4, Alpha = 8, Dropout = dropout, Seed = Seed, Targets = LoraTargets.Parse(config, targets ?? Targets(preset)) };
         var model = new Transformer(config, backend, DType.F64, ArenaStorage.Frozen, tensorParallelism: tensor, lora: lora);
         model.InitializeWeights(Seed);
         var rng = new Random(Seed + 1);
@@ -222,6 +222,34 @@ public sealed class LoraTensorParallelTests : IDisposable
         var onOne = OneDevice("llama-debug", B, dropout, "one", total, restore: first.Checkpoint);
         NumericAssert.Close(rest.Losses, onOne.Losses, Tolerance, "tp 2 checkpoint resumed on one device: losses");
         AssertSameTensors(Path.Combine(whole.Checkpoint, LoraCheckpoint.StateFile), Path.Combine(onOne.Checkpoint, LoraCheckpoint.StateFile), Tolerance, "resumed on one device");
+    }
+
+    /// <summary>
+    /// The collectives an adapter adds on the tensor-parallel group per step, with and without SP: one all-reduce of its partial
+    /// factor (A over the column-parallel q, B over the row-parallel o and down; nothing in the forward, the row-parallel term
+    /// riding the layer's own reduction), counted as the difference between two target sets over the same frozen base.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EachAdaptedLayerAddsOneTensorParallelAllReduceAStep(bool sequenceParallel)
+    {
+        long[] PerStep(string[] targets) => ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            using var groups = new DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var model = Model(ctx.Backend, "llama-debug", new TensorParallelism(groups.Tp, ParallelPlan.Megatron(sequenceParallel), ctx.Factory), 0.0, targets);
+            var trainer = new Trainer(model, SingleDevice.For(model, AdamW), new ChatExampleLoader(Examples(), B, T), null, Options(B));
+            trainer.TrainStep();
+            long allReduces = groups.Tp.Count(Tessera.Distributed.CollectiveKind.AllReduce), all = groups.Tp.CollectiveCount;
+            trainer.TrainStep();
+            return new[] { groups.Tp.Count(Tessera.Distributed.CollectiveKind.AllReduce) - allReduces, groups.Tp.CollectiveCount - all };
+        }, TimeSpan.FromSeconds(60))[0];
+        var q = PerStep(["q"]);
+        var qo = PerStep(["q", "o"]);
+        var qoDown = PerStep(["q", "o", "down"]);
+        int layers = ModelPresets.Get("llama-debug").Layers;
+        Assert.Equal(new[] { q[0] + layers, q[1] + layers }, qo);               // o's B: one all-reduce a block, nothing else
+        Assert.Equal(new[] { qo[0] + layers, qo[1] + layers }, qoDown);          // down's B likewise
     }
 
     /// <summary>
