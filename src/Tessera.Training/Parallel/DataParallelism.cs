@@ -78,7 +78,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <summary>The model this rank trains.</summary>
     public Transformer Model { get; }
 
-    /// <summary>The parameters trained: the model's layout, or the LoRA adapters' (the model's base then stays frozen and replicated).</summary>
+    /// <summary>The parameters trained: the model's layout, or the LoRA adapters' (the model's base then stays frozen and replicated over dp;
+    /// under tensor parallelism each tp rank's share of the adapters, sharded over its dp group).</summary>
     public ParameterLayout Trained { get; }
 
     /// <summary>The trained layout's unit that model unit <paramref name="segment"/> (a pass-hook segment) holds, or -1 when it holds none.</summary>

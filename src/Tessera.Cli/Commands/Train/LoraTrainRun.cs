@@ -19,7 +19,7 @@ namespace Tessera.Cli.Commands.Train;
 /// <summary>
 /// <c>tessera train --model HF_DIR --data chat.jsonl --lora R</c>: supervised fine-tuning of LoRA adapters on a frozen Hugging
 /// Face model, on one device, on CPU thread ranks (--ranks N) or on launched GPU ranks, with data parallelism or ZeRO 1-3 over
-/// the adapters (--zero S); <c>--resume</c> continues a stopped run from its latest checkpoint bit for bit. Everything is read
+/// the adapters (--zero S) and tensor parallelism (--tp N, --sp: the base and the adapters split over each tp group); <c>--resume</c> continues a stopped run from its latest checkpoint bit for bit. Everything is read
 /// and checked (options, model, targets, every chat line, a starting adapter or the checkpoint) before the run directory is
 /// touched. Checkpoints (<see cref="LoraCheckpoint"/>) go to OUT/checkpoints every --checkpoint-every steps, at the end and on a
 /// stop, and OUT/adapter holds the latest adapter in PEFT's layout.
