@@ -17,6 +17,7 @@ public sealed class LayerFactory
 {
     private readonly List<PartialGradient> _partials = [];
     private readonly List<LoraLinear> _adapted = [];
+    private readonly List<PartialGradient> _adapterPartials = [];
 
     /// <summary>
     /// A factory declaring into <paramref name="parameters"/>, for one device or, with <paramref name="tensorParallelism"/>, one
@@ -208,8 +209,6 @@ public sealed class LayerFactory
         _adapted.Add(adapted);
         return adapted;
     }
-
-    private readonly List<PartialGradient> _adapterPartials = [];
 
     /// <summary>
     /// The adapter parameters whose gradients each tensor-parallel rank computes only in part (A over column-parallel layers,

@@ -16,7 +16,7 @@ namespace Tessera.Training.Parallel;
 /// <para>
 /// What is trained is a parameter layout, <see cref="Trained"/>: the model's own, or another layout whose units are named after
 /// units of the model and follow their order (a LoRA model's adapters: a unit per adapted block, beside the model's frozen arena,
-/// which every rank holds whole and never communicates). The model's pass hooks number the model's units; each is mapped to the
+/// which every data-parallel rank holds, whole or as its tensor-parallel slices, and never communicates). The model's pass hooks number the model's units; each is mapped to the
 /// trained layout's unit of the same name (or to none), so buckets, gathers and reduce-scatters follow the same pass order.
 /// </para>
 /// </summary>
