@@ -126,12 +126,17 @@ public sealed class LoraTensorParallelTests : IDisposable
             if (restore is not null) LoraCheckpoint.Restore(restore, trainer, model.Adapters!);
             var (losses, norms) = Train(trainer, to ?? steps);
             var dir = LoraCheckpoint.Save(new CheckpointStore(store), trainer, model.Adapters!, "base-model", "byte");
-            return (losses, norms, dir);
+            // The replicated factors (A over column-parallel layers, B over row-parallel ones), which only rank 0's copy of is saved.
+            var replicated = dp == 1
+                ? model.Adapters!.Layout.Parameters.Where(p => p.Placement.IsReplicated).SelectMany(p => model.Adapters.Read(p)).ToArray()
+                : [];
+            return (losses, norms, dir, replicated);
         }, TimeSpan.FromSeconds(120));
         foreach (var r in ranks)
         {
             Assert.Equal(ranks[0].losses, r.losses);
             Assert.Equal(ranks[0].norms, r.norms);
+            Assert.True(ranks[0].replicated.SequenceEqual(r.replicated), "a replicated adapter factor differs between tensor-parallel ranks");
         }
         return new Run(ranks[0].losses, ranks[0].norms, ranks[0].dir);
     }
