@@ -30,9 +30,10 @@ public sealed class SingleDevice : IDataParallelism
     public static SingleDevice For(Models.Transformer model, AdamWOptions options)
     {
         ArgumentNullException.ThrowIfNull(model);
-        // A LoRA model over a frozen base trains its adapters' arena (LoRA is not split over tensor or pipeline ranks).
+        // A LoRA model over a frozen base trains its adapters' arena: on a tensor-parallel rank its share of the adapters,
+        // whose norm counts each global element once over the tp group.
         if (!ReferenceEquals(model.TrainableLayout, model.Layout))
-            return new SingleDevice(model.Adapters!.Arena, new AdamWOptimizer(model.Adapters.Arena, options));
+            return new SingleDevice(model.Adapters!.Arena, new AdamWOptimizer(model.Adapters.Arena, options, GradientNormScope.For(model, model.Adapters.Layout)));
         return new SingleDevice(model.Parameters, new AdamWOptimizer(model.Parameters, options, GradientNormScope.For(model)));
     }
 

@@ -87,7 +87,7 @@ public sealed class Trainer
         // The trainer checks token ids on its host arrays (CheckIds), so the model need not read them back from the
         // device: on a GPU that read is a synchronization per forward, which would stall overlapped reductions.
         model.ValidateInputs = false;
-        if (model.Layers.PartialGradients.Count > 0) _partialGradients = new TensorParallelGradients(model, parallelism.ReducesEveryMicroBatch);
+        if (TensorParallelGradients.Needed(model)) _partialGradients = new TensorParallelGradients(model, parallelism.ReducesEveryMicroBatch);
         // Last: the pipeline wraps every pass hook installed so far (it decides when a unit's gradient is complete).
         if (pp is not null) _pipeline = new PipelineRunner(model, parallelism, pipelineSchedule, options);
     }

@@ -26,6 +26,9 @@ public static class PeftAdapter
     {
         ArgumentException.ThrowIfNullOrEmpty(directory);
         ArgumentNullException.ThrowIfNull(adapters);
+        if (adapters.Layout.Parameters.FirstOrDefault(p => p.Shape != p.GlobalShape) is { } split)
+            throw new InvalidOperationException($"LoRA: {split.Name} is split over tensor-parallel ranks ({split.Shape} of {split.GlobalShape}); " +
+                "a rank holds only its share: write the whole adapter from values gathered from the ranks (WriteFiles, as LoraCheckpoint.Save does)");
         string full = Path.GetFullPath(directory).TrimEnd(Path.DirectorySeparatorChar);
         string temporary = Path.Combine(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.tmp-{Guid.NewGuid():N}");
         Directory.CreateDirectory(temporary);
@@ -45,7 +48,8 @@ public static class PeftAdapter
     /// <summary>
     /// Writes adapter_config.json and adapter_model.safetensors of <paramref name="adapters"/> into the existing directory
     /// <paramref name="directory"/>, each adapter's values read by <paramref name="read"/> (F64, written as F32): the adapters'
-    /// own <see cref="LoraAdapters.Read"/>, or values gathered from the ranks of a sharded run.
+    /// own <see cref="LoraAdapters.Read"/> on one device, or the global tensors gathered from the ranks of a sharded or
+    /// tensor-parallel run: the tensors are written in their global shapes, the file one device writes.
     /// </summary>
     public static void WriteFiles(string directory, LoraAdapters adapters, string? baseModel, Func<Nn.Parameter, double[]> read)
     {
@@ -55,7 +59,7 @@ public static class PeftAdapter
         writer.Metadata["format"] = "pt";
         foreach (var m in Modules(adapters))
         {
-            writer.Add(m.AName, m.A.Shape, Array.ConvertAll(read(m.A), v => (float)v));
+            writer.Add(m.AName, m.A.GlobalShape, Array.ConvertAll(read(m.A), v => (float)v));
             writer.Add(m.BName, m.BShape, m.B.SelectMany(read).Select(v => (float)v).ToArray());   // the layers' B rows in order
         }
         var o = adapters.Options;
@@ -101,7 +105,7 @@ public static class PeftAdapter
         var expected = new List<(string Name, Shape Shape, IReadOnlyList<Nn.Parameter> Parameters)>();
         foreach (var m in Modules(adapters))
         {
-            expected.Add((m.AName, m.A.Shape, [m.A]));
+            expected.Add((m.AName, m.A.GlobalShape, [m.A]));
             expected.Add((m.BName, m.BShape, m.B));
         }
         foreach (var (name, shape, p) in expected)
@@ -120,8 +124,9 @@ public static class PeftAdapter
             long offset = 0;
             foreach (var p in parameters)                            // a fused module's B: each layer's rows in order
             {
-                adapters.Write(p, values.AsSpan((int)offset, (int)p.NumElements));
-                offset += p.NumElements;
+                long count = p.GlobalShape.NumElements;
+                adapters.Write(p, p.LocalValues(values.AsSpan((int)offset, (int)count).ToArray()));   // a tensor-parallel rank's share
+                offset += count;
             }
         }
     }
@@ -132,7 +137,7 @@ public static class PeftAdapter
     /// </summary>
     private sealed record Module(string AName, string BName, Nn.Parameter A, IReadOnlyList<Nn.Parameter> B)
     {
-        public Shape BShape => new(B.Sum(b => b.Shape[0]), A.Shape[0]);
+        public Shape BShape => new(B.Sum(b => b.GlobalShape[0]), A.GlobalShape[0]);
     }
 
     /// <summary>The adapters grouped by PEFT module name (parts of layers the checkpoint fuses share one name and one A), in layer order.</summary>

@@ -61,24 +61,26 @@ public sealed class LoraAdapters
     /// <summary>
     /// PEFT's initialization (<c>init_lora_weights=True</c>), deterministic for <paramref name="seed"/>: each A Kaiming-uniform
     /// with a = sqrt(5) (torch.nn.Linear's default), that is U(-1/sqrt(in), 1/sqrt(in)); each B zero, so the adapted model
-    /// starts equal to the base. Drawn in F64 on the host in declaration order; writes the masters, then the values.
+    /// starts equal to the base. Drawn in F64 on the host in declaration order, each whole (global) tensor, of which a
+    /// tensor-parallel rank keeps its share: every layout holds the values of one device's initialization. Writes the masters,
+    /// then the values.
     /// </summary>
     public void Initialize(int seed)
     {
         var rng = new Random(seed);
         foreach (var p in Layout.Parameters)
         {
-            var values = new double[p.NumElements];
+            var values = new double[p.GlobalShape.NumElements];
             if (p.Name.EndsWith(".lora_A", StringComparison.Ordinal))
             {
-                double bound = 1.0 / Math.Sqrt(p.Shape[1]);
+                double bound = 1.0 / Math.Sqrt(p.GlobalShape[1]);
                 for (int i = 0; i < values.Length; i++) values[i] = (2 * rng.NextDouble() - 1) * bound;
             }
-            Write(p, values);
+            Write(p, p.LocalValues(values));
         }
     }
 
-    /// <summary>Writes host values (F64) into <paramref name="parameter"/>'s master (or value) and its value.</summary>
+    /// <summary>Writes host values (F64: this rank's local tensor) into <paramref name="parameter"/>'s master (or value) and its value.</summary>
     public void Write(Parameter parameter, ReadOnlySpan<double> values)
     {
         ArgumentNullException.ThrowIfNull(parameter);
@@ -98,7 +100,7 @@ public sealed class LoraAdapters
         if (parameter.Master is not null) backend.Copy(parameter.Master, parameter.Value);
     }
 
-    /// <summary>Reads <paramref name="parameter"/>'s authoritative values (the F32 master under mixed precision) to the host, in F64.</summary>
+    /// <summary>Reads <paramref name="parameter"/>'s authoritative values (the F32 master under mixed precision) to the host, in F64: this rank's local tensor.</summary>
     public double[] Read(Parameter parameter)
     {
         ArgumentNullException.ThrowIfNull(parameter);

@@ -1,4 +1,5 @@
 using Tessera.Nn.Layers;
+using Tessera.Nn.Parallel;
 using Tessera.Tensors;
 
 namespace Tessera.Nn.Adapters;
@@ -13,9 +14,23 @@ namespace Tessera.Nn.Adapters;
 /// Backward, from dy (N, out) and dy_p its rows of part p: dx = dy W (+ Σ_p (dh_p A_p) ⊙ mask), dh_p = s · dy_p B_p (N, r),
 /// dB_p += s · dy_p^T h_p with h_p = dropout(x) A_p^T (N, r) saved by the forward, dA_p += dh_p^T dropout(x).
 /// </para>
+/// <para>
+/// Under tensor parallelism the same code runs on each rank's share (cut by the <see cref="LayerFactory"/> as the base weight
+/// is). Over a column-parallel layer x is whole, A replicated and B the rank's rows: y's local rows are exact, and dh_p (hence
+/// dA) is the rank's part of a sum over the ranks, which the trainer all-reduces (dx is partial anyway, reduced by the
+/// sub-layer's input region). Over a <see cref="RowParallelLinear"/> x is the rank's input columns and A its columns of A, so
+/// h_r = x_r A_r^T is a part of h = sum_r h_r; since the term s h B^T is linear in h, each rank adds s h_r B^T into its partial
+/// output before the layer's own all-reduce (or reduce-scatter) sums the ranks: no collective of its own. Backward reads the
+/// whole dy (gathered under sequence parallelism as the base's), so dh = s dy B is whole, dA_r = dh^T x_r is exactly the
+/// rank's columns and dx_r its slice, while dB = s dy^T h_r is the rank's part, all-reduced by the trainer. A row-parallel
+/// layer's dropout mask is the rank's columns of the mask one device draws (the whole (N, in) mask is drawn on every rank from
+/// the same stream), a column-parallel one's the whole mask: every rank drops what one device would.
+/// </para>
 /// </summary>
-public sealed class LoraLinear : Linear
+public sealed class LoraLinear : Linear, IPartialOutputTerm
 {
+    private readonly RowParallelLinear? _rowParallel;               // the base when its input columns are split, or null
+    private readonly int _globalIn, _inStart;                        // the whole input's features, and this rank's first
     private readonly ActivationKey[] _hidden;                       // per part: h_p (N, r)
     private readonly ActivationKey _mask, _dropped, _dHidden, _dDropped;
     private readonly int _dropoutSeed;
@@ -27,8 +42,11 @@ public sealed class LoraLinear : Linear
     {
         ArgumentNullException.ThrowIfNull(parts);
         ArgumentNullException.ThrowIfNull(options);
-        if (layer.GetType() != typeof(Linear))
-            throw new NotSupportedException($"{layer.Name}: LoRA adapts plain linear layers; this one is a {layer.GetType().Name} (tensor-parallel layers are not adapted)");
+        _rowParallel = layer as RowParallelLinear;
+        if (layer.GetType() != typeof(Linear) && _rowParallel is null)
+            throw new NotSupportedException($"{layer.Name}: LoRA adapts plain, column-parallel and row-parallel linear layers; this one is a {layer.GetType().Name}");
+        _globalIn = layer.Weight.GlobalShape[1];
+        _inStart = _rowParallel is null ? 0 : layer.Weight.Placement.LocalRanges(_globalIn, layer.Weight.ShardIndex, layer.Weight.ShardCount)[0].Start;
         if (parts.Count == 0) throw new ArgumentException($"{layer.Name}: a LoRA layer needs at least one adapter");
         foreach (var p in parts)
         {
@@ -47,6 +65,7 @@ public sealed class LoraLinear : Linear
         _dropped = new ActivationKey(Name + ".lora.x");
         _dHidden = new ActivationKey(Name + ".lora.dh");
         _dDropped = new ActivationKey(Name + ".lora.dx");
+        if (_rowParallel is not null) _rowParallel.PartialOutputTerm = this;
     }
 
     /// <summary>The seed of this layer's dropout masks (a layer sharing another's A draws that layer's masks: the same seed).</summary>
@@ -84,21 +103,42 @@ public sealed class LoraLinear : Linear
     /// <inheritdoc/>
     public override Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
+        if (_rowParallel is not null) return _rowParallel.Forward(ctx, x, residual);   // adds the low-rank term to its partial output (AddTo)
         var y = base.Forward(ctx, x, residual);                     // (N, out) = x W^T + b (+ residual); saves x
         if (!Merged) AddLowRank(ctx, x, y);
         return y;
     }
 
     /// <inheritdoc/>
-    public override Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm) =>
-        Merged ? base.ForwardNormalized(ctx, x, norm) : Forward(ctx, norm.Forward(ctx, x));
+    public override Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm)
+    {
+        if (_rowParallel is not null) return _rowParallel.ForwardNormalized(ctx, x, norm);
+        return Merged ? base.ForwardNormalized(ctx, x, norm) : Forward(ctx, norm.Forward(ctx, x));
+    }
 
     /// <inheritdoc/>
     public override void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
     {
+        if (_rowParallel is not null)
+        {
+            _rowParallel.ForwardAccumulate(ctx, x, residual);        // adds the low-rank term to its partial output (AddTo)
+            return;
+        }
         base.ForwardAccumulate(ctx, x, residual);                   // residual (N, out) += x W^T + b
         if (!Merged) AddLowRank(ctx, x, residual);
     }
+
+    /// <summary>
+    /// Row-parallel: this rank's partial output (N, out) += s · dropout(x_r) A_r^T B^T before the layer's reduction sums the
+    /// ranks (exact: the term is linear in h = sum_r x_r A_r^T).
+    /// </summary>
+    void IPartialOutputTerm.AddTo(in PassContext ctx, Tensor x, Tensor partial)
+    {
+        if (!Merged) AddLowRank(ctx, x, partial);
+    }
+
+    /// <inheritdoc/>
+    public override bool TakesBiasGradientFromOutputGradientSums => _rowParallel is null && base.TakesBiasGradientFromOutputGradientSums;
 
     /// <summary>
     /// GPT-2's MLP up projection: <paramref name="preActivation"/> (N, out) = x W^T + b + s dropout(x) A^T B^T, then y = GELU of
@@ -106,6 +146,7 @@ public sealed class LoraLinear : Linear
     /// </summary>
     public override Tensor ForwardGelu(in PassContext ctx, Tensor x, Tensor preActivation)
     {
+        if (_rowParallel is not null) return _rowParallel.ForwardGelu(ctx, x, preActivation);
         if (Merged) return base.ForwardGelu(ctx, x, preActivation);
         CheckInput(x);
         var backend = x.Backend;
@@ -153,6 +194,8 @@ public sealed class LoraLinear : Linear
             throw new ArgumentException($"{Name}: the GELU gradient is applied to dx, so it needs dx and no accumulation");
         if (preActivationBiasGradient is not null && geluPreActivation is null)
             throw new ArgumentException($"{Name}: a pre-activation's bias gradient is taken from the GELU gradient, so it needs geluPreActivation");
+        // Row-parallel: the whole output gradient (all-gathered under sequence parallelism, as the base layer's own backward does).
+        if (_rowParallel is not null) dy = _rowParallel.OutputGradient(ctx, dy);
         // With a GELU in front (GPT-2's MLP projection), dx = (dy W + the low-rank terms) * GELU'(h): the base product cannot
         // apply GELU' (cuBLASLt's DGELU epilogue) before the low-rank terms are in, so it is applied last.
         base.Backward(ctx, dy, dx, accumulateDx, biasGradientTaken: biasGradientTaken);   // dx = dy W (or +=); dW only when W is trained
@@ -223,14 +266,23 @@ public sealed class LoraLinear : Linear
     }
 
     /// <summary>The next mask of 0 and 1 / (1 - p) from this layer's stream (host-drawn: seeded and backend-independent).</summary>
+    /// <remarks>
+    /// A row-parallel rank's x holds its input columns [in_start, in_start + in): it draws the whole (N, in_global) mask one device
+    /// would, from the same stream, and keeps its columns, so the ranks together drop exactly what one device drops.
+    /// </remarks>
     private void FillMask(Tensor mask)
     {
         long count = mask.NumElements;
-        if (_hostMask.Length < count) _hostMask = new double[count];
+        int rows = mask.Size(0), columns = mask.Size(1);
+        long drawn = (long)rows * _globalIn;
+        if (_hostMask.Length < drawn) _hostMask = new double[drawn];
         double keep = 1.0 / (1.0 - Dropout);
         var random = new Random(unchecked((int)SplitMix64.Next(((ulong)(uint)_dropoutSeed << 32) ^ (ulong)MasksDrawn)));   // (seed, mask index) spread over the seeds
         MasksDrawn++;
-        for (long i = 0; i < count; i++) _hostMask[i] = random.NextDouble() < Dropout ? 0.0 : keep;
+        for (long i = 0; i < drawn; i++) _hostMask[i] = random.NextDouble() < Dropout ? 0.0 : keep;
+        if (columns != _globalIn)                                    // this rank's columns, packed in place (row i's start never passes its source)
+            for (int i = 0; i < rows; i++)
+                Array.Copy(_hostMask, (long)i * _globalIn + _inStart, _hostMask, (long)i * columns, columns);
         var values = _hostMask.AsSpan(0, (int)count);
         var backend = mask.Backend;
         switch (mask.DType)

@@ -70,10 +70,6 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
         int local = ExpertParallelism?.LocalExperts(experts, name) ?? experts;
         FirstExpert = ExpertParallelism is null ? 0 : ExpertParallelism.Rank * local;
         Router = layers.Linear(name + ".router", channels, experts, bias: false);
-        // The experts' adapters are refused under tensor parallelism by the layer factory (their layers are split); the router
-        // is replicated, and its adapter is refused here so that no LoRA reaches a tensor-parallel mixture of experts.
-        if (TensorParallelism is not null && Router is Adapters.LoraLinear)
-            throw new NotSupportedException($"LoRA: layer '{Router.Name}' is a tensor-parallel mixture of experts' router; adapters on a mixture of experts are built without --tp only");
         var list = new SwiGluMlp[local];
         for (int j = 0; j < local; j++)
         {
@@ -89,6 +85,12 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
             SharedExpert = new SwiGluMlp(layers, name + ".shared_expert", channels, sharedExpertHidden, bias: false);
             SharedExpertGate = layers.Linear(name + ".shared_expert_gate", channels, 1, bias: false);
         }
+        // Trained adapters on a tensor-parallel mixture of experts are not built (the experts' split products are the layer's
+        // own, not the column/row-parallel layers the adapters' cut is proven on): the factory refuses the row-parallel-unreduced
+        // projections, and any other adapted layer (router, gate, up, shared expert) is refused here.
+        if (TensorParallelism is not null && new[] { Router }.Concat(Experts.Concat(SharedExpert is null ? [] : [SharedExpert])
+                .SelectMany(e => new[] { e.Gate, e.Up, e.Projection })).FirstOrDefault(l => l is Adapters.LoraLinear) is { } adapted)
+            throw new NotSupportedException($"LoRA: layer '{adapted.Name}' is in a tensor-parallel mixture of experts; LoRA on a mixture of experts is trained without --tp only (tensor-parallel LoRA covers dense models)");
         // Served adapters (multi-LoRA) pick each row's adapter by its place in the step's rows; an expert runs a gathered subset
         // of them, so around each expert's products the batch's rows follow the gather (MultiLoraBatch.Gather, in Run). The
         // router and the shared expert read all the step's rows as they are. Under tensor or expert parallelism they are refused.

@@ -17,6 +17,7 @@ public sealed class LayerFactory
 {
     private readonly List<PartialGradient> _partials = [];
     private readonly List<LoraLinear> _adapted = [];
+    private readonly List<PartialGradient> _adapterPartials = [];
 
     /// <summary>
     /// A factory declaring into <paramref name="parameters"/>, for one device or, with <paramref name="tensorParallelism"/>, one
@@ -38,7 +39,7 @@ public sealed class LayerFactory
         ExpertParallelism = expertParallelism is { Size: > 1 } ? expertParallelism : null;
         TensorParallelism = tensorParallelism is { Size: > 1 } ? tensorParallelism : null;
         Lora = lora?.Validate();
-        if (Lora is not null) AdapterParameters = new ParameterLayoutBuilder();
+        if (Lora is not null) AdapterParameters = new ParameterLayoutBuilder(parameters.Mesh, parameters.Coordinate);
         if (Lora is not null && servedAdapters is not null)
             throw new ArgumentException("LayerFactory: adapters are either trained (lora) or served (servedAdapters), not both");
         ServedAdapters = servedAdapters;
@@ -99,22 +100,22 @@ public sealed class LayerFactory
     public Linear Linear(string name, int inFeatures, int outFeatures, bool bias, params ShardPart[] outputParts)
     {
         var style = StyleOf(name);
-        if (Lora is not null && style != ParallelStyle.Replicate && Lora.TargetsOf(name).Any())
-            throw new NotSupportedException($"LoRA: layer '{name}' is {style} under tensor parallelism; adapters are built for replicated layers only (train LoRA without --tp)");
         switch (style)
         {
             case ParallelStyle.ColumnParallel:
                 var placement = Placement.Shard(MeshAxis.Tp, 0, outputParts);
                 var column = new Linear(Parameters, name, inFeatures, outFeatures, bias, placement, placement);
                 RecordReplicas(column, outputParts);
-                return Served(name) ? new MultiLoraLinear(column, outputParts, ServedAdapters!) : column;
+                return Served(name) ? new MultiLoraLinear(column, outputParts, ServedAdapters!) : Adapt(column, outputParts);
             case ParallelStyle.RowParallel:
                 var row = new RowParallelLinear(Parameters, name, inFeatures, outFeatures, bias, TensorParallelism!);
-                return Served(name) ? new MultiLoraLinear(row, [], ServedAdapters!) : row;
+                return Served(name) ? new MultiLoraLinear(row, [], ServedAdapters!) : Adapt(row, outputParts);
             case ParallelStyle.RowParallelUnreduced:
                 // No bias: it would be added on every rank and then summed tp times (a reduced layer adds it on rank 0 only).
                 if (bias) throw new NotSupportedException($"parallel plan: layer '{name}' is {style} (its partial sums reduced by the layer around it) and cannot have a bias");
                 if (Served(name)) throw new NotSupportedException($"served LoRA: layer '{name}' is {style}; adapters are not served on a mixture of experts' experts");
+                if (Lora is not null && Lora.TargetsOf(name).Any())
+                    throw new NotSupportedException($"LoRA: layer '{name}' is a tensor-parallel mixture of experts' expert ({style}); LoRA on a mixture of experts is trained without --tp only");
                 return new Linear(Parameters, name, inFeatures, outFeatures, bias: false, Placement.Shard(MeshAxis.Tp, 1));
             case ParallelStyle.Replicate:
                 var plain = new Linear(Parameters, name, inFeatures, outFeatures, bias);
@@ -131,24 +132,50 @@ public sealed class LayerFactory
     /// <see cref="AdapterParameters"/> as "{layer}.{target}.lora_A" (r, in) and "...lora_B" (rows, r); the layer itself when none match.
     /// Adapters go to a unit named after the model's unit of the layer ("blocks.3"), so a data-parallel strategy that trains
     /// them follows the model's pass order unit by unit (buckets, ZeRO-3's gathers); units without adapters have none.
+    /// <para>
+    /// Under tensor parallelism the adapters are cut as the base weight is (the cut served adapters use): over a column-parallel
+    /// layer (output rows split) A is replicated and B holds the rank's output rows of its part, dealt as the weight's rows are
+    /// (a fused QKV's heads part by part; key/value heads replicated over a block of ranks have their B rows on each replica);
+    /// over a <see cref="RowParallelLinear"/> (input columns split) A holds the rank's input columns and B is replicated. The
+    /// replicated factor's gradient is partial on each rank (column: dA = dh^T x with dh = s dy_p B_p summed over the ranks'
+    /// output rows; row: dB = s dy^T h with h = sum_r x_r A_r^T), so it is recorded in <see cref="AdapterPartialGradients"/>
+    /// and summed over the tensor-parallel group once per step, as a sequence-parallel norm's is.
+    /// </para>
     /// </summary>
     private Linear Adapt(Linear layer, ShardPart[] outputParts)
     {
         if (Lora is null) return layer;
+        var tp = TensorParallelism;
+        bool rowParallel = layer is RowParallelLinear;
+        bool columnParallel = !rowParallel && !layer.Weight.Placement.IsReplicated;
+        int globalIn = layer.Weight.GlobalShape[1];
         var parts = new List<LoraPart>();
         int dropoutSeed = unchecked(Lora.Seed * 1_000_003 + _adapted.Count);
         foreach (var target in Lora.TargetsOf(layer.Name))
         {
             if (Parameters.CurrentUnit is string unit && AdapterParameters!.CurrentUnit != unit) AdapterParameters.BeginUnit(unit);
-            int start = 0, rows = layer.OutFeatures;
+            // The adapter's rows of the global output, as parts dealt over the ranks: its part of a fused QKV, or all the layer's parts.
+            int globalOut = layer.Weight.GlobalShape[0];
+            ShardPart[] bParts;
             if (target.Part is int part)
             {
                 if (part < 0 || part >= outputParts.Length)
                     throw new ArgumentException($"LoRA target '{target.Name}': layer '{layer.Name}' has {outputParts.Length} output parts, not a part {part}");
-                start = outputParts.Take(part).Sum(q => q.Units * q.UnitSize);
-                rows = outputParts[part].Units * outputParts[part].UnitSize;
+                bParts = [outputParts[part]];
+            }
+            else bParts = outputParts.Length > 0 ? outputParts : [new ShardPart(globalOut, 1)];
+            int start = 0, rows = layer.OutFeatures, globalRows = bParts.Sum(q => q.Extent);
+            if (target.Part is int p0)
+            {
+                int ranks = columnParallel ? tp!.Size : 1;
+                start = outputParts.Take(p0).Sum(q => q.LocalUnits(ranks) * q.UnitSize);
+                rows = outputParts[p0].LocalUnits(ranks) * outputParts[p0].UnitSize;
             }
             string prefix = target.Part is null ? layer.Name : $"{layer.Name}.{target.Name}";
+            var aPlacement = rowParallel ? Placement.Shard(MeshAxis.Tp, 1)
+                : columnParallel ? Placement.ReplicatedWithPartialGradient(MeshAxis.Tp) : null;
+            var bPlacement = rowParallel ? Placement.ReplicatedWithPartialGradient(MeshAxis.Tp)
+                : columnParallel ? Placement.Shard(MeshAxis.Tp, 0, outputParts.Length > 0 ? bParts : []) : null;
             Parameter a;
             if (target.OwnerOf(layer.Name) is string ownerName)
             {
@@ -157,15 +184,24 @@ public sealed class LayerFactory
                 var owner = _adapted.LastOrDefault(l => l.Name == ownerName);
                 var ownerPart = owner?.Parts.FirstOrDefault(p => p.Target == target)
                     ?? throw new ArgumentException($"LoRA target '{target.Name}': layer '{layer.Name}' shares the A of '{ownerName}', which is not adapted by it before this layer");
-                if (ownerPart.A.Shape != new Shape(Lora.Rank, layer.InFeatures))
+                if (ownerPart.A.GlobalShape != new Shape(Lora.Rank, globalIn) || ownerPart.A.Shape != new Shape(Lora.Rank, layer.InFeatures) ||
+                    !ownerPart.A.Placement.Equals(aPlacement ?? Placement.Replicated))
                     throw new ArgumentException($"LoRA target '{target.Name}': layer '{layer.Name}' takes {layer.InFeatures} inputs but '{ownerName}' {ownerPart.A.Shape[1]}; they cannot share A");
                 if (Lora.TargetsOf(layer.Name).Count() != 1)
                     throw new ArgumentException($"LoRA target '{target.Name}': layer '{layer.Name}' shares '{ownerName}''s adapter and cannot take other targets");
                 a = ownerPart.A;
                 dropoutSeed = owner!.DropoutSeed;
             }
-            else a = AdapterParameters!.Declare(prefix + ".lora_A", new Shape(Lora.Rank, layer.InFeatures), weightDecay: true);
-            var b = AdapterParameters!.Declare(prefix + ".lora_B", new Shape(rows, Lora.Rank), weightDecay: true);
+            else
+            {
+                a = AdapterParameters!.Declare(prefix + ".lora_A", new Shape(Lora.Rank, globalIn), weightDecay: true, aPlacement);
+                if (columnParallel) AdapterPartial(a);
+            }
+            var b = AdapterParameters!.Declare(prefix + ".lora_B", new Shape(globalRows, Lora.Rank), weightDecay: true, bPlacement);
+            if (rowParallel) AdapterPartial(b);
+            if (columnParallel) RecordReplicas(b, bParts, Lora.Rank, _adapterPartials);
+            if (b.Shape != new Shape(rows, Lora.Rank))
+                throw new InvalidOperationException($"LoRA: {b.Name} holds {b.Shape} on this rank but its layer's rows of the part are {rows}");
             parts.Add(new LoraPart(target, start, rows, a, b));
         }
         if (parts.Count == 0) return layer;
@@ -173,6 +209,16 @@ public sealed class LayerFactory
         _adapted.Add(adapted);
         return adapted;
     }
+
+    /// <summary>
+    /// The adapter parameters whose gradients each tensor-parallel rank computes only in part (A over column-parallel layers,
+    /// B over row-parallel ones, the B rows of key/value heads replicated over a block of ranks), to be summed over their groups
+    /// once per step before the optimizer reads them. Empty without tensor parallelism or LoRA.
+    /// </summary>
+    public IReadOnlyList<PartialGradient> AdapterPartialGradients => _adapterPartials;
+
+    private void AdapterPartial(Parameter parameter) =>
+        _adapterPartials.Add(new PartialGradient(parameter, 0, parameter.NumElements, TensorParallelism!.Group));
 
     /// <summary>
     /// The adapters declared so far, allocated on <paramref name="backend"/> in <paramref name="dtype"/> (values zero); throws,
@@ -280,6 +326,17 @@ public sealed class LayerFactory
     /// <summary>Records the rows of every part whose units are replicated over a block of ranks (key/value heads narrower than tp).</summary>
     private void RecordReplicas(Linear column, ShardPart[] parts)
     {
+        RecordReplicas(column.Weight, parts, column.InFeatures, _partials);
+        if (column.Bias is not null) RecordReplicas(column.Bias, parts, 1, _partials);
+    }
+
+    /// <summary>
+    /// Records into <paramref name="partials"/> the rows of <paramref name="parameter"/> (sharded by rows in <paramref name="parts"/>,
+    /// <paramref name="inner"/> elements a row) whose units are replicated over a block of ranks: each replica's gradient of
+    /// them is partial (it saw its query heads only), summed over the block's replica group.
+    /// </summary>
+    private void RecordReplicas(Parameter parameter, ShardPart[] parts, long inner, List<PartialGradient> partials)
+    {
         int ranks = TensorParallelism!.Size;
         long rowOffset = 0;
         // Adjacent replicated parts of one group (the key and the value heads) are one range: one all-reduce.
@@ -304,8 +361,7 @@ public sealed class LayerFactory
         {
             if (r is not { } x) return;
             var group = TensorParallelism.ReplicaGroup(x.Units)!;
-            _partials.Add(new PartialGradient(column.Weight, x.Start * column.InFeatures, x.Rows * column.InFeatures, group));
-            if (column.Bias is not null) _partials.Add(new PartialGradient(column.Bias, x.Start, x.Rows, group));
+            partials.Add(new PartialGradient(parameter, x.Start * inner, x.Rows * inner, group));
         }
     }
 }

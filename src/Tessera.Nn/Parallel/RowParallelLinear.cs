@@ -34,7 +34,7 @@ public sealed class RowParallelLinear : Linear
     /// <summary>The tensor parallelism it belongs to.</summary>
     public TensorParallelism TensorParallelism { get; }
 
-    /// <summary>A term added to this rank's partial output before the reduction (served LoRA adapters), or null.</summary>
+    /// <summary>A term added to this rank's partial output before the reduction (LoRA adapters, served or trained), or null.</summary>
     internal IPartialOutputTerm? PartialOutputTerm { get; set; }
 
     /// <summary>
@@ -95,10 +95,21 @@ public sealed class RowParallelLinear : Linear
     public override void Backward(in PassContext ctx, Tensor dy, Tensor? dx, bool accumulateDx = false, Tensor? geluPreActivation = null,
         Tensor? preActivationBiasGradient = null, bool biasGradientTaken = false)
     {
+        var dPartial = OutputGradient(ctx, dy);
+        base.Backward(ctx, dPartial, dx, accumulateDx, geluPreActivation, preActivationBiasGradient, biasGradientTaken);
+    }
+
+    /// <summary>
+    /// The gradient of this rank's partial output (N, out) from dy, the gradient of its output: the output region's backward
+    /// (an all-gather of the rows under sequence parallelism, dy itself without). For a layer that wraps this one and reads it
+    /// (trained LoRA adapters over the row-parallel product).
+    /// </summary>
+    internal Tensor OutputGradient(in PassContext ctx, Tensor dy)
+    {
         var dPartial = TensorParallelism.SequenceParallel
             ? ctx.Scratch(_partialGrad, new Shape(dy.Size(0) * TensorParallelism.Size, dy.Size(1)), dy.DType)
             : dy;
         _output.Backward(ctx, dy, dPartial);
-        base.Backward(ctx, dPartial, dx, accumulateDx, geluPreActivation, preActivationBiasGradient, biasGradientTaken);
+        return dPartial;
     }
 }

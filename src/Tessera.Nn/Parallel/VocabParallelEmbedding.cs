@@ -60,6 +60,7 @@ public sealed class VocabParallelEmbedding : Embedding
 
     public override void Backward(in PassContext ctx, Tensor dy)
     {
+        if (!Weight.RequiresGradient) return;                       // a frozen table (LoRA's base): nothing to scatter, on every rank alike
         var full = TensorParallelism.SequenceParallel
             ? ctx.Scratch(_gatheredGrad, new Shape(dy.Size(0) * TensorParallelism.Size, dy.Size(1)), dy.DType)
             : dy;

@@ -17,8 +17,10 @@ namespace Tessera.Training.Checkpoints;
 /// "v/NAME" by canonical adapter name), and trainer_state.json with the step, the optimizer's step, the data position, the
 /// options, the model's configuration and the LoRA settings with the dropout's random state (<see cref="LoraState"/>). The
 /// frozen base is not written: it is the base model directory, named in the state. Under data parallelism or ZeRO the
-/// masters and moments are gathered to rank 0, which writes the whole adapters, so a checkpoint loads at any number of ranks
-/// and any stage; restoring puts each rank's part back where its strategy keeps it. A restored run continues bit for bit.
+/// masters and moments are gathered to rank 0, and under tensor parallelism each tp rank's share is gathered too, so rank 0
+/// writes the whole adapters (global shapes, the same file one device writes) and a checkpoint loads at any number of ranks,
+/// stage and tp; restoring puts each rank's part (its share of its tensor-parallel split) back where its strategy keeps it. A
+/// restored run continues bit for bit.
 /// </summary>
 public static class LoraCheckpoint
 {
@@ -37,21 +39,20 @@ public static class LoraCheckpoint
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(trainer);
         ArgumentNullException.ThrowIfNull(adapters);
-        var (values, m, v) = Gather(trainer, adapters);
+        var whole = Gather(trainer, adapters);
         string final = Path.Combine(store.Root, CheckpointStore.StepName(trainer.Step));
-        if (values is null) return final;                            // a rank other than 0: its part was gathered
+        if (whole is null) return final;                             // not the writing rank: its part was gathered
         var masterDType = adapters.Arena.MasterDType;
         store.Save(trainer.Step, dir =>
         {
-            PeftAdapter.WriteFiles(dir, adapters, baseModel, p => Slice(values, p));
+            PeftAdapter.WriteFiles(dir, adapters, baseModel, p => whole[p].Value);
             var writer = new SafetensorsWriter();
             writer.Metadata["format"] = "tessera-lora";
             foreach (var p in adapters.Layout.Parameters)
-                foreach (var (prefix, source) in new[] { ("value/", values), ("m/", m!), ("v/", v!) })
+                foreach (var (prefix, slice) in new[] { ("value/", whole[p].Value), ("m/", whole[p].M), ("v/", whole[p].V) })
                 {
-                    var slice = Slice(source, p);
-                    if (masterDType == DType.F64) writer.Add(prefix + p.Name, p.Shape, slice);
-                    else writer.Add(prefix + p.Name, p.Shape, Array.ConvertAll(slice, x => (float)x));
+                    if (masterDType == DType.F64) writer.Add(prefix + p.Name, p.GlobalShape, slice);
+                    else writer.Add(prefix + p.Name, p.GlobalShape, Array.ConvertAll(slice, x => (float)x));
                 }
             writer.Write(Path.Combine(dir, StateFile));
             var position = trainer.DataPosition;
@@ -64,7 +65,7 @@ public static class LoraCheckpoint
                 Lora = new LoraState
                 {
                     Rank = o.Rank, Alpha = o.Alpha, Dropout = o.Dropout, Targets = o.Targets.Select(t => t.Name).ToList(), BaseModel = baseModel,
-                    DataParallel = trainer.Parallelism.Group?.Size ?? 1, MasksDrawn = adapters.MasksDrawn,
+                    DataParallel = trainer.Parallelism.Group?.Size ?? 1, TensorParallel = trainer.Model.TensorParallelism?.Size ?? 1, MasksDrawn = adapters.MasksDrawn,
                     BaseQuantization = trainer.Model.Layout.Storage is Nn.Quantization.QuantizedParameterStorage q ? q.Format.ToString().ToLowerInvariant() : "none",
                 },
             };
@@ -96,8 +97,8 @@ public static class LoraCheckpoint
                 {
                     string name = prefix + p.Name;
                     if (!file.Contains(name)) throw new CheckpointException($"{path}: '{name}' is missing (this run's adapters have {p.Name})");
-                    if (file[name].Shape != p.Shape) throw new CheckpointException($"{path}: '{name}' is {file[name].Shape}; this run's adapter {p.Name} is {p.Shape}");
-                    tensors[(prefix, p)] = file.ReadAsDouble(name);
+                    if (file[name].Shape != p.GlobalShape) throw new CheckpointException($"{path}: '{name}' is {file[name].Shape}; this run's adapter {p.Name} is {p.GlobalShape}");
+                    tensors[(prefix, p)] = p.LocalValues(file.ReadAsDouble(name));   // this rank's share (all of it on one device)
                 }
             var extra = file.Tensors.Select(t => t.Name).Except(tensors.Keys.Select(k => k.Item1 + k.Item2.Name), StringComparer.Ordinal).FirstOrDefault();
             if (extra is not null) throw new CheckpointException($"{path}: '{extra}' is no adapter of this run (its targets or layers differ)");
@@ -141,10 +142,64 @@ public static class LoraCheckpoint
         return lora;
     }
 
-    private static double[] Slice(double[] whole, Parameter p) => whole.AsSpan((int)p.Offset, (int)p.NumElements).ToArray();
+    /// <summary>
+    /// The whole adapters' masters and moments (F64, each parameter's global tensor) on the writing rank (rank 0 of the data- and
+    /// tensor-parallel groups), null elsewhere. Collective: under data parallelism each tp rank's share is gathered to its dp rank 0
+    /// through the strategy's unit gathers; under tensor parallelism those dp ranks 0 (one tp group) then all-gather their shares,
+    /// and tp rank 0 puts each parameter together through its placement (a replicated factor from its own copy).
+    /// </summary>
+    private static Dictionary<Parameter, (double[] Value, double[] M, double[] V)>? Gather(Trainer trainer, LoraAdapters adapters)
+    {
+        var (values, m, v) = GatherLocal(trainer, adapters);
+        if (values is null) return null;                             // a dp rank other than 0
+        var tp = trainer.Model.TensorParallelism;
+        double[][] valueShares = [values], mShares = [m!], vShares = [v!];
+        if (tp is not null)
+        {
+            var backend = adapters.Arena.Backend;
+            var dtype = adapters.Arena.MasterDType;
+            valueShares = AllGather(tp.Group, backend, dtype, values);
+            mShares = AllGather(tp.Group, backend, dtype, m!);
+            vShares = AllGather(tp.Group, backend, dtype, v!);
+            if (tp.Rank != 0) return null;
+        }
+        var whole = new Dictionary<Parameter, (double[], double[], double[])>();
+        foreach (var p in adapters.Layout.Parameters)
+            whole[p] = (Assemble(p, valueShares), Assemble(p, mShares), Assemble(p, vShares));
+        return whole;
+    }
 
-    /// <summary>The whole adapters' masters and moments (F64, arena layout) on rank 0; nulls elsewhere. Collective under data parallelism.</summary>
-    private static (double[]? Values, double[]? M, double[]? V) Gather(Trainer trainer, LoraAdapters adapters)
+    /// <summary>Parameter <paramref name="p"/>'s global tensor from every tp rank's arena-laid-out share (index = tp rank).</summary>
+    private static double[] Assemble(Parameter p, double[][] shares)
+    {
+        if (p.Placement.IsReplicated || shares.Length == 1) return shares[0].AsSpan((int)p.Offset, (int)p.NumElements).ToArray();
+        var global = new double[p.GlobalShape.NumElements];
+        for (int rank = 0; rank < shares.Length; rank++)
+            p.Placement.ScatterToGlobal<double>(p.GlobalShape, rank, shares.Length, shares[rank].AsSpan((int)p.Offset, (int)p.NumElements), global);
+        return global;
+    }
+
+    /// <summary>Collective over <paramref name="group"/>: every rank's <paramref name="local"/> (the same length on each), index = rank; exact in <paramref name="dtype"/> (the master dtype the values were read from).</summary>
+    private static double[][] AllGather(Tessera.Distributed.ProcessGroup group, IBackend backend, DType dtype, double[] local)
+    {
+        var input = backend.Allocate(new Shape(local.Length), dtype);
+        var output = backend.Allocate(new Shape(local.Length * group.Size), dtype);
+        try
+        {
+            HostValues.Write(backend, local, input);
+            group.AllGather(input, output).Wait();
+            var all = Read(backend, output);
+            return Enumerable.Range(0, group.Size).Select(r => all.AsSpan(r * local.Length, local.Length).ToArray()).ToArray();
+        }
+        finally
+        {
+            input.Storage.Dispose();
+            output.Storage.Dispose();
+        }
+    }
+
+    /// <summary>This rank's adapters' masters and moments (F64, its local arena layout) on data-parallel rank 0; nulls elsewhere. Collective under data parallelism.</summary>
+    private static (double[]? Values, double[]? M, double[]? V) GatherLocal(Trainer trainer, LoraAdapters adapters)
     {
         switch (trainer.Parallelism)
         {

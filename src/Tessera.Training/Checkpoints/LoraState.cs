@@ -23,6 +23,10 @@ public sealed record LoraState
     /// <summary>Data-parallel ranks that trained it (the global batch is split over them).</summary>
     [JsonPropertyName("data_parallel")] public int DataParallel { get; init; } = 1;
 
+    /// <summary>Tensor-parallel ranks that trained it (each held its share of the adapters; the checkpoint holds the whole ones,
+    /// so it resumes at any tp). 1 for checkpoints written before this field.</summary>
+    [JsonPropertyName("tensor_parallel")] public int TensorParallel { get; init; } = 1;
+
     /// <summary>How the frozen base held its weight matrices: "none" (the model's dtype, and checkpoints written before this
     /// field), "int8" (<c>--quantize int8</c>) or "fp8" (<c>--quantize fp8</c>); a resume holds the base the same way.</summary>
     [JsonPropertyName("base_quantization")] public string BaseQuantization { get; init; } = "none";

@@ -51,6 +51,30 @@ public sealed class GradientNormScope
         return new GradientNormScope([.. ranges], groups);
     }
 
+    /// <summary>
+    /// The scope of <paramref name="trained"/>, the layout a rank's optimizer updates: the model's own (<see cref="For(Transformer)"/>),
+    /// or its LoRA adapters' layout, which is split over the tensor-parallel group as the base layers are (a replicated factor
+    /// counted by the group's rank 0 alone, a split one by every rank, B rows of replicated key/value heads by each block's first
+    /// rank) and summed over that group; null for adapters of a model on one device.
+    /// </summary>
+    public static GradientNormScope? For(Transformer model, ParameterLayout trained)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(trained);
+        if (ReferenceEquals(trained, model.Layout)) return For(model);
+        if (model.Pipeline is not null || model.ExpertParallelism is not null)
+            throw new NotSupportedException("gradient norm: a trained layout other than the model's (LoRA adapters) is split over tensor-parallel ranks only");
+        if (model.TensorParallelism is not { } tp) return null;
+        var ranges = new List<(long, long)>();
+        foreach (var p in trained.Parameters)
+        {
+            if (p.Placement.IsReplicated && tp.Rank != 0) continue;              // every tp rank holds it (its gradient summed): rank 0 counts it
+            foreach (var (start, length) in p.CanonicalRanges())
+                if (length > 0) ranges.Add((p.Offset + start, length));
+        }
+        return new GradientNormScope([.. ranges], [tp.Group]);
+    }
+
     /// <summary>The groups the squares are summed over, in order: the tensor-parallel group, then the pipeline group (those the model is split over); or the expert-parallel group.</summary>
     public IReadOnlyList<ProcessGroup> Groups { get; }
 

@@ -16,7 +16,7 @@ namespace Tessera.Training.Parallel;
 /// <para>
 /// What is trained is a parameter layout, <see cref="Trained"/>: the model's own, or another layout whose units are named after
 /// units of the model and follow their order (a LoRA model's adapters: a unit per adapted block, beside the model's frozen arena,
-/// which every rank holds whole and never communicates). The model's pass hooks number the model's units; each is mapped to the
+/// which every data-parallel rank holds, whole or as its tensor-parallel slices, and never communicates). The model's pass hooks number the model's units; each is mapped to the
 /// trained layout's unit of the same name (or to none), so buckets, gathers and reduce-scatters follow the same pass order.
 /// </para>
 /// </summary>
@@ -51,8 +51,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
         Group = group;
         Options = options;
         Trained = trained ?? model.Layout;
-        if (!ReferenceEquals(Trained, model.Layout) && (model.TensorParallelism is not null || model.Pipeline is not null))
-            throw new NotSupportedException($"{group.Describe()}: training a layout other than the model's (LoRA adapters) is data-parallel only; the model is split over tensor or pipeline ranks");
+        if (!ReferenceEquals(Trained, model.Layout) && model.Pipeline is not null)
+            throw new NotSupportedException($"{group.Describe()}: training a layout other than the model's (LoRA adapters) over pipeline stages is not built; the model is split over pp ranks");
         Host = options.OffloadOptimizer ? host : null;
         ExpertData = CheckExpertParallel(model, group, options, expertData);
         Layout = new ShardLayout(Trained, options.Stage, group.Size, group.Rank, options.BucketElements);
@@ -78,7 +78,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <summary>The model this rank trains.</summary>
     public Transformer Model { get; }
 
-    /// <summary>The parameters trained: the model's layout, or the LoRA adapters' (the model's base then stays frozen and replicated).</summary>
+    /// <summary>The parameters trained: the model's layout, or the LoRA adapters' (the model's base then stays frozen and replicated over dp;
+    /// under tensor parallelism each tp rank's share of the adapters, sharded over its dp group).</summary>
     public ParameterLayout Trained { get; }
 
     /// <summary>The trained layout's unit that model unit <paramref name="segment"/> (a pass-hook segment) holds, or -1 when it holds none.</summary>
@@ -87,8 +88,8 @@ public abstract class DataParallelism : IDataParallelism, ITransformerPassHooks
     /// <summary>The trained element from which every gradient is complete once model unit <paramref name="segment"/>'s backward is done (the pass runs backward in unit order).</summary>
     private protected long GradientFrontier(int segment) => _frontier[segment];
 
-    /// <summary>The norm scope of the optimizer: the model's (tensor and pipeline parallel sums) when the model's layout is trained, else none.</summary>
-    private protected GradientNormScope? NormScope => ReferenceEquals(Trained, Model.Layout) ? GradientNormScope.For(Model) : null;
+    /// <summary>The norm scope of the optimizer: the model's (tensor and pipeline parallel sums), or the LoRA adapters' (their tensor-parallel split).</summary>
+    private protected GradientNormScope? NormScope => GradientNormScope.For(Model, Trained);
 
     /// <summary>
     /// Expert parallelism is proven with plain data parallelism only: its expert parameters differ between the ranks of an

@@ -7,7 +7,8 @@ namespace Tessera.Training.Parallel;
 
 /// <summary>
 /// Sums the gradients that each tensor-parallel rank computes only in part (<see cref="LayerFactory.PartialGradients"/>:
-/// sequence-parallel norms, key/value heads replicated over blocks of ranks) over their groups, unit by unit as the
+/// sequence-parallel norms, key/value heads replicated over blocks of ranks; <see cref="LayerFactory.AdapterPartialGradients"/>:
+/// LoRA's replicated factors, A over column-parallel and B over row-parallel layers) over their groups, unit by unit as the
 /// backward pass finishes them, before the data-parallel strategy's own hook reduces the unit: a pass-hook decorator around
 /// it. It reduces on the micro-batch the strategy reduces on (every one for ZeRO-3, else the last of the step, the
 /// accumulated gradient), so each contribution is summed once.
@@ -25,10 +26,24 @@ public sealed class TensorParallelGradients : ITransformerPassHooks
         ArgumentNullException.ThrowIfNull(model);
         _inner = model.PassHooks;
         _everyMicroBatch = everyMicroBatch;
-        var units = model.Layout.Units.Count;
-        _byUnit = Enumerable.Range(0, units).Select(u => model.Layers.PartialGradients.Where(g => g.Parameter.Unit == u).ToArray()).ToArray();
-        Count = model.Layers.PartialGradients.Count;
+        // The model's own partial gradients (a frozen base has none to sum), and the LoRA adapters': their layout's units are named
+        // after the model's units they sit in ("blocks.3"), so an adapter's partial is summed once that model unit's backward is done.
+        var own = model.Layers.PartialGradients.Where(g => g.Parameter.RequiresGradient).ToArray();
+        var adapters = model.Layers.AdapterPartialGradients;
+        var adapterUnits = model.Adapters?.Layout.Units;
+        _byUnit = model.Layout.Units.Select(u => own.Where(g => g.Parameter.Unit == u.Index)
+            .Concat(adapters.Where(g => adapterUnits![g.Parameter.Unit].Name == u.Name)).ToArray()).ToArray();
+        Count = _byUnit.Sum(u => u.Length);
+        if (Count != own.Length + adapters.Count)
+            throw new InvalidOperationException("tensor parallelism: an adapter with a partial gradient sits in a unit the model does not have");
         model.PassHooks = this;
+    }
+
+    /// <summary>Whether <paramref name="model"/> has gradients a trainer must sum over tensor-parallel groups (its trained parameters' or its adapters').</summary>
+    public static bool Needed(Transformer model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return model.Layers.AdapterPartialGradients.Count > 0 || model.Layers.PartialGradients.Any(g => g.Parameter.RequiresGradient);
     }
 
     /// <summary>Partial gradients summed per reducing micro-batch (one all-reduce each).</summary>

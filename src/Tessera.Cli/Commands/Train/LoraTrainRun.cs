@@ -19,7 +19,7 @@ namespace Tessera.Cli.Commands.Train;
 /// <summary>
 /// <c>tessera train --model HF_DIR --data chat.jsonl --lora R</c>: supervised fine-tuning of LoRA adapters on a frozen Hugging
 /// Face model, on one device, on CPU thread ranks (--ranks N) or on launched GPU ranks, with data parallelism or ZeRO 1-3 over
-/// the adapters (--zero S); <c>--resume</c> continues a stopped run from its latest checkpoint bit for bit. Everything is read
+/// the adapters (--zero S) and tensor parallelism (--tp N, --sp: the base and the adapters split over each tp group); <c>--resume</c> continues a stopped run from its latest checkpoint bit for bit. Everything is read
 /// and checked (options, model, targets, every chat line, a starting adapter or the checkpoint) before the run directory is
 /// touched. Checkpoints (<see cref="LoraCheckpoint"/>) go to OUT/checkpoints every --checkpoint-every steps, at the end and on a
 /// stop, and OUT/adapter holds the latest adapter in PEFT's layout.
@@ -78,6 +78,8 @@ public sealed class LoraTrainRun(TrainSettings settings, Terminal terminal)
 
         // 2. Model, targets, tokenizer, template and data: all checked before anything is written.
         using var hf = HuggingFaceModelDirectory.Open(modelDir);
+        if (topology.TensorParallel > 1 && hf.Config.IsMixtureOfExperts)
+            throw new UsageException($"--lora with --tp {topology.TensorParallel}: {modelDir} is a mixture of experts, whose adapters are trained without --tp only (tensor-parallel LoRA covers dense models); drop --tp");
         var lora = Lora(hf.Config, saved?.Lora, seed);
         if (settings.Adapter is string adapterDir)
         {
@@ -131,10 +133,13 @@ public sealed class LoraTrainRun(TrainSettings settings, Terminal terminal)
 
     private void CheckCombinations(Topology topology)
     {
-        if (settings.TensorParallel > 1 || settings.Pp > 1 || settings.Offload)
-            throw new UsageException("--lora does not combine with --tp, --pp or --offload: adapters are built on replicated layers (tensor-parallel layers are " +
-                "split), pipeline stages build none, and the adapters' optimizer state is too small to be worth offloading; " +
-                "use data parallelism: --ranks N (CPU) or a launched GPU run, with --zero 1|2|3 if wanted");
+        if (settings.Pp > 1)
+            throw new UsageException("--lora does not combine with --pp: pipeline stages build no adapters; split the base with --tp N (tensor parallelism, with --sp if wanted) " +
+                "and use data parallelism: --ranks N (CPU) or a launched GPU run, with --zero 1|2|3 if wanted");
+        if (settings.Offload)
+            throw new UsageException("--lora does not combine with --offload: the adapters' optimizer state is too small to be worth offloading; use --zero 1|2|3 over data-parallel ranks instead");
+        if (settings.TensorParallel > 1 && settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None)
+            throw new UsageException($"--lora with --tp and --quantize {settings.Quantize.ToString().ToLowerInvariant()}: adapters over a quantized base are trained without --tp only; drop one of them");
         if (settings.Zero > 0 && topology.Kind == TopologyKind.OneDevice)
             throw new UsageException("--zero needs --ranks of 2 or more, or a launched multi-GPU run");
         if (topology.Kind == TopologyKind.ThreadRanks && topology.Device.Kind != DeviceKind.Cpu)

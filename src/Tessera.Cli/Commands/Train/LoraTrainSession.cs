@@ -19,11 +19,12 @@ using Tessera.Training.Runs;
 namespace Tessera.Cli.Commands.Train;
 
 /// <summary>
-/// Trains a <see cref="LoraTrainPlan"/> on its topology. Every rank builds the same model: the frozen base read from the
-/// Hugging Face directory (held whole on every rank, BF16 when bf16) and the adapters; the trainer's strategy trains the
-/// adapters alone (<see cref="Transformer.TrainableLayout"/>): <see cref="SingleDevice"/> on one device, otherwise
-/// <see cref="DataParallelism"/> at --zero's stage over the data-parallel ranks. Checkpoints are <see cref="LoraCheckpoint"/>s,
-/// and the adapter of the latest is copied to OUT/adapter.
+/// Trains a <see cref="LoraTrainPlan"/> on its topology. Every rank builds its part of the model: the frozen base read from the
+/// Hugging Face directory (held whole on every rank of a data-parallel run, its tensor-parallel slices under --tp; BF16 when bf16)
+/// and the adapters, cut as the base layers are; the trainer's strategy trains the adapters alone
+/// (<see cref="Transformer.TrainableLayout"/>): <see cref="SingleDevice"/> on one device or one tensor-parallel group, otherwise
+/// <see cref="DataParallelism"/> at --zero's stage over the data-parallel ranks. Checkpoints are <see cref="LoraCheckpoint"/>s
+/// (the whole adapters, gathered from the ranks), and the adapter of the latest is copied to OUT/adapter.
 /// </summary>
 public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, string adapterPath, Terminal terminal, StopSignals signals)
 {
@@ -50,7 +51,8 @@ public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, strin
     private TrainOutcome ThreadRanks()
     {
         var topology = plan.Topology;
-        terminal.Line($"thread ranks: {topology.Describe()}, ZeRO stage {plan.Settings.Zero} over the adapters; the frozen base is held by every rank");
+        terminal.Line($"thread ranks: {topology.Describe()}{(plan.Settings.SequenceParallel ? " with sequence parallelism" : "")}, ZeRO stage {plan.Settings.Zero} over the adapters; " +
+            (topology.TensorParallel > 1 ? "the frozen base and the adapters split over each tp group" : "the frozen base is held by every rank"));
         using (var hf = HuggingFaceModelDirectory.Open(plan.ModelDir))
             Describe(new Transformer(hf.Config, new Tessera.Tensors.Cpu.CpuBackend(1), plan.DType == DType.BF16 ? DType.F32 : plan.DType, ArenaStorage.Deferred, lora: plan.Lora),
                 $"{topology.WorldSize} CPU thread ranks");   // a model declared only: its adapters' count, no base weights read
@@ -63,10 +65,10 @@ public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, strin
         {
             try
             {
-                reached = ParallelTraining.Train(topology.Mesh, ParallelPlan.Megatron(sequenceParallel: false), Parallel(), plan.Options, plan.Settings.AdamW,
+                reached = ParallelTraining.Train(topology.Mesh, TrainSession.Plan(plan.Settings), Parallel(), plan.Options, plan.Settings.AdamW,
                     rank =>
                     {
-                        return (BuildModel(rank.Context.Backend), Loader(rank.Groups.Coordinate.Dp, topology.DataParallelSize));
+                        return (BuildModel(rank.Context.Backend, rank.TensorParallelism), Loader(rank.Groups.Coordinate.Dp, topology.DataParallelSize));
                     },
                     onStep: s => { progress.Report(s); metrics.Append(s); },
                     checkpoint: Save,
@@ -88,11 +90,11 @@ public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, strin
     {
         var topology = plan.Topology;
         var backend = (CudaBackend)BackendFactory.Create(topology.Device, plan.Settings.Threads);
-        using var nccl = new NcclMesh(backend, topology.Environment, topology.Mesh, ParallelPlan.Megatron(sequenceParallel: false), TimeSpan.FromMinutes(5));
+        using var nccl = new NcclMesh(backend, topology.Environment, topology.Mesh, TrainSession.Plan(plan.Settings), TimeSpan.FromMinutes(5));
         // A failing rank aborts its communicators before it exits, so no peer waits in a collective it will never join.
         return nccl.AbortOnFailure(() =>
         {
-            var model = BuildModel(backend);
+            var model = BuildModel(backend, nccl.TensorParallelism);
             var strategy = DataParallelism.Create(model, nccl.Groups.Dp, Parallel(), plan.Settings.AdamW);
             var trainer = new Trainer(model, strategy, Loader(nccl.Groups.Coordinate.Dp, topology.DataParallelSize), null, plan.Options);
             if (topology.Reports) Describe(model, $"{topology.WorldSize} NCCL processes, ZeRO stage {plan.Settings.Zero} over the adapters");
@@ -126,14 +128,17 @@ public sealed class LoraTrainSession(LoraTrainPlan plan, RunDirectory run, strin
         return new TrainOutcome(trainer.Step, _lastCheckpoint, clock.Elapsed, reports, null);
     }
 
-    /// <summary>A rank's model: the frozen base from the directory and the adapters (initialized, or read from --adapter).</summary>
-    private Transformer BuildModel(IBackend backend)
+    /// <summary>
+    /// A rank's model: the frozen base from the directory (a tensor-parallel rank reads its slices) and the adapters (initialized,
+    /// or read from --adapter; a tensor-parallel rank keeps its share of one device's values).
+    /// </summary>
+    private Transformer BuildModel(IBackend backend, TensorParallelism? tensorParallelism = null)
     {
         using var hf = HuggingFaceModelDirectory.Open(plan.ModelDir);
         var model = plan.Settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None
             ? PretrainedModel.Quantized(hf.Config, backend, plan.DType, lora: plan.Lora, quantization: plan.Settings.Quantize)   // the base a byte a weight
-            : new Transformer(hf.Config, backend, plan.DType, ArenaStorage.Frozen, lora: plan.Lora);
-        hf.LoadInto(model.Layout.Parameters, backend);
+            : new Transformer(hf.Config, backend, plan.DType, ArenaStorage.Frozen, tensorParallelism, lora: plan.Lora);
+        hf.LoadInto(model.Layout.Parameters, backend, model.WholeLayout.Parameters);
         model.RecomputeActivations = plan.Settings.Recompute;
         if (plan.Settings.Adapter is string start) PeftAdapter.Load(start, model.Adapters!);
         return model;
