@@ -428,9 +428,9 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         ];
         var requests = prompts.Select((p, i) => new CompletionRequest
         {
-            // A step holding a request with log-probabilities or penalties is collected at once (its device buffers are reused),
-            // so those requests stop after 10 tokens and the last steps, plain draws only, are scheduled ahead (pipelined).
-            Prompt = p, MaxTokens = i % 3 == 0 || i is 5 or 6 ? 10 : 30, Seed = (ulong)(40 + i), Sampling = samplings[i % 4], TopLogprobs = i % 3 == 0 ? 2 : null,
+            // A step holding a request with log-probabilities, penalties or a logit bias is collected at once (its device buffers
+            // are reused), so those requests stop after 10 tokens and the last steps, plain draws only, are scheduled ahead.
+            Prompt = p, MaxTokens = i % 3 == 0 || i >= 5 ? 10 : 30, Seed = (ulong)(40 + i), Sampling = samplings[i % 4], TopLogprobs = i % 3 == 0 ? 2 : null,
             FrequencyPenalty = i == 5 ? 0.7 : 0, PresencePenalty = i == 6 ? 0.5 : 0,
             LogitBias = i == 7 ? new Dictionary<int, double> { [p[0]] = 2.0, [3] = -100 } : new Dictionary<int, double>(),
         }).ToArray();
