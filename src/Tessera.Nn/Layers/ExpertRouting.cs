@@ -1,3 +1,5 @@
+using Tessera.Tensors;
+
 namespace Tessera.Nn.Layers;
 
 /// <summary>
@@ -72,29 +74,8 @@ public sealed class ExpertRouting
         var weights = new double[tokens * k];
         var taken = new bool[experts];
         for (int n = 0; n < tokens; n++)
-        {
-            var z = logits.Slice(n * experts, experts);
-            var row = p.AsSpan(n * experts, experts);
-            double max = double.NegativeInfinity;
-            foreach (double v in z) max = Math.Max(max, v);
-            double sum = 0;
-            for (int e = 0; e < experts; e++) sum += row[e] = Math.Exp(z[e] - max);
-            for (int e = 0; e < experts; e++) row[e] /= sum;
-            Array.Clear(taken);
-            double chosen = 0;
-            for (int s = 0; s < k; s++)
-            {
-                int best = -1;
-                for (int e = 0; e < experts; e++)             // strictly greater: the lowest index wins a tie
-                    if (!taken[e] && (best < 0 || row[e] > row[best])) best = e;
-                taken[best] = true;
-                selected[n * k + s] = best;
-                weights[n * k + s] = row[best];
-                chosen += row[best];
-            }
-            if (normalize)
-                for (int s = 0; s < k; s++) weights[n * k + s] /= chosen;
-        }
+            ExpertChoice.Route(logits.Slice(n * experts, experts), p.AsSpan(n * experts, experts), taken, normalize,
+                selected.AsSpan(n * k, k), weights.AsSpan(n * k, k));
         return new ExpertRouting(tokens, experts, k, normalize, p, selected, weights);
     }
 

@@ -10,27 +10,13 @@ public sealed unsafe partial class CpuBackend
         var (n, e, k) = MoeOpShapes.Route(nameof(CpuBackend), logits, expertIds, weights);
         RequireComputeDType(nameof(MoeRoute), nameof(logits), logits);
         int* ids = Ptr<int>(expertIds);
-        var p = new double[e];
+        double[] z = new double[e], p = new double[e], w = new double[k];
         var taken = new bool[e];
         for (int r = 0; r < n; r++)
         {
-            double max = double.NegativeInfinity, sum = 0;
-            for (int j = 0; j < e; j++) max = Math.Max(max, Read(logits, (long)r * e + j));
-            for (int j = 0; j < e; j++) sum += p[j] = Math.Exp(Read(logits, (long)r * e + j) - max);
-            for (int j = 0; j < e; j++) p[j] /= sum;
-            Array.Clear(taken);
-            double chosen = 0;
-            for (int s = 0; s < k; s++)
-            {
-                int best = -1;
-                for (int j = 0; j < e; j++)                   // strictly greater: the lower index keeps a tie
-                    if (!taken[j] && (best < 0 || p[j] > p[best])) best = j;
-                taken[best] = true;
-                ids[r * k + s] = best;
-                chosen += p[best];
-            }
-            for (int s = 0; s < k; s++)
-                Write(weights, (long)r * k + s, normalize ? p[ids[r * k + s]] / chosen : p[ids[r * k + s]]);
+            for (int j = 0; j < e; j++) z[j] = Read(logits, (long)r * e + j);
+            ExpertChoice.Route(z, p, taken, normalize, new Span<int>(ids + (long)r * k, k), w);
+            for (int s = 0; s < k; s++) Write(weights, (long)r * k + s, w[s]);
         }
         KeepOperandsAlive(logits, expertIds, weights);
     }

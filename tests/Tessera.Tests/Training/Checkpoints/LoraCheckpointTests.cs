@@ -10,6 +10,7 @@ using Tessera.Training.Checkpoints;
 using Tessera.Training.Data;
 using Tessera.Training.Optim;
 using Tessera.Training.Parallel;
+using Tessera.Tests.Support;
 using Xunit;
 
 namespace Tessera.Tests.Training.Checkpoints;
@@ -26,15 +27,7 @@ public sealed class LoraCheckpointTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static List<ChatExample> Examples()
-    {
-        var rng = new Random(Seed);
-        return Enumerable.Range(0, 10).Select(i =>
-        {
-            int n = 8 + rng.Next(9), start = 2 + rng.Next(n - 3);
-            return new ChatExample(i + 1, Enumerable.Range(0, n).Select(_ => rng.Next(96)).ToArray(), Enumerable.Range(0, n).Select(j => j >= start).ToArray());
-        }).ToList();
-    }
+    private static List<ChatExample> Examples() => RandomChatExamples.Draw(Seed, 10);
 
     private static Transformer Model(IBackend backend, int rank = 4, string[]? targets = null, TransformerConfig? config = null)
     {

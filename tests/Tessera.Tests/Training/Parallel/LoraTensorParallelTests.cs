@@ -43,15 +43,7 @@ public sealed class LoraTensorParallelTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static List<ChatExample> Examples()
-    {
-        var rng = new Random(Seed);
-        return Enumerable.Range(0, 24).Select(i =>
-        {
-            int n = 8 + rng.Next(9), start = 2 + rng.Next(n - 3);
-            return new ChatExample(i + 1, Enumerable.Range(0, n).Select(_ => rng.Next(96)).ToArray(), Enumerable.Range(0, n).Select(j => j >= start).ToArray());
-        }).ToList();
-    }
+    private static List<ChatExample> Examples() => RandomChatExamples.Draw(Seed, 24);
 
     private static TrainerOptions Options(int batch, int steps = Steps, int accumulation = 1) => new()
     {
