@@ -18,7 +18,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     public const string ConfigFile = "config.json";
 
     private readonly SafetensorsShardSource _files;
-    private readonly Fp8CheckpointSource _source;
+    private readonly Fp8CheckpointSource _fp8;
+    private readonly Int4CheckpointSource _source;
     private readonly Dictionary<string, string> _resolved;
     private LoraWeightMerge? _adapter;
 
@@ -27,7 +28,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         Path = path;
         Config = config;
         _files = source;
-        _source = new Fp8CheckpointSource(source, System.IO.Path.Combine(path, ConfigFile));
+        _fp8 = new Fp8CheckpointSource(source, System.IO.Path.Combine(path, ConfigFile));
+        _source = new Int4CheckpointSource(_fp8, source, System.IO.Path.Combine(path, ConfigFile));
         Map = HuggingFaceWeightMap.For(config);
         _resolved = Map.Check(_source);
     }
@@ -42,7 +44,26 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// What the load log should say about the weights' form, or null: for a pre-quantized FP8 checkpoint, how many F8_E4M3
     /// weights with which scales, and that input_scale tensors are ignored.
     /// </summary>
-    public string? WeightsNote => _source.Summary;
+    public string? WeightsNote => _fp8.Summary ?? _source.Summary;
+
+    /// <summary>
+    /// The group size of a 4-bit GPTQ or AWQ checkpoint's weights (-1: a group a row), or null when the checkpoint is not one:
+    /// what an int4 model of it takes, so that its weights load exactly (<see cref="IsInt4Exact"/>).
+    /// </summary>
+    public int? Int4GroupSize => _source.Format?.GroupSize;
+
+    /// <summary>
+    /// Whether the 4-bit checkpoint gives <paramref name="parameterName"/> exactly as int4: every source of it is a 4-bit
+    /// weight, stacked by rows (not transposed), with no adapter merged into it. The parameters an int4 model of a 4-bit
+    /// checkpoint quantizes; the others (embeddings, head, norms, any layer the checkpoint left in 16 bits) stay in its dtype.
+    /// </summary>
+    public bool IsInt4Exact(string parameterName)
+    {
+        if (_source.Format is null || _adapter?.Adapts(parameterName) == true) return false;
+        var entry = Map.Entries.FirstOrDefault(e => e.Canonical == parameterName);
+        return entry is not null && entry.Transform is (WeightTransform.Identity or WeightTransform.ConcatRows)
+            && entry.Sources.All(s => _resolved.TryGetValue(s.Name, out var file) && _source.Weights.ContainsKey(file));
+    }
 
     /// <summary>The name map expanded for <see cref="Config"/>.</summary>
     public HuggingFaceWeightMap Map { get; }
@@ -187,7 +208,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         {
             // Mixed precision: the weights go to the F32 master, and the BF16 value is cast (or split) from it. A
             // tensor-parallel rank reads only its part of each split parameter.
-            if (TryLoadFp8Exactly(p, backend)) continue;
+            if (TryLoadFp8Exactly(p, backend) || TryLoadInt4Exactly(p, backend)) continue;
             var local = ReadLocal(p);
             p.WriteMasterOrValue(target => CopyToParameter(local, target, backend));
         }
@@ -229,7 +250,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         var parts = new List<(byte[] Codes, float[] RowScales)>();
         foreach (var (name, _) in entry.Sources)
         {
-            if (_source.ReadRowQuantized(_resolved[name]) is not { } part) return false;
+            if (_fp8.ReadRowQuantized(_resolved[name]) is not { } part) return false;
             parts.Add(part);
         }
         var codes = parts.SelectMany(x => x.Codes).ToArray();
@@ -238,6 +259,28 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             throw new InvalidOperationException($"{Path}: parameter '{p.Name}' assembled {codes.Length} codes and {scales.Length} scales for {p.Shape}");
         backend.CopyFromHost<byte>(codes, q.Values);
         backend.CopyFromHost<float>(scales, q.Scales);
+        return true;
+    }
+
+    /// <summary>
+    /// Writes a 4-bit checkpoint's nibbles, scales and zero points as they are into <paramref name="p"/>'s int4
+    /// <see cref="QuantizedWeight"/>, when <see cref="IsInt4Exact"/> and the parameter is whole on this rank and holds the
+    /// checkpoint's group size. False otherwise: the caller then loads the dequantized values (which an int4 parameter
+    /// re-quantizes, round to nearest).
+    /// </summary>
+    private bool TryLoadInt4Exactly(Parameter p, IBackend backend)
+    {
+        if (p.Quantized is not { IsInt4: true } q || p.Shape != p.GlobalShape || !IsInt4Exact(p.Name)) return false;
+        var entry = Map.Entries.First(e => e.Canonical == p.Name);
+        var parts = new List<(int[] Packed, float[] Scales, sbyte[] Zeros, int GroupSize)>();
+        foreach (var (name, _) in entry.Sources)
+        {
+            var part = _source.ReadPacked(_resolved[name])!.Value;
+            if (part.GroupSize != q.GroupSize) return false;
+            parts.Add(part);
+        }
+        Int4Quantization.Write(backend, q, parts.SelectMany(x => x.Packed).ToArray(), parts.SelectMany(x => x.Scales).ToArray(),
+            parts.SelectMany(x => x.Zeros).ToArray());
         return true;
     }
 

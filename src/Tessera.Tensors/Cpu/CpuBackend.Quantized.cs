@@ -43,7 +43,7 @@ public sealed unsafe partial class CpuBackend
             KeepOperandsAlive(x, r.Weight);
             return;
         }
-        bool direct = !weight.IsFp8 && x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
+        bool direct = !weight.IsFp8 && !weight.IsInt4 && x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
             && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous) && (auxiliary is null || auxiliary.Stride(1) == 1);
         // GELU: the product goes to the pre-activation (the GEMM's GELU epilogue wants whole contiguous tensors, and the direct
         // kernel has none), then the activation into y.
@@ -52,7 +52,7 @@ public sealed unsafe partial class CpuBackend
         else if (direct) QuantizedDirect(x, weight, product, (float)beta, bias, addend);
         else QuantizedTiled(x, weight, product, beta, bias, addend);
         if (epilogue == MatMulEpilogue.Gelu) GeluForward(product, y);
-        KeepOperandsAlive(x, weight.Values, weight.Scales, y, bias, auxiliary, addend);
+        KeepOperandsAlive(x, weight.Values, weight.Scales, weight.Zeros, y, bias, auxiliary, addend);
     }
 
     /// <inheritdoc/>
@@ -64,6 +64,7 @@ public sealed unsafe partial class CpuBackend
         RequireShape(op, nameof(output), output, weight.Shape);
         if (output.DType is not (DType.F32 or DType.F64 or DType.BF16) || !output.IsContiguous)
             throw new ArgumentException($"{op}: output must be a contiguous F32, F64 or BF16 tensor, got {output.DType} {output.Shape}", nameof(output));
+        if (weight.IsInt4) { DequantizeInt4(weight, output); return; }
         int k = weight.Columns;
         sbyte* q = Ptr<sbyte>(weight.Values);
         float* s = Ptr<float>(weight.Scales);
@@ -125,6 +126,8 @@ public sealed unsafe partial class CpuBackend
         RequireContiguous(op, nameof(ids), ids);
         RequireComputeDType(op, nameof(output), output);
         RequireContiguous(op, nameof(output), output);
+        if (table.IsInt4)
+            throw new NotSupportedException($"{op}: an int4 table cannot be looked up; int4 quantization keeps the embedding tables in the model's dtype");
         int n = ids.Size(0), c = table.Columns, v = table.Rows;
         RequireShape(op, nameof(output), output, new Shape(n, c));
         int* pid = Ptr<int>(ids);
@@ -154,6 +157,37 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>
+    /// output (N, K) = scale (q - z) of an int4 weight: exact in F64 (an F32 scale times an integer of at most 5 bits), rounded
+    /// once in F32 and (through F32) in BF16, as the int8 form.
+    /// </summary>
+    private void DequantizeInt4(QuantizedWeight weight, Tensor output)
+    {
+        int k = weight.Columns, words = k / Int4Quantization.PerWord, groups = weight.Groups, size = weight.GroupSize;
+        int* q = Ptr<int>(weight.Values);
+        float* s = Ptr<float>(weight.Scales);
+        sbyte* z = Ptr<sbyte>(weight.Zeros!);
+        var dtype = output.DType;
+        byte* o = BytePtr(output);
+        ParallelChunks(weight.Rows, k, (start, end) =>
+        {
+            for (long n = start; n < end; n++)
+                for (int c = 0; c < k; c++)
+                {
+                    long g = n * groups + c / size;
+                    int nibble = (q[n * words + c / Int4Quantization.PerWord] >> (4 * (c % Int4Quantization.PerWord))) & 0xF;
+                    int value = nibble - z[g];
+                    switch (dtype)
+                    {
+                        case DType.F32: ((float*)o)[n * k + c] = s[g] * value; break;
+                        case DType.F64: ((double*)o)[n * k + c] = (double)s[g] * value; break;
+                        default: ((BFloat16*)o)[n * k + c] = BFloat16.FromSingle(s[g] * value); break;
+                    }
+                }
+        });
+        KeepOperandsAlive(weight.Values, weight.Scales, weight.Zeros, output);
+    }
+
+    /// <summary>
     /// The product a tile of weight rows at a time: each tile dequantized into one scratch of x's dtype (reused, so the weight
     /// is never whole in floating point), then the GEMM over the matching columns of y (and of the bias and addend), which it
     /// reads and writes in place through their row strides.
@@ -169,7 +203,7 @@ public sealed unsafe partial class CpuBackend
             {
                 int rows = Math.Min(tile, n - first);
                 var w = scratch.Slice(0, 0, rows);
-                Dequantize(new QuantizedWeight(weight.Values.Slice(0, first, rows), weight.Scales.Slice(0, first, rows)), w);
+                Dequantize(weight.SliceRows(first, rows), w);
                 MatMul(x, w, y.Slice(1, first, rows), transposeB: true, beta: beta, bias: bias?.Slice(0, first, rows),
                     addend: addend?.Slice(1, first, rows));
             }
