@@ -26,8 +26,9 @@ public sealed unsafe partial class CpuBackend
     /// <inheritdoc/>
     /// <remarks>F32 with at most 8 rows: the direct kernel (AVX2 where present; GELU after it). More rows, and F64 (the
     /// reference): tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each. FP8 weights:
-    /// x quantized row by row and the sums of codes in F64 (<see cref="QuantizedFp8"/>). A norm normalizes x into a tensor of
-    /// its own first (<see cref="RmsNormMatMul"/>'s composition).</remarks>
+    /// x quantized row by row and the sums of codes in F64 (<see cref="QuantizedFp8"/>). Int4 weights: F32 with at most 8 rows
+    /// on <see cref="Int4Direct"/>, else the dequantized tiles as int8's. A norm normalizes x into a tensor of its own first
+    /// (<see cref="RmsNormMatMul"/>'s composition).</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null)
     {
@@ -48,7 +49,10 @@ public sealed unsafe partial class CpuBackend
         // GELU: the product goes to the pre-activation (the GEMM's GELU epilogue wants whole contiguous tensors, and the direct
         // kernel has none), then the activation into y.
         var product = epilogue == MatMulEpilogue.Gelu ? auxiliary! : y;
+        bool int4Direct = weight.IsInt4 && x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
+            && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous);
         if (weight.IsFp8) QuantizedFp8(x, weight, product, beta, bias, addend);
+        else if (int4Direct) Int4Direct(x, weight, product, (float)beta, bias, addend);
         else if (direct) QuantizedDirect(x, weight, product, (float)beta, bias, addend);
         else QuantizedTiled(x, weight, product, beta, bias, addend);
         if (epilogue == MatMulEpilogue.Gelu) GeluForward(product, y);
@@ -185,6 +189,66 @@ public sealed unsafe partial class CpuBackend
                 }
         });
         KeepOperandsAlive(weight.Values, weight.Scales, weight.Zeros, output);
+    }
+
+    /// <summary>
+    /// y = x W^T (+ bias) (+ beta y | + addend) for F32 x of few rows over an int4 weight: weight rows across the threads; each
+    /// row's words are dequantized a group at a time into a scratch of F32 (scale (q - zero), rounded once, as
+    /// <see cref="DequantizeInt4"/>) and multiplied into every row of x, so the weight is read once as nibbles and never whole in
+    /// floating point (decoding).
+    /// </summary>
+    private void Int4Direct(Tensor x, QuantizedWeight weight, Tensor y, float beta, Tensor? bias, Tensor? addend)
+    {
+        int m = x.Size(0), k = weight.Columns, n = weight.Rows, words = k / Int4Quantization.PerWord, groups = weight.Groups, size = weight.GroupSize;
+        float* px = Ptr<float>(x), py = Ptr<float>(y), ps = Ptr<float>(weight.Scales);
+        float* pb = bias is null ? null : Ptr<float>(bias);
+        float* pa = addend is null ? null : Ptr<float>(addend);
+        int* pq = Ptr<int>(weight.Values);
+        sbyte* pz = Ptr<sbyte>(weight.Zeros!);
+        long ldx = x.Stride(0), ldy = y.Stride(0), lda = addend?.Stride(0) ?? 0;
+        ParallelChunks(n, (long)m * k, (start, end) =>
+        {
+            float* w = stackalloc float[size];
+            float* sums = stackalloc float[QuantizedDirectMaxRows];
+            for (long r = start; r < end; r++)
+            {
+                for (int i = 0; i < m; i++) sums[i] = 0f;
+                int* row = pq + r * words;
+                for (int g = 0; g < groups; g++)
+                {
+                    int first = g * size, length = Math.Min(size, k - first);
+                    float scale = ps[r * groups + g];
+                    int zero = pz[r * groups + g];
+                    for (int c = 0; c < length; c++)
+                        w[c] = scale * (((row[(first + c) >> 3] >> (4 * ((first + c) & 7))) & 0xF) - zero);
+                    for (int i = 0; i < m; i++)
+                        sums[i] += Dot(px + i * ldx + first, w, length);
+                }
+                for (int i = 0; i < m; i++)
+                {
+                    float v = sums[i] + (pb is null ? 0f : pb[r]);
+                    float* out_ = py + i * ldy + r;
+                    if (pa is not null) v += pa[i * lda + r];
+                    else if (beta != 0f) v += beta * *out_;
+                    *out_ = v;
+                }
+            }
+        });
+    }
+
+    /// <summary>Σ a[i] b[i] over <paramref name="length"/> F32 values (8 lanes at a time where AVX2 and FMA are present).</summary>
+    private static float Dot(float* a, float* b, int length)
+    {
+        int i = 0;
+        float sum = 0f;
+        if (Avx2.IsSupported && Fma.IsSupported && length >= 8)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i + 8 <= length; i += 8) acc = Fma.MultiplyAdd(Avx.LoadVector256(a + i), Avx.LoadVector256(b + i), acc);
+            sum = Vector256.Sum(acc);
+        }
+        for (; i < length; i++) sum += a[i] * b[i];
+        return sum;
     }
 
     /// <summary>
