@@ -30,9 +30,25 @@ __device__ __forceinline__ void dequantize_int4(const unsigned* packed, const fl
     }
 }
 
+// sum[m] += x[m, 0 .. 7] (row stride ldx) times the eight values of one word.
+template <typename T, int M>
+__device__ __forceinline__ void int4_dot(unsigned word, float scale, int zero, const T* x, i64 ldx, float* sum)
+{
+    float v[8];
+    int4_word(word, scale, zero, v);
+#pragma unroll
+    for (int m = 0; m < M; m++)
+    {
+        const T* xm = x + m * ldx;
+#pragma unroll
+        for (int j = 0; j < 8; j++) sum[m] += to_f(xm[j]) * v[j];
+    }
+}
+
 // y (M, N) = x (M, K) W^T + bias + beta c, M <= 4 (M a template argument), one warp an output row n (grid-stride over rows):
-// each lane takes words w = lane, lane + 32, ... of the row (coalesced 128-byte reads a warp), dequantizes each word's eight
-// values in registers and accumulates x[m, 8w + j] times them into M fp32 sums; the warp's sums are reduced by shuffles and
+// each lane takes 16-byte quads of words q = lane, lane + 32, ... of the row (coalesced 512-byte reads a warp; single words
+// when K is not a multiple of 32 or the buffer not 16-byte aligned), dequantizes each word's eight values in registers and
+// accumulates x[m, 8w + j] times them into M fp32 sums; the warp's sums are reduced by shuffles and
 // lane 0 writes y[m, n] = sum + bias[n] + beta c[m, n] (beta 0: c is not read) in y's type. x, c and y have unit column
 // strides and row strides ldx, ldc, ldy; c may be y (beta's term) or an addend. No shared memory, no allocation.
 template <typename T, int M>
@@ -41,25 +57,37 @@ __device__ __forceinline__ void gemv_int4(const T* x, const unsigned* packed, co
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int words = K / 8, groups = (K + group - 1) / group;
+    // Whole 16-byte quads of words when a row is a multiple of four words and the buffer is 16-byte aligned (then every row is).
+    const bool quads = words % 4 == 0 && ((unsigned long long)packed & 15) == 0;
     for (i64 n = (i64)blockIdx.x * warps + warp; n < N; n += (i64)gridDim.x * warps)
     {
         float sum[M];
 #pragma unroll
         for (int m = 0; m < M; m++) sum[m] = 0.f;
         const unsigned* row = packed + n * words;
-        for (int w = lane; w < words; w += 32)
+        if (quads)
         {
-            i64 g = n * groups + (8 * w) / group;
-            float v[8];
-            int4_word(row[w], scales[g], zeros[g], v);
-#pragma unroll
-            for (int m = 0; m < M; m++)
+            // 16-byte loads: four words (32 columns) a lane, a warp reading 512 contiguous bytes of the row at a time.
+            for (int v4 = lane; v4 < words / 4; v4 += 32)
             {
-                const T* xm = x + m * ldx + 8 * w;
+                Bytes16 u = reinterpret_cast<const Bytes16*>(row)[v4];
+                const int first = 4 * v4;
+                int gq = (8 * first) / group;                  // a group of a multiple of 32 columns holds the whole quad
 #pragma unroll
-                for (int j = 0; j < 8; j++) sum[m] += to_f(xm[j]) * v[j];
+                for (int t = 0; t < 4; t++)
+                {
+                    const int w = first + t;
+                    const i64 g = n * groups + (group % 32 == 0 ? gq : (8 * w) / group);
+                    int4_dot<T, M>(u.w[t], scales[g], zeros[g], x + 8 * w, ldx, sum);
+                }
             }
         }
+        else
+            for (int w = lane; w < words; w += 32)
+            {
+                const i64 g = n * groups + (8 * w) / group;
+                int4_dot<T, M>(row[w], scales[g], zeros[g], x + 8 * w, ldx, sum);
+            }
 #pragma unroll
         for (int m = 0; m < M; m++) sum[m] = warp_sum(sum[m]);
         if (lane == 0)

@@ -268,7 +268,8 @@ public sealed class KernelEmulationTests
             ["dequantize_int4_f32 N=7 K=256 group=128 asym", "dequantize_int4_f32 N=5 K=96 group=64 sym", "dequantize_int4_f32 N=3 K=40 group=40 asym",
              "gemv_int4_f32 M=1 N=37 K=256 group=128 asym bias grid=2", "gemv_int4_f32 M=2 N=33 K=96 group=64 sym addend grid=1",
              "gemv_int4_f32 M=3 N=9 K=512 group=32 asym bias addend grid=4", "gemv_int4_f32 M=4 N=65 K=1024 group=128 sym bias grid=3",
-             "gemv_int4_f32 M=4 N=19 K=200 group=200 asym grid=1", "gemv_int4_f32 M=1 N=1 K=8 group=8 asym grid=1"]);
+             "gemv_int4_f32 M=4 N=19 K=200 group=200 asym grid=1", "gemv_int4_f32 M=1 N=1 K=8 group=8 asym grid=1",
+             "gemv_int4_f32 M=2 N=11 K=128 group=16 asym bias grid=2", "gemv_int4_f32 M=3 N=7 K=2048 group=64 sym addend grid=1"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

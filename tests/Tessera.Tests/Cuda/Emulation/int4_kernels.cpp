@@ -5,7 +5,8 @@
 //   gemv_int4_f32_m{1..4} must give y = x W^T + bias + beta c against a double reference over the same dequantized weight,
 //   within 1e-5 of sum |x w| + |bias| + |beta c| (fp32 sums in another order; K <= 1024 terms), over shapes with odd N,
 //   several group sizes (32, 64, 128, a whole row, a last group shorter than the others), bias or none, beta 0 or with an
-//   addend, and a grid smaller than the rows (the warps' grid stride).
+//   addend, and a grid smaller than the rows (the warps' grid stride); K a multiple of 32 takes the 16-byte quads (groups of
+//   16 too, whose quads straddle two groups), other K single words.
 // kernels.h is written by the test: the emulation, common.cuh, int4.cu. Prints one line per check; exit code = failures.
 #include "kernels.h"
 #include <cmath>
@@ -112,5 +113,7 @@ int main()
     gemv_check(rng, 4, 65, 1024, 128, true, true, false, 3);
     gemv_check(rng, 4, 19, 200, 200, false, false, false, 1);
     gemv_check(rng, 1, 1, 8, 8, false, false, false, 1);
+    gemv_check(rng, 2, 11, 128, 16, false, true, false, 2);   // quads whose words fall in two groups (group 16)
+    gemv_check(rng, 3, 7, 2048, 64, true, false, true, 1);    // two quads a lane
     return failures;
 }
