@@ -43,6 +43,9 @@ public static class PretrainedModel
         {
             // A 4-bit checkpoint's int4 model takes its group size and quantizes exactly the weights it holds in 4 bits.
             bool int4Checkpoint = quantization == WeightQuantization.Int4 && hf.Int4GroupSize is not null;
+            if (int4Checkpoint && tensorParallelism is { Size: > 1 })
+                throw new NotSupportedException($"{directory}: a 4-bit GPTQ or AWQ checkpoint's weights are not split across tensor-parallel " +
+                    "ranks yet (slicing its packed integers on group boundaries is not written); serve it on one device (no --tp)");
             model = Quantized(hf.Config, backend, dtype, tensorParallelism, quantization: quantization, servedAdapters: served?.Batch,
                 int4GroupSize: int4Checkpoint ? hf.Int4GroupSize!.Value : Int4Quantization.DefaultGroupSize,
                 int4Picks: int4Checkpoint ? p => hf.IsInt4Exact(p.Name) : null);
@@ -93,8 +96,9 @@ public static class PretrainedModel
     /// <paramref name="servedAdapters"/> the layers they target serve LoRA adapters unmerged over the quantized base (multi-LoRA).
     /// <para>With <see cref="WeightQuantization.Int4"/> the linear layers' weights (<see cref="Transformer.IsInt4Quantizable"/>,
     /// or those <paramref name="int4Picks"/> picks) are group-wise int4 in groups of <paramref name="int4GroupSize"/> columns
-    /// (-1: per channel); the embedding tables and the LM head stay in <paramref name="dtype"/>. Int4 takes no tensor
-    /// parallelism and no LoRA training (refused).</para>
+    /// (-1: per channel); the embedding tables and the LM head stay in <paramref name="dtype"/>. With tensor parallelism each
+    /// rank quantizes the slice it holds, as int8 does (a row-parallel weight's groups start at its own first column). No LoRA
+    /// training over int4 (refused).</para>
     /// </summary>
     public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, Tessera.Nn.Adapters.LoraOptions? lora = null,
@@ -103,9 +107,6 @@ public static class PretrainedModel
     {
         if (quantization == WeightQuantization.None)
             throw new ArgumentException("PretrainedModel.Quantized: quantization must be Int8, Fp8 or Int4; build a plain Transformer for None", nameof(quantization));
-        if (quantization == WeightQuantization.Int4 && tensorParallelism is { Size: > 1 })
-            throw new NotSupportedException("int4 weights are not split across tensor-parallel ranks yet (slicing on group boundaries is not " +
-                "written); serve an int4 model on one device (no --tp), or use --quantize int8 or fp8 with --tp");
         if (quantization == WeightQuantization.Int4 && lora is not null)
             throw new NotSupportedException("LoRA training over an int4 base is not supported; train over an int8 or fp8 base (--quantize int8|fp8)");
         var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism, lora: lora, servedAdapters: servedAdapters);

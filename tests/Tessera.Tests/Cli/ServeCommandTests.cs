@@ -65,6 +65,7 @@ public sealed class ServeCommandTests : IDisposable
     [InlineData(false, 1, "fp8", "model")]
     [InlineData(false, 2, "fp8", "model")]
     [InlineData(false, 1, "int4", "model")]
+    [InlineData(false, 2, "int4", "model")]
     [InlineData(false, 1, "none", "fp8")]
     [InlineData(true, 2, "none", "fp8")]
     public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, string quantize, string kvDType)

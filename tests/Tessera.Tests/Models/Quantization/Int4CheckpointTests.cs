@@ -240,6 +240,21 @@ public sealed class Int4CheckpointTests : IDisposable
     }
 
     [Fact]
+    public void TensorParallelRanksAreRefusedForA4BitCheckpoint()
+    {
+        var written = Write(Method.Awq, 16);
+        Tessera.Training.Parallel.ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            using var groups = new Tessera.Distributed.Mesh.DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var tensor = new Tessera.Nn.Parallel.TensorParallelism(groups.Tp, Tessera.Nn.Parallel.ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
+            var e = Assert.Throws<NotSupportedException>(() => PretrainedModel.Load(written.Directory, ctx.Backend, DType.F32, tensorParallelism: tensor,
+                quantization: WeightQuantization.Int4));
+            Assert.Contains("not split across tensor-parallel ranks", e.Message);
+            return 0;
+        }, TimeSpan.FromSeconds(60));
+    }
+
+    [Fact]
     public void AMissingTensorIsRefusedNamingIt()
     {
         var written = Write(Method.Awq, 16, edit: ts => ts.Where(t => t.Name != "model.layers.0.self_attn.o_proj.qzeros").ToList());
