@@ -196,35 +196,35 @@ internal sealed class Int4CheckpointSource : ITensorSource
             throw new HuggingFaceFormatException(_files.FileOf(name), $"tensor '{name}' is {info.DType}; expected {what}");
     }
 
-    /// <summary>config.json's quantization_config when it declares GPTQ or AWQ (checked), else null.</summary>
+    /// <summary>
+    /// config.json's quantization_config when it declares GPTQ or AWQ (checked), else null. Older checkpoints keep it beside
+    /// config.json instead: AutoGPTQ's quantize_config.json (GPTQ unless it names another quant_method) and AutoAWQ's
+    /// quant_config.json (AWQ), read when config.json has none.
+    /// </summary>
     private static Int4CheckpointFormat? ReadFormat(string configPath, string? firstPacked)
     {
-        JsonElement q = default;
-        bool found = false;
-        string text;
-        try { text = File.ReadAllText(configPath); }
-        catch (IOException) { text = "{}"; }
-        try
+        var (q, found) = ReadObject(configPath, "quantization_config");
+        string? fallback = null;
+        if (!found && firstPacked is not null)
         {
-            using var doc = JsonDocument.Parse(text);
-            if (doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("quantization_config", out var qc)
-                && qc.ValueKind == JsonValueKind.Object)
+            string folder = Path.GetDirectoryName(configPath) ?? ".";
+            foreach (var (file, implied) in new[] { ("quantize_config.json", "gptq"), ("quant_config.json", "awq") })
             {
-                q = qc.Clone();
-                found = true;
+                string path = Path.Combine(folder, file);
+                if (!File.Exists(path)) continue;
+                (q, found) = ReadObject(path, null);
+                fallback = implied;
+                configPath = path;
+                break;
             }
         }
-        catch (JsonException e)
-        {
-            throw new HuggingFaceFormatException(configPath, $"not valid JSON ({e.Message})", e);
-        }
-        string? method = found && q.TryGetProperty("quant_method", out var m) && m.ValueKind == JsonValueKind.String ? m.GetString()!.ToLowerInvariant() : null;
+        string? method = found && q.TryGetProperty("quant_method", out var m) && m.ValueKind == JsonValueKind.String ? m.GetString()!.ToLowerInvariant() : fallback;
         if (method is not ("gptq" or "awq"))
         {
             if (firstPacked is not null)
                 throw new HuggingFaceFormatException(configPath,
-                    $"tensor '{firstPacked}' is a packed quantized weight, but quantization_config.quant_method is {(method is null ? "absent" : $"'{method}'")}; " +
-                    "Tessera reads 4-bit GPTQ and AWQ checkpoints (quant_method gptq or awq)");
+                    $"tensor '{firstPacked}' is a packed quantized weight, but quantization_config.quant_method is {(method is null ? "absent" : $"'{method}'")} " +
+                    "(and there is no quantize_config.json or quant_config.json); Tessera reads 4-bit GPTQ and AWQ checkpoints (quant_method gptq or awq)");
             return null;
         }
         int bits = Int(q, "bits", configPath) ?? Int(q, "w_bit", configPath) ?? 4;
@@ -251,6 +251,26 @@ internal sealed class Int4CheckpointSource : ITensorSource
         bool sym = !q.TryGetProperty("sym", out var s) || s.ValueKind != JsonValueKind.False;
         bool actOrder = q.TryGetProperty("desc_act", out var d) && d.ValueKind == JsonValueKind.True;
         return new Int4CheckpointFormat("gptq", groupSize, sym, actOrder, ZeroOffset: format == "gptq" ? 1 : 0);
+    }
+
+    /// <summary>The object <paramref name="property"/> of the JSON file (or the whole file when null), and whether there was one.</summary>
+    private static (JsonElement Value, bool Found) ReadObject(string path, string? property)
+    {
+        string text;
+        try { text = File.ReadAllText(path); }
+        catch (IOException) { return (default, false); }
+        try
+        {
+            using var doc = JsonDocument.Parse(text);
+            var root = doc.RootElement;
+            if (root.ValueKind != JsonValueKind.Object) return (default, false);
+            if (property is null) return (root.Clone(), true);
+            return root.TryGetProperty(property, out var v) && v.ValueKind == JsonValueKind.Object ? (v.Clone(), true) : (default, false);
+        }
+        catch (JsonException e)
+        {
+            throw new HuggingFaceFormatException(path, $"not valid JSON ({e.Message})", e);
+        }
     }
 
     private static int? Int(JsonElement q, string name, string configPath)

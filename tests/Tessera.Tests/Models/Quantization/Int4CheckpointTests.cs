@@ -285,6 +285,40 @@ public sealed class Int4CheckpointTests : IDisposable
         Assert.Contains(message, e.Message);
     }
 
+    /// <summary>AutoGPTQ's older checkpoints keep their settings in quantize_config.json beside a config.json without quantization_config.</summary>
+    [Fact]
+    public void AnAutoGptqQuantizeConfigBesideConfigJsonIsRead()
+    {
+        var written = Write(Method.Gptq, 16, config: j => j.Remove("quantization_config"));
+        File.WriteAllText(Path.Combine(written.Directory, "quantize_config.json"),
+            """{"bits": 4, "group_size": 16, "desc_act": false, "sym": false, "true_sequential": true, "model_file_base_name": "model"}""");
+        var int4 = PretrainedModel.Load(written.Directory, _cpu, DType.F64, quantization: WeightQuantization.Int4);
+        var reference = PretrainedModel.Load(Dequantized(written), _cpu, DType.F64);
+        var tokens = _models.Tokens(written.Config, 1, 6);
+        NumericAssert.Close(_models.Logits(reference, tokens), _models.Logits(int4, tokens), 1e-12, "quantize_config.json");
+    }
+
+    /// <summary>Without quantization, a tensor-parallel rank reads its slice of the dequantized weights (int8 or none over a 4-bit checkpoint with --tp).</summary>
+    [Fact]
+    public void ATensorParallelRankReadsTheSliceOfTheDequantizedWeights()
+    {
+        var written = Write(Method.Gptq, 16);
+        var config = written.Config;
+        Tessera.Training.Parallel.ParallelTraining.RunThreadRanks(2, ctx =>
+        {
+            using var groups = new Tessera.Distributed.Mesh.DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var model = new Tessera.Models.Transformer(config, ctx.Backend, DType.F32, tensorParallelism:
+                new Tessera.Nn.Parallel.TensorParallelism(groups.Tp, Tessera.Nn.Parallel.ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory));
+            using var hf = HuggingFaceModelDirectory.Open(written.Directory, config);
+            hf.LoadInto(model.Layout.Parameters, ctx.Backend);
+            var whole = HuggingFaceWeightMap.For(config).ToCanonical(written.Values);
+            foreach (var p in model.Layout.Parameters)
+                Assert.True(p.LocalValues(whole[p.Name].Data).AsSpan().SequenceEqual(ctx.Backend.ToArray<float>(p.Value)),
+                    $"rank {ctx.Rank}: '{p.Name}' ({p.Placement}) is not the slice of scale (q - z)");
+            return 0;
+        }, TimeSpan.FromSeconds(60));
+    }
+
     [Fact]
     public void PackedWeightsWithoutAQuantizationConfigAreRefused()
     {
