@@ -43,9 +43,6 @@ public static class PretrainedModel
         {
             // A 4-bit checkpoint's int4 model takes its group size and quantizes exactly the weights it holds in 4 bits.
             bool int4Checkpoint = quantization == WeightQuantization.Int4 && hf.Int4GroupSize is not null;
-            if (int4Checkpoint && tensorParallelism is { Size: > 1 })
-                throw new NotSupportedException($"{directory}: a 4-bit GPTQ or AWQ checkpoint's weights are not split across tensor-parallel " +
-                    "ranks yet (slicing its packed integers on group boundaries is not written); serve it on one device (no --tp)");
             model = Quantized(hf.Config, backend, dtype, tensorParallelism, quantization: quantization, servedAdapters: served?.Batch,
                 int4GroupSize: int4Checkpoint ? hf.Int4GroupSize!.Value : Int4Quantization.DefaultGroupSize,
                 int4Picks: int4Checkpoint ? p => hf.IsInt4Exact(p.Name) : null);

@@ -72,7 +72,7 @@ public static class SharedOptions
                 "rows to E4M3 too: FP8 tensor cores on compute capability 8.9+, a dequantized product elsewhere; bf16/f16/f32 on " +
                 "CUDA, f32/f64 on the CPU); or int4 (4 bits a weight, groups of 128 inputs with a scale and zero point each, " +
                 "round to nearest; a GPTQ or AWQ checkpoint's own 4-bit weights and groups are kept exactly; embeddings and the LM " +
-                "head stay in --dtype; a 4-bit checkpoint takes no --tp); norms and biases stay in --dtype [default: none]",
+                "head stay in --dtype); norms and biases stay in --dtype [default: none]",
             HelpName = "none|int8|fp8|int4",
             DefaultValueFactory = _ => Tessera.Nn.Quantization.WeightQuantization.None,
             CustomParser = result =>

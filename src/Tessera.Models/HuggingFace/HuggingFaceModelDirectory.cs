@@ -264,24 +264,66 @@ public sealed class HuggingFaceModelDirectory : IDisposable
 
     /// <summary>
     /// Writes a 4-bit checkpoint's nibbles, scales and zero points as they are into <paramref name="p"/>'s int4
-    /// <see cref="QuantizedWeight"/>, when <see cref="IsInt4Exact"/> and the parameter is whole on this rank and holds the
-    /// checkpoint's group size. False otherwise: the caller then loads the dequantized values (which an int4 parameter
-    /// re-quantizes, round to nearest).
+    /// <see cref="QuantizedWeight"/>, when <see cref="IsInt4Exact"/> and the parameter holds the checkpoint's group size; a
+    /// tensor-parallel rank takes its slice of them (<see cref="Int4Slice"/>). False otherwise: the caller then loads the
+    /// dequantized values (which an int4 parameter re-quantizes, round to nearest).
     /// </summary>
     private bool TryLoadInt4Exactly(Parameter p, IBackend backend)
     {
-        if (p.Quantized is not { IsInt4: true } q || p.Shape != p.GlobalShape || !IsInt4Exact(p.Name)) return false;
+        if (p.Quantized is not { IsInt4: true } q || !IsInt4Exact(p.Name)) return false;
         var entry = Map.Entries.First(e => e.Canonical == p.Name);
         var parts = new List<(int[] Packed, float[] Scales, sbyte[] Zeros, int GroupSize)>();
         foreach (var (name, _) in entry.Sources)
         {
             var part = _source.ReadPacked(_resolved[name])!.Value;
-            if (part.GroupSize != q.GroupSize) return false;
+            // A per-channel checkpoint's group is its whole row; a rank's part of a row is then one group too.
+            if (part.GroupSize != q.GroupSize && !(part.GroupSize == p.GlobalShape[1] && q.GroupSize == q.Columns)) return false;
             parts.Add(part);
         }
-        Int4Quantization.Write(backend, q, parts.SelectMany(x => x.Packed).ToArray(), parts.SelectMany(x => x.Scales).ToArray(),
-            parts.SelectMany(x => x.Zeros).ToArray());
+        var packed = parts.SelectMany(x => x.Packed).ToArray();
+        var scales = parts.SelectMany(x => x.Scales).ToArray();
+        var zeros = parts.SelectMany(x => x.Zeros).ToArray();
+        if (p.Shape != p.GlobalShape) (packed, scales, zeros) = Int4Slice(p, q, packed, scales, zeros, parts[0].GroupSize);
+        Int4Quantization.Write(backend, q, packed, scales, zeros);
         return true;
+    }
+
+    /// <summary>
+    /// A tensor-parallel rank's part of a whole int4 weight (packed (N, K / 8), scales and zeros (N, G) in groups of
+    /// <paramref name="group"/>): the parameter's placement picks the nibbles (<see cref="Parameter.LocalValues{T}"/> over one
+    /// value a weight, as for floats), and each of the part's groups must lie inside one of the checkpoint's, whose scale and
+    /// zero it takes; a part whose groups would straddle two of the checkpoint's (a column split off a group boundary) is refused.
+    /// </summary>
+    private (int[] Packed, float[] Scales, sbyte[] Zeros) Int4Slice(Parameter p, QuantizedWeight q, int[] packed, float[] scales, sbyte[] zeros, int group)
+    {
+        int n = p.GlobalShape[0], k = p.GlobalShape[1], groups = Int4Quantization.Groups(k, group);
+        var nibbles = new byte[(long)n * k];
+        var groupOf = new int[(long)n * k];
+        for (int r = 0; r < n; r++)
+            for (int c = 0; c < k; c++)
+            {
+                nibbles[(long)r * k + c] = (byte)((packed[(long)r * (k / 8) + c / 8] >> (4 * (c % 8))) & 0xF);
+                groupOf[(long)r * k + c] = r * groups + c / group;
+            }
+        var localNibbles = p.LocalValues(nibbles);
+        var localGroups = p.LocalValues(groupOf);
+        int rows = q.Rows, columns = q.Columns, localGroupCount = q.Groups;
+        var localPacked = new int[rows * (columns / 8)];
+        var localScales = new float[rows * localGroupCount];
+        var localZeros = new sbyte[rows * localGroupCount];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < columns; c++)
+            {
+                long at = (long)r * columns + c;
+                localPacked[at / 8] |= localNibbles[at] << (int)(4 * (at % 8));
+                int first = localGroups[(long)r * columns + c / q.GroupSize * q.GroupSize];
+                if (localGroups[at] != first)
+                    throw new NotSupportedException($"{Path}: parameter '{p.Name}' ({p.Placement}) splits the 4-bit checkpoint's groups of {group} " +
+                        $"columns across tensor-parallel ranks (this rank's {columns} columns do not start on a group boundary); serve it with fewer ranks or none");
+                localScales[r * localGroupCount + c / q.GroupSize] = scales[first];
+                localZeros[r * localGroupCount + c / q.GroupSize] = zeros[first];
+            }
+        return (localPacked, localScales, localZeros);
     }
 
     private static void CopyToParameter(float[] data, Tensor value, IBackend backend)

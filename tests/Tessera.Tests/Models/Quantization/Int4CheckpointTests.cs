@@ -48,9 +48,9 @@ public sealed class Int4CheckpointTests : IDisposable
     /// </summary>
     private Written Write(Method method, int group, bool sym = false, Func<int, int, int, int>? nibble = null,
         Func<List<(string Name, DType DType, Shape Shape, byte[] Data)>, List<(string Name, DType DType, Shape Shape, byte[] Data)>>? edit = null,
-        Action<JsonObject>? config = null)
+        Action<JsonObject>? config = null, Func<TransformerConfig, TransformerConfig>? change = null)
     {
-        var (source, original) = _models.Save("llama-debug", DType.F32);
+        var (source, original) = _models.Save("llama-debug", DType.F32, change);
         string dir = $"{source}-{method}-{group}-{(sym ? "sym" : "asym")}-{(nibble is null ? "rtn" : "pattern")}-{Guid.NewGuid():N}";
         Directory.CreateDirectory(dir);
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(source, "config.json")))!.AsObject();
@@ -239,19 +239,86 @@ public sealed class Int4CheckpointTests : IDisposable
         Assert.Contains("act-order", e.Message);
     }
 
-    [Fact]
-    public void TensorParallelRanksAreRefusedForA4BitCheckpoint()
+    /// <summary>
+    /// Tensor-parallel ranks take their slices of the checkpoint's integers, scales and zeros exactly: what the two ranks' int4
+    /// weights stand for (the test's own loop), put together, is every weight scale (q - z) bit for bit, and the ranks generate
+    /// the greedy tokens of one device's int4 model (F64). Groups of 16 (the attention output's 32 columns split 16 and 16, on
+    /// a group boundary; with groups of 32 a rank's half of a group would take the group's scale as exactly) and per channel
+    /// (each rank's part of a row keeps the row's scale).
+    /// </summary>
+    [Theory]
+    [InlineData(Method.Gptq, 16)]
+    [InlineData(Method.Awq, -1)]
+    public void TensorParallelRanksHoldTheirSlicesOfTheCheckpointsIntegers(Method method, int group)
     {
-        var written = Write(Method.Awq, 16);
-        Tessera.Training.Parallel.ParallelTraining.RunThreadRanks(2, ctx =>
+        var written = Write(method, group);
+        int[] prompt = [5, 17, 3, 42, 8];
+        var options = new Tessera.Inference.GenerationOptions { MaxNewTokens = 12 };
+        var one = PretrainedModel.Load(written.Directory, _cpu, DType.F64, quantization: WeightQuantization.Int4);
+        var expectedTokens = new Tessera.Inference.TextGenerator(one).Generate(prompt, options).ToList();
+        var whole = HuggingFaceWeightMap.For(written.Config).ToCanonical(written.Values);
+        var ranks = Tessera.Training.Parallel.ParallelTraining.RunThreadRanks(2, ctx =>
         {
             using var groups = new Tessera.Distributed.Mesh.DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
             var tensor = new Tessera.Nn.Parallel.TensorParallelism(groups.Tp, Tessera.Nn.Parallel.ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
-            var e = Assert.Throws<NotSupportedException>(() => PretrainedModel.Load(written.Directory, ctx.Backend, DType.F32, tensorParallelism: tensor,
-                quantization: WeightQuantization.Int4));
-            Assert.Contains("not split across tensor-parallel ranks", e.Message);
-            return 0;
+            var model = PretrainedModel.Load(written.Directory, ctx.Backend, DType.F64, tensorParallelism: tensor, quantization: WeightQuantization.Int4);
+            var held = new Dictionary<string, double[]>();
+            foreach (var p in model.Layout.Parameters)
+            {
+                if (p.Quantized is not { } q) continue;
+                var global = new double[p.GlobalShape.NumElements];
+                p.ScatterToGlobal<double>(StandsFor(ctx.Backend, q), global);
+                held[p.Name] = global;
+            }
+            return (Held: held, Tokens: new Tessera.Inference.TextGenerator(model).Generate(prompt, options).ToList());
         }, TimeSpan.FromSeconds(60));
+        Assert.NotEmpty(ranks[0].Held);
+        foreach (var name in ranks[0].Held.Keys)
+        {
+            var sum = new double[ranks[0].Held[name].Length];
+            foreach (var r in ranks) for (int i = 0; i < sum.Length; i++) sum[i] += r.Held[name][i];   // disjoint slices
+            Assert.True(whole[name].Data.Select(v => (double)v).SequenceEqual(sum), $"{method} {name}: the ranks' int4 slices are not scale (q - z)");
+        }
+        Assert.Equal(expectedTokens, ranks[0].Tokens);
+        Assert.Equal(expectedTokens, ranks[1].Tokens);
+    }
+
+    [Fact]
+    public void ASliceOffTheCheckpointsGroupBoundariesIsRefusedNamingTheParameter()
+    {
+        // An MLP 48 wide in groups of 16: the down projection's rank 1 starts at column 24, inside the checkpoint's second group.
+        var written = Write(Method.Gptq, 16, change: c => c with { Hidden = 48 });
+        var errors = Tessera.Training.Parallel.ParallelTraining.RunThreadRanks<string?>(2, ctx =>
+        {
+            using var groups = new Tessera.Distributed.Mesh.DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var tensor = new Tessera.Nn.Parallel.TensorParallelism(groups.Tp, Tessera.Nn.Parallel.ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
+            try
+            {
+                PretrainedModel.Load(written.Directory, ctx.Backend, DType.F32, tensorParallelism: tensor, quantization: WeightQuantization.Int4);
+                return null;
+            }
+            catch (NotSupportedException e) { return e.Message; }
+        }, TimeSpan.FromSeconds(60));
+        Assert.Null(errors[0]);                 // rank 0's columns 0 .. 23: groups 0 .. 15 and 16 .. 23 lie inside the checkpoint's
+        Assert.NotNull(errors[1]);
+        Assert.Contains("'blocks.0.mlp.proj.weight'", errors[1]);
+        Assert.Contains("groups of 16", errors[1]);
+    }
+
+    private static double[] StandsFor(IBackend backend, QuantizedWeight q)
+    {
+        var packed = backend.ToArray<int>(q.Values);
+        var scales = backend.ToArray<float>(q.Scales);
+        var zeros = backend.ToArray<sbyte>(q.Zeros!);
+        int k = q.Columns;
+        var w = new double[q.Rows * k];
+        for (int r = 0; r < q.Rows; r++)
+            for (int c = 0; c < k; c++)
+            {
+                int g = r * q.Groups + c / q.GroupSize;
+                w[r * k + c] = (double)scales[g] * (((packed[r * (k / 8) + c / 8] >> (4 * (c % 8))) & 0xF) - zeros[g]);
+            }
+        return w;
     }
 
     [Fact]
