@@ -172,19 +172,36 @@ public sealed unsafe partial class CpuBackend
         sbyte* z = Ptr<sbyte>(weight.Zeros!);
         var dtype = output.DType;
         byte* o = BytePtr(output);
+        bool simd = dtype == DType.F32 && Avx2.IsSupported;
         ParallelChunks(weight.Rows, k, (start, end) =>
         {
+            var shifts = Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28);
+            var mask = Vector256.Create(0xFu);
             for (long n = start; n < end; n++)
-                for (int c = 0; c < k; c++)
+                if (simd)
                 {
-                    long g = n * groups + c / size;
-                    int nibble = (q[n * words + c / Int4Quantization.PerWord] >> (4 * (c % Int4Quantization.PerWord))) & 0xF;
-                    int value = nibble - z[g];
-                    switch (dtype)
+                    // Eight nibbles a word widened in one register: (q - zero) * scale, the scalar form's F32 operations.
+                    for (int wi = 0; wi < words; wi++)
                     {
-                        case DType.F32: ((float*)o)[n * k + c] = s[g] * value; break;
-                        case DType.F64: ((double*)o)[n * k + c] = (double)s[g] * value; break;
-                        default: ((BFloat16*)o)[n * k + c] = BFloat16.FromSingle(s[g] * value); break;
+                        long g = n * groups + 8 * wi / size;
+                        var nibbles = Avx2.And(Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)q[n * words + wi]), shifts), mask);
+                        var v = Avx.Multiply(Avx.Subtract(Avx.ConvertToVector256Single(nibbles.AsInt32()), Vector256.Create((float)z[g])), Vector256.Create(s[g]));
+                        Avx.Store((float*)o + n * k + 8 * wi, v);
+                    }
+                }
+                else
+                {
+                    for (int c = 0; c < k; c++)
+                    {
+                        long g = n * groups + c / size;
+                        int nibble = (q[n * words + c / Int4Quantization.PerWord] >> (4 * (c % Int4Quantization.PerWord))) & 0xF;
+                        int value = nibble - z[g];
+                        switch (dtype)
+                        {
+                            case DType.F32: ((float*)o)[n * k + c] = s[g] * value; break;
+                            case DType.F64: ((double*)o)[n * k + c] = (double)s[g] * value; break;
+                            default: ((BFloat16*)o)[n * k + c] = BFloat16.FromSingle(s[g] * value); break;
+                        }
                     }
                 }
         });
@@ -192,10 +209,10 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>
-    /// y = x W^T (+ bias) (+ beta y | + addend) for F32 x of few rows over an int4 weight: weight rows across the threads; each
-    /// row's words are dequantized a group at a time into a scratch of F32 (scale (q - zero), rounded once, as
-    /// <see cref="DequantizeInt4"/>) and multiplied into every row of x, so the weight is read once as nibbles and never whole in
-    /// floating point (decoding).
+    /// y = x W^T (+ bias) (+ beta y | + addend) for F32 x of few rows over an int4 weight: weight rows across the threads; with
+    /// AVX2 each word's eight nibbles are widened in one register, turned into (q - zero) scale (the F32 operations of
+    /// <see cref="DequantizeInt4"/>) and multiplied into every row of x by FMA; without, a group at a time through a small F32
+    /// scratch. The weight is read once as nibbles and never whole in floating point (decoding).
     /// </summary>
     private void Int4Direct(Tensor x, QuantizedWeight weight, Tensor y, float beta, Tensor? bias, Tensor? addend)
     {
@@ -206,23 +223,49 @@ public sealed unsafe partial class CpuBackend
         int* pq = Ptr<int>(weight.Values);
         sbyte* pz = Ptr<sbyte>(weight.Zeros!);
         long ldx = x.Stride(0), ldy = y.Stride(0), lda = addend?.Stride(0) ?? 0;
+        bool simd = Avx2.IsSupported && Fma.IsSupported;
         ParallelChunks(n, (long)m * k, (start, end) =>
         {
-            float* w = stackalloc float[size];
+            float* w = stackalloc float[simd ? 1 : size];
             float* sums = stackalloc float[QuantizedDirectMaxRows];
+            var acc = stackalloc Vector256<float>[QuantizedDirectMaxRows];
             for (long r = start; r < end; r++)
             {
                 for (int i = 0; i < m; i++) sums[i] = 0f;
                 int* row = pq + r * words;
-                for (int g = 0; g < groups; g++)
+                if (simd)
                 {
-                    int first = g * size, length = Math.Min(size, k - first);
-                    float scale = ps[r * groups + g];
-                    int zero = pz[r * groups + g];
-                    for (int c = 0; c < length; c++)
-                        w[c] = scale * (((row[(first + c) >> 3] >> (4 * ((first + c) & 7))) & 0xF) - zero);
-                    for (int i = 0; i < m; i++)
-                        sums[i] += Dot(px + i * ldx + first, w, length);
+                    // A word's eight nibbles widened in one register (variable shifts), (q - zero) * scale as the scalar form, then one
+                    // FMA a row of x: the weight is never written out.
+                    var shifts = Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28);
+                    var mask = Vector256.Create(0xFu);
+                    for (int i = 0; i < m; i++) acc[i] = Vector256<float>.Zero;
+                    for (int g = 0; g < groups; g++)
+                    {
+                        var scale = Vector256.Create(ps[r * groups + g]);
+                        var zero = Vector256.Create((float)pz[r * groups + g]);
+                        int firstWord = g * size / 8, lastWord = Math.Min(words, (g + 1) * size / 8);
+                        for (int wi = firstWord; wi < lastWord; wi++)
+                        {
+                            var q = Avx2.And(Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)row[wi]), shifts), mask);
+                            var v = Avx.Multiply(Avx.Subtract(Avx.ConvertToVector256Single(q.AsInt32()), zero), scale);
+                            for (int i = 0; i < m; i++) acc[i] = Fma.MultiplyAdd(Avx.LoadVector256(px + i * ldx + 8 * wi), v, acc[i]);
+                        }
+                    }
+                    for (int i = 0; i < m; i++) sums[i] = Vector256.Sum(acc[i]);
+                }
+                else
+                {
+                    for (int g = 0; g < groups; g++)
+                    {
+                        int first = g * size, length = Math.Min(size, k - first);
+                        float scale = ps[r * groups + g];
+                        int zero = pz[r * groups + g];
+                        for (int c = 0; c < length; c++)
+                            w[c] = scale * (((row[(first + c) >> 3] >> (4 * ((first + c) & 7))) & 0xF) - zero);
+                        for (int i = 0; i < m; i++)
+                            sums[i] += Dot(px + i * ldx + first, w, length);
+                    }
                 }
                 for (int i = 0; i < m; i++)
                 {
