@@ -28,6 +28,7 @@ public sealed unsafe partial class CudaBackend
         ArgumentNullException.ThrowIfNull(weight);
         weight.ValidateProduct(nameof(CudaBackend), x, y, beta, bias, epilogue, auxiliary, addend, norm);
         if (weight.IsFp8) { QuantizedMatMulFp8(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm); return; }
+        if (weight.IsInt4) { QuantizedMatMulInt4(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm); return; }
         if (epilogue == MatMulEpilogue.None && TryGemvQuantized(x, weight, y, beta, bias, addend, norm)) return;
         var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
         var input = normalized ?? x;
@@ -120,6 +121,8 @@ public sealed unsafe partial class CudaBackend
     private void QuantizedLookup(string op, Tensor ids, QuantizedWeight table, Tensor output, int rowOffset, bool shard, bool accumulate)
     {
         ArgumentNullException.ThrowIfNull(table);
+        if (table.IsInt4)
+            throw new NotSupportedException($"CudaBackend.{op}: an int4 table cannot be looked up; int4 quantization keeps the embedding tables in the model's dtype");
         RequireDType(op, "ids", ids, DType.I32);
         RequireContiguous(op, "ids", ids);
         RequireContiguous(op, "output", output);
@@ -140,6 +143,7 @@ public sealed unsafe partial class CudaBackend
         ArgumentNullException.ThrowIfNull(output);
         if (output.Shape != weight.Shape || !output.IsContiguous)
             throw new ArgumentException($"CudaBackend.Dequantize: output {output.Shape} must be contiguous and of the weight's shape {weight.Shape}", nameof(output));
+        if (weight.IsInt4) { DequantizeInt4(weight, output); return; }
         ulong pv = Ptr(weight.Values), ps = Ptr(weight.Scales), po = Ptr(output);
         long n = weight.Values.NumElements;
         int k = weight.Columns;

@@ -41,7 +41,11 @@ public static class PretrainedModel
         }
         else
         {
-            model = Quantized(hf.Config, backend, dtype, tensorParallelism, quantization: quantization, servedAdapters: served?.Batch);
+            // A 4-bit checkpoint's int4 model takes its group size and quantizes exactly the weights it holds in 4 bits.
+            bool int4Checkpoint = quantization == WeightQuantization.Int4 && hf.Int4GroupSize is not null;
+            model = Quantized(hf.Config, backend, dtype, tensorParallelism, quantization: quantization, servedAdapters: served?.Batch,
+                int4GroupSize: int4Checkpoint ? hf.Int4GroupSize!.Value : Int4Quantization.DefaultGroupSize,
+                int4Picks: int4Checkpoint ? p => hf.IsInt4Exact(p.Name) : null);
             hf.LoadInto(model.Layout.Parameters, backend);
         }
         served?.AttachTo(model);
@@ -66,12 +70,15 @@ public static class PretrainedModel
     /// <summary>
     /// What the load log should say about the form of <paramref name="directory"/>'s weights, or null when there is nothing
     /// to say: for a pre-quantized FP8 checkpoint, how many F8_E4M3 weights with which scales, and that its input_scale
-    /// tensors are ignored (reads the safetensors headers and config.json only).
+    /// tensors are ignored; for a 4-bit GPTQ or AWQ checkpoint, how many 4-bit weights in which groups (reads the safetensors
+    /// headers, config.json and GPTQ's g_idx tensors only).
     /// </summary>
     public static string? WeightsNote(string directory)
     {
         using var source = SafetensorsShardSource.Open(directory);
-        return new Fp8CheckpointSource(source, Path.Combine(directory, HuggingFaceModelDirectory.ConfigFile)).Summary;
+        string config = Path.Combine(directory, HuggingFaceModelDirectory.ConfigFile);
+        var fp8 = new Fp8CheckpointSource(source, config);
+        return fp8.Summary ?? new Int4CheckpointSource(fp8, source, config).Summary;
     }
 
     /// <summary>
@@ -84,15 +91,24 @@ public static class PretrainedModel
     /// <paramref name="lora"/> the int8 weights are the frozen base under trainable LoRA adapters (QLoRA's idea with int8):
     /// the base's gradients flow through dequantized copies, one layer at a time, and only the adapters are trained. With
     /// <paramref name="servedAdapters"/> the layers they target serve LoRA adapters unmerged over the quantized base (multi-LoRA).
+    /// <para>With <see cref="WeightQuantization.Int4"/> the linear layers' weights (<see cref="Transformer.IsInt4Quantizable"/>,
+    /// or those <paramref name="int4Picks"/> picks) are group-wise int4 in groups of <paramref name="int4GroupSize"/> columns
+    /// (-1: per channel); the embedding tables and the LM head stay in <paramref name="dtype"/>. With tensor parallelism each
+    /// rank quantizes the slice it holds, as int8 does (a row-parallel weight's groups start at its own first column). No LoRA
+    /// training over int4 (refused).</para>
     /// </summary>
     public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, Tessera.Nn.Adapters.LoraOptions? lora = null,
-        WeightQuantization quantization = WeightQuantization.Int8, Tessera.Nn.Adapters.MultiLoraBatch? servedAdapters = null)
+        WeightQuantization quantization = WeightQuantization.Int8, Tessera.Nn.Adapters.MultiLoraBatch? servedAdapters = null,
+        int int4GroupSize = Int4Quantization.DefaultGroupSize, Func<Parameter, bool>? int4Picks = null)
     {
         if (quantization == WeightQuantization.None)
-            throw new ArgumentException("PretrainedModel.Quantized: quantization must be Int8 or Fp8; build a plain Transformer for None", nameof(quantization));
+            throw new ArgumentException("PretrainedModel.Quantized: quantization must be Int8, Fp8 or Int4; build a plain Transformer for None", nameof(quantization));
+        if (quantization == WeightQuantization.Int4 && lora is not null)
+            throw new NotSupportedException("LoRA training over an int4 base is not supported; train over an int8 or fp8 base (--quantize int8|fp8)");
         var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism, lora: lora, servedAdapters: servedAdapters);
-        _ = new QuantizedParameterStorage(model.Layout, backend, dtype, model.IsQuantizable, quantization);   // attaches itself
+        Func<Parameter, bool> picks = quantization == WeightQuantization.Int4 ? int4Picks ?? model.IsInt4Quantizable : model.IsQuantizable;
+        _ = new QuantizedParameterStorage(model.Layout, backend, dtype, picks, quantization, int4GroupSize);   // attaches itself
         return model;
     }
 }

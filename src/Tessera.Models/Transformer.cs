@@ -323,6 +323,14 @@ public sealed class Transformer
     /// </summary>
     public bool IsQuantizable(Parameter parameter) => parameter.Shape.Rank == 2;
 
+    /// <summary>
+    /// Whether group-wise int4 quantization keeps <paramref name="parameter"/> in 4 bits: the linear layers' weights only, every
+    /// rank-2 parameter but the embedding tables ("tok_emb.weight", "pos_emb.weight") and the LM head ("lm_head.weight"), which
+    /// GPTQ and AWQ checkpoints keep in 16 bits (the head decides every token; the tables are gathered, not multiplied).
+    /// </summary>
+    public bool IsInt4Quantizable(Parameter parameter) => parameter.Shape.Rank == 2
+        && parameter.Name is not ("tok_emb.weight" or "pos_emb.weight" or "lm_head.weight");
+
     /// <summary>LM head C to Vpad: "lm_head" when untied, else over tok_emb.weight.</summary>
     public Linear Head => _head ?? throw NotHeld("the LM head");
 

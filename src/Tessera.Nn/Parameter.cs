@@ -66,8 +66,8 @@ public sealed class Parameter
     public Tensor Value => Store.Value(this);
 
     /// <summary>
-    /// The weight as int8 with row scales when the storage keeps it so (an inference model loaded with
-    /// <see cref="Quantization.WeightQuantization.Int8"/>; <see cref="Value"/> then throws), else null.
+    /// The weight as int8 or FP8 with row scales, or group-wise int4, when the storage keeps it so (an inference model loaded
+    /// with <see cref="Quantization.WeightQuantization.Int8"/>, Fp8 or Int4; <see cref="Value"/> then throws), else null.
     /// </summary>
     public QuantizedWeight? Quantized => Storage?.Quantized(this);
 

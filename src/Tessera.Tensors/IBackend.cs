@@ -78,11 +78,14 @@ public interface IBackend
     /// sx[m] = max|x[m, ·]| / 448 in F32 (1 for a row of zeros) and codes qx = e4m3(x / sx[m]) by an F32 division, and
     /// y[m, n] = sx[m] Scales[n] Σ_k qx[m, k] Values[n, k] + bias[n] (+ beta y, or + addend), then the epilogue, in y's dtype.
     /// Every backend computes these codes and scales; the sums' order and precision are the backend's.</para>
+    /// <para>Group-wise int4 weights (<see cref="QuantizedWeight.IsInt4"/>): W[n, k] = Scales[n, g] (q[n, k] - Zeros[n, g]) with
+    /// g = k / GroupSize, multiplied in x's precision as for int8.</para>
     /// </summary>
     void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null);
 
-    /// <summary>output (N, K) = the weight <paramref name="weight"/> stands for, Scales[n] * Values[n, k], in output's floating-point dtype.</summary>
+    /// <summary>output (N, K) = the weight <paramref name="weight"/> stands for, Scales[n] * Values[n, k] (int4: scale (q - zero) of the
+    /// element's group), in output's floating-point dtype.</summary>
     void Dequantize(QuantizedWeight weight, Tensor output);
 
     // ---------------------------------------------------------------- elementwise

@@ -7,6 +7,11 @@ namespace Tessera.Tensors;
 /// quantize each row of x to E4M3 as well and multiply codes by codes). Products read it through
 /// <see cref="IBackend.QuantizedMatMul"/>; <see cref="IBackend.Dequantize"/> gives the floating-point weight back.
 /// <see cref="Int8Quantization.QuantizeRows"/> and <see cref="Fp8Quantization.QuantizeRows"/> make one from a floating-point weight.
+/// <para>The group-wise int4 form (<see cref="Int4"/>, <see cref="IsInt4"/>: GPTQ's and AWQ's weights, <see cref="Int4Quantization"/>):
+/// <see cref="Values"/> (N, K / 8) I32, word w of row n holding columns 8w .. 8w + 7 as unsigned nibbles, column 8w + j in bits
+/// 4j .. 4j + 3 (little-nibble first, no interleave); <see cref="Scales"/> (N, G) F32 and <see cref="Zeros"/> (N, G) I8 (0 .. 15)
+/// for G = ceil(K / <see cref="GroupSize"/>) groups of consecutive columns (the last one may be shorter); the weight is
+/// <c>Scales[n, k / GroupSize] * (q[n, k] - Zeros[n, k / GroupSize])</c>. A symmetric checkpoint has every zero 8.</para>
 /// </summary>
 public sealed record QuantizedWeight
 {
@@ -21,28 +26,83 @@ public sealed record QuantizedWeight
             throw new ArgumentException($"quantized weight: scales must be a contiguous ({values.Size(0)}) F32 tensor, one a row of the values {values.Shape}, got {scales.DType} {scales.Shape}", nameof(scales));
         Values = values;
         Scales = scales;
+        Columns = values.Size(1);
+        GroupSize = Columns;
     }
 
-    /// <summary>(N, K) I8 or F8E4M3.</summary>
+    private QuantizedWeight(Tensor packed, Tensor scales, Tensor zeros, int columns, int groupSize)
+    {
+        Values = packed;
+        Scales = scales;
+        Zeros = zeros;
+        Columns = columns;
+        GroupSize = groupSize;
+    }
+
+    /// <summary>
+    /// A group-wise int4 weight (N, <paramref name="columns"/>) from <paramref name="packed"/> (N, K / 8) I32 (eight nibbles a
+    /// word, see the type), <paramref name="scales"/> (N, G) F32 and <paramref name="zeros"/> (N, G) I8, G = ceil(K /
+    /// <paramref name="groupSize"/>), all contiguous on one backend. K and the group size must be positive multiples of 8, so
+    /// that no word straddles two groups.
+    /// </summary>
+    public static QuantizedWeight Int4(Tensor packed, Tensor scales, Tensor zeros, int columns, int groupSize)
+    {
+        ArgumentNullException.ThrowIfNull(packed);
+        ArgumentNullException.ThrowIfNull(scales);
+        ArgumentNullException.ThrowIfNull(zeros);
+        if (columns <= 0 || columns % Int4Quantization.PerWord != 0)
+            throw new ArgumentException($"int4 weight: K ({columns}) must be a positive multiple of {Int4Quantization.PerWord} (eight nibbles a word)", nameof(columns));
+        if (groupSize <= 0 || groupSize % Int4Quantization.PerWord != 0)
+            throw new ArgumentException($"int4 weight: the group size ({groupSize}) must be a positive multiple of {Int4Quantization.PerWord}", nameof(groupSize));
+        if (packed.DType != DType.I32 || packed.Rank != 2 || packed.Size(1) != columns / Int4Quantization.PerWord || !packed.IsContiguous)
+            throw new ArgumentException($"int4 weight: the packed values must be a contiguous (N, {columns / Int4Quantization.PerWord}) I32 tensor, got {packed.DType} {packed.Shape}", nameof(packed));
+        int n = packed.Size(0), groups = Int4Quantization.Groups(columns, groupSize);
+        if (scales.DType != DType.F32 || scales.Shape != new Shape(n, groups) || !scales.IsContiguous)
+            throw new ArgumentException($"int4 weight: scales must be a contiguous ({n}, {groups}) F32 tensor (a scale a group of {groupSize} columns), got {scales.DType} {scales.Shape}", nameof(scales));
+        if (zeros.DType != DType.I8 || zeros.Shape != new Shape(n, groups) || !zeros.IsContiguous)
+            throw new ArgumentException($"int4 weight: zeros must be a contiguous ({n}, {groups}) I8 tensor, got {zeros.DType} {zeros.Shape}", nameof(zeros));
+        if (!ReferenceEquals(scales.Storage.Backend, packed.Storage.Backend) || !ReferenceEquals(zeros.Storage.Backend, packed.Storage.Backend))
+            throw new ArgumentException("int4 weight: the packed values, scales and zeros live on different backends");
+        return new QuantizedWeight(packed, scales, zeros, columns, groupSize);
+    }
+
+    /// <summary>True for the group-wise int4 form (<see cref="Int4"/>).</summary>
+    public bool IsInt4 => Zeros is not null;
+
+    /// <summary>(N, G) I8 zero points of the int4 form (0 .. 15), else null.</summary>
+    public Tensor? Zeros { get; }
+
+    /// <summary>Columns a scale covers: the int4 form's group size, K for the per-row forms.</summary>
+    public int GroupSize { get; }
+
+    /// <summary>Groups a row: ceil(K / <see cref="GroupSize"/>) (1 for the per-row forms).</summary>
+    public int Groups => Int4Quantization.Groups(Columns, GroupSize);
+
+    /// <summary>Rows <paramref name="first"/> .. <paramref name="first"/> + <paramref name="count"/> of this weight (views of its tensors).</summary>
+    public QuantizedWeight SliceRows(int first, int count) => IsInt4
+        ? new QuantizedWeight(Values.Slice(0, first, count), Scales.Slice(0, first, count), Zeros!.Slice(0, first, count), Columns, GroupSize)
+        : new QuantizedWeight(Values.Slice(0, first, count), Scales.Slice(0, first, count));
+
+    /// <summary>(N, K) I8 or F8E4M3; for the int4 form (N, K / 8) I32 of packed nibbles.</summary>
     public Tensor Values { get; }
 
     /// <summary>True when the values are E4M3 codes (the products quantize x too), false for int8.</summary>
     public bool IsFp8 => Values.DType == DType.F8E4M3;
 
-    /// <summary>(N) F32: row n of the weight is Scales[n] times row n of <see cref="Values"/>.</summary>
+    /// <summary>(N) F32: row n of the weight is Scales[n] times row n of <see cref="Values"/>; for the int4 form (N, G), a scale a group.</summary>
     public Tensor Scales { get; }
 
     /// <summary>Output features N.</summary>
     public int Rows => Values.Size(0);
 
     /// <summary>Input features K.</summary>
-    public int Columns => Values.Size(1);
+    public int Columns { get; }
 
     /// <summary>The shape of the weight it stands for, (N, K).</summary>
-    public Shape Shape => Values.Shape;
+    public Shape Shape => new(Rows, Columns);
 
-    /// <summary>Bytes held: one a value (int8 or E4M3), four a scale.</summary>
-    public long Bytes => Values.NumElements + 4L * Rows;
+    /// <summary>Bytes held: one a value (int8 or E4M3), four a scale; int4: half a value, four a scale and one a zero point per group.</summary>
+    public long Bytes => IsInt4 ? 4L * Values.NumElements + 5L * Scales.NumElements : Values.NumElements + 4L * Rows;
 
     /// <summary>
     /// The checks every backend applies to <see cref="IBackend.QuantizedMatMul"/>: x (M, K) and y (M, N) of one floating-point

@@ -12,8 +12,9 @@ using Tessera.Training.Data;
 namespace Tessera.Bench.Serving;
 
 /// <summary>
-/// What int8 and FP8 weights cost a trained model: the same model loaded in floating point, with <see cref="WeightQuantization.Int8"/>
-/// and with <see cref="WeightQuantization.Fp8"/> (its activations quantized per row too), each run over the windows of a
+/// What int8, FP8 and int4 weights cost a trained model: the same model loaded in floating point, with <see cref="WeightQuantization.Int8"/>,
+/// with <see cref="WeightQuantization.Fp8"/> (its activations quantized per row too) and with <see cref="WeightQuantization.Int4"/>
+/// (round to nearest, groups of 128; the embeddings and the head left in the dtype), each run over the windows of a
 /// validation shard; a table of the mean cross-entropy (nats a token), how often each quantized model agrees with the float
 /// one on the most likely next token, the largest logit difference against the logits' spread, and the weights' bytes. Then
 /// the float model's paged KV cache (<see cref="KvCacheRows"/>): in the model's dtype, in int8 and in FP8 (E4M3), what
@@ -54,6 +55,7 @@ public static class QuantizationBench
         [
             ("int8", TrainedModel.Load(modelDir, backend, dtype, quantization: WeightQuantization.Int8).Model),
             ("fp8", TrainedModel.Load(modelDir, backend, dtype, quantization: WeightQuantization.Fp8).Model),
+            ("int4", TrainedModel.Load(modelDir, backend, dtype, quantization: WeightQuantization.Int4).Model),
         ];
         int t = plain.Config.MaxSequenceLength, v = plain.Config.VocabSize;
         var tokens = TokenShard.ReadTokens(valPath).ToArray();

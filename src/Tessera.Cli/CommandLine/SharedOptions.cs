@@ -64,14 +64,16 @@ public static class SharedOptions
     /// <summary>--quantize none|int8|fp8: how an inference model keeps its linear layers' weights.</summary>
     public static Option<Tessera.Nn.Quantization.WeightQuantization> Quantize()
     {
-        string[] names = ["none", "int8", "fp8"];
+        string[] names = ["none", "int8", "fp8", "int4"];
         var option = new Option<Tessera.Nn.Quantization.WeightQuantization>("--quantize")
         {
             Description = "keep the weight matrices (the draft model's too) a byte a weight with one scale a row, quantized as the " +
                 "model loads: int8 (weight-only: products in --dtype), or fp8 (E4M3 weights, and each product quantizes its input's " +
                 "rows to E4M3 too: FP8 tensor cores on compute capability 8.9+, a dequantized product elsewhere; bf16/f16/f32 on " +
-                "CUDA, f32/f64 on the CPU); norms and biases stay in --dtype [default: none]",
-            HelpName = "none|int8|fp8",
+                "CUDA, f32/f64 on the CPU); or int4 (4 bits a weight, groups of 128 inputs with a scale and zero point each, " +
+                "round to nearest; a GPTQ or AWQ checkpoint's own 4-bit weights and groups are kept exactly; embeddings and the LM " +
+                "head stay in --dtype); norms and biases stay in --dtype [default: none]",
+            HelpName = "none|int8|fp8|int4",
             DefaultValueFactory = _ => Tessera.Nn.Quantization.WeightQuantization.None,
             CustomParser = result =>
             {
@@ -81,8 +83,9 @@ public static class SharedOptions
                     case "none": return Tessera.Nn.Quantization.WeightQuantization.None;
                     case "int8": return Tessera.Nn.Quantization.WeightQuantization.Int8;
                     case "fp8": return Tessera.Nn.Quantization.WeightQuantization.Fp8;
+                    case "int4": return Tessera.Nn.Quantization.WeightQuantization.Int4;
                     default:
-                        result.AddError($"--quantize '{text}': expected none, int8 or fp8");
+                        result.AddError($"--quantize '{text}': expected none, int8, fp8 or int4");
                         return Tessera.Nn.Quantization.WeightQuantization.None;
                 }
             },

@@ -18,7 +18,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     public const string ConfigFile = "config.json";
 
     private readonly SafetensorsShardSource _files;
-    private readonly Fp8CheckpointSource _source;
+    private readonly Fp8CheckpointSource _fp8;
+    private readonly Int4CheckpointSource _source;
     private readonly Dictionary<string, string> _resolved;
     private LoraWeightMerge? _adapter;
 
@@ -27,7 +28,8 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         Path = path;
         Config = config;
         _files = source;
-        _source = new Fp8CheckpointSource(source, System.IO.Path.Combine(path, ConfigFile));
+        _fp8 = new Fp8CheckpointSource(source, System.IO.Path.Combine(path, ConfigFile));
+        _source = new Int4CheckpointSource(_fp8, source, System.IO.Path.Combine(path, ConfigFile));
         Map = HuggingFaceWeightMap.For(config);
         _resolved = Map.Check(_source);
     }
@@ -42,7 +44,26 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// What the load log should say about the weights' form, or null: for a pre-quantized FP8 checkpoint, how many F8_E4M3
     /// weights with which scales, and that input_scale tensors are ignored.
     /// </summary>
-    public string? WeightsNote => _source.Summary;
+    public string? WeightsNote => _fp8.Summary ?? _source.Summary;
+
+    /// <summary>
+    /// The group size of a 4-bit GPTQ or AWQ checkpoint's weights (-1: a group a row), or null when the checkpoint is not one:
+    /// what an int4 model of it takes, so that its weights load exactly (<see cref="IsInt4Exact"/>).
+    /// </summary>
+    public int? Int4GroupSize => _source.Format?.GroupSize;
+
+    /// <summary>
+    /// Whether the 4-bit checkpoint gives <paramref name="parameterName"/> exactly as int4: every source of it is a 4-bit
+    /// weight, stacked by rows (not transposed), with no adapter merged into it. The parameters an int4 model of a 4-bit
+    /// checkpoint quantizes; the others (embeddings, head, norms, any layer the checkpoint left in 16 bits) stay in its dtype.
+    /// </summary>
+    public bool IsInt4Exact(string parameterName)
+    {
+        if (_source.Format is null || _adapter?.Adapts(parameterName) == true) return false;
+        var entry = Map.Entries.FirstOrDefault(e => e.Canonical == parameterName);
+        return entry is not null && entry.Transform is (WeightTransform.Identity or WeightTransform.ConcatRows)
+            && entry.Sources.All(s => _resolved.TryGetValue(s.Name, out var file) && _source.Weights.ContainsKey(file));
+    }
 
     /// <summary>The name map expanded for <see cref="Config"/>.</summary>
     public HuggingFaceWeightMap Map { get; }
@@ -187,7 +208,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         {
             // Mixed precision: the weights go to the F32 master, and the BF16 value is cast (or split) from it. A
             // tensor-parallel rank reads only its part of each split parameter.
-            if (TryLoadFp8Exactly(p, backend)) continue;
+            if (TryLoadFp8Exactly(p, backend) || TryLoadInt4Exactly(p, backend)) continue;
             var local = ReadLocal(p);
             p.WriteMasterOrValue(target => CopyToParameter(local, target, backend));
         }
@@ -229,7 +250,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         var parts = new List<(byte[] Codes, float[] RowScales)>();
         foreach (var (name, _) in entry.Sources)
         {
-            if (_source.ReadRowQuantized(_resolved[name]) is not { } part) return false;
+            if (_fp8.ReadRowQuantized(_resolved[name]) is not { } part) return false;
             parts.Add(part);
         }
         var codes = parts.SelectMany(x => x.Codes).ToArray();
@@ -239,6 +260,70 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         backend.CopyFromHost<byte>(codes, q.Values);
         backend.CopyFromHost<float>(scales, q.Scales);
         return true;
+    }
+
+    /// <summary>
+    /// Writes a 4-bit checkpoint's nibbles, scales and zero points as they are into <paramref name="p"/>'s int4
+    /// <see cref="QuantizedWeight"/>, when <see cref="IsInt4Exact"/> and the parameter holds the checkpoint's group size; a
+    /// tensor-parallel rank takes its slice of them (<see cref="Int4Slice"/>). False otherwise: the caller then loads the
+    /// dequantized values (which an int4 parameter re-quantizes, round to nearest).
+    /// </summary>
+    private bool TryLoadInt4Exactly(Parameter p, IBackend backend)
+    {
+        if (p.Quantized is not { IsInt4: true } q || !IsInt4Exact(p.Name)) return false;
+        var entry = Map.Entries.First(e => e.Canonical == p.Name);
+        var parts = new List<(int[] Packed, float[] Scales, sbyte[] Zeros, int GroupSize)>();
+        foreach (var (name, _) in entry.Sources)
+        {
+            var part = _source.ReadPacked(_resolved[name])!.Value;
+            // A per-channel checkpoint's group is its whole row; a rank's part of a row is then one group too.
+            if (part.GroupSize != q.GroupSize && !(part.GroupSize == p.GlobalShape[1] && q.GroupSize == q.Columns)) return false;
+            parts.Add(part);
+        }
+        var packed = parts.SelectMany(x => x.Packed).ToArray();
+        var scales = parts.SelectMany(x => x.Scales).ToArray();
+        var zeros = parts.SelectMany(x => x.Zeros).ToArray();
+        if (p.Shape != p.GlobalShape) (packed, scales, zeros) = Int4Slice(p, q, packed, scales, zeros, parts[0].GroupSize);
+        Int4Quantization.Write(backend, q, packed, scales, zeros);
+        return true;
+    }
+
+    /// <summary>
+    /// A tensor-parallel rank's part of a whole int4 weight (packed (N, K / 8), scales and zeros (N, G) in groups of
+    /// <paramref name="group"/>): the parameter's placement picks the nibbles (<see cref="Parameter.LocalValues{T}"/> over one
+    /// value a weight, as for floats), and each of the part's groups must lie inside one of the checkpoint's, whose scale and
+    /// zero it takes; a part whose groups would straddle two of the checkpoint's (a column split off a group boundary) is refused.
+    /// </summary>
+    private (int[] Packed, float[] Scales, sbyte[] Zeros) Int4Slice(Parameter p, QuantizedWeight q, int[] packed, float[] scales, sbyte[] zeros, int group)
+    {
+        int n = p.GlobalShape[0], k = p.GlobalShape[1], groups = Int4Quantization.Groups(k, group);
+        var nibbles = new byte[(long)n * k];
+        var groupOf = new int[(long)n * k];
+        for (int r = 0; r < n; r++)
+            for (int c = 0; c < k; c++)
+            {
+                nibbles[(long)r * k + c] = (byte)((packed[(long)r * (k / 8) + c / 8] >> (4 * (c % 8))) & 0xF);
+                groupOf[(long)r * k + c] = r * groups + c / group;
+            }
+        var localNibbles = p.LocalValues(nibbles);
+        var localGroups = p.LocalValues(groupOf);
+        int rows = q.Rows, columns = q.Columns, localGroupCount = q.Groups;
+        var localPacked = new int[rows * (columns / 8)];
+        var localScales = new float[rows * localGroupCount];
+        var localZeros = new sbyte[rows * localGroupCount];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < columns; c++)
+            {
+                long at = (long)r * columns + c;
+                localPacked[at / 8] |= localNibbles[at] << (int)(4 * (at % 8));
+                int first = localGroups[(long)r * columns + c / q.GroupSize * q.GroupSize];
+                if (localGroups[at] != first)
+                    throw new NotSupportedException($"{Path}: parameter '{p.Name}' ({p.Placement}) splits the 4-bit checkpoint's groups of {group} " +
+                        $"columns across tensor-parallel ranks (this rank's {columns} columns do not start on a group boundary); serve it with fewer ranks or none");
+                localScales[r * localGroupCount + c / q.GroupSize] = scales[first];
+                localZeros[r * localGroupCount + c / q.GroupSize] = zeros[first];
+            }
+        return (localPacked, localScales, localZeros);
     }
 
     private static void CopyToParameter(float[] data, Tensor value, IBackend backend)

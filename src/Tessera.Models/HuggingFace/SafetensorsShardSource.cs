@@ -41,6 +41,9 @@ internal sealed class SafetensorsShardSource : ITensorSource, IDisposable
     /// <summary>The header entry of <paramref name="name"/> (dtype, shape).</summary>
     public SafetensorsTensorInfo InfoOf(string name) => _byTensor[name][name];
 
+    /// <summary>The raw little-endian bytes of tensor <paramref name="name"/> (a packed int32 tensor of a 4-bit checkpoint).</summary>
+    public byte[] ReadBytes(string name) => _byTensor[name].ReadBytes(name);
+
     /// <summary>The raw E4M3 codes of the runs <paramref name="runs"/> of F8_E4M3 tensor <paramref name="name"/>.</summary>
     public byte[] ReadFp8Codes(string name, IReadOnlyList<(long Start, long Length)> runs) => _byTensor[name].ReadFp8Codes(name, runs);
 

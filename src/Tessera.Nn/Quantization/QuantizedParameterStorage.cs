@@ -3,9 +3,10 @@ using Tessera.Tensors;
 namespace Tessera.Nn.Quantization;
 
 /// <summary>
-/// An inference model's parameters with the weights of its linear layers quantized to int8 (<see cref="WeightQuantization.Int8"/>)
-/// or FP8 E4M3 (<see cref="WeightQuantization.Fp8"/>): the chosen weights live as <see cref="QuantizedWeight"/>s (one I8 or
-/// F8E4M3 buffer, one F32 buffer of row scales), every other
+/// An inference model's parameters with the weights of its linear layers quantized to int8 (<see cref="WeightQuantization.Int8"/>),
+/// FP8 E4M3 (<see cref="WeightQuantization.Fp8"/>) or group-wise int4 (<see cref="WeightQuantization.Int4"/>): the chosen weights
+/// live as <see cref="QuantizedWeight"/>s (one I8 or F8E4M3 buffer, one F32 buffer of row scales; for int4 one I32 buffer of
+/// packed nibbles, one F32 buffer of group scales and one I8 buffer of zero points), every other
 /// parameter (embeddings, norms, biases) in one value buffer of the model's dtype. No gradients and no masters: it is frozen.
 /// <para>A linear layer finds its weight through <see cref="Parameter.Quantized"/> and runs <see cref="IBackend.QuantizedMatMul"/>;
 /// <see cref="Parameter.Value"/> of a quantized weight throws, naming it, so no code reads a weight that is not there.
@@ -17,24 +18,28 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
 {
     private readonly Tensor?[] _values;
     private readonly QuantizedWeight?[] _quantized;
-    private readonly Tensor? _valueBuffer, _quantizedBuffer, _scaleBuffer;
+    private readonly Tensor? _valueBuffer, _quantizedBuffer, _scaleBuffer, _zeroBuffer;
     private bool _disposed;
 
     /// <summary>
     /// Allocates, on <paramref name="backend"/>, the parameters of <paramref name="layout"/>: those <paramref name="quantize"/>
     /// picks (each must be a rank-2 weight (N, K)) as int8 (or, with <paramref name="format"/> <see cref="WeightQuantization.Fp8"/>,
-    /// E4M3) with row scales, the rest in <paramref name="dtype"/>; all zero. Attaches itself to the layout.
+    /// E4M3) with row scales, or (<see cref="WeightQuantization.Int4"/>) as group-wise int4 with groups of
+    /// <paramref name="int4GroupSize"/> columns (-1: one group a row, per channel; K must be a multiple of 8), the rest in
+    /// <paramref name="dtype"/>; all zero. Attaches itself to the layout.
     /// </summary>
     public QuantizedParameterStorage(ParameterLayout layout, IBackend backend, DType dtype, Func<Parameter, bool> quantize,
-        WeightQuantization format = WeightQuantization.Int8)
+        WeightQuantization format = WeightQuantization.Int8, int int4GroupSize = Int4Quantization.DefaultGroupSize)
     {
         ArgumentNullException.ThrowIfNull(layout);
         ArgumentNullException.ThrowIfNull(backend);
         ArgumentNullException.ThrowIfNull(quantize);
         if (dtype is not (DType.F32 or DType.F64 or DType.BF16 or DType.F16))
             throw new ArgumentException($"quantized parameters: the other parameters' dtype must be floating point, got {dtype}", nameof(dtype));
-        if (format is not (WeightQuantization.Int8 or WeightQuantization.Fp8))
-            throw new ArgumentException($"quantized parameters: the format must be Int8 or Fp8, got {format}", nameof(format));
+        if (format is not (WeightQuantization.Int8 or WeightQuantization.Fp8 or WeightQuantization.Int4))
+            throw new ArgumentException($"quantized parameters: the format must be Int8, Fp8 or Int4, got {format}", nameof(format));
+        if (format == WeightQuantization.Int4 && int4GroupSize != -1 && (int4GroupSize <= 0 || int4GroupSize % Int4Quantization.PerWord != 0))
+            throw new ArgumentException($"quantized parameters: the int4 group size must be -1 (per channel) or a positive multiple of {Int4Quantization.PerWord}, got {int4GroupSize}", nameof(int4GroupSize));
         Format = format;
         Layout = layout;
         Backend = backend;
@@ -43,30 +48,47 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
         _values = new Tensor?[ps.Count];
         _quantized = new QuantizedWeight?[ps.Count];
         var picked = new bool[ps.Count];
+        bool int4 = format == WeightQuantization.Int4;
+        // Int4: the packed words (N, K / 8), and the scales and zeros (N, groups), a group the whole row for -1.
+        int GroupOf(Parameter p) => int4GroupSize == -1 ? p.Shape[1] : int4GroupSize;
+        Shape ValuesOf(Parameter p) => int4 ? new Shape(p.Shape[0], p.Shape[1] / Int4Quantization.PerWord) : p.Shape;
+        Shape ScalesOf(Parameter p) => int4 ? new Shape(p.Shape[0], Int4Quantization.Groups(p.Shape[1], GroupOf(p))) : new Shape(p.Shape[0]);
         long valueLength = 0, quantizedLength = 0, rows = 0;
         foreach (var p in ps)
         {
             picked[p.Index] = quantize(p);
             if (picked[p.Index] && p.Shape.Rank != 2)
                 throw new ArgumentException($"quantized parameters: '{p.Name}' {p.Shape} is not a (N, K) weight; only linear layers' weights are quantized");
-            if (picked[p.Index]) { quantizedLength += Aligned(p.NumElements); rows += Aligned(p.Shape[0]); }
+            if (picked[p.Index] && int4 && p.Shape[1] % Int4Quantization.PerWord != 0)
+                throw new ArgumentException($"quantized parameters: '{p.Name}' {p.Shape} has K = {p.Shape[1]} input features, not a multiple of " +
+                    $"{Int4Quantization.PerWord}; int4 packs eight a word (leave the model unquantized or use --quantize int8)");
+            if (picked[p.Index]) { quantizedLength += Aligned(ValuesOf(p).NumElements); rows += Aligned(ScalesOf(p).NumElements); }
             else valueLength += Aligned(p.NumElements);
         }
         if (valueLength > 0) _valueBuffer = backend.Zeros(BufferShape(valueLength), dtype);
         if (quantizedLength > 0)
         {
-            _quantizedBuffer = backend.Zeros(BufferShape(quantizedLength), format == WeightQuantization.Fp8 ? DType.F8E4M3 : DType.I8);
+            _quantizedBuffer = backend.Zeros(BufferShape(quantizedLength), format switch
+            {
+                WeightQuantization.Fp8 => DType.F8E4M3,
+                WeightQuantization.Int4 => DType.I32,
+                _ => DType.I8,
+            });
             _scaleBuffer = backend.Zeros(BufferShape(rows), DType.F32);
+            if (int4) _zeroBuffer = backend.Zeros(BufferShape(rows), DType.I8);
         }
         long valueOffset = 0, quantizedOffset = 0, rowOffset = 0;
         foreach (var p in ps)
         {
             if (picked[p.Index])
             {
-                _quantized[p.Index] = new QuantizedWeight(_quantizedBuffer!.Narrow(quantizedOffset, p.Shape),
-                    _scaleBuffer!.Narrow(rowOffset, new Shape(p.Shape[0])));
-                quantizedOffset += Aligned(p.NumElements);
-                rowOffset += Aligned(p.Shape[0]);
+                var values = _quantizedBuffer!.Narrow(quantizedOffset, ValuesOf(p));
+                var scales = _scaleBuffer!.Narrow(rowOffset, ScalesOf(p));
+                _quantized[p.Index] = int4
+                    ? QuantizedWeight.Int4(values, scales, _zeroBuffer!.Narrow(rowOffset, ScalesOf(p)), p.Shape[1], GroupOf(p))
+                    : new QuantizedWeight(values, scales);
+                quantizedOffset += Aligned(ValuesOf(p).NumElements);
+                rowOffset += Aligned(ScalesOf(p).NumElements);
             }
             else
             {
@@ -95,7 +117,7 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
     /// <summary>The dtype of the parameters that are not quantized (and of the products' activations).</summary>
     public DType DType { get; }
 
-    /// <summary>How the quantized weights are held: <see cref="WeightQuantization.Int8"/> or <see cref="WeightQuantization.Fp8"/>.</summary>
+    /// <summary>How the quantized weights are held: <see cref="WeightQuantization.Int8"/>, <see cref="WeightQuantization.Fp8"/> or <see cref="WeightQuantization.Int4"/>.</summary>
     public WeightQuantization Format { get; }
 
     /// <summary>How many parameters are held quantized.</summary>
@@ -103,14 +125,14 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
 
     /// <summary>Bytes of the buffers held on the backend: the values, the quantized weights and their scales.</summary>
     public long AllocatedBytes => _disposed ? 0 : (_valueBuffer?.Storage.ByteLength ?? 0) + (_quantizedBuffer?.Storage.ByteLength ?? 0)
-        + (_scaleBuffer?.Storage.ByteLength ?? 0);
+        + (_scaleBuffer?.Storage.ByteLength ?? 0) + (_zeroBuffer?.Storage.ByteLength ?? 0);
 
     /// <inheritdoc/>
     public QuantizedWeight? Quantized(Parameter parameter) => Live()._quantized[Check(parameter).Index];
 
     /// <inheritdoc/>
     public Tensor Value(Parameter parameter) => Live()._values[Check(parameter).Index] ?? throw new InvalidOperationException(
-        $"parameter '{parameter.Name}' is held as {(Format == WeightQuantization.Fp8 ? "fp8" : "int8")} with row scales (quantized weights); read Parameter.Quantized, or " +
+        $"parameter '{parameter.Name}' is held as {Format.ToString().ToLowerInvariant()} with scales (quantized weights); read Parameter.Quantized, or " +
         "Parameter.ReadMasterOrValue for the dequantized weight");
 
     /// <inheritdoc/>
@@ -154,7 +176,8 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
             host = Backend.ToArray<float>(w);
         }
         finally { w.Storage.Dispose(); }
-        if (q.IsFp8) Fp8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
+        if (q.IsInt4) Int4Quantization.QuantizeInto(Backend, host, q, parameter.Name);
+        else if (q.IsFp8) Fp8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
         else Int8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
     }
 
@@ -175,6 +198,7 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
         _valueBuffer?.Storage.Dispose();
         _quantizedBuffer?.Storage.Dispose();
         _scaleBuffer?.Storage.Dispose();
+        _zeroBuffer?.Storage.Dispose();
     }
 
     private QuantizedParameterStorage Live() => _disposed

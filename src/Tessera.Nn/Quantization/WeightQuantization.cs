@@ -18,4 +18,12 @@ public enum WeightQuantization
     /// cores of compute capability 8.9 and above multiply codes by codes. Norms and biases stay in the model's dtype.
     /// </summary>
     Fp8,
+
+    /// <summary>
+    /// Group-wise 4-bit integers (<see cref="Tessera.Tensors.Int4Quantization"/>, GPTQ's and AWQ's weights): per output row, groups
+    /// of consecutive input columns (128 by default) with an F32 scale and a zero point each, eight nibbles a 32-bit word. Only
+    /// the linear layers' weights (not the embedding tables nor the LM head, which the GPTQ and AWQ checkpoints keep in 16 bits);
+    /// the products dequantize them as they go, in x's precision.
+    /// </summary>
+    Int4,
 }

@@ -26,8 +26,9 @@ public sealed unsafe partial class CpuBackend
     /// <inheritdoc/>
     /// <remarks>F32 with at most 8 rows: the direct kernel (AVX2 where present; GELU after it). More rows, and F64 (the
     /// reference): tiles of weight rows dequantized into a scratch of x's dtype and <see cref="MatMul"/> on each. FP8 weights:
-    /// x quantized row by row and the sums of codes in F64 (<see cref="QuantizedFp8"/>). A norm normalizes x into a tensor of
-    /// its own first (<see cref="RmsNormMatMul"/>'s composition).</remarks>
+    /// x quantized row by row and the sums of codes in F64 (<see cref="QuantizedFp8"/>). Int4 weights: F32 with at most 8 rows
+    /// on <see cref="Int4Direct"/>, else the dequantized tiles as int8's. A norm normalizes x into a tensor of its own first
+    /// (<see cref="RmsNormMatMul"/>'s composition).</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null)
     {
@@ -43,16 +44,19 @@ public sealed unsafe partial class CpuBackend
             KeepOperandsAlive(x, r.Weight);
             return;
         }
-        bool direct = !weight.IsFp8 && x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
+        bool direct = !weight.IsFp8 && !weight.IsInt4 && x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
             && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous) && (auxiliary is null || auxiliary.Stride(1) == 1);
         // GELU: the product goes to the pre-activation (the GEMM's GELU epilogue wants whole contiguous tensors, and the direct
         // kernel has none), then the activation into y.
         var product = epilogue == MatMulEpilogue.Gelu ? auxiliary! : y;
+        bool int4Direct = weight.IsInt4 && x.DType == DType.F32 && x.Size(0) <= QuantizedDirectMaxRows && x.Stride(1) == 1 && y.Stride(1) == 1
+            && (addend is null || addend.Stride(1) == 1) && (bias is null || bias.IsContiguous);
         if (weight.IsFp8) QuantizedFp8(x, weight, product, beta, bias, addend);
+        else if (int4Direct) Int4Direct(x, weight, product, (float)beta, bias, addend);
         else if (direct) QuantizedDirect(x, weight, product, (float)beta, bias, addend);
         else QuantizedTiled(x, weight, product, beta, bias, addend);
         if (epilogue == MatMulEpilogue.Gelu) GeluForward(product, y);
-        KeepOperandsAlive(x, weight.Values, weight.Scales, y, bias, auxiliary, addend);
+        KeepOperandsAlive(x, weight.Values, weight.Scales, weight.Zeros, y, bias, auxiliary, addend);
     }
 
     /// <inheritdoc/>
@@ -64,6 +68,7 @@ public sealed unsafe partial class CpuBackend
         RequireShape(op, nameof(output), output, weight.Shape);
         if (output.DType is not (DType.F32 or DType.F64 or DType.BF16) || !output.IsContiguous)
             throw new ArgumentException($"{op}: output must be a contiguous F32, F64 or BF16 tensor, got {output.DType} {output.Shape}", nameof(output));
+        if (weight.IsInt4) { DequantizeInt4(weight, output); return; }
         int k = weight.Columns;
         sbyte* q = Ptr<sbyte>(weight.Values);
         float* s = Ptr<float>(weight.Scales);
@@ -125,6 +130,8 @@ public sealed unsafe partial class CpuBackend
         RequireContiguous(op, nameof(ids), ids);
         RequireComputeDType(op, nameof(output), output);
         RequireContiguous(op, nameof(output), output);
+        if (table.IsInt4)
+            throw new NotSupportedException($"{op}: an int4 table cannot be looked up; int4 quantization keeps the embedding tables in the model's dtype");
         int n = ids.Size(0), c = table.Columns, v = table.Rows;
         RequireShape(op, nameof(output), output, new Shape(n, c));
         int* pid = Ptr<int>(ids);
@@ -154,6 +161,140 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <summary>
+    /// output (N, K) = scale (q - z) of an int4 weight: exact in F64 (an F32 scale times an integer of at most 5 bits), rounded
+    /// once in F32 and (through F32) in BF16, as the int8 form.
+    /// </summary>
+    private void DequantizeInt4(QuantizedWeight weight, Tensor output)
+    {
+        int k = weight.Columns, words = k / Int4Quantization.PerWord, groups = weight.Groups, size = weight.GroupSize;
+        int* q = Ptr<int>(weight.Values);
+        float* s = Ptr<float>(weight.Scales);
+        sbyte* z = Ptr<sbyte>(weight.Zeros!);
+        var dtype = output.DType;
+        byte* o = BytePtr(output);
+        bool simd = dtype == DType.F32 && Avx2.IsSupported;
+        ParallelChunks(weight.Rows, k, (start, end) =>
+        {
+            var shifts = Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28);
+            var mask = Vector256.Create(0xFu);
+            for (long n = start; n < end; n++)
+                if (simd)
+                {
+                    // Eight nibbles a word widened in one register: (q - zero) * scale, the scalar form's F32 operations.
+                    for (int wi = 0; wi < words; wi++)
+                    {
+                        long g = n * groups + 8 * wi / size;
+                        var nibbles = Avx2.And(Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)q[n * words + wi]), shifts), mask);
+                        var v = Avx.Multiply(Avx.Subtract(Avx.ConvertToVector256Single(nibbles.AsInt32()), Vector256.Create((float)z[g])), Vector256.Create(s[g]));
+                        Avx.Store((float*)o + n * k + 8 * wi, v);
+                    }
+                }
+                else
+                {
+                    for (int c = 0; c < k; c++)
+                    {
+                        long g = n * groups + c / size;
+                        int nibble = (q[n * words + c / Int4Quantization.PerWord] >> (4 * (c % Int4Quantization.PerWord))) & 0xF;
+                        int value = nibble - z[g];
+                        switch (dtype)
+                        {
+                            case DType.F32: ((float*)o)[n * k + c] = s[g] * value; break;
+                            case DType.F64: ((double*)o)[n * k + c] = (double)s[g] * value; break;
+                            default: ((BFloat16*)o)[n * k + c] = BFloat16.FromSingle(s[g] * value); break;
+                        }
+                    }
+                }
+        });
+        KeepOperandsAlive(weight.Values, weight.Scales, weight.Zeros, output);
+    }
+
+    /// <summary>
+    /// y = x W^T (+ bias) (+ beta y | + addend) for F32 x of few rows over an int4 weight: weight rows across the threads; with
+    /// AVX2 each word's eight nibbles are widened in one register, turned into (q - zero) scale (the F32 operations of
+    /// <see cref="DequantizeInt4"/>) and multiplied into every row of x by FMA; without, a group at a time through a small F32
+    /// scratch. The weight is read once as nibbles and never whole in floating point (decoding).
+    /// </summary>
+    private void Int4Direct(Tensor x, QuantizedWeight weight, Tensor y, float beta, Tensor? bias, Tensor? addend)
+    {
+        int m = x.Size(0), k = weight.Columns, n = weight.Rows, words = k / Int4Quantization.PerWord, groups = weight.Groups, size = weight.GroupSize;
+        float* px = Ptr<float>(x), py = Ptr<float>(y), ps = Ptr<float>(weight.Scales);
+        float* pb = bias is null ? null : Ptr<float>(bias);
+        float* pa = addend is null ? null : Ptr<float>(addend);
+        int* pq = Ptr<int>(weight.Values);
+        sbyte* pz = Ptr<sbyte>(weight.Zeros!);
+        long ldx = x.Stride(0), ldy = y.Stride(0), lda = addend?.Stride(0) ?? 0;
+        bool simd = Avx2.IsSupported && Fma.IsSupported;
+        ParallelChunks(n, (long)m * k, (start, end) =>
+        {
+            float* w = stackalloc float[simd ? 1 : size];
+            float* sums = stackalloc float[QuantizedDirectMaxRows];
+            var acc = stackalloc Vector256<float>[QuantizedDirectMaxRows];
+            for (long r = start; r < end; r++)
+            {
+                for (int i = 0; i < m; i++) sums[i] = 0f;
+                int* row = pq + r * words;
+                if (simd)
+                {
+                    // A word's eight nibbles widened in one register (variable shifts), (q - zero) * scale as the scalar form, then one
+                    // FMA a row of x: the weight is never written out.
+                    var shifts = Vector256.Create(0u, 4, 8, 12, 16, 20, 24, 28);
+                    var mask = Vector256.Create(0xFu);
+                    for (int i = 0; i < m; i++) acc[i] = Vector256<float>.Zero;
+                    for (int g = 0; g < groups; g++)
+                    {
+                        var scale = Vector256.Create(ps[r * groups + g]);
+                        var zero = Vector256.Create((float)pz[r * groups + g]);
+                        int firstWord = g * size / 8, lastWord = Math.Min(words, (g + 1) * size / 8);
+                        for (int wi = firstWord; wi < lastWord; wi++)
+                        {
+                            var q = Avx2.And(Avx2.ShiftRightLogicalVariable(Vector256.Create((uint)row[wi]), shifts), mask);
+                            var v = Avx.Multiply(Avx.Subtract(Avx.ConvertToVector256Single(q.AsInt32()), zero), scale);
+                            for (int i = 0; i < m; i++) acc[i] = Fma.MultiplyAdd(Avx.LoadVector256(px + i * ldx + 8 * wi), v, acc[i]);
+                        }
+                    }
+                    for (int i = 0; i < m; i++) sums[i] = Vector256.Sum(acc[i]);
+                }
+                else
+                {
+                    for (int g = 0; g < groups; g++)
+                    {
+                        int first = g * size, length = Math.Min(size, k - first);
+                        float scale = ps[r * groups + g];
+                        int zero = pz[r * groups + g];
+                        for (int c = 0; c < length; c++)
+                            w[c] = scale * (((row[(first + c) >> 3] >> (4 * ((first + c) & 7))) & 0xF) - zero);
+                        for (int i = 0; i < m; i++)
+                            sums[i] += Dot(px + i * ldx + first, w, length);
+                    }
+                }
+                for (int i = 0; i < m; i++)
+                {
+                    float v = sums[i] + (pb is null ? 0f : pb[r]);
+                    float* out_ = py + i * ldy + r;
+                    if (pa is not null) v += pa[i * lda + r];
+                    else if (beta != 0f) v += beta * *out_;
+                    *out_ = v;
+                }
+            }
+        });
+    }
+
+    /// <summary>Σ a[i] b[i] over <paramref name="length"/> F32 values (8 lanes at a time where AVX2 and FMA are present).</summary>
+    private static float Dot(float* a, float* b, int length)
+    {
+        int i = 0;
+        float sum = 0f;
+        if (Avx2.IsSupported && Fma.IsSupported && length >= 8)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i + 8 <= length; i += 8) acc = Fma.MultiplyAdd(Avx.LoadVector256(a + i), Avx.LoadVector256(b + i), acc);
+            sum = Vector256.Sum(acc);
+        }
+        for (; i < length; i++) sum += a[i] * b[i];
+        return sum;
+    }
+
+    /// <summary>
     /// The product a tile of weight rows at a time: each tile dequantized into one scratch of x's dtype (reused, so the weight
     /// is never whole in floating point), then the GEMM over the matching columns of y (and of the bias and addend), which it
     /// reads and writes in place through their row strides.
@@ -169,7 +310,7 @@ public sealed unsafe partial class CpuBackend
             {
                 int rows = Math.Min(tile, n - first);
                 var w = scratch.Slice(0, 0, rows);
-                Dequantize(new QuantizedWeight(weight.Values.Slice(0, first, rows), weight.Scales.Slice(0, first, rows)), w);
+                Dequantize(weight.SliceRows(first, rows), w);
                 MatMul(x, w, y.Slice(1, first, rows), transposeB: true, beta: beta, bias: bias?.Slice(0, first, rows),
                     addend: addend?.Slice(1, first, rows));
             }

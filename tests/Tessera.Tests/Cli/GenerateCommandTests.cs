@@ -142,7 +142,8 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
     /// `--quantize int8` loads the run with int8 weights and says so; a seed gives the same text twice; the greedy text of the
     /// trained README model is the float model's (checked by hand, docs/benchmarks.md: a two-step run's near-uniform logits
     /// make no such promise); split over two tensor-parallel thread ranks too, and with the run as its own quantized draft model
-    /// (every guess kept); `--quantize fp8` likewise loads and says so. An unknown scheme is a usage error naming the option.
+    /// (every guess kept); `--quantize fp8` and `--quantize int4` likewise load and say so (int4 over two ranks too). An
+    /// unknown scheme is a usage error naming the option.
     /// </summary>
     [Fact]
     public void QuantizedGenerationRunsAndSaysSo()
@@ -162,9 +163,18 @@ public sealed class GenerateCommandTests : IClassFixture<GenerateCommandTests.Ch
         Assert.True(code5 == 0, err5);
         var counts = System.Text.RegularExpressions.Regex.Match(err5, @"(\d+) of (\d+) draft tokens accepted");
         Assert.True(counts.Success && counts.Groups[1].Value == counts.Groups[2].Value && counts.Groups[2].Value != "0", err5);
-        var (code3, _, err3) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--quantize", "int4");
+        var (code3, _, err3) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--quantize", "int3");
         Assert.Equal(2, code3);
-        Assert.Contains("--quantize 'int4': expected none, int8 or fp8", err3);
+        Assert.Contains("--quantize 'int3': expected none, int8, fp8 or int4", err3);
+        // Int4 weights (round to nearest in groups of 128) load, generate and say so, on one device and split over two ranks.
+        var (code7, int4Text, err7) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "30", "--seed", "3",
+            "--quantize", "int4", "--threads", "1");
+        Assert.True(code7 == 0, err7);
+        Assert.StartsWith("the ", int4Text);
+        Assert.Matches(@"\[30 tokens .*; int4 weights, [\d.]+ MiB\]", err7);
+        var (code8, _, err8) = CliProcess.Run([.. args[..^4], "--quantize", "int4", "--threads", "1", "--tp", "2"]);   // each rank quantizes its slices
+        Assert.True(code8 == 0, err8);
+        Assert.Matches(@"\[30 tokens .*; int4 weights, [\d.]+ MiB\]", err8);
         // FP8 weights (W8A8: the CPU quantizes each product's input rows too) load, generate and say so, and that the CPU runs them as the reference.
         var (code6, fp8Text, err6) = CliProcess.Run("generate", "--model", _checkpoint.Run, "--prompt", "the ", "--max-tokens", "30", "--seed", "3",
             "--quantize", "fp8", "--threads", "1");

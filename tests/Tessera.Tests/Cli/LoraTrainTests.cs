@@ -189,6 +189,10 @@ public sealed class LoraTrainTests : IDisposable
         var (code2, _, err2) = CliProcess.Run("train", "--model", model, "--data", data, "--quantize", "int8", "--steps", "1", "--out", Path.Combine(_dir, "q2"));
         Assert.Equal(2, code2);
         Assert.Contains("add --lora R", err2);
+        // An int4 base is not trained over (yet): a usage error that says which bases are.
+        var (code3, _, err3) = CliProcess.Run("train", "--model", model, "--data", data, "--lora", "4", "--quantize", "int4", "--steps", "1", "--out", Path.Combine(_dir, "q3"));
+        Assert.Equal(2, code3);
+        Assert.Contains("--quantize int4 is for generate and serve", err3);
     }
 
     [Fact]

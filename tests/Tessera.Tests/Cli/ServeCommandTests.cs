@@ -64,6 +64,8 @@ public sealed class ServeCommandTests : IDisposable
     [InlineData(true, 2, "none", "int8")]
     [InlineData(false, 1, "fp8", "model")]
     [InlineData(false, 2, "fp8", "model")]
+    [InlineData(false, 1, "int4", "model")]
+    [InlineData(false, 2, "int4", "model")]
     [InlineData(false, 1, "none", "fp8")]
     [InlineData(true, 2, "none", "fp8")]
     public async Task TrainedRunIsServedOverHttpAndAnswersAChatCompletion(bool draftModel, int tp, string quantize, string kvDType)

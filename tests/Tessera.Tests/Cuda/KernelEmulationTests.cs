@@ -274,6 +274,22 @@ public sealed class KernelEmulationTests
              "quantize_rows_fp8_f32 M=5 K=1000 ld=1024 exact", "quantize_rows_fp8_f32 M=5 K=1000 ld=1024 norm"]);
 
     /// <summary>
+    /// The group-wise int4 kernels (int4.cu): <c>dequantize_int4_f32</c> bit for bit against scale (q - zero), and the
+    /// matrix-vector product <c>gemv_int4_f32_m{1..4}</c> within 1e-5 of sum |x w| (fp32 sums in another order) against a
+    /// double reference, over odd N, groups of 8 to 200 columns (a last group shorter, one group a row), symmetric and
+    /// asymmetric zeros, bias, an addend, and grids smaller than the rows (Emulation/int4_kernels.cpp; seed 11, packed by a
+    /// plain loop there). <see cref="CudaInt4QuantizedMatMulTests"/> checks them on the device.
+    /// </summary>
+    [Fact]
+    public void Int4KernelsGiveTheDequantizedProductOnTheCpuEmulation() =>
+        RunEmulated(["int4.cu"], "int4_kernels",
+            ["dequantize_int4_f32 N=7 K=256 group=128 asym", "dequantize_int4_f32 N=5 K=96 group=64 sym", "dequantize_int4_f32 N=3 K=40 group=40 asym",
+             "gemv_int4_f32 M=1 N=37 K=256 group=128 asym bias grid=2", "gemv_int4_f32 M=2 N=33 K=96 group=64 sym addend grid=1",
+             "gemv_int4_f32 M=3 N=9 K=512 group=32 asym bias addend grid=4", "gemv_int4_f32 M=4 N=65 K=1024 group=128 sym bias grid=3",
+             "gemv_int4_f32 M=4 N=19 K=200 group=200 asym grid=1", "gemv_int4_f32 M=1 N=1 K=8 group=8 asym grid=1",
+             "gemv_int4_f32 M=2 N=11 K=128 group=16 asym bias grid=2", "gemv_int4_f32 M=3 N=7 K=2048 group=64 sym addend grid=1"]);
+
+    /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,
     /// skipping the rows left to the tensor-core prefill kernel, the splits merged by the kernel's last CTA (counters; its batched
     /// merge, up to 18 splits, equal bit for bit to the serial one), the tiled decode kernel (<see cref="CudaBackendOptions.PagedDecodeTiled"/>:

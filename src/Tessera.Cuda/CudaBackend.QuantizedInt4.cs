@@ -1,0 +1,65 @@
+using Tessera.Tensors;
+
+namespace Tessera.Cuda;
+
+// Group-wise int4 weights (QuantizedWeight.Int4; int4.cu): 1 to 4 rows of x take the matrix-vector kernel, which reads each
+// packed word once and dequantizes it in registers (decoding is bound by reading the weights, which is what 4 bits halve
+// against int8); more rows, or an epilogue, dequantize the whole weight into scratch of x's dtype from the caching allocator
+// and run the product as for any weight (cuBLASLt): correct and graph-safe, not faster than 16-bit weights at prefill.
+public sealed unsafe partial class CudaBackend
+{
+    /// <summary>Warps a block of the int4 matrix-vector kernel: one output row a warp.</summary>
+    private const int Int4GemvWarps = 8;
+
+    /// <summary>
+    /// The int4 form of <see cref="QuantizedMatMul"/> (see the file's note): x RMS-normalized into scratch first when a norm
+    /// is given; the path depends on shapes, dtypes, options and the epilogue only, so an eager step and its recorded graph
+    /// take the same one.
+    /// </summary>
+    private void QuantizedMatMulInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, MatMulEpilogue epilogue,
+        Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm)
+    {
+        var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
+        var input = normalized ?? x;
+        if (epilogue != MatMulEpilogue.None || !TryGemvInt4(input, weight, y, beta, bias, addend))
+        {
+            var w = ScratchTensor(weight.Shape, x.DType);
+            DequantizeInt4(weight, w);
+            MatMul(input, w, y, transposeB: true, beta: beta, bias: bias, epilogue: epilogue, auxiliary: auxiliary, addend: addend);
+            w.Storage.Dispose();
+        }
+        normalized?.Storage.Dispose();
+    }
+
+    /// <summary>
+    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: <c>gemv_int4_{type}_m{M}</c>.
+    /// False, with nothing enqueued, when <see cref="CudaBackendOptions.MatrixVectorKernels"/> is off or x, y or the addend
+    /// has columns that are not unit-strided, or more than 4 rows.
+    /// </summary>
+    private bool TryGemvInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
+    {
+        if (!Options.MatrixVectorKernels || x.Rank != 2) return false;
+        int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
+        var dtype = x.DType;
+        if (m < 1 || m > GemvMaxRows || n == 0 || dtype is not (DType.F32 or DType.BF16 or DType.F16) || !BiasFits(bias, dtype, n)) return false;
+        if (x.Stride(1) != 1 || y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
+        var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
+        ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
+        long ldx = x.Stride(0), ldy = y.Stride(0), ldc = c.Stride(0);
+        float be = addend is null ? (float)beta : 1f;
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &n, &k, &group, &ldx, &ldy, &ldc, &be };
+        uint blocks = (uint)Math.Clamp((n + Int4GemvWarps - 1) / Int4GemvWarps, 1, CudaDevice.MultiprocessorCount * 16);
+        Launch("int4.cu", $"gemv_int4_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", blocks, 32 * Int4GemvWarps, args);
+        return true;
+    }
+
+    /// <summary>output (N, K) = the int4 weight, scale (q - zero) in fp32 rounded once to output's type (<c>dequantize_int4_*</c>).</summary>
+    private void DequantizeInt4(QuantizedWeight weight, Tensor output)
+    {
+        ulong pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), po = Ptr(output);
+        long n = weight.Rows;
+        int k = weight.Columns, group = weight.GroupSize;
+        void** args = stackalloc void*[] { &pq, &ps, &pz, &po, &n, &k, &group };
+        Launch("int4.cu", "dequantize_int4_" + Suffix(output.DType, nameof(Dequantize)), GridFor(n * (k / Int4Quantization.PerWord)), Threads, args);
+    }
+}

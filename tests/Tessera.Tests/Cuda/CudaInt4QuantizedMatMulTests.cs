@@ -1,0 +1,125 @@
+using Xunit;
+using Tessera.Cuda;
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Group-wise int4 products on the GPU (<see cref="CudaBackend.QuantizedMatMul"/>, <see cref="CudaBackend.Dequantize"/> over
+/// <see cref="QuantizedWeight.Int4"/>) against the CPU backend's in F64 on the same int4 weights (<see cref="Int4Quantization.QuantizeRows"/>
+/// of random weights, the seed in the test's output): 1 to 4 rows of x on the matrix-vector kernel (int4.cu,
+/// <c>gemv_int4_*</c>, which the op profiler must name), 7 and 96 rows and the GELU epilogue on the dequantized weight
+/// (<c>dequantize_int4_*</c>) and cuBLASLt; groups of 32, 128 and a whole row; N odd. Tolerances (relative, over the whole
+/// tensor): F32 1e-5 (fp32 sums over K = 1024 terms; the dequantized path also rounds each weight once to fp32); BF16 and F16
+/// 1e-2 (the output keeps 8 or 11 significant bits, and the dequantized path rounds each weight to the same type).
+/// <see cref="KernelEmulationTests.Int4KernelsGiveTheDequantizedProductOnTheCpuEmulation"/> checks the kernels' logic without a
+/// GPU; these tests have not yet run on a device.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    private const int K = 1024, N = 517;
+
+    private readonly CpuBackend _cpu = new(2);
+
+    public static TheoryData<DType, int, int, bool, bool> Products()
+    {
+        var data = new TheoryData<DType, int, int, bool, bool>();
+        foreach (var dtype in new[] { DType.F32, DType.BF16 })
+            foreach (int m in new[] { 1, 2, 4, 7, 96 })
+            {
+                data.Add(dtype, m, 128, true, false);
+                data.Add(dtype, m, 32, false, true);
+            }
+        data.Add(DType.F16, 3, -1, true, true);
+        data.Add(DType.F16, 17, 128, true, false);
+        return data;
+    }
+
+    /// <summary>y = x W^T + bias (+ addend) on the GPU equals the CPU's F64 product on the same int4 weight; the kernel is the one the row count picks.</summary>
+    [Theory]
+    [MemberData(nameof(Products))]
+    public void Int4ProductMatchesTheCpuInF64(DType dtype, int m, int group, bool withBias, bool withAddend)
+    {
+        using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+        var (packed, scales, zeros) = RandomInt4(N, K, group);
+        var (_, xv) = Random(dtype, 1, m, K);
+        var (_, biasv) = Random(dtype, 1, N);
+        var (_, addv) = Random(dtype, 1, m, N);
+        var y = gpu.Allocate(new Shape(m, N), dtype);
+        gpu.Profiler!.Reset();
+        gpu.QuantizedMatMul(Upload(gpu, xv, dtype, m, K), UploadInt4(gpu, packed, scales, zeros, group), y,
+            bias: withBias ? Upload(gpu, biasv, dtype, N) : null, addend: withAddend ? Upload(gpu, addv, dtype, m, N) : null);
+        var names = gpu.Profiler!.Totals().Select(r => r.Name).ToList();
+        string suffix = dtype switch { DType.F32 => "f32", DType.BF16 => "bf16", _ => "f16" };
+        if (m <= 4) Assert.Contains($"gemv_int4_{suffix}_m{m}", names);
+        else Assert.Contains($"dequantize_int4_{suffix}", names);
+
+        var expected = _cpu.Allocate(new Shape(m, N), DType.F64);
+        _cpu.QuantizedMatMul(Upload(_cpu, xv, DType.F64, m, K), UploadInt4(_cpu, packed, scales, zeros, group), expected,
+            bias: withBias ? Upload(_cpu, biasv, DType.F64, N) : null, addend: withAddend ? Upload(_cpu, addv, DType.F64, m, N) : null);
+        AssertClose(Download(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"{dtype} M={m} group={group} bias={withBias} addend={withAddend}");
+    }
+
+    /// <summary>The GELU epilogue (the dequantized path) and a norm (x normalized into scratch, then the matrix-vector kernel) against the CPU's F64.</summary>
+    [Theory]
+    [InlineData(DType.BF16, 2)]
+    [InlineData(DType.F32, 9)]
+    public void EpilogueAndNormMatchTheCpuInF64(DType dtype, int m)
+    {
+        var (packed, scales, zeros) = RandomInt4(N, K, 128);
+        var (x, xv) = Random(dtype, 1, m, K);
+        var (gain, gainv) = Random(dtype, 1, K);
+        var aux = Gpu.Allocate(new Shape(m, N), dtype);
+        var y = Poisoned(dtype, m, N);
+        Gpu.QuantizedMatMul(x, UploadInt4(Gpu, packed, scales, zeros, 128), y, epilogue: MatMulEpilogue.Gelu, auxiliary: aux);
+        var expected = _cpu.Allocate(new Shape(m, N), DType.F64);
+        var expectedAux = _cpu.Allocate(new Shape(m, N), DType.F64);
+        var xc = Upload(_cpu, xv, DType.F64, m, K);
+        _cpu.QuantizedMatMul(xc, UploadInt4(_cpu, packed, scales, zeros, 128), expected, epilogue: MatMulEpilogue.Gelu, auxiliary: expectedAux);
+        AssertClose(Download(_cpu, expected), Download(y), Tolerance(dtype), $"{dtype} M={m} GELU");
+
+        const double eps = 1e-5;
+        var yn = Poisoned(dtype, m, N);
+        Gpu.QuantizedMatMul(x, UploadInt4(Gpu, packed, scales, zeros, 128), yn, norm: new RmsNormPrologue(gain, eps));
+        _cpu.QuantizedMatMul(xc, UploadInt4(_cpu, packed, scales, zeros, 128), expected, norm: new RmsNormPrologue(Upload(_cpu, gainv, DType.F64, K), eps));
+        AssertClose(Download(_cpu, expected), Download(yn), Tolerance(dtype), $"{dtype} M={m} norm");
+    }
+
+    /// <summary>Dequantize gives scale (q - zero) rounded once to the output's type: F32 bit for bit with the CPU's, BF16 within its rounding.</summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    public void DequantizeGivesTheCpusWeight(DType dtype)
+    {
+        var (packed, scales, zeros) = RandomInt4(N, K, 64);
+        var w = Gpu.Allocate(new Shape(N, K), dtype);
+        Gpu.Dequantize(UploadInt4(Gpu, packed, scales, zeros, 64), w);
+        var expected = _cpu.Allocate(new Shape(N, K), DType.F64);
+        _cpu.Dequantize(UploadInt4(_cpu, packed, scales, zeros, 64), expected);
+        AssertClose(Download(_cpu, expected), Download(w), dtype == DType.F32 ? 1e-7 : 4e-3, $"{dtype} dequantize");
+    }
+
+    /// <summary>Random weights U(-1, 1) quantized on the host in groups of <paramref name="group"/> (-1: a row).</summary>
+    private (int[] Packed, float[] Scales, sbyte[] Zeros) RandomInt4(int n, int k, int group)
+    {
+        int g = group == -1 ? k : group, groups = (k + g - 1) / g;
+        var w = new float[n * k];
+        for (int i = 0; i < w.Length; i++) w[i] = (float)(Rng.NextDouble() * 2 - 1);
+        var packed = new int[n * k / 8];
+        var scales = new float[n * groups];
+        var zeros = new sbyte[n * groups];
+        Int4Quantization.QuantizeRows(w, n, k, g, packed, scales, zeros);
+        return (packed, scales, zeros);
+    }
+
+    private static QuantizedWeight UploadInt4(IBackend backend, int[] packed, float[] scales, sbyte[] zeros, int group)
+    {
+        int n = N, k = K, g = group == -1 ? k : group, groups = (k + g - 1) / g;
+        var q = QuantizedWeight.Int4(backend.Allocate(new Shape(n, k / 8), DType.I32), backend.Allocate(new Shape(n, groups), DType.F32),
+            backend.Allocate(new Shape(n, groups), DType.I8), k, g);
+        Int4Quantization.Write(backend, q, packed, scales, zeros);
+        return q;
+    }
+}

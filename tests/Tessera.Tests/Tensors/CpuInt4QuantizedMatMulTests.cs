@@ -1,0 +1,117 @@
+using Tessera.Tensors;
+using Tessera.Tensors.Cpu;
+using Tessera.Tests.Support;
+using Xunit;
+
+namespace Tessera.Tests.Tensors;
+
+/// <summary>
+/// The CPU backend's products over group-wise int4 weights (<see cref="QuantizedWeight.Int4"/>) against a naive loop in double
+/// over the weight scale (q - zero), the nibbles, scales and zeros drawn by the test (seed logged) and packed by its own loop
+/// (column c of a row in bits 4 (c mod 8) of word c / 8): the direct kernel (F32, at most 8 rows), the dequantized GEMM (more
+/// rows, and F64), groups of 8 to a whole row with a short last one, bias, accumulation, an addend and GELU; Dequantize.
+/// </summary>
+public class CpuInt4QuantizedMatMulTests
+{
+    private readonly CpuBackend _cpu = new(2);
+
+    private static double Gelu(double x) => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+
+    /// <summary>Random nibbles, scales U(0.01, 0.05) and zeros (N, K) in groups of <paramref name="group"/>; the weight and what it stands for in double.</summary>
+    private (QuantizedWeight Weight, double[] Dequantized) Weight(Random rng, int n, int k, int group)
+    {
+        int groups = (k + group - 1) / group;
+        var q = new int[n * k];
+        for (int i = 0; i < q.Length; i++) q[i] = rng.Next(16);
+        var packed = new int[n * k / 8];
+        for (int r = 0; r < n; r++)
+            for (int c = 0; c < k; c++) packed[(r * k + c) / 8] |= q[r * k + c] << (4 * (c % 8));
+        var scales = new float[n * groups];
+        var zeros = new sbyte[n * groups];
+        for (int i = 0; i < scales.Length; i++) { scales[i] = (float)(0.01 + 0.04 * rng.NextDouble()); zeros[i] = (sbyte)rng.Next(16); }
+        var weight = QuantizedWeight.Int4(_cpu.Allocate(new Shape(n, k / 8), DType.I32), _cpu.Allocate(new Shape(n, groups), DType.F32),
+            _cpu.Allocate(new Shape(n, groups), DType.I8), k, group);
+        Int4Quantization.Write(_cpu, weight, packed, scales, zeros);
+        var d = new double[n * k];
+        for (int r = 0; r < n; r++)
+            for (int c = 0; c < k; c++) d[r * k + c] = (double)scales[r * groups + c / group] * (q[r * k + c] - zeros[r * groups + c / group]);
+        return (weight, d);
+    }
+
+    [Theory]
+    [InlineData(DType.F32, 1, 64, 40, 32)]      // the direct kernel, one row of x, two groups
+    [InlineData(DType.F32, 5, 200, 33, 64)]     // the direct kernel, a last group of 8, a scalar tail
+    [InlineData(DType.F32, 8, 96, 17, 96)]      // the direct kernel at its most rows, one group a row
+    [InlineData(DType.F32, 9, 96, 50, 8)]       // the dequantized GEMM, groups of 8
+    [InlineData(DType.F64, 3, 136, 20, 128)]    // F64: always the dequantized GEMM; a last group of 8
+    [InlineData(DType.F32, 20, 4096, 150, 128)] // three tiles of weight rows
+    public void ProductsEqualANaiveLoopOverTheDequantizedWeight(DType dtype, int m, int k, int n, int group)
+    {
+        var rng = TestRandom.Create();
+        var (weight, w) = Weight(rng, n, k, group);
+        var xv = TestTensors.Normal(rng, (long)m * k);
+        var bv = TestTensors.Normal(rng, n);
+        var yv = TestTensors.Normal(rng, (long)m * n);
+        var av = TestTensors.Normal(rng, (long)m * n);
+        var x = TestTensors.FromDoubles(_cpu, xv, dtype, m, k);
+        var bias = TestTensors.FromDoubles(_cpu, bv, dtype, n);
+        double[] Reference(Func<int, int, double, double> finish)
+        {
+            var r = new double[m * n];
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++)
+                {
+                    double acc = 0;
+                    for (int c = 0; c < k; c++) acc += xv[i * k + c] * w[j * k + c];
+                    r[i * n + j] = finish(i, j, acc);
+                }
+            return r;
+        }
+        // F32: the weight rounded once to F32 (2^-24) and sums of K products of O(0.1) terms; 1e-5 as for int8. F64: 1e-12.
+        double tol = dtype == DType.F32 ? 1e-5 : 1e-12;
+        var y = _cpu.Allocate(new Shape(m, n), dtype);
+        _cpu.QuantizedMatMul(x, weight, y);
+        NumericAssert.Close(Reference((_, _, acc) => acc), TestTensors.ToDoubles(_cpu, y), tol, "x W^T");
+        _cpu.QuantizedMatMul(x, weight, y, bias: bias);
+        NumericAssert.Close(Reference((_, j, acc) => acc + bv[j]), TestTensors.ToDoubles(_cpu, y), tol, "x W^T + b");
+        TestTensors.Write(_cpu, y, yv);
+        _cpu.QuantizedMatMul(x, weight, y, beta: 1.0, bias: bias);
+        NumericAssert.Close(Reference((i, j, acc) => acc + bv[j] + yv[i * n + j]), TestTensors.ToDoubles(_cpu, y), tol, "y += x W^T + b");
+        _cpu.QuantizedMatMul(x, weight, y, addend: TestTensors.FromDoubles(_cpu, av, dtype, m, n));
+        NumericAssert.Close(Reference((i, j, acc) => acc + av[i * n + j]), TestTensors.ToDoubles(_cpu, y), tol, "x W^T + addend");
+        var pre = _cpu.Allocate(new Shape(m, n), dtype);
+        _cpu.QuantizedMatMul(x, weight, y, bias: bias, epilogue: MatMulEpilogue.Gelu, auxiliary: pre);
+        NumericAssert.Close(Reference((_, j, acc) => Gelu(acc + bv[j])), TestTensors.ToDoubles(_cpu, y), tol, "GELU(x W^T + b)");
+    }
+
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F64)]
+    [InlineData(DType.BF16)]
+    public void DequantizeGivesScaleTimesNibbleMinusZero(DType dtype)
+    {
+        var (weight, w) = Weight(TestRandom.Create(), 9, 40, 16);
+        var output = _cpu.Allocate(weight.Shape, dtype);
+        _cpu.Dequantize(weight, output);
+        // F64 holds scale (q - z) exactly; F32 rounds it once (2^-24 relative); BF16 keeps 8 significant bits (2^-8).
+        double tol = dtype switch { DType.F64 => 0, DType.F32 => 6e-8, _ => 3.91e-3 };
+        var got = TestTensors.ToDoubles(_cpu, output);
+        for (int i = 0; i < w.Length; i++) Assert.True(Math.Abs(got[i] - w[i]) <= tol * Math.Abs(w[i]), $"element {i}: {got[i]} against {w[i]}");
+    }
+
+    [Fact]
+    public void BadShapesAreRefusedNamingWhatIsWrong()
+    {
+        var e = Assert.Throws<ArgumentException>(() => QuantizedWeight.Int4(_cpu.Allocate(new Shape(4, 2), DType.I32),
+            _cpu.Allocate(new Shape(4, 1), DType.F32), _cpu.Allocate(new Shape(4, 1), DType.I8), 20, 20));
+        Assert.Contains("K (20) must be a positive multiple of 8", e.Message);
+        e = Assert.Throws<ArgumentException>(() => QuantizedWeight.Int4(_cpu.Allocate(new Shape(4, 2), DType.I32),
+            _cpu.Allocate(new Shape(4, 1), DType.F32), _cpu.Allocate(new Shape(4, 1), DType.I8), 16, 8));
+        Assert.Contains("scales must be a contiguous (4, 2) F32 tensor", e.Message);
+        var (weight, _) = Weight(TestRandom.Create(), 4, 16, 8);
+        var zeros = new sbyte[8];
+        zeros[3] = 16;
+        var z = Assert.Throws<ArgumentException>(() => Int4Quantization.Write(_cpu, weight, new int[8], new float[8], zeros));
+        Assert.Contains("zero point 16 is outside 0 .. 15", z.Message);
+    }
+}
