@@ -43,14 +43,15 @@ public static class GpuDecodeBench
                 case "--no-graph": graph = false; break;
                 case "--no-header": header = false; break;
                 case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
-                case "--quantize": quantization = args[++i] switch { "int8" => Tessera.Nn.Quantization.WeightQuantization.Int8, "fp8" => Tessera.Nn.Quantization.WeightQuantization.Fp8, "none" => Tessera.Nn.Quantization.WeightQuantization.None, var q => throw new ArgumentException($"--quantize {q}: expected int8, fp8 or none") }; break;
+                case "--quantize": quantization = args[++i] switch { "int8" => Tessera.Nn.Quantization.WeightQuantization.Int8, "fp8" => Tessera.Nn.Quantization.WeightQuantization.Fp8, "int4" => Tessera.Nn.Quantization.WeightQuantization.Int4, "none" => Tessera.Nn.Quantization.WeightQuantization.None, var q => throw new ArgumentException($"--quantize {q}: expected int8, fp8, int4 or none") }; break;
                 default: throw new ArgumentException($"gpu-decode: unknown argument '{args[i]}'");
             }
         }
         var dtype = dtypeName switch { "bf16" => DType.BF16, "f32" => DType.F32, _ => throw new ArgumentException($"--dtype {dtypeName}: expected bf16 or f32") };
         using var backend = new CudaBackend(0, cudaOptions);
         var config = ModelPresets.Get(preset);
-        // --quantize int8|fp8: every weight matrix a byte a weight (the tied head reads the quantized token table).
+        // --quantize int8|fp8: every weight matrix a byte a weight (the tied head reads the quantized token table); int4: every
+        // linear layer's weight in 4-bit groups of 128, the token table and the head kept in the model's dtype.
         var model = quantization != Tessera.Nn.Quantization.WeightQuantization.None ? PretrainedModel.Quantized(config, backend, dtype, quantization: quantization) : new Transformer(config, backend, dtype);
         model.ValidateInputs = false;
         BenchmarkWeights.Initialize(model, seed: 2);

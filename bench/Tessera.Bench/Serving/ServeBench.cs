@@ -116,7 +116,7 @@ public static class ServeBench
                 case "--draft-preset": draftPreset = Next(); break;
                 case "--draft-model": draftDir = Next(); break;
                 case "--model": modelDir = Next(); break;
-                case "--quantize": quantization = Next() switch { "int8" => Tessera.Nn.Quantization.WeightQuantization.Int8, "fp8" => Tessera.Nn.Quantization.WeightQuantization.Fp8, "none" => Tessera.Nn.Quantization.WeightQuantization.None, var q => throw new ArgumentException($"--quantize {q}: expected int8, fp8 or none") }; break;
+                case "--quantize": quantization = Next() switch { "int8" => Tessera.Nn.Quantization.WeightQuantization.Int8, "fp8" => Tessera.Nn.Quantization.WeightQuantization.Fp8, "int4" => Tessera.Nn.Quantization.WeightQuantization.Int4, "none" => Tessera.Nn.Quantization.WeightQuantization.None, var q => throw new ArgumentException($"--quantize {q}: expected int8, fp8, int4 or none") }; break;
                 case "--kv-dtype": kvDType = Next() switch { "int8" => DType.I8, "fp8" => DType.F8E4M3, "model" => null, var k => throw new ArgumentException($"--kv-dtype {k}: expected model (the model's dtype), int8 or fp8") }; break;
                 case "--cuda-options": cudaOptions = Next(); break;
                 case "--kv-memory": kvGiB = double.Parse(Next(), CultureInfo.InvariantCulture); break;
