@@ -115,9 +115,10 @@ public sealed class CudaThreadRanksTensorParallelTests(CudaFixture fixture) : ID
     /// <summary>
     /// LoRA under tensor parallelism on the GPU (two CUDA thread ranks sharing it): adapters on every Llama projection, cut as
     /// their base layers (A whole and B by rows on column-parallel ones, A by columns and B whole on row-parallel ones), their
-    /// partial gradients reduced over the tp group through the CUDA transport, clipping active; against the same LoRA run on
-    /// one device in F32, losses within 1e-5 relative (as the base's TP rows above: the row-parallel partial sums add in
-    /// another order), both ranks logging the same loss. B starts random (seed logged) so the adapters matter from step one.
+    /// partial gradients reduced over the tp group through the CUDA transport, clipping active, one batch of two chat
+    /// examples every step (so the loss must fall: 4.518 to 4.394 on the CPU in F32); against the same LoRA run on one device
+    /// in F32, losses within 1e-5 relative (as the base's TP rows above: the row-parallel partial sums add in another order;
+    /// 2e-7 seen on an H100), both ranks logging the same loss. B starts random (seed logged) so the adapters matter at once.
     /// </summary>
     [Theory]
     [InlineData(false)]
@@ -128,7 +129,7 @@ public sealed class CudaThreadRanksTensorParallelTests(CudaFixture fixture) : ID
         const int steps = 6, batch = 2, sequence = 12;
         var config = ModelPresets.Get("llama-debug");
         var adamW = new AdamWOptions { MaxGradNorm = 0.05 };
-        var examples = Support.RandomChatExamples.Draw(Seed, 24);
+        var examples = Support.RandomChatExamples.Draw(Seed, batch);   // one batch, seen every step: the loss must fall
         var options = new TrainerOptions { BatchSize = batch, SequenceLength = sequence, Steps = steps, LearningRate = 1e-2, WarmupSteps = 1, Seed = Seed, EvalEvery = 0, CheckpointEvery = 0 };
         TestContext.Current.TestOutputHelper?.WriteLine($"seed {Seed}");
 
