@@ -2,7 +2,7 @@ using Tessera.Tensors;
 
 namespace Tessera.Cuda;
 
-// Sampling on the device (sampling.cu): a row of logits becomes a token id without leaving the GPU.
+// Sampling on the device (sampling.cu; sampling_cluster.cu, a row over a cluster): a row of logits becomes a token id without leaving the GPU.
 public sealed unsafe partial class CudaBackend
 {
     /// <summary>Threads of <c>sample_rows</c>'s CTA (one a row): the row's passes are grid-stride loops over its columns.</summary>
@@ -63,9 +63,9 @@ public sealed unsafe partial class CudaBackend
         int ctas = SamplingCtas(m, v);
         if (ctas > 0)
         {
-            // A row over a cluster of CTAs (sampling.cu, sample_rows_cluster): the clusters walk the rows.
+            // A row over a cluster of CTAs (sampling_cluster.cu, sample_rows_cluster): the clusters walk the rows.
             void** cargs = stackalloc void*[] { &px, &ld, &v, &m, &pp, &pq, &pi };
-            LaunchCluster("sampling.cu", "sample_rows_cluster_" + Suffix(logits.DType, op), m, (uint)ctas, SamplingClusterThreads, cargs);
+            LaunchCluster("sampling_cluster.cu", "sample_rows_cluster_" + Suffix(logits.DType, op), m, (uint)ctas, SamplingClusterThreads, cargs);
             return;
         }
         void** args = stackalloc void*[] { &px, &ld, &v, &pp, &pq, &pi };
