@@ -171,4 +171,16 @@ public sealed class KernelSourceTests
             .Select(x => Path.Combine(x.Dir, "bin", "clang++"))
             .FirstOrDefault(File.Exists);
     }
+
+    /// <summary>sampling_cluster.cu compiles after sampling.cu, whose helpers it uses, as a module of its own.</summary>
+    [Fact]
+    public void SamplingClusterModuleHoldsSamplingCuBeforeIt()
+    {
+        string source = KernelLibrary.ComposedSource("sampling_cluster.cu");
+        int common = source.IndexOf("#line 1 \"common.cuh\"", StringComparison.Ordinal),
+            sampling = source.IndexOf("#line 1 \"sampling.cu\"", StringComparison.Ordinal),
+            cluster = source.IndexOf("#line 1 \"sampling_cluster.cu\"", StringComparison.Ordinal);
+        Assert.True(common >= 0 && common < sampling && sampling < cluster, "common.cuh, sampling.cu, sampling_cluster.cu in that order");
+        Assert.DoesNotContain("sampling_cluster.cu", KernelLibrary.ComposedSource("sampling.cu"), StringComparison.Ordinal);
+    }
 }
