@@ -5,11 +5,12 @@
 // The same draw (sample_rows's rule, token for token) with each row split over a thread-block cluster of C CTAs (sm_90),
 // so that a decode batch of a few dozen rows fills the machine: CTA r of a cluster takes the r-th of C equal runs of the
 // row's ids (whole warps of 32), and every reduction of sample_rows becomes the CTA's own followed by an exchange through
-// distributed shared memory: the argmax and count, top-p's total, the select's 256-bucket histograms (each CTA adds the C
-// histograms, integers, so the order does not matter), the ties' counts (the runs are in id order, so the ties before a
-// CTA's run are the counts of the ranks below it) and the Gumbel argmax. Each exchange writes one of two slots and has one
-// cluster barrier: a CTA writes a slot again only two barriers later, when every CTA has read it. The clusters walk the
-// rows (the grid is as many clusters as are resident at once).
+// distributed shared memory: the argmax and count, the select's 256-bucket histograms (each CTA adds the C histograms,
+// integers, so the order does not matter), the ties' counts (the runs are in id order, so the ties before a CTA's run are
+// the counts of the ranks below it) and the Gumbel argmax. Top-p's target (p times the kept mass) comes from its select's
+// first histogram, which holds every kept candidate, rather than from a pass of its own. Each exchange writes one of two
+// slots and has one cluster barrier: a CTA writes a slot again only two barriers later, when every CTA has read it. The
+// clusters walk the rows (the grid is as many clusters as are resident at once).
 //
 // The histograms' atomics: a near-flat row puts most keys of a warp in the same bucket of the first pass (its top byte is
 // the sign and the exponent's high bits), where 32 lanes' shared-memory atomics on one address serialize. The lanes
@@ -22,6 +23,7 @@ struct SampleClusterShared
     unsigned long long hist[2][256];       // this CTA's histogram of a pass, read by the cluster's CTAs (two slots)
     unsigned long long words[2][4];        // this CTA's values of an exchange, read by the cluster's CTAs (two slots)
     unsigned long long total[256];         // the cluster's histogram of the pass
+    double target;                         // the select's target, where its first pass finds it
 };
 
 // The 64-bit word at local's offset in the shared memory of the cluster's CTA `rank` (distributed shared memory).
@@ -69,18 +71,6 @@ __device__ void sample_cluster_best(float& best, int& index, unsigned long long&
     slot ^= 1;
 }
 
-// The cluster's sum of v.
-__device__ unsigned long long sample_cluster_sum(unsigned long long v, SampleClusterShared& s, int& slot, unsigned ctas)
-{
-    v = sample_block_sum<unsigned long long>(v, s.block);
-    if (threadIdx.x == 0) s.words[slot][0] = v;
-    sample_cluster_sync();
-    unsigned long long total = 0;
-    for (unsigned r = 0; r < ctas; r++) total += sample_remote(&s.words[slot][0], r);
-    slot ^= 1;
-    return total;
-}
-
 // hist[bucket] += w for each lane that takes part (warp-collective: every lane of the warp calls it).
 __device__ __forceinline__ void sample_warp_histogram_add(unsigned long long* hist, bool take, unsigned bucket, unsigned long long w)
 {
@@ -102,8 +92,10 @@ __device__ __forceinline__ void sample_warp_histogram_add(unsigned long long* hi
 }
 
 // Warp 0: the first bucket, from 255 down, at which above plus the running total of s.total reaches target (the serial
-// scan of sample_select, each lane taking 8 buckets): s.block.bucket and s.block.above (the total above it), or -1.
-__device__ void sample_find_bucket(SampleClusterShared& s, unsigned long long above, double target)
+// scan of sample_select, each lane taking 8 buckets): s.block.bucket and s.block.above (the total above it), or -1. With
+// fraction above 0 (top-p's first pass, whose histogram holds every kept candidate), the target is fraction times the
+// histogram's total, written to s.target.
+__device__ void sample_find_bucket(SampleClusterShared& s, unsigned long long above, double target, float fraction)
 {
     const int lane = threadIdx.x & 31;
     unsigned long long h[8], sum = 0;
@@ -115,6 +107,11 @@ __device__ void sample_find_bucket(SampleClusterShared& s, unsigned long long ab
     {
         const unsigned long long other = __shfl_up_sync(FULL_MASK, inclusive, o);
         if (lane >= o) inclusive += other;
+    }
+    if (fraction > 0.f)
+    {
+        target = (double)fraction * (double)__shfl_sync(FULL_MASK, inclusive, 31);   // top-p times the kept mass
+        if (lane == 0) s.target = target;
     }
     unsigned long long a = above + inclusive - sum;
     int found = -1;
@@ -138,10 +135,13 @@ __device__ void sample_find_bucket(SampleClusterShared& s, unsigned long long ab
     }
 }
 
-// sample_select over the cluster: this CTA's ids [lo, hi), the histograms exchanged.
+// sample_select over the cluster: this CTA's ids [lo, hi), the histograms exchanged. With fraction above 0 the target is
+// fraction times the total weight of the kept candidates, which the first pass's histogram holds (top-p needs no pass of
+// its own for it), and *found_target is set to it.
 template <typename T, typename W>
-__device__ bool sample_cluster_select(const T* row, int lo, int hi, const SampleKept& kept, W weight, double target,
-                                      SampleClusterShared& s, int& slot, unsigned ctas, unsigned* key, unsigned long long* above)
+__device__ bool sample_cluster_select(const T* row, int lo, int hi, const SampleKept& kept, W weight, double target, float fraction,
+                                      SampleClusterShared& s, int& slot, unsigned ctas, unsigned* key, unsigned long long* above,
+                                      double* found_target)
 {
     unsigned prefix = 0, mask = 0;
     unsigned long long total_above = 0;
@@ -177,10 +177,11 @@ __device__ bool sample_cluster_select(const T* row, int lo, int hi, const Sample
         }
         slot ^= 1;
         __syncthreads();
-        if (threadIdx.x < 32) sample_find_bucket(s, total_above, target);
+        if (threadIdx.x < 32) sample_find_bucket(s, total_above, target, shift == 24 ? fraction : 0.f);
         __syncthreads();
         const int bucket = s.block.bucket;
         total_above = s.block.above;
+        if (shift == 24 && fraction > 0.f) target = *found_target = s.target;
         __syncthreads();
         if (bucket < 0) return false;
         prefix |= (unsigned)bucket << shift;
@@ -275,25 +276,20 @@ __device__ void sample_rows_cluster(const T* logits, i64 ld, int V, int rows, co
         {
             unsigned key;
             unsigned long long above;
-            sample_cluster_select(row, lo, hi, kept, SampleOne{}, (double)top_k, s, slot, ctas, &key, &above);
+            double unused;
+            sample_cluster_select(row, lo, hi, kept, SampleOne{}, (double)top_k, 0.f, s, slot, ctas, &key, &above, &unused);
             kept.k_cut = sample_cluster_nth_tie(row, lo, hi, V, kept, key, top_k - (int)above, s, slot, ctas, rank);
             kept.k_key = key;
             kept.top_k = true;
         }
         if (top_p < 1.f)
         {
+            // The target, top-p times the kept mass, comes from the select's first histogram (sample_rows's sum z).
             const SampleMass mass{best, temperature};
-            unsigned long long z = 0;
-            for (int i = lo + (int)threadIdx.x; i < hi; i += blockDim.x)
-            {
-                const float v = to_f(row[i]);
-                if (v == v && kept.has(sample_key(v), i)) z += mass(v);
-            }
-            z = sample_cluster_sum(z, s, slot, ctas);
-            const double target = (double)top_p * (double)z;
+            double target = 0;
             unsigned key;
             unsigned long long above;
-            if (sample_cluster_select(row, lo, hi, kept, mass, target, s, slot, ctas, &key, &above))
+            if (sample_cluster_select(row, lo, hi, kept, mass, 0.0, top_p, s, slot, ctas, &key, &above, &target))
             {
                 const unsigned long long w = mass(sample_value(key));
                 long long n = w == 0 ? 1 : (long long)((target - (double)above) / (double)w);
