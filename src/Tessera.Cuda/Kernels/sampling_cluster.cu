@@ -137,11 +137,12 @@ __device__ void sample_find_bucket(SampleClusterShared& s, unsigned long long ab
 
 // sample_select over the cluster: this CTA's ids [lo, hi), the histograms exchanged. With fraction above 0 the target is
 // fraction times the total weight of the kept candidates, which the first pass's histogram holds (top-p needs no pass of
-// its own for it), and *found_target is set to it.
+// its own for it), and *found_target is set to it. *at = the total weight of the kept candidates of the key found (the
+// last pass's bucket): their count times their one weight.
 template <typename T, typename W>
 __device__ bool sample_cluster_select(const T* row, int lo, int hi, const SampleKept& kept, W weight, double target, float fraction,
                                       SampleClusterShared& s, int& slot, unsigned ctas, unsigned* key, unsigned long long* above,
-                                      double* found_target)
+                                      double* found_target, unsigned long long* at)
 {
     unsigned prefix = 0, mask = 0;
     unsigned long long total_above = 0;
@@ -182,6 +183,7 @@ __device__ bool sample_cluster_select(const T* row, int lo, int hi, const Sample
         const int bucket = s.block.bucket;
         total_above = s.block.above;
         if (shift == 24 && fraction > 0.f) target = *found_target = s.target;
+        if (shift == 0 && bucket >= 0) *at = s.total[bucket];
         __syncthreads();
         if (bucket < 0) return false;
         prefix |= (unsigned)bucket << shift;
@@ -276,9 +278,12 @@ __device__ void sample_rows_cluster(const T* logits, i64 ld, int V, int rows, co
         {
             unsigned key;
             unsigned long long above;
+            unsigned long long ties = 0;
             double unused;
-            sample_cluster_select(row, lo, hi, kept, SampleOne{}, (double)top_k, 0.f, s, slot, ctas, &key, &above, &unused);
-            kept.k_cut = sample_cluster_nth_tie(row, lo, hi, V, kept, key, top_k - (int)above, s, slot, ctas, rank);
+            sample_cluster_select(row, lo, hi, kept, SampleOne{}, (double)top_k, 0.f, s, slot, ctas, &key, &above, &unused, &ties);
+            // The ties at the cut: all of them kept (no scan) when the count needs them all, else the first n in id order.
+            const int n = top_k - (int)above;
+            kept.k_cut = (unsigned long long)n >= ties ? V : sample_cluster_nth_tie(row, lo, hi, V, kept, key, n, s, slot, ctas, rank);
             kept.k_key = key;
             kept.top_k = true;
         }
@@ -288,15 +293,16 @@ __device__ void sample_rows_cluster(const T* logits, i64 ld, int V, int rows, co
             const SampleMass mass{best, temperature};
             double target = 0;
             unsigned key;
-            unsigned long long above;
-            if (sample_cluster_select(row, lo, hi, kept, mass, 0.0, top_p, s, slot, ctas, &key, &above, &target))
+            unsigned long long above, at = 0;
+            if (sample_cluster_select(row, lo, hi, kept, mass, 0.0, top_p, s, slot, ctas, &key, &above, &target, &at))
             {
                 const unsigned long long w = mass(sample_value(key));
                 long long n = w == 0 ? 1 : (long long)((target - (double)above) / (double)w);
                 if (n < 1) n = 1;
                 while (n > 1 && (double)(above + (unsigned long long)(n - 1) * w) >= target) n--;
                 while ((double)(above + (unsigned long long)n * w) < target && n < V) n++;
-                kept.p_cut = sample_cluster_nth_tie(row, lo, hi, V, kept, key, (int)n, s, slot, ctas, rank);
+                // The ties share the weight w, so there are at / w of them (unknown where w is 0); all kept: no scan.
+                kept.p_cut = w != 0 && (unsigned long long)n >= at / w ? V : sample_cluster_nth_tie(row, lo, hi, V, kept, key, (int)n, s, slot, ctas, rank);
                 kept.p_key = key;
                 kept.top_p = true;
             }
