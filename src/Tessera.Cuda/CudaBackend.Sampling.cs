@@ -2,11 +2,35 @@ using Tessera.Tensors;
 
 namespace Tessera.Cuda;
 
-// Sampling on the device (sampling.cu): a row of logits becomes a token id without leaving the GPU.
+// Sampling on the device (sampling.cu; sampling_cluster.cu, a row over a cluster): a row of logits becomes a token id without leaving the GPU.
 public sealed unsafe partial class CudaBackend
 {
     /// <summary>Threads of <c>sample_rows</c>'s CTA (one a row): the row's passes are grid-stride loops over its columns.</summary>
     private const int SamplingThreads = 1024;
+
+    /// <summary>Threads of each CTA of <c>sample_rows_cluster</c> (a row over a cluster of CTAs).</summary>
+    private const int SamplingClusterThreads = 512;
+
+    /// <summary>
+    /// CTAs of the cluster that shares a row of <see cref="SampleRows"/> for <paramref name="rows"/> rows of
+    /// <paramref name="columns"/> logits, or 0 for the one-CTA-a-row kernel: <see cref="CudaBackendOptions.SamplingClusterCtas"/>
+    /// where set, else <see cref="SamplingClusterShape"/> on compute capability 9.0 and later.
+    /// </summary>
+    private int SamplingCtas(int rows, int columns) =>
+        CudaDevice.ComputeCapability.Major < 9 ? 0
+            : Options.SamplingClusterCtas ?? SamplingClusterShape(rows, columns, CudaDevice.MultiprocessorCount);
+
+    /// <summary>
+    /// The fewest CTAs a row, a power of two up to 8, that give <paramref name="rows"/> rows two CTAs for each of
+    /// <paramref name="multiprocessors"/> SMs, while each CTA keeps at least 2,048 of the row's <paramref name="columns"/>
+    /// logits (64 rows of 128,256 on 132 SMs: 8; 256 rows: 2; one row of 1,000: 1).
+    /// </summary>
+    internal static int SamplingClusterShape(int rows, int columns, int multiprocessors)
+    {
+        int ctas = 1;
+        while (ctas < 8 && (long)rows * ctas < 2L * multiprocessors && columns / (2 * ctas) >= 2048) ctas *= 2;
+        return ctas;
+    }
 
     /// <summary>Refuses anything but rows (M, V) with a contiguous last dimension (a row-strided view is accepted).</summary>
     private static void RequireRows(string op, string name, Tensor t)
@@ -36,6 +60,14 @@ public sealed unsafe partial class CudaBackend
         if (m == 0) return;
         ulong px = Ptr(logits), pp = Ptr(parameters), pq = Ptr(positions), pi = Ptr(ids);
         long ld = logits.Stride(0);
+        int ctas = SamplingCtas(m, v);
+        if (ctas > 0)
+        {
+            // A row over a cluster of CTAs (sampling_cluster.cu, sample_rows_cluster): the clusters walk the rows.
+            void** cargs = stackalloc void*[] { &px, &ld, &v, &m, &pp, &pq, &pi };
+            LaunchCluster("sampling_cluster.cu", "sample_rows_cluster_" + Suffix(logits.DType, op), m, (uint)ctas, SamplingClusterThreads, cargs);
+            return;
+        }
         void** args = stackalloc void*[] { &px, &ld, &v, &pp, &pq, &pi };
         Launch("sampling.cu", "sample_rows_" + Suffix(logits.DType, op), (uint)m, SamplingThreads, args);
     }

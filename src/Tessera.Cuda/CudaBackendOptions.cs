@@ -156,6 +156,16 @@ public sealed record CudaBackendOptions
     public int CrossEntropyClusterVectors { get; init; } = 8;
 
     /// <summary>
+    /// CTAs of the thread-block cluster that shares one row of the device draw (<see cref="CudaBackend.SampleRows"/>,
+    /// sampling.cu's <c>sample_rows_cluster</c>, compute capability 9.0 and later): 1, 2, 4 or 8; 0 runs the one-CTA-a-row
+    /// kernel <c>sample_rows</c> (the only one before compute capability 9.0); null (the default) chooses by the batch, the
+    /// fewest CTAs a row (at most 8) that give the batch two CTAs an SM, while each CTA keeps at least 2,048 of the row's
+    /// logits. Both kernels draw the same tokens (Tessera.Tensors.TokenSampling's). Not yet timed on a GPU
+    /// (CudaSamplingSpeedReport compares the two).
+    /// </summary>
+    public int? SamplingClusterCtas { get; init; }
+
+    /// <summary>
     /// The first use of a 16-bit product of at least 4 GFLOP times cuBLASLt's candidate algorithms on scratch outputs and
     /// keeps the fastest, once per bucket of row counts (powers of two up to 256, then 256 rows wide, 2048 above 4096): the
     /// bucket's later row counts reuse its algorithm (a server's steps change their row count at every step); false keeps the heuristic's first answer everywhere (the same
@@ -377,6 +387,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: CrossEntropyClusterCtas ({CrossEntropyClusterCtas}) must be 2, 4 or 8 CTAs a row, or 0 for one CTA a row");
         if (CrossEntropyClusterMinRowBytes < 0)
             throw new ArgumentException($"CUDA backend options: CrossEntropyClusterMinRowBytes ({CrossEntropyClusterMinRowBytes}) must be 0 or positive");
+        if (SamplingClusterCtas is { } sampling && sampling is not (0 or 1 or 2 or 4 or 8))
+            throw new ArgumentException($"CUDA backend options: SamplingClusterCtas ({sampling}) must be 1, 2, 4 or 8 CTAs a row, 0 for one CTA a row, or unset to choose by the batch");
         if (CrossEntropyClusterVectors is not (4 or 8))
             throw new ArgumentException($"CUDA backend options: CrossEntropyClusterVectors ({CrossEntropyClusterVectors}) must be 4 or 8 vectors a thread");
         if (CrossEntropyStagedBytes is < 0)
@@ -430,6 +442,7 @@ public sealed record CudaBackendOptions
         if (CrossEntropyClusterCtas != d.CrossEntropyClusterCtas) parts.Add(Invariant($"{nameof(CrossEntropyClusterCtas)}={CrossEntropyClusterCtas}"));
         if (CrossEntropyClusterMinRowBytes != d.CrossEntropyClusterMinRowBytes) parts.Add(Invariant($"{nameof(CrossEntropyClusterMinRowBytes)}={CrossEntropyClusterMinRowBytes}"));
         if (CrossEntropyClusterVectors != d.CrossEntropyClusterVectors) parts.Add(Invariant($"{nameof(CrossEntropyClusterVectors)}={CrossEntropyClusterVectors}"));
+        if (SamplingClusterCtas is { } samplingCtas) parts.Add(Invariant($"{nameof(SamplingClusterCtas)}={samplingCtas}"));
         if (FusedBiasGradient != d.FusedBiasGradient) parts.Add($"{nameof(FusedBiasGradient)}={Bool(FusedBiasGradient)}");
         if (FusedAttentionBiasGradient != d.FusedAttentionBiasGradient) parts.Add($"{nameof(FusedAttentionBiasGradient)}={Bool(FusedAttentionBiasGradient)}");
         if (LayerNormSumsInRegisters != d.LayerNormSumsInRegisters) parts.Add($"{nameof(LayerNormSumsInRegisters)}={Bool(LayerNormSumsInRegisters)}");
@@ -499,6 +512,10 @@ public sealed record CudaBackendOptions
         [nameof(CrossEntropyClusterCtas)] = (o, v, s) => o with { CrossEntropyClusterCtas = ParseInt(v, s) },
         [nameof(CrossEntropyClusterMinRowBytes)] = (o, v, s) => o with { CrossEntropyClusterMinRowBytes = ParseInt(v, s) },
         [nameof(CrossEntropyClusterVectors)] = (o, v, s) => o with { CrossEntropyClusterVectors = ParseInt(v, s) },
+        [nameof(SamplingClusterCtas)] = (o, v, s) => o with
+        {
+            SamplingClusterCtas = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
+        },
         [nameof(TuneMatMulAlgorithms)] = (o, v, s) => o with { TuneMatMulAlgorithms = ParseBool(v, s) },
         [nameof(MatMulSearch)] = (o, v, s) => o with { MatMulSearch = ParseEnum<MatMulCandidateSearch>(v, s) },
         [nameof(FusedBiasGradient)] = (o, v, s) => o with { FusedBiasGradient = ParseBool(v, s) },

@@ -43,6 +43,12 @@ public sealed class KernelLibrary : IDisposable
     public static IReadOnlySet<string> ArchitectureSpecificFiles { get; } = new HashSet<string> { "flash_attention_hopper.cu", "decode_gemm_hopper.cu" };
 
     /// <summary>
+    /// Kernel files compiled after another file whose definitions they use, as modules of their own (so that the other file's
+    /// module does not depend on them): sampling_cluster.cu after sampling.cu.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string[]> FilesBefore { get; } = new Dictionary<string, string[]> { ["sampling_cluster.cu"] = ["sampling.cu"] };
+
+    /// <summary>
     /// Kernel files that also hold the quantized KV caches' kernels (<c>_i8</c> instantiations over an I8 pool and its scales
     /// behind <c>#ifdef TESSERA_INT8_KV</c>, <c>_f8</c> ones over an F8E4M3 pool behind <c>#ifdef TESSERA_FP8_KV</c>): a 16-bit
     /// cache loads the file's plain module, which compiles neither, and a quantized cache loads
@@ -91,13 +97,14 @@ public sealed class KernelLibrary : IDisposable
     /// <summary>
     /// The source NVRTC compiles for module <paramref name="moduleName"/> (a kernel file, or <see cref="QuantizedKvModule"/> of
     /// one): <c>#define TESSERA_INT8_KV</c> or <c>TESSERA_FP8_KV</c> for a quantized-KV variant, then common.cuh, then hopper.cuh
-    /// (the wgmma helpers) for an <see cref="ArchitectureSpecificFiles"/> entry, then the file, each after a #line that keeps
+    /// (the wgmma helpers) for an <see cref="ArchitectureSpecificFiles"/> entry, then its <see cref="FilesBefore"/>, then the file, each after a #line that keeps
     /// compiler messages pointing into it.
     /// </summary>
     public static string ComposedSource(string moduleName)
     {
         var (fileName, kvSwitch) = Parse(moduleName);
-        var parts = ArchitectureSpecificFiles.Contains(fileName) ? new[] { "common.cuh", "hopper.cuh", fileName } : ["common.cuh", fileName];
+        var parts = (ArchitectureSpecificFiles.Contains(fileName) ? new[] { "common.cuh", "hopper.cuh" } : ["common.cuh"])
+            .Concat(FilesBefore.TryGetValue(fileName, out var before) ? before : []).Append(fileName);
         return (kvSwitch is null ? "" : $"#define {kvSwitch} 1\n") + string.Concat(parts.Select(f => $"#line 1 \"{f}\"\n" + EmbeddedSource(f) + "\n"));
     }
 

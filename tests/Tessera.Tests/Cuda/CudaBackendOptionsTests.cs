@@ -25,6 +25,7 @@ public sealed class CudaBackendOptionsTests
         CrossEntropyStagedBytes = null,
         CrossEntropyClusterCtas = 0,
         CrossEntropyClusterVectors = 4,
+        SamplingClusterCtas = 4,
         CrossEntropyClusterMinRowBytes = 0,
         FusedBiasGradient = true,
         FusedGeluBiasGradient = true,
@@ -96,6 +97,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyClusterCtas=3", "CrossEntropyClusterCtas (3) must be 2, 4 or 8 CTAs a row, or 0")]
+    [InlineData("SamplingClusterCtas=3", "SamplingClusterCtas (3) must be 1, 2, 4 or 8 CTAs a row, 0")]
     [InlineData("CrossEntropyClusterMinRowBytes=-1", "CrossEntropyClusterMinRowBytes (-1) must be 0 or positive")]
     [InlineData("CrossEntropyClusterVectors=16", "CrossEntropyClusterVectors (16) must be 4 or 8 vectors a thread")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]

@@ -9,16 +9,28 @@ namespace Tessera.Tests.Cuda;
 /// its own temperature, top-k, top-p, seed and position, in bf16 (whose logits tie by the hundred at the cuts) and f32. The
 /// two may keep different sets only where a cumulative probability lies within about 1e-7 of top-p, or differ by a logf's
 /// last bit in a Gumbel score; so at most one row in 96 may differ, and such a row's two tokens must both lie among the
-/// row's candidates that the definition could keep (its top-k). The inputs come from the fixture's logged seed.
+/// row's candidates that the definition could keep (its top-k). The inputs come from the fixture's logged seed. The draw runs
+/// on the backend's default kernel, on the one-CTA-a-row kernel and on clusters of 1, 2 and 8 CTAs a row.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaSamplingTests(CudaFixture fixture) : CudaTestBase(fixture)
 {
+    /// <summary><paramref name="ctas"/>: -1 the backend's default kernel (on compute capability 9.0 and later the cluster
+    /// kernel at the shape it chooses), 0 the one-CTA-a-row kernel, else clusters of that many CTAs
+    /// (<see cref="Tessera.Cuda.CudaBackendOptions.SamplingClusterCtas"/>).</summary>
     [Theory]
-    [InlineData(DType.BF16)]
-    [InlineData(DType.F32)]
-    public void DrawsTheDefinitionsTokens(DType dtype)
+    [InlineData(DType.BF16, -1)]
+    [InlineData(DType.F32, -1)]
+    [InlineData(DType.BF16, 0)]
+    [InlineData(DType.F32, 0)]
+    [InlineData(DType.BF16, 1)]
+    [InlineData(DType.BF16, 2)]
+    [InlineData(DType.F32, 8)]
+    public void DrawsTheDefinitionsTokens(DType dtype, int ctas)
     {
+        if (ctas > 0 && Gpu.CudaDevice.ComputeCapability.Major < 9) Assert.Skip("thread-block clusters need compute capability 9.0");
+        using var own = ctas < 0 ? null : new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, new Tessera.Cuda.CudaBackendOptions { SamplingClusterCtas = ctas });
+        var backend = (Tessera.Cuda.CudaBackend?)own ?? Gpu;
         int m = 96, v = 128256, ld = v + 64;
         var values = Stored(Enumerable.Range(0, m * ld).Select(_ => (Rng.NextDouble() + Rng.NextDouble() + Rng.NextDouble() - 1.5) * 6).ToArray(), dtype);
         var parameters = new int[m * TokenSampling.ParameterColumns];
@@ -31,10 +43,14 @@ public sealed class CudaSamplingTests(CudaFixture fixture) : CudaTestBase(fixtur
             TokenSampling.WriteParameters(parameters.AsSpan(r * TokenSampling.ParameterColumns), temperatures[r % 4], topKs[r % 5], topPs[r % 6], (ulong)(1000 + 7 * r));
             positions[r] = 100 * r + 5;
         }
-        var logits = Upload(values, dtype, m, ld);
-        var ids = Gpu.Allocate(new Shape(m), DType.I32);
-        Gpu.SampleRows(logits.Slice(1, 0, v), UploadInts(parameters, m, TokenSampling.ParameterColumns), UploadInts(positions, m), ids);
-        var drawn = Gpu.ToArray<int>(ids);
+        var logits = Upload(backend, values, dtype, m, ld);
+        var ids = backend.Allocate(new Shape(m), DType.I32);
+        var parameterRows = backend.Allocate(new Shape(m, TokenSampling.ParameterColumns), DType.I32);
+        backend.CopyFromHost<int>(parameters, parameterRows);
+        var positionRows = backend.Allocate(new Shape(m), DType.I32);
+        backend.CopyFromHost<int>(positions, positionRows);
+        backend.SampleRows(logits.Slice(1, 0, v), parameterRows, positionRows, ids);
+        var drawn = backend.ToArray<int>(ids);
         int differ = 0;
         for (int r = 0; r < m; r++)
         {

@@ -182,7 +182,9 @@ public sealed class KernelEmulationTests
     /// sampling.cu's <c>sample_rows</c> (<see cref="CudaBackend.SampleRows"/>) draws the token that
     /// <see cref="TokenSampling.Choose"/>, the definition, draws, row by row (Emulation/sampling.cpp states the cases: the
     /// temperature, top-k and top-p mixed over the rows, block sizes 64 to 1024, quarters that tie by the hundred at the cuts,
-    /// the bf16 instantiation, NaN, infinities and all-tied rows, a row stride past the row). Exact equality is expected: the
+    /// the bf16 instantiation, NaN, infinities and all-tied rows, a row stride past the row), and so does
+    /// sampling_cluster.cu's <c>sample_rows_cluster</c>, a row over a cluster of 1 to 8 CTAs (fewer clusters than rows, so they walk the rows; CTAs
+    /// whose run of the row is empty; near-flat rows, peaked rows, a server's mix of top-p 0.95 and top-k 50; 256 rows). Exact equality is expected: the
     /// two keep different sets only where a cumulative probability lies within about 1e-7 of top-p, and their Gumbel scores
     /// differ only by the last bit of a logf; the cases' fixed seeds hit neither. Then <c>token_logprobs</c>
     /// (<see cref="CudaBackend.TokenLogprobs"/>) at the drawn ids, against <see cref="LogProbabilities"/>: the top 5 columns
@@ -196,8 +198,13 @@ public sealed class KernelEmulationTests
             "sample_rows f32 V=1000 ld=1024 rows=30 block=128", "sample_rows f32 V=4099 rows=24 block=256 quarters",
             "sample_rows bf16 V=3000 ld=3008 rows=12 block=1024", "sample_rows f32 V=999 rows=24 block=64 special",
             "sample_rows f32 V=40 rows=30 block=128 short rows",
+            "sample_rows_cluster f32 V=1000 ld=1024 rows=30 block=64 ctas=2", "sample_rows_cluster f32 V=2099 rows=18 block=64 ctas=4 quarters",
+            "sample_rows_cluster bf16 V=3000 ld=3008 rows=6 block=64 ctas=8", "sample_rows_cluster f32 V=999 rows=24 block=64 ctas=2 special",
+            "sample_rows_cluster f32 V=40 rows=30 block=64 ctas=8 short rows", "sample_rows_cluster f32 V=6000 rows=6 block=64 ctas=4 flat",
+            "sample_rows_cluster f32 V=6001 rows=6 block=64 ctas=8 peaked", "sample_rows_cluster f32 V=77 rows=256 block=32 ctas=2",
+            "sample_rows_cluster f32 V=3 rows=1 block=32 ctas=1", "sample_rows_cluster f32 V=2500 rows=6 block=96 ctas=1 flat",
         ];
-        RunEmulatedAndInspect(["sampling.cu"], "sampling", cases, dir =>
+        RunEmulatedAndInspect(["sampling.cu", "sampling_cluster.cu"], "sampling", cases, dir =>
         {
             for (int c = 0; c < cases.Length; c++)
             {

@@ -73,6 +73,11 @@ public sealed class KernelSourceTests
         __device__ float __shfl_sync(unsigned, float, int, int w = 32);
         __device__ int __shfl_sync(unsigned, int, int, int w = 32);
         __device__ int __shfl_up_sync(unsigned, int, unsigned, int w = 32);
+        __device__ unsigned long long __shfl_up_sync(unsigned, unsigned long long, unsigned, int w = 32);
+        __device__ unsigned __shfl_sync(unsigned, unsigned, int, int w = 32);
+        __device__ unsigned long long __shfl_sync(unsigned, unsigned long long, int, int w = 32);
+        __device__ unsigned __ballot_sync(unsigned, int);
+        __device__ int __ffs(int);
         __device__ float __shfl_down_sync(unsigned, float, unsigned, int w = 32);
 
         """;
@@ -166,5 +171,17 @@ public sealed class KernelSourceTests
             .OrderByDescending(x => x.Version)
             .Select(x => Path.Combine(x.Dir, "bin", "clang++"))
             .FirstOrDefault(File.Exists);
+    }
+
+    /// <summary>sampling_cluster.cu compiles after sampling.cu, whose helpers it uses, as a module of its own.</summary>
+    [Fact]
+    public void SamplingClusterModuleHoldsSamplingCuBeforeIt()
+    {
+        string source = KernelLibrary.ComposedSource("sampling_cluster.cu");
+        int common = source.IndexOf("#line 1 \"common.cuh\"", StringComparison.Ordinal),
+            sampling = source.IndexOf("#line 1 \"sampling.cu\"", StringComparison.Ordinal),
+            cluster = source.IndexOf("#line 1 \"sampling_cluster.cu\"", StringComparison.Ordinal);
+        Assert.True(common >= 0 && common < sampling && sampling < cluster, "common.cuh, sampling.cu, sampling_cluster.cu in that order");
+        Assert.DoesNotContain("sampling_cluster.cu", KernelLibrary.ComposedSource("sampling.cu"), StringComparison.Ordinal);
     }
 }

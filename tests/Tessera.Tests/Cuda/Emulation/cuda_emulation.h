@@ -79,6 +79,19 @@ template <typename T> T __shfl_xor_sync(unsigned, T v, int o, int = 32) { return
 template <typename T> T __shfl_sync(unsigned, T v, int src, int = 32) { return emu_shfl<T>(v, direct_lane, src); }
 template <typename T> T __shfl_up_sync(unsigned, T v, unsigned d, int = 32) { return emu_shfl<T>(v, up_lane, (int)d); }
 template <typename T> T __shfl_down_sync(unsigned, T v, unsigned d, int = 32) { return emu_shfl<T>(v, down_lane, (int)d); }
+// The warp's predicates as a mask (every lane of the warp takes part), and the lowest set bit's position from 1.
+inline unsigned __ballot_sync(unsigned, int predicate)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    double* slot = g_block->slots.data() + warp * 32;
+    slot[lane] = predicate ? 1.0 : 0.0;
+    g_block->warps[warp]->arrive_and_wait();
+    unsigned mask = 0;
+    for (int l = 0; l < 32; l++) if (slot[l] != 0.0) mask |= 1u << l;
+    g_block->warps[warp]->arrive_and_wait();
+    return mask;
+}
+inline int __ffs(int x) { return __builtin_ffs(x); }
 // Atomics under one lock: a block's threads are std::threads running at once.
 inline std::mutex& emu_atomic_lock() { static std::mutex m; return m; }
 inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); float o = *p; *p += v; return o; }
@@ -139,6 +152,14 @@ inline void emu_cluster_load2(const float* local, unsigned rank, float& a, float
     const size_t at = (size_t)(local - g_block->shared.data());
     const float* remote = g_cluster->blocks[rank].shared.data() + at;
     a = remote[0]; b = remote[1];
+}
+// The 64-bit word at `local`'s offset in CTA `rank`'s shared memory (a shared::cluster load).
+inline unsigned long long emu_cluster_load_u64(const unsigned long long* local, unsigned rank)
+{
+    const size_t at = (size_t)((const unsigned char*)local - (const unsigned char*)g_block->shared.data());
+    unsigned long long v;
+    std::memcpy(&v, (const unsigned char*)g_cluster->blocks[rank].shared.data() + at, 8);
+    return v;
 }
 // A grid (x, y) of clusters of `ctas` CTAs along x (grid.x a multiple of it).
 template <typename F> void emu_launch_cluster(dim3 grid, unsigned ctas, unsigned block, F kernel)

@@ -40,9 +40,11 @@ static float from_bf16_bits(unsigned short b)
 }
 static int bits(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 
-enum Kind { Normal, Quarters, Bf16, Special };
+enum Kind { Normal, Quarters, Bf16, Special, Flat, Peaked };
 
-static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows, unsigned block, unsigned seed)
+// ctas 0: sample_rows (one CTA a row); else sample_rows_cluster in clusters of ctas CTAs, `clusters` of them walking the rows.
+static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows, unsigned block, unsigned seed,
+                     unsigned ctas = 0, unsigned clusters = 0)
 {
     std::mt19937 rng(seed);
     std::normal_distribution<float> normal(0.f, 3.f);
@@ -51,6 +53,12 @@ static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows
     const float temperatures[] = {0.f, 0.7f, 1.f, 1.5f, 0.25f};
     const int top_ks[] = {0, 1, 5, 50, 0, 3};
     const float top_ps[] = {1.f, 0.9f, 0.5f, 1.f, 0.99f, 0.2f, 1.f};
+    // Flat and peaked rows take a server's mix: temperature 1 (or 0.7), top-p 0.95, top-k 50, both, neither.
+    const float server_temperatures[] = {1.f, 1.f, 0.7f};
+    const int server_top_ks[] = {0, 50, 0, 1, 50};
+    const float server_top_ps[] = {0.95f, 1.f, 1.f, 0.5f, 0.95f, 0.95f};
+    const bool server = kind == Flat || kind == Peaked;
+    std::uniform_real_distribution<float> uniform(0.f, 1.f);
     for (int r = 0; r < rows; r++)
     {
         float* row = &logits[(size_t)r * ld];
@@ -59,6 +67,8 @@ static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows
             float v = normal(rng);
             if (kind == Quarters) v = std::round(v * 4.f) / 4.f;
             if (kind == Bf16) v = from_bf16_bits(to_bf16_bits(v));
+            if (kind == Flat) v = 0.02f * v;                               // random-init-like: every token about as likely
+            if (kind == Peaked) v = uniform(rng) < 0.001f ? 12.f + v : v;  // a few tokens far above the rest
             row[i] = v;
         }
         if (kind == Special)
@@ -75,9 +85,9 @@ static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows
             }
         }
         int* p = &params[(size_t)r * 5];
-        p[0] = bits(temperatures[r % 5]);
-        p[1] = top_ks[r % 6];
-        p[2] = bits(top_ps[r % 7]);
+        p[0] = bits(server ? server_temperatures[r % 3] : temperatures[r % 5]);
+        p[1] = server ? server_top_ks[r % 5] : top_ks[r % 6];
+        p[2] = bits(server ? server_top_ps[r % 6] : top_ps[r % 7]);
         const unsigned long long s = 0x1234567ull * (unsigned long long)(r + 1) + seed;
         p[3] = (int)(unsigned)s;
         p[4] = (int)(unsigned)(s >> 32);
@@ -89,8 +99,13 @@ static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows
         half.resize(logits.size());
         for (size_t i = 0; i < logits.size(); i++) half[i] = to_bf16_bits(logits[i]);
         const bf16* x = reinterpret_cast<const bf16*>(half.data());
-        emu_launch((unsigned)rows, block, [&] { sample_rows_bf16(x, (long long)ld, V, params.data(), positions.data(), ids.data()); });
+        if (ctas > 0)
+            emu_launch_cluster(clusters * ctas, ctas, block, [&] { sample_rows_cluster_bf16(x, (long long)ld, V, rows, params.data(), positions.data(), ids.data()); });
+        else
+            emu_launch((unsigned)rows, block, [&] { sample_rows_bf16(x, (long long)ld, V, params.data(), positions.data(), ids.data()); });
     }
+    else if (ctas > 0)
+        emu_launch_cluster(clusters * ctas, ctas, block, [&] { sample_rows_cluster_f32(logits.data(), (long long)ld, V, rows, params.data(), positions.data(), ids.data()); });
     else
         emu_launch((unsigned)rows, block, [&] { sample_rows_f32(logits.data(), (long long)ld, V, params.data(), positions.data(), ids.data()); });
 
@@ -141,5 +156,16 @@ int main()
     run_case(2, "sample_rows bf16 V=3000 ld=3008 rows=12 block=1024", Bf16, 3000, 3008, 12, 1024, 13);
     run_case(3, "sample_rows f32 V=999 rows=24 block=64 special", Special, 999, 999, 24, 64, 14);
     run_case(4, "sample_rows f32 V=40 rows=30 block=128 short rows", Normal, 40, 40, 30, 128, 15);
+    // sample_rows_cluster: a row over clusters of 1 to 8 CTAs, fewer clusters than rows (they walk the rows).
+    run_case(5, "sample_rows_cluster f32 V=1000 ld=1024 rows=30 block=64 ctas=2", Normal, 1000, 1024, 30, 64, 11, 2, 7);
+    run_case(6, "sample_rows_cluster f32 V=2099 rows=18 block=64 ctas=4 quarters", Quarters, 2099, 2099, 18, 64, 12, 4, 5);
+    run_case(7, "sample_rows_cluster bf16 V=3000 ld=3008 rows=6 block=64 ctas=8", Bf16, 3000, 3008, 6, 64, 13, 8, 3);
+    run_case(8, "sample_rows_cluster f32 V=999 rows=24 block=64 ctas=2 special", Special, 999, 999, 24, 64, 14, 2, 24);
+    run_case(9, "sample_rows_cluster f32 V=40 rows=30 block=64 ctas=8 short rows", Normal, 40, 40, 30, 64, 15, 8, 4);
+    run_case(10, "sample_rows_cluster f32 V=6000 rows=6 block=64 ctas=4 flat", Flat, 6000, 6000, 6, 64, 16, 4, 3);
+    run_case(11, "sample_rows_cluster f32 V=6001 rows=6 block=64 ctas=8 peaked", Peaked, 6001, 6001, 6, 64, 17, 8, 6);
+    run_case(12, "sample_rows_cluster f32 V=77 rows=256 block=32 ctas=2", Normal, 77, 77, 256, 32, 18, 2, 16);
+    run_case(13, "sample_rows_cluster f32 V=3 rows=1 block=32 ctas=1", Normal, 3, 3, 1, 32, 19, 1, 1);
+    run_case(14, "sample_rows_cluster f32 V=2500 rows=6 block=96 ctas=1 flat", Flat, 2500, 2500, 6, 96, 20, 1, 2);
     return failures;
 }
