@@ -2,14 +2,18 @@ using Tessera.Tensors;
 
 namespace Tessera.Cuda;
 
-// Group-wise int4 weights (QuantizedWeight.Int4; int4.cu): 1 to 4 rows of x take the matrix-vector kernel, which reads each
-// packed word once and dequantizes it in registers (decoding is bound by reading the weights, which is what 4 bits halve
-// against int8); more rows, or an epilogue, dequantize the whole weight into scratch of x's dtype from the caching allocator
+// Group-wise int4 weights (QuantizedWeight.Int4; int4.cu, gemv.cu): 1 to 4 rows of x take the persistent matrix-vector
+// stream's int4 form (gemv.cu, x staged once per CTA and normalized there when a norm is given, K and the group multiples of
+// 32), else int4.cu's one-warp-a-row kernel; both read each packed word once and dequantize it in registers (decoding is
+// bound by reading the weights, which is what 4 bits halve against int8); more rows, or an epilogue, dequantize the whole weight into scratch of x's dtype from the caching allocator
 // and run the product as for any weight (cuBLASLt): correct and graph-safe, not faster than 16-bit weights at prefill.
 public sealed unsafe partial class CudaBackend
 {
     /// <summary>Warps a block of the int4 matrix-vector kernel: one output row a warp.</summary>
     private const int Int4GemvWarps = 8;
+
+    /// <summary>Columns of a 16-byte chunk of packed int4 words (four words): K and the group size must be multiples of it for the stream.</summary>
+    private const int Int4StreamChunk = 32;
 
     /// <summary>
     /// The int4 form of <see cref="QuantizedMatMul"/> (see the file's note): x RMS-normalized into scratch first when a norm
@@ -19,6 +23,7 @@ public sealed unsafe partial class CudaBackend
     private void QuantizedMatMulInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, MatMulEpilogue epilogue,
         Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm)
     {
+        if (epilogue == MatMulEpilogue.None && TryGemvStreamInt4(x, weight, y, beta, bias, addend, norm)) return;
         var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
         var input = normalized ?? x;
         if (epilogue != MatMulEpilogue.None || !TryGemvInt4(input, weight, y, beta, bias, addend))
@@ -32,7 +37,38 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
-    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: <c>gemv_int4_{type}_m{M}</c>.
+    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: the persistent matrix-vector
+    /// stream's int4 form (gemv.cu, <c>gemv_stream_int4_{type}_m{M}</c>), which stages x once per CTA (RMS-normalized on the
+    /// way when <paramref name="norm"/> is given), streams the packed words in 16-byte loads with the next unit's loads in flight
+    /// and applies each 32-column chunk's group scale and zero in registers. False, with nothing enqueued, when the call does not
+    /// fit it: what <see cref="GemvFits"/> needs of x and the norm, K and the group size multiples of 32 (a 16-byte chunk of
+    /// words then lies in one group, and the rows of K / 2 bytes are 16-byte aligned), the packed words 16-byte aligned, y's and
+    /// the addend's columns unit-strided (then <see cref="TryGemvInt4"/> or the dequantized product runs it).
+    /// </summary>
+    private bool TryGemvStreamInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend, RmsNormPrologue? norm)
+    {
+        if (!GemvFits(x, norm)) return false;
+        int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
+        var dtype = x.DType;
+        if (n == 0 || k % Int4StreamChunk != 0 || group % Int4StreamChunk != 0 || k % group != 0 || Ptr(weight.Values) % 16 != 0
+            || !BiasFits(bias, dtype, n)) return false;
+        if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
+        var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
+        ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
+        long ldx = x.Stride(0), ldy = y.Stride(0), ldc = c.Stride(0);
+        float be = addend is null ? (float)beta : 1f;
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &n, &k, &group, &ldx, &ldy, &ldc, &be, &pn, &eps, &early };
+        Launch("gemv.cu", $"gemv_stream_int4_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", (GemvGrid(n), 1, 1), 256, args,
+            GemvShared(m, k, dtype), dependent: true);
+        return true;
+    }
+
+    /// <summary>
+    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: <c>gemv_int4_{type}_m{M}</c>
+    /// (int4.cu; the shapes <see cref="TryGemvStreamInt4"/> does not take).
     /// False, with nothing enqueued, when <see cref="CudaBackendOptions.MatrixVectorKernels"/> is off or x, y or the addend
     /// has columns that are not unit-strided, or more than 4 rows.
     /// </summary>

@@ -278,16 +278,26 @@ public sealed class KernelEmulationTests
     /// matrix-vector product <c>gemv_int4_f32_m{1..4}</c> within 1e-5 of sum |x w| (fp32 sums in another order) against a
     /// double reference, over odd N, groups of 8 to 200 columns (a last group shorter, one group a row), symmetric and
     /// asymmetric zeros, bias, an addend, and grids smaller than the rows (Emulation/int4_kernels.cpp; seed 11, packed by a
-    /// plain loop there). <see cref="CudaInt4QuantizedMatMulTests"/> checks them on the device.
+    /// plain loop there); and the persistent stream's int4 form <c>gemv_stream_int4_{f32,bf16}_m{1..4}</c> (gemv.cu, K and the
+    /// group multiples of 32) within 1e-5 of sum |x w| (bf16: plus 2^-7 of |y|) over K of one chunk, K not a multiple of 128
+    /// (96, 1056, 4128), groups of 32, 64, 128 and a whole row, bias, beta on y, an addend, the RMSNorm prologue (f32), several
+    /// rows a warp, with the weights loaded before and after the dependency wait giving the same bits.
+    /// <see cref="CudaInt4QuantizedMatMulTests"/> checks them on the device.
     /// </summary>
     [Fact]
     public void Int4KernelsGiveTheDequantizedProductOnTheCpuEmulation() =>
-        RunEmulated(["int4.cu"], "int4_kernels",
+        RunEmulated(["gemv.cu", "int4.cu"], "int4_kernels",
             ["dequantize_int4_f32 N=7 K=256 group=128 asym", "dequantize_int4_f32 N=5 K=96 group=64 sym", "dequantize_int4_f32 N=3 K=40 group=40 asym",
              "gemv_int4_f32 M=1 N=37 K=256 group=128 asym bias grid=2", "gemv_int4_f32 M=2 N=33 K=96 group=64 sym addend grid=1",
              "gemv_int4_f32 M=3 N=9 K=512 group=32 asym bias addend grid=4", "gemv_int4_f32 M=4 N=65 K=1024 group=128 sym bias grid=3",
              "gemv_int4_f32 M=4 N=19 K=200 group=200 asym grid=1", "gemv_int4_f32 M=1 N=1 K=8 group=8 asym grid=1",
-             "gemv_int4_f32 M=2 N=11 K=128 group=16 asym bias grid=2", "gemv_int4_f32 M=3 N=7 K=2048 group=64 sym addend grid=1"]);
+             "gemv_int4_f32 M=2 N=11 K=128 group=16 asym bias grid=2", "gemv_int4_f32 M=3 N=7 K=2048 group=64 sym addend grid=1",
+             "gemv_stream_int4 f32 M=1 N=37 K=256 group=128 asym bias beta=0 grid=2", "gemv_stream_int4 f32 M=1 N=1 K=32 group=32 asym beta=0 grid=1",
+             "gemv_stream_int4 f32 M=2 N=33 K=96 group=32 sym beta=1 grid=1", "gemv_stream_int4 f32 M=2 N=77 K=1056 group=1056 asym bias beta=0 addend grid=3",
+             "gemv_stream_int4 f32 M=3 N=9 K=512 group=64 asym bias beta=0 addend norm grid=4", "gemv_stream_int4 f32 M=3 N=45 K=4128 group=32 asym beta=1 grid=1",
+             "gemv_stream_int4 f32 M=4 N=130 K=2048 group=128 sym bias beta=0 norm grid=2", "gemv_stream_int4 f32 M=4 N=19 K=1024 group=64 asym beta=0 addend grid=1",
+             "gemv_stream_int4 f32 M=1 N=100 K=2048 group=128 asym bias beta=1 norm grid=5", "gemv_stream_int4 bf16 M=1 N=65 K=2048 group=128 asym bias beta=0 grid=2",
+             "gemv_stream_int4 bf16 M=2 N=50 K=1056 group=32 sym beta=0 addend grid=3", "gemv_stream_int4 bf16 M=4 N=33 K=4096 group=128 asym bias beta=1 grid=2"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,
