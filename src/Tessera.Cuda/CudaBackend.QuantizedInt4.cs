@@ -50,7 +50,7 @@ public sealed unsafe partial class CudaBackend
         if (!GemvFits(x, norm)) return false;
         int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
         var dtype = x.DType;
-        if (n == 0 || k % Int4StreamChunk != 0 || group % Int4StreamChunk != 0 || k % group != 0 || Ptr(weight.Values) % 16 != 0
+        if (n == 0 || k % Int4StreamChunk != 0 || group % Int4StreamChunk != 0 || Ptr(weight.Values) % 16 != 0
             || !BiasFits(bias, dtype, n)) return false;
         if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
         var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)

@@ -443,7 +443,8 @@ FOR_FLOAT_TYPES(GEMV_STREAM_F8_ALL)
 
 // ---- The group-wise int4 form (QuantizedWeight.Int4; CudaBackend.QuantizedMatMul with int4 weights, 1 to 4 rows) ----
 // y (M, N) = x (M, K) W^T + bias + beta * c_in, W[n, k] = scales[n, g] * (q[n, k] - zeros[n, g]), g = k / group: packed (N,
-// K / 8) u32 (column 8w + j of a row in bits 4j .. 4j + 3 of its word w), scales (N, G) fp32, zeros (N, G) int8, G = K / group.
+// K / 8) u32 (column 8w + j of a row in bits 4j .. 4j + 3 of its word w), scales (N, G) fp32, zeros (N, G) int8, G = ceil(K / group)
+// (the last group may be shorter).
 // The same persistent stream as gemv_stream (x staged once per CTA, RMS-normalized on the way when nw is given; a warp walks
 // its rows as units of U 16-byte loads per lane, the next unit's loads issued before the current one is multiplied; weights
 // loaded before pdl_wait when early), with a 16-byte chunk holding four words, 32 columns. It takes K a multiple of 32 (16-byte
@@ -515,7 +516,7 @@ __device__ void gemv_stream_int4(const T* x, const unsigned* packed, const float
     T* sx = reinterpret_cast<T*>(gemv_smem);
     const int lane = threadIdx.x & 31;
     const int stride = gridDim.x * (blockDim.x >> 5);
-    const int chunks = K / 32, units = (chunks + 32 * U - 1) / (32 * U), groups = K / group, cpg = group / 32;
+    const int chunks = K / 32, units = (chunks + 32 * U - 1) / (32 * U), groups = (K + group - 1) / group, cpg = group / 32;
     GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
     Bytes16 raw[U];
     float sc[U], zb[U];

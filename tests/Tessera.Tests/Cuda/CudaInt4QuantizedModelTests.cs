@@ -17,7 +17,7 @@ namespace Tessera.Tests.Cuda;
 /// Models with int4 weights (<see cref="WeightQuantization.Int4"/>) on the GPU against the same model with int4 weights on the
 /// CPU: both quantize the same F32 weights on the host, so they hold the same packed words, scales and zeros, and in F32
 /// (every product within 1e-5 of the CPU's) greedy decoding picks the same tokens, through <see cref="TextGenerator"/> (one
-/// row: <c>gemv_int4</c>; recorded and eager) and through the serving engine (batches of 1 to 8 rows: the kernel, then the
+/// row: <c>gemv_stream_int4</c>, with the norm staged, where K and the group are multiples of 32, else <c>gemv_int4</c>; recorded and eager) and through the serving engine (batches of 1 to 8 rows: the kernel, then the
 /// dequantized product; recorded per bucket). In BF16 the recorded and the eager decode agree token for token. Not yet run on
 /// a GPU (written in session int4 without one).
 /// </summary>

@@ -280,8 +280,9 @@ public sealed class KernelEmulationTests
     /// asymmetric zeros, bias, an addend, and grids smaller than the rows (Emulation/int4_kernels.cpp; seed 11, packed by a
     /// plain loop there); and the persistent stream's int4 form <c>gemv_stream_int4_{f32,bf16}_m{1..4}</c> (gemv.cu, K and the
     /// group multiples of 32) within 1e-5 of sum |x w| (bf16: plus 2^-7 of |y|) over K of one chunk, K not a multiple of 128
-    /// (96, 1056, 4128), groups of 32, 64, 128 and a whole row, bias, beta on y, an addend, the RMSNorm prologue (f32), several
-    /// rows a warp, with the weights loaded before and after the dependency wait giving the same bits.
+    /// (96, 1056, 4128), groups of 32, 64, 128, a whole row and a last one shorter (K = 320, group 128), bias, beta on y, an
+    /// addend, the RMSNorm prologue (f32), several rows a warp, with the weights loaded before and after the dependency wait
+    /// giving the same bits. K a multiple of 8 but not of 32 (200, 40, 8) and groups of 8 and 16 are gemv_int4's cases.
     /// <see cref="CudaInt4QuantizedMatMulTests"/> checks them on the device.
     /// </summary>
     [Fact]
@@ -296,7 +297,8 @@ public sealed class KernelEmulationTests
              "gemv_stream_int4 f32 M=2 N=33 K=96 group=32 sym beta=1 grid=1", "gemv_stream_int4 f32 M=2 N=77 K=1056 group=1056 asym bias beta=0 addend grid=3",
              "gemv_stream_int4 f32 M=3 N=9 K=512 group=64 asym bias beta=0 addend norm grid=4", "gemv_stream_int4 f32 M=3 N=45 K=4128 group=32 asym beta=1 grid=1",
              "gemv_stream_int4 f32 M=4 N=130 K=2048 group=128 sym bias beta=0 norm grid=2", "gemv_stream_int4 f32 M=4 N=19 K=1024 group=64 asym beta=0 addend grid=1",
-             "gemv_stream_int4 f32 M=1 N=100 K=2048 group=128 asym bias beta=1 norm grid=5", "gemv_stream_int4 bf16 M=1 N=65 K=2048 group=128 asym bias beta=0 grid=2",
+             "gemv_stream_int4 f32 M=1 N=100 K=2048 group=128 asym bias beta=1 norm grid=5", "gemv_stream_int4 f32 M=2 N=21 K=320 group=128 asym bias beta=0 addend grid=2",
+             "gemv_stream_int4 bf16 M=1 N=65 K=2048 group=128 asym bias beta=0 grid=2",
              "gemv_stream_int4 bf16 M=2 N=50 K=1056 group=32 sym beta=0 addend grid=3", "gemv_stream_int4 bf16 M=4 N=33 K=4096 group=128 asym bias beta=1 grid=2"]);
 
     /// <summary>

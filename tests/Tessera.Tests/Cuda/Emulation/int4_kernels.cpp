@@ -9,12 +9,13 @@
 //   16 too, whose quads straddle two groups), other K single words.
 // The persistent stream's int4 form gemv_stream_int4_{f32,bf16}_m{1..4} (gemv.cu; K and group multiples of 32) against the
 // same double reference: M = 1 to 4, N odd, fewer than the grid's warps or several rows a warp, K of one chunk (32), K a
-// multiple of 32 but not of 128 (96, 1056, 4128), groups of 32, 64, 128 and a whole row, bias, beta 1 on y itself, an addend,
-// and the RMSNorm prologue (f32: x * rsqrt(mean x^2 + eps) * nw in double for the reference; the kernel rounds the
+// multiple of 32 but not of 128 (96, 1056, 4128), groups of 32, 64, 128, a whole row and a last group shorter (K = 320,
+// group 128), bias, beta 1 on y itself, an addend, and the RMSNorm prologue (f32: x * rsqrt(mean x^2 + eps) * nw in double for the reference; the kernel rounds the
 // normalized x to fp32 once). Each product runs with the weights loaded before pdl_wait (early) and after: the same bits, and
 // y's row padding untouched. Tolerances: f32 1e-5 of sum |x w| + |bias| + |c| per output (fp32 sums of up to 4128 terms in
 // another order leave about 1e-6 of it; a wrong group, nibble or row is off by 1e-2 or more); bf16 (no norm: gemv_stage_x's
-// bf16 norm stores are PTX, compiled away here) the same plus 2^-7 of |y| (the stored output keeps 8 significant bits: half an ulp is up to 2^-8 of it).
+// bf16 norm stores are PTX, compiled away here) the same plus 2^-7 of |y| (the stored output keeps 8 significant bits: half
+// an ulp is up to 2^-8 of it).
 // kernels.h is written by the test: the emulation, common.cuh, gemv.cu, int4.cu. Prints one line per check; exit code = failures.
 #include "kernels.h"
 #include <cmath>
@@ -226,6 +227,7 @@ int main()
     stream_check<float, 4>(rng, 130, 2048, 128, true, true, 0.f, false, true, 2);    // llama's group; norm
     stream_check<float, 4>(rng, 19, 1024, 64, false, false, 0.f, true, false, 1);
     stream_check<float, 1>(rng, 100, 2048, 128, false, true, 1.f, false, true, 5);
+    stream_check<float, 2>(rng, 21, 320, 128, false, true, 0.f, true, false, 2);     // a last group of 64
     stream_check<bf16, 1>(rng, 65, 2048, 128, false, true, 0.f, false, false, 2);
     stream_check<bf16, 2>(rng, 50, 1056, 32, true, false, 0.f, true, false, 3);
     stream_check<bf16, 4>(rng, 33, 4096, 128, false, true, 1.f, false, false, 2);
