@@ -47,7 +47,10 @@ public sealed class KernelEmulationTests
     /// int8-weight form (<c>decode_gemm_q8_bf16_*</c>, <see cref="CudaBackend.QuantizedMatMul"/> at 5 to 64 rows: int8 tiles
     /// staged at one byte, turned into bf16 fragments in registers with k permuted alike on both operands, the row scale in the
     /// epilogue) at 5, 17, 33 and 64 rows, against scales[n] * q[n, k] in double: N short of and past the 128-row block, one
-    /// slice and clusters of 2, 4 and 8, bias, beta = 1 and an addend, a row of scale 0.
+    /// slice and clusters of 2, 4 and 8, bias, beta = 1 and an addend, a row of scale 0. And its int4-weight form
+    /// (<c>decode_gemm_int4_bf16_*</c>, group-wise int4 weights at 5 to 64 rows: packed words staged, each lane's nibbles made
+    /// scale (q - zero) in bf16 in registers) at 5, 17, 33 and 64 rows against those bf16 weights in double (8e-3): groups of
+    /// 32, 64, 128 and a whole row, K = 320 (not a multiple of 128), clusters of 4, 5 and 8 slices, bias, beta = 1, an addend.
     /// </summary>
     [Fact]
     public void DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -60,7 +63,11 @@ public sealed class KernelEmulationTests
              "decode_gemm M=9 N=64 K=256 slices=1 bias=0 beta=1 norm", "decode_gemm swiglu M=33 F=65 K=256 slices=2 bias=0 norm",
              "decode_gemm_q8 M=5 N=100 K=256 slices=1 bias=1 beta=0", "decode_gemm_q8 M=17 N=300 K=512 slices=4 bias=1 beta=1",
              "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend", "decode_gemm_q8 M=64 N=200 K=512 slices=1 bias=1 addend",
-             "decode_gemm_q8 M=33 N=130 K=128 slices=2 bias=0 beta=1", "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend: early = late, pads"]);
+             "decode_gemm_q8 M=33 N=130 K=128 slices=2 bias=0 beta=1", "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend: early = late, pads",
+             "decode_gemm_int4 M=5 N=100 K=256 group=128 slices=1 bias=1 beta=0", "decode_gemm_int4 M=17 N=300 K=512 group=32 slices=4 bias=1 beta=1",
+             "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend", "decode_gemm_int4 M=64 N=200 K=320 group=64 slices=1 bias=1 addend",
+             "decode_gemm_int4 M=33 N=130 K=320 group=320 slices=5 bias=0 beta=1",
+             "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend: early = late, pads"]);
 
     /// <summary>
     /// The decode products on warpgroup MMA (decode_gemm_hopper.cu, with hopper.cuh): the same checks as
