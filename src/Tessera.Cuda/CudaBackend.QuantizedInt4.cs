@@ -2,14 +2,23 @@ using Tessera.Tensors;
 
 namespace Tessera.Cuda;
 
-// Group-wise int4 weights (QuantizedWeight.Int4; int4.cu): 1 to 4 rows of x take the matrix-vector kernel, which reads each
-// packed word once and dequantizes it in registers (decoding is bound by reading the weights, which is what 4 bits halve
-// against int8); more rows, or an epilogue, dequantize the whole weight into scratch of x's dtype from the caching allocator
-// and run the product as for any weight (cuBLASLt): correct and graph-safe, not faster than 16-bit weights at prefill.
+// Group-wise int4 weights (QuantizedWeight.Int4; int4.cu, gemv.cu): 1 to 4 rows of x take the persistent matrix-vector
+// stream's int4 form (gemv.cu, x staged once per CTA and normalized there when a norm is given, K and the group multiples of
+// 32), else int4.cu's one-warp-a-row kernel; both read each packed word once and dequantize it in registers (decoding is
+// bound by reading the weights, which is what 4 bits halve against int8); 5 to 64 rows (a serving decode step) of bf16 or f16
+// take the decode product's int4 form (decode_gemm.cu, nibbles staged, turned into x's type in registers, tensor cores);
+// more rows, or an epilogue, dequantize the whole weight into scratch of x's dtype from the caching allocator and run the
+// product as for any weight (cuBLASLt): correct and graph-safe, not faster than 16-bit weights at prefill.
 public sealed unsafe partial class CudaBackend
 {
     /// <summary>Warps a block of the int4 matrix-vector kernel: one output row a warp.</summary>
     private const int Int4GemvWarps = 8;
+
+    /// <summary>Columns of a 16-byte chunk of packed int4 words (four words): K and the group size must be multiples of it for the stream.</summary>
+    private const int Int4StreamChunk = 32;
+
+    /// <summary>Columns a lane of the int4 decode product takes of a k-tile: the group size must be a multiple of it (one group a lane).</summary>
+    private const int Int4DecodeGemmGroup = 16;
 
     /// <summary>
     /// The int4 form of <see cref="QuantizedMatMul"/> (see the file's note): x RMS-normalized into scratch first when a norm
@@ -19,9 +28,11 @@ public sealed unsafe partial class CudaBackend
     private void QuantizedMatMulInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, MatMulEpilogue epilogue,
         Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm)
     {
+        if (epilogue == MatMulEpilogue.None && TryGemvStreamInt4(x, weight, y, beta, bias, addend, norm)) return;
         var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
         var input = normalized ?? x;
-        if (epilogue != MatMulEpilogue.None || !TryGemvInt4(input, weight, y, beta, bias, addend))
+        if (epilogue != MatMulEpilogue.None
+            || (!TryGemvInt4(input, weight, y, beta, bias, addend) && !TryDecodeGemmInt4(input, weight, y, beta, bias, addend)))
         {
             var w = ScratchTensor(weight.Shape, x.DType);
             DequantizeInt4(weight, w);
@@ -32,7 +43,38 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
-    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: <c>gemv_int4_{type}_m{M}</c>.
+    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: the persistent matrix-vector
+    /// stream's int4 form (gemv.cu, <c>gemv_stream_int4_{type}_m{M}</c>), which stages x once per CTA (RMS-normalized on the
+    /// way when <paramref name="norm"/> is given), streams the packed words in 16-byte loads with the next unit's loads in flight
+    /// and applies each 32-column chunk's group scale and zero in registers. False, with nothing enqueued, when the call does not
+    /// fit it: what <see cref="GemvFits"/> needs of x and the norm, K and the group size multiples of 32 (a 16-byte chunk of
+    /// words then lies in one group, and the rows of K / 2 bytes are 16-byte aligned), the packed words 16-byte aligned, y's and
+    /// the addend's columns unit-strided (then <see cref="TryGemvInt4"/> or the dequantized product runs it).
+    /// </summary>
+    private bool TryGemvStreamInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend, RmsNormPrologue? norm)
+    {
+        if (!GemvFits(x, norm)) return false;
+        int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
+        var dtype = x.DType;
+        if (n == 0 || k % Int4StreamChunk != 0 || group % Int4StreamChunk != 0 || Ptr(weight.Values) % 16 != 0
+            || !BiasFits(bias, dtype, n)) return false;
+        if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
+        var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
+        ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
+        long ldx = x.Stride(0), ldy = y.Stride(0), ldc = c.Stride(0);
+        float be = addend is null ? (float)beta : 1f;
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &n, &k, &group, &ldx, &ldy, &ldc, &be, &pn, &eps, &early };
+        Launch("gemv.cu", $"gemv_stream_int4_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", (GemvGrid(n), 1, 1), 256, args,
+            GemvShared(m, k, dtype), dependent: true);
+        return true;
+    }
+
+    /// <summary>
+    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: <c>gemv_int4_{type}_m{M}</c>
+    /// (int4.cu; the shapes <see cref="TryGemvStreamInt4"/> does not take).
     /// False, with nothing enqueued, when <see cref="CudaBackendOptions.MatrixVectorKernels"/> is off or x, y or the addend
     /// has columns that are not unit-strided, or more than 4 rows.
     /// </summary>
@@ -50,6 +92,38 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &n, &k, &group, &ldx, &ldy, &ldc, &be };
         uint blocks = (uint)Math.Clamp((n + Int4GemvWarps - 1) / Int4GemvWarps, 1, CudaDevice.MultiprocessorCount * 16);
         Launch("int4.cu", $"gemv_int4_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", blocks, 32 * Int4GemvWarps, args);
+        return true;
+    }
+
+    /// <summary>
+    /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with 5 &lt;= M &lt;= 64 and W the int4 weight: the decode product's
+    /// int4 form (decode_gemm.cu, <c>decode_gemm_int4_{bf16,f16}_m{2,4,8}</c>), which stages the packed words (4 KB a tile of
+    /// 128 rows by 64 columns), turns each lane's nibbles into x's type in registers with their group's scale and zero (the
+    /// weight rounded once to x's type, as the dequantized path rounds it) and multiplies them by x on tensor cores with fp32
+    /// sums, K in slices of a thread-block cluster as the int8 form. False, with nothing enqueued, when the call does not fit
+    /// it (then the dequantized product runs it): what <see cref="TryDecodeGemmQuantized"/> needs (the option, compute
+    /// capability 9.0, bf16 or f16, K a multiple of 64, unit-strided columns, aligned rows), and the group a multiple of 16.
+    /// </summary>
+    private bool TryDecodeGemmInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
+    {
+        if (!Options.QuantizedDecodeProducts || CudaDevice.ComputeCapability.Major < 9 || x.Rank != 2) return false;
+        int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
+        var dtype = x.DType;
+        if (m <= GemvMaxRows || m > DecodeGemmMaxRows || n == 0 || k % DecodeGemmTile != 0 || group % Int4DecodeGemmGroup != 0
+            || dtype is not (DType.BF16 or DType.F16)) return false;
+        if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
+        if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
+        var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
+        int mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
+        long ldx = x.Stride(0), ldw = k / Int4Quantization.PerWord, ldy = y.Stride(0), ldc = c.Stride(0);
+        float be = addend is null ? (float)beta : 1f;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early };
+        uint shared = (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2));
+        Launch("decode_gemm.cu", $"decode_gemm_int4_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
+            DecodeGemmThreads, args, shared, dependent: true, clusterX: (uint)slices);
         return true;
     }
 

@@ -71,7 +71,9 @@ public sealed record CudaBackendOptions
     /// x's type in registers, each row's scale applied to its fp32 sum), independently of <see cref="DecodeProducts"/>; false
     /// dequantizes the weight into 16-bit scratch and runs cuBLASLt on it, which reads each weight three times over (1 byte,
     /// then 2 written, then 2 read). Needs compute capability 9.0 (thread-block clusters). Default true because its
-    /// alternative is that dequantized path, not a plain 16-bit product; it has not yet been measured on a device.
+    /// alternative is that dequantized path, not a plain 16-bit product; it has not yet been measured on a device. Group-wise
+    /// int4 weights take its int4 form likewise (<c>decode_gemm_int4_*</c>: packed nibbles staged, each lane's turned into x's
+    /// type with its group's scale and zero in registers; not yet run on a device).
     /// </summary>
     public bool QuantizedDecodeProducts { get; init; } = true;
 

@@ -46,6 +46,15 @@
 // b0 / b1 the pairs 16c + 4kk + 0..1 / 2..3) in place of the ldmatrix calls. The int8 values become T exactly (at most 8
 // significant bits; see q8_pairs), the sums are fp32 over the int8 values, and the epilogue multiplies each sum by its row's
 // scale: y[m, n] = scales[n] * sum + bias[n] + beta * c_in[m, n], c_in being y (beta 0 or 1) or an addend of y's shape.
+// Group-wise int4 weights (Wt = unsigned, packed words; CudaBackend.QuantizedMatMul over QuantizedWeight.Int4, plain product
+// only): packed (N, K / 8) u32, column 8w + j of a row in bits 4j .. 4j + 3 of its word w, scales (N, G) fp32 and zeros
+// (N, G) int8, w = scale (q - zero) over groups of `group` columns (a multiple of 16). The stages hold the words (a W tile of
+// 128 rows by 64 columns is 4 KB; two 16-byte chunks a row, unswizzled), and each lane takes the int8 form's columns 16c ..
+// 16c + 15 of the k-tile: one 8-byte read a W row (two words; step kk's four columns are nibbles 4 (kk & 1) .. + 3 of word
+// kk / 2), which lie in one group. Each nibble becomes q - zero exactly in fp32 (the nibble in the low mantissa bits of 2^23,
+// minus 2^23 + zero), times its group's scale (read from global memory per k-tile, cached: a lane's four rows' scale and
+// zero), rounded once to T: the same weight bits as dequantize_int4_* then the 16-bit product, so the sums are fp32 over
+// T's weights, and the epilogue adds the bias and beta * c_in as the int8 form does (no scale left to apply).
 #define DG_THREADS 128
 #define DG_BN 128
 #define DG_BK 64
@@ -79,6 +88,50 @@ template <> __device__ __forceinline__ void q8_pairs<f16>(unsigned q, unsigned& 
 #endif
 }
 
+// Four int4 weights (nibbles 0 .. 3 of `word`, k ascending) as two words of T pairs: scale (q - zero) rounded to T, zb being
+// 2^23 + zero (see the file's comment).
+template <typename T>
+__device__ __forceinline__ void q4_pairs(unsigned word, float scale, float zb, unsigned& lo, unsigned& hi)
+{
+    float v[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) v[j] = scale * (__uint_as_float(0x4B000000u | ((word >> (4 * j)) & 0xFu)) - zb);
+    lo = (unsigned)from_f<T>(v[0]).x | ((unsigned)from_f<T>(v[1]).x << 16);
+    hi = (unsigned)from_f<T>(v[2]).x | ((unsigned)from_f<T>(v[3]).x << 16);
+}
+
+// One k-tile of the int4 form (see the file's comment): warp rows tW (32 rows of 8 packed words, 32 bytes apart), the
+// lane's rows' scales sc[h][half] and 2^23 + zero zb[h][half], x's stage tX as the int8 form's.
+template <typename T, int MT>
+__device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned tW, unsigned tX, int g, int c4,
+                                               const float (&sc)[2][2], const float (&zb)[2][2])
+{
+    unsigned a[2][DG_BK / 16][4];                          // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const unsigned row = tW + (16 * h + 8 * half + g) * (DG_BK / 2) + c4 * 8;
+            const unsigned q[2] = {lds_u32(row), lds_u32(row + 4)};
+#pragma unroll
+            for (int kk = 0; kk < DG_BK / 16; kk++)
+                q4_pairs<T>(q[kk >> 1] >> (16 * (kk & 1)), sc[h][half], zb[h][half], a[h][kk][half], a[h][kk][2 + half]);
+        }
+#pragma unroll
+    for (int j = 0; j < MT; j++)
+    {
+        const int r = 8 * j + g;                           // x row; its 16-byte chunks 2 c4 and 2 c4 + 1 (swizzled)
+        unsigned b[2][4];
+        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4) ^ (r & 7)) << 4), b[0]);
+        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4 + 1) ^ (r & 7)) << 4), b[1]);
+#pragma unroll
+        for (int kk = 0; kk < DG_BK / 16; kk++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) Mma<T>::run(acc[h][j], a[h][kk], b[kk >> 1][2 * (kk & 1)], b[kk >> 1][2 * (kk & 1) + 1]);
+    }
+}
+
 // One k-tile of the int8 form (see the file's comment): warp rows tW (32 rows of 64 int8 values, 64 bytes apart), x's
 // stage tX (8 MT rows of 64 values of T, swizzled), acc[h][j] as the 16-bit form's. Lane c4 takes the tile's columns
 // 16 c4 .. 16 c4 + 15 on both operands.
@@ -110,16 +163,18 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
     }
 }
 
-// Wt: W's storage type, T (the 16-bit form) or signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or nw).
+// Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or
+// nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group, and no SWIGLU or nw).
 template <typename T, typename Wt, int MT, bool SWIGLU>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
-                            const float* scales, const T* c_in, i64 ldc)
+                            const float* scales, const T* c_in, i64 ldc, const signed char* zeros = nullptr, int group = 0)
 {
-    constexpr bool Q8 = sizeof(Wt) == 1;
-    constexpr int WB = sizeof(Wt), MP = 8 * MT, WT = DG_BN * DG_BK * WB, XT = MP * DG_BK * 2, STAGE = WT + XT + DG_BK * 2, SQ = (MT + 3) / 4;
+    constexpr bool Q8 = sizeof(Wt) == 1, Q4 = sizeof(Wt) == 4;
+    constexpr int WB = sizeof(Wt), MP = 8 * MT, ROWB = Q4 ? DG_BK / 2 : DG_BK * WB, CPE = Q4 ? 8 : 1;   // a tile row's bytes; columns a Wt
+    constexpr int WT = DG_BN * ROWB, XT = MP * DG_BK * 2, STAGE = WT + XT + DG_BK * 2, SQ = (MT + 3) / 4;
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
-    static_assert(!(Q8 && SWIGLU), "decode_gemm: the int8 form is the plain product only");
+    static_assert(!((Q8 || Q4) && SWIGLU), "decode_gemm: the int8 and int4 forms are the plain product only");
     static_assert((MP * DG_RS + 2 * MP) * 4 <= DG_ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
     extern __shared__ float dg_shared[];
     float* const shared = cta_dynamic_shared(dg_shared);
@@ -128,8 +183,8 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     const int tiles = ks / DG_BK;
     const unsigned smem = smem_u32(shared);
     // Thread tid copies 16-byte chunk (tid % 8) of rows tid / 8, + 16, ... of a tile (swizzled); int8: chunk (tid % 4) of
-    // rows tid / 4, + 32, ... (a row is 4 chunks; unswizzled).
-    constexpr int CPR = DG_BK * WB / 16, RSTEP = DG_THREADS / CPR;   // 16-byte chunks a W row; rows a pass
+    // rows tid / 4, + 32, ... (a row is 4 chunks; unswizzled); int4: chunk (tid % 2) of rows tid / 2, + 64 (unswizzled).
+    constexpr int CPR = ROWB / 16, RSTEP = DG_THREADS / CPR;   // 16-byte chunks a W row; rows a pass
     const int cr = tid / CPR, cc = tid % CPR;
     auto load_w = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE;
@@ -140,8 +195,8 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
             const int r = cr + RSTEP * i, o = blockIdx.y * (DG_BN / 2) + (r >> 4) * 8 + (r & 7), n = SWIGLU ? o : n0 + r;
             const Wt* src = SWIGLU && (r & 8) ? w2 : w;
             const bool ok = n < N;
-            const unsigned at = Q8 ? (unsigned)(r * DG_BK + cc * 16) : (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4));
-            cp_async16(dst + at, ok ? src + (i64)n * ldw + k0 + t * DG_BK + cc * (16 / WB) : w, ok);
+            const unsigned at = Q8 || Q4 ? (unsigned)(r * ROWB + cc * 16) : (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4));
+            cp_async16(dst + at, ok ? src + (i64)n * ldw + (k0 + t * DG_BK) / CPE + cc * (16 / WB) : w, ok);
         }
     };
     auto load_x = [&](int stage, int t) {
@@ -160,8 +215,26 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
 #pragma unroll
     for (int i = 0; i < SQ; i++) sq[i] = 0.f;
     const TileOffsets<DG_BK> off(lane);
+    const int groups = Q4 ? (K + group - 1) / group : 0;
     for (int t = 0; t < tiles; t++)
     {
+        // Int4: the scale and zero of this lane's four W rows at its 16 columns of the k-tile (one group), read while the
+        // stage's copies land. Rows past N (zero-filled words) get scale 0.
+        float sc[2][2], zb[2][2];
+        if constexpr (Q4)
+        {
+            const int gi = (k0 + t * DG_BK + 16 * c4) / group;
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    const int n = n0 + 32 * warp + 16 * h + 8 * half + g;
+                    const i64 at = (i64)n * groups + gi;
+                    sc[h][half] = n < N ? scales[at] : 0.f;
+                    zb[h][half] = 8388608.f + (n < N ? (float)zeros[at] : 0.f);
+                }
+        }
         const int ahead = t + DG_ST - 1;
         if (ahead < tiles)
         {
@@ -171,8 +244,9 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         cp_async_commit();
         cp_async_wait<DG_ST - 1>();
         __syncthreads();
-        const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * 32 * DG_BK * WB, tX = base + WT, tN = base + WT + XT;
+        const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * 32 * ROWB, tX = base + WT, tN = base + WT + XT;
         if constexpr (Q8) decode_tile_q8<T, MT>(acc, tW, tX, g, c4);
+        else if constexpr (Q4) decode_tile_q4<T, MT>(acc, tW, tX, g, c4, sc, zb);
         else
         {
 #pragma unroll
@@ -232,9 +306,9 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     // Output (m, n) of the plain product from its fp32 sum: the 16-bit form's store_product, or the int8 form's row scale
     // times the sum, the bias, and beta times c_in (y or the addend).
     auto store = [&](int m, int n, float sum) {
-        if constexpr (Q8)
+        if constexpr (Q8 || Q4)
         {
-            float v = scales[n] * sum;
+            float v = Q8 ? scales[n] * sum : sum;
             if (bias) v += to_f(bias[n]);
             if (beta != 0.f) v += beta * to_f(c_in[(i64)m * ldc + n]);
             y[(i64)m * ldy + n] = from_f<T>(v);
@@ -350,3 +424,18 @@ DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)
     }
 DECODE_GEMM_Q8(bf16, bf16, 2) DECODE_GEMM_Q8(bf16, bf16, 4) DECODE_GEMM_Q8(bf16, bf16, 8)
 DECODE_GEMM_Q8(f16, f16, 2) DECODE_GEMM_Q8(f16, f16, 4) DECODE_GEMM_Q8(f16, f16, 8)
+
+// The int4-weight form (CudaBackend.QuantizedMatMul over QuantizedWeight.Int4 at 5 to 64 rows): y (M, N) = x W^T + bias[n] +
+// beta * c_in, W[n, k] = scales[n, g] (q[n, k] - zeros[n, g]) rounded to t, g = k / group: packed (N, K / 8) u32 with rows
+// ldw words apart (16-byte aligned), scales and zeros (N, ceil(K / group)), group a multiple of 16; c_in as the int8 form's.
+// K a multiple of 64, as the 16-bit form.
+#define DECODE_GEMM_INT4(name, t, MT)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4_##name##_m##MT(const t* x,                 \
+        const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
+        int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early)                              \
+    {                                                                                                                     \
+        decode_gemm<t, unsigned, MT, false>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, early, \
+                                            nullptr, 0.f, scales, c_in, ldc, zeros, group);                               \
+    }
+DECODE_GEMM_INT4(bf16, bf16, 2) DECODE_GEMM_INT4(bf16, bf16, 4) DECODE_GEMM_INT4(bf16, bf16, 8)
+DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16, f16, 8)

@@ -440,3 +440,133 @@ FOR_FLOAT_TYPES(GEMV_STREAM_Q8_ALL)
     }
 #define GEMV_STREAM_F8_ALL(n, T) GEMV_STREAM_F8(n, T, 1) GEMV_STREAM_F8(n, T, 2) GEMV_STREAM_F8(n, T, 3) GEMV_STREAM_F8(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_F8_ALL)
+
+// ---- The group-wise int4 form (QuantizedWeight.Int4; CudaBackend.QuantizedMatMul with int4 weights, 1 to 4 rows) ----
+// y (M, N) = x (M, K) W^T + bias + beta * c_in, W[n, k] = scales[n, g] * (q[n, k] - zeros[n, g]), g = k / group: packed (N,
+// K / 8) u32 (column 8w + j of a row in bits 4j .. 4j + 3 of its word w), scales (N, G) fp32, zeros (N, G) int8, G = ceil(K / group)
+// (the last group may be shorter).
+// The same persistent stream as gemv_stream (x staged once per CTA, RMS-normalized on the way when nw is given; a warp walks
+// its rows as units of U 16-byte loads per lane, the next unit's loads issued before the current one is multiplied; weights
+// loaded before pdl_wait when early), with a 16-byte chunk holding four words, 32 columns. It takes K a multiple of 32 (16-byte
+// aligned rows of K / 2 bytes) and group a multiple of 32, so a chunk lies in one group: the unit's loads also fetch each
+// chunk's scale and zero (one fp32 and one byte, shared by the 4 to 32 lanes of a group and cached), and the chunk's 32 values
+// q - zero are made exactly in fp32 (the nibble in the low mantissa bits of 2^23, minus 2^23 + zero: an or and a subtraction
+// a value), summed against x in fp32, and the chunk's sum multiplied by its scale once. Other shapes take int4.cu's gemv_int4.
+template <int U>
+__device__ __forceinline__ void gemv_int4_unit_load(const unsigned* packed, const float* scales, const signed char* zeros, int n,
+                                                    int q, int chunks, int groups, int cpg, int lane, Bytes16* raw, float* sc,
+                                                    float* zb)
+{
+#pragma unroll
+    for (int u = 0; u < U; u++)
+    {
+        const int c = (q * U + u) * 32 + lane;
+        if (c < chunks)
+        {
+            raw[u] = load_stream16(packed + (i64)n * (4 * chunks) + 4 * (i64)c);
+            const i64 g = (i64)n * groups + c / cpg;
+            sc[u] = scales[g];
+            zb[u] = 8388608.f + (float)zeros[g];   // 2^23 + zero: exact
+        }
+    }
+}
+
+template <typename T, int M, int U>
+__device__ __forceinline__ void gemv_int4_unit_fma(const Bytes16* raw, const float* sc, const float* zb, const T* sx, int K, int q,
+                                                   int chunks, int lane, float* acc)
+{
+    constexpr int VX = Vec16<T>::N;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+    {
+        const int c = (q * U + u) * 32 + lane;
+        if (c >= chunks) continue;
+        float dot[M];
+#pragma unroll
+        for (int m = 0; m < M; m++) dot[m] = 0.f;
+#pragma unroll
+        for (int t = 0; t < 4; t++)
+        {
+            float w[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) w[j] = __uint_as_float(0x4B000000u | ((raw[u].w[t] >> (4 * j)) & 0xFu)) - zb[u];
+#pragma unroll
+            for (int m = 0; m < M; m++)
+#pragma unroll
+                for (int h = 0; h < 8; h += VX)
+                {
+                    float xv[VX];
+                    load16(sx + (i64)m * K + (i64)c * 32 + 8 * t + h, xv);
+#pragma unroll
+                    for (int j = 0; j < VX; j++) dot[m] = fmaf(w[h + j], xv[j], dot[m]);
+                }
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[m] = fmaf(sc[u], dot[m], acc[m]);
+    }
+}
+
+template <typename T, int M>
+__device__ void gemv_stream_int4(const T* x, const unsigned* packed, const float* scales, const signed char* zeros, const T* bias,
+                                 T* y, const T* c_in, int N, int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw,
+                                 float eps, int early)
+{
+    constexpr int U = M <= 2 ? 4 : 2;
+    extern __shared__ unsigned char gemv_smem[];
+    T* sx = reinterpret_cast<T*>(gemv_smem);
+    const int lane = threadIdx.x & 31;
+    const int stride = gridDim.x * (blockDim.x >> 5);
+    const int chunks = K / 32, units = (chunks + 32 * U - 1) / (32 * U), groups = (K + group - 1) / group, cpg = group / 32;
+    GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
+    Bytes16 raw[U];
+    float sc[U], zb[U];
+    if (early && load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, raw, sc, zb);
+    pdl_wait();
+    pdl_launch_dependents();
+    if (!early && load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, raw, sc, zb);
+    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
+    float acc[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = 0.f;
+    while (cur.n < N)
+    {
+        load.advance(units, 1, stride);
+        Bytes16 next[U];
+        float nsc[U], nzb[U];
+        if (load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, next, nsc, nzb);
+        gemv_int4_unit_fma<T, M, U>(raw, sc, zb, sx, K, cur.q, chunks, lane, acc);
+        if (cur.q == units - 1)   // the row's last unit: reduce, write, start the next one
+        {
+#pragma unroll
+            for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
+            const int n = cur.n;
+            if (lane == 0)
+            {
+                const float b = bias ? to_f(bias[n]) : 0.f;
+#pragma unroll
+                for (int m = 0; m < M; m++)
+                {
+                    float r = acc[m] + b;
+                    if (beta != 0.f) r += beta * to_f(c_in[m * ldc + n]);
+                    y[m * ldy + n] = from_f<T>(r);
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < M; m++) acc[m] = 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) { raw[u] = next[u]; sc[u] = nsc[u]; zb[u] = nzb[u]; }
+        cur.advance(units, 1, stride);
+    }
+}
+
+// c_in is y (beta 0 or 1) or an addend of y's shape (beta 1); nw (K, or null): x RMS-normalized as it is staged.
+#define GEMV_STREAM_INT4(n, T, M)                                                                                \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_int4_##n##_m##M(const T* x,                 \
+        const unsigned* packed, const float* scales, const signed char* zeros, const T* bias, T* y, const T* c_in, \
+        int N, int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int early)        \
+    {                                                                                                             \
+        gemv_stream_int4<T, M>(x, packed, scales, zeros, bias, y, c_in, N, K, group, ldx, ldy, ldc, beta, nw, eps, early); \
+    }
+#define GEMV_STREAM_INT4_ALL(n, T) GEMV_STREAM_INT4(n, T, 1) GEMV_STREAM_INT4(n, T, 2) GEMV_STREAM_INT4(n, T, 3) GEMV_STREAM_INT4(n, T, 4)
+FOR_FLOAT_TYPES(GEMV_STREAM_INT4_ALL)

@@ -8,13 +8,17 @@ namespace Tessera.Tests.Cuda;
 /// <summary>
 /// Group-wise int4 products on the GPU (<see cref="CudaBackend.QuantizedMatMul"/>, <see cref="CudaBackend.Dequantize"/> over
 /// <see cref="QuantizedWeight.Int4"/>) against the CPU backend's in F64 on the same int4 weights (<see cref="Int4Quantization.QuantizeRows"/>
-/// of random weights, the seed in the test's output): 1 to 4 rows of x on the matrix-vector kernel (int4.cu,
-/// <c>gemv_int4_*</c>, which the op profiler must name), 7 and 96 rows and the GELU epilogue on the dequantized weight
-/// (<c>dequantize_int4_*</c>) and cuBLASLt; groups of 32, 128 and a whole row; N odd. Tolerances (relative, over the whole
-/// tensor): F32 1e-5 (fp32 sums over K = 1024 terms; the dequantized path also rounds each weight once to fp32); BF16 and F16
-/// 1e-2 (the output keeps 8 or 11 significant bits, and the dequantized path rounds each weight to the same type).
-/// <see cref="KernelEmulationTests.Int4KernelsGiveTheDequantizedProductOnTheCpuEmulation"/> checks the kernels' logic without a
-/// GPU; these tests have not yet run on a device.
+/// of random weights, the seed in the test's output): 1 to 4 rows of x on the persistent matrix-vector stream's int4 form
+/// (gemv.cu, <c>gemv_stream_int4_*</c>, K and the group multiples of 32) or, for other shapes (K = 1000, groups of 16), the
+/// one-warp-a-row kernel (int4.cu, <c>gemv_int4_*</c>), which the op profiler must name; 7 to 64 rows of BF16 and F16 on
+/// the decode product's int4 form (decode_gemm.cu, <c>decode_gemm_int4_*</c>, compute capability 9.0); 7 rows of F32, 96
+/// rows and the GELU epilogue on the dequantized weight (<c>dequantize_int4_*</c>) and cuBLASLt; groups of 16, 32, 64, 128 and
+/// a whole row; N odd; K 1024, 1056, 1088 and 1000. Tolerances (relative, over the whole tensor): F32 1e-5 (fp32 sums over
+/// K = 1024 terms; the dequantized path also rounds each weight once to fp32); BF16 and F16 1e-2 (the output keeps 8 or 11
+/// significant bits, and the dequantized path and the decode product round each weight to the same type).
+/// <see cref="KernelEmulationTests.Int4KernelsGiveTheDequantizedProductOnTheCpuEmulation"/> and
+/// <see cref="KernelEmulationTests.DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation"/> check the kernels' logic without
+/// a GPU. The rows of <c>gemv_stream_int4_*</c> and <c>decode_gemm_int4_*</c> have not yet run on a device.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -23,48 +27,61 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
 
     private readonly CpuBackend _cpu = new(2);
 
-    public static TheoryData<DType, int, int, bool, bool> Products()
+    public static TheoryData<DType, int, int, int, bool, bool> Products()
     {
-        var data = new TheoryData<DType, int, int, bool, bool>();
+        var data = new TheoryData<DType, int, int, int, bool, bool>();
         foreach (var dtype in new[] { DType.F32, DType.BF16 })
             foreach (int m in new[] { 1, 2, 4, 7, 96 })
             {
-                data.Add(dtype, m, 128, true, false);
-                data.Add(dtype, m, 32, false, true);
+                data.Add(dtype, m, K, 128, true, false);
+                data.Add(dtype, m, K, 32, false, true);
             }
-        data.Add(DType.F16, 3, -1, true, true);
-        data.Add(DType.F16, 17, 128, true, false);
+        data.Add(DType.F16, 3, K, -1, true, true);
+        data.Add(DType.F16, 17, K, 128, true, false);
+        // The stream at K not a multiple of 128; the one-warp-a-row kernel at K not a multiple of 32 and at groups of 16.
+        data.Add(DType.BF16, 3, 1056, 32, true, true);
+        data.Add(DType.F32, 1, 1056, -1, false, false);
+        data.Add(DType.BF16, 2, 1000, -1, true, false);
+        data.Add(DType.F32, 4, 1000, 40, false, true);
+        data.Add(DType.BF16, 1, K, 16, true, false);
+        data.Add(DType.BF16, 33, K, 64, false, true);   // the decode product's int4 form at MT 8, groups of 64
+        data.Add(DType.F16, 64, 1088, -1, true, false); // K = 1088 (17 k-tiles), one group a row
         return data;
     }
 
     /// <summary>y = x W^T + bias (+ addend) on the GPU equals the CPU's F64 product on the same int4 weight; the kernel is the one the row count picks.</summary>
     [Theory]
     [MemberData(nameof(Products))]
-    public void Int4ProductMatchesTheCpuInF64(DType dtype, int m, int group, bool withBias, bool withAddend)
+    public void Int4ProductMatchesTheCpuInF64(DType dtype, int m, int k, int group, bool withBias, bool withAddend)
     {
         using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
-        var (packed, scales, zeros) = RandomInt4(N, K, group);
-        var (_, xv) = Random(dtype, 1, m, K);
+        var (packed, scales, zeros) = RandomInt4(N, k, group);
+        var (_, xv) = Random(dtype, 1, m, k);
         var (_, biasv) = Random(dtype, 1, N);
         var (_, addv) = Random(dtype, 1, m, N);
         var y = gpu.Allocate(new Shape(m, N), dtype);
         gpu.Profiler!.Reset();
-        gpu.QuantizedMatMul(Upload(gpu, xv, dtype, m, K), UploadInt4(gpu, packed, scales, zeros, group), y,
+        gpu.QuantizedMatMul(Upload(gpu, xv, dtype, m, k), UploadInt4(gpu, packed, scales, zeros, group, k), y,
             bias: withBias ? Upload(gpu, biasv, dtype, N) : null, addend: withAddend ? Upload(gpu, addv, dtype, m, N) : null);
         var names = gpu.Profiler!.Totals().Select(r => r.Name).ToList();
         string suffix = dtype switch { DType.F32 => "f32", DType.BF16 => "bf16", _ => "f16" };
-        if (m <= 4) Assert.Contains($"gemv_int4_{suffix}_m{m}", names);
+        int g = group == -1 ? k : group;
+        if (m <= 4) Assert.Contains(k % 32 == 0 && g % 32 == 0 ? $"gemv_stream_int4_{suffix}_m{m}" : $"gemv_int4_{suffix}_m{m}", names);
+        else if (m <= 64 && dtype != DType.F32 && k % 64 == 0 && g % 16 == 0 && Gpu.CudaDevice.ComputeCapability.Major >= 9)
+            Assert.Contains($"decode_gemm_int4_{suffix}_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", names);
         else Assert.Contains($"dequantize_int4_{suffix}", names);
 
         var expected = _cpu.Allocate(new Shape(m, N), DType.F64);
-        _cpu.QuantizedMatMul(Upload(_cpu, xv, DType.F64, m, K), UploadInt4(_cpu, packed, scales, zeros, group), expected,
+        _cpu.QuantizedMatMul(Upload(_cpu, xv, DType.F64, m, k), UploadInt4(_cpu, packed, scales, zeros, group, k), expected,
             bias: withBias ? Upload(_cpu, biasv, DType.F64, N) : null, addend: withAddend ? Upload(_cpu, addv, DType.F64, m, N) : null);
-        AssertClose(Download(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"{dtype} M={m} group={group} bias={withBias} addend={withAddend}");
+        AssertClose(Download(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"{dtype} M={m} K={k} group={group} bias={withBias} addend={withAddend}");
     }
 
-    /// <summary>The GELU epilogue (the dequantized path) and a norm (x normalized into scratch, then the matrix-vector kernel) against the CPU's F64.</summary>
+    /// <summary>The GELU epilogue (the dequantized path) and a norm (at 1 to 4 rows staged normalized by the int4 stream; at 9,
+    /// x normalized into scratch, then the dequantized product) against the CPU's F64.</summary>
     [Theory]
     [InlineData(DType.BF16, 2)]
+    [InlineData(DType.F32, 3)]
     [InlineData(DType.F32, 9)]
     public void EpilogueAndNormMatchTheCpuInF64(DType dtype, int m)
     {
@@ -114,9 +131,9 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         return (packed, scales, zeros);
     }
 
-    private static QuantizedWeight UploadInt4(IBackend backend, int[] packed, float[] scales, sbyte[] zeros, int group)
+    private static QuantizedWeight UploadInt4(IBackend backend, int[] packed, float[] scales, sbyte[] zeros, int group, int k = K)
     {
-        int n = N, k = K, g = group == -1 ? k : group, groups = (k + g - 1) / g;
+        int n = N, g = group == -1 ? k : group, groups = (k + g - 1) / g;
         var q = QuantizedWeight.Int4(backend.Allocate(new Shape(n, k / 8), DType.I32), backend.Allocate(new Shape(n, groups), DType.F32),
             backend.Allocate(new Shape(n, groups), DType.I8), k, g);
         Int4Quantization.Write(backend, q, packed, scales, zeros);

@@ -17,9 +17,11 @@ namespace Tessera.Tests.Cuda;
 /// Models with int4 weights (<see cref="WeightQuantization.Int4"/>) on the GPU against the same model with int4 weights on the
 /// CPU: both quantize the same F32 weights on the host, so they hold the same packed words, scales and zeros, and in F32
 /// (every product within 1e-5 of the CPU's) greedy decoding picks the same tokens, through <see cref="TextGenerator"/> (one
-/// row: <c>gemv_int4</c>; recorded and eager) and through the serving engine (batches of 1 to 8 rows: the kernel, then the
-/// dequantized product; recorded per bucket). In BF16 the recorded and the eager decode agree token for token. Not yet run on
-/// a GPU (written in session int4 without one).
+/// row: <c>gemv_stream_int4</c>, with the norm staged, where K and the group are multiples of 32, else <c>gemv_int4</c>;
+/// recorded and eager) and through the serving engine (batches of 1 to 8 rows: the matrix-vector kernels, then in F32 the
+/// dequantized product, in BF16 <c>decode_gemm_int4</c> where K is a multiple of 64; recorded per bucket). In BF16 the
+/// recorded and the eager decode agree token for token. Passed on an H100 with the first int4 kernels (gemv_int4 and the
+/// dequantized product); not yet run with gemv_stream_int4 and decode_gemm_int4.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaInt4QuantizedModelTests(CudaFixture fixture) : CudaTestBase(fixture), IDisposable

@@ -47,7 +47,10 @@ public sealed class KernelEmulationTests
     /// int8-weight form (<c>decode_gemm_q8_bf16_*</c>, <see cref="CudaBackend.QuantizedMatMul"/> at 5 to 64 rows: int8 tiles
     /// staged at one byte, turned into bf16 fragments in registers with k permuted alike on both operands, the row scale in the
     /// epilogue) at 5, 17, 33 and 64 rows, against scales[n] * q[n, k] in double: N short of and past the 128-row block, one
-    /// slice and clusters of 2, 4 and 8, bias, beta = 1 and an addend, a row of scale 0.
+    /// slice and clusters of 2, 4 and 8, bias, beta = 1 and an addend, a row of scale 0. And its int4-weight form
+    /// (<c>decode_gemm_int4_bf16_*</c>, group-wise int4 weights at 5 to 64 rows: packed words staged, each lane's nibbles made
+    /// scale (q - zero) in bf16 in registers) at 5, 17, 33 and 64 rows against those bf16 weights in double (8e-3): groups of
+    /// 32, 64, 128 and a whole row, K = 320 (not a multiple of 128), clusters of 4, 5 and 8 slices, bias, beta = 1, an addend.
     /// </summary>
     [Fact]
     public void DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -60,7 +63,11 @@ public sealed class KernelEmulationTests
              "decode_gemm M=9 N=64 K=256 slices=1 bias=0 beta=1 norm", "decode_gemm swiglu M=33 F=65 K=256 slices=2 bias=0 norm",
              "decode_gemm_q8 M=5 N=100 K=256 slices=1 bias=1 beta=0", "decode_gemm_q8 M=17 N=300 K=512 slices=4 bias=1 beta=1",
              "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend", "decode_gemm_q8 M=64 N=200 K=512 slices=1 bias=1 addend",
-             "decode_gemm_q8 M=33 N=130 K=128 slices=2 bias=0 beta=1", "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend: early = late, pads"]);
+             "decode_gemm_q8 M=33 N=130 K=128 slices=2 bias=0 beta=1", "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend: early = late, pads",
+             "decode_gemm_int4 M=5 N=100 K=256 group=128 slices=1 bias=1 beta=0", "decode_gemm_int4 M=17 N=300 K=512 group=32 slices=4 bias=1 beta=1",
+             "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend", "decode_gemm_int4 M=64 N=200 K=320 group=64 slices=1 bias=1 addend",
+             "decode_gemm_int4 M=33 N=130 K=320 group=320 slices=5 bias=0 beta=1",
+             "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend: early = late, pads"]);
 
     /// <summary>
     /// The decode products on warpgroup MMA (decode_gemm_hopper.cu, with hopper.cuh): the same checks as
@@ -285,16 +292,28 @@ public sealed class KernelEmulationTests
     /// matrix-vector product <c>gemv_int4_f32_m{1..4}</c> within 1e-5 of sum |x w| (fp32 sums in another order) against a
     /// double reference, over odd N, groups of 8 to 200 columns (a last group shorter, one group a row), symmetric and
     /// asymmetric zeros, bias, an addend, and grids smaller than the rows (Emulation/int4_kernels.cpp; seed 11, packed by a
-    /// plain loop there). <see cref="CudaInt4QuantizedMatMulTests"/> checks them on the device.
+    /// plain loop there); and the persistent stream's int4 form <c>gemv_stream_int4_{f32,bf16}_m{1..4}</c> (gemv.cu, K and the
+    /// group multiples of 32) within 1e-5 of sum |x w| (bf16: plus 2^-7 of |y|) over K of one chunk, K not a multiple of 128
+    /// (96, 1056, 4128), groups of 32, 64, 128, a whole row and a last one shorter (K = 320, group 128), bias, beta on y, an
+    /// addend, the RMSNorm prologue (f32), several rows a warp, with the weights loaded before and after the dependency wait
+    /// giving the same bits. K a multiple of 8 but not of 32 (200, 40, 8) and groups of 8 and 16 are gemv_int4's cases.
+    /// <see cref="CudaInt4QuantizedMatMulTests"/> checks them on the device.
     /// </summary>
     [Fact]
     public void Int4KernelsGiveTheDequantizedProductOnTheCpuEmulation() =>
-        RunEmulated(["int4.cu"], "int4_kernels",
+        RunEmulated(["gemv.cu", "int4.cu"], "int4_kernels",
             ["dequantize_int4_f32 N=7 K=256 group=128 asym", "dequantize_int4_f32 N=5 K=96 group=64 sym", "dequantize_int4_f32 N=3 K=40 group=40 asym",
              "gemv_int4_f32 M=1 N=37 K=256 group=128 asym bias grid=2", "gemv_int4_f32 M=2 N=33 K=96 group=64 sym addend grid=1",
              "gemv_int4_f32 M=3 N=9 K=512 group=32 asym bias addend grid=4", "gemv_int4_f32 M=4 N=65 K=1024 group=128 sym bias grid=3",
              "gemv_int4_f32 M=4 N=19 K=200 group=200 asym grid=1", "gemv_int4_f32 M=1 N=1 K=8 group=8 asym grid=1",
-             "gemv_int4_f32 M=2 N=11 K=128 group=16 asym bias grid=2", "gemv_int4_f32 M=3 N=7 K=2048 group=64 sym addend grid=1"]);
+             "gemv_int4_f32 M=2 N=11 K=128 group=16 asym bias grid=2", "gemv_int4_f32 M=3 N=7 K=2048 group=64 sym addend grid=1",
+             "gemv_stream_int4 f32 M=1 N=37 K=256 group=128 asym bias beta=0 grid=2", "gemv_stream_int4 f32 M=1 N=1 K=32 group=32 asym beta=0 grid=1",
+             "gemv_stream_int4 f32 M=2 N=33 K=96 group=32 sym beta=1 grid=1", "gemv_stream_int4 f32 M=2 N=77 K=1056 group=1056 asym bias beta=0 addend grid=3",
+             "gemv_stream_int4 f32 M=3 N=9 K=512 group=64 asym bias beta=0 addend norm grid=4", "gemv_stream_int4 f32 M=3 N=45 K=4128 group=32 asym beta=1 grid=1",
+             "gemv_stream_int4 f32 M=4 N=130 K=2048 group=128 sym bias beta=0 norm grid=2", "gemv_stream_int4 f32 M=4 N=19 K=1024 group=64 asym beta=0 addend grid=1",
+             "gemv_stream_int4 f32 M=1 N=100 K=2048 group=128 asym bias beta=1 norm grid=5", "gemv_stream_int4 f32 M=2 N=21 K=320 group=128 asym bias beta=0 addend grid=2",
+             "gemv_stream_int4 bf16 M=1 N=65 K=2048 group=128 asym bias beta=0 grid=2",
+             "gemv_stream_int4 bf16 M=2 N=50 K=1056 group=32 sym beta=0 addend grid=3", "gemv_stream_int4 bf16 M=4 N=33 K=4096 group=128 asym bias beta=1 grid=2"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

@@ -10,7 +10,11 @@
 // Without -DHOPPER, the int8-weight form too (decode_gemm_q8_*, CudaBackend.QuantizedMatMul at 5 to 64 rows): int8 values
 // over the whole range (-128 .. 127, rows ldw bytes apart past K) with fp32 row scales, against a double reference of
 // scales[n] * q[n, k] times the bf16 x; rows of x 5, 17, 33 and 64 (all three instantiations), N short of and past a
-// multiple of 128 and odd, one slice and 2, 4 and 8, bias, beta = 1 and an addend (its own row stride).
+// multiple of 128 and odd, one slice and 2, 4 and 8, bias, beta = 1 and an addend (its own row stride). And the int4-weight
+// form (decode_gemm_int4_*, QuantizedMatMul over group-wise int4 weights at 5 to 64 rows): packed nibbles (rows ldw words
+// apart past K / 8), groups of 32, 64, 128 and a whole row (K = 320: five k-tiles, not a multiple of 128), asymmetric
+// zeros, against a double reference over the bf16 x and the weights scale (q - zero) rounded once to bf16 (what the kernel
+// makes in registers, as dequantize_int4_bf16 does), same tolerance and checks as the int8 form's.
 // kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
@@ -268,6 +272,73 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
     printf("%-56s %s\n", (std::string(name) + ": early = late, pads").c_str(), same && pads && zero_row ? "ok" : "FAIL");
     if (!(same && pads && zero_row)) failures++;
 }
+
+// The int4-weight form: y (M, N) = x W^T + bias[n] + beta * y0, or + addend, W[n, k] = bf16(scales[n, g] (q - zeros[n, g])).
+static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual)
+{
+    std::mt19937 rng(23 + M * 7 + N + K + group + slices + residual);
+    const int ldx = K + 8, ldw = K / 8 + 4, ldy = N + 8, ldc = N + 4, G = (K + group - 1) / group;
+    std::vector<bf16> x((size_t)M * ldx), bias(N), y0((size_t)M * ldy), add((size_t)M * ldc);
+    fill(x, rng, 1.f); fill(bias, rng, 1.f); fill(y0, rng, 1.f); fill(add, rng, 1.f);
+    std::vector<int> q((size_t)N * K);
+    std::vector<unsigned> packed((size_t)N * ldw, 0u);
+    std::vector<float> scales((size_t)N * G);
+    std::vector<signed char> zeros((size_t)N * G);
+    std::uniform_real_distribution<float> sd(0.01f, 0.1f);
+    for (auto& v : q) v = (int)(rng() % 16);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) packed[(size_t)n * ldw + k / 8] |= (unsigned)q[(size_t)n * K + k] << (4 * (k % 8));
+    for (auto& v : scales) v = sd(rng);
+    for (auto& v : zeros) v = (signed char)(rng() % 16);
+    auto weight = [&](int n, int k) {
+        const size_t gi = (size_t)n * G + k / group;
+        return (double)to_f(from_f<bf16>(scales[gi] * (float)(q[(size_t)n * K + k] - zeros[gi])));
+    };
+    const float beta = residual == 0 ? 0.f : 1.f;
+    std::vector<double> e((size_t)M * N);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)to_f(x[(size_t)m * ldx + k]) * weight(n, k);
+            const double r = residual == 1 ? to_f(y0[(size_t)m * ldy + n]) : residual == 2 ? to_f(add[(size_t)m * ldc + n]) : 0.0;
+            e[(size_t)m * N + n] = s + (with_bias ? to_f(bias[n]) : 0.0) + r;
+        }
+    const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (N + 127) / 128;
+    std::vector<float> got[2];
+    std::vector<bf16> y[2];
+    for (int early = 0; early < 2; early++)
+    {
+        y[early] = y0;
+        const bf16 *px = x.data(), *pb = with_bias ? bias.data() : nullptr;
+        const unsigned* pq = packed.data();
+        const float* ps = scales.data();
+        const signed char* pz = zeros.data();
+        bf16* py = y[early].data();
+        const bf16* pc = residual == 2 ? add.data() : py;
+        int m_ = M, n_ = N, k_ = K, g_ = group, ea = early;
+        long long lx = ldx, lw = ldw, ly = ldy, lc = residual == 2 ? ldc : ldy;
+        float be = beta;
+        emu_shared_base = shared_base;
+        auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea); }); };
+        if (MT == 2) launch(decode_gemm_int4_bf16_m2);
+        else if (MT == 4) launch(decode_gemm_int4_bf16_m4);
+        else launch(decode_gemm_int4_bf16_m8);
+        got[early].resize((size_t)M * N);
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
+    }
+    char name[120];
+    snprintf(name, sizeof name, "decode_gemm_int4 M=%d N=%d K=%d group=%d slices=%d bias=%d %s", M, N, K, group, slices,
+             with_bias ? 1 : 0, residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend");
+    check(name, e, got[1], 8e-3);
+    bool same = got[0] == got[1];
+    bool pads = true;
+    for (int m = 0; m < M; m++)
+        for (int n = N; n < ldy; n++) pads &= y[1][(size_t)m * ldy + n].x == y0[(size_t)m * ldy + n].x;
+    printf("%-56s %s\n", (std::string(name) + ": early = late, pads").c_str(), same && pads ? "ok" : "FAIL");
+    if (!(same && pads)) failures++;
+}
 #endif
 
 int main()
@@ -290,6 +361,11 @@ int main()
     run_q8(64, 129, 1024, 8, false, 2);    // the 64-row batch; N odd (a last pair of one output); 8 slices; the addend
     run_q8(64, 200, 512, 1, true, 2);      // one slice of 8 k-tiles: the stages refilled; bias and addend
     run_q8(33, 130, 128, 2, false, 1);     // MT 8 with 33 rows; slices of one k-tile (fewer tiles than stages)
+    run_q4(5, 100, 256, 128, 1, true, 0);      // MT 2; N short of one block; 4 k-tiles, 4 stages
+    run_q4(17, 300, 512, 32, 4, true, 1);      // MT 4; 3 row blocks; 4 slices (a cluster); groups of 32; beta = 1
+    run_q4(64, 129, 1024, 128, 8, false, 2);   // the 64-row batch; N odd; 8 slices; the addend
+    run_q4(64, 200, 320, 64, 1, true, 2);      // K = 320 (5 k-tiles, not a multiple of 128): the stages refilled; groups of 64
+    run_q4(33, 130, 320, 320, 5, false, 1);    // MT 8 with 33 rows; one group a row; 5 slices of one k-tile
 #endif
 #ifdef HOPPER
     run(64, 300, 1024, 2, true, 1.f, 1.f, true);   // 16 k-tiles in 2 slices, normalized, 3 row blocks

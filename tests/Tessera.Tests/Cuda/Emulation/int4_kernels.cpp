@@ -7,14 +7,25 @@
 //   several group sizes (32, 64, 128, a whole row, a last group shorter than the others), bias or none, beta 0 or with an
 //   addend, and a grid smaller than the rows (the warps' grid stride); K a multiple of 32 takes the 16-byte quads (groups of
 //   16 too, whose quads straddle two groups), other K single words.
-// kernels.h is written by the test: the emulation, common.cuh, int4.cu. Prints one line per check; exit code = failures.
+// The persistent stream's int4 form gemv_stream_int4_{f32,bf16}_m{1..4} (gemv.cu; K and group multiples of 32) against the
+// same double reference: M = 1 to 4, N odd, fewer than the grid's warps or several rows a warp, K of one chunk (32), K a
+// multiple of 32 but not of 128 (96, 1056, 4128), groups of 32, 64, 128, a whole row and a last group shorter (K = 320,
+// group 128), bias, beta 1 on y itself, an addend, and the RMSNorm prologue (f32: x * rsqrt(mean x^2 + eps) * nw in double for the reference; the kernel rounds the
+// normalized x to fp32 once). Each product runs with the weights loaded before pdl_wait (early) and after: the same bits, and
+// y's row padding untouched. Tolerances: f32 1e-5 of sum |x w| + |bias| + |c| per output (fp32 sums of up to 4128 terms in
+// another order leave about 1e-6 of it; a wrong group, nibble or row is off by 1e-2 or more); bf16 (no norm: gemv_stage_x's
+// bf16 norm stores are PTX, compiled away here) the same plus 2^-7 of |y| (the stored output keeps 8 significant bits: half
+// an ulp is up to 2^-8 of it).
+// kernels.h is written by the test: the emulation, common.cuh, gemv.cu, int4.cu. Prints one line per check; exit code = failures.
 #include "kernels.h"
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+alignas(16) unsigned char gemv_smem[1 << 17];   // gemv_stream_int4's x (M, K) staged (66 KB at M = 4, K = 4128 in f32)
 static int failures = 0;
 static void report(const std::string& what, bool ok, const std::string& detail = "")
 {
@@ -101,6 +112,98 @@ static void gemv_check(std::mt19937& rng, int M, int N, int K, int group, bool s
     report(what, bad == 0, detail);
 }
 
+template <typename T> static const char* type_name();
+template <> const char* type_name<float>() { return "f32"; }
+template <> const char* type_name<bf16>() { return "bf16"; }
+
+template <typename T, int M> static auto stream_kernel()
+{
+    if constexpr (std::is_same_v<T, float>)
+    {
+        if constexpr (M == 1) return gemv_stream_int4_f32_m1;
+        else if constexpr (M == 2) return gemv_stream_int4_f32_m2;
+        else if constexpr (M == 3) return gemv_stream_int4_f32_m3;
+        else return gemv_stream_int4_f32_m4;
+    }
+    else
+    {
+        if constexpr (M == 1) return gemv_stream_int4_bf16_m1;
+        else if constexpr (M == 2) return gemv_stream_int4_bf16_m2;
+        else if constexpr (M == 3) return gemv_stream_int4_bf16_m3;
+        else return gemv_stream_int4_bf16_m4;
+    }
+}
+
+// y (M, N) = x W^T + bias + beta y (beta 0 or 1) or + an addend (read with beta 1, as CudaBackend passes it), x normalized
+// first when norm; `grid` CTAs of 8 warps.
+template <typename T, int M>
+static void stream_check(std::mt19937& rng, int N, int K, int group, bool sym, bool bias, float beta, bool addend, bool norm, int grid)
+{
+    auto w = draw(rng, N, K, group, sym);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const i64 ldx = K + 16, ldy = N + 3, lda = N + 5;
+    std::vector<T> x((size_t)M * ldx), b(N), c((size_t)M * lda), y0((size_t)M * ldy), nw(K);
+    for (auto& v : x) v = from_f<T>(u(rng));
+    for (auto& v : b) v = from_f<T>(u(rng));
+    for (auto& v : c) v = from_f<T>(u(rng));
+    for (auto& v : y0) v = from_f<T>(u(rng));
+    for (auto& v : nw) v = from_f<T>(0.5f + 0.5f * u(rng));
+    const float eps = 1e-5f;
+    std::vector<double> e((size_t)M * N), mag((size_t)M * N);
+    for (int m = 0; m < M; m++)
+    {
+        double ss = 0;
+        for (int k = 0; k < K; k++) ss += (double)to_f(x[m * ldx + k]) * to_f(x[m * ldx + k]);
+        const double r = norm ? 1 / std::sqrt(ss / K + eps) : 1;
+        for (int n = 0; n < N; n++)
+        {
+            double s = 0, a = 0;
+            for (int k = 0; k < K; k++)
+            {
+                double t = (double)to_f(x[m * ldx + k]) * r * (norm ? to_f(nw[k]) : 1.0) * w.at(n, k);
+                s += t; a += std::fabs(t);
+            }
+            if (bias) { s += to_f(b[n]); a += std::fabs(to_f(b[n])); }
+            double cv = addend ? to_f(c[m * lda + n]) : beta * to_f(y0[m * ldy + n]);
+            s += cv; a += std::fabs(cv);
+            e[(size_t)m * N + n] = s; mag[(size_t)m * N + n] = a;
+        }
+    }
+    std::vector<T> y[2];
+    for (int early = 0; early < 2; early++)
+    {
+        y[early] = y0;
+        const T *px = x.data(), *pb = bias ? b.data() : nullptr, *pn = norm ? nw.data() : nullptr;
+        T* py = y[early].data();
+        const T* pc = addend ? c.data() : py;
+        const unsigned* pq = w.packed.data(); const float* ps = w.scales.data(); const signed char* pz = w.zeros.data();
+        int n_ = N, k_ = K, g_ = group, ea = early;
+        i64 lx = ldx, ly = ldy, lc = addend ? lda : ldy;
+        float be = addend ? 1.f : beta;
+        auto kernel = stream_kernel<T, M>();
+        emu_launch(grid, 256, [&] { kernel(px, pq, ps, pz, pb, py, pc, n_, k_, g_, lx, ly, lc, be, pn, eps, ea); });
+    }
+    double worst = 0; int bad = 0, differ = 0;
+    const double rounding = std::is_same_v<T, float> ? 0.0 : 1.0 / 128;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+        {
+            const double got = to_f(y[1][m * ldy + n]), ex = e[(size_t)m * N + n];
+            const double err = std::fabs(got - ex) / (1e-5 * std::max(mag[(size_t)m * N + n], 1e-30) + rounding * std::fabs(ex));
+            worst = std::max(worst, err);
+            if (!(err <= 1)) bad++;
+            if (to_f(y[0][m * ldy + n]) != to_f(y[1][m * ldy + n])) differ++;
+        }
+    for (int m = 0; m < M; m++)
+        for (i64 j = N; j < ldy; j++)
+            if (to_f(y[1][m * ldy + j]) != to_f(y0[m * ldy + j]) || to_f(y[0][m * ldy + j]) != to_f(y0[m * ldy + j])) bad++;
+    char what[200], detail[64];
+    snprintf(what, sizeof what, "gemv_stream_int4 %s M=%d N=%d K=%d group=%d %s%s beta=%g%s%s grid=%d", type_name<T>(), M, N, K,
+             group, sym ? "sym" : "asym", bias ? " bias" : "", beta, addend ? " addend" : "", norm ? " norm" : "", grid);
+    snprintf(detail, sizeof detail, "worst %.3f of tol, early = late %s ", worst, differ ? "NO" : "yes");
+    report(what, bad == 0 && differ == 0, detail);
+}
+
 int main()
 {
     std::mt19937 rng(11);
@@ -115,5 +218,18 @@ int main()
     gemv_check(rng, 1, 1, 8, 8, false, false, false, 1);
     gemv_check(rng, 2, 11, 128, 16, false, true, false, 2);   // quads whose words fall in two groups (group 16)
     gemv_check(rng, 3, 7, 2048, 64, true, false, true, 1);    // two quads a lane
+    stream_check<float, 1>(rng, 37, 256, 128, false, true, 0.f, false, false, 2);
+    stream_check<float, 1>(rng, 1, 32, 32, false, false, 0.f, false, false, 1);       // one chunk, one row
+    stream_check<float, 2>(rng, 33, 96, 32, true, false, 1.f, false, false, 1);       // K not a multiple of 128; beta on y
+    stream_check<float, 2>(rng, 77, 1056, 1056, false, true, 0.f, true, false, 3);   // one group a row, K = 33 chunks
+    stream_check<float, 3>(rng, 9, 512, 64, false, true, 0.f, true, true, 4);        // fewer rows than warps; norm
+    stream_check<float, 3>(rng, 45, 4128, 32, false, false, 1.f, false, false, 1);   // several units a row, 6 rows a warp
+    stream_check<float, 4>(rng, 130, 2048, 128, true, true, 0.f, false, true, 2);    // llama's group; norm
+    stream_check<float, 4>(rng, 19, 1024, 64, false, false, 0.f, true, false, 1);
+    stream_check<float, 1>(rng, 100, 2048, 128, false, true, 1.f, false, true, 5);
+    stream_check<float, 2>(rng, 21, 320, 128, false, true, 0.f, true, false, 2);     // a last group of 64
+    stream_check<bf16, 1>(rng, 65, 2048, 128, false, true, 0.f, false, false, 2);
+    stream_check<bf16, 2>(rng, 50, 1056, 32, true, false, 0.f, true, false, 3);
+    stream_check<bf16, 4>(rng, 33, 4096, 128, false, true, 1.f, false, false, 2);
     return failures;
 }
