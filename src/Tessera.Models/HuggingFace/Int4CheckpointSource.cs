@@ -15,8 +15,10 @@ namespace Tessera.Models.HuggingFace;
 /// <list type="bullet">
 /// <item>GPTQ: qweight (K / 8, N) int32, input 8r + j of column n in bits 4j of [r, n]; qzeros (G, N / 8) int32, output 8c + j
 /// in bits 4j of [g, c], stored as z - 1 by the classic <c>checkpoint_format</c> "gptq" (so z = (stored + 1) mod 16), as z by
-/// "gptq_v2"; scales (G, N); g_idx (K) int32, which must be k / group_size: act-order checkpoints (desc_act with a permuted
-/// g_idx) are refused, Tessera does not reorder inputs.</item>
+/// "gptq_v2"; scales (G, N); g_idx (K) int32, input k's group: k / group_size, or in an act-order checkpoint (desc_act) a
+/// permutation of those groups over the inputs. An act-order weight is value[n, k] = scale[g_idx[k], n] (q[k, n] -
+/// z[g_idx[k], n]): it loads dequantized (exactly), and is refused kept 4-bit (<see cref="ReadPacked"/>: the int4 layout's
+/// groups are contiguous runs of inputs, and Tessera does not reorder inputs).</item>
 /// <item>AWQ (version "gemm"): qweight (K, N / 8) int32, output 8c + j of row k in nibble [0, 4, 1, 5, 2, 6, 3, 7][j] of [k, c]
 /// (AWQ packs the columns in the order 0, 2, 4, 6, 1, 3, 5, 7); qzeros (G, N / 8) in the same order, no offset; scales (G, N).</item>
 /// </list>
@@ -97,9 +99,15 @@ internal sealed class Int4CheckpointSource : ITensorSource
     /// The weight <paramref name="name"/> (<c>x.weight</c>) in <see cref="QuantizedWeight.Int4"/>'s layout: packed (N, K / 8),
     /// scales and zeros (N, G); null when it is not a 4-bit weight of this checkpoint.
     /// </summary>
+    /// <exception cref="HuggingFaceFormatException">The weight is act-order (its g_idx permutes the groups).</exception>
     public (int[] Packed, float[] Scales, sbyte[] Zeros, int GroupSize)? ReadPacked(string name)
     {
         if (!_weights.TryGetValue(name, out var w)) return null;
+        if (w.GroupIndex is not null)
+            throw new HuggingFaceFormatException(_files.FileOf(w.Prefix + ".g_idx"),
+                $"tensor '{w.Prefix}.g_idx' is an act-order group index (desc_act {(Format!.ActOrder ? "true" : "false")}: the inputs' groups are " +
+                "permuted), which int4 weights cannot keep (their groups are contiguous runs of inputs, and Tessera does not reorder inputs); " +
+                "load it without --quantize int4 to dequantize it exactly to the model's dtype");
         int n = w.Rows, k = w.Columns, groups = w.Groups;
         var qweight = ReadInt32(w.Prefix + ".qweight");
         var qzeros = ReadInt32(w.Prefix + ".qzeros");
@@ -133,9 +141,33 @@ internal sealed class Int4CheckpointSource : ITensorSource
 
     private float[] Dequantized(Int4CheckpointWeight w)
     {
+        if (w.GroupIndex is { } index) return DequantizedActOrder(w, index);
         var (packed, scales, zeros, groupSize) = ReadPacked(w.Name)!.Value;
         var values = Int4Quantization.Dequantize(packed, scales, zeros, w.Rows, w.Columns, groupSize);
         return Array.ConvertAll(values, v => (float)v);
+    }
+
+    /// <summary>An act-order GPTQ weight, (N, K): value[n, k] = scale[g, n] (q[k, n] - z[g, n]) with g = g_idx[k], in F32 (exact: a
+    /// 16-bit scale times an integer of at most 5 bits).</summary>
+    private float[] DequantizedActOrder(Int4CheckpointWeight w, int[] index)
+    {
+        int n = w.Rows, k = w.Columns;
+        var qweight = ReadInt32(w.Prefix + ".qweight");          // (K / 8, N)
+        var qzeros = ReadInt32(w.Prefix + ".qzeros");            // (G, N / 8)
+        var scales = _files.Read(w.Prefix + ".scales");          // (G, N)
+        foreach (float v in scales)
+            if (!float.IsFinite(v))
+                throw new HuggingFaceFormatException(_files.FileOf(w.Prefix + ".scales"), $"tensor '{w.Prefix}.scales' holds {v}; scales must be finite");
+        var values = new float[(long)n * k];
+        for (int r = 0; r < n; r++)
+            for (int c = 0; c < k; c++)
+            {
+                int g = index[c];
+                int q = (qweight[c / 8 * n + r] >> (4 * (c % 8))) & 0xF;
+                int z = (((qzeros[g * (n / 8) + r / 8] >> (4 * (r % 8))) & 0xF) + Format!.ZeroOffset) & 0xF;
+                values[(long)r * k + c] = (float)((double)scales[g * n + r] * (q - z));
+            }
+        return values;
     }
 
     private int[] ReadInt32(string name) => MemoryMarshal.Cast<byte, int>(_files.ReadBytes(name)).ToArray();
@@ -169,6 +201,7 @@ internal sealed class Int4CheckpointSource : ITensorSource
             throw new HuggingFaceFormatException(_files.FileOf(scales),
                 $"tensor '{scales}' has shape {_files.ShapeOf(scales)}; {qweight} {qs} in groups of {groupSize} needs ({groups}, {n})");
         bool hasGroupIndex = _files.ShapeOf(gIdx) is not null;
+        int[]? actOrderIndex = null;
         if (hasGroupIndex)
         {
             if (awq)
@@ -178,15 +211,17 @@ internal sealed class Int4CheckpointSource : ITensorSource
                 throw new HuggingFaceFormatException(_files.FileOf(gIdx), $"tensor '{gIdx}' has shape {_files.ShapeOf(gIdx)}; expected ({k}), one a input");
             var index = ReadInt32(gIdx);
             for (int i = 0; i < k; i++)
-                if (index[i] != i / groupSize)
+                if ((uint)index[i] >= (uint)groups)
                     throw new HuggingFaceFormatException(_files.FileOf(gIdx),
-                        $"tensor '{gIdx}' gives input {i} group {index[i]}, not {i / groupSize} (input / group_size): an act-order checkpoint " +
-                        $"(desc_act {(f.ActOrder ? "true" : "false")}) whose groups are a permutation of the inputs; Tessera does not reorder inputs, so it is refused");
+                        $"tensor '{gIdx}' gives input {i} group {index[i]}; {qweight} {qs} in groups of {groupSize} has groups 0 to {groups - 1}");
+            bool contiguous = true;
+            for (int i = 0; i < k && contiguous; i++) contiguous = index[i] == i / groupSize;
+            if (!contiguous) actOrderIndex = index;                 // act order: the groups permuted over the inputs
         }
         else if (!awq && f.ActOrder)
             throw new HuggingFaceFormatException(_files.FileOf(qweight),
                 $"{f.Method} tensor '{qweight}' has no '{gIdx}' but config.json says desc_act true: its inputs' groups are unknown");
-        return new Int4CheckpointWeight(prefix + ".weight", prefix, n, k, groupSize, groups, hasGroupIndex);
+        return new Int4CheckpointWeight(prefix + ".weight", prefix, n, k, groupSize, groups, hasGroupIndex, actOrderIndex);
     }
 
     private void Require(string name, DType dtype, string what)
@@ -288,5 +323,6 @@ internal sealed class Int4CheckpointSource : ITensorSource
 /// <summary>A 4-bit checkpoint's quantization_config: method "gptq" or "awq", group size (-1 per channel), and what the loader needs.</summary>
 internal sealed record Int4CheckpointFormat(string Method, int GroupSize, bool Symmetric, bool ActOrder, int ZeroOffset);
 
-/// <summary>One 4-bit layer of a checkpoint: the weight it stands for (N rows, K columns) and where its tensors are.</summary>
-internal sealed record Int4CheckpointWeight(string Name, string Prefix, int Rows, int Columns, int GroupSize, int Groups, bool HasGroupIndex);
+/// <summary>One 4-bit layer of a checkpoint: the weight it stands for (N rows, K columns), where its tensors are, and its act-order
+/// group index (g_idx, K) when that permutes the groups (null when input k is in group k / group size).</summary>
+internal sealed record Int4CheckpointWeight(string Name, string Prefix, int Rows, int Columns, int GroupSize, int Groups, bool HasGroupIndex, int[]? GroupIndex);

@@ -48,7 +48,7 @@ public sealed class Int4CheckpointTests : IDisposable
     /// </summary>
     private Written Write(Method method, int group, bool sym = false, Func<int, int, int, int>? nibble = null,
         Func<List<(string Name, DType DType, Shape Shape, byte[] Data)>, List<(string Name, DType DType, Shape Shape, byte[] Data)>>? edit = null,
-        Action<JsonObject>? config = null, Func<TransformerConfig, TransformerConfig>? change = null)
+        Action<JsonObject>? config = null, Func<TransformerConfig, TransformerConfig>? change = null, Func<int, int, int>? groupOf = null)
     {
         var (source, original) = _models.Save("llama-debug", DType.F32, change);
         string dir = $"{source}-{method}-{group}-{(sym ? "sym" : "asym")}-{(nibble is null ? "rtn" : "pattern")}-{Guid.NewGuid():N}";
@@ -79,6 +79,8 @@ public sealed class Int4CheckpointTests : IDisposable
                     continue;
                 }
                 int n = t.Shape[0], k = t.Shape[1], g = group == -1 ? k : group, groups = (k + g - 1) / g;
+                // Each input's group: k / g, or (act order) groupOf(k, groups), GPTQ's g_idx.
+                var gi = Enumerable.Range(0, k).Select(c => groupOf?.Invoke(c, groups) ?? c / g).ToArray();
                 var q = new int[n, k];
                 var z = new int[groups, n];
                 var s = new Half[groups, n];
@@ -87,17 +89,17 @@ public sealed class Int4CheckpointTests : IDisposable
                     {
                         // Round to nearest over the group's range stretched to hold 0 (symmetric: zero 8, scale max|w| / 7.5).
                         float lo = 0, hi = 0;
-                        for (int c = j * g; c < Math.Min(k, (j + 1) * g); c++) { lo = Math.Min(lo, w[r * k + c]); hi = Math.Max(hi, w[r * k + c]); }
+                        for (int c = 0; c < k; c++) if (gi[c] == j) { lo = Math.Min(lo, w[r * k + c]); hi = Math.Max(hi, w[r * k + c]); }
                         float scale = sym ? Math.Max(-lo, hi) / 7.5f : (hi - lo) / 15f;
                         if (nibble is not null) scale = 0.01f + 0.001f * rng.Next(20);
                         s[j, r] = (Half)Math.Max(scale, 1e-3f);
                         z[j, r] = sym ? 8 : nibble is not null ? rng.Next(16) : Math.Clamp((int)Math.Round(-lo / (float)s[j, r]), 0, 15);
-                        for (int c = j * g; c < Math.Min(k, (j + 1) * g); c++)
-                            q[r, c] = nibble?.Invoke(index, r, c) ?? Math.Clamp((int)Math.Round(w[r * k + c] / (float)s[j, r]) + z[j, r], 0, 15);
+                        for (int c = 0; c < k; c++)
+                            if (gi[c] == j) q[r, c] = nibble?.Invoke(index, r, c) ?? Math.Clamp((int)Math.Round(w[r * k + c] / (float)s[j, r]) + z[j, r], 0, 15);
                     }
                 var dequantized = new float[n * k];
                 for (int r = 0; r < n; r++)
-                    for (int c = 0; c < k; c++) dequantized[r * k + c] = (float)((double)(float)s[c / g, r] * (q[r, c] - z[c / g, r]));
+                    for (int c = 0; c < k; c++) dequantized[r * k + c] = (float)((double)(float)s[gi[c], r] * (q[r, c] - z[gi[c], r]));
                 values[t.Name] = new HostTensor(t.Shape, dequantized);
                 string prefix = t.Name[..^".weight".Length];
                 int[] qweight, qzeros = new int[groups * (n / 8)];
@@ -123,7 +125,7 @@ public sealed class Int4CheckpointTests : IDisposable
                         for (int col = 0; col < n / 8; col++)
                             for (int i = 0; i < 8; i++) qzeros[j * (n / 8) + col] |= ((z[j, col * 8 + i] - offset) & 0xF) << (4 * i);
                     tensors.Add((prefix + ".qweight", DType.I32, new Shape(k / 8, n), Bytes(qweight)));
-                    tensors.Add((prefix + ".g_idx", DType.I32, new Shape(k), Bytes(Enumerable.Range(0, k).Select(c => c / g).ToArray())));
+                    tensors.Add((prefix + ".g_idx", DType.I32, new Shape(k), Bytes(gi)));
                 }
                 tensors.Add((prefix + ".qzeros", DType.I32, new Shape(groups, n / 8), Bytes(qzeros)));
                 var scales = new Half[groups * n];
@@ -228,15 +230,43 @@ public sealed class Int4CheckpointTests : IDisposable
                     $"{method}: {p.Name} is not scale (q - z) of the pattern");
     }
 
+    /// <summary>
+    /// An act-order checkpoint (desc_act true: g_idx puts input k in group k mod G, a permutation of the contiguous groups, as
+    /// GPTQ's activation order does) loads dequantized: every weight is exactly scale[g_idx[k]] (q - z[g_idx[k]]) (the test's
+    /// own packer and F64 dequantization), and the model gives the logits of those float weights (F64, 1e-12: the same weights,
+    /// only the sums' order differs). Kept 4-bit (--quantize int4) it is refused naming the tensor: the int4 layout holds
+    /// contiguous groups, and Tessera does not reorder inputs.
+    /// </summary>
+    [Theory]
+    [InlineData(Method.Gptq)]
+    [InlineData(Method.GptqV2)]
+    public void ActOrderCheckpointsLoadDequantizedAndAreRefusedAsInt4(Method method)
+    {
+        var written = Write(method, 16, config: j => j["quantization_config"]!["desc_act"] = true, groupOf: (k, groups) => k % groups);
+        var model = PretrainedModel.Load(written.Directory, _cpu, DType.F64);
+        var expected = HuggingFaceWeightMap.For(model.Config).ToCanonical(written.Values);
+        foreach (var p in model.Parameters.Parameters)
+            Assert.True(expected[p.Name].Data.Select(v => (double)v).SequenceEqual(model.Parameters[p.Name].ReadMasterOrValue(t => TestTensors.ToDoubles(_cpu, t))),
+                $"{method} act order: {p.Name} differs from scale[g_idx] (q - z[g_idx])");
+        var tokens = _models.Tokens(written.Config, 2, 9);
+        NumericAssert.Close(_models.Logits(PretrainedModel.Load(Dequantized(written), _cpu, DType.F64), tokens), _models.Logits(model, tokens), 1e-12,
+            $"{method} act-order logits");
+
+        var e = Assert.Throws<HuggingFaceFormatException>(() => PretrainedModel.Load(written.Directory, _cpu, DType.F32, quantization: WeightQuantization.Int4));
+        Assert.Contains(".g_idx'", e.Message);
+        Assert.Contains("act-order", e.Message);
+        Assert.Contains("without --quantize int4", e.Message);
+    }
+
     [Fact]
-    public void ActOrderWithAPermutedGroupIndexIsRefusedNamingTheTensor()
+    public void AGroupIndexOutsideTheGroupsIsRefusedNamingTheTensor()
     {
         var written = Write(Method.Gptq, 16, config: j => j["quantization_config"]!["desc_act"] = true,
             edit: ts => ts.Select(t => t.Name == "model.layers.1.mlp.down_proj.g_idx"
-                ? (t.Name, t.DType, t.Shape, Bytes(Enumerable.Range(0, t.Shape[0]).Select(k => (k + 1) % 4).ToArray())) : t).ToList());
-        var e = Assert.Throws<HuggingFaceFormatException>(() => PretrainedModel.Load(written.Directory, _cpu, DType.F32, quantization: WeightQuantization.Int4));
+                ? (t.Name, t.DType, t.Shape, Bytes(Enumerable.Range(0, t.Shape[0]).Select(k => k == 5 ? 99 : k / 16).ToArray())) : t).ToList());
+        var e = Assert.Throws<HuggingFaceFormatException>(() => PretrainedModel.Load(written.Directory, _cpu, DType.F32));
         Assert.Contains("'model.layers.1.mlp.down_proj.g_idx'", e.Message);
-        Assert.Contains("act-order", e.Message);
+        Assert.Contains("99", e.Message);
     }
 
     /// <summary>
