@@ -94,8 +94,9 @@ public static class PretrainedModel
     /// <para>With <see cref="WeightQuantization.Int4"/> the linear layers' weights (<see cref="Transformer.IsInt4Quantizable"/>,
     /// or those <paramref name="int4Picks"/> picks) are group-wise int4 in groups of <paramref name="int4GroupSize"/> columns
     /// (-1: per channel); the embedding tables and the LM head stay in <paramref name="dtype"/>. With tensor parallelism each
-    /// rank quantizes the slice it holds, as int8 does (a row-parallel weight's groups start at its own first column). No LoRA
-    /// training over int4 (refused).</para>
+    /// rank quantizes the slice it holds, as int8 does (a row-parallel weight's groups start at its own first column). With
+    /// <paramref name="lora"/> the int4 weights are the frozen base under trainable adapters, as int8's (QLoRA's arrangement:
+    /// dx through a dequantized copy of one layer at a time).</para>
     /// </summary>
     public static Transformer Quantized(TransformerConfig config, IBackend backend, DType dtype,
         Tessera.Nn.Parallel.TensorParallelism? tensorParallelism = null, Tessera.Nn.Adapters.LoraOptions? lora = null,
@@ -104,8 +105,6 @@ public static class PretrainedModel
     {
         if (quantization == WeightQuantization.None)
             throw new ArgumentException("PretrainedModel.Quantized: quantization must be Int8, Fp8 or Int4; build a plain Transformer for None", nameof(quantization));
-        if (quantization == WeightQuantization.Int4 && lora is not null)
-            throw new NotSupportedException("LoRA training over an int4 base is not supported; train over an int8 or fp8 base (--quantize int8|fp8)");
         var model = new Transformer(config, backend, dtype, ArenaStorage.Deferred, tensorParallelism, lora: lora, servedAdapters: servedAdapters);
         Func<Parameter, bool> picks = quantization == WeightQuantization.Int4 ? int4Picks ?? model.IsInt4Quantizable : model.IsQuantizable;
         _ = new QuantizedParameterStorage(model.Layout, backend, dtype, picks, quantization, int4GroupSize);   // attaches itself

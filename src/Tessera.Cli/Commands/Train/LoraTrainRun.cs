@@ -56,6 +56,7 @@ public sealed class LoraTrainRun(TrainSettings settings, Terminal terminal)
             // The base is held as the run held it: an int8 (fp8) run resumes over int8 (fp8) whether or not --quantize is given again.
             if (saved.Lora.BaseQuantization == "int8") settings = settings with { Quantize = Tessera.Nn.Quantization.WeightQuantization.Int8 };
             else if (saved.Lora.BaseQuantization == "fp8") settings = settings with { Quantize = Tessera.Nn.Quantization.WeightQuantization.Fp8 };
+            else if (saved.Lora.BaseQuantization == "int4") settings = settings with { Quantize = Tessera.Nn.Quantization.WeightQuantization.Int4 };
             else if (settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None)
                 throw new UsageException($"--quantize {settings.Quantize.ToString().ToLowerInvariant()}: {resumeFrom} trained its adapters over a base in its dtype; resume it without --quantize");
         }

@@ -83,8 +83,6 @@ public sealed class TrainCommand : Command
             if (settings.LoraRank is null && (parse.GetResult(_loraAlpha) is { Implicit: false } || parse.GetResult(_loraTargets) is { Implicit: false }
                 || parse.GetResult(_loraDropout) is { Implicit: false } || settings.Adapter is not null))
                 throw new UsageException("--lora-alpha, --lora-dropout, --lora-targets and --adapter apply to LoRA fine-tuning; add --lora R");
-            if (settings.Quantize == Tessera.Nn.Quantization.WeightQuantization.Int4)
-                throw new UsageException("--quantize int4 is for generate and serve; LoRA training over an int4 base is not supported yet: train over an int8 or fp8 base (--quantize int8|fp8)");
             if (settings.Quantize != Tessera.Nn.Quantization.WeightQuantization.None && settings.LoraRank is null && !settings.Resume)
                 throw new UsageException($"--quantize {settings.Quantize.ToString().ToLowerInvariant()} trains LoRA adapters over a quantized base (the base's weights are not trained); add --lora R");
             if (settings.LoraRank is not null && settings.Masters == MasterWeights.Split)

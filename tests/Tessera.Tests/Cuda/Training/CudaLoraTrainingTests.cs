@@ -6,6 +6,7 @@ using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Tests.Support;
 using Tessera.Training.Optim;
+using Tessera.Nn.Quantization;
 using Xunit;
 
 namespace Tessera.Tests.Cuda.Training;
@@ -109,17 +110,17 @@ public sealed class CudaLoraTrainingTests(CudaFixture fixture)
     /// dropout masks change every step and move it by as much as the updates do on a batch of 32 tokens.)
     /// </summary>
     /// <summary>
-    /// llama-debug's base as int8 (<see cref="PretrainedModel.Quantized"/> with LoRA options) from the float base of
+    /// llama-debug's base as int8 or int4 (<see cref="PretrainedModel.Quantized"/> with LoRA options) from the float base of
     /// <paramref name="seed"/>, quantized on the host as it loads (so the CPU's and the GPU's bytes are the same), and the
     /// adapters as <see cref="Model"/> sets them.
     /// </summary>
-    private static Transformer Int8Base(IBackend backend, int seed)
+    private static Transformer QuantizedBase(IBackend backend, int seed, WeightQuantization quantization)
     {
         var config = ModelPresets.Get("llama-debug");
         var lora = new LoraOptions { Rank = 4, Alpha = 8, Seed = seed, Targets = LoraTargets.Parse(config, AllTargets) };
         var source = new Transformer(config, new CpuBackend(1), DType.F32);
         source.InitializeWeights(seed);
-        var model = PretrainedModel.Quantized(config, backend, DType.F32, lora: lora);
+        var model = PretrainedModel.Quantized(config, backend, DType.F32, lora: lora, quantization: quantization);
         model.LossChunkRows = 0;
         foreach (var p in model.Layout.Parameters)
         {
@@ -133,17 +134,20 @@ public sealed class CudaLoraTrainingTests(CudaFixture fixture)
     }
 
     /// <summary>
-    /// LoRA over an int8 base on the GPU (the int8 products, the dequantized input gradients) against the same on the CPU backend,
-    /// four AdamW steps in F32 from the same bytes, adapters and tokens, no dropout: loss and gradient norm within 1e-4 relative,
-    /// as the float case (both sides F32, differing in summation order only).
+    /// LoRA over an int8 or int4 base on the GPU (the quantized products, the dequantized input gradients) against the same on
+    /// the CPU backend, four AdamW steps in F32 from the same bytes, adapters and tokens, no dropout: loss and gradient norm
+    /// within 1e-4 relative, as the float case (both sides F32, differing in summation order only). The int4 row (QLoRA's base,
+    /// added in session 31) has not run on a GPU yet.
     /// </summary>
-    [Fact]
-    public void AdamWStepsOfAdaptersOverAnInt8BaseOnTheGpuMatchTheCpuBackend()
+    [Theory]
+    [InlineData(WeightQuantization.Int8)]
+    [InlineData(WeightQuantization.Int4)]
+    public void AdamWStepsOfAdaptersOverAQuantizedBaseOnTheGpuMatchTheCpuBackend(WeightQuantization quantization)
     {
         int seed = Environment.TickCount & 0x7FFFFFFF;
         TestContext.Current.TestOutputHelper?.WriteLine($"seed {seed}");
-        var onGpu = Int8Base(fixture.Backend, seed);
-        var onCpu = Int8Base(new CpuBackend(Math.Min(4, Environment.ProcessorCount)), seed);
+        var onGpu = QuantizedBase(fixture.Backend, seed, quantization);
+        var onCpu = QuantizedBase(new CpuBackend(Math.Min(4, Environment.ProcessorCount)), seed, quantization);
         var rng = new Random(seed);
         int vocab = onGpu.Config.VocabSize;
         var tokens = Enumerable.Range(0, Batch * Sequence).Select(_ => rng.Next(vocab)).ToArray();

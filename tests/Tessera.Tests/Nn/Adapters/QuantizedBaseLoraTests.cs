@@ -3,6 +3,7 @@ using Tessera.Models.Adapters;
 using Tessera.Models.HuggingFace;
 using Tessera.Nn;
 using Tessera.Nn.Adapters;
+using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Tests.Support;
@@ -11,9 +12,10 @@ using Xunit;
 namespace Tessera.Tests.Nn.Adapters;
 
 /// <summary>
-/// LoRA over an int8 base (<see cref="PretrainedModel.Quantized"/> with LoRA options): the loss and every adapter gradient equal
-/// those of LoRA over the same base in floating point holding what the int8 weights stand for (F64, 1e-10: the same sums in
-/// another order), for Llama (separate products) and GPT-2 (the fused QKV, the GELU MLP, a tied int8 head); the base has no
+/// LoRA over an int8 or int4 base (<see cref="PretrainedModel.Quantized"/> with LoRA options; int4 is QLoRA's arrangement:
+/// 4-bit groups, 16-bit adapters): the loss and every adapter gradient equal those of LoRA over the same base in floating point
+/// holding what the quantized weights stand for (F64, 1e-10: the same sums in another order), for Llama (separate products)
+/// and GPT-2 (the fused QKV, the GELU MLP, a tied int8 head; int4 keeps the token table and head in F64); the base has no
 /// gradients and stays as it was.
 /// </summary>
 public sealed class QuantizedBaseLoraTests : IDisposable
@@ -24,9 +26,11 @@ public sealed class QuantizedBaseLoraTests : IDisposable
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
     [Theory]
-    [InlineData("llama-debug", new[] { "q", "k", "v", "o", "gate", "up", "down" })]
-    [InlineData("gpt2-debug", new[] { "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj" })]
-    public void AdapterGradientsOverAnInt8BaseAreThoseOverItsDequantizedWeights(string preset, string[] targets)
+    [InlineData("llama-debug", new[] { "q", "k", "v", "o", "gate", "up", "down" }, WeightQuantization.Int8)]
+    [InlineData("gpt2-debug", new[] { "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj" }, WeightQuantization.Int8)]
+    [InlineData("llama-debug", new[] { "q", "k", "v", "o", "gate", "up", "down" }, WeightQuantization.Int4)]
+    [InlineData("gpt2-debug", new[] { "c_attn", "attn.c_proj", "c_fc", "mlp.c_proj" }, WeightQuantization.Int4)]
+    public void AdapterGradientsOverAQuantizedBaseAreThoseOverItsDequantizedWeights(string preset, string[] targets, WeightQuantization quantization)
     {
         var config = ModelPresets.Get(preset);
         var original = new Transformer(config, _cpu, DType.F64);
@@ -35,20 +39,37 @@ public sealed class QuantizedBaseLoraTests : IDisposable
         var lora = new LoraOptions { Rank = 3, Alpha = 6, Seed = 5, Targets = LoraTargets.Parse(config, targets) };
 
         using var hf = HuggingFaceModelDirectory.Open(_dir);
-        var quantized = PretrainedModel.Quantized(config, _cpu, DType.F64, lora: lora);
+        var quantized = PretrainedModel.Quantized(config, _cpu, DType.F64, lora: lora, quantization: quantization);
         hf.LoadInto(quantized.Layout.Parameters, _cpu);
         var reference = new Transformer(config, _cpu, DType.F64, ArenaStorage.Frozen, lora: lora);
+        int quantizedCount = 0;
         foreach (var p in quantized.Layout.Parameters)
         {
             var target = reference.Parameters[p.Name].Value;
-            if (p.Quantized is { } q)
+            if (p.Quantized is { IsInt4: true } q4)
+            {
+                // w[r, c] = scale (q - zero) of c's group, q the nibble 4 (c mod 8) of word c / 8 of row r.
+                var packed = _cpu.ToArray<int>(q4.Values);
+                var scales = _cpu.ToArray<float>(q4.Scales);
+                var zeros = _cpu.ToArray<sbyte>(q4.Zeros!);
+                int k = q4.Columns;
+                TestTensors.Write(_cpu, target, [.. Enumerable.Range(0, q4.Rows * k).Select(i =>
+                {
+                    int r = i / k, c = i % k, g = r * q4.Groups + c / q4.GroupSize;
+                    return (double)scales[g] * (((packed[r * (k / 8) + c / 8] >> (4 * (c % 8))) & 0xF) - zeros[g]);
+                })]);
+                quantizedCount++;
+            }
+            else if (p.Quantized is { } q)
             {
                 var values = _cpu.ToArray<sbyte>(q.Values);
                 var scales = _cpu.ToArray<float>(q.Scales);
                 TestTensors.Write(_cpu, target, [.. values.Select((v, i) => (double)scales[i / q.Columns] * v)]);
+                quantizedCount++;
             }
             else _cpu.Copy(p.Value, target);
         }
+        Assert.True(quantizedCount >= 4 * config.Layers, $"{quantizedCount} {quantization} parameters");
         // The same adapters (B nonzero, so every path carries a gradient).
         var rng = new Random(7);
         foreach (var p in quantized.Adapters!.Layout.Parameters)
