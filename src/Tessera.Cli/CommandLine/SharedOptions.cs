@@ -61,7 +61,7 @@ public static class SharedOptions
         return option;
     }
 
-    /// <summary>--quantize none|int8|fp8: how an inference model keeps its linear layers' weights.</summary>
+    /// <summary>--quantize none|int8|fp8|int4: how a model keeps its linear layers' weights.</summary>
     public static Option<Tessera.Nn.Quantization.WeightQuantization> Quantize()
     {
         string[] names = ["none", "int8", "fp8", "int4"];

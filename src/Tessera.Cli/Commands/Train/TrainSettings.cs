@@ -148,7 +148,7 @@ public sealed record TrainSettings
     public string? Adapter { get; init; }
 
     /// <summary>
-    /// With --lora, how the frozen base keeps its weight matrices (--quantize): int8 or fp8 holds them a byte a weight (gradients
+    /// With --lora, how the frozen base keeps its weight matrices (--quantize): int8 or fp8 holds them a byte a weight, int4 in 4-bit groups (gradients
     /// reach the adapters through dequantized copies, a layer at a time). Saved with the run: a resume holds the base as it was held.
     /// </summary>
     public Tessera.Nn.Quantization.WeightQuantization Quantize { get; init; }
