@@ -15,8 +15,6 @@ public class CpuFp8QuantizedMatMulTests
 {
     private readonly CpuBackend _cpu = new(2);
 
-    private static double Gelu(double x) => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
-
     /// <summary>The E4M3 code nearest <paramref name="v"/> by a search over every finite code (ties to the even code), saturating at ±448.</summary>
     private static byte Nearest(double v)
     {
@@ -154,7 +152,7 @@ public class CpuFp8QuantizedMatMulTests
         _cpu.QuantizedMatMul(x, weight, y, bias: bias, epilogue: MatMulEpilogue.Gelu, auxiliary: pre);
         NumericAssert.Close(Reference((_, j, p) => p + bv[j]), TestTensors.ToDoubles(_cpu, pre), tol, "GELU's pre-activation");
         // GELU of the F32-rounded pre-activation, in F32: 1e-6 of the largest covers its few roundings.
-        NumericAssert.Close(Reference((_, j, p) => Gelu(p + bv[j])), TestTensors.ToDoubles(_cpu, y), dtype == DType.F32 ? 1e-6 : 1e-14, "GELU(x W^T + b)");
+        NumericAssert.Close(Reference((_, j, p) => QuantizedProductChecks.Gelu(p + bv[j])), TestTensors.ToDoubles(_cpu, y), dtype == DType.F32 ? 1e-6 : 1e-14, "GELU(x W^T + b)");
     }
 
     /// <summary>

@@ -15,8 +15,6 @@ public class CpuInt4QuantizedMatMulTests
 {
     private readonly CpuBackend _cpu = new(2);
 
-    private static double Gelu(double x) => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
-
     /// <summary>Random nibbles, scales U(0.01, 0.05) and zeros (N, K) in groups of <paramref name="group"/>; the weight and what it stands for in double.</summary>
     private (QuantizedWeight Weight, double[] Dequantized) Weight(Random rng, int n, int k, int group)
     {
@@ -49,39 +47,8 @@ public class CpuInt4QuantizedMatMulTests
     {
         var rng = TestRandom.Create();
         var (weight, w) = Weight(rng, n, k, group);
-        var xv = TestTensors.Normal(rng, (long)m * k);
-        var bv = TestTensors.Normal(rng, n);
-        var yv = TestTensors.Normal(rng, (long)m * n);
-        var av = TestTensors.Normal(rng, (long)m * n);
-        var x = TestTensors.FromDoubles(_cpu, xv, dtype, m, k);
-        var bias = TestTensors.FromDoubles(_cpu, bv, dtype, n);
-        double[] Reference(Func<int, int, double, double> finish)
-        {
-            var r = new double[m * n];
-            for (int i = 0; i < m; i++)
-                for (int j = 0; j < n; j++)
-                {
-                    double acc = 0;
-                    for (int c = 0; c < k; c++) acc += xv[i * k + c] * w[j * k + c];
-                    r[i * n + j] = finish(i, j, acc);
-                }
-            return r;
-        }
         // F32: the weight rounded once to F32 (2^-24) and sums of K products of O(0.1) terms; 1e-5 as for int8. F64: 1e-12.
-        double tol = dtype == DType.F32 ? 1e-5 : 1e-12;
-        var y = _cpu.Allocate(new Shape(m, n), dtype);
-        _cpu.QuantizedMatMul(x, weight, y);
-        NumericAssert.Close(Reference((_, _, acc) => acc), TestTensors.ToDoubles(_cpu, y), tol, "x W^T");
-        _cpu.QuantizedMatMul(x, weight, y, bias: bias);
-        NumericAssert.Close(Reference((_, j, acc) => acc + bv[j]), TestTensors.ToDoubles(_cpu, y), tol, "x W^T + b");
-        TestTensors.Write(_cpu, y, yv);
-        _cpu.QuantizedMatMul(x, weight, y, beta: 1.0, bias: bias);
-        NumericAssert.Close(Reference((i, j, acc) => acc + bv[j] + yv[i * n + j]), TestTensors.ToDoubles(_cpu, y), tol, "y += x W^T + b");
-        _cpu.QuantizedMatMul(x, weight, y, addend: TestTensors.FromDoubles(_cpu, av, dtype, m, n));
-        NumericAssert.Close(Reference((i, j, acc) => acc + av[i * n + j]), TestTensors.ToDoubles(_cpu, y), tol, "x W^T + addend");
-        var pre = _cpu.Allocate(new Shape(m, n), dtype);
-        _cpu.QuantizedMatMul(x, weight, y, bias: bias, epilogue: MatMulEpilogue.Gelu, auxiliary: pre);
-        NumericAssert.Close(Reference((_, j, acc) => Gelu(acc + bv[j])), TestTensors.ToDoubles(_cpu, y), tol, "GELU(x W^T + b)");
+        QuantizedProductChecks.AgainstANaiveLoop(_cpu, weight, w, dtype, m, k, n, dtype == DType.F32 ? 1e-5 : 1e-12, rng);
     }
 
     [Theory]

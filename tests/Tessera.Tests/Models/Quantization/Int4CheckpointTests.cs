@@ -176,17 +176,9 @@ public sealed class Int4CheckpointTests : IDisposable
             Assert.Equal(group == -1 ? p.Shape[1] : group, q.GroupSize);
             // What the int4 weight stands for, dequantized by the test's own loop over the packed layout, is the oracle's weight.
             var expected = reference.Parameters[p.Name].ReadMasterOrValue(t => TestTensors.ToDoubles(_cpu, t));
-            var packed = _cpu.ToArray<int>(q.Values);
-            var scales = _cpu.ToArray<float>(q.Scales);
-            var zeros = _cpu.ToArray<sbyte>(q.Zeros!);
-            int k = q.Columns, words = k / 8;
-            for (int r = 0; r < q.Rows; r++)
-                for (int c = 0; c < k; c++)
-                {
-                    int g = r * q.Groups + c / q.GroupSize;
-                    double v = (double)scales[g] * (((packed[r * words + c / 8] >> (4 * (c % 8))) & 0xF) - zeros[g]);
-                    Assert.True(expected[r * k + c] == v, $"{method} {p.Name} [{r}, {c}]: {v} against {expected[r * k + c]}");
-                }
+            var standsFor = Int4Reference.StandsFor(q, _cpu);
+            for (int i = 0; i < standsFor.Length; i++)
+                Assert.True(expected[i] == standsFor[i], $"{method} {p.Name} [{i / q.Columns}, {i % q.Columns}]: {standsFor[i]} against {expected[i]}");
             quantized++;
         }
         Assert.Equal(fourBit.Count, quantized);
@@ -297,7 +289,7 @@ public sealed class Int4CheckpointTests : IDisposable
             {
                 if (p.Quantized is not { } q) continue;
                 var global = new double[p.GlobalShape.NumElements];
-                p.ScatterToGlobal<double>(StandsFor(ctx.Backend, q), global);
+                p.ScatterToGlobal<double>(Int4Reference.StandsFor(q, ctx.Backend), global);
                 held[p.Name] = global;
             }
             return (Held: held, Tokens: new Tessera.Inference.TextGenerator(model).Generate(prompt, options).ToList());
@@ -333,22 +325,6 @@ public sealed class Int4CheckpointTests : IDisposable
         Assert.NotNull(errors[1]);
         Assert.Contains("'blocks.0.mlp.proj.weight'", errors[1]);
         Assert.Contains("groups of 16", errors[1]);
-    }
-
-    private static double[] StandsFor(IBackend backend, QuantizedWeight q)
-    {
-        var packed = backend.ToArray<int>(q.Values);
-        var scales = backend.ToArray<float>(q.Scales);
-        var zeros = backend.ToArray<sbyte>(q.Zeros!);
-        int k = q.Columns;
-        var w = new double[q.Rows * k];
-        for (int r = 0; r < q.Rows; r++)
-            for (int c = 0; c < k; c++)
-            {
-                int g = r * q.Groups + c / q.GroupSize;
-                w[r * k + c] = (double)scales[g] * (((packed[r * (k / 8) + c / 8] >> (4 * (c % 8))) & 0xF) - zeros[g]);
-            }
-        return w;
     }
 
     [Fact]

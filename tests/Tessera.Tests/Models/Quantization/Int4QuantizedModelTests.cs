@@ -37,24 +37,7 @@ public sealed class Int4QuantizedModelTests : IDisposable
 
     public void Dispose() => _models.Dispose();
 
-    /// <summary>What an int4 weight stands for, by the test's own loop: column c of row r is nibble c % 8 of word c / 8.</summary>
-    private double[] StandsFor(QuantizedWeight q) => StandsFor(q, _cpu);
-
-    private static double[] StandsFor(QuantizedWeight q, IBackend backend)
-    {
-        var packed = backend.ToArray<int>(q.Values);
-        var scales = backend.ToArray<float>(q.Scales);
-        var zeros = backend.ToArray<sbyte>(q.Zeros!);
-        int k = q.Columns, groups = (k + q.GroupSize - 1) / q.GroupSize;
-        var w = new double[q.Rows * k];
-        for (int r = 0; r < q.Rows; r++)
-            for (int c = 0; c < k; c++)
-            {
-                int g = r * groups + c / q.GroupSize;
-                w[r * k + c] = (double)scales[g] * (((packed[r * (k / 8) + c / 8] >> (4 * (c % 8))) & 0xF) - zeros[g]);
-            }
-        return w;
-    }
+    private double[] StandsFor(QuantizedWeight q) => Int4Reference.StandsFor(q, _cpu);
 
     /// <summary>The model of <paramref name="dir"/> in floating point with every int4 weight of <paramref name="quantized"/> set to what it stands for.</summary>
     private Model Dequantized(string dir, Model quantized, DType dtype)
@@ -219,7 +202,7 @@ public sealed class Int4QuantizedModelTests : IDisposable
                 if (p.Quantized is not { } q) continue;
                 Assert.True(q.IsInt4, p.Name);
                 var global = new double[p.GlobalShape.NumElements];
-                p.ScatterToGlobal<double>(StandsFor(q, ctx.Backend), global);
+                p.ScatterToGlobal<double>(Int4Reference.StandsFor(q, ctx.Backend), global);
                 held[p.Name] = (global, p.Placement.IsReplicated);
             }
             return (Held: held, Greedy: Generate(model, greedy), Sampled: Generate(model, sampled));

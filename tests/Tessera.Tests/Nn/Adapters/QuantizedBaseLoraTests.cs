@@ -48,16 +48,7 @@ public sealed class QuantizedBaseLoraTests : IDisposable
             var target = reference.Parameters[p.Name].Value;
             if (p.Quantized is { IsInt4: true } q4)
             {
-                // w[r, c] = scale (q - zero) of c's group, q the nibble 4 (c mod 8) of word c / 8 of row r.
-                var packed = _cpu.ToArray<int>(q4.Values);
-                var scales = _cpu.ToArray<float>(q4.Scales);
-                var zeros = _cpu.ToArray<sbyte>(q4.Zeros!);
-                int k = q4.Columns;
-                TestTensors.Write(_cpu, target, [.. Enumerable.Range(0, q4.Rows * k).Select(i =>
-                {
-                    int r = i / k, c = i % k, g = r * q4.Groups + c / q4.GroupSize;
-                    return (double)scales[g] * (((packed[r * (k / 8) + c / 8] >> (4 * (c % 8))) & 0xF) - zeros[g]);
-                })]);
+                TestTensors.Write(_cpu, target, Int4Reference.StandsFor(q4, _cpu));
                 quantizedCount++;
             }
             else if (p.Quantized is { } q)
