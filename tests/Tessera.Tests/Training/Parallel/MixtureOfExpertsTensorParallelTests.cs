@@ -79,19 +79,7 @@ public sealed class MixtureOfExpertsTensorParallelTests : IDisposable
             DataParallelTests.AssertClose(expectedLosses, ranks[r].Losses, $"{where}: rank {r} loss");
             DataParallelTests.AssertClose(expectedAux, ranks[r].Aux, $"{where}: rank {r} load-balancing loss");
         }
-        foreach (var (name, expected) in expectedParameters)
-        {
-            var gathered = new double[expected.Length];
-            var replicated = new List<double[]>();
-            foreach (var rank in ranks)
-            {
-                var (p, values) = rank.Parameters.Single(x => x.Parameter.Name == name);
-                if (p.Placement.IsReplicated) replicated.Add(values);
-                p.ScatterToGlobal<double>(values, gathered);
-            }
-            DataParallelTests.AssertClose(expected, gathered, $"{where}: parameter {name}");
-            foreach (var copy in replicated.Skip(1)) DataParallelTests.AssertBitIdentical(replicated[0], copy, $"{where}: replicas of {name}");
-        }
+        TensorParallelTests.AssertParametersMatchOneDevice(expectedParameters, ranks.Select(r => r.Parameters), where);
     }
 
     [Fact]

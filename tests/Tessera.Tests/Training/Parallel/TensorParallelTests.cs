@@ -89,18 +89,28 @@ public sealed class TensorParallelTests : IDisposable
         string where = $"{preset}, tp {tp}{(sequenceParallel ? " + sp" : "")}";
         for (int r = 0; r < tp; r++)
             DataParallelTests.AssertClose(expectedLosses, ranks[r].Losses, $"{where}: rank {r} loss");
+        AssertParametersMatchOneDevice(expectedParameters, ranks.Select(r => r.Parameters), where);
+    }
+
+    /// <summary>
+    /// Every parameter gathered from the tensor-parallel ranks' shares equals one device's (as <see cref="DataParallelTests.AssertClose"/>
+    /// compares), and a replicated parameter stays bit-identical on every rank (its gradient is whole, or summed, on each).
+    /// </summary>
+    internal static void AssertParametersMatchOneDevice(Dictionary<string, double[]> expectedParameters,
+        IEnumerable<List<(Tessera.Nn.Parameter Parameter, double[] Values)>> ranks, string where)
+    {
+        var all = ranks.ToList();
         foreach (var (name, expected) in expectedParameters)
         {
             var gathered = new double[expected.Length];
             var replicated = new List<double[]>();
-            foreach (var rank in ranks)
+            foreach (var rank in all)
             {
-                var (p, values) = rank.Parameters.Single(x => x.Parameter.Name == name);
+                var (p, values) = rank.Single(x => x.Parameter.Name == name);
                 if (p.Placement.IsReplicated) replicated.Add(values);
                 p.ScatterToGlobal<double>(values, gathered);
             }
             DataParallelTests.AssertClose(expected, gathered, $"{where}: parameter {name}");
-            // A replicated parameter must stay identical on every rank (its gradient is whole, or summed, on each).
             foreach (var copy in replicated.Skip(1)) DataParallelTests.AssertBitIdentical(replicated[0], copy, $"{where}: replicas of {name}");
         }
     }
