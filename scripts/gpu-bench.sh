@@ -20,7 +20,7 @@
 #       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa", "ctasN", "noearly" and
 #       "default" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
 #       with the products' first weight loads after the wait even in a decode step, and the default again; "int8" with every
-#       weight matrix in int8, --quantize int8; "int8profile" the per-op profile of that; "fp8" and "fp8profile" the same with --quantize fp8; "int4" with --quantize int4), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
+#       weight matrix in int8, --quantize int8; "int8profile" the per-op profile of that; "fp8" and "fp8profile" the same with --quantize fp8; "int4" with --quantize int4, "int4profile" its per-op profile), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), LLAMA_CASES="PRESET:B:T[:recompute] ..." (gpu-train of
 #       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
@@ -210,6 +210,7 @@ run)
                 fp8profile) decode --no-header --repeat 2 --quantize fp8 --cuda-options ProfileOps=true > "$out/decode-profile-fp8.md"; head -40 "$out/decode-profile-fp8.md" ;;
                 profile) decode --no-header --repeat 2 --cuda-options ProfileOps=true > "$out/decode-profile.md"; head -40 "$out/decode-profile.md" ;;
                 int8profile) decode --no-header --repeat 2 --quantize int8 --cuda-options ProfileOps=true > "$out/decode-profile-int8.md"; head -40 "$out/decode-profile-int8.md" ;;
+                int4profile) decode --no-header --repeat 2 --quantize int4 --cuda-options ProfileOps=true > "$out/decode-profile-int4.md"; head -40 "$out/decode-profile-int4.md" ;;
             esac
         done
     fi

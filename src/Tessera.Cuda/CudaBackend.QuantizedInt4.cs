@@ -103,6 +103,9 @@ public sealed unsafe partial class CudaBackend
     /// sums, K in slices of a thread-block cluster as the int8 form. False, with nothing enqueued, when the call does not fit
     /// it (then the dequantized product runs it): what <see cref="TryDecodeGemmQuantized"/> needs (the option, compute
     /// capability 9.0, bf16 or f16, K a multiple of 64, unit-strided columns, aligned rows), and the group a multiple of 16.
+    /// Groups of a multiple of 64 take the form by group sums (<c>decode_gemm_int4g_*</c>,
+    /// <see cref="CudaBackendOptions.Int4DecodeProductGroupSums"/>): q - zero exact in x's type, each group's fp32 sums times
+    /// its scale, so its results differ from the dequantized product's in the last bits of x's type.
     /// </summary>
     private bool TryDecodeGemmInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
     {
@@ -121,8 +124,12 @@ public sealed unsafe partial class CudaBackend
         float be = addend is null ? (float)beta : 1f;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early };
-        uint shared = (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2));
-        Launch("decode_gemm.cu", $"decode_gemm_int4_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
+        // The form by group sums where each k-tile lies in one group (Int4DecodeProductGroupSums): its stages also hold each
+        // W row's scale and zero word (8 bytes a row).
+        bool groupSums = Options.Int4DecodeProductGroupSums && group % DecodeGemmTile == 0 && Ptr(weight.Zeros!) % 4 == 0 && Ptr(weight.Scales) % 4 == 0;
+        uint shared = (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2
+            + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
+        Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
             DecodeGemmThreads, args, shared, dependent: true, clusterX: (uint)slices);
         return true;
     }

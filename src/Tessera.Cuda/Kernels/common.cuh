@@ -540,6 +540,18 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* base, i64
     }
 }
 
+// 4 bytes global -> shared, asynchronously: the first `bytes` (0 to 4) of the word at src, the rest zero-filled (src is not
+// read past them; 0: not read at all). src 4-byte aligned.
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int bytes)
+{
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+#else
+    emu_cp_async4(dst, src, bytes);
+#endif
+}
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool valid) { cp_async4(dst, src, valid ? 4 : 0); }
+
 // The first ST - 1 stages of a cp.async ring whose weight tiles no earlier kernel writes (the decode products): with early,
 // load_w(s, s) for every stage before pdl_wait (the predecessor may still be running), load_x(s, s), the activations, after
 // it; without, both after. Commit group s holds stage s's activations (and, for s = 0, every early weight copy), so "group

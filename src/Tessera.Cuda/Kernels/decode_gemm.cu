@@ -55,6 +55,19 @@
 // minus 2^23 + zero), times its group's scale (read from global memory per k-tile, cached: a lane's four rows' scale and
 // zero), rounded once to T: the same weight bits as dequantize_int4_* then the 16-bit product, so the sums are fp32 over
 // T's weights, and the epilogue adds the bias and beta * c_in as the int8 form does (no scale left to apply).
+// The int4 form by group sums (GS; groups a multiple of the 64-column k-tile, so one k-tile lies in one group for every lane,
+// as GPTQ's and AWQ's usual 128 and per-channel groups do; CudaBackendOptions.Int4DecodeProductGroupSums): the form above
+// spends most of its instructions turning nibbles into scaled 16-bit weights in fp32 (about five a weight) and, worse, reads
+// each k-tile's scales and zeros from global memory right before it multiplies (a memory latency a k-tile on the critical
+// path). Here the scales and the zeros' words ride in the stage with the weights (cp.async, DG_ST - 1 tiles ahead), and the
+// weight fed to the tensor cores is q - zero itself, exact in T: two nibbles (i and i + 4 of a word) placed in the low
+// mantissa bits of a pair of T whose exponent makes them 128 + q (bf16) or 1024 + q (f16), one and-or, then one paired fma
+// subtracting 128 + zero (1024 + zero): three instructions a pair. The products of a group go into separate fp32 sums, which
+// the group's scale multiplies into the row's sums when the group (or the slice) ends: y = sum_g scale_g sum_k (q - zero) x,
+// the weights' exact values (not rounded to T as the form above rounds them), so the result differs from the dequantized
+// product's in the last bits of T. Lane c4's columns are the same 16 (two words); step kk takes pairs 2 (kk & 1) and + 1 of
+// word kk / 2, so x's B fragments are permuted alike: (x_i, x_i+4) pairs built from the staged 16 bytes by two byte
+// permutes, the same bijection of k on both operands.
 #define DG_THREADS 128
 #define DG_BN 128
 #define DG_BK 64
@@ -132,6 +145,76 @@ __device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned 
     }
 }
 
+// The pair (128 + q_i, 128 + q_i+4) of nibbles i, i + 4 of `word` in T's bit pattern (bf16: exponent of 128, 7 mantissa
+// bits; f16: of 1024, 10), minus the pair (128 + zero, ..) given as its negation nz: (q_i - zero, q_i+4 - zero), exact.
+template <typename T> __device__ __forceinline__ unsigned q4_exact_pair(unsigned word, int i, unsigned nz);
+template <> __device__ __forceinline__ unsigned q4_exact_pair<bf16>(unsigned word, int i, unsigned nz)
+{
+    const unsigned biased = ((word >> (4 * i)) & 0x000F000Fu) | 0x43004300u;
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(biased), "r"(0x3F803F80u), "r"(nz));
+    return r;
+#else
+    auto bf = [](unsigned short b) { return __uint_as_float((unsigned)b << 16); };
+    const float lo = bf((unsigned short)biased) + bf((unsigned short)nz), hi = bf((unsigned short)(biased >> 16)) + bf((unsigned short)(nz >> 16));
+    return (__float_as_uint(lo) >> 16) | (__float_as_uint(hi) & 0xFFFF0000u);   // small integers: exact in bf16
+#endif
+}
+template <> __device__ __forceinline__ unsigned q4_exact_pair<f16>(unsigned word, int i, unsigned nz)
+{
+    unsigned r = 0;   // none on the emulation (its f16 arithmetic is PTX)
+#ifdef __CUDA_ARCH__
+    const unsigned biased = ((word >> (4 * i)) & 0x000F000Fu) | 0x64006400u;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(biased), "r"(0x3C003C00u), "r"(nz));
+#endif
+    return r;
+}
+// The negated pair (128 + zero) (bf16) or (1024 + zero) (f16), both halves, for q4_exact_pair.
+template <typename T> __device__ __forceinline__ unsigned q4_negated_zero(unsigned zero);
+template <> __device__ __forceinline__ unsigned q4_negated_zero<bf16>(unsigned zero) { return (0xC300u | zero) * 0x10001u; }
+template <> __device__ __forceinline__ unsigned q4_negated_zero<f16>(unsigned zero) { return (0xE400u | zero) * 0x10001u; }
+
+// One k-tile of the int4 form by group sums (see the file's comment): warp rows tW as decode_tile_q4's, nz[h][half] the
+// negated zero pairs of the lane's four rows, acc the group's sums.
+template <typename T, int MT>
+__device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[2][MT][4], unsigned tW, unsigned tX, int g, int c4,
+                                                     const unsigned (&nz)[2][2])
+{
+    unsigned a[2][DG_BK / 16][4];                          // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+        {
+            const unsigned row = tW + (16 * h + 8 * half + g) * (DG_BK / 2) + c4 * 8;
+            const unsigned q[2] = {lds_u32(row), lds_u32(row + 4)};
+#pragma unroll
+            for (int kk = 0; kk < DG_BK / 16; kk++)
+            {
+                a[h][kk][half] = q4_exact_pair<T>(q[kk >> 1], 2 * (kk & 1), nz[h][half]);
+                a[h][kk][2 + half] = q4_exact_pair<T>(q[kk >> 1], 2 * (kk & 1) + 1, nz[h][half]);
+            }
+        }
+#pragma unroll
+    for (int j = 0; j < MT; j++)
+    {
+        const int r = 8 * j + g;                           // x row; its 16-byte chunks 2 c4 and 2 c4 + 1 (swizzled)
+        unsigned b[2][4];
+        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4) ^ (r & 7)) << 4), b[0]);
+        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4 + 1) ^ (r & 7)) << 4), b[1]);
+#pragma unroll
+        for (int kk = 0; kk < DG_BK / 16; kk++)
+        {
+            // x's pairs (i, i + 4) and (i + 1, i + 5), i = 2 (kk & 1), of the chunk's words (0, 1) (2, 3) (4, 5) (6, 7).
+            const unsigned lo = b[kk >> 1][kk & 1], hi = b[kk >> 1][2 + (kk & 1)];
+            const unsigned b0 = (lo & 0xFFFFu) | (hi << 16), b1 = (lo >> 16) | (hi & 0xFFFF0000u);
+#pragma unroll
+            for (int h = 0; h < 2; h++) Mma<T>::run(acc[h][j], a[h][kk], b0, b1);
+        }
+    }
+}
+
 // One k-tile of the int8 form (see the file's comment): warp rows tW (32 rows of 64 int8 values, 64 bytes apart), x's
 // stage tX (8 MT rows of 64 values of T, swizzled), acc[h][j] as the 16-bit form's. Lane c4 takes the tile's columns
 // 16 c4 .. 16 c4 + 15 on both operands.
@@ -164,15 +247,19 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 }
 
 // Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or
-// nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group, and no SWIGLU or nw).
-template <typename T, typename Wt, int MT, bool SWIGLU>
+// nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group, and no SWIGLU or nw). GS: the
+// int4 form by group sums (group a multiple of DG_BK).
+template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
                             const float* scales, const T* c_in, i64 ldc, const signed char* zeros = nullptr, int group = 0)
 {
     constexpr bool Q8 = sizeof(Wt) == 1, Q4 = sizeof(Wt) == 4;
     constexpr int WB = sizeof(Wt), MP = 8 * MT, ROWB = Q4 ? DG_BK / 2 : DG_BK * WB, CPE = Q4 ? 8 : 1;   // a tile row's bytes; columns a Wt
-    constexpr int WT = DG_BN * ROWB, XT = MP * DG_BK * 2, STAGE = WT + XT + DG_BK * 2, SQ = (MT + 3) / 4;
+    // A stage: W's tile, x's, the norm weight's 64 columns, and with GS each W row's scale and zero word (4 + 4 bytes).
+    constexpr int WT = DG_BN * ROWB, XT = MP * DG_BK * 2, NT = DG_BK * 2, ST4 = GS ? DG_BN * 8 : 0, STAGE = WT + XT + NT + ST4;
+    constexpr int SQ = (MT + 3) / 4;
+    static_assert(!GS || Q4, "decode_gemm: group sums are the int4 form's");
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
     static_assert(!((Q8 || Q4) && SWIGLU), "decode_gemm: the int8 and int4 forms are the plain product only");
     static_assert((MP * DG_RS + 2 * MP) * 4 <= DG_ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
@@ -184,6 +271,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     const unsigned smem = smem_u32(shared);
     // Thread tid copies 16-byte chunk (tid % 8) of rows tid / 8, + 16, ... of a tile (swizzled); int8: chunk (tid % 4) of
     // rows tid / 4, + 32, ... (a row is 4 chunks; unswizzled); int4: chunk (tid % 2) of rows tid / 2, + 64 (unswizzled).
+    const int groups = Q4 ? (K + group - 1) / group : 0;
     constexpr int CPR = ROWB / 16, RSTEP = DG_THREADS / CPR;   // 16-byte chunks a W row; rows a pass
     const int cr = tid / CPR, cc = tid % CPR;
     auto load_w = [&](int stage, int t) {
@@ -197,6 +285,18 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
             const bool ok = n < N;
             const unsigned at = Q8 || Q4 ? (unsigned)(r * ROWB + cc * 16) : (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4));
             cp_async16(dst + at, ok ? src + (i64)n * ldw + (k0 + t * DG_BK) / CPE + cc * (16 / WB) : w, ok);
+        }
+        if constexpr (GS)
+        {
+            // Thread tid also copies W row n0 + tid's scale of the tile's group and the word holding its zero (bytes of the
+            // zeros past the tensor's end zero-filled, not read); with early loads before pdl_wait, as the weights.
+            static_assert(DG_BN == DG_THREADS, "decode_gemm: a thread a W row's scale and zero");
+            const unsigned sdst = dst + WT + XT + NT;
+            const int n = n0 + tid, gi = (k0 + t * DG_BK) / group;
+            const i64 at = (i64)n * groups + gi, word = at & ~(i64)3, end = (i64)N * groups;
+            cp_async4(sdst + 4 * tid, n < N ? (const void*)(scales + at) : (const void*)scales, n < N);
+            cp_async4(sdst + 4 * (DG_BN + tid), n < N ? (const void*)(zeros + word) : (const void*)zeros,
+                      n < N ? (int)(end - word < 4 ? end - word : 4) : 0);
         }
     };
     auto load_x = [&](int stage, int t) {
@@ -215,13 +315,17 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
 #pragma unroll
     for (int i = 0; i < SQ; i++) sq[i] = 0.f;
     const TileOffsets<DG_BK> off(lane);
-    const int groups = Q4 ? (K + group - 1) / group : 0;
+    float gacc[2][GS ? MT : 1][4];                        // with GS: the group's sums, as acc
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int j = 0; j < (GS ? MT : 1); j++) gacc[h][j][0] = gacc[h][j][1] = gacc[h][j][2] = gacc[h][j][3] = 0.f;
     for (int t = 0; t < tiles; t++)
     {
         // Int4: the scale and zero of this lane's four W rows at its 16 columns of the k-tile (one group), read while the
         // stage's copies land. Rows past N (zero-filled words) get scale 0.
         float sc[2][2], zb[2][2];
-        if constexpr (Q4)
+        if constexpr (Q4 && !GS)
         {
             const int gi = (k0 + t * DG_BK + 16 * c4) / group;
 #pragma unroll
@@ -246,6 +350,42 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         __syncthreads();
         const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * 32 * ROWB, tX = base + WT, tN = base + WT + XT;
         if constexpr (Q8) decode_tile_q8<T, MT>(acc, tW, tX, g, c4);
+        else if constexpr (GS)
+        {
+            // The lane's four rows' zeros (byte (n G + gi) % 4 of each staged word), the tile's sums, and at the group's or
+            // the slice's end the group's scales times them into acc.
+            const unsigned tS = base + WT + XT + NT;
+            const int gi = (k0 + t * DG_BK) / group;
+            unsigned nz[2][2];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int half = 0; half < 2; half++)
+                {
+                    const int r = 32 * warp + 16 * h + 8 * half + g;
+                    const unsigned zw = lds_u32(tS + 4 * (DG_BN + r));
+                    nz[h][half] = q4_negated_zero<T>((zw >> (8 * (int)(((i64)(n0 + r) * groups + gi) & 3))) & 0xFFu);
+                }
+            decode_tile_q4_exact<T, MT>(gacc, tW, tX, g, c4, nz);
+            if (t == tiles - 1 || (k0 + (t + 1) * DG_BK) % group == 0)
+            {
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                {
+                    const float s0 = __uint_as_float(lds_u32(tS + 4 * (32 * warp + 16 * h + g)));
+                    const float s1 = __uint_as_float(lds_u32(tS + 4 * (32 * warp + 16 * h + 8 + g)));
+#pragma unroll
+                    for (int j = 0; j < MT; j++)
+                    {
+                        acc[h][j][0] = fmaf(s0, gacc[h][j][0], acc[h][j][0]);
+                        acc[h][j][1] = fmaf(s0, gacc[h][j][1], acc[h][j][1]);
+                        acc[h][j][2] = fmaf(s1, gacc[h][j][2], acc[h][j][2]);
+                        acc[h][j][3] = fmaf(s1, gacc[h][j][3], acc[h][j][3]);
+                        gacc[h][j][0] = gacc[h][j][1] = gacc[h][j][2] = gacc[h][j][3] = 0.f;
+                    }
+                }
+            }
+        }
         else if constexpr (Q4) decode_tile_q4<T, MT>(acc, tW, tX, g, c4, sc, zb);
         else
         {
@@ -439,3 +579,16 @@ DECODE_GEMM_Q8(f16, f16, 2) DECODE_GEMM_Q8(f16, f16, 4) DECODE_GEMM_Q8(f16, f16,
     }
 DECODE_GEMM_INT4(bf16, bf16, 2) DECODE_GEMM_INT4(bf16, bf16, 4) DECODE_GEMM_INT4(bf16, bf16, 8)
 DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16, f16, 8)
+
+// The int4 form by group sums (see the file's comment; CudaBackendOptions.Int4DecodeProductGroupSums): the same arguments,
+// group a multiple of 64, zeros 4-byte aligned.
+#define DECODE_GEMM_INT4G(name, t, MT)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_##name##_m##MT(const t* x,                \
+        const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
+        int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early)                              \
+    {                                                                                                                     \
+        decode_gemm<t, unsigned, MT, false, true>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, \
+                                                  early, nullptr, 0.f, scales, c_in, ldc, zeros, group);                  \
+    }
+DECODE_GEMM_INT4G(bf16, bf16, 2) DECODE_GEMM_INT4G(bf16, bf16, 4) DECODE_GEMM_INT4G(bf16, bf16, 8)
+DECODE_GEMM_INT4G(f16, f16, 2) DECODE_GEMM_INT4G(f16, f16, 4) DECODE_GEMM_INT4G(f16, f16, 8)

@@ -26,16 +26,7 @@ struct Strides3 { i64 b, t, h; };
 
 // load_tile_sw128, the row sources DenseRowsSw128 / PagedRowsSw128 and find_prefill_tile are common.cuh's.
 
-// 4 bytes global -> shared, asynchronously, zero-filled when !valid (src is then not read): the backward's lse and delta rows,
-// which are not 16-byte aligned in general.
-__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool valid)
-{
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0) : "memory");
-#else
-    emu_cp_async4(dst, src, valid);
-#endif
-}
+// cp_async4 (the backward's lse and delta rows, which are not 16-byte aligned in general) is common.cuh's.
 // The barrier of warpgroup wg's 128 threads alone (named barrier 1 + wg; 0 is __syncthreads').
 __device__ __forceinline__ void warpgroup_barrier(int wg)
 {

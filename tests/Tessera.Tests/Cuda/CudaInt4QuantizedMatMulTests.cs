@@ -11,14 +11,15 @@ namespace Tessera.Tests.Cuda;
 /// of random weights, the seed in the test's output): 1 to 4 rows of x on the persistent matrix-vector stream's int4 form
 /// (gemv.cu, <c>gemv_stream_int4_*</c>, K and the group multiples of 32) or, for other shapes (K = 1000, groups of 16), the
 /// one-warp-a-row kernel (int4.cu, <c>gemv_int4_*</c>), which the op profiler must name; 7 to 64 rows of BF16 and F16 on
-/// the decode product's int4 form (decode_gemm.cu, <c>decode_gemm_int4_*</c>, compute capability 9.0); 7 rows of F32, 96
+/// the decode product's int4 form (decode_gemm.cu, <c>decode_gemm_int4_*</c>, compute capability 9.0; groups of a multiple of
+/// 64 its form by group sums, <c>decode_gemm_int4g_*</c>, whose weights are exact rather than rounded to x's type); 7 rows of F32, 96
 /// rows and the GELU epilogue on the dequantized weight (<c>dequantize_int4_*</c>) and cuBLASLt; groups of 16, 32, 64, 128 and
 /// a whole row; N odd; K 1024, 1056, 1088 and 1000. Tolerances (relative, over the whole tensor): F32 1e-5 (fp32 sums over
 /// K = 1024 terms; the dequantized path also rounds each weight once to fp32); BF16 and F16 1e-2 (the output keeps 8 or 11
 /// significant bits, and the dequantized path and the decode product round each weight to the same type).
 /// <see cref="KernelEmulationTests.Int4KernelsGiveTheDequantizedProductOnTheCpuEmulation"/> and
 /// <see cref="KernelEmulationTests.DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation"/> check the kernels' logic without
-/// a GPU. The rows of <c>gemv_stream_int4_*</c> and <c>decode_gemm_int4_*</c> have not yet run on a device.
+/// a GPU.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -68,7 +69,7 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         int g = group == -1 ? k : group;
         if (m <= 4) Assert.Contains(k % 32 == 0 && g % 32 == 0 ? $"gemv_stream_int4_{suffix}_m{m}" : $"gemv_int4_{suffix}_m{m}", names);
         else if (m <= 64 && dtype != DType.F32 && k % 64 == 0 && g % 16 == 0 && Gpu.CudaDevice.ComputeCapability.Major >= 9)
-            Assert.Contains($"decode_gemm_int4_{suffix}_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", names);
+            Assert.Contains($"decode_gemm_int4{(g % 64 == 0 ? "g" : "")}_{suffix}_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", names);
         else Assert.Contains($"dequantize_int4_{suffix}", names);
 
         var expected = _cpu.Allocate(new Shape(m, N), DType.F64);

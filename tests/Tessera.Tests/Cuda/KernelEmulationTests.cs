@@ -50,7 +50,10 @@ public sealed class KernelEmulationTests
     /// slice and clusters of 2, 4 and 8, bias, beta = 1 and an addend, a row of scale 0. And its int4-weight form
     /// (<c>decode_gemm_int4_bf16_*</c>, group-wise int4 weights at 5 to 64 rows: packed words staged, each lane's nibbles made
     /// scale (q - zero) in bf16 in registers) at 5, 17, 33 and 64 rows against those bf16 weights in double (8e-3): groups of
-    /// 32, 64, 128 and a whole row, K = 320 (not a multiple of 128), clusters of 4, 5 and 8 slices, bias, beta = 1, an addend.
+    /// 32, 64, 128 and a whole row, K = 320 (not a multiple of 128), clusters of 4, 5 and 8 slices, bias, beta = 1, an addend;
+    /// and the int4 form by group sums (<c>decode_gemm_int4g_bf16_*</c>: scales and zero words staged, q - zero exact in
+    /// bf16, each group's sums scaled) against the exact weights scale (q - zero) in double (8e-3): a group a k-tile, two, a
+    /// whole row, groups straddling slices, two groups a slice, the last zero word read in part.
     /// </summary>
     [Fact]
     public void DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -67,7 +70,11 @@ public sealed class KernelEmulationTests
              "decode_gemm_int4 M=5 N=100 K=256 group=128 slices=1 bias=1 beta=0", "decode_gemm_int4 M=17 N=300 K=512 group=32 slices=4 bias=1 beta=1",
              "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend", "decode_gemm_int4 M=64 N=200 K=320 group=64 slices=1 bias=1 addend",
              "decode_gemm_int4 M=33 N=130 K=320 group=320 slices=5 bias=0 beta=1",
-             "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend: early = late, pads"]);
+             "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend: early = late, pads",
+             "decode_gemm_int4g M=5 N=100 K=256 group=128 slices=1 bias=1 beta=0", "decode_gemm_int4g M=17 N=300 K=512 group=64 slices=4 bias=1 beta=1",
+             "decode_gemm_int4g M=64 N=129 K=1024 group=128 slices=8 bias=0 addend", "decode_gemm_int4g M=64 N=129 K=320 group=320 slices=1 bias=1 addend",
+             "decode_gemm_int4g M=33 N=130 K=768 group=256 slices=4 bias=0 beta=1", "decode_gemm_int4g M=48 N=200 K=1024 group=256 slices=2 bias=1 beta=0",
+             "decode_gemm_int4g M=64 N=129 K=1024 group=128 slices=8 bias=0 addend: early = late, pads"]);
 
     /// <summary>
     /// The decode products on warpgroup MMA (decode_gemm_hopper.cu, with hopper.cuh): the same checks as

@@ -358,11 +358,12 @@ inline void emu_bulk_load(unsigned dst, const void* src, unsigned bytes, unsigne
     std::memcpy(emu_shared() + dst, src, bytes);
     emu_mbar_complete_tx(bar, bytes);
 }
-// cp.async of 4 bytes (the Hopper backward's lse and delta rows).
-inline void emu_cp_async4(unsigned dst, const void* src, bool valid)
+// cp.async of 4 bytes, the first `bytes` (0 to 4) read and the rest zero-filled (the Hopper backward's lse and delta rows; the
+// int4 decode product's scales and zero words).
+inline void emu_cp_async4(unsigned dst, const void* src, int bytes)
 {
-    if (valid) std::memcpy(emu_shared() + dst, src, 4);
-    else std::memset(emu_shared() + dst, 0, 4);
+    std::memset(emu_shared() + dst, 0, 4);
+    if (bytes > 0) std::memcpy(emu_shared() + dst, src, (size_t)bytes);
 }
 // cp.reduce.async.bulk .add.f32 of `bytes` from shared address src into global dst, done at once (atomically: other threads
 // of the block run beside it).

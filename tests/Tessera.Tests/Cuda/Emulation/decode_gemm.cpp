@@ -273,8 +273,9 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
     if (!(same && pads && zero_row)) failures++;
 }
 
-// The int4-weight form: y (M, N) = x W^T + bias[n] + beta * y0, or + addend, W[n, k] = bf16(scales[n, g] (q - zeros[n, g])).
-static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual)
+// The int4-weight form: y (M, N) = x W^T + bias[n] + beta * y0, or + addend, W[n, k] = bf16(scales[n, g] (q - zeros[n, g]));
+// gs: the form by group sums (decode_gemm_int4g_*), whose weights are scales[n, g] (q - zeros[n, g]) exactly.
+static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual, bool gs = false)
 {
     std::mt19937 rng(23 + M * 7 + N + K + group + slices + residual);
     const int ldx = K + 8, ldw = K / 8 + 4, ldy = N + 8, ldc = N + 4, G = (K + group - 1) / group;
@@ -292,7 +293,8 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
     for (auto& v : zeros) v = (signed char)(rng() % 16);
     auto weight = [&](int n, int k) {
         const size_t gi = (size_t)n * G + k / group;
-        return (double)to_f(from_f<bf16>(scales[gi] * (float)(q[(size_t)n * K + k] - zeros[gi])));
+        const float v = scales[gi] * (float)(q[(size_t)n * K + k] - zeros[gi]);
+        return gs ? (double)scales[gi] * (q[(size_t)n * K + k] - zeros[gi]) : (double)to_f(from_f<bf16>(v));
     };
     const float beta = residual == 0 ? 0.f : 1.f;
     std::vector<double> e((size_t)M * N);
@@ -321,7 +323,8 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
         float be = beta;
         emu_shared_base = shared_base;
         auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea); }); };
-        if (MT == 2) launch(decode_gemm_int4_bf16_m2);
+        if (gs) { if (MT == 2) launch(decode_gemm_int4g_bf16_m2); else if (MT == 4) launch(decode_gemm_int4g_bf16_m4); else launch(decode_gemm_int4g_bf16_m8); }
+        else if (MT == 2) launch(decode_gemm_int4_bf16_m2);
         else if (MT == 4) launch(decode_gemm_int4_bf16_m4);
         else launch(decode_gemm_int4_bf16_m8);
         got[early].resize((size_t)M * N);
@@ -329,7 +332,7 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm_int4 M=%d N=%d K=%d group=%d slices=%d bias=%d %s", M, N, K, group, slices,
+    snprintf(name, sizeof name, "decode_gemm_int4%s M=%d N=%d K=%d group=%d slices=%d bias=%d %s", gs ? "g" : "", M, N, K, group, slices,
              with_bias ? 1 : 0, residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend");
     check(name, e, got[1], 8e-3);
     bool same = got[0] == got[1];
@@ -366,6 +369,15 @@ int main()
     run_q4(64, 129, 1024, 128, 8, false, 2);   // the 64-row batch; N odd; 8 slices; the addend
     run_q4(64, 200, 320, 64, 1, true, 2);      // K = 320 (5 k-tiles, not a multiple of 128): the stages refilled; groups of 64
     run_q4(33, 130, 320, 320, 5, false, 1);    // MT 8 with 33 rows; one group a row; 5 slices of one k-tile
+    // The form by group sums: a group a k-tile (the sums scaled every tile), two (every other), a whole row (once, at the
+    // slice's end), groups straddling slices (scaled at the slice's end and again at the group's), two groups a slice; N x G
+    // not a multiple of 4 (the last zero word read in part).
+    run_q4(5, 100, 256, 128, 1, true, 0, true);      // MT 2; N short of one block; 2 groups of 2 k-tiles, 4 stages
+    run_q4(17, 300, 512, 64, 4, true, 1, true);      // MT 4; 3 row blocks; 4 slices (a cluster); a group a k-tile; beta = 1
+    run_q4(64, 129, 1024, 128, 8, false, 2, true);   // the 64-row batch; N odd; 8 slices of a group each; the addend
+    run_q4(64, 129, 320, 320, 1, true, 2, true);     // one group a row (N x G = 129 bytes of zeros); 5 k-tiles, stages refilled
+    run_q4(33, 130, 768, 256, 4, false, 1, true);    // MT 8 with 33 rows; slices of 3 k-tiles: groups straddle slices
+    run_q4(48, 200, 1024, 256, 2, true, 0, true);    // two groups a slice of 8 k-tiles
 #endif
 #ifdef HOPPER
     run(64, 300, 1024, 2, true, 1.f, 1.f, true);   // 16 k-tiles in 2 slices, normalized, 3 row blocks

@@ -1,0 +1,98 @@
+using System.Globalization;
+using Tessera.Cuda;
+using Tessera.Tensors;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// The int4 products of llama-1b's decode layers (QKV 3072 x 2048, output 2048 x 2048, gate 8192 x 2048, down 2048 x 8192;
+/// groups of 128) at 1, 8, 16, 32 and 64 rows of bf16 x, beside the bf16 weights' products on the same backend options: the
+/// default (the int4 decode product by group sums at 5 to 64 rows), <c>Int4DecodeProductGroupSums=false</c> (the form that
+/// scales each weight) and bf16 (cuBLASLt at 5 to 64 rows, the matrix-vector stream at 1). Each product runs over 16
+/// distinct weights in turn, as the 16 layers are, so the L2 cannot serve a repeat. Runs only when TESSERA_CUDA_TIMINGS=1;
+/// the table goes to the test output and to int4-product-timings.md beside $TESSERA_CUDA_TIMINGS_OUT. CUDA events around
+/// each pass of 16, median of 10 after 3 warm-ups, in an inference scope as a decode step runs. Not a test of speed: it fails
+/// only if a product gives a non-finite output.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaInt4ProductSpeedReport(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    private const int Layers = 16, Group = 128;
+
+    [Fact]
+    public void Int4ProductsAgainstBf16AtDecodeRows()
+    {
+        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS") != "1") Assert.Skip("timings run only with TESSERA_CUDA_TIMINGS=1");
+        (string Name, int N, int K)[] products = [("QKV", 3072, 2048), ("output", 2048, 2048), ("gate", 8192, 2048), ("down", 2048, 8192)];
+        int[] rows = [1, 8, 16, 32, 64];
+        (string Name, CudaBackendOptions Options, bool Int4)[] forms =
+        [
+            ("int4 (default)", CudaBackendOptions.Default, true),
+            ("int4, weights scaled", CudaBackendOptions.Default with { Int4DecodeProductGroupSums = false }, true),
+            ("bf16", CudaBackendOptions.Default, false),
+        ];
+        var us = new Dictionary<(string Form, string Product, int Rows), double>();
+        foreach (var (form, options, int4) in forms)
+        {
+            using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, options);
+            var x = gpu.Allocate(new Shape(64, 8192), DType.BF16); gpu.Fill(x, 0.01);
+            var y = gpu.Allocate(new Shape(64, 8192), DType.BF16); gpu.Fill(y, 0.0);
+            foreach (var (name, n, k) in products)
+            {
+                var weights = new List<object>();
+                for (int l = 0; l < Layers; l++)
+                {
+                    if (!int4) { var w = gpu.Allocate(new Shape(n, k), DType.BF16); gpu.Fill(w, 0.001); weights.Add(w); continue; }
+                    int groups = k / Group;
+                    var q = QuantizedWeight.Int4(gpu.Allocate(new Shape(n, k / 8), DType.I32), gpu.Allocate(new Shape(n, groups), DType.F32),
+                        gpu.Allocate(new Shape(n, groups), DType.I8), k, Group);
+                    var packed = new int[n * k / 8];
+                    for (int i = 0; i < packed.Length; i++) packed[i] = Rng.Next();
+                    var scales = Enumerable.Repeat(0.01f, n * groups).ToArray();
+                    var zeros = Enumerable.Repeat((sbyte)8, n * groups).ToArray();
+                    Int4Quantization.Write(gpu, q, packed, scales, zeros);
+                    weights.Add(q);
+                }
+                using var scope = gpu.EnterInference();
+                foreach (int m in rows)
+                {
+                    var xm = x.Slice(0, 0, m).Slice(1, 0, k);
+                    var ym = y.Slice(0, 0, m).Slice(1, 0, n);
+                    double ms = MedianMs(gpu, () =>
+                    {
+                        foreach (var w in weights)
+                        {
+                            if (w is QuantizedWeight qw) gpu.QuantizedMatMul(xm, qw, ym);
+                            else gpu.MatMul(xm, (Tensor)w, ym, transposeB: true);
+                        }
+                    }, 10);
+                    us[(form, name, m)] = ms * 1e3 / Layers;
+                    Assert.True(Download(gpu, y).All(double.IsFinite), $"{form} {name} M={m}: a non-finite output");
+                }
+                foreach (var w in weights)
+                {
+                    if (w is QuantizedWeight qw) { qw.Values.Storage.Dispose(); qw.Scales.Storage.Dispose(); qw.Zeros!.Storage.Dispose(); }
+                    else ((Tensor)w).Storage.Dispose();
+                }
+            }
+        }
+        var lines = new List<string>
+        {
+            "| product | N x K | rows | " + string.Join(" | ", forms.Select(f => f.Name + " us")) + " | int4 (default) / bf16 |",
+            "|---|---|---:|" + string.Concat(forms.Select(_ => "---:|")) + "---:|",
+        };
+        foreach (var (name, n, k) in products)
+            foreach (int m in rows)
+                lines.Add(string.Create(CultureInfo.InvariantCulture,
+                    $"| {name} | {n} x {k} | {m} | {string.Join(" | ", forms.Select(f => us[(f.Name, name, m)].ToString("F2", CultureInfo.InvariantCulture)))} | {us[(forms[0].Name, name, m)] / us[("bf16", name, m)]:F2} |"));
+        foreach (int m in rows)
+            lines.Add(string.Create(CultureInfo.InvariantCulture,
+                $"| a layer's four | | {m} | {string.Join(" | ", forms.Select(f => products.Sum(p => us[(f.Name, p.Name, m)]).ToString("F2", CultureInfo.InvariantCulture)))} | {products.Sum(p => us[(forms[0].Name, p.Name, m)]) / products.Sum(p => us[("bf16", p.Name, m)]):F2} |"));
+        var table = string.Join("\n", lines) + "\n";
+        TestContext.Current.TestOutputHelper?.WriteLine(table);
+        var timings = Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT");
+        if (!string.IsNullOrEmpty(timings))
+            File.WriteAllText(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(timings))!, "int4-product-timings.md"), table);
+    }
+}
