@@ -29,6 +29,8 @@ public sealed unsafe partial class CudaBackend
         Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm)
     {
         if (epilogue == MatMulEpilogue.None && TryGemvStreamInt4(x, weight, y, beta, bias, addend, norm)) return;
+        // The decode product by group sums normalizes x on the way (no scratch, no norm launch).
+        if (epilogue == MatMulEpilogue.None && norm is not null && TryDecodeGemmInt4(x, weight, y, beta, bias, addend, norm)) return;
         var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
         var input = normalized ?? x;
         if (epilogue != MatMulEpilogue.None
@@ -105,9 +107,11 @@ public sealed unsafe partial class CudaBackend
     /// capability 9.0, bf16 or f16, K a multiple of 64, unit-strided columns, aligned rows), and the group a multiple of 16.
     /// Groups of a multiple of 64 take the form by group sums (<c>decode_gemm_int4g_*</c>,
     /// <see cref="CudaBackendOptions.Int4DecodeProductGroupSums"/>): q - zero exact in x's type, each group's fp32 sums times
-    /// its scale, so its results differ from the dequantized product's in the last bits of x's type.
+    /// its scale, so its results differ from the dequantized product's in the last bits of x's type; it alone takes
+    /// <paramref name="norm"/> (x RMS-normalized on the way: false for the other form, which then runs on normalized scratch).
     /// </summary>
-    private bool TryDecodeGemmInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
+    private bool TryDecodeGemmInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend,
+        RmsNormPrologue? norm = null)
     {
         if (!Options.QuantizedDecodeProducts || CudaDevice.ComputeCapability.Major < 9 || x.Rank != 2) return false;
         int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
@@ -116,17 +120,19 @@ public sealed unsafe partial class CudaBackend
             || dtype is not (DType.BF16 or DType.F16)) return false;
         if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
         if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
+        // The form by group sums where each k-tile lies in one group (Int4DecodeProductGroupSums): its stages also hold each
+        // W row's scale and zero word (8 bytes a row), and it alone takes a norm (x normalized on the way).
+        bool groupSums = Options.Int4DecodeProductGroupSums && group % DecodeGemmTile == 0 && Ptr(weight.Zeros!) % 4 == 0 && Ptr(weight.Scales) % 4 == 0;
+        if (norm is { } r && (!groupSums || r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k || Ptr(r.Weight) % 16 != 0)) return false;
         var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
         int mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
         int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldw = k / Int4Quantization.PerWord, ldy = y.Stride(0), ldc = c.Stride(0);
-        float be = addend is null ? (float)beta : 1f;
+        float be = addend is null ? (float)beta : 1f, eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early };
-        // The form by group sums where each k-tile lies in one group (Int4DecodeProductGroupSums): its stages also hold each
-        // W row's scale and zero word (8 bytes a row).
-        bool groupSums = Options.Int4DecodeProductGroupSums && group % DecodeGemmTile == 0 && Ptr(weight.Zeros!) % 4 == 0 && Ptr(weight.Scales) % 4 == 0;
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early, &pn, &eps };
         uint shared = (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2
             + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
         Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),

@@ -177,9 +177,11 @@ template <> __device__ __forceinline__ unsigned q4_negated_zero<f16>(unsigned ze
 
 // One k-tile of the int4 form by group sums (see the file's comment): warp rows tW as decode_tile_q4's, nz[h][half] the
 // negated zero pairs of the lane's four rows, acc the group's sums.
-template <typename T, int MT>
+// With nw, x's staged values are scaled by the norm weight's (tN, its 64 columns) before the permutes, and warp w adds the
+// squares of x's rows of n8 tiles w, w + 4 (its 16 columns a tile) into sq, as the 16-bit form does.
+template <typename T, int MT, int SQ>
 __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[2][MT][4], unsigned tW, unsigned tX, int g, int c4,
-                                                     const unsigned (&nz)[2][2])
+                                                     const unsigned (&nz)[2][2], bool nw, unsigned tN, int warp, float (&sq)[SQ])
 {
     unsigned a[2][DG_BK / 16][4];                          // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
 #pragma unroll
@@ -203,6 +205,23 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[2][MT][4], uns
         unsigned b[2][4];
         lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4) ^ (r & 7)) << 4), b[0]);
         lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4 + 1) ^ (r & 7)) << 4), b[1]);
+        if (nw)
+        {
+            unsigned wn[2][4];                             // the norm weight's columns 16 c4 .. 16 c4 + 15 of the tile
+            lds_u32x4(tN + c4 * 32, wn[0]);
+            lds_u32x4(tN + c4 * 32 + 16, wn[1]);
+            const bool mine = j % 4 == warp;
+            float s2 = 0.f;
+#pragma unroll
+            for (int q = 0; q < 2; q++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                {
+                    if (mine) s2 += sumsq2<T>(b[q][i]);
+                    b[q][i] = mul2_rn<T>(b[q][i], wn[q][i]);
+                }
+            if (mine) sq[j / 4] += s2;
+        }
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
         {
@@ -247,8 +266,8 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 }
 
 // Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or
-// nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group, and no SWIGLU or nw). GS: the
-// int4 form by group sums (group a multiple of DG_BK).
+// nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group, and no SWIGLU; nw only by
+// group sums). GS: the int4 form by group sums (group a multiple of DG_BK).
 template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
@@ -366,7 +385,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
                     const unsigned zw = lds_u32(tS + 4 * (DG_BN + r));
                     nz[h][half] = q4_negated_zero<T>((zw >> (8 * (int)(((i64)(n0 + r) * groups + gi) & 3))) & 0xFFu);
                 }
-            decode_tile_q4_exact<T, MT>(gacc, tW, tX, g, c4, nz);
+            decode_tile_q4_exact<T, MT, SQ>(gacc, tW, tX, g, c4, nz, nw != nullptr, tN, warp, sq);
             if (t == tiles - 1 || (k0 + (t + 1) * DG_BK) % group == 0)
             {
 #pragma unroll
@@ -581,14 +600,14 @@ DECODE_GEMM_INT4(bf16, bf16, 2) DECODE_GEMM_INT4(bf16, bf16, 4) DECODE_GEMM_INT4
 DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16, f16, 8)
 
 // The int4 form by group sums (see the file's comment; CudaBackendOptions.Int4DecodeProductGroupSums): the same arguments,
-// group a multiple of 64, zeros 4-byte aligned.
+// group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form.
 #define DECODE_GEMM_INT4G(name, t, MT)                                                                                    \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_##name##_m##MT(const t* x,                \
         const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
-        int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early)                              \
+        int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early, const t* nw, float eps)      \
     {                                                                                                                     \
         decode_gemm<t, unsigned, MT, false, true>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, \
-                                                  early, nullptr, 0.f, scales, c_in, ldc, zeros, group);                  \
+                                                  early, nw, eps, scales, c_in, ldc, zeros, group);                       \
     }
 DECODE_GEMM_INT4G(bf16, bf16, 2) DECODE_GEMM_INT4G(bf16, bf16, 4) DECODE_GEMM_INT4G(bf16, bf16, 8)
 DECODE_GEMM_INT4G(f16, f16, 2) DECODE_GEMM_INT4G(f16, f16, 4) DECODE_GEMM_INT4G(f16, f16, 8)

@@ -78,12 +78,15 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         AssertClose(Download(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"{dtype} M={m} K={k} group={group} bias={withBias} addend={withAddend}");
     }
 
-    /// <summary>The GELU epilogue (the dequantized path) and a norm (at 1 to 4 rows staged normalized by the int4 stream; at 9,
-    /// x normalized into scratch, then the dequantized product) against the CPU's F64.</summary>
+    /// <summary>The GELU epilogue (the dequantized path) and a norm (at 1 to 4 rows staged normalized by the int4 stream; at
+    /// 17 and 64 rows of BF16 applied on the way by the decode product by group sums; at 9 rows of F32, x normalized into
+    /// scratch, then the dequantized product) against the CPU's F64.</summary>
     [Theory]
     [InlineData(DType.BF16, 2)]
     [InlineData(DType.F32, 3)]
     [InlineData(DType.F32, 9)]
+    [InlineData(DType.BF16, 17)]
+    [InlineData(DType.BF16, 64)]
     public void EpilogueAndNormMatchTheCpuInF64(DType dtype, int m)
     {
         var (packed, scales, zeros) = RandomInt4(N, K, 128);

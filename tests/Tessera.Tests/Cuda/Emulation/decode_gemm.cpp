@@ -275,12 +275,15 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
 
 // The int4-weight form: y (M, N) = x W^T + bias[n] + beta * y0, or + addend, W[n, k] = bf16(scales[n, g] (q - zeros[n, g]));
 // gs: the form by group sums (decode_gemm_int4g_*), whose weights are scales[n, g] (q - zeros[n, g]) exactly.
-static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual, bool gs = false)
+// with_norm (gs only): x RMS-normalized on the way, as the 16-bit form's reference.
+static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual, bool gs = false, bool with_norm = false)
 {
     std::mt19937 rng(23 + M * 7 + N + K + group + slices + residual);
     const int ldx = K + 8, ldw = K / 8 + 4, ldy = N + 8, ldc = N + 4, G = (K + group - 1) / group;
-    std::vector<bf16> x((size_t)M * ldx), bias(N), y0((size_t)M * ldy), add((size_t)M * ldc);
-    fill(x, rng, 1.f); fill(bias, rng, 1.f); fill(y0, rng, 1.f); fill(add, rng, 1.f);
+    std::vector<bf16> x((size_t)M * ldx), bias(N), y0((size_t)M * ldy), add((size_t)M * ldc), nw(K);
+    fill(x, rng, 1.f); fill(bias, rng, 1.f); fill(y0, rng, 1.f); fill(add, rng, 1.f); fill(nw, rng, 0.5f, 1.f);
+    const float eps = 1e-5f;
+    const std::vector<double> h = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
     std::vector<int> q((size_t)N * K);
     std::vector<unsigned> packed((size_t)N * ldw, 0u);
     std::vector<float> scales((size_t)N * G);
@@ -302,7 +305,7 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
         for (int n = 0; n < N; n++)
         {
             double s = 0;
-            for (int k = 0; k < K; k++) s += (double)to_f(x[(size_t)m * ldx + k]) * weight(n, k);
+            for (int k = 0; k < K; k++) s += h[(size_t)m * K + k] * weight(n, k);
             const double r = residual == 1 ? to_f(y0[(size_t)m * ldy + n]) : residual == 2 ? to_f(add[(size_t)m * ldc + n]) : 0.0;
             e[(size_t)m * N + n] = s + (with_bias ? to_f(bias[n]) : 0.0) + r;
         }
@@ -323,7 +326,11 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
         float be = beta;
         emu_shared_base = shared_base;
         auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea); }); };
-        if (gs) { if (MT == 2) launch(decode_gemm_int4g_bf16_m2); else if (MT == 4) launch(decode_gemm_int4g_bf16_m4); else launch(decode_gemm_int4g_bf16_m8); }
+        const bf16* pn = with_norm ? nw.data() : nullptr;
+        auto launch_gs = [&](auto kernel) {
+            launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea, pn, eps); });
+        };
+        if (gs) { if (MT == 2) launch_gs(decode_gemm_int4g_bf16_m2); else if (MT == 4) launch_gs(decode_gemm_int4g_bf16_m4); else launch_gs(decode_gemm_int4g_bf16_m8); }
         else if (MT == 2) launch(decode_gemm_int4_bf16_m2);
         else if (MT == 4) launch(decode_gemm_int4_bf16_m4);
         else launch(decode_gemm_int4_bf16_m8);
@@ -332,8 +339,8 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm_int4%s M=%d N=%d K=%d group=%d slices=%d bias=%d %s", gs ? "g" : "", M, N, K, group, slices,
-             with_bias ? 1 : 0, residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend");
+    snprintf(name, sizeof name, "decode_gemm_int4%s M=%d N=%d K=%d group=%d slices=%d bias=%d %s%s", gs ? "g" : "", M, N, K, group, slices,
+             with_bias ? 1 : 0, residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend", with_norm ? " norm" : "");
     check(name, e, got[1], 8e-3);
     bool same = got[0] == got[1];
     bool pads = true;
@@ -378,6 +385,9 @@ int main()
     run_q4(64, 129, 320, 320, 1, true, 2, true);     // one group a row (N x G = 129 bytes of zeros); 5 k-tiles, stages refilled
     run_q4(33, 130, 768, 256, 4, false, 1, true);    // MT 8 with 33 rows; slices of 3 k-tiles: groups straddle slices
     run_q4(48, 200, 1024, 256, 2, true, 0, true);    // two groups a slice of 8 k-tiles
+    run_q4(64, 300, 1024, 128, 8, true, 0, true, true);   // normalized: every slice's sums of squares across the cluster
+    run_q4(9, 129, 512, 128, 1, false, 1, true, true);     // normalized, one slice: the CTA's own sums (MT 2: warps 0 and 1)
+    run_q4(40, 64, 768, 256, 3, false, 2, true, true);     // normalized, MT 8 over 3 slices; groups straddle slices
 #endif
 #ifdef HOPPER
     run(64, 300, 1024, 2, true, 1.f, 1.f, true);   // 16 k-tiles in 2 slices, normalized, 3 row blocks
