@@ -45,6 +45,7 @@ public sealed class CudaBackendOptionsTests
         FusedPagedQkv = false,
         RopeAppendRowKernelMaxRows = 512,
         DecodeProducts = true,
+        Int4DecodeProductGroupSums = false,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
