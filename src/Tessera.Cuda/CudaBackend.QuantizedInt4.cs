@@ -136,7 +136,7 @@ public sealed unsafe partial class CudaBackend
         uint shared = (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2
             + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
         Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
-            DecodeGemmThreads, args, shared, dependent: true, clusterX: (uint)slices);
+            (uint)((groupSums ? 2 : 1) * DecodeGemmThreads), args, shared, dependent: true, clusterX: (uint)slices);   // by group sums: eight warps
         return true;
     }
 

@@ -177,15 +177,16 @@ template <> __device__ __forceinline__ unsigned q4_negated_zero<f16>(unsigned ze
 
 // One k-tile of the int4 form by group sums (see the file's comment): warp rows tW as decode_tile_q4's, nz[h][half] the
 // negated zero pairs of the lane's four rows, acc the group's sums.
-// With nw, x's staged values are scaled by the norm weight's (tN, its 64 columns) before the permutes, and warp w adds the
-// squares of x's rows of n8 tiles w, w + 4 (its 16 columns a tile) into sq, as the 16-bit form does.
-template <typename T, int MT, int SQ>
-__device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[2][MT][4], unsigned tW, unsigned tX, int g, int c4,
-                                                     const unsigned (&nz)[2][2], bool nw, unsigned tN, int warp, float (&sq)[SQ])
+// A warp takes HT m16 tiles of W rows (1: eight warps a CTA). With nw, x's staged values are scaled by the norm weight's (tN,
+// its 64 columns) before the permutes, and warp w of WARPS adds the squares of x's rows of n8 tiles w, w + WARPS, .. (its 16
+// columns a tile) into sq, as the 16-bit form does.
+template <typename T, int MT, int HT, int WARPS, int SQ>
+__device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], unsigned tW, unsigned tX, int g, int c4,
+                                                     const unsigned (&nz)[HT][2], bool nw, unsigned tN, int warp, float (&sq)[SQ])
 {
-    unsigned a[2][DG_BK / 16][4];                          // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
+    unsigned a[HT][DG_BK / 16][4];                         // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
 #pragma unroll
-    for (int h = 0; h < 2; h++)
+    for (int h = 0; h < HT; h++)
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
@@ -210,7 +211,7 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[2][MT][4], uns
             unsigned wn[2][4];                             // the norm weight's columns 16 c4 .. 16 c4 + 15 of the tile
             lds_u32x4(tN + c4 * 32, wn[0]);
             lds_u32x4(tN + c4 * 32 + 16, wn[1]);
-            const bool mine = j % 4 == warp;
+            const bool mine = j % WARPS == warp;
             float s2 = 0.f;
 #pragma unroll
             for (int q = 0; q < 2; q++)
@@ -220,7 +221,7 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[2][MT][4], uns
                     if (mine) s2 += sumsq2<T>(b[q][i]);
                     b[q][i] = mul2_rn<T>(b[q][i], wn[q][i]);
                 }
-            if (mine) sq[j / 4] += s2;
+            if (mine) sq[j / WARPS] += s2;
         }
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
@@ -229,7 +230,7 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[2][MT][4], uns
             const unsigned lo = b[kk >> 1][kk & 1], hi = b[kk >> 1][2 + (kk & 1)];
             const unsigned b0 = (lo & 0xFFFFu) | (hi << 16), b1 = (lo >> 16) | (hi & 0xFFFF0000u);
 #pragma unroll
-            for (int h = 0; h < 2; h++) Mma<T>::run(acc[h][j], a[h][kk], b0, b1);
+            for (int h = 0; h < HT; h++) Mma<T>::run(acc[h][j], a[h][kk], b0, b1);
         }
     }
 }
@@ -277,8 +278,12 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     constexpr int WB = sizeof(Wt), MP = 8 * MT, ROWB = Q4 ? DG_BK / 2 : DG_BK * WB, CPE = Q4 ? 8 : 1;   // a tile row's bytes; columns a Wt
     // A stage: W's tile, x's, the norm weight's 64 columns, and with GS each W row's scale and zero word (4 + 4 bytes).
     constexpr int WT = DG_BN * ROWB, XT = MP * DG_BK * 2, NT = DG_BK * 2, ST4 = GS ? DG_BN * 8 : 0, STAGE = WT + XT + NT + ST4;
-    constexpr int SQ = (MT + 3) / 4;
+    // Warps a CTA: 8 by group sums (a warp one m16 tile of W rows: twice the warps of the other forms, whose tiles leave an
+    // SM one or two warps a scheduler to hide their latencies with), else 4 (two m16 tiles each).
+    constexpr int WARPS = GS ? 8 : 4, THREADS = 32 * WARPS, HT = DG_BN / (16 * WARPS), RPW = DG_BN / WARPS;
+    constexpr int SQ = (MT + WARPS - 1) / WARPS;
     static_assert(!GS || Q4, "decode_gemm: group sums are the int4 form's");
+    static_assert(GS || HT == 2, "decode_gemm: the 16-bit, int8 and int4 tile code takes two m16 tiles a warp");
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
     static_assert(!((Q8 || Q4) && SWIGLU), "decode_gemm: the int8 and int4 forms are the plain product only");
     static_assert((MP * DG_RS + 2 * MP) * 4 <= DG_ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
@@ -291,7 +296,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     // Thread tid copies 16-byte chunk (tid % 8) of rows tid / 8, + 16, ... of a tile (swizzled); int8: chunk (tid % 4) of
     // rows tid / 4, + 32, ... (a row is 4 chunks; unswizzled); int4: chunk (tid % 2) of rows tid / 2, + 64 (unswizzled).
     const int groups = Q4 ? (K + group - 1) / group : 0;
-    constexpr int CPR = ROWB / 16, RSTEP = DG_THREADS / CPR;   // 16-byte chunks a W row; rows a pass
+    constexpr int CPR = ROWB / 16, RSTEP = THREADS / CPR;      // 16-byte chunks a W row; rows a pass
     const int cr = tid / CPR, cc = tid % CPR;
     auto load_w = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE;
@@ -309,34 +314,37 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         {
             // Thread tid also copies W row n0 + tid's scale of the tile's group and the word holding its zero (bytes of the
             // zeros past the tensor's end zero-filled, not read); with early loads before pdl_wait, as the weights.
-            static_assert(DG_BN == DG_THREADS, "decode_gemm: a thread a W row's scale and zero");
+            static_assert(DG_BN <= THREADS, "decode_gemm: a thread a W row's scale and zero");
             const unsigned sdst = dst + WT + XT + NT;
             const int n = n0 + tid, gi = (k0 + t * DG_BK) / group;
+            if (tid < DG_BN)
+            {
             const i64 at = (i64)n * groups + gi, word = at & ~(i64)3, end = (i64)N * groups;
             cp_async4(sdst + 4 * tid, n < N ? (const void*)(scales + at) : (const void*)scales, n < N);
             cp_async4(sdst + 4 * (DG_BN + tid), n < N ? (const void*)(zeros + word) : (const void*)zeros,
                       n < N ? (int)(end - word < 4 ? end - word : 4) : 0);
+            }
         }
     };
     auto load_x = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE + WT;
-        load_tile_sw128<DG_BK, MP, DG_THREADS>(dst, x + k0 + t * DG_BK, ldx, 0, M, tid);
+        if (tid < DG_THREADS) load_tile_sw128<DG_BK, MP, DG_THREADS>(dst, x + k0 + t * DG_BK, ldx, 0, M, tid);   // the first 128 threads
         if (nw && tid < DG_BK / 8) cp_async16(dst + XT + tid * 16, nw + k0 + t * DG_BK + tid * 8, true);
     };
     prologue_weights_first<DG_ST>(tiles, early, load_w, load_x);
 
-    float acc[2][MT][4];
+    float acc[HT][MT][4];
 #pragma unroll
-    for (int h = 0; h < 2; h++)
+    for (int h = 0; h < HT; h++)
 #pragma unroll
         for (int j = 0; j < MT; j++) acc[h][j][0] = acc[h][j][1] = acc[h][j][2] = acc[h][j][3] = 0.f;
-    float sq[SQ];                                          // with nw: this lane's share of the sums of squares of x rows 8 (warp + 4 i) + g
+    float sq[SQ];                                          // with nw: this lane's share of the sums of squares of x rows 8 (warp + WARPS i) + g
 #pragma unroll
     for (int i = 0; i < SQ; i++) sq[i] = 0.f;
     const TileOffsets<DG_BK> off(lane);
-    float gacc[2][GS ? MT : 1][4];                        // with GS: the group's sums, as acc
+    float gacc[HT][GS ? MT : 1][4];                       // with GS: the group's sums, as acc
 #pragma unroll
-    for (int h = 0; h < 2; h++)
+    for (int h = 0; h < HT; h++)
 #pragma unroll
         for (int j = 0; j < (GS ? MT : 1); j++) gacc[h][j][0] = gacc[h][j][1] = gacc[h][j][2] = gacc[h][j][3] = 0.f;
     for (int t = 0; t < tiles; t++)
@@ -352,7 +360,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
 #pragma unroll
                 for (int half = 0; half < 2; half++)
                 {
-                    const int n = n0 + 32 * warp + 16 * h + 8 * half + g;
+                    const int n = n0 + RPW * warp + 16 * h + 8 * half + g;
                     const i64 at = (i64)n * groups + gi;
                     sc[h][half] = n < N ? scales[at] : 0.f;
                     zb[h][half] = 8388608.f + (n < N ? (float)zeros[at] : 0.f);
@@ -367,7 +375,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         cp_async_commit();
         cp_async_wait<DG_ST - 1>();
         __syncthreads();
-        const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * 32 * ROWB, tX = base + WT, tN = base + WT + XT;
+        const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * RPW * ROWB, tX = base + WT, tN = base + WT + XT;
         if constexpr (Q8) decode_tile_q8<T, MT>(acc, tW, tX, g, c4);
         else if constexpr (GS)
         {
@@ -375,24 +383,24 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
             // the slice's end the group's scales times them into acc.
             const unsigned tS = base + WT + XT + NT;
             const int gi = (k0 + t * DG_BK) / group;
-            unsigned nz[2][2];
+            unsigned nz[HT][2];
 #pragma unroll
-            for (int h = 0; h < 2; h++)
+            for (int h = 0; h < HT; h++)
 #pragma unroll
                 for (int half = 0; half < 2; half++)
                 {
-                    const int r = 32 * warp + 16 * h + 8 * half + g;
+                    const int r = RPW * warp + 16 * h + 8 * half + g;
                     const unsigned zw = lds_u32(tS + 4 * (DG_BN + r));
                     nz[h][half] = q4_negated_zero<T>((zw >> (8 * (int)(((i64)(n0 + r) * groups + gi) & 3))) & 0xFFu);
                 }
-            decode_tile_q4_exact<T, MT, SQ>(gacc, tW, tX, g, c4, nz, nw != nullptr, tN, warp, sq);
+            decode_tile_q4_exact<T, MT, HT, WARPS, SQ>(gacc, tW, tX, g, c4, nz, nw != nullptr, tN, warp, sq);
             if (t == tiles - 1 || (k0 + (t + 1) * DG_BK) % group == 0)
             {
 #pragma unroll
-                for (int h = 0; h < 2; h++)
+                for (int h = 0; h < HT; h++)
                 {
-                    const float s0 = __uint_as_float(lds_u32(tS + 4 * (32 * warp + 16 * h + g)));
-                    const float s1 = __uint_as_float(lds_u32(tS + 4 * (32 * warp + 16 * h + 8 + g)));
+                    const float s0 = __uint_as_float(lds_u32(tS + 4 * (RPW * warp + 16 * h + g)));
+                    const float s1 = __uint_as_float(lds_u32(tS + 4 * (RPW * warp + 16 * h + 8 + g)));
 #pragma unroll
                     for (int j = 0; j < MT; j++)
                     {
@@ -456,7 +464,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
             float v = sq[i];
             v += __shfl_xor_sync(FULL_MASK, v, 1);
             v += __shfl_xor_sync(FULL_MASK, v, 2);
-            const int jj = warp + 4 * i;
+            const int jj = warp + WARPS * i;
             if (jj < MT && c4 == 0) rowsq[8 * jj + g] = v;
         }
     }
@@ -479,13 +487,13 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         __syncthreads();
         auto inv_rms = [&](int m) { return nw ? rsqrtf(rowsq[m] / K + eps) : 1.f; };
 #pragma unroll
-        for (int h = 0; h < 2; h++)
+        for (int h = 0; h < HT; h++)
 #pragma unroll
             for (int j = 0; j < MT; j++)
             {
                 if (SWIGLU)
                 {
-                    const int o = blockIdx.y * (DG_BN / 2) + (2 * warp + h) * 8 + g;
+                    const int o = blockIdx.y * (DG_BN / 2) + (HT * warp + h) * 8 + g;
 #pragma unroll
                     for (int e = 0; e < 2; e++)
                     {
@@ -499,7 +507,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
 #pragma unroll
                     for (int e = 0; e < 4; e++)
                     {
-                        const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + 32 * warp + 16 * h + g + (e >> 1) * 8;
+                        const int m = 8 * j + 2 * c4 + (e & 1), n = n0 + RPW * warp + 16 * h + g + (e >> 1) * 8;
                         if (m < M && n < N) store(m, n, acc[h][j][e] * inv_rms(m));
                     }
             }
@@ -507,28 +515,28 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     }
     // Several slices: this CTA's tile into its shared memory (SWIGLU: output ol's gate at column ol, its up at 64 + ol).
 #pragma unroll
-    for (int h = 0; h < 2; h++)
+    for (int h = 0; h < HT; h++)
 #pragma unroll
         for (int j = 0; j < MT; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
             {
                 const int m = 8 * j + 2 * c4 + (e & 1);
-                const int col = SWIGLU ? (e >> 1) * (DG_BN / 2) + (2 * warp + h) * 8 + g : 32 * warp + 16 * h + g + (e >> 1) * 8;
+                const int col = SWIGLU ? (e >> 1) * (DG_BN / 2) + (HT * warp + h) * 8 + g : RPW * warp + 16 * h + g + (e >> 1) * 8;
                 tile[m * DG_RS + col] = acc[h][j][e];
             }
     cluster_arrive();
     cluster_wait();
     if (nw)
     {
-        cluster_sum_rows(rowsq, total, MP, slices, tid, DG_THREADS);   // every slice's sums of squares, in slice order
+        cluster_sum_rows(rowsq, total, MP, slices, tid, THREADS);      // every slice's sums of squares, in slice order
         __syncthreads();
     }
     auto inv_rms = [&](int m) { return nw ? rsqrtf(total[m] / K + eps) : 1.f; };
     // This CTA's share of the output pairs (x row m, W rows or outputs 2q, 2q + 1), each summed over the slices in order.
     constexpr int PAIRS = SWIGLU ? DG_BN / 4 : DG_BN / 2;
     const int pairs = M * PAIRS, first = (int)((long long)pairs * slice / slices), last = (int)((long long)pairs * (slice + 1) / slices);
-    for (int p = first + tid; p < last; p += DG_THREADS)
+    for (int p = first + tid; p < last; p += THREADS)
     {
         const int m = p / PAIRS, q = p % PAIRS;
         float s0, s1, u0 = 0.f, u1 = 0.f;
@@ -600,9 +608,10 @@ DECODE_GEMM_INT4(bf16, bf16, 2) DECODE_GEMM_INT4(bf16, bf16, 4) DECODE_GEMM_INT4
 DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16, f16, 8)
 
 // The int4 form by group sums (see the file's comment; CudaBackendOptions.Int4DecodeProductGroupSums): the same arguments,
-// group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form.
+// group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form. Eight
+// warps a CTA (256 threads).
 #define DECODE_GEMM_INT4G(name, t, MT)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_##name##_m##MT(const t* x,                \
+    extern "C" __global__ void __launch_bounds__(2 * DG_THREADS) decode_gemm_int4g_##name##_m##MT(const t* x,            \
         const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
         int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early, const t* nw, float eps)      \
     {                                                                                                                     \

@@ -70,10 +70,11 @@ static void fill(std::vector<bf16>& v, std::mt19937& rng, float scale, float off
 }
 
 // The grid (slices, row blocks): with several slices each row block's slices are one cluster, as the host launches them.
-template <typename F> static void launch_slices(int slices, int blocks, F kernel)
+// threads: 128, or 256 for the int4 form by group sums (eight warps).
+template <typename F> static void launch_slices(int slices, int blocks, F kernel, unsigned threads = 128)
 {
-    if (slices == 1) emu_launch(dim3{1, (unsigned)blocks, 1}, 128, kernel);
-    else emu_launch_cluster(dim3{(unsigned)slices, (unsigned)blocks, 1}, (unsigned)slices, 128, kernel);
+    if (slices == 1) emu_launch(dim3{1, (unsigned)blocks, 1}, threads, kernel);
+    else emu_launch_cluster(dim3{(unsigned)slices, (unsigned)blocks, 1}, (unsigned)slices, threads, kernel);
 }
 
 // The reference's input: x (M rows, ldx apart, K long) as doubles, RMS-normalized (x / rms * nw) when nw is given.
@@ -328,7 +329,7 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
         auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea); }); };
         const bf16* pn = with_norm ? nw.data() : nullptr;
         auto launch_gs = [&](auto kernel) {
-            launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea, pn, eps); });
+            launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea, pn, eps); }, 256);
         };
         if (gs) { if (MT == 2) launch_gs(decode_gemm_int4g_bf16_m2); else if (MT == 4) launch_gs(decode_gemm_int4g_bf16_m4); else launch_gs(decode_gemm_int4g_bf16_m8); }
         else if (MT == 2) launch(decode_gemm_int4_bf16_m2);
