@@ -14,11 +14,29 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// CTAs of the cluster that shares a row of <see cref="SampleRows"/> for <paramref name="rows"/> rows of
     /// <paramref name="columns"/> logits, or 0 for the one-CTA-a-row kernel: <see cref="CudaBackendOptions.SamplingClusterCtas"/>
-    /// where set, else <see cref="SamplingClusterShape"/> on compute capability 9.0 and later.
+    /// where set, else <see cref="SamplingKernelShape"/> on compute capability 9.0 and later.
     /// </summary>
-    private int SamplingCtas(int rows, int columns) =>
+    private int SamplingCtas(int rows, int columns, bool temperatureOnly) =>
         CudaDevice.ComputeCapability.Major < 9 ? 0
-            : Options.SamplingClusterCtas ?? SamplingClusterShape(rows, columns, CudaDevice.MultiprocessorCount);
+            : Options.SamplingClusterCtas ?? SamplingKernelShape(rows, columns, temperatureOnly, CudaDevice.MultiprocessorCount);
+
+    /// <summary>
+    /// Rows from which a call of temperature alone (<see cref="SampleRows"/>'s temperatureOnly) takes the one-CTA kernel when
+    /// the options leave the choice open. Without a filter a row is two passes, the argmax and the Gumbel draw, bound by the
+    /// noise's hashes and logarithms; the one-CTA kernel's time stays at one row's while the rows fit one to an SM (114 and
+    /// 117 us for 1 and 64 rows of 128,256 BF16 logits on the H100's 132 SMs), where the cluster kernel's grows with the
+    /// rows (36, 99, 314 us at 1, 64, 256 rows): the cluster is 15 % faster at 64 rows and 14 % slower at 256 (against 277 us;
+    /// docs/benchmarks.md, session 31). 128 rows, one CTA a row still fitting the SMs once, is where the two should meet; it
+    /// is not timed yet (CudaSamplingSpeedReport has the row).
+    /// </summary>
+    internal const int SamplingOneCtaRows = 128;
+
+    /// <summary>
+    /// The automatic choice: 0 (one CTA a row) for a call of temperature alone of at least <see cref="SamplingOneCtaRows"/>
+    /// rows, else <see cref="SamplingClusterShape"/>'s CTAs a row.
+    /// </summary>
+    internal static int SamplingKernelShape(int rows, int columns, bool temperatureOnly, int multiprocessors) =>
+        temperatureOnly && rows >= SamplingOneCtaRows ? 0 : SamplingClusterShape(rows, columns, multiprocessors);
 
     /// <summary>
     /// The fewest CTAs a row, a power of two up to 8, that give <paramref name="rows"/> rows two CTAs for each of
@@ -39,7 +57,7 @@ public sealed unsafe partial class CudaBackend
             throw new ArgumentException($"CudaBackend.{op}: {name} must be (M, V) with a contiguous last dimension, got {t.Shape}");
     }
 
-    public void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids)
+    public void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids, bool temperatureOnly = false)
     {
         const string op = nameof(SampleRows);
         ArgumentNullException.ThrowIfNull(logits); ArgumentNullException.ThrowIfNull(parameters);
@@ -60,7 +78,7 @@ public sealed unsafe partial class CudaBackend
         if (m == 0) return;
         ulong px = Ptr(logits), pp = Ptr(parameters), pq = Ptr(positions), pi = Ptr(ids);
         long ld = logits.Stride(0);
-        int ctas = SamplingCtas(m, v);
+        int ctas = SamplingCtas(m, v, temperatureOnly);
         if (ctas > 0)
         {
             // A row over a cluster of CTAs (sampling_cluster.cu, sample_rows_cluster): the clusters walk the rows.

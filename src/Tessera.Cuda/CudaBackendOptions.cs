@@ -194,8 +194,9 @@ public sealed record CudaBackendOptions
     /// sampling.cu's <c>sample_rows_cluster</c>, compute capability 9.0 and later): 1, 2, 4 or 8; 0 runs the one-CTA-a-row
     /// kernel <c>sample_rows</c> (the only one before compute capability 9.0); null (the default) chooses by the batch, the
     /// fewest CTAs a row (at most 8) that give the batch two CTAs an SM, while each CTA keeps at least 2,048 of the row's
-    /// logits. Both kernels draw the same tokens (Tessera.Tensors.TokenSampling's). Not yet timed on a GPU
-    /// (CudaSamplingSpeedReport compares the two).
+    /// logits, except that a call of temperature alone (no top-k or top-p in any row, as the caller says) of 128 rows or
+    /// more runs one CTA a row (CudaBackend.SamplingOneCtaRows: the H100's session-31 timings). Both kernels draw the same
+    /// tokens (Tessera.Tensors.TokenSampling's); CudaSamplingSpeedReport compares them.
     /// </summary>
     public int? SamplingClusterCtas { get; init; }
 

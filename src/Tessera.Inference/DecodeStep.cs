@@ -17,6 +17,7 @@ internal sealed class DecodeStep : IDisposable
     private readonly KvCache _cache;
     private readonly bool _greedy, _record;
     private readonly Tensor? _parameters;                 // (B, TokenSampling.ParameterColumns) I32 when the step draws
+    private readonly Sampling.SamplingOptions? _draws;    // the draw's options when it draws (whether a filter applies picks the kernel)
     private ICapturedGraph? _graph;
     private int _eagerSteps;
 
@@ -38,6 +39,7 @@ internal sealed class DecodeStep : IDisposable
             for (int b = 0; b < cache.Batch; b++)
                 TokenSampling.WriteParameters(host.AsSpan(b * TokenSampling.ParameterColumns), (float)o.Temperature, o.TopK, (float)o.TopP, o.Seed);
             _parameters = backend.FromHost<int>(host, new Shape(cache.Batch, TokenSampling.ParameterColumns));
+            _draws = o;
         }
     }
 
@@ -50,7 +52,7 @@ internal sealed class DecodeStep : IDisposable
     /// </summary>
     public void Draw(Tensor logits) =>
         _model.Backend.SampleRows(logits, _parameters ?? throw new InvalidOperationException("DecodeStep.Draw: the step was built without a sampler's options"),
-            _cache.Positions, Tokens.Reshape(logits.Size(0)));
+            _cache.Positions, Tokens.Reshape(logits.Size(0)), _draws!.TemperatureOnly(logits.Size(1)));
 
     /// <summary>(B, 1) I32: the step's input tokens; after a greedy step, the tokens it chose.</summary>
     public Tensor Tokens { get; }

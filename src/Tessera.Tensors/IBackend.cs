@@ -428,9 +428,11 @@ public interface IBackend
     /// accepted) by <see cref="TokenSampling"/>'s rule, a pure function of the row and its parameters: parameters (M,
     /// <see cref="TokenSampling.ParameterColumns"/>) I32 as <see cref="TokenSampling.WriteParameters"/> writes them
     /// (temperature, top-k, top-p, seed), positions (M) I32 the position each drawn token will take. A row of temperature 0
-    /// is the argmax. Sampling on the device: only the ids go back to the host.
+    /// is the argmax. Sampling on the device: only the ids go back to the host. <paramref name="temperatureOnly"/>: the caller
+    /// knows that no row has a top-k below its candidates or a top-p below 1, so a backend may choose its kernel for the plain
+    /// Gumbel draw (CUDA does at many rows); the tokens are the same either way, and a wrong promise costs only time.
     /// </summary>
-    void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids);
+    void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids, bool temperatureOnly = false);
 
     /// <summary>
     /// The log-probabilities OpenAI's logprobs report, on the device, for each row r of logits (M, V) (a row-strided view with a

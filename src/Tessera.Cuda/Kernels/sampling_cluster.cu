@@ -12,6 +12,12 @@
 // slots and has one cluster barrier: a CTA writes a slot again only two barriers later, when every CTA has read it. The
 // clusters walk the rows (the grid is as many clusters as are resident at once).
 //
+// Survivors (sampling.cu's top): after the first select's first pass each CTA writes the kept candidates of its run at or
+// above the bucket found to its own list, and reads that list instead of its run for the rest of the draw; a CTA whose
+// survivors do not fit reads its run as before. The choice is the CTA's own: its histograms, tie counts and argmax are the
+// same integers and (value, id) pairs either way, so the exchanges do not change. A cluster of C CTAs holds up to C times
+// SAMPLE_SURVIVORS. Runs start at multiples of 32 ids, so a CTA reads its run 16 bytes a load wherever the row is aligned.
+//
 // The histograms' atomics: a near-flat row puts most keys of a warp in the same bucket of the first pass (its top byte is
 // the sign and the exponent's high bits), where 32 lanes' shared-memory atomics on one address serialize. The lanes
 // sharing the first pending lane's bucket add their weights in registers and one lane adds the sum, twice a warp step;
@@ -24,6 +30,7 @@ struct SampleClusterShared
     unsigned long long words[2][4];        // this CTA's values of an exchange, read by the cluster's CTAs (two slots)
     unsigned long long total[256];         // the cluster's histogram of the pass
     double target;                         // the select's target, where its first pass finds it
+    SampleSurvivors list;                  // this CTA's survivors of the row's first select (sampling.cu's top)
 };
 
 // The 64-bit word at local's offset in the shared memory of the cluster's CTA `rank` (distributed shared memory).
@@ -91,6 +98,51 @@ __device__ __forceinline__ void sample_warp_histogram_add(unsigned long long* hi
     if (take) atomicAdd(&hist[bucket], w);
 }
 
+// g(take, v, key, id) for ids [lo, hi) of the row (16 bytes a load where aligned, as sample_each), or for the entries of
+// list where given, whole warps a step: every lane of a warp makes the same calls, take false where it has no candidate
+// (v and key are then not read), as sample_warp_histogram_add needs.
+template <typename T, typename G>
+__device__ __forceinline__ void sample_each_warp(const T* row, int lo, int hi, const SampleSurvivors* list, G g)
+{
+    const int lane = threadIdx.x & 31, first_lane = (int)(threadIdx.x & ~31u);
+    if (list)
+    {
+        for (int base = first_lane; base < list->count; base += blockDim.x)
+        {
+            const int j = base + lane;
+            const bool take = j < list->count;
+            const unsigned k = take ? list->key[j] : 0u;
+            g(take, sample_value(k), k, take ? list->id[j] : 0);
+        }
+        return;
+    }
+    int tail = lo;
+    if ((((unsigned long long)(row + lo)) & 15ull) == 0)
+    {
+        const int N = Vec16<T>::N, first = lo / N, last = hi / N;   // 16-byte vectors [first, last)
+        for (int base = first + first_lane; base < last; base += blockDim.x)
+        {
+            const int q = base + lane;
+            float e[Vec16<T>::N] = {};
+            if (q < last) load16(row + (i64)q * N, e);
+#pragma unroll
+            for (int j = 0; j < Vec16<T>::N; j++)
+            {
+                const bool take = q < last && e[j] == e[j];
+                g(take, e[j], take ? sample_key(e[j]) : 0u, q * N + j);
+            }
+        }
+        tail = max(lo, last * N);
+    }
+    for (int base = tail + first_lane; base < hi; base += blockDim.x)
+    {
+        const int i = base + lane;
+        const float v = i < hi ? to_f(row[i]) : 0.f;
+        const bool take = i < hi && v == v;
+        g(take, v, take ? sample_key(v) : 0u, i);
+    }
+}
+
 // Warp 0: the first bucket, from 255 down, at which above plus the running total of s.total reaches target (the serial
 // scan of sample_select, each lane taking 8 buckets): s.block.bucket and s.block.above (the total above it), or -1. With
 // fraction above 0 (top-p's first pass, whose histogram holds every kept candidate), the target is fraction times the
@@ -138,37 +190,24 @@ __device__ void sample_find_bucket(SampleClusterShared& s, unsigned long long ab
 // sample_select over the cluster: this CTA's ids [lo, hi), the histograms exchanged. With fraction above 0 the target is
 // fraction times the total weight of the kept candidates, which the first pass's histogram holds (top-p needs no pass of
 // its own for it), and *found_target is set to it. *at = the total weight of the kept candidates of the key found (the
-// last pass's bucket): their count times their one weight.
+// last pass's bucket): their count times their one weight. Survivors as sample_select's, each CTA its own run's in its
+// own list (listed is the CTA's: a CTA whose survivors do not fit reads its run of the row, the others their lists).
 template <typename T, typename W>
-__device__ bool sample_cluster_select(const T* row, int lo, int hi, const SampleKept& kept, W weight, double target, float fraction,
-                                      SampleClusterShared& s, int& slot, unsigned ctas, unsigned* key, unsigned long long* above,
-                                      double* found_target, unsigned long long* at)
+__device__ bool sample_cluster_select(const T* row, int lo, int hi, bool& listed, const SampleKept& kept, W weight, double target,
+                                      float fraction, SampleClusterShared& s, int& slot, unsigned ctas, unsigned* key,
+                                      unsigned long long* above, double* found_target, unsigned long long* at)
 {
     unsigned prefix = 0, mask = 0;
     unsigned long long total_above = 0;
-    const int lane = threadIdx.x & 31;
     for (int shift = 24; shift >= 0; shift -= 8)
     {
         unsigned long long* hist = s.hist[slot];
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
         __syncthreads();
-        for (int base = lo + (int)(threadIdx.x & ~31u); base < hi; base += blockDim.x)   // whole warps a step
-        {
-            const int i = base + lane;
-            bool take = false;
-            unsigned bucket = 0;
-            unsigned long long w = 0;
-            if (i < hi)
-            {
-                const float v = to_f(row[i]);
-                if (v == v)
-                {
-                    const unsigned k = sample_key(v);
-                    if ((k & mask) == prefix && kept.has(k, i)) { take = true; bucket = (k >> shift) & 255u; w = weight(v); }
-                }
-            }
-            sample_warp_histogram_add(hist, take, bucket, w);
-        }
+        sample_each_warp(row, lo, hi, listed ? &s.list : (const SampleSurvivors*)0, [&](bool take, float v, unsigned k, int i) {
+            take = take && (k & mask) == prefix && kept.has(k, i);
+            sample_warp_histogram_add(hist, take, take ? (k >> shift) & 255u : 0u, take ? weight(v) : 0ull);
+        });
         sample_cluster_sync();
         for (int b = threadIdx.x; b < 256; b += blockDim.x)
         {
@@ -185,7 +224,13 @@ __device__ bool sample_cluster_select(const T* row, int lo, int hi, const Sample
         if (shift == 24 && fraction > 0.f) target = *found_target = s.target;
         if (shift == 0 && bucket >= 0) *at = s.total[bucket];
         __syncthreads();
-        if (bucket < 0) return false;
+        if (bucket < 0)
+        {
+            listed = false;
+            return false;
+        }
+        // The CTA's survivors (hist, its own histogram of the pass, stays unwritten until the slot's next exchange).
+        if (shift == 24 && !listed) listed = sample_survivors(row, lo, hi, kept, weight, bucket, hist, s.list);
         prefix |= (unsigned)bucket << shift;
         mask |= 255u << shift;
     }
@@ -195,10 +240,31 @@ __device__ bool sample_cluster_select(const T* row, int lo, int hi, const Sample
 }
 
 // sample_nth_tie over the cluster: the id of the n-th (from 1) kept candidate of key K in id order, V when there are fewer.
+// A listed CTA counts its ties in its list and finds the one it holds by sample_list_nth_tie; the exchanges are the same.
 template <typename T>
-__device__ int sample_cluster_nth_tie(const T* row, int lo, int hi, int V, const SampleKept& kept, unsigned K, int n,
+__device__ int sample_cluster_nth_tie(const T* row, int lo, int hi, int V, bool listed, const SampleKept& kept, unsigned K, int n,
                                       SampleClusterShared& s, int& slot, unsigned ctas, unsigned rank)
 {
+    if (listed)
+    {
+        unsigned long long c = 0;
+        for (int j = threadIdx.x; j < s.list.count; j += blockDim.x)
+            if (s.list.key[j] == K && kept.has(K, s.list.id[j])) c++;
+        c = sample_block_sum<unsigned long long>(c, s.block);
+        if (threadIdx.x == 0) s.words[slot][0] = c;   // this CTA's count
+        sample_cluster_sync();
+        int earlier = 0;
+        for (unsigned r = 0; r < rank; r++) earlier += (int)sample_remote(&s.words[slot][0], r);
+        slot ^= 1;
+        const int m = n - earlier;
+        const int mine = 0 < m && (unsigned long long)m <= c ? sample_list_nth_tie(s.list, V, kept, K, m, s.block) : V;
+        if (threadIdx.x == 0) s.words[slot][0] = (unsigned long long)mine;
+        sample_cluster_sync();
+        int cut = V;
+        for (unsigned r = 0; r < ctas; r++) cut = min(cut, (int)sample_remote(&s.words[slot][0], r));
+        slot ^= 1;
+        return cut;
+    }
     const int length = hi - lo, chunk = (length + (int)blockDim.x - 1) / (int)blockDim.x;
     const int a = lo + min(length, (int)threadIdx.x * chunk), b = lo + min(length, (int)threadIdx.x * chunk + chunk);
     int c = 0;
@@ -257,13 +323,10 @@ __device__ void sample_rows_cluster(const T* logits, i64 ld, int V, int rows, co
         float best = NEG_INF;
         int index = 0x7fffffff;
         unsigned long long count = 0;
-        for (int i = lo + (int)threadIdx.x; i < hi; i += blockDim.x)
-        {
-            const float v = to_f(row[i]);
-            if (v != v) continue;
+        sample_each(row, lo, hi, (const SampleSurvivors*)0, [&](float v, unsigned, int i) {
             count++;
             if (v > best || (v == best && i < index)) { best = v; index = i; }
-        }
+        });
         sample_cluster_best(best, index, count, s, slot, ctas);
         const int candidates = (int)count;
         const bool infinite = (__float_as_uint(best) & 0x7fffffffu) == 0x7f800000u;
@@ -274,16 +337,17 @@ __device__ void sample_rows_cluster(const T* logits, i64 ld, int V, int rows, co
         }
 
         SampleKept kept = {false, false, 0u, 0u, 0, 0};
+        bool listed = false;   // whether s.list holds every kept candidate of this CTA's run
         if (top_k > 0 && top_k < candidates)
         {
             unsigned key;
             unsigned long long above;
             unsigned long long ties = 0;
             double unused;
-            sample_cluster_select(row, lo, hi, kept, SampleOne{}, (double)top_k, 0.f, s, slot, ctas, &key, &above, &unused, &ties);
+            sample_cluster_select(row, lo, hi, listed, kept, SampleOne{}, (double)top_k, 0.f, s, slot, ctas, &key, &above, &unused, &ties);
             // The ties at the cut: all of them kept (no scan) when the count needs them all, else the first n in id order.
             const int n = top_k - (int)above;
-            kept.k_cut = (unsigned long long)n >= ties ? V : sample_cluster_nth_tie(row, lo, hi, V, kept, key, n, s, slot, ctas, rank);
+            kept.k_cut = (unsigned long long)n >= ties ? V : sample_cluster_nth_tie(row, lo, hi, V, listed, kept, key, n, s, slot, ctas, rank);
             kept.k_key = key;
             kept.top_k = true;
         }
@@ -294,7 +358,7 @@ __device__ void sample_rows_cluster(const T* logits, i64 ld, int V, int rows, co
             double target = 0;
             unsigned key;
             unsigned long long above, at = 0;
-            if (sample_cluster_select(row, lo, hi, kept, mass, 0.0, top_p, s, slot, ctas, &key, &above, &target, &at))
+            if (sample_cluster_select(row, lo, hi, listed, kept, mass, 0.0, top_p, s, slot, ctas, &key, &above, &target, &at))
             {
                 const unsigned long long w = mass(sample_value(key));
                 long long n = w == 0 ? 1 : (long long)((target - (double)above) / (double)w);
@@ -302,7 +366,7 @@ __device__ void sample_rows_cluster(const T* logits, i64 ld, int V, int rows, co
                 while (n > 1 && (double)(above + (unsigned long long)(n - 1) * w) >= target) n--;
                 while ((double)(above + (unsigned long long)n * w) < target && n < V) n++;
                 // The ties share the weight w, so there are at / w of them (unknown where w is 0); all kept: no scan.
-                kept.p_cut = w != 0 && (unsigned long long)n >= at / w ? V : sample_cluster_nth_tie(row, lo, hi, V, kept, key, (int)n, s, slot, ctas, rank);
+                kept.p_cut = w != 0 && (unsigned long long)n >= at / w ? V : sample_cluster_nth_tie(row, lo, hi, V, listed, kept, key, (int)n, s, slot, ctas, rank);
                 kept.p_key = key;
                 kept.top_p = true;
             }
@@ -311,15 +375,13 @@ __device__ void sample_rows_cluster(const T* logits, i64 ld, int V, int rows, co
         const unsigned long long key = sample_row_key(seed, (long long)positions[r]);
         float top = NEG_INF;
         int chosen = 0x7fffffff;
-        for (int i = lo + (int)threadIdx.x; i < hi; i += blockDim.x)
-        {
-            const float v = to_f(row[i]);
-            if (v != v || !kept.has(sample_key(v), i)) continue;
+        sample_each(row, lo, hi, listed ? &s.list : (const SampleSurvivors*)0, [&](float v, unsigned k, int i) {
+            if (!kept.has(k, i)) return;
             const float scaled = sub_rn(v, best) / temperature;
-            if (chosen != 0x7fffffff && add_rn(scaled, SAMPLE_NOISE_BOUND) < top) continue;
+            if (chosen != 0x7fffffff && add_rn(scaled, SAMPLE_NOISE_BOUND) < top) return;
             const float score = add_rn(scaled, sample_noise(key, i));
             if (chosen == 0x7fffffff || score > top || (score == top && i < chosen)) { top = score; chosen = i; }
-        }
+        });
         unsigned long long none = 0;
         sample_cluster_best(top, chosen, none, s, slot, ctas);
         if (rank == 0 && threadIdx.x == 0) ids[r] = chosen == 0x7fffffff ? index : chosen;

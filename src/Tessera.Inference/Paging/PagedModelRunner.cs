@@ -53,7 +53,7 @@ public sealed partial class PagedModelRunner : IDisposable
     private int _nextReadback;
     private float[] _logits = [];
     private readonly bool _record;
-    private readonly Dictionary<(int Size, bool FromSampled, int Rows, bool Draws, int Logprobs, bool Terms), Bucket> _buckets = new();   // a graph per bucket, input kind, rows a sequence, whether the device draws, its log-probabilities, whether penalties apply
+    private readonly Dictionary<(int Size, bool FromSampled, int Rows, bool Draws, bool TemperatureOnly, int Logprobs, bool Terms), Bucket> _buckets = new();   // a graph per bucket, input kind, rows a sequence, whether the device draws (and with no filter: the draw's kernel), its log-probabilities, whether penalties apply
     private readonly int[] _onDevice;            // AdvanceOnDevice: _metadata's first _onDeviceSize values after the enqueued steps
     private int _onDeviceSize = -1;              // (-1: unknown); the token section is not tracked (resolving writes it)
     private readonly ProcessGroup? _group;        // tensor parallelism: the group whose rank 0 schedules and the others follow
@@ -276,6 +276,7 @@ public sealed partial class PagedModelRunner : IDisposable
         var layout = bucketed ? new Layout(bucket, bucket * perSequence, _maxBlocks, bucket * perSequence)
             : new Layout(sequences, rows, _maxBlocks, Math.Max(sequences, sampledRows));
         int sampling = FillMetadata(step, layout, Math.Max(perSequence, 1), out bool draws, out int logprobs, out bool terms);
+        bool temperatureOnly = draws && TemperatureOnly(step);
         // A step in which a row uses a served LoRA adapter runs eagerly, through the layers' unfused paths (their products are
         // no plain products then); a step of base rows only keeps the recorded graphs and fused ops.
         bool adapterStep = SetAdapterRows(step, layout);
@@ -296,11 +297,11 @@ public sealed partial class PagedModelRunner : IDisposable
         Tensor stepLogits;
         if (bucketed && _record && inOrder && !adapterStep && _model.RoutesExpertsOnDevice(layout.Rows))
         {
-            var key = (bucket, fromSampled, perSequence, draws, logprobs, terms);
+            var key = (bucket, fromSampled, perSequence, draws, temperatureOnly, logprobs, terms);
             var b = _buckets.TryGetValue(key, out var found) ? found : _buckets[key] = new Bucket();
             if (b.Graph is null && !b.Unrecordable && b.EagerRuns > 0 && _backend is IGraphCapture capture)
             {
-                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs, terms));
+                b.Graph = capture.Capture(() => b.Logits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs, terms, temperatureOnly));
                 b.Unrecordable = b.Graph is null;                    // e.g. the backend's profiler is on: run eagerly from now on
             }
             if (b.Graph is not null)
@@ -311,11 +312,11 @@ public sealed partial class PagedModelRunner : IDisposable
             }
             else
             {
-                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs, terms);
+                stepLogits = Body(layout, outputs, everyRowSamples: true, fromSampled, draws, logprobs, terms, temperatureOnly);
                 b.EagerRuns++;
             }
         }
-        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws, logprobs, terms);
+        else stepLogits = Body(layout, outputs, everyRowSamples: inOrder, fromSampled, draws, logprobs, terms, temperatureOnly);
         if (adapterStep) _served!.Clear();                           // the model's other users (a dense generator) see the base
         if (slot >= 0) _timeline!.Mark(2 * slot + 1);
         IReadbackBuffer? readback = null;
@@ -540,6 +541,18 @@ public sealed partial class PagedModelRunner : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Whether no row the device draws in <paramref name="step"/> has top-k or top-p (<see cref="IBackend.SampleRows"/>'s
+    /// temperatureOnly, which lets CUDA take the one-CTA kernel at many rows). The other ranks of a tensor-parallel step are not
+    /// told and draw with the filtered choice: the same tokens.
+    /// </summary>
+    private bool TemperatureOnly(ScheduledStep step)
+    {
+        foreach (var scheduled in step.Sequences)
+            if (scheduled.SampledRows > 0 && scheduled.Sequence.DeviceSampling is { } drawing && !drawing.TemperatureOnly(_vocab)) return false;
+        return true;
+    }
+
     /// <summary>Writes the host metadata; pads to the layout's sequences (<paramref name="padRows"/> rows each) and rows.
     /// Returns the sampling rows; <paramref name="draws"/>: whether a sequence's tokens are drawn on the device
     /// (<see cref="Sequence.DeviceSampling"/>; the other rows' parameters say temperature 0, the argmax).</summary>
@@ -619,8 +632,10 @@ public sealed partial class PagedModelRunner : IDisposable
     /// input id is the previous step's i-th argmax, and the step's positions, slots and lengths advance by one at its end.
     /// With <paramref name="draws"/> the ids are drawn on the device with each row's sampling parameters
     /// (<see cref="IBackend.SampleRows"/>) rather than the argmax; with <paramref name="logprobs"/> 0 or more the rows' tokens'
-    /// log-probabilities and their top alternatives follow (<see cref="IBackend.TokenLogprobs"/>).</summary>
-    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false, bool draws = false, int logprobs = -1, bool terms = false)
+    /// log-probabilities and their top alternatives follow (<see cref="IBackend.TokenLogprobs"/>); <paramref name="temperatureOnly"/>:
+    /// no drawn row has top-k or top-p (<see cref="TemperatureOnly"/>).</summary>
+    private Tensor Body(Layout layout, int outputs, bool everyRowSamples = false, bool fromSampled = false, bool draws = false, int logprobs = -1, bool terms = false,
+        bool temperatureOnly = false)
     {
         var config = _model.Config;
         int sequences = layout.Sequences, rows = layout.Rows;
@@ -667,7 +682,7 @@ public sealed partial class PagedModelRunner : IDisposable
         }
         if (draws)
             _backend.SampleRows(scores, _metadata.Narrow(layout.Parameters, new Shape(outputs, TokenSampling.ParameterColumns)),
-                _metadata.Narrow(layout.Drawn, new Shape(outputs)), _sampled.Slice(0, 0, outputs));
+                _metadata.Narrow(layout.Drawn, new Shape(outputs)), _sampled.Slice(0, 0, outputs), temperatureOnly);
         else _backend.ArgMax(scores, _sampled.Slice(0, 0, outputs));
         if (logprobs >= 0)
             _backend.TokenLogprobs(logits, _sampled.Slice(0, 0, outputs), logprobs, _logprobs.Narrow(0, new Shape(outputs, 1 + logprobs)),

@@ -15,6 +15,13 @@ public sealed record SamplingOptions
     /// <summary>Seed of the sampling random stream; default 0.</summary>
     public ulong Seed { get; init; }
 
+    /// <summary>
+    /// Whether neither top-k nor top-p removes a candidate from a row of <paramref name="vocab"/> logits (top-k 0 or at least
+    /// the row, top-p 1 as the device's float reads it): the draw is the Gumbel-max over the row at the temperature
+    /// (<see cref="Tessera.Tensors.IBackend.SampleRows"/>'s temperatureOnly).
+    /// </summary>
+    public bool TemperatureOnly(int vocab) => (TopK == 0 || TopK >= vocab) && (float)TopP >= 1f;
+
     /// <summary>Throws <see cref="ArgumentException"/> naming an invalid field.</summary>
     public SamplingOptions Validate()
     {

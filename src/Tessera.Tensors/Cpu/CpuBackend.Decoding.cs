@@ -172,7 +172,7 @@ public sealed unsafe partial class CpuBackend
         else { double* src = Ptr<double>(logits) + at; for (int i = 0; i < row.Length; i++) row[i] = (float)src[i]; }
     }
 
-    public void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids)
+    public void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids, bool temperatureOnly = false)
     {
         const string op = nameof(SampleRows);
         ArgumentNullException.ThrowIfNull(logits); ArgumentNullException.ThrowIfNull(parameters);

@@ -10,7 +10,9 @@ namespace Tessera.Tests.Cuda;
 /// two may keep different sets only where a cumulative probability lies within about 1e-7 of top-p, or differ by a logf's
 /// last bit in a Gumbel score; so at most one row in 96 may differ, and such a row's two tokens must both lie among the
 /// row's candidates that the definition could keep (its top-k). The inputs come from the fixture's logged seed. The draw runs
-/// on the backend's default kernel, on the one-CTA-a-row kernel and on clusters of 1, 2 and 8 CTAs a row.
+/// on the backend's default kernel, on the one-CTA-a-row kernel and on clusters of 1, 2 and 8 CTAs a row; top-k 40 leaves a
+/// few survivors (the kernels' shared list, sampling.cu's top), top-p 0.99 on 128,256 logits may leave more than it holds
+/// (the draw goes on over the row). A call that says it has temperature alone takes the one-CTA kernel at 128 rows or more.
 /// </summary>
 [Collection("cuda")]
 public sealed class CudaSamplingTests(CudaFixture fixture) : CudaTestBase(fixture)
@@ -62,6 +64,49 @@ public sealed class CudaSamplingTests(CudaFixture fixture) : CudaTestBase(fixtur
             TestContext.Current.TestOutputHelper?.WriteLine($"row {r} (temperature {t}, top-k {k}, top-p {p}): GPU {drawn[r]}, definition {expected}");
             float floor = row.OrderByDescending(x => x).ElementAt(Math.Min(k > 0 ? k : 200, v) - 1);
             Assert.True(t > 0 && row[drawn[r]] >= floor, $"row {r}: the GPU drew {drawn[r]} (logit {row[drawn[r]]}), outside what the definition could keep");
+        }
+        Assert.True(differ <= 1, $"{differ} of {m} rows drew another token than the definition");
+    }
+
+    /// <summary>
+    /// A call that says temperature alone (<see cref="IBackend.SampleRows"/>'s temperatureOnly) at 160 rows, which the automatic
+    /// choice runs one CTA a row (<see cref="Tessera.Cuda.CudaBackend.SamplingOneCtaRows"/>), over contiguous BF16 rows (16-byte
+    /// loads), near-flat and wide by turns: the definition's tokens, at most one row apart (a logf's last bit). With
+    /// <paramref name="wrongPromise"/> every third row has top-k 40 or top-p 0.9 all the same: the promise picks a kernel, and
+    /// every kernel reads each row's parameters, so those rows are still filtered.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void TemperatureAloneAtManyRowsDrawsTheDefinitionsTokens(bool wrongPromise)
+    {
+        int m = 160, v = 128256;
+        var values = Stored(Enumerable.Range(0, m * v).Select(i => (Rng.NextDouble() * 2 - 1) * (i / v % 2 == 0 ? 0.1 : 8)).ToArray(), DType.BF16);
+        var parameters = new int[m * TokenSampling.ParameterColumns];
+        var positions = new int[m];
+        for (int r = 0; r < m; r++)
+        {
+            bool filtered = wrongPromise && r % 3 == 0;
+            TokenSampling.WriteParameters(parameters.AsSpan(r * TokenSampling.ParameterColumns), r % 2 == 0 ? 1f : 0.8f,
+                filtered && r % 2 == 0 ? 40 : 0, filtered && r % 2 == 1 ? 0.9f : 1f, (ulong)(500 + 11 * r));
+            positions[r] = 3 * r + 1;
+        }
+        var ids = Gpu.Allocate(new Shape(m), DType.I32);
+        var parameterRows = Gpu.Allocate(new Shape(m, TokenSampling.ParameterColumns), DType.I32);
+        Gpu.CopyFromHost<int>(parameters, parameterRows);
+        var positionRows = Gpu.Allocate(new Shape(m), DType.I32);
+        Gpu.CopyFromHost<int>(positions, positionRows);
+        Gpu.SampleRows(Upload(values, DType.BF16, m, v), parameterRows, positionRows, ids, temperatureOnly: true);
+        var drawn = Gpu.ToArray<int>(ids);
+        int differ = 0;
+        for (int r = 0; r < m; r++)
+        {
+            var row = values.Skip(r * v).Take(v).Select(x => (float)x).ToArray();
+            var (t, k, p, s) = TokenSampling.ReadParameters(parameters.AsSpan(r * TokenSampling.ParameterColumns));
+            int expected = TokenSampling.Choose(row, t, k, p, s, positions[r]);
+            if (expected == drawn[r]) continue;
+            differ++;
+            TestContext.Current.TestOutputHelper?.WriteLine($"row {r} (temperature {t}, top-k {k}, top-p {p}): GPU {drawn[r]}, definition {expected}");
         }
         Assert.True(differ <= 1, $"{differ} of {m} rows drew another token than the definition");
     }

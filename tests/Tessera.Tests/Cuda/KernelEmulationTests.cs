@@ -206,9 +206,15 @@ public sealed class KernelEmulationTests
     /// differ only by the last bit of a logf; the cases' fixed seeds hit neither. Then <c>token_logprobs</c>
     /// (<see cref="CudaBackend.TokenLogprobs"/>) at the drawn ids, against <see cref="LogProbabilities"/>: the top 5 columns
     /// exactly (ties lowest column first), log-probabilities within 1e-5 relative (its float exponentials, summed in double).
+    /// Both kernels write a select's survivors to a shared list and read it instead of the row where they fit
+    /// (sampling.cu's top): <paramref name="survivors"/> 0 builds them with their capacity (4,096 a CTA: the one-CTA near-flat
+    /// rows at top-p 0.95 overflow it), 64 with a list that most rows overflow, so that a cluster's CTAs take different paths
+    /// in one row; the program checks that each build's cases took both paths, and the draw must not change.
     /// </summary>
-    [Fact]
-    public void SamplingKernelDrawsTheReferenceTokensOnTheCpuEmulation()
+    [Theory]
+    [InlineData(0)]
+    [InlineData(64)]
+    public void SamplingKernelDrawsTheReferenceTokensOnTheCpuEmulation(int survivors)
     {
         string[] cases =
         [
@@ -220,8 +226,11 @@ public sealed class KernelEmulationTests
             "sample_rows_cluster f32 V=40 rows=30 block=64 ctas=8 short rows", "sample_rows_cluster f32 V=6000 rows=6 block=64 ctas=4 flat",
             "sample_rows_cluster f32 V=6001 rows=6 block=64 ctas=8 peaked", "sample_rows_cluster f32 V=77 rows=256 block=32 ctas=2",
             "sample_rows_cluster f32 V=3 rows=1 block=32 ctas=1", "sample_rows_cluster f32 V=2500 rows=6 block=96 ctas=1 flat",
+            "sample_rows f32 V=6000 rows=6 block=128 flat", "sample_rows f32 V=6001 rows=6 block=128 peaked",
+            "sample_rows bf16 V=3001 ld=3003 rows=12 block=64", "sample_rows_cluster bf16 V=3001 ld=3008 rows=12 block=64 ctas=4",
         ];
-        RunEmulatedAndInspect(["sampling.cu", "sampling_cluster.cu"], "sampling", cases, dir =>
+        string[] defines = survivors > 0 ? [$"SAMPLE_SURVIVORS={survivors}"] : [];
+        RunEmulatedAndInspect(["sampling.cu", "sampling_cluster.cu"], "sampling", [.. cases, "the survivors fitted in some rows and not in others"], dir =>
         {
             for (int c = 0; c < cases.Length; c++)
             {
@@ -255,7 +264,7 @@ public sealed class KernelEmulationTests
                     }
                 }
             }
-        });
+        }, defines);
     }
 
     private static void AssertLogprob(double expected, float actual, string what) =>

@@ -6,7 +6,8 @@ namespace Tessera.Tests.Cuda;
 /// <summary>
 /// How many CTAs of a thread-block cluster share a row of the device draw when the options leave it open
 /// (<see cref="CudaBackend.SamplingClusterShape"/>, no GPU needed): the fewest, a power of two up to 8, that give the batch two
-/// CTAs an SM, while each CTA keeps at least 2,048 of the row's logits. Not yet timed on a GPU (CudaSamplingSpeedReport).
+/// CTAs an SM, while each CTA keeps at least 2,048 of the row's logits (timed on an H100 in session 31, CudaSamplingSpeedReport);
+/// and one CTA a row for a call of temperature alone of 128 rows or more (<see cref="CudaBackend.SamplingKernelShape"/>).
 /// </summary>
 public sealed class SamplingClusterShapeTests
 {
@@ -22,6 +23,16 @@ public sealed class SamplingClusterShapeTests
     [InlineData(0, 128_256, 132, 8)]
     public void FewestCtasThatFillTheMachine(int rows, int columns, int multiprocessors, int expected) =>
         Assert.Equal(expected, CudaBackend.SamplingClusterShape(rows, columns, multiprocessors));
+
+    [Theory]
+    [InlineData(256, false, 2)]           // a filter: the cluster at any batch
+    [InlineData(256, true, 0)]            // temperature alone, 256 rows: one CTA a row (277 us against 314 on the H100)
+    [InlineData(128, true, 0)]
+    [InlineData(127, true, 4)]            // fewer rows: the cluster (64 rows: 99 us against 117)
+    [InlineData(64, true, 8)]
+    [InlineData(1, true, 8)]
+    public void TemperatureAloneAtManyRowsTakesOneCtaARow(int rows, bool temperatureOnly, int expected) =>
+        Assert.Equal(expected, CudaBackend.SamplingKernelShape(rows, 128_256, temperatureOnly, 132));
 
     [Fact]
     public void OptionsTakeZeroToEightCtasOrAuto()

@@ -71,7 +71,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void CrossEntropyCombine(Tensor statistics, Tensor targets, Tensor losses, Tensor logSumExp) => Inner.CrossEntropyCombine(statistics, targets, losses, logSumExp);
     public virtual void CrossEntropyGradient(Tensor logits, Tensor targets, int columnOffset, int validColumns, Tensor logSumExp, Tensor dLogits, double lossScale) => Inner.CrossEntropyGradient(logits, targets, columnOffset, validColumns, logSumExp, dLogits, lossScale);
     public virtual void ArgMax(Tensor x, Tensor indices) => Inner.ArgMax(x, indices);
-    public virtual void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids) => Inner.SampleRows(logits, parameters, positions, ids);
+    public virtual void SampleRows(Tensor logits, Tensor parameters, Tensor positions, Tensor ids, bool temperatureOnly = false) => Inner.SampleRows(logits, parameters, positions, ids, temperatureOnly);
     public virtual void TokenLogprobs(Tensor logits, Tensor ids, int count, Tensor logprobs, Tensor? topIds) => Inner.TokenLogprobs(logits, ids, count, logprobs, topIds);
     public virtual void AddToColumns(Tensor x, Tensor starts, Tensor columns, Tensor values) => Inner.AddToColumns(x, starts, columns, values);
     public virtual void Sum(Tensor x, Tensor result, double scale = 1.0, bool accumulate = false) => Inner.Sum(x, result, scale, accumulate);

@@ -98,6 +98,10 @@ inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_at
 inline int atomicAdd(int* p, int v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); int o = *p; *p += v; return o; }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned long long o = *p; *p += v; return o; }
 inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned o = *p; if (o == c) *p = v; return o; }
+// Counters a kernel bumps where the path it took matters to a test and shows in no output (sampling.cu: rows whose survivors
+// fit its shared list, 0, and rows that went on over the whole row, 1); the check program reads and resets them.
+inline std::atomic<long long> emu_tallies[4];
+inline void emu_tally(int what) { emu_tallies[what]++; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }

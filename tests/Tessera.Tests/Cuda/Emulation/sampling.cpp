@@ -7,6 +7,12 @@
 // checks only what needs no reference: every id is a token of the row that is not NaN, and a row of temperature 0 gives
 // the argmax.
 //
+// The survivors' list (sampling.cu's top): each case's line says in how many rows (a cluster: CTA rows) the survivors
+// fitted the shared list and in how many the draw went on over the row (the kernels' emu_tally), and the last line checks
+// that the cases took both paths. The test builds this program twice: with the kernels' capacity (4,096: the near-flat
+// one-CTA rows overflow it) and with -DSAMPLE_SURVIVORS=64, where most rows overflow and a cluster's CTAs take different
+// paths in one row.
+//
 // kernels.h is written by the test: the emulation, common.cuh, sampling.cu. Prints one line per case; the exit code is
 // the number of failures.
 #include "kernels.h"
@@ -18,6 +24,7 @@
 #include <vector>
 
 static int failures = 0;
+static long long fitted = 0, overflowed = 0;   // over every case
 static void report(const std::string& what, bool ok, const std::string& detail = "")
 {
     printf("%-64s %s%s\n", what.c_str(), detail.c_str(), ok ? "ok" : "FAIL");
@@ -108,6 +115,9 @@ static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows
         emu_launch_cluster(clusters * ctas, ctas, block, [&] { sample_rows_cluster_f32(logits.data(), (long long)ld, V, rows, params.data(), positions.data(), ids.data()); });
     else
         emu_launch((unsigned)rows, block, [&] { sample_rows_f32(logits.data(), (long long)ld, V, params.data(), positions.data(), ids.data()); });
+    const long long fit = emu_tallies[0].exchange(0), over = emu_tallies[1].exchange(0);
+    fitted += fit;
+    overflowed += over;
 
     bool ok = true;
     for (int r = 0; r < rows && ok; r++)
@@ -146,7 +156,7 @@ static void run_case(int n, const char* name, Kind kind, int V, int ld, int rows
     fwrite(logprobs.data(), 4, logprobs.size(), f);
     fwrite(top.data(), 4, top.size(), f);
     fclose(f);
-    report(name, ok);
+    report(name, ok, "survivors listed " + std::to_string(fit) + ", over the row " + std::to_string(over) + " ");
 }
 
 int main()
@@ -167,5 +177,13 @@ int main()
     run_case(12, "sample_rows_cluster f32 V=77 rows=256 block=32 ctas=2", Normal, 77, 77, 256, 32, 18, 2, 16);
     run_case(13, "sample_rows_cluster f32 V=3 rows=1 block=32 ctas=1", Normal, 3, 3, 1, 32, 19, 1, 1);
     run_case(14, "sample_rows_cluster f32 V=2500 rows=6 block=96 ctas=1 flat", Flat, 2500, 2500, 6, 96, 20, 1, 2);
+    // One CTA a row on a server's rows (a near-flat row at top-p 0.95 overflows the list), bf16 rows of an odd length both
+    // 16-byte aligned (ld 3008) and not (ld 3003: the rows start anywhere), and a cluster's bf16 runs with a tail.
+    run_case(15, "sample_rows f32 V=6000 rows=6 block=128 flat", Flat, 6000, 6000, 6, 128, 21);
+    run_case(16, "sample_rows f32 V=6001 rows=6 block=128 peaked", Peaked, 6001, 6001, 6, 128, 22);
+    run_case(17, "sample_rows bf16 V=3001 ld=3003 rows=12 block=64", Bf16, 3001, 3003, 12, 64, 23);
+    run_case(18, "sample_rows_cluster bf16 V=3001 ld=3008 rows=12 block=64 ctas=4", Bf16, 3001, 3008, 12, 64, 24, 4, 3);
+    report("the survivors fitted in some rows and not in others", fitted > 0 && overflowed > 0,
+           "listed " + std::to_string(fitted) + ", over the row " + std::to_string(overflowed) + " ");
     return failures;
 }
