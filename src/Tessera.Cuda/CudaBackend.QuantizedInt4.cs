@@ -48,10 +48,7 @@ public sealed unsafe partial class CudaBackend
     /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: the persistent matrix-vector
     /// stream's int4 form (gemv.cu, <c>gemv_stream_int4_{type}_m{M}</c>), which stages x once per CTA (RMS-normalized on the
     /// way when <paramref name="norm"/> is given), streams the packed words in 16-byte loads with the next unit's loads in flight
-    /// (a unit spanning several whole rows where rows are short, at most <see cref="CudaBackendOptions.Int4StreamRowsPerUnit"/>;
-    /// 1 runs the first form's one-row units, <c>gemv_stream_int4_narrow_*</c>, whose narrower units
-    /// <see cref="CudaBackendOptions.Int4StreamWideUnits"/> off takes with the rows) and applies each 32-column chunk's group
-    /// scale and zero in registers. False, with nothing enqueued, when the call does not
+    /// and applies each 32-column chunk's group scale and zero in registers. False, with nothing enqueued, when the call does not
     /// fit it: what <see cref="GemvFits"/> needs of x and the norm, K and the group size multiples of 32 (a 16-byte chunk of
     /// words then lies in one group, and the rows of K / 2 bytes are 16-byte aligned), the packed words 16-byte aligned, y's and
     /// the addend's columns unit-strided (then <see cref="TryGemvInt4"/> or the dequantized product runs it).
@@ -70,11 +67,9 @@ public sealed unsafe partial class CudaBackend
         float be = addend is null ? (float)beta : 1f;
         ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
-        int rows = Options.Int4StreamRowsPerUnit ?? 0;   // the kernel's cap on a unit's rows: 0 none
-        string form = rows == 1 || !Options.Int4StreamWideUnits ? "gemv_stream_int4_narrow_" : "gemv_stream_int4_";
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &n, &k, &group, &ldx, &ldy, &ldc, &be, &pn, &eps, &rows, &early };
-        Launch("gemv.cu", $"{form}{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", (GemvGrid(n), 1, 1), 256, args,
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &n, &k, &group, &ldx, &ldy, &ldc, &be, &pn, &eps, &early };
+        Launch("gemv.cu", $"gemv_stream_int4_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", (GemvGrid(n), 1, 1), 256, args,
             GemvShared(m, k, dtype), dependent: true);
         return true;
     }

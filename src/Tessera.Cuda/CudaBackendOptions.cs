@@ -31,28 +31,6 @@ public sealed record CudaBackendOptions
     public int MatrixVectorCtasPerSm { get; init; } = 2;
 
     /// <summary>
-    /// Rows of the int4 weight that one unit of the int4 matrix-vector stream may span (gemv.cu's <c>gemv_stream_int4</c>,
-    /// 1 to 4 rows of x; a unit is 8 (M &lt;= 2) or 4 16-byte loads a lane, 4 or 2 KB a warp, <see cref="Int4StreamWideUnits"/>):
-    /// null (the default) lets the kernel choose the fewest whole consecutive rows that give each warp its fewest rounds of
-    /// units, at most what a unit holds (at llama-1b's K = 2048 and one row of x on an H100's grid: 2 rows for N = 3072, 4 for
-    /// N = 8192, 1 for N = 2048, whose rows already give each warp one; K = 8192 fills a unit with one row); n &gt; 1 caps that
-    /// at n rows; 1 runs the first form, <c>gemv_stream_int4_narrow_*</c>: one-row units of 4 (M &lt;= 2) or 2 loads a
-    /// lane, which kept about 1 KB in flight a warp at K = 2048 and moved llama-1b's int4 decode at 31 % of the copy
-    /// bandwidth (session 31, docs/benchmarks.md). Not yet timed on a GPU (CudaInt4StreamSpeedReport compares the settings).
-    /// </summary>
-    public int? Int4StreamRowsPerUnit { get; init; }
-
-    /// <summary>
-    /// The int4 matrix-vector stream's units are 8 16-byte loads a lane at 1-2 rows of x and 4 at 3-4 (96 and 48 registers
-    /// of a thread for the unit in flight and the one being multiplied, words, scales and zeros); false takes the first
-    /// form's 4 and 2 (<c>gemv_stream_int4_narrow_*</c>), still with units of several rows as
-    /// <see cref="Int4StreamRowsPerUnit"/> says: the fallback if the wide units spill under the launch bounds of 128 registers,
-    /// and the A/B that tells the units' width from their rows. <see cref="Int4StreamRowsPerUnit"/> = 1 always runs the first
-    /// form. Default true; not yet timed on a GPU.
-    /// </summary>
-    public bool Int4StreamWideUnits { get; init; } = true;
-
-    /// <summary>
     /// Inside an inference scope (<see cref="Tensors.IInferenceScope"/>), a matrix-vector product whose predecessor was
     /// launched in the scope loads its first weights before waiting on that kernel (overlapping its tail); false makes
     /// every product wait first. Default true.
@@ -412,8 +390,6 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
-        if (Int4StreamRowsPerUnit is { } int4Rows && int4Rows < 1)
-            throw new ArgumentException($"CUDA backend options: Int4StreamRowsPerUnit ({int4Rows}) must be 1 (one-row units, the first int4 stream), more (a cap), or unset to choose by the shape");
         if (!Enum.IsDefined(MatMulSearch))
             throw new ArgumentException($"CUDA backend options: MatMulSearch ({(int)MatMulSearch}) must be one of {string.Join(", ", Enum.GetNames<MatMulCandidateSearch>())}");
         if (!Enum.IsDefined(DecodeAttention))
@@ -467,8 +443,6 @@ public sealed record CudaBackendOptions
         var d = Default;
         if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
-        if (Int4StreamRowsPerUnit is { } int4Rows) parts.Add(Invariant($"{nameof(Int4StreamRowsPerUnit)}={int4Rows}"));
-        if (Int4StreamWideUnits != d.Int4StreamWideUnits) parts.Add($"{nameof(Int4StreamWideUnits)}={Bool(Int4StreamWideUnits)}");
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
@@ -523,11 +497,6 @@ public sealed record CudaBackendOptions
     {
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
-        [nameof(Int4StreamRowsPerUnit)] = (o, v, s) => o with
-        {
-            Int4StreamRowsPerUnit = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
-        },
-        [nameof(Int4StreamWideUnits)] = (o, v, s) => o with { Int4StreamWideUnits = ParseBool(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },

@@ -446,207 +446,127 @@ FOR_FLOAT_TYPES(GEMV_STREAM_F8_ALL)
 // K / 8) u32 (column 8w + j of a row in bits 4j .. 4j + 3 of its word w), scales (N, G) fp32, zeros (N, G) int8, G = ceil(K / group)
 // (the last group may be shorter).
 // The same persistent stream as gemv_stream (x staged once per CTA, RMS-normalized on the way when nw is given; a warp walks
-// its work as units of U 16-byte loads per lane, the next unit's loads issued before the current one is multiplied; weights
+// its rows as units of U 16-byte loads per lane, the next unit's loads issued before the current one is multiplied; weights
 // loaded before pdl_wait when early), with a 16-byte chunk holding four words, 32 columns. It takes K a multiple of 32 (16-byte
 // aligned rows of K / 2 bytes) and group a multiple of 32, so a chunk lies in one group: the unit's loads also fetch each
-// chunk's scale and zero (one fp32 and one byte; the 4 to 32 lanes of a group ask for the same word, so a load instruction is
-// one small request of the warp, cached), and the chunk's 32 values q - zero are made exactly in fp32 (the nibble in the low
-// mantissa bits of 2^23, minus 2^23 + zero: an or and a subtraction a value), summed against x in fp32, and the chunk's sum
-// multiplied by its scale once. Other shapes take int4.cu's gemv_int4.
-//
-// Units of whole rows. An int4 row is a quarter of a bf16 row's bytes: at llama-1b's K = 2048 it is 64 chunks (1 KB), and
-// the first form's one-row units of U = 4 loads a lane (128 slots) left half of each unit empty, about 1 KB in flight a
-// warp (2 KB at K = 8192), where the bf16 stream at that K keeps 4 KB: it moved its bytes at 31 % of the copy bandwidth
-// against bf16's 71 % (session 31, docs/benchmarks.md). Here U is 8 at M <= 2 and 4 at M = 3, 4 (a slot holds 6 registers
-// in flight, 4 words, a scale and 2^23 + zero, and as many for the unit being multiplied: 96 at U = 8, as bf16's 64 plus the
-// scales), and where a row fills at most half of a unit's slots and its chunks are a multiple of 32 or a power of two up to
-// 32, a unit is R consecutive rows, one contiguous run of R * K / 2 bytes (the rows are packed back to back): slot
-// s = 32 u + lane is chunk s % chunks of the unit's row s / chunks. A warp then walks blocks of R rows (block b = rows R b ..
-// R b + R - 1, the last one cut at N), numbered across the CTAs first (warp w of CTA c has index w * gridDim.x + c) so that
-// the warps left idle when the blocks are fewer than the warps are spread over the SMs. R is the fewest rows that still give
-// each warp its fewest rounds of units: a unit of R rows should cost about one memory latency, as a unit of one row does, so
-// the rounds are what a warp waits for, while fewer rows a unit keep more warps multiplying. At M = 1 on an H100's grid
-// (264 CTAs, 2,112 warps), K = 2048: N = 3072 takes R = 2 (one round of 2 KB units instead of two of 1 KB), N = 8192 R = 4
-// (one round of 4 KB instead of four of 1 KB), N = 2048 keeps a row a warp (R = 1, every unit loaded before pdl_wait already);
-// K = 8192 is one 4 KB unit a row (two of 2 KB before). Each row of x keeps one sum: a unit's rows end after loads known to
-// the whole warp (every chunks / 32 loads, or every load when a row is fewer than 32 chunks and so an aligned group of
-// `chunks` lanes), where the row is reduced over its lanes (a warp reduction, or over its group of lanes), written by its
-// first lane, and the sums cleared. Other rows (K = 96 or 1056: chunks neither a multiple of 32 nor a power of two; or more
-// than half a unit) take units of one row, a row's last unit ending it. Not yet timed on a GPU (CudaInt4StreamSpeedReport).
-// CudaBackendOptions.Int4StreamRowsPerUnit caps R (the kernels' rows argument: 0 no cap, r > 1 at most r); 1 launches
-// gemv_stream_int4_narrow_* with rows 1, the first form (U = 4 or 2, one-row units numbered CTA by CTA), for an A/B on the
-// device; Int4StreamWideUnits = false launches the narrow kernel with the rows as given (units of several rows at U = 4, 2).
-
-// x / d where d is a power of two (shift = log2 d) or not (shift -1): the slot-to-row and chunk-to-group maps.
-__device__ __forceinline__ int int4_div(int x, int d, int shift) { return shift >= 0 ? x >> shift : x / d; }
-__device__ __forceinline__ int int4_log2_or_minus1(int d) { return (d & (d - 1)) == 0 ? __ffs(d) - 1 : -1; }
-
-// How a warp's units lie over the rows: blocks of R rows of `chunks` chunks, `units` units a block (1 when R > 1).
-struct Int4Units
-{
-    int chunks, groups, cpg, R, units, cshift, gshift;
-    __device__ __forceinline__ int row_of(int s) const { return R > 1 ? int4_div(s, chunks, cshift) : 0; }
-    __device__ __forceinline__ int group_of(int c) const { return int4_div(c, cpg, gshift); }
-};
-
+// chunk's scale and zero (one fp32 and one byte, shared by the 4 to 32 lanes of a group and cached), and the chunk's 32 values
+// q - zero are made exactly in fp32 (the nibble in the low mantissa bits of 2^23, minus 2^23 + zero: an or and a subtraction
+// a value), summed against x in fp32, and the chunk's sum multiplied by its scale once. Other shapes take int4.cu's gemv_int4.
 template <int U>
-__device__ __forceinline__ void gemv_int4_unit_load(const unsigned* packed, const float* scales, const signed char* zeros,
-                                                    const Int4Units& g, int N, int b, int q, int lane, Bytes16* raw, float* sc, float* zb)
+__device__ __forceinline__ void gemv_int4_unit_load(const unsigned* packed, const float* scales, const signed char* zeros, int n,
+                                                    int q, int chunks, int groups, int cpg, int lane, Bytes16* raw, float* sc,
+                                                    float* zb)
 {
-    const int base = b * g.R, lim = min(g.R, N - base) * g.chunks;   // the block's first row, its slots
 #pragma unroll
     for (int u = 0; u < U; u++)
     {
-        const int s = (q * U + u) * 32 + lane;
-        if (s < lim)
+        const int c = (q * U + u) * 32 + lane;
+        if (c < chunks)
         {
-            raw[u] = load_stream16(packed + 4 * ((i64)base * g.chunks + s));   // the block's rows are one run of chunks
-            const int r = g.row_of(s);
-            const i64 gi = (i64)(base + r) * g.groups + g.group_of(s - r * g.chunks);
-            sc[u] = scales[gi];
-            zb[u] = 8388608.f + (float)zeros[gi];   // 2^23 + zero: exact
+            raw[u] = load_stream16(packed + (i64)n * (4 * chunks) + 4 * (i64)c);
+            const i64 g = (i64)n * groups + c / cpg;
+            sc[u] = scales[g];
+            zb[u] = 8388608.f + (float)zeros[g];   // 2^23 + zero: exact
         }
     }
 }
 
-// One chunk c of a row (its 16 bytes, scale and 2^23 + zero) against the same 32 columns of the M staged rows of x.
-template <typename T, int M>
-__device__ __forceinline__ void gemv_int4_chunk(const Bytes16& raw, float sc, float zb, const T* sx, int K, int c, float* acc)
+template <typename T, int M, int U>
+__device__ __forceinline__ void gemv_int4_unit_fma(const Bytes16* raw, const float* sc, const float* zb, const T* sx, int K, int q,
+                                                   int chunks, int lane, float* acc)
 {
     constexpr int VX = Vec16<T>::N;
-    float dot[M];
 #pragma unroll
-    for (int m = 0; m < M; m++) dot[m] = 0.f;
-#pragma unroll
-    for (int t = 0; t < 4; t++)
+    for (int u = 0; u < U; u++)
     {
-        float w[8];
+        const int c = (q * U + u) * 32 + lane;
+        if (c >= chunks) continue;
+        float dot[M];
 #pragma unroll
-        for (int j = 0; j < 8; j++) w[j] = __uint_as_float(0x4B000000u | ((raw.w[t] >> (4 * j)) & 0xFu)) - zb;
+        for (int m = 0; m < M; m++) dot[m] = 0.f;
 #pragma unroll
-        for (int m = 0; m < M; m++)
+        for (int t = 0; t < 4; t++)
+        {
+            float w[8];
 #pragma unroll
-            for (int h = 0; h < 8; h += VX)
-            {
-                float xv[VX];
-                load16(sx + (i64)m * K + (i64)c * 32 + 8 * t + h, xv);
+            for (int j = 0; j < 8; j++) w[j] = __uint_as_float(0x4B000000u | ((raw[u].w[t] >> (4 * j)) & 0xFu)) - zb[u];
 #pragma unroll
-                for (int j = 0; j < VX; j++) dot[m] = fmaf(w[h + j], xv[j], dot[m]);
-            }
+            for (int m = 0; m < M; m++)
+#pragma unroll
+                for (int h = 0; h < 8; h += VX)
+                {
+                    float xv[VX];
+                    load16(sx + (i64)m * K + (i64)c * 32 + 8 * t + h, xv);
+#pragma unroll
+                    for (int j = 0; j < VX; j++) dot[m] = fmaf(w[h + j], xv[j], dot[m]);
+                }
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[m] = fmaf(sc[u], dot[m], acc[m]);
     }
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = fmaf(sc, dot[m], acc[m]);
 }
 
-template <typename T, int M, int U>
+template <typename T, int M>
 __device__ void gemv_stream_int4(const T* x, const unsigned* packed, const float* scales, const signed char* zeros, const T* bias,
                                  T* y, const T* c_in, int N, int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw,
-                                 float eps, int rows, int early)
+                                 float eps, int early)
 {
-    constexpr int S = 32 * U;   // a unit's slots (chunks)
+    constexpr int U = M <= 2 ? 4 : 2;
     extern __shared__ unsigned char gemv_smem[];
     T* sx = reinterpret_cast<T*>(gemv_smem);
-    const int lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
-    const int warps = gridDim.x * wpb, warp = threadIdx.x >> 5;
-    Int4Units g;
-    g.chunks = K / 32;
-    g.groups = (K + group - 1) / group;
-    g.cpg = group / 32;
-    g.cshift = int4_log2_or_minus1(g.chunks);
-    g.gshift = int4_log2_or_minus1(g.cpg);
-    g.R = 1;
-    if (rows != 1 && (g.chunks % 32 == 0 || 32 % g.chunks == 0) && 2 * g.chunks <= S)
-    {
-        const int fit = min(S / g.chunks, rows > 1 ? rows : S);
-        const int rounds = ((N + fit - 1) / fit + warps - 1) / warps;   // the fewest rounds of units a warp can walk
-        g.R = (int)(((i64)N + (i64)rounds * warps - 1) / ((i64)rounds * warps));   // the fewest rows giving them (<= fit)
-    }
-    g.units = g.R > 1 ? 1 : (g.chunks + S - 1) / S;
-    const int blocks = (N + g.R - 1) / g.R;
-    const int cpr = g.chunks >= 32 ? g.chunks / 32 : 1;     // R > 1: a row's loads a lane (chunks >= 32), else 1
-    const int width = g.chunks >= 32 ? 32 : g.chunks;       // R > 1: the lanes of a row in one load
-    GemvCursor load{rows == 1 ? blockIdx.x * wpb + warp : warp * gridDim.x + blockIdx.x, 0, 0}, cur = load;
+    const int lane = threadIdx.x & 31;
+    const int stride = gridDim.x * (blockDim.x >> 5);
+    const int chunks = K / 32, units = (chunks + 32 * U - 1) / (32 * U), groups = (K + group - 1) / group, cpg = group / 32;
+    GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
     Bytes16 raw[U];
     float sc[U], zb[U];
-    if (early && load.n < blocks) gemv_int4_unit_load<U>(packed, scales, zeros, g, N, load.n, load.q, lane, raw, sc, zb);
+    if (early && load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, raw, sc, zb);
     pdl_wait();
     pdl_launch_dependents();
-    if (!early && load.n < blocks) gemv_int4_unit_load<U>(packed, scales, zeros, g, N, load.n, load.q, lane, raw, sc, zb);
+    if (!early && load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, raw, sc, zb);
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = 0.f;
-    while (cur.n < blocks)
+    while (cur.n < N)
     {
-        load.advance(g.units, 1, warps);
+        load.advance(units, 1, stride);
         Bytes16 next[U];
         float nsc[U], nzb[U];
-        if (load.n < blocks) gemv_int4_unit_load<U>(packed, scales, zeros, g, N, load.n, load.q, lane, next, nsc, nzb);
-        const int base = cur.n * g.R, lim = min(g.R, N - base) * g.chunks;
-        int left = cpr;
-#pragma unroll
-        for (int u = 0; u < U; u++)
+        if (load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, next, nsc, nzb);
+        gemv_int4_unit_fma<T, M, U>(raw, sc, zb, sx, K, cur.q, chunks, lane, acc);
+        if (cur.q == units - 1)   // the row's last unit: reduce, write, start the next one
         {
-            const int s = (cur.q * U + u) * 32 + lane;
-            const int r = g.row_of(s);
-            if (s < lim) gemv_int4_chunk<T, M>(raw[u], sc[u], zb[u], sx, K, s - r * g.chunks, acc);
-            // A row ends after this load (the same answer in every lane): reduce it over its lanes, write, clear.
-            bool ends;
-            if (g.R > 1)
+#pragma unroll
+            for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
+            const int n = cur.n;
+            if (lane == 0)
             {
-                ends = --left == 0 && u * 32 < lim;
-                if (left == 0) left = cpr;
-            }
-            else ends = u == U - 1 && cur.q == g.units - 1;
-            if (ends)
-            {
-                const int w = g.R > 1 ? width : 32;
+                const float b = bias ? to_f(bias[n]) : 0.f;
 #pragma unroll
                 for (int m = 0; m < M; m++)
                 {
-                    if (w == 32) acc[m] = warp_sum(acc[m]);
-                    else
-                        for (int o = w >> 1; o > 0; o >>= 1) acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], o);
+                    float r = acc[m] + b;
+                    if (beta != 0.f) r += beta * to_f(c_in[m * ldc + n]);
+                    y[m * ldy + n] = from_f<T>(r);
                 }
-                if ((lane & (w - 1)) == 0 && (g.R == 1 || s < lim))   // the row's first lane
-                {
-                    const int n = base + r;
-                    const float b = bias ? to_f(bias[n]) : 0.f;
-#pragma unroll
-                    for (int m = 0; m < M; m++)
-                    {
-                        float v = acc[m] + b;
-                        if (beta != 0.f) v += beta * to_f(c_in[m * ldc + n]);
-                        y[m * ldy + n] = from_f<T>(v);
-                    }
-                }
-#pragma unroll
-                for (int m = 0; m < M; m++) acc[m] = 0.f;
             }
+#pragma unroll
+            for (int m = 0; m < M; m++) acc[m] = 0.f;
         }
 #pragma unroll
         for (int u = 0; u < U; u++) { raw[u] = next[u]; sc[u] = nsc[u]; zb[u] = nzb[u]; }
-        cur.advance(g.units, 1, warps);
+        cur.advance(units, 1, stride);
     }
 }
 
-// c_in is y (beta 0 or 1) or an addend of y's shape (beta 1); nw (K, or null): x RMS-normalized as it is staged; rows: the cap
-// on a unit's rows (0 none; 1 one-row units). gemv_stream_int4_narrow_* has the first form's U (4 at M <= 2, else 2): with
-// rows = 1 it is the first form (CudaBackendOptions.Int4StreamRowsPerUnit = 1).
+// c_in is y (beta 0 or 1) or an addend of y's shape (beta 1); nw (K, or null): x RMS-normalized as it is staged.
 #define GEMV_STREAM_INT4(n, T, M)                                                                                \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_int4_##n##_m##M(const T* x,                 \
         const unsigned* packed, const float* scales, const signed char* zeros, const T* bias, T* y, const T* c_in, \
-        int N, int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int rows, int early) \
+        int N, int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int early)        \
     {                                                                                                             \
-        gemv_stream_int4<T, M, M <= 2 ? 8 : 4>(x, packed, scales, zeros, bias, y, c_in, N, K, group, ldx, ldy, ldc, beta, nw, \
-                                               eps, rows, early);                                                 \
-    }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_int4_narrow_##n##_m##M(const T* x,          \
-        const unsigned* packed, const float* scales, const signed char* zeros, const T* bias, T* y, const T* c_in, \
-        int N, int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int rows, int early) \
-    {                                                                                                             \
-        gemv_stream_int4<T, M, M <= 2 ? 4 : 2>(x, packed, scales, zeros, bias, y, c_in, N, K, group, ldx, ldy, ldc, beta, nw, \
-                                               eps, rows, early);                                                 \
+        gemv_stream_int4<T, M>(x, packed, scales, zeros, bias, y, c_in, N, K, group, ldx, ldy, ldc, beta, nw, eps, early); \
     }
 #define GEMV_STREAM_INT4_ALL(n, T) GEMV_STREAM_INT4(n, T, 1) GEMV_STREAM_INT4(n, T, 2) GEMV_STREAM_INT4(n, T, 3) GEMV_STREAM_INT4(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_INT4_ALL)

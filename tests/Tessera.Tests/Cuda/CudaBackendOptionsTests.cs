@@ -16,8 +16,6 @@ public sealed class CudaBackendOptionsTests
     {
         MatrixVectorKernels = false,
         MatrixVectorCtasPerSm = 1,
-        Int4StreamRowsPerUnit = 1,
-        Int4StreamWideUnits = false,
         EarlyWeightLoads = false,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
@@ -79,18 +77,16 @@ public sealed class CudaBackendOptionsTests
     [Fact]
     public void NamesIgnoreCaseAndBooleansTakeTheirUsualSpellings()
     {
-        var options = CudaBackendOptions.Parse(" matrixvectorkernels = off , PROFILEOPS=1, decodeattention=grouped, CrossEntropyThreadsPerRow=auto, int4streamrowsperunit=auto ");
+        var options = CudaBackendOptions.Parse(" matrixvectorkernels = off , PROFILEOPS=1, decodeattention=grouped, CrossEntropyThreadsPerRow=auto ");
         Assert.False(options.MatrixVectorKernels);
         Assert.True(options.ProfileOps);
         Assert.Equal(DecodeAttentionKernel.Grouped, options.DecodeAttention);
         Assert.Null(options.CrossEntropyThreadsPerRow);
-        Assert.Null(options.Int4StreamRowsPerUnit);
         Assert.Equal(CudaBackendOptions.Default with { MatrixVectorKernels = false, ProfileOps = true, DecodeAttention = DecodeAttentionKernel.Grouped }, options);
     }
 
     [Theory]
     [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
-    [InlineData("Int4StreamRowsPerUnit=0", "Int4StreamRowsPerUnit (0) must be 1 (one-row units, the first int4 stream), more (a cap), or unset")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]

@@ -9,8 +9,7 @@ namespace Tessera.Tests.Cuda;
 /// Group-wise int4 products on the GPU (<see cref="CudaBackend.QuantizedMatMul"/>, <see cref="CudaBackend.Dequantize"/> over
 /// <see cref="QuantizedWeight.Int4"/>) against the CPU backend's in F64 on the same int4 weights (<see cref="Int4Quantization.QuantizeRows"/>
 /// of random weights, the seed in the test's output): 1 to 4 rows of x on the persistent matrix-vector stream's int4 form
-/// (gemv.cu, <c>gemv_stream_int4_*</c>, K and the group multiples of 32; its units of several rows and the first form's
-/// one-row units at llama-1b's shapes in <see cref="Int4StreamUnitsMatchTheCpuInF64"/>) or, for other shapes (K = 1000, groups of 16), the
+/// (gemv.cu, <c>gemv_stream_int4_*</c>, K and the group multiples of 32) or, for other shapes (K = 1000, groups of 16), the
 /// one-warp-a-row kernel (int4.cu, <c>gemv_int4_*</c>), which the op profiler must name; 7 to 64 rows of BF16 and F16 on
 /// the decode product's int4 form (decode_gemm.cu, <c>decode_gemm_int4_*</c>, compute capability 9.0; groups of a multiple of
 /// 64 its form by group sums, <c>decode_gemm_int4g_*</c>, whose weights are exact rather than rounded to x's type); 7 rows of F32, 96
@@ -109,45 +108,6 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         AssertClose(Download(_cpu, expected), Download(yn), Tolerance(dtype), $"{dtype} M={m} norm");
     }
 
-    /// <summary>
-    /// The int4 stream's units on a full grid (<see cref="CudaBackendOptions.Int4StreamRowsPerUnit"/>): at llama-1b's K = 2048
-    /// with N = 3072 and 8192 the units span several rows (2 and 4 at one row of x on an H100's 264 CTAs), a cap of 2 rows,
-    /// one-row units at K = 8192, narrow units of several rows (<see cref="CudaBackendOptions.Int4StreamWideUnits"/> off), and
-    /// the first form (1: <c>gemv_stream_int4_narrow_*</c>), the kernel the op profiler must name;
-    /// bias, an addend, the norm, against the CPU's F64 (BF16's tolerance, 1e-2: the output keeps 8 significant bits).
-    /// </summary>
-    [Theory]
-    [InlineData(null, true, 1, 8192, 2048)]
-    [InlineData(null, true, 2, 3072, 2048)]
-    [InlineData(null, true, 4, 8192, 2048)]
-    [InlineData(null, true, 1, 2048, 8192)]
-    [InlineData(2, true, 3, 8192, 2048)]
-    [InlineData(null, false, 2, 8192, 2048)]
-    [InlineData(1, true, 1, 8192, 2048)]
-    [InlineData(1, true, 4, 3072, 2048)]
-    public void Int4StreamUnitsMatchTheCpuInF64(int? rows, bool wide, int m, int n, int k)
-    {
-        using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal,
-            CudaBackendOptions.Default with { ProfileOps = true, Int4StreamRowsPerUnit = rows, Int4StreamWideUnits = wide });
-        const DType dtype = DType.BF16;
-        const double eps = 1e-5;
-        var (packed, scales, zeros) = RandomInt4(n, k, 128);
-        var (_, xv) = Random(dtype, 1, m, k);
-        var (_, gainv) = Random(dtype, 1, k);
-        var (_, biasv) = Random(dtype, 1, n);
-        var (_, addv) = Random(dtype, 1, m, n);
-        var y = gpu.Allocate(new Shape(m, n), dtype);
-        gpu.Profiler!.Reset();
-        gpu.QuantizedMatMul(Upload(gpu, xv, dtype, m, k), UploadInt4(gpu, packed, scales, zeros, 128, k, n), y, bias: Upload(gpu, biasv, dtype, n),
-            addend: Upload(gpu, addv, dtype, m, n), norm: new RmsNormPrologue(Upload(gpu, gainv, dtype, k), eps));
-        Assert.Contains($"gemv_stream_int4_{(rows == 1 || !wide ? "narrow_" : "")}bf16_m{m}", gpu.Profiler!.Totals().Select(r => r.Name));
-        var expected = _cpu.Allocate(new Shape(m, n), DType.F64);
-        _cpu.QuantizedMatMul(Upload(_cpu, xv, DType.F64, m, k), UploadInt4(_cpu, packed, scales, zeros, 128, k, n), expected,
-            bias: Upload(_cpu, biasv, DType.F64, n), addend: Upload(_cpu, addv, DType.F64, m, n),
-            norm: new RmsNormPrologue(Upload(_cpu, gainv, DType.F64, k), eps));
-        AssertClose(Download(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"rows={rows?.ToString() ?? "auto"} wide={wide} M={m} N={n} K={k}");
-    }
-
     /// <summary>Dequantize gives scale (q - zero) rounded once to the output's type: F32 bit for bit with the CPU's, BF16 within its rounding.</summary>
     [Theory]
     [InlineData(DType.F32)]
@@ -175,9 +135,9 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         return (packed, scales, zeros);
     }
 
-    private static QuantizedWeight UploadInt4(IBackend backend, int[] packed, float[] scales, sbyte[] zeros, int group, int k = K, int n = N)
+    private static QuantizedWeight UploadInt4(IBackend backend, int[] packed, float[] scales, sbyte[] zeros, int group, int k = K)
     {
-        int g = group == -1 ? k : group, groups = (k + g - 1) / g;
+        int n = N, g = group == -1 ? k : group, groups = (k + g - 1) / g;
         var q = QuantizedWeight.Int4(backend.Allocate(new Shape(n, k / 8), DType.I32), backend.Allocate(new Shape(n, groups), DType.F32),
             backend.Allocate(new Shape(n, groups), DType.I8), k, g);
         Int4Quantization.Write(backend, q, packed, scales, zeros);

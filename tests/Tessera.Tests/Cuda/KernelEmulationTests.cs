@@ -315,12 +315,7 @@ public sealed class KernelEmulationTests
     /// group multiples of 32) within 1e-5 of sum |x w| (bf16: plus 2^-7 of |y|) over K of one chunk, K not a multiple of 128
     /// (96, 1056, 4128), groups of 32, 64, 128, a whole row and a last one shorter (K = 320, group 128), bias, beta on y, an
     /// addend, the RMSNorm prologue (f32), several rows a warp, with the weights loaded before and after the dependency wait
-    /// giving the same bits; M = 1 to 4 at llama-1b's K = 2048 and 8192, with units of R whole rows (the name's R, the
-    /// kernel's choice restated by the program): rows of 1, 8, 16, 32, 64 and 96 chunks (a row a lane, a group of lanes, one
-    /// to three loads a lane), the last block of rows cut at N, a cap on the rows (<see cref="CudaBackendOptions.Int4StreamRowsPerUnit"/>),
-    /// one-row units where a row does not fit (K = 96, 320, 1056, 8192); and the narrow kernel <c>gemv_stream_int4_narrow_*</c>,
-    /// the first form with one-row units (the option at 1) at K = 96, 2048 and 4128 and with units of several rows
-    /// (<see cref="CudaBackendOptions.Int4StreamWideUnits"/> off). K a multiple of 8 but not of 32 (200, 40, 8) and groups of 8 and 16 are gemv_int4's cases.
+    /// giving the same bits. K a multiple of 8 but not of 32 (200, 40, 8) and groups of 8 and 16 are gemv_int4's cases.
     /// <see cref="CudaInt4QuantizedMatMulTests"/> checks them on the device.
     /// </summary>
     [Fact]
@@ -331,26 +326,13 @@ public sealed class KernelEmulationTests
              "gemv_int4_f32 M=3 N=9 K=512 group=32 asym bias addend grid=4", "gemv_int4_f32 M=4 N=65 K=1024 group=128 sym bias grid=3",
              "gemv_int4_f32 M=4 N=19 K=200 group=200 asym grid=1", "gemv_int4_f32 M=1 N=1 K=8 group=8 asym grid=1",
              "gemv_int4_f32 M=2 N=11 K=128 group=16 asym bias grid=2", "gemv_int4_f32 M=3 N=7 K=2048 group=64 sym addend grid=1",
-             "gemv_stream_int4 f32 M=1 N=37 K=256 group=128 asym bias beta=0 grid=2 R=3", "gemv_stream_int4 f32 M=1 N=1 K=32 group=32 asym beta=0 grid=1 R=1",
-             "gemv_stream_int4 f32 M=2 N=33 K=96 group=32 sym beta=1 grid=1 R=1", "gemv_stream_int4 f32 M=2 N=77 K=1056 group=1056 asym bias beta=0 addend grid=3 R=1",
-             "gemv_stream_int4 f32 M=3 N=9 K=512 group=64 asym bias beta=0 addend norm grid=4 R=1", "gemv_stream_int4 f32 M=3 N=45 K=4128 group=32 asym beta=1 grid=1 R=1",
-             "gemv_stream_int4 f32 M=4 N=130 K=2048 group=128 sym bias beta=0 norm grid=2 R=2", "gemv_stream_int4 f32 M=4 N=19 K=1024 group=64 asym beta=0 addend grid=1 R=3",
-             "gemv_stream_int4 f32 M=1 N=100 K=2048 group=128 asym bias beta=1 norm grid=5 R=3", "gemv_stream_int4 f32 M=2 N=21 K=320 group=128 asym bias beta=0 addend grid=2 R=1",
-             "gemv_stream_int4 bf16 M=1 N=65 K=2048 group=128 asym bias beta=0 grid=2 R=3", "gemv_stream_int4 bf16 M=2 N=50 K=1056 group=32 sym beta=0 addend grid=3 R=1",
-             "gemv_stream_int4 bf16 M=4 N=33 K=4096 group=128 asym bias beta=1 grid=2 R=1", "gemv_stream_int4 f32 M=1 N=37 K=2048 group=128 asym bias beta=0 grid=1 R=3",
-             "gemv_stream_int4 f32 M=1 N=41 K=32 group=32 asym beta=0 grid=1 R=6", "gemv_stream_int4 f32 M=2 N=29 K=256 group=64 sym beta=1 grid=1 R=4",
-             "gemv_stream_int4 f32 M=2 N=50 K=8192 group=128 asym bias beta=0 addend grid=2 R=1", "gemv_stream_int4 f32 M=3 N=70 K=1024 group=64 asym beta=0 addend norm grid=1 R=3",
-             "gemv_stream_int4 f32 M=4 N=61 K=8192 group=128 asym bias beta=1 grid=1 R=1", "gemv_stream_int4 f32 M=1 N=100 K=3072 group=128 asym bias beta=1 norm grid=2 R=2",
-             "gemv_stream_int4 f32 M=3 N=50 K=320 group=128 asym beta=0 grid=1 R=1", "gemv_stream_int4 f32 M=4 N=45 K=512 group=32 sym bias beta=0 addend grid=1 R=6",
-             "gemv_stream_int4 f32 M=2 N=300 K=2048 group=2048 asym beta=0 addend grid=3 R=4", "gemv_stream_int4 f32 M=1 N=37 K=512 group=64 asym bias beta=0 grid=1 rows<=2 R=2",
-             "gemv_stream_int4 bf16 M=1 N=90 K=256 group=32 asym bias beta=0 grid=1 R=12", "gemv_stream_int4 bf16 M=2 N=70 K=2048 group=128 asym bias beta=1 grid=1 R=3",
-             "gemv_stream_int4 bf16 M=3 N=61 K=8192 group=128 asym beta=0 addend grid=1 R=1", "gemv_stream_int4 bf16 M=4 N=50 K=2048 group=64 asym bias beta=0 grid=1 R=2",
-             "gemv_stream_int4 bf16 M=1 N=40 K=8192 group=128 sym beta=0 addend grid=1 R=1", "gemv_stream_int4 f32 M=1 N=37 K=2048 group=128 asym bias beta=0 grid=1 narrow R=1",
-             "gemv_stream_int4 f32 M=2 N=40 K=96 group=32 asym beta=1 grid=1 narrow R=1", "gemv_stream_int4 f32 M=3 N=45 K=4128 group=32 asym beta=1 grid=1 narrow R=1",
-             "gemv_stream_int4 f32 M=4 N=130 K=2048 group=128 sym bias beta=0 norm grid=2 narrow R=1", "gemv_stream_int4 bf16 M=1 N=65 K=2048 group=128 asym bias beta=0 grid=2 narrow R=1",
-             "gemv_stream_int4 f32 M=1 N=37 K=2048 group=128 asym bias beta=0 norm grid=1 narrow R=2", "gemv_stream_int4 f32 M=3 N=50 K=1024 group=64 asym beta=1 addend grid=1 narrow R=2",
-             "gemv_stream_int4 f32 M=4 N=29 K=256 group=32 sym bias beta=0 grid=1 narrow R=4", "gemv_stream_int4 f32 M=3 N=30 K=2048 group=128 asym beta=0 grid=1 narrow R=1",
-             "gemv_stream_int4 bf16 M=2 N=45 K=2048 group=128 asym bias beta=0 addend grid=1 narrow R=2"]);
+             "gemv_stream_int4 f32 M=1 N=37 K=256 group=128 asym bias beta=0 grid=2", "gemv_stream_int4 f32 M=1 N=1 K=32 group=32 asym beta=0 grid=1",
+             "gemv_stream_int4 f32 M=2 N=33 K=96 group=32 sym beta=1 grid=1", "gemv_stream_int4 f32 M=2 N=77 K=1056 group=1056 asym bias beta=0 addend grid=3",
+             "gemv_stream_int4 f32 M=3 N=9 K=512 group=64 asym bias beta=0 addend norm grid=4", "gemv_stream_int4 f32 M=3 N=45 K=4128 group=32 asym beta=1 grid=1",
+             "gemv_stream_int4 f32 M=4 N=130 K=2048 group=128 sym bias beta=0 norm grid=2", "gemv_stream_int4 f32 M=4 N=19 K=1024 group=64 asym beta=0 addend grid=1",
+             "gemv_stream_int4 f32 M=1 N=100 K=2048 group=128 asym bias beta=1 norm grid=5", "gemv_stream_int4 f32 M=2 N=21 K=320 group=128 asym bias beta=0 addend grid=2",
+             "gemv_stream_int4 bf16 M=1 N=65 K=2048 group=128 asym bias beta=0 grid=2",
+             "gemv_stream_int4 bf16 M=2 N=50 K=1056 group=32 sym beta=0 addend grid=3", "gemv_stream_int4 bf16 M=4 N=33 K=4096 group=128 asym bias beta=1 grid=2"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

@@ -11,13 +11,8 @@
 // same double reference: M = 1 to 4, N odd, fewer than the grid's warps or several rows a warp, K of one chunk (32), K a
 // multiple of 32 but not of 128 (96, 1056, 4128), groups of 32, 64, 128, a whole row and a last group shorter (K = 320,
 // group 128), bias, beta 1 on y itself, an addend, and the RMSNorm prologue (f32: x * rsqrt(mean x^2 + eps) * nw in double for the reference; the kernel rounds the
-// normalized x to fp32 once). Units of several rows (gemv.cu's R: each case's name gives the R the kernel chooses for its N,
-// K, M and grid, restated by rows_per_unit below): llama-1b's K = 2048 and 8192 at M = 1 to 4, rows of 1, 8 and 16 chunks
-// (a row a lane or a group of lanes, reduced over them), 32, 64 and 96 chunks (one to three loads a lane a row), the last
-// block of rows cut at N, grids of 1 to 3 CTAs (several rounds a warp), a cap on the rows (the rows argument), and one-row
-// units where a row does not fit (K = 96, 320, 1056, 8192); the first form gemv_stream_int4_narrow_* (rows 1) at K = 96, 2048
-// and 4128, and the narrow kernel with units of several rows (rows 0). Each product runs with the weights loaded before
-// pdl_wait (early) and after: the same bits, and y's row padding untouched. Tolerances: f32 1e-5 of sum |x w| + |bias| + |c| per output (fp32 sums of up to 4128 terms in
+// normalized x to fp32 once). Each product runs with the weights loaded before pdl_wait (early) and after: the same bits, and
+// y's row padding untouched. Tolerances: f32 1e-5 of sum |x w| + |bias| + |c| per output (fp32 sums of up to 4128 terms in
 // another order leave about 1e-6 of it; a wrong group, nibble or row is off by 1e-2 or more); bf16 (no norm: gemv_stage_x's
 // bf16 norm stores are PTX, compiled away here) the same plus 2^-7 of |y| (the stored output keeps 8 significant bits: half
 // an ulp is up to 2^-8 of it).
@@ -121,41 +116,28 @@ template <typename T> static const char* type_name();
 template <> const char* type_name<float>() { return "f32"; }
 template <> const char* type_name<bf16>() { return "bf16"; }
 
-template <typename T, int M> static auto stream_kernel(bool narrow)
+template <typename T, int M> static auto stream_kernel()
 {
     if constexpr (std::is_same_v<T, float>)
     {
-        if constexpr (M == 1) return narrow ? gemv_stream_int4_narrow_f32_m1 : gemv_stream_int4_f32_m1;
-        else if constexpr (M == 2) return narrow ? gemv_stream_int4_narrow_f32_m2 : gemv_stream_int4_f32_m2;
-        else if constexpr (M == 3) return narrow ? gemv_stream_int4_narrow_f32_m3 : gemv_stream_int4_f32_m3;
-        else return narrow ? gemv_stream_int4_narrow_f32_m4 : gemv_stream_int4_f32_m4;
+        if constexpr (M == 1) return gemv_stream_int4_f32_m1;
+        else if constexpr (M == 2) return gemv_stream_int4_f32_m2;
+        else if constexpr (M == 3) return gemv_stream_int4_f32_m3;
+        else return gemv_stream_int4_f32_m4;
     }
     else
     {
-        if constexpr (M == 1) return narrow ? gemv_stream_int4_narrow_bf16_m1 : gemv_stream_int4_bf16_m1;
-        else if constexpr (M == 2) return narrow ? gemv_stream_int4_narrow_bf16_m2 : gemv_stream_int4_bf16_m2;
-        else if constexpr (M == 3) return narrow ? gemv_stream_int4_narrow_bf16_m3 : gemv_stream_int4_bf16_m3;
-        else return narrow ? gemv_stream_int4_narrow_bf16_m4 : gemv_stream_int4_bf16_m4;
+        if constexpr (M == 1) return gemv_stream_int4_bf16_m1;
+        else if constexpr (M == 2) return gemv_stream_int4_bf16_m2;
+        else if constexpr (M == 3) return gemv_stream_int4_bf16_m3;
+        else return gemv_stream_int4_bf16_m4;
     }
 }
 
-// The rows a unit of gemv_stream_int4 takes (its choice, restated for the case's name): whole rows when a row's chunks are a
-// multiple of 32 or a power of two up to 32 and fill at most half of the 32 U slots (U = 8 or 4 by M, the narrow kernel's
-// 4 or 2), the fewest that give each of the grid's warps its fewest rounds, at most `rows` (0: no cap; 1: one-row units).
-static int rows_per_unit(int M, int N, int K, int rows, int grid, bool narrow)
-{
-    const int S = 32 * (M <= 2 ? 8 : 4) / (narrow ? 2 : 1), chunks = K / 32, warps = 8 * grid;
-    if (rows == 1 || !(chunks % 32 == 0 || 32 % chunks == 0) || 2 * chunks > S) return 1;
-    const int fit = std::min(S / chunks, rows > 1 ? rows : S), rounds = ((N + fit - 1) / fit + warps - 1) / warps;
-    return (N + rounds * warps - 1) / (rounds * warps);
-}
-
 // y (M, N) = x W^T + bias + beta y (beta 0 or 1) or + an addend (read with beta 1, as CudaBackend passes it), x normalized
-// first when norm; `grid` CTAs of 8 warps; rows: the kernel's cap on a unit's rows (0 none); narrow: gemv_stream_int4_narrow_*
-// (with rows 1 the first form, as CudaBackend runs it for Int4StreamRowsPerUnit = 1; with rows 0 Int4StreamWideUnits = false).
+// first when norm; `grid` CTAs of 8 warps.
 template <typename T, int M>
-static void stream_check(std::mt19937& rng, int N, int K, int group, bool sym, bool bias, float beta, bool addend, bool norm, int grid,
-                         int rows = 0, bool narrow = false)
+static void stream_check(std::mt19937& rng, int N, int K, int group, bool sym, bool bias, float beta, bool addend, bool norm, int grid)
 {
     auto w = draw(rng, N, K, group, sym);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -195,11 +177,11 @@ static void stream_check(std::mt19937& rng, int N, int K, int group, bool sym, b
         T* py = y[early].data();
         const T* pc = addend ? c.data() : py;
         const unsigned* pq = w.packed.data(); const float* ps = w.scales.data(); const signed char* pz = w.zeros.data();
-        int n_ = N, k_ = K, g_ = group, ea = early, ro = rows;
+        int n_ = N, k_ = K, g_ = group, ea = early;
         i64 lx = ldx, ly = ldy, lc = addend ? lda : ldy;
         float be = addend ? 1.f : beta;
-        auto kernel = stream_kernel<T, M>(narrow);
-        emu_launch(grid, 256, [&] { kernel(px, pq, ps, pz, pb, py, pc, n_, k_, g_, lx, ly, lc, be, pn, eps, ro, ea); });
+        auto kernel = stream_kernel<T, M>();
+        emu_launch(grid, 256, [&] { kernel(px, pq, ps, pz, pb, py, pc, n_, k_, g_, lx, ly, lc, be, pn, eps, ea); });
     }
     double worst = 0; int bad = 0, differ = 0;
     const double rounding = std::is_same_v<T, float> ? 0.0 : 1.0 / 128;
@@ -215,12 +197,9 @@ static void stream_check(std::mt19937& rng, int N, int K, int group, bool sym, b
     for (int m = 0; m < M; m++)
         for (i64 j = N; j < ldy; j++)
             if (to_f(y[1][m * ldy + j]) != to_f(y0[m * ldy + j]) || to_f(y[0][m * ldy + j]) != to_f(y0[m * ldy + j])) bad++;
-    char what[220], detail[64], form[32];
-    const int R = rows_per_unit(M, N, K, rows, grid, narrow);
-    if (rows > 1) snprintf(form, sizeof form, "%srows<=%d R=%d", narrow ? "narrow " : "", rows, R);
-    else snprintf(form, sizeof form, "%sR=%d", narrow ? "narrow " : "", R);
-    snprintf(what, sizeof what, "gemv_stream_int4 %s M=%d N=%d K=%d group=%d %s%s beta=%g%s%s grid=%d %s", type_name<T>(), M, N, K,
-             group, sym ? "sym" : "asym", bias ? " bias" : "", beta, addend ? " addend" : "", norm ? " norm" : "", grid, form);
+    char what[200], detail[64];
+    snprintf(what, sizeof what, "gemv_stream_int4 %s M=%d N=%d K=%d group=%d %s%s beta=%g%s%s grid=%d", type_name<T>(), M, N, K,
+             group, sym ? "sym" : "asym", bias ? " bias" : "", beta, addend ? " addend" : "", norm ? " norm" : "", grid);
     snprintf(detail, sizeof detail, "worst %.3f of tol, early = late %s ", worst, differ ? "NO" : "yes");
     report(what, bad == 0 && differ == 0, detail);
 }
@@ -252,36 +231,5 @@ int main()
     stream_check<bf16, 1>(rng, 65, 2048, 128, false, true, 0.f, false, false, 2);
     stream_check<bf16, 2>(rng, 50, 1056, 32, true, false, 0.f, true, false, 3);
     stream_check<bf16, 4>(rng, 33, 4096, 128, false, true, 1.f, false, false, 2);
-    // Units of several rows (R > 1): llama's K = 2048 and 8192, rows of 1, 8 and 16 chunks (a row a group of lanes), 96
-    // chunks (3 loads a lane a row: no power of two), the last block cut at N, a cap on the rows; one-row units at K = 8192.
-    stream_check<float, 1>(rng, 37, 2048, 128, false, true, 0.f, false, false, 1);   // 3 rows a unit, 2 rounds; a block of 1
-    stream_check<float, 1>(rng, 41, 32, 32, false, false, 0.f, false, false, 1);     // a row a lane, 6 a unit
-    stream_check<float, 2>(rng, 29, 256, 64, true, false, 1.f, false, false, 1);     // 8 lanes a row; beta on y
-    stream_check<float, 2>(rng, 50, 8192, 128, false, true, 0.f, true, false, 2);    // one 4 KB unit a row
-    stream_check<float, 3>(rng, 70, 1024, 64, false, false, 0.f, true, true, 1);     // a load a lane a row; norm
-    stream_check<float, 4>(rng, 61, 8192, 128, false, true, 1.f, false, false, 1);   // two units a row
-    stream_check<float, 1>(rng, 100, 3072, 128, false, true, 1.f, false, true, 2);   // 96 chunks a row: 2 rows a unit
-    stream_check<float, 3>(rng, 50, 320, 128, false, false, 0.f, false, false, 1);   // 10 chunks: one-row units
-    stream_check<float, 4>(rng, 45, 512, 32, true, true, 0.f, true, false, 1);       // 16 lanes a row; last block of 3 rows
-    stream_check<float, 2>(rng, 300, 2048, 2048, false, false, 0.f, true, false, 3); // one group a row
-    stream_check<float, 1>(rng, 37, 512, 64, false, true, 0.f, false, false, 1, 2);  // rows capped at 2
-    stream_check<bf16, 1>(rng, 90, 256, 32, false, true, 0.f, false, false, 1);      // 12 rows a unit
-    stream_check<bf16, 2>(rng, 70, 2048, 128, false, true, 1.f, false, false, 1);
-    stream_check<bf16, 3>(rng, 61, 8192, 128, false, false, 0.f, true, false, 1);
-    stream_check<bf16, 4>(rng, 50, 2048, 64, false, true, 0.f, false, false, 1);
-    stream_check<bf16, 1>(rng, 40, 8192, 128, true, false, 0.f, true, false, 1);
-    // The first form (narrow one-row units: Int4StreamRowsPerUnit = 1).
-    stream_check<float, 1>(rng, 37, 2048, 128, false, true, 0.f, false, false, 1, 1, true);
-    stream_check<float, 2>(rng, 40, 96, 32, false, false, 1.f, false, false, 1, 1, true);
-    stream_check<float, 3>(rng, 45, 4128, 32, false, false, 1.f, false, false, 1, 1, true);
-    stream_check<float, 4>(rng, 130, 2048, 128, true, true, 0.f, false, true, 2, 1, true);
-    stream_check<bf16, 1>(rng, 65, 2048, 128, false, true, 0.f, false, false, 2, 1, true);
-    // The narrow kernel with units of several rows (Int4StreamWideUnits = false): 2 rows of 64 chunks in 128 slots at M <= 2,
-    // rows of 32 chunks in 64 at M = 3, 4, 8 lanes a row; one-row units at K = 2048, M = 3 (64 chunks fill the unit).
-    stream_check<float, 1>(rng, 37, 2048, 128, false, true, 0.f, false, true, 1, 0, true);
-    stream_check<float, 3>(rng, 50, 1024, 64, false, false, 1.f, true, false, 1, 0, true);
-    stream_check<float, 4>(rng, 29, 256, 32, true, true, 0.f, false, false, 1, 0, true);
-    stream_check<float, 3>(rng, 30, 2048, 128, false, false, 0.f, false, false, 1, 0, true);
-    stream_check<bf16, 2>(rng, 45, 2048, 128, false, true, 0.f, true, false, 1, 0, true);
     return failures;
 }
