@@ -268,8 +268,8 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 
 // Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or
 // nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group, and no SWIGLU; nw only by
-// group sums). GS: the int4 form by group sums (group a multiple of DG_BK).
-template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false>
+// group sums). GS: the int4 form by group sums (group a multiple of DG_BK) on GW warps (8 or 4).
+template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false, int GW = 8>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
                             const float* scales, const T* c_in, i64 ldc, const signed char* zeros = nullptr, int group = 0)
@@ -278,9 +278,9 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     constexpr int WB = sizeof(Wt), MP = 8 * MT, ROWB = Q4 ? DG_BK / 2 : DG_BK * WB, CPE = Q4 ? 8 : 1;   // a tile row's bytes; columns a Wt
     // A stage: W's tile, x's, the norm weight's 64 columns, and with GS each W row's scale and zero word (4 + 4 bytes).
     constexpr int WT = DG_BN * ROWB, XT = MP * DG_BK * 2, NT = DG_BK * 2, ST4 = GS ? DG_BN * 8 : 0, STAGE = WT + XT + NT + ST4;
-    // Warps a CTA: 8 by group sums (a warp one m16 tile of W rows: twice the warps of the other forms, whose tiles leave an
-    // SM one or two warps a scheduler to hide their latencies with), else 4 (two m16 tiles each).
-    constexpr int WARPS = GS ? 8 : 4, THREADS = 32 * WARPS, HT = DG_BN / (16 * WARPS), RPW = DG_BN / WARPS;
+    // Warps a CTA: by group sums 8 (a warp one m16 tile of W rows: twice the warps of the other forms, whose tiles leave an
+    // SM one or two warps a scheduler to hide their latencies with) or 4, else 4 (two m16 tiles each).
+    constexpr int WARPS = GS ? GW : 4, THREADS = 32 * WARPS, HT = DG_BN / (16 * WARPS), RPW = DG_BN / WARPS;
     constexpr int SQ = (MT + WARPS - 1) / WARPS;
     static_assert(!GS || Q4, "decode_gemm: group sums are the int4 form's");
     static_assert(GS || HT == 2, "decode_gemm: the 16-bit, int8 and int4 tile code takes two m16 tiles a warp");
@@ -608,15 +608,18 @@ DECODE_GEMM_INT4(bf16, bf16, 2) DECODE_GEMM_INT4(bf16, bf16, 4) DECODE_GEMM_INT4
 DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16, f16, 8)
 
 // The int4 form by group sums (see the file's comment; CudaBackendOptions.Int4DecodeProductGroupSums): the same arguments,
-// group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form. Eight
-// warps a CTA (256 threads).
-#define DECODE_GEMM_INT4G(name, t, MT)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(2 * DG_THREADS) decode_gemm_int4g_##name##_m##MT(const t* x,            \
+// group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form.
+// decode_gemm_int4g_*: eight warps (256 threads), at most 128 registers a thread so that two CTAs share an SM (ncu, session
+// 32: 141 registers left one CTA an SM and 256 CTAs two waves at 64 rows); decode_gemm_int4g4_*: four (128 threads).
+#define DECODE_GEMM_INT4G(name, t, MT, W, suffix, minb)                                                                   \
+    extern "C" __global__ void __launch_bounds__(32 * W, minb) decode_gemm_int4g##suffix##_##name##_m##MT(const t* x,    \
         const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
         int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early, const t* nw, float eps)      \
     {                                                                                                                     \
-        decode_gemm<t, unsigned, MT, false, true>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, \
-                                                  early, nw, eps, scales, c_in, ldc, zeros, group);                       \
+        decode_gemm<t, unsigned, MT, false, true, W>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f,   \
+                                                     beta, early, nw, eps, scales, c_in, ldc, zeros, group);              \
     }
-DECODE_GEMM_INT4G(bf16, bf16, 2) DECODE_GEMM_INT4G(bf16, bf16, 4) DECODE_GEMM_INT4G(bf16, bf16, 8)
-DECODE_GEMM_INT4G(f16, f16, 2) DECODE_GEMM_INT4G(f16, f16, 4) DECODE_GEMM_INT4G(f16, f16, 8)
+#define DECODE_GEMM_INT4G_ALL(name, t)                                                                                    \
+    DECODE_GEMM_INT4G(name, t, 2, 8, , 2) DECODE_GEMM_INT4G(name, t, 4, 8, , 2) DECODE_GEMM_INT4G(name, t, 8, 8, , 2)    \
+    DECODE_GEMM_INT4G(name, t, 2, 4, 4, 1) DECODE_GEMM_INT4G(name, t, 4, 4, 4, 1) DECODE_GEMM_INT4G(name, t, 8, 4, 4, 1)
+DECODE_GEMM_INT4G_ALL(bf16, bf16) DECODE_GEMM_INT4G_ALL(f16, f16)
