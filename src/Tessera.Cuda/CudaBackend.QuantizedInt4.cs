@@ -135,18 +135,10 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early, &pn, &eps };
         uint shared = (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2
             + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
-        int warps = groupSums ? Int4DecodeProductWarps(mt) : DecodeGemmThreads / 32;
-        string form = !groupSums ? "" : warps == 8 ? "g" : "g4";
-        Launch("decode_gemm.cu", $"decode_gemm_int4{form}_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
-            (uint)(32 * warps), args, shared, dependent: true, clusterX: (uint)slices);
+        Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
+            DecodeGemmThreads, args, shared, dependent: true, clusterX: (uint)slices);
         return true;
     }
-
-    /// <summary>
-    /// Warps a CTA of the int4 decode product by group sums for x of 8 <paramref name="mt"/> rows:
-    /// <see cref="CudaBackendOptions.Int4DecodeProductWarps"/>, or by default 8.
-    /// </summary>
-    private int Int4DecodeProductWarps(int mt) => Options.Int4DecodeProductWarps ?? 8;
 
     /// <summary>output (N, K) = the int4 weight, scale (q - zero) in fp32 rounded once to output's type (<c>dequantize_int4_*</c>).</summary>
     private void DequantizeInt4(QuantizedWeight weight, Tensor output)

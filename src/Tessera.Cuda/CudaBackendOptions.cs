@@ -87,13 +87,6 @@ public sealed record CudaBackendOptions
     /// </summary>
     public bool Int4DecodeProductGroupSums { get; init; } = true;
 
-    /// <summary>
-    /// Warps a CTA of the int4 decode product by group sums (<see cref="Int4DecodeProductGroupSums"/>): 8
-    /// (<c>decode_gemm_int4g_*</c>, a warp one m16 tile of W rows) or 4 (<c>decode_gemm_int4g4_*</c>, two tiles a warp, x's
-    /// fragments serving both); null (the default) chooses by the rows of x (<c>CudaBackend.Int4DecodeProductWarps</c>).
-    /// </summary>
-    public int? Int4DecodeProductWarps { get; init; }
-
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -407,8 +400,6 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: CrossEntropyClusterCtas ({CrossEntropyClusterCtas}) must be 2, 4 or 8 CTAs a row, or 0 for one CTA a row");
         if (CrossEntropyClusterMinRowBytes < 0)
             throw new ArgumentException($"CUDA backend options: CrossEntropyClusterMinRowBytes ({CrossEntropyClusterMinRowBytes}) must be 0 or positive");
-        if (Int4DecodeProductWarps is { } warps && warps is not (4 or 8))
-            throw new ArgumentException($"CUDA backend options: Int4DecodeProductWarps ({warps}) must be 4 or 8 warps a CTA, or unset to choose by the rows");
         if (SamplingClusterCtas is { } sampling && sampling is not (0 or 1 or 2 or 4 or 8))
             throw new ArgumentException($"CUDA backend options: SamplingClusterCtas ({sampling}) must be 1, 2, 4 or 8 CTAs a row, 0 for one CTA a row, or unset to choose by the batch");
         if (CrossEntropyClusterVectors is not (4 or 8))
@@ -458,7 +449,6 @@ public sealed record CudaBackendOptions
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
         if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
         if (Int4DecodeProductGroupSums != d.Int4DecodeProductGroupSums) parts.Add($"{nameof(Int4DecodeProductGroupSums)}={Bool(Int4DecodeProductGroupSums)}");
-        if (Int4DecodeProductWarps is { } int4Warps) parts.Add(Invariant($"{nameof(Int4DecodeProductWarps)}={int4Warps}"));
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -513,10 +503,6 @@ public sealed record CudaBackendOptions
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },
         [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },
         [nameof(Int4DecodeProductGroupSums)] = (o, v, s) => o with { Int4DecodeProductGroupSums = ParseBool(v, s) },
-        [nameof(Int4DecodeProductWarps)] = (o, v, s) => o with
-        {
-            Int4DecodeProductWarps = v.Equals("auto", StringComparison.OrdinalIgnoreCase) ? null : ParseInt(v, s),
-        },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

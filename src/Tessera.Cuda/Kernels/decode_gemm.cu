@@ -177,7 +177,7 @@ template <> __device__ __forceinline__ unsigned q4_negated_zero<f16>(unsigned ze
 
 // One k-tile of the int4 form by group sums (see the file's comment): warp rows tW as decode_tile_q4's, nz[h][half] the
 // negated zero pairs of the lane's four rows, acc the group's sums.
-// A warp takes HT m16 tiles of W rows (1: eight warps a CTA). With nw, x's staged values are scaled by the norm weight's (tN,
+// A warp takes HT m16 tiles of W rows (two; see decode_gemm's WARPS). With nw, x's staged values are scaled by the norm weight's (tN,
 // its 64 columns) before the permutes, and warp w of WARPS adds the squares of x's rows of n8 tiles w, w + WARPS, .. (its 16
 // columns a tile) into sq, as the 16-bit form does.
 template <typename T, int MT, int HT, int WARPS, int SQ>
@@ -268,8 +268,8 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 
 // Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or
 // nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group, and no SWIGLU; nw only by
-// group sums). GS: the int4 form by group sums (group a multiple of DG_BK) on GW warps (8 or 4).
-template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false, int GW = 8>
+// group sums). GS: the int4 form by group sums (group a multiple of DG_BK).
+template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
                             const float* scales, const T* c_in, i64 ldc, const signed char* zeros = nullptr, int group = 0)
@@ -278,12 +278,14 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     constexpr int WB = sizeof(Wt), MP = 8 * MT, ROWB = Q4 ? DG_BK / 2 : DG_BK * WB, CPE = Q4 ? 8 : 1;   // a tile row's bytes; columns a Wt
     // A stage: W's tile, x's, the norm weight's 64 columns, and with GS each W row's scale and zero word (4 + 4 bytes).
     constexpr int WT = DG_BN * ROWB, XT = MP * DG_BK * 2, NT = DG_BK * 2, ST4 = GS ? DG_BN * 8 : 0, STAGE = WT + XT + NT + ST4;
-    // Warps a CTA: by group sums 8 (a warp one m16 tile of W rows: twice the warps of the other forms, whose tiles leave an
-    // SM one or two warps a scheduler to hide their latencies with) or 4, else 4 (two m16 tiles each).
-    constexpr int WARPS = GS ? GW : 4, THREADS = 32 * WARPS, HT = DG_BN / (16 * WARPS), RPW = DG_BN / WARPS;
+    // Warps a CTA, each taking HT m16 tiles of W rows (RPW rows). Four, two tiles a warp, x's fragments serving both. Eight
+    // warps of one tile each (the group-sum form's, to hide its latencies with twice the warps) measured slower on the H100
+    // at every row count, 5 to 64 (session 32: a layer's four products 55.0 against 48.8 us at 8 rows, 98.0 against 89.0 at
+    // 64), with two CTAs an SM at most 128 registers: x's fragments loaded, permuted and used for one tile cost more.
+    constexpr int WARPS = DG_THREADS / 32, THREADS = DG_THREADS, HT = DG_BN / (16 * WARPS), RPW = DG_BN / WARPS;
     constexpr int SQ = (MT + WARPS - 1) / WARPS;
     static_assert(!GS || Q4, "decode_gemm: group sums are the int4 form's");
-    static_assert(GS || HT == 2, "decode_gemm: the 16-bit, int8 and int4 tile code takes two m16 tiles a warp");
+
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
     static_assert(!((Q8 || Q4) && SWIGLU), "decode_gemm: the int8 and int4 forms are the plain product only");
     static_assert((MP * DG_RS + 2 * MP) * 4 <= DG_ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
@@ -328,7 +330,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     };
     auto load_x = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE + WT;
-        if (tid < DG_THREADS) load_tile_sw128<DG_BK, MP, DG_THREADS>(dst, x + k0 + t * DG_BK, ldx, 0, M, tid);   // the first 128 threads
+        load_tile_sw128<DG_BK, MP, DG_THREADS>(dst, x + k0 + t * DG_BK, ldx, 0, M, tid);
         if (nw && tid < DG_BK / 8) cp_async16(dst + XT + tid * 16, nw + k0 + t * DG_BK + tid * 8, true);
     };
     prologue_weights_first<DG_ST>(tiles, early, load_w, load_x);
@@ -609,17 +611,13 @@ DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16
 
 // The int4 form by group sums (see the file's comment; CudaBackendOptions.Int4DecodeProductGroupSums): the same arguments,
 // group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form.
-// decode_gemm_int4g_*: eight warps (256 threads), at most 128 registers a thread so that two CTAs share an SM (ncu, session
-// 32: 141 registers left one CTA an SM and 256 CTAs two waves at 64 rows); decode_gemm_int4g4_*: four (128 threads).
-#define DECODE_GEMM_INT4G(name, t, MT, W, suffix, minb)                                                                   \
-    extern "C" __global__ void __launch_bounds__(32 * W, minb) decode_gemm_int4g##suffix##_##name##_m##MT(const t* x,    \
+#define DECODE_GEMM_INT4G(name, t, MT)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_##name##_m##MT(const t* x,                \
         const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
         int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early, const t* nw, float eps)      \
     {                                                                                                                     \
-        decode_gemm<t, unsigned, MT, false, true, W>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f,   \
-                                                     beta, early, nw, eps, scales, c_in, ldc, zeros, group);              \
+        decode_gemm<t, unsigned, MT, false, true>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, \
+                                                  early, nw, eps, scales, c_in, ldc, zeros, group);                       \
     }
-#define DECODE_GEMM_INT4G_ALL(name, t)                                                                                    \
-    DECODE_GEMM_INT4G(name, t, 2, 8, , 2) DECODE_GEMM_INT4G(name, t, 4, 8, , 2) DECODE_GEMM_INT4G(name, t, 8, 8, , 2)    \
-    DECODE_GEMM_INT4G(name, t, 2, 4, 4, 1) DECODE_GEMM_INT4G(name, t, 4, 4, 4, 1) DECODE_GEMM_INT4G(name, t, 8, 4, 4, 1)
-DECODE_GEMM_INT4G_ALL(bf16, bf16) DECODE_GEMM_INT4G_ALL(f16, f16)
+DECODE_GEMM_INT4G(bf16, bf16, 2) DECODE_GEMM_INT4G(bf16, bf16, 4) DECODE_GEMM_INT4G(bf16, bf16, 8)
+DECODE_GEMM_INT4G(f16, f16, 2) DECODE_GEMM_INT4G(f16, f16, 4) DECODE_GEMM_INT4G(f16, f16, 8)

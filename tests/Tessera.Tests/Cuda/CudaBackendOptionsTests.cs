@@ -46,7 +46,6 @@ public sealed class CudaBackendOptionsTests
         RopeAppendRowKernelMaxRows = 512,
         DecodeProducts = true,
         Int4DecodeProductGroupSums = false,
-        Int4DecodeProductWarps = 4,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,

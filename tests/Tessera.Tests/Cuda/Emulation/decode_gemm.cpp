@@ -70,11 +70,10 @@ static void fill(std::vector<bf16>& v, std::mt19937& rng, float scale, float off
 }
 
 // The grid (slices, row blocks): with several slices each row block's slices are one cluster, as the host launches them.
-// threads: 128, or 256 for the int4 form by group sums (eight warps).
-template <typename F> static void launch_slices(int slices, int blocks, F kernel, unsigned threads = 128)
+template <typename F> static void launch_slices(int slices, int blocks, F kernel)
 {
-    if (slices == 1) emu_launch(dim3{1, (unsigned)blocks, 1}, threads, kernel);
-    else emu_launch_cluster(dim3{(unsigned)slices, (unsigned)blocks, 1}, (unsigned)slices, threads, kernel);
+    if (slices == 1) emu_launch(dim3{1, (unsigned)blocks, 1}, 128, kernel);
+    else emu_launch_cluster(dim3{(unsigned)slices, (unsigned)blocks, 1}, (unsigned)slices, 128, kernel);
 }
 
 // The reference's input: x (M rows, ldx apart, K long) as doubles, RMS-normalized (x / rms * nw) when nw is given.
@@ -277,9 +276,7 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
 // The int4-weight form: y (M, N) = x W^T + bias[n] + beta * y0, or + addend, W[n, k] = bf16(scales[n, g] (q - zeros[n, g]));
 // gs: the form by group sums (decode_gemm_int4g_*), whose weights are scales[n, g] (q - zeros[n, g]) exactly.
 // with_norm (gs only): x RMS-normalized on the way, as the 16-bit form's reference.
-// warps (gs only): 8 (decode_gemm_int4g_*) or 4 (decode_gemm_int4g4_*).
-static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual, bool gs = false, bool with_norm = false,
-                   int warps = 8)
+static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual, bool gs = false, bool with_norm = false)
 {
     std::mt19937 rng(23 + M * 7 + N + K + group + slices + residual);
     const int ldx = K + 8, ldw = K / 8 + 4, ldy = N + 8, ldc = N + 4, G = (K + group - 1) / group;
@@ -331,11 +328,9 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
         auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea); }); };
         const bf16* pn = with_norm ? nw.data() : nullptr;
         auto launch_gs = [&](auto kernel) {
-            launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea, pn, eps); },
-                          32u * (unsigned)warps);
+            launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea, pn, eps); });
         };
-        if (gs && warps == 4) { if (MT == 2) launch_gs(decode_gemm_int4g4_bf16_m2); else if (MT == 4) launch_gs(decode_gemm_int4g4_bf16_m4); else launch_gs(decode_gemm_int4g4_bf16_m8); }
-        else if (gs) { if (MT == 2) launch_gs(decode_gemm_int4g_bf16_m2); else if (MT == 4) launch_gs(decode_gemm_int4g_bf16_m4); else launch_gs(decode_gemm_int4g_bf16_m8); }
+        if (gs) { if (MT == 2) launch_gs(decode_gemm_int4g_bf16_m2); else if (MT == 4) launch_gs(decode_gemm_int4g_bf16_m4); else launch_gs(decode_gemm_int4g_bf16_m8); }
         else if (MT == 2) launch(decode_gemm_int4_bf16_m2);
         else if (MT == 4) launch(decode_gemm_int4_bf16_m4);
         else launch(decode_gemm_int4_bf16_m8);
@@ -344,7 +339,7 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm_int4%s M=%d N=%d K=%d group=%d slices=%d bias=%d %s%s", !gs ? "" : warps == 4 ? "g4" : "g", M, N, K, group, slices,
+    snprintf(name, sizeof name, "decode_gemm_int4%s M=%d N=%d K=%d group=%d slices=%d bias=%d %s%s", gs ? "g" : "", M, N, K, group, slices,
              with_bias ? 1 : 0, residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend", with_norm ? " norm" : "");
     check(name, e, got[1], 8e-3);
     bool same = got[0] == got[1];
@@ -393,9 +388,7 @@ int main()
     run_q4(64, 300, 1024, 128, 8, true, 0, true, true);   // normalized: every slice's sums of squares across the cluster
     run_q4(9, 129, 512, 128, 1, false, 1, true, true);     // normalized, one slice: the CTA's own sums (MT 2: warps 0 and 1)
     run_q4(40, 64, 768, 256, 3, false, 2, true, true);     // normalized, MT 8 over 3 slices; groups straddle slices
-    run_q4(5, 100, 256, 128, 1, true, 0, true, false, 4);   // four warps a CTA (two m16 tiles each): MT 2, one slice
-    run_q4(17, 300, 512, 64, 4, true, 1, true, true, 4);    // four warps, MT 4, 4 slices, normalized
-    run_q4(64, 129, 1024, 128, 8, false, 2, true, false, 4);   // four warps, the 64-row batch, 8 slices, the addend
+    run_q4(17, 300, 512, 64, 4, true, 1, true, true);      // normalized, MT 4, 4 slices, a group a k-tile
 #endif
 #ifdef HOPPER
     run(64, 300, 1024, 2, true, 1.f, 1.f, true);   // 16 k-tiles in 2 slices, normalized, 3 row blocks
