@@ -101,6 +101,22 @@ template <> __device__ __forceinline__ void q8_pairs<f16>(unsigned q, unsigned& 
 #endif
 }
 
+// Lane c4's 16 columns of a k-tile (16 c4 .. 16 c4 + 15, the int8 and int4 forms' share) of x's staged row r: its 16-byte
+// chunks 2 c4 and 2 c4 + 1, swizzled as load_tile_sw128 stores them (b[0]: columns 16 c4 .. + 7, b[1]: + 8 .. + 15).
+__device__ __forceinline__ void lds_x_columns(unsigned tX, int r, int c4, unsigned (&b)[2][4])
+{
+    lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4) ^ (r & 7)) << 4), b[0]);
+    lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4 + 1) ^ (r & 7)) << 4), b[1]);
+}
+
+// The same 16 columns of the int4 tile's row r (packed words, 32 bytes a row): two words.
+__device__ __forceinline__ void lds_q4_words(unsigned tW, int r, int c4, unsigned (&q)[2])
+{
+    const unsigned row = tW + r * (DG_BK / 2) + c4 * 8;
+    q[0] = lds_u32(row);
+    q[1] = lds_u32(row + 4);
+}
+
 // Four int4 weights (nibbles 0 .. 3 of `word`, k ascending) as two words of T pairs: scale (q - zero) rounded to T, zb being
 // 2^23 + zero (see the file's comment).
 template <typename T>
@@ -125,8 +141,8 @@ __device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned 
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
-            const unsigned row = tW + (16 * h + 8 * half + g) * (DG_BK / 2) + c4 * 8;
-            const unsigned q[2] = {lds_u32(row), lds_u32(row + 4)};
+            unsigned q[2];
+            lds_q4_words(tW, 16 * h + 8 * half + g, c4, q);
 #pragma unroll
             for (int kk = 0; kk < DG_BK / 16; kk++)
                 q4_pairs<T>(q[kk >> 1] >> (16 * (kk & 1)), sc[h][half], zb[h][half], a[h][kk][half], a[h][kk][2 + half]);
@@ -134,10 +150,8 @@ __device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned 
 #pragma unroll
     for (int j = 0; j < MT; j++)
     {
-        const int r = 8 * j + g;                           // x row; its 16-byte chunks 2 c4 and 2 c4 + 1 (swizzled)
         unsigned b[2][4];
-        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4) ^ (r & 7)) << 4), b[0]);
-        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4 + 1) ^ (r & 7)) << 4), b[1]);
+        lds_x_columns(tX, 8 * j + g, c4, b);
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
 #pragma unroll
@@ -190,8 +204,8 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
 #pragma unroll
         for (int half = 0; half < 2; half++)
         {
-            const unsigned row = tW + (16 * h + 8 * half + g) * (DG_BK / 2) + c4 * 8;
-            const unsigned q[2] = {lds_u32(row), lds_u32(row + 4)};
+            unsigned q[2];
+            lds_q4_words(tW, 16 * h + 8 * half + g, c4, q);
 #pragma unroll
             for (int kk = 0; kk < DG_BK / 16; kk++)
             {
@@ -202,10 +216,8 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
 #pragma unroll
     for (int j = 0; j < MT; j++)
     {
-        const int r = 8 * j + g;                           // x row; its 16-byte chunks 2 c4 and 2 c4 + 1 (swizzled)
         unsigned b[2][4];
-        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4) ^ (r & 7)) << 4), b[0]);
-        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4 + 1) ^ (r & 7)) << 4), b[1]);
+        lds_x_columns(tX, 8 * j + g, c4, b);
         if (nw)
         {
             unsigned wn[2][4];                             // the norm weight's columns 16 c4 .. 16 c4 + 15 of the tile
@@ -255,10 +267,8 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 #pragma unroll
     for (int j = 0; j < MT; j++)
     {
-        const int r = 8 * j + g;                           // x row; its 16-byte chunks 2 c4 and 2 c4 + 1 (swizzled)
         unsigned b[2][4];
-        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4) ^ (r & 7)) << 4), b[0]);
-        lds_u32x4(tX + r * DG_BK * 2 + (((2 * c4 + 1) ^ (r & 7)) << 4), b[1]);
+        lds_x_columns(tX, 8 * j + g, c4, b);
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
 #pragma unroll
