@@ -62,8 +62,8 @@
 // path). Here the scales and the zeros' words ride in the stage with the weights (cp.async, DG_ST - 1 tiles ahead), and the
 // weight fed to the tensor cores is q - zero itself, exact in T: two nibbles (i and i + 4 of a word) placed in the low
 // mantissa bits of a pair of T whose exponent makes them 128 + q (bf16) or 1024 + q (f16), one and-or, then one paired fma
-// subtracting 128 + zero (1024 + zero): three instructions a pair. The products of a group go into separate fp32 sums, which
-// the group's scale multiplies into the row's sums when the group (or the slice) ends: y = sum_g scale_g sum_k (q - zero) x,
+// subtracting 128 + zero (1024 + zero): three instructions a pair. Each k-tile's products (one group) go into fp32 sums of
+// their own, which the group's scale multiplies into the row's sums: y = sum_g scale_g sum_k (q - zero) x,
 // the weights' exact values (not rounded to T as the form above rounds them), so the result differs from the dequantized
 // product's in the last bits of T. Lane c4's columns are the same 16 (two words); step kk takes pairs 2 (kk & 1) and + 1 of
 // word kk / 2, so x's B fragments are permuted alike: (x_i, x_i+4) pairs built from the staged 16 bytes by two byte
@@ -190,13 +190,17 @@ template <> __device__ __forceinline__ unsigned q4_negated_zero<bf16>(unsigned z
 template <> __device__ __forceinline__ unsigned q4_negated_zero<f16>(unsigned zero) { return (0xE400u | zero) * 0x10001u; }
 
 // One k-tile of the int4 form by group sums (see the file's comment): warp rows tW as decode_tile_q4's, nz[h][half] the
-// negated zero pairs of the lane's four rows, acc the group's sums.
+// negated zero pairs of the lane's four rows and sc[h][half] their scales (the tile lies in one group). Each n8 tile of x
+// sums the k-tile's products in registers of its own (8), which the scales then multiply into acc: no accumulators a group
+// (session 32's first form kept MT x 8 of them, twice acc's registers at 64 rows of x; the scaling now costs 8 fmas a tile
+// of x every k-tile rather than every group).
 // A warp takes HT m16 tiles of W rows (two; see decode_gemm's WARPS). With nw, x's staged values are scaled by the norm weight's (tN,
 // its 64 columns) before the permutes, and warp w of WARPS adds the squares of x's rows of n8 tiles w, w + WARPS, .. (its 16
 // columns a tile) into sq, as the 16-bit form does.
 template <typename T, int MT, int HT, int WARPS, int SQ>
 __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], unsigned tW, unsigned tX, int g, int c4,
-                                                     const unsigned (&nz)[HT][2], bool nw, unsigned tN, int warp, float (&sq)[SQ])
+                                                     const unsigned (&nz)[HT][2], const float (&sc)[HT][2], bool nw, unsigned tN,
+                                                     int warp, float (&sq)[SQ])
 {
     unsigned a[HT][DG_BK / 16][4];                         // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
 #pragma unroll
@@ -235,6 +239,7 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
                 }
             if (mine) sq[j / WARPS] += s2;
         }
+        float part[HT][4] = {};
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
         {
@@ -242,7 +247,15 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
             const unsigned lo = b[kk >> 1][kk & 1], hi = b[kk >> 1][2 + (kk & 1)];
             const unsigned b0 = (lo & 0xFFFFu) | (hi << 16), b1 = (lo >> 16) | (hi & 0xFFFF0000u);
 #pragma unroll
-            for (int h = 0; h < HT; h++) Mma<T>::run(acc[h][j], a[h][kk], b0, b1);
+            for (int h = 0; h < HT; h++) Mma<T>::run(part[h], a[h][kk], b0, b1);
+        }
+#pragma unroll
+        for (int h = 0; h < HT; h++)
+        {
+            acc[h][j][0] = fmaf(sc[h][0], part[h][0], acc[h][j][0]);   // part[h][0], [1]: row g; [2], [3]: row g + 8
+            acc[h][j][1] = fmaf(sc[h][0], part[h][1], acc[h][j][1]);
+            acc[h][j][2] = fmaf(sc[h][1], part[h][2], acc[h][j][2]);
+            acc[h][j][3] = fmaf(sc[h][1], part[h][3], acc[h][j][3]);
         }
     }
 }
@@ -354,11 +367,6 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
 #pragma unroll
     for (int i = 0; i < SQ; i++) sq[i] = 0.f;
     const TileOffsets<DG_BK> off(lane);
-    float gacc[HT][GS ? MT : 1][4];                       // with GS: the group's sums, as acc
-#pragma unroll
-    for (int h = 0; h < HT; h++)
-#pragma unroll
-        for (int j = 0; j < (GS ? MT : 1); j++) gacc[h][j][0] = gacc[h][j][1] = gacc[h][j][2] = gacc[h][j][3] = 0.f;
     for (int t = 0; t < tiles; t++)
     {
         // Int4: the scale and zero of this lane's four W rows at its 16 columns of the k-tile (one group), read while the
@@ -391,11 +399,11 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         if constexpr (Q8) decode_tile_q8<T, MT>(acc, tW, tX, g, c4);
         else if constexpr (GS)
         {
-            // The lane's four rows' zeros (byte (n G + gi) % 4 of each staged word), the tile's sums, and at the group's or
-            // the slice's end the group's scales times them into acc.
+            // The lane's four rows' zeros (byte (n G + gi) % 4 of each staged word) and scales, from the stage.
             const unsigned tS = base + WT + XT + NT;
             const int gi = (k0 + t * DG_BK) / group;
             unsigned nz[HT][2];
+            float sg[HT][2];
 #pragma unroll
             for (int h = 0; h < HT; h++)
 #pragma unroll
@@ -404,26 +412,9 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
                     const int r = RPW * warp + 16 * h + 8 * half + g;
                     const unsigned zw = lds_u32(tS + 4 * (DG_BN + r));
                     nz[h][half] = q4_negated_zero<T>((zw >> (8 * (int)(((i64)(n0 + r) * groups + gi) & 3))) & 0xFFu);
+                    sg[h][half] = __uint_as_float(lds_u32(tS + 4 * r));
                 }
-            decode_tile_q4_exact<T, MT, HT, WARPS, SQ>(gacc, tW, tX, g, c4, nz, nw != nullptr, tN, warp, sq);
-            if (t == tiles - 1 || (k0 + (t + 1) * DG_BK) % group == 0)
-            {
-#pragma unroll
-                for (int h = 0; h < HT; h++)
-                {
-                    const float s0 = __uint_as_float(lds_u32(tS + 4 * (RPW * warp + 16 * h + g)));
-                    const float s1 = __uint_as_float(lds_u32(tS + 4 * (RPW * warp + 16 * h + 8 + g)));
-#pragma unroll
-                    for (int j = 0; j < MT; j++)
-                    {
-                        acc[h][j][0] = fmaf(s0, gacc[h][j][0], acc[h][j][0]);
-                        acc[h][j][1] = fmaf(s0, gacc[h][j][1], acc[h][j][1]);
-                        acc[h][j][2] = fmaf(s1, gacc[h][j][2], acc[h][j][2]);
-                        acc[h][j][3] = fmaf(s1, gacc[h][j][3], acc[h][j][3]);
-                        gacc[h][j][0] = gacc[h][j][1] = gacc[h][j][2] = gacc[h][j][3] = 0.f;
-                    }
-                }
-            }
+            decode_tile_q4_exact<T, MT, HT, WARPS, SQ>(acc, tW, tX, g, c4, nz, sg, nw != nullptr, tN, warp, sq);
         }
         else if constexpr (Q4) decode_tile_q4<T, MT>(acc, tW, tX, g, c4, sc, zb);
         else
