@@ -106,8 +106,8 @@ public sealed unsafe partial class CudaBackend
     /// it (then the dequantized product runs it): what <see cref="TryDecodeGemmQuantized"/> needs (the option, compute
     /// capability 9.0, bf16 or f16, K a multiple of 64, unit-strided columns, aligned rows), and the group a multiple of 16.
     /// Groups of a multiple of 64 take the form by group sums (<c>decode_gemm_int4g_*</c>,
-    /// <see cref="CudaBackendOptions.Int4DecodeProductGroupSums"/>): q - zero exact in x's type, each group's fp32 sums times
-    /// its scale, so its results differ from the dequantized product's in the last bits of x's type; it alone takes
+    /// <see cref="CudaBackendOptions.Int4DecodeProductGroupSums"/>): q - zero exact in x's type, each k-tile's fp32 sums times
+    /// its group's scale, so its results differ from the dequantized product's in the last bits of x's type; it alone takes
     /// <paramref name="norm"/> (x RMS-normalized on the way: false for the other form, which then runs on normalized scratch).
     /// </summary>
     private bool TryDecodeGemmInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend,

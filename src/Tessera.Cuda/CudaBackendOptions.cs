@@ -71,17 +71,18 @@ public sealed record CudaBackendOptions
     /// x's type in registers, each row's scale applied to its fp32 sum), independently of <see cref="DecodeProducts"/>; false
     /// dequantizes the weight into 16-bit scratch and runs cuBLASLt on it, which reads each weight three times over (1 byte,
     /// then 2 written, then 2 read). Needs compute capability 9.0 (thread-block clusters). Default true because its
-    /// alternative is that dequantized path, not a plain 16-bit product; it has not yet been measured on a device. Group-wise
-    /// int4 weights take its int4 form likewise (<c>decode_gemm_int4_*</c>: packed nibbles staged, each lane's turned into x's
-    /// type with its group's scale and zero in registers; not yet run on a device).
+    /// alternative is that dequantized path, not a plain 16-bit product (session 26, H200: int8 weights served 17,608 tokens/s
+    /// at 64 streams against bf16's 23,664: half the bytes do not make up for mma.sync's time at 60 rows). Group-wise
+    /// int4 weights take its int4 form likewise (<c>decode_gemm_int4_*</c>, or <c>decode_gemm_int4g_*</c> under
+    /// <see cref="Int4DecodeProductGroupSums"/>: packed nibbles staged and turned into x's type in registers).
     /// </summary>
     public bool QuantizedDecodeProducts { get; init; } = true;
 
     /// <summary>
     /// Under <see cref="QuantizedDecodeProducts"/>, int4 weights whose group is a multiple of 64 columns (GPTQ's and AWQ's
     /// usual 128, per-channel) take the decode product's form by group sums (<c>decode_gemm_int4g_*</c>): the scales and
-    /// zeros staged with the weights, each nibble made q - zero exactly in x's type by integer tricks, and each group's fp32
-    /// sums multiplied by its scale; false keeps <c>decode_gemm_int4_*</c>, which scales every weight in fp32 and reads the
+    /// zeros staged with the weights, each nibble made q - zero exactly in x's type by integer tricks, and each k-tile's fp32
+    /// sums (one group's) multiplied by its scale; false keeps <c>decode_gemm_int4_*</c>, which scales every weight in fp32 and reads the
     /// k-tile's scales and zeros from global memory as it multiplies (11,901 tokens/s at 64 streams against bf16's 19,018 on
     /// the H100, session 31). Default true.
     /// </summary>
