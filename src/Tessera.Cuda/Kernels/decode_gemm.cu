@@ -117,6 +117,24 @@ __device__ __forceinline__ void lds_q4_words(unsigned tW, int r, int c4, unsigne
     q[1] = lds_u32(row + 4);
 }
 
+// acc[h][j] += the warp's two m16 tiles of W (a[h][kk], in the int8 and int4 forms' k order: lane c4's 16 columns) times
+// each n8 tile j of x's staged rows, read in the same order (lds_x_columns: b0 / b1 of step kk the pairs 4 (kk & 1) .. of
+// chunk kk / 2).
+template <typename T, int MT>
+__device__ __forceinline__ void mma_x_columns(float (&acc)[2][MT][4], const unsigned (&a)[2][DG_BK / 16][4], unsigned tX, int g, int c4)
+{
+#pragma unroll
+    for (int j = 0; j < MT; j++)
+    {
+        unsigned b[2][4];
+        lds_x_columns(tX, 8 * j + g, c4, b);
+#pragma unroll
+        for (int kk = 0; kk < DG_BK / 16; kk++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) Mma<T>::run(acc[h][j], a[h][kk], b[kk >> 1][2 * (kk & 1)], b[kk >> 1][2 * (kk & 1) + 1]);
+    }
+}
+
 // Four int4 weights (nibbles 0 .. 3 of `word`, k ascending) as two words of T pairs: scale (q - zero) rounded to T, zb being
 // 2^23 + zero (see the file's comment).
 template <typename T>
@@ -147,16 +165,7 @@ __device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned 
             for (int kk = 0; kk < DG_BK / 16; kk++)
                 q4_pairs<T>(q[kk >> 1] >> (16 * (kk & 1)), sc[h][half], zb[h][half], a[h][kk][half], a[h][kk][2 + half]);
         }
-#pragma unroll
-    for (int j = 0; j < MT; j++)
-    {
-        unsigned b[2][4];
-        lds_x_columns(tX, 8 * j + g, c4, b);
-#pragma unroll
-        for (int kk = 0; kk < DG_BK / 16; kk++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) Mma<T>::run(acc[h][j], a[h][kk], b[kk >> 1][2 * (kk & 1)], b[kk >> 1][2 * (kk & 1) + 1]);
-    }
+    mma_x_columns<T, MT>(acc, a, tX, g, c4);
 }
 
 // The pair (128 + q_i, 128 + q_i+4) of nibbles i, i + 4 of `word` in T's bit pattern (bf16: exponent of 128, 7 mantissa
@@ -277,16 +286,7 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 #pragma unroll
             for (int kk = 0; kk < DG_BK / 16; kk++) q8_pairs<T>(q[kk], a[h][kk][half], a[h][kk][2 + half]);
         }
-#pragma unroll
-    for (int j = 0; j < MT; j++)
-    {
-        unsigned b[2][4];
-        lds_x_columns(tX, 8 * j + g, c4, b);
-#pragma unroll
-        for (int kk = 0; kk < DG_BK / 16; kk++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) Mma<T>::run(acc[h][j], a[h][kk], b[kk >> 1][2 * (kk & 1)], b[kk >> 1][2 * (kk & 1) + 1]);
-    }
+    mma_x_columns<T, MT>(acc, a, tX, g, c4);
 }
 
 // Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or

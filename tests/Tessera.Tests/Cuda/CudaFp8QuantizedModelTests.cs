@@ -1,3 +1,4 @@
+using Tessera.Tests.Models.Quantization;
 using Xunit;
 using Tessera.Inference;
 using Tessera.Models;
@@ -23,22 +24,18 @@ namespace Tessera.Tests.Cuda;
 /// token for token.
 /// </summary>
 [Collection("cuda")]
-public sealed class CudaFp8QuantizedModelTests(CudaFixture fixture) : CudaTestBase(fixture), IDisposable
+public sealed class CudaFp8QuantizedModelTests : CudaTestBase, IDisposable
 {
     private readonly CpuBackend _cpu = new(2);
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-cuda-fp8-").FullName;
+    private readonly SavedDebugModels _models;
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public CudaFp8QuantizedModelTests(CudaFixture fixture) : base(fixture) => _models = new SavedDebugModels(_cpu, "tessera-cuda-fp8-");
 
-    private string Saved(string preset)
-    {
-        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = 64 };
-        var model = new Transformer(config, _cpu, DType.F32);
-        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, model.Parameters, new Random(9));
-        var dir = Path.Combine(_dir, preset);
-        HuggingFaceExport.Write(dir, model);
-        return dir;
-    }
+    public void Dispose() => _models.Dispose();
+
+    /// <summary>A random <paramref name="preset"/> model (byte vocabulary, seed 9, F32) saved as a Hugging Face directory.</summary>
+    private string Saved(string preset) =>
+        _models.Save(preset, DType.F32, c => c with { VocabSize = 256, MaxSequenceLength = 64 }, seed: 9).Directory;
 
     private static double[] Logits(IBackend backend, Transformer model, int[] tokens)
     {

@@ -9,6 +9,7 @@ using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Tests.Inference.Serving;
+using Tessera.Tests.Models.Quantization;
 using Xunit;
 
 namespace Tessera.Tests.Cuda;
@@ -19,28 +20,23 @@ namespace Tessera.Tests.Cuda;
 /// (every product within 1e-5 of the CPU's) greedy decoding picks the same tokens, through <see cref="TextGenerator"/> (one
 /// row: <c>gemv_stream_int4</c>, with the norm staged, where K and the group are multiples of 32, else <c>gemv_int4</c>;
 /// recorded and eager) and through the serving engine (batches of 1 to 8 rows: the matrix-vector kernels, then in F32 the
-/// dequantized product, in BF16 <c>decode_gemm_int4</c> where K is a multiple of 64; recorded per bucket). In BF16 the
-/// recorded and the eager decode agree token for token. Passed on an H100 with the first int4 kernels (gemv_int4 and the
-/// dequantized product); not yet run with gemv_stream_int4 and decode_gemm_int4.
+/// dequantized product, in BF16 the int4 decode product where K is a multiple of 64, <c>decode_gemm_int4g</c> or
+/// <c>decode_gemm_int4</c> by the group; recorded per bucket). In BF16 the recorded and the eager decode agree token for token. Passed on an H100 with each
+/// generation of the int4 kernels (sessions 31 and 32) and on an H200 (session 32).
 /// </summary>
 [Collection("cuda")]
-public sealed class CudaInt4QuantizedModelTests(CudaFixture fixture) : CudaTestBase(fixture), IDisposable
+public sealed class CudaInt4QuantizedModelTests : CudaTestBase, IDisposable
 {
     private readonly CpuBackend _cpu = new(2);
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-cuda-int4-").FullName;
+    private readonly SavedDebugModels _models;
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public CudaInt4QuantizedModelTests(CudaFixture fixture) : base(fixture) => _models = new SavedDebugModels(_cpu, "tessera-cuda-int4-");
+
+    public void Dispose() => _models.Dispose();
 
     /// <summary>A random <paramref name="preset"/> model (byte vocabulary, seed 9, F32) saved as a Hugging Face directory.</summary>
-    private string Saved(string preset)
-    {
-        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = 64 };
-        var model = new Transformer(config, _cpu, DType.F32);
-        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, model.Parameters, new Random(9));
-        var dir = Path.Combine(_dir, preset);
-        HuggingFaceExport.Write(dir, model);
-        return dir;
-    }
+    private string Saved(string preset) =>
+        _models.Save(preset, DType.F32, c => c with { VocabSize = 256, MaxSequenceLength = 64 }, seed: 9).Directory;
 
     [Theory]
     [InlineData("llama-debug")]

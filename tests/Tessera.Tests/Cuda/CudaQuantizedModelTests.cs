@@ -9,6 +9,7 @@ using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Tests.Inference.Serving;
+using Tessera.Tests.Models.Quantization;
 using Xunit;
 
 namespace Tessera.Tests.Cuda;
@@ -21,23 +22,18 @@ namespace Tessera.Tests.Cuda;
 /// dequantized product; recorded per bucket). In BF16 the recorded and the eager decode agree token for token.
 /// </summary>
 [Collection("cuda")]
-public sealed class CudaQuantizedModelTests(CudaFixture fixture) : CudaTestBase(fixture), IDisposable
+public sealed class CudaQuantizedModelTests : CudaTestBase, IDisposable
 {
     private readonly CpuBackend _cpu = new(2);
-    private readonly string _dir = Directory.CreateTempSubdirectory("tessera-cuda-int8-").FullName;
+    private readonly SavedDebugModels _models;
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public CudaQuantizedModelTests(CudaFixture fixture) : base(fixture) => _models = new SavedDebugModels(_cpu, "tessera-cuda-int8-");
+
+    public void Dispose() => _models.Dispose();
 
     /// <summary>A random <paramref name="preset"/> model (byte vocabulary, seed 9, F32) saved as a Hugging Face directory.</summary>
-    private string Saved(string preset, int context)
-    {
-        var config = ModelPresets.Get(preset) with { VocabSize = 256, MaxSequenceLength = context };
-        var model = new Transformer(config, _cpu, DType.F32);
-        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, model.Parameters, new Random(9));
-        var dir = Path.Combine(_dir, preset);
-        HuggingFaceExport.Write(dir, model);
-        return dir;
-    }
+    private string Saved(string preset, int context) =>
+        _models.Save(preset, DType.F32, c => c with { VocabSize = 256, MaxSequenceLength = context }, seed: 9).Directory;
 
     [Theory]
     [InlineData("llama-debug")]

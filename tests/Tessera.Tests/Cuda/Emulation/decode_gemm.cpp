@@ -90,6 +90,24 @@ static std::vector<double> reference_input(const std::vector<bf16>& x, int M, in
     return h;
 }
 
+// The quantized forms' reference: e (M, N) = h (M, K, the reference input) times weight(n, k) (what the stored weight stands
+// for, in double) + bias[n] (when given) + the residual: 0 none, 1 y0 (beta = 1), 2 the addend.
+template <typename W>
+static std::vector<double> reference_quantized(int M, int N, int K, const std::vector<double>& h, W weight, const std::vector<bf16>* bias,
+                                               int residual, const std::vector<bf16>& y0, int ldy, const std::vector<bf16>& add, int ldc)
+{
+    std::vector<double> e((size_t)M * N);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += h[(size_t)m * K + k] * weight(n, k);
+            const double r = residual == 1 ? to_f(y0[(size_t)m * ldy + n]) : residual == 2 ? to_f(add[(size_t)m * ldc + n]) : 0.0;
+            e[(size_t)m * N + n] = s + (bias ? to_f((*bias)[n]) : 0.0) + r;
+        }
+    return e;
+}
+
 static void run(int M, int N, int K, int slices, bool with_bias, float alpha, float beta, bool with_norm = false, bool tma = false)
 {
     std::mt19937 rng(5 + M * 3 + N + K + slices);
@@ -227,15 +245,9 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
     for (auto& v : scales) v = sd(rng);
     scales[N / 2] = 0.f;                                    // an all-zero row quantizes to scale 0
     const float beta = residual == 0 ? 0.f : 1.f;
-    std::vector<double> e((size_t)M * N);
-    for (int m = 0; m < M; m++)
-        for (int n = 0; n < N; n++)
-        {
-            double s = 0;
-            for (int k = 0; k < K; k++) s += (double)to_f(x[(size_t)m * ldx + k]) * ((double)scales[n] * q[(size_t)n * ldw + k]);
-            const double r = residual == 1 ? to_f(y0[(size_t)m * ldy + n]) : residual == 2 ? to_f(add[(size_t)m * ldc + n]) : 0.0;
-            e[(size_t)m * N + n] = s + (with_bias ? to_f(bias[n]) : 0.0) + r;
-        }
+    const std::vector<double> h = reference_input(x, M, K, ldx, nullptr, 0.0);
+    const std::vector<double> e = reference_quantized(M, N, K, h, [&](int n, int k) { return (double)scales[n] * q[(size_t)n * ldw + k]; },
+                                                      with_bias ? &bias : nullptr, residual, y0, ldy, add, ldc);
     const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (N + 127) / 128;
     std::vector<float> got[2];
     std::vector<bf16> y[2];
@@ -300,15 +312,7 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
         return gs ? (double)scales[gi] * (q[(size_t)n * K + k] - zeros[gi]) : (double)to_f(from_f<bf16>(v));
     };
     const float beta = residual == 0 ? 0.f : 1.f;
-    std::vector<double> e((size_t)M * N);
-    for (int m = 0; m < M; m++)
-        for (int n = 0; n < N; n++)
-        {
-            double s = 0;
-            for (int k = 0; k < K; k++) s += h[(size_t)m * K + k] * weight(n, k);
-            const double r = residual == 1 ? to_f(y0[(size_t)m * ldy + n]) : residual == 2 ? to_f(add[(size_t)m * ldc + n]) : 0.0;
-            e[(size_t)m * N + n] = s + (with_bias ? to_f(bias[n]) : 0.0) + r;
-        }
+    const std::vector<double> e = reference_quantized(M, N, K, h, weight, with_bias ? &bias : nullptr, residual, y0, ldy, add, ldc);
     const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (N + 127) / 128;
     std::vector<float> got[2];
     std::vector<bf16> y[2];
