@@ -42,6 +42,44 @@ public sealed unsafe partial class CudaBackend
         normalized?.Storage.Dispose();
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Int4 weights at 5 to 64 rows of bf16 or f16 (a serving decode step) in groups of a multiple of 64: one launch,
+    /// the decode product by group sums in its SwiGLU form (<see cref="TryDecodeGemmInt4SwiGlu"/>), the norm on the way. More
+    /// rows of int8 or int4 weights without biases (prefill, a mixed step): both weights dequantized into one (2F, C) scratch and
+    /// one product at N = 2F, then the SwiGLU kernel on the halves, as <see cref="MatMulSwiGlu"/> does for adjacent 16-bit
+    /// weights. Otherwise (1 to 4 rows, FP8 weights, biases) each weight's <see cref="QuantizedMatMul"/> into scratch, then
+    /// the SwiGLU kernel.</remarks>
+    public void QuantizedMatMulSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias = null,
+        Tensor? upBias = null, RmsNormPrologue? norm = null)
+    {
+        ArgumentNullException.ThrowIfNull(gate);
+        gate.ValidateSwiGlu(nameof(CudaBackend), up, x, output, gateBias, upBias, norm);
+        if (gate.IsInt4 && TryDecodeGemmInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm)) return;
+        int m = x.Size(0), f = gate.Rows;
+        var dtype = x.DType;
+        if (!gate.IsFp8 && m > DecodeGemmMaxRows && gateBias is null && upBias is null)
+        {
+            var both = ScratchTensor(new Shape(2 * f, gate.Columns), dtype);                     // (2F, C): [Wg; Wu]
+            Dequantize(gate, both.Slice(0, 0, f));
+            Dequantize(up, both.Slice(0, f, f));
+            var h = norm is { } r ? NormalizedScratch(x, r) : null;
+            var gu = ScratchTensor(new Shape(m, 2 * f), dtype);                                  // (M, 2F): [g | u]
+            MatMul(h ?? x, both, gu, transposeB: true);
+            SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), output);
+            gu.Storage.Dispose();
+            h?.Storage.Dispose();
+            both.Storage.Dispose();
+            return;
+        }
+        var g = ScratchTensor(output.Shape, dtype);
+        var u = ScratchTensor(output.Shape, dtype);
+        QuantizedMatMul(x, gate, g, bias: gateBias, norm: norm);
+        QuantizedMatMul(x, up, u, bias: upBias, norm: norm);
+        SwiGluForward(g, u, output);
+        g.Storage.Dispose();
+        u.Storage.Dispose();
+    }
+
     /// <summary>
     /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int8 weight: the persistent matrix-vector
     /// kernel's int8 form, which streams the (N, K) values once and applies each row's scale to its sum, x RMS-normalized as

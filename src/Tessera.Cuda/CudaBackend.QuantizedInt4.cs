@@ -113,18 +113,10 @@ public sealed unsafe partial class CudaBackend
     private bool TryDecodeGemmInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend,
         RmsNormPrologue? norm = null)
     {
-        if (!Options.QuantizedDecodeProducts || CudaDevice.ComputeCapability.Major < 9 || x.Rank != 2) return false;
-        int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
-        var dtype = x.DType;
-        if (m <= GemvMaxRows || m > DecodeGemmMaxRows || n == 0 || k % DecodeGemmTile != 0 || group % Int4DecodeGemmGroup != 0
-            || dtype is not (DType.BF16 or DType.F16)) return false;
-        if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
+        if (!DecodeGemmInt4Fits(x, weight, bias, out bool groupSums) || (norm is { } r && !(groupSums && Int4NormFits(x, r)))) return false;
         if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
-        // The form by group sums where each k-tile lies in one group (Int4DecodeProductGroupSums): its stages also hold each
-        // W row's scale and zero word (8 bytes a row), and it alone takes a norm (x normalized on the way).
-        bool groupSums = Options.Int4DecodeProductGroupSums && group % DecodeGemmTile == 0 && Ptr(weight.Zeros!) % 4 == 0 && Ptr(weight.Scales) % 4 == 0;
-        if (norm is { } r && (!groupSums || r.Weight.DType != dtype || !r.Weight.IsContiguous || r.Weight.NumElements != k || Ptr(r.Weight) % 16 != 0)) return false;
         var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
+        int m = x.Size(0), n = weight.Rows, k = x.Size(1), group = weight.GroupSize;
         int mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
         int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
@@ -133,12 +125,68 @@ public sealed unsafe partial class CudaBackend
         ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early, &pn, &eps };
-        uint shared = (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2
-            + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
-        Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
-            DecodeGemmThreads, args, shared, dependent: true, clusterX: (uint)slices);
+        Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(x.DType, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
+            DecodeGemmThreads, args, DecodeGemmInt4Shared(mt, groupSums), dependent: true, clusterX: (uint)slices);
         return true;
     }
+
+    /// <summary>
+    /// output (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) with 5 &lt;= M &lt;= 64 and Wg, Wu int4 weights of groups of a
+    /// multiple of 64: the SwiGLU form of the decode product by group sums (decode_gemm.cu,
+    /// <c>decode_gemm_int4g_swiglu_{bf16,f16}_m{2,4,8}</c>), 64 outputs a CTA, both weights read in one pass, x RMS-normalized on
+    /// the way when <paramref name="norm"/> is given: one launch where the composition takes three. False, with nothing
+    /// enqueued, when the call does not fit what <see cref="TryDecodeGemmInt4"/>'s form by group sums needs of either weight,
+    /// or output is not contiguous in x's dtype.
+    /// </summary>
+    private bool TryDecodeGemmInt4SwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias, Tensor? upBias,
+        RmsNormPrologue? norm)
+    {
+        if (!DecodeGemmInt4Fits(x, gate, gateBias, out bool gateSums) || !gateSums || !DecodeGemmInt4Fits(x, up, upBias, out bool upSums) || !upSums
+            || (norm is { } r && !Int4NormFits(x, r)) || output.DType != x.DType || !output.IsContiguous) return false;
+        int m = x.Size(0), f = gate.Rows, k = x.Size(1), group = gate.GroupSize;
+        int mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        ulong px = Ptr(x), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pzg = Ptr(gate.Zeros!),
+            pzu = Ptr(up.Zeros!), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
+        long ldx = x.Stride(0), ldw = k / Int4Quantization.PerWord, ldo = f;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pzg, &pzu, &pbg, &pbu, &po, &m, &f, &k, &group, &ldx, &ldw, &ldo, &early, &pn, &eps };
+        Launch("decode_gemm.cu", $"decode_gemm_int4g_swiglu_{Suffix(x.DType, nameof(QuantizedMatMulSwiGlu))}_m{mt}", ((uint)slices, (uint)blocks, 1),
+            DecodeGemmThreads, args, DecodeGemmInt4Shared(mt, true), dependent: true, clusterX: (uint)slices);
+        return true;
+    }
+
+    /// <summary>
+    /// Whether x (M, K) and the int4 weight (with its bias) suit the decode product's int4 form: what
+    /// <see cref="TryDecodeGemmQuantized"/> needs (the option, compute capability 9.0, bf16 or f16, 5 to 64 rows, K a multiple
+    /// of 64, unit-strided columns, aligned rows), the group a multiple of 16; <paramref name="groupSums"/> says whether it takes
+    /// the form by group sums (<see cref="CudaBackendOptions.Int4DecodeProductGroupSums"/>, groups of a multiple of 64, the
+    /// scales and zeros 4-byte aligned).
+    /// </summary>
+    private bool DecodeGemmInt4Fits(Tensor x, QuantizedWeight weight, Tensor? bias, out bool groupSums)
+    {
+        groupSums = false;
+        if (!Options.QuantizedDecodeProducts || CudaDevice.ComputeCapability.Major < 9 || x.Rank != 2) return false;
+        int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
+        var dtype = x.DType;
+        if (m <= GemvMaxRows || m > DecodeGemmMaxRows || n == 0 || k % DecodeGemmTile != 0 || group % Int4DecodeGemmGroup != 0
+            || dtype is not (DType.BF16 or DType.F16)) return false;
+        if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
+        // The form by group sums where each k-tile lies in one group: its stages also hold each W row's scale and zero word
+        // (8 bytes a row), and it alone takes a norm (x normalized on the way).
+        groupSums = Options.Int4DecodeProductGroupSums && group % DecodeGemmTile == 0 && Ptr(weight.Zeros!) % 4 == 0 && Ptr(weight.Scales) % 4 == 0;
+        return true;
+    }
+
+    /// <summary>Whether the form by group sums can apply <paramref name="norm"/> on the way: its weight of x's dtype, contiguous, K long, 16-byte aligned.</summary>
+    private bool Int4NormFits(Tensor x, RmsNormPrologue norm) =>
+        norm.Weight.DType == x.DType && norm.Weight.IsContiguous && norm.Weight.NumElements == x.Size(1) && Ptr(norm.Weight) % 16 == 0;
+
+    /// <summary>Dynamic shared memory of the int4 decode product: DG_ST stages of the packed W tile, x's 8 MT rows and the norm's columns, and by group sums each W row's scale and zero word.</summary>
+    private static uint DecodeGemmInt4Shared(int mt, bool groupSums) =>
+        (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2 + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
 
     /// <summary>output (N, K) = the int4 weight, scale (q - zero) in fp32 rounded once to output's type (<c>dequantize_int4_*</c>).</summary>
     private void DequantizeInt4(QuantizedWeight weight, Tensor output)

@@ -84,6 +84,16 @@ public interface IBackend
     void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null);
 
+    /// <summary>
+    /// Llama's MLP before its last product over quantized weights: output (N, F) = SiLU(x gate^T + gateBias) * (x up^T + upBias)
+    /// for x (N, C) and gate, up quantized (F, C) of one format (<see cref="QuantizedMatMul"/>'s, x normalized first when
+    /// <paramref name="norm"/> is given). The result equals <see cref="QuantizedMatMul"/> of each weight then
+    /// <see cref="SwiGluForward"/>; a device may read both weights in one pass (the CUDA backend's int4 decode product at 5 to
+    /// 64 rows), or dequantize both for one product at N = 2F.
+    /// </summary>
+    void QuantizedMatMulSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias = null,
+        Tensor? upBias = null, RmsNormPrologue? norm = null);
+
     /// <summary>output (N, K) = the weight <paramref name="weight"/> stands for, Scales[n] * Values[n, k] (int4: scale (q - zero) of the
     /// element's group), in output's floating-point dtype.</summary>
     void Dequantize(QuantizedWeight weight, Tensor output);

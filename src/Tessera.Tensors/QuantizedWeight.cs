@@ -110,10 +110,38 @@ public sealed record QuantizedWeight
     /// Gelu; a norm's weight (K) of x's dtype; then <see cref="MatMulEpilogueArguments.Validate"/>'s checks of beta, auxiliary and addend.
     /// </summary>
     public void ValidateProduct(string backend, Tensor x, Tensor y, double beta, Tensor? bias, MatMulEpilogue epilogue,
-        Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm = null)
+        Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm = null) =>
+        ValidateProduct($"{backend}.QuantizedMatMul", backend, x, y, beta, bias, epilogue, auxiliary, addend, norm);
+
+    /// <summary>
+    /// Checks the arguments of <see cref="IBackend.QuantizedMatMulSwiGlu"/> with this weight as the gate: <paramref name="up"/>
+    /// of the gate's shape and format (values' dtype, int4 or not, group size), and each weight's product into
+    /// <paramref name="output"/> (N, F) with its bias as <see cref="ValidateProduct(string, Tensor, Tensor, double, Tensor?, MatMulEpilogue, Tensor?, Tensor?, RmsNormPrologue?)"/> checks it.
+    /// </summary>
+    public void ValidateSwiGlu(string backend, QuantizedWeight up, Tensor x, Tensor output, Tensor? gateBias, Tensor? upBias, RmsNormPrologue? norm)
+    {
+        ArgumentNullException.ThrowIfNull(up);
+        string where = $"{backend}.QuantizedMatMulSwiGlu";
+        if (!IsLike(up))
+            throw new ArgumentException($"{where}: the gate ({Format}) and up ({up.Format}) weights must have one shape and format", nameof(up));
+        ValidateProduct(where, backend, x, output, 0.0, gateBias, MatMulEpilogue.None, null, null, norm);
+        up.ValidateProduct(where, backend, x, output, 0.0, upBias, MatMulEpilogue.None, null, null, norm);
+    }
+
+    /// <summary>Whether <paramref name="other"/> has this weight's shape and format (values' dtype, int4 or not, group size).</summary>
+    public bool IsLike(QuantizedWeight other)
+    {
+        ArgumentNullException.ThrowIfNull(other);
+        return other.Shape == Shape && other.Values.DType == Values.DType && other.IsInt4 == IsInt4 && other.GroupSize == GroupSize;
+    }
+
+    /// <summary>Shape and storage, for messages: "(F, C) int4, groups of 128" or "(F, C) I8".</summary>
+    private string Format => IsInt4 ? $"{Shape} int4, groups of {GroupSize}" : $"{Shape} {Values.DType}";
+
+    private void ValidateProduct(string where, string backend, Tensor x, Tensor y, double beta, Tensor? bias, MatMulEpilogue epilogue,
+        Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm)
     {
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(y);
-        string where = $"{backend}.QuantizedMatMul";
         if (x.Rank != 2 || y.Rank != 2 || x.Size(1) != Columns || y.Size(0) != x.Size(0) || y.Size(1) != Rows)
             throw new ArgumentException($"{where}: x {x.Shape} and y {y.Shape} do not fit the weight {Shape}: x (M, {Columns}), y (M, {Rows})");
         if (x.DType is not (DType.F32 or DType.F64 or DType.BF16 or DType.F16) || y.DType != x.DType)

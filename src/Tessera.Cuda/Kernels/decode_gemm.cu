@@ -290,12 +290,13 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 }
 
 // Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or
-// nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group, and no SWIGLU; nw only by
-// group sums). GS: the int4 form by group sums (group a multiple of DG_BK).
+// nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group; SWIGLU and nw only by group
+// sums, SWIGLU with the up weight's scales2 and zeros2). GS: the int4 form by group sums (group a multiple of DG_BK).
 template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
-                            const float* scales, const T* c_in, i64 ldc, const signed char* zeros = nullptr, int group = 0)
+                            const float* scales, const T* c_in, i64 ldc, const signed char* zeros = nullptr, int group = 0,
+                            const float* scales2 = nullptr, const signed char* zeros2 = nullptr)
 {
     constexpr bool Q8 = sizeof(Wt) == 1, Q4 = sizeof(Wt) == 4;
     constexpr int WB = sizeof(Wt), MP = 8 * MT, ROWB = Q4 ? DG_BK / 2 : DG_BK * WB, CPE = Q4 ? 8 : 1;   // a tile row's bytes; columns a Wt
@@ -310,7 +311,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     static_assert(!GS || Q4, "decode_gemm: group sums are the int4 form's");
 
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
-    static_assert(!((Q8 || Q4) && SWIGLU), "decode_gemm: the int8 and int4 forms are the plain product only");
+    static_assert(!(Q8 && SWIGLU) && !(Q4 && SWIGLU && !GS), "decode_gemm: SwiGLU takes 16-bit weights or int4 by group sums");
     static_assert((MP * DG_RS + 2 * MP) * 4 <= DG_ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
     extern __shared__ float dg_shared[];
     float* const shared = cta_dynamic_shared(dg_shared);
@@ -323,13 +324,14 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     const int groups = Q4 ? (K + group - 1) / group : 0;
     constexpr int CPR = ROWB / 16, RSTEP = THREADS / CPR;      // 16-byte chunks a W row; rows a pass
     const int cr = tid / CPR, cc = tid % CPR;
+    // Virtual row r of a tile: W's row n0 + r, or with SWIGLU the gate (r % 16 < 8) or up (w2's) row of output o.
+    auto w_row = [&](int r) { return SWIGLU ? (int)blockIdx.y * (DG_BN / 2) + (r >> 4) * 8 + (r & 7) : n0 + r; };
     auto load_w = [&](int stage, int t) {
         const unsigned dst = smem + stage * STAGE;
 #pragma unroll
         for (int i = 0; i < DG_BN / RSTEP; i++)
         {
-            // Virtual row r: W's row n0 + r, or with SWIGLU the gate (r % 16 < 8) or up row of output o.
-            const int r = cr + RSTEP * i, o = blockIdx.y * (DG_BN / 2) + (r >> 4) * 8 + (r & 7), n = SWIGLU ? o : n0 + r;
+            const int r = cr + RSTEP * i, n = w_row(r);
             const Wt* src = SWIGLU && (r & 8) ? w2 : w;
             const bool ok = n < N;
             const unsigned at = Q8 || Q4 ? (unsigned)(r * ROWB + cc * 16) : (unsigned)(r * DG_BK * 2 + ((cc ^ (r & 7)) << 4));
@@ -337,16 +339,20 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         }
         if constexpr (GS)
         {
-            // Thread tid also copies W row n0 + tid's scale of the tile's group and the word holding its zero (bytes of the
-            // zeros past the tensor's end zero-filled, not read); with early loads before pdl_wait, as the weights.
+            // Thread tid also copies virtual row tid's scale of the tile's group and the word holding its zero (bytes of the
+            // zeros past the tensor's end zero-filled, not read), the up weight's with SWIGLU for its up rows; with early
+            // loads before pdl_wait, as the weights.
             static_assert(DG_BN <= THREADS, "decode_gemm: a thread a W row's scale and zero");
             const unsigned sdst = dst + WT + XT + NT;
-            const int n = n0 + tid, gi = (k0 + t * DG_BK) / group;
+            const int n = w_row(tid), gi = (k0 + t * DG_BK) / group;
+            const bool second = SWIGLU && (tid & 8);
+            const float* sc = second ? scales2 : scales;
+            const signed char* zr = second ? zeros2 : zeros;
             if (tid < DG_BN)
             {
             const i64 at = (i64)n * groups + gi, word = at & ~(i64)3, end = (i64)N * groups;
-            cp_async4(sdst + 4 * tid, n < N ? (const void*)(scales + at) : (const void*)scales, n < N);
-            cp_async4(sdst + 4 * (DG_BN + tid), n < N ? (const void*)(zeros + word) : (const void*)zeros,
+            cp_async4(sdst + 4 * tid, n < N ? (const void*)(sc + at) : (const void*)sc, n < N);
+            cp_async4(sdst + 4 * (DG_BN + tid), n < N ? (const void*)(zr + word) : (const void*)zr,
                       n < N ? (int)(end - word < 4 ? end - word : 4) : 0);
             }
         }
@@ -411,7 +417,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
                 {
                     const int r = RPW * warp + 16 * h + 8 * half + g;
                     const unsigned zw = lds_u32(tS + 4 * (DG_BN + r));
-                    nz[h][half] = q4_negated_zero<T>((zw >> (8 * (int)(((i64)(n0 + r) * groups + gi) & 3))) & 0xFFu);
+                    nz[h][half] = q4_negated_zero<T>((zw >> (8 * (int)(((i64)w_row(r) * groups + gi) & 3))) & 0xFFu);
                     sg[h][half] = __uint_as_float(lds_u32(tS + 4 * r));
                 }
             decode_tile_q4_exact<T, MT, HT, WARPS, SQ>(acc, tW, tX, g, c4, nz, sg, nw != nullptr, tN, warp, sq);
@@ -611,7 +617,10 @@ DECODE_GEMM_INT4(bf16, bf16, 2) DECODE_GEMM_INT4(bf16, bf16, 4) DECODE_GEMM_INT4
 DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16, f16, 8)
 
 // The int4 form by group sums (see the file's comment; CudaBackendOptions.Int4DecodeProductGroupSums): the same arguments,
-// group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form.
+// group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form. Its SwiGLU
+// form (CudaBackend.QuantizedMatMulSwiGlu): y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) over two int4 weights of one shape,
+// group and row stride, each with its scales and zeros, as the 16-bit SwiGLU form (64 outputs a CTA, gate and up rows
+// interleaved by 8 in a tile, so each row's scale and zero word ride in the stage as the plain form's).
 #define DECODE_GEMM_INT4G(name, t, MT)                                                                                    \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_##name##_m##MT(const t* x,                \
         const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
@@ -619,6 +628,15 @@ DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16
     {                                                                                                                     \
         decode_gemm<t, unsigned, MT, false, true>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, \
                                                   early, nw, eps, scales, c_in, ldc, zeros, group);                       \
+    }                                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_swiglu_##name##_m##MT(const t* x,         \
+        const unsigned* gate, const unsigned* up, const float* gate_scales, const float* up_scales,                      \
+        const signed char* gate_zeros, const signed char* up_zeros, const t* gate_bias, const t* up_bias, t* y, int M,    \
+        int F, int K, int group, i64 ldx, i64 ldw, i64 ldy, int early, const t* nw, float eps)                           \
+    {                                                                                                                     \
+        decode_gemm<t, unsigned, MT, true, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f,    \
+                                                 early, nw, eps, gate_scales, y, ldy, gate_zeros, group, up_scales,       \
+                                                 up_zeros);                                                               \
     }
 DECODE_GEMM_INT4G(bf16, bf16, 2) DECODE_GEMM_INT4G(bf16, bf16, 4) DECODE_GEMM_INT4G(bf16, bf16, 8)
 DECODE_GEMM_INT4G(f16, f16, 2) DECODE_GEMM_INT4G(f16, f16, 4) DECODE_GEMM_INT4G(f16, f16, 8)

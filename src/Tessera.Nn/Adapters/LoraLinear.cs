@@ -98,6 +98,9 @@ public sealed class LoraLinear : Linear, IPartialOutputTerm
     /// <inheritdoc/>
     public override bool IsPlainProduct => Merged;
 
+    /// <inheritdoc/>
+    public override bool IsPlainQuantizedProduct => base.IsPlainQuantizedProduct && Merged;
+
     private bool Dropping(in PassContext ctx) => ctx.SaveForBackward && Dropout > 0 && DropoutEnabled;
 
     /// <inheritdoc/>

@@ -184,6 +184,13 @@ public class Linear
     public virtual bool IsPlainProduct => Weight.Quantized is null;
 
     /// <summary>
+    /// Whether the layer computes exactly x W^T + b over its quantized weight (<see cref="Parameter.Quantized"/>), so that a
+    /// fused quantized op may read that weight in its place (the MLP's <see cref="IBackend.QuantizedMatMulSwiGlu"/>). False for
+    /// a floating-point weight and for a layer that adds more (an unmerged LoRA adapter over a quantized base, QLoRA).
+    /// </summary>
+    public virtual bool IsPlainQuantizedProduct => Weight.Quantized is not null;
+
+    /// <summary>
     /// y = x W^T (+ <paramref name="bias"/>) (+ beta y | + <paramref name="addend"/>), then the epilogue: the inference product
     /// over this layer's weight as it is stored, int8 (<see cref="Parameter.Quantized"/>, <see cref="IBackend.QuantizedMatMul"/>)
     /// or floating point (<see cref="IBackend.MatMul"/>).

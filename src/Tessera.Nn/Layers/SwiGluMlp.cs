@@ -105,6 +105,17 @@ public sealed class SwiGluMlp : IFeedForward
     public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
     {
         var a = ctx.Buffer(_activated, new Shape(x.Size(0), Gate.OutFeatures), x.DType);   // (N, F)
+        if (!GeluGate && Gate.IsPlainQuantizedProduct && Up.IsPlainQuantizedProduct && Gate.Weight.Quantized!.IsLike(Up.Weight.Quantized!))
+        {
+            // Quantized gate and up weights (int8, int4, FP8) with nothing added: one op, which a device may run as one
+            // launch over both weights with the norm on the way (int4 at a serving step's rows).
+            var (gq, uq) = (Gate.Weight.Quantized!, Up.Weight.Quantized!);
+            if (norm is RmsNorm rn && Input is not GatherFromSequenceParallelRegion)
+                x.Backend.QuantizedMatMulSwiGlu(x, gq, uq, a, Gate.Bias?.Value, Up.Bias?.Value, rn.Prologue(ctx));
+            else x.Backend.QuantizedMatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), gq, uq, a, Gate.Bias?.Value, Up.Bias?.Value);
+            Projection.ForwardAccumulate(ctx, a, residual);
+            return;
+        }
         if (!Gate.IsPlainProduct || !Up.IsPlainProduct)
         {
             if (norm is RmsNorm && Input is not GatherFromSequenceParallelRegion)

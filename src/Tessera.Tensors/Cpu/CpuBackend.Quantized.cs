@@ -60,6 +60,32 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc/>
+    /// <remarks>The composition: x normalized once when a norm is given, each weight's <see cref="QuantizedMatMul"/> into a
+    /// tensor of its own, then <see cref="SwiGluForward"/>.</remarks>
+    public void QuantizedMatMulSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias = null,
+        Tensor? upBias = null, RmsNormPrologue? norm = null)
+    {
+        ArgumentNullException.ThrowIfNull(gate);
+        gate.ValidateSwiGlu(nameof(CpuBackend), up, x, output, gateBias, upBias, norm);
+        var normalized = norm is { } r ? Normalized(x, r) : null;
+        var g = Allocate(output.Shape, output.DType);
+        var u = Allocate(output.Shape, output.DType);
+        try
+        {
+            QuantizedMatMul(normalized ?? x, gate, g, bias: gateBias);
+            QuantizedMatMul(normalized ?? x, up, u, bias: upBias);
+            SwiGluForward(g, u, output);
+        }
+        finally
+        {
+            g.Storage.Dispose();
+            u.Storage.Dispose();
+            normalized?.Storage.Dispose();
+        }
+        KeepOperandsAlive(x, output, gateBias, upBias, norm?.Weight);
+    }
+
+    /// <inheritdoc/>
     public void Dequantize(QuantizedWeight weight, Tensor output)
     {
         const string op = nameof(Dequantize);

@@ -108,6 +108,49 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         AssertClose(Download(_cpu, expected), Download(yn), Tolerance(dtype), $"{dtype} M={m} norm");
     }
 
+    /// <summary>
+    /// <see cref="CudaBackend.QuantizedMatMulSwiGlu"/> over two int4 weights (F = N = 517, odd) against the CPU's F64: 2 rows
+    /// (each weight's int4 stream, then the SwiGLU kernel), 17 and 64 rows of BF16 with groups of 128 (the decode product by
+    /// group sums in its SwiGLU form, one launch, which the op profiler must name on compute capability 9.0; normalized and
+    /// with biases), 40 rows with groups of 32 (each weight's decode product, then SwiGLU), 96 rows (both weights dequantized
+    /// into one scratch, one product at N = 2F) and 96 with biases (two products). Tolerance as the products': 1e-2 for BF16.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 128, true, false)]
+    [InlineData(17, 128, true, true)]
+    [InlineData(64, 128, true, false)]
+    [InlineData(64, 64, false, true)]
+    [InlineData(40, 32, false, false)]
+    [InlineData(96, 128, true, false)]
+    [InlineData(96, 128, false, true)]
+    public void SwiGluOverTwoInt4WeightsMatchesTheCpuInF64(int m, int group, bool withNorm, bool withBias)
+    {
+        const DType dtype = DType.BF16;
+        using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+        var gate = RandomInt4(N, K, group);
+        var up = RandomInt4(N, K, group);
+        var (_, xv) = Random(dtype, 1, m, K);
+        var (_, gainv) = Random(dtype, 1, K);
+        var (_, bgv) = Random(dtype, 1, N);
+        var (_, buv) = Random(dtype, 1, N);
+        const double eps = 1e-5;
+        var y = gpu.Allocate(new Shape(m, N), dtype);
+        gpu.Profiler!.Reset();
+        gpu.QuantizedMatMulSwiGlu(Upload(gpu, xv, dtype, m, K), UploadInt4(gpu, gate.Packed, gate.Scales, gate.Zeros, group),
+            UploadInt4(gpu, up.Packed, up.Scales, up.Zeros, group), y, withBias ? Upload(gpu, bgv, dtype, N) : null,
+            withBias ? Upload(gpu, buv, dtype, N) : null, withNorm ? new RmsNormPrologue(Upload(gpu, gainv, dtype, K), eps) : null);
+        var names = gpu.Profiler!.Totals().Select(r => r.Name).ToList();
+        bool fused = m is > 4 and <= 64 && group % 64 == 0 && Gpu.CudaDevice.ComputeCapability.Major >= 9;
+        if (fused) Assert.Contains($"decode_gemm_int4g_swiglu_bf16_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", names);
+        else Assert.Contains("swiglu_forward_rows_bf16", names);
+
+        var expected = _cpu.Allocate(new Shape(m, N), DType.F64);
+        _cpu.QuantizedMatMulSwiGlu(Upload(_cpu, xv, DType.F64, m, K), UploadInt4(_cpu, gate.Packed, gate.Scales, gate.Zeros, group),
+            UploadInt4(_cpu, up.Packed, up.Scales, up.Zeros, group), expected, withBias ? Upload(_cpu, bgv, DType.F64, N) : null,
+            withBias ? Upload(_cpu, buv, DType.F64, N) : null, withNorm ? new RmsNormPrologue(Upload(_cpu, gainv, DType.F64, K), eps) : null);
+        AssertClose(Download(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"M={m} group={group} norm={withNorm} bias={withBias}");
+    }
+
     /// <summary>Dequantize gives scale (q - zero) rounded once to the output's type: F32 bit for bit with the CPU's, BF16 within its rounding.</summary>
     [Theory]
     [InlineData(DType.F32)]

@@ -78,6 +78,8 @@ public sealed class KernelEmulationTests
              "decode_gemm_int4g M=64 N=300 K=1024 group=128 slices=8 bias=1 beta=0 norm", "decode_gemm_int4g M=9 N=129 K=512 group=128 slices=1 bias=0 beta=1 norm",
              "decode_gemm_int4g M=40 N=64 K=768 group=256 slices=3 bias=0 addend norm",
              "decode_gemm_int4g M=17 N=300 K=512 group=64 slices=4 bias=1 beta=1 norm",
+             "decode_gemm_int4g swiglu M=17 F=100 K=256 group=128 slices=1 bias=1", "decode_gemm_int4g swiglu M=64 F=64 K=512 group=64 slices=4 bias=0 norm",
+             "decode_gemm_int4g swiglu M=5 F=65 K=768 group=256 slices=3 bias=1 norm", "decode_gemm_int4g swiglu M=40 F=130 K=1024 group=128 slices=8 bias=0",
              "decode_gemm_int4g M=64 N=129 K=1024 group=128 slices=8 bias=0 addend: early = late, pads"]);
 
     /// <summary>

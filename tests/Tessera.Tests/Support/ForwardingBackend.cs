@@ -33,6 +33,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void GeluBackward(Tensor x, Tensor dOutput, Tensor dx) => Inner.GeluBackward(x, dOutput, dx);
     public virtual void SwiGluForward(Tensor gate, Tensor up, Tensor output) => Inner.SwiGluForward(gate, up, output);
     public virtual void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) => Inner.SwiGluBackward(gate, up, dOutput, dGate, dUp);
+    public virtual void QuantizedMatMulSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null) => Inner.QuantizedMatMulSwiGlu(x, gate, up, output, gateBias, upBias, norm);
     public virtual void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null) => Inner.MatMulSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm);
     public virtual void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null) => Inner.RmsNormMatMul(x, norm, weight, output, bias);
     public virtual void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize) => Inner.MoeRoute(logits, expertIds, weights, normalize);

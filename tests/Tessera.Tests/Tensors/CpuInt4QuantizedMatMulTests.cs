@@ -51,6 +51,65 @@ public class CpuInt4QuantizedMatMulTests
         QuantizedProductChecks.AgainstANaiveLoop(_cpu, weight, w, dtype, m, k, n, dtype == DType.F32 ? 1e-5 : 1e-12, rng);
     }
 
+    /// <summary>
+    /// QuantizedMatMulSwiGlu over two int4 weights: SiLU(norm(x) Wg^T + bg) (norm(x) Wu^T + bu) against a loop in double over
+    /// the weights scale (q - zero), with and without the norm and the biases.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F64, 3, 64, 9, 16, false, false)]   // F64: sums and SiLU in double, 1e-12
+    [InlineData(DType.F64, 2, 96, 7, 32, true, true)]     // normalized (RMSNorm with its gain), biases
+    [InlineData(DType.F32, 5, 128, 20, 64, true, false)]  // F32: the direct kernel at 5 rows; 1e-5 as the products'
+    [InlineData(DType.F32, 12, 64, 11, 64, false, true)]  // F32: the dequantized GEMM at 12 rows
+    public void SwiGluOverTwoWeightsEqualsANaiveLoop(DType dtype, int m, int k, int f, int group, bool withNorm, bool withBias)
+    {
+        var rng = TestRandom.Create();
+        var (gate, wg) = Weight(rng, f, k, group);
+        var (up, wu) = Weight(rng, f, k, group);
+        var xv = TestTensors.Normal(rng, (long)m * k);
+        var gainv = TestTensors.Uniform(rng, k, 0.5, 1.5);
+        var bgv = TestTensors.Normal(rng, f);
+        var buv = TestTensors.Normal(rng, f);
+        const double eps = 1e-5;
+        var expected = new double[m * f];
+        for (int i = 0; i < m; i++)
+        {
+            double ss = 0;
+            for (int c = 0; c < k; c++) ss += xv[i * k + c] * xv[i * k + c];
+            double rstd = withNorm ? 1 / Math.Sqrt(ss / k + eps) : 1;
+            for (int j = 0; j < f; j++)
+            {
+                double g = withBias ? bgv[j] : 0, u = withBias ? buv[j] : 0;
+                for (int c = 0; c < k; c++)
+                {
+                    double h = xv[i * k + c] * (withNorm ? rstd * gainv[c] : 1);
+                    g += h * wg[j * k + c];
+                    u += h * wu[j * k + c];
+                }
+                expected[i * f + j] = g / (1 + Math.Exp(-g)) * u;
+            }
+        }
+        var y = _cpu.Allocate(new Shape(m, f), dtype);
+        _cpu.QuantizedMatMulSwiGlu(TestTensors.FromDoubles(_cpu, xv, dtype, m, k), gate, up, y,
+            withBias ? TestTensors.FromDoubles(_cpu, bgv, dtype, f) : null, withBias ? TestTensors.FromDoubles(_cpu, buv, dtype, f) : null,
+            withNorm ? new RmsNormPrologue(TestTensors.FromDoubles(_cpu, gainv, dtype, k), eps) : null);
+        NumericAssert.Close(expected, TestTensors.ToDoubles(_cpu, y), dtype == DType.F32 ? 1e-5 : 1e-12, $"{dtype} M={m} norm={withNorm} bias={withBias}");
+    }
+
+    [Fact]
+    public void SwiGluRefusesWeightsOfDifferentFormats()
+    {
+        var rng = TestRandom.Create();
+        var (gate, _) = Weight(rng, 8, 64, 32);
+        var (up, _) = Weight(rng, 8, 64, 16);
+        var x = _cpu.Allocate(new Shape(2, 64), DType.F32);
+        var y = _cpu.Allocate(new Shape(2, 8), DType.F32);
+        var e = Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMulSwiGlu(x, gate, up, y));
+        Assert.Contains("CpuBackend.QuantizedMatMulSwiGlu: the gate ((8, 64) int4, groups of 32) and up ((8, 64) int4, groups of 16) weights must have one shape and format", e.Message);
+        var wrong = _cpu.Allocate(new Shape(2, 9), DType.F32);
+        e = Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMulSwiGlu(x, gate, Weight(rng, 8, 64, 32).Weight, wrong));
+        Assert.Contains("CpuBackend.QuantizedMatMulSwiGlu: x (2, 64) and y (2, 9) do not fit the weight (8, 64)", e.Message);
+    }
+
     [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.F64)]

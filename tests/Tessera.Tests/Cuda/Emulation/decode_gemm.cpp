@@ -285,6 +285,33 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
     if (!(same && pads && zero_row)) failures++;
 }
 
+// A random group-wise int4 weight (N, K): nibbles q uniform in 0 .. 15, packed (rows ldw words apart past K / 8), scales
+// (N, G) in [0.01, 0.1), asymmetric zeros (N, G) in 0 .. 15.
+struct Int4Weight
+{
+    int K, group, G;
+    std::vector<int> q;
+    std::vector<unsigned> packed;
+    std::vector<float> scales;
+    std::vector<signed char> zeros;
+    Int4Weight(int N, int K_, int group_, int ldw, std::mt19937& rng)
+        : K(K_), group(group_), G((K_ + group_ - 1) / group_), q((size_t)N * K_), packed((size_t)N * ldw, 0u), scales((size_t)N * G), zeros((size_t)N * G)
+    {
+        std::uniform_real_distribution<float> sd(0.01f, 0.1f);
+        for (auto& v : q) v = (int)(rng() % 16);
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++) packed[(size_t)n * ldw + k / 8] |= (unsigned)q[(size_t)n * K + k] << (4 * (k % 8));
+        for (auto& v : scales) v = sd(rng);
+        for (auto& v : zeros) v = (signed char)(rng() % 16);
+    }
+    // What element (n, k) stands for: scales (q - zero) of its group, exactly (in fp32 for the rounded form's callers).
+    double exact(int n, int k) const
+    {
+        const size_t gi = (size_t)n * G + k / group;
+        return (double)scales[gi] * (q[(size_t)n * K + k] - zeros[gi]);
+    }
+};
+
 // The int4-weight form: y (M, N) = x W^T + bias[n] + beta * y0, or + addend, W[n, k] = bf16(scales[n, g] (q - zeros[n, g]));
 // gs: the form by group sums (decode_gemm_int4g_*), whose weights are scales[n, g] (q - zeros[n, g]) exactly.
 // with_norm (gs only): x RMS-normalized on the way, as the 16-bit form's reference.
@@ -296,21 +323,11 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
     fill(x, rng, 1.f); fill(bias, rng, 1.f); fill(y0, rng, 1.f); fill(add, rng, 1.f); fill(nw, rng, 0.5f, 1.f);
     const float eps = 1e-5f;
     const std::vector<double> h = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
-    std::vector<int> q((size_t)N * K);
-    std::vector<unsigned> packed((size_t)N * ldw, 0u);
-    std::vector<float> scales((size_t)N * G);
-    std::vector<signed char> zeros((size_t)N * G);
-    std::uniform_real_distribution<float> sd(0.01f, 0.1f);
-    for (auto& v : q) v = (int)(rng() % 16);
-    for (int n = 0; n < N; n++)
-        for (int k = 0; k < K; k++) packed[(size_t)n * ldw + k / 8] |= (unsigned)q[(size_t)n * K + k] << (4 * (k % 8));
-    for (auto& v : scales) v = sd(rng);
-    for (auto& v : zeros) v = (signed char)(rng() % 16);
-    auto weight = [&](int n, int k) {
-        const size_t gi = (size_t)n * G + k / group;
-        const float v = scales[gi] * (float)(q[(size_t)n * K + k] - zeros[gi]);
-        return gs ? (double)scales[gi] * (q[(size_t)n * K + k] - zeros[gi]) : (double)to_f(from_f<bf16>(v));
-    };
+    const Int4Weight wq(N, K, group, ldw, rng);
+    const std::vector<unsigned>& packed = wq.packed;
+    const std::vector<float>& scales = wq.scales;
+    const std::vector<signed char>& zeros = wq.zeros;
+    auto weight = [&](int n, int k) { return gs ? wq.exact(n, k) : (double)to_f(from_f<bf16>((float)wq.exact(n, k))); };
     const float beta = residual == 0 ? 0.f : 1.f;
     const std::vector<double> e = reference_quantized(M, N, K, h, weight, with_bias ? &bias : nullptr, residual, y0, ldy, add, ldc);
     const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (N + 127) / 128;
@@ -353,6 +370,55 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
     printf("%-56s %s\n", (std::string(name) + ": early = late, pads").c_str(), same && pads ? "ok" : "FAIL");
     if (!(same && pads)) failures++;
 }
+
+// The int4 SwiGLU form by group sums (decode_gemm_int4g_swiglu_*): y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), two int4
+// weights of one group and row stride, each with its own scales and zeros, against a double reference over the exact
+// weights; the same tolerance as the 16-bit SwiGLU form (the output stored in bf16, SiLU on fp32 sums).
+static void run_q4_swiglu(int M, int F, int K, int group, int slices, bool with_bias, bool with_norm)
+{
+    std::mt19937 rng(31 + M * 5 + F + K + group + slices);
+    const int ldx = K + 8, ldw = K / 8 + 4, ldy = F;
+    std::vector<bf16> x((size_t)M * ldx), bg(F), bu(F), y((size_t)M * ldy), nw(K);
+    fill(x, rng, 1.f); fill(bg, rng, 1.f); fill(bu, rng, 1.f); fill(nw, rng, 0.5f, 1.f);
+    const Int4Weight wg(F, K, group, ldw, rng), wu(F, K, group, ldw, rng);
+    const float eps = 1e-5f;
+    const std::vector<double> hx = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
+    std::vector<double> e((size_t)M * F);
+    for (int m = 0; m < M; m++)
+        for (int o = 0; o < F; o++)
+        {
+            double g = with_bias ? to_f(bg[o]) : 0.0, u = with_bias ? to_f(bu[o]) : 0.0;
+            for (int k = 0; k < K; k++)
+            {
+                g += hx[(size_t)m * K + k] * wg.exact(o, k);
+                u += hx[(size_t)m * K + k] * wu.exact(o, k);
+            }
+            e[(size_t)m * F + o] = g / (1 + std::exp(-g)) * u;
+        }
+    const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (F + 63) / 64;
+    const bf16 *px = x.data(), *pbg = with_bias ? bg.data() : nullptr, *pbu = with_bias ? bu.data() : nullptr;
+    const bf16* pn = with_norm ? nw.data() : nullptr;
+    const unsigned *pg = wg.packed.data(), *pu = wu.packed.data();
+    const float *sg = wg.scales.data(), *su = wu.scales.data();
+    const signed char *zg = wg.zeros.data(), *zu = wu.zeros.data();
+    float ep = eps;
+    bf16* py = y.data();
+    int m_ = M, f_ = F, k_ = K, g_ = group, early = 1;
+    long long lx = ldx, lw = ldw, ly = ldy;
+    emu_shared_base = shared_base;
+    auto launch = [&](auto kernel) {
+        launch_slices(slices, blocks, [&] { kernel(px, pg, pu, sg, su, zg, zu, pbg, pbu, py, m_, f_, k_, g_, lx, lw, ly, early, pn, ep); });
+    };
+    if (MT == 2) launch(decode_gemm_int4g_swiglu_bf16_m2);
+    else if (MT == 4) launch(decode_gemm_int4g_swiglu_bf16_m4);
+    else launch(decode_gemm_int4g_swiglu_bf16_m8);
+    std::vector<float> got((size_t)M * F);
+    for (size_t i = 0; i < got.size(); i++) got[i] = to_f(y[i]);
+    char name[120];
+    snprintf(name, sizeof name, "decode_gemm_int4g swiglu M=%d F=%d K=%d group=%d slices=%d bias=%d%s", M, F, K, group, slices,
+             with_bias ? 1 : 0, with_norm ? " norm" : "");
+    check(name, e, got, 8e-3);
+}
 #endif
 
 int main()
@@ -393,6 +459,11 @@ int main()
     run_q4(9, 129, 512, 128, 1, false, 1, true, true);     // normalized, one slice: the CTA's own sums (MT 2: warps 0 and 1)
     run_q4(40, 64, 768, 256, 3, false, 2, true, true);     // normalized, MT 8 over 3 slices; groups straddle slices
     run_q4(17, 300, 512, 64, 4, true, 1, true, true);      // normalized, MT 4, 4 slices, a group a k-tile
+    // Its SwiGLU form: gate and up rows interleaved by 8 in a tile, each row's scale and zero word from its own weight.
+    run_q4_swiglu(17, 100, 256, 128, 1, true, false);     // MT 4; 2 row blocks of 64 outputs, the last with 36; F x G odd
+    run_q4_swiglu(64, 64, 512, 64, 4, false, true);       // normalized; 4 slices, a group a k-tile: the cluster's gate and up sums
+    run_q4_swiglu(5, 65, 768, 256, 3, true, true);        // MT 2; F odd; groups straddle slices; the last zero word in part
+    run_q4_swiglu(40, 130, 1024, 128, 8, false, false);   // MT 8; 3 row blocks; 8 slices of a group each
 #endif
 #ifdef HOPPER
     run(64, 300, 1024, 2, true, 1.f, 1.f, true);   // 16 k-tiles in 2 slices, normalized, 3 row blocks
