@@ -56,59 +56,26 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc/>
     /// <remarks>For at most 4 rows of x, one matrix-vector kernel (gemv.cu's ROPE epilogue writing to the rows' slots instead
     /// of a dense cache's positions): the norm, the product, the rotation and the append in one launch, as the dense decode
-    /// step does; otherwise the product, then the rotation and the append in one launch (rope.cu's <c>rope_append</c> writing
-    /// to the rows' slots: the bits of <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> then <see cref="PagedAppend"/>). A
-    /// quantized (I8 or F8E4M3) pool takes neither fusion: the product, <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/>, then
-    /// <see cref="PagedAppend"/>'s quantizing kernel (two launches more than the fused decode step of a 16-bit pool).</remarks>
+    /// step does; otherwise the product, then <see cref="RopePagedAppend"/> (the rotation and the append in one launch for a
+    /// 16-bit pool; a quantized pool's append in a launch of its own).</remarks>
     public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
     {
         const string op = nameof(MatMulRopePagedAppend);
-        batch.Validate($"CudaBackend.{op}");
         if (qkv.Rank != 3 || x.Rank != 2 || weight.Rank != 2 || qkv.Size(0) != x.Size(0)
             || (long)qkv.Size(1) * qkv.Size(2) != weight.Size(0) || weight.Size(1) != x.Size(1))
             throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
-        RequireContiguous(op, "qkv", qkv);
-        RequireContiguous(op, "pool", pool);
-        int n = qkv.Size(0), d = qkv.Size(2);
-        if (pool.Rank != 4 || pool.Size(1) != batch.BlockSize || pool.Size(2) % 2 != 0 || pool.Size(3) != d)
-            throw new ArgumentException($"CudaBackend.{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, 2K, {d})");
-        int kv2 = pool.Size(2);
-        if (queryHeads <= 0 || qkv.Size(1) != queryHeads + kv2)
-            throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of pool {pool.Shape}");
-        if (batch.Rows != n) throw new ArgumentException($"CudaBackend.{op}: PagedBatch.Slots has {batch.Rows} rows but qkv {qkv.Shape} has {n}");
-        RequirePositions(op, positions, n);
-        PagedKvPool.Validate($"CudaBackend.{op}", pool, poolScales, qkv.DType);
+        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, batch, poolScales);
+        int n = qkv.Size(0), d = qkv.Size(2), kv2 = pool.Size(2);
         var dtype = x.DType;
-        if (PagedKvPool.IsQuantized(pool.DType))
-        {
-            // Quantizing needs each head row's largest magnitude, which neither fused kernel has at hand: the product, the
-            // rotation, then the quantizing append.
-            var product = qkv.Reshape(n, qkv.Size(1) * d);
-            if (norm is { } rn) RmsNormMatMul(x, rn, weight, product, bias);
-            else MatMul(x, weight, product, transposeB: true, bias: bias);
-            Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
-            PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch, poolScales);
-            return;
-        }
-        bool fused = Options.FusedPagedQkv && GemvFits(x, norm, weight) && d % 2 == 0 && qkv.DType == dtype && pool.DType == dtype
-            && BiasFits(bias, dtype, weight.Size(0));
+        bool fused = Options.FusedPagedQkv && !PagedKvPool.IsQuantized(pool.DType) && GemvFits(x, norm, weight) && d % 2 == 0
+            && qkv.DType == dtype && pool.DType == dtype && BiasFits(bias, dtype, weight.Size(0));
         if (!fused)
         {
             var flat = qkv.Reshape(n, qkv.Size(1) * d);
             if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
             else MatMul(x, weight, flat, transposeB: true, bias: bias);
-            // The rotation and the append in one launch (rope.cu's rope_append with the rows' slots): the same bits as Rope
-            // then PagedAppend.
-            if (pool.DType != qkv.DType)
-                throw new ArgumentException($"CudaBackend.{op}: qkv is {qkv.DType} but pool is {pool.DType}");
-            int h = queryHeads, kh = kv2 / 2, one = 1;
-            var freq = RopeArgsFor(frequencies, d);
-            if (n == 0) return;
-            long sb = qkv.Stride(0), st = 0, sh = d, cb = 0, cs = (long)kv2 * d, ch = d;
-            ulong pq = Ptr(qkv), pc = Ptr(pool), pp = Ptr(positions), ps = Ptr(batch.Slots);
-            void** ropeArgs = stackalloc void*[] { &pq, &pc, &pp, &n, &one, &h, &kh, &d, &sb, &st, &sh, &cb, &cs, &ch, &freq, &ps };
-            LaunchRopeAppend(op, qkv.DType, n, h + kv2, d, ropeArgs);
+            RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
             return;
         }
         int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;
@@ -125,6 +92,53 @@ public sealed unsafe partial class CudaBackend
         int early = EarlyWeights ? 1 : 0;
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>A 16-bit pool: one launch (rope.cu's <c>rope_append</c> writing to the rows' slots: the bits of
+    /// <see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> then <see cref="PagedAppend"/>). A quantized (I8 or F8E4M3) pool:
+    /// the rotation, then <see cref="PagedAppend"/>'s quantizing kernel, which needs each head row's largest magnitude.</remarks>
+    public void RopePagedAppend(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies,
+        Tensor? poolScales = null)
+    {
+        const string op = nameof(RopePagedAppend);
+        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, batch, poolScales);
+        int n = qkv.Size(0), d = qkv.Size(2), kv2 = pool.Size(2);
+        if (PagedKvPool.IsQuantized(pool.DType))
+        {
+            Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
+            PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch, poolScales);
+            return;
+        }
+        int h = queryHeads, kh = kv2 / 2, one = 1;
+        var freq = RopeArgsFor(frequencies, d);
+        if (n == 0) return;
+        long sb = qkv.Stride(0), st = 0, sh = d, cb = 0, cs = (long)kv2 * d, ch = d;
+        ulong pq = Ptr(qkv), pc = Ptr(pool), pp = Ptr(positions), ps = Ptr(batch.Slots);
+        void** ropeArgs = stackalloc void*[] { &pq, &pc, &pp, &n, &one, &h, &kh, &d, &sb, &st, &sh, &cb, &cs, &ch, &freq, &ps };
+        LaunchRopeAppend(op, qkv.DType, n, h + kv2, d, ropeArgs);
+    }
+
+    /// <summary>qkv (N, H+2K, D) contiguous, H = <paramref name="queryHeads"/>, over pool (Blocks, BlockSize, 2K, D) of its
+    /// dtype (or quantized, with its scales), a row a slot of <paramref name="batch"/> and a position.</summary>
+    private void ValidateRopePagedAppend(string op, Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, Tensor? poolScales)
+    {
+        ArgumentNullException.ThrowIfNull(qkv); ArgumentNullException.ThrowIfNull(pool); ArgumentNullException.ThrowIfNull(positions);
+        batch.Validate($"CudaBackend.{op}");
+        if (qkv.Rank != 3) throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} must be (N, H+2K, D)");
+        RequireContiguous(op, "qkv", qkv);
+        RequireContiguous(op, "pool", pool);
+        int n = qkv.Size(0), d = qkv.Size(2);
+        if (pool.Rank != 4 || pool.Size(1) != batch.BlockSize || pool.Size(2) % 2 != 0 || pool.Size(3) != d)
+            throw new ArgumentException($"CudaBackend.{op}: pool {pool.Shape} must be (Blocks, {batch.BlockSize}, 2K, {d})");
+        int kv2 = pool.Size(2);
+        if (queryHeads <= 0 || qkv.Size(1) != queryHeads + kv2)
+            throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of pool {pool.Shape}");
+        if (batch.Rows != n) throw new ArgumentException($"CudaBackend.{op}: PagedBatch.Slots has {batch.Rows} rows but qkv {qkv.Shape} has {n}");
+        RequirePositions(op, positions, n);
+        PagedKvPool.Validate($"CudaBackend.{op}", pool, poolScales, qkv.DType);
+        if (!PagedKvPool.IsQuantized(pool.DType) && pool.DType != qkv.DType)
+            throw new ArgumentException($"CudaBackend.{op}: qkv is {qkv.DType} but pool is {pool.DType}");
     }
 
     public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null,

@@ -337,6 +337,18 @@ public interface IBackend
     void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null);
 
     /// <summary>
+    /// A paged step's attention prologue after its QKV product (serving's counterpart of <see cref="RopeAndAppend"/>): rotates
+    /// the q and k heads of qkv (N, H+2K, D), contiguous, in place at <paramref name="positions"/> (N) I32
+    /// (<see cref="Rope(Tensor, Tensor, RopeFrequencies)"/> of qkv viewed as (N, 1, H+K, D), H = <paramref name="queryHeads"/>),
+    /// then <see cref="PagedAppend"/> of the k and v heads into pool (Blocks, BlockSize, 2K, D) at <paramref name="batch"/>.Slots.
+    /// The result equals those two calls; a device may do both in one launch (the path of a QKV product that
+    /// <see cref="MatMulRopePagedAppend"/> cannot take: quantized weights, adapters). An I8 or FP8 pool takes
+    /// <paramref name="poolScales"/> as <see cref="PagedAppend"/> does.
+    /// </summary>
+    void RopePagedAppend(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies,
+        Tensor? poolScales = null);
+
+    /// <summary>
     /// A paged step's attention input as one op (serving's counterpart of <see cref="MatMulRopeAppend"/>): qkv (N, H+2K, D),
     /// contiguous, = x W^T + bias for x (N, C) and W ((H+2K)·D, C), x RMS-normalized first when <paramref name="norm"/> is
     /// given; then the q and k heads rotated in place at <paramref name="positions"/> (N) I32 (<see cref="Rope(Tensor, Tensor, RopeFrequencies)"/>

@@ -708,12 +708,12 @@ public sealed partial class PagedModelRunner : IDisposable
         }
         else
         {
-            // Unfused: the product, Qwen3's q/k head norms (between the product and the rotation), RoPE, the append.
+            // The product on its own (quantized weights, adapters; Qwen3's q/k head norms between it and the rotation), then
+            // the rotation of the q and k heads at each row's position and the append as one op, or the append alone.
             qkv = attention.Qkv.ForwardNormalized(ctx, x, block.Norm1).Reshape(n, h + 2 * k, d);
             attention.NormalizeHeads(ctx, qkv);
-            if (attention.Rope is { } rope)
-                _backend.Rope(qkv.Reshape(n, 1, h + 2 * k, d).Slice(2, 0, h + k), positions, rope);   // q and k heads at each row's position
-            _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch, scales);
+            if (attention.Rope is { } rope) _backend.RopePagedAppend(qkv, h, pool, positions, batch, rope, scales);
+            else _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch, scales);
         }
         var output = ctx.Buffer(_attentionOut, new Shape(n, h, d), x.DType);                        // (N, H, D)
         _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, attention.Scale, attention.SlidingWindow, scales, attention.SoftCap);

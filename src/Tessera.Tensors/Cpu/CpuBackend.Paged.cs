@@ -103,25 +103,41 @@ public sealed unsafe partial class CpuBackend
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
     {
         const string op = nameof(MatMulRopePagedAppend);
-        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight); ArgumentNullException.ThrowIfNull(qkv);
-        ArgumentNullException.ThrowIfNull(pool); ArgumentNullException.ThrowIfNull(positions);
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight);
+        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, poolScales);
+        int n = qkv.Size(0);
+        if (x.Rank != 2 || x.Size(0) != n || (long)qkv.Size(1) * qkv.Size(2) != weight.Size(0))
+            throw new ArgumentException($"{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
+        var flat = qkv.Reshape(n, weight.Size(0));
+        if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
+        else MatMul(x, weight, flat, transposeB: true, bias: bias);
+        RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+        KeepOperandsAlive(x, norm?.Weight, weight, bias);
+    }
+
+    public void RopePagedAppend(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies,
+        Tensor? poolScales = null)
+    {
+        ValidateRopePagedAppend(nameof(RopePagedAppend), qkv, queryHeads, pool, positions, poolScales);
+        int n = qkv.Size(0), kv2 = pool.Size(2), d = qkv.Size(2);
+        Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
+        PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch, poolScales);
+        KeepOperandsAlive(batch, qkv, pool, positions, poolScales);
+    }
+
+    /// <summary>qkv (N, H+2K, D) contiguous with H = <paramref name="queryHeads"/> and 2K the pool's (Blocks, BlockSize, 2K, D) heads, a position a row, the pool's dtype and scales.</summary>
+    private static void ValidateRopePagedAppend(string op, Tensor qkv, int queryHeads, Tensor pool, Tensor positions, Tensor? poolScales)
+    {
+        ArgumentNullException.ThrowIfNull(qkv); ArgumentNullException.ThrowIfNull(pool); ArgumentNullException.ThrowIfNull(positions);
         RequireRank(op, nameof(qkv), qkv, 3, "(N,H+2K,D)");
         RequireRank(op, nameof(pool), pool, 4, "(Blocks,BlockSize,2K,D)");
         if (!qkv.IsContiguous) throw new ArgumentException($"{op}: qkv {qkv.Shape} must be contiguous", nameof(qkv));
-        int n = qkv.Size(0), kv2 = pool.Size(2), d = qkv.Size(2);
-        if (x.Rank != 2 || x.Size(0) != n || (long)qkv.Size(1) * d != weight.Size(0))
-            throw new ArgumentException($"{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
+        int n = qkv.Size(0), kv2 = pool.Size(2);
         if (queryHeads <= 0 || kv2 % 2 != 0 || qkv.Size(1) != queryHeads + kv2)
             throw new ArgumentException($"{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of pool {pool.Shape}", nameof(qkv));
         if (positions.Rank != 1 || positions.Size(0) != n)
             throw new ArgumentException($"{op}: positions {positions.Shape} must hold one position per row of qkv {qkv.Shape}", nameof(positions));
         PagedKvPool.Validate(op, pool, poolScales, qkv.DType);
-        var flat = qkv.Reshape(n, weight.Size(0));
-        if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
-        else MatMul(x, weight, flat, transposeB: true, bias: bias);
-        Rope(qkv.Reshape(n, 1, queryHeads + kv2, d).Slice(2, 0, queryHeads + kv2 / 2), positions, frequencies);
-        PagedAppend(qkv.Slice(1, queryHeads, kv2), pool, batch, poolScales);
-        KeepOperandsAlive(batch, x, norm?.Weight, weight, bias, qkv, pool, positions, poolScales);
     }
 
     public void PagedAttention(Tensor q, Tensor pool, PagedBatch batch, Tensor output, double scale, int window = 0, Tensor? poolScales = null,

@@ -274,7 +274,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     /// positions, PagedAppend: the same per-row arithmetic in the same order), a padding row (slot -1) writing nothing; and
     /// within the dtype's tolerance of the CPU in f64 (<see cref="CudaTestBase.Tolerance"/>). Six and more rows take the other
     /// path: the product, then the rotation and the append in one launch with the rows' slots (rope.cu's rope_append_rows up to
-    /// 128 rows, rope_append above).
+    /// 128 rows, rope_append above), which <see cref="CudaBackend.RopePagedAppend"/> after the same product also gives.
     /// </summary>
     [Theory]
     [InlineData(DType.BF16, 1, true, false)]    // a batch-1 decode step (llama: norm, no bias)
@@ -312,6 +312,15 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         Gpu.PagedAppend(qkv2.Slice(1, h, 2 * kh), pool2, BatchOn(Gpu));
         Assert.Equal(Download(qkv2), Download(qkv));
         Assert.Equal(Download(pool2), Download(pool));
+
+        // RopePagedAppend (the path of a quantized or adapted QKV product) after the same product: the same bits again.
+        var qkv3 = Poisoned(dtype, n, h + 2 * kh, d);
+        var pool3 = Upload(poolv, dtype, poolBlocks, blockSize, 2 * kh, d);
+        if (norm is { } r3) Gpu.RmsNormMatMul(x, r3, w, qkv3.Reshape(n, rows), withBias ? bias : null);
+        else Gpu.MatMul(x, w, qkv3.Reshape(n, rows), transposeB: true, bias: withBias ? bias : null);
+        Gpu.RopePagedAppend(qkv3, h, pool3, UploadInts(positions, n), BatchOn(Gpu), theta);
+        Assert.Equal(Download(qkv2), Download(qkv3));
+        Assert.Equal(Download(pool2), Download(pool3));
 
         var cpuQkv = _cpu.Allocate(new Shape(n, h + 2 * kh, d), DType.F64);
         var cpuPool = TestTensors.FromDoubles(_cpu, poolv, DType.F64, poolBlocks, blockSize, 2 * kh, d);

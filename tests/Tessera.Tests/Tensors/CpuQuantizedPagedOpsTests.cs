@@ -212,6 +212,10 @@ public class CpuQuantizedPagedOpsTests
         var positions = _cpu.FromArray(new int[c.N], c.N);
         Assert.Contains("poolScales", Assert.Throws<ArgumentException>(() =>
             _cpu.MatMulRopePagedAppend(x, null, w, null, qkv, h, quantizedPool, positions, batch, new RopeFrequencies(10000.0))).Message);
+        Assert.Contains("poolScales", Assert.Throws<ArgumentException>(() =>
+            _cpu.RopePagedAppend(qkv, h, quantizedPool, positions, batch, new RopeFrequencies(10000.0))).Message);
+        Assert.Contains($"must hold {h + 1} query heads", Assert.Throws<ArgumentException>(() =>
+            _cpu.RopePagedAppend(qkv, h + 1, quantizedPool, positions, batch, new RopeFrequencies(10000.0), scales)).Message);
     }
 
     /// <summary>The bytes of a quantized <paramref name="pool"/> (I8 values as their two's-complement bytes, or E4M3 codes).</summary>

@@ -53,4 +53,12 @@ internal sealed class DequantizedKvBackend(IBackend inner, DType poolDType) : Fo
         Inner.MatMulRopePagedAppend(x, norm, weight, bias, qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
         PagedAppend(qkv.Slice(1, queryHeads, pool.Size(2)), pool, batch, poolScales);
     }
+
+    public override void RopePagedAppend(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies,
+        Tensor? poolScales = null)
+    {
+        // As the fused op above: the rotation and the raw append, then the append of what the quantized cache would hold.
+        Inner.RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+        PagedAppend(qkv.Slice(1, queryHeads, pool.Size(2)), pool, batch, poolScales);
+    }
 }
