@@ -13,20 +13,33 @@ __device__ __forceinline__ void int4_word(unsigned word, float scale, int zero, 
     for (int j = 0; j < 8; j++) out[j] = scale * (float)((int)((word >> (4 * j)) & 0xFu) - zero);
 }
 
-// out (N, K) = the weight, in the output's type. One thread a packed word (eight outputs).
+// out (N, K) = the weight, in the output's type. One thread a packed word: its eight outputs are out[8 i ..] (K is a multiple
+// of 8), 16-byte aligned when out is, and then stored whole (one 16-byte store for a 16-bit type, two for fp32): a warp
+// writes 512 contiguous bytes an instruction, where eight 2-byte stores a thread each touched every 16th pair of bytes of
+// them (a prefill step of int4 weights dequantizes every weight it multiplies). Otherwise value by value.
 template <typename T>
 __device__ __forceinline__ void dequantize_int4(const unsigned* packed, const float* scales, const signed char* zeros, T* out,
                                                 i64 N, int K, int group)
 {
     const int words = K / 8, groups = (K + group - 1) / group;
+    const bool whole = ((unsigned long long)out & 15) == 0;
     GRID_STRIDE(i, N * words)
     {
         i64 n = i / words; int w = (int)(i - n * words);
         i64 g = n * groups + (8 * w) / group;
         float v[8];
         int4_word(packed[i], scales[g], zeros[g], v);
+        T* o = out + 8 * i;
+        if (whole)
+        {
 #pragma unroll
-        for (int j = 0; j < 8; j++) out[n * K + 8 * w + j] = from_f<T>(v[j]);
+            for (int j = 0; j < 8; j += Vec16<T>::N) store16(o + j, v + j);
+        }
+        else
+        {
+#pragma unroll
+            for (int j = 0; j < 8; j++) o[j] = from_f<T>(v[j]);
+        }
     }
 }
 

@@ -127,7 +127,7 @@ public sealed class KernelEmulationTests
              "gemv_stream_q8 bf16 M=2 N=100 K=1024 grid=2 bias=1 beta=1", "gemv_stream_q8 f32 M=1 N=100 K=2048 grid=2 bias=1 beta=0 norm",
              "gemv_stream_q8 f32 M=3 N=45 K=2064 grid=1 bias=0 beta=1 norm", "gemv_stream f32 M=1 N=100 K=1000 grid=2 bias=1 beta=1",
              "gemv_stream f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "dequantize_f32 N=37 K=45 grid=3 block=64 exact",
-             "dequantize_f32 N=8 K=4096 grid=7 block=128 exact"]);
+             "dequantize_f32 N=8 K=4096 grid=7 block=128 exact", "dequantize_f32 N=5 K=48 grid=2 block=32 exact unaligned"]);
 
     /// <summary>
     /// The matrix-vector kernel's FP8 form (<c>gemv_stream_f8_*</c>, <see cref="CudaBackend.QuantizedMatMul"/> with FP8 weights
@@ -310,7 +310,8 @@ public sealed class KernelEmulationTests
              "quantize_rows_fp8_f32 M=5 K=1000 ld=1024 exact", "quantize_rows_fp8_f32 M=5 K=1000 ld=1024 norm"]);
 
     /// <summary>
-    /// The group-wise int4 kernels (int4.cu): <c>dequantize_int4_f32</c> bit for bit against scale (q - zero), and the
+    /// The group-wise int4 kernels (int4.cu): <c>dequantize_int4_f32</c> bit for bit against scale (q - zero) (whole 16-byte
+    /// stores, and value by value into an output that is not 16-byte aligned), and the
     /// matrix-vector product <c>gemv_int4_f32_m{1..4}</c> within 1e-5 of sum |x w| (fp32 sums in another order) against a
     /// double reference, over odd N, groups of 8 to 200 columns (a last group shorter, one group a row), symmetric and
     /// asymmetric zeros, bias, an addend, and grids smaller than the rows (Emulation/int4_kernels.cpp; seed 11, packed by a
@@ -324,7 +325,7 @@ public sealed class KernelEmulationTests
     [Fact]
     public void Int4KernelsGiveTheDequantizedProductOnTheCpuEmulation() =>
         RunEmulated(["gemv.cu", "int4.cu"], "int4_kernels",
-            ["dequantize_int4_f32 N=7 K=256 group=128 asym", "dequantize_int4_f32 N=5 K=96 group=64 sym", "dequantize_int4_f32 N=3 K=40 group=40 asym",
+            ["dequantize_int4_f32 N=7 K=256 group=128 asym", "dequantize_int4_f32 N=5 K=96 group=64 sym", "dequantize_int4_f32 N=3 K=40 group=40 asym", "dequantize_int4_f32 N=5 K=96 group=32 sym unaligned",
              "gemv_int4_f32 M=1 N=37 K=256 group=128 asym bias grid=2", "gemv_int4_f32 M=2 N=33 K=96 group=64 sym addend grid=1",
              "gemv_int4_f32 M=3 N=9 K=512 group=32 asym bias addend grid=4", "gemv_int4_f32 M=4 N=65 K=1024 group=128 sym bias grid=3",
              "gemv_int4_f32 M=4 N=19 K=200 group=200 asym grid=1", "gemv_int4_f32 M=1 N=1 K=8 group=8 asym grid=1",

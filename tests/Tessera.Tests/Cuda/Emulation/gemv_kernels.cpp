@@ -269,20 +269,22 @@ template <typename T, int M> static void run_f8(int index, int N, int K, int gri
 }
 
 // out (N, K) = scales[n] * values[n, k]: every element exactly the fp32 product (a grid-stride loop over fewer threads
-// than elements, rows crossing the blocks' edges).
-static void run_dequantize(int N, int K, int grid, int block)
+// than elements, rows crossing the blocks' edges). K a multiple of 16 takes 16 values a thread when out is 16-byte aligned
+// (offset 0; the values are, from the vector), else (offset 1: out a float past a 16-byte boundary) value by value.
+static void run_dequantize(int N, int K, int grid, int block, int offset = 0)
 {
     std::mt19937 rng(17 + N + K);
     std::uniform_int_distribution<int> level(-127, 127);
     std::uniform_real_distribution<float> u(0.f, 1.f);
     std::vector<signed char> q((size_t)N * K);
     for (auto& v : q) v = (signed char)level(rng);
-    std::vector<float> scales(N), out((size_t)N * K, NAN);
+    std::vector<float> scales(N), buffer((size_t)N * K + 8, NAN);
     for (auto& s : scales) s = u(rng) / 127.f;
     scales[N / 2] = 0.f;   // a row of zeros quantizes to scale 0
     const signed char* pq = q.data();
     const float* ps = scales.data();
-    float* po = out.data();
+    float* po = (float*)(((unsigned long long)buffer.data() + 15) & ~15ull) + offset;
+    float* const out = po;
     long long n = (long long)N * K;
     int k_ = K;
     emu_launch(grid, block, [&] { dequantize_f32(pq, ps, po, n, k_); });
@@ -294,7 +296,8 @@ static void run_dequantize(int N, int K, int grid, int block)
             exact &= std::memcmp(&out[(size_t)r * K + c], &expected, 4) == 0;
         }
     char name[120];
-    snprintf(name, sizeof name, "dequantize_f32 N=%d K=%d grid=%d block=%d exact", N, K, grid, block);
+    exact &= std::isnan(out[(size_t)N * K]);   // nothing written past the end
+    snprintf(name, sizeof name, "dequantize_f32 N=%d K=%d grid=%d block=%d exact%s", N, K, grid, block, offset ? " unaligned" : "");
     report(name, exact);
 }
 
@@ -321,6 +324,7 @@ int main()
     run_f8<bf16, 4>(6, 64, 2064, 2, false, 0.f, true, false);     // bf16, two units, the addend, a row of zeros
     run_dequantize(37, 45, 3, 64);
     run_dequantize(8, 4096, 7, 128);
+    run_dequantize(5, 48, 2, 32, 1);
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }

@@ -56,18 +56,21 @@ static Weight draw(std::mt19937& rng, int N, int K, int group, bool sym)
     return w;
 }
 
-static void dequantize_check(std::mt19937& rng, int N, int K, int group, bool sym)
+// offset: out starts that many floats past a 16-byte boundary (1: the value-by-value stores; 0: whole 16-byte stores).
+static void dequantize_check(std::mt19937& rng, int N, int K, int group, bool sym, int offset = 0)
 {
     auto w = draw(rng, N, K, group, sym);
-    std::vector<float> out((size_t)N * K, NAN);
-    const unsigned* pq = w.packed.data(); const float* ps = w.scales.data(); const signed char* pz = w.zeros.data(); float* po = out.data();
+    std::vector<float> buffer((size_t)N * K + 8, NAN);
+    float* const aligned = (float*)(((unsigned long long)buffer.data() + 15) & ~15ull);
+    const unsigned* pq = w.packed.data(); const float* ps = w.scales.data(); const signed char* pz = w.zeros.data(); float* po = aligned + offset;
     emu_launch(3, 64, [=] { dequantize_int4_f32(pq, ps, pz, po, (i64)N, K, group); });
     int bad = 0;
     for (int n = 0; n < N; n++)
-        for (int k = 0; k < K; k++) if (out[(size_t)n * K + k] != (float)w.at(n, k)) bad++;
+        for (int k = 0; k < K; k++) if (po[(size_t)n * K + k] != (float)w.at(n, k)) bad++;
+    const bool untouched = std::isnan(po[(size_t)N * K]);   // the float past the end
     char what[160];
-    snprintf(what, sizeof what, "dequantize_int4_f32 N=%d K=%d group=%d %s", N, K, group, sym ? "sym" : "asym");
-    report(what, bad == 0, bad ? std::to_string(bad) + " differ " : "");
+    snprintf(what, sizeof what, "dequantize_int4_f32 N=%d K=%d group=%d %s%s", N, K, group, sym ? "sym" : "asym", offset ? " unaligned" : "");
+    report(what, bad == 0 && untouched, bad ? std::to_string(bad) + " differ " : untouched ? "" : "wrote past the end ");
 }
 
 static void gemv_check(std::mt19937& rng, int M, int N, int K, int group, bool sym, bool bias, bool addend, unsigned blocks)
@@ -210,6 +213,7 @@ int main()
     dequantize_check(rng, 7, 256, 128, false);
     dequantize_check(rng, 5, 96, 64, true);       // a last group of 32
     dequantize_check(rng, 3, 40, 40, false);      // one group a row (per channel), K = 40
+    dequantize_check(rng, 5, 96, 32, true, 1);    // out not 16-byte aligned: the value-by-value stores
     gemv_check(rng, 1, 37, 256, 128, false, true, false, 2);
     gemv_check(rng, 2, 33, 96, 64, true, false, true, 1);
     gemv_check(rng, 3, 9, 512, 32, false, true, true, 4);
