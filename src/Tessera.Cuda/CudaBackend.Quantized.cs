@@ -43,8 +43,10 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <inheritdoc/>
-    /// <remarks>Int4 weights at 5 to 64 rows of bf16 or f16 (a serving decode step) in groups of a multiple of 64: one launch,
-    /// the decode product by group sums in its SwiGLU form (<see cref="TryDecodeGemmInt4SwiGlu"/>), the norm on the way. More
+    /// <remarks>Int4 weights at 1 to 4 rows (decoding): one launch, the int4 stream's SwiGLU form
+    /// (<see cref="TryGemvStreamInt4SwiGlu"/>, K and the groups multiples of 32); at 5 to 64 rows of bf16 or f16 (a serving decode
+    /// step) in groups of a multiple of 64: one launch, the decode product by group sums in its SwiGLU form
+    /// (<see cref="TryDecodeGemmInt4SwiGlu"/>); the norm on the way in both. More
     /// rows of int8 or int4 weights without biases (prefill, a mixed step): both weights dequantized into one (2F, C) scratch and
     /// one product at N = 2F, then the SwiGLU kernel on the halves, as <see cref="MatMulSwiGlu"/> does for adjacent 16-bit
     /// weights. Otherwise (1 to 4 rows, FP8 weights, biases) each weight's <see cref="QuantizedMatMul"/> into scratch, then
@@ -54,7 +56,8 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(gate);
         gate.ValidateSwiGlu(nameof(CudaBackend), up, x, output, gateBias, upBias, norm);
-        if (gate.IsInt4 && TryDecodeGemmInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm)) return;
+        if (gate.IsInt4 && (TryGemvStreamInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm)
+            || TryDecodeGemmInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm))) return;
         int m = x.Size(0), f = gate.Rows;
         var dtype = x.DType;
         if (!gate.IsFp8 && m > DecodeGemmMaxRows && gateBias is null && upBias is null)

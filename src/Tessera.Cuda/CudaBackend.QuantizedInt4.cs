@@ -8,7 +8,8 @@ namespace Tessera.Cuda;
 // bound by reading the weights, which is what 4 bits halve against int8); 5 to 64 rows (a serving decode step) of bf16 or f16
 // take the decode product's int4 form (decode_gemm.cu, nibbles staged, turned into x's type in registers, tensor cores);
 // more rows, or an epilogue, dequantize the whole weight into scratch of x's dtype from the caching allocator and run the
-// product as for any weight (cuBLASLt): correct and graph-safe, not faster than 16-bit weights at prefill.
+// product as for any weight (cuBLASLt): correct and graph-safe, not faster than 16-bit weights at prefill. The MLP's gate and
+// up pair (QuantizedMatMulSwiGlu) has a SwiGLU form of the stream and of the decode product by group sums: one launch each.
 public sealed unsafe partial class CudaBackend
 {
     /// <summary>Warps a block of the int4 matrix-vector kernel: one output row a warp.</summary>
@@ -49,17 +50,14 @@ public sealed unsafe partial class CudaBackend
     /// stream's int4 form (gemv.cu, <c>gemv_stream_int4_{type}_m{M}</c>), which stages x once per CTA (RMS-normalized on the
     /// way when <paramref name="norm"/> is given), streams the packed words in 16-byte loads with the next unit's loads in flight
     /// and applies each 32-column chunk's group scale and zero in registers. False, with nothing enqueued, when the call does not
-    /// fit it: what <see cref="GemvFits"/> needs of x and the norm, K and the group size multiples of 32 (a 16-byte chunk of
-    /// words then lies in one group, and the rows of K / 2 bytes are 16-byte aligned), the packed words 16-byte aligned, y's and
-    /// the addend's columns unit-strided (then <see cref="TryGemvInt4"/> or the dequantized product runs it).
+    /// fit it: <see cref="GemvStreamInt4Fits"/>, y's and the addend's columns unit-strided (then <see cref="TryGemvInt4"/> or the
+    /// dequantized product runs it).
     /// </summary>
     private bool TryGemvStreamInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend, RmsNormPrologue? norm)
     {
-        if (!GemvFits(x, norm)) return false;
+        if (!GemvStreamInt4Fits(x, weight, bias, norm)) return false;
         int m = x.Size(0), k = x.Size(1), n = weight.Rows, group = weight.GroupSize;
         var dtype = x.DType;
-        if (n == 0 || k % Int4StreamChunk != 0 || group % Int4StreamChunk != 0 || Ptr(weight.Values) % 16 != 0
-            || !BiasFits(bias, dtype, n)) return false;
         if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
         var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
@@ -73,6 +71,41 @@ public sealed unsafe partial class CudaBackend
             GemvShared(m, k, dtype), dependent: true);
         return true;
     }
+
+    /// <summary>
+    /// output (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) with M &lt;= 4 and Wg, Wu int4 weights: the int4 stream's SwiGLU form
+    /// (gemv.cu, <c>gemv_stream_int4_swiglu_{type}_m{M}</c>), a warp's output the gate row then the up row, x staged once
+    /// (RMS-normalized on the way when <paramref name="norm"/> is given): one launch where the composition takes three. False,
+    /// with nothing enqueued, when either weight does not fit the stream (<see cref="GemvStreamInt4Fits"/>) or output is not
+    /// contiguous in x's dtype.
+    /// </summary>
+    private bool TryGemvStreamInt4SwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias, Tensor? upBias,
+        RmsNormPrologue? norm)
+    {
+        if (!GemvStreamInt4Fits(x, gate, gateBias, norm) || !GemvStreamInt4Fits(x, up, upBias, norm) || output.DType != x.DType
+            || !output.IsContiguous) return false;
+        int m = x.Size(0), k = x.Size(1), f = gate.Rows, group = gate.GroupSize;
+        var dtype = x.DType;
+        ulong px = Ptr(x), pg = Ptr(gate.Values), psg = Ptr(gate.Scales), pzg = Ptr(gate.Zeros!), pu = Ptr(up.Values), psu = Ptr(up.Scales),
+            pzu = Ptr(up.Zeros!), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
+        long ldx = x.Stride(0), ldo = f;
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pg, &psg, &pzg, &pu, &psu, &pzu, &pbg, &pbu, &po, &f, &k, &group, &ldx, &ldo, &pn, &eps, &early };
+        Launch("gemv.cu", $"gemv_stream_int4_swiglu_{Suffix(dtype, nameof(QuantizedMatMulSwiGlu))}_m{m}", (GemvGrid(f), 1, 1), 256, args,
+            GemvShared(m, k, dtype), dependent: true);
+        return true;
+    }
+
+    /// <summary>
+    /// Whether x (M, K), the int4 weight and its bias suit the int4 stream: what <see cref="GemvFits"/> needs of x and the norm,
+    /// K and the group size multiples of 32 (a 16-byte chunk of words then lies in one group, and the rows of K / 2 bytes are
+    /// 16-byte aligned), the packed words 16-byte aligned.
+    /// </summary>
+    private bool GemvStreamInt4Fits(Tensor x, QuantizedWeight weight, Tensor? bias, RmsNormPrologue? norm) =>
+        GemvFits(x, norm) && weight.Rows > 0 && x.Size(1) % Int4StreamChunk == 0 && weight.GroupSize % Int4StreamChunk == 0
+        && Ptr(weight.Values) % 16 == 0 && BiasFits(bias, x.DType, weight.Rows);
 
     /// <summary>
     /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int4 weight: <c>gemv_int4_{type}_m{M}</c>

@@ -506,67 +506,103 @@ __device__ __forceinline__ void gemv_int4_unit_fma(const Bytes16* raw, const flo
     }
 }
 
-template <typename T, int M>
-__device__ void gemv_stream_int4(const T* x, const unsigned* packed, const float* scales, const signed char* zeros, const T* bias,
-                                 T* y, const T* c_in, int N, int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw,
-                                 float eps, int early)
+// One int4 weight's buffers (the SwiGLU form streams two: the gate's and the up weight's).
+struct Int4Rows
+{
+    const unsigned* packed;
+    const float* scales;
+    const signed char* zeros;
+};
+
+// EPI: GEMV_LINEAR (w0 alone, y = x W^T + bias0 + beta c_in) or GEMV_SWIGLU (y = SiLU(x W0^T + bias0) * (x W1^T + bias1):
+// a warp's output reads the gate row (half 0) then the up row (half 1), as gemv_stream's SwiGLU form; beta 0).
+template <typename T, int M, int EPI>
+__device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* bias0, const T* bias1, T* y, const T* c_in, int N,
+                                 int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int early)
 {
     constexpr int U = M <= 2 ? 4 : 2;
+    constexpr int HALVES = EPI == GEMV_SWIGLU ? 2 : 1;
     extern __shared__ unsigned char gemv_smem[];
     T* sx = reinterpret_cast<T*>(gemv_smem);
     const int lane = threadIdx.x & 31;
     const int stride = gridDim.x * (blockDim.x >> 5);
     const int chunks = K / 32, units = (chunks + 32 * U - 1) / (32 * U), groups = (K + group - 1) / group, cpg = group / 32;
     GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
+    auto load_unit = [&](const GemvCursor& c, Bytes16* r, float* sc, float* zb) {
+        const Int4Rows& w = c.s == 0 ? w0 : w1;
+        gemv_int4_unit_load<U>(w.packed, w.scales, w.zeros, c.n, c.q, chunks, groups, cpg, lane, r, sc, zb);
+    };
     Bytes16 raw[U];
     float sc[U], zb[U];
-    if (early && load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, raw, sc, zb);
+    if (early && load.n < N) load_unit(load, raw, sc, zb);
     pdl_wait();
     pdl_launch_dependents();
-    if (!early && load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, raw, sc, zb);
+    if (!early && load.n < N) load_unit(load, raw, sc, zb);
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
-    float acc[M];
+    float acc[HALVES][M];
 #pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = 0.f;
+    for (int s = 0; s < HALVES; s++)
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[s][m] = 0.f;
     while (cur.n < N)
     {
-        load.advance(units, 1, stride);
+        load.advance(units, HALVES, stride);
         Bytes16 next[U];
         float nsc[U], nzb[U];
-        if (load.n < N) gemv_int4_unit_load<U>(packed, scales, zeros, load.n, load.q, chunks, groups, cpg, lane, next, nsc, nzb);
-        gemv_int4_unit_fma<T, M, U>(raw, sc, zb, sx, K, cur.q, chunks, lane, acc);
-        if (cur.q == units - 1)   // the row's last unit: reduce, write, start the next one
+        if (load.n < N) load_unit(load, next, nsc, nzb);
+        if (HALVES == 1 || cur.s == 0) gemv_int4_unit_fma<T, M, U>(raw, sc, zb, sx, K, cur.q, chunks, lane, acc[0]);
+        else gemv_int4_unit_fma<T, M, U>(raw, sc, zb, sx, K, cur.q, chunks, lane, acc[HALVES - 1]);
+        if (cur.q == units - 1 && cur.s == HALVES - 1)   // the output's last unit: reduce, write, start the next one
         {
 #pragma unroll
-            for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
+            for (int s = 0; s < HALVES; s++)
+#pragma unroll
+                for (int m = 0; m < M; m++) acc[s][m] = warp_sum(acc[s][m]);
             const int n = cur.n;
             if (lane == 0)
             {
-                const float b = bias ? to_f(bias[n]) : 0.f;
+                const float b0 = bias0 ? to_f(bias0[n]) : 0.f, b1 = HALVES == 2 && bias1 ? to_f(bias1[n]) : 0.f;
 #pragma unroll
                 for (int m = 0; m < M; m++)
                 {
-                    float r = acc[m] + b;
-                    if (beta != 0.f) r += beta * to_f(c_in[m * ldc + n]);
+                    float r;
+                    if (EPI == GEMV_SWIGLU) r = silu(acc[0][m] + b0) * (acc[HALVES - 1][m] + b1);
+                    else
+                    {
+                        r = acc[0][m] + b0;
+                        if (beta != 0.f) r += beta * to_f(c_in[m * ldc + n]);
+                    }
                     y[m * ldy + n] = from_f<T>(r);
                 }
             }
 #pragma unroll
-            for (int m = 0; m < M; m++) acc[m] = 0.f;
+            for (int s = 0; s < HALVES; s++)
+#pragma unroll
+                for (int m = 0; m < M; m++) acc[s][m] = 0.f;
         }
 #pragma unroll
         for (int u = 0; u < U; u++) { raw[u] = next[u]; sc[u] = nsc[u]; zb[u] = nzb[u]; }
-        cur.advance(units, 1, stride);
+        cur.advance(units, HALVES, stride);
     }
 }
 
-// c_in is y (beta 0 or 1) or an addend of y's shape (beta 1); nw (K, or null): x RMS-normalized as it is staged.
+// c_in is y (beta 0 or 1) or an addend of y's shape (beta 1); nw (K, or null): x RMS-normalized as it is staged. The SwiGLU
+// form: y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) over two int4 weights of one shape and group (CudaBackend.QuantizedMatMulSwiGlu).
 #define GEMV_STREAM_INT4(n, T, M)                                                                                \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_int4_##n##_m##M(const T* x,                 \
         const unsigned* packed, const float* scales, const signed char* zeros, const T* bias, T* y, const T* c_in, \
         int N, int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int early)        \
     {                                                                                                             \
-        gemv_stream_int4<T, M>(x, packed, scales, zeros, bias, y, c_in, N, K, group, ldx, ldy, ldc, beta, nw, eps, early); \
+        const Int4Rows w{packed, scales, zeros};                                                                  \
+        gemv_stream_int4<T, M, GEMV_LINEAR>(x, w, w, bias, nullptr, y, c_in, N, K, group, ldx, ldy, ldc, beta, nw, eps, early); \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_int4_swiglu_##n##_m##M(const T* x,          \
+        const unsigned* gate, const float* gate_scales, const signed char* gate_zeros, const unsigned* up,        \
+        const float* up_scales, const signed char* up_zeros, const T* gate_bias, const T* up_bias, T* y, int F,   \
+        int K, int group, i64 ldx, i64 ldy, const T* nw, float eps, int early)                                   \
+    {                                                                                                             \
+        gemv_stream_int4<T, M, GEMV_SWIGLU>(x, Int4Rows{gate, gate_scales, gate_zeros}, Int4Rows{up, up_scales, up_zeros}, \
+                                            gate_bias, up_bias, y, y, F, K, group, ldx, ldy, ldy, 0.f, nw, eps, early); \
     }
 #define GEMV_STREAM_INT4_ALL(n, T) GEMV_STREAM_INT4(n, T, 1) GEMV_STREAM_INT4(n, T, 2) GEMV_STREAM_INT4(n, T, 3) GEMV_STREAM_INT4(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_INT4_ALL)

@@ -109,14 +109,16 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
     }
 
     /// <summary>
-    /// <see cref="CudaBackend.QuantizedMatMulSwiGlu"/> over two int4 weights (F = N = 517, odd) against the CPU's F64: 2 rows
-    /// (each weight's int4 stream, then the SwiGLU kernel), 17 and 64 rows of BF16 with groups of 128 (the decode product by
-    /// group sums in its SwiGLU form, one launch, which the op profiler must name on compute capability 9.0; normalized and
-    /// with biases), 40 rows with groups of 32 (each weight's decode product, then SwiGLU), 96 rows (both weights dequantized
-    /// into one scratch, one product at N = 2F) and 96 with biases (two products). Tolerance as the products': 1e-2 for BF16.
+    /// <see cref="CudaBackend.QuantizedMatMulSwiGlu"/> over two int4 weights (F = N = 517, odd) against the CPU's F64: 2 and 3
+    /// rows (the int4 stream's SwiGLU form, one launch), 17 and 64 rows of BF16 with groups of 64 and 128 (the decode product by
+    /// group sums in its SwiGLU form, one launch, on compute capability 9.0), each of which the op profiler must name;
+    /// normalized and with biases; 40 rows with groups of 32 (each weight's decode product, then SwiGLU), 96 rows (both weights
+    /// dequantized into one scratch, one product at N = 2F) and 96 with biases (two products). Tolerance as the products':
+    /// 1e-2 for BF16.
     /// </summary>
     [Theory]
     [InlineData(2, 128, true, false)]
+    [InlineData(3, 32, false, true)]
     [InlineData(17, 128, true, true)]
     [InlineData(64, 128, true, false)]
     [InlineData(64, 64, false, true)]
@@ -140,8 +142,9 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
             UploadInt4(gpu, up.Packed, up.Scales, up.Zeros, group), y, withBias ? Upload(gpu, bgv, dtype, N) : null,
             withBias ? Upload(gpu, buv, dtype, N) : null, withNorm ? new RmsNormPrologue(Upload(gpu, gainv, dtype, K), eps) : null);
         var names = gpu.Profiler!.Totals().Select(r => r.Name).ToList();
-        bool fused = m is > 4 and <= 64 && group % 64 == 0 && Gpu.CudaDevice.ComputeCapability.Major >= 9;
-        if (fused) Assert.Contains($"decode_gemm_int4g_swiglu_bf16_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", names);
+        if (m <= 4) Assert.Contains($"gemv_stream_int4_swiglu_bf16_m{m}", names);
+        else if (m <= 64 && group % 64 == 0 && Gpu.CudaDevice.ComputeCapability.Major >= 9)
+            Assert.Contains($"decode_gemm_int4g_swiglu_bf16_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", names);
         else Assert.Contains("swiglu_forward_rows_bf16", names);
 
         var expected = _cpu.Allocate(new Shape(m, N), DType.F64);

@@ -319,7 +319,9 @@ public sealed class KernelEmulationTests
     /// group multiples of 32) within 1e-5 of sum |x w| (bf16: plus 2^-7 of |y|) over K of one chunk, K not a multiple of 128
     /// (96, 1056, 4128), groups of 32, 64, 128, a whole row and a last one shorter (K = 320, group 128), bias, beta on y, an
     /// addend, the RMSNorm prologue (f32), several rows a warp, with the weights loaded before and after the dependency wait
-    /// giving the same bits. K a multiple of 8 but not of 32 (200, 40, 8) and groups of 8 and 16 are gemv_int4's cases.
+    /// giving the same bits; and the stream's SwiGLU form <c>gemv_stream_int4_swiglu_*</c> (SiLU(x Wg^T + bg) (x Wu^T + bu), the
+    /// gate row then the up row a warp) at 1 to 4 rows, normalized or not, with the fp32 sums' tolerance carried through SiLU.
+    /// K a multiple of 8 but not of 32 (200, 40, 8) and groups of 8 and 16 are gemv_int4's cases.
     /// <see cref="CudaInt4QuantizedMatMulTests"/> checks them on the device.
     /// </summary>
     [Fact]
@@ -336,7 +338,9 @@ public sealed class KernelEmulationTests
              "gemv_stream_int4 f32 M=4 N=130 K=2048 group=128 sym bias beta=0 norm grid=2", "gemv_stream_int4 f32 M=4 N=19 K=1024 group=64 asym beta=0 addend grid=1",
              "gemv_stream_int4 f32 M=1 N=100 K=2048 group=128 asym bias beta=1 norm grid=5", "gemv_stream_int4 f32 M=2 N=21 K=320 group=128 asym bias beta=0 addend grid=2",
              "gemv_stream_int4 bf16 M=1 N=65 K=2048 group=128 asym bias beta=0 grid=2",
-             "gemv_stream_int4 bf16 M=2 N=50 K=1056 group=32 sym beta=0 addend grid=3", "gemv_stream_int4 bf16 M=4 N=33 K=4096 group=128 asym bias beta=1 grid=2"]);
+             "gemv_stream_int4 bf16 M=2 N=50 K=1056 group=32 sym beta=0 addend grid=3", "gemv_stream_int4 bf16 M=4 N=33 K=4096 group=128 asym bias beta=1 grid=2",
+             "gemv_stream_int4_swiglu f32 M=1 F=37 K=256 group=128 bias grid=2", "gemv_stream_int4_swiglu f32 M=2 F=9 K=1056 group=32 norm grid=4",
+             "gemv_stream_int4_swiglu f32 M=4 F=70 K=2048 group=128 bias norm grid=1", "gemv_stream_int4_swiglu bf16 M=3 F=45 K=512 group=64 bias grid=2"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

@@ -7,7 +7,8 @@
 //   several group sizes (32, 64, 128, a whole row, a last group shorter than the others), bias or none, beta 0 or with an
 //   addend, and a grid smaller than the rows (the warps' grid stride); K a multiple of 32 takes the 16-byte quads (groups of
 //   16 too, whose quads straddle two groups), other K single words.
-// The persistent stream's int4 form gemv_stream_int4_{f32,bf16}_m{1..4} (gemv.cu; K and group multiples of 32) against the
+// The persistent stream's int4 form gemv_stream_int4_{f32,bf16}_m{1..4} (gemv.cu; K and group multiples of 32), and its
+// SwiGLU form gemv_stream_int4_swiglu_* (gate and up weights, SiLU(g) u, four shapes), against the
 // same double reference: M = 1 to 4, N odd, fewer than the grid's warps or several rows a warp, K of one chunk (32), K a
 // multiple of 32 but not of 128 (96, 1056, 4128), groups of 32, 64, 128, a whole row and a last group shorter (K = 320,
 // group 128), bias, beta 1 on y itself, an addend, and the RMSNorm prologue (f32: x * rsqrt(mean x^2 + eps) * nw in double for the reference; the kernel rounds the
@@ -207,6 +208,94 @@ static void stream_check(std::mt19937& rng, int N, int K, int group, bool sym, b
     report(what, bad == 0 && differ == 0, detail);
 }
 
+template <typename T, int M> static auto swiglu_kernel()
+{
+    if constexpr (std::is_same_v<T, float>)
+    {
+        if constexpr (M == 1) return gemv_stream_int4_swiglu_f32_m1;
+        else if constexpr (M == 2) return gemv_stream_int4_swiglu_f32_m2;
+        else if constexpr (M == 3) return gemv_stream_int4_swiglu_f32_m3;
+        else return gemv_stream_int4_swiglu_f32_m4;
+    }
+    else
+    {
+        if constexpr (M == 1) return gemv_stream_int4_swiglu_bf16_m1;
+        else if constexpr (M == 2) return gemv_stream_int4_swiglu_bf16_m2;
+        else if constexpr (M == 3) return gemv_stream_int4_swiglu_bf16_m3;
+        else return gemv_stream_int4_swiglu_bf16_m4;
+    }
+}
+
+// The stream's SwiGLU form: y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) over two int4 weights (each its own scales and
+// zeros), x normalized first when norm. Tolerance: the fp32 sums of g and u each within 1e-5 of their sum |x w| + |b| (as
+// the plain form's), carried through SiLU(g) u (|SiLU'| <= 1.1, |SiLU(g)| <= |g|), plus bf16's rounding of the output.
+template <typename T, int M>
+static void swiglu_check(std::mt19937& rng, int F, int K, int group, bool bias, bool norm, int grid)
+{
+    auto wg = draw(rng, F, K, group, false);
+    auto wu = draw(rng, F, K, group, false);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const i64 ldx = K + 16, ldy = F + 3;
+    std::vector<T> x((size_t)M * ldx), bg(F), bu(F), y0((size_t)M * ldy), nw(K);
+    for (auto& v : x) v = from_f<T>(u(rng));
+    for (auto& v : bg) v = from_f<T>(u(rng));
+    for (auto& v : bu) v = from_f<T>(u(rng));
+    for (auto& v : y0) v = from_f<T>(u(rng));
+    for (auto& v : nw) v = from_f<T>(0.5f + 0.5f * u(rng));
+    const float eps = 1e-5f;
+    std::vector<double> e((size_t)M * F), tol((size_t)M * F);
+    const double rounding = std::is_same_v<T, float> ? 0.0 : 1.0 / 128;
+    for (int m = 0; m < M; m++)
+    {
+        double ss = 0;
+        for (int k = 0; k < K; k++) ss += (double)to_f(x[m * ldx + k]) * to_f(x[m * ldx + k]);
+        const double r = norm ? 1 / std::sqrt(ss / K + eps) : 1;
+        for (int o = 0; o < F; o++)
+        {
+            double g = bias ? to_f(bg[o]) : 0.0, h = bias ? to_f(bu[o]) : 0.0, mg = std::fabs(g), mh = std::fabs(h);
+            for (int k = 0; k < K; k++)
+            {
+                const double xv = (double)to_f(x[m * ldx + k]) * r * (norm ? to_f(nw[k]) : 1.0);
+                g += xv * wg.at(o, k); mg += std::fabs(xv * wg.at(o, k));
+                h += xv * wu.at(o, k); mh += std::fabs(xv * wu.at(o, k));
+            }
+            const double out = g / (1 + std::exp(-g)) * h;
+            e[(size_t)m * F + o] = out;
+            tol[(size_t)m * F + o] = 1e-5 * (1.1 * (std::fabs(h) + 1e-5 * mh) * mg + (std::fabs(g) + 1e-5 * mg) * mh) + rounding * std::fabs(out) + 1e-30;
+        }
+    }
+    std::vector<T> y[2];
+    for (int early = 0; early < 2; early++)
+    {
+        y[early] = y0;
+        const T *px = x.data(), *pbg = bias ? bg.data() : nullptr, *pbu = bias ? bu.data() : nullptr, *pn = norm ? nw.data() : nullptr;
+        T* py = y[early].data();
+        int f_ = F, k_ = K, g_ = group, ea = early;
+        i64 lx = ldx, ly = ldy;
+        auto kernel = swiglu_kernel<T, M>();
+        emu_launch(grid, 256, [&] {
+            kernel(px, wg.packed.data(), wg.scales.data(), wg.zeros.data(), wu.packed.data(), wu.scales.data(), wu.zeros.data(), pbg, pbu,
+                   py, f_, k_, g_, lx, ly, pn, eps, ea);
+        });
+    }
+    double worst = 0; int bad = 0, differ = 0;
+    for (int m = 0; m < M; m++)
+        for (int o = 0; o < F; o++)
+        {
+            const double err = std::fabs(to_f(y[1][m * ldy + o]) - e[(size_t)m * F + o]) / tol[(size_t)m * F + o];
+            worst = std::max(worst, err);
+            if (!(err <= 1)) bad++;
+            if (to_f(y[0][m * ldy + o]) != to_f(y[1][m * ldy + o])) differ++;
+        }
+    for (int m = 0; m < M; m++)
+        for (i64 j = F; j < ldy; j++) if (to_f(y[1][m * ldy + j]) != to_f(y0[m * ldy + j])) bad++;   // padding untouched
+    char what[200], detail[64];
+    snprintf(what, sizeof what, "gemv_stream_int4_swiglu %s M=%d F=%d K=%d group=%d%s%s grid=%d", type_name<T>(), M, F, K, group,
+             bias ? " bias" : "", norm ? " norm" : "", grid);
+    snprintf(detail, sizeof detail, "worst %.3f of tol, early = late %s ", worst, differ ? "NO" : "yes");
+    report(what, bad == 0 && differ == 0, detail);
+}
+
 int main()
 {
     std::mt19937 rng(11);
@@ -235,5 +324,9 @@ int main()
     stream_check<bf16, 1>(rng, 65, 2048, 128, false, true, 0.f, false, false, 2);
     stream_check<bf16, 2>(rng, 50, 1056, 32, true, false, 0.f, true, false, 3);
     stream_check<bf16, 4>(rng, 33, 4096, 128, false, true, 1.f, false, false, 2);
+    swiglu_check<float, 1>(rng, 37, 256, 128, true, false, 2);     // the gate row then the up row of each output
+    swiglu_check<float, 2>(rng, 9, 1056, 32, false, true, 4);      // fewer outputs than warps; normalized; K = 33 chunks
+    swiglu_check<float, 4>(rng, 70, 2048, 128, true, true, 1);     // several outputs a warp, two units a half
+    swiglu_check<bf16, 3>(rng, 45, 512, 64, true, false, 2);
     return failures;
 }
