@@ -60,14 +60,16 @@
 // spends most of its instructions turning nibbles into scaled 16-bit weights in fp32 (about five a weight) and, worse, reads
 // each k-tile's scales and zeros from global memory right before it multiplies (a memory latency a k-tile on the critical
 // path). Here the scales and the zeros' words ride in the stage with the weights (cp.async, DG_ST - 1 tiles ahead), and the
-// weight fed to the tensor cores is q - zero itself, exact in T: two nibbles (i and i + 4 of a word) placed in the low
-// mantissa bits of a pair of T whose exponent makes them 128 + q (bf16) or 1024 + q (f16), one and-or, then one paired fma
-// subtracting 128 + zero (1024 + zero): three instructions a pair. Each k-tile's products (one group) go into fp32 sums of
-// their own, which the group's scale multiplies into the row's sums: y = sum_g scale_g sum_k (q - zero) x,
-// the weights' exact values (not rounded to T as the form above rounds them), so the result differs from the dequantized
-// product's in the last bits of T. Lane c4's columns are the same 16 (two words); step kk takes pairs 2 (kk & 1) and + 1 of
-// word kk / 2, so x's B fragments are permuted alike: (x_i, x_i+4) pairs built from the staged 16 bytes by two byte
-// permutes, the same bijection of k on both operands.
+// weight fed to the tensor cores is q - zero itself, exact in T: two adjacent nibbles (a byte of a word) placed in the low
+// mantissa bits of a pair of T whose exponent makes them 128 + q (bf16) or 1024 + q (f16), one byte permute of the word and
+// of the word shifted by 4 (shared by its four bytes) and one and-or, then one paired fma subtracting 128 + zero (1024 +
+// zero): three instructions a pair. Each k-tile's products (one group) go into fp32 sums of their own, which the group's
+// scale multiplies into the row's sums: y = sum_g scale_g sum_k (q - zero) x, the weights' exact values (not rounded to T as
+// the form above rounds them), so the result differs from the dequantized product's in the last bits of T. Lane c4's
+// columns are the same 16 (two words); step kk takes bytes 2 (kk & 1) and + 1 of word kk / 2, the int8 form's k order, so
+// x's B fragments are its staged pairs as they are (mma_x_columns' order). (Session 32's first form paired nibbles i and
+// i + 4 of a word, one shift and an and-or, and permuted x's pairs to match: two byte permutes an n8 tile of x a step, 64
+// instructions a k-tile at 64 rows against the 8 shifts here.)
 #define DG_THREADS 128
 #define DG_BN 128
 #define DG_BK 64
@@ -168,12 +170,20 @@ __device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned 
     mma_x_columns<T, MT>(acc, a, tX, g, c4);
 }
 
-// The pair (128 + q_i, 128 + q_i+4) of nibbles i, i + 4 of `word` in T's bit pattern (bf16: exponent of 128, 7 mantissa
-// bits; f16: of 1024, 10), minus the pair (128 + zero, ..) given as its negation nz: (q_i - zero, q_i+4 - zero), exact.
-template <typename T> __device__ __forceinline__ unsigned q4_exact_pair(unsigned word, int i, unsigned nz);
-template <> __device__ __forceinline__ unsigned q4_exact_pair<bf16>(unsigned word, int i, unsigned nz)
+// Nibbles 2b and 2b + 1 of `word` (its byte b, k ascending), with w4 = word >> 4, as the low four bits of a pair's two 16-bit
+// halves: (q_2b, q_2b+1), one byte permute (byte b of word and of w4) and the mask; the pair's columns are adjacent, as x's
+// staged pairs are.
+__device__ __forceinline__ unsigned q4_byte_pair(unsigned word, unsigned w4, int b)
 {
-    const unsigned biased = ((word >> (4 * i)) & 0x000F000Fu) | 0x43004300u;
+    return __byte_perm(word, w4, (unsigned)(b | (b << 4) | ((4 + b) << 8) | ((4 + b) << 12))) & 0x000F000Fu;
+}
+
+// A pair of nibbles (q4_byte_pair) as (128 + q, ..) in T's bit pattern (bf16: exponent of 128, 7 mantissa bits; f16: of
+// 1024, 10), minus the pair (128 + zero, ..) given as its negation nz: (q - zero, q' - zero), exact.
+template <typename T> __device__ __forceinline__ unsigned q4_exact_pair(unsigned pair, unsigned nz);
+template <> __device__ __forceinline__ unsigned q4_exact_pair<bf16>(unsigned pair, unsigned nz)
+{
+    const unsigned biased = pair | 0x43004300u;
 #ifdef __CUDA_ARCH__
     unsigned r;
     asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(biased), "r"(0x3F803F80u), "r"(nz));
@@ -184,11 +194,11 @@ template <> __device__ __forceinline__ unsigned q4_exact_pair<bf16>(unsigned wor
     return (__float_as_uint(lo) >> 16) | (__float_as_uint(hi) & 0xFFFF0000u);   // small integers: exact in bf16
 #endif
 }
-template <> __device__ __forceinline__ unsigned q4_exact_pair<f16>(unsigned word, int i, unsigned nz)
+template <> __device__ __forceinline__ unsigned q4_exact_pair<f16>(unsigned pair, unsigned nz)
 {
     unsigned r = 0;   // none on the emulation (its f16 arithmetic is PTX)
 #ifdef __CUDA_ARCH__
-    const unsigned biased = ((word >> (4 * i)) & 0x000F000Fu) | 0x64006400u;
+    const unsigned biased = pair | 0x64006400u;
     asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(biased), "r"(0x3C003C00u), "r"(nz));
 #endif
     return r;
@@ -204,7 +214,7 @@ template <> __device__ __forceinline__ unsigned q4_negated_zero<f16>(unsigned ze
 // (session 32's first form kept MT x 8 of them, twice acc's registers at 64 rows of x; the scaling now costs 8 fmas a tile
 // of x every k-tile rather than every group).
 // A warp takes HT m16 tiles of W rows (two; see decode_gemm's WARPS). With nw, x's staged values are scaled by the norm weight's (tN,
-// its 64 columns) before the permutes, and warp w of WARPS adds the squares of x's rows of n8 tiles w, w + WARPS, .. (its 16
+// its 64 columns), and warp w of WARPS adds the squares of x's rows of n8 tiles w, w + WARPS, .. (its 16
 // columns a tile) into sq, as the 16-bit form does.
 template <typename T, int MT, int HT, int WARPS, int SQ>
 __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], unsigned tW, unsigned tX, int g, int c4,
@@ -219,11 +229,13 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
         {
             unsigned q[2];
             lds_q4_words(tW, 16 * h + 8 * half + g, c4, q);
+            const unsigned q4[2] = {q[0] >> 4, q[1] >> 4};
 #pragma unroll
             for (int kk = 0; kk < DG_BK / 16; kk++)
             {
-                a[h][kk][half] = q4_exact_pair<T>(q[kk >> 1], 2 * (kk & 1), nz[h][half]);
-                a[h][kk][2 + half] = q4_exact_pair<T>(q[kk >> 1], 2 * (kk & 1) + 1, nz[h][half]);
+                // Step kk: columns 4 (kk & 1) .. + 3 of word kk / 2, bytes 2 (kk & 1) (a0 / a1) and + 1 (a2 / a3).
+                a[h][kk][half] = q4_exact_pair<T>(q4_byte_pair(q[kk >> 1], q4[kk >> 1], 2 * (kk & 1)), nz[h][half]);
+                a[h][kk][2 + half] = q4_exact_pair<T>(q4_byte_pair(q[kk >> 1], q4[kk >> 1], 2 * (kk & 1) + 1), nz[h][half]);
             }
         }
 #pragma unroll
@@ -252,9 +264,8 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
         {
-            // x's pairs (i, i + 4) and (i + 1, i + 5), i = 2 (kk & 1), of the chunk's words (0, 1) (2, 3) (4, 5) (6, 7).
-            const unsigned lo = b[kk >> 1][kk & 1], hi = b[kk >> 1][2 + (kk & 1)];
-            const unsigned b0 = (lo & 0xFFFFu) | (hi << 16), b1 = (lo >> 16) | (hi & 0xFFFF0000u);
+            // x's pairs as staged (mma_x_columns' order): columns 4 (kk & 1), + 1 and + 2, + 3 of chunk kk / 2.
+            const unsigned b0 = b[kk >> 1][2 * (kk & 1)], b1 = b[kk >> 1][2 * (kk & 1) + 1];
 #pragma unroll
             for (int h = 0; h < HT; h++) Mma<T>::run(part[h], a[h][kk], b0, b1);
         }

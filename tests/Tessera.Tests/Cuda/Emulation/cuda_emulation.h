@@ -92,6 +92,14 @@ inline unsigned __ballot_sync(unsigned, int predicate)
     return mask;
 }
 inline int __ffs(int x) { return __builtin_ffs(x); }
+// prmt.b32's default mode: byte i of the result is byte (s >> 4i) & 7 of the eight bytes y:x (x's bytes 0-3, y's 4-7).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
+{
+    const unsigned long long both = (unsigned long long)y << 32 | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; i++) r |= (unsigned)((both >> (8 * ((s >> (4 * i)) & 7))) & 0xFFu) << (8 * i);
+    return r;
+}
 // Atomics under one lock: a block's threads are std::threads running at once.
 inline std::mutex& emu_atomic_lock() { static std::mutex m; return m; }
 inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); float o = *p; *p += v; return o; }
