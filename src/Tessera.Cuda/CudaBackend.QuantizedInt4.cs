@@ -158,8 +158,9 @@ public sealed unsafe partial class CudaBackend
         ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early, &pn, &eps };
-        Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(x.DType, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
-            DecodeGemmThreads, args, DecodeGemmInt4Shared(mt, groupSums), dependent: true, clusterX: (uint)slices);
+        int stages = groupSums ? Options.Int4DecodeProductStages : DecodeGemmStages;
+        Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(x.DType, nameof(QuantizedMatMul))}_m{mt}{StagesSuffix(stages)}",
+            ((uint)slices, (uint)blocks, 1), DecodeGemmThreads, args, DecodeGemmInt4Shared(mt, groupSums, stages), dependent: true, clusterX: (uint)slices);
         return true;
     }
 
@@ -186,8 +187,9 @@ public sealed unsafe partial class CudaBackend
         ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pzg, &pzu, &pbg, &pbu, &po, &m, &f, &k, &group, &ldx, &ldw, &ldo, &early, &pn, &eps };
-        Launch("decode_gemm.cu", $"decode_gemm_int4g_swiglu_{Suffix(x.DType, nameof(QuantizedMatMulSwiGlu))}_m{mt}", ((uint)slices, (uint)blocks, 1),
-            DecodeGemmThreads, args, DecodeGemmInt4Shared(mt, true), dependent: true, clusterX: (uint)slices);
+        int stages = Options.Int4DecodeProductStages;
+        Launch("decode_gemm.cu", $"decode_gemm_int4g_swiglu_{Suffix(x.DType, nameof(QuantizedMatMulSwiGlu))}_m{mt}{StagesSuffix(stages)}",
+            ((uint)slices, (uint)blocks, 1), DecodeGemmThreads, args, DecodeGemmInt4Shared(mt, true, stages), dependent: true, clusterX: (uint)slices);
         return true;
     }
 
@@ -217,9 +219,12 @@ public sealed unsafe partial class CudaBackend
     private bool Int4NormFits(Tensor x, RmsNormPrologue norm) =>
         norm.Weight.DType == x.DType && norm.Weight.IsContiguous && norm.Weight.NumElements == x.Size(1) && Ptr(norm.Weight) % 16 == 0;
 
-    /// <summary>Dynamic shared memory of the int4 decode product: DG_ST stages of the packed W tile, x's 8 MT rows and the norm's columns, and by group sums each W row's scale and zero word.</summary>
-    private static uint DecodeGemmInt4Shared(int mt, bool groupSums) =>
-        (uint)(DecodeGemmStages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2 + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
+    /// <summary>Dynamic shared memory of the int4 decode product: <paramref name="stages"/> stages of the packed W tile, x's 8 MT rows and the norm's columns, and by group sums each W row's scale and zero word.</summary>
+    private static uint DecodeGemmInt4Shared(int mt, bool groupSums, int stages) =>
+        (uint)(stages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2 + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
+
+    /// <summary>The kernel name's stage suffix of the int4 form by group sums: none for the file's DG_ST (4), <c>_s8</c> for 8.</summary>
+    private static string StagesSuffix(int stages) => stages == DecodeGemmStages ? "" : $"_s{stages}";
 
     /// <summary>output (N, K) = the int4 weight, scale (q - zero) in fp32 rounded once to output's type (<c>dequantize_int4_*</c>).</summary>
     private void DequantizeInt4(QuantizedWeight weight, Tensor output)

@@ -88,6 +88,14 @@ public sealed record CudaBackendOptions
     /// </summary>
     public bool Int4DecodeProductGroupSums { get; init; } = true;
 
+    /// <summary>
+    /// Pipeline stages of the int4 decode product by group sums (<see cref="Int4DecodeProductGroupSums"/>), 4 or 8: its stage
+    /// holds a 4 KB W tile, a quarter of the 16-bit form's, so at the 16-bit form's 4 stages a CTA has a quarter of the
+    /// weight bytes in flight (a layer's four int4 products at 8 rows took about bf16's time for a quarter of its bytes,
+    /// session 32); 8 (<c>decode_gemm_int4g_*_s8</c>) doubles them, for twice the shared memory. Default 4 until measured.
+    /// </summary>
+    public int Int4DecodeProductStages { get; init; } = 4;
+
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -389,6 +397,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: PagedDecodeMinKeysPerSplit ({PagedDecodeMinKeysPerSplit}) must be at least 1");
         if (HopperBackwardVariant is < 0 or > 8)
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
+        if (Int4DecodeProductStages is not (4 or 8))
+            throw new ArgumentException($"CUDA backend options: Int4DecodeProductStages ({Int4DecodeProductStages}) must be 4 or 8");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(MatMulSearch))
@@ -450,6 +460,7 @@ public sealed record CudaBackendOptions
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
         if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
         if (Int4DecodeProductGroupSums != d.Int4DecodeProductGroupSums) parts.Add($"{nameof(Int4DecodeProductGroupSums)}={Bool(Int4DecodeProductGroupSums)}");
+        if (Int4DecodeProductStages != d.Int4DecodeProductStages) parts.Add(Invariant($"{nameof(Int4DecodeProductStages)}={Int4DecodeProductStages}"));
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -504,6 +515,7 @@ public sealed record CudaBackendOptions
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },
         [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },
         [nameof(Int4DecodeProductGroupSums)] = (o, v, s) => o with { Int4DecodeProductGroupSums = ParseBool(v, s) },
+        [nameof(Int4DecodeProductStages)] = (o, v, s) => o with { Int4DecodeProductStages = ParseInt(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

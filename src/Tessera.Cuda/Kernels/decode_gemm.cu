@@ -302,8 +302,10 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 
 // Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or
 // nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group; SWIGLU and nw only by group
-// sums, SWIGLU with the up weight's scales2 and zeros2). GS: the int4 form by group sums (group a multiple of DG_BK).
-template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false>
+// sums, SWIGLU with the up weight's scales2 and zeros2). GS: the int4 form by group sums (group a multiple of DG_BK). ST:
+// the pipeline's stages (DG_ST; the form by group sums also in 8, _s8: its W tile is 4 KB, a quarter of the 16-bit form's,
+// so 4 stages keep a quarter of the bytes in flight a CTA, CudaBackendOptions.Int4DecodeProductStages).
+template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false, int ST = DG_ST>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
                             const float* scales, const T* c_in, i64 ldc, const signed char* zeros = nullptr, int group = 0,
@@ -323,7 +325,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
 
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
     static_assert(!(Q8 && SWIGLU) && !(Q4 && SWIGLU && !GS), "decode_gemm: SwiGLU takes 16-bit weights or int4 by group sums");
-    static_assert((MP * DG_RS + 2 * MP) * 4 <= DG_ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
+    static_assert((MP * DG_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
     extern __shared__ float dg_shared[];
     float* const shared = cta_dynamic_shared(dg_shared);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
@@ -373,7 +375,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         load_tile_sw128<DG_BK, MP, DG_THREADS>(dst, x + k0 + t * DG_BK, ldx, 0, M, tid);
         if (nw && tid < DG_BK / 8) cp_async16(dst + XT + tid * 16, nw + k0 + t * DG_BK + tid * 8, true);
     };
-    prologue_weights_first<DG_ST>(tiles, early, load_w, load_x);
+    prologue_weights_first<ST>(tiles, early, load_w, load_x);
 
     float acc[HT][MT][4];
 #pragma unroll
@@ -403,16 +405,16 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
                     zb[h][half] = 8388608.f + (n < N ? (float)zeros[at] : 0.f);
                 }
         }
-        const int ahead = t + DG_ST - 1;
+        const int ahead = t + ST - 1;
         if (ahead < tiles)
         {
-            load_w(ahead % DG_ST, ahead);
-            load_x(ahead % DG_ST, ahead);
+            load_w(ahead % ST, ahead);
+            load_x(ahead % ST, ahead);
         }
         cp_async_commit();
-        cp_async_wait<DG_ST - 1>();
+        cp_async_wait<ST - 1>();
         __syncthreads();
-        const unsigned base = smem + (t % DG_ST) * STAGE, tW = base + warp * RPW * ROWB, tX = base + WT, tN = base + WT + XT;
+        const unsigned base = smem + (t % ST) * STAGE, tW = base + warp * RPW * ROWB, tX = base + WT, tN = base + WT + XT;
         if constexpr (Q8) decode_tile_q8<T, MT>(acc, tW, tX, g, c4);
         else if constexpr (GS)
         {
@@ -469,7 +471,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
                 }
             }
         }
-        __syncthreads();                                   // this stage is refilled DG_ST - 1 tiles later
+        __syncthreads();                                   // this stage is refilled ST - 1 tiles later
     }
     cp_async_wait<0>();
     __syncthreads();                                       // the stages' memory now holds the tiles and the row sums
@@ -631,23 +633,26 @@ DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16
 // group a multiple of 64, zeros 4-byte aligned; nw (K, or null): x RMS-normalized on the way, as the 16-bit form. Its SwiGLU
 // form (CudaBackend.QuantizedMatMulSwiGlu): y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) over two int4 weights of one shape,
 // group and row stride, each with its scales and zeros, as the 16-bit SwiGLU form (64 outputs a CTA, gate and up rows
-// interleaved by 8 in a tile, so each row's scale and zero word ride in the stage as the plain form's).
-#define DECODE_GEMM_INT4G(name, t, MT)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_##name##_m##MT(const t* x,                \
+// interleaved by 8 in a tile, so each row's scale and zero word ride in the stage as the plain form's). Each in DG_ST
+// stages and, named _s8, in 8.
+#define DECODE_GEMM_INT4G(name, t, MT, ST, sfx)                                                                        \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_##name##_m##MT##sfx(const t* x,           \
         const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
         int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early, const t* nw, float eps)      \
     {                                                                                                                     \
-        decode_gemm<t, unsigned, MT, false, true>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, \
-                                                  early, nw, eps, scales, c_in, ldc, zeros, group);                       \
+        decode_gemm<t, unsigned, MT, false, true, ST>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, \
+                                                      beta, early, nw, eps, scales, c_in, ldc, zeros, group);             \
     }                                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_swiglu_##name##_m##MT(const t* x,         \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_swiglu_##name##_m##MT##sfx(const t* x,    \
         const unsigned* gate, const unsigned* up, const float* gate_scales, const float* up_scales,                      \
         const signed char* gate_zeros, const signed char* up_zeros, const t* gate_bias, const t* up_bias, t* y, int M,    \
         int F, int K, int group, i64 ldx, i64 ldw, i64 ldy, int early, const t* nw, float eps)                           \
     {                                                                                                                     \
-        decode_gemm<t, unsigned, MT, true, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f,    \
-                                                 early, nw, eps, gate_scales, y, ldy, gate_zeros, group, up_scales,       \
-                                                 up_zeros);                                                               \
+        decode_gemm<t, unsigned, MT, true, true, ST>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, \
+                                                     early, nw, eps, gate_scales, y, ldy, gate_zeros, group, up_scales,   \
+                                                     up_zeros);                                                           \
     }
-DECODE_GEMM_INT4G(bf16, bf16, 2) DECODE_GEMM_INT4G(bf16, bf16, 4) DECODE_GEMM_INT4G(bf16, bf16, 8)
-DECODE_GEMM_INT4G(f16, f16, 2) DECODE_GEMM_INT4G(f16, f16, 4) DECODE_GEMM_INT4G(f16, f16, 8)
+DECODE_GEMM_INT4G(bf16, bf16, 2, DG_ST, ) DECODE_GEMM_INT4G(bf16, bf16, 4, DG_ST, ) DECODE_GEMM_INT4G(bf16, bf16, 8, DG_ST, )
+DECODE_GEMM_INT4G(f16, f16, 2, DG_ST, ) DECODE_GEMM_INT4G(f16, f16, 4, DG_ST, ) DECODE_GEMM_INT4G(f16, f16, 8, DG_ST, )
+DECODE_GEMM_INT4G(bf16, bf16, 2, 8, _s8) DECODE_GEMM_INT4G(bf16, bf16, 4, 8, _s8) DECODE_GEMM_INT4G(bf16, bf16, 8, 8, _s8)
+DECODE_GEMM_INT4G(f16, f16, 2, 8, _s8) DECODE_GEMM_INT4G(f16, f16, 4, 8, _s8) DECODE_GEMM_INT4G(f16, f16, 8, 8, _s8)

@@ -46,6 +46,7 @@ public sealed class CudaBackendOptionsTests
         RopeAppendRowKernelMaxRows = 512,
         DecodeProducts = true,
         Int4DecodeProductGroupSums = false,
+        Int4DecodeProductStages = 8,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
@@ -99,6 +100,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyClusterCtas=3", "CrossEntropyClusterCtas (3) must be 2, 4 or 8 CTAs a row, or 0")]
     [InlineData("SamplingClusterCtas=3", "SamplingClusterCtas (3) must be 1, 2, 4 or 8 CTAs a row, 0")]
+    [InlineData("Int4DecodeProductStages=6", "Int4DecodeProductStages (6) must be 4 or 8")]
     [InlineData("CrossEntropyClusterMinRowBytes=-1", "CrossEntropyClusterMinRowBytes (-1) must be 0 or positive")]
     [InlineData("CrossEntropyClusterVectors=16", "CrossEntropyClusterVectors (16) must be 4 or 8 vectors a thread")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]

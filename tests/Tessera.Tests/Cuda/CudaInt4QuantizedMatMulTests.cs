@@ -154,6 +154,46 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         AssertClose(Download(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"M={m} group={group} norm={withNorm} bias={withBias}");
     }
 
+    /// <summary>
+    /// The decode product by group sums in 8 stages (<see cref="CudaBackendOptions.Int4DecodeProductStages"/>, the <c>_s8</c>
+    /// kernels, which the op profiler must name) gives the 4-stage kernels' bits: the same sums in the same order, only more
+    /// tiles in flight; the plain product normalized and the SwiGLU form, at 8, 40 and 64 rows.
+    /// </summary>
+    [Theory]
+    [InlineData(8)]
+    [InlineData(40)]
+    [InlineData(64)]
+    public void EightStagesGiveTheFourStagesBits(int m)
+    {
+        if (Gpu.CudaDevice.ComputeCapability.Major < 9) Assert.Skip("the decode products need compute capability 9.0 (thread-block clusters)");
+        const DType dtype = DType.BF16;
+        var gate = RandomInt4(N, K, 128);
+        var up = RandomInt4(N, K, 128);
+        var (_, xv) = Random(dtype, 1, m, K);
+        var (_, gainv) = Random(dtype, 1, K);
+        (double[] Product, double[] SwiGlu) Run(int stages)
+        {
+            using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, Int4DecodeProductStages = stages });
+            var x = Upload(gpu, xv, dtype, m, K);
+            var norm = new RmsNormPrologue(Upload(gpu, gainv, dtype, K), 1e-5);
+            var wg = UploadInt4(gpu, gate.Packed, gate.Scales, gate.Zeros, 128);
+            var y = gpu.Allocate(new Shape(m, N), dtype);
+            var a = gpu.Allocate(new Shape(m, N), dtype);
+            gpu.Profiler!.Reset();
+            gpu.QuantizedMatMul(x, wg, y, norm: norm);
+            gpu.QuantizedMatMulSwiGlu(x, wg, UploadInt4(gpu, up.Packed, up.Scales, up.Zeros, 128), a, norm: norm);
+            var names = gpu.Profiler!.Totals().Select(r => r.Name).ToList();
+            string mt = $"m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}{(stages == 8 ? "_s8" : "")}";
+            Assert.Contains($"decode_gemm_int4g_bf16_{mt}", names);
+            Assert.Contains($"decode_gemm_int4g_swiglu_bf16_{mt}", names);
+            return (Download(gpu, y), Download(gpu, a));
+        }
+        var four = Run(4);
+        var eight = Run(8);
+        Assert.Equal(four.Product, eight.Product);
+        Assert.Equal(four.SwiGlu, eight.SwiGlu);
+    }
+
     /// <summary>Dequantize gives scale (q - zero) rounded once to the output's type: F32 bit for bit with the CPU's, BF16 within its rounding.</summary>
     [Theory]
     [InlineData(DType.F32)]

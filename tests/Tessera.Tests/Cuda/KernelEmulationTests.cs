@@ -54,7 +54,8 @@ public sealed class KernelEmulationTests
     /// and the int4 form by group sums (<c>decode_gemm_int4g_bf16_*</c>: scales and zero words staged, q - zero exact in
     /// bf16, each group's sums scaled) against the exact weights scale (q - zero) in double (8e-3): a group a k-tile, two, a
     /// whole row, groups straddling slices, two groups a slice, the last zero word read in part, and RMSNorm on the way (one
-    /// slice and clusters of 3, 4 and 8).
+    /// slice and clusters of 3, 4 and 8); its SwiGLU form over two int4 weights (<c>decode_gemm_int4g_swiglu_bf16_*</c>) at
+    /// four shapes; and both in 8 stages (<c>_s8</c>) at four more, with more k-tiles a slice than stages and fewer.
     /// </summary>
     [Fact]
     public void DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -80,6 +81,10 @@ public sealed class KernelEmulationTests
              "decode_gemm_int4g M=17 N=300 K=512 group=64 slices=4 bias=1 beta=1 norm",
              "decode_gemm_int4g swiglu M=17 F=100 K=256 group=128 slices=1 bias=1", "decode_gemm_int4g swiglu M=64 F=64 K=512 group=64 slices=4 bias=0 norm",
              "decode_gemm_int4g swiglu M=5 F=65 K=768 group=256 slices=3 bias=1 norm", "decode_gemm_int4g swiglu M=40 F=130 K=1024 group=128 slices=8 bias=0",
+             "decode_gemm_int4g M=64 N=300 K=2048 group=128 slices=1 bias=1 beta=0 norm s8: early = late, pads",
+             "decode_gemm_int4g M=9 N=129 K=512 group=64 slices=2 bias=0 beta=1 s8: early = late, pads",
+             "decode_gemm_int4g M=33 N=130 K=1024 group=256 slices=1 bias=0 addend s8: early = late, pads",
+             "decode_gemm_int4g swiglu M=17 F=100 K=2048 group=128 slices=2 bias=1 norm s8",
              "decode_gemm_int4g M=64 N=129 K=1024 group=128 slices=8 bias=0 addend: early = late, pads"]);
 
     /// <summary>
