@@ -169,37 +169,55 @@ public sealed unsafe partial class CudaBackend
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
         const string op = nameof(MatMulRopeAppend);
-        if (qkv.Rank != 4 || x.Rank != 2 || weight.Rank != 2 || (long)qkv.Size(0) * qkv.Size(1) != x.Size(0)
-            || (long)qkv.Size(2) * qkv.Size(3) != weight.Size(0) || weight.Size(1) != x.Size(1))
-            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (B·T, C), ((H+2K)·D, C), (B, T, H+2K, D)");
-        RequireContiguous(op, "qkv", qkv);
-        int b = qkv.Size(0), t = qkv.Size(1), d = qkv.Size(3);
-        var cs = Strides3.Of(op, "keysAndValues", keysAndValues);
-        int kv2 = keysAndValues.Size(2);
+        if (weight.Rank != 2) throw new ArgumentException($"CudaBackend.{op}: weight {weight.Shape} must be ((H+2K)·D, C)");
+        var flat = DenseQkvRows(op, x, weight.Shape, qkv);
         var dtype = x.DType;
-        bool fused = GemvFits(x, norm, weight) && d % 2 == 0 && qkv.DType == dtype && keysAndValues.DType == dtype
-            && BiasFits(bias, dtype, weight.Size(0)) && queryHeads > 0 && kv2 % 2 == 0 && qkv.Size(2) == queryHeads + kv2
-            && keysAndValues.Size(0) == b && keysAndValues.Size(3) == d && t <= keysAndValues.Size(1);
-        if (!fused)
+        if (!(GemvFits(x, norm, weight) && BiasFits(bias, dtype, weight.Size(0)) && StreamRopeFits(qkv, queryHeads, keysAndValues, dtype)))
         {
-            var flat = qkv.Reshape(b * t, qkv.Size(2) * d);
             if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
             else MatMul(x, weight, flat, transposeB: true, bias: bias);
             RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
             return;
         }
-        RequirePositions(op, startPositions, b);
+        var rope = DenseRopeArgs(op, qkv, queryHeads, keysAndValues, startPositions, frequencies);
         int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;
         ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), py = Ptr(qkv), pn = norm is { } n ? Ptr(n.Weight) : 0;
         float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
         long ldx = x.Stride(0), ldw = weight.Stride(0), ldy = weight.Size(0);
-        var rope = new GemvRopeArgs
-        {
-            Cache = Ptr(keysAndValues), Starts = Ptr(startPositions), Tokens = t, QueryHeads = queryHeads, KvHeads = kv2 / 2, HeadSize = d,
-            CacheB = cs.B, CacheS = cs.T, CacheH = cs.H, Frequencies = RopeArgsFor(frequencies, d),
-        };
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+    }
+
+    /// <summary>qkv (B, T, H+2K, D), contiguous, as the (B·T, (H+2K)·D) rows of x (B·T, C) times a weight of shape <paramref name="weight"/> ((H+2K)·D, C).</summary>
+    private Tensor DenseQkvRows(string op, Tensor x, Shape weight, Tensor qkv)
+    {
+        if (qkv.Rank != 4 || x.Rank != 2 || (long)qkv.Size(0) * qkv.Size(1) != x.Size(0)
+            || (long)qkv.Size(2) * qkv.Size(3) != weight[0] || weight[1] != x.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, weight {weight} and qkv {qkv.Shape} do not fit (B·T, C), ((H+2K)·D, C), (B, T, H+2K, D)");
+        RequireContiguous(op, "qkv", qkv);
+        return qkv.Reshape(x.Size(0), weight[0]);
+    }
+
+    /// <summary>Whether qkv (B, T, H+2K, D) and the dense cache (B, S, 2K, D), both of <paramref name="dtype"/>, suit a stream's ROPE epilogue: D even, the heads and sizes consistent, T positions within S.</summary>
+    private static bool StreamRopeFits(Tensor qkv, int queryHeads, Tensor keysAndValues, DType dtype)
+    {
+        int b = qkv.Size(0), t = qkv.Size(1), d = qkv.Size(3);
+        return keysAndValues.Rank == 4 && d % 2 == 0 && qkv.DType == dtype && keysAndValues.DType == dtype && queryHeads > 0
+            && keysAndValues.Size(2) % 2 == 0 && qkv.Size(2) == queryHeads + keysAndValues.Size(2) && keysAndValues.Size(0) == b
+            && keysAndValues.Size(3) == d && t <= keysAndValues.Size(1);
+    }
+
+    /// <summary>The ROPE epilogue's arguments for a dense cache: row b T + t at startPositions[b] + t.</summary>
+    private GemvRopeArgs DenseRopeArgs(string op, Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
+    {
+        var cs = Strides3.Of(op, "keysAndValues", keysAndValues);
+        RequirePositions(op, startPositions, qkv.Size(0));
+        int d = qkv.Size(3);
+        return new GemvRopeArgs
+        {
+            Cache = Ptr(keysAndValues), Starts = Ptr(startPositions), Tokens = qkv.Size(1), QueryHeads = queryHeads,
+            KvHeads = keysAndValues.Size(2) / 2, HeadSize = d, CacheB = cs.B, CacheS = cs.T, CacheH = cs.H, Frequencies = RopeArgsFor(frequencies, d),
+        };
     }
 }

@@ -62,17 +62,12 @@ public sealed unsafe partial class CudaBackend
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
     {
         const string op = nameof(MatMulRopePagedAppend);
-        if (qkv.Rank != 3 || x.Rank != 2 || weight.Rank != 2 || qkv.Size(0) != x.Size(0)
-            || (long)qkv.Size(1) * qkv.Size(2) != weight.Size(0) || weight.Size(1) != x.Size(1))
-            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
-        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, batch, poolScales);
-        int n = qkv.Size(0), d = qkv.Size(2), kv2 = pool.Size(2);
+        if (weight.Rank != 2) throw new ArgumentException($"CudaBackend.{op}: weight {weight.Shape} must be ((H+2K)·D, C)");
+        var flat = PagedQkvRows(op, x, weight.Shape, qkv, queryHeads, pool, positions, batch, poolScales);
         var dtype = x.DType;
-        bool fused = Options.FusedPagedQkv && !PagedKvPool.IsQuantized(pool.DType) && GemvFits(x, norm, weight) && d % 2 == 0
-            && qkv.DType == dtype && pool.DType == dtype && BiasFits(bias, dtype, weight.Size(0));
+        bool fused = Options.FusedPagedQkv && GemvFits(x, norm, weight) && BiasFits(bias, dtype, weight.Size(0)) && StreamRopeFits(qkv, pool, dtype);
         if (!fused)
         {
-            var flat = qkv.Reshape(n, qkv.Size(1) * d);
             if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
             else MatMul(x, weight, flat, transposeB: true, bias: bias);
             RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
@@ -82,16 +77,22 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), py = Ptr(qkv), pn = norm is { } nr ? Ptr(nr.Weight) : 0;
         float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
         long ldx = x.Stride(0), ldw = weight.Stride(0), ldy = weight.Size(0);
-        var rope = new GemvRopeArgs
-        {
-            // Row m's position is positions[m] (Tn = 1); its keys and values go to pool slot slots[m]: (slot, head) at
-            // slot * 2K * D + head * D.
-            Cache = Ptr(pool), Starts = Ptr(positions), Slots = Ptr(batch.Slots), Tokens = 1, QueryHeads = queryHeads, KvHeads = kv2 / 2,
-            HeadSize = d, CacheB = 0, CacheS = (long)kv2 * d, CacheH = d, Frequencies = RopeArgsFor(frequencies, d),
-        };
+        var rope = PagedRopeArgs(qkv, queryHeads, pool, positions, batch, frequencies);
         int early = EarlyWeights ? 1 : 0;
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+    }
+
+    /// <summary>The ROPE epilogue's arguments for a paged pool: row m's position is positions[m] (Tn = 1), its keys and values
+    /// go to pool slot slots[m], (slot, head) at slot 2K D + head D.</summary>
+    private GemvRopeArgs PagedRopeArgs(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies)
+    {
+        int d = qkv.Size(2), kv2 = pool.Size(2);
+        return new GemvRopeArgs
+        {
+            Cache = Ptr(pool), Starts = Ptr(positions), Slots = Ptr(batch.Slots), Tokens = 1, QueryHeads = queryHeads, KvHeads = kv2 / 2,
+            HeadSize = d, CacheB = 0, CacheS = (long)kv2 * d, CacheH = d, Frequencies = RopeArgsFor(frequencies, d),
+        };
     }
 
     /// <inheritdoc/>
@@ -118,6 +119,20 @@ public sealed unsafe partial class CudaBackend
         void** ropeArgs = stackalloc void*[] { &pq, &pc, &pp, &n, &one, &h, &kh, &d, &sb, &st, &sh, &cb, &cs, &ch, &freq, &ps };
         LaunchRopeAppend(op, qkv.DType, n, h + kv2, d, ropeArgs);
     }
+
+    /// <summary>qkv (N, H+2K, D) checked as <see cref="RopePagedAppend"/> takes it, as the (N, (H+2K)·D) rows of x (N, C) times a weight of shape <paramref name="weight"/>.</summary>
+    private Tensor PagedQkvRows(string op, Tensor x, Shape weight, Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, Tensor? poolScales)
+    {
+        if (qkv.Rank != 3 || x.Rank != 2 || qkv.Size(0) != x.Size(0) || (long)qkv.Size(1) * qkv.Size(2) != weight[0] || weight[1] != x.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: x {x.Shape}, weight {weight} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
+        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, batch, poolScales);
+        return qkv.Reshape(qkv.Size(0), weight[0]);
+    }
+
+    /// <summary>Whether qkv (N, H+2K, D) and the pool, both of <paramref name="dtype"/> (a quantized pool needs each head row's
+    /// largest magnitude, which the stream does not have at hand), suit a stream's ROPE epilogue: D even.</summary>
+    private static bool StreamRopeFits(Tensor qkv, Tensor pool, DType dtype) =>
+        !PagedKvPool.IsQuantized(pool.DType) && qkv.Size(2) % 2 == 0 && qkv.DType == dtype && pool.DType == dtype;
 
     /// <summary>qkv (N, H+2K, D) contiguous, H = <paramref name="queryHeads"/>, over pool (Blocks, BlockSize, 2K, D) of its
     /// dtype (or quantized, with its scales), a row a slot of <paramref name="batch"/> and a position.</summary>

@@ -83,6 +83,45 @@ public sealed unsafe partial class CudaBackend
         u.Storage.Dispose();
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Int4 weights at 1 to 4 rows that fit the int4 stream (<see cref="GemvStreamInt4Fits"/>), with a cache of x's
+    /// dtype: one launch, the stream's ROPE form (<c>gemv_stream_int4_rope_*</c>: a warp's pair of rows (i, i + D/2), rotated and
+    /// appended as it is written), as <see cref="MatMulRopeAppend"/> is for 16-bit weights; otherwise
+    /// <see cref="QuantizedMatMul"/>, then <see cref="RopeAndAppend"/>.</remarks>
+    public void QuantizedMatMulRopeAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
+    {
+        const string op = nameof(QuantizedMatMulRopeAppend);
+        ArgumentNullException.ThrowIfNull(weight);
+        var flat = DenseQkvRows(op, x, weight.Shape, qkv);
+        if (weight.IsInt4 && GemvStreamInt4Fits(x, weight, bias, norm) && StreamRopeFits(qkv, queryHeads, keysAndValues, x.DType))
+        {
+            LaunchGemvStreamInt4Rope(op, x, norm, weight, bias, qkv, DenseRopeArgs(op, qkv, queryHeads, keysAndValues, startPositions, frequencies));
+            return;
+        }
+        QuantizedMatMul(x, weight, flat, bias: bias, norm: norm);
+        RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Int4 weights at 1 to 4 rows that fit the int4 stream, with a 16-bit pool of x's dtype: one launch, the stream's
+    /// ROPE form writing to the rows' slots, as <see cref="MatMulRopePagedAppend"/> is for 16-bit weights; otherwise
+    /// <see cref="QuantizedMatMul"/>, then <see cref="RopePagedAppend"/>.</remarks>
+    public void QuantizedMatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
+    {
+        const string op = nameof(QuantizedMatMulRopePagedAppend);
+        ArgumentNullException.ThrowIfNull(weight);
+        var flat = PagedQkvRows(op, x, weight.Shape, qkv, queryHeads, pool, positions, batch, poolScales);
+        if (Options.FusedPagedQkv && weight.IsInt4 && GemvStreamInt4Fits(x, weight, bias, norm) && StreamRopeFits(qkv, pool, x.DType))
+        {
+            LaunchGemvStreamInt4Rope(op, x, norm, weight, bias, qkv, PagedRopeArgs(qkv, queryHeads, pool, positions, batch, frequencies));
+            return;
+        }
+        QuantizedMatMul(x, weight, flat, bias: bias, norm: norm);
+        RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+    }
+
     /// <summary>
     /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int8 weight: the persistent matrix-vector
     /// kernel's int8 form, which streams the (N, K) values once and applies each row's scale to its sum, x RMS-normalized as

@@ -326,6 +326,24 @@ public interface IBackend
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies);
 
     /// <summary>
+    /// <see cref="MatMulRopeAppend"/> over a quantized weight: qkv (B, T, H+2K, D), contiguous, = x W^T + bias as
+    /// <see cref="QuantizedMatMul"/> computes it (x normalized first when <paramref name="norm"/> is given), then
+    /// <see cref="RopeAndAppend"/>. The result equals those calls; a device may do all of it in one launch (the CUDA backend's
+    /// int4 stream at 1 to 4 rows).
+    /// </summary>
+    void QuantizedMatMulRopeAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies);
+
+    /// <summary>
+    /// <see cref="MatMulRopePagedAppend"/> over a quantized weight: qkv (N, H+2K, D), contiguous, = x W^T + bias as
+    /// <see cref="QuantizedMatMul"/> computes it (x normalized first when <paramref name="norm"/> is given), then
+    /// <see cref="RopePagedAppend"/>. The result equals those calls; a device may do all of it in one launch (the CUDA
+    /// backend's int4 stream at 1 to 4 rows of a 16-bit pool).
+    /// </summary>
+    void QuantizedMatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null);
+
+    /// <summary>
     /// Appends a step's keys and values to a paged KV cache: pool[slot[n]] = keysAndValues[n] for every row n of
     /// keysAndValues (N, R, D) (last dimension contiguous; typically the k and v heads of a fused QKV activation, R = 2K)
     /// into pool (Blocks, BlockSize, R, D) of the same dtype, slots from <paramref name="batch"/>.Slots (N); rows whose slot

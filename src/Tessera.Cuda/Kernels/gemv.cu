@@ -256,6 +256,69 @@ __device__ __forceinline__ const Wt* gemv_row_ptr(const Wt* w0, const Wt* w1, i6
     return (c.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(c.n, c.s, half) * ldw;
 }
 
+// The ROPE epilogue's state a lane keeps (lane m < M: row m's position, pool slot and the current pair's angle), and its
+// steps, shared by the 16-bit stream and the int4 stream. A pair n (head hh = n / half, i = n % half) is rows n0 = hh D + i
+// and n0 + half of the qkv product.
+template <typename T, int M>
+struct GemvRopeLane
+{
+    int pos = 0, len = 0, slot = 0;
+    double inv_freq = 0.0;
+    float cf = 1.f, sf = 0.f;
+    // Before the wait: the first pair's frequency from the table, written once, long before (dynamic NTK, which depends on
+    // the positions, recomputes it after the wait).
+    __device__ __forceinline__ void before_wait(const GemvRope<T>& rope, int first, int N, int half, int lane)
+    {
+        if (lane < M && first < N) inv_freq = rope.freq.inv[first % half];
+    }
+    // After the wait: row lane's position and slot, and the length dynamic NTK scales by.
+    __device__ __forceinline__ void after_wait(const GemvRope<T>& rope, int first, int N, int half, int lane)
+    {
+        if (lane >= M) return;
+        pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
+        if (rope.slots) slot = rope.slots[lane];
+        len = rope_length(rope.freq, rope.starts, M / rope.Tn, 0, rope.Tn);
+        if (len > rope.freq.dyn_original && first < N) inv_freq = rope_inv_freq(rope.freq, first % half, rope.D, len);
+    }
+    // At pair n's first unit: its angle (q and k heads only), computed while the pair's first loads fly.
+    __device__ __forceinline__ void at_pair(const GemvRope<T>& rope, int n, int first, int half, int lane)
+    {
+        if (lane < M && (n / half) < rope.H + rope.KH)
+            rope_angle_at(pos, n == first ? inv_freq : rope_inv_freq(rope.freq, n % half, rope.D, len), rope.freq.attention, cf, sf);
+    }
+    // Pair n's sums reduced (every lane holds them; bias over the qkv rows): lane m writes row m, the product rounded to T
+    // (as the unfused product stores it), rotated for q and k heads, stored in qkv; k and v heads also into the cache at
+    // the row's position (or pool slot; a negative slot writes no cache).
+    __device__ __forceinline__ void store(const GemvRope<T>& rope, T* y, i64 ldy, const T* bias, int n, int half, const float* a0,
+                                          const float* a1, int lane) const
+    {
+        const int hh = n / half, i = n % half, n0 = gemv_row_of<GEMV_ROPE>(n, 0, half);
+#pragma unroll
+        for (int m = 0; m < M; m++)
+            if (lane == m)
+            {
+                T a = from_f<T>(a0[m] + (bias ? to_f(bias[n0]) : 0.f));
+                T c = from_f<T>(a1[m] + (bias ? to_f(bias[n0 + half]) : 0.f));
+                if (hh < rope.H + rope.KH)
+                {
+                    float y1, y2;
+                    rope_rotate(to_f(a), to_f(c), cf, sf, y1, y2);
+                    a = from_f<T>(y1);
+                    c = from_f<T>(y2);
+                }
+                y[m * ldy + n0] = a;
+                y[m * ldy + n0 + half] = c;
+                if (hh >= rope.H && slot >= 0)
+                {
+                    T* kv = rope.cache + (rope.slots ? (i64)slot * rope.cs : (m / rope.Tn) * rope.cb + (i64)pos * rope.cs)
+                        + (i64)(hh - rope.H) * rope.ch;
+                    kv[i] = a;
+                    kv[i + half] = c;
+                }
+            }
+    }
+};
+
 // W0 and W1 (rows ldw weights apart) of storage type Wt; with int8 weights (LINEAR) row n's sum is multiplied by
 // scales[n] (null: by 1); with FP8 weights x is quantized once staged, and the sum is multiplied by scales[n] and x's row
 // scale (shared memory after x: M floats). LINEAR reads beta's term from c_in (ldc apart): y itself (the residual accumulated in place)
@@ -275,11 +338,10 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     const int chunks = K / V, units = (chunks + 32 * U - 1) / (32 * U);
     const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1;
     GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
-    // ROPE: the first pair's frequency from the table before the wait: the table is written once, long before (dynamic
-    // NTK, which depends on the positions, recomputes it after the wait). Lanes m < M hold row m's angle.
+    // ROPE: lanes m < M hold row m's position and angle (GemvRopeLane).
     const int first = load.n;
-    double inv_freq = 0.0;
-    if (EPI == GEMV_ROPE && lane < M && first < N) inv_freq = rope.freq.inv[first % half];
+    GemvRopeLane<T, M> rl;
+    if (EPI == GEMV_ROPE) rl.before_wait(rope, first, N, half, lane);
     // Weights are read after pdl_wait unless the host says no earlier kernel still writes them (early): an optimizer step
     // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
     Bytes16 raw[U];
@@ -289,15 +351,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     pdl_launch_dependents();
     if (!early && load.n < N)
         gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
-    // ROPE: lane m < M keeps row m's position (the sine and cosine are computed while a pair's first loads fly).
-    int pos = 0, len = 0, slot = 0;
-    if (EPI == GEMV_ROPE && lane < M)
-    {
-        pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
-        if (rope.slots) slot = rope.slots[lane];
-        len = rope_length(rope.freq, rope.starts, M / rope.Tn, 0, rope.Tn);
-        if (len > rope.freq.dyn_original && first < N) inv_freq = rope_inv_freq(rope.freq, first % half, rope.D, len);
-    }
+    if (EPI == GEMV_ROPE) rl.after_wait(rope, first, N, half, lane);
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
     constexpr bool F8 = IsFp8<Wt>::value;
     float* xscale = reinterpret_cast<float*>(gemv_smem + (i64)M * K * sizeof(T));   // F8: the M rows' scales after x
@@ -307,15 +361,13 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     for (int s = 0; s < 2; s++)
 #pragma unroll
         for (int m = 0; m < M; m++) acc[s][m] = 0.f;
-    float cf = 1.f, sf = 0.f;
     while (cur.n < N)
     {
         load.advance(units, HALVES, stride);
         Bytes16 next[U];
         if (load.n < N)
             gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, next);
-        if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0 && lane < M && (cur.n / half) < rope.H + rope.KH)
-            rope_angle_at(pos, cur.n == first ? inv_freq : rope_inv_freq(rope.freq, cur.n % half, rope.D, len), rope.freq.attention, cf, sf);
+        if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0) rl.at_pair(rope, cur.n, first, half, lane);
         if (cur.s == 0) gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
         else gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[1]);
         if (cur.q == units - 1 && cur.s == HALVES - 1)   // the output's last unit: reduce, write, start the next one
@@ -346,35 +398,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
                     y[m * ldy + n] = from_f<T>(silu(a) * (acc[1][m] + b1));
                 }
             }
-            if (EPI == GEMV_ROPE)
-            {
-                // Lane m writes row m: the product rounded to T (as the unfused product stores it), rotated for q and
-                // k heads, stored in qkv; k and v heads also into the cache at the row's position.
-                const int hh = n / half, i = n % half, n0 = gemv_row_of<EPI>(n, 0, half);
-#pragma unroll
-                for (int m = 0; m < M; m++)
-                    if (lane == m)
-                    {
-                        T a = from_f<T>(acc[0][m] + (bias0 ? to_f(bias0[n0]) : 0.f));
-                        T c = from_f<T>(acc[1][m] + (bias0 ? to_f(bias0[n0 + half]) : 0.f));
-                        if (hh < rope.H + rope.KH)
-                        {
-                            float y1, y2;
-                            rope_rotate(to_f(a), to_f(c), cf, sf, y1, y2);
-                            a = from_f<T>(y1);
-                            c = from_f<T>(y2);
-                        }
-                        y[m * ldy + n0] = a;
-                        y[m * ldy + n0 + half] = c;
-                        if (hh >= rope.H && slot >= 0)
-                        {
-                            T* kv = rope.cache + (rope.slots ? (i64)slot * rope.cs : (m / rope.Tn) * rope.cb + (i64)pos * rope.cs)
-                                + (i64)(hh - rope.H) * rope.ch;
-                            kv[i] = a;
-                            kv[i + half] = c;
-                        }
-                    }
-            }
+            if (EPI == GEMV_ROPE) rl.store(rope, y, ldy, bias0, n, half, acc[0], acc[1], lane);
 #pragma unroll
             for (int s = 0; s < 2; s++)
 #pragma unroll
@@ -514,30 +538,38 @@ struct Int4Rows
     const signed char* zeros;
 };
 
-// EPI: GEMV_LINEAR (w0 alone, y = x W^T + bias0 + beta c_in) or GEMV_SWIGLU (y = SiLU(x W0^T + bias0) * (x W1^T + bias1):
-// a warp's output reads the gate row (half 0) then the up row (half 1), as gemv_stream's SwiGLU form; beta 0).
+// EPI: GEMV_LINEAR (w0 alone, y = x W^T + bias0 + beta c_in), GEMV_SWIGLU (y = SiLU(x W0^T + bias0) * (x W1^T + bias1): a
+// warp's output reads the gate row (half 0) then the up row (half 1), as gemv_stream's SwiGLU form; beta 0) or GEMV_ROPE
+// (w0 the qkv weight, N its rows' pairs: a warp's pair reads rows n0 and n0 + D / 2, then rotates and appends them as
+// gemv_stream's ROPE form, GemvRopeLane).
 template <typename T, int M, int EPI>
 __device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* bias0, const T* bias1, T* y, const T* c_in, int N,
-                                 int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int early)
+                                 int K, int group, i64 ldx, i64 ldy, i64 ldc, float beta, const T* nw, float eps, int early,
+                                 GemvRope<T> rope = {})
 {
     constexpr int U = M <= 2 ? 4 : 2;
-    constexpr int HALVES = EPI == GEMV_SWIGLU ? 2 : 1;
+    constexpr int HALVES = EPI == GEMV_LINEAR ? 1 : 2;
     extern __shared__ unsigned char gemv_smem[];
     T* sx = reinterpret_cast<T*>(gemv_smem);
     const int lane = threadIdx.x & 31;
     const int stride = gridDim.x * (blockDim.x >> 5);
     const int chunks = K / 32, units = (chunks + 32 * U - 1) / (32 * U), groups = (K + group - 1) / group, cpg = group / 32;
+    const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1;
     GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
     auto load_unit = [&](const GemvCursor& c, Bytes16* r, float* sc, float* zb) {
-        const Int4Rows& w = c.s == 0 ? w0 : w1;
-        gemv_int4_unit_load<U>(w.packed, w.scales, w.zeros, c.n, c.q, chunks, groups, cpg, lane, r, sc, zb);
+        const Int4Rows& w = c.s == 0 || EPI == GEMV_ROPE ? w0 : w1;
+        gemv_int4_unit_load<U>(w.packed, w.scales, w.zeros, gemv_row_of<EPI>(c.n, c.s, half), c.q, chunks, groups, cpg, lane, r, sc, zb);
     };
+    const int first = load.n;
+    GemvRopeLane<T, M> rl;
+    if (EPI == GEMV_ROPE) rl.before_wait(rope, first, N, half, lane);
     Bytes16 raw[U];
     float sc[U], zb[U];
     if (early && load.n < N) load_unit(load, raw, sc, zb);
     pdl_wait();
     pdl_launch_dependents();
     if (!early && load.n < N) load_unit(load, raw, sc, zb);
+    if (EPI == GEMV_ROPE) rl.after_wait(rope, first, N, half, lane);
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
     float acc[HALVES][M];
 #pragma unroll
@@ -550,6 +582,7 @@ __device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* 
         Bytes16 next[U];
         float nsc[U], nzb[U];
         if (load.n < N) load_unit(load, next, nsc, nzb);
+        if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0) rl.at_pair(rope, cur.n, first, half, lane);
         if (HALVES == 1 || cur.s == 0) gemv_int4_unit_fma<T, M, U>(raw, sc, zb, sx, K, cur.q, chunks, lane, acc[0]);
         else gemv_int4_unit_fma<T, M, U>(raw, sc, zb, sx, K, cur.q, chunks, lane, acc[HALVES - 1]);
         if (cur.q == units - 1 && cur.s == HALVES - 1)   // the output's last unit: reduce, write, start the next one
@@ -559,7 +592,8 @@ __device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* 
 #pragma unroll
                 for (int m = 0; m < M; m++) acc[s][m] = warp_sum(acc[s][m]);
             const int n = cur.n;
-            if (lane == 0)
+            if (EPI == GEMV_ROPE) rl.store(rope, y, ldy, bias0, n, half, acc[0], acc[HALVES - 1], lane);
+            else if (lane == 0)
             {
                 const float b0 = bias0 ? to_f(bias0[n]) : 0.f, b1 = HALVES == 2 && bias1 ? to_f(bias1[n]) : 0.f;
 #pragma unroll
@@ -588,6 +622,8 @@ __device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* 
 
 // c_in is y (beta 0 or 1) or an addend of y's shape (beta 1); nw (K, or null): x RMS-normalized as it is staged. The SwiGLU
 // form: y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) over two int4 weights of one shape and group (CudaBackend.QuantizedMatMulSwiGlu).
+// The ROPE form: qkv (M, (H + 2 KH) D) = x W^T + bias over the int4 qkv weight, its q and k heads rotated and its k and v
+// heads appended to a dense cache or a paged pool, as gemv_stream_rope_* (CudaBackend.QuantizedMatMulRopeAppend, ..PagedAppend).
 #define GEMV_STREAM_INT4(n, T, M)                                                                                \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_int4_##n##_m##M(const T* x,                 \
         const unsigned* packed, const float* scales, const signed char* zeros, const T* bias, T* y, const T* c_in, \
@@ -603,6 +639,13 @@ __device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* 
     {                                                                                                             \
         gemv_stream_int4<T, M, GEMV_SWIGLU>(x, Int4Rows{gate, gate_scales, gate_zeros}, Int4Rows{up, up_scales, up_zeros}, \
                                             gate_bias, up_bias, y, y, F, K, group, ldx, ldy, ldy, 0.f, nw, eps, early); \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_int4_rope_##n##_m##M(const T* x,            \
+        const unsigned* packed, const float* scales, const signed char* zeros, const T* bias, T* y, int pairs,   \
+        int K, int group, i64 ldx, i64 ldy, const T* nw, float eps, GemvRope<T> rope, int early)                 \
+    {                                                                                                             \
+        const Int4Rows w{packed, scales, zeros};                                                                  \
+        gemv_stream_int4<T, M, GEMV_ROPE>(x, w, w, bias, nullptr, y, y, pairs, K, group, ldx, ldy, ldy, 0.f, nw, eps, early, rope); \
     }
 #define GEMV_STREAM_INT4_ALL(n, T) GEMV_STREAM_INT4(n, T, 1) GEMV_STREAM_INT4(n, T, 2) GEMV_STREAM_INT4(n, T, 3) GEMV_STREAM_INT4(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_INT4_ALL)

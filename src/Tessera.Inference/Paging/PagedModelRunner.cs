@@ -706,6 +706,13 @@ public sealed partial class PagedModelRunner : IDisposable
             qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
             _backend.MatMulRopePagedAppend(x, rms.Prologue(ctx), attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies, scales);
         }
+        else if (attention.Rope is { } rotation && block.Norm1 is RmsNorm qrms && attention.Qkv.IsPlainQuantizedProduct && attention.QueryNorm is null)
+        {
+            // The same op over a quantized weight (one launch for an int4 decode step's few rows on a GPU).
+            qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
+            _backend.QuantizedMatMulRopePagedAppend(x, qrms.Prologue(ctx), attention.Qkv.Weight.Quantized!, attention.Qkv.Bias?.Value, qkv, h, pool,
+                positions, batch, rotation, scales);
+        }
         else
         {
             // The product on its own (quantized weights, adapters; Qwen3's q/k head norms between it and the rotation), then

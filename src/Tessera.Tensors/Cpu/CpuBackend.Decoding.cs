@@ -52,17 +52,35 @@ public sealed unsafe partial class CpuBackend
     public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
-        const string op = nameof(MatMulRopeAppend);
-        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight); ArgumentNullException.ThrowIfNull(qkv);
-        RequireRank(op, nameof(qkv), qkv, 4, "(B,T,H+2K,D)");
-        if (!qkv.IsContiguous) throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must be contiguous", nameof(qkv));
-        if (x.Rank != 2 || (long)qkv.Size(0) * qkv.Size(1) != x.Size(0) || (long)qkv.Size(2) * qkv.Size(3) != weight.Size(0))
-            throw new ArgumentException($"CpuBackend.{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (B·T, C), ((H+2K)·D, C), (B, T, H+2K, D)");
-        var flat = qkv.Reshape(x.Size(0), weight.Size(0));
+        ArgumentNullException.ThrowIfNull(weight);
+        var flat = QkvRows(nameof(MatMulRopeAppend), x, weight.Shape, qkv);
         if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
         else MatMul(x, weight, flat, transposeB: true, bias: bias);
         RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
         KeepOperandsAlive(x, norm?.Weight, weight, bias, qkv, keysAndValues, startPositions);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>The composition: <see cref="QuantizedMatMul"/> into qkv's rows, then <see cref="RopeAndAppend"/>.</remarks>
+    public void QuantizedMatMulRopeAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        var flat = QkvRows(nameof(QuantizedMatMulRopeAppend), x, weight.Shape, qkv);
+        QuantizedMatMul(x, weight, flat, bias: bias, norm: norm);
+        RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
+        KeepOperandsAlive(x, norm?.Weight, bias, qkv, keysAndValues, startPositions);
+    }
+
+    /// <summary>qkv (B, T, H+2K, D), contiguous, as the (B·T, (H+2K)·D) rows of x (B·T, C) times a weight of <paramref name="weight"/>'s shape ((H+2K)·D, C).</summary>
+    private static Tensor QkvRows(string op, Tensor x, Shape weight, Tensor qkv)
+    {
+        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(qkv);
+        RequireRank(op, nameof(qkv), qkv, 4, "(B,T,H+2K,D)");
+        if (!qkv.IsContiguous) throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must be contiguous", nameof(qkv));
+        if (x.Rank != 2 || (long)qkv.Size(0) * qkv.Size(1) != x.Size(0) || (long)qkv.Size(2) * qkv.Size(3) != weight[0])
+            throw new ArgumentException($"CpuBackend.{op}: x {x.Shape}, weight {weight} and qkv {qkv.Shape} do not fit (B·T, C), ((H+2K)·D, C), (B, T, H+2K, D)");
+        return qkv.Reshape(x.Size(0), weight[0]);
     }
 
     public void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions)

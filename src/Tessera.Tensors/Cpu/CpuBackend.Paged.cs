@@ -102,17 +102,35 @@ public sealed unsafe partial class CpuBackend
     public void MatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
     {
-        const string op = nameof(MatMulRopePagedAppend);
-        ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(weight);
-        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, poolScales);
-        int n = qkv.Size(0);
-        if (x.Rank != 2 || x.Size(0) != n || (long)qkv.Size(1) * qkv.Size(2) != weight.Size(0))
-            throw new ArgumentException($"{op}: x {x.Shape}, weight {weight.Shape} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
-        var flat = qkv.Reshape(n, weight.Size(0));
+        ArgumentNullException.ThrowIfNull(weight);
+        var flat = PagedQkvRows(nameof(MatMulRopePagedAppend), x, weight.Shape, qkv, queryHeads, pool, positions, poolScales);
         if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
         else MatMul(x, weight, flat, transposeB: true, bias: bias);
         RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
         KeepOperandsAlive(x, norm?.Weight, weight, bias);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>The composition: <see cref="QuantizedMatMul"/> into qkv's rows, then <see cref="RopePagedAppend"/>.</remarks>
+    public void QuantizedMatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        var flat = PagedQkvRows(nameof(QuantizedMatMulRopePagedAppend), x, weight.Shape, qkv, queryHeads, pool, positions, poolScales);
+        QuantizedMatMul(x, weight, flat, bias: bias, norm: norm);
+        RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+        KeepOperandsAlive(x, norm?.Weight, bias);
+    }
+
+    /// <summary>qkv (N, H+2K, D) checked as <see cref="RopePagedAppend"/> takes it, as the (N, (H+2K)·D) rows of x (N, C) times a weight of <paramref name="weight"/>'s shape.</summary>
+    private static Tensor PagedQkvRows(string op, Tensor x, Shape weight, Tensor qkv, int queryHeads, Tensor pool, Tensor positions, Tensor? poolScales)
+    {
+        ArgumentNullException.ThrowIfNull(x);
+        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, poolScales);
+        int n = qkv.Size(0);
+        if (x.Rank != 2 || x.Size(0) != n || (long)qkv.Size(1) * qkv.Size(2) != weight[0])
+            throw new ArgumentException($"{op}: x {x.Shape}, weight {weight} and qkv {qkv.Shape} do not fit (N, C), ((H+2K)·D, C), (N, H+2K, D)");
+        return qkv.Reshape(n, weight[0]);
     }
 
     public void RopePagedAppend(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies,

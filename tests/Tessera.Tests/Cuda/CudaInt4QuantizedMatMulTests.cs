@@ -194,6 +194,80 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         Assert.Equal(four.SwiGlu, eight.SwiGlu);
     }
 
+    /// <summary>
+    /// <see cref="CudaBackend.QuantizedMatMulRopeAppend"/> (a dense cache, B = rows, T = 1) and
+    /// <see cref="CudaBackend.QuantizedMatMulRopePagedAppend"/> (a paged pool, distinct slots, a padding row's slot -1) over
+    /// an int4 qkv weight (8 query heads, 2 kv heads of 64, K = 1024, groups of 128), normalized, with a bias or not: at 1 to 4
+    /// rows one launch (the int4 stream's ROPE form, which the op profiler must name), at 6 the product and then the rotation
+    /// and the append; bit for bit the GPU's <see cref="CudaBackend.QuantizedMatMul"/> then <see cref="CudaBackend.RopeAndAppend"/>
+    /// or <see cref="CudaBackend.RopePagedAppend"/> (a pair of rows is summed as the plain stream sums each), and within BF16's
+    /// tolerance of the CPU's F64 composition.
+    /// </summary>
+    [Theory]
+    [InlineData(1, false, false)]
+    [InlineData(3, false, true)]
+    [InlineData(1, true, false)]
+    [InlineData(4, true, true)]
+    [InlineData(6, true, false)]
+    public void QkvRotatedAndAppendedMatchesItsPartsAndTheCpu(int n, bool paged, bool withBias)
+    {
+        const DType dtype = DType.BF16;
+        const int h = 8, kh = 2, d = 64, rows = (h + 2 * kh) * d, seq = 64, blockSize = 16, poolBlocks = 8;
+        const double theta = 500000.0, eps = 1e-5;
+        var w = RandomInt4(rows, K, 128);
+        var (_, xv) = Random(dtype, 1, n, K);
+        var (_, gainv) = Random(dtype, 1, K);
+        var (_, bv) = Random(dtype, 0.5, rows);
+        var positions = Enumerable.Range(0, n).Select(i => 5 + 9 * i).ToArray();
+        var slots = Enumerable.Range(0, poolBlocks * blockSize).OrderBy(_ => Rng.Next()).Take(n).ToArray();
+        if (paged && n > 1) (positions[n - 1], slots[n - 1]) = (0, -1);   // a padding row
+        int cacheRows = paged ? poolBlocks * blockSize : n * seq;
+        var cachev = Stored(Enumerable.Range(0, cacheRows * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
+        PagedBatch BatchOn(IBackend backend) => new(backend.FromArray(new int[n], n, 1), backend.FromArray(Enumerable.Range(0, n + 1).ToArray(), n + 1),
+            backend.FromArray(positions.Select(p => p + 1).ToArray(), n), backend.FromArray(slots, n), blockSize);
+        int[] cacheShape = paged ? [poolBlocks, blockSize, 2 * kh, d] : [n, seq, 2 * kh, d];
+        int[] qkvShape = paged ? [n, h + 2 * kh, d] : [n, 1, h + 2 * kh, d];
+
+        (double[] Qkv, double[] Cache) OnGpu(bool fused)
+        {
+            using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+            var x = Upload(gpu, xv, dtype, n, K);
+            var norm = new RmsNormPrologue(Upload(gpu, gainv, dtype, K), eps);
+            var weight = UploadInt4(gpu, w.Packed, w.Scales, w.Zeros, 128, rows: rows);
+            var bias = withBias ? Upload(gpu, bv, dtype, rows) : null;
+            var qkv = gpu.Allocate(new Shape(qkvShape), dtype);
+            var cache = Upload(gpu, cachev, dtype, cacheShape);
+            var pos = gpu.FromArray(positions, n);
+            gpu.Profiler!.Reset();
+            if (fused && paged) gpu.QuantizedMatMulRopePagedAppend(x, norm, weight, bias, qkv, h, cache, pos, BatchOn(gpu), theta);
+            else if (fused) gpu.QuantizedMatMulRopeAppend(x, norm, weight, bias, qkv, h, cache, pos, theta);
+            else
+            {
+                gpu.QuantizedMatMul(x, weight, qkv.Reshape(n, rows), bias: bias, norm: norm);
+                if (paged) gpu.RopePagedAppend(qkv, h, cache, pos, BatchOn(gpu), theta);
+                else gpu.RopeAndAppend(qkv, h, cache, pos, theta);
+            }
+            var names = gpu.Profiler!.Totals().Select(r => r.Name).ToList();
+            if (fused && n <= 4) Assert.Contains($"gemv_stream_int4_rope_bf16_m{n}", names);
+            return (Download(gpu, qkv), Download(gpu, cache));
+        }
+        var one = OnGpu(fused: true);
+        var parts = OnGpu(fused: false);
+        Assert.Equal(parts.Qkv, one.Qkv);
+        Assert.Equal(parts.Cache, one.Cache);
+
+        var cpuQkv = _cpu.Allocate(new Shape(qkvShape), DType.F64);
+        var cpuCache = Upload(_cpu, cachev, DType.F64, cacheShape);
+        var cx = Upload(_cpu, xv, DType.F64, n, K);
+        var cnorm = new RmsNormPrologue(Upload(_cpu, gainv, DType.F64, K), eps);
+        var cw = UploadInt4(_cpu, w.Packed, w.Scales, w.Zeros, 128, rows: rows);
+        var cb = withBias ? Upload(_cpu, bv, DType.F64, rows) : null;
+        if (paged) _cpu.QuantizedMatMulRopePagedAppend(cx, cnorm, cw, cb, cpuQkv, h, cpuCache, _cpu.FromArray(positions, n), BatchOn(_cpu), theta);
+        else _cpu.QuantizedMatMulRopeAppend(cx, cnorm, cw, cb, cpuQkv, h, cpuCache, _cpu.FromArray(positions, n), theta);
+        AssertClose(Download(_cpu, cpuQkv), one.Qkv, Tolerance(dtype), $"N={n} paged={paged}: qkv");
+        AssertClose(Download(_cpu, cpuCache), one.Cache, Tolerance(dtype), $"N={n} paged={paged}: cache");
+    }
+
     /// <summary>Dequantize gives scale (q - zero) rounded once to the output's type: F32 bit for bit with the CPU's, BF16 within its rounding.</summary>
     [Theory]
     [InlineData(DType.F32)]
@@ -221,9 +295,9 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         return (packed, scales, zeros);
     }
 
-    private static QuantizedWeight UploadInt4(IBackend backend, int[] packed, float[] scales, sbyte[] zeros, int group, int k = K)
+    private static QuantizedWeight UploadInt4(IBackend backend, int[] packed, float[] scales, sbyte[] zeros, int group, int k = K, int rows = N)
     {
-        int n = N, g = group == -1 ? k : group, groups = (k + g - 1) / g;
+        int n = rows, g = group == -1 ? k : group, groups = (k + g - 1) / g;
         var q = QuantizedWeight.Int4(backend.Allocate(new Shape(n, k / 8), DType.I32), backend.Allocate(new Shape(n, groups), DType.F32),
             backend.Allocate(new Shape(n, groups), DType.I8), k, g);
         Int4Quantization.Write(backend, q, packed, scales, zeros);

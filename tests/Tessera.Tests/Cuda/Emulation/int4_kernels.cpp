@@ -7,6 +7,7 @@
 //   several group sizes (32, 64, 128, a whole row, a last group shorter than the others), bias or none, beta 0 or with an
 //   addend, and a grid smaller than the rows (the warps' grid stride); K a multiple of 32 takes the 16-byte quads (groups of
 //   16 too, whose quads straddle two groups), other K single words.
+// The ROPE forms of the 16-bit and the int4 streams: see rope_check.
 // The persistent stream's int4 form gemv_stream_int4_{f32,bf16}_m{1..4} (gemv.cu; K and group multiples of 32), and its
 // SwiGLU form gemv_stream_int4_swiglu_* (gate and up weights, SiLU(g) u, four shapes), against the
 // same double reference: M = 1 to 4, N odd, fewer than the grid's warps or several rows a warp, K of one chunk (32), K a
@@ -19,7 +20,9 @@
 // an ulp is up to 2^-8 of it).
 // kernels.h is written by the test: the emulation, common.cuh, gemv.cu, int4.cu. Prints one line per check; exit code = failures.
 #include "kernels.h"
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -296,6 +299,108 @@ static void swiglu_check(std::mt19937& rng, int F, int K, int group, bool bias, 
     report(what, bad == 0 && differ == 0, detail);
 }
 
+// The ROPE forms of both streams (gemv_stream_rope_f32_m{M} over an f32 weight, gemv_stream_int4_rope_f32_m{M} over an int4
+// one): qkv = x W^T + bias (x normalized first when norm), each pair (head hh, i) of rows hh D + i and hh D + i + D / 2 rotated
+// at its row's position for the q and k heads, the k and v heads appended to a dense cache (B = M sequences, Tn = 1, at
+// starts[b]) or a paged pool (at slots[m]; a slot of -1 writes nothing). Reference: the same stream's plain product (checked
+// above) then the rotation on the host with the kernels' own rope_angle_at and rope_rotate: bit for bit, as a pair's two
+// rows are summed exactly as the plain product sums them. Everything past the written entries must stay untouched.
+template <int M>
+static void rope_check(std::mt19937& rng, bool int4, bool paged, bool norm, bool bias, int grid)
+{
+    const int H = 4, KH = 2, D = 16, K = 256, group = 64, rows = (H + 2 * KH) * D, pairs = rows / 2, S = 40, half = D / 2;
+    auto w4 = draw(rng, rows, K, group, false);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    const i64 ldx = K + 8, ldy = rows;
+    std::vector<float> x((size_t)M * ldx), b(rows), nw(K), wf((size_t)rows * K);
+    for (auto& v : x) v = u(rng);
+    for (auto& v : b) v = u(rng);
+    for (auto& v : nw) v = 0.5f + 0.5f * u(rng);
+    for (int n = 0; n < rows; n++)
+        for (int k = 0; k < K; k++) wf[(size_t)n * K + k] = int4 ? (float)w4.at(n, k) : u(rng);
+    std::vector<double> inv(half);
+    for (int i = 0; i < half; i++) inv[i] = std::pow(10000.0, -2.0 * i / D);
+    std::vector<int> starts(M), slots(M);
+    std::vector<int> free_slots(64);
+    for (int i = 0; i < 64; i++) free_slots[i] = i;
+    std::shuffle(free_slots.begin(), free_slots.end(), rng);       // distinct slots: two rows never write one
+    for (int m = 0; m < M; m++) { starts[m] = 3 + 7 * m; slots[m] = free_slots[m]; }
+    if (paged && M > 1) slots[M - 1] = -1;                        // a padding row
+    const int pool_rows = paged ? 64 : M * S;
+    std::vector<float> cache0((size_t)pool_rows * 2 * KH * D);
+    for (auto& v : cache0) v = u(rng);
+    const float eps = 1e-5f;
+    const float *px = x.data(), *pb = bias ? b.data() : nullptr, *pn = norm ? nw.data() : nullptr, *pw = wf.data();
+    const unsigned* pq = w4.packed.data(); const float* ps = w4.scales.data(); const signed char* pz = w4.zeros.data();
+    // The plain product.
+    std::vector<float> lin((size_t)M * ldy, NAN);
+    {
+        float* py = lin.data();
+        int n_ = rows, k_ = K, g_ = group, ea = 1;
+        i64 lx = ldx, ly = ldy, lw = K;
+        float one = 1.f, zero = 0.f;
+        if (int4)
+        {
+            auto kernel = stream_kernel<float, M>();
+            emu_launch(grid, 256, [&] { kernel(px, pq, ps, pz, pb, py, py, n_, k_, g_, lx, ly, ly, zero, pn, eps, ea); });
+        }
+        else
+        {
+            auto kernel = M == 1 ? gemv_stream_f32_m1 : M == 2 ? gemv_stream_f32_m2 : M == 3 ? gemv_stream_f32_m3 : gemv_stream_f32_m4;
+            emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, n_, k_, lx, lw, ly, one, zero, pn, eps, ea); });
+        }
+    }
+    // The reference: the plain product rotated and appended on the host.
+    std::vector<float> eq = lin, ecache = cache0;
+    for (int m = 0; m < M; m++)
+        for (int p = 0; p < pairs; p++)
+        {
+            const int hh = p / half, i = p % half, n0 = hh * D + i;
+            float a = lin[m * ldy + n0], c = lin[m * ldy + n0 + half];
+            if (hh < H + KH)
+            {
+                float cf, sf, y1, y2;
+                rope_angle_at(starts[m], inv[i], 1.0, cf, sf);
+                rope_rotate(a, c, cf, sf, y1, y2);
+                a = y1; c = y2;
+            }
+            eq[m * ldy + n0] = a; eq[m * ldy + n0 + half] = c;
+            if (hh >= H && (!paged || slots[m] >= 0))
+            {
+                const i64 at = (paged ? (i64)slots[m] : (i64)m * S + starts[m]) * 2 * KH * D + (i64)(hh - H) * D;
+                ecache[at + i] = a; ecache[at + i + half] = c;
+            }
+        }
+    std::vector<float> got((size_t)M * ldy, NAN), cache = cache0;
+    {
+        GemvRope<float> rope{};
+        rope.cache = cache.data(); rope.starts = starts.data(); rope.slots = paged ? slots.data() : nullptr;
+        rope.Tn = 1; rope.H = H; rope.KH = KH; rope.D = D;
+        rope.cb = paged ? 0 : (i64)S * 2 * KH * D; rope.cs = 2 * KH * D; rope.ch = D;
+        rope.freq.inv = inv.data(); rope.freq.attention = 1.0; rope.freq.theta = 10000.0; rope.freq.dyn_factor = 0.0; rope.freq.dyn_original = 0;
+        float* py = got.data();
+        int p_ = pairs, k_ = K, g_ = group, ea = 0;
+        i64 lx = ldx, ly = ldy, lw = K;
+        if (int4)
+        {
+            auto kernel = M == 1 ? gemv_stream_int4_rope_f32_m1 : M == 2 ? gemv_stream_int4_rope_f32_m2 : M == 3 ? gemv_stream_int4_rope_f32_m3 : gemv_stream_int4_rope_f32_m4;
+            emu_launch(grid, 256, [&] { kernel(px, pq, ps, pz, pb, py, p_, k_, g_, lx, ly, pn, eps, rope, ea); });
+        }
+        else
+        {
+            auto kernel = M == 1 ? gemv_stream_rope_f32_m1 : M == 2 ? gemv_stream_rope_f32_m2 : M == 3 ? gemv_stream_rope_f32_m3 : gemv_stream_rope_f32_m4;
+            emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, p_, k_, lx, lw, ly, pn, eps, rope, ea); });
+        }
+    }
+    int bad = 0;
+    for (size_t j = 0; j < got.size(); j++) if (std::memcmp(&got[j], &eq[j], 4) != 0) bad++;
+    for (size_t j = 0; j < cache.size(); j++) if (std::memcmp(&cache[j], &ecache[j], 4) != 0) bad++;
+    char what[200];
+    snprintf(what, sizeof what, "%s f32 M=%d %s%s%s grid=%d", int4 ? "gemv_stream_int4_rope" : "gemv_stream_rope", M, paged ? "paged" : "dense",
+             norm ? " norm" : "", bias ? " bias" : "", grid);
+    report(what, bad == 0, bad ? std::to_string(bad) + " differ " : "bit for bit ");
+}
+
 int main()
 {
     std::mt19937 rng(11);
@@ -328,5 +433,10 @@ int main()
     swiglu_check<float, 2>(rng, 9, 1056, 32, false, true, 4);      // fewer outputs than warps; normalized; K = 33 chunks
     swiglu_check<float, 4>(rng, 70, 2048, 128, true, true, 1);     // several outputs a warp, two units a half
     swiglu_check<bf16, 3>(rng, 45, 512, 64, true, false, 2);
+    rope_check<1>(rng, false, false, true, false, 2);   // the 16-bit stream's ROPE form: a batch-1 decode step, dense cache
+    rope_check<4>(rng, false, true, false, true, 3);    // paged, a padding row, bias
+    rope_check<1>(rng, true, false, true, false, 2);    // the int4 stream's: dense
+    rope_check<3>(rng, true, true, true, true, 1);      // paged, a padding row, normalized, bias, one CTA for 64 pairs
+    rope_check<2>(rng, true, false, false, true, 5);
     return failures;
 }

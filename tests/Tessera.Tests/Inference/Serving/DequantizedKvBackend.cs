@@ -54,6 +54,14 @@ internal sealed class DequantizedKvBackend(IBackend inner, DType poolDType) : Fo
         PagedAppend(qkv.Slice(1, queryHeads, pool.Size(2)), pool, batch, poolScales);
     }
 
+    public override void QuantizedMatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv,
+        int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
+    {
+        // As the fused op above.
+        Inner.QuantizedMatMulRopePagedAppend(x, norm, weight, bias, qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+        PagedAppend(qkv.Slice(1, queryHeads, pool.Size(2)), pool, batch, poolScales);
+    }
+
     public override void RopePagedAppend(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies,
         Tensor? poolScales = null)
     {
