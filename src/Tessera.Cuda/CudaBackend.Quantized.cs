@@ -46,7 +46,8 @@ public sealed unsafe partial class CudaBackend
     /// <remarks>Int4 weights at 1 to 4 rows (decoding): one launch, the int4 stream's SwiGLU form
     /// (<see cref="TryGemvStreamInt4SwiGlu"/>, K and the groups multiples of 32); at 5 to 64 rows of bf16 or f16 (a serving decode
     /// step) in groups of a multiple of 64: one launch, the decode product by group sums in its SwiGLU form
-    /// (<see cref="TryDecodeGemmInt4SwiGlu"/>); the norm on the way in both. More
+    /// (<see cref="TryDecodeGemmInt4SwiGlu"/>); the norm on the way in both. Int8 weights likewise: the int8 stream's SwiGLU form
+    /// at 1 to 4 rows (the norm on the way), the int8 decode product's at 5 to 64 (x normalized into scratch first). More
     /// rows of int8 or int4 weights without biases (prefill, a mixed step): both weights dequantized into one (2F, C) scratch and
     /// one product at N = 2F, then the SwiGLU kernel on the halves, as <see cref="MatMulSwiGlu"/> does for adjacent 16-bit
     /// weights. Otherwise (1 to 4 rows, FP8 weights, biases) each weight's <see cref="QuantizedMatMul"/> into scratch, then
@@ -58,6 +59,8 @@ public sealed unsafe partial class CudaBackend
         gate.ValidateSwiGlu(nameof(CudaBackend), up, x, output, gateBias, upBias, norm);
         if (gate.IsInt4 && (TryGemvStreamInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm)
             || TryDecodeGemmInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm))) return;
+        if (!gate.IsInt4 && !gate.IsFp8 && (TryGemvQuantizedSwiGlu(x, gate, up, output, gateBias, upBias, norm)
+            || TryDecodeGemmQuantizedSwiGlu(x, gate, up, output, gateBias, upBias, norm))) return;
         int m = x.Size(0), f = gate.Rows;
         var dtype = x.DType;
         if (!gate.IsFp8 && m > DecodeGemmMaxRows && gateBias is null && upBias is null)
@@ -123,6 +126,63 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
+    /// output (M, F) = SiLU(sg (x qg^T) + bg) * (su (x qu^T) + bu) with M &lt;= 4 and two int8 weights: the int8 stream's SwiGLU form
+    /// (gemv.cu, <c>gemv_stream_q8_swiglu_{type}_m{M}</c>; a warp's output the gate row then the up row, each sum times its row's
+    /// scale, x normalized as it is staged when <paramref name="norm"/> is given): one launch. False, with nothing enqueued, when
+    /// either weight does not fit what <see cref="TryGemvQuantized"/> needs, the two rows' strides differ, or output is not
+    /// contiguous in x's dtype.
+    /// </summary>
+    private bool TryGemvQuantizedSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias, Tensor? upBias,
+        RmsNormPrologue? norm)
+    {
+        if (!GemvQuantizedFits(x, gate, gateBias, norm) || !GemvQuantizedFits(x, up, upBias, norm) || output.DType != x.DType || !output.IsContiguous)
+            return false;
+        int m = x.Size(0), k = x.Size(1), f = gate.Rows;
+        var dtype = x.DType;
+        ulong px = Ptr(x), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pbg = PtrOrNull(gateBias),
+            pbu = PtrOrNull(upBias), po = Ptr(output);
+        long ldx = x.Stride(0), ldw = k, ldo = f;
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps, &early };
+        Launch("gemv.cu", $"gemv_stream_q8_swiglu_{Suffix(dtype, nameof(QuantizedMatMulSwiGlu))}_m{m}", (GemvGrid(f), 1, 1), 256, args,
+            GemvShared(m, k, dtype), dependent: true);
+        return true;
+    }
+
+    /// <summary>Whether x (M, K), the int8 weight and its bias suit the int8 stream: what <see cref="GemvFits"/> needs of x and the norm, K a multiple of 16, the values 16-byte aligned.</summary>
+    private bool GemvQuantizedFits(Tensor x, QuantizedWeight weight, Tensor? bias, RmsNormPrologue? norm) =>
+        GemvFits(x, norm) && weight.Rows > 0 && x.Size(1) % QuantizedGemvChunk == 0 && Ptr(weight.Values) % 16 == 0 && BiasFits(bias, x.DType, weight.Rows);
+
+    /// <summary>
+    /// output (M, F) = SiLU(sg (x qg^T) + bg) * (su (x qu^T) + bu) with 5 &lt;= M &lt;= 64 and two int8 weights: the int8 decode
+    /// product's SwiGLU form (decode_gemm.cu, <c>decode_gemm_q8_swiglu_{bf16,f16}_m{2,4,8}</c>), 64 outputs a CTA, both weights in
+    /// one pass, each sum times its row's scale; x normalized into scratch first when <paramref name="norm"/> is given (the int8
+    /// form takes no norm). False, with nothing enqueued, when the call does not fit what <see cref="DecodeGemmQuantizedFits"/>
+    /// needs of either weight, or output is not contiguous in x's dtype.
+    /// </summary>
+    private bool TryDecodeGemmQuantizedSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias, Tensor? upBias,
+        RmsNormPrologue? norm)
+    {
+        if (!DecodeGemmQuantizedFits(x, gate, gateBias) || !DecodeGemmQuantizedFits(x, up, upBias) || output.DType != x.DType || !output.IsContiguous
+            || (norm is { } nr && (nr.Weight.DType != x.DType || !nr.Weight.IsContiguous))) return false;
+        var h = norm is { } r ? NormalizedScratch(x, r) : null;
+        var input = h ?? x;
+        int m = x.Size(0), k = x.Size(1), f = gate.Rows, mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
+        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        ulong px = Ptr(input), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pbg = PtrOrNull(gateBias),
+            pbu = PtrOrNull(upBias), po = Ptr(output);
+        long ldx = input.Stride(0), ldw = k, ldo = f;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early };
+        Launch("decode_gemm.cu", $"decode_gemm_q8_swiglu_{Suffix(x.DType, nameof(QuantizedMatMulSwiGlu))}_m{mt}", ((uint)slices, (uint)blocks, 1),
+            DecodeGemmThreads, args, DecodeGemmQuantizedShared(mt), dependent: true, clusterX: (uint)slices);
+        h?.Storage.Dispose();
+        return true;
+    }
+
+    /// <summary>
     /// y (M, N) = x (M, K) W^T + bias + beta y, or + addend, with M &lt;= 4 and W the int8 weight: the persistent matrix-vector
     /// kernel's int8 form, which streams the (N, K) values once and applies each row's scale to its sum, x RMS-normalized as
     /// it is staged when <paramref name="norm"/> is given. False, with nothing enqueued, when the call does not fit it (then
@@ -130,10 +190,9 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private bool TryGemvQuantized(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend, RmsNormPrologue? norm)
     {
-        if (!GemvFits(x, norm)) return false;
+        if (!GemvQuantizedFits(x, weight, bias, norm)) return false;
         int m = x.Size(0), k = x.Size(1), n = weight.Rows;
         var dtype = x.DType;
-        if (n == 0 || k % QuantizedGemvChunk != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
         if (n > 1 && (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1))) return false;
         // The addend is read where the kernel reads beta's term (beta = 1): y = sum + bias + addend in one pass, no copy.
         var c = addend ?? y;
@@ -161,11 +220,9 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private bool TryDecodeGemmQuantized(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
     {
-        if (!Options.QuantizedDecodeProducts || CudaDevice.ComputeCapability.Major < 9 || x.Rank != 2) return false;
+        if (!DecodeGemmQuantizedFits(x, weight, bias)) return false;
         int m = x.Size(0), k = x.Size(1), n = weight.Rows;
         var dtype = x.DType;
-        if (m <= GemvMaxRows || m > DecodeGemmMaxRows || n == 0 || k % DecodeGemmTile != 0 || dtype is not (DType.BF16 or DType.F16)) return false;
-        if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0 || Ptr(weight.Values) % 16 != 0 || !BiasFits(bias, dtype, n)) return false;
         if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
         // The addend is read where the kernel reads beta's term (beta = 1), as the matrix-vector form does.
         var c = addend ?? y;
@@ -179,6 +236,20 @@ public sealed unsafe partial class CudaBackend
         Launch("decode_gemm.cu", $"decode_gemm_q8_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
             DecodeGemmThreads, args, DecodeGemmQuantizedShared(mt), dependent: true, clusterX: (uint)slices);
         return true;
+    }
+
+    /// <summary>
+    /// Whether x (M, K) and the int8 weight (with its bias) suit the int8 decode product: the option, compute capability 9.0,
+    /// 5 to 64 rows of bf16 or f16, K a multiple of 64, x's columns unit-strided and its rows 16-byte aligned, the values
+    /// 16-byte aligned.
+    /// </summary>
+    private bool DecodeGemmQuantizedFits(Tensor x, QuantizedWeight weight, Tensor? bias)
+    {
+        if (!Options.QuantizedDecodeProducts || CudaDevice.ComputeCapability.Major < 9 || x.Rank != 2) return false;
+        int m = x.Size(0), k = x.Size(1), n = weight.Rows;
+        var dtype = x.DType;
+        return m > GemvMaxRows && m <= DecodeGemmMaxRows && n > 0 && k % DecodeGemmTile == 0 && dtype is (DType.BF16 or DType.F16)
+            && x.Stride(1) == 1 && x.Stride(0) % 8 == 0 && Ptr(x) % 16 == 0 && Ptr(weight.Values) % 16 == 0 && BiasFits(bias, dtype, n);
     }
 
     /// <summary>

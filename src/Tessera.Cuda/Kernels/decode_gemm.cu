@@ -300,8 +300,8 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
     mma_x_columns<T, MT>(acc, a, tX, g, c4);
 }
 
-// Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and no SWIGLU or
-// nw) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group; SWIGLU and nw only by group
+// Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, no nw, and with
+// SWIGLU the up weight's scales2) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group; SWIGLU and nw only by group
 // sums, SWIGLU with the up weight's scales2 and zeros2). GS: the int4 form by group sums (group a multiple of DG_BK). ST:
 // the pipeline's stages (DG_ST; the form by group sums also in 8, _s8: its W tile is 4 KB, a quarter of the 16-bit form's,
 // so 4 stages keep a quarter of the bytes in flight a CTA, CudaBackendOptions.Int4DecodeProductStages).
@@ -324,7 +324,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
     static_assert(!GS || Q4, "decode_gemm: group sums are the int4 form's");
 
     static_assert(MT % 2 == 0, "decode_gemm: x's rows in pairs of n8 tiles (one ldmatrix.x4 each)");
-    static_assert(!(Q8 && SWIGLU) && !(Q4 && SWIGLU && !GS), "decode_gemm: SwiGLU takes 16-bit weights or int4 by group sums");
+    static_assert(!(Q4 && SWIGLU && !GS), "decode_gemm: SwiGLU takes 16-bit or int8 weights, or int4 by group sums");
     static_assert((MP * DG_RS + 2 * MP) * 4 <= ST * STAGE, "decode_gemm: the cluster's tiles fit in the stages");
     extern __shared__ float dg_shared[];
     float* const shared = cta_dynamic_shared(dg_shared);
@@ -504,6 +504,11 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         }
         else store_product(y, (i64)m * ldy + n, sum, alpha, bias, n, beta);
     };
+    // SWIGLU: output o's gate and up sums (times 1 / rms) to y; int8 weights multiply each by its row's scale first.
+    auto store_gated = [&](int m, int o, float g, float u) {
+        if constexpr (Q8) { g *= scales[o]; u *= scales2[o]; }
+        store_swiglu(y, (i64)m * ldy + o, g, u, bias, bias2, o);
+    };
     if (slices == 1)
     {
         __syncthreads();
@@ -522,7 +527,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
                         const int m = 8 * j + 2 * c4 + e;
                         if (m >= M || o >= N) continue;
                         const float r = inv_rms(m);
-                        store_swiglu(y, (i64)m * ldy + o, acc[h][j][e] * r, acc[h][j][e + 2] * r, bias, bias2, o);
+                        store_gated(m, o, acc[h][j][e] * r, acc[h][j][e + 2] * r);
                     }
                 }
                 else
@@ -568,8 +573,8 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         if (SWIGLU)
         {
             const int o = blockIdx.y * (DG_BN / 2) + 2 * q;
-            if (o < N) store_swiglu(y, (i64)m * ldy + o, s0 * r, u0 * r, bias, bias2, o);
-            if (o + 1 < N) store_swiglu(y, (i64)m * ldy + o + 1, s1 * r, u1 * r, bias, bias2, o + 1);
+            if (o < N) store_gated(m, o, s0 * r, u0 * r);
+            if (o + 1 < N) store_gated(m, o + 1, s1 * r, u1 * r);
         }
         else
         {
@@ -602,7 +607,9 @@ DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)
 
 // The int8-weight form (CudaBackend.QuantizedMatMul at 5 to 64 rows): y (M, N) = scales[n] * (x q_n) + bias[n] + beta * c_in,
 // q (N, K) int8 with rows ldw bytes apart (16-byte aligned), scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's
-// shape (beta 1), ldc apart. K a multiple of 64, as the 16-bit form.
+// shape (beta 1), ldc apart. K a multiple of 64, as the 16-bit form. Its SwiGLU form: y (M, F) = SiLU(sg[o] (x qg_o) + bg[o])
+// * (su[o] (x qu_o) + bu[o]) over two int8 weights of one shape and row stride (CudaBackend.QuantizedMatMulSwiGlu; x already
+// normalized: the int8 form takes no norm).
 #define DECODE_GEMM_Q8(name, t, MT)                                                                                       \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_q8_##name##_m##MT(const t* x,                   \
         const signed char* q, const float* scales, const t* bias, t* y, const t* c_in, int M, int N, int K, i64 ldx,      \
@@ -610,6 +617,13 @@ DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)
     {                                                                                                                     \
         decode_gemm<t, signed char, MT, false>(x, q, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, early, \
                                                nullptr, 0.f, scales, c_in, ldc);                                          \
+    }                                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_q8_swiglu_##name##_m##MT(const t* x,            \
+        const signed char* gate, const signed char* up, const float* gate_scales, const float* up_scales,                \
+        const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw, i64 ldy, int early)           \
+    {                                                                                                                     \
+        decode_gemm<t, signed char, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, \
+                                              nullptr, 0.f, gate_scales, y, ldy, nullptr, 0, up_scales);                  \
     }
 DECODE_GEMM_Q8(bf16, bf16, 2) DECODE_GEMM_Q8(bf16, bf16, 4) DECODE_GEMM_Q8(bf16, bf16, 8)
 DECODE_GEMM_Q8(f16, f16, 2) DECODE_GEMM_Q8(f16, f16, 4) DECODE_GEMM_Q8(f16, f16, 8)

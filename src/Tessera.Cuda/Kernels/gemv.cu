@@ -326,7 +326,7 @@ struct GemvRopeLane
 template <typename T, typename Wt, int M, int EPI>
 __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float* scales, const T* bias0, const T* bias1, T* y,
                             const T* c_in, int N, int K, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float alpha, float beta, const T* nw,
-                            float eps, GemvRope<T> rope, int early)
+                            float eps, GemvRope<T> rope, int early, const float* scales1 = nullptr)
 {
     constexpr int U = M <= 2 ? 8 : 4;
     constexpr int V = Vec16<Wt>::N;
@@ -391,11 +391,13 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
             if (EPI == GEMV_SWIGLU && lane == 0)
             {
                 const float b0 = bias0 ? to_f(bias0[n]) : 0.f, b1 = bias1 ? to_f(bias1[n]) : 0.f;
+                // Int8 weights: each half's sum times its row's scale (the gate's scales, the up weight's scales1).
+                const float s0 = scales ? scales[n] : 1.f, s1 = scales1 ? scales1[n] : 1.f;
 #pragma unroll
                 for (int m = 0; m < M; m++)
                 {
-                    const float a = acc[0][m] + b0;
-                    y[m * ldy + n] = from_f<T>(silu(a) * (acc[1][m] + b1));
+                    const float a = (scales ? s0 * acc[0][m] : acc[0][m]) + b0;
+                    y[m * ldy + n] = from_f<T>(silu(a) * ((scales1 ? s1 * acc[1][m] : acc[1][m]) + b1));
                 }
             }
             if (EPI == GEMV_ROPE) rl.store(rope, y, ldy, bias0, n, half, acc[0], acc[1], lane);
@@ -437,7 +439,8 @@ FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
 
 // The int8-weight form (CudaBackend.QuantizedMatMul): y (M, N) = scales[n] * (x q_n) + bias[n] + beta * c_in, q (N, K) int8
 // with rows ldw bytes apart, scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's shape (beta 1). K a multiple of 16.
-// nw (K, or null): x RMS-normalized as it is staged, as in the 16-bit forms.
+// nw (K, or null): x RMS-normalized as it is staged, as in the 16-bit forms. Its SwiGLU form: y (M, F) = SiLU(sg[o] (x qg_o) +
+// bg[o]) * (su[o] (x qu_o) + bu[o]) over two int8 weights of one shape and row stride (CudaBackend.QuantizedMatMulSwiGlu).
 #define GEMV_STREAM_Q8(n, T, M)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_q8_##n##_m##M(const T* x,                   \
         const signed char* q, const float* scales, const T* bias, T* y, const T* c_in, int N, int K, i64 ldx,    \
@@ -445,6 +448,14 @@ FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
     {                                                                                                             \
         gemv_stream<T, signed char, M, GEMV_LINEAR>(x, q, q, scales, bias, bias, y, c_in, N, K, ldx, ldw, ldy, ldc, \
                                                     1.f, beta, nw, eps, {}, early);                               \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_q8_swiglu_##n##_m##M(const T* x,            \
+        const signed char* gate, const signed char* up, const float* gate_scales, const float* up_scales,        \
+        const T* gate_bias, const T* up_bias, T* y, int F, int K, i64 ldx, i64 ldw, i64 ldy, const T* nw,        \
+        float eps, int early)                                                                                     \
+    {                                                                                                             \
+        gemv_stream<T, signed char, M, GEMV_SWIGLU>(x, gate, up, gate_scales, gate_bias, up_bias, y, y, F, K, ldx, ldw, \
+                                                    ldy, ldy, 1.f, 0.f, nw, eps, {}, early, up_scales);           \
     }
 #define GEMV_STREAM_Q8_ALL(n, T) GEMV_STREAM_Q8(n, T, 1) GEMV_STREAM_Q8(n, T, 2) GEMV_STREAM_Q8(n, T, 3) GEMV_STREAM_Q8(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_Q8_ALL)

@@ -377,6 +377,46 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
     }
 
     /// <summary>
+    /// <see cref="CudaBackend.QuantizedMatMulSwiGlu"/> over two int8 weights (F = 517, K = 1024) against the CPU's F64: at 2 and 3
+    /// rows the int8 stream's SwiGLU form and at 17 and 64 rows of BF16 the int8 decode product's (on compute capability 9.0),
+    /// each one launch that the op profiler must name, normalized or not, with biases or not; at 96 rows both weights dequantized
+    /// for one product at N = 2F. Tolerance 1e-2 for BF16, as the products'.
+    /// </summary>
+    [Theory]
+    [InlineData(2, true, false)]
+    [InlineData(3, false, true)]
+    [InlineData(17, true, true)]
+    [InlineData(64, false, false)]
+    [InlineData(96, true, false)]
+    public void SwiGluOverTwoInt8WeightsMatchesTheCpuInF64(int m, bool withNorm, bool withBias)
+    {
+        const DType dtype = DType.BF16;
+        const int k = 1024;
+        using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+        var (gv, gs) = RandomQuantized(N, k);
+        var (uv, us) = RandomQuantized(N, k);
+        var (_, xv) = Random(dtype, 1, m, k);
+        var (_, gainv) = Random(dtype, 1, k);
+        var (_, bgv) = Random(dtype, 1, N);
+        var (_, buv) = Random(dtype, 1, N);
+        const double eps = 1e-5;
+        var y = gpu.Allocate(new Shape(m, N), dtype);
+        gpu.Profiler!.Reset();
+        gpu.QuantizedMatMulSwiGlu(TestTensors.FromDoubles(gpu, xv, dtype, m, k), Upload(gpu, gv, gs, N, k), Upload(gpu, uv, us, N, k), y,
+            withBias ? TestTensors.FromDoubles(gpu, bgv, dtype, N) : null, withBias ? TestTensors.FromDoubles(gpu, buv, dtype, N) : null,
+            withNorm ? new RmsNormPrologue(TestTensors.FromDoubles(gpu, gainv, dtype, k), eps) : null);
+        var names = gpu.Profiler!.Totals().Select(r => r.Name).ToList();
+        if (m <= 4) Assert.Contains($"gemv_stream_q8_swiglu_bf16_m{m}", names);
+        else if (m <= 64 && Gpu.CudaDevice.ComputeCapability.Major >= 9) Assert.Contains($"decode_gemm_q8_swiglu_bf16_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", names);
+
+        var expected = _cpu.Allocate(new Shape(m, N), DType.F64);
+        _cpu.QuantizedMatMulSwiGlu(TestTensors.FromDoubles(_cpu, xv, DType.F64, m, k), Upload(_cpu, gv, gs, N, k), Upload(_cpu, uv, us, N, k), expected,
+            withBias ? TestTensors.FromDoubles(_cpu, bgv, DType.F64, N) : null, withBias ? TestTensors.FromDoubles(_cpu, buv, DType.F64, N) : null,
+            withNorm ? new RmsNormPrologue(TestTensors.FromDoubles(_cpu, gainv, DType.F64, k), eps) : null);
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"M={m} norm={withNorm} bias={withBias}");
+    }
+
+    /// <summary>
     /// Int8 rows of uniform weights in [-0.1, 0.1) quantized on the host, with row 5 all zeros (scale 0): the values (N, K)
     /// and the scales (N).
     /// </summary>

@@ -69,6 +69,8 @@ public sealed class KernelEmulationTests
              "decode_gemm_q8 M=5 N=100 K=256 slices=1 bias=1 beta=0", "decode_gemm_q8 M=17 N=300 K=512 slices=4 bias=1 beta=1",
              "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend", "decode_gemm_q8 M=64 N=200 K=512 slices=1 bias=1 addend",
              "decode_gemm_q8 M=33 N=130 K=128 slices=2 bias=0 beta=1", "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend: early = late, pads",
+             "decode_gemm_q8 swiglu M=17 F=100 K=256 slices=1 bias=1", "decode_gemm_q8 swiglu M=64 F=65 K=512 slices=4 bias=0",
+             "decode_gemm_q8 swiglu M=5 F=130 K=1024 slices=8 bias=1",
              "decode_gemm_int4 M=5 N=100 K=256 group=128 slices=1 bias=1 beta=0", "decode_gemm_int4 M=17 N=300 K=512 group=32 slices=4 bias=1 beta=1",
              "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend", "decode_gemm_int4 M=64 N=200 K=320 group=64 slices=1 bias=1 addend",
              "decode_gemm_int4 M=33 N=130 K=320 group=320 slices=5 bias=0 beta=1",
@@ -132,7 +134,9 @@ public sealed class KernelEmulationTests
              "gemv_stream_q8 bf16 M=2 N=100 K=1024 grid=2 bias=1 beta=1", "gemv_stream_q8 f32 M=1 N=100 K=2048 grid=2 bias=1 beta=0 norm",
              "gemv_stream_q8 f32 M=3 N=45 K=2064 grid=1 bias=0 beta=1 norm", "gemv_stream f32 M=1 N=100 K=1000 grid=2 bias=1 beta=1",
              "gemv_stream f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "dequantize_f32 N=37 K=45 grid=3 block=64 exact",
-             "dequantize_f32 N=8 K=4096 grid=7 block=128 exact", "dequantize_f32 N=5 K=48 grid=2 block=32 exact unaligned"]);
+             "dequantize_f32 N=8 K=4096 grid=7 block=128 exact", "dequantize_f32 N=5 K=48 grid=2 block=32 exact unaligned",
+             "gemv_stream_q8_swiglu f32 M=1 F=37 K=512 grid=2 bias=1", "gemv_stream_q8_swiglu f32 M=4 F=20 K=2048 grid=3 bias=0 norm",
+             "gemv_stream_q8_swiglu bf16 M=2 F=65 K=1024 grid=1 bias=1"]);
 
     /// <summary>
     /// The matrix-vector kernel's FP8 form (<c>gemv_stream_f8_*</c>, <see cref="CudaBackend.QuantizedMatMul"/> with FP8 weights

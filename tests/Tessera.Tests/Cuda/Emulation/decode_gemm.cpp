@@ -285,6 +285,55 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
     if (!(same && pads && zero_row)) failures++;
 }
 
+// The int8 SwiGLU form (decode_gemm_q8_swiglu_*): y (M, F) = SiLU(sg[o] (x qg_o) + bg) * (su[o] (x qu_o) + bu), two int8
+// weights with their row scales, against a double reference; the 16-bit SwiGLU form's tolerance.
+static void run_q8_swiglu(int M, int F, int K, int slices, bool with_bias)
+{
+    std::mt19937 rng(41 + M * 5 + F + K + slices);
+    const int ldx = K + 8, ldw = K + 16, ldy = F;
+    std::vector<bf16> x((size_t)M * ldx), bg(F), bu(F), y((size_t)M * ldy);
+    fill(x, rng, 1.f); fill(bg, rng, 1.f); fill(bu, rng, 1.f);
+    std::uniform_int_distribution<int> qd(-128, 127);
+    std::uniform_real_distribution<float> sd(0.2f / 127, 1.f / 127);
+    std::vector<signed char> qg((size_t)F * ldw), qu((size_t)F * ldw);
+    std::vector<float> sg(F), su(F);
+    for (auto& v : qg) v = (signed char)qd(rng);
+    for (auto& v : qu) v = (signed char)qd(rng);
+    for (auto& v : sg) v = sd(rng);
+    for (auto& v : su) v = sd(rng);
+    std::vector<double> e((size_t)M * F);
+    for (int m = 0; m < M; m++)
+        for (int o = 0; o < F; o++)
+        {
+            double g = 0, u = 0;
+            for (int k = 0; k < K; k++)
+            {
+                g += (double)to_f(x[(size_t)m * ldx + k]) * qg[(size_t)o * ldw + k];
+                u += (double)to_f(x[(size_t)m * ldx + k]) * qu[(size_t)o * ldw + k];
+            }
+            g = sg[o] * g + (with_bias ? to_f(bg[o]) : 0.0);
+            u = su[o] * u + (with_bias ? to_f(bu[o]) : 0.0);
+            e[(size_t)m * F + o] = g / (1 + std::exp(-g)) * u;
+        }
+    const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (F + 63) / 64;
+    const bf16 *px = x.data(), *pbg = with_bias ? bg.data() : nullptr, *pbu = with_bias ? bu.data() : nullptr;
+    const signed char *pg = qg.data(), *pu = qu.data();
+    const float *psg = sg.data(), *psu = su.data();
+    bf16* py = y.data();
+    int m_ = M, f_ = F, k_ = K, early = 1;
+    long long lx = ldx, lw = ldw, ly = ldy;
+    emu_shared_base = shared_base;
+    auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pg, pu, psg, psu, pbg, pbu, py, m_, f_, k_, lx, lw, ly, early); }); };
+    if (MT == 2) launch(decode_gemm_q8_swiglu_bf16_m2);
+    else if (MT == 4) launch(decode_gemm_q8_swiglu_bf16_m4);
+    else launch(decode_gemm_q8_swiglu_bf16_m8);
+    std::vector<float> got((size_t)M * F);
+    for (size_t i = 0; i < got.size(); i++) got[i] = to_f(y[i]);
+    char name[120];
+    snprintf(name, sizeof name, "decode_gemm_q8 swiglu M=%d F=%d K=%d slices=%d bias=%d", M, F, K, slices, with_bias ? 1 : 0);
+    check(name, e, got, 8e-3);
+}
+
 // A random group-wise int4 weight (N, K): nibbles q uniform in 0 .. 15, packed (rows ldw words apart past K / 8), scales
 // (N, G) in [0.01, 0.1), asymmetric zeros (N, G) in 0 .. 15.
 struct Int4Weight
@@ -444,6 +493,9 @@ int main()
     run_q8(64, 129, 1024, 8, false, 2);    // the 64-row batch; N odd (a last pair of one output); 8 slices; the addend
     run_q8(64, 200, 512, 1, true, 2);      // one slice of 8 k-tiles: the stages refilled; bias and addend
     run_q8(33, 130, 128, 2, false, 1);     // MT 8 with 33 rows; slices of one k-tile (fewer tiles than stages)
+    run_q8_swiglu(17, 100, 256, 1, true);  // MT 4; 2 row blocks of 64 outputs, the last with 36; each row's scale in the epilogue
+    run_q8_swiglu(64, 65, 512, 4, false);  // MT 8; F odd; 4 slices: the cluster's gate and up sums, then the scales
+    run_q8_swiglu(5, 130, 1024, 8, true);  // MT 2; 3 row blocks; 8 slices
     run_q4(5, 100, 256, 128, 1, true, 0);      // MT 2; N short of one block; 4 k-tiles, 4 stages
     run_q4(17, 300, 512, 32, 4, true, 1);      // MT 4; 3 row blocks; 4 slices (a cluster); groups of 32; beta = 1
     run_q4(64, 129, 1024, 128, 8, false, 2);   // the 64-row batch; N odd; 8 slices; the addend

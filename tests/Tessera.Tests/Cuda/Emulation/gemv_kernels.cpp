@@ -142,6 +142,73 @@ template <typename T, int M> static void run_q8(int N, int K, int grid, bool wit
     report(std::string(name) + ": early = late, pads", std::memcmp(y[0].data(), y[1].data(), y[0].size() * sizeof(T)) == 0 && pads);
 }
 
+// The int8 SwiGLU form of the stream (gemv_stream_q8_swiglu_*): y (M, F) = SiLU(sg[o] (x qg_o) + bg) * (su[o] (x qu_o) + bu),
+// x normalized on the way when with_norm. Tolerance as the plain form's (f32 1e-5, bf16 8e-3 of the largest output).
+template <typename T, int M> static void run_q8_swiglu(int F, int K, int grid, bool with_bias, bool with_norm)
+{
+    std::mt19937 rng(19 + M * 7 + F + K + grid);
+    const int ldx = K + 16, ldy = F + 8;
+    auto x = uniform<T>((size_t)M * ldx, rng, 1.f), bg = uniform<T>(F, rng, 1.f), bu = uniform<T>(F, rng, 1.f), nw = uniform<T>(K, rng, 1.f);
+    std::uniform_int_distribution<int> level(-127, 127);
+    std::uniform_real_distribution<float> u(0.f, 1.f);
+    std::vector<signed char> qg((size_t)F * K), qu((size_t)F * K);
+    for (auto& v : qg) v = (signed char)level(rng);
+    for (auto& v : qu) v = (signed char)level(rng);
+    std::vector<float> sg(F), su(F);
+    for (auto& s : sg) s = (0.25f + u(rng)) / 127.f;
+    for (auto& s : su) s = (0.25f + u(rng)) / 127.f;
+    const float eps = 1e-5f;
+    std::vector<double> e((size_t)M * F);
+    for (int m = 0; m < M; m++)
+    {
+        double ss = 0;
+        for (int k = 0; k < K; k++) ss += (double)to_f(x[(size_t)m * ldx + k]) * to_f(x[(size_t)m * ldx + k]);
+        const double rstd = with_norm ? 1 / std::sqrt(ss / K + eps) : 1;
+        for (int o = 0; o < F; o++)
+        {
+            double g = 0, h = 0;
+            for (int k = 0; k < K; k++)
+            {
+                const double xv = (double)to_f(x[(size_t)m * ldx + k]) * rstd * (with_norm ? to_f(nw[k]) : 1.0);
+                g += xv * qg[(size_t)o * K + k];
+                h += xv * qu[(size_t)o * K + k];
+            }
+            g = sg[o] * g + (with_bias ? to_f(bg[o]) : 0.0);
+            h = su[o] * h + (with_bias ? to_f(bu[o]) : 0.0);
+            e[(size_t)m * F + o] = g / (1 + std::exp(-g)) * h;
+        }
+    }
+    std::vector<T> y((size_t)M * ldy, from_f<T>(0.f));
+    const T *px = x.data(), *pbg = with_bias ? bg.data() : nullptr, *pbu = with_bias ? bu.data() : nullptr, *pn = with_norm ? nw.data() : nullptr;
+    const signed char *pg = qg.data(), *pu = qu.data();
+    const float *psg = sg.data(), *psu = su.data();
+    T* py = y.data();
+    int f_ = F, k_ = K, early = 1;
+    long long lx = ldx, lw = K, ly = ldy;
+    auto launch = [&](auto kernel) { emu_launch(grid, 256, [&] { kernel(px, pg, pu, psg, psu, pbg, pbu, py, f_, k_, lx, lw, ly, pn, eps, early); }); };
+    if constexpr (std::is_same_v<T, float>)
+    {
+        if constexpr (M == 1) launch(gemv_stream_q8_swiglu_f32_m1);
+        else if constexpr (M == 2) launch(gemv_stream_q8_swiglu_f32_m2);
+        else if constexpr (M == 3) launch(gemv_stream_q8_swiglu_f32_m3);
+        else launch(gemv_stream_q8_swiglu_f32_m4);
+    }
+    else
+    {
+        if constexpr (M == 1) launch(gemv_stream_q8_swiglu_bf16_m1);
+        else if constexpr (M == 2) launch(gemv_stream_q8_swiglu_bf16_m2);
+        else if constexpr (M == 3) launch(gemv_stream_q8_swiglu_bf16_m3);
+        else launch(gemv_stream_q8_swiglu_bf16_m4);
+    }
+    std::vector<float> got((size_t)M * F);
+    for (int m = 0; m < M; m++)
+        for (int o = 0; o < F; o++) got[(size_t)m * F + o] = to_f(y[(size_t)m * ldy + o]);
+    char name[120];
+    snprintf(name, sizeof name, "gemv_stream_q8_swiglu %s M=%d F=%d K=%d grid=%d bias=%d%s", type_name<T>(), M, F, K, grid, with_bias ? 1 : 0,
+             with_norm ? " norm" : "");
+    check(name, e, got, std::is_same_v<T, float> ? 1e-5 : 8e-3);
+}
+
 // The float-weight form on the same stream: y = alpha * x W^T + bias + beta * y, x RMS-normalized on the way when asked.
 template <int M> static void run_f32(int N, int K, int grid, bool with_bias, float alpha, float beta, bool with_norm)
 {
@@ -312,6 +379,9 @@ int main()
     run_q8<bf16, 2>(100, 1024, 2, true, 1.f, false);     // bf16 x, bias and y: x's two 16-byte pieces a chunk
     run_q8<float, 1>(100, 2048, 2, true, 0.f, false, true);   // RMS-normalized x (the int8 decode step's norms): K = 2048, half a unit
     run_q8<float, 3>(45, 2064, 1, false, 1.f, false, true);   // the norm with beta = 1, three rows, two units a row
+    run_q8_swiglu<float, 1>(37, 512, 2, true, false);         // the gate row then the up row, each times its scale
+    run_q8_swiglu<float, 4>(20, 2048, 3, false, true);        // normalized, four rows
+    run_q8_swiglu<bf16, 2>(65, 1024, 1, true, false);     // bf16 (no norm: its staged stores are PTX, compiled away here)
     run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false);    // the float-weight form: 250 chunks of 4, alpha and the residual
     run_f32<4>(37, 516, 1, false, 1.f, 0.f, true);       // with RMSNorm on the way
     // The FP8 form (rows of one to three units: 256 chunks of 16 codes at U = 8 for M <= 2, 128 at U = 4 above).
