@@ -87,19 +87,19 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <inheritdoc/>
-    /// <remarks>Int4 weights at 1 to 4 rows that fit the int4 stream (<see cref="GemvStreamInt4Fits"/>), with a cache of x's
-    /// dtype: one launch, the stream's ROPE form (<c>gemv_stream_int4_rope_*</c>: a warp's pair of rows (i, i + D/2), rotated and
-    /// appended as it is written), as <see cref="MatMulRopeAppend"/> is for 16-bit weights; otherwise
-    /// <see cref="QuantizedMatMul"/>, then <see cref="RopeAndAppend"/>.</remarks>
+    /// <remarks>Int4 and int8 weights at 1 to 4 rows that fit their stream (<see cref="QuantizedStreamFits"/>), with a cache of
+    /// x's dtype: one launch, the stream's ROPE form (<c>gemv_stream_int4_rope_*</c>, <c>gemv_stream_q8_rope_*</c>: a warp's pair
+    /// of rows (i, i + D/2), rotated and appended as it is written), as <see cref="MatMulRopeAppend"/> is for 16-bit weights;
+    /// otherwise <see cref="QuantizedMatMul"/>, then <see cref="RopeAndAppend"/>.</remarks>
     public void QuantizedMatMulRopeAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
         const string op = nameof(QuantizedMatMulRopeAppend);
         ArgumentNullException.ThrowIfNull(weight);
         var flat = DenseQkvRows(op, x, weight.Shape, qkv);
-        if (weight.IsInt4 && GemvStreamInt4Fits(x, weight, bias, norm) && StreamRopeFits(qkv, queryHeads, keysAndValues, x.DType))
+        if (QuantizedStreamFits(x, weight, bias, norm) && StreamRopeFits(qkv, queryHeads, keysAndValues, x.DType))
         {
-            LaunchGemvStreamInt4Rope(op, x, norm, weight, bias, qkv, DenseRopeArgs(op, qkv, queryHeads, keysAndValues, startPositions, frequencies));
+            LaunchQuantizedStreamRope(op, x, norm, weight, bias, qkv, DenseRopeArgs(op, qkv, queryHeads, keysAndValues, startPositions, frequencies));
             return;
         }
         QuantizedMatMul(x, weight, flat, bias: bias, norm: norm);
@@ -107,8 +107,8 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <inheritdoc/>
-    /// <remarks>Int4 weights at 1 to 4 rows that fit the int4 stream, with a 16-bit pool of x's dtype: one launch, the stream's
-    /// ROPE form writing to the rows' slots, as <see cref="MatMulRopePagedAppend"/> is for 16-bit weights; otherwise
+    /// <remarks>Int4 and int8 weights at 1 to 4 rows that fit their stream, with a 16-bit pool of x's dtype: one launch, the
+    /// stream's ROPE form writing to the rows' slots, as <see cref="MatMulRopePagedAppend"/> is for 16-bit weights; otherwise
     /// <see cref="QuantizedMatMul"/>, then <see cref="RopePagedAppend"/>.</remarks>
     public void QuantizedMatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
@@ -116,9 +116,9 @@ public sealed unsafe partial class CudaBackend
         const string op = nameof(QuantizedMatMulRopePagedAppend);
         ArgumentNullException.ThrowIfNull(weight);
         var flat = PagedQkvRows(op, x, weight.Shape, qkv, queryHeads, pool, positions, batch, poolScales);
-        if (Options.FusedPagedQkv && weight.IsInt4 && GemvStreamInt4Fits(x, weight, bias, norm) && StreamRopeFits(qkv, pool, x.DType))
+        if (Options.FusedPagedQkv && QuantizedStreamFits(x, weight, bias, norm) && StreamRopeFits(qkv, pool, x.DType))
         {
-            LaunchGemvStreamInt4Rope(op, x, norm, weight, bias, qkv, PagedRopeArgs(qkv, queryHeads, pool, positions, batch, frequencies));
+            LaunchQuantizedStreamRope(op, x, norm, weight, bias, qkv, PagedRopeArgs(qkv, queryHeads, pool, positions, batch, frequencies));
             return;
         }
         QuantizedMatMul(x, weight, flat, bias: bias, norm: norm);
@@ -149,6 +149,35 @@ public sealed unsafe partial class CudaBackend
         Launch("gemv.cu", $"gemv_stream_q8_swiglu_{Suffix(dtype, nameof(QuantizedMatMulSwiGlu))}_m{m}", (GemvGrid(f), 1, 1), 256, args,
             GemvShared(m, k, dtype), dependent: true);
         return true;
+    }
+
+    /// <summary>Whether x (M, K), the int4 or int8 weight and its bias suit that format's stream (FP8: false).</summary>
+    private bool QuantizedStreamFits(Tensor x, QuantizedWeight weight, Tensor? bias, RmsNormPrologue? norm) =>
+        weight.IsInt4 ? GemvStreamInt4Fits(x, weight, bias, norm) : !weight.IsFp8 && GemvQuantizedFits(x, weight, bias, norm);
+
+    /// <summary>
+    /// qkv = x W^T + bias over the int4 or int8 qkv weight with M &lt;= 4, rotated and appended to the cache or pool
+    /// <paramref name="rope"/> describes, in one launch (gemv.cu, <c>gemv_stream_int4_rope_{type}_m{M}</c> or
+    /// <c>gemv_stream_q8_rope_{type}_m{M}</c>; the caller checked <see cref="QuantizedStreamFits"/> and the cache): a warp a pair
+    /// of rows (i, i + D/2) of a head.
+    /// </summary>
+    private void LaunchQuantizedStreamRope(string op, Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, GemvRopeArgs rope)
+    {
+        int m = x.Size(0), k = x.Size(1), pairs = weight.Rows / 2, group = weight.GroupSize;
+        ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(qkv);
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        long ldx = x.Stride(0), ldy = weight.Rows, ldw = k;
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        if (weight.IsInt4)
+        {
+            ulong pz = Ptr(weight.Zeros!);
+            void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pairs, &k, &group, &ldx, &ldy, &pn, &eps, &rope, &early };
+            Launch("gemv.cu", $"gemv_stream_int4_rope_{Suffix(x.DType, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, x.DType), dependent: true);
+            return;
+        }
+        void** q8 = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
+        Launch("gemv.cu", $"gemv_stream_q8_rope_{Suffix(x.DType, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, q8, GemvShared(m, k, x.DType), dependent: true);
     }
 
     /// <summary>Whether x (M, K), the int8 weight and its bias suit the int8 stream: what <see cref="GemvFits"/> needs of x and the norm, K a multiple of 16, the values 16-byte aligned.</summary>

@@ -99,23 +99,6 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
-    /// qkv = x W^T + bias over the int4 qkv weight with M &lt;= 4, rotated and appended to the cache or pool
-    /// <paramref name="rope"/> describes, in one launch (gemv.cu, <c>gemv_stream_int4_rope_{type}_m{M}</c>; the caller checked
-    /// <see cref="GemvStreamInt4Fits"/> and the cache): a warp a pair of rows (i, i + D/2) of a head.
-    /// </summary>
-    private void LaunchGemvStreamInt4Rope(string op, Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, GemvRopeArgs rope)
-    {
-        int m = x.Size(0), k = x.Size(1), pairs = weight.Rows / 2, group = weight.GroupSize;
-        ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(qkv);
-        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
-        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
-        long ldx = x.Stride(0), ldy = weight.Rows;
-        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pairs, &k, &group, &ldx, &ldy, &pn, &eps, &rope, &early };
-        Launch("gemv.cu", $"gemv_stream_int4_rope_{Suffix(x.DType, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, x.DType), dependent: true);
-    }
-
-    /// <summary>
     /// Whether x (M, K), the int4 weight and its bias suit the int4 stream: what <see cref="GemvFits"/> needs of x and the norm,
     /// K and the group size multiples of 32 (a 16-byte chunk of words then lies in one group, and the rows of K / 2 bytes are
     /// 16-byte aligned), the packed words 16-byte aligned.

@@ -329,7 +329,7 @@ public interface IBackend
     /// <see cref="MatMulRopeAppend"/> over a quantized weight: qkv (B, T, H+2K, D), contiguous, = x W^T + bias as
     /// <see cref="QuantizedMatMul"/> computes it (x normalized first when <paramref name="norm"/> is given), then
     /// <see cref="RopeAndAppend"/>. The result equals those calls; a device may do all of it in one launch (the CUDA backend's
-    /// int4 stream at 1 to 4 rows).
+    /// int4 and int8 streams at 1 to 4 rows).
     /// </summary>
     void QuantizedMatMulRopeAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies);
@@ -338,7 +338,7 @@ public interface IBackend
     /// <see cref="MatMulRopePagedAppend"/> over a quantized weight: qkv (N, H+2K, D), contiguous, = x W^T + bias as
     /// <see cref="QuantizedMatMul"/> computes it (x normalized first when <paramref name="norm"/> is given), then
     /// <see cref="RopePagedAppend"/>. The result equals those calls; a device may do all of it in one launch (the CUDA
-    /// backend's int4 stream at 1 to 4 rows of a 16-bit pool).
+    /// backend's int4 and int8 streams at 1 to 4 rows of a 16-bit pool).
     /// </summary>
     void QuantizedMatMulRopePagedAppend(Tensor x, RmsNormPrologue? norm, QuantizedWeight weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null);

@@ -286,19 +286,21 @@ struct GemvRopeLane
         if (lane < M && (n / half) < rope.H + rope.KH)
             rope_angle_at(pos, n == first ? inv_freq : rope_inv_freq(rope.freq, n % half, rope.D, len), rope.freq.attention, cf, sf);
     }
-    // Pair n's sums reduced (every lane holds them; bias over the qkv rows): lane m writes row m, the product rounded to T
-    // (as the unfused product stores it), rotated for q and k heads, stored in qkv; k and v heads also into the cache at
-    // the row's position (or pool slot; a negative slot writes no cache).
-    __device__ __forceinline__ void store(const GemvRope<T>& rope, T* y, i64 ldy, const T* bias, int n, int half, const float* a0,
-                                          const float* a1, int lane) const
+    // Pair n's sums reduced (every lane holds them; bias over the qkv rows; int8 weights: scales, each row's sum times its
+    // scale in one fma, as the plain int8 stream stores it): lane m writes row m, the product rounded to T (as the unfused
+    // product stores it), rotated for q and k heads, stored in qkv; k and v heads also into the cache at the row's position
+    // (or pool slot; a negative slot writes no cache).
+    __device__ __forceinline__ void store(const GemvRope<T>& rope, T* y, i64 ldy, const T* bias, const float* scales, int n, int half,
+                                          const float* a0, const float* a1, int lane) const
     {
         const int hh = n / half, i = n % half, n0 = gemv_row_of<GEMV_ROPE>(n, 0, half);
 #pragma unroll
         for (int m = 0; m < M; m++)
             if (lane == m)
             {
-                T a = from_f<T>(a0[m] + (bias ? to_f(bias[n0]) : 0.f));
-                T c = from_f<T>(a1[m] + (bias ? to_f(bias[n0 + half]) : 0.f));
+                const float b0 = bias ? to_f(bias[n0]) : 0.f, b1 = bias ? to_f(bias[n0 + half]) : 0.f;
+                T a = from_f<T>(scales ? fmaf(scales[n0], a0[m], b0) : a0[m] + b0);
+                T c = from_f<T>(scales ? fmaf(scales[n0 + half], a1[m], b1) : a1[m] + b1);
                 if (hh < rope.H + rope.KH)
                 {
                     float y1, y2;
@@ -383,7 +385,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
 #pragma unroll
                 for (int m = 0; m < M; m++)
                 {
-                    float r = (F8 ? a * xscale[m] : a) * acc[0][m] + b0;
+                    float r = fmaf(F8 ? a * xscale[m] : a, acc[0][m], b0);
                     if (beta != 0.f) r += beta * to_f(c_in[m * ldc + n]);
                     y[m * ldy + n] = from_f<T>(r);
                 }
@@ -400,7 +402,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
                     y[m * ldy + n] = from_f<T>(silu(a) * ((scales1 ? s1 * acc[1][m] : acc[1][m]) + b1));
                 }
             }
-            if (EPI == GEMV_ROPE) rl.store(rope, y, ldy, bias0, n, half, acc[0], acc[1], lane);
+            if (EPI == GEMV_ROPE) rl.store(rope, y, ldy, bias0, scales, n, half, acc[0], acc[1], lane);
 #pragma unroll
             for (int s = 0; s < 2; s++)
 #pragma unroll
@@ -441,6 +443,7 @@ FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
 // with rows ldw bytes apart, scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's shape (beta 1). K a multiple of 16.
 // nw (K, or null): x RMS-normalized as it is staged, as in the 16-bit forms. Its SwiGLU form: y (M, F) = SiLU(sg[o] (x qg_o) +
 // bg[o]) * (su[o] (x qu_o) + bu[o]) over two int8 weights of one shape and row stride (CudaBackend.QuantizedMatMulSwiGlu).
+// Its ROPE form: qkv over the int8 qkv weight, rotated and appended as gemv_stream_rope_* (CudaBackend.QuantizedMatMulRopeAppend).
 #define GEMV_STREAM_Q8(n, T, M)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_q8_##n##_m##M(const T* x,                   \
         const signed char* q, const float* scales, const T* bias, T* y, const T* c_in, int N, int K, i64 ldx,    \
@@ -448,6 +451,13 @@ FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
     {                                                                                                             \
         gemv_stream<T, signed char, M, GEMV_LINEAR>(x, q, q, scales, bias, bias, y, c_in, N, K, ldx, ldw, ldy, ldc, \
                                                     1.f, beta, nw, eps, {}, early);                               \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_q8_rope_##n##_m##M(const T* x,              \
+        const signed char* q, const float* scales, const T* bias, T* qkv, int pairs, int K, i64 ldx, i64 ldw,    \
+        i64 ldy, const T* nw, float eps, GemvRope<T> rope, int early)                                             \
+    {                                                                                                             \
+        gemv_stream<T, signed char, M, GEMV_ROPE>(x, q, q, scales, bias, bias, qkv, qkv, pairs, K, ldx, ldw, ldy, ldy, \
+                                                  1.f, 0.f, nw, eps, rope, early);                                \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_q8_swiglu_##n##_m##M(const T* x,            \
         const signed char* gate, const signed char* up, const float* gate_scales, const float* up_scales,        \
@@ -603,7 +613,7 @@ __device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* 
 #pragma unroll
                 for (int m = 0; m < M; m++) acc[s][m] = warp_sum(acc[s][m]);
             const int n = cur.n;
-            if (EPI == GEMV_ROPE) rl.store(rope, y, ldy, bias0, n, half, acc[0], acc[HALVES - 1], lane);
+            if (EPI == GEMV_ROPE) rl.store(rope, y, ldy, bias0, nullptr, n, half, acc[0], acc[HALVES - 1], lane);
             else if (lane == 0)
             {
                 const float b0 = bias0 ? to_f(bias0[n]) : 0.f, b1 = HALVES == 2 && bias1 ? to_f(bias1[n]) : 0.f;

@@ -708,7 +708,7 @@ public sealed partial class PagedModelRunner : IDisposable
         }
         else if (attention.Rope is { } rotation && block.Norm1 is RmsNorm qrms && attention.Qkv.IsPlainQuantizedProduct && attention.QueryNorm is null)
         {
-            // The same op over a quantized weight (one launch for an int4 decode step's few rows on a GPU).
+            // The same op over a quantized weight (one launch for an int4 or int8 decode step's few rows on a GPU).
             qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
             _backend.QuantizedMatMulRopePagedAppend(x, qrms.Prologue(ctx), attention.Qkv.Weight.Quantized!, attention.Qkv.Bias?.Value, qkv, h, pool,
                 positions, batch, rotation, scales);

@@ -221,7 +221,7 @@ public sealed class CausalSelfAttention
         }
         else if (Rope is { } rotation && norm is RmsNorm qrms && Qkv.IsPlainQuantizedProduct && QueryNorm is null)
         {
-            // The same op over a quantized weight (one launch for an int4 decode step's few rows on a GPU).
+            // The same op over a quantized weight (one launch for an int4 or int8 decode step's few rows on a GPU).
             qkv = ctx.Buffer(_qkv, new Shape(b, t, Heads + 2 * KvHeads, HeadSize), x.DType);
             backend.QuantizedMatMulRopeAppend(x.Reshape(n, Channels), qrms.Prologue(ctx), Qkv.Weight.Quantized!, Qkv.Bias?.Value, qkv, Heads,
                 cache.KeysAndValues(layer), positions, rotation);

@@ -417,6 +417,48 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
     }
 
     /// <summary>
+    /// <see cref="CudaBackend.QuantizedMatMulRopeAppend"/> over an int8 qkv weight (8 query heads, 2 kv heads of 64, K = 1024)
+    /// at 1 and 3 rows of a dense cache, normalized: one launch (the int8 stream's ROPE form, which the op profiler must name),
+    /// bit for bit the GPU's <see cref="CudaBackend.QuantizedMatMul"/> then <see cref="CudaBackend.RopeAndAppend"/>.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void Int8QkvRotatedAndAppendedInOneLaunchMatchesItsParts(int n)
+    {
+        const DType dtype = DType.BF16;
+        const int h = 8, kh = 2, d = 64, rows = (h + 2 * kh) * d, k = 1024, seq = 64;
+        var (values, scales) = RandomQuantized(rows, k);
+        var (_, xv) = Random(dtype, 1, n, k);
+        var (_, gainv) = Random(dtype, 1, k);
+        var cachev = Stored(Enumerable.Range(0, n * seq * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
+        var positions = Enumerable.Range(0, n).Select(i => 3 + 11 * i).ToArray();
+        (double[] Qkv, double[] Cache) OnGpu(bool fused)
+        {
+            using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+            var x = TestTensors.FromDoubles(gpu, xv, dtype, n, k);
+            var norm = new RmsNormPrologue(TestTensors.FromDoubles(gpu, gainv, dtype, k), 1e-5);
+            var weight = Upload(gpu, values, scales, rows, k);
+            var qkv = gpu.Allocate(new Shape(n, 1, h + 2 * kh, d), dtype);
+            var cache = TestTensors.FromDoubles(gpu, cachev, dtype, n, seq, 2 * kh, d);
+            var pos = gpu.FromArray(positions, n);
+            gpu.Profiler!.Reset();
+            if (fused) gpu.QuantizedMatMulRopeAppend(x, norm, weight, null, qkv, h, cache, pos, 500000.0);
+            else
+            {
+                gpu.QuantizedMatMul(x, weight, qkv.Reshape(n, rows), norm: norm);
+                gpu.RopeAndAppend(qkv, h, cache, pos, 500000.0);
+            }
+            if (fused) Assert.Contains($"gemv_stream_q8_rope_bf16_m{n}", gpu.Profiler!.Totals().Select(r => r.Name));
+            return (Download(gpu, qkv), Download(gpu, cache));
+        }
+        var one = OnGpu(fused: true);
+        var parts = OnGpu(fused: false);
+        Assert.Equal(parts.Qkv, one.Qkv);
+        Assert.Equal(parts.Cache, one.Cache);
+    }
+
+    /// <summary>
     /// Int8 rows of uniform weights in [-0.1, 0.1) quantized on the host, with row 5 all zeros (scale 0): the values (N, K)
     /// and the scales (N).
     /// </summary>

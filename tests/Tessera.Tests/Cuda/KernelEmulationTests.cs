@@ -330,7 +330,7 @@ public sealed class KernelEmulationTests
     /// addend, the RMSNorm prologue (f32), several rows a warp, with the weights loaded before and after the dependency wait
     /// giving the same bits; and the stream's SwiGLU form <c>gemv_stream_int4_swiglu_*</c> (SiLU(x Wg^T + bg) (x Wu^T + bu), the
     /// gate row then the up row a warp) at 1 to 4 rows, normalized or not, with the fp32 sums' tolerance carried through SiLU;
-    /// and the ROPE forms of both streams (<c>gemv_stream_rope_f32_*</c>, <c>gemv_stream_int4_rope_f32_*</c>: a pair of qkv rows a
+    /// and the ROPE forms of the streams (<c>gemv_stream_rope_f32_*</c>, <c>gemv_stream_int4_rope_f32_*</c>, <c>gemv_stream_q8_rope_f32_*</c>: a pair of qkv rows a
     /// warp, rotated and appended to a dense cache or a paged pool with a padding row) bit for bit against the same stream's
     /// plain product rotated on the host.
     /// K a multiple of 8 but not of 32 (200, 40, 8) and groups of 8 and 16 are gemv_int4's cases.
@@ -354,7 +354,8 @@ public sealed class KernelEmulationTests
              "gemv_stream_int4_swiglu f32 M=1 F=37 K=256 group=128 bias grid=2", "gemv_stream_int4_swiglu f32 M=2 F=9 K=1056 group=32 norm grid=4",
              "gemv_stream_int4_swiglu f32 M=4 F=70 K=2048 group=128 bias norm grid=1", "gemv_stream_int4_swiglu bf16 M=3 F=45 K=512 group=64 bias grid=2",
              "gemv_stream_rope f32 M=1 dense norm grid=2", "gemv_stream_rope f32 M=4 paged bias grid=3", "gemv_stream_int4_rope f32 M=1 dense norm grid=2",
-             "gemv_stream_int4_rope f32 M=3 paged norm bias grid=1", "gemv_stream_int4_rope f32 M=2 dense bias grid=5"]);
+             "gemv_stream_int4_rope f32 M=3 paged norm bias grid=1", "gemv_stream_int4_rope f32 M=2 dense bias grid=5",
+             "gemv_stream_q8_rope f32 M=1 dense norm bias grid=2", "gemv_stream_q8_rope f32 M=4 paged bias grid=3"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

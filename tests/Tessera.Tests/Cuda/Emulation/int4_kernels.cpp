@@ -299,15 +299,18 @@ static void swiglu_check(std::mt19937& rng, int F, int K, int group, bool bias, 
     report(what, bad == 0 && differ == 0, detail);
 }
 
-// The ROPE forms of both streams (gemv_stream_rope_f32_m{M} over an f32 weight, gemv_stream_int4_rope_f32_m{M} over an int4
-// one): qkv = x W^T + bias (x normalized first when norm), each pair (head hh, i) of rows hh D + i and hh D + i + D / 2 rotated
+// The ROPE forms of the streams (gemv_stream_rope_f32_m{M} over an f32 weight, gemv_stream_int4_rope_f32_m{M} over an int4
+// one, gemv_stream_q8_rope_f32_m{M} over an int8 one with its row scales): qkv = x W^T + bias (x normalized first when norm), each pair (head hh, i) of rows hh D + i and hh D + i + D / 2 rotated
 // at its row's position for the q and k heads, the k and v heads appended to a dense cache (B = M sequences, Tn = 1, at
 // starts[b]) or a paged pool (at slots[m]; a slot of -1 writes nothing). Reference: the same stream's plain product (checked
 // above) then the rotation on the host with the kernels' own rope_angle_at and rope_rotate: bit for bit, as a pair's two
 // rows are summed exactly as the plain product sums them. Everything past the written entries must stay untouched.
+enum RopeWeight { RopeF32, RopeInt4, RopeInt8 };
+
 template <int M>
-static void rope_check(std::mt19937& rng, bool int4, bool paged, bool norm, bool bias, int grid)
+static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm, bool bias, int grid)
 {
+    const bool int4 = kind == RopeInt4, int8 = kind == RopeInt8;
     const int H = 4, KH = 2, D = 16, K = 256, group = 64, rows = (H + 2 * KH) * D, pairs = rows / 2, S = 40, half = D / 2;
     auto w4 = draw(rng, rows, K, group, false);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -318,6 +321,10 @@ static void rope_check(std::mt19937& rng, bool int4, bool paged, bool norm, bool
     for (auto& v : nw) v = 0.5f + 0.5f * u(rng);
     for (int n = 0; n < rows; n++)
         for (int k = 0; k < K; k++) wf[(size_t)n * K + k] = int4 ? (float)w4.at(n, k) : u(rng);
+    std::vector<signed char> q8((size_t)rows * K);
+    std::vector<float> s8(rows);
+    for (auto& v : q8) v = (signed char)((int)(rng() % 255) - 127);
+    for (auto& v : s8) v = (0.25f + 0.5f * (u(rng) + 1.f)) / 127.f;
     std::vector<double> inv(half);
     for (int i = 0; i < half; i++) inv[i] = std::pow(10000.0, -2.0 * i / D);
     std::vector<int> starts(M), slots(M);
@@ -343,6 +350,11 @@ static void rope_check(std::mt19937& rng, bool int4, bool paged, bool norm, bool
         {
             auto kernel = stream_kernel<float, M>();
             emu_launch(grid, 256, [&] { kernel(px, pq, ps, pz, pb, py, py, n_, k_, g_, lx, ly, ly, zero, pn, eps, ea); });
+        }
+        else if (int8)
+        {
+            auto kernel = M == 1 ? gemv_stream_q8_f32_m1 : M == 2 ? gemv_stream_q8_f32_m2 : M == 3 ? gemv_stream_q8_f32_m3 : gemv_stream_q8_f32_m4;
+            emu_launch(grid, 256, [&] { kernel(px, q8.data(), s8.data(), pb, py, py, n_, k_, lx, lw, ly, ly, zero, pn, eps, ea); });
         }
         else
         {
@@ -386,6 +398,11 @@ static void rope_check(std::mt19937& rng, bool int4, bool paged, bool norm, bool
             auto kernel = M == 1 ? gemv_stream_int4_rope_f32_m1 : M == 2 ? gemv_stream_int4_rope_f32_m2 : M == 3 ? gemv_stream_int4_rope_f32_m3 : gemv_stream_int4_rope_f32_m4;
             emu_launch(grid, 256, [&] { kernel(px, pq, ps, pz, pb, py, p_, k_, g_, lx, ly, pn, eps, rope, ea); });
         }
+        else if (int8)
+        {
+            auto kernel = M == 1 ? gemv_stream_q8_rope_f32_m1 : M == 2 ? gemv_stream_q8_rope_f32_m2 : M == 3 ? gemv_stream_q8_rope_f32_m3 : gemv_stream_q8_rope_f32_m4;
+            emu_launch(grid, 256, [&] { kernel(px, q8.data(), s8.data(), pb, py, p_, k_, lx, lw, ly, pn, eps, rope, ea); });
+        }
         else
         {
             auto kernel = M == 1 ? gemv_stream_rope_f32_m1 : M == 2 ? gemv_stream_rope_f32_m2 : M == 3 ? gemv_stream_rope_f32_m3 : gemv_stream_rope_f32_m4;
@@ -396,7 +413,7 @@ static void rope_check(std::mt19937& rng, bool int4, bool paged, bool norm, bool
     for (size_t j = 0; j < got.size(); j++) if (std::memcmp(&got[j], &eq[j], 4) != 0) bad++;
     for (size_t j = 0; j < cache.size(); j++) if (std::memcmp(&cache[j], &ecache[j], 4) != 0) bad++;
     char what[200];
-    snprintf(what, sizeof what, "%s f32 M=%d %s%s%s grid=%d", int4 ? "gemv_stream_int4_rope" : "gemv_stream_rope", M, paged ? "paged" : "dense",
+    snprintf(what, sizeof what, "%s f32 M=%d %s%s%s grid=%d", int4 ? "gemv_stream_int4_rope" : int8 ? "gemv_stream_q8_rope" : "gemv_stream_rope", M, paged ? "paged" : "dense",
              norm ? " norm" : "", bias ? " bias" : "", grid);
     report(what, bad == 0, bad ? std::to_string(bad) + " differ " : "bit for bit ");
 }
@@ -433,10 +450,12 @@ int main()
     swiglu_check<float, 2>(rng, 9, 1056, 32, false, true, 4);      // fewer outputs than warps; normalized; K = 33 chunks
     swiglu_check<float, 4>(rng, 70, 2048, 128, true, true, 1);     // several outputs a warp, two units a half
     swiglu_check<bf16, 3>(rng, 45, 512, 64, true, false, 2);
-    rope_check<1>(rng, false, false, true, false, 2);   // the 16-bit stream's ROPE form: a batch-1 decode step, dense cache
-    rope_check<4>(rng, false, true, false, true, 3);    // paged, a padding row, bias
-    rope_check<1>(rng, true, false, true, false, 2);    // the int4 stream's: dense
-    rope_check<3>(rng, true, true, true, true, 1);      // paged, a padding row, normalized, bias, one CTA for 64 pairs
-    rope_check<2>(rng, true, false, false, true, 5);
+    rope_check<1>(rng, RopeF32, false, true, false, 2);    // the 16-bit stream's ROPE form: a batch-1 decode step, dense cache
+    rope_check<4>(rng, RopeF32, true, false, true, 3);     // paged, a padding row, bias
+    rope_check<1>(rng, RopeInt4, false, true, false, 2);   // the int4 stream's: dense
+    rope_check<3>(rng, RopeInt4, true, true, true, 1);     // paged, a padding row, normalized, bias, one CTA for 64 pairs
+    rope_check<2>(rng, RopeInt4, false, false, true, 5);
+    rope_check<1>(rng, RopeInt8, false, true, true, 2);    // the int8 stream's: each row's scale
+    rope_check<4>(rng, RopeInt8, true, false, true, 3);
     return failures;
 }
