@@ -175,7 +175,14 @@ __device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned 
 // staged pairs are.
 __device__ __forceinline__ unsigned q4_byte_pair(unsigned word, unsigned w4, int b)
 {
-    return __byte_perm(word, w4, (unsigned)(b | (b << 4) | ((4 + b) << 8) | ((4 + b) << 12))) & 0x000F000Fu;
+    const unsigned select = (unsigned)(b | (b << 4) | ((4 + b) << 8) | ((4 + b) << 12));   // bytes b, b of word; b, b of w4
+#ifdef __CUDA_ARCH__
+    unsigned pair;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(pair) : "r"(word), "r"(w4), "r"(select));
+    return pair & 0x000F000Fu;
+#else
+    return __byte_perm(word, w4, select) & 0x000F000Fu;   // the emulation's prmt
+#endif
 }
 
 // A pair of nibbles (q4_byte_pair) as (128 + q, ..) in T's bit pattern (bf16: exponent of 128, 7 mantissa bits; f16: of
