@@ -1,3 +1,4 @@
+using Tessera.Cuda;
 using Tessera.Inference;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
@@ -21,7 +22,8 @@ namespace Tessera.Tests.Cuda;
 /// row: <c>gemv_stream_int4</c>, with the norm staged, where K and the group are multiples of 32, else <c>gemv_int4</c>;
 /// recorded and eager) and through the serving engine (batches of 1 to 8 rows: the matrix-vector kernels, then in F32 the
 /// dequantized product, in BF16 the int4 decode product where K is a multiple of 64, <c>decode_gemm_int4g</c> or
-/// <c>decode_gemm_int4</c> by the group; recorded per bucket). In BF16 the recorded and the eager decode agree token for token. Passed on an H100 with each
+/// <c>decode_gemm_int4</c> by the group; recorded per bucket). In BF16 the recorded and the eager decode agree token for token, and a Llama
+/// decode step launches the int4 stream's SwiGLU and ROPE forms (session 33, not yet run on a GPU). Passed on an H100 with each
 /// generation of the int4 kernels (sessions 31 and 32) and on an H200 (session 32).
 /// </summary>
 [Collection("cuda")]
@@ -66,6 +68,16 @@ public sealed class CudaInt4QuantizedModelTests : CudaTestBase, IDisposable
         var g16 = new TextGenerator(bf16);
         Assert.Equal(g16.Generate(prompt, new GenerationOptions { MaxNewTokens = count, CaptureGraph = false }),
             g16.Generate(prompt, new GenerationOptions { MaxNewTokens = count }));
+
+        if (preset != "llama-debug") return;
+        // A Llama decode step's int4 layers take the fused ops: the stream's SwiGLU form for gate and up, its ROPE form for the
+        // QKV product with the rotation and the append (one launch each, as the 16-bit layers' ops).
+        using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+        var model = PretrainedModel.Load(dir, profiled, DType.BF16, quantization: WeightQuantization.Int4);
+        _ = new TextGenerator(model).Generate(prompt, new GenerationOptions { MaxNewTokens = 4, CaptureGraph = false }).ToList();
+        var names = profiled.Profiler!.Totals().Select(r => r.Name).ToList();
+        Assert.Contains("gemv_stream_int4_swiglu_bf16_m1", names);
+        Assert.Contains("gemv_stream_int4_rope_bf16_m1", names);
     }
 
     [Theory]
