@@ -110,6 +110,54 @@ public class CpuInt4QuantizedMatMulTests
         Assert.Contains("CpuBackend.QuantizedMatMulSwiGlu: x (2, 64) and y (2, 9) do not fit the weight (8, 64)", e.Message);
     }
 
+    /// <summary>
+    /// QuantizedMatMulRopeAppend over an int4 QKV weight (2 query heads, 1 kv head of 8, C = 32): q and k rotated at each
+    /// sequence's position, k and v appended to the cache, against a loop in double over what the weight stands for (F64,
+    /// 1e-12); and a qkv that does not fit the weight is refused naming the op and the shapes.
+    /// </summary>
+    [Fact]
+    public void QkvWithRotationAndAppendEqualsALoopAndRefusesMisfits()
+    {
+        var rng = TestRandom.Create();
+        const int h = 2, kh = 1, d = 8, c = 32, b = 2, s = 6, rows = (h + 2 * kh) * d;
+        var (weight, w) = Weight(rng, rows, c, 16);
+        var xv = TestTensors.Normal(rng, b * c);
+        int[] starts = [1, 4];
+        var qkv = _cpu.Allocate(new Shape(b, 1, h + 2 * kh, d), DType.F64);
+        var cache = _cpu.Allocate(new Shape(b, s, 2 * kh, d), DType.F64);
+        _cpu.Fill(cache, 0);
+        _cpu.QuantizedMatMulRopeAppend(TestTensors.FromDoubles(_cpu, xv, DType.F64, b, c), null, weight, null, qkv, h, cache,
+            _cpu.FromArray(starts, b), new RopeFrequencies(10000.0));
+        var product = new double[b * rows];
+        for (int i = 0; i < b; i++)
+            for (int r = 0; r < rows; r++)
+                for (int k = 0; k < c; k++) product[i * rows + r] += xv[i * c + k] * w[r * c + k];
+        var expected = (double[])product.Clone();
+        var expectedCache = new double[b * s * 2 * kh * d];
+        for (int i = 0; i < b; i++)
+            for (int head = 0; head < h + 2 * kh; head++)
+            {
+                int at = i * rows + head * d;
+                if (head < h + kh)
+                    for (int j = 0; j < d / 2; j++)
+                    {
+                        // The rotate-half pairing (j, j + D/2), angle position · theta^(-2j / D).
+                        double angle = starts[i] * Math.Pow(10000.0, -2.0 * j / d), x1 = product[at + j], x2 = product[at + j + d / 2];
+                        expected[at + j] = x1 * Math.Cos(angle) - x2 * Math.Sin(angle);
+                        expected[at + j + d / 2] = x2 * Math.Cos(angle) + x1 * Math.Sin(angle);
+                    }
+                if (head >= h)
+                    for (int j = 0; j < d; j++) expectedCache[((i * s + starts[i]) * 2 * kh + head - h) * d + j] = expected[at + j];
+            }
+        NumericAssert.Close(expected, TestTensors.ToDoubles(_cpu, qkv), 1e-12, "qkv");
+        NumericAssert.Close(expectedCache, TestTensors.ToDoubles(_cpu, cache), 1e-12, "cache");
+
+        var wrong = _cpu.Allocate(new Shape(b, 1, h + 2 * kh, d + 2), DType.F64);
+        var e = Assert.Throws<ArgumentException>(() => _cpu.QuantizedMatMulRopeAppend(TestTensors.FromDoubles(_cpu, xv, DType.F64, b, c), null,
+            weight, null, wrong, h, cache, _cpu.FromArray(starts, b), new RopeFrequencies(10000.0)));
+        Assert.Contains($"CpuBackend.QuantizedMatMulRopeAppend: x ({b}, {c}), weight ({rows}, {c}) and qkv ({b}, 1, {h + 2 * kh}, {d + 2}) do not fit", e.Message);
+    }
+
     [Theory]
     [InlineData(DType.F32)]
     [InlineData(DType.F64)]
