@@ -88,8 +88,8 @@ public interface IBackend
     /// Llama's MLP before its last product over quantized weights: output (N, F) = SiLU(x gate^T + gateBias) * (x up^T + upBias)
     /// for x (N, C) and gate, up quantized (F, C) of one format (<see cref="QuantizedMatMul"/>'s, x normalized first when
     /// <paramref name="norm"/> is given). The result equals <see cref="QuantizedMatMul"/> of each weight then
-    /// <see cref="SwiGluForward"/>; a device may read both weights in one pass (the CUDA backend's int4 decode product at 5 to
-    /// 64 rows), or dequantize both for one product at N = 2F.
+    /// <see cref="SwiGluForward"/>; a device may read both weights in one pass (the CUDA backend's int4 and int8 streams at 1 to
+    /// 4 rows and decode products at 5 to 64), or dequantize both for one product at N = 2F.
     /// </summary>
     void QuantizedMatMulSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias = null,
         Tensor? upBias = null, RmsNormPrologue? norm = null);
