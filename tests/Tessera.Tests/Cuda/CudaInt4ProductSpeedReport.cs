@@ -8,8 +8,9 @@ namespace Tessera.Tests.Cuda;
 /// <summary>
 /// The int4 products of llama-1b's decode layers (QKV 3072 x 2048, output 2048 x 2048, gate 8192 x 2048, down 2048 x 8192;
 /// groups of 128) at 1, 8, 16, 32 and 64 rows of bf16 x, beside the bf16 weights' products on the same backend options: the
-/// default (the int4 decode product by group sums at 5 to 64 rows), <c>Int4DecodeProductGroupSums=false</c> (the form that
-/// scales each weight) and bf16 (cuBLASLt at 5 to 64 rows, the matrix-vector stream at 1). Each product runs over 16
+/// default (the int4 decode product by group sums at 5 to 64 rows), <c>Int4DecodeProductStages=8</c> (its 8-stage kernels),
+/// <c>Int4DecodeProductGroupSums=false</c> (the form that scales each weight) and bf16 (cuBLASLt at 5 to 64 rows, the
+/// matrix-vector stream at 1); and the gate/up pair through the SwiGLU ops (int4: QuantizedMatMulSwiGlu, bf16: MatMulSwiGlu). Each product runs over 16
 /// distinct weights in turn, as the 16 layers are, so the L2 cannot serve a repeat. Runs only when TESSERA_CUDA_TIMINGS=1;
 /// the table goes to the test output and to int4-product-timings.md beside $TESSERA_CUDA_TIMINGS_OUT. CUDA events around
 /// each pass of 16, median of 10 after 3 warm-ups, in an inference scope as a decode step runs. Not a test of speed: it fails
@@ -19,16 +20,22 @@ namespace Tessera.Tests.Cuda;
 public sealed class CudaInt4ProductSpeedReport(CudaFixture fixture) : CudaTestBase(fixture)
 {
     private const int Layers = 16, Group = 128;
+    private const string GateUp = "gate/up SwiGLU";
 
     [Fact]
     public void Int4ProductsAgainstBf16AtDecodeRows()
     {
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS") != "1") Assert.Skip("timings run only with TESSERA_CUDA_TIMINGS=1");
-        (string Name, int N, int K)[] products = [("QKV", 3072, 2048), ("output", 2048, 2048), ("gate", 8192, 2048), ("down", 2048, 8192)];
+        // The layer's four products as session 32 timed them (gate alone), and the gate/up pair through the SwiGLU ops
+        // (QuantizedMatMulSwiGlu, MatMulSwiGlu: one launch at 1 to 64 rows), reported beside them.
+        (string Name, int N, int K)[] products = [("QKV", 3072, 2048), ("output", 2048, 2048), ("gate", 8192, 2048), ("down", 2048, 8192),
+            (GateUp, 8192, 2048)];
+        var four = products.Where(p => p.Name != GateUp).ToArray();
         int[] rows = [1, 8, 16, 32, 64];
         (string Name, CudaBackendOptions Options, bool Int4)[] forms =
         [
             ("int4 (default)", CudaBackendOptions.Default, true),
+            ("int4, 8 stages", CudaBackendOptions.Default with { Int4DecodeProductStages = 8 }, true),
             ("int4, weights scaled", CudaBackendOptions.Default with { Int4DecodeProductGroupSums = false }, true),
             ("bf16", CudaBackendOptions.Default, false),
         ];
@@ -46,7 +53,7 @@ public sealed class CudaInt4ProductSpeedReport(CudaFixture fixture) : CudaTestBa
             foreach (var (name, n, k) in products)
             {
                 var weights = new List<object>();
-                for (int l = 0; l < Layers; l++)
+                for (int l = 0; l < (name == GateUp ? 2 * Layers : Layers); l++)
                 {
                     if (!int4) { var w = gpu.Allocate(new Shape(n, k), DType.BF16); gpu.Fill(w, 0.001); weights.Add(w); continue; }
                     int groups = k / Group;
@@ -64,14 +71,23 @@ public sealed class CudaInt4ProductSpeedReport(CudaFixture fixture) : CudaTestBa
                 {
                     var xm = x.Slice(0, 0, m).Slice(1, 0, k);
                     var ym = y.Slice(0, 0, m).Slice(1, 0, n);
+                    var yc = gpu.Allocate(new Shape(m, n), DType.BF16);   // the SwiGLU ops' contiguous output
                     double ms = MedianMs(gpu, () =>
                     {
-                        foreach (var w in weights)
-                        {
-                            if (w is QuantizedWeight qw) gpu.QuantizedMatMul(xm, qw, ym);
-                            else gpu.MatMul(xm, (Tensor)w, ym, transposeB: true);
-                        }
+                        if (name == GateUp)
+                            for (int l = 0; l < Layers; l++)
+                            {
+                                if (weights[2 * l] is QuantizedWeight g) gpu.QuantizedMatMulSwiGlu(xm, g, (QuantizedWeight)weights[2 * l + 1], yc);
+                                else gpu.MatMulSwiGlu(xm, (Tensor)weights[2 * l], (Tensor)weights[2 * l + 1], yc);
+                            }
+                        else
+                            foreach (var w in weights)
+                            {
+                                if (w is QuantizedWeight qw) gpu.QuantizedMatMul(xm, qw, ym);
+                                else gpu.MatMul(xm, (Tensor)w, ym, transposeB: true);
+                            }
                     }, 10);
+                    yc.Storage.Dispose();
                     us[(form, name, m)] = ms * 1e3 / Layers;
                     Assert.True(Download(gpu, y).All(double.IsFinite), $"{form} {name} M={m}: a non-finite output");
                 }
@@ -93,7 +109,7 @@ public sealed class CudaInt4ProductSpeedReport(CudaFixture fixture) : CudaTestBa
                     $"| {name} | {n} x {k} | {m} | {string.Join(" | ", forms.Select(f => us[(f.Name, name, m)].ToString("F2", CultureInfo.InvariantCulture)))} | {us[(forms[0].Name, name, m)] / us[("bf16", name, m)]:F2} |"));
         foreach (int m in rows)
             lines.Add(string.Create(CultureInfo.InvariantCulture,
-                $"| a layer's four | | {m} | {string.Join(" | ", forms.Select(f => products.Sum(p => us[(f.Name, p.Name, m)]).ToString("F2", CultureInfo.InvariantCulture)))} | {products.Sum(p => us[(forms[0].Name, p.Name, m)]) / products.Sum(p => us[("bf16", p.Name, m)]):F2} |"));
+                $"| a layer's four | | {m} | {string.Join(" | ", forms.Select(f => four.Sum(p => us[(f.Name, p.Name, m)]).ToString("F2", CultureInfo.InvariantCulture)))} | {four.Sum(p => us[(forms[0].Name, p.Name, m)]) / four.Sum(p => us[("bf16", p.Name, m)]):F2} |"));
         var table = string.Join("\n", lines) + "\n";
         TestContext.Current.TestOutputHelper?.WriteLine(table);
         var timings = Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT");
