@@ -21,7 +21,8 @@ public sealed unsafe partial class CudaBackend
     /// (one weight at a time, from the caching allocator, so it is recorded into graphs like any scratch) and
     /// <see cref="MatMul"/> runs on it. The choice depends on shapes, dtypes, alignment and options only, so an eager step
     /// and its recorded graph take the same path. A norm rides in the matrix-vector kernel (it stages x normalized, as for
-    /// 16-bit weights); on the other paths x is normalized into scratch first.</remarks>
+    /// 16-bit weights) and in the decode product (x's fragments scaled on the way); on the other paths x is normalized into
+    /// scratch first.</remarks>
     public void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null)
     {
@@ -30,6 +31,8 @@ public sealed unsafe partial class CudaBackend
         if (weight.IsFp8) { QuantizedMatMulFp8(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm); return; }
         if (weight.IsInt4) { QuantizedMatMulInt4(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm); return; }
         if (epilogue == MatMulEpilogue.None && TryGemvQuantized(x, weight, y, beta, bias, addend, norm)) return;
+        // The decode product normalizes x on the way (no scratch, no norm launch).
+        if (epilogue == MatMulEpilogue.None && norm is not null && TryDecodeGemmQuantized(x, weight, y, beta, bias, addend, norm)) return;
         var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
         var input = normalized ?? x;
         if (epilogue != MatMulEpilogue.None || !TryDecodeGemmQuantized(input, weight, y, beta, bias, addend))
@@ -47,7 +50,7 @@ public sealed unsafe partial class CudaBackend
     /// (<see cref="TryGemvStreamInt4SwiGlu"/>, K and the groups multiples of 32); at 5 to 64 rows of bf16 or f16 (a serving decode
     /// step) in groups of a multiple of 64: one launch, the decode product by group sums in its SwiGLU form
     /// (<see cref="TryDecodeGemmInt4SwiGlu"/>); the norm on the way in both. Int8 weights likewise: the int8 stream's SwiGLU form
-    /// at 1 to 4 rows (the norm on the way), the int8 decode product's at 5 to 64 (x normalized into scratch first). More
+    /// at 1 to 4 rows, the int8 decode product's at 5 to 64, the norm on the way in both. More
     /// rows of int8 or int4 weights without biases (prefill, a mixed step): both weights dequantized into one (2F, C) scratch and
     /// one product at N = 2F, then the SwiGLU kernel on the halves, as <see cref="MatMulSwiGlu"/> does for adjacent 16-bit
     /// weights. Otherwise (1 to 4 rows, FP8 weights, biases) each weight's <see cref="QuantizedMatMul"/> into scratch, then
@@ -187,27 +190,25 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// output (M, F) = SiLU(sg (x qg^T) + bg) * (su (x qu^T) + bu) with 5 &lt;= M &lt;= 64 and two int8 weights: the int8 decode
     /// product's SwiGLU form (decode_gemm.cu, <c>decode_gemm_q8_swiglu_{bf16,f16}_m{2,4,8}</c>), 64 outputs a CTA, both weights in
-    /// one pass, each sum times its row's scale; x normalized into scratch first when <paramref name="norm"/> is given (the int8
-    /// form takes no norm). False, with nothing enqueued, when the call does not fit what <see cref="DecodeGemmQuantizedFits"/>
+    /// one pass, each sum times its row's scale, x normalized on the way when <paramref name="norm"/> is given. False, with nothing enqueued, when the call does not fit what <see cref="DecodeGemmQuantizedFits"/>
     /// needs of either weight, or output is not contiguous in x's dtype.
     /// </summary>
     private bool TryDecodeGemmQuantizedSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias, Tensor? upBias,
         RmsNormPrologue? norm)
     {
         if (!DecodeGemmQuantizedFits(x, gate, gateBias) || !DecodeGemmQuantizedFits(x, up, upBias) || output.DType != x.DType || !output.IsContiguous
-            || (norm is { } nr && (nr.Weight.DType != x.DType || !nr.Weight.IsContiguous))) return false;
-        var h = norm is { } r ? NormalizedScratch(x, r) : null;
-        var input = h ?? x;
+            || (norm is { } nr && !DecodeNormFits(x, nr))) return false;
         int m = x.Size(0), k = x.Size(1), f = gate.Rows, mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
         int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
-        ulong px = Ptr(input), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pbg = PtrOrNull(gateBias),
+        ulong px = Ptr(x), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pbg = PtrOrNull(gateBias),
             pbu = PtrOrNull(upBias), po = Ptr(output);
-        long ldx = input.Stride(0), ldw = k, ldo = f;
+        long ldx = x.Stride(0), ldw = k, ldo = f;
+        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early };
+        void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps };
         Launch("decode_gemm.cu", $"decode_gemm_q8_swiglu_{Suffix(x.DType, nameof(QuantizedMatMulSwiGlu))}_m{mt}", ((uint)slices, (uint)blocks, 1),
             DecodeGemmThreads, args, DecodeGemmQuantizedShared(mt), dependent: true, clusterX: (uint)slices);
-        h?.Storage.Dispose();
         return true;
     }
 
@@ -247,9 +248,10 @@ public sealed unsafe partial class CudaBackend
     /// 16-byte aligned, the values not 16-byte aligned. The grid follows the 16-bit form's (<see cref="DecodeGemmSlices"/>), so
     /// an eager call and its recorded graph launch the same kernel; nothing is allocated.
     /// </summary>
-    private bool TryDecodeGemmQuantized(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend)
+    private bool TryDecodeGemmQuantized(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend,
+        RmsNormPrologue? norm = null)
     {
-        if (!DecodeGemmQuantizedFits(x, weight, bias)) return false;
+        if (!DecodeGemmQuantizedFits(x, weight, bias) || (norm is { } nr && !DecodeNormFits(x, nr))) return false;
         int m = x.Size(0), k = x.Size(1), n = weight.Rows;
         var dtype = x.DType;
         if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
@@ -259,9 +261,10 @@ public sealed unsafe partial class CudaBackend
         int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldw = k, ldy = y.Stride(0), ldc = c.Stride(0);
-        float be = addend is null ? (float)beta : 1f;
+        float be = addend is null ? (float)beta : 1f, eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pc, &m, &n, &k, &ldx, &ldw, &ldy, &ldc, &be, &early };
+        void** args = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pc, &m, &n, &k, &ldx, &ldw, &ldy, &ldc, &be, &early, &pn, &eps };
         Launch("decode_gemm.cu", $"decode_gemm_q8_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
             DecodeGemmThreads, args, DecodeGemmQuantizedShared(mt), dependent: true, clusterX: (uint)slices);
         return true;
@@ -280,6 +283,10 @@ public sealed unsafe partial class CudaBackend
         return m > GemvMaxRows && m <= DecodeGemmMaxRows && n > 0 && k % DecodeGemmTile == 0 && dtype is (DType.BF16 or DType.F16)
             && x.Stride(1) == 1 && x.Stride(0) % 8 == 0 && Ptr(x) % 16 == 0 && Ptr(weight.Values) % 16 == 0 && BiasFits(bias, dtype, n);
     }
+
+    /// <summary>Whether a decode product can apply <paramref name="norm"/> on the way: its weight of x's dtype, contiguous, K long, 16-byte aligned.</summary>
+    private bool DecodeNormFits(Tensor x, RmsNormPrologue norm) =>
+        norm.Weight.DType == x.DType && norm.Weight.IsContiguous && norm.Weight.NumElements == x.Size(1) && Ptr(norm.Weight) % 16 == 0;
 
     /// <summary>
     /// The int8 decode product's dynamic shared memory for x of 8 <paramref name="mt"/> rows: 4 stages of 64 columns, a stage

@@ -22,15 +22,15 @@ public sealed unsafe partial class CudaBackend
     private const int Int4DecodeGemmGroup = 16;
 
     /// <summary>
-    /// The int4 form of <see cref="QuantizedMatMul"/> (see the file's note): x RMS-normalized into scratch first when a norm
-    /// is given; the path depends on shapes, dtypes, options and the epilogue only, so an eager step and its recorded graph
-    /// take the same one.
+    /// The int4 form of <see cref="QuantizedMatMul"/> (see the file's note): a norm rides in the stream and the decode product,
+    /// and elsewhere x is RMS-normalized into scratch first; the path depends on shapes, dtypes, options and the epilogue only,
+    /// so an eager step and its recorded graph take the same one.
     /// </summary>
     private void QuantizedMatMulInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, MatMulEpilogue epilogue,
         Tensor? auxiliary, Tensor? addend, RmsNormPrologue? norm)
     {
         if (epilogue == MatMulEpilogue.None && TryGemvStreamInt4(x, weight, y, beta, bias, addend, norm)) return;
-        // The decode product by group sums normalizes x on the way (no scratch, no norm launch).
+        // The decode product normalizes x on the way (no scratch, no norm launch).
         if (epilogue == MatMulEpilogue.None && norm is not null && TryDecodeGemmInt4(x, weight, y, beta, bias, addend, norm)) return;
         var normalized = norm is { } r ? NormalizedScratch(x, r) : null;
         var input = normalized ?? x;
@@ -140,13 +140,13 @@ public sealed unsafe partial class CudaBackend
     /// capability 9.0, bf16 or f16, K a multiple of 64, unit-strided columns, aligned rows), and the group a multiple of 16.
     /// Groups of a multiple of 64 take the form by group sums (<c>decode_gemm_int4g_*</c>,
     /// <see cref="CudaBackendOptions.Int4DecodeProductGroupSums"/>): q - zero exact in x's type, each k-tile's fp32 sums times
-    /// its group's scale, so its results differ from the dequantized product's in the last bits of x's type; it alone takes
-    /// <paramref name="norm"/> (x RMS-normalized on the way: false for the other form, which then runs on normalized scratch).
+    /// its group's scale, so its results differ from the dequantized product's in the last bits of x's type. Both forms take
+    /// <paramref name="norm"/> (x RMS-normalized on the way, <see cref="DecodeNormFits"/>; before session 33 only the form by group sums).
     /// </summary>
     private bool TryDecodeGemmInt4(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend,
         RmsNormPrologue? norm = null)
     {
-        if (!DecodeGemmInt4Fits(x, weight, bias, out bool groupSums) || (norm is { } r && !(groupSums && Int4NormFits(x, r)))) return false;
+        if (!DecodeGemmInt4Fits(x, weight, bias, out bool groupSums) || (norm is { } r && !DecodeNormFits(x, r))) return false;
         if (y.Stride(1) != 1 || (addend is not null && addend.Stride(1) != 1)) return false;
         var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
         int m = x.Size(0), n = weight.Rows, k = x.Size(1), group = weight.GroupSize;
@@ -176,7 +176,7 @@ public sealed unsafe partial class CudaBackend
         RmsNormPrologue? norm)
     {
         if (!DecodeGemmInt4Fits(x, gate, gateBias, out bool gateSums) || !gateSums || !DecodeGemmInt4Fits(x, up, upBias, out bool upSums) || !upSums
-            || (norm is { } r && !Int4NormFits(x, r)) || output.DType != x.DType || !output.IsContiguous) return false;
+            || (norm is { } r && !DecodeNormFits(x, r)) || output.DType != x.DType || !output.IsContiguous) return false;
         int m = x.Size(0), f = gate.Rows, k = x.Size(1), group = gate.GroupSize;
         int mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
         int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
@@ -214,10 +214,6 @@ public sealed unsafe partial class CudaBackend
         groupSums = Options.Int4DecodeProductGroupSums && group % DecodeGemmTile == 0 && Ptr(weight.Zeros!) % 4 == 0 && Ptr(weight.Scales) % 4 == 0;
         return true;
     }
-
-    /// <summary>Whether the form by group sums can apply <paramref name="norm"/> on the way: its weight of x's dtype, contiguous, K long, 16-byte aligned.</summary>
-    private bool Int4NormFits(Tensor x, RmsNormPrologue norm) =>
-        norm.Weight.DType == x.DType && norm.Weight.IsContiguous && norm.Weight.NumElements == x.Size(1) && Ptr(norm.Weight) % 16 == 0;
 
     /// <summary>Dynamic shared memory of the int4 decode product: <paramref name="stages"/> stages of the packed W tile, x's 8 MT rows and the norm's columns, and by group sums each W row's scale and zero word.</summary>
     private static uint DecodeGemmInt4Shared(int mt, bool groupSums, int stages) =>

@@ -31,7 +31,7 @@
 // products then carry 1 / rms, applied to the fp32 sums: rsqrt(sum of squares / K + eps) from the CTA's own sums with one
 // slice, or, with several, from every slice's sums, read across the cluster. Not the norm kernel's bits (it rounds
 // x * rstd * w once; here x * w is rounded and rstd applied to the sum): within the dtype's tolerance.
-// Int8 weights (Wt = signed char; CudaBackend.QuantizedMatMul's form, plain product only): W (N, K) holds int8 values whose
+// Int8 weights (Wt = signed char; CudaBackend.QuantizedMatMul's form, and QuantizedMatMulSwiGlu's): W (N, K) holds int8 values whose
 // row n stands for scales[n] * W[n, .]. The stages hold them at one byte (a W tile of 128 rows by 64 columns is 8 KB, not
 // 16; the same cp.async 16-byte copies, four chunks a row, unswizzled: a quarter-warp's 16-byte reads below cover two whole
 // 64-byte rows, no bank conflicts), and each warp turns its rows into T fragments in registers once per k-tile; x's
@@ -46,8 +46,9 @@
 // b0 / b1 the pairs 16c + 4kk + 0..1 / 2..3) in place of the ldmatrix calls. The int8 values become T exactly (at most 8
 // significant bits; see q8_pairs), the sums are fp32 over the int8 values, and the epilogue multiplies each sum by its row's
 // scale: y[m, n] = scales[n] * sum + bias[n] + beta * c_in[m, n], c_in being y (beta 0 or 1) or an addend of y's shape.
-// Group-wise int4 weights (Wt = unsigned, packed words; CudaBackend.QuantizedMatMul over QuantizedWeight.Int4, plain product
-// only): packed (N, K / 8) u32, column 8w + j of a row in bits 4j .. 4j + 3 of its word w, scales (N, G) fp32 and zeros
+// With a norm, x's fragments are scaled by its weight in registers as the 16-bit form's (norm_x_columns, shared by the int8,
+// int4 and int4-by-group-sums tiles; session 33, before which the host normalized x into scratch for them).
+// Group-wise int4 weights (Wt = unsigned, packed words; CudaBackend.QuantizedMatMul over QuantizedWeight.Int4): packed (N, K / 8) u32, column 8w + j of a row in bits 4j .. 4j + 3 of its word w, scales (N, G) fp32 and zeros
 // (N, G) int8, w = scale (q - zero) over groups of `group` columns (a multiple of 16). The stages hold the words (a W tile of
 // 128 rows by 64 columns is 4 KB; two 16-byte chunks a row, unswizzled), and each lane takes the int8 form's columns 16c ..
 // 16c + 15 of the k-tile: one 8-byte read a W row (two words; step kk's four columns are nibbles 4 (kk & 1) .. + 3 of word
@@ -119,17 +120,41 @@ __device__ __forceinline__ void lds_q4_words(unsigned tW, int r, int c4, unsigne
     q[1] = lds_u32(row + 4);
 }
 
+// With a norm (nw): lane c4's 16 staged columns b of x's row 8 j + g scaled by the norm weight's (tN, its 64 columns of the
+// k-tile), each pair rounded once as the norm kernel rounds x * w, and, in warp j % WARPS, their squares added into
+// sq[j / WARPS] first (the row's sum of squares, for 1 / rms on the sums).
+template <typename T, int WARPS, int SQ>
+__device__ __forceinline__ void norm_x_columns(unsigned (&b)[2][4], unsigned tN, int c4, int j, int warp, float (&sq)[SQ])
+{
+    unsigned wn[2][4];                                     // the norm weight's columns 16 c4 .. 16 c4 + 15 of the tile
+    lds_u32x4(tN + c4 * 32, wn[0]);
+    lds_u32x4(tN + c4 * 32 + 16, wn[1]);
+    const bool mine = j % WARPS == warp;
+    float s2 = 0.f;
+#pragma unroll
+    for (int q = 0; q < 2; q++)
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+        {
+            if (mine) s2 += sumsq2<T>(b[q][i]);
+            b[q][i] = mul2_rn<T>(b[q][i], wn[q][i]);
+        }
+    if (mine) sq[j / WARPS] += s2;
+}
+
 // acc[h][j] += the warp's two m16 tiles of W (a[h][kk], in the int8 and int4 forms' k order: lane c4's 16 columns) times
 // each n8 tile j of x's staged rows, read in the same order (lds_x_columns: b0 / b1 of step kk the pairs 4 (kk & 1) .. of
-// chunk kk / 2).
-template <typename T, int MT>
-__device__ __forceinline__ void mma_x_columns(float (&acc)[2][MT][4], const unsigned (&a)[2][DG_BK / 16][4], unsigned tX, int g, int c4)
+// chunk kk / 2), normalized on the way when nw (norm_x_columns).
+template <typename T, int MT, int WARPS, int SQ>
+__device__ __forceinline__ void mma_x_columns(float (&acc)[2][MT][4], const unsigned (&a)[2][DG_BK / 16][4], unsigned tX, int g, int c4,
+                                              bool nw, unsigned tN, int warp, float (&sq)[SQ])
 {
 #pragma unroll
     for (int j = 0; j < MT; j++)
     {
         unsigned b[2][4];
         lds_x_columns(tX, 8 * j + g, c4, b);
+        if (nw) norm_x_columns<T, WARPS, SQ>(b, tN, c4, j, warp, sq);
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
 #pragma unroll
@@ -151,9 +176,10 @@ __device__ __forceinline__ void q4_pairs(unsigned word, float scale, float zb, u
 
 // One k-tile of the int4 form (see the file's comment): warp rows tW (32 rows of 8 packed words, 32 bytes apart), the
 // lane's rows' scales sc[h][half] and 2^23 + zero zb[h][half], x's stage tX as the int8 form's.
-template <typename T, int MT>
+template <typename T, int MT, int WARPS, int SQ>
 __device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned tW, unsigned tX, int g, int c4,
-                                               const float (&sc)[2][2], const float (&zb)[2][2])
+                                               const float (&sc)[2][2], const float (&zb)[2][2], bool nw, unsigned tN, int warp,
+                                               float (&sq)[SQ])
 {
     unsigned a[2][DG_BK / 16][4];                          // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
 #pragma unroll
@@ -167,7 +193,7 @@ __device__ __forceinline__ void decode_tile_q4(float (&acc)[2][MT][4], unsigned 
             for (int kk = 0; kk < DG_BK / 16; kk++)
                 q4_pairs<T>(q[kk >> 1] >> (16 * (kk & 1)), sc[h][half], zb[h][half], a[h][kk][half], a[h][kk][2 + half]);
         }
-    mma_x_columns<T, MT>(acc, a, tX, g, c4);
+    mma_x_columns<T, MT, WARPS, SQ>(acc, a, tX, g, c4, nw, tN, warp, sq);
 }
 
 // Nibbles 2b and 2b + 1 of `word` (its byte b, k ascending), with w4 = word >> 4, as the low four bits of a pair's two 16-bit
@@ -250,23 +276,7 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
     {
         unsigned b[2][4];
         lds_x_columns(tX, 8 * j + g, c4, b);
-        if (nw)
-        {
-            unsigned wn[2][4];                             // the norm weight's columns 16 c4 .. 16 c4 + 15 of the tile
-            lds_u32x4(tN + c4 * 32, wn[0]);
-            lds_u32x4(tN + c4 * 32 + 16, wn[1]);
-            const bool mine = j % WARPS == warp;
-            float s2 = 0.f;
-#pragma unroll
-            for (int q = 0; q < 2; q++)
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                {
-                    if (mine) s2 += sumsq2<T>(b[q][i]);
-                    b[q][i] = mul2_rn<T>(b[q][i], wn[q][i]);
-                }
-            if (mine) sq[j / WARPS] += s2;
-        }
+        if (nw) norm_x_columns<T, WARPS, SQ>(b, tN, c4, j, warp, sq);
         float part[HT][4] = {};
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
@@ -290,8 +300,9 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
 // One k-tile of the int8 form (see the file's comment): warp rows tW (32 rows of 64 int8 values, 64 bytes apart), x's
 // stage tX (8 MT rows of 64 values of T, swizzled), acc[h][j] as the 16-bit form's. Lane c4 takes the tile's columns
 // 16 c4 .. 16 c4 + 15 on both operands.
-template <typename T, int MT>
-__device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned tW, unsigned tX, int g, int c4)
+template <typename T, int MT, int WARPS, int SQ>
+__device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned tW, unsigned tX, int g, int c4, bool nw, unsigned tN,
+                                               int warp, float (&sq)[SQ])
 {
     unsigned a[2][DG_BK / 16][4];                          // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
 #pragma unroll
@@ -304,14 +315,15 @@ __device__ __forceinline__ void decode_tile_q8(float (&acc)[2][MT][4], unsigned 
 #pragma unroll
             for (int kk = 0; kk < DG_BK / 16; kk++) q8_pairs<T>(q[kk], a[h][kk][half], a[h][kk][2 + half]);
         }
-    mma_x_columns<T, MT>(acc, a, tX, g, c4);
+    mma_x_columns<T, MT, WARPS, SQ>(acc, a, tX, g, c4, nw, tN, warp, sq);
 }
 
-// Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, no nw, and with
-// SWIGLU the up weight's scales2) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group; SWIGLU and nw only by group
-// sums, SWIGLU with the up weight's scales2 and zeros2). GS: the int4 form by group sums (group a multiple of DG_BK). ST:
-// the pipeline's stages (DG_ST; the form by group sums also in 8, _s8: its W tile is 4 KB, a quarter of the 16-bit form's,
-// so 4 stages keep a quarter of the bytes in flight a CTA, CudaBackendOptions.Int4DecodeProductStages).
+// Wt: W's storage type, T (the 16-bit form), signed char (the int8 form, which takes scales, c_in and ldc, and with SWIGLU
+// the up weight's scales2) or unsigned (the int4 form's packed words, ldw in words; it also takes zeros and group; SWIGLU only by
+// group sums, with the up weight's scales2 and zeros2). Every form takes nw (x normalized on the way, norm_x_columns). GS:
+// the int4 form by group sums (group a multiple of DG_BK). ST: the pipeline's stages (DG_ST; the form by group sums also in
+// 8, _s8: its W tile is 4 KB, a quarter of the 16-bit form's, so 4 stages keep a quarter of the bytes in flight a CTA,
+// CudaBackendOptions.Int4DecodeProductStages).
 template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false, int ST = DG_ST>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
@@ -422,7 +434,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
         cp_async_wait<ST - 1>();
         __syncthreads();
         const unsigned base = smem + (t % ST) * STAGE, tW = base + warp * RPW * ROWB, tX = base + WT, tN = base + WT + XT;
-        if constexpr (Q8) decode_tile_q8<T, MT>(acc, tW, tX, g, c4);
+        if constexpr (Q8) decode_tile_q8<T, MT, WARPS, SQ>(acc, tW, tX, g, c4, nw != nullptr, tN, warp, sq);
         else if constexpr (GS)
         {
             // The lane's four rows' zeros (byte (n G + gi) % 4 of each staged word) and scales, from the stage.
@@ -442,7 +454,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
                 }
             decode_tile_q4_exact<T, MT, HT, WARPS, SQ>(acc, tW, tX, g, c4, nz, sg, nw != nullptr, tN, warp, sq);
         }
-        else if constexpr (Q4) decode_tile_q4<T, MT>(acc, tW, tX, g, c4, sc, zb);
+        else if constexpr (Q4) decode_tile_q4<T, MT, WARPS, SQ>(acc, tW, tX, g, c4, sc, zb, nw != nullptr, tN, warp, sq);
         else
         {
 #pragma unroll
@@ -615,22 +627,23 @@ DECODE_GEMM(f16, f16, 2) DECODE_GEMM(f16, f16, 4) DECODE_GEMM(f16, f16, 8)
 // The int8-weight form (CudaBackend.QuantizedMatMul at 5 to 64 rows): y (M, N) = scales[n] * (x q_n) + bias[n] + beta * c_in,
 // q (N, K) int8 with rows ldw bytes apart (16-byte aligned), scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's
 // shape (beta 1), ldc apart. K a multiple of 64, as the 16-bit form. Its SwiGLU form: y (M, F) = SiLU(sg[o] (x qg_o) + bg[o])
-// * (su[o] (x qu_o) + bu[o]) over two int8 weights of one shape and row stride (CudaBackend.QuantizedMatMulSwiGlu; x already
-// normalized: the int8 form takes no norm).
+// * (su[o] (x qu_o) + bu[o]) over two int8 weights of one shape and row stride (CudaBackend.QuantizedMatMulSwiGlu). nw (K, or
+// null): x RMS-normalized on the way, as the 16-bit form (session 33; before, x was normalized into scratch first).
 #define DECODE_GEMM_Q8(name, t, MT)                                                                                       \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_q8_##name##_m##MT(const t* x,                   \
         const signed char* q, const float* scales, const t* bias, t* y, const t* c_in, int M, int N, int K, i64 ldx,      \
-        i64 ldw, i64 ldy, i64 ldc, float beta, int early)                                                                 \
+        i64 ldw, i64 ldy, i64 ldc, float beta, int early, const t* nw, float eps)                                         \
     {                                                                                                                     \
         decode_gemm<t, signed char, MT, false>(x, q, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, early, \
-                                               nullptr, 0.f, scales, c_in, ldc);                                          \
+                                               nw, eps, scales, c_in, ldc);                                               \
     }                                                                                                                     \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_q8_swiglu_##name##_m##MT(const t* x,            \
         const signed char* gate, const signed char* up, const float* gate_scales, const float* up_scales,                \
-        const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw, i64 ldy, int early)           \
+        const t* gate_bias, const t* up_bias, t* y, int M, int F, int K, i64 ldx, i64 ldw, i64 ldy, int early,           \
+        const t* nw, float eps)                                                                                           \
     {                                                                                                                     \
         decode_gemm<t, signed char, MT, true>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, early, \
-                                              nullptr, 0.f, gate_scales, y, ldy, nullptr, 0, up_scales);                  \
+                                              nw, eps, gate_scales, y, ldy, nullptr, 0, up_scales);                       \
     }
 DECODE_GEMM_Q8(bf16, bf16, 2) DECODE_GEMM_Q8(bf16, bf16, 4) DECODE_GEMM_Q8(bf16, bf16, 8)
 DECODE_GEMM_Q8(f16, f16, 2) DECODE_GEMM_Q8(f16, f16, 4) DECODE_GEMM_Q8(f16, f16, 8)
@@ -642,10 +655,10 @@ DECODE_GEMM_Q8(f16, f16, 2) DECODE_GEMM_Q8(f16, f16, 4) DECODE_GEMM_Q8(f16, f16,
 #define DECODE_GEMM_INT4(name, t, MT)                                                                                     \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4_##name##_m##MT(const t* x,                 \
         const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
-        int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early)                              \
+        int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early, const t* nw, float eps)      \
     {                                                                                                                     \
         decode_gemm<t, unsigned, MT, false>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, beta, early, \
-                                            nullptr, 0.f, scales, c_in, ldc, zeros, group);                               \
+                                            nw, eps, scales, c_in, ldc, zeros, group);                                    \
     }
 DECODE_GEMM_INT4(bf16, bf16, 2) DECODE_GEMM_INT4(bf16, bf16, 4) DECODE_GEMM_INT4(bf16, bf16, 8)
 DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16, f16, 8)

@@ -55,7 +55,8 @@ public sealed class KernelEmulationTests
     /// bf16, each group's sums scaled) against the exact weights scale (q - zero) in double (8e-3): a group a k-tile, two, a
     /// whole row, groups straddling slices, two groups a slice, the last zero word read in part, and RMSNorm on the way (one
     /// slice and clusters of 3, 4 and 8); its SwiGLU form over two int4 weights (<c>decode_gemm_int4g_swiglu_bf16_*</c>) at
-    /// four shapes; and both in 8 stages (<c>_s8</c>) at four more, with more k-tiles a slice than stages and fewer.
+    /// four shapes; and both in 8 stages (<c>_s8</c>) at four more, with more k-tiles a slice than stages and fewer; the int8
+    /// form's SwiGLU form, and the int8 and the first int4 form with RMSNorm on the way.
     /// </summary>
     [Fact]
     public void DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -71,6 +72,10 @@ public sealed class KernelEmulationTests
              "decode_gemm_q8 M=33 N=130 K=128 slices=2 bias=0 beta=1", "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend: early = late, pads",
              "decode_gemm_q8 swiglu M=17 F=100 K=256 slices=1 bias=1", "decode_gemm_q8 swiglu M=64 F=65 K=512 slices=4 bias=0",
              "decode_gemm_q8 swiglu M=5 F=130 K=1024 slices=8 bias=1",
+             "decode_gemm_q8 M=9 N=100 K=256 slices=1 bias=1 beta=0 norm: early = late, pads", "decode_gemm_q8 M=64 N=129 K=1024 slices=8 bias=0 addend norm: early = late, pads",
+             "decode_gemm_q8 swiglu M=33 F=65 K=512 slices=4 bias=1 norm",
+             "decode_gemm_int4 M=17 N=300 K=512 group=32 slices=4 bias=1 beta=1 norm: early = late, pads",
+             "decode_gemm_int4 M=40 N=64 K=768 group=48 slices=1 bias=0 addend norm: early = late, pads",
              "decode_gemm_int4 M=5 N=100 K=256 group=128 slices=1 bias=1 beta=0", "decode_gemm_int4 M=17 N=300 K=512 group=32 slices=4 bias=1 beta=1",
              "decode_gemm_int4 M=64 N=129 K=1024 group=128 slices=8 bias=0 addend", "decode_gemm_int4 M=64 N=200 K=320 group=64 slices=1 bias=1 addend",
              "decode_gemm_int4 M=33 N=130 K=320 group=320 slices=5 bias=0 beta=1",

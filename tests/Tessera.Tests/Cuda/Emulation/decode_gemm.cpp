@@ -231,21 +231,23 @@ static void run_swiglu(int M, int F, int K, int slices, bool with_bias, bool wit
 // the 16-bit form's, 8e-3 of the largest output: the output is stored in bf16 (2^-9 relative), the products of a bf16 value
 // and an int8 value are exact in fp32 (16 significant bits at most), and their fp32 sums over at most 1,024 terms and the
 // one fp32 multiply by the scale add far less; a wrong row, column, slice, scale or k permutation is O(1).
-static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual)
+static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual, bool with_norm = false)
 {
     std::mt19937 rng(11 + M * 7 + N + K + slices + residual);
     const int ldx = K + 8, ldw = K + 16, ldy = N + 8, ldc = N + 4;   // row strides past the rows: the kernel must use them
-    std::vector<bf16> x((size_t)M * ldx), bias(N), y0((size_t)M * ldy), add((size_t)M * ldc);
+    std::vector<bf16> x((size_t)M * ldx), bias(N), y0((size_t)M * ldy), add((size_t)M * ldc), nw(K);
     std::vector<signed char> q((size_t)N * ldw);
     std::vector<float> scales(N);
     fill(x, rng, 1.f); fill(bias, rng, 1.f); fill(y0, rng, 1.f); fill(add, rng, 1.f);
+    if (with_norm) fill(nw, rng, 0.5f, 1.f);
+    const float eps = 1e-5f;
     std::uniform_int_distribution<int> qd(-128, 127);
     std::uniform_real_distribution<float> sd(0.2f / 127, 1.f / 127);
     for (auto& v : q) v = (signed char)qd(rng);
     for (auto& v : scales) v = sd(rng);
     scales[N / 2] = 0.f;                                    // an all-zero row quantizes to scale 0
     const float beta = residual == 0 ? 0.f : 1.f;
-    const std::vector<double> h = reference_input(x, M, K, ldx, nullptr, 0.0);
+    const std::vector<double> h = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
     const std::vector<double> e = reference_quantized(M, N, K, h, [&](int n, int k) { return (double)scales[n] * q[(size_t)n * ldw + k]; },
                                                       with_bias ? &bias : nullptr, residual, y0, ldy, add, ldc);
     const int MT = M <= 16 ? 2 : M <= 32 ? 4 : 8, blocks = (N + 127) / 128;
@@ -263,7 +265,8 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
         long long lx = ldx, lw = ldw, ly = ldy, lc = residual == 2 ? ldc : ldy;
         float be = beta;
         emu_shared_base = shared_base;
-        auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pb, py, pc, m_, n_, k_, lx, lw, ly, lc, be, ea); }); };
+        const bf16* pn = with_norm ? nw.data() : nullptr;
+        auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pb, py, pc, m_, n_, k_, lx, lw, ly, lc, be, ea, pn, eps); }); };
         if (MT == 2) launch(decode_gemm_q8_bf16_m2);
         else if (MT == 4) launch(decode_gemm_q8_bf16_m4);
         else launch(decode_gemm_q8_bf16_m8);
@@ -272,8 +275,8 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm_q8 M=%d N=%d K=%d slices=%d bias=%d %s", M, N, K, slices, with_bias ? 1 : 0,
-             residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend");
+    snprintf(name, sizeof name, "decode_gemm_q8 M=%d N=%d K=%d slices=%d bias=%d %s%s", M, N, K, slices, with_bias ? 1 : 0,
+             residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend", with_norm ? " norm" : "");
     check(name, e, got[1], 8e-3);
     bool same = got[0] == got[1];
     bool pads = true;   // the row stride's padding past N is untouched
@@ -287,12 +290,14 @@ static void run_q8(int M, int N, int K, int slices, bool with_bias, int residual
 
 // The int8 SwiGLU form (decode_gemm_q8_swiglu_*): y (M, F) = SiLU(sg[o] (x qg_o) + bg) * (su[o] (x qu_o) + bu), two int8
 // weights with their row scales, against a double reference; the 16-bit SwiGLU form's tolerance.
-static void run_q8_swiglu(int M, int F, int K, int slices, bool with_bias)
+static void run_q8_swiglu(int M, int F, int K, int slices, bool with_bias, bool with_norm = false)
 {
     std::mt19937 rng(41 + M * 5 + F + K + slices);
     const int ldx = K + 8, ldw = K + 16, ldy = F;
-    std::vector<bf16> x((size_t)M * ldx), bg(F), bu(F), y((size_t)M * ldy);
-    fill(x, rng, 1.f); fill(bg, rng, 1.f); fill(bu, rng, 1.f);
+    std::vector<bf16> x((size_t)M * ldx), bg(F), bu(F), y((size_t)M * ldy), nw(K);
+    fill(x, rng, 1.f); fill(bg, rng, 1.f); fill(bu, rng, 1.f); fill(nw, rng, 0.5f, 1.f);
+    const float eps = 1e-5f;
+    const std::vector<double> hx = reference_input(x, M, K, ldx, with_norm ? &nw : nullptr, eps);
     std::uniform_int_distribution<int> qd(-128, 127);
     std::uniform_real_distribution<float> sd(0.2f / 127, 1.f / 127);
     std::vector<signed char> qg((size_t)F * ldw), qu((size_t)F * ldw);
@@ -308,8 +313,8 @@ static void run_q8_swiglu(int M, int F, int K, int slices, bool with_bias)
             double g = 0, u = 0;
             for (int k = 0; k < K; k++)
             {
-                g += (double)to_f(x[(size_t)m * ldx + k]) * qg[(size_t)o * ldw + k];
-                u += (double)to_f(x[(size_t)m * ldx + k]) * qu[(size_t)o * ldw + k];
+                g += hx[(size_t)m * K + k] * qg[(size_t)o * ldw + k];
+                u += hx[(size_t)m * K + k] * qu[(size_t)o * ldw + k];
             }
             g = sg[o] * g + (with_bias ? to_f(bg[o]) : 0.0);
             u = su[o] * u + (with_bias ? to_f(bu[o]) : 0.0);
@@ -323,14 +328,16 @@ static void run_q8_swiglu(int M, int F, int K, int slices, bool with_bias)
     int m_ = M, f_ = F, k_ = K, early = 1;
     long long lx = ldx, lw = ldw, ly = ldy;
     emu_shared_base = shared_base;
-    auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pg, pu, psg, psu, pbg, pbu, py, m_, f_, k_, lx, lw, ly, early); }); };
+    const bf16* pn = with_norm ? nw.data() : nullptr;
+    auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pg, pu, psg, psu, pbg, pbu, py, m_, f_, k_, lx, lw, ly, early, pn, eps); }); };
     if (MT == 2) launch(decode_gemm_q8_swiglu_bf16_m2);
     else if (MT == 4) launch(decode_gemm_q8_swiglu_bf16_m4);
     else launch(decode_gemm_q8_swiglu_bf16_m8);
     std::vector<float> got((size_t)M * F);
     for (size_t i = 0; i < got.size(); i++) got[i] = to_f(y[i]);
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm_q8 swiglu M=%d F=%d K=%d slices=%d bias=%d", M, F, K, slices, with_bias ? 1 : 0);
+    snprintf(name, sizeof name, "decode_gemm_q8 swiglu M=%d F=%d K=%d slices=%d bias=%d%s", M, F, K, slices, with_bias ? 1 : 0,
+             with_norm ? " norm" : "");
     check(name, e, got, 8e-3);
 }
 
@@ -363,7 +370,7 @@ struct Int4Weight
 
 // The int4-weight form: y (M, N) = x W^T + bias[n] + beta * y0, or + addend, W[n, k] = bf16(scales[n, g] (q - zeros[n, g]));
 // gs: the form by group sums (decode_gemm_int4g_*), whose weights are scales[n, g] (q - zeros[n, g]) exactly.
-// with_norm (gs only): x RMS-normalized on the way, as the 16-bit form's reference.
+// with_norm: x RMS-normalized on the way, as the 16-bit form's reference.
 static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual, bool gs = false, bool with_norm = false,
                    bool stages8 = false)
 {
@@ -396,8 +403,8 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
         long long lx = ldx, lw = ldw, ly = ldy, lc = residual == 2 ? ldc : ldy;
         float be = beta;
         emu_shared_base = shared_base;
-        auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea); }); };
         const bf16* pn = with_norm ? nw.data() : nullptr;
+        auto launch = [&](auto kernel) { launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea, pn, eps); }); };
         auto launch_gs = [&](auto kernel) {
             launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea, pn, eps); });
         };
@@ -496,6 +503,12 @@ int main()
     run_q8_swiglu(17, 100, 256, 1, true);  // MT 4; 2 row blocks of 64 outputs, the last with 36; each row's scale in the epilogue
     run_q8_swiglu(64, 65, 512, 4, false);  // MT 8; F odd; 4 slices: the cluster's gate and up sums, then the scales
     run_q8_swiglu(5, 130, 1024, 8, true);  // MT 2; 3 row blocks; 8 slices
+    // The int8 and int4 forms normalizing x on the way (norm_x_columns): one slice (the CTA's own sums) and clusters.
+    run_q8(9, 100, 256, 1, true, 0, true);
+    run_q8(64, 129, 1024, 8, false, 2, true);
+    run_q8_swiglu(33, 65, 512, 4, true, true);
+    run_q4(17, 300, 512, 32, 4, true, 1, false, true);   // the int4 form of groups of 32 (weights scaled), normalized
+    run_q4(40, 64, 768, 48, 1, false, 2, false, true);
     run_q4(5, 100, 256, 128, 1, true, 0);      // MT 2; N short of one block; 4 k-tiles, 4 stages
     run_q4(17, 300, 512, 32, 4, true, 1);      // MT 4; 3 row blocks; 4 slices (a cluster); groups of 32; beta = 1
     run_q4(64, 129, 1024, 128, 8, false, 2);   // the 64-row batch; N odd; 8 slices; the addend
