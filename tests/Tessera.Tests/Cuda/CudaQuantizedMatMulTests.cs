@@ -86,14 +86,16 @@ public sealed class CudaQuantizedMatMulTests(CudaFixture fixture) : CudaTestBase
 
     /// <summary>
     /// With a norm (the int8 decode step's RMSNorm riding in its products): 1 and 3 rows on the matrix-vector kernel, which
-    /// normalizes x as it stages it, and 17 rows (bf16, K = 1024) on the decode product over x normalized into scratch, against
-    /// the CPU's F64 product with the same norm. The tolerance is the dtype's, as above: the normalized x is rounded to the
-    /// dtype once on either path, as the norm kernel stores it.
+    /// normalizes x as it stages it, and 17 and 64 rows (bf16, K = 1024) on the decode product, which scales x's fragments by
+    /// the norm weight on the way (session 33; before, x normalized into scratch), against the CPU's F64 product with the same
+    /// norm. The tolerance is the dtype's, as above: x times the norm weight is rounded to the dtype once on every path, the
+    /// decode product then applying 1 / rms to the fp32 sums.
     /// </summary>
     [Theory]
     [InlineData(DType.F32, 1, K)]
     [InlineData(DType.BF16, 3, K)]
     [InlineData(DType.BF16, 17, 1024)]
+    [InlineData(DType.BF16, 64, 1024)]
     public void NormalizedQuantizedProductMatchesTheCpuInF64(DType dtype, int m, int k)
     {
         var (values, scales) = RandomQuantized(N, k);
