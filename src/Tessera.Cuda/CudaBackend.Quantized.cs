@@ -53,8 +53,8 @@ public sealed unsafe partial class CudaBackend
     /// at 1 to 4 rows, the int8 decode product's at 5 to 64, the norm on the way in both. More
     /// rows of int8 or int4 weights without biases (prefill, a mixed step): both weights dequantized into one (2F, C) scratch and
     /// one product at N = 2F, then the SwiGLU kernel on the halves, as <see cref="MatMulSwiGlu"/> does for adjacent 16-bit
-    /// weights. Otherwise (1 to 4 rows, FP8 weights, biases) each weight's <see cref="QuantizedMatMul"/> into scratch, then
-    /// the SwiGLU kernel.</remarks>
+    /// weights. Otherwise (FP8 weights, shapes or alignments no fused kernel takes, biases past 64 rows) each weight's
+    /// <see cref="QuantizedMatMul"/> into scratch, then the SwiGLU kernel.</remarks>
     public void QuantizedMatMulSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias = null,
         Tensor? upBias = null, RmsNormPrologue? norm = null)
     {
@@ -132,8 +132,7 @@ public sealed unsafe partial class CudaBackend
     /// output (M, F) = SiLU(sg (x qg^T) + bg) * (su (x qu^T) + bu) with M &lt;= 4 and two int8 weights: the int8 stream's SwiGLU form
     /// (gemv.cu, <c>gemv_stream_q8_swiglu_{type}_m{M}</c>; a warp's output the gate row then the up row, each sum times its row's
     /// scale, x normalized as it is staged when <paramref name="norm"/> is given): one launch. False, with nothing enqueued, when
-    /// either weight does not fit what <see cref="TryGemvQuantized"/> needs, the two rows' strides differ, or output is not
-    /// contiguous in x's dtype.
+    /// either weight does not fit the int8 stream (<see cref="GemvQuantizedFits"/>) or output is not contiguous in x's dtype.
     /// </summary>
     private bool TryGemvQuantizedSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias, Tensor? upBias,
         RmsNormPrologue? norm)
@@ -145,8 +144,7 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pbg = PtrOrNull(gateBias),
             pbu = PtrOrNull(upBias), po = Ptr(output);
         long ldx = x.Stride(0), ldw = k, ldo = f;
-        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
-        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        var (pn, eps) = NormOperands(norm);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps, &early };
         Launch("gemv.cu", $"gemv_stream_q8_swiglu_{Suffix(dtype, nameof(QuantizedMatMulSwiGlu))}_m{m}", (GemvGrid(f), 1, 1), 256, args,
@@ -168,8 +166,7 @@ public sealed unsafe partial class CudaBackend
     {
         int m = x.Size(0), k = x.Size(1), pairs = weight.Rows / 2, group = weight.GroupSize;
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(qkv);
-        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
-        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        var (pn, eps) = NormOperands(norm);
         long ldx = x.Stride(0), ldy = weight.Rows, ldw = k;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         if (weight.IsInt4)
@@ -190,8 +187,9 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// output (M, F) = SiLU(sg (x qg^T) + bg) * (su (x qu^T) + bu) with 5 &lt;= M &lt;= 64 and two int8 weights: the int8 decode
     /// product's SwiGLU form (decode_gemm.cu, <c>decode_gemm_q8_swiglu_{bf16,f16}_m{2,4,8}</c>), 64 outputs a CTA, both weights in
-    /// one pass, each sum times its row's scale, x normalized on the way when <paramref name="norm"/> is given. False, with nothing enqueued, when the call does not fit what <see cref="DecodeGemmQuantizedFits"/>
-    /// needs of either weight, or output is not contiguous in x's dtype.
+    /// one pass, each sum times its row's scale, x normalized on the way when <paramref name="norm"/> is given. False, with
+    /// nothing enqueued, when the call does not fit what <see cref="DecodeGemmQuantizedFits"/> needs of either weight or what
+    /// <see cref="DecodeNormFits"/> needs of the norm, or output is not contiguous in x's dtype.
     /// </summary>
     private bool TryDecodeGemmQuantizedSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias, Tensor? upBias,
         RmsNormPrologue? norm)
@@ -203,8 +201,7 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pbg = PtrOrNull(gateBias),
             pbu = PtrOrNull(upBias), po = Ptr(output);
         long ldx = x.Stride(0), ldw = k, ldo = f;
-        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
-        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        var (pn, eps) = NormOperands(norm);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pbg, &pbu, &po, &m, &f, &k, &ldx, &ldw, &ldo, &early, &pn, &eps };
         Launch("decode_gemm.cu", $"decode_gemm_q8_swiglu_{Suffix(x.DType, nameof(QuantizedMatMulSwiGlu))}_m{mt}", ((uint)slices, (uint)blocks, 1),
@@ -229,8 +226,7 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldw = k, ldy = y.Stride(0), ldc = c.Stride(0);
         float be = addend is null ? (float)beta : 1f;
-        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
-        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        var (pn, eps) = NormOperands(norm);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pc, &n, &k, &ldx, &ldw, &ldy, &ldc, &be, &pn, &eps, &early };
         Launch("gemv.cu", $"gemv_stream_q8_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", (GemvGrid(n), 1, 1), 256, args,
@@ -261,8 +257,8 @@ public sealed unsafe partial class CudaBackend
         int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldw = k, ldy = y.Stride(0), ldc = c.Stride(0);
-        float be = addend is null ? (float)beta : 1f, eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
-        ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
+        float be = addend is null ? (float)beta : 1f;
+        var (pn, eps) = NormOperands(norm);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pq, &ps, &pb, &py, &pc, &m, &n, &k, &ldx, &ldw, &ldy, &ldc, &be, &early, &pn, &eps };
         Launch("decode_gemm.cu", $"decode_gemm_q8_{Suffix(dtype, nameof(QuantizedMatMul))}_m{mt}", ((uint)slices, (uint)blocks, 1),
@@ -283,6 +279,9 @@ public sealed unsafe partial class CudaBackend
         return m > GemvMaxRows && m <= DecodeGemmMaxRows && n > 0 && k % DecodeGemmTile == 0 && dtype is (DType.BF16 or DType.F16)
             && x.Stride(1) == 1 && x.Stride(0) % 8 == 0 && Ptr(x) % 16 == 0 && Ptr(weight.Values) % 16 == 0 && BiasFits(bias, dtype, n);
     }
+
+    /// <summary>A fused norm's kernel operands: its weight's address and epsilon, or 0 and 0 without one.</summary>
+    private (ulong Weight, float Epsilon) NormOperands(RmsNormPrologue? norm) => norm is { } r ? (Ptr(r.Weight), (float)r.Epsilon) : (0UL, 0f);
 
     /// <summary>Whether a decode product can apply <paramref name="norm"/> on the way: its weight of x's dtype, contiguous, K long, 16-byte aligned.</summary>
     private bool DecodeNormFits(Tensor x, RmsNormPrologue norm) =>

@@ -63,8 +63,7 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldy = y.Stride(0), ldc = c.Stride(0);
         float be = addend is null ? (float)beta : 1f;
-        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
-        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        var (pn, eps) = NormOperands(norm);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &n, &k, &group, &ldx, &ldy, &ldc, &be, &pn, &eps, &early };
         Launch("gemv.cu", $"gemv_stream_int4_{Suffix(dtype, nameof(QuantizedMatMul))}_m{m}", (GemvGrid(n), 1, 1), 256, args,
@@ -89,8 +88,7 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pg = Ptr(gate.Values), psg = Ptr(gate.Scales), pzg = Ptr(gate.Zeros!), pu = Ptr(up.Values), psu = Ptr(up.Scales),
             pzu = Ptr(up.Zeros!), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
         long ldx = x.Stride(0), ldo = f;
-        ulong pn = norm is { } r ? Ptr(r.Weight) : 0;
-        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        var (pn, eps) = NormOperands(norm);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pg, &psg, &pzg, &pu, &psu, &pzu, &pbg, &pbu, &po, &f, &k, &group, &ldx, &ldo, &pn, &eps, &early };
         Launch("gemv.cu", $"gemv_stream_int4_swiglu_{Suffix(dtype, nameof(QuantizedMatMulSwiGlu))}_m{m}", (GemvGrid(f), 1, 1), 256, args,
@@ -154,8 +152,8 @@ public sealed unsafe partial class CudaBackend
         int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldw = k / Int4Quantization.PerWord, ldy = y.Stride(0), ldc = c.Stride(0);
-        float be = addend is null ? (float)beta : 1f, eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
-        ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
+        float be = addend is null ? (float)beta : 1f;
+        var (pn, eps) = NormOperands(norm);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early, &pn, &eps };
         int stages = groupSums ? Options.Int4DecodeProductStages : DecodeGemmStages;
@@ -183,8 +181,7 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pzg = Ptr(gate.Zeros!),
             pzu = Ptr(up.Zeros!), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
         long ldx = x.Stride(0), ldw = k / Int4Quantization.PerWord, ldo = f;
-        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
-        ulong pn = norm is { } r3 ? Ptr(r3.Weight) : 0;
+        var (pn, eps) = NormOperands(norm);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pzg, &pzu, &pbg, &pbu, &po, &m, &f, &k, &group, &ldx, &ldw, &ldo, &early, &pn, &eps };
         int stages = Options.Int4DecodeProductStages;

@@ -108,7 +108,7 @@ public sealed class SwiGluMlp : IFeedForward
         if (!GeluGate && Gate.IsPlainQuantizedProduct && Up.IsPlainQuantizedProduct && Gate.Weight.Quantized!.IsLike(Up.Weight.Quantized!))
         {
             // Quantized gate and up weights (int8, int4, FP8) with nothing added: one op, which a device may run as one
-            // launch over both weights with the norm on the way (int4 at a serving step's rows).
+            // launch over both weights with the norm on the way (CUDA: int4 and int8 at 1 to 64 rows).
             var (gq, uq) = (Gate.Weight.Quantized!, Up.Weight.Quantized!);
             if (norm is RmsNorm rn && Input is not GatherFromSequenceParallelRegion)
                 x.Backend.QuantizedMatMulSwiGlu(x, gq, uq, a, Gate.Bias?.Value, Up.Bias?.Value, rn.Prologue(ctx));
