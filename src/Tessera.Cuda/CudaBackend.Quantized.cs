@@ -28,6 +28,17 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(weight);
         weight.ValidateProduct(nameof(CudaBackend), x, y, beta, bias, epilogue, auxiliary, addend, norm);
+        if (weight.InputOrder is { } order)
+        {
+            // Act order: x (normalized first) gathered into the stored columns' order, then the product over them.
+            var h = norm is { } n ? NormalizedScratch(x, n) : null;
+            var gathered = ScratchTensor(x.Shape, x.DType);
+            GatherColumns(h ?? x, order, gathered);
+            QuantizedMatMul(gathered, weight.WithoutInputOrder(), y, beta, bias, epilogue, auxiliary, addend);
+            gathered.Storage.Dispose();
+            h?.Storage.Dispose();
+            return;
+        }
         if (weight.IsFp8) { QuantizedMatMulFp8(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm); return; }
         if (weight.IsInt4) { QuantizedMatMulInt4(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm); return; }
         if (epilogue == MatMulEpilogue.None && TryGemvQuantized(x, weight, y, beta, bias, addend, norm)) return;
@@ -60,9 +71,11 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(gate);
         gate.ValidateSwiGlu(nameof(CudaBackend), up, x, output, gateBias, upBias, norm);
-        if (gate.IsInt4 && (TryGemvStreamInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm)
+        // Act-order weights gather x first (QuantizedMatMul's, or Dequantize's columns): the fused kernels read x as it is.
+        bool ordered = gate.InputOrder is not null || up.InputOrder is not null;
+        if (!ordered && gate.IsInt4 && (TryGemvStreamInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm)
             || TryDecodeGemmInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm))) return;
-        if (!gate.IsInt4 && !gate.IsFp8 && (TryGemvQuantizedSwiGlu(x, gate, up, output, gateBias, upBias, norm)
+        if (!ordered && !gate.IsInt4 && !gate.IsFp8 && (TryGemvQuantizedSwiGlu(x, gate, up, output, gateBias, upBias, norm)
             || TryDecodeGemmQuantizedSwiGlu(x, gate, up, output, gateBias, upBias, norm))) return;
         int m = x.Size(0), f = gate.Rows;
         var dtype = x.DType;
@@ -128,6 +141,31 @@ public sealed unsafe partial class CudaBackend
         RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>One launch (copy.cu, <c>gather_columns_b{2,4,8}</c>), a thread an output element; the indices are not checked on
+    /// the device.</remarks>
+    public void GatherColumns(Tensor x, Tensor indices, Tensor output)
+    {
+        const string op = nameof(GatherColumns);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(indices);
+        ArgumentNullException.ThrowIfNull(output);
+        if (x.Rank != 2 || x.Stride(1) != 1)
+            throw new ArgumentException($"CudaBackend.{op}: x must be (M, K) with unit column stride, got {x.Shape}", nameof(x));
+        RequireDType(op, "indices", indices, DType.I32);
+        RequireContiguous(op, "indices", indices);
+        if (indices.Rank != 1) throw new ArgumentException($"CudaBackend.{op}: indices must be (J), got {indices.Shape}", nameof(indices));
+        long m = x.Size(0);
+        int j = indices.Size(0);
+        if (output.Shape != new Shape(x.Size(0), j) || output.DType != x.DType || !output.IsContiguous)
+            throw new ArgumentException($"CudaBackend.{op}: output {output.DType} {output.Shape} must be contiguous ({m}, {j}) {x.DType}", nameof(output));
+        if (m == 0 || j == 0) return;
+        ulong px = Ptr(x), po = Ptr(output), pi = Ptr(indices);
+        long ld = x.Stride(0);
+        void** args = stackalloc void*[] { &px, &po, &pi, &m, &j, &ld };
+        Launch("copy.cu", $"gather_columns_b{x.DType.SizeInBytes()}", GridFor(m * j), Threads, args);
+    }
+
     /// <summary>
     /// output (M, F) = SiLU(sg (x qg^T) + bg) * (su (x qu^T) + bu) with M &lt;= 4 and two int8 weights: the int8 stream's SwiGLU form
     /// (gemv.cu, <c>gemv_stream_q8_swiglu_{type}_m{M}</c>; a warp's output the gate row then the up row, each sum times its row's
@@ -152,9 +190,9 @@ public sealed unsafe partial class CudaBackend
         return true;
     }
 
-    /// <summary>Whether x (M, K), the int4 or int8 weight and its bias suit that format's stream (FP8: false).</summary>
-    private bool QuantizedStreamFits(Tensor x, QuantizedWeight weight, Tensor? bias, RmsNormPrologue? norm) =>
-        weight.IsInt4 ? GemvStreamInt4Fits(x, weight, bias, norm) : !weight.IsFp8 && GemvQuantizedFits(x, weight, bias, norm);
+    /// <summary>Whether x (M, K), the int4 or int8 weight and its bias suit that format's stream (FP8, or an input order: false).</summary>
+    private bool QuantizedStreamFits(Tensor x, QuantizedWeight weight, Tensor? bias, RmsNormPrologue? norm) => weight.InputOrder is null
+        && (weight.IsInt4 ? GemvStreamInt4Fits(x, weight, bias, norm) : !weight.IsFp8 && GemvQuantizedFits(x, weight, bias, norm));
 
     /// <summary>
     /// qkv = x W^T + bias over the int4 or int8 qkv weight with M &lt;= 4, rotated and appended to the cache or pool
@@ -309,6 +347,8 @@ public sealed unsafe partial class CudaBackend
         ArgumentNullException.ThrowIfNull(table);
         if (table.IsInt4)
             throw new NotSupportedException($"CudaBackend.{op}: an int4 table cannot be looked up; int4 quantization keeps the embedding tables in the model's dtype");
+        if (table.InputOrder is not null)
+            throw new NotSupportedException($"CudaBackend.{op}: a table with an input order (act-order columns) cannot be looked up");
         RequireDType(op, "ids", ids, DType.I32);
         RequireContiguous(op, "ids", ids);
         RequireContiguous(op, "output", output);
@@ -329,6 +369,15 @@ public sealed unsafe partial class CudaBackend
         ArgumentNullException.ThrowIfNull(output);
         if (output.Shape != weight.Shape || !output.IsContiguous)
             throw new ArgumentException($"CudaBackend.Dequantize: output {output.Shape} must be contiguous and of the weight's shape {weight.Shape}", nameof(output));
+        if (weight.InputOrderInverse is { } inverse)
+        {
+            // The stored columns, then gathered into the inputs' order.
+            var stored = ScratchTensor(output.Shape, output.DType);
+            Dequantize(weight.WithoutInputOrder(), stored);
+            GatherColumns(stored, inverse, output);
+            stored.Storage.Dispose();
+            return;
+        }
         if (weight.IsInt4) { DequantizeInt4(weight, output); return; }
         ulong pv = Ptr(weight.Values), ps = Ptr(weight.Scales), po = Ptr(output);
         long n = weight.Values.NumElements;

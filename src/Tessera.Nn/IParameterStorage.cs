@@ -56,6 +56,14 @@ public interface IParameterStorage
     /// </summary>
     QuantizedWeight? Quantized(Parameter parameter) => null;
 
+    /// <summary>
+    /// Gives <paramref name="parameter"/>'s quantized weight the input order <paramref name="order"/> (stored column j holds input
+    /// <c>order[j]</c>, <see cref="QuantizedWeight.InputOrder"/>: a GPTQ act-order checkpoint's columns kept as they are stored),
+    /// or takes it away (null). Only a storage that keeps quantized weights has one to give; the default refuses.
+    /// </summary>
+    void SetQuantizedInputOrder(Parameter parameter, int[]? order) => throw new InvalidOperationException(
+        $"parameter '{parameter.Name}' is not held quantized, so its weight has no stored column order to set");
+
     /// <summary>Whether <see cref="Value"/> would succeed now.</summary>
     bool IsResident(Parameter parameter);
 

@@ -71,6 +71,15 @@ public sealed class Parameter
     /// </summary>
     public QuantizedWeight? Quantized => Storage?.Quantized(this);
 
+    /// <summary>
+    /// Gives the quantized weight (<see cref="Quantized"/>) an input order, stored column j holding input <c>order[j]</c> (GPTQ's
+    /// activation order kept as stored; <see cref="QuantizedWeight.InputOrder"/>), or takes it away with null. The loader sets it
+    /// with the stored columns it writes.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The weight is not held quantized.</exception>
+    /// <exception cref="ArgumentException"><paramref name="order"/> is not a permutation of the weight's inputs.</exception>
+    public void SetQuantizedInputOrder(int[]? order) => Store.SetQuantizedInputOrder(this, order);
+
     /// <summary>The dtype layers compute in with this parameter: its value's, or, for a quantized weight, the rest of the model's.</summary>
     public DType ComputeDType => Store.DType;
 

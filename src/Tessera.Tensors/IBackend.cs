@@ -80,6 +80,9 @@ public interface IBackend
     /// Every backend computes these codes and scales; the sums' order and precision are the backend's.</para>
     /// <para>Group-wise int4 weights (<see cref="QuantizedWeight.IsInt4"/>): W[n, k] = Scales[n, g] (q[n, k] - Zeros[n, g]) with
     /// g = k / GroupSize, multiplied in x's precision as for int8.</para>
+    /// <para>A weight with an input order (<see cref="QuantizedWeight.InputOrder"/>): x's columns (normalized first when
+    /// <paramref name="norm"/> is given) are gathered in that order into scratch (<see cref="GatherColumns"/>), then the product
+    /// over the stored columns, so y is the product of the weight it stands for.</para>
     /// </summary>
     void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null,
         MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null);
@@ -95,8 +98,18 @@ public interface IBackend
         Tensor? upBias = null, RmsNormPrologue? norm = null);
 
     /// <summary>output (N, K) = the weight <paramref name="weight"/> stands for, Scales[n] * Values[n, k] (int4: scale (q - zero) of the
-    /// element's group), in output's floating-point dtype.</summary>
+    /// element's group), in output's floating-point dtype; with an input order, in the inputs' order (column k of output is
+    /// stored column <c>InputOrderInverse[k]</c>).</summary>
     void Dequantize(QuantizedWeight weight, Tensor output);
+
+    /// <summary>
+    /// output (M, J)[m, j] = x (M, K)[m, indices[j]] for <paramref name="indices"/> (J) I32 on this backend, each in 0 .. K - 1:
+    /// a gather of columns (x's rows may be strided; output contiguous, of x's dtype, any of F32, F64, BF16, F16). What a
+    /// product over a weight with an input order (<see cref="QuantizedWeight.InputOrder"/>) does to x first. The CPU backend
+    /// refuses an index outside x; a device backend does not read the indices back (the host checks them once, when it builds
+    /// them: <see cref="QuantizedWeight.CheckPermutation"/>).
+    /// </summary>
+    void GatherColumns(Tensor x, Tensor indices, Tensor output);
 
     // ---------------------------------------------------------------- elementwise
 

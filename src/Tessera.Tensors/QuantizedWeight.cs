@@ -12,6 +12,11 @@ namespace Tessera.Tensors;
 /// 4j .. 4j + 3 (little-nibble first, no interleave); <see cref="Scales"/> (N, G) F32 and <see cref="Zeros"/> (N, G) I8 (0 .. 15)
 /// for G = ceil(K / <see cref="GroupSize"/>) groups of consecutive columns (the last one may be shorter); the weight is
 /// <c>Scales[n, k / GroupSize] * (q[n, k] - Zeros[n, k / GroupSize])</c>. A symmetric checkpoint has every zero 8.</para>
+/// <para>An input order (<see cref="InputOrder"/>, GPTQ's activation order, desc_act): the stored columns are the weight's inputs
+/// permuted, stored column j holding input <c>InputOrder[j]</c>, so that groups that are scattered over the inputs are contiguous
+/// runs of stored columns. The weight it stands for is then <c>W[n, InputOrder[j]] = stored[n, j]</c>, and a product gathers x's
+/// columns in that order first (<see cref="IBackend.GatherColumns"/>): y = stored (x[:, InputOrder])^T. Every backend op that
+/// takes a quantized weight honours it; <see cref="IBackend.Dequantize"/> gives the weight in the inputs' order.</para>
 /// </summary>
 public sealed record QuantizedWeight
 {
@@ -30,13 +35,15 @@ public sealed record QuantizedWeight
         GroupSize = Columns;
     }
 
-    private QuantizedWeight(Tensor packed, Tensor scales, Tensor zeros, int columns, int groupSize)
+    private QuantizedWeight(Tensor packed, Tensor scales, Tensor? zeros, int columns, int groupSize, Tensor? inputOrder = null, Tensor? inputOrderInverse = null)
     {
         Values = packed;
         Scales = scales;
         Zeros = zeros;
         Columns = columns;
         GroupSize = groupSize;
+        InputOrder = inputOrder;
+        InputOrderInverse = inputOrderInverse;
     }
 
     /// <summary>
@@ -78,10 +85,64 @@ public sealed record QuantizedWeight
     /// <summary>Groups a row: ceil(K / <see cref="GroupSize"/>) (1 for the per-row forms).</summary>
     public int Groups => Int4Quantization.Groups(Columns, GroupSize);
 
-    /// <summary>Rows <paramref name="first"/> .. <paramref name="first"/> + <paramref name="count"/> of this weight (views of its tensors).</summary>
-    public QuantizedWeight SliceRows(int first, int count) => IsInt4
-        ? new QuantizedWeight(Values.Slice(0, first, count), Scales.Slice(0, first, count), Zeros!.Slice(0, first, count), Columns, GroupSize)
-        : new QuantizedWeight(Values.Slice(0, first, count), Scales.Slice(0, first, count));
+    /// <summary>Rows <paramref name="first"/> .. <paramref name="first"/> + <paramref name="count"/> of this weight (views of its
+    /// tensors; the input order, which every row shares, kept).</summary>
+    public QuantizedWeight SliceRows(int first, int count) =>
+        new(Values.Slice(0, first, count), Scales.Slice(0, first, count), Zeros?.Slice(0, first, count), Columns, GroupSize, InputOrder, InputOrderInverse);
+
+    /// <summary>
+    /// (K) I32, or null: stored column j holds input <c>InputOrder[j]</c> of the weight (see the type). Set by
+    /// <see cref="WithInputOrder"/>; the products gather x's columns in this order.
+    /// </summary>
+    public Tensor? InputOrder { get; }
+
+    /// <summary>(K) I32, the inverse of <see cref="InputOrder"/> (input k is stored column <c>InputOrderInverse[k]</c>), or null: what
+    /// <see cref="IBackend.Dequantize"/> gathers the stored columns by.</summary>
+    public Tensor? InputOrderInverse { get; }
+
+    /// <summary>
+    /// This weight with its stored columns standing for the inputs <paramref name="order"/> names (stored column j is input
+    /// <c>order[j]</c>): <paramref name="order"/> and its inverse <paramref name="inverse"/>, contiguous (K) I32 tensors on the
+    /// weight's backend, whose values the caller has checked to be a permutation of 0 .. K - 1 and its inverse
+    /// (<see cref="CheckPermutation"/>); the device's copies are not read back.
+    /// </summary>
+    public QuantizedWeight WithInputOrder(Tensor order, Tensor inverse)
+    {
+        ArgumentNullException.ThrowIfNull(order);
+        ArgumentNullException.ThrowIfNull(inverse);
+        foreach (var (t, name) in new[] { (order, nameof(order)), (inverse, nameof(inverse)) })
+        {
+            if (t.DType != DType.I32 || t.Shape != new Shape(Columns) || !t.IsContiguous)
+                throw new ArgumentException($"quantized weight: an input order must be a contiguous ({Columns}) I32 tensor, got {t.DType} {t.Shape}", name);
+            if (!ReferenceEquals(t.Storage.Backend, Values.Storage.Backend))
+                throw new ArgumentException("quantized weight: the input order lives on another backend than the values", name);
+        }
+        return new QuantizedWeight(Values, Scales, Zeros, Columns, GroupSize, order, inverse);
+    }
+
+    /// <summary>This weight's stored columns as a weight of their own (no input order): what a product over gathered x reads.</summary>
+    public QuantizedWeight WithoutInputOrder() => InputOrder is null ? this : new QuantizedWeight(Values, Scales, Zeros, Columns, GroupSize);
+
+    /// <summary>
+    /// The inverse of <paramref name="order"/> (inverse[order[j]] = j), after checking that it is a permutation of 0 .. K - 1 for
+    /// K = its length. <paramref name="what"/> names it in the message.
+    /// </summary>
+    /// <exception cref="ArgumentException">A value is outside 0 .. K - 1 or appears twice.</exception>
+    public static int[] CheckPermutation(ReadOnlySpan<int> order, string what)
+    {
+        var inverse = new int[order.Length];
+        Array.Fill(inverse, -1);
+        for (int j = 0; j < order.Length; j++)
+        {
+            int k = order[j];
+            if ((uint)k >= (uint)order.Length)
+                throw new ArgumentException($"{what}: input order entry {j} is {k}, outside 0 .. {order.Length - 1}");
+            if (inverse[k] != -1)
+                throw new ArgumentException($"{what}: input order names input {k} twice (entries {inverse[k]} and {j}); it must be a permutation");
+            inverse[k] = j;
+        }
+        return inverse;
+    }
 
     /// <summary>(N, K) I8 or F8E4M3; for the int4 form (N, K / 8) I32 of packed nibbles.</summary>
     public Tensor Values { get; }
@@ -101,8 +162,10 @@ public sealed record QuantizedWeight
     /// <summary>The shape of the weight it stands for, (N, K).</summary>
     public Shape Shape => new(Rows, Columns);
 
-    /// <summary>Bytes held: one a value (int8 or E4M3), four a scale; int4: half a value, four a scale and one a zero point per group.</summary>
-    public long Bytes => IsInt4 ? 4L * Values.NumElements + 5L * Scales.NumElements : Values.NumElements + 4L * Rows;
+    /// <summary>Bytes held: one a value (int8 or E4M3), four a scale; int4: half a value, four a scale and one a zero point per group;
+    /// an input order and its inverse four bytes an input each.</summary>
+    public long Bytes => (IsInt4 ? 4L * Values.NumElements + 5L * Scales.NumElements : Values.NumElements + 4L * Rows)
+        + (InputOrder is null ? 0 : 8L * Columns);
 
     /// <summary>
     /// The checks every backend applies to <see cref="IBackend.QuantizedMatMul"/>: x (M, K) and y (M, N) of one floating-point

@@ -41,6 +41,21 @@ FOR_FLOAT_TYPES(FILL)
 extern "C" __global__ void fill_f64(double* p, i64 n, double v) { GRID_STRIDE(i, n) p[i] = v; }
 extern "C" __global__ void fill_i32(int* p, i64 n, int v) { GRID_STRIDE(i, n) p[i] = v; }
 
+// dst (M, J)[m, j] = src (M, K)[m, idx[j]], src's rows ld apart: x's columns in a quantized weight's input order (GPTQ's act
+// order) before the product over its stored columns, and a dequantized act-order weight's columns back in the inputs' order.
+template <typename W> __device__ void gather_columns(const W* src, W* dst, const int* idx, i64 M, int J, i64 ld)
+{
+    GRID_STRIDE(i, M * J)
+    {
+        const i64 m = i / J;
+        const int j = (int)(i % J);
+        dst[i] = src[m * ld + idx[j]];
+    }
+}
+#define GATHER_COLUMNS(name, wt) \
+    extern "C" __global__ void gather_columns_##name(const wt* src, wt* dst, const int* idx, i64 M, int J, i64 ld) { gather_columns<wt>(src, dst, idx, M, J, ld); }
+GATHER_COLUMNS(b2, unsigned short) GATHER_COLUMNS(b4, unsigned int) GATHER_COLUMNS(b8, unsigned long long)
+
 // ------------------------------------------------------------------------------ KV cache writes
 // dst[b, starts[b] + t, r, :] = src[b, t, r, :] for src (B, T, R, D) and dst (B, S, R, D), both with a
 // contiguous last dimension (src is typically the k and v heads of a fused QKV activation). The start

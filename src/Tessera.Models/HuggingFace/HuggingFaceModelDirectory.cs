@@ -265,14 +265,16 @@ public sealed class HuggingFaceModelDirectory : IDisposable
     /// <summary>
     /// Writes a 4-bit checkpoint's nibbles, scales and zero points as they are into <paramref name="p"/>'s int4
     /// <see cref="QuantizedWeight"/>, when <see cref="IsInt4Exact"/> and the parameter holds the checkpoint's group size; a
-    /// tensor-parallel rank takes its slice of them (<see cref="Int4Slice"/>). False otherwise: the caller then loads the
-    /// dequantized values (which an int4 parameter re-quantizes, round to nearest).
+    /// tensor-parallel rank takes its slice of them (<see cref="Int4Slice"/>). An act-order weight keeps its stored columns and
+    /// their input order (<see cref="Parameter.SetQuantizedInputOrder"/>); the sources stacked into one parameter (q, k and v;
+    /// gate and up) must then share one order, as GPTQ gives layers that read one input. False otherwise: the caller then loads
+    /// the dequantized values (which an int4 parameter re-quantizes, round to nearest).
     /// </summary>
     private bool TryLoadInt4Exactly(Parameter p, IBackend backend)
     {
         if (p.Quantized is not { IsInt4: true } q || !IsInt4Exact(p.Name)) return false;
         var entry = Map.Entries.First(e => e.Canonical == p.Name);
-        var parts = new List<(int[] Packed, float[] Scales, sbyte[] Zeros, int GroupSize)>();
+        var parts = new List<(int[] Packed, float[] Scales, sbyte[] Zeros, int GroupSize, int[]? InputOrder)>();
         foreach (var (name, _) in entry.Sources)
         {
             var part = _source.ReadPacked(_resolved[name])!.Value;
@@ -280,11 +282,19 @@ public sealed class HuggingFaceModelDirectory : IDisposable
             if (part.GroupSize != q.GroupSize && !(part.GroupSize == p.GlobalShape[1] && q.GroupSize == q.Columns)) return false;
             parts.Add(part);
         }
+        var order = parts[0].InputOrder;
+        if (parts.Any(x => !(x.InputOrder is null && order is null || x.InputOrder is { } o && order is not null && o.AsSpan().SequenceEqual(order))))
+            throw new NotSupportedException($"{Path}: parameter '{p.Name}' stacks act-order 4-bit weights ({string.Join(", ", entry.Sources.Select(x => x.Name))}) " +
+                "whose inputs are in different orders, which one int4 weight cannot hold; load the model without --quantize int4 to dequantize them exactly");
+        if (order is not null && q.Columns != p.GlobalShape[1])
+            throw new NotSupportedException($"{Path}: parameter '{p.Name}' ({p.Placement}) splits an act-order 4-bit weight's inputs across tensor-parallel " +
+                "ranks, whose groups are scattered over the inputs; serve it with fewer ranks or none, or without --quantize int4");
         var packed = parts.SelectMany(x => x.Packed).ToArray();
         var scales = parts.SelectMany(x => x.Scales).ToArray();
         var zeros = parts.SelectMany(x => x.Zeros).ToArray();
         if (p.Shape != p.GlobalShape) (packed, scales, zeros) = Int4Slice(p, q, packed, scales, zeros, parts[0].GroupSize);
-        Int4Quantization.Write(backend, q, packed, scales, zeros);
+        p.SetQuantizedInputOrder(order);
+        Int4Quantization.Write(backend, p.Quantized!, packed, scales, zeros);
         return true;
     }
 

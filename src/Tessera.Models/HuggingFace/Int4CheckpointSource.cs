@@ -17,8 +17,9 @@ namespace Tessera.Models.HuggingFace;
 /// in bits 4j of [g, c], stored as z - 1 by the classic <c>checkpoint_format</c> "gptq" (so z = (stored + 1) mod 16), as z by
 /// "gptq_v2"; scales (G, N); g_idx (K) int32, input k's group: k / group_size, or in an act-order checkpoint (desc_act) a
 /// permutation of those groups over the inputs. An act-order weight is value[n, k] = scale[g_idx[k], n] (q[k, n] -
-/// z[g_idx[k], n]): it loads dequantized (exactly), and is refused kept 4-bit (<see cref="ReadPacked"/>: the int4 layout's
-/// groups are contiguous runs of inputs, and Tessera does not reorder inputs).</item>
+/// z[g_idx[k], n]): it loads dequantized (exactly), or kept 4-bit with its inputs reordered (<see cref="ReadPacked"/>: the
+/// inputs sorted by group, so that each group is a contiguous run of stored columns, and the order kept beside the weight,
+/// <see cref="QuantizedWeight.InputOrder"/>).</item>
 /// <item>AWQ (version "gemm"): qweight (K, N / 8) int32, output 8c + j of row k in nibble [0, 4, 1, 5, 2, 6, 3, 7][j] of [k, c]
 /// (AWQ packs the columns in the order 0, 2, 4, 6, 1, 3, 5, 7); qzeros (G, N / 8) in the same order, no offset; scales (G, N).</item>
 /// </list>
@@ -97,17 +98,16 @@ internal sealed class Int4CheckpointSource : ITensorSource
 
     /// <summary>
     /// The weight <paramref name="name"/> (<c>x.weight</c>) in <see cref="QuantizedWeight.Int4"/>'s layout: packed (N, K / 8),
-    /// scales and zeros (N, G); null when it is not a 4-bit weight of this checkpoint.
+    /// scales and zeros (N, G); null when it is not a 4-bit weight of this checkpoint. An act-order weight (its g_idx permutes the
+    /// groups) comes with its inputs sorted by group, stored column j holding input <c>InputOrder[j]</c> (inputs of one group in
+    /// ascending order), so that each group is a contiguous run of stored columns; InputOrder is null for any other weight.
     /// </summary>
-    /// <exception cref="HuggingFaceFormatException">The weight is act-order (its g_idx permutes the groups).</exception>
-    public (int[] Packed, float[] Scales, sbyte[] Zeros, int GroupSize)? ReadPacked(string name)
+    /// <exception cref="HuggingFaceFormatException">An act-order g_idx gives a group other than the group size's count of inputs
+    /// (then no contiguous layout of groups of that size holds it).</exception>
+    public (int[] Packed, float[] Scales, sbyte[] Zeros, int GroupSize, int[]? InputOrder)? ReadPacked(string name)
     {
         if (!_weights.TryGetValue(name, out var w)) return null;
-        if (w.GroupIndex is not null)
-            throw new HuggingFaceFormatException(_files.FileOf(w.Prefix + ".g_idx"),
-                $"tensor '{w.Prefix}.g_idx' is an act-order group index (desc_act {(Format!.ActOrder ? "true" : "false")}: the inputs' groups are " +
-                "permuted), which int4 weights cannot keep (their groups are contiguous runs of inputs, and Tessera does not reorder inputs); " +
-                "load it without --quantize int4 to dequantize it exactly to the model's dtype");
+        var order = w.GroupIndex is { } index ? ActOrder(w, index) : null;
         int n = w.Rows, k = w.Columns, groups = w.Groups;
         var qweight = ReadInt32(w.Prefix + ".qweight");
         var qzeros = ReadInt32(w.Prefix + ".qzeros");
@@ -118,12 +118,13 @@ internal sealed class Int4CheckpointSource : ITensorSource
         bool awq = Format!.Method == "awq";
         for (int r = 0; r < n; r++)
         {
-            for (int c = 0; c < k; c++)
+            for (int j = 0; j < k; j++)
             {
+                int c = order is null ? j : order[j];                                               // stored column j is input c
                 int q = awq
                     ? (qweight[c * (n / 8) + r / 8] >> (4 * AwqNibbleOfColumn[r % 8])) & 0xF          // (K, N / 8)
                     : (qweight[c / 8 * n + r] >> (4 * (c % 8))) & 0xF;                               // (K / 8, N)
-                packed[r * (k / 8) + c / 8] |= q << (4 * (c % 8));
+                packed[r * (k / 8) + j / 8] |= q << (4 * (j % 8));
             }
             for (int g = 0; g < groups; g++)
             {
@@ -136,13 +137,38 @@ internal sealed class Int4CheckpointSource : ITensorSource
                 rowScales[r * groups + g] = s;
             }
         }
-        return (packed, rowScales, zeros, w.GroupSize);
+        return (packed, rowScales, zeros, w.GroupSize, order);
+    }
+
+    /// <summary>
+    /// The inputs of an act-order weight sorted by their group (<paramref name="index"/>, g_idx), ascending within a group: stored
+    /// column j is input order[j], and stored columns j of group j / group size hold exactly that group's inputs.
+    /// </summary>
+    private int[] ActOrder(Int4CheckpointWeight w, int[] index)
+    {
+        var order = Enumerable.Range(0, w.Columns).ToArray();
+        var keys = (int[])index.Clone();
+        Array.Sort(keys, order);                         // not stable: the inputs of a group are put back in order below
+        for (int j = 0; j < w.Columns; j++)
+        {
+            int expected = j / w.GroupSize;
+            if (keys[j] != expected)
+            {
+                int count = index.Count(g => g == keys[j]);
+                throw new HuggingFaceFormatException(_files.FileOf(w.Prefix + ".g_idx"),
+                    $"tensor '{w.Prefix}.g_idx' puts {count} inputs in group {keys[j]}; kept 4-bit, its groups of {w.GroupSize} must each hold " +
+                    $"{w.GroupSize} inputs (the last one the rest); load it without --quantize int4 to dequantize it exactly to the model's dtype");
+            }
+        }
+        for (int g = 0; g * w.GroupSize < w.Columns; g++)
+            Array.Sort(order, g * w.GroupSize, Math.Min(w.GroupSize, w.Columns - g * w.GroupSize));
+        return order;
     }
 
     private float[] Dequantized(Int4CheckpointWeight w)
     {
         if (w.GroupIndex is { } index) return DequantizedActOrder(w, index);
-        var (packed, scales, zeros, groupSize) = ReadPacked(w.Name)!.Value;
+        var (packed, scales, zeros, groupSize, _) = ReadPacked(w.Name)!.Value;
         var values = Int4Quantization.Dequantize(packed, scales, zeros, w.Rows, w.Columns, groupSize);
         return Array.ConvertAll(values, v => (float)v);
     }

@@ -20,6 +20,8 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
     private readonly QuantizedWeight?[] _quantized;
     private readonly Tensor? _valueBuffer, _quantizedBuffer, _scaleBuffer, _zeroBuffer;
     private bool _disposed;
+    // The input orders given (SetQuantizedInputOrder), one backend pair for each distinct order.
+    private readonly List<(int[] Host, Tensor Order, Tensor Inverse)> _orders = [];
 
     /// <summary>
     /// Allocates, on <paramref name="backend"/>, the parameters of <paramref name="layout"/>: those <paramref name="quantize"/>
@@ -125,10 +127,37 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
 
     /// <summary>Bytes of the buffers held on the backend: the values, the quantized weights and their scales.</summary>
     public long AllocatedBytes => _disposed ? 0 : (_valueBuffer?.Storage.ByteLength ?? 0) + (_quantizedBuffer?.Storage.ByteLength ?? 0)
-        + (_scaleBuffer?.Storage.ByteLength ?? 0) + (_zeroBuffer?.Storage.ByteLength ?? 0);
+        + (_scaleBuffer?.Storage.ByteLength ?? 0) + (_zeroBuffer?.Storage.ByteLength ?? 0)
+        + _orders.Sum(o => o.Order.Storage.ByteLength + o.Inverse.Storage.ByteLength);
 
     /// <inheritdoc/>
     public QuantizedWeight? Quantized(Parameter parameter) => Live()._quantized[Check(parameter).Index];
+
+    /// <inheritdoc/>
+    /// <remarks>The order and its inverse live on the backend as (K) I32 tensors; weights given the same order share one pair (a
+    /// GPTQ checkpoint's q, k and v, or gate and up, are ordered by one input's statistics, so the fused QKV stack and the MLP pair
+    /// gather x once each).</remarks>
+    public void SetQuantizedInputOrder(Parameter parameter, int[]? order)
+    {
+        int index = Check(parameter).Index;
+        var q = Live()._quantized[index] ?? throw new InvalidOperationException(
+            $"parameter '{parameter.Name}' is not held quantized, so its weight has no stored column order to set");
+        if (order is null) { _quantized[index] = q.WithoutInputOrder(); return; }
+        if (order.Length != q.Columns)
+            throw new ArgumentException($"parameter '{parameter.Name}': an input order of {order.Length} entries for a weight of {q.Columns} inputs", nameof(order));
+        var inverse = QuantizedWeight.CheckPermutation(order, $"parameter '{parameter.Name}'");
+        var shared = _orders.FirstOrDefault(o => o.Host.AsSpan().SequenceEqual(order));
+        if (shared.Host is null)
+        {
+            var device = Backend.Allocate(new Shape(order.Length), DType.I32);
+            var deviceInverse = Backend.Allocate(new Shape(order.Length), DType.I32);
+            Backend.CopyFromHost<int>(order, device);
+            Backend.CopyFromHost<int>(inverse, deviceInverse);
+            shared = ((int[])order.Clone(), device, deviceInverse);
+            _orders.Add(shared);
+        }
+        _quantized[index] = q.WithoutInputOrder().WithInputOrder(shared.Order, shared.Inverse);
+    }
 
     /// <inheritdoc/>
     public Tensor Value(Parameter parameter) => Live()._values[Check(parameter).Index] ?? throw new InvalidOperationException(
@@ -176,6 +205,9 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
             host = Backend.ToArray<float>(w);
         }
         finally { w.Storage.Dispose(); }
+        // A weight written whole is quantized in the inputs' order: an act-order layout no longer applies.
+        if (q.InputOrder is not null) SetQuantizedInputOrder(parameter, null);
+        q = _quantized[parameter.Index]!;
         if (q.IsInt4) Int4Quantization.QuantizeInto(Backend, host, q, parameter.Name);
         else if (q.IsFp8) Fp8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
         else Int8Quantization.QuantizeInto(Backend, host, q, parameter.Name);
@@ -199,6 +231,11 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
         _quantizedBuffer?.Storage.Dispose();
         _scaleBuffer?.Storage.Dispose();
         _zeroBuffer?.Storage.Dispose();
+        foreach (var (_, order, inverse) in _orders)
+        {
+            order.Storage.Dispose();
+            inverse.Storage.Dispose();
+        }
     }
 
     private QuantizedParameterStorage Live() => _disposed

@@ -36,6 +36,24 @@ public sealed unsafe partial class CpuBackend
         ArgumentNullException.ThrowIfNull(weight);
         weight.ValidateProduct(nameof(CpuBackend), x, y, beta, bias, epilogue, auxiliary, addend, norm);
         RequireComputeDType(op, nameof(x), x);
+        if (weight.InputOrder is { } order)
+        {
+            // x's columns in the stored order (normalized first), then the product over the stored columns.
+            var normalized = norm is { } n ? Normalized(x, n) : null;
+            var gathered = Allocate(x.Shape, x.DType);
+            try
+            {
+                GatherColumns(normalized ?? x, order, gathered);
+                QuantizedMatMul(gathered, weight.WithoutInputOrder(), y, beta, bias, epilogue, auxiliary, addend);
+            }
+            finally
+            {
+                gathered.Storage.Dispose();
+                normalized?.Storage.Dispose();
+            }
+            KeepOperandsAlive(x, order, norm?.Weight);
+            return;
+        }
         if (norm is { } r)
         {
             var normalized = Normalized(x, r);
@@ -94,6 +112,18 @@ public sealed unsafe partial class CpuBackend
         RequireShape(op, nameof(output), output, weight.Shape);
         if (output.DType is not (DType.F32 or DType.F64 or DType.BF16) || !output.IsContiguous)
             throw new ArgumentException($"{op}: output must be a contiguous F32, F64 or BF16 tensor, got {output.DType} {output.Shape}", nameof(output));
+        if (weight.InputOrderInverse is { } inverse)
+        {
+            // The stored columns dequantized, then gathered into the inputs' order.
+            var stored = Allocate(output.Shape, output.DType);
+            try
+            {
+                Dequantize(weight.WithoutInputOrder(), stored);
+                GatherColumns(stored, inverse, output);
+            }
+            finally { stored.Storage.Dispose(); }
+            return;
+        }
         if (weight.IsInt4) { DequantizeInt4(weight, output); return; }
         int k = weight.Columns;
         sbyte* q = Ptr<sbyte>(weight.Values);
@@ -135,6 +165,43 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc/>
+    public void GatherColumns(Tensor x, Tensor indices, Tensor output)
+    {
+        const string op = nameof(GatherColumns);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(indices);
+        ArgumentNullException.ThrowIfNull(output);
+        if (x.Rank != 2 || x.Stride(1) != 1)
+            throw new ArgumentException($"{op}: x must be (M, K) with unit column stride, got {x.Shape}", nameof(x));
+        if (indices.DType != DType.I32 || indices.Rank != 1 || !indices.IsContiguous)
+            throw new ArgumentException($"{op}: indices must be a contiguous (J) I32 tensor, got {indices.DType} {indices.Shape}", nameof(indices));
+        RequireShape(op, nameof(output), output, new Shape(x.Size(0), indices.Size(0)));
+        if (output.DType != x.DType || !output.IsContiguous || x.DType is not (DType.F32 or DType.F64 or DType.BF16 or DType.F16))
+            throw new ArgumentException($"{op}: x and output must share one floating-point dtype, output contiguous; got {x.DType} and {output.DType}", nameof(output));
+        int m = x.Size(0), j = indices.Size(0), k = x.Size(1), size = x.DType.SizeInBytes();
+        long ldx = x.Stride(0);
+        int* idx = Ptr<int>(indices);
+        for (int c = 0; c < j; c++)
+            if ((uint)idx[c] >= (uint)k)
+                throw new ArgumentException($"{op}: index {c} is {idx[c]}, outside x's {k} columns", nameof(indices));
+        byte* src = BytePtr(x), dst = BytePtr(output);
+        ParallelChunks(m, j, (start, end) =>
+        {
+            for (long r = start; r < end; r++)
+            {
+                byte* row = src + r * ldx * size, to = dst + r * j * size;
+                switch (size)
+                {
+                    case 2: for (int c = 0; c < j; c++) ((ushort*)to)[c] = ((ushort*)row)[idx[c]]; break;
+                    case 4: for (int c = 0; c < j; c++) ((uint*)to)[c] = ((uint*)row)[idx[c]]; break;
+                    default: for (int c = 0; c < j; c++) ((ulong*)to)[c] = ((ulong*)row)[idx[c]]; break;
+                }
+            }
+        });
+        KeepOperandsAlive(x, indices, output);
+    }
+
+    /// <inheritdoc/>
     public void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false) =>
         QuantizedLookup(nameof(QuantizedEmbeddingForward), ids, table, output, rowOffset: 0, shard: false, accumulate);
 
@@ -158,6 +225,8 @@ public sealed unsafe partial class CpuBackend
         RequireContiguous(op, nameof(output), output);
         if (table.IsInt4)
             throw new NotSupportedException($"{op}: an int4 table cannot be looked up; int4 quantization keeps the embedding tables in the model's dtype");
+        if (table.InputOrder is not null)
+            throw new NotSupportedException($"{op}: a table with an input order (act-order columns) cannot be looked up");
         int n = ids.Size(0), c = table.Columns, v = table.Rows;
         RequireShape(op, nameof(output), output, new Shape(n, c));
         int* pid = Ptr<int>(ids);

@@ -282,6 +282,62 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         AssertClose(Download(_cpu, expected), Download(w), dtype == DType.F32 ? 1e-7 : 4e-3, $"{dtype} dequantize");
     }
 
+    /// <summary>
+    /// An act-order weight (<see cref="QuantizedWeight.InputOrder"/>, a random permutation of the inputs, seed logged) on the GPU:
+    /// the product (x gathered first, <c>gather_columns_b2</c> named by the op profiler; then the stream, the decode product or
+    /// the dequantized product as the rows pick), the SwiGLU pair and the dequantized weight equal the CPU's F64 results on the
+    /// same ordered weights; the dequantized weight also equals the unordered weight's columns put in order (bit for bit).
+    /// Tolerance 1e-2 relative (BF16 output, as the unordered products).
+    /// </summary>
+    [Theory]
+    [InlineData(1, false)]
+    [InlineData(3, true)]
+    [InlineData(40, true)]
+    [InlineData(96, false)]
+    public void ActOrderWeightsGatherXAndMatchTheCpuInF64(int m, bool withNorm)
+    {
+        const DType dtype = DType.BF16;
+        const double eps = 1e-5;
+        using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+        var order = Enumerable.Range(0, K).OrderBy(_ => Rng.Next()).ToArray();
+        var inverse = QuantizedWeight.CheckPermutation(order, "test");
+        QuantizedWeight Ordered(IBackend b, (int[] Packed, float[] Scales, sbyte[] Zeros) w)
+        {
+            var o = b.Allocate(new Shape(K), DType.I32);
+            var i = b.Allocate(new Shape(K), DType.I32);
+            b.CopyFromHost<int>(order, o);
+            b.CopyFromHost<int>(inverse, i);
+            return UploadInt4(b, w.Packed, w.Scales, w.Zeros, 128).WithInputOrder(o, i);
+        }
+        var gate = RandomInt4(N, K, 128);
+        var up = RandomInt4(N, K, 128);
+        var (_, xv) = Random(dtype, 1, m, K);
+        var (_, gainv) = Random(dtype, 1, K);
+        RmsNormPrologue? Norm(IBackend b, DType t) => withNorm ? new RmsNormPrologue(Upload(b, gainv, t, K), eps) : null;
+
+        var y = gpu.Allocate(new Shape(m, N), dtype);
+        var h = gpu.Allocate(new Shape(m, N), dtype);
+        gpu.Profiler!.Reset();
+        gpu.QuantizedMatMul(Upload(gpu, xv, dtype, m, K), Ordered(gpu, gate), y, norm: Norm(gpu, dtype));
+        Assert.Contains("gather_columns_b2", gpu.Profiler!.Totals().Select(r => r.Name));
+        gpu.QuantizedMatMulSwiGlu(Upload(gpu, xv, dtype, m, K), Ordered(gpu, gate), Ordered(gpu, up), h, norm: Norm(gpu, dtype));
+        var w = gpu.Allocate(new Shape(N, K), DType.F32);
+        gpu.Dequantize(Ordered(gpu, gate), w);
+
+        var expected = _cpu.Allocate(new Shape(m, N), DType.F64);
+        var expectedH = _cpu.Allocate(new Shape(m, N), DType.F64);
+        _cpu.QuantizedMatMul(Upload(_cpu, xv, DType.F64, m, K), Ordered(_cpu, gate), expected, norm: Norm(_cpu, DType.F64));
+        _cpu.QuantizedMatMulSwiGlu(Upload(_cpu, xv, DType.F64, m, K), Ordered(_cpu, gate), Ordered(_cpu, up), expectedH, norm: Norm(_cpu, DType.F64));
+        AssertClose(Download(_cpu, expected), Download(gpu, y), Tolerance(dtype), $"act order M={m} norm={withNorm}");
+        AssertClose(Download(_cpu, expectedH), Download(gpu, h), Tolerance(dtype), $"act order SwiGLU M={m} norm={withNorm}");
+        var stored = _cpu.Allocate(new Shape(N, K), DType.F32);
+        _cpu.Dequantize(UploadInt4(_cpu, gate.Packed, gate.Scales, gate.Zeros, 128), stored);
+        var storedValues = _cpu.ToArray<float>(stored);
+        var inOrder = new float[N * K];
+        for (int r = 0; r < N; r++) for (int j = 0; j < K; j++) inOrder[r * K + order[j]] = storedValues[r * K + j];
+        Assert.True(inOrder.AsSpan().SequenceEqual(gpu.ToArray<float>(w)), "the dequantized act-order weight is not the stored columns in the inputs' order");
+    }
+
     /// <summary>Random weights U(-1, 1) quantized on the host in groups of <paramref name="group"/> (-1: a row).</summary>
     private (int[] Packed, float[] Scales, sbyte[] Zeros) RandomInt4(int n, int k, int group)
     {

@@ -23,6 +23,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void SumRows(Tensor x, Tensor sums) => Inner.SumRows(x, sums);
     public virtual void QuantizedMatMul(Tensor x, QuantizedWeight weight, Tensor y, double beta = 0.0, Tensor? bias = null, MatMulEpilogue epilogue = MatMulEpilogue.None, Tensor? auxiliary = null, Tensor? addend = null, RmsNormPrologue? norm = null) => Inner.QuantizedMatMul(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm);
     public virtual void Dequantize(QuantizedWeight weight, Tensor output) => Inner.Dequantize(weight, output);
+    public virtual void GatherColumns(Tensor x, Tensor indices, Tensor output) => Inner.GatherColumns(x, indices, output);
     public virtual void Add(Tensor a, Tensor b, Tensor output) => Inner.Add(a, b, output);
     public virtual void Accumulate(Tensor accumulator, Tensor x, double alpha = 1.0) => Inner.Accumulate(accumulator, x, alpha);
     public virtual void Multiply(Tensor a, Tensor b, Tensor output) => Inner.Multiply(a, b, output);

@@ -173,6 +173,87 @@ public class CpuInt4QuantizedMatMulTests
         for (int i = 0; i < w.Length; i++) Assert.True(Math.Abs(got[i] - w[i]) <= tol * Math.Abs(w[i]), $"element {i}: {got[i]} against {w[i]}");
     }
 
+    /// <summary>
+    /// A weight with an input order (GPTQ's act order: stored column j is input order[j], a random permutation, seed logged)
+    /// stands for w[n, order[j]] = stored[n, j]: every product form (the direct kernel, the dequantized GEMM, bias, beta, addend,
+    /// GELU) equals the naive loop over that weight, and so do the SwiGLU pair normalized and Dequantize (bit for bit: the same
+    /// values, moved). Tolerances as the unordered products'.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32, 2, 64, 24, 16)]
+    [InlineData(DType.F32, 11, 96, 20, 32)]
+    [InlineData(DType.F64, 3, 128, 9, 64)]
+    public void AWeightWithAnInputOrderStandsForItsStoredColumnsPutInOrder(DType dtype, int m, int k, int n, int group)
+    {
+        var rng = TestRandom.Create();
+        var (stored, ws) = Weight(rng, n, k, group);
+        var (up, wus) = Weight(rng, n, k, group);
+        var order = Enumerable.Range(0, k).OrderBy(_ => rng.Next()).ToArray();
+        var inverse = QuantizedWeight.CheckPermutation(order, "test");
+        var o = _cpu.Allocate(new Shape(k), DType.I32);
+        var i = _cpu.Allocate(new Shape(k), DType.I32);
+        _cpu.CopyFromHost<int>(order, o);
+        _cpu.CopyFromHost<int>(inverse, i);
+        var weight = stored.WithInputOrder(o, i);
+        double[] InOrder(double[] s)
+        {
+            var w = new double[n * k];
+            for (int r = 0; r < n; r++) for (int j = 0; j < k; j++) w[r * k + order[j]] = s[r * k + j];
+            return w;
+        }
+        var w = InOrder(ws);
+        QuantizedProductChecks.AgainstANaiveLoop(_cpu, weight, w, dtype, m, k, n, dtype == DType.F32 ? 1e-5 : 1e-12, rng);
+
+        var dequantized = _cpu.Allocate(weight.Shape, DType.F64);
+        _cpu.Dequantize(weight, dequantized);
+        Assert.True(w.AsSpan().SequenceEqual(TestTensors.ToDoubles(_cpu, dequantized)), "Dequantize does not give the stored columns in the inputs' order");
+
+        // The SwiGLU pair, both weights ordered, normalized: against the loop over the weights they stand for.
+        var wu = InOrder(wus);
+        var xv = TestTensors.Normal(rng, (long)m * k);
+        var gainv = TestTensors.Uniform(rng, k, 0.5, 1.5);
+        const double eps = 1e-5;
+        var expected = new double[m * n];
+        for (int r = 0; r < m; r++)
+        {
+            double ss = 0;
+            for (int c = 0; c < k; c++) ss += xv[r * k + c] * xv[r * k + c];
+            double rstd = 1 / Math.Sqrt(ss / k + eps);
+            for (int j = 0; j < n; j++)
+            {
+                double g = 0, u = 0;
+                for (int c = 0; c < k; c++) { double h = xv[r * k + c] * rstd * gainv[c]; g += h * w[j * k + c]; u += h * wu[j * k + c]; }
+                expected[r * n + j] = g / (1 + Math.Exp(-g)) * u;
+            }
+        }
+        var y = _cpu.Allocate(new Shape(m, n), dtype);
+        _cpu.QuantizedMatMulSwiGlu(TestTensors.FromDoubles(_cpu, xv, dtype, m, k), weight, up.WithInputOrder(o, i), y,
+            norm: new RmsNormPrologue(TestTensors.FromDoubles(_cpu, gainv, dtype, k), eps));
+        NumericAssert.Close(expected, TestTensors.ToDoubles(_cpu, y), dtype == DType.F32 ? 1e-5 : 1e-12, $"{dtype} ordered SwiGLU");
+    }
+
+    /// <summary>GatherColumns moves x's columns as the indices say (any rows, repeats allowed), and refuses an index outside x and a
+    /// permutation check refuses a repeat or a value out of range, naming it.</summary>
+    [Fact]
+    public void GatherColumnsMovesColumnsAndOutOfRangeIndicesAreRefused()
+    {
+        var rng = TestRandom.Create();
+        var xv = TestTensors.Normal(rng, 4 * 7);
+        var x = TestTensors.FromDoubles(_cpu, xv, DType.BF16, 4, 7);
+        int[] idx = [6, 0, 0, 3, 5];
+        var t = _cpu.Allocate(new Shape(5), DType.I32);
+        _cpu.CopyFromHost<int>(idx, t);
+        var y = _cpu.Allocate(new Shape(4, 5), DType.BF16);
+        _cpu.GatherColumns(x, t, y);
+        var xs = TestTensors.ToDoubles(_cpu, x);
+        var got = TestTensors.ToDoubles(_cpu, y);
+        for (int r = 0; r < 4; r++) for (int j = 0; j < 5; j++) Assert.Equal(xs[r * 7 + idx[j]], got[r * 5 + j]);
+        _cpu.CopyFromHost<int>(new[] { 0, 1, 7, 2, 3 }, t);
+        Assert.Contains("index 2 is 7, outside x's 7 columns", Assert.Throws<ArgumentException>(() => _cpu.GatherColumns(x, t, y)).Message);
+        Assert.Contains("names input 1 twice", Assert.Throws<ArgumentException>(() => QuantizedWeight.CheckPermutation(new[] { 1, 0, 1 }, "w")).Message);
+        Assert.Contains("entry 1 is 3, outside 0 .. 2", Assert.Throws<ArgumentException>(() => QuantizedWeight.CheckPermutation(new[] { 1, 3, 0 }, "w")).Message);
+    }
+
     [Fact]
     public void BadShapesAreRefusedNamingWhatIsWrong()
     {

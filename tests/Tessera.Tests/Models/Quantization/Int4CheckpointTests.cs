@@ -226,13 +226,15 @@ public sealed class Int4CheckpointTests : IDisposable
     /// An act-order checkpoint (desc_act true: g_idx puts input k in group k mod G, a permutation of the contiguous groups, as
     /// GPTQ's activation order does) loads dequantized: every weight is exactly scale[g_idx[k]] (q - z[g_idx[k]]) (the test's
     /// own packer and F64 dequantization), and the model gives the logits of those float weights (F64, 1e-12: the same weights,
-    /// only the sums' order differs). Kept 4-bit (--quantize int4) it is refused naming the tensor: the int4 layout holds
-    /// contiguous groups, and Tessera does not reorder inputs.
+    /// only the sums' order differs). Kept 4-bit (--quantize int4) each 4-bit weight holds its inputs sorted by group with the
+    /// order beside it: what it stands for (the test's own loop over the packed words and the order) is the same weights bit for
+    /// bit, the backend's dequantization gives them in the inputs' order, the logits are the dequantized model's (F64, 1e-12),
+    /// and the layers that read one input (q, k, v stacked; gate and up) share one order on the backend.
     /// </summary>
     [Theory]
     [InlineData(Method.Gptq)]
     [InlineData(Method.GptqV2)]
-    public void ActOrderCheckpointsLoadDequantizedAndAreRefusedAsInt4(Method method)
+    public void ActOrderCheckpointsLoadDequantizedOrKeptAsInt4WithTheirInputsReordered(Method method)
     {
         var written = Write(method, 16, config: j => j["quantization_config"]!["desc_act"] = true, groupOf: (k, groups) => k % groups);
         var model = PretrainedModel.Load(written.Directory, _cpu, DType.F64);
@@ -241,13 +243,62 @@ public sealed class Int4CheckpointTests : IDisposable
             Assert.True(expected[p.Name].Data.Select(v => (double)v).SequenceEqual(model.Parameters[p.Name].ReadMasterOrValue(t => TestTensors.ToDoubles(_cpu, t))),
                 $"{method} act order: {p.Name} differs from scale[g_idx] (q - z[g_idx])");
         var tokens = _models.Tokens(written.Config, 2, 9);
-        NumericAssert.Close(_models.Logits(PretrainedModel.Load(Dequantized(written), _cpu, DType.F64), tokens), _models.Logits(model, tokens), 1e-12,
-            $"{method} act-order logits");
+        var reference = _models.Logits(PretrainedModel.Load(Dequantized(written), _cpu, DType.F64), tokens);
+        NumericAssert.Close(reference, _models.Logits(model, tokens), 1e-12, $"{method} act-order logits");
 
-        var e = Assert.Throws<HuggingFaceFormatException>(() => PretrainedModel.Load(written.Directory, _cpu, DType.F32, quantization: WeightQuantization.Int4));
-        Assert.Contains(".g_idx'", e.Message);
-        Assert.Contains("act-order", e.Message);
+        var int4 = PretrainedModel.Load(written.Directory, _cpu, DType.F64, quantization: WeightQuantization.Int4);
+        int ordered = 0;
+        foreach (var p in int4.Layout.Parameters)
+        {
+            if (p.Quantized is not { } q) continue;
+            Assert.NotNull(q.InputOrder);
+            var order = _cpu.ToArray<int>(q.InputOrder!);
+            Assert.False(order.SequenceEqual(Enumerable.Range(0, q.Columns)), $"{p.Name}: the act-order inputs kept their order");
+            var want = expected[p.Name].Data.Select(v => (double)v).ToArray();
+            Assert.True(want.SequenceEqual(Int4Reference.StandsFor(q, _cpu)), $"{method} {p.Name}: the reordered int4 weight is not scale[g_idx] (q - z[g_idx])");
+            Assert.True(want.SequenceEqual(p.ReadMasterOrValue(t => TestTensors.ToDoubles(_cpu, t))), $"{method} {p.Name}: Dequantize is not in the inputs' order");
+            ordered++;
+        }
+        Assert.Equal(5 * written.Config.Layers, ordered);         // qkv (q, k, v stacked), the attention output, gate, up, down
+        QuantizedWeight Held(string name) => int4.Layout.Parameters.First(p => p.Name == name).Quantized!;
+        Assert.Same(Held("blocks.0.mlp.gate.weight").InputOrder, Held("blocks.0.mlp.up.weight").InputOrder);
+        Assert.Same(Held("blocks.0.attn.qkv.weight").InputOrder, Held("blocks.0.mlp.gate.weight").InputOrder);   // one order: both read C = 32 inputs, k mod 2
+        NumericAssert.Close(reference, _models.Logits(int4, tokens), 1e-12, $"{method} act-order int4 logits");
+    }
+
+    /// <summary>
+    /// Kept 4-bit, an act-order weight whose g_idx gives a group more inputs than the group size (no layout of contiguous groups
+    /// holds it) is refused, naming it and saying why; it still loads dequantized.
+    /// </summary>
+    [Fact]
+    public void AnActOrderWeightWithUnevenGroupsIsRefusedAsInt4NamingIt()
+    {
+        // Group 0 holds inputs 0 .. 16 (17 of them) of the down projection, group 1 one fewer.
+        var uneven = Write(Method.Gptq, 16, config: j => j["quantization_config"]!["desc_act"] = true,
+            edit: ts => ts.Select(t => t.Name == "model.layers.1.mlp.down_proj.g_idx"
+                ? (t.Name, t.DType, t.Shape, Bytes(Enumerable.Range(0, t.Shape[0]).Select(k => k == 16 ? 0 : k / 16).ToArray())) : t).ToList());
+        var e = Assert.Throws<HuggingFaceFormatException>(() => PretrainedModel.Load(uneven.Directory, _cpu, DType.F32, quantization: WeightQuantization.Int4));
+        Assert.Contains("'model.layers.1.mlp.down_proj.g_idx'", e.Message);
+        Assert.Contains("17 inputs in group 0", e.Message);
         Assert.Contains("without --quantize int4", e.Message);
+        _ = PretrainedModel.Load(uneven.Directory, _cpu, DType.F32);
+    }
+
+    /// <summary>
+    /// Kept 4-bit, act-order weights stacked into one parameter (q, k and v) with different orders are refused, naming the
+    /// parameter: one int4 weight holds one order. They still load dequantized.
+    /// </summary>
+    [Fact]
+    public void StackedActOrderWeightsInDifferentOrdersAreRefusedAsInt4NamingTheParameter()
+    {
+        // k_proj's groups in another permutation than q_proj's and v_proj's.
+        var different = Write(Method.Gptq, 16, config: j => j["quantization_config"]!["desc_act"] = true, groupOf: (k, groups) => k % groups,
+            edit: ts => ts.Select(t => t.Name == "model.layers.0.self_attn.k_proj.g_idx"
+                ? (t.Name, t.DType, t.Shape, Bytes(Enumerable.Range(0, t.Shape[0]).Select(k => k / 16).ToArray())) : t).ToList());
+        var n = Assert.Throws<NotSupportedException>(() => PretrainedModel.Load(different.Directory, _cpu, DType.F32, quantization: WeightQuantization.Int4));
+        Assert.Contains("'blocks.0.attn.qkv.weight'", n.Message);
+        Assert.Contains("different orders", n.Message);
+        _ = PretrainedModel.Load(different.Directory, _cpu, DType.F32);
     }
 
     [Fact]
