@@ -69,7 +69,10 @@ internal sealed class Int4CheckpointSource : ITensorSource
     public string? Summary => Format is not { } f ? null
         : $"pre-quantized {f.Method.ToUpperInvariant()} checkpoint: {_weights.Count} 4-bit weights, groups of " +
           $"{(f.GroupSize == -1 ? "a whole row (per channel)" : f.GroupSize.ToString(System.Globalization.CultureInfo.InvariantCulture))}, " +
-          $"{(f.Symmetric ? "symmetric" : "asymmetric")}; kept 4-bit with --quantize int4, else dequantized as they load";
+          $"{(f.Symmetric ? "symmetric" : "asymmetric")}" +
+          (_weights.Values.Count(w => w.GroupIndex is not null) is var ordered and > 0
+              ? $", {ordered} in act order (kept 4-bit, their inputs are gathered by group before each product)" : "") +
+          "; kept 4-bit with --quantize int4, else dequantized as they load";
 
     public string Description => _inner.Description;
 

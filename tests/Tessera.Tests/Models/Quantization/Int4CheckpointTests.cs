@@ -264,6 +264,8 @@ public sealed class Int4CheckpointTests : IDisposable
         Assert.Same(Held("blocks.0.mlp.gate.weight").InputOrder, Held("blocks.0.mlp.up.weight").InputOrder);
         Assert.Same(Held("blocks.0.attn.qkv.weight").InputOrder, Held("blocks.0.mlp.gate.weight").InputOrder);   // one order: both read C = 32 inputs, k mod 2
         NumericAssert.Close(reference, _models.Logits(int4, tokens), 1e-12, $"{method} act-order int4 logits");
+        Assert.Contains("14 4-bit weights", PretrainedModel.WeightsNote(written.Directory));
+        Assert.Contains("14 in act order", PretrainedModel.WeightsNote(written.Directory));
     }
 
     /// <summary>
@@ -376,6 +378,34 @@ public sealed class Int4CheckpointTests : IDisposable
         Assert.NotNull(errors[1]);
         Assert.Contains("'blocks.0.mlp.proj.weight'", errors[1]);
         Assert.Contains("groups of 16", errors[1]);
+    }
+
+    /// <summary>
+    /// An act-order checkpoint kept 4-bit on tensor-parallel ranks: a row-parallel layer (the attention output) would split its
+    /// inputs, whose groups are scattered over them, so the load is refused naming the parameter; the column-parallel layers
+    /// before it (qkv) split only their rows, which keep the order.
+    /// </summary>
+    [Fact]
+    public void ActOrderWeightsSplitByInputsAcrossTensorParallelRanksAreRefusedNamingTheParameter()
+    {
+        var written = Write(Method.Gptq, 16, config: j => j["quantization_config"]!["desc_act"] = true, groupOf: (k, groups) => k % groups);
+        var errors = Tessera.Training.Parallel.ParallelTraining.RunThreadRanks<string?>(2, ctx =>
+        {
+            using var groups = new Tessera.Distributed.Mesh.DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
+            var tensor = new Tessera.Nn.Parallel.TensorParallelism(groups.Tp, Tessera.Nn.Parallel.ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
+            try
+            {
+                PretrainedModel.Load(written.Directory, ctx.Backend, DType.F32, tensorParallelism: tensor, quantization: WeightQuantization.Int4);
+                return null;
+            }
+            catch (NotSupportedException e) { return e.Message; }
+        }, TimeSpan.FromSeconds(60));
+        foreach (var e in errors)
+        {
+            Assert.NotNull(e);
+            Assert.Contains("'blocks.0.attn.proj.weight'", e);
+            Assert.Contains("splits an act-order 4-bit weight's inputs", e);
+        }
     }
 
     [Fact]
