@@ -5,6 +5,7 @@ using Tessera.Inference.Scheduling;
 using Tessera.Inference.Serving;
 using Tessera.Inference.Speculation;
 using Tessera.Models;
+using Tessera.Nn.Quantization;
 using Tessera.Models.Tokenization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
@@ -524,9 +525,13 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         DecodeStepOf64Sequences(items, ", RopeAppendRowKernelMaxRows=0");
     }
 
-    internal static void DecodeStepOf64Sequences(CudaBackend backend, string label)
+    /// <summary>The same with int4 weights (<see cref="WeightQuantization.Int4"/>, groups of 128; the head and the token table in bf16).</summary>
+    [Fact]
+    public void DecodeStepOf64SequencesWithInt4WeightsReportsItsTime() => DecodeStepOf64Sequences(Gpu, ", int4 weights", WeightQuantization.Int4);
+
+    internal static void DecodeStepOf64Sequences(CudaBackend backend, string label, WeightQuantization quantization = WeightQuantization.None)
     {
-        var (_, cache, scheduler, runner) = Llama1bServing(backend, recordGraphs: true);
+        var (_, cache, scheduler, runner) = Llama1bServing(backend, recordGraphs: true, quantization: quantization);
         using (cache)
         using (runner)
         {
@@ -561,6 +566,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData("generic")]
     [InlineData("flash-attention-2 prefill")]
     [InlineData("item rope_append")]
+    [InlineData("int4 weights")]
     public void ServingStepsOnLlama1bShapeReportTheirOps(string kernels)
     {
         var options = kernels switch
@@ -573,7 +579,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         };
         using var profiled = new CudaBackend(Gpu.CudaDevice.Ordinal, options with { ProfileOps = true });
         Console.WriteLine($"[paged ops] {kernels}: {options.Format()}");
-        var (_, cache, scheduler, runner) = Llama1bServing(profiled, recordGraphs: false, prompt: 512, decodingStepTokens: 512, tokenBudget: 8192);
+        var (_, cache, scheduler, runner) = Llama1bServing(profiled, recordGraphs: false, prompt: 512, decodingStepTokens: 512, tokenBudget: 8192,
+            quantization: kernels == "int4 weights" ? WeightQuantization.Int4 : WeightQuantization.None);
         using (cache)
         using (runner)
         {
@@ -758,11 +765,14 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     private static (Transformer Model, PagedKvCache Cache, Scheduler Scheduler, PagedModelRunner Runner) Llama1bServing(CudaBackend backend,
-        bool recordGraphs, int prompt = 512, int decodingStepTokens = 8192, int tokenBudget = 8192, int sequences = 64)
+        bool recordGraphs, int prompt = 512, int decodingStepTokens = 8192, int tokenBudget = 8192, int sequences = 64,
+        WeightQuantization quantization = WeightQuantization.None)
     {
         var config = ModelPresets.Get("llama-1b") with { MaxSequenceLength = 1024 };
-        var model = new Transformer(config, backend, DType.BF16);
-        backend.Fill(model.Parameters.Values, 0.01);
+        // Quantized: the weights left as allocated (zero nibbles, scales and zero points; the kernels' time does not depend on them).
+        var model = quantization == WeightQuantization.None ? new Transformer(config, backend, DType.BF16)
+            : PretrainedModel.Quantized(config, backend, DType.BF16, quantization: quantization);
+        if (quantization == WeightQuantization.None) backend.Fill(model.Parameters.Values, 0.01);
         var cache = new PagedKvCache(backend, DType.BF16, config.Layers, config.EffectiveKvHeads, config.HeadSize,
             new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 4L << 30 });
         var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = tokenBudget, DecodingStepTokens = decodingStepTokens });
