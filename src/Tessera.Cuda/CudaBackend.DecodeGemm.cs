@@ -164,14 +164,18 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// Slices of K for a decode product of <paramref name="blocks"/> row blocks and <paramref name="tiles"/> k-tiles, each
-    /// row block's slices one thread-block cluster: doubled while the grid has fewer CTAs than the device has SMs and the
-    /// tiles divide evenly, at most 8 (llama-1b at 64 rows on 132 SMs: QKV 24 blocks x 8, the output and down products 16 x 8,
-    /// gate/up with SwiGLU 128 x 2).
+    /// row block's slices one thread-block cluster: doubled while the grid has fewer CTAs than <paramref name="ctasPerSm"/>
+    /// times the device's SMs and the tiles divide evenly, at most 8 (llama-1b at 64 rows on 132 SMs, one CTA an SM: QKV 24
+    /// blocks x 8, the output and down products 16 x 8, gate/up with SwiGLU 128 x 2).
     /// </summary>
-    private int DecodeGemmSlices(int blocks, int tiles)
+    private int DecodeGemmSlices(int blocks, int tiles, int ctasPerSm = 1)
     {
         int slices = 1;
-        while (slices < DecodeGemmMaxSlices && blocks * slices < CudaDevice.MultiprocessorCount && tiles % (2 * slices) == 0) slices *= 2;
+        while (slices < DecodeGemmMaxSlices && blocks * slices < ctasPerSm * CudaDevice.MultiprocessorCount && tiles % (2 * slices) == 0) slices *= 2;
         return slices;
     }
+
+    /// <summary>The slices of a quantized decode product (int4, int8, their SwiGLU forms): <see cref="DecodeGemmSlices"/> aiming at
+    /// <see cref="CudaBackendOptions.QuantizedDecodeProductCtasPerSm"/> CTAs an SM.</summary>
+    private int QuantizedDecodeGemmSlices(int blocks, int tiles) => DecodeGemmSlices(blocks, tiles, Options.QuantizedDecodeProductCtasPerSm);
 }

@@ -235,7 +235,7 @@ public sealed unsafe partial class CudaBackend
         if (!DecodeGemmQuantizedFits(x, gate, gateBias) || !DecodeGemmQuantizedFits(x, up, upBias) || output.DType != x.DType || !output.IsContiguous
             || (norm is { } nr && !DecodeNormFits(x, nr))) return false;
         int m = x.Size(0), k = x.Size(1), f = gate.Rows, mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
-        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        int slices = QuantizedDecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pbg = PtrOrNull(gateBias),
             pbu = PtrOrNull(upBias), po = Ptr(output);
         long ldx = x.Stride(0), ldw = k, ldo = f;
@@ -279,7 +279,8 @@ public sealed unsafe partial class CudaBackend
     /// scale in the epilogue. False, with nothing enqueued, when the call does not fit it (then the dequantized product runs it):
     /// <see cref="CudaBackendOptions.QuantizedDecodeProducts"/> off, compute capability below 9.0 (the kernel file's cluster
     /// instructions), x not bf16 or f16, K not a multiple of 64, x's or y's or the addend's columns not unit-strided, x's rows not
-    /// 16-byte aligned, the values not 16-byte aligned. The grid follows the 16-bit form's (<see cref="DecodeGemmSlices"/>), so
+    /// 16-byte aligned, the values not 16-byte aligned. The grid follows the 16-bit form's, aiming at
+    /// <see cref="CudaBackendOptions.QuantizedDecodeProductCtasPerSm"/> CTAs an SM (<see cref="QuantizedDecodeGemmSlices"/>), so
     /// an eager call and its recorded graph launch the same kernel; nothing is allocated.
     /// </summary>
     private bool TryDecodeGemmQuantized(Tensor x, QuantizedWeight weight, Tensor y, double beta, Tensor? bias, Tensor? addend,
@@ -292,7 +293,7 @@ public sealed unsafe partial class CudaBackend
         // The addend is read where the kernel reads beta's term (beta = 1), as the matrix-vector form does.
         var c = addend ?? y;
         int mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
-        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        int slices = QuantizedDecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldw = k, ldy = y.Stride(0), ldc = c.Stride(0);
         float be = addend is null ? (float)beta : 1f;

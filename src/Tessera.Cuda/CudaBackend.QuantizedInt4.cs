@@ -149,7 +149,7 @@ public sealed unsafe partial class CudaBackend
         var c = addend ?? y;                                 // the addend is read where beta's term is (beta = 1)
         int m = x.Size(0), n = weight.Rows, k = x.Size(1), group = weight.GroupSize;
         int mt = DecodeGemmTiles(m), blocks = (n + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows;
-        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        int slices = QuantizedDecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pq = Ptr(weight.Values), ps = Ptr(weight.Scales), pz = Ptr(weight.Zeros!), pb = PtrOrNull(bias), py = Ptr(y), pc = Ptr(c);
         long ldx = x.Stride(0), ldw = k / Int4Quantization.PerWord, ldy = y.Stride(0), ldc = c.Stride(0);
         float be = addend is null ? (float)beta : 1f;
@@ -177,7 +177,7 @@ public sealed unsafe partial class CudaBackend
             || (norm is { } r && !DecodeNormFits(x, r)) || output.DType != x.DType || !output.IsContiguous) return false;
         int m = x.Size(0), f = gate.Rows, k = x.Size(1), group = gate.GroupSize;
         int mt = DecodeGemmTiles(m), blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);
-        int slices = DecodeGemmSlices(blocks, k / DecodeGemmTile);
+        int slices = QuantizedDecodeGemmSlices(blocks, k / DecodeGemmTile);
         ulong px = Ptr(x), pg = Ptr(gate.Values), pu = Ptr(up.Values), psg = Ptr(gate.Scales), psu = Ptr(up.Scales), pzg = Ptr(gate.Zeros!),
             pzu = Ptr(up.Zeros!), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
         long ldx = x.Stride(0), ldw = k / Int4Quantization.PerWord, ldo = f;

@@ -96,6 +96,15 @@ public sealed record CudaBackendOptions
     /// </summary>
     public int Int4DecodeProductStages { get; init; } = 4;
 
+    /// <summary>
+    /// CTAs an SM the quantized decode products (int4 and int8, their SwiGLU forms; 5 to 64 rows) aim at when they split K into
+    /// a cluster's slices: the slices double while the grid has fewer than this many CTAs an SM (at most 8 slices, K's tiles
+    /// dividing evenly). 1 (the 16-bit form's rule) gives a 64-row step of llama-1b one or two CTAs of four warps an SM (the
+    /// gate's 64 row blocks in 4 slices, the down product's 16 in 8), too few warps to cover the tensor cores' and shared
+    /// memory's latencies once 64 rows of x make the product compute-heavy; 2 or 4 split K further. Default 1 until measured.
+    /// </summary>
+    public int QuantizedDecodeProductCtasPerSm { get; init; } = 1;
+
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -399,6 +408,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (Int4DecodeProductStages is not (4 or 8))
             throw new ArgumentException($"CUDA backend options: Int4DecodeProductStages ({Int4DecodeProductStages}) must be 4 or 8");
+        if (QuantizedDecodeProductCtasPerSm is not (1 or 2 or 4))
+            throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductCtasPerSm ({QuantizedDecodeProductCtasPerSm}) must be 1, 2 or 4");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(MatMulSearch))
@@ -461,6 +472,8 @@ public sealed record CudaBackendOptions
         if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
         if (Int4DecodeProductGroupSums != d.Int4DecodeProductGroupSums) parts.Add($"{nameof(Int4DecodeProductGroupSums)}={Bool(Int4DecodeProductGroupSums)}");
         if (Int4DecodeProductStages != d.Int4DecodeProductStages) parts.Add(Invariant($"{nameof(Int4DecodeProductStages)}={Int4DecodeProductStages}"));
+        if (QuantizedDecodeProductCtasPerSm != d.QuantizedDecodeProductCtasPerSm)
+            parts.Add(Invariant($"{nameof(QuantizedDecodeProductCtasPerSm)}={QuantizedDecodeProductCtasPerSm}"));
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -516,6 +529,7 @@ public sealed record CudaBackendOptions
         [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },
         [nameof(Int4DecodeProductGroupSums)] = (o, v, s) => o with { Int4DecodeProductGroupSums = ParseBool(v, s) },
         [nameof(Int4DecodeProductStages)] = (o, v, s) => o with { Int4DecodeProductStages = ParseInt(v, s) },
+        [nameof(QuantizedDecodeProductCtasPerSm)] = (o, v, s) => o with { QuantizedDecodeProductCtasPerSm = ParseInt(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

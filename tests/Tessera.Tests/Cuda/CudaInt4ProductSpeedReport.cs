@@ -9,7 +9,7 @@ namespace Tessera.Tests.Cuda;
 /// The int4 products of llama-1b's decode layers (QKV 3072 x 2048, output 2048 x 2048, gate 8192 x 2048, down 2048 x 8192;
 /// groups of 128) at 1, 8, 16, 32 and 64 rows of bf16 x, beside the bf16 weights' products on the same backend options: the
 /// default (the int4 decode product by group sums at 5 to 64 rows), <c>Int4DecodeProductStages=8</c> (its 8-stage kernels),
-/// <c>Int4DecodeProductGroupSums=false</c> (the form that scales each weight) and bf16 (cuBLASLt at 5 to 64 rows, the
+/// <c>QuantizedDecodeProductCtasPerSm=2</c> and <c>4</c> (K split into more slices, more CTAs an SM; session 34) and bf16 (cuBLASLt at 5 to 64 rows, the
 /// matrix-vector stream at 1); and the gate/up pair through the SwiGLU ops (int4: QuantizedMatMulSwiGlu, bf16: MatMulSwiGlu). Each product runs over 16
 /// distinct weights in turn, as the 16 layers are, so the L2 cannot serve a repeat. Runs only when TESSERA_CUDA_TIMINGS=1;
 /// the table goes to the test output and to int4-product-timings.md beside $TESSERA_CUDA_TIMINGS_OUT. CUDA events around
@@ -36,7 +36,8 @@ public sealed class CudaInt4ProductSpeedReport(CudaFixture fixture) : CudaTestBa
         [
             ("int4 (default)", CudaBackendOptions.Default, true),
             ("int4, 8 stages", CudaBackendOptions.Default with { Int4DecodeProductStages = 8 }, true),
-            ("int4, weights scaled", CudaBackendOptions.Default with { Int4DecodeProductGroupSums = false }, true),
+            ("int4, 2 CTAs an SM", CudaBackendOptions.Default with { QuantizedDecodeProductCtasPerSm = 2 }, true),
+            ("int4, 4 CTAs an SM", CudaBackendOptions.Default with { QuantizedDecodeProductCtasPerSm = 4 }, true),
             ("bf16", CudaBackendOptions.Default, false),
         ];
         // The clocks up first: the first form's first rows ran up to 1.7x slow without it (session 32, call C).

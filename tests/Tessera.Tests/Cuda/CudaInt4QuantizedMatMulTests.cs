@@ -195,6 +195,58 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
     }
 
     /// <summary>
+    /// K split into more slices (<see cref="CudaBackendOptions.QuantizedDecodeProductCtasPerSm"/> 4: up to 8 CTAs of a cluster a
+    /// row block where one CTA an SM gives fewer) gives the CPU's F64 results within BF16's tolerance (1e-2; the slices' fp32
+    /// sums are grouped otherwise, so not the default's bits), on the int4 product by group sums and its SwiGLU form, the int8
+    /// product and its SwiGLU form, all normalized, at 8 and 64 rows of the gate's shape (8192 x 1024); at 64 rows the int4
+    /// product's bits must differ from the default grid's (its slices go from 4 to 8 on 132 SMs), or the option changed nothing.
+    /// </summary>
+    [Theory]
+    [InlineData(8)]
+    [InlineData(64)]
+    public void MoreSlicesOfKMatchTheCpuInF64(int m)
+    {
+        if (Gpu.CudaDevice.ComputeCapability.Major < 9) Assert.Skip("the decode products need compute capability 9.0 (thread-block clusters)");
+        const DType dtype = DType.BF16;
+        const int n = 8192;                                   // the gate's shape: 64 row blocks, 4 slices at one CTA an SM on an H100
+        var gate = RandomInt4(n, K, 128);
+        var up = RandomInt4(n, K, 128);
+        var (_, xv) = Random(dtype, 1, m, K);
+        var (_, gainv) = Random(dtype, 1, K);
+        var g8 = new sbyte[n * K];
+        var u8 = new sbyte[n * K];
+        for (int i = 0; i < g8.Length; i++) { g8[i] = (sbyte)Rng.Next(-127, 128); u8[i] = (sbyte)Rng.Next(-127, 128); }
+        var s8 = Enumerable.Range(0, n).Select(_ => (float)(0.001 + 0.002 * Rng.NextDouble())).ToArray();
+        QuantizedWeight Int8(IBackend b, sbyte[] values)
+        {
+            var q = new QuantizedWeight(b.Allocate(new Shape(n, K), DType.I8), b.Allocate(new Shape(n), DType.F32));
+            b.CopyFromHost<sbyte>(values, q.Values);
+            b.CopyFromHost<float>(s8, q.Scales);
+            return q;
+        }
+        double[][] Run(IBackend b, DType t)
+        {
+            var x = Upload(b, xv, t, m, K);
+            var norm = new RmsNormPrologue(Upload(b, gainv, t, K), 1e-5);
+            var outs = Enumerable.Range(0, 4).Select(_ => b.Allocate(new Shape(m, n), t)).ToArray();
+            b.QuantizedMatMul(x, UploadInt4(b, gate.Packed, gate.Scales, gate.Zeros, 128, rows: n), outs[0], norm: norm);
+            b.QuantizedMatMulSwiGlu(x, UploadInt4(b, gate.Packed, gate.Scales, gate.Zeros, 128, rows: n),
+                UploadInt4(b, up.Packed, up.Scales, up.Zeros, 128, rows: n), outs[1], norm: norm);
+            b.QuantizedMatMul(x, Int8(b, g8), outs[2], norm: norm);
+            b.QuantizedMatMulSwiGlu(x, Int8(b, g8), Int8(b, u8), outs[3], norm: norm);
+            return outs.Select(o => Download(b, o)).ToArray();
+        }
+        var expected = Run(_cpu, DType.F64);
+        using var split = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { QuantizedDecodeProductCtasPerSm = 4 });
+        var got = Run(split, dtype);
+        using var plain = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default);
+        var baseline = Run(plain, dtype);
+        string[] names = ["int4", "int4 SwiGLU", "int8", "int8 SwiGLU"];
+        for (int i = 0; i < 4; i++) AssertClose(expected[i], got[i], Tolerance(dtype), $"{names[i]} M={m}, 4 CTAs an SM");
+        if (m == 64) Assert.False(baseline[0].SequenceEqual(got[0]), "the int4 product at 64 rows gave the default grid's bits: the option changed no slice");
+    }
+
+    /// <summary>
     /// <see cref="CudaBackend.QuantizedMatMulRopeAppend"/> (a dense cache, B = rows, T = 1) and
     /// <see cref="CudaBackend.QuantizedMatMulRopePagedAppend"/> (a paged pool, distinct slots, a padding row's slot -1) over
     /// an int4 qkv weight (8 query heads, 2 kv heads of 64, K = 1024, groups of 128), normalized, with a bias or not: at 1 to 4
