@@ -146,19 +146,9 @@ public sealed unsafe partial class CudaBackend
     /// the device.</remarks>
     public void GatherColumns(Tensor x, Tensor indices, Tensor output)
     {
-        const string op = nameof(GatherColumns);
-        ArgumentNullException.ThrowIfNull(x);
-        ArgumentNullException.ThrowIfNull(indices);
-        ArgumentNullException.ThrowIfNull(output);
-        if (x.Rank != 2 || x.Stride(1) != 1)
-            throw new ArgumentException($"CudaBackend.{op}: x must be (M, K) with unit column stride, got {x.Shape}", nameof(x));
-        RequireDType(op, "indices", indices, DType.I32);
-        RequireContiguous(op, "indices", indices);
-        if (indices.Rank != 1) throw new ArgumentException($"CudaBackend.{op}: indices must be (J), got {indices.Shape}", nameof(indices));
+        GatherColumnsArguments.Validate(nameof(CudaBackend), x, indices, output);
         long m = x.Size(0);
         int j = indices.Size(0);
-        if (output.Shape != new Shape(x.Size(0), j) || output.DType != x.DType || !output.IsContiguous)
-            throw new ArgumentException($"CudaBackend.{op}: output {output.DType} {output.Shape} must be contiguous ({m}, {j}) {x.DType}", nameof(output));
         if (m == 0 || j == 0) return;
         ulong px = Ptr(x), po = Ptr(output), pi = Ptr(indices);
         long ld = x.Stride(0);

@@ -168,22 +168,13 @@ public sealed unsafe partial class CpuBackend
     public void GatherColumns(Tensor x, Tensor indices, Tensor output)
     {
         const string op = nameof(GatherColumns);
-        ArgumentNullException.ThrowIfNull(x);
-        ArgumentNullException.ThrowIfNull(indices);
-        ArgumentNullException.ThrowIfNull(output);
-        if (x.Rank != 2 || x.Stride(1) != 1)
-            throw new ArgumentException($"{op}: x must be (M, K) with unit column stride, got {x.Shape}", nameof(x));
-        if (indices.DType != DType.I32 || indices.Rank != 1 || !indices.IsContiguous)
-            throw new ArgumentException($"{op}: indices must be a contiguous (J) I32 tensor, got {indices.DType} {indices.Shape}", nameof(indices));
-        RequireShape(op, nameof(output), output, new Shape(x.Size(0), indices.Size(0)));
-        if (output.DType != x.DType || !output.IsContiguous || x.DType is not (DType.F32 or DType.F64 or DType.BF16 or DType.F16))
-            throw new ArgumentException($"{op}: x and output must share one floating-point dtype, output contiguous; got {x.DType} and {output.DType}", nameof(output));
+        GatherColumnsArguments.Validate(nameof(CpuBackend), x, indices, output);
         int m = x.Size(0), j = indices.Size(0), k = x.Size(1), size = x.DType.SizeInBytes();
         long ldx = x.Stride(0);
         int* idx = Ptr<int>(indices);
         for (int c = 0; c < j; c++)
             if ((uint)idx[c] >= (uint)k)
-                throw new ArgumentException($"{op}: index {c} is {idx[c]}, outside x's {k} columns", nameof(indices));
+                throw new ArgumentException($"CpuBackend.{op}: index {c} is {idx[c]}, outside x's {k} columns", nameof(indices));
         byte* src = BytePtr(x), dst = BytePtr(output);
         ParallelChunks(m, j, (start, end) =>
         {

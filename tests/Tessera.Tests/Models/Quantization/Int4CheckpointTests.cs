@@ -358,22 +358,27 @@ public sealed class Int4CheckpointTests : IDisposable
         Assert.Equal(expectedTokens, ranks[1].Tokens);
     }
 
-    [Fact]
-    public void ASliceOffTheCheckpointsGroupBoundariesIsRefusedNamingTheParameter()
-    {
-        // An MLP 48 wide in groups of 16: the down projection's rank 1 starts at column 24, inside the checkpoint's second group.
-        var written = Write(Method.Gptq, 16, change: c => c with { Hidden = 48 });
-        var errors = Tessera.Training.Parallel.ParallelTraining.RunThreadRanks<string?>(2, ctx =>
+    /// <summary>Loads <paramref name="directory"/> with --quantize int4 (F32) on two thread ranks of tensor parallelism: each rank's
+    /// NotSupportedException message, or null where it loaded.</summary>
+    private static string?[] Int4OnTwoTensorParallelRanks(string directory) =>
+        Tessera.Training.Parallel.ParallelTraining.RunThreadRanks<string?>(2, ctx =>
         {
             using var groups = new Tessera.Distributed.Mesh.DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
             var tensor = new Tessera.Nn.Parallel.TensorParallelism(groups.Tp, Tessera.Nn.Parallel.ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
             try
             {
-                PretrainedModel.Load(written.Directory, ctx.Backend, DType.F32, tensorParallelism: tensor, quantization: WeightQuantization.Int4);
+                PretrainedModel.Load(directory, ctx.Backend, DType.F32, tensorParallelism: tensor, quantization: WeightQuantization.Int4);
                 return null;
             }
             catch (NotSupportedException e) { return e.Message; }
         }, TimeSpan.FromSeconds(60));
+
+    [Fact]
+    public void ASliceOffTheCheckpointsGroupBoundariesIsRefusedNamingTheParameter()
+    {
+        // An MLP 48 wide in groups of 16: the down projection's rank 1 starts at column 24, inside the checkpoint's second group.
+        var written = Write(Method.Gptq, 16, change: c => c with { Hidden = 48 });
+        var errors = Int4OnTwoTensorParallelRanks(written.Directory);
         Assert.Null(errors[0]);                 // rank 0's columns 0 .. 23: groups 0 .. 15 and 16 .. 23 lie inside the checkpoint's
         Assert.NotNull(errors[1]);
         Assert.Contains("'blocks.0.mlp.proj.weight'", errors[1]);
@@ -389,17 +394,7 @@ public sealed class Int4CheckpointTests : IDisposable
     public void ActOrderWeightsSplitByInputsAcrossTensorParallelRanksAreRefusedNamingTheParameter()
     {
         var written = Write(Method.Gptq, 16, config: j => j["quantization_config"]!["desc_act"] = true, groupOf: (k, groups) => k % groups);
-        var errors = Tessera.Training.Parallel.ParallelTraining.RunThreadRanks<string?>(2, ctx =>
-        {
-            using var groups = new Tessera.Distributed.Mesh.DeviceMesh(tp: 2).CreateGroups(ctx.Factory);
-            var tensor = new Tessera.Nn.Parallel.TensorParallelism(groups.Tp, Tessera.Nn.Parallel.ParallelPlan.Megatron(sequenceParallel: false), ctx.Factory);
-            try
-            {
-                PretrainedModel.Load(written.Directory, ctx.Backend, DType.F32, tensorParallelism: tensor, quantization: WeightQuantization.Int4);
-                return null;
-            }
-            catch (NotSupportedException e) { return e.Message; }
-        }, TimeSpan.FromSeconds(60));
+        var errors = Int4OnTwoTensorParallelRanks(written.Directory);
         foreach (var e in errors)
         {
             Assert.NotNull(e);
