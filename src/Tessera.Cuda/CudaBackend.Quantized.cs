@@ -31,12 +31,9 @@ public sealed unsafe partial class CudaBackend
         if (weight.InputOrder is { } order)
         {
             // Act order: x (normalized first) gathered into the stored columns' order, then the product over them.
-            var h = norm is { } n ? NormalizedScratch(x, n) : null;
-            var gathered = ScratchTensor(x.Shape, x.DType);
-            GatherColumns(h ?? x, order, gathered);
+            var gathered = GatheredInput(x, norm, order);
             QuantizedMatMul(gathered, weight.WithoutInputOrder(), y, beta, bias, epilogue, auxiliary, addend);
             gathered.Storage.Dispose();
-            h?.Storage.Dispose();
             return;
         }
         if (weight.IsFp8) { QuantizedMatMulFp8(x, weight, y, beta, bias, epilogue, auxiliary, addend, norm); return; }
@@ -71,7 +68,15 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(gate);
         gate.ValidateSwiGlu(nameof(CudaBackend), up, x, output, gateBias, upBias, norm);
-        // Act-order weights gather x first (QuantizedMatMul's, or Dequantize's columns): the fused kernels read x as it is.
+        if (gate.InputOrder is { } order && ReferenceEquals(order, up.InputOrder))
+        {
+            // Act-order weights of one order (GPTQ orders gate and up by their one input): x gathered once, then the fused op.
+            var gathered = GatheredInput(x, norm, order);
+            QuantizedMatMulSwiGlu(gathered, gate.WithoutInputOrder(), up.WithoutInputOrder(), output, gateBias, upBias);
+            gathered.Storage.Dispose();
+            return;
+        }
+        // Weights in different orders gather x each (QuantizedMatMul's, or Dequantize's columns): the fused kernels read x as it is.
         bool ordered = gate.InputOrder is not null || up.InputOrder is not null;
         if (!ordered && gate.IsInt4 && (TryGemvStreamInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm)
             || TryDecodeGemmInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm))) return;
@@ -113,6 +118,13 @@ public sealed unsafe partial class CudaBackend
         const string op = nameof(QuantizedMatMulRopeAppend);
         ArgumentNullException.ThrowIfNull(weight);
         var flat = DenseQkvRows(op, x, weight.Shape, qkv);
+        if (weight.InputOrder is { } order)
+        {
+            var gathered = GatheredInput(x, norm, order);                    // act order: x gathered once, then the fused op
+            QuantizedMatMulRopeAppend(gathered, null, weight.WithoutInputOrder(), bias, qkv, queryHeads, keysAndValues, startPositions, frequencies);
+            gathered.Storage.Dispose();
+            return;
+        }
         if (QuantizedStreamFits(x, weight, bias, norm) && StreamRopeFits(qkv, queryHeads, keysAndValues, x.DType))
         {
             LaunchQuantizedStreamRope(op, x, norm, weight, bias, qkv, DenseRopeArgs(op, qkv, queryHeads, keysAndValues, startPositions, frequencies));
@@ -132,6 +144,13 @@ public sealed unsafe partial class CudaBackend
         const string op = nameof(QuantizedMatMulRopePagedAppend);
         ArgumentNullException.ThrowIfNull(weight);
         var flat = PagedQkvRows(op, x, weight.Shape, qkv, queryHeads, pool, positions, batch, poolScales);
+        if (weight.InputOrder is { } order)
+        {
+            var gathered = GatheredInput(x, norm, order);                    // act order: x gathered once, then the fused op
+            QuantizedMatMulRopePagedAppend(gathered, null, weight.WithoutInputOrder(), bias, qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+            gathered.Storage.Dispose();
+            return;
+        }
         if (Options.FusedPagedQkv && QuantizedStreamFits(x, weight, bias, norm) && StreamRopeFits(qkv, pool, x.DType))
         {
             LaunchQuantizedStreamRope(op, x, norm, weight, bias, qkv, PagedRopeArgs(qkv, queryHeads, pool, positions, batch, frequencies));
@@ -139,6 +158,19 @@ public sealed unsafe partial class CudaBackend
         }
         QuantizedMatMul(x, weight, flat, bias: bias, norm: norm);
         RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+    }
+
+    /// <summary>
+    /// x's columns (RMS-normalized first when <paramref name="norm"/> is given) gathered in <paramref name="order"/> into scratch
+    /// of x's shape, which the caller disposes: the input of a product over an act-order weight's stored columns.
+    /// </summary>
+    private Tensor GatheredInput(Tensor x, RmsNormPrologue? norm, Tensor order)
+    {
+        var h = norm is { } r ? NormalizedScratch(x, r) : null;
+        var gathered = ScratchTensor(x.Shape, x.DType);
+        GatherColumns(h ?? x, order, gathered);
+        h?.Storage.Dispose();
+        return gathered;
     }
 
     /// <inheritdoc/>

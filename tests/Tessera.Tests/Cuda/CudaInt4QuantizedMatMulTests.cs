@@ -337,7 +337,8 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
     /// <summary>
     /// An act-order weight (<see cref="QuantizedWeight.InputOrder"/>, a random permutation of the inputs, seed logged) on the GPU:
     /// the product (x gathered first, <c>gather_columns_b2</c> named by the op profiler; then the stream, the decode product or
-    /// the dequantized product as the rows pick), the SwiGLU pair and the dequantized weight equal the CPU's F64 results on the
+    /// the dequantized product as the rows pick), the SwiGLU pair of one order (x gathered once, then the fused SwiGLU kernel
+    /// the rows pick) and the dequantized weight equal the CPU's F64 results on the
     /// same ordered weights; the dequantized weight also equals the unordered weight's columns put in order (bit for bit).
     /// Tolerance 1e-2 relative (BF16 output, as the unordered products).
     /// </summary>
@@ -353,13 +354,18 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
         var order = Enumerable.Range(0, K).OrderBy(_ => Rng.Next()).ToArray();
         var inverse = QuantizedWeight.CheckPermutation(order, "test");
+        // One order pair a backend, shared by gate and up as the storage shares it (the SwiGLU op then gathers x once).
+        var orders = new Dictionary<IBackend, (Tensor Order, Tensor Inverse)>();
         QuantizedWeight Ordered(IBackend b, (int[] Packed, float[] Scales, sbyte[] Zeros) w)
         {
-            var o = b.Allocate(new Shape(K), DType.I32);
-            var i = b.Allocate(new Shape(K), DType.I32);
-            b.CopyFromHost<int>(order, o);
-            b.CopyFromHost<int>(inverse, i);
-            return UploadInt4(b, w.Packed, w.Scales, w.Zeros, 128).WithInputOrder(o, i);
+            if (!orders.TryGetValue(b, out var pair))
+            {
+                pair = (b.Allocate(new Shape(K), DType.I32), b.Allocate(new Shape(K), DType.I32));
+                b.CopyFromHost<int>(order, pair.Order);
+                b.CopyFromHost<int>(inverse, pair.Inverse);
+                orders[b] = pair;
+            }
+            return UploadInt4(b, w.Packed, w.Scales, w.Zeros, 128).WithInputOrder(pair.Order, pair.Inverse);
         }
         var gate = RandomInt4(N, K, 128);
         var up = RandomInt4(N, K, 128);
@@ -372,7 +378,13 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         gpu.Profiler!.Reset();
         gpu.QuantizedMatMul(Upload(gpu, xv, dtype, m, K), Ordered(gpu, gate), y, norm: Norm(gpu, dtype));
         Assert.Contains("gather_columns_b2", gpu.Profiler!.Totals().Select(r => r.Name));
+        gpu.Profiler!.Reset();
         gpu.QuantizedMatMulSwiGlu(Upload(gpu, xv, dtype, m, K), Ordered(gpu, gate), Ordered(gpu, up), h, norm: Norm(gpu, dtype));
+        var totals = gpu.Profiler!.Totals();
+        var swiglu = totals.Select(r => r.Name).ToList();
+        Assert.Equal(1, totals.Single(r => r.Name == "gather_columns_b2").Calls);     // x gathered once for both weights
+        if (m <= 4) Assert.Contains($"gemv_stream_int4_swiglu_bf16_m{m}", swiglu);
+        else if (m <= 64 && Gpu.CudaDevice.ComputeCapability.Major >= 9) Assert.Contains($"decode_gemm_int4g_swiglu_bf16_m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}", swiglu);
         var w = gpu.Allocate(new Shape(N, K), DType.F32);
         gpu.Dequantize(Ordered(gpu, gate), w);
 
