@@ -76,6 +76,14 @@ public sealed unsafe partial class CudaBackend
             gathered.Storage.Dispose();
             return;
         }
+        if (norm is { } nr && x.Size(0) > GemvMaxRows && x.Size(0) <= DecodeGemmMaxRows && x.Size(0) > Options.QuantizedDecodeProductNormMaxRows)
+        {
+            // Past QuantizedDecodeProductNormMaxRows the decode products take x normalized by the norm kernel (one launch), not on the way.
+            var h = NormalizedScratch(x, nr);
+            QuantizedMatMulSwiGlu(h, gate, up, output, gateBias, upBias);
+            h.Storage.Dispose();
+            return;
+        }
         // Weights in different orders gather x each (QuantizedMatMul's, or Dequantize's columns): the fused kernels read x as it is.
         bool ordered = gate.InputOrder is not null || up.InputOrder is not null;
         if (!ordered && gate.IsInt4 && (TryGemvStreamInt4SwiGlu(x, gate, up, output, gateBias, upBias, norm)
@@ -344,9 +352,10 @@ public sealed unsafe partial class CudaBackend
     /// <summary>A fused norm's kernel operands: its weight's address and epsilon, or 0 and 0 without one.</summary>
     private (ulong Weight, float Epsilon) NormOperands(RmsNormPrologue? norm) => norm is { } r ? (Ptr(r.Weight), (float)r.Epsilon) : (0UL, 0f);
 
-    /// <summary>Whether a decode product can apply <paramref name="norm"/> on the way: its weight of x's dtype, contiguous, K long, 16-byte aligned.</summary>
-    private bool DecodeNormFits(Tensor x, RmsNormPrologue norm) =>
-        norm.Weight.DType == x.DType && norm.Weight.IsContiguous && norm.Weight.NumElements == x.Size(1) && Ptr(norm.Weight) % 16 == 0;
+    /// <summary>Whether a decode product can apply <paramref name="norm"/> on the way: x of at most
+    /// <see cref="CudaBackendOptions.QuantizedDecodeProductNormMaxRows"/> rows, the norm's weight of x's dtype, contiguous, K long, 16-byte aligned.</summary>
+    private bool DecodeNormFits(Tensor x, RmsNormPrologue norm) => x.Size(0) <= Options.QuantizedDecodeProductNormMaxRows
+        && norm.Weight.DType == x.DType && norm.Weight.IsContiguous && norm.Weight.NumElements == x.Size(1) && Ptr(norm.Weight) % 16 == 0;
 
     /// <summary>
     /// The int8 decode product's dynamic shared memory for x of 8 <paramref name="mt"/> rows: 4 stages of 64 columns, a stage

@@ -105,6 +105,17 @@ public sealed record CudaBackendOptions
     /// </summary>
     public int QuantizedDecodeProductCtasPerSm { get; init; } = 1;
 
+    /// <summary>
+    /// The most rows of x at which the quantized decode products (int4, int8, their SwiGLU forms) apply the RMSNorm in front of
+    /// them on the way (<c>norm_x_columns</c>); at more rows x is normalized into scratch by the norm kernel first and the product
+    /// runs without it. Every warp of every CTA scales its fragments of x by the norm weight, so the fused norm's cost grows
+    /// with x's rows and the grid, where the norm kernel's does not: in a 64-row serving step of llama-1b (H200, session 34,
+    /// eager op profile) the int4 products with the norm took 21.7 us (QKV, output, down on average) and 50.1 us (gate/up
+    /// SwiGLU) against 16.7 and 36.0 without it in the product report, more than the norm kernel's 4.6 us. 0 to 64; default
+    /// 64 (the norm always on the way, as since session 33) until an A/B measures it.
+    /// </summary>
+    public int QuantizedDecodeProductNormMaxRows { get; init; } = 64;
+
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -410,6 +421,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: Int4DecodeProductStages ({Int4DecodeProductStages}) must be 4 or 8");
         if (QuantizedDecodeProductCtasPerSm is not (1 or 2 or 4))
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductCtasPerSm ({QuantizedDecodeProductCtasPerSm}) must be 1, 2 or 4");
+        if (QuantizedDecodeProductNormMaxRows is < 0 or > 64)
+            throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductNormMaxRows ({QuantizedDecodeProductNormMaxRows}) must be 0 to 64");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(MatMulSearch))
@@ -472,6 +485,8 @@ public sealed record CudaBackendOptions
         if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
         if (Int4DecodeProductGroupSums != d.Int4DecodeProductGroupSums) parts.Add($"{nameof(Int4DecodeProductGroupSums)}={Bool(Int4DecodeProductGroupSums)}");
         if (Int4DecodeProductStages != d.Int4DecodeProductStages) parts.Add(Invariant($"{nameof(Int4DecodeProductStages)}={Int4DecodeProductStages}"));
+        if (QuantizedDecodeProductNormMaxRows != d.QuantizedDecodeProductNormMaxRows)
+            parts.Add(Invariant($"{nameof(QuantizedDecodeProductNormMaxRows)}={QuantizedDecodeProductNormMaxRows}"));
         if (QuantizedDecodeProductCtasPerSm != d.QuantizedDecodeProductCtasPerSm)
             parts.Add(Invariant($"{nameof(QuantizedDecodeProductCtasPerSm)}={QuantizedDecodeProductCtasPerSm}"));
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
@@ -530,6 +545,7 @@ public sealed record CudaBackendOptions
         [nameof(Int4DecodeProductGroupSums)] = (o, v, s) => o with { Int4DecodeProductGroupSums = ParseBool(v, s) },
         [nameof(Int4DecodeProductStages)] = (o, v, s) => o with { Int4DecodeProductStages = ParseInt(v, s) },
         [nameof(QuantizedDecodeProductCtasPerSm)] = (o, v, s) => o with { QuantizedDecodeProductCtasPerSm = ParseInt(v, s) },
+        [nameof(QuantizedDecodeProductNormMaxRows)] = (o, v, s) => o with { QuantizedDecodeProductNormMaxRows = ParseInt(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

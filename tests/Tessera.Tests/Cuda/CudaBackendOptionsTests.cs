@@ -48,6 +48,7 @@ public sealed class CudaBackendOptionsTests
         Int4DecodeProductGroupSums = false,
         Int4DecodeProductStages = 8,
         QuantizedDecodeProductCtasPerSm = 4,
+        QuantizedDecodeProductNormMaxRows = 16,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
@@ -103,6 +104,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("SamplingClusterCtas=3", "SamplingClusterCtas (3) must be 1, 2, 4 or 8 CTAs a row, 0")]
     [InlineData("Int4DecodeProductStages=6", "Int4DecodeProductStages (6) must be 4 or 8")]
     [InlineData("QuantizedDecodeProductCtasPerSm=3", "QuantizedDecodeProductCtasPerSm (3) must be 1, 2 or 4")]
+    [InlineData("QuantizedDecodeProductNormMaxRows=65", "QuantizedDecodeProductNormMaxRows (65) must be 0 to 64")]
     [InlineData("CrossEntropyClusterMinRowBytes=-1", "CrossEntropyClusterMinRowBytes (-1) must be 0 or positive")]
     [InlineData("CrossEntropyClusterVectors=16", "CrossEntropyClusterVectors (16) must be 4 or 8 vectors a thread")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]

@@ -200,6 +200,8 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
     /// sums are grouped otherwise, so not the default's bits), on the int4 product by group sums and its SwiGLU form, the int8
     /// product and its SwiGLU form, all normalized, at 8 and 64 rows of the gate's shape (8192 x 1024); at 64 rows the int4
     /// product's bits must differ from the default grid's (its slices go from 4 to 8 on 132 SMs), or the option changed nothing.
+    /// The same with <see cref="CudaBackendOptions.QuantizedDecodeProductNormMaxRows"/> 0 (x normalized by the norm kernel first,
+    /// then the products without the norm).
     /// </summary>
     [Theory]
     [InlineData(8)]
@@ -241,8 +243,14 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         var got = Run(split, dtype);
         using var plain = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default);
         var baseline = Run(plain, dtype);
+        using var normFirst = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { QuantizedDecodeProductNormMaxRows = 0 });
+        var unfused = Run(normFirst, dtype);
         string[] names = ["int4", "int4 SwiGLU", "int8", "int8 SwiGLU"];
-        for (int i = 0; i < 4; i++) AssertClose(expected[i], got[i], Tolerance(dtype), $"{names[i]} M={m}, 4 CTAs an SM");
+        for (int i = 0; i < 4; i++)
+        {
+            AssertClose(expected[i], got[i], Tolerance(dtype), $"{names[i]} M={m}, 4 CTAs an SM");
+            AssertClose(expected[i], unfused[i], Tolerance(dtype), $"{names[i]} M={m}, the norm kernel first");
+        }
         if (m == 64) Assert.False(baseline[0].SequenceEqual(got[0]), "the int4 product at 64 rows gave the default grid's bits: the option changed no slice");
     }
 

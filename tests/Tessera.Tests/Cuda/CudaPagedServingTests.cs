@@ -572,7 +572,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         var options = kernels switch
         {
             "item rope_append" => CudaBackendOptions.Default with { RopeAppendRowKernelMaxRows = 0 },
-            "specialized" => CudaBackendOptions.Default,
+            "specialized" or "int4 weights" => CudaBackendOptions.Default,
             "CUDA cores" => CudaBackendOptions.Default with { PagedDecodeTensorCores = false },
             "flash-attention-2 prefill" => CudaBackendOptions.Default with { HopperAttention = false },
             _ => CudaBackendOptions.Default with { SpecializedPagedAttention = false },
