@@ -16,7 +16,7 @@ namespace Tessera.Tensors;
 /// permuted, stored column j holding input <c>InputOrder[j]</c>, so that groups that are scattered over the inputs are contiguous
 /// runs of stored columns. The weight it stands for is then <c>W[n, InputOrder[j]] = stored[n, j]</c>, and a product gathers x's
 /// columns in that order first (<see cref="IBackend.GatherColumns"/>): y = stored (x[:, InputOrder])^T. Every backend op that
-/// takes a quantized weight honours it; <see cref="IBackend.Dequantize"/> gives the weight in the inputs' order.</para>
+/// takes a quantized weight honours it (the embedding lookups refuse one); <see cref="IBackend.Dequantize"/> gives the weight in the inputs' order.</para>
 /// </summary>
 public sealed record QuantizedWeight
 {

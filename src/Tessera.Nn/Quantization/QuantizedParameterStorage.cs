@@ -125,7 +125,7 @@ public sealed class QuantizedParameterStorage : IParameterStorage, IDisposable
     /// <summary>How many parameters are held quantized.</summary>
     public int QuantizedCount { get; }
 
-    /// <summary>Bytes of the buffers held on the backend: the values, the quantized weights and their scales.</summary>
+    /// <summary>Bytes of the buffers held on the backend: the values, the quantized weights, their scales and zeros, and the input orders.</summary>
     public long AllocatedBytes => _disposed ? 0 : (_valueBuffer?.Storage.ByteLength ?? 0) + (_quantizedBuffer?.Storage.ByteLength ?? 0)
         + (_scaleBuffer?.Storage.ByteLength ?? 0) + (_zeroBuffer?.Storage.ByteLength ?? 0)
         + _orders.Sum(o => o.Order.Storage.ByteLength + o.Inverse.Storage.ByteLength);
