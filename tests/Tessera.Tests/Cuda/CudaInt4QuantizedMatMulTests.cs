@@ -201,7 +201,8 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
     /// product and its SwiGLU form, all normalized, at 8 and 64 rows of the gate's shape (8192 x 1024); at 64 rows the int4
     /// product's bits must differ from the default grid's (its slices go from 4 to 8 on 132 SMs), or the option changed nothing.
     /// The same with <see cref="CudaBackendOptions.QuantizedDecodeProductNormMaxRows"/> 0 (x normalized by the norm kernel first,
-    /// then the products without the norm).
+    /// then the products without the norm: the op profiler counts one norm launch an op there and none by default, and the
+    /// fused SwiGLU kernels still run).
     /// </summary>
     [Theory]
     [InlineData(8)]
@@ -241,10 +242,18 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         var expected = Run(_cpu, DType.F64);
         using var split = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { QuantizedDecodeProductCtasPerSm = 4 });
         var got = Run(split, dtype);
-        using var plain = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default);
+        using var plain = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
         var baseline = Run(plain, dtype);
-        using var normFirst = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { QuantizedDecodeProductNormMaxRows = 0 });
+        using var normFirst = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, QuantizedDecodeProductNormMaxRows = 0 });
         var unfused = Run(normFirst, dtype);
+        // The option must move the norm: none of the norm kernel's launches by default (the norm rides in the products), one an op
+        // with the norm kernel first, and the fused SwiGLU kernels kept.
+        long NormLaunches(CudaBackend b) => b.Profiler!.Totals().Where(r => r.Name.StartsWith("rmsnorm_forward", StringComparison.Ordinal)).Sum(r => r.Calls);
+        Assert.Equal(0, NormLaunches(plain));
+        Assert.Equal(4, NormLaunches(normFirst));
+        var mt = $"m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}";
+        Assert.Contains($"decode_gemm_int4g_swiglu_bf16_{mt}", normFirst.Profiler!.Totals().Select(r => r.Name));
+        Assert.Contains($"decode_gemm_q8_swiglu_bf16_{mt}", normFirst.Profiler!.Totals().Select(r => r.Name));
         string[] names = ["int4", "int4 SwiGLU", "int8", "int8 SwiGLU"];
         for (int i = 0; i < 4; i++)
         {

@@ -269,6 +269,33 @@ public sealed class Int4CheckpointTests : IDisposable
     }
 
     /// <summary>
+    /// A float weight written whole into an act-order int4 parameter (<see cref="Tessera.Nn.Parameter.WriteMasterOrValue"/>, as a
+    /// merge or a loader does) is quantized in the inputs' order and the order is dropped: reading it back gives the host
+    /// quantizer's round to nearest of the written values in groups of the parameter's size, bit for bit (had the order stayed,
+    /// the read-back columns would be permuted).
+    /// </summary>
+    [Fact]
+    public void AWeightWrittenWholeIntoAnActOrderParameterDropsItsOrder()
+    {
+        var written = Write(Method.Gptq, 16, config: j => j["quantization_config"]!["desc_act"] = true, groupOf: (k, groups) => k % groups);
+        var int4 = PretrainedModel.Load(written.Directory, _cpu, DType.F32, quantization: WeightQuantization.Int4);
+        var p = int4.Layout.Parameters.First(x => x.Name == "blocks.0.mlp.proj.weight");
+        var q = p.Quantized!;
+        Assert.NotNull(q.InputOrder);
+        int n = q.Rows, k = q.Columns;
+        var rng = TestRandom.Create();
+        var values = Enumerable.Range(0, n * k).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        p.WriteMasterOrValue(t => _cpu.CopyFromHost<float>(values, t));
+        Assert.Null(p.Quantized!.InputOrder);
+        var packed = new int[n * k / 8];
+        var scales = new float[n * (k / q.GroupSize)];
+        var zeros = new sbyte[scales.Length];
+        Int4Quantization.QuantizeRows(values, n, k, q.GroupSize, packed, scales, zeros);
+        var expected = Int4Quantization.Dequantize(packed, scales, zeros, n, k, q.GroupSize).Select(v => (float)v).ToArray();
+        Assert.True(expected.AsSpan().SequenceEqual(p.ReadMasterOrValue(t => _cpu.ToArray<float>(t))), "the written weight does not read back as its round to nearest in the inputs' order");
+    }
+
+    /// <summary>
     /// Kept 4-bit, an act-order weight whose g_idx gives a group more inputs than the group size (no layout of contiguous groups
     /// holds it) is refused, naming it and saying why; it still loads dequantized.
     /// </summary>
