@@ -111,10 +111,12 @@ public sealed record CudaBackendOptions
     /// runs without it. Every warp of every CTA scales its fragments of x by the norm weight, so the fused norm's cost grows
     /// with x's rows and the grid, where the norm kernel's does not: in a 64-row serving step of llama-1b (H200, session 34,
     /// eager op profile) the int4 products with the norm took 21.7 us (QKV, output, down on average) and 50.1 us (gate/up
-    /// SwiGLU) against 16.7 and 36.0 without it in the product report, more than the norm kernel's 4.6 us. 0 to 64; default
-    /// 64 (the norm always on the way, as since session 33) until an A/B measures it.
+    /// SwiGLU) against 16.7 and 36.0 without it in the product report, more than the norm kernel's 4.6 us. Measured (H100,
+    /// session 35, the product report): the norm kernel first wins the gate/up SwiGLU form from 32 rows (27.9 against 30.2 us;
+    /// 36.7 against 52.0 at 64) and the QKV product at 64 (15.9 against 16.2), loses both at 8-16 rows and QKV at 32 (13.6
+    /// against 9.7); served at 64 streams with 16 here, int4 gave 17,973 tokens/s against 16,067 at 64. 0 to 64; default 32.
     /// </summary>
-    public int QuantizedDecodeProductNormMaxRows { get; init; } = 64;
+    public int QuantizedDecodeProductNormMaxRows { get; init; } = 32;
 
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;

@@ -10,7 +10,8 @@ namespace Tessera.Tests.Cuda;
 /// groups of 128) at 1, 8, 16, 32 and 64 rows of bf16 x, beside the bf16 weights' products on the same backend options: the
 /// default (the int4 decode product by group sums at 5 to 64 rows), <c>Int4DecodeProductStages=8</c> (its 8-stage kernels),
 /// <c>QuantizedDecodeProductCtasPerSm=2</c> and <c>4</c> (K split into more slices, more CTAs an SM; session 34),
-/// <c>QuantizedDecodeProductNormMaxRows=0</c> (the norm kernel before a normalized product, not the norm on the way) and bf16 (cuBLASLt at 5 to 64 rows, the
+/// <c>QuantizedDecodeProductNormMaxRows=0</c> (the norm kernel before a normalized product) and <c>=64</c> (the norm on the way
+/// at every row count; the default takes the norm kernel past 32 rows, session 35) and bf16 (cuBLASLt at 5 to 64 rows, the
 /// matrix-vector stream at 1); and the gate/up pair through the SwiGLU ops (int4: QuantizedMatMulSwiGlu, bf16: MatMulSwiGlu),
 /// and QKV and that pair with the RMSNorm in front of them, as a decode step runs them. Each product runs over 16
 /// distinct weights in turn, as the 16 layers are, so the L2 cannot serve a repeat. Runs only when TESSERA_CUDA_TIMINGS=1;
@@ -41,6 +42,7 @@ public sealed class CudaInt4ProductSpeedReport(CudaFixture fixture) : CudaTestBa
             ("int4, 2 CTAs an SM", CudaBackendOptions.Default with { QuantizedDecodeProductCtasPerSm = 2 }, true),
             ("int4, 4 CTAs an SM", CudaBackendOptions.Default with { QuantizedDecodeProductCtasPerSm = 4 }, true),
             ("int4, norm kernel first", CudaBackendOptions.Default with { QuantizedDecodeProductNormMaxRows = 0 }, true),
+            ("int4, norm on the way", CudaBackendOptions.Default with { QuantizedDecodeProductNormMaxRows = 64 }, true),
             ("bf16", CudaBackendOptions.Default, false),
         ];
         // The clocks up first: the first form's first rows ran up to 1.7x slow without it (session 32, call C).

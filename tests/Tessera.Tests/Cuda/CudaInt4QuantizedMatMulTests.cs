@@ -201,8 +201,9 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
     /// product and its SwiGLU form, all normalized, at 8 and 64 rows of the gate's shape (8192 x 1024); at 64 rows the int4
     /// product's bits must differ from the default grid's (its slices go from 4 to 8 on 132 SMs), or the option changed nothing.
     /// The same with <see cref="CudaBackendOptions.QuantizedDecodeProductNormMaxRows"/> 0 (x normalized by the norm kernel first,
-    /// then the products without the norm: the op profiler counts one norm launch an op there and none by default, and the
-    /// fused SwiGLU kernels still run).
+    /// then the products without the norm: the op profiler counts one norm launch an op there, and the fused SwiGLU kernels
+    /// still run) and 64 (the norm on the way at every row count: no norm launch); the default launches the norm kernel only
+    /// past its bound.
     /// </summary>
     [Theory]
     [InlineData(8)]
@@ -246,11 +247,14 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         var baseline = Run(plain, dtype);
         using var normFirst = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, QuantizedDecodeProductNormMaxRows = 0 });
         var unfused = Run(normFirst, dtype);
-        // The option must move the norm: none of the norm kernel's launches by default (the norm rides in the products), one an op
-        // with the norm kernel first, and the fused SwiGLU kernels kept.
+        using var normOnTheWay = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, QuantizedDecodeProductNormMaxRows = 64 });
+        var fused = Run(normOnTheWay, dtype);
+        // The option must move the norm: none of the norm kernel's launches with the norm on the way (it rides in the products),
+        // one an op with the norm kernel first, the default's choice by its row bound, and the fused SwiGLU kernels kept.
         long NormLaunches(CudaBackend b) => b.Profiler!.Totals().Where(r => r.Name.StartsWith("rmsnorm_forward", StringComparison.Ordinal)).Sum(r => r.Calls);
-        Assert.Equal(0, NormLaunches(plain));
+        Assert.Equal(0, NormLaunches(normOnTheWay));
         Assert.Equal(4, NormLaunches(normFirst));
+        Assert.Equal(m > CudaBackendOptions.Default.QuantizedDecodeProductNormMaxRows ? 4 : 0, NormLaunches(plain));
         var mt = $"m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}";
         Assert.Contains($"decode_gemm_int4g_swiglu_bf16_{mt}", normFirst.Profiler!.Totals().Select(r => r.Name));
         Assert.Contains($"decode_gemm_q8_swiglu_bf16_{mt}", normFirst.Profiler!.Totals().Select(r => r.Name));
@@ -259,6 +263,7 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         {
             AssertClose(expected[i], got[i], Tolerance(dtype), $"{names[i]} M={m}, 4 CTAs an SM");
             AssertClose(expected[i], unfused[i], Tolerance(dtype), $"{names[i]} M={m}, the norm kernel first");
+            AssertClose(expected[i], fused[i], Tolerance(dtype), $"{names[i]} M={m}, the norm on the way");
         }
         if (m == 64) Assert.False(baseline[0].SequenceEqual(got[0]), "the int4 product at 64 rows gave the default grid's bits: the option changed no slice");
     }
