@@ -34,10 +34,10 @@ public sealed unsafe partial class CudaBackend
         var (n, k) = MoeOpShapes.ExpertSwiGlu(nameof(CudaBackend), x, experts, offsets, slots, hidden);
         var table = RequireTable(nameof(MoeExpertSwiGlu), experts);
         if (n == 0) return;
-        int c = experts.Channels, f = experts.Hidden;
+        int c = experts.Channels, f = experts.Hidden, group = experts.GroupSize;
         ulong px = Ptr(x), pt = Ptr(table), po = Ptr(offsets), ps = Ptr(slots), ph = Ptr(hidden);
-        void** args = stackalloc void*[] { &px, &pt, &po, &ps, &k, &c, &f, &ph };
-        Launch("moe.cu", "moe_expert_swiglu_" + Suffix(x.DType, nameof(MoeExpertSwiGlu)),
+        void** args = stackalloc void*[] { &px, &pt, &po, &ps, &k, &c, &f, &ph, &group };
+        Launch("moe.cu", "moe_expert_swiglu_" + ExpertKernelForm(experts) + Suffix(x.DType, nameof(MoeExpertSwiGlu)),
             ((uint)experts.Experts, (uint)((f + MoeFeatures - 1) / MoeFeatures), 1), MoeExpertThreads, args);
     }
 
@@ -46,10 +46,10 @@ public sealed unsafe partial class CudaBackend
         var (pairs, _) = MoeOpShapes.ExpertDown(nameof(CudaBackend), hidden, experts, offsets, slots, expertOutput);
         var table = RequireTable(nameof(MoeExpertDown), experts);
         if (pairs == 0) return;
-        int c = experts.Channels, f = experts.Hidden;
+        int c = experts.Channels, f = experts.Hidden, group = experts.DownGroupSize;
         ulong ph = Ptr(hidden), pt = Ptr(table), po = Ptr(offsets), ps = Ptr(slots), py = Ptr(expertOutput);
-        void** args = stackalloc void*[] { &ph, &pt, &po, &ps, &c, &f, &py };
-        Launch("moe.cu", "moe_expert_down_" + Suffix(hidden.DType, nameof(MoeExpertDown)),
+        void** args = stackalloc void*[] { &ph, &pt, &po, &ps, &c, &f, &py, &group };
+        Launch("moe.cu", "moe_expert_down_" + ExpertKernelForm(experts) + Suffix(hidden.DType, nameof(MoeExpertDown)),
             ((uint)experts.Experts, (uint)((c + MoeFeatures - 1) / MoeFeatures), 1), MoeExpertThreads, args);
     }
 
@@ -80,6 +80,28 @@ public sealed unsafe partial class CudaBackend
         CopyFromHost<int>(System.Runtime.InteropServices.MemoryMarshal.Cast<ulong, int>(words), addresses);
         return new MoeExpertWeights(gate, up, down, addresses);
     }
+
+    public MoeExpertWeights PrepareMoeExperts(IReadOnlyList<QuantizedWeight> gate, IReadOnlyList<QuantizedWeight> up, IReadOnlyList<QuantizedWeight> down)
+    {
+        var checkedLists = new MoeExpertWeights(gate, up, down, addresses: null);    // checks the lists before anything is uploaded
+        if (checkedLists.Backend != this) throw new ArgumentException($"CudaBackend.{nameof(PrepareMoeExperts)}: the experts' weights live on another backend");
+        RefuseWhileCapturing(nameof(PrepareMoeExperts));
+        int experts = checkedLists.Experts;
+        var words = new ulong[9 * experts];
+        for (int e = 0; e < experts; e++)
+            foreach (var (w, at) in new[] { (gate[e], 0), (up[e], 3), (down[e], 6) })
+            {
+                words[9 * e + at] = Ptr(w.Values);
+                words[9 * e + at + 1] = Ptr(w.Scales);
+                words[9 * e + at + 2] = w.Zeros is { } z ? Ptr(z) : 0;
+            }
+        var addresses = Allocate(new Shape(experts, 18), DType.I32);
+        CopyFromHost<int>(System.Runtime.InteropServices.MemoryMarshal.Cast<ulong, int>(words), addresses);
+        return new MoeExpertWeights(gate, up, down, addresses);
+    }
+
+    /// <summary>The expert kernels' form in their names: "" for floating-point weights, "q8_" for int8, "q4_" for int4.</summary>
+    private static string ExpertKernelForm(MoeExpertWeights experts) => !experts.IsQuantized ? "" : experts.IsInt4 ? "q4_" : "q8_";
 
     /// <summary>The experts' table of addresses, refusing weights prepared by another backend.</summary>
     private Tensor RequireTable(string op, MoeExpertWeights experts) =>

@@ -215,6 +215,15 @@ public interface IBackend
     /// </summary>
     MoeExpertWeights PrepareMoeExperts(IReadOnlyList<Tensor> gate, IReadOnlyList<Tensor> up, IReadOnlyList<Tensor> down);
 
+    /// <summary>
+    /// Quantized experts as <see cref="MoeExpertSwiGlu"/> and <see cref="MoeExpertDown"/> read them: E gate and up (F, C) and
+    /// down (C, F) weights, all int8 with a scale a row or all group-wise int4 (no input order), on this backend; the rows may
+    /// then be of any floating-point dtype the backend computes in, and each weight is dequantized as it is read (int8: scale
+    /// x value; int4: scale (q - zero) of its group). Once, outside a recorded graph, as the floating-point form.
+    /// </summary>
+    /// <exception cref="ArgumentException">The lists disagree, a weight is FP8 or has an input order, or lives elsewhere.</exception>
+    MoeExpertWeights PrepareMoeExperts(IReadOnlyList<QuantizedWeight> gate, IReadOnlyList<QuantizedWeight> up, IReadOnlyList<QuantizedWeight> down);
+
     /// <summary>Row-wise softmax of x (N,V) into output (N,V).</summary>
     void Softmax(Tensor x, Tensor output);
 

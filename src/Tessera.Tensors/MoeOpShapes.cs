@@ -49,8 +49,8 @@ public static class MoeOpShapes
     {
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(experts); ArgumentNullException.ThrowIfNull(hidden);
         string op = $"{backend}.{nameof(IBackend.MoeExpertSwiGlu)}";
-        if (x.Rank != 2 || x.Size(1) != experts.Channels || x.DType != experts.DType || !x.IsContiguous)
-            throw new ArgumentException($"{op}: x {x.Shape} {x.DType} must be contiguous (N, {experts.Channels}) {experts.DType}, the experts' channels and dtype");
+        if (x.Rank != 2 || x.Size(1) != experts.Channels || !experts.TakesRows(x.DType) || !x.IsContiguous)
+            throw new ArgumentException($"{op}: x {x.Shape} {x.DType} must be contiguous (N, {experts.Channels}) {experts.RowsDescription}, the experts' channels and dtype");
         int n = x.Size(0);
         if (slots is null || n == 0 && slots.NumElements != 0 || n > 0 && slots.NumElements % n != 0)
             throw new ArgumentException($"{op}: slots {slots?.Shape} must hold N k slots for x's {n} rows");
@@ -67,8 +67,8 @@ public static class MoeOpShapes
     {
         ArgumentNullException.ThrowIfNull(hidden); ArgumentNullException.ThrowIfNull(experts); ArgumentNullException.ThrowIfNull(expertOutput);
         string op = $"{backend}.{nameof(IBackend.MoeExpertDown)}";
-        if (hidden.Rank != 2 || hidden.Size(1) != experts.Hidden || hidden.DType != experts.DType || !hidden.IsContiguous)
-            throw new ArgumentException($"{op}: hidden {hidden.Shape} {hidden.DType} must be contiguous (N k, {experts.Hidden}) {experts.DType}");
+        if (hidden.Rank != 2 || hidden.Size(1) != experts.Hidden || !experts.TakesRows(hidden.DType) || !hidden.IsContiguous)
+            throw new ArgumentException($"{op}: hidden {hidden.Shape} {hidden.DType} must be contiguous (N k, {experts.Hidden}) {experts.RowsDescription}");
         if (expertOutput.Rank != 2 || expertOutput.Size(0) != hidden.Size(0) || expertOutput.Size(1) != experts.Channels
             || expertOutput.DType != hidden.DType || !expertOutput.IsContiguous)
             throw new ArgumentException($"{op}: expertOutput {expertOutput.Shape} {expertOutput.DType} must be contiguous ({hidden.Size(0)}, {experts.Channels}) {hidden.DType}");

@@ -73,26 +73,75 @@ extern "C" __global__ void moe_align(const int* ids, int pairs, int E, int* offs
 // pairs from offsets and returns at once when it is empty; otherwise each warp takes output features of the tile and, for
 // MOE_ROWS of the expert's rows at a time, reads the feature's weight row once (coalesced over the lanes, 16-byte loads
 // a lane where aligned) against all of them, F32 accumulation, warp sums. Decode steps give an expert few rows, so every
-// weight is read about once: the memory-bound case. The weights come from a table of addresses (IBackend.PrepareMoeExperts): expert e's gate, up, down.
+// weight is read about once: the memory-bound decode case. The weights come from a table of addresses
+// (IBackend.PrepareMoeExperts): floating-point experts (Q = 0) three words an expert, gate, up, down; quantized experts nine,
+// each weight's values, scales and zeros (Q = 1: int8, a scale a row, no zeros; Q = 2: group-wise int4, eight nibbles a
+// 32-bit word little-nibble first, a scale and a zero point a group of `group` columns), dequantized as they are read in fp32
+// (int8 s q, int4 s (q - z)), each lane taking 8 columns (one word of nibbles, 8 bytes of int8) at a time.
 #define MOE_FEATURES 32
 #define MOE_ROWS 8
 
+// Eight weights of row f at columns c .. c + 7 (c a multiple of 8) of a quantized weight t = {values, scales, zeros}, K
+// columns, G groups of `group`, in fp32. int8's values are read as 8 bytes (K a multiple of 8, an aligned base).
+template <int Q> __device__ __forceinline__ void moe_dequant8(const unsigned long long* t, i64 f, int c, int K, int G, int group, float* w)
+{
+    if (Q == 1)
+    {
+        uint2 u = *reinterpret_cast<const uint2*>((const signed char*)t[0] + f * K + c);
+        const signed char* b = reinterpret_cast<const signed char*>(&u);
+        float s = ((const float*)t[1])[f];
+#pragma unroll
+        for (int j = 0; j < 8; j++) w[j] = s * (float)b[j];
+    }
+    else
+    {
+        unsigned word = ((const unsigned*)t[0])[f * (K / 8) + c / 8];
+        i64 g = f * G + c / group;
+        float s = ((const float*)t[1])[g], z = (float)((const signed char*)t[2])[g];
+#pragma unroll
+        for (int j = 0; j < 8; j++) w[j] = s * ((float)((word >> (4 * j)) & 15u) - z);
+    }
+}
+
+// One weight of row f at column c, in fp32 (the element-a-lane path).
+template <int Q> __device__ __forceinline__ float moe_dequant1(const unsigned long long* t, i64 f, int c, int K, int G, int group)
+{
+    if (Q == 1) return ((const float*)t[1])[f] * (float)((const signed char*)t[0])[f * K + c];
+    unsigned word = ((const unsigned*)t[0])[f * (K / 8) + c / 8];
+    i64 g = f * G + c / group;
+    return ((const float*)t[1])[g] * ((float)((word >> (4 * (c % 8))) & 15u) - (float)((const signed char*)t[2])[g]);
+}
+
+// Eight values of T from p, 16-byte aligned, in fp32.
+template <typename T> __device__ __forceinline__ void moe_load8(const T* p, float* v)
+{
+#pragma unroll
+    for (int j = 0; j < 8; j += Vec16<T>::N) load16(p + j, v + j);
+}
+
 // SWIGLU: out[p, f] = silu(x[slots[p] / k] gate_e[f]) * (x[slots[p] / k] up_e[f]), K = C inputs, O = F outputs.
 // Otherwise (down): out[slots[p], f] = in[p] down_e[f], K = F inputs, O = C outputs.
-template <typename T, bool SWIGLU> __device__ void moe_expert_product(const T* in, const unsigned long long* table, const int* offsets,
-    const int* slots, int k, int K, int O, T* out)
+template <typename T, bool SWIGLU, int Q> __device__ void moe_expert_product(const T* in, const unsigned long long* table, const int* offsets,
+    const int* slots, int k, int K, int O, int group, T* out)
 {
     int e = blockIdx.x;
     int begin = offsets[e], end = offsets[e + 1];
     if (begin >= end) return;                                           // no rows routed here: the whole CTA leaves
-    const T* w0 = (const T*)table[3 * e + (SWIGLU ? 0 : 2)];
-    const T* w1 = SWIGLU ? (const T*)table[3 * e + 1] : w0;
+    constexpr int words = Q == 0 ? 3 : 9;                               // table words an expert
+    const unsigned long long* t0 = table + words * e + (SWIGLU ? 0 : 2 * words / 3);
+    const unsigned long long* t1 = SWIGLU ? table + words * e + words / 3 : t0;
+    const T* w0 = (const T*)t0[0];
+    const T* w1 = (const T*)t1[0];
+    int G = (K + group - 1) / group;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     int first = blockIdx.y * MOE_FEATURES, last = min(O, first + MOE_FEATURES);
     // Vector loads where every row of the weights and the input starts 16-byte aligned (K a multiple of 16 bytes, aligned
-    // bases: the arena's weights and the step's buffers are); otherwise an element a lane.
-    constexpr int V = Vec16<T>::N;
-    bool vec = K % V == 0 && aligned16(w0, w1, in);
+    // bases: the arena's weights and the step's buffers are); quantized weights: 8 columns a lane where K is a multiple of 8
+    // and x's rows 16-byte aligned. Otherwise an element a lane.
+    constexpr int V = Q == 0 ? Vec16<T>::N : 8;
+    bool vec = Q == 0 ? K % V == 0 && aligned16(w0, w1, in)
+                      : K % 8 == 0 && (K * (int)sizeof(T)) % 16 == 0 && aligned16(in, in, in)
+                        && (Q == 2 || ((t0[0] | t1[0]) & 7ull) == 0);
     for (int f = first + warp; f < last; f += warps)
     {
         const T* a = w0 + (i64)f * K;
@@ -109,17 +158,26 @@ template <typename T, bool SWIGLU> __device__ void moe_expert_product(const T* i
                 g[r] = 0.f;
                 u[r] = 0.f;
             }
-            if (vec)                                                    // 16 bytes a lane: 512 bytes a warp per load
+            if (vec)                                                    // 16 bytes of weights a lane (int4: 4, int8: 8)
                 for (int c = lane * V; c < K; c += 32 * V)
                 {
                     float wa[V], wb[V], v[V];
-                    load16(a + c, wa);
-                    if (SWIGLU) load16(b + c, wb);
+                    if (Q == 0)
+                    {
+                        load16(a + c, wa);
+                        if (SWIGLU) load16(b + c, wb);
+                    }
+                    else
+                    {
+                        moe_dequant8<Q == 0 ? 1 : Q>(t0, f, c, K, G, group, wa);
+                        if (SWIGLU) moe_dequant8<Q == 0 ? 1 : Q>(t1, f, c, K, G, group, wb);
+                    }
 #pragma unroll
                     for (int r = 0; r < MOE_ROWS; r++)
                         if (r < rows)
                         {
-                            load16(x[r] + c, v);
+                            if (Q == 0) load16(x[r] + c, v);
+                            else moe_load8(x[r] + c, v);
 #pragma unroll
                             for (int j = 0; j < V; j++)
                             {
@@ -131,7 +189,8 @@ template <typename T, bool SWIGLU> __device__ void moe_expert_product(const T* i
             else
                 for (int c = lane; c < K; c += 32)
                 {
-                    float wa = to_f(a[c]), wb = SWIGLU ? to_f(b[c]) : 0.f;
+                    float wa = Q == 0 ? to_f(a[c]) : moe_dequant1<Q == 0 ? 1 : Q>(t0, f, c, K, G, group);
+                    float wb = !SWIGLU ? 0.f : Q == 0 ? to_f(b[c]) : moe_dequant1<Q == 0 ? 1 : Q>(t1, f, c, K, G, group);
 #pragma unroll
                     for (int r = 0; r < MOE_ROWS; r++)
                         if (r < rows)
@@ -156,13 +215,16 @@ template <typename T, bool SWIGLU> __device__ void moe_expert_product(const T* i
         }
     }
 }
-#define MOE_EXPERTS(n, T) \
-    extern "C" __global__ void moe_expert_swiglu_##n(const T* x, const unsigned long long* table, const int* offsets, const int* slots, \
-        int k, int C, int F, T* hidden) \
-    { moe_expert_product<T, true>(x, table, offsets, slots, k, C, F, hidden); } \
-    extern "C" __global__ void moe_expert_down_##n(const T* hidden, const unsigned long long* table, const int* offsets, const int* slots, \
-        int C, int F, T* expert_out) \
-    { moe_expert_product<T, false>(hidden, table, offsets, slots, 1, F, C, expert_out); }
+// moe_expert_{swiglu,down}_{T} (floating-point experts of T), moe_expert_{swiglu,down}_q8_{T} (int8), _q4_{T} (int4); the
+// rows are T. `group` is the weights' group size (int4; unused otherwise).
+#define MOE_EXPERTS_FORM(form, Q, n, T) \
+    extern "C" __global__ void moe_expert_swiglu_##form##n(const T* x, const unsigned long long* table, const int* offsets, const int* slots, \
+        int k, int C, int F, T* hidden, int group) \
+    { moe_expert_product<T, true, Q>(x, table, offsets, slots, k, C, F, group, hidden); } \
+    extern "C" __global__ void moe_expert_down_##form##n(const T* hidden, const unsigned long long* table, const int* offsets, const int* slots, \
+        int C, int F, T* expert_out, int group) \
+    { moe_expert_product<T, false, Q>(hidden, table, offsets, slots, 1, F, C, group, expert_out); }
+#define MOE_EXPERTS(n, T) MOE_EXPERTS_FORM(, 0, n, T) MOE_EXPERTS_FORM(q8_, 1, n, T) MOE_EXPERTS_FORM(q4_, 2, n, T)
 FOR_FLOAT_TYPES(MOE_EXPERTS)
 
 // moe_combine: out[n, c] += sum over s in order of w[n, s] y[n k + s, c] (then + sigmoid(gate[n]) shared[n, c] when shared is

@@ -9,7 +9,8 @@ namespace Tessera.Nn.Layers;
 /// expert's SwiGLU on its rows and one its down product, and the combine adds the weighted outputs (and Qwen2-MoE's gated
 /// shared expert) onto the residual in slot order. Nothing is read back, so such a step can be recorded as a CUDA graph.
 /// Training, larger steps and every layer the ops do not cover (tensor or expert parallelism, served LoRA adapters,
-/// int8/FP8 or adapted experts, a dtype the backend's kernels lack) keep the host's routing (<see cref="Run"/>).
+/// FP8, act-order or adapted experts, a dtype the backend's kernels lack) keep the host's routing (<see cref="Run"/>). Int8
+/// and int4 experts take the device path too, dequantized as the expert kernels read them.
 /// </summary>
 public sealed partial class SparseMoeFeedForward
 {
@@ -35,7 +36,8 @@ public sealed partial class SparseMoeFeedForward
     /// <summary>
     /// Whether an inference step of <paramref name="rows"/> rows takes the device path, so that it reads nothing back and may be
     /// recorded: the layer is a plain mixture of experts on one device (no tensor or expert parallelism, no served adapters,
-    /// experts of plain floating-point products in the rows' dtype) whose backend has the ops for its dtype, and
+    /// experts of plain products: floating-point in the rows' dtype, or all int8 or all int4 without an input order) whose
+    /// backend has the ops for its dtype, and
     /// <paramref name="rows"/> is at most <see cref="DeviceRoutingMaxRows"/>. Prepares the experts' table of weights on first
     /// call (one small upload; call it outside a recorded graph).
     /// </summary>
@@ -46,21 +48,28 @@ public sealed partial class SparseMoeFeedForward
     {
         if (!DeviceRouting || TensorParallelism is not null || ExpertParallelism is not null || _servedAdapters is not null) return null;
         var layers = Experts.SelectMany(e => new[] { e.Gate, e.Up, e.Projection }).ToList();
-        if (layers.Any(l => !l.IsPlainProduct || l.Bias is not null) || Experts.Any(e => e.GeluGate)) return null;
-        var weights = layers.Select(l => l.Weight.Value).ToList();
+        if (layers.Any(l => l.Bias is not null) || Experts.Any(e => e.GeluGate)) return null;
+        // Every expert weight in floating point, or every one quantized (int8 or int4: the expert ops refuse FP8 and input
+        // orders, and the host path takes those).
+        bool quantized = layers.All(l => l.IsPlainQuantizedProduct);
+        if (!quantized && layers.Any(l => !l.IsPlainProduct)) return null;
+        var weights = layers.Select(l => quantized ? l.Weight.Quantized!.Values : l.Weight.Value).ToList();
         if (_device is { } state && state.Weights.SequenceEqual(weights)) return state.Experts;   // weights do not move at inference
         MoeExpertWeights? experts = null;
-        if (weights.All(w => w.IsContiguous))
+        if (quantized || weights.All(w => w.IsContiguous))
         {
+            var backend = weights[0].Backend;
             try
             {
-                experts = weights[0].Backend.PrepareMoeExperts(
-                    Experts.Select(e => e.Gate.Weight.Value).ToList(), Experts.Select(e => e.Up.Weight.Value).ToList(),
-                    Experts.Select(e => e.Projection.Weight.Value).ToList());
+                experts = quantized
+                    ? backend.PrepareMoeExperts(Experts.Select(e => e.Gate.Weight.Quantized!).ToList(),
+                        Experts.Select(e => e.Up.Weight.Quantized!).ToList(), Experts.Select(e => e.Projection.Weight.Quantized!).ToList())
+                    : backend.PrepareMoeExperts(Experts.Select(e => e.Gate.Weight.Value).ToList(),
+                        Experts.Select(e => e.Up.Weight.Value).ToList(), Experts.Select(e => e.Projection.Weight.Value).ToList());
             }
             catch (Exception ex) when (ex is NotSupportedException or ArgumentException)
             {
-                experts = null;                                  // a dtype the backend's kernels lack: the host path
+                experts = null;                                  // a format or dtype the backend's kernels lack: the host path
             }
         }
         _device = new DeviceRoutingState(weights, experts);
@@ -73,7 +82,7 @@ public sealed partial class SparseMoeFeedForward
     {
         if (x.Rank != 2 || x.Size(0) > DeviceRoutingMaxRows) return false;
         var experts = DeviceExperts();
-        if (experts is null || x.DType != experts.DType || !x.IsContiguous || !output.IsContiguous) return false;
+        if (experts is null || !experts.TakesRows(x.DType) || !x.IsContiguous || !output.IsContiguous) return false;
         var backend = x.Backend;
         int n = x.Size(0), c = x.Size(1), k = ExpertsPerToken, e = ExpertCount;
         var logits = Router.Forward(ctx, x);                                                        // (N, E)

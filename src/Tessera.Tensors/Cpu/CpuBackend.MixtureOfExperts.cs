@@ -1,7 +1,7 @@
 namespace Tessera.Tensors.Cpu;
 
-// The device-routed mixture-of-experts ops in plain loops (F64 arithmetic, F32 or F64 storage): the reference the CUDA
-// kernels (moe.cu) are held to, and the same rule as the host's ExpertRouting.
+// The device-routed mixture-of-experts ops in plain loops (F64 arithmetic, F32 or F64 storage; int8 and int4 experts read
+// as the values they stand for): the reference the CUDA kernels (moe.cu) are held to, and the same rule as the host's ExpertRouting.
 public sealed unsafe partial class CpuBackend
 {
     /// <inheritdoc/>
@@ -50,19 +50,22 @@ public sealed unsafe partial class CpuBackend
         ForEachPair(nameof(MoeExpertSwiGlu), offsets, slots, experts.Experts, (long)n * k, (p, e, slot) =>
         {
             long row = slot / k;
+            var gate = ExpertWeight(experts, 0, e);
+            var up = ExpertWeight(experts, 1, e);
             for (int h = 0; h < f; h++)
             {
                 double g = 0, u = 0;
                 for (int i = 0; i < c; i++)
                 {
                     double xi = Read(x, row * c + i);
-                    g += xi * Read(experts.Gate[e], (long)h * c + i);
-                    u += xi * Read(experts.Up[e], (long)h * c + i);
+                    g += xi * gate.At(h, i);
+                    u += xi * up.At(h, i);
                 }
                 Write(hidden, p * f + h, g / (1 + Math.Exp(-g)) * u);
             }
         });
         KeepOperandsAlive(x, offsets, slots, hidden);
+        GC.KeepAlive(experts);
     }
 
     /// <inheritdoc/>
@@ -73,14 +76,16 @@ public sealed unsafe partial class CpuBackend
         int c = experts.Channels, f = experts.Hidden;
         ForEachPair(nameof(MoeExpertDown), offsets, slots, experts.Experts, pairs, (p, e, slot) =>
         {
+            var down = ExpertWeight(experts, 2, e);
             for (int o = 0; o < c; o++)
             {
                 double y = 0;
-                for (int h = 0; h < f; h++) y += Read(hidden, p * f + h) * Read(experts.Down[e], (long)o * f + h);
+                for (int h = 0; h < f; h++) y += Read(hidden, p * f + h) * down.At(o, h);
                 Write(expertOutput, slot * c + o, y);
             }
         });
         KeepOperandsAlive(hidden, offsets, slots, expertOutput);
+        GC.KeepAlive(experts);
     }
 
     /// <inheritdoc/>
@@ -115,6 +120,57 @@ public sealed unsafe partial class CpuBackend
         if (weights.Gate[0].Backend != this) throw new ArgumentException($"{nameof(PrepareMoeExperts)}: the experts' weights live on another backend");
         RequireComputeDType(nameof(PrepareMoeExperts), "the experts' weights", weights.Gate[0]);
         return weights;
+    }
+
+    /// <inheritdoc/>
+    public MoeExpertWeights PrepareMoeExperts(IReadOnlyList<QuantizedWeight> gate, IReadOnlyList<QuantizedWeight> up, IReadOnlyList<QuantizedWeight> down)
+    {
+        var weights = new MoeExpertWeights(gate, up, down, addresses: null);
+        if (weights.Backend != this) throw new ArgumentException($"{nameof(PrepareMoeExperts)}: the experts' weights live on another backend");
+        return weights;
+    }
+
+    /// <summary>Expert <paramref name="e"/>'s gate (part 0), up (1) or down (2) weight, read element by element in F64.</summary>
+    private ExpertWeightReader ExpertWeight(MoeExpertWeights experts, int part, int e)
+    {
+        if (experts.QuantizedGate is not { } qg)
+        {
+            var w = part switch { 0 => experts.Gate[e], 1 => experts.Up[e], _ => experts.Down[e] };
+            return w.DType == DType.F64
+                ? new ExpertWeightReader { F64 = Ptr<double>(w), Columns = w.Size(1) }
+                : new ExpertWeightReader { F32 = Ptr<float>(w), Columns = w.Size(1) };
+        }
+        var q = part switch { 0 => qg[e], 1 => experts.QuantizedUp![e], _ => experts.QuantizedDown![e] };
+        return q.IsInt4
+            ? new ExpertWeightReader { Packed = Ptr<int>(q.Values), Scales = Ptr<float>(q.Scales), Zeros = Ptr<sbyte>(q.Zeros!), Columns = q.Columns, Groups = q.Groups, GroupSize = q.GroupSize }
+            : new ExpertWeightReader { I8 = Ptr<sbyte>(q.Values), Scales = Ptr<float>(q.Scales), Columns = q.Columns };
+    }
+
+    /// <summary>
+    /// One expert weight (N, K) as the reference reads it: a floating-point value, or what a quantized one stands for in F64
+    /// (int8: scale x value; int4: scale (q - zero) of the element's group, its nibble 4 (k mod 8) of word k / 8).
+    /// </summary>
+    private readonly struct ExpertWeightReader
+    {
+        public double* F64 { get; init; }
+        public float* F32 { get; init; }
+        public sbyte* I8 { get; init; }
+        public int* Packed { get; init; }
+        public float* Scales { get; init; }
+        public sbyte* Zeros { get; init; }
+        public int Columns { get; init; }
+        public int Groups { get; init; }
+        public int GroupSize { get; init; }
+
+        public double At(long row, int col)
+        {
+            if (F64 != null) return F64[row * Columns + col];
+            if (F32 != null) return F32[row * Columns + col];
+            if (I8 != null) return (double)Scales[row] * I8[row * Columns + col];
+            long g = row * Groups + col / GroupSize;
+            int nibble = (Packed[row * (Columns / Int4Quantization.PerWord) + col / Int4Quantization.PerWord] >> (4 * (col % Int4Quantization.PerWord))) & 0xF;
+            return (double)Scales[g] * (nibble - Zeros[g]);
+        }
     }
 
     /// <summary>Calls <paramref name="body"/>(pair, expert, slot) for every pair of the aligned slots, checking them.</summary>

@@ -5,6 +5,7 @@ using Tessera.Inference.Serving;
 using Tessera.Inference.Sampling;
 using Tessera.Models;
 using Tessera.Models.Tokenization;
+using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Tests.Inference;
@@ -153,6 +154,94 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
         for (int i = 0; i < cpuWeights.Length; i++)
             Assert.True(Math.Abs(gpuWeights[i] - cpuWeights[i]) <= 2e-6 * Math.Abs(cpuWeights[i]), $"seed {seed}: weight {i} {gpuWeights[i]} vs {cpuWeights[i]}");
         AssertClose(cpuOut, gpuOut, dtype == DType.BF16 ? 2e-2 : 1e-5, $"seed {seed}: the MoE output ({dtype})");
+    }
+
+    /// <summary>
+    /// The expert ops over quantized experts (moe.cu's <c>_q8_</c> and <c>_q4_</c> kernels: int8 with a scale a row, int4 in
+    /// groups of 16 or 32, one group of C = 40 short) on the GPU against the CPU backend's over the same quantized weights
+    /// (quantized once on the host, so both hold the same integers): the output within 1e-5 (F32 rows) or 2e-2 (BF16 rows,
+    /// as above) of its largest value. The weights are dequantized in F32 on the GPU, in F64 on the CPU: an F32 rounding each.
+    /// </summary>
+    [Theory]
+    [InlineData(13, 6, 2, 64, 48, 0, DType.F32)]
+    [InlineData(1, 8, 2, 40, 96, 0, DType.BF16)]
+    [InlineData(13, 6, 2, 64, 48, 16, DType.F32)]
+    [InlineData(64, 8, 2, 40, 200, 32, DType.F32)]
+    [InlineData(9, 4, 4, 128, 64, 32, DType.BF16)]
+    public void QuantizedExpertOpsOnTheGpuMatchTheCpuBackend(int n, int e, int k, int c, int f, int int4Group, DType dtype)
+    {
+        var gpu = Gpu;
+        int seed = 191 + n + e + k + int4Group;
+        var rng = new Random(seed);
+        double[] Draw(int count, double scale) => Stored(Enumerable.Range(0, count).Select(_ => scale * (rng.NextDouble() * 2 - 1)).ToArray(), dtype);
+        float[] Floats(int count, double scale) => Enumerable.Range(0, count).Select(_ => (float)(scale * (rng.NextDouble() * 2 - 1))).ToArray();
+        var z = Draw(n * e, 3);
+        var x = Draw(n * c, 1);
+        var residual = Draw(n * c, 1);
+        var wg = Enumerable.Range(0, e).Select(_ => Floats(f * c, 2 / Math.Sqrt(c))).ToArray();
+        var wu = Enumerable.Range(0, e).Select(_ => Floats(f * c, 2 / Math.Sqrt(c))).ToArray();
+        var wd = Enumerable.Range(0, e).Select(_ => Floats(c * f, 2 / Math.Sqrt(f))).ToArray();
+        QuantizedWeight Quantize(IBackend b, float[] w, int rows, int cols) => int4Group == 0
+            ? Int8Quantization.Quantize(b, w, rows, cols) : Int4Quantization.Quantize(b, w, rows, cols, int4Group);
+
+        double[] Run(IBackend backend, DType t)
+        {
+            var experts = backend.PrepareMoeExperts(wg.Select(w => Quantize(backend, w, f, c)).ToList(), wu.Select(w => Quantize(backend, w, f, c)).ToList(),
+                wd.Select(w => Quantize(backend, w, c, f)).ToList());
+            Assert.Equal(int4Group > 0, experts.IsInt4);
+            var ids = backend.Allocate(new Shape(n, k), DType.I32);
+            var weights = backend.Allocate(new Shape(n, k), DType.F32);
+            var offsets = backend.Allocate(new Shape(e + 1), DType.I32);
+            var slots = backend.Allocate(new Shape(n * k), DType.I32);
+            var hidden = backend.Allocate(new Shape(n * k, f), t);
+            var y = backend.Allocate(new Shape(n * k, c), t);
+            var output = Upload(backend, residual, t, n, c);
+            backend.MoeRoute(Upload(backend, z, t, n, e), ids, weights, normalize: true);
+            backend.MoeAlign(ids, offsets, slots);
+            backend.MoeExpertSwiGlu(Upload(backend, x, t, n, c), experts, offsets, slots, hidden);
+            backend.MoeExpertDown(hidden, experts, offsets, slots, y);
+            backend.MoeCombine(y, weights, output);
+            return Download(backend, output);
+        }
+
+        AssertClose(Run(_cpu, DType.F32), Run(gpu, dtype), dtype == DType.BF16 ? 2e-2 : 1e-5,
+            $"seed {seed}: the MoE output over {(int4Group > 0 ? $"int4 (groups of {int4Group})" : "int8")} experts ({dtype})");
+    }
+
+    /// <summary>
+    /// A mixtral-debug model with int8 or int4 (groups of 16) weights on the GPU (F32, the same O(0.3) random weights written
+    /// through the quantizing storage on both backends): its greedy tokens equal the CPU's quantized model's, its decode steps
+    /// route the quantized experts on the device and are recorded as a graph.
+    /// </summary>
+    [Theory]
+    [InlineData(WeightQuantization.Int8)]
+    [InlineData(WeightQuantization.Int4)]
+    public void QuantizedExpertsDecodeOnTheDeviceAndAreRecorded(WeightQuantization quantization)
+    {
+        var gpu = Gpu;
+        var config = ModelPresets.Get("mixtral-debug");
+        Transformer Build(IBackend backend)
+        {
+            var model = PretrainedModel.Quantized(config, backend, DType.F32, quantization: quantization, int4GroupSize: 16);
+            var rng = new Random(9);
+            foreach (var p in model.Layout.Parameters)
+            {
+                double mean = p.Name.EndsWith(".weight", StringComparison.Ordinal) && !p.WeightDecay ? 1.0 : 0.0;
+                var values = TestTensors.Normal(rng, p.NumElements, 0.3, mean).Select(v => (float)v).ToArray();
+                p.WriteMasterOrValue(t => backend.CopyFromHost<float>(values, t));
+            }
+            return model;
+        }
+        var onCpu = Build(_cpu);
+        var onGpu = Build(gpu);
+        int[] prompt = [5, 1, 4, 1, 5, 9, 2, 6];
+        const int count = 20;
+        var generator = new TextGenerator(onGpu);
+        Assert.Equal(TextGeneratorTests.Reference(onCpu, _cpu, prompt, count, SamplingOptions.Greedy),
+            generator.Generate(prompt, new GenerationOptions { MaxNewTokens = count }).ToList());
+        Assert.True(generator.LastRunRecorded, $"a decode step over {quantization} experts routes on the device and should be recorded");
+        Assert.True(onGpu.Blocks.Select(b => b.Mlp).OfType<Tessera.Nn.Layers.SparseMoeFeedForward>().All(l => l.DeviceRoutedForwards > 0),
+            "a layer did not take the device path");
     }
 
     /// <summary>

@@ -201,7 +201,9 @@ public sealed class KernelEmulationTests
     /// ties to the lower index (quarters, rows of equal logits), k = 1..E, renormalized or not, its weights within 1e-6
     /// relative; the alignment exactly, experts with no rows among them; the whole path (route, align, SwiGLU, down, combine
     /// with and without the gated shared expert) within 1e-5 of the largest reference value, for C and F off the 32-feature
-    /// tile, an expert with more rows than a CTA takes at once, and experts with none.
+    /// tile, an expert with more rows than a CTA takes at once, and experts with none; the same for int8 experts (8 bytes a
+    /// lane, and an element a lane where K is no multiple of 8) and int4 experts (groups that divide K, a shorter last group,
+    /// one group a row; x off 16-byte alignment, the element-a-lane path) against the values they stand for.
     /// </summary>
     [Fact]
     public void MixtureOfExpertsKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
@@ -210,7 +212,11 @@ public sealed class KernelEmulationTests
              "route N=12 E=5 k=5 norm=1 ties=1 ids", "route N=5 E=64 k=8 norm=1 ties=1 ids",
              "align N=13 E=8 k=2 empty=3 threads=64", "align N=40 E=70 k=4 empty=10 threads=64", "align N=1 E=4 k=4 empty=0 threads=32",
              "experts N=13 E=6 k=2 C=50 F=45 norm=1 shared=0 threads=64", "experts N=40 E=4 k=2 C=33 F=72 norm=0 shared=1 threads=64",
-             "experts N=1 E=8 k=2 C=64 F=100 norm=1 shared=0 threads=256", "experts N=9 E=5 k=5 C=40 F=20 norm=1 shared=1 threads=64"]);
+             "experts N=1 E=8 k=2 C=64 F=100 norm=1 shared=0 threads=256", "experts N=9 E=5 k=5 C=40 F=20 norm=1 shared=1 threads=64",
+             "experts int8 N=13 E=6 k=2 C=64 F=40 norm=1 shared=0 threads=64", "experts int8 N=11 E=4 k=2 C=50 F=45 norm=0 shared=1 threads=64",
+             "experts int4 N=13 E=6 k=2 C=64 F=48 group=16 norm=1 shared=0 threads=64", "experts int4 N=40 E=4 k=2 C=72 F=40 group=32 norm=0 shared=1 threads=64",
+             "experts int4 N=1 E=8 k=2 C=128 F=96 group=128 norm=1 shared=0 threads=256",
+             "experts int4 N=7 E=4 k=2 C=64 F=32 group=32 norm=1 shared=0 threads=64 misaligned x"]);
 
     /// <summary>
     /// sampling.cu's <c>sample_rows</c> (<see cref="CudaBackend.SampleRows"/>) draws the token that

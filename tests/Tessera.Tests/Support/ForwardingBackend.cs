@@ -43,6 +43,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void MoeExpertDown(Tensor hidden, MoeExpertWeights experts, Tensor offsets, Tensor slots, Tensor expertOutput) => Inner.MoeExpertDown(hidden, experts, offsets, slots, expertOutput);
     public virtual void MoeCombine(Tensor expertOutput, Tensor weights, Tensor output, Tensor? shared = null, Tensor? sharedGateLogits = null) => Inner.MoeCombine(expertOutput, weights, output, shared, sharedGateLogits);
     public virtual MoeExpertWeights PrepareMoeExperts(IReadOnlyList<Tensor> gate, IReadOnlyList<Tensor> up, IReadOnlyList<Tensor> down) => Inner.PrepareMoeExperts(gate, up, down);
+    public virtual MoeExpertWeights PrepareMoeExperts(IReadOnlyList<QuantizedWeight> gate, IReadOnlyList<QuantizedWeight> up, IReadOnlyList<QuantizedWeight> down) => Inner.PrepareMoeExperts(gate, up, down);
     public virtual void Softmax(Tensor x, Tensor output) => Inner.Softmax(x, output);
     public virtual void EmbeddingForward(Tensor ids, Tensor table, Tensor output, bool accumulate = false) => Inner.EmbeddingForward(ids, table, output, accumulate);
     public virtual void QuantizedEmbeddingForward(Tensor ids, QuantizedWeight table, Tensor output, bool accumulate = false) => Inner.QuantizedEmbeddingForward(ids, table, output, accumulate);

@@ -1,6 +1,7 @@
 using Tessera.Nn.Layers;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
+using Tessera.Tests.Support;
 using Xunit;
 
 namespace Tessera.Tests.Tensors;
@@ -171,6 +172,103 @@ public sealed class CpuMoeRoutingOpsTests
         double scale = expected.Max(Math.Abs);
         for (int i = 0; i < got.Length; i++)
             Assert.True(Math.Abs(got[i] - expected[i]) <= 1e-12 * scale, $"seed {seed}: element {i}: {got[i]} vs {expected[i]}");
+    }
+
+    /// <summary>
+    /// Quantized experts (int8 with a scale a row; int4 in groups of 8, which divide C = 24 and F = 40, and of 16, which leave
+    /// both a shorter last group) give exactly what the same ops give over the
+    /// floating-point experts holding the values they stand for (<see cref="IBackend.Dequantize"/> into F64): tolerance 0, since
+    /// the reference reads each quantized weight as the same F64 product the dequantization writes (scale x value, scale
+    /// (q - zero)) and sums in the same order. F32 rows agree with F64 rows within 1e-5 of the largest value (F32 storage of
+    /// x, the hidden rows and the outputs).
+    /// </summary>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(8)]
+    [InlineData(16)]
+    public void QuantizedExpertsGiveTheResultsOfTheValuesTheyStandFor(int int4Group)
+    {
+        const int n = 9, e = 5, k = 2, c = 24, f = 40;
+        int seed = 71 + int4Group;
+        var rng = new Random(seed);
+        float[] Draw(int count, double scale) => Enumerable.Range(0, count).Select(_ => (float)(scale * (rng.NextDouble() * 2 - 1))).ToArray();
+        QuantizedWeight Quantize(float[] w, int rows, int cols) => int4Group == 0
+            ? Int8Quantization.Quantize(_cpu, w, rows, cols)
+            : Int4Quantization.Quantize(_cpu, w, rows, cols, int4Group);
+        var gate = Enumerable.Range(0, e).Select(_ => Quantize(Draw(f * c, 0.5), f, c)).ToList();
+        var up = Enumerable.Range(0, e).Select(_ => Quantize(Draw(f * c, 0.5), f, c)).ToList();
+        var down = Enumerable.Range(0, e).Select(_ => Quantize(Draw(c * f, 0.4), c, f)).ToList();
+        Tensor Values(QuantizedWeight q)
+        {
+            var t = _cpu.Allocate(q.Shape, DType.F64);
+            _cpu.Dequantize(q, t);
+            return t;
+        }
+        var z = Logits(new Random(seed), n, e, ties: false).Select(v => (float)v).ToArray();
+        var x = Draw(n * c, 1);
+        var residual = Draw(n * c, 1);
+
+        double[] Run(MoeExpertWeights experts, DType dtype)
+        {
+            Tensor Rows(float[] v, int rows, int cols) => dtype == DType.F64
+                ? _cpu.FromArray(v.Select(a => (double)a).ToArray(), rows, cols) : _cpu.FromArray(v, rows, cols);
+            var ids = _cpu.Allocate(new Shape(n, k), DType.I32);
+            var weights = _cpu.Allocate(new Shape(n, k), DType.F64);
+            var offsets = _cpu.Allocate(new Shape(e + 1), DType.I32);
+            var slots = _cpu.Allocate(new Shape(n * k), DType.I32);
+            var hidden = _cpu.Allocate(new Shape(n * k, f), dtype);
+            var expertOut = _cpu.Allocate(new Shape(n * k, c), dtype);
+            var output = Rows(residual, n, c);
+            _cpu.MoeRoute(Rows(z, n, e), ids, weights, normalize: true);
+            _cpu.MoeAlign(ids, offsets, slots);
+            _cpu.MoeExpertSwiGlu(Rows(x, n, c), experts, offsets, slots, hidden);
+            _cpu.MoeExpertDown(hidden, experts, offsets, slots, expertOut);
+            _cpu.MoeCombine(expertOut, weights, output);
+            return TestTensors.ToDoubles(_cpu, output);
+        }
+
+        var quantized = _cpu.PrepareMoeExperts(gate, up, down);
+        Assert.True(quantized.IsQuantized);
+        Assert.Equal(int4Group > 0, quantized.IsInt4);
+        var values = _cpu.PrepareMoeExperts(gate.Select(Values).ToList(), up.Select(Values).ToList(), down.Select(Values).ToList());
+        var expected = Run(values, DType.F64);
+        Assert.Equal(expected, Run(quantized, DType.F64));
+        NumericAssert.Close(expected, Run(quantized, DType.F32), 1e-5, $"seed {seed}: F32 rows over quantized experts");
+    }
+
+    /// <summary>
+    /// Quantized experts the ops do not read are refused by name (the layer then routes on the host): FP8 weights, an input
+    /// order (activation order), int8 beside int4, different group sizes among the gates; and floating-point experts take rows
+    /// of their own dtype only, where quantized ones take any.
+    /// </summary>
+    [Fact]
+    public void QuantizedExpertsTheOpsCannotReadAreRefused()
+    {
+        var rng = new Random(3);
+        float[] Draw(int count) => Enumerable.Range(0, count).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        const int c = 16, f = 8;
+        QuantizedWeight I8(int rows, int cols) => Int8Quantization.Quantize(_cpu, Draw(rows * cols), rows, cols);
+        QuantizedWeight I4(int rows, int cols, int group) => Int4Quantization.Quantize(_cpu, Draw(rows * cols), rows, cols, group);
+        var fp8 = Fp8Quantization.Quantize(_cpu, Draw(f * c), f, c);
+        var ex = Assert.Throws<ArgumentException>(() => _cpu.PrepareMoeExperts([fp8], [I8(f, c)], [I8(c, f)]));
+        Assert.Contains("FP8", ex.Message);
+        var order = _cpu.FromArray(Enumerable.Range(0, c).Reverse().ToArray(), c);
+        var ordered = I4(f, c, 8).WithInputOrder(order, order);
+        ex = Assert.Throws<ArgumentException>(() => _cpu.PrepareMoeExperts([ordered], [I4(f, c, 8)], [I4(c, f, 8)]));
+        Assert.Contains("input order", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => _cpu.PrepareMoeExperts([I4(f, c, 8)], [I8(f, c)], [I4(c, f, 8)]));
+        Assert.Contains("expert 0's up", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => _cpu.PrepareMoeExperts([I4(f, c, 8), I4(f, c, 16)], [I4(f, c, 8), I4(f, c, 8)], [I4(c, f, 8), I4(c, f, 8)]));
+        Assert.Contains("expert 1's gate", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => _cpu.PrepareMoeExperts([I4(f, c, 8)], [I4(f, c, 8)], [I8(c, f)]));
+        Assert.Contains("quantized alike", ex.Message);
+        var quantized = _cpu.PrepareMoeExperts([I8(f, c)], [I8(f, c)], [I8(c, f)]);
+        Assert.True(quantized.TakesRows(DType.F32) && quantized.TakesRows(DType.F64));
+        var floats = _cpu.PrepareMoeExperts([_cpu.Allocate(new Shape(f, c), DType.F64)], [_cpu.Allocate(new Shape(f, c), DType.F64)], [_cpu.Allocate(new Shape(c, f), DType.F64)]);
+        Assert.False(floats.TakesRows(DType.F32));
+        ex = Assert.Throws<ArgumentException>(() => _cpu.MoeExpertSwiGlu(_cpu.Allocate(new Shape(1, c), DType.F32), floats,
+            _cpu.FromArray(new[] { 0, 1 }, 2), _cpu.FromArray(new[] { 0 }, 1), _cpu.Allocate(new Shape(1, f), DType.F32)));
+        Assert.Contains("F64", ex.Message);
     }
 
     /// <summary>

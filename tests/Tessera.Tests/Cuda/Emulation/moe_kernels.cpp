@@ -9,7 +9,9 @@
 //   C and F of at most a few hundred terms of O(1) values, then two more products; F32 rounding is about 6e-8 a step).
 // Cases cover several N, E, k, experts with no rows (the logits push every row away from some experts), more rows for
 // one expert than a CTA takes at once (MOE_ROWS = 8), C and F that are not multiples of the 32-feature tile, and inputs of
-// K = C or F a multiple of 4 (the 16-byte vector loads) or not (an element a lane).
+// K = C or F a multiple of 4 (the 16-byte vector loads) or not (an element a lane); and quantized experts (int8 with a
+// scale a row, group-wise int4 with a scale and a zero a group) against the values they stand for, with the same bound
+// (the kernels dequantize in F32: one more rounding a weight).
 // kernels.h is written by the test: the emulation, common.cuh, moe.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
@@ -119,10 +121,75 @@ static void align_case(int N, int E, int k, int avoid, unsigned block)
 
 static float uniform(std::mt19937& rng, float scale) { return std::uniform_real_distribution<float>(-scale, scale)(rng); }
 
-// The whole device path: route, align, the experts' SwiGLU and down products, combine (with the shared expert when `shared`).
-static void pipeline_case(int N, int E, int k, int C, int F, bool normalize, int avoid, bool shared, unsigned block)
+// An expert weight (rows x cols) as the kernels read it: floating point (form 0), int8 with a scale a row (1), or group-wise
+// int4 with a scale and a zero point a group of `group` columns (2), and the values it stands for in double (the reference).
+struct ExpertWeight
 {
-    unsigned seed = 1000 + N * 31 + E * 7 + C + F;
+    std::vector<float> f;             // form 0
+    std::vector<signed char> q8;      // form 1
+    std::vector<unsigned> q4;         // form 2: rows x cols / 8 words, column 8w + j in bits 4j .. 4j + 3
+    std::vector<float> scales;        // forms 1 (a row) and 2 (a group)
+    std::vector<signed char> zeros;   // form 2
+    std::vector<double> ref;
+    unsigned long long words[3] = {0, 0, 0};
+};
+
+static ExpertWeight draw_weight(std::mt19937& rng, int rows, int cols, int form, int group, float scale)
+{
+    ExpertWeight w;
+    w.ref.resize((size_t)rows * cols);
+    if (form == 0)
+    {
+        w.f.resize(w.ref.size());
+        for (size_t i = 0; i < w.f.size(); i++) w.ref[i] = w.f[i] = uniform(rng, scale);
+        w.words[0] = (unsigned long long)(uintptr_t)w.f.data();
+        return w;
+    }
+    std::uniform_int_distribution<int> byte(-127, 127), nibble(0, 15);
+    if (form == 1)
+    {
+        w.q8.resize(w.ref.size());
+        w.scales.resize(rows);
+        for (int r = 0; r < rows; r++)
+        {
+            w.scales[r] = scale / 127.f * (0.5f + std::abs(uniform(rng, 1.f)));
+            for (int c = 0; c < cols; c++)
+            {
+                w.q8[(size_t)r * cols + c] = (signed char)byte(rng);
+                w.ref[(size_t)r * cols + c] = (double)w.scales[r] * w.q8[(size_t)r * cols + c];
+            }
+        }
+        w.words[0] = (unsigned long long)(uintptr_t)w.q8.data();
+        w.words[1] = (unsigned long long)(uintptr_t)w.scales.data();
+        return w;
+    }
+    int groups = (cols + group - 1) / group;
+    w.q4.assign((size_t)rows * cols / 8, 0u);
+    w.scales.resize((size_t)rows * groups);
+    w.zeros.resize((size_t)rows * groups);
+    for (auto& v : w.scales) v = scale / 7.5f * (0.5f + std::abs(uniform(rng, 1.f)));
+    for (auto& v : w.zeros) v = (signed char)nibble(rng);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+        {
+            unsigned q = (unsigned)nibble(rng);
+            w.q4[((size_t)r * cols + c) / 8] |= q << (4 * (c % 8));
+            size_t g = (size_t)r * groups + c / group;
+            w.ref[(size_t)r * cols + c] = (double)w.scales[g] * ((double)q - w.zeros[g]);
+        }
+    w.words[0] = (unsigned long long)(uintptr_t)w.q4.data();
+    w.words[1] = (unsigned long long)(uintptr_t)w.scales.data();
+    w.words[2] = (unsigned long long)(uintptr_t)w.zeros.data();
+    return w;
+}
+
+// The whole device path: route, align, the experts' SwiGLU and down products, combine (with the shared expert when `shared`),
+// over experts of `form` (0 floating point, 1 int8, 2 int4 in groups of `group`, which may leave a shorter last group); x
+// `misaligned` by one float (the kernels' element-a-lane path, which the step's aligned buffers never take).
+static void pipeline_case(int N, int E, int k, int C, int F, bool normalize, int avoid, bool shared, unsigned block, int form = 0, int group = 0,
+    bool misaligned = false)
+{
+    unsigned seed = 1000 + N * 31 + E * 7 + C + F + form;
     std::mt19937 rng(seed);
     auto z = draw_logits(N, E, false, avoid, seed);
     std::vector<float> x((size_t)N * C), out((size_t)N * C), sh((size_t)N * C), gate(N);
@@ -130,18 +197,18 @@ static void pipeline_case(int N, int E, int k, int C, int F, bool normalize, int
     for (auto& v : out) v = uniform(rng, 1.f);                 // the residual
     for (auto& v : sh) v = uniform(rng, 1.f);
     for (auto& v : gate) v = uniform(rng, 3.f);
-    std::vector<std::vector<float>> wg(E), wu(E), wd(E);
-    std::vector<unsigned long long> table(3 * E);
+    std::vector<ExpertWeight> wg, wu, wd;
+    int words = form == 0 ? 3 : 9;
+    std::vector<unsigned long long> table((size_t)words * E);
     float sc = 1.f / std::sqrt((float)C), sd = 1.f / std::sqrt((float)F);
     for (int e = 0; e < E; e++)
     {
-        wg[e].resize((size_t)F * C); wu[e].resize((size_t)F * C); wd[e].resize((size_t)C * F);
-        for (auto& v : wg[e]) v = uniform(rng, 2.f * sc);
-        for (auto& v : wu[e]) v = uniform(rng, 2.f * sc);
-        for (auto& v : wd[e]) v = uniform(rng, 2.f * sd);
-        table[3 * e] = (unsigned long long)(uintptr_t)wg[e].data();
-        table[3 * e + 1] = (unsigned long long)(uintptr_t)wu[e].data();
-        table[3 * e + 2] = (unsigned long long)(uintptr_t)wd[e].data();
+        wg.push_back(draw_weight(rng, F, C, form, group, 2.f * sc));
+        wu.push_back(draw_weight(rng, F, C, form, group, 2.f * sc));
+        wd.push_back(draw_weight(rng, C, F, form, group, 2.f * sd));
+        const ExpertWeight* parts[3] = { &wg[e], &wu[e], &wd[e] };
+        for (int part = 0; part < 3; part++)
+            for (int j = 0; j < words / 3; j++) table[(size_t)words * e + part * (words / 3) + j] = parts[part]->words[j];
     }
     std::vector<double> ref(out.begin(), out.end());
     for (int n = 0; n < N; n++)
@@ -156,13 +223,13 @@ static void pipeline_case(int N, int E, int k, int C, int F, bool normalize, int
             for (int f = 0; f < F; f++)
             {
                 double g = 0, u = 0;
-                for (int c = 0; c < C; c++) { g += (double)x[(size_t)n * C + c] * wg[e][(size_t)f * C + c]; u += (double)x[(size_t)n * C + c] * wu[e][(size_t)f * C + c]; }
+                for (int c = 0; c < C; c++) { g += (double)x[(size_t)n * C + c] * wg[e].ref[(size_t)f * C + c]; u += (double)x[(size_t)n * C + c] * wu[e].ref[(size_t)f * C + c]; }
                 h[f] = g / (1 + std::exp(-g)) * u;
             }
             for (int c = 0; c < C; c++)
             {
                 double y = 0;
-                for (int f = 0; f < F; f++) y += h[f] * wd[e][(size_t)c * F + f];
+                for (int f = 0; f < F; f++) y += h[f] * wd[e].ref[(size_t)c * F + f];
                 ref[(size_t)n * C + c] += rw[s] * y;
             }
         }
@@ -178,16 +245,35 @@ static void pipeline_case(int N, int E, int k, int C, int F, bool normalize, int
     for (int e = 0; e < E; e++) empty += offsets[e + 1] == offsets[e];
     int most = 0;
     for (int e = 0; e < E; e++) most = std::max(most, offsets[e + 1] - offsets[e]);
-    emu_launch(dim3{(unsigned)E, (unsigned)((F + 31) / 32), 1}, block,
-        [&] { moe_expert_swiglu_f32(x.data(), table.data(), offsets.data(), slots.data(), k, C, F, hidden.data()); });
-    emu_launch(dim3{(unsigned)E, (unsigned)((C + 31) / 32), 1}, block,
-        [&] { moe_expert_down_f32(hidden.data(), table.data(), offsets.data(), slots.data(), C, F, y.data()); });
+    dim3 swiglu{(unsigned)E, (unsigned)((F + 31) / 32), 1}, down{(unsigned)E, (unsigned)((C + 31) / 32), 1};
+    std::vector<float> shifted(x.size() + 1);
+    std::copy(x.begin(), x.end(), shifted.begin() + 1);
+    const float* xin = misaligned ? shifted.data() + 1 : x.data();
+    if (form == 0)
+    {
+        emu_launch(swiglu, block, [&] { moe_expert_swiglu_f32(xin, table.data(), offsets.data(), slots.data(), k, C, F, hidden.data(), C); });
+        emu_launch(down, block, [&] { moe_expert_down_f32(hidden.data(), table.data(), offsets.data(), slots.data(), C, F, y.data(), F); });
+    }
+    else if (form == 1)
+    {
+        emu_launch(swiglu, block, [&] { moe_expert_swiglu_q8_f32(xin, table.data(), offsets.data(), slots.data(), k, C, F, hidden.data(), C); });
+        emu_launch(down, block, [&] { moe_expert_down_q8_f32(hidden.data(), table.data(), offsets.data(), slots.data(), C, F, y.data(), F); });
+    }
+    else
+    {
+        emu_launch(swiglu, block, [&] { moe_expert_swiglu_q4_f32(xin, table.data(), offsets.data(), slots.data(), k, C, F, hidden.data(), group); });
+        emu_launch(down, block, [&] { moe_expert_down_q4_f32(hidden.data(), table.data(), offsets.data(), slots.data(), C, F, y.data(), group); });
+    }
     emu_launch(3, 64, [&] { moe_combine_f32(y.data(), w.data(), out.data(), shared ? sh.data() : nullptr, shared ? gate.data() : nullptr, N, k, C); });
     double scale = 0, worst = 0;
     for (double v : ref) scale = std::max(scale, std::abs(v));
     for (size_t i = 0; i < ref.size(); i++) worst = std::max(worst, std::abs(out[i] - ref[i]) / scale);
-    char name[160];
-    snprintf(name, sizeof name, "experts N=%d E=%d k=%d C=%d F=%d norm=%d shared=%d threads=%u", N, E, k, C, F, (int)normalize, (int)shared, block);
+    char name[200];
+    const char* forms[] = { "", " int8", " int4" };
+    char groupText[32] = "";
+    if (form == 2) snprintf(groupText, sizeof groupText, " group=%d", group);
+    snprintf(name, sizeof name, "experts%s N=%d E=%d k=%d C=%d F=%d%s norm=%d shared=%d threads=%u%s", forms[form], N, E, k, C, F, groupText, (int)normalize,
+        (int)shared, block, misaligned ? " misaligned x" : "");
     report(name, worst <= 1e-5 && (avoid == 0 || empty >= avoid),
         "empty experts " + std::to_string(empty) + ", most rows " + std::to_string(most) + ", max rel " + sci(worst) + " ");
 }
@@ -215,5 +301,13 @@ int main()
     pipeline_case(40, 4, 2, 33, 72, false, 0, true, 64);
     pipeline_case(1, 8, 2, 64, 100, true, 0, false, 256);
     pipeline_case(9, 5, 5, 40, 20, true, 0, true, 64);
+    // Quantized experts: int8 with K a multiple of 8 (8 bytes a lane) and not (C = 50: an element a lane); int4 in groups
+    // that divide K, that leave a shorter last group (C = 72 and F = 40 in groups of 32), and one group a row (F = 96 in 128).
+    pipeline_case(13, 6, 2, 64, 40, true, 2, false, 64, 1);
+    pipeline_case(11, 4, 2, 50, 45, false, 0, true, 64, 1);
+    pipeline_case(13, 6, 2, 64, 48, true, 2, false, 64, 2, 16);
+    pipeline_case(40, 4, 2, 72, 40, false, 0, true, 64, 2, 32);
+    pipeline_case(1, 8, 2, 128, 96, true, 0, false, 256, 2, 128);
+    pipeline_case(7, 4, 2, 64, 32, true, 0, false, 64, 2, 32, true);
     return failures;
 }

@@ -96,7 +96,7 @@ public sealed class QuantizedModelTests : IDisposable
     [InlineData("gpt2-debug", DType.F32)]    // the direct int8 kernel (a decode step's rows) and the F32 GEMM
     [InlineData("llama-debug", DType.F32)]
     [InlineData("qwen3-debug", DType.F32)]   // int8 products; the q/k head norms stay in F32
-    [InlineData("mixtral-debug", DType.F64)] // int8 router and experts (ordinary Linear layers), routed on the host
+    [InlineData("mixtral-debug", DType.F64)] // int8 router and experts (ordinary Linear layers); decode-size steps routed on the device
     [InlineData("qwen2-moe-debug", DType.F64)] // and the int8 shared expert and its C x 1 gate
     [InlineData("gemma3-debug", DType.F32)]  // int8 GeGLU products through their own layers; the four norms stay in F32
     public async Task DecodingAndServingGiveTheDequantizedModelsTokens(string preset, DType dtype)
