@@ -132,18 +132,9 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
         {
             var experts = backend.PrepareMoeExperts(wg.Select(w => Upload(backend, w, t, f, c)).ToList(), wu.Select(w => Upload(backend, w, t, f, c)).ToList(),
                 wd.Select(w => Upload(backend, w, t, c, f)).ToList());
-            var ids = backend.Allocate(new Shape(n, k), DType.I32);
-            var weights = backend.Allocate(new Shape(n, k), DType.F32);
-            var offsets = backend.Allocate(new Shape(e + 1), DType.I32);
-            var slots = backend.Allocate(new Shape(n * k), DType.I32);
-            var hidden = backend.Allocate(new Shape(n * k, f), t);
-            var y = backend.Allocate(new Shape(n * k, c), t);
             var output = Upload(backend, residual, t, n, c);
-            backend.MoeRoute(Upload(backend, z, t, n, e), ids, weights, normalize);
-            backend.MoeAlign(ids, offsets, slots);
-            backend.MoeExpertSwiGlu(Upload(backend, x, t, n, c), experts, offsets, slots, hidden);
-            backend.MoeExpertDown(hidden, experts, offsets, slots, y);
-            backend.MoeCombine(y, weights, output, shared ? Upload(backend, sharedOut, t, n, c) : null, shared ? Upload(backend, gate, t, n, 1) : null);
+            var (ids, weights) = MoeDeviceOps.Run(backend, experts, Upload(backend, z, t, n, e), Upload(backend, x, t, n, c), output, k, normalize,
+                DType.F32, shared ? Upload(backend, sharedOut, t, n, c) : null, shared ? Upload(backend, gate, t, n, 1) : null);
             return (backend.ToArray<int>(ids), Download(backend, weights), Download(backend, output));
         }
 
@@ -189,18 +180,8 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
             var experts = backend.PrepareMoeExperts(wg.Select(w => Quantize(backend, w, f, c)).ToList(), wu.Select(w => Quantize(backend, w, f, c)).ToList(),
                 wd.Select(w => Quantize(backend, w, c, f)).ToList());
             Assert.Equal(int4Group > 0, experts.IsInt4);
-            var ids = backend.Allocate(new Shape(n, k), DType.I32);
-            var weights = backend.Allocate(new Shape(n, k), DType.F32);
-            var offsets = backend.Allocate(new Shape(e + 1), DType.I32);
-            var slots = backend.Allocate(new Shape(n * k), DType.I32);
-            var hidden = backend.Allocate(new Shape(n * k, f), t);
-            var y = backend.Allocate(new Shape(n * k, c), t);
             var output = Upload(backend, residual, t, n, c);
-            backend.MoeRoute(Upload(backend, z, t, n, e), ids, weights, normalize: true);
-            backend.MoeAlign(ids, offsets, slots);
-            backend.MoeExpertSwiGlu(Upload(backend, x, t, n, c), experts, offsets, slots, hidden);
-            backend.MoeExpertDown(hidden, experts, offsets, slots, y);
-            backend.MoeCombine(y, weights, output);
+            MoeDeviceOps.Run(backend, experts, Upload(backend, z, t, n, e), Upload(backend, x, t, n, c), output, k, normalize: true, DType.F32);
             return Download(backend, output);
         }
 

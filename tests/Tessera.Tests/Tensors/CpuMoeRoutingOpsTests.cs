@@ -154,19 +154,9 @@ public sealed class CpuMoeRoutingOpsTests
 
         var experts = _cpu.PrepareMoeExperts(wg.Select(w => _cpu.FromArray(w, f, c)).ToList(), wu.Select(w => _cpu.FromArray(w, f, c)).ToList(),
             wd.Select(w => _cpu.FromArray(w, c, f)).ToList());
-        var ids = _cpu.Allocate(new Shape(n, k), DType.I32);
-        var weights = _cpu.Allocate(new Shape(n, k), DType.F64);
-        var offsets = _cpu.Allocate(new Shape(e + 1), DType.I32);
-        var slots = _cpu.Allocate(new Shape(n * k), DType.I32);
-        var hidden = _cpu.Allocate(new Shape(n * k, f), DType.F64);
-        var expertOut = _cpu.Allocate(new Shape(n * k, c), DType.F64);
         var output = _cpu.FromArray(residual, n, c);
-        var xs = _cpu.FromArray(x, n, c);
-        _cpu.MoeRoute(_cpu.FromArray(z, n, e), ids, weights, normalize);
-        _cpu.MoeAlign(ids, offsets, slots);
-        _cpu.MoeExpertSwiGlu(xs, experts, offsets, slots, hidden);
-        _cpu.MoeExpertDown(hidden, experts, offsets, slots, expertOut);
-        _cpu.MoeCombine(expertOut, weights, output, withShared ? _cpu.FromArray(shared, n, c) : null, withShared ? _cpu.FromArray(gate, n, 1) : null);
+        MoeDeviceOps.Run(_cpu, experts, _cpu.FromArray(z, n, e), _cpu.FromArray(x, n, c), output, k, normalize, DType.F64,
+            withShared ? _cpu.FromArray(shared, n, c) : null, withShared ? _cpu.FromArray(gate, n, 1) : null);
         var got = new double[n * c];
         _cpu.CopyToHost<double>(output, got);
         double scale = expected.Max(Math.Abs);
@@ -212,18 +202,8 @@ public sealed class CpuMoeRoutingOpsTests
         {
             Tensor Rows(float[] v, int rows, int cols) => dtype == DType.F64
                 ? _cpu.FromArray(v.Select(a => (double)a).ToArray(), rows, cols) : _cpu.FromArray(v, rows, cols);
-            var ids = _cpu.Allocate(new Shape(n, k), DType.I32);
-            var weights = _cpu.Allocate(new Shape(n, k), DType.F64);
-            var offsets = _cpu.Allocate(new Shape(e + 1), DType.I32);
-            var slots = _cpu.Allocate(new Shape(n * k), DType.I32);
-            var hidden = _cpu.Allocate(new Shape(n * k, f), dtype);
-            var expertOut = _cpu.Allocate(new Shape(n * k, c), dtype);
             var output = Rows(residual, n, c);
-            _cpu.MoeRoute(Rows(z, n, e), ids, weights, normalize: true);
-            _cpu.MoeAlign(ids, offsets, slots);
-            _cpu.MoeExpertSwiGlu(Rows(x, n, c), experts, offsets, slots, hidden);
-            _cpu.MoeExpertDown(hidden, experts, offsets, slots, expertOut);
-            _cpu.MoeCombine(expertOut, weights, output);
+            MoeDeviceOps.Run(_cpu, experts, Rows(z, n, e), Rows(x, n, c), output, k, normalize: true, DType.F64);
             return TestTensors.ToDoubles(_cpu, output);
         }
 
