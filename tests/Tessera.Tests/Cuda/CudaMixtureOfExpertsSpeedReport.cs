@@ -1,0 +1,88 @@
+using System.Globalization;
+using Tessera.Inference.Paging;
+using Tessera.Inference.Scheduling;
+using Tessera.Models;
+using Tessera.Nn.Layers;
+using Tessera.Nn.Quantization;
+using Tessera.Tensors;
+using Tessera.Training.Benchmarks;
+using Xunit;
+
+namespace Tessera.Tests.Cuda;
+
+/// <summary>
+/// Paged decode steps of a Mixtral-8x7B-shaped model cut to two layers (C 4096, 32 heads, 8 KV heads, 8 experts of 14,336,
+/// top 2, vocabulary 32,000; BenchmarkWeights' random weights, so the router spreads the rows) at 1, 16 and 64 sequences,
+/// with bf16 and int4 weights (groups of 128), through the device-routed experts (<see cref="SparseMoeFeedForward"/>'s decode
+/// path, the step recorded as a CUDA graph) and through the host's routing (<see cref="SparseMoeFeedForward.DeviceRouting"/>
+/// off: a read-back a layer, eager), in ms a step with the host, median of 10. Runs only when TESSERA_CUDA_TIMINGS=1; the
+/// table goes to the test output and to moe-decode-timings.md beside $TESSERA_CUDA_TIMINGS_OUT. Not a test of speed: it fails
+/// only if a recorded step was expected and none was recorded, or the device path was not taken.
+/// </summary>
+[Collection("cuda")]
+public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaTestBase(fixture)
+{
+    [Fact]
+    public void MixtralShapedDecodeStepsDeviceAgainstHostRouting()
+    {
+        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS") != "1") Assert.Skip("timings run only with TESSERA_CUDA_TIMINGS=1");
+        var gpu = Gpu;
+        var config = new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "mixtral", VocabSize = 32000, MaxSequenceLength = 256, Layers = 2, Embedding = 4096,
+            Heads = 32, KvHeads = 8, Hidden = 14336, Experts = 8, ExpertsPerToken = 2, NormalizeExpertWeights = true, Bias = false,
+            TiedEmbeddings = false, RopeTheta = 1000000,
+        };
+        int[] rowCounts = [1, 16, 64];
+        var rows = new List<string>();
+        foreach (var quantization in new[] { WeightQuantization.None, WeightQuantization.Int4 })
+        {
+            var model = quantization == WeightQuantization.None ? new Transformer(config, gpu, DType.BF16)
+                : PretrainedModel.Quantized(config, gpu, DType.BF16, quantization: quantization);
+            model.ValidateInputs = false;
+            BenchmarkWeights.Initialize(model, seed: 2);
+            var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
+            foreach (int n in rowCounts)
+            {
+                var ms = new double[2];
+                foreach (bool device in new[] { true, false })
+                {
+                    foreach (var l in layers) l.DeviceRouting = device;
+                    using var cache = new PagedKvCache(gpu, DType.BF16, config.Layers, config.EffectiveKvHeads, config.HeadSize,
+                        new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 1L << 30 });
+                    var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = 4096 });
+                    using var runner = new PagedModelRunner(model, cache, 4096, 64, config.MaxSequenceLength, recordGraphs: true);
+                    for (int i = 0; i < n; i++) scheduler.Add(new Sequence(i, Enumerable.Range(0, 64).Select(j => (7 * i + 13 * j) % 32000).ToArray(), 256));
+                    ScheduledStep Step()
+                    {
+                        var step = scheduler.Schedule();
+                        runner.Run(step, withLogits: false, out var greedy, out _);
+                        scheduler.Complete(step);
+                        int m = 0;
+                        foreach (var s in step.Sequences) if (s.Samples) s.Sequence.Append(greedy[m++]);
+                        return step;
+                    }
+                    ScheduledStep last;
+                    do last = Step(); while (!last.IsDecodeOnly || last.Sequences.Count < n);
+                    for (int i = 0; i < 3; i++) Step();                            // eager, then recorded where it can be
+                    long routed = layers.Sum(l => l.DeviceRoutedForwards);
+                    ms[device ? 0 : 1] = MedianMs(gpu, () => Step(), 10);
+                    if (device)
+                    {
+                        Assert.True(runner.RecordedGraphs > 0, $"{quantization} at {n} rows: no decode step was recorded");
+                        Assert.True(model.RoutesExpertsOnDevice(n), $"{quantization} at {n} rows: the device path was not for this step");
+                    }
+                    else Assert.Equal(routed, layers.Sum(l => l.DeviceRoutedForwards));
+                }
+                rows.Add(string.Create(CultureInfo.InvariantCulture,
+                    $"| {(quantization == WeightQuantization.None ? "bf16" : "int4, groups of 128")} | {n} | {ms[0]:F3} | {ms[1]:F3} | {ms[1] / ms[0]:F2} |"));
+            }
+            foreach (var l in layers) l.DeviceRouting = true;
+        }
+        string table = "| weights | sequences | device routing, recorded, ms/step | host routing, eager, ms/step | host / device |\n|---|---:|---:|---:|---:|\n"
+            + string.Join("\n", rows);
+        Console.WriteLine("[moe decode] Mixtral-8x7B shape, 2 layers, paged decode at 64+ positions\n" + table);
+        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT") is { Length: > 0 } path)
+            File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", "moe-decode-timings.md"), table + "\n");
+    }
+}
