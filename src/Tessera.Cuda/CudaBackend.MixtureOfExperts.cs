@@ -97,7 +97,7 @@ public sealed unsafe partial class CudaBackend
             }
         var addresses = Allocate(new Shape(experts, 18), DType.I32);
         CopyFromHost<int>(System.Runtime.InteropServices.MemoryMarshal.Cast<ulong, int>(words), addresses);
-        return new MoeExpertWeights(gate, up, down, addresses);
+        return new MoeExpertWeights(gate, up, down, addresses, rowDTypes: [DType.F32, DType.BF16, DType.F16]);
     }
 
     /// <summary>The expert kernels' form in their names: "" for floating-point weights, "q8_" for int8, "q4_" for int4.</summary>

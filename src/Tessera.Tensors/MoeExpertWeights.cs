@@ -44,10 +44,18 @@ public sealed class MoeExpertWeights
     /// Checks quantized lists (E each; gate and up (F, C) and down (C, F); all int8, or all group-wise int4 with one group size
     /// for gate and up and one for down; no input order; on one backend) and keeps them.
     /// </summary>
+    /// <param name="gate">Each expert's gate weight (F, C).</param>
+    /// <param name="up">Each expert's up weight (F, C).</param>
+    /// <param name="down">Each expert's down weight (C, F).</param>
+    /// <param name="addresses">The backend's table of addresses, or null.</param>
+    /// <param name="rowDTypes">The rows' dtypes the backend's expert kernels take (CUDA: F32, BF16, F16), or null for every
+    /// floating-point dtype.</param>
     /// <exception cref="ArgumentException">The lists disagree, or a weight is FP8 or carries an input order (GPTQ's activation
     /// order), which the expert ops do not read.</exception>
-    public MoeExpertWeights(IReadOnlyList<QuantizedWeight> gate, IReadOnlyList<QuantizedWeight> up, IReadOnlyList<QuantizedWeight> down, Tensor? addresses)
+    public MoeExpertWeights(IReadOnlyList<QuantizedWeight> gate, IReadOnlyList<QuantizedWeight> up, IReadOnlyList<QuantizedWeight> down, Tensor? addresses,
+        IReadOnlyList<DType>? rowDTypes = null)
     {
+        _rowDTypes = rowDTypes;
         ArgumentNullException.ThrowIfNull(gate); ArgumentNullException.ThrowIfNull(up); ArgumentNullException.ThrowIfNull(down);
         CheckCounts(gate.Count, up.Count, down.Count);
         var first = gate[0];
@@ -106,12 +114,15 @@ public sealed class MoeExpertWeights
     public bool IsInt4 => QuantizedGate is { } q && q[0].IsInt4;
 
     /// <summary>Whether rows (x, the hidden rows and the outputs) of <paramref name="dtype"/> go with these weights: the
-    /// weights' own dtype, or for quantized experts any floating-point dtype.</summary>
-    public bool TakesRows(DType dtype) =>
-        IsQuantized ? dtype is DType.F32 or DType.F64 or DType.BF16 or DType.F16 : dtype == DType;
+    /// weights' own dtype, or for quantized experts a floating-point dtype the backend's kernels take.</summary>
+    public bool TakesRows(DType dtype) => !IsQuantized ? dtype == DType
+        : _rowDTypes?.Contains(dtype) ?? dtype is DType.F32 or DType.F64 or DType.BF16 or DType.F16;
 
     /// <summary>What the rows must be, for messages.</summary>
-    public string RowsDescription => IsQuantized ? "a floating-point dtype" : DType.ToString();
+    public string RowsDescription => !IsQuantized ? DType.ToString()
+        : _rowDTypes is { } t ? string.Join(" or ", t) : "a floating-point dtype";
+
+    private readonly IReadOnlyList<DType>? _rowDTypes;
 
     /// <summary>Each expert's gate weight (F, C); empty for quantized experts.</summary>
     public IReadOnlyList<Tensor> Gate { get; }

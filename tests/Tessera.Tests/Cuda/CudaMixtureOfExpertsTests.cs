@@ -180,6 +180,7 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
             var experts = backend.PrepareMoeExperts(wg.Select(w => Quantize(backend, w, f, c)).ToList(), wu.Select(w => Quantize(backend, w, f, c)).ToList(),
                 wd.Select(w => Quantize(backend, w, c, f)).ToList());
             Assert.Equal(int4Group > 0, experts.IsInt4);
+            Assert.Equal(backend == _cpu, experts.TakesRows(DType.F64));      // CUDA's expert kernels: F32, BF16 and F16 rows
             var output = Upload(backend, residual, t, n, c);
             MoeDeviceOps.Run(backend, experts, Upload(backend, z, t, n, e), Upload(backend, x, t, n, c), output, k, normalize: true, DType.F32);
             return Download(backend, output);

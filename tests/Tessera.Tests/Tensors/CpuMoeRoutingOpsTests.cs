@@ -244,6 +244,12 @@ public sealed class CpuMoeRoutingOpsTests
         Assert.Contains("quantized alike", ex.Message);
         var quantized = _cpu.PrepareMoeExperts([I8(f, c)], [I8(f, c)], [I8(c, f)]);
         Assert.True(quantized.TakesRows(DType.F32) && quantized.TakesRows(DType.F64));
+        // A backend whose kernels take fewer row dtypes says so (CUDA: no F64), and the ops then refuse those rows by name.
+        var narrow = new MoeExpertWeights([I8(f, c)], [I8(f, c)], [I8(c, f)], addresses: null, rowDTypes: [DType.F32]);
+        Assert.False(narrow.TakesRows(DType.F64));
+        ex = Assert.Throws<ArgumentException>(() => _cpu.MoeExpertSwiGlu(_cpu.Allocate(new Shape(1, c), DType.F64), narrow,
+            _cpu.FromArray(new[] { 0, 1 }, 2), _cpu.FromArray(new[] { 0 }, 1), _cpu.Allocate(new Shape(1, f), DType.F64)));
+        Assert.Contains("must be contiguous (N, 16) F32", ex.Message);
         var floats = _cpu.PrepareMoeExperts([_cpu.Allocate(new Shape(f, c), DType.F64)], [_cpu.Allocate(new Shape(f, c), DType.F64)], [_cpu.Allocate(new Shape(c, f), DType.F64)]);
         Assert.False(floats.TakesRows(DType.F32));
         ex = Assert.Throws<ArgumentException>(() => _cpu.MoeExpertSwiGlu(_cpu.Allocate(new Shape(1, c), DType.F32), floats,
