@@ -22,6 +22,24 @@ public sealed partial class SparseMoeFeedForward
     /// </summary>
     public const int DeviceRoutingMaxRows = 64;
 
+    /// <summary>
+    /// The largest expert, in weights of one of its three products (C x F'), that the device path takes by default: 16 Mi.
+    /// The device path's experts run on CUDA cores, each warp reading a weight row once for 8 of the expert's rows, while
+    /// the host path runs them as the dense layers' tensor-core products after one read-back a layer; the device path pays
+    /// where the experts are many and small (the host path's launches a layer grow with the experts chosen, and its
+    /// read-back keeps the step out of a CUDA graph), not where they are few and wide. Measured on the H200 (session 35,
+    /// <c>CudaMixtureOfExpertsSpeedReport</c>: Mixtral-8x7B's experts, C 4096 x F 14,336 = 58.7 Mi, two layers), the
+    /// host path was faster at every row count: 0.74 against 0.86 ms a step at 1 sequence, 2.5 against 3.8 at 16, 2.7
+    /// against 14.3 at 64 (bf16; int4 alike). Fine-grained experts (Qwen3-MoE's 2048 x 768 = 1.5 Mi, Qwen1.5-MoE's 2.9 Mi,
+    /// Qwen2-57B-A14B's 9.2 Mi) keep the device path; their speed either way is not measured, so the bound lies between
+    /// those and Mixtral's without a measured crossing.
+    /// </summary>
+    public const long DefaultDeviceRoutingMaxExpertWeights = 16L << 20;
+
+    /// <summary>The largest expert (C x F' weights) for which this layer takes the device path
+    /// (<see cref="DefaultDeviceRoutingMaxExpertWeights"/> unless set; benchmarks and tests set it to compare the paths).</summary>
+    public long DeviceRoutingMaxExpertWeights { get; set; } = DefaultDeviceRoutingMaxExpertWeights;
+
     private DeviceRoutingState? _device;
 
     /// <summary>
@@ -35,7 +53,8 @@ public sealed partial class SparseMoeFeedForward
 
     /// <summary>
     /// Whether an inference step of <paramref name="rows"/> rows takes the device path, so that it reads nothing back and may be
-    /// recorded: the layer is a plain mixture of experts on one device (no tensor or expert parallelism, no served adapters,
+    /// recorded: the layer is a plain mixture of experts on one device (experts of at most
+    /// <see cref="DeviceRoutingMaxExpertWeights"/> weights a product, no tensor or expert parallelism, no served adapters,
     /// experts of plain products: floating-point in the rows' dtype, or all int8 or all int4 without an input order) whose
     /// backend has the ops for its dtype, and
     /// <paramref name="rows"/> is at most <see cref="DeviceRoutingMaxRows"/>. Prepares the experts' table of weights on first
@@ -47,6 +66,7 @@ public sealed partial class SparseMoeFeedForward
     private MoeExpertWeights? DeviceExperts()
     {
         if (!DeviceRouting || TensorParallelism is not null || ExpertParallelism is not null || _servedAdapters is not null) return null;
+        if (Experts.Count == 0 || Experts[0].Gate.Weight.Shape.NumElements > DeviceRoutingMaxExpertWeights) return null;
         var layers = Experts.SelectMany(e => new[] { e.Gate, e.Up, e.Projection }).ToList();
         if (layers.Any(l => l.Bias is not null) || Experts.Any(e => e.GeluGate)) return null;
         // Every expert weight in floating point, or every one quantized (int8 or int4: the expert ops refuse FP8 and input

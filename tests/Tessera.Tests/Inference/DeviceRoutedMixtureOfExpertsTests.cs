@@ -206,5 +206,37 @@ public sealed class DeviceRoutedMixtureOfExpertsTests
         NumericAssert.Close(host, device, 1e-12, $"mixtral-debug (seed {seed}) prefill and decode logits");
     }
 
+    /// <summary>
+    /// Experts wider than <see cref="SparseMoeFeedForward.DeviceRoutingMaxExpertWeights"/> (C x F' weights a product) keep
+    /// the host routing: at the experts' own size a decode step takes the device path, one weight below it the host path
+    /// (the device path's counter does not move, <see cref="Transformer.RoutesExpertsOnDevice"/> says no), and the logits
+    /// of both agree within 1e-12 as above. The debug presets' experts are far below the default bound.
+    /// </summary>
+    [Fact]
+    public void ExpertsWiderThanTheBoundRouteOnTheHost()
+    {
+        var model = RandomModel("mixtral-debug", 13);
+        var layers = Layers(model).ToList();
+        long size = layers[0].Experts[0].Gate.Weight.Shape.NumElements;
+        Assert.True(size <= SparseMoeFeedForward.DefaultDeviceRoutingMaxExpertWeights);
+        double[] Step(long bound, out long routed)
+        {
+            foreach (var l in layers) l.DeviceRoutingMaxExpertWeights = bound;
+            var cache = model.CreateKvCache(1);
+            model.ForwardWithCache(_cpu.FromArray(new[] { 3, 14, 15 }, 1, 3), cache);
+            long before = DeviceForwards(model);
+            var logits = _cpu.ToArray<double>(model.ForwardWithCache(_cpu.FromArray(new[] { 9 }, 1, 1), cache));
+            routed = DeviceForwards(model) - before;
+            return logits;
+        }
+        var device = Step(size, out long onDevice);
+        Assert.Equal(layers.Count, onDevice);
+        Assert.True(model.RoutesExpertsOnDevice(1));
+        var host = Step(size - 1, out long none);
+        Assert.Equal(0, none);
+        Assert.False(model.RoutesExpertsOnDevice(1));
+        NumericAssert.Close(device, host, 1e-12, "mixtral-debug (seed 13) decode logits, device path against the host path");
+    }
+
     private static int[] Prompt(Random rng, int length) => Enumerable.Range(0, length).Select(_ => rng.Next(1, 90)).ToArray();
 }
