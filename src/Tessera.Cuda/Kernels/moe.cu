@@ -202,10 +202,11 @@ template <typename T, bool SWIGLU, int Q> __device__ void moe_expert_product(con
                 }
 #pragma unroll
             for (int r = 0; r < MOE_ROWS; r++)
-            {
-                g[r] = warp_sum(g[r]);
-                if (SWIGLU) u[r] = warp_sum(u[r]);
-            }
+                if (r < rows)                                           // warp-uniform: the rows that exist only (decode: 1-2 an expert)
+                {
+                    g[r] = warp_sum(g[r]);
+                    if (SWIGLU) u[r] = warp_sum(u[r]);
+                }
             if (lane == 0)
                 for (int r = 0; r < rows; r++)
                 {
