@@ -12,7 +12,9 @@ namespace Tessera.Tests.Cuda;
 
 /// <summary>
 /// Paged decode steps of a Mixtral-8x7B-shaped model cut to two layers (C 4096, 32 heads, 8 KV heads, 8 experts of 14,336,
-/// top 2, vocabulary 32,000; BenchmarkWeights' random weights, so the router spreads the rows) at 1, 16 and 64 sequences,
+/// top 2, vocabulary 32,000) and of a Qwen3-30B-A3B-shaped one (C 2048, 32 heads of 128, 4 KV heads, 128 experts of 768, top
+/// 8, vocabulary 151,936; the two sides of <see cref="SparseMoeFeedForward.DefaultDeviceRoutingMaxExpertWeights"/>;
+/// BenchmarkWeights' random weights, so the router spreads the rows) at 1, 16 and 64 sequences,
 /// with bf16 and int4 weights (groups of 128), through the device-routed experts (<see cref="SparseMoeFeedForward"/>'s decode
 /// path, the step recorded as a CUDA graph) and through the host's routing (<see cref="SparseMoeFeedForward.DeviceRouting"/>
 /// off: a read-back a layer, eager), in ms a step with the host, median of 10. Runs only when TESSERA_CUDA_TIMINGS=1; the
@@ -22,17 +24,26 @@ namespace Tessera.Tests.Cuda;
 [Collection("cuda")]
 public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaTestBase(fixture)
 {
-    [Fact]
-    public void MixtralShapedDecodeStepsDeviceAgainstHostRouting()
+    [Theory]
+    [InlineData("mixtral-8x7b")]
+    [InlineData("qwen3-30b-a3b")]
+    public void MoeShapedDecodeStepsDeviceAgainstHostRouting(string shape)
     {
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS") != "1") Assert.Skip("timings run only with TESSERA_CUDA_TIMINGS=1");
         var gpu = Gpu;
-        var config = new TransformerConfig
-        {
-            Family = ModelFamily.Llama, ModelType = "mixtral", VocabSize = 32000, MaxSequenceLength = 256, Layers = 2, Embedding = 4096,
-            Heads = 32, KvHeads = 8, Hidden = 14336, Experts = 8, ExpertsPerToken = 2, NormalizeExpertWeights = true, Bias = false,
-            TiedEmbeddings = false, RopeTheta = 1000000,
-        };
+        var config = shape == "mixtral-8x7b"
+            ? new TransformerConfig
+            {
+                Family = ModelFamily.Llama, ModelType = "mixtral", VocabSize = 32000, MaxSequenceLength = 256, Layers = 2, Embedding = 4096,
+                Heads = 32, KvHeads = 8, Hidden = 14336, Experts = 8, ExpertsPerToken = 2, NormalizeExpertWeights = true, Bias = false,
+                TiedEmbeddings = false, RopeTheta = 1000000,
+            }
+            : new TransformerConfig
+            {
+                Family = ModelFamily.Llama, ModelType = "qwen3_moe", VocabSize = 151936, MaxSequenceLength = 256, Layers = 2, Embedding = 2048,
+                Heads = 32, ExplicitHeadSize = 128, KvHeads = 4, Hidden = 6144, ExpertHidden = 768, Experts = 128, ExpertsPerToken = 8,
+                NormalizeExpertWeights = true, Bias = false, QkNorm = true, TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
+            };
         int[] rowCounts = [1, 16, 64];
         var rows = new List<string>();
         foreach (var quantization in new[] { WeightQuantization.None, WeightQuantization.Int4 })
@@ -83,8 +94,8 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
         }
         string table = "| weights | sequences | device routing, recorded, ms/step | host routing, eager, ms/step | host / device |\n|---|---:|---:|---:|---:|\n"
             + string.Join("\n", rows);
-        Console.WriteLine("[moe decode] Mixtral-8x7B shape, 2 layers, paged decode at 64+ positions\n" + table);
+        Console.WriteLine($"[moe decode] {shape} shape, 2 layers, paged decode at 64+ positions\n" + table);
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT") is { Length: > 0 } path)
-            File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", "moe-decode-timings.md"), table + "\n");
+            File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", $"moe-decode-timings-{shape}.md"), table + "\n");
     }
 }
