@@ -168,9 +168,9 @@ public sealed class CpuMoeRoutingOpsTests
     /// Quantized experts (int8 with a scale a row; int4 in groups of 8, which divide C = 24 and F = 40, and of 16, which leave
     /// both a shorter last group) give exactly what the same ops give over the
     /// floating-point experts holding the values they stand for (<see cref="IBackend.Dequantize"/> into F64): tolerance 0, since
-    /// the reference reads each quantized weight as the same F64 product the dequantization writes (scale x value, scale
-    /// (q - zero)) and sums in the same order. F32 rows agree with F64 rows within 1e-5 of the largest value (F32 storage of
-    /// x, the hidden rows and the outputs).
+    /// over F64 rows the CPU's quantized products dequantize the weight into the same F64 values (scale x value, scale
+    /// (q - zero)) and run the same F64 product, summing in the same order. F32 rows agree with F64 rows within 1e-5 of the
+    /// largest value (F32 storage of x, the hidden rows and the outputs, and F32 products).
     /// </summary>
     [Theory]
     [InlineData(0)]
