@@ -17,7 +17,8 @@ namespace Tessera.Tests.Cuda;
 /// BenchmarkWeights' random weights, so the router spreads the rows) at 1, 16 and 64 sequences,
 /// with bf16 and int4 weights (groups of 128), through the device-routed experts (<see cref="SparseMoeFeedForward"/>'s decode
 /// path, the step recorded as a CUDA graph) and through the host's routing (<see cref="SparseMoeFeedForward.DeviceRouting"/>
-/// off: a read-back a layer, eager), in ms a step with the host, median of 10. Runs only when TESSERA_CUDA_TIMINGS=1; the
+/// off: a read-back a layer, eager), in ms a step with the host, median of 10. Runs only when TESSERA_CUDA_TIMINGS=1 (and
+/// TESSERA_MOE_SHAPES, a comma-separated list, picks shapes); the
 /// table goes to the test output and to moe-decode-timings.md beside $TESSERA_CUDA_TIMINGS_OUT. Not a test of speed: it fails
 /// only if a recorded step was expected and none was recorded, or the device path was not taken.
 /// </summary>
@@ -30,6 +31,8 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
     public void MoeShapedDecodeStepsDeviceAgainstHostRouting(string shape)
     {
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS") != "1") Assert.Skip("timings run only with TESSERA_CUDA_TIMINGS=1");
+        if (Environment.GetEnvironmentVariable("TESSERA_MOE_SHAPES") is { Length: > 0 } only && !only.Split(',').Contains(shape))
+            Assert.Skip($"TESSERA_MOE_SHAPES={only} leaves out {shape}");
         var gpu = Gpu;
         var config = shape == "mixtral-8x7b"
             ? new TransformerConfig
