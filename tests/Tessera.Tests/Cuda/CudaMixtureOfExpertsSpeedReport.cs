@@ -69,20 +69,10 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
                     var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = 4096 });
                     using var runner = new PagedModelRunner(model, cache, 4096, 64, config.MaxSequenceLength, recordGraphs: true);
                     for (int i = 0; i < n; i++) scheduler.Add(new Sequence(i, Enumerable.Range(0, 64).Select(j => (7 * i + 13 * j) % 32000).ToArray(), 256));
-                    ScheduledStep Step()
-                    {
-                        var step = scheduler.Schedule();
-                        runner.Run(step, withLogits: false, out var greedy, out _);
-                        scheduler.Complete(step);
-                        int m = 0;
-                        foreach (var s in step.Sequences) if (s.Samples) s.Sequence.Append(greedy[m++]);
-                        return step;
-                    }
-                    ScheduledStep last;
-                    do last = Step(); while (!last.IsDecodeOnly || last.Sequences.Count < n);
-                    for (int i = 0; i < 3; i++) Step();                            // eager, then recorded where it can be
+                    CudaPagedServingTests.PrefillAll(scheduler, runner, n);
+                    for (int i = 0; i < 3; i++) CudaPagedServingTests.Step(scheduler, runner);   // eager, then recorded where it can be
                     long routed = layers.Sum(l => l.DeviceRoutedForwards);
-                    ms[device ? 0 : 1] = MedianMs(gpu, () => Step(), 10);
+                    ms[device ? 0 : 1] = MedianMs(gpu, () => CudaPagedServingTests.Step(scheduler, runner), 10);
                     if (device)
                     {
                         Assert.True(runner.RecordedGraphs > 0, $"{quantization} at {n} rows: no decode step was recorded");

@@ -783,7 +783,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     /// <summary>Runs one scheduled step and appends each sampled token.</summary>
-    private static ScheduledStep Step(Scheduler scheduler, PagedModelRunner runner)
+    internal static ScheduledStep Step(Scheduler scheduler, PagedModelRunner runner)
     {
         var step = scheduler.Schedule();
         runner.Run(step, withLogits: false, out var greedy, out _);
@@ -794,7 +794,7 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     }
 
     /// <summary>Steps until all <paramref name="sequences"/> sequences decode.</summary>
-    private static ScheduledStep PrefillAll(Scheduler scheduler, PagedModelRunner runner, int sequences = 64)
+    internal static ScheduledStep PrefillAll(Scheduler scheduler, PagedModelRunner runner, int sequences = 64)
     {
         ScheduledStep step;
         do step = Step(scheduler, runner); while (!step.IsDecodeOnly || step.Sequences.Count < sequences);
