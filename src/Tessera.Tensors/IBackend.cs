@@ -187,7 +187,8 @@ public interface IBackend
 
     /// <summary>
     /// The experts' first half: hidden[p] (N k, F) = SiLU(x[n] gate_e^T) * (x[n] up_e^T) for every pair p, n = slots[p] / k
-    /// and e the expert whose range of <paramref name="offsets"/> holds p; x (N, C) in the experts' dtype, offsets (E + 1)
+    /// and e the expert whose range of <paramref name="offsets"/> holds p; x (N, C) in the experts' dtype (quantized experts:
+    /// a floating-point dtype the backend takes, <see cref="MoeExpertWeights.TakesRows"/>), offsets (E + 1)
     /// and slots (N k) from <see cref="MoeAlign"/>. Each expert's weights are read once for all its rows; an expert with no
     /// rows costs a launch slot only.
     /// </summary>

@@ -73,7 +73,10 @@ extern "C" __global__ void moe_align(const int* ids, int pairs, int E, int* offs
 // pairs from offsets and returns at once when it is empty; otherwise each warp takes output features of the tile and, for
 // MOE_ROWS of the expert's rows at a time, reads the feature's weight row once (coalesced over the lanes, 16-byte loads
 // a lane where aligned) against all of them, F32 accumulation, warp sums. Decode steps give an expert few rows, so every
-// weight is read about once: the memory-bound decode case. The weights come from a table of addresses
+// weight is read about once; but x's rows are read again for every weight row and the sums run on CUDA cores, so wide
+// experts at more than a row or two are bound by those (session 35, H200: Mixtral's experts, 14.3 ms a 64-row step of two
+// layers against the host routing's 2.7; SparseMoeFeedForward.DeviceRoutingMaxExpertWeights keeps them on the host).
+// The weights come from a table of addresses
 // (IBackend.PrepareMoeExperts): floating-point experts (Q = 0) three words an expert, gate, up, down; quantized experts nine,
 // each weight's values, scales and zeros (Q = 1: int8, a scale a row, no zeros; Q = 2: group-wise int4, eight nibbles a
 // 32-bit word little-nibble first, a scale and a zero point a group of `group` columns), dequantized as they are read in fp32
@@ -158,7 +161,7 @@ template <typename T, bool SWIGLU, int Q> __device__ void moe_expert_product(con
                 g[r] = 0.f;
                 u[r] = 0.f;
             }
-            if (vec)                                                    // 16 bytes of weights a lane (int4: 4, int8: 8)
+            if (vec)                                                    // a lane's weights a step: 16 bytes (16-bit), 8 (int8), 4 (int4)
                 for (int c = lane * V; c < K; c += 32 * V)
                 {
                     float wa[V], wb[V], v[V];

@@ -16,7 +16,8 @@ public sealed partial class SparseMoeFeedForward
 {
     /// <summary>
     /// The most rows a step may have for the device path (64): decode steps and small verification steps. Every expert's
-    /// kernel reads its weights once per 8 of its rows on CUDA cores, which is the memory-bound decode case; past a few
+    /// kernel reads its weights once per 8 of its rows on CUDA cores (memory-bound for small experts at a row or two; wide
+    /// experts are bound by the CUDA cores sooner, see <see cref="DefaultDeviceRoutingMaxExpertWeights"/>); past a few
     /// dozen rows an expert's rows are better served by the host-routed path's tensor-core products over gathered blocks
     /// (and a prefill's sync per layer is cheap next to its work). 64 is also the bound of the backend's decode products.
     /// </summary>
