@@ -37,7 +37,14 @@ public sealed unsafe partial class CudaBackend
         int c = experts.Channels, f = experts.Hidden, group = experts.GroupSize;
         ulong px = Ptr(x), pt = Ptr(table), po = Ptr(offsets), ps = Ptr(slots), ph = Ptr(hidden);
         void** args = stackalloc void*[] { &px, &pt, &po, &ps, &k, &c, &f, &ph, &group };
-        Launch("moe.cu", "moe_expert_swiglu_" + ExpertKernelForm(experts) + Suffix(x.DType, nameof(MoeExpertSwiGlu)),
+        string suffix = Suffix(x.DType, nameof(MoeExpertSwiGlu));
+        if (MoeGemmFits(experts, x, hidden, group))
+        {
+            int blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);   // 64 outputs a CTA (gate and up rows)
+            LaunchMoeGemm("moe_gemm_swiglu_" + ExpertKernelForm(experts) + suffix, experts, n * k, blocks, c, args);
+            return;
+        }
+        Launch("moe.cu", "moe_expert_swiglu_" + ExpertKernelForm(experts) + suffix,
             ((uint)experts.Experts, (uint)((f + MoeFeatures - 1) / MoeFeatures), 1), MoeExpertThreads, args);
     }
 
@@ -49,7 +56,13 @@ public sealed unsafe partial class CudaBackend
         int c = experts.Channels, f = experts.Hidden, group = experts.DownGroupSize;
         ulong ph = Ptr(hidden), pt = Ptr(table), po = Ptr(offsets), ps = Ptr(slots), py = Ptr(expertOutput);
         void** args = stackalloc void*[] { &ph, &pt, &po, &ps, &c, &f, &py, &group };
-        Launch("moe.cu", "moe_expert_down_" + ExpertKernelForm(experts) + Suffix(hidden.DType, nameof(MoeExpertDown)),
+        string suffix = Suffix(hidden.DType, nameof(MoeExpertDown));
+        if (MoeGemmFits(experts, hidden, expertOutput, group))
+        {
+            LaunchMoeGemm("moe_gemm_down_" + ExpertKernelForm(experts) + suffix, experts, pairs, (c + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows, f, args);
+            return;
+        }
+        Launch("moe.cu", "moe_expert_down_" + ExpertKernelForm(experts) + suffix,
             ((uint)experts.Experts, (uint)((c + MoeFeatures - 1) / MoeFeatures), 1), MoeExpertThreads, args);
     }
 
@@ -98,6 +111,32 @@ public sealed unsafe partial class CudaBackend
         var addresses = Allocate(new Shape(experts, 18), DType.I32);
         CopyFromHost<int>(System.Runtime.InteropServices.MemoryMarshal.Cast<ulong, int>(words), addresses);
         return new MoeExpertWeights(gate, up, down, addresses, rowDTypes: [DType.F32, DType.BF16, DType.F16]);
+    }
+
+    /// <summary>
+    /// Whether an expert product with rows <paramref name="input"/> and <paramref name="output"/> takes moe.cu's tensor-core form
+    /// (<c>moe_gemm_*</c>, <see cref="CudaBackendOptions.MoeExpertTensorCores"/>): compute capability 9.0 (its K slices are
+    /// thread-block clusters), bf16 or f16 rows 16-byte aligned, the experts' channels and hidden width multiples of 64 (the
+    /// k-tile), int4 experts in groups of a multiple of 64 (<paramref name="group"/>, the product's weight's: the decode product by
+    /// group sums). 16-bit experts are of the rows' dtype already (<see cref="MoeExpertWeights.TakesRows"/>).
+    /// </summary>
+    private bool MoeGemmFits(MoeExpertWeights experts, Tensor input, Tensor output, int group) =>
+        Options.MoeExpertTensorCores && CudaDevice.ComputeCapability.Major >= 9 && input.DType is (DType.BF16 or DType.F16)
+        && experts.Channels % DecodeGemmTile == 0 && experts.Hidden % DecodeGemmTile == 0 && (!experts.IsInt4 || group % DecodeGemmTile == 0)
+        && Ptr(input) % 16 == 0 && Ptr(output) % 16 == 0;
+
+    /// <summary>
+    /// Launches a <c>moe_gemm_*</c> kernel over (slices of <paramref name="inputs"/>, <paramref name="blocks"/> row blocks, the
+    /// experts), each row block's slices one cluster: K split while the row blocks of the experts that can have rows
+    /// (<paramref name="pairs"/> at most) leave SMs idle (<see cref="DecodeGemmSlices"/>'s rule), and the shared memory of the
+    /// form's largest tile of x (64 rows).
+    /// </summary>
+    private void LaunchMoeGemm(string kernel, MoeExpertWeights experts, int pairs, int blocks, int inputs, void** args)
+    {
+        int slices = DecodeGemmSlices(blocks * Math.Min(experts.Experts, pairs), inputs / DecodeGemmTile);
+        uint shared = !experts.IsQuantized ? (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * 8 + 1) * DecodeGemmTile * 2)
+            : experts.IsInt4 ? DecodeGemmInt4Shared(8, groupSums: true, DecodeGemmStages) : DecodeGemmQuantizedShared(8);
+        Launch("moe.cu", kernel, ((uint)slices, (uint)blocks, (uint)experts.Experts), DecodeGemmThreads, args, shared, dependent: false, clusterX: (uint)slices);
     }
 
     /// <summary>The expert kernels' form in their names: "" for floating-point weights, "q8_" for int8, "q4_" for int4.</summary>

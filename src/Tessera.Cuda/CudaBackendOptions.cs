@@ -118,6 +118,16 @@ public sealed record CudaBackendOptions
     /// </summary>
     public int QuantizedDecodeProductNormMaxRows { get; init; } = 32;
 
+    /// <summary>
+    /// The device-routed experts' products (<see cref="CudaBackend.MoeExpertSwiGlu"/>, <see cref="CudaBackend.MoeExpertDown"/>)
+    /// on tensor cores (moe.cu's <c>moe_gemm_*</c>: the decode product's mma.sync tiles over each expert's gathered rows, its
+    /// weights streamed once a step) where they fit: bf16 or f16 rows, 16-bit, int8 or int4 experts (groups of a multiple of
+    /// 64), C and F multiples of 64. False, or where they do not fit, keeps <c>moe_expert_*</c>, whose warps multiply on CUDA
+    /// cores and read x's rows again for every weight row (session 35, H200: Mixtral-shaped experts at 64 rows took 14.3 ms a
+    /// two-layer step against the host routing's 2.7). Default true.
+    /// </summary>
+    public bool MoeExpertTensorCores { get; init; } = true;
+
     /// <summary>Which split-K kernel decodes grouped-query attention. Default <see cref="DecodeAttentionKernel.Automatic"/>.</summary>
     public DecodeAttentionKernel DecodeAttention { get; init; } = DecodeAttentionKernel.Automatic;
 
@@ -491,6 +501,7 @@ public sealed record CudaBackendOptions
             parts.Add(Invariant($"{nameof(QuantizedDecodeProductNormMaxRows)}={QuantizedDecodeProductNormMaxRows}"));
         if (QuantizedDecodeProductCtasPerSm != d.QuantizedDecodeProductCtasPerSm)
             parts.Add(Invariant($"{nameof(QuantizedDecodeProductCtasPerSm)}={QuantizedDecodeProductCtasPerSm}"));
+        if (MoeExpertTensorCores != d.MoeExpertTensorCores) parts.Add($"{nameof(MoeExpertTensorCores)}={Bool(MoeExpertTensorCores)}");
         if (DecodeAttention != d.DecodeAttention) parts.Add($"{nameof(DecodeAttention)}={DecodeAttention}");
         if (CrossEntropyThreadsPerRow is { } t) parts.Add(Invariant($"{nameof(CrossEntropyThreadsPerRow)}={t}"));
         if (CrossEntropyStagedBytes != d.CrossEntropyStagedBytes)
@@ -548,6 +559,7 @@ public sealed record CudaBackendOptions
         [nameof(Int4DecodeProductStages)] = (o, v, s) => o with { Int4DecodeProductStages = ParseInt(v, s) },
         [nameof(QuantizedDecodeProductCtasPerSm)] = (o, v, s) => o with { QuantizedDecodeProductCtasPerSm = ParseInt(v, s) },
         [nameof(QuantizedDecodeProductNormMaxRows)] = (o, v, s) => o with { QuantizedDecodeProductNormMaxRows = ParseInt(v, s) },
+        [nameof(MoeExpertTensorCores)] = (o, v, s) => o with { MoeExpertTensorCores = ParseBool(v, s) },
         [nameof(SpecializedPagedAttention)] = (o, v, s) => o with { SpecializedPagedAttention = ParseBool(v, s) },
         [nameof(FusedPagedQkv)] = (o, v, s) => o with { FusedPagedQkv = ParseBool(v, s) },
         [nameof(RopeAppendRowKernelMaxRows)] = (o, v, s) => o with { RopeAppendRowKernelMaxRows = ParseInt(v, s) },

@@ -44,9 +44,15 @@ public sealed class KernelLibrary : IDisposable
 
     /// <summary>
     /// Kernel files compiled after another file whose definitions they use, as modules of their own (so that the other file's
-    /// module does not depend on them): sampling_cluster.cu after sampling.cu.
+    /// module does not depend on them): sampling_cluster.cu after sampling.cu; decode_gemm.cu and moe.cu after decode_gemm.cuh
+    /// (the decode products' template, which moe.cu's tensor-core expert products instantiate over their experts' rows).
     /// </summary>
-    public static IReadOnlyDictionary<string, string[]> FilesBefore { get; } = new Dictionary<string, string[]> { ["sampling_cluster.cu"] = ["sampling.cu"] };
+    public static IReadOnlyDictionary<string, string[]> FilesBefore { get; } = new Dictionary<string, string[]>
+    {
+        ["sampling_cluster.cu"] = ["sampling.cu"],
+        ["decode_gemm.cu"] = ["decode_gemm.cuh"],
+        ["moe.cu"] = ["decode_gemm.cuh"],
+    };
 
     /// <summary>
     /// Kernel files that also hold the quantized KV caches' kernels (<c>_i8</c> instantiations over an I8 pool and its scales

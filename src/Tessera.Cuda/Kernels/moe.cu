@@ -252,3 +252,60 @@ template <typename T> __device__ void moe_combine(const T* y, const float* w, T*
     extern "C" __global__ void moe_combine_##n(const T* y, const float* w, T* out, const T* shared, const T* gate, int N, int k, int C) \
     { moe_combine<T>(y, w, out, shared, gate, N, k, C); }
 FOR_FLOAT_TYPES(MOE_COMBINE)
+
+// The experts' products on tensor cores (moe_gemm_*; CudaBackendOptions.MoeExpertTensorCores): decode_gemm.cuh's decode
+// product over one expert's rows a CTA column. The grid is (slices of K, row blocks of the outputs, E experts), each row
+// block's slices one thread-block cluster as the decode products' (all of a cluster's CTAs take the same expert, so they
+// leave or loop together); a CTA reads its expert's run of pairs from offsets and leaves at once when it is empty, else
+// takes them 64 at a time: x's rows gathered into the stages (SWIGLU: the pairs' tokens, slots[p] / k; down: the pairs'
+// hidden rows), the expert's weight tiles streamed once a chunk through mma.sync, and y's rows scattered (SWIGLU: the
+// pairs' hidden rows; down: their slots). x's n8 tiles are chosen at run time from the chunk's rows (16, 32 or 64: the
+// three instantiations in one kernel), since a recorded step's grid cannot know how the rows fall. Weights: 16-bit (Wt =
+// T; the table's three words an expert), int8 (signed char, a scale a row: the int8 decode product) or int4 in groups of a
+// multiple of 64 (unsigned, GS: the decode product by group sums); K a multiple of 64, rows 16-byte aligned (the host's
+// checks). Against moe_expert_product above: every weight is read once a chunk as there, but x's rows once a k-tile a CTA
+// (not once a weight row) and the products on tensor cores, so wide experts run at their weights' bytes.
+template <typename T, typename Wt, bool SWIGLU, bool GS>
+__device__ void moe_gemm(const T* in, const unsigned long long* table, const int* offsets, const int* slots, int k, int K, int O, int group, T* out)
+{
+    constexpr bool Q = sizeof(Wt) != sizeof(T), Q4 = sizeof(Wt) == 4;
+    const int e = blockIdx.z, begin = offsets[e], end = offsets[e + 1];
+    if (begin >= end) return;                                           // no rows routed here: the whole cluster leaves
+    constexpr int words = Q ? 9 : 3;                                    // table words an expert
+    const unsigned long long* t0 = table + words * e + (SWIGLU ? 0 : 2 * words / 3);
+    const unsigned long long* t1 = SWIGLU ? table + words * e + words / 3 : t0;
+    const Wt* w0 = (const Wt*)t0[0];
+    const Wt* w1 = SWIGLU ? (const Wt*)t1[0] : nullptr;
+    const float* s0 = Q ? (const float*)t0[1] : nullptr;
+    const float* s1 = Q && SWIGLU ? (const float*)t1[1] : nullptr;
+    const signed char* z0 = Q4 ? (const signed char*)t0[2] : nullptr;
+    const signed char* z1 = Q4 && SWIGLU ? (const signed char*)t1[2] : nullptr;
+    const i64 ldw = Q4 ? K / 8 : K;                                     // a weight row: K values, K bytes, or K / 8 words
+    for (int p0 = begin; p0 < end; p0 += 64)
+    {
+        const int M = min(64, end - p0);
+        const ExpertRows rows{slots, p0, k, SWIGLU};
+        if (p0 > begin) __syncthreads();                                // the last chunk's stages are read no more
+        if (M <= 16)
+            decode_gemm<T, Wt, 2, SWIGLU, GS, DG_ST, ExpertRows>(in, w0, w1, nullptr, nullptr, out, M, O, K, K, ldw, O, 1.f, 0.f, 0,
+                                                                 nullptr, 0.f, s0, out, O, z0, group, s1, z1, rows);
+        else if (M <= 32)
+            decode_gemm<T, Wt, 4, SWIGLU, GS, DG_ST, ExpertRows>(in, w0, w1, nullptr, nullptr, out, M, O, K, K, ldw, O, 1.f, 0.f, 0,
+                                                                 nullptr, 0.f, s0, out, O, z0, group, s1, z1, rows);
+        else
+            decode_gemm<T, Wt, 8, SWIGLU, GS, DG_ST, ExpertRows>(in, w0, w1, nullptr, nullptr, out, M, O, K, K, ldw, O, 1.f, 0.f, 0,
+                                                                 nullptr, 0.f, s0, out, O, z0, group, s1, z1, rows);
+    }
+}
+// moe_gemm_{swiglu,down}_{T} (16-bit experts), _q8_{T} (int8), _q4_{T} (int4 by group sums): moe_expert_{swiglu,down}_*'s
+// arguments and results (the int4 form's differ in the last bits of T: q - zero is exact and each group's sums are scaled).
+#define MOE_GEMM_FORM(form, Wt, GS, n, T) \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) moe_gemm_swiglu_##form##n(const T* x, const unsigned long long* table, \
+        const int* offsets, const int* slots, int k, int C, int F, T* hidden, int group) \
+    { moe_gemm<T, Wt, true, GS>(x, table, offsets, slots, k, C, F, group, hidden); } \
+    extern "C" __global__ void __launch_bounds__(DG_THREADS) moe_gemm_down_##form##n(const T* hidden, const unsigned long long* table, \
+        const int* offsets, const int* slots, int C, int F, T* expert_out, int group) \
+    { moe_gemm<T, Wt, false, GS>(hidden, table, offsets, slots, 1, F, C, group, expert_out); }
+#define MOE_GEMM(n, T) MOE_GEMM_FORM(, T, false, n, T) MOE_GEMM_FORM(q8_, signed char, false, n, T) MOE_GEMM_FORM(q4_, unsigned, true, n, T)
+MOE_GEMM(bf16, bf16)
+MOE_GEMM(f16, f16)

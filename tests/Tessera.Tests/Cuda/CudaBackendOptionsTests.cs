@@ -49,6 +49,7 @@ public sealed class CudaBackendOptionsTests
         Int4DecodeProductStages = 8,
         QuantizedDecodeProductCtasPerSm = 4,
         QuantizedDecodeProductNormMaxRows = 16,
+        MoeExpertTensorCores = false,
         PagedDecodeMinKeysPerSplit = 1,
         PagedDecodeBatchedMerge = false,
         PagedDecodeTiled = true,
@@ -109,6 +110,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("CrossEntropyClusterVectors=16", "CrossEntropyClusterVectors (16) must be 4 or 8 vectors a thread")]
     [InlineData("CrossEntropyStagedBytes=-16", "CrossEntropyStagedBytes (-16) must be 0 (off) or positive")]
     [InlineData("TuneMatMulAlgorithms=maybe", "'TuneMatMulAlgorithms=maybe': expected true or false")]
+    [InlineData("MoeExpertTensorCores=2", "'MoeExpertTensorCores=2': expected true or false")]
     [InlineData("DecodeAttention=1", "'DecodeAttention=1': expected one of Automatic, Grouped, PerQueryHead")]
     [InlineData("MatMulSearch=everything", "'MatMulSearch=everything': expected one of Heuristic, SplitK, AllAlgorithms")]
     [InlineData("MatrixVectorCtasPerSm=two", "'MatrixVectorCtasPerSm=two': expected an integer")]

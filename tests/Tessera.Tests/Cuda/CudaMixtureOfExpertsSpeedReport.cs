@@ -1,4 +1,5 @@
 using System.Globalization;
+using Tessera.Cuda;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Models;
@@ -16,7 +17,8 @@ namespace Tessera.Tests.Cuda;
 /// 8, vocabulary 151,936; the two sides of <see cref="SparseMoeFeedForward.DefaultDeviceRoutingMaxExpertWeights"/>;
 /// BenchmarkWeights' random weights, so the router spreads the rows) at 1, 16 and 64 sequences,
 /// with bf16 and int4 weights (groups of 128), through the device-routed experts (<see cref="SparseMoeFeedForward"/>'s decode
-/// path, the step recorded as a CUDA graph) and through the host's routing (<see cref="SparseMoeFeedForward.DeviceRouting"/>
+/// path, the step recorded as a CUDA graph) with the experts' products on tensor cores (moe.cu's <c>moe_gemm_*</c>, the
+/// default) and on CUDA cores (<see cref="CudaBackendOptions.MoeExpertTensorCores"/> off: <c>moe_expert_*</c>), and through the host's routing (<see cref="SparseMoeFeedForward.DeviceRouting"/>
 /// off: a read-back a layer, eager), in ms a step with the host, median of 10. Runs only when TESSERA_CUDA_TIMINGS=1 (and
 /// TESSERA_MOE_SHAPES, a comma-separated list, picks shapes); the
 /// table goes to the test output and to moe-decode-timings.md beside $TESSERA_CUDA_TIMINGS_OUT. Not a test of speed: it fails
@@ -48,44 +50,51 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
                 NormalizeExpertWeights = true, Bias = false, QkNorm = true, TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
             };
         int[] rowCounts = [1, 16, 64];
+        // The device path on tensor cores (the default), on CUDA cores (a backend of its own with MoeExpertTensorCores off, and
+        // its own copy of the model), and the host's routing.
+        using var cudaCores = new CudaBackend(gpu.CudaDevice.Ordinal, gpu.Options with { MoeExpertTensorCores = false });
         var rows = new List<string>();
         foreach (var quantization in new[] { WeightQuantization.None, WeightQuantization.Int4 })
         {
-            var model = quantization == WeightQuantization.None ? new Transformer(config, gpu, DType.BF16)
-                : PretrainedModel.Quantized(config, gpu, DType.BF16, quantization: quantization);
-            model.ValidateInputs = false;
-            BenchmarkWeights.Initialize(model, seed: 2);
-            var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
-            // Mixtral's experts are past the device path's default bound (which this report measured): take it anyway.
-            foreach (var l in layers) l.DeviceRoutingMaxExpertWeights = long.MaxValue;
-            foreach (int n in rowCounts)
+            var ms = new double[rowCounts.Length, 3];
+            foreach (var backend in new[] { gpu, cudaCores })
             {
-                var ms = new double[2];
-                foreach (bool device in new[] { true, false })
+                var model = quantization == WeightQuantization.None ? new Transformer(config, backend, DType.BF16)
+                    : PretrainedModel.Quantized(config, backend, DType.BF16, quantization: quantization);
+                model.ValidateInputs = false;
+                BenchmarkWeights.Initialize(model, seed: 2);
+                var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
+                // Mixtral's experts are past the device path's default bound (which this report measured): take it anyway.
+                foreach (var l in layers) l.DeviceRoutingMaxExpertWeights = long.MaxValue;
+                for (int r = 0; r < rowCounts.Length; r++)
                 {
-                    foreach (var l in layers) l.DeviceRouting = device;
-                    using var cache = new PagedKvCache(gpu, DType.BF16, config.Layers, config.EffectiveKvHeads, config.HeadSize,
-                        new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 1L << 30 });
-                    var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = 4096 });
-                    using var runner = new PagedModelRunner(model, cache, 4096, 64, config.MaxSequenceLength, recordGraphs: true);
-                    for (int i = 0; i < n; i++) scheduler.Add(new Sequence(i, Enumerable.Range(0, 64).Select(j => (7 * i + 13 * j) % 32000).ToArray(), 256));
-                    CudaPagedServingTests.PrefillAll(scheduler, runner, n);
-                    for (int i = 0; i < 3; i++) CudaPagedServingTests.Step(scheduler, runner);   // eager, then recorded where it can be
-                    long routed = layers.Sum(l => l.DeviceRoutedForwards);
-                    ms[device ? 0 : 1] = MedianMs(gpu, () => CudaPagedServingTests.Step(scheduler, runner), 10);
-                    if (device)
+                    int n = rowCounts[r];
+                    foreach (bool device in backend == gpu ? new[] { true, false } : [true])
                     {
-                        Assert.True(runner.RecordedGraphs > 0, $"{quantization} at {n} rows: no decode step was recorded");
-                        Assert.True(model.RoutesExpertsOnDevice(n), $"{quantization} at {n} rows: the device path was not for this step");
+                        foreach (var l in layers) l.DeviceRouting = device;
+                        using var cache = new PagedKvCache(backend, DType.BF16, config.Layers, config.EffectiveKvHeads, config.HeadSize,
+                            new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 1L << 30 });
+                        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = 4096 });
+                        using var runner = new PagedModelRunner(model, cache, 4096, 64, config.MaxSequenceLength, recordGraphs: true);
+                        for (int i = 0; i < n; i++) scheduler.Add(new Sequence(i, Enumerable.Range(0, 64).Select(j => (7 * i + 13 * j) % 32000).ToArray(), 256));
+                        CudaPagedServingTests.PrefillAll(scheduler, runner, n);
+                        for (int i = 0; i < 3; i++) CudaPagedServingTests.Step(scheduler, runner);   // eager, then recorded where it can be
+                        long routed = layers.Sum(l => l.DeviceRoutedForwards);
+                        ms[r, !device ? 2 : backend == gpu ? 0 : 1] = MedianMs(backend, () => CudaPagedServingTests.Step(scheduler, runner), 10);
+                        if (device)
+                        {
+                            Assert.True(runner.RecordedGraphs > 0, $"{quantization} at {n} rows: no decode step was recorded");
+                            Assert.True(model.RoutesExpertsOnDevice(n), $"{quantization} at {n} rows: the device path was not for this step");
+                        }
+                        else Assert.Equal(routed, layers.Sum(l => l.DeviceRoutedForwards));
                     }
-                    else Assert.Equal(routed, layers.Sum(l => l.DeviceRoutedForwards));
                 }
-                rows.Add(string.Create(CultureInfo.InvariantCulture,
-                    $"| {(quantization == WeightQuantization.None ? "bf16" : "int4, groups of 128")} | {n} | {ms[0]:F3} | {ms[1]:F3} | {ms[1] / ms[0]:F2} |"));
             }
-            foreach (var l in layers) l.DeviceRouting = true;
+            for (int r = 0; r < rowCounts.Length; r++)
+                rows.Add(string.Create(CultureInfo.InvariantCulture,
+                    $"| {(quantization == WeightQuantization.None ? "bf16" : "int4, groups of 128")} | {rowCounts[r]} | {ms[r, 0]:F3} | {ms[r, 1]:F3} | {ms[r, 2]:F3} | {ms[r, 2] / ms[r, 0]:F2} |"));
         }
-        string table = "| weights | sequences | device routing, recorded, ms/step | host routing, eager, ms/step | host / device |\n|---|---:|---:|---:|---:|\n"
+        string table = "| weights | sequences | device routing, tensor cores, recorded, ms/step | device routing, CUDA cores, recorded | host routing, eager | host / device (tensor cores) |\n|---|---:|---:|---:|---:|---:|\n"
             + string.Join("\n", rows);
         Console.WriteLine($"[moe decode] {shape} shape, 2 layers, paged decode at 64+ positions\n" + table);
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT") is { Length: > 0 } path)

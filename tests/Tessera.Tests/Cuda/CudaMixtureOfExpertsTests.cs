@@ -1,3 +1,4 @@
+using Tessera.Cuda;
 using Tessera.Inference;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
@@ -188,6 +189,71 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
 
         AssertClose(Run(_cpu, DType.F32), Run(gpu, dtype), dtype == DType.BF16 ? 2e-2 : 1e-5,
             $"seed {seed}: the MoE output over {(int4Group > 0 ? $"int4 (groups of {int4Group})" : "int8")} experts ({dtype})");
+    }
+
+    /// <summary>
+    /// The experts' tensor-core products (moe.cu's <c>moe_gemm_*</c>, <see cref="CudaBackendOptions.MoeExpertTensorCores"/>):
+    /// BF16 rows over BF16 experts (<paramref name="int4Group"/> -1), int8 (0) or int4 experts in groups of 64 or 128, C and F
+    /// multiples of 64, on the GPU against the CPU backend's ops over the same weights (quantized alike on both), the output
+    /// within 2e-2 of its largest value (the BF16 bound above: hidden activations and expert outputs rounded to 8 bits), with
+    /// the option on (the profiler must name <c>moe_gemm_swiglu_*</c> and <c>moe_gemm_down_*</c>) and off (<c>moe_expert_*</c>).
+    /// Rows an expert: 1-2, about 4 and 16 (x's 16-row tiles), 64 (two experts taking all 64 rows: the 64-row tiles), 100 (one
+    /// expert: a chunk of 64 then one of 36); slices of K where the grid is small (one row, eight experts).
+    /// </summary>
+    [Theory]
+    [InlineData(1, 8, 2, 128, 192, -1)]
+    [InlineData(16, 8, 2, 256, 128, -1)]
+    [InlineData(64, 2, 2, 128, 256, -1)]
+    [InlineData(100, 1, 1, 64, 128, -1)]
+    [InlineData(24, 6, 2, 128, 128, 0)]
+    [InlineData(64, 8, 2, 256, 128, 128)]
+    [InlineData(5, 4, 2, 192, 64, 64)]
+    public void TensorCoreExpertOpsOnTheGpuMatchTheCpuBackend(int n, int e, int k, int c, int f, int int4Group)
+    {
+        var gpu = Gpu;
+        const DType dtype = DType.BF16;
+        int seed = 291 + n + e + k + c + int4Group;
+        var rng = new Random(seed);
+        double[] Draw(int count, double scale) => Stored(Enumerable.Range(0, count).Select(_ => scale * (rng.NextDouble() * 2 - 1)).ToArray(), dtype);
+        var z = Draw(n * e, 3);
+        var x = Draw(n * c, 1);
+        var residual = Draw(n * c, 1);
+        var wg = Enumerable.Range(0, e).Select(_ => Draw(f * c, 2 / Math.Sqrt(c))).ToArray();
+        var wu = Enumerable.Range(0, e).Select(_ => Draw(f * c, 2 / Math.Sqrt(c))).ToArray();
+        var wd = Enumerable.Range(0, e).Select(_ => Draw(c * f, 2 / Math.Sqrt(f))).ToArray();
+        MoeExpertWeights Prepare(IBackend b, DType t)
+        {
+            if (int4Group < 0)
+                return b.PrepareMoeExperts(wg.Select(w => Upload(b, w, t, f, c)).ToList(), wu.Select(w => Upload(b, w, t, f, c)).ToList(),
+                    wd.Select(w => Upload(b, w, t, c, f)).ToList());
+            QuantizedWeight Quantize(double[] w, int rows, int cols)
+            {
+                var floats = w.Select(v => (float)v).ToArray();
+                return int4Group == 0 ? Int8Quantization.Quantize(b, floats, rows, cols) : Int4Quantization.Quantize(b, floats, rows, cols, int4Group);
+            }
+            return b.PrepareMoeExperts(wg.Select(w => Quantize(w, f, c)).ToList(), wu.Select(w => Quantize(w, f, c)).ToList(),
+                wd.Select(w => Quantize(w, c, f)).ToList());
+        }
+        double[] Run(IBackend backend, DType t)
+        {
+            var output = Upload(backend, residual, t, n, c);
+            MoeDeviceOps.Run(backend, Prepare(backend, t), Upload(backend, z, t, n, e), Upload(backend, x, t, n, c), output, k, normalize: true, DType.F32);
+            return Download(backend, output);
+        }
+
+        var expected = Run(_cpu, DType.F32);
+        string form = int4Group < 0 ? "bf16" : int4Group == 0 ? "q8_bf16" : "q4_bf16";
+        foreach (bool tensorCores in new[] { true, false })
+        {
+            using var backend = new CudaBackend(gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, MoeExpertTensorCores = tensorCores });
+            backend.Profiler!.Reset();
+            var got = Run(backend, dtype);
+            var names = backend.Profiler!.Totals().Select(r => r.Name).ToList();
+            bool expectGemm = tensorCores && gpu.CudaDevice.ComputeCapability.Major >= 9;
+            foreach (var product in new[] { "swiglu", "down" })
+                Assert.Contains($"{(expectGemm ? "moe_gemm" : "moe_expert")}_{product}_{form}", names);
+            AssertClose(expected, got, 2e-2, $"seed {seed}: the MoE output over {form} experts, tensor cores {tensorCores}");
+        }
     }
 
     /// <summary>

@@ -60,7 +60,7 @@ public sealed class KernelEmulationTests
     /// </summary>
     [Fact]
     public void DecodeProductsGiveTheReferenceResultsOnTheCpuEmulation() =>
-        RunEmulated(["decode_gemm.cu"], "decode_gemm",
+        RunEmulated(["decode_gemm.cuh", "decode_gemm.cu"], "decode_gemm",
             ["decode_gemm M=5 N=100 K=256 slices=1 bias=1 beta=0", "decode_gemm M=64 N=300 K=512 slices=4 bias=0 beta=1",
              "decode_gemm M=17 N=64 K=128 slices=2 bias=1 beta=1", "decode_gemm M=32 N=130 K=64 slices=1 bias=0 beta=0", "decode_gemm M=48 N=128 K=1024 slices=8 bias=1 beta=1",
              "decode_gemm M=40 N=129 K=256 slices=2 bias=1 beta=0", "decode_gemm M=64 N=300 K=512 slices=4 bias=0 beta=1: early = late, pads",
@@ -203,11 +203,16 @@ public sealed class KernelEmulationTests
     /// with and without the gated shared expert) within 1e-5 of the largest reference value, for C and F off the 32-feature
     /// tile, an expert with more rows than a CTA takes at once, and experts with none; the same for int8 experts (8 bytes a
     /// lane, and an element a lane where K is no multiple of 8) and int4 experts (groups that divide K, a shorter last group,
-    /// one group a row; x off 16-byte alignment, the element-a-lane path) against the values they stand for.
+    /// one group a row; x off 16-byte alignment, the element-a-lane path) against the values they stand for. And the experts'
+    /// tensor-core products (<c>moe_gemm_swiglu_bf16</c>, <c>moe_gemm_down_bf16</c> and their int8 and int4 forms;
+    /// decode_gemm.cuh's tiles over each expert's gathered rows, <see cref="CudaBackendOptions.MoeExpertTensorCores"/>) in bf16
+    /// against a double reference within 8e-3 of the largest output (the decode products' bound): experts of a few rows and
+    /// none, 17-32, 33-64 and 80 rows (two chunks), K in one slice and clusters of 2 and 4, every hidden and output row
+    /// written and nothing past them.
     /// </summary>
     [Fact]
     public void MixtureOfExpertsKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
-        RunEmulated(["moe.cu"], "moe_kernels",
+        RunEmulated(["decode_gemm.cuh", "moe.cu"], "moe_kernels",
             ["combine adds the slots in slot order", "route N=37 E=8 k=2 norm=1 ties=0 ids", "route N=37 E=8 k=2 norm=0 ties=1 weights", "route N=12 E=5 k=1 norm=1 ties=1 ids",
              "route N=12 E=5 k=5 norm=1 ties=1 ids", "route N=5 E=64 k=8 norm=1 ties=1 ids",
              "align N=13 E=8 k=2 empty=3 threads=64", "align N=40 E=70 k=4 empty=10 threads=64", "align N=1 E=4 k=4 empty=0 threads=32",
@@ -216,7 +221,11 @@ public sealed class KernelEmulationTests
              "experts int8 N=13 E=6 k=2 C=64 F=40 norm=1 shared=0 threads=64", "experts int8 N=11 E=4 k=2 C=50 F=45 norm=0 shared=1 threads=64",
              "experts int4 N=13 E=6 k=2 C=64 F=48 group=16 norm=1 shared=0 threads=64", "experts int4 N=40 E=4 k=2 C=72 F=40 group=32 norm=0 shared=1 threads=64",
              "experts int4 N=1 E=8 k=2 C=128 F=96 group=128 norm=1 shared=0 threads=256",
-             "experts int4 N=7 E=4 k=2 C=64 F=32 group=32 norm=1 shared=0 threads=64 misaligned x"]);
+             "experts int4 N=7 E=4 k=2 C=64 F=32 group=32 norm=1 shared=0 threads=64 misaligned x",
+             "tensor-core experts N=13 E=6 k=2 C=128 F=192 slices=1", "tensor-core experts N=50 E=2 k=1 C=64 F=128 slices=1",
+             "tensor-core experts N=40 E=2 k=2 C=256 F=128 slices=2", "tensor-core experts N=80 E=1 k=1 C=64 F=64 slices=1",
+             "tensor-core experts int8 N=20 E=4 k=2 C=128 F=128 slices=2", "tensor-core experts int4 N=33 E=3 k=2 C=256 F=256 group=128 slices=4",
+             "tensor-core experts int4 N=24 E=3 k=2 C=192 F=128 group=64 slices=1", "tensor-core experts int4 N=9 E=4 k=2 C=128 F=256 group=128 slices=1"]);
 
     /// <summary>
     /// sampling.cu's <c>sample_rows</c> (<see cref="CudaBackend.SampleRows"/>) draws the token that

@@ -173,15 +173,21 @@ public sealed class KernelSourceTests
             .FirstOrDefault(File.Exists);
     }
 
-    /// <summary>sampling_cluster.cu compiles after sampling.cu, whose helpers it uses, as a module of its own.</summary>
-    [Fact]
-    public void SamplingClusterModuleHoldsSamplingCuBeforeIt()
+    /// <summary>A kernel file compiles after the file whose definitions it uses (sampling_cluster.cu after sampling.cu; decode_gemm.cu
+    /// and moe.cu after decode_gemm.cuh, the decode products' template), as a module of its own: the earlier file's module
+    /// does not hold it.</summary>
+    [Theory]
+    [InlineData("sampling_cluster.cu", "sampling.cu")]
+    [InlineData("decode_gemm.cu", "decode_gemm.cuh")]
+    [InlineData("moe.cu", "decode_gemm.cuh")]
+    public void AModuleHoldsTheFileItUsesBeforeIt(string file, string before)
     {
-        string source = KernelLibrary.ComposedSource("sampling_cluster.cu");
+        string source = KernelLibrary.ComposedSource(file);
         int common = source.IndexOf("#line 1 \"common.cuh\"", StringComparison.Ordinal),
-            sampling = source.IndexOf("#line 1 \"sampling.cu\"", StringComparison.Ordinal),
-            cluster = source.IndexOf("#line 1 \"sampling_cluster.cu\"", StringComparison.Ordinal);
-        Assert.True(common >= 0 && common < sampling && sampling < cluster, "common.cuh, sampling.cu, sampling_cluster.cu in that order");
-        Assert.DoesNotContain("sampling_cluster.cu", KernelLibrary.ComposedSource("sampling.cu"), StringComparison.Ordinal);
+            earlier = source.IndexOf($"#line 1 \"{before}\"", StringComparison.Ordinal),
+            own = source.IndexOf($"#line 1 \"{file}\"", StringComparison.Ordinal);
+        Assert.True(common >= 0 && common < earlier && earlier < own, $"common.cuh, {before}, {file} in that order");
+        if (before.EndsWith(".cu", StringComparison.Ordinal))
+            Assert.DoesNotContain(file, KernelLibrary.ComposedSource(before), StringComparison.Ordinal);
     }
 }

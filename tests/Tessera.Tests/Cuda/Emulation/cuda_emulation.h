@@ -173,11 +173,12 @@ inline unsigned long long emu_cluster_load_u64(const unsigned long long* local, 
     std::memcpy(&v, (const unsigned char*)g_cluster->blocks[rank].shared.data() + at, 8);
     return v;
 }
-// A grid (x, y) of clusters of `ctas` CTAs along x (grid.x a multiple of it).
+// A grid (x, y, z) of clusters of `ctas` CTAs along x (grid.x a multiple of it).
 template <typename F> void emu_launch_cluster(dim3 grid, unsigned ctas, unsigned block, F kernel)
 {
     if (grid.x % ctas != 0) { fprintf(stderr, "emulation: a grid of %u CTAs in clusters of %u\n", grid.x, ctas); std::abort(); }
     gridDim = grid; blockDim.x = block;
+    for (unsigned cz = 0; cz < grid.z; cz++)
     for (unsigned cy = 0; cy < grid.y; cy++)
         for (unsigned c = 0; c < grid.x / ctas; c++)
         {
@@ -192,7 +193,7 @@ template <typename F> void emu_launch_cluster(dim3 grid, unsigned ctas, unsigned
                     {
                         g_cluster = &cluster; g_cluster_rank = r; g_block = &cluster.blocks[r];
                         emu_cta_shared = (unsigned char*)g_block->shared.data();
-                        threadIdx.x = t; blockIdx.x = c * ctas + r; blockIdx.y = cy; blockIdx.z = 0;
+                        threadIdx.x = t; blockIdx.x = c * ctas + r; blockIdx.y = cy; blockIdx.z = cz;
                         kernel();
                     });
             for (auto& th : threads) th.join();

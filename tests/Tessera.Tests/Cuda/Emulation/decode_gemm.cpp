@@ -15,7 +15,7 @@
 // apart past K / 8), groups of 32, 64, 128 and a whole row (K = 320: five k-tiles, not a multiple of 128), asymmetric
 // zeros, against a double reference over the bf16 x and the weights scale (q - zero) rounded once to bf16 (what the kernel
 // makes in registers, as dequantize_int4_bf16 does), same tolerance and checks as the int8 form's.
-// kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cu. Prints one line per check; the exit code is the
+// kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cuh, decode_gemm.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
 #ifdef HOPPER

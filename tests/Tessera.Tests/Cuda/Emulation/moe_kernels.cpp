@@ -1,7 +1,8 @@
-// moe.cu's mixture-of-experts kernels (moe_route, moe_align, moe_expert_swiglu, moe_expert_down, moe_combine; f32) on the
-// CPU emulation of CUDA (cuda_emulation.h), against double references written here from the definition (softmax, the k
-// largest with equal probabilities to the lower index, optional renormalization; each expert's SwiGLU and down product;
-// the weighted sum in slot order plus the sigmoid-gated shared expert):
+// moe.cu's mixture-of-experts kernels (moe_route, moe_align, moe_expert_swiglu, moe_expert_down, moe_combine in f32; the
+// tensor-core moe_gemm_* in bf16, see gemm_case) on the CPU emulation of CUDA (cuda_emulation.h), against double
+// references written here from the definition (softmax, the k largest with equal probabilities to the lower index,
+// optional renormalization; each expert's SwiGLU and down product; the weighted sum in slot order plus the sigmoid-gated
+// shared expert):
 // - routing: the ids exactly (ties are made by rounding logits to quarters, and rows of equal logits), the weights within
 //   1e-6 relative (F32 expf and sums against double);
 // - alignment: offsets and slots exactly (integer work);
@@ -12,7 +13,7 @@
 // K = C or F a multiple of 4 (the 16-byte vector loads) or not (an element a lane); and quantized experts (int8 with a
 // scale a row, group-wise int4 with a scale and a zero a group) against the values they stand for, with the same bound
 // (the kernels dequantize in F32: one more rounding a weight).
-// kernels.h is written by the test: the emulation, common.cuh, moe.cu. Prints one line per check; the exit code is the
+// kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cuh, moe.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
 #include <random>
@@ -287,6 +288,134 @@ static void combine_order()
     report("combine adds the slots in slot order", out[0] == 0.f && out[1] == 1.f);
 }
 
+float dg_shared[1 << 15];   // 128 KB: the tensor-core products' stages (97 KB at 64 rows of x) when they run without a cluster
+
+// The tensor-core expert products (moe_gemm_swiglu_*, moe_gemm_down_*; bf16 rows, the emulation's mma.sync stand-in) over
+// experts of `form` (0 bf16, 1 int8, 2 int4 by group sums in groups of `group`, a multiple of 64), K in `slices` slices
+// (a cluster of CTAs a row block, emulated together): the route and align kernels give the pairs, then the two products
+// against a double reference over the bf16 x and the weights' values (bf16-rounded for form 0; the hidden rows unrounded,
+// so the bound also takes the kernel's bf16 hidden). Tolerance 8e-3 of the largest |output| of each product, as the decode
+// products' (decode_gemm.cpp): bf16 stores (2^-9 relative) and fp32 sums; a wrong row, column, expert or slice is O(1).
+// Every hidden row and every slot's output row must be written (NaN-poisoned before), none past them.
+static void gemm_case(int N, int E, int k, int C, int F, int avoid, int slices, int form = 0, int group = 0)
+{
+    if (C % 64 || F % 64 || (C / 64) % slices || (F / 64) % slices || (form == 2 && group % 64))
+    {
+        printf("gemm_case: C %d and F %d must be k-tiles of 64 that %d slices divide (and int4 groups multiples of 64)\n", C, F, slices);
+        failures++;
+        return;
+    }
+    unsigned seed = 5000 + N * 31 + E * 7 + C + F + form * 3 + slices;
+    std::mt19937 rng(seed);
+    auto z = draw_logits(N, E, false, avoid, seed);
+    std::vector<bf16> x((size_t)N * C);
+    for (auto& v : x) v = from_f<bf16>(uniform(rng, 1.f));
+    std::vector<ExpertWeight> wg, wu, wd;
+    std::vector<std::vector<bf16>> hg, hu, hd;                 // form 0's bf16 weights
+    int words = form == 0 ? 3 : 9;
+    std::vector<unsigned long long> table((size_t)words * E);
+    float sc = 1.f / std::sqrt((float)C), sd = 1.f / std::sqrt((float)F);
+    for (int e = 0; e < E; e++)
+    {
+        wg.push_back(draw_weight(rng, F, C, form, group, 2.f * sc));
+        wu.push_back(draw_weight(rng, F, C, form, group, 2.f * sc));
+        wd.push_back(draw_weight(rng, C, F, form, group, 2.f * sd));
+    }
+    if (form == 0)
+        for (auto* list : { &wg, &wu, &wd })
+        {
+            auto& halves = list == &wg ? hg : list == &wu ? hu : hd;
+            for (auto& w : *list)
+            {
+                std::vector<bf16> h(w.f.size());
+                for (size_t i = 0; i < h.size(); i++) { h[i] = from_f<bf16>(w.f[i]); w.ref[i] = to_f(h[i]); }
+                halves.push_back(std::move(h));
+            }
+        }
+    for (int e = 0; e < E; e++)
+    {
+        const ExpertWeight* parts[3] = { &wg[e], &wu[e], &wd[e] };
+        for (int part = 0; part < 3; part++)
+            for (int j = 0; j < words / 3; j++) table[(size_t)words * e + part * (words / 3) + j] = parts[part]->words[j];
+        if (form == 0)
+        {
+            table[3 * e] = (unsigned long long)(uintptr_t)hg[e].data();
+            table[3 * e + 1] = (unsigned long long)(uintptr_t)hu[e].data();
+            table[3 * e + 2] = (unsigned long long)(uintptr_t)hd[e].data();
+        }
+    }
+    std::vector<int> ids((size_t)N * k), offsets(E + 1), slots((size_t)N * k);
+    std::vector<float> w((size_t)N * k);
+    int norm = 1, pairs = N * k;
+    emu_launch(2, 32, [&] { moe_route_f32(z.data(), N, E, k, norm, ids.data(), w.data()); });
+    emu_launch(1, 64, [&] { moe_align(ids.data(), pairs, E, offsets.data(), slots.data()); });
+    int most = 0, empty = 0;
+    for (int e = 0; e < E; e++) { most = std::max(most, offsets[e + 1] - offsets[e]); empty += offsets[e + 1] == offsets[e]; }
+    // The reference: hidden row p (pair p of the aligned list) and the output row of slot slots[p].
+    std::vector<double> rh((size_t)pairs * F), ry((size_t)pairs * C);
+    for (int e = 0; e < E; e++)
+        for (int p = offsets[e]; p < offsets[e + 1]; p++)
+        {
+            int n = slots[p] / k;
+            for (int f = 0; f < F; f++)
+            {
+                double g = 0, u = 0;
+                for (int c = 0; c < C; c++) { g += (double)to_f(x[(size_t)n * C + c]) * wg[e].ref[(size_t)f * C + c]; u += (double)to_f(x[(size_t)n * C + c]) * wu[e].ref[(size_t)f * C + c]; }
+                rh[(size_t)p * F + f] = g / (1 + std::exp(-g)) * u;
+            }
+            for (int c = 0; c < C; c++)
+            {
+                double y = 0;
+                for (int f = 0; f < F; f++) y += rh[(size_t)p * F + f] * wd[e].ref[(size_t)c * F + f];
+                ry[(size_t)slots[p] * C + c] = y;
+            }
+        }
+    const bf16 poison = from_f<bf16>(NAN);
+    std::vector<bf16> hidden((size_t)pairs * F + 64, poison), y((size_t)pairs * C + 64, poison);
+    emu_shared_base = (unsigned char*)dg_shared;
+    auto launch = [&](int blocks, auto kernel) {
+        if (slices == 1) emu_launch(dim3{1, (unsigned)blocks, (unsigned)E}, 128, kernel);
+        else emu_launch_cluster(dim3{(unsigned)slices, (unsigned)blocks, (unsigned)E}, (unsigned)slices, 128, kernel);
+    };
+    int sblocks = (F + 63) / 64, dblocks = (C + 127) / 128, kk = k, c_ = C, f_ = F, gr = group;
+    if (form == 0)
+    {
+        launch(sblocks, [&] { moe_gemm_swiglu_bf16(x.data(), table.data(), offsets.data(), slots.data(), kk, c_, f_, hidden.data(), gr); });
+        launch(dblocks, [&] { moe_gemm_down_bf16(hidden.data(), table.data(), offsets.data(), slots.data(), c_, f_, y.data(), gr); });
+    }
+    else if (form == 1)
+    {
+        launch(sblocks, [&] { moe_gemm_swiglu_q8_bf16(x.data(), table.data(), offsets.data(), slots.data(), kk, c_, f_, hidden.data(), gr); });
+        launch(dblocks, [&] { moe_gemm_down_q8_bf16(hidden.data(), table.data(), offsets.data(), slots.data(), c_, f_, y.data(), gr); });
+    }
+    else
+    {
+        launch(sblocks, [&] { moe_gemm_swiglu_q4_bf16(x.data(), table.data(), offsets.data(), slots.data(), kk, c_, f_, hidden.data(), gr); });
+        launch(dblocks, [&] { moe_gemm_down_q4_bf16(hidden.data(), table.data(), offsets.data(), slots.data(), c_, f_, y.data(), gr); });
+    }
+    auto relative = [](const std::vector<double>& ref, const std::vector<bf16>& got) {
+        double scale = 0, worst = 0;
+        for (double v : ref) scale = std::max(scale, std::abs(v));
+        for (size_t i = 0; i < ref.size(); i++)
+        {
+            double g = to_f(got[i]);
+            worst = std::isfinite(g) ? std::max(worst, std::abs(g - ref[i]) / scale) : INFINITY;
+        }
+        return worst;
+    };
+    double eh = relative(rh, hidden), ey = relative(ry, y);
+    bool past = true;                                             // nothing written past the pairs' rows
+    for (size_t i = (size_t)pairs * F; i < hidden.size(); i++) past &= std::isnan(to_f(hidden[i]));
+    for (size_t i = (size_t)pairs * C; i < y.size(); i++) past &= std::isnan(to_f(y[i]));
+    char name[200];
+    const char* forms[] = { "", " int8", " int4" };
+    char groupText[32] = "";
+    if (form == 2) snprintf(groupText, sizeof groupText, " group=%d", group);
+    snprintf(name, sizeof name, "tensor-core experts%s N=%d E=%d k=%d C=%d F=%d%s slices=%d", forms[form], N, E, k, C, F, groupText, slices);
+    report(name, eh <= 8e-3 && ey <= 8e-3 && past && (avoid == 0 || empty >= avoid),
+        "empty experts " + std::to_string(empty) + ", most rows " + std::to_string(most) + ", hidden " + sci(eh) + ", out " + sci(ey) + " ");
+}
+
 int main()
 {
     combine_order();
@@ -309,5 +438,17 @@ int main()
     pipeline_case(40, 4, 2, 72, 40, false, 0, true, 64, 2, 32);
     pipeline_case(1, 8, 2, 128, 96, true, 0, false, 256, 2, 128);
     pipeline_case(7, 4, 2, 64, 32, true, 0, false, 64, 2, 32, true);
+    // Tensor-core experts: experts with a few rows (x's 16-row tiles) and none, 17-32 rows (32-row tiles), 33-64 (64-row
+    // tiles), and more than 64 (80 rows: a chunk of 64, then one of 16); K in one slice and in clusters of 2 and 4 (the
+    // host's slices divide K's tiles); the down product's C past the 128-row block (C = 192); int8 and int4 in groups of 64
+    // and 128 (a group of 128 straddling two slices at K = 256 in 4).
+    gemm_case(13, 6, 2, 128, 192, 2, 1);
+    gemm_case(50, 2, 1, 64, 128, 0, 1);
+    gemm_case(40, 2, 2, 256, 128, 0, 2);
+    gemm_case(80, 1, 1, 64, 64, 0, 1);
+    gemm_case(20, 4, 2, 128, 128, 1, 2, 1);
+    gemm_case(33, 3, 2, 256, 256, 0, 4, 2, 128);
+    gemm_case(24, 3, 2, 192, 128, 0, 1, 2, 64);
+    gemm_case(9, 4, 2, 128, 256, 1, 1, 2, 128);
     return failures;
 }
