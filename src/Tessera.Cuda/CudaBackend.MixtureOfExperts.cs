@@ -38,7 +38,7 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pt = Ptr(table), po = Ptr(offsets), ps = Ptr(slots), ph = Ptr(hidden);
         void** args = stackalloc void*[] { &px, &pt, &po, &ps, &k, &c, &f, &ph, &group };
         string suffix = Suffix(x.DType, nameof(MoeExpertSwiGlu));
-        if (MoeGemmFits(experts, x, hidden, group))
+        if (MoeGemmFits(experts, x, hidden))
         {
             int blocks = (f + DecodeGemmBlockRows / 2 - 1) / (DecodeGemmBlockRows / 2);   // 64 outputs a CTA (gate and up rows)
             LaunchMoeGemm("moe_gemm_swiglu_" + ExpertKernelForm(experts) + suffix, experts, n * k, blocks, c, args);
@@ -57,7 +57,7 @@ public sealed unsafe partial class CudaBackend
         ulong ph = Ptr(hidden), pt = Ptr(table), po = Ptr(offsets), ps = Ptr(slots), py = Ptr(expertOutput);
         void** args = stackalloc void*[] { &ph, &pt, &po, &ps, &c, &f, &py, &group };
         string suffix = Suffix(hidden.DType, nameof(MoeExpertDown));
-        if (MoeGemmFits(experts, hidden, expertOutput, group))
+        if (MoeGemmFits(experts, hidden, expertOutput))
         {
             LaunchMoeGemm("moe_gemm_down_" + ExpertKernelForm(experts) + suffix, experts, pairs, (c + DecodeGemmBlockRows - 1) / DecodeGemmBlockRows, f, args);
             return;
@@ -91,7 +91,7 @@ public sealed unsafe partial class CudaBackend
         }
         var addresses = Allocate(new Shape(experts, 6), DType.I32);
         CopyFromHost<int>(System.Runtime.InteropServices.MemoryMarshal.Cast<ulong, int>(words), addresses);
-        return new MoeExpertWeights(gate, up, down, addresses);
+        return new MoeExpertWeights(gate, up, down, addresses, MoeGemmRowDTypes(checkedLists));
     }
 
     public MoeExpertWeights PrepareMoeExperts(IReadOnlyList<QuantizedWeight> gate, IReadOnlyList<QuantizedWeight> up, IReadOnlyList<QuantizedWeight> down)
@@ -110,20 +110,28 @@ public sealed unsafe partial class CudaBackend
             }
         var addresses = Allocate(new Shape(experts, 18), DType.I32);
         CopyFromHost<int>(System.Runtime.InteropServices.MemoryMarshal.Cast<ulong, int>(words), addresses);
-        return new MoeExpertWeights(gate, up, down, addresses, rowDTypes: [DType.F32, DType.BF16, DType.F16]);
+        return new MoeExpertWeights(gate, up, down, addresses, rowDTypes: [DType.F32, DType.BF16, DType.F16], MoeGemmRowDTypes(checkedLists));
     }
 
     /// <summary>
     /// Whether an expert product with rows <paramref name="input"/> and <paramref name="output"/> takes moe.cu's tensor-core form
-    /// (<c>moe_gemm_*</c>, <see cref="CudaBackendOptions.MoeExpertTensorCores"/>): compute capability 9.0 (its K slices are
-    /// thread-block clusters), bf16 or f16 rows 16-byte aligned, the experts' channels and hidden width multiples of 64 (the
-    /// k-tile), int4 experts in groups of a multiple of 64 (<paramref name="group"/>, the product's weight's: the decode product by
-    /// group sums). 16-bit experts are of the rows' dtype already (<see cref="MoeExpertWeights.TakesRows"/>).
+    /// (<c>moe_gemm_*</c>, <see cref="CudaBackendOptions.MoeExpertTensorCores"/>): what <see cref="MoeGemmTakes"/> asks of the
+    /// experts and the rows' dtype, and both row buffers 16-byte aligned.
     /// </summary>
-    private bool MoeGemmFits(MoeExpertWeights experts, Tensor input, Tensor output, int group) =>
-        Options.MoeExpertTensorCores && CudaDevice.ComputeCapability.Major >= 9 && input.DType is (DType.BF16 or DType.F16)
-        && experts.Channels % DecodeGemmTile == 0 && experts.Hidden % DecodeGemmTile == 0 && (!experts.IsInt4 || group % DecodeGemmTile == 0)
-        && Ptr(input) % 16 == 0 && Ptr(output) % 16 == 0;
+    private bool MoeGemmFits(MoeExpertWeights experts, Tensor input, Tensor output) =>
+        MoeGemmTakes(experts, input.DType) && Ptr(input) % 16 == 0 && Ptr(output) % 16 == 0;
+
+    /// <summary>Whether these experts' products over rows of <paramref name="rows"/> take the tensor-core form: the option,
+    /// compute capability 9.0 (its K slices are thread-block clusters), BF16 or F16 rows (a 16-bit expert's own dtype), C and
+    /// F multiples of 64 (the k-tile), int4 experts in groups of a multiple of 64 for both products (the decode product by
+    /// group sums).</summary>
+    private bool MoeGemmTakes(MoeExpertWeights experts, DType rows) =>
+        Options.MoeExpertTensorCores && CudaDevice.ComputeCapability.Major >= 9 && rows is (DType.BF16 or DType.F16)
+        && (experts.IsQuantized || experts.DType == rows) && experts.Channels % DecodeGemmTile == 0 && experts.Hidden % DecodeGemmTile == 0
+        && (!experts.IsInt4 || (experts.GroupSize % DecodeGemmTile == 0 && experts.DownGroupSize % DecodeGemmTile == 0));
+
+    /// <summary>The rows' dtypes whose expert products run on tensor cores (<see cref="MoeExpertWeights.AtWeightBandwidth"/>).</summary>
+    private DType[] MoeGemmRowDTypes(MoeExpertWeights experts) => [.. new[] { DType.BF16, DType.F16 }.Where(t => MoeGemmTakes(experts, t))];
 
     /// <summary>
     /// Launches a <c>moe_gemm_*</c> kernel over (slices of <paramref name="inputs"/>, <paramref name="blocks"/> row blocks, the

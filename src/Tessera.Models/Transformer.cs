@@ -305,7 +305,7 @@ public sealed class Transformer
     /// it; true for a model without experts. Prepares the layers' device tables on first call (outside a recording).
     /// </summary>
     public bool RoutesExpertsOnDevice(int rows) =>
-        Blocks.All(b => b.Mlp is not SparseMoeFeedForward moe || moe.RoutesOnDevice(rows));
+        Blocks.All(b => b.Mlp is not SparseMoeFeedForward moe || moe.RoutesOnDevice(rows, DType));
 
     /// <summary>Norm after the last block, "final_norm".</summary>
     public INormalization FinalNorm => _finalNorm ?? throw NotHeld("the final norm");

@@ -12,9 +12,12 @@ namespace Tessera.Tensors;
 /// </summary>
 public sealed class MoeExpertWeights
 {
-    /// <summary>Checks the lists (E each, one dtype, gate and up (F, C), down (C, F), contiguous) and keeps them.</summary>
-    public MoeExpertWeights(IReadOnlyList<Tensor> gate, IReadOnlyList<Tensor> up, IReadOnlyList<Tensor> down, Tensor? addresses)
+    /// <summary>Checks the lists (E each, one dtype, gate and up (F, C), down (C, F), contiguous) and keeps them;
+    /// <paramref name="bandwidthRowDTypes"/> as <see cref="AtWeightBandwidth"/> reads it (null: none).</summary>
+    public MoeExpertWeights(IReadOnlyList<Tensor> gate, IReadOnlyList<Tensor> up, IReadOnlyList<Tensor> down, Tensor? addresses,
+        IReadOnlyList<DType>? bandwidthRowDTypes = null)
     {
+        _bandwidthRowDTypes = bandwidthRowDTypes;
         ArgumentNullException.ThrowIfNull(gate); ArgumentNullException.ThrowIfNull(up); ArgumentNullException.ThrowIfNull(down);
         CheckCounts(gate.Count, up.Count, down.Count);
         var first = gate[0];
@@ -50,12 +53,15 @@ public sealed class MoeExpertWeights
     /// <param name="addresses">The backend's table of addresses, or null.</param>
     /// <param name="rowDTypes">The rows' dtypes the backend's expert kernels take (CUDA: F32, BF16, F16), or null for every
     /// floating-point dtype.</param>
+    /// <param name="bandwidthRowDTypes">The rows' dtypes at which the backend's expert products run at the weights' bandwidth
+    /// (<see cref="AtWeightBandwidth"/>), or null for none.</param>
     /// <exception cref="ArgumentException">The lists disagree, or a weight is FP8 or carries an input order (GPTQ's activation
     /// order), which the expert ops do not read.</exception>
     public MoeExpertWeights(IReadOnlyList<QuantizedWeight> gate, IReadOnlyList<QuantizedWeight> up, IReadOnlyList<QuantizedWeight> down, Tensor? addresses,
-        IReadOnlyList<DType>? rowDTypes = null)
+        IReadOnlyList<DType>? rowDTypes = null, IReadOnlyList<DType>? bandwidthRowDTypes = null)
     {
         _rowDTypes = rowDTypes;
+        _bandwidthRowDTypes = bandwidthRowDTypes;
         ArgumentNullException.ThrowIfNull(gate); ArgumentNullException.ThrowIfNull(up); ArgumentNullException.ThrowIfNull(down);
         CheckCounts(gate.Count, up.Count, down.Count);
         var first = gate[0];
@@ -123,6 +129,17 @@ public sealed class MoeExpertWeights
         : _rowDTypes is { } t ? string.Join(" or ", t) : "a floating-point dtype";
 
     private readonly IReadOnlyList<DType>? _rowDTypes;
+
+    /// <summary>
+    /// Whether the backend runs these experts' products over rows of <paramref name="dtype"/> at the weights' bandwidth, each
+    /// weight read once a step and x's rows once a tile whatever the experts' width (CUDA: on tensor cores, moe.cu's
+    /// <c>moe_gemm_*</c>), rather than bound by arithmetic and x's re-reads once the experts are wide (CUDA's CUDA-core expert
+    /// kernels; the CPU's products). Wide experts take the device-routed path only where this holds
+    /// (<c>SparseMoeFeedForward.DeviceRoutingMaxExpertWeights</c>).
+    /// </summary>
+    public bool AtWeightBandwidth(DType dtype) => _bandwidthRowDTypes?.Contains(dtype) ?? false;
+
+    private readonly IReadOnlyList<DType>? _bandwidthRowDTypes;
 
     /// <summary>Each expert's gate weight (F, C); empty for quantized experts.</summary>
     public IReadOnlyList<Tensor> Gate { get; }

@@ -54,21 +54,28 @@ public sealed partial class SparseMoeFeedForward
     public long DeviceRoutedForwards { get; private set; }
 
     /// <summary>
-    /// Whether an inference step of <paramref name="rows"/> rows takes the device path, so that it reads nothing back and may be
-    /// recorded: the layer is a plain mixture of experts on one device (experts of at most
-    /// <see cref="DeviceRoutingMaxExpertWeights"/> weights a product, no tensor or expert parallelism, no served adapters,
-    /// experts of plain products: floating-point in the rows' dtype, or all int8 or all int4 without an input order) whose
-    /// backend has the ops for its dtype, and
-    /// <paramref name="rows"/> is at most <see cref="DeviceRoutingMaxRows"/>. Prepares the experts' table of weights on first
-    /// call (one small upload; call it outside a recorded graph).
+    /// Whether an inference step of <paramref name="rows"/> rows of <paramref name="dtype"/> takes the device path, so that it
+    /// reads nothing back and may be recorded: the layer is a plain mixture of experts on one device (no tensor or expert
+    /// parallelism, no served adapters, experts of plain products: floating-point in the rows' dtype, or all int8 or all int4
+    /// without an input order) whose backend has the ops for the rows' dtype, its experts are narrow enough or run at the
+    /// weights' bandwidth there (<see cref="WidthAllows"/>), and <paramref name="rows"/> is at most
+    /// <see cref="DeviceRoutingMaxRows"/>. Prepares the experts' table of weights on first call (one small upload; call it
+    /// outside a recorded graph).
     /// </summary>
-    public bool RoutesOnDevice(int rows) => rows <= DeviceRoutingMaxRows && DeviceExperts() is not null;
+    public bool RoutesOnDevice(int rows, DType dtype) =>
+        rows <= DeviceRoutingMaxRows && DeviceExperts() is { } experts && experts.TakesRows(dtype) && WidthAllows(experts, dtype);
+
+    /// <summary>Whether the experts' width lets rows of <paramref name="dtype"/> take the device path: experts of at most
+    /// <see cref="DeviceRoutingMaxExpertWeights"/> weights a product, or any width where the backend runs them at the weights'
+    /// bandwidth (<see cref="MoeExpertWeights.AtWeightBandwidth"/>: CUDA's tensor-core expert products).</summary>
+    private bool WidthAllows(MoeExpertWeights experts, DType dtype) =>
+        Experts[0].Gate.Weight.Shape.NumElements <= DeviceRoutingMaxExpertWeights || experts.AtWeightBandwidth(dtype);
 
     /// <summary>The experts' weights as the device ops read them, prepared once; null when the device path is not for this layer.</summary>
     private MoeExpertWeights? DeviceExperts()
     {
         if (!DeviceRouting || TensorParallelism is not null || ExpertParallelism is not null || _servedAdapters is not null) return null;
-        if (Experts.Count == 0 || Experts[0].Gate.Weight.Shape.NumElements > DeviceRoutingMaxExpertWeights) return null;
+        if (Experts.Count == 0) return null;
         var layers = Experts.SelectMany(e => new[] { e.Gate, e.Up, e.Projection }).ToList();
         if (layers.Any(l => l.Bias is not null) || Experts.Any(e => e.GeluGate)) return null;
         // Every expert weight in floating point, or every one quantized (int8 or int4: the expert ops refuse FP8 and input
@@ -104,7 +111,7 @@ public sealed partial class SparseMoeFeedForward
     {
         if (x.Rank != 2 || x.Size(0) > DeviceRoutingMaxRows) return false;
         var experts = DeviceExperts();
-        if (experts is null || !experts.TakesRows(x.DType) || !x.IsContiguous || !output.IsContiguous) return false;
+        if (experts is null || !experts.TakesRows(x.DType) || !WidthAllows(experts, x.DType) || !x.IsContiguous || !output.IsContiguous) return false;
         var backend = x.Backend;
         int n = x.Size(0), c = x.Size(1), k = ExpertsPerToken, e = ExpertCount;
         var logits = Router.Forward(ctx, x);                                                        // (N, E)

@@ -6,6 +6,7 @@ using Tessera.Inference.Serving;
 using Tessera.Inference.Sampling;
 using Tessera.Models;
 using Tessera.Models.Tokenization;
+using Tessera.Nn.Layers;
 using Tessera.Nn.Quantization;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
@@ -196,7 +197,8 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
     /// BF16 rows over BF16 experts (<paramref name="int4Group"/> -1), int8 (0) or int4 experts in groups of 64 or 128, C and F
     /// multiples of 64, on the GPU against the CPU backend's ops over the same weights (quantized alike on both), the output
     /// within 2e-2 of its largest value (the BF16 bound above: hidden activations and expert outputs rounded to 8 bits), with
-    /// the option on (the profiler must name <c>moe_gemm_swiglu_*</c> and <c>moe_gemm_down_*</c>) and off (<c>moe_expert_*</c>).
+    /// the option on (the profiler must name <c>moe_gemm_swiglu_*</c> and <c>moe_gemm_down_*</c>, and the prepared experts say
+    /// <see cref="MoeExpertWeights.AtWeightBandwidth"/>) and off (<c>moe_expert_*</c>, and they do not).
     /// Rows an expert: 1-2, about 4 and 16 (x's 16-row tiles), 64 (two experts taking all 64 rows: the 64-row tiles), 100 (one
     /// expert: a chunk of 64 then one of 36); slices of K where the grid is small (one row, eight experts).
     /// </summary>
@@ -234,10 +236,12 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
             return b.PrepareMoeExperts(wg.Select(w => Quantize(w, f, c)).ToList(), wu.Select(w => Quantize(w, f, c)).ToList(),
                 wd.Select(w => Quantize(w, c, f)).ToList());
         }
-        double[] Run(IBackend backend, DType t)
+        double[] Run(IBackend backend, DType t, bool? atBandwidth = null)
         {
+            var experts = Prepare(backend, t);
+            if (atBandwidth is { } b) Assert.Equal(b, experts.AtWeightBandwidth(t));
             var output = Upload(backend, residual, t, n, c);
-            MoeDeviceOps.Run(backend, Prepare(backend, t), Upload(backend, z, t, n, e), Upload(backend, x, t, n, c), output, k, normalize: true, DType.F32);
+            MoeDeviceOps.Run(backend, experts, Upload(backend, z, t, n, e), Upload(backend, x, t, n, c), output, k, normalize: true, DType.F32);
             return Download(backend, output);
         }
 
@@ -247,12 +251,40 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
         {
             using var backend = new CudaBackend(gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, MoeExpertTensorCores = tensorCores });
             backend.Profiler!.Reset();
-            var got = Run(backend, dtype);
-            var names = backend.Profiler!.Totals().Select(r => r.Name).ToList();
             bool expectGemm = tensorCores && gpu.CudaDevice.ComputeCapability.Major >= 9;
+            var got = Run(backend, dtype, atBandwidth: expectGemm);
+            var names = backend.Profiler!.Totals().Select(r => r.Name).ToList();
             foreach (var product in new[] { "swiglu", "down" })
                 Assert.Contains($"{(expectGemm ? "moe_gemm" : "moe_expert")}_{product}_{form}", names);
             AssertClose(expected, got, 2e-2, $"seed {seed}: the MoE output over {form} experts, tensor cores {tensorCores}");
+        }
+    }
+
+    /// <summary>
+    /// Experts wider than <see cref="SparseMoeFeedForward.DeviceRoutingMaxExpertWeights"/> (set one weight below their size) take
+    /// the device path where the backend runs their products on tensor cores (<see cref="MoeExpertWeights.AtWeightBandwidth"/>:
+    /// BF16, C 64 and F 128, compute capability 9.0) and the host path with <see cref="CudaBackendOptions.MoeExpertTensorCores"/>
+    /// off: <see cref="Transformer.RoutesExpertsOnDevice"/> says so and a decode step's device-path counter moves (or not).
+    /// </summary>
+    [Fact]
+    public void WideExpertsRouteOnTheDeviceOnlyWhereTheirProductsRunOnTensorCores()
+    {
+        var gpu = Gpu;
+        var config = ModelPresets.Get("mixtral-debug") with { Embedding = 64, Hidden = 128 };
+        foreach (bool tensorCores in new[] { true, false })
+        {
+            using var backend = new CudaBackend(gpu.CudaDevice.Ordinal, gpu.Options with { MoeExpertTensorCores = tensorCores });
+            var model = new Transformer(config, backend, DType.BF16);
+            Tessera.Training.Benchmarks.BenchmarkWeights.Initialize(model, seed: 4);
+            var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
+            foreach (var l in layers) l.DeviceRoutingMaxExpertWeights = l.Experts[0].Gate.Weight.Shape.NumElements - 1;
+            bool expected = tensorCores && gpu.CudaDevice.ComputeCapability.Major >= 9;
+            Assert.Equal(expected, model.RoutesExpertsOnDevice(1));
+            var cache = model.CreateKvCache(1);
+            model.ForwardWithCache(backend.FromArray(new[] { 3, 14, 15 }, 1, 3), cache);
+            long before = layers.Sum(l => l.DeviceRoutedForwards);
+            model.ForwardWithCache(backend.FromArray(new[] { 9 }, 1, 1), cache);
+            Assert.Equal(expected ? layers.Count : 0, layers.Sum(l => l.DeviceRoutedForwards) - before);
         }
     }
 
