@@ -115,11 +115,12 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// Whether an expert product with rows <paramref name="input"/> and <paramref name="output"/> takes moe.cu's tensor-core form
-    /// (<c>moe_gemm_*</c>, <see cref="CudaBackendOptions.MoeExpertTensorCores"/>): what <see cref="MoeGemmTakes"/> asks of the
-    /// experts and the rows' dtype, and both row buffers 16-byte aligned.
+    /// (<c>moe_gemm_*</c>, <see cref="CudaBackendOptions.MoeExpertTensorCores"/>): the experts were prepared for it at the rows'
+    /// dtype (<see cref="MoeExpertWeights.AtWeightBandwidth"/>, <see cref="MoeGemmRowDTypes"/>), and both row buffers are 16-byte
+    /// aligned.
     /// </summary>
-    private bool MoeGemmFits(MoeExpertWeights experts, Tensor input, Tensor output) =>
-        MoeGemmTakes(experts, input.DType) && Ptr(input) % 16 == 0 && Ptr(output) % 16 == 0;
+    private static bool MoeGemmFits(MoeExpertWeights experts, Tensor input, Tensor output) =>
+        experts.AtWeightBandwidth(input.DType) && Ptr(input) % 16 == 0 && Ptr(output) % 16 == 0;
 
     /// <summary>Whether these experts' products over rows of <paramref name="rows"/> take the tensor-core form: the option,
     /// compute capability 9.0 (its K slices are thread-block clusters), BF16 or F16 rows (a 16-bit expert's own dtype), C and
@@ -130,8 +131,18 @@ public sealed unsafe partial class CudaBackend
         && (experts.IsQuantized || experts.DType == rows) && experts.Channels % DecodeGemmTile == 0 && experts.Hidden % DecodeGemmTile == 0
         && (!experts.IsInt4 || (experts.GroupSize % DecodeGemmTile == 0 && experts.DownGroupSize % DecodeGemmTile == 0));
 
-    /// <summary>The rows' dtypes whose expert products run on tensor cores (<see cref="MoeExpertWeights.AtWeightBandwidth"/>).</summary>
-    private DType[] MoeGemmRowDTypes(MoeExpertWeights experts) => [.. new[] { DType.BF16, DType.F16 }.Where(t => MoeGemmTakes(experts, t))];
+    /// <summary>The rows' dtypes whose expert products run on tensor cores (<see cref="MoeExpertWeights.AtWeightBandwidth"/>): those
+    /// <see cref="MoeGemmTakes"/> allows, where every weight's values are 16-byte aligned (the stages' 16-byte copies) and an
+    /// int4 weight's scales and zeros 4-byte aligned (the group sums' staged words); none otherwise.</summary>
+    private DType[] MoeGemmRowDTypes(MoeExpertWeights experts)
+    {
+        var values = experts.IsQuantized
+            ? new[] { experts.QuantizedGate!, experts.QuantizedUp!, experts.QuantizedDown! }.SelectMany(l => l)
+                .SelectMany(w => new[] { (Ptr(w.Values), 16UL), (Ptr(w.Scales), 4UL), (w.Zeros is { } z ? Ptr(z) : 0UL, 4UL) })
+            : new[] { experts.Gate, experts.Up, experts.Down }.SelectMany(l => l).Select(w => (Ptr(w), 16UL));
+        if (values.Any(v => v.Item1 % v.Item2 != 0)) return [];
+        return [.. new[] { DType.BF16, DType.F16 }.Where(t => MoeGemmTakes(experts, t))];
+    }
 
     /// <summary>
     /// Launches a <c>moe_gemm_*</c> kernel over (slices of <paramref name="inputs"/>, <paramref name="blocks"/> row blocks, the
@@ -144,6 +155,7 @@ public sealed unsafe partial class CudaBackend
         int slices = DecodeGemmSlices(blocks * Math.Min(experts.Experts, pairs), inputs / DecodeGemmTile);
         uint shared = !experts.IsQuantized ? (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * 8 + 1) * DecodeGemmTile * 2)
             : experts.IsInt4 ? DecodeGemmInt4Shared(8, groupSums: true, DecodeGemmStages) : DecodeGemmQuantizedShared(8);
+        // Not dependent: the kernels read the alignment's offsets and slots before decode_gemm's pdl_wait.
         Launch("moe.cu", kernel, ((uint)slices, (uint)blocks, (uint)experts.Experts), DecodeGemmThreads, args, shared, dependent: false, clusterX: (uint)slices);
     }
 

@@ -281,6 +281,8 @@ __device__ void moe_gemm(const T* in, const unsigned long long* table, const int
     const signed char* z0 = Q4 ? (const signed char*)t0[2] : nullptr;
     const signed char* z1 = Q4 && SWIGLU ? (const signed char*)t1[2] : nullptr;
     const i64 ldw = Q4 ? K / 8 : K;                                     // a weight row: K values, K bytes, or K / 8 words
+    // offsets and slots (the alignment's output) are read before decode_gemm's pdl_wait: the host launches these kernels
+    // without programmatic dependence (CudaBackend.LaunchMoeGemm), so they start after it has finished.
     for (int p0 = begin; p0 < end; p0 += 64)
     {
         const int M = min(64, end - p0);
@@ -307,5 +309,9 @@ __device__ void moe_gemm(const T* in, const unsigned long long* table, const int
         const int* offsets, const int* slots, int C, int F, T* expert_out, int group) \
     { moe_gemm<T, Wt, false, GS>(hidden, table, offsets, slots, 1, F, C, group, expert_out); }
 #define MOE_GEMM(n, T) MOE_GEMM_FORM(, T, false, n, T) MOE_GEMM_FORM(q8_, signed char, false, n, T) MOE_GEMM_FORM(q4_, unsigned, true, n, T)
+// Compute capability 9.0 and up only (the slices' clusters; the host takes them there alone, CudaBackend.MoeGemmTakes): on
+// older devices the module must still compile for the CUDA-core kernels above.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 MOE_GEMM(bf16, bf16)
 MOE_GEMM(f16, f16)
+#endif

@@ -98,6 +98,35 @@ public sealed class KernelSourceTests
     [MemberData(nameof(KernelFiles))]
     public async Task KernelFileCompilesToPtxWithClangsCudaFrontEnd(string file)
     {
+        var kernels = await CompileToPtx(file, 900);
+        Assert.Contains(".entry", kernels);                          // at least one kernel came out
+        // The quantized KV caches' kernels come out of their code's variant module alone: a plain module never pays their
+        // compile, and an int8 module never pays the fp8 kernels' (nor the reverse).
+        bool int8Module = file.EndsWith("#int8-kv", StringComparison.Ordinal), fp8Module = file.EndsWith("#fp8-kv", StringComparison.Ordinal);
+        Assert.True(int8Module || fp8Module || file.EndsWith(".cu", StringComparison.Ordinal), $"{file}: an unknown module kind");
+        Assert.Equal(int8Module, Regex.IsMatch(kernels, @"\.entry\s+paged_\w*_i8_"));
+        Assert.Equal(fp8Module, Regex.IsMatch(kernels, @"\.entry\s+paged_\w*_f8_"));   // gemv.cu's FP8 weights' kernels are gemv_stream_f8_*
+    }
+
+    /// <summary>
+    /// moe.cu compiled for a device before compute capability 9.0 (__CUDA_ARCH__ 800) holds its CUDA-core kernels and none of the
+    /// tensor-core expert products (<c>moe_gemm_*</c>), whose K slices are thread-block clusters: no cluster instruction may reach
+    /// an Ampere or Ada module, where it would fail the whole file's build and with it every MoE op.
+    /// </summary>
+    [Fact]
+    public async Task MoeModuleBeforeHopperHoldsNoClusterCode()
+    {
+        var kernels = await CompileToPtx("moe.cu", 800);
+        Assert.Matches(@"\.entry\s+moe_expert_swiglu_bf16", kernels);
+        Assert.DoesNotMatch(@"\.entry\s+moe_gemm_", kernels);
+        Assert.DoesNotContain("barrier.cluster", kernels, StringComparison.Ordinal);
+        Assert.Matches(@"\.entry\s+moe_gemm_swiglu_bf16", await CompileToPtx("moe.cu", 900));
+    }
+
+    /// <summary>The PTX of module <paramref name="file"/> as clang's CUDA front end makes it with __CUDA_ARCH__ set to
+    /// <paramref name="arch"/> (device code only, against <see cref="Prelude"/>); skips without clang, fails on a compile error.</summary>
+    private static async Task<string> CompileToPtx(string file, int arch)
+    {
         var clang = FindClang();
         if (clang is null) Assert.Skip("no clang++ on PATH or under /usr/lib/llvm-*/bin: the kernel sources' compile check needs LLVM's clang (apt-get install clang)");
         var dir = Directory.CreateTempSubdirectory("tessera-kernel-check-");
@@ -111,22 +140,15 @@ public sealed class KernelSourceTests
                 RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false,
             };
             foreach (var arg in new[] { "-x", "cuda", "--cuda-device-only", "-nocudainc", "-nocudalib", "--cuda-gpu-arch=sm_80",
-                         "-U__CUDA_ARCH__", "-D__CUDA_ARCH__=900", "-std=c++17", "-Wno-c++11-narrowing", "-S", "-o", ptx, source })
+                         "-U__CUDA_ARCH__", $"-D__CUDA_ARCH__={arch}", "-std=c++17", "-Wno-c++11-narrowing", "-S", "-o", ptx, source })
                 start.ArgumentList.Add(arg);
             using var process = Process.Start(start)!;
             var errors = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
             await process.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
             Assert.True(process.WaitForExit(TimeSpan.FromSeconds(120)), $"{clang} did not finish {file} within 120 s");
             var messages = (await errors).Split('\n').Where(l => l.Contains("error", StringComparison.Ordinal)).Take(20);
-            Assert.True(process.ExitCode == 0, $"{file} does not compile for the device ({clang}, exit {process.ExitCode}):\n{string.Join('\n', messages)}");
-            var kernels = File.ReadAllText(ptx);
-            Assert.Contains(".entry", kernels);                          // at least one kernel came out
-            // The quantized KV caches' kernels come out of their code's variant module alone: a plain module never pays their
-            // compile, and an int8 module never pays the fp8 kernels' (nor the reverse).
-            bool int8Module = file.EndsWith("#int8-kv", StringComparison.Ordinal), fp8Module = file.EndsWith("#fp8-kv", StringComparison.Ordinal);
-            Assert.True(int8Module || fp8Module || file.EndsWith(".cu", StringComparison.Ordinal), $"{file}: an unknown module kind");
-            Assert.Equal(int8Module, Regex.IsMatch(kernels, @"\.entry\s+paged_\w*_i8_"));
-            Assert.Equal(fp8Module, Regex.IsMatch(kernels, @"\.entry\s+paged_\w*_f8_"));   // gemv.cu's FP8 weights' kernels are gemv_stream_f8_*
+            Assert.True(process.ExitCode == 0, $"{file} does not compile for the device ({clang}, __CUDA_ARCH__ {arch}, exit {process.ExitCode}):\n{string.Join('\n', messages)}");
+            return File.ReadAllText(ptx);
         }
         finally
         {
