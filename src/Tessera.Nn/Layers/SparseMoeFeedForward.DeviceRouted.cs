@@ -15,26 +15,27 @@ namespace Tessera.Nn.Layers;
 public sealed partial class SparseMoeFeedForward
 {
     /// <summary>
-    /// The most rows a step may have for the device path (64): decode steps and small verification steps. Every expert's
-    /// kernel reads its weights once per 8 of its rows on CUDA cores (memory-bound for small experts at a row or two; wide
-    /// experts are bound by the CUDA cores sooner, see <see cref="DefaultDeviceRoutingMaxExpertWeights"/>); past a few
-    /// dozen rows an expert's rows are better served by the host-routed path's tensor-core products over gathered blocks
-    /// (and a prefill's sync per layer is cheap next to its work). 64 is also the bound of the backend's decode products.
+    /// The most rows a step may have for the device path (64): decode steps and small verification steps. The experts'
+    /// products read each weight once for every 64 of an expert's rows on tensor cores (CUDA, BF16 or F16 rows), or once for
+    /// every 8 on CUDA cores (CUDA's F32 rows and other widths; see <see cref="DefaultDeviceRoutingMaxExpertWeights"/>); past
+    /// a few dozen rows an expert's rows are better served by the
+    /// host-routed path's tensor-core products over gathered blocks (and a prefill's sync per layer is cheap next to its
+    /// work). 64 is also the bound of the backend's decode products.
     /// </summary>
     public const int DeviceRoutingMaxRows = 64;
 
     /// <summary>
-    /// The largest expert, in weights of one of its three products (C x F'), that the device path takes by default: 16 Mi.
-    /// The device path's experts run on CUDA cores, each warp reading a weight row once for 8 of the expert's rows, while
-    /// the host path runs them as the dense layers' tensor-core products after one read-back a layer; the device path pays
-    /// where the experts are many and small (the host path's launches a layer grow with the experts chosen, and its
-    /// read-back keeps the step out of a CUDA graph), not where they are few and wide. Measured on the H200 (session 35,
-    /// <c>CudaMixtureOfExpertsSpeedReport</c>: Mixtral-8x7B's experts, C 4096 x F 14,336 = 58.7 Mi, two layers), the
-    /// host path was faster at every row count: 0.74 against 0.86 ms a step at 1 sequence, 2.5 against 3.8 at 16, 2.7
-    /// against 14.3 at 64 (bf16; int4 alike). Fine-grained experts (Qwen3-MoE's 2048 x 768 = 1.5 Mi, Qwen1.5-MoE's 2.9 Mi,
-    /// Qwen2-57B-A14B's 9.2 Mi) keep the device path: at Qwen3-30B-A3B's shape (128 experts, top 8; H100, same report) it
-    /// was 1.5-5.4x faster than the host path (0.66 against 1.00 ms at 1 sequence, 2.0 against 10.6 at 64). The crossing
-    /// between the two measured widths is not measured.
+    /// The largest expert, in weights of one of its three products (C x F'), that the device path takes by default where its
+    /// backend does not run the experts at the weights' bandwidth (<see cref="MoeExpertWeights.AtWeightBandwidth"/>: CUDA's
+    /// CUDA-core expert kernels, F32 rows or widths off the tensor-core form; the CPU): 16 Mi. Those kernels read a weight row
+    /// once for 8 of an expert's rows but x's rows again for every weight row, on CUDA cores, so they pay where the experts
+    /// are many and small (the host path's launches a layer grow with the experts chosen, and its read-back keeps the step out
+    /// of a CUDA graph), not where they are few and wide: on the H200 (session 35, <c>CudaMixtureOfExpertsSpeedReport</c>,
+    /// Mixtral-8x7B's experts, C 4096 x F 14,336 = 58.7 Mi, two layers) the host path beat them at every row count (2.7
+    /// against 14.3 ms a step at 64 sequences), while at Qwen3-30B-A3B's 1.5 Mi they were 1.5-5.4x faster than the host path.
+    /// The tensor-core expert products (session 36, H100) beat the host path at both widths and every row count measured
+    /// (Mixtral 0.85 / 2.20 / 2.28 against 1.01 / 3.17 / 3.32 ms at 1 / 16 / 64 sequences), so experts they take are not
+    /// bounded. The crossing between the two measured widths for the CUDA-core kernels is not measured.
     /// </summary>
     public const long DefaultDeviceRoutingMaxExpertWeights = 16L << 20;
 
