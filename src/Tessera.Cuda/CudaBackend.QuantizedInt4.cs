@@ -157,7 +157,7 @@ public sealed unsafe partial class CudaBackend
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pq, &ps, &pz, &pb, &py, &pc, &m, &n, &k, &group, &ldx, &ldw, &ldy, &ldc, &be, &early, &pn, &eps };
         int stages = groupSums ? Options.Int4DecodeProductStages : DecodeGemmStages;
-        Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(x.DType, nameof(QuantizedMatMul))}_m{mt}{StagesSuffix(stages)}",
+        Launch("decode_gemm.cu", $"decode_gemm_int4{(groupSums ? "g" : "")}_{Suffix(x.DType, nameof(QuantizedMatMul))}_m{mt}{(groupSums ? GroupSumsSuffix(mt, stages) : "")}",
             ((uint)slices, (uint)blocks, 1), DecodeGemmThreads, args, DecodeGemmInt4Shared(mt, groupSums, stages), dependent: true, clusterX: (uint)slices);
         return true;
     }
@@ -185,7 +185,7 @@ public sealed unsafe partial class CudaBackend
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pg, &pu, &psg, &psu, &pzg, &pzu, &pbg, &pbu, &po, &m, &f, &k, &group, &ldx, &ldw, &ldo, &early, &pn, &eps };
         int stages = Options.Int4DecodeProductStages;
-        Launch("decode_gemm.cu", $"decode_gemm_int4g_swiglu_{Suffix(x.DType, nameof(QuantizedMatMulSwiGlu))}_m{mt}{StagesSuffix(stages)}",
+        Launch("decode_gemm.cu", $"decode_gemm_int4g_swiglu_{Suffix(x.DType, nameof(QuantizedMatMulSwiGlu))}_m{mt}{GroupSumsSuffix(mt, stages)}",
             ((uint)slices, (uint)blocks, 1), DecodeGemmThreads, args, DecodeGemmInt4Shared(mt, true, stages), dependent: true, clusterX: (uint)slices);
         return true;
     }
@@ -216,8 +216,11 @@ public sealed unsafe partial class CudaBackend
     private static uint DecodeGemmInt4Shared(int mt, bool groupSums, int stages) =>
         (uint)(stages * (DecodeGemmBlockRows * DecodeGemmTile / 2 + (8 * mt + 1) * DecodeGemmTile * 2 + (groupSums ? DecodeGemmBlockRows * 8 : 0)));
 
-    /// <summary>The kernel name's stage suffix of the int4 form by group sums: none for the file's DG_ST (4), <c>_s8</c> for 8.</summary>
-    private static string StagesSuffix(int stages) => stages == DecodeGemmStages ? "" : $"_s{stages}";
+    /// <summary>The kernel name's suffix of the int4 form by group sums for x of 8 <paramref name="mt"/> rows: <c>_s8</c> for 8
+    /// stages; in the file's DG_ST (4), none for one n8 tile of x at a time, <c>_j2</c> or <c>_j4</c> for
+    /// <see cref="CudaBackendOptions.Int4DecodeProductXTiles"/> 2 or 4 (at most <paramref name="mt"/>: 16 rows take <c>_j2</c>).</summary>
+    private string GroupSumsSuffix(int mt, int stages) =>
+        stages != DecodeGemmStages ? $"_s{stages}" : Math.Min(Options.Int4DecodeProductXTiles, mt) is int jb and > 1 ? $"_j{jb}" : "";
 
     /// <summary>output (N, K) = the int4 weight, scale (q - zero) in fp32 rounded once to output's type (<c>dequantize_int4_*</c>).</summary>
     private void DequantizeInt4(QuantizedWeight weight, Tensor output)

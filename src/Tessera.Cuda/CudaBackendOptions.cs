@@ -97,6 +97,17 @@ public sealed record CudaBackendOptions
     public int Int4DecodeProductStages { get; init; } = 4;
 
     /// <summary>
+    /// n8 tiles of x (8 rows each) the int4 decode product by group sums (<see cref="Int4DecodeProductGroupSums"/>) multiplies
+    /// at once: 1, 2 or 4 (<c>decode_gemm_int4g_*_j2</c>, <c>_j4</c>; in 4 stages: with <see cref="Int4DecodeProductStages"/> 8
+    /// the <c>_s8</c> kernels take one at a time and this setting is not used). Each tile's fp32 sums over a k-tile (one
+    /// group) are a chain of 4 dependent mma steps a W tile; with one tile at a time a warp has two such chains in flight,
+    /// with JB tiles 2 JB, for 8 + 4 JB more registers. ncu on the H100 (session 36, the 64-row llama-1b step): one or two
+    /// warps a scheduler (the grids fill a third to two thirds of a wave), stalled mostly on fixed-latency dependencies,
+    /// DRAM at 5-13 %. The sums are the same operations in the same order whatever JB (the same bits). Default 1 until measured.
+    /// </summary>
+    public int Int4DecodeProductXTiles { get; init; } = 1;
+
+    /// <summary>
     /// CTAs an SM the quantized decode products (int4 and int8, their SwiGLU forms; 5 to 64 rows) aim at when they split K into
     /// a cluster's slices: the slices double while the grid has fewer than this many CTAs an SM (at most 8 slices, K's tiles
     /// dividing evenly). 1 (the 16-bit form's rule) gives a 64-row step of llama-1b one or two CTAs of four warps an SM (the
@@ -431,6 +442,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
         if (Int4DecodeProductStages is not (4 or 8))
             throw new ArgumentException($"CUDA backend options: Int4DecodeProductStages ({Int4DecodeProductStages}) must be 4 or 8");
+        if (Int4DecodeProductXTiles is not (1 or 2 or 4))
+            throw new ArgumentException($"CUDA backend options: Int4DecodeProductXTiles ({Int4DecodeProductXTiles}) must be 1, 2 or 4");
         if (QuantizedDecodeProductCtasPerSm is not (1 or 2 or 4))
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductCtasPerSm ({QuantizedDecodeProductCtasPerSm}) must be 1, 2 or 4");
         if (QuantizedDecodeProductNormMaxRows is < 0 or > 64)
@@ -497,6 +510,7 @@ public sealed record CudaBackendOptions
         if (QuantizedDecodeProducts != d.QuantizedDecodeProducts) parts.Add($"{nameof(QuantizedDecodeProducts)}={Bool(QuantizedDecodeProducts)}");
         if (Int4DecodeProductGroupSums != d.Int4DecodeProductGroupSums) parts.Add($"{nameof(Int4DecodeProductGroupSums)}={Bool(Int4DecodeProductGroupSums)}");
         if (Int4DecodeProductStages != d.Int4DecodeProductStages) parts.Add(Invariant($"{nameof(Int4DecodeProductStages)}={Int4DecodeProductStages}"));
+        if (Int4DecodeProductXTiles != d.Int4DecodeProductXTiles) parts.Add(Invariant($"{nameof(Int4DecodeProductXTiles)}={Int4DecodeProductXTiles}"));
         if (QuantizedDecodeProductNormMaxRows != d.QuantizedDecodeProductNormMaxRows)
             parts.Add(Invariant($"{nameof(QuantizedDecodeProductNormMaxRows)}={QuantizedDecodeProductNormMaxRows}"));
         if (QuantizedDecodeProductCtasPerSm != d.QuantizedDecodeProductCtasPerSm)
@@ -557,6 +571,7 @@ public sealed record CudaBackendOptions
         [nameof(QuantizedDecodeProducts)] = (o, v, s) => o with { QuantizedDecodeProducts = ParseBool(v, s) },
         [nameof(Int4DecodeProductGroupSums)] = (o, v, s) => o with { Int4DecodeProductGroupSums = ParseBool(v, s) },
         [nameof(Int4DecodeProductStages)] = (o, v, s) => o with { Int4DecodeProductStages = ParseInt(v, s) },
+        [nameof(Int4DecodeProductXTiles)] = (o, v, s) => o with { Int4DecodeProductXTiles = ParseInt(v, s) },
         [nameof(QuantizedDecodeProductCtasPerSm)] = (o, v, s) => o with { QuantizedDecodeProductCtasPerSm = ParseInt(v, s) },
         [nameof(QuantizedDecodeProductNormMaxRows)] = (o, v, s) => o with { QuantizedDecodeProductNormMaxRows = ParseInt(v, s) },
         [nameof(MoeExpertTensorCores)] = (o, v, s) => o with { MoeExpertTensorCores = ParseBool(v, s) },

@@ -63,13 +63,14 @@ DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16
 // form (CudaBackend.QuantizedMatMulSwiGlu): y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu) over two int4 weights of one shape,
 // group and row stride, each with its scales and zeros, as the 16-bit SwiGLU form (64 outputs a CTA, gate and up rows
 // interleaved by 8 in a tile, so each row's scale and zero word ride in the stage as the plain form's). Each in DG_ST
-// stages and, named _s8, in 8.
-#define DECODE_GEMM_INT4G(name, t, MT, ST, sfx)                                                                        \
+// stages and, named _s8, in 8; and in DG_ST stages with 2 or 4 of x's n8 tiles at once (_j2, _j4: decode_tile_q4_exact's JB,
+// CudaBackendOptions.Int4DecodeProductXTiles; _j4 from 32 rows, the 16-row kernels having two tiles).
+#define DECODE_GEMM_INT4G(name, t, MT, ST, sfx, JB)                                                                        \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_##name##_m##MT##sfx(const t* x,           \
         const unsigned* packed, const float* scales, const signed char* zeros, const t* bias, t* y, const t* c_in, int M,  \
         int N, int K, int group, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float beta, int early, const t* nw, float eps)      \
     {                                                                                                                     \
-        decode_gemm<t, unsigned, MT, false, true, ST>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, \
+        decode_gemm<t, unsigned, MT, false, true, ST, DenseRows, JB>(x, packed, nullptr, bias, nullptr, y, M, N, K, ldx, ldw, ldy, 1.f, \
                                                       beta, early, nw, eps, scales, c_in, ldc, zeros, group);             \
     }                                                                                                                     \
     extern "C" __global__ void __launch_bounds__(DG_THREADS) decode_gemm_int4g_swiglu_##name##_m##MT##sfx(const t* x,    \
@@ -77,11 +78,15 @@ DECODE_GEMM_INT4(f16, f16, 2) DECODE_GEMM_INT4(f16, f16, 4) DECODE_GEMM_INT4(f16
         const signed char* gate_zeros, const signed char* up_zeros, const t* gate_bias, const t* up_bias, t* y, int M,    \
         int F, int K, int group, i64 ldx, i64 ldw, i64 ldy, int early, const t* nw, float eps)                           \
     {                                                                                                                     \
-        decode_gemm<t, unsigned, MT, true, true, ST>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, \
+        decode_gemm<t, unsigned, MT, true, true, ST, DenseRows, JB>(x, gate, up, gate_bias, up_bias, y, M, F, K, ldx, ldw, ldy, 1.f, 0.f, \
                                                      early, nw, eps, gate_scales, y, ldy, gate_zeros, group, up_scales,   \
                                                      up_zeros);                                                           \
     }
-DECODE_GEMM_INT4G(bf16, bf16, 2, DG_ST, ) DECODE_GEMM_INT4G(bf16, bf16, 4, DG_ST, ) DECODE_GEMM_INT4G(bf16, bf16, 8, DG_ST, )
-DECODE_GEMM_INT4G(f16, f16, 2, DG_ST, ) DECODE_GEMM_INT4G(f16, f16, 4, DG_ST, ) DECODE_GEMM_INT4G(f16, f16, 8, DG_ST, )
-DECODE_GEMM_INT4G(bf16, bf16, 2, 8, _s8) DECODE_GEMM_INT4G(bf16, bf16, 4, 8, _s8) DECODE_GEMM_INT4G(bf16, bf16, 8, 8, _s8)
-DECODE_GEMM_INT4G(f16, f16, 2, 8, _s8) DECODE_GEMM_INT4G(f16, f16, 4, 8, _s8) DECODE_GEMM_INT4G(f16, f16, 8, 8, _s8)
+DECODE_GEMM_INT4G(bf16, bf16, 2, DG_ST, , 1) DECODE_GEMM_INT4G(bf16, bf16, 4, DG_ST, , 1) DECODE_GEMM_INT4G(bf16, bf16, 8, DG_ST, , 1)
+DECODE_GEMM_INT4G(f16, f16, 2, DG_ST, , 1) DECODE_GEMM_INT4G(f16, f16, 4, DG_ST, , 1) DECODE_GEMM_INT4G(f16, f16, 8, DG_ST, , 1)
+DECODE_GEMM_INT4G(bf16, bf16, 2, 8, _s8, 1) DECODE_GEMM_INT4G(bf16, bf16, 4, 8, _s8, 1) DECODE_GEMM_INT4G(bf16, bf16, 8, 8, _s8, 1)
+DECODE_GEMM_INT4G(f16, f16, 2, 8, _s8, 1) DECODE_GEMM_INT4G(f16, f16, 4, 8, _s8, 1) DECODE_GEMM_INT4G(f16, f16, 8, 8, _s8, 1)
+DECODE_GEMM_INT4G(bf16, bf16, 2, DG_ST, _j2, 2) DECODE_GEMM_INT4G(bf16, bf16, 4, DG_ST, _j2, 2) DECODE_GEMM_INT4G(bf16, bf16, 8, DG_ST, _j2, 2)
+DECODE_GEMM_INT4G(f16, f16, 2, DG_ST, _j2, 2) DECODE_GEMM_INT4G(f16, f16, 4, DG_ST, _j2, 2) DECODE_GEMM_INT4G(f16, f16, 8, DG_ST, _j2, 2)
+DECODE_GEMM_INT4G(bf16, bf16, 4, DG_ST, _j4, 4) DECODE_GEMM_INT4G(bf16, bf16, 8, DG_ST, _j4, 4)
+DECODE_GEMM_INT4G(f16, f16, 4, DG_ST, _j4, 4) DECODE_GEMM_INT4G(f16, f16, 8, DG_ST, _j4, 4)

@@ -250,11 +250,16 @@ template <> __device__ __forceinline__ unsigned q4_negated_zero<f16>(unsigned ze
 // A warp takes HT m16 tiles of W rows (two; see decode_gemm's WARPS). With nw, x's staged values are scaled by the norm weight's (tN,
 // its 64 columns), and warp w of WARPS adds the squares of x's rows of n8 tiles w, w + WARPS, .. (its 16
 // columns a tile) into sq, as the 16-bit form does.
-template <typename T, int MT, int HT, int WARPS, int SQ>
+// JB n8 tiles of x at once (CudaBackendOptions.Int4DecodeProductXTiles): their fragments and sums held together and the
+// steps kk taken across all of them, so that 2 JB mma chains (of DG_BK / 16 dependent steps each) are in flight rather
+// than 2 (session 36, ncu on the H100 at 64 rows: one or two warps a scheduler, stalled mostly on fixed-latency
+// dependencies between the mma steps of a tile's sums); 8 + 4 JB more registers.
+template <typename T, int MT, int HT, int WARPS, int SQ, int JB = 1>
 __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], unsigned tW, unsigned tX, int g, int c4,
                                                      const unsigned (&nz)[HT][2], const float (&sc)[HT][2], bool nw, unsigned tN,
                                                      int warp, float (&sq)[SQ])
 {
+    static_assert(MT % JB == 0, "decode_tile_q4_exact: x's n8 tiles in blocks of JB");
     unsigned a[HT][DG_BK / 16][4];                         // [h][kk]: W rows 16h + g (a0, a2) and + 8 (a1, a3)
 #pragma unroll
     for (int h = 0; h < HT; h++)
@@ -273,28 +278,37 @@ __device__ __forceinline__ void decode_tile_q4_exact(float (&acc)[HT][MT][4], un
             }
         }
 #pragma unroll
-    for (int j = 0; j < MT; j++)
+    for (int j0 = 0; j0 < MT; j0 += JB)
     {
-        unsigned b[2][4];
-        lds_x_columns(tX, 8 * j + g, c4, b);
-        if (nw) norm_x_columns<T, WARPS, SQ>(b, tN, c4, j, warp, sq);
-        float part[HT][4] = {};
+        unsigned b[JB][2][4];
+#pragma unroll
+        for (int jb = 0; jb < JB; jb++)
+        {
+            lds_x_columns(tX, 8 * (j0 + jb) + g, c4, b[jb]);
+            if (nw) norm_x_columns<T, WARPS, SQ>(b[jb], tN, c4, j0 + jb, warp, sq);
+        }
+        float part[JB][HT][4] = {};
 #pragma unroll
         for (int kk = 0; kk < DG_BK / 16; kk++)
-        {
-            // x's pairs as staged (mma_x_columns' order): columns 4 (kk & 1), + 1 and + 2, + 3 of chunk kk / 2.
-            const unsigned b0 = b[kk >> 1][2 * (kk & 1)], b1 = b[kk >> 1][2 * (kk & 1) + 1];
 #pragma unroll
-            for (int h = 0; h < HT; h++) Mma<T>::run(part[h], a[h][kk], b0, b1);
-        }
+            for (int jb = 0; jb < JB; jb++)
+            {
+                // x's pairs as staged (mma_x_columns' order): columns 4 (kk & 1), + 1 and + 2, + 3 of chunk kk / 2.
+                const unsigned b0 = b[jb][kk >> 1][2 * (kk & 1)], b1 = b[jb][kk >> 1][2 * (kk & 1) + 1];
 #pragma unroll
-        for (int h = 0; h < HT; h++)
-        {
-            acc[h][j][0] = fmaf(sc[h][0], part[h][0], acc[h][j][0]);   // part[h][0], [1]: row g; [2], [3]: row g + 8
-            acc[h][j][1] = fmaf(sc[h][0], part[h][1], acc[h][j][1]);
-            acc[h][j][2] = fmaf(sc[h][1], part[h][2], acc[h][j][2]);
-            acc[h][j][3] = fmaf(sc[h][1], part[h][3], acc[h][j][3]);
-        }
+                for (int h = 0; h < HT; h++) Mma<T>::run(part[jb][h], a[h][kk], b0, b1);
+            }
+#pragma unroll
+        for (int jb = 0; jb < JB; jb++)
+#pragma unroll
+            for (int h = 0; h < HT; h++)
+            {
+                const int j = j0 + jb;
+                acc[h][j][0] = fmaf(sc[h][0], part[jb][h][0], acc[h][j][0]);   // part[.][h][0], [1]: row g; [2], [3]: row g + 8
+                acc[h][j][1] = fmaf(sc[h][0], part[jb][h][1], acc[h][j][1]);
+                acc[h][j][2] = fmaf(sc[h][1], part[jb][h][2], acc[h][j][2]);
+                acc[h][j][3] = fmaf(sc[h][1], part[jb][h][3], acc[h][j][3]);
+            }
     }
 }
 
@@ -345,8 +359,9 @@ struct ExpertRows
 // the int4 form by group sums (group a multiple of DG_BK). ST: the pipeline's stages (DG_ST; the form by group sums also in
 // 8, _s8: its W tile is 4 KB, a quarter of the 16-bit form's, so 4 stages keep a quarter of the bytes in flight a CTA,
 // CudaBackendOptions.Int4DecodeProductStages). R: where x's rows come from and y's go (DenseRows, or ExpertRows: x's rows
-// gathered, y's scattered; their row indices read once, before the pipeline).
-template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false, int ST = DG_ST, typename R = DenseRows>
+// gathered, y's scattered; their row indices read once, before the pipeline). JB: the int4 form by group sums' n8 tiles of x
+// at once (decode_tile_q4_exact; at most MT).
+template <typename T, typename Wt, int MT, bool SWIGLU, bool GS = false, int ST = DG_ST, typename R = DenseRows, int JB = 1>
 __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias, const T* bias2, T* y, int M, int N, int K,
                             i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, int early, const T* nw, float eps,
                             const float* scales, const T* c_in, i64 ldc, const signed char* zeros = nullptr, int group = 0,
@@ -491,7 +506,7 @@ __device__ void decode_gemm(const T* x, const Wt* w, const Wt* w2, const T* bias
                     nz[h][half] = q4_negated_zero<T>((zw >> (8 * (int)(((i64)w_row(r) * groups + gi) & 3))) & 0xFFu);
                     sg[h][half] = __uint_as_float(lds_u32(tS + 4 * r));
                 }
-            decode_tile_q4_exact<T, MT, HT, WARPS, SQ>(acc, tW, tX, g, c4, nz, sg, nw != nullptr, tN, warp, sq);
+            decode_tile_q4_exact<T, MT, HT, WARPS, SQ, (JB < MT ? JB : MT)>(acc, tW, tX, g, c4, nz, sg, nw != nullptr, tN, warp, sq);
         }
         else if constexpr (Q4) decode_tile_q4<T, MT, WARPS, SQ>(acc, tW, tX, g, c4, sc, zb, nw != nullptr, tN, warp, sq);
         else

@@ -47,6 +47,7 @@ public sealed class CudaBackendOptionsTests
         DecodeProducts = true,
         Int4DecodeProductGroupSums = false,
         Int4DecodeProductStages = 8,
+        Int4DecodeProductXTiles = 2,
         QuantizedDecodeProductCtasPerSm = 4,
         QuantizedDecodeProductNormMaxRows = 16,
         MoeExpertTensorCores = false,
@@ -104,6 +105,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("CrossEntropyClusterCtas=3", "CrossEntropyClusterCtas (3) must be 2, 4 or 8 CTAs a row, or 0")]
     [InlineData("SamplingClusterCtas=3", "SamplingClusterCtas (3) must be 1, 2, 4 or 8 CTAs a row, 0")]
     [InlineData("Int4DecodeProductStages=6", "Int4DecodeProductStages (6) must be 4 or 8")]
+    [InlineData("Int4DecodeProductXTiles=3", "Int4DecodeProductXTiles (3) must be 1, 2 or 4")]
     [InlineData("QuantizedDecodeProductCtasPerSm=3", "QuantizedDecodeProductCtasPerSm (3) must be 1, 2 or 4")]
     [InlineData("QuantizedDecodeProductNormMaxRows=65", "QuantizedDecodeProductNormMaxRows (65) must be 0 to 64")]
     [InlineData("CrossEntropyClusterMinRowBytes=-1", "CrossEntropyClusterMinRowBytes (-1) must be 0 or positive")]

@@ -9,6 +9,7 @@ namespace Tessera.Tests.Cuda;
 /// The int4 products of llama-1b's decode layers (QKV 3072 x 2048, output 2048 x 2048, gate 8192 x 2048, down 2048 x 8192;
 /// groups of 128) at 1, 8, 16, 32 and 64 rows of bf16 x, beside the bf16 weights' products on the same backend options: the
 /// default (the int4 decode product by group sums at 5 to 64 rows), <c>Int4DecodeProductStages=8</c> (its 8-stage kernels),
+/// <c>Int4DecodeProductXTiles=2</c> and <c>4</c> (two or four of x's n8 tiles at once: more mma chains in flight; session 36),
 /// <c>QuantizedDecodeProductCtasPerSm=2</c> and <c>4</c> (K split into more slices, more CTAs an SM; session 34),
 /// <c>QuantizedDecodeProductNormMaxRows=0</c> (the norm kernel before a normalized product) and <c>=64</c> (the norm on the way
 /// at every row count; the default takes the norm kernel past 32 rows, session 35) and bf16 (cuBLASLt at 5 to 64 rows, the
@@ -39,6 +40,8 @@ public sealed class CudaInt4ProductSpeedReport(CudaFixture fixture) : CudaTestBa
         [
             ("int4 (default)", CudaBackendOptions.Default, true),
             ("int4, 8 stages", CudaBackendOptions.Default with { Int4DecodeProductStages = 8 }, true),
+            ("int4, 2 x tiles at once", CudaBackendOptions.Default with { Int4DecodeProductXTiles = 2 }, true),
+            ("int4, 4 x tiles at once", CudaBackendOptions.Default with { Int4DecodeProductXTiles = 4 }, true),
             ("int4, 2 CTAs an SM", CudaBackendOptions.Default with { QuantizedDecodeProductCtasPerSm = 2 }, true),
             ("int4, 4 CTAs an SM", CudaBackendOptions.Default with { QuantizedDecodeProductCtasPerSm = 4 }, true),
             ("int4, norm kernel first", CudaBackendOptions.Default with { QuantizedDecodeProductNormMaxRows = 0 }, true),

@@ -157,7 +157,9 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
     /// <summary>
     /// The decode product by group sums in 8 stages (<see cref="CudaBackendOptions.Int4DecodeProductStages"/>, the <c>_s8</c>
     /// kernels, which the op profiler must name) gives the 4-stage kernels' bits: the same sums in the same order, only more
-    /// tiles in flight; the plain product normalized and the SwiGLU form, at 8, 40 and 64 rows.
+    /// tiles in flight; the plain product normalized and the SwiGLU form, at 8, 40 and 64 rows. So do 2 and 4 of x's n8 tiles
+    /// at once (<see cref="CudaBackendOptions.Int4DecodeProductXTiles"/>, <c>_j2</c> and <c>_j4</c>; 8 rows take <c>_j2</c> for
+    /// both): the same mma steps on the same operands, only interleaved.
     /// </summary>
     [Theory]
     [InlineData(8)]
@@ -171,9 +173,10 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
         var up = RandomInt4(N, K, 128);
         var (_, xv) = Random(dtype, 1, m, K);
         var (_, gainv) = Random(dtype, 1, K);
-        (double[] Product, double[] SwiGlu) Run(int stages)
+        (double[] Product, double[] SwiGlu) Run(int stages, int xTiles = 1)
         {
-            using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true, Int4DecodeProductStages = stages });
+            using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal,
+                CudaBackendOptions.Default with { ProfileOps = true, Int4DecodeProductStages = stages, Int4DecodeProductXTiles = xTiles });
             var x = Upload(gpu, xv, dtype, m, K);
             var norm = new RmsNormPrologue(Upload(gpu, gainv, dtype, K), 1e-5);
             var wg = UploadInt4(gpu, gate.Packed, gate.Scales, gate.Zeros, 128);
@@ -183,15 +186,18 @@ public sealed class CudaInt4QuantizedMatMulTests(CudaFixture fixture) : CudaTest
             gpu.QuantizedMatMul(x, wg, y, norm: norm);
             gpu.QuantizedMatMulSwiGlu(x, wg, UploadInt4(gpu, up.Packed, up.Scales, up.Zeros, 128), a, norm: norm);
             var names = gpu.Profiler!.Totals().Select(r => r.Name).ToList();
-            string mt = $"m{(m <= 16 ? 2 : m <= 32 ? 4 : 8)}{(stages == 8 ? "_s8" : "")}";
+            int tiles = m <= 16 ? 2 : m <= 32 ? 4 : 8, jb = Math.Min(xTiles, tiles);
+            string mt = $"m{tiles}{(stages == 8 ? "_s8" : jb > 1 ? $"_j{jb}" : "")}";
             Assert.Contains($"decode_gemm_int4g_bf16_{mt}", names);
             Assert.Contains($"decode_gemm_int4g_swiglu_bf16_{mt}", names);
             return (Download(gpu, y), Download(gpu, a));
         }
         var four = Run(4);
-        var eight = Run(8);
-        Assert.Equal(four.Product, eight.Product);
-        Assert.Equal(four.SwiGlu, eight.SwiGlu);
+        foreach (var other in new[] { Run(8), Run(4, xTiles: 2), Run(4, xTiles: 4) })
+        {
+            Assert.Equal(four.Product, other.Product);
+            Assert.Equal(four.SwiGlu, other.SwiGlu);
+        }
     }
 
     /// <summary>

@@ -372,7 +372,7 @@ struct Int4Weight
 // gs: the form by group sums (decode_gemm_int4g_*), whose weights are scales[n, g] (q - zeros[n, g]) exactly.
 // with_norm: x RMS-normalized on the way, as the 16-bit form's reference.
 static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, int residual, bool gs = false, bool with_norm = false,
-                   bool stages8 = false)
+                   bool stages8 = false, int jb = 1)
 {
     std::mt19937 rng(23 + M * 7 + N + K + group + slices + residual);
     const int ldx = K + 8, ldw = K / 8 + 4, ldy = N + 8, ldc = N + 4, G = (K + group - 1) / group;
@@ -409,6 +409,8 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
             launch_slices(slices, blocks, [&] { kernel(px, pq, ps, pz, pb, py, pc, m_, n_, k_, g_, lx, lw, ly, lc, be, ea, pn, eps); });
         };
         if (gs && stages8) { if (MT == 2) launch_gs(decode_gemm_int4g_bf16_m2_s8); else if (MT == 4) launch_gs(decode_gemm_int4g_bf16_m4_s8); else launch_gs(decode_gemm_int4g_bf16_m8_s8); }
+        else if (gs && (jb == 2 || (jb == 4 && MT == 2))) { if (MT == 2) launch_gs(decode_gemm_int4g_bf16_m2_j2); else if (MT == 4) launch_gs(decode_gemm_int4g_bf16_m4_j2); else launch_gs(decode_gemm_int4g_bf16_m8_j2); }
+        else if (gs && jb == 4) { if (MT == 4) launch_gs(decode_gemm_int4g_bf16_m4_j4); else launch_gs(decode_gemm_int4g_bf16_m8_j4); }
         else if (gs) { if (MT == 2) launch_gs(decode_gemm_int4g_bf16_m2); else if (MT == 4) launch_gs(decode_gemm_int4g_bf16_m4); else launch_gs(decode_gemm_int4g_bf16_m8); }
         else if (MT == 2) launch(decode_gemm_int4_bf16_m2);
         else if (MT == 4) launch(decode_gemm_int4_bf16_m4);
@@ -418,8 +420,9 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
             for (int n = 0; n < N; n++) got[early][(size_t)m * N + n] = to_f(y[early][(size_t)m * ldy + n]);
     }
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm_int4%s M=%d N=%d K=%d group=%d slices=%d bias=%d %s%s%s", gs ? "g" : "", M, N, K, group, slices,
-             with_bias ? 1 : 0, residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend", with_norm ? " norm" : "", stages8 ? " s8" : "");
+    snprintf(name, sizeof name, "decode_gemm_int4%s M=%d N=%d K=%d group=%d slices=%d bias=%d %s%s%s%s", gs ? "g" : "", M, N, K, group, slices,
+             with_bias ? 1 : 0, residual == 0 ? "beta=0" : residual == 1 ? "beta=1" : "addend", with_norm ? " norm" : "", stages8 ? " s8" : "",
+             jb == 2 ? " j2" : jb == 4 ? " j4" : "");
     check(name, e, got[1], 8e-3);
     bool same = got[0] == got[1];
     bool pads = true;
@@ -432,7 +435,7 @@ static void run_q4(int M, int N, int K, int group, int slices, bool with_bias, i
 // The int4 SwiGLU form by group sums (decode_gemm_int4g_swiglu_*): y (M, F) = SiLU(x Wg^T + bg) * (x Wu^T + bu), two int4
 // weights of one group and row stride, each with its own scales and zeros, against a double reference over the exact
 // weights; the same tolerance as the 16-bit SwiGLU form (the output stored in bf16, SiLU on fp32 sums).
-static void run_q4_swiglu(int M, int F, int K, int group, int slices, bool with_bias, bool with_norm, bool stages8 = false)
+static void run_q4_swiglu(int M, int F, int K, int group, int slices, bool with_bias, bool with_norm, bool stages8 = false, int jb = 1)
 {
     std::mt19937 rng(31 + M * 5 + F + K + group + slices);
     const int ldx = K + 8, ldw = K / 8 + 4, ldy = F;
@@ -468,14 +471,16 @@ static void run_q4_swiglu(int M, int F, int K, int group, int slices, bool with_
         launch_slices(slices, blocks, [&] { kernel(px, pg, pu, sg, su, zg, zu, pbg, pbu, py, m_, f_, k_, g_, lx, lw, ly, early, pn, ep); });
     };
     if (stages8) { if (MT == 2) launch(decode_gemm_int4g_swiglu_bf16_m2_s8); else if (MT == 4) launch(decode_gemm_int4g_swiglu_bf16_m4_s8); else launch(decode_gemm_int4g_swiglu_bf16_m8_s8); }
+    else if (jb == 2 || (jb == 4 && MT == 2)) { if (MT == 2) launch(decode_gemm_int4g_swiglu_bf16_m2_j2); else if (MT == 4) launch(decode_gemm_int4g_swiglu_bf16_m4_j2); else launch(decode_gemm_int4g_swiglu_bf16_m8_j2); }
+    else if (jb == 4) { if (MT == 4) launch(decode_gemm_int4g_swiglu_bf16_m4_j4); else launch(decode_gemm_int4g_swiglu_bf16_m8_j4); }
     else if (MT == 2) launch(decode_gemm_int4g_swiglu_bf16_m2);
     else if (MT == 4) launch(decode_gemm_int4g_swiglu_bf16_m4);
     else launch(decode_gemm_int4g_swiglu_bf16_m8);
     std::vector<float> got((size_t)M * F);
     for (size_t i = 0; i < got.size(); i++) got[i] = to_f(y[i]);
     char name[120];
-    snprintf(name, sizeof name, "decode_gemm_int4g swiglu M=%d F=%d K=%d group=%d slices=%d bias=%d%s%s", M, F, K, group, slices,
-             with_bias ? 1 : 0, with_norm ? " norm" : "", stages8 ? " s8" : "");
+    snprintf(name, sizeof name, "decode_gemm_int4g swiglu M=%d F=%d K=%d group=%d slices=%d bias=%d%s%s%s", M, F, K, group, slices,
+             with_bias ? 1 : 0, with_norm ? " norm" : "", stages8 ? " s8" : "", jb == 2 ? " j2" : jb == 4 ? " j4" : "");
     check(name, e, got, 8e-3);
 }
 #endif
@@ -537,6 +542,17 @@ int main()
     run_q4(9, 129, 512, 64, 2, false, 1, true, false, true);     // MT 2, 4 k-tiles a slice of 8 stages
     run_q4(33, 130, 1024, 256, 1, false, 2, true, false, true);  // MT 8, 16 k-tiles, groups of 4 k-tiles, the addend
     run_q4_swiglu(17, 100, 2048, 128, 2, true, true, true);      // MT 4, 16 k-tiles a slice
+    // Two and four of x's n8 tiles at once (_j2, _j4): every MT (the 16-row kernel takes _j2 for both), normalized (each
+    // tile's squares in its own warp), a cluster, groups straddling slices.
+    run_q4(5, 100, 256, 128, 1, true, 0, true, false, false, 2);       // MT 2, j2
+    run_q4(9, 129, 512, 128, 1, false, 1, true, true, false, 4);       // MT 2 asked j4: the _j2 kernel; normalized
+    run_q4(17, 300, 512, 64, 4, true, 1, true, true, false, 2);        // MT 4, j2, normalized, 4 slices
+    run_q4(33, 130, 768, 256, 4, false, 1, true, false, false, 4);     // MT 8, j4, groups straddle slices
+    run_q4(64, 129, 1024, 128, 8, false, 2, true, true, false, 4);     // MT 8, j4, normalized, 8 slices, the addend
+    run_q4(64, 300, 2048, 128, 1, true, 0, true, false, false, 2);     // MT 8, j2, 32 k-tiles in one slice
+    run_q4_swiglu(17, 100, 256, 128, 1, true, false, false, 4);        // MT 4, j4
+    run_q4_swiglu(40, 130, 1024, 128, 8, false, true, false, 2);       // MT 8, j2, normalized, 8 slices
+    run_q4_swiglu(64, 64, 512, 64, 4, true, true, false, 4);           // MT 8, j4, normalized, 4 slices
 #endif
 #ifdef HOPPER
     run(64, 300, 1024, 2, true, 1.f, 1.f, true);   // 16 k-tiles in 2 slices, normalized, 3 row blocks
