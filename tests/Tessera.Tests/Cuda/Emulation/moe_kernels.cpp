@@ -127,6 +127,7 @@ static float uniform(std::mt19937& rng, float scale) { return std::uniform_real_
 struct ExpertWeight
 {
     std::vector<float> f;             // form 0
+    std::vector<bf16> h;              // form 0 in bf16 (the tensor-core products' weights)
     std::vector<signed char> q8;      // form 1
     std::vector<unsigned> q4;         // form 2: rows x cols / 8 words, column 8w + j in bits 4j .. 4j + 3
     std::vector<float> scales;        // forms 1 (a row) and 2 (a group)
@@ -135,7 +136,7 @@ struct ExpertWeight
     unsigned long long words[3] = {0, 0, 0};
 };
 
-static ExpertWeight draw_weight(std::mt19937& rng, int rows, int cols, int form, int group, float scale)
+static ExpertWeight draw_weight(std::mt19937& rng, int rows, int cols, int form, int group, float scale, bool half = false)
 {
     ExpertWeight w;
     w.ref.resize((size_t)rows * cols);
@@ -144,6 +145,12 @@ static ExpertWeight draw_weight(std::mt19937& rng, int rows, int cols, int form,
         w.f.resize(w.ref.size());
         for (size_t i = 0; i < w.f.size(); i++) w.ref[i] = w.f[i] = uniform(rng, scale);
         w.words[0] = (unsigned long long)(uintptr_t)w.f.data();
+        if (half)
+        {
+            w.h.resize(w.f.size());
+            for (size_t i = 0; i < w.h.size(); i++) { w.h[i] = from_f<bf16>(w.f[i]); w.ref[i] = to_f(w.h[i]); }
+            w.words[0] = (unsigned long long)(uintptr_t)w.h.data();
+        }
         return w;
     }
     std::uniform_int_distribution<int> byte(-127, 127), nibble(0, 15);
@@ -184,6 +191,32 @@ static ExpertWeight draw_weight(std::mt19937& rng, int rows, int cols, int form,
     return w;
 }
 
+// E experts' gate and up (F x C) and down (C x F) weights of `form` (bf16 for form 0 when `half`), O(2 / sqrt(K)) so the
+// hidden and output values stay O(1), and their table of addresses as the backends write it (3 words an expert for form 0,
+// 9 for the quantized forms: each weight's values, scales and zeros).
+struct Experts
+{
+    std::vector<ExpertWeight> gate, up, down;
+    std::vector<unsigned long long> table;
+};
+static Experts draw_experts(std::mt19937& rng, int E, int C, int F, int form, int group, bool half = false)
+{
+    Experts x;
+    int words = form == 0 ? 3 : 9;
+    x.table.resize((size_t)words * E);
+    float sc = 1.f / std::sqrt((float)C), sd = 1.f / std::sqrt((float)F);
+    for (int e = 0; e < E; e++)
+    {
+        x.gate.push_back(draw_weight(rng, F, C, form, group, 2.f * sc, half));
+        x.up.push_back(draw_weight(rng, F, C, form, group, 2.f * sc, half));
+        x.down.push_back(draw_weight(rng, C, F, form, group, 2.f * sd, half));
+        const ExpertWeight* parts[3] = { &x.gate[e], &x.up[e], &x.down[e] };
+        for (int part = 0; part < 3; part++)
+            for (int j = 0; j < words / 3; j++) x.table[(size_t)words * e + part * (words / 3) + j] = parts[part]->words[j];
+    }
+    return x;
+}
+
 // The whole device path: route, align, the experts' SwiGLU and down products, combine (with the shared expert when `shared`),
 // over experts of `form` (0 floating point, 1 int8, 2 int4 in groups of `group`, which may leave a shorter last group); x
 // `misaligned` by one float (the kernels' element-a-lane path, which the step's aligned buffers never take).
@@ -198,19 +231,9 @@ static void pipeline_case(int N, int E, int k, int C, int F, bool normalize, int
     for (auto& v : out) v = uniform(rng, 1.f);                 // the residual
     for (auto& v : sh) v = uniform(rng, 1.f);
     for (auto& v : gate) v = uniform(rng, 3.f);
-    std::vector<ExpertWeight> wg, wu, wd;
-    int words = form == 0 ? 3 : 9;
-    std::vector<unsigned long long> table((size_t)words * E);
-    float sc = 1.f / std::sqrt((float)C), sd = 1.f / std::sqrt((float)F);
-    for (int e = 0; e < E; e++)
-    {
-        wg.push_back(draw_weight(rng, F, C, form, group, 2.f * sc));
-        wu.push_back(draw_weight(rng, F, C, form, group, 2.f * sc));
-        wd.push_back(draw_weight(rng, C, F, form, group, 2.f * sd));
-        const ExpertWeight* parts[3] = { &wg[e], &wu[e], &wd[e] };
-        for (int part = 0; part < 3; part++)
-            for (int j = 0; j < words / 3; j++) table[(size_t)words * e + part * (words / 3) + j] = parts[part]->words[j];
-    }
+    auto experts = draw_experts(rng, E, C, F, form, group);
+    const auto &wg = experts.gate, &wu = experts.up, &wd = experts.down;
+    const auto& table = experts.table;
     std::vector<double> ref(out.begin(), out.end());
     for (int n = 0; n < N; n++)
     {
@@ -310,40 +333,9 @@ static void gemm_case(int N, int E, int k, int C, int F, int avoid, int slices, 
     auto z = draw_logits(N, E, false, avoid, seed);
     std::vector<bf16> x((size_t)N * C);
     for (auto& v : x) v = from_f<bf16>(uniform(rng, 1.f));
-    std::vector<ExpertWeight> wg, wu, wd;
-    std::vector<std::vector<bf16>> hg, hu, hd;                 // form 0's bf16 weights
-    int words = form == 0 ? 3 : 9;
-    std::vector<unsigned long long> table((size_t)words * E);
-    float sc = 1.f / std::sqrt((float)C), sd = 1.f / std::sqrt((float)F);
-    for (int e = 0; e < E; e++)
-    {
-        wg.push_back(draw_weight(rng, F, C, form, group, 2.f * sc));
-        wu.push_back(draw_weight(rng, F, C, form, group, 2.f * sc));
-        wd.push_back(draw_weight(rng, C, F, form, group, 2.f * sd));
-    }
-    if (form == 0)
-        for (auto* list : { &wg, &wu, &wd })
-        {
-            auto& halves = list == &wg ? hg : list == &wu ? hu : hd;
-            for (auto& w : *list)
-            {
-                std::vector<bf16> h(w.f.size());
-                for (size_t i = 0; i < h.size(); i++) { h[i] = from_f<bf16>(w.f[i]); w.ref[i] = to_f(h[i]); }
-                halves.push_back(std::move(h));
-            }
-        }
-    for (int e = 0; e < E; e++)
-    {
-        const ExpertWeight* parts[3] = { &wg[e], &wu[e], &wd[e] };
-        for (int part = 0; part < 3; part++)
-            for (int j = 0; j < words / 3; j++) table[(size_t)words * e + part * (words / 3) + j] = parts[part]->words[j];
-        if (form == 0)
-        {
-            table[3 * e] = (unsigned long long)(uintptr_t)hg[e].data();
-            table[3 * e + 1] = (unsigned long long)(uintptr_t)hu[e].data();
-            table[3 * e + 2] = (unsigned long long)(uintptr_t)hd[e].data();
-        }
-    }
+    auto experts = draw_experts(rng, E, C, F, form, group, /*half:*/ true);
+    const auto &wg = experts.gate, &wu = experts.up, &wd = experts.down;
+    const auto& table = experts.table;
     std::vector<int> ids((size_t)N * k), offsets(E + 1), slots((size_t)N * k);
     std::vector<float> w((size_t)N * k);
     int norm = 1, pairs = N * k;
