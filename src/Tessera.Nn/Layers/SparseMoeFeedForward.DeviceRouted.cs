@@ -22,7 +22,11 @@ public sealed partial class SparseMoeFeedForward
     /// host-routed path's tensor-core products over gathered blocks (and a prefill's sync per layer is cheap next to its
     /// work). 64 is also the bound of the backend's decode products.
     /// </summary>
-    public const int DeviceRoutingMaxRows = 64;
+    public const int DefaultDeviceRoutingMaxRows = 64;
+
+    /// <summary>The most rows a step may have for this layer's device path (<see cref="DefaultDeviceRoutingMaxRows"/> unless
+    /// set; the MoE timing report raises it to time prefill-size steps on the device path against the host's routing).</summary>
+    public int DeviceRoutingMaxRows { get; set; } = DefaultDeviceRoutingMaxRows;
 
     /// <summary>
     /// The largest expert, in weights of one of its three products (C x F'), that the device path takes by default where its

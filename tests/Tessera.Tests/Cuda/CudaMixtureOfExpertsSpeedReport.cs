@@ -19,7 +19,8 @@ namespace Tessera.Tests.Cuda;
 /// with bf16 and int4 weights (groups of 128), through the device-routed experts (<see cref="SparseMoeFeedForward"/>'s decode
 /// path, the step recorded as a CUDA graph) with the experts' products on tensor cores (moe.cu's <c>moe_gemm_*</c>, the
 /// default) and on CUDA cores (<see cref="CudaBackendOptions.MoeExpertTensorCores"/> off: <c>moe_expert_*</c>), and through the host's routing (<see cref="SparseMoeFeedForward.DeviceRouting"/>
-/// off: a read-back a layer, eager), in ms a step with the host, median of 10. Runs only when TESSERA_CUDA_TIMINGS=1 (and
+/// off: a read-back a layer, eager), in ms a step with the host, median of 10; and prefill-size steps of both paths
+/// (<see cref="MoeShapedPrefillDeviceAgainstHostRouting"/>). Runs only when TESSERA_CUDA_TIMINGS=1 (and
 /// TESSERA_MOE_SHAPES, a comma-separated list, picks shapes); the
 /// table goes to the test output and to moe-decode-timings.md beside $TESSERA_CUDA_TIMINGS_OUT. Not a test of speed: it fails
 /// only if a recorded step was expected and none was recorded, or the device path was not taken.
@@ -32,23 +33,9 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
     [InlineData("qwen3-30b-a3b")]
     public void MoeShapedDecodeStepsDeviceAgainstHostRouting(string shape)
     {
-        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS") != "1") Assert.Skip("timings run only with TESSERA_CUDA_TIMINGS=1");
-        if (Environment.GetEnvironmentVariable("TESSERA_MOE_SHAPES") is { Length: > 0 } only && !only.Split(',').Contains(shape))
-            Assert.Skip($"TESSERA_MOE_SHAPES={only} leaves out {shape}");
+        SkipUnlessAsked(shape);
         var gpu = Gpu;
-        var config = shape == "mixtral-8x7b"
-            ? new TransformerConfig
-            {
-                Family = ModelFamily.Llama, ModelType = "mixtral", VocabSize = 32000, MaxSequenceLength = 256, Layers = 2, Embedding = 4096,
-                Heads = 32, KvHeads = 8, Hidden = 14336, Experts = 8, ExpertsPerToken = 2, NormalizeExpertWeights = true, Bias = false,
-                TiedEmbeddings = false, RopeTheta = 1000000,
-            }
-            : new TransformerConfig
-            {
-                Family = ModelFamily.Llama, ModelType = "qwen3_moe", VocabSize = 151936, MaxSequenceLength = 256, Layers = 2, Embedding = 2048,
-                Heads = 32, ExplicitHeadSize = 128, KvHeads = 4, Hidden = 6144, ExpertHidden = 768, Experts = 128, ExpertsPerToken = 8,
-                NormalizeExpertWeights = true, Bias = false, QkNorm = true, TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
-            };
+        var config = Config(shape);
         int[] rowCounts = [1, 16, 64];
         // The device path on tensor cores (the default), on CUDA cores (a backend of its own with MoeExpertTensorCores off, and
         // its own copy of the model), and the host's routing.
@@ -99,5 +86,89 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
         Console.WriteLine($"[moe decode] {shape} shape, 2 layers, paged decode at 64+ positions\n" + table);
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT") is { Length: > 0 } path)
             File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", $"moe-decode-timings-{shape}.md"), table + "\n");
+    }
+
+    /// <summary>The report's two shapes, cut to two layers.</summary>
+    private static TransformerConfig Config(string shape) =>
+        shape == "mixtral-8x7b"
+            ? new TransformerConfig
+            {
+                Family = ModelFamily.Llama, ModelType = "mixtral", VocabSize = 32000, MaxSequenceLength = 256, Layers = 2, Embedding = 4096,
+                Heads = 32, KvHeads = 8, Hidden = 14336, Experts = 8, ExpertsPerToken = 2, NormalizeExpertWeights = true, Bias = false,
+                TiedEmbeddings = false, RopeTheta = 1000000,
+            }
+            : new TransformerConfig
+            {
+                Family = ModelFamily.Llama, ModelType = "qwen3_moe", VocabSize = 151936, MaxSequenceLength = 256, Layers = 2, Embedding = 2048,
+                Heads = 32, ExplicitHeadSize = 128, KvHeads = 4, Hidden = 6144, ExpertHidden = 768, Experts = 128, ExpertsPerToken = 8,
+                NormalizeExpertWeights = true, Bias = false, QkNorm = true, TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
+            };
+
+    /// <summary>Skips unless TESSERA_CUDA_TIMINGS=1 and TESSERA_MOE_SHAPES (when set) names <paramref name="shape"/>.</summary>
+    private static void SkipUnlessAsked(string shape)
+    {
+        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS") != "1") Assert.Skip("timings run only with TESSERA_CUDA_TIMINGS=1");
+        if (Environment.GetEnvironmentVariable("TESSERA_MOE_SHAPES") is { Length: > 0 } only && !only.Split(',').Contains(shape))
+            Assert.Skip($"TESSERA_MOE_SHAPES={only} leaves out {shape}");
+    }
+
+    /// <summary>
+    /// Prefill-size steps (4 and 16 prompts of 64 tokens: 256 and 1,024 rows in one step) of the same shapes in bf16 through
+    /// the device-routed experts (the layers' <see cref="SparseMoeFeedForward.DeviceRoutingMaxRows"/> raised past the step;
+    /// the tensor-core products take each expert's rows 64 at a time, reading its weights once a chunk) and through the host's
+    /// routing (the default past 64 rows: a read-back a layer, then each chosen expert's products on cuBLASLt), in ms a prefill
+    /// with the host (the prefill step, then one decode step), median of 3 fresh caches after a warm-up. The table goes to the
+    /// test output and to moe-prefill-timings-{shape}.md beside $TESSERA_CUDA_TIMINGS_OUT. Not a test of speed: it fails only
+    /// if a path was not the one asked for.
+    /// </summary>
+    [Theory]
+    [InlineData("mixtral-8x7b")]
+    [InlineData("qwen3-30b-a3b")]
+    public void MoeShapedPrefillDeviceAgainstHostRouting(string shape)
+    {
+        SkipUnlessAsked(shape);
+        var gpu = Gpu;
+        var config = Config(shape);
+        var model = new Transformer(config, gpu, DType.BF16) { ValidateInputs = false };
+        BenchmarkWeights.Initialize(model, seed: 2);
+        var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
+        var rows = new List<string>();
+        foreach (int prompts in new[] { 4, 16 })
+        {
+            var ms = new double[2];
+            foreach (bool device in new[] { true, false })
+            {
+                foreach (var l in layers) l.DeviceRoutingMaxRows = device ? 4096 : SparseMoeFeedForward.DefaultDeviceRoutingMaxRows;
+                double Prefill()
+                {
+                    using var cache = new PagedKvCache(gpu, DType.BF16, config.Layers, config.EffectiveKvHeads, config.HeadSize,
+                        new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 1L << 30 });
+                    var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = 4096 });
+                    using var runner = new PagedModelRunner(model, cache, 4096, 64, config.MaxSequenceLength, recordGraphs: false);
+                    for (int i = 0; i < prompts; i++) scheduler.Add(new Sequence(i, Enumerable.Range(0, 64).Select(j => (7 * i + 13 * j) % 32000).ToArray(), 256));
+                    gpu.Synchronize();
+                    long before = layers.Sum(l => l.DeviceRoutedForwards);
+                    var clock = System.Diagnostics.Stopwatch.StartNew();
+                    CudaPagedServingTests.PrefillAll(scheduler, runner, prompts);
+                    gpu.Synchronize();
+                    double elapsed = clock.Elapsed.TotalMilliseconds;
+                    long routed = layers.Sum(l => l.DeviceRoutedForwards) - before;
+                    // Device: the prefill step(s) and the decode step on the device path; host: only the decode step there.
+                    if (device) Assert.True(routed >= 2 * layers.Count, $"{routed} device-routed layer forwards for the prefill and a decode step");
+                    else Assert.Equal(layers.Count, routed);
+                    return elapsed;
+                }
+                Prefill();                                                          // warm-up: cuBLASLt's first-use tuning, kernels loaded
+                var times = Enumerable.Range(0, 3).Select(_ => Prefill()).Order().ToArray();
+                ms[device ? 0 : 1] = times[1];
+            }
+            rows.Add(string.Create(CultureInfo.InvariantCulture, $"| bf16 | {prompts} x 64 = {prompts * 64} | {ms[0]:F3} | {ms[1]:F3} | {ms[1] / ms[0]:F2} |"));
+        }
+        foreach (var l in layers) l.DeviceRoutingMaxRows = SparseMoeFeedForward.DefaultDeviceRoutingMaxRows;
+        string table = "| weights | prefill rows | device routing, tensor cores, ms | host routing, ms | host / device |\n|---|---:|---:|---:|---:|\n"
+            + string.Join("\n", rows);
+        Console.WriteLine($"[moe prefill] {shape} shape, 2 layers, one prefill step then one decode step\n" + table);
+        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT") is { Length: > 0 } path)
+            File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", $"moe-prefill-timings-{shape}.md"), table + "\n");
     }
 }

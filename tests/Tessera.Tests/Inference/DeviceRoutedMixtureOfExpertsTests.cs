@@ -82,7 +82,7 @@ public sealed class DeviceRoutedMixtureOfExpertsTests
         const int steps = 8;
         int[] prompt = [3, 14, 15, 9, 2];
         Assert.True(model.RoutesExpertsOnDevice(1));
-        Assert.False(model.RoutesExpertsOnDevice(SparseMoeFeedForward.DeviceRoutingMaxRows + 1));
+        Assert.False(model.RoutesExpertsOnDevice(SparseMoeFeedForward.DefaultDeviceRoutingMaxRows + 1));
 
         List<double[]> Decode(bool onDevice, IReadOnlyList<int>? tokens, List<int> chosen)
         {
@@ -175,7 +175,7 @@ public sealed class DeviceRoutedMixtureOfExpertsTests
     }
 
     /// <summary>
-    /// A step of more than <see cref="SparseMoeFeedForward.DeviceRoutingMaxRows"/> rows (a 70-token prefill) keeps the host
+    /// A step of more than <see cref="SparseMoeFeedForward.DefaultDeviceRoutingMaxRows"/> rows (a 70-token prefill) keeps the host
     /// routing and the decode steps after it take the device path; the logits of both equal the host path's within 1e-12
     /// (as above).
     /// </summary>
