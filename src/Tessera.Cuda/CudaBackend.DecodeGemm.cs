@@ -143,7 +143,11 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private (string File, string Prefix, uint Shared) DecodeGemmKernel(int mt) => UsesHopperDecodeProducts
         ? ("decode_gemm_hopper.cu", "decode_gemm_hopper", (uint)(1024 + DecodeGemmStages * ((DecodeGemmBlockRows + 8 * mt) * DecodeGemmTile * 2 + 1024)))
-        : ("decode_gemm.cu", "decode_gemm", (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2));
+        : ("decode_gemm.cu", "decode_gemm", DecodeGemmShared(mt));
+
+    /// <summary>Dynamic shared memory of decode_gemm.cu's 16-bit form (and moe.cu's tensor-core experts over 16-bit weights) for x
+    /// of 8 <paramref name="mt"/> rows: 4 stages of 128 W rows, x's rows and the norm weight, 64 columns each.</summary>
+    private static uint DecodeGemmShared(int mt) => (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * mt + 1) * DecodeGemmTile * 2);
 
     private bool? _hopperDecodeProducts;
     private string? _hopperDecodeProductsError;

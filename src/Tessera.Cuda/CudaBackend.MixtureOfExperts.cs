@@ -153,7 +153,7 @@ public sealed unsafe partial class CudaBackend
     private void LaunchMoeGemm(string kernel, MoeExpertWeights experts, int pairs, int blocks, int inputs, void** args)
     {
         int slices = DecodeGemmSlices(blocks * Math.Min(experts.Experts, pairs), inputs / DecodeGemmTile);
-        uint shared = !experts.IsQuantized ? (uint)(DecodeGemmStages * (DecodeGemmBlockRows + 8 * 8 + 1) * DecodeGemmTile * 2)
+        uint shared = !experts.IsQuantized ? DecodeGemmShared(8)
             : experts.IsInt4 ? DecodeGemmInt4Shared(8, groupSums: true, DecodeGemmStages) : DecodeGemmQuantizedShared(8);
         // Not dependent: the kernels read the alignment's offsets and slots before decode_gemm's pdl_wait.
         Launch("moe.cu", kernel, ((uint)slices, (uint)blocks, (uint)experts.Experts), DecodeGemmThreads, args, shared, dependent: false, clusterX: (uint)slices);
