@@ -31,20 +31,25 @@ public sealed unsafe partial class CudaBackend : IAsyncReadback
         RequireContiguous("CopyFromHost", "destination", destination);
         if (source.Length != destination.NumElements)
             throw new ArgumentException($"CudaBackend.CopyFromHost: {source.Length} values for a tensor of {destination.NumElements} elements {destination.Shape}");
-        var bytes = MemoryMarshal.AsBytes(source);
         ulong dst = Ptr(destination);
-        for (long done = 0; done < bytes.Length;)
+        // By whole elements, a staging buffer at a time: a tensor of 2 GiB or more has more bytes than a span can count.
+        int perChunk = StagingElements<T>();
+        for (int done = 0; done < source.Length;)
         {
-            long chunk = Math.Min(bytes.Length - done, MaxStagingBytes);
-            var staging = Staging(chunk);
-            bytes.Slice((int)done, (int)chunk).CopyTo(staging);
+            int count = Math.Min(source.Length - done, perChunk);
+            var bytes = MemoryMarshal.AsBytes(source.Slice(done, count));
+            var staging = Staging(bytes.Length);
+            bytes.CopyTo(staging);
             Profiler?.Begin("memcpy host->device");
-            Check(cuMemcpyHtoDAsync(dst + (ulong)done, _pinned, (nuint)chunk, Stream.Handle), "cuMemcpyHtoDAsync");
+            Check(cuMemcpyHtoDAsync(dst + (ulong)done * (ulong)sizeof(T), _pinned, (nuint)bytes.Length, Stream.Handle), "cuMemcpyHtoDAsync");
             Profiler?.End();
             Check(cuEventRecord(_stagingDone, Stream.Handle), "cuEventRecord");
-            done += chunk;
+            done += count;
         }
     }
+
+    /// <summary>How many values of <typeparamref name="T"/> one staging buffer holds (its 64 MiB).</summary>
+    private static int StagingElements<T>() where T : unmanaged => (int)(MaxStagingBytes / sizeof(T));
 
     /// <inheritdoc/>
     /// <remarks>Pinned memory of its own (not the staging buffer that <see cref="CopyToHost{T}"/> waits on).</remarks>
@@ -69,16 +74,17 @@ public sealed unsafe partial class CudaBackend : IAsyncReadback
         }
         try
         {
-            var bytes = MemoryMarshal.AsBytes(destination);
             ulong src = Ptr(source);
-            for (long done = 0; done < bytes.Length;)
+            int perChunk = StagingElements<T>();
+            for (int done = 0; done < destination.Length;)
             {
-                long chunk = Math.Min(bytes.Length - done, MaxStagingBytes);
-                var staging = Staging(chunk);
-                Check(cuMemcpyDtoHAsync(_pinned, src + (ulong)done, (nuint)chunk, Stream.Handle), "cuMemcpyDtoHAsync");
+                int count = Math.Min(destination.Length - done, perChunk);
+                var bytes = MemoryMarshal.AsBytes(destination.Slice(done, count));
+                var staging = Staging(bytes.Length);
+                Check(cuMemcpyDtoHAsync(_pinned, src + (ulong)done * (ulong)sizeof(T), (nuint)bytes.Length, Stream.Handle), "cuMemcpyDtoHAsync");
                 Stream.Synchronize();
-                staging.CopyTo(bytes.Slice((int)done, (int)chunk));
-                done += chunk;
+                staging.CopyTo(bytes);
+                done += count;
             }
         }
         finally

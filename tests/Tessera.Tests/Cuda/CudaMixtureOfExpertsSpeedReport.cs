@@ -3,6 +3,7 @@ using Tessera.Cuda;
 using Tessera.Inference.Paging;
 using Tessera.Inference.Scheduling;
 using Tessera.Models;
+using Tessera.Nn;
 using Tessera.Nn.Layers;
 using Tessera.Nn.Quantization;
 using Tessera.Tensors;
@@ -13,9 +14,11 @@ namespace Tessera.Tests.Cuda;
 
 /// <summary>
 /// Paged decode steps of a Mixtral-8x7B-shaped model cut to two layers (C 4096, 32 heads, 8 KV heads, 8 experts of 14,336,
-/// top 2, vocabulary 32,000) and of a Qwen3-30B-A3B-shaped one (C 2048, 32 heads of 128, 4 KV heads, 128 experts of 768, top
-/// 8, vocabulary 151,936; the two sides of <see cref="SparseMoeFeedForward.DefaultDeviceRoutingMaxExpertWeights"/>;
-/// BenchmarkWeights' random weights, so the router spreads the rows) at 1, 16 and 64 sequences,
+/// top 2, vocabulary 32,000), of a Qwen2-57B-A14B-shaped one (C 3584, 28 heads, 4 KV heads, 64 experts of 2,560, top 8, a
+/// gated shared expert of 20,480) and of a Qwen3-30B-A3B-shaped one (C 2048, 32 heads of 128, 4 KV heads, 128 experts of 768,
+/// top 8, vocabulary 151,936; Mixtral and Qwen3 lie on the two sides of
+/// <see cref="SparseMoeFeedForward.DefaultDeviceRoutingMaxExpertWeights"/>; BenchmarkWeights' random weights, so the router
+/// spreads the rows) at 1, 16 and 64 sequences,
 /// with bf16 and int4 weights (groups of 128), through the device-routed experts (<see cref="SparseMoeFeedForward"/>'s decode
 /// path, the step recorded as a CUDA graph) with the experts' products on tensor cores (moe.cu's <c>moe_gemm_*</c>, the
 /// default) and on CUDA cores (<see cref="CudaBackendOptions.MoeExpertTensorCores"/> off: <c>moe_expert_*</c>), and through the host's routing (<see cref="SparseMoeFeedForward.DeviceRouting"/>
@@ -30,6 +33,7 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
 {
     [Theory]
     [InlineData("mixtral-8x7b")]
+    [InlineData("qwen2-57b-a14b")]
     [InlineData("qwen3-30b-a3b")]
     public void MoeShapedDecodeStepsDeviceAgainstHostRouting(string shape)
     {
@@ -48,6 +52,7 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
             {
                 var model = quantization == WeightQuantization.None ? new Transformer(config, backend, DType.BF16)
                     : PretrainedModel.Quantized(config, backend, DType.BF16, quantization: quantization);
+                using var release = new WeightsRelease(model);       // before the next model: the shapes' weights do not fit twice
                 model.ValidateInputs = false;
                 BenchmarkWeights.Initialize(model, seed: 2);
                 var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
@@ -88,21 +93,42 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
             File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", $"moe-decode-timings-{shape}.md"), table + "\n");
     }
 
-    /// <summary>The report's two shapes, cut to two layers.</summary>
-    private static TransformerConfig Config(string shape) =>
-        shape == "mixtral-8x7b"
-            ? new TransformerConfig
+    /// <summary>The report's three shapes, cut to two layers.</summary>
+    private static TransformerConfig Config(string shape) => shape switch
+    {
+        "mixtral-8x7b" => new TransformerConfig
             {
                 Family = ModelFamily.Llama, ModelType = "mixtral", VocabSize = 32000, MaxSequenceLength = 256, Layers = 2, Embedding = 4096,
                 Heads = 32, KvHeads = 8, Hidden = 14336, Experts = 8, ExpertsPerToken = 2, NormalizeExpertWeights = true, Bias = false,
                 TiedEmbeddings = false, RopeTheta = 1000000,
-            }
-            : new TransformerConfig
+            },
+        // Qwen2-57B-A14B: 64 experts of 2,560 (9.2 Mi weights a product, between the other two), top 8, the weights left as the
+        // router's probabilities, and a gated shared expert of 20,480.
+        "qwen2-57b-a14b" => new TransformerConfig
+            {
+                Family = ModelFamily.Llama, ModelType = "qwen2_moe", VocabSize = 151936, MaxSequenceLength = 256, Layers = 2, Embedding = 3584,
+                Heads = 28, KvHeads = 4, Hidden = 18944, ExpertHidden = 2560, Experts = 64, ExpertsPerToken = 8, SharedExpertHidden = 20480,
+                SharedExpertGated = true, Bias = false, AttentionBias = true, TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
+            },
+        "qwen3-30b-a3b" => new TransformerConfig
             {
                 Family = ModelFamily.Llama, ModelType = "qwen3_moe", VocabSize = 151936, MaxSequenceLength = 256, Layers = 2, Embedding = 2048,
                 Heads = 32, ExplicitHeadSize = 128, KvHeads = 4, Hidden = 6144, ExpertHidden = 768, Experts = 128, ExpertsPerToken = 8,
                 NormalizeExpertWeights = true, Bias = false, QkNorm = true, TiedEmbeddings = false, RopeTheta = 1000000, NormEpsilon = 1e-6,
-            };
+            },
+        _ => throw new ArgumentException($"no MoE report shape '{shape}'", nameof(shape)),
+    };
+
+    /// <summary>Frees a model's weights on the device when disposed (the arena, or a quantized model's storage), so that each
+    /// shape's cases start from the memory the previous ones held and not from what the garbage collector has yet to see.</summary>
+    private sealed class WeightsRelease(Transformer model) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (model.Layout.Storage is ParameterArena arena) arena.Release();
+            else (model.Layout.Storage as IDisposable)?.Dispose();
+        }
+    }
 
     /// <summary>Skips unless TESSERA_CUDA_TIMINGS=1 and TESSERA_MOE_SHAPES (when set) names <paramref name="shape"/>.</summary>
     private static void SkipUnlessAsked(string shape)
@@ -113,7 +139,7 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
     }
 
     /// <summary>
-    /// Prefill-size steps (4 and 16 prompts of 64 tokens: 256 and 1,024 rows in one step) of the same shapes in bf16 through
+    /// Prefill-size steps (4, 16, 32 and 64 prompts of 64 tokens: 256 to 4,096 rows in one step) of the same shapes in bf16 through
     /// the device-routed experts (the layers' <see cref="SparseMoeFeedForward.DeviceRoutingMaxRows"/> raised past the step;
     /// the tensor-core products take each expert's rows 64 at a time, reading its weights once a chunk) and through the host's
     /// routing (the default past 64 rows: a read-back a layer, then each chosen expert's products on cuBLASLt), in ms a prefill
@@ -123,6 +149,7 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
     /// </summary>
     [Theory]
     [InlineData("mixtral-8x7b")]
+    [InlineData("qwen2-57b-a14b")]
     [InlineData("qwen3-30b-a3b")]
     public void MoeShapedPrefillDeviceAgainstHostRouting(string shape)
     {
@@ -130,10 +157,11 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
         var gpu = Gpu;
         var config = Config(shape);
         var model = new Transformer(config, gpu, DType.BF16) { ValidateInputs = false };
+        using var release = new WeightsRelease(model);
         BenchmarkWeights.Initialize(model, seed: 2);
         var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
         var rows = new List<string>();
-        foreach (int prompts in new[] { 4, 16 })
+        foreach (int prompts in new[] { 4, 16, 32, 64 })
         {
             var ms = new double[2];
             foreach (bool device in new[] { true, false })
