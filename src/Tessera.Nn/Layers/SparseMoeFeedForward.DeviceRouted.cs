@@ -4,7 +4,8 @@ namespace Tessera.Nn.Layers;
 
 /// <summary>
 /// Inference's device-routed path (<see cref="IBackend.MoeRoute"/> and its family): for a decode-size step (at most
-/// <see cref="DeviceRoutingMaxRows"/> rows) the router's logits never leave the device. The softmax and top-k write each
+/// <see cref="DeviceRoutingMaxRows"/> rows; prefill-size steps too where the experts are narrow and run on tensor cores) the
+/// router's logits never leave the device. The softmax and top-k write each
 /// row's k experts and weights, the alignment each expert's slots, one launch over a fixed grid of E experts runs every
 /// expert's SwiGLU on its rows and one its down product, and the combine adds the weighted outputs (and Qwen2-MoE's gated
 /// shared expert) onto the residual in slot order. Nothing is read back, so such a step can be recorded as a CUDA graph.
@@ -15,18 +16,45 @@ namespace Tessera.Nn.Layers;
 public sealed partial class SparseMoeFeedForward
 {
     /// <summary>
-    /// The most rows a step may have for the device path (64): decode steps and small verification steps. The experts'
-    /// products read each weight once for every 64 of an expert's rows on tensor cores (CUDA, BF16 or F16 rows), or once for
-    /// every 8 on CUDA cores (CUDA's F32 rows and other widths; see <see cref="DefaultDeviceRoutingMaxExpertWeights"/>); past
-    /// a few dozen rows an expert's rows are better served by the
-    /// host-routed path's tensor-core products over gathered blocks (and a prefill's sync per layer is cheap next to its
-    /// work). 64 is also the bound of the backend's decode products.
+    /// The most rows a step may have for the device path where its experts are wide (past
+    /// <see cref="DeviceRoutingMaxExpertWeights"/>) or run off tensor cores: 64, decode steps and small verification steps.
+    /// The experts' products read each weight once for every 64 of an expert's rows on tensor cores, or once for every 8 on
+    /// CUDA cores (CUDA's F32 rows and other widths); past a few dozen rows a wide expert's rows are better served by the
+    /// host-routed path's cuBLASLt products over gathered blocks (and a prefill's sync per layer is cheap next to its work):
+    /// on the H100 (session 37, <c>CudaMixtureOfExpertsSpeedReport</c>, Mixtral-8x7B's experts, two layers) the device path
+    /// took 0.93-0.97x the host's speed at 256 rows and 0.47x at 4,096. 64 is also the bound of the backend's decode products.
     /// </summary>
     public const int DefaultDeviceRoutingMaxRows = 64;
 
-    /// <summary>The most rows a step may have for this layer's device path (<see cref="DefaultDeviceRoutingMaxRows"/> unless
-    /// set; the MoE timing report raises it to time prefill-size steps on the device path against the host's routing).</summary>
-    public int DeviceRoutingMaxRows { get; set; } = DefaultDeviceRoutingMaxRows;
+    /// <summary>
+    /// The most rows a step may have for the device path where the experts are narrow (at most
+    /// <see cref="DeviceRoutingMaxExpertWeights"/> weights a product) and run on tensor cores
+    /// (<see cref="MoeExpertWeights.AtWeightBandwidth"/>): 4,096, the largest prefill step measured. There the host path's
+    /// cost grows with the experts a step chooses (a read-back, then three launches an expert), which fine-grained models have
+    /// by the dozen, while the device path's grid takes every expert at once: on the H100 (session 37, two layers, 256 to
+    /// 4,096 rows in one step) the device path was 5.1-6.8x faster at Qwen3-30B-A3B's shape (128 experts of 768, top 8) and
+    /// 1.5-2.2x at Qwen2-57B-A14B's (64 experts of 2,560, top 8, 9.2 Mi weights a product).
+    /// </summary>
+    public const int DefaultNarrowExpertDeviceRoutingMaxRows = 4096;
+
+    /// <summary>The most rows a step may have for this layer's device path; null (the default) for the bound its experts'
+    /// width sets (<see cref="DefaultNarrowExpertDeviceRoutingMaxRows"/> or <see cref="DefaultDeviceRoutingMaxRows"/>; see
+    /// <see cref="DefaultRowBound"/>). The MoE timing report sets it to time each path at every step size.</summary>
+    public int? DeviceRoutingMaxRows { get; set; }
+
+    /// <summary>The default bound on a device-routed step's rows: <see cref="DefaultNarrowExpertDeviceRoutingMaxRows"/> for
+    /// experts of at most <paramref name="maxExpertWeights"/> weights a product whose products run on tensor cores at the
+    /// rows' dtype, <see cref="DefaultDeviceRoutingMaxRows"/> otherwise.</summary>
+    public static int DefaultRowBound(long expertWeights, long maxExpertWeights, bool onTensorCores) =>
+        expertWeights <= maxExpertWeights && onTensorCores ? DefaultNarrowExpertDeviceRoutingMaxRows : DefaultDeviceRoutingMaxRows;
+
+    /// <summary>The bound on a device-routed step's rows of <paramref name="dtype"/> for these experts
+    /// (<see cref="DeviceRoutingMaxRows"/> where set).</summary>
+    private int RowBound(MoeExpertWeights experts, DType dtype) =>
+        DeviceRoutingMaxRows ?? DefaultRowBound(ExpertWeights, DeviceRoutingMaxExpertWeights, experts.AtWeightBandwidth(dtype));
+
+    /// <summary>Weights in one of an expert's three products (C x F').</summary>
+    private long ExpertWeights => Experts[0].Gate.Weight.Shape.NumElements;
 
     /// <summary>
     /// The largest expert, in weights of one of its three products (C x F'), that the device path takes by default where its
@@ -63,18 +91,18 @@ public sealed partial class SparseMoeFeedForward
     /// reads nothing back and may be recorded: the layer is a plain mixture of experts on one device (no tensor or expert
     /// parallelism, no served adapters, experts of plain products: floating-point in the rows' dtype, or all int8 or all int4
     /// without an input order) whose backend has the ops for the rows' dtype, its experts are narrow enough or run at the
-    /// weights' bandwidth there (<see cref="WidthAllows"/>), and <paramref name="rows"/> is at most
-    /// <see cref="DeviceRoutingMaxRows"/>. Prepares the experts' table of weights on first call (one small upload; call it
+    /// weights' bandwidth there (<see cref="WidthAllows"/>), and <paramref name="rows"/> is within the bound their width sets
+    /// (<see cref="RowBound"/>). Prepares the experts' table of weights on first call (one small upload; call it
     /// outside a recorded graph).
     /// </summary>
     public bool RoutesOnDevice(int rows, DType dtype) =>
-        rows <= DeviceRoutingMaxRows && DeviceExperts() is { } experts && experts.TakesRows(dtype) && WidthAllows(experts, dtype);
+        DeviceExperts() is { } experts && experts.TakesRows(dtype) && WidthAllows(experts, dtype) && rows <= RowBound(experts, dtype);
 
     /// <summary>Whether the experts' width lets rows of <paramref name="dtype"/> take the device path: experts of at most
     /// <see cref="DeviceRoutingMaxExpertWeights"/> weights a product, or any width where the backend runs them at the weights'
     /// bandwidth (<see cref="MoeExpertWeights.AtWeightBandwidth"/>: CUDA's tensor-core expert products).</summary>
     private bool WidthAllows(MoeExpertWeights experts, DType dtype) =>
-        Experts[0].Gate.Weight.Shape.NumElements <= DeviceRoutingMaxExpertWeights || experts.AtWeightBandwidth(dtype);
+        ExpertWeights <= DeviceRoutingMaxExpertWeights || experts.AtWeightBandwidth(dtype);
 
     /// <summary>The experts' weights as the device ops read them, prepared once; null when the device path is not for this layer.</summary>
     private MoeExpertWeights? DeviceExperts()
@@ -114,9 +142,8 @@ public sealed partial class SparseMoeFeedForward
     /// <paramref name="output"/> (N, C); false, having done nothing, when the step is not for the device path.</summary>
     private bool TryRunOnDevice(in PassContext ctx, Tensor x, Tensor output)
     {
-        if (x.Rank != 2 || x.Size(0) > DeviceRoutingMaxRows) return false;
-        var experts = DeviceExperts();
-        if (experts is null || !experts.TakesRows(x.DType) || !WidthAllows(experts, x.DType) || !x.IsContiguous || !output.IsContiguous) return false;
+        if (x.Rank != 2 || !x.IsContiguous || !output.IsContiguous || !RoutesOnDevice(x.Size(0), x.DType)) return false;
+        var experts = DeviceExperts()!;
         var backend = x.Backend;
         int n = x.Size(0), c = x.Size(1), k = ExpertsPerToken, e = ExpertCount;
         var logits = Router.Forward(ctx, x);                                                        // (N, E)

@@ -139,13 +139,14 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
     }
 
     /// <summary>
-    /// Prefill-size steps (4, 16, 32 and 64 prompts of 64 tokens: 256 to 4,096 rows in one step) of the same shapes in bf16 through
-    /// the device-routed experts (the layers' <see cref="SparseMoeFeedForward.DeviceRoutingMaxRows"/> raised past the step;
-    /// the tensor-core products take each expert's rows 64 at a time, reading its weights once a chunk) and through the host's
-    /// routing (the default past 64 rows: a read-back a layer, then each chosen expert's products on cuBLASLt), in ms a prefill
-    /// with the host (the prefill step, then one decode step), median of 3 fresh caches after a warm-up. The table goes to the
-    /// test output and to moe-prefill-timings-{shape}.md beside $TESSERA_CUDA_TIMINGS_OUT. Not a test of speed: it fails only
-    /// if a path was not the one asked for.
+    /// Prefill-size steps (4, 16, 32 and 64 prompts of 64 tokens: 256 to 4,096 rows in one step) of the same shapes with bf16
+    /// and int4 weights (groups of 128) through the device-routed experts (the layers' <see cref="SparseMoeFeedForward.DeviceRoutingMaxRows"/>
+    /// raised past the step; the tensor-core products take each expert's rows 64 at a time, reading its weights once a chunk)
+    /// and through the host's routing (the bound set to 64: a read-back a layer, then each chosen expert's products), in ms a
+    /// prefill with the host (the prefill step, then one decode step), median of 3 fresh caches after a warm-up, beside the path
+    /// the default bound takes (<see cref="SparseMoeFeedForward.DefaultRowBound"/>). The table goes to the test output and to
+    /// moe-prefill-timings-{shape}.md beside $TESSERA_CUDA_TIMINGS_OUT. Not a test of speed: it fails only if a path was not
+    /// the one asked for.
     /// </summary>
     [Theory]
     [InlineData("mixtral-8x7b")]
@@ -156,44 +157,52 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
         SkipUnlessAsked(shape);
         var gpu = Gpu;
         var config = Config(shape);
-        var model = new Transformer(config, gpu, DType.BF16) { ValidateInputs = false };
-        using var release = new WeightsRelease(model);
-        BenchmarkWeights.Initialize(model, seed: 2);
-        var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
         var rows = new List<string>();
-        foreach (int prompts in new[] { 4, 16, 32, 64 })
+        foreach (var quantization in new[] { WeightQuantization.None, WeightQuantization.Int4 })
         {
-            var ms = new double[2];
-            foreach (bool device in new[] { true, false })
+            var model = quantization == WeightQuantization.None ? new Transformer(config, gpu, DType.BF16)
+                : PretrainedModel.Quantized(config, gpu, DType.BF16, quantization: quantization);
+            using var release = new WeightsRelease(model);
+            model.ValidateInputs = false;
+            BenchmarkWeights.Initialize(model, seed: 2);
+            var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
+            foreach (int prompts in new[] { 4, 16, 32, 64 })
             {
-                foreach (var l in layers) l.DeviceRoutingMaxRows = device ? 4096 : SparseMoeFeedForward.DefaultDeviceRoutingMaxRows;
-                double Prefill()
+                var ms = new double[2];
+                foreach (var l in layers) l.DeviceRoutingMaxRows = null;
+                string byDefault = model.RoutesExpertsOnDevice(prompts * 64) ? "device" : "host";
+                foreach (bool device in new[] { true, false })
                 {
-                    using var cache = new PagedKvCache(gpu, DType.BF16, config.Layers, config.EffectiveKvHeads, config.HeadSize,
-                        new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 1L << 30 });
-                    var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = 4096 });
-                    using var runner = new PagedModelRunner(model, cache, 4096, 64, config.MaxSequenceLength, recordGraphs: false);
-                    for (int i = 0; i < prompts; i++) scheduler.Add(new Sequence(i, Enumerable.Range(0, 64).Select(j => (7 * i + 13 * j) % 32000).ToArray(), 256));
-                    gpu.Synchronize();
-                    long before = layers.Sum(l => l.DeviceRoutedForwards);
-                    var clock = System.Diagnostics.Stopwatch.StartNew();
-                    CudaPagedServingTests.PrefillAll(scheduler, runner, prompts);
-                    gpu.Synchronize();
-                    double elapsed = clock.Elapsed.TotalMilliseconds;
-                    long routed = layers.Sum(l => l.DeviceRoutedForwards) - before;
-                    // Device: the prefill step(s) and the decode step on the device path; host: only the decode step there.
-                    if (device) Assert.True(routed >= 2 * layers.Count, $"{routed} device-routed layer forwards for the prefill and a decode step");
-                    else Assert.Equal(layers.Count, routed);
-                    return elapsed;
+                    foreach (var l in layers) l.DeviceRoutingMaxRows = device ? 4096 : SparseMoeFeedForward.DefaultDeviceRoutingMaxRows;
+                    double Prefill()
+                    {
+                        using var cache = new PagedKvCache(gpu, DType.BF16, config.Layers, config.EffectiveKvHeads, config.HeadSize,
+                            new PagedKvCacheOptions { BlockSize = 16, MemoryBytes = 1L << 30 });
+                        var scheduler = new Scheduler(cache, new SchedulerOptions { MaxBatch = 64, TokenBudget = 4096 });
+                        using var runner = new PagedModelRunner(model, cache, 4096, 64, config.MaxSequenceLength, recordGraphs: false);
+                        for (int i = 0; i < prompts; i++) scheduler.Add(new Sequence(i, Enumerable.Range(0, 64).Select(j => (7 * i + 13 * j) % 32000).ToArray(), 256));
+                        gpu.Synchronize();
+                        long before = layers.Sum(l => l.DeviceRoutedForwards);
+                        var clock = System.Diagnostics.Stopwatch.StartNew();
+                        CudaPagedServingTests.PrefillAll(scheduler, runner, prompts);
+                        gpu.Synchronize();
+                        double elapsed = clock.Elapsed.TotalMilliseconds;
+                        long routed = layers.Sum(l => l.DeviceRoutedForwards) - before;
+                        // Device: the prefill step(s) and the decode step on the device path; host: only the decode step there.
+                        if (device) Assert.True(routed >= 2 * layers.Count, $"{routed} device-routed layer forwards for the prefill and a decode step");
+                        else Assert.Equal(layers.Count, routed);
+                        return elapsed;
+                    }
+                    Prefill();                                                          // warm-up: cuBLASLt's first-use tuning, kernels loaded
+                    var times = Enumerable.Range(0, 3).Select(_ => Prefill()).Order().ToArray();
+                    ms[device ? 0 : 1] = times[1];
                 }
-                Prefill();                                                          // warm-up: cuBLASLt's first-use tuning, kernels loaded
-                var times = Enumerable.Range(0, 3).Select(_ => Prefill()).Order().ToArray();
-                ms[device ? 0 : 1] = times[1];
+                foreach (var l in layers) l.DeviceRoutingMaxRows = null;
+                rows.Add(string.Create(CultureInfo.InvariantCulture,
+                    $"| {(quantization == WeightQuantization.None ? "bf16" : "int4, groups of 128")} | {prompts} x 64 = {prompts * 64} | {ms[0]:F3} | {ms[1]:F3} | {ms[1] / ms[0]:F2} | {byDefault} |"));
             }
-            rows.Add(string.Create(CultureInfo.InvariantCulture, $"| bf16 | {prompts} x 64 = {prompts * 64} | {ms[0]:F3} | {ms[1]:F3} | {ms[1] / ms[0]:F2} |"));
         }
-        foreach (var l in layers) l.DeviceRoutingMaxRows = SparseMoeFeedForward.DefaultDeviceRoutingMaxRows;
-        string table = "| weights | prefill rows | device routing, tensor cores, ms | host routing, ms | host / device |\n|---|---:|---:|---:|---:|\n"
+        string table = "| weights | prefill rows | device routing, tensor cores, ms | host routing, ms | host / device | the default bound's path |\n|---|---:|---:|---:|---:|---|\n"
             + string.Join("\n", rows);
         Console.WriteLine($"[moe prefill] {shape} shape, 2 layers, one prefill step then one decode step\n" + table);
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT") is { Length: > 0 } path)

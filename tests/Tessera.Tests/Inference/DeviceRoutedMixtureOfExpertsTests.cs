@@ -207,6 +207,21 @@ public sealed class DeviceRoutedMixtureOfExpertsTests
     }
 
     /// <summary>
+    /// The default bound on a device-routed step's rows: prefill-size steps (4,096 rows) only where the experts are narrow (at
+    /// most the width bound, inclusive) and their products run on tensor cores; 64 for wider experts, and for any width off
+    /// tensor cores (the CPU, whose experts never say they run at the weights' bandwidth, keeps 64: see
+    /// <see cref="StepsAboveTheRowBoundRouteOnTheHost"/>).
+    /// </summary>
+    [Theory]
+    [InlineData(1_572_864, true, SparseMoeFeedForward.DefaultNarrowExpertDeviceRoutingMaxRows)]     // Qwen3-30B-A3B's experts
+    [InlineData(16L << 20, true, SparseMoeFeedForward.DefaultNarrowExpertDeviceRoutingMaxRows)]     // at the width bound
+    [InlineData((16L << 20) + 1, true, SparseMoeFeedForward.DefaultDeviceRoutingMaxRows)]
+    [InlineData(58_720_256, true, SparseMoeFeedForward.DefaultDeviceRoutingMaxRows)]                // Mixtral-8x7B's
+    [InlineData(1_572_864, false, SparseMoeFeedForward.DefaultDeviceRoutingMaxRows)]
+    public void TheRowBoundFollowsTheExpertsWidthAndTensorCores(long expertWeights, bool onTensorCores, int expected) =>
+        Assert.Equal(expected, SparseMoeFeedForward.DefaultRowBound(expertWeights, SparseMoeFeedForward.DefaultDeviceRoutingMaxExpertWeights, onTensorCores));
+
+    /// <summary>
     /// Experts wider than <see cref="SparseMoeFeedForward.DeviceRoutingMaxExpertWeights"/> (C x F' weights a product) keep
     /// the host routing: at the experts' own size a decode step takes the device path, one weight below it the host path
     /// (the device path's counter does not move, <see cref="Transformer.RoutesExpertsOnDevice"/> says no), and the logits
