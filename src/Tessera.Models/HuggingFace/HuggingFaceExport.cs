@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Tessera.Models.Safetensors;
@@ -102,7 +101,7 @@ public static class HuggingFaceExport
             var writer = new SafetensorsWriter();
             writer.Metadata["format"] = "pt";
             foreach (var (name, t) in map.ToHuggingFace(map.Entries.Where(e => e.Sources.Any(src => shardOf[src.Name] == s)), canonical))
-                if (shardOf[name] == s) writer.Add(name, dtype, t.Shape, Encode(t.Data, dtype));
+                if (shardOf[name] == s) Add(writer, name, dtype, t.Shape, t.Data);
             writer.Write(Path.Combine(directory, FileName(s)));
         }
         if (shards > 1)
@@ -114,13 +113,17 @@ public static class HuggingFaceExport
         }
     }
 
-    private static byte[] Encode(float[] data, DType dtype) => dtype switch
+    /// <summary>Adds F32 values to the writer in <paramref name="dtype"/> (rounded to nearest even for BF16 and F16).</summary>
+    private static void Add(SafetensorsWriter writer, string name, DType dtype, Shape shape, float[] data)
     {
-        Tessera.Tensors.DType.F32 => MemoryMarshal.AsBytes(data.AsSpan()).ToArray(),
-        Tessera.Tensors.DType.BF16 => MemoryMarshal.AsBytes(Array.ConvertAll(data, BFloat16.FromSingle).AsSpan()).ToArray(),
-        Tessera.Tensors.DType.F16 => MemoryMarshal.AsBytes(Array.ConvertAll(data, x => (Half)x).AsSpan()).ToArray(),
-        _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "not a weight dtype"),
-    };
+        switch (dtype)
+        {
+            case Tessera.Tensors.DType.F32: writer.Add(name, shape, data); break;
+            case Tessera.Tensors.DType.BF16: writer.Add(name, dtype, shape, Array.ConvertAll(data, BFloat16.FromSingle)); break;
+            case Tessera.Tensors.DType.F16: writer.Add(name, dtype, shape, Array.ConvertAll(data, x => (Half)x)); break;
+            default: throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "not a weight dtype");
+        }
+    }
 
     private static void WriteTokenizer(string directory, HuggingFaceExportOptions options, TransformerConfig config)
     {

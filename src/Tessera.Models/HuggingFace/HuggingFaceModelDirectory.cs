@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Tessera.Models.Adapters;
 using Tessera.Models.Safetensors;
 using Tessera.Nn;
@@ -382,7 +381,7 @@ public sealed class HuggingFaceModelDirectory : IDisposable
         var writer = new SafetensorsWriter();
         writer.Metadata["format"] = "pt";
         foreach (var (name, t) in hf)
-            writer.Add(name, DType.F32, t.Shape, MemoryMarshal.AsBytes(t.Data.AsSpan()).ToArray());
+            writer.Add(name, t.Shape, t.Data);
         writer.Write(System.IO.Path.Combine(directory, SafetensorsShardSource.SingleFile));
         File.WriteAllText(System.IO.Path.Combine(directory, ConfigFile), configJson + "\n");
     }

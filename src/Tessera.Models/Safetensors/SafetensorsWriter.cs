@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using Tessera.Tensors;
@@ -14,7 +15,11 @@ namespace Tessera.Models.Safetensors;
 /// </summary>
 public sealed class SafetensorsWriter
 {
-    private readonly record struct Entry(string Name, DType DType, Shape Shape, ReadOnlyMemory<byte> Data);
+    /// <summary>A tensor to write: its length in bytes and how to write them.</summary>
+    private readonly record struct Entry(string Name, DType DType, Shape Shape, long Length, Action<Stream> WriteTo);
+
+    /// <summary>Values written a slice at a time, so that a tensor of 2 GiB or more (more bytes than a span counts) can be.</summary>
+    private const int WriteChunkBytes = 64 << 20;
 
     private readonly Dictionary<string, Entry> _tensors = new(StringComparer.Ordinal);
 
@@ -25,26 +30,46 @@ public sealed class SafetensorsWriter
     public int Count => _tensors.Count;
 
     /// <summary>Adds a tensor from raw little-endian bytes; their length must be product(shape) * dtype size.</summary>
-    public SafetensorsWriter Add(string name, DType dtype, Shape shape, ReadOnlyMemory<byte> data)
+    public SafetensorsWriter Add(string name, DType dtype, Shape shape, ReadOnlyMemory<byte> data) =>
+        AddEntry(name, dtype, shape, data.Length, stream => stream.Write(data.Span));
+
+    /// <summary>Adds an F32 tensor (row-major <paramref name="data"/>, length product(shape)).</summary>
+    public SafetensorsWriter Add(string name, Shape shape, float[] data) => Add(name, DType.F32, shape, data);
+
+    /// <summary>Adds an F64 tensor (row-major <paramref name="data"/>, length product(shape)).</summary>
+    public SafetensorsWriter Add(string name, Shape shape, double[] data) => Add(name, DType.F64, shape, data);
+
+    /// <summary>
+    /// Adds a tensor of <paramref name="dtype"/> from values whose in-memory form is that dtype's (float for F32, BFloat16
+    /// for BF16, Half for F16, ...; row-major, length product(shape)), or from its raw little-endian bytes (a byte array, any
+    /// dtype). The writer keeps the array, not a copy, until <see cref="Write"/>: do not change it before then. Any size an
+    /// array holds, 2 GiB and more included.
+    /// </summary>
+    public SafetensorsWriter Add<T>(string name, DType dtype, Shape shape, T[] data) where T : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        if (typeof(T) != typeof(byte) && Unsafe.SizeOf<T>() != dtype.SizeInBytes())
+            throw new ArgumentException($"tensor '{name}': {typeof(T).Name} values ({Unsafe.SizeOf<T>()} bytes) cannot be written as {dtype}");
+        return AddEntry(name, dtype, shape, (long)data.Length * Unsafe.SizeOf<T>(), stream =>
+        {
+            int perChunk = WriteChunkBytes / Unsafe.SizeOf<T>();
+            for (int at = 0; at < data.Length; at += perChunk)
+                stream.Write(MemoryMarshal.AsBytes(data.AsSpan(at, Math.Min(perChunk, data.Length - at))));
+        });
+    }
+
+    private SafetensorsWriter AddEntry(string name, DType dtype, Shape shape, long length, Action<Stream> writeTo)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         if (name == SafetensorsHeaderParser.MetadataKey)
             throw new ArgumentException($"'{name}' is reserved for the metadata map and cannot name a tensor");
         long bytes = checked(shape.NumElements * dtype.SizeInBytes());
-        if (data.Length != bytes)
-            throw new ArgumentException($"tensor '{name}': {data.Length} bytes given but {dtype} {shape} needs {bytes}");
-        if (!_tensors.TryAdd(name, new Entry(name, dtype, shape, data)))
+        if (length != bytes)
+            throw new ArgumentException($"tensor '{name}': {length} bytes given but {dtype} {shape} needs {bytes}");
+        if (!_tensors.TryAdd(name, new Entry(name, dtype, shape, length, writeTo)))
             throw new ArgumentException($"tensor '{name}' is added twice");
         return this;
     }
-
-    /// <summary>Adds an F32 tensor (row-major <paramref name="data"/>, length product(shape)).</summary>
-    public SafetensorsWriter Add(string name, Shape shape, float[] data) =>
-        Add(name, DType.F32, shape, MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
-
-    /// <summary>Adds an F64 tensor (row-major <paramref name="data"/>, length product(shape)).</summary>
-    public SafetensorsWriter Add(string name, Shape shape, double[] data) =>
-        Add(name, DType.F64, shape, MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
 
     /// <summary>The order the reference implementation lays tensors out: larger dtype alignment first, then name.</summary>
     internal static int DTypeRank(DType dtype) => dtype switch
@@ -74,7 +99,7 @@ public sealed class SafetensorsWriter
                 BinaryPrimitives.WriteUInt64LittleEndian(prefix, (ulong)header.Length);
                 stream.Write(prefix);
                 stream.Write(header);
-                foreach (var e in ordered) stream.Write(e.Data.Span);
+                foreach (var e in ordered) e.WriteTo(stream);
                 stream.Flush(flushToDisk: true);
             }
             File.Move(tmp, full, overwrite: true);
@@ -108,7 +133,7 @@ public sealed class SafetensorsWriter
                 json.WriteEndArray();
                 json.WriteStartArray("data_offsets");
                 json.WriteNumberValue(offset);
-                offset = checked(offset + e.Data.Length);
+                offset = checked(offset + e.Length);
                 json.WriteNumberValue(offset);
                 json.WriteEndArray();
                 json.WriteEndObject();

@@ -66,6 +66,46 @@ public sealed class SafetensorsTests : IDisposable
     }
 
     /// <summary>
+    /// A tensor of more than 2 GiB (2^30 + 5 BF16 values, as a typed array) is written whole, and a small I8 tensor laid out
+    /// after it starts past 2 GiB: both read back exactly (each value its index modulo 251, an integer BF16 holds exactly, so
+    /// a slice written twice, dropped or shifted shows), at the start, across the writer's 64 MiB slices and at the end.
+    /// Until 2026-12-06 the writer copied every tensor into one byte array, which cannot hold 2 GiB: a training checkpoint
+    /// of a model with a 151,936 x 3,584 token table in F32 could not be written.
+    /// </summary>
+    [Fact]
+    public void TensorsOfMoreThanTwoGibibytesAreWrittenWhole()
+    {
+        int n = (1 << 30) + 5;
+        var big = new BFloat16[n];
+        System.Threading.Tasks.Parallel.For(0, (n + (1 << 22) - 1) >> 22, c =>
+        {
+            for (int i = c << 22, end = Math.Min(n, (c + 1) << 22); i < end; i++) big[i] = BFloat16.FromSingle(i % 251);
+        });
+        var path = PathOf("big.safetensors");
+        var w = new SafetensorsWriter();
+        w.Add("big", DType.BF16, new Shape(n), big);
+        w.Add("tail", DType.I8, new Shape(3), new byte[] { 7, 8, 9 });
+        w.Write(path);
+        big = null;
+        try
+        {
+            using var file = SafetensorsFile.Open(path);
+            Assert.Equal(2L * n, file["big"].ByteLength);
+            Assert.Equal([7, 8, 9], file.ReadBytes("tail"));
+            const int slice = 32 << 20;                                  // BF16 values in one 64 MiB slice
+            (long Start, long Length)[] runs = [(0, 1000), (slice - 500, 1000), (n / 2, 17), (n - 1000, 1000)];
+            var got = new float[runs.Sum(r => (int)r.Length)];
+            file.ReadAsSingle("big", runs, got);
+            var expected = runs.SelectMany(r => Enumerable.Range(0, (int)r.Length).Select(j => (float)((r.Start + j) % 251))).ToArray();
+            Assert.Equal(expected, got);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>
     /// Every float dtype read as floats and as doubles gives the C# casts bit for bit (exact equality of bits, no tolerance:
     /// the readers are those casts), on edge values: signed zeros, infinities, NaN, subnormals, extremes, and doubles that
     /// round to float (ties to even included).
