@@ -7,7 +7,7 @@ namespace Tessera.Cuda;
 public sealed unsafe partial class CudaBackend
 {
     /// <summary>Threads of the experts' CTAs (8 warps; each warp takes output features of the CTA's tile of 32).</summary>
-    private const int MoeExpertThreads = 256, MoeFeatures = 32, MoeAlignThreads = 256, MoeRouteThreads = 128;
+    private const int MoeExpertThreads = 256, MoeFeatures = 32, MoeAlignThreads = 1024, MoeRouteThreads = 128;
 
     public void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize)
     {

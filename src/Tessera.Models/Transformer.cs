@@ -307,6 +307,14 @@ public sealed class Transformer
     public bool RoutesExpertsOnDevice(int rows) =>
         Blocks.All(b => b.Mlp is not SparseMoeFeedForward moe || moe.RoutesOnDevice(rows, DType));
 
+    /// <summary>
+    /// The most rows an inference step may have and still route every mixture-of-experts layer on the device (the least of
+    /// the layers' <see cref="SparseMoeFeedForward.DeviceRowBound"/>): 0 where some layer never does, int.MaxValue for a
+    /// model without experts. Prepares the layers' device tables on first call (outside a recording).
+    /// </summary>
+    public int ExpertDeviceRowBound() =>
+        Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().Select(moe => moe.DeviceRowBound(DType)).DefaultIfEmpty(int.MaxValue).Min();
+
     /// <summary>Norm after the last block, "final_norm".</summary>
     public INormalization FinalNorm => _finalNorm ?? throw NotHeld("the final norm");
 

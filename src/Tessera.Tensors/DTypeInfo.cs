@@ -18,7 +18,11 @@ public static class DTypeInfo
         dtype is DType.F32 or DType.F64 or DType.BF16 or DType.F16;
 
     /// <summary>The DType that stores a CLR type <typeparamref name="T"/> (<see cref="byte"/>: the raw codes of F8E4M3).</summary>
-    public static DType Of<T>() where T : unmanaged
+    public static DType Of<T>() where T : unmanaged =>
+        TryOf<T>() ?? throw new NotSupportedException($"no DType stores CLR type {typeof(T).Name}");
+
+    /// <summary>The DType that stores a CLR type <typeparamref name="T"/>, or null where none does (see <see cref="Of{T}"/>).</summary>
+    public static DType? TryOf<T>() where T : unmanaged
     {
         if (typeof(T) == typeof(float)) return DType.F32;
         if (typeof(T) == typeof(double)) return DType.F64;
@@ -28,7 +32,7 @@ public static class DTypeInfo
         if (typeof(T) == typeof(ushort)) return DType.U16;
         if (typeof(T) == typeof(sbyte)) return DType.I8;
         if (typeof(T) == typeof(byte)) return DType.F8E4M3;
-        throw new NotSupportedException($"no DType stores CLR type {typeof(T).Name}");
+        return null;
     }
 
     /// <summary>The safetensors dtype string ("F32", "BF16", ...).</summary>

@@ -746,6 +746,11 @@ public sealed partial class PagedModelRunner : IDisposable
         // The first pass also runs what a step does after the head when rows are drawn on the device (penalty terms, the draw,
         // log-probabilities), so that their kernels are built before the first request that needs them.
         WarmUp(_maxSequences, _maxRows, _maxOutputs, everyKernel: true);
+        // A mixture of experts that routes fewer rows than the largest step on the device sizes its device path's buffers at
+        // that bound, which the largest step (on the host path) left alone.
+        int deviceRows = _model.ExpertDeviceRowBound();
+        if (deviceRows > 0 && deviceRows < _maxRows)
+            WarmUp(Math.Min(_maxSequences, deviceRows), deviceRows, Math.Min(_maxSequences, Math.Min(_maxOutputs, deviceRows)));
         if (_backend is IMatMulRowBuckets buckets)
             foreach (int rows in buckets.TimedRowCounts(_maxRows))
                 if (rows < _maxRows) WarmUp(Math.Min(_maxSequences, rows), rows, Math.Min(_maxSequences, rows));

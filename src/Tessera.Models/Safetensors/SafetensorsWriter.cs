@@ -48,13 +48,19 @@ public sealed class SafetensorsWriter
     public SafetensorsWriter Add<T>(string name, DType dtype, Shape shape, T[] data) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(data);
-        if (typeof(T) != typeof(byte) && Unsafe.SizeOf<T>() != dtype.SizeInBytes())
-            throw new ArgumentException($"tensor '{name}': {typeof(T).Name} values ({Unsafe.SizeOf<T>()} bytes) cannot be written as {dtype}");
+        // Bytes are any dtype's raw form, and 16-bit words any 16-bit dtype's; other element types must be the dtype's own.
+        bool raw = typeof(T) == typeof(byte) || (typeof(T) == typeof(ushort) && dtype.SizeInBytes() == 2);
+        if (!raw && (DTypeInfo.TryOf<T>() is not { } stored || stored != dtype))
+            throw new ArgumentException($"tensor '{name}': {typeof(T).Name} values cannot be written as {dtype}");
         return AddEntry(name, dtype, shape, (long)data.Length * Unsafe.SizeOf<T>(), stream =>
         {
             int perChunk = WriteChunkBytes / Unsafe.SizeOf<T>();
-            for (int at = 0; at < data.Length; at += perChunk)
-                stream.Write(MemoryMarshal.AsBytes(data.AsSpan(at, Math.Min(perChunk, data.Length - at))));
+            for (int at = 0; at < data.Length;)
+            {
+                int count = Math.Min(perChunk, data.Length - at);    // at + count never passes the length: no overflow near Array.MaxLength
+                stream.Write(MemoryMarshal.AsBytes(data.AsSpan(at, count)));
+                at += count;
+            }
         });
     }
 

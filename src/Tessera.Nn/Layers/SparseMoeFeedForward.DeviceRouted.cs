@@ -17,7 +17,8 @@ public sealed partial class SparseMoeFeedForward
 {
     /// <summary>
     /// The most rows a step may have for the device path where its experts are wide (past
-    /// <see cref="DeviceRoutingMaxExpertWeights"/>) or run off tensor cores: 64, decode steps and small verification steps.
+    /// <see cref="DeviceRoutingMaxExpertWeights"/>), few (under <see cref="FineGrainedMinExperts"/>) or run off tensor cores:
+    /// 64, decode steps and small verification steps.
     /// The experts' products read each weight once for every 64 of an expert's rows on tensor cores, or once for every 8 on
     /// CUDA cores (CUDA's F32 rows and other widths); past a few dozen rows a wide expert's rows are better served by the
     /// host-routed path's cuBLASLt products over gathered blocks (and a prefill's sync per layer is cheap next to its work):
@@ -27,31 +28,50 @@ public sealed partial class SparseMoeFeedForward
     public const int DefaultDeviceRoutingMaxRows = 64;
 
     /// <summary>
-    /// The most rows a step may have for the device path where the experts are narrow (at most
-    /// <see cref="DeviceRoutingMaxExpertWeights"/> weights a product) and run on tensor cores
-    /// (<see cref="MoeExpertWeights.AtWeightBandwidth"/>): 4,096, the largest prefill step measured. There the host path's
-    /// cost grows with the experts a step chooses (a read-back, then three launches an expert), which fine-grained models have
-    /// by the dozen, while the device path's grid takes every expert at once: on the H100 (session 37, two layers, 256 to
-    /// 4,096 rows in one step) the device path was 5.1-6.8x faster at Qwen3-30B-A3B's shape (128 experts of 768, top 8) and
-    /// 1.5-2.2x at Qwen2-57B-A14B's (64 experts of 2,560, top 8, 9.2 Mi weights a product).
+    /// The most rows a step may have for the device path where the experts are fine-grained (at most
+    /// <see cref="DeviceRoutingMaxExpertWeights"/> weights a product, at least <see cref="FineGrainedMinExperts"/> of them) and
+    /// run on tensor cores (<see cref="MoeExpertWeights.AtWeightBandwidth"/>): 4,096, the largest prefill step measured, and no
+    /// more than gives an expert <see cref="FineGrainedMaxRowsAnExpert"/> rows on average. There the host path's cost grows with
+    /// the experts a step chooses (a read-back, then three launches an expert), which such models have by the dozen, while
+    /// the device path's grid takes every expert at once: on the H100 (session 37, two layers, 256 to 4,096 rows in one step)
+    /// the device path was 4.8-8.7x faster at Qwen3-30B-A3B's shape (128 experts of 768, top 8) and 1.5-3.0x at
+    /// Qwen2-57B-A14B's (64 experts of 2,560, top 8, 9.2 Mi weights a product; 512 rows an expert at 4,096 rows).
     /// </summary>
     public const int DefaultNarrowExpertDeviceRoutingMaxRows = 4096;
 
-    /// <summary>The most rows a step may have for this layer's device path; null (the default) for the bound its experts'
-    /// width sets (<see cref="DefaultNarrowExpertDeviceRoutingMaxRows"/> or <see cref="DefaultDeviceRoutingMaxRows"/>; see
-    /// <see cref="DefaultRowBound"/>). The MoE timing report sets it to time each path at every step size.</summary>
+    /// <summary>The fewest experts for which narrow experts take prefill-size steps on the device (64: the fewest measured
+    /// winning; with few experts the host path launches little, and Mixtral's eight lost from 64 rows an expert).</summary>
+    public const int FineGrainedMinExperts = 64;
+
+    /// <summary>The most rows an expert gets on average (rows x k / E) in a prefill-size step on the device (512: the most
+    /// measured winning; the device path reads an expert's weights again for every 64 of its rows).</summary>
+    public const int FineGrainedMaxRowsAnExpert = 512;
+
+    /// <summary>The most rows a step may have for this layer's device path; null (the default) for the bound its experts
+    /// set (<see cref="DefaultRowBound"/>). The MoE timing report sets it to time each path at every step size.</summary>
     public int? DeviceRoutingMaxRows { get; set; }
 
-    /// <summary>The default bound on a device-routed step's rows: <see cref="DefaultNarrowExpertDeviceRoutingMaxRows"/> for
-    /// experts of at most <paramref name="maxExpertWeights"/> weights a product whose products run on tensor cores at the
-    /// rows' dtype, <see cref="DefaultDeviceRoutingMaxRows"/> otherwise.</summary>
-    public static int DefaultRowBound(long expertWeights, long maxExpertWeights, bool onTensorCores) =>
-        expertWeights <= maxExpertWeights && onTensorCores ? DefaultNarrowExpertDeviceRoutingMaxRows : DefaultDeviceRoutingMaxRows;
+    /// <summary>The default bound on a device-routed step's rows: for fine-grained experts on tensor cores (at most
+    /// <paramref name="maxExpertWeights"/> weights a product, at least <see cref="FineGrainedMinExperts"/> experts) the rows
+    /// that give an expert <see cref="FineGrainedMaxRowsAnExpert"/> on average, at most
+    /// <see cref="DefaultNarrowExpertDeviceRoutingMaxRows"/> and at least <see cref="DefaultDeviceRoutingMaxRows"/>;
+    /// <see cref="DefaultDeviceRoutingMaxRows"/> for every other layer.</summary>
+    public static int DefaultRowBound(long expertWeights, long maxExpertWeights, bool onTensorCores, int experts, int expertsPerToken)
+    {
+        if (expertWeights > maxExpertWeights || !onTensorCores || experts < FineGrainedMinExperts) return DefaultDeviceRoutingMaxRows;
+        long rows = (long)FineGrainedMaxRowsAnExpert * experts / Math.Max(1, expertsPerToken);
+        return (int)Math.Clamp(rows, DefaultDeviceRoutingMaxRows, DefaultNarrowExpertDeviceRoutingMaxRows);
+    }
 
     /// <summary>The bound on a device-routed step's rows of <paramref name="dtype"/> for these experts
     /// (<see cref="DeviceRoutingMaxRows"/> where set).</summary>
     private int RowBound(MoeExpertWeights experts, DType dtype) =>
-        DeviceRoutingMaxRows ?? DefaultRowBound(ExpertWeights, DeviceRoutingMaxExpertWeights, experts.AtWeightBandwidth(dtype));
+        DeviceRoutingMaxRows ?? DefaultRowBound(ExpertWeights, DeviceRoutingMaxExpertWeights, experts.AtWeightBandwidth(dtype), ExpertCount, ExpertsPerToken);
+
+    /// <summary>The most rows of <paramref name="dtype"/> a step may have and take the device path: 0 where this layer never
+    /// takes it (see <see cref="RoutesOnDevice"/>).</summary>
+    public int DeviceRowBound(DType dtype) =>
+        DeviceExperts() is { } experts && experts.TakesRows(dtype) && WidthAllows(experts, dtype) ? RowBound(experts, dtype) : 0;
 
     /// <summary>Weights in one of an expert's three products (C x F').</summary>
     private long ExpertWeights => Experts[0].Gate.Weight.Shape.NumElements;
@@ -95,8 +115,11 @@ public sealed partial class SparseMoeFeedForward
     /// (<see cref="RowBound"/>). Prepares the experts' table of weights on first call (one small upload; call it
     /// outside a recorded graph).
     /// </summary>
-    public bool RoutesOnDevice(int rows, DType dtype) =>
-        DeviceExperts() is { } experts && experts.TakesRows(dtype) && WidthAllows(experts, dtype) && rows <= RowBound(experts, dtype);
+    public bool RoutesOnDevice(int rows, DType dtype)
+    {
+        int bound = DeviceRowBound(dtype);
+        return bound > 0 && rows <= bound;
+    }
 
     /// <summary>Whether the experts' width lets rows of <paramref name="dtype"/> take the device path: experts of at most
     /// <see cref="DeviceRoutingMaxExpertWeights"/> weights a product, or any width where the backend runs them at the weights'

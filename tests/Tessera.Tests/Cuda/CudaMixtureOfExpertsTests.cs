@@ -200,8 +200,9 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
     /// the option on (the profiler must name <c>moe_gemm_swiglu_*</c> and <c>moe_gemm_down_*</c>, and the prepared experts say
     /// <see cref="MoeExpertWeights.AtWeightBandwidth"/>) and off (<c>moe_expert_*</c>, and they do not).
     /// Rows an expert: 1-2, about 4 and 16 (x's 16-row tiles), 64 (two experts taking all 64 rows: the 64-row tiles), 100 (one
-    /// expert: a chunk of 64 then one of 36), about 256 and 150 (prefill-size steps: several chunks an expert); slices of K where
-    /// the grid is small (one row, eight experts).
+    /// expert: a chunk of 64 then one of 36), about 256 and 150 (prefill-size steps: several chunks an expert), and the largest
+    /// step the device path takes (4,096 rows, 128 experts, top 8: 32,768 pairs through the one-CTA alignment); slices of K
+    /// where the grid is small (one row, eight experts).
     /// </summary>
     [Theory]
     [InlineData(1, 8, 2, 128, 192, -1)]
@@ -213,6 +214,7 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
     [InlineData(5, 4, 2, 192, 64, 64)]
     [InlineData(1024, 16, 4, 128, 192, -1)]
     [InlineData(600, 8, 2, 128, 128, 128)]
+    [InlineData(4096, 128, 8, 128, 128, -1)]
     public void TensorCoreExpertOpsOnTheGpuMatchTheCpuBackend(int n, int e, int k, int c, int f, int int4Group)
     {
         var gpu = Gpu;
@@ -292,24 +294,28 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
     }
 
     /// <summary>
-    /// A prefill of 300 rows over narrow experts on tensor cores (BF16, C 64, F 128: well under
-    /// <see cref="SparseMoeFeedForward.DeviceRoutingMaxExpertWeights"/>) takes the device path by default
-    /// (<see cref="SparseMoeFeedForward.DefaultNarrowExpertDeviceRoutingMaxRows"/>; several 64-row chunks an expert), and the
-    /// same experts counted as wide (the width bound one weight below their size) keep the host routing past 64 rows. Both
-    /// give the host path's logits within 3e-2 relative (the two paths round the BF16 hidden activations and expert outputs,
-    /// 4e-3 each, at different points, through two layers: the expert ops' own 2e-2 and a little more for the second layer).
+    /// A prefill of 1,100 rows over fine-grained experts on tensor cores (BF16, 64 experts of C 64 x F 128, top 8: well under
+    /// <see cref="SparseMoeFeedForward.DeviceRoutingMaxExpertWeights"/>, about 137 rows an expert, so three 64-row chunks)
+    /// takes the device path by default (<see cref="SparseMoeFeedForward.DefaultRowBound"/>), and the same experts counted as
+    /// wide (the width bound one weight below their size) keep the host routing past 64 rows. Both give the host path's
+    /// logits within 3e-2 relative (the two paths round the BF16 hidden activations and expert outputs, 4e-3 each, at
+    /// different points, through two layers: the expert ops' own 2e-2 and a little more for the second layer).
     /// </summary>
     [Fact]
-    public void NarrowExpertsOnTensorCoresTakePrefillStepsOnTheDevice()
+    public void FineGrainedExpertsOnTensorCoresTakePrefillStepsOnTheDevice()
     {
         var gpu = Gpu;
         if (gpu.CudaDevice.ComputeCapability.Major < 9) Assert.Skip("the tensor-core expert products need compute capability 9.0");
-        var config = ModelPresets.Get("mixtral-debug") with { Embedding = 64, Hidden = 128, MaxSequenceLength = 320 };
+        if (!gpu.Options.MoeExpertTensorCores) Assert.Skip("the fixture's backend has MoeExpertTensorCores off");
+        var config = ModelPresets.Get("mixtral-debug") with
+        {
+            Embedding = 64, Hidden = 128, Experts = 64, ExpertsPerToken = 8, MaxSequenceLength = 1152,
+        };
         var model = new Transformer(config, gpu, DType.BF16);
         Tessera.Training.Benchmarks.BenchmarkWeights.Initialize(model, seed: 6);
         var layers = model.Blocks.Select(b => b.Mlp).OfType<SparseMoeFeedForward>().ToList();
         var rng = new Random(6);
-        var prompt = Enumerable.Range(0, 300).Select(_ => rng.Next(config.VocabSize)).ToArray();
+        var prompt = Enumerable.Range(0, 1100).Select(_ => rng.Next(config.VocabSize)).ToArray();
         double[] Prefill(out long routed)
         {
             var cache = model.CreateKvCache(1);
@@ -318,16 +324,19 @@ public sealed class CudaMixtureOfExpertsTests(CudaFixture fixture) : CudaTestBas
             routed = layers.Sum(l => l.DeviceRoutedForwards) - before;
             return Download(gpu, logits);
         }
-        Assert.True(model.RoutesExpertsOnDevice(prompt.Length), "narrow experts on tensor cores: a 300-row step is for the device path");
+        Assert.Equal(SparseMoeFeedForward.DefaultNarrowExpertDeviceRoutingMaxRows, model.ExpertDeviceRowBound());
+        Assert.True(model.RoutesExpertsOnDevice(prompt.Length), "fine-grained experts on tensor cores: a 1,100-row step is for the device path");
         var device = Prefill(out long onDevice);
         Assert.Equal(layers.Count, onDevice);
         foreach (var l in layers) l.DeviceRoutingMaxExpertWeights = l.Experts[0].Gate.Weight.Shape.NumElements - 1;
+        Assert.Equal(SparseMoeFeedForward.DefaultDeviceRoutingMaxRows, model.ExpertDeviceRowBound());
         Assert.False(model.RoutesExpertsOnDevice(prompt.Length), "wide experts: past 64 rows the host routes");
         Assert.True(model.RoutesExpertsOnDevice(SparseMoeFeedForward.DefaultDeviceRoutingMaxRows));
         foreach (var l in layers) l.DeviceRouting = false;
+        Assert.Equal(0, model.ExpertDeviceRowBound());
         var host = Prefill(out long none);
         Assert.Equal(0, none);
-        AssertClose(host, device, 3e-2, "a 300-row prefill's logits, device path against the host path (seed 6)");
+        AssertClose(host, device, 3e-2, "a 1,100-row prefill's logits, device path against the host path (seed 6)");
     }
 
     /// <summary>

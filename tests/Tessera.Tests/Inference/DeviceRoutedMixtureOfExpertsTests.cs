@@ -207,19 +207,23 @@ public sealed class DeviceRoutedMixtureOfExpertsTests
     }
 
     /// <summary>
-    /// The default bound on a device-routed step's rows: prefill-size steps (4,096 rows) only where the experts are narrow (at
-    /// most the width bound, inclusive) and their products run on tensor cores; 64 for wider experts, and for any width off
-    /// tensor cores (the CPU, whose experts never say they run at the weights' bandwidth, keeps 64: see
-    /// <see cref="StepsAboveTheRowBoundRouteOnTheHost"/>).
+    /// The default bound on a device-routed step's rows: prefill-size steps only where the experts are narrow (at most the
+    /// width bound, inclusive), at least 64 of them, and on tensor cores, up to 512 rows an expert on average and 4,096 in
+    /// all; 64 for wider or fewer experts, and for any experts off tensor cores (the CPU, whose experts never say they run at
+    /// the weights' bandwidth, keeps 64: see <see cref="StepsAboveTheRowBoundRouteOnTheHost"/>).
     /// </summary>
     [Theory]
-    [InlineData(1_572_864, true, SparseMoeFeedForward.DefaultNarrowExpertDeviceRoutingMaxRows)]     // Qwen3-30B-A3B's experts
-    [InlineData(16L << 20, true, SparseMoeFeedForward.DefaultNarrowExpertDeviceRoutingMaxRows)]     // at the width bound
-    [InlineData((16L << 20) + 1, true, SparseMoeFeedForward.DefaultDeviceRoutingMaxRows)]
-    [InlineData(58_720_256, true, SparseMoeFeedForward.DefaultDeviceRoutingMaxRows)]                // Mixtral-8x7B's
-    [InlineData(1_572_864, false, SparseMoeFeedForward.DefaultDeviceRoutingMaxRows)]
-    public void TheRowBoundFollowsTheExpertsWidthAndTensorCores(long expertWeights, bool onTensorCores, int expected) =>
-        Assert.Equal(expected, SparseMoeFeedForward.DefaultRowBound(expertWeights, SparseMoeFeedForward.DefaultDeviceRoutingMaxExpertWeights, onTensorCores));
+    [InlineData(1_572_864, true, 128, 8, 4096)]        // Qwen3-30B-A3B's experts: 8,192 rows would give 512 an expert; 4,096 at most
+    [InlineData(9_175_040, true, 64, 8, 4096)]         // Qwen2-57B-A14B's: 512 an expert at 4,096 rows
+    [InlineData(16L << 20, true, 64, 8, 4096)]         // at the width bound
+    [InlineData((16L << 20) + 1, true, 64, 8, 64)]     // past it
+    [InlineData(2_883_584, true, 64, 16, 2048)]        // 16 a token: 512 an expert at 2,048 rows
+    [InlineData(2_883_584, true, 60, 4, 64)]           // Qwen1.5-MoE-A2.7B's 60 experts: fewer than measured
+    [InlineData(58_720_256, true, 8, 2, 64)]           // Mixtral-8x7B's
+    [InlineData(1_572_864, false, 128, 8, 64)]         // off tensor cores
+    public void TheRowBoundFollowsTheExpertsWidthCountAndTensorCores(long expertWeights, bool onTensorCores, int experts, int k, int expected) =>
+        Assert.Equal(expected, SparseMoeFeedForward.DefaultRowBound(expertWeights, SparseMoeFeedForward.DefaultDeviceRoutingMaxExpertWeights,
+            onTensorCores, experts, k));
 
     /// <summary>
     /// Experts wider than <see cref="SparseMoeFeedForward.DeviceRoutingMaxExpertWeights"/> (C x F' weights a product) keep

@@ -92,6 +92,7 @@ inline unsigned __ballot_sync(unsigned, int predicate)
     return mask;
 }
 inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 // prmt.b32's default mode: byte i of the result is byte (s >> 4i) & 7 of the eight bytes y:x (x's bytes 0-3, y's 4-7).
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
 {

@@ -418,6 +418,8 @@ int main()
     align_case(13, 8, 2, 3, 64);
     align_case(40, 70, 4, 10, 64);
     align_case(1, 4, 4, 0, 32);
+    align_case(600, 128, 8, 5, 256);       // 4,800 pairs over 128 experts: 16 experts a warp, 150 reads of 32 ids each
+    align_case(70, 160, 8, 0, 1024);       // the backend's 1,024 threads: 32 warps, five experts each
     pipeline_case(13, 6, 2, 50, 45, true, 2, false, 64);
     pipeline_case(40, 4, 2, 33, 72, false, 0, true, 64);
     pipeline_case(1, 8, 2, 64, 100, true, 0, false, 256);

@@ -105,6 +105,18 @@ public sealed class SafetensorsTests : IDisposable
         }
     }
 
+    /// <summary>Typed values must be the dtype's own (BF16 values are not F16, floats not I32); bytes are any dtype's raw form.</summary>
+    [Fact]
+    public void TypedValuesOfAnotherDTypeAreRefused()
+    {
+        var w = new SafetensorsWriter();
+        Assert.Contains("cannot be written as F16", Assert.Throws<ArgumentException>(() => w.Add("a", DType.F16, new Shape(2), new BFloat16[2])).Message);
+        Assert.Contains("cannot be written as I32", Assert.Throws<ArgumentException>(() => w.Add("b", DType.I32, new Shape(2), new float[2])).Message);
+        w.Add("c", DType.I32, new Shape(2), new byte[8]);
+        w.Add("d", DType.BF16, new Shape(2), new ushort[2]);
+        Assert.Equal(2, w.Count);
+    }
+
     /// <summary>
     /// Every float dtype read as floats and as doubles gives the C# casts bit for bit (exact equality of bits, no tolerance:
     /// the readers are those casts), on edge values: signed zeros, infinities, NaN, subnormals, extremes, and doubles that
