@@ -78,6 +78,7 @@ public sealed class KernelSourceTests
         __device__ unsigned long long __shfl_sync(unsigned, unsigned long long, int, int w = 32);
         __device__ unsigned __ballot_sync(unsigned, int);
         __device__ int __ffs(int);
+        __device__ int __popc(unsigned);
         __device__ float __shfl_down_sync(unsigned, float, unsigned, int w = 32);
 
         """;
