@@ -84,13 +84,22 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
             }
             for (int r = 0; r < rowCounts.Length; r++)
                 rows.Add(string.Create(CultureInfo.InvariantCulture,
-                    $"| {(quantization == WeightQuantization.None ? "bf16" : "int4, groups of 128")} | {rowCounts[r]} | {ms[r, 0]:F3} | {ms[r, 1]:F3} | {ms[r, 2]:F3} | {ms[r, 2] / ms[r, 0]:F2} |"));
+                    $"| {WeightsName(quantization)} | {rowCounts[r]} | {ms[r, 0]:F3} | {ms[r, 1]:F3} | {ms[r, 2]:F3} | {ms[r, 2] / ms[r, 0]:F2} |"));
         }
-        string table = "| weights | sequences | device routing, tensor cores, recorded, ms/step | device routing, CUDA cores, recorded | host routing, eager | host / device (tensor cores) |\n|---|---:|---:|---:|---:|---:|\n"
-            + string.Join("\n", rows);
-        Console.WriteLine($"[moe decode] {shape} shape, 2 layers, paged decode at 64+ positions\n" + table);
+        WriteTable("decode", shape, "paged decode at 64+ positions",
+            "| weights | sequences | device routing, tensor cores, recorded, ms/step | device routing, CUDA cores, recorded | host routing, eager | host / device (tensor cores) |\n|---|---:|---:|---:|---:|---:|",
+            rows);
+    }
+
+    private static string WeightsName(WeightQuantization quantization) => quantization == WeightQuantization.None ? "bf16" : "int4, groups of 128";
+
+    /// <summary>Prints a report's table and writes it to moe-{kind}-timings-{shape}.md beside $TESSERA_CUDA_TIMINGS_OUT.</summary>
+    private static void WriteTable(string kind, string shape, string what, string header, IEnumerable<string> rows)
+    {
+        string table = header + "\n" + string.Join("\n", rows);
+        Console.WriteLine($"[moe {kind}] {shape} shape, 2 layers, {what}\n" + table);
         if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT") is { Length: > 0 } path)
-            File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", $"moe-decode-timings-{shape}.md"), table + "\n");
+            File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", $"moe-{kind}-timings-{shape}.md"), table + "\n");
     }
 
     /// <summary>The report's three shapes, cut to two layers.</summary>
@@ -199,13 +208,11 @@ public sealed class CudaMixtureOfExpertsSpeedReport(CudaFixture fixture) : CudaT
                 }
                 foreach (var l in layers) l.DeviceRoutingMaxRows = null;
                 rows.Add(string.Create(CultureInfo.InvariantCulture,
-                    $"| {(quantization == WeightQuantization.None ? "bf16" : "int4, groups of 128")} | {prompts} x 64 = {prompts * 64} | {ms[0]:F3} | {ms[1]:F3} | {ms[1] / ms[0]:F2} | {byDefault} |"));
+                    $"| {WeightsName(quantization)} | {prompts} x 64 = {prompts * 64} | {ms[0]:F3} | {ms[1]:F3} | {ms[1] / ms[0]:F2} | {byDefault} |"));
             }
         }
-        string table = "| weights | prefill rows | device routing, tensor cores, ms | host routing, ms | host / device | the default bound's path |\n|---|---:|---:|---:|---:|---|\n"
-            + string.Join("\n", rows);
-        Console.WriteLine($"[moe prefill] {shape} shape, 2 layers, one prefill step then one decode step\n" + table);
-        if (Environment.GetEnvironmentVariable("TESSERA_CUDA_TIMINGS_OUT") is { Length: > 0 } path)
-            File.WriteAllText(Path.Combine(Path.GetDirectoryName(path) ?? ".", $"moe-prefill-timings-{shape}.md"), table + "\n");
+        WriteTable("prefill", shape, "one prefill step then one decode step",
+            "| weights | prefill rows | device routing, tensor cores, ms | host routing, ms | host / device | the default bound's path |\n|---|---:|---:|---:|---:|---|",
+            rows);
     }
 }
