@@ -4,9 +4,9 @@ namespace Tessera.Nn.Layers;
 
 /// <summary>
 /// Inference's device-routed path (<see cref="IBackend.MoeRoute"/> and its family): for a decode-size step (at most
-/// <see cref="DeviceRoutingMaxRows"/> rows; prefill-size steps too where the experts are narrow and run on tensor cores) the
-/// router's logits never leave the device. The softmax and top-k write each
-/// row's k experts and weights, the alignment each expert's slots, one launch over a fixed grid of E experts runs every
+/// <see cref="DeviceRoutingMaxRows"/> rows; prefill-size steps too where the experts are fine-grained and run on tensor cores,
+/// <see cref="DefaultRowBound"/>) the router's logits never leave the device. The softmax and top-k write each row's k
+/// experts and weights, the alignment each expert's slots, one launch over a fixed grid of E experts runs every
 /// expert's SwiGLU on its rows and one its down product, and the combine adds the weighted outputs (and Qwen2-MoE's gated
 /// shared expert) onto the residual in slot order. Nothing is read back, so such a step can be recorded as a CUDA graph.
 /// Training, larger steps and every layer the ops do not cover (tensor or expert parallelism, served LoRA adapters,

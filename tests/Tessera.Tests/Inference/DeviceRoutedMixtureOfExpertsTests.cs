@@ -207,6 +207,68 @@ public sealed class DeviceRoutedMixtureOfExpertsTests
     }
 
     /// <summary>
+    /// <see cref="SparseMoeFeedForward.DeviceRoutingMaxRows"/> overrides the default bound: set to 80, the 70-token prefill
+    /// that <see cref="StepsAboveTheRowBoundRouteOnTheHost"/> keeps on the host takes the device path, the model's bound
+    /// (<see cref="Transformer.ExpertDeviceRowBound"/>) says 80 (64 with the override cleared, 0 with device routing off), and
+    /// the logits equal the host path's within 1e-12 as above.
+    /// </summary>
+    [Fact]
+    public void TheRowBoundCanBeSetPerLayer()
+    {
+        const int seed = 12;
+        var model = new Transformer(ModelPresets.Get("mixtral-debug") with { MaxSequenceLength = 80 }, _cpu, DType.F64);
+        LayerCheck.Randomize(_cpu, model.Parameters, new Random(seed));
+        var prompt = Prompt(new Random(seed), 70);
+        Assert.Equal(SparseMoeFeedForward.DefaultDeviceRoutingMaxRows, model.ExpertDeviceRowBound());
+        foreach (var l in Layers(model)) l.DeviceRoutingMaxRows = 80;
+        Assert.Equal(80, model.ExpertDeviceRowBound());
+        Assert.True(model.RoutesExpertsOnDevice(prompt.Length));
+        double[] Prefill(out long routed)
+        {
+            long before = DeviceForwards(model);
+            var logits = _cpu.ToArray<double>(model.ForwardWithCache(_cpu.FromArray(prompt, 1, prompt.Length), model.CreateKvCache(1)));
+            routed = DeviceForwards(model) - before;
+            return logits;
+        }
+        var device = Prefill(out long onDevice);
+        Assert.Equal(Layers(model).Count(), onDevice);
+        Route(model, onDevice: false);
+        Assert.Equal(0, model.ExpertDeviceRowBound());
+        var host = Prefill(out long none);
+        Assert.Equal(0, none);
+        Route(model, onDevice: true);
+        foreach (var l in Layers(model)) l.DeviceRoutingMaxRows = null;
+        Assert.Equal(SparseMoeFeedForward.DefaultDeviceRoutingMaxRows, model.ExpertDeviceRowBound());
+        NumericAssert.Close(host, device, 1e-12, $"mixtral-debug (seed {seed}) 70-token prefill logits, device path against the host path");
+    }
+
+    /// <summary>
+    /// A paged runner whose largest step (128 rows) is past its model's device bound (64) warms the device path at that bound
+    /// as it is built, so the path's buffers reach their size before any step is recorded: every layer's device-path counter
+    /// moves once during construction (the 128-row warm-up routes on the host). With the bound at the largest step it moves
+    /// once too (the largest step's warm-up), and with device routing off not at all.
+    /// </summary>
+    [Theory]
+    [InlineData(null, 1)]
+    [InlineData(128, 1)]
+    public void ThePagedRunnerWarmsTheDevicePathAtItsBound(int? bound, int expectedForwards)
+    {
+        var model = RandomModel("mixtral-debug", 14);
+        foreach (var l in Layers(model)) l.DeviceRoutingMaxRows = bound;
+        long Build()
+        {
+            using var cache = new PagedKvCache(_cpu, DType.F64, model.Config.Layers, model.Config.EffectiveKvHeads, model.Config.HeadSize,
+                new PagedKvCacheOptions { BlockSize = 4, MemoryBytes = 64 * PagedKvCache.BlockBytes(DType.F64, model.Config.Layers, model.Config.EffectiveKvHeads, model.Config.HeadSize, 4) });
+            long before = DeviceForwards(model);
+            using var runner = new PagedModelRunner(model, cache, 128, 4, model.Config.MaxSequenceLength, recordGraphs: false);
+            return DeviceForwards(model) - before;
+        }
+        Assert.Equal(expectedForwards * Layers(model).Count(), Build());
+        Route(model, onDevice: false);
+        Assert.Equal(0, Build());
+    }
+
+    /// <summary>
     /// The default bound on a device-routed step's rows: prefill-size steps only where the experts are narrow (at most the
     /// width bound, inclusive), at least 64 of them, and on tensor cores, up to 512 rows an expert on average and 4,096 in
     /// all; 64 for wider or fewer experts, and for any experts off tensor cores (the CPU, whose experts never say they run at
