@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Tessera.Tensors;
 
 namespace Tessera.Cuda;
@@ -101,49 +100,6 @@ public sealed unsafe partial class CudaBackend
         ulong p = Ptr(counters);
         void** args = stackalloc void*[] { &p, &n, &amount };
         Launch("copy.cu", "increment_i32", GridFor(n), Threads, args);
-    }
-
-    /// <inheritdoc/>
-    /// <remarks>
-    /// With <see cref="CudaBackendOptions.CachePrefetchMegabytes"/> above 0: one launch of <c>prefetch_l2</c> (copy.cu),
-    /// dependent on its predecessor, over the leading bytes of the first four contiguous, 16-byte aligned tensors in order,
-    /// up to the budget (at most half the L2: the ops in between must not evict what it brought). Bulk prefetches on compute
-    /// capability 9.0 or later, a prefetch a line before it or with <see cref="CudaBackendOptions.CachePrefetchByLines"/>.
-    /// </remarks>
-    public void PrefetchToCache(ReadOnlySpan<Tensor> tensors)
-    {
-        long budget = Math.Min((long)Options.CachePrefetchMegabytes << 20, CudaDevice.L2CacheBytes / 2L);
-        PrefetchRanges ranges = default;
-        int count = 0;
-        long pieces = 0;
-        foreach (var t in tensors)
-        {
-            if (budget < 16 || count == 4) break;
-            ulong p = Ptr(t);
-            if (!t.IsContiguous || p % 16 != 0) continue;
-            long bytes = Math.Min(t.NumElements * t.DType.SizeInBytes(), budget) & ~15L;   // bulk sizes are multiples of 16
-            if (bytes == 0) continue;
-            ranges.Pointers[count] = p;
-            ranges.Bytes[count++] = bytes;
-            budget -= bytes;
-            pieces += (bytes + PrefetchPieceBytes - 1) / PrefetchPieceBytes;
-        }
-        if (count == 0) return;
-        int lines = Options.CachePrefetchByLines || CudaDevice.ComputeCapability.Major < 9 ? 1 : 0;
-        void** args = stackalloc void*[] { &ranges, &count, &lines };
-        uint grid = (uint)Math.Clamp(pieces, 1, CudaDevice.MultiprocessorCount);   // a warp an SM, the pieces spread over them
-        Launch("copy.cu", "prefetch_l2", (grid, 1, 1), 32, args, 0, dependent: true);
-    }
-
-    /// <summary>The bytes of one prefetch in <c>prefetch_l2</c>.</summary>
-    private const long PrefetchPieceBytes = 16384;
-
-    /// <summary><c>prefetch_l2</c>'s ranges (copy.cu's PrefetchRanges): up to four start addresses and their byte counts.</summary>
-    [StructLayout(LayoutKind.Sequential)]
-    private struct PrefetchRanges
-    {
-        public fixed ulong Pointers[4];
-        public fixed long Bytes[4];
     }
 
     public void ResolveSampledIds(Tensor ids, Tensor sampled)

@@ -110,9 +110,8 @@ extern "C" __global__ void resolve_sampled_ids(int* ids, const int* sampled, i64
 // four ranges, each cut into 16 KB pieces (the last one shorter); piece g of all the ranges' pieces in order goes to thread
 // g of the grid, counted CTA-minor so that the pieces spread over every CTA (then g + the grid's threads, ...). A piece is
 // one bulk prefetch (cp.async.bulk.prefetch.L2, sm_90; the host keeps starts and sizes multiples of 16) or, with lines, one
-// prefetch.global.L2 a 128-byte line. Launched dependent: it lets its dependent start at once (the prefetches fly
-// meanwhile) and returns only after its predecessor has, so that a dependent's pdl_wait still means "every earlier kernel
-// has finished".
+// prefetch.global.L2 a 128-byte line. It runs on a stream of its own (a bulk prefetch holds its thread until the bytes are
+// requested, so a kernel in the main stream would hold up its dependents about as long as reading them).
 struct PrefetchRanges { const char* p[4]; i64 bytes[4]; };
 extern "C" __global__ void prefetch_l2(PrefetchRanges r, int count, int lines)
 {
@@ -139,6 +138,4 @@ extern "C" __global__ void prefetch_l2(PrefetchRanges r, int count, int lines)
         }
         g -= pieces;
     }
-    pdl_launch_dependents();
-    pdl_wait();
 }
