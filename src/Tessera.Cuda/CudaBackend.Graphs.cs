@@ -34,14 +34,12 @@ public sealed unsafe partial class CudaBackend : IGraphCapture
         catch
         {
             _capturing = false;
-            JoinPrefetches();
             // End the capture so the stream is usable again; the partial graph is discarded.
             if (cuStreamEndCapture(Stream.Handle, &graph) == CUDA_SUCCESS && graph != IntPtr.Zero) cuGraphDestroy(graph);
             // Scratch the body allocated before it failed was graph memory of the discarded recording.
             _allocator.ForgetAllocationsSince(liveBefore);
             throw;
         }
-        JoinPrefetches();
         _capturing = false;
         Check(cuStreamEndCapture(Stream.Handle, &graph), "cuStreamEndCapture");
         try

@@ -62,7 +62,6 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     {
         RefuseWhileCapturing("Synchronize");
         Stream.Synchronize();
-        _prefetchStream?.Synchronize();
     }
 
     /// <summary>Waits for pending work, then frees every allocation, module and handle.</summary>
@@ -71,7 +70,6 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
         if (_disposed) return;
         _disposed = true;
         Stream.Synchronize();
-        DisposePrefetches();
         DisposeMatMul();
         FreePinned();
         Profiler?.Dispose();
@@ -126,9 +124,8 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
     /// <paramref name="clusterX"/> above 1: the grid in thread-block clusters of that many CTAs along x (sm_90+; grid.X a multiple of it).
     /// </summary>
     private void Launch(string file, string kernel, (uint X, uint Y, uint Z) grid, uint block, void** args, uint sharedBytes, bool dependent,
-        uint clusterX = 1, CudaStream? on = null)
+        uint clusterX = 1)
     {
-        var stream = (on ?? Stream).Handle;
         ObjectDisposedException.ThrowIf(_disposed, this);
         var function = Kernels.Module(file).Function(kernel);
         CudaDevice.MakeCurrent();
@@ -144,14 +141,14 @@ public sealed unsafe partial class CudaBackend : IBackend, IDisposable
             var config = new LaunchConfig
             {
                 GridX = grid.X, GridY = grid.Y, GridZ = grid.Z, BlockX = block, BlockY = 1, BlockZ = 1,
-                SharedBytes = sharedBytes, Stream = stream, Attributes = attributes, AttributeCount = (uint)count,
+                SharedBytes = sharedBytes, Stream = Stream.Handle, Attributes = attributes, AttributeCount = (uint)count,
             };
             string how = string.Join(", ", new[] { programmatic ? "programmatic dependent launch" : null, clusterX > 1 ? $"clusters of {clusterX}" : null }.OfType<string>());
             Check(cuLaunchKernelEx(&config, function, args, null), "cuLaunchKernelEx",
                 $"{kernel} in {file} ({how}), grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
         }
         else
-            Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, stream, args, null),
+            Check(cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block, 1, 1, sharedBytes, Stream.Handle, args, null),
                 "cuLaunchKernel", $"{kernel} in {file}, grid ({grid.X}, {grid.Y}, {grid.Z}), block {block}, {sharedBytes} B shared");
         Profiler?.End();
         NoteLaunch();

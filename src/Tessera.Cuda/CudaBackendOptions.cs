@@ -267,20 +267,6 @@ public sealed record CudaBackendOptions
     public bool ProgrammaticDependentLaunch { get; init; } = true;
 
     /// <summary>
-    /// Megabytes (MiB) of the weights that the products after a decode step's attention read first (the output projection,
-    /// then the MLP's first products) which <see cref="CudaBackend.PrefetchToCache"/> brings into L2 while the attention
-    /// runs (the memory is otherwise idle then), on compute capability 9.0 or later, capped at half the L2. 0 turns the
-    /// prefetch off. Default 32.
-    /// </summary>
-    public int CachePrefetchMegabytes { get; init; } = 32;
-
-    /// <summary>
-    /// The cache prefetch by one <c>prefetch.global.L2</c> a 128-byte line instead of bulk prefetches of 16 KB
-    /// (<c>cp.async.bulk.prefetch.L2</c>, the default); for comparison. Default false.
-    /// </summary>
-    public bool CachePrefetchByLines { get; init; }
-
-    /// <summary>
     /// Serving's paged attention runs on its specialized kernels where the shapes allow (head size 64 or 128, 16-byte
     /// aligned rows): prefill chunks of at least 8 rows on tensor cores (<c>paged_prefill</c>, flash_attention.cu, or where
     /// <see cref="HopperAttention"/> applies <c>paged_prefill_hopper</c>, flash_attention_hopper.cu), the other
@@ -465,8 +451,6 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductCtasPerSm ({QuantizedDecodeProductCtasPerSm}) must be 1, 2 or 4");
         if (QuantizedDecodeProductNormMaxRows is < 0 or > 64)
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductNormMaxRows ({QuantizedDecodeProductNormMaxRows}) must be 0 to 64");
-        if (CachePrefetchMegabytes is < 0 or > 1024)
-            throw new ArgumentException($"CUDA backend options: CachePrefetchMegabytes ({CachePrefetchMegabytes}) must be 0 to 1024");
         if (MatrixVectorCtasPerSm is not (1 or 2))
             throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(MatMulSearch))
@@ -549,8 +533,6 @@ public sealed record CudaBackendOptions
         if (FusedGeluBiasGradient != d.FusedGeluBiasGradient) parts.Add($"{nameof(FusedGeluBiasGradient)}={Bool(FusedGeluBiasGradient)}");
         if (TuneMatMulAlgorithms != d.TuneMatMulAlgorithms) parts.Add($"{nameof(TuneMatMulAlgorithms)}={Bool(TuneMatMulAlgorithms)}");
         if (MatMulSearch != d.MatMulSearch) parts.Add($"{nameof(MatMulSearch)}={MatMulSearch}");
-        if (CachePrefetchMegabytes != d.CachePrefetchMegabytes) parts.Add(Invariant($"{nameof(CachePrefetchMegabytes)}={CachePrefetchMegabytes}"));
-        if (CachePrefetchByLines != d.CachePrefetchByLines) parts.Add($"{nameof(CachePrefetchByLines)}={Bool(CachePrefetchByLines)}");
         if (ProgrammaticDependentLaunch != d.ProgrammaticDependentLaunch) parts.Add($"{nameof(ProgrammaticDependentLaunch)}={Bool(ProgrammaticDependentLaunch)}");
         if (SpecializedPagedAttention != d.SpecializedPagedAttention) parts.Add($"{nameof(SpecializedPagedAttention)}={Bool(SpecializedPagedAttention)}");
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
@@ -630,8 +612,6 @@ public sealed record CudaBackendOptions
         [nameof(FusedAttentionBiasGradient)] = (o, v, s) => o with { FusedAttentionBiasGradient = ParseBool(v, s) },
         [nameof(LayerNormSumsInRegisters)] = (o, v, s) => o with { LayerNormSumsInRegisters = ParseBool(v, s) },
         [nameof(FusedGeluBiasGradient)] = (o, v, s) => o with { FusedGeluBiasGradient = ParseBool(v, s) },
-        [nameof(CachePrefetchMegabytes)] = (o, v, s) => o with { CachePrefetchMegabytes = ParseInt(v, s) },
-        [nameof(CachePrefetchByLines)] = (o, v, s) => o with { CachePrefetchByLines = ParseBool(v, s) },
         [nameof(ProgrammaticDependentLaunch)] = (o, v, s) => o with { ProgrammaticDependentLaunch = ParseBool(v, s) },
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },

@@ -325,14 +325,6 @@ public interface IBackend
         int window = 0, double softCap = 0);
 
     /// <summary>
-    /// A hint that the next ops read <paramref name="tensors"/>, in this order, and that the op before them leaves the memory
-    /// idle (a decode step's attention): a device with a cache in front of its memory may start bringing their leading bytes
-    /// into it, up to its budget, so that those ops find them there. Nothing is written and no result changes; a backend
-    /// without such a cache, or a tensor whose elements are not contiguous, is left alone.
-    /// </summary>
-    void PrefetchToCache(ReadOnlySpan<Tensor> tensors);
-
-    /// <summary>
     /// destination[b, startPositions[b] + t, r, :] = source[b, t, r, :] for source (B,T,R,D) and destination (B,S,R,D) of one
     /// dtype, both with a contiguous last dimension: appends new keys and values to a KV cache at each sequence's length.
     /// startPositions (B) I32 on this backend; startPositions[b] + T must not exceed S (unchecked on devices).

@@ -105,37 +105,3 @@ extern "C" __global__ void resolve_sampled_ids(int* ids, const int* sampled, i64
         if (id < 0) ids[i] = sampled[-id - 1];
     }
 }
-
-// Byte ranges brought into L2 for the ops after this one (CudaBackend.PrefetchToCache; a hint: nothing is written). Up to
-// four ranges, each cut into 16 KB pieces (the last one shorter); piece g of all the ranges' pieces in order goes to thread
-// g of the grid, counted CTA-minor so that the pieces spread over every CTA (then g + the grid's threads, ...). A piece is
-// one bulk prefetch (cp.async.bulk.prefetch.L2, sm_90; the host keeps starts and sizes multiples of 16) or, with lines, one
-// prefetch.global.L2 a 128-byte line. It runs on a stream of its own (a bulk prefetch holds its thread until the bytes are
-// requested, so a kernel in the main stream would hold up its dependents about as long as reading them).
-struct PrefetchRanges { const char* p[4]; i64 bytes[4]; };
-extern "C" __global__ void prefetch_l2(PrefetchRanges r, int count, int lines)
-{
-    constexpr i64 PIECE = 16384;
-    const i64 threads = (i64)gridDim.x * blockDim.x;
-    i64 g = threadIdx.x * (i64)gridDim.x + blockIdx.x;
-    for (int i = 0; i < count; i++)
-    {
-        const i64 pieces = (r.bytes[i] + PIECE - 1) / PIECE;
-        for (; g < pieces; g += threads)
-        {
-            const char* a = r.p[i] + g * PIECE;
-            const i64 n = min(PIECE, r.bytes[i] - g * PIECE);
-#ifdef __CUDA_ARCH__
-            if (lines)
-                for (i64 o = 0; o < n; o += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + o));
-#if __CUDA_ARCH__ >= 900
-            else
-                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"((unsigned)n) : "memory");
-#endif
-#else
-            (void)a; (void)n; (void)lines;
-#endif
-        }
-        g -= pieces;
-    }
-}

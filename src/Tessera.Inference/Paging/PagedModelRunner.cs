@@ -723,7 +723,6 @@ public sealed partial class PagedModelRunner : IDisposable
             else _backend.PagedAppend(qkv.Slice(1, h, 2 * k), pool, batch, scales);
         }
         var output = ctx.Buffer(_attentionOut, new Shape(n, h, d), x.DType);                        // (N, H, D)
-        if (block.WeightsAfterAttention(n) is { Length: > 0 } next) _backend.PrefetchToCache(next);  // while the attention runs
         _backend.PagedAttention(qkv.Slice(1, 0, h), pool, batch, output, attention.Scale, attention.SlidingWindow, scales, attention.SoftCap);
         block.AccumulateAttentionOutput(ctx, output.Reshape(n, h * d), x);
     }

@@ -173,30 +173,17 @@ public sealed class TransformerBlock
             throw new ArgumentException($"{Name}: input {x.Shape} must be contiguous (B, T, {Channels})");
         int b = x.Size(0), t = x.Size(1), n = b * t;
         var xf = x.Reshape(n, Channels);                              // (N, C): the residual stream, updated in place
-        var next = WeightsAfterAttention(n);
-        if (PostAttentionNorm is null) Attention.ForwardCached(ctx, x, Norm1, cache, Index, xf, next);
+        if (PostAttentionNorm is null) Attention.ForwardCached(ctx, x, Norm1, cache, Index, xf);
         else
         {
             // Gemma: the branch into a zeroed buffer, normalized, then added.
             var branch = ZeroedBranch(ctx, xf);
-            Attention.ForwardCached(ctx, x, Norm1, cache, Index, branch, next);
+            Attention.ForwardCached(ctx, x, Norm1, cache, Index, branch);
             x.Backend.Accumulate(xf, PostAttentionNorm.Forward(ctx, branch));
         }
         AccumulateMlp(ctx, xf);
         return x;
     }
-
-    /// <summary>Most rows of an inference step whose attention leaves the memory idle enough for
-    /// <see cref="WeightsAfterAttention"/> to name the weights read after it (a decode step of a few sequences).</summary>
-    public const int CachePrefetchMaxRows = 4;
-
-    /// <summary>
-    /// Inference: the weights read right after this block's attention, in order (the output projection's, then the MLP's
-    /// first products'), for <see cref="IBackend.PrefetchToCache"/> while the attention runs; empty for a step of more than
-    /// <see cref="CachePrefetchMaxRows"/> rows, whose attention (or prefill) keeps the memory busy itself.
-    /// </summary>
-    public Tensor[] WeightsAfterAttention(int rows) =>
-        rows > CachePrefetchMaxRows ? [] : [Attention.Projection.StoredWeight, .. Mlp.LeadingWeights];
 
     /// <summary>
     /// Inference: the residual rows <paramref name="residual"/> (N, C) += the attention branch's output from the attention

@@ -197,11 +197,9 @@ public sealed class CausalSelfAttention
     /// product where the backend can), whose T new positions follow the ones in
     /// <paramref name="cache"/> (at its device-side <see cref="KvCache.Positions"/>); writes their keys and values into
     /// cache layer <paramref name="layer"/> (the caller advances the cache after the last layer). No launch depends on a
-    /// host-side length, so a recorded decode step replays at any position. Saves nothing. <paramref name="prefetch"/>: the
-    /// weights read after the attention, for <see cref="IBackend.PrefetchToCache"/> just before it (none by default).
+    /// host-side length, so a recorded decode step replays at any position. Saves nothing.
     /// </summary>
-    public void ForwardCached(in PassContext ctx, Tensor x, INormalization norm, KvCache cache, int layer, Tensor residual,
-        ReadOnlySpan<Tensor> prefetch = default)
+    public void ForwardCached(in PassContext ctx, Tensor x, INormalization norm, KvCache cache, int layer, Tensor residual)
     {
         CheckInput(x);
         if (Input is GatherFromSequenceParallelRegion)
@@ -237,7 +235,6 @@ public sealed class CausalSelfAttention
             else backend.CopyAtPositions(qkv.Slice(2, Heads, 2 * KvHeads), cache.KeysAndValues(layer), positions);
         }
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
-        if (!prefetch.IsEmpty) backend.PrefetchToCache(prefetch);                                     // while the attention runs
         backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale, SlidingWindow, SoftCap);
         Projection.ForwardAccumulate(ctx, att.Reshape(n, Heads * HeadSize), residual);
     }

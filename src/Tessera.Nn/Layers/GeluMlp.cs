@@ -36,9 +36,6 @@ public sealed class GeluMlp : IFeedForward
     public Linear Projection { get; }
 
     /// <inheritdoc/>
-    public IReadOnlyList<Tensor> LeadingWeights => [Fc.StoredWeight];
-
-    /// <inheritdoc/>
     public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         var rows = Input.Forward(ctx, x);                            // (N, C): whole rows

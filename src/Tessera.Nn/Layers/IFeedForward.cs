@@ -19,12 +19,6 @@ public interface IFeedForward
     Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null);
 
     /// <summary>
-    /// Inference: the weights <see cref="ForwardAccumulate"/> streams first, in the order it reads them (a hint for
-    /// <see cref="IBackend.PrefetchToCache"/>); empty where they are known only from the rows (a mixture of experts).
-    /// </summary>
-    IReadOnlyList<Tensor> LeadingWeights { get; }
-
-    /// <summary>
     /// Inference: <paramref name="residual"/> (N, C) += the MLP of norm(x) for x (N, C), the last product accumulating and the
     /// norm fused into the first products where the backend can; saves nothing.
     /// </summary>

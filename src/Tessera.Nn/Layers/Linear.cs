@@ -176,10 +176,6 @@ public class Linear
         return dx;
     }
 
-    /// <summary>The tensor an inference product over this layer streams: the quantized values (<see cref="Parameter.Quantized"/>)
-    /// when there are, else the weight.</summary>
-    public Tensor StoredWeight => Weight.Quantized?.Values ?? Weight.Value;
-
     /// <summary>
     /// Whether the layer computes exactly x W^T + b, so that fused ops may read <see cref="Weight"/> in its place (the MLP's
     /// one gate/up product, decoding's fused QKV product). False for a layer that adds more (an unmerged LoRA adapter).

@@ -181,10 +181,6 @@ public sealed partial class SparseMoeFeedForward : IFeedForward
     public Linear Projection => Experts[0].Projection;
 
     /// <inheritdoc/>
-    /// <remarks>None: which experts a step reads is known only once its rows are routed.</remarks>
-    public IReadOnlyList<Tensor> LeadingWeights => [];
-
-    /// <inheritdoc/>
     public Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         if (TensorParallelism is not null) return ForwardTensorParallel(ctx, x, residual);

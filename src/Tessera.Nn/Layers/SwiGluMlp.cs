@@ -60,9 +60,6 @@ public sealed class SwiGluMlp : IFeedForward
     /// <inheritdoc/>
     public Linear Projection { get; }
 
-    /// <inheritdoc/>
-    public IReadOnlyList<Tensor> LeadingWeights => [Gate.StoredWeight, Up.StoredWeight];
-
     /// <summary>
     /// Whether training runs gate and up as one product: their weights (and so their gradients, which the storages lay out
     /// alike) are adjacent (F, C) blocks of one storage, and neither has a bias.

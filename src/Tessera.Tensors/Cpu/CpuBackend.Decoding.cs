@@ -17,9 +17,6 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(x, startPositions);
     }
 
-    /// <summary>Nothing: the CPU's caches are filled by the loads themselves.</summary>
-    public void PrefetchToCache(ReadOnlySpan<Tensor> tensors) { }
-
     public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
         int window = 0, double softCap = 0)
     {

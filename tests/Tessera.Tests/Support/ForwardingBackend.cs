@@ -59,7 +59,6 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0, double softCap = 0) => Inner.AttentionForward(q, k, v, output, logSumExp, scale, window, softCap);
     public virtual void Rope(Tensor x, Tensor startPositions, RopeFrequencies frequencies) => Inner.Rope(x, startPositions, frequencies);
     public virtual void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale, int window = 0, double softCap = 0) => Inner.AttentionForwardCached(q, keyCache, valueCache, startPositions, output, scale, window, softCap);
-    public virtual void PrefetchToCache(ReadOnlySpan<Tensor> tensors) => Inner.PrefetchToCache(tensors);
     public virtual void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions) => Inner.CopyAtPositions(source, destination, startPositions);
     public virtual void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies) => Inner.RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
     public virtual void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies) => Inner.MatMulRopeAppend(x, norm, weight, bias, qkv, queryHeads, keysAndValues, startPositions, frequencies);
