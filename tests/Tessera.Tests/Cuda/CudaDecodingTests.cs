@@ -1,3 +1,4 @@
+using Tessera.Cuda;
 using Tessera.Inference;
 using Tessera.Inference.Sampling;
 using Tessera.Models;
@@ -168,6 +169,60 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         }
         Assert.False(Gpu.EarlyWeights);
         Assert.Equal(Download(outside), Download(inside));
+    }
+
+    /// <summary>
+    /// A decode step's attention behind the op that appends its keys (the fused QKV product, which lets its dependents start
+    /// early), inside an inference scope, where the grouped kernel's splits without new keys load cached rows before waiting
+    /// (<see cref="CudaBackendOptions.EarlyCacheLoads"/>): Llama 1B's 32 / 8 heads, sequences of 1, 2 and 4 new rows at
+    /// 900 and 37 cached positions. The output equals the same step with the loads after the wait bit for bit, and the CPU's
+    /// f64 attention over the CPU's own appended cache within 2e-2 (bf16 inputs and output).
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void DecodeAttentionBehindTheAppendLoadsCachedRowsEarlyAndMatchesTheCpu(int t)
+    {
+        const double theta = 500000.0, eps = 1e-5;
+        int b = 2, h = 32, kh = 8, d = 64, c = 256, capacity = 1024, rows = (h + 2 * kh) * d;
+        int[] starts = [900, 37];
+        var (x, xv) = Random(DType.BF16, 1, b * t, c);
+        var (w, wv) = Random(DType.BF16, 0.1, rows, c);
+        var (nw, nwv) = Random(DType.BF16, 1, c);
+        var cachev = Stored(Enumerable.Range(0, b * capacity * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), DType.BF16);
+        double[] Step(CudaBackend backend)
+        {
+            var cache = Upload(backend, cachev, DType.BF16, b, capacity, 2 * kh, d);
+            var positions = backend.Allocate(new Shape(b), DType.I32);
+            backend.CopyFromHost<int>(starts, positions);
+            var qkv = backend.Allocate(new Shape(b, t, h + 2 * kh, d), DType.BF16);
+            var output = backend.Allocate(new Shape(b, t, h, d), DType.BF16);
+            backend.Fill(output, double.NaN);
+            using (backend.EnterInference())
+            {
+                backend.Fill(qkv, 0);                                               // a launch in the scope, as a step's first
+                backend.MatMulRopeAppend(Upload(backend, xv, DType.BF16, b * t, c), new RmsNormPrologue(Upload(backend, nwv, DType.BF16, c), eps),
+                    Upload(backend, wv, DType.BF16, rows, c), null, qkv, h, cache, positions, theta);
+                Assert.True(backend.EarlyWeights || !backend.Options.EarlyWeightLoads, "the attention was not launched as a decode step's");
+                backend.AttentionForwardCached(qkv.Slice(2, 0, h), cache.Slice(2, 0, kh), cache.Slice(2, kh, kh), positions, output, 1 / Math.Sqrt(d));
+            }
+            return Download(backend, output);
+        }
+        using var late = new CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options with { EarlyCacheLoads = false });
+        var early = Step(Gpu);
+        Assert.Equal(Step(late), early);
+
+        var cpuQkv = _cpu.Allocate(new Shape(b, t, h + 2 * kh, d), DType.F64);
+        var cpuCache = ToCpu(cachev, b, capacity, 2 * kh, d);
+        var cpuStarts = _cpu.FromArray(starts, b);
+        _cpu.MatMulRopeAppend(ToCpu(xv, b * t, c), new RmsNormPrologue(ToCpu(nwv, c), eps), ToCpu(wv, rows, c), null, cpuQkv, h, cpuCache, cpuStarts, theta);
+        // The GPU attends over q and the appended keys rounded to bf16: the CPU's do the same before its attention.
+        var roundedQkv = ToCpu(Stored(TestTensors.ToDoubles(_cpu, cpuQkv), DType.BF16), b, t, h + 2 * kh, d);
+        var roundedCache = ToCpu(Stored(TestTensors.ToDoubles(_cpu, cpuCache), DType.BF16), b, capacity, 2 * kh, d);
+        var expected = _cpu.Allocate(new Shape(b, t, h, d), DType.F64);
+        _cpu.AttentionForwardCached(roundedQkv.Slice(2, 0, h), roundedCache.Slice(2, 0, kh), roundedCache.Slice(2, kh, kh), cpuStarts, expected, 1 / Math.Sqrt(d));
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), early, 2e-2, $"decode attention behind the append, T={t}");
     }
 
     [Fact]
