@@ -225,6 +225,25 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         AssertClose(TestTensors.ToDoubles(_cpu, expected), early, 2e-2, $"decode attention behind the append, T={t}");
     }
 
+    /// <summary>
+    /// Registers, local memory (spills) and CTAs per SM of a batch-1 Llama decode step's kernels (bf16, one row, K = 2048
+    /// staged: the matrix-vector products' three epilogues, the grouped decode attention at head size 64), printed for the
+    /// log: whether the next kernel's CTAs fit beside a running one's decides what programmatic dependent launch can
+    /// overlap. Not a pass/fail bar.
+    /// </summary>
+    [Fact]
+    public void DecodeStepKernelResourcesAreReported()
+    {
+        var gemv = Gpu.Kernels.Module("gemv.cu");
+        foreach (var kernel in new[] { "gemv_stream_bf16_m1", "gemv_stream_swiglu_bf16_m1", "gemv_stream_rope_bf16_m1" })
+        {
+            var r = gemv.Resources(kernel, 256, 2048 * 2);
+            Console.WriteLine($"[decode step kernel] {kernel}: {r.Registers} registers, {r.LocalBytes} bytes local, {r.StaticSharedBytes} + 4096 bytes shared, {r.CtasPerSm} CTAs of 256 threads per SM");
+        }
+        var attention = Gpu.Kernels.Module("flash_attention.cu").Resources("flash_decode_gqa_bf16_d64_r1", 128, 0);
+        Console.WriteLine($"[decode step kernel] flash_decode_gqa_bf16_d64_r1: {attention.Registers} registers, {attention.LocalBytes} bytes local, {attention.StaticSharedBytes} bytes shared, {attention.CtasPerSm} CTAs of 128 threads per SM");
+    }
+
     [Fact]
     public void CopyAtPositionsFillPositionsAndIncrementAreExact()
     {
