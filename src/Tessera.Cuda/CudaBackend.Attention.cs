@@ -64,10 +64,7 @@ public sealed unsafe partial class CudaBackend
             int rpw = rows <= 4 ? 1 : rows <= 8 ? 2 : 4;
             int gsplits = DecodeSplits(s, b * kh);
             ulong gpart = Scratch((long)b * h * t * gsplits * (d + 2) * sizeof(float));
-            // In a decode step the cached rows before the step's and the positions were written before the predecessor started:
-            // splits without new keys load their first chunk before waiting on it.
-            int early = EarlyWeights && Options.EarlyCacheLoads ? 1 : 0;
-            void** ag = stackalloc void*[] { &pq, &pk, &pv, &gpart, &counters, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts, &window, &early };
+            void** ag = stackalloc void*[] { &pq, &pk, &pv, &gpart, &counters, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts, &window };
             Launch("flash_attention.cu", $"flash_decode_gqa_{suffix}_r{rpw}", ((uint)gsplits, (uint)kh, (uint)b), FlashThreads, ag, 0, dependent: true);
             if (counters == 0)
             {

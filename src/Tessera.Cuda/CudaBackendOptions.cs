@@ -38,13 +38,6 @@ public sealed record CudaBackendOptions
     public bool EarlyWeightLoads { get; init; } = true;
 
     /// <summary>
-    /// Where <see cref="EarlyWeightLoads"/> applies, the grouped decode attention's splits that hold none of the step's new
-    /// keys load their first chunk of cached keys and values before waiting on the kernel that appends those keys; false
-    /// makes them wait first. Default true.
-    /// </summary>
-    public bool EarlyCacheLoads { get; init; } = true;
-
-    /// <summary>
     /// Products of 5 to 64 rows of x times an nn.Linear weight (a decode step's batch) run on a kernel of ours instead of
     /// cuBLASLt: tensor cores, K in slices that form a thread-block cluster and sum each other's tiles, launched dependent on
     /// the predecessor with the first weight loads ahead of the wait (as the matrix-vector kernels at 1-4 rows);
@@ -514,7 +507,6 @@ public sealed record CudaBackendOptions
         if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
-        if (EarlyCacheLoads != d.EarlyCacheLoads) parts.Add($"{nameof(EarlyCacheLoads)}={Bool(EarlyCacheLoads)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
@@ -576,7 +568,6 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
-        [nameof(EarlyCacheLoads)] = (o, v, s) => o with { EarlyCacheLoads = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },

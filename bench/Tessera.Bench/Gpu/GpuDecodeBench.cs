@@ -16,10 +16,12 @@ namespace Tessera.Bench.Gpu;
 /// position, over the decode time, as a share of what a 1 GiB device-to-device copy reaches on the same GPU in the same
 /// process (read + write bytes over time), and of 3.0 TB/s (the H100 figure the issue names).
 /// <para>Usage: gpu-decode [--preset llama-1b] [--dtype bf16|f32] [--prompt 512] [--new 256] [--repeat 2] [--no-graph] [--no-header]
-/// [--cuda-options SETTINGS]</para>
+/// [--cuda-options SETTINGS] [--resources]</para>
 /// <para>SETTINGS are <see cref="CudaBackendOptions.Parse"/>'s form: <c>MatrixVectorKernels=false</c> sends the decode products to
 /// cuBLASLt instead of the matrix-vector kernels; <c>ProfileOps=true</c> (which turns graphs off) adds the per-op GPU time per
-/// token over all rounds. The settings that differ from the defaults are named in the table's "decode step" column.</para>
+/// token over all rounds. The settings that differ from the defaults are named in the table's "decode step" column.
+/// --resources adds the registers, spills and CTAs per SM of a one-row step's kernels (16-bit dtypes): whether the next
+/// kernel's CTAs fit beside a running one's decides what programmatic dependent launch can overlap.</para>
 /// </summary>
 public static class GpuDecodeBench
 {
@@ -28,7 +30,7 @@ public static class GpuDecodeBench
     {
         string preset = "llama-1b", dtypeName = "bf16";
         int promptLength = 512, newTokens = 256, repeat = 2;
-        bool graph = true, header = true;
+        bool graph = true, header = true, resources = false;
         var quantization = Tessera.Nn.Quantization.WeightQuantization.None;
         var cudaOptions = CudaBackendOptions.Default;
         for (int i = 0; i < args.Length; i++)
@@ -42,6 +44,7 @@ public static class GpuDecodeBench
                 case "--repeat": repeat = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-graph": graph = false; break;
                 case "--no-header": header = false; break;
+                case "--resources": resources = true; break;
                 case "--cuda-options": cudaOptions = CudaBackendOptions.Parse(args[++i]); break;
                 case "--quantize": quantization = args[++i] switch { "int8" => Tessera.Nn.Quantization.WeightQuantization.Int8, "fp8" => Tessera.Nn.Quantization.WeightQuantization.Fp8, "int4" => Tessera.Nn.Quantization.WeightQuantization.Int4, "none" => Tessera.Nn.Quantization.WeightQuantization.None, var q => throw new ArgumentException($"--quantize {q}: expected int8, fp8, int4 or none") }; break;
                 default: throw new ArgumentException($"gpu-decode: unknown argument '{args[i]}'");
@@ -77,7 +80,30 @@ public static class GpuDecodeBench
             $"| Tessera | {preset} | {(quantization != Tessera.Nn.Quantization.WeightQuantization.None ? $"{quantization.ToString().ToLowerInvariant()} + {dtype}" : $"{dtype}")} | {path} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F3} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / copyBandwidth:P1} of {copyBandwidth / 1e12:F2} TB/s | {bandwidth / 3.0e12:P1} | {result.PeakDeviceBytes / (double)(1L << 30):F1} |"));
         // Per token over every round, the warm-up included (the profiler is never reset).
         if (backend.Profiler is { } profiler) Console.WriteLine(profiler.Table(options.Rounds * (decoded + 1)));
+        if (resources && dtype == DType.BF16) WriteResources(backend, config);
         return 0;
+    }
+
+    /// <summary>
+    /// Registers, local bytes (spills), shared bytes and CTAs per SM of a one-row decode step's kernels in bf16: the
+    /// matrix-vector products' three epilogues at the block's input width (x staged in shared memory) and the grouped
+    /// decode attention at the model's head size, as this run's launches give them.
+    /// </summary>
+    private static void WriteResources(CudaBackend backend, TransformerConfig config)
+    {
+        Console.WriteLine();
+        Console.WriteLine("| kernel (one-row step) | threads | registers | local bytes | shared bytes | CTAs per SM |");
+        Console.WriteLine("|---|---:|---:|---:|---:|---:|");
+        int staged = config.Embedding * 2;
+        var gemv = backend.Kernels.Module("gemv.cu");
+        foreach (var kernel in new[] { "gemv_stream_bf16_m1", "gemv_stream_swiglu_bf16_m1", "gemv_stream_rope_bf16_m1" })
+        {
+            var r = gemv.Resources(kernel, 256, staged);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {kernel} | 256 | {r.Registers} | {r.LocalBytes} | {r.StaticSharedBytes + staged} | {r.CtasPerSm} |"));
+        }
+        string attention = $"flash_decode_gqa_bf16_d{config.HeadSize}_r1";
+        var a = backend.Kernels.Module("flash_attention.cu").Resources(attention, 128, 0);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {attention} | 128 | {a.Registers} | {a.LocalBytes} | {a.StaticSharedBytes} | {a.CtasPerSm} |"));
     }
 
     /// <summary>Bytes read plus written per second by a 1 GiB device-to-device copy: the bandwidth a streaming kernel can hope for.</summary>

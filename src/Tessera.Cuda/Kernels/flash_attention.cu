@@ -491,13 +491,10 @@ __device__ void flash_decode_finish(const float* part, int* counters, T* o, floa
 // 8 physical chunks), keeps each row's online softmax, and accumulates the D / 32 output columns it owns from the
 // chunk's values, each key's probability broadcast by a shuffle. Partials go to part (B, H, Tq, splits, D + 2) as in
 // flash_decode; the last CTA of a (b, kv head) to finish merges the splits of its rows (counters[b * KH + kvh]).
-// early (the host's word that the positions and the cached rows before this step's were written before the predecessor
-// started, as in a decode step): a split none of whose keys is one of the step's Tq new ones loads its first chunk
-// before pdl_wait, overlapping the predecessor (the product that appends the new keys) instead of following it.
 template <typename T, int D, int RPW>
 __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part, int* counters, T* o, float* lse,
     int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts,
-    int window, int early)
+    int window)
 {
     constexpr int CH = D == 64 ? 64 : 32, NT = 128, CPL = D / 32, KPL = CH / 32, NC = D / 8;
     __shared__ u32x4 tile_store[4 * CH * D * 2 / 16]; // K then V, two stages each (u32x4: 16-byte aligned)
@@ -507,7 +504,8 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
     __shared__ int last;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int split = blockIdx.x, splits = gridDim.x, kvh = blockIdx.y, b = blockIdx.z, G = H / KH, R = G * Tq;
-    if (!early) pdl_wait();
+    pdl_wait();
+    pdl_launch_dependents();
     const int len = starts ? starts[b] + Tq : S; // keys the last query row sees
     const int lo = max(0, len - Tq - window + 1); // the oldest key the first query row's window holds
     const int per = (len - lo + splits - 1) / splits, s0 = min(len, lo + split * per), s1 = min(len, s0 + per);
@@ -517,15 +515,7 @@ __device__ void flash_decode_gqa(const T* q, const T* k, const T* v, float* part
     const unsigned char* const pK = tiles;
     const unsigned char* const pV = tiles + 2 * CH * D * 2;
     const int nchunks = (s1 - s0 + CH - 1) / CH;
-    const bool before = early && s1 <= len - Tq;  // no key of the first chunk is new: load it before the wait
-    if (nchunks > 0 && before)
-    {
-        load_tile<D, CH, NT>(sK, kb, ks.t, s0, s1, tid);
-        load_tile<D, CH, NT>(sV, vb, vs.t, s0, s1, tid);
-    }
-    if (early) pdl_wait();
-    pdl_launch_dependents();
-    if (nchunks > 0 && !before)
+    if (nchunks > 0)
     {
         load_tile<D, CH, NT>(sK, kb, ks.t, s0, s1, tid);
         load_tile<D, CH, NT>(sV, vb, vs.t, s0, s1, tid);
@@ -1004,11 +994,10 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 #define FLASH_GQA(n, T, D, RPW)                                                                                 \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_gqa_##n##_d##D##_r##RPW(const T* q,        \
         const T* k, const T* v, float* part, int* counters, T* o, float* lse, int Tq, int S, int H, int KH,     \
-        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts, int window,         \
-        int early)                                                                                              \
+        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, const int* starts, int window)         \
     {                                                                                                           \
         flash_decode_gqa<T, D, RPW>(q, k, v, part, counters, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale,       \
-                                    starts, window, early);                                                     \
+                                    starts, window);                                                            \
     }
 
 // Over a quantized pool (its code's module only, KernelLibrary.QuantizedKvModule: 16-bit caches and training never compile
