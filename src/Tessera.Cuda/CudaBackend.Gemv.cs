@@ -53,13 +53,22 @@ public sealed unsafe partial class CudaBackend
     private void LaunchGemv(string epilogue, string suffix, int m, int k, int outputs, DType dtype, void** args)
     {
         bool staged = Options.MatrixVectorStagedWeights;
-        uint grid = staged ? (uint)Math.Max(1, Math.Min((outputs + 7) / 8, CudaDevice.MultiprocessorCount)) : GemvGrid(outputs);
         uint shared = GemvShared(m, k, dtype) + (staged ? GemvRingBytes(m) : 0u);
-        Launch("gemv.cu", $"gemv_{(staged ? "staged" : "stream")}{epilogue}_{suffix}_m{m}", (grid, 1, 1), 256, args, shared, dependent: true);
+        string kernel = $"gemv_{(staged ? "staged" : "stream")}{epilogue}_{suffix}_m{m}";
+        uint grid = GemvGrid(outputs);
+        if (staged)
+        {
+            // As many CTAs an SM as asked and as its shared memory holds (1 KB of it reserved a CTA): one wave.
+            int fit = CudaDevice.MaxSharedMemoryPerMultiprocessor / ((int)shared + 1024);
+            int ctas = Math.Max(1, Math.Min(Options.MatrixVectorCtasPerSm, fit));
+            grid = (uint)Math.Max(1, Math.Min((outputs + 7) / 8, CudaDevice.MultiprocessorCount * ctas));
+            PreferSharedMemory("gemv.cu", kernel);
+        }
+        Launch("gemv.cu", kernel, (grid, 1, 1), 256, args, shared, dependent: true);
     }
 
-    /// <summary>The staged kernels' rings: 8 warps x GEMV_STAGES (3) units x U 16-byte chunks a lane (U = 8 for up to 2 rows of x, else 4).</summary>
-    private static uint GemvRingBytes(int m) => (uint)(8 * 3 * (m <= 2 ? 8 : 4) * 32 * 16);
+    /// <summary>The staged kernels' rings: 8 warps x GEMV_STAGES (2) units x U 16-byte chunks a lane (U = 8 for up to 2 rows of x, else 4).</summary>
+    private static uint GemvRingBytes(int m) => (uint)(8 * 2 * (m <= 2 ? 8 : 4) * 32 * 16);
 
     private static bool BiasFits(Tensor? bias, DType dtype, int n) =>
         bias is null || (bias.DType == dtype && bias.IsContiguous && bias.NumElements == n);

@@ -24,9 +24,10 @@ public sealed record CudaBackendOptions
     public bool MatrixVectorKernels { get; init; } = true;
 
     /// <summary>
-    /// CTAs of 8 warps per SM in a matrix-vector grid, 1 or 2 (fewer when the rows would leave warps idle). Two are resident
-    /// at once (the kernels' launch bounds); one leaves room for the next kernel's CTAs under programmatic dependent
-    /// launch and measured slower. Default 2.
+    /// CTAs of 8 warps per SM in a matrix-vector grid, 1 to 3 (fewer when the rows would leave warps idle). Two of the
+    /// register stream's are resident at once (the kernels' launch bounds; 3 makes a second wave); one leaves room for the
+    /// next kernel's CTAs under programmatic dependent launch and measured slower. The staged kernels
+    /// (<see cref="MatrixVectorStagedWeights"/>) take up to 3, as many as the SM's shared memory holds. Default 2.
     /// </summary>
     public int MatrixVectorCtasPerSm { get; init; } = 2;
 
@@ -459,8 +460,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductCtasPerSm ({QuantizedDecodeProductCtasPerSm}) must be 1, 2 or 4");
         if (QuantizedDecodeProductNormMaxRows is < 0 or > 64)
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductNormMaxRows ({QuantizedDecodeProductNormMaxRows}) must be 0 to 64");
-        if (MatrixVectorCtasPerSm is not (1 or 2))
-            throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
+        if (MatrixVectorCtasPerSm is not (1 or 2 or 3))
+            throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1, 2 or 3");
         if (!Enum.IsDefined(MatMulSearch))
             throw new ArgumentException($"CUDA backend options: MatMulSearch ({(int)MatMulSearch}) must be one of {string.Join(", ", Enum.GetNames<MatMulCandidateSearch>())}");
         if (!Enum.IsDefined(DecodeAttention))

@@ -97,7 +97,7 @@ public static class GpuDecodeBench
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");
         int staged = config.Embedding * 2;
         var gemv = backend.Kernels.Module("gemv.cu");
-        const int ring = 8 * 3 * 8 * 32 * 16;   // the staged kernels' rings at one row (CudaBackend.GemvRingBytes)
+        const int ring = 8 * 2 * 8 * 32 * 16;   // the staged kernels' rings at one row (CudaBackend.GemvRingBytes)
         foreach (var form in new[] { "stream", "staged" })
             foreach (var epilogue in new[] { "", "_swiglu", "_rope" })
             {

@@ -501,7 +501,7 @@ FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
 // The same three kernels with the weights staged in shared memory (gemv_stream's ST; CudaBackendOptions.MatrixVectorStagedWeights):
 // gemv_staged_*, gemv_staged_swiglu_*, gemv_staged_rope_*, the same arguments; dynamic shared memory x (M, K) then 8 warps'
 // rings of GEMV_STAGES units of U 16-byte chunks a lane (CudaBackend.GemvRingBytes).
-#define GEMV_STAGES 3
+#define GEMV_STAGES 2
 #define GEMV_STAGED(n, T, M)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_staged_##n##_m##M(const T* x, const T* w,          \
         const T* bias, T* y, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw,       \

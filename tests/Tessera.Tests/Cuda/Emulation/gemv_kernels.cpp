@@ -391,7 +391,7 @@ int main()
     run_q8_swiglu<bf16, 2>(65, 1024, 1, true, false);     // bf16 (no norm: its staged stores are PTX, compiled away here)
     run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false);    // the float-weight form: 250 chunks of 4, alpha and the residual
     run_f32<4>(37, 516, 1, false, 1.f, 0.f, true);       // with RMSNorm on the way
-    // The staged form (each warp's units through a ring of 3 in shared memory, 2 ahead): the same shapes, plus rows of one
+    // The staged form (each warp's units through a ring of 2 in shared memory, 1 ahead): the same shapes, plus rows of one
     // to three units and more units than the ring holds, across rows.
     emu_shared_base = gemv_smem;
     run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false, true);
