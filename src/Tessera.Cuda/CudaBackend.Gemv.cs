@@ -36,39 +36,12 @@ public sealed unsafe partial class CudaBackend
         float al = (float)alpha, be = (float)beta;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be, &pn, &eps, &early };
-        LaunchGemv("", Suffix(dtype, "MatMul"), m, k, n, dtype, args);
+        Launch("gemv.cu", $"gemv_stream_{Suffix(dtype, "MatMul")}_m{m}", (GemvGrid(n), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
         return true;
     }
 
     /// <summary>x (M, K) staged in shared memory, once per CTA.</summary>
     private static uint GemvShared(int m, int k, DType dtype) => (uint)((long)m * k * dtype.SizeInBytes());
-
-    /// <summary>
-    /// Launches one of gemv.cu's floating-point matrix-vector kernels (<paramref name="epilogue"/> "", "_swiglu" or "_rope";
-    /// <paramref name="outputs"/> the rows, pairs or outputs its warps walk), dependent on its predecessor: the stream that
-    /// keeps the weights in flight in registers (<c>gemv_stream*</c>, <see cref="GemvGrid"/>), or under
-    /// <see cref="CudaBackendOptions.MatrixVectorStagedWeights"/> the one that stages them in shared memory (<c>gemv_staged*</c>):
-    /// one CTA an SM, its warps' rings after x.
-    /// </summary>
-    private void LaunchGemv(string epilogue, string suffix, int m, int k, int outputs, DType dtype, void** args)
-    {
-        bool staged = Options.MatrixVectorStagedWeights;
-        uint shared = GemvShared(m, k, dtype) + (staged ? GemvRingBytes(m) : 0u);
-        string kernel = $"gemv_{(staged ? "staged" : "stream")}{epilogue}_{suffix}_m{m}";
-        uint grid = GemvGrid(outputs);
-        if (staged)
-        {
-            // As many CTAs an SM as asked and as its shared memory holds (1 KB of it reserved a CTA): one wave.
-            int fit = CudaDevice.MaxSharedMemoryPerMultiprocessor / ((int)shared + 1024);
-            int ctas = Math.Max(1, Math.Min(Options.MatrixVectorCtasPerSm, fit));
-            grid = (uint)Math.Max(1, Math.Min((outputs + 7) / 8, CudaDevice.MultiprocessorCount * ctas));
-            PreferSharedMemory("gemv.cu", kernel);
-        }
-        Launch("gemv.cu", kernel, (grid, 1, 1), 256, args, shared, dependent: true);
-    }
-
-    /// <summary>The staged kernels' rings: 8 warps x GEMV_STAGES (2) units x U 16-byte chunks a lane (U = 8 for up to 2 rows of x, else 4).</summary>
-    private static uint GemvRingBytes(int m) => (uint)(8 * 2 * (m <= 2 ? 8 : 4) * 32 * 16);
 
     private static bool BiasFits(Tensor? bias, DType dtype, int n) =>
         bias is null || (bias.DType == dtype && bias.IsContiguous && bias.NumElements == n);
@@ -154,7 +127,7 @@ public sealed unsafe partial class CudaBackend
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps, &early };
-        LaunchGemv("_swiglu", Suffix(dtype, op), m, k, f, dtype, args);
+        Launch("gemv.cu", $"gemv_stream_swiglu_{Suffix(dtype, op)}_m{m}", (GemvGrid(f), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
     /// <summary>The (2F, C) matrix [a; b] when b follows a in their storage (both contiguous, of one shape), else null.</summary>
@@ -213,7 +186,7 @@ public sealed unsafe partial class CudaBackend
         long ldx = x.Stride(0), ldw = weight.Stride(0), ldy = weight.Size(0);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
-        LaunchGemv("_rope", Suffix(dtype, op), m, k, pairs, dtype, args);
+        Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
     /// <summary>qkv (B, T, H+2K, D), contiguous, as the (B·T, (H+2K)·D) rows of x (B·T, C) times a weight of shape <paramref name="weight"/> ((H+2K)·D, C).</summary>

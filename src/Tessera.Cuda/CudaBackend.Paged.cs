@@ -80,7 +80,7 @@ public sealed unsafe partial class CudaBackend
         var rope = PagedRopeArgs(qkv, queryHeads, pool, positions, batch, frequencies);
         int early = EarlyWeights ? 1 : 0;
         void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
-        LaunchGemv("_rope", Suffix(dtype, op), m, k, pairs, dtype, args);
+        Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
     /// <summary>The ROPE epilogue's arguments for a paged pool: row m's position is positions[m] (Tn = 1), its keys and values

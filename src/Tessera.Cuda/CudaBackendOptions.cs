@@ -24,10 +24,9 @@ public sealed record CudaBackendOptions
     public bool MatrixVectorKernels { get; init; } = true;
 
     /// <summary>
-    /// CTAs of 8 warps per SM in a matrix-vector grid, 1 to 3 (fewer when the rows would leave warps idle). Two of the
-    /// register stream's are resident at once (the kernels' launch bounds; 3 makes a second wave); one leaves room for the
-    /// next kernel's CTAs under programmatic dependent launch and measured slower. The staged kernels
-    /// (<see cref="MatrixVectorStagedWeights"/>) take up to 3, as many as the SM's shared memory holds. Default 2.
+    /// CTAs of 8 warps per SM in a matrix-vector grid, 1 or 2 (fewer when the rows would leave warps idle). Two are resident
+    /// at once (the kernels' launch bounds); one leaves room for the next kernel's CTAs under programmatic dependent
+    /// launch and measured slower. Default 2.
     /// </summary>
     public int MatrixVectorCtasPerSm { get; init; } = 2;
 
@@ -37,14 +36,6 @@ public sealed record CudaBackendOptions
     /// every product wait first. Default true.
     /// </summary>
     public bool EarlyWeightLoads { get; init; } = true;
-
-    /// <summary>
-    /// The floating-point matrix-vector kernels (1 to 4 rows of x) stage each warp's weights in a ring in shared memory
-    /// (<c>gemv_staged*</c>, cp.async, one CTA of 8 warps an SM) instead of holding the bytes in flight in registers
-    /// (<c>gemv_stream*</c>, two CTAs an SM that fill the register file): fewer registers, so the next kernel's CTA fits
-    /// beside a running one and starts its loads early. Default false.
-    /// </summary>
-    public bool MatrixVectorStagedWeights { get; init; }
 
     /// <summary>
     /// Products of 5 to 64 rows of x times an nn.Linear weight (a decode step's batch) run on a kernel of ours instead of
@@ -460,8 +451,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductCtasPerSm ({QuantizedDecodeProductCtasPerSm}) must be 1, 2 or 4");
         if (QuantizedDecodeProductNormMaxRows is < 0 or > 64)
             throw new ArgumentException($"CUDA backend options: QuantizedDecodeProductNormMaxRows ({QuantizedDecodeProductNormMaxRows}) must be 0 to 64");
-        if (MatrixVectorCtasPerSm is not (1 or 2 or 3))
-            throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1, 2 or 3");
+        if (MatrixVectorCtasPerSm is not (1 or 2))
+            throw new ArgumentException($"CUDA backend options: MatrixVectorCtasPerSm ({MatrixVectorCtasPerSm}) must be 1 or 2");
         if (!Enum.IsDefined(MatMulSearch))
             throw new ArgumentException($"CUDA backend options: MatMulSearch ({(int)MatMulSearch}) must be one of {string.Join(", ", Enum.GetNames<MatMulCandidateSearch>())}");
         if (!Enum.IsDefined(DecodeAttention))
@@ -516,7 +507,6 @@ public sealed record CudaBackendOptions
         if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
-        if (MatrixVectorStagedWeights != d.MatrixVectorStagedWeights) parts.Add($"{nameof(MatrixVectorStagedWeights)}={Bool(MatrixVectorStagedWeights)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
@@ -578,7 +568,6 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
-        [nameof(MatrixVectorStagedWeights)] = (o, v, s) => o with { MatrixVectorStagedWeights = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },

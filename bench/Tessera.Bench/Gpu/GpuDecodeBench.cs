@@ -86,8 +86,7 @@ public static class GpuDecodeBench
 
     /// <summary>
     /// Registers, local bytes (spills), shared bytes and CTAs per SM of a one-row decode step's kernels in bf16: the
-    /// matrix-vector products' three epilogues in both forms (the register stream and the staged one) at the block's input
-    /// width (x staged in shared memory) and the grouped
+    /// matrix-vector products' three epilogues at the block's input width (x staged in shared memory) and the grouped
     /// decode attention at the model's head size, as this run's launches give them.
     /// </summary>
     private static void WriteResources(CudaBackend backend, TransformerConfig config)
@@ -97,15 +96,11 @@ public static class GpuDecodeBench
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");
         int staged = config.Embedding * 2;
         var gemv = backend.Kernels.Module("gemv.cu");
-        const int ring = 8 * 2 * 8 * 32 * 16;   // the staged kernels' rings at one row (CudaBackend.GemvRingBytes)
-        foreach (var form in new[] { "stream", "staged" })
-            foreach (var epilogue in new[] { "", "_swiglu", "_rope" })
-            {
-                string kernel = $"gemv_{form}{epilogue}_bf16_m1";
-                int shared = staged + (form == "staged" ? ring : 0);
-                var r = gemv.Resources(kernel, 256, shared);
-                Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {kernel} | 256 | {r.Registers} | {r.LocalBytes} | {r.StaticSharedBytes + shared} | {r.CtasPerSm} |"));
-            }
+        foreach (var kernel in new[] { "gemv_stream_bf16_m1", "gemv_stream_swiglu_bf16_m1", "gemv_stream_rope_bf16_m1" })
+        {
+            var r = gemv.Resources(kernel, 256, staged);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {kernel} | 256 | {r.Registers} | {r.LocalBytes} | {r.StaticSharedBytes + staged} | {r.CtasPerSm} |"));
+        }
         string attention = $"flash_decode_gqa_bf16_d{config.HeadSize}_r1";
         var a = backend.Kernels.Module("flash_attention.cu").Resources(attention, 128, 0);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {attention} | 128 | {a.Registers} | {a.LocalBytes} | {a.StaticSharedBytes} | {a.CtasPerSm} |"));

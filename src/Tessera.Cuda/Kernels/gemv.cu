@@ -325,12 +325,7 @@ struct GemvRopeLane
 // scales[n] (null: by 1); with FP8 weights x is quantized once staged, and the sum is multiplied by scales[n] and x's row
 // scale (shared memory after x: M floats). LINEAR reads beta's term from c_in (ldc apart): y itself (the residual accumulated in place)
 // or another tensor (an addend, beta = 1).
-// ST = 0: the units' loads in registers (raw and next above). ST >= 2 (gemv_staged_*, 16-bit and f32 weights): each warp
-// copies its units into a ring of ST units of its own in shared memory after x (cp.async, a lane its own chunks, so no
-// barrier: a lane reads back only what it copied), ST - 1 units ahead, and reads each chunk back as it multiplies it. The
-// bytes in flight then hold no registers, and a CTA of 8 warps an SM leaves room for the next kernel's CTA, which (launched
-// dependent) copies its first units while this one runs.
-template <typename T, typename Wt, int M, int EPI, int ST = 0>
+template <typename T, typename Wt, int M, int EPI>
 __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float* scales, const T* bias0, const T* bias1, T* y,
                             const T* c_in, int N, int K, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float alpha, float beta, const T* nw,
                             float eps, GemvRope<T> rope, int early, const float* scales1 = nullptr)
@@ -352,37 +347,12 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     // Weights are read after pdl_wait unless the host says no earlier kernel still writes them (early): an optimizer step
     // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
     Bytes16 raw[U];
-    // ST > 0: this warp's ring, slot s's chunk u of lane l at 16 ((s U + u) 32 + l) bytes; x (M K of T) comes first.
-    const unsigned ring = ST > 0 ? smem_u32(gemv_smem) + (unsigned)(M * K * (int)sizeof(T)) + (threadIdx.x >> 5) * (unsigned)(ST * U * 512) : 0u;
-    auto copy_unit = [&](const GemvCursor& c, int slot) {   // one commit group a unit, empty past the last output
-        if (c.n < N)
-        {
-            const Wt* row = gemv_row_ptr<Wt, EPI>(w0, w1, ldw, c, half);
-#pragma unroll
-            for (int u = 0; u < U; u++)
-            {
-                const int ch = (c.q * U + u) * 32 + lane;
-                if (ch < chunks) cp_async16(ring + (unsigned)(((slot * U + u) * 32 + lane) * 16), row + (i64)ch * V, true);
-            }
-        }
-        cp_async_commit();
-    };
-    if constexpr (ST == 0)
-    {
-        if (early && load.n < N)
-            gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
-    }
-    else if (early)
-        for (int s = 0; s < ST - 1; s++) { copy_unit(load, s); load.advance(units, HALVES, stride); }
+    if (early && load.n < N)
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     pdl_wait();
     pdl_launch_dependents();
-    if constexpr (ST == 0)
-    {
-        if (!early && load.n < N)
-            gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
-    }
-    else if (!early)
-        for (int s = 0; s < ST - 1; s++) { copy_unit(load, s); load.advance(units, HALVES, stride); }
+    if (!early && load.n < N)
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
     if (EPI == GEMV_ROPE) rl.after_wait(rope, first, N, half, lane);
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
     constexpr bool F8 = IsFp8<Wt>::value;
@@ -393,39 +363,14 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     for (int s = 0; s < 2; s++)
 #pragma unroll
         for (int m = 0; m < M; m++) acc[s][m] = 0.f;
-    int slot = 0;   // ST > 0: the ring slot of cur's unit
     while (cur.n < N)
     {
+        load.advance(units, HALVES, stride);
         Bytes16 next[U];
-        if constexpr (ST == 0)
-        {
-            load.advance(units, HALVES, stride);
-            if (load.n < N)
-                gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, next);
-        }
-        else
-        {
-            copy_unit(load, (slot + ST - 1) % ST);   // into the slot the previous unit was read from
-            load.advance(units, HALVES, stride);
-            cp_async_wait<ST - 1>();                 // cur's unit has landed
-        }
+        if (load.n < N)
+            gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, next);
         if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0) rl.at_pair(rope, cur.n, first, half, lane);
-        if constexpr (ST > 0)
-        {
-#pragma unroll
-            for (int u = 0; u < U; u++)
-            {
-                const int ch = (cur.q * U + u) * 32 + lane;
-                if (ch < chunks)
-                {
-                    Bytes16 r;
-                    lds_u32x4(ring + (unsigned)(((slot * U + u) * 32 + lane) * 16), r.w);
-                    if (cur.s == 0) gemv_chunk<T, Wt, M>(r, sx, K, ch, acc[0]);
-                    else gemv_chunk<T, Wt, M>(r, sx, K, ch, acc[1]);
-                }
-            }
-        }
-        else if (cur.s == 0) gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
+        if (cur.s == 0) gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
         else gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[1]);
         if (cur.q == units - 1 && cur.s == HALVES - 1)   // the output's last unit: reduce, write, start the next one
         {
@@ -463,12 +408,8 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
 #pragma unroll
                 for (int m = 0; m < M; m++) acc[s][m] = 0.f;
         }
-        if constexpr (ST == 0)
-        {
 #pragma unroll
-            for (int u = 0; u < U; u++) raw[u] = next[u];
-        }
-        else slot = (slot + 1) % ST;
+        for (int u = 0; u < U; u++) raw[u] = next[u];
         cur.advance(units, HALVES, stride);
     }
 }
@@ -497,35 +438,6 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     }
 #define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_ALL)
-
-// The same three kernels with the weights staged in shared memory (gemv_stream's ST; CudaBackendOptions.MatrixVectorStagedWeights):
-// gemv_staged_*, gemv_staged_swiglu_*, gemv_staged_rope_*, the same arguments; dynamic shared memory x (M, K) then 8 warps'
-// rings of GEMV_STAGES units of U 16-byte chunks a lane (CudaBackend.GemvRingBytes).
-#define GEMV_STAGES 2
-#define GEMV_STAGED(n, T, M)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256, 2) gemv_staged_##n##_m##M(const T* x, const T* w,          \
-        const T* bias, T* y, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw,       \
-        float eps, int early)                                                                                     \
-    {                                                                                                             \
-        gemv_stream<T, T, M, GEMV_LINEAR, GEMV_STAGES>(x, w, w, nullptr, bias, bias, y, y, N, K, ldx, ldw, ldy, ldy, alpha, \
-                                                       beta, nw, eps, {}, early);                                 \
-    }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(256, 2) gemv_staged_swiglu_##n##_m##M(const T* x, const T* wg,  \
-        const T* wu, const T* bg, const T* bu, T* out, int F, int K, i64 ldx, i64 ldw, i64 ldo, const T* nw,     \
-        float eps, int early)                                                                                     \
-    {                                                                                                             \
-        gemv_stream<T, T, M, GEMV_SWIGLU, GEMV_STAGES>(x, wg, wu, nullptr, bg, bu, out, out, F, K, ldx, ldw, ldo, ldo, 1.f, \
-                                                       0.f, nw, eps, {}, early);                                  \
-    }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(256, 2) gemv_staged_rope_##n##_m##M(const T* x, const T* w,     \
-        const T* bias, T* qkv, int pairs, int K, i64 ldx, i64 ldw, i64 ldy, const T* nw, float eps,              \
-        GemvRope<T> rope, int early)                                                                              \
-    {                                                                                                             \
-        gemv_stream<T, T, M, GEMV_ROPE, GEMV_STAGES>(x, w, w, nullptr, bias, bias, qkv, qkv, pairs, K, ldx, ldw, ldy, ldy, \
-                                                     1.f, 0.f, nw, eps, rope, early);                             \
-    }
-#define GEMV_STAGED_ALL(n, T) GEMV_STAGED(n, T, 1) GEMV_STAGED(n, T, 2) GEMV_STAGED(n, T, 3) GEMV_STAGED(n, T, 4)
-FOR_FLOAT_TYPES(GEMV_STAGED_ALL)
 
 // The int8-weight form (CudaBackend.QuantizedMatMul): y (M, N) = scales[n] * (x q_n) + bias[n] + beta * c_in, q (N, K) int8
 // with rows ldw bytes apart, scales (N) fp32; c_in is y (beta 0 or 1) or an addend of y's shape (beta 1). K a multiple of 16.

@@ -24,7 +24,6 @@ public sealed unsafe class CudaDevice : IDisposable
         ComputeCapability = (DeviceAttribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR), DeviceAttribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR));
         L2CacheBytes = DeviceAttribute(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE);
         MaxSharedMemoryPerBlockOptIn = DeviceAttribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
-        MaxSharedMemoryPerMultiprocessor = DeviceAttribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR);
         nuint total;
         Check(cuDeviceTotalMem(&total, handle), "cuDeviceTotalMem");
         TotalMemoryBytes = (long)total;
@@ -79,9 +78,6 @@ public sealed unsafe class CudaDevice : IDisposable
 
     /// <summary>Largest shared memory a block may opt in to, in bytes.</summary>
     public int MaxSharedMemoryPerBlockOptIn { get; }
-
-    /// <summary>Shared memory of one multiprocessor, in bytes (what the CTAs resident on it share).</summary>
-    public int MaxSharedMemoryPerMultiprocessor { get; }
 
     /// <summary>Device memory in bytes.</summary>
     public long TotalMemoryBytes { get; }

@@ -17,7 +17,6 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorKernels = false,
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
-        MatrixVectorStagedWeights = true,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
         QuantizedDecodeProducts = false,
@@ -92,7 +91,7 @@ public sealed class CudaBackendOptionsTests
     }
 
     [Theory]
-    [InlineData("MatrixVectorCtasPerSm=4", "MatrixVectorCtasPerSm (4) must be 1, 2 or 3")]
+    [InlineData("MatrixVectorCtasPerSm=3", "MatrixVectorCtasPerSm (3) must be 1 or 2")]
     [InlineData("HopperAttentionWarpgroups=3", "HopperAttentionWarpgroups (3) must be 1 or 2, or 0 for the measured best")]
     [InlineData("PagedDecodeCtasPerSm=33", "PagedDecodeCtasPerSm (33) must be 1 to 32, or 0 for the kernel's occupancy")]
     [InlineData("PagedDecodeCtasPerSm=-1", "PagedDecodeCtasPerSm (-1) must be 1 to 32, or 0 for the kernel's occupancy")]

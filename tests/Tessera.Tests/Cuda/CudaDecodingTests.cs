@@ -220,50 +220,6 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
         AssertClose(TestTensors.ToDoubles(_cpu, expected), actual, 2e-2, $"decode attention behind the append, T={t}");
     }
 
-    /// <summary>
-    /// The staged matrix-vector kernels (<see cref="Tessera.Cuda.CudaBackendOptions.MatrixVectorStagedWeights"/>: each warp's
-    /// weights through a ring in shared memory) against the register stream, for all three epilogues (the product with the
-    /// norm, a bias and the residual; SwiGLU with the norm; the norm, QKV product, RoPE and append into a dense cache) at 1
-    /// to 4 rows: each lane sums the same chunks in the same order, so every output and cache row is equal bit for bit.
-    /// </summary>
-    [Theory]
-    [InlineData(1, 2048)]
-    [InlineData(2, 8192)]
-    [InlineData(3, 1000)]
-    [InlineData(4, 2048)]
-    public void StagedMatrixVectorKernelsGiveTheStreamsBits(int m, int k)
-    {
-        const double eps = 1e-5, theta = 500000.0;
-        int n = 3000, f = 1100, h = 8, kh = 2, d = 64, capacity = 64, rows = (h + 2 * kh) * d;
-        double[] Values(int count, double scale) => Stored(Enumerable.Range(0, count).Select(_ => (Rng.NextDouble() * 2 - 1) * scale).ToArray(), DType.BF16);
-        double[] xv = Values(m * k, 1), nwv = Values(k, 1), wv = Values(n * k, 0.1), bv = Values(n, 0.5), yv = Values(m * n, 1);
-        double[] gv = Values(f * k, 0.1), uv = Values(f * k, 0.1), qv = Values(rows * k, 0.1), cachev = Values(capacity * 2 * kh * d, 1);
-        int[] starts = [17];
-        double[][] Run(Tessera.Cuda.CudaBackend backend)
-        {
-            var x = Upload(backend, xv, DType.BF16, m, k);
-            var norm = new RmsNormPrologue(Upload(backend, nwv, DType.BF16, k), eps);
-            var y = Upload(backend, yv, DType.BF16, m, n);
-            backend.RmsNormMatMul(x, norm, Upload(backend, wv, DType.BF16, n, k), y, Upload(backend, bv, DType.BF16, n));
-            var y2 = Upload(backend, yv, DType.BF16, m, n);
-            backend.MatMul(x, Upload(backend, wv, DType.BF16, n, k), y2, transposeB: true, beta: 1.0);
-            var a = backend.Allocate(new Shape(m, f), DType.BF16);
-            backend.MatMulSwiGlu(x, Upload(backend, gv, DType.BF16, f, k), Upload(backend, uv, DType.BF16, f, k), a, norm: norm);
-            var qkv = backend.Allocate(new Shape(1, m, h + 2 * kh, d), DType.BF16);
-            var cache = Upload(backend, cachev, DType.BF16, 1, capacity, 2 * kh, d);
-            var positions = backend.Allocate(new Shape(1), DType.I32);
-            backend.CopyFromHost<int>(starts, positions);
-            backend.MatMulRopeAppend(x, norm, Upload(backend, qv, DType.BF16, rows, k), null, qkv, h, cache, positions, theta);
-            return [Download(backend, y), Download(backend, y2), Download(backend, a), Download(backend, qkv), Download(backend, cache)];
-        }
-        using var staged = new Tessera.Cuda.CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options with { MatrixVectorStagedWeights = true, ProfileOps = true });
-        var expected = Run(Gpu);
-        var actual = Run(staged);
-        Assert.Contains(staged.Profiler!.Totals(), r => r.Name == $"gemv_staged_rope_bf16_m{m}");
-        string[] what = ["normalized product with bias", "product with the residual", "SwiGLU", "qkv", "cache"];
-        for (int i = 0; i < expected.Length; i++) Assert.True(expected[i].SequenceEqual(actual[i]), $"{what[i]}: the staged kernel's bits differ (M = {m}, K = {k})");
-    }
-
     [Fact]
     public void CopyAtPositionsFillPositionsAndIncrementAreExact()
     {

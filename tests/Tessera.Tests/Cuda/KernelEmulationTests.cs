@@ -124,8 +124,7 @@ public sealed class KernelEmulationTests
     /// int8 row, bias, beta 0 and 1, an addend read in place of y, x RMS-normalized as it is staged) at M = 1 to 4 in f32 and once
     /// in bf16, K short of a unit of the stream, half a unit (2,048, llama-1b's rows) and a unit and one chunk long, N
     /// not a multiple of the grid's warps and fewer rows than warps; the float-weight form
-    /// that shares the stream (plain, and with RMSNorm on the way), and its staged form (<c>gemv_staged_*</c>: each warp's units
-    /// through a ring in shared memory, rows of one to 13 units); and <c>dequantize_f32</c>, against double references
+    /// that shares the stream (plain, and with RMSNorm on the way); and <c>dequantize_f32</c>, against double references
     /// (Emulation/gemv_kernels.cpp: 1e-5 of the largest output in f32, 8e-3 in bf16, the dequantized weights exactly), with the
     /// early and late weight loads giving the same bits and y's row padding untouched. A chunk skipped, or the int8 values
     /// off by one level, fails it (checked by hand). <see cref="CudaQuantizedMatMulTests"/> checks the kernels on the device.
@@ -139,10 +138,7 @@ public sealed class KernelEmulationTests
              "gemv_stream_q8 f32 M=4 N=9 K=16 grid=4 bias=0 beta=0", "gemv_stream_q8 f32 M=1 N=37 K=528 grid=5 bias=1 beta=0 addend",
              "gemv_stream_q8 bf16 M=2 N=100 K=1024 grid=2 bias=1 beta=1", "gemv_stream_q8 f32 M=1 N=100 K=2048 grid=2 bias=1 beta=0 norm",
              "gemv_stream_q8 f32 M=3 N=45 K=2064 grid=1 bias=0 beta=1 norm", "gemv_stream f32 M=1 N=100 K=1000 grid=2 bias=1 beta=1",
-             "gemv_stream f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "gemv_staged f32 M=1 N=100 K=1000 grid=2 bias=1 beta=1",
-             "gemv_staged f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "gemv_staged f32 M=2 N=77 K=4112 grid=3 bias=0 beta=1",
-             "gemv_staged f32 M=3 N=45 K=6160 grid=1 bias=1 beta=0 norm", "gemv_staged f32 M=1 N=9 K=16 grid=4 bias=0 beta=0",
-             "dequantize_f32 N=37 K=45 grid=3 block=64 exact",
+             "gemv_stream f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "dequantize_f32 N=37 K=45 grid=3 block=64 exact",
              "dequantize_f32 N=8 K=4096 grid=7 block=128 exact", "dequantize_f32 N=5 K=48 grid=2 block=32 exact unaligned",
              "gemv_stream_q8_swiglu f32 M=1 F=37 K=512 grid=2 bias=1", "gemv_stream_q8_swiglu f32 M=4 F=20 K=2048 grid=3 bias=0 norm",
              "gemv_stream_q8_swiglu bf16 M=2 F=65 K=1024 grid=1 bias=1"]);

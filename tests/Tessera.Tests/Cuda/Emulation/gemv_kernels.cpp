@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-alignas(16) unsigned char gemv_smem[1 << 18];   // x (M, K) staged (66 KB at M = 4, K = 4112 in f32), then the staged kernels' rings (96 KB)
+alignas(16) unsigned char gemv_smem[1 << 17];   // the kernels' x (M, K) staged (66 KB at M = 4, K = 4112 in f32)
 static int failures = 0;
 
 static void report(const std::string& what, bool ok, const char* detail = "")
@@ -210,7 +210,7 @@ template <typename T, int M> static void run_q8_swiglu(int F, int K, int grid, b
 }
 
 // The float-weight form on the same stream: y = alpha * x W^T + bias + beta * y, x RMS-normalized on the way when asked.
-template <int M> static void run_f32(int N, int K, int grid, bool with_bias, float alpha, float beta, bool with_norm, bool staged = false)
+template <int M> static void run_f32(int N, int K, int grid, bool with_bias, float alpha, float beta, bool with_norm)
 {
     std::mt19937 rng(13 + M * 5 + N + K + grid);
     const int ldx = K + 4, ldw = K + 8, ldy = N + 5;
@@ -237,14 +237,7 @@ template <int M> static void run_f32(int N, int K, int grid, bool with_bias, flo
     long long lx = ldx, lw = ldw, ly = ldy;
     float al = alpha, be = beta, ep = eps;
     auto launch = [&](auto kernel) { emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, n_, k_, lx, lw, ly, al, be, pn, ep, early); }); };
-    if (staged)
-    {
-        if constexpr (M == 1) launch(gemv_staged_f32_m1);
-        else if constexpr (M == 2) launch(gemv_staged_f32_m2);
-        else if constexpr (M == 3) launch(gemv_staged_f32_m3);
-        else launch(gemv_staged_f32_m4);
-    }
-    else if constexpr (M == 1) launch(gemv_stream_f32_m1);
+    if constexpr (M == 1) launch(gemv_stream_f32_m1);
     else if constexpr (M == 2) launch(gemv_stream_f32_m2);
     else if constexpr (M == 3) launch(gemv_stream_f32_m3);
     else launch(gemv_stream_f32_m4);
@@ -252,8 +245,8 @@ template <int M> static void run_f32(int N, int K, int grid, bool with_bias, flo
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++) got[(size_t)m * N + n] = y[(size_t)m * ldy + n];
     char name[120];
-    snprintf(name, sizeof name, "%s f32 M=%d N=%d K=%d grid=%d bias=%d beta=%g%s", staged ? "gemv_staged" : "gemv_stream", M, N, K, grid,
-             with_bias ? 1 : 0, beta, with_norm ? " norm" : "");
+    snprintf(name, sizeof name, "gemv_stream f32 M=%d N=%d K=%d grid=%d bias=%d beta=%g%s", M, N, K, grid, with_bias ? 1 : 0, beta,
+             with_norm ? " norm" : "");
     check(name, e, got, 1e-5);
 }
 
@@ -391,14 +384,6 @@ int main()
     run_q8_swiglu<bf16, 2>(65, 1024, 1, true, false);     // bf16 (no norm: its staged stores are PTX, compiled away here)
     run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false);    // the float-weight form: 250 chunks of 4, alpha and the residual
     run_f32<4>(37, 516, 1, false, 1.f, 0.f, true);       // with RMSNorm on the way
-    // The staged form (each warp's units through a ring of 2 in shared memory, 1 ahead): the same shapes, plus rows of one
-    // to three units and more units than the ring holds, across rows.
-    emu_shared_base = gemv_smem;
-    run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false, true);
-    run_f32<4>(37, 516, 1, false, 1.f, 0.f, true, true);
-    run_f32<2>(77, 4112, 3, false, 1.f, 1.f, false, true);     // 257 chunks of 4: two units a row, the second of one chunk
-    run_f32<3>(45, 6160, 1, true, 1.f, 0.f, true, true);       // U = 4: 1,540 chunks, 13 units a row (the ring wraps inside rows)
-    run_f32<1>(9, 16, 4, false, 1.f, 0.f, false, true);        // one chunk a row; 32 warps for 9 rows (most copy nothing)
     // The FP8 form (rows of one to three units: 256 chunks of 16 codes at U = 8 for M <= 2, 128 at U = 4 above).
     run_f8<float, 1>(0, 100, 1008, 2, true, 0.f, false, false);   // part of one unit; 100 rows on 16 warps
     run_f8<float, 2>(1, 77, 4112, 3, false, 1.f, false, false);   // a full unit and one chunk; the residual
