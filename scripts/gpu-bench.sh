@@ -20,7 +20,7 @@
 #       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa", "ctasN", "noearly" and
 #       "default" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
 #       with the products' first weight loads after the wait even in a decode step, and the default again; "int8" with every
-#       weight matrix in int8, --quantize int8; "int8profile" the per-op profile of that; "fp8" and "fp8profile" the same with --quantize fp8; "int4" with --quantize int4, "int4profile" its per-op profile; "opts:K=V,..." with those backend options; "resources" the step kernels' registers and CTAs per SM), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
+#       weight matrix in int8, --quantize int8; "int8profile" the per-op profile of that; "fp8" and "fp8profile" the same with --quantize fp8; "int4" with --quantize int4, "int4profile" its per-op profile; "opts:K=V,..." with those backend options (no spaces: the variants are split on them); "resources" the step kernels' registers and CTAs per SM), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), LLAMA_CASES="PRESET:B:T[:recompute] ..." (gpu-train of
 #       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in

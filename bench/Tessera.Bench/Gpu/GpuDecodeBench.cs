@@ -20,7 +20,7 @@ namespace Tessera.Bench.Gpu;
 /// <para>SETTINGS are <see cref="CudaBackendOptions.Parse"/>'s form: <c>MatrixVectorKernels=false</c> sends the decode products to
 /// cuBLASLt instead of the matrix-vector kernels; <c>ProfileOps=true</c> (which turns graphs off) adds the per-op GPU time per
 /// token over all rounds. The settings that differ from the defaults are named in the table's "decode step" column.
-/// --resources adds the registers, spills and CTAs per SM of a one-row step's kernels (16-bit dtypes): whether the next
+/// --resources adds the registers, spills and CTAs per SM of a one-row bf16 step's kernels: whether the next
 /// kernel's CTAs fit beside a running one's decides what programmatic dependent launch can overlap.</para>
 /// </summary>
 public static class GpuDecodeBench
@@ -80,30 +80,47 @@ public static class GpuDecodeBench
             $"| Tessera | {preset} | {(quantization != Tessera.Nn.Quantization.WeightQuantization.None ? $"{quantization.ToString().ToLowerInvariant()} + {dtype}" : $"{dtype}")} | {path} | {promptLength} | {newTokens} | {prefillMs:F1} | {promptLength / (prefillMs / 1000):F0} | {decodeMs / decoded:F3} | {decoded / seconds:F1} | {bandwidth / 1e9:F0} | {bandwidth / copyBandwidth:P1} of {copyBandwidth / 1e12:F2} TB/s | {bandwidth / 3.0e12:P1} | {result.PeakDeviceBytes / (double)(1L << 30):F1} |"));
         // Per token over every round, the warm-up included (the profiler is never reset).
         if (backend.Profiler is { } profiler) Console.WriteLine(profiler.Table(options.Rounds * (decoded + 1)));
-        if (resources && dtype == DType.BF16) WriteResources(backend, config);
+        if (resources) WriteResources(backend, config, dtype, quantization);
         return 0;
     }
 
     /// <summary>
-    /// Registers, local bytes (spills), shared bytes and CTAs per SM of a one-row decode step's kernels in bf16: the
-    /// matrix-vector products' three epilogues at the block's input width (x staged in shared memory) and the grouped
-    /// decode attention at the model's head size, as this run's launches give them.
+    /// Registers, local bytes (spills), shared bytes and CTAs per SM of a one-row bf16 decode step's kernels, named as the
+    /// backend picks them: the matrix-vector products' three epilogues (x of the block's width staged in shared memory) and
+    /// the decode attention over the cache <c>generate</c> makes (the model's longest sequence), grouped or per query head
+    /// as <see cref="CudaBackendOptions.DecodeAttention"/> and the cache's length decide (CudaBackend.FlashDecode). CTAs per
+    /// SM as launched (<see cref="Tessera.Cuda.Compilation.CudaModule.ResidentCtas"/>). Other runs (quantized weights, the
+    /// products on cuBLASLt, f32) get a line saying it covers only this one.
     /// </summary>
-    private static void WriteResources(CudaBackend backend, TransformerConfig config)
+    private static void WriteResources(CudaBackend backend, TransformerConfig config, DType dtype,
+        Tessera.Nn.Quantization.WeightQuantization quantization)
     {
         Console.WriteLine();
+        if (dtype != DType.BF16 || quantization != Tessera.Nn.Quantization.WeightQuantization.None || !backend.Options.MatrixVectorKernels)
+        {
+            Console.WriteLine("--resources covers the bf16 step on the matrix-vector kernels only; this run's products are other kernels");
+            return;
+        }
         Console.WriteLine("| kernel (one-row step) | threads | registers | local bytes | shared bytes | CTAs per SM |");
         Console.WriteLine("|---|---:|---:|---:|---:|---:|");
-        int staged = config.Embedding * 2;
-        var gemv = backend.Kernels.Module("gemv.cu");
-        foreach (var kernel in new[] { "gemv_stream_bf16_m1", "gemv_stream_swiglu_bf16_m1", "gemv_stream_rope_bf16_m1" })
+        void Row(string file, string kernel, int threads, int dynamicShared)
         {
-            var r = gemv.Resources(kernel, 256, staged);
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {kernel} | 256 | {r.Registers} | {r.LocalBytes} | {r.StaticSharedBytes + staged} | {r.CtasPerSm} |"));
+            var module = backend.Kernels.Module(file);
+            int ctas = module.ResidentCtas(kernel, threads, dynamicShared);   // before Resources, which sets the carveout
+            var r = module.Resources(kernel, threads, dynamicShared);
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {kernel} | {threads} | {r.Registers} | {r.LocalBytes} | {r.StaticSharedBytes + dynamicShared} | {ctas} |"));
         }
-        string attention = $"flash_decode_gqa_bf16_d{config.HeadSize}_r1";
-        var a = backend.Kernels.Module("flash_attention.cu").Resources(attention, 128, 0);
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {attention} | 128 | {a.Registers} | {a.LocalBytes} | {a.StaticSharedBytes} | {a.CtasPerSm} |"));
+        foreach (var epilogue in new[] { "", "_swiglu", "_rope" })
+            Row("gemv.cu", $"gemv_stream{epilogue}_bf16_m1", 256, config.Embedding * 2);
+        int rows = config.Heads / config.EffectiveKvHeads, d = config.HeadSize;   // the query rows a kv head serves at T = 1
+        bool grouped = rows <= 16 && backend.Options.DecodeAttention switch
+        {
+            DecodeAttentionKernel.Grouped => true,
+            DecodeAttentionKernel.PerQueryHead => false,
+            _ => config.MaxSequenceLength >= 2048,   // CudaBackend.FlashDecodeGroupMinKeys
+        };
+        Row("flash_attention.cu", grouped ? $"flash_decode_gqa_bf16_d{d}_r{(rows <= 4 ? 1 : rows <= 8 ? 2 : 4)}" : $"flash_decode_bf16_d{d}", 128, 0);
     }
 
     /// <summary>Bytes read plus written per second by a 1 GiB device-to-device copy: the bandwidth a streaming kernel can hope for.</summary>
