@@ -493,22 +493,9 @@ public static class HuggingFaceConfig
                 "qwen3_moe" => "Qwen3MoeForCausalLM", "qwen2_moe" => "Qwen2MoeForCausalLM", "phi3" => "Phi3ForCausalLM", _ => "LlamaForCausalLM",
             }),
             ["model_type"] = type,
-            ["vocab_size"] = c.VocabSize,
-            ["max_position_embeddings"] = c.OriginalMaxSequenceLength > 0 ? c.OriginalMaxSequenceLength : c.MaxSequenceLength,
-            ["hidden_size"] = c.Embedding,
-            ["intermediate_size"] = c.EffectiveHidden,
-            ["num_hidden_layers"] = c.Layers,
-            ["num_attention_heads"] = c.Heads,
-            ["num_key_value_heads"] = c.EffectiveKvHeads,
-            ["head_dim"] = c.HeadSize,
-            ["hidden_act"] = "silu",
-            ["rms_norm_eps"] = c.NormEpsilon,
-            ["rope_theta"] = c.RopeTheta,
-            ["rope_scaling"] = c.RopeScaling is { } r ? RopeScalingJson(r) : null,
-            ["initializer_range"] = c.InitStd,
-            ["tie_word_embeddings"] = c.TiedEmbeddings,
-            ["attention_dropout"] = 0.0,
         };
+        AddDecoderShape(o, c, c.OriginalMaxSequenceLength > 0 ? c.OriginalMaxSequenceLength : c.MaxSequenceLength);
+        o["hidden_act"] = "silu";
         if (type != "phi3" && (c.PartialRotaryFactor is not (0 or 1) || c.RopeScaling?.Type == RopeScalingType.LongRope))
             throw new ArgumentException($"TransformerConfig: PartialRotaryFactor and LongRoPE can only be exported as model_type 'phi3', not '{type}'");
         switch (type)
@@ -592,36 +579,46 @@ public static class HuggingFaceConfig
         {
             ["architectures"] = new JsonArray(gemma3 ? "Gemma3ForCausalLM" : "Gemma2ForCausalLM"),
             ["model_type"] = type,
-            ["vocab_size"] = c.VocabSize,
-            ["max_position_embeddings"] = c.MaxSequenceLength,
-            ["hidden_size"] = c.Embedding,
-            ["intermediate_size"] = c.EffectiveHidden,
-            ["num_hidden_layers"] = c.Layers,
-            ["num_attention_heads"] = c.Heads,
-            ["num_key_value_heads"] = c.EffectiveKvHeads,
-            ["head_dim"] = c.HeadSize,
-            ["hidden_activation"] = "gelu_pytorch_tanh",
-            ["rms_norm_eps"] = c.NormEpsilon,
-            ["rope_theta"] = c.RopeTheta,
-            ["rope_scaling"] = c.RopeScaling is { } r ? RopeScalingJson(r) : null,
-            ["query_pre_attn_scalar"] = c.QueryPreAttentionScalar is > 0 and var q && q != Math.Floor(q) ? (JsonNode)q   // an int in transformers' Gemma configs
-                : (JsonNode)(int)(c.QueryPreAttentionScalar > 0 ? c.QueryPreAttentionScalar : c.HeadSize),
-            // Without local layers the window is as wide as the context: every layer then sees every position.
-            ["sliding_window"] = c.LocalWindow > 0 ? c.LocalWindow : c.MaxSequenceLength,
-            ["layer_types"] = layerTypes,
-            ["attn_logit_softcapping"] = c.AttentionSoftCap > 0 ? c.AttentionSoftCap : null,
-            ["final_logit_softcapping"] = c.FinalSoftCap > 0 ? c.FinalSoftCap : null,
-            ["attention_bias"] = false,
-            ["attention_dropout"] = 0.0,
-            ["initializer_range"] = c.InitStd,
-            ["tie_word_embeddings"] = c.TiedEmbeddings,
         };
+        AddDecoderShape(o, c, c.MaxSequenceLength);
+        o["hidden_activation"] = "gelu_pytorch_tanh";
+        o["query_pre_attn_scalar"] = c.QueryPreAttentionScalar is > 0 and var q && q != Math.Floor(q) ? (JsonNode)q   // an int in transformers' Gemma configs
+            : (JsonNode)(int)(c.QueryPreAttentionScalar > 0 ? c.QueryPreAttentionScalar : c.HeadSize);
+        // Without local layers the window is as wide as the context: every layer then sees every position.
+        o["sliding_window"] = c.LocalWindow > 0 ? c.LocalWindow : c.MaxSequenceLength;
+        o["layer_types"] = layerTypes;
+        o["attn_logit_softcapping"] = c.AttentionSoftCap > 0 ? c.AttentionSoftCap : null;
+        o["final_logit_softcapping"] = c.FinalSoftCap > 0 ? c.FinalSoftCap : null;
+        o["attention_bias"] = false;
         if (gemma3)
         {
             o["rope_local_base_freq"] = c.LocalRopeTheta > 0 ? c.LocalRopeTheta : c.RopeTheta;
             o["sliding_window_pattern"] = c.LocalPeriod > 0 ? c.LocalPeriod : c.Layers + 1;   // transformers before layer_types
         }
         return o;
+    }
+
+    /// <summary>
+    /// Adds the keys every Llama-shaped decoder's config.json has (Llama, Mistral, Qwen, Phi-3, the mixtures of experts,
+    /// Gemma): the vocabulary, <paramref name="maxPositions"/>, the widths, layers and heads, the norm's epsilon, RoPE's base
+    /// and scaling, the initializer's spread, the tied head and no attention dropout.
+    /// </summary>
+    private static void AddDecoderShape(JsonObject o, TransformerConfig c, int maxPositions)
+    {
+        o["vocab_size"] = c.VocabSize;
+        o["max_position_embeddings"] = maxPositions;
+        o["hidden_size"] = c.Embedding;
+        o["intermediate_size"] = c.EffectiveHidden;
+        o["num_hidden_layers"] = c.Layers;
+        o["num_attention_heads"] = c.Heads;
+        o["num_key_value_heads"] = c.EffectiveKvHeads;
+        o["head_dim"] = c.HeadSize;
+        o["rms_norm_eps"] = c.NormEpsilon;
+        o["rope_theta"] = c.RopeTheta;
+        o["rope_scaling"] = c.RopeScaling is { } r ? RopeScalingJson(r) : null;
+        o["initializer_range"] = c.InitStd;
+        o["tie_word_embeddings"] = c.TiedEmbeddings;
+        o["attention_dropout"] = 0.0;
     }
 
     private static JsonObject RopeScalingJson(RopeScaling r)
