@@ -50,6 +50,21 @@ public sealed unsafe partial class CudaBackend
         Launch("flash_attention.cu", kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), FlashThreads, args, shared);
     }
 
+    /// <summary>
+    /// The split kernel (flash_attention.cu) that decodes <paramref name="rowsPerKvHead"/> query rows a kv head (H / K x T)
+    /// of head size <paramref name="d"/> against a cache of <paramref name="cacheLength"/> positions: the grouped one,
+    /// <c>flash_decode_gqa_*_r{1,2,4}</c> (rows per warp), where the rows fit it and <see cref="DecodeGrouped"/> or the
+    /// cache's length choose it; else the per-query-head <c>flash_decode_*</c>. What the decode attention launches, for
+    /// reports of its resources.
+    /// </summary>
+    public string FlashDecodeKernel(DType dtype, int d, int rowsPerKvHead, int cacheLength)
+    {
+        string suffix = FlashSuffix(dtype, d);
+        if (rowsPerKvHead <= 4 * FlashDecodeGroupRowsPerWarp && (DecodeGrouped ?? cacheLength >= FlashDecodeGroupMinKeys))
+            return $"flash_decode_gqa_{suffix}_r{(rowsPerKvHead <= 4 ? 1 : rowsPerKvHead <= 8 ? 2 : 4)}";
+        return "flash_decode_" + suffix;
+    }
+
     private void FlashDecode(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts, int window)
     {
@@ -57,15 +72,14 @@ public sealed unsafe partial class CudaBackend
         // The last CTA of each (b, h) merges the splits (one launch, not two) when the counters exist: they are made,
         // zeroed, outside any graph recording and stay zero between launches.
         ulong counters = DecodeCounters(b * h);
-        int rows = h / kh * t;
-        if (rows <= 4 * FlashDecodeGroupRowsPerWarp && (DecodeGrouped ?? s >= FlashDecodeGroupMinKeys))
+        string kernel = FlashDecodeKernel(dtype, d, h / kh * t, s);
+        if (kernel.StartsWith("flash_decode_gqa_", StringComparison.Ordinal))
         {
             // Grouped: one CTA per (split, kv head, b) serves the kv head's rows, so each cached row is read once.
-            int rpw = rows <= 4 ? 1 : rows <= 8 ? 2 : 4;
             int gsplits = DecodeSplits(s, b * kh);
             ulong gpart = Scratch((long)b * h * t * gsplits * (d + 2) * sizeof(float));
             void** ag = stackalloc void*[] { &pq, &pk, &pv, &gpart, &counters, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts, &window };
-            Launch("flash_attention.cu", $"flash_decode_gqa_{suffix}_r{rpw}", ((uint)gsplits, (uint)kh, (uint)b), FlashThreads, ag, 0, dependent: true);
+            Launch("flash_attention.cu", kernel, ((uint)gsplits, (uint)kh, (uint)b), FlashThreads, ag, 0, dependent: true);
             if (counters == 0)
             {
                 void** ac = stackalloc void*[] { &gpart, &po, &pl, &t, &h, &gsplits, &so };

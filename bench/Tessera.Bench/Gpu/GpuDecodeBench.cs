@@ -87,8 +87,8 @@ public static class GpuDecodeBench
     /// <summary>
     /// Registers, local bytes (spills), shared bytes and CTAs per SM of a one-row bf16 decode step's kernels, named as the
     /// backend picks them: the matrix-vector products' three epilogues (x of the block's width staged in shared memory) and
-    /// the decode attention over the cache <c>generate</c> makes (the model's longest sequence), grouped or per query head
-    /// as <see cref="CudaBackendOptions.DecodeAttention"/> and the cache's length decide (CudaBackend.FlashDecode). CTAs per
+    /// the decode attention over the cache <c>generate</c> makes (the model's longest sequence), the kernel
+    /// <see cref="CudaBackend.FlashDecodeKernel"/> names. CTAs per
     /// SM as launched (<see cref="Tessera.Cuda.Compilation.CudaModule.ResidentCtas"/>). Other runs (quantized weights, the
     /// products on cuBLASLt, f32) get a line saying it covers only this one.
     /// </summary>
@@ -113,14 +113,8 @@ public static class GpuDecodeBench
         }
         foreach (var epilogue in new[] { "", "_swiglu", "_rope" })
             Row("gemv.cu", $"gemv_stream{epilogue}_bf16_m1", 256, config.Embedding * 2);
-        int rows = config.Heads / config.EffectiveKvHeads, d = config.HeadSize;   // the query rows a kv head serves at T = 1
-        bool grouped = rows <= 16 && backend.Options.DecodeAttention switch
-        {
-            DecodeAttentionKernel.Grouped => true,
-            DecodeAttentionKernel.PerQueryHead => false,
-            _ => config.MaxSequenceLength >= 2048,   // CudaBackend.FlashDecodeGroupMinKeys
-        };
-        Row("flash_attention.cu", grouped ? $"flash_decode_gqa_bf16_d{d}_r{(rows <= 4 ? 1 : rows <= 8 ? 2 : 4)}" : $"flash_decode_bf16_d{d}", 128, 0);
+        // The query rows a kv head serves at T = 1, against the cache generate makes (the model's longest sequence).
+        Row("flash_attention.cu", backend.FlashDecodeKernel(DType.BF16, config.HeadSize, config.Heads / config.EffectiveKvHeads, config.MaxSequenceLength), 128, 0);
     }
 
     /// <summary>Bytes read plus written per second by a 1 GiB device-to-device copy: the bandwidth a streaming kernel can hope for.</summary>

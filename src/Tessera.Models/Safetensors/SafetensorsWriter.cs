@@ -33,10 +33,12 @@ public sealed class SafetensorsWriter
     public SafetensorsWriter Add(string name, DType dtype, Shape shape, ReadOnlyMemory<byte> data) =>
         AddEntry(name, dtype, shape, data.Length, stream => stream.Write(data.Span));
 
-    /// <summary>Adds an F32 tensor (row-major <paramref name="data"/>, length product(shape)).</summary>
+    /// <summary>Adds an F32 tensor (row-major <paramref name="data"/>, length product(shape)); the array is kept, not copied,
+    /// until <see cref="Write"/>.</summary>
     public SafetensorsWriter Add(string name, Shape shape, float[] data) => Add(name, DType.F32, shape, data);
 
-    /// <summary>Adds an F64 tensor (row-major <paramref name="data"/>, length product(shape)).</summary>
+    /// <summary>Adds an F64 tensor (row-major <paramref name="data"/>, length product(shape)); the array is kept, not copied,
+    /// until <see cref="Write"/>.</summary>
     public SafetensorsWriter Add(string name, Shape shape, double[] data) => Add(name, DType.F64, shape, data);
 
     /// <summary>
