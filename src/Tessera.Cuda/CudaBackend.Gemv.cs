@@ -130,6 +130,77 @@ public sealed unsafe partial class CudaBackend
         Launch("gemv.cu", $"gemv_stream_swiglu_{Suffix(dtype, op)}_m{m}", (GemvGrid(f), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Under <see cref="CudaBackendOptions.FusedFeedForward"/>, for at most 4 rows that suit the matrix-vector kernels,
+    /// one persistent launch (gemv.cu, <c>gemv_mlp_*</c>): the gate/up stream, a grid barrier, the down stream, the grid as
+    /// many CTAs as are resident at once (the barrier needs every CTA running). Otherwise <see cref="MatMulSwiGlu"/>, then
+    /// the product with beta = 1; both give the same bits.</remarks>
+    public void FeedForwardSwiGlu(Tensor x, RmsNormPrologue? norm, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor hidden,
+        Tensor residual, Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null)
+    {
+        const string op = nameof(FeedForwardSwiGlu);
+        FeedForwardShapes.Validate($"{nameof(CudaBackend)}.{op}", x, gateWeight, upWeight, downWeight, hidden, residual, gateBias, upBias, downBias);
+        if (!TryFusedFeedForward(x, norm, gateWeight, upWeight, downWeight, hidden, residual, gateBias, upBias, downBias))
+        {
+            MatMulSwiGlu(x, gateWeight, upWeight, hidden, gateBias, upBias, norm);
+            MatMul(hidden, downWeight, residual, transposeB: true, beta: 1.0, bias: downBias);
+        }
+    }
+
+    private bool TryFusedFeedForward(Tensor x, RmsNormPrologue? norm, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor hidden,
+        Tensor residual, Tensor? gateBias, Tensor? upBias, Tensor? downBias)
+    {
+        var dtype = x.DType;
+        int m = x.Size(0), c = x.Size(1), f = gateWeight.Size(0);
+        if (!Options.FusedFeedForward || !GemvFits(x, norm, gateWeight, upWeight) || upWeight.Stride(0) != gateWeight.Stride(0)
+            || !hidden.IsContiguous || !GemvFits(hidden, null, downWeight) || residual.Stride(1) != 1 || (m > 1 && residual.Stride(0) % (16 / dtype.SizeInBytes()) != 0)
+            || Ptr(residual) % 16 != 0 || !BiasFits(gateBias, dtype, f) || !BiasFits(upBias, dtype, f) || !BiasFits(downBias, dtype, c))
+            return false;
+        ulong bar = GridBarrier();
+        if (bar == 0) return false;
+        string kernel = $"gemv_mlp_{Suffix(dtype, nameof(FeedForwardSwiGlu))}_m{m}";
+        uint shared = Math.Max(GemvShared(m, c, dtype), GemvShared(m, f, dtype));
+        int resident = ResidentGemvCtas(kernel, shared);
+        if (resident < 1) return false;
+        uint grid = (uint)Math.Max(1, Math.Min(Math.Max((f + 7) / 8, (c + 7) / 8),
+            CudaDevice.MultiprocessorCount * Math.Min(resident, Options.MatrixVectorCtasPerSm)));
+        ulong px = Ptr(x), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), ph = Ptr(hidden);
+        ulong pd = Ptr(downWeight), pbd = PtrOrNull(downBias), py = Ptr(residual), pn = norm is { } r ? Ptr(r.Weight) : 0;
+        float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldwd = downWeight.Stride(0), ldy = residual.Stride(0);
+        int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
+        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &ph, &pd, &pbd, &py, &f, &c, &ldx, &ldw, &ldwd, &ldy, &pn, &eps, &bar, &early };
+        Launch("gemv.cu", kernel, (grid, 1, 1), 256, args, shared, dependent: true);
+        return true;
+    }
+
+    private ulong _gridBarrier;
+
+    /// <summary>The two zeroed words of gemv.cu's grid barrier (arrivals, generation), made on first use; 0 while a graph is
+    /// being recorded before they exist (the caller then launches the unfused kernels).</summary>
+    private ulong GridBarrier()
+    {
+        if (_gridBarrier != 0) return _gridBarrier;
+        if (_capturing) return 0;
+        _gridBarrier = _allocator.Allocate(2 * sizeof(uint));
+        CudaDevice.MakeCurrent();
+        Interop.CudaDriver.Check(Interop.CudaDriver.cuMemsetD8Async(_gridBarrier, 0, 2 * sizeof(uint), Stream.Handle), "cuMemsetD8Async", "the grid barrier");
+        return _gridBarrier;
+    }
+
+    private readonly Dictionary<(string Kernel, uint Shared), int> _residentGemvCtas = new();
+
+    /// <summary>How many CTAs of 256 threads of a matrix-vector kernel with <paramref name="shared"/> bytes of dynamic shared
+    /// memory an SM holds at once (its dynamic limit raised first, as the launch raises it), measured once per kernel and size.</summary>
+    private int ResidentGemvCtas(string kernel, uint shared)
+    {
+        if (_residentGemvCtas.TryGetValue((kernel, shared), out int known)) return known;
+        var function = Kernels.Module("gemv.cu").Function(kernel);
+        CudaDevice.MakeCurrent();
+        AllowDynamicShared(function, kernel, shared);
+        return _residentGemvCtas[(kernel, shared)] = Kernels.Module("gemv.cu").ResidentCtas(kernel, 256, (int)shared);
+    }
+
     /// <summary>The (2F, C) matrix [a; b] when b follows a in their storage (both contiguous, of one shape), else null.</summary>
     private static Tensor? Stacked(Tensor a, Tensor b)
     {

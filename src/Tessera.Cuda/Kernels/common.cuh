@@ -131,6 +131,39 @@ __device__ __forceinline__ void pdl_launch_dependents()
 #endif
 }
 
+// A barrier over every CTA of the grid, for a kernel whose CTAs are all resident at once (the host sizes the grid by the
+// occupancy API, and the kernel lets no successor launch before its last barrier). bar: two words of global memory, zeroed
+// once, the arrivals and the generation. Thread 0 of each CTA reads the generation, arrives, and waits for the generation
+// to move on; the last to arrive zeroes the arrivals before it moves the generation, so the arrivals are zero again when
+// the kernel ends (a recorded graph replays it). The fences around the arrival make every write before the barrier
+// visible to every thread after it (as cooperative groups' grid sync does).
+__device__ __forceinline__ void grid_barrier(unsigned* bar)
+{
+    __syncthreads();
+    if (threadIdx.x == 0)
+    {
+        volatile unsigned* generation = bar + 1;
+        const unsigned g = *generation;   // cannot move on before this CTA arrives
+        __threadfence();
+        if (atomicAdd(bar, 1u) == gridDim.x * gridDim.y * gridDim.z - 1)
+        {
+            atomicExch(bar, 0u);
+            __threadfence();
+            atomicAdd(bar + 1, 1u);
+        }
+        else
+        {
+#ifdef __CUDA_ARCH__
+            while (*generation == g) __nanosleep(32);
+#else       // the kernel emulation: the CTAs are std::threads of one process
+            while (emu_load(bar + 1) == g) emu_pause();
+#endif
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll
@@ -153,7 +186,11 @@ __device__ __forceinline__ float warp_max(float v)
 // Sum over the block (blockDim.x a multiple of 32), returned to every thread; deterministic.
 template <typename A> __device__ A block_sum(A v)
 {
+#ifdef __CUDA_ARCH__
     __shared__ A partial[32];
+#else   // the kernel emulation: the CTA's own (a static would be shared by CTAs that run at once, a cluster's)
+    A* partial = emu_block_partials<A>();
+#endif
     __syncthreads(); // a previous call may still be reading partial
     v = warp_sum(v);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
@@ -165,7 +202,11 @@ template <typename A> __device__ A block_sum(A v)
 }
 __device__ float block_max(float v)
 {
+#ifdef __CUDA_ARCH__
     __shared__ float partial[32];
+#else
+    float* partial = emu_block_partials<float>();
+#endif
     __syncthreads();
     v = warp_max(v);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;

@@ -17,6 +17,7 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorKernels = false,
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
+        FusedFeedForward = true,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
         QuantizedDecodeProducts = false,

@@ -133,4 +133,68 @@ public class CpuDecodingOpsTests
         _cpu.CopyToHost<int>(indices, host);
         Assert.Equal(new[] { 1, 1, 2 }, host);   // row 2: NaN is skipped
     }
+    /// <summary>
+    /// The whole SwiGLU MLP with its residual add, in place on the residual rows as a decoder block calls it, against the
+    /// formula in F64 (RMSNorm, both products, SiLU, the down product, biases): within 1e-12 of the largest value, the F64
+    /// sums' rounding over at most 24 terms. Shapes that do not fit are refused, naming each.
+    /// </summary>
+    [Fact]
+    public void FeedForwardSwiGluIsTheMlpWithItsResidualAdd()
+    {
+        var rng = TestRandom.Create();
+        int n = 3, c = 8, f = 24;
+        const double eps = 1e-6;
+        double[] xv = TestTensors.Normal(rng, n * c), gv = TestTensors.Normal(rng, f * c), uv = TestTensors.Normal(rng, f * c),
+            dv = TestTensors.Normal(rng, c * f), bgv = TestTensors.Normal(rng, f), buv = TestTensors.Normal(rng, f), bdv = TestTensors.Normal(rng, c),
+            nwv = TestTensors.Normal(rng, c);
+        Tensor T(double[] v, params int[] dims) => TestTensors.FromDoubles(_cpu, v, DType.F64, dims);
+        var x = T(xv, n, c);
+        var hidden = _cpu.Allocate(new Shape(n, f), DType.F64);
+        TestTensors.Poison(_cpu, hidden);
+        _cpu.FeedForwardSwiGlu(x, new RmsNormPrologue(T(nwv, c), eps), T(gv, f, c), T(uv, f, c), T(dv, c, f), hidden, x, T(bgv, f), T(buv, f), T(bdv, c));
+        var expectedHidden = new double[n * f];
+        var expectedX = (double[])xv.Clone();
+        for (int i = 0; i < n; i++)
+        {
+            double ss = 0;
+            for (int k = 0; k < c; k++) ss += xv[i * c + k] * xv[i * c + k];
+            double rstd = 1 / Math.Sqrt(ss / c + eps);
+            for (int j = 0; j < f; j++)
+            {
+                double g = bgv[j], u = buv[j];
+                for (int k = 0; k < c; k++)
+                {
+                    double xn = xv[i * c + k] * rstd * nwv[k];
+                    g += xn * gv[j * c + k];
+                    u += xn * uv[j * c + k];
+                }
+                expectedHidden[i * f + j] = g / (1 + Math.Exp(-g)) * u;
+            }
+            for (int k = 0; k < c; k++)
+            {
+                double s = bdv[k];
+                for (int j = 0; j < f; j++) s += expectedHidden[i * f + j] * dv[k * f + j];
+                expectedX[i * c + k] += s;
+            }
+        }
+        AssertWithin(expectedHidden, TestTensors.ToDoubles(_cpu, hidden), 1e-12, "hidden");
+        AssertWithin(expectedX, TestTensors.ToDoubles(_cpu, x), 1e-12, "residual");
+
+        var e = Assert.Throws<ArgumentException>(() => _cpu.FeedForwardSwiGlu(x, null, T(gv, f, c), T(uv, f, c), T(dv, f, c), hidden, x));
+        Assert.Contains("down (24, 8)", e.Message);
+        Assert.Contains("do not fit", e.Message);
+    }
+
+    /// <summary>max |actual - expected| within <paramref name="tolerance"/> of max |expected|.</summary>
+    private static void AssertWithin(double[] expected, double[] actual, double tolerance, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double worst = 0, largest = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            worst = Math.Max(worst, double.IsNaN(actual[i]) ? double.PositiveInfinity : Math.Abs(actual[i] - expected[i]));
+            largest = Math.Max(largest, Math.Abs(expected[i]));
+        }
+        Assert.True(worst <= tolerance * largest, $"{what}: off by {worst:E3} of {largest:E3}");
+    }
 }
