@@ -443,6 +443,26 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
                                     rl, raw, scales1);
 }
 
+// Brings the rows of W (N rows of `bytes` bytes, ldw elements apart) that this warp will stream next into L2, past the first
+// `skip` bytes of each (already loaded into registers): a warp of a fused kernel that is done with its phase issues them
+// before it waits at the grid barrier, so the memory keeps streaming while the grid waits (a separate kernel cannot: its
+// CTAs start only as the previous kernel's leave). One 128-byte line a lane an instruction, kept in L2 until read.
+template <typename Wt>
+__device__ __forceinline__ void gemv_prefetch_rows_l2(const Wt* w, i64 ldw, int N, int bytes, int skip)
+{
+    const int lane = threadIdx.x & 31, stride = gridDim.x * (blockDim.x >> 5);
+    for (int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); n < N; n += stride)
+    {
+        const char* row = reinterpret_cast<const char*>(w + (i64)n * ldw);
+        for (int b = skip + 128 * lane; b < bytes; b += 128 * 32)
+        {
+#ifdef __CUDA_ARCH__
+            asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(row + b));
+#endif
+        }
+    }
+}
+
 // A decode step's SwiGLU MLP in one launch (CudaBackend.FeedForwardSwiGlu): h (M, F) = SiLU(x' Wg^T + bg) * (x' Wu^T + bu),
 // x' = x RMS-normalized by nw when given, then y (M, C) += h Wd^T + bd. The two phases are gemv_stream's SWIGLU and LINEAR
 // streams, so each output's bits are those of the two launches (MatMulSwiGlu, then the product with beta = 1). Between them a
@@ -463,6 +483,7 @@ __device__ void gemv_mlp(const T* x, const T* wg, const T* wu, const T* bg, cons
     gemv_stream_body<T, T, M, GEMV_SWIGLU>(x, wg, wu, nullptr, bg, bu, h, h, F, C, ldx, ldw, F, F, 1.f, 0.f, nw, eps, {}, none,
                                            raw, nullptr);
     gemv_first_unit<T, M, GEMV_LINEAR>(wd, wd, ldwd, C, F, 1, raw);
+    gemv_prefetch_rows_l2(wd, ldwd, C, F * (int)sizeof(T), GemvUnit<M>::U * 32 * 16);
     grid_barrier(bar);
     pdl_launch_dependents();
     gemv_stream_body<T, T, M, GEMV_LINEAR>(h, wd, wd, nullptr, bd, bd, y, y, C, F, F, ldwd, ldy, ldy, 1.f, 1.f, nullptr, 0.f, {},
