@@ -38,14 +38,6 @@ public sealed record CudaBackendOptions
     public bool EarlyWeightLoads { get; init; } = true;
 
     /// <summary>
-    /// <see cref="CudaBackend.FeedForwardSwiGlu"/> at 1 to 4 rows (a decode step's MLP) runs as one persistent launch: the
-    /// gate/up stream and the down stream of the matrix-vector kernels with a grid barrier between them, each warp loading
-    /// its first down-projection weights before it arrives (gemv.cu, <c>gemv_mlp_*</c>; the bits of the two launches). False
-    /// launches the two kernels. Default false.
-    /// </summary>
-    public bool FusedFeedForward { get; init; }
-
-    /// <summary>
     /// Products of 5 to 64 rows of x times an nn.Linear weight (a decode step's batch) run on a kernel of ours instead of
     /// cuBLASLt: tensor cores, K in slices that form a thread-block cluster and sum each other's tiles, launched dependent on
     /// the predecessor with the first weight loads ahead of the wait (as the matrix-vector kernels at 1-4 rows);
@@ -515,7 +507,6 @@ public sealed record CudaBackendOptions
         if (MatrixVectorKernels != d.MatrixVectorKernels) parts.Add($"{nameof(MatrixVectorKernels)}={Bool(MatrixVectorKernels)}");
         if (MatrixVectorCtasPerSm != d.MatrixVectorCtasPerSm) parts.Add(Invariant($"{nameof(MatrixVectorCtasPerSm)}={MatrixVectorCtasPerSm}"));
         if (EarlyWeightLoads != d.EarlyWeightLoads) parts.Add($"{nameof(EarlyWeightLoads)}={Bool(EarlyWeightLoads)}");
-        if (FusedFeedForward != d.FusedFeedForward) parts.Add($"{nameof(FusedFeedForward)}={Bool(FusedFeedForward)}");
         if (DecodeProducts != d.DecodeProducts) parts.Add($"{nameof(DecodeProducts)}={Bool(DecodeProducts)}");
         if (HopperDecodeProducts != d.HopperDecodeProducts) parts.Add($"{nameof(HopperDecodeProducts)}={Bool(HopperDecodeProducts)}");
         if (DecodeProductTensorMaps != d.DecodeProductTensorMaps) parts.Add($"{nameof(DecodeProductTensorMaps)}={Bool(DecodeProductTensorMaps)}");
@@ -577,7 +568,6 @@ public sealed record CudaBackendOptions
         [nameof(MatrixVectorKernels)] = (o, v, s) => o with { MatrixVectorKernels = ParseBool(v, s) },
         [nameof(MatrixVectorCtasPerSm)] = (o, v, s) => o with { MatrixVectorCtasPerSm = ParseInt(v, s) },
         [nameof(EarlyWeightLoads)] = (o, v, s) => o with { EarlyWeightLoads = ParseBool(v, s) },
-        [nameof(FusedFeedForward)] = (o, v, s) => o with { FusedFeedForward = ParseBool(v, s) },
         [nameof(DecodeProducts)] = (o, v, s) => o with { DecodeProducts = ParseBool(v, s) },
         [nameof(HopperDecodeProducts)] = (o, v, s) => o with { HopperDecodeProducts = ParseBool(v, s) },
         [nameof(DecodeProductTensorMaps)] = (o, v, s) => o with { DecodeProductTensorMaps = ParseBool(v, s) },

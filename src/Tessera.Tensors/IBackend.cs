@@ -165,17 +165,6 @@ public interface IBackend
     /// </summary>
     void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null);
 
-    /// <summary>
-    /// Llama's whole MLP with its residual add (inference): <paramref name="hidden"/> (N,F) = SiLU(x' gateWeight^T + gateBias) *
-    /// (x' upWeight^T + upBias), x' = <paramref name="norm"/>(x) (or x), then <paramref name="residual"/> (N,C) += hidden
-    /// downWeight^T + downBias; x (N,C), gate and up (F,C), down (C,F), biases or null. <paramref name="residual"/> may be
-    /// <paramref name="x"/> itself (the residual stream updated in place). The result is <see cref="MatMulSwiGlu"/> then
-    /// <see cref="MatMul"/> with beta = 1; a backend may run both as one launch (the CUDA backend at N &lt;= 4, under
-    /// its <c>FusedFeedForward</c> option).
-    /// </summary>
-    void FeedForwardSwiGlu(Tensor x, RmsNormPrologue? norm, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor hidden,
-        Tensor residual, Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null);
-
     // ---------------------------------------------------------------- mixture of experts, routed on the device (inference)
     // One family: route (softmax, top-k), align (each expert's slots), the experts' SwiGLU and down products over a fixed
     // grid of E experts, and the combine. Fixed-size outputs, nothing read back: a step that uses them can be recorded.

@@ -113,8 +113,6 @@ public static class GpuDecodeBench
         }
         foreach (var epilogue in new[] { "", "_swiglu", "_rope" })
             Row("gemv.cu", $"gemv_stream{epilogue}_bf16_m1", 256, config.Embedding * 2);
-        // The fused MLP (CudaBackendOptions.FusedFeedForward): x, then the hidden row, staged in the same shared memory.
-        Row("gemv.cu", "gemv_mlp_bf16_m1", 256, Math.Max(config.Embedding, config.Hidden) * 2);
         // The query rows a kv head serves at T = 1, against the cache generate makes (the model's longest sequence).
         Row("flash_attention.cu", backend.FlashDecodeKernel(DType.BF16, config.HeadSize, config.Heads / config.EffectiveKvHeads, config.MaxSequenceLength), 128, 0);
     }

@@ -131,63 +131,6 @@ __device__ __forceinline__ void pdl_launch_dependents()
 #endif
 }
 
-// A barrier over every CTA of the grid, for a kernel whose CTAs are all resident at once (the host sizes the grid by the
-// occupancy API, and the kernel lets no successor launch before its last barrier). bar: two words of global memory, zeroed
-// once, the arrivals and the generation. After the CTA's own barrier, its thread 0 reads the generation (which cannot move
-// on before this CTA arrives), arrives with an acquire-release add, and spins on an acquire load of the generation; the
-// last to arrive zeroes the arrivals and then stores the next generation with release semantics, so the arrivals are
-// zero again when the kernel ends (a recorded graph replays it). Every write before the barrier, by any thread of any CTA,
-// is visible to every thread after it: the CTA barriers order each CTA's writes before its arrival, the arrivals form one
-// release sequence that the last arrival acquires, and the generation's release carries them to each waiter's acquire
-// (CUTLASS's grid barrier is built the same way, on a counter the host zeroes).
-__device__ __forceinline__ unsigned grid_barrier_arrive(unsigned* count)
-{
-#ifdef __CUDA_ARCH__
-    unsigned old;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(count) : "memory");
-    return old;
-#else   // the kernel emulation: the CTAs are std::threads of one process
-    return atomicAdd(count, 1u);
-#endif
-}
-__device__ __forceinline__ unsigned grid_barrier_load(const unsigned* word)
-{
-#ifdef __CUDA_ARCH__
-    unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(word) : "memory");
-    return v;
-#else
-    return emu_load(const_cast<unsigned*>(word));
-#endif
-}
-__device__ __forceinline__ void grid_barrier_release(unsigned* count, unsigned* generation, unsigned next)
-{
-#ifdef __CUDA_ARCH__
-    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" :: "l"(count), "r"(0u) : "memory");
-    asm volatile("st.release.gpu.global.u32 [%0], %1;" :: "l"(generation), "r"(next) : "memory");
-#else
-    atomicExch(count, 0u);
-    atomicExch(generation, next);
-#endif
-}
-__device__ __forceinline__ void grid_barrier(unsigned* bar)
-{
-    __syncthreads();
-    if (threadIdx.x == 0)
-    {
-        const unsigned g = grid_barrier_load(bar + 1);
-        if (grid_barrier_arrive(bar) == gridDim.x * gridDim.y * gridDim.z - 1) grid_barrier_release(bar, bar + 1, g + 1);
-        else
-            while (grid_barrier_load(bar + 1) == g)
-            {
-#ifndef __CUDA_ARCH__
-                emu_pause();
-#endif
-            }
-    }
-    __syncthreads();
-}
-
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll
@@ -210,11 +153,7 @@ __device__ __forceinline__ float warp_max(float v)
 // Sum over the block (blockDim.x a multiple of 32), returned to every thread; deterministic.
 template <typename A> __device__ A block_sum(A v)
 {
-#ifdef __CUDA_ARCH__
     __shared__ A partial[32];
-#else   // the kernel emulation: the CTA's own (a static would be shared by CTAs that run at once, a cluster's)
-    A* partial = emu_block_partials<A>();
-#endif
     __syncthreads(); // a previous call may still be reading partial
     v = warp_sum(v);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
@@ -226,11 +165,7 @@ template <typename A> __device__ A block_sum(A v)
 }
 __device__ float block_max(float v)
 {
-#ifdef __CUDA_ARCH__
     __shared__ float partial[32];
-#else
-    float* partial = emu_block_partials<float>();
-#endif
     __syncthreads();
     v = warp_max(v);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;

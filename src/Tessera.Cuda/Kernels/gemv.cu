@@ -321,45 +321,42 @@ struct GemvRopeLane
     }
 };
 
-// A stream's unit: U 16-byte loads a lane (U * 32 chunks of a row); more rows of x leave fewer registers for them.
-template <int M> struct GemvUnit { static const int U = M <= 2 ? 8 : 4; };
-
-// A warp's first unit of weights (nothing else): what gemv_stream issues before pdl_wait when early, and what the fused
-// kernels issue before a grid barrier, so that the weights stream while the grid waits.
-template <typename Wt, int M, int EPI>
-__device__ __forceinline__ void gemv_first_unit(const Wt* w0, const Wt* w1, i64 ldw, int N, int K, int half,
-                                                Bytes16 (&raw)[GemvUnit<M>::U])
-{
-    const GemvCursor first{(int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), 0, 0};
-    if (first.n < N)
-        gemv_unit_load<Wt, GemvUnit<M>::U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, first, half), 0, K / Vec16<Wt>::N, threadIdx.x & 31, raw);
-}
-
-// The stream after its wait, from the first unit in raw (gemv_first_unit's): x staged (normalized, FP8: quantized), then
-// each warp's outputs as gemv_stream describes. rl: the ROPE epilogue's lane state, after_wait already taken.
+// W0 and W1 (rows ldw weights apart) of storage type Wt; with int8 weights (LINEAR) row n's sum is multiplied by
+// scales[n] (null: by 1); with FP8 weights x is quantized once staged, and the sum is multiplied by scales[n] and x's row
+// scale (shared memory after x: M floats). LINEAR reads beta's term from c_in (ldc apart): y itself (the residual accumulated in place)
+// or another tensor (an addend, beta = 1).
 template <typename T, typename Wt, int M, int EPI>
-__device__ __forceinline__ void gemv_stream_body(const T* x, const Wt* w0, const Wt* w1, const float* scales, const T* bias0,
-                                                 const T* bias1, T* y, const T* c_in, int N, int K, i64 ldx, i64 ldw, i64 ldy,
-                                                 i64 ldc, float alpha, float beta, const T* nw, float eps, const GemvRope<T>& rope,
-                                                 const GemvRopeLane<T, M>& rl_in, Bytes16 (&raw)[GemvUnit<M>::U],
-                                                 const float* scales1)
+__device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float* scales, const T* bias0, const T* bias1, T* y,
+                            const T* c_in, int N, int K, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float alpha, float beta, const T* nw,
+                            float eps, GemvRope<T> rope, int early, const float* scales1 = nullptr)
 {
-    constexpr int U = GemvUnit<M>::U;
-    constexpr int HALVES = EPI == GEMV_LINEAR ? 1 : 2;
+    constexpr int U = M <= 2 ? 8 : 4;
     constexpr int V = Vec16<Wt>::N;
+    constexpr int HALVES = EPI == GEMV_LINEAR ? 1 : 2;
     extern __shared__ unsigned char gemv_smem[];
-    unsigned char* const smem = cta_dynamic_shared(gemv_smem);
-    T* sx = reinterpret_cast<T*>(smem);
+    T* sx = reinterpret_cast<T*>(gemv_smem);
     const int lane = threadIdx.x & 31;
     const int stride = gridDim.x * (blockDim.x >> 5);
     const int chunks = K / V, units = (chunks + 32 * U - 1) / (32 * U);
     const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1;
-    GemvCursor load{(int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), 0, 0}, cur = load;
+    GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
+    // ROPE: lanes m < M hold row m's position and angle (GemvRopeLane).
     const int first = load.n;
-    GemvRopeLane<T, M> rl = rl_in;
+    GemvRopeLane<T, M> rl;
+    if (EPI == GEMV_ROPE) rl.before_wait(rope, first, N, half, lane);
+    // Weights are read after pdl_wait unless the host says no earlier kernel still writes them (early): an optimizer step
+    // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
+    Bytes16 raw[U];
+    if (early && load.n < N)
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
+    pdl_wait();
+    pdl_launch_dependents();
+    if (!early && load.n < N)
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
+    if (EPI == GEMV_ROPE) rl.after_wait(rope, first, N, half, lane);
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
     constexpr bool F8 = IsFp8<Wt>::value;
-    float* xscale = reinterpret_cast<float*>(smem + (i64)M * K * sizeof(T));   // F8: the M rows' scales after x
+    float* xscale = reinterpret_cast<float*>(gemv_smem + (i64)M * K * sizeof(T));   // F8: the M rows' scales after x
     if (F8) gemv_quantize_x<T, M>(sx, K, xscale);
     float acc[2][M];
 #pragma unroll
@@ -417,79 +414,6 @@ __device__ __forceinline__ void gemv_stream_body(const T* x, const Wt* w0, const
     }
 }
 
-// W0 and W1 (rows ldw weights apart) of storage type Wt; with int8 weights (LINEAR) row n's sum is multiplied by
-// scales[n] (null: by 1); with FP8 weights x is quantized once staged, and the sum is multiplied by scales[n] and x's row
-// scale (shared memory after x: M floats). LINEAR reads beta's term from c_in (ldc apart): y itself (the residual accumulated in place)
-// or another tensor (an addend, beta = 1).
-template <typename T, typename Wt, int M, int EPI>
-__device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float* scales, const T* bias0, const T* bias1, T* y,
-                            const T* c_in, int N, int K, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float alpha, float beta, const T* nw,
-                            float eps, GemvRope<T> rope, int early, const float* scales1 = nullptr)
-{
-    const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1;
-    // ROPE: lanes m < M hold row m's position and angle (GemvRopeLane).
-    const int first = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    GemvRopeLane<T, M> rl;
-    if (EPI == GEMV_ROPE) rl.before_wait(rope, first, N, half, lane);
-    // Weights are read after pdl_wait unless the host says no earlier kernel still writes them (early): an optimizer step
-    // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
-    Bytes16 raw[GemvUnit<M>::U];
-    if (early) gemv_first_unit<Wt, M, EPI>(w0, w1, ldw, N, K, half, raw);
-    pdl_wait();
-    pdl_launch_dependents();
-    if (!early) gemv_first_unit<Wt, M, EPI>(w0, w1, ldw, N, K, half, raw);
-    if (EPI == GEMV_ROPE) rl.after_wait(rope, first, N, half, lane);
-    gemv_stream_body<T, Wt, M, EPI>(x, w0, w1, scales, bias0, bias1, y, c_in, N, K, ldx, ldw, ldy, ldc, alpha, beta, nw, eps, rope,
-                                    rl, raw, scales1);
-}
-
-// Brings the rows of W (N rows of `bytes` bytes, ldw elements apart) that this warp will stream next into L2, past the first
-// `skip` bytes of each (already loaded into registers): a warp of a fused kernel that is done with its phase issues them
-// before it waits at the grid barrier, so the memory keeps streaming while the grid waits (a separate kernel cannot: its
-// CTAs start only as the previous kernel's leave). One 128-byte line a lane an instruction, kept in L2 until read.
-template <typename Wt>
-__device__ __forceinline__ void gemv_prefetch_rows_l2(const Wt* w, i64 ldw, int N, int bytes, int skip)
-{
-    const int lane = threadIdx.x & 31, stride = gridDim.x * (blockDim.x >> 5);
-    for (int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); n < N; n += stride)
-    {
-        const char* row = reinterpret_cast<const char*>(w + (i64)n * ldw);
-        for (int b = skip + 128 * lane; b < bytes; b += 128 * 32)
-        {
-#ifdef __CUDA_ARCH__
-            asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(row + b));
-#endif
-        }
-    }
-}
-
-// A decode step's SwiGLU MLP in one launch (CudaBackend.FeedForwardSwiGlu): h (M, F) = SiLU(x' Wg^T + bg) * (x' Wu^T + bu),
-// x' = x RMS-normalized by nw when given, then y (M, C) += h Wd^T + bd. The two phases are gemv_stream's SWIGLU and LINEAR
-// streams, so each output's bits are those of the two launches (MatMulSwiGlu, then the product with beta = 1). Between them a
-// grid barrier takes the place of the kernel boundary: each warp issues its first unit of Wd before it arrives, so the
-// weights stream while the grid waits for its last CTA. Every CTA stages x before the barrier and writes y only after it,
-// so y may be x (the residual stream, updated in place). The grid must be resident at once (the host sizes it by the
-// occupancy API); the successor is let launch only past the barrier, or its CTAs could take the places this grid's last
-// CTAs need. bar: two zeroed words (grid_barrier).
-template <typename T, int M>
-__device__ void gemv_mlp(const T* x, const T* wg, const T* wu, const T* bg, const T* bu, T* h, const T* wd, const T* bd, T* y,
-                         int F, int C, i64 ldx, i64 ldw, i64 ldwd, i64 ldy, const T* nw, float eps, unsigned* bar, int early)
-{
-    const GemvRopeLane<T, M> none;
-    Bytes16 raw[GemvUnit<M>::U];
-    if (early) gemv_first_unit<T, M, GEMV_SWIGLU>(wg, wu, ldw, F, C, 1, raw);
-    pdl_wait();
-    if (!early) gemv_first_unit<T, M, GEMV_SWIGLU>(wg, wu, ldw, F, C, 1, raw);
-    gemv_stream_body<T, T, M, GEMV_SWIGLU>(x, wg, wu, nullptr, bg, bu, h, h, F, C, ldx, ldw, F, F, 1.f, 0.f, nw, eps, {}, none,
-                                           raw, nullptr);
-    gemv_first_unit<T, M, GEMV_LINEAR>(wd, wd, ldwd, C, F, 1, raw);
-    gemv_prefetch_rows_l2(wd, ldwd, C, F * (int)sizeof(T), GemvUnit<M>::U * 32 * 16);
-    grid_barrier(bar);
-    pdl_launch_dependents();
-    gemv_stream_body<T, T, M, GEMV_LINEAR>(h, wd, wd, nullptr, bd, bd, y, y, C, F, F, ldwd, ldy, ldy, 1.f, 1.f, nullptr, 0.f, {},
-                                           none, raw, nullptr);
-}
-
 #define GEMV_STREAM(n, T, M)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_##n##_m##M(const T* x, const T* w,          \
         const T* bias, T* y, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw,       \
@@ -511,12 +435,6 @@ __device__ void gemv_mlp(const T* x, const T* wg, const T* wu, const T* bg, cons
     {                                                                                                             \
         gemv_stream<T, T, M, GEMV_ROPE>(x, w, w, nullptr, bias, bias, qkv, qkv, pairs, K, ldx, ldw, ldy, ldy, 1.f, 0.f, nw, \
                                         eps, rope, early);                                                        \
-    }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(256, 2) gemv_mlp_##n##_m##M(const T* x, const T* wg,            \
-        const T* wu, const T* bg, const T* bu, T* h, const T* wd, const T* bd, T* y, int F, int C, i64 ldx,       \
-        i64 ldw, i64 ldwd, i64 ldy, const T* nw, float eps, unsigned* bar, int early)                             \
-    {                                                                                                             \
-        gemv_mlp<T, M>(x, wg, wu, bg, bu, h, wd, bd, y, F, C, ldx, ldw, ldwd, ldy, nw, eps, bar, early);          \
     }
 #define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_ALL)

@@ -101,9 +101,6 @@ public sealed class LoraLinear : Linear, IPartialOutputTerm
     /// <inheritdoc/>
     public override bool IsPlainQuantizedProduct => base.IsPlainQuantizedProduct && Merged;
 
-    /// <inheritdoc/>
-    public override bool IsPlainAccumulation => _rowParallel is null && base.IsPlainAccumulation;
-
     private bool Dropping(in PassContext ctx) => ctx.SaveForBackward && Dropout > 0 && DropoutEnabled;
 
     /// <inheritdoc/>

@@ -183,9 +183,6 @@ public sealed class MultiLoraLinear : Linear, IPartialOutputTerm
     public override bool IsPlainQuantizedProduct => base.IsPlainQuantizedProduct && !_batch.Active;
 
     /// <inheritdoc/>
-    public override bool IsPlainAccumulation => _rowParallel is null && base.IsPlainAccumulation;
-
-    /// <inheritdoc/>
     public override Tensor Forward(in PassContext ctx, Tensor x, Tensor? residual = null)
     {
         if (_rowParallel is not null) return _rowParallel.Forward(ctx, x, residual);   // adds the low-rank terms to its partial output

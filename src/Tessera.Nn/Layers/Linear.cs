@@ -191,13 +191,6 @@ public class Linear
     public virtual bool IsPlainQuantizedProduct => Weight.Quantized is not null;
 
     /// <summary>
-    /// Whether <see cref="ForwardAccumulate"/> is exactly residual += x W^T + b over this layer's floating-point weight, with
-    /// nothing after it on this rank (no reduction over tensor-parallel ranks, no adapter's term), so that a fused op may do
-    /// it in its place (the MLP's <see cref="IBackend.FeedForwardSwiGlu"/>).
-    /// </summary>
-    public virtual bool IsPlainAccumulation => IsPlainProduct && Weight.Quantized is null;
-
-    /// <summary>
     /// y = x W^T (+ <paramref name="bias"/>) (+ beta y | + <paramref name="addend"/>), then the epilogue: the inference product
     /// over this layer's weight as it is stored, int8 (<see cref="Parameter.Quantized"/>, <see cref="IBackend.QuantizedMatMul"/>)
     /// or floating point (<see cref="IBackend.MatMul"/>).

@@ -142,16 +142,7 @@ public sealed class SwiGluMlp : IFeedForward
             }
         }
         else if (norm is RmsNorm rms && Input is not GatherFromSequenceParallelRegion)
-        {
-            if (Projection.IsPlainAccumulation)
-            {
-                // The whole MLP and its add as one op, which a device may run as one launch (CUDA: 1 to 4 rows).
-                x.Backend.FeedForwardSwiGlu(x, rms.Prologue(ctx), Gate.Weight.Value, Up.Weight.Value, Projection.Weight.Value, a, residual,
-                    Gate.Bias?.Value, Up.Bias?.Value, Projection.Bias?.Value);
-                return;
-            }
             x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue(ctx));
-        }
         else x.Backend.MatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value);
         Projection.ForwardAccumulate(ctx, a, residual);              // (N, C) += proj(a)
     }

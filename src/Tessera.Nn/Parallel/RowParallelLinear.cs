@@ -85,10 +85,6 @@ public sealed class RowParallelLinear : Linear
     public override bool TakesBiasGradientFromOutputGradientSums => false;
 
     /// <inheritdoc/>
-    /// <remarks>False: the ranks' partial outputs are summed after the product.</remarks>
-    public override bool IsPlainAccumulation => false;
-
-    /// <inheritdoc/>
     public override Tensor ForwardNormalized(in PassContext ctx, Tensor x, INormalization norm) =>
         throw new NotSupportedException($"{Name}: a row-parallel layer reads the split output of a column-parallel one, never a norm's");
 

@@ -320,15 +320,6 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(x, gateWeight, upWeight, output, gateBias, upBias, norm?.Weight);
     }
 
-    public void FeedForwardSwiGlu(Tensor x, RmsNormPrologue? norm, Tensor gateWeight, Tensor upWeight, Tensor downWeight, Tensor hidden,
-        Tensor residual, Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null)
-    {
-        FeedForwardShapes.Validate($"{nameof(CpuBackend)}.{nameof(FeedForwardSwiGlu)}", x, gateWeight, upWeight, downWeight, hidden, residual,
-            gateBias, upBias, downBias);
-        MatMulSwiGlu(x, gateWeight, upWeight, hidden, gateBias, upBias, norm);
-        MatMul(hidden, downWeight, residual, transposeB: true, beta: 1.0, bias: downBias);
-    }
-
     public void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null)
     {
         ArgumentNullException.ThrowIfNull(x);

@@ -17,7 +17,6 @@ public sealed class CudaBackendOptionsTests
         MatrixVectorKernels = false,
         MatrixVectorCtasPerSm = 1,
         EarlyWeightLoads = false,
-        FusedFeedForward = true,
         HopperDecodeProducts = false,
         DecodeProductTensorMaps = true,
         QuantizedDecodeProducts = false,

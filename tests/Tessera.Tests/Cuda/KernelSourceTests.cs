@@ -65,8 +65,6 @@ public sealed class KernelSourceTests
         __device__ unsigned long long atomicAdd(unsigned long long*, unsigned long long);
         __device__ unsigned atomicCAS(unsigned*, unsigned, unsigned);
         __device__ unsigned atomicInc(unsigned*, unsigned);
-        __device__ unsigned atomicExch(unsigned*, unsigned);
-        __device__ void __nanosleep(unsigned);
         __device__ float __shfl_xor_sync(unsigned, float, int, int w = 32);
         __device__ double __shfl_xor_sync(unsigned, double, int, int w = 32);
         __device__ int __shfl_xor_sync(unsigned, int, int, int w = 32);

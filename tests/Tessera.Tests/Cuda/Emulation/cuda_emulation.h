@@ -54,13 +54,11 @@ struct EmuBlock
     std::vector<double> slots;
     std::vector<unsigned> words;   // 8 a lane: the operands of a warp-collective ldmatrix or mma
     std::vector<float> shared = std::vector<float>(65536);   // this CTA's own shared floats (256 KB) in a cluster
-    std::vector<double> partials = std::vector<double>(32);   // block_sum's and block_max's per-warp partials
 };
 inline thread_local EmuBlock* g_block;
 inline void __syncthreads() { g_block->block->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { g_block->warps[threadIdx.x / 32]->arrive_and_wait(); }
 inline void __threadfence() {}
-template <typename A> A* emu_block_partials() { return reinterpret_cast<A*>(g_block->partials.data()); }
 template <typename T> T emu_shfl(T v, int src_lane_fn(int, int), int arg)
 {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -109,11 +107,6 @@ inline float atomicAdd(float* p, float v) { std::lock_guard<std::mutex> g(emu_at
 inline int atomicAdd(int* p, int v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); int o = *p; *p += v; return o; }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned long long o = *p; *p += v; return o; }
 inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { std::lock_guard<std::mutex> g(emu_atomic_lock()); unsigned o = *p; if (o == c) *p = v; return o; }
-// Unsigned words that a grid barrier's CTAs share while they run at once: real atomics, and a load that sees their writes.
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
-inline unsigned atomicExch(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).exchange(v); }
-inline unsigned emu_load(unsigned* p) { return std::atomic_ref<unsigned>(*p).load(); }
-inline void emu_pause() { std::this_thread::yield(); }
 // Counters a kernel bumps where the path it took matters to a test and shows in no output (sampling.cu: rows whose survivors
 // fit its shared list, 0, and rows that went on over the whole row, 1); the check program reads and resets them.
 inline std::atomic<long long> emu_tallies[4];
