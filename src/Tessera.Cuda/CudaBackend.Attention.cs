@@ -186,6 +186,8 @@ public sealed unsafe partial class CudaBackend
     public void Rope(Tensor x, int startPosition, RopeFrequencies frequencies, bool inverse = false)
     {
         if (startPosition < 0) throw new ArgumentOutOfRangeException(nameof(startPosition), $"CudaBackend.Rope: start position {startPosition} is negative");
+        ArgumentNullException.ThrowIfNull(frequencies);
+        if (x.Rank == 4) frequencies.RefuseMixedLongCall("CudaBackend.Rope", startPosition, startPosition + x.Size(1));
         RopeCore(x, startPosition, 0, frequencies, inverse);
     }
 
@@ -200,38 +202,45 @@ public sealed unsafe partial class CudaBackend
     private struct RopeArgs
     {
         public ulong Table;                       // (D/2) F64 inverse frequencies on the device
+        public ulong LongTable;                   // LongRoPE's (D/2) F64 table past LongOriginal positions, or 0
         public double Attention, Theta, DynamicFactor;
-        public int DynamicOriginal, Padding;
+        public int DynamicOriginal, LongOriginal;
     }
 
-    private readonly Dictionary<(RopeFrequencies Frequencies, int HeadSize), Tensor> _ropeTables = [];
+    private readonly Dictionary<(RopeFrequencies Frequencies, int HeadSize), (Tensor Short, Tensor? Long)> _ropeTables = [];
 
     /// <summary>
     /// The kernel argument for <paramref name="frequencies"/> at head size <paramref name="d"/>: its table of D/2 doubles
-    /// (<see cref="RopeFrequencies.At"/>, the CPU backend's values) is copied to the device on first use and kept for the
-    /// backend's life (a model has one description shared by its layers). A recorded graph only reads tables that exist.
+    /// (<see cref="RopeFrequencies.At"/>, the CPU backend's values), and LongRoPE's long table (At past its original length),
+    /// are copied to the device on first use and kept for the backend's life (a model has one description shared by its
+    /// layers). The kernels pick the table from the length each call reaches. A recorded graph only reads tables that exist.
     /// </summary>
     private RopeArgs RopeArgsFor(RopeFrequencies frequencies, int d)
     {
         ArgumentNullException.ThrowIfNull(frequencies);
         frequencies.Validate(d);
-        // The kernels rotate whole heads from one table: partial rotary and LongRoPE's switch are CPU-only so far.
+        // The kernels rotate whole heads: partial rotary is CPU-only so far.
         if (frequencies.RotatedOf(d) != d)
             throw new NotSupportedException($"CudaBackend: partial rotary embedding (RotaryDimensions {frequencies.RotaryDimensions} of a head of {d}; partial_rotary_factor) is not implemented on CUDA; run on the CPU");
-        if (frequencies.SwitchesToLong)
-            throw new NotSupportedException("CudaBackend: LongRoPE (rope_type longrope: short/long factor tables) is not implemented on CUDA; run on the CPU");
-        if (!_ropeTables.TryGetValue((frequencies, d), out var table))
+        if (!_ropeTables.TryGetValue((frequencies, d), out var tables))
         {
             if (_capturing)
                 throw new InvalidOperationException("CudaBackend: RoPE frequencies used for the first time inside a graph recording; run the step once before recording it");
-            table = Allocate(new Shape(d / 2), DType.F64);
-            CopyFromHost<double>(frequencies.At(d, 0), table);
-            _ropeTables[(frequencies, d)] = table;
+            Tensor Upload(double[] values)
+            {
+                var table = Allocate(new Shape(d / 2), DType.F64);
+                CopyFromHost<double>(values, table);
+                return table;
+            }
+            tables = (Upload(frequencies.At(d, 0)),
+                frequencies.SwitchesToLong ? Upload(frequencies.At(d, frequencies.LongOriginalLength + 1)) : null);
+            _ropeTables[(frequencies, d)] = tables;
         }
         return new RopeArgs
         {
-            Table = Ptr(table), Attention = frequencies.AttentionFactor, Theta = frequencies.Theta,
+            Table = Ptr(tables.Short), LongTable = PtrOrNull(tables.Long), Attention = frequencies.AttentionFactor, Theta = frequencies.Theta,
             DynamicFactor = frequencies.DynamicFactor, DynamicOriginal = frequencies.DynamicOriginalLength,
+            LongOriginal = frequencies.SwitchesToLong ? frequencies.LongOriginalLength : 0,
         };
     }
 
@@ -263,13 +272,14 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// The device table of (cos, sin) for positions [0, <paramref name="positions"/>) at head size <paramref name="d"/>
     /// (rope.cu's rope_angles: the rope kernel's own double arithmetic, so rope_rows gives its bits), or null where the
-    /// table cannot serve: dynamic NTK past its original length (the frequencies then depend on the call's length), or a
-    /// table that would have to grow while a graph is being recorded. Grown to a multiple of 4,096 positions, kept for the
+    /// table cannot serve: dynamic NTK or LongRoPE past its original length (the frequencies then depend on the call's
+    /// length; the table holds the short ones), or a table that would have to grow while a graph is being recorded. Grown to a multiple of 4,096 positions, kept for the
     /// backend's life; the one it replaces is freed in stream order.
     /// </summary>
     private ulong? RopeAngles(RopeFrequencies frequencies, int d, RopeArgs freq, int positions)
     {
         if (frequencies.IsDynamic && positions > frequencies.DynamicOriginalLength) return null;
+        if (frequencies.SwitchesToLong && positions > frequencies.LongOriginalLength) return null;
         if (_ropeAngles.TryGetValue((frequencies, d), out var have) && have.Positions >= positions) return Ptr(have.Table);
         if (_capturing) return null;
         int capacity = (int)Math.Min(int.MaxValue, ((long)positions + 4095) / 4096 * 4096);

@@ -128,6 +128,20 @@ public sealed record RopeFrequencies
         return result;
     }
 
+    /// <summary>
+    /// Refuses a LongRoPE call that starts at <paramref name="startPosition"/> (past 0, within <see cref="LongOriginalLength"/>)
+    /// and reaches past it (<paramref name="length"/> positions): the keys before it were rotated by earlier calls with the
+    /// short table, and this call would rotate with the long one. transformers never mixes them (its generation recomputes
+    /// the whole sequence when it first passes original_max_position_embeddings), and a caller must do the same, from
+    /// position 0. Throws <see cref="InvalidOperationException"/> naming <paramref name="op"/>; nothing for other descriptions.
+    /// </summary>
+    public void RefuseMixedLongCall(string op, int startPosition, int length)
+    {
+        if (SwitchesToLong && startPosition > 0 && startPosition <= LongOriginalLength && length > LongOriginalLength)
+            throw new InvalidOperationException($"{op}: LongRoPE: a call from position {startPosition} reaching {length} positions passes original_max_position_embeddings " +
+                $"({LongOriginalLength}) with earlier positions rotated by the short factors; recompute the sequence from position 0 (as transformers does) instead");
+    }
+
     /// <summary>Equal when every field is, the table compared value by value (so a backend can key its copies by content).</summary>
     public bool Equals(RopeFrequencies? other) =>
         other is not null && Theta.Equals(other.Theta) && AttentionFactor.Equals(other.AttentionFactor)

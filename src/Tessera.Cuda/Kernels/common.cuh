@@ -73,15 +73,23 @@ __device__ __forceinline__ double sqrt_rn(double a) { return std::sqrt(a); }
 // (x1 cos - x2 sin, x2 cos + x1 sin), each product and sum rounded on its own as the CPU backend computes it. One rule
 // for every kernel that rotates (rope.cu, the fused QKV product in gemv.cu).
 // RoPE frequencies (CudaBackend's RopeArgs, field for field): a device table of the D/2 inverse frequencies (doubles from
-// RopeFrequencies.At on the host, so both backends read the same values), the factor on cos and sin (YaRN), and dynamic
-// NTK's rule (dyn_factor 0: off): at a call reaching len > dyn_original positions the base becomes
-// theta ((dyn_factor len / dyn_original) - (dyn_factor - 1))^(D / (D - 2)), as RopeFrequencies.DynamicBase computes it.
+// RopeFrequencies.At on the host, so both backends read the same values), the factor on cos and sin (YaRN, LongRoPE), and
+// the two rules that depend on the length len a call reaches (rope_length). Dynamic NTK (dyn_factor 0: off): past
+// dyn_original positions the base becomes theta ((dyn_factor len / dyn_original) - (dyn_factor - 1))^(D / (D - 2)), as
+// RopeFrequencies.DynamicBase computes it. LongRoPE (inv_long null: off): past long_original positions the frequencies are
+// the second table's (transformers' longrope), for every position of the call.
 struct RopeFreq
 {
     const double* inv;
+    const double* inv_long;
     double attention, theta, dyn_factor;
-    int dyn_original, pad;
+    int dyn_original, long_original;
 };
+// Whether a call reaching len positions leaves the table inv (dynamic NTK past its length, or LongRoPE's long table).
+__device__ __forceinline__ bool rope_switched(const RopeFreq& f, int len)
+{
+    return (f.dyn_factor > 0.0 && len > f.dyn_original) || (f.inv_long && len > f.long_original);
+}
 __device__ __forceinline__ double rope_inv_freq(const RopeFreq& f, int i, int D, int len)
 {
     if (f.dyn_factor > 0.0 && len > f.dyn_original)
@@ -89,12 +97,14 @@ __device__ __forceinline__ double rope_inv_freq(const RopeFreq& f, int i, int D,
         const double base = f.theta * pow(f.dyn_factor * len / f.dyn_original - (f.dyn_factor - 1.0), (double)D / (D - 2));
         return pow(base, -2.0 * i / D);
     }
+    if (f.inv_long && len > f.long_original) return f.inv_long[i];
     return f.inv[i];
 }
-// The length a call reaches (dynamic NTK's L): start + Tn, or the longest starts[b] + Tn of the batch (read on the device).
+// The length a call reaches (what dynamic NTK and LongRoPE read; 0 when neither is on): start + Tn, or the longest
+// starts[b] + Tn of the batch (read on the device).
 __device__ __forceinline__ int rope_length(const RopeFreq& f, const int* starts, int B, int start, int Tn)
 {
-    if (!(f.dyn_factor > 0.0)) return 0;
+    if (!(f.dyn_factor > 0.0) && !f.inv_long) return 0;
     if (!starts) return start + Tn;
     int m = 0;
     for (int b = 0; b < B; b++) m = max(m, starts[b]);

@@ -265,8 +265,8 @@ struct GemvRopeLane
     int pos = 0, len = 0, slot = 0;
     double inv_freq = 0.0;
     float cf = 1.f, sf = 0.f;
-    // Before the wait: the first pair's frequency from the table, written once, long before (dynamic NTK, which depends on
-    // the positions, recomputes it after the wait).
+    // Before the wait: the first pair's frequency from the table, written once, long before (dynamic NTK and LongRoPE, which depend
+    // on the positions, recompute it after the wait).
     __device__ __forceinline__ void before_wait(const GemvRope<T>& rope, int first, int N, int half, int lane)
     {
         if (lane < M && first < N) inv_freq = rope.freq.inv[first % half];
@@ -278,7 +278,7 @@ struct GemvRopeLane
         pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
         if (rope.slots) slot = rope.slots[lane];
         len = rope_length(rope.freq, rope.starts, M / rope.Tn, 0, rope.Tn);
-        if (len > rope.freq.dyn_original && first < N) inv_freq = rope_inv_freq(rope.freq, first % half, rope.D, len);
+        if (rope_switched(rope.freq, len) && first < N) inv_freq = rope_inv_freq(rope.freq, first % half, rope.D, len);
     }
     // At pair n's first unit: its angle (q and k heads only), computed while the pair's first loads fly.
     __device__ __forceinline__ void at_pair(const GemvRope<T>& rope, int n, int first, int half, int lane)

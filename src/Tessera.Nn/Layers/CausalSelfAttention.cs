@@ -208,6 +208,9 @@ public sealed class CausalSelfAttention
         if (cache.Batch != b || cache.KvHeads != KvHeads || cache.HeadSize != HeadSize)
             throw new ArgumentException($"{Name}: cache (batch {cache.Batch}, {cache.KvHeads} kv heads of size {cache.HeadSize}) does not fit input {x.Shape} with {KvHeads} kv heads of size {HeadSize}");
         cache.EnsureRoom(t);
+        // LongRoPE: new positions rotated with the long table over keys cached with the short one are refused here, on the
+        // host, whatever the backend (a GPU kernel reading its positions on the device cannot refuse them).
+        Rope?.RefuseMixedLongCall(Name, cache.Length, cache.Length + t);
         var backend = x.Backend;
         var positions = cache.Positions;
         Tensor qkv;

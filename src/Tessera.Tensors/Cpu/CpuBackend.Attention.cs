@@ -30,12 +30,7 @@ public sealed unsafe partial class CpuBackend
         int d = x.Shape[3];
         if (d % 2 != 0) throw new ArgumentException($"{op}: head size D must be even, got x {x.Shape}", nameof(x));
         if (startPosition < 0) throw new ArgumentOutOfRangeException(nameof(startPosition), $"{op}: start position {startPosition} is negative");
-        if (frequencies.SwitchesToLong && startPosition > 0 && startPosition <= frequencies.LongOriginalLength && length > frequencies.LongOriginalLength)
-            // The keys of positions before startPosition were rotated by earlier calls with the short factors; this call would
-            // rotate with the long ones. transformers never mixes them (its generation recomputes the whole sequence when it first
-            // passes original_max_position_embeddings): the caller must do the same, from position 0.
-            throw new InvalidOperationException($"{op}: LongRoPE: a call from position {startPosition} reaching {length} positions passes original_max_position_embeddings " +
-                $"({frequencies.LongOriginalLength}) with earlier positions rotated by the short factors; recompute the sequence from position 0 (as transformers does) instead");
+        frequencies.RefuseMixedLongCall(op, startPosition, length);
         var inverseFrequencies = frequencies.At(d, length);
         if (x.DType == DType.F32) RopeTyped<float>(x, startPosition, inverseFrequencies, frequencies.AttentionFactor, inverse);
         else RopeTyped<double>(x, startPosition, inverseFrequencies, frequencies.AttentionFactor, inverse);

@@ -79,15 +79,105 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
         AssertClose(_cpu.ToArray<double>(co), Download(o), Tolerance(dtype), $"cached attention {dtype} D={d} T={t} S={capacity} window {window}");
     }
 
-    /// <summary>Partial rotary embedding and LongRoPE's table switch are CPU-only: the CUDA backend refuses them by name.</summary>
+    /// <summary>Partial rotary embedding is CPU-only: the CUDA backend refuses it by name.</summary>
     [Fact]
-    public void PartialRotaryAndLongRopeAreRefusedByName()
+    public void PartialRotaryIsRefusedByName()
     {
         var (x, _) = Random(DType.F32, 1, 1, 4, 2, 16);
         var partial = new RopeFrequencies(10000) { RotaryDimensions = 12 };
         Assert.Contains("partial rotary", Assert.Throws<NotSupportedException>(() => Gpu.Rope(x, 0, partial)).Message);
-        var longRope = new RopeFrequencies(10000) { InverseFrequencies = new double[8], LongInverseFrequencies = new double[8], LongOriginalLength = 4 };
-        Assert.Contains("LongRoPE", Assert.Throws<NotSupportedException>(() => Gpu.Rope(x, 0, longRope)).Message);
+    }
+
+    /// <summary>LongRoPE at head size <paramref name="d"/>: a short table and a long one (each short frequency divided by 1 +
+    /// 0.25 i, so the two differ by up to 9x) past 16 positions, with an attention factor.</summary>
+    private static RopeFrequencies LongRope(int d, int original = 16)
+    {
+        var shortTable = Enumerable.Range(0, d / 2).Select(i => Math.Pow(10000, -2.0 * i / d) / (1 + 0.1 * (i % 4))).ToArray();
+        return new RopeFrequencies(10000)
+        {
+            InverseFrequencies = shortTable, LongInverseFrequencies = shortTable.Select((f, i) => f / (1 + 0.25 * i)).ToArray(),
+            LongOriginalLength = original, AttentionFactor = 1.19,
+        };
+    }
+
+    /// <summary>
+    /// LongRoPE on the GPU against the CPU (tolerance <see cref="CudaTestBase.Tolerance"/>): the short table for a call within
+    /// the original 16 positions and the long one for every position of a call reaching past them, at host starts (0 reaching
+    /// 5 and 20 positions, 30 reaching 35) and at device positions (a batch within 16, and one whose longer sequence passes it
+    /// while the other starts at 0); the fused QKV product's epilogue and RopeAndAppend (6 rows) at decode positions past the
+    /// length and within it. A host call from inside the length reaching past it is refused by name, as on the CPU.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.BF16)]
+    public void LongRopeSwitchesTablesAsTheCpuDoes(DType dtype)
+    {
+        int b = 2, h = 3, d = 64;
+        var freq = LongRope(d);
+        foreach (var (start, t) in new[] { (0, 5), (0, 20), (30, 5) })
+        {
+            var (x, xv) = Random(dtype, 1, b, t, h, d);
+            Gpu.Rope(x, start, freq);
+            var cx = Cpu(xv, b, t, h, d);
+            _cpu.Rope(cx, start, freq);
+            AssertClose(_cpu.ToArray<double>(cx), Download(x), Tolerance(dtype), $"LongRoPE {dtype} from {start}, {t} positions");
+        }
+        foreach (int[] starts in new[] { new[] { 2, 9 }, new[] { 0, 30 } })
+        {
+            var (y, yv) = Random(dtype, 1, b, 5, h, d);
+            Gpu.Rope(y, UploadInts(starts, 2), freq);
+            var cy = Cpu(yv, b, 5, h, d);
+            _cpu.Rope(cy, _cpu.FromArray(starts, 2), freq);
+            AssertClose(_cpu.ToArray<double>(cy), Download(y), Tolerance(dtype), $"LongRoPE {dtype} at device positions {starts[0]}, {starts[1]}");
+        }
+        var (z, _) = Random(dtype, 1, b, 5, h, d);
+        Assert.Contains("LongRoPE", Assert.Throws<InvalidOperationException>(() => Gpu.Rope(z, 13, freq)).Message);
+
+        int c = 256, kh = 2, capacity = 40, rows = (h + 1 + 2 * kh) * d, heads = h + 1;
+        foreach (var (bb, tt, positions) in new[] { (1, 1, new[] { 20 }), (2, 2, new[] { 0, capacity - 2 }), (2, 3, new[] { 5, 9 }) })
+        {
+            var (x, xv) = Random(dtype, 1, bb * tt, c);
+            var (w, wv) = Random(dtype, 0.1, rows, c);
+            var cachev = Stored(Enumerable.Range(0, bb * capacity * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
+            var qkv = Poisoned(dtype, bb, tt, heads + 2 * kh, d);
+            var cache = Upload(cachev, dtype, bb, capacity, 2 * kh, d);
+            Gpu.MatMulRopeAppend(x, null, w, null, qkv, heads, cache, UploadInts(positions, bb), freq);
+            var cpuQkv = _cpu.Allocate(new Shape(bb, tt, heads + 2 * kh, d), DType.F64);
+            var cpuCache = Cpu(cachev, bb, capacity, 2 * kh, d);
+            _cpu.MatMulRopeAppend(Cpu(xv, bb * tt, c), null, Cpu(wv, rows, c), null, cpuQkv, heads, cpuCache, _cpu.FromArray(positions, bb), freq);
+            string label = $"LongRoPE MatMulRopeAppend {dtype} B={bb} T={tt} at {string.Join(", ", positions)}";
+            AssertClose(_cpu.ToArray<double>(cpuQkv), Download(qkv), Tolerance(dtype), label + ": qkv");
+            AssertClose(_cpu.ToArray<double>(cpuCache), Download(cache), Tolerance(dtype), label + ": cache");
+        }
+    }
+
+    /// <summary>
+    /// Greedy generation of a LongRoPE model (phi3-debug with longrope factors switching at 16 of its 64 positions, F32) on the
+    /// GPU, the decode step recorded and not: the CPU reference's tokens. The generator drops its cache and recomputes the
+    /// sequence where it first passes 16 positions, so every step after it reads keys rotated with the long table.
+    /// </summary>
+    [Fact]
+    public void GreedyGenerationOfALongRopeModelMatchesTheCpu()
+    {
+        var config = Tessera.Models.ModelPresets.Get("phi3-debug") with
+        {
+            RopeScaling = new Tessera.Models.RopeScaling
+            {
+                Type = Tessera.Models.RopeScalingType.LongRope, OriginalMaxPositions = 16,
+                ShortFactor = [1.0, 1.4, 2.5, 4.0], LongFactor = [1.0, 3.0, 12.0, 40.0],
+            },
+        };
+        var onCpu = new Tessera.Models.Transformer(config, _cpu, DType.F32);
+        Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, onCpu.Parameters, new Random(9));
+        var onGpu = new Tessera.Models.Transformer(config, Gpu, DType.F32);
+        Gpu.CopyFromHost<float>(_cpu.ToArray<float>(onCpu.Parameters.Values), onGpu.Parameters.Values);
+        int[] prompt = [5, 1, 4, 1, 5, 9, 2, 6];
+        int count = config.MaxSequenceLength - prompt.Length - 1;
+        var expected = Tessera.Tests.Inference.TextGeneratorTests.Reference(onCpu, _cpu, prompt, count, Tessera.Inference.Sampling.SamplingOptions.Greedy);
+        var generator = new Tessera.Inference.TextGenerator(onGpu);
+        Assert.Equal(expected, generator.Generate(prompt, new Tessera.Inference.GenerationOptions { MaxNewTokens = count }).ToList());
+        Assert.True(generator.LastRunRecorded, "the decode step should replay a CUDA graph");
+        Assert.Equal(expected, generator.Generate(prompt, new Tessera.Inference.GenerationOptions { MaxNewTokens = count, CaptureGraph = false }).ToList());
     }
 
     /// <summary>YaRN-like table and attention factor, and dynamic NTK past the original length, at host and device positions.</summary>
@@ -125,8 +215,8 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
     /// <summary>
     /// RoPE at a host start position reads a device table of (cos, sin) (rope_rows); at device positions it computes each
     /// angle in place (rope). Both use the same double arithmetic, so the table must give the per-element kernel's bits
-    /// exactly (tolerance zero): plain theta, a YaRN-like table with an attention factor, dynamic NTK inside its original
-    /// length, a strided view (some heads of a wider tensor; 16-byte aligned, so rope_rows takes its vector path), and a start
+    /// exactly (tolerance zero): plain theta, a YaRN-like table with an attention factor, dynamic NTK and LongRoPE inside their
+    /// original length, a strided view (some heads of a wider tensor; 16-byte aligned, so rope_rows takes its vector path), and a start
     /// that makes the table grow past 4,096 positions.
     /// </summary>
     [Theory]
@@ -142,6 +232,7 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
             (new RopeFrequencies(10000), "theta 10000"),
             (new RopeFrequencies(500000) { InverseFrequencies = table, AttentionFactor = 1.1386 }, "table + attention factor"),
             (new RopeFrequencies(10000) { DynamicFactor = 4, DynamicOriginalLength = 8192 }, "dynamic NTK inside its length"),
+            (LongRope(d, original: 8192), "LongRoPE inside its length"),
         };
         foreach (var (freq, name) in cases)
             foreach (int start in new[] { 0, 3, 4093, 6000 })

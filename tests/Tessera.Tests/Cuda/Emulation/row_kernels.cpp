@@ -118,7 +118,10 @@ static void rope(int b, int t, int h, int k, int d, int start, int inverse, unsi
 // copied to a paged pool at slots[r] (2K heads of D per slot), a negative slot writing nothing. Heads split into groups of
 // ROPE_APPEND_HEADS per work item: h + 2k = 12 and 6 check a partial last group and a group of q, k and v heads at once.
 // Then rope_append_rows (a CTA per row, `row_block` threads) on copies of the same inputs must give the same bits.
-static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsigned grid, unsigned block, unsigned row_block)
+// long_original > 0: LongRoPE, a second table (each short frequency divided by 1 + 0.3 i) that every row takes when the call
+// reaches past long_original positions (the rows' largest position + 1), as RopeFrequencies.At does; the short one else.
+static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsigned grid, unsigned block, unsigned row_block,
+                              int long_original = 0)
 {
     std::mt19937 rng(29 + h + d); std::uniform_real_distribution<float> u(-2, 2);
     int half = d / 2, heads = h + 2 * k;
@@ -131,7 +134,11 @@ static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsign
     std::vector<double> inv(half);
     for (int i = 0; i < half; i++) inv[i] = std::pow(10000.0, -2.0 * i / d);
     for (int r = 0; r < rows; r++) { starts[r] = (r * 37) % 900; slots[r] = r % 5 == 3 ? -1 : (r * 7) % slots_n; }
-    RopeFreq f{inv.data(), 0.875, 10000.0, 0.0, 0, 0};
+    std::vector<double> inv_long(half);
+    for (int i = 0; i < half; i++) inv_long[i] = inv[i] / (1 + 0.3 * i);
+    RopeFreq f{inv.data(), long_original > 0 ? inv_long.data() : nullptr, 0.875, 10000.0, 0.0, 0, long_original};
+    const int len = *std::max_element(starts.begin(), starts.end()) + 1;
+    const std::vector<double>& used = long_original > 0 && len > long_original ? inv_long : inv;
     std::vector<double> e(x, x + n), ep(pool, pool + slots_n * cs);
     for (int r = 0; r < rows; r++) for (int hh = 0; hh < heads; hh++) for (int i = 0; i < half; i++)
     {
@@ -139,7 +146,7 @@ static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsign
         double y1 = x[at], y2 = x[at + half];
         if (hh < h + k)
         {
-            double a = (double)starts[r] * inv[i];
+            double a = (double)starts[r] * used[i];
             double c = (float)(std::cos(a) * f.attention), s = (float)(std::sin(a) * f.attention);
             y1 = x[at] * c - x[at + half] * s;
             y2 = x[at + half] * c + x[at] * s;
@@ -155,12 +162,13 @@ static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsign
     std::memcpy(x2, x, n * sizeof(float));
     std::memcpy(pool2, pool, slots_n * cs * sizeof(float));
     emu_launch(grid, block, [&] { rope_append_f32(x, pool, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, psl); });
-    char name[96];
-    snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d qkv", rows, h, k, d); check(name, e, x, n, 1e-6);
-    snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d pool", rows, h, k, d); check(name, ep, pool, slots_n * cs, 1e-6);
+    char name[96], tail[40] = "";
+    if (long_original > 0) snprintf(tail, sizeof tail, " longrope %d", long_original);
+    snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d%s qkv", rows, h, k, d, tail); check(name, e, x, n, 1e-6);
+    snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d%s pool", rows, h, k, d, tail); check(name, ep, pool, slots_n * cs, 1e-6);
     emu_launch((unsigned)rows, row_block, [&] { rope_append_rows_f32(x2, pool2, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, psl); });
     bool same = std::memcmp(x, x2, n * sizeof(float)) == 0 && std::memcmp(pool, pool2, slots_n * cs * sizeof(float)) == 0;
-    snprintf(name, sizeof name, "rope_append_rows rows=%d H=%d K=%d D=%d = items", rows, h, k, d);
+    snprintf(name, sizeof name, "rope_append_rows rows=%d H=%d K=%d D=%d%s = items", rows, h, k, d, tail);
     printf("%-40s %s\n", name, same ? "ok" : "FAIL");
     if (!same) failures++;
 }
@@ -350,6 +358,8 @@ int main()
     rope_append_paged(11, 8, 2, 16, 40, 3, 64, 4);   // 12 heads: groups of 8 and 4; padding rows (slot -1); 3 blocks stride the items;
                                                       // rows of 96 pairs in 4 threads: 3 batches of 8 loads, the 8 angles 2 a thread
     rope_append_paged(6, 2, 2, 8, 9, 1, 32, 32);     // 6 heads in one group: q, k and v heads in one item; slots shared by rows; 24 pairs, 32 threads
+    rope_append_paged(11, 8, 2, 16, 40, 3, 64, 4, 200);   // LongRoPE: the call reaches 371 positions, past 200: every row on the long table
+    rope_append_paged(6, 2, 2, 8, 9, 1, 32, 32, 186);     // LongRoPE: the call reaches exactly 186 positions: the short table
     layernorm_sums(37, 384, 3, 3, true);   // 3 vectors a lane (GPT-2's k at C = 768 in bf16), 8 warps x 3 blocks: rows of 0 to 2 a warp
     layernorm_sums(50, 300, 3, 2, true);   // a partly filled last vector (300 = 2.34 x 128)
     layernorm_sums(9, 512, 4, 1, true);    // 4 vectors a lane; one block, warps without rows
