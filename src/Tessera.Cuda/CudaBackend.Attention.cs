@@ -205,13 +205,15 @@ public sealed unsafe partial class CudaBackend
         public ulong LongTable;                   // LongRoPE's (D/2) F64 table past LongOriginal positions, or 0
         public double Attention, Theta, DynamicFactor;
         public int DynamicOriginal, LongOriginal;
+        public int Rotated, Padding;              // the channels of a head that rotate (partial rotary), or the head size
     }
 
     private readonly Dictionary<(RopeFrequencies Frequencies, int HeadSize), (Tensor Short, Tensor? Long)> _ropeTables = [];
 
     /// <summary>
-    /// The kernel argument for <paramref name="frequencies"/> at head size <paramref name="d"/>: its table of D/2 doubles
-    /// (<see cref="RopeFrequencies.At"/>, the CPU backend's values), and LongRoPE's long table (At past its original length),
+    /// The kernel argument for <paramref name="frequencies"/> at head size <paramref name="d"/>: its table of R/2 doubles for
+    /// the R channels that rotate (<see cref="RopeFrequencies.At"/>, the CPU backend's values; R = D unless partial rotary
+    /// says fewer, the rest of each head passing through), and LongRoPE's long table (At past its original length),
     /// are copied to the device on first use and kept for the backend's life (a model has one description shared by its
     /// layers). The kernels pick the table from the length each call reaches. A recorded graph only reads tables that exist.
     /// </summary>
@@ -219,16 +221,14 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(frequencies);
         frequencies.Validate(d);
-        // The kernels rotate whole heads: partial rotary is CPU-only so far.
-        if (frequencies.RotatedOf(d) != d)
-            throw new NotSupportedException($"CudaBackend: partial rotary embedding (RotaryDimensions {frequencies.RotaryDimensions} of a head of {d}; partial_rotary_factor) is not implemented on CUDA; run on the CPU");
+        int rotated = frequencies.RotatedOf(d);
         if (!_ropeTables.TryGetValue((frequencies, d), out var tables))
         {
             if (_capturing)
                 throw new InvalidOperationException("CudaBackend: RoPE frequencies used for the first time inside a graph recording; run the step once before recording it");
             Tensor Upload(double[] values)
             {
-                var table = Allocate(new Shape(d / 2), DType.F64);
+                var table = Allocate(new Shape(rotated / 2), DType.F64);
                 CopyFromHost<double>(values, table);
                 return table;
             }
@@ -240,7 +240,7 @@ public sealed unsafe partial class CudaBackend
         {
             Table = Ptr(tables.Short), LongTable = PtrOrNull(tables.Long), Attention = frequencies.AttentionFactor, Theta = frequencies.Theta,
             DynamicFactor = frequencies.DynamicFactor, DynamicOriginal = frequencies.DynamicOriginalLength,
-            LongOriginal = frequencies.SwitchesToLong ? frequencies.LongOriginalLength : 0,
+            LongOriginal = frequencies.SwitchesToLong ? frequencies.LongOriginalLength : 0, Rotated = rotated,
         };
     }
 
@@ -250,6 +250,9 @@ public sealed unsafe partial class CudaBackend
         int b = x.Size(0), t = x.Size(1), h = x.Size(2), d = x.Size(3);
         if (d % 2 != 0) throw new ArgumentException($"CudaBackend.Rope: head size {d} must be even");
         var freq = RopeArgsFor(frequencies, d);
+        // In place, only the first R channels of each head change (partial rotary: the rest pass through), so the kernels
+        // rotate heads of R channels at the heads' own strides.
+        d = freq.Rotated;
         long pairs = (long)b * t * h * (d / 2);
         if (pairs == 0) return;
         ulong px = Ptr(x);

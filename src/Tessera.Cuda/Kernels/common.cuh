@@ -77,14 +77,26 @@ __device__ __forceinline__ double sqrt_rn(double a) { return std::sqrt(a); }
 // the two rules that depend on the length len a call reaches (rope_length). Dynamic NTK (dyn_factor 0: off): past
 // dyn_original positions the base becomes theta ((dyn_factor len / dyn_original) - (dyn_factor - 1))^(D / (D - 2)), as
 // RopeFrequencies.DynamicBase computes it. LongRoPE (inv_long null: off): past long_original positions the frequencies are
-// the second table's (transformers' longrope), for every position of the call.
+// the second table's (transformers' longrope), for every position of the call. rot: the channels of a head that rotate
+// (partial rotary: the first rot; 0 for the whole head); the tables and the rules are then over rot channels (rot / 2 pairs).
 struct RopeFreq
 {
     const double* inv;
     const double* inv_long;
     double attention, theta, dyn_factor;
-    int dyn_original, long_original;
+    int dyn_original, long_original, rot, pad;
 };
+// The channels of a head of D that rotate.
+__device__ __forceinline__ int rope_rotated(const RopeFreq& f, int D) { return f.rot > 0 ? f.rot : D; }
+// The channels (c0, c1) of pair i (0 <= i < D / 2) of a head of D channels of which the first R rotate: pairs below R / 2
+// are RoPE's (i, i + R / 2) and turn by frequency i; the rest pass through, as the pairs (R + j, R + j + (D - R) / 2) for
+// j = i - R / 2. For whole heads (R = D) it is (i, i + D / 2).
+__device__ __forceinline__ void rope_pair(int i, int D, int R, int& c0, int& c1)
+{
+    const int hr = R / 2;
+    if (i < hr) { c0 = i; c1 = i + hr; }
+    else { const int j = i - hr; c0 = R + j; c1 = R + j + (D - R) / 2; }
+}
 // Whether a call reaching len positions leaves the table inv (dynamic NTK past its length, or LongRoPE's long table).
 __device__ __forceinline__ bool rope_switched(const RopeFreq& f, int len)
 {

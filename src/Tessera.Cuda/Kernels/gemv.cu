@@ -240,25 +240,29 @@ template <typename T> struct GemvRope
     RopeFreq freq;
 };
 
-// The row of W that half s of output (or pair) n reads: for ROPE, pair n = (head hh, i) reads rows hh * D + i and
-// hh * D + i + D / 2.
+// The row of W that half s of output (or pair) n reads: for ROPE, pair n = (head hh, i) of heads of D = 2 half channels
+// whose first R = 2 rhalf rotate reads rows hh * D + c0 and hh * D + c1, (c0, c1) being rope_pair's channels: (i, i + D / 2)
+// for whole heads, (i, i + R / 2) for a rotating pair of a partial one, and two passing channels past R for the rest.
 template <int EPI>
-__device__ __forceinline__ int gemv_row_of(int n, int s, int half)
+__device__ __forceinline__ int gemv_row_of(int n, int s, int half, int rhalf)
 {
     if (EPI != GEMV_ROPE) return n;
-    return (n / half) * 2 * half + n % half + s * half;
+    const int i = n % half, head = (n / half) * 2 * half;
+    if (i < rhalf) return head + i + s * rhalf;
+    return head + i + rhalf + s * (half - rhalf);   // R + (i - R / 2) + s (D - R) / 2
 }
 
 // The row a cursor's unit reads.
 template <typename Wt, int EPI>
-__device__ __forceinline__ const Wt* gemv_row_ptr(const Wt* w0, const Wt* w1, i64 ldw, const GemvCursor& c, int half)
+__device__ __forceinline__ const Wt* gemv_row_ptr(const Wt* w0, const Wt* w1, i64 ldw, const GemvCursor& c, int half, int rhalf)
 {
-    return (c.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(c.n, c.s, half) * ldw;
+    return (c.s == 0 ? w0 : w1) + (i64)gemv_row_of<EPI>(c.n, c.s, half, rhalf) * ldw;
 }
 
 // The ROPE epilogue's state a lane keeps (lane m < M: row m's position, pool slot and the current pair's angle), and its
-// steps, shared by the 16-bit stream and the int4 stream. A pair n (head hh = n / half, i = n % half) is rows n0 = hh D + i
-// and n0 + half of the qkv product.
+// steps, shared by the 16-bit stream and the int4 stream. A pair n (head hh = n / half, i = n % half) is rows n0 and n1 of
+// the qkv product (gemv_row_of: hh D + i and hh D + i + D / 2 for whole heads); under partial rotary only pairs i < R / 2
+// turn, the rest pass through (rope_pair).
 template <typename T, int M>
 struct GemvRopeLane
 {
@@ -269,7 +273,7 @@ struct GemvRopeLane
     // on the positions, recompute it after the wait).
     __device__ __forceinline__ void before_wait(const GemvRope<T>& rope, int first, int N, int half, int lane)
     {
-        if (lane < M && first < N) inv_freq = rope.freq.inv[first % half];
+        if (lane < M && first < N && first % half < rope_rotated(rope.freq, rope.D) / 2) inv_freq = rope.freq.inv[first % half];
     }
     // After the wait: row lane's position and slot, and the length dynamic NTK scales by.
     __device__ __forceinline__ void after_wait(const GemvRope<T>& rope, int first, int N, int half, int lane)
@@ -278,13 +282,15 @@ struct GemvRopeLane
         pos = rope.starts[lane / rope.Tn] + lane % rope.Tn;
         if (rope.slots) slot = rope.slots[lane];
         len = rope_length(rope.freq, rope.starts, M / rope.Tn, 0, rope.Tn);
-        if (rope_switched(rope.freq, len) && first < N) inv_freq = rope_inv_freq(rope.freq, first % half, rope.D, len);
+        const int R = rope_rotated(rope.freq, rope.D);
+        if (rope_switched(rope.freq, len) && first < N && first % half < R / 2) inv_freq = rope_inv_freq(rope.freq, first % half, R, len);
     }
-    // At pair n's first unit: its angle (q and k heads only), computed while the pair's first loads fly.
+    // At pair n's first unit: its angle (the rotating pairs of q and k heads only), computed while the pair's first loads fly.
     __device__ __forceinline__ void at_pair(const GemvRope<T>& rope, int n, int first, int half, int lane)
     {
-        if (lane < M && (n / half) < rope.H + rope.KH)
-            rope_angle_at(pos, n == first ? inv_freq : rope_inv_freq(rope.freq, n % half, rope.D, len), rope.freq.attention, cf, sf);
+        const int R = rope_rotated(rope.freq, rope.D);
+        if (lane < M && (n / half) < rope.H + rope.KH && n % half < R / 2)
+            rope_angle_at(pos, n == first ? inv_freq : rope_inv_freq(rope.freq, n % half, R, len), rope.freq.attention, cf, sf);
     }
     // Pair n's sums reduced (every lane holds them; bias over the qkv rows; int8 weights: scales, each row's sum times its
     // scale in one fma, as the plain int8 stream stores it): lane m writes row m, the product rounded to T (as the unfused
@@ -293,15 +299,17 @@ struct GemvRopeLane
     __device__ __forceinline__ void store(const GemvRope<T>& rope, T* y, i64 ldy, const T* bias, const float* scales, int n, int half,
                                           const float* a0, const float* a1, int lane) const
     {
-        const int hh = n / half, i = n % half, n0 = gemv_row_of<GEMV_ROPE>(n, 0, half);
+        const int rhalf = rope_rotated(rope.freq, rope.D) / 2, hh = n / half, i = n % half;
+        const int n0 = gemv_row_of<GEMV_ROPE>(n, 0, half, rhalf), n1 = gemv_row_of<GEMV_ROPE>(n, 1, half, rhalf);
+        const int c0 = n0 - hh * 2 * half, c1 = n1 - hh * 2 * half;   // the channels within the head
 #pragma unroll
         for (int m = 0; m < M; m++)
             if (lane == m)
             {
-                const float b0 = bias ? to_f(bias[n0]) : 0.f, b1 = bias ? to_f(bias[n0 + half]) : 0.f;
+                const float b0 = bias ? to_f(bias[n0]) : 0.f, b1 = bias ? to_f(bias[n1]) : 0.f;
                 T a = from_f<T>(scales ? fmaf(scales[n0], a0[m], b0) : a0[m] + b0);
-                T c = from_f<T>(scales ? fmaf(scales[n0 + half], a1[m], b1) : a1[m] + b1);
-                if (hh < rope.H + rope.KH)
+                T c = from_f<T>(scales ? fmaf(scales[n1], a1[m], b1) : a1[m] + b1);
+                if (hh < rope.H + rope.KH && i < rhalf)
                 {
                     float y1, y2;
                     rope_rotate(to_f(a), to_f(c), cf, sf, y1, y2);
@@ -309,13 +317,13 @@ struct GemvRopeLane
                     c = from_f<T>(y2);
                 }
                 y[m * ldy + n0] = a;
-                y[m * ldy + n0 + half] = c;
+                y[m * ldy + n1] = c;
                 if (hh >= rope.H && slot >= 0)
                 {
                     T* kv = rope.cache + (rope.slots ? (i64)slot * rope.cs : (m / rope.Tn) * rope.cb + (i64)pos * rope.cs)
                         + (i64)(hh - rope.H) * rope.ch;
-                    kv[i] = a;
-                    kv[i + half] = c;
+                    kv[c0] = a;
+                    kv[c1] = c;
                 }
             }
     }
@@ -338,7 +346,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     const int lane = threadIdx.x & 31;
     const int stride = gridDim.x * (blockDim.x >> 5);
     const int chunks = K / V, units = (chunks + 32 * U - 1) / (32 * U);
-    const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1;
+    const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1, rhalf = EPI == GEMV_ROPE ? rope_rotated(rope.freq, rope.D) / 2 : 1;
     GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
     // ROPE: lanes m < M hold row m's position and angle (GemvRopeLane).
     const int first = load.n;
@@ -348,11 +356,11 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     // may precede a product. Early, the first unit's loads overlap the previous kernel's tail.
     Bytes16 raw[U];
     if (early && load.n < N)
-        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half, rhalf), load.q, chunks, lane, raw);
     pdl_wait();
     pdl_launch_dependents();
     if (!early && load.n < N)
-        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, raw);
+        gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half, rhalf), load.q, chunks, lane, raw);
     if (EPI == GEMV_ROPE) rl.after_wait(rope, first, N, half, lane);
     gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
     constexpr bool F8 = IsFp8<Wt>::value;
@@ -368,7 +376,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
         load.advance(units, HALVES, stride);
         Bytes16 next[U];
         if (load.n < N)
-            gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half), load.q, chunks, lane, next);
+            gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half, rhalf), load.q, chunks, lane, next);
         if (EPI == GEMV_ROPE && cur.s == 0 && cur.q == 0) rl.at_pair(rope, cur.n, first, half, lane);
         if (cur.s == 0) gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[0]);
         else gemv_unit_fma<T, Wt, M, U>(raw, sx, K, cur.q, chunks, lane, acc[1]);
@@ -575,11 +583,11 @@ __device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* 
     const int lane = threadIdx.x & 31;
     const int stride = gridDim.x * (blockDim.x >> 5);
     const int chunks = K / 32, units = (chunks + 32 * U - 1) / (32 * U), groups = (K + group - 1) / group, cpg = group / 32;
-    const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1;
+    const int half = EPI == GEMV_ROPE ? rope.D / 2 : 1, rhalf = EPI == GEMV_ROPE ? rope_rotated(rope.freq, rope.D) / 2 : 1;
     GemvCursor load{blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), 0, 0}, cur = load;
     auto load_unit = [&](const GemvCursor& c, Bytes16* r, float* sc, float* zb) {
         const Int4Rows& w = c.s == 0 || EPI == GEMV_ROPE ? w0 : w1;
-        gemv_int4_unit_load<U>(w.packed, w.scales, w.zeros, gemv_row_of<EPI>(c.n, c.s, half), c.q, chunks, groups, cpg, lane, r, sc, zb);
+        gemv_int4_unit_load<U>(w.packed, w.scales, w.zeros, gemv_row_of<EPI>(c.n, c.s, half, rhalf), c.q, chunks, groups, cpg, lane, r, sc, zb);
     };
     const int first = load.n;
     GemvRopeLane<T, M> rl;

@@ -146,7 +146,7 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
     const i64 n = (i64)B * Tn * groups * half;
     pdl_wait();
     pdl_launch_dependents();
-    const int len = rope_length(f, starts, B, 0, Tn);
+    const int len = rope_length(f, starts, B, 0, Tn), R = rope_rotated(f, D);
     GRID_STRIDE(idx, n)
     {
         i64 r = idx;
@@ -155,8 +155,11 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
         const int t = (int)(r % Tn);
         const int b = (int)(r / Tn);
         const int pos = starts[b] + t, h0 = g * ROPE_APPEND_HEADS;
+        const bool turns = i < R / 2;                                  // partial rotary: the pairs past R / 2 pass through
+        int c0, c1;
+        rope_pair(i, D, R, c0, c1);
         float cf = 1.f, sf = 0.f;
-        if (h0 < H + K) rope_angle_at(pos, rope_inv_freq(f, i, D, len), f.attention, cf, sf);
+        if (h0 < H + K && turns) rope_angle_at(pos, rope_inv_freq(f, i, R, len), f.attention, cf, sf);
         const i64 slot = h0 + ROPE_APPEND_HEADS > H ? (slots ? (i64)slots[(i64)b * Tn + t] : (i64)pos) : -1;
         T* row = qkv + b * sb + (i64)t * st;
 #pragma unroll
@@ -165,21 +168,21 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
             const int hh = h0 + j;
             if (hh >= heads) break;
             T* p = row + (i64)hh * sh;
-            T a = p[i], c = p[i + half];
-            if (hh < H + K)
+            T a = p[c0], c = p[c1];
+            if (hh < H + K && turns)
             {
                 float y1, y2;
                 rope_rotate(to_f(a), to_f(c), cf, sf, y1, y2);
                 a = from_f<T>(y1);
                 c = from_f<T>(y2);
-                p[i] = a;
-                p[i + half] = c;
+                p[c0] = a;
+                p[c1] = c;
             }
             if (hh >= H && slot >= 0)
             {
                 T* q = cache + (slots ? 0 : b * cb) + slot * cs + (i64)(hh - H) * ch;
-                q[i] = a;
-                q[i + half] = c;
+                q[c0] = a;
+                q[c1] = c;
             }
         }
     }
@@ -203,12 +206,12 @@ template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const i
     const int b = blockIdx.x / Tn, t = blockIdx.x % Tn;
     pdl_wait();
     pdl_launch_dependents();
-    const int len = rope_length(f, starts, B, 0, Tn);
+    const int len = rope_length(f, starts, B, 0, Tn), R = rope_rotated(f, D);
     const int pos = starts[b] + t;
-    for (int i = threadIdx.x; i < half; i += blockDim.x)
+    for (int i = threadIdx.x; i < R / 2; i += blockDim.x)
     {
         float cf, sf;
-        rope_angle_at(pos, rope_inv_freq(f, i, D, len), f.attention, cf, sf);
+        rope_angle_at(pos, rope_inv_freq(f, i, R, len), f.attention, cf, sf);
         rope_row_angles[i] = cf;
         rope_row_angles[half + i] = sf;
     }
@@ -225,8 +228,10 @@ template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const i
             const int e = first + u * blockDim.x, hh = e / half, i = e - hh * half;
             if (e < items)
             {
-                a[u] = row[(i64)hh * sh + i];
-                c[u] = row[(i64)hh * sh + i + half];
+                int c0, c1;
+                rope_pair(i, D, R, c0, c1);
+                a[u] = row[(i64)hh * sh + c0];
+                c[u] = row[(i64)hh * sh + c1];
             }
         }
 #pragma unroll
@@ -234,19 +239,21 @@ template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const i
         {
             const int e = first + u * blockDim.x, hh = e / half, i = e - hh * half;
             if (e >= items) break;
-            if (e < rotated)
+            int c0, c1;
+            rope_pair(i, D, R, c0, c1);
+            if (e < rotated && i < R / 2)                            // a q or k head's rotating pair
             {
                 float y1, y2;
                 rope_rotate(to_f(a[u]), to_f(c[u]), rope_row_angles[i], rope_row_angles[half + i], y1, y2);
                 a[u] = from_f<T>(y1);
                 c[u] = from_f<T>(y2);
-                row[(i64)hh * sh + i] = a[u];
-                row[(i64)hh * sh + i + half] = c[u];
+                row[(i64)hh * sh + c0] = a[u];
+                row[(i64)hh * sh + c1] = c[u];
             }
             if (hh >= H && slot >= 0)
             {
-                cache[kv + (i64)(hh - H) * ch + i] = a[u];
-                cache[kv + (i64)(hh - H) * ch + i + half] = c[u];
+                cache[kv + (i64)(hh - H) * ch + c0] = a[u];
+                cache[kv + (i64)(hh - H) * ch + c1] = c[u];
             }
         }
     }

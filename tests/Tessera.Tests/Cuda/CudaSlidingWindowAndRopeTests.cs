@@ -79,13 +79,66 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
         AssertClose(_cpu.ToArray<double>(co), Download(o), Tolerance(dtype), $"cached attention {dtype} D={d} T={t} S={capacity} window {window}");
     }
 
-    /// <summary>Partial rotary embedding is CPU-only: the CUDA backend refuses it by name.</summary>
-    [Fact]
-    public void PartialRotaryIsRefusedByName()
+    /// <summary>
+    /// Partial rotary embedding (the first R of D = 64 channels of each head turn, frequencies over R; Phi-4-mini's 0.75 is
+    /// 48 of 64, and 16 of 64 a narrow one) on the GPU against the CPU (tolerance <see cref="CudaTestBase.Tolerance"/>; the
+    /// passing channels exactly as they were): at a host start through the angle table and inverse, at device positions,
+    /// with LongRoPE past its length, and the fused QKV product's epilogue (2 rows) and RopeAndAppend (6 rows), whose caches
+    /// must hold the passing channels of the k and v heads too.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32, 48)]
+    [InlineData(DType.BF16, 48)]
+    [InlineData(DType.BF16, 16)]
+    public void PartialRotaryMatchesTheCpu(DType dtype, int rotated)
     {
-        var (x, _) = Random(DType.F32, 1, 1, 4, 2, 16);
-        var partial = new RopeFrequencies(10000) { RotaryDimensions = 12 };
-        Assert.Contains("partial rotary", Assert.Throws<NotSupportedException>(() => Gpu.Rope(x, 0, partial)).Message);
+        int b = 2, t = 5, h = 3, d = 64;
+        var plain = new RopeFrequencies(10000) { RotaryDimensions = rotated };
+        var shortTable = Enumerable.Range(0, rotated / 2).Select(i => Math.Pow(10000, -2.0 * i / rotated)).ToArray();
+        var longRope = new RopeFrequencies(10000)
+        {
+            RotaryDimensions = rotated, InverseFrequencies = shortTable, LongInverseFrequencies = shortTable.Select((f, i) => f / (1 + 0.25 * i)).ToArray(),
+            LongOriginalLength = 16, AttentionFactor = 1.19,
+        };
+        foreach (var (freq, name) in new[] { (plain, "partial"), (longRope, "partial + LongRoPE") })
+        {
+            var (x, xv) = Random(dtype, 1, b, t, h, d);
+            Gpu.Rope(x, 0, freq);
+            var cx = Cpu(xv, b, t, h, d);
+            _cpu.Rope(cx, 0, freq);
+            var got = Download(x);
+            AssertClose(_cpu.ToArray<double>(cx), got, Tolerance(dtype), $"Rope {name} R={rotated} {dtype} from 0");
+            for (int e = 0; e < got.Length; e++)
+                if (e % d >= rotated) Assert.Equal(Stored(xv, dtype)[e], got[e]);    // the passing channels untouched
+            Gpu.Rope(x, 0, freq, inverse: true);
+            double f2 = freq.AttentionFactor * freq.AttentionFactor;
+            AssertClose(Stored(xv, dtype).Select((v, e) => e % d < rotated ? v * f2 : v).ToArray(), Download(x), dtype == DType.F32 ? 1e-6 : 2e-2,
+                $"Rope then its transpose {name} R={rotated} {dtype}");
+
+            int[] starts = [0, 30];
+            var (y, yv) = Random(dtype, 1, b, t, h, d);
+            Gpu.Rope(y, UploadInts(starts, 2), freq);
+            var cy = Cpu(yv, b, t, h, d);
+            _cpu.Rope(cy, _cpu.FromArray(starts, 2), freq);
+            AssertClose(_cpu.ToArray<double>(cy), Download(y), Tolerance(dtype), $"Rope {name} R={rotated} {dtype} at device positions");
+
+            int c = 256, kh = 2, capacity = 40, heads = h + 1, rows = (heads + 2 * kh) * d;
+            foreach (var (bb, tt, positions) in new[] { (2, 1, new[] { 0, 33 }), (2, 3, new[] { 0, 30 }) })
+            {
+                var (xq, xqv) = Random(dtype, 1, bb * tt, c);
+                var (w, wv) = Random(dtype, 0.1, rows, c);
+                var cachev = Stored(Enumerable.Range(0, bb * capacity * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
+                var qkv = Poisoned(dtype, bb, tt, heads + 2 * kh, d);
+                var cache = Upload(cachev, dtype, bb, capacity, 2 * kh, d);
+                Gpu.MatMulRopeAppend(xq, null, w, null, qkv, heads, cache, UploadInts(positions, bb), freq);
+                var cpuQkv = _cpu.Allocate(new Shape(bb, tt, heads + 2 * kh, d), DType.F64);
+                var cpuCache = Cpu(cachev, bb, capacity, 2 * kh, d);
+                _cpu.MatMulRopeAppend(Cpu(xqv, bb * tt, c), null, Cpu(wv, rows, c), null, cpuQkv, heads, cpuCache, _cpu.FromArray(positions, bb), freq);
+                string label = $"MatMulRopeAppend {name} R={rotated} {dtype} B={bb} T={tt}";
+                AssertClose(_cpu.ToArray<double>(cpuQkv), Download(qkv), Tolerance(dtype), label + ": qkv");
+                AssertClose(_cpu.ToArray<double>(cpuCache), Download(cache), Tolerance(dtype), label + ": cache");
+            }
+        }
     }
 
     /// <summary>LongRoPE at head size <paramref name="d"/>: a short table and a long one (each short frequency divided by 1 +
@@ -152,21 +205,27 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
     }
 
     /// <summary>
-    /// Greedy generation of a LongRoPE model (phi3-debug with longrope factors switching at 16 of its 64 positions, F32) on the
+    /// Greedy generation of a LongRoPE model (phi3-debug with longrope factors switching at 16 of its 64 positions, and
+    /// phi4-mini-debug, whose own factors switch there too; F32) on the
     /// GPU, the decode step recorded and not: the CPU reference's tokens. The generator drops its cache and recomputes the
     /// sequence where it first passes 16 positions, so every step after it reads keys rotated with the long table.
     /// </summary>
-    [Fact]
-    public void GreedyGenerationOfALongRopeModelMatchesTheCpu()
+    /// <remarks>phi4-mini-debug adds partial rotary (6 of each head's 8 channels turn) and a tied head.</remarks>
+    [Theory]
+    [InlineData("phi3-debug")]
+    [InlineData("phi4-mini-debug")]
+    public void GreedyGenerationOfALongRopeModelMatchesTheCpu(string preset)
     {
-        var config = Tessera.Models.ModelPresets.Get("phi3-debug") with
-        {
-            RopeScaling = new Tessera.Models.RopeScaling
+        var config = Tessera.Models.ModelPresets.Get(preset);
+        if (config.RopeScaling is null)
+            config = config with
             {
-                Type = Tessera.Models.RopeScalingType.LongRope, OriginalMaxPositions = 16,
-                ShortFactor = [1.0, 1.4, 2.5, 4.0], LongFactor = [1.0, 3.0, 12.0, 40.0],
-            },
-        };
+                RopeScaling = new Tessera.Models.RopeScaling
+                {
+                    Type = Tessera.Models.RopeScalingType.LongRope, OriginalMaxPositions = 16,
+                    ShortFactor = [1.0, 1.4, 2.5, 4.0], LongFactor = [1.0, 3.0, 12.0, 40.0],
+                },
+            };
         var onCpu = new Tessera.Models.Transformer(config, _cpu, DType.F32);
         Tessera.Tests.Nn.LayerCheck.Randomize(_cpu, onCpu.Parameters, new Random(9));
         var onGpu = new Tessera.Models.Transformer(config, Gpu, DType.F32);
@@ -216,7 +275,7 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
     /// RoPE at a host start position reads a device table of (cos, sin) (rope_rows); at device positions it computes each
     /// angle in place (rope). Both use the same double arithmetic, so the table must give the per-element kernel's bits
     /// exactly (tolerance zero): plain theta, a YaRN-like table with an attention factor, dynamic NTK and LongRoPE inside their
-    /// original length, a strided view (some heads of a wider tensor; 16-byte aligned, so rope_rows takes its vector path), and a start
+    /// original length, partial rotary (the passing channels untouched by either), a strided view (some heads of a wider tensor; 16-byte aligned, so rope_rows takes its vector path), and a start
     /// that makes the table grow past 4,096 positions.
     /// </summary>
     [Theory]
@@ -233,6 +292,7 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
             (new RopeFrequencies(500000) { InverseFrequencies = table, AttentionFactor = 1.1386 }, "table + attention factor"),
             (new RopeFrequencies(10000) { DynamicFactor = 4, DynamicOriginalLength = 8192 }, "dynamic NTK inside its length"),
             (LongRope(d, original: 8192), "LongRoPE inside its length"),
+            (new RopeFrequencies(10000) { RotaryDimensions = d * 3 / 4 }, "partial rotary, 3/4 of the head"),
         };
         foreach (var (freq, name) in cases)
             foreach (int start in new[] { 0, 3, 4093, 6000 })

@@ -12,7 +12,7 @@ namespace Tessera.Tests.Cuda;
 /// adamw.cu, decode_gemm.cu, gemv.cu, quantized.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu, exactly as NVRTC gets them) compiled
 /// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
 /// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the
-/// f32 instantiations of the SwiGLU row kernels, the row-in-registers RMSNorm kernels, RoPE from a table, RoPE with the KV append to a paged pool (rope_append, and rope_append_rows giving its bits; with LongRoPE's long table past its length and the short one at it), the column sums of the norms' gradient partials, the LayerNorm backward's warp and block kernels with the column sums of dx, the fused cross-entropy with its row staged, and its cluster form (a row shared by the CTAs of a thread-block cluster, the clusters walking the rows; emulated with the cluster's CTAs run together) against double references (its
+/// f32 instantiations of the SwiGLU row kernels, the row-in-registers RMSNorm kernels, RoPE from a table, RoPE with the KV append to a paged pool (rope_append, and rope_append_rows giving its bits; with LongRoPE's long table past its length and the short one at it, and with partial rotary), the column sums of the norms' gradient partials, the LayerNorm backward's warp and block kernels with the column sums of dx, the fused cross-entropy with its row staged, and its cluster form (a row shared by the CTAs of a thread-block cluster, the clusters walking the rows; emulated with the cluster's CTAs run together) against double references (its
 /// tolerances are stated there) and exits with the number of failures; Emulation/paged_kernels.cpp does the same for serving's
 /// paged attention kernels. It checks the kernels' indexing, strides, grid-stride
 /// loops, block reductions and partial sums; not the bf16/f16 conversions (inline PTX, compiled away), not timing, not the
@@ -32,6 +32,9 @@ public sealed class KernelEmulationTests
              "rope_append rows=11 H=8 K=2 D=16 longrope 200 qkv", "rope_append rows=11 H=8 K=2 D=16 longrope 200 pool",
              "rope_append_rows rows=11 H=8 K=2 D=16 longrope 200 = items", "rope_append rows=6 H=2 K=2 D=8 longrope 186 qkv",
              "rope_append rows=6 H=2 K=2 D=8 longrope 186 pool", "rope_append_rows rows=6 H=2 K=2 D=8 longrope 186 = items",
+             "rope_append rows=11 H=8 K=2 D=16 rotary 12 qkv", "rope_append rows=11 H=8 K=2 D=16 rotary 12 pool",
+             "rope_append_rows rows=11 H=8 K=2 D=16 rotary 12 = items", "rope_append rows=6 H=2 K=2 D=8 longrope 100 rotary 6 qkv",
+             "rope_append rows=6 H=2 K=2 D=8 longrope 100 rotary 6 pool", "rope_append_rows rows=6 H=2 K=2 D=8 longrope 100 rotary 6 = items",
              "layernorm sums warp k3 rows=37 C=384 sums", "layernorm sums warp k3 rows=50 C=300 dW", "layernorm sums warp k4 rows=9 C=512 dx",
              "layernorm sums block k0 rows=37 C=771 sums", "layernorm sums block k0 rows=37 C=771 dB",
              "layernorm sums warp regs k3 rows=37 C=384 sums", "layernorm sums warp regs k2 rows=50 C=200 = ref",
@@ -378,7 +381,8 @@ public sealed class KernelEmulationTests
              "gemv_stream_int4_swiglu f32 M=4 F=70 K=2048 group=128 bias norm grid=1", "gemv_stream_int4_swiglu bf16 M=3 F=45 K=512 group=64 bias grid=2",
              "gemv_stream_rope f32 M=1 dense norm grid=2", "gemv_stream_rope f32 M=4 paged bias grid=3", "gemv_stream_int4_rope f32 M=1 dense norm grid=2",
              "gemv_stream_int4_rope f32 M=3 paged norm bias grid=1", "gemv_stream_int4_rope f32 M=2 dense bias grid=5",
-             "gemv_stream_q8_rope f32 M=1 dense norm bias grid=2", "gemv_stream_q8_rope f32 M=4 paged bias grid=3"]);
+             "gemv_stream_q8_rope f32 M=1 dense norm bias grid=2", "gemv_stream_q8_rope f32 M=4 paged bias grid=3",
+             "gemv_stream_rope f32 M=1 dense norm bias grid=2 rotary 12", "gemv_stream_int4_rope f32 M=2 paged grid=3 rotary 6"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

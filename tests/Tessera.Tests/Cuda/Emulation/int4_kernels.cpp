@@ -305,10 +305,12 @@ static void swiglu_check(std::mt19937& rng, int F, int K, int group, bool bias, 
 // starts[b]) or a paged pool (at slots[m]; a slot of -1 writes nothing). Reference: the same stream's plain product (checked
 // above) then the rotation on the host with the kernels' own rope_angle_at and rope_rotate: bit for bit, as a pair's two
 // rows are summed exactly as the plain product sums them. Everything past the written entries must stay untouched.
+// R < 16: partial rotary, the first R channels of each head rotating in pairs (i, i + R / 2) by frequencies over R, the
+// other D - R passing through (into qkv and the cache as the product gave them).
 enum RopeWeight { RopeF32, RopeInt4, RopeInt8 };
 
 template <int M>
-static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm, bool bias, int grid)
+static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm, bool bias, int grid, int R = 16)
 {
     const bool int4 = kind == RopeInt4, int8 = kind == RopeInt8;
     const int H = 4, KH = 2, D = 16, K = 256, group = 64, rows = (H + 2 * KH) * D, pairs = rows / 2, S = 40, half = D / 2;
@@ -325,8 +327,8 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
     std::vector<float> s8(rows);
     for (auto& v : q8) v = (signed char)((int)(rng() % 255) - 127);
     for (auto& v : s8) v = (0.25f + 0.5f * (u(rng) + 1.f)) / 127.f;
-    std::vector<double> inv(half);
-    for (int i = 0; i < half; i++) inv[i] = std::pow(10000.0, -2.0 * i / D);
+    std::vector<double> inv(R / 2);
+    for (int i = 0; i < R / 2; i++) inv[i] = std::pow(10000.0, -2.0 * i / R);
     std::vector<int> starts(M), slots(M);
     std::vector<int> free_slots(64);
     for (int i = 0; i < 64; i++) free_slots[i] = i;
@@ -367,20 +369,21 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
     for (int m = 0; m < M; m++)
         for (int p = 0; p < pairs; p++)
         {
-            const int hh = p / half, i = p % half, n0 = hh * D + i;
-            float a = lin[m * ldy + n0], c = lin[m * ldy + n0 + half];
-            if (hh < H + KH)
+            // Pair i's channels: (i, i + R / 2) rotating, or two of the passing channels past R.
+            const int hh = p / half, i = p % half, c0 = i < R / 2 ? i : R + (i - R / 2), c1 = i < R / 2 ? i + R / 2 : c0 + (D - R) / 2;
+            float a = lin[m * ldy + hh * D + c0], c = lin[m * ldy + hh * D + c1];
+            if (hh < H + KH && i < R / 2)
             {
                 float cf, sf, y1, y2;
                 rope_angle_at(starts[m], inv[i], 1.0, cf, sf);
                 rope_rotate(a, c, cf, sf, y1, y2);
                 a = y1; c = y2;
             }
-            eq[m * ldy + n0] = a; eq[m * ldy + n0 + half] = c;
+            eq[m * ldy + hh * D + c0] = a; eq[m * ldy + hh * D + c1] = c;
             if (hh >= H && (!paged || slots[m] >= 0))
             {
                 const i64 at = (paged ? (i64)slots[m] : (i64)m * S + starts[m]) * 2 * KH * D + (i64)(hh - H) * D;
-                ecache[at + i] = a; ecache[at + i + half] = c;
+                ecache[at + c0] = a; ecache[at + c1] = c;
             }
         }
     std::vector<float> got((size_t)M * ldy, NAN), cache = cache0;
@@ -390,6 +393,7 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
         rope.Tn = 1; rope.H = H; rope.KH = KH; rope.D = D;
         rope.cb = paged ? 0 : (i64)S * 2 * KH * D; rope.cs = 2 * KH * D; rope.ch = D;
         rope.freq.inv = inv.data(); rope.freq.attention = 1.0; rope.freq.theta = 10000.0; rope.freq.dyn_factor = 0.0; rope.freq.dyn_original = 0;
+        rope.freq.rot = R;
         float* py = got.data();
         int p_ = pairs, k_ = K, g_ = group, ea = 0;
         i64 lx = ldx, ly = ldy, lw = K;
@@ -413,8 +417,8 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
     for (size_t j = 0; j < got.size(); j++) if (std::memcmp(&got[j], &eq[j], 4) != 0) bad++;
     for (size_t j = 0; j < cache.size(); j++) if (std::memcmp(&cache[j], &ecache[j], 4) != 0) bad++;
     char what[200];
-    snprintf(what, sizeof what, "%s f32 M=%d %s%s%s grid=%d", int4 ? "gemv_stream_int4_rope" : int8 ? "gemv_stream_q8_rope" : "gemv_stream_rope", M, paged ? "paged" : "dense",
-             norm ? " norm" : "", bias ? " bias" : "", grid);
+    snprintf(what, sizeof what, "%s f32 M=%d %s%s%s grid=%d%s", int4 ? "gemv_stream_int4_rope" : int8 ? "gemv_stream_q8_rope" : "gemv_stream_rope", M, paged ? "paged" : "dense",
+             norm ? " norm" : "", bias ? " bias" : "", grid, R < D ? (" rotary " + std::to_string(R)).c_str() : "");
     report(what, bad == 0, bad ? std::to_string(bad) + " differ " : "bit for bit ");
 }
 
@@ -457,5 +461,7 @@ int main()
     rope_check<2>(rng, RopeInt4, false, false, true, 5);
     rope_check<1>(rng, RopeInt8, false, true, true, 2);    // the int8 stream's: each row's scale
     rope_check<4>(rng, RopeInt8, true, false, true, 3);
+    rope_check<1>(rng, RopeF32, false, true, true, 2, 12);   // partial rotary (Phi-4-mini's 0.75): 12 of 16 channels turn
+    rope_check<2>(rng, RopeInt4, true, false, false, 3, 6);  // 6 of 16, paged, the int4 stream
     return failures;
 }

@@ -120,9 +120,12 @@ static void rope(int b, int t, int h, int k, int d, int start, int inverse, unsi
 // Then rope_append_rows (a CTA per row, `row_block` threads) on copies of the same inputs must give the same bits.
 // long_original > 0: LongRoPE, a second table (each short frequency divided by 1 + 0.3 i) that every row takes when the call
 // reaches past long_original positions (the rows' largest position + 1), as RopeFrequencies.At does; the short one else.
+// rotated < d: partial rotary, the first `rotated` channels of a head turning in pairs (i, i + rotated / 2) by frequencies
+// over them, the rest passing through (copied to the pool for the k and v heads).
 static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsigned grid, unsigned block, unsigned row_block,
-                              int long_original = 0)
+                              int long_original = 0, int rotated = 0)
 {
+    const int R = rotated > 0 ? rotated : d;
     std::mt19937 rng(29 + h + d); std::uniform_real_distribution<float> u(-2, 2);
     int half = d / 2, heads = h + 2 * k;
     long long sh = d, sb = (long long)heads * d, n = rows * sb, cs = 2LL * k * d, ch = d;
@@ -131,28 +134,30 @@ static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsign
     for (long long i = 0; i < n; i++) x[i] = u(rng);
     for (long long i = 0; i < slots_n * cs; i++) pool[i] = 0.5f;   // a slot nobody writes keeps it
     std::vector<int> starts(rows), slots(rows);
-    std::vector<double> inv(half);
-    for (int i = 0; i < half; i++) inv[i] = std::pow(10000.0, -2.0 * i / d);
+    std::vector<double> inv(R / 2);
+    for (int i = 0; i < R / 2; i++) inv[i] = std::pow(10000.0, -2.0 * i / R);
     for (int r = 0; r < rows; r++) { starts[r] = (r * 37) % 900; slots[r] = r % 5 == 3 ? -1 : (r * 7) % slots_n; }
-    std::vector<double> inv_long(half);
-    for (int i = 0; i < half; i++) inv_long[i] = inv[i] / (1 + 0.3 * i);
-    RopeFreq f{inv.data(), long_original > 0 ? inv_long.data() : nullptr, 0.875, 10000.0, 0.0, 0, long_original};
+    std::vector<double> inv_long(R / 2);
+    for (int i = 0; i < R / 2; i++) inv_long[i] = inv[i] / (1 + 0.3 * i);
+    RopeFreq f{inv.data(), long_original > 0 ? inv_long.data() : nullptr, 0.875, 10000.0, 0.0, 0, long_original, R, 0};
     const int len = *std::max_element(starts.begin(), starts.end()) + 1;
     const std::vector<double>& used = long_original > 0 && len > long_original ? inv_long : inv;
     std::vector<double> e(x, x + n), ep(pool, pool + slots_n * cs);
     for (int r = 0; r < rows; r++) for (int hh = 0; hh < heads; hh++) for (int i = 0; i < half; i++)
     {
-        long long at = r * sb + hh * sh + i;
-        double y1 = x[at], y2 = x[at + half];
-        if (hh < h + k)
+        // Pair i's channels: (i, i + R / 2) turning, or two of the channels past R passing through.
+        const int c0 = i < R / 2 ? i : R + (i - R / 2), c1 = i < R / 2 ? i + R / 2 : c0 + (d - R) / 2;
+        long long at = r * sb + hh * sh;
+        double y1 = x[at + c0], y2 = x[at + c1];
+        if (hh < h + k && i < R / 2)
         {
             double a = (double)starts[r] * used[i];
             double c = (float)(std::cos(a) * f.attention), s = (float)(std::sin(a) * f.attention);
-            y1 = x[at] * c - x[at + half] * s;
-            y2 = x[at + half] * c + x[at] * s;
-            e[at] = y1; e[at + half] = y2;
+            y1 = x[at + c0] * c - x[at + c1] * s;
+            y2 = x[at + c1] * c + x[at + c0] * s;
+            e[at + c0] = y1; e[at + c1] = y2;
         }
-        if (hh >= h && slots[r] >= 0) { long long q = slots[r] * cs + (hh - h) * ch + i; ep[q] = y1; ep[q + half] = y2; }
+        if (hh >= h && slots[r] >= 0) { long long q = slots[r] * cs + (hh - h) * ch; ep[q + c0] = y1; ep[q + c1] = y2; }
     }
     int B = rows, Tn = 1, H = h, K = k, D = d;
     long long st = 0, cb = 0;
@@ -164,6 +169,7 @@ static void rope_append_paged(int rows, int h, int k, int d, int slots_n, unsign
     emu_launch(grid, block, [&] { rope_append_f32(x, pool, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, psl); });
     char name[96], tail[40] = "";
     if (long_original > 0) snprintf(tail, sizeof tail, " longrope %d", long_original);
+    if (R < d) snprintf(tail + strlen(tail), sizeof tail - strlen(tail), " rotary %d", R);
     snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d%s qkv", rows, h, k, d, tail); check(name, e, x, n, 1e-6);
     snprintf(name, sizeof name, "rope_append rows=%d H=%d K=%d D=%d%s pool", rows, h, k, d, tail); check(name, ep, pool, slots_n * cs, 1e-6);
     emu_launch((unsigned)rows, row_block, [&] { rope_append_rows_f32(x2, pool2, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, psl); });
@@ -360,6 +366,8 @@ int main()
     rope_append_paged(6, 2, 2, 8, 9, 1, 32, 32);     // 6 heads in one group: q, k and v heads in one item; slots shared by rows; 24 pairs, 32 threads
     rope_append_paged(11, 8, 2, 16, 40, 3, 64, 4, 200);   // LongRoPE: the call reaches 371 positions, past 200: every row on the long table
     rope_append_paged(6, 2, 2, 8, 9, 1, 32, 32, 186);     // LongRoPE: the call reaches exactly 186 positions: the short table
+    rope_append_paged(11, 8, 2, 16, 40, 3, 64, 4, 0, 12);   // partial rotary: 12 of 16 channels turn, 2 pairs a head pass through
+    rope_append_paged(6, 2, 2, 8, 9, 1, 32, 32, 100, 6);    // partial rotary (6 of 8) with LongRoPE past 100 positions
     layernorm_sums(37, 384, 3, 3, true);   // 3 vectors a lane (GPT-2's k at C = 768 in bf16), 8 warps x 3 blocks: rows of 0 to 2 a warp
     layernorm_sums(50, 300, 3, 2, true);   // a partly filled last vector (300 = 2.34 x 128)
     layernorm_sums(9, 512, 4, 1, true);    // 4 vectors a lane; one block, warps without rows
