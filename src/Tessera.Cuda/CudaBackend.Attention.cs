@@ -201,8 +201,8 @@ public sealed unsafe partial class CudaBackend
     [StructLayout(LayoutKind.Sequential)]
     private struct RopeArgs
     {
-        public ulong Table;                       // (D/2) F64 inverse frequencies on the device
-        public ulong LongTable;                   // LongRoPE's (D/2) F64 table past LongOriginal positions, or 0
+        public ulong Table;                       // (R/2) F64 inverse frequencies on the device, R the rotated channels
+        public ulong LongTable;                   // LongRoPE's (R/2) F64 table past LongOriginal positions, or 0
         public double Attention, Theta, DynamicFactor;
         public int DynamicOriginal, LongOriginal;
         public int Rotated, Padding;              // the channels of a head that rotate (partial rotary), or the head size

@@ -162,8 +162,8 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <inheritdoc/>
-    /// <remarks>For at most 4 rows of x, one matrix-vector kernel: each warp streams the rows (i, i + D/2) of a head
-    /// together and rotates and appends the pair as it writes it (gemv.cu, ROPE epilogue); otherwise the product, then
+    /// <remarks>For at most 4 rows of x, one matrix-vector kernel: each warp streams the two rows of a head that one rotation
+    /// reads ((i, i + D/2), or (i, i + R/2) under partial rotary) together and rotates and appends the pair as it writes it (gemv.cu, ROPE epilogue); otherwise the product, then
     /// <see cref="RopeAndAppend"/>.</remarks>
     public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)

@@ -17,8 +17,8 @@
 // bypass L1). fp32 accumulation; one warp reduction per output. Three epilogues share the stream:
 //   LINEAR  y = alpha * x W^T + bias + beta * y (beta = 1: the residual add).
 //   SWIGLU  y = SiLU(x Wg^T + bg) * (x Wu^T + bu): a "row" is the gate row then the up row of one output.
-//   ROPE    a decode step's QKV product (bias, no beta), then RopeAndAppend: a "row" is the pair of rows (n, n + D/2)
-//           of one head, so the warp holds both halves of the rotation; the q and k heads are rotated at the
+//   ROPE    a decode step's QKV product (bias, no beta), then RopeAndAppend: a "row" is the pair of rows of one head
+//           that one rotation reads (gemv_row_of: n and n + D/2 for whole heads), so the warp holds both halves of it; the q and k heads are rotated at the
 //           sequence's device-side position, and the rotated k and the v heads are written into the KV cache: a dense
 //           cache (B, S, 2K, D) at the row's position, or with slots a paged pool (Blocks * BlockSize, 2K, D) at the row's
 //           slot (serving: row m's position is starts[m], Tn = 1; a negative slot, a padding row, writes nothing).
@@ -569,7 +569,7 @@ struct Int4Rows
 
 // EPI: GEMV_LINEAR (w0 alone, y = x W^T + bias0 + beta c_in), GEMV_SWIGLU (y = SiLU(x W0^T + bias0) * (x W1^T + bias1): a
 // warp's output reads the gate row (half 0) then the up row (half 1), as gemv_stream's SwiGLU form; beta 0) or GEMV_ROPE
-// (w0 the qkv weight, N its rows' pairs: a warp's pair reads rows n0 and n0 + D / 2, then rotates and appends them as
+// (w0 the qkv weight, N its rows' pairs: a warp's pair reads rows n0 and n1 (gemv_row_of), then rotates and appends them as
 // gemv_stream's ROPE form, GemvRopeLane).
 template <typename T, int M, int EPI>
 __device__ void gemv_stream_int4(const T* x, Int4Rows w0, Int4Rows w1, const T* bias0, const T* bias1, T* y, const T* c_in, int N,

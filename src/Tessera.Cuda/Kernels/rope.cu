@@ -130,7 +130,8 @@ extern "C" __global__ void rope_angles(float* cs, int positions, int D, RopeFreq
 // Rope and KV append in one launch (a decode step's attention prologue, and serving's prefill chunks): qkv (B, T, H + 2K, D)
 // holds the q, k and v heads of each row; the q and k heads are rotated in place at position starts[b] + t (as rope above),
 // and the rotated k and the v heads are written to the cache (B, S, 2K, D) at that position (k heads first, as in qkv).
-// One work item per pair (i, i + D/2) of ROPE_APPEND_HEADS consecutive heads of one row: the pair's angle (a double sincos)
+// One work item per pair of ROPE_APPEND_HEADS consecutive heads of one row (rope_pair's channels: (i, i + D/2) for whole
+// heads; under partial rotary (i, i + R/2) turning, or two passing channels past R): the pair's angle (a double sincos)
 // is computed once for all of them. With one item per head, the angles cost more than the copy: an 8,192-row prefill chunk
 // of llama-1b (48 heads of 32 pairs) took 134 us on the H200, 5x the time of its 110 MB of traffic. Consecutive items are
 // consecutive pairs of one head, so a warp's loads and stores stay contiguous.
@@ -189,7 +190,7 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
 }
 
 // rope_append with a CTA per row (b, t), for calls of up to CudaBackendOptions.RopeAppendRowKernelMaxRows rows (decode
-// steps): the row's D/2 angles are computed once, by its first D/2 threads, into shared memory; then each thread loads all of
+// steps): the row's R/2 angles are computed once, by its first R/2 threads, into shared memory; then each thread loads all of
 // its pairs (up to ROPE_ROW_PAIRS, strided by the block; ROPE_ROW_THREADS is the host's block) before it stores any, so a
 // thread waits on memory once per batch instead of once per head (the item kernel above
 // loads a head after storing the previous one: qkv and the cache may alias as far as the compiler knows). A decode step's
@@ -198,7 +199,7 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
 // stores: the same bits as rope_append.
 #define ROPE_ROW_THREADS 256
 #define ROPE_ROW_PAIRS 8
-extern __shared__ float rope_row_angles[];   // cos of the row's D/2 pairs, then their sin
+extern __shared__ float rope_row_angles[];   // cos of the row's R/2 turning pairs, then (from D/2 on) their sin
 template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const int* starts, int B, int Tn, int H, int K, int D,
     i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots)
 {

@@ -1,3 +1,4 @@
+using Tessera.Cuda;
 using Tessera.Tensors;
 using Tessera.Tensors.Cpu;
 using Tessera.Tests.Support;
@@ -83,8 +84,8 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
     /// Partial rotary embedding (the first R of D = 64 channels of each head turn, frequencies over R; Phi-4-mini's 0.75 is
     /// 48 of 64, and 16 of 64 a narrow one) on the GPU against the CPU (tolerance <see cref="CudaTestBase.Tolerance"/>; the
     /// passing channels exactly as they were): at a host start through the angle table and inverse, at device positions,
-    /// with LongRoPE past its length, and the fused QKV product's epilogue (2 rows) and RopeAndAppend (6 rows), whose caches
-    /// must hold the passing channels of the k and v heads too.
+    /// and from 0 over 20 positions (LongRoPE past its length), and the fused QKV product's epilogue (2 rows) and RopeAndAppend
+    /// (6 rows, by its row kernel and by its item kernel), whose caches must hold the passing channels of the k and v heads too.
     /// </summary>
     [Theory]
     [InlineData(DType.F32, 48)]
@@ -100,20 +101,25 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
             RotaryDimensions = rotated, InverseFrequencies = shortTable, LongInverseFrequencies = shortTable.Select((f, i) => f / (1 + 0.25 * i)).ToArray(),
             LongOriginalLength = 16, AttentionFactor = 1.19,
         };
+        using var items = new CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options with { RopeAppendRowKernelMaxRows = 0 });
         foreach (var (freq, name) in new[] { (plain, "partial"), (longRope, "partial + LongRoPE") })
         {
-            var (x, xv) = Random(dtype, 1, b, t, h, d);
-            Gpu.Rope(x, 0, freq);
-            var cx = Cpu(xv, b, t, h, d);
-            _cpu.Rope(cx, 0, freq);
-            var got = Download(x);
-            AssertClose(_cpu.ToArray<double>(cx), got, Tolerance(dtype), $"Rope {name} R={rotated} {dtype} from 0");
-            for (int e = 0; e < got.Length; e++)
-                if (e % d >= rotated) Assert.Equal(Stored(xv, dtype)[e], got[e]);    // the passing channels untouched
-            Gpu.Rope(x, 0, freq, inverse: true);
-            double f2 = freq.AttentionFactor * freq.AttentionFactor;
-            AssertClose(Stored(xv, dtype).Select((v, e) => e % d < rotated ? v * f2 : v).ToArray(), Download(x), dtype == DType.F32 ? 1e-6 : 2e-2,
-                $"Rope then its transpose {name} R={rotated} {dtype}");
+            foreach (int length in new[] { t, 20 })                   // LongRoPE: within 16 positions, then past them
+            {
+                var (x, xv) = Random(dtype, 1, b, length, h, d);
+                Gpu.Rope(x, 0, freq);
+                var cx = Cpu(xv, b, length, h, d);
+                _cpu.Rope(cx, 0, freq);
+                var got = Download(x);
+                AssertClose(_cpu.ToArray<double>(cx), got, Tolerance(dtype), $"Rope {name} R={rotated} {dtype} from 0, {length} positions");
+                for (int e = 0; e < got.Length; e++)
+                    if (e % d >= rotated) Assert.Equal(Stored(xv, dtype)[e], got[e]);    // the passing channels untouched
+                if (length != t) continue;
+                Gpu.Rope(x, 0, freq, inverse: true);
+                double f2 = freq.AttentionFactor * freq.AttentionFactor;
+                AssertClose(Stored(xv, dtype).Select((v, e) => e % d < rotated ? v * f2 : v).ToArray(), Download(x), dtype == DType.F32 ? 1e-6 : 2e-2,
+                    $"Rope then its transpose {name} R={rotated} {dtype}");
+            }
 
             int[] starts = [0, 30];
             var (y, yv) = Random(dtype, 1, b, t, h, d);
@@ -122,23 +128,47 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
             _cpu.Rope(cy, _cpu.FromArray(starts, 2), freq);
             AssertClose(_cpu.ToArray<double>(cy), Download(y), Tolerance(dtype), $"Rope {name} R={rotated} {dtype} at device positions");
 
-            int c = 256, kh = 2, capacity = 40, heads = h + 1, rows = (heads + 2 * kh) * d;
             foreach (var (bb, tt, positions) in new[] { (2, 1, new[] { 0, 33 }), (2, 3, new[] { 0, 30 }) })
-            {
-                var (xq, xqv) = Random(dtype, 1, bb * tt, c);
-                var (w, wv) = Random(dtype, 0.1, rows, c);
-                var cachev = Stored(Enumerable.Range(0, bb * capacity * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
-                var qkv = Poisoned(dtype, bb, tt, heads + 2 * kh, d);
-                var cache = Upload(cachev, dtype, bb, capacity, 2 * kh, d);
-                Gpu.MatMulRopeAppend(xq, null, w, null, qkv, heads, cache, UploadInts(positions, bb), freq);
-                var cpuQkv = _cpu.Allocate(new Shape(bb, tt, heads + 2 * kh, d), DType.F64);
-                var cpuCache = Cpu(cachev, bb, capacity, 2 * kh, d);
-                _cpu.MatMulRopeAppend(Cpu(xqv, bb * tt, c), null, Cpu(wv, rows, c), null, cpuQkv, heads, cpuCache, _cpu.FromArray(positions, bb), freq);
-                string label = $"MatMulRopeAppend {name} R={rotated} {dtype} B={bb} T={tt}";
-                AssertClose(_cpu.ToArray<double>(cpuQkv), Download(qkv), Tolerance(dtype), label + ": qkv");
-                AssertClose(_cpu.ToArray<double>(cpuCache), Download(cache), Tolerance(dtype), label + ": cache");
-            }
+                foreach (var backend in new[] { Gpu, items })
+                    AssertMatMulRopeAppendMatchesTheCpu(backend, dtype, freq, h + 1, bb, tt, positions, $"{name} R={rotated}");
         }
+    }
+
+    /// <summary>
+    /// <see cref="CudaBackend.MatMulRopeAppend"/> on <paramref name="backend"/> (at most 4 rows: the fused QKV product's
+    /// epilogue; more: the product, then <c>RopeAndAppend</c>, whose row kernel or item kernel the backend's
+    /// <c>RopeAppendRowKernelMaxRows</c> picks) against the CPU's composition in F64 on the same rounded inputs: qkv within
+    /// <see cref="CudaTestBase.Tolerance"/>, the cache's written positions within it on their own, its other positions exactly
+    /// as they were.
+    /// </summary>
+    private void AssertMatMulRopeAppendMatchesTheCpu(CudaBackend backend, DType dtype, RopeFrequencies freq, int heads, int bb, int tt, int[] positions, string name)
+    {
+        int c = 256, kh = 2, d = 64, capacity = 40, rows = (heads + 2 * kh) * d, slot = 2 * kh * d;
+        double[] Values(int count, double scale) => Stored(Enumerable.Range(0, count).Select(_ => (Rng.NextDouble() * 2 - 1) * scale).ToArray(), dtype);
+        double[] xv = Values(bb * tt * c, 1), wv = Values(rows * c, 0.1), cachev = Values(bb * capacity * slot, 1);
+        var qkv = backend.Allocate(new Shape(bb, tt, heads + 2 * kh, d), dtype);
+        backend.Fill(qkv, double.NaN);
+        var cache = Upload(backend, cachev, dtype, bb, capacity, 2 * kh, d);
+        var starts = backend.Allocate(new Shape(bb), DType.I32);
+        backend.CopyFromHost<int>(positions, starts);
+        backend.MatMulRopeAppend(Upload(backend, xv, dtype, bb * tt, c), null, Upload(backend, wv, dtype, rows, c), null, qkv, heads, cache, starts, freq);
+        var cpuQkv = _cpu.Allocate(new Shape(bb, tt, heads + 2 * kh, d), DType.F64);
+        var cpuCache = Cpu(cachev, bb, capacity, 2 * kh, d);
+        _cpu.MatMulRopeAppend(Cpu(xv, bb * tt, c), null, Cpu(wv, rows, c), null, cpuQkv, heads, cpuCache, _cpu.FromArray(positions, bb), freq);
+        string label = $"MatMulRopeAppend {name} {dtype} B={bb} T={tt} at {string.Join(", ", positions)}"
+            + (backend.Options.RopeAppendRowKernelMaxRows == 0 ? " (item kernel)" : "");
+        AssertClose(_cpu.ToArray<double>(cpuQkv), Download(backend, qkv), Tolerance(dtype), label + ": qkv");
+        double[] expected = _cpu.ToArray<double>(cpuCache), got = Download(backend, cache);
+        var written = new List<(double Expected, double Got)>();
+        for (int s0 = 0; s0 < bb; s0++)
+            for (int p = 0; p < capacity; p++)
+                for (int j = 0; j < slot; j++)
+                {
+                    int at = (s0 * capacity + p) * slot + j;
+                    if (p >= positions[s0] && p < positions[s0] + tt) written.Add((expected[at], got[at]));
+                    else Assert.True(cachev[at] == got[at], $"{label}: cache position {p} of sequence {s0} changed");
+                }
+        AssertClose(written.Select(e => e.Expected).ToArray(), written.Select(e => e.Got).ToArray(), Tolerance(dtype), label + ": the cache's written positions");
     }
 
     /// <summary>LongRoPE at head size <paramref name="d"/>: a short table and a long one (each short frequency divided by 1 +
@@ -157,8 +187,9 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
     /// LongRoPE on the GPU against the CPU (tolerance <see cref="CudaTestBase.Tolerance"/>): the short table for a call within
     /// the original 16 positions and the long one for every position of a call reaching past them, at host starts (0 reaching
     /// 5 and 20 positions, 30 reaching 35) and at device positions (a batch within 16, and one whose longer sequence passes it
-    /// while the other starts at 0); the fused QKV product's epilogue and RopeAndAppend (6 rows) at decode positions past the
-    /// length and within it. A host call from inside the length reaching past it is refused by name, as on the CPU.
+    /// while the other starts at 0); the fused QKV product's epilogue and RopeAndAppend (6 rows, by its row kernel and by its
+    /// item kernel) at decode positions past the length and within it. A host call from inside the length reaching past it is
+    /// refused by name, as on the CPU.
     /// </summary>
     [Theory]
     [InlineData(DType.F32)]
@@ -186,22 +217,10 @@ public sealed class CudaSlidingWindowAndRopeTests(CudaFixture fixture) : CudaTes
         var (z, _) = Random(dtype, 1, b, 5, h, d);
         Assert.Contains("LongRoPE", Assert.Throws<InvalidOperationException>(() => Gpu.Rope(z, 13, freq)).Message);
 
-        int c = 256, kh = 2, capacity = 40, rows = (h + 1 + 2 * kh) * d, heads = h + 1;
-        foreach (var (bb, tt, positions) in new[] { (1, 1, new[] { 20 }), (2, 2, new[] { 0, capacity - 2 }), (2, 3, new[] { 5, 9 }) })
-        {
-            var (x, xv) = Random(dtype, 1, bb * tt, c);
-            var (w, wv) = Random(dtype, 0.1, rows, c);
-            var cachev = Stored(Enumerable.Range(0, bb * capacity * 2 * kh * d).Select(_ => Rng.NextDouble() * 2 - 1).ToArray(), dtype);
-            var qkv = Poisoned(dtype, bb, tt, heads + 2 * kh, d);
-            var cache = Upload(cachev, dtype, bb, capacity, 2 * kh, d);
-            Gpu.MatMulRopeAppend(x, null, w, null, qkv, heads, cache, UploadInts(positions, bb), freq);
-            var cpuQkv = _cpu.Allocate(new Shape(bb, tt, heads + 2 * kh, d), DType.F64);
-            var cpuCache = Cpu(cachev, bb, capacity, 2 * kh, d);
-            _cpu.MatMulRopeAppend(Cpu(xv, bb * tt, c), null, Cpu(wv, rows, c), null, cpuQkv, heads, cpuCache, _cpu.FromArray(positions, bb), freq);
-            string label = $"LongRoPE MatMulRopeAppend {dtype} B={bb} T={tt} at {string.Join(", ", positions)}";
-            AssertClose(_cpu.ToArray<double>(cpuQkv), Download(qkv), Tolerance(dtype), label + ": qkv");
-            AssertClose(_cpu.ToArray<double>(cpuCache), Download(cache), Tolerance(dtype), label + ": cache");
-        }
+        using var items = new CudaBackend(Gpu.CudaDevice.Ordinal, Gpu.Options with { RopeAppendRowKernelMaxRows = 0 });
+        foreach (var (bb, tt, positions) in new[] { (1, 1, new[] { 20 }), (2, 2, new[] { 0, 38 }), (2, 3, new[] { 5, 9 }), (2, 3, new[] { 0, 30 }) })
+            foreach (var backend in new[] { Gpu, items })
+                AssertMatMulRopeAppendMatchesTheCpu(backend, dtype, freq, h + 1, bb, tt, positions, "LongRoPE");
     }
 
     /// <summary>

@@ -382,7 +382,9 @@ public sealed class KernelEmulationTests
              "gemv_stream_rope f32 M=1 dense norm grid=2", "gemv_stream_rope f32 M=4 paged bias grid=3", "gemv_stream_int4_rope f32 M=1 dense norm grid=2",
              "gemv_stream_int4_rope f32 M=3 paged norm bias grid=1", "gemv_stream_int4_rope f32 M=2 dense bias grid=5",
              "gemv_stream_q8_rope f32 M=1 dense norm bias grid=2", "gemv_stream_q8_rope f32 M=4 paged bias grid=3",
-             "gemv_stream_rope f32 M=1 dense norm bias grid=2 rotary 12", "gemv_stream_int4_rope f32 M=2 paged grid=3 rotary 6"]);
+             "gemv_stream_rope f32 M=1 dense norm bias grid=2 rotary 12", "gemv_stream_int4_rope f32 M=2 paged grid=3 rotary 6",
+             "gemv_stream_q8_rope f32 M=2 dense norm bias grid=2 rotary 12", "gemv_stream_rope f32 M=3 paged bias grid=2 longrope 8",
+             "gemv_stream_int4_rope f32 M=2 dense norm grid=1 rotary 6 longrope 11"]);
 
     /// <summary>
     /// Serving's paged attention (paged_attention.cu): the vectorized decode kernel with its key splits and their combine,

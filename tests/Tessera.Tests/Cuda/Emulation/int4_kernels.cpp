@@ -306,11 +306,12 @@ static void swiglu_check(std::mt19937& rng, int F, int K, int group, bool bias, 
 // above) then the rotation on the host with the kernels' own rope_angle_at and rope_rotate: bit for bit, as a pair's two
 // rows are summed exactly as the plain product sums them. Everything past the written entries must stay untouched.
 // R < 16: partial rotary, the first R channels of each head rotating in pairs (i, i + R / 2) by frequencies over R, the
-// other D - R passing through (into qkv and the cache as the product gave them).
+// other D - R passing through (into qkv and the cache as the product gave them). long_original > 0: LongRoPE, a second
+// table (each frequency divided by 1 + 0.3 i) for every row once the call's length (the largest start + 1) passes it.
 enum RopeWeight { RopeF32, RopeInt4, RopeInt8 };
 
 template <int M>
-static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm, bool bias, int grid, int R = 16)
+static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm, bool bias, int grid, int R = 16, int long_original = 0)
 {
     const bool int4 = kind == RopeInt4, int8 = kind == RopeInt8;
     const int H = 4, KH = 2, D = 16, K = 256, group = 64, rows = (H + 2 * KH) * D, pairs = rows / 2, S = 40, half = D / 2;
@@ -327,8 +328,9 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
     std::vector<float> s8(rows);
     for (auto& v : q8) v = (signed char)((int)(rng() % 255) - 127);
     for (auto& v : s8) v = (0.25f + 0.5f * (u(rng) + 1.f)) / 127.f;
-    std::vector<double> inv(R / 2);
+    std::vector<double> inv(R / 2), inv_long(R / 2);
     for (int i = 0; i < R / 2; i++) inv[i] = std::pow(10000.0, -2.0 * i / R);
+    for (int i = 0; i < R / 2; i++) inv_long[i] = inv[i] / (1 + 0.3 * i);
     std::vector<int> starts(M), slots(M);
     std::vector<int> free_slots(64);
     for (int i = 0; i < 64; i++) free_slots[i] = i;
@@ -365,6 +367,8 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
         }
     }
     // The reference: the plain product rotated and appended on the host.
+    const bool long_table = long_original > 0 && *std::max_element(starts.begin(), starts.end()) + 1 > long_original;
+    const std::vector<double>& used = long_table ? inv_long : inv;
     std::vector<float> eq = lin, ecache = cache0;
     for (int m = 0; m < M; m++)
         for (int p = 0; p < pairs; p++)
@@ -375,7 +379,7 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
             if (hh < H + KH && i < R / 2)
             {
                 float cf, sf, y1, y2;
-                rope_angle_at(starts[m], inv[i], 1.0, cf, sf);
+                rope_angle_at(starts[m], used[i], 1.0, cf, sf);
                 rope_rotate(a, c, cf, sf, y1, y2);
                 a = y1; c = y2;
             }
@@ -394,6 +398,7 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
         rope.cb = paged ? 0 : (i64)S * 2 * KH * D; rope.cs = 2 * KH * D; rope.ch = D;
         rope.freq.inv = inv.data(); rope.freq.attention = 1.0; rope.freq.theta = 10000.0; rope.freq.dyn_factor = 0.0; rope.freq.dyn_original = 0;
         rope.freq.rot = R;
+        if (long_original > 0) { rope.freq.inv_long = inv_long.data(); rope.freq.long_original = long_original; }
         float* py = got.data();
         int p_ = pairs, k_ = K, g_ = group, ea = 0;
         i64 lx = ldx, ly = ldy, lw = K;
@@ -418,7 +423,8 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
     for (size_t j = 0; j < cache.size(); j++) if (std::memcmp(&cache[j], &ecache[j], 4) != 0) bad++;
     char what[200];
     snprintf(what, sizeof what, "%s f32 M=%d %s%s%s grid=%d%s", int4 ? "gemv_stream_int4_rope" : int8 ? "gemv_stream_q8_rope" : "gemv_stream_rope", M, paged ? "paged" : "dense",
-             norm ? " norm" : "", bias ? " bias" : "", grid, R < D ? (" rotary " + std::to_string(R)).c_str() : "");
+             norm ? " norm" : "", bias ? " bias" : "", grid,
+             ((R < D ? " rotary " + std::to_string(R) : std::string()) + (long_original > 0 ? " longrope " + std::to_string(long_original) : std::string())).c_str());
     report(what, bad == 0, bad ? std::to_string(bad) + " differ " : "bit for bit ");
 }
 
@@ -463,5 +469,8 @@ int main()
     rope_check<4>(rng, RopeInt8, true, false, true, 3);
     rope_check<1>(rng, RopeF32, false, true, true, 2, 12);   // partial rotary (Phi-4-mini's 0.75): 12 of 16 channels turn
     rope_check<2>(rng, RopeInt4, true, false, false, 3, 6);  // 6 of 16, paged, the int4 stream
+    rope_check<2>(rng, RopeInt8, false, true, true, 2, 12);  // 12 of 16, the int8 stream (each row's scale at its channel)
+    rope_check<3>(rng, RopeF32, true, false, true, 2, 16, 8);   // LongRoPE: starts 3, 10, 17 reach 18 positions, past 8: the long table
+    rope_check<2>(rng, RopeInt4, false, true, false, 1, 6, 11); // LongRoPE at exactly its length (11): the short table; 6 of 16 turn
     return failures;
 }
