@@ -209,6 +209,11 @@ public sealed class TextGenerator
         var stop = options.StopTokens as ISet<int> ?? new HashSet<int>(options.StopTokens);
         var history = new List<int>(prompt);
         bool greedy = options.Sampling.Temperature == 0;
+        // LongRoPE (as in Run): a forward that starts within the original context and reaches past it would rotate its
+        // positions with the long factors over keys cached with the short ones, which the model refuses. A verifying
+        // forward is shortened to end at the switch; the one that starts there recomputes the sequence from position 0.
+        int longFrom = config.Rope is { SwitchesToLong: true } rope ? rope.LongOriginalLength : -1;
+        int draftLongFrom = _draft?.Config.Rope is { SwitchesToLong: true } draftRope ? draftRope.LongOriginalLength : -1;
         var ids = backend.Allocate(new Shape(1 + k), DType.I32);
         var host = new int[1 + k];
         // Sampled: every row drawn on the device at the position of the token it draws (TokenSampling), only ids back.
@@ -239,13 +244,27 @@ public sealed class TextGenerator
                 // Drafts at the positions after `next`: each needs a slot, and the token after the last one must fit too.
                 int room = Math.Min(k, Math.Min(options.MaxNewTokens - produced - 1, config.MaxSequenceLength - cache.Length - 2));
                 if (draftCache is not null) room = Math.Min(room, draftCache.MaxSequence - cache.Length);   // the draft's own context
+                if (longFrom >= 0 && cache.Length < longFrom) room = Math.Min(room, longFrom - cache.Length - 1);   // end at the switch
                 int d = room <= 0 ? 0 : draftCache is null ? drafter.Propose(history, drafts.AsSpan(0, room)) : DraftWithModel(room);
-                host[0] = next;
-                drafts.AsSpan(0, d).CopyTo(host.AsSpan(1));
-                var input = backend.FromHost<int>(host.AsSpan(0, 1 + d), new Shape(1, 1 + d));
-                var stepLogits = _model.ForwardWithCache(input, cache, validateTokens: false);   // (1, 1 + d, Vpad)
+                Tensor input;
+                if (longFrom >= 0 && cache.Length == longFrom)
+                {
+                    // The first forward past the switch: the whole sequence (history ends with `next`) and the drafts from 0.
+                    cache.Reset();
+                    var all = new int[history.Count + d];
+                    history.CopyTo(all);
+                    drafts.AsSpan(0, d).CopyTo(all.AsSpan(history.Count));
+                    input = backend.FromHost<int>(all, new Shape(1, all.Length));
+                }
+                else
+                {
+                    host[0] = next;
+                    drafts.AsSpan(0, d).CopyTo(host.AsSpan(1));
+                    input = backend.FromHost<int>(host.AsSpan(0, 1 + d), new Shape(1, 1 + d));
+                }
+                var stepLogits = _model.ForwardWithCache(input, cache, validateTokens: false);   // (1, rows, Vpad): `next` and the drafts last
                 input.Storage.Dispose();
-                int after = Decide(stepLogits.Select(0, 0), d, out int accepted);
+                int after = Decide(stepLogits.Select(0, 0).Slice(0, stepLogits.Size(1) - (1 + d), 1 + d), d, out int accepted);
                 cache.Truncate(cache.Length - (d - accepted));                // the rejected drafts' slots are written again later
                 if (draftCache is not null) draftCache.Truncate(Math.Min(draftCache.Length, cache.Length));
                 LastRunDraftTokens += d;
@@ -268,19 +287,26 @@ public sealed class TextGenerator
         }
 
         // The draft model's guesses after history: it computes the tokens its cache lacks (`next` at least) and takes the
-        // argmax of the last row, then feeds each guess; its cache then holds every guess but the last.
+        // argmax of the last row, then feeds each guess; its cache then holds every guess but the last. A draft model with
+        // LongRoPE recomputes from position 0 where a forward would cross its own switch, as the verifying model does.
         int DraftWithModel(int room)
         {
             var draftBackend = _draft!.Backend;
-            int count = history.Count - draftCache!.Length;
-            var feed = draftBackend.FromHost<int>(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history)[draftCache.Length..], new Shape(1, count));
             for (int i = 0; i < room; i++)
             {
+                int start = draftCache!.Length, total = history.Count + i;   // the sequence so far: history, then guesses 0 .. i-1
+                if (draftLongFrom >= 0 && start > 0 && start <= draftLongFrom && total > draftLongFrom)
+                {
+                    draftCache.Reset();
+                    start = 0;
+                }
+                var pending = new int[total - start];
+                for (int j = 0; j < pending.Length; j++) pending[j] = start + j < history.Count ? history[start + j] : drafts[start + j - history.Count];
+                var feed = draftBackend.FromHost<int>(pending, new Shape(1, pending.Length));
                 var rows = _draft.ForwardWithCache(feed, draftCache, validateTokens: false);   // (1, T, Vpad)
                 feed.Storage.Dispose();
                 draftBackend.ArgMax(rows.Select(0, 0).Slice(0, rows.Size(1) - 1, 1).Slice(1, 0, vocab), ids.Slice(0, 0, 1));
                 draftBackend.CopyToHost<int>(ids.Slice(0, 0, 1), drafts.AsSpan(i, 1));
-                if (i + 1 < room) feed = draftBackend.FromHost<int>(drafts.AsSpan(i, 1), new Shape(1, 1));
             }
             return room;
         }

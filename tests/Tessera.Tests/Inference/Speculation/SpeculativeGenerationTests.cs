@@ -52,6 +52,40 @@ public class SpeculativeGenerationTests
         Assert.True(accepted < drafted, $"all {drafted} drafts were accepted: the rejection path did not run");
     }
 
+    /// <summary>
+    /// LongRoPE (phi4-mini-debug: the long factors once a forward passes 16 positions): decoding one token a step recomputes
+    /// the sequence where it first passes them, and speculation must give the same tokens. A verifying forward that would
+    /// start within the 16 positions and reach past them is shortened to end at the switch, and the step that starts at it
+    /// recomputes the sequence with its drafts from position 0 (a forward over keys cached with the short factors is refused
+    /// by the model). Prompts of 1 to 11 tokens put the switch at every offset of a 4-draft step. Then the same with a draft
+    /// model that has the switch too.
+    /// </summary>
+    [Fact]
+    public void GenerationAcrossTheLongRopeSwitchEqualsDecodingOneTokenAStep()
+    {
+        var model = Model("phi4-mini-debug", context: 64);
+        int drafted = 0, accepted = 0;
+        foreach (var prompt in Prompts)
+        {
+            var expected = new TextGenerator(model).Generate(prompt, Options(45, 0)).ToList();
+            var generator = new TextGenerator(model);
+            Assert.Equal(expected, generator.Generate(prompt, Options(45, 4)).ToList());
+            drafted += generator.LastRunDraftTokens;
+            accepted += generator.LastRunAcceptedDraftTokens;
+        }
+        Assert.True(accepted > 0, $"no draft of {drafted} was accepted: the speculative path did not run");
+
+        // A draft model with LongRoPE of its own (the same model: every guess is kept until the verifier's context ends)
+        // crosses its switch inside its drafting loop, and recomputes there too.
+        foreach (var prompt in Prompts)
+        {
+            var expected = new TextGenerator(model).Generate(prompt, Options(45, 0)).ToList();
+            var withDraft = new TextGenerator(model, draftModel: model);
+            Assert.Equal(expected, withDraft.Generate(prompt, Options(45, 4)).ToList());
+            Assert.True(withDraft.LastRunAcceptedDraftTokens > 0, "the draft model's guesses were never kept");
+        }
+    }
+
     [Fact]
     public void LimitsStopsAndTheContextEndFallOnTheSameToken()
     {
