@@ -37,16 +37,7 @@ public class SpeculativeGenerationTests
     [InlineData("gpt2-debug")]
     public void GreedyGenerationEqualsDecodingOneTokenAStepAndDraftsAreBothAcceptedAndRejected(string preset)
     {
-        var model = Model(preset);
-        int drafted = 0, accepted = 0;
-        foreach (var prompt in Prompts)
-        {
-            var expected = new TextGenerator(model).Generate(prompt, Options(60, 0)).ToList();
-            var generator = new TextGenerator(model);
-            Assert.Equal(expected, generator.Generate(prompt, Options(60, 4)).ToList());
-            drafted += generator.LastRunDraftTokens;
-            accepted += generator.LastRunAcceptedDraftTokens;
-        }
+        var (drafted, accepted) = AssertSpeculationGivesTheSameTokens(Model(preset), 60);
         TestContext.Current.SendDiagnosticMessage($"{preset}: {accepted} of {drafted} drafts accepted");
         Assert.True(accepted > 0, $"no draft of {drafted} was accepted: the acceptance path did not run");
         Assert.True(accepted < drafted, $"all {drafted} drafts were accepted: the rejection path did not run");
@@ -57,22 +48,14 @@ public class SpeculativeGenerationTests
     /// the sequence where it first passes them, and speculation must give the same tokens. A verifying forward that would
     /// start within the 16 positions and reach past them is shortened to end at the switch, and the step that starts at it
     /// recomputes the sequence with its drafts from position 0 (a forward over keys cached with the short factors is refused
-    /// by the model). Prompts of 1 to 11 tokens put the switch at every offset of a 4-draft step. Then the same with a draft
+    /// by the model). Prompts of 1, 6, 7 and 11 tokens meet the switch at different points of a 4-draft step. Then the same with a draft
     /// model that has the switch too.
     /// </summary>
     [Fact]
     public void GenerationAcrossTheLongRopeSwitchEqualsDecodingOneTokenAStep()
     {
         var model = Model("phi4-mini-debug", context: 64);
-        int drafted = 0, accepted = 0;
-        foreach (var prompt in Prompts)
-        {
-            var expected = new TextGenerator(model).Generate(prompt, Options(45, 0)).ToList();
-            var generator = new TextGenerator(model);
-            Assert.Equal(expected, generator.Generate(prompt, Options(45, 4)).ToList());
-            drafted += generator.LastRunDraftTokens;
-            accepted += generator.LastRunAcceptedDraftTokens;
-        }
+        var (drafted, accepted) = AssertSpeculationGivesTheSameTokens(model, 45);
         Assert.True(accepted > 0, $"no draft of {drafted} was accepted: the speculative path did not run");
 
         // A draft model with LongRoPE of its own (the same model: every guess is kept until the verifier's context ends)
@@ -84,6 +67,24 @@ public class SpeculativeGenerationTests
             Assert.Equal(expected, withDraft.Generate(prompt, Options(45, 4)).ToList());
             Assert.True(withDraft.LastRunAcceptedDraftTokens > 0, "the draft model's guesses were never kept");
         }
+    }
+
+    /// <summary>
+    /// Every prompt generated up to <paramref name="max"/> tokens with 4 drafts by prompt lookup must give the tokens of decoding
+    /// one token a step; returns the drafts proposed and kept over all prompts.
+    /// </summary>
+    private static (int Drafted, int Accepted) AssertSpeculationGivesTheSameTokens(Transformer model, int max)
+    {
+        int drafted = 0, accepted = 0;
+        foreach (var prompt in Prompts)
+        {
+            var expected = new TextGenerator(model).Generate(prompt, Options(max, 0)).ToList();
+            var generator = new TextGenerator(model);
+            Assert.Equal(expected, generator.Generate(prompt, Options(max, 4)).ToList());
+            drafted += generator.LastRunDraftTokens;
+            accepted += generator.LastRunAcceptedDraftTokens;
+        }
+        return (drafted, accepted);
     }
 
     [Fact]
