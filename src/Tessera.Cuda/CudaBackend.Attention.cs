@@ -5,7 +5,7 @@ namespace Tessera.Cuda;
 
 public sealed unsafe partial class CudaBackend
 {
-    private const int AttentionWarps = 4, AttentionTile = 32, AttentionMaxHeadSize = 128;
+    private const int AttentionWarps = 4, AttentionTile = 32, AttentionMaxHeadSize = 256;   // MAXD in attention.cu
 
     // FlashAttention-2-style kernels (flash_attention.cu): 16-bit inputs, head size 64 or 128,
     // 16-byte aligned rows. Blocks of 64 queries x 64 keys, 4 warps; the decode kernel splits the
@@ -305,33 +305,33 @@ public sealed unsafe partial class CudaBackend
             throw new ArgumentException($"CudaBackend.{op}: q {q.Shape}, k {k.Shape}, v {v.Shape} do not fit (B,T,H,D) and (B,S,K,D)");
         if (kh == 0 || h % kh != 0) throw new ArgumentException($"CudaBackend.{op}: query heads {h} must be a multiple of key/value heads {kh}");
         if (s < t) throw new ArgumentException($"CudaBackend.{op}: {s} keys for {t} queries; causal attention needs S >= T");
-        if (d > AttentionMaxHeadSize) throw new NotSupportedException($"CudaBackend.{op}: head size {d} > {AttentionMaxHeadSize} is not supported by the simple attention kernel");
+        if (d > AttentionMaxHeadSize) throw new NotSupportedException($"CudaBackend.{op}: head size {d} > {AttentionMaxHeadSize} is not supported by the attention kernels");
         if (q.DType != k.DType || q.DType != v.DType) throw new ArgumentException($"CudaBackend.{op}: q, k, v must share one dtype");
     }
 
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0, double softCap = 0)
-    {
-        RefuseSoftCap("AttentionForward", softCap);
-        AttentionForwardCore("AttentionForward", q, k, v, output, logSumExp, scale, null, window);
-    }
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0, double softCap = 0) =>
+        AttentionForwardCore("AttentionForward", q, k, v, output, logSumExp, scale, null, window, softCap);
 
     public void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale,
-        int window = 0, double softCap = 0)
-    {
-        RefuseSoftCap("AttentionForwardCached", softCap);
-        AttentionForwardCore("AttentionForwardCached", q, keyCache, valueCache, output, null, scale, startPositions, window);
-    }
+        int window = 0, double softCap = 0) =>
+        AttentionForwardCore("AttentionForwardCached", q, keyCache, valueCache, output, null, scale, startPositions, window, softCap);
 
-    /// <summary>None of the CUDA attention kernels (simple, flash, Hopper, paged) caps scores: a cap is refused, never ignored.</summary>
-    internal static void RefuseSoftCap(string op, double softCap)
+    /// <summary>
+    /// The soft cap as the kernels take it (Gemma 2's attn_logit_softcapping: each score s becomes cap tanh(s / cap); 0 for
+    /// none), checked as the CPU backend checks it. Only the simple kernels (attention.cu) and the generic paged kernel
+    /// (paged_attention.cu) cap; a capped call never takes the tensor-core kernels, which do not.
+    /// </summary>
+    internal static float KernelSoftCap(string op, double softCap)
     {
-        if (softCap != 0)
-            throw new NotSupportedException($"CudaBackend.{op}: attention soft-capping (softCap {softCap}, Gemma 2's attn_logit_softcapping) is not implemented by the CUDA attention kernels; run this model on the CPU backend");
+        if (!(softCap >= 0) || double.IsInfinity(softCap))
+            throw new ArgumentOutOfRangeException(nameof(softCap), softCap, $"CudaBackend.{op}: soft cap must be 0 (none) or positive and finite");
+        return (float)softCap;
     }
 
     private void AttentionForwardCore(string op, Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, Tensor? startPositions,
-        int window)
+        int window, double softCap)
     {
+        float cap = KernelSoftCap(op, softCap);
         window = KernelWindow(op, window);
         CheckAttention(op, q, k, v, out int b, out int t, out int s, out int h, out int kh, out int d);
         RequireSameShape(op, q, "q", output, "output");
@@ -348,14 +348,14 @@ public sealed unsafe partial class CudaBackend
         var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "k", k); var sv = Strides3.Of(op, "v", v);
         ulong pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(output), pl = PtrOrNull(logSumExp), starts = PtrOrNull(startPositions);
         float sc = (float)scale;
-        if (FlashEligible(d, q, k, v, output))
+        if (cap == 0 && FlashEligible(d, q, k, v, output))
         {
             if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
             else if (window == NoWindow && UsesHopperAttention) HopperForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
             else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
             return;
         }
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc, &starts, &window };
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc, &starts, &window, &cap };
         uint shared = (uint)((2 * AttentionTile * (d + 1) + AttentionWarps * d) * sizeof(float));
         Launch("attention.cu", "attention_forward_" + Suffix(q.DType, op),
             ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)h, (uint)b), AttentionWarps * 32, args, shared);
@@ -365,7 +365,7 @@ public sealed unsafe partial class CudaBackend
         Tensor dq, Tensor dk, Tensor dv, double scale, int window = 0, Tensor? columnSums = null, double softCap = 0)
     {
         const string op = "AttentionBackward";
-        RefuseSoftCap(op, softCap);
+        float cap = KernelSoftCap(op, softCap);
         window = KernelWindow(op, window);
         CheckAttention(op, q, k, v, out int b, out int t, out int s, out int h, out int kh, out int d);
         if (s != t) throw new ArgumentException($"CudaBackend.{op}: backward needs S = T, got S = {s}, T = {t}");
@@ -391,7 +391,7 @@ public sealed unsafe partial class CudaBackend
         string suffix = Suffix(q.DType, op);
         float sc = (float)scale;
         long rows = (long)b * t * h;
-        if (FlashEligible(d, q, k, v, output, dOutput, dq, dk, dv))
+        if (cap == 0 && FlashEligible(d, q, k, v, output, dOutput, dq, dk, dv))
         {
             bool summed = false;
             if (window == NoWindow && UsesHopperAttentionBackward)
@@ -403,11 +403,11 @@ public sealed unsafe partial class CudaBackend
         ulong delta = Scratch(rows * sizeof(float));
         void** a1 = stackalloc void*[] { &po, &pd, &delta, &b, &t, &h, &d, &so, &sd };
         Launch("attention.cu", "attention_backward_delta_" + suffix, (uint)((rows + 3) / 4), 128, a1);
-        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdq, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdq, &sc, &window };
+        void** a2 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdq, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdq, &sc, &window, &cap };
         uint sharedDq = (uint)((2 * AttentionTile * (d + 1) + 2 * AttentionWarps * d) * sizeof(float));
         Launch("attention.cu", "attention_backward_dq_" + suffix,
             ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)h, (uint)b), AttentionWarps * 32, a2, sharedDq);
-        void** a3 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdk, &pdv, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &window };
+        void** a3 = stackalloc void*[] { &pq, &pk, &pv, &pd, &pl, &delta, &pdk, &pdv, &t, &h, &kh, &d, &sq, &sk, &sv, &sd, &sdk, &sdv, &sc, &window, &cap };
         uint sharedDkDv = (uint)((2 * AttentionTile * (d + 1) + 2 * AttentionTile + 2 * AttentionWarps * d) * sizeof(float));
         Launch("attention.cu", "attention_backward_dkdv_" + suffix,
             ((uint)((t + AttentionWarps - 1) / AttentionWarps), (uint)kh, (uint)b), AttentionWarps * 32, a3, sharedDkDv);

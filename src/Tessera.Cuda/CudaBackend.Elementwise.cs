@@ -56,11 +56,32 @@ public sealed unsafe partial class CudaBackend
         Launch("elementwise.cu", "multiply_" + Suffix(a.DType, "Multiply"), GridFor(n), Threads, args);
     }
 
-    public void SoftCap(Tensor x, double cap) =>
-        throw new NotSupportedException($"CudaBackend.SoftCap: logit soft-capping (cap {cap}, Gemma 2's final_logit_softcapping) has no CUDA kernel; run this model on the CPU backend");
+    public void SoftCap(Tensor x, double cap)
+    {
+        RequireElementwise("SoftCap", x);
+        float c = LogitCap("SoftCap", cap);
+        ulong px = Ptr(x);
+        long n = x.NumElements;
+        if (n == 0) return;
+        void** args = stackalloc void*[] { &px, &c, &n };
+        Launch("elementwise.cu", "soft_cap_" + Suffix(x.DType, "SoftCap"), GridFor(n), Threads, args);
+    }
 
-    public void SoftCapBackward(Tensor y, Tensor dy, double cap) =>
-        throw new NotSupportedException($"CudaBackend.SoftCapBackward: logit soft-capping (cap {cap}, Gemma 2's final_logit_softcapping) has no CUDA kernel; run this model on the CPU backend");
+    public void SoftCapBackward(Tensor y, Tensor dy, double cap)
+    {
+        RequireElementwise("SoftCapBackward", y, (dy, "dy"));
+        float c = LogitCap("SoftCapBackward", cap);
+        ulong py = Ptr(y), pd = Ptr(dy);
+        long n = y.NumElements;
+        if (n == 0) return;
+        void** args = stackalloc void*[] { &py, &pd, &c, &n };
+        Launch("elementwise.cu", "soft_cap_backward_" + Suffix(y.DType, "SoftCapBackward"), GridFor(n), Threads, args);
+    }
+
+    /// <summary>A final-logit cap as the kernels take it: positive and finite, as the CPU backend requires.</summary>
+    private static float LogitCap(string op, double cap) =>
+        cap > 0 && !double.IsInfinity(cap) ? (float)cap
+            : throw new ArgumentOutOfRangeException(nameof(cap), cap, $"CudaBackend.{op}: the cap must be positive and finite");
 
     public void Scale(Tensor x, double factor)
     {

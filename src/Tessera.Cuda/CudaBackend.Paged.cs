@@ -160,7 +160,7 @@ public sealed unsafe partial class CudaBackend
         double softCap = 0)
     {
         const string op = nameof(PagedAttention);
-        RefuseSoftCap(op, softCap);
+        float cap = KernelSoftCap(op, softCap);
         int kernelWindow = KernelWindow(op, window);
         batch.Validate($"CudaBackend.{op}");
         if (q.Rank != 3 || (q.Stride(2) != 1 && q.Size(2) > 1))
@@ -183,7 +183,8 @@ public sealed unsafe partial class CudaBackend
         while (group % g != 0) g--;
         int b = batch.Sequences, blockSize = batch.BlockSize, maxBlocks = batch.BlockTables.Size(1);
         int vector = 16 / q.DType.SizeInBytes();
-        bool specialized = Options.SpecializedPagedAttention && (d == 64 || d == 128) && Ptr(q) % 16 == 0 && Ptr(pool) % 16 == 0
+        // A soft cap (Gemma 2) takes the generic kernel, the only paged one that caps.
+        bool specialized = cap == 0 && Options.SpecializedPagedAttention && (d == 64 || d == 128) && Ptr(q) % 16 == 0 && Ptr(pool) % 16 == 0
             && q.Stride(0) % vector == 0 && q.Stride(1) % vector == 0;
         // Prefill chunks on tensor cores: 16-bit types, and only when some sequence can have PagedPrefillMinRows rows (every
         // sequence has at least one row, so a decode step, N = B, launches nothing here).
@@ -292,7 +293,7 @@ public sealed unsafe partial class CudaBackend
             }
             else
             {
-                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &kernelWindow, &psc };
+                void** args = stackalloc void*[] { &pq, &pp, &po, &pw, &pt, &pst, &pl, &b, &n, &h, &k, &d, &g, &blockSize, &maxBlocks, &qn, &qh, &sc, &kernelWindow, &cap, &psc };
                 uint shared = (uint)(PagedAttentionWarps * g * (d + 2) * sizeof(float));
                 Launch(pagedFile, "paged_attention_" + code + Suffix(q.DType, op), ((uint)n, (uint)(h / g), (uint)splits), PagedAttentionWarps * 32,
                     args, shared, dependent: true);

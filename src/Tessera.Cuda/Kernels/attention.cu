@@ -5,15 +5,19 @@
 // lane owns head dimensions lane, lane + 32, ... of the output. D <= MAXD.
 // Strides are in elements for (b, t, h); the last dimension is contiguous. Sliding window: a query at position p sees
 // keys p - window + 1 .. p (the host passes 1 << 30 for none); tiles left of every window are skipped.
+// Soft cap (Gemma 2's attn_logit_softcapping; 0 for none): the score scale q.k becomes cap tanh(scale q.k / cap) before the
+// mask and the softmax, and the backward multiplies dS by the cap's slope 1 - (capped / cap)^2, as the CPU backend does.
+// These kernels take every head size up to MAXD (the tensor-core kernels take 64 and 128 only) and every capped call.
 #define WARPS 4
 #define TILE 32
-#define MAXD 128
+#define MAXD 256
 #define DPL (MAXD / 32)
 
 struct Strides3 { i64 b, t, h; };
 
 template <typename T> __device__ void attention_forward(const T* q, const T* k, const T* v, T* o, float* lse,
-    int Tq, int S, int H, int KH, int D, Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 os_, float scale, int window)
+    int Tq, int S, int H, int KH, int D, Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 os_, float scale, int window,
+    float cap)
 {
     extern __shared__ float smem[];
     const int ld = D + 1;
@@ -56,7 +60,7 @@ template <typename T> __device__ void attention_forward(const T* q, const T* k, 
             float dot = 0.f;
             const float* qq = qs + warp * D; const float* kk = ks + lane * ld;
             for (int d = 0; d < D; d++) dot += qq[d] * kk[d];
-            score = dot;
+            score = soft_cap(dot, cap);
         }
         float mnew = fmaxf(m, warp_max(score));
         if (mnew == NEG_INF) continue; // no visible key yet (uniform over the warp)
@@ -102,7 +106,7 @@ template <typename T> __device__ void attention_backward_delta(const T* o, const
 // dq for query rows, as the forward: P = exp(scale q.k - lse), dS = P (dO.v - delta), dq = scale dS k.
 template <typename T> __device__ void attention_backward_dq(const T* q, const T* k, const T* v, const T* dout,
     const float* lse, const float* delta, T* dq, int Tq, int H, int KH, int D,
-    Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 ds_, Strides3 dqs_, float scale, int window)
+    Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 ds_, Strides3 dqs_, float scale, int window, float cap)
 {
     extern __shared__ float smem[];
     const int ld = D + 1;
@@ -149,8 +153,9 @@ template <typename T> __device__ void attention_backward_dq(const T* q, const T*
             const float* qq = qs + warp * D; const float* dd = dos + warp * D;
             const float* kk = ks + lane * ld; const float* vv = vs + lane * ld;
             for (int d = 0; d < D; d++) { qk += qq[d] * kk[d]; dv += dd[d] * vv[d]; }
-            float p = expf(qk * scale - lse_t);
-            ds = p * (dv - delta_t);
+            const float y = soft_cap(qk * scale, cap);
+            float p = expf(y - lse_t);
+            ds = p * (dv - delta_t) * soft_cap_slope(y, cap);
         }
         for (int j = 0; j < TILE; j++)
         {
@@ -171,7 +176,8 @@ template <typename T> __device__ void attention_backward_dq(const T* q, const T*
 // that see the key: dv = sum P dO, dk = scale sum dS q.
 template <typename T> __device__ void attention_backward_dkdv(const T* q, const T* k, const T* v, const T* dout,
     const float* lse, const float* delta, T* dk, T* dv, int Tq, int H, int KH, int D,
-    Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 ds_, Strides3 dks_, Strides3 dvs_, float scale, int window)
+    Strides3 qs_, Strides3 ks_, Strides3 vs_, Strides3 ds_, Strides3 dks_, Strides3 dvs_, float scale, int window,
+    float cap)
 {
     extern __shared__ float smem[];
     const int ld = D + 1;
@@ -224,8 +230,9 @@ template <typename T> __device__ void attention_backward_dkdv(const T* q, const 
                 const float* qq = qs + lane * ld; const float* dd = dos + lane * ld;
                 const float* kk = kw + warp * D; const float* vv = vw + warp * D;
                 for (int d = 0; d < D; d++) { qk += qq[d] * kk[d]; dv_ += dd[d] * vv[d]; }
-                p = expf(qk * scale - lses[lane]);
-                ds = p * (dv_ - deltas[lane]);
+                const float y = soft_cap(qk * scale, cap);
+                p = expf(y - lses[lane]);
+                ds = p * (dv_ - deltas[lane]) * soft_cap_slope(y, cap);
             }
             for (int j = 0; j < TILE; j++)
             {
@@ -255,10 +262,10 @@ template <typename T> __device__ void attention_backward_dkdv(const T* q, const 
 #define ATTENTION(n, T)                                                                                        \
     extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_forward_##n(const T* q, const T* k,     \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, int D, Strides3 qs, Strides3 ks,           \
-        Strides3 vs, Strides3 os, float scale, const int* starts, int window)                                  \
+        Strides3 vs, Strides3 os, float scale, const int* starts, int window, float cap)                       \
     {                                                                                                          \
         if (starts) S = starts[blockIdx.z] + Tq; /* KV cache: valid keys of sequence b */                      \
-        attention_forward<T>(q, k, v, o, lse, Tq, S, H, KH, D, qs, ks, vs, os, scale, window);                 \
+        attention_forward<T>(q, k, v, o, lse, Tq, S, H, KH, D, qs, ks, vs, os, scale, window, cap);            \
     }                                                                                                          \
     extern "C" __global__ void attention_backward_delta_##n(const T* o, const T* dout, float* delta, int B,     \
         int Tq, int H, int D, Strides3 os, Strides3 ds)                                                        \
@@ -267,17 +274,17 @@ template <typename T> __device__ void attention_backward_dkdv(const T* q, const 
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_backward_dq_##n(const T* q, const T* k, \
         const T* v, const T* dout, const float* lse, const float* delta, T* dq, int Tq, int H, int KH, int D,  \
-        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dqs, float scale, int window)             \
+        Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dqs, float scale, int window, float cap)  \
     {                                                                                                          \
         attention_backward_dq<T>(q, k, v, dout, lse, delta, dq, Tq, H, KH, D, qs, ks, vs, ds, dqs, scale,      \
-                                 window);                                                                      \
+                                 window, cap);                                                                 \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_backward_dkdv_##n(const T* q,           \
         const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk, T* dv, int Tq,     \
         int H, int KH, int D, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks, Strides3 dvs,  \
-        float scale, int window)                                                                               \
+        float scale, int window, float cap)                                                                    \
     {                                                                                                          \
         attention_backward_dkdv<T>(q, k, v, dout, lse, delta, dk, dv, Tq, H, KH, D, qs, ks, vs, ds, dks, dvs,  \
-                                   scale, window);                                                             \
+                                   scale, window, cap);                                                        \
     }
 FOR_FLOAT_TYPES(ATTENTION)

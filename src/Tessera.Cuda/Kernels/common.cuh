@@ -47,6 +47,17 @@ __device__ __forceinline__ float fast_exp2(float x)
 }
 #define LOG2E 1.4426950408889634f
 
+// Gemma 2's soft cap of an attention score or a logit: cap tanh(x / cap), x itself when cap is 0 (no cap). A score kept in
+// base 2 (x log2 e) is capped the same way with cap log2 e, since log2e cap tanh(x / cap) = (cap log2e) tanh(x log2e / (cap log2e)).
+__device__ __forceinline__ float soft_cap(float x, float cap) { return cap > 0.f ? cap * tanhf(x / cap) : x; }
+// The cap's derivative at a capped value y = cap tanh(x / cap): 1 - tanh^2 = 1 - (y / cap)^2 (1 without a cap).
+__device__ __forceinline__ float soft_cap_slope(float y, float cap)
+{
+    if (cap <= 0.f) return 1.f;
+    const float u = y / cap;
+    return 1.f - u * u;
+}
+
 // Rounded single operations that the compiler may not fuse into FMAs (nvrtc contracts a * b + c by default), for
 // kernels that must agree bitwise with the CPU backend's C# arithmetic, which never contracts.
 #ifdef __CUDA_ARCH__

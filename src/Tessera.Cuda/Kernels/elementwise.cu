@@ -59,6 +59,42 @@
             i64 i = vecs * N + t;                                                                \
             dx[i] = from_f<T>(gelu_grad(to_f(x[i])) * to_f(dout[i]));                            \
         }                                                                                        \
+    }                                                                                            \
+    /* Gemma 2's final-logit soft cap in place, x = cap tanh(x / cap), and its backward from the */ \
+    /* capped values, dy *= 1 - (y / cap)^2 (common.cuh's soft_cap and soft_cap_slope).          */ \
+    extern "C" __global__ void soft_cap_##n(T* x, float cap, i64 count)                          \
+    {                                                                                            \
+        const int N = Vec16<T>::N;                                                               \
+        i64 vecs = aligned16(x, x, x) ? count / N : 0;                                           \
+        GRID_STRIDE(k, vecs)                                                                     \
+        {                                                                                        \
+            float v[N];                                                                          \
+            load16(x + k * N, v);                                                                \
+            for (int j = 0; j < N; j++) v[j] = soft_cap(v[j], cap);                              \
+            store16(x + k * N, v);                                                               \
+        }                                                                                        \
+        GRID_STRIDE(t, count - vecs * N)                                                         \
+        {                                                                                        \
+            i64 i = vecs * N + t;                                                                \
+            x[i] = from_f<T>(soft_cap(to_f(x[i]), cap));                                         \
+        }                                                                                        \
+    }                                                                                            \
+    extern "C" __global__ void soft_cap_backward_##n(const T* y, T* dy, float cap, i64 count)    \
+    {                                                                                            \
+        const int N = Vec16<T>::N;                                                               \
+        i64 vecs = aligned16(y, dy, dy) ? count / N : 0;                                         \
+        GRID_STRIDE(k, vecs)                                                                     \
+        {                                                                                        \
+            float v[N], d[N];                                                                    \
+            load16(y + k * N, v); load16(dy + k * N, d);                                         \
+            for (int j = 0; j < N; j++) d[j] *= soft_cap_slope(v[j], cap);                       \
+            store16(dy + k * N, d);                                                              \
+        }                                                                                        \
+        GRID_STRIDE(t, count - vecs * N)                                                         \
+        {                                                                                        \
+            i64 i = vecs * N + t;                                                                \
+            dy[i] = from_f<T>(to_f(dy[i]) * soft_cap_slope(to_f(y[i]), cap));                    \
+        }                                                                                        \
     }
 
 // SwiGLU, silu(gate) * up, over (rows, cols) views whose rows are contiguous, row strides in elements: the two halves of

@@ -88,6 +88,8 @@ FOR_KV_CODES(PAGED_APPEND_Q)
 // window (Mistral's sliding window; 1 << 30 for none): the row at position pos sees keys pos - window + 1 .. pos only, and the
 // splits divide those keys, so a block wholly left of the window is never looked up in the table nor read (a bounded cache
 // returns such blocks to the pool and leaves their table entries stale).
+// cap (Gemma 2's attn_logit_softcapping, 0 for none): each score becomes cap tanh(score / cap) before the softmax. Only this
+// kernel caps; the host sends every capped call here.
 #define PA_WARPS 4
 #define PA_MAX_G 8
 #define PA_MAX_DPL 8   // D <= 256
@@ -95,7 +97,7 @@ FOR_KV_CODES(PAGED_APPEND_Q)
 template <typename T, typename P = T>
 __device__ void paged_attention(const T* q, const P* pool, T* out, float* partial, const int* tables, const int* starts,
                                 const int* lengths, int B, int N, int H, int K, int D, int G, int block_size, int max_blocks,
-                                i64 q_n, i64 q_h, float scale, int window, const float* scales = nullptr)
+                                i64 q_n, i64 q_h, float scale, int window, float cap, const float* scales = nullptr)
 {
     extern __shared__ float pa_shared[];                           // (PA_WARPS, G, D + 2): acc, then m and l
     const int n = blockIdx.x, h0 = blockIdx.y * G, kvh = h0 / (H / K), split = blockIdx.z, splits = gridDim.z;
@@ -119,7 +121,7 @@ __device__ void paged_attention(const T* q, const P* pool, T* out, float* partia
     const int begin = first + split * chunk, end = min(pos + 1, begin + chunk);
 
     float qv[PA_MAX_G][PA_MAX_DPL], acc[PA_MAX_G][PA_MAX_DPL], m[PA_MAX_G], l[PA_MAX_G];
-    const float qscale = scale * LOG2E;
+    const float qscale = scale * LOG2E, cap2 = cap * LOG2E;   // scores in base 2, and the soft cap with them (common.cuh)
 #pragma unroll
     for (int g = 0; g < PA_MAX_G; g++)
     {
@@ -160,6 +162,7 @@ __device__ void paged_attention(const T* q, const P* pool, T* out, float* partia
             for (int i = 0; i < PA_MAX_DPL; i++) s += qv[g][i] * kd[i];
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
+            s = soft_cap(s, cap2);
             const float m_new = fmaxf(m[g], s);
             const float correction = fast_exp2(m[g] - m_new), p = fast_exp2(s - m_new);
             l[g] = l[g] * correction + p;
@@ -213,10 +216,10 @@ __device__ void paged_attention(const T* q, const P* pool, T* out, float* partia
     extern "C" __global__ void __launch_bounds__(PA_WARPS * 32) paged_attention_##name(                                   \
         const t* q, const t* pool, t* out, float* partial, const int* tables, const int* starts, const int* lengths,      \
         int B, int N, int H, int K, int D, int G, int block_size, int max_blocks, i64 q_n, i64 q_h, float scale,         \
-        int window)                                                                                                       \
+        int window, float cap)                                                                                            \
     {                                                                                                                     \
         paged_attention<t>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, D, G, block_size, max_blocks,     \
-                           q_n, q_h, scale, window);                                                                      \
+                           q_n, q_h, scale, window, cap);                                                                 \
     }
 FOR_FLOAT_TYPES(PAGED_ATTENTION)
 // Over a quantized pool: paged_attention_<code>_<type> (code i8 or f8), the same arguments with the pool's codes and its
@@ -225,10 +228,10 @@ FOR_FLOAT_TYPES(PAGED_ATTENTION)
     extern "C" __global__ void __launch_bounds__(PA_WARPS * 32) paged_attention_##code##_##name(                          \
         const t* q, const P* pool, t* out, float* partial, const int* tables, const int* starts,                          \
         const int* lengths, int B, int N, int H, int K, int D, int G, int block_size, int max_blocks, i64 q_n, i64 q_h,   \
-        float scale, int window, const float* scales)                                                                     \
+        float scale, int window, float cap, const float* scales)                                                          \
     {                                                                                                                     \
         paged_attention<t, P>(q, pool, out, partial, tables, starts, lengths, B, N, H, K, D, G, block_size, max_blocks,   \
-                              q_n, q_h, scale, window, scales);                                                           \
+                              q_n, q_h, scale, window, cap, scales);                                                      \
     }
 #define PAGED_ATTENTION_Q(code, P) FOR_FLOAT_TYPES_OF(PAGED_ATTENTION_Q_TYPE, code, P)
 FOR_KV_CODES(PAGED_ATTENTION_Q)

@@ -389,7 +389,8 @@ public sealed class CudaDecodingTests(CudaFixture fixture) : CudaTestBase(fixtur
     [InlineData("llama-debug")]
     [InlineData("gpt2-debug")]
     [InlineData("qwen3-debug")]   // the unfused decode (product, q/k norms, RoPE, append) recorded into a graph
-    [InlineData("gemma3-debug")]  // post-norms, GeGLU, per-layer windows and RoPE bases (not run here: no GPU)
+    [InlineData("gemma3-debug")]  // post-norms, GeGLU, per-layer windows and RoPE bases
+    [InlineData("gemma2-debug")]  // attention and final-logit soft caps
     public void GreedyGenerationOnTheGpuMatchesTheCpuWithAndWithoutAGraph(string preset)
     {
         var config = ModelPresets.Get(preset);

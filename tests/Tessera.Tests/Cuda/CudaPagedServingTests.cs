@@ -201,7 +201,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
 
     private const int PagedDecodeThreadsForReport = 128;   // PD_THREADS in paged_attention.cu
 
-    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, CudaBackend? backend = null, int window = 0)
+    private void AssertPagedAttention(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, CudaBackend? backend = null, int window = 0,
+        double softCap = 0)
     {
         const int blockSize = 16;
         var gpu = backend ?? Gpu;
@@ -213,14 +214,30 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
         var pool = Upload(gpu, poolValues, dtype, batch.PoolBlocks, blockSize, 2 * k, d);
         var output = gpu.Allocate(new Shape(n, h, d), dtype);
         gpu.Fill(output, double.NaN);
-        gpu.PagedAttention(q.Slice(1, 0, h), pool, batch.On(gpu), output, 1 / Math.Sqrt(d), window);
+        gpu.PagedAttention(q.Slice(1, 0, h), pool, batch.On(gpu), output, 1 / Math.Sqrt(d), window, softCap: softCap);
 
         var cpuQ = TestTensors.FromDoubles(_cpu, qv, DType.F64, n, h + 2 * k, d);
         var cpuPool = TestTensors.FromDoubles(_cpu, poolValues, DType.F64, batch.PoolBlocks, blockSize, 2 * k, d);
         var expected = _cpu.Allocate(new Shape(n, h, d), DType.F64);
-        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, batch.On(_cpu), expected, 1 / Math.Sqrt(d), window);
-        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(gpu, output), dtype == DType.F32 ? 1e-5 : 2e-2, $"paged attention {dtype} H={h} K={k} D={d} window={window}");
+        _cpu.PagedAttention(cpuQ.Slice(1, 0, h), cpuPool, batch.On(_cpu), expected, 1 / Math.Sqrt(d), window, softCap: softCap);
+        AssertClose(TestTensors.ToDoubles(_cpu, expected), Download(gpu, output), dtype == DType.F32 ? 1e-5 : 2e-2,
+            $"paged attention {dtype} H={h} K={k} D={d} window={window} cap={softCap}");
     }
+
+    /// <summary>
+    /// Gemma 2's soft cap (the generic kernel, the only paged one that caps: a capped call at D = 64 or 128 must not take the
+    /// specialized decode or the prefill tiles) and heads of 256 (Gemma 2 2B/9B, Gemma 3), over the mixed batch (a 37-row
+    /// prefill chunk, decodes, padding), with a window and a 3001-key row split and merged. Scores here are about +-1 (inputs
+    /// in (-1, 1), scale 1/sqrt(D)); a cap of 0.5 bends them.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.BF16, 8, 4, 256, null, null, 0, 0.5)]
+    [InlineData(DType.BF16, 8, 4, 256, null, null, 0, 0.0)]
+    [InlineData(DType.BF16, 32, 8, 64, null, null, 0, 0.5)]
+    [InlineData(DType.F32, 16, 8, 128, new[] { 1, 1 }, new[] { 3001, 40 }, 0, 0.5)]
+    [InlineData(DType.BF16, 8, 4, 256, null, null, 48, 0.5)]
+    public void CappedOrWideHeadPagedAttentionMatchesTheCpu(DType dtype, int h, int k, int d, int[]? rows, int[]? lengths, int window, double softCap) =>
+        AssertPagedAttention(dtype, h, k, d, rows, lengths, null, window, softCap);
 
     /// <summary>
     /// The last CTA's merge of a row's key splits with the loads of 16 splits issued before any is used
@@ -388,7 +405,8 @@ public sealed class CudaPagedServingTests(CudaFixture fixture) : CudaTestBase(fi
     [InlineData("llama-debug")]
     [InlineData("gpt2-debug")]
     [InlineData("qwen3-debug")]   // the unfused paged path with q/k head norms
-    [InlineData("gemma3-debug")]  // post-norms, GeGLU, per-layer windows and RoPE bases (not run here: no GPU)
+    [InlineData("gemma3-debug")]  // post-norms, GeGLU, per-layer windows and RoPE bases
+    [InlineData("gemma2-debug")]  // attention and final-logit soft caps
     public async Task BatchedRecordedDecodingOnTheGpuMatchesOneSequenceAtATimeOnTheCpu(string preset)
     {
         var (config, onCpu, onGpu, weights) = RandomModelOnBoth(preset, context: 64);

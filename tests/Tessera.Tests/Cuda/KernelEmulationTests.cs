@@ -394,7 +394,7 @@ public sealed class KernelEmulationTests
     /// the tensor-core decode kernel (<see cref="CudaBackendOptions.PagedDecodeTensorCores"/>, bf16, on the emulation's
     /// warp-collective stand-ins of cp.async, ldmatrix and mma.sync: tile and warp-slice edges, groups of 3, 4 and 8, D 64
     /// and 128, splits merged by the last CTA, windows; with its block table staged in shared memory, the same bits), and the
-    /// generic kernel, each also over an int8 and an fp8 pool (the <c>_i8</c> and <c>_f8</c> instantiations: KvVec and
+    /// generic kernel (also with Gemma 2's soft cap, at head size 256 and over an int8 pool), each also over an int8 and an fp8 pool (the <c>_i8</c> and <c>_f8</c> instantiations: KvVec and
     /// PagedRowsQuantized reading int8 values or E4M3 codes and their scales; the reference reads what they stand for), and
     /// <c>paged_append_i8</c> / <c>paged_append_f8</c> bit for bit against C++ copies of
     /// <see cref="Tessera.Tensors.Int8Quantization.QuantizeRow"/> and <see cref="Tessera.Tensors.Fp8Quantization.QuantizeKvRow"/>
@@ -423,6 +423,8 @@ public sealed class KernelEmulationTests
              "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16",
              "paged_decode_mma H=6 K=2 D=64 splits=3 max_rows=7 B=6 window=24 finish bf16: staged table = global table bit for bit ok",
              "paged_decode_mma H=16 K=2 D=128 splits=4 max_rows=7 B=4 window=8 finish min_chunk bf16: staged table = global table bit for bit ok",
+             "paged_attention H=8 K=2 D=256 splits=1 window=0 capped", "paged_attention H=8 K=2 D=256 splits=3 window=24 capped",
+             "paged_attention int8 H=8 K=2 D=64 splits=3 window=24 capped",
              "paged_attention int8 H=8 K=2 D=64 splits=3 window=24", "paged_decode H=6 K=2 D=64 splits=3 max_rows=7 B=5 window=0 finish int8",
              "paged_decode H=8 K=2 D=128 splits=2 max_rows=1073741824 B=6 window=8 int8", "paged_decode H=8 K=2 D=64 splits=4 max_rows=7 B=9 window=0 finish min_chunk bf16 int8",
              "paged_decode_tiled H=2 K=2 D=64 splits=2 max_rows=1073741824 B=9 window=0 finish int8",
@@ -479,6 +481,21 @@ public sealed class KernelEmulationTests
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1 fp8: short sequences untouched",
              "hopper paged prefill B=2 N=195 H=4 KH=2 D=128 WGS=2 fp8"],
             "TESSERA_INT8_KV", "TESSERA_FP8_KV");
+
+    /// <summary>
+    /// The simple attention kernels (attention.cu, f32), which take every head size up to 256 and every soft-capped call:
+    /// forward (output and log-sum-exp), the forward over a cache at device-side starts, and the backward (dq, dk, dv) at
+    /// head sizes 256 and 40, with and without Gemma 2's cap of 1 (scores up to about +-4, so it bends), with sliding windows,
+    /// against a double reference (Emulation/attention_kernels.cpp: 1e-5 forward, 5e-5 backward, of the largest value). A
+    /// kernel that skips the cap in the forward, or its slope in the dq backward, fails (checked by hand).
+    /// </summary>
+    [Fact]
+    public void SimpleAttentionKernelsGiveTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["attention.cu"], "attention_kernels",
+            ["attention B=2 T=37 S=37 H=4 K=2 D=256 window=0 cap=0 dk", "attention B=2 T=37 S=37 H=4 K=2 D=256 window=0 cap=1 output",
+             "attention B=2 T=37 S=37 H=4 K=2 D=256 window=0 cap=1 dq", "attention B=2 T=37 S=37 H=4 K=2 D=256 window=0 cap=1 dv",
+             "attention B=1 T=50 S=50 H=2 K=1 D=40 window=8 cap=1 dk", "attention B=2 T=3 S=48 H=4 K=2 D=256 window=0 cap=1 cached output",
+             "attention B=2 T=1 S=48 H=4 K=2 D=256 window=16 cap=1 cached lse", "all ok"]);
 
     /// <summary>
     /// The FlashAttention backward's first pass with the column sums of dO (flash_attention.cu's

@@ -110,7 +110,8 @@ static void append_q(EmuKv code)
 
 static void run(int H, int K, int D, int splits, int max_rows, bool generic, std::vector<int> rows = {1, 1, 1, 3, 10},
                 std::vector<int> lengths = {37, 100, 0, 20, 10}, int window = 0, bool finish = false, int min_chunk = 1,
-                bool compare_merges = false, bool tiled = false, bool bf16_inputs = false, bool mma = false, EmuKv code = EmuKv::None)
+                bool compare_merges = false, bool tiled = false, bool bf16_inputs = false, bool mma = false, EmuKv code = EmuKv::None,
+                float cap = 0)
 {
     const int bs = 16;
     const int B = (int)rows.size();
@@ -177,7 +178,7 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
                     const long long slot = (long long)tables[b * max_blocks + j / bs] * bs + j % bs;
                     double dot = 0;
                     for (int d = 0; d < D; d++) dot += (double)qkv[((size_t)n * R + h) * D + d] * pool[(slot * 2 * K + kvh) * D + d];
-                    s[j] = dot * scale;
+                    s[j] = cap > 0 ? cap * std::tanh(dot * scale / cap) : dot * scale;
                     big = std::max(big, s[j]);
                 }
                 for (int j = lo; j <= pos; j++)
@@ -222,10 +223,11 @@ static void run(int H, int K, int D, int splits, int max_rows, bool generic, std
     const float* sc8 = scales.data();
     if (generic)
     {
-        if (code == EmuKv::Int8) emu_launch(grid, 128, [&] { paged_attention_i8_f32(q, p8, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window, sc8); });
-        else if (code == EmuKv::Fp8) emu_launch(grid, 128, [&] { paged_attention_f8_f32(q, pf8, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window, sc8); });
-        else emu_launch(grid, 128, [&] { paged_attention_f32(q, pp, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window); });
-        snprintf(name, sizeof name, "paged_attention%s H=%d K=%d D=%d splits=%d window=%d", emu_kv_name(code), H, K, D, splits, window);
+        if (code == EmuKv::Int8) emu_launch(grid, 128, [&] { paged_attention_i8_f32(q, p8, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window, cap, sc8); });
+        else if (code == EmuKv::Fp8) emu_launch(grid, 128, [&] { paged_attention_f8_f32(q, pf8, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window, cap, sc8); });
+        else emu_launch(grid, 128, [&] { paged_attention_f32(q, pp, po, pw, pt, ps, pl, B, N, H, K, D, G, bs, max_blocks, q_n, q_h, scale, kernel_window, cap); });
+        snprintf(name, sizeof name, "paged_attention%s H=%d K=%d D=%d splits=%d window=%d%s", emu_kv_name(code), H, K, D, splits, window,
+                 cap > 0 ? " capped" : "");
     }
     else
     {
@@ -411,6 +413,12 @@ int main()
     run(8, 2, 64, 1, 1 << 30, false, mma_rows, mma_lengths, 0, false, 1, false, false, true, true);
     run(6, 2, 64, 3, 7, false, wrows, wlengths, 24, true, 1, false, false, true, true);
     run(16, 2, 128, 4, 7, false, {1, 1, 1, 10}, {300, 5, 100, 10}, 8, true, 64, false, false, true, true);
+    // Gemma 2's soft cap (cap tanh(s / cap) on each score) in the generic kernel, the one the host sends capped calls to: a cap
+    // of 0.3 against scores of about +-0.3 here (D = 256, scale 1/16) bends most of them; head size 256 (Gemma 2 2B and 9B,
+    // Gemma 3), one split and three merged, a window of 24 over NaN blocks, and over an int8 pool.
+    run(8, 2, 256, 1, 1 << 30, true, wrows, wlengths, 0, false, 1, false, false, false, false, EmuKv::None, 0.3f);
+    run(8, 2, 256, 3, 1 << 30, true, wrows, wlengths, 24, false, 1, false, false, false, false, EmuKv::None, 0.3f);
+    run(8, 2, 64, 3, 1 << 30, true, wrows, wlengths, 24, false, 1, false, false, false, false, EmuKv::Int8, 0.3f);
     // Over quantized pools (the _i8 and _f8 instantiations): the generic kernel, paged_decode (f32 and bf16 queries), the
     // tiled kernel, and the tensor-core kernel (PagedRowsQuantized dequantizing into its bf16 tiles), with splits, last-CTA
     // merges, windows over NaN blocks and a prefill chunk left alone; against the reference over what the codes stand for.

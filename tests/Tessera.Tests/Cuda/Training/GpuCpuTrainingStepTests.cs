@@ -35,10 +35,23 @@ public sealed class GpuCpuTrainingStepTests(CudaFixture fixture)
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void F32TrainingStepOnTheGpuMatchesTheCpuBackend(string preset, int batch, int sequence, int layers, int vocab)
+    public void F32TrainingStepOnTheGpuMatchesTheCpuBackend(string preset, int batch, int sequence, int layers, int vocab) =>
+        AssertTrainingStepsAgree(ModelPresets.Get(preset), preset, batch, sequence, layers, vocab);
+
+    /// <summary>
+    /// Gemma 2's soft caps (attention, on the simple attention kernels, and the final logits) and heads of 256 (Gemma 2 2B and
+    /// 9B, Gemma 3 1B), which the tensor-core attention kernels do not take.
+    /// </summary>
+    [Theory]
+    [InlineData("gemma2-debug", 0)]
+    [InlineData("gemma2-debug", 256)]
+    [InlineData("gemma3-debug", 256)]
+    public void F32TrainingStepOfAGemmaModelOnTheGpuMatchesTheCpuBackend(string preset, int headSize) =>
+        AssertTrainingStepsAgree(CudaSoftCapAndWideHeadTests.PresetWithHeadSize(preset, headSize), $"{preset} D={headSize}", 2, 32, 0, 0);
+
+    private void AssertTrainingStepsAgree(TransformerConfig config, string preset, int batch, int sequence, int layers, int vocab)
     {
         var gpu = fixture.Backend;
-        var config = ModelPresets.Get(preset);
         if (layers > 0) config = config with { Layers = layers };
         if (vocab > 0) config = config with { VocabSize = vocab };
         var cpu = new CpuBackend(Environment.ProcessorCount);
