@@ -15,9 +15,18 @@ public sealed unsafe partial class CudaBackend
         FlashDecodeGroupMinKeys = 2048;
 
     /// <summary>Whether the tensor-core kernels take this call: BF16/F16, D = 64 or 128, every row 16-byte aligned.</summary>
-    private static bool FlashEligible(int d, params Tensor[] tensors)
+    private static bool FlashEligible(int d, params Tensor[] tensors) => (d == 64 || d == 128) && FlashLayout(tensors);
+
+    /// <summary>
+    /// Whether the per-query-head split decode (<c>flash_decode_*</c>, CUDA cores) takes this call: the layout of
+    /// <see cref="FlashEligible"/> at D = 64, 128 or 256, with or without a soft cap (it is the one kernel of
+    /// flash_attention.cu that caps, and the one instantiated at 256).
+    /// </summary>
+    private static bool FlashDecodeEligible(int d, params Tensor[] tensors) => (d == 64 || d == 128 || d == 256) && FlashLayout(tensors);
+
+    /// <summary>BF16/F16 tensors whose base and every row stride keep 16-byte alignment.</summary>
+    private static bool FlashLayout(Tensor[] tensors)
     {
-        if (d != 64 && d != 128) return false;
         foreach (var x in tensors)
         {
             if (x.DType != DType.BF16 && x.DType != DType.F16) return false;
@@ -28,6 +37,9 @@ public sealed unsafe partial class CudaBackend
     }
 
     private static string FlashSuffix(DType dtype, int d) => (dtype == DType.BF16 ? "bf16" : "f16") + "_d" + d;
+
+    /// <summary>Whether a call of <paramref name="t"/> queries over <paramref name="s"/> keys takes the split decode kernels.</summary>
+    private static bool DecodeShape(int t, int s) => t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys;
 
     /// <summary>A sliding window as the kernels take it: 1 &lt;&lt; 30 stands for none (sums like key + window stay in int range).</summary>
     private static int KernelWindow(string op, int window) => window switch
@@ -54,25 +66,26 @@ public sealed unsafe partial class CudaBackend
     /// The split kernel (flash_attention.cu) that decodes <paramref name="rowsPerKvHead"/> query rows a kv head (H / K x T)
     /// of head size <paramref name="d"/> against a cache of <paramref name="cacheLength"/> positions: the grouped one,
     /// <c>flash_decode_gqa_*_r{1,2,4}</c> (rows per warp), where the rows fit it and <see cref="DecodeGrouped"/> or the
-    /// cache's length choose it; else the per-query-head <c>flash_decode_*</c>. What the decode attention launches, for
+    /// cache's length choose it, for heads of at most 128 and no <paramref name="softCap"/>; else the per-query-head <c>flash_decode_*</c>. What the decode attention launches, for
     /// reports of its resources.
     /// </summary>
-    public string FlashDecodeKernel(DType dtype, int d, int rowsPerKvHead, int cacheLength)
+    public string FlashDecodeKernel(DType dtype, int d, int rowsPerKvHead, int cacheLength, double softCap = 0)
     {
         string suffix = FlashSuffix(dtype, d);
-        if (rowsPerKvHead <= 4 * FlashDecodeGroupRowsPerWarp && (DecodeGrouped ?? cacheLength >= FlashDecodeGroupMinKeys))
+        // The grouped kernel neither caps nor takes heads of 256 (its K/V chunks would pass 48 KB of static shared memory).
+        if (softCap == 0 && d <= 128 && rowsPerKvHead <= 4 * FlashDecodeGroupRowsPerWarp && (DecodeGrouped ?? cacheLength >= FlashDecodeGroupMinKeys))
             return $"flash_decode_gqa_{suffix}_r{(rowsPerKvHead <= 4 ? 1 : rowsPerKvHead <= 8 ? 2 : 4)}";
         return "flash_decode_" + suffix;
     }
 
     private void FlashDecode(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
-        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts, int window)
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts, int window, float cap)
     {
         string suffix = FlashSuffix(dtype, d);
         // The last CTA of each (b, h) merges the splits (one launch, not two) when the counters exist: they are made,
         // zeroed, outside any graph recording and stay zero between launches.
         ulong counters = DecodeCounters(b * h);
-        string kernel = FlashDecodeKernel(dtype, d, h / kh * t, s);
+        string kernel = FlashDecodeKernel(dtype, d, h / kh * t, s, cap);
         if (kernel.StartsWith("flash_decode_gqa_", StringComparison.Ordinal))
         {
             // Grouped: one CTA per (split, kv head, b) serves the kv head's rows, so each cached row is read once.
@@ -95,7 +108,7 @@ public sealed unsafe partial class CudaBackend
         int keysPerSplit = (span + splits - 1) / splits;
         splits = (span + keysPerSplit - 1) / keysPerSplit;
         ulong part = Scratch((long)b * h * t * splits * (d + 2) * sizeof(float));
-        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts, &counters, &po, &pl, &so, &window };
+        void** a1 = stackalloc void*[] { &pq, &pk, &pv, &part, &t, &s, &h, &kh, &sq, &sk, &sv, &sc, &keysPerSplit, &starts, &counters, &po, &pl, &so, &window, &cap };
         Launch("flash_attention.cu", "flash_decode_" + suffix, ((uint)splits, (uint)h, (uint)b), FlashThreads, a1);
         if (counters == 0)
         {
@@ -323,9 +336,10 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     internal static float KernelSoftCap(string op, double softCap)
     {
-        if (!(softCap >= 0) || double.IsInfinity(softCap))
-            throw new ArgumentOutOfRangeException(nameof(softCap), softCap, $"CudaBackend.{op}: soft cap must be 0 (none) or positive and finite");
-        return (float)softCap;
+        float cap = (float)softCap;   // checked as the kernels see it: a cap past float's range or below its smallest is refused
+        if (!(softCap >= 0) || !float.IsFinite(cap) || (softCap > 0 && cap == 0))
+            throw new ArgumentOutOfRangeException(nameof(softCap), softCap, $"CudaBackend.{op}: soft cap must be 0 (none) or positive and finite in F32");
+        return cap;
     }
 
     private void AttentionForwardCore(string op, Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, Tensor? startPositions,
@@ -348,10 +362,14 @@ public sealed unsafe partial class CudaBackend
         var sq = Strides3.Of(op, "q", q); var sk = Strides3.Of(op, "k", k); var sv = Strides3.Of(op, "v", v);
         ulong pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(output), pl = PtrOrNull(logSumExp), starts = PtrOrNull(startPositions);
         float sc = (float)scale;
+        if (DecodeShape(t, s) && FlashDecodeEligible(d, q, k, v, output))
+        {
+            FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window, cap);
+            return;
+        }
         if (cap == 0 && FlashEligible(d, q, k, v, output))
         {
-            if (t <= FlashDecodeMaxQueries && s >= FlashDecodeMinKeys) FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
-            else if (window == NoWindow && UsesHopperAttention) HopperForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
+            if (window == NoWindow && UsesHopperAttention) HopperForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
             else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
             return;
         }

@@ -80,8 +80,8 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>A final-logit cap as the kernels take it: positive and finite, as the CPU backend requires.</summary>
     private static float LogitCap(string op, double cap) =>
-        cap > 0 && !double.IsInfinity(cap) ? (float)cap
-            : throw new ArgumentOutOfRangeException(nameof(cap), cap, $"CudaBackend.{op}: the cap must be positive and finite");
+        (float)cap is var c && c > 0 && float.IsFinite(c) ? c
+            : throw new ArgumentOutOfRangeException(nameof(cap), cap, $"CudaBackend.{op}: the cap must be positive and finite in F32");
 
     public void Scale(Tensor x, double factor)
     {

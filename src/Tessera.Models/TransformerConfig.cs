@@ -194,13 +194,13 @@ public sealed record TransformerConfig
     public double LocalRopeTheta { get; init; }
 
     /// <summary>Soft cap c of the attention scores, s = c tanh(s / c) after the scale and before the mask (Gemma 2's
-    /// attn_logit_softcapping), or 0 (the default, left out of the JSON) for none. The CUDA attention kernels refuse it.</summary>
+    /// attn_logit_softcapping), or 0 (the default, left out of the JSON) for none. On CUDA, capped attention takes the kernels
+    /// that cap (the simple ones, the split decode, the generic paged kernel), not the tensor-core ones.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public double AttentionSoftCap { get; init; }
 
     /// <summary>Soft cap c of the final logits, z = c tanh(z / c) (Gemma 2's final_logit_softcapping), or 0 (the default,
-    /// left out of the JSON) for none. Training then runs the unfused head (the whole micro-batch's logits); the CUDA backend
-    /// refuses it.</summary>
+    /// left out of the JSON) for none. Training then runs the unfused head (the whole micro-batch's logits).</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public double FinalSoftCap { get; init; }
 

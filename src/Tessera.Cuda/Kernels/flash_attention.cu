@@ -295,7 +295,7 @@ __device__ void paged_prefill(const T* q, const P* pool, T* out, const int* tabl
 // part (B, H, Tq, splits, D + 2): o[0..D), m (log2 domain), l.
 template <typename T, int D>
 __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, int Tq, int S, int H, int KH,
-    Strides3 qs, Strides3 ks, Strides3 vs, float scale, int keysPerSplit, int lo, int window)
+    Strides3 qs, Strides3 ks, Strides3 vs, float scale, int keysPerSplit, int lo, int window, float cap)
 {
     constexpr int TPR = D / 8, NG = 128 / TPR;
     __shared__ float red[NG][D + 2];
@@ -303,7 +303,7 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
     const int split = blockIdx.x, splits = gridDim.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
     const T* kb = k + b * ks.b + (i64)kvh * ks.h + sub * 8;
     const T* vb = v + b * vs.b + (i64)kvh * vs.h + sub * 8;
-    const float sl2 = scale * LOG2E;
+    const float sl2 = scale * LOG2E, cap2 = cap * LOG2E;   // scores in base 2, and the soft cap with them (common.cuh)
     const int s0 = lo + split * keysPerSplit;   // the splits share keys lo .. S - 1 (lo: the oldest key in any window)
     for (int t = 0; t < Tq; t++)
     {
@@ -334,6 +334,7 @@ __device__ void flash_decode(const T* q, const T* k, const T* v, float* part, in
             for (int i = 0; i < 8; i++) x += qv[i] * to_f(ke[i]);
 #pragma unroll
             for (int o = TPR / 2; o > 0; o >>= 1) x += __shfl_xor_sync(FULL_MASK, x, o);
+            x = soft_cap(x, cap2);
             if (ok)
             {
                 const float mn = fmaxf(m, x), corr = exp2f(m - mn), p = exp2f(x - mn);
@@ -1021,19 +1022,6 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
         flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale, window);         \
     }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
-        const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
-        float scale, int keysPerSplit, const int* starts, int* counters, T* o, float* lse, Strides3 os,         \
-        int window)                                                                                             \
-    {                                                                                                           \
-        /* KV cache: the valid length is read here, so one launch (and a captured graph) serves every length. */ \
-        /* The splits share keys lo .. S - 1: those in the first query's window (all of them without one). */   \
-        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        const int lo = max(0, S - Tq - window + 1);                                                             \
-        if (starts) keysPerSplit = (S - lo + gridDim.x - 1) / gridDim.x;                                        \
-        flash_decode<T, D>(q, k, v, part, Tq, S, H, KH, qs, ks, vs, scale, keysPerSplit, lo, window);           \
-        if (counters) flash_decode_finish<T, D>(part, counters, o, lse, Tq, H, os);                             \
-    }                                                                                                           \
     FLASH_GQA(n, T, D, 1) FLASH_GQA(n, T, D, 2) FLASH_GQA(n, T, D, 4)                                         \
     extern "C" __global__ void __launch_bounds__(128) paged_prefill_##n##_d##D(const T* q, const T* pool, T* out,  \
         const int* tables, const int* starts, const int* lengths, int B, int H, int K, int block_size,          \
@@ -1041,11 +1029,6 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
     {                                                                                                           \
         paged_prefill<T, D>(q, pool, out, tables, starts, lengths, B, H, K, block_size, max_blocks, q_n, q_h,   \
                             scale, min_rows, window);                                                           \
-    }                                                                                                           \
-    extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
-        int H, int splits, Strides3 os)                                                                         \
-    {                                                                                                           \
-        flash_decode_combine<T, D>(part, o, lse, Tq, H, splits, os);                                            \
     }                                                                                                           \
     extern "C" __global__ void flash_backward_pre_##n##_d##D(const T* o, const T* dout, float* delta,          \
         float* dqacc, int B, int Tq, int H, Strides3 os, Strides3 ds)                                           \
@@ -1071,10 +1054,39 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
                              scale, window);                                                                    \
     }
 
+// The per-query-head split decode and its combine: CUDA cores only, so every head size whose rows are whole 16-byte
+// chunks could take it; instantiated at 64 and 128 beside the tensor-core kernels and at 256 (Gemma 2 2B/9B, Gemma 3) alone.
+// cap: Gemma 2's soft cap (0 for none), which no other kernel of this file applies.
+#define FLASH_DECODE(n, T, D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
+        const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
+        float scale, int keysPerSplit, const int* starts, int* counters, T* o, float* lse, Strides3 os,         \
+        int window, float cap)                                                                                  \
+    {                                                                                                           \
+        /* KV cache: the valid length is read here, so one launch (and a captured graph) serves every length. */ \
+        /* The splits share keys lo .. S - 1: those in the first query's window (all of them without one). */   \
+        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
+        const int lo = max(0, S - Tq - window + 1);                                                             \
+        if (starts) keysPerSplit = (S - lo + gridDim.x - 1) / gridDim.x;                                        \
+        flash_decode<T, D>(q, k, v, part, Tq, S, H, KH, qs, ks, vs, scale, keysPerSplit, lo, window, cap);      \
+        if (counters) flash_decode_finish<T, D>(part, counters, o, lse, Tq, H, os);                             \
+    }                                                                                                           \
+    extern "C" __global__ void flash_decode_combine_##n##_d##D(const float* part, T* o, float* lse, int Tq,    \
+        int H, int splits, Strides3 os)                                                                         \
+    {                                                                                                           \
+        flash_decode_combine<T, D>(part, o, lse, Tq, H, splits, os);                                            \
+    }
+
 FLASH(bf16, bf16, 64)
 FLASH(bf16, bf16, 128)
 FLASH(f16, f16, 64)
 FLASH(f16, f16, 128)
+FLASH_DECODE(bf16, bf16, 64)
+FLASH_DECODE(bf16, bf16, 128)
+FLASH_DECODE(bf16, bf16, 256)
+FLASH_DECODE(f16, f16, 64)
+FLASH_DECODE(f16, f16, 128)
+FLASH_DECODE(f16, f16, 256)
 
 #define PAGED_PREFILL_Q(code, P) PAGED_PREFILL_Q_ONE(code, P, bf16, bf16, 64) PAGED_PREFILL_Q_ONE(code, P, bf16, bf16, 128) \
     PAGED_PREFILL_Q_ONE(code, P, f16, f16, 64) PAGED_PREFILL_Q_ONE(code, P, f16, f16, 128)

@@ -102,12 +102,17 @@ public sealed class CudaSoftCapAndWideHeadTests(CudaFixture fixture) : CudaTestB
         AssertClose(_cpu.ToArray<double>(cdv), Download(dv), tol, $"dv {what}");
     }
 
-    /// <summary>Decoding and prefill over a KV cache at device-side positions: capped and wide heads, one and three new queries.</summary>
+    /// <summary>
+    /// Decoding and prefill over a KV cache at device-side positions, capped and with wide heads: up to 16 new queries over at
+    /// least 256 cached positions take the split decode (<c>flash_decode_*</c>, the one flash kernel that caps and takes heads of
+    /// 256), more queries the simple kernel.
+    /// </summary>
     [Theory]
     [InlineData(DType.BF16, 256, 1, 600, 0, 1.0)]
     [InlineData(DType.BF16, 256, 3, 300, 64, 1.0)]
-    [InlineData(DType.BF16, 128, 1, 3000, 0, 1.0)]   // past the grouped decode's 2048 keys, which would take it uncapped
+    [InlineData(DType.BF16, 128, 1, 3000, 0, 1.0)]   // past the grouped decode's 2048 keys: the grouped kernel does not cap
     [InlineData(DType.BF16, 256, 2, 400, 0, 0.0)]
+    [InlineData(DType.F16, 256, 20, 200, 0, 1.0)]    // a prefill chunk: the simple kernel at device positions
     public void CappedOrWideHeadCachedAttentionMatchesTheCpu(DType dtype, int d, int t, int capacity, int window, double cap)
     {
         int b = 2, h = 8, kh = 2;

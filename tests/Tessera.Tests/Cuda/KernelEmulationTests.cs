@@ -498,6 +498,20 @@ public sealed class KernelEmulationTests
              "attention B=2 T=1 S=48 H=4 K=2 D=256 window=16 cap=1 cached lse", "all ok"]);
 
     /// <summary>
+    /// The per-query-head split decode (flash_attention.cu's <c>flash_decode_bf16_d64</c> and <c>_d256</c>): queries at
+    /// device-side positions over a cache, keys split over CTAs and merged by the last CTA (counters left at zero) or the
+    /// combine kernel, heads of 64 and 256, with and without Gemma 2's cap of 1 (scores up to about +-4), with a window,
+    /// against a double reference (Emulation/flash_decode.cpp: 8e-3 for the bf16 output, 1e-5 for the log-sum-exp). A kernel
+    /// that skips the cap fails the capped cases (checked by hand).
+    /// </summary>
+    [Fact]
+    public void SplitDecodeKernelGivesTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["flash_attention.cu"], "flash_decode",
+            ["flash_decode D=256 T=1 window=0 cap=1 splits=4 last CTA merges output", "flash_decode D=256 T=1 window=0 cap=0 splits=4 last CTA merges lse",
+             "flash_decode D=256 T=3 window=40 cap=1 splits=3 combine kernel output", "flash_decode D=64 T=1 window=0 cap=1 splits=5 last CTA merges output",
+             "flash_decode D=64 T=2 window=0 cap=0 splits=2 combine kernel lse", "all ok"]);
+
+    /// <summary>
     /// The FlashAttention backward's first pass with the column sums of dO (flash_attention.cu's
     /// <c>flash_backward_pre_sums</c>: the bias gradient of the product that made v, which the Hopper backward takes there under
     /// <see cref="CudaBackendOptions.FusedAttentionBiasGradient"/>): delta = rowsum(dO o O), the dQ accumulator zeroed, and

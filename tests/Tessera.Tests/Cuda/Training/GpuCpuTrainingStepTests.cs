@@ -40,16 +40,25 @@ public sealed class GpuCpuTrainingStepTests(CudaFixture fixture)
 
     /// <summary>
     /// Gemma 2's soft caps (attention, on the simple attention kernels, and the final logits) and heads of 256 (Gemma 2 2B and
-    /// 9B, Gemma 3 1B), which the tensor-core attention kernels do not take.
+    /// 9B, Gemma 3 1B), which the tensor-core attention kernels do not take. Weights of +-0.5 and caps of 1 (attention) and 2
+    /// (logits) make the caps bend: without either cap, some token's loss on the CPU must move by more than 100 times the
+    /// tolerance of the mean loss, so a kernel that skipped a cap could not pass. (The mean loss alone is a weak witness:
+    /// over four seeds on the CPU, the attention cap moved it by 0.1 % to 3 %, the logit cap by about 20 %.)
     /// </summary>
     [Theory]
     [InlineData("gemma2-debug", 0)]
     [InlineData("gemma2-debug", 256)]
     [InlineData("gemma3-debug", 256)]
-    public void F32TrainingStepOfAGemmaModelOnTheGpuMatchesTheCpuBackend(string preset, int headSize) =>
-        AssertTrainingStepsAgree(CudaSoftCapAndWideHeadTests.PresetWithHeadSize(preset, headSize), $"{preset} D={headSize}", 2, 32, 0, 0);
+    public void F32TrainingStepOfAGemmaModelOnTheGpuMatchesTheCpuBackend(string preset, int headSize)
+    {
+        var config = CudaSoftCapAndWideHeadTests.PresetWithHeadSize(preset, headSize);
+        if (config.AttentionSoftCap > 0) config = config with { AttentionSoftCap = 1, FinalSoftCap = 2 };
+        AssertTrainingStepsAgree(config, $"{preset} D={headSize}", 2, 32, 0, 0, weightScale: 0.5f,
+            uncapped: config.AttentionSoftCap > 0 ? [config with { AttentionSoftCap = 0 }, config with { FinalSoftCap = 0 }] : []);
+    }
 
-    private void AssertTrainingStepsAgree(TransformerConfig config, string preset, int batch, int sequence, int layers, int vocab)
+    private void AssertTrainingStepsAgree(TransformerConfig config, string preset, int batch, int sequence, int layers, int vocab,
+        float weightScale = 0.035f, TransformerConfig[]? uncapped = null)
     {
         var gpu = fixture.Backend;
         if (layers > 0) config = config with { Layers = layers };
@@ -59,21 +68,35 @@ public sealed class GpuCpuTrainingStepTests(CudaFixture fixture)
         var rng = TestRandom.Create();
         var onGpu = new Transformer(config, gpu, DType.F32);
         var onCpu = new Transformer(config, cpu, DType.F32);
-        // Fresh random weights, uniform with GPT-2's init scale (drawn in parallel: Box-Muller over 124M values costs seconds).
+        // Fresh random weights, uniform with GPT-2's init scale unless told (drawn in parallel: Box-Muller over 124M values costs seconds).
         var weights = new float[onGpu.Parameters.Values.NumElements];
         int seed = rng.Next();
         Parallel.For(0, (weights.Length + (1 << 20) - 1) >> 20, c =>
         {
             var r = new Random(seed + c);
-            for (int i = c << 20, end = Math.Min(weights.Length, (c + 1) << 20); i < end; i++) weights[i] = 0.035f * (2 * r.NextSingle() - 1);
+            for (int i = c << 20, end = Math.Min(weights.Length, (c + 1) << 20); i < end; i++) weights[i] = weightScale * (2 * r.NextSingle() - 1);
         });
         gpu.CopyFromHost<float>(weights, onGpu.Parameters.Values);
         cpu.CopyFromHost<float>(weights, onCpu.Parameters.Values);
-        weights = [];
-
         var tokens = new int[batch * sequence];
         var targets = new int[batch * sequence];
         for (int i = 0; i < tokens.Length; i++) { tokens[i] = rng.Next(config.VocabSize); targets[i] = rng.Next(config.VocabSize); }
+        if (uncapped is { Length: > 0 })
+        {
+            float[] TokenLosses(Transformer model) =>
+                cpu.ToArray<float>(model.Loss(cpu.FromHost<int>(tokens, new Shape(batch, sequence)), cpu.FromHost<int>(targets, new Shape(batch, sequence))));
+            var capped = TokenLosses(onCpu);
+            double mean = capped.Average(Math.Abs);
+            foreach (var other in uncapped)
+            {
+                var plain = new Transformer(other, cpu, DType.F32);
+                cpu.CopyFromHost<float>(weights, plain.Parameters.Values);
+                double moved = capped.Zip(TokenLosses(plain), (a, b) => Math.Abs(a - b)).Max();
+                Assert.True(moved > 100 * Tolerance * mean,
+                    $"{preset}: without attention cap {other.AttentionSoftCap} / logit cap {other.FinalSoftCap} no token's loss moves more than {moved:E2} (mean loss {mean:R}): the test could not see a kernel skip that cap");
+            }
+        }
+        weights = [];
 
         var expected = Step(onCpu, tokens, targets, batch, sequence);
         var actual = Step(onGpu, tokens, targets, batch, sequence);

@@ -1,0 +1,112 @@
+// The per-query-head split decode (flash_attention.cu's flash_decode, bf16) on the CPU emulation of CUDA, against a double
+// reference over the bf16 inputs: queries at device-side positions over a cache (each sequence its own length), keys split
+// over CTAs, merged by the last CTA of each (b, h) (counters) or by flash_decode_combine; head sizes 64 and 256 (the one
+// kernel of the file instantiated at 256: Gemma 2 2B/9B, Gemma 3), with and without Gemma 2's soft cap, with a sliding
+// window. Inputs are uniform in (-2, 2): at D = 256 and scale 1/16 the scores reach about +-4, so a cap of 1 bends most of
+// them. Prints one line per check; the exit code is the number of failures. kernels.h is written by the test: the
+// emulation, common.cuh, flash_attention.cu.
+#include "kernels.h"
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+unsigned char smem[1 << 16];        // the file's other kernels' dynamic shared memory (unused here)
+float pre_sums[1 << 14];            // flash_backward_pre_sums's (unused here)
+static int failures = 0;
+
+static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol)
+{
+    double md = 0, mr = 0;
+    for (size_t i = 0; i < e.size(); i++)
+    {
+        if (!std::isfinite(a[i])) { md = INFINITY; break; }
+        md = std::max(md, std::abs(a[i] - e[i]));
+        mr = std::max(mr, std::abs(e[i]));
+    }
+    const double rel = md / (mr > 0 ? mr : 1);
+    printf("%-72s rel err %.3e %s\n", what, rel, rel <= tol ? "ok" : "FAIL");
+    if (!(rel <= tol)) failures++;
+}
+
+// B sequences of T new queries over a cache of S positions (H query heads, K kv heads, contiguous (B, T, H, D) and
+// (B, S, K, D)); sequence b's queries sit at starts[b] .. starts[b] + T - 1.
+static void run(int D, int T, int window, float cap, int splits, bool counters)
+{
+    const int B = 2, H = 4, K = 2, S = 300;
+    std::mt19937 rng(5 + D + T * 3 + window + (int)(cap * 7) + splits + counters);
+    std::uniform_real_distribution<float> u(-2, 2);
+    std::vector<bf16> q((size_t)B * T * H * D), k((size_t)B * S * K * D), v(k.size());
+    for (auto& x : q) x = from_f<bf16>(u(rng));
+    for (auto& x : k) x = from_f<bf16>(u(rng));
+    for (auto& x : v) x = from_f<bf16>(u(rng) / 2);
+    const int starts[B] = {97, S - T};
+    const float scale = 1.f / std::sqrt((float)D);
+    const int kernel_window = window > 0 ? window : 1 << 30;
+
+    std::vector<double> eo(q.size(), 0.0), elog((size_t)B * H * T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++)
+            {
+                const int g = h / (H / K), pos = starts[b] + t, lo = window > 0 ? std::max(0, pos - window + 1) : 0;
+                std::vector<double> p(pos + 1);
+                double big = -INFINITY, sum = 0;
+                for (int j = lo; j <= pos; j++)
+                {
+                    double dot = 0;
+                    for (int d = 0; d < D; d++)
+                        dot += (double)to_f(q[(((size_t)b * T + t) * H + h) * D + d]) * to_f(k[(((size_t)b * S + j) * K + g) * D + d]);
+                    p[j] = cap > 0 ? cap * std::tanh(dot * scale / cap) : dot * scale;
+                    big = std::max(big, p[j]);
+                }
+                for (int j = lo; j <= pos; j++) { p[j] = std::exp(p[j] - big); sum += p[j]; }
+                for (int j = lo; j <= pos; j++)
+                    for (int d = 0; d < D; d++)
+                        eo[(((size_t)b * T + t) * H + h) * D + d] += p[j] / sum * to_f(v[(((size_t)b * S + j) * K + g) * D + d]);
+                elog[((size_t)b * H + h) * T + t] = big + std::log(sum);
+            }
+
+    std::vector<float> part((size_t)B * H * T * splits * (D + 2), NAN), lse(elog.size(), NAN);
+    std::vector<bf16> o(q.size(), from_f<bf16>(NAN));
+    std::vector<int> count((size_t)B * H, 0), st(starts, starts + B);
+    Strides3 qs{(i64)T * H * D, (i64)H * D, D}, ks{(i64)S * K * D, (i64)K * D, D};
+    int* pc = counters ? count.data() : nullptr;
+    auto launch = [&](auto kernel) {
+        emu_launch(dim3{(unsigned)splits, (unsigned)H, (unsigned)B}, 128, [&] {
+            kernel(q.data(), k.data(), v.data(), part.data(), T, S, H, K, qs, ks, ks, scale, 0, st.data(), pc, o.data(), lse.data(), qs,
+                   kernel_window, cap);
+        });
+    };
+    if (D == 64) launch(flash_decode_bf16_d64); else launch(flash_decode_bf16_d256);
+    if (!counters)
+    {
+        if (D == 64) emu_launch((unsigned)(B * H * T), (unsigned)D, [&] { flash_decode_combine_bf16_d64(part.data(), o.data(), lse.data(), T, H, splits, qs); });
+        else emu_launch((unsigned)(B * H * T), (unsigned)D, [&] { flash_decode_combine_bf16_d256(part.data(), o.data(), lse.data(), T, H, splits, qs); });
+    }
+    std::vector<float> of(o.size());
+    for (size_t i = 0; i < o.size(); i++) of[i] = to_f(o[i]);
+    char name[160];
+    snprintf(name, sizeof name, "flash_decode D=%d T=%d window=%d cap=%g splits=%d %s", D, T, window, cap, splits,
+             counters ? "last CTA merges" : "combine kernel");
+    std::string base = name;
+    // bf16 output: rounding to 8 significant bits is up to 2^-8 of a value's binade (3.9e-3 of the largest); 8e-3 leaves
+    // margin for the f32 sums. lse in f32: 1e-5. A wrong key, split, head or a missing cap is O(1e-1) or more.
+    check((base + " output").c_str(), eo, of, 8e-3);
+    check((base + " lse").c_str(), elog, lse, 1e-5);
+    bool zero = true;
+    for (int c : count) zero &= c == 0;
+    if (!zero) { printf("%s: counters not reset FAIL\n", name); failures++; }
+}
+
+int main()
+{
+    run(256, 1, 0, 1.f, 4, true);     // Gemma 2 2B decoding: capped, heads of 256, four splits merged by the last CTA
+    run(256, 1, 0, 0.f, 4, true);     // Gemma 3: heads of 256, no cap
+    run(256, 3, 40, 1.f, 3, false);   // three queries a sequence, a window of 40, the combine kernel
+    run(64, 1, 0, 1.f, 5, true);      // the cap at head size 64 (Gemma 2 shapes narrower than the released ones)
+    run(64, 2, 0, 0.f, 2, false);     // the kernel as before: no cap
+    printf("%s\n", failures ? "FAILURES" : "all ok");
+    return failures;
+}
