@@ -23,7 +23,7 @@ public static class ModelPresets
     /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
     public static IReadOnlyList<string> Names { get; } =
         ["gpt2-debug", "gpt2-tiny", "gpt2-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-headsize-debug", "llama3-debug", "qwen2-debug",
-         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "qwen2-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug", "llama-1b", "llama-3b", "llama-8b"];
+         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "qwen2-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug", "llama-1b", "llama-3b", "llama-8b", "gemma2-2b", "gemma3-1b"];
 
     /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
     public static TransformerConfig Get(string name) => name.ToLowerInvariant() switch
@@ -157,6 +157,24 @@ public static class ModelPresets
         "llama-3b" => Llama(28, 3072, 24, 8, 8192, 128256, 500000, tied: true),
         // Llama 3 8B shape.
         "llama-8b" => Llama(32, 4096, 32, 8, 14336, 128256, 500000, tied: false),
+        // Gemma 2 2B shape: 26 layers of 2304, 8 query and 4 kv heads of 256, GeGLU 9216, vocabulary 256000, scores by
+        // 1/sqrt(256) capped at 50, logits capped at 30, even layers local with a window of 4096, tied head.
+        "gemma2-2b" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "gemma2", VocabSize = 256000, MaxSequenceLength = 8192, Layers = 26, Embedding = 2304,
+            Heads = 8, ExplicitHeadSize = 256, KvHeads = 4, Hidden = 9216, Bias = false, TiedEmbeddings = true, RopeTheta = 10000,
+            NormEpsilon = 1e-6, ScaleEmbeddings = true, GeluGate = true, PostNorms = true, UnitOffsetNorms = true,
+            QueryPreAttentionScalar = 256, LocalWindow = 4096, LocalPeriod = 2, AttentionSoftCap = 50, FinalSoftCap = 30,
+        },
+        // Gemma 3 1B shape: 26 layers of 1152, 4 query heads and 1 kv head of 256, GeGLU 6912, vocabulary 262144, q/k norms, five
+        // local layers in six (window 512, RoPE base 10000) and a global one (base 1e6, no scaling at 1B), tied head.
+        "gemma3-1b" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "gemma3_text", VocabSize = 262144, MaxSequenceLength = 32768, Layers = 26, Embedding = 1152,
+            Heads = 4, ExplicitHeadSize = 256, KvHeads = 1, Hidden = 6912, Bias = false, TiedEmbeddings = true, RopeTheta = 1000000,
+            NormEpsilon = 1e-6, ScaleEmbeddings = true, GeluGate = true, PostNorms = true, UnitOffsetNorms = true, QkNorm = true,
+            QueryPreAttentionScalar = 256, LocalWindow = 512, LocalPeriod = 6, LocalRopeTheta = 10000,
+        },
         _ => throw new ArgumentException($"unknown model preset '{name}'; known: {string.Join(", ", Names)}"),
     };
 }
