@@ -24,6 +24,13 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     private static bool FlashDecodeEligible(int d, params Tensor[] tensors) => (d == 64 || d == 128 || d == 256) && FlashLayout(tensors);
 
+    /// <summary>
+    /// Whether the tensor-core forward of flash_attention.cu (<c>flash_forward_*</c>, mma.sync) takes this call: the layout of
+    /// <see cref="FlashEligible"/> at D = 64, 128 or 256, with or without a soft cap. Calls that <see cref="FlashEligible"/>
+    /// takes without a cap may go to the Hopper forward instead; the rest (a cap, heads of 256) come here.
+    /// </summary>
+    private static bool FlashForwardEligible(int d, params Tensor[] tensors) => (d == 64 || d == 128 || d == 256) && FlashLayout(tensors);
+
     /// <summary>BF16/F16 tensors whose base and every row stride keep 16-byte alignment.</summary>
     private static bool FlashLayout(Tensor[] tensors)
     {
@@ -52,11 +59,12 @@ public sealed unsafe partial class CudaBackend
     private const int NoWindow = 1 << 30;
 
     private void FlashForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
-        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts, int window)
+        Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts, int window, float cap)
     {
-        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts, &window };
+        void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts, &window, &cap };
         int rows = FlashBlock; // query rows per CTA: 64 * FLASH_MT(D) in flash_attention.cu
-        uint shared = (uint)((rows + 4 * FlashBlock) * d * 2); // Q tile + two stages of K and V
+        int keys = d == 256 ? 32 : FlashBlock;   // key rows per tile: FLASH_FORWARD's BN
+        uint shared = (uint)((rows + 4 * keys) * d * 2); // Q tile + two stages of K and V
         string kernel = "flash_forward_" + FlashSuffix(dtype, d);
         PreferSharedMemory("flash_attention.cu", kernel);
         Launch("flash_attention.cu", kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), FlashThreads, args, shared);
@@ -367,10 +375,14 @@ public sealed unsafe partial class CudaBackend
             FlashDecode(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window, cap);
             return;
         }
-        if (cap == 0 && FlashEligible(d, q, k, v, output))
+        if (cap == 0 && window == NoWindow && UsesHopperAttention && FlashEligible(d, q, k, v, output))
         {
-            if (window == NoWindow && UsesHopperAttention) HopperForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
-            else FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window);
+            HopperForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts);
+            return;
+        }
+        if (FlashForwardEligible(d, q, k, v, output))
+        {
+            FlashForward(q.DType, b, t, s, h, kh, d, pq, pk, pv, po, pl, sq, sk, sv, so, sc, starts, window, cap);
             return;
         }
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &d, &sq, &sk, &sv, &so, &sc, &starts, &window, &cap };

@@ -32,19 +32,25 @@ struct alignas(16) f32x4 { float x, y, z, w; };
 // thread always copies the same chunk c of rows r, r + NT/(D/8), ...; those rows share r & 7, so the swizzled offset
 // is one base plus a constant step, and the source one pointer plus a stride step: a couple of integer operations per
 // 16 bytes instead of a division, a swizzle and a 64-bit multiply each (the forward's integer pipe was its busiest).
+// At D = 256 (32 chunks a row, 4 rows a pass of 128 threads) a thread's rows alternate between two swizzle phases: the
+// offset of its k-th row is computed as such (tile_offset below).
+template <int D, int RS> __device__ __forceinline__ unsigned tile_offset(int r, int c, int k)
+{
+    if constexpr (RS % 8 == 0) return (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4)) + (unsigned)(k * RS * D * 2);
+    else return (unsigned)((r + k * RS) * D * 2 + ((c ^ ((r + k * RS) & 7)) << 4));
+}
 template <int D, int ROWS, int NT, typename T>
 __device__ __forceinline__ void load_tile(unsigned dst, const T* base, i64 stride, int row0, int limit, int tid)
 {
     constexpr int CH = D / 8, RS = NT / CH, N = ROWS * CH / NT;
-    static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && RS % 8 == 0, "load_tile: thread count must tile the rows");
+    static_assert(NT % CH == 0 && (ROWS * CH) % NT == 0 && (RS % 8 == 0 || 8 % RS == 0), "load_tile: thread count must tile the rows");
     const int r = tid / CH, c = tid % CH;
-    const unsigned d0 = dst + (unsigned)(r * D * 2 + ((c ^ (r & 7)) << 4));
     const T* src = base + (i64)(row0 + r) * stride + c * 8;
     const i64 step = (i64)RS * stride;
     if (row0 + ROWS <= limit)
     {
 #pragma unroll
-        for (int k = 0; k < N; k++) cp_async16(d0 + k * RS * D * 2, src + k * step, true);
+        for (int k = 0; k < N; k++) cp_async16(dst + tile_offset<D, RS>(r, c, k), src + k * step, true);
     }
     else
     {
@@ -52,7 +58,7 @@ __device__ __forceinline__ void load_tile(unsigned dst, const T* base, i64 strid
         for (int k = 0; k < N; k++)
         {
             const bool ok = row0 + r + k * RS < limit;
-            cp_async16(d0 + k * RS * D * 2, ok ? src + k * step : base, ok);
+            cp_async16(dst + tile_offset<D, RS>(r, c, k), ok ? src + k * step : base, ok);
         }
     }
 }
@@ -80,13 +86,18 @@ template <typename T> struct DenseRows
 // PagedRows (a paged KV pool's rows, through the block table) is common.cuh's.
 
 // CTA: 64 * MT query rows (tile mb) of one query head, 4 warps of 16 * MT rows (MT m16 tiles per warp, so each
-// K/V fragment loaded by ldmatrix feeds MT mma); key/value tiles of 64 rows, double-buffered. qb, ob: the head's row 0
+// K/V fragment loaded by ldmatrix feeds MT mma); key/value tiles of BN rows, double-buffered. qb, ob: the head's row 0
 // (row strides q_t, o_t); keys and values through kr, vr; lse_row: the head's (Tq) log-sum-exps, or null.
-template <typename T, int D, int MT, typename Rows>
+// Heads of 256 (Gemma 2 2B/9B, Gemma 3): BN = 32 (the tiles take 96 KB of shared memory, two CTAs an SM) and Q's fragments
+// read from shared memory at every key block (held in registers they would take 64 of them beside the 128 of the output).
+// cap (Gemma 2's soft cap, 0 for none): each raw score x becomes (cap / scale) tanh(x scale / cap), so that its scaled value
+// is cap tanh(scale x / cap), before the mask.
+template <typename T, int D, int MT, typename Rows, int BN = 64>
 __device__ void flash_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq, int S, int mb,
-    float scale, int window)
+    float scale, int window, float cap = 0.f)
 {
-    constexpr int BM = 64 * MT, BN = 64, NT = 128, KD = D / 16, ND = D / 8;
+    constexpr int BM = 64 * MT, NT = 128, KD = D / 16, ND = D / 8;
+    constexpr bool QREG = D <= 128;   // Q's fragments in registers for the whole CTA
     extern __shared__ unsigned char smem[];
     const unsigned sQ = smem_u32(smem);
     const unsigned sK = sQ + BM * D * 2;       // 2 stages
@@ -103,7 +114,7 @@ __device__ void flash_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob
     vr.template load<D, BN, NT>(sV, nb0 * BN, S, tid);
     cp_async_commit();
 
-    unsigned qf[MT][KD][4];
+    unsigned qf[MT][QREG ? KD : 1][4];
     float oacc[MT][ND][4];
     float mrow[MT][2], lrow[MT][2];
 #pragma unroll
@@ -127,12 +138,12 @@ __device__ void flash_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        if (nb == nb0)
+        if (QREG && nb == nb0)
         {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int kk = 0; kk < KD; kk++)
+                for (int kk = 0; kk < (QREG ? KD : 1); kk++)
                     ldsm_x4(sQ + swz<D>(w0 + mt * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), qf[mt][kk][0], qf[mt][kk][1], qf[mt][kk][2], qf[mt][kk][3]);
         }
         const unsigned tK = sK + st * BN * D * 2, tV = sV + st * BN * D * 2;
@@ -144,6 +155,12 @@ __device__ void flash_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob
 #pragma unroll
         for (int kk = 0; kk < KD; kk++)
         {
+            if constexpr (!QREG)
+            {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+                    ldsm_x4(sQ + swz<D>(w0 + mt * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8), qf[mt][0][0], qf[mt][0][1], qf[mt][0][2], qf[mt][0][3]);
+            }
 #pragma unroll
             for (int j2 = 0; j2 < BN / 16; j2++)
             {
@@ -152,10 +169,20 @@ __device__ void flash_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++)
                 {
-                    Mma<T>::run(sacc[mt][2 * j2], qf[mt][kk], b0, b1);
-                    Mma<T>::run(sacc[mt][2 * j2 + 1], qf[mt][kk], b2, b3);
+                    Mma<T>::run(sacc[mt][2 * j2], qf[mt][QREG ? kk : 0], b0, b1);
+                    Mma<T>::run(sacc[mt][2 * j2 + 1], qf[mt][QREG ? kk : 0], b2, b3);
                 }
             }
+        }
+        if (cap > 0.f)
+        {
+            const float in = scale / cap, out = cap / scale;
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sacc[mt][j][e] = out * tanhf(sacc[mt][j][e] * in);
         }
         const int n0 = nb * BN;
         // Masking needed: keys past a row's position, past S, or (window) before the oldest key the warp's last row sees.
@@ -249,14 +276,14 @@ __device__ void flash_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob
 }
 
 // Dense: grid (query tiles, H, B), the last tiles (the most keys) first.
-template <typename T, int D, int MT>
+template <typename T, int D, int MT, int BN = 64>
 __device__ void flash_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
-    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, int window)
+    Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale, int window, float cap)
 {
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
     const DenseRows<T> kr{k + b * ks.b + (i64)kvh * ks.h, ks.t}, vr{v + b * vs.b + (i64)kvh * vs.h, vs.t};
-    flash_forward_tile<T, D, MT>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
-                                 lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale, window);
+    flash_forward_tile<T, D, MT, DenseRows<T>, BN>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
+                                                   lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale, window, cap);
 }
 
 // Paged prefill (serving): the chunked-prefill rows of a flattened batch (paged_attention.cu's layouts: q (N, H, D) with
@@ -1013,15 +1040,19 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
                                q_n, q_h, scale, min_rows, window, scales);                                      \
     }
 
-#define FLASH(n, T, D)                                                                                          \
+// The forward: key tiles of BN rows (64, or 32 at heads of 256); cap: Gemma 2's soft cap, 0 for none.
+#define FLASH_FORWARD(n, T, D, BN)                                                                              \
     extern "C" __global__ void __launch_bounds__(128) flash_forward_##n##_d##D(const T* q, const T* k,          \
         const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,      \
-        Strides3 os, float scale, const int* starts, int window)                                                \
+        Strides3 os, float scale, const int* starts, int window, float cap)                                     \
     {                                                                                                           \
         /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        flash_forward<T, D, FLASH_MT(D)>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale, window);         \
-    }                                                                                                           \
+        flash_forward<T, D, FLASH_MT(D), BN>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale, window, cap); \
+    }
+
+#define FLASH(n, T, D)                                                                                          \
+    FLASH_FORWARD(n, T, D, 64)                                                                                  \
     FLASH_GQA(n, T, D, 1) FLASH_GQA(n, T, D, 2) FLASH_GQA(n, T, D, 4)                                         \
     extern "C" __global__ void __launch_bounds__(128) paged_prefill_##n##_d##D(const T* q, const T* pool, T* out,  \
         const int* tables, const int* starts, const int* lengths, int B, int H, int K, int block_size,          \
@@ -1081,6 +1112,8 @@ FLASH(bf16, bf16, 64)
 FLASH(bf16, bf16, 128)
 FLASH(f16, f16, 64)
 FLASH(f16, f16, 128)
+FLASH_FORWARD(bf16, bf16, 256, 32)
+FLASH_FORWARD(f16, f16, 256, 32)
 FLASH_DECODE(bf16, bf16, 64)
 FLASH_DECODE(bf16, bf16, 128)
 FLASH_DECODE(bf16, bf16, 256)

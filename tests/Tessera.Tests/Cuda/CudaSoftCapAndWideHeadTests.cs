@@ -12,9 +12,10 @@ namespace Tessera.Tests.Cuda;
 /// <summary>
 /// Gemma 2's soft caps and head sizes above 128 (Gemma 2 2B and 9B, Gemma 3 1B and 270M have heads of 256) on the GPU,
 /// against the CPU backend in F64 on the same rounded inputs (the CPU ops are checked against direct references and finite
-/// differences in Tensors/CpuSoftCapTests). Capped attention and heads wider than 128 take the simple kernels
-/// (attention.cu), since the tensor-core kernels take neither; the caps bend: inputs in (-2, 2) give scores of about +-4 at
-/// D = 256 and a cap of 1. Tolerances as <see cref="CudaTestBase.Tolerance"/>: f32 1e-5, 16-bit 1e-2 relative in norm; the
+/// differences in Tensors/CpuSoftCapTests). Capped attention and heads of 256 take the kernels that cap and hold them: the
+/// forward on tensor cores (<c>flash_forward_*</c>, mma.sync, at 64, 128 and 256; not the Hopper forward), the split decode,
+/// the generic paged kernel, and the simple kernels (attention.cu) for the backward and for F32; the caps bend: inputs in
+/// (-2, 2) give scores of about +-4 at D = 256 and a cap of 1. Tolerances as <see cref="CudaTestBase.Tolerance"/>: f32 1e-5, 16-bit 1e-2 relative in norm; the
 /// 16-bit backward 2e-2 (P and dS rounded before the products, as the other 16-bit kernels).
 /// The kernels are also checked on the CPU emulation (KernelEmulationTests.SimpleAttentionKernelsGiveTheReferenceResultsOnTheCpuEmulation).
 /// </summary>
@@ -103,16 +104,34 @@ public sealed class CudaSoftCapAndWideHeadTests(CudaFixture fixture) : CudaTestB
     }
 
     /// <summary>
+    /// The tensor-core forward at heads of 256 (<c>flash_forward_bf16_d256</c>: key tiles of 32, 96 KB of shared memory) must
+    /// keep two CTAs an SM, the premise of its tile sizes (one would leave four warps to hide every latency); its registers and
+    /// local bytes (spills) are printed for the log beside the head-size-128 kernel's.
+    /// </summary>
+    [Fact]
+    public void TheWideHeadForwardKeepsTwoCtasAnSm()
+    {
+        var module = Gpu.Kernels.Module("flash_attention.cu");
+        foreach (var (d, keys) in new[] { (128, 64), (256, 32) })
+        {
+            int shared = (64 + 4 * keys) * d * 2;
+            var r = module.Resources($"flash_forward_bf16_d{d}", 128, shared);
+            Console.WriteLine($"[wide-head forward] flash_forward_bf16_d{d}: {r.Registers} registers, {r.LocalBytes} bytes local, {shared} bytes shared, {r.CtasPerSm} CTAs per SM");
+            if (d == 256) Assert.True(r.CtasPerSm >= 2, $"flash_forward_bf16_d256 fits {r.CtasPerSm} CTA(s) an SM at {shared} bytes of shared memory");
+        }
+    }
+
+    /// <summary>
     /// Decoding and prefill over a KV cache at device-side positions, capped and with wide heads: up to 16 new queries over at
-    /// least 256 cached positions take the split decode (<c>flash_decode_*</c>, the one flash kernel that caps and takes heads of
-    /// 256), more queries the simple kernel.
+    /// least 256 cached positions take the split decode (<c>flash_decode_*</c>, CUDA cores, at 64, 128 and 256), more queries
+    /// the tensor-core forward (16-bit) or the simple kernel.
     /// </summary>
     [Theory]
     [InlineData(DType.BF16, 256, 1, 600, 0, 1.0)]
     [InlineData(DType.BF16, 256, 3, 300, 64, 1.0)]
     [InlineData(DType.BF16, 128, 1, 3000, 0, 1.0)]   // past the grouped decode's 2048 keys: the grouped kernel does not cap
     [InlineData(DType.BF16, 256, 2, 400, 0, 0.0)]
-    [InlineData(DType.F16, 256, 20, 200, 0, 1.0)]    // a prefill chunk: the simple kernel at device positions
+    [InlineData(DType.F16, 256, 20, 200, 0, 1.0)]    // a prefill chunk: the tensor-core forward at device positions
     public void CappedOrWideHeadCachedAttentionMatchesTheCpu(DType dtype, int d, int t, int capacity, int window, double cap)
     {
         int b = 2, h = 8, kh = 2;

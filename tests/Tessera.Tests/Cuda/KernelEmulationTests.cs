@@ -498,6 +498,22 @@ public sealed class KernelEmulationTests
              "attention B=2 T=1 S=48 H=4 K=2 D=256 window=16 cap=1 cached lse", "all ok"]);
 
     /// <summary>
+    /// The tensor-core forward (flash_attention.cu's <c>flash_forward_bf16_d256</c>, key tiles of 32 and Q's fragments read from
+    /// shared memory at every key block, and <c>flash_forward_bf16_d64</c>) on the emulation's mma.sync, ldmatrix and cp.async:
+    /// heads of 256 and 64, with and without Gemma 2's cap of 1 (scores up to about +-4), a window, queries over a cache at
+    /// device-side starts, query and key counts inside a tile, against a double reference (Emulation/flash_forward.cpp:
+    /// 1.2e-2 for the bf16 output with bf16 softmax weights, 1e-5 for the log-sum-exp). Skipping the cap fails the capped
+    /// cases, and a thread's rows at D = 256 given one swizzle phase (the 64 and 128 loaders' shortcut) fail every case at 256
+    /// (both checked by hand).
+    /// </summary>
+    [Fact]
+    public void TensorCoreForwardGivesTheReferenceResultsOnTheCpuEmulation() =>
+        RunEmulated(["flash_attention.cu"], "flash_forward",
+            ["flash_forward D=256 T=70 S=70 window=0 cap=1 output", "flash_forward D=256 T=70 S=70 window=0 cap=0 lse",
+             "flash_forward D=256 T=45 S=100 window=24 cap=1 cached output", "flash_forward D=64 T=70 S=70 window=0 cap=1 output",
+             "flash_forward D=64 T=37 S=90 window=0 cap=0 cached lse", "all ok"]);
+
+    /// <summary>
     /// The per-query-head split decode (flash_attention.cu's <c>flash_decode_bf16_d64</c> and <c>_d256</c>): queries at
     /// device-side positions over a cache, keys split over CTAs and merged by the last CTA (counters left at zero) or the
     /// combine kernel, heads of 64 and 256, with and without Gemma 2's cap of 1 (scores up to about +-4), with a window,
