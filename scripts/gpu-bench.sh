@@ -20,7 +20,7 @@
 #       (the default set) adds op-by-op, cuBLASLt-products and per-op-profiled runs; "nopdl", "nogqa", "ctasN", "noearly" and
 #       "default" run without programmatic dependent launch, with the per-head decode attention, with N matrix-vector CTAs per SM,
 #       with the products' first weight loads after the wait even in a decode step, and the default again; "int8" with every
-#       weight matrix in int8, --quantize int8; "int8profile" the per-op profile of that; "fp8" and "fp8profile" the same with --quantize fp8; "int4" with --quantize int4, "int4profile" its per-op profile; "opts:K=V,..." with those backend options (no spaces: the variants are split on them); "resources" the step kernels' registers and CTAs per SM; "preset:NAME" the default decode of another preset, e.g. gemma2-2b; "hf:NAME" bench/pytorch/hf_decode.py's Hugging Face peer of that preset), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
+#       weight matrix in int8, --quantize int8; "int8profile" the per-op profile of that; "fp8" and "fp8profile" the same with --quantize fp8; "int4" with --quantize int4, "int4profile" its per-op profile; "opts:K=V,..." with those backend options (no spaces: the variants are split on them); "resources" the step kernels' registers and CTAs per SM; "preset:NAME" the default decode of another preset, e.g. gemma2-2b; "hf:NAME[:eager|sdpa]" bench/pytorch/hf_decode.py's Hugging Face peer of that preset, with that attention), RUN_NCU=1 (ncu's GPU time and DRAM bytes of
 #       every kernel of a few eager decode steps, in $OUT/ncu-decode.csv), LLAMA_CASES="PRESET:B:T[:recompute] ..." (gpu-train of
 #       Llama shapes, each followed by bench/pytorch/train_llama.py with the same shape unless LLAMA_TORCH=0; LLAMA_PROFILE=1 adds
 #       a profiled run of the first case with its per-op table), OFFLOAD_CASES="ARGS;ARGS" (gpu-offload runs, each in
@@ -208,7 +208,8 @@ run)
                 opts:*) decode --no-header --cuda-options "${variant#opts:}" ;;
                 resources) decode --no-header --resources ;;
                 preset:*) decode --no-header --preset "${variant#preset:}" ;;
-                hf:*) timeout "${TORCH_TIMEOUT:-300}" python3 "$dir/hf_decode.py" --preset "${variant#hf:}" --no-header 2>>"$out/bench.err" | tee -a "$out/decode.md" ;;
+                hf:*) IFS=: read -r _ hf_preset hf_attention <<< "$variant"
+                    timeout "${TORCH_TIMEOUT:-300}" python3 "$dir/hf_decode.py" --preset "$hf_preset" ${hf_attention:+--attention "$hf_attention"} --no-header 2>>"$out/bench.err" | tee -a "$out/decode.md" ;;
                 int8) decode --no-header --quantize int8 ;;
                 fp8) decode --no-header --quantize fp8 ;;
                 int4) decode --no-header --quantize int4 ;;

@@ -4,11 +4,12 @@
 The model is built from its transformers config at the shape of Tessera's preset (gemma2-2b: Gemma2ForCausalLM; gemma3-1b:
 Gemma3ForCausalLM), put on the GPU in bf16, and decoded the way the transformers documentation tells a user to decode fast:
 generate() with a static KV cache, whose forward transformers compiles with torch.compile (mode "reduce-overhead": CUDA
-graphs). Gemma 2 runs with eager attention, the implementation that applies its attention soft cap (SDPA drops it). One
+graphs). Gemma 2 runs with eager attention by default, the implementation that applies its attention soft cap; --attention
+sdpa runs it on SDPA, which drops the cap (less work than Tessera does, so a generous peer; its compile is much shorter). One
 prompt of P random tokens, N new tokens forced (min_new_tokens = N, no end token), after a warm-up generate that compiles.
 Decode ms/token = (time of generate(N) - time of generate(1)) / (N - 1): the prompt's pass and the first token cancel.
 
-    python3 bench/pytorch/hf_decode.py --preset gemma2-2b [--prompt 512] [--new 256] [--no-compile] [--no-header]
+    python3 bench/pytorch/hf_decode.py --preset gemma2-2b [--prompt 512] [--new 256] [--attention eager|sdpa] [--no-compile] [--no-header]
 """
 import argparse
 import time
@@ -37,12 +38,16 @@ def main():
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--no-compile", action="store_true", help="dynamic cache, eager forward")
+    ap.add_argument("--attention", choices=["eager", "sdpa"], help="transformers' attention implementation (default: eager for gemma2, sdpa for gemma3)")
     ap.add_argument("--no-header", action="store_true")
     a = ap.parse_args()
     cfg, attention = config_of(a.preset)
+    attention = a.attention or attention
     cfg._attn_implementation = attention
+    capped = getattr(cfg, "attn_logit_softcapping", None)
+    note = " attention" if not capped else (" attention, capped" if attention == "eager" else " attention: the cap dropped")
     torch.manual_seed(2)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16).cuda().eval()
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).cuda().eval()
     for p in model.parameters():
         p.data.normal_(0, 0.02)
     ids = torch.randint(0, cfg.vocab_size, (1, a.prompt), device="cuda")
@@ -69,7 +74,7 @@ def main():
     if not a.no_header:
         print("| system | model | dtype | decode step | prompt | new | prefill ms | decode ms/token | decode tokens/s | weight GB/s | peak GiB |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| transformers {transformers.__version__} + torch {torch.__version__} | {a.preset} | BF16 | {path} ({attention} attention) | "
+    print(f"| transformers {transformers.__version__} + torch {torch.__version__} | {a.preset} | BF16 | {path} ({attention}{note}) | "
           f"{a.prompt} | {a.new} | {one * 1000:.1f} | {ms:.3f} | {1000 / ms:.1f} | {weights / (ms / 1000) / 1e9:.0f} | "
           f"{torch.cuda.max_memory_allocated() / 2**30:.1f} |")
 
