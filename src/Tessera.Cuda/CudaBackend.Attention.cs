@@ -19,8 +19,8 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// Whether the per-query-head split decode (<c>flash_decode_*</c>, CUDA cores) takes this call: the layout of
-    /// <see cref="FlashEligible"/> at D = 64, 128 or 256, with or without a soft cap (it is the one kernel of
-    /// flash_attention.cu that caps, and the one instantiated at 256).
+    /// <see cref="FlashEligible"/> at D = 64, 128 or 256, with or without a soft cap (unlike the grouped decode, which takes
+    /// neither).
     /// </summary>
     private static bool FlashDecodeEligible(int d, params Tensor[] tensors) => (d == 64 || d == 128 || d == 256) && FlashLayout(tensors);
 
@@ -58,12 +58,15 @@ public sealed unsafe partial class CudaBackend
 
     private const int NoWindow = 1 << 30;
 
+    /// <summary>Key rows per tile of the tensor-core forward at heads of 256 (FLASH_FORWARD's BN for flash_forward_*_d256).</summary>
+    private const int FlashWideKeys = 32;
+
     private void FlashForward(DType dtype, int b, int t, int s, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pl,
         Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, float sc, ulong starts, int window, float cap)
     {
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts, &window, &cap };
         int rows = FlashBlock; // query rows per CTA: 64 * FLASH_MT(D) in flash_attention.cu
-        int keys = d == 256 ? 32 : FlashBlock;   // key rows per tile: FLASH_FORWARD's BN
+        int keys = d == 256 ? FlashWideKeys : FlashBlock;   // key rows per tile: FLASH_FORWARD's BN
         uint shared = (uint)((rows + 4 * keys) * d * 2); // Q tile + two stages of K and V
         string kernel = "flash_forward_" + FlashSuffix(dtype, d);
         PreferSharedMemory("flash_attention.cu", kernel);
@@ -339,8 +342,10 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// The soft cap as the kernels take it (Gemma 2's attn_logit_softcapping: each score s becomes cap tanh(s / cap); 0 for
-    /// none), checked as the CPU backend checks it. Only the simple kernels (attention.cu) and the generic paged kernel
-    /// (paged_attention.cu) cap; a capped call never takes the tensor-core kernels, which do not.
+    /// none), checked as the CPU backend checks it and as the kernels will read it (a float). The kernels that cap: the
+    /// tensor-core forward and the split decode (flash_attention.cu), the simple kernels (attention.cu) and the generic paged
+    /// kernel (paged_attention.cu); a capped call never takes the others (Hopper, the FlashAttention-2 backward, the grouped
+    /// decode, the specialized paged kernels).
     /// </summary>
     internal static float KernelSoftCap(string op, double softCap)
     {

@@ -195,7 +195,7 @@ public sealed record TransformerConfig
 
     /// <summary>Soft cap c of the attention scores, s = c tanh(s / c) after the scale and before the mask (Gemma 2's
     /// attn_logit_softcapping), or 0 (the default, left out of the JSON) for none. On CUDA, capped attention takes the kernels
-    /// that cap (the simple ones, the split decode, the generic paged kernel), not the tensor-core ones.</summary>
+    /// that cap (the tensor-core forward, the split decode, the simple kernels for the backward, the generic paged kernel).</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)]
     public double AttentionSoftCap { get; init; }
 

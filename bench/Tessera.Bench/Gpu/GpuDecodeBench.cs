@@ -114,7 +114,7 @@ public static class GpuDecodeBench
         foreach (var epilogue in new[] { "", "_swiglu", "_rope" })
             Row("gemv.cu", $"gemv_stream{epilogue}_bf16_m1", 256, config.Embedding * 2);
         // The query rows a kv head serves at T = 1, against the cache generate makes (the model's longest sequence).
-        Row("flash_attention.cu", backend.FlashDecodeKernel(DType.BF16, config.HeadSize, config.Heads / config.EffectiveKvHeads, config.MaxSequenceLength), 128, 0);
+        Row("flash_attention.cu", backend.FlashDecodeKernel(DType.BF16, config.HeadSize, config.Heads / config.EffectiveKvHeads, config.MaxSequenceLength, config.AttentionSoftCap), 128, 0);
     }
 
     /// <summary>Bytes read plus written per second by a 1 GiB device-to-device copy: the bandwidth a streaming kernel can hope for.</summary>

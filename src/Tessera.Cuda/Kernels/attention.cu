@@ -7,7 +7,8 @@
 // keys p - window + 1 .. p (the host passes 1 << 30 for none); tiles left of every window are skipped.
 // Soft cap (Gemma 2's attn_logit_softcapping; 0 for none): the score scale q.k becomes cap tanh(scale q.k / cap) before the
 // mask and the softmax, and the backward multiplies dS by the cap's slope 1 - (capped / cap)^2, as the CPU backend does.
-// These kernels take every head size up to MAXD (the tensor-core kernels take 64 and 128 only) and every capped call.
+// These kernels take every head size up to MAXD and every capped call: the backward of capped or 256-wide attention, F32, and
+// head sizes the tensor-core kernels (64, 128 and, forward only, 256) do not take.
 #define WARPS 4
 #define TILE 32
 #define MAXD 256

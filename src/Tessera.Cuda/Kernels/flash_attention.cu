@@ -176,13 +176,14 @@ __device__ void flash_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob
         }
         if (cap > 0.f)
         {
-            const float in = scale / cap, out = cap / scale;
+            // (x scale) / cap, not x (scale / cap): with a tiny cap the latter is 0 times infinity at x = 0.
+            const float out = cap / scale;
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
                 for (int j = 0; j < BN / 8; j++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++) sacc[mt][j][e] = out * tanhf(sacc[mt][j][e] * in);
+                    for (int e = 0; e < 4; e++) sacc[mt][j][e] = out * tanhf(sacc[mt][j][e] * scale / cap);
         }
         const int n0 = nb * BN;
         // Masking needed: keys past a row's position, past S, or (window) before the oldest key the warp's last row sees.
@@ -1087,7 +1088,7 @@ __device__ void flash_backward(const T* q, const T* k, const T* v, const T* dout
 
 // The per-query-head split decode and its combine: CUDA cores only, so every head size whose rows are whole 16-byte
 // chunks could take it; instantiated at 64 and 128 beside the tensor-core kernels and at 256 (Gemma 2 2B/9B, Gemma 3) alone.
-// cap: Gemma 2's soft cap (0 for none), which no other kernel of this file applies.
+// cap: Gemma 2's soft cap (0 for none); the forward applies it too, the grouped decode and the backward do not.
 #define FLASH_DECODE(n, T, D)                                                                                   \
     extern "C" __global__ void __launch_bounds__(128) flash_decode_##n##_d##D(const T* q, const T* k,           \
         const T* v, float* part, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs,           \
