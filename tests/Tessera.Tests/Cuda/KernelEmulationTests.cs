@@ -587,7 +587,8 @@ public sealed class KernelEmulationTests
         var dir = Directory.CreateTempSubdirectory("tessera-kernel-emulation-");
         try
         {
-            File.Copy(Path.Combine(here, "cuda_emulation.h"), Path.Combine(dir.FullName, "cuda_emulation.h"));
+            foreach (var header in Directory.GetFiles(here, "*.h"))   // the emulation, and helpers the check programs share
+                File.Copy(header, Path.Combine(dir.FullName, Path.GetFileName(header)));
             File.Copy(Path.Combine(here, program + ".cpp"), Path.Combine(dir.FullName, program + ".cpp"));
             // A kernel's dynamic shared memory (extern __shared__) becomes a global array that the check program defines.
             var kernels = "#include \"cuda_emulation.h\"\n" + string.Concat(kernelFiles.Prepend("common.cuh")

@@ -1,37 +1,21 @@
 // The simple attention kernels (attention.cu) in their f32 instantiation on the CPU emulation of CUDA (cuda_emulation.h),
 // against a double reference: the forward (output and log-sum-exp), the forward over a cache (each sequence's queries at its
 // device-side start), and the backward (delta, dq, dk and dv) of causal grouped-query attention. These kernels take every
-// head size up to 256 and every soft-capped call (the tensor-core kernels take 64 and 128 and no cap), so the cases are head
+// head size up to 256 and every soft-capped call (they are the backward of capped and 256-wide attention), so the cases are head
 // sizes 256 (Gemma 2 2B/9B, Gemma 3) and 40 (not a multiple of 32), with and without Gemma 2's soft cap, with a sliding
 // window. Inputs are uniform in (-2, 2), so at D = 256 and scale 1/16 the scores reach about +-4 and a cap of 1 bends most
 // of them (a kernel that skipped the cap, or its slope in the backward, misses by O(1)). Prints one line per check; the
 // exit code is the number of failures. kernels.h is written by the test: the emulation, common.cuh, attention.cu.
 #include "kernels.h"
+#include "attention_reference.h"
 #include <random>
 #include <string>
 
 float smem[1 << 15];   // the kernels' dynamic shared memory (extern __shared__): 74 KB at D = 256, the dk/dv kernel's most
-static int failures = 0;
 
 // Tolerances: f32 dot products of up to 256 terms, expf, tanhf and the online rescaling against double give ~1e-6 of the
 // largest value; the backward sums those over up to 50 queries or keys and a group of 2 heads: 1e-5 and 5e-5 leave margin,
 // and a wrong key, head, mask or a missing cap term is O(1e-1) or more.
-static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < e.size(); i++)
-    {
-        if (!std::isfinite(a[i])) { md = INFINITY; break; }
-        md = std::max(md, std::abs(a[i] - e[i]));
-        mr = std::max(mr, std::abs(e[i]));
-    }
-    const double rel = md / (mr > 0 ? mr : 1);
-    const bool ok = rel <= tol;
-    printf("%-64s rel err %.3e %s\n", what, rel, ok ? "ok" : "FAIL");
-    if (!ok) failures++;
-}
-
-static double capped(double raw, double cap) { return cap > 0 ? cap * std::tanh(raw / cap) : raw; }
 
 // B sequences of T queries at positions start_b .. start_b + T - 1 over S_b = start_b + T keys (start_b = S - T without a
 // cache), H query heads over K kv heads, (B, T, H, D) and (B, S, K, D) contiguous.
@@ -49,54 +33,36 @@ static void run(int B, int T, int S, int H, int K, int D, int window, float cap,
     const float scale = 1.f / std::sqrt((float)D);
     const int kernel_window = window > 0 ? window : 1 << 30;
 
-    // Reference, double: o, lse; and the backward (without a cache: S = T).
-    std::vector<double> eo(q.size()), elog((size_t)B * H * T), edq(q.size(), 0.0), edk(k.size(), 0.0), edv(k.size(), 0.0);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++)
-            for (int t = 0; t < T; t++)
+    // Reference, double: o, lse; and the backward (without a cache: S = T) from each query's capped scores y and probabilities p.
+    std::vector<double> eo, elog, edq(q.size(), 0.0), edk(k.size(), 0.0), edv(k.size(), 0.0);
+    auto at = [&](const std::vector<float>& x, int rows, int heads) {
+        return [&x, rows, heads, D](int b, int r, int h, int d) { return (double)x[(((size_t)b * rows + r) * heads + h) * D + d]; };
+    };
+    reference_attention(B, T, H, K, D, starts, window, scale, cap, at(q, T, H), at(k, S, K), at(v, S, K), eo, elog,
+        [&](int b, int h, int t, int lo, int pos, const std::vector<double>& y, const std::vector<double>& p) {
+            if (!backward) return;
+            const int g = h / (H / K);
+            const float* qr = &q[(((size_t)b * T + t) * H + h) * D];
+            const float* dr = &dout[(((size_t)b * T + t) * H + h) * D];
+            const double* o = &eo[(((size_t)b * T + t) * H + h) * D];
+            double delta = 0;
+            for (int d = 0; d < D; d++) delta += (double)dr[d] * o[d];
+            for (int j = lo; j <= pos; j++)
             {
-                const int g = h / (H / K), pos = starts[b] + t, lo = window > 0 ? std::max(0, pos - window + 1) : 0;
-                const float* qr = &q[(((size_t)b * T + t) * H + h) * D];
-                std::vector<double> p(pos + 1, 0.0), raw(pos + 1, 0.0);
-                double big = -INFINITY, sum = 0;
-                for (int j = lo; j <= pos; j++)
+                const float* kr = &k[(((size_t)b * S + j) * K + g) * D];
+                const float* vr = &v[(((size_t)b * S + j) * K + g) * D];
+                double dp = 0;
+                for (int d = 0; d < D; d++) dp += (double)dr[d] * vr[d];
+                const double slope = cap > 0 ? 1 - (y[j] / cap) * (y[j] / cap) : 1;
+                const double ds = p[j] * (dp - delta) * slope * scale;   // dL / d(q.k)
+                for (int d = 0; d < D; d++)
                 {
-                    const float* kr = &k[(((size_t)b * S + j) * K + g) * D];
-                    double dot = 0;
-                    for (int d = 0; d < D; d++) dot += (double)qr[d] * kr[d];
-                    raw[j] = dot * scale;
-                    p[j] = capped(raw[j], cap);
-                    big = std::max(big, p[j]);
-                }
-                for (int j = lo; j <= pos; j++) { p[j] = std::exp(p[j] - big); sum += p[j]; }
-                double* o = &eo[(((size_t)b * T + t) * H + h) * D];
-                for (int j = lo; j <= pos; j++)
-                {
-                    p[j] /= sum;
-                    const float* vr = &v[(((size_t)b * S + j) * K + g) * D];
-                    for (int d = 0; d < D; d++) o[d] += p[j] * vr[d];
-                }
-                elog[((size_t)b * H + h) * T + t] = big + std::log(sum);
-                if (!backward) continue;
-                const float* dr = &dout[(((size_t)b * T + t) * H + h) * D];
-                double delta = 0;
-                for (int d = 0; d < D; d++) delta += (double)dr[d] * o[d];
-                for (int j = lo; j <= pos; j++)
-                {
-                    const float* kr = &k[(((size_t)b * S + j) * K + g) * D];
-                    const float* vr = &v[(((size_t)b * S + j) * K + g) * D];
-                    double dp = 0;
-                    for (int d = 0; d < D; d++) dp += (double)dr[d] * vr[d];
-                    const double y = capped(raw[j], cap), slope = cap > 0 ? 1 - (y / cap) * (y / cap) : 1;
-                    const double ds = p[j] * (dp - delta) * slope * scale;   // dL / d(q.k)
-                    for (int d = 0; d < D; d++)
-                    {
-                        edq[(((size_t)b * T + t) * H + h) * D + d] += ds * kr[d];
-                        edk[(((size_t)b * S + j) * K + g) * D + d] += ds * qr[d];
-                        edv[(((size_t)b * S + j) * K + g) * D + d] += p[j] * dr[d];
-                    }
+                    edq[(((size_t)b * T + t) * H + h) * D + d] += ds * kr[d];
+                    edk[(((size_t)b * S + j) * K + g) * D + d] += ds * qr[d];
+                    edv[(((size_t)b * S + j) * K + g) * D + d] += p[j] * dr[d];
                 }
             }
+        });
 
     std::vector<float> o(q.size(), NAN), lse((size_t)B * H * T, NAN);
     Strides3 qs{(i64)T * H * D, (i64)H * D, D}, ks{(i64)S * K * D, (i64)K * D, D};

@@ -7,6 +7,7 @@
 // zero-filled rows and the masks. Prints one line per check; the exit code is the number of failures. kernels.h is written
 // by the test: the emulation, common.cuh, flash_attention.cu.
 #include "kernels.h"
+#include "attention_reference.h"
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -15,22 +16,6 @@
 
 alignas(128) unsigned char smem[1 << 17];   // the kernels' dynamic shared memory: 96 KB at D = 256 (Q, two stages of K and V)
 float pre_sums[1 << 14];                    // flash_backward_pre_sums's (unused here)
-static int failures = 0;
-
-static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < e.size(); i++)
-    {
-        if (!std::isfinite(a[i])) { md = INFINITY; break; }
-        md = std::max(md, std::abs(a[i] - e[i]));
-        mr = std::max(mr, std::abs(e[i]));
-    }
-    const double rel = md / (mr > 0 ? mr : 1);
-    printf("%-72s rel err %.3e %s\n", what, rel, rel <= tol ? "ok" : "FAIL");
-    if (!(rel <= tol)) failures++;
-}
-
 // B sequences of T queries over S keys (H query heads, K kv heads, contiguous (B, T, H, D) and (B, S, K, D)); without a
 // cache query t sits at S - T + t, with one sequence b's queries at starts[b] + t over its starts[b] + T keys.
 static void run(int D, int T, int S, int window, float cap, bool cached)
@@ -46,28 +31,12 @@ static void run(int D, int T, int S, int window, float cap, bool cached)
     const float scale = 1.f / std::sqrt((float)D);
     const int kernel_window = window > 0 ? window : 1 << 30;
 
-    std::vector<double> eo(q.size(), 0.0), elog((size_t)B * H * T);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++)
-            for (int t = 0; t < T; t++)
-            {
-                const int g = h / (H / K), pos = starts[b] + t, lo = window > 0 ? std::max(0, pos - window + 1) : 0;
-                std::vector<double> p(pos + 1);
-                double big = -INFINITY, sum = 0;
-                for (int j = lo; j <= pos; j++)
-                {
-                    double dot = 0;
-                    for (int d = 0; d < D; d++)
-                        dot += (double)to_f(q[(((size_t)b * T + t) * H + h) * D + d]) * to_f(k[(((size_t)b * S + j) * K + g) * D + d]);
-                    p[j] = cap > 0 ? cap * std::tanh(dot * scale / cap) : dot * scale;
-                    big = std::max(big, p[j]);
-                }
-                for (int j = lo; j <= pos; j++) { p[j] = std::exp(p[j] - big); sum += p[j]; }
-                for (int j = lo; j <= pos; j++)
-                    for (int d = 0; d < D; d++)
-                        eo[(((size_t)b * T + t) * H + h) * D + d] += p[j] / sum * to_f(v[(((size_t)b * S + j) * K + g) * D + d]);
-                elog[((size_t)b * H + h) * T + t] = big + std::log(sum);
-            }
+    std::vector<double> eo, elog;
+    auto at = [&](const std::vector<bf16>& x, int rows, int heads) {
+        return [&x, rows, heads, D](int b, int r, int h, int d) { return (double)to_f(x[(((size_t)b * rows + r) * heads + h) * D + d]); };
+    };
+    reference_attention(B, T, H, K, D, std::vector<int>(std::begin(starts), std::end(starts)), window, scale, cap, at(q, T, H), at(k, S, K),
+                        at(v, S, K), eo, elog, [](int, int, int, int, int, const std::vector<double>&, const std::vector<double>&) {});
 
     std::vector<bf16> o(q.size(), from_f<bf16>(NAN));
     std::vector<float> lse(elog.size(), NAN);
