@@ -35,10 +35,7 @@ static void run(int B, int T, int S, int H, int K, int D, int window, float cap,
 
     // Reference, double: o, lse; and the backward (without a cache: S = T) from each query's capped scores y and probabilities p.
     std::vector<double> eo, elog, edq(q.size(), 0.0), edk(k.size(), 0.0), edv(k.size(), 0.0);
-    auto at = [&](const std::vector<float>& x, int rows, int heads) {
-        return [&x, rows, heads, D](int b, int r, int h, int d) { return (double)x[(((size_t)b * rows + r) * heads + h) * D + d]; };
-    };
-    reference_attention(B, T, H, K, D, starts, window, scale, cap, at(q, T, H), at(k, S, K), at(v, S, K), eo, elog,
+    reference_attention(B, T, H, K, D, starts, window, scale, cap, tensor_at(q, T, H, D), tensor_at(k, S, K, D), tensor_at(v, S, K, D), eo, elog,
         [&](int b, int h, int t, int lo, int pos, const std::vector<double>& y, const std::vector<double>& p) {
             if (!backward) return;
             const int g = h / (H / K);

@@ -28,6 +28,13 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
 // The scaled score s capped as Gemma 2 does: cap tanh(s / cap), s itself without a cap (cap 0).
 static double capped_score(double s, double cap) { return cap > 0 ? cap * std::tanh(s / cap) : s; }
 
+// Element (b, r, h, d) of a contiguous (B, rows, heads, D) tensor of floats or 16-bit values as a double: the accessor that
+// reference_attention takes (kernels.h, included first, gives to_f).
+template <typename T> static auto tensor_at(const std::vector<T>& x, int rows, int heads, int D)
+{
+    return [&x, rows, heads, D](int b, int r, int h, int d) { return (double)to_f(x[(((size_t)b * rows + r) * heads + h) * D + d]); };
+}
+
 // B sequences of T queries, H query heads over K kv heads of D channels; sequence b's query t sits at position
 // starts[b] + t and sees keys lo .. that position (lo: 0, or the window's oldest). q(b, t, h, d), k(b, j, g, d) and
 // v(b, j, g, d) give the inputs as doubles. Fills out (B, T, H, D) and lse (B, H, T, natural log), and calls

@@ -7,6 +7,7 @@
 // written by the test: the emulation, common.cuh, flash_attention.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
+#include "attention_reference.h"   // check
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -14,21 +15,6 @@
 
 unsigned char smem[1 << 16];        // the file's other kernels' dynamic shared memory (unused here)
 float pre_sums[1 << 14];            // flash_backward_pre_sums's (H D floats)
-static int failures = 0;
-
-static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < e.size(); i++)
-    {
-        if (!std::isfinite(a[i])) { md = INFINITY; break; }
-        md = std::max(md, std::abs(a[i] - e[i]));
-        mr = std::max(mr, std::abs(e[i]));
-    }
-    const double rel = md / (mr > 0 ? mr : 1);
-    printf("%-64s rel err %.3e %s\n", what, rel, rel <= tol ? "ok" : "FAIL");
-    if (!(rel <= tol)) failures++;
-}
 
 // O and dO as (B, T, H, D) views into rows of W heads (the fused layout's stride), first head at `offset`.
 static void run(int B, int T, int H, int D, int blocks)
