@@ -70,3 +70,13 @@ static void reference_attention(int B, int T, int H, int K, int D, const std::ve
                 row(b, h, t, lo, pos, y, p);
             }
 }
+
+// The forward alone: out and lse of bf16 or float tensors (B, T, H, D), (B, S, K, D) as reference_attention computes them.
+template <typename E>
+static void reference_attention(int B, int T, int S, int H, int K, int D, const std::vector<int>& starts, int window, double scale, double cap,
+                                const std::vector<E>& q, const std::vector<E>& k, const std::vector<E>& v, std::vector<double>& out,
+                                std::vector<double>& lse)
+{
+    reference_attention(B, T, H, K, D, starts, window, scale, cap, tensor_at(q, T, H, D), tensor_at(k, S, K, D), tensor_at(v, S, K, D), out,
+                        lse, [](int, int, int, int, int, const std::vector<double>&, const std::vector<double>&) {});
+}

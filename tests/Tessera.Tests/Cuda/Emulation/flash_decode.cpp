@@ -26,18 +26,16 @@ static void run(int D, int T, int window, float cap, int splits, bool counters)
     for (auto& x : q) x = from_f<bf16>(u(rng));
     for (auto& x : k) x = from_f<bf16>(u(rng));
     for (auto& x : v) x = from_f<bf16>(u(rng) / 2);
-    const int starts[B] = {97, S - T};
+    const std::vector<int> starts = {97, S - T};
     const float scale = 1.f / std::sqrt((float)D);
     const int kernel_window = window > 0 ? window : 1 << 30;
 
     std::vector<double> eo, elog;
-    reference_attention(B, T, H, K, D, std::vector<int>(std::begin(starts), std::end(starts)), window, scale, cap, tensor_at(q, T, H, D),
-                        tensor_at(k, S, K, D), tensor_at(v, S, K, D), eo, elog,
-                        [](int, int, int, int, int, const std::vector<double>&, const std::vector<double>&) {});
+    reference_attention(B, T, S, H, K, D, starts, window, scale, cap, q, k, v, eo, elog);
 
     std::vector<float> part((size_t)B * H * T * splits * (D + 2), NAN), lse(elog.size(), NAN);
     std::vector<bf16> o(q.size(), from_f<bf16>(NAN));
-    std::vector<int> count((size_t)B * H, 0), st(starts, starts + B);
+    std::vector<int> count((size_t)B * H, 0), st(starts);
     Strides3 qs{(i64)T * H * D, (i64)H * D, D}, ks{(i64)S * K * D, (i64)K * D, D};
     int* pc = counters ? count.data() : nullptr;
     auto launch = [&](auto kernel) {

@@ -32,9 +32,7 @@ static void run(int D, int T, int S, int window, float cap, bool cached)
     const int kernel_window = window > 0 ? window : 1 << 30;
 
     std::vector<double> eo, elog;
-    reference_attention(B, T, H, K, D, std::vector<int>(std::begin(starts), std::end(starts)), window, scale, cap, tensor_at(q, T, H, D),
-                        tensor_at(k, S, K, D), tensor_at(v, S, K, D), eo, elog,
-                        [](int, int, int, int, int, const std::vector<double>&, const std::vector<double>&) {});
+    reference_attention(B, T, S, H, K, D, starts, window, scale, cap, q, k, v, eo, elog);
 
     std::vector<bf16> o(q.size(), from_f<bf16>(NAN));
     std::vector<float> lse(elog.size(), NAN);
