@@ -109,10 +109,8 @@ public sealed unsafe partial class CudaBackend
         int variant = HopperBackwardVariantFor(d, h, kh, t);
         // flash_backward_hopper_v2's flags: 1 = CTAs largest work first, 2 = dQ by bulk reductions of fragment-order tiles,
         // 4 = dQ's product before dK's (reductions per element), 8 = (with 2, head size 64) the dQ tile in its own buffer, sent
-        // while dK runs, dK waited for in the next block; 16 = (head size 64) K and V as the register A operands of S^T and dP^T
-        // (variants 9 and 10; at head size 128 they run as 3 and 7).
-        if (variant is 9 or 10 && d != 64) variant = variant == 9 ? 3 : 7;
-        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, 5 => 5, 6 => 2, 7 => 11, 8 => 10, 9 => 19, 10 => 27, _ => 0 };
+        // while dK runs, dK waited for in the next block.
+        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, 5 => 5, 6 => 2, 7 => 11, 8 => 10, _ => 0 };
         bool tiles = (flags & 2) != 0, separateTile = tiles && (flags & 8) != 0 && d == 64;
         long rows = (long)b * t * h;
         // dqacc: (B, T, H, D) for the reductions per element; for the bulk reductions (B, H, query blocks of 64, 64, D), the
@@ -148,8 +146,8 @@ public sealed unsafe partial class CudaBackend
         uint shared = (uint)(1024 + 2 * keys * d * 2 + 4 * HopperBackwardQueries * d * 2
             + keys * HopperBackwardQueries * 2 + 4 * HopperBackwardQueries * sizeof(float)
             + (separateTile ? HopperBackwardQueries * d * sizeof(float) : 0));
-        // flags 4 and 8 exist only in the v2x build of the second kernel (the v2 build keeps the code measured first), 16 in v2k
-        string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 16) != 0 ? "v2k_" : (flags & 12) != 0 ? "v2x_" : "v2_") + suffix;
+        // flags 4 and 8 exist only in the v2x build of the second kernel (the v2 build keeps the code measured first)
+        string kernel = "flash_backward_hopper_" + (variant == 1 ? (wgs == 1 ? "wg1_" : "") : (flags & 12) != 0 ? "v2x_" : "v2_") + suffix;
         PreferSharedMemory(HopperFile, kernel);
         var blocks = ((uint)((t + keys - 1) / keys), (uint)kh, (uint)b);
         long qRows = (long)b * queryBlocks * (d / 64);

@@ -597,7 +597,7 @@ template <> __device__ __forceinline__ float unpack_hi<f16>(unsigned w)
     return f;
 }
 
-template <typename T, int D, bool EXTRA, bool KVREGS = false>
+template <typename T, int D, bool EXTRA>
 __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
     float* dqacc, T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds,
     Strides3 dks, Strides3 dvs, float scale, int flags)
@@ -614,9 +614,6 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
     // sep: the dQ tile in its own buffer after lse/delta (head size 64 only: 16 KB more, three CTAs still fit an SM).
     // EXTRA: the kernel with flags 4 and 8 (flash_backward_hopper_v2x); without it they are compiled out, so that the
     // other variants' code and registers stay those of the kernel measured first.
-    // KVREGS (flash_backward_hopper_v2k, head size 64, with EXTRA's flags): K and V are read from shared memory once, into
-    // the register A fragments of S^T = K Q^T and dP^T = V dO^T, which then read only Q and dO from shared memory (a quarter
-    // less shared-memory traffic a query block; 32 more registers a thread).
     const bool bulk = (flags & 2) != 0, sep = EXTRA && (flags & 8) != 0 && bulk && D == 64;
     const bool dqFirst = EXTRA && (((flags & 4) != 0 && !bulk) || sep);
     const unsigned sdQ = sdS + BN * BM * 2 + 4 * BM * 4;
@@ -664,9 +661,6 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
 #pragma unroll
     for (int kk = 0; kk < BM / 16; kk++) sa[kk][0] = sa[kk][1] = sa[kk][2] = sa[kk][3] = 0u;
 
-    static_assert(!KVREGS || D == 64, "K and V in registers only at head size 64");
-    unsigned kf[KVREGS ? KD : 1][4], vf[KVREGS ? KD : 1][4];   // (KVREGS) K's and V's A fragments, one per k16 step
-
     for (int it = 0; it < iters; it++)
     {
         const int st = it & 1;
@@ -675,44 +669,24 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
         cp_async_wait<0>();
         fence_async_shared();
         __syncthreads();   // this stage landed; every thread is past the previous block (its dS^T tile, its stage)
-        if constexpr (KVREGS)
-            if (it == 0)   // K and V landed with the first stage and stay in place
-#pragma unroll
-                for (int kk = 0; kk < KD; kk++)
-                {
-                    load_a_fragment_sw128<BN>(smem_raw, sK, kk, warp, g, c4, kf[kk]);
-                    load_a_fragment_sw128<BN>(smem_raw, sV, kk, warp, g, c4, vf[kk]);
-                }
 
         const u64 qdesc = sw128_descriptor(tQ, 16, 1024), odesc = sw128_descriptor(tdO, 16, 1024);
         float s[BM / 2], dp[BM / 2];
         wgmma_fence();
-        if constexpr (KVREGS)
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
         {
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++) Wgmma<T, BM>::rs_kmajor(s, kf[kk], desc_plus(qdesc, kk * 32), kk > 0);
-            wgmma_commit();
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++) Wgmma<T, BM>::rs_kmajor(dp, vf[kk], desc_plus(odesc, kk * 32), kk > 0);
-            wgmma_commit();
+            const unsigned ka = (kk >> 2) * BN * 128 + (kk & 3) * 32, qa = (kk >> 2) * BM * 128 + (kk & 3) * 32;
+            Wgmma<T, BM>::ss(s, desc_plus(kdesc, ka), desc_plus(qdesc, qa), kk > 0);
         }
-        else
+        wgmma_commit();
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
         {
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++)
-            {
-                const unsigned ka = (kk >> 2) * BN * 128 + (kk & 3) * 32, qa = (kk >> 2) * BM * 128 + (kk & 3) * 32;
-                Wgmma<T, BM>::ss(s, desc_plus(kdesc, ka), desc_plus(qdesc, qa), kk > 0);
-            }
-            wgmma_commit();
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++)
-            {
-                const unsigned ka = (kk >> 2) * BN * 128 + (kk & 3) * 32, qa = (kk >> 2) * BM * 128 + (kk & 3) * 32;
-                Wgmma<T, BM>::ss(dp, desc_plus(vdesc, ka), desc_plus(odesc, qa), kk > 0);
-            }
-            wgmma_commit();
+            const unsigned ka = (kk >> 2) * BN * 128 + (kk & 3) * 32, qa = (kk >> 2) * BM * 128 + (kk & 3) * 32;
+            Wgmma<T, BM>::ss(dp, desc_plus(vdesc, ka), desc_plus(odesc, qa), kk > 0);
         }
+        wgmma_commit();
 
         // The next block into the other stage: its last readers were the previous block's products (waited for, except
         // dK's with sep, waited for here) and, with the bulk reduction over the stage, that block's dQ tile going out.
@@ -1019,20 +993,7 @@ __device__ void hopper_dq_cast_tiles(const float* dqacc, T* dq, int B, int Tq, i
         hopper_dq_cast_tiles<T, D>(dqacc, dq, B, Tq, H, dqs, colsum);                                           \
     }
 
-// The second kernel with K and V in registers (head size 64 only), with the v2x build's flags.
-#define HOPPER_BACKWARD_V2K(n, T, D)                                                                            \
-    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_backward_hopper_v2k_##n##_d##D( \
-        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, float* dqacc,  \
-        T* dk, T* dv, int Tq, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 ds, Strides3 dks,  \
-        Strides3 dvs, float scale, int flags)                                                                   \
-    {                                                                                                           \
-        hopper_backward_v2<T, D, true, true>(q, k, v, dout, lse, delta, dqacc, dk, dv, Tq, H, KH, qs, ks, vs,   \
-                                             ds, dks, dvs, scale, flags);                                       \
-    }
-
 HOPPER_BACKWARD_V2(bf16, bf16, 64)
 HOPPER_BACKWARD_V2(bf16, bf16, 128)
 HOPPER_BACKWARD_V2(f16, f16, 64)
 HOPPER_BACKWARD_V2(f16, f16, 128)
-HOPPER_BACKWARD_V2K(bf16, bf16, 64)
-HOPPER_BACKWARD_V2K(f16, f16, 64)

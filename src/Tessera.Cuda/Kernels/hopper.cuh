@@ -113,20 +113,6 @@ __device__ __forceinline__ u64 sw128_descriptor(unsigned address, unsigned leadi
 // The same descriptor moved by bytes (a multiple of 16, within the 14-bit address field).
 __device__ __forceinline__ u64 desc_plus(u64 desc, unsigned bytes) { return desc + (u64)(bytes >> 4); }
 
-// The register A fragment (m64k16) of k16 step kk of a K-major swizzled tile of ROWS rows (above): warp w's rows
-// 16 w + g and + 8, columns 16 kk + 2 c (+ 1) and + 8, read from shared memory as four 32-bit words (a0 .. a3 as the header
-// lays them out). tile is its shared-space address; smem its generic pointer (the same bytes).
-template <int ROWS>
-__device__ __forceinline__ void load_a_fragment_sw128(const unsigned char* smem, unsigned tile, int kk, int warp, int g, int c4, unsigned* a)
-{
-    const unsigned char* base = smem + (tile - smem_u32(smem)) + (kk >> 2) * ROWS * 128;
-    const int r0 = warp * 16 + g, r1 = r0 + 8, ch = (kk & 3) * 2;
-    a[0] = *(const unsigned*)(base + r0 * 128 + ((ch ^ (r0 & 7)) << 4) + c4 * 4);
-    a[1] = *(const unsigned*)(base + r1 * 128 + ((ch ^ (r1 & 7)) << 4) + c4 * 4);
-    a[2] = *(const unsigned*)(base + r0 * 128 + (((ch + 1) ^ (r0 & 7)) << 4) + c4 * 4);
-    a[3] = *(const unsigned*)(base + r1 * 128 + (((ch + 1) ^ (r1 & 7)) << 4) + c4 * 4);
-}
-
 // Packs two floats into 16-bit pairs (lo in the low half).
 template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
 template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi) { return Mma<bf16>::pack(lo, hi); }
@@ -167,16 +153,6 @@ template <> struct Wgmma<bf16, 64>
                      : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 #ifndef __CUDA_ARCH__
         emu_wgmma(d, 64, a, 0, false, b, true, true, emu_bf16_bits);
-#endif
-    }
-    // d (64 x 64) = a (64 x 16, registers) * b (16 x 64, shared, K-major: the tile is stored as rows of n) (+ d when accumulate)
-    static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b, int accumulate)
-    {
-        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0; }"
-                     : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-#ifndef __CUDA_ARCH__
-        emu_wgmma(d, 64, a, 0, false, b, false, accumulate != 0, emu_bf16_bits);
 #endif
     }
 };
@@ -228,13 +204,6 @@ template <> struct Wgmma<f16, 64>
         HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1; }"
                      : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
-    }
-    // d (64 x 64) = a (64 x 16, registers) * b (16 x 64, shared, K-major: the tile is stored as rows of n) (+ d when accumulate)
-    static __device__ __forceinline__ void rs_kmajor(float* d, const unsigned* a, u64 b, int accumulate)
-    {
-        HOPPER_ASM("{ .reg .pred p; setp.ne.b32 p, %37, 0; "
-                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " WG_REGS64 ", {%32, %33, %34, %35}, %36, p, 1, 1, 0; }"
-                     : WG_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
     }
 };
 template <> struct Wgmma<f16, 128>

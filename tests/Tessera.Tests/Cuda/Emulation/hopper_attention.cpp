@@ -97,7 +97,7 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
 // flags < 0: the first kernel (flash_backward_hopper, WGS warpgroups); otherwise the second (one warpgroup) with those flags
 // (CudaBackendOptions.HopperBackwardVariant's: 1 largest work first, 2 dQ by bulk reductions of fragment-order tiles then
 // flash_backward_hopper_dq_cast, 4 dQ's product first, 8 with 2 and D 64 the dQ tile in its own buffer; 4 and 8 in the v2x
-// build; 16, D 64 only, K and V as register fragments: the v2k build).
+// build).
 static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags = -1)
 {
     std::mt19937 rng(29 + B * 7 + H * 5 + T * 3 + D + WGS);
@@ -182,7 +182,6 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags 
         if (D == 64) launch(WGS == 2 ? flash_backward_hopper_bf16_d64 : flash_backward_hopper_wg1_bf16_d64);
         else launch(WGS == 2 ? flash_backward_hopper_bf16_d128 : flash_backward_hopper_wg1_bf16_d128);
     }
-    else if (flags & 16) launch2(flash_backward_hopper_v2k_bf16_d64);   // K and V in registers (head size 64 only)
     else if (flags & 12) launch2(D == 64 ? flash_backward_hopper_v2x_bf16_d64 : flash_backward_hopper_v2x_bf16_d128);
     else launch2(D == 64 ? flash_backward_hopper_v2_bf16_d64 : flash_backward_hopper_v2_bf16_d128);
     std::vector<float> gq(nq);
@@ -341,7 +340,7 @@ int main()
     run_backward(1, 2, 1, 100, 64, 1);   // one warpgroup; a query block and a part; 2 query heads into one kv head's dK, dV
     run_backward(2, 2, 2, 150, 64, 2);   // two warpgroups (128 keys a CTA), the last CTA's second warpgroup past T
     run_backward(1, 2, 1, 70, 128, 1);   // head size 128: dQ in two 64-column halves
-    for (int flags : {0, 1, 2, 3, 5, 10, 11, 19, 27})   // the second kernel, every flag set the host uses (variants 2-10)
+    for (int flags : {0, 1, 2, 3, 5, 10, 11})   // the second kernel, every flag set the host uses (variants 2-8)
         run_backward(1, 4, 2, 150, 64, 1, flags);
     run_backward(1, 2, 1, 100, 128, 1, 2);      // D 128 with the bulk-reduced dQ tiles
     run_backward(2, 2, 2, 200, 128, 1, 3);      // D 128, two batches: two partial rows a query block
