@@ -97,6 +97,16 @@ public sealed unsafe partial class CudaBackend
     public int HopperBackwardVariantFor(int headSize, int queryHeads, int kvHeads, int t) =>
         Options.HopperBackwardVariant is not 0 ? Options.HopperBackwardVariant : MeasuredBestHopperBackward(headSize, queryHeads, kvHeads, t);
 
+    /// <summary>
+    /// The window of variants 9 and 10: how many (kv head, batch) pairs' key blocks of <paramref name="t"/> / 64 fill the CTAs
+    /// resident at once (3 an SM at head size 64, 1 at 128, over <paramref name="multiprocessors"/> SMs), at least 1.
+    /// </summary>
+    public static int HopperBackwardWindow(int multiprocessors, int headSize, int t)
+    {
+        int keyBlocks = (t + HopperBackwardQueries - 1) / HopperBackwardQueries;
+        return Math.Clamp(multiprocessors * (headSize == 64 ? 3 : 1) / Math.Max(1, keyBlocks), 1, 1 << 20);
+    }
+
     /// <summary>The default options' choice in <see cref="HopperBackwardVariantFor"/>: 3 or 6 (see there).</summary>
     public static int MeasuredBestHopperBackward(int headSize, int queryHeads, int kvHeads, int t) =>
         headSize == 64 && queryHeads >= 2 * kvHeads && t >= 2048 ? 3 : 6;
@@ -109,8 +119,10 @@ public sealed unsafe partial class CudaBackend
         int variant = HopperBackwardVariantFor(d, h, kh, t);
         // flash_backward_hopper_v2's flags: 1 = CTAs largest work first, 2 = dQ by bulk reductions of fragment-order tiles,
         // 4 = dQ's product before dK's (reductions per element), 8 = (with 2, head size 64) the dQ tile in its own buffer, sent
-        // while dK runs, dK waited for in the next block.
-        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, 5 => 5, 6 => 2, 7 => 11, 8 => 10, _ => 0 };
+        // while dK runs, dK waited for in the next block; 32 = CTAs largest work first within windows of flags >> 8 (kv head,
+        // batch) pairs (variants 9 and 10: 3 and 7 so ordered).
+        int flags = variant switch { 2 => 1, 3 => 3, 4 => 0, 5 => 5, 6 => 2, 7 => 11, 8 => 10, 9 => 34, 10 => 42, _ => 0 };
+        if ((flags & 32) != 0) flags |= HopperBackwardWindow(CudaDevice.MultiprocessorCount, d, t) << 8;
         bool tiles = (flags & 2) != 0, separateTile = tiles && (flags & 8) != 0 && d == 64;
         long rows = (long)b * t * h;
         // dqacc: (B, T, H, D) for the reductions per element; for the bulk reductions (B, H, query blocks of 64, 64, D), the

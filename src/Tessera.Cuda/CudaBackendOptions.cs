@@ -311,7 +311,10 @@ public sealed record CudaBackendOptions
     /// 4 = the second in the launch order of the first (to measure the ordering alone); 5 = 2 with dQ's product issued before
     /// dK's, so that its reductions go out while dK runs; 6 = 3 in the launch order of the first; 7 = 3 with (head size 64) the
     /// dQ tile in its own 16 KB buffer, dQ's product before dK's, the tile sent while dK runs and dK waited for in the next
-    /// query block; 8 = 7 in the launch order of the first. 0 (the default) = the measured best per shape
+    /// query block; 8 = 7 in the launch order of the first; 9 and 10 = 3 and 7 with their CTAs largest work first within
+    /// windows of (kv head, batch) pairs whose key blocks fill the resident CTAs (<see cref="CudaBackend.HopperBackwardWindow"/>),
+    /// so that the CTAs running at once share their heads' Q and dO in L2 as in the launch order. 0 (the default) = the measured
+    /// best per shape
     /// (<see cref="CudaBackend.HopperBackwardVariantFor"/>: variant 3 at head size 64 with grouped heads and T of at least 2,048,
     /// variant 6 elsewhere; H200, session 15).
     /// </summary>
@@ -441,8 +444,8 @@ public sealed record CudaBackendOptions
             throw new ArgumentException($"CUDA backend options: PagedDecodeSplitSpan ({PagedDecodeSplitSpan}) must be at least 1");
         if (PagedDecodeMinKeysPerSplit < 1)
             throw new ArgumentException($"CUDA backend options: PagedDecodeMinKeysPerSplit ({PagedDecodeMinKeysPerSplit}) must be at least 1");
-        if (HopperBackwardVariant is < 0 or > 8)
-            throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 8, or 0 for the measured best");
+        if (HopperBackwardVariant is < 0 or > 10)
+            throw new ArgumentException($"CUDA backend options: HopperBackwardVariant ({HopperBackwardVariant}) must be 1 to 10, or 0 for the measured best");
         if (Int4DecodeProductStages is not (4 or 8))
             throw new ArgumentException($"CUDA backend options: Int4DecodeProductStages ({Int4DecodeProductStages}) must be 4 or 8");
         if (Int4DecodeProductXTiles is not (1 or 2 or 4))

@@ -13,7 +13,7 @@ namespace Tessera.Bench.Gpu;
 /// after 3 warm-ups (CUDA events on each backend's stream), TFLOP/s counting the causal half of the products (forward
 /// 2 B H T^2 D, backward 2.5 times that), and the norm-wise relative difference of the two forwards' outputs.
 /// <para>A second table times the backward of each <see cref="CudaBackendOptions.HopperBackwardVariant"/> listed by
-/// --backward-variants (default 1 to 8; "none" skips it) against FA-2's, on the same inputs.</para>
+/// --backward-variants (default 1 to 10; "none" skips it) against FA-2's, on the same inputs.</para>
 /// --backward-only prints that table alone (FA-2's backward and the variants; the forward runs once, untimed), for a profiler.
 /// --fused-qkv passes q, k and v (and dq, dk, dv) as the model does: strided head slices of one (B, T, H + 2K, D) tensor, the
 /// fused QKV product's output, instead of three contiguous tensors.
@@ -28,7 +28,7 @@ public static class GpuAttentionBench
     {
         string shapes = "8,2048,32,8,64;4,4096,32,8,64;2,8192,32,8,64;8,2048,32,8,128;4,4096,32,8,128";
         int reps = 10;
-        string variantList = "1,2,3,4,5,6,7,8";
+        string variantList = "1,2,3,4,5,6,7,8,9,10";
         bool backwardOnly = false;
         bool fusedQkv = false;
         for (int i = 0; i < args.Length; i++)

@@ -626,6 +626,18 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
         kvh = lin % heads % gridDim.y;
         b = lin % heads / gridDim.y;
     }
+    else if (flags & 32)
+    {
+        // Largest work first within windows of W = flags >> 8 (kv head, batch) pairs, the windows in order: the CTAs running
+        // at once are the key blocks of about W pairs (they share those heads' Q and dO in L2, as in the launch order), and
+        // within a window the key blocks that see every query block start first (the causal tail of largest-first).
+        const int heads = gridDim.y * gridDim.z, window = max(1, flags >> 8), lin = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+        const int first = lin / (window * gridDim.x) * window, count = min(window, heads - first), within = lin - first * gridDim.x;
+        nb = within / count;
+        const int head = first + within % count;
+        kvh = head % gridDim.y;
+        b = head / gridDim.y;
+    }
     const int group = H / KH, n0 = nb * BN, nQB = (Tq + BM - 1) / BM;
     const int mStart = n0 / BM, per = nQB - mStart, iters = per * group;
     const float sl2 = scale * LOG2E;

@@ -100,7 +100,7 @@ public sealed class CudaBackendOptionsTests
     [InlineData("RopeAppendRowKernelMaxRows=-1", "RopeAppendRowKernelMaxRows (-1) must be 0 (never) or positive")]
     [InlineData("MatMulHeuristicCandidates=65", "MatMulHeuristicCandidates (65) must be 1 to 64")]
     [InlineData("MatMulSearchMaxRows=0", "MatMulSearchMaxRows (0) must be at least 1")]
-    [InlineData("HopperBackwardVariant=9", "HopperBackwardVariant (9) must be 1 to 8, or 0 for the measured best")]
+    [InlineData("HopperBackwardVariant=11", "HopperBackwardVariant (11) must be 1 to 10, or 0 for the measured best")]
     [InlineData("CrossEntropyThreadsPerRow=300", "CrossEntropyThreadsPerRow (300) must be 128, 256, 512 or 1024")]
     [InlineData("CrossEntropyClusterCtas=3", "CrossEntropyClusterCtas (3) must be 2, 4 or 8 CTAs a row, or 0")]
     [InlineData("SamplingClusterCtas=3", "SamplingClusterCtas (3) must be 1, 2, 4 or 8 CTAs a row, 0")]

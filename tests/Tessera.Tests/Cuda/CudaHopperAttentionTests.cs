@@ -28,7 +28,7 @@ public sealed class HopperAttentionFixture : IDisposable
             });
             Defaults = new CudaBackend(0, CudaBackendOptions.Default with { ProfileOps = true });
             Flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
-            BackwardVariants = [.. new[] { 2, 3, 4, 5, 6, 7, 8 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
+            BackwardVariants = [.. new[] { 2, 3, 4, 5, 6, 7, 8, 9, 10 }.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
             {
                 HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v, ProfileOps = true,
             }))];
@@ -43,7 +43,7 @@ public sealed class HopperAttentionFixture : IDisposable
     public CudaBackend? Flash2 { get; }
     /// <summary>The Hopper kernels with CTAs of one warpgroup (<see cref="CudaBackendOptions.HopperAttentionWarpgroups"/> = 1).</summary>
     public CudaBackend? OneWarpgroup { get; }
-    /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2 to 8), one backend each.</summary>
+    /// <summary>The second backward kernel's variants (<see cref="CudaBackendOptions.HopperBackwardVariant"/> 2 to 10), one backend each.</summary>
     public IReadOnlyList<CudaBackend> BackwardVariants { get; } = [];
     /// <summary>The default options (profiled): which backward they choose.</summary>
     public CudaBackend? Defaults { get; }
@@ -201,8 +201,8 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
                 be.Profiler!.Reset();
                 var (dq2, dk2, dv2) = Backward(be, dtype, q, k, v, o, dO, lse, b, t, h, kh, d, scale);
                 var names = be.Profiler.Totals().Select(r => r.Name).ToList();
-                Assert.Contains($"flash_backward_hopper_{(variant is 5 or 7 or 8 ? "v2x" : "v2")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
-                if (variant is 3 or 6 or 7 or 8) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
+                Assert.Contains($"flash_backward_hopper_{(variant is 5 or 7 or 8 or 10 ? "v2x" : "v2")}_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
+                if (variant is 3 or 6 or 7 or 8 or 9 or 10) Assert.Contains($"flash_backward_hopper_dq_cast_{(dtype == DType.BF16 ? "bf16" : "f16")}_d{d}", names);
                 Gradients($"backward variant {variant}", "the CPU backend", cpuGrads, (dq2, dk2, dv2));
                 Gradients($"backward variant {variant}", "FlashAttention-2", (dqF, dkF, dvF), (dq2, dk2, dv2));
             }

@@ -20,4 +20,17 @@ public sealed class HopperBackwardChoiceTests
     [InlineData(128, 32, 32, 1024, 6)]   // 16 x 1024, head size 128, one head a group: 1.440 against 2.369
     public void TheDefaultTakesTheFasterOrderOfTheMeasuredShape(int headSize, int queryHeads, int kvHeads, int t, int expected) =>
         Assert.Equal(expected, CudaBackend.MeasuredBestHopperBackward(headSize, queryHeads, kvHeads, t));
+
+    /// <summary>
+    /// Variants 9 and 10 order the CTAs largest work first within windows of (kv head, batch) pairs whose key blocks (T / 64)
+    /// fill the resident CTAs: 3 an SM at head size 64, 1 at 128 (an H100 or H200 has 132 SMs), never fewer than one pair.
+    /// </summary>
+    [Theory]
+    [InlineData(132, 64, 2048, 12)]      // llama-1b 8 x 2048: 396 resident CTAs over 32 key blocks
+    [InlineData(132, 64, 8192, 3)]       // 2 x 8192: 128 key blocks
+    [InlineData(132, 64, 2000, 12)]      // a partial last key block counts as one
+    [InlineData(132, 128, 2048, 4)]      // head size 128: one CTA an SM
+    [InlineData(132, 64, 65536, 1)]      // more key blocks than resident CTAs: one pair a window
+    public void TheBackwardWindowFillsTheResidentCtas(int multiprocessors, int headSize, int t, int expected) =>
+        Assert.Equal(expected, CudaBackend.HopperBackwardWindow(multiprocessors, headSize, t));
 }

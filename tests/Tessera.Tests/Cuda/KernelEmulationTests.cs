@@ -459,8 +459,8 @@ public sealed class KernelEmulationTests
     /// rounded to bf16; the log-sum-exp to 1e-3). The kernels are proven on the device (<see cref="CudaHopperAttentionTests"/>);
     /// here they prove the stand-in's descriptor layouts, K-, N- and M-major, which the decode products' emulation relies on too.
     /// The second backward kernel (<c>flash_backward_hopper_v2</c>/<c>v2x</c>) runs with every flag set the host uses (variants
-    /// 2-8: largest work first, dQ by bulk reductions of fragment-order tiles then <c>flash_backward_hopper_dq_cast</c>, dQ first,
-    /// the dQ tile in its own buffer), and with the tiles the column sums of dQ that the cast takes on the way (the QKV bias
+    /// 2-10: largest work first over all heads or within windows of heads, dQ by bulk reductions of fragment-order tiles then
+    /// <c>flash_backward_hopper_dq_cast</c>, dQ first, the dQ tile in its own buffer), and with the tiles the column sums of dQ that the cast takes on the way (the QKV bias
     /// gradient's q part, in partial rows), against the reference's.
     /// </summary>
     [Fact]
@@ -472,6 +472,8 @@ public sealed class KernelEmulationTests
              "hopper backward B=1 H=2 KH=1 T=70 D=128 WGS=1 dV", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=0 dQ",
              "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=3 dQ", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=5 dK",
              "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=11 dQ", "hopper backward B=1 H=2 KH=1 T=100 D=128 v2 flags=2 dQ",
+             "hopper backward B=3 H=4 KH=2 T=150 D=64 v2 flags=1058 dK", "hopper backward B=3 H=4 KH=2 T=150 D=64 v2 flags=1066 dV",
+             "hopper backward B=3 H=4 KH=2 T=150 D=64 v2 flags=1066 dQ column sums",
              "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=2 dQ column sums", "hopper backward B=1 H=4 KH=2 T=150 D=64 v2 flags=11 dQ column sums",
              "hopper backward B=1 H=2 KH=1 T=100 D=128 v2 flags=2 dQ column sums", "hopper backward B=2 H=2 KH=2 T=200 D=128 v2 flags=3 dQ column sums",
              "hopper paged prefill B=4 N=373 H=2 KH=1 D=64 WGS=1: short sequences untouched",

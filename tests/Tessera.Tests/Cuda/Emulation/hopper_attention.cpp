@@ -97,7 +97,7 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
 // flags < 0: the first kernel (flash_backward_hopper, WGS warpgroups); otherwise the second (one warpgroup) with those flags
 // (CudaBackendOptions.HopperBackwardVariant's: 1 largest work first, 2 dQ by bulk reductions of fragment-order tiles then
 // flash_backward_hopper_dq_cast, 4 dQ's product first, 8 with 2 and D 64 the dQ tile in its own buffer; 4 and 8 in the v2x
-// build).
+// build; 32 largest first within windows of flags >> 8 (kv head, batch) pairs).
 static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags = -1)
 {
     std::mt19937 rng(29 + B * 7 + H * 5 + T * 3 + D + WGS);
@@ -342,6 +342,9 @@ int main()
     run_backward(1, 2, 1, 70, 128, 1);   // head size 128: dQ in two 64-column halves
     for (int flags : {0, 1, 2, 3, 5, 10, 11})   // the second kernel, every flag set the host uses (variants 2-8)
         run_backward(1, 4, 2, 150, 64, 1, flags);
+    // Variants 9 and 10: largest first within windows of 4 (kv head, batch) pairs, over 6 pairs (a partial last window)
+    for (int flags : {34 | 4 << 8, 42 | 4 << 8})
+        run_backward(3, 4, 2, 150, 64, 1, flags);
     run_backward(1, 2, 1, 100, 128, 1, 2);      // D 128 with the bulk-reduced dQ tiles
     run_backward(2, 2, 2, 200, 128, 1, 3);      // D 128, two batches: two partial rows a query block
     run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 2, 1, 64, 1, 8);   // chunks after cached context; a 3-row sequence left alone
