@@ -85,14 +85,15 @@ public sealed unsafe partial class CudaBackend
     /// The Hopper backward variant in use for <paramref name="queryHeads"/> query heads over <paramref name="kvHeads"/> key/value
     /// heads of size <paramref name="headSize"/> at sequence length <paramref name="t"/> (see
     /// <see cref="CudaBackendOptions.HopperBackwardVariant"/>): the option, or where it is 0 the measured best. Both are the second
-    /// kernel with dQ through one bulk reduction per query block; they differ in the CTAs' order. Variant 3 (largest work first
-    /// over all heads) where the head size is 64, each key/value head serves at least two query heads and T is at least 2,048:
-    /// there a CTA walks group x T / 64 query blocks, the grid is a few waves, and starting the key blocks that see every query
-    /// block first shortens the causal tail (llama-1b 8 x 2048: 1.092 ms against 1.207). Variant 6 (the launch order: a head's key
-    /// blocks together, key block 0 first) everywhere else: the CTAs running at once then share their heads' Q and dO tiles in
-    /// L2, which largest-first spreads over every head (gpt2-124m's 64 x 1024, 12 heads: 1.083 ms against 1.819; 16 x 1024 with
-    /// groups of 4: 0.703 against 0.758; head size 128, 8 x 2048, groups of 4: 2.334 against 2.831). H200, session 15,
-    /// gpu-attention --fused-qkv; docs/benchmarks.md.
+    /// kernel with dQ through one bulk reduction per query block; they differ in the CTAs' order. Variant 9 (largest work first
+    /// within windows of heads that fill the resident CTAs) where each key/value head serves at least two query heads and T is at
+    /// least 2,048, at head size 64 or 128: there a CTA walks group x T / 64 query blocks and the causal tail decides, while the
+    /// CTAs running at once still share a few heads' Q and dO in L2 (H100, session 41, gpu-attention --fused-qkv: llama-1b
+    /// 8 x 2048 1.220 ms against 1.633 for largest first over all heads and 1.255 in the launch order; 2 x 8192 4.039 against
+    /// 4.272 and 4.153; llama-8b heads 8 x 2048 2.351 against 2.579 in the launch order). Variant 6 (the launch order: a head's
+    /// key blocks together, key block 0 first) everywhere else, where it beat largest-first over all heads by up to 1.7x
+    /// (gpt2-124m's 64 x 1024, 12 heads: 1.083 ms against 1.819; 16 x 1024 with groups of 4: 0.703 against 0.758; H200,
+    /// session 15). docs/benchmarks.md.
     /// </summary>
     public int HopperBackwardVariantFor(int headSize, int queryHeads, int kvHeads, int t) =>
         Options.HopperBackwardVariant is not 0 ? Options.HopperBackwardVariant : MeasuredBestHopperBackward(headSize, queryHeads, kvHeads, t);
@@ -107,9 +108,9 @@ public sealed unsafe partial class CudaBackend
         return Math.Clamp(multiprocessors * (headSize == 64 ? 3 : 1) / Math.Max(1, keyBlocks), 1, 1 << 20);
     }
 
-    /// <summary>The default options' choice in <see cref="HopperBackwardVariantFor"/>: 3 or 6 (see there).</summary>
+    /// <summary>The default options' choice in <see cref="HopperBackwardVariantFor"/>: 9 or 6 (see there).</summary>
     public static int MeasuredBestHopperBackward(int headSize, int queryHeads, int kvHeads, int t) =>
-        headSize == 64 && queryHeads >= 2 * kvHeads && t >= 2048 ? 3 : 6;
+        headSize is 64 or 128 && queryHeads >= 2 * kvHeads && t >= 2048 ? 9 : 6;
 
     private bool HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,
