@@ -87,10 +87,12 @@ public sealed unsafe partial class CudaBackend
     /// <see cref="CudaBackendOptions.HopperBackwardVariant"/>): the option, or where it is 0 the measured best. Both are the second
     /// kernel with dQ through one bulk reduction per query block; they differ in the CTAs' order. Variant 9 (largest work first
     /// within windows of heads that fill the resident CTAs) where each key/value head serves at least two query heads and T is at
-    /// least 2,048, at head size 64 or 128: there a CTA walks group x T / 64 query blocks and the causal tail decides, while the
+    /// least 1,024, at head size 64 or 128: there a CTA walks group x T / 64 query blocks and the causal tail decides, while the
     /// CTAs running at once still share a few heads' Q and dO in L2 (H100, session 41, gpu-attention --fused-qkv: llama-1b
     /// 8 x 2048 1.220 ms against 1.633 for largest first over all heads and 1.255 in the launch order; 2 x 8192 4.039 against
-    /// 4.272 and 4.153; llama-8b heads 8 x 2048 2.351 against 2.579 in the launch order). Variant 6 (the launch order: a head's
+    /// 4.272 and 4.153; 16 x 1024 with groups of 4 0.747 against 1.072 and 0.787; llama-8b heads 8 x 2048 2.351 against 2.579
+    /// in the launch order). With one query head a group the two orders tie (gpt2-124m 64 x 1024: 1.139 against 1.135; 8 x 2048
+    /// with 32 heads: 1.198 against 1.204), and variant 6 stays. Variant 6 (the launch order: a head's
     /// key blocks together, key block 0 first) everywhere else, where it beat largest-first over all heads by up to 1.7x
     /// (gpt2-124m's 64 x 1024, 12 heads: 1.083 ms against 1.819; 16 x 1024 with groups of 4: 0.703 against 0.758; H200,
     /// session 15). docs/benchmarks.md.
@@ -110,7 +112,7 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>The default options' choice in <see cref="HopperBackwardVariantFor"/>: 9 or 6 (see there).</summary>
     public static int MeasuredBestHopperBackward(int headSize, int queryHeads, int kvHeads, int t) =>
-        headSize is 64 or 128 && queryHeads >= 2 * kvHeads && t >= 2048 ? 9 : 6;
+        headSize is 64 or 128 && queryHeads >= 2 * kvHeads && t >= 1024 ? 9 : 6;
 
     private bool HopperBackward(DType dtype, int b, int t, int h, int kh, int d, ulong pq, ulong pk, ulong pv, ulong po, ulong pd, ulong pl,
         ulong pdq, ulong pdk, ulong pdv, Strides3 sq, Strides3 sk, Strides3 sv, Strides3 so, Strides3 sd, Strides3 sdq, Strides3 sdk, Strides3 sdv,

@@ -315,7 +315,7 @@ public sealed record CudaBackendOptions
     /// windows of (kv head, batch) pairs whose key blocks fill the resident CTAs (<see cref="CudaBackend.HopperBackwardWindow"/>),
     /// so that the CTAs running at once share their heads' Q and dO in L2 as in the launch order. 0 (the default) = the measured
     /// best per shape
-    /// (<see cref="CudaBackend.HopperBackwardVariantFor"/>: variant 9 with grouped heads and T of at least 2,048, variant 6
+    /// (<see cref="CudaBackend.HopperBackwardVariantFor"/>: variant 9 with grouped heads and T of at least 1,024, variant 6
     /// elsewhere; H100, session 41, and H200, session 15).
     /// </summary>
     public int HopperBackwardVariant { get; init; }

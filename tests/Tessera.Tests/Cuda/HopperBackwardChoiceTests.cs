@@ -13,7 +13,9 @@ public sealed class HopperBackwardChoiceTests
 {
     [Theory]
     [InlineData(64, 12, 12, 1024, 6)]    // gpt2-124m 64 x 1024: 1.083 against 1.819 largest-first
-    [InlineData(64, 32, 8, 1024, 6)]     // groups of 4 at 16 x 1024: 0.703 against 0.758
+    [InlineData(64, 32, 8, 1024, 9)]     // groups of 4 at 16 x 1024 (H100): 0.747 against 0.787 launch order, 1.072 largest-first
+    [InlineData(64, 12, 12, 2048, 6)]    // one head a group (H100, 8 x 2048 with 32 heads): launch order 1.204, windowed 1.198: a tie
+    [InlineData(64, 32, 8, 512, 6)]      // short sequences (unmeasured): the launch order
     [InlineData(64, 12, 12, 4096, 6)]    // 16 x 4096, one head a group: 3.057 against 5.241
     [InlineData(64, 32, 32, 2048, 6)]    // 8 x 2048, one head a group: 1.170 against 1.903
     [InlineData(64, 32, 8, 2048, 9)]     // llama-1b 8 x 2048 (H100): 1.220 against 1.633 largest-first, 1.255 launch order
