@@ -101,8 +101,9 @@ public sealed unsafe partial class CudaBackend
         Options.HopperBackwardVariant is not 0 ? Options.HopperBackwardVariant : MeasuredBestHopperBackward(headSize, queryHeads, kvHeads, t);
 
     /// <summary>
-    /// The window of variants 9 and 10: how many (kv head, batch) pairs' key blocks of <paramref name="t"/> / 64 fill the CTAs
-    /// resident at once (3 an SM at head size 64, 1 at 128, over <paramref name="multiprocessors"/> SMs), at least 1.
+    /// The window of variants 9 and 10: how many (kv head, batch) pairs' key blocks of <paramref name="t"/> / 64 fill 3 CTAs an
+    /// SM at head size 64 (the kernel's resident CTAs there) and 1 an SM at 128 (where two are resident: the window is half a
+    /// wave, as measured; a full wave's window is not measured), over <paramref name="multiprocessors"/> SMs; at least 1.
     /// </summary>
     public static int HopperBackwardWindow(int multiprocessors, int headSize, int t)
     {

@@ -530,7 +530,7 @@ HOPPER_BACKWARD(f16, f16, 128)
 
 // ------------------------------------------------------------------------------------ backward, second kernel (v2)
 // The same contract and products as hopper_backward with one warpgroup of 64 keys, reordered so that the tensor cores and
-// the elementwise work overlap within the CTA, plus two switches in `flags` (CudaBackendOptions.HopperBackwardVariant):
+// the elementwise work overlap within the CTA, plus switches in `flags` (CudaBackendOptions.HopperBackwardVariant):
 //   - The products of a query block go as four commit groups: S^T, then dP^T (both issued at once); P = exp(...) is
 //     computed as soon as S^T is done while dP^T still runs, and dV += P^T dO is issued before waiting for dP^T; dS^T is
 //     computed while dV runs and stored to shared memory, dK += dS^T Q is issued, and dQ = dS K behind it. dS takes P from
@@ -538,6 +538,9 @@ HOPPER_BACKWARD(f16, f16, 128)
 //     registers fewer at the peak (dK and dV accumulators, pa, dP^T in flight).
 //   - flags & 1, largest work first: the CTA of linear index i takes key block i / (KH B) (key block 0 sees every query
 //     block, the last one the fewest), so the longest CTAs start in the first wave instead of in the last.
+//   - flags & 32 (without 1), largest work first within windows of W = flags >> 8 (kv head, batch) pairs: the windows in
+//     order, each window's CTAs key block 0 first. The CTAs running at once then belong to about W pairs, which share their
+//     Q and dO in L2 (as in the launch order), and each window still starts its longest CTAs first.
 //   - flags & 2, dQ by one bulk reduction per query block: the dQ accumulators (fp32) are stored to shared memory over
 //     this block's Q and dO stage (free once dV and dK are done), and one thread issues cp.reduce.async.bulk .add.f32 of
 //     the whole 64 x D tile into dqacc, which is then laid out in tiles: tile (b, h, query block) of 64 D floats at
@@ -549,7 +552,7 @@ HOPPER_BACKWARD(f16, f16, 128)
 //   - flags & 8 with flags & 2, head size 64 only (sep): the dQ tile gets its own 16 KB buffer after lse/delta, so dQ's
 //     product goes before dK's, the tile is stored and sent while dK runs, and dK is waited for only in the next block,
 //     behind that block's S^T and dP^T, before the stage dK reads is refilled.
-// Flags 4 and 8 are compiled only into the EXTRA build (flash_backward_hopper_v2x); the v2 build has flags 1 and 2.
+// Flags 4 and 8 are compiled only into the EXTRA build (flash_backward_hopper_v2x); the v2 build has flags 1, 2 and 32.
 // Shared memory: as hopper_backward's with one warpgroup, the two stages laid [Q | dO] each (2 64 D 2 bytes = one fp32
 // tile of 64 x D).
 
