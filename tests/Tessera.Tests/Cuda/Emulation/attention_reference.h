@@ -5,24 +5,13 @@
 #include <cmath>
 #include <cstdio>
 #include <vector>
-
-static int failures = 0;
+#include "emulation_check.h"
 
 // Passes when the largest |actual - expected| is within tol of the largest |expected| (a non-finite value fails); prints one
 // line "what rel err X ok|FAIL".
 static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol)
 {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < e.size(); i++)
-    {
-        if (!std::isfinite(a[i])) { md = INFINITY; break; }
-        md = std::max(md, std::abs(a[i] - e[i]));
-        mr = std::max(mr, std::abs(e[i]));
-    }
-    const double rel = md / (mr > 0 ? mr : 1);
-    const bool ok = rel <= tol;
-    printf("%-72s rel err %.3e %s\n", what, rel, ok ? "ok" : "FAIL");
-    if (!ok) failures++;
+    report_error(what, 72, errors_of(e.data(), a.data(), e.size()).relative(), tol);
 }
 
 // The scaled score s capped as Gemma 2 does: cap tanh(s / cap), s itself without a cap (cap 0).

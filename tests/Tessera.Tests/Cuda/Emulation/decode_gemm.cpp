@@ -18,6 +18,7 @@
 // kernels.h is written by the test: the emulation, common.cuh, decode_gemm.cuh, decode_gemm.cu. Prints one line per check; the exit code is the
 // number of failures.
 #include "kernels.h"
+#include "emulation_check.h"
 #ifdef HOPPER
 #define FAMILY "decode_gemm_hopper"
 #define PRODUCT decode_gemm_hopper_bf16
@@ -44,22 +45,12 @@ static unsigned char* const shared_base = (unsigned char*)dg_shared;
 #define PASTE(a, b) a##b
 #define XPASTE(a, b) PASTE(a, b)
 #define KERNEL(prefix, MT) XPASTE(prefix, _m##MT)
-static int failures = 0;
 
 // Tolerance: the output is stored in bf16 (8 bits of mantissa: 2^-9 relative per value), the products are fp32 sums of
 // exact bf16 products; 8e-3 of the largest output leaves margin, and a wrong row, column or slice is O(1).
 static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol)
 {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < e.size(); i++)
-    {
-        if (!std::isfinite(a[i])) { md = INFINITY; break; }
-        md = std::max(md, std::abs(a[i] - e[i]));
-        mr = std::max(mr, std::abs(e[i]));
-    }
-    double rel = md / (mr > 0 ? mr : 1);
-    printf("%-56s rel err %.3e %s\n", what, rel, rel <= tol ? "ok" : "FAIL");
-    if (!(rel <= tol)) failures++;
+    report_error(what, 56, errors_of(e.data(), a.data(), e.size()).relative(), tol);
 }
 
 // Values offset + scale * u with u uniform in [-1, 1), rounded to bf16.

@@ -19,6 +19,7 @@
 // kernels.h is written by the test: the emulation, common.cuh, gemv.cu, quantized.cu. Prints one line per check; the exit
 // code is the number of failures.
 #include "kernels.h"
+#include "emulation_check.h"
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -26,7 +27,6 @@
 #include <vector>
 
 alignas(16) unsigned char gemv_smem[1 << 17];   // the kernels' x (M, K) staged (66 KB at M = 4, K = 4112 in f32)
-static int failures = 0;
 
 static void report(const std::string& what, bool ok, const char* detail = "")
 {
@@ -37,14 +37,7 @@ static void report(const std::string& what, bool ok, const char* detail = "")
 // max |got - expected| / max |expected| against tol; a value that is not finite fails.
 static void check(const std::string& what, const std::vector<double>& e, const std::vector<float>& a, double tol)
 {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < e.size(); i++)
-    {
-        if (!std::isfinite(a[i])) { md = INFINITY; break; }
-        md = std::max(md, std::abs(a[i] - e[i]));
-        mr = std::max(mr, std::abs(e[i]));
-    }
-    const double rel = md / (mr > 0 ? mr : 1);
+    const double rel = errors_of(e.data(), a.data(), e.size()).relative();
     char detail[40];
     snprintf(detail, sizeof detail, "rel err %.3e ", rel);
     report(what, rel <= tol, detail);

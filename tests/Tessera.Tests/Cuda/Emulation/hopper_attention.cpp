@@ -6,6 +6,7 @@
 // (paged_prefill_hopper), below. kernels.h is written by the test: the emulation, common.cuh, hopper.cuh,
 // flash_attention_hopper.cu. Prints one line per check; the exit code is the number of failures.
 #include "kernels.h"
+#include "emulation_check.h"
 #include <cmath>
 #include <cstdio>
 #include <algorithm>
@@ -14,20 +15,11 @@
 #include <vector>
 
 alignas(1024) unsigned char smem_raw[1 << 18];   // the kernel's Q tile and two stages of K and V (165 KB at D 128, 2 warpgroups)
-static int failures = 0;
 
 static void check(const char* what, const std::vector<double>& e, const std::vector<float>& a, double tol, bool relative)
 {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < e.size(); i++)
-    {
-        if (!std::isfinite(a[i])) { md = INFINITY; break; }
-        md = std::max(md, std::abs(a[i] - e[i]));
-        mr = std::max(mr, std::abs(e[i]));
-    }
-    const double err = relative ? md / (mr > 0 ? mr : 1) : md;
-    printf("%-64s %s %.3e %s\n", what, relative ? "rel err" : "abs err", err, err <= tol ? "ok" : "FAIL");
-    if (!(err <= tol)) failures++;
+    const EmulationErrors r = errors_of(e.data(), a.data(), e.size());
+    report_error(what, 64, relative ? r.relative() : r.difference, tol, relative ? "rel err" : "abs err");
 }
 
 static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)

@@ -6,20 +6,16 @@
 // out; both must give the same bits). Prints one line per check; the exit code is the number of failures. kernels.h is written
 // by the test: the emulation, common.cuh, elementwise.cu, norm.cu, rope.cu, reduce.cu. column_reduce: sums of partials.
 #include "kernels.h"
+#include "emulation_check.h"
 #include <random>
 
 float lnacc[1 << 16];   // layernorm_backward_rows' dynamic shared memory (extern __shared__; the emulated blocks run in turn)
 Bytes16 staged_row[1 << 12];   // cross_entropy's staged row (dynamic shared memory; the emulated blocks run in turn)
 float rope_row_angles[1 << 10];   // rope_append_rows' angles of its row (dynamic shared memory)
 static double sig(double g) { return 1 / (1 + std::exp(-g)); }
-static int failures = 0;
 static void check(const char* what, const std::vector<double>& e, const float* a, size_t n, double tol)
 {
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) { if (!std::isfinite(a[i])) { md = INFINITY; break; } md = std::max(md, std::abs(a[i] - e[i])); mr = std::max(mr, std::abs(e[i])); }
-    double rel = md / (mr > 0 ? mr : 1);
-    printf("%-40s rel err %.3e %s\n", what, rel, rel <= tol ? "ok" : "FAIL");
-    if (!(rel <= tol)) failures++;
+    report_error(what, 40, errors_of(e.data(), a, n).relative(), tol);
 }
 static float* alloc(size_t n) { float* p = (float*)aligned_alloc(64, ((n * 4 + 63) / 64) * 64 + 64); for (size_t i = 0; i < n + 16; i++) p[i] = NAN; return p; }
 
