@@ -218,7 +218,10 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     /// The default kernels against FlashAttention-2 at the shapes the model trains (llama-1b: B 8, T 2048, H 32, K 8, D 64;
     /// llama-8b's heads: B 2, T 4096, D 128), in the model's own layout: q, k and v are strided views into one fused
     /// (B, T, H + 2K, D) activation and dq, dk, dv views into its gradient, as <c>CausalSelfAttention</c> passes them, over
-    /// grids of many waves. The other tests' shapes are small, contiguous and one wave. Checks, with seed: every (b, head)
+    /// grids of many waves. The other tests' shapes are small, contiguous and one wave. The default backward here is variant 9,
+    /// whose CTAs go in windows of (kv head, batch) pairs: 12 pairs a window over 64 at D 64, 2 over 16 at D 128 (on 132 SMs),
+    /// so these are the tests that cross window boundaries on the device; the variant tests' small shapes fit one window, where
+    /// the order is variant 3's. Checks, with seed: every (b, head)
     /// slice of the output and of each gradient within 1e-2 of FlashAttention-2's, norm-wise over the slice (the bound of
     /// the small-shape tests, now per slice so that one wrong tile cannot hide in a large norm); 48 sampled output rows within
     /// 1e-2 of an f64 softmax over the 16-bit inputs (the output's own rounding is 2^-9 and P's another 2^-9); and the
