@@ -138,6 +138,7 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     [InlineData(DType.F16, 64, 3, 77, 4, 1)]
     [InlineData(DType.BF16, 128, 1, 512, 2, 2)]     // D 128, GQA 1, T a multiple of 64, 8 query blocks
     [InlineData(DType.BF16, 64, 2, 64, 8, 2)]       // one query block, no padding; GQA 4
+    [InlineData(DType.BF16, 64, 4, 1024, 16, 8)]    // GQA 2, 32 (kv head, batch) pairs: variants 9 and 10 cross windows (24 pairs a window on 132 SMs, 16 key blocks each), the last one partial
     public void BackwardAgreesWithFlashAttention2AndTheCpuBackend(DType dtype, int d, int b, int t, int h, int kh)
     {
         var (hopper, flash2) = Backends();
@@ -220,8 +221,9 @@ public sealed unsafe class CudaHopperAttentionTests(HopperAttentionFixture fixtu
     /// (B, T, H + 2K, D) activation and dq, dk, dv views into its gradient, as <c>CausalSelfAttention</c> passes them, over
     /// grids of many waves. The other tests' shapes are small, contiguous and one wave. The default backward here is variant 9,
     /// whose CTAs go in windows of (kv head, batch) pairs: 12 pairs a window over 64 at D 64, 2 over 16 at D 128 (on 132 SMs),
-    /// so these are the tests that cross window boundaries on the device; the variant tests' small shapes fit one window, where
-    /// the order is variant 3's. Checks, with seed: every (b, head)
+    /// so these cross window boundaries on the device in the default configuration (the variant tests' 4 x 1024 case crosses
+    /// them for variants 9 and 10 against the CPU backend; their other shapes fit one window, where the order is variant 3's).
+    /// Checks, with seed: every (b, head)
     /// slice of the output and of each gradient within 1e-2 of FlashAttention-2's, norm-wise over the slice (the bound of
     /// the small-shape tests, now per slice so that one wrong tile cannot hide in a large norm); 48 sampled output rows within
     /// 1e-2 of an f64 softmax over the 16-bit inputs (the output's own rounding is 2^-9 and P's another 2^-9); and the
