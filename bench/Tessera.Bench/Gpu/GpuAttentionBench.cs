@@ -17,7 +17,9 @@ namespace Tessera.Bench.Gpu;
 /// --backward-only prints that table alone (FA-2's backward and the variants; the forward runs once, untimed), for a profiler.
 /// --fused-qkv passes q, k and v (and dq, dk, dv) as the model does: strided head slices of one (B, T, H + 2K, D) tensor, the
 /// fused QKV product's output, instead of three contiguous tensors.
-/// <para>Usage: gpu-attention [--shapes B,T,H,K,D;...] [--reps 10] [--backward-variants 1,3,7] [--backward-only] [--fused-qkv]. Default shapes: llama-1b
+/// --cuda-options SETTINGS (<see cref="CudaBackendOptions.Parse"/>'s form) is the base of every backend's options, under the
+/// settings each column names (e.g. HopperForwardPipelined=true times the pipelined forward in the Hopper columns).
+/// <para>Usage: gpu-attention [--shapes B,T,H,K,D;...] [--reps 10] [--backward-variants 1,3,7] [--backward-only] [--fused-qkv] [--cuda-options SETTINGS]. Default shapes: llama-1b
 /// 8 x 2048 (H32 K8 D64), 4 x 4096, 2 x 8192, and llama-8b heads (H32 K8 D128) at 8 x 2048 and 4 x 4096.</para>
 /// </summary>
 public static class GpuAttentionBench
@@ -31,6 +33,7 @@ public static class GpuAttentionBench
         string variantList = "1,2,3,4,5,6,7,8,9,10";
         bool backwardOnly = false;
         bool fusedQkv = false;
+        var baseOptions = CudaBackendOptions.Default;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -40,17 +43,18 @@ public static class GpuAttentionBench
                 case "--backward-variants": variantList = args[++i]; break;
                 case "--backward-only": backwardOnly = true; break;
                 case "--fused-qkv": fusedQkv = true; break;
+                case "--cuda-options": baseOptions = CudaBackendOptions.Parse(args[++i]); break;
                 default: throw new ArgumentException($"gpu-attention: unknown argument '{args[i]}'");
             }
         }
-        using var flash2 = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = false, HopperAttentionBackward = false });
+        using var flash2 = new CudaBackend(0, baseOptions with { HopperAttention = false, HopperAttentionBackward = false });
         // The main table's Hopper columns: the forward with two and one warpgroups, and the first backward kernel likewise
         // (HopperBackwardVariant = 1); the variants' table has the second.
-        using var hopper = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, HopperBackwardVariant = 1 });
-        using var one = new CudaBackend(0, CudaBackendOptions.Default with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, HopperBackwardVariant = 1 });
+        using var hopper = new CudaBackend(0, baseOptions with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 2, HopperBackwardVariant = 1 });
+        using var one = new CudaBackend(0, baseOptions with { HopperAttention = true, HopperAttentionBackward = true, HopperAttentionWarpgroups = 1, HopperBackwardVariant = 1 });
         var variants = variantList.Equals("none", StringComparison.OrdinalIgnoreCase) ? []
             : variantList.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(x => int.Parse(x, CultureInfo.InvariantCulture)).ToArray();
-        var variantBackends = variants.Select(v => new CudaBackend(0, CudaBackendOptions.Default with
+        var variantBackends = variants.Select(v => new CudaBackend(0, baseOptions with
         {
             HopperAttention = true, HopperAttentionBackward = true, HopperBackwardVariant = v,
         })).ToArray();

@@ -46,6 +46,103 @@ __device__ __forceinline__ void red_add2(float* dst, float a, float b)
 #endif
 }
 
+// One S block of the forward (BN keys from n0, this thread's two rows of the wgmma fragment): the causal and length mask
+// (keys past the warp's first row's position or past S get -inf; uniform over the block's common case, where none does).
+template <int BN>
+__device__ __forceinline__ void forward_mask_block(float* s, int n0, int qpos0, int g, int c4, int S)
+{
+    if (n0 + BN - 1 > qpos0 - g || n0 + BN > S)
+    {
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+            {
+                const int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
+                if (key > qp || key >= S) s[4 * j + e] = NEG_INF;
+            }
+    }
+}
+
+// The online softmax of one S block in the log2 domain: s becomes P = 2^(s scale log2e - m) in fp32, mrow and lrow (max
+// and sum) advance, and corr[r] is the factor by which row r's output accumulated so far must be scaled.
+template <int BN>
+__device__ __forceinline__ void forward_softmax_block(float* s, float* mrow, float* lrow, float* corr, float sl2)
+{
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+    {
+        // The max over raw scores (the scale is positive); the scale joins in one FFMA per score below.
+        float mx = NEG_INF;
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+        mx = fmaxf(mrow[r], mx * sl2);   // log2 domain
+        const float mu = mx == NEG_INF ? 0.f : mx;
+        corr[r] = fast_exp2(mrow[r] - mu);
+        mrow[r] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++)
+        {
+            const float p0 = fast_exp2(fmaf(s[4 * j + 2 * r], sl2, -mu)), p1 = fast_exp2(fmaf(s[4 * j + 2 * r + 1], sl2, -mu));
+            s[4 * j + 2 * r] = p0; s[4 * j + 2 * r + 1] = p1;
+            sum += p0 + p1;
+        }
+        lrow[r] = lrow[r] * corr[r] + sum;
+    }
+}
+
+// The output accumulator's rows scaled by corr (row r: registers 4 j + 2 r and 4 j + 2 r + 1).
+template <int D>
+__device__ __forceinline__ void forward_rescale(float* oacc, const float* corr)
+{
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) { oacc[4 * j + 2 * r] *= corr[r]; oacc[4 * j + 2 * r + 1] *= corr[r]; }
+}
+
+// P (fp32, the S fragment's layout) rounded to 16 bits as wgmma's A fragments: 16 keys a k16 step.
+template <typename T, int BN>
+__device__ __forceinline__ void forward_pack_block(const float* s, unsigned (*p)[4])
+{
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++)
+    {
+        p[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+        p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+
+// The forward's end: this thread's two rows of O divided by their sums (the quad's lanes' partial sums added) and stored,
+// and their natural-log log-sum-exp when lse_row is given.
+template <typename T, int D>
+__device__ __forceinline__ void forward_store_rows(const float* oacc, const float* mrow, const float* lrow, T* ob, i64 o_t,
+    float* lse_row, int Tq, int r0, int warp, int g, int c4)
+{
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+    {
+        float l = lrow[r];
+        l += __shfl_xor_sync(FULL_MASK, l, 1);
+        l += __shfl_xor_sync(FULL_MASK, l, 2);
+        const int t = r0 + warp * 16 + g + r * 8;
+        if (t < Tq)
+        {
+            const float inv = 1.f / l;
+            T* orow = ob + (i64)t * o_t;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+                *(unsigned*)(orow + j * 8 + 2 * c4) = pack2<T>(oacc[4 * j + 2 * r] * inv, oacc[4 * j + 2 * r + 1] * inv);
+            if (lse_row && c4 == 0) lse_row[t] = (mrow[r] + log2f(l)) * LN2;
+        }
+    }
+}
+
 // WGS warpgroups (1 or 2) of 64 query rows per CTA: query tile mb (64 WGS rows) of one head. qb, ob: the head's row 0
 // (row strides q_t, o_t); keys and values through kr, vr (DenseRowsSw128 or PagedRowsSw128); lse_row: the head's (Tq)
 // log-sum-exps, or null. 128 WGS threads; dynamic shared memory 1,024 (alignment) + 64 WGS D 2 (Q) + 4 * 128 D 2 (two
@@ -109,53 +206,12 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
             wgmma_commit();
             wgmma_wait<0>();
             fence_registers<BN / 2>(s);
-
-            // Masking needed: keys past this warp's first row's position, or past S.
-            if (n0 + BN - 1 > qpos0 - g || n0 + BN > S)
-            {
-#pragma unroll
-                for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                    {
-                        const int key = n0 + j * 8 + 2 * c4 + (e & 1), qp = qpos0 + (e >> 1) * 8;
-                        if (key > qp || key >= S) s[4 * j + e] = NEG_INF;
-                    }
-            }
+            forward_mask_block<BN>(s, n0, qpos0, g, c4, S);
+            float corr[2];
+            forward_softmax_block<BN>(s, mrow, lrow, corr, sl2);
+            forward_rescale<D>(oacc, corr);
             unsigned p[BN / 16][4];
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-            {
-                // The max over raw scores (the scale is positive); the scale joins in one FFMA per score below.
-                float mx = NEG_INF;
-#pragma unroll
-                for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
-                mx = fmaxf(mrow[r], mx * sl2);   // log2 domain
-                const float mu = mx == NEG_INF ? 0.f : mx;
-                const float corr = fast_exp2(mrow[r] - mu);
-                mrow[r] = mx;
-                float sum = 0.f;
-#pragma unroll
-                for (int j = 0; j < BN / 8; j++)
-                {
-                    const float p0 = fast_exp2(fmaf(s[4 * j + 2 * r], sl2, -mu)), p1 = fast_exp2(fmaf(s[4 * j + 2 * r + 1], sl2, -mu));
-                    s[4 * j + 2 * r] = p0; s[4 * j + 2 * r + 1] = p1;
-                    sum += p0 + p1;
-                }
-                lrow[r] = lrow[r] * corr + sum;
-#pragma unroll
-                for (int j = 0; j < D / 8; j++) { oacc[4 * j + 2 * r] *= corr; oacc[4 * j + 2 * r + 1] *= corr; }
-            }
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++)
-            {
-                p[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-                p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-                p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-                p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-            }
+            forward_pack_block<T, BN>(s, p);
             fence_registers<D / 2>(oacc);
             fence_registers<BN / 4>(&p[0][0]);
             wgmma_fence();
@@ -169,34 +225,136 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
         __syncthreads();   // this stage is refilled by the next-but-one iteration
     }
     cp_async_wait<0>();
+    forward_store_rows<T, D>(oacc, mrow, lrow, ob, o_t, lse_row, Tq, r0, warp, g, c4);
+}
+
+// hopper_forward_tile with FlashAttention-3's intra-warpgroup pipelining: block nb's S = Q K^T is issued together with the
+// previous block's O += P V, and the softmax of block nb runs while that P V is on the tensor cores; the output's rescale
+// by block nb's correction waits for it (O_nb = corr_nb (O_nb-1 + P_nb-1 V_nb-1), P_nb-1 taken against block nb-1's max).
+// So a block's V is read one iteration after its K: K keeps the two-stage ring (block nb + 1 loads at the top of iteration
+// nb), and V's stage of block nb - 1 is refilled with block nb + 1 only once every warpgroup's P V of block nb - 1 is done,
+// mid-iteration; the same shared memory and the same number of barriers an iteration. cp.async groups in order:
+// {Q, K0}, {V0}, then {K nb+1} and {V nb+1} each iteration, so that waiting for all but the newest two at the top of
+// iteration nb leaves only V nb and K nb+1 in flight (K nb and V nb-1 are in).
+template <typename T, int D, int WGS, typename Rows>
+__device__ void hopper_forward_tile_pipelined(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq,
+    int S, int mb, float scale)
+{
+    constexpr int BM = 64 * WGS, BN = 128, KD = D / 16, NT = 128 * WGS;
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const unsigned sK = sQ + BM * D * 2;       // 2 stages
+    const unsigned sV = sK + 2 * BN * D * 2;   // 2 stages
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
+    const int m0 = mb * BM, offset = S - Tq;
+    const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
+    const int nblocks = lastKey / BN + 1;
+
+    load_tile_sw128<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
+    kr.template load<D, BN, NT>(sK, 0, S, tid);
+    cp_async_commit();
+    vr.template load<D, BN, NT>(sV, 0, S, tid);
+    cp_async_commit();
+
+    const int r0 = m0 + wg * 64, wgLastKey = offset + r0 + 63;
+    const int qpos0 = offset + r0 + warp * 16 + g;
+    const bool active = r0 < Tq;
+    float oacc[D / 2];
 #pragma unroll
-    for (int r = 0; r < 2; r++)
+    for (int i = 0; i < D / 2; i++) oacc[i] = 0.f;
+    float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f};
+    const float sl2 = scale * LOG2E;
+    const u64 qdesc = sw128_descriptor(sQ + wg * 64 * 128, 16, 1024);
+    unsigned p[BN / 16][4];
+    bool pending = false;   // this warpgroup's P of the previous block still owes its product with V (uniform over it)
+
+    for (int nb = 0; nb < nblocks; nb++)
     {
-        float l = lrow[r];
-        l += __shfl_xor_sync(FULL_MASK, l, 1);
-        l += __shfl_xor_sync(FULL_MASK, l, 2);
-        const int t = r0 + warp * 16 + g + r * 8;
-        if (t < Tq)
+        const int st = nb & 1;
+        if (nb + 1 < nblocks) kr.template load<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
+        cp_async_commit();
+        cp_async_wait<2>();
+        fence_async_shared();
+        __syncthreads();
+        const int n0 = nb * BN;
+        const bool run = active && n0 <= wgLastKey;
+        float s[BN / 2];
+        float corr[2] = {1.f, 1.f};
+        if (run)
         {
-            const float inv = 1.f / l;
-            T* orow = ob + (i64)t * o_t;
+            const u64 kdesc = sw128_descriptor(sK + st * BN * D * 2, 16, 1024);
+            wgmma_fence();
 #pragma unroll
-            for (int j = 0; j < D / 8; j++)
-                *(unsigned*)(orow + j * 8 + 2 * c4) = pack2<T>(oacc[4 * j + 2 * r] * inv, oacc[4 * j + 2 * r + 1] * inv);
-            if (lse_row && c4 == 0) lse_row[t] = (mrow[r] + log2f(l)) * LN2;
+            for (int kk = 0; kk < KD; kk++)
+                Wgmma<T, BN>::ss(s, desc_plus(qdesc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
+                                 desc_plus(kdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
+            wgmma_commit();
         }
+        if (pending)
+        {
+            const u64 vdesc = sw128_descriptor(sV + (st ^ 1) * BN * D * 2, BN * 128, 1024);
+            fence_registers<D / 2>(oacc);
+            fence_registers<BN / 4>(&p[0][0]);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
+            wgmma_commit();
+        }
+        if (run)
+        {
+            if (pending) wgmma_wait<1>();   // S done; the previous block's P V may still run
+            else wgmma_wait<0>();
+            fence_registers<BN / 2>(s);
+            forward_mask_block<BN>(s, n0, qpos0, g, c4, S);
+            forward_softmax_block<BN>(s, mrow, lrow, corr, sl2);
+        }
+        if (pending)
+        {
+            wgmma_wait<0>();
+            fence_registers<D / 2>(oacc);
+            fence_registers<BN / 4>(&p[0][0]);
+        }
+        __syncthreads();   // every warpgroup's P V of block nb - 1 is done with V's stage st ^ 1
+        if (nb + 1 < nblocks) vr.template load<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
+        cp_async_commit();
+        if (run)
+        {
+            forward_rescale<D>(oacc, corr);
+            forward_pack_block<T, BN>(s, p);
+        }
+        pending = run;
     }
+    cp_async_wait<0>();
+    fence_async_shared();
+    __syncthreads();
+    if (pending)   // the last block's P V
+    {
+        const u64 vdesc = sw128_descriptor(sV + ((nblocks - 1) & 1) * BN * D * 2, BN * 128, 1024);
+        fence_registers<D / 2>(oacc);
+        fence_registers<BN / 4>(&p[0][0]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers<D / 2>(oacc);
+    }
+    forward_store_rows<T, D>(oacc, mrow, lrow, ob, o_t, lse_row, Tq, r0, warp, g, c4);
 }
 
 // Dense (training, the KV-cache prefill): grid (query tiles of 64 WGS rows, H, B), the last tiles (the most keys) first.
-template <typename T, int D, int WGS>
+template <typename T, int D, int WGS, bool PIPELINED = false>
 __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
     Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
 {
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
     const DenseRowsSw128<T> kr{k + b * ks.b + (i64)kvh * ks.h, ks.t}, vr{v + b * vs.b + (i64)kvh * vs.h, vs.t};
-    hopper_forward_tile<T, D, WGS>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
-                                   lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
+    if (PIPELINED)
+        hopper_forward_tile_pipelined<T, D, WGS>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
+                                                 lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
+    else
+        hopper_forward_tile<T, D, WGS>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
+                                       lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
 }
 
 // Paged prefill (serving) on this tile: flash_attention.cu's paged_prefill contract and arguments (q (N, H, D) with row
@@ -227,23 +385,23 @@ __device__ void paged_prefill_hopper(const T* q, const P* pool, T* out, const in
 // at most 170 registers a thread), one at D = 128 (no bound).
 #define HOPPER_WG1_CTAS(D) ((D) == 64 ? 3 : 1)
 
-#define HOPPER_FORWARD(n, T, D)                                                                                 \
-    extern "C" __global__ void __launch_bounds__(256, 1) flash_forward_hopper_##n##_d##D(const T* q,         \
-        const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
-        Strides3 vs, Strides3 os, float scale, const int* starts)                                               \
+// One entry point of the dense forward: WGS warpgroups a CTA, CTAS CTAs an SM planned for, PIPELINED the tile with the
+// intra-warpgroup pipelining (CudaBackendOptions.HopperForwardPipelined; the names with p).
+#define HOPPER_FORWARD_ENTRY(name, T, D, WGS, PIPELINED, CTAS)                                                  \
+    extern "C" __global__ void __launch_bounds__(128 * WGS, CTAS) name(const T* q, const T* k, const T* v,     \
+        T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os,    \
+        float scale, const int* starts)                                                                         \
     {                                                                                                           \
         /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        hopper_forward<T, D, 2>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                          \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(128, HOPPER_WG1_CTAS(D)) flash_forward_hopper_wg1_##n##_d##D(  \
-        const T* q,                                                                                             \
-        const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks,      \
-        Strides3 vs, Strides3 os, float scale, const int* starts)                                               \
-    {                                                                                                           \
-        if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        hopper_forward<T, D, 1>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                          \
+        hopper_forward<T, D, WGS, PIPELINED>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);            \
     }
+
+#define HOPPER_FORWARD(n, T, D)                                                                                 \
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_##n##_d##D, T, D, 2, false, 1)                                   \
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1_##n##_d##D, T, D, 1, false, HOPPER_WG1_CTAS(D))              \
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_p_##n##_d##D, T, D, 2, true, 1)                                  \
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1p_##n##_d##D, T, D, 1, true, HOPPER_WG1_CTAS(D))
 
 HOPPER_FORWARD(bf16, bf16, 64)
 HOPPER_FORWARD(bf16, bf16, 128)
