@@ -72,9 +72,7 @@ public sealed unsafe partial class CudaBackend
         void** args = stackalloc void*[] { &pq, &pk, &pv, &po, &pl, &t, &s, &h, &kh, &sq, &sk, &sv, &so, &sc, &starts };
         int wgs = HopperForwardWarpgroups(d), rows = HopperWarpgroupRows * wgs;
         uint shared = HopperForwardShared(rows, d);
-        // flash_forward_hopper_{wg1 for one warpgroup}{p for the pipelined tile}_, the infix left out for two plain ones
-        string infix = (wgs == 1 ? "wg1" : "") + (Options.HopperForwardPipelined ? "p" : "");
-        string kernel = "flash_forward_hopper_" + (infix.Length > 0 ? infix + "_" : "") + FlashSuffix(dtype, d);
+        string kernel = "flash_forward_hopper_" + (wgs == 1 ? "wg1_" : "") + FlashSuffix(dtype, d);
         PreferSharedMemory(HopperFile, kernel);
         Launch(HopperFile, kernel, ((uint)((t + rows - 1) / rows), (uint)h, (uint)b), (uint)(HopperWarpgroupThreads * wgs), args, shared);
     }

@@ -304,14 +304,6 @@ public sealed record CudaBackendOptions
     public int HopperAttentionWarpgroups { get; init; }
 
     /// <summary>
-    /// The Hopper attention forward (dense: training and the KV-cache prefill) with FlashAttention-3's intra-warpgroup
-    /// pipelining (<c>flash_forward_hopper_wg1p</c> / <c>_p</c>): a key block's S = Q K^T is issued with the previous block's
-    /// O += P V, and the softmax runs while that product is on the tensor cores. Same shared memory and CTAs an SM as the
-    /// plain tile. Default false (not yet measured faster; docs/benchmarks.md, session 42).
-    /// </summary>
-    public bool HopperForwardPipelined { get; init; }
-
-    /// <summary>
     /// Which Hopper attention backward runs (flash_attention_hopper.cu): 1 = the first kernel (<c>flash_backward_hopper</c>, one
     /// or two warpgroups per <see cref="HopperAttentionWarpgroups"/>); 2 = the second (<c>flash_backward_hopper_v2</c>, one
     /// warpgroup: the products of a query block overlapped with its elementwise work, CTAs ordered largest work first,
@@ -549,7 +541,6 @@ public sealed record CudaBackendOptions
         if (HopperAttention != d.HopperAttention) parts.Add($"{nameof(HopperAttention)}={Bool(HopperAttention)}");
         if (HopperAttentionBackward != d.HopperAttentionBackward) parts.Add($"{nameof(HopperAttentionBackward)}={Bool(HopperAttentionBackward)}");
         if (HopperAttentionWarpgroups != d.HopperAttentionWarpgroups) parts.Add(Invariant($"{nameof(HopperAttentionWarpgroups)}={HopperAttentionWarpgroups}"));
-        if (HopperForwardPipelined != d.HopperForwardPipelined) parts.Add($"{nameof(HopperForwardPipelined)}={Bool(HopperForwardPipelined)}");
         if (HopperBackwardVariant != d.HopperBackwardVariant) parts.Add(Invariant($"{nameof(HopperBackwardVariant)}={HopperBackwardVariant}"));
         if (FusedPagedQkv != d.FusedPagedQkv) parts.Add($"{nameof(FusedPagedQkv)}={Bool(FusedPagedQkv)}");
         if (RopeAppendRowKernelMaxRows != d.RopeAppendRowKernelMaxRows) parts.Add(Invariant($"{nameof(RopeAppendRowKernelMaxRows)}={RopeAppendRowKernelMaxRows}"));
@@ -628,7 +619,6 @@ public sealed record CudaBackendOptions
         [nameof(HopperAttention)] = (o, v, s) => o with { HopperAttention = ParseBool(v, s) },
         [nameof(HopperAttentionBackward)] = (o, v, s) => o with { HopperAttentionBackward = ParseBool(v, s) },
         [nameof(HopperAttentionWarpgroups)] = (o, v, s) => o with { HopperAttentionWarpgroups = ParseInt(v, s) },
-        [nameof(HopperForwardPipelined)] = (o, v, s) => o with { HopperForwardPipelined = ParseBool(v, s) },
         [nameof(HopperBackwardVariant)] = (o, v, s) => o with { HopperBackwardVariant = ParseInt(v, s) },
         [nameof(ProfileOps)] = (o, v, s) => o with { ProfileOps = ParseBool(v, s) },
         [nameof(KernelCacheFolder)] = (o, v, s) => o with

@@ -228,133 +228,15 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
     forward_store_rows<T, D>(oacc, mrow, lrow, ob, o_t, lse_row, Tq, r0, warp, g, c4);
 }
 
-// hopper_forward_tile with FlashAttention-3's intra-warpgroup pipelining: block nb's S = Q K^T is issued together with the
-// previous block's O += P V, and the softmax of block nb runs while that P V is on the tensor cores; the output's rescale
-// by block nb's correction waits for it (O_nb = corr_nb (O_nb-1 + P_nb-1 V_nb-1), P_nb-1 taken against block nb-1's max).
-// So a block's V is read one iteration after its K: K keeps the two-stage ring (block nb + 1 loads at the top of iteration
-// nb), and V's stage of block nb - 1 is refilled with block nb + 1 only once every warpgroup's P V of block nb - 1 is done,
-// mid-iteration; the same shared memory and the same number of barriers an iteration. cp.async groups in order:
-// {Q, K0}, {V0}, then {K nb+1} and {V nb+1} each iteration, so that waiting for all but the newest two at the top of
-// iteration nb leaves only V nb and K nb+1 in flight (K nb and V nb-1 are in).
-template <typename T, int D, int WGS, typename Rows>
-__device__ void hopper_forward_tile_pipelined(const T* qb, i64 q_t, Rows kr, Rows vr, T* ob, i64 o_t, float* lse_row, int Tq,
-    int S, int mb, float scale)
-{
-    constexpr int BM = 64 * WGS, BN = 128, KD = D / 16, NT = 128 * WGS;
-    extern __shared__ unsigned char smem_raw[];
-    const unsigned sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-    const unsigned sK = sQ + BM * D * 2;       // 2 stages
-    const unsigned sV = sK + 2 * BN * D * 2;   // 2 stages
-    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, c4 = lane & 3;
-    const int m0 = mb * BM, offset = S - Tq;
-    const int lastKey = min(S - 1, offset + min(Tq - 1, m0 + BM - 1));
-    const int nblocks = lastKey / BN + 1;
-
-    load_tile_sw128<D, BM, NT>(sQ, qb, q_t, m0, Tq, tid);
-    kr.template load<D, BN, NT>(sK, 0, S, tid);
-    cp_async_commit();
-    vr.template load<D, BN, NT>(sV, 0, S, tid);
-    cp_async_commit();
-
-    const int r0 = m0 + wg * 64, wgLastKey = offset + r0 + 63;
-    const int qpos0 = offset + r0 + warp * 16 + g;
-    const bool active = r0 < Tq;
-    float oacc[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; i++) oacc[i] = 0.f;
-    float mrow[2] = {NEG_INF, NEG_INF}, lrow[2] = {0.f, 0.f};
-    const float sl2 = scale * LOG2E;
-    const u64 qdesc = sw128_descriptor(sQ + wg * 64 * 128, 16, 1024);
-    unsigned p[BN / 16][4];
-    bool pending = false;   // this warpgroup's P of the previous block still owes its product with V (uniform over it)
-
-    for (int nb = 0; nb < nblocks; nb++)
-    {
-        const int st = nb & 1;
-        if (nb + 1 < nblocks) kr.template load<D, BN, NT>(sK + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
-        cp_async_commit();
-        cp_async_wait<2>();
-        fence_async_shared();
-        __syncthreads();
-        const int n0 = nb * BN;
-        const bool run = active && n0 <= wgLastKey;
-        float s[BN / 2];
-        float corr[2] = {1.f, 1.f};
-        if (run)
-        {
-            const u64 kdesc = sw128_descriptor(sK + st * BN * D * 2, 16, 1024);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < KD; kk++)
-                Wgmma<T, BN>::ss(s, desc_plus(qdesc, (kk >> 2) * BM * 128 + (kk & 3) * 32),
-                                 desc_plus(kdesc, (kk >> 2) * BN * 128 + (kk & 3) * 32), kk > 0);
-            wgmma_commit();
-        }
-        if (pending)
-        {
-            const u64 vdesc = sw128_descriptor(sV + (st ^ 1) * BN * D * 2, BN * 128, 1024);
-            fence_registers<D / 2>(oacc);
-            fence_registers<BN / 4>(&p[0][0]);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
-            wgmma_commit();
-        }
-        if (run)
-        {
-            if (pending) wgmma_wait<1>();   // S done; the previous block's P V may still run
-            else wgmma_wait<0>();
-            fence_registers<BN / 2>(s);
-            forward_mask_block<BN>(s, n0, qpos0, g, c4, S);
-            forward_softmax_block<BN>(s, mrow, lrow, corr, sl2);
-        }
-        if (pending)
-        {
-            wgmma_wait<0>();
-            fence_registers<D / 2>(oacc);
-            fence_registers<BN / 4>(&p[0][0]);
-        }
-        __syncthreads();   // every warpgroup's P V of block nb - 1 is done with V's stage st ^ 1
-        if (nb + 1 < nblocks) vr.template load<D, BN, NT>(sV + (st ^ 1) * BN * D * 2, (nb + 1) * BN, S, tid);
-        cp_async_commit();
-        if (run)
-        {
-            forward_rescale<D>(oacc, corr);
-            forward_pack_block<T, BN>(s, p);
-        }
-        pending = run;
-    }
-    cp_async_wait<0>();
-    fence_async_shared();
-    __syncthreads();
-    if (pending)   // the last block's P V
-    {
-        const u64 vdesc = sw128_descriptor(sV + ((nblocks - 1) & 1) * BN * D * 2, BN * 128, 1024);
-        fence_registers<D / 2>(oacc);
-        fence_registers<BN / 4>(&p[0][0]);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) Wgmma<T, D>::rs_nmajor(oacc, p[kk], desc_plus(vdesc, kk * 16 * 128));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_registers<D / 2>(oacc);
-    }
-    forward_store_rows<T, D>(oacc, mrow, lrow, ob, o_t, lse_row, Tq, r0, warp, g, c4);
-}
-
 // Dense (training, the KV-cache prefill): grid (query tiles of 64 WGS rows, H, B), the last tiles (the most keys) first.
-template <typename T, int D, int WGS, bool PIPELINED = false>
+template <typename T, int D, int WGS>
 __device__ void hopper_forward(const T* q, const T* k, const T* v, T* o, float* lse, int Tq, int S, int H, int KH,
     Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, float scale)
 {
     const int mb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KH);
     const DenseRowsSw128<T> kr{k + b * ks.b + (i64)kvh * ks.h, ks.t}, vr{v + b * vs.b + (i64)kvh * vs.h, vs.t};
-    if (PIPELINED)
-        hopper_forward_tile_pipelined<T, D, WGS>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
-                                                 lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
-    else
-        hopper_forward_tile<T, D, WGS>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
-                                       lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
+    hopper_forward_tile<T, D, WGS>(q + b * qs.b + (i64)h * qs.h, qs.t, kr, vr, o + b * os.b + (i64)h * os.h, os.t,
+                                   lse ? lse + ((i64)b * H + h) * Tq : nullptr, Tq, S, mb, scale);
 }
 
 // Paged prefill (serving) on this tile: flash_attention.cu's paged_prefill contract and arguments (q (N, H, D) with row
@@ -385,23 +267,20 @@ __device__ void paged_prefill_hopper(const T* q, const P* pool, T* out, const in
 // at most 170 registers a thread), one at D = 128 (no bound).
 #define HOPPER_WG1_CTAS(D) ((D) == 64 ? 3 : 1)
 
-// One entry point of the dense forward: WGS warpgroups a CTA, CTAS CTAs an SM planned for, PIPELINED the tile with the
-// intra-warpgroup pipelining (CudaBackendOptions.HopperForwardPipelined; the names with p).
-#define HOPPER_FORWARD_ENTRY(name, T, D, WGS, PIPELINED, CTAS)                                                  \
+// One entry point of the dense forward: WGS warpgroups a CTA, CTAS CTAs an SM planned for.
+#define HOPPER_FORWARD_ENTRY(name, T, D, WGS, CTAS)                                                             \
     extern "C" __global__ void __launch_bounds__(128 * WGS, CTAS) name(const T* q, const T* k, const T* v,     \
         T* o, float* lse, int Tq, int S, int H, int KH, Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os,    \
         float scale, const int* starts)                                                                         \
     {                                                                                                           \
         /* KV cache: sequence b has starts[b] + Tq valid keys of the S the cache holds. */                      \
         if (starts) S = starts[blockIdx.z] + Tq;                                                                \
-        hopper_forward<T, D, WGS, PIPELINED>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);            \
+        hopper_forward<T, D, WGS>(q, k, v, o, lse, Tq, S, H, KH, qs, ks, vs, os, scale);                        \
     }
 
 #define HOPPER_FORWARD(n, T, D)                                                                                 \
-    HOPPER_FORWARD_ENTRY(flash_forward_hopper_##n##_d##D, T, D, 2, false, 1)                                   \
-    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1_##n##_d##D, T, D, 1, false, HOPPER_WG1_CTAS(D))              \
-    HOPPER_FORWARD_ENTRY(flash_forward_hopper_p_##n##_d##D, T, D, 2, true, 1)                                  \
-    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1p_##n##_d##D, T, D, 1, true, HOPPER_WG1_CTAS(D))
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_##n##_d##D, T, D, 2, 1)                                          \
+    HOPPER_FORWARD_ENTRY(flash_forward_hopper_wg1_##n##_d##D, T, D, 1, HOPPER_WG1_CTAS(D))
 
 HOPPER_FORWARD(bf16, bf16, 64)
 HOPPER_FORWARD(bf16, bf16, 128)

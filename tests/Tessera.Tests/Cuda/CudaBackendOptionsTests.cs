@@ -41,7 +41,6 @@ public sealed class CudaBackendOptionsTests
         HopperAttention = !CudaBackendOptions.Default.HopperAttention,
         HopperAttentionBackward = !CudaBackendOptions.Default.HopperAttentionBackward,
         HopperAttentionWarpgroups = 1,
-        HopperForwardPipelined = true,
         HopperBackwardVariant = 3,
         FusedPagedQkv = false,
         RopeAppendRowKernelMaxRows = 512,

@@ -22,7 +22,7 @@ static void check(const char* what, const std::vector<double>& e, const std::vec
     report_error(what, 64, relative ? r.relative() : r.difference, tol, relative ? "rel err" : "abs err");
 }
 
-static void run(int B, int H, int KH, int Tq, int S, int D, int WGS, bool pipelined = false)
+static void run(int B, int H, int KH, int Tq, int S, int D, int WGS)
 {
     std::mt19937 rng(11 + B * 7 + H * 5 + Tq * 3 + S + D + WGS);
     std::uniform_real_distribution<float> u(-1, 1);
@@ -69,22 +69,17 @@ static void run(int B, int H, int KH, int Tq, int S, int D, int WGS, bool pipeli
     auto launch = [&](auto kernel) {
         emu_launch(dim3{tiles, (unsigned)H, (unsigned)B}, 128 * WGS, [&] { kernel(pq, pk, pv, po, pl, tq, s_, h_, kh, qs, ks, ks, qs, sc, nullptr); });
     };
-    if (pipelined)
-    {
-        if (D == 64) launch(WGS == 2 ? flash_forward_hopper_p_bf16_d64 : flash_forward_hopper_wg1p_bf16_d64);
-        else launch(WGS == 2 ? flash_forward_hopper_p_bf16_d128 : flash_forward_hopper_wg1p_bf16_d128);
-    }
-    else if (D == 64) launch(WGS == 2 ? flash_forward_hopper_bf16_d64 : flash_forward_hopper_wg1_bf16_d64);
+    if (D == 64) launch(WGS == 2 ? flash_forward_hopper_bf16_d64 : flash_forward_hopper_wg1_bf16_d64);
     else launch(WGS == 2 ? flash_forward_hopper_bf16_d128 : flash_forward_hopper_wg1_bf16_d128);
     std::vector<float> got(o.size());
     for (size_t i = 0; i < o.size(); i++) got[i] = to_f(o[i]);
     char name[120];
-    snprintf(name, sizeof name, "hopper forward%s B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d", pipelined ? " pipelined" : "", B, H, KH, Tq, S, D, WGS);
+    snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d", B, H, KH, Tq, S, D, WGS);
     // Tolerance: P is rounded to bf16 before P V (2^-9 relative a weight) and O is stored in bf16: 1.2e-2 of the largest
     // output, as the paged tensor-core decode kernel's; a wrong key, mask or head is O(1).
     check(name, eo, got, 1.2e-2, true);
     // The log-sum-exp in fp32 from the raw scores' max and exp2: 1e-3 absolute (values of order log S).
-    snprintf(name, sizeof name, "hopper forward%s B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d lse", pipelined ? " pipelined" : "", B, H, KH, Tq, S, D, WGS);
+    snprintf(name, sizeof name, "hopper forward B=%d H=%d KH=%d Tq=%d S=%d D=%d WGS=%d lse", B, H, KH, Tq, S, D, WGS);
     check(name, lse_expected, lse, 1e-3, false);
 }
 
@@ -334,11 +329,6 @@ int main()
     run(2, 2, 2, 70, 200, 64, 2);     // two warpgroups (the second wholly past T in the last tile), a KV cache longer than T
     run(1, 4, 2, 130, 130, 128, 1);   // head size 128 (two swizzle blocks); keys past one block of 128
     run(1, 2, 1, 64, 300, 128, 2);    // D 128, two warpgroups, three key blocks
-    // The pipelined tile (each block's P V issued with the next block's S): one block, several, the second warpgroup past T
-    run(1, 2, 1, 100, 100, 64, 1, true);
-    run(2, 2, 2, 70, 200, 64, 2, true);
-    run(1, 2, 1, 300, 520, 64, 1, true);   // five key blocks, the last partial: V's two stages each refilled twice
-    run(1, 2, 1, 64, 300, 128, 2, true);
     run_backward(1, 2, 1, 100, 64, 1);   // one warpgroup; a query block and a part; 2 query heads into one kv head's dK, dV
     run_backward(2, 2, 2, 150, 64, 2);   // two warpgroups (128 keys a CTA), the last CTA's second warpgroup past T
     run_backward(1, 2, 1, 70, 128, 1);   // head size 128: dQ in two 64-column halves
