@@ -104,12 +104,13 @@ __device__ __forceinline__ void forward_rescale(float* oacc, const float* corr)
         for (int j = 0; j < D / 8; j++) { oacc[4 * j + 2 * r] *= corr[r]; oacc[4 * j + 2 * r + 1] *= corr[r]; }
 }
 
-// P (fp32, the S fragment's layout) rounded to 16 bits as wgmma's A fragments: 16 keys a k16 step.
-template <typename T, int BN>
-__device__ __forceinline__ void forward_pack_block(const float* s, unsigned (*p)[4])
+// An fp32 accumulator fragment of N columns (P or dS) rounded to 16 bits as wgmma's A fragments from registers, 16
+// columns a k16 step: the S accumulator of 16 keys packs straight into their A registers (hopper.cuh's fragments).
+template <typename T, int N>
+__device__ __forceinline__ void pack_a_fragments(const float* s, unsigned (*p)[4])
 {
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++)
+    for (int kk = 0; kk < N / 16; kk++)
     {
         p[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
         p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
@@ -211,7 +212,7 @@ __device__ void hopper_forward_tile(const T* qb, i64 q_t, Rows kr, Rows vr, T* o
             forward_softmax_block<BN>(s, mrow, lrow, corr, sl2);
             forward_rescale<D>(oacc, corr);
             unsigned p[BN / 16][4];
-            forward_pack_block<T, BN>(s, p);
+            pack_a_fragments<T, BN>(s, p);
             fence_registers<D / 2>(oacc);
             fence_registers<BN / 4>(&p[0][0]);
             wgmma_fence();
@@ -439,18 +440,8 @@ __device__ void hopper_backward(const T* q, const T* k, const T* v, const T* dou
                     s[4 * j + e] = p;
                     dp[4 * j + e] = p * (dp[4 * j + e] - tDel[qc]);
                 }
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++)
-            {
-                pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-                pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-                pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-                pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-                sa[kk][0] = pack2<T>(dp[8 * kk + 0], dp[8 * kk + 1]);
-                sa[kk][1] = pack2<T>(dp[8 * kk + 2], dp[8 * kk + 3]);
-                sa[kk][2] = pack2<T>(dp[8 * kk + 4], dp[8 * kk + 5]);
-                sa[kk][3] = pack2<T>(dp[8 * kk + 6], dp[8 * kk + 7]);
-            }
+            pack_a_fragments<T, BM>(s, pa);
+            pack_a_fragments<T, BM>(dp, sa);
             // dV += P^T dO, dK += dS^T Q (k = the block's queries; dO and Q read N-major, their rows being queries)
             fence_registers<D / 2>(dvacc);
             fence_registers<D / 2>(dkacc);
@@ -773,14 +764,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
                 if (mask && (key > t || t >= Tq)) p = 0.f;
                 s[4 * j + e] = p;
             }
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++)
-        {
-            pa[kk][0] = pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
-            pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
-        }
+        pack_a_fragments<T, BM>(s, pa);
         // dS below needs P while dV's product still reads pa (the A registers of an in-flight wgmma may not be touched until
         // it is waited for): a copy, kept apart by the register fence that follows.
         unsigned pc[BM / 16][4];
@@ -811,14 +795,7 @@ __device__ void hopper_backward_v2(const T* q, const T* k, const T* v, const T* 
                 const float p = (e & 1) ? unpack_hi<T>(w) : unpack_lo<T>(w);
                 dp[4 * j + e] = p * (dp[4 * j + e] - tDel[qc]);
             }
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++)
-        {
-            sa[kk][0] = pack2<T>(dp[8 * kk + 0], dp[8 * kk + 1]);
-            sa[kk][1] = pack2<T>(dp[8 * kk + 2], dp[8 * kk + 3]);
-            sa[kk][2] = pack2<T>(dp[8 * kk + 4], dp[8 * kk + 5]);
-            sa[kk][3] = pack2<T>(dp[8 * kk + 6], dp[8 * kk + 7]);
-        }
+        pack_a_fragments<T, BM>(dp, sa);
         // dS^T to shared memory for dQ (its last reader, the previous block's dQ product, was waited for), before dK's
         // product takes sa: rows = keys (16 warp + g, + 8), 128-byte rows of 64 queries, swizzled.
         {
