@@ -18,7 +18,7 @@ namespace Tessera.Bench.Gpu;
 /// --fused-qkv passes q, k and v (and dq, dk, dv) as the model does: strided head slices of one (B, T, H + 2K, D) tensor, the
 /// fused QKV product's output, instead of three contiguous tensors.
 /// --cuda-options SETTINGS (<see cref="CudaBackendOptions.Parse"/>'s form) is the base of every backend's options, under the
-/// settings each column names (e.g. HopperForwardPipelined=true times the pipelined forward in the Hopper columns).
+/// settings each column names: an option the columns leave alone (a kernel variant under test, say) applies to all of them.
 /// <para>Usage: gpu-attention [--shapes B,T,H,K,D;...] [--reps 10] [--backward-variants 1,3,7] [--backward-only] [--fused-qkv] [--cuda-options SETTINGS]. Default shapes: llama-1b
 /// 8 x 2048 (H32 K8 D64), 4 x 4096, 2 x 8192, and llama-8b heads (H32 K8 D128) at 8 x 2048 and 4 x 4096.</para>
 /// </summary>
