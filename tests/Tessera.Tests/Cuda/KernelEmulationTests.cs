@@ -506,14 +506,18 @@ public sealed class KernelEmulationTests
     /// device-side starts, query and key counts inside a tile, against a double reference (Emulation/flash_forward.cpp:
     /// 1.2e-2 for the bf16 output with bf16 softmax weights, 1e-5 for the log-sum-exp). Skipping the cap fails the capped
     /// cases, and a thread's rows at D = 256 given one swizzle phase (the 64 and 128 loaders' shortcut) fail every case at 256
-    /// (both checked by hand).
+    /// (both checked by hand). Then serving's chunked prefill on the same tile (<c>paged_prefill_bf16_d64</c> and <c>_d128</c>):
+    /// sequences after cached context in one flattened batch, keys through a shuffled block table, with and without a sliding
+    /// window, a sequence below the prefill's minimum rows left untouched, each sequence against the same reference.
     /// </summary>
     [Fact]
     public void TensorCoreForwardGivesTheReferenceResultsOnTheCpuEmulation() =>
         RunEmulated(["flash_attention.cu"], "flash_forward",
             ["flash_forward D=256 T=70 S=70 window=0 cap=1 output", "flash_forward D=256 T=70 S=70 window=0 cap=0 lse",
              "flash_forward D=256 T=45 S=100 window=24 cap=1 cached output", "flash_forward D=64 T=70 S=70 window=0 cap=1 output",
-             "flash_forward D=64 T=37 S=90 window=0 cap=0 cached lse", "all ok"]);
+             "flash_forward D=64 T=37 S=90 window=0 cap=0 cached lse",
+             "paged_prefill D=64 B=4 N=373 window=0 output", "paged_prefill D=64 B=4 N=373 window=48 short sequences untouched",
+             "paged_prefill D=128 B=2 N=195 window=0 output", "paged_prefill D=128 B=2 N=115 window=24 output", "all ok"]);
 
     /// <summary>
     /// The per-query-head split decode (flash_attention.cu's <c>flash_decode_bf16_d64</c> and <c>_d256</c>): queries at

@@ -4,8 +4,8 @@
 // before), with and without Gemma 2's soft cap, with a sliding window, and over a cache (queries at device-side starts,
 // fewer queries than keys). Inputs are uniform in (-2, 2), so at D = 256 and scale 1/16 the scores reach about +-4 and a
 // cap of 1 bends most of them. Query counts that end inside a 64-row tile and key counts inside a 32-key tile exercise the
-// zero-filled rows and the masks. Prints one line per check; the exit code is the number of failures. kernels.h is written
-// by the test: the emulation, common.cuh, flash_attention.cu.
+// zero-filled rows and the masks. Then serving's paged prefill on the same tile (run_paged). Prints one line per check; the
+// exit code is the number of failures. kernels.h is written by the test: the emulation, common.cuh, flash_attention.cu.
 #include "kernels.h"
 #include "attention_reference.h"
 #include <cmath>
@@ -56,6 +56,74 @@ static void run(int D, int T, int S, int window, float cap, bool cached)
     check((base + " lse").c_str(), elog, lse, 1e-5);
 }
 
+// Serving's chunked prefill on the same tile (paged_prefill_bf16_d<D>): sequences of rows[b] new queries at positions
+// lengths[b] - rows[b] .. lengths[b] - 1, flattened into one (N, H, D) batch, their keys and values read through a shuffled
+// block table of 16-row blocks in a pool of (slot, 2 K, D) rows (K's heads, then V's), with a sliding window or none.
+// Sequences shorter than min_rows are the decode kernels' and must be left as they were. Each sequence against the double
+// reference as a batch of one (its queries at its own positions).
+static void run_paged(const std::vector<int>& rows, const std::vector<int>& lengths, int D, int window, int min_rows)
+{
+    const int B = (int)rows.size(), H = 4, K = 2, BS = 16;
+    std::mt19937 rng(17 + B * 7 + D + window + min_rows);
+    std::uniform_real_distribution<float> u(-2, 2);
+    std::vector<int> starts(B + 1, 0);
+    for (int b = 0; b < B; b++) starts[b + 1] = starts[b] + rows[b];
+    const int N = starts[B];
+    int max_blocks = 0;
+    for (int b = 0; b < B; b++) max_blocks = std::max(max_blocks, (lengths[b] + BS - 1) / BS);
+    const int pool_blocks = B * max_blocks + 3;
+    std::vector<int> order(pool_blocks), tables((size_t)B * max_blocks);
+    for (int i = 0; i < pool_blocks; i++) order[i] = i;
+    std::shuffle(order.begin(), order.end(), rng);
+    for (size_t i = 0; i < tables.size(); i++) tables[i] = order[i];
+    const long long stride = 2LL * K * D;
+    std::vector<bf16> pool((size_t)pool_blocks * BS * stride), q((size_t)N * H * D), out((size_t)N * H * D, from_f<bf16>(7.f));
+    for (auto& e : pool) e = from_f<bf16>(u(rng) / 2);
+    for (auto& e : q) e = from_f<bf16>(u(rng));
+    const float scale = 1.f / std::sqrt((float)D);
+    auto slot = [&](int b, int pos) { return (size_t)tables[(size_t)b * max_blocks + pos / BS] * BS + pos % BS; };
+
+    emu_shared_base = smem;
+    const int *pt = tables.data(), *pst = starts.data(), *pl = lengths.data();
+    int b_ = B, h_ = H, k_ = K, bs = BS, mb = max_blocks, mr = min_rows, win = window > 0 ? window : 1 << 30;
+    i64 qn = (i64)H * D, qh = D;
+    float sc = scale;
+    const unsigned tiles = (unsigned)((N + 63) / 64 + std::min(B, N / min_rows));   // as the host sizes the grid: an upper bound
+    auto launch = [&](auto kernel) {
+        emu_launch(dim3{tiles, (unsigned)H, 1}, 128, [&] { kernel(q.data(), pool.data(), out.data(), pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, win); });
+    };
+    if (D == 64) launch(paged_prefill_bf16_d64);
+    else launch(paged_prefill_bf16_d128);   // (heads of 256 take the generic paged kernel: no paged_prefill at 256)
+
+    std::vector<double> e_rows;
+    std::vector<float> g_rows;
+    bool untouched = true;
+    for (int b = 0; b < B; b++)
+    {
+        if (rows[b] < min_rows)
+        {
+            for (size_t i = (size_t)starts[b] * H * D; i < (size_t)starts[b + 1] * H * D; i++) untouched &= to_f(out[i]) == 7.f;
+            continue;
+        }
+        const int n0 = starts[b];
+        auto qa = [&](int, int t, int h, int d) { return (double)to_f(q[((size_t)(n0 + t) * H + h) * D + d]); };
+        auto ka = [&](int, int j, int g, int d) { return (double)to_f(pool[slot(b, j) * stride + (size_t)g * D + d]); };
+        auto va = [&](int, int j, int g, int d) { return (double)to_f(pool[slot(b, j) * stride + (size_t)(K + g) * D + d]); };
+        std::vector<double> eo, elog;
+        reference_attention(1, rows[b], H, K, D, std::vector<int>{lengths[b] - rows[b]}, window, scale, 0.0, qa, ka, va, eo, elog,
+                            [](int, int, int, int, int, const std::vector<double>&, const std::vector<double>&) {});
+        e_rows.insert(e_rows.end(), eo.begin(), eo.end());
+        for (size_t i = (size_t)n0 * H * D; i < (size_t)starts[b + 1] * H * D; i++) g_rows.push_back(to_f(out[i]));
+    }
+    char name[160];
+    snprintf(name, sizeof name, "paged_prefill D=%d B=%d N=%d window=%d", D, B, N, window);
+    // The dense forward's bound (above): bf16 output and bf16 softmax weights, 1.2e-2; a wrong table entry, block, window
+    // edge or sequence is O(1e-1) or more.
+    check((std::string(name) + " output").c_str(), e_rows, g_rows, 1.2e-2);
+    printf("%-72s %s\n", (std::string(name) + " short sequences untouched").c_str(), untouched ? "ok" : "FAIL");
+    if (!untouched) failures++;
+}
+
 int main()
 {
     run(256, 70, 70, 0, 1.f, false);     // Gemma 2 2B: heads of 256, capped; 70 queries: two query tiles, the second mostly empty
@@ -63,6 +131,12 @@ int main()
     run(256, 45, 100, 24, 1.f, true);    // a prefill chunk over a cache, a window of 24, capped
     run(64, 70, 70, 0, 1.f, false);      // the cap at head size 64 (the tile as training runs it)
     run(64, 37, 90, 0, 0.f, true);       // the head-size-64 kernel as before, over a cache
+    // Paged prefill: chunks after cached context, a sequence below min_rows left alone, tiles across sequences, key blocks
+    // left of a window neither loaded nor looked up
+    run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 64, 0, 8);
+    run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 64, 48, 8);
+    run_paged({130, 65}, {130, 200}, 128, 0, 8);
+    run_paged({45, 70}, {100, 150}, 128, 24, 8);
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
