@@ -508,7 +508,8 @@ public sealed class KernelEmulationTests
     /// cases, and a thread's rows at D = 256 given one swizzle phase (the 64 and 128 loaders' shortcut) fail every case at 256
     /// (both checked by hand). Then serving's chunked prefill on the same tile (<c>paged_prefill_bf16_d64</c> and <c>_d128</c>):
     /// sequences after cached context in one flattened batch, keys through a shuffled block table, with and without a sliding
-    /// window, a sequence below the prefill's minimum rows left untouched, each sequence against the same reference.
+    /// window, a sequence below the prefill's minimum rows left untouched, each sequence against the same reference; and its
+    /// <c>_i8</c> and <c>_f8</c> instantiations over int8 and fp8 pools (the reference over the dequantized rows).
     /// </summary>
     [Fact]
     public void TensorCoreForwardGivesTheReferenceResultsOnTheCpuEmulation() =>
@@ -517,7 +518,9 @@ public sealed class KernelEmulationTests
              "flash_forward D=256 T=45 S=100 window=24 cap=1 cached output", "flash_forward D=64 T=70 S=70 window=0 cap=1 output",
              "flash_forward D=64 T=37 S=90 window=0 cap=0 cached lse",
              "paged_prefill D=64 B=4 N=373 window=0 output", "paged_prefill D=64 B=4 N=373 window=48 short sequences untouched",
-             "paged_prefill D=128 B=2 N=195 window=0 output", "paged_prefill D=128 B=2 N=115 window=24 output", "all ok"]);
+             "paged_prefill D=128 B=2 N=195 window=0 output", "paged_prefill D=128 B=2 N=115 window=24 output",
+             "paged_prefill D=64 B=4 N=373 window=48 int8 output", "paged_prefill D=128 B=2 N=195 window=0 fp8 output", "all ok"],
+            "TESSERA_INT8_KV", "TESSERA_FP8_KV");   // the quantized-KV modules' paged_prefill_i8 / _f8 beside the plain ones
 
     /// <summary>
     /// The per-query-head split decode (flash_attention.cu's <c>flash_decode_bf16_d64</c> and <c>_d256</c>): queries at

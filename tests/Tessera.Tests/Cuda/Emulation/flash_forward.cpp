@@ -61,7 +61,8 @@ static void run(int D, int T, int S, int window, float cap, bool cached)
 // block table of 16-row blocks in a pool of (slot, 2 K, D) rows (K's heads, then V's), with a sliding window or none.
 // Sequences shorter than min_rows are the decode kernels' and must be left as they were. Each sequence against the double
 // reference as a batch of one (its queries at its own positions).
-static void run_paged(const std::vector<int>& rows, const std::vector<int>& lengths, int D, int window, int min_rows)
+static void run_paged(const std::vector<int>& rows, const std::vector<int>& lengths, int D, int window, int min_rows,
+                      EmuKv code = EmuKv::None)
 {
     const int B = (int)rows.size(), H = 4, K = 2, BS = 16;
     std::mt19937 rng(17 + B * 7 + D + window + min_rows);
@@ -80,6 +81,17 @@ static void run_paged(const std::vector<int>& rows, const std::vector<int>& leng
     std::vector<bf16> pool((size_t)pool_blocks * BS * stride), q((size_t)N * H * D), out((size_t)N * H * D, from_f<bf16>(7.f));
     for (auto& e : pool) e = from_f<bf16>(u(rng) / 2);
     for (auto& e : q) e = from_f<bf16>(u(rng));
+    // Over a quantized pool (paged_prefill_i8 / _f8): each (slot, head) row quantized with its scale, and the reference
+    // taken over the dequantized rows, so the check is of the kernel's dequantization and tile, not of the format's error.
+    const bool quantized = code != EmuKv::None;
+    std::vector<unsigned char> pool8(quantized ? pool.size() : 0);
+    std::vector<float> scales8(quantized ? pool.size() / D : 0), row(D);
+    for (size_t r = 0; r < scales8.size(); r++)
+    {
+        for (int d = 0; d < D; d++) row[d] = to_f(pool[r * D + d]);
+        scales8[r] = emu_quantize_kv_row(code, row.data(), &pool8[r * D], D);
+        for (int d = 0; d < D; d++) pool[r * D + d] = from_f<bf16>(scales8[r] * emu_kv_value(code, pool8[r * D + d]));
+    }
     const float scale = 1.f / std::sqrt((float)D);
     auto slot = [&](int b, int pos) { return (size_t)tables[(size_t)b * max_blocks + pos / BS] * BS + pos % BS; };
 
@@ -92,8 +104,17 @@ static void run_paged(const std::vector<int>& rows, const std::vector<int>& leng
     auto launch = [&](auto kernel) {
         emu_launch(dim3{tiles, (unsigned)H, 1}, 128, [&] { kernel(q.data(), pool.data(), out.data(), pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, win); });
     };
-    if (D == 64) launch(paged_prefill_bf16_d64);
-    else launch(paged_prefill_bf16_d128);   // (heads of 256 take the generic paged kernel: no paged_prefill at 256)
+    const signed char* p8 = reinterpret_cast<const signed char*>(pool8.data());   // the pool's bytes as int8 values
+    const unsigned char* pf8 = pool8.data();                                      // or as E4M3 codes
+    const float* ps8 = scales8.data();
+    auto launch8 = [&](auto kernel, auto codes) {
+        emu_launch(dim3{tiles, (unsigned)H, 1}, 128, [&] { kernel(q.data(), codes, out.data(), pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, win, ps8); });
+    };
+    // (heads of 256 take the generic paged kernel: there is no paged_prefill at 256)
+    if (code == EmuKv::Int8) D == 64 ? launch8(paged_prefill_i8_bf16_d64, p8) : launch8(paged_prefill_i8_bf16_d128, p8);
+    else if (code == EmuKv::Fp8) D == 64 ? launch8(paged_prefill_f8_bf16_d64, pf8) : launch8(paged_prefill_f8_bf16_d128, pf8);
+    else if (D == 64) launch(paged_prefill_bf16_d64);
+    else launch(paged_prefill_bf16_d128);
 
     std::vector<double> e_rows;
     std::vector<float> g_rows;
@@ -116,7 +137,7 @@ static void run_paged(const std::vector<int>& rows, const std::vector<int>& leng
         for (size_t i = (size_t)n0 * H * D; i < (size_t)starts[b + 1] * H * D; i++) g_rows.push_back(to_f(out[i]));
     }
     char name[160];
-    snprintf(name, sizeof name, "paged_prefill D=%d B=%d N=%d window=%d", D, B, N, window);
+    snprintf(name, sizeof name, "paged_prefill D=%d B=%d N=%d window=%d%s", D, B, N, window, emu_kv_name(code));
     // The dense forward's bound (above): bf16 output and bf16 softmax weights, 1.2e-2; a wrong table entry, block, window
     // edge or sequence is O(1e-1) or more.
     check((std::string(name) + " output").c_str(), e_rows, g_rows, 1.2e-2);
@@ -137,6 +158,11 @@ int main()
     run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 64, 48, 8);
     run_paged({130, 65}, {130, 200}, 128, 0, 8);
     run_paged({45, 70}, {100, 150}, 128, 24, 8);
+    for (EmuKv code : {EmuKv::Int8, EmuKv::Fp8})   // the same over int8 and fp8 pools
+    {
+        run_paged({100, 3, 70, 200}, {300, 40, 70, 260}, 64, 48, 8, code);
+        run_paged({130, 65}, {130, 200}, 128, 0, 8, code);
+    }
     printf("%s\n", failures ? "FAILURES" : "all ok");
     return failures;
 }
