@@ -7,6 +7,7 @@
 // zero-filled rows and the masks. Then serving's paged prefill on the same tile (run_paged). Prints one line per check; the
 // exit code is the number of failures. kernels.h is written by the test: the emulation, common.cuh, flash_attention.cu.
 #include "kernels.h"
+#include "paged_pool.h"
 #include "attention_reference.h"
 #include <cmath>
 #include <cstdio>
@@ -64,49 +65,36 @@ static void run(int D, int T, int S, int window, float cap, bool cached)
 static void run_paged(const std::vector<int>& rows, const std::vector<int>& lengths, int D, int window, int min_rows,
                       EmuKv code = EmuKv::None)
 {
-    const int B = (int)rows.size(), H = 4, K = 2, BS = 16;
+    const int B = (int)rows.size(), H = 4, K = 2;
     std::mt19937 rng(17 + B * 7 + D + window + min_rows);
     std::uniform_real_distribution<float> u(-2, 2);
     std::vector<int> starts(B + 1, 0);
     for (int b = 0; b < B; b++) starts[b + 1] = starts[b] + rows[b];
     const int N = starts[B];
-    int max_blocks = 0;
-    for (int b = 0; b < B; b++) max_blocks = std::max(max_blocks, (lengths[b] + BS - 1) / BS);
-    const int pool_blocks = B * max_blocks + 3;
-    std::vector<int> order(pool_blocks), tables((size_t)B * max_blocks);
-    for (int i = 0; i < pool_blocks; i++) order[i] = i;
-    std::shuffle(order.begin(), order.end(), rng);
-    for (size_t i = 0; i < tables.size(); i++) tables[i] = order[i];
-    const long long stride = 2LL * K * D;
-    std::vector<bf16> pool((size_t)pool_blocks * BS * stride), q((size_t)N * H * D), out((size_t)N * H * D, from_f<bf16>(7.f));
-    for (auto& e : pool) e = from_f<bf16>(u(rng) / 2);
+    const EmuPagedPool kv = make_paged_pool(lengths, K, D, code, rng, [&] { return u(rng) / 2; });
+    const auto& pool = kv.pool;
+    const auto& tables = kv.tables;
+    const int max_blocks = kv.max_blocks;
+    const long long stride = kv.stride;
+    // Over a quantized pool (paged_prefill_i8 / _f8) the reference reads the dequantized rows, so the check is of the
+    // kernel's dequantization and tile, not of the format's error.
+    std::vector<bf16> q((size_t)N * H * D), out((size_t)N * H * D, from_f<bf16>(7.f));
     for (auto& e : q) e = from_f<bf16>(u(rng));
-    // Over a quantized pool (paged_prefill_i8 / _f8): each (slot, head) row quantized with its scale, and the reference
-    // taken over the dequantized rows, so the check is of the kernel's dequantization and tile, not of the format's error.
-    const bool quantized = code != EmuKv::None;
-    std::vector<unsigned char> pool8(quantized ? pool.size() : 0);
-    std::vector<float> scales8(quantized ? pool.size() / D : 0), row(D);
-    for (size_t r = 0; r < scales8.size(); r++)
-    {
-        for (int d = 0; d < D; d++) row[d] = to_f(pool[r * D + d]);
-        scales8[r] = emu_quantize_kv_row(code, row.data(), &pool8[r * D], D);
-        for (int d = 0; d < D; d++) pool[r * D + d] = from_f<bf16>(scales8[r] * emu_kv_value(code, pool8[r * D + d]));
-    }
     const float scale = 1.f / std::sqrt((float)D);
-    auto slot = [&](int b, int pos) { return (size_t)tables[(size_t)b * max_blocks + pos / BS] * BS + pos % BS; };
+    auto slot = [&](int b, int pos) { return kv.slot(b, pos); };
 
     emu_shared_base = smem;
     const int *pt = tables.data(), *pst = starts.data(), *pl = lengths.data();
-    int b_ = B, h_ = H, k_ = K, bs = BS, mb = max_blocks, mr = min_rows, win = window > 0 ? window : 1 << 30;
+    int b_ = B, h_ = H, k_ = K, bs = kv.block_size, mb = max_blocks, mr = min_rows, win = window > 0 ? window : 1 << 30;
     i64 qn = (i64)H * D, qh = D;
     float sc = scale;
     const unsigned tiles = (unsigned)((N + 63) / 64 + std::min(B, N / min_rows));   // as the host sizes the grid: an upper bound
     auto launch = [&](auto kernel) {
         emu_launch(dim3{tiles, (unsigned)H, 1}, 128, [&] { kernel(q.data(), pool.data(), out.data(), pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, win); });
     };
-    const signed char* p8 = reinterpret_cast<const signed char*>(pool8.data());   // the pool's bytes as int8 values
-    const unsigned char* pf8 = pool8.data();                                      // or as E4M3 codes
-    const float* ps8 = scales8.data();
+    const signed char* p8 = reinterpret_cast<const signed char*>(kv.codes.data());   // the pool's bytes as int8 values
+    const unsigned char* pf8 = kv.codes.data();                                     // or as E4M3 codes
+    const float* ps8 = kv.scales.data();
     auto launch8 = [&](auto kernel, auto codes) {
         emu_launch(dim3{tiles, (unsigned)H, 1}, 128, [&] { kernel(q.data(), codes, out.data(), pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, win, ps8); });
     };

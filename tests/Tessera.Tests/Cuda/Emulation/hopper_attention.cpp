@@ -6,6 +6,7 @@
 // (paged_prefill_hopper), below. kernels.h is written by the test: the emulation, common.cuh, hopper.cuh,
 // flash_attention_hopper.cu. Prints one line per check; the exit code is the number of failures.
 #include "kernels.h"
+#include "paged_pool.h"
 #include "emulation_check.h"
 #include <cmath>
 #include <cstdio>
@@ -227,35 +228,22 @@ static void run_backward(int B, int H, int KH, int T, int D, int WGS, int flags 
 static void run_paged(const std::vector<int>& rows, const std::vector<int>& lengths, int H, int KH, int D, int WGS, int min_rows,
                       EmuKv code = EmuKv::None)
 {
-    const int B = (int)rows.size(), BS = 16;
+    const int B = (int)rows.size();
     std::mt19937 rng(41 + B * 7 + H * 5 + D + WGS);
     std::uniform_real_distribution<float> u(-1, 1);
     std::vector<int> starts(B + 1, 0);
     for (int b = 0; b < B; b++) starts[b + 1] = starts[b] + rows[b];
     const int N = starts[B];
-    int max_blocks = 0;
-    for (int b = 0; b < B; b++) max_blocks = std::max(max_blocks, (lengths[b] + BS - 1) / BS);
-    const int pool_blocks = B * max_blocks + 3;
-    std::vector<int> order(pool_blocks), tables((size_t)B * max_blocks);
-    for (int i = 0; i < pool_blocks; i++) order[i] = i;
-    std::shuffle(order.begin(), order.end(), rng);
-    for (size_t i = 0; i < tables.size(); i++) tables[i] = order[i];
-    const long long stride = 2LL * KH * D;
-    std::vector<bf16> pool((size_t)pool_blocks * BS * stride), q((size_t)N * H * D), out((size_t)N * H * D);
-    for (auto& e : pool) e = from_f<bf16>(u(rng));
+    const EmuPagedPool kv = make_paged_pool(lengths, KH, D, code, rng, [&] { return u(rng); });
+    const auto& pool = kv.pool;
+    const auto& tables = kv.tables;
+    const int max_blocks = kv.max_blocks;
+    const long long stride = kv.stride;
+    std::vector<bf16> q((size_t)N * H * D), out((size_t)N * H * D);
     for (auto& e : q) e = from_f<bf16>(u(rng));
     for (auto& e : out) e = from_f<bf16>(7.f);   // untouched rows keep this
-    const bool quantized = code != EmuKv::None;
-    std::vector<unsigned char> pool8(quantized ? pool.size() : 0);
-    std::vector<float> scales8(quantized ? pool.size() / D : 0), row(D);
-    for (size_t r = 0; r < scales8.size(); r++)
-    {
-        for (int d = 0; d < D; d++) row[d] = to_f(pool[r * D + d]);
-        scales8[r] = emu_quantize_kv_row(code, row.data(), &pool8[r * D], D);
-        for (int d = 0; d < D; d++) pool[r * D + d] = from_f<bf16>(scales8[r] * emu_kv_value(code, pool8[r * D + d]));
-    }
     const float scale = 1.f / std::sqrt((float)D);
-    auto slot = [&](int b, int pos) { return (size_t)tables[(size_t)b * max_blocks + pos / BS] * BS + pos % BS; };
+    auto slot = [&](int b, int pos) { return kv.slot(b, pos); };
     std::vector<double> expected(out.size());
     for (size_t i = 0; i < out.size(); i++) expected[i] = 7.0;
     for (int b = 0; b < B; b++)
@@ -287,7 +275,7 @@ static void run_paged(const std::vector<int>& rows, const std::vector<int>& leng
     const bf16 *pq = q.data(), *pp = pool.data();
     bf16* po = out.data();
     const int *pt = tables.data(), *pst = starts.data(), *pl = lengths.data();
-    int b_ = B, h_ = H, k_ = KH, bs = BS, mb = max_blocks, mr = min_rows, window = 1 << 30;
+    int b_ = B, h_ = H, k_ = KH, bs = kv.block_size, mb = max_blocks, mr = min_rows, window = 1 << 30;
     long long qn = (long long)H * D, qh = D;
     float sc = scale;
     emu_shared_base = smem_raw;
@@ -296,9 +284,9 @@ static void run_paged(const std::vector<int>& rows, const std::vector<int>& leng
     auto launch = [&](auto kernel) {
         emu_launch(dim3{tiles, (unsigned)H, 1}, 128 * WGS, [&] { kernel(pq, pp, po, pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, window); });
     };
-    const signed char* p8 = reinterpret_cast<const signed char*>(pool8.data());   // the pool's bytes as int8 values
-    const unsigned char* pf8 = pool8.data();                                      // or as E4M3 codes
-    const float* ps8 = scales8.data();
+    const signed char* p8 = reinterpret_cast<const signed char*>(kv.codes.data());   // the pool's bytes as int8 values
+    const unsigned char* pf8 = kv.codes.data();                                     // or as E4M3 codes
+    const float* ps8 = kv.scales.data();
     auto launch8 = [&](auto kernel, auto codes) {
         emu_launch(dim3{tiles, (unsigned)H, 1}, 128 * WGS, [&] { kernel(pq, codes, po, pt, pst, pl, b_, h_, k_, bs, mb, qn, qh, sc, mr, window, ps8); });
     };
