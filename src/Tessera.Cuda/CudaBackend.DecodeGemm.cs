@@ -126,7 +126,8 @@ public sealed unsafe partial class CudaBackend
         int m = x.Size(0), k = x.Size(1);
         if (m <= GemvMaxRows || m > DecodeGemmMaxRows || k % DecodeGemmTile != 0 || x.DType is not (DType.BF16 or DType.F16)) return false;
         if (x.Stride(1) != 1 || x.Stride(0) % 8 != 0 || Ptr(x) % 16 != 0) return false;
-        if (norm is { } r && (r.Weight.DType != x.DType || !r.Weight.IsContiguous || r.Weight.NumElements != k || Ptr(r.Weight) % 16 != 0)) return false;
+        // A unit-offset norm (Gemma) goes to the norm kernel first: these kernels apply plain norms.
+        if (norm is { } r && (r.UnitOffset || r.Weight.DType != x.DType || !r.Weight.IsContiguous || r.Weight.NumElements != k || Ptr(r.Weight) % 16 != 0)) return false;
         foreach (var w in weights)
             if (w.Rank != 2 || w.Size(0) == 0 || w.DType != x.DType || w.Size(1) != k || w.Stride(1) != 1 || w.Stride(0) % 8 != 0 || Ptr(w) % 16 != 0) return false;
         return true;

@@ -37,6 +37,72 @@ public sealed unsafe partial class CudaBackend
         LaunchRopeAppend(op, qkv.DType, (long)b * t, h + kv2, d, args);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>One launch of rope.cu's <c>norm_rope_append_rows</c> (a CTA per row: the heads staged in shared memory, a warp
+    /// per q or k head normalizing it, then the rotation and the append), the bits of the norm kernel on each head followed by
+    /// <see cref="RopeAndAppend"/>, where 16-byte vectors fit (F32, BF16 or F16, D a multiple of 16 bytes and at most 64 of
+    /// them, aligned tensors, the row in 48 KB of shared memory); otherwise that composition.</remarks>
+    public void NormalizeHeadsRopeAndAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm,
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
+    {
+        const string op = nameof(NormalizeHeadsRopeAndAppend);
+        RequireContiguous(op, "qkv", qkv);
+        if (qkv.Rank != 4 || keysAndValues.Rank != 4)
+            throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} and keysAndValues {keysAndValues.Shape} must be (B, T, H+2K, D) and (B, S, 2K, D)");
+        int d = qkv.Size(3), kv2 = keysAndValues.Size(2);
+        foreach (var (name, norm) in new[] { (nameof(queryNorm), queryNorm), (nameof(keyNorm), keyNorm) })
+        {
+            RequireContiguous(op, name, norm.Weight);
+            if (norm.Weight.NumElements != d || norm.Weight.DType != qkv.DType)
+                throw new ArgumentException($"CudaBackend.{op}: {name}'s weight {norm.Weight.DType} {norm.Weight.Shape} must be ({d}) {qkv.DType}");
+        }
+        int vec = 16 / qkv.DType.SizeInBytes(), heads = qkv.Size(2);
+        uint shared = (uint)(d * sizeof(float) + (long)heads * d * qkv.DType.SizeInBytes());
+        bool fused = qkv.DType is DType.F32 or DType.BF16 or DType.F16 && d % vec == 0 && d / vec <= 64 && shared <= 48 * 1024
+            && Ptr(qkv) % 16 == 0 && Ptr(queryNorm.Weight) % 16 == 0 && Ptr(keyNorm.Weight) % 16 == 0 && queryHeads + kv2 == heads;
+        if (!fused)
+        {
+            NormalizeHeadsInPlace(qkv.Slice(2, 0, queryHeads), queryNorm);
+            NormalizeHeadsInPlace(qkv.Slice(2, queryHeads, kv2 / 2), keyNorm);
+            RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
+            return;
+        }
+        var qs = Strides3.Of(op, "qkv", qkv);
+        var cs = Strides3.Of(op, "keysAndValues", keysAndValues);
+        int b = qkv.Size(0), t = qkv.Size(1);
+        if (kv2 % 2 != 0 || keysAndValues.Size(0) != b || keysAndValues.Size(3) != d || keysAndValues.DType != qkv.DType || d % 2 != 0)
+            throw new ArgumentException($"CudaBackend.{op}: keysAndValues {keysAndValues.DType} {keysAndValues.Shape} must be (B, S, 2K, D) of qkv's B, D and dtype ({qkv.DType} {qkv.Shape}), D even");
+        if (t > keysAndValues.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: {t} new positions do not fit a cache of {keysAndValues.Size(1)}");
+        RequirePositions(op, startPositions, b);
+        int h = queryHeads, k = kv2 / 2;
+        var freq = RopeArgsFor(frequencies, d);
+        if ((long)b * t == 0) return;
+        ulong px = Ptr(qkv), pc = Ptr(keysAndValues), pp = Ptr(startPositions), noSlots = 0, pq = Ptr(queryNorm.Weight), pk = Ptr(keyNorm.Weight);
+        float qe = (float)queryNorm.Epsilon, ke = (float)keyNorm.Epsilon;
+        int qu = queryNorm.UnitOffset ? 1 : 0, ku = keyNorm.UnitOffset ? 1 : 0;
+        void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &freq, &noSlots,
+            &pq, &pk, &qe, &ke, &qu, &ku };
+        Launch("rope.cu", "norm_rope_append_rows_" + Suffix(qkv.DType, op), ((uint)((long)b * t), 1, 1), RopeRowThreads, args, shared, dependent: true);
+    }
+
+    /// <summary>Each D-channel head of <paramref name="heads"/> (B, T, heads, D), a view, RMS-normalized in place (copied out to
+    /// scratch rows, the norm kernel, copied back): the composition <see cref="NormalizeHeadsRopeAndAppend"/> falls back to.</summary>
+    private void NormalizeHeadsInPlace(Tensor heads, RmsNormPrologue norm)
+    {
+        int d = heads.Size(-1);
+        var rows = ScratchTensor(heads.Shape, heads.DType);
+        var normalized = ScratchTensor(heads.Shape, heads.DType);
+        var rstd = ScratchTensor(new Shape((int)(heads.NumElements / d)), DType.F32);
+        Copy(heads, rows);
+        RmsNormForward(rows.Reshape((int)(rows.NumElements / d), d), norm.Weight, normalized.Reshape((int)(rows.NumElements / d), d), rstd,
+            norm.Epsilon, norm.UnitOffset);
+        Copy(normalized, heads);
+        rstd.Storage.Dispose();
+        normalized.Storage.Dispose();
+        rows.Storage.Dispose();
+    }
+
     /// <summary>
     /// rope.cu's RoPE with the KV append over <paramref name="rows"/> rows of <paramref name="heads"/> heads of size
     /// <paramref name="d"/> (<paramref name="args"/>: the kernels' common parameters): <c>rope_append_rows</c>, a CTA per row,

@@ -25,17 +25,18 @@ public sealed unsafe partial class CudaBackend
     private bool TryGemv(Tensor a, Tensor b, Tensor c, bool transposeA, bool transposeB, double alpha, double beta, Tensor? bias,
         RmsNormPrologue? norm = null)
     {
-        if (transposeA || !transposeB || b.Rank != 2 || c.Rank != 2 || !GemvFits(a, norm, b)) return false;
+        if (transposeA || !transposeB || b.Rank != 2 || c.Rank != 2 || !FloatGemvFits(a, norm, b)) return false;
         int m = a.Size(0), k = a.Size(1), n = b.Size(0);
         var dtype = a.DType;
         if (c.Size(0) != m || c.Size(1) != n || n == 0 || c.DType != dtype || (c.Stride(1) != 1 && n > 1)) return false;
         if (!BiasFits(bias, dtype, n)) return false;
         ulong px = Ptr(a), pw = Ptr(b), py = Ptr(c), pb = PtrOrNull(bias), pn = norm is { } r ? Ptr(r.Weight) : 0;
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;
+        int unit = norm is { UnitOffset: true } ? 1 : 0;
         long ldx = a.Stride(0), ldw = b.Stride(0), ldy = c.Stride(0);
         float al = (float)alpha, be = (float)beta;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be, &pn, &eps, &early };
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &n, &k, &ldx, &ldw, &ldy, &al, &be, &pn, &eps, &unit, &early };
         Launch("gemv.cu", $"gemv_stream_{Suffix(dtype, "MatMul")}_m{m}", (GemvGrid(n), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
         return true;
     }
@@ -48,9 +49,14 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// Whether x (M, K) with M &lt;= 4 and the (·, K) weights suit the matrix-vector kernels: one floating-point dtype, 16-byte
-    /// aligned rows, K a multiple of 16 bytes, x fitting shared memory, a contiguous norm weight (K) when there is a norm.
+    /// aligned rows, K a multiple of 16 bytes, x fitting shared memory, a contiguous norm weight (K) when there is a norm, and
+    /// no unit offset on it (the quantized forms apply plain norms only).
     /// </summary>
-    private bool GemvFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights)
+    private bool GemvFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights) => !(norm is { UnitOffset: true }) && FloatGemvFits(x, norm, weights);
+
+    /// <summary>The same test for the float-weight forms (F32, BF16, F16 weights), whose staging also applies a unit-offset
+    /// norm (Gemma's).</summary>
+    private bool FloatGemvFits(Tensor x, RmsNormPrologue? norm, params Tensor[] weights)
     {
         if (!GemvInputFits(x)) return false;
         int k = x.Size(1);
@@ -83,7 +89,7 @@ public sealed unsafe partial class CudaBackend
     /// norm on the way); otherwise the norm, then one cuBLASLt product over [gate; up] when the two weights are adjacent in their
     /// storage (two products when not) into scratch, and the SwiGLU kernel on the halves.</remarks>
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
-        RmsNormPrologue? norm = null)
+        RmsNormPrologue? norm = null, bool geluGate = false)
     {
         const string op = nameof(MatMulSwiGlu);
         if (x.Rank != 2 || gateWeight.Rank != 2 || upWeight.Shape != gateWeight.Shape || output.Rank != 2
@@ -93,9 +99,9 @@ public sealed unsafe partial class CudaBackend
         int m = x.Size(0), k = x.Size(1), f = gateWeight.Size(0);
         var dtype = x.DType;
         // One row stride serves both weights in the kernel.
-        bool fused = GemvFits(x, norm, gateWeight, upWeight) && upWeight.Stride(0) == gateWeight.Stride(0) && output.DType == dtype
+        bool fused = FloatGemvFits(x, norm, gateWeight, upWeight) && upWeight.Stride(0) == gateWeight.Stride(0) && output.DType == dtype
             && BiasFits(gateBias, dtype, f) && BiasFits(upBias, dtype, f);
-        if (!fused && TryDecodeGemmSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm)) return;
+        if (!fused && !geluGate && TryDecodeGemmSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm)) return;
         if (!fused && gateBias is null && upBias is null && Stacked(gateWeight, upWeight) is { } both && output.DType == dtype)
         {
             // Gate and up adjacent in their storage (the parameter arena lays them out so): one product at N = 2F reads
@@ -103,7 +109,7 @@ public sealed unsafe partial class CudaBackend
             Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
             var gu = ScratchTensor(new Shape(m, 2 * f), dtype);                              // (M, 2F): [g | u]
             MatMul(h ?? x, both, gu, transposeB: true);
-            SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), output);
+            GatedActivation(gu.Slice(1, 0, f), gu.Slice(1, f, f), output, geluGate);
             gu.Storage.Dispose();
             h?.Storage.Dispose();
             return;
@@ -115,7 +121,7 @@ public sealed unsafe partial class CudaBackend
             var up = ScratchTensor(output.Shape, dtype);
             MatMul(h ?? x, gateWeight, gate, transposeB: true, bias: gateBias);
             MatMul(h ?? x, upWeight, up, transposeB: true, bias: upBias);
-            SwiGluForward(gate, up, output);
+            GatedActivation(gate, up, output, geluGate);
             gate.Storage.Dispose();
             up.Storage.Dispose();
             h?.Storage.Dispose();
@@ -124,10 +130,34 @@ public sealed unsafe partial class CudaBackend
         ulong px = Ptr(x), pg = Ptr(gateWeight), pu = Ptr(upWeight), pbg = PtrOrNull(gateBias), pbu = PtrOrNull(upBias), po = Ptr(output);
         ulong pn = norm is { } n ? Ptr(n.Weight) : 0;
         float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
+        int unit = norm is { UnitOffset: true } ? 1 : 0, gelu = geluGate ? 1 : 0;
         long ldx = x.Stride(0), ldw = gateWeight.Stride(0), ldo = f;
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps, &early };
+        void** args = stackalloc void*[] { &px, &pg, &pu, &pbg, &pbu, &po, &f, &k, &ldx, &ldw, &ldo, &pn, &eps, &unit, &gelu, &early };
         Launch("gemv.cu", $"gemv_stream_swiglu_{Suffix(dtype, op)}_m{m}", (GemvGrid(f), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
+    }
+
+    /// <summary>output = SiLU(gate) * up, or with <paramref name="geluGate"/> GELU(gate) * up as two kernels (the gate's GELU in
+    /// place, then the product), the composition <see cref="IBackend.MatMulSwiGlu"/> states.</summary>
+    private void GatedActivation(Tensor gate, Tensor up, Tensor output, bool geluGate)
+    {
+        if (!geluGate)
+        {
+            SwiGluForward(gate, up, output);
+            return;
+        }
+        if (!gate.IsContiguous || !up.IsContiguous)
+        {
+            var (g, u) = (ScratchTensor(gate.Shape, gate.DType), ScratchTensor(up.Shape, up.DType));
+            Copy(gate, g);
+            Copy(up, u);
+            GatedActivation(g, u, output, geluGate);
+            g.Storage.Dispose();
+            u.Storage.Dispose();
+            return;
+        }
+        GeluForward(gate, gate);
+        Multiply(gate, up, output);
     }
 
     /// <summary>The (2F, C) matrix [a; b] when b follows a in their storage (both contiguous, of one shape), else null.</summary>
@@ -172,7 +202,7 @@ public sealed unsafe partial class CudaBackend
         if (weight.Rank != 2) throw new ArgumentException($"CudaBackend.{op}: weight {weight.Shape} must be ((H+2K)·D, C)");
         var flat = DenseQkvRows(op, x, weight.Shape, qkv);
         var dtype = x.DType;
-        if (!(GemvFits(x, norm, weight) && BiasFits(bias, dtype, weight.Size(0)) && StreamRopeFits(qkv, queryHeads, keysAndValues, dtype)))
+        if (!(FloatGemvFits(x, norm, weight) && BiasFits(bias, dtype, weight.Size(0)) && StreamRopeFits(qkv, queryHeads, keysAndValues, dtype)))
         {
             if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
             else MatMul(x, weight, flat, transposeB: true, bias: bias);
@@ -183,9 +213,10 @@ public sealed unsafe partial class CudaBackend
         int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;
         ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), py = Ptr(qkv), pn = norm is { } n ? Ptr(n.Weight) : 0;
         float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
+        int unit = norm is { UnitOffset: true } ? 1 : 0;
         long ldx = x.Stride(0), ldw = weight.Stride(0), ldy = weight.Size(0);
         int early = EarlyWeights ? 1 : 0;   // read before the launch notes itself
-        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &unit, &rope, &early };
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 

@@ -201,7 +201,7 @@ public sealed unsafe partial class CudaBackend
     {
         var h = ScratchTensor(x.Shape, x.DType);
         var rstd = ScratchTensor(new Shape(x.Size(0)), DType.F32);
-        RmsNormForward(x, norm.Weight, h, rstd, norm.Epsilon);
+        RmsNormForward(x, norm.Weight, h, rstd, norm.Epsilon, norm.UnitOffset);
         rstd.Storage.Dispose();
         return h;
     }

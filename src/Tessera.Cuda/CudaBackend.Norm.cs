@@ -119,21 +119,43 @@ public sealed unsafe partial class CudaBackend
         return true;
     }
 
-    public void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon)
+    public void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon, bool unitOffset = false)
     {
         var (rows, c) = NormShape("RmsNormForward", x, weight, (rstd, "rstd", true));
         RequireElementwise("RmsNormForward", x, (output, "output"));
+        LaunchRmsNorm("RmsNormForward", x, weight, output, Ptr(rstd), rows, c, epsilon, unitOffset, accumulate: false);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>One launch: the RMSNorm kernels with their accumulate flag (each output element added to the accumulator's
+    /// as the accumulate kernel adds it, after the same rounding), rstd not stored.</remarks>
+    public void AccumulateRmsNorm(Tensor accumulator, Tensor x, RmsNormPrologue norm)
+    {
+        const string op = nameof(AccumulateRmsNorm);
+        var (rows, c) = NormShape(op, x, norm.Weight);
+        RequireElementwise(op, x, (accumulator, "accumulator"));
+        if (Ptr(accumulator) < Ptr(x) + (ulong)(x.NumElements * x.DType.SizeInBytes())
+            && Ptr(x) < Ptr(accumulator) + (ulong)(accumulator.NumElements * accumulator.DType.SizeInBytes()))
+            throw new ArgumentException($"CudaBackend.{op}: the accumulator and x overlap");
+        LaunchRmsNorm(op, x, norm.Weight, accumulator, 0, rows, c, norm.Epsilon, norm.UnitOffset, accumulate: true);
+    }
+
+    /// <summary>The RMSNorm forward kernels: output = x r scale (accumulate: output += it), rstd stored when not 0.</summary>
+    private void LaunchRmsNorm(string op, Tensor x, Tensor weight, Tensor output, ulong pr, long rows, int c, double epsilon,
+        bool unitOffset, bool accumulate)
+    {
         if (rows == 0) return;
-        ulong px = Ptr(x), pw = Ptr(weight), po = Ptr(output), pr = Ptr(rstd);
+        ulong px = Ptr(x), pw = Ptr(weight), po = Ptr(output);
         float eps = (float)epsilon;
+        int unit = unitOffset ? 1 : 0, acc = accumulate ? 1 : 0;
         if (RowVectorBlock(x.DType, c, px, pw, po) is uint threads)
         {
-            void** vargs = stackalloc void*[] { &px, &pw, &po, &pr, &rows, &c, &eps };
-            Launch("norm.cu", "rmsnorm_forward_vec_" + Suffix(x.DType, "RmsNormForward"), RowVectorGrid(rows, threads), threads, vargs);
+            void** vargs = stackalloc void*[] { &px, &pw, &po, &pr, &rows, &c, &eps, &unit, &acc };
+            Launch("norm.cu", "rmsnorm_forward_vec_" + Suffix(x.DType, op), RowVectorGrid(rows, threads), threads, vargs);
             return;
         }
-        void** args = stackalloc void*[] { &px, &pw, &po, &pr, &c, &eps };
-        Launch("norm.cu", "rmsnorm_forward_" + Suffix(x.DType, "RmsNormForward"), (uint)rows, RowBlock(c), args);
+        void** args = stackalloc void*[] { &px, &pw, &po, &pr, &c, &eps, &unit, &acc };
+        Launch("norm.cu", "rmsnorm_forward_" + Suffix(x.DType, op), (uint)rows, RowBlock(c), args);
     }
 
     /// <summary>

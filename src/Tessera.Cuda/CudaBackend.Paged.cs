@@ -65,7 +65,7 @@ public sealed unsafe partial class CudaBackend
         if (weight.Rank != 2) throw new ArgumentException($"CudaBackend.{op}: weight {weight.Shape} must be ((H+2K)·D, C)");
         var flat = PagedQkvRows(op, x, weight.Shape, qkv, queryHeads, pool, positions, batch, poolScales);
         var dtype = x.DType;
-        bool fused = Options.FusedPagedQkv && GemvFits(x, norm, weight) && BiasFits(bias, dtype, weight.Size(0)) && StreamRopeFits(qkv, pool, dtype);
+        bool fused = Options.FusedPagedQkv && FloatGemvFits(x, norm, weight) && BiasFits(bias, dtype, weight.Size(0)) && StreamRopeFits(qkv, pool, dtype);
         if (!fused)
         {
             if (norm is { } r) RmsNormMatMul(x, r, weight, flat, bias);
@@ -76,10 +76,11 @@ public sealed unsafe partial class CudaBackend
         int m = x.Size(0), k = x.Size(1), pairs = weight.Size(0) / 2;
         ulong px = Ptr(x), pw = Ptr(weight), pb = PtrOrNull(bias), py = Ptr(qkv), pn = norm is { } nr ? Ptr(nr.Weight) : 0;
         float eps = norm is { } n2 ? (float)n2.Epsilon : 0f;
+        int unit = norm is { UnitOffset: true } ? 1 : 0;
         long ldx = x.Stride(0), ldw = weight.Stride(0), ldy = weight.Size(0);
         var rope = PagedRopeArgs(qkv, queryHeads, pool, positions, batch, frequencies);
         int early = EarlyWeights ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &rope, &early };
+        void** args = stackalloc void*[] { &px, &pw, &pb, &py, &pairs, &k, &ldx, &ldw, &ldy, &pn, &eps, &unit, &rope, &early };
         Launch("gemv.cu", $"gemv_stream_rope_{Suffix(dtype, op)}_m{m}", (GemvGrid(pairs), 1, 1), 256, args, GemvShared(m, k, dtype), dependent: true);
     }
 

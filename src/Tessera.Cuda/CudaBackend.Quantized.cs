@@ -28,6 +28,7 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(weight);
         weight.ValidateProduct(nameof(CudaBackend), x, y, beta, bias, epilogue, auxiliary, addend, norm);
+        if (WithUnitOffsetNormApplied(x, norm, h => QuantizedMatMul(h, weight, y, beta, bias, epilogue, auxiliary, addend))) return;
         if (weight.InputOrder is { } order)
         {
             // Act order: x (normalized first) gathered into the stored columns' order, then the product over them.
@@ -68,6 +69,7 @@ public sealed unsafe partial class CudaBackend
     {
         ArgumentNullException.ThrowIfNull(gate);
         gate.ValidateSwiGlu(nameof(CudaBackend), up, x, output, gateBias, upBias, norm);
+        if (WithUnitOffsetNormApplied(x, norm, h => QuantizedMatMulSwiGlu(h, gate, up, output, gateBias, upBias))) return;
         if (gate.InputOrder is { } order && ReferenceEquals(order, up.InputOrder))
         {
             // Act-order weights of one order (GPTQ orders gate and up by their one input): x gathered once, then the fused op.
@@ -350,11 +352,29 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>A fused norm's kernel operands: its weight's address and epsilon, or 0 and 0 without one.</summary>
-    private (ulong Weight, float Epsilon) NormOperands(RmsNormPrologue? norm) => norm is { } r ? (Ptr(r.Weight), (float)r.Epsilon) : (0UL, 0f);
+    private (ulong Weight, float Epsilon) NormOperands(RmsNormPrologue? norm) => norm switch
+    {
+        null => (0UL, 0f),
+        { UnitOffset: true } => throw new InvalidOperationException("CudaBackend: a unit-offset norm reached a quantized kernel, which applies plain norms only"),
+        { } r => (Ptr(r.Weight), (float)r.Epsilon),
+    };
+
+    /// <summary>
+    /// Runs <paramref name="product"/> on x normalized into scratch first when <paramref name="norm"/> has a unit offset
+    /// (Gemma's norms; the quantized kernels apply plain norms only) and returns true; false, with nothing enqueued, otherwise.
+    /// </summary>
+    private bool WithUnitOffsetNormApplied(Tensor x, RmsNormPrologue? norm, Action<Tensor> product)
+    {
+        if (norm is not { UnitOffset: true } r) return false;
+        var h = NormalizedScratch(x, r);
+        try { product(h); }
+        finally { h.Storage.Dispose(); }
+        return true;
+    }
 
     /// <summary>Whether a decode product can apply <paramref name="norm"/> on the way: x of at most
     /// <see cref="CudaBackendOptions.QuantizedDecodeProductNormMaxRows"/> rows, the norm's weight of x's dtype, contiguous, K long, 16-byte aligned.</summary>
-    private bool DecodeNormFits(Tensor x, RmsNormPrologue norm) => x.Size(0) <= Options.QuantizedDecodeProductNormMaxRows
+    private bool DecodeNormFits(Tensor x, RmsNormPrologue norm) => x.Size(0) <= Options.QuantizedDecodeProductNormMaxRows && !norm.UnitOffset
         && norm.Weight.DType == x.DType && norm.Weight.IsContiguous && norm.Weight.NumElements == x.Size(1) && Ptr(norm.Weight) % 16 == 0;
 
     /// <summary>

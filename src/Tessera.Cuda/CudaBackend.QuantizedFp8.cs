@@ -145,6 +145,8 @@ public sealed unsafe partial class CudaBackend
     private void QuantizeRowsFp8(Tensor x, RmsNormPrologue? norm, Tensor codes, Tensor scales)
     {
         int m = x.Size(0), k = x.Size(1);
+        if (norm is { UnitOffset: true })
+            throw new InvalidOperationException("CudaBackend: a unit-offset norm reached the FP8 row quantizer, which applies plain norms only");
         ulong px = Ptr(x), pn = norm is { } r ? Ptr(r.Weight) : 0, pc = Ptr(codes), ps = Ptr(scales);
         long ldx = x.Stride(0);
         float eps = norm is { } r2 ? (float)r2.Epsilon : 0f;

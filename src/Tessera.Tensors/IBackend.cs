@@ -154,9 +154,11 @@ public interface IBackend
     /// gateWeight and upWeight (F,C) (nn.Linear's layout), biases (F) or null. One pass over both weights where the backend
     /// fuses it (the CUDA backend does for N &lt;= 4, decoding); otherwise two products and <see cref="SwiGluForward"/>.
     /// </summary>
-    /// <remarks>With <paramref name="norm"/>, x is first normalized by it (see <see cref="RmsNormMatMul"/>).</remarks>
+    /// <remarks>With <paramref name="norm"/>, x is first normalized by it (see <see cref="RmsNormMatMul"/>). With
+    /// <paramref name="geluGate"/> the gate's activation is the tanh GELU (<see cref="GeluForward"/>) in place of SiLU: GeGLU
+    /// (Gemma), whose composition is the two products, <see cref="GeluForward"/> of the gate and <see cref="Multiply"/>.</remarks>
     void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
-        RmsNormPrologue? norm = null);
+        RmsNormPrologue? norm = null, bool geluGate = false);
 
     /// <summary>
     /// output (N,F) = RMSNorm(x) weight^T (+ bias) for x (N,C) and weight (F,C): a pre-norm block's norm and the product that
@@ -275,8 +277,20 @@ public interface IBackend
     void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd,
         Tensor dx, Tensor dWeight, Tensor? dBias, Tensor? dxColumnSums = null);
 
-    /// <summary>output (N,C) = x * rstd * weight with rstd = 1/sqrt(mean(x^2) + eps); saves rstd (N).</summary>
-    void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon);
+    /// <summary>
+    /// output (N,C) = x * rstd * scale with rstd = 1/sqrt(mean(x^2) + eps); saves rstd (N). The scale is weight, or with
+    /// <paramref name="unitOffset"/> 1 + weight rounded to weight's dtype (Gemma's norms), which gives the bits of forming
+    /// that scale in a tensor of its own first.
+    /// </summary>
+    void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon, bool unitOffset = false);
+
+    /// <summary>
+    /// accumulator (N,C) += RMSNorm(x) (N,C) by <paramref name="norm"/>: a Gemma block's post-norm and residual add as one op
+    /// (the branch normalized, rounded to x's dtype, then added). The result equals <see cref="RmsNormForward"/> into a
+    /// tensor of x's dtype followed by <see cref="Accumulate"/>; a device may do both in one launch. Saves nothing
+    /// (inference). Both contiguous, of one dtype; they must not overlap.
+    /// </summary>
+    void AccumulateRmsNorm(Tensor accumulator, Tensor x, RmsNormPrologue norm);
 
     /// <summary>Accumulates dx (N,C) += dL/dx and dWeight (C) += its gradient.</summary>
     void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dx, Tensor dWeight);
@@ -338,6 +352,16 @@ public interface IBackend
     /// qkv[:, :, H:]). The result equals those two calls; a device may do both in one launch.
     /// </summary>
     void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies);
+
+    /// <summary>
+    /// <see cref="RopeAndAppend"/> after per-head RMS norms (Qwen3's and Gemma 3's q_norm and k_norm): each query head of qkv
+    /// (B,T,H+2K,D), contiguous, is RMS-normalized over its D channels by <paramref name="queryNorm"/> (weight (D)) and each key
+    /// head by <paramref name="keyNorm"/>, in place, rounded to qkv's dtype as <see cref="RmsNormForward"/> stores them; then
+    /// the q and k heads are rotated and the k and v heads appended as <see cref="RopeAndAppend"/> does. The result equals
+    /// those calls; a device may do all of it in one launch.
+    /// </summary>
+    void NormalizeHeadsRopeAndAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm,
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies);
 
     /// <summary>
     /// A decode step's attention input as one op: qkv (B, T, H+2K, D), contiguous, = x W^T + bias for x (B·T, C) and

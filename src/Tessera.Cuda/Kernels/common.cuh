@@ -438,8 +438,18 @@ template <> struct Mma<f16>
     }
 };
 
+// An RMSNorm's scale element (norm.cu, the matrix-vector kernels' staging, the head norms of rope.cu): w, or with unit
+// (Gemma's norms) 1 + w rounded to T, the bits of a scale formed in a tensor of its own (a fill and an accumulate).
+template <typename T> __device__ __forceinline__ float norm_scale(float w, int unit) { return unit ? to_f(from_f<T>(1.f + w)) : w; }
+
 // SiLU as the SwiGLU kernels apply it (elementwise.cu, gemv.cu, the decode products), in fp32.
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+// GPT-2's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+__device__ __forceinline__ float gelu(float x)
+{
+    const float c = 0.7978845608028654f;
+    return 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x)));
+}
 
 // The decode products' output element (decode_gemm.cu, decode_gemm_hopper.cu): alpha * sum + bias[n] + beta * y[at] (the
 // residual), rounded to T; with SwiGLU, SiLU(gate + bg[o]) * (up + bu[o]).

@@ -168,12 +168,7 @@ __device__ __forceinline__ void split_item(i64 k, i64 per, i64 total, i64& r, i6
         }                                                                                        \
     }
 
-// GPT-2's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-__device__ __forceinline__ float gelu(float x)
-{
-    const float c = 0.7978845608028654f;
-    return 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x)));
-}
+// gelu (GPT-2's gelu_new) is in common.cuh, shared with the matrix-vector kernels' GeGLU epilogue.
 __device__ __forceinline__ float gelu_grad(float x)
 {
     const float c = 0.7978845608028654f;

@@ -107,9 +107,9 @@ __device__ __forceinline__ void gemv_chunk(const Bytes16& wraw, const T* sx, int
 // Staging x (M, K) into shared memory once per CTA: every warp of the CTA reads it for its rows. With a norm weight
 // nw (K), each row is RMS-normalized on the way (x * rsqrt(mean(x^2) + eps) * nw, rounded to T as the separate norm
 // kernel would store it): every CTA recomputes the row's mean square from 2K bytes that the L2 serves, which costs less
-// than a launch of its own.
+// than a launch of its own. unit: the norm's scale is 1 + nw rounded to T (Gemma), as norm.cu's kernels apply it.
 template <typename T, int M>
-__device__ __forceinline__ void gemv_stage_x(const T* x, i64 ldx, int K, T* sx, const T* nw, float eps)
+__device__ __forceinline__ void gemv_stage_x(const T* x, i64 ldx, int K, T* sx, const T* nw, float eps, int unit = 0)
 {
     constexpr int V = Vec16<T>::N;
     const int chunks = K / V;
@@ -139,7 +139,7 @@ __device__ __forceinline__ void gemv_stage_x(const T* x, i64 ldx, int K, T* sx, 
             load16(sx + (i64)m * K + (i64)c * V, v);
             load16(nw + (i64)c * V, w);
 #pragma unroll
-            for (int j = 0; j < V; j++) v[j] = v[j] * r * w[j];
+            for (int j = 0; j < V; j++) v[j] = v[j] * r * norm_scale<T>(w[j], unit);
             store16(sx + (i64)m * K + (i64)c * V, v);
         }
     }
@@ -336,7 +336,7 @@ struct GemvRopeLane
 template <typename T, typename Wt, int M, int EPI>
 __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float* scales, const T* bias0, const T* bias1, T* y,
                             const T* c_in, int N, int K, i64 ldx, i64 ldw, i64 ldy, i64 ldc, float alpha, float beta, const T* nw,
-                            float eps, GemvRope<T> rope, int early, const float* scales1 = nullptr)
+                            float eps, GemvRope<T> rope, int early, const float* scales1 = nullptr, int unit = 0, int gelu = 0)
 {
     constexpr int U = M <= 2 ? 8 : 4;
     constexpr int V = Vec16<Wt>::N;
@@ -362,7 +362,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
     if (!early && load.n < N)
         gemv_unit_load<Wt, U>(gemv_row_ptr<Wt, EPI>(w0, w1, ldw, load, half, rhalf), load.q, chunks, lane, raw);
     if (EPI == GEMV_ROPE) rl.after_wait(rope, first, N, half, lane);
-    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps);   // every thread: barriers inside; the first unit's loads fly meanwhile
+    gemv_stage_x<T, M>(x, ldx, K, sx, nw, eps, unit);   // every thread: barriers inside; the first unit's loads fly meanwhile
     constexpr bool F8 = IsFp8<Wt>::value;
     float* xscale = reinterpret_cast<float*>(gemv_smem + (i64)M * K * sizeof(T));   // F8: the M rows' scales after x
     if (F8) gemv_quantize_x<T, M>(sx, K, xscale);
@@ -407,7 +407,7 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
                 for (int m = 0; m < M; m++)
                 {
                     const float a = (scales ? s0 * acc[0][m] : acc[0][m]) + b0;
-                    y[m * ldy + n] = from_f<T>(silu(a) * ((scales1 ? s1 * acc[1][m] : acc[1][m]) + b1));
+                    y[m * ldy + n] = from_f<T>((gelu ? ::gelu(a) : silu(a)) * ((scales1 ? s1 * acc[1][m] : acc[1][m]) + b1));
                 }
             }
             if (EPI == GEMV_ROPE) rl.store(rope, y, ldy, bias0, scales, n, half, acc[0], acc[1], lane);
@@ -425,24 +425,24 @@ __device__ void gemv_stream(const T* x, const Wt* w0, const Wt* w1, const float*
 #define GEMV_STREAM(n, T, M)                                                                                     \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_##n##_m##M(const T* x, const T* w,          \
         const T* bias, T* y, int N, int K, i64 ldx, i64 ldw, i64 ldy, float alpha, float beta, const T* nw,       \
-        float eps, int early)                                                                                     \
+        float eps, int unit, int early)                                                                           \
     {                                                                                                             \
         gemv_stream<T, T, M, GEMV_LINEAR>(x, w, w, nullptr, bias, bias, y, y, N, K, ldx, ldw, ldy, ldy, alpha, beta, nw, eps, \
-                                          {}, early);                                                             \
+                                          {}, early, nullptr, unit);                                              \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_swiglu_##n##_m##M(const T* x, const T* wg,  \
         const T* wu, const T* bg, const T* bu, T* out, int F, int K, i64 ldx, i64 ldw, i64 ldo, const T* nw,     \
-        float eps, int early)                                                                                     \
+        float eps, int unit, int gelu, int early)                                                                 \
     {                                                                                                             \
         gemv_stream<T, T, M, GEMV_SWIGLU>(x, wg, wu, nullptr, bg, bu, out, out, F, K, ldx, ldw, ldo, ldo, 1.f, 0.f, nw, eps, \
-                                          {}, early);                                                             \
+                                          {}, early, nullptr, unit, gelu);                                        \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(256, 2) gemv_stream_rope_##n##_m##M(const T* x, const T* w,     \
-        const T* bias, T* qkv, int pairs, int K, i64 ldx, i64 ldw, i64 ldy, const T* nw, float eps,              \
+        const T* bias, T* qkv, int pairs, int K, i64 ldx, i64 ldw, i64 ldy, const T* nw, float eps, int unit,    \
         GemvRope<T> rope, int early)                                                                              \
     {                                                                                                             \
         gemv_stream<T, T, M, GEMV_ROPE>(x, w, w, nullptr, bias, bias, qkv, qkv, pairs, K, ldx, ldw, ldy, ldy, 1.f, 0.f, nw, \
-                                        eps, rope, early);                                                        \
+                                        eps, rope, early, nullptr, unit);                                         \
     }
 #define GEMV_STREAM_ALL(n, T) GEMV_STREAM(n, T, 1) GEMV_STREAM(n, T, 2) GEMV_STREAM(n, T, 3) GEMV_STREAM(n, T, 4)
 FOR_FLOAT_TYPES(GEMV_STREAM_ALL)

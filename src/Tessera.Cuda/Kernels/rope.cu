@@ -260,6 +260,108 @@ template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const i
     }
 }
 
+// rope_append_rows after per-head RMS norms (Qwen3's and Gemma 3's q_norm and k_norm), one CTA per row (b, t): the row's
+// H + 2K heads are staged in shared memory after the angles (16-byte vectors); a warp per q or k head normalizes it there,
+// lane l holding the head's 16-byte vectors l and l + 32 as threads l and l + 32 of rmsnorm_forward_vec hold a row's (the same
+// squares summed in the same order, the same scale rounding: unit for Gemma's 1 + w), rounded to T; then each pair is rotated
+// as rope_append_rows rotates it, the normalized q and k heads written back and the k and v heads appended. The same bits as
+// the norm kernel on each head, then rope_append_rows. D / V <= 64 vectors a head (D <= 256 in 16-bit types, 256 in f32).
+template <typename T> __device__ void norm_rope_append_rows(T* qkv, T* cache, const int* starts, int B, int Tn, int H, int K,
+    int D, i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots, const T* qw, const T* kw, float qeps,
+    float keps, int qunit, int kunit)
+{
+    constexpr int V = Vec16<T>::N;
+    const int half = D / 2, heads = H + 2 * K, vecs = D / V, rotated = (H + K) * half, items = heads * half;
+    const int b = blockIdx.x / Tn, t = blockIdx.x % Tn;
+    T* srow = reinterpret_cast<T*>(rope_row_angles + D);            // the row's heads, (heads, D), after the D angle floats
+    pdl_wait();
+    pdl_launch_dependents();
+    const int len = rope_length(f, starts, B, 0, Tn), R = rope_rotated(f, D);
+    const int pos = starts[b] + t;
+    for (int i = threadIdx.x; i < R / 2; i += blockDim.x)
+    {
+        float cf, sf;
+        rope_angle_at(pos, rope_inv_freq(f, i, R, len), f.attention, cf, sf);
+        rope_row_angles[i] = cf;
+        rope_row_angles[half + i] = sf;
+    }
+    T* row = qkv + b * sb + (i64)t * st;
+    for (int e = threadIdx.x; e < heads * vecs; e += blockDim.x)
+    {
+        const int hh = e / vecs, c = e - hh * vecs;
+        *reinterpret_cast<Bytes16*>(srow + (i64)hh * D + c * V) = *reinterpret_cast<const Bytes16*>(row + (i64)hh * sh + c * V);
+    }
+    __syncthreads();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int hh = warp; hh < H + K; hh += warps)
+    {
+        const bool query = hh < H;
+        const T* w = query ? qw : kw;
+        const int unit = query ? qunit : kunit;
+        T* p = srow + (i64)hh * D;
+        float v0[V], v1[V];
+        float s0 = 0.f, s1 = 0.f;
+        if (lane < vecs)
+        {
+            load16(p + lane * V, v0);
+#pragma unroll
+            for (int j = 0; j < V; j++) s0 += v0[j] * v0[j];
+        }
+        if (lane + 32 < vecs)
+        {
+            load16(p + (lane + 32) * V, v1);
+#pragma unroll
+            for (int j = 0; j < V; j++) s1 += v1[j] * v1[j];
+        }
+        float ss = warp_sum(s0);
+        if (vecs > 32) ss += warp_sum(s1);
+        const float r = rsqrtf(ss / D + (query ? qeps : keps));
+        if (lane < vecs)
+        {
+            float wv[V];
+            load16(w + lane * V, wv);
+#pragma unroll
+            for (int j = 0; j < V; j++) v0[j] = v0[j] * r * norm_scale<T>(wv[j], unit);
+            store16(p + lane * V, v0);
+        }
+        if (lane + 32 < vecs)
+        {
+            float wv[V];
+            load16(w + (lane + 32) * V, wv);
+#pragma unroll
+            for (int j = 0; j < V; j++) v1[j] = v1[j] * r * norm_scale<T>(wv[j], unit);
+            store16(p + (lane + 32) * V, v1);
+        }
+    }
+    const i64 slot = slots ? (i64)slots[(i64)b * Tn + t] : (i64)pos;
+    __syncthreads();
+    const i64 kv = (slots ? 0 : b * cb) + slot * cs;
+    for (int e = threadIdx.x; e < items; e += blockDim.x)
+    {
+        const int hh = e / half, i = e - hh * half;
+        int c0, c1;
+        rope_pair(i, D, R, c0, c1);
+        T a = srow[(i64)hh * D + c0], c = srow[(i64)hh * D + c1];
+        if (e < rotated && i < R / 2)
+        {
+            float y1, y2;
+            rope_rotate(to_f(a), to_f(c), rope_row_angles[i], rope_row_angles[half + i], y1, y2);
+            a = from_f<T>(y1);
+            c = from_f<T>(y2);
+        }
+        if (hh < H + K)
+        {
+            row[(i64)hh * sh + c0] = a;
+            row[(i64)hh * sh + c1] = c;
+        }
+        if (hh >= H && slot >= 0)
+        {
+            cache[kv + (i64)(hh - H) * ch + c0] = a;
+            cache[kv + (i64)(hh - H) * ch + c1] = c;
+        }
+    }
+}
+
 #define ROPE_APPEND(n, T)                                                                                       \
     extern "C" __global__ void rope_append_rows_##n(T* qkv, T* cache, const int* starts, int B, int Tn, int H,  \
         int K, int D, i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots)             \
@@ -270,5 +372,12 @@ template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const i
         int D, i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots)                    \
     {                                                                                                           \
         rope_append<T>(qkv, cache, starts, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, slots);                   \
+    }                                                                                                           \
+    extern "C" __global__ void norm_rope_append_rows_##n(T* qkv, T* cache, const int* starts, int B, int Tn,    \
+        int H, int K, int D, i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots,     \
+        const T* qw, const T* kw, float qeps, float keps, int qunit, int kunit)                                 \
+    {                                                                                                           \
+        norm_rope_append_rows<T>(qkv, cache, starts, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, slots, qw, kw,  \
+                                 qeps, keps, qunit, kunit);                                                     \
     }
 FOR_FLOAT_TYPES(ROPE_APPEND)

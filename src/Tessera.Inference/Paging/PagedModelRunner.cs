@@ -704,13 +704,13 @@ public sealed partial class PagedModelRunner : IDisposable
             // Llama: the norm, the QKV product, the rotation and the append to the rows' slots as one op (one launch for a
             // decode step's few rows on a GPU, as in the dense decode step).
             qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
-            _backend.MatMulRopePagedAppend(x, rms.Prologue(ctx), attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies, scales);
+            _backend.MatMulRopePagedAppend(x, rms.Prologue, attention.Qkv.Weight.Value, attention.Qkv.Bias?.Value, qkv, h, pool, positions, batch, frequencies, scales);
         }
         else if (attention.Rope is { } rotation && block.Norm1 is RmsNorm qrms && attention.Qkv.IsPlainQuantizedProduct && attention.QueryNorm is null)
         {
             // The same op over a quantized weight (one launch for an int4 or int8 decode step's few rows on a GPU).
             qkv = ctx.Buffer(_qkv, new Shape(n, h + 2 * k, d), x.DType);
-            _backend.QuantizedMatMulRopePagedAppend(x, qrms.Prologue(ctx), attention.Qkv.Weight.Quantized!, attention.Qkv.Bias?.Value, qkv, h, pool,
+            _backend.QuantizedMatMulRopePagedAppend(x, qrms.Prologue, attention.Qkv.Weight.Quantized!, attention.Qkv.Bias?.Value, qkv, h, pool,
                 positions, batch, rotation, scales);
         }
         else

@@ -179,7 +179,7 @@ public sealed class TransformerBlock
             // Gemma: the branch into a zeroed buffer, normalized, then added.
             var branch = ZeroedBranch(ctx, xf);
             Attention.ForwardCached(ctx, x, Norm1, cache, Index, branch);
-            x.Backend.Accumulate(xf, PostAttentionNorm.Forward(ctx, branch));
+            x.Backend.AccumulateRmsNorm(xf, branch, PostAttentionNorm.Prologue);
         }
         AccumulateMlp(ctx, xf);
         return x;
@@ -199,7 +199,7 @@ public sealed class TransformerBlock
         }
         var branch = ZeroedBranch(ctx, residual);
         Attention.Projection.ForwardAccumulate(ctx, heads, branch);
-        residual.Backend.Accumulate(residual, PostAttentionNorm.Forward(ctx, branch));
+        residual.Backend.AccumulateRmsNorm(residual, branch, PostAttentionNorm.Prologue);
     }
 
     /// <summary>Inference: the residual rows <paramref name="residual"/> (N, C) += the MLP branch of norm2(residual) (then, in
@@ -213,7 +213,7 @@ public sealed class TransformerBlock
         }
         var branch = ZeroedBranch(ctx, residual);
         Mlp.ForwardAccumulate(ctx, residual, Norm2, branch);
-        residual.Backend.Accumulate(residual, PostMlpNorm.Forward(ctx, branch));
+        residual.Backend.AccumulateRmsNorm(residual, branch, PostMlpNorm.Prologue);
     }
 
     /// <summary>A zeroed (N, C) buffer shaped like the residual rows, for a branch whose output is normalized before its add.</summary>

@@ -219,15 +219,22 @@ public sealed class CausalSelfAttention
             // Llama: the norm, the QKV product, the rotation of q and k and the append of k and v, as one op (one
             // launch on a GPU for a decode step's few rows).
             qkv = ctx.Buffer(_qkv, new Shape(b, t, Heads + 2 * KvHeads, HeadSize), x.DType);
-            backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue(ctx), Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
+            backend.MatMulRopeAppend(x.Reshape(n, Channels), rms.Prologue, Qkv.Weight.Value, Qkv.Bias?.Value, qkv, Heads,
                 cache.KeysAndValues(layer), positions, frequencies);
         }
         else if (Rope is { } rotation && norm is RmsNorm qrms && Qkv.IsPlainQuantizedProduct && QueryNorm is null)
         {
             // The same op over a quantized weight (one launch for an int4 or int8 decode step's few rows on a GPU).
             qkv = ctx.Buffer(_qkv, new Shape(b, t, Heads + 2 * KvHeads, HeadSize), x.DType);
-            backend.QuantizedMatMulRopeAppend(x.Reshape(n, Channels), qrms.Prologue(ctx), Qkv.Weight.Quantized!, Qkv.Bias?.Value, qkv, Heads,
+            backend.QuantizedMatMulRopeAppend(x.Reshape(n, Channels), qrms.Prologue, Qkv.Weight.Quantized!, Qkv.Bias?.Value, qkv, Heads,
                 cache.KeysAndValues(layer), positions, rotation);
+        }
+        else if (Rope is { } headRope && QueryNorm is { } queryNorm && KeyNorm is { } keyNorm)
+        {
+            // Qwen3, Gemma 3: the product (its norm in front where it fuses), then the head norms, the rotation and the append
+            // as one op (one launch on a GPU).
+            qkv = Qkv.ForwardNormalized(ctx, x.Reshape(n, Channels), norm).Reshape(b, t, Heads + 2 * KvHeads, HeadSize);
+            backend.NormalizeHeadsRopeAndAppend(qkv, Heads, queryNorm.Prologue, keyNorm.Prologue, cache.KeysAndValues(layer), positions, headRope);
         }
         else
         {

@@ -83,8 +83,8 @@ public class Linear
         if (norm is not RmsNorm rms) return Forward(ctx, norm.Forward(ctx, x));
         CheckInput(x);
         var y = ctx.Buffer(_output, new Shape(x.Size(0), OutFeatures), x.DType);
-        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, bias: Bias?.Value, norm: rms.Prologue(ctx));
-        else x.Backend.RmsNormMatMul(x, rms.Prologue(ctx), Weight.Value, y, Bias?.Value);
+        if (Weight.Quantized is { } q) x.Backend.QuantizedMatMul(x, q, y, bias: Bias?.Value, norm: rms.Prologue);
+        else x.Backend.RmsNormMatMul(x, rms.Prologue, Weight.Value, y, Bias?.Value);
         return y;
     }
 

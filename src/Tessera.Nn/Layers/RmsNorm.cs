@@ -41,16 +41,16 @@ public sealed class RmsNorm : INormalization
     /// <summary>Whether the weight w is applied as 1 + w (Gemma) rather than as w.</summary>
     public bool UnitOffset { get; }
 
-    /// <summary>This norm as the prologue of a product (<see cref="IBackend.RmsNormMatMul"/>), for inference: with
-    /// <see cref="UnitOffset"/> its scale 1 + w is formed first, in a buffer shared by the pass (<see cref="Scale"/>).</summary>
-    public RmsNormPrologue Prologue(in PassContext ctx) => new(Scale(ctx), Epsilon);
+    /// <summary>This norm as the prologue of a product (<see cref="IBackend.RmsNormMatMul"/>), for inference: the weight as
+    /// stored, with <see cref="UnitOffset"/> applied by the op (no scale is formed).</summary>
+    public RmsNormPrologue Prologue => new(Weight.Value, Epsilon, UnitOffset);
 
     /// <summary>
-    /// The scale the norm multiplies by (C): the weight itself, or 1 + weight formed into a (C) scratch buffer shared by every
-    /// pass and every block (two small ops; backward forms it again rather than keeping one per block). The dtype is the
-    /// weight's, so a 16-bit model rounds 1 + w once, as a 16-bit weight would be rounded.
+    /// The scale the norm multiplies by (C), for the backward: the weight itself, or 1 + weight formed into a (C) scratch buffer
+    /// shared by every pass and every block (two small ops). The dtype is the weight's, so a 16-bit model rounds 1 + w once,
+    /// as the forward's unit-offset kernels round it.
     /// </summary>
-    public Tensor Scale(in PassContext ctx)
+    private Tensor Scale(in PassContext ctx)
     {
         if (!UnitOffset) return Weight.Value;
         var w = Weight.Value;
@@ -67,7 +67,7 @@ public sealed class RmsNorm : INormalization
         if (x.Rank != 2 || x.Size(1) != c) throw new ArgumentException($"{Name}: input {x.Shape} must be (N, {c})");
         var y = ctx.Buffer(_output, x.Shape, x.DType);
         var rstd = ctx.Buffer(_rstd, new Shape(n), x.DType == DType.F64 ? DType.F64 : DType.F32); // (N)
-        x.Backend.RmsNormForward(x, Scale(ctx), y, rstd, Epsilon);
+        x.Backend.RmsNormForward(x, Weight.Value, y, rstd, Epsilon, UnitOffset);
         ctx.Save(_input, x);
         ctx.Save(_rstd, rstd);
         return y;

@@ -111,7 +111,7 @@ public sealed class SwiGluMlp : IFeedForward
             // launch over both weights with the norm on the way (CUDA: int4 and int8 at 1 to 64 rows).
             var (gq, uq) = (Gate.Weight.Quantized!, Up.Weight.Quantized!);
             if (norm is RmsNorm rn && Input is not GatherFromSequenceParallelRegion)
-                x.Backend.QuantizedMatMulSwiGlu(x, gq, uq, a, Gate.Bias?.Value, Up.Bias?.Value, rn.Prologue(ctx));
+                x.Backend.QuantizedMatMulSwiGlu(x, gq, uq, a, Gate.Bias?.Value, Up.Bias?.Value, rn.Prologue);
             else x.Backend.QuantizedMatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), gq, uq, a, Gate.Bias?.Value, Up.Bias?.Value);
             Projection.ForwardAccumulate(ctx, a, residual);
             return;
@@ -130,20 +130,10 @@ public sealed class SwiGluMlp : IFeedForward
             var rows = Input.Forward(ctx, norm.Forward(ctx, x));
             Activate(ctx, Gate.Forward(ctx, rows), Up.Forward(ctx, rows), a);
         }
-        else if (GeluGate)
-        {
-            // GeGLU: the two products (the norm in their prologue where it fuses), then the composed activation.
-            if (norm is RmsNorm && Input is not GatherFromSequenceParallelRegion)
-                Activate(ctx, Gate.ForwardNormalized(ctx, x, norm), Up.ForwardNormalized(ctx, x, norm), a);
-            else
-            {
-                var rows = Input.Forward(ctx, norm.Forward(ctx, x));
-                Activate(ctx, Gate.Forward(ctx, rows), Up.Forward(ctx, rows), a);
-            }
-        }
         else if (norm is RmsNorm rms && Input is not GatherFromSequenceParallelRegion)
-            x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue(ctx));
-        else x.Backend.MatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value);
+            x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue, GeluGate);
+        else x.Backend.MatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value,
+            Up.Bias?.Value, geluGate: GeluGate);
         Projection.ForwardAccumulate(ctx, a, residual);              // (N, C) += proj(a)
     }
 

@@ -49,6 +49,48 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(qkv, keysAndValues, startPositions);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>The composition: each q and each k head through <see cref="RmsNormForward"/> (copied out to (rows, D) and back),
+    /// then <see cref="RopeAndAppend"/>.</remarks>
+    public void NormalizeHeadsRopeAndAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm,
+        Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
+    {
+        const string op = nameof(NormalizeHeadsRopeAndAppend);
+        ArgumentNullException.ThrowIfNull(qkv); ArgumentNullException.ThrowIfNull(keysAndValues);
+        RequireRank(op, nameof(qkv), qkv, 4, "(B,T,H+2K,D)");
+        RequireRank(op, nameof(keysAndValues), keysAndValues, 4, "(B,S,2K,D)");
+        if (!qkv.IsContiguous) throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must be contiguous", nameof(qkv));
+        int kv2 = keysAndValues.Size(2), d = qkv.Size(3);
+        if (queryHeads <= 0 || kv2 % 2 != 0 || qkv.Size(2) != queryHeads + kv2)
+            throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of keysAndValues {keysAndValues.Shape}");
+        foreach (var (name, norm) in new[] { (nameof(queryNorm), queryNorm), (nameof(keyNorm), keyNorm) })
+            if (norm.Weight.Shape != new Shape(d) || norm.Weight.DType != qkv.DType)
+                throw new ArgumentException($"CpuBackend.{op}: {name}'s weight {norm.Weight.DType} {norm.Weight.Shape} must be ({d}) {qkv.DType}", name);
+        NormalizeHeadsInPlace(qkv.Slice(2, 0, queryHeads), queryNorm);
+        NormalizeHeadsInPlace(qkv.Slice(2, queryHeads, kv2 / 2), keyNorm);
+        RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
+        KeepOperandsAlive(qkv, queryNorm.Weight, keyNorm.Weight, keysAndValues, startPositions);
+    }
+
+    /// <summary>Each D-channel head of <paramref name="heads"/> (B, T, heads, D), a view, RMS-normalized in place.</summary>
+    private void NormalizeHeadsInPlace(Tensor heads, RmsNormPrologue norm)
+    {
+        int d = heads.Size(-1);
+        var rows = Allocate(heads.Shape, heads.DType);
+        try
+        {
+            Copy(heads, rows);
+            var flat = rows.Reshape((int)(rows.NumElements / d), d);
+            var normalized = Normalized(flat, norm);
+            try { Copy(normalized.Reshape(heads.Shape.ToArray()), heads); }
+            finally { normalized.Storage.Dispose(); }
+        }
+        finally
+        {
+            rows.Storage.Dispose();
+        }
+    }
+
     public void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads,
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
@@ -299,7 +341,7 @@ public sealed unsafe partial class CpuBackend
     }
 
     public void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null,
-        RmsNormPrologue? norm = null)
+        RmsNormPrologue? norm = null, bool geluGate = false)
     {
         ArgumentNullException.ThrowIfNull(x); ArgumentNullException.ThrowIfNull(output);
         var normalized = norm is RmsNormPrologue n ? Normalized(x, n) : null;
@@ -309,7 +351,12 @@ public sealed unsafe partial class CpuBackend
         {
             MatMul(normalized ?? x, gateWeight, gate, transposeB: true, bias: gateBias);
             MatMul(normalized ?? x, upWeight, up, transposeB: true, bias: upBias);
-            SwiGluForward(gate, up, output);
+            if (geluGate)
+            {
+                GeluForward(gate, gate);
+                Multiply(gate, up, output);
+            }
+            else SwiGluForward(gate, up, output);
         }
         finally
         {
@@ -342,7 +389,7 @@ public sealed unsafe partial class CpuBackend
         var rstd = Allocate(new Shape(x.Size(0)), x.DType == DType.F64 ? DType.F64 : DType.F32);
         try
         {
-            RmsNormForward(x, norm.Weight, h, rstd, norm.Epsilon);
+            RmsNormForward(x, norm.Weight, h, rstd, norm.Epsilon, norm.UnitOffset);
         }
         catch
         {

@@ -88,14 +88,54 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc/>
-    public void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon)
+    public void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon, bool unitOffset = false)
     {
         const string op = nameof(RmsNormForward);
         CheckNormRows(op, x, weight, (nameof(output), output));
         CheckNormStat(op, nameof(rstd), rstd, x);
-        if (x.DType == DType.F32) RmsNormForwardTyped<float>(x, weight, output, rstd, epsilon);
-        else RmsNormForwardTyped<double>(x, weight, output, rstd, epsilon);
+        var scale = unitOffset ? UnitOffsetScale(weight) : null;
+        try
+        {
+            if (x.DType == DType.F32) RmsNormForwardTyped<float>(x, scale ?? weight, output, rstd, epsilon);
+            else RmsNormForwardTyped<double>(x, scale ?? weight, output, rstd, epsilon);
+        }
+        finally
+        {
+            scale?.Storage.Dispose();
+        }
         KeepOperandsAlive(x, weight, output, rstd);
+    }
+
+    /// <summary>1 + weight in a new tensor of weight's dtype (the caller disposes it): a unit-offset norm's scale, formed as
+    /// <see cref="Fill"/> then <see cref="Accumulate"/> would form it.</summary>
+    private Tensor UnitOffsetScale(Tensor weight)
+    {
+        var scale = Allocate(weight.Shape, weight.DType);
+        Fill(scale, 1.0);
+        Accumulate(scale, weight);
+        return scale;
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>The composition: <see cref="RmsNormForward"/> into a tensor of x's dtype, then <see cref="Accumulate"/>.</remarks>
+    public void AccumulateRmsNorm(Tensor accumulator, Tensor x, RmsNormPrologue norm)
+    {
+        const string op = nameof(AccumulateRmsNorm);
+        ArgumentNullException.ThrowIfNull(accumulator); ArgumentNullException.ThrowIfNull(x);
+        CheckNormRows(op, x, norm.Weight, (nameof(accumulator), accumulator));
+        var y = Allocate(x.Shape, x.DType);
+        var rstd = Allocate(new Shape((int)(x.NumElements / Math.Max(1, x.Shape[^1]))), x.DType == DType.F64 ? DType.F64 : DType.F32);
+        try
+        {
+            RmsNormForward(x, norm.Weight, y, rstd, norm.Epsilon, norm.UnitOffset);
+            Accumulate(accumulator, y);
+        }
+        finally
+        {
+            y.Storage.Dispose();
+            rstd.Storage.Dispose();
+        }
+        KeepOperandsAlive(accumulator, x, norm.Weight);
     }
 
     private void RmsNormForwardTyped<T>(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon)

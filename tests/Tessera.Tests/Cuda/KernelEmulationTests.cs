@@ -26,6 +26,11 @@ public sealed class KernelEmulationTests
         RunEmulated(["elementwise.cu", "norm.cu", "rope.cu", "reduce.cu", "softmax.cu"], "row_kernels",
             ["swiglu fwd rows=37 F=264 off=0", "swiglu bwd rows=37 F=261 off=0", "swiglu bwd rows=37 F=264 off=1",
              "rmsnorm dx rows=37 C=1000", "rmsnorm dW rows=9 C=4096", "rmsnorm fwd rows=3 C=64 grid=7",
+             "rmsnorm unit accumulate rows=5 C=1152 vec", "rmsnorm unit accumulate rows=5 C=1001 loop",
+             "norm_rope_append B=2 T=3 H=4 K=2 D=16 unit=1 qkv", "norm_rope_append B=2 T=3 H=4 K=2 D=16 unit=1 cache",
+             "norm_rope_append D=16 unit=1 = norm + rope_append_rows", "norm_rope_append B=1 T=2 H=8 K=4 D=64 unit=0 qkv",
+             "norm_rope_append D=64 unit=0 = norm + rope_append_rows", "norm_rope_append B=2 T=1 H=1 K=1 D=256 unit=1 cache",
+             "norm_rope_append D=256 unit=1 = norm + rope_append_rows",
              "rope rows B=2 T=5 H=4 K=2 D=16 inv=0", "rope rows B=3 T=7 H=2 K=1 D=8 inv=1", "rope rows vector = element path",
              "rope_append rows=11 H=8 K=2 D=16 qkv", "rope_append rows=11 H=8 K=2 D=16 pool", "rope_append rows=6 H=2 K=2 D=8 qkv", "rope_append rows=6 H=2 K=2 D=8 pool",
              "rope_append_rows rows=11 H=8 K=2 D=16 = items", "rope_append_rows rows=6 H=2 K=2 D=8 = items",
@@ -147,7 +152,8 @@ public sealed class KernelEmulationTests
              "gemv_stream f32 M=4 N=37 K=516 grid=1 bias=0 beta=0 norm", "dequantize_f32 N=37 K=45 grid=3 block=64 exact",
              "dequantize_f32 N=8 K=4096 grid=7 block=128 exact", "dequantize_f32 N=5 K=48 grid=2 block=32 exact unaligned",
              "gemv_stream_q8_swiglu f32 M=1 F=37 K=512 grid=2 bias=1", "gemv_stream_q8_swiglu f32 M=4 F=20 K=2048 grid=3 bias=0 norm",
-             "gemv_stream_q8_swiglu bf16 M=2 F=65 K=1024 grid=1 bias=1"]);
+             "gemv_stream_q8_swiglu bf16 M=2 F=65 K=1024 grid=1 bias=1", "gemv_stream f32 M=2 N=45 K=1152 grid=3 bias=1 beta=1 norm unit",
+             "gemv_stream_swiglu f32 M=1 F=37 K=1152 grid=2 bias=1 geglu unit", "gemv_stream_swiglu f32 M=3 F=20 K=512 grid=1 bias=0"]);
 
     /// <summary>
     /// The matrix-vector kernel's FP8 form (<c>gemv_stream_f8_*</c>, <see cref="CudaBackend.QuantizedMatMul"/> with FP8 weights

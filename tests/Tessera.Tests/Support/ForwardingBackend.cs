@@ -35,7 +35,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void SwiGluForward(Tensor gate, Tensor up, Tensor output) => Inner.SwiGluForward(gate, up, output);
     public virtual void SwiGluBackward(Tensor gate, Tensor up, Tensor dOutput, Tensor dGate, Tensor dUp) => Inner.SwiGluBackward(gate, up, dOutput, dGate, dUp);
     public virtual void QuantizedMatMulSwiGlu(Tensor x, QuantizedWeight gate, QuantizedWeight up, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null) => Inner.QuantizedMatMulSwiGlu(x, gate, up, output, gateBias, upBias, norm);
-    public virtual void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null) => Inner.MatMulSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm);
+    public virtual void MatMulSwiGlu(Tensor x, Tensor gateWeight, Tensor upWeight, Tensor output, Tensor? gateBias = null, Tensor? upBias = null, RmsNormPrologue? norm = null, bool geluGate = false) => Inner.MatMulSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm, geluGate);
     public virtual void RmsNormMatMul(Tensor x, RmsNormPrologue norm, Tensor weight, Tensor output, Tensor? bias = null) => Inner.RmsNormMatMul(x, norm, weight, output, bias);
     public virtual void MoeRoute(Tensor logits, Tensor expertIds, Tensor weights, bool normalize) => Inner.MoeRoute(logits, expertIds, weights, normalize);
     public virtual void MoeAlign(Tensor expertIds, Tensor offsets, Tensor slots) => Inner.MoeAlign(expertIds, offsets, slots);
@@ -53,7 +53,8 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void EmbeddingShardBackward(Tensor ids, Tensor dOutput, int rowOffset, Tensor dTable) => Inner.EmbeddingShardBackward(ids, dOutput, rowOffset, dTable);
     public virtual void LayerNormForward(Tensor x, Tensor weight, Tensor? bias, Tensor output, Tensor mean, Tensor rstd, double epsilon) => Inner.LayerNormForward(x, weight, bias, output, mean, rstd, epsilon);
     public virtual void LayerNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor mean, Tensor rstd, Tensor dx, Tensor dWeight, Tensor? dBias, Tensor? dxColumnSums = null) => Inner.LayerNormBackward(dOutput, x, weight, mean, rstd, dx, dWeight, dBias, dxColumnSums);
-    public virtual void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon) => Inner.RmsNormForward(x, weight, output, rstd, epsilon);
+    public virtual void RmsNormForward(Tensor x, Tensor weight, Tensor output, Tensor rstd, double epsilon, bool unitOffset = false) => Inner.RmsNormForward(x, weight, output, rstd, epsilon, unitOffset);
+    public virtual void AccumulateRmsNorm(Tensor accumulator, Tensor x, RmsNormPrologue norm) => Inner.AccumulateRmsNorm(accumulator, x, norm);
     public virtual void RmsNormBackward(Tensor dOutput, Tensor x, Tensor weight, Tensor rstd, Tensor dx, Tensor dWeight) => Inner.RmsNormBackward(dOutput, x, weight, rstd, dx, dWeight);
     public virtual void Rope(Tensor x, int startPosition, RopeFrequencies frequencies, bool inverse = false) => Inner.Rope(x, startPosition, frequencies, inverse);
     public virtual void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor output, Tensor? logSumExp, double scale, int window = 0, double softCap = 0) => Inner.AttentionForward(q, k, v, output, logSumExp, scale, window, softCap);
@@ -61,6 +62,7 @@ internal class ForwardingBackend(IBackend inner) : IBackend
     public virtual void AttentionForwardCached(Tensor q, Tensor keyCache, Tensor valueCache, Tensor startPositions, Tensor output, double scale, int window = 0, double softCap = 0) => Inner.AttentionForwardCached(q, keyCache, valueCache, startPositions, output, scale, window, softCap);
     public virtual void CopyAtPositions(Tensor source, Tensor destination, Tensor startPositions) => Inner.CopyAtPositions(source, destination, startPositions);
     public virtual void RopeAndAppend(Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies) => Inner.RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
+    public virtual void NormalizeHeadsRopeAndAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies) => Inner.NormalizeHeadsRopeAndAppend(qkv, queryHeads, queryNorm, keyNorm, keysAndValues, startPositions, frequencies);
     public virtual void MatMulRopeAppend(Tensor x, RmsNormPrologue? norm, Tensor weight, Tensor? bias, Tensor qkv, int queryHeads, Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies) => Inner.MatMulRopeAppend(x, norm, weight, bias, qkv, queryHeads, keysAndValues, startPositions, frequencies);
     public virtual void PagedAppend(Tensor keysAndValues, Tensor pool, PagedBatch batch, Tensor? poolScales = null) => Inner.PagedAppend(keysAndValues, pool, batch, poolScales);
     public virtual void RopePagedAppend(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null) => Inner.RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);

@@ -202,8 +202,9 @@ template <typename T, int M> static void run_q8_swiglu(int F, int K, int grid, b
     check(name, e, got, std::is_same_v<T, float> ? 1e-5 : 8e-3);
 }
 
-// The float-weight form on the same stream: y = alpha * x W^T + bias + beta * y, x RMS-normalized on the way when asked.
-template <int M> static void run_f32(int N, int K, int grid, bool with_bias, float alpha, float beta, bool with_norm)
+// The float-weight form on the same stream: y = alpha * x W^T + bias + beta * y, x RMS-normalized on the way when asked (with
+// unit, Gemma's scale 1 + w).
+template <int M> static void run_f32(int N, int K, int grid, bool with_bias, float alpha, float beta, bool with_norm, bool unit = false)
 {
     std::mt19937 rng(13 + M * 5 + N + K + grid);
     const int ldx = K + 4, ldw = K + 8, ldy = N + 5;
@@ -219,17 +220,17 @@ template <int M> static void run_f32(int N, int K, int grid, bool with_bias, flo
         for (int n = 0; n < N; n++)
         {
             double s = 0;
-            for (int k = 0; k < K; k++) s += x[(size_t)m * ldx + k] * r * (with_norm ? nw[k] : 1.0) * w[(size_t)n * ldw + k];
+            for (int k = 0; k < K; k++) s += x[(size_t)m * ldx + k] * r * (with_norm ? (unit ? 1.0 + nw[k] : nw[k]) : 1.0) * w[(size_t)n * ldw + k];
             e[(size_t)m * N + n] = alpha * s + (with_bias ? bias[n] : 0.0) + beta * y0[(size_t)m * ldy + n];
         }
     }
     std::vector<float> y = y0;
     const float *px = x.data(), *pw = w.data(), *pb = with_bias ? bias.data() : nullptr, *pn = with_norm ? nw.data() : nullptr;
     float* py = y.data();
-    int n_ = N, k_ = K, early = 1;
+    int n_ = N, k_ = K, early = 1, un = unit ? 1 : 0;
     long long lx = ldx, lw = ldw, ly = ldy;
     float al = alpha, be = beta, ep = eps;
-    auto launch = [&](auto kernel) { emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, n_, k_, lx, lw, ly, al, be, pn, ep, early); }); };
+    auto launch = [&](auto kernel) { emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, n_, k_, lx, lw, ly, al, be, pn, ep, un, early); }); };
     if constexpr (M == 1) launch(gemv_stream_f32_m1);
     else if constexpr (M == 2) launch(gemv_stream_f32_m2);
     else if constexpr (M == 3) launch(gemv_stream_f32_m3);
@@ -239,8 +240,55 @@ template <int M> static void run_f32(int N, int K, int grid, bool with_bias, flo
         for (int n = 0; n < N; n++) got[(size_t)m * N + n] = y[(size_t)m * ldy + n];
     char name[120];
     snprintf(name, sizeof name, "gemv_stream f32 M=%d N=%d K=%d grid=%d bias=%d beta=%g%s", M, N, K, grid, with_bias ? 1 : 0, beta,
-             with_norm ? " norm" : "");
+             with_norm ? (unit ? " norm unit" : " norm") : "");
     check(name, e, got, 1e-5);
+}
+
+// The float-weight SwiGLU form: out (M, F) = act(x Wg^T + bg) * (x Wu^T + bu), act SiLU or (gelu) the tanh GELU (GeGLU), x
+// RMS-normalized on the way (unit: the scale 1 + w).
+template <int M> static void run_swiglu_f32(int F, int K, int grid, bool with_bias, bool gelu, bool unit)
+{
+    std::mt19937 rng(29 + M * 5 + F + K + grid);
+    const int ldx = K + 4, ldw = K + 8;
+    auto x = uniform<float>((size_t)M * ldx, rng, 1.f), wg = uniform<float>((size_t)F * ldw, rng, 0.1f),
+         wu = uniform<float>((size_t)F * ldw, rng, 0.1f), bg = uniform<float>(F, rng, 1.f), bu = uniform<float>(F, rng, 1.f),
+         nw = uniform<float>(K, rng, 0.5f);
+    const float eps = 1e-6f;
+    std::vector<double> e((size_t)M * F);
+    for (int m = 0; m < M; m++)
+    {
+        double ss = 0;
+        for (int k = 0; k < K; k++) ss += (double)x[(size_t)m * ldx + k] * x[(size_t)m * ldx + k];
+        const double r = 1 / std::sqrt(ss / K + eps);
+        for (int n = 0; n < F; n++)
+        {
+            double g = with_bias ? bg[n] : 0.0, u = with_bias ? bu[n] : 0.0;
+            for (int k = 0; k < K; k++)
+            {
+                const double h = x[(size_t)m * ldx + k] * r * (unit ? 1.0 + nw[k] : nw[k]);
+                g += h * wg[(size_t)n * ldw + k];
+                u += h * wu[(size_t)n * ldw + k];
+            }
+            const double act = gelu ? 0.5 * g * (1 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) : g / (1 + std::exp(-g));
+            e[(size_t)m * F + n] = act * u;
+        }
+    }
+    std::vector<float> out((size_t)M * F);
+    const float *px = x.data(), *pg = wg.data(), *pu = wu.data(), *pbg = with_bias ? bg.data() : nullptr,
+                *pbu = with_bias ? bu.data() : nullptr, *pn = nw.data();
+    float* po = out.data();
+    int f_ = F, k_ = K, un = unit ? 1 : 0, ge = gelu ? 1 : 0, early = 1;
+    long long lx = ldx, lw = ldw, lo = F;
+    float ep = eps;
+    auto launch = [&](auto kernel) { emu_launch(grid, 256, [&] { kernel(px, pg, pu, pbg, pbu, po, f_, k_, lx, lw, lo, pn, ep, un, ge, early); }); };
+    if constexpr (M == 1) launch(gemv_stream_swiglu_f32_m1);
+    else if constexpr (M == 2) launch(gemv_stream_swiglu_f32_m2);
+    else if constexpr (M == 3) launch(gemv_stream_swiglu_f32_m3);
+    else launch(gemv_stream_swiglu_f32_m4);
+    char name[120];
+    snprintf(name, sizeof name, "gemv_stream_swiglu f32 M=%d F=%d K=%d grid=%d bias=%d%s%s", M, F, K, grid, with_bias ? 1 : 0,
+             gelu ? " geglu" : "", unit ? " unit" : "");
+    check(name, e, out, 1e-5);
 }
 
 // The FP8 kernel for M rows of x of type T.
@@ -377,6 +425,9 @@ int main()
     run_q8_swiglu<bf16, 2>(65, 1024, 1, true, false);     // bf16 (no norm: its staged stores are PTX, compiled away here)
     run_f32<1>(100, 1000, 2, true, 0.5f, 1.f, false);    // the float-weight form: 250 chunks of 4, alpha and the residual
     run_f32<4>(37, 516, 1, false, 1.f, 0.f, true);       // with RMSNorm on the way
+    run_f32<2>(45, 1152, 3, true, 1.f, 1.f, true, true); // Gemma's unit-offset norm (scale 1 + w), the residual
+    run_swiglu_f32<1>(37, 1152, 2, true, true, true);    // GeGLU (Gemma) with the unit-offset norm
+    run_swiglu_f32<3>(20, 512, 1, false, false, false);  // SwiGLU, its norm plain
     // The FP8 form (rows of one to three units: 256 chunks of 16 codes at U = 8 for M <= 2, 128 at U = 4 above).
     run_f8<float, 1>(0, 100, 1008, 2, true, 0.f, false, false);   // part of one unit; 100 rows on 16 warps
     run_f8<float, 2>(1, 77, 4112, 3, false, 1.f, false, false);   // a full unit and one chunk; the residual

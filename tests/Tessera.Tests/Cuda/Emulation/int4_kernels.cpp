@@ -363,7 +363,8 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
         else
         {
             auto kernel = M == 1 ? gemv_stream_f32_m1 : M == 2 ? gemv_stream_f32_m2 : M == 3 ? gemv_stream_f32_m3 : gemv_stream_f32_m4;
-            emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, n_, k_, lx, lw, ly, one, zero, pn, eps, ea); });
+            int plain = 0;
+            emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, n_, k_, lx, lw, ly, one, zero, pn, eps, plain, ea); });
         }
     }
     // The reference: the plain product rotated and appended on the host.
@@ -415,7 +416,8 @@ static void rope_check(std::mt19937& rng, RopeWeight kind, bool paged, bool norm
         else
         {
             auto kernel = M == 1 ? gemv_stream_rope_f32_m1 : M == 2 ? gemv_stream_rope_f32_m2 : M == 3 ? gemv_stream_rope_f32_m3 : gemv_stream_rope_f32_m4;
-            emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, p_, k_, lx, lw, ly, pn, eps, rope, ea); });
+            int plain = 0;
+            emu_launch(grid, 256, [&] { kernel(px, pw, pb, py, p_, k_, lx, lw, ly, pn, eps, plain, rope, ea); });
         }
     }
     int bad = 0;

@@ -54,7 +54,8 @@ static void rmsnorm(int rows, int c, unsigned grid)
     std::vector<float> dx0(dx, dx + rows * c);
     int vecs = c / 4; unsigned threads = (vecs + 31) / 32 * 32;
     long long R = rows; int C = c; float eps = 1e-5f;
-    emu_launch(grid, threads, [&] { rmsnorm_forward_vec_f32(x, w, out, rstd, R, C, eps); });
+    int plain = 0;
+    emu_launch(grid, threads, [&] { rmsnorm_forward_vec_f32(x, w, out, rstd, R, C, eps, plain, plain); });
     float* scratch = alloc(grid * 2 * c);
     emu_launch(grid, threads, [&] { rmsnorm_backward_vec_f32(dout, x, w, rstd, dx, scratch, R, C); });
     std::vector<double> eo(rows * c), er(rows), edx(rows * c), edw(c, 0.0);
@@ -74,6 +75,104 @@ static void rmsnorm(int rows, int c, unsigned grid)
     snprintf(name, sizeof name, "rmsnorm rstd rows=%d C=%d", rows, c); check(name, er, rstd, rows, 1e-5);
     snprintf(name, sizeof name, "rmsnorm dx rows=%d C=%d", rows, c); check(name, edx, dx, rows * c, 1e-5);
     snprintf(name, sizeof name, "rmsnorm dW rows=%d C=%d", rows, c); check(name, edw, dw.data(), c, 1e-5);
+}
+
+// Gemma's post-norm and residual add (AccumulateRmsNorm): out (rows, C) += x r (1 + w), the scale rounded to f32 (exact
+// here), through the row-in-registers kernel (vec) or the loop kernel, no rstd stored; against a double reference.
+static void rmsnorm_unit_accumulate(int rows, int c, unsigned grid, bool vec)
+{
+    std::mt19937 rng(13 + c); std::uniform_real_distribution<float> u(-2, 2);
+    float *x = alloc(rows * c), *w = alloc(c), *out = alloc(rows * c);
+    for (int i = 0; i < rows * c; i++) { x[i] = u(rng); out[i] = u(rng); }
+    for (int i = 0; i < c; i++) w[i] = 0.25f * u(rng);
+    std::vector<double> e(out, out + rows * c);
+    for (int r = 0; r < rows; r++)
+    {
+        double ss = 0; for (int i = 0; i < c; i++) ss += (double)x[r * c + i] * x[r * c + i];
+        const double rs = 1 / std::sqrt(ss / c + 1e-6);
+        for (int i = 0; i < c; i++) e[r * c + i] += x[r * c + i] * rs * (1.0 + w[i]);
+    }
+    long long R = rows; int C = c, one = 1; float eps = 1e-6f; float* none = nullptr;
+    if (vec) emu_launch(grid, (unsigned)((c / 4 + 31) / 32 * 32), [&] { rmsnorm_forward_vec_f32(x, w, out, none, R, C, eps, one, one); });
+    else emu_launch((unsigned)rows, 64, [&] { rmsnorm_forward_f32(x, w, out, none, C, eps, one, one); });
+    char name[96];
+    snprintf(name, sizeof name, "rmsnorm unit accumulate rows=%d C=%d %s", rows, c, vec ? "vec" : "loop");
+    check(name, e, out, rows * c, 1e-5);
+}
+
+// The head norms before RoPE and the append (NormalizeHeadsRopeAndAppend, Qwen3 and Gemma 3) on qkv (B, T, H + 2K, D) with a
+// dense cache (B, S, 2K, D): norm_rope_append_rows against a double reference (each q head normalized by qw, each k head by
+// kw, with unit the scales 1 + w, then rotated at starts[b] + t, the k and v heads appended), and against the composition it
+// replaces, the row-in-registers norm kernel on each head (copied out and back) then rope_append_rows, bit for bit.
+static void norm_rope_append(int b, int tn, int h, int k, int d, int unit)
+{
+    std::mt19937 rng(31 + h + d + unit); std::uniform_real_distribution<float> u(-2, 2);
+    const int heads = h + 2 * k, half = d / 2, S = 64;
+    const long long sh = d, st = (long long)heads * d, sb = tn * st, n = b * sb, cs = 2LL * k * d, ch = d, cb = S * cs;
+    float *x = alloc(n), *cache = alloc(b * cb), *qw = alloc(d), *kw = alloc(d);
+    for (long long i = 0; i < n; i++) x[i] = u(rng);
+    for (long long i = 0; i < b * cb; i++) cache[i] = 0.5f;
+    for (int i = 0; i < d; i++) { qw[i] = 0.3f * u(rng); kw[i] = 0.3f * u(rng); }
+    std::vector<int> starts(b);
+    for (int i = 0; i < b; i++) starts[i] = 5 + 17 * i;
+    std::vector<double> inv(half);
+    for (int i = 0; i < half; i++) inv[i] = std::pow(10000.0, -2.0 * i / d);
+    RopeFreq f{inv.data(), nullptr, 1.0, 10000.0, 0.0, 0, 0, d, 0};
+    const float qe = 1e-6f, ke = 1e-5f;
+    std::vector<double> e(x, x + n), ec(cache, cache + b * cb);
+    for (int bb = 0; bb < b; bb++) for (int t = 0; t < tn; t++)
+    {
+        const long long row = bb * sb + t * st;
+        const int pos = starts[bb] + t;
+        for (int hh = 0; hh < heads; hh++)
+        {
+            std::vector<double> y(x + row + hh * sh, x + row + hh * sh + d);
+            if (hh < h + k)
+            {
+                const float* w = hh < h ? qw : kw;
+                double ss = 0; for (int i = 0; i < d; i++) ss += y[i] * y[i];
+                const double rs = 1 / std::sqrt(ss / d + (hh < h ? qe : ke));
+                for (int i = 0; i < d; i++) y[i] = y[i] * rs * (unit ? 1.0 + w[i] : w[i]);
+                std::vector<double> z(y);
+                for (int i = 0; i < half; i++)
+                {
+                    const double a = (double)pos * inv[i], c = (float)std::cos(a), s = (float)std::sin(a);
+                    z[i] = y[i] * c - y[i + half] * s;
+                    z[i + half] = y[i + half] * c + y[i] * s;
+                }
+                y = z;
+                for (int i = 0; i < d; i++) e[row + hh * sh + i] = y[i];
+            }
+            if (hh >= h) for (int i = 0; i < d; i++) ec[bb * cb + pos * cs + (hh - h) * ch + i] = y[i];
+        }
+    }
+    float *x2 = alloc(n), *cache2 = alloc(b * cb);
+    std::memcpy(x2, x, n * sizeof(float));
+    std::memcpy(cache2, cache, b * cb * sizeof(float));
+    int B = b, Tn = tn, H = h, K = k, D = d, qu = unit, ku = unit;
+    const int* pst = starts.data(); const int* noslots = nullptr;
+    emu_launch((unsigned)(b * tn), 256, [&] { norm_rope_append_rows_f32(x, cache, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, noslots,
+                                                                          qw, kw, qe, ke, qu, ku); });
+    char name[96];
+    snprintf(name, sizeof name, "norm_rope_append B=%d T=%d H=%d K=%d D=%d unit=%d qkv", b, tn, h, k, d, unit); check(name, e, x, n, 1e-5);
+    snprintf(name, sizeof name, "norm_rope_append B=%d T=%d H=%d K=%d D=%d unit=%d cache", b, tn, h, k, d, unit); check(name, ec, cache, b * cb, 1e-5);
+    // The composition: each q and k head's rows through rmsnorm_forward_vec (a block of D / 4 threads rounded to a warp), back, then rope_append_rows.
+    const int rows = b * tn;
+    for (int part = 0; part < 2; part++)
+    {
+        const int h0 = part == 0 ? 0 : h, count = part == 0 ? h : k;
+        float *hin = alloc((size_t)rows * count * d), *hout = alloc((size_t)rows * count * d), *rstd = alloc(rows * count);
+        for (int r = 0; r < rows; r++) for (int j = 0; j < count; j++) std::memcpy(hin + ((size_t)r * count + j) * d, x2 + r * st + (h0 + j) * sh, d * sizeof(float));
+        long long R = (long long)rows * count; float eps = part == 0 ? qe : ke; int un = unit, plain = 0;
+        const float* w = part == 0 ? qw : kw;
+        emu_launch(3, (unsigned)((d / 4 + 31) / 32 * 32), [&] { rmsnorm_forward_vec_f32(hin, w, hout, rstd, R, D, eps, un, plain); });
+        for (int r = 0; r < rows; r++) for (int j = 0; j < count; j++) std::memcpy(x2 + r * st + (h0 + j) * sh, hout + ((size_t)r * count + j) * d, d * sizeof(float));
+    }
+    emu_launch((unsigned)rows, 64, [&] { rope_append_rows_f32(x2, cache2, pst, B, Tn, H, K, D, sb, st, sh, cb, cs, ch, f, noslots); });
+    const bool same = std::memcmp(x, x2, n * sizeof(float)) == 0 && std::memcmp(cache, cache2, b * cb * sizeof(float)) == 0;
+    snprintf(name, sizeof name, "norm_rope_append D=%d unit=%d = norm + rope_append_rows", d, unit);
+    printf("%-40s %s\n", name, same ? "ok" : "FAIL");
+    if (!same) failures++;
 }
 
 // RoPE rows on the first H + K heads of x (B, T, H + 2K, D) at positions start + t, against a double rotation of the same
@@ -354,6 +453,11 @@ int main()
     rmsnorm(37, 1000, 5);     // 250 vectors, 256 threads: 6 idle
     rmsnorm(9, 4096, 2);      // 1024 threads
     rmsnorm(3, 64, 7);        // more blocks than rows
+    rmsnorm_unit_accumulate(5, 1152, 3, true);    // Gemma 3 1B's rows: 288 vectors, 288 threads
+    rmsnorm_unit_accumulate(5, 1001, 3, false);   // the loop kernel (C not a multiple of 4)
+    norm_rope_append(2, 3, 4, 2, 16, 1);          // Gemma 3's unit-offset head norms: 8 heads, 4 vectors a head
+    norm_rope_append(1, 2, 8, 4, 64, 0);          // Qwen3's plain ones: 16 heads over 8 warps, two a warp
+    norm_rope_append(2, 1, 1, 1, 256, 1);         // D = 256 in f32: 64 vectors, two a lane
     rope(2, 5, 4, 2, 16, 3, 0, 3, 64);     // 4 pairs per vector item, 24 items per row
     rope(3, 7, 2, 1, 8, 0, 1, 5, 32);      // one item per head; the inverse rotation
     rope(1, 3, 2, 1, 12, 1, 0, 2, 32);     // D/2 = 6: element path both times
