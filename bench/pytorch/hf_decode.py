@@ -2,7 +2,7 @@
 `gpu-decode --preset NAME` for the families the hand-written Llama decoder (batched_decode.py) does not cover.
 
 The model is built from its transformers config at the shape of Tessera's preset (gemma2-2b: Gemma2ForCausalLM; gemma3-1b:
-Gemma3ForCausalLM), put on the GPU in bf16, and decoded the way the transformers documentation tells a user to decode fast:
+Gemma3ForCausalLM; qwen3-0.6b: Qwen3ForCausalLM), put on the GPU in bf16, and decoded the way the transformers documentation tells a user to decode fast:
 generate() with a static KV cache, whose forward transformers compiles with torch.compile (mode "reduce-overhead": CUDA
 graphs). Gemma 2 runs with eager attention by default, the implementation that applies its attention soft cap; --attention
 sdpa runs it on SDPA, which drops the cap (less work than Tessera does, so a generous peer; its compile is much shorter). One
@@ -29,7 +29,12 @@ def config_of(preset):
             vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
             num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512, max_position_embeddings=32768,
             tie_word_embeddings=True), "sdpa"
-    raise SystemExit(f"hf_decode.py: unknown preset {preset}; known: gemma2-2b, gemma3-1b")
+    if preset == "qwen3-0.6b":
+        return transformers.Qwen3Config(
+            vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+            num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960,
+            tie_word_embeddings=True), "sdpa"
+    raise SystemExit(f"hf_decode.py: unknown preset {preset}; known: gemma2-2b, gemma3-1b, qwen3-0.6b")
 
 
 def main():

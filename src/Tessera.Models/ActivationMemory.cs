@@ -186,13 +186,8 @@ public sealed class ActivationMemory
 
         var items = new List<ActivationMemoryItem> { new("tok_emb.input", "(N) I32", n * 4, 1) };
         var shared = new List<ActivationMemoryItem>();
-        if (config.UnitOffsetNorms)
-        {
-            // Gemma's norms form their scales 1 + w in small buffers shared by every block and pass (one per norm role).
-            int norms = 3 + (config.PostNorms ? 2 : 0);
-            shared.Add(new("norm scales 1 + w (norm1, norm2, the post-norms, final_norm)", $"{norms} x (C)", norms * c * b, 1));
-            if (config.QkNorm) shared.Add(new("q/k norm scales 1 + w", "2 x (D)", 2 * d * b, 1));
-        }
+        // Gemma's norms apply 1 + w in the forward's kernels; only the backward forms those scales (C or D elements, backward
+        // scratch like the rest of the backward's, not held between the passes).
         if (sp)
         {
             items.Add(new("tok_emb.output.scattered", "(R, C)", r * c * b, 1));

@@ -23,7 +23,7 @@ public static class ModelPresets
     /// <summary>Preset names accepted by <see cref="Get"/>.</summary>
     public static IReadOnlyList<string> Names { get; } =
         ["gpt2-debug", "gpt2-tiny", "gpt2-mini", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1.5b", "llama-debug", "llama-headsize-debug", "llama3-debug", "qwen2-debug",
-         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "qwen2-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug", "llama-1b", "llama-3b", "llama-8b", "gemma2-2b", "gemma3-1b"];
+         "qwen3-debug", "mixtral-debug", "qwen3-moe-debug", "qwen2-moe-debug", "mistral-debug", "gemma2-debug", "gemma3-debug", "phi3-debug", "phi4-mini-debug", "llama-1b", "llama-3b", "llama-8b", "gemma2-2b", "gemma3-1b", "qwen3-0.6b"];
 
     /// <summary>The configuration for <paramref name="name"/> (case-insensitive).</summary>
     public static TransformerConfig Get(string name) => name.ToLowerInvariant() switch
@@ -174,6 +174,14 @@ public static class ModelPresets
             Heads = 4, ExplicitHeadSize = 256, KvHeads = 1, Hidden = 6912, Bias = false, TiedEmbeddings = true, RopeTheta = 1000000,
             NormEpsilon = 1e-6, ScaleEmbeddings = true, GeluGate = true, PostNorms = true, UnitOffsetNorms = true, QkNorm = true,
             QueryPreAttentionScalar = 256, LocalWindow = 512, LocalPeriod = 6, LocalRopeTheta = 10000,
+        },
+        // Qwen3 0.6B shape: 28 layers of 1024, 16 query and 8 kv heads of 128 with q/k norms, SwiGLU 3072, vocabulary 151936,
+        // theta 1e6, tied head.
+        "qwen3-0.6b" => new TransformerConfig
+        {
+            Family = ModelFamily.Llama, ModelType = "qwen3", VocabSize = 151936, MaxSequenceLength = 40960, Layers = 28, Embedding = 1024,
+            Heads = 16, ExplicitHeadSize = 128, KvHeads = 8, Hidden = 3072, Bias = false, QkNorm = true, TiedEmbeddings = true,
+            RopeTheta = 1000000, NormEpsilon = 1e-6,
         },
         _ => throw new ArgumentException($"unknown model preset '{name}'; known: {string.Join(", ", Names)}"),
     };

@@ -238,7 +238,7 @@ public class TransformerTests
     [InlineData("qwen2-debug")]         // theta 1e6, q/k/v biases
     [InlineData("mistral-window3")]     // the window slides during decoding
     [InlineData("llama-headsize-debug")] // head size 16 != C / H = 12
-    [InlineData("qwen3-debug")]          // the unfused decode: product, q/k norms, RoPE, append
+    [InlineData("qwen3-debug")]          // the product, then the q/k norms, RoPE and the append as one op
     [InlineData("mixtral-debug")]        // the experts through ForwardAccumulate, routed on the host
     [InlineData("qwen3-moe-debug")]
     [InlineData("qwen2-moe-debug")]      // the shared expert through ForwardAccumulate on every row
