@@ -40,8 +40,7 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc/>
     /// <remarks>One launch of rope.cu's <c>norm_rope_append_rows</c> (a CTA per row: the heads staged in shared memory, a warp
     /// per q or k head normalizing it, then the rotation and the append), the bits of the norm kernel on each head followed by
-    /// <see cref="RopeAndAppend"/>, where 16-byte vectors fit (F32, BF16 or F16, D a multiple of 16 bytes and at most 64 of
-    /// them, aligned tensors, the row in 48 KB of shared memory); otherwise that composition.</remarks>
+    /// <see cref="RopeAndAppend"/>, where <see cref="NormRopeAppendFits"/>; otherwise that composition.</remarks>
     public void NormalizeHeadsRopeAndAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm,
         Tensor keysAndValues, Tensor startPositions, RopeFrequencies frequencies)
     {
@@ -50,17 +49,8 @@ public sealed unsafe partial class CudaBackend
         if (qkv.Rank != 4 || keysAndValues.Rank != 4)
             throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} and keysAndValues {keysAndValues.Shape} must be (B, T, H+2K, D) and (B, S, 2K, D)");
         int d = qkv.Size(3), kv2 = keysAndValues.Size(2);
-        foreach (var (name, norm) in new[] { (nameof(queryNorm), queryNorm), (nameof(keyNorm), keyNorm) })
-        {
-            RequireContiguous(op, name, norm.Weight);
-            if (norm.Weight.NumElements != d || norm.Weight.DType != qkv.DType)
-                throw new ArgumentException($"CudaBackend.{op}: {name}'s weight {norm.Weight.DType} {norm.Weight.Shape} must be ({d}) {qkv.DType}");
-        }
-        int vec = 16 / qkv.DType.SizeInBytes(), heads = qkv.Size(2);
-        uint shared = (uint)(d * sizeof(float) + (long)heads * d * qkv.DType.SizeInBytes());
-        bool fused = qkv.DType is DType.F32 or DType.BF16 or DType.F16 && d % vec == 0 && d / vec <= 64 && shared <= 48 * 1024
-            && Ptr(qkv) % 16 == 0 && Ptr(queryNorm.Weight) % 16 == 0 && Ptr(keyNorm.Weight) % 16 == 0 && queryHeads + kv2 == heads;
-        if (!fused)
+        CheckHeadNorms(op, qkv, d, queryNorm, keyNorm);
+        if (!NormRopeAppendFits(qkv, d, queryHeads + kv2, queryNorm, keyNorm))
         {
             NormalizeHeadsInPlace(qkv.Slice(2, 0, queryHeads), queryNorm);
             NormalizeHeadsInPlace(qkv.Slice(2, queryHeads, kv2 / 2), keyNorm);
@@ -70,20 +60,82 @@ public sealed unsafe partial class CudaBackend
         var qs = Strides3.Of(op, "qkv", qkv);
         var cs = Strides3.Of(op, "keysAndValues", keysAndValues);
         int b = qkv.Size(0), t = qkv.Size(1);
-        if (kv2 % 2 != 0 || keysAndValues.Size(0) != b || keysAndValues.Size(3) != d || keysAndValues.DType != qkv.DType || d % 2 != 0)
-            throw new ArgumentException($"CudaBackend.{op}: keysAndValues {keysAndValues.DType} {keysAndValues.Shape} must be (B, S, 2K, D) of qkv's B, D and dtype ({qkv.DType} {qkv.Shape}), D even");
+        if (kv2 % 2 != 0 || qkv.Size(2) != queryHeads + kv2 || keysAndValues.Size(0) != b || keysAndValues.Size(3) != d
+            || keysAndValues.DType != qkv.DType || d % 2 != 0)
+            throw new ArgumentException($"CudaBackend.{op}: keysAndValues {keysAndValues.DType} {keysAndValues.Shape} must be (B, S, 2K, D) of qkv's B, D and dtype ({qkv.DType} {qkv.Shape}), D even, qkv holding {queryHeads} query heads and 2K");
         if (t > keysAndValues.Size(1))
             throw new ArgumentException($"CudaBackend.{op}: {t} new positions do not fit a cache of {keysAndValues.Size(1)}");
         RequirePositions(op, startPositions, b);
-        int h = queryHeads, k = kv2 / 2;
+        LaunchNormRopeAppend(op, qkv, queryHeads, kv2 / 2, keysAndValues, startPositions, b, t, (qs.B, qs.T, qs.H), (cs.B, cs.T, cs.H), 0,
+            queryNorm, keyNorm, frequencies);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>A 16-bit or F32 pool of qkv's dtype: one launch of <c>norm_rope_append_rows</c> writing each row's keys and values to its
+    /// slot, where <see cref="NormRopeAppendFits"/>; a quantized pool, or shapes it does not take: the heads normalized apart,
+    /// then <see cref="RopePagedAppend"/>.</remarks>
+    public void NormalizeHeadsRopePagedAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm, Tensor pool,
+        Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
+    {
+        const string op = nameof(NormalizeHeadsRopePagedAppend);
+        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, batch, poolScales);
+        int n = qkv.Size(0), d = qkv.Size(2), kv2 = pool.Size(2);
+        CheckHeadNorms(op, qkv, d, queryNorm, keyNorm);
+        if (PagedKvPool.IsQuantized(pool.DType) || !NormRopeAppendFits(qkv, d, queryHeads + kv2, queryNorm, keyNorm))
+        {
+            var rows = qkv.Reshape(n, 1, queryHeads + kv2, d);
+            NormalizeHeadsInPlace(rows.Slice(2, 0, queryHeads), queryNorm);
+            NormalizeHeadsInPlace(rows.Slice(2, queryHeads, kv2 / 2), keyNorm);
+            RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+            return;
+        }
+        if (n == 0) return;
+        LaunchNormRopeAppend(op, qkv, queryHeads, kv2 / 2, pool, positions, n, 1, (qkv.Stride(0), 0, d), (0, (long)kv2 * d, d),
+            Ptr(batch.Slots), queryNorm, keyNorm, frequencies);
+    }
+
+    /// <summary>Both head norms' weights: contiguous, D long, of qkv's dtype.</summary>
+    private static void CheckHeadNorms(string op, Tensor qkv, int d, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm)
+    {
+        foreach (var (name, norm) in new[] { (nameof(queryNorm), queryNorm), (nameof(keyNorm), keyNorm) })
+        {
+            RequireContiguous(op, name, norm.Weight);
+            if (norm.Weight.NumElements != d || norm.Weight.DType != qkv.DType)
+                throw new ArgumentException($"CudaBackend.{op}: {name}'s weight {norm.Weight.DType} {norm.Weight.Shape} must be ({d}) {qkv.DType}");
+        }
+    }
+
+    /// <summary>Whether <c>norm_rope_append_rows</c> takes qkv of <paramref name="heads"/> heads of <paramref name="d"/>: F32, BF16
+    /// or F16, a head a whole number of 16-byte vectors and at most 64 of them, aligned tensors, the row and its angles in 48 KB
+    /// of shared memory.</summary>
+    private static bool NormRopeAppendFits(Tensor qkv, int d, int heads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm)
+    {
+        if (qkv.DType is not (DType.F32 or DType.BF16 or DType.F16)) return false;
+        int vec = 16 / qkv.DType.SizeInBytes();
+        return d % vec == 0 && d / vec <= 64 && NormRopeAppendShared(qkv.DType, d, heads) <= 48 * 1024 && qkv.Size(-2) == heads
+            && Ptr(qkv) % 16 == 0 && Ptr(queryNorm.Weight) % 16 == 0 && Ptr(keyNorm.Weight) % 16 == 0;
+    }
+
+    /// <summary><c>norm_rope_append_rows</c>'s dynamic shared memory: D angle floats, then the row's heads.</summary>
+    private static uint NormRopeAppendShared(DType dtype, int d, int heads) => (uint)(d * sizeof(float) + (long)heads * d * dtype.SizeInBytes());
+
+    /// <summary>rope.cu's <c>norm_rope_append_rows</c> over B·Tn rows: qkv's strides (row b, t, head), the cache's (b, position or
+    /// slot, head), the slots (0: a dense cache at the start positions).</summary>
+    private void LaunchNormRopeAppend(string op, Tensor qkv, int h, int k, Tensor cache, Tensor starts, int b, int t,
+        (long B, long T, long H) qs, (long B, long S, long H) cs, ulong slots, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm,
+        RopeFrequencies frequencies)
+    {
+        int d = qkv.Size(-1);
         var freq = RopeArgsFor(frequencies, d);
         if ((long)b * t == 0) return;
-        ulong px = Ptr(qkv), pc = Ptr(keysAndValues), pp = Ptr(startPositions), noSlots = 0, pq = Ptr(queryNorm.Weight), pk = Ptr(keyNorm.Weight);
+        ulong px = Ptr(qkv), pc = Ptr(cache), pp = Ptr(starts), pq = Ptr(queryNorm.Weight), pk = Ptr(keyNorm.Weight);
+        long sb = qs.B, st = qs.T, sh = qs.H, cb = cs.B, css = cs.S, ch = cs.H;
         float qe = (float)queryNorm.Epsilon, ke = (float)keyNorm.Epsilon;
         int qu = queryNorm.UnitOffset ? 1 : 0, ku = keyNorm.UnitOffset ? 1 : 0;
-        void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &qs.B, &qs.T, &qs.H, &cs.B, &cs.T, &cs.H, &freq, &noSlots,
+        void** args = stackalloc void*[] { &px, &pc, &pp, &b, &t, &h, &k, &d, &sb, &st, &sh, &cb, &css, &ch, &freq, &slots,
             &pq, &pk, &qe, &ke, &qu, &ku };
-        Launch("rope.cu", "norm_rope_append_rows_" + Suffix(qkv.DType, op), ((uint)((long)b * t), 1, 1), RopeRowThreads, args, shared, dependent: true);
+        Launch("rope.cu", "norm_rope_append_rows_" + Suffix(qkv.DType, op), ((uint)((long)b * t), 1, 1), RopeRowThreads, args,
+            NormRopeAppendShared(qkv.DType, d, h + 2 * k), dependent: true);
     }
 
     /// <summary>Each D-channel head of <paramref name="heads"/> (B, T, heads, D), a view, RMS-normalized in place (copied out to

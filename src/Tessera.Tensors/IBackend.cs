@@ -414,6 +414,16 @@ public interface IBackend
         Tensor? poolScales = null);
 
     /// <summary>
+    /// <see cref="RopePagedAppend"/> after per-head RMS norms (serving's counterpart of <see cref="NormalizeHeadsRopeAndAppend"/>,
+    /// Qwen3 and Gemma 3): each query head of qkv (N, H+2K, D), contiguous, RMS-normalized over its D channels by
+    /// <paramref name="queryNorm"/> and each key head by <paramref name="keyNorm"/>, in place, rounded to qkv's dtype as
+    /// <see cref="RmsNormForward"/> stores them; then <see cref="RopePagedAppend"/>. The result equals those calls; a device may
+    /// do all of it in one launch.
+    /// </summary>
+    void NormalizeHeadsRopePagedAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm, Tensor pool,
+        Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null);
+
+    /// <summary>
     /// A paged step's attention input as one op (serving's counterpart of <see cref="MatMulRopeAppend"/>): qkv (N, H+2K, D),
     /// contiguous, = x W^T + bias for x (N, C) and W ((H+2K)·D, C), x RMS-normalized first when <paramref name="norm"/> is
     /// given; then the q and k heads rotated in place at <paramref name="positions"/> (N) I32 (<see cref="Rope(Tensor, Tensor, RopeFrequencies)"/>

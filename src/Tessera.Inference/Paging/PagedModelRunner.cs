@@ -713,10 +713,17 @@ public sealed partial class PagedModelRunner : IDisposable
             _backend.QuantizedMatMulRopePagedAppend(x, qrms.Prologue, attention.Qkv.Weight.Quantized!, attention.Qkv.Bias?.Value, qkv, h, pool,
                 positions, batch, rotation, scales);
         }
+        else if (attention.Rope is { } headRope && attention.QueryNorm is { } queryNorm && attention.KeyNorm is { } keyNorm)
+        {
+            // Qwen3, Gemma 3: the product (its norm in front where it fuses), then the head norms, the rotation and the append
+            // to the rows' slots as one op.
+            qkv = attention.Qkv.ForwardNormalized(ctx, x, block.Norm1).Reshape(n, h + 2 * k, d);
+            _backend.NormalizeHeadsRopePagedAppend(qkv, h, queryNorm.Prologue, keyNorm.Prologue, pool, positions, batch, headRope, scales);
+        }
         else
         {
-            // The product on its own (quantized weights, adapters; Qwen3's q/k head norms between it and the rotation), then
-            // the rotation of the q and k heads at each row's position and the append as one op, or the append alone.
+            // The product on its own (quantized weights, adapters), then the rotation of the q and k heads at each row's
+            // position and the append as one op, or the append alone.
             qkv = attention.Qkv.ForwardNormalized(ctx, x, block.Norm1).Reshape(n, h + 2 * k, d);
             attention.NormalizeHeads(ctx, qkv);
             if (attention.Rope is { } rope) _backend.RopePagedAppend(qkv, h, pool, positions, batch, rope, scales);

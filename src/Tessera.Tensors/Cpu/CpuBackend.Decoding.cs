@@ -63,13 +63,19 @@ public sealed unsafe partial class CpuBackend
         int kv2 = keysAndValues.Size(2), d = qkv.Size(3);
         if (queryHeads <= 0 || kv2 % 2 != 0 || qkv.Size(2) != queryHeads + kv2)
             throw new ArgumentException($"CpuBackend.{op}: qkv {qkv.Shape} must hold {queryHeads} query heads and the {kv2} key and value heads of keysAndValues {keysAndValues.Shape}");
-        foreach (var (name, norm) in new[] { (nameof(queryNorm), queryNorm), (nameof(keyNorm), keyNorm) })
-            if (norm.Weight.Shape != new Shape(d) || norm.Weight.DType != qkv.DType)
-                throw new ArgumentException($"CpuBackend.{op}: {name}'s weight {norm.Weight.DType} {norm.Weight.Shape} must be ({d}) {qkv.DType}", name);
+        CheckHeadNorms(op, qkv, d, queryNorm, keyNorm);
         NormalizeHeadsInPlace(qkv.Slice(2, 0, queryHeads), queryNorm);
         NormalizeHeadsInPlace(qkv.Slice(2, queryHeads, kv2 / 2), keyNorm);
         RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
         KeepOperandsAlive(qkv, queryNorm.Weight, keyNorm.Weight, keysAndValues, startPositions);
+    }
+
+    /// <summary>Both head norms' weights: (D) of qkv's dtype.</summary>
+    private static void CheckHeadNorms(string op, Tensor qkv, int d, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm)
+    {
+        foreach (var (name, norm) in new[] { (nameof(queryNorm), queryNorm), (nameof(keyNorm), keyNorm) })
+            if (norm.Weight.Shape != new Shape(d) || norm.Weight.DType != qkv.DType)
+                throw new ArgumentException($"CpuBackend.{op}: {name}'s weight {norm.Weight.DType} {norm.Weight.Shape} must be ({d}) {qkv.DType}", name);
     }
 
     /// <summary>Each D-channel head of <paramref name="heads"/> (B, T, heads, D), a view, RMS-normalized in place.</summary>

@@ -143,6 +143,22 @@ public sealed unsafe partial class CpuBackend
         KeepOperandsAlive(batch, qkv, pool, positions, poolScales);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>The composition: each q and each k head through <see cref="RmsNormForward"/>, then <see cref="RopePagedAppend"/>.</remarks>
+    public void NormalizeHeadsRopePagedAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm, Tensor pool,
+        Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
+    {
+        const string op = nameof(NormalizeHeadsRopePagedAppend);
+        ValidateRopePagedAppend(op, qkv, queryHeads, pool, positions, poolScales);
+        int n = qkv.Size(0), kv2 = pool.Size(2), d = qkv.Size(2);
+        CheckHeadNorms(op, qkv, d, queryNorm, keyNorm);
+        var rows = qkv.Reshape(n, 1, queryHeads + kv2, d);
+        NormalizeHeadsInPlace(rows.Slice(2, 0, queryHeads), queryNorm);
+        NormalizeHeadsInPlace(rows.Slice(2, queryHeads, kv2 / 2), keyNorm);
+        RopePagedAppend(qkv, queryHeads, pool, positions, batch, frequencies, poolScales);
+        KeepOperandsAlive(qkv, queryNorm.Weight, keyNorm.Weight, pool, positions);
+    }
+
     /// <summary>qkv (N, H+2K, D) contiguous with H = <paramref name="queryHeads"/> and 2K the pool's (Blocks, BlockSize, 2K, D) heads, a position a row, the pool's dtype and scales.</summary>
     private static void ValidateRopePagedAppend(string op, Tensor qkv, int queryHeads, Tensor pool, Tensor positions, Tensor? poolScales)
     {

@@ -109,6 +109,38 @@ public sealed class CudaDecodeNormOpsTests(CudaFixture fixture) : CudaTestBase(f
         AssertClose(ec, Download(cache), Tolerance(dtype), $"NormalizeHeadsRopeAndAppend {dtype} D={d}: cache");
     }
 
+    [Theory]
+    [InlineData(DType.BF16, 4, 1, 256, true)]     // Gemma 3 1B's heads, four rows of a serving step (one a padding row)
+    [InlineData(DType.F16, 16, 8, 128, false)]    // Qwen3's
+    public void PagedHeadNormsRopeAndAppendGiveTheBitsOfTheUnfusedOps(DType dtype, int h, int k, int d, bool unit)
+    {
+        const double theta = 10000.0;
+        const int n = 4, blockSize = 4, blocks = 6;
+        int heads = h + 2 * k;
+        int[] positions = [3, 0, 17, 9], slots = [5, 9, -1, 22];
+        var (_, qkvv) = Random(dtype, 2, n, heads, d);
+        var (qw, _) = Random(dtype, 0.3, d);
+        var (kw, _) = Random(dtype, 0.3, d);
+        var (_, poolv) = Random(dtype, 1, blocks, blockSize, 2 * k, d);
+        var (qn, kn) = (new RmsNormPrologue(qw, Eps, unit), new RmsNormPrologue(kw, Eps, unit));
+        PagedBatch Batch() => new(Gpu.FromArray(new int[n], n, 1), Gpu.FromArray(Enumerable.Range(0, n + 1).ToArray(), n + 1),
+            Gpu.FromArray(positions.Select(p => p + 1).ToArray(), n), Gpu.FromArray(slots, n), blockSize);
+
+        var qkv = Upload(qkvv, dtype, n, heads, d);
+        var pool = Upload(poolv, dtype, blocks, blockSize, 2 * k, d);
+        Gpu.NormalizeHeadsRopePagedAppend(qkv, h, qn, kn, pool, UploadInts(positions, n), Batch(), theta);
+
+        var qkv2 = Upload(qkvv, dtype, n, heads, d);
+        var pool2 = Upload(poolv, dtype, blocks, blockSize, 2 * k, d);
+        var rows = qkv2.Reshape(n, 1, heads, d);
+        NormalizeHeadsApart(rows.Slice(2, 0, h), qn);
+        NormalizeHeadsApart(rows.Slice(2, h, k), kn);
+        Gpu.RopePagedAppend(qkv2, h, pool2, UploadInts(positions, n), Batch(), theta);
+        Assert.Equal(Download(qkv2), Download(qkv));
+        Assert.Equal(Download(pool2), Download(pool));
+        Assert.NotEqual(poolv, Download(pool));   // the rows' slots were written
+    }
+
     /// <summary>Each head of <paramref name="heads"/> (B, T, n, D), a view, through the RMSNorm kernel on rows copied out and back.</summary>
     private void NormalizeHeadsApart(Tensor heads, RmsNormPrologue norm)
     {

@@ -62,6 +62,14 @@ internal sealed class DequantizedKvBackend(IBackend inner, DType poolDType) : Fo
         PagedAppend(qkv.Slice(1, queryHeads, pool.Size(2)), pool, batch, poolScales);
     }
 
+    public override void NormalizeHeadsRopePagedAppend(Tensor qkv, int queryHeads, RmsNormPrologue queryNorm, RmsNormPrologue keyNorm,
+        Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies, Tensor? poolScales = null)
+    {
+        // As the fused op above.
+        Inner.NormalizeHeadsRopePagedAppend(qkv, queryHeads, queryNorm, keyNorm, pool, positions, batch, frequencies, poolScales);
+        PagedAppend(qkv.Slice(1, queryHeads, pool.Size(2)), pool, batch, poolScales);
+    }
+
     public override void RopePagedAppend(Tensor qkv, int queryHeads, Tensor pool, Tensor positions, PagedBatch batch, RopeFrequencies frequencies,
         Tensor? poolScales = null)
     {
