@@ -176,9 +176,9 @@ public sealed class TransformerBlock
         if (PostAttentionNorm is null) Attention.ForwardCached(ctx, x, Norm1, cache, Index, xf);
         else
         {
-            // Gemma: the branch into a zeroed buffer, normalized, then added.
-            var branch = ZeroedBranch(ctx, xf);
-            Attention.ForwardCached(ctx, x, Norm1, cache, Index, branch);
+            // Gemma: the branch written into a buffer, normalized, then added.
+            var branch = Branch(ctx, xf);
+            Attention.ForwardCached(ctx, x, Norm1, cache, Index, branch, accumulate: false);
             x.Backend.AccumulateRmsNorm(xf, branch, PostAttentionNorm.Prologue);
         }
         AccumulateMlp(ctx, xf);
@@ -197,8 +197,8 @@ public sealed class TransformerBlock
             Attention.Projection.ForwardAccumulate(ctx, heads, residual);
             return;
         }
-        var branch = ZeroedBranch(ctx, residual);
-        Attention.Projection.ForwardAccumulate(ctx, heads, branch);
+        var branch = Branch(ctx, residual);
+        Attention.Projection.ForwardInto(ctx, heads, branch);
         residual.Backend.AccumulateRmsNorm(residual, branch, PostAttentionNorm.Prologue);
     }
 
@@ -211,18 +211,13 @@ public sealed class TransformerBlock
             Mlp.ForwardAccumulate(ctx, residual, Norm2, residual);
             return;
         }
-        var branch = ZeroedBranch(ctx, residual);
-        Mlp.ForwardAccumulate(ctx, residual, Norm2, branch);
+        var branch = Branch(ctx, residual);
+        Mlp.ForwardInto(ctx, residual, Norm2, branch);
         residual.Backend.AccumulateRmsNorm(residual, branch, PostMlpNorm.Prologue);
     }
 
-    /// <summary>A zeroed (N, C) buffer shaped like the residual rows, for a branch whose output is normalized before its add.</summary>
-    private Tensor ZeroedBranch(in PassContext ctx, Tensor residual)
-    {
-        var branch = ctx.Buffer(_branch, residual.Shape, residual.DType);   // (N, C)
-        residual.Backend.Fill(branch, 0);
-        return branch;
-    }
+    /// <summary>An (N, C) buffer shaped like the residual rows, for a branch that is written, then normalized before its add.</summary>
+    private Tensor Branch(in PassContext ctx, Tensor residual) => ctx.Buffer(_branch, residual.Shape, residual.DType);   // (N, C)
 
     private Tensor Run(in PassContext ctx, Tensor x)
     {

@@ -200,6 +200,10 @@ public sealed class MultiLoraLinear : Linear, IPartialOutputTerm
     }
 
     /// <inheritdoc/>
+    /// <remarks>Zeros, then <see cref="ForwardAccumulate"/>, which adds more than the product.</remarks>
+    public override void ForwardInto(in PassContext ctx, Tensor x, Tensor output) => ForwardIntoByAccumulating(ctx, x, output);
+
+    /// <inheritdoc/>
     public override void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
     {
         if (_rowParallel is not null)

@@ -197,9 +197,11 @@ public sealed class CausalSelfAttention
     /// product where the backend can), whose T new positions follow the ones in
     /// <paramref name="cache"/> (at its device-side <see cref="KvCache.Positions"/>); writes their keys and values into
     /// cache layer <paramref name="layer"/> (the caller advances the cache after the last layer). No launch depends on a
-    /// host-side length, so a recorded decode step replays at any position. Saves nothing.
+    /// host-side length, so a recorded decode step replays at any position. Saves nothing. With <paramref name="accumulate"/>
+    /// false the output projection writes <paramref name="residual"/> instead of adding to it (a branch a post-norm reads).
     /// </summary>
-    public void ForwardCached(in PassContext ctx, Tensor x, INormalization norm, KvCache cache, int layer, Tensor residual)
+    public void ForwardCached(in PassContext ctx, Tensor x, INormalization norm, KvCache cache, int layer, Tensor residual,
+        bool accumulate = true)
     {
         CheckInput(x);
         if (Input is GatherFromSequenceParallelRegion)
@@ -246,7 +248,8 @@ public sealed class CausalSelfAttention
         }
         var att = ctx.Buffer(_attention, new Shape(b, t, Heads, HeadSize), x.DType);                  // (B, T, H, D)
         backend.AttentionForwardCached(qkv.Slice(2, 0, Heads), cache.Keys(layer), cache.Values(layer), positions, att, Scale, SlidingWindow, SoftCap);
-        Projection.ForwardAccumulate(ctx, att.Reshape(n, Heads * HeadSize), residual);
+        if (accumulate) Projection.ForwardAccumulate(ctx, att.Reshape(n, Heads * HeadSize), residual);
+        else Projection.ForwardInto(ctx, att.Reshape(n, Heads * HeadSize), residual);
     }
 
     /// <summary>

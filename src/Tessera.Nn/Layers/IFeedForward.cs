@@ -25,6 +25,17 @@ public interface IFeedForward
     void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual);
 
     /// <summary>
+    /// Inference: <paramref name="output"/> (N, C) = the MLP of norm(x), written (a branch that a post-norm reads before its
+    /// residual add, Gemma). By default zeros, then <see cref="ForwardAccumulate"/>; an MLP whose last product can write
+    /// overrides it to save the fill.
+    /// </summary>
+    void ForwardInto(in PassContext ctx, Tensor x, INormalization norm, Tensor output)
+    {
+        output.Backend.Fill(output, 0);
+        ForwardAccumulate(ctx, x, norm, output);
+    }
+
+    /// <summary>
     /// dx (N, C) from dy (N, C) (= or +=, when <paramref name="accumulateDx"/>); parameter gradients accumulate. With
     /// <paramref name="projectionBiasGradientTaken"/> the caller has added the column sums of dy to <see cref="Projection"/>'s
     /// bias gradient already (<see cref="Linear.TakesBiasGradientFromOutputGradientSums"/>), and only its weight gradient is taken.

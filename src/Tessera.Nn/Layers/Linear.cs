@@ -99,6 +99,25 @@ public class Linear
     }
 
     /// <summary>
+    /// Inference: <paramref name="output"/> (N, out) = x (N, in) W^T + b, written: a branch that a norm reads before its
+    /// residual add (Gemma's post-norms), with no zero fill in front. Saves nothing. A layer that adds more than the product
+    /// (an adapter's term, a row-parallel reduction) overrides it with <see cref="ForwardIntoByAccumulating"/>.
+    /// </summary>
+    public virtual void ForwardInto(in PassContext ctx, Tensor x, Tensor output)
+    {
+        CheckInput(x);
+        Product(x, output, Bias?.Value);
+    }
+
+    /// <summary><see cref="ForwardInto"/> as zeros, then <see cref="ForwardAccumulate"/>: for the layers whose accumulation adds
+    /// more than the product.</summary>
+    protected void ForwardIntoByAccumulating(in PassContext ctx, Tensor x, Tensor output)
+    {
+        x.Backend.Fill(output, 0);
+        ForwardAccumulate(ctx, x, output);
+    }
+
+    /// <summary>
     /// y (N, out) = GELU(x W^T + b) in a pooled buffer of <paramref name="ctx"/>, one fused product;
     /// <paramref name="preActivation"/> (N, out) receives x W^T + b for the backward pass. Saves x.
     /// </summary>

@@ -102,7 +102,14 @@ public sealed class SwiGluMlp : IFeedForward
     }
 
     /// <inheritdoc/>
-    public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual)
+    public void ForwardAccumulate(in PassContext ctx, Tensor x, INormalization norm, Tensor residual) => ForwardBranch(ctx, x, norm, residual, accumulate: true);
+
+    /// <inheritdoc/>
+    /// <remarks>The down product writes the output (no zero fill in front).</remarks>
+    public void ForwardInto(in PassContext ctx, Tensor x, INormalization norm, Tensor output) => ForwardBranch(ctx, x, norm, output, accumulate: false);
+
+    /// <summary>The inference MLP of norm(x) added to <paramref name="target"/> (accumulate) or written into it.</summary>
+    private void ForwardBranch(in PassContext ctx, Tensor x, INormalization norm, Tensor target, bool accumulate)
     {
         var a = ctx.Buffer(_activated, new Shape(x.Size(0), Gate.OutFeatures), x.DType);   // (N, F)
         if (!GeluGate && Gate.IsPlainQuantizedProduct && Up.IsPlainQuantizedProduct && Gate.Weight.Quantized!.IsLike(Up.Weight.Quantized!))
@@ -113,7 +120,7 @@ public sealed class SwiGluMlp : IFeedForward
             if (norm is RmsNorm rn && Input is not GatherFromSequenceParallelRegion)
                 x.Backend.QuantizedMatMulSwiGlu(x, gq, uq, a, Gate.Bias?.Value, Up.Bias?.Value, rn.Prologue);
             else x.Backend.QuantizedMatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), gq, uq, a, Gate.Bias?.Value, Up.Bias?.Value);
-            Projection.ForwardAccumulate(ctx, a, residual);
+            Project(ctx, a, target, accumulate);
             return;
         }
         if (!Gate.IsPlainProduct || !Up.IsPlainProduct)
@@ -123,7 +130,7 @@ public sealed class SwiGluMlp : IFeedForward
                 // Int8 weights, or unmerged adapters: gate and up through their own layers (the adapters add their low-rank
                 // terms), each normalizing x in its product where it can (an int8 product's norm; an adapter normalizes first).
                 Activate(ctx, Gate.ForwardNormalized(ctx, x, norm), Up.ForwardNormalized(ctx, x, norm), a);
-                Projection.ForwardAccumulate(ctx, a, residual);
+                Project(ctx, a, target, accumulate);
                 return;
             }
             // Other norms, or a sequence-parallel gather: the rows once, then gate and up through their own layers.
@@ -134,7 +141,14 @@ public sealed class SwiGluMlp : IFeedForward
             x.Backend.MatMulSwiGlu(x, Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value, Up.Bias?.Value, rms.Prologue, GeluGate);
         else x.Backend.MatMulSwiGlu(Input.Forward(ctx, norm.Forward(ctx, x)), Gate.Weight.Value, Up.Weight.Value, a, Gate.Bias?.Value,
             Up.Bias?.Value, geluGate: GeluGate);
-        Projection.ForwardAccumulate(ctx, a, residual);              // (N, C) += proj(a)
+        Project(ctx, a, target, accumulate);                        // (N, C) += proj(a), or = it
+    }
+
+    /// <summary>The down product of the activation <paramref name="a"/> (N, F) added to <paramref name="target"/> or written into it.</summary>
+    private void Project(in PassContext ctx, Tensor a, Tensor target, bool accumulate)
+    {
+        if (accumulate) Projection.ForwardAccumulate(ctx, a, target);
+        else Projection.ForwardInto(ctx, a, target);
     }
 
     /// <inheritdoc/>

@@ -58,6 +58,10 @@ public sealed class RowParallelLinear : Linear
         return y;
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Zeros, then <see cref="ForwardAccumulate"/>, which adds more than the product.</remarks>
+    public override void ForwardInto(in PassContext ctx, Tensor x, Tensor output) => ForwardIntoByAccumulating(ctx, x, output);
+
     /// <summary>Inference: <paramref name="residual"/> (N, out) += the all-reduced product (no sequence parallelism while decoding).</summary>
     public override void ForwardAccumulate(in PassContext ctx, Tensor x, Tensor residual)
     {
