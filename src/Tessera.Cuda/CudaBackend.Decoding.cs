@@ -48,8 +48,17 @@ public sealed unsafe partial class CudaBackend
         RequireContiguous(op, "qkv", qkv);
         if (qkv.Rank != 4 || keysAndValues.Rank != 4)
             throw new ArgumentException($"CudaBackend.{op}: qkv {qkv.Shape} and keysAndValues {keysAndValues.Shape} must be (B, T, H+2K, D) and (B, S, 2K, D)");
-        int d = qkv.Size(3), kv2 = keysAndValues.Size(2);
+        int d = qkv.Size(3), kv2 = keysAndValues.Size(2), b = qkv.Size(0), t = qkv.Size(1);
         CheckHeadNorms(op, qkv, d, queryNorm, keyNorm);
+        // Every check before anything is written (the fallback normalizes in place before RopeAndAppend would check).
+        if (queryHeads <= 0 || kv2 % 2 != 0 || qkv.Size(2) != queryHeads + kv2 || keysAndValues.Size(0) != b || keysAndValues.Size(3) != d
+            || keysAndValues.DType != qkv.DType || d % 2 != 0)
+            throw new ArgumentException($"CudaBackend.{op}: keysAndValues {keysAndValues.DType} {keysAndValues.Shape} must be (B, S, 2K, D) of qkv's B, D and dtype ({qkv.DType} {qkv.Shape}), D even, qkv holding {queryHeads} query heads and 2K");
+        if (t > keysAndValues.Size(1))
+            throw new ArgumentException($"CudaBackend.{op}: {t} new positions do not fit a cache of {keysAndValues.Size(1)}");
+        RequirePositions(op, startPositions, b);
+        var qs = Strides3.Of(op, "qkv", qkv);
+        var cs = Strides3.Of(op, "keysAndValues", keysAndValues);
         if (!NormRopeAppendFits(qkv, d, queryHeads + kv2, queryNorm, keyNorm))
         {
             NormalizeHeadsInPlace(qkv.Slice(2, 0, queryHeads), queryNorm);
@@ -57,15 +66,6 @@ public sealed unsafe partial class CudaBackend
             RopeAndAppend(qkv, queryHeads, keysAndValues, startPositions, frequencies);
             return;
         }
-        var qs = Strides3.Of(op, "qkv", qkv);
-        var cs = Strides3.Of(op, "keysAndValues", keysAndValues);
-        int b = qkv.Size(0), t = qkv.Size(1);
-        if (kv2 % 2 != 0 || qkv.Size(2) != queryHeads + kv2 || keysAndValues.Size(0) != b || keysAndValues.Size(3) != d
-            || keysAndValues.DType != qkv.DType || d % 2 != 0)
-            throw new ArgumentException($"CudaBackend.{op}: keysAndValues {keysAndValues.DType} {keysAndValues.Shape} must be (B, S, 2K, D) of qkv's B, D and dtype ({qkv.DType} {qkv.Shape}), D even, qkv holding {queryHeads} query heads and 2K");
-        if (t > keysAndValues.Size(1))
-            throw new ArgumentException($"CudaBackend.{op}: {t} new positions do not fit a cache of {keysAndValues.Size(1)}");
-        RequirePositions(op, startPositions, b);
         LaunchNormRopeAppend(op, qkv, queryHeads, kv2 / 2, keysAndValues, startPositions, b, t, (qs.B, qs.T, qs.H), (cs.B, cs.T, cs.H), 0,
             queryNorm, keyNorm, frequencies);
     }

@@ -265,7 +265,7 @@ template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const i
 // lane l holding the head's 16-byte vectors l and l + 32 as threads l and l + 32 of rmsnorm_forward_vec hold a row's (the same
 // squares summed in the same order, the same scale rounding: unit for Gemma's 1 + w), rounded to T; then each pair is rotated
 // as rope_append_rows rotates it, the normalized q and k heads written back and the k and v heads appended. The same bits as
-// the norm kernel on each head, then rope_append_rows. D / V <= 64 vectors a head (D <= 256 in 16-bit types, 256 in f32).
+// the norm kernel on each head, then rope_append_rows. D / V <= 64 vectors a head (D <= 512 in 16-bit types, 256 in f32).
 template <typename T> __device__ void norm_rope_append_rows(T* qkv, T* cache, const int* starts, int B, int Tn, int H, int K,
     int D, i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots, const T* qw, const T* kw, float qeps,
     float keps, int qunit, int kunit)

@@ -141,6 +141,37 @@ public sealed class CudaDecodeNormOpsTests(CudaFixture fixture) : CudaTestBase(f
         Assert.NotEqual(poolv, Download(pool));   // the rows' slots were written
     }
 
+    /// <summary>
+    /// The fused ops run as the one kernel each that the bit-equality tests above compare with the unfused ops (so those tests
+    /// do not compare a fallback composition with itself): names of the kernels a profiling backend launched.
+    /// </summary>
+    [Fact]
+    public void EachFusedOpLaunchesItsOneKernel()
+    {
+        using var gpu = new CudaBackend(Gpu.CudaDevice.Ordinal, CudaBackendOptions.Default with { ProfileOps = true });
+        const int c = 1152, d = 256;
+        var x = Upload(gpu, Random(DType.BF16, 1, 1, c).Values, DType.BF16, 1, c);
+        var nw = Upload(gpu, Random(DType.BF16, 0.3, c).Values, DType.BF16, c);
+        var w = Upload(gpu, Random(DType.BF16, 0.05, 2 * 640, c).Values, DType.BF16, 2 * 640, c);
+        var hw = Upload(gpu, Random(DType.BF16, 0.3, d).Values, DType.BF16, d);
+        var unit = new RmsNormPrologue(nw, Eps, true);
+        List<string> Kernels(Action op)
+        {
+            gpu.Profiler!.Reset();
+            op();
+            return gpu.Profiler.Totals().Select(r => r.Name).ToList();
+        }
+        Assert.Equal(["gemv_stream_bf16_m1"], Kernels(() => gpu.RmsNormMatMul(x, unit, w, gpu.Allocate(new Shape(1, 2 * 640), DType.BF16))));
+        Assert.Equal(["gemv_stream_swiglu_bf16_m1"], Kernels(() =>
+            gpu.MatMulSwiGlu(x, w.Slice(0, 0, 640), w.Slice(0, 640, 640), gpu.Allocate(new Shape(1, 640), DType.BF16), norm: unit, geluGate: true)));
+        Assert.Equal(["rmsnorm_forward_vec_bf16"], Kernels(() => gpu.AccumulateRmsNorm(gpu.Allocate(new Shape(1, c), DType.BF16), x, unit)));
+        var qkv = Upload(gpu, Random(DType.BF16, 1, 1, 1, 6, d).Values, DType.BF16, 1, 1, 6, d);
+        var cache = gpu.Allocate(new Shape(1, 16, 2, d), DType.BF16);
+        var starts = gpu.FromArray(new[] { 3 }, 1);
+        Assert.Equal(["norm_rope_append_rows_bf16"], Kernels(() =>
+            gpu.NormalizeHeadsRopeAndAppend(qkv, 4, new RmsNormPrologue(hw, Eps, true), new RmsNormPrologue(hw, Eps, true), cache, starts, 10000.0)));
+    }
+
     /// <summary>Each head of <paramref name="heads"/> (B, T, n, D), a view, through the RMSNorm kernel on rows copied out and back.</summary>
     private void NormalizeHeadsApart(Tensor heads, RmsNormPrologue norm)
     {

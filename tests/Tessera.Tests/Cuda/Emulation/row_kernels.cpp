@@ -11,7 +11,8 @@
 
 float lnacc[1 << 16];   // layernorm_backward_rows' dynamic shared memory (extern __shared__; the emulated blocks run in turn)
 Bytes16 staged_row[1 << 12];   // cross_entropy's staged row (dynamic shared memory; the emulated blocks run in turn)
-float rope_row_angles[1 << 10];   // rope_append_rows' angles of its row (dynamic shared memory)
+alignas(16) float rope_row_angles[1 << 14];   // rope_append_rows' angles of its row, norm_rope_append_rows' staged heads after
+                                              // them (dynamic shared memory; the host allows 48 KB)
 static double sig(double g) { return 1 / (1 + std::exp(-g)); }
 static void check(const char* what, const std::vector<double>& e, const float* a, size_t n, double tol)
 {
