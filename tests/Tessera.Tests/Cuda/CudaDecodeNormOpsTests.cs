@@ -143,7 +143,8 @@ public sealed class CudaDecodeNormOpsTests(CudaFixture fixture) : CudaTestBase(f
 
     /// <summary>
     /// The fused ops run as the one kernel each that the bit-equality tests above compare with the unfused ops (so those tests
-    /// do not compare a fallback composition with itself): names of the kernels a profiling backend launched.
+    /// do not compare a fallback composition with itself): names of the kernels a profiling backend launched, less its copies
+    /// (the RoPE frequency table's first upload is one).
     /// </summary>
     [Fact]
     public void EachFusedOpLaunchesItsOneKernel()
@@ -159,7 +160,7 @@ public sealed class CudaDecodeNormOpsTests(CudaFixture fixture) : CudaTestBase(f
         {
             gpu.Profiler!.Reset();
             op();
-            return gpu.Profiler.Totals().Select(r => r.Name).ToList();
+            return gpu.Profiler.Totals().Select(r => r.Name).Where(n => !n.StartsWith("memcpy", StringComparison.Ordinal)).ToList();
         }
         Assert.Equal(["gemv_stream_bf16_m1"], Kernels(() => gpu.RmsNormMatMul(x, unit, w, gpu.Allocate(new Shape(1, 2 * 640), DType.BF16))));
         Assert.Equal(["gemv_stream_swiglu_bf16_m1"], Kernels(() =>
