@@ -200,14 +200,14 @@ template <typename T> __device__ void rope_append(T* qkv, T* cache, const int* s
 #define ROPE_ROW_THREADS 256
 #define ROPE_ROW_PAIRS 8
 extern __shared__ float rope_row_angles[];   // cos of the row's R/2 turning pairs, then (from D/2 on) their sin
-template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const int* starts, int B, int Tn, int H, int K, int D,
-    i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots)
+
+// The CTA-per-row kernels' start: the wait on the kernel in front, then row (b, t)'s position, returned, and its R/2 angles
+// in rope_row_angles (read after a barrier).
+__device__ __forceinline__ int rope_row_angles_at(const int* starts, int B, int Tn, int D, const RopeFreq& f, int b, int t)
 {
-    const int half = D / 2, rotated = (H + K) * half, items = (H + 2 * K) * half;
-    const int b = blockIdx.x / Tn, t = blockIdx.x % Tn;
     pdl_wait();
     pdl_launch_dependents();
-    const int len = rope_length(f, starts, B, 0, Tn), R = rope_rotated(f, D);
+    const int len = rope_length(f, starts, B, 0, Tn), R = rope_rotated(f, D), half = D / 2;
     const int pos = starts[b] + t;
     for (int i = threadIdx.x; i < R / 2; i += blockDim.x)
     {
@@ -216,6 +216,15 @@ template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const i
         rope_row_angles[i] = cf;
         rope_row_angles[half + i] = sf;
     }
+    return pos;
+}
+
+template <typename T> __device__ void rope_append_rows(T* qkv, T* cache, const int* starts, int B, int Tn, int H, int K, int D,
+    i64 sb, i64 st, i64 sh, i64 cb, i64 cs, i64 ch, RopeFreq f, const int* slots)
+{
+    const int half = D / 2, rotated = (H + K) * half, items = (H + 2 * K) * half;
+    const int b = blockIdx.x / Tn, t = blockIdx.x % Tn;
+    const int pos = rope_row_angles_at(starts, B, Tn, D, f, b, t), R = rope_rotated(f, D);
     const i64 slot = slots ? (i64)slots[(i64)b * Tn + t] : (i64)pos;
     __syncthreads();
     T* row = qkv + b * sb + (i64)t * st;
@@ -274,17 +283,7 @@ template <typename T> __device__ void norm_rope_append_rows(T* qkv, T* cache, co
     const int half = D / 2, heads = H + 2 * K, vecs = D / V, rotated = (H + K) * half, items = heads * half;
     const int b = blockIdx.x / Tn, t = blockIdx.x % Tn;
     T* srow = reinterpret_cast<T*>(rope_row_angles + D);            // the row's heads, (heads, D), after the D angle floats
-    pdl_wait();
-    pdl_launch_dependents();
-    const int len = rope_length(f, starts, B, 0, Tn), R = rope_rotated(f, D);
-    const int pos = starts[b] + t;
-    for (int i = threadIdx.x; i < R / 2; i += blockDim.x)
-    {
-        float cf, sf;
-        rope_angle_at(pos, rope_inv_freq(f, i, R, len), f.attention, cf, sf);
-        rope_row_angles[i] = cf;
-        rope_row_angles[half + i] = sf;
-    }
+    const int pos = rope_row_angles_at(starts, B, Tn, D, f, b, t), R = rope_rotated(f, D);
     T* row = qkv + b * sb + (i64)t * st;
     for (int e = threadIdx.x; e < heads * vecs; e += blockDim.x)
     {
