@@ -63,11 +63,11 @@ template <typename T> __device__ void layernorm_backward(const T* dout, const T*
 }
 
 // An output element: y = x r scale rounded to T, stored; with accumulate (a post-norm and its residual add) out += y instead,
-// rounded once more, as an accumulate kernel after the norm would. __fadd_rn: in f32 (where rounding y to T does nothing) a
-// plain add could be contracted with y's product into one fma, which rounds once where the two kernels round twice.
+// rounded once more, as an accumulate kernel after the norm would. add_rn (common.cuh): in f32 (where rounding y to T does
+// nothing) a plain add could be contracted with y's product into one fma, which rounds once where the two kernels round twice.
 template <typename T> __device__ __forceinline__ T norm_out(float y, const T* out, int accumulate)
 {
-    return accumulate ? from_f<T>(__fadd_rn(to_f(*out), to_f(from_f<T>(y)))) : from_f<T>(y);
+    return accumulate ? from_f<T>(add_rn(to_f(*out), to_f(from_f<T>(y)))) : from_f<T>(y);
 }
 
 // rstd may be null (AccumulateRmsNorm saves nothing).
@@ -344,7 +344,7 @@ template <typename T> __device__ void rmsnorm_forward_vec(const T* x, const T* w
                 float a[N];
                 load16(out + row * C + t * N, a);
 #pragma unroll
-                for (int j = 0; j < N; j++) a[j] = __fadd_rn(a[j], to_f(from_f<T>(v[j])));   // no fma with v's product (norm_out)
+                for (int j = 0; j < N; j++) a[j] = add_rn(a[j], to_f(from_f<T>(v[j])));   // no fma with v's product (norm_out)
                 store16(out + row * C + t * N, a);
             }
             else store16(out + row * C + t * N, v);

@@ -42,7 +42,6 @@ inline dim3 blockDim, gridDim;
 #define __restrict__
 using std::sqrt;
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
-inline float __fadd_rn(float a, float b) { return a + b; }   // an add the compiler may not contract into an fma
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline int __float_as_int(float f) { int u; std::memcpy(&u, &f, 4); return u; }
