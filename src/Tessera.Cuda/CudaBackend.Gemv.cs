@@ -102,14 +102,15 @@ public sealed unsafe partial class CudaBackend
         bool fused = FloatGemvFits(x, norm, gateWeight, upWeight) && upWeight.Stride(0) == gateWeight.Stride(0) && output.DType == dtype
             && BiasFits(gateBias, dtype, f) && BiasFits(upBias, dtype, f);
         if (!fused && !geluGate && TryDecodeGemmSwiGlu(x, gateWeight, upWeight, output, gateBias, upBias, norm)) return;
-        if (!fused && gateBias is null && upBias is null && Stacked(gateWeight, upWeight) is { } both && output.DType == dtype)
+        if (!fused && !geluGate && gateBias is null && upBias is null && Stacked(gateWeight, upWeight) is { } both && output.DType == dtype)
         {
             // Gate and up adjacent in their storage (the parameter arena lays them out so): one product at N = 2F reads
-            // the weights in one pass and launches once, then SwiGLU reads the two halves in place.
+            // the weights in one pass and launches once, then SwiGLU reads the two halves in place (GeGLU's GELU kernel takes
+            // whole tensors, so it runs the two products below).
             Tensor? h = norm is { } r ? NormalizedScratch(x, r) : null;
             var gu = ScratchTensor(new Shape(m, 2 * f), dtype);                              // (M, 2F): [g | u]
             MatMul(h ?? x, both, gu, transposeB: true);
-            GatedActivation(gu.Slice(1, 0, f), gu.Slice(1, f, f), output, geluGate);
+            SwiGluForward(gu.Slice(1, 0, f), gu.Slice(1, f, f), output);
             gu.Storage.Dispose();
             h?.Storage.Dispose();
             return;
@@ -138,22 +139,13 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>output = SiLU(gate) * up, or with <paramref name="geluGate"/> GELU(gate) * up as two kernels (the gate's GELU in
-    /// place, then the product), the composition <see cref="IBackend.MatMulSwiGlu"/> states.</summary>
+    /// place, then the product), the composition <see cref="IBackend.MatMulSwiGlu"/> states; gate and up are the contiguous
+    /// scratch of the two products under a GELU gate.</summary>
     private void GatedActivation(Tensor gate, Tensor up, Tensor output, bool geluGate)
     {
         if (!geluGate)
         {
             SwiGluForward(gate, up, output);
-            return;
-        }
-        if (!gate.IsContiguous || !up.IsContiguous)
-        {
-            var (g, u) = (ScratchTensor(gate.Shape, gate.DType), ScratchTensor(up.Shape, up.DType));
-            Copy(gate, g);
-            Copy(up, u);
-            GatedActivation(g, u, output, geluGate);
-            g.Storage.Dispose();
-            u.Storage.Dispose();
             return;
         }
         GeluForward(gate, gate);

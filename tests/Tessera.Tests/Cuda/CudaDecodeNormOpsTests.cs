@@ -214,14 +214,14 @@ public sealed class CudaDecodeNormOpsTests(CudaFixture fixture) : CudaTestBase(f
     [InlineData(DType.BF16, 1, true, true)]     // Gemma's decode step: the matrix-vector kernel's GeGLU epilogue
     [InlineData(DType.BF16, 3, false, true)]
     [InlineData(DType.F32, 4, true, false)]
-    [InlineData(DType.BF16, 8, true, true)]     // past the matrix-vector kernels: the norm kernel, one product over [gate; up], GELU, multiply
+    [InlineData(DType.BF16, 8, true, true)]     // past the matrix-vector kernels: the norm kernel, the two products, GELU, multiply
     [InlineData(DType.F16, 40, false, false)]
     public void GeluGatedProductMatchesTheReference(DType dtype, int m, bool unit, bool bias)
     {
         const int c = 512, f = 96;
         var (x, xv) = Random(dtype, 2, m, c);
         var (nw, nwv) = Random(dtype, 0.3, c);
-        // Adjacent gate and up rows, as the parameter arena lays them out (one product at N = 2F past four rows).
+        // Adjacent gate and up rows, as the parameter arena lays them out (past four rows GeGLU runs the two products apart).
         var (both, bothv) = Random(dtype, 0.05, 2 * f, c);
         var (gate, up) = (both.Slice(0, 0, f), both.Slice(0, f, f));
         var (gb, gbv) = Random(dtype, 0.5, f);

@@ -12,7 +12,9 @@ namespace Tessera.Tests.Cuda;
 /// adamw.cu, decode_gemm.cu, gemv.cu, quantized.cu, and with hopper.cuh decode_gemm_hopper.cu and flash_attention_hopper.cu, exactly as NVRTC gets them) compiled
 /// as C++ for the host against a CPU emulation of the CUDA execution model (Emulation/cuda_emulation.h: a std::thread per
 /// CUDA thread, barriers for __syncthreads and the warp shuffles, blocks in turn), then Emulation/row_kernels.cpp runs the
-/// f32 instantiations of the SwiGLU row kernels, the row-in-registers RMSNorm kernels, RoPE from a table, RoPE with the KV append to a paged pool (rope_append, and rope_append_rows giving its bits; with LongRoPE's long table past its length and the short one at it, and with partial rotary), the column sums of the norms' gradient partials, the LayerNorm backward's warp and block kernels with the column sums of dx, the fused cross-entropy with its row staged, and its cluster form (a row shared by the CTAs of a thread-block cluster, the clusters walking the rows; emulated with the cluster's CTAs run together) against double references (its
+/// f32 instantiations of the SwiGLU row kernels, the row-in-registers RMSNorm kernels (and both RMSNorm kernels with Gemma's unit
+/// offset and the accumulate of AccumulateRmsNorm), the head norms with RoPE and the append (norm_rope_append_rows, against a double
+/// reference and bit for bit against the norm kernel on each head then rope_append_rows), RoPE from a table, RoPE with the KV append to a paged pool (rope_append, and rope_append_rows giving its bits; with LongRoPE's long table past its length and the short one at it, and with partial rotary), the column sums of the norms' gradient partials, the LayerNorm backward's warp and block kernels with the column sums of dx, the fused cross-entropy with its row staged, and its cluster form (a row shared by the CTAs of a thread-block cluster, the clusters walking the rows; emulated with the cluster's CTAs run together) against double references (its
 /// tolerances are stated there) and exits with the number of failures; Emulation/paged_kernels.cpp does the same for serving's
 /// paged attention kernels. It checks the kernels' indexing, strides, grid-stride
 /// loops, block reductions and partial sums; not the bf16/f16 conversions (inline PTX, compiled away), not timing, not the
@@ -135,7 +137,8 @@ public sealed class KernelEmulationTests
     /// int8 row, bias, beta 0 and 1, an addend read in place of y, x RMS-normalized as it is staged) at M = 1 to 4 in f32 and once
     /// in bf16, K short of a unit of the stream, half a unit (2,048, llama-1b's rows) and a unit and one chunk long, N
     /// not a multiple of the grid's warps and fewer rows than warps; the float-weight form
-    /// that shares the stream (plain, and with RMSNorm on the way); and <c>dequantize_f32</c>, against double references
+    /// that shares the stream (plain, with RMSNorm on the way, and with Gemma's unit-offset norm), its SwiGLU form with the SiLU
+/// and with the GELU gate (GeGLU); and <c>dequantize_f32</c>, against double references
     /// (Emulation/gemv_kernels.cpp: 1e-5 of the largest output in f32, 8e-3 in bf16, the dequantized weights exactly), with the
     /// early and late weight loads giving the same bits and y's row padding untouched. A chunk skipped, or the int8 values
     /// off by one level, fails it (checked by hand). <see cref="CudaQuantizedMatMulTests"/> checks the kernels on the device.
